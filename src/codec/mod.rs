@@ -1,0 +1,74 @@
+//! tokio-util `Decoder`s over the pure parsers in [`crate::proto`]: bookkeeping only
+//! (state, limits, `split_to(..).freeze()`), no Python and no sockets.
+
+pub mod uwsgi;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::proto::{self, ProtoError};
+
+/// One request head, protocol-neutral: the bytes as received and where each variable
+/// sits in them (hyper's record-the-indices trick: no copy per variable).
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub buf: Bytes,
+    pub vars: Vec<(Range<u32>, Range<u32>)>,
+    /// uwsgi modifier1 30 asks to strip SCRIPT_NAME from PATH_INFO.
+    pub modifier30: bool,
+    /// Body length announced by CONTENT_LENGTH (0 when absent).
+    pub content_length: u64,
+}
+
+impl Head {
+    /// The raw `(key, value)` pairs, in arrival order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.vars.iter().map(|(k, v)| {
+            (
+                &self.buf[k.start as usize..k.end as usize],
+                &self.buf[v.start as usize..v.end as usize],
+            )
+        })
+    }
+
+    /// The last value of `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pairs()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .last()
+    }
+
+    /// Body length per CGI: `CONTENT_LENGTH`, else `HTTP_CONTENT_LENGTH`, else 0; the
+    /// same rule [`proto::cgi::normalise`] applies for the environ.
+    fn body_length(&self) -> Result<u64, ProtoError> {
+        let v = self
+            .get(b"CONTENT_LENGTH")
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.get(b"HTTP_CONTENT_LENGTH").filter(|v| !v.is_empty()));
+        v.map_or(Ok(0), proto::cgi::parse_content_length)
+    }
+}
+
+/// What goes wrong while framing a request. The peer is to blame for every variant
+/// but `Io`.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("connection closed after {got} bytes of an incomplete request head")]
+    HeadTruncated { got: usize },
+    #[error("connection closed after {got} of {expected} body bytes")]
+    BodyTruncated { got: u64, expected: u64 },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A decoded piece of a request.
+#[derive(Debug)]
+pub enum Frame {
+    Head(Head),
+    /// Body bytes, in order; the last one completes CONTENT_LENGTH.
+    Body(Bytes),
+}

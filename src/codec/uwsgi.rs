@@ -1,0 +1,196 @@
+//! `Decoder` for one uwsgi request: the head, then the body as it arrives, up to
+//! CONTENT_LENGTH. nginx and Apache never reuse a uwsgi connection (PROTOCOLS.md §0),
+//! so after the body the decoder yields nothing more.
+
+use bytes::BytesMut;
+use tokio_util::codec::Decoder;
+
+use super::{CodecError, Frame, Head};
+use crate::proto::uwsgi::{self, HEADER_LEN, MODIFIER_WSGI_STRIP_SCRIPT_NAME};
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Body { remaining: u64, expected: u64 },
+    Done,
+}
+
+/// Decodes `Frame::Head` once, then `Frame::Body` chunks.
+#[derive(Debug)]
+pub struct UwsgiCodec {
+    limit: usize,
+    state: State,
+}
+
+impl UwsgiCodec {
+    /// `limit` is the largest vars block accepted (`--buffer-size`).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            state: State::Head,
+        }
+    }
+}
+
+impl Decoder for UwsgiCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.state {
+            State::Head => {
+                let Some((len, packet)) = uwsgi::parse_packet(src, self.limit)? else {
+                    // Reserve what the header announced, once, so the block lands in one buffer.
+                    if src.len() >= HEADER_LEN {
+                        let size = usize::from(u16::from_le_bytes([src[1], src[2]]));
+                        src.reserve((HEADER_LEN + size).saturating_sub(src.len()));
+                    }
+                    return Ok(None);
+                };
+                let modifier30 = packet.modifier1 == MODIFIER_WSGI_STRIP_SCRIPT_NAME;
+                let vars = uwsgi::parse_vars(packet.vars)?;
+                let mut frame = src.split_to(len).freeze();
+                let buf = frame.split_off(HEADER_LEN);
+                let mut head = Head {
+                    buf,
+                    vars,
+                    modifier30,
+                    content_length: 0,
+                };
+                head.content_length = head.body_length()?;
+                self.state = if head.content_length == 0 {
+                    State::Done
+                } else {
+                    State::Body {
+                        remaining: head.content_length,
+                        expected: head.content_length,
+                    }
+                };
+                Ok(Some(Frame::Head(head)))
+            }
+            State::Body {
+                ref mut remaining, ..
+            } => {
+                if src.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(src.len());
+                *remaining -= n as u64;
+                if *remaining == 0 {
+                    self.state = State::Done;
+                }
+                Ok(Some(Frame::Body(src.split_to(n).freeze())))
+            }
+            State::Done => Ok(None),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if let Some(frame) = self.decode(src)? {
+            return Ok(Some(frame));
+        }
+        match self.state {
+            State::Head if !src.is_empty() => Err(CodecError::HeadTruncated { got: src.len() }),
+            State::Body {
+                remaining,
+                expected,
+            } => Err(CodecError::BodyTruncated {
+                got: expected - remaining,
+                expected,
+            }),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::uwsgi::encode_packet;
+
+    fn packet(vars: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_packet(0, 0, vars, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_head_then_body_chunks() {
+        let mut buf = packet(&[(b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", b"10")]);
+        buf.extend_from_slice(b"0123456789 trailing");
+        let mut codec = UwsgiCodec::new(65535);
+        let mut src = BytesMut::from(&buf[..buf.len() - 15]);
+        let Some(Frame::Head(head)) = codec.decode(&mut src).unwrap() else {
+            panic!()
+        };
+        assert_eq!(head.content_length, 10);
+        assert_eq!(head.get(b"REQUEST_METHOD"), Some(&b"POST"[..]));
+        let Some(Frame::Body(b)) = codec.decode(&mut src).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&b[..], b"0123");
+        src.extend_from_slice(&buf[buf.len() - 15..]);
+        let Some(Frame::Body(b)) = codec.decode(&mut src).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&b[..], b"456789");
+        assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn waits_on_every_prefix_of_the_head() {
+        let buf = packet(&[(b"REQUEST_METHOD", b"GET")]);
+        for i in 0..buf.len() {
+            let mut codec = UwsgiCodec::new(65535);
+            assert!(codec
+                .decode(&mut BytesMut::from(&buf[..i]))
+                .unwrap()
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn rejects_a_truncated_head_at_eof() {
+        let buf = packet(&[(b"REQUEST_METHOD", b"GET")]);
+        let mut codec = UwsgiCodec::new(65535);
+        let err = codec
+            .decode_eof(&mut BytesMut::from(&buf[..5]))
+            .unwrap_err();
+        assert!(matches!(err, CodecError::HeadTruncated { got: 5 }));
+    }
+
+    #[test]
+    fn rejects_a_truncated_body_at_eof() {
+        let mut buf = packet(&[(b"CONTENT_LENGTH", b"10")]);
+        buf.extend_from_slice(b"0123");
+        let mut codec = UwsgiCodec::new(65535);
+        let mut src = BytesMut::from(&buf[..]);
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Frame::Head(_))
+        ));
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Frame::Body(_))
+        ));
+        let err = codec.decode_eof(&mut src).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::BodyTruncated {
+                got: 4,
+                expected: 10
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_a_bad_content_length() {
+        let buf = packet(&[(b"CONTENT_LENGTH", b"ten")]);
+        let err = UwsgiCodec::new(65535)
+            .decode(&mut BytesMut::from(&buf[..]))
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Proto(_)));
+    }
+}

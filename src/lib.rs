@@ -1,0 +1,21 @@
+//! postern: a WSGI application container that sits behind nginx or Apache and speaks
+//! the uwsgi protocol to them, running the app on an embedded CPython.
+//!
+//! Dependencies point one way: `proto ← codec ← wsgi ← server ← main`.
+//!
+//! ```text
+//! config    Cli (clap: command line + POSTERN_* env) + TOML file → Config
+//! proto/    PURE: uwsgi packets, CGI → environ rules, response-head checks (no I/O)
+//! codec/    tokio-util Decoder over proto: head then body frames, limits
+//! wsgi/     the only pyo3 user: interpreter, app import, pool threads, environ,
+//!           wsgi.input/errors, start_response/write/iteration, file_wrapper
+//! server/   tokio: listeners (TCP/Unix), one task per connection, graceful stop
+//! client    `postern request`: one uwsgi request, printed -i style
+//! ```
+
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod proto;
+pub mod server;
+pub mod wsgi;

@@ -1,0 +1,30 @@
+//! PURE protocol code: no tokio, pyo3, tracing or I/O. `&[u8]` in, typed views out,
+//! so that every function here can be unit-tested and fuzzed on its own.
+//!
+//! - [`uwsgi`]: the uwsgi packet header and vars block (PROTOCOLS.md §1).
+//! - [`cgi`]: CGI → WSGI environ rules that do not need Python (§4).
+//! - [`response`]: status/header validation and the raw HTTP/1.1 response head (§5, §6).
+
+pub mod cgi;
+pub mod response;
+pub mod uwsgi;
+
+/// A request the peer framed wrongly. Every variant is the peer's fault: log it at
+/// `warn` with the peer, and close the connection.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("uwsgi modifier1 {0} is not a WSGI request; only 0 (and 30) are served")]
+    Modifier(u8),
+    #[error(
+        "request head is {size} bytes, over the {limit}-byte limit (raise --buffer-size, up to 65535)"
+    )]
+    HeadTooLarge { size: usize, limit: usize },
+    #[error(
+        "a uwsgi variable length at offset {offset} runs past the end of the {block}-byte vars block"
+    )]
+    VarOverrun { offset: usize, block: usize },
+    #[error("HTTP request received on a uwsgi socket (use uwsgi_pass, not proxy_pass, in nginx)")]
+    HttpOnUwsgi,
+    #[error("CONTENT_LENGTH {0:?} is not a decimal number")]
+    BadContentLength(String),
+}

@@ -1,0 +1,91 @@
+//! `wsgi.file_wrapper(filelike, blksize=8192)` (PEP 3333 "Optional Platform-Specific
+//! File Handling", PROTOCOLS.md §5.7). Iterating it reads blocks; when the app returns
+//! it and the object is a regular file with a usable `fileno()`, the response module
+//! sends it with sendfile(2) from the file's current offset instead.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+#[pyclass(module = "postern", name = "FileWrapper")]
+pub struct FileWrapper {
+    pub filelike: Py<PyAny>,
+    pub blksize: usize,
+}
+
+#[pymethods]
+impl FileWrapper {
+    #[new]
+    #[pyo3(signature = (filelike, blksize=8192))]
+    fn new(filelike: Py<PyAny>, blksize: usize) -> Self {
+        FileWrapper {
+            filelike,
+            blksize: blksize.max(1),
+        }
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let data = self
+            .filelike
+            .bind(py)
+            .call_method1("read", (self.blksize,))?;
+        let empty = match data.cast::<PyBytes>() {
+            Ok(b) => b.as_bytes().is_empty(),
+            Err(_) => data.len()? == 0,
+        };
+        Ok((!empty).then_some(data))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let f = self.filelike.bind(py);
+        if f.hasattr("close")? {
+            f.call_method0("close")?;
+        }
+        Ok(())
+    }
+}
+
+/// A regular file region ready for sendfile: a dup of the fd, the start offset, the
+/// bytes left.
+pub struct SendfileSource {
+    pub file: std::fs::File,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileWrapper {
+    /// Returns the file region when the wrapped object is a regular file with a real
+    /// fd; `None` means iterate instead (BytesIO, sockets, pipes, anything odd).
+    pub fn sendfile_source(&self, py: Python<'_>) -> Option<SendfileSource> {
+        let f = self.filelike.bind(py);
+        let fd: i32 = f.call_method0("fileno").ok()?.extract().ok()?;
+        if fd < 0 {
+            return None;
+        }
+        // Python buffered files may hold read-ahead: tell() is the logical position.
+        let offset: u64 = match f.call_method0("tell") {
+            Ok(t) => t.extract().ok()?,
+            Err(_) => return None,
+        };
+        // SAFETY: fd was just returned by the object's fileno() and the object is alive
+        // while we hold the GIL; we only borrow it to dup it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let owned = borrowed.try_clone_to_owned().ok()?;
+        let file = std::fs::File::from(owned);
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        debug_assert!(file.as_raw_fd() != fd);
+        Some(SendfileSource {
+            file,
+            offset,
+            len: meta.len().saturating_sub(offset),
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! `wsgi.input` (PEP 3333, PROTOCOLS.md §4.6): a binary stream that ends exactly at the
+//! body's end, so `wsgi.input_terminated` is always true. File reads run with the GIL
+//! released.
+
+use std::os::unix::fs::FileExt;
+
+use bytes::{Bytes, BytesMut};
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use super::Body;
+
+/// Read-ahead from a spooled body file.
+const FILE_BLOCK: usize = 64 * 1024;
+
+#[pyclass(module = "postern", name = "Input")]
+pub struct Input {
+    /// Bytes available without touching the file.
+    pending: Bytes,
+    file: Option<std::fs::File>,
+    /// Next offset to read from `file`, and its length.
+    file_pos: u64,
+    file_len: u64,
+    /// Total bytes handed to the app.
+    consumed: u64,
+}
+
+impl Input {
+    pub fn new(body: Body) -> Self {
+        let (pending, file, file_len) = match body {
+            Body::Empty => (Bytes::new(), None, 0),
+            Body::Memory(b) => (b, None, 0),
+            Body::File(f, len) => (Bytes::new(), Some(f), len),
+        };
+        Input {
+            pending,
+            file,
+            file_pos: 0,
+            file_len,
+            consumed: 0,
+        }
+    }
+
+    /// Refills `pending` from the file; false at the end of the body.
+    fn fill(&mut self, py: Python<'_>) -> PyResult<bool> {
+        if !self.pending.is_empty() {
+            return Ok(true);
+        }
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        if self.file_pos >= self.file_len {
+            return Ok(false);
+        }
+        let want = usize::try_from(self.file_len - self.file_pos)
+            .unwrap_or(usize::MAX)
+            .min(FILE_BLOCK);
+        let pos = self.file_pos;
+        let mut buf = BytesMut::zeroed(want);
+        let n = py
+            .detach(|| file.read_at(&mut buf, pos))
+            .map_err(|e| PyOSError::new_err(format!("reading the spooled request body: {e}")))?;
+        if n == 0 {
+            return Err(PyOSError::new_err("the spooled request body ended early"));
+        }
+        buf.truncate(n);
+        self.file_pos += n as u64;
+        self.pending = buf.freeze();
+        Ok(true)
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        let n = n.min(self.pending.len());
+        self.consumed += n as u64;
+        self.pending.split_to(n)
+    }
+
+    /// Reads up to `limit` bytes (all with `None`).
+    fn read_bytes(&mut self, py: Python<'_>, limit: Option<usize>) -> PyResult<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut left = limit.unwrap_or(usize::MAX);
+        while left > 0 && self.fill(py)? {
+            let chunk = self.take(left);
+            left -= chunk.len();
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Reads one line including its `\n`, at most `limit` bytes.
+    fn read_line(&mut self, py: Python<'_>, limit: Option<usize>) -> PyResult<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut left = limit.unwrap_or(usize::MAX);
+        while left > 0 && self.fill(py)? {
+            let window = left.min(self.pending.len());
+            match self.pending[..window].iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    out.extend_from_slice(&self.take(i + 1));
+                    break;
+                }
+                None => {
+                    out.extend_from_slice(&self.take(window));
+                    left -= window;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `None` or a negative size means "no limit", as in `io.RawIOBase`.
+fn size_arg(size: Option<i64>) -> Option<usize> {
+    size.and_then(|s| usize::try_from(s).ok())
+}
+
+#[pymethods]
+impl Input {
+    #[pyo3(signature = (size=None))]
+    fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let limit = size_arg(size);
+        // Fast path: the whole request in memory, read in one go.
+        if self.file.is_none() {
+            let chunk = self.take(limit.unwrap_or(usize::MAX));
+            return Ok(PyBytes::new(py, &chunk));
+        }
+        let data = self.read_bytes(py, limit)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[pyo3(signature = (size=None))]
+    fn read1<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        self.read(py, size)
+    }
+
+    #[pyo3(signature = (size=None))]
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let line = self.read_line(py, size_arg(size))?;
+        Ok(PyBytes::new(py, &line))
+    }
+
+    #[pyo3(signature = (hint=None))]
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<i64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let hint = size_arg(hint).filter(|&h| h > 0);
+        let lines = PyList::empty(py);
+        let mut total = 0usize;
+        loop {
+            let line = self.read_line(py, None)?;
+            if line.is_empty() {
+                break;
+            }
+            total += line.len();
+            lines.append(PyBytes::new(py, &line))?;
+            if hint.is_some_and(|h| total >= h) {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+
+    fn readinto(&mut self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let view = py
+            .import("builtins")?
+            .getattr("memoryview")?
+            .call1((buffer,))?
+            .call_method1("cast", ("B",))?;
+        let data = self.read_bytes(py, Some(view.len()?))?;
+        let n = data.len();
+        view.set_item(
+            pyo3::types::PySlice::new(py, 0, n as isize, 1),
+            PyBytes::new(py, &data),
+        )?;
+        Ok(n)
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.read_line(py, None)?;
+        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+    }
+
+    fn readable(&self) -> bool {
+        true
+    }
+
+    fn seekable(&self) -> bool {
+        false
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+
+    fn close(&mut self) {}
+
+    #[getter]
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+impl Input {
+    /// Bytes the app has read so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+}

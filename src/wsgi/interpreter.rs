@@ -1,0 +1,353 @@
+//! Starting the embedded CPython and importing the app.
+//!
+//! The interpreter is configured through `PyConfig` (PEP 587) with `executable` set to
+//! the build's Python, or to `VENV/bin/python` with `--venv`: CPython's own path logic
+//! then finds `pyvenv.cfg` and the venv's site-packages exactly as when the venv's
+//! `python` runs, and `sys.executable` is a real interpreter (multiprocessing, subprocess).
+
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyModule};
+
+use super::WsgiError;
+
+/// Python the binary was built against (from build.rs).
+pub const BUILD_PYTHON: &str = env!("POSTERN_PYTHON_EXECUTABLE");
+/// `major.minor` of that Python.
+pub const BUILD_PYTHON_VERSION: &str = env!("POSTERN_PYTHON_VERSION");
+
+/// Version string of the libpython actually loaded; works before initialisation.
+pub fn loaded_python_version() -> String {
+    // SAFETY: Py_GetVersion returns a static NUL-terminated string and may be called
+    // before Py_Initialize (C API docs, "Process-wide parameters").
+    let v = unsafe { CStr::from_ptr(pyo3::ffi::Py_GetVersion()) };
+    v.to_string_lossy().into_owned()
+}
+
+/// What is known once Python is up, for the start-up log.
+#[derive(Debug, Clone)]
+pub struct PythonInfo {
+    pub version: String,
+    pub prefix: String,
+    pub executable: String,
+}
+
+/// Checks a virtualenv before Python starts: it must exist and be made for the same
+/// `major.minor` as the embedded Python, or its compiled packages would not load.
+fn check_venv(venv: &Path) -> Result<PathBuf, WsgiError> {
+    let cfg = venv.join("pyvenv.cfg");
+    let text = std::fs::read_to_string(&cfg).map_err(|e| WsgiError::Venv {
+        venv: venv.to_owned(),
+        reason: format!("cannot read {}: {e}; is it a virtualenv?", cfg.display()),
+    })?;
+    let version = text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        matches!(k.trim(), "version" | "version_info").then(|| v.trim().to_owned())
+    });
+    if let Some(v) = version {
+        let mm: Vec<&str> = v.split('.').take(2).collect();
+        if mm.join(".") != BUILD_PYTHON_VERSION {
+            return Err(WsgiError::Venv {
+                venv: venv.to_owned(),
+                reason: format!(
+                    "it was made with Python {v}, but postern embeds Python {BUILD_PYTHON_VERSION}; \
+                     recreate it with `{BUILD_PYTHON} -m venv`"
+                ),
+            });
+        }
+    }
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        return Err(WsgiError::Venv {
+            venv: venv.to_owned(),
+            reason: format!("{} does not exist", python.display()),
+        });
+    }
+    Ok(python)
+}
+
+/// Starts the interpreter (once per process) and leaves the GIL released.
+pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
+    let executable = match venv {
+        Some(v) => check_venv(v)?,
+        None => PathBuf::from(BUILD_PYTHON),
+    };
+    let exe = CString::new(executable.as_os_str().as_bytes()).map_err(|_| WsgiError::Init {
+        reason: "the interpreter path contains a NUL byte".into(),
+    })?;
+    // SAFETY: the PyConfig API (PEP 587) is used as documented: init, set strings,
+    // initialise from it, clear it. This runs once, before any other thread uses Python.
+    unsafe {
+        use pyo3::ffi;
+        let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
+        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let config = config.assume_init_mut();
+        // postern owns SIGTERM/SIGINT; the app must not get KeyboardInterrupt from them.
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        let check = |status: ffi::PyStatus, what: &str| -> Result<(), WsgiError> {
+            if ffi::PyStatus_Exception(status) != 0 {
+                let msg = if status.err_msg.is_null() {
+                    "unknown error".to_owned()
+                } else {
+                    CStr::from_ptr(status.err_msg)
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                return Err(WsgiError::Init {
+                    reason: format!("{what}: {msg}"),
+                });
+            }
+            Ok(())
+        };
+        let r = (|| {
+            check(
+                ffi::PyConfig_SetBytesString(config, &mut config.executable, exe.as_ptr()),
+                "setting sys.executable",
+            )?;
+            check(
+                ffi::PyConfig_SetBytesString(config, &mut config.program_name, exe.as_ptr()),
+                "setting the program name",
+            )?;
+            let argv0 = c"postern";
+            let mut argv = [argv0.as_ptr()];
+            check(
+                ffi::PyConfig_SetBytesArgv(config, 1, argv.as_mut_ptr()),
+                "setting sys.argv",
+            )?;
+            check(ffi::Py_InitializeFromConfig(config), "starting Python")
+        })();
+        ffi::PyConfig_Clear(config);
+        r?;
+        // Release the GIL taken by initialisation; threads attach when they need it.
+        ffi::PyEval_SaveThread();
+    }
+    // Let pyo3 know (no-op: already initialised).
+    Python::initialize();
+    Python::attach(|py| -> PyResult<PythonInfo> {
+        let sys = py.import("sys")?;
+        let version_info = sys.getattr("version_info")?;
+        let (major, minor): (u32, u32) = (
+            version_info.get_item(0)?.extract()?,
+            version_info.get_item(1)?.extract()?,
+        );
+        if format!("{major}.{minor}") != BUILD_PYTHON_VERSION {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "loaded Python {major}.{minor}, but postern was built for {BUILD_PYTHON_VERSION}"
+            )));
+        }
+        Ok(PythonInfo {
+            version: sys
+                .getattr("version")?
+                .extract::<String>()?
+                .replace('\n', " "),
+            prefix: sys.getattr("prefix")?.extract()?,
+            executable: sys.getattr("executable")?.extract()?,
+        })
+    })
+    .map_err(|e| WsgiError::Init {
+        reason: e.to_string(),
+    })
+}
+
+/// `module.path:callable` or `path/to/file.py[:callable]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSpec {
+    Module {
+        module: String,
+        callable: Option<String>,
+    },
+    File {
+        path: PathBuf,
+        callable: Option<String>,
+    },
+}
+
+impl AppSpec {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("the APP argument is empty".into());
+        }
+        // A callable is what follows the last ':' unless it looks like part of a path.
+        let (target, callable) = match spec.rsplit_once(':') {
+            Some((t, c)) if !c.contains('/') && !c.is_empty() => (t, Some(c.to_owned())),
+            Some((t, "")) => (t, None),
+            _ => (spec, None),
+        };
+        if target.ends_with(".py") || target.contains('/') {
+            Ok(AppSpec::File {
+                path: PathBuf::from(target),
+                callable,
+            })
+        } else {
+            let valid = target
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
+            if !valid {
+                return Err(format!(
+                    "{spec:?} is neither a module path (pkg.module[:callable]) nor a .py file"
+                ));
+            }
+            Ok(AppSpec::Module {
+                module: target.to_owned(),
+                callable,
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for AppSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t, c) = match self {
+            AppSpec::Module { module, callable } => (module.clone(), callable),
+            AppSpec::File { path, callable } => (path.display().to_string(), callable),
+        };
+        match c {
+            Some(c) => write!(f, "{t}:{c}"),
+            None => write!(f, "{t}"),
+        }
+    }
+}
+
+/// Puts `dirs` at the front of `sys.path`, first one first.
+pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
+    let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+    for dir in dirs.iter().rev() {
+        let d = dir.to_string_lossy().into_owned();
+        // Keep one entry per directory, at the front.
+        while path.contains(&d)? {
+            let i = path.index(&d)?;
+            path.del_item(i)?;
+        }
+        path.insert(0, d)?;
+    }
+    Ok(())
+}
+
+/// Imports the app and returns the WSGI callable.
+pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> {
+    let fail = |e: PyErr| WsgiError::Import {
+        app: spec.to_string(),
+        traceback: super::traceback(py, &e),
+    };
+    let (module, callable) = match spec {
+        AppSpec::Module { module, callable } => {
+            (py.import(module.as_str()).map_err(fail)?, callable)
+        }
+        AppSpec::File { path, callable } => {
+            let path = std::fs::canonicalize(path).map_err(|e| WsgiError::Import {
+                app: spec.to_string(),
+                traceback: format!("cannot open {}: {e}\n", path.display()),
+            })?;
+            if let Some(dir) = path.parent() {
+                prepend_sys_path(py, &[dir.to_owned()]).map_err(fail)?;
+            }
+            (import_file(py, &path).map_err(fail)?, callable)
+        }
+    };
+    let names: Vec<&str> = match callable {
+        Some(c) => vec![c.as_str()],
+        None => vec!["application", "app"],
+    };
+    for name in &names {
+        let mut obj = module.clone().into_any();
+        let mut found = true;
+        for part in name.split('.') {
+            match obj.getattr(part) {
+                Ok(o) => obj = o,
+                Err(_) => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if found {
+            if !obj.is_callable() {
+                return Err(WsgiError::NotCallable {
+                    app: spec.to_string(),
+                    name: (*name).to_owned(),
+                    kind: obj
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                });
+            }
+            return Ok(obj.unbind());
+        }
+    }
+    Err(WsgiError::NoCallable {
+        app: spec.to_string(),
+        tried: names.join("' or '"),
+    })
+}
+
+/// Runs a `.py` file as a module named after its stem, registered in `sys.modules`.
+fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyModule>> {
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace(['-', '.', ' '], "_"))
+        .unwrap_or_else(|| "wsgi_app".into());
+    let util = py.import("importlib.util")?;
+    let spec = util.call_method1("spec_from_file_location", (&name, path.to_string_lossy()))?;
+    if spec.is_none() {
+        return Err(pyo3::exceptions::PyImportError::new_err(format!(
+            "cannot load {} as a Python module",
+            path.display()
+        )));
+    }
+    let module = util.call_method1("module_from_spec", (&spec,))?;
+    let modules = py.import("sys")?.getattr("modules")?;
+    modules.set_item(&name, &module)?;
+    if let Err(e) = spec
+        .getattr("loader")?
+        .call_method1("exec_module", (&module,))
+    {
+        let _ = modules.del_item(&name);
+        return Err(e);
+    }
+    module.cast_into::<PyModule>().map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_app_specs() {
+        assert_eq!(
+            AppSpec::parse("myproject.wsgi:application"),
+            Ok(AppSpec::Module {
+                module: "myproject.wsgi".into(),
+                callable: Some("application".into())
+            })
+        );
+        assert_eq!(
+            AppSpec::parse("hello"),
+            Ok(AppSpec::Module {
+                module: "hello".into(),
+                callable: None
+            })
+        );
+        assert_eq!(
+            AppSpec::parse("examples/hello.py"),
+            Ok(AppSpec::File {
+                path: "examples/hello.py".into(),
+                callable: None
+            })
+        );
+        assert_eq!(
+            AppSpec::parse("app.py:make"),
+            Ok(AppSpec::File {
+                path: "app.py".into(),
+                callable: Some("make".into())
+            })
+        );
+        assert!(AppSpec::parse("not a module").is_err());
+        assert!(AppSpec::parse("").is_err());
+    }
+}

@@ -1,0 +1,609 @@
+//! Calling the app and sending its response (PEP 3333, PROTOCOLS.md §5): the
+//! `start_response` callable, `write()`, iteration of the result, `close()` on every
+//! path, Content-Length honoured, and errors turned into a 500 or an aborted
+//! connection. Bytes leave through a bounded channel, waited on with the GIL released.
+
+use bytes::Bytes;
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use tokio::sync::mpsc::Sender;
+
+use super::environ::{self, Keys};
+use super::errors::Errors;
+use super::file_wrapper::FileWrapper;
+use super::input::Input;
+use super::{traceback, Out, Outcome, Request, Settings};
+use crate::proto::response::{self as resp, HeaderError};
+
+/// The peer went away; stop producing output.
+#[derive(Debug)]
+struct Gone;
+
+/// The state behind `start_response` and `write` for one request.
+#[pyclass(module = "postern", name = "StartResponse")]
+pub struct Responder {
+    out: Sender<Out>,
+    status: Option<String>,
+    code: u16,
+    headers: Vec<(String, String)>,
+    content_length: Option<u64>,
+    /// `start_response` was called (successfully or not).
+    called: bool,
+    headers_sent: bool,
+    body_sent: u64,
+    /// HEAD request: headers only, whatever the app produces.
+    is_head: bool,
+    client_gone: bool,
+    used_write: bool,
+    overflowed: bool,
+}
+
+impl Responder {
+    fn new(out: Sender<Out>, is_head: bool) -> Self {
+        Responder {
+            out,
+            status: None,
+            code: 0,
+            headers: Vec::new(),
+            content_length: None,
+            called: false,
+            headers_sent: false,
+            body_sent: 0,
+            is_head,
+            client_gone: false,
+            used_write: false,
+            overflowed: false,
+        }
+    }
+
+    fn head_only(&self) -> bool {
+        self.is_head || resp::status_has_no_body(self.code)
+    }
+
+    fn head_bytes(&self, extra: usize) -> Vec<u8> {
+        let status = self
+            .status
+            .as_deref()
+            .unwrap_or("500 Internal Server Error");
+        let mut buf = Vec::with_capacity(64 + self.headers.len() * 40 + extra);
+        resp::write_http_head(
+            &mut buf,
+            status,
+            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        buf
+    }
+
+    fn push(&mut self, py: Python<'_>, out: Out) -> Result<(), Gone> {
+        if self.client_gone {
+            return Err(Gone);
+        }
+        let tx = &self.out;
+        match py.detach(|| tx.blocking_send(out)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.client_gone = true;
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Sends body bytes, preceded by the headers the first time anything is sent.
+    fn send_body(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut data = data;
+        if let Some(cl) = self.content_length {
+            let left = usize::try_from(cl - self.body_sent.min(cl)).unwrap_or(usize::MAX);
+            if data.len() > left {
+                if !self.overflowed {
+                    tracing::error!(
+                        content_length = cl,
+                        "the app sent more body than its Content-Length; the excess is not sent"
+                    );
+                    self.overflowed = true;
+                }
+                data = &data[..left];
+            }
+        }
+        if self.head_only() {
+            data = &[];
+        }
+        let buf = if !self.headers_sent {
+            let mut buf = self.head_bytes(data.len());
+            buf.extend_from_slice(data);
+            self.headers_sent = true;
+            buf
+        } else if data.is_empty() {
+            return Ok(());
+        } else {
+            data.to_vec()
+        };
+        self.body_sent += data.len() as u64;
+        self.push(py, Out::Data(Bytes::from(buf)))
+    }
+
+    /// Sends the headers if nothing has gone out yet (empty body).
+    fn flush_headers(&mut self, py: Python<'_>) -> Result<(), Gone> {
+        if self.headers_sent {
+            return Ok(());
+        }
+        let buf = self.head_bytes(0);
+        self.headers_sent = true;
+        self.push(py, Out::Data(Bytes::from(buf)))
+    }
+
+    fn validate(
+        &self,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<(String, u16, Vec<(String, String)>, Option<u64>)> {
+        let status = status.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "start_response() status must be str, not {}",
+                type_name(status)
+            ))
+        })?;
+        let status = status.to_str()?.to_owned();
+        let code = resp::parse_status(&status).map_err(refuse)?;
+        let mut out = Vec::new();
+        let mut content_length = None;
+        for item in headers.try_iter().map_err(|_| {
+            PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
+        })? {
+            let item = item?;
+            let pair = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "each header must be a (name, value) tuple, not {}",
+                    type_name(&item)
+                ))
+            })?;
+            if pair.len() != 2 {
+                return Err(PyTypeError::new_err(
+                    "each header must be a (name, value) tuple",
+                ));
+            }
+            let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
+            let text = |o: &Bound<'_, PyAny>, what: &str| -> PyResult<String> {
+                o.cast::<PyString>()
+                    .map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "header {what} must be str, not {}",
+                            type_name(o)
+                        ))
+                    })?
+                    .to_str()
+                    .map(str::to_owned)
+            };
+            let (name, value) = (text(&name, "name")?, text(&value, "value")?);
+            resp::check_header(&name, &value).map_err(refuse)?;
+            if resp::is_hop_by_hop(&name) {
+                tracing::warn!(
+                    header = %name,
+                    "the app set a hop-by-hop header; dropped (the front server owns the connection)"
+                );
+                continue;
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                if content_length.is_some() {
+                    return Err(refuse(HeaderError::DuplicateContentLength));
+                }
+                content_length = Some(resp::parse_content_length(&value).map_err(refuse)?);
+            }
+            out.push((name, value));
+        }
+        Ok((status, code, out, content_length))
+    }
+}
+
+fn type_name(o: &Bound<'_, PyAny>) -> String {
+    o.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A refused status or header: logged here (the app may swallow the exception) and
+/// raised as ValueError inside the app.
+fn refuse(e: HeaderError) -> PyErr {
+    tracing::error!(error = %e, "start_response() refused a status or header; the request will answer 500");
+    PyValueError::new_err(e.to_string())
+}
+
+#[pymethods]
+impl Responder {
+    /// `start_response(status, response_headers, exc_info=None)` → `write`.
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn start_response<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let mut me = slf.borrow_mut();
+            match exc_info {
+                Some(exc) if me.headers_sent => {
+                    drop(me);
+                    // PEP 3333: re-raise the exception the app is handling.
+                    let value = exc.get_item(1)?;
+                    let tb = exc.get_item(2)?;
+                    let value = if tb.is_none() {
+                        value
+                    } else {
+                        value.call_method1(intern!(py, "with_traceback"), (tb,))?
+                    };
+                    return Err(PyErr::from_value(value));
+                }
+                Some(_) => {}
+                None if me.called => {
+                    return Err(PyAssertionError::new_err(
+                        "start_response() called a second time without exc_info (PEP 3333)",
+                    ));
+                }
+                None => {}
+            }
+            me.called = true;
+            match me.validate(status, headers) {
+                Ok((status, code, headers, cl)) => {
+                    me.status = Some(status);
+                    me.code = code;
+                    me.headers = headers;
+                    me.content_length = cl;
+                }
+                Err(e) => {
+                    me.status = None;
+                    return Err(e);
+                }
+            }
+        }
+        slf.getattr(intern!(py, "write"))
+    }
+
+    /// The legacy `write(data)` callable: sends at once (headers first).
+    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.status.is_none() {
+            return Err(PyAssertionError::new_err(
+                "write() called before start_response()",
+            ));
+        }
+        let bytes = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("write() needs bytes, not {}", type_name(data)))
+        })?;
+        self.used_write = true;
+        self.send_body(py, bytes.as_bytes())
+            .map_err(|Gone| PyOSError::new_err("client disconnected"))
+    }
+}
+
+/// Why a request failed in the app.
+enum Failure {
+    Raised(PyErr),
+    Mistake(String),
+}
+
+/// Runs one request on this (attached) pool thread, start to finish.
+pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings, req: Request) {
+    let Request {
+        head,
+        body,
+        listener,
+        out,
+        span,
+    } = req;
+    let _entered = span.enter();
+    let input = Bound::new(py, Input::new(body)).expect("allocating wsgi.input");
+    let errors = Bound::new(py, Errors::new()).expect("allocating wsgi.errors");
+    let built = match environ::build(py, keys, &head, &listener, settings, input, errors) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "could not build the environ");
+            return simple(py, &out, 500, "Internal Server Error");
+        }
+    };
+    if built.method_missing {
+        tracing::warn!(
+            "request has no REQUEST_METHOD; include uwsgi_params in the nginx location (answered 400)"
+        );
+        return simple(py, &out, 400, "Bad Request");
+    }
+    let responder =
+        Bound::new(py, Responder::new(out, built.is_head)).expect("allocating start_response");
+    let outcome = drive(py, app, built.environ, &responder);
+    let mut r = responder.borrow_mut();
+    let _ = r.push(py, Out::End(outcome));
+}
+
+/// Sends a small complete response from the server itself.
+fn simple(py: Python<'_>, out: &Sender<Out>, code: u16, reason: &str) {
+    let mut buf = Vec::new();
+    let body = format!("{reason}\n");
+    let len = body.len().to_string();
+    resp::write_http_head(
+        &mut buf,
+        &format!("{code} {reason}"),
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", len.as_str()),
+        ],
+    );
+    buf.extend_from_slice(body.as_bytes());
+    let _ = py.detach(|| {
+        out.blocking_send(Out::Data(Bytes::from(buf)))?;
+        out.blocking_send(Out::End(Outcome {
+            status: code,
+            complete: true,
+        }))
+    });
+}
+
+fn drive(
+    py: Python<'_>,
+    app: &Py<PyAny>,
+    environ: Bound<'_, pyo3::types::PyDict>,
+    responder: &Bound<'_, Responder>,
+) -> Outcome {
+    let start_response = match responder.getattr(intern!(py, "start_response")) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                py,
+                responder,
+                Failure::Raised(e),
+                "setting up start_response",
+            )
+        }
+    };
+    let result = match app.bind(py).call1((environ, start_response)) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                py,
+                responder,
+                Failure::Raised(e),
+                "the app raised an exception",
+            )
+        }
+    };
+    if result.is_none() {
+        return fail(
+            py,
+            responder,
+            Failure::Mistake(
+                "the app returned None instead of an iterable of bytes (a missing `return`?)"
+                    .into(),
+            ),
+            "the app broke the WSGI contract",
+        );
+    }
+    let iterated = iterate(py, responder, &result);
+    // PEP 3333: close() is called on every path, once, whatever happened above.
+    let closed = match result.getattr_opt(intern!(py, "close")) {
+        Ok(Some(close)) => close.call0().map(drop),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(f) = iterated {
+        let what = match f {
+            Failure::Raised(_) => "the app raised an exception while producing its body",
+            Failure::Mistake(_) => "the app broke the WSGI contract",
+        };
+        if let Err(e) = closed {
+            tracing::error!(traceback = %traceback(py, &e), "the result's close() raised too");
+        }
+        return fail(py, responder, f, what);
+    }
+    if let Err(e) = closed {
+        return fail(
+            py,
+            responder,
+            Failure::Raised(e),
+            "the result's close() raised an exception",
+        );
+    }
+    let mut r = responder.borrow_mut();
+    if r.client_gone {
+        return Outcome {
+            status: r.code,
+            complete: false,
+        };
+    }
+    if r.status.is_none() {
+        drop(r);
+        let msg = if responder.borrow().called {
+            "start_response() was called but refused the status or headers"
+        } else {
+            "the app never called start_response()"
+        };
+        return fail(
+            py,
+            responder,
+            Failure::Mistake(msg.into()),
+            "the app broke the WSGI contract",
+        );
+    }
+    if r.flush_headers(py).is_err() {
+        return Outcome {
+            status: r.code,
+            complete: false,
+        };
+    }
+    if let Some(cl) = r.content_length {
+        if r.body_sent < cl && !r.head_only() {
+            tracing::error!(
+                sent = r.body_sent,
+                content_length = cl,
+                "the app sent less body than its Content-Length; aborting the connection"
+            );
+            return Outcome {
+                status: r.code,
+                complete: false,
+            };
+        }
+    }
+    Outcome {
+        status: r.code,
+        complete: true,
+    }
+}
+
+/// Iterates the app's result and sends it. Returns early when the client is gone.
+fn iterate(
+    py: Python<'_>,
+    responder: &Bound<'_, Responder>,
+    result: &Bound<'_, PyAny>,
+) -> Result<(), Failure> {
+    let not_started =
+        || Failure::Mistake("the app produced a body before calling start_response()".into());
+    // wsgi.file_wrapper on a regular file: sendfile(2).
+    if let Ok(wrapper) = result.cast::<FileWrapper>() {
+        if let Some(src) = wrapper.borrow().sendfile_source(py) {
+            let mut r = responder.borrow_mut();
+            if r.status.is_none() {
+                return Err(not_started());
+            }
+            let mut len = src.len;
+            match r.content_length {
+                Some(cl) => len = len.min(cl),
+                None if !r.used_write && !r.headers_sent => {
+                    r.headers.push(("Content-Length".into(), len.to_string()));
+                    r.content_length = Some(len);
+                }
+                None => {}
+            }
+            if r.flush_headers(py).is_err() {
+                return Ok(());
+            }
+            if len > 0 && !r.head_only() {
+                r.body_sent += len;
+                let _ = r.push(
+                    py,
+                    Out::File {
+                        file: src.file,
+                        offset: src.offset,
+                        len,
+                    },
+                );
+            }
+            return Ok(());
+        }
+    }
+    // A list or tuple is complete already: one buffer, and a Content-Length for free.
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        let items: Vec<Bound<'_, PyAny>> = result
+            .try_iter()
+            .map_err(Failure::Raised)?
+            .collect::<PyResult<_>>()
+            .map_err(Failure::Raised)?;
+        let mut total = 0usize;
+        for item in &items {
+            total += body_bytes(item)?.as_bytes().len();
+        }
+        let mut r = responder.borrow_mut();
+        if r.status.is_none() {
+            return if total == 0 {
+                Ok(())
+            } else {
+                Err(not_started())
+            };
+        }
+        if r.content_length.is_none()
+            && !r.used_write
+            && !r.headers_sent
+            && !resp::status_has_no_body(r.code)
+        {
+            r.headers.push(("Content-Length".into(), total.to_string()));
+            r.content_length = Some(total as u64);
+        }
+        if items.len() == 1 {
+            let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
+        } else {
+            let mut all = Vec::with_capacity(total);
+            for item in &items {
+                all.extend_from_slice(body_bytes(item)?.as_bytes());
+            }
+            let _ = r.send_body(py, &all);
+        }
+        return Ok(());
+    }
+    let iter = result.try_iter().map_err(|_| {
+        Failure::Mistake(format!(
+            "the app returned a {}, which is not an iterable of bytes",
+            type_name(result)
+        ))
+    })?;
+    for item in iter {
+        let item = item.map_err(Failure::Raised)?;
+        let bytes = body_bytes(&item)?;
+        let data = bytes.as_bytes();
+        if data.is_empty() {
+            continue;
+        }
+        let mut r = responder.borrow_mut();
+        if r.status.is_none() {
+            return Err(not_started());
+        }
+        if r.send_body(py, data).is_err() || r.overflowed {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> Result<&'a Bound<'py, PyBytes>, Failure> {
+    item.cast::<PyBytes>().map_err(|_| {
+        Failure::Mistake(if item.is_instance_of::<PyString>() {
+            "the app yielded str; a WSGI body is bytes (encode it, e.g. .encode('utf-8'))".into()
+        } else {
+            format!(
+                "the app yielded a {}; a WSGI body is bytes",
+                type_name(item)
+            )
+        })
+    })
+}
+
+/// Logs an app failure and answers 500, or aborts when the headers are already out.
+fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what: &str) -> Outcome {
+    let detail = match &failure {
+        Failure::Raised(e) => traceback(py, e),
+        Failure::Mistake(m) => m.clone(),
+    };
+    let mut r = responder.borrow_mut();
+    if r.client_gone {
+        tracing::info!(detail = %detail, "{what} after the client went away");
+        return Outcome {
+            status: r.code,
+            complete: false,
+        };
+    }
+    if r.headers_sent {
+        tracing::error!(detail = %detail, "{what} after the headers were sent; aborting the connection");
+        return Outcome {
+            status: r.code,
+            complete: false,
+        };
+    }
+    tracing::error!(detail = %detail, "{what}; answered 500");
+    r.status = Some("500 Internal Server Error".into());
+    r.code = 500;
+    let body = b"Internal Server Error\n";
+    r.headers = vec![
+        ("Content-Type".into(), "text/plain; charset=utf-8".into()),
+        ("Content-Length".into(), body.len().to_string()),
+    ];
+    r.content_length = Some(body.len() as u64);
+    r.body_sent = 0;
+    r.overflowed = false;
+    let _ = r.send_body(py, body);
+    let _ = r.flush_headers(py);
+    Outcome {
+        status: 500,
+        complete: true,
+    }
+}
