@@ -1,1 +1,674 @@
+//! Test harness: start the real `postern` binary (and a private nginx), talk to them
+//! over real sockets, and read their logs. Every process is stopped on drop.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The postern binary: `$POSTERN_BIN`, or a debug build made once per test process.
+pub fn postern_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("POSTERN_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bin", "postern"])
+            .current_dir(root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build --bin postern failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target"));
+        target.join("debug").join("postern")
+    })
+    .clone()
+}
+
+/// The test app shipped with these tests.
+pub fn testapp() -> String {
+    root()
+        .join("protocol-tests/apps/testapp.py")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A venv with Flask and Django (`$POSTERN_TEST_VENV`, else `./.venv`), if any.
+pub fn example_venv() -> Option<PathBuf> {
+    let p = std::env::var_os("POSTERN_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv"));
+    p.join("pyvenv.cfg").exists().then_some(p)
+}
+
+/// True in CI (`CI=true`): missing tools fail instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A temp dir nginx's workers can traverse (0755).
+pub fn tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("postern-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where postern listens.
+#[derive(Clone, Debug)]
+pub enum Addr {
+    Tcp(u16),
+    Unix(PathBuf),
+}
+
+impl Addr {
+    pub fn arg(&self) -> String {
+        match self {
+            Addr::Tcp(p) => format!("127.0.0.1:{p}"),
+            Addr::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    /// For nginx's `uwsgi_pass`.
+    pub fn nginx(&self) -> String {
+        match self {
+            Addr::Tcp(p) => format!("127.0.0.1:{p}"),
+            Addr::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    pub fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(match self {
+            Addr::Tcp(p) => {
+                let s = TcpStream::connect(("127.0.0.1", *p))?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                Box::new(s)
+            }
+            Addr::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                Box::new(s)
+            }
+        })
+    }
+}
+
+pub trait Conn: Read + Write {
+    fn shutdown_write(&self);
+}
+impl Conn for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+impl Conn for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// A running postern.
+pub struct Postern {
+    pub child: Child,
+    pub addr: Addr,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Builder for a postern process.
+pub struct Spawn {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    dir: PathBuf,
+    addr: Addr,
+    venv: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+}
+
+impl Spawn {
+    /// Serves `app` on a new Unix socket (mode 666) in `dir`.
+    pub fn unix(dir: &Path, app: &str) -> Spawn {
+        let sock = dir.join(format!("postern-{}.sock", free_port()));
+        Spawn::new(dir, app, Addr::Unix(sock))
+    }
+
+    /// Serves `app` on a free loopback TCP port.
+    pub fn tcp(dir: &Path, app: &str) -> Spawn {
+        Spawn::new(dir, app, Addr::Tcp(free_port()))
+    }
+
+    fn new(dir: &Path, app: &str, addr: Addr) -> Spawn {
+        Spawn {
+            args: vec![app.to_owned()],
+            envs: Vec::new(),
+            dir: dir.to_owned(),
+            addr,
+            venv: None,
+            cwd: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn venv(mut self, v: &Path) -> Self {
+        self.venv = Some(v.to_owned());
+        self
+    }
+
+    pub fn cwd(mut self, d: &Path) -> Self {
+        self.cwd = Some(d.to_owned());
+        self
+    }
+
+    /// The command, not started (for tests that expect a failure).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(postern_bin());
+        cmd.args(&self.args)
+            .arg("--uwsgi")
+            .arg(self.addr.arg())
+            .env_remove("VIRTUAL_ENV")
+            .env("RUST_BACKTRACE", "1");
+        if matches!(self.addr, Addr::Unix(_)) {
+            cmd.args(["--socket-mode", "666"]);
+        }
+        if let Some(v) = &self.venv {
+            cmd.arg("--venv").arg(v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts postern and waits until it accepts connections.
+    pub fn start(self) -> Postern {
+        let log = self.dir.join(format!("postern-{}.log", free_port()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("starting postern");
+        let mut p = Postern {
+            child,
+            addr: self.addr,
+            log,
+            dir: self.dir,
+        };
+        p.wait_ready();
+        p
+    }
+}
+
+impl Postern {
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("postern exited early ({status}):\n{}", self.logs());
+            }
+            let ok = match &self.addr {
+                Addr::Tcp(p) => TcpStream::connect(("127.0.0.1", *p)).is_ok(),
+                Addr::Unix(p) => UnixStream::connect(p).is_ok(),
+            };
+            // A probe connection that sends nothing is logged at debug level only.
+            if ok && self.logs().contains("ready") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postern did not start:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Everything postern has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `secs` for `needle` to appear in the log.
+    pub fn wait_log(&self, needle: &str, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to exit, up to `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends one raw request and returns everything until EOF.
+    pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        raw(&self.addr, bytes)
+    }
+
+    /// Sends a uwsgi request built from `vars` and `body`; returns the raw response.
+    pub fn uwsgi(&self, vars: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut pkt = uwsgi_packet(vars);
+        pkt.extend_from_slice(body);
+        self.raw(&pkt)
+    }
+
+    /// A plain GET over uwsgi; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        let resp = self.uwsgi(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", p),
+                ("QUERY_STRING", q),
+                ("REQUEST_URI", path),
+                ("SERVER_NAME", "test"),
+                ("SERVER_PORT", "80"),
+                ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ],
+            b"",
+        );
+        let r = parse_http(&resp)
+            .unwrap_or_else(|| panic!("bad response {:?}", String::from_utf8_lossy(&resp)));
+        (r.status, r.body)
+    }
+}
+
+impl Drop for Postern {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+        if std::env::var_os("POSTERN_TEST_SHOW_LOGS").is_some() || std::thread::panicking() {
+            eprintln!(
+                "---- postern log ({}) ----\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        }
+    }
+}
+
+/// Sends bytes, reads to EOF (or error).
+pub fn raw(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = addr.connect().expect("connecting to postern");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Sends bytes, half-closes (EOF), reads to EOF (or error).
+pub fn raw_eof(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = addr.connect().expect("connecting to postern");
+    let _ = s.write_all(bytes);
+    s.shutdown_write();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Encodes a uwsgi packet (written independently of postern's own codec).
+pub fn uwsgi_packet(vars: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (k, v) in vars {
+        for s in [k.as_bytes(), v.as_bytes()] {
+            block.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            block.extend_from_slice(s);
+        }
+    }
+    let mut pkt = vec![0u8];
+    pkt.extend_from_slice(&(block.len() as u16).to_le_bytes());
+    pkt.push(0);
+    pkt.extend_from_slice(&block);
+    pkt
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Parses a complete HTTP/1.x response (Content-Length, chunked, or until EOF).
+pub fn parse_http(resp: &[u8]) -> Option<Response> {
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&resp[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let rest = &resp[end + 4..];
+    let r = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let body = if r
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(rest)?
+    } else if let Some(cl) = r.header("content-length") {
+        let n: usize = cl.parse().ok()?;
+        if rest.len() < n {
+            return None;
+        }
+        rest[..n].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(Response { body, ..r })
+}
+
+/// Decodes a chunked body; None if it is incomplete (no terminating chunk).
+pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..nl]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if b.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// Where nginx is, if installed. In CI a missing nginx fails the test; locally it
+/// skips with a loud message.
+pub fn nginx_bin() -> Option<PathBuf> {
+    for p in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    if in_ci() {
+        panic!("nginx is not installed, and CI=true: tests that need nginx must not skip (install it in .ci/run)");
+    }
+    eprintln!("\n!!!!! SKIPPING: nginx is not installed (apt-get install nginx); this test did NOT run !!!!!\n");
+    None
+}
+
+/// A private nginx: `nginx -p DIR -c DIR/nginx.conf`, stopped by pid on drop.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with `server_body` inside its one `server {}` block (the listen
+    /// directive is added). `{{DIR}}` in the body is replaced by nginx's directory.
+    pub fn start(bin: &Path, parent: &Path, server_body: &str) -> Nginx {
+        Self::start_with_http(bin, parent, "", server_body)
+    }
+
+    /// Like [`Nginx::start`], with extra directives at `http {}` level.
+    pub fn start_with_http(
+        bin: &Path,
+        parent: &Path,
+        http_extra: &str,
+        server_body: &str,
+    ) -> Nginx {
+        let port = free_port();
+        let dir = parent.join(format!("nginx-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.display().to_string();
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 100m;
+    {http_extra}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        {body}
+    }}
+}}
+"#,
+            body = server_body.replace("{{DIR}}", &d),
+            http_extra = http_extra.replace("{{DIR}}", &d),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nginx");
+        let mut n = Nginx { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(s)) = n.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = n.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("nginx exited ({s}): {err}\n{}", n.error_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                n.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Sends a raw HTTP request and returns the raw response.
+    pub fn raw(&self, req: &[u8]) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    }
+
+    /// One HTTP/1.1 request (`Connection: close`); headers are sent as given.
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut req =
+            format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        let resp = self.raw(&bytes);
+        parse_http(&resp).unwrap_or_else(|| {
+            panic!(
+                "incomplete HTTP response from nginx: {:?}\nnginx error log:\n{}",
+                String::from_utf8_lossy(&resp),
+                self.error_log()
+            )
+        })
+    }
+
+    pub fn get(&self, target: &str) -> Response {
+        self.request("GET", target, &[], b"")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The uwsgi location block tests use (its own params, not relying on Debian's file,
+/// plus the stock file's variables).
+pub fn uwsgi_location(pass: &str) -> String {
+    format!(
+        r#"location / {{
+            uwsgi_param QUERY_STRING $query_string;
+            uwsgi_param REQUEST_METHOD $request_method;
+            uwsgi_param CONTENT_TYPE $content_type;
+            uwsgi_param CONTENT_LENGTH $content_length;
+            uwsgi_param REQUEST_URI $request_uri;
+            uwsgi_param PATH_INFO $document_uri;
+            uwsgi_param DOCUMENT_ROOT $document_root;
+            uwsgi_param SERVER_PROTOCOL $server_protocol;
+            uwsgi_param REQUEST_SCHEME $scheme;
+            uwsgi_param HTTPS $https if_not_empty;
+            uwsgi_param REMOTE_ADDR $remote_addr;
+            uwsgi_param REMOTE_PORT $remote_port;
+            uwsgi_param SERVER_PORT $server_port;
+            uwsgi_param SERVER_NAME $server_name;
+            uwsgi_pass {pass};
+        }}"#
+    )
+}

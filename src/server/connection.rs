@@ -311,6 +311,7 @@ async fn write_response<C: Conn>(
 ) -> (Result<Outcome, WriteEnd>, u64) {
     let mut written = 0u64;
     let mut scratch = [0u8; 512];
+    let mut watching = true;
     loop {
         tokio::select! {
             biased;
@@ -331,14 +332,18 @@ async fn write_response<C: Conn>(
                 None => return (Err(WriteEnd::Dropped), written),
             },
             // nginx closes its end when its client aborts: notice it while the app
-            // is still working, so the app stops at its next chunk.
-            ready = conn.ready(Interest::READABLE) => {
+            // is still working. EOF alone may be a half-close, so it only stops the
+            // watch; a reset (or a failed write) means the peer is gone.
+            ready = conn.ready(Interest::READABLE), if watching => {
                 let gone = match ready {
                     Err(e) => Some(e),
                     Ok(_) => match conn.try_io(Interest::READABLE, || {
                         rustix::io::read(conn_fd(conn), &mut scratch).map_err(io::Error::from)
                     }) {
-                        Ok(0) => Some(io::Error::new(io::ErrorKind::UnexpectedEof, "the front server closed the connection")),
+                        Ok(0) => {
+                            watching = false;
+                            None
+                        }
                         Ok(_) => None,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                         Err(e) => Some(e),

@@ -458,15 +458,20 @@ fn iterate(
     responder: &Bound<'_, Responder>,
     result: &Bound<'_, PyAny>,
 ) -> Result<(), Failure> {
-    let not_started =
-        || Failure::Mistake("the app produced a body before calling start_response()".into());
+    let not_started = || {
+        Failure::Mistake(if responder.borrow().called {
+            "start_response() was called but refused the status or headers".into()
+        } else {
+            "the app produced a body before calling start_response()".into()
+        })
+    };
     // wsgi.file_wrapper on a regular file: sendfile(2).
     if let Ok(wrapper) = result.cast::<FileWrapper>() {
         if let Some(src) = wrapper.borrow().sendfile_source(py) {
-            let mut r = responder.borrow_mut();
-            if r.status.is_none() {
+            if responder.borrow().status.is_none() {
                 return Err(not_started());
             }
+            let mut r = responder.borrow_mut();
             let mut len = src.len;
             match r.content_length {
                 Some(cl) => len = len.min(cl),
@@ -504,14 +509,14 @@ fn iterate(
         for item in &items {
             total += body_bytes(item)?.as_bytes().len();
         }
-        let mut r = responder.borrow_mut();
-        if r.status.is_none() {
+        if responder.borrow().status.is_none() {
             return if total == 0 {
                 Ok(())
             } else {
                 Err(not_started())
             };
         }
+        let mut r = responder.borrow_mut();
         if r.content_length.is_none()
             && !r.used_write
             && !r.headers_sent
@@ -544,10 +549,10 @@ fn iterate(
         if data.is_empty() {
             continue;
         }
-        let mut r = responder.borrow_mut();
-        if r.status.is_none() {
+        if responder.borrow().status.is_none() {
             return Err(not_started());
         }
+        let mut r = responder.borrow_mut();
         if r.send_body(py, data).is_err() || r.overflowed {
             break;
         }

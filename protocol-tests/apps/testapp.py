@@ -1,0 +1,249 @@
+"""WSGI app used by postern's black-box tests: one route per behaviour under test.
+
+Plain WSGI on purpose (no framework), so each route shows exactly what a server must
+do (PEP 3333). Routes are selected by PATH_INFO; see the test files for the expected
+answers.
+"""
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+# Request ids whose iterable's close() ran: {id: how}.
+CLOSED = {}
+IMPORTS = os.environ.get("TESTAPP_IMPORT_MARK")
+if IMPORTS:
+    with open(IMPORTS, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def qs(environ):
+    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+def text(start_response, body, status="200 OK", extra=()):
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *extra])
+    return [body]
+
+
+def as_json(start_response, obj, status="200 OK"):
+    body = json.dumps(obj).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class Tracked:
+    """An iterable whose close() is recorded under an id."""
+
+    def __init__(self, rid, chunks, delay=0.0, fail_at=None):
+        self.rid, self.chunks, self.delay, self.fail_at = rid, chunks, delay, fail_at
+
+    def __iter__(self):
+        for i, c in enumerate(self.chunks):
+            if self.fail_at is not None and i == self.fail_at:
+                raise RuntimeError("failing on purpose mid-body")
+            if self.delay:
+                time.sleep(self.delay)
+            yield c
+
+    def close(self):
+        CLOSED[self.rid] = "closed"
+
+
+def simple_app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body) + 3))])
+    return [b"ok:", body]
+
+
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    q = qs(environ)
+    if path.startswith("/validate"):
+        return validator(simple_app)(environ, start_response)
+    if path == "/env" or path.startswith("/env/") or path.startswith("/mount"):
+        env = {}
+        for k, v in environ.items():
+            if isinstance(v, str):
+                env[k] = v
+            elif isinstance(v, (bool, int, tuple)):
+                env[k] = repr(v)
+        env["wsgi.input.type"] = type(environ["wsgi.input"]).__name__
+        env["_types_ok"] = all(
+            type(k) is str and (type(v) is str or k.startswith("wsgi.") or k.startswith("postern."))
+            for k, v in environ.items()
+        )
+        return as_json(start_response, env)
+    if path == "/echo":
+        data = environ["wsgi.input"].read()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("X-Body-Len", str(len(data))),
+                ("X-SHA256", hashlib.sha256(data).hexdigest()),
+            ],
+        )
+        return [data]
+    if path == "/digest":
+        h = hashlib.sha256()
+        n = 0
+        inp = environ["wsgi.input"]
+        while True:
+            chunk = inp.read(65536)
+            if not chunk:
+                break
+            n += len(chunk)
+            h.update(chunk)
+        return as_json(start_response, {"len": n, "sha256": h.hexdigest()})
+    if path == "/input-api":
+        inp = environ["wsgi.input"]
+        out = {"read0": inp.read(0).decode()}
+        out["readline5"] = inp.readline(5).decode()
+        out["readline"] = inp.readline().decode()
+        out["read3"] = inp.read(3).decode()
+        out["iter_first"] = next(iter(inp)).decode()
+        out["readlines"] = [l.decode() for l in inp.readlines()]
+        out["after_end"] = inp.read().decode()
+        out["readline_end"] = inp.readline().decode()
+        return as_json(start_response, out)
+    if path == "/unread-body":
+        # Answers without reading its (possibly large) body.
+        return text(start_response, "did not read\n")
+    if path == "/stream":
+        n, delay = int(q.get("n", 5)), float(q.get("delay", 0.05))
+
+        def gen():
+            for i in range(n):
+                yield f"chunk {i}\n".encode()
+                time.sleep(delay)
+
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
+        return gen()
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written 1\n")
+        write(b"written 2\n")
+        return [b"returned\n"]
+    if path == "/cookies":
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain"), ("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/")],
+        )
+        return [b"two cookies\n"]
+    if path == "/exc-info":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise ValueError("handled")
+        except ValueError:
+            start_response("500 Oops", [("Content-Type", "text/plain"), ("X-Exc", "1")], sys.exc_info())
+        return [b"replaced by exc_info\n"]
+    if path == "/exc-info-after-sent":
+
+        def gen():
+            yield b"first chunk\n"
+            try:
+                raise ValueError("too late")
+            except ValueError:
+                start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+            yield b"never\n"
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return gen()
+    if path == "/error":
+        raise ValueError("boom: an app error on purpose")
+    if path == "/late-error":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def gen():
+            raise RuntimeError("error before the first body byte")
+            yield b""
+
+        return gen()
+    if path == "/error-after-headers":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Tracked(q.get("id", "x"), [b"part one\n", b"part two\n"], fail_at=1)
+    if path == "/close":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Tracked(q["id"], [b"a\n", b"b\n"])
+    if path == "/close-error":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Tracked(q["id"], [b"a\n", b"b\n"], fail_at=0)
+    if path == "/close-slow":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
+        return Tracked(q["id"], [b"tick\n"] * 200, delay=0.05)
+    if path == "/closed":
+        return text(start_response, CLOSED.get(q["id"], "no"))
+    if path == "/none":
+        start_response("200 OK", [])
+        return None
+    if path == "/str":
+        start_response("200 OK", [])
+        return ["a str, not bytes"]
+    if path == "/no-start":
+        return [b"never called start_response"]
+    if path == "/twice":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            start_response("200 OK", [])
+        except AssertionError:
+            return [b"raised"]
+        return [b"did not raise"]
+    if path == "/sysexit":
+        raise SystemExit(3)
+    if path == "/kbint":
+        raise KeyboardInterrupt
+    if path == "/bad-header":
+        start_response("200 OK", [("X-Injected", "a\r\nSet-Cookie: evil=1")])
+        return [b"should not be sent"]
+    if path == "/bad-header-caught":
+        try:
+            start_response("200 OK", [("X-Injected", "a\r\nSet-Cookie: evil=1")])
+        except ValueError:
+            pass
+        return [b"should not be sent"]
+    if path == "/non-latin1":
+        start_response("200 OK", [("X-Euro", "\u20ac")])
+        return [b"should not be sent"]
+    if path == "/cl-short":
+        start_response("200 OK", [("Content-Length", "100")])
+        return Tracked(q.get("id", "s"), [b"only ten b"])
+    if path == "/cl-long":
+        start_response("200 OK", [("Content-Length", "5")])
+        return Tracked(q.get("id", "l"), [b"0123456789"])
+    if path == "/file":
+        size = int(q.get("size", 100000))
+        f = tempfile.TemporaryFile()
+        f.write(bytes(i % 251 for i in range(size)))
+        f.seek(int(q.get("offset", 0)))
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/file-bytesio":
+        size = int(q.get("size", 100000))
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(bytes(i % 251 for i in range(size))), 4096)
+    if path == "/sleep":
+        time.sleep(float(q.get("s", 1)))
+        return text(start_response, "slept\n")
+    if path == "/errors":
+        environ["wsgi.errors"].write("hello-from-wsgi-errors\n")
+        environ["wsgi.errors"].flush()
+        return text(start_response, "logged\n")
+    if path == "/thread":
+        return text(start_response, threading.current_thread().name)
+    if path == "/pid":
+        return text(start_response, str(os.getpid()))
+    if path == "/sys":
+        return as_json(
+            start_response,
+            {"prefix": sys.prefix, "executable": sys.executable, "path": sys.path, "env": os.environ.get("TESTAPP_ENV", "")},
+        )
+    return text(start_response, "hello\n")

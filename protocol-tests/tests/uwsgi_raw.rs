@@ -1,0 +1,500 @@
+//! Raw uwsgi bytes straight to the real binary (no front server): malformed, truncated,
+//! oversized and silent peers each get a clean close and a log line, and the next normal
+//! request is served. Also the WSGI duties that do not need nginx.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+fn ok_after(p: &Postern) {
+    let (status, body) = p.get("/hello");
+    assert_eq!(status, 200, "the next normal request must succeed");
+    assert_eq!(body, b"hello\n");
+}
+
+fn start(dir: &std::path::Path) -> Postern {
+    Spawn::tcp(dir, &testapp())
+        .args(["--head-timeout", "1"])
+        .start()
+}
+
+#[test]
+fn truncated_header_is_closed_and_logged() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = raw_eof(&p.addr, &[0, 0x10]); // modifier1 0, then one byte of datasize, then EOF
+    assert!(out.is_empty());
+    assert!(p.wait_log("incomplete request head", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn truncated_vars_block_is_closed_and_logged() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    let out = raw_eof(&p.addr, &pkt[..pkt.len() - 3]);
+    assert!(out.is_empty());
+    assert!(p.wait_log("incomplete request head", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn var_length_overrunning_the_packet_is_rejected() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    // datasize 8; key_len 2 "AB"; val_len 200 (overruns); 2 bytes
+    let pkt = [0u8, 8, 0, 0, 2, 0, b'A', b'B', 200, 0, b'x', b'y'];
+    let out = p.raw(&pkt);
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(p.wait_log("runs past the end", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn datasize_over_buffer_size_is_refused_with_the_option_to_raise() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--buffer-size", "4096"])
+        .start();
+    let big = "x".repeat(6000);
+    let pkt = {
+        let mut v = uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/"),
+            ("HTTP_COOKIE", &big),
+        ]);
+        v.truncate(v.len()); // the whole packet is sent
+        v
+    };
+    let out = p.raw(&pkt);
+    let r = parse_http(&out).expect("a 431 answer");
+    assert_eq!(r.status, 431);
+    assert!(
+        p.wait_log("over the 4096-byte limit (raise --buffer-size", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn default_buffer_size_takes_a_64k_head() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let big = "c".repeat(60_000);
+    let resp = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/env"),
+            ("HTTP_COOKIE", &big),
+        ],
+        b"",
+    );
+    let r = parse_http(&resp).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["HTTP_COOKIE"].as_str().unwrap().len(), 60_000);
+}
+
+#[test]
+fn http_text_on_the_uwsgi_port_is_named_in_the_log() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = parse_http(&out).expect("a 400 answer explains the mistake");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("uwsgi"));
+    assert!(
+        p.wait_log("HTTP request received on a uwsgi socket", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn other_modifiers_are_refused() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let mut pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET")]);
+    pkt[0] = 111; // uWSGI's cache modifier
+    assert!(p.raw(&pkt).is_empty());
+    assert!(p.wait_log("modifier1 111", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn a_silent_client_does_not_block_others_and_is_closed() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..5 {
+        ok_after(&p);
+    }
+    // --head-timeout 1: the silent peer is closed and logged.
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(p.wait_log("no complete request head", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn a_client_gone_mid_body_is_logged_and_the_app_not_called() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let mut s = p.addr.connect().unwrap();
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", "100000"),
+    ]);
+    pkt.extend_from_slice(&[7u8; 1000]);
+    s.write_all(&pkt).unwrap();
+    drop(s);
+    assert!(
+        p.wait_log("connection closed after 1000 of 100000 body bytes", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn a_client_gone_mid_spooled_body_is_logged() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--body-spool-threshold", "1k"])
+        .start();
+    let mut s = p.addr.connect().unwrap();
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", "50000"),
+    ]);
+    pkt.extend_from_slice(&[7u8; 20000]);
+    s.write_all(&pkt).unwrap();
+    drop(s);
+    assert!(p.wait_log("of 50000 body bytes", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn bad_content_length_is_refused() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(&[("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", "-5")], b"");
+    assert!(out.is_empty());
+    assert!(
+        p.wait_log("CONTENT_LENGTH \"-5\" is not a decimal number", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn missing_request_method_answers_400_with_a_hint() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(&[("PATH_INFO", "/")], b"");
+    assert_eq!(parse_http(&out).unwrap().status, 400);
+    assert!(p.wait_log("include uwsgi_params", 5));
+    ok_after(&p);
+}
+
+#[test]
+fn max_body_answers_413() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--max-body", "1k"])
+        .start();
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("CONTENT_LENGTH", "5000"),
+        ],
+        &[1u8; 5000],
+    );
+    assert_eq!(parse_http(&out).unwrap().status, 413);
+    assert!(p.wait_log("--max-body", 5));
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("CONTENT_LENGTH", "1000"),
+        ],
+        &[1u8; 1000],
+    );
+    assert_eq!(parse_http(&out).unwrap().body, vec![1u8; 1000]);
+}
+
+#[test]
+fn response_is_a_status_line_and_closes() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")], b"");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let r = parse_http(&out).unwrap();
+    assert_eq!(
+        r.header("Content-Length"),
+        Some("6"),
+        "a one-item list gets a Content-Length"
+    );
+    assert!(r.header("Transfer-Encoding").is_none());
+    assert!(p.wait_log("served", 5));
+}
+
+#[test]
+fn head_requests_get_headers_only() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(&[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/")], b"");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nContent-Length: 6\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text}");
+}
+
+#[test]
+fn modifier_30_strips_script_name() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", "/app"),
+        ("PATH_INFO", "/app/env"),
+    ]);
+    pkt[0] = 30;
+    let r = parse_http(&p.raw(&pkt)).unwrap();
+    let env = r.json();
+    assert_eq!(env["SCRIPT_NAME"], "/app");
+    assert_eq!(env["PATH_INFO"], "/env");
+}
+
+#[test]
+fn sendfile_and_iterated_file_wrappers_are_byte_exact() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let expected: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (s, body) = p.get("/file?size=300000");
+    assert_eq!(s, 200);
+    assert_eq!(body, expected);
+    let (_, body) = p.get("/file?size=300000&offset=1000");
+    assert_eq!(body, expected[1000..]);
+    let (_, body) = p.get("/file-bytesio?size=300000");
+    assert_eq!(body, expected);
+}
+
+#[test]
+fn content_length_is_honoured() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    // More than announced: only Content-Length bytes go out.
+    let out = p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/cl-long")], b"");
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.body, b"01234");
+    assert!(out.ends_with(b"01234"), "nothing past Content-Length");
+    // Fewer than announced: logged and aborted.
+    let out = p.uwsgi(
+        &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/cl-short")],
+        b"",
+    );
+    assert!(
+        parse_http(&out).is_none(),
+        "a short body must not look complete"
+    );
+    assert!(
+        p.wait_log("less body than its Content-Length", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn wsgi_errors_go_to_the_log_with_the_request() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let (s, _) = p.get("/errors");
+    assert_eq!(s, 200);
+    assert!(p.wait_log("hello-from-wsgi-errors", 5), "{}", p.logs());
+    let line = p
+        .logs()
+        .lines()
+        .find(|l| l.contains("hello-from-wsgi-errors"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("path=/errors"), "{line}");
+}
+
+#[test]
+fn input_api_follows_pep_3333() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let body = b"line one\nline two\nabcdef\nthird\nfourth\n";
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/input-api"),
+            ("CONTENT_LENGTH", &body.len().to_string()),
+        ],
+        body,
+    );
+    let j = parse_http(&out).unwrap().json();
+    assert_eq!(j["read0"], "");
+    assert_eq!(j["readline5"], "line ");
+    assert_eq!(j["readline"], "one\n");
+    assert_eq!(j["read3"], "lin");
+    assert_eq!(j["iter_first"], "e two\n");
+    assert_eq!(
+        j["readlines"],
+        serde_json::json!(["abcdef\n", "third\n", "fourth\n"])
+    );
+    assert_eq!(j["after_end"], "");
+    assert_eq!(j["readline_end"], "");
+}
+
+#[test]
+fn input_api_works_on_a_spooled_body_too() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--body-spool-threshold", "10"])
+        .start();
+    let body = b"line one\nline two\nabcdef\nthird\nfourth\n";
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/input-api"),
+            ("CONTENT_LENGTH", &body.len().to_string()),
+        ],
+        body,
+    );
+    let j = parse_http(&out).unwrap().json();
+    assert_eq!(j["readline5"], "line ");
+    assert_eq!(
+        j["readlines"],
+        serde_json::json!(["abcdef\n", "third\n", "fourth\n"])
+    );
+}
+
+#[test]
+fn a_large_body_is_spooled_not_kept_in_memory() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let body: Vec<u8> = (0..8_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/digest"),
+            ("CONTENT_LENGTH", &body.len().to_string()),
+        ],
+        &body,
+    );
+    let j = parse_http(&out).unwrap().json();
+    assert_eq!(j["len"], 8_000_000);
+    let log = p.logs();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn app_contract_mistakes_answer_500_and_say_which() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    for (path, says) in [
+        ("/none", "returned None"),
+        ("/str", "yielded str"),
+        ("/no-start", "before calling start_response"),
+        ("/bad-header", "CR, LF or another control character"),
+        ("/bad-header-caught", "refused the status or headers"),
+        ("/non-latin1", "outside latin-1"),
+        ("/error", "ValueError: boom"),
+        ("/late-error", "error before the first body byte"),
+    ] {
+        let out = p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", path)], b"");
+        let r = parse_http(&out)
+            .unwrap_or_else(|| panic!("{path}: {:?}", String::from_utf8_lossy(&out)));
+        assert_eq!(r.status, 500, "{path}");
+        assert!(
+            !String::from_utf8_lossy(&out).contains("evil"),
+            "{path}: injected header passed"
+        );
+        assert!(
+            p.wait_log(says, 5),
+            "{path}: log should say {says:?}:\n{}",
+            p.logs()
+        );
+        ok_after(&p);
+    }
+}
+
+#[test]
+fn second_start_response_without_exc_info_raises() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    assert_eq!(p.get("/twice"), (200, b"raised".to_vec()));
+}
+
+#[test]
+fn system_exit_and_keyboard_interrupt_fail_one_request_only() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--threads", "2"])
+        .start();
+    for path in ["/sysexit", "/kbint"] {
+        let (s, _) = p.get(path);
+        assert_eq!(s, 500, "{path}");
+        ok_after(&p);
+    }
+    assert!(p.logs().contains("SystemExit"));
+    assert!(p.logs().contains("KeyboardInterrupt"));
+}
+
+#[test]
+fn threads_serve_concurrently() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--threads", "4"])
+        .start();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || {
+                let pkt = uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/sleep"),
+                    ("QUERY_STRING", "s=1"),
+                ]);
+                parse_http(&raw(&addr, &pkt)).unwrap().status
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    // Four 1 s requests on four threads: well under the 4 s they take one by one.
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+    let env = parse_http(&p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/env")], b""))
+        .unwrap()
+        .json();
+    assert_eq!(env["wsgi.multithread"], "True");
+    assert_eq!(env["wsgi.multiprocess"], "False");
+}
