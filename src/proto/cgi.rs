@@ -68,7 +68,9 @@ pub fn normalise<'a>(
             index.get(key).copied()
         };
         match found {
-            Some(i) if key.starts_with(b"HTTP_") => {
+            // Host is unique in HTTP (nginx refuses a request with two), so a second
+            // HTTP_HOST is a `uwsgi_param` overriding Debian's stock one: last wins.
+            Some(i) if key.starts_with(b"HTTP_") && key != b"HTTP_HOST" => {
                 let sep: &[u8] = if key == b"HTTP_COOKIE" { b"; " } else { b", " };
                 let joined = cgi.vars[i].1.to_mut();
                 joined.extend_from_slice(sep);
@@ -289,6 +291,12 @@ mod tests {
         );
         assert_eq!(val(&cgi, "HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));
         assert_eq!(val(&cgi, "REMOTE_ADDR"), Some(&b"2.2.2.2"[..]));
+    }
+
+    #[test]
+    fn a_second_http_host_overrides_the_first() {
+        let cgi = run(&[("HTTP_HOST", "example.com"), ("HTTP_HOST", "example.com:8080")]);
+        assert_eq!(val(&cgi, "HTTP_HOST"), Some(&b"example.com:8080"[..]));
     }
 
     #[test]

@@ -109,7 +109,10 @@ pub fn traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = (|| -> PyResult<String> {
         let lines = py
             .import("traceback")?
-            .call_method1("format_exception", (err.value(py),))?;
+            .call_method1(
+                "format_exception",
+                (err.get_type(py), err.value(py), err.traceback(py)),
+            )?;
         let parts: Vec<String> = lines.extract()?;
         Ok(parts.concat())
     })();

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from hello import views
+
+urlpatterns = [
+    path("", views.index),
+    path("form/", views.form),
+    path("upload/", views.upload),
+    path("redirect/", views.go_redirect),
+    path("cookie/set/", views.cookie_set),
+    path("cookie/get/", views.cookie_get),
+]

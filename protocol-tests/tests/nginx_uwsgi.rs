@@ -1,0 +1,336 @@
+//! Through a real nginx (`uwsgi_pass`), on a Unix socket and on TCP: the environ, bodies,
+//! streaming, `write()`, cookies, exc_info, `close()` on every path, errors, and
+//! `wsgiref.validate`. Needs nginx: fails in CI if it is missing, skips loudly locally.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+struct Stack {
+    nginx: Nginx,
+    postern: Postern,
+    _dir: tempfile::TempDir,
+}
+
+fn stack_with(tcp: bool, extra_locations: &str, args: &[&str]) -> Option<Stack> {
+    let bin = nginx_bin()?;
+    let dir = tempdir();
+    let spawn = if tcp {
+        Spawn::tcp(dir.path(), &testapp())
+    } else {
+        Spawn::unix(dir.path(), &testapp())
+    };
+    let postern = spawn.args(args.iter().copied()).start();
+    let pass = postern.addr.nginx();
+    let body = format!(
+        "{}\n{}",
+        uwsgi_location(&pass),
+        extra_locations.replace("{{PASS}}", &pass)
+    );
+    let nginx = Nginx::start(&bin, dir.path(), &body);
+    Some(Stack {
+        nginx,
+        postern,
+        _dir: dir,
+    })
+}
+
+fn stack(tcp: bool) -> Option<Stack> {
+    stack_with(tcp, "", &["--threads", "4"])
+}
+
+fn both(f: impl Fn(&Stack)) {
+    for tcp in [false, true] {
+        let Some(s) = stack(tcp) else { return };
+        f(&s);
+        let errors = s.nginx.error_log();
+        assert!(
+            !errors.contains("upstream prematurely closed") && !errors.contains("[crit]"),
+            "nginx logged upstream errors ({}):\n{errors}",
+            if tcp { "tcp" } else { "unix" }
+        );
+    }
+}
+
+#[test]
+fn environ_method_path_query_and_headers() {
+    both(|s| {
+        let r = s.nginx.request(
+            "GET",
+            "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9",
+            &[("X-Custom", "v1"), ("Accept", "text/html"), ("Accept", "application/json")],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        let e = r.json();
+        assert_eq!(e["REQUEST_METHOD"], "GET");
+        assert_eq!(e["SCRIPT_NAME"], "");
+        // PEP 3333: the UTF-8 bytes of the decoded path, as latin-1 code points.
+        assert_eq!(e["PATH_INFO"], "/env/a b/caf\u{c3}\u{a9}");
+        assert_eq!(e["QUERY_STRING"], "x=1&y=%C3%A9");
+        assert_eq!(e["REQUEST_URI"], "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9");
+        assert_eq!(e["HTTP_X_CUSTOM"], "v1");
+        // nginx 1.22 sends one variable per header line: joined as CGI does.
+        assert_eq!(e["HTTP_ACCEPT"], "text/html, application/json");
+        assert_eq!(e["HTTP_HOST"], "localhost");
+        assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.1");
+        assert_eq!(e["SERVER_NAME"], "localhost");
+        assert_eq!(e["SERVER_PORT"], s.nginx.port.to_string());
+        assert_eq!(e["REMOTE_ADDR"], "127.0.0.1");
+        assert_eq!(e["wsgi.url_scheme"], "http");
+        assert_eq!(e["wsgi.version"], "(1, 0)");
+        assert_eq!(e["wsgi.input_terminated"], "True");
+        assert_eq!(e["wsgi.run_once"], "False");
+        assert_eq!(e["wsgi.multithread"], "True");
+        assert_eq!(e["_types_ok"], true);
+        assert!(e.get("CONTENT_LENGTH").is_none(), "empty CONTENT_LENGTH is omitted");
+        assert!(e.get("CONTENT_TYPE").is_none());
+    });
+}
+
+#[test]
+fn environ_post_has_no_http_content_duplicates() {
+    both(|s| {
+        let r = s.nginx.request(
+            "POST",
+            "/env",
+            &[("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")],
+            b"",
+        );
+        // (A chunked body: nginx de-chunks it and computes CONTENT_LENGTH.)
+        let _ = r;
+        let mut req = b"POST /env HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec();
+        let resp = s.nginx.raw(&std::mem::take(&mut req));
+        let e = parse_http(&resp).unwrap().json();
+        assert_eq!(e["REQUEST_METHOD"], "POST");
+        assert_eq!(e["CONTENT_TYPE"], "text/plain");
+        assert_eq!(e["CONTENT_LENGTH"], "5");
+        assert!(e.get("HTTP_CONTENT_TYPE").is_none());
+        assert!(e.get("HTTP_CONTENT_LENGTH").is_none());
+        assert!(e.get("HTTP_TRANSFER_ENCODING").is_none(), "de-chunked by nginx: dropped");
+    });
+}
+
+#[test]
+fn https_scheme_from_the_front_server() {
+    let Some(s) = stack_with(
+        false,
+        r#"location /tls/ {
+            include /etc/nginx/uwsgi_params;
+            uwsgi_param HTTPS on;
+            uwsgi_param PATH_INFO /env;
+            uwsgi_pass {{PASS}};
+        }"#,
+        &[],
+    ) else {
+        return;
+    };
+    let e = s.nginx.get("/tls/x").json();
+    assert_eq!(e["wsgi.url_scheme"], "https");
+    assert_eq!(s.nginx.get("/env").json()["wsgi.url_scheme"], "http");
+}
+
+#[test]
+fn script_name_from_the_front_server_is_split_off() {
+    let Some(s) = stack_with(
+        true,
+        r#"location /app/ {
+            include /etc/nginx/uwsgi_params;
+            uwsgi_param SCRIPT_NAME /app;
+            uwsgi_pass {{PASS}};
+        }"#,
+        &[],
+    ) else {
+        return;
+    };
+    let e = s.nginx.get("/app/env?q=1").json();
+    assert_eq!(e["SCRIPT_NAME"], "/app");
+    assert_eq!(e["PATH_INFO"], "/env");
+}
+
+#[test]
+fn bodies_empty_small_and_10mib_are_byte_exact() {
+    both(|s| {
+        let r = s.nginx.request("POST", "/echo", &[("Content-Type", "application/octet-stream")], b"");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Body-Len"), Some("0"));
+        assert!(r.body.is_empty());
+
+        let small = b"name=value&x=\xff\x00\x01";
+        let r = s.nginx.request("POST", "/echo", &[], small);
+        assert_eq!(r.body, small);
+
+        let big: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let r = s.nginx.request("POST", "/echo", &[], &big);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Body-Len"), Some("10485760"));
+        assert_eq!(r.body.len(), big.len());
+        assert!(r.body == big, "10 MiB body differs");
+    });
+}
+
+#[test]
+fn an_unread_body_does_not_reset_nginx() {
+    both(|s| {
+        let big = vec![b'z'; 3 * 1024 * 1024];
+        for _ in 0..3 {
+            let r = s.nginx.request("POST", "/unread-body", &[], &big);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.text(), "did not read\n");
+        }
+        assert!(!s.nginx.error_log().contains("reset by peer"), "{}", s.nginx.error_log());
+    });
+}
+
+#[test]
+fn streamed_response_arrives_in_pieces() {
+    both(|s| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /stream?n=4&delay=0.4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The first chunk arrives long before the last one is produced.
+        while !String::from_utf8_lossy(&got).contains("chunk 0") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+        c.read_to_end(&mut got).unwrap();
+        let r = parse_http(&got).unwrap();
+        assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
+    });
+}
+
+#[test]
+fn write_callable_and_multiple_set_cookie() {
+    both(|s| {
+        let r = s.nginx.get("/write");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "written 1\nwritten 2\nreturned\n");
+        let r = s.nginx.get("/cookies");
+        assert_eq!(r.all("Set-Cookie"), vec!["a=1; Path=/", "b=2; Path=/"]);
+    });
+}
+
+#[test]
+fn exc_info_replaces_the_status_before_anything_is_sent() {
+    both(|s| {
+        let r = s.nginx.get("/exc-info");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("X-Exc"), Some("1"));
+        assert_eq!(r.text(), "replaced by exc_info\n");
+    });
+}
+
+#[test]
+fn exc_info_after_headers_reraises_and_aborts() {
+    let Some(s) = stack(true) else { return };
+    let resp = s.nginx.raw(b"GET /exc-info-after-sent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("never"), "{text}");
+    // The reset makes nginx end the chunked body without its last chunk.
+    assert!(parse_http(&resp).is_none(), "a truncated body must not look complete: {text}");
+    assert!(s.postern.wait_log("aborting the connection", 5), "{}", s.postern.logs());
+    assert_eq!(s.nginx.get("/").status, 200);
+}
+
+#[test]
+fn close_is_called_on_success_error_and_client_abort() {
+    both(|s| {
+        assert_eq!(s.nginx.get("/close?id=ok").text(), "a\nb\n");
+        assert_eq!(s.nginx.get("/closed?id=ok").text(), "closed");
+
+        let r = s.nginx.get("/close-error?id=err");
+        assert_eq!(r.status, 500);
+        assert_eq!(s.nginx.get("/closed?id=err").text(), "closed");
+
+        // The client goes away while the app streams: nginx closes its upstream side.
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.write_all(b"GET /close-slow?id=abort HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 256];
+        let _ = c.read(&mut buf).unwrap();
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            if s.nginx.get("/closed?id=abort").text() == "closed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "close() not called after client abort:\n{}", s.postern.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(s.postern.wait_log("client went away", 5));
+    });
+}
+
+#[test]
+fn app_exception_answers_500_and_the_next_request_is_served() {
+    both(|s| {
+        let r = s.nginx.get("/error");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.text(), "Internal Server Error\n");
+        assert!(s.postern.wait_log("ValueError: boom", 5));
+        assert!(s.postern.logs().contains("Traceback (most recent call last)"));
+        assert_eq!(s.nginx.get("/").text(), "hello\n");
+    });
+}
+
+#[test]
+fn wsgiref_validate_passes() {
+    both(|s| {
+        let r = s.nginx.get("/validate");
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        assert_eq!(r.text(), "ok:");
+        let r = s.nginx.request("POST", "/validate", &[("Content-Type", "text/plain")], b"some body");
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        assert_eq!(r.text(), "ok:some body");
+        assert!(!s.postern.logs().contains("AssertionError"), "{}", s.postern.logs());
+    });
+}
+
+#[test]
+fn sendfile_through_nginx() {
+    both(|s| {
+        let r = s.nginx.get("/file?size=2000000");
+        let expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(r.header("Content-Length"), Some("2000000"));
+        assert!(r.body == expected);
+    });
+}
+
+#[test]
+fn many_concurrent_requests_all_succeed() {
+    both(|s| {
+        let port = s.nginx.port;
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                        let body = format!("t{t}-i{i}");
+                        let req = format!(
+                            "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        c.write_all(req.as_bytes()).unwrap();
+                        let mut out = Vec::new();
+                        c.read_to_end(&mut out).unwrap();
+                        let r = parse_http(&out).unwrap();
+                        assert_eq!(r.status, 200);
+                        assert_eq!(r.text(), body);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
