@@ -48,12 +48,44 @@ pub fn testapp() -> String {
         .into_owned()
 }
 
-/// A venv with Flask and Django (`$POSTERN_TEST_VENV`, else `./.venv`), if any.
+/// A venv with Flask and Django: `$POSTERN_TEST_VENV`, else `./.venv`, else one made
+/// once under `target/test-venv` from `examples/requirements.txt`.
 pub fn example_venv() -> Option<PathBuf> {
-    let p = std::env::var_os("POSTERN_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv"));
-    p.join("pyvenv.cfg").exists().then_some(p)
+    static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    VENV.get_or_init(|| {
+        if let Some(p) = std::env::var_os("POSTERN_TEST_VENV") {
+            let p = PathBuf::from(p);
+            return p.join("pyvenv.cfg").exists().then_some(p);
+        }
+        let dot = root().join(".venv");
+        if dot.join("pyvenv.cfg").exists() && has_frameworks(&dot) {
+            return Some(dot);
+        }
+        let made = root().join("target/test-venv");
+        if !has_frameworks(&made) {
+            eprintln!("creating {} for the example tests (pip install flask django)", made.display());
+            let ok = Command::new("python3").arg("-m").arg("venv").arg(&made).status().is_ok_and(|s| s.success())
+                && Command::new(made.join("bin/pip"))
+                    .args(["install", "--quiet", "-r"])
+                    .arg(root().join("examples/requirements.txt"))
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if !ok {
+                return None;
+            }
+        }
+        Some(made)
+    })
+    .clone()
+}
+
+fn has_frameworks(venv: &Path) -> bool {
+    Command::new(venv.join("bin/python"))
+        .args(["-c", "import flask, django"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// True in CI (`CI=true`): missing tools fail instead of skipping.
