@@ -2,17 +2,14 @@
 //! until SIGTERM/SIGINT, drain, exit. Errors become one clear sentence and an exit code.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use pyo3::prelude::PyAnyMethods;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use postern::config::{Cli, Command, Config, LogFormat};
 use postern::server::{self, connection::Limits, listener};
-use postern::wsgi::{self, interpreter, pool::Pool, Settings};
+use postern::wsgi::{self, interpreter, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -115,14 +112,6 @@ fn run(config: Config) -> anyhow::Result<()> {
         threads: config.threads,
         multiprocess: config.workers > 1,
     };
-    let (pool, threads) = Pool::start(app, settings).context("starting the Python threads")?;
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("postern-io")
-        .enable_all()
-        .build()
-        .map_err(server::ServerError::Runtime)?;
     let limits = Limits {
         buffer_size: config.buffer_size,
         spool_threshold: config.body_spool_threshold,
@@ -139,21 +128,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         pid = std::process::id(),
         "ready"
     );
-    let graceful = config.graceful_timeout;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
-        server::serve(bound, pool, limits, shutdown, graceful).await
-    })?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    threads.join();
-    run_atexit();
+    server::run(bound, app, settings, limits, config.graceful_timeout)?;
+    wsgi::run_atexit();
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.
-fn start_python(config: &Config) -> anyhow::Result<pyo3::Py<pyo3::PyAny>> {
+fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
     let info = interpreter::initialize(config.venv.as_deref())?;
     tracing::info!(
         python = %info.version,
@@ -177,44 +159,7 @@ fn start_python(config: &Config) -> anyhow::Result<pyo3::Py<pyo3::PyAny>> {
         })
         .collect();
     path.push(cwd);
-    pyo3::Python::attach(|py| -> anyhow::Result<_> {
-        interpreter::prepend_sys_path(py, &path)
-            .map_err(|e| anyhow::anyhow!("setting sys.path: {e}"))?;
-        let app = interpreter::load_app(py, &config.app)?;
-        tracing::info!(app = %config.app, "app imported");
-        Ok(app)
-    })
-}
-
-/// Runs the app's `atexit` handlers (the interpreter is not finalised: daemon threads
-/// of the app may still hold it).
-fn run_atexit() {
-    pyo3::Python::attach(|py| {
-        if let Err(e) = py
-            .import("atexit")
-            .and_then(|m| m.call_method0("_run_exitfuncs"))
-        {
-            tracing::warn!(detail = %wsgi::traceback(py, &e), "an atexit handler failed");
-        }
-    });
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(
-        signal = name,
-        "stopping: no new connections, letting in-flight requests finish"
-    );
-    shutdown.cancel();
+    let app = interpreter::import(&path, &config.app)?;
+    tracing::info!(app = %config.app, "app imported");
+    Ok(app)
 }

@@ -8,6 +8,9 @@ use tokio_util::codec::Decoder;
 use super::{CodecError, Frame, Head};
 use crate::proto::uwsgi::{self, HEADER_LEN, MODIFIER_WSGI_STRIP_SCRIPT_NAME};
 
+/// Largest read buffer reserved for body bytes.
+const BODY_READ: usize = 256 * 1024;
+
 #[derive(Debug)]
 enum State {
     Head,
@@ -72,6 +75,12 @@ impl Decoder for UwsgiCodec {
                 ref mut remaining, ..
             } => {
                 if src.is_empty() {
+                    // Room for the next read: a buffer inherited from elsewhere may
+                    // have none left, and tokio-util then reads one byte at a time.
+                    let want = usize::try_from(*remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(BODY_READ);
+                    src.reserve(want);
                     return Ok(None);
                 }
                 let n = usize::try_from(*remaining)

@@ -295,7 +295,10 @@ mod tests {
 
     #[test]
     fn a_second_http_host_overrides_the_first() {
-        let cgi = run(&[("HTTP_HOST", "example.com"), ("HTTP_HOST", "example.com:8080")]);
+        let cgi = run(&[
+            ("HTTP_HOST", "example.com"),
+            ("HTTP_HOST", "example.com:8080"),
+        ]);
         assert_eq!(val(&cgi, "HTTP_HOST"), Some(&b"example.com:8080"[..]));
     }
 

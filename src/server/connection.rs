@@ -1,27 +1,26 @@
-//! One uwsgi connection: read the head and the body (memory or spooled), hand the
-//! request to the Python pool, write what comes back, then close — cleanly when the
-//! response is complete, with a reset when it is not (so nginx does not take a
-//! truncated body for a whole one).
+//! The slow lane (tokio): connections whose request was not complete on the first
+//! read. Reads the head within `--head-timeout` and the body within `--read-timeout`
+//! per read (into memory, or an unlinked temporary file past the spool threshold),
+//! answers protocol errors, then hands the complete request to the Python threads'
+//! queue. Only complete requests ever reach Python.
 
-use std::future::Future;
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
+use tokio_util::task::TaskTracker;
 use tracing::{field, Instrument};
 
+use super::acceptor::Shared;
+use super::sink::ConnSink;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{CodecError, Frame, Head};
 use crate::proto::ProtoError;
-use crate::wsgi::pool::Pool;
-use crate::wsgi::{Body, ListenerInfo, Out, Outcome, Request};
+use crate::wsgi::{Body, ListenerInfo, Request};
 
 /// Limits applied to every connection.
 #[derive(Debug, Clone)]
@@ -34,125 +33,165 @@ pub struct Limits {
     pub max_body: Option<u64>,
     /// Time allowed from accept to a complete head (`--head-timeout`).
     pub head_timeout: Duration,
-    /// Longest wait between two reads of the body (`--read-timeout`).
+    /// Longest wait between two reads of the body, or two writes of the response
+    /// (`--read-timeout`).
     pub read_timeout: Duration,
 }
 
-/// Everything a connection needs, shared by all connections of one listener.
-pub struct Context {
-    pub pool: Pool,
-    pub limits: Limits,
-    pub listener: ListenerInfo,
+/// Where the fast path left a connection.
+pub enum Start {
+    /// Nothing, or part of a head, has arrived.
+    Fresh(BytesMut),
+    /// The head is decoded; the body is incomplete (or large, or over the limit).
+    Head(Head, UwsgiCodec, BytesMut),
+    /// The first bytes were already malformed.
+    Failed(CodecError),
 }
 
-/// A stream postern can serve: TCP or Unix.
-pub trait Conn: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static {
-    fn ready(
+/// Handle for spawning slow-lane connections from the Python threads.
+#[derive(Clone)]
+pub struct SlowLane {
+    pub handle: tokio::runtime::Handle,
+    pub tracker: TaskTracker,
+    pub shared: Arc<Shared>,
+    pub limits: Limits,
+}
+
+impl SlowLane {
+    pub fn spawn(
         &self,
-        interest: Interest,
-    ) -> impl Future<Output = io::Result<tokio::io::Ready>> + Send;
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
-    /// Makes the next close send a reset (TCP) so the peer sees an error, not EOF.
-    fn set_abort(&self);
+        sock: socket2::Socket,
+        tcp: bool,
+        peer: Arc<str>,
+        info: ListenerInfo,
+        start: Start,
+        started: Instant,
+    ) {
+        let lane = self.clone();
+        let fut = async move {
+            let _ = sock.set_nonblocking(true);
+            if tcp {
+                let std: std::net::TcpStream = sock.into();
+                match tokio::net::TcpStream::from_std(std) {
+                    Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register a connection"),
+                }
+            } else {
+                let std: std::os::unix::net::UnixStream = sock.into();
+                match tokio::net::UnixStream::from_std(std) {
+                    Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register a connection"),
+                }
+            }
+        };
+        self.tracker.spawn_on(fut, &self.handle);
+    }
+}
+
+/// A tokio stream the slow lane can read and give back as a plain socket.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn into_socket(self) -> io::Result<socket2::Socket>;
 }
 
 impl Conn for tokio::net::TcpStream {
-    fn ready(
-        &self,
-        interest: Interest,
-    ) -> impl Future<Output = io::Result<tokio::io::Ready>> + Send {
-        tokio::net::TcpStream::ready(self, interest)
-    }
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        tokio::net::TcpStream::try_io(self, interest, f)
-    }
-    fn set_abort(&self) {
-        // SO_LINGER 0: close() sends RST at once; nothing blocks.
-        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    fn into_socket(self) -> io::Result<socket2::Socket> {
+        Ok(self.into_std()?.into())
     }
 }
 
 impl Conn for tokio::net::UnixStream {
-    fn ready(
-        &self,
-        interest: Interest,
-    ) -> impl Future<Output = io::Result<tokio::io::Ready>> + Send {
-        tokio::net::UnixStream::ready(self, interest)
-    }
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        tokio::net::UnixStream::try_io(self, interest, f)
-    }
-    fn set_abort(&self) {
-        // Unix stream sockets have no reset; the peer sees EOF. With a Content-Length
-        // nginx still detects the truncation (README, "Limits and errors").
+    fn into_socket(self) -> io::Result<socket2::Socket> {
+        Ok(self.into_std()?.into())
     }
 }
 
-/// How the write phase ended, when it did not end with `Out::End`.
-enum WriteEnd {
-    ClientGone(io::Error),
-    /// The Python side stopped without a final message (internal error).
-    Dropped,
+/// Frames from a connection: bytes already buffered (handed over by the fast path)
+/// decode before any new read.
+struct Reader<'c, C> {
+    conn: &'c mut C,
+    codec: UwsgiCodec,
+    buf: BytesMut,
+}
+
+impl<C: Conn> Reader<'_, C> {
+    /// The next frame; `Ok(None)` at a clean EOF.
+    async fn next(&mut self) -> Result<Option<Frame>, CodecError> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8192);
+            }
+            if self.conn.read_buf(&mut self.buf).await? == 0 {
+                return self.codec.decode_eof(&mut self.buf);
+            }
+        }
+    }
 }
 
 fn latin1_lossy(b: &[u8]) -> String {
     b.iter().map(|&c| c as char).collect()
 }
 
-/// Serves one connection to completion. Never panics on peer input.
-pub async fn serve<C: Conn>(mut conn: C, peer: Arc<str>, ctx: Arc<Context>) {
-    let started = Instant::now();
-    let limits = &ctx.limits;
-    let mut framed =
-        FramedRead::with_capacity(&mut conn, UwsgiCodec::new(limits.buffer_size), 4096);
-    let head = match timeout(limits.head_timeout, framed.next()).await {
-        Err(_) => {
-            let got = framed.read_buffer().len();
-            tracing::warn!(%peer, got, "no complete request head within {:?} (--head-timeout); closing", limits.head_timeout);
-            return;
-        }
-        Ok(None) => {
-            tracing::debug!(%peer, "connection closed before sending a request");
-            return;
-        }
-        Ok(Some(Err(e))) => {
-            let reply = match &e {
-                CodecError::Proto(ProtoError::HttpOnUwsgi) => Some((
-                    400,
-                    "Bad Request",
-                    "This is a uwsgi socket: put nginx in front (uwsgi_pass) or use `postern request`.\n",
-                )),
-                CodecError::Proto(ProtoError::HeadTooLarge { .. }) => Some((
-                    431,
-                    "Request Header Fields Too Large",
-                    "Request head over postern's --buffer-size.\n",
-                )),
-                _ => None,
-            };
-            tracing::warn!(%peer, error = %e, "bad request; closing");
-            drop(framed);
-            if let Some((code, reason, body)) = reply {
-                reject(&mut conn, code, reason, body, limits.read_timeout).await;
-            }
-            return;
-        }
-        Ok(Some(Ok(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
-        Ok(Some(Ok(Frame::Head(head)))) => head,
-    };
-
+/// The `request` span: method, path, peer, and the status once known.
+pub fn request_span(head: &Head, peer: &str) -> tracing::Span {
     let method = latin1_lossy(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
     let path = latin1_lossy(
         head.get(b"REQUEST_URI")
             .or_else(|| head.get(b"PATH_INFO"))
             .unwrap_or(b"-"),
     );
-    let span = tracing::info_span!(
-        "request",
-        %method,
-        %path,
-        %peer,
-        status = field::Empty,
-    );
+    tracing::info_span!("request", %method, %path, %peer, status = field::Empty)
+}
+
+async fn serve<C: Conn>(
+    mut conn: C,
+    tcp: bool,
+    peer: Arc<str>,
+    info: ListenerInfo,
+    start: Start,
+    started: Instant,
+    lane: SlowLane,
+) {
+    let limits = &lane.limits;
+    let (head, mut framed) = match start {
+        Start::Failed(e) => return bad_request(&mut conn, &peer, e, limits).await,
+        Start::Head(head, codec, buf) => (
+            head,
+            Reader {
+                conn: &mut conn,
+                codec,
+                buf,
+            },
+        ),
+        Start::Fresh(buf) => {
+            let mut framed = Reader {
+                conn: &mut conn,
+                codec: UwsgiCodec::new(limits.buffer_size),
+                buf,
+            };
+            let left = limits.head_timeout.saturating_sub(started.elapsed());
+            match timeout(left, framed.next()).await {
+                Err(_) => {
+                    let got = framed.buf.len();
+                    tracing::warn!(%peer, got, "no complete request head within {:?} (--head-timeout); closing", limits.head_timeout);
+                    return;
+                }
+                Ok(Ok(None)) => {
+                    tracing::debug!(%peer, "connection closed before sending a request");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    drop(framed);
+                    return bad_request(&mut conn, &peer, e, limits).await;
+                }
+                Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
+                Ok(Ok(Some(Frame::Head(head)))) => (head, framed),
+            }
+        }
+    };
+    let span = request_span(&head, &peer);
 
     if let Some(max) = limits.max_body {
         if head.content_length > max {
@@ -188,104 +227,55 @@ pub async fn serve<C: Conn>(mut conn: C, peer: Arc<str>, ctx: Arc<Context>) {
             return;
         }
     };
-    if !framed.read_buffer().is_empty() {
+    if !framed.buf.is_empty() {
         span.in_scope(|| {
             tracing::debug!(
-                extra = framed.read_buffer().len(),
+                extra = framed.buf.len(),
                 "ignoring bytes after the request body"
             )
         });
     }
     drop(framed);
-
-    let (tx, rx) = mpsc::channel(16);
-    let req = Request {
+    let sock = match conn.into_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            span.in_scope(|| tracing::error!(error = %e, "cannot hand the connection to Python"));
+            return;
+        }
+    };
+    lane.shared.push(Request {
         head,
         body,
-        listener: ctx.listener.clone(),
-        out: tx,
-        span: span.clone(),
-    };
-    if ctx.pool.submit(req).is_err() {
-        span.in_scope(|| tracing::error!("the Python threads are gone; answered 503"));
-        reject(
-            &mut conn,
-            503,
-            "Service Unavailable",
-            "Server shutting down.\n",
-            limits.read_timeout,
-        )
-        .await;
-        return;
-    }
-    let (result, written) = write_response(&mut conn, rx).instrument(span.clone()).await;
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let _g = span.enter();
-    match result {
-        Ok(Outcome {
-            status,
-            complete: true,
-        }) => {
-            span.record("status", status);
-            let _ = conn.shutdown().await;
-            tracing::info!(target: "postern::access", status, bytes = written, ms = format_args!("{ms:.2}"), "served");
-        }
-        Ok(Outcome { status, .. }) => {
-            span.record("status", status);
-            conn.set_abort();
-            tracing::warn!(target: "postern::access", status, bytes = written, ms = format_args!("{ms:.2}"), "response incomplete; connection aborted");
-        }
-        Err(WriteEnd::ClientGone(e)) => {
-            tracing::info!(target: "postern::access", error = %e, bytes = written, ms = format_args!("{ms:.2}"), "client went away before the response was complete");
-        }
-        Err(WriteEnd::Dropped) => {
-            conn.set_abort();
-            tracing::error!(target: "postern::access", bytes = written, "internal error: the response ended without completing; connection aborted");
-        }
-    }
+        listener: info,
+        sink: Box::new(ConnSink::new(sock, tcp, started, limits.read_timeout)),
+        span,
+    });
 }
 
-/// Reads CONTENT_LENGTH bytes into memory, or into an unlinked temporary file past
-/// the spool threshold.
-async fn read_body<C: Conn>(
-    framed: &mut FramedRead<&mut C, UwsgiCodec>,
-    head: &Head,
-    limits: &Limits,
-) -> Result<Body, CodecError> {
-    let len = head.content_length;
-    if len == 0 {
-        return Ok(Body::Empty);
+/// Logs a malformed request and answers where a protocol-level answer helps.
+async fn bad_request<C: Conn>(conn: &mut C, peer: &str, e: CodecError, limits: &Limits) {
+    let reply = match &e {
+        CodecError::Proto(ProtoError::HttpOnUwsgi) => Some((
+            400,
+            "Bad Request",
+            "This is a uwsgi socket: put nginx in front (uwsgi_pass) or use `postern request`.\n",
+        )),
+        CodecError::Proto(ProtoError::HeadTooLarge { .. }) => Some((
+            431,
+            "Request Header Fields Too Large",
+            "Request head over postern's --buffer-size.\n",
+        )),
+        _ => None,
+    };
+    tracing::warn!(%peer, error = %e, "bad request; closing");
+    if let Some((code, reason, body)) = reply {
+        reject(conn, code, reason, body, limits.read_timeout).await;
     }
-    if len <= limits.spool_threshold {
-        let first = next_body(framed, limits.read_timeout, len).await?;
-        if first.len() as u64 == len {
-            return Ok(Body::Memory(first));
-        }
-        let mut buf = BytesMut::with_capacity(len as usize);
-        buf.extend_from_slice(&first);
-        while (buf.len() as u64) < len {
-            buf.extend_from_slice(&next_body(framed, limits.read_timeout, len).await?);
-        }
-        return Ok(Body::Memory(buf.freeze()));
-    }
-    let file = tokio::task::spawn_blocking(tempfile::tempfile)
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
-    let mut file = tokio::fs::File::from_std(file);
-    let mut got = 0u64;
-    while got < len {
-        let chunk: Bytes = next_body(framed, limits.read_timeout, len).await?;
-        got += chunk.len() as u64;
-        file.write_all(&chunk).await?;
-    }
-    file.flush().await?;
-    tracing::debug!(bytes = len, "request body spooled to a temporary file");
-    Ok(Body::File(file.into_std().await, len))
 }
 
 /// The next body chunk, within `--read-timeout`.
 async fn next_body<C: Conn>(
-    framed: &mut FramedRead<&mut C, UwsgiCodec>,
+    framed: &mut Reader<'_, C>,
     t: Duration,
     len: u64,
 ) -> Result<Bytes, CodecError> {
@@ -294,108 +284,59 @@ async fn next_body<C: Conn>(
             io::ErrorKind::TimedOut,
             format!("no body bytes for {t:?} (--read-timeout)"),
         ))),
-        Ok(None) => Err(CodecError::BodyTruncated {
+        Ok(Ok(None)) => Err(CodecError::BodyTruncated {
             got: 0,
             expected: len,
         }),
-        Ok(Some(Err(e))) => Err(e),
-        Ok(Some(Ok(Frame::Body(b)))) => Ok(b),
-        Ok(Some(Ok(Frame::Head(_)))) => unreachable!("one head per connection"),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Some(Frame::Body(b)))) => Ok(b),
+        Ok(Ok(Some(Frame::Head(_)))) => unreachable!("one head per connection"),
     }
 }
 
-/// Writes what the Python side sends until `End`, watching for the peer going away.
-async fn write_response<C: Conn>(
-    conn: &mut C,
-    mut rx: mpsc::Receiver<Out>,
-) -> (Result<Outcome, WriteEnd>, u64) {
-    let mut written = 0u64;
-    let mut scratch = [0u8; 512];
-    let mut watching = true;
-    loop {
-        tokio::select! {
-            biased;
-            msg = rx.recv() => match msg {
-                Some(Out::Data(b)) => {
-                    if let Err(e) = conn.write_all(&b).await {
-                        return (Err(WriteEnd::ClientGone(e)), written);
-                    }
-                    written += b.len() as u64;
-                }
-                Some(Out::File { file, offset, len }) => {
-                    match sendfile(conn, &file, offset, len).await {
-                        Ok(n) => written += n,
-                        Err(e) => return (Err(WriteEnd::ClientGone(e)), written),
-                    }
-                }
-                Some(Out::End(outcome)) => return (Ok(outcome), written),
-                None => return (Err(WriteEnd::Dropped), written),
-            },
-            // nginx closes its end when its client aborts: notice it while the app
-            // is still working. EOF alone may be a half-close, so it only stops the
-            // watch; a reset (or a failed write) means the peer is gone.
-            ready = conn.ready(Interest::READABLE), if watching => {
-                let gone = match ready {
-                    Err(e) => Some(e),
-                    Ok(_) => match conn.try_io(Interest::READABLE, || {
-                        rustix::io::read(conn_fd(conn), &mut scratch).map_err(io::Error::from)
-                    }) {
-                        Ok(0) => {
-                            watching = false;
-                            None
-                        }
-                        Ok(_) => None,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                        Err(e) => Some(e),
-                    },
-                };
-                if let Some(e) = gone {
-                    return (Err(WriteEnd::ClientGone(e)), written);
-                }
-            }
+/// Reads CONTENT_LENGTH bytes into memory, or into an unlinked temporary file past
+/// the spool threshold.
+async fn read_body<C: Conn>(
+    framed: &mut Reader<'_, C>,
+    head: &Head,
+    limits: &Limits,
+) -> Result<Body, CodecError> {
+    let len = head.content_length;
+    if len == 0 {
+        return Ok(Body::Empty);
+    }
+    let t = limits.read_timeout;
+    if len <= limits.spool_threshold {
+        let first = next_body(framed, t, len).await?;
+        if first.len() as u64 == len {
+            return Ok(Body::Memory(first));
         }
-    }
-}
-
-fn conn_fd<C: Conn>(conn: &C) -> std::os::fd::BorrowedFd<'_> {
-    conn.as_fd()
-}
-
-/// Sends `len` bytes of `file` from `offset` with sendfile(2).
-async fn sendfile<C: Conn>(
-    conn: &C,
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-) -> io::Result<u64> {
-    let mut off = offset;
-    let end = offset + len;
-    while off < end {
-        conn.ready(Interest::WRITABLE).await?;
-        let chunk = usize::try_from(end - off)
-            .unwrap_or(usize::MAX)
-            .min(1 << 30);
-        match conn.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(conn_fd(conn), file, Some(&mut off), chunk)
-                .map_err(io::Error::from)
-        }) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was being sent",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        let mut buf = BytesMut::with_capacity(len as usize);
+        buf.extend_from_slice(&first);
+        while (buf.len() as u64) < len {
+            buf.extend_from_slice(&next_body(framed, t, len).await?);
         }
+        return Ok(Body::Memory(buf.freeze()));
     }
-    Ok(len)
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let file = file?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut got = 0u64;
+    while got < len {
+        let chunk = next_body(framed, t, len).await?;
+        got += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    tracing::debug!(bytes = len, "request body spooled to a temporary file");
+    Ok(Body::File(file.into_std().await, len))
 }
 
 /// Answers a small error response, then reads and discards what the peer still sends
 /// (bounded) so that closing does not reset a peer that is still writing.
-async fn reject<C: Conn>(conn: &mut C, code: u16, reason: &str, body: &str, wait: Duration) {
+pub async fn reject<C: Conn>(conn: &mut C, code: u16, reason: &str, body: &str, wait: Duration) {
     let msg = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()

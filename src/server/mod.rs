@@ -1,23 +1,30 @@
-//! tokio: accept loops over the bound listeners, one task per connection, and the
-//! graceful stop (stop accepting, let in-flight requests finish, remove Unix sockets).
+//! Serving: the Python threads accept and answer complete requests themselves
+//! ([`acceptor`], the fast path); tokio reads the rest ([`connection`], the slow lane);
+//! and the graceful stop (stop accepting, let in-flight requests finish, remove Unix
+//! sockets).
 //!
 //! - [`listener`]: binding TCP/Unix sockets (mode, owner, stale sockets).
-//! - [`connection`]: one uwsgi connection from head to close.
+//! - [`acceptor`]: accept + first read on the Python threads; the ready queue.
+//! - [`connection`]: the slow lane: partial heads, large/slow bodies, bad input.
+//! - [`sink`]: writing the response from a Python thread, then close or abort.
 
+pub mod acceptor;
 pub mod connection;
 pub mod listener;
+pub mod sink;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use connection::{Context, Limits};
+use acceptor::{Acceptor, Listener, Shared};
+use connection::{Limits, SlowLane};
 use listener::{Bound, BoundSocket, ListenAddr};
 
 use crate::wsgi::pool::Pool;
+use crate::wsgi::{App, Settings};
 
 /// Errors of the server layer.
 #[derive(Debug, thiserror::Error)]
@@ -47,104 +54,107 @@ pub fn remove_unix_sockets(listeners: &[Bound]) {
     }
 }
 
-/// Serves until `shutdown` fires, then drains in-flight connections for up to
-/// `graceful`. Returns true when everything finished in time.
-pub async fn serve(
-    listeners: Vec<Bound>,
-    pool: Pool,
+/// Serves `app` on the bound listeners until SIGTERM/SIGINT, then stops gracefully:
+/// no new connections, the slow lane and the Python threads finish what is in flight
+/// (up to `graceful`), Unix sockets are removed. Returns true when everything finished
+/// in time.
+pub fn run(
+    bound: Vec<Bound>,
+    app: App,
+    settings: Settings,
     limits: Limits,
-    shutdown: CancellationToken,
     graceful: Duration,
 ) -> Result<bool, ServerError> {
+    // One I/O thread is plenty: it only carries the slow lane.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("postern-io")
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let shared = Shared::new().map_err(ServerError::Runtime)?;
     let tracker = TaskTracker::new();
-    let mut accept_loops = Vec::new();
     let mut unix_paths = Vec::new();
-    for bound in listeners {
-        let ctx = Arc::new(Context {
-            pool: pool.clone(),
+    let listeners: Vec<Listener> = bound
+        .into_iter()
+        .map(|b| {
+            let label: Arc<str> = Arc::from(b.addr.to_string());
+            if let ListenAddr::Unix(p) = &b.addr {
+                unix_paths.push(p.clone());
+            }
+            let (sock, tcp) = match b.socket {
+                BoundSocket::Tcp(l) => (socket2::Socket::from(l), true),
+                BoundSocket::Unix(l) => (socket2::Socket::from(l), false),
+            };
+            Listener {
+                sock,
+                tcp,
+                label,
+                info: b.info,
+            }
+        })
+        .collect();
+    let listeners = Arc::new(listeners);
+    let acceptor = Arc::new(Acceptor {
+        listeners: Arc::clone(&listeners),
+        shared: Arc::clone(&shared),
+        slow: SlowLane {
+            handle: runtime.handle().clone(),
+            tracker: tracker.clone(),
+            shared: Arc::clone(&shared),
             limits: limits.clone(),
-            listener: bound.info.clone(),
-        });
-        let token = shutdown.clone();
-        let tracker = tracker.clone();
-        let label: Arc<str> = Arc::from(bound.addr.to_string());
-        match bound.socket {
-            BoundSocket::Tcp(l) => {
-                let l =
-                    tokio::net::TcpListener::from_std(l).map_err(|source| ServerError::Bind {
-                        addr: label.to_string(),
-                        source,
-                    })?;
-                accept_loops.push(tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = token.cancelled() => break,
-                            r = l.accept() => match r {
-                                Ok((s, peer)) => {
-                                    let _ = s.set_nodelay(true);
-                                    tracker.spawn(connection::serve(s, Arc::from(peer.to_string()), ctx.clone()));
-                                }
-                                Err(e) => accept_error(&label, e).await,
-                            }
-                        }
-                    }
-                }));
-            }
-            BoundSocket::Unix(l) => {
-                if let ListenAddr::Unix(p) = &bound.addr {
-                    unix_paths.push(p.clone());
-                }
-                let l =
-                    tokio::net::UnixListener::from_std(l).map_err(|source| ServerError::Bind {
-                        addr: label.to_string(),
-                        source,
-                    })?;
-                accept_loops.push(tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = token.cancelled() => break,
-                            r = l.accept() => match r {
-                                Ok((s, _)) => {
-                                    tracker.spawn(connection::serve(s, label.clone(), ctx.clone()));
-                                }
-                                Err(e) => accept_error(&label, e).await,
-                            }
-                        }
-                    }
-                }));
-            }
+        },
+        limits,
+    });
+    let pool = Pool::start(app, settings, acceptor).map_err(ServerError::Runtime)?;
+
+    let deadline = runtime.block_on(async {
+        wait_for_signal().await;
+        shared.stop_accepting();
+        // Refuse new connections at once (pending ones are reset) and unlink sockets.
+        for l in listeners.iter() {
+            let _ = l.sock.shutdown(std::net::Shutdown::Both);
         }
-    }
-    drop(pool);
-    shutdown.cancelled().await;
-    // Stop accepting: the accept loops end and drop (close) their listeners.
-    for l in accept_loops {
-        let _ = l.await;
-    }
-    for p in &unix_paths {
-        let _ = std::fs::remove_file(p);
-    }
-    tracker.close();
-    let in_flight = tracker.len();
-    if in_flight > 0 {
-        tracing::info!(
-            in_flight,
-            "stopped accepting; waiting for in-flight requests (--graceful-timeout {graceful:?})"
-        );
-    }
-    let finished = tokio::time::timeout(graceful, tracker.wait()).await.is_ok();
+        for p in &unix_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        let deadline = Instant::now() + graceful;
+        tracker.close();
+        if tokio::time::timeout(graceful, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tracker.len(),
+                "requests still being read at --graceful-timeout"
+            );
+        }
+        deadline
+    });
+    shared.exit();
+    let finished = pool.join(deadline.saturating_duration_since(Instant::now()));
     if !finished {
-        tracing::warn!(
-            left = tracker.len(),
-            "in-flight requests did not finish within --graceful-timeout; stopping anyway"
-        );
+        tracing::warn!("requests still running at --graceful-timeout; stopping anyway");
     }
+    drop(runtime);
     Ok(finished)
 }
 
-/// Accept errors are the host's (fd limits, memory): log and back off briefly, never
-/// spin or stop serving.
-async fn accept_error(label: &str, e: std::io::Error) {
-    tracing::error!(listener = label, error = %e, "accept failed (file descriptor limit? see ulimit -n)");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "stopping: no new connections, letting in-flight requests finish"
+    );
 }

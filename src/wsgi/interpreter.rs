@@ -351,3 +351,13 @@ mod tests {
         assert!(AppSpec::parse("").is_err());
     }
 }
+
+/// Puts `path` at the front of `sys.path` and imports the app (after [`initialize`]).
+pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError> {
+    Python::attach(|py| {
+        prepend_sys_path(py, path).map_err(|e| WsgiError::Init {
+            reason: format!("setting sys.path: {e}"),
+        })?;
+        Ok(super::App(load_app(py, spec)?))
+    })
+}

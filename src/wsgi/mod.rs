@@ -64,36 +64,60 @@ pub struct ListenerInfo {
     pub server_port: Arc<[u8]>,
 }
 
-/// One request for the pool.
+/// Where a response goes: the front server's connection, written from the Python
+/// thread with the GIL released. Implemented by the server layer.
+pub trait Sink: Send + Sync {
+    /// Writes all of `data`; an error means the peer is gone (or stopped reading).
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// Sends `len` bytes of a regular file from `offset` (sendfile(2)).
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()>;
+    /// Ends the response: a clean close when complete, an abort (reset) when not, or
+    /// nothing more when the peer is already gone. Logs the access line.
+    fn finish(&mut self, end: End);
+}
+
+/// How a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Status sent, body complete.
+    Complete(u16),
+    /// The body is incomplete (app error after the headers, short Content-Length):
+    /// abort the connection so the front server does not take it as whole.
+    Incomplete(u16),
+    /// The peer went away while the response was being written.
+    ClientGone(u16),
+}
+
+/// Where requests come from: the pool's threads call `next` with the GIL released.
+pub trait Source: Send + Sync {
+    /// Blocks until a complete request is ready; `None` when the server is stopping
+    /// and nothing is left to serve.
+    fn next(&self) -> Option<Request>;
+}
+
+/// One complete request: head, body, and the connection to answer on.
 pub struct Request {
     pub head: Head,
     pub body: Body,
     pub listener: ListenerInfo,
-    pub out: tokio::sync::mpsc::Sender<Out>,
+    pub sink: Box<dyn Sink>,
     pub span: tracing::Span,
 }
 
-/// What the Python side sends back, in order; `End` is always last. If the channel
-/// closes without `End`, the response is incomplete: abort the connection.
-#[derive(Debug)]
-pub enum Out {
-    Data(Bytes),
-    /// A regular file region for sendfile(2); the fd is a dup the receiver owns.
-    File {
-        file: std::fs::File,
-        offset: u64,
-        len: u64,
-    },
-    End(Outcome),
-}
+/// The imported WSGI callable, opaque outside this module.
+pub struct App(pub(crate) Py<PyAny>);
 
-/// How the response ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub status: u16,
-    /// false: the body is incomplete (app error after the headers, short
-    /// Content-Length); the connection must be aborted, not closed cleanly.
-    pub complete: bool,
+/// Runs the app's `atexit` handlers at shutdown (the interpreter is not finalised:
+/// daemon threads of the app may still hold it).
+pub fn run_atexit() {
+    Python::attach(|py| {
+        if let Err(e) = py
+            .import("atexit")
+            .and_then(|m| m.call_method0("_run_exitfuncs"))
+        {
+            tracing::warn!(detail = %traceback(py, &e), "an atexit handler failed");
+        }
+    });
 }
 
 /// Runtime settings the Python side needs.
@@ -107,12 +131,10 @@ pub struct Settings {
 /// Never uses `PyErr_Print`, which would exit the process on `SystemExit`.
 pub fn traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = (|| -> PyResult<String> {
-        let lines = py
-            .import("traceback")?
-            .call_method1(
-                "format_exception",
-                (err.get_type(py), err.value(py), err.traceback(py)),
-            )?;
+        let lines = py.import("traceback")?.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
         let parts: Vec<String> = lines.extract()?;
         Ok(parts.concat())
     })();

@@ -1,35 +1,28 @@
-//! The Python threads (`--threads N`). Each attaches to the interpreter once and waits
-//! for jobs with the GIL released; tokio threads never attach.
+//! The Python threads (`--threads N`). Each attaches to the interpreter once, then
+//! loops: take the next complete request from the [`Source`] with the GIL released,
+//! run it, write the response. tokio threads never attach.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
 use super::environ::Keys;
-use super::{response, Request, Settings};
+use super::{response, App, Settings, Source};
 
-/// Hands requests to the Python threads. Dropping every clone ends the threads once
-/// their queue is empty.
-#[derive(Clone)]
-pub struct Pool {
-    tx: mpsc::Sender<Request>,
-}
-
-/// The threads themselves, to join at shutdown.
-pub struct Threads(Vec<JoinHandle<()>>);
+/// The running threads, to join at shutdown.
+pub struct Pool(Vec<JoinHandle<()>>);
 
 impl Pool {
-    /// Starts `settings.threads` Python threads serving `app`.
-    pub fn start(app: Py<PyAny>, settings: Settings) -> std::io::Result<(Pool, Threads)> {
-        let (tx, rx) = mpsc::channel::<Request>();
-        let rx = Arc::new(Mutex::new(rx));
-        let app = Arc::new(app);
+    /// Starts `settings.threads` Python threads serving `app` from `source`.
+    pub fn start(app: App, settings: Settings, source: Arc<dyn Source>) -> std::io::Result<Pool> {
+        let app = Arc::new(app.0);
         let settings = Arc::new(settings);
         let mut handles = Vec::with_capacity(settings.threads);
         for i in 0..settings.threads {
-            let rx = Arc::clone(&rx);
+            let source = Arc::clone(&source);
             let app = Arc::clone(&app);
             let settings = Arc::clone(&settings);
             let handle = std::thread::Builder::new()
@@ -37,35 +30,37 @@ impl Pool {
                 .spawn(move || {
                     Python::attach(|py| {
                         let keys = Keys::new(py);
-                        loop {
-                            let job = py.detach(|| rx.lock().ok().and_then(|rx| rx.recv().ok()));
-                            let Some(req) = job else { break };
+                        while let Some(req) = py.detach(|| source.next()) {
                             // A panic must fail one request, not the thread.
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 response::handle(py, &keys, &app, &settings, req)
                             }));
                             if r.is_err() {
-                                tracing::error!("internal error while serving a request (panic); the connection is aborted");
+                                tracing::error!(
+                                    "internal error while serving a request (panic); the connection is aborted"
+                                );
                             }
                         }
                     })
                 })?;
             handles.push(handle);
         }
-        Ok((Pool { tx }, Threads(handles)))
+        Ok(Pool(handles))
     }
 
-    /// Queues a request; gives it back if the threads are gone.
-    pub fn submit(&self, req: Request) -> Result<(), Request> {
-        self.tx.send(req).map_err(|e| e.0)
-    }
-}
-
-impl Threads {
-    /// Waits for every thread to finish (after every `Pool` clone is dropped).
-    pub fn join(self) {
+    /// Waits for the threads to finish, up to `limit`. Returns false if some are still
+    /// running (a request that outlives the graceful timeout cannot be interrupted).
+    pub fn join(self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.0.iter().any(|h| !h.is_finished()) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for h in self.0 {
             let _ = h.join();
         }
+        true
     }
 }

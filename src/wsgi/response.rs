@@ -3,18 +3,16 @@
 //! path, Content-Length honoured, and errors turned into a 500 or an aborted
 //! connection. Bytes leave through a bounded channel, waited on with the GIL released.
 
-use bytes::Bytes;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use tokio::sync::mpsc::Sender;
 
 use super::environ::{self, Keys};
 use super::errors::Errors;
 use super::file_wrapper::FileWrapper;
 use super::input::Input;
-use super::{traceback, Out, Outcome, Request, Settings};
+use super::{traceback, End, Request, Settings, Sink};
 use crate::proto::response::{self as resp, HeaderError};
 
 /// The peer went away; stop producing output.
@@ -24,7 +22,7 @@ struct Gone;
 /// The state behind `start_response` and `write` for one request.
 #[pyclass(module = "postern", name = "StartResponse")]
 pub struct Responder {
-    out: Sender<Out>,
+    sink: Box<dyn Sink>,
     status: Option<String>,
     code: u16,
     headers: Vec<(String, String)>,
@@ -41,9 +39,9 @@ pub struct Responder {
 }
 
 impl Responder {
-    fn new(out: Sender<Out>, is_head: bool) -> Self {
+    fn new(sink: Box<dyn Sink>, is_head: bool) -> Self {
         Responder {
-            out,
+            sink,
             status: None,
             code: 0,
             headers: Vec::new(),
@@ -76,14 +74,16 @@ impl Responder {
         buf
     }
 
-    fn push(&mut self, py: Python<'_>, out: Out) -> Result<(), Gone> {
+    /// Writes to the front server with the GIL released.
+    fn emit(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
         if self.client_gone {
             return Err(Gone);
         }
-        let tx = &self.out;
-        match py.detach(|| tx.blocking_send(out)) {
+        let sink = &mut self.sink;
+        match py.detach(|| sink.write_all(data)) {
             Ok(()) => Ok(()),
-            Err(_) => {
+            Err(e) => {
+                tracing::debug!(error = %e, "writing the response failed");
                 self.client_gone = true;
                 Err(Gone)
             }
@@ -112,18 +112,18 @@ impl Responder {
         if self.head_only() {
             data = &[];
         }
-        let buf = if !self.headers_sent {
+        self.body_sent += data.len() as u64;
+        if !self.headers_sent {
+            // Headers and the first chunk leave in one write.
             let mut buf = self.head_bytes(data.len());
             buf.extend_from_slice(data);
             self.headers_sent = true;
-            buf
+            self.emit(py, &buf)
         } else if data.is_empty() {
-            return Ok(());
+            Ok(())
         } else {
-            data.to_vec()
-        };
-        self.body_sent += data.len() as u64;
-        self.push(py, Out::Data(Bytes::from(buf)))
+            self.emit(py, data)
+        }
     }
 
     /// Sends the headers if nothing has gone out yet (empty body).
@@ -133,7 +133,7 @@ impl Responder {
         }
         let buf = self.head_bytes(0);
         self.headers_sent = true;
-        self.push(py, Out::Data(Bytes::from(buf)))
+        self.emit(py, &buf)
     }
 
     fn validate(
@@ -293,7 +293,7 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
         head,
         body,
         listener,
-        out,
+        mut sink,
         span,
     } = req;
     let _entered = span.enter();
@@ -303,24 +303,63 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "could not build the environ");
-            return simple(py, &out, 500, "Internal Server Error");
+            return simple(py, sink, 500, "Internal Server Error");
         }
     };
     if built.method_missing {
         tracing::warn!(
             "request has no REQUEST_METHOD; include uwsgi_params in the nginx location (answered 400)"
         );
-        return simple(py, &out, 400, "Bad Request");
+        return simple(py, sink, 400, "Bad Request");
     }
-    let responder =
-        Bound::new(py, Responder::new(out, built.is_head)).expect("allocating start_response");
+    // The sink moves into the responder; `finish` below takes it back out of use.
+    let placeholder: Box<dyn Sink> = Box::new(Closed);
+    let responder = Bound::new(
+        py,
+        Responder::new(std::mem::replace(&mut sink, placeholder), built.is_head),
+    )
+    .expect("allocating start_response");
     let outcome = drive(py, app, built.environ, &responder);
     let mut r = responder.borrow_mut();
-    let _ = r.push(py, Out::End(outcome));
+    let end = if r.client_gone {
+        End::ClientGone(outcome.status)
+    } else if outcome.complete {
+        End::Complete(outcome.status)
+    } else {
+        End::Incomplete(outcome.status)
+    };
+    let sink = &mut r.sink;
+    py.detach(|| sink.finish(end));
+    // An app that kept `write` or `start_response` gets an error, not a stale socket.
+    r.sink = Box::new(Closed);
+    r.client_gone = true;
+}
+
+/// How `drive` ended, before the connection is finished.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    status: u16,
+    complete: bool,
+}
+
+/// The sink of a finished request.
+struct Closed;
+
+impl Sink for Closed {
+    fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "the request is over",
+        ))
+    }
+    fn send_file(&mut self, _: &std::fs::File, _: u64, _: u64) -> std::io::Result<()> {
+        self.write_all(b"")
+    }
+    fn finish(&mut self, _: End) {}
 }
 
 /// Sends a small complete response from the server itself.
-fn simple(py: Python<'_>, out: &Sender<Out>, code: u16, reason: &str) {
+fn simple(py: Python<'_>, mut sink: Box<dyn Sink>, code: u16, reason: &str) {
     let mut buf = Vec::new();
     let body = format!("{reason}\n");
     let len = body.len().to_string();
@@ -333,12 +372,12 @@ fn simple(py: Python<'_>, out: &Sender<Out>, code: u16, reason: &str) {
         ],
     );
     buf.extend_from_slice(body.as_bytes());
-    let _ = py.detach(|| {
-        out.blocking_send(Out::Data(Bytes::from(buf)))?;
-        out.blocking_send(Out::End(Outcome {
-            status: code,
-            complete: true,
-        }))
+    py.detach(|| {
+        let end = match sink.write_all(&buf) {
+            Ok(()) => End::Complete(code),
+            Err(_) => End::ClientGone(code),
+        };
+        sink.finish(end);
     });
 }
 
@@ -486,14 +525,11 @@ fn iterate(
             }
             if len > 0 && !r.head_only() {
                 r.body_sent += len;
-                let _ = r.push(
-                    py,
-                    Out::File {
-                        file: src.file,
-                        offset: src.offset,
-                        len,
-                    },
-                );
+                let sink = &mut r.sink;
+                if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
+                    tracing::debug!(error = %e, "sendfile failed");
+                    r.client_gone = true;
+                }
             }
             return Ok(());
         }

@@ -1,0 +1,261 @@
+//! The fast path, run by the Python threads themselves (GIL released): wait on the
+//! listeners and the ready queue, accept, read once, and when the whole request is
+//! already there (nginx sends head and small bodies in one go) serve it on this thread
+//! with no hand-off at all, as uWSGI does. Anything else (partial head, large or slow
+//! body, bad input) goes to the tokio slow lane, which queues the request when it is
+//! complete. A silent or slow peer therefore never holds a Python thread.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SocketFlags};
+use tokio_util::codec::Decoder;
+
+use super::connection::{self, Limits, Start};
+use super::sink::ConnSink;
+use crate::codec::uwsgi::UwsgiCodec;
+use crate::codec::Frame;
+use crate::wsgi::{Body, ListenerInfo, Request, Source};
+
+/// Bytes read by the first recv of a connection: a whole uwsgi head fits.
+const FIRST_READ: usize = 64 * 1024 + 4;
+
+/// One listening socket as the acceptor sees it.
+pub struct Listener {
+    pub sock: socket2::Socket,
+    pub tcp: bool,
+    pub label: Arc<str>,
+    pub info: ListenerInfo,
+}
+
+/// State shared by the Python threads, the slow lane and the shutdown sequence.
+pub struct Shared {
+    queue: Mutex<VecDeque<Request>>,
+    ready: Condvar,
+    /// Semaphore eventfd: one token per queued request, so a thread blocked in poll(2)
+    /// on the listeners also wakes for queued work.
+    tokens: OwnedFd,
+    accepting: AtomicBool,
+    exiting: AtomicBool,
+}
+
+impl Shared {
+    pub fn new() -> std::io::Result<Arc<Shared>> {
+        let tokens = rustix::event::eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
+        )?;
+        Ok(Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            tokens,
+            accepting: AtomicBool::new(true),
+            exiting: AtomicBool::new(false),
+        }))
+    }
+
+    /// Queues a complete request from the slow lane.
+    pub fn push(&self, req: Request) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(req);
+        self.ready.notify_one();
+        let _ = rustix::io::write(&self.tokens, &1u64.to_ne_bytes());
+    }
+
+    fn pop(&self) -> Option<Request> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Stop accepting: threads leave the listeners alone and serve only the queue.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        // A huge count nobody reads any more: every poll(2) returns from now on.
+        let _ = rustix::io::write(&self.tokens, &(u64::MAX / 2).to_ne_bytes());
+        self.ready.notify_all();
+    }
+
+    /// Let the threads end once the queue is empty.
+    pub fn exit(&self) {
+        self.exiting.store(true, Ordering::SeqCst);
+        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.ready.notify_all();
+    }
+}
+
+/// The [`Source`] the Python threads pull requests from.
+pub struct Acceptor {
+    pub listeners: Arc<Vec<Listener>>,
+    pub shared: Arc<Shared>,
+    pub slow: connection::SlowLane,
+    pub limits: Limits,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; FIRST_READ]);
+}
+
+impl Source for Acceptor {
+    fn next(&self) -> Option<Request> {
+        let shared = &self.shared;
+        loop {
+            if !shared.accepting.load(Ordering::SeqCst) {
+                // Draining: serve what the slow lane still completes, then end.
+                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(r) = q.pop_front() {
+                        return Some(r);
+                    }
+                    if shared.exiting.load(Ordering::SeqCst) {
+                        return None;
+                    }
+                    q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.listeners.len() + 1);
+            fds.push(PollFd::new(&shared.tokens, PollFlags::IN));
+            for l in self.listeners.iter() {
+                fds.push(PollFd::new(&l.sock, PollFlags::IN));
+            }
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll failed");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+            }
+            let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            drop(fds);
+            if ready[0] && shared.accepting.load(Ordering::SeqCst) {
+                let mut token = [0u8; 8];
+                if rustix::io::read(&shared.tokens, &mut token).is_ok() {
+                    if let Some(r) = shared.pop() {
+                        return Some(r);
+                    }
+                }
+            }
+            if !shared.accepting.load(Ordering::SeqCst) {
+                continue;
+            }
+            for (i, l) in self.listeners.iter().enumerate() {
+                if !ready[i + 1] {
+                    continue;
+                }
+                if let Some(req) = self.accept(l) {
+                    return Some(req);
+                }
+            }
+        }
+    }
+}
+
+impl Acceptor {
+    /// Accepts one connection from `l`; returns the request when it is complete now.
+    fn accept(&self, l: &Listener) -> Option<Request> {
+        let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+        let (fd, peer): (OwnedFd, Arc<str>) = if l.tcp {
+            match rustix::net::acceptfrom_with(&l.sock, flags) {
+                Ok((fd, addr)) => {
+                    let peer = addr
+                        .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+                        .map(|a| Arc::from(a.to_string()))
+                        .unwrap_or_else(|| l.label.clone());
+                    (fd, peer)
+                }
+                Err(e) => return accept_error(l, e),
+            }
+        } else {
+            match rustix::net::accept_with(&l.sock, flags) {
+                Ok(fd) => (fd, l.label.clone()),
+                Err(e) => return accept_error(l, e),
+            }
+        };
+        let started = Instant::now();
+        let sock = socket2::Socket::from(fd);
+        if l.tcp {
+            let _ = sock.set_tcp_nodelay(true);
+        }
+        let first = SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            match rustix::net::recv(sock.as_fd(), &mut s[..], RecvFlags::empty()) {
+                Ok((n, _)) => Ok(BytesMut::from(&s[..n])),
+                Err(e) => Err(e),
+            }
+        });
+        let mut buf = match first {
+            Ok(b) if b.is_empty() => {
+                tracing::debug!(%peer, "connection closed before sending a request");
+                return None;
+            }
+            Ok(b) => b,
+            Err(Errno::AGAIN) | Err(Errno::INTR) => BytesMut::new(),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before sending a request");
+                return None;
+            }
+        };
+        let mut codec = UwsgiCodec::new(self.limits.buffer_size);
+        let start = if buf.is_empty() {
+            Start::Fresh(buf)
+        } else {
+            match codec.decode(&mut buf) {
+                Ok(Some(Frame::Head(head))) => {
+                    let len = head.content_length;
+                    let fits = self.limits.max_body.is_none_or(|m| len <= m);
+                    if fits && (len as usize) <= buf.len() && len <= self.limits.spool_threshold {
+                        let body = if len == 0 {
+                            Body::Empty
+                        } else {
+                            Body::Memory(buf.split_to(len as usize).freeze())
+                        };
+                        let span = connection::request_span(&head, &peer);
+                        return Some(Request {
+                            head,
+                            body,
+                            listener: l.info.clone(),
+                            sink: Box::new(ConnSink::new(
+                                sock,
+                                l.tcp,
+                                started,
+                                self.limits.read_timeout,
+                            )),
+                            span,
+                        });
+                    }
+                    Start::Head(head, codec, buf)
+                }
+                Ok(Some(Frame::Body(_))) => unreachable!("the codec yields the head first"),
+                Ok(None) => Start::Fresh(buf),
+                Err(e) => Start::Failed(e),
+            }
+        };
+        self.slow
+            .spawn(sock, l.tcp, peer, l.info.clone(), start, started);
+        None
+    }
+}
+
+fn accept_error(l: &Listener, e: Errno) -> Option<Request> {
+    match e {
+        // Another thread took it, or the peer gave up: nothing to do.
+        Errno::AGAIN | Errno::INTR | Errno::CONNABORTED => {}
+        e => {
+            tracing::error!(listener = %l.label, error = %e, "accept failed (file descriptor limit? see ulimit -n)");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    None
+}

@@ -1,0 +1,156 @@
+//! The connection as the Python thread writes to it: blocking-style writes on a
+//! non-blocking socket (poll(2) with a timeout when the front server is not reading),
+//! sendfile(2) for file wrappers, and the close or abort at the end, with the access
+//! line logged.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::SendFlags;
+
+use crate::wsgi::{End, Sink};
+
+/// A front-server connection owned by a Python thread for the response.
+pub struct ConnSink {
+    sock: Option<socket2::Socket>,
+    tcp: bool,
+    written: u64,
+    started: Instant,
+    write_timeout: Duration,
+}
+
+impl ConnSink {
+    pub fn new(
+        sock: socket2::Socket,
+        tcp: bool,
+        started: Instant,
+        write_timeout: Duration,
+    ) -> Self {
+        ConnSink {
+            sock: Some(sock),
+            tcp,
+            written: 0,
+            started,
+            write_timeout,
+        }
+    }
+
+    fn sock(&self) -> io::Result<&socket2::Socket> {
+        self.sock
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the connection is closed"))
+    }
+
+    /// Waits until the socket can take more bytes, or the write timeout passes.
+    fn wait_writable(&self) -> io::Result<()> {
+        let sock = self.sock()?;
+        let t = self.write_timeout;
+        let ts = Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(sock, PollFlags::OUT)];
+        loop {
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the front server read nothing for {t:?} (--read-timeout)"),
+                    ))
+                }
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Sink for ConnSink {
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let r = rustix::net::send(self.sock()?.as_fd(), data, SendFlags::NOSIGNAL);
+            match r {
+                Ok(n) => {
+                    data = &data[n..];
+                    self.written += n as u64;
+                }
+                Err(Errno::AGAIN) => self.wait_writable()?,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+        let mut off = offset;
+        let end = offset + len;
+        while off < end {
+            let chunk = usize::try_from(end - off)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::sendfile(self.sock()?.as_fd(), file, Some(&mut off), chunk) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was being sent",
+                    ))
+                }
+                Ok(n) => self.written += n as u64,
+                Err(Errno::AGAIN) => self.wait_writable()?,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: End) {
+        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let bytes = self.written;
+        let span = tracing::Span::current();
+        match end {
+            End::Complete(status) => {
+                span.record("status", status);
+                tracing::info!(target: "postern::access", status, bytes, ms = format_args!("{ms:.2}"), "served");
+            }
+            End::Incomplete(status) => {
+                span.record("status", status);
+                if self.tcp {
+                    if let Some(s) = &self.sock {
+                        // SO_LINGER 0: close() sends a reset, which nginx reports as an
+                        // upstream error instead of taking the body as complete.
+                        let _ = s.set_linger(Some(Duration::ZERO));
+                    }
+                }
+                tracing::warn!(target: "postern::access", status, bytes, ms = format_args!("{ms:.2}"), "response incomplete; connection aborted");
+            }
+            End::ClientGone(status) => {
+                span.record("status", status);
+                tracing::info!(target: "postern::access", bytes, ms = format_args!("{ms:.2}"), "client went away before the response was complete");
+            }
+        }
+        // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
+        self.sock = None;
+    }
+}
+
+impl Drop for ConnSink {
+    fn drop(&mut self) {
+        if self.sock.is_some() {
+            // Never finished (internal error): abort rather than look complete.
+            if self.tcp {
+                if let Some(s) = &self.sock {
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                }
+            }
+            tracing::error!(
+                "internal error: a response was dropped unfinished; connection aborted"
+            );
+        }
+    }
+}
