@@ -1,8 +1,8 @@
 //! CGI variables → WSGI environ rules (PROTOCOLS.md §4), on bytes, before any Python
 //! string exists. Shared by every front-end protocol: uwsgi today, FastCGI and SCGI next.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use super::ProtoError;
 
@@ -54,7 +54,7 @@ pub fn normalise<'a>(
     defaults: Defaults<'a>,
 ) -> Result<Cgi<'a>, ProtoError> {
     let mut cgi = Cgi::default();
-    let mut index: HashMap<&'a [u8], usize> = HashMap::new();
+    let mut index: HashMap<&'a [u8], usize> = HashMap::default();
     for (key, value) in pairs {
         if key.is_empty() {
             continue;

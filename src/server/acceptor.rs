@@ -137,9 +137,16 @@ impl Source for Acceptor {
                     continue;
                 }
             }
-            let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            // Listeners are few: a bit set of the ready ones avoids an allocation.
+            let mut ready = 0u128;
+            for (i, f) in fds.iter().enumerate().take(128) {
+                if !f.revents().is_empty() {
+                    ready |= 1 << i;
+                }
+            }
             drop(fds);
-            if ready[0] && shared.accepting.load(Ordering::SeqCst) {
+            let is_ready = |i: usize| i < 128 && ready & (1 << i) != 0;
+            if is_ready(0) && shared.accepting.load(Ordering::SeqCst) {
                 let mut token = [0u8; 8];
                 if rustix::io::read(&shared.tokens, &mut token).is_ok() {
                     if let Some(r) = shared.pop() {
@@ -151,7 +158,7 @@ impl Source for Acceptor {
                 continue;
             }
             for (i, l) in self.listeners.iter().enumerate() {
-                if !ready[i + 1] {
+                if !is_ready(i + 1) {
                     continue;
                 }
                 if let Some(req) = self.accept(l) {

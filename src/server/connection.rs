@@ -130,19 +130,24 @@ impl<C: Conn> Reader<'_, C> {
     }
 }
 
-fn latin1_lossy(b: &[u8]) -> String {
-    b.iter().map(|&c| c as char).collect()
+/// Request bytes for a log field: as text when they are UTF-8 (the usual case, no
+/// copy), else latin-1 decoded.
+fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => std::borrow::Cow::Owned(b.iter().map(|&c| c as char).collect()),
+    }
 }
 
 /// The `request` span: method, path, peer, and the status once known.
 pub fn request_span(head: &Head, peer: &str) -> tracing::Span {
-    let method = latin1_lossy(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
-    let path = latin1_lossy(
+    let method = text(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
+    let path = text(
         head.get(b"REQUEST_URI")
             .or_else(|| head.get(b"PATH_INFO"))
             .unwrap_or(b"-"),
     );
-    tracing::info_span!("request", %method, %path, %peer, status = field::Empty)
+    tracing::info_span!("request", method = %method, path = %path, %peer, status = field::Empty)
 }
 
 async fn serve<C: Conn>(

@@ -110,13 +110,13 @@ impl Sink for ConnSink {
     }
 
     fn finish(&mut self, end: End) {
-        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let ms = Millis(self.started.elapsed());
         let bytes = self.written;
         let span = tracing::Span::current();
         match end {
             End::Complete(status) => {
                 span.record("status", status);
-                tracing::info!(target: "postern::access", status, bytes, ms = format_args!("{ms:.2}"), "served");
+                tracing::info!(target: "postern::access", bytes, %ms, "served");
             }
             End::Incomplete(status) => {
                 span.record("status", status);
@@ -127,11 +127,11 @@ impl Sink for ConnSink {
                         let _ = s.set_linger(Some(Duration::ZERO));
                     }
                 }
-                tracing::warn!(target: "postern::access", status, bytes, ms = format_args!("{ms:.2}"), "response incomplete; connection aborted");
+                tracing::warn!(target: "postern::access", bytes, %ms, "response incomplete; connection aborted");
             }
             End::ClientGone(status) => {
                 span.record("status", status);
-                tracing::info!(target: "postern::access", bytes, ms = format_args!("{ms:.2}"), "client went away before the response was complete");
+                tracing::info!(target: "postern::access", bytes, %ms, "client went away before the response was complete");
             }
         }
         // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
@@ -152,5 +152,15 @@ impl Drop for ConnSink {
                 "internal error: a response was dropped unfinished; connection aborted"
             );
         }
+    }
+}
+
+/// A duration printed as milliseconds with two decimals, without float formatting.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:02}", us / 1000, (us % 1000) / 10)
     }
 }

@@ -1,8 +1,6 @@
 //! Builds the environ dict from a request head (PEP 3333, PROTOCOLS.md §4): CGI keys and
 //! values are latin-1 native strings; standard keys are interned once per thread.
 
-use std::collections::HashMap;
-
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
@@ -60,7 +58,7 @@ const STANDARD_KEYS: &[&str] = &[
 
 /// Per-thread constants for building environs.
 pub struct Keys {
-    standard: HashMap<&'static [u8], Py<PyString>>,
+    standard: rustc_hash::FxHashMap<&'static [u8], Py<PyString>>,
     version: Py<PyTuple>,
     file_wrapper: Py<PyType>,
 }

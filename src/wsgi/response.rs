@@ -422,7 +422,14 @@ fn drive(
     }
     let iterated = iterate(py, responder, &result);
     // PEP 3333: close() is called on every path, once, whatever happened above.
-    let closed = match result.getattr_opt(intern!(py, "close")) {
+    // Lists and tuples have no close(); skip the failing attribute lookup (it builds
+    // an AttributeError each time).
+    let plain = result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>();
+    let closed = match if plain {
+        Ok(None)
+    } else {
+        result.getattr_opt(intern!(py, "close"))
+    } {
         Ok(Some(close)) => close.call0().map(drop),
         Ok(None) => Ok(()),
         Err(e) => Err(e),
