@@ -63,8 +63,16 @@ pub fn example_venv() -> Option<PathBuf> {
         }
         let made = root().join("target/test-venv");
         if !has_frameworks(&made) {
-            eprintln!("creating {} for the example tests (pip install flask django)", made.display());
-            let ok = Command::new("python3").arg("-m").arg("venv").arg(&made).status().is_ok_and(|s| s.success())
+            eprintln!(
+                "creating {} for the example tests (pip install flask django)",
+                made.display()
+            );
+            let ok = Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&made)
+                .status()
+                .is_ok_and(|s| s.success())
                 && Command::new(made.join("bin/pip"))
                     .args(["install", "--quiet", "-r"])
                     .arg(root().join("examples/requirements.txt"))

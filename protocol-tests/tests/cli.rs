@@ -24,11 +24,21 @@ fn version_names_postern_and_python() {
 
 #[test]
 fn binary_loads_the_build_pythons_libpython_without_ld_library_path() {
-    let out = Command::new("ldd").arg(postern_bin()).env_remove("LD_LIBRARY_PATH").output().unwrap();
+    let out = Command::new("ldd")
+        .arg(postern_bin())
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    let line = s.lines().find(|l| l.contains("libpython")).expect("linked to libpython");
+    let line = s
+        .lines()
+        .find(|l| l.contains("libpython"))
+        .expect("linked to libpython");
     assert!(!line.contains("not found"), "{line}");
-    assert!(!line.contains("/usr/lib/"), "a system libpython was picked: {line}");
+    assert!(
+        !line.contains("/usr/lib/"),
+        "a system libpython was picked: {line}"
+    );
 }
 
 #[test]
@@ -47,7 +57,10 @@ fn import_failure_exits_with_the_traceback_and_a_sentence() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not import the app"), "{err}");
     assert!(err.contains("Traceback (most recent call last)"), "{err}");
-    assert!(err.contains("ModuleNotFoundError: No module named 'no_such_module_here'"), "{err}");
+    assert!(
+        err.contains("ModuleNotFoundError: No module named 'no_such_module_here'"),
+        "{err}"
+    );
     assert!(!sock.exists(), "the socket is removed after a failed start");
 }
 
@@ -56,10 +69,17 @@ fn a_missing_callable_is_named() {
     let dir = tempdir();
     let app = dir.path().join("nocall.py");
     std::fs::write(&app, "x = 1\n").unwrap();
-    let out = postern().arg(&app).args(["--uwsgi", &format!("127.0.0.1:{}", free_port())]).output().unwrap();
+    let out = postern()
+        .arg(&app)
+        .args(["--uwsgi", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("has no attribute 'application' or 'app'"), "{err}");
+    assert!(
+        err.contains("has no attribute 'application' or 'app'"),
+        "{err}"
+    );
     let out = postern()
         .arg(format!("{}:x", app.display()))
         .args(["--uwsgi", &format!("127.0.0.1:{}", free_port())])
@@ -70,7 +90,10 @@ fn a_missing_callable_is_named() {
 
 #[test]
 fn workers_other_than_one_are_refused_for_now() {
-    let out = postern().args([&testapp(), "--workers", "2"]).output().unwrap();
+    let out = postern()
+        .args([&testapp(), "--workers", "2"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--workers"));
 }
@@ -96,16 +119,25 @@ fn no_listener_means_127_0_0_1_3031_and_the_log_says_so() {
     let text = std::fs::read_to_string(&log).unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
-    assert!(text.contains("no listener configured; using --uwsgi 127.0.0.1:3031"), "{text}");
+    assert!(
+        text.contains("no listener configured; using --uwsgi 127.0.0.1:3031"),
+        "{text}"
+    );
 }
 
 #[test]
 fn precedence_is_cli_then_env_then_file() {
     let dir = tempdir();
     let cfg = dir.path().join("postern.toml");
-    std::fs::write(&cfg, "threads = 3\nlog-level = \"info\"\n[env]\nTESTAPP_ENV = \"from-file\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "threads = 3\nlog-level = \"info\"\n[env]\nTESTAPP_ENV = \"from-file\"\n",
+    )
+    .unwrap();
     let start = |env_threads: Option<&str>, cli_threads: Option<&str>| {
-        let mut s = Spawn::tcp(dir.path(), &testapp()).arg("--config").arg(cfg.to_string_lossy());
+        let mut s = Spawn::tcp(dir.path(), &testapp())
+            .arg("--config")
+            .arg(cfg.to_string_lossy());
         if let Some(t) = cli_threads {
             s = s.args(["--threads", t]);
         }
@@ -148,7 +180,10 @@ fn env_chdir_and_pythonpath() {
         .start();
     let (s, body) = p.get("/");
     assert_eq!(s, 200);
-    assert_eq!(String::from_utf8_lossy(&body), format!("from-pythonpath hi there {}", proj.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("from-pythonpath hi there {}", proj.display())
+    );
 }
 
 #[test]
@@ -164,16 +199,27 @@ fn unix_socket_mode_stale_live_and_removal() {
     let log = dir.path().join("log");
     let mut child = postern()
         .arg(testapp())
-        .args(["--uwsgi", &format!("unix:{}", sock.display()), "--socket-mode", "660"])
+        .args([
+            "--uwsgi",
+            &format!("unix:{}", sock.display()),
+            "--socket-mode",
+            "660",
+        ])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&log).unwrap().contains("ready") {
-        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(std::fs::read_to_string(&log).unwrap().contains("removing a stale Unix socket"));
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("removing a stale Unix socket"));
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
 
@@ -215,10 +261,19 @@ fn sigterm_lets_an_in_flight_request_finish() {
     let mut p = Spawn::unix(dir.path(), &testapp()).start();
     let addr = p.addr.clone();
     let req = std::thread::spawn(move || {
-        let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/sleep"), ("QUERY_STRING", "s=2")]);
+        let pkt = uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/sleep"),
+            ("QUERY_STRING", "s=2"),
+        ]);
         raw(&addr, &pkt)
     });
-    assert!(p.wait_log("method=GET", 5) || { std::thread::sleep(Duration::from_millis(300)); true });
+    assert!(
+        p.wait_log("method=GET", 5) || {
+            std::thread::sleep(Duration::from_millis(300));
+            true
+        }
+    );
     std::thread::sleep(Duration::from_millis(300));
     p.signal(libc::SIGTERM);
     let out = req.join().unwrap();
@@ -226,7 +281,9 @@ fn sigterm_lets_an_in_flight_request_finish() {
     assert_eq!(r.text(), "slept\n");
     let status = p.wait_exit(10).expect("postern exits after draining");
     assert!(status.success(), "{status}");
-    let Addr::Unix(sock) = &p.addr else { unreachable!() };
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
     assert!(!sock.exists(), "socket removed at exit");
     assert!(p.logs().contains("stopping"), "{}", p.logs());
 }
@@ -245,19 +302,38 @@ fn venv_is_used_like_its_python() {
     let p = Spawn::tcp(dir.path(), &testapp()).venv(&venv).start();
     let j: serde_json::Value = serde_json::from_slice(&p.get("/sys").1).unwrap();
     let venv_s = std::fs::canonicalize(&venv).unwrap().display().to_string();
-    assert_eq!(j["prefix"], serde_json::Value::String(venv_s.clone()), "{j}");
-    assert!(j["path"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().starts_with(&venv_s)));
+    assert_eq!(
+        j["prefix"],
+        serde_json::Value::String(venv_s.clone()),
+        "{j}"
+    );
+    assert!(j["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str().unwrap().starts_with(&venv_s)));
     assert!(j["executable"].as_str().unwrap().starts_with(&venv_s));
     drop(p);
     // Via $VIRTUAL_ENV, as an activated venv would.
     let mut cmd = Spawn::tcp(dir.path(), "flask_app:app").command();
-    cmd.env("VIRTUAL_ENV", &venv).arg("--chdir").arg(root().join("examples"));
-    let out = cmd.arg("--head-timeout").arg("1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    cmd.env("VIRTUAL_ENV", &venv)
+        .arg("--chdir")
+        .arg(root().join("examples"));
+    let out = cmd
+        .arg("--head-timeout")
+        .arg("1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     unsafe { libc::kill(out.id() as i32, libc::SIGTERM) };
     let o = out.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("app imported"), "flask importable with VIRTUAL_ENV: {err}");
+    assert!(
+        err.contains("app imported"),
+        "flask importable with VIRTUAL_ENV: {err}"
+    );
 }
 
 #[test]
@@ -277,11 +353,14 @@ fn a_bad_venv_is_a_clear_error() {
 #[test]
 fn json_logs_are_json() {
     let dir = tempdir();
-    let p = Spawn::tcp(dir.path(), &testapp()).args(["--log-format", "json"]).start();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--log-format", "json"])
+        .start();
     let _ = p.get("/hello?x=1");
     assert!(p.wait_log("\"status\":200", 5), "{}", p.logs());
     for line in p.logs().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         if v["fields"]["message"] == "served" {
             assert_eq!(v["span"]["path"], "/hello?x=1");
             assert_eq!(v["span"]["method"], "GET");
@@ -293,18 +372,36 @@ fn json_logs_are_json() {
 fn request_client_prints_and_sets_the_exit_code() {
     let dir = tempdir();
     let p = Spawn::unix(dir.path(), &testapp()).start();
-    let Addr::Unix(sock) = &p.addr else { unreachable!() };
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
     let url = |path: &str| format!("uwsgi+unix://{}{}", sock.display(), path);
-    let out = postern().args(["request", &url("/hello?x=1")]).output().unwrap();
+    let out = postern()
+        .args(["request", &url("/hello?x=1")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.starts_with("HTTP/1.1 200 OK\r\n") && s.ends_with("hello\n"), "{s}");
+    assert!(
+        s.starts_with("HTTP/1.1 200 OK\r\n") && s.ends_with("hello\n"),
+        "{s}"
+    );
 
-    let out = postern().args(["request", &url("/error")]).output().unwrap();
+    let out = postern()
+        .args(["request", &url("/error")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(22), "5xx exits 22");
 
     let out = postern()
-        .args(["request", "-H", "X-Test: yes", "-d", "payload", &url("/echo")])
+        .args([
+            "request",
+            "-H",
+            "X-Test: yes",
+            "-d",
+            "payload",
+            &url("/echo"),
+        ])
         .output()
         .unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
@@ -315,12 +412,17 @@ fn request_client_prints_and_sets_the_exit_code() {
     assert_eq!(r["PATH_INFO"], "/env");
 
     let port = free_port();
-    let out = postern().args(["request", &format!("uwsgi://127.0.0.1:{port}/")]).output().unwrap();
+    let out = postern()
+        .args(["request", &format!("uwsgi://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(7), "connection failure exits 7");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 
     let tcp = Spawn::tcp(dir.path(), &testapp()).start();
-    let Addr::Tcp(port) = tcp.addr else { unreachable!() };
+    let Addr::Tcp(port) = tcp.addr else {
+        unreachable!()
+    };
     let out = postern()
         .args(["request", &format!("uwsgi://127.0.0.1:{port}/hello")])
         .output()

@@ -32,7 +32,10 @@ fn sha256_hex(data: &[u8]) -> String {
     let f = dir.path().join("data");
     std::fs::write(&f, data).unwrap();
     let out = std::process::Command::new("python3")
-        .args(["-c", "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"])
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+        ])
         .arg(&f)
         .output()
         .unwrap();
@@ -40,7 +43,9 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn upload_data() -> Vec<u8> {
-    (0..1_500_000u32).map(|i| (i.wrapping_mul(31) % 256) as u8).collect()
+    (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(31) % 256) as u8)
+        .collect()
 }
 
 #[test]
@@ -48,9 +53,12 @@ fn flask_example_end_to_end() {
     let Some(bin) = nginx_bin() else { return };
     let Some(venv) = venv() else { return };
     let dir = tempdir();
-    let p = Spawn::unix(dir.path(), &root().join("examples/flask_app.py:app").to_string_lossy())
-        .venv(&venv)
-        .start();
+    let p = Spawn::unix(
+        dir.path(),
+        &root().join("examples/flask_app.py:app").to_string_lossy(),
+    )
+    .venv(&venv)
+    .start();
     let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
 
     assert_eq!(n.get("/").text(), "Hello from Flask\n");
@@ -84,7 +92,10 @@ fn flask_example_end_to_end() {
     let r = n.request("GET", "/get-cookie", &[("Cookie", "a=1; b=2")], b"");
     assert_eq!(r.json(), serde_json::json!({"a": "1", "b": "2"}));
 
-    assert_eq!(n.get("/stream").text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    assert_eq!(
+        n.get("/stream").text(),
+        "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
+    );
     assert!(!p.logs().contains("ERROR"), "{}", p.logs());
 }
 
@@ -130,7 +141,10 @@ fn django_example_end_to_end() {
     let r = n.request(
         "POST",
         "/form/",
-        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)],
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
         form.as_bytes(),
     );
     assert_eq!(r.status, 200, "{}\n{}", r.text(), p.logs());
@@ -164,5 +178,8 @@ fn django_example_end_to_end() {
     let r = n.get("/static/style.css");
     assert_eq!(r.status, 200);
     assert!(r.text().contains("postern-static-ok"));
-    assert!(!p.logs().contains("/static/style.css"), "static files are nginx's job");
+    assert!(
+        !p.logs().contains("/static/style.css"),
+        "static files are nginx's job"
+    );
 }

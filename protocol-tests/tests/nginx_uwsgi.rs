@@ -60,7 +60,11 @@ fn environ_method_path_query_and_headers() {
         let r = s.nginx.request(
             "GET",
             "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9",
-            &[("X-Custom", "v1"), ("Accept", "text/html"), ("Accept", "application/json")],
+            &[
+                ("X-Custom", "v1"),
+                ("Accept", "text/html"),
+                ("Accept", "application/json"),
+            ],
             b"",
         );
         assert_eq!(r.status, 200);
@@ -85,7 +89,10 @@ fn environ_method_path_query_and_headers() {
         assert_eq!(e["wsgi.run_once"], "False");
         assert_eq!(e["wsgi.multithread"], "True");
         assert_eq!(e["_types_ok"], true);
-        assert!(e.get("CONTENT_LENGTH").is_none(), "empty CONTENT_LENGTH is omitted");
+        assert!(
+            e.get("CONTENT_LENGTH").is_none(),
+            "empty CONTENT_LENGTH is omitted"
+        );
         assert!(e.get("CONTENT_TYPE").is_none());
     });
 }
@@ -96,7 +103,10 @@ fn environ_post_has_no_http_content_duplicates() {
         let r = s.nginx.request(
             "POST",
             "/env",
-            &[("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")],
+            &[
+                ("Content-Type", "text/plain"),
+                ("Transfer-Encoding", "chunked"),
+            ],
             b"",
         );
         // (A chunked body: nginx de-chunks it and computes CONTENT_LENGTH.)
@@ -109,7 +119,10 @@ fn environ_post_has_no_http_content_duplicates() {
         assert_eq!(e["CONTENT_LENGTH"], "5");
         assert!(e.get("HTTP_CONTENT_TYPE").is_none());
         assert!(e.get("HTTP_CONTENT_LENGTH").is_none());
-        assert!(e.get("HTTP_TRANSFER_ENCODING").is_none(), "de-chunked by nginx: dropped");
+        assert!(
+            e.get("HTTP_TRANSFER_ENCODING").is_none(),
+            "de-chunked by nginx: dropped"
+        );
     });
 }
 
@@ -153,7 +166,12 @@ fn script_name_from_the_front_server_is_split_off() {
 #[test]
 fn bodies_empty_small_and_10mib_are_byte_exact() {
     both(|s| {
-        let r = s.nginx.request("POST", "/echo", &[("Content-Type", "application/octet-stream")], b"");
+        let r = s.nginx.request(
+            "POST",
+            "/echo",
+            &[("Content-Type", "application/octet-stream")],
+            b"",
+        );
         assert_eq!(r.status, 200);
         assert_eq!(r.header("X-Body-Len"), Some("0"));
         assert!(r.body.is_empty());
@@ -162,7 +180,9 @@ fn bodies_empty_small_and_10mib_are_byte_exact() {
         let r = s.nginx.request("POST", "/echo", &[], small);
         assert_eq!(r.body, small);
 
-        let big: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let big: Vec<u8> = (0..10 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
         let r = s.nginx.request("POST", "/echo", &[], &big);
         assert_eq!(r.status, 200);
         assert_eq!(r.header("X-Body-Len"), Some("10485760"));
@@ -180,7 +200,11 @@ fn an_unread_body_does_not_reset_nginx() {
             assert_eq!(r.status, 200);
             assert_eq!(r.text(), "did not read\n");
         }
-        assert!(!s.nginx.error_log().contains("reset by peer"), "{}", s.nginx.error_log());
+        assert!(
+            !s.nginx.error_log().contains("reset by peer"),
+            "{}",
+            s.nginx.error_log()
+        );
     });
 }
 
@@ -200,7 +224,11 @@ fn streamed_response_arrives_in_pieces() {
             assert!(n > 0);
             got.extend_from_slice(&buf[..n]);
         }
-        assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
         c.read_to_end(&mut got).unwrap();
         let r = parse_http(&got).unwrap();
         assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
@@ -231,13 +259,22 @@ fn exc_info_replaces_the_status_before_anything_is_sent() {
 #[test]
 fn exc_info_after_headers_reraises_and_aborts() {
     let Some(s) = stack(true) else { return };
-    let resp = s.nginx.raw(b"GET /exc-info-after-sent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let resp = s
+        .nginx
+        .raw(b"GET /exc-info-after-sent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(!text.contains("never"), "{text}");
     // The reset makes nginx end the chunked body without its last chunk.
-    assert!(parse_http(&resp).is_none(), "a truncated body must not look complete: {text}");
-    assert!(s.postern.wait_log("aborting the connection", 5), "{}", s.postern.logs());
+    assert!(
+        parse_http(&resp).is_none(),
+        "a truncated body must not look complete: {text}"
+    );
+    assert!(
+        s.postern.wait_log("aborting the connection", 5),
+        "{}",
+        s.postern.logs()
+    );
     assert_eq!(s.nginx.get("/").status, 200);
 }
 
@@ -253,7 +290,8 @@ fn close_is_called_on_success_error_and_client_abort() {
 
         // The client goes away while the app streams: nginx closes its upstream side.
         let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-        c.write_all(b"GET /close-slow?id=abort HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        c.write_all(b"GET /close-slow?id=abort HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 256];
         let _ = c.read(&mut buf).unwrap();
         drop(c);
@@ -262,7 +300,11 @@ fn close_is_called_on_success_error_and_client_abort() {
             if s.nginx.get("/closed?id=abort").text() == "closed" {
                 break;
             }
-            assert!(Instant::now() < deadline, "close() not called after client abort:\n{}", s.postern.logs());
+            assert!(
+                Instant::now() < deadline,
+                "close() not called after client abort:\n{}",
+                s.postern.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(s.postern.wait_log("client went away", 5));
@@ -276,7 +318,10 @@ fn app_exception_answers_500_and_the_next_request_is_served() {
         assert_eq!(r.status, 500);
         assert_eq!(r.text(), "Internal Server Error\n");
         assert!(s.postern.wait_log("ValueError: boom", 5));
-        assert!(s.postern.logs().contains("Traceback (most recent call last)"));
+        assert!(s
+            .postern
+            .logs()
+            .contains("Traceback (most recent call last)"));
         assert_eq!(s.nginx.get("/").text(), "hello\n");
     });
 }
@@ -287,10 +332,19 @@ fn wsgiref_validate_passes() {
         let r = s.nginx.get("/validate");
         assert_eq!(r.status, 200, "{}", s.postern.logs());
         assert_eq!(r.text(), "ok:");
-        let r = s.nginx.request("POST", "/validate", &[("Content-Type", "text/plain")], b"some body");
+        let r = s.nginx.request(
+            "POST",
+            "/validate",
+            &[("Content-Type", "text/plain")],
+            b"some body",
+        );
         assert_eq!(r.status, 200, "{}", s.postern.logs());
         assert_eq!(r.text(), "ok:some body");
-        assert!(!s.postern.logs().contains("AssertionError"), "{}", s.postern.logs());
+        assert!(
+            !s.postern.logs().contains("AssertionError"),
+            "{}",
+            s.postern.logs()
+        );
     });
 }
 
