@@ -101,6 +101,21 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
             }
             socket.bind(&SockAddr::from(*sa)).map_err(err)?;
             socket.listen(opts.backlog).map_err(err)?;
+            // TCP_DEFER_ACCEPT (as uWSGI does by default): the kernel hands over a
+            // connection once its first bytes are there, so the first read almost
+            // always finds the whole request. A silent peer is passed on after
+            // about a second anyway and meets --head-timeout.
+            let secs: libc::c_int = 1;
+            // SAFETY: setsockopt on a socket we own, with a c_int value of the right size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_DEFER_ACCEPT,
+                    (&secs as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
             socket.set_nonblocking(true).map_err(err)?;
             let listener: std::net::TcpListener = socket.into();
             let local = listener.local_addr().map_err(err)?;
