@@ -195,6 +195,19 @@ mod tests {
     }
 
     #[test]
+    fn reserves_room_for_the_body_in_a_full_buffer() {
+        // A buffer handed over with no spare capacity must still read in large
+        // blocks, not one byte at a time (tokio-util only reserves one byte).
+        let buf = packet(&[(b"CONTENT_LENGTH", b"1000000")]);
+        let mut codec = UwsgiCodec::new(65535);
+        let mut src = BytesMut::from(&buf[..]);
+        assert!(matches!(codec.decode(&mut src).unwrap(), Some(Frame::Head(_))));
+        let mut empty = BytesMut::new();
+        assert!(codec.decode(&mut empty).unwrap().is_none());
+        assert!(empty.capacity() >= 64 * 1024, "{}", empty.capacity());
+    }
+
+    #[test]
     fn rejects_a_bad_content_length() {
         let buf = packet(&[(b"CONTENT_LENGTH", b"ten")]);
         let err = UwsgiCodec::new(65535)
