@@ -201,7 +201,10 @@ mod tests {
         let buf = packet(&[(b"CONTENT_LENGTH", b"1000000")]);
         let mut codec = UwsgiCodec::new(65535);
         let mut src = BytesMut::from(&buf[..]);
-        assert!(matches!(codec.decode(&mut src).unwrap(), Some(Frame::Head(_))));
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Frame::Head(_))
+        ));
         let mut empty = BytesMut::new();
         assert!(codec.decode(&mut empty).unwrap().is_none());
         assert!(empty.capacity() >= 64 * 1024, "{}", empty.capacity());

@@ -139,7 +139,7 @@ fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The `request` span: method, path, peer, and the status once known.
+/// The `request` span: method, path, peer; status and duration (ms) once known.
 pub fn request_span(head: &Head, peer: &str) -> tracing::Span {
     let method = text(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
     let path = text(
@@ -147,7 +147,14 @@ pub fn request_span(head: &Head, peer: &str) -> tracing::Span {
             .or_else(|| head.get(b"PATH_INFO"))
             .unwrap_or(b"-"),
     );
-    tracing::info_span!("request", method = %method, path = %path, %peer, status = field::Empty)
+    tracing::info_span!(
+        "request",
+        method = %method,
+        path = %path,
+        %peer,
+        status = field::Empty,
+        ms = field::Empty
+    )
 }
 
 async fn serve<C: Conn>(

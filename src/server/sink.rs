@@ -113,10 +113,11 @@ impl Sink for ConnSink {
         let ms = Millis(self.started.elapsed());
         let bytes = self.written;
         let span = tracing::Span::current();
+        span.record("ms", tracing::field::display(&ms));
         match end {
             End::Complete(status) => {
                 span.record("status", status);
-                tracing::info!(target: "postern::access", bytes, %ms, "served");
+                tracing::info!(target: "postern::access", bytes, "served");
             }
             End::Incomplete(status) => {
                 span.record("status", status);
@@ -127,11 +128,11 @@ impl Sink for ConnSink {
                         let _ = s.set_linger(Some(Duration::ZERO));
                     }
                 }
-                tracing::warn!(target: "postern::access", bytes, %ms, "response incomplete; connection aborted");
+                tracing::warn!(target: "postern::access", bytes, "response incomplete; connection aborted");
             }
             End::ClientGone(status) => {
                 span.record("status", status);
-                tracing::info!(target: "postern::access", bytes, %ms, "client went away before the response was complete");
+                tracing::info!(target: "postern::access", bytes, "client went away before the response was complete");
             }
         }
         // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
