@@ -420,6 +420,12 @@ impl Config {
             file.body_spool_threshold,
         )?
         .unwrap_or(1 << 20);
+        if body_spool_threshold > 1 << 30 {
+            return Err(invalid(
+                "--body-spool-threshold",
+                "at most 1G: larger bodies belong in a temporary file, not in memory",
+            ));
+        }
         let max_body = size("--max-body", cli.max_body, file.max_body)?;
 
         let listen_backlog = cli.listen_backlog.or(file.listen_backlog).unwrap_or(1024);

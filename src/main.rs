@@ -128,10 +128,16 @@ fn run(config: Config) -> anyhow::Result<()> {
         pid = std::process::id(),
         "ready"
     );
-    server::run(bound, app, settings, limits, config.graceful_timeout)?;
-    wsgi::run_atexit();
-    tracing::info!("stopped");
-    Ok(())
+    if server::run(bound, app, settings, limits, config.graceful_timeout)? {
+        wsgi::run_atexit();
+        tracing::info!("stopped");
+        Ok(())
+    } else {
+        // Python threads are still busy (one may hold the GIL): leave without
+        // touching the interpreter again.
+        tracing::error!("stopped with requests cut off; exit code 1");
+        std::process::exit(1)
+    }
 }
 
 /// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.

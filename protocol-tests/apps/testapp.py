@@ -17,6 +17,7 @@ from wsgiref.validate import validator
 
 # Request ids whose iterable's close() ran: {id: how}.
 CLOSED = {}
+KEPT_WRITE = None
 IMPORTS = os.environ.get("TESTAPP_IMPORT_MARK")
 if IMPORTS:
     with open(IMPORTS, "a") as f:
@@ -247,4 +248,53 @@ def application(environ, start_response):
             start_response,
             {"prefix": sys.prefix, "executable": sys.executable, "path": sys.path, "env": os.environ.get("TESTAPP_ENV", "")},
         )
+    if path == "/status-100":
+        start_response("100 Continue", [])
+        return [b""]
+    if path == "/regex-hog":
+        import re
+
+        # Catastrophic backtracking: runs in C for a very long time, holding the GIL.
+        re.match(r"(a+)+$", "a" * 40 + "b")
+        return text(start_response, "never\n")
+    if path == "/write-bg":
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        n = int(q.get("n", 8 << 20))
+
+        def pump():
+            for _ in range(n // 65536):
+                write(b"w" * 65536)
+
+        t = threading.Thread(target=pump)
+        t.start()
+
+        def gen():
+            t.join()
+            yield b"END"
+
+        return gen()
+    if path == "/keep-write":
+        global KEPT_WRITE
+        KEPT_WRITE = start_response("200 OK", [])
+        return [b"kept"]
+    if path == "/use-kept":
+        try:
+            KEPT_WRITE(b"late")
+        except OSError:
+            return text(start_response, "raised")
+        return text(start_response, "no error")
+    if path == "/errors-surrogate":
+        environ["wsgi.errors"].write("bad \udcff surrogate\n")
+        return text(start_response, "ok")
+    if path == "/close-raises":
+
+        class R:
+            def __iter__(self):
+                return iter([b"complete body"])
+
+            def close(self):
+                raise RuntimeError("close() failing on purpose")
+
+        start_response("200 OK", [("Content-Length", "13")])
+        return R()
     return text(start_response, "hello\n")

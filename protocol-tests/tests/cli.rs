@@ -429,3 +429,96 @@ fn request_client_prints_and_sets_the_exit_code() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn requests_waiting_in_the_listen_queue_at_sigterm_are_served() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp()).start();
+    let busy = {
+        let addr = p.addr.clone();
+        std::thread::spawn(move || {
+            raw(
+                &addr,
+                &uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/sleep"),
+                    ("QUERY_STRING", "s=1"),
+                ]),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // The only Python thread is busy: these wait in the listen queue.
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || {
+                raw(
+                    &addr,
+                    &uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    p.signal(libc::SIGTERM);
+    assert_eq!(parse_http(&busy.join().unwrap()).unwrap().text(), "slept\n");
+    for q in queued {
+        let out = q.join().unwrap();
+        assert_eq!(
+            parse_http(&out).map(|r| r.status),
+            Some(200),
+            "{}",
+            p.logs()
+        );
+    }
+    assert!(p.wait_exit(10).unwrap().success());
+}
+
+#[test]
+fn a_request_holding_the_gil_cannot_stop_a_graceful_stop() {
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--graceful-timeout", "1"])
+        .start();
+    let addr = p.addr.clone();
+    std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/regex-hog")]),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p
+        .wait_exit(10)
+        .expect("postern exits after --graceful-timeout");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(status.code(), Some(1), "a forced stop is not a clean exit");
+    assert!(p.logs().contains("requests cut off"), "{}", p.logs());
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp()).start();
+    let addr = p.addr.clone();
+    std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/sleep"),
+                ("QUERY_STRING", "s=20"),
+            ]),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGINT);
+    let status = p.wait_exit(5).expect("a second signal stops postern");
+    assert_eq!(status.code(), Some(1));
+    assert!(p.logs().contains("second signal"));
+}

@@ -194,7 +194,7 @@ fn bad_content_length_is_refused() {
     let out = p.uwsgi(&[("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", "-5")], b"");
     assert!(out.is_empty());
     assert!(
-        p.wait_log("CONTENT_LENGTH \"-5\" is not a decimal number", 5),
+        p.wait_log("CONTENT_LENGTH \"-5\" is not a valid length", 5),
         "{}",
         p.logs()
     );
@@ -497,4 +497,98 @@ fn threads_serve_concurrently() {
         .json();
     assert_eq!(env["wsgi.multithread"], "True");
     assert_eq!(env["wsgi.multiprocess"], "False");
+}
+
+// Regressions from the hostile review.
+
+#[test]
+fn head_on_an_endless_stream_does_not_pin_the_thread() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "HEAD"),
+            ("PATH_INFO", "/close-slow"),
+            ("QUERY_STRING", "id=head"),
+        ],
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200 OK"));
+    assert!(out.ends_with(b"\r\n\r\n"), "headers only");
+    ok_after(&p);
+    assert_eq!(p.get("/closed?id=head").1, b"closed", "close() ran");
+}
+
+#[test]
+fn interim_statuses_are_refused() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    assert_eq!(p.get("/status-100").0, 500);
+    assert!(p.wait_log("interim (1xx) response", 5));
+}
+
+#[test]
+fn write_from_another_thread_with_a_slow_reader() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/write-bg"),
+        ("QUERY_STRING", "n=4194304"),
+    ]))
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        std::thread::sleep(Duration::from_millis(2));
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let r = parse_http(&got).unwrap();
+    assert_eq!(r.body.len(), 4194304 + 3);
+    assert!(r.body.ends_with(b"END"));
+    assert!(!p.logs().contains("panicked"), "{}", p.logs());
+}
+
+#[test]
+fn a_kept_write_raises_after_its_request() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    assert_eq!(p.get("/keep-write").1, b"kept");
+    assert_eq!(p.get("/use-kept").1, b"raised");
+}
+
+#[test]
+fn wsgi_errors_takes_any_str() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    assert_eq!(p.get("/errors-surrogate"), (200, b"ok".to_vec()));
+    assert!(p.wait_log("surrogate", 5));
+}
+
+#[test]
+fn close_raising_after_a_complete_body_keeps_the_response() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    assert_eq!(p.get("/close-raises"), (200, b"complete body".to_vec()));
+    assert!(p.wait_log("close() failing on purpose", 5));
+}
+
+#[test]
+fn repeated_http_content_length_is_not_a_server_error() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("HTTP_CONTENT_LENGTH", "5"),
+            ("HTTP_CONTENT_LENGTH", "5"),
+        ],
+        b"hello",
+    );
+    assert_eq!(parse_http(&out).unwrap().body, b"hello");
 }

@@ -29,6 +29,9 @@ pub struct Defaults<'a> {
     pub modifier30: bool,
 }
 
+/// `HTTP_*` variables that cannot legitimately repeat: a repeat replaces.
+const SINGLE: &[&[u8]] = &[b"HTTP_HOST", b"HTTP_CONTENT_LENGTH", b"HTTP_CONTENT_TYPE"];
+
 /// Request headers that must not reach the app (§4.2): duplicated CGI information,
 /// httpoxy, and hop-by-hop fields the front server has already acted on.
 const DROPPED: &[&[u8]] = &[
@@ -68,9 +71,9 @@ pub fn normalise<'a>(
             index.get(key).copied()
         };
         match found {
-            // Host is unique in HTTP (nginx refuses a request with two), so a second
-            // HTTP_HOST is a `uwsgi_param` overriding Debian's stock one: last wins.
-            Some(i) if key.starts_with(b"HTTP_") && key != b"HTTP_HOST" => {
+            // Host and the content headers are unique in HTTP (nginx refuses a request
+            // with two Hosts), so a repeat is a `uwsgi_param` override: last wins.
+            Some(i) if key.starts_with(b"HTTP_") && !SINGLE.contains(&key) => {
                 let sep: &[u8] = if key == b"HTTP_COOKIE" { b"; " } else { b", " };
                 let joined = cgi.vars[i].1.to_mut();
                 joined.extend_from_slice(sep);

@@ -25,6 +25,6 @@ pub enum ProtoError {
     VarOverrun { offset: usize, block: usize },
     #[error("HTTP request received on a uwsgi socket (use uwsgi_pass, not proxy_pass, in nginx)")]
     HttpOnUwsgi,
-    #[error("CONTENT_LENGTH {0:?} is not a decimal number")]
+    #[error("CONTENT_LENGTH {0:?} is not a valid length (decimal digits, below 2^63)")]
     BadContentLength(String),
 }

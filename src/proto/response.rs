@@ -9,6 +9,8 @@
 pub enum HeaderError {
     #[error("status {0:?} is not '<3 digits> <reason>' without control characters")]
     Status(String),
+    #[error("status {0:?} is an interim (1xx) response, which cannot be sent to the front server (nginx takes it as final)")]
+    Interim(String),
     #[error("header name {0:?} is not an HTTP token")]
     Name(String),
     #[error("header {name:?} has a value with CR, LF or another control character")]
@@ -51,9 +53,14 @@ pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     {
         return Err(bad());
     }
-    Ok(b[..3]
+    let code = b[..3]
         .iter()
-        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    // PROTOCOLS.md §5.6: never an interim response (100 Continue, 101 Upgrade…).
+    if code < 200 {
+        return Err(HeaderError::Interim(status.to_owned()));
+    }
+    Ok(code)
 }
 
 /// RFC 9110 `token` characters.
@@ -150,6 +157,12 @@ mod tests {
             "200 €",
         ] {
             assert!(parse_status(s).is_err(), "{s:?}");
+        }
+        for s in ["100 Continue", "101 Switching Protocols", "103 Early Hints"] {
+            assert!(
+                matches!(parse_status(s), Err(HeaderError::Interim(_))),
+                "{s:?}"
+            );
         }
     }
 

@@ -170,8 +170,8 @@ impl Source for Acceptor {
 }
 
 impl Acceptor {
-    /// Accepts one connection from `l`; returns the request when it is complete now.
-    fn accept(&self, l: &Listener) -> Option<Request> {
+    /// Accepts one pending connection from `l` (non-blocking); `None` when there is none.
+    fn accept_raw(&self, l: &Listener) -> Option<(socket2::Socket, Arc<str>, Instant)> {
         let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
         let (fd, peer): (OwnedFd, Arc<str>) = if l.tcp {
             match rustix::net::acceptfrom_with(&l.sock, flags) {
@@ -190,8 +190,41 @@ impl Acceptor {
                 Err(e) => return accept_error(l, e),
             }
         };
-        let started = Instant::now();
-        let sock = socket2::Socket::from(fd);
+        Some((socket2::Socket::from(fd), peer, Instant::now()))
+    }
+
+    /// At stop: takes every connection still waiting in the listen queues, so requests
+    /// nginx already sent are served, not reset.
+    pub fn drain_backlog(&self) -> usize {
+        let mut n = 0;
+        for l in self.listeners.iter() {
+            while let Some((sock, peer, started)) = self.accept_raw(l) {
+                // Read what is already there: a connection that sent nothing yet
+                // would otherwise be closed as idle by the stopping slow lane.
+                if let Some(req) = self.admit(l, sock, peer, started) {
+                    self.shared.push(req);
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Accepts one connection from `l`; returns the request when it is complete now.
+    fn accept(&self, l: &Listener) -> Option<Request> {
+        let (sock, peer, started) = self.accept_raw(l)?;
+        self.admit(l, sock, peer, started)
+    }
+
+    /// Reads what a new connection has sent; returns the request when it is complete,
+    /// else hands the connection to the slow lane.
+    fn admit(
+        &self,
+        l: &Listener,
+        sock: socket2::Socket,
+        peer: Arc<str>,
+        started: Instant,
+    ) -> Option<Request> {
         if l.tcp {
             let _ = sock.set_tcp_nodelay(true);
         }
@@ -208,7 +241,10 @@ impl Acceptor {
                 return None;
             }
             Ok(b) => b,
-            Err(Errno::AGAIN) | Err(Errno::INTR) => BytesMut::new(),
+            Err(e @ (Errno::AGAIN | Errno::INTR)) => {
+                tracing::trace!(%peer, error = %e, "nothing to read yet");
+                BytesMut::new()
+            }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed before sending a request");
                 return None;
@@ -255,10 +291,10 @@ impl Acceptor {
     }
 }
 
-fn accept_error(l: &Listener, e: Errno) -> Option<Request> {
+fn accept_error<T>(l: &Listener, e: Errno) -> Option<T> {
     match e {
-        // Another thread took it, or the peer gave up: nothing to do.
-        Errno::AGAIN | Errno::INTR | Errno::CONNABORTED => {}
+        // Another thread took it, the peer gave up, or the listener was shut down.
+        Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::INVAL => {}
         e => {
             tracing::error!(listener = %l.label, error = %e, "accept failed (file descriptor limit? see ulimit -n)");
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{field, Instrument};
 
@@ -55,6 +56,8 @@ pub struct SlowLane {
     pub tracker: TaskTracker,
     pub shared: Arc<Shared>,
     pub limits: Limits,
+    /// Cancelled when the server stops: connections that sent nothing are closed.
+    pub stopping: CancellationToken,
 }
 
 impl SlowLane {
@@ -111,6 +114,8 @@ struct Reader<'c, C> {
     conn: &'c mut C,
     codec: UwsgiCodec,
     buf: BytesMut,
+    /// While set and nothing has arrived, a stop closes the connection at once.
+    idle: Option<CancellationToken>,
 }
 
 impl<C: Conn> Reader<'_, C> {
@@ -123,7 +128,19 @@ impl<C: Conn> Reader<'_, C> {
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8192);
             }
-            if self.conn.read_buf(&mut self.buf).await? == 0 {
+            let n = match &self.idle {
+                Some(stop) if self.buf.is_empty() => tokio::select! {
+                    r = self.conn.read_buf(&mut self.buf) => r?,
+                    _ = stop.cancelled() => {
+                        return Err(CodecError::Io(io::Error::new(
+                            io::ErrorKind::Interrupted,
+                            "postern is stopping",
+                        )))
+                    }
+                },
+                _ => self.conn.read_buf(&mut self.buf).await?,
+            };
+            if n == 0 {
                 return self.codec.decode_eof(&mut self.buf);
             }
         }
@@ -175,6 +192,7 @@ async fn serve<C: Conn>(
                 conn: &mut conn,
                 codec,
                 buf,
+                idle: None,
             },
         ),
         Start::Fresh(buf) => {
@@ -182,6 +200,7 @@ async fn serve<C: Conn>(
                 conn: &mut conn,
                 codec: UwsgiCodec::new(limits.buffer_size),
                 buf,
+                idle: Some(lane.stopping.clone()),
             };
             let left = limits.head_timeout.saturating_sub(started.elapsed());
             match timeout(left, framed.next()).await {
@@ -194,12 +213,19 @@ async fn serve<C: Conn>(
                     tracing::debug!(%peer, "connection closed before sending a request");
                     return;
                 }
+                Ok(Err(CodecError::Io(e))) if e.kind() == io::ErrorKind::Interrupted => {
+                    tracing::debug!(%peer, "closing a connection that sent nothing: stopping");
+                    return;
+                }
                 Ok(Err(e)) => {
                     drop(framed);
                     return bad_request(&mut conn, &peer, e, limits).await;
                 }
                 Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
-                Ok(Ok(Some(Frame::Head(head)))) => (head, framed),
+                Ok(Ok(Some(Frame::Head(head)))) => {
+                    framed.idle = None;
+                    (head, framed)
+                }
             }
         }
     };
@@ -323,7 +349,8 @@ async fn read_body<C: Conn>(
         if first.len() as u64 == len {
             return Ok(Body::Memory(first));
         }
-        let mut buf = BytesMut::with_capacity(len as usize);
+        // Grow with the data, not with what the peer announced.
+        let mut buf = BytesMut::with_capacity((len as usize).min(256 * 1024));
         buf.extend_from_slice(&first);
         while (buf.len() as u64) < len {
             buf.extend_from_slice(&next_body(framed, t, len).await?);

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use acceptor::{Acceptor, Listener, Shared};
@@ -74,6 +75,7 @@ pub fn run(
         .map_err(ServerError::Runtime)?;
     let shared = Shared::new().map_err(ServerError::Runtime)?;
     let tracker = TaskTracker::new();
+    let stopping = CancellationToken::new();
     let mut unix_paths = Vec::new();
     let listeners: Vec<Listener> = bound
         .into_iter()
@@ -103,58 +105,85 @@ pub fn run(
             tracker: tracker.clone(),
             shared: Arc::clone(&shared),
             limits: limits.clone(),
+            stopping: stopping.clone(),
         },
         limits,
     });
-    let pool = Pool::start(app, settings, acceptor).map_err(ServerError::Runtime)?;
+    let pool = Pool::start(
+        app,
+        settings,
+        Arc::clone(&acceptor) as Arc<dyn crate::wsgi::Source>,
+    )
+    .map_err(ServerError::Runtime)?;
 
-    let deadline = runtime.block_on(async {
-        wait_for_signal().await;
+    let finished = runtime.block_on(async {
+        let Some(mut signals) = Signals::new() else {
+            tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
+            return std::future::pending().await;
+        };
+        let name = signals.next().await;
+        tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+        let deadline = Instant::now() + graceful;
         shared.stop_accepting();
-        // Refuse new connections at once (pending ones are reset) and unlink sockets.
+        // Requests already waiting in the listen queues are served, not reset; then
+        // the listeners refuse new connections and Unix socket files go away.
+        let mut queued = acceptor.drain_backlog();
         for l in listeners.iter() {
             let _ = l.sock.shutdown(std::net::Shutdown::Both);
+        }
+        queued += acceptor.drain_backlog();
+        if queued > 0 {
+            tracing::info!(queued, "serving connections that were waiting in the listen queue");
         }
         for p in &unix_paths {
             let _ = std::fs::remove_file(p);
         }
-        let deadline = Instant::now() + graceful;
+        stopping.cancel();
         tracker.close();
-        if tokio::time::timeout(graceful, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = tracker.len(),
-                "requests still being read at --graceful-timeout"
-            );
+        let drain = async {
+            if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {
+                tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout");
+            }
+            shared.exit();
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
+        };
+        tokio::select! {
+            finished = drain => finished,
+            name = signals.next() => {
+                tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
+                false
+            }
         }
-        deadline
     });
-    shared.exit();
-    let finished = pool.join(deadline.saturating_duration_since(Instant::now()));
     if !finished {
-        tracing::warn!("requests still running at --graceful-timeout; stopping anyway");
+        tracing::warn!(
+            "requests still running when postern stopped (--graceful-timeout or a second signal)"
+        );
     }
-    drop(runtime);
+    runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(finished)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(
-        signal = name,
-        "stopping: no new connections, letting in-flight requests finish"
-    );
+/// SIGTERM and SIGINT, as a stream of their names.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

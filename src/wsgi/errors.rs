@@ -28,8 +28,10 @@ impl Default for Errors {
 
 #[pymethods]
 impl Errors {
-    fn write(&mut self, text: &str) -> usize {
-        let mut rest = text;
+    fn write(&mut self, text: &Bound<'_, pyo3::types::PyString>) -> usize {
+        // Any str is accepted (PEP 3333), lone surrogates included.
+        let text = text.to_string_lossy();
+        let mut rest: &str = &text;
         while let Some(i) = rest.find('\n') {
             self.line.push_str(&rest[..i]);
             Self::emit(&self.line);
@@ -47,7 +49,7 @@ impl Errors {
     fn writelines(&mut self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
         for line in lines.try_iter()? {
             let line = line?;
-            self.write(line.extract::<&str>()?);
+            self.write(line.cast::<pyo3::types::PyString>()?);
         }
         Ok(())
     }

@@ -6,7 +6,9 @@
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use std::sync::{Mutex, MutexGuard};
 
 use super::environ::{self, Keys};
 use super::errors::Errors;
@@ -19,9 +21,24 @@ use crate::proto::response::{self as resp, HeaderError};
 #[derive(Debug)]
 struct Gone;
 
-/// The state behind `start_response` and `write` for one request.
-#[pyclass(module = "postern", name = "StartResponse")]
+/// The `start_response` callable (and, through it, `write`) of one request. The app
+/// may call these from any thread, so the state sits behind a mutex that is always
+/// taken with the GIL released (no deadlock) and never held while Python code runs.
+#[pyclass(module = "postern", name = "StartResponse", frozen)]
 pub struct Responder {
+    state: Mutex<State>,
+}
+
+/// Locks the responder's state (waiting with the GIL released).
+fn st<'a>(r: &'a Bound<'_, Responder>) -> MutexGuard<'a, State> {
+    r.get()
+        .state
+        .lock_py_attached(r.py())
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The response state of one request.
+struct State {
     sink: Box<dyn Sink>,
     status: Option<String>,
     code: u16,
@@ -36,11 +53,13 @@ pub struct Responder {
     client_gone: bool,
     used_write: bool,
     overflowed: bool,
+    /// The request is over: `write` raises.
+    finished: bool,
 }
 
-impl Responder {
+impl State {
     fn new(sink: Box<dyn Sink>, is_head: bool) -> Self {
-        Responder {
+        State {
             sink,
             status: None,
             code: 0,
@@ -53,6 +72,7 @@ impl Responder {
             client_gone: false,
             used_write: false,
             overflowed: false,
+            finished: false,
         }
     }
 
@@ -137,7 +157,6 @@ impl Responder {
     }
 
     fn validate(
-        &self,
         status: &Bound<'_, PyAny>,
         headers: &Bound<'_, PyAny>,
     ) -> PyResult<(String, u16, Vec<(String, String)>, Option<u64>)> {
@@ -225,58 +244,70 @@ impl Responder {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let exc_info = exc_info.filter(|e| !e.is_none());
-        {
-            let mut me = slf.borrow_mut();
-            match exc_info {
-                Some(exc) if me.headers_sent => {
-                    drop(me);
-                    // PEP 3333: re-raise the exception the app is handling.
-                    let value = exc.get_item(1)?;
-                    let tb = exc.get_item(2)?;
-                    let value = if tb.is_none() {
-                        value
-                    } else {
-                        value.call_method1(intern!(py, "with_traceback"), (tb,))?
-                    };
-                    return Err(PyErr::from_value(value));
-                }
-                Some(_) => {}
-                None if me.called => {
-                    return Err(PyAssertionError::new_err(
-                        "start_response() called a second time without exc_info (PEP 3333)",
-                    ));
-                }
-                None => {}
-            }
+        let (headers_sent, called) = {
+            let mut me = st(slf);
+            let seen = (me.headers_sent, me.called);
             me.called = true;
-            match me.validate(status, headers) {
-                Ok((status, code, headers, cl)) => {
-                    me.status = Some(status);
-                    me.code = code;
-                    me.headers = headers;
-                    me.content_length = cl;
-                }
-                Err(e) => {
-                    me.status = None;
-                    return Err(e);
-                }
+            seen
+        };
+        match exc_info {
+            Some(exc) if headers_sent => {
+                // PEP 3333: re-raise the exception the app is handling.
+                let value = exc.get_item(1)?;
+                let tb = exc.get_item(2)?;
+                let value = if tb.is_none() {
+                    value
+                } else {
+                    value.call_method1(intern!(py, "with_traceback"), (tb,))?
+                };
+                return Err(PyErr::from_value(value));
+            }
+            Some(_) => {}
+            None if called => {
+                return Err(PyAssertionError::new_err(
+                    "start_response() called a second time without exc_info (PEP 3333)",
+                ));
+            }
+            None => {}
+        }
+        // Validation runs Python code (iterating the headers): not under the lock.
+        let validated = State::validate(status, headers);
+        let mut me = st(slf);
+        match validated {
+            Ok((status, code, headers, cl)) => {
+                me.status = Some(status);
+                me.code = code;
+                me.headers = headers;
+                me.content_length = cl;
+            }
+            Err(e) => {
+                me.status = None;
+                return Err(e);
             }
         }
+        drop(me);
         slf.getattr(intern!(py, "write"))
     }
 
     /// The legacy `write(data)` callable: sends at once (headers first).
-    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.status.is_none() {
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let bytes = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("write() needs bytes, not {}", type_name(data)))
+        })?;
+        let mut me = st(slf);
+        if me.finished {
+            return Err(PyOSError::new_err(
+                "write() called after the request was over",
+            ));
+        }
+        if me.status.is_none() {
             return Err(PyAssertionError::new_err(
                 "write() called before start_response()",
             ));
         }
-        let bytes = data.cast::<PyBytes>().map_err(|_| {
-            PyTypeError::new_err(format!("write() needs bytes, not {}", type_name(data)))
-        })?;
-        self.used_write = true;
-        self.send_body(py, bytes.as_bytes())
+        me.used_write = true;
+        me.send_body(py, bytes.as_bytes())
             .map_err(|Gone| PyOSError::new_err("client disconnected"))
     }
 }
@@ -302,8 +333,9 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
     let built = match environ::build(py, keys, &head, &listener, settings, input, errors) {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, "could not build the environ");
-            return simple(py, sink, 500, "Internal Server Error");
+            // The codec has framed the request; what is left is malformed variables.
+            tracing::warn!(error = %e, "the request's variables are malformed; answered 400");
+            return simple(py, sink, 400, "Bad Request");
         }
     };
     if built.method_missing {
@@ -316,11 +348,16 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
     let placeholder: Box<dyn Sink> = Box::new(Closed);
     let responder = Bound::new(
         py,
-        Responder::new(std::mem::replace(&mut sink, placeholder), built.is_head),
+        Responder {
+            state: Mutex::new(State::new(
+                std::mem::replace(&mut sink, placeholder),
+                built.is_head,
+            )),
+        },
     )
     .expect("allocating start_response");
     let outcome = drive(py, app, built.environ, &responder);
-    let mut r = responder.borrow_mut();
+    let mut r = st(&responder);
     let end = if r.client_gone {
         End::ClientGone(outcome.status)
     } else if outcome.complete {
@@ -333,6 +370,7 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
     // An app that kept `write` or `start_response` gets an error, not a stale socket.
     r.sink = Box::new(Closed);
     r.client_gone = true;
+    r.finished = true;
 }
 
 /// How `drive` ended, before the connection is finished.
@@ -445,14 +483,20 @@ fn drive(
         return fail(py, responder, f, what);
     }
     if let Err(e) = closed {
-        return fail(
-            py,
-            responder,
-            Failure::Raised(e),
-            "the result's close() raised an exception",
-        );
+        if st(responder).headers_sent {
+            // The response went out whole; a failing close() is the app's to fix,
+            // not a reason to break the client's response.
+            tracing::error!(detail = %traceback(py, &e), "the result's close() raised an exception");
+        } else {
+            return fail(
+                py,
+                responder,
+                Failure::Raised(e),
+                "the result's close() raised an exception",
+            );
+        }
     }
-    let mut r = responder.borrow_mut();
+    let mut r = st(responder);
     if r.client_gone {
         return Outcome {
             status: r.code,
@@ -461,7 +505,7 @@ fn drive(
     }
     if r.status.is_none() {
         drop(r);
-        let msg = if responder.borrow().called {
+        let msg = if st(responder).called {
             "start_response() was called but refused the status or headers"
         } else {
             "the app never called start_response()"
@@ -505,7 +549,7 @@ fn iterate(
     result: &Bound<'_, PyAny>,
 ) -> Result<(), Failure> {
     let not_started = || {
-        Failure::Mistake(if responder.borrow().called {
+        Failure::Mistake(if st(responder).called {
             "start_response() was called but refused the status or headers".into()
         } else {
             "the app produced a body before calling start_response()".into()
@@ -514,10 +558,10 @@ fn iterate(
     // wsgi.file_wrapper on a regular file: sendfile(2).
     if let Ok(wrapper) = result.cast::<FileWrapper>() {
         if let Some(src) = wrapper.borrow().sendfile_source(py) {
-            if responder.borrow().status.is_none() {
+            if st(responder).status.is_none() {
                 return Err(not_started());
             }
-            let mut r = responder.borrow_mut();
+            let mut r = st(responder);
             let mut len = src.len;
             match r.content_length {
                 Some(cl) => len = len.min(cl),
@@ -552,14 +596,14 @@ fn iterate(
         for item in &items {
             total += body_bytes(item)?.as_bytes().len();
         }
-        if responder.borrow().status.is_none() {
+        if st(responder).status.is_none() {
             return if total == 0 {
                 Ok(())
             } else {
                 Err(not_started())
             };
         }
-        let mut r = responder.borrow_mut();
+        let mut r = st(responder);
         if r.content_length.is_none()
             && !r.used_write
             && !r.headers_sent
@@ -592,11 +636,13 @@ fn iterate(
         if data.is_empty() {
             continue;
         }
-        if responder.borrow().status.is_none() {
+        if st(responder).status.is_none() {
             return Err(not_started());
         }
-        let mut r = responder.borrow_mut();
-        if r.send_body(py, data).is_err() || r.overflowed {
+        let mut r = st(responder);
+        // HEAD, 204, 304: once the headers are out there is nothing more to send, and
+        // a stream may never end; stop here (close() still runs).
+        if r.send_body(py, data).is_err() || r.overflowed || (r.head_only() && r.headers_sent) {
             break;
         }
     }
@@ -622,7 +668,7 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         Failure::Raised(e) => traceback(py, e),
         Failure::Mistake(m) => m.clone(),
     };
-    let mut r = responder.borrow_mut();
+    let mut r = st(responder);
     if r.client_gone {
         tracing::info!(detail = %detail, "{what} after the client went away");
         return Outcome {
