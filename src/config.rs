@@ -74,7 +74,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "POSTERN_THREADS")]
     pub threads: Option<usize>,
 
-    /// Worker processes (only 1 until the process supervisor lands).
+    /// Worker processes; more than 1 starts a master that supervises them (default 1).
     #[arg(long, value_name = "N", env = "POSTERN_WORKERS")]
     pub workers: Option<usize>,
 
@@ -368,13 +368,10 @@ impl Config {
             ));
         }
         let workers = cli.workers.or(file.workers).unwrap_or(1);
-        if workers != 1 {
+        if workers == 0 || workers > 256 {
             return Err(invalid(
                 "--workers",
-                format!(
-                    "{workers} worker processes are not supported yet: this postern runs one \
-                     process; use --threads N for concurrency (multi-process support comes with the supervisor)"
-                ),
+                format!("{workers} is not between 1 and 256"),
             ));
         }
 
@@ -514,9 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn rejects_more_than_one_worker_for_now() {
-        let e = Config::resolve(cli(&["app", "--workers", "2"]), None).unwrap_err();
+    fn rejects_zero_workers() {
+        let e = Config::resolve(cli(&["app", "--workers", "0"]), None).unwrap_err();
         assert!(e.to_string().contains("--workers"));
+        assert_eq!(
+            Config::resolve(cli(&["app", "--workers", "3"]), None)
+                .unwrap()
+                .workers,
+            3
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! codec/    tokio-util Decoder over proto: head then body frames, limits
 //! wsgi/     the only pyo3 user: interpreter, app import, pool threads, environ,
 //!           wsgi.input/errors, start_response/write/iteration, file_wrapper
-//! server/   tokio: listeners (TCP/Unix), one task per connection, graceful stop
+//! server/   serving: fast path on the Python threads, tokio slow lane, graceful stop
+//! supervisor/ the master: forks workers, reaps, respawns, reloads (--workers > 1)
 //! client    `postern request`: one uwsgi request, printed -i style
 //! ```
 
@@ -18,4 +19,5 @@ pub mod codec;
 pub mod config;
 pub mod proto;
 pub mod server;
+pub mod supervisor;
 pub mod wsgi;

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use postern::config::{Cli, Command, Config, LogFormat};
 use postern::server::{self, connection::Limits, listener};
+use postern::supervisor;
 use postern::wsgi::{self, interpreter, Settings};
 
 fn main() -> ExitCode {
@@ -101,13 +102,6 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let app = match start_python(&config) {
-        Ok(app) => app,
-        Err(e) => {
-            server::remove_unix_sockets(&bound);
-            return Err(e);
-        }
-    };
     let settings = Settings {
         threads: config.threads,
         multiprocess: config.workers > 1,
@@ -122,13 +116,50 @@ fn run(config: Config) -> anyhow::Result<()> {
     for b in &bound {
         tracing::info!(listener = %b.addr, protocol = "uwsgi", "listening");
     }
+
+    if config.workers > 1 {
+        // The master never starts Python: each worker imports the app (lazy mode).
+        let opts = supervisor::Options {
+            workers: config.workers,
+            graceful_timeout: config.graceful_timeout,
+        };
+        let result = supervisor::run(opts, |ready| {
+            let mine: Vec<_> = match bound.iter().map(|b| b.try_clone()).collect() {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take the listeners");
+                    return 3;
+                }
+            };
+            worker(&config, mine, settings.clone(), limits.clone(), ready)
+        });
+        server::remove_unix_sockets(&bound);
+        result?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
+
+    let app = match start_python(&config) {
+        Ok(app) => app,
+        Err(e) => {
+            server::remove_unix_sockets(&bound);
+            return Err(e);
+        }
+    };
     tracing::info!(
         app = %config.app,
         threads = config.threads,
         pid = std::process::id(),
         "ready"
     );
-    if server::run(bound, app, settings, limits, config.graceful_timeout)? {
+    if server::run(
+        bound,
+        app,
+        settings,
+        limits,
+        config.graceful_timeout,
+        server::Mode::Single,
+    )? {
         wsgi::run_atexit();
         tracing::info!("stopped");
         Ok(())
@@ -137,6 +168,43 @@ fn run(config: Config) -> anyhow::Result<()> {
         // touching the interpreter again.
         tracing::error!("stopped with requests cut off; exit code 1");
         std::process::exit(1)
+    }
+}
+
+/// A worker process (forked by the master): import the app, serve, exit code.
+fn worker(
+    config: &Config,
+    bound: Vec<listener::Bound>,
+    settings: Settings,
+    limits: Limits,
+    ready: std::os::fd::OwnedFd,
+) -> i32 {
+    let app = match start_python(config) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("postern: {e:#}");
+            return 3;
+        }
+    };
+    let on_ready = Box::new(move || supervisor::announce_ready(ready));
+    match server::run(
+        bound,
+        app,
+        settings,
+        limits,
+        config.graceful_timeout,
+        server::Mode::Worker { on_ready },
+    ) {
+        Ok(true) => {
+            wsgi::run_atexit();
+            0
+        }
+        Ok(false) => 1,
+        Err(e) => {
+            tracing::error!("{e}");
+            1
+        }
     }
 }
 

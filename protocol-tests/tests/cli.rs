@@ -89,9 +89,9 @@ fn a_missing_callable_is_named() {
 }
 
 #[test]
-fn workers_other_than_one_are_refused_for_now() {
+fn zero_workers_are_refused() {
     let out = postern()
-        .args([&testapp(), "--workers", "2"])
+        .args([&testapp(), "--workers", "0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

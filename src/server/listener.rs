@@ -86,6 +86,20 @@ pub enum BoundSocket {
     Unix(std::os::unix::net::UnixListener),
 }
 
+impl Bound {
+    /// Another handle on the same listening socket (for a forked worker).
+    pub fn try_clone(&self) -> std::io::Result<Bound> {
+        Ok(Bound {
+            addr: self.addr.clone(),
+            socket: match &self.socket {
+                BoundSocket::Tcp(l) => BoundSocket::Tcp(l.try_clone()?),
+                BoundSocket::Unix(l) => BoundSocket::Unix(l.try_clone()?),
+            },
+            info: self.info.clone(),
+        })
+    }
+}
+
 /// Binds and listens.
 pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerError> {
     let err = |source: io::Error| ServerError::Bind {

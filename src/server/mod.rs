@@ -55,6 +55,15 @@ pub fn remove_unix_sockets(listeners: &[Bound]) {
     }
 }
 
+/// How this process serves.
+pub enum Mode {
+    /// The only process: it owns the listeners and removes them at the end.
+    Single,
+    /// A worker under the master: the listeners are shared; `on_ready` tells the
+    /// master when this worker serves.
+    Worker { on_ready: Box<dyn FnOnce() + Send> },
+}
+
 /// Serves `app` on the bound listeners until SIGTERM/SIGINT, then stops gracefully:
 /// no new connections, the slow lane and the Python threads finish what is in flight
 /// (up to `graceful`), Unix sockets are removed. Returns true when everything finished
@@ -65,6 +74,7 @@ pub fn run(
     settings: Settings,
     limits: Limits,
     graceful: Duration,
+    mode: Mode,
 ) -> Result<bool, ServerError> {
     // One I/O thread is plenty: it only carries the slow lane.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -115,6 +125,13 @@ pub fn run(
         Arc::clone(&acceptor) as Arc<dyn crate::wsgi::Source>,
     )
     .map_err(ServerError::Runtime)?;
+    let single = match mode {
+        Mode::Single => true,
+        Mode::Worker { on_ready } => {
+            on_ready();
+            false
+        }
+    };
 
     let finished = runtime.block_on(async {
         let Some(mut signals) = Signals::new() else {
@@ -125,20 +142,24 @@ pub fn run(
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
         shared.stop_accepting();
-        // Requests already waiting in the listen queues are served, not reset; then
-        // the listeners refuse new connections and Unix socket files go away.
-        let mut queued = acceptor.drain_backlog();
-        for l in listeners.iter() {
-            let _ = l.sock.shutdown(std::net::Shutdown::Both);
+        if single {
+            // Requests already waiting in the listen queues are served, not reset;
+            // then the listeners refuse new connections and Unix socket files go.
+            // (A worker leaves the shared listeners alone: its siblings and
+            // successors keep accepting on them.)
+            let mut queued = acceptor.drain_backlog();
+            for l in listeners.iter() {
+                let _ = l.sock.shutdown(std::net::Shutdown::Both);
+            }
+            queued += acceptor.drain_backlog();
+            if queued > 0 {
+                tracing::info!(queued, "serving connections that were waiting in the listen queue");
+            }
+            for p in &unix_paths {
+                let _ = std::fs::remove_file(p);
+            }
+            stopping.cancel();
         }
-        queued += acceptor.drain_backlog();
-        if queued > 0 {
-            tracing::info!(queued, "serving connections that were waiting in the listen queue");
-        }
-        for p in &unix_paths {
-            let _ = std::fs::remove_file(p);
-        }
-        stopping.cancel();
         tracker.close();
         let drain = async {
             if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {
