@@ -78,6 +78,26 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "POSTERN_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Recycle a worker after N requests (plus up to 10% jitter); needs --workers > 1.
+    #[arg(long, value_name = "N", env = "POSTERN_MAX_REQUESTS")]
+    pub max_requests: Option<u64>,
+
+    /// Recycle a worker whose resident memory passes this many MiB (checked after each request).
+    #[arg(long, value_name = "MIB", env = "POSTERN_MAX_RSS")]
+    pub max_rss: Option<u64>,
+
+    /// Replace a worker after it has run this many seconds.
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_MAX_LIFETIME")]
+    pub max_lifetime: Option<f64>,
+
+    /// A request running longer gets its worker's Python stacks logged, then the worker killed and replaced.
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_TIMEOUT")]
+    pub timeout: Option<f64>,
+
+    /// A request running longer gets its worker's Python stacks logged (not killed).
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_SLOW_LOG")]
+    pub slow_log: Option<f64>,
+
     /// Permission bits for Unix sockets, octal (e.g. 660).
     #[arg(long, value_name = "OCTAL", env = "POSTERN_SOCKET_MODE")]
     pub socket_mode: Option<String>,
@@ -206,6 +226,11 @@ struct FileConfig {
     env: Option<toml::Table>,
     threads: Option<usize>,
     workers: Option<usize>,
+    max_requests: Option<u64>,
+    max_rss: Option<u64>,
+    max_lifetime: Option<f64>,
+    timeout: Option<f64>,
+    slow_log: Option<f64>,
     socket_mode: Option<Scalar>,
     socket_owner: Option<String>,
     buffer_size: Option<Scalar>,
@@ -260,6 +285,11 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     pub threads: usize,
     pub workers: usize,
+    pub max_requests: Option<u64>,
+    pub max_rss: Option<u64>,
+    pub max_lifetime: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub slow_log: Option<Duration>,
     pub socket_mode: Option<u32>,
     pub socket_owner: Option<(Option<u32>, Option<u32>)>,
     pub buffer_size: usize,
@@ -375,6 +405,35 @@ impl Config {
             ));
         }
 
+        let max_requests = cli.max_requests.or(file.max_requests).filter(|&n| n > 0);
+        let max_rss = cli.max_rss.or(file.max_rss).filter(|&n| n > 0);
+        let max_lifetime = cli
+            .max_lifetime
+            .or(file.max_lifetime)
+            .map(|v| seconds("--max-lifetime", v))
+            .transpose()?;
+        let timeout = cli
+            .timeout
+            .or(file.timeout)
+            .map(|v| seconds("--timeout", v))
+            .transpose()?;
+        let slow_log = cli
+            .slow_log
+            .or(file.slow_log)
+            .map(|v| seconds("--slow-log", v))
+            .transpose()?;
+        let supervised = max_requests.is_some()
+            || max_rss.is_some()
+            || max_lifetime.is_some()
+            || timeout.is_some()
+            || slow_log.is_some();
+        if supervised && workers == 1 {
+            return Err(invalid(
+                "--workers",
+                "--max-requests, --max-rss, --max-lifetime, --timeout and --slow-log need the master: use --workers 2 or more",
+            ));
+        }
+
         let socket_mode = cli
             .socket_mode
             .or(file.socket_mode.map(|s| s.text()))
@@ -458,6 +517,11 @@ impl Config {
             env,
             threads,
             workers,
+            max_requests,
+            max_rss,
+            max_lifetime,
+            timeout,
+            slow_log,
             socket_mode,
             socket_owner,
             buffer_size: buffer_size as usize,

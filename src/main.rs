@@ -105,6 +105,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let settings = Settings {
         threads: config.threads,
         multiprocess: config.workers > 1,
+        monitor: None,
     };
     let limits = Limits {
         buffer_size: config.buffer_size,
@@ -121,9 +122,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         // The master never starts Python: each worker imports the app (lazy mode).
         let opts = supervisor::Options {
             workers: config.workers,
+            threads: config.threads,
             graceful_timeout: config.graceful_timeout,
+            timeout: config.timeout,
+            slow_log: config.slow_log,
+            max_lifetime: config.max_lifetime,
         };
-        let result = supervisor::run(opts, |ready| {
+        let result = supervisor::run(opts, |ctx| {
             let mine: Vec<_> = match bound.iter().map(|b| b.try_clone()).collect() {
                 Ok(v) => v,
                 Err(e) => {
@@ -131,7 +136,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                     return 3;
                 }
             };
-            worker(&config, mine, settings.clone(), limits.clone(), ready)
+            worker(&config, mine, settings.clone(), limits.clone(), ctx)
         });
         server::remove_unix_sockets(&bound);
         result?;
@@ -177,7 +182,7 @@ fn worker(
     bound: Vec<listener::Bound>,
     settings: Settings,
     limits: Limits,
-    ready: std::os::fd::OwnedFd,
+    ctx: supervisor::WorkerContext,
 ) -> i32 {
     let app = match start_python(config) {
         Ok(app) => app,
@@ -187,6 +192,15 @@ fn worker(
             return 3;
         }
     };
+    if let Err(e) = interpreter::enable_stack_dumps() {
+        tracing::warn!("{e}");
+    }
+    let monitor = supervisor::WorkerMonitor::new(&ctx, config.max_requests, config.max_rss);
+    let settings = Settings {
+        monitor: Some(std::sync::Arc::new(monitor)),
+        ..settings
+    };
+    let ready = ctx.ready;
     let on_ready = Box::new(move || supervisor::announce_ready(ready));
     match server::run(
         bound,

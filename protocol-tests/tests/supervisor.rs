@@ -190,3 +190,151 @@ fn a_reload_with_broken_code_keeps_the_old_workers() {
         assert!(body.starts_with(b"v0 "));
     }
 }
+
+#[test]
+fn timeout_dumps_the_stack_then_kills_only_that_worker() {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2", "--timeout", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
+    let port = n.port;
+    let t = Instant::now();
+    let stuck = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /sleep?s=10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    });
+    // The other worker keeps serving meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        assert_eq!(n.get("/").status, 200);
+    }
+    let out = stuck.join().unwrap();
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 502, "nginx answers 502 for the killed request");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    let log = p.logs();
+    assert!(log.contains("request passed --timeout"), "{log}");
+    assert!(log.contains("request=GET /sleep?s=10"), "{log}");
+    // faulthandler's dump names the app's line that was sleeping.
+    let sleep_line = std::fs::read_to_string(testapp())
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("time.sleep(float(q.get(\"s\", 1)))"))
+        .unwrap()
+        + 1;
+    assert!(
+        log.contains(&format!("testapp.py\", line {sleep_line} in application")),
+        "{log}"
+    );
+    assert!(p.wait_log("killed by SIGKILL", 3));
+    assert_eq!(n.get("/").status, 200);
+}
+
+#[test]
+fn slow_log_dumps_without_killing() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--workers", "2", "--slow-log", "1"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    assert_eq!(p.get("/sleep?s=2"), (200, b"slept\n".to_vec()));
+    let log = p.logs();
+    assert!(log.contains("slow request (over --slow-log"), "{log}");
+    assert!(log.contains("in application"), "{log}");
+    assert!(!log.contains("SIGKILL"));
+}
+
+#[test]
+fn max_requests_recycles_workers_without_failing_requests() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--max-requests", "100"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let pids = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, failed, pids) = (p.addr.clone(), failed.clone(), pids.clone());
+            std::thread::spawn(move || {
+                for _ in 0..150 {
+                    let out = raw(
+                        &addr,
+                        &uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]),
+                    );
+                    match parse_http(&out) {
+                        Some(r) if r.status == 200 => {
+                            pids.lock()
+                                .unwrap()
+                                .insert(r.text().split(' ').nth(1).unwrap().to_owned());
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{}", p.logs());
+    assert!(p.logs().contains("(--max-requests)"));
+    assert!(
+        pids.lock().unwrap().len() >= 4,
+        "workers were recycled: {:?}",
+        pids.lock().unwrap()
+    );
+}
+
+#[test]
+fn max_rss_recycles_a_leaking_worker() {
+    let dir = tempdir();
+    let app = dir.path().join("leak.py");
+    std::fs::write(
+        &app,
+        "import os\nLEAK = []\n\ndef application(environ, start_response):\n    LEAK.append(bytearray(8 << 20))\n    start_response('200 OK', [])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--max-rss", "100"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    for _ in 0..30 {
+        assert_eq!(p.get("/").0, 200);
+    }
+    assert!(p.wait_log("over --max-rss 100 MiB", 5), "{}", p.logs());
+}
+
+#[test]
+fn max_lifetime_replaces_workers() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--workers", "2", "--max-lifetime", "1"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    assert!(p.wait_log("--max-lifetime", 5), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200);
+}
+
+#[test]
+fn supervisor_options_need_workers() {
+    let dir = tempdir();
+    let out = Spawn::tcp(dir.path(), &testapp())
+        .args(["--timeout", "5"])
+        .command()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers 2 or more"));
+}

@@ -134,7 +134,7 @@ pub fn run(
     };
 
     let finished = runtime.block_on(async {
-        let Some(mut signals) = Signals::new() else {
+        let Some(mut signals) = Signals::new(single) else {
             tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
             return std::future::pending().await;
         };
@@ -186,25 +186,36 @@ pub fn run(
     Ok(finished)
 }
 
-/// SIGTERM and SIGINT, as a stream of their names.
+/// SIGTERM and (for a single process) SIGINT, as a stream of their names. A worker
+/// leaves SIGINT ignored: the master turns a terminal's Ctrl-C into one stop.
 struct Signals {
     term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    fn new() -> Option<Signals> {
+    fn new(with_int: bool) -> Option<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Some(Signals {
             term: signal(SignalKind::terminate()).ok()?,
-            int: signal(SignalKind::interrupt()).ok()?,
+            int: if with_int {
+                Some(signal(SignalKind::interrupt()).ok()?)
+            } else {
+                None
+            },
         })
     }
 
     async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+        match &mut self.int {
+            Some(int) => tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            None => {
+                self.term.recv().await;
+                "SIGTERM"
+            }
         }
     }
 }

@@ -15,8 +15,14 @@
 //! | SIGTTIN / SIGTTOU | one worker more / less |
 //! | SIGCHLD | reap; a worker that died unexpectedly is logged and replaced |
 
+pub mod scoreboard;
+
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use scoreboard::Scoreboard;
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -40,7 +46,115 @@ pub enum SupervisorError {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub workers: usize,
+    pub threads: usize,
     pub graceful_timeout: Duration,
+    /// `--timeout`: a request running longer gets its worker's stacks dumped, then
+    /// the worker killed and replaced.
+    pub timeout: Option<Duration>,
+    /// `--slow-log`: a request running longer gets its worker's stacks dumped.
+    pub slow_log: Option<Duration>,
+    /// `--max-lifetime`: a worker older than this is replaced gracefully.
+    pub max_lifetime: Option<Duration>,
+}
+
+/// Most worker slots (workers of two generations during a reload, plus retiring ones).
+const MAX_SLOTS: usize = 1024;
+
+/// Handed to each forked worker.
+pub struct WorkerContext {
+    /// Write one byte here once serving ([`announce_ready`]).
+    pub ready: OwnedFd,
+    pub board: Arc<Scoreboard>,
+    pub slot: usize,
+}
+
+/// A worker's view of its scoreboard slot: records requests, and recycles the worker
+/// after `--max-requests` (with jitter) or past `--max-rss`.
+pub struct WorkerMonitor {
+    board: Arc<Scoreboard>,
+    slot: usize,
+    max_requests: Option<u64>,
+    max_rss_kib: Option<u64>,
+    retiring: AtomicBool,
+}
+
+impl WorkerMonitor {
+    pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {
+        // Jitter of up to 10% so that workers do not all recycle at once.
+        let max_requests = max_requests.map(|n| {
+            let spread = (n / 10).max(1);
+            n + u64::from(std::process::id()) % spread
+        });
+        WorkerMonitor {
+            board: Arc::clone(&ctx.board),
+            slot: ctx.slot,
+            max_requests,
+            max_rss_kib: max_rss_mib.map(|m| m * 1024),
+            retiring: AtomicBool::new(false),
+        }
+    }
+
+    fn retire(&self, why: &str) {
+        if self.retiring.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(pid = std::process::id(), "recycling this worker: {why}");
+        self.board
+            .head(self.slot)
+            .state
+            .store(scoreboard::RETIRING, Ordering::SeqCst);
+        // The graceful stop path: finish in-flight requests, then exit.
+        let _ = kill(nix::unistd::getpid(), Signal::SIGTERM);
+    }
+}
+
+/// Resident set size of this process, in KiB.
+fn rss_kib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64 / 1024)
+}
+
+impl crate::wsgi::Monitor for WorkerMonitor {
+    fn begin(&self, thread: usize, head: &crate::codec::Head) {
+        if thread >= self.board.threads {
+            return;
+        }
+        let mut desc = Vec::with_capacity(64);
+        desc.extend_from_slice(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
+        desc.push(b' ');
+        desc.extend_from_slice(
+            head.get(b"REQUEST_URI")
+                .or_else(|| head.get(b"PATH_INFO"))
+                .unwrap_or(b"-"),
+        );
+        self.board.line(self.slot, thread).begin(&desc);
+    }
+
+    fn end(&self, thread: usize) {
+        if thread < self.board.threads {
+            self.board.line(self.slot, thread).end();
+        }
+        let head = self.board.head(self.slot);
+        let served = head.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(max) = self.max_requests {
+            if served >= max {
+                self.retire(&format!("served {served} requests (--max-requests)"));
+            }
+        }
+        if let Some(max) = self.max_rss_kib {
+            if let Some(rss) = rss_kib() {
+                head.rss_kib.store(rss, Ordering::Relaxed);
+                if rss > max {
+                    self.retire(&format!(
+                        "RSS {} MiB is over --max-rss {} MiB",
+                        rss / 1024,
+                        max / 1024
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// A running worker as the master tracks it.
@@ -53,6 +167,11 @@ struct Worker {
     started: Instant,
     /// Asked to stop (reload, scale down, shutdown): its exit is expected.
     retiring: bool,
+    slot: usize,
+    /// When to SIGKILL it (after a --timeout stack dump).
+    kill_at: Option<Instant>,
+    /// Requests whose stacks were already dumped for --slow-log: (thread, since).
+    dumped: Vec<(usize, u64)>,
 }
 
 /// The signals the master handles.
@@ -74,12 +193,20 @@ fn master_signals() -> SigSet {
 
 /// Runs the master until a stop. `worker` runs in each forked child and returns the
 /// child's exit code; it receives the write end of its ready pipe.
-pub fn run(opts: Options, worker: impl Fn(OwnedFd) -> i32) -> Result<(), SupervisorError> {
+pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), SupervisorError> {
     let mask = master_signals();
     mask.thread_block().map_err(SupervisorError::Signals)?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(SupervisorError::Signals)?;
+    let board = Arc::new(
+        Scoreboard::new(MAX_SLOTS, opts.threads.max(1)).map_err(|e| {
+            SupervisorError::Signals(nix::Error::from_raw(
+                e.raw_os_error().unwrap_or(libc::ENOMEM),
+            ))
+        })?,
+    );
     let mut m = Master {
+        board,
         opts: opts.clone(),
         target: opts.workers,
         generation: 0,
@@ -153,11 +280,13 @@ pub fn run(opts: Options, worker: impl Fn(OwnedFd) -> i32) -> Result<(), Supervi
             }
         }
         m.reap()?;
+        m.watch();
         m.fill(&sfd, &mask, &worker)?;
     }
 }
 
 struct Master {
+    board: Arc<Scoreboard>,
     opts: Options,
     target: usize,
     generation: u64,
@@ -172,11 +301,16 @@ impl Master {
         &mut self,
         sfd: &SignalFd,
         mask: &SigSet,
-        worker: &impl Fn(OwnedFd) -> i32,
+        worker: &impl Fn(WorkerContext) -> i32,
     ) -> Result<(), SupervisorError> {
         let (read, write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SupervisorError::Fork)?;
         let master_pid = nix::unistd::getpid();
+        let used: Vec<usize> = self.workers.iter().map(|w| w.slot).collect();
+        let slot = (0..self.board.slots)
+            .find(|s| !used.contains(s))
+            .ok_or(SupervisorError::Fork(nix::Error::EAGAIN))?;
+        self.board.reset(slot, 0);
         // SAFETY: the master is single-threaded (no runtime, no Python, no helper
         // thread has been started), so the child may run arbitrary code.
         match unsafe { fork() }.map_err(SupervisorError::Fork)? {
@@ -189,14 +323,31 @@ impl Master {
                 if nix::unistd::getppid() != master_pid {
                     std::process::exit(0);
                 }
-                // The child: its own signal handling, none of the master's fds.
+                // The child: its own signal handling, none of the master's fds. A
+                // terminal's Ctrl-C reaches the whole process group: the master
+                // turns it into one graceful stop, so workers ignore SIGINT.
+                // SAFETY: setting SIGINT to SIG_IGN before any other thread exists.
+                unsafe {
+                    let _ = nix::sys::signal::signal(
+                        Signal::SIGINT,
+                        nix::sys::signal::SigHandler::SigIgn,
+                    );
+                }
                 let _ = mask.thread_unblock();
                 let _ = nix::unistd::close(sfd.as_fd().as_raw_fd());
                 drop(read);
                 for w in self.workers.drain(..) {
                     drop(w.ready_pipe);
                 }
-                let code = worker(write);
+                self.board
+                    .head(slot)
+                    .pid
+                    .store(std::process::id() as i32, Ordering::SeqCst);
+                let code = worker(WorkerContext {
+                    ready: write,
+                    board: Arc::clone(&self.board),
+                    slot,
+                });
                 std::process::exit(code);
             }
             ForkResult::Parent { child } => {
@@ -213,6 +364,9 @@ impl Master {
                     ready: false,
                     started: Instant::now(),
                     retiring: false,
+                    slot,
+                    kill_at: None,
+                    dumped: Vec::new(),
                 });
                 Ok(())
             }
@@ -269,11 +423,81 @@ impl Master {
         }
     }
 
+    /// Reads the scoreboard: self-recycling workers, requests over --timeout or
+    /// --slow-log, workers over --max-lifetime.
+    fn watch(&mut self) {
+        let now = scoreboard::now_ns();
+        let generation = self.generation;
+        for w in self.workers.iter_mut() {
+            if let Some(at) = w.kill_at {
+                if Instant::now() >= at {
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                    w.kill_at = None;
+                }
+                continue;
+            }
+            let head = self.board.head(w.slot);
+            if !w.retiring && head.state.load(Ordering::SeqCst) == scoreboard::RETIRING {
+                // It recycles itself (max requests, RSS): start its replacement now.
+                w.retiring = true;
+            }
+            if !w.retiring && w.ready && w.generation == generation {
+                if let Some(life) = self.opts.max_lifetime {
+                    if w.started.elapsed() > life {
+                        tracing::info!(
+                            pid = w.pid.as_raw(),
+                            "worker passed --max-lifetime; replacing it"
+                        );
+                        w.retiring = true;
+                        let _ = kill(w.pid, Signal::SIGTERM);
+                    }
+                }
+            }
+            for t in 0..self.board.threads {
+                let line = self.board.line(w.slot, t);
+                let since = line.since.load(Ordering::Acquire);
+                if since == 0 {
+                    continue;
+                }
+                let ran = Duration::from_nanos(now.saturating_sub(since));
+                if let Some(limit) = self.opts.timeout {
+                    if ran > limit {
+                        tracing::error!(
+                            pid = w.pid.as_raw(),
+                            request = %line.desc(),
+                            ran_ms = ran.as_millis() as u64,
+                            "request passed --timeout {limit:?}; dumping the worker's Python stacks, then killing and replacing it"
+                        );
+                        let _ = kill(w.pid, Signal::SIGUSR2);
+                        w.kill_at = Some(Instant::now() + Duration::from_millis(500));
+                        w.retiring = true;
+                        break;
+                    }
+                }
+                if let Some(limit) = self.opts.slow_log {
+                    if ran > limit && !w.dumped.contains(&(t, since)) {
+                        tracing::warn!(
+                            pid = w.pid.as_raw(),
+                            request = %line.desc(),
+                            ran_ms = ran.as_millis() as u64,
+                            "slow request (over --slow-log {limit:?}); the worker's Python stacks follow"
+                        );
+                        let _ = kill(w.pid, Signal::SIGUSR2);
+                        w.dumped.push((t, since));
+                        if w.dumped.len() > 64 {
+                            w.dumped.remove(0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn reload(
         &mut self,
         sfd: &SignalFd,
         mask: &SigSet,
-        worker: &impl Fn(OwnedFd) -> i32,
+        worker: &impl Fn(WorkerContext) -> i32,
     ) -> Result<(), SupervisorError> {
         self.generation += 1;
         tracing::info!(
@@ -374,7 +598,7 @@ impl Master {
         &mut self,
         sfd: &SignalFd,
         mask: &SigSet,
-        worker: &impl Fn(OwnedFd) -> i32,
+        worker: &impl Fn(WorkerContext) -> i32,
     ) -> Result<(), SupervisorError> {
         let live = self
             .workers

@@ -361,3 +361,19 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
         Ok(super::App(load_app(py, spec)?))
     })
 }
+
+/// Makes SIGUSR2 dump every Python thread's stack to stderr (faulthandler works from
+/// the signal handler, without the GIL): how the master shows where a request that
+/// passed `--timeout` or `--slow-log` is stuck.
+pub fn enable_stack_dumps() -> Result<(), WsgiError> {
+    Python::attach(|py| {
+        py.run(
+            c"import faulthandler, signal, sys\nfaulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)",
+            None,
+            None,
+        )
+        .map_err(|e| WsgiError::Init {
+            reason: format!("enabling stack dumps: {e}"),
+        })
+    })
+}

@@ -120,11 +120,20 @@ pub fn run_atexit() {
     });
 }
 
+/// Watches requests as they run (the supervisor's scoreboard).
+pub trait Monitor: Send + Sync {
+    /// Python thread `thread` starts serving `head`.
+    fn begin(&self, thread: usize, head: &Head);
+    /// Python thread `thread` has finished its request.
+    fn end(&self, thread: usize);
+}
+
 /// Runtime settings the Python side needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub threads: usize,
     pub multiprocess: bool,
+    pub monitor: Option<Arc<dyn Monitor>>,
 }
 
 /// Formats a Python exception with its traceback, as `traceback.print_exception` would.

@@ -31,10 +31,16 @@ impl Pool {
                     Python::attach(|py| {
                         let keys = Keys::new(py);
                         while let Some(req) = py.detach(|| source.next()) {
+                            if let Some(m) = &settings.monitor {
+                                m.begin(i, &req.head);
+                            }
                             // A panic must fail one request, not the thread.
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 response::handle(py, &keys, &app, &settings, req)
                             }));
+                            if let Some(m) = &settings.monitor {
+                                py.detach(|| m.end(i));
+                            }
                             if r.is_err() {
                                 tracing::error!(
                                     "internal error while serving a request (panic); the connection is aborted"
