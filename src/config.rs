@@ -78,7 +78,36 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "POSTERN_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Recycle a worker after N requests (plus up to 10% jitter); needs --workers > 1.
+    /// Run a master process even with one worker (implied by --workers > 1 and by the
+    /// options below): SIGHUP reloads, crashed workers are replaced.
+    #[arg(long, env = "POSTERN_MASTER")]
+    pub master: bool,
+
+    /// Import the app in the master before forking, so workers share its memory pages.
+    #[arg(long, env = "POSTERN_PRELOAD")]
+    pub preload: bool,
+
+    /// On reload, replace workers one at a time (for memory-tight hosts).
+    #[arg(long, env = "POSTERN_CHAIN_RELOAD")]
+    pub chain_reload: bool,
+
+    /// Reload when this file's modification time changes.
+    #[arg(long, value_name = "FILE", env = "POSTERN_TOUCH_RELOAD")]
+    pub touch_reload: Option<PathBuf>,
+
+    /// Write the master's pid here (removed at exit).
+    #[arg(long, value_name = "FILE", env = "POSTERN_PIDFILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Drop privileges to this user (name or id) after binding the listeners.
+    #[arg(long, value_name = "USER", env = "POSTERN_UID")]
+    pub uid: Option<String>,
+
+    /// Drop privileges to this group (name or id) after binding the listeners.
+    #[arg(long, value_name = "GROUP", env = "POSTERN_GID")]
+    pub gid: Option<String>,
+
+    /// Recycle a worker after N requests (plus up to 10% jitter).
     #[arg(long, value_name = "N", env = "POSTERN_MAX_REQUESTS")]
     pub max_requests: Option<u64>,
 
@@ -226,6 +255,13 @@ struct FileConfig {
     env: Option<toml::Table>,
     threads: Option<usize>,
     workers: Option<usize>,
+    master: Option<bool>,
+    preload: Option<bool>,
+    chain_reload: Option<bool>,
+    touch_reload: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
+    uid: Option<Scalar>,
+    gid: Option<Scalar>,
     max_requests: Option<u64>,
     max_rss: Option<u64>,
     max_lifetime: Option<f64>,
@@ -285,6 +321,14 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     pub threads: usize,
     pub workers: usize,
+    /// A master supervises the worker(s).
+    pub supervised: bool,
+    pub preload: bool,
+    pub chain_reload: bool,
+    pub touch_reload: Option<PathBuf>,
+    pub pidfile: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub max_requests: Option<u64>,
     pub max_rss: Option<u64>,
     pub max_lifetime: Option<Duration>,
@@ -422,17 +466,39 @@ impl Config {
             .or(file.slow_log)
             .map(|v| seconds("--slow-log", v))
             .transpose()?;
-        let supervised = max_requests.is_some()
+        let preload = cli.preload || file.preload.unwrap_or(false);
+        let chain_reload = cli.chain_reload || file.chain_reload.unwrap_or(false);
+        let touch_reload = cli.touch_reload.or(file.touch_reload);
+        let pidfile = cli.pidfile.or(file.pidfile);
+        let supervised = workers > 1
+            || cli.master
+            || file.master.unwrap_or(false)
+            || preload
+            || touch_reload.is_some()
+            || pidfile.is_some()
+            || max_requests.is_some()
             || max_rss.is_some()
             || max_lifetime.is_some()
             || timeout.is_some()
             || slow_log.is_some();
-        if supervised && workers == 1 {
-            return Err(invalid(
-                "--workers",
-                "--max-requests, --max-rss, --max-lifetime, --timeout and --slow-log need the master: use --workers 2 or more",
-            ));
-        }
+        let uid = cli
+            .uid
+            .or(file.uid.map(|s| s.text()))
+            .map(|u| {
+                parse_owner(&u)
+                    .map(|(uid, _)| uid.unwrap_or(0))
+                    .map_err(|m| invalid("--uid", m))
+            })
+            .transpose()?;
+        let gid = cli
+            .gid
+            .or(file.gid.map(|s| s.text()))
+            .map(|g| {
+                parse_owner(&format!(":{g}"))
+                    .map(|(_, gid)| gid.unwrap_or(0))
+                    .map_err(|m| invalid("--gid", m))
+            })
+            .transpose()?;
 
         let socket_mode = cli
             .socket_mode
@@ -517,6 +583,13 @@ impl Config {
             env,
             threads,
             workers,
+            supervised,
+            preload,
+            chain_reload,
+            touch_reload,
+            pidfile,
+            uid,
+            gid,
             max_requests,
             max_rss,
             max_lifetime,

@@ -91,8 +91,21 @@ fn run(config: Config) -> anyhow::Result<()> {
         owner: config.socket_owner,
         backlog: config.listen_backlog,
     };
+    // Sockets passed by systemd are used as they are (never rebound); a configured
+    // listener with the same address takes its inherited socket.
+    let mut inherited = listener::systemd_listeners();
     let mut bound = Vec::new();
-    for addr in &config.listeners {
+    let wanted: Vec<_> = if config.default_listener && !inherited.is_empty() {
+        Vec::new()
+    } else {
+        config.listeners.clone()
+    };
+    for addr in &wanted {
+        if let Some(i) = inherited.iter().position(|b| &b.addr == addr) {
+            tracing::info!(listener = %addr, "using the socket passed by systemd");
+            bound.push(inherited.remove(i));
+            continue;
+        }
         match listener::bind(addr, &opts) {
             Ok(b) => bound.push(b),
             Err(e) => {
@@ -101,7 +114,42 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    for b in inherited {
+        tracing::info!(listener = %b.addr, "using a socket passed by systemd");
+        bound.push(b);
+    }
+    if let Err(e) = drop_privileges(&config) {
+        server::remove_unix_sockets(&bound);
+        return Err(e);
+    }
+    if let Some(p) = &config.pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing --pidfile {}", p.display()))?;
+    }
+    let result = serve(&config, bound);
+    if let Some(p) = &config.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
 
+/// `--uid` / `--gid`: give up root once the listeners are bound.
+fn drop_privileges(config: &Config) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    if let Some(g) = config.gid {
+        let _ = setgroups(&[Gid::from_raw(g)]);
+        setgid(Gid::from_raw(g)).with_context(|| format!("--gid {g}"))?;
+    }
+    if let Some(u) = config.uid {
+        setuid(Uid::from_raw(u)).with_context(|| format!("--uid {u}"))?;
+    }
+    if config.uid.is_some() || config.gid.is_some() {
+        tracing::info!(uid = ?config.uid, gid = ?config.gid, "dropped privileges");
+    }
+    Ok(())
+}
+
+fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
     let settings = Settings {
         threads: config.threads,
         multiprocess: config.workers > 1,
@@ -118,7 +166,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(listener = %b.addr, protocol = "uwsgi", "listening");
     }
 
-    if config.workers > 1 {
+    if config.supervised {
         // The master never starts Python: each worker imports the app (lazy mode).
         let opts = supervisor::Options {
             workers: config.workers,
@@ -127,6 +175,21 @@ fn run(config: Config) -> anyhow::Result<()> {
             timeout: config.timeout,
             slow_log: config.slow_log,
             max_lifetime: config.max_lifetime,
+            chain_reload: config.chain_reload,
+            touch_reload: config.touch_reload.clone(),
+            preload: config.preload,
+        };
+        // --preload: the master imports the app once; workers share its pages.
+        let preloaded = if config.preload {
+            match start_python(config) {
+                Ok(app) => Some(app),
+                Err(e) => {
+                    server::remove_unix_sockets(&bound);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
         };
         let result = supervisor::run(opts, |ctx| {
             let mine: Vec<_> = match bound.iter().map(|b| b.try_clone()).collect() {
@@ -136,7 +199,8 @@ fn run(config: Config) -> anyhow::Result<()> {
                     return 3;
                 }
             };
-            worker(&config, mine, settings.clone(), limits.clone(), ctx)
+            let app = preloaded.as_ref().map(|a| a.clone_ref());
+            worker(config, app, mine, settings.clone(), limits.clone(), ctx)
         });
         server::remove_unix_sockets(&bound);
         result?;
@@ -144,7 +208,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let app = match start_python(&config) {
+    let app = match start_python(config) {
         Ok(app) => app,
         Err(e) => {
             server::remove_unix_sockets(&bound);
@@ -179,12 +243,13 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// A worker process (forked by the master): import the app, serve, exit code.
 fn worker(
     config: &Config,
+    preloaded: Option<wsgi::App>,
     bound: Vec<listener::Bound>,
     settings: Settings,
     limits: Limits,
     ctx: supervisor::WorkerContext,
 ) -> i32 {
-    let app = match start_python(config) {
+    let app = match preloaded.map(Ok).unwrap_or_else(|| start_python(config)) {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("{e:#}");

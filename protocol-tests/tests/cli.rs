@@ -522,3 +522,12 @@ fn a_second_signal_stops_at_once() {
     assert_eq!(status.code(), Some(1));
     assert!(p.logs().contains("second signal"));
 }
+
+#[test]
+fn sighup_does_not_kill_a_single_process() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp()).start();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("SIGHUP ignored", 5), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200);
+}

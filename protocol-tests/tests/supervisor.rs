@@ -328,13 +328,214 @@ fn max_lifetime_replaces_workers() {
 }
 
 #[test]
-fn supervisor_options_need_workers() {
+fn supervisor_options_imply_a_master() {
     let dir = tempdir();
-    let out = Spawn::tcp(dir.path(), &testapp())
+    let p = Spawn::tcp(dir.path(), &testapp())
         .args(["--timeout", "5"])
-        .command()
-        .output()
+        .start();
+    assert!(p.wait_log("master started", 5), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200);
+}
+
+fn import_count(mark: &std::path::Path) -> usize {
+    std::fs::read_to_string(mark)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn preload_imports_once_lazy_imports_per_worker() {
+    let dir = tempdir();
+    let mark = dir.path().join("imports");
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--workers", "3", "--preload"])
+        .env("TESTAPP_IMPORT_MARK", &mark.to_string_lossy())
+        .start();
+    assert!(p.wait_log("all 3 workers ready", 10), "{}", p.logs());
+    assert_eq!(
+        import_count(&mark),
+        1,
+        "preload imports once, in the master"
+    );
+    let master = p.pid().to_string();
+    assert_eq!(std::fs::read_to_string(&mark).unwrap().trim(), master);
+    for _ in 0..6 {
+        assert_eq!(p.get("/").0, 200);
+    }
+    drop(p);
+    let mark2 = dir.path().join("imports-lazy");
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--workers", "3"])
+        .env("TESTAPP_IMPORT_MARK", &mark2.to_string_lossy())
+        .start();
+    assert!(p.wait_log("all 3 workers ready", 10));
+    assert_eq!(import_count(&mark2), 3, "lazy mode imports in each worker");
+    assert!(!std::fs::read_to_string(&mark2)
+        .unwrap()
+        .contains(&p.pid().to_string()));
+}
+
+#[test]
+fn pidfile_holds_the_master_and_goes_away() {
+    let dir = tempdir();
+    let pidfile = dir.path().join("postern.pid");
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2", "--pidfile", &pidfile.to_string_lossy()])
+        .start();
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        p.pid().to_string()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(10).unwrap().success());
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn touch_reload_and_ttin_ttou() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let touch = dir.path().join("reload.touch");
+    std::fs::write(&touch, "").unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--touch-reload", &touch.to_string_lossy()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    versioned_app(dir.path(), "v1");
+    std::thread::sleep(Duration::from_millis(50));
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&touch)
+        .unwrap()
+        .set_modified(later)
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers 2 or more"));
+    assert!(p.wait_log("--touch-reload file changed", 5), "{}", p.logs());
+    assert!(p.wait_log("new workers ready", 10));
+    assert!(p.get("/").1.starts_with(b"v1 "));
+    p.signal(libc::SIGTTIN);
+    assert!(p.wait_log("SIGTTIN: one worker more", 5));
+    assert!(p.wait_log("all 3 workers ready", 10) || p.logs().matches("worker ready").count() >= 5);
+    p.signal(libc::SIGTTOU);
+    assert!(p.wait_log("SIGTTOU: one worker less", 5));
+}
+
+#[test]
+fn chain_reload_replaces_one_worker_at_a_time() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "3", "--chain-reload"])
+        .start();
+    assert!(p.wait_log("all 3 workers ready", 10));
+    versioned_app(dir.path(), "v1");
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready", 15)
+            || p.logs()
+                .matches("chain reload: an old worker drains")
+                .count()
+                == 3,
+        "{}",
+        p.logs()
+    );
+    assert_eq!(
+        p.logs()
+            .matches("chain reload: an old worker drains")
+            .count(),
+        3,
+        "{}",
+        p.logs()
+    );
+    for _ in 0..5 {
+        assert!(p.get("/").1.starts_with(b"v1 "));
+    }
+}
+
+#[test]
+fn systemd_socket_activation_and_notify() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let log = dir.path().join("log");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    // `exec` keeps the shell's pid, so LISTEN_PID=$$ names postern itself.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ exec {} {} --workers 2 --uwsgi 127.0.0.1:{port}",
+            postern_bin().display(),
+            testapp()
+        ))
+        .env_remove("VIRTUAL_ENV")
+        .env("LISTEN_FDS", "1")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly then.
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no READY=1 ({e}):\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains(&format!("MAINPID={}", child.id())), "{msg}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("using the socket passed by systemd"),
+        "{text}"
+    );
+    assert!(!text.contains("cannot listen"), "not rebound: {text}");
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    assert_eq!(
+        parse_http(&raw(&Addr::Tcp(port), &pkt)).unwrap().status,
+        200
+    );
+    let child_pid = child.id();
+    let wait_for = |what: &str| {
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let mut buf = [0u8; 256];
+            let Ok(n) = notify.recv(&mut buf) else { break };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.contains(what) {
+                return;
+            }
+            seen.push(msg);
+        }
+        let _ = std::process::Command::new("kill")
+            .arg(child_pid.to_string())
+            .status();
+        panic!(
+            "no {what} from the master; got {seen:?}:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    };
+    unsafe { libc::kill(child_pid as i32, libc::SIGHUP) };
+    wait_for("RELOADING=1");
+    wait_for("READY=1");
+    unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
+    wait_for("STOPPING=1");
+    assert!(child.wait().unwrap().success());
 }

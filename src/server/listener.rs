@@ -78,6 +78,8 @@ pub struct Bound {
     pub addr: ListenAddr,
     pub socket: BoundSocket,
     pub info: ListenerInfo,
+    /// Passed in by systemd (LISTEN_FDS): never unlinked by postern.
+    pub inherited: bool,
 }
 
 #[derive(Debug)]
@@ -96,8 +98,65 @@ impl Bound {
                 BoundSocket::Unix(l) => BoundSocket::Unix(l.try_clone()?),
             },
             info: self.info.clone(),
+            inherited: self.inherited,
         })
     }
+}
+
+/// Listening sockets passed by systemd socket activation (LISTEN_PID / LISTEN_FDS,
+/// sd_listen_fds(3)); the variables are removed so children do not take them again.
+pub fn systemd_listeners() -> Vec<Bound> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(k);
+    }
+    if !pid_ok || n <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        // SAFETY: fcntl on a plain integer fd only queries it.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored");
+            continue;
+        }
+        // SAFETY: systemd hands us fds 3..3+LISTEN_FDS, open (checked) and ours now.
+        let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = sock.set_nonblocking(true);
+        let _ = sock.set_cloexec(true);
+        let Ok(local) = sock.local_addr() else {
+            continue;
+        };
+        if let Some(sa) = local.as_socket() {
+            out.push(Bound {
+                addr: ListenAddr::Tcp(sa),
+                socket: BoundSocket::Tcp(sock.into()),
+                info: ListenerInfo {
+                    server_name: Arc::from(sa.ip().to_string().as_bytes()),
+                    server_port: Arc::from(sa.port().to_string().as_bytes()),
+                },
+                inherited: true,
+            });
+        } else if let Some(path) = local.as_pathname() {
+            out.push(Bound {
+                addr: ListenAddr::Unix(path.to_owned()),
+                socket: BoundSocket::Unix(sock.into()),
+                info: ListenerInfo {
+                    server_name: Arc::from(&b"localhost"[..]),
+                    server_port: Arc::from(&b"80"[..]),
+                },
+                inherited: true,
+            });
+        }
+    }
+    out
 }
 
 /// Binds and listens.
@@ -140,6 +199,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                     server_name: Arc::from(local.ip().to_string().as_bytes()),
                     server_port: Arc::from(local.port().to_string().as_bytes()),
                 },
+                inherited: false,
             })
         }
         ListenAddr::Unix(path) => {
@@ -169,6 +229,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                     server_name: Arc::from(&b"localhost"[..]),
                     server_port: Arc::from(&b"80"[..]),
                 },
+                inherited: false,
             })
         }
     }

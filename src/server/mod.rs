@@ -49,7 +49,7 @@ pub enum ServerError {
 /// Removes the Unix socket files of `listeners` (at exit, or after a failed start).
 pub fn remove_unix_sockets(listeners: &[Bound]) {
     for l in listeners {
-        if let ListenAddr::Unix(p) = &l.addr {
+        if let (ListenAddr::Unix(p), false) = (&l.addr, l.inherited) {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -91,7 +91,7 @@ pub fn run(
         .into_iter()
         .map(|b| {
             let label: Arc<str> = Arc::from(b.addr.to_string());
-            if let ListenAddr::Unix(p) = &b.addr {
+            if let (ListenAddr::Unix(p), false) = (&b.addr, b.inherited) {
                 unix_paths.push(p.clone());
             }
             let (sock, tcp) = match b.socket {
@@ -191,6 +191,7 @@ pub fn run(
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -203,16 +204,31 @@ impl Signals {
             } else {
                 None
             },
+            // A single process has no reload; SIGHUP must not kill it either.
+            hup: if with_int {
+                Some(signal(SignalKind::hangup()).ok()?)
+            } else {
+                None
+            },
         })
     }
 
     async fn next(&mut self) -> &'static str {
-        match &mut self.int {
-            Some(int) => tokio::select! {
+        match (&mut self.int, &mut self.hup) {
+            (Some(int), Some(hup)) => loop {
+                tokio::select! {
+                    _ = self.term.recv() => return "SIGTERM",
+                    _ = int.recv() => return "SIGINT",
+                    _ = hup.recv() => tracing::warn!(
+                        "SIGHUP ignored: reloading needs the master (--master or --workers 2+)"
+                    ),
+                }
+            },
+            (Some(int), None) => tokio::select! {
                 _ = self.term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             },
-            None => {
+            (None, _) => {
                 self.term.recv().await;
                 "SIGTERM"
             }

@@ -15,6 +15,7 @@
 //! | SIGTTIN / SIGTTOU | one worker more / less |
 //! | SIGCHLD | reap; a worker that died unexpectedly is logged and replaced |
 
+pub mod notify;
 pub mod scoreboard;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -55,6 +56,12 @@ pub struct Options {
     pub slow_log: Option<Duration>,
     /// `--max-lifetime`: a worker older than this is replaced gracefully.
     pub max_lifetime: Option<Duration>,
+    /// `--chain-reload`: replace workers one at a time on reload.
+    pub chain_reload: bool,
+    /// `--touch-reload`: reload when this file's mtime changes.
+    pub touch_reload: Option<std::path::PathBuf>,
+    /// `--preload`: Python runs in the master; forks are bracketed for CPython.
+    pub preload: bool,
 }
 
 /// Most worker slots (workers of two generations during a reload, plus retiring ones).
@@ -222,7 +229,17 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
     for _ in 0..m.target {
         m.spawn(&sfd, &mask, &worker)?;
     }
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut touched = opts.touch_reload.as_deref().and_then(mtime);
     loop {
+        if let Some(p) = &opts.touch_reload {
+            let now = mtime(p);
+            if now != touched {
+                touched = now;
+                tracing::info!(file = %p.display(), "--touch-reload file changed");
+                m.reload(&sfd, &mask, &worker)?;
+            }
+        }
         // Wait for a signal or a ready byte, at most 200 ms (timers, respawn backoff).
         let mut fds = vec![nix::poll::PollFd::new(
             sfd.as_fd(),
@@ -256,12 +273,17 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
         while let Ok(Some(info)) = sfd.read_signal() {
             let sig = Signal::try_from(info.ssi_signo as i32).ok();
             match sig {
-                Some(Signal::SIGHUP) => m.reload(&sfd, &mask, &worker)?,
+                Some(Signal::SIGHUP) => {
+                    tracing::info!("SIGHUP");
+                    m.reload(&sfd, &mask, &worker)?
+                }
                 Some(Signal::SIGTERM) | Some(Signal::SIGINT) => {
+                    notify::notify("STOPPING=1");
                     tracing::info!(signal = ?sig.unwrap(), "stopping: workers finish their requests (--graceful-timeout {:?})", m.opts.graceful_timeout);
                     return m.stop(&sfd, false);
                 }
                 Some(Signal::SIGQUIT) => {
+                    notify::notify("STOPPING=1");
                     tracing::info!("SIGQUIT: stopping now");
                     return m.stop(&sfd, true);
                 }
@@ -313,7 +335,23 @@ impl Master {
         self.board.reset(slot, 0);
         // SAFETY: the master is single-threaded (no runtime, no Python, no helper
         // thread has been started), so the child may run arbitrary code.
-        match unsafe { fork() }.map_err(SupervisorError::Fork)? {
+        // SAFETY: as above; with --preload the fork is bracketed for CPython.
+        let forked = if self.opts.preload {
+            match unsafe { crate::wsgi::interpreter::fork_with_python() } {
+                Ok(0) => ForkResult::Child,
+                Ok(pid) => ForkResult::Parent {
+                    child: Pid::from_raw(pid),
+                },
+                Err(e) => {
+                    return Err(SupervisorError::Fork(nix::Error::from_raw(
+                        e.raw_os_error().unwrap_or(libc::EAGAIN),
+                    )))
+                }
+            }
+        } else {
+            unsafe { fork() }.map_err(SupervisorError::Fork)?
+        };
+        match forked {
             ForkResult::Child => {
                 // A worker never outlives its master (killed with SIGKILL, say).
                 // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
@@ -390,8 +428,21 @@ impl Master {
             _ => {}
         }
         w.ready_pipe = None;
-        if w.ready && w.generation == self.generation {
+        let fresh = w.ready && w.generation == self.generation;
+        if fresh {
             self.boot_failures = 0;
+        }
+        if fresh && self.opts.chain_reload {
+            // Chain reload: each new worker that is ready retires one old worker.
+            if let Some(old) = self
+                .workers
+                .iter_mut()
+                .find(|o| o.generation < self.generation && !o.retiring)
+            {
+                old.retiring = true;
+                let _ = kill(old.pid, Signal::SIGTERM);
+                tracing::info!(pid = old.pid.as_raw(), "chain reload: an old worker drains");
+            }
         }
         // Once the whole new generation serves, the old one drains and exits.
         let current: Vec<(i32, bool)> = self
@@ -416,6 +467,7 @@ impl Master {
                 );
             }
             if !self.announced || retired > 0 {
+                notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
                 let pids: Vec<i32> = current.iter().map(|(pid, _)| *pid).collect();
                 tracing::info!(?pids, "all {} workers ready", pids.len());
                 self.announced = true;
@@ -502,10 +554,20 @@ impl Master {
         self.generation += 1;
         tracing::info!(
             generation = self.generation,
-            "SIGHUP: reloading (new workers start, then the old ones drain)"
+            "reloading: new workers start, then the old ones drain"
         );
+        notify::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
         self.boot_failures = 0;
-        for _ in 0..self.target {
+        // Chain reload: one new worker now, the next once it serves (see `fill`).
+        let n = if self.opts.chain_reload {
+            1
+        } else {
+            self.target
+        };
+        for _ in 0..n {
             self.spawn(sfd, mask, worker)?;
         }
         Ok(())
@@ -606,6 +668,21 @@ impl Master {
             .filter(|w| w.generation == self.generation && !w.retiring)
             .count();
         if live >= self.target {
+            return Ok(());
+        }
+        let reloading = self
+            .workers
+            .iter()
+            .any(|w| w.generation < self.generation && !w.retiring);
+        if self.opts.chain_reload && reloading {
+            // One new worker at a time; the next once the previous one serves.
+            let booting = self
+                .workers
+                .iter()
+                .any(|w| w.generation == self.generation && !w.ready && !w.retiring);
+            if !booting {
+                self.spawn(sfd, mask, worker)?;
+            }
             return Ok(());
         }
         if self.boot_failures > 0 {

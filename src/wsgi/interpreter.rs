@@ -377,3 +377,30 @@ pub fn enable_stack_dumps() -> Result<(), WsgiError> {
         })
     })
 }
+
+/// Forks a process in which Python is initialised (`--preload`), bracketing the fork
+/// as CPython requires (PyOS_BeforeFork / PyOS_AfterFork_Parent / _Child, with the
+/// GIL held). Returns 0 in the child, the child's pid in the parent.
+///
+/// # Safety
+/// The caller must be the process's only thread (no runtime, no app thread), as for
+/// any fork whose child goes on running Rust and Python code.
+pub unsafe fn fork_with_python() -> std::io::Result<libc::pid_t> {
+    Python::attach(|_py| {
+        // SAFETY: the GIL is held (attach); the CPython API is used as documented.
+        unsafe {
+            pyo3::ffi::PyOS_BeforeFork();
+            let pid = libc::fork();
+            if pid == 0 {
+                pyo3::ffi::PyOS_AfterFork_Child();
+            } else {
+                pyo3::ffi::PyOS_AfterFork_Parent();
+            }
+            if pid < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(pid)
+            }
+        }
+    })
+}

@@ -107,6 +107,13 @@ pub struct Request {
 /// The imported WSGI callable, opaque outside this module.
 pub struct App(pub(crate) Py<PyAny>);
 
+impl App {
+    /// Another reference to the same callable (a preloaded app, for each worker).
+    pub fn clone_ref(&self) -> App {
+        Python::attach(|py| App(self.0.clone_ref(py)))
+    }
+}
+
 /// Runs the app's `atexit` handlers at shutdown (the interpreter is not finalised:
 /// daemon threads of the app may still hold it).
 pub fn run_atexit() {
