@@ -13,7 +13,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::buffer::spare_capacity;
+use rustix::event::{epoll, EventfdFlags};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
@@ -44,6 +45,27 @@ pub struct Shared {
     tokens: OwnedFd,
     accepting: AtomicBool,
     exiting: AtomicBool,
+}
+
+/// The epoll the Python threads wait on: the token eventfd and every listener, all
+/// level-triggered.
+pub fn epoll_for(shared: &Shared, listeners: &[Listener]) -> std::io::Result<OwnedFd> {
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(
+        &ep,
+        &shared.tokens,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN,
+    )?;
+    for (i, l) in listeners.iter().enumerate() {
+        epoll::add(
+            &ep,
+            &l.sock,
+            epoll::EventData::new_u64(i as u64 + 1),
+            epoll::EventFlags::IN,
+        )?;
+    }
+    Ok(ep)
 }
 
 impl Shared {
@@ -96,6 +118,8 @@ impl Shared {
 
 /// The [`Source`] the Python threads pull requests from.
 pub struct Acceptor {
+    /// Interest list: the ready-queue eventfd (data 0) and each listener (data i+1).
+    pub epoll: OwnedFd,
     pub listeners: Arc<Vec<Listener>>,
     pub shared: Arc<Shared>,
     pub slow: connection::SlowLane,
@@ -123,29 +147,22 @@ impl Source for Acceptor {
                     q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             }
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.listeners.len() + 1);
-            fds.push(PollFd::new(&shared.tokens, PollFlags::IN));
-            for l in self.listeners.iter() {
-                fds.push(PollFd::new(&l.sock, PollFlags::IN));
-            }
-            match rustix::event::poll(&mut fds, None) {
+            // One epoll shared by every Python thread of the process: epoll wakes one
+            // waiter per event (a poll(2) per thread would wake them all for each
+            // connection), and each wait takes a single event.
+            let mut events = Vec::with_capacity(1);
+            match epoll::wait(&self.epoll, spare_capacity(&mut events), None) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "poll failed");
+                    tracing::error!(error = %e, "epoll_wait failed");
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     continue;
                 }
             }
-            // Listeners are few: a bit set of the ready ones avoids an allocation.
-            let mut ready = 0u128;
-            for (i, f) in fds.iter().enumerate().take(128) {
-                if !f.revents().is_empty() {
-                    ready |= 1 << i;
-                }
-            }
-            drop(fds);
-            let is_ready = |i: usize| i < 128 && ready & (1 << i) != 0;
+            let Some(ev) = events.first() else { continue };
+            let which = ev.data.u64() as usize;
+            let is_ready = |i: usize| i == which;
             if is_ready(0) && shared.accepting.load(Ordering::SeqCst) {
                 let mut token = [0u8; 8];
                 if rustix::io::read(&shared.tokens, &mut token).is_ok() {

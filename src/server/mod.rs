@@ -107,7 +107,9 @@ pub fn run(
         })
         .collect();
     let listeners = Arc::new(listeners);
+    let epoll = acceptor::epoll_for(&shared, &listeners).map_err(ServerError::Runtime)?;
     let acceptor = Arc::new(Acceptor {
+        epoll,
         listeners: Arc::clone(&listeners),
         shared: Arc::clone(&shared),
         slow: SlowLane {
