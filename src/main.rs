@@ -289,7 +289,16 @@ fn worker(
 
 /// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.
 fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
-    let info = interpreter::initialize(config.venv.as_deref())?;
+    let info = interpreter::initialize(config.venv.as_deref()).map_err(|e| {
+        if config.uid.is_some() || config.gid.is_some() {
+            anyhow::anyhow!(
+                "{e} (postern runs as --uid/--gid now: can that user read the Python installation {} and the venv?)",
+                interpreter::BUILD_PYTHON
+            )
+        } else {
+            e.into()
+        }
+    })?;
     tracing::info!(
         python = %info.version,
         prefix = %info.prefix,

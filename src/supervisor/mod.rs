@@ -149,9 +149,15 @@ impl crate::wsgi::Monitor for WorkerMonitor {
                 self.retire(&format!("served {served} requests (--max-requests)"));
             }
         }
-        if let Some(max) = self.max_rss_kib {
+        // RSS goes on the scoreboard after every request with --max-rss, else every
+        // 64th (reading /proc costs a few microseconds).
+        if self.max_rss_kib.is_some() || served % 64 == 1 {
             if let Some(rss) = rss_kib() {
                 head.rss_kib.store(rss, Ordering::Relaxed);
+            }
+        }
+        if let Some(max) = self.max_rss_kib {
+            if let Some(rss) = Some(head.rss_kib.load(Ordering::Relaxed)).filter(|&r| r > 0) {
                 if rss > max {
                     self.retire(&format!(
                         "RSS {} MiB is over --max-rss {} MiB",
