@@ -120,6 +120,8 @@ impl Shared {
 pub struct Acceptor {
     /// Interest list: the ready-queue eventfd (data 0) and each listener (data i+1).
     pub epoll: OwnedFd,
+    /// The accept token: held by the one thread waiting on `epoll`.
+    pub waiter: Mutex<()>,
     pub listeners: Arc<Vec<Listener>>,
     pub shared: Arc<Shared>,
     pub slow: connection::SlowLane,
@@ -147,9 +149,14 @@ impl Source for Acceptor {
                     q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             }
-            // One epoll shared by every Python thread of the process: epoll wakes one
-            // waiter per event (a poll(2) per thread would wake them all for each
-            // connection), and each wait takes a single event.
+            // One epoll shared by every Python thread of the process, and only one
+            // thread at a time waits on it (the accept token, uWSGI's thunder-lock
+            // idea): the others sleep on the mutex, so a connection wakes exactly one
+            // thread. The token is held until this thread has its request.
+            let _token = self.waiter.lock().unwrap_or_else(|e| e.into_inner());
+            if !shared.accepting.load(Ordering::SeqCst) {
+                continue;
+            }
             let mut events = Vec::with_capacity(1);
             match epoll::wait(&self.epoll, spare_capacity(&mut events), None) {
                 Ok(_) => {}

@@ -110,6 +110,7 @@ pub fn run(
     let epoll = acceptor::epoll_for(&shared, &listeners).map_err(ServerError::Runtime)?;
     let acceptor = Arc::new(Acceptor {
         epoll,
+        waiter: std::sync::Mutex::new(()),
         listeners: Arc::clone(&listeners),
         shared: Arc::clone(&shared),
         slow: SlowLane {
