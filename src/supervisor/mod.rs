@@ -187,6 +187,13 @@ struct Worker {
     dumped: Vec<(usize, u64)>,
 }
 
+impl Worker {
+    /// Part of the serving generation and not on its way out.
+    fn current(&self, generation: u64) -> bool {
+        self.generation == generation && !self.retiring
+    }
+}
+
 /// The signals the master handles.
 fn master_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -454,7 +461,7 @@ impl Master {
         let current: Vec<(i32, bool)> = self
             .workers
             .iter()
-            .filter(|w| w.generation == self.generation && !w.retiring)
+            .filter(|w| w.current(self.generation))
             .map(|w| (w.pid.as_raw(), w.ready))
             .collect();
         if current.len() >= self.target && current.iter().all(|(_, ready)| *ready) {
@@ -583,14 +590,14 @@ impl Master {
         let live = self
             .workers
             .iter()
-            .filter(|w| w.generation == self.generation && !w.retiring)
+            .filter(|w| w.current(self.generation))
             .count();
         if live > self.target {
             if let Some(w) = self
                 .workers
                 .iter_mut()
                 .rev()
-                .find(|w| w.generation == self.generation && !w.retiring)
+                .find(|w| w.current(self.generation))
             {
                 w.retiring = true;
                 let _ = kill(w.pid, Signal::SIGTERM);
@@ -671,7 +678,7 @@ impl Master {
         let live = self
             .workers
             .iter()
-            .filter(|w| w.generation == self.generation && !w.retiring)
+            .filter(|w| w.current(self.generation))
             .count();
         if live >= self.target {
             return Ok(());
