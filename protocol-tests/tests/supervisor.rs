@@ -290,6 +290,8 @@ fn max_requests_recycles_workers_without_failing_requests() {
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "{}", p.logs());
     assert!(p.logs().contains("(--max-requests)"));
+    // A recycle is not a crash.
+    assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
     assert!(
         pids.lock().unwrap().len() >= 4,
         "workers were recycled: {:?}",
@@ -560,4 +562,39 @@ fn uid_and_gid_are_dropped_after_binding() {
         .start();
     assert!(p.wait_log("dropped privileges", 5), "{}", p.logs());
     assert_eq!(p.get("/").1, b"0 65534");
+}
+
+#[test]
+fn a_burst_of_reloads_settles_on_the_newest_code() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10));
+    for i in 1..=5 {
+        versioned_app(dir.path(), &format!("v{i}"));
+        p.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, body) = p.get("/");
+        assert_eq!(s, 200);
+        if body.starts_with(b"v5 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the master and two workers are left once things settle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = std::process::Command::new("pgrep")
+        .arg("-P")
+        .arg(p.pid().to_string())
+        .output()
+        .unwrap();
+    let workers = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(workers, 2, "{}", p.logs());
+    assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
 }

@@ -183,6 +183,8 @@ struct Worker {
     slot: usize,
     /// When to SIGKILL it (after a --timeout stack dump).
     kill_at: Option<Instant>,
+    /// Already killed for --timeout: its scoreboard lines are stale.
+    killed: bool,
     /// Requests whose stacks were already dumped for --slow-log: (thread, since).
     dumped: Vec<(usize, u64)>,
 }
@@ -314,8 +316,10 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
                 _ => {}
             }
         }
-        m.reap()?;
+        // Read the scoreboard first: a worker that recycled itself and has already
+        // exited must be seen as retiring, not as a crash.
         m.watch();
+        m.reap()?;
         m.fill(&sfd, &mask, &worker)?;
     }
 }
@@ -417,6 +421,7 @@ impl Master {
                     retiring: false,
                     slot,
                     kill_at: None,
+                    killed: false,
                     dumped: Vec::new(),
                 });
                 Ok(())
@@ -494,10 +499,14 @@ impl Master {
         let now = scoreboard::now_ns();
         let generation = self.generation;
         for w in self.workers.iter_mut() {
+            if w.killed {
+                continue;
+            }
             if let Some(at) = w.kill_at {
                 if Instant::now() >= at {
                     let _ = kill(w.pid, Signal::SIGKILL);
                     w.kill_at = None;
+                    w.killed = true;
                 }
                 continue;
             }
@@ -564,6 +573,20 @@ impl Master {
         mask: &SigSet,
         worker: &impl Fn(WorkerContext) -> i32,
     ) -> Result<(), SupervisorError> {
+        // A reload during a reload: the generation still booting is dropped at once
+        // (the one serving keeps serving until the newest one is ready).
+        let reloading = self
+            .workers
+            .iter()
+            .any(|w| w.generation < self.generation && !w.retiring);
+        if reloading {
+            for w in self.workers.iter_mut() {
+                if w.current(self.generation) && !w.ready {
+                    w.retiring = true;
+                    let _ = kill(w.pid, Signal::SIGTERM);
+                }
+            }
+        }
         self.generation += 1;
         tracing::info!(
             generation = self.generation,
@@ -626,7 +649,10 @@ impl Master {
             let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
-            let w = self.workers.remove(i);
+            let mut w = self.workers.remove(i);
+            if self.board.head(w.slot).state.load(Ordering::SeqCst) == scoreboard::RETIRING {
+                w.retiring = true;
+            }
             if w.retiring {
                 tracing::info!(pid = pid.as_raw(), %how, "worker exited");
                 continue;
