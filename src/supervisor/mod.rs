@@ -35,6 +35,8 @@ use nix::unistd::{fork, ForkResult, Pid};
 pub enum SupervisorError {
     #[error("cannot set up the master's signal handling: {0}")]
     Signals(nix::Error),
+    #[error("cannot map the shared scoreboard: {0}")]
+    Scoreboard(std::io::Error),
     #[error("cannot fork a worker: {0}")]
     Fork(nix::Error),
     #[error("the first workers failed to start (see the traceback above); not retrying")]
@@ -221,11 +223,7 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(SupervisorError::Signals)?;
     let board = Arc::new(
-        Scoreboard::new(MAX_SLOTS, opts.threads.max(1)).map_err(|e| {
-            SupervisorError::Signals(nix::Error::from_raw(
-                e.raw_os_error().unwrap_or(libc::ENOMEM),
-            ))
-        })?,
+        Scoreboard::new(MAX_SLOTS, opts.threads.max(1)).map_err(SupervisorError::Scoreboard)?,
     );
     let mut m = Master {
         board,
@@ -288,10 +286,7 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
         while let Ok(Some(info)) = sfd.read_signal() {
             let sig = Signal::try_from(info.ssi_signo as i32).ok();
             match sig {
-                Some(Signal::SIGHUP) => {
-                    tracing::info!("SIGHUP");
-                    m.reload(&sfd, &mask, &worker)?
-                }
+                Some(Signal::SIGHUP) => m.reload(&sfd, &mask, &worker)?,
                 Some(Signal::SIGTERM) | Some(Signal::SIGINT) => {
                     notify::notify("STOPPING=1");
                     tracing::info!(signal = ?sig.unwrap(), "stopping: workers finish their requests (--graceful-timeout {:?})", m.opts.graceful_timeout);
@@ -321,6 +316,23 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
         m.watch();
         m.reap()?;
         m.fill(&sfd, &mask, &worker)?;
+    }
+}
+
+impl Master {
+    /// Workers of the serving generation that are not on their way out.
+    fn live(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.current(self.generation))
+            .count()
+    }
+
+    /// An older generation still serves: a reload is in progress.
+    fn reloading(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.generation < self.generation && !w.retiring)
     }
 }
 
@@ -575,10 +587,7 @@ impl Master {
     ) -> Result<(), SupervisorError> {
         // A reload during a reload: the generation still booting is dropped at once
         // (the one serving keeps serving until the newest one is ready).
-        let reloading = self
-            .workers
-            .iter()
-            .any(|w| w.generation < self.generation && !w.retiring);
+        let reloading = self.reloading();
         if reloading {
             for w in self.workers.iter_mut() {
                 if w.current(self.generation) && !w.ready {
@@ -610,11 +619,7 @@ impl Master {
     }
 
     fn retire_extra(&mut self) {
-        let live = self
-            .workers
-            .iter()
-            .filter(|w| w.current(self.generation))
-            .count();
+        let live = self.live();
         if live > self.target {
             if let Some(w) = self
                 .workers
@@ -701,18 +706,11 @@ impl Master {
         mask: &SigSet,
         worker: &impl Fn(WorkerContext) -> i32,
     ) -> Result<(), SupervisorError> {
-        let live = self
-            .workers
-            .iter()
-            .filter(|w| w.current(self.generation))
-            .count();
+        let live = self.live();
         if live >= self.target {
             return Ok(());
         }
-        let reloading = self
-            .workers
-            .iter()
-            .any(|w| w.generation < self.generation && !w.retiring);
+        let reloading = self.reloading();
         if self.opts.chain_reload && reloading {
             // One new worker at a time; the next once the previous one serves.
             let booting = self

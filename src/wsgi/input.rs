@@ -22,8 +22,6 @@ pub struct Input {
     /// Next offset to read from `file`, and its length.
     file_pos: u64,
     file_len: u64,
-    /// Total bytes handed to the app.
-    consumed: u64,
 }
 
 impl Input {
@@ -38,7 +36,6 @@ impl Input {
             file,
             file_pos: 0,
             file_len,
-            consumed: 0,
         }
     }
 
@@ -72,7 +69,6 @@ impl Input {
 
     fn take(&mut self, n: usize) -> Bytes {
         let n = n.min(self.pending.len());
-        self.consumed += n as u64;
         self.pending.split_to(n)
     }
 
@@ -207,12 +203,5 @@ impl Input {
     #[getter]
     fn closed(&self) -> bool {
         false
-    }
-}
-
-impl Input {
-    /// Bytes the app has read so far.
-    pub fn consumed(&self) -> u64 {
-        self.consumed
     }
 }

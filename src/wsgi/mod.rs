@@ -1,6 +1,7 @@
 //! The ONLY module that imports pyo3: the embedded interpreter, the app, and everything
 //! PEP 3333 asks of a server. The server layer hands a [`Request`] to the [`pool`] and
-//! reads the reply as [`Out`] messages; no `Py` object ever crosses to a tokio thread.
+//! writes the reply through the request's [`Sink`] from the Python thread, with the GIL
+//! released; no `Py` object ever crosses to a tokio thread.
 //!
 //! - [`interpreter`]: PyConfig start-up, `--venv`, importing `module:callable`.
 //! - [`pool`]: the Python threads that run requests (`--threads`).

@@ -1,7 +1,8 @@
 //! Calling the app and sending its response (PEP 3333, PROTOCOLS.md §5): the
 //! `start_response` callable, `write()`, iteration of the result, `close()` on every
 //! path, Content-Length honoured, and errors turned into a 500 or an aborted
-//! connection. Bytes leave through a bounded channel, waited on with the GIL released.
+//! connection. Bytes go to the front server through the request's `Sink`, written with the
+//! GIL released.
 
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
