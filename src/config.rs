@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::codec::Protocol;
 use crate::server::listener::{parse_owner, ListenAddr};
 use crate::wsgi::interpreter::AppSpec;
 
@@ -48,6 +49,39 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub uwsgi: Vec<String>,
+
+    /// Listen for FastCGI (nginx fastcgi_pass, Apache mod_proxy_fcgi) on HOST:PORT or unix:PATH (repeatable).
+    #[arg(
+        long = "fastcgi",
+        value_name = "ADDR",
+        env = "POSTERN_FASTCGI",
+        value_delimiter = ','
+    )]
+    pub fastcgi: Vec<String>,
+
+    /// Listen for SCGI (nginx scgi_pass, Apache mod_proxy_scgi) on HOST:PORT or unix:PATH (repeatable).
+    #[arg(
+        long = "scgi",
+        value_name = "ADDR",
+        env = "POSTERN_SCGI",
+        value_delimiter = ','
+    )]
+    pub scgi: Vec<String>,
+
+    /// URL prefix the app is mounted at, e.g. /app (repeatable): when the front server
+    /// sends no SCRIPT_NAME of its own, the longest matching prefix becomes SCRIPT_NAME
+    /// and the rest PATH_INFO.
+    #[arg(
+        long = "mount",
+        value_name = "PREFIX",
+        env = "POSTERN_MOUNT",
+        value_delimiter = ','
+    )]
+    pub mount: Vec<String>,
+
+    /// Do not copy wsgi.errors output to the front server as FCGI_STDERR (it always goes to postern's log).
+    #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR")]
+    pub no_fastcgi_stderr: bool,
 
     /// Change to DIR before importing the app (DIR is put on sys.path).
     #[arg(long, value_name = "DIR", env = "POSTERN_CHDIR")]
@@ -180,9 +214,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RequestArgs {
-    /// uwsgi://HOST:PORT/path?query, or uwsgi+unix:///path/to.sock/path?query
+    /// SCHEME://HOST[:PORT]/path?query, or SCHEME+unix:///path/to.sock/path?query
     /// (the socket is the longest leading part of the path that is a socket file;
-    /// `uwsgi+unix://%2Frun%2Fapp.sock/path` also works).
+    /// `SCHEME+unix://%2Frun%2Fapp.sock/path` also works). SCHEME is `uwsgi`
+    /// (default port 3031), `fastcgi` (9000) or `scgi` (4000).
     #[arg(value_name = "URL")]
     pub url: String,
     /// Request header (repeatable), e.g. -H 'Accept: text/html'.
@@ -194,9 +229,18 @@ pub struct RequestArgs {
     /// Request body, or @FILE to send a file's contents.
     #[arg(short = 'd', long, value_name = "BODY|@FILE")]
     pub data: Option<String>,
-    /// Seconds to wait for connect and for each read.
+    /// Seconds to wait for connect and for each read or write.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub timeout: f64,
+    /// FastCGI only: send no CONTENT_LENGTH and stream the body in 8 KiB STDIN records,
+    /// as nginx does with `fastcgi_request_buffering off` and a chunked upload.
+    #[arg(long)]
+    pub no_content_length: bool,
+    /// FastCGI only: ask FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS with an
+    /// FCGI_GET_VALUES record and print the answer as NAME=VALUE lines (the URL's path
+    /// is not used).
+    #[arg(long, conflicts_with_all = ["data", "method", "no_content_length"])]
+    pub get_values: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -249,6 +293,10 @@ impl OneOrMany {
 struct FileConfig {
     app: Option<String>,
     uwsgi: Option<OneOrMany>,
+    fastcgi: Option<OneOrMany>,
+    scgi: Option<OneOrMany>,
+    mount: Option<OneOrMany>,
+    no_fastcgi_stderr: Option<bool>,
     chdir: Option<PathBuf>,
     pythonpath: Option<OneOrMany>,
     venv: Option<PathBuf>,
@@ -312,7 +360,12 @@ fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub app: AppSpec,
-    pub listeners: Vec<ListenAddr>,
+    /// Each listener and the protocol it speaks.
+    pub listeners: Vec<(Protocol, ListenAddr)>,
+    /// `--mount` prefixes, without a trailing `/`.
+    pub mounts: Vec<Vec<u8>>,
+    /// Copy wsgi.errors to FastCGI front servers as FCGI_STDERR.
+    pub fastcgi_stderr: bool,
     /// No listener was configured: the default is in use (said in the start-up log).
     pub default_listener: bool,
     pub chdir: Option<PathBuf>,
@@ -387,21 +440,53 @@ impl Config {
         let app = cli.app.or(file.app).ok_or(ConfigError::NoApp)?;
         let app = AppSpec::parse(&app).map_err(|m| invalid("APP", m))?;
 
-        let listen_specs = if !cli.uwsgi.is_empty() {
-            cli.uwsgi
-        } else {
-            file.uwsgi.map(OneOrMany::into_vec).unwrap_or_default()
+        let pick = |cli: Vec<String>, file: Option<OneOrMany>| {
+            if !cli.is_empty() {
+                cli
+            } else {
+                file.map(OneOrMany::into_vec).unwrap_or_default()
+            }
         };
-        let default_listener = listen_specs.is_empty();
-        let listen_specs = if default_listener {
-            vec![DEFAULT_LISTENER.to_owned()]
-        } else {
-            listen_specs
-        };
-        let listeners = listen_specs
-            .iter()
-            .map(|s| s.parse::<ListenAddr>().map_err(|m| invalid("--uwsgi", m)))
+        let mut listeners = Vec::new();
+        for (protocol, option, specs) in [
+            (Protocol::Uwsgi, "--uwsgi", pick(cli.uwsgi, file.uwsgi)),
+            (
+                Protocol::FastCgi,
+                "--fastcgi",
+                pick(cli.fastcgi, file.fastcgi),
+            ),
+            (Protocol::Scgi, "--scgi", pick(cli.scgi, file.scgi)),
+        ] {
+            for s in specs {
+                let addr = s.parse::<ListenAddr>().map_err(|m| invalid(option, m))?;
+                if listeners.iter().any(|(_, a)| a == &addr) {
+                    return Err(invalid(option, format!("{s} is given twice")));
+                }
+                listeners.push((protocol, addr));
+            }
+        }
+        let default_listener = listeners.is_empty();
+        if default_listener {
+            let addr = DEFAULT_LISTENER
+                .parse::<ListenAddr>()
+                .map_err(|m| invalid("--uwsgi", m))?;
+            listeners.push((Protocol::Uwsgi, addr));
+        }
+        let mounts = pick(cli.mount, file.mount)
+            .into_iter()
+            .map(|m| {
+                let t = m.trim_end_matches('/');
+                if !m.starts_with('/') || t.contains(['?', '#']) {
+                    return Err(invalid(
+                        "--mount",
+                        format!("{m:?} is not a URL path prefix like /app"),
+                    ));
+                }
+                Ok(t.as_bytes().to_vec())
+            })
+            .filter(|m| !matches!(m, Ok(v) if v.is_empty()))
             .collect::<Result<Vec<_>, _>>()?;
+        let fastcgi_stderr = !(cli.no_fastcgi_stderr || file.no_fastcgi_stderr.unwrap_or(false));
 
         let pythonpath = if !cli.pythonpath.is_empty() {
             cli.pythonpath
@@ -572,6 +657,8 @@ impl Config {
         Ok(Config {
             app,
             listeners,
+            mounts,
+            fastcgi_stderr,
             default_listener,
             chdir: cli.chdir.or(file.chdir),
             pythonpath,
@@ -640,7 +727,10 @@ mod tests {
         assert!(c.default_listener);
         assert_eq!(
             c.listeners,
-            vec![ListenAddr::Tcp("127.0.0.1:3031".parse().unwrap())]
+            vec![(
+                Protocol::Uwsgi,
+                ListenAddr::Tcp("127.0.0.1:3031".parse().unwrap())
+            )]
         );
         assert_eq!(c.buffer_size, 65535);
         assert_eq!(c.body_spool_threshold, 1 << 20);
@@ -686,7 +776,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.threads, 5);
         assert_eq!(c.app.to_string(), "from_file:app");
-        assert_eq!(c.listeners, vec![ListenAddr::Unix("/tmp/x.sock".into())]);
+        assert_eq!(
+            c.listeners,
+            vec![(Protocol::Uwsgi, ListenAddr::Unix("/tmp/x.sock".into()))]
+        );
         assert_eq!(c.max_body, Some(10 << 20));
         assert_eq!(c.socket_mode, Some(0o660));
         assert_eq!(c.env, vec![("A".into(), "1".into())]);

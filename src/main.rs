@@ -100,14 +100,19 @@ fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.listeners.clone()
     };
-    for addr in &wanted {
+    for (protocol, addr) in &wanted {
         if let Some(i) = inherited.iter().position(|b| &b.addr == addr) {
             tracing::info!(listener = %addr, "using the socket passed by systemd");
-            bound.push(inherited.remove(i));
+            let mut b = inherited.remove(i);
+            b.info.protocol = *protocol;
+            bound.push(b);
             continue;
         }
         match listener::bind(addr, &opts) {
-            Ok(b) => bound.push(b),
+            Ok(mut b) => {
+                b.info.protocol = *protocol;
+                bound.push(b)
+            }
             Err(e) => {
                 server::remove_unix_sockets(&bound);
                 return Err(e.into());
@@ -154,6 +159,7 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         threads: config.threads,
         multiprocess: config.workers > 1,
         monitor: None,
+        mounts: config.mounts.clone(),
     };
     let limits = Limits {
         buffer_size: config.buffer_size,
@@ -161,9 +167,13 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         max_body: config.max_body,
         head_timeout: config.head_timeout,
         read_timeout: config.read_timeout,
+        fcgi: server::fastcgi::FcgiSettings {
+            stderr: config.fastcgi_stderr,
+            max_reqs: config.threads * config.workers,
+        },
     };
     for b in &bound {
-        tracing::info!(listener = %b.addr, protocol = "uwsgi", "listening");
+        tracing::info!(listener = %b.addr, protocol = b.info.protocol.name(), "listening");
     }
 
     if config.supervised {
@@ -215,6 +225,15 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Until the server's own handler is installed, a SIGHUP (no reload without the
+    // master) must not kill the process.
+    // SAFETY: setting a signal to SIG_IGN has no handler code to be unsafe about.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
     tracing::info!(
         app = %config.app,
         threads = config.threads,

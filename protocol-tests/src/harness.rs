@@ -189,9 +189,16 @@ pub struct Spawn {
     addr: Addr,
     venv: Option<PathBuf>,
     cwd: Option<PathBuf>,
+    protocol: &'static str,
 }
 
 impl Spawn {
+    /// Listen for `fastcgi` or `scgi` instead of uwsgi.
+    pub fn protocol(mut self, p: &'static str) -> Self {
+        self.protocol = p;
+        self
+    }
+
     /// Serves `app` on a new Unix socket (mode 666) in `dir`.
     pub fn unix(dir: &Path, app: &str) -> Spawn {
         let sock = dir.join(format!("postern-{}.sock", free_port()));
@@ -211,6 +218,7 @@ impl Spawn {
             addr,
             venv: None,
             cwd: None,
+            protocol: "uwsgi",
         }
     }
 
@@ -243,7 +251,7 @@ impl Spawn {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(postern_bin());
         cmd.args(&self.args)
-            .arg("--uwsgi")
+            .arg(format!("--{}", self.protocol))
             .arg(self.addr.arg())
             .env_remove("VIRTUAL_ENV")
             .env("RUST_BACKTRACE", "1");
@@ -555,6 +563,19 @@ impl Nginx {
         http_extra: &str,
         server_body: &str,
     ) -> Nginx {
+        let server = format!(
+            r#"server {{
+        listen 127.0.0.1:{{{{PORT}}}};
+        server_name localhost;
+        {server_body}
+    }}"#
+        );
+        Self::start_site(bin, parent, &format!("{http_extra}\n{server}"))
+    }
+
+    /// Starts nginx with `site` at `http {}` level: upstreams and a `server {}` that
+    /// listens on `{{PORT}}` (replaced by a free port; `{{DIR}}` by nginx's directory).
+    pub fn start_site(bin: &Path, parent: &Path, site: &str) -> Nginx {
         let port = free_port();
         let dir = parent.join(format!("nginx-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -581,16 +602,12 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     client_max_body_size 100m;
-    {http_extra}
-    server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
-        {body}
-    }}
+    {site}
 }}
 "#,
-            body = server_body.replace("{{DIR}}", &d),
-            http_extra = http_extra.replace("{{DIR}}", &d),
+            site = site
+                .replace("{{DIR}}", &d)
+                .replace("{{PORT}}", &port.to_string()),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let child = Command::new(bin)
@@ -711,4 +728,199 @@ pub fn uwsgi_location(pass: &str) -> String {
             uwsgi_pass {pass};
         }}"#
     )
+}
+
+/// The FastCGI location block tests use: nginx's stock `fastcgi_params` variables
+/// (SCRIPT_NAME is the whole path, no PATH_INFO: postern's job to split), plus
+/// `extra` directives (e.g. `fastcgi_keep_conn on;`).
+pub fn fastcgi_location(pass: &str, extra: &str) -> String {
+    format!(
+        r#"location / {{
+            include {params};
+            {extra}
+            fastcgi_pass {pass};
+        }}"#,
+        params = fastcgi_params_file().display()
+    )
+}
+
+/// deploy/nginx's copy of nginx's stock `fastcgi_params`, so tests do not depend on
+/// the distribution's file.
+pub fn fastcgi_params_file() -> PathBuf {
+    root().join("deploy/nginx/fastcgi_params")
+}
+
+/// A FastCGI client for raw tests: records are encoded here, independently of
+/// postern's own codec.
+pub mod fcgi {
+    use std::io::Read;
+
+    pub const BEGIN_REQUEST: u8 = 1;
+    pub const ABORT_REQUEST: u8 = 2;
+    pub const END_REQUEST: u8 = 3;
+    pub const PARAMS: u8 = 4;
+    pub const STDIN: u8 = 5;
+    pub const STDOUT: u8 = 6;
+    pub const STDERR: u8 = 7;
+    pub const GET_VALUES: u8 = 9;
+    pub const GET_VALUES_RESULT: u8 = 10;
+    pub const UNKNOWN_TYPE: u8 = 11;
+
+    /// One record, padded to 8 bytes like nginx does.
+    pub fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
+        assert!(content.len() <= 65535);
+        let pad = (8 - content.len() % 8) % 8;
+        let mut out = vec![1, kind];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&(content.len() as u16).to_be_bytes());
+        out.push(pad as u8);
+        out.push(0);
+        out.extend_from_slice(content);
+        out.extend(std::iter::repeat_n(0u8, pad));
+        out
+    }
+
+    pub fn begin(id: u16, role: u16, keep_conn: bool) -> Vec<u8> {
+        let mut body = role.to_be_bytes().to_vec();
+        body.push(keep_conn as u8);
+        body.extend_from_slice(&[0; 5]);
+        record(BEGIN_REQUEST, id, &body)
+    }
+
+    fn len(out: &mut Vec<u8>, n: usize) {
+        if n < 128 {
+            out.push(n as u8);
+        } else {
+            out.extend_from_slice(&((n as u32) | 0x8000_0000).to_be_bytes());
+        }
+    }
+
+    pub fn pairs(vars: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in vars {
+            len(&mut out, k.len());
+            len(&mut out, v.len());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    }
+
+    /// A whole request as nginx sends it: BEGIN, PARAMS, empty PARAMS, STDIN
+    /// records, empty STDIN.
+    pub fn request(id: u16, keep_conn: bool, vars: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut out = begin(id, 1, keep_conn);
+        out.extend(record(PARAMS, id, &pairs(vars)));
+        out.extend(record(PARAMS, id, b""));
+        for chunk in body.chunks(32 * 1024) {
+            out.extend(record(STDIN, id, chunk));
+        }
+        out.extend(record(STDIN, id, b""));
+        out
+    }
+
+    /// GET `path` with the variables nginx's stock params send.
+    pub fn get_vars(path: &str) -> Vec<(&'static str, String)> {
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        vec![
+            ("REQUEST_METHOD", "GET".into()),
+            ("SCRIPT_NAME", p.into()),
+            ("REQUEST_URI", path.into()),
+            ("QUERY_STRING", q.into()),
+            ("SERVER_PROTOCOL", "HTTP/1.1".into()),
+            ("SERVER_NAME", "localhost".into()),
+            ("SERVER_PORT", "80".into()),
+        ]
+    }
+
+    pub fn get(id: u16, keep_conn: bool, path: &str) -> Vec<u8> {
+        let vars = get_vars(path);
+        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(id, keep_conn, &v, b"")
+    }
+
+    /// One record as read: (type, request id, content).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Rec {
+        pub kind: u8,
+        pub id: u16,
+        pub content: Vec<u8>,
+    }
+
+    /// Reads one record; `None` at EOF (or a read error).
+    pub fn read(c: &mut dyn Read) -> Option<Rec> {
+        let mut h = [0u8; 8];
+        c.read_exact(&mut h).ok()?;
+        assert_eq!(h[0], 1, "version byte");
+        let n = u16::from_be_bytes([h[4], h[5]]) as usize;
+        let mut content = vec![0u8; n + h[6] as usize];
+        c.read_exact(&mut content).ok()?;
+        content.truncate(n);
+        Some(Rec {
+            kind: h[1],
+            id: u16::from_be_bytes([h[2], h[3]]),
+            content,
+        })
+    }
+
+    /// What came back for one request id.
+    #[derive(Debug, Default)]
+    pub struct Reply {
+        pub stdout: Vec<u8>,
+        pub stderr: Vec<u8>,
+        /// (appStatus, protocolStatus) of END_REQUEST.
+        pub end: Option<(u32, u8)>,
+        /// The empty STDOUT record arrived.
+        pub stdout_closed: bool,
+    }
+
+    impl Reply {
+        /// The CGI response: status code, header lines, body.
+        pub fn cgi(&self) -> (u16, Vec<(String, String)>, Vec<u8>) {
+            let split = self
+                .stdout
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a CGI head");
+            let head = String::from_utf8_lossy(&self.stdout[..split]).to_string();
+            let mut status = 200;
+            let mut headers = Vec::new();
+            for line in head.split("\r\n") {
+                let (k, v) = line.split_once(": ").expect("header line");
+                if k == "Status" {
+                    status = v[..3].parse().unwrap();
+                } else {
+                    headers.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            (status, headers, self.stdout[split + 4..].to_vec())
+        }
+    }
+
+    /// Reads records until END_REQUEST for `id`; other ids' records are returned in
+    /// `others`. Panics on EOF before END_REQUEST.
+    pub fn read_reply(c: &mut dyn Read, id: u16, others: &mut Vec<Rec>) -> Reply {
+        let mut r = Reply::default();
+        loop {
+            let rec = read(c).expect("connection closed before END_REQUEST");
+            if rec.id != id {
+                others.push(rec);
+                continue;
+            }
+            match rec.kind {
+                STDOUT if rec.content.is_empty() => r.stdout_closed = true,
+                STDOUT => {
+                    assert!(!r.stdout_closed, "STDOUT after its end");
+                    r.stdout.extend_from_slice(&rec.content)
+                }
+                STDERR => r.stderr.extend_from_slice(&rec.content),
+                END_REQUEST => {
+                    let c = &rec.content;
+                    r.end = Some((u32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4]));
+                    return r;
+                }
+                k => panic!("unexpected record type {k} for request {id}"),
+            }
+        }
+    }
 }

@@ -1,1 +1,2 @@
+pub mod apache;
 pub mod harness;

@@ -531,3 +531,297 @@ fn sighup_does_not_kill_a_single_process() {
     assert!(p.wait_log("SIGHUP ignored", 5), "{}", p.logs());
     assert_eq!(p.get("/").0, 200);
 }
+
+/// Waits up to 10 s for a listener's Unix socket file to appear.
+fn wait_for_socket(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The test app on its uwsgi socket (from `Spawn`) plus a FastCGI and an SCGI socket in
+/// the same temp dir; returns postern and the FastCGI and SCGI socket paths.
+fn start_with_fastcgi_and_scgi(
+    dir: &std::path::Path,
+) -> (Postern, std::path::PathBuf, std::path::PathBuf) {
+    let fcgi = dir.join(format!("fcgi-{}.sock", free_port()));
+    let scgi = dir.join(format!("scgi-{}.sock", free_port()));
+    let p = Spawn::unix(dir, &testapp())
+        .arg("--fastcgi")
+        .arg(format!("unix:{}", fcgi.display()))
+        .arg("--scgi")
+        .arg(format!("unix:{}", scgi.display()))
+        .start();
+    wait_for_socket(&fcgi);
+    wait_for_socket(&scgi);
+    (p, fcgi, scgi)
+}
+
+/// Percent-encodes every byte but unreserved ones (for `…+unix://%2F…` URLs).
+fn encode_socket_path(path: &std::path::Path) -> String {
+    path.to_string_lossy()
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn request_client_speaks_fastcgi() {
+    let dir = tempdir();
+    let (p, fcgi, _) = start_with_fastcgi_and_scgi(dir.path());
+    let url = |path: &str| format!("fastcgi+unix://{}{}", fcgi.display(), path);
+
+    // GET: the CGI head comes back as an HTTP status line, and the app sees nginx's
+    // variables with SCRIPT_NAME "" and the decoded path in PATH_INFO.
+    let out = postern()
+        .args(["request", &url("/env/a%20b?x=1")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", p.logs());
+    assert!(out.stdout.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let env = parse_http(&out.stdout).unwrap().json();
+    assert_eq!(env["PATH_INFO"], "/env/a b", "{env}");
+    assert_eq!(env["SCRIPT_NAME"], "", "{env}");
+    assert_eq!(env["QUERY_STRING"], "x=1", "{env}");
+    assert_eq!(env["REQUEST_URI"], "/env/a%20b?x=1", "{env}");
+    assert_eq!(env["REQUEST_METHOD"], "GET", "{env}");
+
+    // The percent-encoded socket form.
+    let encoded = format!("fastcgi+unix://{}/env", encode_socket_path(&fcgi));
+    let out = postern().args(["request", &encoded]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(parse_http(&out.stdout).unwrap().json()["PATH_INFO"], "/env");
+
+    // POST with -d, with -H.
+    let out = postern()
+        .args([
+            "request",
+            "-H",
+            "X-Test: yes",
+            "-d",
+            "payload",
+            &url("/echo"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
+    assert!(s.contains("X-Body-Len: 7\r\n"), "{s}");
+    assert!(s.ends_with("\r\n\r\npayload"), "{s}");
+
+    // A body over one STDIN record, with CONTENT_LENGTH and streamed without it.
+    let body: Vec<u8> = (0..150_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let file = dir.path().join("body");
+    std::fs::write(&file, &body).unwrap();
+    let data = format!("@{}", file.display());
+    for extra in [None, Some("--no-content-length")] {
+        let out = postern()
+            .arg("request")
+            .args(extra)
+            .args(["-d", &data, &url("/echo")])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = parse_http(&out.stdout).unwrap();
+        assert_eq!(r.header("x-body-len"), Some("150000"), "{extra:?}");
+        assert!(r.body == body, "{extra:?}: the echoed body differs");
+    }
+
+    // 5xx exits 22; wsgi.errors arrives as FCGI_STDERR and is printed to stderr.
+    let out = postern()
+        .args(["request", &url("/error")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(22), "5xx exits 22");
+    assert!(out.stdout.starts_with(b"HTTP/1.1 500 "));
+    let out = postern()
+        .args(["request", &url("/errors")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fastcgi stderr: hello-from-wsgi-errors"),
+        "{err}"
+    );
+
+    // --get-values: the three standard names, one per line.
+    let out = postern()
+        .args(["request", "--get-values", &url("/")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    for name in ["FCGI_MAX_CONNS=", "FCGI_MAX_REQS=", "FCGI_MPXS_CONNS="] {
+        assert!(s.lines().any(|l| l.starts_with(name)), "{name}: {s}");
+    }
+
+    // FastCGI spoken to the uwsgi socket: no answer, exit 7.
+    let Addr::Unix(uwsgi_sock) = &p.addr else {
+        unreachable!()
+    };
+    let out = postern()
+        .args([
+            "request",
+            &format!("fastcgi+unix://{}/env", uwsgi_sock.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn request_client_speaks_scgi() {
+    let dir = tempdir();
+    let (p, _, scgi) = start_with_fastcgi_and_scgi(dir.path());
+    let url = |path: &str| format!("scgi+unix://{}{}", scgi.display(), path);
+
+    let out = postern()
+        .args(["request", &url("/env?y=2")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", p.logs());
+    assert!(out.stdout.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let env = parse_http(&out.stdout).unwrap().json();
+    assert_eq!(env["PATH_INFO"], "/env", "{env}");
+    assert_eq!(env["QUERY_STRING"], "y=2", "{env}");
+    assert_eq!(env["REQUEST_METHOD"], "GET", "{env}");
+
+    let out = postern()
+        .args(["request", "-d", "scgi body", &url("/echo")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
+    assert!(s.ends_with("\r\n\r\nscgi body"), "{s}");
+
+    let out = postern()
+        .args(["request", &url("/error")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(22), "5xx exits 22");
+    assert!(out.stdout.starts_with(b"HTTP/1.1 500 "));
+
+    // The FastCGI-only options are usage errors here (and for uwsgi).
+    for opt in ["--no-content-length", "--get-values"] {
+        let out = postern()
+            .args(["request", opt, &url("/")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{opt}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(opt), "{opt}");
+    }
+    let Addr::Unix(uwsgi_sock) = &p.addr else {
+        unreachable!()
+    };
+    let out = postern()
+        .args([
+            "request",
+            "--no-content-length",
+            &format!("uwsgi+unix://{}/", uwsgi_sock.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn request_client_speaks_fastcgi_and_scgi_over_tcp() {
+    let dir = tempdir();
+    let (fport, sport) = (free_port(), free_port());
+    let _p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--fastcgi", &format!("127.0.0.1:{fport}")])
+        .args(["--scgi", &format!("127.0.0.1:{sport}")])
+        .start();
+    for url in [
+        format!("fastcgi://127.0.0.1:{fport}/env"),
+        format!("scgi://127.0.0.1:{sport}/env"),
+    ] {
+        let out = postern().args(["request", &url]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = parse_http(&out.stdout).unwrap().json();
+        assert_eq!(env["PATH_INFO"], "/env", "{url}");
+        assert_eq!(
+            env["SERVER_PORT"],
+            url[url.rfind(':').unwrap() + 1..url.rfind('/').unwrap()]
+        );
+    }
+}
+
+#[test]
+fn request_client_reports_a_cut_fastcgi_response() {
+    let dir = tempdir();
+    let sock = dir.path().join("fake-fcgi.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A fake FastCGI app: reads the request up to the empty STDIN record, answers
+    // STDOUT and STDERR, and closes without FCGI_END_REQUEST.
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let end_of_stdin = [1u8, 5, 0, 1, 0, 0, 0, 0];
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(&end_of_stdin) {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the client closed before its empty STDIN record");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let record = |kind: u8, content: &[u8]| {
+            let mut r = vec![1, kind, 0, 1, 0, content.len() as u8, 0, 0];
+            r.extend_from_slice(content);
+            r
+        };
+        conn.write_all(&record(6, b"Status: 200 OK\r\n\r\npartial"))
+            .unwrap();
+        conn.write_all(&record(7, b"dying\n")).unwrap();
+        got
+    });
+    let out = postern()
+        .args([
+            "request",
+            "--timeout",
+            "10",
+            &format!("fastcgi+unix://{}/x", sock.display()),
+        ])
+        .output()
+        .unwrap();
+    let sent = server.join().unwrap();
+    // BEGIN_REQUEST: id 1, RESPONDER, no keep-conn.
+    assert_eq!(
+        &sent[..16],
+        &[1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was cut"), "{err}");
+    assert!(err.contains("fastcgi stderr: dying"), "{err}");
+}

@@ -9,6 +9,25 @@ use bytes::Bytes;
 
 use crate::proto::{self, ProtoError};
 
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Uwsgi,
+    FastCgi,
+    Scgi,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Uwsgi => "uwsgi",
+            Protocol::FastCgi => "fastcgi",
+            Protocol::Scgi => "scgi",
+        }
+    }
+}
+
 /// One request head, protocol-neutral: the bytes as received and where each variable
 /// sits in them (hyper's record-the-indices trick: no copy per variable).
 #[derive(Debug, Clone)]
@@ -32,6 +51,18 @@ impl Head {
         })
     }
 
+    /// Appends a variable (copies the head once: for rare repairs only).
+    pub fn push_var(&mut self, key: &[u8], value: &[u8]) {
+        let mut buf = Vec::with_capacity(self.buf.len() + key.len() + value.len());
+        buf.extend_from_slice(&self.buf);
+        let k = buf.len() as u32..(buf.len() + key.len()) as u32;
+        buf.extend_from_slice(key);
+        let v = buf.len() as u32..(buf.len() + value.len()) as u32;
+        buf.extend_from_slice(value);
+        self.buf = Bytes::from(buf);
+        self.vars.push((k, v));
+    }
+
     /// The last value of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.pairs()
@@ -42,7 +73,7 @@ impl Head {
 
     /// Body length per CGI: `CONTENT_LENGTH`, else `HTTP_CONTENT_LENGTH`, else 0; the
     /// same rule [`proto::cgi::normalise`] applies for the environ.
-    fn body_length(&self) -> Result<u64, ProtoError> {
+    pub fn body_length(&self) -> Result<u64, ProtoError> {
         let v = self
             .get(b"CONTENT_LENGTH")
             .filter(|v| !v.is_empty())

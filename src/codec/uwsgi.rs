@@ -1,11 +1,12 @@
-//! `Decoder` for one uwsgi request: the head, then the body as it arrives, up to
-//! CONTENT_LENGTH. nginx and Apache never reuse a uwsgi connection (PROTOCOLS.md §0),
-//! so after the body the decoder yields nothing more.
+//! `Decoder` for one uwsgi or SCGI request: the head, then the body as it arrives, up
+//! to CONTENT_LENGTH. nginx and Apache never reuse a uwsgi or SCGI connection
+//! (PROTOCOLS.md §0, §3), so after the body the decoder yields nothing more.
 
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use super::{CodecError, Frame, Head};
+use super::{CodecError, Frame, Head, Protocol};
+use crate::proto::scgi;
 use crate::proto::uwsgi::{self, HEADER_LEN, MODIFIER_WSGI_STRIP_SCRIPT_NAME};
 
 /// Largest read buffer reserved for body bytes.
@@ -23,6 +24,7 @@ enum State {
 pub struct UwsgiCodec {
     limit: usize,
     state: State,
+    scgi: bool,
 }
 
 impl UwsgiCodec {
@@ -31,7 +33,44 @@ impl UwsgiCodec {
         Self {
             limit,
             state: State::Head,
+            scgi: false,
         }
+    }
+
+    /// The same for SCGI: a netstring head (`len:NAME\0VALUE\0…,`), then the body.
+    pub fn scgi(limit: usize) -> Self {
+        Self {
+            scgi: true,
+            ..Self::new(limit)
+        }
+    }
+
+    /// The codec for a listener's protocol (uwsgi or SCGI).
+    pub fn for_protocol(protocol: Protocol, limit: usize) -> Self {
+        match protocol {
+            Protocol::Scgi => Self::scgi(limit),
+            _ => Self::new(limit),
+        }
+    }
+
+    /// SCGI: the head and where its block sits in the first `n` bytes.
+    fn decode_scgi_head(&mut self, src: &mut BytesMut) -> Result<Option<Head>, CodecError> {
+        let Some((len, block)) = scgi::parse_head(src, self.limit)? else {
+            return Ok(None);
+        };
+        let vars = scgi::parse_headers(block)?;
+        // `<digits>:` before the block, `,` after it.
+        let start = len - 1 - block.len();
+        let mut frame = src.split_to(len).freeze();
+        let buf = frame.split_off(start).split_to(len - 1 - start);
+        let mut head = Head {
+            buf,
+            vars,
+            modifier30: false,
+            content_length: 0,
+        };
+        head.content_length = head.body_length()?;
+        Ok(Some(head))
     }
 }
 
@@ -41,6 +80,20 @@ impl Decoder for UwsgiCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.state {
+            State::Head if self.scgi => {
+                let Some(head) = self.decode_scgi_head(src)? else {
+                    return Ok(None);
+                };
+                self.state = if head.content_length == 0 {
+                    State::Done
+                } else {
+                    State::Body {
+                        remaining: head.content_length,
+                        expected: head.content_length,
+                    }
+                };
+                Ok(Some(Frame::Head(head)))
+            }
             State::Head => {
                 let Some((len, packet)) = uwsgi::parse_packet(src, self.limit)? else {
                     // Reserve what the header announced, once, so the block lands in one buffer.

@@ -27,6 +27,12 @@ pub struct Defaults<'a> {
     pub server_port: &'a [u8],
     /// uwsgi modifier1 30: strip SCRIPT_NAME from the front of PATH_INFO (§1.3).
     pub modifier30: bool,
+    /// FastCGI/SCGI: a SCRIPT_NAME without PATH_INFO is the whole path (nginx's stock
+    /// `fastcgi_params`, Apache's ProxyPass; §2.13), not a mount point.
+    pub script_name_is_path: bool,
+    /// `--mount` prefixes (no trailing `/`): when the front server gave no
+    /// SCRIPT_NAME, the longest one that starts the path (on a `/` boundary) becomes it.
+    pub mounts: &'a [Vec<u8>],
 }
 
 /// `HTTP_*` variables that cannot legitimately repeat: a repeat replaces.
@@ -118,7 +124,18 @@ pub fn normalise<'a>(
         get(&cgi.vars, b"REQUEST_SCHEME"),
     );
 
-    // Paths (§4.3).
+    // Paths (§4.3, §2.13).
+    if defaults.script_name_is_path && get(&cgi.vars, b"PATH_INFO").is_none() {
+        if let Some(whole) = get(&cgi.vars, b"SCRIPT_NAME")
+            .filter(|s| !s.is_empty())
+            .map(<[u8]>::to_vec)
+        {
+            set(&mut cgi.vars, b"PATH_INFO", Cow::Owned(whole));
+            set(&mut cgi.vars, b"SCRIPT_NAME", Cow::Borrowed(b""));
+            cgi.notes
+                .push("SCRIPT_NAME without PATH_INFO taken as the whole path");
+        }
+    }
     if get(&cgi.vars, b"PATH_INFO").is_none() {
         let uri = get(&cgi.vars, b"REQUEST_URI")
             .or_else(|| get(&cgi.vars, b"DOCUMENT_URI"))
@@ -135,7 +152,13 @@ pub fn normalise<'a>(
         path.as_deref().unwrap_or_default(),
         defaults.modifier30,
     );
-    let (script, path) = (script.into_owned(), path.into_owned());
+    let (mut script, mut path) = (script.into_owned(), path.into_owned());
+    if script.is_empty() {
+        if let Some(m) = longest_mount(defaults.mounts, &path) {
+            script = m.to_vec();
+            path.drain(..m.len());
+        }
+    }
     set(&mut cgi.vars, b"SCRIPT_NAME", Cow::Owned(script));
     set(&mut cgi.vars, b"PATH_INFO", Cow::Owned(path));
 
@@ -161,6 +184,17 @@ fn set<'a>(vars: &mut Vec<(&'a [u8], Cow<'a, [u8]>)>, key: &'static [u8], value:
         Some(slot) => slot.1 = value,
         None => vars.push((key, value)),
     }
+}
+
+/// The longest of `mounts` that `path` starts with, on a `/` boundary.
+fn longest_mount<'m>(mounts: &'m [Vec<u8>], path: &[u8]) -> Option<&'m [u8]> {
+    mounts
+        .iter()
+        .filter(|m| {
+            !m.is_empty() && path.starts_with(m) && (path.len() == m.len() || path[m.len()] == b'/')
+        })
+        .max_by_key(|m| m.len())
+        .map(Vec::as_slice)
 }
 
 /// Decimal `CONTENT_LENGTH` (RFC 3875 §4.1.2): digits only, no sign, no spaces.
@@ -264,10 +298,103 @@ mod tests {
             Defaults {
                 server_name: b"fallback",
                 server_port: b"3031",
-                modifier30: false,
+                ..Defaults::default()
             },
         )
         .unwrap()
+    }
+
+    fn run_with(
+        pairs: &[(&'static str, &'static str)],
+        script_name_is_path: bool,
+        mounts: &'static [Vec<u8>],
+    ) -> Cgi<'static> {
+        normalise(
+            pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            Defaults {
+                script_name_is_path,
+                mounts,
+                ..Defaults::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn paths(cgi: &Cgi<'_>) -> (String, String) {
+        let s = |k| String::from_utf8(val(cgi, k).unwrap().to_vec()).unwrap();
+        (s("SCRIPT_NAME"), s("PATH_INFO"))
+    }
+
+    #[test]
+    fn fastcgi_stock_params_script_name_is_the_whole_path() {
+        let stock = [
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/app/a/b"),
+            ("REQUEST_URI", "/app/a/b?x=1"),
+        ];
+        let cgi = run_with(&stock, true, &[]);
+        assert_eq!(paths(&cgi), ("".into(), "/app/a/b".into()));
+        static MOUNTS: std::sync::LazyLock<Vec<Vec<u8>>> =
+            std::sync::LazyLock::new(|| vec![b"/ap".to_vec(), b"/app".to_vec()]);
+        let cgi = run_with(&stock, true, &MOUNTS);
+        assert_eq!(paths(&cgi), ("/app".into(), "/a/b".into()));
+        // Not on a `/` boundary: /apple is not under /app.
+        let cgi = run_with(
+            &[("REQUEST_METHOD", "GET"), ("SCRIPT_NAME", "/apple")],
+            true,
+            &MOUNTS,
+        );
+        assert_eq!(paths(&cgi), ("".into(), "/apple".into()));
+        // The mount itself.
+        let cgi = run_with(
+            &[("REQUEST_METHOD", "GET"), ("SCRIPT_NAME", "/app")],
+            true,
+            &MOUNTS,
+        );
+        assert_eq!(paths(&cgi), ("/app".into(), "".into()));
+    }
+
+    #[test]
+    fn a_split_done_by_the_front_server_is_kept() {
+        let cgi = run_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/app"),
+                ("PATH_INFO", "/a/b"),
+            ],
+            true,
+            &[],
+        );
+        assert_eq!(paths(&cgi), ("/app".into(), "/a/b".into()));
+        // uwsgi: SCRIPT_NAME without PATH_INFO is a mount (PATH_INFO from REQUEST_URI).
+        let cgi = run_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/app"),
+                ("REQUEST_URI", "/app/x%20y"),
+            ],
+            false,
+            &[],
+        );
+        assert_eq!(paths(&cgi), ("/app".into(), "/x y".into()));
+    }
+
+    #[test]
+    fn mounts_apply_to_a_path_without_script_name() {
+        static MOUNTS: std::sync::LazyLock<Vec<Vec<u8>>> =
+            std::sync::LazyLock::new(|| vec![b"/app".to_vec()]);
+        let cgi = run_with(
+            &[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/app/x?q")],
+            false,
+            &MOUNTS,
+        );
+        assert_eq!(paths(&cgi), ("/app".into(), "/x".into()));
+        let cgi = run_with(
+            &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/other")],
+            false,
+            &MOUNTS,
+        );
+        assert_eq!(paths(&cgi), ("".into(), "/other".into()));
     }
 
     fn val<'c>(cgi: &'c Cgi<'_>, key: &str) -> Option<&'c [u8]> {

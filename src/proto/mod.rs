@@ -6,7 +6,9 @@
 //! - [`response`]: status/header validation and the raw HTTP/1.1 response head (§5, §6).
 
 pub mod cgi;
+pub mod fastcgi;
 pub mod response;
+pub mod scgi;
 pub mod uwsgi;
 
 /// A request the peer framed wrongly. Every variant is the peer's fault: log it at
@@ -27,4 +29,30 @@ pub enum ProtoError {
     HttpOnUwsgi,
     #[error("CONTENT_LENGTH {0:?} is not a valid length (decimal digits, below 2^63)")]
     BadContentLength(String),
+    #[error("FastCGI record version {0}, expected 1 (is the peer speaking FastCGI?)")]
+    FcgiVersion(u8),
+    #[error(
+        "HTTP request received on a FastCGI socket (use fastcgi_pass, not proxy_pass, in nginx)"
+    )]
+    HttpOnFastcgi,
+    #[error("FCGI_BEGIN_REQUEST body is {0} bytes, expected 8")]
+    FcgiBeginBody(usize),
+    #[error("FastCGI request id {0} was begun again while still in flight")]
+    FcgiIdInUse(u16),
+    #[error("FastCGI params of request {id} exceed the {limit}-byte limit (raise --buffer-size)")]
+    FcgiParamsTooLarge { id: u16, limit: usize },
+    #[error(
+        "a FastCGI name/value length at offset {offset} runs past the end of the {block}-byte block"
+    )]
+    FcgiPairOverrun { offset: usize, block: usize },
+    #[error("FastCGI request {id}: {what}")]
+    FcgiOutOfOrder { id: u16, what: &'static str },
+    #[error("HTTP request received on an SCGI socket (use scgi_pass, not proxy_pass, in nginx)")]
+    HttpOnScgi,
+    #[error("SCGI netstring length is not 1-7 decimal digits (no leading zero) followed by ':'")]
+    ScgiLength,
+    #[error("SCGI header block is not followed by ','")]
+    ScgiComma,
+    #[error("malformed SCGI headers: {0}")]
+    ScgiHeaders(&'static str),
 }

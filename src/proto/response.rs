@@ -108,15 +108,36 @@ pub fn push_latin1(out: &mut Vec<u8>, text: &str) {
     }
 }
 
+/// How a response head starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadStyle {
+    /// `HTTP/1.1 200 OK`: what nginx and Apache's mod_proxy_uwsgi accept over uwsgi (§1.5).
+    Http,
+    /// `Status: 200 OK` (CGI, RFC 3875 §6.3.3): FastCGI has no status line (nginx
+    /// silently turns one into 200, Apache refuses it) and SCGI follows CGI (§2.10, §3).
+    Cgi,
+}
+
 /// Writes `HTTP/1.1 <status>\r\n`, each `Name: value\r\n`, and the blank line.
-/// A status line (not CGI `Status:`) is what both nginx and Apache's mod_proxy_uwsgi
-/// accept over uwsgi (§1.5).
 pub fn write_http_head<'h>(
     out: &mut Vec<u8>,
     status: &str,
     headers: impl IntoIterator<Item = (&'h str, &'h str)>,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
+    write_head(out, HeadStyle::Http, status, headers)
+}
+
+/// Writes the status line or `Status:` header, each `Name: value\r\n`, and the blank line.
+pub fn write_head<'h>(
+    out: &mut Vec<u8>,
+    style: HeadStyle,
+    status: &str,
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+) {
+    out.extend_from_slice(match style {
+        HeadStyle::Http => b"HTTP/1.1 ",
+        HeadStyle::Cgi => b"Status: ",
+    });
     push_latin1(out, status);
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {

@@ -20,9 +20,10 @@ use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
 
 use super::connection::{self, Limits, Start};
+use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, CONN_TOKEN_BASE};
 use super::sink::ConnSink;
 use crate::codec::uwsgi::UwsgiCodec;
-use crate::codec::Frame;
+use crate::codec::{Frame, Protocol};
 use crate::wsgi::{Body, ListenerInfo, Request, Source};
 
 /// Bytes read by the first recv of a connection: a whole uwsgi head fits.
@@ -118,8 +119,12 @@ impl Shared {
 
 /// The [`Source`] the Python threads pull requests from.
 pub struct Acceptor {
-    /// Interest list: the ready-queue eventfd (data 0) and each listener (data i+1).
-    pub epoll: OwnedFd,
+    /// Interest list: the ready-queue eventfd (data 0), each listener (data i+1), and
+    /// idle FastCGI connections (data >= CONN_TOKEN_BASE, one-shot).
+    pub epoll: Arc<OwnedFd>,
+    /// Idle FastCGI keep-alive connections.
+    pub parking: Arc<Parking>,
+    pub fcgi: FcgiSettings,
     /// The accept token: held by the one thread waiting on `epoll`.
     pub waiter: Mutex<()>,
     pub listeners: Arc<Vec<Listener>>,
@@ -168,7 +173,17 @@ impl Source for Acceptor {
                 }
             }
             let Some(ev) = events.first() else { continue };
-            let which = ev.data.u64() as usize;
+            let token = ev.data.u64();
+            if token >= CONN_TOKEN_BASE {
+                // A parked FastCGI connection has its next request (or closed).
+                if let Some(conn) = self.parking.take(token) {
+                    if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
+                        return Some(req);
+                    }
+                }
+                continue;
+            }
+            let which = token as usize;
             let is_ready = |i: usize| i == which;
             if is_ready(0) && shared.accepting.load(Ordering::SeqCst) {
                 let mut token = [0u8; 8];
@@ -185,7 +200,7 @@ impl Source for Acceptor {
                 if !is_ready(i + 1) {
                     continue;
                 }
-                if let Some(req) = self.accept(l) {
+                if let Some(req) = self.accept(i, l) {
                     return Some(req);
                 }
             }
@@ -221,11 +236,11 @@ impl Acceptor {
     /// nginx already sent are served, not reset.
     pub fn drain_backlog(&self) -> usize {
         let mut n = 0;
-        for l in self.listeners.iter() {
+        for (i, l) in self.listeners.iter().enumerate() {
             while let Some((sock, peer, started)) = self.accept_raw(l) {
                 // Read what is already there: a connection that sent nothing yet
                 // would otherwise be closed as idle by the stopping slow lane.
-                if let Some(req) = self.admit(l, sock, peer, started) {
+                if let Some(req) = self.admit(i, l, sock, peer, started) {
                     self.shared.push(req);
                 }
                 n += 1;
@@ -235,15 +250,81 @@ impl Acceptor {
     }
 
     /// Accepts one connection from `l`; returns the request when it is complete now.
-    fn accept(&self, l: &Listener) -> Option<Request> {
+    fn accept(&self, index: usize, l: &Listener) -> Option<Request> {
         let (sock, peer, started) = self.accept_raw(l)?;
-        self.admit(l, sock, peer, started)
+        self.admit(index, l, sock, peer, started)
+    }
+
+    /// Reads a FastCGI connection (new, or parked and now readable): one whole request
+    /// is served on this thread; anything else goes to the slow lane.
+    fn fcgi_read(&self, conn: Arc<FcgiConn>, parked: bool, started: Instant) -> Option<Request> {
+        let l = &self.listeners[conn.listener];
+        let got = SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            match conn.recv(&mut s[..]) {
+                Ok(0) => Ok(None),
+                Ok(n) => Ok(Some(
+                    fastcgi::admit_whole(
+                        &conn,
+                        &s[..n],
+                        &l.info,
+                        &self.limits,
+                        &self.fcgi,
+                        &self.parking,
+                        started,
+                    )
+                    .ok_or_else(|| BytesMut::from(&s[..n])),
+                )),
+                Err(e) => Err(e),
+            }
+        });
+        match got {
+            Ok(Some(Ok(req))) => Some(req),
+            Ok(Some(Err(buf))) => {
+                self.parking.forget(&conn);
+                self.slow.spawn_fcgi(
+                    conn,
+                    buf,
+                    l.info.clone(),
+                    Arc::clone(&self.parking),
+                    self.fcgi.clone(),
+                    started,
+                );
+                None
+            }
+            Ok(None) => {
+                tracing::debug!(peer = %conn.peer, "the front server closed a FastCGI connection");
+                self.parking.forget(&conn);
+                None
+            }
+            Err(Errno::AGAIN | Errno::INTR) => {
+                if parked {
+                    self.parking.park(conn);
+                } else {
+                    self.slow.spawn_fcgi(
+                        conn,
+                        BytesMut::new(),
+                        l.info.clone(),
+                        Arc::clone(&self.parking),
+                        self.fcgi.clone(),
+                        started,
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "a FastCGI connection failed");
+                self.parking.forget(&conn);
+                None
+            }
+        }
     }
 
     /// Reads what a new connection has sent; returns the request when it is complete,
     /// else hands the connection to the slow lane.
     fn admit(
         &self,
+        index: usize,
         l: &Listener,
         sock: socket2::Socket,
         peer: Arc<str>,
@@ -251,6 +332,10 @@ impl Acceptor {
     ) -> Option<Request> {
         if l.tcp {
             let _ = sock.set_tcp_nodelay(true);
+        }
+        if l.info.protocol == Protocol::FastCgi {
+            let conn = FcgiConn::new(sock, peer, l.tcp, index, self.limits.read_timeout);
+            return self.fcgi_read(conn, false, started);
         }
         let first = SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -274,7 +359,7 @@ impl Acceptor {
                 return None;
             }
         };
-        let mut codec = UwsgiCodec::new(self.limits.buffer_size);
+        let mut codec = UwsgiCodec::for_protocol(l.info.protocol, self.limits.buffer_size);
         let start = if buf.is_empty() {
             Start::Fresh(buf)
         } else {
@@ -289,17 +374,19 @@ impl Acceptor {
                             Body::Memory(buf.split_to(len as usize).freeze())
                         };
                         let span = connection::request_span(&head, &peer);
+                        let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout);
+                        let sink = if l.info.protocol == Protocol::Scgi {
+                            sink.cgi()
+                        } else {
+                            sink
+                        };
                         return Some(Request {
                             head,
                             body,
                             listener: l.info.clone(),
-                            sink: Box::new(ConnSink::new(
-                                sock,
-                                l.tcp,
-                                started,
-                                self.limits.read_timeout,
-                            )),
+                            sink: Box::new(sink),
                             span,
+                            errors_forward: None,
                         });
                     }
                     Start::Head(head, codec, buf)

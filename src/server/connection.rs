@@ -17,9 +17,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{field, Instrument};
 
 use super::acceptor::Shared;
+use super::fastcgi::{FcgiConn, FcgiSettings, Parking};
 use super::sink::ConnSink;
 use crate::codec::uwsgi::UwsgiCodec;
+use crate::codec::Protocol;
 use crate::codec::{CodecError, Frame, Head};
+use crate::proto::response::HeadStyle;
 use crate::proto::ProtoError;
 use crate::wsgi::{Body, ListenerInfo, Request};
 
@@ -37,6 +40,8 @@ pub struct Limits {
     /// Longest wait between two reads of the body, or two writes of the response
     /// (`--read-timeout`).
     pub read_timeout: Duration,
+    /// FastCGI: STDERR copies, the advertised limits.
+    pub fcgi: FcgiSettings,
 }
 
 /// Where the fast path left a connection.
@@ -58,6 +63,9 @@ pub struct SlowLane {
     pub limits: Limits,
     /// Cancelled when the server stops: connections that sent nothing are closed.
     pub stopping: CancellationToken,
+    /// Cancelled when any process (worker too) stops: idle FastCGI keep-alive
+    /// connections are closed.
+    pub idle_close: CancellationToken,
 }
 
 impl SlowLane {
@@ -87,6 +95,20 @@ impl SlowLane {
                 }
             }
         };
+        self.tracker.spawn_on(fut, &self.handle);
+    }
+
+    /// Hands a FastCGI connection to the slow lane, with the bytes already read.
+    pub fn spawn_fcgi(
+        &self,
+        conn: Arc<FcgiConn>,
+        buf: BytesMut,
+        info: ListenerInfo,
+        parking: Arc<Parking>,
+        settings: FcgiSettings,
+        started: Instant,
+    ) {
+        let fut = super::fastcgi::serve(conn, buf, info, self.clone(), parking, settings, started);
         self.tracker.spawn_on(fut, &self.handle);
     }
 }
@@ -185,7 +207,7 @@ async fn serve<C: Conn>(
 ) {
     let limits = &lane.limits;
     let (head, mut framed) = match start {
-        Start::Failed(e) => return bad_request(&mut conn, &peer, e, limits).await,
+        Start::Failed(e) => return bad_request(&mut conn, &peer, e, limits, info.protocol).await,
         Start::Head(head, codec, buf) => (
             head,
             Reader {
@@ -198,7 +220,7 @@ async fn serve<C: Conn>(
         Start::Fresh(buf) => {
             let mut framed = Reader {
                 conn: &mut conn,
-                codec: UwsgiCodec::new(limits.buffer_size),
+                codec: UwsgiCodec::for_protocol(info.protocol, limits.buffer_size),
                 buf,
                 idle: Some(lane.stopping.clone()),
             };
@@ -219,7 +241,7 @@ async fn serve<C: Conn>(
                 }
                 Ok(Err(e)) => {
                     drop(framed);
-                    return bad_request(&mut conn, &peer, e, limits).await;
+                    return bad_request(&mut conn, &peer, e, limits, info.protocol).await;
                 }
                 Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
                 Ok(Ok(Some(Frame::Head(head)))) => {
@@ -243,6 +265,7 @@ async fn serve<C: Conn>(
             drop(framed);
             reject(
                 &mut conn,
+                style_of(info.protocol),
                 413,
                 "Content Too Large",
                 "Request body too large.\n",
@@ -281,23 +304,46 @@ async fn serve<C: Conn>(
             return;
         }
     };
+    let sink = ConnSink::new(sock, tcp, started, limits.read_timeout);
+    let sink = if info.protocol == Protocol::Scgi {
+        sink.cgi()
+    } else {
+        sink
+    };
     lane.shared.push(Request {
         head,
         body,
         listener: info,
-        sink: Box::new(ConnSink::new(sock, tcp, started, limits.read_timeout)),
+        sink: Box::new(sink),
         span,
+        errors_forward: None,
     });
 }
 
 /// Logs a malformed request and answers where a protocol-level answer helps.
-async fn bad_request<C: Conn>(conn: &mut C, peer: &str, e: CodecError, limits: &Limits) {
+async fn bad_request<C: Conn>(
+    conn: &mut C,
+    peer: &str,
+    e: CodecError,
+    limits: &Limits,
+    protocol: Protocol,
+) {
+    let mut style = style_of(protocol);
     let reply = match &e {
         CodecError::Proto(ProtoError::HttpOnUwsgi) => Some((
             400,
             "Bad Request",
             "This is a uwsgi socket: put nginx in front (uwsgi_pass) or use `postern request`.\n",
         )),
+        CodecError::Proto(ProtoError::HttpOnScgi) => {
+            // The peer speaks HTTP: answer it in HTTP.
+            style = HeadStyle::Http;
+            Some((
+                400,
+                "Bad Request",
+                "This is an SCGI socket: put nginx in front (scgi_pass) or use `postern request`.\n",
+            ))
+        }
         CodecError::Proto(ProtoError::HeadTooLarge { .. }) => Some((
             431,
             "Request Header Fields Too Large",
@@ -307,7 +353,15 @@ async fn bad_request<C: Conn>(conn: &mut C, peer: &str, e: CodecError, limits: &
     };
     tracing::warn!(%peer, error = %e, "bad request; closing");
     if let Some((code, reason, body)) = reply {
-        reject(conn, code, reason, body, limits.read_timeout).await;
+        reject(conn, style, code, reason, body, limits.read_timeout).await;
+    }
+}
+
+/// How a protocol's responses start.
+fn style_of(protocol: Protocol) -> HeadStyle {
+    match protocol {
+        Protocol::Uwsgi => HeadStyle::Http,
+        _ => HeadStyle::Cgi,
     }
 }
 
@@ -375,12 +429,26 @@ async fn read_body<C: Conn>(
 
 /// Answers a small error response, then reads and discards what the peer still sends
 /// (bounded) so that closing does not reset a peer that is still writing.
-pub async fn reject<C: Conn>(conn: &mut C, code: u16, reason: &str, body: &str, wait: Duration) {
-    let msg = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+pub async fn reject<C: Conn>(
+    conn: &mut C,
+    style: HeadStyle,
+    code: u16,
+    reason: &str,
+    body: &str,
+    wait: Duration,
+) {
+    let mut msg = Vec::new();
+    crate::proto::response::write_head(
+        &mut msg,
+        style,
+        &format!("{code} {reason}"),
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", body.len().to_string().as_str()),
+        ],
     );
-    if conn.write_all(msg.as_bytes()).await.is_err() {
+    msg.extend_from_slice(body.as_bytes());
+    if conn.write_all(&msg).await.is_err() {
         return;
     }
     let _ = conn.shutdown().await;

@@ -139,6 +139,7 @@ pub fn systemd_listeners() -> Vec<Bound> {
                 addr: ListenAddr::Tcp(sa),
                 socket: BoundSocket::Tcp(sock.into()),
                 info: ListenerInfo {
+                    protocol: Default::default(),
                     server_name: Arc::from(sa.ip().to_string().as_bytes()),
                     server_port: Arc::from(sa.port().to_string().as_bytes()),
                 },
@@ -149,6 +150,7 @@ pub fn systemd_listeners() -> Vec<Bound> {
                 addr: ListenAddr::Unix(path.to_owned()),
                 socket: BoundSocket::Unix(sock.into()),
                 info: ListenerInfo {
+                    protocol: Default::default(),
                     server_name: Arc::from(&b"localhost"[..]),
                     server_port: Arc::from(&b"80"[..]),
                 },
@@ -196,6 +198,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                 addr: ListenAddr::Tcp(local),
                 socket: BoundSocket::Tcp(listener),
                 info: ListenerInfo {
+                    protocol: Default::default(),
                     server_name: Arc::from(local.ip().to_string().as_bytes()),
                     server_port: Arc::from(local.port().to_string().as_bytes()),
                 },
@@ -226,6 +229,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                 addr: addr.clone(),
                 socket: BoundSocket::Unix(socket.into()),
                 info: ListenerInfo {
+                    protocol: Default::default(),
                     server_name: Arc::from(&b"localhost"[..]),
                     server_port: Arc::from(&b"80"[..]),
                 },

@@ -10,6 +10,7 @@
 
 pub mod acceptor;
 pub mod connection;
+pub mod fastcgi;
 pub mod listener;
 pub mod sink;
 
@@ -107,9 +108,13 @@ pub fn run(
         })
         .collect();
     let listeners = Arc::new(listeners);
-    let epoll = acceptor::epoll_for(&shared, &listeners).map_err(ServerError::Runtime)?;
+    let epoll = Arc::new(acceptor::epoll_for(&shared, &listeners).map_err(ServerError::Runtime)?);
+    let parking = fastcgi::Parking::new(Arc::clone(&epoll));
+    let idle_close = CancellationToken::new();
     let acceptor = Arc::new(Acceptor {
         epoll,
+        parking: Arc::clone(&parking),
+        fcgi: limits.fcgi.clone(),
         waiter: std::sync::Mutex::new(()),
         listeners: Arc::clone(&listeners),
         shared: Arc::clone(&shared),
@@ -119,6 +124,7 @@ pub fn run(
             shared: Arc::clone(&shared),
             limits: limits.clone(),
             stopping: stopping.clone(),
+            idle_close: idle_close.clone(),
         },
         limits,
     });
@@ -145,6 +151,12 @@ pub fn run(
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
         shared.stop_accepting();
+        // Idle FastCGI keep-alive connections close now, busy ones after END_REQUEST.
+        let idle = parking.close_all();
+        if idle > 0 {
+            tracing::debug!(idle, "closed idle FastCGI connections");
+        }
+        idle_close.cancel();
         if single {
             // Requests already waiting in the listen queues are served, not reset;
             // then the listeners refuse new connections and Unix socket files go.

@@ -11,7 +11,66 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+use crate::proto::response::HeadStyle;
 use crate::wsgi::{End, Sink};
+
+/// Writes all of `data` to a non-blocking socket, waiting (poll) while the front
+/// server is not reading, up to `timeout` per wait.
+pub fn send_all(sock: &socket2::Socket, mut data: &[u8], timeout: Duration) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::net::send(sock.as_fd(), data, SendFlags::NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::AGAIN) => wait_writable(sock, timeout)?,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the socket can take more bytes, or `t` passes.
+fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
+    let ts = Timespec {
+        tv_sec: t.as_secs() as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(sock, PollFlags::OUT)];
+    loop {
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the front server read nothing for {t:?} (--read-timeout)"),
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Logs the access line of a finished response in the request's span (target
+/// `postern::access`).
+pub fn log_access(end: End, bytes: u64, started: Instant) {
+    let ms = Millis(started.elapsed());
+    let span = tracing::Span::current();
+    span.record("ms", tracing::field::display(&ms));
+    match end {
+        End::Complete(status) => {
+            span.record("status", status);
+            tracing::info!(target: "postern::access", bytes, "served");
+        }
+        End::Incomplete(status) => {
+            span.record("status", status);
+            tracing::warn!(target: "postern::access", bytes, "response incomplete; connection aborted");
+        }
+        End::ClientGone(status) => {
+            span.record("status", status);
+            tracing::info!(target: "postern::access", bytes, "client went away before the response was complete");
+        }
+    }
+}
 
 /// A front-server connection owned by a Python thread for the response.
 pub struct ConnSink {
@@ -20,6 +79,7 @@ pub struct ConnSink {
     written: u64,
     started: Instant,
     write_timeout: Duration,
+    style: HeadStyle,
 }
 
 impl ConnSink {
@@ -35,7 +95,14 @@ impl ConnSink {
             written: 0,
             started,
             write_timeout,
+            style: HeadStyle::Http,
         }
+    }
+
+    /// Writes the response head CGI-style (`Status:`), as SCGI front servers expect.
+    pub fn cgi(mut self) -> Self {
+        self.style = HeadStyle::Cgi;
+        self
     }
 
     fn sock(&self) -> io::Result<&socket2::Socket> {
@@ -44,28 +111,8 @@ impl ConnSink {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the connection is closed"))
     }
 
-    /// Waits until the socket can take more bytes, or the write timeout passes.
     fn wait_writable(&self) -> io::Result<()> {
-        let sock = self.sock()?;
-        let t = self.write_timeout;
-        let ts = Timespec {
-            tv_sec: t.as_secs() as i64,
-            tv_nsec: i64::from(t.subsec_nanos()),
-        };
-        let mut fds = [PollFd::new(sock, PollFlags::OUT)];
-        loop {
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the front server read nothing for {t:?} (--read-timeout)"),
-                    ))
-                }
-                Ok(_) => return Ok(()),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        wait_writable(self.sock()?, self.write_timeout)
     }
 }
 
@@ -110,33 +157,18 @@ impl Sink for ConnSink {
     }
 
     fn finish(&mut self, end: End) {
-        let ms = Millis(self.started.elapsed());
-        let bytes = self.written;
-        let span = tracing::Span::current();
-        span.record("ms", tracing::field::display(&ms));
-        match end {
-            End::Complete(status) => {
-                span.record("status", status);
-                tracing::info!(target: "postern::access", bytes, "served");
-            }
-            End::Incomplete(status) => {
-                span.record("status", status);
-                if self.tcp {
-                    if let Some(s) = &self.sock {
-                        // SO_LINGER 0: close() sends a reset, which nginx reports as an
-                        // upstream error instead of taking the body as complete.
-                        let _ = s.set_linger(Some(Duration::ZERO));
-                    }
-                }
-                tracing::warn!(target: "postern::access", bytes, "response incomplete; connection aborted");
-            }
-            End::ClientGone(status) => {
-                span.record("status", status);
-                tracing::info!(target: "postern::access", bytes, "client went away before the response was complete");
-            }
+        if let (End::Incomplete(_), true, Some(s)) = (end, self.tcp, &self.sock) {
+            // SO_LINGER 0: close() sends a reset, which nginx reports as an upstream
+            // error instead of taking the body as complete.
+            let _ = s.set_linger(Some(Duration::ZERO));
         }
+        log_access(end, self.written, self.started);
         // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
         self.sock = None;
+    }
+
+    fn head_style(&self) -> HeadStyle {
+        self.style
     }
 }
 

@@ -9,7 +9,7 @@ use super::errors::Errors;
 use super::file_wrapper::FileWrapper;
 use super::input::Input;
 use super::{ListenerInfo, Settings};
-use crate::codec::Head;
+use crate::codec::{Head, Protocol};
 use crate::proto::cgi::{self, Defaults};
 
 /// CGI keys common enough to keep one interned `str` each. Only fixed names are
@@ -122,6 +122,8 @@ pub fn build<'py>(
             server_name: &listener.server_name,
             server_port: &listener.server_port,
             modifier30: head.modifier30,
+            script_name_is_path: listener.protocol != Protocol::Uwsgi,
+            mounts: &settings.mounts,
         },
     )
     .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;

@@ -1,28 +1,40 @@
 //! `wsgi.errors`: a text stream whose lines go to postern's log (target `wsgi.errors`,
-//! level warn) inside the request's span, so each line names its request.
+//! level warn) inside the request's span, so each line names its request; over
+//! FastCGI also to the front server as FCGI_STDERR (unless `--no-fastcgi-stderr`).
 
 use pyo3::prelude::*;
+
+use super::ErrorsForward;
 
 #[pyclass(module = "postern", name = "Errors")]
 pub struct Errors {
     line: String,
+    forward: Option<ErrorsForward>,
 }
 
 impl Errors {
-    pub fn new() -> Self {
+    pub fn new(forward: Option<ErrorsForward>) -> Self {
         Errors {
             line: String::new(),
+            forward,
         }
     }
 
-    fn emit(line: &str) {
-        tracing::warn!(target: "wsgi.errors", "{}", line.trim_end_matches('\r'));
+    fn emit(&self, line: &str) {
+        let line = line.trim_end_matches('\r');
+        tracing::warn!(target: "wsgi.errors", "{}", line);
+        if let Some(f) = &self.forward {
+            let mut bytes = Vec::with_capacity(line.len() + 1);
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+            f(&bytes);
+        }
     }
 }
 
 impl Default for Errors {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
@@ -34,7 +46,7 @@ impl Errors {
         let mut rest: &str = &text;
         while let Some(i) = rest.find('\n') {
             self.line.push_str(&rest[..i]);
-            Self::emit(&self.line);
+            self.emit(&self.line);
             self.line.clear();
             rest = &rest[i + 1..];
         }
@@ -56,7 +68,7 @@ impl Errors {
 
     fn flush(&mut self) {
         if !self.line.is_empty() {
-            Self::emit(&self.line);
+            self.emit(&self.line);
             self.line.clear();
         }
     }

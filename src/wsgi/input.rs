@@ -9,7 +9,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use super::Body;
+use super::{Body, BodyStream};
 
 /// Read-ahead from a spooled body file.
 const FILE_BLOCK: usize = 64 * 1024;
@@ -22,27 +22,55 @@ pub struct Input {
     /// Next offset to read from `file`, and its length.
     file_pos: u64,
     file_len: u64,
+    /// A body still arriving (FastCGI STDIN); `None` once it has ended.
+    stream: Option<Box<dyn BodyStream>>,
 }
 
 impl Input {
     pub fn new(body: Body) -> Self {
+        let mut stream = None;
         let (pending, file, file_len) = match body {
             Body::Empty => (Bytes::new(), None, 0),
             Body::Memory(b) => (b, None, 0),
             Body::File(f, len) => (Bytes::new(), Some(f), len),
+            Body::Stream(s) => {
+                stream = Some(s);
+                (Bytes::new(), None, 0)
+            }
         };
         Input {
             pending,
             file,
             file_pos: 0,
             file_len,
+            stream,
         }
     }
 
-    /// Refills `pending` from the file; false at the end of the body.
+    /// Refills `pending` from the file or the stream; false at the end of the body.
     fn fill(&mut self, py: Python<'_>) -> PyResult<bool> {
         if !self.pending.is_empty() {
             return Ok(true);
+        }
+        if let Some(stream) = &mut self.stream {
+            loop {
+                match py.detach(|| stream.next_chunk()) {
+                    Ok(Some(b)) if b.is_empty() => continue,
+                    Ok(Some(b)) => {
+                        self.pending = b;
+                        return Ok(true);
+                    }
+                    Ok(None) => {
+                        self.stream = None;
+                        return Ok(false);
+                    }
+                    Err(e) => {
+                        return Err(PyOSError::new_err(format!(
+                            "the request body was cut short: {e}"
+                        )))
+                    }
+                }
+            }
         }
         let Some(file) = &self.file else {
             return Ok(false);
@@ -116,7 +144,7 @@ impl Input {
     fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let limit = size_arg(size);
         // Fast path: the whole request in memory, read in one go.
-        if self.file.is_none() {
+        if self.file.is_none() && self.stream.is_none() {
             let chunk = self.take(limit.unwrap_or(usize::MAX));
             return Ok(PyBytes::new(py, &chunk));
         }

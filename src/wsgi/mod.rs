@@ -47,19 +47,34 @@ pub enum WsgiError {
     },
 }
 
-/// The request body, complete before the app runs (nginx buffers bodies by default,
-/// and a slow client must never hold a Python thread).
-#[derive(Debug)]
+/// The request body: complete before the app runs (uwsgi, SCGI: nginx buffers bodies
+/// by default, and a slow client must never hold a Python thread), or streamed as it
+/// arrives (FastCGI STDIN records).
 pub enum Body {
     Empty,
     Memory(Bytes),
     /// Spooled to an unlinked temporary file (over `--body-spool-threshold`).
     File(std::fs::File, u64),
+    /// Arrives while the app runs.
+    Stream(Box<dyn BodyStream>),
 }
+
+/// A body that arrives while the app runs (FastCGI STDIN).
+pub trait BodyStream: Send + Sync {
+    /// Blocks (the GIL released) until the next chunk; `Ok(None)` at the end of the
+    /// body; an error when it was cut short (front server gone, abort, timeout).
+    fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>>;
+}
+
+/// Where `wsgi.errors` lines go besides postern's log (FastCGI: FCGI_STDERR records,
+/// which nginx writes to its error log).
+pub type ErrorsForward = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Facts about the listener a request came in on.
 #[derive(Debug, Clone)]
 pub struct ListenerInfo {
+    /// The protocol spoken on this listener.
+    pub protocol: crate::codec::Protocol,
     /// Defaults for SERVER_NAME / SERVER_PORT when the front server sent none.
     pub server_name: Arc<[u8]>,
     pub server_port: Arc<[u8]>,
@@ -75,6 +90,11 @@ pub trait Sink: Send + Sync {
     /// Ends the response: a clean close when complete, an abort (reset) when not, or
     /// nothing more when the peer is already gone. Logs the access line.
     fn finish(&mut self, end: End);
+    /// How the response head is written: an HTTP status line (uwsgi) or a CGI
+    /// `Status:` header (FastCGI, SCGI).
+    fn head_style(&self) -> crate::proto::response::HeadStyle {
+        crate::proto::response::HeadStyle::Http
+    }
 }
 
 /// How a response ended.
@@ -103,6 +123,8 @@ pub struct Request {
     pub listener: ListenerInfo,
     pub sink: Box<dyn Sink>,
     pub span: tracing::Span,
+    /// A copy of `wsgi.errors` output for the front server, if the protocol has one.
+    pub errors_forward: Option<ErrorsForward>,
 }
 
 /// The imported WSGI callable, opaque outside this module.
@@ -142,6 +164,8 @@ pub struct Settings {
     pub threads: usize,
     pub multiprocess: bool,
     pub monitor: Option<Arc<dyn Monitor>>,
+    /// `--mount` prefixes: the longest one that starts the path becomes SCRIPT_NAME.
+    pub mounts: Vec<Vec<u8>>,
 }
 
 /// Formats a Python exception with its traceback, as `traceback.print_exception` would.

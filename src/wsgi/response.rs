@@ -87,8 +87,9 @@ impl State {
             .as_deref()
             .unwrap_or("500 Internal Server Error");
         let mut buf = Vec::with_capacity(64 + self.headers.len() * 40 + extra);
-        resp::write_http_head(
+        resp::write_head(
             &mut buf,
+            self.sink.head_style(),
             status,
             self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         );
@@ -327,10 +328,11 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
         listener,
         mut sink,
         span,
+        errors_forward,
     } = req;
     let _entered = span.enter();
     let input = Bound::new(py, Input::new(body)).expect("allocating wsgi.input");
-    let errors = Bound::new(py, Errors::new()).expect("allocating wsgi.errors");
+    let errors = Bound::new(py, Errors::new(errors_forward)).expect("allocating wsgi.errors");
     let built = match environ::build(py, keys, &head, &listener, settings, input, errors) {
         Ok(b) => b,
         Err(e) => {
@@ -402,8 +404,9 @@ fn simple(py: Python<'_>, mut sink: Box<dyn Sink>, code: u16, reason: &str) {
     let mut buf = Vec::new();
     let body = format!("{reason}\n");
     let len = body.len().to_string();
-    resp::write_http_head(
+    resp::write_head(
         &mut buf,
+        sink.head_style(),
         &format!("{code} {reason}"),
         [
             ("Content-Type", "text/plain; charset=utf-8"),

@@ -1,0 +1,510 @@
+//! Through a real nginx with `fastcgi_pass`, configured from deploy/nginx/postern-fastcgi.conf
+//! (and deploy/nginx/fastcgi_params), both without keep-conn (a connection per request)
+//! and with `fastcgi_keep_conn on` + upstream `keepalive`: the environ, bodies, streaming,
+//! `write()`, cookies, exc_info, `close()`, errors, FCGI_STDERR, paths and a 500-request
+//! load over 50 connections with no upstream error. Needs nginx: fails in CI if missing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+struct Stack {
+    nginx: Nginx,
+    postern: Postern,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Stock: a new connection per request, no FCGI_KEEP_CONN.
+    Plain,
+    /// `fastcgi_keep_conn on` + `keepalive 32` (the deploy file as it is).
+    Keep,
+}
+
+/// The deploy file, made runnable here: our socket, port and params file; `extra`
+/// goes inside `location /`, `locations` next to it.
+fn site(mode: Mode, pass: &str, extra: &str, locations: &str) -> String {
+    let conf = std::fs::read_to_string(root().join("deploy/nginx/postern-fastcgi.conf")).unwrap();
+    let mut out = String::new();
+    for line in conf.lines() {
+        let t = line.trim();
+        if t.starts_with('#') {
+            continue;
+        }
+        let line = match t {
+            "server unix:/run/postern/postern-fcgi.sock;" => format!("server {pass};"),
+            "listen 80;" => "listen 127.0.0.1:{{PORT}};".to_owned(),
+            "server_name example.com;" => "server_name localhost;".to_owned(),
+            "include /etc/nginx/fastcgi_params;" => {
+                format!("include {};\n{extra}", fastcgi_params_file().display())
+            }
+            "alias /srv/myproject/static/;" => "alias {{DIR}}/;".to_owned(),
+            "keepalive 32;" | "fastcgi_keep_conn on;" if mode == Mode::Plain => String::new(),
+            _ => line.to_owned(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert!(
+        out.contains(&format!("server {pass};")),
+        "deploy file changed: {out}"
+    );
+    // The extra locations go into the server block (before its last brace).
+    let end = out.rfind('}').unwrap();
+    out.insert_str(end, locations);
+    out
+}
+
+fn stack_with(mode: Mode, tcp: bool, extra: &str, locations: &str, args: &[&str]) -> Option<Stack> {
+    let bin = nginx_bin()?;
+    let dir = tempdir();
+    let spawn = if tcp {
+        Spawn::tcp(dir.path(), &testapp())
+    } else {
+        Spawn::unix(dir.path(), &testapp())
+    };
+    let postern = spawn.protocol("fastcgi").args(args.iter().copied()).start();
+    let pass = postern.addr.nginx();
+    let site = site(mode, &pass, extra, &locations.replace("{{PASS}}", &pass));
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    Some(Stack {
+        nginx,
+        postern,
+        _dir: dir,
+    })
+}
+
+/// Runs `f` without and with keep-conn (Unix socket), and with keep-conn over TCP.
+fn each(f: impl Fn(&Stack)) {
+    for (mode, tcp) in [
+        (Mode::Plain, false),
+        (Mode::Keep, false),
+        (Mode::Keep, true),
+    ] {
+        let Some(s) = stack_with(mode, tcp, "", "", &["--threads", "4"]) else {
+            return;
+        };
+        f(&s);
+        assert_clean(&s, &format!("{mode:?} tcp={tcp}"));
+    }
+}
+
+fn assert_clean(s: &Stack, what: &str) {
+    let errors = s.nginx.error_log();
+    for bad in [
+        "upstream prematurely closed",
+        "[crit]",
+        "reset by peer",
+        "Broken pipe",
+        "upstream sent",
+        "while reading response header from upstream",
+    ] {
+        assert!(
+            !errors
+                .lines()
+                .any(|l| l.contains(bad) && !l.contains("FastCGI sent in stderr")),
+            "nginx logged upstream errors ({what}):\n{errors}\npostern:\n{}",
+            s.postern.logs()
+        );
+    }
+}
+
+#[test]
+fn environ_method_path_query_and_headers() {
+    each(|s| {
+        let r = s.nginx.request(
+            "GET",
+            "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9",
+            &[
+                ("X-Custom", "v1"),
+                ("Accept", "text/html"),
+                ("Accept", "application/json"),
+            ],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        let e = r.json();
+        assert_eq!(e["REQUEST_METHOD"], "GET");
+        // Stock params: SCRIPT_NAME was the whole path, no PATH_INFO.
+        assert_eq!(e["SCRIPT_NAME"], "");
+        assert_eq!(e["PATH_INFO"], "/env/a b/caf\u{c3}\u{a9}");
+        assert_eq!(e["QUERY_STRING"], "x=1&y=%C3%A9");
+        assert_eq!(e["REQUEST_URI"], "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9");
+        assert_eq!(e["HTTP_X_CUSTOM"], "v1");
+        assert_eq!(e["HTTP_ACCEPT"], "text/html, application/json");
+        assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.1");
+        assert_eq!(e["SERVER_NAME"], "localhost");
+        assert_eq!(e["SERVER_PORT"], s.nginx.port.to_string());
+        assert_eq!(e["REMOTE_ADDR"], "127.0.0.1");
+        assert_eq!(e["GATEWAY_INTERFACE"], "CGI/1.1");
+        assert_eq!(e["wsgi.url_scheme"], "http");
+        assert_eq!(e["wsgi.input_terminated"], "True");
+        assert_eq!(e["_types_ok"], true);
+        assert!(e.get("CONTENT_LENGTH").is_none());
+        assert!(e.get("CONTENT_TYPE").is_none());
+        // The status went through as a CGI `Status:` header: nginx hides it.
+        assert!(r.header("Status").is_none());
+    });
+}
+
+#[test]
+fn post_environ_has_no_http_content_duplicates() {
+    each(|s| {
+        let resp = s.nginx.raw(b"POST /env HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        let e = parse_http(&resp).unwrap().json();
+        assert_eq!(e["REQUEST_METHOD"], "POST");
+        assert_eq!(e["CONTENT_TYPE"], "text/plain");
+        assert_eq!(e["CONTENT_LENGTH"], "5");
+        assert!(e.get("HTTP_CONTENT_TYPE").is_none());
+        assert!(e.get("HTTP_CONTENT_LENGTH").is_none());
+        assert!(e.get("HTTP_TRANSFER_ENCODING").is_none());
+    });
+}
+
+#[test]
+fn statuses_and_redirects_pass_through() {
+    each(|s| {
+        let r = s.nginx.get("/error");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.text(), "Internal Server Error\n");
+        assert_eq!(s.nginx.get("/").text(), "hello\n");
+    });
+}
+
+#[test]
+fn bodies_empty_small_and_10mib_are_byte_exact() {
+    each(|s| {
+        let r = s.nginx.request("POST", "/echo", &[], b"");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Body-Len"), Some("0"));
+        let small = b"name=value&x=\xff\x00\x01";
+        assert_eq!(s.nginx.request("POST", "/echo", &[], small).body, small);
+        let big: Vec<u8> = (0..10 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let r = s.nginx.request("POST", "/echo", &[], &big);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Body-Len"), Some("10485760"));
+        assert!(r.body == big, "10 MiB body differs");
+        // readline()/iteration over a body spread over many STDIN records.
+        let lines: String = (0..20000).map(|i| format!("line {i}\n")).collect();
+        let r = s.nginx.request("POST", "/input-api", &[], lines.as_bytes());
+        let j = r.json();
+        assert_eq!(j["readline5"], "line ");
+        assert_eq!(j["readline"], "0\n");
+        assert_eq!(j["read3"], "lin");
+        assert_eq!(j["iter_first"], "e 1\n");
+        assert_eq!(j["readlines"].as_array().unwrap().len(), 19998);
+        assert_eq!(j["readlines"][19997], "line 19999\n");
+    });
+}
+
+#[test]
+fn an_unread_body_neither_stalls_nor_resets_nginx() {
+    each(|s| {
+        let big = vec![b'z'; 3 * 1024 * 1024];
+        for _ in 0..3 {
+            let started = Instant::now();
+            let r = s.nginx.request("POST", "/unread-body", &[], &big);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.text(), "did not read\n");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
+            // The connection (kept or not) serves the next request at once.
+            assert_eq!(s.nginx.get("/").text(), "hello\n");
+        }
+    });
+}
+
+#[test]
+fn chunked_upload_streams_without_content_length() {
+    let Some(s) = stack_with(
+        Mode::Keep,
+        false,
+        "fastcgi_request_buffering off;",
+        "",
+        &["--threads", "2"],
+    ) else {
+        return;
+    };
+    // nginx passes a chunked body on as it arrives, with no CONTENT_LENGTH.
+    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"POST /digest HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    for i in 0..20u8 {
+        let chunk = vec![b'a' + i; 50_000];
+        c.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        c.write_all(&chunk).unwrap();
+        c.write_all(b"\r\n").unwrap();
+        all.extend_from_slice(&chunk);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.write_all(b"0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    let r = parse_http(&out).expect("a response");
+    assert_eq!(r.status, 200, "{}", s.postern.logs());
+    assert_eq!(r.json()["len"], all.len());
+    let env = s.nginx.raw(b"POST /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    let e = parse_http(&env).unwrap().json();
+    // Arrived whole before the app ran: postern gives it its length.
+    assert_eq!(e["CONTENT_LENGTH"], "3");
+    assert_clean(&s, "chunked");
+}
+
+#[test]
+fn streamed_response_arrives_in_pieces() {
+    each(|s| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /stream?n=4&delay=0.4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("chunk 0") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        c.read_to_end(&mut got).unwrap();
+        let r = parse_http(&got).unwrap();
+        assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
+    });
+}
+
+#[test]
+fn write_callable_cookies_exc_info_and_file_wrapper() {
+    each(|s| {
+        assert_eq!(
+            s.nginx.get("/write").text(),
+            "written 1\nwritten 2\nreturned\n"
+        );
+        let r = s.nginx.get("/cookies");
+        assert_eq!(r.all("Set-Cookie"), vec!["a=1; Path=/", "b=2; Path=/"]);
+        let r = s.nginx.get("/exc-info");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("X-Exc"), Some("1"));
+        let r = s.nginx.get("/file?size=2000000");
+        let expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(r.header("Content-Length"), Some("2000000"));
+        assert!(r.body == expected);
+    });
+}
+
+#[test]
+fn exc_info_after_headers_aborts_and_the_next_request_is_served() {
+    for mode in [Mode::Plain, Mode::Keep] {
+        let Some(s) = stack_with(mode, true, "", "", &[]) else {
+            return;
+        };
+        let resp = s
+            .nginx
+            .raw(b"GET /exc-info-after-sent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // No END_REQUEST: nginx must not take the cut body as complete.
+        assert!(
+            parse_http(&resp).is_none(),
+            "a truncated body must not look complete: {text}"
+        );
+        assert_eq!(s.nginx.get("/").status, 200);
+    }
+}
+
+#[test]
+fn close_is_called_on_success_error_and_client_abort() {
+    each(|s| {
+        assert_eq!(s.nginx.get("/close?id=ok").text(), "a\nb\n");
+        assert_eq!(s.nginx.get("/closed?id=ok").text(), "closed");
+        assert_eq!(s.nginx.get("/close-error?id=err").status, 500);
+        assert_eq!(s.nginx.get("/closed?id=err").text(), "closed");
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.write_all(b"GET /close-slow?id=abort HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let _ = c.read(&mut buf).unwrap();
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while s.nginx.get("/closed?id=abort").text() != "closed" {
+            assert!(
+                Instant::now() < deadline,
+                "close() not called after client abort:\n{}",
+                s.postern.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+#[test]
+fn wsgiref_validate_passes() {
+    each(|s| {
+        let r = s.nginx.get("/validate");
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        let r = s.nginx.request(
+            "POST",
+            "/validate",
+            &[("Content-Type", "text/plain")],
+            b"some body",
+        );
+        assert_eq!(r.text(), "ok:some body");
+        assert!(!s.postern.logs().contains("AssertionError"));
+    });
+}
+
+#[test]
+fn wsgi_errors_reach_the_nginx_error_log_unless_turned_off() {
+    let Some(s) = stack_with(Mode::Keep, false, "", "", &[]) else {
+        return;
+    };
+    assert_eq!(s.nginx.get("/errors").text(), "logged\n");
+    assert!(s.postern.wait_log("hello-from-wsgi-errors", 5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s
+        .nginx
+        .error_log()
+        .contains("FastCGI sent in stderr: \"hello-from-wsgi-errors")
+    {
+        assert!(Instant::now() < deadline, "{}", s.nginx.error_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.nginx.get("/").text(), "hello\n");
+
+    let Some(s) = stack_with(Mode::Keep, false, "", "", &["--no-fastcgi-stderr"]) else {
+        return;
+    };
+    assert_eq!(s.nginx.get("/errors").text(), "logged\n");
+    assert!(s.postern.wait_log("hello-from-wsgi-errors", 5));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !s.nginx.error_log().contains("hello-from-wsgi-errors"),
+        "{}",
+        s.nginx.error_log()
+    );
+}
+
+#[test]
+fn mounted_app_with_split_path_info_or_mount_option() {
+    // The front-server recipe: fastcgi_split_path_info.
+    let split = r#"location /app/ {
+            include PARAMS;
+            fastcgi_split_path_info ^(/app)(/.*)$;
+            fastcgi_param SCRIPT_NAME $fastcgi_script_name;
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+            fastcgi_keep_conn on;
+            fastcgi_pass postern_fcgi;
+        }
+        location /mount/ {
+            include PARAMS;
+            fastcgi_pass postern_fcgi;
+        }
+"#
+    .replace("PARAMS", &fastcgi_params_file().display().to_string());
+    let Some(s) = stack_with(Mode::Keep, false, "", &split, &[]) else {
+        return;
+    };
+    let e = s.nginx.get("/app/env/x%20y?q=1").json();
+    assert_eq!(e["SCRIPT_NAME"], "/app");
+    assert_eq!(e["PATH_INFO"], "/env/x y");
+    assert_eq!(e["QUERY_STRING"], "q=1");
+    // Without a mount, stock params give the whole path to the app.
+    let e = s.nginx.get("/mount/env").json();
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/mount/env");
+
+    // postern's side: --mount with nginx's stock params.
+    let Some(s) = stack_with(
+        Mode::Keep,
+        false,
+        "",
+        "",
+        &["--mount", "/app", "--mount", "/mount"],
+    ) else {
+        return;
+    };
+    let e = s.nginx.get("/app/env/x%20y?q=1").json();
+    assert_eq!(e["SCRIPT_NAME"], "/app");
+    assert_eq!(e["PATH_INFO"], "/env/x y");
+    // Not under the mount (no `/` boundary): the whole path.
+    let e = s.nginx.get("/mountain").json();
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/mountain");
+}
+
+/// 500 requests (GET and POST mixed) over 50 concurrent client connections.
+fn load(s: &Stack) {
+    let port = s.nginx.port;
+    let handles: Vec<_> = (0..50)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                for i in 0..10 {
+                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let body = format!("t{t}-i{i}-").repeat(1 + (t * 37 + i * 11) % 200);
+                    let req = if i % 2 == 0 {
+                        format!("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                    } else {
+                        format!("GET /env?t={t}&i={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    };
+                    c.write_all(req.as_bytes()).unwrap();
+                    let mut out = Vec::new();
+                    let _ = c.read_to_end(&mut out);
+                    match parse_http(&out) {
+                        Some(r) if r.status == 200 => {
+                            if i % 2 == 0 && r.text() != body {
+                                bad.push(format!("t{t} i{i}: wrong body"));
+                            }
+                            if i % 2 == 1 && r.json()["QUERY_STRING"] != format!("t={t}&i={i}") {
+                                bad.push(format!("t{t} i{i}: wrong environ"));
+                            }
+                        }
+                        Some(r) => bad.push(format!("t{t} i{i}: status {}", r.status)),
+                        None => bad.push(format!("t{t} i{i}: no response")),
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}\nnginx:\n{}", s.nginx.error_log());
+}
+
+#[test]
+fn five_hundred_requests_over_fifty_connections_keep_conn_and_not() {
+    for (mode, tcp, threads) in [
+        (Mode::Keep, false, "4"),
+        (Mode::Keep, true, "2"),
+        (Mode::Plain, false, "4"),
+    ] {
+        let Some(s) = stack_with(mode, tcp, "", "", &["--threads", threads]) else {
+            return;
+        };
+        load(&s);
+        assert_clean(&s, &format!("load {mode:?} tcp={tcp}"));
+        let errors = s.nginx.error_log();
+        assert!(
+            !errors.contains(" 502 ") && !errors.contains("[error]"),
+            "{errors}"
+        );
+    }
+}

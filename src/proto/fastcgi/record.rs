@@ -1,0 +1,410 @@
+//! FastCGI records (PROTOCOLS.md §2.1–§2.3, §2.6, §2.7): the 8-byte header framing every
+//! record, the BEGIN_REQUEST body, and the encoders for what an app sends back.
+
+use nom::number::streaming;
+use nom::{IResult, Parser};
+
+use super::{ProtocolStatus, GET_VALUES_RESULT, HEADER_LEN, MAX_CONTENT, UNKNOWN_TYPE, VERSION_1};
+use crate::proto::ProtoError;
+
+/// One record: its type, request id and content, padding already skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub kind: u8,
+    pub request_id: u16,
+    pub content: &'a [u8],
+}
+
+/// The FCGI_BEGIN_REQUEST body (§2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeginRequest {
+    pub role: u16,
+    /// FCGI_KEEP_CONN: the web server keeps the connection for another request.
+    pub keep_conn: bool,
+}
+
+/// Parses the record at the start of `buf`.
+///
+/// `Ok(None)`: need more bytes. `Ok(Some((n, r)))`: the first `n` bytes (header, content
+/// and padding) are one record. `Err`: the peer is not speaking FastCGI; close the
+/// connection. The version is checked as soon as the first byte is here; a first byte
+/// that starts what looks like an HTTP request line (`GET `, `POST`…) waits for four
+/// bytes and then reads as [`ProtoError::HttpOnFastcgi`].
+pub fn parse_record(buf: &[u8]) -> Result<Option<(usize, Record<'_>)>, ProtoError> {
+    match buf.first() {
+        None => return Ok(None),
+        Some(&VERSION_1) => {}
+        Some(&version) => return wrong_version(buf, version),
+    }
+    // Streaming number parsers can only fail by running out of input.
+    let header: IResult<_, _> = (
+        streaming::u8,
+        streaming::u8,
+        streaming::be_u16,
+        streaming::be_u16,
+        streaming::u8,
+        streaming::u8,
+    )
+        .parse(buf);
+    let Ok((rest, (_version, kind, request_id, content_len, padding_len, _reserved))) = header
+    else {
+        return Ok(None);
+    };
+    let content_len = usize::from(content_len);
+    // At most 8 + 65535 + 255: no overflow, and no limit beyond the u16 is needed.
+    let len = HEADER_LEN + content_len + usize::from(padding_len);
+    if buf.len() < len {
+        return Ok(None);
+    }
+    Ok(Some((
+        len,
+        Record {
+            kind,
+            request_id,
+            content: &rest[..content_len],
+        },
+    )))
+}
+
+/// A first byte that is not version 1: HTTP sent to a FastCGI port, or anything else.
+fn wrong_version<T>(buf: &[u8], version: u8) -> Result<Option<T>, ProtoError> {
+    // HTTP sent to a FastCGI port reads as version 'G'/'P'/'H'… (§1.6 for uwsgi). It is
+    // the commonest misconfiguration, so it gets its own message.
+    if !version.is_ascii_uppercase() {
+        return Err(ProtoError::FcgiVersion(version));
+    }
+    let head = &buf[..buf.len().min(4)];
+    let method_like = head[1..]
+        .iter()
+        .all(|&b| b.is_ascii_uppercase() || b == b' ');
+    match (method_like, head.len()) {
+        (false, _) => Err(ProtoError::FcgiVersion(version)),
+        (true, 4) => Err(ProtoError::HttpOnFastcgi),
+        (true, _) => Ok(None),
+    }
+}
+
+/// Parses an FCGI_BEGIN_REQUEST body: exactly 8 bytes (§2.3), else
+/// [`ProtoError::FcgiBeginBody`].
+pub fn parse_begin(content: &[u8]) -> Result<BeginRequest, ProtoError> {
+    // u16 BE role | u8 flags | u8[5] reserved
+    let &[r0, r1, flags, _, _, _, _, _] = content else {
+        return Err(ProtoError::FcgiBeginBody(content.len()));
+    };
+    Ok(BeginRequest {
+        role: u16::from_be_bytes([r0, r1]),
+        keep_conn: flags & super::FLAG_KEEP_CONN != 0,
+    })
+}
+
+/// The header of a record of `kind` with `len` content bytes, and the number of zero
+/// padding bytes that should follow the content (up to the next multiple of 8, as nginx
+/// pads). Lets a server write header, payload and padding with one `writev`, no copy.
+///
+/// `len` must be at most [`MAX_CONTENT`] (checked in debug builds only); split larger
+/// payloads first, as [`encode_stream`] does.
+pub fn stream_header(kind: u8, request_id: u16, len: usize) -> ([u8; HEADER_LEN], usize) {
+    debug_assert!(len <= MAX_CONTENT, "FastCGI record content of {len} bytes");
+    let padding = (8 - len % 8) % 8;
+    let [id0, id1] = request_id.to_be_bytes();
+    let [len0, len1] = (len as u16).to_be_bytes();
+    let header = [VERSION_1, kind, id0, id1, len0, len1, padding as u8, 0];
+    (header, padding)
+}
+
+/// Appends one record: header, `content` (at most [`MAX_CONTENT`] bytes, checked in
+/// debug builds only; use [`encode_stream`] for longer data), and zero padding up to a
+/// multiple of 8.
+pub fn encode_record(out: &mut Vec<u8>, kind: u8, request_id: u16, content: &[u8]) {
+    let (header, padding) = stream_header(kind, request_id, content.len());
+    out.reserve(HEADER_LEN + content.len() + padding);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(content);
+    out.resize(out.len() + padding, 0);
+}
+
+/// Appends `data` as records of `kind` with at most [`MAX_CONTENT`] bytes each. Appends
+/// nothing for empty `data`: the empty record that ends a stream is written on its own,
+/// `encode_record(out, kind, id, &[])`.
+pub fn encode_stream(out: &mut Vec<u8>, kind: u8, request_id: u16, data: &[u8]) {
+    let records = data.len().div_ceil(MAX_CONTENT);
+    out.reserve(data.len() + records * (HEADER_LEN + 7));
+    for chunk in data.chunks(MAX_CONTENT) {
+        encode_record(out, kind, request_id, chunk);
+    }
+}
+
+/// Appends an FCGI_BEGIN_REQUEST record (what a web server sends; for tests and clients).
+pub fn encode_begin_request(out: &mut Vec<u8>, request_id: u16, role: u16, keep_conn: bool) {
+    let [r0, r1] = role.to_be_bytes();
+    let flags = if keep_conn { super::FLAG_KEEP_CONN } else { 0 };
+    // u16 BE role | u8 flags | u8[5] reserved
+    let body = [r0, r1, flags, 0, 0, 0, 0, 0];
+    encode_record(out, super::BEGIN_REQUEST, request_id, &body);
+}
+
+/// Appends an FCGI_END_REQUEST record (§2.6). After it, `request_id` is free again.
+pub fn encode_end_request(
+    out: &mut Vec<u8>,
+    request_id: u16,
+    app_status: u32,
+    status: ProtocolStatus,
+) {
+    let [a0, a1, a2, a3] = app_status.to_be_bytes();
+    // u32 BE appStatus | u8 protocolStatus | u8[3] reserved
+    let body = [a0, a1, a2, a3, status as u8, 0, 0, 0];
+    encode_record(out, super::END_REQUEST, request_id, &body);
+}
+
+/// Appends an FCGI_UNKNOWN_TYPE management record (requestId 0) naming `kind` (§2.7).
+pub fn encode_unknown_type(out: &mut Vec<u8>, kind: u8) {
+    // u8 type | u8[7] reserved
+    let body = [kind, 0, 0, 0, 0, 0, 0, 0];
+    encode_record(out, UNKNOWN_TYPE, 0, &body);
+}
+
+/// Appends an empty FCGI_GET_VALUES_RESULT (used for a malformed query).
+pub(crate) fn encode_empty_values_result(out: &mut Vec<u8>) {
+    encode_record(out, GET_VALUES_RESULT, 0, &[]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    #[test]
+    fn accepts_a_whole_record() {
+        // version 1, PARAMS, id 1, content 3, padding 5, reserved; "abc"; 5 padding bytes
+        let buf = [1, 4, 0, 1, 0, 3, 5, 0, b'a', b'b', b'c', 9, 9, 9, 9, 9];
+        let (n, r) = parse_record(&buf).unwrap().unwrap();
+        assert_eq!(n, 16);
+        assert_eq!(
+            r,
+            Record {
+                kind: PARAMS,
+                request_id: 1,
+                content: b"abc"
+            }
+        );
+    }
+
+    #[test]
+    fn waits_on_every_prefix() {
+        for content_len in [0usize, 1, 7, 8, 300] {
+            for padding in [0u8, 1, 7, 255] {
+                let mut buf = vec![1, STDIN, 0x12, 0x34];
+                buf.extend_from_slice(&(content_len as u16).to_be_bytes());
+                buf.extend_from_slice(&[padding, 0]);
+                buf.extend(std::iter::repeat_n(b'x', content_len));
+                buf.extend(std::iter::repeat_n(0, usize::from(padding)));
+                for i in 0..buf.len() {
+                    assert_eq!(parse_record(&buf[..i]), Ok(None), "prefix {i}");
+                }
+                let (n, r) = parse_record(&buf).unwrap().unwrap();
+                assert_eq!(n, buf.len());
+                assert_eq!(r.request_id, 0x1234);
+                assert_eq!(r.content.len(), content_len);
+            }
+        }
+    }
+
+    #[test]
+    fn honours_every_padding_length() {
+        for padding in 0..=255u8 {
+            // version 1, STDIN, id 1, content 2, `padding`, reserved
+            let mut buf = vec![1, STDIN, 0, 1, 0, 2, padding, 0, b'h', b'i'];
+            buf.extend(std::iter::repeat_n(0xee, usize::from(padding)));
+            let len = buf.len();
+            // The next record follows the padding.
+            encode_record(&mut buf, STDIN, 1, &[]);
+            let (n, r) = parse_record(&buf).unwrap().unwrap();
+            assert_eq!(n, len, "padding {padding}");
+            assert_eq!(r.content, b"hi");
+            let (m, next) = parse_record(&buf[n..]).unwrap().unwrap();
+            assert_eq!((m, next.content.len()), (8, 0));
+        }
+    }
+
+    #[test]
+    fn leaves_the_next_record_in_the_buffer() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, PARAMS, 1, b"abc");
+        let first = buf.len();
+        encode_record(&mut buf, PARAMS, 1, &[]);
+        let (n, _) = parse_record(&buf).unwrap().unwrap();
+        assert_eq!(n, first);
+    }
+
+    #[test]
+    fn round_trips_records_of_every_interesting_length() {
+        for len in [0usize, 1, 7, 8, 9, 127, 128, 4096, 65534, MAX_CONTENT] {
+            let content: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut out = Vec::new();
+            encode_record(&mut out, STDOUT, 0xbeef, &content);
+            assert_eq!(out.len() % 8, 0, "len {len} is padded to 8");
+            assert_eq!(out[7], 0, "reserved byte");
+            let (n, r) = parse_record(&out).unwrap().unwrap();
+            assert_eq!(n, out.len());
+            assert_eq!((r.kind, r.request_id), (STDOUT, 0xbeef));
+            assert_eq!(r.content, &content[..]);
+            assert!(out[HEADER_LEN + len..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn stream_header_matches_encode_record() {
+        for len in [0usize, 1, 5, 8, 13, 65535] {
+            let content = vec![b'z'; len];
+            let mut out = Vec::new();
+            encode_record(&mut out, STDERR, 3, &content);
+            let (header, padding) = stream_header(STDERR, 3, len);
+            assert_eq!(header[..], out[..HEADER_LEN]);
+            assert_eq!(HEADER_LEN + len + padding, out.len());
+            assert_eq!(usize::from(header[6]), padding);
+        }
+        // version 1, STDOUT, id 1, content 13 BE, padding 3, reserved
+        assert_eq!(stream_header(STDOUT, 1, 13), ([1, 6, 0, 1, 0, 13, 3, 0], 3));
+    }
+
+    #[test]
+    fn encode_stream_splits_at_65535() {
+        let mut out = Vec::new();
+        encode_stream(&mut out, STDOUT, 1, &[]);
+        assert!(out.is_empty(), "empty data writes no record");
+
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        encode_stream(&mut out, STDOUT, 1, &data);
+        let mut pos = 0;
+        let mut lens = Vec::new();
+        let mut joined = Vec::new();
+        while let Some((n, r)) = parse_record(&out[pos..]).unwrap() {
+            assert_eq!((r.kind, r.request_id), (STDOUT, 1));
+            lens.push(r.content.len());
+            joined.extend_from_slice(r.content);
+            pos += n;
+        }
+        assert_eq!(pos, out.len());
+        assert_eq!(lens, vec![65535, 65535, 150_000 - 2 * 65535]);
+        assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn round_trips_begin_request() {
+        for (role, keep_conn) in [
+            (ROLE_RESPONDER, false),
+            (ROLE_RESPONDER, true),
+            (ROLE_AUTHORIZER, true),
+            (ROLE_FILTER, false),
+            (0xffff, true),
+        ] {
+            let mut out = Vec::new();
+            encode_begin_request(&mut out, 1, role, keep_conn);
+            assert_eq!(out.len(), 16);
+            let (_, r) = parse_record(&out).unwrap().unwrap();
+            assert_eq!(r.kind, BEGIN_REQUEST);
+            assert_eq!(parse_begin(r.content), Ok(BeginRequest { role, keep_conn }));
+        }
+    }
+
+    #[test]
+    fn reads_what_nginx_sends_as_begin_request() {
+        // version 1, BEGIN_REQUEST, id 1, content 8, padding 0, reserved;
+        // role 1 BE, flags KEEP_CONN, 5 reserved
+        let buf = [1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0];
+        let (n, r) = parse_record(&buf).unwrap().unwrap();
+        assert_eq!(n, 16);
+        assert_eq!(
+            parse_begin(r.content),
+            Ok(BeginRequest {
+                role: ROLE_RESPONDER,
+                keep_conn: true
+            })
+        );
+        // Other flag bits are ignored.
+        assert!(!parse_begin(&[0, 1, 0xfe, 0, 0, 0, 0, 0]).unwrap().keep_conn);
+    }
+
+    #[test]
+    fn rejects_a_begin_body_that_is_not_8_bytes() {
+        for len in [0usize, 1, 2, 7, 9, 16, 300] {
+            assert_eq!(
+                parse_begin(&vec![0; len]),
+                Err(ProtoError::FcgiBeginBody(len))
+            );
+        }
+    }
+
+    #[test]
+    fn round_trips_end_request() {
+        for (app_status, status) in [
+            (0, ProtocolStatus::RequestComplete),
+            (1, ProtocolStatus::CantMpxConn),
+            (0xdead_beef, ProtocolStatus::Overloaded),
+            (u32::MAX, ProtocolStatus::UnknownRole),
+        ] {
+            let mut out = Vec::new();
+            encode_end_request(&mut out, 7, app_status, status);
+            let (n, r) = parse_record(&out).unwrap().unwrap();
+            assert_eq!((n, r.kind, r.request_id), (16, END_REQUEST, 7));
+            assert_eq!(r.content[..4], app_status.to_be_bytes());
+            assert_eq!(r.content[4], status as u8);
+            assert_eq!(r.content[5..], [0, 0, 0]);
+        }
+        // The uWSGI-style 24-byte tail: empty STDOUT + END_REQUEST(0, COMPLETE), id 1.
+        let mut tail = Vec::new();
+        encode_record(&mut tail, STDOUT, 1, &[]);
+        encode_end_request(&mut tail, 1, 0, ProtocolStatus::RequestComplete);
+        assert_eq!(
+            tail,
+            [
+                1, 6, 0, 1, 0, 0, 0, 0, // STDOUT id 1, empty
+                1, 3, 0, 1, 0, 8, 0, 0, // END_REQUEST id 1, 8 bytes
+                0, 0, 0, 0, 0, 0, 0, 0, // appStatus 0, REQUEST_COMPLETE
+            ]
+        );
+    }
+
+    #[test]
+    fn encodes_unknown_type_on_the_management_id() {
+        let mut out = Vec::new();
+        encode_unknown_type(&mut out, 42);
+        // version 1, UNKNOWN_TYPE, id 0, content 8; type 42 + 7 reserved
+        assert_eq!(out, [1, 11, 0, 0, 0, 8, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_a_wrong_version_at_the_first_byte() {
+        for v in [0u8, 2, 3, 0x7f, 0x80, 0xff, b'a', b'{', b'\r'] {
+            assert_eq!(parse_record(&[v]), Err(ProtoError::FcgiVersion(v)));
+            assert_eq!(
+                parse_record(&[v, 1, 0, 1, 0, 0, 0, 0]),
+                Err(ProtoError::FcgiVersion(v))
+            );
+        }
+        // An uppercase first byte not followed by a method-like word.
+        assert_eq!(parse_record(b"G\x01"), Err(ProtoError::FcgiVersion(b'G')));
+        assert_eq!(
+            parse_record(b"AB1 xxxx"),
+            Err(ProtoError::FcgiVersion(b'A'))
+        );
+    }
+
+    #[test]
+    fn rejects_http_text_on_the_fastcgi_port() {
+        for req in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x HTTP/1.1",
+            b"HEAD /",
+            b"PUT /a",
+            b"DELETE /a",
+            b"PRI * HTTP/2.0\r\n",
+        ] {
+            assert_eq!(parse_record(req), Err(ProtoError::HttpOnFastcgi));
+            // Fewer than four bytes of it: wait for more.
+            for i in 1..4 {
+                assert_eq!(parse_record(&req[..i]), Ok(None), "{req:?} prefix {i}");
+            }
+        }
+    }
+}

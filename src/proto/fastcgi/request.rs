@@ -1,0 +1,1252 @@
+//! One FastCGI connection, sans I/O (PROTOCOLS.md §2.5–§2.9): [`ConnParser`] turns the
+//! bytes read so far into [`Event`]s, following each request id through BEGIN_REQUEST →
+//! PARAMS → STDIN, and answers what the protocol layer answers by itself (management
+//! records, refused roles, too many requests). [`whole_request`] is the fast path for
+//! the common case of one whole request arriving in one read.
+//!
+//! ```text
+//! per id:  (inactive) --BEGIN--> Params --empty PARAMS--> Stdin --empty STDIN--> Done
+//!          Params/Stdin/Done --finished(id)--> (inactive)
+//! ```
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+
+use super::{
+    encode_end_request, encode_get_values_result, encode_unknown_type, parse_begin, parse_record,
+    ProtocolStatus, Values, ABORT_REQUEST, BEGIN_REQUEST, DATA, GET_VALUES, HEADER_LEN, PARAMS,
+    ROLE_RESPONDER, STDIN,
+};
+use crate::proto::ProtoError;
+
+/// What one connection may ask of the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// The most PARAMS bytes one request may send (its concatenated block).
+    pub max_params: usize,
+    /// The most requests in flight on the connection; 1 means no multiplexing (§2.9).
+    pub max_reqs: usize,
+    /// The answers to FCGI_GET_VALUES (§2.7).
+    pub values: Values,
+}
+
+/// What the bytes fed so far mean, in arrival order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Bytes to send to the peer now: GET_VALUES_RESULT, UNKNOWN_TYPE, or END_REQUEST for
+    /// a refused BEGIN_REQUEST (unknown role, overloaded) or one aborted before its PARAMS
+    /// ended. Replies produced one after the other are merged into one `Reply`.
+    Reply(Vec<u8>),
+    /// Request `id`'s PARAMS stream ended: `params` is the concatenated block, not yet
+    /// split (run [`parse_pairs`](super::parse_pairs) on it). The app may run now.
+    Params {
+        id: u16,
+        keep_conn: bool,
+        params: Bytes,
+    },
+    /// A non-empty STDIN record's content for `id` (only after its `Params`).
+    Stdin { id: u16, data: Bytes },
+    /// The empty STDIN record: `id`'s body is complete.
+    StdinEnd { id: u16 },
+    /// FCGI_ABORT_REQUEST for `id`, whose `Params` event has been sent: stop the app and
+    /// write END_REQUEST as usual. Sent once; later STDIN records for `id` are dropped.
+    Abort { id: u16 },
+}
+
+/// A request whose BEGIN_REQUEST was accepted and which is not finished yet.
+#[derive(Debug)]
+struct Request {
+    keep_conn: bool,
+    phase: Phase,
+    aborted: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Collecting the PARAMS stream.
+    Params(Block),
+    /// PARAMS ended (the app may be running); STDIN records are the body.
+    Stdin,
+    /// The empty STDIN record came; further STDIN records are ignored.
+    Done,
+}
+
+/// The PARAMS stream so far. nginx sends all params in one record, so the common case
+/// keeps that record's content as it is, with no copy.
+#[derive(Debug, Default)]
+enum Block {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(Vec<u8>),
+}
+
+impl Block {
+    fn len(&self) -> usize {
+        match self {
+            Block::Empty => 0,
+            Block::One(b) => b.len(),
+            Block::Many(v) => v.len(),
+        }
+    }
+
+    fn push(&mut self, content: Bytes) {
+        *self = match std::mem::take(self) {
+            Block::Empty => Block::One(content),
+            Block::One(first) => {
+                let mut joined = Vec::with_capacity(first.len() + content.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&content);
+                Block::Many(joined)
+            }
+            Block::Many(mut joined) => {
+                joined.extend_from_slice(&content);
+                Block::Many(joined)
+            }
+        };
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Block::Empty => Bytes::new(),
+            Block::One(b) => b,
+            Block::Many(v) => Bytes::from(v),
+        }
+    }
+}
+
+/// The FastCGI side of one connection: records in, [`Event`]s out.
+///
+/// Requests are keyed by id; an id is active from its accepted BEGIN_REQUEST until the
+/// server calls [`finished`](Self::finished) after writing its END_REQUEST.
+#[derive(Debug)]
+pub struct ConnParser {
+    limits: ConnLimits,
+    requests: FxHashMap<u16, Request>,
+}
+
+impl ConnParser {
+    pub fn new(limits: ConnLimits) -> Self {
+        ConnParser {
+            limits,
+            requests: FxHashMap::default(),
+        }
+    }
+
+    /// Consumes every complete record at the front of `buf`, pushing events; a partial
+    /// record stays in `buf`. STDIN data and a single-record PARAMS block are split off
+    /// `buf` and frozen, so they share its memory (no copy).
+    ///
+    /// `Err` is a fatal protocol error: log it and close the connection (events pushed
+    /// before it are still valid). Fatal are: a wrong version or HTTP text; a
+    /// BEGIN_REQUEST body that is not 8 bytes, on the management id 0, or for an active
+    /// id; a PARAMS block over `max_params` (checked as each record arrives); STDIN before
+    /// the end of PARAMS; PARAMS after it. The pairs themselves are not checked here.
+    ///
+    /// Not fatal (§2.7–§2.9): GET_VALUES on id 0 is answered; any other type on id 0,
+    /// and on another id a type a web server never sends (END_REQUEST, STDOUT, STDERR,
+    /// GET_VALUES_RESULT, UNKNOWN_TYPE, 0, above 11), is answered with UNKNOWN_TYPE; a
+    /// role other than RESPONDER, or a BEGIN_REQUEST with `max_reqs` requests active, is
+    /// answered with END_REQUEST (UNKNOWN_ROLE; CANT_MPX_CONN if `max_reqs` ≤ 1, else
+    /// OVERLOADED) and the id stays inactive. Records for inactive ids, DATA, GET_VALUES
+    /// on a request id, STDIN after its end and anything after an ABORT are ignored.
+    pub fn feed(&mut self, buf: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), ProtoError> {
+        while let Some((len, record)) = parse_record(buf)? {
+            let (kind, id, content_len) = (record.kind, record.request_id, record.content.len());
+            let frame = buf.split_to(len).freeze();
+            let content = frame.slice(HEADER_LEN..HEADER_LEN + content_len);
+            self.record(kind, id, content, events)?;
+        }
+        Ok(())
+    }
+
+    /// The server has written END_REQUEST for `id`, or given up on it: the id is free.
+    pub fn finished(&mut self, id: u16) {
+        self.requests.remove(&id);
+    }
+
+    /// Requests begun and not finished.
+    pub fn active(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// True when `id` is active.
+    pub fn is_active(&self, id: u16) -> bool {
+        self.requests.contains_key(&id)
+    }
+
+    fn record(
+        &mut self,
+        kind: u8,
+        id: u16,
+        content: Bytes,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ProtoError> {
+        if id == 0 {
+            // Management records (§2.7).
+            match kind {
+                BEGIN_REQUEST => {
+                    return Err(ProtoError::FcgiOutOfOrder {
+                        id,
+                        what: "BEGIN_REQUEST with the management id 0",
+                    })
+                }
+                GET_VALUES => reply(events, |out| {
+                    encode_get_values_result(out, &content, &self.limits.values)
+                }),
+                _ => reply(events, |out| encode_unknown_type(out, kind)),
+            }
+            return Ok(());
+        }
+        match kind {
+            BEGIN_REQUEST => self.begin(id, &content, events)?,
+            ABORT_REQUEST => self.abort(id, events),
+            PARAMS => self.params(id, content, events)?,
+            STDIN => self.stdin(id, content, events)?,
+            // DATA belongs to the Filter role, never begun here; GET_VALUES is known but
+            // only meaningful on id 0.
+            DATA | GET_VALUES => {}
+            _ => reply(events, |out| encode_unknown_type(out, kind)),
+        }
+        Ok(())
+    }
+
+    fn begin(
+        &mut self,
+        id: u16,
+        content: &[u8],
+        events: &mut Vec<Event>,
+    ) -> Result<(), ProtoError> {
+        let begin = parse_begin(content)?;
+        if self.is_active(id) {
+            // §2.9: a BEGIN_REQUEST for an active id is a protocol error.
+            return Err(ProtoError::FcgiIdInUse(id));
+        }
+        let refused = if begin.role != ROLE_RESPONDER {
+            Some(ProtocolStatus::UnknownRole)
+        } else if self.active() >= self.limits.max_reqs {
+            if self.limits.max_reqs <= 1 && self.active() > 0 {
+                Some(ProtocolStatus::CantMpxConn)
+            } else {
+                Some(ProtocolStatus::Overloaded)
+            }
+        } else {
+            None
+        };
+        match refused {
+            Some(status) => reply(events, |out| encode_end_request(out, id, 0, status)),
+            None => {
+                self.requests.insert(
+                    id,
+                    Request {
+                        keep_conn: begin.keep_conn,
+                        phase: Phase::Params(Block::Empty),
+                        aborted: false,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, id: u16, events: &mut Vec<Event>) {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if request.aborted {
+            return;
+        }
+        if let Phase::Params(_) = request.phase {
+            // The app never saw this request: end it here, so the server never hears of
+            // an id it has no app for (§2.8: answer END_REQUEST, REQUEST_COMPLETE).
+            self.requests.remove(&id);
+            reply(events, |out| {
+                encode_end_request(out, id, 0, ProtocolStatus::RequestComplete)
+            });
+            return;
+        }
+        request.aborted = true;
+        events.push(Event::Abort { id });
+    }
+
+    fn params(
+        &mut self,
+        id: u16,
+        content: Bytes,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ProtoError> {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return Ok(());
+        };
+        if request.aborted {
+            return Ok(());
+        }
+        let Phase::Params(block) = &mut request.phase else {
+            return Err(ProtoError::FcgiOutOfOrder {
+                id,
+                what: "PARAMS after the end of PARAMS",
+            });
+        };
+        if content.is_empty() {
+            let params = std::mem::take(block).freeze();
+            request.phase = Phase::Stdin;
+            events.push(Event::Params {
+                id,
+                keep_conn: request.keep_conn,
+                params,
+            });
+            return Ok(());
+        }
+        // block ≤ max_params and content ≤ 65535, yet stay honest about overflow.
+        let size = block.len().checked_add(content.len());
+        if size.is_none_or(|size| size > self.limits.max_params) {
+            return Err(ProtoError::FcgiParamsTooLarge {
+                id,
+                limit: self.limits.max_params,
+            });
+        }
+        block.push(content);
+        Ok(())
+    }
+
+    fn stdin(&mut self, id: u16, data: Bytes, events: &mut Vec<Event>) -> Result<(), ProtoError> {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return Ok(());
+        };
+        if request.aborted {
+            return Ok(());
+        }
+        match request.phase {
+            Phase::Params(_) => Err(ProtoError::FcgiOutOfOrder {
+                id,
+                what: "STDIN before the end of PARAMS",
+            }),
+            Phase::Stdin if data.is_empty() => {
+                request.phase = Phase::Done;
+                events.push(Event::StdinEnd { id });
+                Ok(())
+            }
+            Phase::Stdin => {
+                events.push(Event::Stdin { id, data });
+                Ok(())
+            }
+            Phase::Done => Ok(()),
+        }
+    }
+}
+
+/// Appends a reply to the last event if it is one, else pushes a new `Reply`.
+fn reply(events: &mut Vec<Event>, encode: impl FnOnce(&mut Vec<u8>)) {
+    if let Some(Event::Reply(out)) = events.last_mut() {
+        encode(out);
+    } else {
+        let mut out = Vec::new();
+        encode(&mut out);
+        events.push(Event::Reply(out));
+    }
+}
+
+/// One whole simple request, as [`whole_request`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeRequest {
+    pub id: u16,
+    pub keep_conn: bool,
+    /// The concatenated PARAMS block, not yet split.
+    pub params: Bytes,
+    /// The whole body.
+    pub stdin: Bytes,
+}
+
+/// Fast path: `buf` holds exactly one whole simple request and nothing more.
+///
+/// That is BEGIN_REQUEST (RESPONDER, id ≠ 0), PARAMS records of that id ending with an
+/// empty one (at most `max_params` bytes), STDIN records of that id ending with an empty
+/// one (at most `max_stdin` bytes), and no byte after. Anything else (a partial request,
+/// other records or ids, trailing bytes, a limit passed, any error) is `None`: feed the
+/// bytes to a [`ConnParser`] instead, which gives the same events or the error.
+pub fn whole_request(buf: &[u8], max_params: usize, max_stdin: usize) -> Option<WholeRequest> {
+    let (pos, begin) = parse_record(buf).ok()??;
+    if begin.kind != BEGIN_REQUEST || begin.request_id == 0 {
+        return None;
+    }
+    let id = begin.request_id;
+    let begin = parse_begin(begin.content).ok()?;
+    if begin.role != ROLE_RESPONDER {
+        return None;
+    }
+    let (params, pos) = whole_stream(buf, pos, PARAMS, id, max_params)?;
+    let (stdin, pos) = whole_stream(buf, pos, STDIN, id, max_stdin)?;
+    (pos == buf.len()).then_some(WholeRequest {
+        id,
+        keep_conn: begin.keep_conn,
+        params,
+        stdin,
+    })
+}
+
+/// The stream of `kind` records for `id` starting at `pos`, through its empty record:
+/// the joined content and the offset after it.
+fn whole_stream(
+    buf: &[u8],
+    mut pos: usize,
+    kind: u8,
+    id: u16,
+    limit: usize,
+) -> Option<(Bytes, usize)> {
+    let mut data = Vec::new();
+    loop {
+        let (len, record) = parse_record(buf.get(pos..)?).ok()??;
+        if record.kind != kind || record.request_id != id {
+            return None;
+        }
+        pos += len;
+        if record.content.is_empty() {
+            return Some((Bytes::from(data), pos));
+        }
+        if data.len() + record.content.len() > limit {
+            return None;
+        }
+        // The first extend allocates exactly one record's worth: one copy, no regrowth,
+        // in the common single-record case.
+        data.extend_from_slice(record.content);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    const ID: u16 = 1;
+
+    fn values() -> Values {
+        Values {
+            max_conns: 10,
+            max_reqs: 1,
+            mpxs_conns: false,
+        }
+    }
+
+    fn limits(max_params: usize, max_reqs: usize) -> ConnLimits {
+        ConnLimits {
+            max_params,
+            max_reqs,
+            values: values(),
+        }
+    }
+
+    fn parser() -> ConnParser {
+        ConnParser::new(limits(4096, 1))
+    }
+
+    fn params_block() -> Vec<u8> {
+        let mut block = Vec::new();
+        encode_pairs(
+            &[
+                (b"REQUEST_METHOD", b"POST"),
+                (b"PATH_INFO", b"/hello"),
+                (b"QUERY_STRING", b""),
+            ],
+            &mut block,
+        );
+        block
+    }
+
+    /// BEGIN, params in one record, body in one record, both streams ended.
+    fn simple_request(id: u16, keep_conn: bool, params: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_begin_request(&mut out, id, ROLE_RESPONDER, keep_conn);
+        encode_stream(&mut out, PARAMS, id, params);
+        encode_record(&mut out, PARAMS, id, &[]);
+        encode_stream(&mut out, STDIN, id, body);
+        encode_record(&mut out, STDIN, id, &[]);
+        out
+    }
+
+    fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&mut out, kind, id, content);
+        out
+    }
+
+    fn begin(id: u16, role: u16, keep_conn: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_begin_request(&mut out, id, role, keep_conn);
+        out
+    }
+
+    fn end_request(id: u16, status: ProtocolStatus) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_end_request(&mut out, id, 0, status);
+        out
+    }
+
+    fn unknown_type(kind: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_unknown_type(&mut out, kind);
+        out
+    }
+
+    /// Feeds `bytes` in one go; returns the events, or the error, and asserts nothing
+    /// complete is left behind.
+    fn feed(p: &mut ConnParser, bytes: &[u8]) -> Result<Vec<Event>, ProtoError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut events = Vec::new();
+        p.feed(&mut buf, &mut events)?;
+        assert_eq!(parse_record(&buf), Ok(None), "a complete record was left");
+        Ok(events)
+    }
+
+    fn params_event(id: u16, keep_conn: bool, params: &[u8]) -> Event {
+        Event::Params {
+            id,
+            keep_conn,
+            params: Bytes::copy_from_slice(params),
+        }
+    }
+
+    fn stdin_event(id: u16, data: &[u8]) -> Event {
+        Event::Stdin {
+            id,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn accepts_a_simple_request() {
+        let block = params_block();
+        let mut p = parser();
+        let events = feed(&mut p, &simple_request(ID, true, &block, b"a=1")).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                params_event(ID, true, &block),
+                stdin_event(ID, b"a=1"),
+                Event::StdinEnd { id: ID },
+            ]
+        );
+        assert!(p.is_active(ID));
+        assert_eq!(p.active(), 1);
+        p.finished(ID);
+        assert!(!p.is_active(ID));
+        assert_eq!(p.active(), 0);
+    }
+
+    #[test]
+    fn accepts_a_request_with_no_params_and_no_body() {
+        let mut p = parser();
+        let events = feed(&mut p, &simple_request(7, false, &[], &[])).unwrap();
+        assert_eq!(
+            events,
+            vec![params_event(7, false, &[]), Event::StdinEnd { id: 7 }]
+        );
+    }
+
+    #[test]
+    fn waits_on_every_prefix() {
+        let block = params_block();
+        let bytes = simple_request(ID, false, &block, b"body");
+        let params_end = 16 + record(PARAMS, ID, &block).len() + 8;
+        let all = feed(&mut parser(), &bytes).unwrap();
+        for i in 0..bytes.len() {
+            let mut p = parser();
+            let mut buf = BytesMut::from(&bytes[..i]);
+            let mut events = Vec::new();
+            p.feed(&mut buf, &mut events).unwrap();
+            if i < params_end {
+                assert!(events.is_empty(), "prefix {i}: {events:?}");
+            }
+            // What has been seen is a prefix of what the whole gives; the rest waits.
+            assert_eq!(events[..], all[..events.len()], "prefix {i}");
+            assert!(events.len() < all.len(), "prefix {i}");
+            // Feeding the rest completes the same events.
+            buf.extend_from_slice(&bytes[i..]);
+            p.feed(&mut buf, &mut events).unwrap();
+            assert_eq!(events, all, "prefix {i}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn accepts_a_request_one_byte_at_a_time() {
+        let block = params_block();
+        let bytes = simple_request(ID, true, &block, b"0123456789");
+        let mut p = parser();
+        let mut buf = BytesMut::new();
+        let mut events = Vec::new();
+        for &b in &bytes {
+            buf.extend_from_slice(&[b]);
+            p.feed(&mut buf, &mut events).unwrap();
+        }
+        assert_eq!(events, feed(&mut parser(), &bytes).unwrap());
+    }
+
+    #[test]
+    fn leaves_a_partial_record_in_the_buffer() {
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        let next = record(PARAMS, ID, b"\x01\x01ab");
+        bytes.extend_from_slice(&next[..5]);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut p = parser();
+        p.feed(&mut buf, &mut Vec::new()).unwrap();
+        assert_eq!(buf[..], next[..5]);
+        assert!(p.is_active(ID));
+    }
+
+    #[test]
+    fn honours_padding_of_every_length() {
+        for padding in 0..=255u8 {
+            let mut bytes = begin(ID, ROLE_RESPONDER, false);
+            // version 1, PARAMS, id 1, content 4, `padding`, reserved; "K" = "v"
+            bytes.extend_from_slice(&[1, PARAMS, 0, 1, 0, 4, padding, 0, 1, 1, b'K', b'v']);
+            bytes.extend(std::iter::repeat_n(0xaa, usize::from(padding)));
+            bytes.extend_from_slice(&record(PARAMS, ID, &[]));
+            let events = feed(&mut parser(), &bytes).unwrap();
+            assert_eq!(events, vec![params_event(ID, false, b"\x01\x01Kv")]);
+        }
+    }
+
+    /// Feeds BEGIN, then `block` cut into the given record contents, then the empty PARAMS.
+    fn params_in_records(p: &mut ConnParser, pieces: &[&[u8]]) -> Result<Vec<Event>, ProtoError> {
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        for piece in pieces {
+            encode_stream(&mut bytes, PARAMS, ID, piece);
+        }
+        encode_record(&mut bytes, PARAMS, ID, &[]);
+        feed(p, &bytes)
+    }
+
+    fn params_of(events: &[Event]) -> Bytes {
+        match events {
+            [Event::Params { params, .. }] => params.clone(),
+            other => panic!("expected one Params event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn joins_pairs_split_across_params_records_at_every_position() {
+        let v127 = vec![b'x'; 127];
+        let v128 = vec![b'y'; 128];
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b"SHORT", b"1"),
+            (b"HTTP_X_127", &v127),
+            (&v128, b"name of 128"),
+            (b"HTTP_X_128", &v128),
+            (b"EMPTY", b""),
+        ];
+        let mut block = Vec::new();
+        encode_pairs(&pairs, &mut block);
+        for cut in 1..block.len() {
+            let mut p = parser();
+            let params =
+                params_of(&params_in_records(&mut p, &[&block[..cut], &block[cut..]]).unwrap());
+            assert_eq!(params[..], block[..], "cut {cut}");
+            let ranges = parse_pairs(&params).unwrap();
+            assert_eq!(ranges.len(), pairs.len());
+        }
+        // One byte per record.
+        let pieces: Vec<&[u8]> = block.chunks(1).collect();
+        let params = params_of(&params_in_records(&mut parser(), &pieces).unwrap());
+        assert_eq!(params[..], block[..]);
+    }
+
+    #[test]
+    fn joins_a_value_longer_than_one_record() {
+        let v70000: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        let mut block = Vec::new();
+        encode_pairs(&[(b"HTTP_COOKIE", &v70000), (b"A", b"b")], &mut block);
+        for cut in [1, 2, 5, 6, 17, 65535, 65536, 70_000, block.len() - 1] {
+            let mut p = ConnParser::new(limits(1 << 20, 1));
+            let params =
+                params_of(&params_in_records(&mut p, &[&block[..cut], &block[cut..]]).unwrap());
+            assert_eq!(params[..], block[..], "cut {cut}");
+            let ranges = parse_pairs(&params).unwrap();
+            let (name, value) = &ranges[0];
+            assert_eq!(
+                &params[name.start as usize..name.end as usize],
+                b"HTTP_COOKIE"
+            );
+            assert_eq!(params[value.start as usize..value.end as usize], v70000[..]);
+        }
+    }
+
+    #[test]
+    fn shares_the_read_buffer_for_stdin_and_single_record_params() {
+        let block = params_block();
+        let bytes = simple_request(ID, false, &block, b"shared body");
+        let mut buf = BytesMut::from(&bytes[..]);
+        let base = buf.as_ptr() as usize;
+        let range = base..base + bytes.len();
+        let mut events = Vec::new();
+        parser().feed(&mut buf, &mut events).unwrap();
+        let [Event::Params { params, .. }, Event::Stdin { data, .. }, Event::StdinEnd { .. }] =
+            &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert!(range.contains(&(params.as_ptr() as usize)));
+        assert!(range.contains(&(data.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn rejects_params_over_the_limit_as_they_arrive() {
+        let block = vec![b'p'; 100];
+        // Exactly at the limit, in one record and in two.
+        let events = params_in_records(&mut ConnParser::new(limits(100, 1)), &[&block]).unwrap();
+        assert_eq!(params_of(&events).len(), 100);
+        let events = params_in_records(
+            &mut ConnParser::new(limits(100, 1)),
+            &[&block[..60], &block[60..]],
+        )
+        .unwrap();
+        assert_eq!(params_of(&events).len(), 100);
+        // One byte over, in one record and in two.
+        let too_large = Err(ProtoError::FcgiParamsTooLarge { id: ID, limit: 99 });
+        let mut p = ConnParser::new(limits(99, 1));
+        assert_eq!(params_in_records(&mut p, &[&block]), too_large);
+        let mut p = ConnParser::new(limits(99, 1));
+        assert_eq!(
+            params_in_records(&mut p, &[&block[..60], &block[60..]]),
+            too_large
+        );
+        // Refused when the crossing record arrives, before the stream ends.
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        encode_record(&mut bytes, PARAMS, ID, &block[..60]);
+        encode_record(&mut bytes, PARAMS, ID, &block[60..]);
+        assert_eq!(feed(&mut ConnParser::new(limits(99, 1)), &bytes), too_large);
+    }
+
+    #[test]
+    fn counts_the_params_limit_per_request() {
+        let block = vec![b'p'; 80];
+        let mut p = ConnParser::new(limits(100, 2));
+        let mut bytes = begin(1, ROLE_RESPONDER, false);
+        bytes.extend(begin(2, ROLE_RESPONDER, false));
+        bytes.extend(record(PARAMS, 1, &block));
+        bytes.extend(record(PARAMS, 2, &block));
+        bytes.extend(record(PARAMS, 1, &[]));
+        bytes.extend(record(PARAMS, 2, &[]));
+        assert_eq!(feed(&mut p, &bytes).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn rejects_a_wrong_version_after_good_records() {
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        let mut bad = record(PARAMS, ID, &[]);
+        bad[0] = 2;
+        bytes.extend(bad);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut p = parser();
+        assert_eq!(
+            p.feed(&mut buf, &mut Vec::new()),
+            Err(ProtoError::FcgiVersion(2))
+        );
+        assert!(p.is_active(ID), "the good record before it was handled");
+        assert_eq!(feed(&mut parser(), &[0]), Err(ProtoError::FcgiVersion(0)));
+    }
+
+    #[test]
+    fn rejects_http_text() {
+        for text in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"POST /api HTTP/1.0\r\n",
+        ] {
+            assert_eq!(feed(&mut parser(), text), Err(ProtoError::HttpOnFastcgi));
+        }
+        // Three bytes of it: not decided yet.
+        assert_eq!(feed(&mut parser(), b"GET"), Ok(vec![]));
+    }
+
+    #[test]
+    fn rejects_a_begin_body_that_is_not_8_bytes() {
+        for len in [0usize, 7, 9] {
+            let bytes = record(BEGIN_REQUEST, ID, &vec![0; len]);
+            assert_eq!(
+                feed(&mut parser(), &bytes),
+                Err(ProtoError::FcgiBeginBody(len))
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_begin_on_the_management_id() {
+        assert_eq!(
+            feed(&mut parser(), &begin(0, ROLE_RESPONDER, false)),
+            Err(ProtoError::FcgiOutOfOrder {
+                id: 0,
+                what: "BEGIN_REQUEST with the management id 0"
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_an_id_begun_again_until_it_is_finished() {
+        let mut p = ConnParser::new(limits(4096, 4));
+        feed(&mut p, &begin(ID, ROLE_RESPONDER, false)).unwrap();
+        assert_eq!(
+            feed(&mut p, &begin(ID, ROLE_RESPONDER, true)),
+            Err(ProtoError::FcgiIdInUse(ID))
+        );
+        // Still in use after its whole request was read.
+        let mut p = parser();
+        let block = params_block();
+        feed(&mut p, &simple_request(ID, true, &block, b"")).unwrap();
+        assert_eq!(
+            feed(&mut p, &begin(ID, ROLE_RESPONDER, true)),
+            Err(ProtoError::FcgiIdInUse(ID))
+        );
+        // Free again once finished: keep-alive reuses id 1.
+        p.finished(ID);
+        let events = feed(&mut p, &simple_request(ID, false, &block, b"x")).unwrap();
+        assert_eq!(events[0], params_event(ID, false, &block));
+    }
+
+    #[test]
+    fn rejects_stdin_before_the_end_of_params() {
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        bytes.extend(record(PARAMS, ID, b"\x01\x01Kv"));
+        bytes.extend(record(STDIN, ID, b"body"));
+        assert_eq!(
+            feed(&mut parser(), &bytes),
+            Err(ProtoError::FcgiOutOfOrder {
+                id: ID,
+                what: "STDIN before the end of PARAMS"
+            })
+        );
+        // Also the empty STDIN record.
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        bytes.extend(record(STDIN, ID, &[]));
+        assert!(matches!(
+            feed(&mut parser(), &bytes),
+            Err(ProtoError::FcgiOutOfOrder { id: ID, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_params_after_the_end_of_params() {
+        for extra in [&b"\x01\x01Kv"[..], b""] {
+            let mut bytes = begin(ID, ROLE_RESPONDER, false);
+            bytes.extend(record(PARAMS, ID, &[]));
+            bytes.extend(record(PARAMS, ID, extra));
+            assert_eq!(
+                feed(&mut parser(), &bytes),
+                Err(ProtoError::FcgiOutOfOrder {
+                    id: ID,
+                    what: "PARAMS after the end of PARAMS"
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn answers_get_values() {
+        let mut query = Vec::new();
+        encode_pairs(
+            &[
+                (FCGI_MAX_CONNS, b""),
+                (b"FCGI_NOT_A_VALUE", b""),
+                (FCGI_MAX_REQS, b""),
+                (FCGI_MPXS_CONNS, b""),
+            ],
+            &mut query,
+        );
+        let events = feed(&mut parser(), &record(GET_VALUES, 0, &query)).unwrap();
+        let mut expected = Vec::new();
+        encode_pairs(
+            &[
+                (FCGI_MAX_CONNS, b"10"),
+                (FCGI_MAX_REQS, b"1"),
+                (FCGI_MPXS_CONNS, b"0"),
+            ],
+            &mut expected,
+        );
+        assert_eq!(
+            events,
+            vec![Event::Reply(record(GET_VALUES_RESULT, 0, &expected))]
+        );
+    }
+
+    #[test]
+    fn answers_get_values_between_the_records_of_a_request() {
+        let block = params_block();
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        bytes.extend(record(GET_VALUES, 0, b"\x0d\x00FCGI_MAX_REQS"));
+        bytes.extend(record(PARAMS, ID, &block));
+        bytes.extend(record(PARAMS, ID, &[]));
+        let events = feed(&mut parser(), &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event::Reply(record(GET_VALUES_RESULT, 0, b"\x0d\x01FCGI_MAX_REQS1")),
+                params_event(ID, false, &block),
+            ]
+        );
+    }
+
+    #[test]
+    fn answers_unknown_types_on_the_management_id() {
+        for kind in [
+            0u8,
+            ABORT_REQUEST,
+            END_REQUEST,
+            PARAMS,
+            STDIN,
+            DATA,
+            GET_VALUES_RESULT,
+            12,
+            255,
+        ] {
+            let events = feed(&mut parser(), &record(kind, 0, b"whatever")).unwrap();
+            assert_eq!(
+                events,
+                vec![Event::Reply(unknown_type(kind))],
+                "type {kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_types_a_web_server_never_sends_with_unknown_type() {
+        for kind in [
+            0u8,
+            END_REQUEST,
+            STDOUT,
+            STDERR,
+            GET_VALUES_RESULT,
+            UNKNOWN_TYPE,
+            12,
+            200,
+            255,
+        ] {
+            // On an active id and on an inactive one alike.
+            let mut p = parser();
+            feed(&mut p, &begin(ID, ROLE_RESPONDER, false)).unwrap();
+            for id in [ID, 9] {
+                let events = feed(&mut p, &record(kind, id, b"x")).unwrap();
+                assert_eq!(
+                    events,
+                    vec![Event::Reply(unknown_type(kind))],
+                    "type {kind}"
+                );
+            }
+            assert!(p.is_active(ID));
+        }
+    }
+
+    #[test]
+    fn merges_consecutive_replies() {
+        let mut bytes = record(42, 0, &[]);
+        bytes.extend(record(43, 0, &[]));
+        let events = feed(&mut parser(), &bytes).unwrap();
+        let mut both = unknown_type(42);
+        both.extend(unknown_type(43));
+        assert_eq!(events, vec![Event::Reply(both)]);
+    }
+
+    #[test]
+    fn answers_an_unknown_role_and_ignores_the_rest_of_that_request() {
+        for role in [0, ROLE_AUTHORIZER, ROLE_FILTER, 0xffff] {
+            let mut p = parser();
+            let mut bytes = begin(ID, role, true);
+            bytes.extend(record(PARAMS, ID, b"\x01\x01Kv"));
+            bytes.extend(record(PARAMS, ID, &[]));
+            bytes.extend(record(DATA, ID, b"filter data"));
+            bytes.extend(record(STDIN, ID, &[]));
+            let events = feed(&mut p, &bytes).unwrap();
+            assert_eq!(
+                events,
+                vec![Event::Reply(end_request(ID, ProtocolStatus::UnknownRole))]
+            );
+            assert!(!p.is_active(ID));
+            assert_eq!(p.active(), 0);
+        }
+    }
+
+    #[test]
+    fn answers_cant_mpx_conn_without_multiplexing() {
+        let mut p = parser(); // max_reqs 1
+        let mut bytes = begin(1, ROLE_RESPONDER, false);
+        bytes.extend(begin(2, ROLE_RESPONDER, false));
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Reply(end_request(2, ProtocolStatus::CantMpxConn))]
+        );
+        assert!(p.is_active(1) && !p.is_active(2));
+        // Once 1 is finished, 2 is welcome.
+        p.finished(1);
+        assert!(feed(&mut p, &begin(2, ROLE_RESPONDER, false))
+            .unwrap()
+            .is_empty());
+        assert!(p.is_active(2));
+    }
+
+    #[test]
+    fn answers_overloaded_past_max_reqs() {
+        let mut p = ConnParser::new(limits(4096, 2));
+        let mut bytes = Vec::new();
+        for id in 1..=3 {
+            bytes.extend(begin(id, ROLE_RESPONDER, true));
+        }
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Reply(end_request(3, ProtocolStatus::Overloaded))]
+        );
+        assert_eq!(p.active(), 2);
+        // max_reqs 0 takes nothing, and that is overload, not multiplexing.
+        let events = feed(
+            &mut ConnParser::new(limits(4096, 0)),
+            &begin(1, ROLE_RESPONDER, false),
+        )
+        .unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Reply(end_request(1, ProtocolStatus::Overloaded))]
+        );
+    }
+
+    #[test]
+    fn interleaves_two_multiplexed_requests() {
+        let mut p = ConnParser::new(limits(4096, 2));
+        let block = params_block();
+        let (half1, half2) = block.split_at(10);
+        let mut bytes = begin(1, ROLE_RESPONDER, true);
+        bytes.extend(begin(2, ROLE_RESPONDER, false));
+        bytes.extend(record(PARAMS, 2, half1));
+        bytes.extend(record(PARAMS, 1, &block));
+        bytes.extend(record(PARAMS, 2, half2));
+        bytes.extend(record(PARAMS, 1, &[]));
+        bytes.extend(record(STDIN, 1, b"one"));
+        bytes.extend(record(PARAMS, 2, &[]));
+        bytes.extend(record(STDIN, 2, b"two"));
+        bytes.extend(record(STDIN, 2, &[]));
+        bytes.extend(record(STDIN, 1, b"more"));
+        bytes.extend(record(STDIN, 1, &[]));
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                params_event(1, true, &block),
+                stdin_event(1, b"one"),
+                params_event(2, false, &block),
+                stdin_event(2, b"two"),
+                Event::StdinEnd { id: 2 },
+                stdin_event(1, b"more"),
+                Event::StdinEnd { id: 1 },
+            ]
+        );
+        p.finished(2);
+        assert_eq!(
+            (p.active(), p.is_active(1), p.is_active(2)),
+            (1, true, false)
+        );
+    }
+
+    #[test]
+    fn reports_an_abort_once_and_drops_the_rest_of_that_request() {
+        let mut p = parser();
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        bytes.extend(record(PARAMS, ID, &[]));
+        bytes.extend(record(STDIN, ID, b"part"));
+        bytes.extend(record(ABORT_REQUEST, ID, &[]));
+        bytes.extend(record(STDIN, ID, b"late"));
+        bytes.extend(record(ABORT_REQUEST, ID, &[]));
+        bytes.extend(record(STDIN, ID, &[]));
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                params_event(ID, false, &[]),
+                stdin_event(ID, b"part"),
+                Event::Abort { id: ID },
+            ]
+        );
+        // Active until the server writes END_REQUEST.
+        assert!(p.is_active(ID));
+        p.finished(ID);
+        assert!(!p.is_active(ID));
+        // After the body ended, too.
+        let mut p = parser();
+        let mut bytes = simple_request(ID, false, b"", b"");
+        bytes.extend(record(ABORT_REQUEST, ID, &[]));
+        assert_eq!(
+            feed(&mut p, &bytes).unwrap().last(),
+            Some(&Event::Abort { id: ID })
+        );
+    }
+
+    #[test]
+    fn ends_a_request_aborted_before_its_params_ended() {
+        let mut p = parser();
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        bytes.extend(record(PARAMS, ID, b"\x01\x01Kv"));
+        bytes.extend(record(ABORT_REQUEST, ID, &[]));
+        bytes.extend(record(PARAMS, ID, &[]));
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Reply(end_request(
+                ID,
+                ProtocolStatus::RequestComplete
+            ))]
+        );
+        assert!(!p.is_active(ID));
+    }
+
+    #[test]
+    fn ignores_stray_records_for_inactive_ids() {
+        let mut p = parser();
+        let mut bytes = Vec::new();
+        for kind in [ABORT_REQUEST, PARAMS, STDIN, DATA, GET_VALUES] {
+            bytes.extend(record(kind, 5, b"stray"));
+            bytes.extend(record(kind, 5, &[]));
+        }
+        assert_eq!(feed(&mut p, &bytes).unwrap(), vec![]);
+        assert_eq!(p.active(), 0);
+        // And after a finished request, for its own id (§2.6).
+        let mut p = parser();
+        feed(&mut p, &simple_request(ID, true, b"", b"")).unwrap();
+        p.finished(ID);
+        let mut bytes = record(STDIN, ID, b"late");
+        bytes.extend(record(ABORT_REQUEST, ID, &[]));
+        assert_eq!(feed(&mut p, &bytes).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn ignores_data_and_stdin_after_its_end() {
+        let mut p = parser();
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        bytes.extend(record(DATA, ID, b"filter"));
+        bytes.extend(record(PARAMS, ID, &[]));
+        bytes.extend(record(DATA, ID, &[]));
+        bytes.extend(record(STDIN, ID, &[]));
+        bytes.extend(record(STDIN, ID, b"after the end"));
+        bytes.extend(record(STDIN, ID, &[]));
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![params_event(ID, false, &[]), Event::StdinEnd { id: ID }]
+        );
+    }
+
+    #[test]
+    fn whole_request_takes_a_simple_request() {
+        let block = params_block();
+        for (keep_conn, body) in [(false, &b""[..]), (true, b"a=1&b=2")] {
+            let bytes = simple_request(ID, keep_conn, &block, body);
+            assert_eq!(
+                whole_request(&bytes, 4096, 4096),
+                Some(WholeRequest {
+                    id: ID,
+                    keep_conn,
+                    params: Bytes::copy_from_slice(&block),
+                    stdin: Bytes::copy_from_slice(body),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn whole_request_joins_records_and_skips_padding() {
+        let block = params_block();
+        let body: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut bytes = begin(300, ROLE_RESPONDER, false);
+        // Unpadded records, as Apache sends them: version 1, PARAMS, id 300, len, pad 0.
+        for piece in block.chunks(7) {
+            bytes.extend_from_slice(&[1, PARAMS, 1, 44, 0, piece.len() as u8, 0, 0]);
+            bytes.extend_from_slice(piece);
+        }
+        bytes.extend(record(PARAMS, 300, &[]));
+        encode_stream(&mut bytes, STDIN, 300, &body);
+        bytes.extend(record(STDIN, 300, &[]));
+        let whole = whole_request(&bytes, 4096, 1 << 20).unwrap();
+        assert_eq!((whole.id, whole.params[..].len()), (300, block.len()));
+        assert_eq!(whole.params[..], block[..]);
+        assert_eq!(whole.stdin[..], body[..]);
+        // The slow path agrees.
+        let events = feed(&mut parser(), &bytes).unwrap();
+        assert_eq!(events[0], params_event(300, false, &block));
+        let joined: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stdin { data, .. } => Some(data.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(joined, body);
+    }
+
+    #[test]
+    fn whole_request_refuses_every_partial_request() {
+        let bytes = simple_request(ID, false, &params_block(), b"body");
+        for i in 0..bytes.len() {
+            assert_eq!(whole_request(&bytes[..i], 4096, 4096), None, "prefix {i}");
+        }
+    }
+
+    #[test]
+    fn whole_request_refuses_anything_else() {
+        let block = params_block();
+        let good = simple_request(ID, false, &block, b"body");
+        assert!(whole_request(&good, 4096, 4096).is_some());
+
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        cases.push(("a trailing byte", trailing));
+        let mut two = good.clone();
+        two.extend(simple_request(2, false, &block, b""));
+        cases.push(("two requests", two));
+        let mut again = good.clone();
+        again.extend(&good);
+        cases.push(("the same request twice", again));
+        let mut get_values = record(GET_VALUES, 0, b"\x0d\x00FCGI_MAX_REQS");
+        get_values.extend(&good);
+        cases.push(("GET_VALUES in front", get_values));
+        let mut get_values_after = good.clone();
+        get_values_after.extend(record(GET_VALUES, 0, &[]));
+        cases.push(("GET_VALUES after", get_values_after));
+        cases.push(("id 0", simple_request(0, false, &block, b"")));
+        let mut role = good.clone();
+        role[8..10].copy_from_slice(&ROLE_AUTHORIZER.to_be_bytes());
+        cases.push(("an authorizer", role));
+        let mut version = good.clone();
+        version[0] = 2;
+        cases.push(("a wrong version", version));
+        cases.push(("HTTP", b"GET / HTTP/1.1\r\n\r\n".to_vec()));
+        let mut short_begin = record(BEGIN_REQUEST, ID, &[0, 1, 0, 0, 0, 0, 0]);
+        short_begin.extend_from_slice(&good[16..]);
+        cases.push(("a 7-byte BEGIN body", short_begin));
+        let mut other_id = begin(ID, ROLE_RESPONDER, false);
+        other_id.extend(record(PARAMS, ID, &block));
+        other_id.extend(record(PARAMS, 2, &[]));
+        other_id.extend(record(STDIN, ID, &[]));
+        cases.push(("PARAMS of another id", other_id));
+        let mut abort = begin(ID, ROLE_RESPONDER, false);
+        abort.extend(record(ABORT_REQUEST, ID, &[]));
+        cases.push(("an abort", abort));
+        let mut data = begin(ID, ROLE_RESPONDER, false);
+        data.extend(record(PARAMS, ID, &[]));
+        data.extend(record(DATA, ID, b"x"));
+        data.extend(record(STDIN, ID, &[]));
+        cases.push(("DATA", data));
+        let mut no_params = begin(ID, ROLE_RESPONDER, false);
+        no_params.extend(record(STDIN, ID, &[]));
+        cases.push(("no PARAMS", no_params));
+        cases.push(("nothing", Vec::new()));
+        for (what, bytes) in cases {
+            assert_eq!(whole_request(&bytes, 4096, 4096), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn whole_request_refuses_past_the_limits() {
+        let block = params_block();
+        let bytes = simple_request(ID, false, &block, b"body");
+        assert!(whole_request(&bytes, block.len(), 4).is_some());
+        assert_eq!(whole_request(&bytes, block.len() - 1, 4), None);
+        assert_eq!(whole_request(&bytes, block.len(), 3), None);
+    }
+}
