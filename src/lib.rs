@@ -1,17 +1,18 @@
 //! postern: a WSGI application container that sits behind nginx or Apache and speaks
-//! the uwsgi protocol to them, running the app on an embedded CPython.
+//! uwsgi, FastCGI or SCGI to them, running the app on an embedded CPython.
 //!
 //! Dependencies point one way: `proto ← codec ← wsgi ← server ← main`.
 //!
 //! ```text
 //! config    Cli (clap: command line + POSTERN_* env) + TOML file → Config
-//! proto/    PURE: uwsgi packets, CGI → environ rules, response-head checks (no I/O)
-//! codec/    tokio-util Decoder over proto: head then body frames, limits
+//! proto/    PURE: uwsgi packets, FastCGI records + per-connection state machine, SCGI
+//!           netstrings, CGI → environ rules, response-head checks (no I/O)
+//! codec/    tokio-util Decoder over proto (uwsgi, SCGI): head then body frames, limits
 //! wsgi/     the only pyo3 user: interpreter, app import, pool threads, environ,
 //!           wsgi.input/errors, start_response/write/iteration, file_wrapper
 //! server/   serving: fast path on the Python threads, tokio slow lane, graceful stop
 //! supervisor/ the master: forks workers, reaps, respawns, reloads (--workers > 1)
-//! client    `postern request`: one uwsgi request, printed -i style
+//! client    `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style
 //! ```
 
 pub mod client;

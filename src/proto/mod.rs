@@ -2,6 +2,9 @@
 //! so that every function here can be unit-tested and fuzzed on its own.
 //!
 //! - [`uwsgi`]: the uwsgi packet header and vars block (PROTOCOLS.md §1).
+//! - [`fastcgi`]: FastCGI records, name/value pairs and the per-connection state
+//!   machine (§2).
+//! - [`scgi`]: the SCGI netstring head (§3).
 //! - [`cgi`]: CGI → WSGI environ rules that do not need Python (§4).
 //! - [`response`]: status/header validation and the raw HTTP/1.1 response head (§5, §6).
 

@@ -177,7 +177,11 @@ impl Source for Acceptor {
             if token >= CONN_TOKEN_BASE {
                 // A parked FastCGI connection has its next request (or closed).
                 if let Some(conn) = self.parking.take(token) {
-                    if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
+                    if token & fastcgi::BUSY != 0 {
+                        // Input while its request runs inline: the slow lane reads it.
+                        let info = self.listeners[conn.listener].info.clone();
+                        fastcgi::steal(conn, &self.parking, &self.slow, info, self.fcgi.clone());
+                    } else if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
                         return Some(req);
                     }
                 }

@@ -108,7 +108,16 @@ impl SlowLane {
         settings: FcgiSettings,
         started: Instant,
     ) {
-        let fut = super::fastcgi::serve(conn, buf, info, self.clone(), parking, settings, started);
+        let fut = super::fastcgi::serve(
+            conn,
+            buf,
+            info,
+            self.clone(),
+            parking,
+            settings,
+            started,
+            None,
+        );
         self.tracker.spawn_on(fut, &self.handle);
     }
 }

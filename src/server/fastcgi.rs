@@ -42,6 +42,36 @@ use crate::wsgi::{Body, BodyStream, End, ErrorsForward, ListenerInfo, Request, S
 /// Epoll data of parked connections start here (below: the token eventfd and listeners).
 pub const CONN_TOKEN_BASE: u64 = 1 << 32;
 
+/// Set in the epoll data of a connection whose request is being served inline: it became
+/// readable (a multiplexed request, an ABORT_REQUEST, a close) and needs a reader.
+pub const BUSY: u64 = 1 << 62;
+
+/// A request the fast path serves inline, as the connection's other users see it.
+enum Inline {
+    Idle,
+    Serving {
+        id: u16,
+        keep_conn: bool,
+        flags: Arc<ReqFlags>,
+        /// The slow lane took the connection over while the request runs.
+        stolen: Option<mpsc::UnboundedSender<Ctl>>,
+    },
+    /// The request ended while another thread held the connection's busy event: that
+    /// thread parks the connection (`true`) or closes it.
+    Finished {
+        park: bool,
+    },
+}
+
+/// What the slow lane inherits from an inline request it takes over.
+pub struct Seed {
+    id: u16,
+    keep_conn: bool,
+    flags: Arc<ReqFlags>,
+    tx: mpsc::UnboundedSender<Ctl>,
+    rx: mpsc::UnboundedReceiver<Ctl>,
+}
+
 /// Requests in flight on one connection before BEGIN_REQUEST is answered
 /// FCGI_OVERLOADED (beyond the Python threads, they wait in the queue).
 const MAX_REQS_PER_CONN: usize = 64;
@@ -75,6 +105,7 @@ pub struct FcgiConn {
     broken: AtomicBool,
     /// Requests served on it (a fresh connection gets `--head-timeout`).
     served: AtomicU64,
+    inline: Mutex<Inline>,
 }
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(CONN_TOKEN_BASE);
@@ -98,6 +129,7 @@ impl FcgiConn {
             write_timeout,
             broken: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            inline: Mutex::new(Inline::Idle),
         })
     }
 
@@ -164,7 +196,13 @@ impl Parking {
             self.forget(&conn);
             return;
         }
-        let token = conn.token;
+        self.watch(conn, false);
+    }
+
+    /// Waits for input on a connection: its next request (idle), or whatever arrives
+    /// while its request is served inline (`busy`).
+    fn watch(&self, conn: Arc<FcgiConn>, busy: bool) {
+        let token = if busy { conn.token | BUSY } else { conn.token };
         let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
         let data = epoll::EventData::new_u64(token);
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,6 +228,12 @@ impl Parking {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&token)
+    }
+
+    /// While a request is served inline: input on the connection wakes a Python thread,
+    /// which hands the connection to the slow lane ([`steal`]).
+    pub fn watch_busy(&self, conn: Arc<FcgiConn>) {
+        self.watch(conn, true);
     }
 
     /// Takes the connection out of the epoll for good (the slow lane owns it now).
@@ -275,6 +319,17 @@ pub fn admit_whole(
     let errors_forward = settings
         .stderr
         .then(|| stderr_forward(conn, whole.id, &flags));
+    *conn.inline.lock().unwrap_or_else(|e| e.into_inner()) = Inline::Serving {
+        id: whole.id,
+        keep_conn: whole.keep_conn,
+        flags: Arc::clone(&flags),
+        stolen: None,
+    };
+    if whole.keep_conn {
+        // nginx and Apache send nothing more until END_REQUEST; anything that does come
+        // (a multiplexed request, an abort, a close) is the slow lane's to read.
+        parking.watch_busy(Arc::clone(conn));
+    }
     Some(Request {
         head,
         body,
@@ -292,6 +347,64 @@ pub fn admit_whole(
         span,
         errors_forward,
     })
+}
+
+/// A connection whose inline request is running became readable: hand it to the slow
+/// lane, which adopts the running request (or, if it has just ended, park or close it).
+pub fn steal(
+    conn: Arc<FcgiConn>,
+    parking: &Arc<Parking>,
+    lane: &SlowLane,
+    info: ListenerInfo,
+    settings: FcgiSettings,
+) {
+    let mut st = conn.inline.lock().unwrap_or_else(|e| e.into_inner());
+    match std::mem::replace(&mut *st, Inline::Idle) {
+        Inline::Serving {
+            id,
+            keep_conn,
+            flags,
+            stolen: None,
+        } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            *st = Inline::Serving {
+                id,
+                keep_conn,
+                flags: Arc::clone(&flags),
+                stolen: Some(tx.clone()),
+            };
+            drop(st);
+            parking.forget(&conn);
+            let seed = Seed {
+                id,
+                keep_conn,
+                flags,
+                tx,
+                rx,
+            };
+            let fut = serve(
+                conn,
+                BytesMut::new(),
+                info,
+                lane.clone(),
+                Arc::clone(parking),
+                settings,
+                Instant::now(),
+                Some(seed),
+            );
+            lane.tracker.spawn_on(fut, &lane.handle);
+        }
+        Inline::Finished { park } => {
+            drop(st);
+            if park {
+                parking.park(conn);
+            } else {
+                parking.forget(&conn);
+                conn.abort_soft();
+            }
+        }
+        other => *st = other,
+    }
 }
 
 /// State one request shares between its sink, its `wsgi.errors` and the reader.
@@ -359,30 +472,114 @@ impl FcgiSink {
         Ok(())
     }
 
+    /// The end of a request on the slow lane: tell the connection's task (it closes the
+    /// connection unless `reuse` and FCGI_KEEP_CONN).
     fn release(&mut self, reuse: bool) {
         self.finished = true;
         self.flags.done.store(true, Ordering::Release);
-        let conn = Arc::clone(&self.conn);
         match &self.owner {
-            Owner::Fast(parking) => {
-                if reuse && self.keep_conn {
-                    conn.served.fetch_add(1, Ordering::Relaxed);
-                    parking.park(conn);
-                } else {
-                    parking.forget(&conn);
-                    if reuse {
-                        // FCGI_KEEP_CONN unset: close after END_REQUEST (a FIN).
-                        conn.abort_soft();
-                    } else {
-                        conn.abort();
-                    }
-                }
-            }
             Owner::Slow(tx) => {
                 let _ = tx.send(Ctl::Done {
                     id: self.id,
                     reuse: reuse && self.keep_conn,
                 });
+            }
+            Owner::Fast(_) => self.finish_fast(false),
+        }
+    }
+
+    /// The tail of a complete response: [empty STDERR], empty STDOUT, END_REQUEST.
+    fn tail(&self) -> Vec<u8> {
+        let mut tail = Vec::with_capacity(40);
+        if self.flags.stderr_used.load(Ordering::Acquire) {
+            fcgi::encode_record(&mut tail, fcgi::STDERR, self.id, &[]);
+        }
+        fcgi::encode_record(&mut tail, fcgi::STDOUT, self.id, &[]);
+        fcgi::encode_end_request(&mut tail, self.id, 0, ProtocolStatus::RequestComplete);
+        tail
+    }
+
+    /// The end of a request served inline by the fast path. Who reads the connection
+    /// next is settled before END_REQUEST goes out: the front server may send its next
+    /// request the moment it has it.
+    fn finish_fast(&mut self, answer: bool) {
+        let Owner::Fast(parking) = &self.owner else {
+            return;
+        };
+        let parking = Arc::clone(parking);
+        self.finished = true;
+        self.flags.done.store(true, Ordering::Release);
+        let conn = Arc::clone(&self.conn);
+        let mut handed_off = false;
+        let stolen = {
+            let mut st = conn.inline.lock().unwrap_or_else(|e| e.into_inner());
+            match std::mem::replace(&mut *st, Inline::Idle) {
+                Inline::Serving {
+                    stolen: Some(tx), ..
+                } => Some(tx),
+                _ => {
+                    if self.keep_conn && parking.take(conn.token | BUSY).is_none() {
+                        // A thread holds the busy event: it parks or closes the
+                        // connection once this lock is released.
+                        *st = Inline::Finished {
+                            park: answer && !conn.is_broken(),
+                        };
+                        handed_off = true;
+                    }
+                    None
+                }
+            }
+        };
+        if !answer {
+            // No END_REQUEST: the front server must not take a cut response as whole.
+            conn.abort();
+            if let Some(tx) = stolen {
+                let _ = tx.send(Ctl::Done {
+                    id: self.id,
+                    reuse: false,
+                });
+            } else if !handed_off {
+                parking.forget(&conn);
+            }
+            return;
+        }
+        let tail = self.tail();
+        if let Some(tx) = stolen {
+            // The slow lane reads the connection now: free the id first (keep-conn).
+            if self.keep_conn {
+                let _ = tx.send(Ctl::Done {
+                    id: self.id,
+                    reuse: true,
+                });
+            }
+            let ok = conn.write(&tail).is_ok();
+            if !ok {
+                conn.abort();
+            }
+            if !self.keep_conn {
+                let _ = tx.send(Ctl::Done {
+                    id: self.id,
+                    reuse: false,
+                });
+            }
+            return;
+        }
+        let ok = conn.write(&tail).is_ok();
+        if !ok {
+            tracing::debug!("the front server closed the connection before END_REQUEST");
+            conn.abort();
+        }
+        if handed_off {
+            return;
+        }
+        conn.served.fetch_add(1, Ordering::Relaxed);
+        if ok && self.keep_conn {
+            parking.park(conn);
+        } else {
+            parking.forget(&conn);
+            if ok {
+                // FCGI_KEEP_CONN unset: close after END_REQUEST (a FIN).
+                conn.abort_soft();
             }
         }
     }
@@ -428,17 +625,15 @@ impl Sink for FcgiSink {
             End::ClientGone(_) => aborted && !self.conn.is_broken(),
             End::Incomplete(_) => false,
         };
+        if let Owner::Fast(_) = self.owner {
+            return self.finish_fast(answer);
+        }
         if !answer {
             // No END_REQUEST: the front server must not take a cut response as whole.
             self.conn.abort();
             return self.release(false);
         }
-        let mut tail = Vec::with_capacity(40);
-        if self.flags.stderr_used.load(Ordering::Acquire) {
-            fcgi::encode_record(&mut tail, fcgi::STDERR, self.id, &[]);
-        }
-        fcgi::encode_record(&mut tail, fcgi::STDOUT, self.id, &[]);
-        fcgi::encode_end_request(&mut tail, self.id, 0, ProtocolStatus::RequestComplete);
+        let tail = self.tail();
         self.flags.done.store(true, Ordering::Release);
         if let (Owner::Slow(tx), true) = (&self.owner, self.keep_conn) {
             // The reader must know the id is free before the front server can reuse
@@ -537,6 +732,7 @@ pub async fn serve(
     parking: Arc<Parking>,
     settings: FcgiSettings,
     started: Instant,
+    seed: Option<Seed>,
 ) {
     let limits = lane.limits.clone();
     let peer = conn.peer.clone();
@@ -551,7 +747,13 @@ pub async fn serve(
             return;
         }
     };
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Ctl>();
+    let (ctl_tx, mut ctl_rx, adopted) = match seed {
+        Some(s) => (s.tx, s.rx, Some((s.id, s.keep_conn, s.flags))),
+        None => {
+            let (tx, rx) = mpsc::unbounded_channel::<Ctl>();
+            (tx, rx, None)
+        }
+    };
     let mut parser = ConnParser::new(fcgi::ConnLimits {
         max_params: limits.buffer_size,
         max_reqs: MAX_REQS_PER_CONN,
@@ -562,6 +764,21 @@ pub async fn serve(
         },
     });
     let mut slots: FxHashMap<u16, Slot> = FxHashMap::default();
+    if let Some((id, keep_conn, flags)) = adopted {
+        // The request the fast path is serving inline: ours to watch from now on.
+        parser.adopt(id, keep_conn);
+        slots.insert(
+            id,
+            Slot {
+                flags,
+                stdin: None,
+                content_length: None,
+                got: 0,
+                warned_excess: false,
+            },
+        );
+        conn.served.fetch_add(1, Ordering::Relaxed);
+    }
     let mut events: Vec<Event> = Vec::new();
     // Events waiting because a request's STDIN queue is full (the app is not reading).
     let mut backlog: VecDeque<Event> = VecDeque::new();
@@ -613,6 +830,11 @@ pub async fn serve(
         if conn.is_broken() {
             break 'conn;
         }
+        if parser.close_after_replies() && backlog.is_empty() {
+            tracing::debug!(%peer, "refused request without FCGI_KEEP_CONN: closing");
+            drain = true;
+            break 'conn;
+        }
         let idle = parser.active() == 0 && buf.is_empty() && backlog.is_empty();
         if idle && closing {
             break 'conn;
@@ -626,7 +848,8 @@ pub async fn serve(
         let waiting_body = slots.values().any(|s| s.stdin.is_some());
         let deadline = if idle {
             (fresh_only(fresh, &conn)).then(|| started + limits.head_timeout)
-        } else if !buf.is_empty() || waiting_body || !backlog.is_empty() {
+        } else if !buf.is_empty() || waiting_body || !backlog.is_empty() || parser.awaiting_params()
+        {
             Some(last_read + limits.read_timeout)
         } else {
             None
@@ -910,6 +1133,18 @@ fn handle_event(
                 }
                 let n = cut_to(data.len());
                 data.truncate(n);
+                if let Some(max) = lane.limits.max_body {
+                    if data.len() as u64 > max {
+                        span.in_scope(|| {
+                            tracing::warn!(
+                                got = data.len(),
+                                max_body = max,
+                                "request body over --max-body; answered 413"
+                            )
+                        });
+                        return answer_now(conn, parser, id, keep_conn, 413, "Content Too Large");
+                    }
+                }
                 if content_length.is_none() && !data.is_empty() {
                     // A chunked upload (no CONTENT_LENGTH) that has fully arrived: give
                     // the app its length, as apps that trust only CONTENT_LENGTH
@@ -952,6 +1187,7 @@ fn handle_event(
             Step::Go
         }
         Event::Stdin { id, data } => {
+            let max_body = lane.limits.max_body;
             let Some(slot) = slots.get_mut(&id) else {
                 return Step::Go;
             };
@@ -973,6 +1209,13 @@ fn handle_event(
                 return Step::Go;
             }
             let n = data.len() as u64;
+            if max_body.is_some_and(|m| slot.got + n > m) {
+                // Only a body without CONTENT_LENGTH gets here (a longer announced one
+                // was answered 413 before the app ran): cut it, the app's read fails.
+                tracing::warn!(%peer, request_id = id, max_body = max_body.unwrap_or(0), "request body (no CONTENT_LENGTH) over --max-body; wsgi.input is cut");
+                slot.stdin = None;
+                return Step::Go;
+            }
             match tx.try_send(Chunk::Data(data)) {
                 Ok(()) => {
                     slot.got += n;

@@ -7,6 +7,8 @@
 //! - [`acceptor`]: accept + first read on the Python threads; the ready queue.
 //! - [`connection`]: the slow lane: partial heads, large/slow bodies, bad input.
 //! - [`sink`]: writing the response from a Python thread, then close or abort.
+//! - [`fastcgi`]: FastCGI connections, which outlive a request (keep-conn) and carry
+//!   several at once (multiplexing): parked in the Python threads' epoll when idle.
 
 pub mod acceptor;
 pub mod connection;

@@ -342,8 +342,13 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
         }
     };
     if built.method_missing {
+        let params = match listener.protocol {
+            crate::codec::Protocol::Uwsgi => "uwsgi_params",
+            crate::codec::Protocol::FastCgi => "fastcgi_params",
+            crate::codec::Protocol::Scgi => "scgi_params",
+        };
         tracing::warn!(
-            "request has no REQUEST_METHOD; include uwsgi_params in the nginx location (answered 400)"
+            "request has no REQUEST_METHOD; include {params} in the nginx location (answered 400)"
         );
         return simple(py, sink, 400, "Bad Request");
     }

@@ -123,6 +123,8 @@ impl Block {
 pub struct ConnParser {
     limits: ConnLimits,
     requests: FxHashMap<u16, Request>,
+    /// A refused BEGIN_REQUEST without KEEP_CONN: close once the replies are sent.
+    close_after_replies: bool,
 }
 
 impl ConnParser {
@@ -130,6 +132,7 @@ impl ConnParser {
         ConnParser {
             limits,
             requests: FxHashMap::default(),
+            close_after_replies: false,
         }
     }
 
@@ -163,6 +166,33 @@ impl ConnParser {
     /// The server has written END_REQUEST for `id`, or given up on it: the id is free.
     pub fn finished(&mut self, id: u16) {
         self.requests.remove(&id);
+    }
+
+    /// Takes over request `id`, begun elsewhere (a fast path that read the whole request
+    /// itself): active, PARAMS and STDIN already over, so a later ABORT_REQUEST for it
+    /// gives [`Event::Abort`] and a BEGIN_REQUEST reusing it is refused.
+    pub fn adopt(&mut self, id: u16, keep_conn: bool) {
+        self.requests.insert(
+            id,
+            Request {
+                keep_conn,
+                phase: Phase::Done,
+                aborted: false,
+            },
+        );
+    }
+
+    /// True once a refused request without KEEP_CONN has ended the connection: send the
+    /// replies, then close.
+    pub fn close_after_replies(&self) -> bool {
+        self.close_after_replies
+    }
+
+    /// True while some request's PARAMS stream has not ended (the app cannot start).
+    pub fn awaiting_params(&self) -> bool {
+        self.requests
+            .values()
+            .any(|r| matches!(r.phase, Phase::Params(_)))
     }
 
     /// Requests begun and not finished.
@@ -234,7 +264,14 @@ impl ConnParser {
             None
         };
         match refused {
-            Some(status) => reply(events, |out| encode_end_request(out, id, 0, status)),
+            Some(status) => {
+                reply(events, |out| encode_end_request(out, id, 0, status));
+                // KEEP_CONN unset (§2.3): the connection ends with this END_REQUEST,
+                // unless other requests still run on it.
+                if !begin.keep_conn && self.active() == 0 {
+                    self.close_after_replies = true;
+                }
+            }
             None => {
                 self.requests.insert(
                     id,

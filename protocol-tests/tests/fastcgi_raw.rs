@@ -1,0 +1,2118 @@
+//! Raw FastCGI records straight to the real binary (no front server), from two clients:
+//! the harness's own record encoder and the independent `cgi-fcgi` (Debian
+//! libfcgi-bin; fails in CI if missing, skips loudly locally). Keep-conn, multiplexing,
+//! ABORT_REQUEST, management records, hostile and silent peers, streamed STDIN,
+//! FCGI_STDERR: each is answered as the spec says (PROTOCOLS.md §2), and the next
+//! normal request, from both clients, succeeds.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::fcgi::{
+    self, ABORT_REQUEST, END_REQUEST, GET_VALUES, GET_VALUES_RESULT, PARAMS, STDERR, STDIN, STDOUT,
+    UNKNOWN_TYPE,
+};
+use protocol_tests::harness::*;
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+const RESPONDER: u16 = 1;
+const AUTHORIZER: u16 = 2;
+const FILTER: u16 = 3;
+
+fn start(dir: &Path, args: &[&str]) -> Postern {
+    Spawn::unix(dir, &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "1"])
+        .args(args.iter().copied())
+        .start()
+}
+
+fn start_tcp(dir: &Path, args: &[&str]) -> Postern {
+    Spawn::tcp(dir, &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "1"])
+        .args(args.iter().copied())
+        .start()
+}
+
+/// A Unix or TCP client socket with a settable read timeout.
+enum Sock {
+    U(UnixStream),
+    T(TcpStream),
+}
+
+impl Sock {
+    fn connect(addr: &Addr) -> Sock {
+        let s = match addr {
+            Addr::Unix(p) => Sock::U(UnixStream::connect(p).expect("connecting to postern")),
+            Addr::Tcp(port) => {
+                Sock::T(TcpStream::connect(("127.0.0.1", *port)).expect("connecting to postern"))
+            }
+        };
+        s.timeout(Duration::from_secs(20));
+        s
+    }
+
+    fn timeout(&self, d: Duration) {
+        match self {
+            Sock::U(s) => s.set_read_timeout(Some(d)).unwrap(),
+            Sock::T(s) => s.set_read_timeout(Some(d)).unwrap(),
+        }
+    }
+
+    fn try_clone(&self) -> Sock {
+        match self {
+            Sock::U(s) => Sock::U(s.try_clone().unwrap()),
+            Sock::T(s) => Sock::T(s.try_clone().unwrap()),
+        }
+    }
+
+    fn local_port(&self) -> Option<u16> {
+        match self {
+            Sock::U(_) => None,
+            Sock::T(s) => Some(s.local_addr().unwrap().port()),
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::U(s) => s.read(buf),
+            Sock::T(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::U(s) => s.write(buf),
+            Sock::T(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One record as read, checked as nginx checks what an app sends: version 1, reserved
+/// 0, a type an app may send, management types on id 0 only, END_REQUEST of 8 bytes.
+/// A torn or interleaved record fails one of these.
+fn read_rec(s: &mut impl Read) -> Result<Option<fcgi::Rec>, String> {
+    let mut h = [0u8; 8];
+    let mut got = 0;
+    while got < 8 {
+        match s.read(&mut h[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(format!("EOF inside a record header ({got} of 8 bytes)")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && got == 0 => return Ok(None),
+            Err(e) => return Err(format!("reading a record header: {e}")),
+        }
+    }
+    if h[0] != 1 {
+        return Err(format!("record version {} (header {h:?})", h[0]));
+    }
+    if h[7] != 0 {
+        return Err(format!("reserved byte {} (header {h:?})", h[7]));
+    }
+    let kind = h[1];
+    let id = u16::from_be_bytes([h[2], h[3]]);
+    let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let mut content = vec![0u8; len + h[6] as usize];
+    s.read_exact(&mut content)
+        .map_err(|e| format!("reading {} content bytes of a type {kind} record: {e}", len))?;
+    content.truncate(len);
+    match kind {
+        STDOUT | STDERR | END_REQUEST if id == 0 => {
+            return Err(format!("type {kind} record on the management id 0"))
+        }
+        STDOUT | STDERR => {}
+        END_REQUEST if len == 8 => {}
+        END_REQUEST => return Err(format!("END_REQUEST with {len} content bytes")),
+        GET_VALUES_RESULT | UNKNOWN_TYPE if id != 0 => {
+            return Err(format!("management record type {kind} on request id {id}"))
+        }
+        GET_VALUES_RESULT | UNKNOWN_TYPE => {}
+        k => return Err(format!("record type {k} is not one an app sends")),
+    }
+    Ok(Some(fcgi::Rec { kind, id, content }))
+}
+
+/// What came back for one request id, in order.
+#[derive(Debug, Default)]
+struct Out {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_closed: bool,
+    stderr_closed: bool,
+    /// (appStatus, protocolStatus).
+    end: Option<(u32, u8)>,
+    kinds: Vec<u8>,
+}
+
+impl Out {
+    /// The CGI response: status, headers, body. The head must start with `Status:`
+    /// (no HTTP status line in FastCGI, §2.10).
+    fn cgi(&self) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let text = String::from_utf8_lossy(&self.stdout);
+        let split = self
+            .stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no CGI head in STDOUT: {text:?}"));
+        assert!(
+            self.stdout.starts_with(b"Status: "),
+            "the CGI head must start with Status: {text:?}"
+        );
+        let head = String::from_utf8_lossy(&self.stdout[..split]).into_owned();
+        let mut status = 0;
+        let mut headers = Vec::new();
+        for line in head.split("\r\n") {
+            let (k, v) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("bad header line {line:?}"));
+            if k == "Status" {
+                status = v[..3].parse().unwrap();
+            } else {
+                headers.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        (status, headers, self.stdout[split + 4..].to_vec())
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.cgi()
+            .1
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.cgi().2
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let b = self.body();
+        serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b)))
+    }
+
+    /// A complete, normal response: 200, the body, empty STDOUT, END_REQUEST(0, COMPLETE).
+    fn assert_ok(&self, body: &[u8]) {
+        let (status, _, got) = self.cgi();
+        assert_eq!(status, 200, "{self:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(body),
+            "body"
+        );
+        assert!(
+            self.stdout_closed,
+            "the empty STDOUT record ends the stream"
+        );
+        assert_eq!(self.end, Some((0, 0)), "END_REQUEST(0, REQUEST_COMPLETE)");
+    }
+}
+
+/// A FastCGI client connection.
+struct Fc<'p> {
+    s: Sock,
+    p: &'p Postern,
+    /// Records for ids not asked for yet, in arrival order.
+    others: Vec<fcgi::Rec>,
+}
+
+impl<'p> Fc<'p> {
+    fn open(p: &'p Postern) -> Fc<'p> {
+        Fc {
+            s: Sock::connect(&p.addr),
+            p,
+            others: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("writing to postern: {e}\n{}", self.p.logs()));
+    }
+
+    /// The next record from the socket; panics (with postern's log) at EOF.
+    fn rec(&mut self) -> fcgi::Rec {
+        match read_rec(&mut self.s) {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!(
+                "postern closed the connection; expected a record\n{}",
+                self.p.logs()
+            ),
+            Err(e) => panic!("bad record from postern: {e}\n{}", self.p.logs()),
+        }
+    }
+
+    /// Reads until END_REQUEST for `id`; other ids' records are kept for later.
+    fn reply(&mut self, id: u16) -> Out {
+        let mut out = Out::default();
+        let mut queued: Vec<fcgi::Rec> = Vec::new();
+        self.others.retain(|r| {
+            if r.id == id {
+                queued.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let mut queued = queued.into_iter();
+        loop {
+            let rec = match queued.next() {
+                Some(r) => r,
+                None => self.rec(),
+            };
+            if rec.id != id {
+                self.others.push(rec);
+                continue;
+            }
+            assert!(
+                out.end.is_none(),
+                "record after END_REQUEST for {id}: {rec:?}"
+            );
+            out.kinds.push(rec.kind);
+            match rec.kind {
+                STDOUT if rec.content.is_empty() => {
+                    assert!(!out.stdout_closed, "two empty STDOUT records for {id}");
+                    out.stdout_closed = true;
+                }
+                STDOUT => {
+                    assert!(!out.stdout_closed, "STDOUT after its end for {id}");
+                    out.stdout.extend_from_slice(&rec.content);
+                }
+                STDERR if rec.content.is_empty() => {
+                    assert!(!out.stderr_closed, "two empty STDERR records for {id}");
+                    out.stderr_closed = true;
+                }
+                STDERR => {
+                    assert!(!out.stderr_closed, "STDERR after its end for {id}");
+                    out.stderr.extend_from_slice(&rec.content);
+                }
+                END_REQUEST => {
+                    let c = &rec.content;
+                    out.end = Some((u32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4]));
+                    return out;
+                }
+                k => panic!("record type {k} on request id {id}"),
+            }
+        }
+    }
+
+    /// The next management record (id 0) of `kind`.
+    fn management(&mut self, kind: u8) -> Vec<u8> {
+        if let Some(i) = self.others.iter().position(|r| r.id == 0) {
+            let r = self.others.remove(i);
+            assert_eq!(r.kind, kind, "{r:?}");
+            return r.content;
+        }
+        loop {
+            let r = self.rec();
+            if r.id == 0 {
+                assert_eq!(r.kind, kind, "{r:?}");
+                return r.content;
+            }
+            self.others.push(r);
+        }
+    }
+
+    /// One GET on this connection.
+    fn get(&mut self, id: u16, keep: bool, path: &str) -> Out {
+        self.send(&fcgi::get(id, keep, path));
+        self.reply(id)
+    }
+
+    /// Asserts postern closes the connection within `within` (nothing more arrives).
+    fn assert_closed(&mut self, within: Duration) {
+        assert!(self.others.is_empty(), "unread records: {:?}", self.others);
+        self.s.timeout(within);
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => panic!(
+                    "expected a close, got {n} more bytes: {:?}\n{}",
+                    String::from_utf8_lossy(&buf[..n]),
+                    self.p.logs()
+                ),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!(
+                    "the connection is still open after {:?} ({e}); expected postern to close it\n{}",
+                    started.elapsed(),
+                    self.p.logs()
+                ),
+            }
+        }
+    }
+
+    /// Asserts the connection stays open and silent for `d`.
+    fn assert_open(&mut self, d: Duration) {
+        self.s.timeout(d);
+        let mut buf = [0u8; 64];
+        match self.s.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(0) => panic!("postern closed a keep-conn connection\n{}", self.p.logs()),
+            Ok(n) => panic!("unexpected bytes: {:?}", &buf[..n]),
+            Err(e) => panic!("connection failed: {e}\n{}", self.p.logs()),
+        }
+        self.s.timeout(Duration::from_secs(20));
+    }
+}
+
+fn strs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The variables of nginx's stock params for `method path`, with CONTENT_LENGTH when given.
+fn vars(method: &str, path: &str, content_length: Option<usize>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = fcgi::get_vars(path)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    v[0].1 = method.to_owned();
+    if let Some(n) = content_length {
+        v.push(("CONTENT_LENGTH".into(), n.to_string()));
+        v.push(("CONTENT_TYPE".into(), "application/octet-stream".into()));
+    }
+    v
+}
+
+fn params_block(v: &[(String, String)]) -> Vec<u8> {
+    fcgi::pairs(&strs(v))
+}
+
+/// BEGIN + PARAMS + empty PARAMS for `id`: the head only.
+fn head(id: u16, keep: bool, v: &[(String, String)]) -> Vec<u8> {
+    let mut out = fcgi::begin(id, RESPONDER, keep);
+    out.extend(fcgi::record(PARAMS, id, &params_block(v)));
+    out.extend(fcgi::record(PARAMS, id, b""));
+    out
+}
+
+/// STDIN records of `data`, `per` bytes each (no end record).
+fn stdin_records(id: u16, data: &[u8], per: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in data.chunks(per) {
+        out.extend(fcgi::record(STDIN, id, c));
+    }
+    out
+}
+
+/// Decodes FastCGI name-value pairs (GET_VALUES_RESULT), independently of postern.
+fn decode_pairs(mut b: &[u8]) -> Vec<(String, String)> {
+    fn len(b: &mut &[u8]) -> usize {
+        if b[0] & 0x80 == 0 {
+            let n = b[0] as usize;
+            *b = &b[1..];
+            n
+        } else {
+            let n = (u32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]])) as usize;
+            *b = &b[4..];
+            n
+        }
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let n = len(&mut b);
+        let v = len(&mut b);
+        let name = String::from_utf8(b[..n].to_vec()).unwrap();
+        let value = String::from_utf8(b[n..n + v].to_vec()).unwrap();
+        b = &b[n + v..];
+        out.push((name, value));
+    }
+    out
+}
+
+fn body_of(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    // Python computes the reference digest (no crypto crate needed here).
+    let dir = tempdir();
+    let f = dir.path().join("data");
+    std::fs::write(&f, data).unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+        ])
+        .arg(&f)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Polls `/closed?id=` on fresh connections until close() has run (up to 8 s).
+fn wait_closed(p: &Postern, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let out = Fc::open(p).get(1, false, &format!("/closed?id={id}"));
+        if out.body() == b"closed" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "close() of request {id} did not run: /closed says {:?}\n{}",
+            String::from_utf8_lossy(&out.body()),
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lines of the log containing every one of `needles`.
+fn log_lines(p: &Postern, needles: &[&str]) -> Vec<String> {
+    p.logs()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_log_all(p: &Postern, needles: &[&str], secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if !log_lines(p, needles).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------------
+// cgi-fcgi, the independent client
+
+/// Where `cgi-fcgi` (Debian libfcgi-bin) is. In CI a missing one fails the test; locally
+/// the cgi-fcgi part skips with a loud message.
+fn cgi_fcgi_bin() -> Option<PathBuf> {
+    for p in ["/usr/bin/cgi-fcgi", "/usr/local/bin/cgi-fcgi"] {
+        if Path::new(p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    if in_ci() {
+        panic!("cgi-fcgi is not installed, and CI=true: tests that need it must not skip (apt-get install libfcgi-bin in .ci/run)");
+    }
+    eprintln!("\n!!!!! SKIPPING: cgi-fcgi is not installed (apt-get install libfcgi-bin); the cgi-fcgi checks did NOT run !!!!!\n");
+    None
+}
+
+/// What `cgi-fcgi` printed: the CGI response on stdout, the app's FCGI_STDERR on stderr.
+struct CgiOut {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    stderr: String,
+    exit: Option<i32>,
+}
+
+impl CgiOut {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs `cgi-fcgi -bind -connect <postern>` with exactly `vars` as its environment and
+/// `stdin` as the body. `None` when cgi-fcgi is not installed (and not in CI).
+fn cgi_fcgi(p: &Postern, vars: &[(&str, &str)], stdin: &[u8]) -> Option<CgiOut> {
+    let bin = cgi_fcgi_bin()?;
+    let target = match &p.addr {
+        Addr::Unix(path) => path.display().to_string(),
+        Addr::Tcp(port) => format!("127.0.0.1:{port}"),
+    };
+    let mut child = Command::new(bin)
+        .args(["-bind", "-connect", &target])
+        .env_clear()
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cgi-fcgi");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cgi-fcgi did not finish within 30 s\n{}", p.logs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    let stdout = out_t.join().unwrap();
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+    let split = stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "cgi-fcgi printed no CGI head (exit {status}): {:?}\nstderr: {stderr}\n{}",
+                String::from_utf8_lossy(&stdout),
+                p.logs()
+            )
+        });
+    let head = String::from_utf8_lossy(&stdout[..split]).into_owned();
+    let mut code = 0;
+    let mut headers = Vec::new();
+    for line in head.split("\r\n") {
+        let (k, v) = line.split_once(": ").expect("header line");
+        if k == "Status" {
+            code = v[..3].parse().unwrap();
+        } else {
+            headers.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    Some(CgiOut {
+        status: code,
+        headers,
+        body: stdout[split + 4..].to_vec(),
+        stderr,
+        exit: status.code(),
+    })
+}
+
+fn cgi_vars<'a>(method: &'a str, path: &'a str, query: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("REQUEST_METHOD", method),
+        ("SCRIPT_NAME", path),
+        ("REQUEST_URI", path),
+        ("QUERY_STRING", query),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+    ]
+}
+
+/// The next normal request succeeds, from the harness client (a fresh connection, no
+/// KEEP_CONN: answered, then closed) and from cgi-fcgi.
+fn ok_after(p: &Postern) {
+    let mut c = Fc::open(p);
+    c.get(1, false, "/hello").assert_ok(b"hello\n");
+    c.assert_closed(Duration::from_secs(5));
+    if let Some(out) = cgi_fcgi(p, &cgi_vars("GET", "/hello", ""), b"") {
+        assert_eq!(out.status, 200, "cgi-fcgi: {}", out.stderr);
+        assert_eq!(out.body, b"hello\n", "cgi-fcgi");
+        assert_eq!(out.exit, Some(0), "cgi-fcgi exit status (appStatus)");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Keep-conn and closing
+
+#[test]
+fn keep_conn_three_requests_on_one_connection_then_close_without_it() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    // 1: a whole GET in one write (the fast path).
+    let out = c.get(1, true, "/env?n=1");
+    assert_eq!(out.cgi().0, 200);
+    assert!(out.stdout.starts_with(b"Status: 200 OK\r\n"));
+    assert_eq!(out.json()["QUERY_STRING"], "n=1");
+    assert_eq!(out.end, Some((0, 0)));
+    assert!(out.stdout_closed);
+    assert_eq!(out.kinds.last(), Some(&END_REQUEST));
+    // 2: a POST sent in three writes (the slow lane), same id again.
+    let v = vars("POST", "/echo", Some(11));
+    let mut bytes = head(1, true, &v);
+    bytes.extend(stdin_records(1, b"hello world", 4));
+    bytes.extend(fcgi::record(STDIN, 1, b""));
+    let (a, rest) = bytes.split_at(5);
+    let (b, rest) = rest.split_at(40);
+    c.send(a);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(rest);
+    let out = c.reply(1);
+    out.assert_ok(b"hello world");
+    assert_eq!(out.header("X-Body-Len").as_deref(), Some("11"));
+    // 3: another id, back on the fast path.
+    c.get(65535, true, "/hello").assert_ok(b"hello\n");
+    c.assert_open(Duration::from_millis(400));
+    // 4: without KEEP_CONN on the same connection: answered, then closed.
+    c.get(2, false, "/hello").assert_ok(b"hello\n");
+    c.assert_closed(Duration::from_secs(5));
+
+    // A fresh connection without KEEP_CONN, fast path and slow lane.
+    let mut c = Fc::open(&p);
+    c.get(1, false, "/hello").assert_ok(b"hello\n");
+    c.assert_closed(Duration::from_secs(5));
+    let mut c = Fc::open(&p);
+    let bytes = fcgi::get(1, false, "/hello");
+    c.send(&bytes[..20]);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&bytes[20..]);
+    c.reply(1).assert_ok(b"hello\n");
+    c.assert_closed(Duration::from_secs(5));
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// Multiplexing
+
+#[test]
+fn multiplexed_requests_overlap_and_answer_on_their_own_ids() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "4"]);
+    let mut c = Fc::open(&p);
+    let sleep = vars("GET", "/sleep?s=1", None);
+    let big = body_of(300_000, 7);
+    let echo = vars("POST", "/echo", Some(big.len()));
+    let env = vars("GET", "/env?who=4", None);
+    // Records of four ids interleaved; STDIN of 3 arrives in pieces among the others.
+    let mut b = Vec::new();
+    b.extend(fcgi::begin(1, RESPONDER, true));
+    b.extend(fcgi::begin(2, RESPONDER, true));
+    b.extend(fcgi::begin(3, RESPONDER, true));
+    b.extend(fcgi::record(PARAMS, 2, &params_block(&sleep)));
+    b.extend(fcgi::record(PARAMS, 1, &params_block(&sleep)));
+    b.extend(fcgi::record(PARAMS, 3, &params_block(&echo)));
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    b.extend(fcgi::begin(4, RESPONDER, true));
+    b.extend(fcgi::record(PARAMS, 3, b""));
+    b.extend(stdin_records(3, &big[..100_000], 30_000));
+    b.extend(fcgi::record(PARAMS, 2, b""));
+    b.extend(fcgi::record(PARAMS, 4, &params_block(&env)));
+    b.extend(stdin_records(3, &big[100_000..], 50_000));
+    b.extend(fcgi::record(STDIN, 2, b""));
+    b.extend(fcgi::record(PARAMS, 4, b""));
+    b.extend(fcgi::record(STDIN, 4, b""));
+    b.extend(fcgi::record(STDIN, 3, b""));
+    let started = Instant::now();
+    c.send(&b);
+    // Read in arrival order; every record is checked (version, type, id, length).
+    let mut replies: std::collections::HashMap<u16, Out> = Default::default();
+    for id in [1u16, 2, 3, 4] {
+        replies.insert(id, c.reply(id));
+    }
+    let elapsed = started.elapsed();
+    replies[&1].assert_ok(b"slept\n");
+    replies[&2].assert_ok(b"slept\n");
+    replies[&3].assert_ok(&big);
+    assert_eq!(replies[&3].header("X-Body-Len").as_deref(), Some("300000"));
+    assert_eq!(replies[&4].cgi().0, 200);
+    assert_eq!(replies[&4].end, Some((0, 0)));
+    assert_eq!(replies[&4].json()["QUERY_STRING"], "who=4");
+    // Two 1 s sleeps on two threads: together, well under the 2 s they take in turn.
+    assert!(
+        elapsed < Duration::from_millis(1800),
+        "the two /sleep?s=1 requests did not overlap: {elapsed:?}"
+    );
+    // The connection stays open, and its ids are free again.
+    c.assert_open(Duration::from_millis(300));
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    c.get(3, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn multiplexed_sleeps_begun_one_after_the_other_still_overlap() {
+    // The second request arrives while the first is already in the app (FCGI_MPXS_CONNS
+    // is advertised as 1, --threads 4): they must run at once, not one after the other.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "4"]);
+    let mut c = Fc::open(&p);
+    // Served once, the connection is idle in the fast path: the whole request 7 is
+    // served there (see abort_request_for_a_request_that_arrived_whole).
+    c.get(9, true, "/hello").assert_ok(b"hello\n");
+    let started = Instant::now();
+    c.send(&fcgi::get(7, true, "/sleep?s=1"));
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(&fcgi::get(8, true, "/sleep?s=1"));
+    // Answered in completion order: 7 first.
+    let first = c.rec();
+    assert_eq!(first.id, 7, "{first:?}");
+    c.others.push(first);
+    c.reply(7).assert_ok(b"slept\n");
+    c.reply(8).assert_ok(b"slept\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "two /sleep?s=1 on one connection took {:?}: request 8 waited for request 7 \
+         (FCGI_MPXS_CONNS=1, --threads 4)\n{}",
+        started.elapsed(),
+        p.logs()
+    );
+    c.get(7, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// FCGI_ABORT_REQUEST
+
+#[test]
+fn abort_request_mid_body_ends_the_request_and_runs_close() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = Fc::open(&p);
+    // A streaming app whose body is still arriving (1000 of 100000 bytes).
+    let v = vars("POST", "/close-slow?id=abort-mid", Some(100_000));
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    c.send(&b);
+    // The app runs before its body has fully arrived: its first tick comes back.
+    let first = c.rec();
+    assert_eq!((first.kind, first.id), (STDOUT, 1), "{first:?}");
+    assert!(!first.content.is_empty());
+    c.others.push(first);
+    let aborted = Instant::now();
+    let mut b = fcgi::record(ABORT_REQUEST, 1, b"");
+    // Stray STDIN after the abort: ignored.
+    b.extend(fcgi::record(STDIN, 1, &[b'y'; 500]));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(
+        out.end,
+        Some((0, 0)),
+        "END_REQUEST(REQUEST_COMPLETE) after FCGI_ABORT_REQUEST"
+    );
+    // 200 ticks of 50 ms would take 10 s: the abort stopped the iteration.
+    assert!(
+        aborted.elapsed() < Duration::from_secs(5),
+        "END_REQUEST came only after {:?}",
+        aborted.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Status: 200"));
+    wait_closed(&p, "abort-mid");
+    // The same connection serves the next requests (a new id, then id 1 again).
+    c.get(2, true, "/hello").assert_ok(b"hello\n");
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    assert!(
+        p.wait_log("FCGI_ABORT_REQUEST", 5),
+        "the abort is logged\n{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn abort_request_for_a_request_that_arrived_whole() {
+    // nginx and a multiplexing server alike send a GET whole, in one write. An
+    // FCGI_ABORT_REQUEST sent while its app streams must still stop it.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = Fc::open(&p);
+    // A served keep-conn request first: the connection is then idle in the Python
+    // threads' epoll, so the next whole request is certain to take the fast path (on a
+    // brand-new connection it depends on whether the bytes are there at accept).
+    c.get(9, true, "/hello").assert_ok(b"hello\n");
+    c.send(&fcgi::get(1, true, "/close-slow?id=abort-whole"));
+    let first = c.rec();
+    assert_eq!((first.kind, first.id), (STDOUT, 1), "{first:?}");
+    c.others.push(first);
+    let aborted = Instant::now();
+    c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
+    let out = c.reply(1);
+    let took = aborted.elapsed();
+    assert_eq!(out.end, Some((0, 0)), "{out:?}");
+    // 200 ticks of 50 ms take 10 s when nobody stops them.
+    assert!(
+        took < Duration::from_secs(5),
+        "END_REQUEST came {took:?} after FCGI_ABORT_REQUEST: the abort was not read while the app ran\n{}",
+        p.logs()
+    );
+    wait_closed(&p, "abort-whole");
+    c.get(2, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn abort_request_while_the_app_waits_for_its_body() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = Fc::open(&p);
+    // /echo blocks in wsgi.input.read() for the rest of its body.
+    let v = vars("POST", "/echo", Some(100_000));
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(300));
+    let aborted = Instant::now();
+    c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
+    let out = c.reply(1);
+    assert_eq!(
+        out.end.map(|e| e.1),
+        Some(0),
+        "END_REQUEST with REQUEST_COMPLETE: {out:?}"
+    );
+    assert!(aborted.elapsed() < Duration::from_secs(5));
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    c.assert_open(Duration::from_millis(200));
+    ok_after(&p);
+}
+
+#[test]
+fn abort_request_before_params_end_is_answered_at_once() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let mut b = fcgi::begin(1, RESPONDER, true);
+    b.extend(fcgi::record(
+        PARAMS,
+        1,
+        &params_block(&vars("GET", "/hello", None)),
+    ));
+    b.extend(fcgi::record(ABORT_REQUEST, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 0)), "{out:?}");
+    assert!(out.stdout.is_empty(), "the app never ran: {out:?}");
+    // An abort for an id that is not active is ignored.
+    c.send(&fcgi::record(ABORT_REQUEST, 9, b""));
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    c.assert_open(Duration::from_millis(200));
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// Management records
+
+#[test]
+fn get_values_answers_the_three_names_and_omits_unknown_ones() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "3", "--workers", "2"]);
+    let mut c = Fc::open(&p);
+    let q = fcgi::pairs(&[
+        ("FCGI_MAX_CONNS", ""),
+        ("FCGI_UNKNOWN_NAME", ""),
+        ("FCGI_MAX_REQS", ""),
+        ("FCGI_MPXS_CONNS", ""),
+    ]);
+    c.send(&fcgi::record(GET_VALUES, 0, &q));
+    let got = decode_pairs(&c.management(GET_VALUES_RESULT));
+    let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"],
+        "{got:?}"
+    );
+    let val = |n: &str| got.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    // 3 threads x 2 workers run 6 requests at once.
+    assert_eq!(val("FCGI_MAX_REQS"), "6", "{got:?}");
+    let conns: u64 = val("FCGI_MAX_CONNS").parse().expect("a number");
+    assert!(conns >= 6, "{got:?}");
+    // Multiplexing is served (see the tests above).
+    assert_eq!(val("FCGI_MPXS_CONNS"), "1", "{got:?}");
+
+    // At any time: in the middle of a request, between its records.
+    let v = vars("GET", "/hello", None);
+    let mut b = fcgi::begin(1, RESPONDER, true);
+    b.extend(fcgi::record(
+        GET_VALUES,
+        0,
+        &fcgi::pairs(&[("FCGI_MPXS_CONNS", "")]),
+    ));
+    b.extend(fcgi::record(PARAMS, 1, &params_block(&v)));
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let got = decode_pairs(&c.management(GET_VALUES_RESULT));
+    assert_eq!(got, [("FCGI_MPXS_CONNS".to_owned(), "1".to_owned())]);
+    c.reply(1).assert_ok(b"hello\n");
+    // Only unknown names (or none): an empty result.
+    c.send(&fcgi::record(
+        GET_VALUES,
+        0,
+        &fcgi::pairs(&[("SOMETHING_ELSE", "")]),
+    ));
+    assert!(c.management(GET_VALUES_RESULT).is_empty());
+    c.send(&fcgi::record(GET_VALUES, 0, b""));
+    assert!(c.management(GET_VALUES_RESULT).is_empty());
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    // As the first thing on a fresh connection too.
+    let mut c = Fc::open(&p);
+    c.send(&fcgi::record(GET_VALUES, 0, &q));
+    assert_eq!(decode_pairs(&c.management(GET_VALUES_RESULT)).len(), 3);
+    c.get(1, false, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn unknown_record_types_get_unknown_type_and_the_connection_lives() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    // On the management id.
+    c.send(&fcgi::record(42, 0, b""));
+    assert_eq!(c.management(UNKNOWN_TYPE), [42, 0, 0, 0, 0, 0, 0, 0]);
+    c.send(&fcgi::record(200, 0, b"with some content"));
+    assert_eq!(c.management(UNKNOWN_TYPE), [200, 0, 0, 0, 0, 0, 0, 0]);
+    // On an active request id, between its records: the request goes on.
+    let v = vars("GET", "/env?x=1", None);
+    let mut b = fcgi::begin(1, RESPONDER, true);
+    b.extend(fcgi::record(42, 1, b"xyz"));
+    b.extend(fcgi::record(PARAMS, 1, &params_block(&v)));
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    assert_eq!(c.management(UNKNOWN_TYPE), [42, 0, 0, 0, 0, 0, 0, 0]);
+    let out = c.reply(1);
+    assert_eq!(out.cgi().0, 200);
+    assert_eq!(out.json()["QUERY_STRING"], "x=1");
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    c.assert_open(Duration::from_millis(200));
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// Hostile input: logged, closed, and the next request works
+
+#[test]
+fn wrong_version_byte_is_logged_with_the_peer_and_closed() {
+    let dir = tempdir();
+    let p = start_tcp(dir.path(), &[]);
+    for version in [0u8, 2] {
+        let mut c = Fc::open(&p);
+        let port = c.s.local_port().unwrap();
+        let mut b = fcgi::get(1, true, "/hello");
+        b[0] = version;
+        c.send(&b);
+        c.assert_closed(Duration::from_secs(5));
+        let needles = [
+            format!("record version {version}, expected 1"),
+            format!("127.0.0.1:{port}"),
+        ];
+        let n: Vec<&str> = needles.iter().map(String::as_str).collect();
+        assert!(
+            wait_log_all(&p, &n, 5),
+            "a log line naming the peer and the version:\n{}",
+            p.logs()
+        );
+        ok_after(&p);
+    }
+    // Mid-connection, after a served keep-conn request.
+    let mut c = Fc::open(&p);
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    let mut b = fcgi::get(2, true, "/hello");
+    b[0] = 9;
+    c.send(&b);
+    c.assert_closed(Duration::from_secs(5));
+    assert!(
+        p.wait_log("record version 9, expected 1", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn http_text_on_the_fastcgi_port_is_named_in_the_log() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    ] {
+        let mut c = Fc::open(&p);
+        c.send(req);
+        let mut out = Vec::new();
+        let _ = c.s.read_to_end(&mut out);
+        // Closed, with at most an HTTP answer (never FastCGI records).
+        assert!(
+            out.is_empty() || out.starts_with(b"HTTP/1."),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(
+            p.wait_log("HTTP request received on a FastCGI socket", 5),
+            "{}",
+            p.logs()
+        );
+        ok_after(&p);
+    }
+}
+
+#[test]
+fn a_pair_length_running_past_the_params_block_is_refused() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let good = params_block(&vars("GET", "/hello", None));
+    let cases: Vec<Vec<u8>> = vec![
+        // name 5, value 200, 10 bytes left.
+        [&good[..], &[5u8, 120][..], b"ABCDEvalue"].concat(),
+        // 4-byte value length: 0x80000100 = 256, 3 bytes left.
+        [&good[..], &[3u8, 0x80, 0, 1, 0][..], b"ABCxyz"].concat(),
+        // The block ends inside a 4-byte length.
+        [&good[..], &[0x80u8, 0][..]].concat(),
+        // A name length with no value length after it.
+        [&good[..], &[4u8][..]].concat(),
+    ];
+    for (i, block) in cases.iter().enumerate() {
+        for split in [false, true] {
+            let mut c = Fc::open(&p);
+            let mut b = fcgi::begin(1, RESPONDER, true);
+            if split {
+                // The same block over two records (the pair straddles them).
+                let mid = good.len() + 1;
+                b.extend(fcgi::record(PARAMS, 1, &block[..mid]));
+                b.extend(fcgi::record(PARAMS, 1, &block[mid..]));
+            } else {
+                b.extend(fcgi::record(PARAMS, 1, block));
+            }
+            b.extend(fcgi::record(PARAMS, 1, b""));
+            b.extend(fcgi::record(STDIN, 1, b""));
+            c.send(&b);
+            c.assert_closed(Duration::from_secs(5));
+            assert!(
+                p.wait_log("runs past the end of the", 5),
+                "case {i}: {}",
+                p.logs()
+            );
+        }
+    }
+    assert!(p.logs().contains("bad FastCGI params"), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn params_over_buffer_size_are_refused_with_the_option_to_raise() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--buffer-size", "4096"]);
+    let cookie = "c".repeat(6000);
+    let mut v = vars("GET", "/env", None);
+    v.push(("HTTP_COOKIE".into(), cookie.clone()));
+    // In one record, and in many records each under the limit.
+    for per in [65535usize, 1000] {
+        let mut c = Fc::open(&p);
+        let mut b = fcgi::begin(1, RESPONDER, true);
+        for chunk in params_block(&v).chunks(per) {
+            b.extend(fcgi::record(PARAMS, 1, chunk));
+        }
+        b.extend(fcgi::record(PARAMS, 1, b""));
+        b.extend(fcgi::record(STDIN, 1, b""));
+        c.send(&b);
+        c.assert_closed(Duration::from_secs(5));
+        assert!(
+            p.wait_log("exceed the 4096-byte limit (raise --buffer-size)", 5),
+            "{}",
+            p.logs()
+        );
+        ok_after(&p);
+    }
+    // Under the limit is fine.
+    let mut v = vars("GET", "/env", None);
+    v.push(("HTTP_COOKIE".into(), "c".repeat(3000)));
+    let mut c = Fc::open(&p);
+    c.send(&head(1, false, &v));
+    c.send(&fcgi::record(STDIN, 1, b""));
+    let out = c.reply(1);
+    assert_eq!(out.json()["HTTP_COOKIE"].as_str().unwrap().len(), 3000);
+}
+
+#[test]
+fn a_large_params_block_over_many_records_is_joined() {
+    // Default --buffer-size (65535): a 60 kB cookie sent as Apache does, in 16 KiB records.
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let cookie = "k".repeat(60_000);
+    let mut v = vars("GET", "/env", None);
+    v.push(("HTTP_COOKIE".into(), cookie));
+    let mut c = Fc::open(&p);
+    let mut b = fcgi::begin(1, RESPONDER, false);
+    for chunk in params_block(&v).chunks(16 * 1024) {
+        b.extend(fcgi::record(PARAMS, 1, chunk));
+    }
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.json()["HTTP_COOKIE"].as_str().unwrap().len(), 60_000);
+}
+
+#[test]
+fn begin_request_for_an_id_in_flight_is_logged_and_closed() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    // Twice in a row, before its PARAMS.
+    let mut c = Fc::open(&p);
+    let mut b = fcgi::begin(1, RESPONDER, true);
+    b.extend(fcgi::begin(1, RESPONDER, true));
+    c.send(&b);
+    c.assert_closed(Duration::from_secs(5));
+    assert!(
+        p.wait_log("request id 1 was begun again while still in flight", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+    // While the app runs it. The head arrives in two writes, so the connection is read
+    // by the slow lane (the fast path, which serves a request that arrived whole in one
+    // read, does not read its connection until that request ends).
+    let mut c = Fc::open(&p);
+    let bytes = fcgi::get(3, true, "/sleep?s=0.5");
+    c.send(&bytes[..bytes.len() - 8]);
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&bytes[bytes.len() - 8..]);
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&fcgi::get(3, true, "/hello"));
+    // Whatever of the first response got out, the connection ends, without a second
+    // END_REQUEST for id 3.
+    c.s.timeout(Duration::from_secs(5));
+    let mut ends = 0;
+    loop {
+        match read_rec(&mut c.s) {
+            Ok(Some(r)) if r.kind == END_REQUEST => ends += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("the connection was not closed: {e}\n{}", p.logs()),
+        }
+    }
+    assert!(ends <= 1, "{ends} END_REQUESTs for one id");
+    assert!(
+        p.wait_log("request id 3 was begun again while still in flight", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn authorizer_and_filter_roles_get_unknown_role() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    for role in [AUTHORIZER, FILTER, 0, 99] {
+        let mut b = fcgi::begin(1, role, true);
+        // A web server would go on with PARAMS and STDIN for that id: ignored.
+        b.extend(fcgi::record(
+            PARAMS,
+            1,
+            &params_block(&vars("GET", "/hello", None)),
+        ));
+        b.extend(fcgi::record(PARAMS, 1, b""));
+        b.extend(fcgi::record(STDIN, 1, b""));
+        c.send(&b);
+        let out = c.reply(1);
+        assert_eq!(out.end, Some((0, 3)), "role {role}: FCGI_UNKNOWN_ROLE");
+        assert!(out.stdout.is_empty(), "role {role}: {out:?}");
+        // The connection is still usable.
+        c.get(1, true, "/hello").assert_ok(b"hello\n");
+    }
+    c.assert_open(Duration::from_millis(200));
+    ok_after(&p);
+}
+
+#[test]
+fn unknown_role_without_keep_conn_closes_after_end_request() {
+    // §2.3: KEEP_CONN = 0 ⇒ the app closes the connection after END_REQUEST, also when
+    // that END_REQUEST refuses the role. On a connection that has served a request
+    // (not under --head-timeout any more).
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    c.send(&fcgi::begin(1, AUTHORIZER, false));
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 3)));
+    c.assert_closed(Duration::from_secs(3));
+    ok_after(&p);
+}
+
+#[test]
+fn stdin_longer_than_content_length_is_cut_and_warned() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let v = vars("POST", "/echo", Some(5));
+    // Whole, in one write.
+    let mut c = Fc::open(&p);
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, b"hello world, and more"));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    out.assert_ok(b"hello");
+    assert_eq!(out.header("X-Body-Len").as_deref(), Some("5"));
+    assert!(
+        p.wait_log("STDIN longer than CONTENT_LENGTH", 5),
+        "{}",
+        p.logs()
+    );
+    // Streamed: the excess arrives after the app has started reading.
+    let before = log_lines(&p, &["STDIN longer than CONTENT_LENGTH"]).len();
+    let mut b = head(2, true, &v);
+    b.extend(fcgi::record(STDIN, 2, b"hel"));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut b = fcgi::record(STDIN, 2, b"lo world");
+    b.extend(fcgi::record(STDIN, 2, b"even more"));
+    b.extend(fcgi::record(STDIN, 2, b""));
+    c.send(&b);
+    let out = c.reply(2);
+    out.assert_ok(b"hello");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log_lines(&p, &["STDIN longer than CONTENT_LENGTH"]).len() <= before {
+        assert!(Instant::now() < deadline, "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// Silent and stalled peers
+
+#[test]
+fn a_silent_client_is_closed_after_head_timeout_and_others_are_served() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut idle = Fc::open(&p);
+    let started = Instant::now();
+    for _ in 0..3 {
+        Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
+    }
+    idle.assert_closed(Duration::from_secs(5));
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed before --head-timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(p.wait_log("no FastCGI request within", 5), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
+fn a_client_stopping_mid_record_is_closed_after_read_timeout() {
+    // A fresh connection that sends part of a record header, then nothing. README:
+    // "nothing for --read-timeout in the middle of a request" closes it (--head-timeout
+    // only covers a new connection that sends no byte at all).
+    let dir = tempdir();
+    let p = start(dir.path(), &["--read-timeout", "2"]);
+    let mut stalled = Fc::open(&p);
+    stalled.send(&fcgi::begin(1, RESPONDER, true)[..5]);
+    let started = Instant::now();
+    for _ in 0..3 {
+        Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
+    }
+    stalled.assert_closed(Duration::from_secs(6));
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert!(
+        p.wait_log("(--read-timeout) in the middle of a request; closing", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn a_client_stopping_mid_params_is_closed_after_a_timeout() {
+    // BEGIN_REQUEST and one whole, non-empty PARAMS record, then nothing: whole records
+    // but not a whole request head. It must not hold the connection forever.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--read-timeout", "2"]);
+    let mut stalled = Fc::open(&p);
+    let mut b = fcgi::begin(1, RESPONDER, true);
+    b.extend(fcgi::record(
+        PARAMS,
+        1,
+        &params_block(&vars("GET", "/hello", None)),
+    ));
+    stalled.send(&b);
+    for _ in 0..3 {
+        Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
+    }
+    // --head-timeout 1 (fresh connection), --read-timeout 2: closed by 6 s either way.
+    stalled.assert_closed(Duration::from_secs(6));
+    ok_after(&p);
+}
+
+#[test]
+fn a_kept_connection_stalling_mid_request_is_closed_after_read_timeout() {
+    // After a served request (no longer under --head-timeout), a partial record, and
+    // a BEGIN_REQUEST with nothing after it, are both cut off by --read-timeout.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--read-timeout", "2"]);
+    let mut a = Fc::open(&p);
+    a.get(1, true, "/hello").assert_ok(b"hello\n");
+    a.send(&fcgi::begin(1, RESPONDER, true)[..3]);
+    let mut b = Fc::open(&p);
+    b.get(1, true, "/hello").assert_ok(b"hello\n");
+    b.send(&fcgi::begin(2, RESPONDER, true));
+    for _ in 0..3 {
+        Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
+    }
+    a.assert_closed(Duration::from_secs(6));
+    b.assert_closed(Duration::from_secs(6));
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// Streamed STDIN
+
+#[test]
+fn a_body_without_content_length_in_many_stdin_records_is_read_whole() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let body = body_of(1_000_000, 3);
+    let digest = sha256_hex(&body);
+    let v = vars("POST", "/digest", None);
+    let mut c = Fc::open(&p);
+    c.send(&head(1, true, &v));
+    // 50 records of 20 kB, in five writes 50 ms apart: streamed to the app.
+    for part in body.chunks(200_000) {
+        c.send(&stdin_records(1, part, 20_000));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.send(&fcgi::record(STDIN, 1, b""));
+    let out = c.reply(1);
+    assert_eq!(out.cgi().0, 200, "{}", p.logs());
+    let j = out.json();
+    assert_eq!(j["len"], 1_000_000);
+    assert_eq!(j["sha256"], digest.as_str());
+    // All in one write, 1-byte to 7-byte records.
+    let small = &body[..5000];
+    let mut b = head(2, true, &v);
+    let mut i = 0;
+    let mut n = 1;
+    while i < small.len() {
+        let end = (i + n).min(small.len());
+        b.extend(fcgi::record(STDIN, 2, &small[i..end]));
+        i = end;
+        n = n % 7 + 1;
+    }
+    b.extend(fcgi::record(STDIN, 2, b""));
+    c.send(&b);
+    let j = c.reply(2).json();
+    assert_eq!(j["len"], 5000);
+    assert_eq!(j["sha256"], sha256_hex(small).as_str());
+    ok_after(&p);
+}
+
+#[test]
+fn input_api_over_many_small_stdin_records_matches_one_record() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let body = b"line one\nline two\nabcdef\nthird\nfourth\n";
+    let one = |cl: Option<usize>| {
+        let v = vars("POST", "/input-api", cl);
+        let mut b = head(1, false, &v);
+        b.extend(fcgi::record(STDIN, 1, body));
+        b.extend(fcgi::record(STDIN, 1, b""));
+        let mut c = Fc::open(&p);
+        c.send(&b);
+        c.reply(1).json()
+    };
+    let reference = one(Some(body.len()));
+    assert_eq!(reference["readline5"], "line ");
+    assert_eq!(reference["readline"], "one\n");
+    assert_eq!(reference["read3"], "lin");
+    assert_eq!(reference["iter_first"], "e two\n");
+    assert_eq!(
+        reference["readlines"],
+        serde_json::json!(["abcdef\n", "third\n", "fourth\n"])
+    );
+    assert_eq!(reference["after_end"], "");
+    assert_eq!(reference["readline_end"], "");
+    assert_eq!(one(None), reference, "no CONTENT_LENGTH, one record");
+    for cl in [Some(body.len()), None] {
+        for per in [1usize, 2, 3, 5] {
+            // Records of `per` bytes, streamed in writes of a few records.
+            let v = vars("POST", "/input-api", cl);
+            let mut c = Fc::open(&p);
+            c.send(&head(1, false, &v));
+            for (i, piece) in body.chunks(per).enumerate() {
+                c.send(&fcgi::record(STDIN, 1, piece));
+                if i % 8 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            c.send(&fcgi::record(STDIN, 1, b""));
+            assert_eq!(
+                c.reply(1).json(),
+                reference,
+                "CONTENT_LENGTH {cl:?}, {per}-byte records"
+            );
+        }
+    }
+    ok_after(&p);
+}
+
+#[test]
+fn a_body_in_two_halves_half_a_second_apart_completes() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let body = body_of(200_000, 11);
+    for cl in [Some(body.len()), None] {
+        let v = vars("POST", "/digest", cl);
+        let mut c = Fc::open(&p);
+        let mut b = head(1, true, &v);
+        b.extend(stdin_records(1, &body[..100_000], 32 * 1024));
+        c.send(&b);
+        std::thread::sleep(Duration::from_millis(500));
+        let mut b = stdin_records(1, &body[100_000..], 32 * 1024);
+        b.extend(fcgi::record(STDIN, 1, b""));
+        c.send(&b);
+        let j = c.reply(1).json();
+        assert_eq!(j["len"], 200_000, "CONTENT_LENGTH {cl:?}");
+        assert_eq!(j["sha256"], sha256_hex(&body).as_str());
+        c.get(1, true, "/hello").assert_ok(b"hello\n");
+    }
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// Client gone, close()
+
+#[test]
+fn client_gone_mid_response_still_runs_close() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    for (keep, id) in [(false, "gone-plain"), (true, "gone-keep")] {
+        let mut c = Fc::open(&p);
+        c.send(&fcgi::get(1, keep, &format!("/close-slow?id={id}")));
+        let first = c.rec();
+        assert_eq!((first.kind, first.id), (STDOUT, 1));
+        drop(c);
+        wait_closed(&p, id);
+        ok_after(&p);
+    }
+    assert!(!p.logs().contains("panicked"), "{}", p.logs());
+}
+
+// ---------------------------------------------------------------------------------
+// FCGI_STDERR
+
+#[test]
+fn wsgi_errors_become_stderr_records_before_end_request() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    for slow in [false, true] {
+        let mut c = Fc::open(&p);
+        let b = fcgi::get(1, true, "/errors");
+        if slow {
+            c.send(&b[..10]);
+            std::thread::sleep(Duration::from_millis(50));
+            c.send(&b[10..]);
+        } else {
+            c.send(&b);
+        }
+        let out = c.reply(1);
+        out.assert_ok(b"logged\n");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("hello-from-wsgi-errors"),
+            "slow={slow}: {out:?}"
+        );
+        assert!(out.stderr_closed, "an empty STDERR record ends the stream");
+        // The empty STDERR comes after the last STDERR data and before END_REQUEST.
+        let last_err_data = out
+            .kinds
+            .iter()
+            .rposition(|&k| k == STDERR)
+            .expect("STDERR records");
+        assert_eq!(out.kinds.last(), Some(&END_REQUEST));
+        assert!(last_err_data < out.kinds.len() - 1);
+        // A request that writes nothing to wsgi.errors sends no STDERR at all.
+        let out = c.get(1, true, "/hello");
+        out.assert_ok(b"hello\n");
+        assert!(!out.kinds.contains(&STDERR), "{out:?}");
+    }
+    // cgi-fcgi prints FCGI_STDERR on its stderr.
+    if let Some(out) = cgi_fcgi(&p, &cgi_vars("GET", "/errors", ""), b"") {
+        assert_eq!(out.status, 200);
+        assert_eq!(out.body, b"logged\n");
+        assert!(
+            out.stderr.contains("hello-from-wsgi-errors"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(p.wait_log("hello-from-wsgi-errors", 5));
+}
+
+#[test]
+fn no_fastcgi_stderr_sends_no_stderr_records() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--no-fastcgi-stderr"]);
+    let mut c = Fc::open(&p);
+    let out = c.get(1, true, "/errors");
+    out.assert_ok(b"logged\n");
+    assert!(!out.kinds.contains(&STDERR), "{out:?}");
+    if let Some(out) = cgi_fcgi(&p, &cgi_vars("GET", "/errors", ""), b"") {
+        assert_eq!(out.body, b"logged\n");
+        assert!(
+            !out.stderr.contains("hello-from-wsgi-errors"),
+            "{}",
+            out.stderr
+        );
+    }
+    // It still goes to postern's log.
+    assert!(p.wait_log("hello-from-wsgi-errors", 5));
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// cgi-fcgi: the independent client
+
+#[test]
+fn cgi_fcgi_environ_and_bodies() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let Some(out) = cgi_fcgi(
+        &p,
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/env/a b"),
+            ("REQUEST_URI", "/env/a%20b?x=1"),
+            ("QUERY_STRING", "x=1"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "8080"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("HTTP_X_CUSTOM", "v1"),
+            ("HTTPS", "on"),
+        ],
+        b"",
+    ) else {
+        return;
+    };
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert_eq!(out.exit, Some(0));
+    let e: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/env/a b");
+    assert_eq!(e["QUERY_STRING"], "x=1");
+    assert_eq!(e["HTTP_X_CUSTOM"], "v1");
+    assert_eq!(e["SERVER_PORT"], "8080");
+    assert_eq!(e["wsgi.url_scheme"], "https");
+    assert_eq!(e["REQUEST_METHOD"], "GET");
+
+    // Bodies, byte exact.
+    for n in [0usize, 1, 70_000, 2 * 1024 * 1024] {
+        let body = body_of(n, n as u32);
+        let len = n.to_string();
+        let mut v = cgi_vars("POST", "/echo", "");
+        v.push(("CONTENT_LENGTH", &len));
+        v.push(("CONTENT_TYPE", "application/octet-stream"));
+        let out = cgi_fcgi(&p, &v, &body).unwrap();
+        assert_eq!(out.status, 200, "{n}: {}", out.stderr);
+        assert_eq!(out.header("X-Body-Len"), Some(len.as_str()));
+        assert!(out.body == body, "{n}-byte body differs");
+    }
+    let out = cgi_fcgi(&p, &cgi_vars("GET", "/error", ""), b"").unwrap();
+    assert_eq!(out.status, 500);
+    let out = cgi_fcgi(&p, &cgi_vars("GET", "/cookies", ""), b"").unwrap();
+    let cookies: Vec<&str> = out
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "Set-Cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"]);
+    ok_after(&p);
+}
+
+#[test]
+fn cgi_fcgi_stdin_longer_than_content_length() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    // cgi-fcgi sends all of its stdin, whatever CONTENT_LENGTH says.
+    let mut v = cgi_vars("POST", "/echo", "");
+    v.push(("CONTENT_LENGTH", "5"));
+    let Some(out) = cgi_fcgi(&p, &v, b"hello world, and more") else {
+        return;
+    };
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body, b"hello");
+    assert_eq!(out.header("X-Body-Len"), Some("5"));
+    assert!(
+        p.wait_log("STDIN longer than CONTENT_LENGTH", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+// ---------------------------------------------------------------------------------
+// More framing: padding, stray records, sequence errors, limits
+
+/// One record with exactly `pad` padding bytes (the harness always pads to 8).
+fn record_padded(kind: u8, id: u16, content: &[u8], pad: u8) -> Vec<u8> {
+    let mut out = vec![1, kind];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&(content.len() as u16).to_be_bytes());
+    out.push(pad);
+    out.push(0);
+    out.extend_from_slice(content);
+    out.extend(std::iter::repeat_n(0xAAu8, pad as usize));
+    out
+}
+
+#[test]
+fn padding_of_any_length_or_none_is_honoured() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let v = vars("POST", "/echo", Some(10));
+    let mut c = Fc::open(&p);
+    for pad in [0u8, 1, 7, 8, 200, 255] {
+        let mut begin_body = RESPONDER.to_be_bytes().to_vec();
+        begin_body.extend_from_slice(&[1, 0, 0, 0, 0, 0]);
+        let mut b = record_padded(1, 1, &begin_body, pad);
+        b.extend(record_padded(PARAMS, 1, &params_block(&v), pad));
+        b.extend(record_padded(PARAMS, 1, b"", pad));
+        b.extend(record_padded(STDIN, 1, b"0123", pad));
+        b.extend(record_padded(STDIN, 1, b"456789", pad));
+        b.extend(record_padded(STDIN, 1, b"", pad));
+        c.send(&b);
+        c.reply(1).assert_ok(b"0123456789");
+    }
+    c.assert_open(Duration::from_millis(200));
+    ok_after(&p);
+}
+
+#[test]
+fn stray_records_for_inactive_ids_are_ignored() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let v = vars("POST", "/echo", Some(3));
+    let mut b = Vec::new();
+    // Records for ids never begun.
+    b.extend(fcgi::record(STDIN, 5, b"stray"));
+    b.extend(fcgi::record(PARAMS, 6, b"\x01\x01ab"));
+    b.extend(fcgi::record(ABORT_REQUEST, 7, b""));
+    b.extend(fcgi::begin(1, RESPONDER, true));
+    // FCGI_DATA (Filter role only) and GET_VALUES on a request id: ignored.
+    b.extend(fcgi::record(8, 1, b"data stream"));
+    b.extend(fcgi::record(
+        GET_VALUES,
+        1,
+        &fcgi::pairs(&[("FCGI_MAX_REQS", "")]),
+    ));
+    b.extend(fcgi::record(PARAMS, 1, &params_block(&v)));
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b"abc"));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    // STDIN after the end of STDIN: ignored.
+    b.extend(fcgi::record(STDIN, 1, b"late"));
+    c.send(&b);
+    c.reply(1).assert_ok(b"abc");
+    c.get(2, true, "/hello").assert_ok(b"hello\n");
+    c.assert_open(Duration::from_millis(200));
+    ok_after(&p);
+}
+
+#[test]
+fn out_of_order_records_are_logged_and_closed() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let params = params_block(&vars("GET", "/hello", None));
+    let mut short_begin = fcgi::record(1, 1, &[0, 1, 1, 0]);
+    short_begin.extend(fcgi::get(2, true, "/hello"));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            short_begin,
+            "FCGI_BEGIN_REQUEST body is 4 bytes, expected 8",
+        ),
+        (
+            fcgi::begin(0, RESPONDER, true),
+            "BEGIN_REQUEST with the management id 0",
+        ),
+        (
+            [
+                fcgi::begin(1, RESPONDER, true),
+                fcgi::record(PARAMS, 1, &params),
+                fcgi::record(STDIN, 1, b"early"),
+            ]
+            .concat(),
+            "STDIN before the end of PARAMS",
+        ),
+        (
+            [
+                fcgi::begin(1, RESPONDER, true),
+                fcgi::record(PARAMS, 1, &params),
+                fcgi::record(PARAMS, 1, b""),
+                fcgi::record(PARAMS, 1, &params),
+            ]
+            .concat(),
+            "PARAMS after the end of PARAMS",
+        ),
+    ];
+    for (bytes, says) in cases {
+        let mut c = Fc::open(&p);
+        c.send(&bytes);
+        // Whatever was answered before the error, the connection ends.
+        while let Ok(Some(_)) = read_rec(&mut c.s) {}
+        assert!(
+            p.wait_log(says, 5),
+            "log should say {says:?}:\n{}",
+            p.logs()
+        );
+        ok_after(&p);
+    }
+}
+
+#[test]
+fn more_than_64_requests_in_flight_get_overloaded() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let mut b = Vec::new();
+    for id in 100..166u16 {
+        b.extend(fcgi::begin(id, RESPONDER, true));
+    }
+    c.send(&b);
+    // 64 are accepted (waiting for their PARAMS); 164 and 165 are refused.
+    assert_eq!(c.reply(164).end, Some((0, 2)), "FCGI_OVERLOADED");
+    assert_eq!(c.reply(165).end, Some((0, 2)), "FCGI_OVERLOADED");
+    // The accepted ones are still served when their PARAMS come.
+    let v = vars("GET", "/hello", None);
+    let mut b = Vec::new();
+    for id in [100u16, 163] {
+        b.extend(fcgi::record(PARAMS, id, &params_block(&v)));
+        b.extend(fcgi::record(PARAMS, id, b""));
+        b.extend(fcgi::record(STDIN, id, b""));
+    }
+    c.send(&b);
+    c.reply(100).assert_ok(b"hello\n");
+    c.reply(163).assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn stdin_shorter_than_content_length_is_answered_and_the_connection_goes_on() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let v = vars("POST", "/echo", Some(100));
+    let mut c = Fc::open(&p);
+    // Whole: refused before the app runs.
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, b"abc"));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 0)));
+    assert_eq!(out.cgi().0, 400, "{out:?}");
+    // Streamed: the app's read fails.
+    let mut b = head(2, true, &v);
+    b.extend(fcgi::record(STDIN, 2, b"abc"));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(&fcgi::record(STDIN, 2, b""));
+    let out = c.reply(2);
+    assert_eq!(out.end, Some((0, 0)));
+    assert!(out.cgi().0 >= 400, "{out:?}");
+    assert!(
+        p.wait_log("STDIN ended before CONTENT_LENGTH bytes", 5),
+        "{}",
+        p.logs()
+    );
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn max_body_applies_to_bodies_without_content_length() {
+    // With no CONTENT_LENGTH (nginx `fastcgi_request_buffering off`, Apache streaming a
+    // chunked body) the size is only known as STDIN arrives: --max-body must still hold.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2", "--max-body", "1k"]);
+    let mut c = Fc::open(&p);
+    // With CONTENT_LENGTH: 413 before the app runs.
+    let v = vars("POST", "/echo", Some(5000));
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, &[b'a'; 5000]));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.cgi().0, 413, "{out:?}");
+    assert_eq!(out.end, Some((0, 0)));
+    // Without, whole in one write.
+    let v = vars("POST", "/echo", None);
+    let mut b = head(2, true, &v);
+    b.extend(fcgi::record(STDIN, 2, &[b'a'; 5000]));
+    b.extend(fcgi::record(STDIN, 2, b""));
+    c.send(&b);
+    let out = c.reply(2);
+    assert_eq!(
+        out.cgi().0,
+        413,
+        "a 5000-byte body without CONTENT_LENGTH passed --max-body 1k: the app saw X-Body-Len {:?}",
+        out.header("X-Body-Len")
+    );
+    // Without, streamed: the app may have started; it must not get more than 1k.
+    let mut b = head(3, true, &v);
+    b.extend(fcgi::record(STDIN, 3, &[b'a'; 800]));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut b = fcgi::record(STDIN, 3, &[b'a'; 5000]);
+    b.extend(fcgi::record(STDIN, 3, b""));
+    c.send(&b);
+    let out = c.reply(3);
+    assert!(
+        [413, 500].contains(&out.cgi().0),
+        "a streamed 5800-byte body passed --max-body 1k: status {}, the app saw X-Body-Len {:?}",
+        out.cgi().0,
+        out.header("X-Body-Len")
+    );
+    assert!(p.wait_log("--max-body", 5));
+    // Under the limit, without CONTENT_LENGTH: served.
+    let mut b = head(4, true, &v);
+    b.extend(fcgi::record(STDIN, 4, &[b'z'; 1000]));
+    b.extend(fcgi::record(STDIN, 4, b""));
+    c.send(&b);
+    c.reply(4).assert_ok(&[b'z'; 1000]);
+    ok_after(&p);
+}
+
+#[test]
+fn missing_request_method_answers_400_with_a_fastcgi_hint() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let mut b = fcgi::begin(1, RESPONDER, true);
+    b.extend(fcgi::record(
+        PARAMS,
+        1,
+        &fcgi::pairs(&[("SCRIPT_NAME", "/env")]),
+    ));
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.cgi().0, 400);
+    assert_eq!(out.end, Some((0, 0)));
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    // The hint names the FastCGI params file, not uwsgi_params.
+    assert!(p.wait_log("no REQUEST_METHOD", 5), "{}", p.logs());
+    let line = log_lines(&p, &["no REQUEST_METHOD"]).remove(0);
+    assert!(
+        line.contains("fastcgi_params") && !line.contains("uwsgi_params"),
+        "a FastCGI socket's hint should name fastcgi_params: {line}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Responses: framing of large and odd bodies
+
+#[test]
+fn responses_are_framed_whole_or_not_ended() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = Fc::open(&p);
+    // wsgi.file_wrapper (a real file, and a BytesIO), write(), large: STDOUT records of
+    // at most 65535 bytes each, byte exact.
+    let expected: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let out = c.get(1, true, "/file?size=300000");
+    out.assert_ok(&expected);
+    let out = c.get(1, true, "/file?size=300000&offset=1000");
+    out.assert_ok(&expected[1000..]);
+    let out = c.get(1, true, "/file-bytesio?size=300000");
+    out.assert_ok(&expected);
+    c.get(1, true, "/write")
+        .assert_ok(b"written 1\nwritten 2\nreturned\n");
+    // More than Content-Length: only Content-Length bytes go out.
+    c.get(1, true, "/cl-long").assert_ok(b"01234");
+    // HEAD: the head only.
+    let mut v = vars("GET", "/", None);
+    v[0].1 = "HEAD".into();
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.cgi().0, 200);
+    assert!(out.body().is_empty(), "{out:?}");
+    assert_eq!(out.header("Content-Length").as_deref(), Some("6"));
+    assert_eq!(out.end, Some((0, 0)));
+    c.assert_open(Duration::from_millis(200));
+    // Less body than Content-Length, or an error after the headers: no END_REQUEST
+    // (the front server must not take the cut response as complete); the connection
+    // is closed.
+    for path in ["/cl-short", "/exc-info-after-sent"] {
+        let mut c = Fc::open(&p);
+        c.send(&fcgi::get(1, true, path));
+        let mut kinds = Vec::new();
+        c.s.timeout(Duration::from_secs(5));
+        loop {
+            match read_rec(&mut c.s) {
+                Ok(Some(r)) => kinds.push(r.kind),
+                Ok(None) => break,
+                Err(e) => panic!("{path}: the connection was not closed: {e}\n{}", p.logs()),
+            }
+        }
+        assert!(kinds.contains(&STDOUT), "{path}: {kinds:?}");
+        assert!(!kinds.contains(&END_REQUEST), "{path}: {kinds:?}");
+        ok_after(&p);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Flow control and load
+
+#[test]
+fn an_unread_streamed_body_is_drained_and_the_connection_goes_on() {
+    // The app answers without reading its 3 MB body, which is still arriving: postern
+    // reads and drops the rest (the web server is never blocked writing), and the
+    // connection serves the next request.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = Fc::open(&p);
+    let body = vec![b'u'; 3 * 1024 * 1024];
+    let v = vars("POST", "/unread-body", Some(body.len()));
+    let mut w = c.s.try_clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&head(1, true, &v)).unwrap();
+        for part in body.chunks(256 * 1024) {
+            w.write_all(&stdin_records(1, part, 32 * 1024)).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        w.write_all(&fcgi::record(STDIN, 1, b"")).unwrap();
+    });
+    c.reply(1).assert_ok(b"did not read\n");
+    writer.join().expect("the whole body could be written");
+    c.get(2, true, "/hello").assert_ok(b"hello\n");
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn abort_request_for_a_request_still_queued() {
+    // One Python thread, busy: request 2 waits in the queue when it is aborted. It is
+    // still answered with END_REQUEST, and request 1 is unaffected.
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let mut b = head(1, true, &vars("GET", "/sleep?s=0.7", None));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    b.extend(head(2, true, &vars("GET", "/close?id=queued", None)));
+    b.extend(fcgi::record(STDIN, 2, b""));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(&fcgi::record(ABORT_REQUEST, 2, b""));
+    let out2 = c.reply(2);
+    assert_eq!(out2.end, Some((0, 0)), "{out2:?}");
+    c.reply(1).assert_ok(b"slept\n");
+    c.get(2, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
+fn twenty_keep_conn_connections_with_ten_requests_each() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "4"]);
+    let addr = p.addr.clone();
+    let handles: Vec<_> = (0..20u16)
+        .map(|t| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                let mut s = Sock::connect(&addr);
+                for i in 0..10u16 {
+                    let id = 1 + (i % 3);
+                    let body =
+                        format!("t{t}-i{i}-").repeat(1 + (t as usize * 37 + i as usize * 11) % 400);
+                    let (bytes, want): (Vec<u8>, Vec<u8>) = if i % 2 == 0 {
+                        let v = vars("POST", "/echo", Some(body.len()));
+                        let mut b = head(id, true, &v);
+                        b.extend(stdin_records(id, body.as_bytes(), 1000));
+                        b.extend(fcgi::record(STDIN, id, b""));
+                        (b, body.into_bytes())
+                    } else {
+                        let path = format!("/env?t={t}&i={i}");
+                        (
+                            fcgi::get(id, true, &path),
+                            format!("t={t}&i={i}").into_bytes(),
+                        )
+                    };
+                    // Every third request in two writes (the slow lane), the others whole.
+                    if i % 3 == 0 {
+                        s.write_all(&bytes[..bytes.len() / 2]).unwrap();
+                        std::thread::sleep(Duration::from_millis(5));
+                        s.write_all(&bytes[bytes.len() / 2..]).unwrap();
+                    } else {
+                        s.write_all(&bytes).unwrap();
+                    }
+                    let mut out = Out::default();
+                    loop {
+                        let r = match read_rec(&mut s) {
+                            Ok(Some(r)) => r,
+                            other => {
+                                bad.push(format!("t{t} i{i}: {other:?}"));
+                                return bad;
+                            }
+                        };
+                        if r.id != id {
+                            bad.push(format!("t{t} i{i}: record for id {}", r.id));
+                            return bad;
+                        }
+                        match r.kind {
+                            STDOUT if r.content.is_empty() => out.stdout_closed = true,
+                            STDOUT => out.stdout.extend_from_slice(&r.content),
+                            END_REQUEST => {
+                                let c = &r.content;
+                                out.end =
+                                    Some((u32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4]));
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if out.end != Some((0, 0)) || !out.stdout_closed {
+                        bad.push(format!("t{t} i{i}: ended {:?}", out.end));
+                        continue;
+                    }
+                    let (status, _, got) = out.cgi();
+                    if status != 200 {
+                        bad.push(format!("t{t} i{i}: status {status}"));
+                    } else if i % 2 == 0 && got != want {
+                        bad.push(format!("t{t} i{i}: wrong body"));
+                    } else if i % 2 == 1
+                        && out.json()["QUERY_STRING"].as_str().map(str::as_bytes) != Some(&want[..])
+                    {
+                        bad.push(format!("t{t} i{i}: wrong environ"));
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}\n{}", p.logs());
+    assert!(!p.logs().contains("ERROR"), "{}", p.logs());
+    ok_after(&p);
+}

@@ -1,0 +1,905 @@
+//! SCGI (PROTOCOLS.md §3): through a real nginx `scgi_pass` (the environ, paths and
+//! `--mount`, bodies, chunked uploads, streaming, statuses, `close()`, a 200-request
+//! load), and raw hostile netstrings straight to the binary, each logged and closed with
+//! the next request served. Needs nginx for the first part: fails in CI if missing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+fn start(dir: &Path, args: &[&str]) -> Postern {
+    Spawn::unix(dir, &testapp())
+        .protocol("scgi")
+        .args(["--head-timeout", "1"])
+        .args(args.iter().copied())
+        .start()
+}
+
+/// An SCGI head as nginx writes it (encoded here, independently of postern):
+/// `CONTENT_LENGTH` first, then `SCGI` = `1`, then `vars`.
+fn scgi_head(vars: &[(&str, &str)], body_len: usize) -> Vec<u8> {
+    let len = body_len.to_string();
+    let mut all: Vec<(&str, &str)> = vec![("CONTENT_LENGTH", &len), ("SCGI", "1")];
+    all.extend_from_slice(vars);
+    netstring(&all)
+}
+
+/// `vars` exactly as given, as a netstring.
+fn netstring(vars: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (k, v) in vars {
+        block.extend_from_slice(k.as_bytes());
+        block.push(0);
+        block.extend_from_slice(v.as_bytes());
+        block.push(0);
+    }
+    let mut out = format!("{}:", block.len()).into_bytes();
+    out.extend_from_slice(&block);
+    out.push(b',');
+    out
+}
+
+fn get_vars(path: &str) -> Vec<(&str, &str)> {
+    let q = path.split_once('?').map_or("", |(_, q)| q);
+    vec![
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", path),
+        ("QUERY_STRING", q),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]
+}
+
+fn request(vars: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = scgi_head(vars, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// An SCGI response: CGI style (`Status:` first, no status line; §3, §0).
+#[derive(Debug)]
+struct Cgi {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Cgi {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+fn parse_cgi(resp: &[u8]) -> Option<Cgi> {
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if !resp.starts_with(b"Status: ") {
+        return None;
+    }
+    let head = std::str::from_utf8(&resp[..end]).ok()?;
+    let mut status = 0;
+    let mut headers = Vec::new();
+    for line in head.split("\r\n") {
+        let (k, v) = line.split_once(": ")?;
+        if k == "Status" {
+            status = v.get(..3)?.parse().ok()?;
+        } else {
+            headers.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    let rest = &resp[end + 4..];
+    let body = match headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+    {
+        Some((_, n)) => {
+            let n: usize = n.parse().ok()?;
+            if rest.len() != n {
+                return None;
+            }
+            rest.to_vec()
+        }
+        None => rest.to_vec(),
+    };
+    Some(Cgi {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn cgi_of(p: &Postern, resp: &[u8]) -> Cgi {
+    parse_cgi(resp).unwrap_or_else(|| {
+        panic!(
+            "not a complete CGI-style response: {:?}\n{}",
+            String::from_utf8_lossy(resp),
+            p.logs()
+        )
+    })
+}
+
+fn scgi_get(p: &Postern, path: &str) -> Cgi {
+    let resp = p.raw(&request(&get_vars(path), b""));
+    cgi_of(p, &resp)
+}
+
+/// The next normal request succeeds.
+fn ok_after(p: &Postern) {
+    let r = scgi_get(p, "/hello");
+    assert_eq!(r.status, 200, "the next normal request must succeed");
+    assert_eq!(r.body, b"hello\n");
+}
+
+/// Sends `bytes`, then reads until postern closes (within 5 s): what it answered.
+fn send_expect_close(p: &Postern, bytes: &[u8]) -> Vec<u8> {
+    let mut s = p.addr.connect().unwrap();
+    let _ = s.write_all(bytes);
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let r = s.read_to_end(&mut out);
+    if let Err(e) = r {
+        assert!(
+            e.kind() == std::io::ErrorKind::ConnectionReset,
+            "postern did not close the connection ({e}, after {:?}, got {:?})\n{}",
+            started.elapsed(),
+            String::from_utf8_lossy(&out),
+            p.logs()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    out
+}
+
+fn body_of(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Through nginx
+
+/// The SCGI location: the variables of nginx's stock `scgi_params` (nginx adds
+/// CONTENT_LENGTH itself, first), plus `extra` directives.
+fn scgi_location(prefix: &str, pass: &str, extra: &str) -> String {
+    format!(
+        r#"location {prefix} {{
+            scgi_param REQUEST_METHOD $request_method;
+            scgi_param REQUEST_URI $request_uri;
+            scgi_param QUERY_STRING $query_string;
+            scgi_param CONTENT_TYPE $content_type;
+            scgi_param DOCUMENT_URI $document_uri;
+            scgi_param DOCUMENT_ROOT $document_root;
+            scgi_param SCGI 1;
+            scgi_param SERVER_PROTOCOL $server_protocol;
+            scgi_param REQUEST_SCHEME $scheme;
+            scgi_param HTTPS $https if_not_empty;
+            scgi_param REMOTE_ADDR $remote_addr;
+            scgi_param REMOTE_PORT $remote_port;
+            scgi_param SERVER_PORT $server_port;
+            scgi_param SERVER_NAME $server_name;
+            {extra}
+            scgi_pass {pass};
+        }}"#
+    )
+}
+
+struct Stack {
+    nginx: Nginx,
+    postern: Postern,
+    _dir: tempfile::TempDir,
+}
+
+fn stack_with(tcp: bool, args: &[&str]) -> Option<Stack> {
+    let bin = nginx_bin()?;
+    let dir = tempdir();
+    let spawn = if tcp {
+        Spawn::tcp(dir.path(), &testapp())
+    } else {
+        Spawn::unix(dir.path(), &testapp())
+    };
+    let postern = spawn.protocol("scgi").args(args.iter().copied()).start();
+    let pass = postern.addr.nginx();
+    let nginx = Nginx::start(&bin, dir.path(), &scgi_location("/", &pass, ""));
+    Some(Stack {
+        nginx,
+        postern,
+        _dir: dir,
+    })
+}
+
+/// Runs `f` over a Unix socket and over TCP, then checks nginx logged no upstream error.
+fn both(f: impl Fn(&Stack)) {
+    for tcp in [false, true] {
+        let Some(s) = stack_with(tcp, &["--threads", "4"]) else {
+            return;
+        };
+        f(&s);
+        assert_clean(&s, if tcp { "tcp" } else { "unix" });
+    }
+}
+
+fn assert_clean(s: &Stack, what: &str) {
+    let errors = s.nginx.error_log();
+    for bad in [
+        "upstream prematurely closed",
+        "[crit]",
+        "reset by peer",
+        "Broken pipe",
+        "upstream sent",
+        "while reading response header from upstream",
+    ] {
+        assert!(
+            !errors.contains(bad),
+            "nginx logged upstream errors ({what}):\n{errors}\npostern:\n{}",
+            s.postern.logs()
+        );
+    }
+}
+
+#[test]
+fn nginx_environ_paths_query_and_headers() {
+    both(|s| {
+        let r = s.nginx.request(
+            "GET",
+            "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9",
+            &[
+                ("X-Custom", "v1"),
+                ("Accept", "text/html"),
+                ("Accept", "application/json"),
+            ],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        // nginx hides the CGI Status header.
+        assert!(r.header("Status").is_none());
+        let e = r.json();
+        assert_eq!(e["REQUEST_METHOD"], "GET");
+        // scgi_params has no PATH_INFO or SCRIPT_NAME: derived from REQUEST_URI, decoded;
+        // PEP 3333: the UTF-8 bytes as latin-1 code points.
+        assert_eq!(e["SCRIPT_NAME"], "");
+        assert_eq!(e["PATH_INFO"], "/env/a b/caf\u{c3}\u{a9}");
+        assert_eq!(e["QUERY_STRING"], "x=1&y=%C3%A9");
+        assert_eq!(e["REQUEST_URI"], "/env/a%20b/caf%C3%A9?x=1&y=%C3%A9");
+        assert_eq!(e["HTTP_X_CUSTOM"], "v1");
+        assert_eq!(e["HTTP_ACCEPT"], "text/html, application/json");
+        assert_eq!(e["HTTP_HOST"], "localhost");
+        assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.1");
+        assert_eq!(e["SERVER_NAME"], "localhost");
+        assert_eq!(e["SERVER_PORT"], s.nginx.port.to_string());
+        assert_eq!(e["REMOTE_ADDR"], "127.0.0.1");
+        assert_eq!(e["wsgi.url_scheme"], "http");
+        assert_eq!(e["_types_ok"], true);
+        assert!(e.get("CONTENT_TYPE").is_none(), "{e}");
+        assert!(e.get("HTTP_CONTENT_LENGTH").is_none());
+        // An encoded slash stays a slash after decoding; the query is left alone.
+        let e = s.nginx.get("/env/%7Euser/x?a=%20").json();
+        assert_eq!(e["PATH_INFO"], "/env/~user/x");
+        assert_eq!(e["QUERY_STRING"], "a=%20");
+        // POST: CONTENT_TYPE and CONTENT_LENGTH, never as HTTP_*.
+        let r = s
+            .nginx
+            .request("POST", "/env", &[("Content-Type", "text/plain")], b"hello");
+        let e = r.json();
+        assert_eq!(e["REQUEST_METHOD"], "POST");
+        assert_eq!(e["CONTENT_TYPE"], "text/plain");
+        assert_eq!(e["CONTENT_LENGTH"], "5");
+        assert!(e.get("HTTP_CONTENT_TYPE").is_none());
+        assert!(e.get("HTTP_CONTENT_LENGTH").is_none());
+    });
+}
+
+#[test]
+fn nginx_mount_option_splits_script_name() {
+    let Some(s) = stack_with(false, &["--mount", "/app", "--mount", "/mount"]) else {
+        return;
+    };
+    let e = s.nginx.get("/app/env/x%20y?q=1").json();
+    assert_eq!(e["SCRIPT_NAME"], "/app");
+    assert_eq!(e["PATH_INFO"], "/env/x y");
+    assert_eq!(e["QUERY_STRING"], "q=1");
+    let e = s.nginx.get("/mount/env").json();
+    assert_eq!(e["SCRIPT_NAME"], "/mount");
+    assert_eq!(e["PATH_INFO"], "/env");
+    // Not under a mount (no `/` boundary): the whole path.
+    let e = s.nginx.get("/mountain").json();
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/mountain");
+    assert_clean(&s, "mount");
+}
+
+#[test]
+fn nginx_bodies_empty_small_and_5mib_are_byte_exact() {
+    both(|s| {
+        let r = s.nginx.request("POST", "/echo", &[], b"");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Body-Len"), Some("0"));
+        let small = b"name=value&x=\xff\x00\x01";
+        let r = s.nginx.request("POST", "/echo", &[], small);
+        assert_eq!(r.body, small);
+        let big = body_of(5 * 1024 * 1024, 1);
+        let r = s.nginx.request("POST", "/echo", &[], &big);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Body-Len"), Some("5242880"));
+        assert!(r.body == big, "5 MiB body differs");
+        let lines: String = (0..20000).map(|i| format!("line {i}\n")).collect();
+        let j = s
+            .nginx
+            .request("POST", "/input-api", &[], lines.as_bytes())
+            .json();
+        assert_eq!(j["readline5"], "line ");
+        assert_eq!(j["readline"], "0\n");
+        assert_eq!(j["readlines"].as_array().unwrap().len(), 19998);
+    });
+}
+
+#[test]
+fn nginx_chunked_upload_arrives_with_a_content_length() {
+    both(|s| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"POST /digest HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        let mut total = 0;
+        for i in 0..20u8 {
+            let chunk = vec![b'a' + i; 50_000];
+            c.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .unwrap();
+            c.write_all(&chunk).unwrap();
+            c.write_all(b"\r\n").unwrap();
+            total += chunk.len();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        c.write_all(b"0\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).unwrap();
+        let r = parse_http(&out).expect("a response");
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        assert_eq!(r.json()["len"], total);
+        // nginx buffered it and sent its length.
+        let env = s.nginx.raw(b"POST /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        let e = parse_http(&env).unwrap().json();
+        assert_eq!(e["CONTENT_LENGTH"], "3");
+        assert!(e.get("HTTP_TRANSFER_ENCODING").is_none());
+    });
+}
+
+#[test]
+fn nginx_streamed_response_arrives_in_pieces() {
+    both(|s| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /stream?n=4&delay=0.4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("chunk 0") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The first chunk long before the last (4 x 0.4 s).
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        c.read_to_end(&mut got).unwrap();
+        let r = parse_http(&got).unwrap();
+        assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
+    });
+}
+
+#[test]
+fn nginx_statuses_headers_and_close() {
+    both(|s| {
+        let r = s.nginx.get("/error");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.text(), "Internal Server Error\n");
+        let r = s.nginx.get("/exc-info");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("X-Exc"), Some("1"));
+        let r = s.nginx.get("/cookies");
+        assert_eq!(r.all("Set-Cookie"), vec!["a=1; Path=/", "b=2; Path=/"]);
+        assert_eq!(
+            s.nginx.get("/write").text(),
+            "written 1\nwritten 2\nreturned\n"
+        );
+        let head = s
+            .nginx
+            .raw(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let text = String::from_utf8_lossy(&head);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\nContent-Length: 6\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text}");
+        let r = s.nginx.get("/file?size=300000");
+        let expected: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        assert!(r.body == expected);
+        // close() on success, on error, and when the client goes away mid-response.
+        assert_eq!(s.nginx.get("/close?id=ok").text(), "a\nb\n");
+        assert_eq!(s.nginx.get("/closed?id=ok").text(), "closed");
+        assert_eq!(s.nginx.get("/close-error?id=err").status, 500);
+        assert_eq!(s.nginx.get("/closed?id=err").text(), "closed");
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.write_all(b"GET /close-slow?id=abort HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let _ = c.read(&mut buf).unwrap();
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while s.nginx.get("/closed?id=abort").text() != "closed" {
+            assert!(
+                Instant::now() < deadline,
+                "close() not called after client abort:\n{}",
+                s.postern.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+#[test]
+fn nginx_two_hundred_requests_over_twenty_connections() {
+    let Some(s) = stack_with(false, &["--threads", "4"]) else {
+        return;
+    };
+    let port = s.nginx.port;
+    let handles: Vec<_> = (0..20)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                for i in 0..10 {
+                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let body = format!("t{t}-i{i}-").repeat(1 + (t * 37 + i * 11) % 300);
+                    let req = if i % 2 == 0 {
+                        format!("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                    } else {
+                        format!("GET /env?t={t}&i={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    };
+                    c.write_all(req.as_bytes()).unwrap();
+                    let mut out = Vec::new();
+                    let _ = c.read_to_end(&mut out);
+                    match parse_http(&out) {
+                        Some(r) if r.status == 200 => {
+                            if i % 2 == 0 && r.text() != body {
+                                bad.push(format!("t{t} i{i}: wrong body"));
+                            }
+                            if i % 2 == 1 && r.json()["QUERY_STRING"] != format!("t={t}&i={i}") {
+                                bad.push(format!("t{t} i{i}: wrong environ"));
+                            }
+                        }
+                        Some(r) => bad.push(format!("t{t} i{i}: status {}", r.status)),
+                        None => bad.push(format!("t{t} i{i}: no response")),
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}\nnginx:\n{}", s.nginx.error_log());
+    assert_clean(&s, "load");
+    assert!(
+        !s.nginx.error_log().contains("[error]"),
+        "{}",
+        s.nginx.error_log()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Raw SCGI
+
+#[test]
+fn raw_response_is_cgi_style_and_closes() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let resp = p.raw(&request(&get_vars("/"), b""));
+    assert!(
+        resp.starts_with(b"Status: 200 OK\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    let r = cgi_of(&p, &resp);
+    assert_eq!(r.body, b"hello\n");
+    assert_eq!(r.header("Content-Length"), Some("6"));
+    // The body is exactly CONTENT_LENGTH bytes; what follows is not body.
+    let mut bytes = request(
+        &[("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/echo")],
+        b"0123456789",
+    );
+    bytes.extend_from_slice(b"trailing junk");
+    let r = cgi_of(&p, &p.raw(&bytes));
+    assert_eq!(r.body, b"0123456789");
+    // A missing SCGI header is tolerated (PROTOCOLS.md §3: some clients leave it out).
+    let r = cgi_of(
+        &p,
+        &p.raw(&netstring(&[
+            ("CONTENT_LENGTH", "0"),
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/env?z=1"),
+            ("QUERY_STRING", "z=1"),
+        ])),
+    );
+    assert_eq!(r.json()["QUERY_STRING"], "z=1");
+    assert_eq!(r.json()["PATH_INFO"], "/env");
+    // A whole request that comes in pieces (the slow lane).
+    let bytes = request(&get_vars("/hello"), b"");
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&bytes[..3]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&bytes[3..]).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert_eq!(cgi_of(&p, &out).body, b"hello\n");
+}
+
+#[test]
+fn raw_bodies_and_input_api() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    for n in [1usize, 70_000, 3_000_000] {
+        let body = body_of(n, 5);
+        let len = n.to_string();
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&request(
+            &[
+                ("REQUEST_METHOD", "POST"),
+                ("REQUEST_URI", "/echo"),
+                ("CONTENT_LENGTH", &len),
+            ],
+            &body,
+        ))
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let r = cgi_of(&p, &out);
+        assert_eq!(r.header("X-Body-Len"), Some(len.as_str()));
+        assert!(r.body == body, "{n}-byte body differs");
+    }
+    let body = b"line one\nline two\nabcdef\nthird\nfourth\n";
+    let r = cgi_of(
+        &p,
+        &p.raw(&request(
+            &[("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/input-api")],
+            body,
+        )),
+    );
+    let j = r.json();
+    assert_eq!(j["readline5"], "line ");
+    assert_eq!(j["readline"], "one\n");
+    assert_eq!(j["read3"], "lin");
+    assert_eq!(j["iter_first"], "e two\n");
+    assert_eq!(
+        j["readlines"],
+        serde_json::json!(["abcdef\n", "third\n", "fourth\n"])
+    );
+}
+
+/// A valid block whose netstring is then broken by `f`.
+fn broken(f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    f(request(&get_vars("/hello"), b""))
+}
+
+#[test]
+fn hostile_netstrings_are_logged_and_closed() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let good = request(&get_vars("/hello"), b"");
+    let colon = good.iter().position(|&b| b == b':').unwrap();
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "leading zero",
+            broken(|mut v| {
+                v.insert(0, b'0');
+                v
+            }),
+            &["SCGI netstring length is not 1-7 decimal digits"],
+        ),
+        (
+            "0 alone",
+            b"0:,".to_vec(),
+            &["SCGI netstring length is not 1-7 decimal digits"],
+        ),
+        (
+            "8-digit length",
+            [&b"12345678:"[..], &good[colon + 1..]].concat(),
+            // Over --buffer-size as well: either reason is a clear one.
+            &[
+                "SCGI netstring length is not 1-7 decimal digits",
+                "over the 65535-byte limit",
+            ],
+        ),
+        (
+            "8-digit length under the limit",
+            [&b"00000100:"[..], &good[colon + 1..]].concat(),
+            &["SCGI netstring length is not 1-7 decimal digits"],
+        ),
+        (
+            "missing colon",
+            broken(|mut v| {
+                v.remove(colon);
+                v
+            }),
+            &["SCGI netstring length is not 1-7 decimal digits"],
+        ),
+        (
+            "missing comma",
+            broken(|mut v| {
+                let n = v.len();
+                v[n - 1] = b';';
+                v
+            }),
+            &["SCGI header block is not followed by ','"],
+        ),
+        (
+            "CONTENT_LENGTH not first",
+            netstring(&[
+                ("REQUEST_METHOD", "GET"),
+                ("CONTENT_LENGTH", "0"),
+                ("REQUEST_URI", "/hello"),
+            ]),
+            &["the first header is not CONTENT_LENGTH"],
+        ),
+        (
+            "no CONTENT_LENGTH at all",
+            netstring(&[("SCGI", "1"), ("REQUEST_METHOD", "GET")]),
+            &["the first header is not CONTENT_LENGTH"],
+        ),
+        (
+            "CONTENT_LENGTH not a number",
+            netstring(&[("CONTENT_LENGTH", "-5"), ("REQUEST_METHOD", "POST")]),
+            &["CONTENT_LENGTH \"-5\" is not a valid length"],
+        ),
+        (
+            "CONTENT_LENGTH repeated with another value",
+            [
+                netstring(&[
+                    ("CONTENT_LENGTH", "3"),
+                    ("REQUEST_METHOD", "POST"),
+                    ("CONTENT_LENGTH", "300"),
+                ]),
+                b"abc".to_vec(),
+            ]
+            .concat(),
+            &["CONTENT_LENGTH repeated with a different value"],
+        ),
+        (
+            "value without its NUL",
+            {
+                let block = b"CONTENT_LENGTH\x000\x00REQUEST_METHOD\x00GET";
+                [format!("{}:", block.len()).as_bytes(), block, b","].concat()
+            },
+            &["header value without its terminating NUL"],
+        ),
+        (
+            "empty header name",
+            {
+                let block = b"CONTENT_LENGTH\x000\x00\x00x\x00";
+                [format!("{}:", block.len()).as_bytes(), block, b","].concat()
+            },
+            &["empty header name"],
+        ),
+        (
+            "not a digit",
+            b"x12:abc".to_vec(),
+            &["SCGI netstring length is not 1-7 decimal digits"],
+        ),
+    ];
+    for (what, bytes, says) in cases {
+        let out = send_expect_close(&p, &bytes);
+        // Closed without a normal answer (a 431 for an oversized length is fine).
+        assert!(
+            out.is_empty() || out.starts_with(b"Status: 431"),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !says.iter().any(|s| p.logs().contains(s)) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the log should say one of {says:?}:\n{}",
+                p.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        ok_after(&p);
+    }
+    // Every line names the peer.
+    for line in p.logs().lines().filter(|l| l.contains("bad request")) {
+        assert!(line.contains("peer="), "{line}");
+    }
+}
+
+#[test]
+fn http_text_on_the_scgi_port_gets_an_http_400() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    ] {
+        let out = send_expect_close(&p, req);
+        let r = parse_http(&out).unwrap_or_else(|| {
+            panic!(
+                "an HTTP answer for HTTP text: {:?}",
+                String::from_utf8_lossy(&out)
+            )
+        });
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("SCGI"), "{}", r.text());
+        assert!(
+            p.wait_log("HTTP request received on an SCGI socket", 5),
+            "{}",
+            p.logs()
+        );
+        ok_after(&p);
+    }
+}
+
+#[test]
+fn head_over_buffer_size_answers_431() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--buffer-size", "4096"]);
+    let big = "c".repeat(6000);
+    let mut v = get_vars("/env");
+    v.push(("HTTP_COOKIE", &big));
+    let out = send_expect_close(&p, &request(&v, b""));
+    let r = cgi_of(&p, &out);
+    assert_eq!(r.status, 431);
+    assert!(
+        p.wait_log("over the 4096-byte limit (raise --buffer-size", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+    // Just under the limit is served.
+    let under = "c".repeat(3500);
+    let mut v = get_vars("/env");
+    v.push(("HTTP_COOKIE", &under));
+    let r = cgi_of(&p, &p.raw(&request(&v, b"")));
+    assert_eq!(r.json()["HTTP_COOKIE"].as_str().unwrap().len(), 3500);
+}
+
+#[test]
+fn truncated_head_and_body_are_logged_and_closed() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    // Head cut, then EOF.
+    let good = request(&get_vars("/hello"), b"");
+    let out = raw_eof(&p.addr, &good[..good.len() - 5]);
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(p.wait_log("incomplete request head", 5), "{}", p.logs());
+    ok_after(&p);
+    // Body cut, then the client is gone.
+    let mut s = p.addr.connect().unwrap();
+    let mut bytes = scgi_head(
+        &[("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/echo")],
+        100_000,
+    );
+    bytes.extend_from_slice(&[7u8; 1000]);
+    s.write_all(&bytes).unwrap();
+    drop(s);
+    assert!(
+        p.wait_log("connection closed after 1000 of 100000 body bytes", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+    // Body cut, the client half-closes: nothing is answered.
+    let out = raw_eof(&p.addr, &bytes);
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    ok_after(&p);
+}
+
+#[test]
+fn a_silent_client_is_closed_after_head_timeout() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut idle = p.addr.connect().unwrap();
+    let mut partial = p.addr.connect().unwrap();
+    partial.write_all(b"40:CONTENT_LEN").unwrap();
+    let started = Instant::now();
+    for _ in 0..3 {
+        ok_after(&p);
+    }
+    for s in [&mut idle, &mut partial] {
+        let mut out = Vec::new();
+        let r = s.read_to_end(&mut out);
+        assert!(
+            r.is_ok() && out.is_empty(),
+            "closed without an answer: {r:?} {out:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        p.wait_log("no complete request head within", 5),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
+fn max_body_answers_413() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--max-body", "1k"]);
+    let out = p.raw(&request(
+        &[("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/echo")],
+        &[1u8; 5000],
+    ));
+    assert_eq!(cgi_of(&p, &out).status, 413);
+    assert!(p.wait_log("--max-body", 5));
+    let r = cgi_of(
+        &p,
+        &p.raw(&request(
+            &[("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/echo")],
+            &[1u8; 1000],
+        )),
+    );
+    assert_eq!(r.body, vec![1u8; 1000]);
+}
+
+#[test]
+fn missing_request_method_answers_400_with_an_scgi_hint() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let r = cgi_of(&p, &p.raw(&request(&[("REQUEST_URI", "/env")], b"")));
+    assert_eq!(r.status, 400);
+    ok_after(&p);
+    assert!(p.wait_log("no REQUEST_METHOD", 5), "{}", p.logs());
+    let line = p
+        .logs()
+        .lines()
+        .find(|l| l.contains("no REQUEST_METHOD"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("scgi_params") && !line.contains("uwsgi_params"),
+        "an SCGI socket's hint should name scgi_params: {line}"
+    );
+}
+
+#[test]
+fn errors_and_close_on_client_gone_without_nginx() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let r = scgi_get(&p, "/error");
+    assert_eq!(r.status, 500);
+    assert!(p.wait_log("ValueError: boom", 5));
+    // The client goes away mid-response: close() runs.
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&request(&get_vars("/close-slow?id=gone"), b""))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while scgi_get(&p, "/closed?id=gone").body != b"closed" {
+        assert!(
+            Instant::now() < deadline,
+            "close() did not run:\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok_after(&p);
+}
