@@ -261,16 +261,6 @@ impl Parking {
     }
 }
 
-/// The fast path's verdict on what a read brought.
-pub enum Admit {
-    /// One whole request: serve it on this thread.
-    Serve(Request),
-    /// Anything else: the slow lane takes the connection with these bytes.
-    Slow(BytesMut),
-    /// Nothing usable: the connection is closed (or parked again).
-    Done,
-}
-
 /// Looks at the first bytes of a read: a whole simple request becomes a [`Request`].
 pub fn admit_whole(
     conn: &Arc<FcgiConn>,
@@ -816,7 +806,6 @@ pub async fn serve(
                 &info,
                 &lane,
                 &settings,
-                &parking,
                 &ctl_tx,
             ) {
                 Step::Go => {}
@@ -881,12 +870,9 @@ pub async fn serve(
                     break 'conn;
                 }
             }
-            _ = room => {
-                // Loop: the blocked event is retried first.
-                if blocked.as_ref().is_some_and(|tx| tx.is_closed()) {
-                    // The app is done with its body: the rest is dropped.
-                }
-            }
+            // Room in the blocked request's STDIN queue (or its reader is gone): the
+            // loop retries the blocked event first.
+            _ = room => {}
             r = read_some(&afd, &mut buf), if backlog.is_empty() => {
                 match r {
                     Ok(0) => {
@@ -1021,7 +1007,6 @@ fn handle_event(
     info: &ListenerInfo,
     lane: &SlowLane,
     settings: &FcgiSettings,
-    _parking: &Arc<Parking>,
     ctl_tx: &mpsc::UnboundedSender<Ctl>,
 ) -> Step {
     let peer = &conn.peer;
