@@ -282,18 +282,21 @@ impl Acceptor {
                 Err(e) => Err(e),
             }
         });
+        let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
+            self.parking.forget(&conn);
+            self.slow.spawn_fcgi(
+                conn,
+                buf,
+                l.info.clone(),
+                Arc::clone(&self.parking),
+                self.fcgi.clone(),
+                started,
+            );
+        };
         match got {
             Ok(Some(Ok(req))) => Some(req),
             Ok(Some(Err(buf))) => {
-                self.parking.forget(&conn);
-                self.slow.spawn_fcgi(
-                    conn,
-                    buf,
-                    l.info.clone(),
-                    Arc::clone(&self.parking),
-                    self.fcgi.clone(),
-                    started,
-                );
+                to_slow_lane(conn, buf);
                 None
             }
             Ok(None) => {
@@ -305,14 +308,7 @@ impl Acceptor {
                 if parked {
                     self.parking.park(conn);
                 } else {
-                    self.slow.spawn_fcgi(
-                        conn,
-                        BytesMut::new(),
-                        l.info.clone(),
-                        Arc::clone(&self.parking),
-                        self.fcgi.clone(),
-                        started,
-                    );
+                    to_slow_lane(conn, BytesMut::new());
                 }
                 None
             }

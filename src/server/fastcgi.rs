@@ -149,6 +149,26 @@ impl FcgiConn {
         r
     }
 
+    /// Writes `data` unless `done` is set by then (checked under the write lock, so a
+    /// late `wsgi.errors` line never follows END_REQUEST).
+    fn write_unless(&self, data: &[u8], done: &AtomicBool) -> io::Result<()> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the FastCGI connection is closed",
+            ));
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if done.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let r = send_all(&self.sock, data, self.write_timeout);
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
+    }
+
     /// Ends the connection now, without END_REQUEST for what is in flight: the front
     /// server sees the response as failed, not complete (a reset over TCP).
     pub fn abort(&self) {
@@ -206,6 +226,12 @@ impl Parking {
         let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
         let data = epoll::EventData::new_u64(token);
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy && !self.open.load(Ordering::SeqCst) {
+            // Stopping (checked again under the lock `close_all` takes).
+            drop(conns);
+            self.forget(&conn);
+            return;
+        }
         let r = if conn.registered.swap(true, Ordering::SeqCst) {
             epoll::modify(&*self.epoll, &conn.sock, data, flags)
         } else {
@@ -246,13 +272,13 @@ impl Parking {
     /// At stop: idle connections are closed, busy ones close after their response.
     pub fn close_all(&self) -> usize {
         self.open.store(false, Ordering::SeqCst);
-        let conns: Vec<_> = self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, c)| c)
-            .collect();
+        let conns: Vec<_> = {
+            let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            // Busy ones (a request running inline) stay: their request finishes, then
+            // `park` closes them.
+            let idle: Vec<u64> = map.keys().copied().filter(|t| t & BUSY == 0).collect();
+            idle.into_iter().filter_map(|t| map.remove(&t)).collect()
+        };
         for c in &conns {
             self.forget(c);
             let _ = c.sock.shutdown(std::net::Shutdown::Both);
@@ -421,7 +447,7 @@ fn stderr_forward(conn: &Arc<FcgiConn>, id: u16, flags: &Arc<ReqFlags>) -> Error
         let mut out = Vec::with_capacity(line.len() + 16);
         fcgi::encode_stream(&mut out, fcgi::STDERR, id, line);
         flags.stderr_used.store(true, Ordering::Release);
-        let _ = conn.write(&out);
+        let _ = conn.write_unless(&out, &flags.done);
     })
 }
 
@@ -810,6 +836,10 @@ pub async fn serve(
             ) {
                 Step::Go => {}
                 Step::Close => break 'conn,
+                Step::CloseDrain => {
+                    drain = true;
+                    break 'conn;
+                }
                 Step::Wait(ev) => {
                     backlog.push_front(ev);
                     break;
@@ -837,8 +867,10 @@ pub async fn serve(
         let waiting_body = slots.values().any(|s| s.stdin.is_some());
         let deadline = if idle {
             (fresh_only(fresh, &conn)).then(|| started + limits.head_timeout)
-        } else if !buf.is_empty() || waiting_body || !backlog.is_empty() || parser.awaiting_params()
-        {
+        } else if !backlog.is_empty() {
+            // Waiting for the app to read its body, not for the peer.
+            None
+        } else if !buf.is_empty() || waiting_body || parser.awaiting_params() {
             Some(last_read + limits.read_timeout)
         } else {
             None
@@ -872,7 +904,7 @@ pub async fn serve(
             }
             // Room in the blocked request's STDIN queue (or its reader is gone): the
             // loop retries the blocked event first.
-            _ = room => {}
+            _ = room => last_read = Instant::now(),
             r = read_some(&afd, &mut buf), if backlog.is_empty() => {
                 match r {
                     Ok(0) => {
@@ -993,6 +1025,8 @@ async fn read_some(afd: &AsyncFd<ConnFd>, buf: &mut BytesMut) -> io::Result<usiz
 enum Step {
     Go,
     Close,
+    /// Answered without FCGI_KEEP_CONN: close once the front server has sent the rest.
+    CloseDrain,
     /// The request's STDIN queue is full: retry this event when there is room.
     Wait(Event),
 }
@@ -1012,7 +1046,7 @@ fn handle_event(
     let peer = &conn.peer;
     match ev {
         Event::Reply(bytes) => {
-            if conn.write(&bytes).is_err() {
+            if blocking_write(conn, &bytes).is_err() {
                 return Step::Close;
             }
             Step::Go
@@ -1251,6 +1285,12 @@ fn handle_event(
     }
 }
 
+/// A write from the connection's task: it may wait (a peer that does not read, a
+/// Python thread holding the write lock), so the tokio worker is handed over meanwhile.
+fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
+    tokio::task::block_in_place(|| conn.write(data))
+}
+
 /// Answers a request from the server itself (400, 413) and forgets it.
 fn answer_now(
     conn: &FcgiConn,
@@ -1278,8 +1318,11 @@ fn answer_now(
     fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
     // The rest of its STDIN is ignored: the id is free from now on.
     parser.finished(id);
-    if conn.write(&out).is_err() || !keep_conn {
+    if blocking_write(conn, &out).is_err() {
         return Step::Close;
+    }
+    if !keep_conn {
+        return Step::CloseDrain;
     }
     Step::Go
 }

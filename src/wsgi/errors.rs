@@ -27,7 +27,8 @@ impl Errors {
             let mut bytes = Vec::with_capacity(line.len() + 1);
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
-            f(&bytes);
+            // The front server may be slow to read: never wait with the GIL held.
+            Python::attach(|py| py.detach(|| f(&bytes)));
         }
     }
 }

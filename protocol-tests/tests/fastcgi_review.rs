@@ -1,0 +1,250 @@
+//! Review tests for the FastCGI connection handling (src/server/fastcgi.rs): each test
+//! shows one concrete bug with raw records, no front server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::fcgi::{self, PARAMS, STDIN};
+use protocol_tests::harness::*;
+
+fn unix(p: &Postern) -> UnixStream {
+    let Addr::Unix(path) = &p.addr else { panic!() };
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+fn head(id: u16, keep: bool, method: &str, path: &str, cl: Option<usize>) -> Vec<u8> {
+    let mut v: Vec<(String, String)> = vec![
+        ("REQUEST_METHOD".into(), method.into()),
+        ("SCRIPT_NAME".into(), path.into()),
+        ("REQUEST_URI".into(), path.into()),
+        ("QUERY_STRING".into(), String::new()),
+        ("SERVER_PROTOCOL".into(), "HTTP/1.1".into()),
+        ("SERVER_NAME".into(), "localhost".into()),
+        ("SERVER_PORT".into(), "80".into()),
+    ];
+    if let Some(n) = cl {
+        v.push(("CONTENT_LENGTH".into(), n.to_string()));
+    }
+    let pv: Vec<(&str, &str)> = v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut out = fcgi::begin(id, 1, keep);
+    out.extend(fcgi::record(PARAMS, id, &fcgi::pairs(&pv)));
+    out.extend(fcgi::record(PARAMS, id, b""));
+    out
+}
+
+fn stdin(id: u16, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in data.chunks(32 * 1024) {
+        out.extend(fcgi::record(STDIN, id, c));
+    }
+    out
+}
+
+/// Reads until END_REQUEST for `id`; Err(description) on EOF / error first.
+fn try_reply(s: &mut dyn Read, id: u16) -> Result<fcgi::Reply, String> {
+    let mut r = fcgi::Reply::default();
+    loop {
+        let rec = fcgi::read(s).ok_or_else(|| {
+            format!(
+                "connection closed before END_REQUEST (stdout so far: {:?})",
+                String::from_utf8_lossy(&r.stdout)
+            )
+        })?;
+        if rec.id != id {
+            continue;
+        }
+        match rec.kind {
+            fcgi::STDOUT => r.stdout.extend_from_slice(&rec.content),
+            fcgi::STDERR => r.stderr.extend_from_slice(&rec.content),
+            fcgi::END_REQUEST => {
+                let c = &rec.content;
+                r.end = Some((u32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4]));
+                return Ok(r);
+            }
+            k => return Err(format!("record type {k}")),
+        }
+    }
+}
+
+/// HIGH: at SIGTERM, `Parking::close_all` drains every entry of the parking map,
+/// including the `token | BUSY` entries of connections whose request is being served
+/// inline right now (keep-conn), and shuts them down: the in-flight response is cut
+/// (nginx: "upstream prematurely closed", 502). The same request without KEEP_CONN
+/// (no busy watch) is finished as a graceful stop promises.
+#[test]
+fn graceful_stop_finishes_inline_keep_conn_requests() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "4", "--graceful-timeout", "10"])
+        .start();
+    let mut plain = unix(&p);
+    let mut kept = unix(&p);
+    // A first request makes each connection a served one: the keep-conn one is parked
+    // in the Python threads' epoll afterwards, so its next request is served inline.
+    plain.write_all(&fcgi::get(1, true, "/hello")).unwrap();
+    try_reply(&mut plain, 1).unwrap();
+    kept.write_all(&fcgi::get(1, true, "/hello")).unwrap();
+    try_reply(&mut kept, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Whole requests in one write: served inline by the fast path.
+    plain
+        .write_all(&fcgi::get(1, false, "/sleep?s=1.5"))
+        .unwrap();
+    kept.write_all(&fcgi::get(1, true, "/sleep?s=1.5")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    p.signal(libc::SIGTERM);
+    let a = try_reply(&mut plain, 1);
+    let b = try_reply(&mut kept, 1);
+    p.wait_exit(15);
+    let a = a.unwrap_or_else(|e| panic!("control (no keep-conn) failed: {e}\n{}", p.logs()));
+    assert_eq!(a.cgi().0, 200);
+    let b = b.unwrap_or_else(|e| {
+        panic!(
+            "keep-conn request in flight at SIGTERM was cut: {e}\n{}",
+            p.logs()
+        )
+    });
+    assert_eq!(b.cgi().0, 200, "{b:?}");
+    assert_eq!(b.cgi().2, b"slept\n");
+}
+
+/// HIGH/MEDIUM: a request refused by the slow lane itself (413 over --max-body, 400)
+/// without FCGI_KEEP_CONN: `answer_now` returns `Step::Close`, which breaks out of the
+/// connection loop with `drain == false`, so the socket is closed while the front server
+/// is still sending STDIN (nginx writes the whole body before it reads: EPIPE / reset,
+/// a 502 instead of the 413). The app path (Done{reuse:false}) drains; this one does not.
+#[test]
+fn a_413_without_keep_conn_drains_the_rest_of_the_body() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--max-body", "1k"])
+        .start();
+    let q = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2"])
+        .start();
+    let total = 1 << 20;
+    let body = vec![b'x'; total];
+    let run = |p: &Postern, path: &str| -> Result<fcgi::Reply, String> {
+        let Addr::Tcp(port) = p.addr else { panic!() };
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut first = head(1, false, "POST", path, Some(total));
+        first.extend(stdin(1, &body[..64 * 1024]));
+        s.write_all(&first)
+            .map_err(|e| format!("first write: {e}"))?;
+        std::thread::sleep(Duration::from_millis(500));
+        // The rest of the body, as nginx sends it before reading the response.
+        let mut rest = stdin(1, &body[64 * 1024..]);
+        rest.extend(fcgi::record(STDIN, 1, b""));
+        s.write_all(&rest)
+            .map_err(|e| format!("writing the rest of STDIN: {e}"))?;
+        try_reply(&mut s, 1)
+    };
+    // Control: CONTENT_LENGTH under no limit, app does not read the body -> drained.
+    let control = run(&q, "/hello").map(|r| r.cgi().0);
+    assert_eq!(control, Ok(200), "{}", q.logs());
+    let refused = run(&p, "/echo");
+    match refused {
+        Ok(r) => assert_eq!(r.cgi().0, 413),
+        Err(e) => panic!(
+            "413 without keep-conn: the connection was closed under the front server: {e} \
+             (control /hello with the same body: {control:?})\n{}",
+            p.logs()
+        ),
+    }
+}
+
+/// MEDIUM: `serve` stops reading while a request's STDIN queue is full (the app has not
+/// started or is busy) yet keeps the read deadline `last_read + read_timeout` running,
+/// so a connection whose app is slow to start reading is closed as "the front server
+/// sent nothing" although the front server is blocked by postern's own flow control.
+#[test]
+fn a_slow_starting_app_is_not_cut_by_read_timeout() {
+    let dir = tempdir();
+    let app = dir.path().join("slowread.py");
+    std::fs::write(
+        &app,
+        "import time\n\
+         def application(environ, start_response):\n\
+         \x20   time.sleep(2.5)\n\
+         \x20   n = len(environ['wsgi.input'].read())\n\
+         \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+         \x20   return [str(n).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--read-timeout", "1"])
+        .start();
+    let mut s = unix(&p);
+    let total = 4 << 20;
+    let mut req = head(1, true, "POST", "/", Some(total));
+    req.extend(stdin(1, &vec![b'y'; total]));
+    req.extend(fcgi::record(STDIN, 1, b""));
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&req));
+    let r = try_reply(&mut s, 1);
+    let _ = writer.join();
+    let r = r.unwrap_or_else(|e| {
+        panic!(
+            "the front server sent everything it could; postern cut it: {e}\n{}",
+            p.logs()
+        )
+    });
+    assert_eq!(r.cgi().0, 200, "{r:?}\n{}", p.logs());
+    assert_eq!(r.cgi().2, total.to_string().as_bytes());
+}
+
+/// MEDIUM: the slow lane (one tokio worker) writes with blocking `send_all` (poll up to
+/// --read-timeout) from inside `serve` (Event::Reply, answer_now). One peer that sends
+/// management records and does not read its socket blocks the only I/O thread; every
+/// other connection in the slow lane stalls until that write times out.
+#[test]
+fn one_peer_not_reading_does_not_stall_other_connections() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--read-timeout", "4"])
+        .start();
+    // Peer A: GET_VALUES records, never reads the answers.
+    let a = unix(&p);
+    let names = fcgi::pairs(&[
+        ("FCGI_MAX_CONNS", ""),
+        ("FCGI_MAX_REQS", ""),
+        ("FCGI_MPXS_CONNS", ""),
+    ]);
+    let one = fcgi::record(fcgi::GET_VALUES, 0, &names);
+    let mut flood = Vec::new();
+    while flood.len() < 4 << 20 {
+        flood.extend_from_slice(&one);
+    }
+    let mut aw = a.try_clone().unwrap();
+    aw.set_write_timeout(Some(Duration::from_secs(8))).unwrap();
+    let _flooder = std::thread::spawn(move || {
+        let _ = aw.write_all(&flood);
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    // Peer B: a request in two writes (slow lane).
+    let mut b = unix(&p);
+    let started = Instant::now();
+    b.write_all(&head(1, true, "GET", "/hello", None)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    b.write_all(&fcgi::record(STDIN, 1, b"")).unwrap();
+    let r = try_reply(&mut b, 1);
+    let took = started.elapsed();
+    drop(a);
+    let r = r.unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 200);
+    assert!(
+        took < Duration::from_millis(2000),
+        "a two-write request took {took:?}: the slow lane was blocked by another peer's write\n{}",
+        p.logs()
+    );
+}
