@@ -739,7 +739,9 @@ struct Slot {
 }
 
 /// Serves a FastCGI connection on the slow lane until it closes, or hands it back to
-/// the fast path once idle. `buf` holds bytes already read.
+/// the fast path once idle. `buf` holds bytes already read; `seed` is the request the
+/// fast path was serving inline when the connection was handed over.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     conn: Arc<FcgiConn>,
     mut buf: BytesMut,
@@ -1226,6 +1228,10 @@ fn handle_event(
             }
             if data.is_empty() {
                 return Step::Go;
+            }
+            if data.len() < 4096 {
+                // A small record would otherwise pin its whole read buffer while queued.
+                data = Bytes::copy_from_slice(&data);
             }
             let n = data.len() as u64;
             if max_body.is_some_and(|m| slot.got + n > m) {
