@@ -26,6 +26,24 @@ impl Protocol {
             Protocol::Scgi => "scgi",
         }
     }
+
+    /// nginx's stock params file for this protocol (for hints in log lines).
+    pub fn params_file(self) -> &'static str {
+        match self {
+            Protocol::Uwsgi => "uwsgi_params",
+            Protocol::FastCgi => "fastcgi_params",
+            Protocol::Scgi => "scgi_params",
+        }
+    }
+
+    /// How responses start: a status line over uwsgi, a CGI `Status:` header over
+    /// FastCGI and SCGI.
+    pub fn head_style(self) -> proto::response::HeadStyle {
+        match self {
+            Protocol::Uwsgi => proto::response::HeadStyle::Http,
+            _ => proto::response::HeadStyle::Cgi,
+        }
+    }
 }
 
 /// One request head, protocol-neutral: the bytes as received and where each variable
@@ -74,11 +92,17 @@ impl Head {
     /// Body length per CGI: `CONTENT_LENGTH`, else `HTTP_CONTENT_LENGTH`, else 0; the
     /// same rule [`proto::cgi::normalise`] applies for the environ.
     pub fn body_length(&self) -> Result<u64, ProtoError> {
-        let v = self
-            .get(b"CONTENT_LENGTH")
+        Ok(self.announced_length()?.unwrap_or(0))
+    }
+
+    /// The body length the front server announced; `None` when it sent none (an empty
+    /// value counts as none), as for a FastCGI body streamed to its end.
+    pub fn announced_length(&self) -> Result<Option<u64>, ProtoError> {
+        self.get(b"CONTENT_LENGTH")
             .filter(|v| !v.is_empty())
-            .or_else(|| self.get(b"HTTP_CONTENT_LENGTH").filter(|v| !v.is_empty()));
-        v.map_or(Ok(0), proto::cgi::parse_content_length)
+            .or_else(|| self.get(b"HTTP_CONTENT_LENGTH").filter(|v| !v.is_empty()))
+            .map(proto::cgi::parse_content_length)
+            .transpose()
     }
 }
 

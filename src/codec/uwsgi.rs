@@ -53,6 +53,19 @@ impl UwsgiCodec {
         }
     }
 
+    /// The head is complete: the body (if any) comes next.
+    fn head_decoded(&mut self, head: Head) -> Frame {
+        self.state = if head.content_length == 0 {
+            State::Done
+        } else {
+            State::Body {
+                remaining: head.content_length,
+                expected: head.content_length,
+            }
+        };
+        Frame::Head(head)
+    }
+
     /// SCGI: the head and where its block sits in the first `n` bytes.
     fn decode_scgi_head(&mut self, src: &mut BytesMut) -> Result<Option<Head>, CodecError> {
         let Some((len, block)) = scgi::parse_head(src, self.limit)? else {
@@ -80,20 +93,10 @@ impl Decoder for UwsgiCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.state {
-            State::Head if self.scgi => {
-                let Some(head) = self.decode_scgi_head(src)? else {
-                    return Ok(None);
-                };
-                self.state = if head.content_length == 0 {
-                    State::Done
-                } else {
-                    State::Body {
-                        remaining: head.content_length,
-                        expected: head.content_length,
-                    }
-                };
-                Ok(Some(Frame::Head(head)))
-            }
+            State::Head if self.scgi => match self.decode_scgi_head(src)? {
+                Some(head) => Ok(Some(self.head_decoded(head))),
+                None => Ok(None),
+            },
             State::Head => {
                 let Some((len, packet)) = uwsgi::parse_packet(src, self.limit)? else {
                     // Reserve what the header announced, once, so the block lands in one buffer.
@@ -114,15 +117,7 @@ impl Decoder for UwsgiCodec {
                     content_length: 0,
                 };
                 head.content_length = head.body_length()?;
-                self.state = if head.content_length == 0 {
-                    State::Done
-                } else {
-                    State::Body {
-                        remaining: head.content_length,
-                        expected: head.content_length,
-                    }
-                };
-                Ok(Some(Frame::Head(head)))
+                Ok(Some(self.head_decoded(head)))
             }
             State::Body {
                 ref mut remaining, ..

@@ -149,6 +149,22 @@ pub fn write_head<'h>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A small plain-text response postern answers by itself (400, 413, 431, 500 …).
+pub fn plain_response(style: HeadStyle, code: u16, reason: &str, body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + body.len());
+    write_head(
+        &mut out,
+        style,
+        &format!("{code} {reason}"),
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", body.len().to_string().as_str()),
+        ],
+    );
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 /// True when this status never carries a body (RFC 9110 §6.4.1).
 pub fn status_has_no_body(code: u16) -> bool {
     (100..200).contains(&code) || code == 204 || code == 304

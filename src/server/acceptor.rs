@@ -374,12 +374,8 @@ impl Acceptor {
                             Body::Memory(buf.split_to(len as usize).freeze())
                         };
                         let span = connection::request_span(&head, &peer);
-                        let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout);
-                        let sink = if l.info.protocol == Protocol::Scgi {
-                            sink.cgi()
-                        } else {
-                            sink
-                        };
+                        let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)
+                            .style(l.info.protocol.head_style());
                         return Some(Request {
                             head,
                             body,

@@ -274,7 +274,7 @@ async fn serve<C: Conn>(
             drop(framed);
             reject(
                 &mut conn,
-                style_of(info.protocol),
+                info.protocol.head_style(),
                 413,
                 "Content Too Large",
                 "Request body too large.\n",
@@ -313,12 +313,8 @@ async fn serve<C: Conn>(
             return;
         }
     };
-    let sink = ConnSink::new(sock, tcp, started, limits.read_timeout);
-    let sink = if info.protocol == Protocol::Scgi {
-        sink.cgi()
-    } else {
-        sink
-    };
+    let sink =
+        ConnSink::new(sock, tcp, started, limits.read_timeout).style(info.protocol.head_style());
     lane.shared.push(Request {
         head,
         body,
@@ -337,7 +333,7 @@ async fn bad_request<C: Conn>(
     limits: &Limits,
     protocol: Protocol,
 ) {
-    let mut style = style_of(protocol);
+    let mut style = protocol.head_style();
     let reply = match &e {
         CodecError::Proto(ProtoError::HttpOnUwsgi) => Some((
             400,
@@ -363,14 +359,6 @@ async fn bad_request<C: Conn>(
     tracing::warn!(%peer, error = %e, "bad request; closing");
     if let Some((code, reason, body)) = reply {
         reject(conn, style, code, reason, body, limits.read_timeout).await;
-    }
-}
-
-/// How a protocol's responses start.
-fn style_of(protocol: Protocol) -> HeadStyle {
-    match protocol {
-        Protocol::Uwsgi => HeadStyle::Http,
-        _ => HeadStyle::Cgi,
     }
 }
 
@@ -446,17 +434,7 @@ pub async fn reject<C: Conn>(
     body: &str,
     wait: Duration,
 ) {
-    let mut msg = Vec::new();
-    crate::proto::response::write_head(
-        &mut msg,
-        style,
-        &format!("{code} {reason}"),
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", body.len().to_string().as_str()),
-        ],
-    );
-    msg.extend_from_slice(body.as_bytes());
+    let msg = crate::proto::response::plain_response(style, code, reason, body);
     if conn.write_all(&msg).await.is_err() {
         return;
     }

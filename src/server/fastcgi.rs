@@ -36,7 +36,7 @@ use super::connection::{request_span, Limits, SlowLane};
 use super::sink::{log_access, send_all};
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
-use crate::proto::response::HeadStyle;
+use crate::proto::response::{plain_response, HeadStyle};
 use crate::wsgi::{Body, BodyStream, End, ErrorsForward, ListenerInfo, Request, Sink};
 
 /// Epoll data of parked connections start here (below: the token eventfd and listeners).
@@ -306,12 +306,10 @@ pub fn admit_whole(
         modifier30: false,
         content_length: 0,
     };
-    let announced = head.body_length().ok()?;
+    let announced = head.announced_length().ok()?;
     // Anything unusual (a body that does not match its length, one over --max-body)
     // is for the slow lane, which answers it properly.
-    if announced != whole.stdin.len() as u64
-        && !(announced == 0 && head.get(b"CONTENT_LENGTH").is_none())
-    {
+    if announced.is_some_and(|n| n != whole.stdin.len() as u64) {
         return None;
     }
     if limits
@@ -321,7 +319,7 @@ pub fn admit_whole(
         return None;
     }
     head.content_length = whole.stdin.len() as u64;
-    if head.get(b"CONTENT_LENGTH").is_none() && !whole.stdin.is_empty() {
+    if announced.is_none() && !whole.stdin.is_empty() {
         // A chunked upload that has fully arrived: see `handle_event`.
         head.push_var(b"CONTENT_LENGTH", whole.stdin.len().to_string().as_bytes());
     }
@@ -1072,16 +1070,8 @@ fn handle_event(
                 content_length: 0,
             };
             let span = request_span(&head, peer);
-            let content_length = match head.body_length() {
-                Ok(n)
-                    if head.get(b"CONTENT_LENGTH").is_some_and(|v| !v.is_empty())
-                        || head
-                            .get(b"HTTP_CONTENT_LENGTH")
-                            .is_some_and(|v| !v.is_empty()) =>
-                {
-                    Some(n)
-                }
-                Ok(_) => None,
+            let content_length = match head.announced_length() {
+                Ok(n) => n,
                 Err(e) => {
                     span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
                     return answer_now(conn, parser, id, keep_conn, 400, "Bad Request");
@@ -1306,18 +1296,7 @@ fn answer_now(
     code: u16,
     reason: &str,
 ) -> Step {
-    let body = format!("{reason}\n");
-    let mut head = Vec::new();
-    crate::proto::response::write_head(
-        &mut head,
-        HeadStyle::Cgi,
-        &format!("{code} {reason}"),
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", body.len().to_string().as_str()),
-        ],
-    );
-    head.extend_from_slice(body.as_bytes());
+    let head = plain_response(HeadStyle::Cgi, code, reason, &format!("{reason}\n"));
     let mut out = Vec::new();
     fcgi::encode_stream(&mut out, fcgi::STDOUT, id, &head);
     fcgi::encode_record(&mut out, fcgi::STDOUT, id, &[]);

@@ -99,9 +99,9 @@ impl ConnSink {
         }
     }
 
-    /// Writes the response head CGI-style (`Status:`), as SCGI front servers expect.
-    pub fn cgi(mut self) -> Self {
-        self.style = HeadStyle::Cgi;
+    /// How the response head is written (the listener's protocol decides).
+    pub fn style(mut self, style: HeadStyle) -> Self {
+        self.style = style;
         self
     }
 

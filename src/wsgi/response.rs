@@ -342,11 +342,7 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
         }
     };
     if built.method_missing {
-        let params = match listener.protocol {
-            crate::codec::Protocol::Uwsgi => "uwsgi_params",
-            crate::codec::Protocol::FastCgi => "fastcgi_params",
-            crate::codec::Protocol::Scgi => "scgi_params",
-        };
+        let params = listener.protocol.params_file();
         tracing::warn!(
             "request has no REQUEST_METHOD; include {params} in the nginx location (answered 400)"
         );
@@ -406,19 +402,7 @@ impl Sink for Closed {
 
 /// Sends a small complete response from the server itself.
 fn simple(py: Python<'_>, mut sink: Box<dyn Sink>, code: u16, reason: &str) {
-    let mut buf = Vec::new();
-    let body = format!("{reason}\n");
-    let len = body.len().to_string();
-    resp::write_head(
-        &mut buf,
-        sink.head_style(),
-        &format!("{code} {reason}"),
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", len.as_str()),
-        ],
-    );
-    buf.extend_from_slice(body.as_bytes());
+    let buf = resp::plain_response(sink.head_style(), code, reason, &format!("{reason}\n"));
     py.detach(|| {
         let end = match sink.write_all(&buf) {
             Ok(()) => End::Complete(code),
