@@ -37,7 +37,7 @@ use super::sink::{log_access, send_all};
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
-use crate::wsgi::{Body, BodyStream, End, ErrorsForward, ListenerInfo, Request, Sink};
+use crate::wsgi::{Body, BodyStream, End, ErrorsForward, ListenerInfo, Request, Sent, Sink};
 
 /// Epoll data of parked connections start here (below: the token eventfd and listeners).
 pub const CONN_TOKEN_BASE: u64 = 1 << 32;
@@ -630,8 +630,12 @@ impl Sink for FcgiSink {
         Ok(())
     }
 
-    fn finish(&mut self, end: End) {
+    fn finish(&mut self, end: End) -> Sent {
         log_access(end, self.written, self.started);
+        let sent = Sent {
+            bytes: self.written,
+            started: self.started,
+        };
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
             End::Complete(_) => true,
@@ -640,12 +644,14 @@ impl Sink for FcgiSink {
             End::Incomplete(_) => false,
         };
         if let Owner::Fast(_) = self.owner {
-            return self.finish_fast(answer);
+            self.finish_fast(answer);
+            return sent;
         }
         if !answer {
             // No END_REQUEST: the front server must not take a cut response as whole.
             self.conn.abort();
-            return self.release(false);
+            self.release(false);
+            return sent;
         }
         let tail = self.tail();
         self.flags.done.store(true, Ordering::Release);
@@ -661,13 +667,14 @@ impl Sink for FcgiSink {
                 tracing::debug!("the front server closed the connection before END_REQUEST");
                 self.conn.abort();
             }
-            return;
+            return sent;
         }
         let ok = self.conn.write(&tail).is_ok();
         if !ok {
             tracing::debug!("the front server closed the connection before END_REQUEST");
         }
         self.release(ok);
+        sent
     }
 
     fn head_style(&self) -> HeadStyle {

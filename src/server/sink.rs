@@ -12,7 +12,7 @@ use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 use crate::proto::response::HeadStyle;
-use crate::wsgi::{End, Sink};
+use crate::wsgi::{End, Sent, Sink};
 
 /// Writes all of `data` to a non-blocking socket, waiting (poll) while the front
 /// server is not reading, up to `timeout` per wait.
@@ -156,7 +156,7 @@ impl Sink for ConnSink {
         Ok(())
     }
 
-    fn finish(&mut self, end: End) {
+    fn finish(&mut self, end: End) -> Sent {
         if let (End::Incomplete(_), true, Some(s)) = (end, self.tcp, &self.sock) {
             // SO_LINGER 0: close() sends a reset, which nginx reports as an upstream
             // error instead of taking the body as complete.
@@ -165,6 +165,10 @@ impl Sink for ConnSink {
         log_access(end, self.written, self.started);
         // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
         self.sock = None;
+        Sent {
+            bytes: self.written,
+            started: self.started,
+        }
     }
 
     fn head_style(&self) -> HeadStyle {

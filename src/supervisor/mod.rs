@@ -125,7 +125,7 @@ fn rss_kib() -> Option<u64> {
 }
 
 impl crate::wsgi::Monitor for WorkerMonitor {
-    fn begin(&self, thread: usize, head: &crate::codec::Head) {
+    fn begin(&self, thread: usize, head: &crate::codec::Head, _protocol: crate::codec::Protocol) {
         if thread >= self.board.threads {
             return;
         }
@@ -140,7 +140,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.line(self.slot, thread).begin(&desc);
     }
 
-    fn end(&self, thread: usize) {
+    fn end(&self, thread: usize, _served: Option<&crate::wsgi::Served>) {
         if thread < self.board.threads {
             self.board.line(self.slot, thread).end();
         }

@@ -88,8 +88,9 @@ pub trait Sink: Send + Sync {
     /// Sends `len` bytes of a regular file from `offset` (sendfile(2)).
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()>;
     /// Ends the response: a clean close when complete, an abort (reset) when not, or
-    /// nothing more when the peer is already gone. Logs the access line.
-    fn finish(&mut self, end: End);
+    /// nothing more when the peer is already gone. Logs the access line. Returns what
+    /// was sent, for the metrics.
+    fn finish(&mut self, end: End) -> Sent;
     /// How the response head is written: an HTTP status line (uwsgi) or a CGI
     /// `Status:` header (FastCGI, SCGI).
     fn head_style(&self) -> crate::proto::response::HeadStyle {
@@ -107,6 +108,32 @@ pub enum End {
     Incomplete(u16),
     /// The peer went away while the response was being written.
     ClientGone(u16),
+}
+
+/// What a finished response put on the wire (the sink's own count).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// Response bytes written: head and body, without protocol framing.
+    pub bytes: u64,
+    /// When the sink's request started (accepted, or its first byte read).
+    pub started: std::time::Instant,
+}
+
+/// Why the app failed a request (it answered 500, or the connection was aborted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppError {
+    /// The app (or its iterable, or its `close()`) raised.
+    Exception,
+    /// The app broke the WSGI contract (returned None, yielded str, no start_response).
+    Contract,
+}
+
+/// One request as the Python thread finished it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub end: End,
+    pub sent: Sent,
+    pub app_error: Option<AppError>,
 }
 
 /// Where requests come from: the pool's threads call `next` with the GIL released.
@@ -150,12 +177,14 @@ pub fn run_atexit() {
     });
 }
 
-/// Watches requests as they run (the supervisor's scoreboard).
+/// Watches requests as they run (the scoreboard: `--timeout`, recycling, metrics).
+/// Called on the Python thread; `end` with the GIL released. Must not block.
 pub trait Monitor: Send + Sync {
-    /// Python thread `thread` starts serving `head`.
-    fn begin(&self, thread: usize, head: &Head);
-    /// Python thread `thread` has finished its request.
-    fn end(&self, thread: usize);
+    /// Python thread `thread` starts serving `head`, which came in over `protocol`.
+    fn begin(&self, thread: usize, head: &Head, protocol: crate::codec::Protocol);
+    /// Python thread `thread` has finished its request; `None` when serving it
+    /// panicked (the connection was aborted).
+    fn end(&self, thread: usize, served: Option<&Served>);
 }
 
 /// Runtime settings the Python side needs.

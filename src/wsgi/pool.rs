@@ -32,14 +32,15 @@ impl Pool {
                         let keys = Keys::new(py);
                         while let Some(req) = py.detach(|| source.next()) {
                             if let Some(m) = &settings.monitor {
-                                m.begin(i, &req.head);
+                                m.begin(i, &req.head, req.listener.protocol);
                             }
                             // A panic must fail one request, not the thread.
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 response::handle(py, &keys, &app, &settings, req)
                             }));
                             if let Some(m) = &settings.monitor {
-                                py.detach(|| m.end(i));
+                                let served = r.as_ref().ok().copied();
+                                py.detach(|| m.end(i, served.as_ref()));
                             }
                             if r.is_err() {
                                 tracing::error!(

@@ -15,7 +15,7 @@ use super::environ::{self, Keys};
 use super::errors::Errors;
 use super::file_wrapper::FileWrapper;
 use super::input::Input;
-use super::{traceback, End, Request, Settings, Sink};
+use super::{traceback, AppError, End, Request, Sent, Served, Settings, Sink};
 use crate::proto::response::{self as resp, HeaderError};
 
 /// The peer went away; stop producing output.
@@ -56,6 +56,8 @@ struct State {
     overflowed: bool,
     /// The request is over: `write` raises.
     finished: bool,
+    /// The app failed this request (for the metrics).
+    app_error: Option<AppError>,
 }
 
 impl State {
@@ -74,6 +76,7 @@ impl State {
             used_write: false,
             overflowed: false,
             finished: false,
+            app_error: None,
         }
     }
 
@@ -320,8 +323,15 @@ enum Failure {
     Mistake(String),
 }
 
-/// Runs one request on this (attached) pool thread, start to finish.
-pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings, req: Request) {
+/// Runs one request on this (attached) pool thread, start to finish; returns how it
+/// ended and what was sent.
+pub fn handle(
+    py: Python<'_>,
+    keys: &Keys,
+    app: &Py<PyAny>,
+    settings: &Settings,
+    req: Request,
+) -> Served {
     let Request {
         head,
         body,
@@ -370,11 +380,16 @@ pub fn handle(py: Python<'_>, keys: &Keys, app: &Py<PyAny>, settings: &Settings,
         End::Incomplete(outcome.status)
     };
     let sink = &mut r.sink;
-    py.detach(|| sink.finish(end));
+    let sent = py.detach(|| sink.finish(end));
     // An app that kept `write` or `start_response` gets an error, not a stale socket.
     r.sink = Box::new(Closed);
     r.client_gone = true;
     r.finished = true;
+    Served {
+        end,
+        sent,
+        app_error: r.app_error,
+    }
 }
 
 /// How `drive` ended, before the connection is finished.
@@ -397,19 +412,29 @@ impl Sink for Closed {
     fn send_file(&mut self, _: &std::fs::File, _: u64, _: u64) -> std::io::Result<()> {
         self.write_all(b"")
     }
-    fn finish(&mut self, _: End) {}
+    fn finish(&mut self, _: End) -> Sent {
+        Sent {
+            bytes: 0,
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 /// Sends a small complete response from the server itself.
-fn simple(py: Python<'_>, mut sink: Box<dyn Sink>, code: u16, reason: &str) {
+fn simple(py: Python<'_>, mut sink: Box<dyn Sink>, code: u16, reason: &str) -> Served {
     let buf = resp::plain_response(sink.head_style(), code, reason, &format!("{reason}\n"));
     py.detach(|| {
         let end = match sink.write_all(&buf) {
             Ok(()) => End::Complete(code),
             Err(_) => End::ClientGone(code),
         };
-        sink.finish(end);
-    });
+        let sent = sink.finish(end);
+        Served {
+            end,
+            sent,
+            app_error: None,
+        }
+    })
 }
 
 fn drive(
@@ -662,6 +687,10 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         Failure::Mistake(m) => m.clone(),
     };
     let mut r = st(responder);
+    r.app_error = Some(match failure {
+        Failure::Raised(_) => AppError::Exception,
+        Failure::Mistake(_) => AppError::Contract,
+    });
     if r.client_gone {
         tracing::info!(detail = %detail, "{what} after the client went away");
         return Outcome {
