@@ -41,10 +41,15 @@ DATABASES = {}
 
 USE_TZ = True
 
-# nginx serves /static/ straight from examples/django_project/static
-# (`location /static/ { alias .../static/; }`), no collectstatic needed.
+# Static files are nginx's job, not Django's (DEBUG is off, so Django serves none):
+#     python manage.py collectstatic --noinput        # copies them into STATIC_ROOT
+# and in nginx's server block:
+#     location /static/ { alias /srv/mysite/staticfiles/; }   # STATIC_ROOT, with the /
+# STATIC_ROOT comes from DJANGO_STATIC_ROOT when set (the test suite collects into a
+# temporary directory), else staticfiles/ next to manage.py.
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles"
 
 # Send errors to stderr, which postern logs.
 LOGGING = {
