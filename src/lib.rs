@@ -4,7 +4,8 @@
 //! Dependencies point one way: `proto ← codec ← wsgi ← server ← main`.
 //!
 //! ```text
-//! config    Cli (clap: command line + POSTERN_* env) + TOML file → Config
+//! config/   every option declared once (clap + serde): defaults < ini < file < env <
+//!           command line, each value with its source → Config
 //! proto/    PURE: uwsgi packets, FastCGI records + per-connection state machine, SCGI
 //!           netstrings, CGI → environ rules, response-head checks (no I/O)
 //! codec/    tokio-util Decoder over proto (uwsgi, SCGI): head then body frames, limits
@@ -12,9 +13,13 @@
 //!           wsgi.input/errors, start_response/write/iteration, file_wrapper
 //! server/   serving: fast path on the Python threads, tokio slow lane, graceful stop
 //! supervisor/ the master: forks workers, reaps, respawns, reloads (--workers > 1)
+//! boot      start the app as the config says (env, chdir, Python, sys.path, import)
+//! check     `postern --check`: import in a child, bind and release each listener
 //! client    `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style
 //! ```
 
+pub mod boot;
+pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;

@@ -4,16 +4,21 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use postern::config::{Cli, Command, Config, LogFormat};
+use postern::config::{Command, Config, Layered, LogFormat};
 use postern::server::{self, connection::Limits, listener};
-use postern::supervisor;
 use postern::wsgi::{self, interpreter, Settings};
+use postern::{boot, supervisor};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, layered) = match Layered::from_command_line() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.version {
         println!("postern {}", env!("CARGO_PKG_VERSION"));
         println!("Python {}", interpreter::loaded_python_version());
@@ -28,13 +33,32 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::resolve(cli, std::env::var_os("VIRTUAL_ENV").map(Into::into)) {
+    let virtual_env = std::env::var_os("VIRTUAL_ENV").map(Into::into);
+    let resolved = Config::resolve(&layered, virtual_env);
+    if cli.print_config {
+        print!("{}", layered.to_toml(resolved.as_ref().ok()));
+        if let Err(e) = &resolved {
+            eprintln!("postern: {e}");
+            return ExitCode::from(2);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let config = match resolved {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postern: {e}");
             return ExitCode::from(2);
         }
     };
+    if cli.check {
+        return match postern::check::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postern --check: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(&config);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,10 +71,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
+    let filter = EnvFilter::try_new(&config.opts.log_level).unwrap_or_else(|e| {
         eprintln!(
             "postern: --log-level {:?} is not valid ({e}); using info",
-            config.log_level
+            config.opts.log_level
         );
         EnvFilter::new("info")
     });
@@ -59,7 +83,7 @@ fn init_logging(config: &Config) {
         .with_writer(std::io::stderr)
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.log_format {
+    match config.opts.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
             .json()
@@ -70,13 +94,8 @@ fn init_logging(config: &Config) {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    for (k, v) in &config.env {
-        // Single-threaded here: no other thread reads the environment yet.
-        std::env::set_var(k, v);
-    }
-    if let Some(dir) = &config.chdir {
-        std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))?;
-    }
+    // Single-threaded here: no other thread reads the environment yet.
+    boot::apply_env_and_chdir(&config)?;
     if config.default_listener {
         tracing::info!(
             "no listener configured; using --uwsgi {}",
@@ -87,9 +106,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     // Bind first: a taken address is reported at once, and requests that arrive while
     // the app imports wait in the listen queue instead of being refused.
     let opts = listener::SocketOptions {
-        mode: config.socket_mode,
+        mode: config.opts.socket_mode.map(|m| m.0),
         owner: config.socket_owner,
-        backlog: config.listen_backlog,
+        backlog: config.opts.listen_backlog,
     };
     // Sockets passed by systemd are used as they are (never rebound); a configured
     // listener with the same address takes its inherited socket.
@@ -127,12 +146,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         server::remove_unix_sockets(&bound);
         return Err(e);
     }
-    if let Some(p) = &config.pidfile {
+    if let Some(p) = &config.opts.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing --pidfile {}", p.display()))?;
     }
     let result = serve(&config, bound);
-    if let Some(p) = &config.pidfile {
+    if let Some(p) = &config.opts.pidfile {
         let _ = std::fs::remove_file(p);
     }
     result
@@ -156,20 +175,20 @@ fn drop_privileges(config: &Config) -> anyhow::Result<()> {
 
 fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
     let settings = Settings {
-        threads: config.threads,
-        multiprocess: config.workers > 1,
+        threads: config.opts.threads,
+        multiprocess: config.opts.workers > 1,
         monitor: None,
         mounts: config.mounts.clone(),
     };
     let limits = Limits {
-        buffer_size: config.buffer_size,
-        spool_threshold: config.body_spool_threshold,
-        max_body: config.max_body,
-        head_timeout: config.head_timeout,
-        read_timeout: config.read_timeout,
+        buffer_size: config.opts.buffer_size.0 as usize,
+        spool_threshold: config.opts.body_spool_threshold.0,
+        max_body: config.opts.max_body.map(|s| s.0),
+        head_timeout: config.opts.head_timeout.0,
+        read_timeout: config.opts.read_timeout.0,
         fcgi: server::fastcgi::FcgiSettings {
-            stderr: config.fastcgi_stderr,
-            max_reqs: config.threads * config.workers,
+            stderr: !config.opts.no_fastcgi_stderr,
+            max_reqs: config.opts.threads * config.opts.workers,
         },
     };
     for b in &bound {
@@ -179,19 +198,19 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
     if config.supervised {
         // The master never starts Python: each worker imports the app (lazy mode).
         let opts = supervisor::Options {
-            workers: config.workers,
-            threads: config.threads,
-            graceful_timeout: config.graceful_timeout,
-            timeout: config.timeout,
-            slow_log: config.slow_log,
-            max_lifetime: config.max_lifetime,
-            chain_reload: config.chain_reload,
-            touch_reload: config.touch_reload.clone(),
-            preload: config.preload,
+            workers: config.opts.workers,
+            threads: config.opts.threads,
+            graceful_timeout: config.opts.graceful_timeout.0,
+            timeout: config.opts.timeout.map(|s| s.0),
+            slow_log: config.opts.slow_log.map(|s| s.0),
+            max_lifetime: config.opts.max_lifetime.map(|s| s.0),
+            chain_reload: config.opts.chain_reload,
+            touch_reload: config.opts.touch_reload.clone(),
+            preload: config.opts.preload,
         };
         // --preload: the master imports the app once; workers share its pages.
-        let preloaded = if config.preload {
-            match start_python(config) {
+        let preloaded = if config.opts.preload {
+            match boot::start_python(config) {
                 Ok(app) => Some(app),
                 Err(e) => {
                     server::remove_unix_sockets(&bound);
@@ -218,7 +237,7 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let app = match start_python(config) {
+    let app = match boot::start_python(config) {
         Ok(app) => app,
         Err(e) => {
             server::remove_unix_sockets(&bound);
@@ -236,7 +255,7 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
     }
     tracing::info!(
         app = %config.app,
-        threads = config.threads,
+        threads = config.opts.threads,
         pid = std::process::id(),
         "ready"
     );
@@ -245,7 +264,7 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         app,
         settings,
         limits,
-        config.graceful_timeout,
+        config.opts.graceful_timeout.0,
         server::Mode::Single,
     )? {
         wsgi::run_atexit();
@@ -268,7 +287,10 @@ fn worker(
     limits: Limits,
     ctx: supervisor::WorkerContext,
 ) -> i32 {
-    let app = match preloaded.map(Ok).unwrap_or_else(|| start_python(config)) {
+    let app = match preloaded
+        .map(Ok)
+        .unwrap_or_else(|| boot::start_python(config))
+    {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -279,7 +301,8 @@ fn worker(
     if let Err(e) = interpreter::enable_stack_dumps() {
         tracing::warn!("{e}");
     }
-    let monitor = supervisor::WorkerMonitor::new(&ctx, config.max_requests, config.max_rss);
+    let monitor =
+        supervisor::WorkerMonitor::new(&ctx, config.opts.max_requests, config.opts.max_rss);
     let settings = Settings {
         monitor: Some(std::sync::Arc::new(monitor)),
         ..settings
@@ -291,7 +314,7 @@ fn worker(
         app,
         settings,
         limits,
-        config.graceful_timeout,
+        config.opts.graceful_timeout.0,
         server::Mode::Worker { on_ready },
     ) {
         Ok(true) => {
@@ -304,43 +327,4 @@ fn worker(
             1
         }
     }
-}
-
-/// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.
-fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
-    let info = interpreter::initialize(config.venv.as_deref()).map_err(|e| {
-        if config.uid.is_some() || config.gid.is_some() {
-            anyhow::anyhow!(
-                "{e} (postern runs as --uid/--gid now: can that user read the Python installation {} and the venv?)",
-                interpreter::BUILD_PYTHON
-            )
-        } else {
-            e.into()
-        }
-    })?;
-    tracing::info!(
-        python = %info.version,
-        prefix = %info.prefix,
-        executable = %info.executable,
-        "embedded Python started"
-    );
-    if let Some(v) = &config.venv {
-        tracing::info!(venv = %v.display(), "using virtualenv");
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let mut path: Vec<_> = config
-        .pythonpath
-        .iter()
-        .map(|p| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                cwd.join(p)
-            }
-        })
-        .collect();
-    path.push(cwd);
-    let app = interpreter::import(&path, &config.app)?;
-    tracing::info!(app = %config.app, "app imported");
-    Ok(app)
 }

@@ -1,0 +1,188 @@
+//! `postern --check` (like `nginx -t`): everything a start would do short of serving.
+//! The options are already parsed and validated (see `config`); this checks the venv and
+//! Python and imports the app in a child process (so the check itself never runs app
+//! code in this process), binds each listener and releases it at once (no socket file is
+//! left behind), and prints what would run. Output goes to stdout; the first failure is
+//! the error returned.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use crate::codec::Protocol;
+use crate::config::Config;
+use crate::server::listener::{self, ListenAddr, SocketOptions};
+
+/// Why the check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("the app cannot be started (see above)")]
+    App,
+    #[error("cannot fork the child that imports the app: {0}")]
+    Fork(std::io::Error),
+    #[error("{0}")]
+    Listener(String),
+}
+
+/// Runs the check, printing each step. Must run before any thread is started.
+pub fn run(config: &Config) -> Result<(), CheckError> {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "postern {} --check", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        out,
+        "  options: ok (postern --print-config shows each value and its source)"
+    );
+    let _ = out.flush();
+    let started = Instant::now();
+    import_in_child(config)?;
+    let _ = writeln!(
+        out,
+        "  app: {} imported in {:.2}s (in a child process)",
+        config.app,
+        started.elapsed().as_secs_f64()
+    );
+    let opts = SocketOptions {
+        mode: config.opts.socket_mode.map(|m| m.0),
+        owner: config.socket_owner,
+        backlog: config.opts.listen_backlog,
+    };
+    let inherited = inherited_addrs();
+    let mut failed = Vec::new();
+    let mut all: Vec<(&str, &ListenAddr)> = config
+        .listeners
+        .iter()
+        .map(|(p, a)| (p.name(), a))
+        .collect();
+    if let Some(stats) = &config.opts.stats {
+        all.push(("stats (HTTP)", stats));
+    }
+    for (name, addr) in all {
+        if inherited.contains(addr) {
+            let _ = writeln!(
+                out,
+                "  listener {name} {addr}: passed by systemd (LISTEN_FDS)"
+            );
+            continue;
+        }
+        match listener::bind(addr, &opts) {
+            Ok(b) => {
+                crate::server::remove_unix_sockets(std::slice::from_ref(&b));
+                drop(b);
+                let _ = writeln!(out, "  listener {name} {addr}: can be bound");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  listener {name} {addr}: FAILED: {e}");
+                failed.push(e.to_string());
+            }
+        }
+    }
+    let procs = if config.supervised {
+        format!(
+            "a master and {} worker process{} × {} thread{}",
+            config.opts.workers,
+            if config.opts.workers == 1 { "" } else { "es" },
+            config.opts.threads,
+            if config.opts.threads == 1 { "" } else { "s" }
+        )
+    } else {
+        format!(
+            "one process × {} thread{} (no master)",
+            config.opts.threads,
+            if config.opts.threads == 1 { "" } else { "s" }
+        )
+    };
+    let _ = writeln!(out, "  would run: {} with {procs}", config.app);
+    for (protocol, addr) in &config.listeners {
+        let _ = writeln!(out, "    nginx: {}", nginx_line(*protocol, addr));
+    }
+    if !failed.is_empty() {
+        return Err(CheckError::Listener(failed.join("; ")));
+    }
+    let _ = writeln!(out, "postern --check: configuration OK");
+    Ok(())
+}
+
+/// The nginx directive that points at a listener.
+pub fn nginx_line(protocol: Protocol, addr: &ListenAddr) -> String {
+    let directive = match protocol {
+        Protocol::Uwsgi => "uwsgi_pass",
+        Protocol::FastCgi => "fastcgi_pass",
+        Protocol::Scgi => "scgi_pass",
+    };
+    format!("{directive} {addr};")
+}
+
+/// Addresses systemd passed (LISTEN_FDS for this pid), without taking the fds.
+fn inherited_addrs() -> Vec<ListenAddr> {
+    let mine = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !mine {
+        return Vec::new();
+    }
+    (3..3 + n)
+        .filter_map(|fd| {
+            // SAFETY: getsockname on an fd number we do not own only reads its address;
+            // a closed fd or a non-socket makes it fail.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let addr = rustix::net::getsockname(fd).ok()?;
+            match addr.address_family() {
+                rustix::net::AddressFamily::UNIX => {
+                    let u = rustix::net::SocketAddrUnix::try_from(addr).ok()?;
+                    Some(ListenAddr::Unix(
+                        u.path()?.to_string_lossy().into_owned().into(),
+                    ))
+                }
+                _ => std::net::SocketAddr::try_from(addr)
+                    .ok()
+                    .map(ListenAddr::Tcp),
+            }
+        })
+        .collect()
+}
+
+/// Starts Python and imports the app in a forked child, which prints what it found.
+fn import_in_child(config: &Config) -> Result<(), CheckError> {
+    let _ = std::io::stdout().flush();
+    // SAFETY: called before this process has started any thread (main runs the check
+    // first), so the child may run arbitrary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(CheckError::Fork(std::io::Error::last_os_error())),
+        0 => {
+            let code = match crate::boot::apply_env_and_chdir(config)
+                .and_then(|()| crate::boot::start_python(config))
+            {
+                Ok(_) => {
+                    let info = crate::wsgi::interpreter::loaded_python_version();
+                    println!("  python: {info}");
+                    match &config.venv {
+                        Some(v) => println!("  venv: {}", v.display()),
+                        None => println!("  venv: none (the build's Python)"),
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("postern --check: {e:#}");
+                    1
+                }
+            };
+            let _ = std::io::stdout().flush();
+            // SAFETY: ending the child without running the parent's atexit/destructors.
+            unsafe { libc::_exit(code) }
+        }
+        pid => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                Ok(())
+            } else {
+                Err(CheckError::App)
+            }
+        }
+    }
+}

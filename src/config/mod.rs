@@ -1,0 +1,1002 @@
+//! The options: each one is declared once, in [`Options`] (its doc comment is the help
+//! text, its `#[arg]` the command-line flag and `POSTERN_*` variable, its field name the
+//! TOML key, its type the parsing and validation, its `default_value` the default).
+//! Layers, lowest first: default < uWSGI ini (`--ini`) < TOML file (`--config`) <
+//! environment < command line. Every value remembers the layer it came from, which
+//! `--print-config` prints. [`Config::resolve`] turns the merged options into what the
+//! server runs (listeners, ids, paths) and checks what needs more than one option.
+
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Protocol;
+use crate::server::listener::{parse_owner, ListenAddr};
+use crate::wsgi::interpreter::AppSpec;
+pub use value::{parse_size, KeyValue, Mode, Seconds, Size};
+
+/// The listener used when none is configured.
+pub const DEFAULT_LISTENER: &str = "127.0.0.1:3031";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "postern",
+    about = "Serve a Python WSGI app to nginx or Apache over uwsgi, FastCGI or SCGI.",
+    long_about = None,
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Every option can also be set as POSTERN_<OPTION> (e.g. POSTERN_THREADS=4), in --config FILE (TOML, same names), or come from a uWSGI ini file (--ini).\nPrecedence: command line > environment > --config file > --ini file > default."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Print postern's and the embedded Python's versions.
+    #[arg(short = 'V', long)]
+    pub version: bool,
+
+    /// TOML file with the same keys as the long options (e.g. `threads = 4`).
+    #[arg(long, value_name = "FILE", env = "POSTERN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// A uWSGI ini file to take options from (`FILE` or `FILE:SECTION`, default section
+    /// `uwsgi`); options postern has no use for are listed once, with what to do instead.
+    #[arg(
+        long,
+        alias = "uwsgi-ini",
+        value_name = "FILE[:SECTION]",
+        env = "POSTERN_INI"
+    )]
+    pub ini: Option<String>,
+
+    /// Print the effective configuration as TOML, each value with where it came from, and exit.
+    #[arg(long, conflicts_with = "check")]
+    pub print_config: bool,
+
+    /// Check the configuration (like `nginx -t`): options, venv and Python, importing the
+    /// app (in a child process), binding each listener; print what would run; exit 0 or 1.
+    #[arg(long)]
+    pub check: bool,
+
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Every serving option, declared once. Field name = TOML key (kebab-case) = long flag;
+/// `env` = the environment variable; the doc comment = the help text.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct Options {
+    /// The WSGI app: `module.path[:callable]` or `path/to/file.py[:callable]`
+    /// (callable defaults to `application`, then `app`).
+    #[arg(value_name = "APP", env = "POSTERN_APP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+
+    /// Listen for uwsgi (nginx uwsgi_pass, Apache mod_proxy_uwsgi) on HOST:PORT, [::1]:PORT,
+    /// :PORT or unix:PATH (repeatable; default 127.0.0.1:3031 when no listener is given).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "POSTERN_UWSGI",
+        value_delimiter = ','
+    )]
+    #[serde(with = "value::one_or_many")]
+    pub uwsgi: Vec<ListenAddr>,
+
+    /// Listen for FastCGI (nginx fastcgi_pass, Apache mod_proxy_fcgi) on HOST:PORT or unix:PATH (repeatable).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "POSTERN_FASTCGI",
+        value_delimiter = ','
+    )]
+    #[serde(with = "value::one_or_many")]
+    pub fastcgi: Vec<ListenAddr>,
+
+    /// Listen for SCGI (nginx scgi_pass, Apache mod_proxy_scgi) on HOST:PORT or unix:PATH (repeatable).
+    #[arg(long, value_name = "ADDR", env = "POSTERN_SCGI", value_delimiter = ',')]
+    #[serde(with = "value::one_or_many")]
+    pub scgi: Vec<ListenAddr>,
+
+    /// URL prefix the app is mounted at, e.g. /app (repeatable): when the front server
+    /// sends no SCRIPT_NAME of its own, the longest matching prefix becomes SCRIPT_NAME
+    /// and the rest PATH_INFO.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "POSTERN_MOUNT",
+        value_delimiter = ','
+    )]
+    #[serde(with = "value::one_or_many")]
+    pub mount: Vec<String>,
+
+    /// Do not copy wsgi.errors output to the front server as FCGI_STDERR (it always goes to postern's log).
+    #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR")]
+    pub no_fastcgi_stderr: bool,
+
+    /// Change to DIR before importing the app (DIR is put on sys.path).
+    #[arg(long, value_name = "DIR", env = "POSTERN_CHDIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chdir: Option<PathBuf>,
+
+    /// Put DIR at the front of sys.path (repeatable).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "POSTERN_PYTHONPATH",
+        value_delimiter = ':'
+    )]
+    #[serde(with = "value::one_or_many")]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Use the virtualenv in DIR (default: $VIRTUAL_ENV).
+    #[arg(long, value_name = "DIR", env = "POSTERN_VENV")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub venv: Option<PathBuf>,
+
+    /// Set an environment variable for the app (repeatable; a [env] table in TOML).
+    #[arg(long, value_name = "KEY=VALUE", env = "POSTERN_ENV")]
+    #[serde(with = "value::env_table")]
+    pub env: Vec<KeyValue>,
+
+    /// Python threads serving requests in each worker (1 to 1024).
+    #[arg(long, value_name = "N", env = "POSTERN_THREADS", default_value_t = 1)]
+    pub threads: usize,
+
+    /// Worker processes (1 to 256); more than 1 starts a master that supervises them.
+    #[arg(long, value_name = "N", env = "POSTERN_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Run a master process even with one worker (implied by --workers > 1 and by the
+    /// options below): SIGHUP reloads, crashed workers are replaced.
+    #[arg(long, env = "POSTERN_MASTER")]
+    pub master: bool,
+
+    /// Import the app in the master before forking, so workers share its memory pages.
+    #[arg(long, env = "POSTERN_PRELOAD")]
+    pub preload: bool,
+
+    /// On reload, replace workers one at a time (for memory-tight hosts).
+    #[arg(long, env = "POSTERN_CHAIN_RELOAD")]
+    pub chain_reload: bool,
+
+    /// Reload when this file's modification time changes.
+    #[arg(long, value_name = "FILE", env = "POSTERN_TOUCH_RELOAD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touch_reload: Option<PathBuf>,
+
+    /// Write the master's pid here (removed at exit).
+    #[arg(long, value_name = "FILE", env = "POSTERN_PIDFILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Drop privileges to this user (name or id) after binding the listeners.
+    #[arg(long, value_name = "USER", env = "POSTERN_UID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+
+    /// Drop privileges to this group (name or id) after binding the listeners.
+    #[arg(long, value_name = "GROUP", env = "POSTERN_GID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+
+    /// Recycle a worker after N requests (plus up to 10% jitter).
+    #[arg(long, value_name = "N", env = "POSTERN_MAX_REQUESTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+
+    /// Recycle a worker whose resident memory passes this many MiB (checked after each request).
+    #[arg(long, value_name = "MIB", env = "POSTERN_MAX_RSS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rss: Option<u64>,
+
+    /// Replace a worker after it has run this many seconds.
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_MAX_LIFETIME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Seconds>,
+
+    /// A request running longer gets its worker's Python stacks logged, then the worker killed and replaced.
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Seconds>,
+
+    /// A request running longer gets its worker's Python stacks logged (not killed).
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_SLOW_LOG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_log: Option<Seconds>,
+
+    /// Permission bits for Unix sockets, octal (e.g. 660; default: from the umask).
+    #[arg(long, value_name = "OCTAL", env = "POSTERN_SOCKET_MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<Mode>,
+
+    /// Owner of Unix sockets: USER[:GROUP] (names or ids).
+    #[arg(long, value_name = "USER[:GROUP]", env = "POSTERN_SOCKET_OWNER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_owner: Option<String>,
+
+    /// Largest request head accepted, in bytes (4 to 65535, the uwsgi protocol's maximum).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "POSTERN_BUFFER_SIZE",
+        default_value = "65535"
+    )]
+    pub buffer_size: Size,
+
+    /// Request bodies larger than this are spooled to a temporary file (at most 1G).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "POSTERN_BODY_SPOOL_THRESHOLD",
+        default_value = "1M"
+    )]
+    pub body_spool_threshold: Size,
+
+    /// Largest request body accepted; larger ones answer 413 (default: unlimited).
+    #[arg(long, value_name = "BYTES", env = "POSTERN_MAX_BODY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<Size>,
+
+    /// Listen queue length.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "POSTERN_LISTEN_BACKLOG",
+        default_value_t = 1024
+    )]
+    pub listen_backlog: i32,
+
+    /// Seconds from accept to a complete request head.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "POSTERN_HEAD_TIMEOUT",
+        default_value = "5"
+    )]
+    pub head_timeout: Seconds,
+
+    /// Longest wait, in seconds, between two reads of a request body (and two writes of a response).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "POSTERN_READ_TIMEOUT",
+        default_value = "60"
+    )]
+    pub read_timeout: Seconds,
+
+    /// On SIGTERM/SIGINT, seconds to let in-flight requests finish.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "POSTERN_GRACEFUL_TIMEOUT",
+        default_value = "30"
+    )]
+    pub graceful_timeout: Seconds,
+
+    /// Serve metrics (/metrics), status (/status) and a health check (/ping) over HTTP on
+    /// HOST:PORT or unix:PATH (off by default; keep it on loopback).
+    #[arg(long, value_name = "ADDR", env = "POSTERN_STATS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ListenAddr>,
+
+    /// Where the access log goes: `-` (stderr), a FILE, or `off`.
+    #[arg(
+        long,
+        value_name = "-|FILE|off",
+        env = "POSTERN_ACCESS_LOG",
+        default_value = "-"
+    )]
+    pub access_log: String,
+
+    /// Access log line format: text, json, or combined (Apache/nginx combined + duration).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "POSTERN_ACCESS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub access_log_format: AccessLogFormat,
+
+    /// Write postern's own log (everything but the access log) to FILE instead of stderr;
+    /// reopened on SIGUSR1.
+    #[arg(long, value_name = "FILE", env = "POSTERN_LOG_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "POSTERN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. postern=debug,warn).
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "POSTERN_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Send one request the way nginx would and print the response (-i style).
+    Request(RequestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RequestArgs {
+    /// SCHEME://HOST[:PORT]/path?query, or SCHEME+unix:///path/to.sock/path?query
+    /// (the socket is the longest leading part of the path that is a socket file;
+    /// `SCHEME+unix://%2Frun%2Fapp.sock/path` also works). SCHEME is `uwsgi`
+    /// (default port 3031), `fastcgi` (9000) or `scgi` (4000).
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Request header (repeatable), e.g. -H 'Accept: text/html'.
+    #[arg(short = 'H', long = "header", value_name = "K:V")]
+    pub headers: Vec<String>,
+    /// Request method (default GET, or POST with --data).
+    #[arg(short = 'X', long, value_name = "M")]
+    pub method: Option<String>,
+    /// Request body, or @FILE to send a file's contents.
+    #[arg(short = 'd', long, value_name = "BODY|@FILE")]
+    pub data: Option<String>,
+    /// Seconds to wait for connect and for each read or write.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// FastCGI only: send no CONTENT_LENGTH and stream the body in 8 KiB STDIN records,
+    /// as nginx does with `fastcgi_request_buffering off` and a chunked upload.
+    #[arg(long)]
+    pub no_content_length: bool,
+    /// FastCGI only: ask FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS with an
+    /// FCGI_GET_VALUES record and print the answer as NAME=VALUE lines (the URL's path
+    /// is not used).
+    #[arg(long, conflicts_with_all = ["data", "method", "no_content_length"])]
+    pub get_values: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// postern's log line (tracing's text format).
+    #[default]
+    Text,
+    /// One JSON object per request.
+    Json,
+    /// The Apache/nginx "combined" format, with the duration appended.
+    Combined,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Ini(PathBuf),
+    File(PathBuf),
+    Env(String),
+    CommandLine,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::Ini(p) => write!(f, "uWSGI ini {}", p.display()),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::CommandLine => f.write_str("command line"),
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {}: {message}", path.display())]
+    Parse {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{} (from {from}): {message}", flag(key))]
+    Invalid {
+        key: String,
+        from: Source,
+        message: String,
+    },
+    #[error(
+        "no APP given: run `postern module.path:callable` or `postern path/to/app.py` (see --help)"
+    )]
+    NoApp,
+}
+
+/// `--some-option` for a TOML key, `APP` for the app.
+fn flag(key: &str) -> String {
+    if key == "app" {
+        "APP".into()
+    } else {
+        format!("--{key}")
+    }
+}
+
+/// The options after merging every layer, each value with its source.
+#[derive(Debug, Clone)]
+pub struct Layered {
+    pub options: Options,
+    /// TOML key → where its value came from (keys that are not set are absent).
+    pub sources: BTreeMap<String, Source>,
+    /// The merged values, as TOML (for `--print-config`).
+    pub values: toml::Table,
+}
+
+/// The TOML keys of [`Options`], in declaration order, with their environment variable.
+pub fn option_keys() -> Vec<(String, Option<String>)> {
+    Options::augment_args(clap::Command::new("postern"))
+        .get_arguments()
+        .filter(|a| a.get_id() != "help")
+        .map(|a| {
+            (
+                a.get_id().as_str().replace('_', "-"),
+                a.get_env().map(|e| e.to_string_lossy().into_owned()),
+            )
+        })
+        .collect()
+}
+
+impl Layered {
+    /// Parses the command line (and `POSTERN_*`), then merges it over the `--config` file,
+    /// the `--ini` file and the defaults.
+    pub fn from_command_line() -> Result<(Cli, Layered), ConfigError> {
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let layered = Layered::merge(&cli, &matches)?;
+        Ok((cli, layered))
+    }
+
+    /// Merges the layers under the parsed command line.
+    pub fn merge(cli: &Cli, matches: &ArgMatches) -> Result<Layered, ConfigError> {
+        let typed = toml::Table::try_from(&cli.options).expect("options serialise to TOML");
+        let mut defaults = toml::Table::new();
+        let mut env = Vec::new();
+        let mut command_line = toml::Table::new();
+        for (key, var) in option_keys() {
+            let Some(value) = typed.get(&key).cloned() else {
+                continue;
+            };
+            match matches.value_source(&key.replace('-', "_")) {
+                Some(ValueSource::DefaultValue) => {
+                    defaults.insert(key, value);
+                }
+                Some(ValueSource::EnvVariable) => env.push((key, var.unwrap_or_default(), value)),
+                Some(ValueSource::CommandLine) => {
+                    command_line.insert(key, value);
+                }
+                _ => {}
+            }
+        }
+
+        let mut values = toml::Table::new();
+        let mut sources = BTreeMap::new();
+        let mut put = |table: toml::Table, source: Source| {
+            for (k, v) in table {
+                sources.insert(k.clone(), source.clone());
+                values.insert(k, v);
+            }
+        };
+        put(defaults, Source::Default);
+        if let Some(spec) = &cli.ini {
+            let (path, table) = load_ini(spec)?;
+            put(table, Source::Ini(path));
+        }
+        if let Some(path) = &cli.config {
+            put(load_file(path)?, Source::File(path.clone()));
+        }
+        for (key, var, value) in env {
+            put(toml::Table::from_iter([(key, value)]), Source::Env(var));
+        }
+        put(command_line, Source::CommandLine);
+
+        let options = typed_options(&values, &sources)?;
+        Ok(Layered {
+            options,
+            sources,
+            values,
+        })
+    }
+
+    fn source(&self, key: &str) -> Source {
+        self.sources.get(key).cloned().unwrap_or(Source::Default)
+    }
+
+    /// The effective configuration as TOML, each value annotated with its source; keys
+    /// that are not set are listed as comments.
+    pub fn to_toml(&self, config: Option<&Config>) -> String {
+        let mut out = String::from(
+            "# postern: effective configuration (--print-config); usable as a --config file\n",
+        );
+        let mut tables = String::new();
+        for (key, _) in option_keys() {
+            match self.values.get(&key) {
+                Some(toml::Value::Table(t)) if t.is_empty() => {}
+                Some(toml::Value::Array(a)) if a.is_empty() => {}
+                Some(toml::Value::Table(t)) => {
+                    tables.push_str(&format!("\n[{key}]  # {}\n", self.source(&key)));
+                    for (k, v) in t {
+                        tables.push_str(&format!("{} = {v}\n", toml_key(k)));
+                    }
+                }
+                Some(v) => out.push_str(&format!("{key} = {v}  # {}\n", self.source(&key))),
+                None => {}
+            }
+        }
+        if config.is_some_and(|c| c.default_listener) {
+            out.push_str(&format!(
+                "uwsgi = [\"{DEFAULT_LISTENER}\"]  # default (no listener configured)\n"
+            ));
+        }
+        if let Some(v) = config.and_then(|c| c.venv.as_ref()) {
+            if !self.values.contains_key("venv") {
+                out.push_str(&format!(
+                    "venv = {}  # env VIRTUAL_ENV\n",
+                    toml::Value::String(v.display().to_string())
+                ));
+            }
+        }
+        let unset: Vec<String> = option_keys()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| match self.values.get(k) {
+                None => true,
+                Some(toml::Value::Array(a)) => a.is_empty(),
+                Some(toml::Value::Table(t)) => t.is_empty(),
+                _ => false,
+            })
+            .filter(|k| !(k == "uwsgi" && config.is_some_and(|c| c.default_listener)))
+            .filter(|k| !(k == "venv" && config.is_some_and(|c| c.venv.is_some())))
+            .collect();
+        if !unset.is_empty() {
+            out.push_str(&format!("# not set: {}\n", unset.join(", ")));
+        }
+        out + &tables
+    }
+}
+
+/// A key as TOML writes it (bare when it can be).
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        k.to_owned()
+    } else {
+        toml::Value::String(k.to_owned()).to_string()
+    }
+}
+
+/// The merged table as typed options; a value that does not parse is reported with
+/// its key and the layer it came from.
+fn typed_options(
+    values: &toml::Table,
+    sources: &BTreeMap<String, Source>,
+) -> Result<Options, ConfigError> {
+    toml::Value::Table(values.clone())
+        .try_into::<Options>()
+        .map_err(|whole| {
+            // Find the key at fault: each key alone (every field has a default).
+            for (k, v) in values {
+                let one = toml::Value::Table(toml::Table::from_iter([(k.clone(), v.clone())]));
+                if let Err(e) = one.try_into::<Options>() {
+                    return ConfigError::Invalid {
+                        key: k.clone(),
+                        from: sources.get(k).cloned().unwrap_or(Source::Default),
+                        message: e.message().trim().to_owned(),
+                    };
+                }
+            }
+            ConfigError::Invalid {
+                key: "config".into(),
+                from: Source::Default,
+                message: whole.message().to_owned(),
+            }
+        })
+}
+
+fn read(what: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The `--config` file as a table; unknown keys are an error (a typo must not fall back
+/// to a default silently).
+fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = read("--config", path)?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        what: "--config",
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let known: Vec<String> = option_keys().into_iter().map(|(k, _)| k).collect();
+    let unknown: Vec<&str> = table
+        .keys()
+        .filter(|k| !known.contains(k))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ConfigError::Parse {
+            what: "--config",
+            path: path.to_owned(),
+            message: format!(
+                "unknown key{} {} (the keys are the long options' names: see postern --help)",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown.join(", ")
+            ),
+        });
+    }
+    Ok(table)
+}
+
+/// The `--ini FILE[:SECTION]` file as a table of postern options.
+fn load_ini(spec: &str) -> Result<(PathBuf, toml::Table), ConfigError> {
+    // Wired to the uWSGI ini reader once it lands (src/uwsgi_ini.rs).
+    Err(ConfigError::Parse {
+        what: "--ini",
+        path: PathBuf::from(spec),
+        message: "reading uWSGI ini files is not built yet".into(),
+    })
+}
+
+/// The resolved configuration of a serving postern.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The merged options (every value parsed and range-checked).
+    pub opts: Options,
+    pub app: AppSpec,
+    /// Each listener and the protocol it speaks.
+    pub listeners: Vec<(Protocol, ListenAddr)>,
+    /// No listener was configured: the default is in use (said in the start-up log).
+    pub default_listener: bool,
+    /// `--mount` prefixes, without a trailing `/`.
+    pub mounts: Vec<Vec<u8>>,
+    /// `--venv`, else `$VIRTUAL_ENV`.
+    pub venv: Option<PathBuf>,
+    /// A master supervises the worker(s).
+    pub supervised: bool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub socket_owner: Option<(Option<u32>, Option<u32>)>,
+}
+
+impl Config {
+    /// Checks what the types alone cannot and derives what the server runs.
+    /// `virtual_env` is `$VIRTUAL_ENV`, the last fallback for `--venv`.
+    pub fn resolve(layered: &Layered, virtual_env: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let o = layered.options.clone();
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            from: layered.source(key),
+            message,
+        };
+        let app = o.app.as_deref().ok_or(ConfigError::NoApp)?;
+        let app = AppSpec::parse(app).map_err(|m| invalid("app", m))?;
+
+        let mut listeners: Vec<(Protocol, ListenAddr)> = Vec::new();
+        for (protocol, key, addrs) in [
+            (Protocol::Uwsgi, "uwsgi", &o.uwsgi),
+            (Protocol::FastCgi, "fastcgi", &o.fastcgi),
+            (Protocol::Scgi, "scgi", &o.scgi),
+        ] {
+            for addr in addrs {
+                if listeners.iter().any(|(_, a)| a == addr) || o.stats.as_ref() == Some(addr) {
+                    return Err(invalid(key, format!("{addr} is given twice")));
+                }
+                listeners.push((protocol, addr.clone()));
+            }
+        }
+        let default_listener = listeners.is_empty();
+        if default_listener {
+            let addr = DEFAULT_LISTENER
+                .parse()
+                .expect("the default listener parses");
+            listeners.push((Protocol::Uwsgi, addr));
+        }
+        let mut mounts = Vec::new();
+        for m in &o.mount {
+            let t = m.trim_end_matches('/');
+            if !m.starts_with('/') || t.contains(['?', '#']) {
+                return Err(invalid(
+                    "mount",
+                    format!("{m:?} is not a URL path prefix like /app"),
+                ));
+            }
+            if !t.is_empty() {
+                mounts.push(t.as_bytes().to_vec());
+            }
+        }
+        if o.threads == 0 || o.threads > 1024 {
+            return Err(invalid(
+                "threads",
+                format!("{} is not between 1 and 1024", o.threads),
+            ));
+        }
+        if o.workers == 0 || o.workers > 256 {
+            return Err(invalid(
+                "workers",
+                format!("{} is not between 1 and 256", o.workers),
+            ));
+        }
+        if !(4..=65535).contains(&o.buffer_size.0) {
+            return Err(invalid(
+                "buffer-size",
+                format!(
+                    "{} is outside 4..=65535 (the uwsgi protocol cannot carry more)",
+                    o.buffer_size.0
+                ),
+            ));
+        }
+        if o.body_spool_threshold.0 > 1 << 30 {
+            return Err(invalid(
+                "body-spool-threshold",
+                "at most 1G: larger bodies belong in a temporary file, not in memory".into(),
+            ));
+        }
+        if o.listen_backlog < 1 {
+            return Err(invalid("listen-backlog", "must be at least 1".into()));
+        }
+        if o.access_log.is_empty() {
+            return Err(invalid(
+                "access-log",
+                "empty: use - (stderr), off, or a file path".into(),
+            ));
+        }
+        let uid = o
+            .uid
+            .as_deref()
+            .map(|u| {
+                parse_owner(u)
+                    .map(|(uid, _)| uid.unwrap_or(0))
+                    .map_err(|m| invalid("uid", m))
+            })
+            .transpose()?;
+        let gid = o
+            .gid
+            .as_deref()
+            .map(|g| {
+                parse_owner(&format!(":{g}"))
+                    .map(|(_, gid)| gid.unwrap_or(0))
+                    .map_err(|m| invalid("gid", m))
+            })
+            .transpose()?;
+        let socket_owner = o
+            .socket_owner
+            .as_deref()
+            .map(|s| parse_owner(s).map_err(|m| invalid("socket-owner", m)))
+            .transpose()?;
+        // Zero means "off" for the recycling limits, as in uWSGI.
+        let max_requests = o.max_requests.filter(|&n| n > 0);
+        let max_rss = o.max_rss.filter(|&n| n > 0);
+        let supervised = o.workers > 1
+            || o.master
+            || o.preload
+            || o.touch_reload.is_some()
+            || o.pidfile.is_some()
+            || max_requests.is_some()
+            || max_rss.is_some()
+            || o.max_lifetime.is_some()
+            || o.timeout.is_some()
+            || o.slow_log.is_some();
+        let venv = o
+            .venv
+            .clone()
+            .or(virtual_env)
+            .filter(|p| !p.as_os_str().is_empty());
+        Ok(Config {
+            opts: Options {
+                max_requests,
+                max_rss,
+                ..o
+            },
+            app,
+            listeners,
+            default_listener,
+            mounts,
+            venv,
+            supervised,
+            uid,
+            gid,
+            socket_owner,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layered(args: &[&str]) -> Result<Layered, ConfigError> {
+        let mut all = vec!["postern"];
+        all.extend_from_slice(args);
+        let matches = Cli::command().try_get_matches_from(all).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        Layered::merge(&cli, &matches)
+    }
+
+    fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::resolve(&layered(args)?, None)
+    }
+
+    #[test]
+    fn defaults_to_one_listener_and_says_so() {
+        let c = resolve(&["app:application"]).unwrap();
+        assert!(c.default_listener);
+        assert_eq!(
+            c.listeners,
+            vec![(
+                Protocol::Uwsgi,
+                ListenAddr::Tcp("127.0.0.1:3031".parse().unwrap())
+            )]
+        );
+        assert_eq!(c.opts.buffer_size, Size(65535));
+        assert_eq!(c.opts.body_spool_threshold, Size(1 << 20));
+        assert_eq!(c.opts.threads, 1);
+        assert!(!c.supervised);
+    }
+
+    #[test]
+    fn rejects_zero_workers_naming_the_source() {
+        let e = resolve(&["app", "--workers", "0"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--workers (from command line): 0 is not between 1 and 256"
+        );
+        assert_eq!(resolve(&["app", "--workers", "3"]).unwrap().opts.workers, 3);
+    }
+
+    #[test]
+    fn rejects_buffer_size_over_the_protocol_maximum() {
+        assert!(resolve(&["app", "--buffer-size", "65536"]).is_err());
+        assert_eq!(
+            resolve(&["app", "--buffer-size", "4k"])
+                .unwrap()
+                .opts
+                .buffer_size,
+            Size(4096)
+        );
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(&f, text).unwrap();
+        let path = f.to_str().unwrap().to_owned();
+        (dir, path)
+    }
+
+    #[test]
+    fn file_is_below_the_command_line() {
+        let (_d, f) = file(
+            "app = \"from_file:app\"\nthreads = 3\nuwsgi = \"unix:/tmp/x.sock\"\nmax-body = \"10M\"\nsocket-mode = \"660\"\nhead-timeout = 2\n[env]\nA = \"1\"\nPORT = 80\n",
+        );
+        let l = layered(&["--config", &f, "--threads", "5"]).unwrap();
+        let c = Config::resolve(&l, None).unwrap();
+        assert_eq!(c.opts.threads, 5);
+        assert_eq!(l.sources["threads"], Source::CommandLine);
+        assert_eq!(l.sources["max-body"], Source::File(f.clone().into()));
+        assert_eq!(l.sources["read-timeout"], Source::Default);
+        assert_eq!(c.app.to_string(), "from_file:app");
+        assert_eq!(
+            c.listeners,
+            vec![(Protocol::Uwsgi, ListenAddr::Unix("/tmp/x.sock".into()))]
+        );
+        assert_eq!(c.opts.max_body, Some(Size(10 << 20)));
+        assert_eq!(c.opts.socket_mode, Some(Mode(0o660)));
+        assert_eq!(c.opts.head_timeout.0, std::time::Duration::from_secs(2));
+        assert_eq!(
+            c.opts.env,
+            vec![
+                KeyValue("A".into(), "1".into()),
+                KeyValue("PORT".into(), "80".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_file_keys() {
+        let (_d, f) = file("app = \"a\"\nthred = 3\n");
+        let e = layered(&["--config", &f]).unwrap_err();
+        assert!(e.to_string().contains("unknown key thred"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_file_value_names_its_key_and_file() {
+        let (_d, f) = file("app = \"a\"\nmax-body = \"ten\"\n");
+        let e = layered(&["--config", &f]).unwrap_err().to_string();
+        assert!(e.starts_with("--max-body (from file "), "{e}");
+        assert!(e.contains("not a size"), "{e}");
+    }
+
+    #[test]
+    fn venv_falls_back_to_virtual_env() {
+        let c = Config::resolve(&layered(&["app"]).unwrap(), Some("/v".into())).unwrap();
+        assert_eq!(c.venv, Some(PathBuf::from("/v")));
+        let c = Config::resolve(
+            &layered(&["app", "--venv", "/w"]).unwrap(),
+            Some("/v".into()),
+        )
+        .unwrap();
+        assert_eq!(c.venv, Some(PathBuf::from("/w")));
+    }
+
+    #[test]
+    fn print_config_round_trips_as_a_config_file() {
+        let (_d, f) = file("app = \"a:b\"\nworkers = 2\n[env]\nX = \"y z\"\n");
+        let l = layered(&[
+            "--config",
+            &f,
+            "--uwsgi",
+            "unix:/tmp/p.sock,127.0.0.1:9",
+            "--max-body",
+            "1M",
+            "--timeout",
+            "2.5",
+        ])
+        .unwrap();
+        let c = Config::resolve(&l, None).unwrap();
+        let text = l.to_toml(Some(&c));
+        assert!(text.contains("workers = 2  # file "), "{text}");
+        assert!(text.contains("threads = 1  # default"), "{text}");
+        assert!(
+            text.contains("uwsgi = [\"unix:/tmp/p.sock\", \"127.0.0.1:9\"]  # command line"),
+            "{text}"
+        );
+        assert!(text.contains("[env]  # file"), "{text}");
+        // The printed configuration, used as a file, gives the same options.
+        let (_d2, f2) = file(&text);
+        let again = Config::resolve(&layered(&["--config", &f2]).unwrap(), None).unwrap();
+        assert_eq!(format!("{:?}", again.opts), format!("{:?}", c.opts));
+    }
+
+    #[test]
+    fn every_option_has_an_env_variable() {
+        for (key, env) in option_keys() {
+            let want = format!("POSTERN_{}", key.replace('-', "_").to_uppercase());
+            assert_eq!(env.as_deref(), Some(want.as_str()), "{key}");
+        }
+    }
+
+    #[test]
+    fn zero_recycling_limits_are_off() {
+        let c = resolve(&["app", "--max-requests", "0"]).unwrap();
+        assert_eq!(c.opts.max_requests, None);
+        assert!(!c.supervised);
+    }
+}

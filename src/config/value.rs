@@ -1,0 +1,303 @@
+//! The typed values options take. Each type parses from the text a user types (clap uses
+//! `FromStr`) and from a TOML value (a string, or a number where that is natural), and
+//! prints back as the text that would parse to it, so `--print-config` output can be fed
+//! back as a `--config` file.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Implements `Serialize` (as the `Display` text) and `Deserialize` (from a string, an
+/// integer or a float, through `FromStr`) for types whose text form is the source of truth.
+macro_rules! text_value {
+    ($($t:ty),* $(,)?) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = Scalar::deserialize(d)?.0;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+text_value!(Mode, KeyValue, crate::server::listener::ListenAddr);
+
+// Sizes and seconds deserialise from text or numbers, and serialise as a number when
+// that is how they would be typed (`buffer-size = 65535`, `timeout = 2.5`).
+macro_rules! text_in_number_out {
+    ($($t:ty),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = Scalar::deserialize(d)?.0;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+text_in_number_out!(Size, Seconds);
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = self.to_string();
+        match text.parse::<u64>() {
+            Ok(n) if i64::try_from(n).is_ok() => s.serialize_i64(n as i64),
+            _ => s.serialize_str(&text),
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0.as_secs_f64())
+    }
+}
+
+/// A TOML string, integer, float or boolean, as the text it would be on the command line.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A size in bytes: `65535`, `64k`, `1M`, `1MiB`, `2G` (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(Size)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The largest unit that divides exactly, so the text reads as it was likely typed.
+        let n = self.0;
+        for (shift, unit) in [(30, "G"), (20, "M"), (10, "k")] {
+            if n != 0 && n % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+/// Parses `65535`, `64k`, `1M`, `1MiB`, `2G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 65535, 64k, 10M, 1G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit (use k, M or G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A positive number of seconds (`5`, `0.5`, `30s`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Seconds(pub Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let t = t.strip_suffix('s').unwrap_or(t);
+        let v: f64 = t
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        if !(v.is_finite() && v > 0.0 && v < 1e9) {
+            return Err(format!("{s:?} is not a positive number of seconds"));
+        }
+        Ok(Seconds(Duration::from_secs_f64(v)))
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+/// Unix permission bits, octal: `660`, `0660`, `0o660`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode(pub u32);
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        u32::from_str_radix(s.trim().trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|&v| v <= 0o777)
+            .map(Mode)
+            .ok_or_else(|| format!("{s:?} is not an octal mode like 660"))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:o}", self.0)
+    }
+}
+
+/// `KEY=VALUE` (`--env`); in TOML, one entry of the `[env]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue(pub String, pub String);
+
+impl FromStr for KeyValue {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .map(|(k, v)| KeyValue(k.to_owned(), v.to_owned()))
+            .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    }
+}
+
+impl fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.0, self.1)
+    }
+}
+
+/// `Vec<T>` fields: one value or a list in TOML (`uwsgi = "unix:/a.sock"` or
+/// `uwsgi = ["unix:/a.sock", ":3031"]`).
+pub mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        T: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany<T> {
+            Many(Vec<T>),
+            One(T),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::Many(v) => v,
+            OneOrMany::One(t) => vec![t],
+        })
+    }
+}
+
+/// The `env` option: `--env K=V` on the command line, a `[env]` table in TOML (values
+/// that are not strings are taken as their TOML text: `PORT = 8000` is `"8000"`).
+pub mod env_table {
+    use super::KeyValue;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[KeyValue], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(v.iter().map(|KeyValue(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyValue>, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        Ok(table
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                KeyValue(k, v)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("65535"), Ok(65535));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5T").is_err());
+    }
+
+    #[test]
+    fn sizes_print_back_as_they_parse() {
+        for s in ["65535", "64k", "1M", "3G", "1000"] {
+            assert_eq!(s.parse::<Size>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn seconds_and_modes() {
+        assert_eq!(
+            "0.5".parse::<Seconds>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!("30s".parse::<Seconds>().unwrap().to_string(), "30");
+        assert!("0".parse::<Seconds>().is_err());
+        assert!("-1".parse::<Seconds>().is_err());
+        assert_eq!("0660".parse::<Mode>().unwrap(), Mode(0o660));
+        assert_eq!(Mode(0o660).to_string(), "660");
+        assert!("999".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn toml_numbers_and_strings_both_parse() {
+        #[derive(Deserialize)]
+        struct T {
+            a: Size,
+            b: Size,
+            c: Seconds,
+            d: Mode,
+        }
+        let t: T = toml::from_str("a = 1048576\nb = \"10M\"\nc = 2.5\nd = 660\n").unwrap();
+        assert_eq!((t.a.0, t.b.0), (1 << 20, 10 << 20));
+        assert_eq!(t.c.0, Duration::from_millis(2500));
+        assert_eq!(t.d, Mode(0o660));
+    }
+}
