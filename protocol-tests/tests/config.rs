@@ -1,0 +1,179 @@
+//! Configuration as a user meets it: one option set from several layers, each value's
+//! source in `--print-config`, its output usable as a `--config` file, and `--check`
+//! (import in a child, bind and release every listener, exit code).
+
+use std::process::{Command, Output, Stdio};
+
+use protocol_tests::harness::*;
+
+fn postern() -> Command {
+    let mut c = Command::new(postern_bin());
+    c.env_remove("VIRTUAL_ENV").stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("POSTERN_") && k != "POSTERN_BIN" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn print_config_names_the_source_of_every_value() {
+    let dir = tempdir();
+    let file = dir.path().join("postern.toml");
+    std::fs::write(
+        &file,
+        "app = \"examples/hello.py\"\nworkers = 3\nthreads = 2\nmax-body = \"10M\"\n[env]\nGREETING = \"hi there\"\n",
+    )
+    .unwrap();
+    let out = postern()
+        .current_dir(root())
+        .arg("--print-config")
+        .arg("--config")
+        .arg(&file)
+        .args(["--threads", "4", "--uwsgi", "unix:/tmp/x.sock"])
+        .env("POSTERN_TIMEOUT", "7.5")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let f = file.display();
+    for line in [
+        "app = \"examples/hello.py\"  # file ".to_string(),
+        format!("workers = 3  # file {f}"),
+        "threads = 4  # command line".into(),
+        "uwsgi = [\"unix:/tmp/x.sock\"]  # command line".into(),
+        "timeout = 7.5  # env POSTERN_TIMEOUT".into(),
+        format!("max-body = \"10M\"  # file {f}"),
+        "read-timeout = 60.0  # default".into(),
+        format!("[env]  # file {f}"),
+        "GREETING = \"hi there\"".into(),
+    ] {
+        assert!(stdout.contains(&line), "missing {line:?} in:\n{stdout}");
+    }
+    // Fed back as a --config file, the output gives the same configuration.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &stdout).unwrap();
+    let out2 = postern()
+        .current_dir(root())
+        .arg("--print-config")
+        .arg("--config")
+        .arg(&again)
+        .output()
+        .unwrap();
+    let (stdout2, stderr2) = text(&out2);
+    assert!(out2.status.success(), "{stderr2}");
+    let values = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split("  # ").next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(values(&stdout), values(&stdout2));
+}
+
+#[test]
+fn a_bad_value_names_the_option_and_where_it_came_from() {
+    let dir = tempdir();
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, "app = \"a\"\nhead-timeout = -1\n").unwrap();
+    let out = postern().arg("--config").arg(&file).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--head-timeout (from file {})", file.display())),
+        "{stderr}"
+    );
+    let out = postern()
+        .arg("app")
+        .env("POSTERN_WORKERS", "0")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("--workers (from env POSTERN_WORKERS): 0 is not between 1 and 256"),
+        "{stderr}"
+    );
+    std::fs::write(&file, "app = \"a\"\nthread = 4\n").unwrap();
+    let out = postern().arg("--config").arg(&file).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("unknown key thread"), "{stderr}");
+}
+
+#[test]
+fn check_imports_binds_and_leaves_nothing_behind() {
+    let dir = tempdir();
+    let sock = dir.path().join("app.sock");
+    let port = free_port();
+    let out = postern()
+        .current_dir(root())
+        .arg("examples/hello.py")
+        .arg("--check")
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--fastcgi")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--workers", "2"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("python: 3.11"), "{stdout}");
+    assert!(stdout.contains("app: examples/hello.py imported"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("listener uwsgi unix:{}: can be bound", sock.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("uwsgi_pass unix:{};", sock.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a master and 2 worker processes"), "{stdout}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(!sock.exists(), "--check left the socket file behind");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("--check released the port");
+}
+
+#[test]
+fn check_fails_on_an_app_that_does_not_import() {
+    let dir = tempdir();
+    let app = dir.path().join("broken.py");
+    std::fs::write(&app, "raise RuntimeError('boom at import')\n").unwrap();
+    let out = postern()
+        .arg(&app)
+        .arg("--check")
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("RuntimeError: boom at import"), "{stderr}");
+    assert!(stderr.contains("could not import the app"), "{stderr}");
+    assert!(!stdout.contains("configuration OK"));
+}
+
+#[test]
+fn check_fails_when_an_address_is_taken() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let out = postern()
+        .current_dir(root())
+        .args(["examples/hello.py", "--check", "--uwsgi"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
