@@ -20,7 +20,7 @@ pub enum CheckError {
     #[error("cannot fork the child that imports the app: {0}")]
     Fork(std::io::Error),
     #[error("{0}")]
-    Listener(String),
+    Failed(String),
 }
 
 /// Runs the check, printing each step. Must run before any thread is started.
@@ -75,6 +75,17 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
             }
         }
     }
+    for (what, path) in files_written(config) {
+        match writable(path) {
+            Ok(()) => {
+                let _ = writeln!(out, "  {what} {}: can be written", path.display());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  {what} {}: FAILED: {e}", path.display());
+                failed.push(format!("{what} {}: {e}", path.display()));
+            }
+        }
+    }
     let procs = if config.supervised {
         format!(
             "a master and {} worker process{} × {} thread{}",
@@ -95,10 +106,49 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         let _ = writeln!(out, "    nginx: {}", nginx_line(*protocol, addr));
     }
     if !failed.is_empty() {
-        return Err(CheckError::Listener(failed.join("; ")));
+        return Err(CheckError::Failed(failed.join("; ")));
     }
     let _ = writeln!(out, "postern --check: configuration OK");
     Ok(())
+}
+
+/// Files postern writes at start: the pidfile and log files.
+fn files_written(config: &Config) -> Vec<(&'static str, &std::path::Path)> {
+    let mut files = Vec::new();
+    if let Some(p) = &config.opts.pidfile {
+        files.push(("pidfile", p.as_path()));
+    }
+    if let Some(p) = &config.opts.log_file {
+        files.push(("log file", p.as_path()));
+    }
+    if !matches!(config.opts.access_log.as_str(), "-" | "off") {
+        files.push(("access log", std::path::Path::new(&config.opts.access_log)));
+    }
+    files
+}
+
+/// Whether `path` can be opened for writing (an existing file), or created (its
+/// directory exists and is writable), without creating or changing anything.
+fn writable(path: &std::path::Path) -> Result<(), String> {
+    use rustix::fs::{access, Access};
+    if path.exists() {
+        if path.is_dir() {
+            return Err("is a directory".into());
+        }
+        return access(path, Access::WRITE_OK).map_err(|e| e.to_string());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "the directory {} does not exist (create it, e.g. systemd RuntimeDirectory= or LogsDirectory=)",
+            dir.display()
+        ));
+    }
+    access(dir, Access::WRITE_OK)
+        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
 }
 
 /// The nginx directive that points at a listener.

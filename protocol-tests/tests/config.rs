@@ -128,16 +128,25 @@ fn check_imports_binds_and_leaves_nothing_behind() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("python: 3.11"), "{stdout}");
-    assert!(stdout.contains("app: examples/hello.py imported"), "{stdout}");
     assert!(
-        stdout.contains(&format!("listener uwsgi unix:{}: can be bound", sock.display())),
+        stdout.contains("app: examples/hello.py imported"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "listener uwsgi unix:{}: can be bound",
+            sock.display()
+        )),
         "{stdout}"
     );
     assert!(
         stdout.contains(&format!("uwsgi_pass unix:{};", sock.display())),
         "{stdout}"
     );
-    assert!(stdout.contains("a master and 2 worker processes"), "{stdout}");
+    assert!(
+        stdout.contains("a master and 2 worker processes"),
+        "{stdout}"
+    );
     assert!(stdout.contains("configuration OK"), "{stdout}");
     assert!(!sock.exists(), "--check left the socket file behind");
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("--check released the port");
@@ -176,4 +185,28 @@ fn check_fails_when_an_address_is_taken() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("FAILED"), "{stdout}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+#[test]
+fn check_fails_when_a_file_cannot_be_written() {
+    let dir = tempdir();
+    let missing = dir.path().join("no-such-dir");
+    let out = postern()
+        .current_dir(root())
+        .args(["examples/hello.py", "--check", "--uwsgi"])
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .arg("--pidfile")
+        .arg(missing.join("postern.pid"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the directory {} does not exist",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!missing.exists());
 }
