@@ -26,4 +26,5 @@ pub mod config;
 pub mod proto;
 pub mod server;
 pub mod supervisor;
+pub mod uwsgi_ini;
 pub mod wsgi;

@@ -1,0 +1,1040 @@
+//! uWSGI ini files as a configuration source (`postern --ini FILE[:section]`) and as
+//! something to convert once (`postern migrate FILE[:section]`).
+//!
+//! [`expand`] reads the section with uWSGI's own rules (magic variables, `$(ENV)`,
+//! `@(FILE)`, `%(placeholder)`); this module maps each option line onto postern's
+//! options (the `--config` TOML keys) and says what became of every line: carried,
+//! accepted (postern does that anyway), ignored (postern runs without it), refused
+//! (running without it would not be what the file asks), a placeholder, or unknown.
+//!
+//! No tokio, pyo3 or tracing: callers log the report.
+
+mod expand;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use expand::{Context, Entry, FileFacts};
+
+/// Why an ini file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IniError {
+    #[error("cannot read the uWSGI ini file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: there is no [{section}] section{}", path.display(), found_list(found))]
+    NoSection {
+        path: PathBuf,
+        section: String,
+        found: Vec<String>,
+    },
+    #[error("line {line}: cannot read @({}): {source}", path.display())]
+    AtFile {
+        line: usize,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("line {line}: the placeholders in {key} refer to each other without end")]
+    Loop { line: usize, key: String },
+    /// Lines postern cannot run without (and unknown ones under `strict`), all in one
+    /// message.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn found_list(found: &[String]) -> String {
+    if found.is_empty() {
+        " (it has no sections at all; uWSGI reads [uwsgi] unless you give FILE:section)".into()
+    } else {
+        let names: Vec<String> = found.iter().map(|s| format!("[{s}]")).collect();
+        format!(" (it has {}: pick one with FILE:section)", names.join(", "))
+    }
+}
+
+/// What became of one option line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Mapped onto these postern keys (`env.NAME` for an `[env]` entry). `warn`: the
+    /// note describes a difference worth a warning.
+    Carried {
+        keys: Vec<String>,
+        note: Option<String>,
+        warn: bool,
+    },
+    /// Nothing to carry: postern does this by itself, or it is uWSGI's default.
+    Accepted(String),
+    /// Dropped; postern runs without it. The reason says what to do instead.
+    Ignored(String),
+    /// postern cannot run this as the file asks: `postern --ini` stops on it.
+    Refused(String),
+    /// A value other lines refer to with `%(name)`.
+    Placeholder,
+    /// Not a uWSGI option postern knows.
+    Unknown,
+}
+
+/// An option line and what became of it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub entry: Entry,
+    pub outcome: Outcome,
+}
+
+/// A section read and mapped.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    /// The file as given (`FILE` or `FILE:section`).
+    pub source: String,
+    pub section: String,
+    /// postern's options, with the `--config` file's keys and types.
+    pub table: toml::Table,
+    /// Every option line, in file order.
+    pub lines: Vec<Line>,
+    /// Remarks about the file as a whole or its expansion, with their line (0: none).
+    pub notes: Vec<(usize, String)>,
+    /// `strict = true`: unknown lines stop `postern --ini`, as in uWSGI.
+    pub strict: bool,
+}
+
+/// Splits `FILE[:section]`. A path that exists as given is never split.
+pub fn split_source(spec: &str) -> (PathBuf, Option<String>) {
+    if !Path::new(spec).exists() {
+        if let Some((file, section)) = spec.rsplit_once(':') {
+            if !file.is_empty() && !section.contains('/') {
+                let section = (!section.is_empty()).then(|| section.to_owned());
+                return (PathBuf::from(file), section);
+            }
+        }
+    }
+    (PathBuf::from(spec), None)
+}
+
+/// Reads and maps `FILE[:section]` as this process sees it.
+pub fn load(spec: &str) -> Result<Translation, IniError> {
+    load_with(spec, &Context::from_process())
+}
+
+/// Reads and maps `FILE[:section]` with `ctx` for the environment and magic variables.
+pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
+    let (path, section) = split_source(spec);
+    let text = std::fs::read_to_string(&path).map_err(|source| IniError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let facts = FileFacts::of(spec, &path, section.as_deref(), &ctx.cwd);
+    translate(&text, &facts, ctx)
+}
+
+/// Maps the ini `text` (its file described by `facts`).
+pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Translation, IniError> {
+    let section = facts.section.clone().unwrap_or_else(|| "uwsgi".to_owned());
+    let read = expand::read_section(text, facts, &section, ctx)?;
+    let mut m = Mapper::new(&read.entries, &read.placeholders_used);
+    for (i, e) in read.entries.iter().enumerate() {
+        let outcome = m.map(i, e);
+        m.lines.push(Line {
+            entry: e.clone(),
+            outcome,
+        });
+    }
+    m.finish();
+    let mut notes = read.notes;
+    notes.extend(m.notes);
+    Ok(Translation {
+        source: facts.given.clone(),
+        section,
+        table: m.table,
+        lines: m.lines,
+        notes,
+        strict: m.strict,
+    })
+}
+
+/// `postern migrate`: the ini as a commented `postern.toml`.
+pub fn migrate(spec: &str) -> Result<String, IniError> {
+    Ok(load(spec)?.to_toml())
+}
+
+/// The order keys are written in, and every key a translation can produce.
+const KEY_ORDER: &[&str] = &[
+    "app",
+    "uwsgi",
+    "fastcgi",
+    "scgi",
+    "mount",
+    "chdir",
+    "pythonpath",
+    "venv",
+    "workers",
+    "threads",
+    "master",
+    "chain-reload",
+    "touch-reload",
+    "pidfile",
+    "uid",
+    "gid",
+    "max-requests",
+    "max-rss",
+    "max-lifetime",
+    "timeout",
+    "graceful-timeout",
+    "socket-mode",
+    "socket-owner",
+    "listen-backlog",
+    "buffer-size",
+    "body-spool-threshold",
+    "max-body",
+    "stats",
+    "access-log",
+    "log-file",
+    "env",
+];
+
+// Reasons shared by several options.
+const STATIC: &str = "postern leaves static files to the front server: serve them from nginx (location /static/ { alias /path/to/static/; })";
+const ROUTING: &str = "uWSGI's internal routing has no postern equivalent: write the rule in nginx (location, return, rewrite, add_header)";
+const CHEAPER: &str = "postern runs a fixed number of workers (workers = N); SIGTTIN and SIGTTOU to the master add or remove one";
+const PLUGINS: &str = "postern embeds CPython itself: there are no plugins to load";
+const PROCNAME: &str = "postern does not rename its processes";
+const HTTP_OPTION: &str =
+    "an option of uWSGI's HTTP router or HTTP socket: nginx in front of postern does this";
+const EMPEROR: &str = "postern runs one app, not an Emperor: run one postern per app, e.g. a systemd template unit (postern@.service) with one config per instance";
+const INCLUDE: &str = "postern reads one file: copy the included file's options into this section";
+const LOGIC: &str = "uWSGI's configuration logic (if-*, for-*) is not supported: write the values it produces out by hand";
+
+/// Builds the table line by line.
+struct Mapper<'a> {
+    entries: &'a [Entry],
+    placeholders: &'a BTreeSet<String>,
+    table: toml::Table,
+    lines: Vec<Line>,
+    notes: Vec<(usize, String)>,
+    /// Which line set each single-valued key, so a later line can take it over.
+    setter: BTreeMap<String, usize>,
+    strict: bool,
+    /// `protocol =` (the last one, and its index), for `socket =` lines.
+    protocol: Option<(usize, String)>,
+    callable: Option<(usize, String)>,
+    /// The line that defines the app, and whether the app came with its callable.
+    app: Option<(usize, bool)>,
+    /// The first `socket =`-like address, to name in the HTTP refusals.
+    first_socket: Option<String>,
+    lazy: bool,
+}
+
+/// `true`/`false` as uWSGI reads them: `false`, `off`, `no`, `0` (any case) are false;
+/// anything else (an empty value too: `master` alone) is true. The note says when a
+/// value was neither.
+fn boolean(v: &str) -> (bool, Option<String>) {
+    let l = v.to_ascii_lowercase();
+    match l.as_str() {
+        "false" | "off" | "no" | "0" => (false, None),
+        "" | "true" | "on" | "yes" | "1" => (true, None),
+        _ => (
+            true,
+            Some(format!(
+                "{v:?} is not a boolean; uWSGI reads it as true, and so does postern"
+            )),
+        ),
+    }
+}
+
+fn number(v: &str) -> Result<u64, String> {
+    v.parse::<u64>()
+        .map_err(|_| format!("{v:?} is not a whole number"))
+}
+
+/// A uWSGI socket address as postern's listener address.
+fn listen_addr(v: &str) -> Result<(String, Option<String>), String> {
+    if v.is_empty() {
+        return Err("no address given".into());
+    }
+    if v.starts_with('@') {
+        return Err("an abstract Unix socket: postern listens on filesystem sockets; use a path such as /run/app/app.sock".into());
+    }
+    if v.starts_with('=') {
+        return Err("=N refers to a shared-socket: bind the address itself (or use systemd socket activation, deploy/systemd/)".into());
+    }
+    if !v.contains(':') {
+        return Ok((format!("unix:{v}"), None));
+    }
+    if let Some(port) = v.strip_prefix(':') {
+        return Ok((
+            format!("0.0.0.0:{port}"),
+            Some(format!("uWSGI's \"{v}\" listens on every interface, and so does this; write 127.0.0.1{v} if only a local nginx connects")),
+        ));
+    }
+    Ok((v.to_owned(), None))
+}
+
+impl<'a> Mapper<'a> {
+    fn new(entries: &'a [Entry], placeholders: &'a BTreeSet<String>) -> Self {
+        let last = |keys: &[&str]| {
+            entries
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, e)| keys.contains(&e.key.as_str()))
+                .map(|(i, e)| (i, e.value.clone()))
+        };
+        Mapper {
+            entries,
+            placeholders,
+            table: toml::Table::new(),
+            lines: Vec::new(),
+            notes: Vec::new(),
+            setter: BTreeMap::new(),
+            strict: last(&["strict"]).is_some_and(|(_, v)| boolean(&v).0),
+            protocol: last(&["protocol", "socket-protocol"]),
+            callable: last(&["callable"]),
+            app: None,
+            first_socket: entries
+                .iter()
+                .find(|e| {
+                    matches!(
+                        e.key.as_str(),
+                        "socket" | "uwsgi-socket" | "fastcgi-socket" | "scgi-socket"
+                    )
+                })
+                .map(|e| format!("{} = {}", e.key, e.value)),
+            lazy: last(&["lazy-apps", "lazy"]).is_some_and(|(_, v)| boolean(&v).0),
+        }
+    }
+
+    /// Sets a single-valued key; an earlier line that set it loses it (the last value
+    /// wins, as in uWSGI).
+    fn set(&mut self, i: usize, key: &str, value: toml::Value) {
+        if let Some(prev) = self.setter.insert(key.to_owned(), i) {
+            let by = self.entries[i].line;
+            let line = &mut self.lines[prev];
+            if let Outcome::Carried { keys, .. } = &mut line.outcome {
+                keys.retain(|k| k != key);
+                if keys.is_empty() {
+                    line.outcome = Outcome::Ignored(format!(
+                        "line {by} sets it again, and the last value wins (as in uWSGI)"
+                    ));
+                }
+            }
+        }
+        self.table.insert(key.to_owned(), value);
+    }
+
+    fn push(&mut self, key: &str, value: String) {
+        let slot = self
+            .table
+            .entry(key.to_owned())
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+        if let toml::Value::Array(a) = slot {
+            if !a.iter().any(|v| v.as_str() == Some(&value)) {
+                a.push(toml::Value::String(value));
+            }
+        }
+    }
+
+    fn carried(keys: &[&str]) -> Outcome {
+        Outcome::Carried {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            note: None,
+            warn: false,
+        }
+    }
+
+    fn noted(keys: &[&str], note: Option<String>) -> Outcome {
+        Outcome::Carried {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            note,
+            warn: false,
+        }
+    }
+
+    /// A whole number for `key`; 0 means "off" in uWSGI, which is postern's default.
+    fn count(&mut self, i: usize, key: &str, v: &str) -> Outcome {
+        match number(v) {
+            Ok(0) => Outcome::Accepted("0 turns it off, which is postern's default too".into()),
+            Ok(n) => {
+                self.set(i, key, toml::Value::Integer(n.min(i64::MAX as u64) as i64));
+                Self::carried(&[key])
+            }
+            Err(e) => Outcome::Refused(e),
+        }
+    }
+
+    fn string(&mut self, i: usize, key: &str, v: &str) -> Outcome {
+        if v.is_empty() {
+            return Outcome::Refused("it has no value".into());
+        }
+        self.set(i, key, toml::Value::String(v.to_owned()));
+        Self::carried(&[key])
+    }
+
+    fn listener(&mut self, v: &str, protocol: &str) -> Outcome {
+        let key = match protocol {
+            "uwsgi" => "uwsgi",
+            "fastcgi" => "fastcgi",
+            "scgi" => "scgi",
+            "http" | "https" | "http11" => {
+                return Outcome::Refused(
+                    "protocol = http makes it an HTTP socket, and postern speaks uwsgi, FastCGI and SCGI: drop protocol = and point nginx's uwsgi_pass at this socket".into(),
+                )
+            }
+            other => {
+                return Outcome::Refused(format!(
+                    "protocol = {other} is not one postern speaks (uwsgi, fastcgi, scgi)"
+                ))
+            }
+        };
+        match listen_addr(v) {
+            Ok((addr, note)) => {
+                self.push(key, addr);
+                Self::noted(&[key], note)
+            }
+            Err(e) => Outcome::Refused(e),
+        }
+    }
+
+    /// One app per postern: the first line that defines one wins; a later one of the
+    /// same kind replaces it (as in uWSGI), any other is refused.
+    fn app(&mut self, i: usize, kind: &str, target: String, has_callable: bool) -> Outcome {
+        if let Some((prev, _)) = self.app {
+            let prev_key = self.entries[prev].key.as_str();
+            let same = kind == "module" && matches!(prev_key, "module" | "wsgi")
+                || kind == "file" && matches!(prev_key, "wsgi-file" | "file");
+            if !same {
+                return Outcome::Refused(format!(
+                    "line {} already names the app, and postern serves one app per process: run one postern per app (each with its own socket) and route to them from nginx",
+                    self.entries[prev].line
+                ));
+            }
+        }
+        self.app = Some((i, has_callable));
+        self.set(i, "app", toml::Value::String(target));
+        Self::carried(&["app"])
+    }
+
+    fn map(&mut self, i: usize, e: &Entry) -> Outcome {
+        let v = e.value.as_str();
+        match e.key.as_str() {
+            // Listeners.
+            "socket" => {
+                let p = self.protocol.clone().map_or_else(|| "uwsgi".into(), |(_, p)| p);
+                self.listener(v, &p)
+            }
+            "uwsgi-socket" => self.listener(v, "uwsgi"),
+            "fastcgi-socket" => self.listener(v, "fastcgi"),
+            "scgi-socket" => self.listener(v, "scgi"),
+            "protocol" | "socket-protocol" => {
+                if !self.entries.iter().any(|e| e.key == "socket") {
+                    return Outcome::Ignored("it applies to socket = lines, and there are none".into());
+                }
+                if self.protocol.as_ref().is_some_and(|(j, _)| *j != i) {
+                    return Outcome::Ignored("a later protocol = line wins (as in uWSGI)".into());
+                }
+                match v {
+                    "uwsgi" | "fastcgi" | "scgi" => Self::carried(&[v]),
+                    _ => Outcome::Accepted("see the socket = lines".into()),
+                }
+            }
+            "http" | "https" => Outcome::Refused(format!(
+                "uWSGI's built-in HTTP router has no postern equivalent: let nginx listen on {v} and uwsgi_pass to postern's socket ({})",
+                self.first_socket.clone().unwrap_or_else(|| "add one, e.g. socket = 127.0.0.1:3031".into())
+            )),
+            "http-socket" | "https-socket" | "http11-socket" => Outcome::Refused(format!(
+                "postern speaks uwsgi, FastCGI and SCGI, not HTTP: make it socket = {v} and point nginx's uwsgi_pass at it"
+            )),
+            "shared-socket" => Outcome::Refused(
+                "shared sockets (binding a privileged port before dropping privileges) are not supported: use systemd socket activation (deploy/systemd/) or a port above 1024".into(),
+            ),
+            "chmod-socket" | "chmod" => match v {
+                "" | "1" => {
+                    self.set(i, "socket-mode", toml::Value::String("666".into()));
+                    Self::noted(
+                        &["socket-mode"],
+                        Some("chmod-socket without a mode means 666 (everyone may connect); 660 with socket-owner is tighter".into()),
+                    )
+                }
+                m if m.len() == 3 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) => {
+                    self.set(i, "socket-mode", toml::Value::String(m.into()));
+                    Self::carried(&["socket-mode"])
+                }
+                m => Outcome::Refused(format!("{m:?} is not a mode of three octal digits like 660")),
+            },
+            "chown-socket" => self.string(i, "socket-owner", v),
+            "listen" => self.count(i, "listen-backlog", v),
+
+            // The app.
+            "module" | "wsgi" => {
+                if let Some(f) = v.strip_suffix("()") {
+                    return Outcome::Refused(format!(
+                        "{v} asks uWSGI to call {f}() to build the app; postern imports a WSGI callable and calls no factory: write application = {f}() in a module and name that module"
+                    ));
+                }
+                let has = v.contains(':');
+                let target = match (&self.callable, has) {
+                    (Some((_, c)), false) => format!("{v}:{c}"),
+                    _ => v.to_owned(),
+                };
+                self.app(i, "module", target, has)
+            }
+            "wsgi-file" | "file" => {
+                // A bare name would read as a module path: keep it a file.
+                let path = if v.contains('/') { v.to_owned() } else { format!("./{v}") };
+                let target = match &self.callable {
+                    Some((_, c)) => format!("{path}:{c}"),
+                    None => path,
+                };
+                self.app(i, "file", target, false)
+            }
+            "mount" => {
+                let Some((prefix, target)) = v.split_once('=') else {
+                    return Outcome::Refused(format!("{v:?} is not MOUNTPOINT=APP"));
+                };
+                let has = target.contains(':') && !target.ends_with(".py");
+                let target = match (&self.callable, has) {
+                    (Some((_, c)), false) => format!("{target}:{c}"),
+                    _ => target.to_owned(),
+                };
+                let out = self.app(i, "mount", target, has);
+                if !matches!(out, Outcome::Carried { .. }) {
+                    return out;
+                }
+                let prefix = prefix.trim_end_matches('/');
+                if prefix.is_empty() {
+                    return out;
+                }
+                self.set(i, "mount", toml::Value::Array(vec![toml::Value::String(prefix.into())]));
+                Self::carried(&["app", "mount"])
+            }
+            "callable" => {
+                // Applied where the app is read; what is left to say is whether it was used.
+                let last = self.callable.as_ref().is_some_and(|(j, _)| *j == i);
+                if !last {
+                    Outcome::Ignored("a later callable = line wins (as in uWSGI)".into())
+                } else {
+                    Outcome::Accepted(String::new()) // settled in finish()
+                }
+            }
+            "manage-script-name" => Outcome::Accepted(
+                "postern splits SCRIPT_NAME from PATH_INFO at the mount prefix whenever the front server sends no SCRIPT_NAME".into(),
+            ),
+            "chdir" => self.string(i, "chdir", v),
+            "home" | "virtualenv" | "venv" | "pyhome" => self.string(i, "venv", v),
+            "pythonpath" | "python-path" | "pp" => {
+                if v.is_empty() {
+                    return Outcome::Refused("it has no value".into());
+                }
+                self.push("pythonpath", v.to_owned());
+                let note = v.contains(['*', '?', '[']).then(|| {
+                    "uWSGI expands globs here; postern takes the path literally: list each directory".to_owned()
+                });
+                let warn = note.is_some();
+                Outcome::Carried { keys: vec!["pythonpath".into()], note, warn }
+            }
+            "env" => match v.split_once('=') {
+                Some((k, val)) if !k.is_empty() => {
+                    let env = self
+                        .table
+                        .entry("env")
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(t) = env {
+                        t.insert(k.to_owned(), toml::Value::String(val.to_owned()));
+                    }
+                    let key = format!("env.{k}");
+                    if let Some(prev) = self.setter.insert(key.clone(), i) {
+                        self.lines[prev].outcome = Outcome::Ignored(format!(
+                            "line {} sets {k} again, and the last value wins (as in uWSGI)",
+                            e.line
+                        ));
+                    }
+                    Outcome::Carried { keys: vec![key], note: None, warn: false }
+                }
+                _ => Outcome::Ignored(format!(
+                    "env = {v} without =VALUE unsets the variable in uWSGI; postern does not unset variables (unset it where postern is started)"
+                )),
+            },
+
+            // Processes and threads.
+            "processes" | "workers" => match number(v) {
+                Ok(0) => Outcome::Accepted("0 means one worker, postern's default".into()),
+                Ok(n) => {
+                    self.set(i, "workers", toml::Value::Integer(n as i64));
+                    Self::carried(&["workers"])
+                }
+                Err(e) => Outcome::Refused(e),
+            },
+            "threads" => match number(v) {
+                Ok(0) => Outcome::Accepted("0 means one thread, postern's default".into()),
+                Ok(n) => {
+                    self.set(i, "threads", toml::Value::Integer(n as i64));
+                    Self::carried(&["threads"])
+                }
+                Err(e) => Outcome::Refused(e),
+            },
+            "enable-threads" => Outcome::Accepted(
+                "Python threads always run under postern (it releases the GIL whenever it waits)".into(),
+            ),
+            "master" => {
+                let (b, note) = boolean(v);
+                self.set(i, "master", toml::Value::Boolean(b));
+                Self::noted(&["master"], note)
+            }
+            "lazy-apps" | "lazy" => Outcome::Accepted(if boolean(v).0 {
+                "postern imports the app in each worker by default (preload = false), and a reload imports the new code".into()
+            } else {
+                "uWSGI's default; see the note on preload".into()
+            }),
+            "single-interpreter" => Outcome::Accepted("postern runs one interpreter per worker".into()),
+            "thunder-lock" => Outcome::Accepted(
+                "postern lets one thread per worker wait in accept at a time (its accept token)".into(),
+            ),
+            "no-orphans" => Outcome::Accepted("postern's workers die with their master".into()),
+
+            // Recycling and timeouts.
+            "harakiri" => self.count(i, "timeout", v),
+            "harakiri-verbose" => Outcome::Accepted(
+                "postern always logs the request and every Python thread's stack before it kills a worker".into(),
+            ),
+            "max-requests" => self.count(i, "max-requests", v),
+            "max-requests-delta" => Outcome::Accepted(
+                "postern spreads recycling by itself (max-requests plus up to 10% jitter)".into(),
+            ),
+            "max-worker-lifetime" => self.count(i, "max-lifetime", v),
+            "reload-on-rss" | "evil-reload-on-rss" => match v.parse::<f64>() {
+                Ok(mib) if mib.is_finite() && mib >= 0.0 => {
+                    if mib == 0.0 {
+                        return Outcome::Accepted("0 turns it off, which is postern's default too".into());
+                    }
+                    let whole = mib.ceil() as u64;
+                    self.set(i, "max-rss", toml::Value::Integer(whole as i64));
+                    let note = (whole as f64 != mib)
+                        .then(|| format!("postern counts whole MiB: {mib} becomes {whole}"));
+                    Self::noted(&["max-rss"], note)
+                }
+                _ => Outcome::Refused(format!("{v:?} is not a number of megabytes")),
+            },
+            "reload-mercy" | "worker-reload-mercy" => self.count(i, "graceful-timeout", v),
+            "touch-reload" => {
+                if self.table.contains_key("touch-reload") {
+                    return Outcome::Ignored(
+                        "postern watches one touch-reload file: touch the first one from your deploy".into(),
+                    );
+                }
+                self.string(i, "touch-reload", v)
+            }
+            "touch-chain-reload" => {
+                if self.table.contains_key("touch-reload") {
+                    return Outcome::Ignored(
+                        "postern watches one touch-reload file: touch the first one from your deploy".into(),
+                    );
+                }
+                if v.is_empty() {
+                    return Outcome::Refused("it has no value".into());
+                }
+                self.set(i, "touch-reload", toml::Value::String(v.into()));
+                self.set(i, "chain-reload", toml::Value::Boolean(true));
+                Self::carried(&["touch-reload", "chain-reload"])
+            }
+            "vacuum" => Outcome::Accepted("postern removes its Unix sockets and pidfile at exit".into()),
+            "need-app" => Outcome::Accepted("postern always exits when the app cannot be imported".into()),
+            "die-on-term" => Outcome::Accepted(
+                "SIGTERM is a graceful stop in postern (SIGHUP reloads)".into(),
+            ),
+            "py-autoreload" | "py-auto-reload" | "python-autoreload" | "python-auto-reload" => {
+                Outcome::Ignored(
+                    "postern does not watch Python modules: use touch-reload and touch the file when you deploy".into(),
+                )
+            }
+
+            // Requests.
+            "buffer-size" => match number(v) {
+                Ok(n) if n > 65535 => {
+                    self.set(i, "buffer-size", toml::Value::Integer(65535));
+                    Outcome::Carried {
+                        keys: vec!["buffer-size".into()],
+                        note: Some(format!("{n} is more than the uwsgi protocol can carry: 65535")),
+                        warn: false,
+                    }
+                }
+                Ok(n) => {
+                    self.set(i, "buffer-size", toml::Value::Integer(n as i64));
+                    Self::carried(&["buffer-size"])
+                }
+                Err(e) => Outcome::Refused(e),
+            },
+            "post-buffering" => self.count(i, "body-spool-threshold", v),
+            "limit-post" => self.count(i, "max-body", v),
+
+            // Privileges and files.
+            "uid" => self.string(i, "uid", v),
+            "gid" => self.string(i, "gid", v),
+            "pidfile" => self.string(i, "pidfile", v),
+            "pidfile2" => {
+                let out = self.string(i, "pidfile", v);
+                match out {
+                    Outcome::Carried { keys, .. } => Outcome::Carried {
+                        keys,
+                        note: Some("postern writes its pidfile once, before dropping privileges".into()),
+                        warn: false,
+                    },
+                    other => other,
+                }
+            }
+
+            // Stats and logs.
+            "stats" | "stats-server" => match v {
+                "" => Outcome::Refused("it has no value".into()),
+                _ => {
+                    let (addr, note) = if !v.contains(':') {
+                        (format!("unix:{v}"), None)
+                    } else if let Some(port) = v.strip_prefix(':') {
+                        (
+                            format!("0.0.0.0:{port}"),
+                            Some(format!("uWSGI's \"{v}\" is every interface, and so is this: prefer 127.0.0.1{v}")),
+                        )
+                    } else {
+                        (v.to_owned(), None)
+                    };
+                    self.set(i, "stats", toml::Value::String(addr));
+                    let base = "postern's stats endpoint speaks HTTP (/metrics for Prometheus, /status, /ping), not uWSGI's JSON: uwsgitop and uwsgi_exporter do not read it";
+                    Outcome::Carried {
+                        keys: vec!["stats".into()],
+                        note: Some(match note {
+                            Some(n) => format!("{n}; {base}"),
+                            None => base.into(),
+                        }),
+                        warn: false,
+                    }
+                }
+            },
+            "stats-http" => Outcome::Accepted("postern's stats endpoint always speaks HTTP".into()),
+            "memory-report" => Outcome::Accepted("postern's /status shows each worker's RSS".into()),
+            "logto" | "logto2" => {
+                if v.contains(':') && !v.contains('/') {
+                    return Outcome::Ignored(format!(
+                        "postern does not send logs over UDP ({v}): it logs to stderr or a file; forward them with journald or rsyslog"
+                    ));
+                }
+                self.string(i, "log-file", v)
+            }
+            "daemonize" | "daemonize2" => {
+                if self.entries.iter().any(|e| e.key == "logto" || e.key == "logto2") {
+                    return Outcome::Ignored(
+                        "postern stays in the foreground: run it under systemd (deploy/systemd/) or your process manager".into(),
+                    );
+                }
+                let out = self.string(i, "log-file", v);
+                match out {
+                    Outcome::Carried { keys, .. } => Outcome::Carried {
+                        keys,
+                        note: Some("postern stays in the foreground (run it under systemd, deploy/systemd/, or your process manager); its log goes to this file".into()),
+                        warn: true,
+                    },
+                    other => other,
+                }
+            }
+            "disable-logging" => {
+                let (b, _) = boolean(v);
+                if b {
+                    self.set(i, "access-log", toml::Value::String("off".into()));
+                    Self::carried(&["access-log"])
+                } else {
+                    Outcome::Accepted("request logging is on by default".into())
+                }
+            }
+            "log-date" | "logdate" => Outcome::Accepted("postern's log lines carry a timestamp".into()),
+            "strict" => Outcome::Accepted(if self.strict {
+                "unknown options stop postern --ini, as they stop uWSGI".into()
+            } else {
+                "off: unknown options are listed as warnings".into()
+            }),
+            "set-placeholder" | "set-ph" => Outcome::Placeholder,
+
+            // Everything that is not for postern.
+            "plugin" | "plugins" | "plugin-dir" | "plugins-dir" | "need-plugin" | "need-plugins" => {
+                Outcome::Ignored(PLUGINS.into())
+            }
+            "offload-threads" => Outcome::Ignored(STATIC.into()),
+            "auto-procname" => Outcome::Ignored(PROCNAME.into()),
+            "cheap" | "idle" => Outcome::Ignored(CHEAPER.into()),
+            "ini" | "include" | "inherit" | "json" | "yaml" | "yml" | "xml" | "config" => {
+                Outcome::Refused(INCLUDE.into())
+            }
+            "for" | "endfor" | "end-for" | "endif" | "end-if" | "end" | "else" => {
+                Outcome::Refused(LOGIC.into())
+            }
+            k if k.starts_with("static-") || k.starts_with("check-static") => {
+                Outcome::Ignored(STATIC.into())
+            }
+            k if k == "route"
+                || ["route-", "final-route", "error-route", "response-route"]
+                    .iter()
+                    .any(|p| k.starts_with(p)) =>
+            {
+                Outcome::Ignored(ROUTING.into())
+            }
+            k if k.starts_with("cheaper") => Outcome::Ignored(CHEAPER.into()),
+            k if k.starts_with("procname") => Outcome::Ignored(PROCNAME.into()),
+            k if k.starts_with("http-") || k.starts_with("https-") => {
+                Outcome::Ignored(HTTP_OPTION.into())
+            }
+            k if k.starts_with("emperor") || k.starts_with("vassal") => {
+                Outcome::Refused(EMPEROR.into())
+            }
+            k if k.starts_with("if-") || k.starts_with("for-") => Outcome::Refused(LOGIC.into()),
+            k if self.placeholders.contains(k) => Outcome::Placeholder,
+            _ => Outcome::Unknown,
+        }
+    }
+
+    /// What needs the whole file: the callable's fate, the preload note.
+    fn finish(&mut self) {
+        if let Some((ci, _)) = self.callable.clone() {
+            let outcome = match self.app {
+                Some((ai, true)) => Outcome::Ignored(format!(
+                    "line {} names its callable itself, which wins (as in uWSGI)",
+                    self.entries[ai].line
+                )),
+                Some((ai, false)) => {
+                    // Part of the app's value: recorded as carried into `app`.
+                    let _ = ai;
+                    Self::carried(&["app"])
+                }
+                None => Outcome::Ignored(
+                    "there is no module, wsgi-file or mount for it to apply to".into(),
+                ),
+            };
+            self.lines[ci].outcome = outcome;
+        }
+        let workers = self
+            .table
+            .get("workers")
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(1);
+        let master = self
+            .table
+            .get("master")
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false);
+        if (workers > 1 || master) && !self.lazy && self.app.is_some() {
+            self.notes.push((
+                0,
+                "uWSGI imported the app once in its master and forked the workers from it (there is no lazy-apps); postern imports it in each worker, so a reload (SIGHUP, touch-reload) runs the new code. Add preload = true to share the app's memory between workers as uWSGI did (then deploy new code with a restart)".into(),
+            ));
+        }
+    }
+}
+
+/// Appends `text` as comment lines of at most about 90 columns.
+fn wrap(out: &mut String, first: &str, rest: &str, text: &str) {
+    const WIDTH: usize = 90;
+    let mut line = first.to_owned();
+    let mut empty = true;
+    for word in text.split(' ') {
+        if !empty && line.len() + 1 + word.len() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = rest.to_owned();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+}
+
+/// `FILE:LINE` for a report line.
+fn at(source: &str, line: usize) -> String {
+    let file = split_source(source).0;
+    format!("{}:{line}", file.display())
+}
+
+impl Translation {
+    /// `FILE:LINE[,LINE…]`: where the value of a postern key came from (`env.NAME` for
+    /// one `[env]` entry; `env` for all of them).
+    pub fn origin(&self, key: &str) -> Option<String> {
+        let lines: Vec<String> = self
+            .lines
+            .iter()
+            .filter(|l| match &l.outcome {
+                Outcome::Carried { keys, .. } => keys
+                    .iter()
+                    .any(|k| k == key || (key == "env" && k.starts_with("env."))),
+                _ => false,
+            })
+            .map(|l| l.entry.line.to_string())
+            .collect();
+        if lines.is_empty() {
+            return None;
+        }
+        let file = split_source(&self.source).0;
+        Some(format!("{}:{}", file.display(), lines.join(",")))
+    }
+
+    fn listing<'s>(&'s self, pick: impl Fn(&'s Outcome) -> Option<String>) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter_map(|l| {
+                pick(&l.outcome).map(|why| {
+                    format!(
+                        "  {}  {}: {why}",
+                        at(&self.source, l.entry.line),
+                        l.entry.text
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// `Err` with one message listing every refused line (and, under `strict`, every
+    /// unknown one), each with what to do instead.
+    pub fn check(&self) -> Result<(), IniError> {
+        let mut bad = self.listing(|o| match o {
+            Outcome::Refused(why) => Some(why.clone()),
+            Outcome::Unknown if self.strict => Some(
+                "not an option postern knows, and the file sets strict (no equivalent, or misspelt)".into(),
+            ),
+            _ => None,
+        });
+        if bad.is_empty() {
+            return Ok(());
+        }
+        bad.insert(
+            0,
+            format!(
+                "{} [{}]: postern cannot run {} as written (fix the file, or run `postern migrate {}` and edit the result):",
+                self.source,
+                self.section,
+                if bad.len() == 1 { "this line" } else { "these lines" },
+                self.source
+            ),
+        );
+        Err(IniError::Refused(bad.join("\n")))
+    }
+
+    /// One message listing what postern runs without (ignored and unknown lines, and
+    /// differences worth knowing), or `None`.
+    pub fn warnings(&self) -> Option<String> {
+        let mut out = self.listing(|o| match o {
+            Outcome::Ignored(why) => Some(format!("ignored: {why}")),
+            Outcome::Unknown if !self.strict => Some(
+                "unknown: not an option postern knows (it has no equivalent, or it is misspelt)"
+                    .into(),
+            ),
+            Outcome::Carried {
+                note: Some(n),
+                warn: true,
+                ..
+            } => Some(n.clone()),
+            _ => None,
+        });
+        out.extend(self.notes.iter().map(|(line, n)| match line {
+            0 => format!("  {}: {n}", self.source),
+            l => format!("  {}: {n}", at(&self.source, *l)),
+        }));
+        if out.is_empty() {
+            return None;
+        }
+        out.insert(
+            0,
+            format!(
+                "{} [{}]: not carried over as written:",
+                self.source, self.section
+            ),
+        );
+        Some(out.join("\n"))
+    }
+
+    /// The equivalent `postern.toml`, each value under the ini line(s) it came from and
+    /// every line that could not be carried over as a comment saying why.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# postern configuration from the uWSGI file {} [{}], written by `postern migrate`.",
+            self.source, self.section
+        );
+        let _ = writeln!(out, "# Use it with: postern --config postern.toml");
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "#\n# Notes:");
+            for (line, n) in &self.notes {
+                match line {
+                    0 => wrap(&mut out, "# - ", "#   ", n),
+                    l => wrap(&mut out, "# - ", "#   ", &format!("line {l}: {n}")),
+                }
+            }
+        }
+        let comments = |out: &mut String, key: &str| {
+            for l in &self.lines {
+                if let Outcome::Carried { keys, note, .. } = &l.outcome {
+                    if keys.iter().any(|k| k == key) {
+                        let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                        if let Some(n) = note {
+                            wrap(out, "#   ", "#   ", n);
+                        }
+                    }
+                }
+            }
+        };
+        if !self.table.contains_key("app") {
+            let _ = writeln!(
+                out,
+                "\n# The file names no module, wsgi-file or mount: give the app here (app = \"pkg.module:callable\") or on the command line."
+            );
+        }
+        for key in KEY_ORDER.iter().filter(|k| **k != "env") {
+            if let Some(v) = self.table.get(*key) {
+                out.push('\n');
+                comments(&mut out, key);
+                let _ = writeln!(out, "{key} = {v}");
+            }
+        }
+        let dropped: Vec<&Line> = self
+            .lines
+            .iter()
+            .filter(|l| !matches!(l.outcome, Outcome::Carried { .. }))
+            .collect();
+        if !dropped.is_empty() {
+            let _ = writeln!(out, "\n# Not carried over:");
+            for l in dropped {
+                let why = match &l.outcome {
+                    Outcome::Accepted(w) if w.is_empty() => "not needed".to_owned(),
+                    Outcome::Accepted(w) => format!("not needed: {w}"),
+                    Outcome::Ignored(w) => format!("ignored: {w}"),
+                    Outcome::Refused(w) => format!("REFUSED (postern --ini stops on this): {w}"),
+                    Outcome::Placeholder => "a placeholder, used in the values above".to_owned(),
+                    Outcome::Unknown => {
+                        "unknown: not an option postern knows (it has no equivalent, or it is misspelt)".to_owned()
+                    }
+                    Outcome::Carried { .. } => unreachable!("filtered above"),
+                };
+                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                wrap(&mut out, "#   ", "#   ", &why);
+            }
+        }
+        if let Some(toml::Value::Table(env)) = self.table.get("env") {
+            let _ = writeln!(out, "\n[env]");
+            for (k, v) in env {
+                comments(&mut out, &format!("env.{k}"));
+                let bare = !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                let name = if bare {
+                    k.clone()
+                } else {
+                    toml::Value::String(k.clone()).to_string()
+                };
+                let _ = writeln!(out, "{name} = {v}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

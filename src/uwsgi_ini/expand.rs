@@ -1,0 +1,804 @@
+//! Reading one section of a uWSGI ini file the way uWSGI 2.0 does: magic variables
+//! (`%d`, `%n`, …) are replaced in each line as it is read, lines become `key = value`
+//! entries, then three passes run over the values in uWSGI's order: `$(ENV)`,
+//! `@(FILE)`, and last `%(placeholder)` (a reference to another option's value).
+//!
+//! No tokio, pyo3 or tracing here: what the process knows (environment, working
+//! directory, host name, time, user) comes in a [`Context`], so tests can pin it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::IniError;
+
+/// What uWSGI's magic variables and `$(ENV)` read from the running process.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The environment (`$(VAR)`, and `UWSGI_*` variables for `%(placeholder)`).
+    pub env: HashMap<String, String>,
+    /// `%v`, and the base of relative paths.
+    pub cwd: PathBuf,
+    /// `%h`.
+    pub hostname: String,
+    /// `%t` (seconds) and `%T` (microseconds).
+    pub unix_time_micros: u64,
+    /// `%u`, `%g`; `%U`, `%G` fall back to them without a name.
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `%k`.
+    pub cpus: usize,
+}
+
+impl Context {
+    /// The running process's view.
+    pub fn from_process() -> Context {
+        let uid = nix::unistd::getuid();
+        let gid = nix::unistd::getgid();
+        Context {
+            env: std::env::vars().collect(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            unix_time_micros: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            user: nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            group: nix::unistd::Group::from_gid(gid)
+                .ok()
+                .flatten()
+                .map(|g| g.name),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Where the ini file is, as uWSGI's magic variables see it.
+#[derive(Debug, Clone)]
+pub struct FileFacts {
+    /// The argument as given, section included (`%o`).
+    pub given: String,
+    /// The absolute path (`%p`): resolved, except that a symlink is not followed.
+    pub absolute: PathBuf,
+    /// The section asked for with `FILE:section` (`%x`), if any.
+    pub section: Option<String>,
+    /// The file's inode (`%i`).
+    pub inode: Option<u64>,
+}
+
+impl FileFacts {
+    /// Looks the file up on disk the way uWSGI does (realpath unless it is a symlink).
+    pub fn of(given: &str, path: &Path, section: Option<&str>, cwd: &Path) -> FileFacts {
+        let meta = std::fs::symlink_metadata(path).ok();
+        let is_link = meta.as_ref().is_some_and(|m| m.file_type().is_symlink());
+        let absolute = if is_link {
+            cwd.join(path)
+        } else {
+            std::fs::canonicalize(path).unwrap_or_else(|_| cwd.join(path))
+        };
+        FileFacts {
+            given: given.to_owned(),
+            absolute,
+            section: section.map(str::to_owned),
+            inode: meta.map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
+        }
+    }
+}
+
+/// One `key = value` line of the section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The line as written (trimmed), before any expansion.
+    pub text: String,
+    pub key: String,
+    /// The value after every expansion.
+    pub value: String,
+}
+
+/// A section read and expanded.
+#[derive(Debug, Default)]
+pub struct Section {
+    pub entries: Vec<Entry>,
+    /// Keys some `%(…)` referred to: placeholders, not options to carry over.
+    pub placeholders_used: BTreeSet<String>,
+    /// Things worth telling the user about the expansion itself (an unset `$(VAR)`, an
+    /// unknown magic letter), each with its line.
+    pub notes: Vec<(usize, String)>,
+}
+
+/// uWSGI's `%X` table for this file. Every byte has an entry: letters uWSGI does not
+/// define expand to nothing (`None` here says so, for a note).
+fn magic(c: char, f: &FileFacts, ctx: &Context) -> Option<String> {
+    let p = f.absolute.to_string_lossy().into_owned();
+    let slash = p.rfind('/').map_or(0, |i| i + 1);
+    let s = p[slash..].to_owned();
+    // With its trailing slash, like uWSGI's (it strips it only to compute %c and %0..%9).
+    let d = p[..slash].to_owned();
+    let d_trimmed = d.strip_suffix('/').unwrap_or(&d);
+    let (n, e) = match s.rfind('.') {
+        Some(i) => (s[..i].to_owned(), s[i + 1..].to_owned()),
+        None => (s.clone(), String::new()),
+    };
+    Some(match c {
+        // Upper case: "the first non-template config file", which is this one: postern
+        // reads a single file, with no --include or --inherit.
+        'o' | 'O' => f.given.clone(),
+        'p' | 'P' => p,
+        's' | 'S' => s,
+        'd' | 'D' => d,
+        'c' | 'C' => d_trimmed
+            .rfind('/')
+            .map_or(String::new(), |i| d_trimmed[i + 1..].to_owned()),
+        'e' | 'E' => e,
+        'n' | 'N' => n,
+        'x' | 'X' => f.section.clone().unwrap_or_default(),
+        'i' | 'I' => f.inode.map(|i| i.to_string()).unwrap_or_default(),
+        'j' | 'J' => djb33x_hex(p.as_bytes()),
+        '0'..='9' => d_trimmed
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .nth(c as usize - '0' as usize)
+            .unwrap_or("")
+            .to_owned(),
+        'v' => ctx.cwd.to_string_lossy().into_owned(),
+        'h' => ctx.hostname.clone(),
+        't' => (ctx.unix_time_micros / 1_000_000).to_string(),
+        'T' => ctx.unix_time_micros.to_string(),
+        'k' => ctx.cpus.to_string(),
+        'u' => ctx.uid.to_string(),
+        'U' => ctx.user.clone().unwrap_or_else(|| ctx.uid.to_string()),
+        'g' => ctx.gid.to_string(),
+        'G' => ctx.group.clone().unwrap_or_else(|| ctx.gid.to_string()),
+        '[' => "\x1b".to_owned(),
+        '%' => "%".to_owned(),
+        // Kept for the placeholder pass.
+        '(' => "%(".to_owned(),
+        _ => return None,
+    })
+}
+
+/// `%j`: uWSGI's djb33x hash of the absolute path, as its 4 bytes in memory (little
+/// endian) in upper-case hex. uWSGI hashes `char`s, which are signed on x86: bytes
+/// ≥ 0x80 are sign-extended before the XOR.
+fn djb33x_hex(bytes: &[u8]) -> String {
+    let mut h: u32 = 5381;
+    for &b in bytes {
+        h = h.wrapping_shl(5).wrapping_add(h) ^ (b as i8 as i32 as u32);
+    }
+    h.to_le_bytes().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Replaces `%X` in one line. Letters with no meaning for postern (`%b`, the uWSGI
+/// binary; `%V`, its version) or none at all expand to nothing, as uWSGI does, and
+/// are reported.
+fn magic_line(line: &str, f: &FileFacts, ctx: &Context, mut unknown: impl FnMut(char)) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // A '%' ending the line stays: uWSGI would join it with the next line's
+            // first byte, which no real file relies on.
+            None => out.push('%'),
+            Some(m) => match magic(m, f, ctx) {
+                Some(v) => out.push_str(&v),
+                None => unknown(m),
+            },
+        }
+    }
+    out
+}
+
+/// Reads `section` of the ini `text` (uWSGI's rules: whole-line `;` and `#` comments,
+/// no inline comments or quoting, `key` alone means `key =` empty, the first `=`
+/// splits, every `[section]` of that name counts) and expands it.
+pub fn read_section(
+    text: &str,
+    facts: &FileFacts,
+    section: &str,
+    ctx: &Context,
+) -> Result<Section, IniError> {
+    let mut out = Section::default();
+    let mut current = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut found = false;
+    for (i, raw) in text.split('\n').enumerate() {
+        let number = i + 1;
+        let mut bad = Vec::new();
+        let line = magic_line(raw, facts, ctx, |m| bad.push(m));
+        let line = line.trim_matches([' ', '\t', '\r']);
+        if line.is_empty() || line.starts_with([';', '#']) {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            // uWSGI drops the last character, whatever it is.
+            let mut name = rest.to_owned();
+            name.pop();
+            if !seen.contains(&name) {
+                seen.push(name.clone());
+            }
+            current = name;
+            continue;
+        }
+        if current != section {
+            continue;
+        }
+        found = true;
+        for m in bad {
+            let what = match m {
+                'b' => "%b (the uWSGI binary's path) means nothing to postern".to_owned(),
+                'V' => "%V (the uWSGI version) means nothing to postern".to_owned(),
+                _ => format!("%{m} is not a uWSGI magic variable"),
+            };
+            out.notes.push((
+                number,
+                format!("{what}: it expands to nothing, as in uWSGI"),
+            ));
+        }
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        let key = key.trim_end_matches([' ', '\t', '\r']).to_owned();
+        let value = value.trim_matches([' ', '\t', '\r']).to_owned();
+        out.entries.push(Entry {
+            line: number,
+            text: raw.trim_matches([' ', '\t', '\r']).to_owned(),
+            key,
+            value,
+        });
+    }
+    if !found {
+        return Err(IniError::NoSection {
+            path: PathBuf::from(&facts.given),
+            section: section.to_owned(),
+            found: seen,
+        });
+    }
+    expand_env(&mut out, ctx)?;
+    expand_files(&mut out, ctx)?;
+    expand_placeholders(&mut out, ctx)?;
+    Ok(out)
+}
+
+/// Bound on the replacements in one value: uWSGI loops forever on `a = %(a)`.
+const MAX_EXPANSIONS: usize = 256;
+
+/// Replaces each `S(…)` in `value` (parentheses may nest) with what `hook` returns for
+/// the text inside; `None` leaves it as written. Like uWSGI, scanning restarts from the
+/// start after a replacement, so a value that expands to another reference is expanded
+/// too. `Err(())` means the value never settles.
+fn expand_value(
+    value: &str,
+    symbol: char,
+    mut hook: impl FnMut(&str) -> Result<Option<String>, IniError>,
+) -> Result<Result<String, ()>, IniError> {
+    let mut v = value.to_owned();
+    let mut from = 0;
+    let mut rounds = 0;
+    'scan: loop {
+        let bytes = v.as_bytes();
+        let mut i = from;
+        while i + 1 < bytes.len() {
+            if bytes[i] == symbol as u8 && bytes[i + 1] == b'(' {
+                let start = i + 2;
+                let mut depth = 0usize;
+                let mut j = start;
+                while j < bytes.len() {
+                    match bytes[j] {
+                        b'(' => depth += 1,
+                        b')' if depth == 0 => break,
+                        b')' => depth -= 1,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                if j >= bytes.len() {
+                    break 'scan; // unclosed: left as written
+                }
+                if j == start {
+                    i = j + 1; // `S()` is nothing to expand
+                    continue;
+                }
+                if let Some(new) = hook(&v[start..j])? {
+                    rounds += 1;
+                    if rounds > MAX_EXPANSIONS {
+                        return Ok(Err(()));
+                    }
+                    v = format!("{}{}{}", &v[..i], new, &v[j + 1..]);
+                    from = 0;
+                    continue 'scan;
+                }
+                i = j + 1;
+                continue;
+            }
+            i += 1;
+        }
+        break;
+    }
+    Ok(Ok(v))
+}
+
+/// Runs one pass over every entry's value.
+fn pass(
+    section: &mut Section,
+    symbol: char,
+    mut hook: impl FnMut(
+        &str,
+        &[Entry],
+        usize,
+        &mut Vec<(usize, String)>,
+    ) -> Result<Option<String>, IniError>,
+) -> Result<(), IniError> {
+    for i in 0..section.entries.len() {
+        let value = section.entries[i].value.clone();
+        if !value.contains(symbol) {
+            continue;
+        }
+        let line = section.entries[i].line;
+        let entries = &section.entries;
+        let notes = &mut section.notes;
+        let expanded = expand_value(&value, symbol, |inner| hook(inner, entries, line, notes))?;
+        match expanded {
+            Ok(v) => section.entries[i].value = v,
+            Err(()) => {
+                return Err(IniError::Loop {
+                    line,
+                    key: section.entries[i].key.clone(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `$(VAR)`, `$(VAR:-DEFAULT)` (unset or empty), `$(VAR-DEFAULT)` (unset only). An unset
+/// variable with no default is left as written, as uWSGI does.
+fn expand_env(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
+    pass(section, '$', |inner, _, line, notes| {
+        let (name, default, or_empty) = if let Some((n, d)) = inner.split_once(":-") {
+            (n, Some(d), true)
+        } else if let Some((n, d)) = inner.split_once('-') {
+            (n, Some(d), false)
+        } else {
+            (inner, None, false)
+        };
+        Ok(match (ctx.env.get(name), default) {
+            (Some(v), Some(d)) if or_empty && v.is_empty() => Some(d.to_owned()),
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(d)) => Some(d.to_owned()),
+            (None, None) => {
+                notes.push((
+                    line,
+                    format!("environment variable {name} is not set: $({name}) is kept as written, as uWSGI does"),
+                ));
+                None
+            }
+        })
+    })
+}
+
+/// `@(FILE)`: the file's contents, less one trailing newline. Other sources uWSGI can
+/// read there (`exec://`, `http://`, …) are not run: they stay as written.
+fn expand_files(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
+    pass(section, '@', |inner, _, line, notes| {
+        if inner.contains("://") {
+            notes.push((
+                line,
+                format!("@({inner}) is not read (postern reads plain files only): kept as written"),
+            ));
+            return Ok(None);
+        }
+        let path = ctx.cwd.join(inner);
+        let mut text = std::fs::read_to_string(&path).map_err(|source| IniError::AtFile {
+            line,
+            path: path.clone(),
+            source,
+        })?;
+        if text.ends_with(['\n', '\r']) {
+            text.pop();
+        }
+        Ok(Some(text))
+    })
+}
+
+/// `%(name)`: the value of the first option called `name` (`UWSGI_NAME` in the
+/// environment first: uWSGI turns those into options before reading any file). A name
+/// nothing defines is left as written. With spaces inside, uWSGI's pipeline
+/// arithmetic: `%(a + b * 2)` is `((a + b) * 2)`, `%(a b)` concatenates, `%(a ++)`.
+fn expand_placeholders(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
+    let mut used = BTreeSet::new();
+    pass(section, '%', |inner, entries, _, _| {
+        let lookup = |name: &str| -> Option<String> {
+            let env_name = format!("UWSGI_{}", name.to_ascii_uppercase().replace('-', "_"));
+            ctx.env
+                .get(&env_name)
+                .cloned()
+                .or_else(|| placeholder_value(entries, name))
+        };
+        if !inner.contains(' ') {
+            used.insert(inner.to_owned());
+            return Ok(lookup(inner));
+        }
+        Ok(Some(arithmetic(inner, |name| {
+            used.insert(name.to_owned());
+            lookup(name).unwrap_or_default()
+        })))
+    })?;
+    section.placeholders_used = used;
+    Ok(())
+}
+
+/// The first definition of `name`: an option line, or `set-placeholder`/`set-ph`.
+fn placeholder_value(entries: &[Entry], name: &str) -> Option<String> {
+    entries.iter().find_map(|e| {
+        if e.key == name {
+            return Some(e.value.clone());
+        }
+        if matches!(e.key.as_str(), "set-placeholder" | "set-ph") {
+            let (k, v) = e.value.split_once('=')?;
+            return (k.trim() == name).then(|| v.trim().to_owned());
+        }
+        None
+    })
+}
+
+/// uWSGI's placeholder pipeline: tokens separated by spaces are numbers, option names
+/// or operators (`+ - * /` take the next token; `++`/`--` act at once); two values in
+/// a row concatenate. Division by zero gives 0, as in uWSGI.
+fn arithmetic(expr: &str, mut value_of: impl FnMut(&str) -> String) -> String {
+    #[derive(Clone, Copy)]
+    enum Op {
+        Concat,
+        Add,
+        Sub,
+        Mul,
+        Div,
+    }
+    let num = |s: &str| -> i64 {
+        // strtoll: leading digits, 0 when there are none.
+        let t = s.trim_start();
+        let sign_len = usize::from(t.starts_with(['-', '+']));
+        let end = t[sign_len..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(t.len(), |i| i + sign_len);
+        t[..end].parse().unwrap_or(0)
+    };
+    let mut current: Option<String> = None;
+    let mut op = Op::Concat;
+    for token in expr.split(' ').filter(|t| !t.is_empty()) {
+        let value = match token {
+            "+" => {
+                op = Op::Add;
+                continue;
+            }
+            "-" => {
+                op = Op::Sub;
+                continue;
+            }
+            "*" => {
+                op = Op::Mul;
+                continue;
+            }
+            "/" => {
+                op = Op::Div;
+                continue;
+            }
+            "++" | "--" => {
+                if let Some(c) = &current {
+                    let d = if token == "++" { 1 } else { -1 };
+                    current = Some(num(c).wrapping_add(d).to_string());
+                }
+                op = Op::Concat;
+                continue;
+            }
+            t if t.bytes().all(|b| b.is_ascii_digit()) => t.to_owned(),
+            name => value_of(name),
+        };
+        let a = current.take().unwrap_or_default();
+        current = Some(match op {
+            Op::Concat => a + &value,
+            Op::Add => num(&a).wrapping_add(num(&value)).to_string(),
+            Op::Sub => num(&a).wrapping_sub(num(&value)).to_string(),
+            Op::Mul => num(&a).wrapping_mul(num(&value)).to_string(),
+            Op::Div => match num(&value) {
+                0 => "0".to_owned(),
+                b => num(&a).wrapping_div(b).to_string(),
+            },
+        });
+        op = Op::Concat;
+    }
+    current.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            env: [
+                ("HOME", "/home/ann"),
+                ("EMPTY", ""),
+                ("UWSGI_FOO", "from-env"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            cwd: PathBuf::from("/work"),
+            hostname: "web1".into(),
+            unix_time_micros: 1_700_000_000_123_456,
+            uid: 1000,
+            gid: 2000,
+            user: Some("ann".into()),
+            group: None,
+            cpus: 8,
+        }
+    }
+
+    fn facts(section: Option<&str>) -> FileFacts {
+        FileFacts {
+            given: match section {
+                Some(s) => format!("conf/mysite.uwsgi.ini:{s}"),
+                None => "conf/mysite.uwsgi.ini".into(),
+            },
+            absolute: PathBuf::from("/srv/apps/mysite/conf/mysite.uwsgi.ini"),
+            section: section.map(str::to_owned),
+            inode: Some(4242),
+        }
+    }
+
+    fn value_of(text: &str) -> String {
+        let s = read_section(
+            &format!("[uwsgi]\nv = {text}\n"),
+            &facts(None),
+            "uwsgi",
+            &ctx(),
+        )
+        .unwrap();
+        s.entries[0].value.clone()
+    }
+
+    #[test]
+    fn expands_file_magic() {
+        assert_eq!(value_of("%p"), "/srv/apps/mysite/conf/mysite.uwsgi.ini");
+        assert_eq!(value_of("%d"), "/srv/apps/mysite/conf/"); // trailing slash
+        assert_eq!(value_of("%dapp.sock"), "/srv/apps/mysite/conf/app.sock");
+        assert_eq!(value_of("%s"), "mysite.uwsgi.ini");
+        assert_eq!(value_of("%n"), "mysite.uwsgi"); // up to the last dot
+        assert_eq!(value_of("%e"), "ini");
+        assert_eq!(value_of("%c"), "conf");
+        assert_eq!(value_of("%o"), "conf/mysite.uwsgi.ini");
+        assert_eq!(value_of("%0|%1|%2|%3|%4"), "srv|apps|mysite|conf|");
+        assert_eq!(value_of("%x"), ""); // no section given
+        assert_eq!(value_of("%i"), "4242");
+    }
+
+    #[test]
+    fn upper_case_magic_is_the_same_file() {
+        assert_eq!(
+            value_of("%D%N.%E"),
+            "/srv/apps/mysite/conf/mysite.uwsgi.ini"
+        );
+        assert_eq!(value_of("%P"), value_of("%p"));
+        assert_eq!(value_of("%S|%C|%O|%X|%I|%J"), value_of("%s|%c|%o|%x|%i|%j"));
+    }
+
+    #[test]
+    fn expands_section_magic() {
+        let text = "[app1]\nsocket = /run/%x.sock\n";
+        let s = read_section(text, &facts(Some("app1")), "app1", &ctx()).unwrap();
+        assert_eq!(s.entries[0].value, "/run/app1.sock");
+        let s = read_section("[app1]\nv = %o\n", &facts(Some("app1")), "app1", &ctx()).unwrap();
+        assert_eq!(s.entries[0].value, "conf/mysite.uwsgi.ini:app1");
+    }
+
+    #[test]
+    fn expands_process_magic() {
+        assert_eq!(value_of("%v"), "/work");
+        assert_eq!(value_of("%h"), "web1");
+        assert_eq!(value_of("%t"), "1700000000");
+        assert_eq!(value_of("%T"), "1700000000123456");
+        assert_eq!(value_of("%k"), "8");
+        assert_eq!(value_of("%u:%U"), "1000:ann");
+        assert_eq!(value_of("%g:%G"), "2000:2000"); // no group name: the id
+        assert_eq!(value_of("%["), "\x1b");
+        assert_eq!(value_of("100%%"), "100%");
+    }
+
+    #[test]
+    fn no_extension_means_the_whole_name() {
+        let f = FileFacts {
+            absolute: PathBuf::from("/etc/uwsgi/myapp"),
+            ..facts(None)
+        };
+        let s = read_section("[uwsgi]\nv = %n|%e|%d\n", &f, "uwsgi", &ctx()).unwrap();
+        assert_eq!(s.entries[0].value, "myapp||/etc/uwsgi/");
+    }
+
+    #[test]
+    fn hashes_the_path_like_uwsgi() {
+        // djb33x("/a") = (((5381 * 33) ^ '/') * 33) ^ 'a' = 0x005966AB, shown as its
+        // little-endian bytes.
+        assert_eq!(djb33x_hex(b"/a"), "AB665900");
+        // A byte >= 0x80 is sign-extended first (uWSGI hashes signed chars).
+        assert_eq!(
+            djb33x_hex(&[0xff]),
+            format!("{:08X}", ((5381u32 * 33) ^ 0xffff_ffff).swap_bytes())
+        );
+    }
+
+    #[test]
+    fn unknown_magic_expands_to_nothing_with_a_note() {
+        let s = read_section("[uwsgi]\nv = a%zb%bc%V\n", &facts(None), "uwsgi", &ctx()).unwrap();
+        assert_eq!(s.entries[0].value, "abc");
+        assert_eq!(s.notes.len(), 3, "{:?}", s.notes);
+        assert!(s.notes[0].1.contains("%z is not a uWSGI magic variable"));
+        assert!(s.notes[1].1.contains("%b"));
+        assert_eq!(value_of("50%"), "50%");
+    }
+
+    #[test]
+    fn reads_lines_like_uwsgi() {
+        let text = "; comment\n# comment too\n[uwsgi]\n  socket   =  /tmp/a.sock  \r\nmaster\nenv = A=B=C\n  ; indented comment\nchdir = /x ; not a comment\nquoted = \"q\"\n[other]\nsocket = /tmp/other.sock\n[uwsgi]\nprocesses=4";
+        let s = read_section(text, &facts(None), "uwsgi", &ctx()).unwrap();
+        let kv: Vec<(&str, &str, usize)> = s
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            kv,
+            vec![
+                ("socket", "/tmp/a.sock", 4),
+                ("master", "", 5),
+                ("env", "A=B=C", 6),
+                ("chdir", "/x ; not a comment", 8),
+                ("quoted", "\"q\"", 9),
+                ("processes", "4", 13),
+            ]
+        );
+        assert_eq!(s.entries[0].text, "socket   =  /tmp/a.sock");
+    }
+
+    #[test]
+    fn reads_the_section_asked_for() {
+        let text = "[uwsgi]\nsocket = a\n[app2]\nsocket = b\n";
+        let s = read_section(text, &facts(Some("app2")), "app2", &ctx()).unwrap();
+        assert_eq!(s.entries.len(), 1);
+        assert_eq!(s.entries[0].value, "b");
+    }
+
+    #[test]
+    fn rejects_a_missing_section_naming_those_found() {
+        let e = read_section("[app1]\na = 1\n[app2]\n", &facts(None), "uwsgi", &ctx()).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("[uwsgi]") && m.contains("[app1]") && m.contains("[app2]"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn expands_env() {
+        assert_eq!(value_of("$(HOME)/app"), "/home/ann/app");
+        assert_eq!(value_of("$(NOPE:-dflt)"), "dflt");
+        assert_eq!(value_of("$(EMPTY:-dflt)"), "dflt");
+        assert_eq!(value_of("$(EMPTY-dflt)"), "");
+        assert_eq!(value_of("$(NOPE-dflt)"), "dflt");
+        assert_eq!(value_of("$(HOME:-dflt)"), "/home/ann");
+        let s = read_section("[uwsgi]\nv = $(NOPE)/x\n", &facts(None), "uwsgi", &ctx()).unwrap();
+        assert_eq!(s.entries[0].value, "$(NOPE)/x");
+        assert!(s.notes[0].1.contains("NOPE is not set"), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn expands_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("name"), "web7\n").unwrap();
+        let c = Context {
+            cwd: dir.path().to_owned(),
+            ..ctx()
+        };
+        let s = read_section(
+            "[uwsgi]\nv = @(name).sock\nw = @(exec://id)\n",
+            &facts(None),
+            "uwsgi",
+            &c,
+        )
+        .unwrap();
+        assert_eq!(s.entries[0].value, "web7.sock");
+        assert_eq!(s.entries[1].value, "@(exec://id)");
+        let e = read_section("[uwsgi]\nv = @(missing)\n", &facts(None), "uwsgi", &c).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn expands_placeholders() {
+        let text = "[uwsgi]\nbase = /srv\nproject = shop\nchdir = %(base)/%(project)\nsocket = %(chdir)/app.sock\nlate = %(later)\nlater = yes\nkeep = %(undefined)\nset-ph = ph = 7\nuse = %(ph)\nenv-wins = %(foo)\nfoo = from-file\n";
+        let s = read_section(text, &facts(None), "uwsgi", &ctx()).unwrap();
+        let get = |k: &str| s.entries.iter().find(|e| e.key == k).unwrap().value.clone();
+        assert_eq!(get("chdir"), "/srv/shop");
+        assert_eq!(get("socket"), "/srv/shop/app.sock");
+        assert_eq!(get("late"), "yes");
+        assert_eq!(get("keep"), "%(undefined)");
+        assert_eq!(get("use"), "7");
+        assert_eq!(get("env-wins"), "from-env"); // UWSGI_FOO comes before the file
+        for k in [
+            "base",
+            "project",
+            "chdir",
+            "later",
+            "ph",
+            "foo",
+            "undefined",
+        ] {
+            assert!(
+                s.placeholders_used.contains(k),
+                "{k}: {:?}",
+                s.placeholders_used
+            );
+        }
+    }
+
+    #[test]
+    fn first_definition_wins() {
+        let s = read_section(
+            "[uwsgi]\na = 1\na = 2\nv = %(a)\n",
+            &facts(None),
+            "uwsgi",
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(s.entries[2].value, "1");
+    }
+
+    #[test]
+    fn magic_runs_before_placeholders() {
+        let s = read_section(
+            "[uwsgi]\nsock = %n\nv = /run/%(sock).sock\nw = %%(sock)\n",
+            &facts(None),
+            "uwsgi",
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(s.entries[1].value, "/run/mysite.uwsgi.sock");
+        assert_eq!(s.entries[2].value, "mysite.uwsgi"); // %% → %, then %(sock)
+    }
+
+    #[test]
+    fn computes_placeholder_arithmetic() {
+        let s = read_section(
+            "[uwsgi]\nfa = 17\nfb = 30\nt1 = %(fa + fb + 3)\nt2 = %(fa + fb + 3 * 2)\nt3 = %(fa ++)\nt4 = %(fa fb ++)\nt5 = %(fa / 0)\nt6 = %(fa - nothing)\n",
+            &facts(None),
+            "uwsgi",
+            &ctx(),
+        )
+        .unwrap();
+        let v: Vec<&str> = s.entries[2..].iter().map(|e| e.value.as_str()).collect();
+        assert_eq!(v, ["50", "100", "18", "1731", "0", "17"]);
+    }
+
+    #[test]
+    fn rejects_a_placeholder_loop() {
+        let e = read_section("[uwsgi]\na = x%(a)\n", &facts(None), "uwsgi", &ctx()).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn leaves_unclosed_references() {
+        assert_eq!(value_of("$(HOME"), "$(HOME");
+        assert_eq!(value_of("%(x"), "%(x");
+        assert_eq!(value_of("$()"), "$()");
+    }
+}

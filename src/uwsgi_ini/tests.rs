@@ -1,0 +1,551 @@
+//! Mapping tests: each uWSGI option, the report, and `postern migrate`'s output.
+
+use super::*;
+
+fn ctx() -> Context {
+    Context {
+        env: [("APP_ROOT", "/srv/shop")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        cwd: PathBuf::from("/work"),
+        hostname: "web1".into(),
+        unix_time_micros: 0,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        cpus: 2,
+    }
+}
+
+fn tr(body: &str) -> Translation {
+    let facts = FileFacts {
+        given: "/etc/uwsgi/shop.ini".into(),
+        absolute: PathBuf::from("/etc/uwsgi/shop.ini"),
+        section: None,
+        inode: None,
+    };
+    translate(&format!("[uwsgi]\n{body}\n"), &facts, &ctx()).unwrap()
+}
+
+fn get<'t>(t: &'t Translation, key: &str) -> Option<&'t toml::Value> {
+    t.table.get(key)
+}
+
+fn s(v: &str) -> toml::Value {
+    toml::Value::String(v.into())
+}
+
+fn strings(v: &[&str]) -> toml::Value {
+    toml::Value::Array(v.iter().map(|x| s(x)).collect())
+}
+
+/// The outcome of the line whose key is `key` (the first one).
+fn outcome<'t>(t: &'t Translation, key: &str) -> &'t Outcome {
+    &t.lines.iter().find(|l| l.entry.key == key).unwrap().outcome
+}
+
+fn is_carried(o: &Outcome) -> bool {
+    matches!(o, Outcome::Carried { .. })
+}
+
+#[test]
+fn maps_sockets_to_listeners() {
+    let t = tr("socket = :3031\nsocket = /run/shop.sock\nuwsgi-socket = 127.0.0.1:4000\nfastcgi-socket = [::1]:9000\nscgi-socket = /run/scgi.sock");
+    assert_eq!(
+        get(&t, "uwsgi"),
+        Some(&strings(&[
+            "0.0.0.0:3031",
+            "unix:/run/shop.sock",
+            "127.0.0.1:4000"
+        ]))
+    );
+    assert_eq!(get(&t, "fastcgi"), Some(&strings(&["[::1]:9000"])));
+    assert_eq!(get(&t, "scgi"), Some(&strings(&["unix:/run/scgi.sock"])));
+    // ":3031" is every interface in uWSGI: carried as such, and said.
+    let Outcome::Carried { note: Some(n), .. } = outcome(&t, "socket") else {
+        panic!()
+    };
+    assert!(n.contains("every interface"), "{n}");
+    assert_eq!(t.origin("uwsgi").unwrap(), "/etc/uwsgi/shop.ini:2,3,4");
+}
+
+#[test]
+fn protocol_applies_to_socket_lines() {
+    let t = tr("protocol = fastcgi\nsocket = 127.0.0.1:9000\nuwsgi-socket = /run/u.sock");
+    assert_eq!(get(&t, "fastcgi"), Some(&strings(&["127.0.0.1:9000"])));
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&["unix:/run/u.sock"])));
+    assert!(is_carried(outcome(&t, "protocol")));
+    let t = tr("socket = :8080\nprotocol = http");
+    assert!(matches!(outcome(&t, "socket"), Outcome::Refused(_)));
+}
+
+#[test]
+fn refuses_sockets_postern_cannot_listen_on() {
+    let t = tr("socket = @abstract\nsocket = =0\nshared-socket = :443");
+    let refused = t
+        .lines
+        .iter()
+        .filter(|l| matches!(l.outcome, Outcome::Refused(_)))
+        .count();
+    assert_eq!(refused, 3);
+    assert!(get(&t, "uwsgi").is_none());
+}
+
+#[test]
+fn refuses_http_in_one_message_saying_what_to_do() {
+    let t = tr("socket = /run/shop.sock\nhttp = :9090\nhttp-socket = 127.0.0.1:8000\nhttps = :443,foo.crt,foo.key\nemperor = /etc/uwsgi/vassals\nhttp-timeout = 30");
+    let e = t.check().unwrap_err().to_string();
+    assert_eq!(e.lines().count(), 5, "{e}"); // a heading, then one line each
+    assert!(
+        e.starts_with("/etc/uwsgi/shop.ini [uwsgi]: postern cannot run these lines"),
+        "{e}"
+    );
+    assert!(
+        e.contains("/etc/uwsgi/shop.ini:3  http = :9090: uWSGI's built-in HTTP router"),
+        "{e}"
+    );
+    assert!(
+        e.contains("uwsgi_pass to postern's socket (socket = /run/shop.sock)"),
+        "{e}"
+    );
+    assert!(e.contains("http-socket = 127.0.0.1:8000: postern speaks uwsgi, FastCGI and SCGI, not HTTP: make it socket = 127.0.0.1:8000 and point nginx's uwsgi_pass at it"), "{e}");
+    assert!(e.contains("emperor"), "{e}");
+    // An HTTP router option is only ignored: refusing `http` already says it.
+    assert!(matches!(outcome(&t, "http-timeout"), Outcome::Ignored(_)));
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&["unix:/run/shop.sock"])));
+}
+
+#[test]
+fn ignores_what_nginx_does_in_one_warning() {
+    let t = tr("module = shop.wsgi\nstatic-map = /static=/srv/static\nroute = ^/old redirect:/new\nroute-if = equal:${PATH_INFO};/x break:\noffload-threads = 4\ncheaper = 2\ncheaper-algo = spare\nplugins = python3\nplugin = python3\nprocname-prefix = shop-\nauto-procname = true");
+    assert!(t.check().is_ok());
+    let w = t.warnings().unwrap();
+    assert_eq!(w.lines().count(), 11, "{w}");
+    assert!(w.contains("static-map = /static=/srv/static: ignored: postern leaves static files to the front server"), "{w}");
+    assert!(
+        w.contains("route = ^/old redirect:/new: ignored: uWSGI's internal routing"),
+        "{w}"
+    );
+    assert!(
+        w.contains("cheaper = 2: ignored: postern runs a fixed number of workers"),
+        "{w}"
+    );
+    assert!(
+        w.contains("plugins = python3: ignored: postern embeds CPython"),
+        "{w}"
+    );
+}
+
+#[test]
+fn maps_the_app() {
+    let t = tr("module = mysite.wsgi:application");
+    assert_eq!(get(&t, "app"), Some(&s("mysite.wsgi:application")));
+    let t = tr("module = mysite.wsgi");
+    assert_eq!(get(&t, "app"), Some(&s("mysite.wsgi")));
+    let t = tr("wsgi = mysite.wsgi\ncallable = app");
+    assert_eq!(get(&t, "app"), Some(&s("mysite.wsgi:app")));
+    assert_eq!(t.origin("app").unwrap(), "/etc/uwsgi/shop.ini:2,3");
+    // callable before or after: uWSGI reads it when the app loads.
+    let t = tr("callable = app\nwsgi-file = myflaskapp.py");
+    assert_eq!(get(&t, "app"), Some(&s("./myflaskapp.py:app")));
+    let t = tr("wsgi-file = myproject/wsgi.py");
+    assert_eq!(get(&t, "app"), Some(&s("myproject/wsgi.py")));
+    let t = tr("file = /srv/app.wsgi");
+    assert_eq!(get(&t, "app"), Some(&s("/srv/app.wsgi")));
+    // A module that names its callable keeps it.
+    let t = tr("module = a.b:app\ncallable = other");
+    assert_eq!(get(&t, "app"), Some(&s("a.b:app")));
+    assert!(matches!(outcome(&t, "callable"), Outcome::Ignored(_)));
+    let t = tr("callable = app");
+    assert!(matches!(outcome(&t, "callable"), Outcome::Ignored(_)));
+    assert!(get(&t, "app").is_none());
+}
+
+#[test]
+fn refuses_a_factory_call() {
+    let t = tr("module = django.core.handlers.wsgi:WSGIHandler()");
+    let Outcome::Refused(why) = outcome(&t, "module") else {
+        panic!()
+    };
+    assert!(
+        why.contains("application = django.core.handlers.wsgi:WSGIHandler()"),
+        "{why}"
+    );
+    assert!(get(&t, "app").is_none());
+}
+
+#[test]
+fn maps_a_mount() {
+    let t = tr("manage-script-name = true\nmount = /yourapplication=myapp:app");
+    assert_eq!(get(&t, "app"), Some(&s("myapp:app")));
+    assert_eq!(get(&t, "mount"), Some(&strings(&["/yourapplication"])));
+    assert!(matches!(
+        outcome(&t, "manage-script-name"),
+        Outcome::Accepted(_)
+    ));
+    let t = tr("mount = /app=wsgi.py\ncallable = app");
+    assert_eq!(get(&t, "app"), Some(&s("wsgi.py:app")));
+    assert_eq!(get(&t, "mount"), Some(&strings(&["/app"])));
+    let t = tr("mount = /=shop:app");
+    assert_eq!(get(&t, "app"), Some(&s("shop:app")));
+    assert!(get(&t, "mount").is_none());
+}
+
+#[test]
+fn refuses_a_second_app() {
+    let t = tr("mount = /a=a:app\nmount = /b=b:app");
+    assert_eq!(get(&t, "app"), Some(&s("a:app")));
+    let refused: Vec<_> = t
+        .lines
+        .iter()
+        .filter(|l| matches!(l.outcome, Outcome::Refused(_)))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].entry.value, "/b=b:app");
+    let t = tr("module = a\nwsgi-file = b.py");
+    assert_eq!(get(&t, "app"), Some(&s("a")));
+    assert!(t
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("one app per process"));
+}
+
+#[test]
+fn the_last_value_wins() {
+    let t = tr("module = first\nmodule = second\nprocesses = 2\nworkers = 4\nenv = A=1\nenv = A=2");
+    assert_eq!(get(&t, "app"), Some(&s("second")));
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(4)));
+    assert_eq!(get(&t, "env").unwrap()["A"], s("2"));
+    let ignored: Vec<usize> = t
+        .lines
+        .iter()
+        .filter(|l| matches!(l.outcome, Outcome::Ignored(_)))
+        .map(|l| l.entry.line)
+        .collect();
+    assert_eq!(ignored, [2, 4, 6]);
+}
+
+#[test]
+fn maps_python_settings() {
+    let t = tr("chdir = /srv/shop\nhome = /srv/venv\npythonpath = /srv/lib\npp = ..\nenv = DJANGO_SETTINGS_MODULE=shop.settings\nenv = EMPTY=\nenv = UNSET");
+    assert_eq!(get(&t, "chdir"), Some(&s("/srv/shop")));
+    assert_eq!(get(&t, "venv"), Some(&s("/srv/venv")));
+    assert_eq!(get(&t, "pythonpath"), Some(&strings(&["/srv/lib", ".."])));
+    let env = get(&t, "env").unwrap().as_table().unwrap();
+    assert_eq!(env["DJANGO_SETTINGS_MODULE"], s("shop.settings"));
+    assert_eq!(env["EMPTY"], s(""));
+    assert_eq!(env.len(), 2);
+    assert!(matches!(
+        t.lines.last().unwrap().outcome,
+        Outcome::Ignored(_)
+    ));
+    for alias in ["virtualenv", "venv", "pyhome"] {
+        assert_eq!(get(&tr(&format!("{alias} = /v")), "venv"), Some(&s("/v")));
+    }
+    let t = tr("pythonpath = /srv/eggs/*.egg");
+    assert!(t.warnings().unwrap().contains("globs"));
+}
+
+#[test]
+fn maps_processes_and_timeouts() {
+    let t = tr("processes = 5\nthreads = 2\nmaster = true\nharakiri = 20\nmax-requests = 5000\nmax-worker-lifetime = 3600\nreload-on-rss = 256\nworker-reload-mercy = 10\nlisten = 128");
+    let int = |k: &str| get(&t, k).and_then(toml::Value::as_integer);
+    assert_eq!(int("workers"), Some(5));
+    assert_eq!(int("threads"), Some(2));
+    assert_eq!(get(&t, "master"), Some(&toml::Value::Boolean(true)));
+    assert_eq!(int("timeout"), Some(20));
+    assert_eq!(int("max-requests"), Some(5000));
+    assert_eq!(int("max-lifetime"), Some(3600));
+    assert_eq!(int("max-rss"), Some(256));
+    assert_eq!(int("graceful-timeout"), Some(10));
+    assert_eq!(int("listen-backlog"), Some(128));
+    assert!(t.lines.iter().all(|l| is_carried(&l.outcome)));
+}
+
+#[test]
+fn zero_turns_things_off() {
+    let t = tr("harakiri = 0\nmax-requests = 0\nreload-on-rss = 0\nprocesses = 0");
+    assert!(t.table.is_empty(), "{:?}", t.table);
+    assert!(t
+        .lines
+        .iter()
+        .all(|l| matches!(l.outcome, Outcome::Accepted(_))));
+}
+
+#[test]
+fn refuses_values_that_are_not_numbers() {
+    let t = tr("processes = four\nharakiri = 1.5\nreload-on-rss = lots");
+    let e = t.check().unwrap_err().to_string();
+    assert!(e.contains("\"four\" is not a whole number"), "{e}");
+    assert!(e.contains("\"1.5\" is not a whole number"), "{e}");
+    assert!(e.contains("\"lots\" is not a number of megabytes"), "{e}");
+}
+
+#[test]
+fn rounds_fractional_rss_up() {
+    let t = tr("reload-on-rss = 127.5");
+    assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(128)));
+}
+
+#[test]
+fn reads_booleans_like_uwsgi() {
+    for (v, want) in [
+        ("", true),
+        ("true", true),
+        ("True", true),
+        ("1", true),
+        ("yes", true),
+        ("on", true),
+        ("false", false),
+        ("FALSE", false),
+        ("0", false),
+        ("no", false),
+        ("off", false),
+    ] {
+        let line = if v.is_empty() {
+            "master".to_owned()
+        } else {
+            format!("master = {v}")
+        };
+        assert_eq!(
+            get(&tr(&line), "master"),
+            Some(&toml::Value::Boolean(want)),
+            "{v:?}"
+        );
+    }
+    let t = tr("master = maybe");
+    assert_eq!(get(&t, "master"), Some(&toml::Value::Boolean(true)));
+    let Outcome::Carried { note: Some(n), .. } = outcome(&t, "master") else {
+        panic!()
+    };
+    assert!(n.contains("reads it as true"));
+}
+
+#[test]
+fn maps_requests_settings() {
+    let t = tr("buffer-size = 32768\npost-buffering = 8192\nlimit-post = 10485760");
+    let int = |k: &str| get(&t, k).and_then(toml::Value::as_integer);
+    assert_eq!(int("buffer-size"), Some(32768));
+    assert_eq!(int("body-spool-threshold"), Some(8192));
+    assert_eq!(int("max-body"), Some(10 << 20));
+    let t = tr("buffer-size = 131072");
+    assert_eq!(get(&t, "buffer-size"), Some(&toml::Value::Integer(65535)));
+}
+
+#[test]
+fn maps_socket_permissions() {
+    let t = tr("chmod-socket = 664\nchown-socket = www-data:www-data");
+    assert_eq!(get(&t, "socket-mode"), Some(&s("664")));
+    assert_eq!(get(&t, "socket-owner"), Some(&s("www-data:www-data")));
+    // chmod-socket alone (or = 1) means 666 in uWSGI.
+    assert_eq!(get(&tr("chmod-socket"), "socket-mode"), Some(&s("666")));
+    assert_eq!(get(&tr("chmod = 1"), "socket-mode"), Some(&s("666")));
+    assert!(matches!(
+        outcome(&tr("chmod-socket = 0660"), "chmod-socket"),
+        Outcome::Refused(_)
+    ));
+    assert!(matches!(
+        outcome(&tr("chmod-socket = 999"), "chmod-socket"),
+        Outcome::Refused(_)
+    ));
+}
+
+#[test]
+fn maps_files_and_privileges() {
+    let t = tr("pidfile = /run/shop.pid\nuid = 1000\ngid = www-data\ntouch-reload = /srv/shop/reload\ntouch-reload = /srv/shop/other");
+    assert_eq!(get(&t, "pidfile"), Some(&s("/run/shop.pid")));
+    assert_eq!(get(&t, "uid"), Some(&s("1000")));
+    assert_eq!(get(&t, "gid"), Some(&s("www-data")));
+    assert_eq!(get(&t, "touch-reload"), Some(&s("/srv/shop/reload")));
+    assert!(matches!(t.lines[4].outcome, Outcome::Ignored(_)));
+    let t = tr("touch-chain-reload = /srv/r");
+    assert_eq!(get(&t, "touch-reload"), Some(&s("/srv/r")));
+    assert_eq!(get(&t, "chain-reload"), Some(&toml::Value::Boolean(true)));
+    assert_eq!(get(&tr("pidfile2 = /tmp/p"), "pidfile"), Some(&s("/tmp/p")));
+}
+
+#[test]
+fn maps_stats_and_logs() {
+    let t = tr("stats = 127.0.0.1:9191\nlogto = /var/log/shop.log\ndisable-logging = true");
+    assert_eq!(get(&t, "stats"), Some(&s("127.0.0.1:9191")));
+    assert_eq!(get(&t, "log-file"), Some(&s("/var/log/shop.log")));
+    assert_eq!(get(&t, "access-log"), Some(&s("off")));
+    assert_eq!(
+        get(&tr("stats = /run/stats.sock"), "stats"),
+        Some(&s("unix:/run/stats.sock"))
+    );
+    assert_eq!(get(&tr("stats = :9191"), "stats"), Some(&s("0.0.0.0:9191")));
+    assert!(matches!(
+        outcome(&tr("logto = 10.0.0.1:514"), "logto"),
+        Outcome::Ignored(_)
+    ));
+    assert!(get(&tr("disable-logging = false"), "access-log").is_none());
+}
+
+#[test]
+fn daemonize_keeps_its_log_file_and_warns() {
+    let t = tr("daemonize = /var/log/uwsgi/shop.log");
+    assert_eq!(get(&t, "log-file"), Some(&s("/var/log/uwsgi/shop.log")));
+    let w = t.warnings().unwrap();
+    assert!(w.contains("postern stays in the foreground"), "{w}");
+    let t = tr("logto = /var/log/a.log\ndaemonize = /var/log/b.log");
+    assert_eq!(get(&t, "log-file"), Some(&s("/var/log/a.log")));
+    assert!(matches!(outcome(&t, "daemonize"), Outcome::Ignored(_)));
+}
+
+#[test]
+fn accepts_harmless_options_with_a_note() {
+    let t = tr("module = m\nenable-threads = true\nvacuum = true\ndie-on-term = true\nneed-app = true\nstrict = false\nharakiri-verbose = true\nlazy-apps = true\nsingle-interpreter = true\nthunder-lock = true\nmax-requests-delta = 10\nmemory-report = true\nno-orphans = true\nstats-http = true");
+    for l in &t.lines[1..] {
+        let Outcome::Accepted(why) = &l.outcome else {
+            panic!("{}: {:?}", l.entry.key, l.outcome)
+        };
+        assert!(!why.is_empty(), "{}", l.entry.key);
+    }
+    assert!(t.warnings().is_none(), "{:?}", t.warnings());
+    assert_eq!(t.table.len(), 1);
+}
+
+#[test]
+fn lists_unknown_options_and_stops_on_them_when_strict() {
+    let t = tr("module = m\nlimit-as = 128\nthreds = 4");
+    assert!(t.check().is_ok());
+    let w = t.warnings().unwrap();
+    assert!(
+        w.contains("limit-as = 128: unknown") && w.contains("threds = 4: unknown"),
+        "{w}"
+    );
+    let t = tr("strict = true\nmodule = m\nthreds = 4");
+    let e = t.check().unwrap_err().to_string();
+    assert!(e.contains("threds = 4") && e.contains("strict"), "{e}");
+}
+
+#[test]
+fn placeholders_are_not_unknown() {
+    let t = tr("base = /srv/shop\nunused = x\nchdir = %(base)/src\nset-ph = sock = /run/s.sock\nsocket = %(sock)\nsocket-base = $(APP_ROOT)");
+    assert_eq!(get(&t, "chdir"), Some(&s("/srv/shop/src")));
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&["unix:/run/s.sock"])));
+    assert_eq!(*outcome(&t, "base"), Outcome::Placeholder);
+    assert_eq!(*outcome(&t, "set-ph"), Outcome::Placeholder);
+    assert_eq!(*outcome(&t, "unused"), Outcome::Unknown);
+    assert_eq!(*outcome(&t, "socket-base"), Outcome::Unknown);
+}
+
+#[test]
+fn refuses_includes_and_logic() {
+    let t = tr("ini = base.ini\nif-env = DEBUG\npy-autoreload = 1\nendif =\nfor = a b\nendfor =");
+    let e = t.check().unwrap_err().to_string();
+    assert_eq!(e.lines().count(), 6, "{e}");
+    assert!(matches!(outcome(&t, "py-autoreload"), Outcome::Ignored(_)));
+}
+
+#[test]
+fn notes_that_postern_does_not_preload_by_default() {
+    let t = tr("module = m\nmaster = true\nprocesses = 4");
+    assert!(
+        t.notes.iter().any(|(_, n)| n.contains("preload = true")),
+        "{:?}",
+        t.notes
+    );
+    let t = tr("module = m\nmaster = true\nprocesses = 4\nlazy-apps = true");
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
+    let t = tr("module = m");
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
+}
+
+#[test]
+fn splits_file_and_section() {
+    assert_eq!(split_source("a.ini"), (PathBuf::from("a.ini"), None));
+    assert_eq!(
+        split_source("/etc/a.ini:app1"),
+        (PathBuf::from("/etc/a.ini"), Some("app1".into()))
+    );
+    assert_eq!(split_source("a.ini:"), (PathBuf::from("a.ini"), None));
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("x:y.ini");
+    std::fs::write(&odd, "[uwsgi]\n").unwrap();
+    let odd = odd.to_str().unwrap();
+    assert_eq!(split_source(odd), (PathBuf::from(odd), None));
+}
+
+#[test]
+fn loads_a_section_from_disk_with_file_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("shop.ini");
+    std::fs::write(
+        &f,
+        "[uwsgi]\nsocket = /tmp/uwsgi.sock\n[shop]\nsocket = %d%n-%x.sock\nchdir = %d\n",
+    )
+    .unwrap();
+    let spec = format!("{}:shop", f.display());
+    let t = load_with(&spec, &ctx()).unwrap();
+    let d = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(
+        get(&t, "uwsgi"),
+        Some(&strings(&[&format!("unix:{}/shop-shop.sock", d.display())]))
+    );
+    assert_eq!(get(&t, "chdir"), Some(&s(&format!("{}/", d.display()))));
+    assert_eq!(t.section, "shop");
+    let e = load_with(&format!("{}:nope", f.display()), &ctx())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[nope]") && e.contains("[uwsgi], [shop]"), "{e}");
+    let e = load_with("/no/such/file.ini", &ctx())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/no/such/file.ini"), "{e}");
+}
+
+#[test]
+fn migrate_writes_toml_that_reads_back_as_the_table() {
+    let t = tr("# mysite_uwsgi.ini\nchdir = /srv/mysite\nmodule = mysite.wsgi\nhome = /srv/venv\nmaster = true\nprocesses = 10\nsocket = /srv/mysite/mysite.sock\nchmod-socket = 664\nvacuum = true\nenv = DJANGO_SETTINGS_MODULE=mysite.settings\nenv = weird.name=1\nhttp = :8000\nlimit-as = 512\nbase = x\nstats = %(base)");
+    let text = t.to_toml();
+    let back: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, t.table, "{text}");
+    // Each value under the line it came from.
+    assert!(
+        text.contains("# line 4: module = mysite.wsgi\napp = \"mysite.wsgi\"\n"),
+        "{text}"
+    );
+    assert!(text.contains("# line 8: socket = /srv/mysite/mysite.sock\nuwsgi = [\"unix:/srv/mysite/mysite.sock\"]\n"), "{text}");
+    assert!(text.contains("# line 11: env = DJANGO_SETTINGS_MODULE=mysite.settings\nDJANGO_SETTINGS_MODULE = \"mysite.settings\"\n"), "{text}");
+    assert!(text.contains("\"weird.name\" = \"1\""), "{text}");
+    // Each line not carried, commented with why.
+    assert!(
+        text.contains("# line 10: vacuum = true\n#   not needed: postern removes its Unix sockets"),
+        "{text}"
+    );
+    assert!(text.contains("# line 13: http = :8000\n#   REFUSED (postern --ini stops on this): uWSGI's built-in HTTP router"), "{text}");
+    assert!(
+        text.contains("# line 14: limit-as = 512\n#   unknown:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# line 15: base = x\n#   a placeholder"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# - uWSGI imported the app once in its master"),
+        "{text}"
+    );
+    // Every option line of the file appears once as a comment.
+    for n in 3..=16 {
+        assert_eq!(
+            text.matches(&format!("# line {n}: ")).count(),
+            1,
+            "line {n}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn migrate_says_when_the_app_is_missing() {
+    let text = tr("socket = :3031").to_toml();
+    assert!(
+        text.contains("names no module, wsgi-file or mount"),
+        "{text}"
+    );
+}
