@@ -15,6 +15,8 @@
 //! supervisor/ the master: forks workers, reaps, respawns, reloads (--workers > 1)
 //! boot      start the app as the config says (env, chdir, Python, sys.path, import)
 //! check     `postern --check`: import in a child, bind and release each listener
+//! logging   postern's log and the access log: non-blocking writers, SIGUSR1 reopen,
+//!           request ids
 //! client    `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style
 //! ```
 
@@ -23,6 +25,7 @@ pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod logging;
 pub mod proto;
 pub mod server;
 pub mod supervisor;

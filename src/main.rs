@@ -4,12 +4,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use tracing_subscriber::EnvFilter;
-
-use postern::config::{Command, Config, Layered, LogFormat};
+use postern::config::{Command, Config, Layered};
 use postern::server::{self, connection::Limits, listener};
 use postern::wsgi::{self, interpreter, Settings};
-use postern::{boot, supervisor};
+use postern::{boot, logging, supervisor};
 
 fn main() -> ExitCode {
     let (cli, layered) = match Layered::from_command_line() {
@@ -59,37 +57,30 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(&config);
-    match run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    if let Err(e) = logging::init(&logging::LogOptions::from_options(&config.opts)) {
+        eprintln!("postern: {e}");
+        return ExitCode::from(2);
+    }
+    let python = interpreter::loaded_python_version();
+    tracing::info!(
+        pid = std::process::id(),
+        "postern {} starting: app {}, Python {}, {} worker(s) of {} thread(s)",
+        env!("CARGO_PKG_VERSION"),
+        config.app,
+        python.split_whitespace().next().unwrap_or("?"),
+        config.opts.workers,
+        config.opts.threads,
+    );
+    let result = run(config);
+    match result {
+        Ok(()) => {
+            logging::finish();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("postern: {e:#}");
+            logging::report_fatal(&format!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.opts.log_level).unwrap_or_else(|e| {
-        eprintln!(
-            "postern: --log-level {:?} is not valid ({e}); using info",
-            config.opts.log_level
-        );
-        EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.opts.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
     }
 }
 
@@ -192,7 +183,14 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         },
     };
     for b in &bound {
-        tracing::info!(listener = %b.addr, protocol = b.info.protocol.name(), "listening");
+        let (nginx, apache) = listener::front_server_lines(b.info.protocol, &b.addr);
+        tracing::info!(
+            listener = %b.addr,
+            protocol = b.info.protocol.name(),
+            "listening on {} ({}); nginx: `{nginx}`  Apache: `{apache}`",
+            b.addr,
+            b.info.protocol.name()
+        );
     }
 
     if config.supervised {
@@ -229,7 +227,9 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
                 }
             };
             let app = preloaded.as_ref().map(|a| a.clone_ref());
-            worker(config, app, mine, settings.clone(), limits.clone(), ctx)
+            let code = worker(config, app, mine, settings.clone(), limits.clone(), ctx);
+            logging::finish();
+            code
         });
         server::remove_unix_sockets(&bound);
         result?;
@@ -259,6 +259,7 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         pid = std::process::id(),
         "ready"
     );
+    logging::start_background();
     if server::run(
         bound,
         app,
@@ -274,6 +275,7 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         // Python threads are still busy (one may hold the GIL): leave without
         // touching the interpreter again.
         tracing::error!("stopped with requests cut off; exit code 1");
+        logging::finish();
         std::process::exit(1)
     }
 }
@@ -287,14 +289,16 @@ fn worker(
     limits: Limits,
     ctx: supervisor::WorkerContext,
 ) -> i32 {
+    // This process serves: its own log writer thread (none crossed the fork).
+    logging::start_background();
     let app = match preloaded
         .map(Ok)
         .unwrap_or_else(|| boot::start_python(config))
     {
         Ok(app) => app,
         Err(e) => {
+            // Once, in the log; the master then says the workers could not start.
             tracing::error!("{e:#}");
-            eprintln!("postern: {e:#}");
             return 3;
         }
     };

@@ -297,14 +297,11 @@ pub struct Options {
     )]
     pub access_log: String,
 
-    /// Access log line format: text, json, or combined (Apache/nginx combined + duration).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        env = "POSTERN_ACCESS_LOG_FORMAT",
-        default_value = "text"
-    )]
-    pub access_log_format: AccessLogFormat,
+    /// Access log line format: text, json, or combined (Apache/nginx combined + duration);
+    /// default: text, or json with --log-format json.
+    #[arg(long, value_name = "FORMAT", env = "POSTERN_ACCESS_LOG_FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<AccessLogFormat>,
 
     /// Write postern's own log (everything but the access log) to FILE instead of stderr;
     /// reopened on SIGUSR1.
@@ -379,7 +376,7 @@ pub enum LogFormat {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
-    /// postern's log line (tracing's text format).
+    /// A line like postern's own: timestamp, level, then key=value fields.
     #[default]
     Text,
     /// One JSON object per request.

@@ -373,7 +373,7 @@ impl Acceptor {
                         } else {
                             Body::Memory(buf.split_to(len as usize).freeze())
                         };
-                        let span = connection::request_span(&head, &peer);
+                        let (span, request_id) = connection::request_span(&head, &peer);
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)
                             .style(l.info.protocol.head_style());
                         return Some(Request {
@@ -382,6 +382,7 @@ impl Acceptor {
                             listener: l.info.clone(),
                             sink: Box::new(sink),
                             span,
+                            request_id,
                             errors_forward: None,
                         });
                     }

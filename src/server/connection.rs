@@ -22,6 +22,7 @@ use super::sink::ConnSink;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
 use crate::codec::{CodecError, Frame, Head};
+use crate::logging::RequestId;
 use crate::proto::response::HeadStyle;
 use crate::proto::ProtoError;
 use crate::wsgi::{Body, ListenerInfo, Request};
@@ -187,22 +188,26 @@ fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The `request` span: method, path, peer; status and duration (ms) once known.
-pub fn request_span(head: &Head, peer: &str) -> tracing::Span {
+/// The `request` span and the request's id: the span carries the id, method, path and
+/// peer, then status and duration (ms) once known.
+pub fn request_span(head: &Head, peer: &str) -> (tracing::Span, RequestId) {
+    let id = RequestId::for_head(head);
     let method = text(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
     let path = text(
         head.get(b"REQUEST_URI")
             .or_else(|| head.get(b"PATH_INFO"))
             .unwrap_or(b"-"),
     );
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
+        request_id = %id,
         method = %method,
         path = %path,
         %peer,
         status = field::Empty,
         ms = field::Empty
-    )
+    );
+    (span, id)
 }
 
 async fn serve<C: Conn>(
@@ -260,7 +265,7 @@ async fn serve<C: Conn>(
             }
         }
     };
-    let span = request_span(&head, &peer);
+    let (span, request_id) = request_span(&head, &peer);
 
     if let Some(max) = limits.max_body {
         if head.content_length > max {
@@ -321,6 +326,7 @@ async fn serve<C: Conn>(
         listener: info,
         sink: Box::new(sink),
         span,
+        request_id,
         errors_forward: None,
     });
 }

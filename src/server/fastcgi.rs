@@ -33,7 +33,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::connection::{request_span, Limits, SlowLane};
-use super::sink::{log_access, send_all};
+use super::sink::send_all;
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
@@ -328,7 +328,7 @@ pub fn admit_whole(
     } else {
         Body::Memory(whole.stdin)
     };
-    let span = request_span(&head, &conn.peer);
+    let (span, request_id) = request_span(&head, &conn.peer);
     let flags = Arc::new(ReqFlags::default());
     let errors_forward = settings
         .stderr
@@ -359,6 +359,7 @@ pub fn admit_whole(
             finished: false,
         }),
         span,
+        request_id,
         errors_forward,
     })
 }
@@ -631,7 +632,6 @@ impl Sink for FcgiSink {
     }
 
     fn finish(&mut self, end: End) -> Sent {
-        log_access(end, self.written, self.started);
         let sent = Sent {
             bytes: self.written,
             started: self.started,
@@ -1076,7 +1076,7 @@ fn handle_event(
                 modifier30: false,
                 content_length: 0,
             };
-            let span = request_span(&head, peer);
+            let (span, request_id) = request_span(&head, peer);
             let content_length = match head.announced_length() {
                 Ok(n) => n,
                 Err(e) => {
@@ -1200,6 +1200,7 @@ fn handle_event(
                     finished: false,
                 }),
                 span,
+                request_id,
                 errors_forward,
             });
             Step::Go

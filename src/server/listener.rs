@@ -11,7 +11,132 @@ use std::sync::Arc;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::ServerError;
+use crate::codec::Protocol;
 use crate::wsgi::ListenerInfo;
+
+/// Why a listener could not be bound: what happened, in words, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: the directory {dir} does not exist; create it (`mkdir -p {dir}`{runtime}) or choose another path")]
+    NoDirectory {
+        addr: ListenAddr,
+        dir: String,
+        /// The systemd way, for a directory under /run.
+        runtime: String,
+    },
+    #[error("cannot listen on {addr}: the address is already in use by another process; find it with `{find}`, then stop it or choose another address")]
+    InUse { addr: ListenAddr, find: String },
+    #[error("cannot listen on {addr}: another server is still answering on this socket; find it with `ss -lxp | grep {}`, then stop it or choose another socket path", path.display())]
+    LiveSocket { addr: ListenAddr, path: PathBuf },
+    #[error("cannot listen on {addr}: {} exists and is not a socket; refusing to replace it (remove it or choose another path)", path.display())]
+    NotASocket { addr: ListenAddr, path: PathBuf },
+    #[error("cannot listen on {addr}: permission denied; {hint}")]
+    Denied { addr: ListenAddr, hint: String },
+    #[error("cannot listen on {addr}: {ip} is not an address of this machine; use one of its own addresses, 127.0.0.1, or :PORT for all of them")]
+    NotLocal {
+        addr: ListenAddr,
+        ip: std::net::IpAddr,
+    },
+    #[error("cannot listen on {addr}: setting {option}: {cause}")]
+    Apply {
+        addr: ListenAddr,
+        option: &'static str,
+        cause: io::Error,
+    },
+    // The cause is in the message, not a `source`: printed once.
+    #[error("cannot listen on {addr}: {cause}")]
+    Other { addr: ListenAddr, cause: io::Error },
+}
+
+impl BindError {
+    /// Turns what bind(2) and friends said into a sentence for `addr`.
+    fn from_io(addr: &ListenAddr, cause: io::Error) -> BindError {
+        let addr_ = addr.clone();
+        match (addr, cause.raw_os_error()) {
+            (_, Some(libc::EADDRINUSE)) => BindError::InUse {
+                addr: addr_,
+                find: match addr {
+                    ListenAddr::Tcp(sa) => format!("ss -ltnp 'sport = :{}'", sa.port()),
+                    ListenAddr::Unix(p) => format!("ss -lxp | grep {}", p.display()),
+                },
+            },
+            (ListenAddr::Unix(p), Some(libc::ENOENT)) => match p.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
+                    let runtime = dir
+                        .strip_prefix("/run")
+                        .or_else(|_| dir.strip_prefix("/var/run"))
+                        .ok()
+                        .filter(|rest| !rest.as_os_str().is_empty())
+                        .map(|rest| {
+                            format!(", or `RuntimeDirectory={}` in the systemd unit", rest.display())
+                        })
+                        .unwrap_or_default();
+                    BindError::NoDirectory {
+                        addr: addr_,
+                        dir: dir.display().to_string(),
+                        runtime,
+                    }
+                }
+                _ => BindError::Other { addr: addr_, cause },
+            },
+            (ListenAddr::Unix(p), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir = dir.map_or(".".into(), |d| d.display().to_string());
+                BindError::Denied {
+                    addr: addr_,
+                    hint: format!(
+                        "postern (uid {}) may not create files in {dir}; make it writable for this user (systemd: `RuntimeDirectory=` with `User=`) or choose another path",
+                        nix::unistd::geteuid()
+                    ),
+                }
+            }
+            (ListenAddr::Tcp(sa), Some(libc::EACCES | libc::EPERM)) if sa.port() < 1024 => {
+                BindError::Denied {
+                    addr: addr_,
+                    hint: "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (systemd: `AmbientCapabilities=CAP_NET_BIND_SERVICE`); or use a port above 1023".into(),
+                }
+            }
+            (ListenAddr::Tcp(sa), Some(libc::EADDRNOTAVAIL)) => BindError::NotLocal {
+                addr: addr_,
+                ip: sa.ip(),
+            },
+            _ => BindError::Other { addr: addr_, cause },
+        }
+    }
+}
+
+/// The lines that point a front server at this listener: nginx's `*_pass` and Apache's
+/// `ProxyPass`, for the start-up log.
+pub fn front_server_lines(protocol: Protocol, addr: &ListenAddr) -> (String, String) {
+    let (directive, scheme) = match protocol {
+        Protocol::Uwsgi => ("uwsgi_pass", "uwsgi"),
+        Protocol::FastCgi => ("fastcgi_pass", "fcgi"),
+        Protocol::Scgi => ("scgi_pass", "scgi"),
+    };
+    match addr {
+        ListenAddr::Unix(p) => (
+            format!("{directive} unix:{};", p.display()),
+            format!(
+                "ProxyPass \"/\" \"unix:{}|{scheme}://localhost/\"",
+                p.display()
+            ),
+        ),
+        ListenAddr::Tcp(sa) => {
+            // A front server on this machine reaches "all interfaces" on loopback.
+            let mut sa = *sa;
+            if sa.ip().is_unspecified() {
+                sa.set_ip(match sa {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            (
+                format!("{directive} {sa};"),
+                format!("ProxyPass \"/\" \"{scheme}://{sa}/\""),
+            )
+        }
+    }
+}
 
 /// Where to listen: `HOST:PORT`, `[::1]:PORT`, `:PORT` (all interfaces) or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,10 +288,7 @@ pub fn systemd_listeners() -> Vec<Bound> {
 
 /// Binds and listens.
 pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerError> {
-    let err = |source: io::Error| ServerError::Bind {
-        addr: addr.to_string(),
-        source,
-    };
+    let err = |cause: io::Error| ServerError::from(BindError::from_io(addr, cause));
     match addr {
         ListenAddr::Tcp(sa) => {
             let socket = Socket::new(Domain::for_address(*sa), Type::STREAM, None).map_err(err)?;
@@ -206,22 +328,31 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
             })
         }
         ListenAddr::Unix(path) => {
-            clear_stale_socket(path)?;
+            clear_stale_socket(addr, path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
             socket
                 .bind(&SockAddr::unix(path).map_err(err)?)
                 .map_err(err)?;
-            let applied = (|| {
-                if let Some(mode) = opts.mode {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-                }
-                if let Some((uid, gid)) = opts.owner {
-                    std::os::unix::fs::chown(path, uid, gid)?;
-                }
-                socket.listen(opts.backlog)?;
-                socket.set_nonblocking(true)
-            })();
-            if let Err(e) = applied {
+            let apply = |option: &'static str, cause: io::Error| {
+                let _ = std::fs::remove_file(path);
+                ServerError::from(BindError::Apply {
+                    addr: addr.clone(),
+                    option,
+                    cause,
+                })
+            };
+            if let Some(mode) = opts.mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| apply("--socket-mode", e))?;
+            }
+            if let Some((uid, gid)) = opts.owner {
+                std::os::unix::fs::chown(path, uid, gid)
+                    .map_err(|e| apply("--socket-owner (changing an owner needs root)", e))?;
+            }
+            let listening = socket
+                .listen(opts.backlog)
+                .and_then(|()| socket.set_nonblocking(true));
+            if let Err(e) = listening {
                 let _ = std::fs::remove_file(path);
                 return Err(err(e));
             }
@@ -240,33 +371,29 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
 }
 
 /// Removes a Unix socket file nobody answers on; refuses a live one or a non-socket.
-fn clear_stale_socket(path: &Path) -> Result<(), ServerError> {
+fn clear_stale_socket(addr: &ListenAddr, path: &Path) -> Result<(), BindError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(ServerError::Bind {
-                addr: format!("unix:{}", path.display()),
-                source: e,
-            })
-        }
+        // ENOTDIR: a part of the path is a file; bind(2) will say so.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
+        Err(e) => return Err(BindError::from_io(addr, e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(ServerError::NotASocket(path.to_owned()));
+        return Err(BindError::NotASocket {
+            addr: addr.clone(),
+            path: path.to_owned(),
+        });
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(ServerError::LiveSocket(path.to_owned())),
+        Ok(_) => Err(BindError::LiveSocket {
+            addr: addr.clone(),
+            path: path.to_owned(),
+        }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             tracing::info!(path = %path.display(), "removing a stale Unix socket left by an earlier run");
-            std::fs::remove_file(path).map_err(|source| ServerError::Bind {
-                addr: format!("unix:{}", path.display()),
-                source,
-            })
+            std::fs::remove_file(path).map_err(|e| BindError::from_io(addr, e))
         }
-        Err(source) => Err(ServerError::Bind {
-            addr: format!("unix:{}", path.display()),
-            source,
-        }),
+        Err(e) => Err(BindError::from_io(addr, e)),
     }
 }
 
@@ -324,6 +451,65 @@ mod tests {
         );
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("nonsense".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn names_a_missing_socket_directory_and_how_to_make_it() {
+        let addr: ListenAddr = "unix:/run/postern-test-none/app.sock".parse().unwrap();
+        let e = BindError::from_io(&addr, io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on unix:/run/postern-test-none/app.sock: the directory \
+             /run/postern-test-none does not exist; create it (`mkdir -p \
+             /run/postern-test-none`, or `RuntimeDirectory=postern-test-none` in the \
+             systemd unit) or choose another path"
+        );
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "the cause is said once"
+        );
+    }
+
+    #[test]
+    fn says_an_address_is_in_use_and_how_to_find_the_holder() {
+        let tcp: ListenAddr = "127.0.0.1:3031".parse().unwrap();
+        let e = BindError::from_io(&tcp, io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert!(
+            e.to_string().contains("already in use")
+                && e.to_string().contains("`ss -ltnp 'sport = :3031'`"),
+            "{e}"
+        );
+        let unix: ListenAddr = "unix:/tmp/a.sock".parse().unwrap();
+        let e = BindError::from_io(&unix, io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert!(
+            e.to_string().contains("`ss -lxp | grep /tmp/a.sock`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn points_front_servers_at_each_listener() {
+        let unix: ListenAddr = "unix:/run/postern/app.sock".parse().unwrap();
+        assert_eq!(
+            front_server_lines(Protocol::Uwsgi, &unix),
+            (
+                "uwsgi_pass unix:/run/postern/app.sock;".to_owned(),
+                r#"ProxyPass "/" "unix:/run/postern/app.sock|uwsgi://localhost/""#.to_owned()
+            )
+        );
+        let any: ListenAddr = ":9000".parse().unwrap();
+        assert_eq!(
+            front_server_lines(Protocol::FastCgi, &any),
+            (
+                "fastcgi_pass 127.0.0.1:9000;".to_owned(),
+                r#"ProxyPass "/" "fcgi://127.0.0.1:9000/""#.to_owned()
+            )
+        );
+        let v6: ListenAddr = "[::1]:4000".parse().unwrap();
+        assert_eq!(
+            front_server_lines(Protocol::Scgi, &v6).0,
+            "scgi_pass [::1]:4000;"
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ pub mod fastcgi;
 pub mod listener;
 pub mod sink;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,18 +32,8 @@ use crate::wsgi::{App, Settings};
 /// Errors of the server layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "another server is still answering on {}; stop it first or choose another socket path",
-        .0.display()
-    )]
-    LiveSocket(PathBuf),
-    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
-    NotASocket(PathBuf),
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
     #[error("cannot start the I/O runtime: {0}")]
     Runtime(std::io::Error),
 }

@@ -1,7 +1,7 @@
 //! The connection as the Python thread writes to it: blocking-style writes on a
 //! non-blocking socket (poll(2) with a timeout when the front server is not reading),
-//! sendfile(2) for file wrappers, and the close or abort at the end, with the access
-//! line logged.
+//! sendfile(2) for file wrappers, and the close or abort at the end. (The access line
+//! is written by the Python side from what `finish` returns: [`crate::logging::access`].)
 
 use std::io;
 use std::os::fd::AsFd;
@@ -46,28 +46,6 @@ fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Logs the access line of a finished response in the request's span (target
-/// `postern::access`).
-pub fn log_access(end: End, bytes: u64, started: Instant) {
-    let ms = Millis(started.elapsed());
-    let span = tracing::Span::current();
-    span.record("ms", tracing::field::display(&ms));
-    match end {
-        End::Complete(status) => {
-            span.record("status", status);
-            tracing::info!(target: "postern::access", bytes, "served");
-        }
-        End::Incomplete(status) => {
-            span.record("status", status);
-            tracing::warn!(target: "postern::access", bytes, "response incomplete; connection aborted");
-        }
-        End::ClientGone(status) => {
-            span.record("status", status);
-            tracing::info!(target: "postern::access", bytes, "client went away before the response was complete");
         }
     }
 }
@@ -162,7 +140,6 @@ impl Sink for ConnSink {
             // error instead of taking the body as complete.
             let _ = s.set_linger(Some(Duration::ZERO));
         }
-        log_access(end, self.written, self.started);
         // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
         self.sock = None;
         Sent {
@@ -189,15 +166,5 @@ impl Drop for ConnSink {
                 "internal error: a response was dropped unfinished; connection aborted"
             );
         }
-    }
-}
-
-/// A duration printed as milliseconds with two decimals, without float formatting.
-struct Millis(Duration);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let us = self.0.as_micros();
-        write!(f, "{}.{:02}", us / 1000, (us % 1000) / 10)
     }
 }

@@ -14,6 +14,7 @@
 //! | SIGQUIT | immediate stop: SIGKILL to every worker |
 //! | SIGTTIN / SIGTTOU | one worker more / less |
 //! | SIGCHLD | reap; a worker that died unexpectedly is logged and replaced |
+//! | SIGUSR1 | reopen the log files (logrotate), then forward SIGUSR1 to every worker |
 
 pub mod notify;
 pub mod scoreboard;
@@ -209,6 +210,7 @@ fn master_signals() -> SigSet {
         Signal::SIGTTIN,
         Signal::SIGTTOU,
         Signal::SIGCHLD,
+        Signal::SIGUSR1,
     ] {
         set.add(s);
     }
@@ -306,6 +308,13 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
                         m.target -= 1;
                         tracing::info!(workers = m.target, "SIGTTOU: one worker less");
                         m.retire_extra();
+                    }
+                }
+                Some(Signal::SIGUSR1) => {
+                    // Workers inherit the reopening handler (crate::logging).
+                    crate::logging::reopen();
+                    for w in &m.workers {
+                        let _ = kill(w.pid, Signal::SIGUSR1);
                     }
                 }
                 _ => {}

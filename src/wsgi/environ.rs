@@ -10,6 +10,7 @@ use super::file_wrapper::FileWrapper;
 use super::input::Input;
 use super::{ListenerInfo, Settings};
 use crate::codec::{Head, Protocol};
+use crate::logging::RequestId;
 use crate::proto::cgi::{self, Defaults};
 
 /// CGI keys common enough to keep one interned `str` each. Only fixed names are
@@ -113,6 +114,7 @@ pub fn build<'py>(
     head: &Head,
     listener: &ListenerInfo,
     settings: &Settings,
+    request_id: &RequestId,
     input: Bound<'py, Input>,
     errors: Bound<'py, Errors>,
 ) -> PyResult<Built<'py>> {
@@ -154,6 +156,12 @@ pub fn build<'py>(
     env.set_item(intern!(py, "wsgi.run_once"), PyBool::new(py, false))?;
     env.set_item(intern!(py, "wsgi.input_terminated"), PyBool::new(py, true))?;
     env.set_item(intern!(py, "wsgi.file_wrapper"), keys.file_wrapper.bind(py))?;
+    // Always set, so one key works whether or not the front server sent an id (its
+    // `HTTP_X_REQUEST_ID`, when sent, is in the environ as it came).
+    env.set_item(
+        intern!(py, "postern.request_id"),
+        PyString::new(py, request_id.as_str()),
+    )?;
     Ok(Built {
         environ: env,
         method_missing: cgi.method_missing,

@@ -88,8 +88,8 @@ pub trait Sink: Send + Sync {
     /// Sends `len` bytes of a regular file from `offset` (sendfile(2)).
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()>;
     /// Ends the response: a clean close when complete, an abort (reset) when not, or
-    /// nothing more when the peer is already gone. Logs the access line. Returns what
-    /// was sent, for the metrics.
+    /// nothing more when the peer is already gone. Returns what was sent, for the
+    /// metrics and the access line.
     fn finish(&mut self, end: End) -> Sent;
     /// How the response head is written: an HTTP status line (uwsgi) or a CGI
     /// `Status:` header (FastCGI, SCGI).
@@ -108,6 +108,18 @@ pub enum End {
     Incomplete(u16),
     /// The peer went away while the response was being written.
     ClientGone(u16),
+}
+
+impl End {
+    /// The status and the ending, as the access line tells them.
+    pub fn for_log(self) -> (u16, crate::logging::Ending) {
+        use crate::logging::Ending;
+        match self {
+            End::Complete(s) => (s, Ending::Complete),
+            End::Incomplete(s) => (s, Ending::Incomplete),
+            End::ClientGone(s) => (s, Ending::ClientGone),
+        }
+    }
 }
 
 /// What a finished response put on the wire (the sink's own count).
@@ -149,7 +161,11 @@ pub struct Request {
     pub body: Body,
     pub listener: ListenerInfo,
     pub sink: Box<dyn Sink>,
+    /// The request's span: every line logged about it is inside (its first field is
+    /// `request_id`).
     pub span: tracing::Span,
+    /// The front server's `X-Request-Id` or one postern made (`postern.request_id`).
+    pub request_id: crate::logging::RequestId,
     /// A copy of `wsgi.errors` output for the front server, if the protocol has one.
     pub errors_forward: Option<ErrorsForward>,
 }

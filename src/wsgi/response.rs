@@ -323,9 +323,38 @@ enum Failure {
     Mistake(String),
 }
 
-/// Runs one request on this (attached) pool thread, start to finish; returns how it
-/// ended and what was sent.
+/// Runs one request on this (attached) pool thread, start to finish, inside its span,
+/// and writes its access line; returns how it ended and what was sent.
 pub fn handle(
+    py: Python<'_>,
+    keys: &Keys,
+    app: &Py<PyAny>,
+    settings: &Settings,
+    req: Request,
+) -> Served {
+    let span = req.span.clone();
+    let _entered = span.enter();
+    let (request_id, protocol) = (req.request_id, req.listener.protocol);
+    // The access line needs the head once the request is over.
+    let head = crate::logging::access_enabled().then(|| req.head.clone());
+    let served = respond(py, keys, app, settings, req);
+    let (status, ending) = served.end.for_log();
+    crate::logging::record_end(status, served.sent.started);
+    if let Some(head) = &head {
+        crate::logging::access(&crate::logging::Access {
+            head,
+            id: &request_id,
+            protocol,
+            status,
+            ending,
+            bytes: served.sent.bytes,
+            started: served.sent.started,
+        });
+    }
+    served
+}
+
+fn respond(
     py: Python<'_>,
     keys: &Keys,
     app: &Py<PyAny>,
@@ -337,13 +366,22 @@ pub fn handle(
         body,
         listener,
         mut sink,
-        span,
+        request_id,
         errors_forward,
+        ..
     } = req;
-    let _entered = span.enter();
     let input = Bound::new(py, Input::new(body)).expect("allocating wsgi.input");
     let errors = Bound::new(py, Errors::new(errors_forward)).expect("allocating wsgi.errors");
-    let built = match environ::build(py, keys, &head, &listener, settings, input, errors) {
+    let built = match environ::build(
+        py,
+        keys,
+        &head,
+        &listener,
+        settings,
+        &request_id,
+        input,
+        errors,
+    ) {
         Ok(b) => b,
         Err(e) => {
             // The codec has framed the request; what is left is malformed variables.

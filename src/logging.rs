@@ -1,0 +1,1077 @@
+//! postern's two logs, and the request id that ties their lines together.
+//!
+//! - **postern's log** (`--log-file`, default stderr; `--log-format`, `--log-level`):
+//!   `tracing` events: start-up, warnings, errors, `wsgi.errors` lines, tracebacks. Every
+//!   line about a request is inside its `request` span, whose first field is the request id.
+//! - **the access log** (`--access-log`, `--access-log-format`): one line per response,
+//!   formatted here and written directly, not through `tracing`, so `--log-level` never
+//!   hides it and each format is exactly what its readers expect.
+//!
+//! Writing never blocks a Python thread. A process that serves requests hands each line
+//! to a bounded queue drained by a writer thread (tracing-appender's non-blocking writer,
+//! lossy): when the disk or the reader of stderr is too slow and the queue is full, the
+//! line is dropped and counted in [`LOG_LINES_DROPPED`]. The master must stay
+//! single-threaded to fork safely, so it writes its own (few, never per-request) lines
+//! directly, and each worker starts its writer thread after the fork
+//! ([`start_background`]). [`finish`] flushes the queue before the process exits.
+//!
+//! Log files are reopened on SIGUSR1 (logrotate's `postrotate`): the handler opens each
+//! path again and `dup3`s the new file over the old descriptor, so every thread of the
+//! process writes to the new file from that moment, whatever it is doing. The master gets
+//! SIGUSR1 through its signalfd, calls [`reopen`] and forwards the signal to its workers.
+//!
+//! Imports nothing of `wsgi`, `server` or `supervisor`: they all log through this.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use crate::codec::{Head, Protocol};
+use crate::config::{AccessLogFormat, LogFormat};
+
+/// Log lines lost since the process started: dropped because the writer's queue was
+/// full (a slow disk or stderr reader), or because writing them failed (disk full).
+pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines a process may queue before it drops them. At ~200 bytes a line this bounds the
+/// queue near 3 MiB, and it absorbs a stall of a second or more at 10k requests/s.
+const QUEUE_LINES: usize = 16 * 1024;
+
+/// A writer thread gathers queued file lines into writes of about this size.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Mode of log files postern creates: logs hold URLs and client addresses.
+const FILE_MODE: u32 = 0o640;
+
+/// Why the logs could not be set up; the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open the {what} {path}: {cause} (check that the directory exists and that postern may write there)")]
+    Open {
+        what: &'static str,
+        path: String,
+        cause: io::Error,
+    },
+    #[error("--log-level {level:?} is not a level or a tracing filter ({cause}); use error, warn, info, debug, trace or e.g. postern=debug,warn")]
+    Level { level: String, cause: String },
+}
+
+/// What the logs are set up from (the `--log-*` and `--access-log*` options).
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub level: String,
+    pub format: LogFormat,
+    /// `None`: stderr.
+    pub file: Option<PathBuf>,
+    pub access: AccessTarget,
+    pub access_format: AccessLogFormat,
+}
+
+/// Where access lines go (`--access-log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessTarget {
+    Off,
+    Stderr,
+    File(PathBuf),
+}
+
+impl LogOptions {
+    /// From the options as configured; the access log's format follows `--log-format`
+    /// unless it is given.
+    pub fn from_options(o: &crate::config::Options) -> LogOptions {
+        let access_format = o.access_log_format.unwrap_or(match o.log_format {
+            LogFormat::Text => AccessLogFormat::Text,
+            LogFormat::Json => AccessLogFormat::Json,
+        });
+        LogOptions {
+            level: o.log_level.clone(),
+            format: o.log_format,
+            file: o.log_file.clone(),
+            access: AccessTarget::parse(&o.access_log),
+            access_format,
+        }
+    }
+}
+
+impl AccessTarget {
+    /// `-` is stderr, `off` is off, anything else a file path.
+    pub fn parse(s: &str) -> AccessTarget {
+        match s {
+            "-" => AccessTarget::Stderr,
+            "off" => AccessTarget::Off,
+            path => AccessTarget::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// One place lines go: stderr or a file, each with its writer thread once this process
+/// serves.
+struct Output {
+    kind: Kind,
+    background: OnceLock<Background>,
+    /// errno of the last failed reopen, to report on the next line written.
+    reopen_error: AtomicI32,
+}
+
+enum Kind {
+    Stderr,
+    File {
+        path: PathBuf,
+        /// The same path for open(2) in the SIGUSR1 handler, which must not allocate.
+        c_path: CString,
+        file: File,
+    },
+}
+
+/// The non-blocking half: the queue's sender and its drop count.
+struct Background {
+    queue: NonBlocking,
+    dropped: ErrorCounter,
+    /// Drops already added to [`LOG_LINES_DROPPED`].
+    counted: AtomicU64,
+}
+
+struct Logs {
+    /// postern's log goes to a file (not stderr).
+    log_to_file: bool,
+    json: bool,
+    access: Option<(Arc<Output>, AccessLogFormat)>,
+    /// Every distinct output (postern's log and the access log may share one).
+    outputs: Vec<Arc<Output>>,
+}
+
+static LOGS: OnceLock<Logs> = OnceLock::new();
+/// Lines go to the writer threads (set by [`start_background`], cleared by [`finish`]).
+static BACKGROUND: AtomicBool = AtomicBool::new(false);
+static GUARDS: Mutex<Vec<WorkerGuard>> = Mutex::new(Vec::new());
+/// This process's pid, for access lines (set again in each worker).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Sets up both logs for this process (and, through fork, its workers): opens the files
+/// (before privileges are dropped), installs the `tracing` subscriber and the SIGUSR1
+/// handler. Lines are written directly until [`start_background`].
+pub fn init(opts: &LogOptions) -> Result<(), LogError> {
+    let filter = EnvFilter::try_new(&opts.level).map_err(|e| LogError::Level {
+        level: opts.level.clone(),
+        cause: e.to_string(),
+    })?;
+    let log = Arc::new(match &opts.file {
+        None => Output::stderr(),
+        Some(p) => Output::file(p, "log file")?,
+    });
+    let mut outputs = vec![Arc::clone(&log)];
+    let access = match &opts.access {
+        AccessTarget::Off => None,
+        target => {
+            let same = outputs.iter().find(|o| o.is(target)).cloned();
+            let out = match (same, target) {
+                (Some(o), _) => o,
+                (None, AccessTarget::File(p)) => Arc::new(Output::file(p, "access log")?),
+                (None, _) => Arc::new(Output::stderr()),
+            };
+            if !outputs.iter().any(|o| Arc::ptr_eq(o, &out)) {
+                outputs.push(Arc::clone(&out));
+            }
+            Some((out, opts.access_format))
+        }
+    };
+    let ansi = matches!(log.kind, Kind::Stderr) && io::stderr().is_terminal();
+    let writer = ToOutput(Arc::clone(&log));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true)
+        .with_ansi(ansi);
+    // A second init (tests) keeps the first subscriber.
+    let _ = match opts.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    let _ = LOGS.set(Logs {
+        log_to_file: opts.file.is_some(),
+        json: opts.format == LogFormat::Json,
+        access,
+        outputs,
+    });
+    new_process();
+    install_sigusr1();
+    Ok(())
+}
+
+/// This process serves requests: from now on lines go through a bounded queue to a
+/// writer thread of its own. Call once per process, after the fork (a worker) or before
+/// serving (a single process); never in the master, which must stay single-threaded.
+pub fn start_background() {
+    new_process();
+    let Some(logs) = LOGS.get() else { return };
+    let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+    for out in &logs.outputs {
+        if out.background.get().is_some() {
+            continue;
+        }
+        let (queue, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(QUEUE_LINES)
+            .thread_name("postern-log")
+            .finish(Drain {
+                out: Arc::clone(out),
+                pending: Vec::new(),
+                lines: 0,
+            });
+        let dropped = queue.error_counter();
+        let _ = out.background.set(Background {
+            queue,
+            dropped,
+            counted: AtomicU64::new(0),
+        });
+        guards.push(guard);
+    }
+    BACKGROUND.store(true, Ordering::Release);
+}
+
+/// Writes out what is queued and stops the writer threads (waiting up to about a
+/// second); later lines are written directly. Call before the process exits.
+pub fn finish() {
+    BACKGROUND.store(false, Ordering::Release);
+    let guards = std::mem::take(&mut *GUARDS.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(guards);
+}
+
+/// Reports the error that stops postern, once: on stderr for whoever started it (as a
+/// log line when stderr carries JSON logs), and in the log file too when postern's log
+/// goes to one. Flushes the logs first, so the message comes last.
+pub fn report_fatal(message: &str) {
+    let logs = LOGS.get();
+    let (to_file, json) = logs.map_or((false, false), |l| (l.log_to_file, l.json));
+    if to_file || json {
+        tracing::error!("{message}");
+    }
+    finish();
+    if !json || to_file {
+        eprintln!("postern: {message}");
+    }
+}
+
+/// Reopens the log files now (logrotate moved them away) and says so in postern's log.
+/// The master calls this for its SIGUSR1; other processes do the same in the handler.
+pub fn reopen() {
+    reopen_files();
+    if let Some(logs) = LOGS.get() {
+        for out in &logs.outputs {
+            out.report_reopen_error();
+        }
+        if logs
+            .outputs
+            .iter()
+            .any(|o| matches!(o.kind, Kind::File { .. }))
+        {
+            tracing::info!("log files reopened (SIGUSR1)");
+        }
+    }
+}
+
+/// Whether access lines are written at all (`--access-log off` writes none).
+pub fn access_enabled() -> bool {
+    LOGS.get().is_some_and(|l| l.access.is_some())
+}
+
+/// A fresh process: its own pid and its own request-id prefix (a forked worker must not
+/// repeat its master's or a sibling's ids).
+fn new_process() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom(2) writes at most `seed.len()` bytes into `seed`.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    let prefix = if n == seed.len() as isize {
+        u64::from_ne_bytes(seed)
+    } else {
+        // No getrandom (very old kernel): pid and clock still differ between processes.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        nanos ^ (u64::from(std::process::id()) << 40)
+    };
+    ID_PREFIX.store(prefix, Ordering::Relaxed);
+    ID_COUNTER.store(0, Ordering::Relaxed);
+}
+
+impl Output {
+    fn stderr() -> Output {
+        Output {
+            kind: Kind::Stderr,
+            background: OnceLock::new(),
+            reopen_error: AtomicI32::new(0),
+        }
+    }
+
+    fn file(path: &Path, what: &'static str) -> Result<Output, LogError> {
+        let err = |cause| LogError::Open {
+            what,
+            path: path.display().to_string(),
+            cause,
+        };
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(FILE_MODE)
+            .open(path)
+            .map_err(err)?;
+        Ok(Output {
+            kind: Kind::File {
+                path: path.to_owned(),
+                c_path,
+                file,
+            },
+            background: OnceLock::new(),
+            reopen_error: AtomicI32::new(0),
+        })
+    }
+
+    fn is(&self, target: &AccessTarget) -> bool {
+        match (&self.kind, target) {
+            (Kind::Stderr, AccessTarget::Stderr) => true,
+            (Kind::File { path, .. }, AccessTarget::File(p)) => path == p,
+            _ => false,
+        }
+    }
+
+    /// One whole line (or one multi-line event: it stays together).
+    fn write_line(&self, line: &[u8]) {
+        if self.reopen_error.load(Ordering::Relaxed) != 0 {
+            self.report_reopen_error();
+        }
+        if BACKGROUND.load(Ordering::Acquire) {
+            if let Some(bg) = self.background.get() {
+                bg.send(line);
+                return;
+            }
+        }
+        if self.write_now(line).is_err() {
+            LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write_now(&self, bytes: &[u8]) -> io::Result<()> {
+        match &self.kind {
+            Kind::Stderr => io::stderr().write_all(bytes),
+            Kind::File { file, .. } => (&*file).write_all(bytes),
+        }
+    }
+
+    /// Says, in the log that could not be reopened, that it still goes to the old file.
+    fn report_reopen_error(&self) {
+        let errno = self.reopen_error.swap(0, Ordering::Relaxed);
+        if errno == 0 {
+            return;
+        }
+        if let Kind::File { path, .. } = &self.kind {
+            let line = format!(
+                "{}  WARN postern::logging: cannot reopen {} after SIGUSR1: {}; still writing to the file it had before (let logrotate create it for postern's user: `create 0640 USER GROUP`)\n",
+                Timestamp(SystemTime::now()),
+                path.display(),
+                io::Error::from_raw_os_error(errno)
+            );
+            let _ = self.write_now(line.as_bytes());
+        }
+    }
+}
+
+impl Background {
+    fn send(&self, line: &[u8]) {
+        // NonBlocking writes through `&mut self`; a clone is one more sender handle.
+        let _ = self.queue.clone().write_all(line);
+        let now = self.dropped.dropped_lines() as u64;
+        let before = self.counted.fetch_max(now, Ordering::Relaxed);
+        if now > before {
+            LOG_LINES_DROPPED.fetch_add(now - before, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer thread's end of the queue: file lines are gathered into larger writes
+/// (one line never spans two writes, so processes appending to one file never mix their
+/// lines); stderr lines are written one by one (a pipe keeps a write of up to 4 KiB whole).
+struct Drain {
+    out: Arc<Output>,
+    pending: Vec<u8>,
+    lines: u64,
+}
+
+impl Drain {
+    fn push(&mut self, line: &[u8]) {
+        match self.out.kind {
+            Kind::Stderr => {
+                if self.out.write_now(line).is_err() {
+                    LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Kind::File { .. } => {
+                if self.pending.len() + line.len() > BATCH_BYTES {
+                    self.write_pending();
+                }
+                self.pending.extend_from_slice(line);
+                self.lines += 1;
+            }
+        }
+    }
+
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.out.write_now(&self.pending).is_err() {
+            LOG_LINES_DROPPED.fetch_add(self.lines, Ordering::Relaxed);
+        }
+        self.pending.clear();
+        self.lines = 0;
+    }
+}
+
+impl Write for Drain {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.push(buf);
+        Ok(())
+    }
+
+    // The writer thread flushes whenever its queue runs empty.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_pending();
+        Ok(())
+    }
+}
+
+/// `tracing`'s writer: each event arrives as one `write_all`.
+struct ToOutput(Arc<Output>);
+
+struct LineWriter<'a>(&'a Output);
+
+impl<'a> MakeWriter<'a> for ToOutput {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> LineWriter<'a> {
+        LineWriter(&self.0)
+    }
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_line(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_line(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+// ---- SIGUSR1: reopen ----
+
+fn install_sigusr1() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigusr1),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions (open, dup3, close) and
+    // reads data that is immutable once LOGS is set.
+    if let Err(e) = unsafe { sigaction(Signal::SIGUSR1, &action) } {
+        tracing::warn!(error = %e, "cannot handle SIGUSR1; log files will not be reopened");
+    }
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    // SAFETY: errno is thread-local; the interrupted code must find it unchanged.
+    let saved = unsafe { *libc::__errno_location() };
+    reopen_files();
+    unsafe { *libc::__errno_location() = saved };
+}
+
+/// Opens each log file's path again and puts the new file under the old descriptor.
+/// Async-signal-safe: no allocation, no lock.
+fn reopen_files() {
+    let Some(logs) = LOGS.get() else { return };
+    for out in &logs.outputs {
+        let Kind::File { c_path, file, .. } = &out.kind else {
+            continue;
+        };
+        let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC;
+        // SAFETY: `c_path` is a valid NUL-terminated string owned by LOGS (never freed).
+        let fd = unsafe { libc::open(c_path.as_ptr(), flags, FILE_MODE as libc::c_uint) };
+        if fd < 0 {
+            // SAFETY: reading this thread's errno.
+            let errno = unsafe { *libc::__errno_location() };
+            out.reopen_error.store(errno, Ordering::Relaxed);
+            continue;
+        }
+        // SAFETY: both descriptors are open; dup3 atomically makes `file`'s descriptor
+        // refer to the new file, then the spare descriptor is closed.
+        unsafe {
+            libc::dup3(fd, file.as_raw_fd(), libc::O_CLOEXEC);
+            libc::close(fd);
+        }
+    }
+}
+
+// ---- request ids ----
+
+static ID_PREFIX: AtomicU64 = AtomicU64::new(0);
+static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The longest request id taken from the front server.
+const MAX_SENT_ID: usize = 64;
+
+/// A request's id: the front server's (`HTTP_X_REQUEST_ID`, e.g. nginx's `$request_id`)
+/// when it sent a usable one, else one postern makes: 32 hex digits (like nginx's), a
+/// random per-process prefix and a counter, so ids are unique across workers and restarts
+/// without a random draw per request.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    buf: [u8; MAX_SENT_ID],
+    len: u8,
+    generated: bool,
+}
+
+impl RequestId {
+    /// The id for a request with this head.
+    pub fn for_head(head: &Head) -> RequestId {
+        head.get(b"HTTP_X_REQUEST_ID")
+            .and_then(RequestId::sent)
+            .unwrap_or_else(RequestId::generate)
+    }
+
+    /// An id the front server sent, if it is one we can log as it is: 1 to 64 characters
+    /// from letters, digits and `-_.:+/=@` (hex, UUIDs, ULIDs, base64 all fit). Anything
+    /// else (spaces, quotes, control bytes) would let a client forge log lines.
+    pub fn sent(value: &[u8]) -> Option<RequestId> {
+        let ok = |c: &u8| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c);
+        if value.is_empty() || value.len() > MAX_SENT_ID || !value.iter().all(ok) {
+            return None;
+        }
+        let mut buf = [0u8; MAX_SENT_ID];
+        buf[..value.len()].copy_from_slice(value);
+        Some(RequestId {
+            buf,
+            len: value.len() as u8,
+            generated: false,
+        })
+    }
+
+    /// A new id of this process.
+    pub fn generate() -> RequestId {
+        let n = ID_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+        let prefix = ID_PREFIX.load(Ordering::Relaxed);
+        let mut buf = [0u8; MAX_SENT_ID];
+        let mut w = Cursor(&mut buf[..32], 0);
+        let _ = write!(w, "{prefix:016x}{n:016x}");
+        RequestId {
+            buf,
+            len: 32,
+            generated: true,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII goes in (checked in `sent`, hex in `generate`).
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("-")
+    }
+
+    /// Made by postern (the front server sent none, or one that could not be logged).
+    pub fn generated(&self) -> bool {
+        self.generated
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestId({})", self.as_str())
+    }
+}
+
+/// `fmt::Write` into a fixed buffer.
+struct Cursor<'a>(&'a mut [u8], usize);
+
+impl std::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.1 + s.len();
+        let dst = self.0.get_mut(self.1..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.1 = end;
+        Ok(())
+    }
+}
+
+// ---- the access line ----
+
+/// How a response ended, as the access line tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Sent whole.
+    Complete,
+    /// Cut short by postern (an app error after the headers): the connection was aborted.
+    Incomplete,
+    /// The front server went away first.
+    ClientGone,
+}
+
+/// One finished request, for its access line.
+pub struct Access<'a> {
+    pub head: &'a Head,
+    pub id: &'a RequestId,
+    pub protocol: Protocol,
+    pub status: u16,
+    pub ending: Ending,
+    /// Response bytes written (head and body).
+    pub bytes: u64,
+    /// When the request was accepted (the duration runs from here).
+    pub started: Instant,
+}
+
+thread_local! {
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Records a finished request's status and duration (ms) in the current span, the
+/// request's: lines logged after the response carry them.
+pub fn record_end(status: u16, started: Instant) {
+    let span = tracing::Span::current();
+    span.record("status", status);
+    span.record("ms", tracing::field::display(Millis(started.elapsed())));
+}
+
+/// Writes a finished request's access line, if the access log is on.
+pub fn access(a: &Access<'_>) {
+    let Some((out, format)) = LOGS.get().and_then(|l| l.access.as_ref()) else {
+        return;
+    };
+    let elapsed = a.started.elapsed();
+    let pid = PID.load(Ordering::Relaxed);
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.clear();
+        format_access(&mut line, *format, a, elapsed, SystemTime::now(), pid);
+        out.write_line(line.as_bytes());
+    });
+}
+
+/// Formats one access line (with its newline) into `out`.
+fn format_access(
+    out: &mut String,
+    format: AccessLogFormat,
+    a: &Access<'_>,
+    elapsed: Duration,
+    now: SystemTime,
+    pid: u32,
+) {
+    let var = |k: &[u8]| a.head.get(k).filter(|v| !v.is_empty());
+    let method = var(b"REQUEST_METHOD");
+    let uri = var(b"REQUEST_URI").or_else(|| var(b"PATH_INFO"));
+    let remote = var(b"REMOTE_ADDR");
+    let (level, message) = match a.ending {
+        Ending::Complete => ("INFO", "served"),
+        Ending::Incomplete => ("WARN", "response incomplete; connection aborted"),
+        Ending::ClientGone => ("INFO", "client went away before the response was complete"),
+    };
+    match format {
+        AccessLogFormat::Text => {
+            let _ = write!(
+                out,
+                "{}  {level} postern::access: {message} request_id={} pid={pid} protocol={} remote=",
+                Timestamp(now),
+                a.id,
+                a.protocol.name()
+            );
+            logfmt(out, remote);
+            out.push_str(" method=");
+            logfmt(out, method);
+            out.push_str(" path=");
+            logfmt(out, uri);
+            let _ = writeln!(
+                out,
+                " status={} bytes={} ms={}",
+                a.status,
+                a.bytes,
+                Millis(elapsed)
+            );
+        }
+        AccessLogFormat::Json => {
+            fn text(v: Option<&[u8]>) -> Option<std::borrow::Cow<'_, str>> {
+                v.map(String::from_utf8_lossy)
+            }
+            let line = serde_json::json!({
+                "timestamp": Timestamp(now).to_string(),
+                "level": level,
+                "target": "postern::access",
+                "message": message,
+                "request_id": a.id.as_str(),
+                "pid": pid,
+                "protocol": a.protocol.name(),
+                "remote_addr": text(remote),
+                "remote_user": text(var(b"REMOTE_USER")),
+                "method": text(method),
+                "uri": text(uri),
+                "server_protocol": text(var(b"SERVER_PROTOCOL")),
+                "status": a.status,
+                "bytes": a.bytes,
+                "duration_ms": (elapsed.as_micros() as f64) / 1000.0,
+                "referer": text(var(b"HTTP_REFERER")),
+                "user_agent": text(var(b"HTTP_USER_AGENT")),
+            });
+            let _ = writeln!(out, "{line}");
+        }
+        AccessLogFormat::Combined => {
+            // nginx's `combined` ($remote_addr - $remote_user [$time_local] "$request"
+            // $status $body_bytes_sent "$http_referer" "$http_user_agent"), in UTC, then
+            // the duration in seconds ($request_time) and postern's own fields.
+            escaped(out, remote);
+            out.push_str(" - ");
+            escaped(out, var(b"REMOTE_USER"));
+            let _ = write!(out, " [{}] \"", CombinedTime(now));
+            escaped(out, method);
+            out.push(' ');
+            escaped(out, uri);
+            out.push(' ');
+            escaped(out, var(b"SERVER_PROTOCOL"));
+            let _ = write!(out, "\" {} {} \"", a.status, a.bytes);
+            escaped(out, var(b"HTTP_REFERER"));
+            out.push_str("\" \"");
+            escaped(out, var(b"HTTP_USER_AGENT"));
+            let secs = elapsed.as_millis();
+            let _ = writeln!(
+                out,
+                "\" {}.{:03} request_id={} pid={pid} protocol={}",
+                secs / 1000,
+                secs % 1000,
+                a.id,
+                a.protocol.name()
+            );
+        }
+    }
+}
+
+/// A logfmt value: bare when it is plain, else quoted with `\"`, `\\` and `\xHH` escapes
+/// (a request's bytes must never start a new log line); `-` when absent.
+fn logfmt(out: &mut String, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        out.push('-');
+        return;
+    };
+    let plain = |c: &u8| c.is_ascii_graphic() && !matches!(c, b'"' | b'\\' | b'=');
+    if v.iter().all(plain) {
+        // All ASCII: every byte is a char.
+        out.extend(v.iter().map(|&c| c as char));
+        return;
+    }
+    out.push('"');
+    for &c in v {
+        match c {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b' '..=b'~' => out.push(c as char),
+            _ => {
+                let _ = write!(out, "\\x{c:02X}");
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// A field of a combined line, escaped as nginx does (`"`, `\`, control and non-ASCII
+/// bytes as `\xHH`); `-` when absent.
+fn escaped(out: &mut String, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        out.push('-');
+        return;
+    };
+    for &c in v {
+        match c {
+            b'"' | b'\\' => {
+                let _ = write!(out, "\\x{c:02X}");
+            }
+            b' '..=b'~' => out.push(c as char),
+            _ => {
+                let _ = write!(out, "\\x{c:02X}");
+            }
+        }
+    }
+}
+
+/// A duration as milliseconds with two decimals.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:02}", us / 1000, (us % 1000) / 10)
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, as `tracing`'s own lines start.
+struct Timestamp(SystemTime);
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = time::OffsetDateTime::from(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
+        )
+    }
+}
+
+/// `[10/Oct/2000:13:55:36 +0000]`'s inside: the combined format's time, in UTC.
+struct CombinedTime(SystemTime);
+
+impl std::fmt::Display for CombinedTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = time::OffsetDateTime::from(self.0);
+        let month = t.month().to_string();
+        write!(
+            f,
+            "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
+            t.day(),
+            &month[..3],
+            t.year(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(vars: &[(&str, &str)]) -> Head {
+        let mut h = Head {
+            buf: bytes::Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        for (k, v) in vars {
+            h.push_var(k.as_bytes(), v.as_bytes());
+        }
+        h
+    }
+
+    /// 2025-11-29 17:40:01.123456 UTC.
+    fn when() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_438_001_123_456)
+    }
+
+    fn line(format: AccessLogFormat, vars: &[(&str, &str)], ending: Ending) -> String {
+        let h = head(vars);
+        let id = RequestId::sent(b"5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e").unwrap();
+        let a = Access {
+            head: &h,
+            id: &id,
+            protocol: Protocol::Uwsgi,
+            status: 200,
+            ending,
+            bytes: 79,
+            started: Instant::now(),
+        };
+        let mut out = String::new();
+        format_access(
+            &mut out,
+            format,
+            &a,
+            Duration::from_micros(1560),
+            when(),
+            4242,
+        );
+        out
+    }
+
+    const NGINX: &[(&str, &str)] = &[
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/hello?x=1"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REMOTE_ADDR", "203.0.113.7"),
+        ("HTTP_REFERER", "https://example.com/"),
+        ("HTTP_USER_AGENT", "curl/8.5.0 (x86_64) \"quoted\""),
+    ];
+
+    #[test]
+    fn formats_text_lines() {
+        assert_eq!(
+            line(AccessLogFormat::Text, NGINX, Ending::Complete),
+            "2025-11-29T17:40:01.123456Z  INFO postern::access: served \
+             request_id=5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e pid=4242 protocol=uwsgi \
+             remote=203.0.113.7 method=GET path=\"/hello?x=1\" status=200 bytes=79 ms=1.56\n"
+        );
+        let cut = line(AccessLogFormat::Text, &[], Ending::Incomplete);
+        assert!(
+            cut.contains("WARN postern::access: response incomplete; connection aborted")
+                && cut.contains("remote=- method=- path=-"),
+            "{cut}"
+        );
+    }
+
+    #[test]
+    fn formats_combined_lines() {
+        assert_eq!(
+            line(AccessLogFormat::Combined, NGINX, Ending::Complete),
+            "203.0.113.7 - - [29/Nov/2025:17:40:01 +0000] \"GET /hello?x=1 HTTP/1.1\" 200 79 \
+             \"https://example.com/\" \"curl/8.5.0 (x86_64) \\x22quoted\\x22\" 0.001 \
+             request_id=5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e pid=4242 protocol=uwsgi\n"
+        );
+    }
+
+    #[test]
+    fn formats_json_lines() {
+        let l = line(AccessLogFormat::Json, NGINX, Ending::ClientGone);
+        assert!(l.ends_with('\n') && l.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["request_id"], "5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e");
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["protocol"], "uwsgi");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes"], 79);
+        assert_eq!(v["duration_ms"], 1.56);
+        assert_eq!(v["uri"], "/hello?x=1");
+        assert_eq!(v["remote_user"], serde_json::Value::Null);
+        assert_eq!(v["user_agent"], "curl/8.5.0 (x86_64) \"quoted\"");
+        assert_eq!(v["timestamp"], "2025-11-29T17:40:01.123456Z");
+        assert_eq!(
+            v["message"],
+            "client went away before the response was complete"
+        );
+    }
+
+    #[test]
+    fn request_bytes_never_break_a_line() {
+        let evil = &[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/a b\n2025 INFO forged=\"x\"\\\u{e9}"),
+        ];
+        let text = line(AccessLogFormat::Text, evil, Ending::Complete);
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(
+            text.contains(r#"path="/a b\x0A2025 INFO forged=\"x\"\\\xC3\xA9""#),
+            "{text}"
+        );
+        let combined = line(AccessLogFormat::Combined, evil, Ending::Complete);
+        assert_eq!(combined.matches('\n').count(), 1, "{combined}");
+        assert!(
+            combined.contains(r#""GET /a b\x0A2025 INFO forged=\x22x\x22\x5C\xC3\xA9 -""#),
+            "{combined}"
+        );
+    }
+
+    #[test]
+    fn takes_the_front_servers_id_when_it_is_loggable() {
+        let id = RequestId::for_head(&head(&[(
+            "HTTP_X_REQUEST_ID",
+            "0f9e8d7c6b5a49382716f5e4d3c2b1a0",
+        )]));
+        assert_eq!(id.as_str(), "0f9e8d7c6b5a49382716f5e4d3c2b1a0");
+        assert!(!id.generated());
+        for uuid_like in ["123e4567-e89b-12d3-a456-426614174000", "Root=1-abc;", "a"] {
+            let sent = RequestId::sent(uuid_like.as_bytes());
+            assert_eq!(
+                sent.map(|i| i.to_string()),
+                (!uuid_like.contains(';')).then(|| uuid_like.to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_ids_that_could_forge_log_lines() {
+        for bad in ["", "a b", "x\ny", "\"q\"", &"7".repeat(65), "caf\u{e9}"] {
+            assert!(RequestId::sent(bad.as_bytes()).is_none(), "{bad:?}");
+            let id = RequestId::for_head(&head(&[("HTTP_X_REQUEST_ID", bad)]));
+            assert!(id.generated());
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_32_hex_digits_and_unique() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.as_str(), b.as_str());
+        assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
+    }
+
+    #[test]
+    fn counts_lines_lost_to_a_full_queue() {
+        // A writer that never finishes its first write: the queue fills up.
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl Write for Stuck {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (release, stuck) = std::sync::mpsc::channel();
+        let (queue, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(4)
+            .finish(Stuck(stuck));
+        let bg = Background {
+            dropped: queue.error_counter(),
+            queue,
+            counted: AtomicU64::new(0),
+        };
+        let before = LOG_LINES_DROPPED.load(Ordering::Relaxed);
+        // A blocking writer would hang here on the fifth line.
+        for _ in 0..100 {
+            bg.send(b"line\n");
+        }
+        let dropped = bg.dropped.dropped_lines() as u64;
+        assert!(dropped >= 95, "{dropped}");
+        assert!(LOG_LINES_DROPPED.load(Ordering::Relaxed) - before >= dropped);
+        drop(release);
+        drop(guard);
+    }
+}
