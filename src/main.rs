@@ -22,6 +22,19 @@ fn main() -> ExitCode {
         println!("Python {}", interpreter::loaded_python_version());
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Migrate(args)) = &cli.command {
+        return match postern::uwsgi_ini::load(&args.ini) {
+            Ok(ini) => {
+                print!("{}", ini.to_toml());
+                eprintln!("postern migrate: {}", ini.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postern migrate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Request(args)) = &cli.command {
         return match postern::client::run(args) {
             Ok(code) => ExitCode::from(code as u8),
@@ -33,6 +46,11 @@ fn main() -> ExitCode {
     }
     let virtual_env = std::env::var_os("VIRTUAL_ENV").map(Into::into);
     let resolved = Config::resolve(&layered, virtual_env);
+    if let Some(w) = layered.ini_warnings.as_ref() {
+        if cli.print_config || cli.check {
+            eprintln!("postern: {w}");
+        }
+    }
     if cli.print_config {
         print!("{}", layered.to_toml(resolved.as_ref().ok()));
         if let Err(e) = &resolved {
@@ -85,6 +103,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(w) = &config.ini_warnings {
+        tracing::warn!("{w}");
+    }
     // Single-threaded here: no other thread reads the environment yet.
     boot::apply_env_and_chdir(&config)?;
     if config.default_listener {

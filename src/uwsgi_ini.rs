@@ -223,6 +223,8 @@ struct Mapper<'a> {
     /// The first `socket =`-like address, to name in the HTTP refusals.
     first_socket: Option<String>,
     lazy: bool,
+    /// `disable-logging = true` somewhere in the file.
+    disable_logging: bool,
 }
 
 /// `true`/`false` as uWSGI reads them: `false`, `off`, `no`, `0` (any case) are false;
@@ -301,6 +303,7 @@ impl<'a> Mapper<'a> {
                 })
                 .map(|e| format!("{} = {}", e.key, e.value)),
             lazy: last(&["lazy-apps", "lazy"]).is_some_and(|(_, v)| boolean(&v).0),
+            disable_logging: last(&["disable-logging"]).is_some_and(|(_, v)| boolean(&v).0),
         }
     }
 
@@ -368,6 +371,20 @@ impl<'a> Mapper<'a> {
         }
         self.set(i, key, toml::Value::String(v.to_owned()));
         Self::carried(&[key])
+    }
+
+    /// uWSGI's log file holds both its own lines and the request lines: postern's log and
+    /// its access log, unless `disable-logging` turns the latter off.
+    fn log_file(&mut self, i: usize, v: &str) -> Outcome {
+        if v.is_empty() {
+            return Outcome::Refused("it has no value".into());
+        }
+        self.set(i, "log-file", toml::Value::String(v.into()));
+        if self.disable_logging {
+            return Self::carried(&["log-file"]);
+        }
+        self.set(i, "access-log", toml::Value::String(v.into()));
+        Self::carried(&["log-file", "access-log"])
     }
 
     fn listener(&mut self, v: &str, protocol: &str) -> Outcome {
@@ -716,7 +733,7 @@ impl<'a> Mapper<'a> {
                         "postern does not send logs over UDP ({v}): it logs to stderr or a file; forward them with journald or rsyslog"
                     ));
                 }
-                self.string(i, "log-file", v)
+                self.log_file(i, v)
             }
             "daemonize" | "daemonize2" => {
                 if self.entries.iter().any(|e| e.key == "logto" || e.key == "logto2") {
@@ -724,11 +741,10 @@ impl<'a> Mapper<'a> {
                         "postern stays in the foreground: run it under systemd (deploy/systemd/) or your process manager".into(),
                     );
                 }
-                let out = self.string(i, "log-file", v);
-                match out {
+                match self.log_file(i, v) {
                     Outcome::Carried { keys, .. } => Outcome::Carried {
                         keys,
-                        note: Some("postern stays in the foreground (run it under systemd, deploy/systemd/, or your process manager); its log goes to this file".into()),
+                        note: Some("postern stays in the foreground (run it under systemd, deploy/systemd/, or your process manager); its logs go to this file".into()),
                         warn: true,
                     },
                     other => other,
@@ -907,14 +923,39 @@ impl Translation {
         bad.insert(
             0,
             format!(
-                "{} [{}]: postern cannot run {} as written (fix the file, or run `postern migrate {}` and edit the result):",
-                self.source,
-                self.section,
+                "postern cannot run {} of [{}] as written (fix the file, or run `postern migrate {}` and edit the result):",
                 if bad.len() == 1 { "this line" } else { "these lines" },
+                self.section,
                 self.source
             ),
         );
         Err(IniError::Refused(bad.join("\n")))
+    }
+
+    /// One line for `postern migrate` to print: how many lines went where.
+    pub fn summary(&self) -> String {
+        let count = |f: fn(&Outcome) -> bool| self.lines.iter().filter(|l| f(&l.outcome)).count();
+        let mut parts = vec![format!(
+            "{} option lines read from [{}]: {} carried over",
+            self.lines.len(),
+            self.section,
+            count(|o| matches!(o, Outcome::Carried { .. }))
+        )];
+        for (n, what) in [
+            (count(|o| matches!(o, Outcome::Accepted(_))), "not needed"),
+            (count(|o| matches!(o, Outcome::Placeholder)), "placeholders"),
+            (count(|o| matches!(o, Outcome::Ignored(_))), "ignored"),
+            (count(|o| matches!(o, Outcome::Unknown)), "unknown"),
+            (
+                count(|o| matches!(o, Outcome::Refused(_))),
+                "refused (postern --ini stops on those)",
+            ),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        format!("{}; the comments in the output say why", parts.join(", "))
     }
 
     /// One message listing what postern runs without (ignored and unknown lines, and

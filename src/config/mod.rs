@@ -332,6 +332,17 @@ pub struct Options {
 pub enum Command {
     /// Send one request the way nginx would and print the response (-i style).
     Request(RequestArgs),
+    /// Convert a uWSGI ini file into a postern TOML config, printed on stdout: each value
+    /// under the ini line it came from, each line that does not carry over as a comment
+    /// saying why.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The uWSGI ini file: `FILE` or `FILE:SECTION` (default section `uwsgi`).
+    #[arg(value_name = "FILE[:SECTION]")]
+    pub ini: String,
 }
 
 #[derive(Args, Debug)]
@@ -451,6 +462,8 @@ pub struct Layered {
     pub sources: BTreeMap<String, Source>,
     /// The merged values, as TOML (for `--print-config`).
     pub values: toml::Table,
+    /// What the `--ini` file asks that postern runs without, as one message to log.
+    pub ini_warnings: Option<String>,
 }
 
 /// The TOML keys of [`Options`], in declaration order, with their environment variable.
@@ -508,9 +521,18 @@ impl Layered {
             }
         };
         put(defaults, Source::Default);
+        let mut ini_warnings = None;
         if let Some(spec) = &cli.ini {
-            let (path, table) = load_ini(spec)?;
-            put(table, Source::Ini(path));
+            let ini = load_ini(spec)?;
+            // Each value's source names the ini line(s) it came from.
+            for (key, value) in ini.table.clone() {
+                let at = ini.origin(&key).unwrap_or_else(|| spec.clone());
+                put(
+                    toml::Table::from_iter([(key, value)]),
+                    Source::Ini(PathBuf::from(at)),
+                );
+            }
+            ini_warnings = ini.warnings();
         }
         if let Some(path) = &cli.config {
             put(load_file(path)?, Source::File(path.clone()));
@@ -525,6 +547,7 @@ impl Layered {
             options,
             sources,
             values,
+            ini_warnings,
         })
     }
 
@@ -662,14 +685,28 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
     Ok(table)
 }
 
-/// The `--ini FILE[:SECTION]` file as a table of postern options.
-fn load_ini(spec: &str) -> Result<(PathBuf, toml::Table), ConfigError> {
-    // Wired to the uWSGI ini reader once it lands (src/uwsgi_ini.rs).
-    Err(ConfigError::Parse {
+/// The `--ini FILE[:SECTION]` file, read with uWSGI's rules and mapped onto postern's
+/// options. Lines postern cannot run as written stop it here, all in one message.
+fn load_ini(spec: &str) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
+    let path = PathBuf::from(spec);
+    let ini = crate::uwsgi_ini::load(spec).map_err(|e| match e {
+        crate::uwsgi_ini::IniError::Read { path, source } => ConfigError::Read {
+            what: "--ini",
+            path,
+            source,
+        },
+        e => ConfigError::Parse {
+            what: "--ini",
+            path: path.clone(),
+            message: e.to_string(),
+        },
+    })?;
+    ini.check().map_err(|e| ConfigError::Parse {
         what: "--ini",
-        path: PathBuf::from(spec),
-        message: "reading uWSGI ini files is not built yet".into(),
-    })
+        path,
+        message: e.to_string(),
+    })?;
+    Ok(ini)
 }
 
 /// The resolved configuration of a serving postern.
@@ -691,6 +728,8 @@ pub struct Config {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub socket_owner: Option<(Option<u32>, Option<u32>)>,
+    /// What the `--ini` file asks that postern runs without (logged at start).
+    pub ini_warnings: Option<String>,
 }
 
 impl Config {
@@ -831,6 +870,7 @@ impl Config {
             uid,
             gid,
             socket_owner,
+            ini_warnings: layered.ini_warnings.clone(),
         })
     }
 }

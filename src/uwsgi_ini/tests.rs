@@ -99,7 +99,7 @@ fn refuses_http_in_one_message_saying_what_to_do() {
     let e = t.check().unwrap_err().to_string();
     assert_eq!(e.lines().count(), 5, "{e}"); // a heading, then one line each
     assert!(
-        e.starts_with("/etc/uwsgi/shop.ini [uwsgi]: postern cannot run these lines"),
+        e.starts_with("postern cannot run these lines of [uwsgi] as written"),
         "{e}"
     );
     assert!(
@@ -373,6 +373,16 @@ fn maps_stats_and_logs() {
     assert_eq!(get(&t, "stats"), Some(&s("127.0.0.1:9191")));
     assert_eq!(get(&t, "log-file"), Some(&s("/var/log/shop.log")));
     assert_eq!(get(&t, "access-log"), Some(&s("off")));
+    // uWSGI's log file has the request lines too: so does postern's.
+    let t = tr("logto = /var/log/shop.log");
+    assert_eq!(get(&t, "access-log"), Some(&s("/var/log/shop.log")));
+    assert_eq!(t.origin("access-log").unwrap(), "/etc/uwsgi/shop.ini:2");
+    // disable-logging wins wherever it is.
+    let t = tr("disable-logging = true\nlogto = /var/log/shop.log");
+    assert_eq!(get(&t, "access-log"), Some(&s("off")));
+    let t = tr("logto = /var/log/shop.log\ndisable-logging = true");
+    assert_eq!(get(&t, "access-log"), Some(&s("off")));
+    assert!(is_carried(outcome(&t, "logto")));
     assert_eq!(
         get(&tr("stats = /run/stats.sock"), "stats"),
         Some(&s("unix:/run/stats.sock"))
@@ -389,6 +399,7 @@ fn maps_stats_and_logs() {
 fn daemonize_keeps_its_log_file_and_warns() {
     let t = tr("daemonize = /var/log/uwsgi/shop.log");
     assert_eq!(get(&t, "log-file"), Some(&s("/var/log/uwsgi/shop.log")));
+    assert_eq!(get(&t, "access-log"), Some(&s("/var/log/uwsgi/shop.log")));
     let w = t.warnings().unwrap();
     assert!(w.contains("postern stays in the foreground"), "{w}");
     let t = tr("logto = /var/log/a.log\ndaemonize = /var/log/b.log");
@@ -547,5 +558,14 @@ fn migrate_says_when_the_app_is_missing() {
     assert!(
         text.contains("names no module, wsgi-file or mount"),
         "{text}"
+    );
+}
+
+#[test]
+fn summarises_where_the_lines_went() {
+    let t = tr("module = m\nvacuum = true\nbase = x\nchdir = %(base)\nplugin = python3\nlimit-as = 1\nhttp = :80");
+    assert_eq!(
+        t.summary(),
+        "7 option lines read from [uwsgi]: 2 carried over, 1 not needed, 1 placeholders, 1 ignored, 1 unknown, 1 refused (postern --ini stops on those); the comments in the output say why"
     );
 }
