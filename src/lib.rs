@@ -12,6 +12,7 @@
 //! wsgi/     the only pyo3 user: interpreter, app import, pool threads, environ,
 //!           wsgi.input/errors, start_response/write/iteration, file_wrapper
 //! server/   serving: fast path on the Python threads, tokio slow lane, graceful stop
+//! stats/    --stats: /metrics (Prometheus), /status, /ping over HTTP; `postern status`
 //! supervisor/ the master: forks workers, reaps, respawns, reloads (--workers > 1)
 //! boot      start the app as the config says (env, chdir, Python, sys.path, import)
 //! check     `postern --check`: import in a child, bind and release each listener
@@ -28,6 +29,7 @@ pub mod config;
 pub mod logging;
 pub mod proto;
 pub mod server;
+pub mod stats;
 pub mod supervisor;
 pub mod uwsgi_ini;
 pub mod wsgi;

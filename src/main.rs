@@ -22,6 +22,15 @@ fn main() -> ExitCode {
         println!("Python {}", interpreter::loaded_python_version());
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Status(args)) = &cli.command {
+        return match postern::stats::client::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postern status: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Migrate(args)) = &cli.command {
         return match postern::uwsgi_ini::load(&args.ini) {
             Ok(ini) => {
@@ -154,15 +163,29 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(listener = %b.addr, "using a socket passed by systemd");
         bound.push(b);
     }
+    // --stats: bound with the listeners (a taken address stops postern now).
+    let stats = match config.opts.stats.as_ref().map(postern::stats::server::bind) {
+        Some(Err(e)) => {
+            server::remove_unix_sockets(&bound);
+            return Err(e.into());
+        }
+        Some(Ok(b)) => Some(b),
+        None => None,
+    };
     if let Err(e) = drop_privileges(&config) {
         server::remove_unix_sockets(&bound);
+        server::remove_unix_sockets(stats.as_slice());
         return Err(e);
     }
     if let Some(p) = &config.opts.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing --pidfile {}", p.display()))?;
     }
-    let result = serve(&config, bound);
+    let stats_addr = stats.as_ref().map(|s| s.addr.clone());
+    let result = serve(&config, bound, stats);
+    if let Some(a) = &stats_addr {
+        postern::stats::server::remove_socket(a);
+    }
     if let Some(p) = &config.opts.pidfile {
         let _ = std::fs::remove_file(p);
     }
@@ -185,7 +208,11 @@ fn drop_privileges(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
+fn serve(
+    config: &Config,
+    bound: Vec<listener::Bound>,
+    stats: Option<listener::Bound>,
+) -> anyhow::Result<()> {
     let settings = Settings {
         threads: config.opts.threads,
         multiprocess: config.opts.workers > 1,
@@ -239,7 +266,15 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         } else {
             None
         };
-        let result = supervisor::run(opts, |ctx| {
+        let stats = match stats {
+            Some(b) => Some(supervisor::Stats {
+                probes: supervisor::report::probes(&bound)?,
+                config: stats_summary(config, &bound),
+                bound: b,
+            }),
+            None => None,
+        };
+        let result = supervisor::run(opts, stats, |ctx| {
             let mine: Vec<_> = match bound.iter().map(|b| b.try_clone()).collect() {
                 Ok(v) => v,
                 Err(e) => {
@@ -281,6 +316,18 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         "ready"
     );
     logging::start_background();
+    let settings = match stats {
+        Some(b) => Settings {
+            monitor: Some(supervisor::report::start_single(
+                b,
+                &bound,
+                config.opts.threads,
+                stats_summary(config, &bound),
+            )?),
+            ..settings
+        },
+        None => settings,
+    };
     if server::run(
         bound,
         app,
@@ -299,6 +346,39 @@ fn serve(config: &Config, bound: Vec<listener::Bound>) -> anyhow::Result<()> {
         logging::finish();
         std::process::exit(1)
     }
+}
+
+/// What `/status` shows of the configuration.
+fn stats_summary(config: &Config, bound: &[listener::Bound]) -> Vec<(String, String)> {
+    let o = &config.opts;
+    let listeners: Vec<String> = bound
+        .iter()
+        .map(|b| format!("{} {}", b.info.protocol.name(), b.addr))
+        .collect();
+    let mut v = vec![
+        ("app".to_owned(), config.app.to_string()),
+        ("listeners".to_owned(), listeners.join(", ")),
+        ("workers".to_owned(), o.workers.to_string()),
+        ("threads".to_owned(), o.threads.to_string()),
+    ];
+    let secs = |d: std::time::Duration| format!("{}s", d.as_secs_f64());
+    for (k, d) in [
+        ("timeout", o.timeout.map(|s| s.0)),
+        ("slow-log", o.slow_log.map(|s| s.0)),
+        ("max-lifetime", o.max_lifetime.map(|s| s.0)),
+        ("graceful-timeout", Some(o.graceful_timeout.0)),
+    ] {
+        if let Some(d) = d {
+            v.push((k.to_owned(), secs(d)));
+        }
+    }
+    if let Some(n) = o.max_requests {
+        v.push(("max-requests".to_owned(), n.to_string()));
+    }
+    if let Some(n) = o.max_rss {
+        v.push(("max-rss".to_owned(), format!("{n}MiB")));
+    }
+    v
 }
 
 /// A worker process (forked by the master): import the app, serve, exit code.

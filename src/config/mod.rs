@@ -336,6 +336,9 @@ pub enum Command {
     /// under the ini line it came from, each line that does not carry over as a comment
     /// saying why.
     Migrate(MigrateArgs),
+    /// Print a running postern's /status (its --stats address) as a table; --watch
+    /// redraws it, uwsgitop style.
+    Status(crate::stats::client::StatusArgs),
 }
 
 #[derive(Args, Debug)]

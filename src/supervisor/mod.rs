@@ -15,8 +15,13 @@
 //! | SIGTTIN / SIGTTOU | one worker more / less |
 //! | SIGCHLD | reap; a worker that died unexpectedly is logged and replaced |
 //! | SIGUSR1 | reopen the log files (logrotate), then forward SIGUSR1 to every worker |
+//!
+//! With `--stats`, the endpoint runs in a helper process the master forks first (and
+//! again if it dies): the master itself stays single-threaded with no runtime, so every
+//! later fork is as safe as before. The helper reads everything from the scoreboard.
 
 pub mod notify;
+pub mod report;
 pub mod scoreboard;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -25,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scoreboard::Scoreboard;
+
+use crate::stats::Cause;
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -67,6 +74,15 @@ pub struct Options {
     pub preload: bool,
 }
 
+/// `--stats` under a master: the bound endpoint and what it reports.
+pub struct Stats {
+    pub bound: crate::server::listener::Bound,
+    /// The listeners whose accept queues are reported.
+    pub probes: Vec<report::Probe>,
+    /// `key value` pairs shown by `/status`.
+    pub config: Vec<(String, String)>,
+}
+
 /// Most worker slots (workers of two generations during a reload, plus retiring ones).
 const MAX_SLOTS: usize = 1024;
 
@@ -86,6 +102,8 @@ pub struct WorkerMonitor {
     max_requests: Option<u64>,
     max_rss_kib: Option<u64>,
     retiring: AtomicBool,
+    /// Count requests for the metrics (`--stats`; read once from the scoreboard).
+    metrics: bool,
 }
 
 impl WorkerMonitor {
@@ -101,18 +119,28 @@ impl WorkerMonitor {
             max_requests,
             max_rss_kib: max_rss_mib.map(|m| m * 1024),
             retiring: AtomicBool::new(false),
+            metrics: ctx.board.metrics(),
         }
     }
 
-    fn retire(&self, why: &str) {
+    /// The monitor of a single process (no master, no recycling) with `--stats`.
+    pub fn standalone(board: Arc<Scoreboard>) -> Self {
+        WorkerMonitor {
+            metrics: board.metrics(),
+            board,
+            slot: 0,
+            max_requests: None,
+            max_rss_kib: None,
+            retiring: AtomicBool::new(false),
+        }
+    }
+
+    fn retire(&self, cause: Cause, why: &str) {
         if self.retiring.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::info!(pid = std::process::id(), "recycling this worker: {why}");
-        self.board
-            .head(self.slot)
-            .state
-            .store(scoreboard::RETIRING, Ordering::SeqCst);
+        self.board.retire_self(self.slot, cause);
         // The graceful stop path: finish in-flight requests, then exit.
         let _ = kill(nix::unistd::getpid(), Signal::SIGTERM);
     }
@@ -126,7 +154,7 @@ fn rss_kib() -> Option<u64> {
 }
 
 impl crate::wsgi::Monitor for WorkerMonitor {
-    fn begin(&self, thread: usize, head: &crate::codec::Head, _protocol: crate::codec::Protocol) {
+    fn begin(&self, thread: usize, head: &crate::codec::Head, protocol: crate::codec::Protocol) {
         if thread >= self.board.threads {
             return;
         }
@@ -138,18 +166,33 @@ impl crate::wsgi::Monitor for WorkerMonitor {
                 .or_else(|| head.get(b"PATH_INFO"))
                 .unwrap_or(b"-"),
         );
-        self.board.line(self.slot, thread).begin(&desc);
+        self.board.line(self.slot, thread).begin(&desc, protocol);
+        if self.metrics {
+            self.board.enter(self.slot);
+        }
     }
 
-    fn end(&self, thread: usize, _served: Option<&crate::wsgi::Served>) {
+    fn end(&self, thread: usize, served: Option<&crate::wsgi::Served>) {
         if thread < self.board.threads {
-            self.board.line(self.slot, thread).end();
+            let line = self.board.line(self.slot, thread);
+            if self.metrics {
+                line.count(served);
+                self.board.leave(self.slot);
+                self.board.publish_log_drops(
+                    self.slot,
+                    crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed),
+                );
+            }
+            line.end();
         }
         let head = self.board.head(self.slot);
         let served = head.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(max) = self.max_requests {
             if served >= max {
-                self.retire(&format!("served {served} requests (--max-requests)"));
+                self.retire(
+                    Cause::MaxRequests,
+                    &format!("served {served} requests (--max-requests)"),
+                );
             }
         }
         // RSS goes on the scoreboard after every request with --max-rss, else every
@@ -162,11 +205,14 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         if let Some(max) = self.max_rss_kib {
             if let Some(rss) = Some(head.rss_kib.load(Ordering::Relaxed)).filter(|&r| r > 0) {
                 if rss > max {
-                    self.retire(&format!(
-                        "RSS {} MiB is over --max-rss {} MiB",
-                        rss / 1024,
-                        max / 1024
-                    ));
+                    self.retire(
+                        Cause::MaxRss,
+                        &format!(
+                            "RSS {} MiB is over --max-rss {} MiB",
+                            rss / 1024,
+                            max / 1024
+                        ),
+                    );
                 }
             }
         }
@@ -183,6 +229,8 @@ struct Worker {
     started: Instant,
     /// Asked to stop (reload, scale down, shutdown): its exit is expected.
     retiring: bool,
+    /// Why it is on its way out (when `retiring`).
+    cause: Option<Cause>,
     slot: usize,
     /// When to SIGKILL it (after a --timeout stack dump).
     kill_at: Option<Instant>,
@@ -197,6 +245,27 @@ impl Worker {
     fn current(&self, generation: u64) -> bool {
         self.generation == generation && !self.retiring
     }
+
+    /// Asks the worker to finish its requests and exit (SIGTERM), for `cause`.
+    fn drain(&mut self, board: &Scoreboard, cause: Cause) {
+        self.mark_retiring(board, cause);
+        let _ = kill(self.pid, Signal::SIGTERM);
+    }
+
+    /// Records that the worker is on its way out, for `cause` (the first cause wins).
+    fn mark_retiring(&mut self, board: &Scoreboard, cause: Cause) {
+        self.retiring = true;
+        self.cause.get_or_insert(cause);
+        board.mark_draining(self.slot);
+    }
+}
+
+/// The `--stats` helper process: it serves the endpoint from the scoreboard.
+struct StatsHelper {
+    bound: crate::server::listener::Bound,
+    source: crate::stats::Source,
+    pid: Option<Pid>,
+    started: Instant,
 }
 
 /// The signals the master handles.
@@ -219,7 +288,11 @@ fn master_signals() -> SigSet {
 
 /// Runs the master until a stop. `worker` runs in each forked child and returns the
 /// child's exit code; it receives the write end of its ready pipe.
-pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), SupervisorError> {
+pub fn run(
+    opts: Options,
+    stats: Option<Stats>,
+    worker: impl Fn(WorkerContext) -> i32,
+) -> Result<(), SupervisorError> {
     let mask = master_signals();
     mask.thread_block().map_err(SupervisorError::Signals)?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -227,6 +300,13 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
     let board = Arc::new(
         Scoreboard::new(MAX_SLOTS, opts.threads.max(1)).map_err(SupervisorError::Scoreboard)?,
     );
+    board.set_metrics(stats.is_some());
+    let stats = stats.map(|s| StatsHelper {
+        source: report::source(Arc::clone(&board), true, s.probes, s.config),
+        bound: s.bound,
+        pid: None,
+        started: Instant::now(),
+    });
     let mut m = Master {
         board,
         opts: opts.clone(),
@@ -235,14 +315,18 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
         workers: Vec::new(),
         boot_failures: 0,
         announced: false,
+        pending: std::collections::VecDeque::new(),
+        stats,
     };
     tracing::info!(
         master = std::process::id(),
         workers = opts.workers,
         "master started; starting workers"
     );
+    // The stats helper first, so it inherits no worker's pipe.
+    m.spawn_stats(&sfd, &mask)?;
     for _ in 0..m.target {
-        m.spawn(&sfd, &mask, &worker)?;
+        m.spawn(&sfd, &mask, &worker, Cause::Boot)?;
     }
     let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut touched = opts.touch_reload.as_deref().and_then(mtime);
@@ -303,12 +387,10 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
                     m.target += 1;
                     tracing::info!(workers = m.target, "SIGTTIN: one worker more");
                 }
-                Some(Signal::SIGTTOU) => {
-                    if m.target > 1 {
-                        m.target -= 1;
-                        tracing::info!(workers = m.target, "SIGTTOU: one worker less");
-                        m.retire_extra();
-                    }
+                Some(Signal::SIGTTOU) if m.target > 1 => {
+                    m.target -= 1;
+                    tracing::info!(workers = m.target, "SIGTTOU: one worker less");
+                    m.retire_extra();
                 }
                 Some(Signal::SIGUSR1) => {
                     // Workers inherit the reopening handler (crate::logging).
@@ -325,6 +407,7 @@ pub fn run(opts: Options, worker: impl Fn(WorkerContext) -> i32) -> Result<(), S
         m.watch();
         m.reap()?;
         m.fill(&sfd, &mask, &worker)?;
+        m.keep_stats(&sfd, &mask)?;
     }
 }
 
@@ -354,6 +437,10 @@ struct Master {
     /// Workers of the current generation that died before they were ready, in a row.
     boot_failures: u32,
     announced: bool,
+    /// Why workers left the serving generation, oldest first: the causes their
+    /// replacements start with (`fill`).
+    pending: std::collections::VecDeque<Cause>,
+    stats: Option<StatsHelper>,
 }
 
 impl Master {
@@ -362,6 +449,7 @@ impl Master {
         sfd: &SignalFd,
         mask: &SigSet,
         worker: &impl Fn(WorkerContext) -> i32,
+        cause: Cause,
     ) -> Result<(), SupervisorError> {
         let (read, write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SupervisorError::Fork)?;
@@ -370,7 +458,7 @@ impl Master {
         let slot = (0..self.board.slots)
             .find(|s| !used.contains(s))
             .ok_or(SupervisorError::Fork(nix::Error::EAGAIN))?;
-        self.board.reset(slot, 0);
+        self.board.reset(slot, 0, self.generation);
         // SAFETY: the master is single-threaded (no runtime, no Python, no helper
         // thread has been started), so the child may run arbitrary code.
         // SAFETY: as above; with --preload the fork is bracketed for CPython.
@@ -415,6 +503,8 @@ impl Master {
                 for w in self.workers.drain(..) {
                     drop(w.ready_pipe);
                 }
+                // The stats socket and probes are the helper's.
+                drop(self.stats.take());
                 self.board
                     .head(slot)
                     .pid
@@ -431,8 +521,10 @@ impl Master {
                 tracing::info!(
                     pid = child.as_raw(),
                     generation = self.generation,
+                    cause = cause.label(),
                     "worker started"
                 );
+                self.board.count_start(cause);
                 self.workers.push(Worker {
                     pid: child,
                     generation: self.generation,
@@ -440,6 +532,7 @@ impl Master {
                     ready: false,
                     started: Instant::now(),
                     retiring: false,
+                    cause: None,
                     slot,
                     kill_at: None,
                     killed: false,
@@ -455,16 +548,14 @@ impl Master {
         let w = &mut self.workers[i];
         let Some(p) = &w.ready_pipe else { return };
         let mut b = [0u8; 1];
-        match nix::unistd::read(p, &mut b) {
-            Ok(1) => {
-                w.ready = true;
-                tracing::info!(
-                    pid = w.pid.as_raw(),
-                    boot_ms = w.started.elapsed().as_millis() as u64,
-                    "worker ready"
-                );
-            }
-            _ => {}
+        if let Ok(1) = nix::unistd::read(p, &mut b) {
+            w.ready = true;
+            self.board.mark_serving(w.slot);
+            tracing::info!(
+                pid = w.pid.as_raw(),
+                boot_ms = w.started.elapsed().as_millis() as u64,
+                "worker ready"
+            );
         }
         w.ready_pipe = None;
         let fresh = w.ready && w.generation == self.generation;
@@ -478,8 +569,7 @@ impl Master {
                 .iter_mut()
                 .find(|o| o.generation < self.generation && !o.retiring)
             {
-                old.retiring = true;
-                let _ = kill(old.pid, Signal::SIGTERM);
+                old.drain(&self.board, Cause::Reload);
                 tracing::info!(pid = old.pid.as_raw(), "chain reload: an old worker drains");
             }
         }
@@ -494,8 +584,7 @@ impl Master {
             let mut retired = 0;
             for w in self.workers.iter_mut() {
                 if w.generation < self.generation && !w.retiring {
-                    w.retiring = true;
-                    let _ = kill(w.pid, Signal::SIGTERM);
+                    w.drain(&self.board, Cause::Reload);
                     retired += 1;
                 }
             }
@@ -531,10 +620,13 @@ impl Master {
                 }
                 continue;
             }
-            let head = self.board.head(w.slot);
-            if !w.retiring && head.state.load(Ordering::SeqCst) == scoreboard::RETIRING {
-                // It recycles itself (max requests, RSS): start its replacement now.
-                w.retiring = true;
+            if !w.retiring {
+                if let Some(cause) = self.board.self_retired(w.slot) {
+                    // It recycles itself (max requests, RSS): start its replacement now.
+                    w.retiring = true;
+                    w.cause = Some(cause);
+                    self.pending.push_back(cause);
+                }
             }
             if !w.retiring && w.ready && w.generation == generation {
                 if let Some(life) = self.opts.max_lifetime {
@@ -543,8 +635,8 @@ impl Master {
                             pid = w.pid.as_raw(),
                             "worker passed --max-lifetime; replacing it"
                         );
-                        w.retiring = true;
-                        let _ = kill(w.pid, Signal::SIGTERM);
+                        w.drain(&self.board, Cause::MaxLifetime);
+                        self.pending.push_back(Cause::MaxLifetime);
                     }
                 }
             }
@@ -565,7 +657,13 @@ impl Master {
                         );
                         let _ = kill(w.pid, Signal::SIGUSR2);
                         w.kill_at = Some(Instant::now() + Duration::from_millis(500));
-                        w.retiring = true;
+                        self.board.count_timeout();
+                        if !w.retiring {
+                            self.pending.push_back(Cause::Timeout);
+                        }
+                        // It is killed for this, whatever it was doing before.
+                        w.cause = Some(Cause::Timeout);
+                        w.mark_retiring(&self.board, Cause::Timeout);
                         break;
                     }
                 }
@@ -578,6 +676,7 @@ impl Master {
                             "slow request (over --slow-log {limit:?}); the worker's Python stacks follow"
                         );
                         let _ = kill(w.pid, Signal::SIGUSR2);
+                        self.board.count_slow();
                         w.dumped.push((t, since));
                         if w.dumped.len() > 64 {
                             w.dumped.remove(0);
@@ -600,8 +699,7 @@ impl Master {
         if reloading {
             for w in self.workers.iter_mut() {
                 if w.current(self.generation) && !w.ready {
-                    w.retiring = true;
-                    let _ = kill(w.pid, Signal::SIGTERM);
+                    w.drain(&self.board, Cause::Reload);
                 }
             }
         }
@@ -622,7 +720,7 @@ impl Master {
             self.target
         };
         for _ in 0..n {
-            self.spawn(sfd, mask, worker)?;
+            self.spawn(sfd, mask, worker, Cause::Reload)?;
         }
         Ok(())
     }
@@ -636,8 +734,7 @@ impl Master {
                 .rev()
                 .find(|w| w.current(self.generation))
             {
-                w.retiring = true;
-                let _ = kill(w.pid, Signal::SIGTERM);
+                w.drain(&self.board, Cause::Scale);
             }
         }
     }
@@ -661,16 +758,34 @@ impl Master {
                 _ => continue,
             };
             let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+                if let Some(h) = self.stats.as_mut().filter(|h| h.pid == Some(pid)) {
+                    tracing::warn!(pid = pid.as_raw(), %how, "the stats endpoint process exited; restarting it");
+                    h.pid = None;
+                }
                 continue;
             };
             let mut w = self.workers.remove(i);
-            if self.board.head(w.slot).state.load(Ordering::SeqCst) == scoreboard::RETIRING {
-                w.retiring = true;
+            if !w.retiring {
+                if let Some(cause) = self.board.self_retired(w.slot) {
+                    // It recycled itself and exited before `watch` saw it.
+                    w.retiring = true;
+                    w.cause = Some(cause);
+                    self.pending.push_back(cause);
+                }
             }
+            let cause = match (w.retiring, w.ready) {
+                (true, _) => w.cause.unwrap_or(Cause::Stop),
+                (false, false) => Cause::BootFailure,
+                (false, true) => Cause::Crash,
+            };
+            self.board.count_exit(cause);
+            // Its counts join the totals; the slot is free for a new worker.
+            self.board.release(w.slot);
             if w.retiring {
-                tracing::info!(pid = pid.as_raw(), %how, "worker exited");
+                tracing::info!(pid = pid.as_raw(), %how, cause = cause.label(), "worker exited");
                 continue;
             }
+            self.pending.push_back(cause);
             if !w.ready {
                 self.boot_failures += 1;
                 if w.generation == 0 && !self.announced {
@@ -692,8 +807,7 @@ impl Master {
                     self.generation -= 1;
                     for o in self.workers.iter_mut() {
                         if o.generation > self.generation {
-                            o.retiring = true;
-                            let _ = kill(o.pid, Signal::SIGTERM);
+                            o.drain(&self.board, Cause::Reload);
                         }
                     }
                     continue;
@@ -717,6 +831,9 @@ impl Master {
     ) -> Result<(), SupervisorError> {
         let live = self.live();
         if live >= self.target {
+            // Nothing to replace: causes left over (a crash during a scale-down, an
+            // old generation's boot failure) would misname a later start.
+            self.pending.clear();
             return Ok(());
         }
         let reloading = self.reloading();
@@ -727,7 +844,7 @@ impl Master {
                 .iter()
                 .any(|w| w.generation == self.generation && !w.ready && !w.retiring);
             if !booting {
-                self.spawn(sfd, mask, worker)?;
+                self.spawn(sfd, mask, worker, Cause::Reload)?;
             }
             return Ok(());
         }
@@ -740,14 +857,83 @@ impl Master {
             std::thread::sleep(backoff.min(Duration::from_millis(200)));
         }
         for _ in live..self.target {
-            self.spawn(sfd, mask, worker)?;
+            // A replacement starts with the cause of the exit it replaces; with none
+            // left, the target grew (SIGTTIN).
+            let cause = self.pending.pop_front().unwrap_or(Cause::Scale);
+            self.spawn(sfd, mask, worker, cause)?;
         }
         Ok(())
     }
 
+    /// Starts the `--stats` helper process. It serves the endpoint from the scoreboard
+    /// and never forks, so it may run a tokio runtime; the master never does.
+    fn spawn_stats(&mut self, sfd: &SignalFd, mask: &SigSet) -> Result<(), SupervisorError> {
+        if self.stats.is_none() {
+            return Ok(());
+        }
+        let master_pid = nix::unistd::getpid();
+        // SAFETY: the master is single-threaded (see `spawn`). The helper does not touch
+        // the Python interpreter a --preload master may hold.
+        match unsafe { fork() }.map_err(SupervisorError::Fork)? {
+            ForkResult::Child => {
+                // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number (the helper
+                // has nothing to drain), and PR_SET_NAME with a NUL-terminated name of
+                // at most 16 bytes, so `ps -o comm`/`top` tell it from the workers.
+                unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    libc::prctl(libc::PR_SET_NAME, c"postern-stats".as_ptr());
+                }
+                if nix::unistd::getppid() != master_pid {
+                    std::process::exit(0);
+                }
+                // SAFETY: SIG_IGN before any other thread exists; a terminal's Ctrl-C
+                // is the master's to handle.
+                unsafe {
+                    let _ = nix::sys::signal::signal(
+                        Signal::SIGINT,
+                        nix::sys::signal::SigHandler::SigIgn,
+                    );
+                }
+                let _ = mask.thread_unblock();
+                let _ = nix::unistd::close(sfd.as_fd().as_raw_fd());
+                for w in self.workers.drain(..) {
+                    drop(w.ready_pipe);
+                }
+                let Some(h) = self.stats.take() else {
+                    std::process::exit(1)
+                };
+                let code = match crate::stats::server::serve(h.bound, h.source) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => {
+                if let Some(h) = &mut self.stats {
+                    h.pid = Some(child);
+                    h.started = Instant::now();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Restarts the stats helper if it died (at most once a second).
+    fn keep_stats(&mut self, sfd: &SignalFd, mask: &SigSet) -> Result<(), SupervisorError> {
+        match &self.stats {
+            Some(h) if h.pid.is_none() && h.started.elapsed() >= Duration::from_secs(1) => {
+                self.spawn_stats(sfd, mask)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn stop_all(&mut self, now: bool) {
         for w in &mut self.workers {
-            w.retiring = true;
+            w.mark_retiring(&self.board, Cause::Stop);
             let _ = kill(
                 w.pid,
                 if now {
@@ -784,6 +970,10 @@ impl Master {
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(pid) = self.stats.as_mut().and_then(|h| h.pid.take()) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
         }
         tracing::info!("all workers exited");
         Ok(())

@@ -1,11 +1,30 @@
-//! The scoreboard: memory shared by the master and its workers (an anonymous
-//! `MAP_SHARED` mapping made before the first fork). One slot per worker, one line
-//! per Python thread: whether it is busy, since when (CLOCK_MONOTONIC, the same in
-//! every process), and which request. Workers write with atomics; the master reads
-//! it for `--timeout`, `--slow-log` and recycling. Plain atomics, no locks: a torn
-//! read can at worst misname a request in a log line.
+//! The scoreboard: memory shared by the master, its workers and the stats helper (an
+//! anonymous `MAP_SHARED` mapping made before the first fork; a single process makes
+//! one of one slot for `--stats`).
+//!
+//! ```text
+//! [Global: seqlock, folded counters, worker starts/exits, timeouts, ...]
+//! [slot 0: SlotHead (64 B) | Line 0 | Line 1 | ...]   one slot per worker,
+//! [slot 1: ...]                                         one line per Python thread
+//! ```
+//!
+//! A line says whether its thread is busy, since when (CLOCK_MONOTONIC, the same in
+//! every process), with which request, and holds that thread's request counters. Only
+//! that thread writes its line, so counting a request is a few plain loads and stores
+//! (atomics for visibility, no read-modify-write, no lock). The master reads the lines
+//! for `--timeout`, `--slow-log` and recycling; the stats endpoint reads everything.
+//!
+//! Counters never go backwards: when the master reaps a worker it adds the slot's
+//! counters to `Global::folded` and frees the slot in one step that readers see whole
+//! (a seqlock: the master is its only writer). Totals = folded + every slot in use.
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::codec::Protocol;
+use crate::stats::{
+    self, Cause, Current, Events, Totals, WorkerState, DURATION_SLOTS, PROTOCOLS, STATUS_CLASSES,
+};
 
 /// Longest request description kept (method + path), in bytes.
 const DESC: usize = 120;
@@ -15,27 +34,151 @@ const DESC_WORDS: usize = DESC / 8;
 pub const FREE: u32 = 0;
 pub const STARTING: u32 = 1;
 pub const SERVING: u32 = 2;
-/// The worker decided to recycle itself (max requests or RSS): replace it now.
+/// On its way out: the worker decided to recycle itself (max requests or RSS; the
+/// master replaces it now), or the master asked it to drain.
 pub const RETIRING: u32 = 3;
 
+/// A thread's request counters. `#[repr(C)]` and nothing but `AtomicU64`, so the
+/// master can fold and clear them as one array ([`Counters::cells`]).
+#[repr(C)]
+struct Counters {
+    requests: [[AtomicU64; STATUS_CLASSES.len()]; PROTOCOLS.len()],
+    duration: [AtomicU64; DURATION_SLOTS],
+    duration_ns: AtomicU64,
+    bytes: AtomicU64,
+    app_errors: [AtomicU64; 2],
+    cut: [AtomicU64; 2],
+}
+
+/// Adds `n` to a counter only this thread (or, for `Global`, only the master) writes:
+/// a load and a store, no locked instruction.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl Counters {
+    fn cells(&self) -> &[AtomicU64] {
+        // SAFETY: `Counters` is #[repr(C)] and made only of AtomicU64 (arrays), so it
+        // is exactly `size_of / 8` AtomicU64s in a row, suitably aligned.
+        unsafe {
+            std::slice::from_raw_parts(
+                (self as *const Counters).cast::<AtomicU64>(),
+                std::mem::size_of::<Counters>() / 8,
+            )
+        }
+    }
+
+    /// Counts one finished request (called by the thread that owns the line).
+    fn record(&self, protocol: Protocol, served: Option<&crate::wsgi::Served>) {
+        let p = stats::protocol_index(protocol);
+        let Some(s) = served else {
+            // Serving it panicked: no status, connection aborted.
+            bump(&self.requests[p][0], 1);
+            bump(&self.cut[0], 1);
+            return;
+        };
+        use crate::wsgi::End;
+        let (code, cut) = match s.end {
+            End::Complete(c) => (c, None),
+            End::Incomplete(c) => (c, Some(0)),
+            End::ClientGone(c) => (c, Some(1)),
+        };
+        bump(&self.requests[p][stats::status_class(code)], 1);
+        let ns = u64::try_from(s.sent.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        bump(&self.duration[stats::duration_slot(ns)], 1);
+        bump(&self.duration_ns, ns);
+        bump(&self.bytes, s.sent.bytes);
+        if let Some(e) = s.app_error {
+            bump(&self.app_errors[e as usize], 1);
+        }
+        if let Some(i) = cut {
+            bump(&self.cut[i], 1);
+        }
+    }
+
+    fn add_to(&self, t: &mut Totals) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (row, src) in t.requests.iter_mut().zip(&self.requests) {
+            for (v, c) in row.iter_mut().zip(src) {
+                *v += get(c);
+            }
+        }
+        for (v, c) in t.duration.iter_mut().zip(&self.duration) {
+            *v += get(c);
+        }
+        t.duration_ns += get(&self.duration_ns);
+        t.bytes += get(&self.bytes);
+        for (v, c) in t.app_errors.iter_mut().zip(&self.app_errors) {
+            *v += get(c);
+        }
+        for (v, c) in t.cut.iter_mut().zip(&self.cut) {
+            *v += get(c);
+        }
+    }
+}
+
+/// What the master keeps for the whole server.
+#[repr(C)]
+struct Global {
+    /// Seqlock: odd while the master folds or resets a slot; readers retry.
+    seq: AtomicU64,
+    /// Slots `[0, high_water)` may be in use (they are taken lowest first).
+    high_water: AtomicU64,
+    /// 1: count requests (`--stats` is on).
+    metrics: AtomicU64,
+    /// Counts of the workers that have exited.
+    folded: Counters,
+    starts: [AtomicU64; Cause::COUNT],
+    exits: [AtomicU64; Cause::COUNT],
+    timeouts: AtomicU64,
+    slow: AtomicU64,
+    /// Written by workers (a locked add; rare: only when everything is busy).
+    saturated: AtomicU64,
+    /// Dropped log lines of the workers that have exited.
+    log_dropped: AtomicU64,
+}
+
+/// One worker's slot header. 64 bytes, so the lines after it start on a cache line.
+#[repr(C)]
+pub struct SlotHead {
+    pub pid: AtomicI32,
+    pub state: AtomicU32,
+    /// Requests this worker has served (`--max-requests`).
+    pub requests: AtomicU64,
+    pub rss_kib: AtomicU64,
+    generation: AtomicU64,
+    /// Unix time in milliseconds the master started this worker.
+    started_ms: AtomicU64,
+    /// Python threads running a request (with `--stats`).
+    busy: AtomicU32,
+    /// Why the worker retires itself ([`Cause::index`]), written before `state`.
+    retire_cause: AtomicU32,
+    /// The worker's count of dropped log lines, as of its last request.
+    log_dropped: AtomicU64,
+    _pad: AtomicU64,
+}
+
+/// One Python thread.
 #[repr(C)]
 pub struct Line {
     /// CLOCK_MONOTONIC nanoseconds when the current request started; 0 = idle.
     pub since: AtomicU64,
     desc_len: AtomicU32,
-    _pad: AtomicU32,
+    /// [`stats::protocol_index`] of the current request.
+    protocol: AtomicU32,
     desc: [AtomicU64; DESC_WORDS],
+    counters: Counters,
 }
 
-#[repr(C)]
-pub struct SlotHead {
-    pub pid: AtomicI32,
-    pub state: AtomicU32,
-    pub requests: AtomicU64,
-    pub rss_kib: AtomicU64,
-}
+const _: () = assert!(std::mem::size_of::<SlotHead>() == 64);
+const _: () = assert!(std::mem::size_of::<Line>() % 64 == 0);
+const _: () = assert!(std::mem::size_of::<Counters>() % 8 == 0);
 
-/// The shared mapping: `slots` slots of a head and `threads` lines each.
+/// Where the first slot starts: after `Global`, on a cache line.
+const SLOTS_AT: usize = std::mem::size_of::<Global>().div_ceil(64) * 64;
+
+/// The shared mapping: a global area, then `slots` slots of a head and `threads`
+/// lines each.
 pub struct Scoreboard {
     base: *mut u8,
     len: usize,
@@ -47,6 +190,14 @@ pub struct Scoreboard {
 unsafe impl Send for Scoreboard {}
 unsafe impl Sync for Scoreboard {}
 
+/// What [`Scoreboard::read`] returns: one consistent view of the counters and slots.
+pub struct Reading {
+    pub totals: Totals,
+    pub events: Events,
+    pub workers: Vec<stats::Worker>,
+    pub log_lines_dropped: u64,
+}
+
 impl Scoreboard {
     fn slot_size(threads: usize) -> usize {
         std::mem::size_of::<SlotHead>() + threads * std::mem::size_of::<Line>()
@@ -54,7 +205,7 @@ impl Scoreboard {
 
     /// Maps a zeroed shared region (before forking).
     pub fn new(slots: usize, threads: usize) -> std::io::Result<Scoreboard> {
-        let len = slots * Self::slot_size(threads);
+        let len = SLOTS_AT + slots * Self::slot_size(threads);
         // SAFETY: an anonymous shared mapping of `len` bytes; checked for failure.
         let base = unsafe {
             libc::mmap(
@@ -77,11 +228,33 @@ impl Scoreboard {
         })
     }
 
+    /// The scoreboard of a single process (no master) with `--stats`: one slot, this
+    /// process, serving.
+    pub fn standalone(threads: usize) -> std::io::Result<Scoreboard> {
+        let sb = Scoreboard::new(1, threads.max(1))?;
+        sb.reset(0, std::process::id() as i32, 0);
+        sb.mark_serving(0);
+        sb.set_metrics(true);
+        sb.count_start(Cause::Boot);
+        Ok(sb)
+    }
+
+    fn global(&self) -> &Global {
+        // SAFETY: the mapping starts with a `Global`; zeroed memory is a valid state
+        // for every atomic field; page-aligned.
+        unsafe { &*(self.base as *const Global) }
+    }
+
     pub fn head(&self, slot: usize) -> &SlotHead {
         assert!(slot < self.slots);
-        // SAFETY: in bounds; the region is zero-initialised, which is a valid state
-        // for every atomic field; alignment: slot sizes are multiples of 8.
-        unsafe { &*(self.base.add(slot * Self::slot_size(self.threads)) as *const SlotHead) }
+        // SAFETY: in bounds; zero-initialised, a valid state for every atomic field;
+        // aligned: SLOTS_AT and slot sizes are multiples of 64.
+        unsafe {
+            &*(self
+                .base
+                .add(SLOTS_AT + slot * Self::slot_size(self.threads))
+                .cast::<SlotHead>())
+        }
     }
 
     pub fn line(&self, slot: usize, thread: usize) -> &Line {
@@ -90,21 +263,243 @@ impl Scoreboard {
         unsafe {
             &*(self
                 .base
-                .add(slot * Self::slot_size(self.threads) + std::mem::size_of::<SlotHead>())
+                .add(
+                    SLOTS_AT
+                        + slot * Self::slot_size(self.threads)
+                        + std::mem::size_of::<SlotHead>(),
+                )
                 .cast::<Line>()
                 .add(thread))
         }
     }
 
-    /// Clears a slot for a new worker.
-    pub fn reset(&self, slot: usize, pid: i32) {
+    /// Runs `f` as one step readers of [`Scoreboard::read`] see whole (master only).
+    fn write_section(&self, f: impl FnOnce()) {
+        let g = self.global();
+        let s = g.seq.load(Ordering::Relaxed);
+        g.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        f();
+        g.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Clears a free slot for a new worker of `generation` (master, before the fork).
+    pub fn reset(&self, slot: usize, pid: i32, generation: u64) {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.write_section(|| {
+            let h = self.head(slot);
+            h.pid.store(pid, Ordering::SeqCst);
+            h.requests.store(0, Ordering::SeqCst);
+            h.rss_kib.store(0, Ordering::SeqCst);
+            h.generation.store(generation, Ordering::Relaxed);
+            h.started_ms.store(started, Ordering::Relaxed);
+            h.busy.store(0, Ordering::Relaxed);
+            h.retire_cause.store(0, Ordering::Relaxed);
+            h.log_dropped.store(0, Ordering::Relaxed);
+            for t in 0..self.threads {
+                let l = self.line(slot, t);
+                l.since.store(0, Ordering::SeqCst);
+                for c in l.counters.cells() {
+                    c.store(0, Ordering::Relaxed);
+                }
+            }
+            h.state.store(STARTING, Ordering::SeqCst);
+            let g = self.global();
+            if g.high_water.load(Ordering::Relaxed) <= slot as u64 {
+                g.high_water.store(slot as u64 + 1, Ordering::Release);
+            }
+        });
+    }
+
+    /// A reaped worker's slot: its counts join the totals and the slot is free again
+    /// (master only; the worker has exited, so its counters are final).
+    pub fn release(&self, slot: usize) {
+        let g = self.global();
+        self.write_section(|| {
+            for t in 0..self.threads {
+                let src = self.line(slot, t).counters.cells();
+                for (d, s) in g.folded.cells().iter().zip(src) {
+                    bump(d, s.load(Ordering::Relaxed));
+                }
+            }
+            let h = self.head(slot);
+            bump(&g.log_dropped, h.log_dropped.load(Ordering::Relaxed));
+            h.state.store(FREE, Ordering::SeqCst);
+            h.pid.store(0, Ordering::SeqCst);
+        });
+    }
+
+    /// The worker in `slot` serves (its ready byte arrived). A worker that already
+    /// retired itself stays retiring.
+    pub fn mark_serving(&self, slot: usize) {
+        let _ = self.head(slot).state.compare_exchange(
+            STARTING,
+            SERVING,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The master asked the worker in `slot` to drain.
+    pub fn mark_draining(&self, slot: usize) {
+        self.head(slot).state.store(RETIRING, Ordering::SeqCst);
+    }
+
+    /// The worker recycles itself for `cause` (called by the worker).
+    pub fn retire_self(&self, slot: usize, cause: Cause) {
         let h = self.head(slot);
-        h.pid.store(pid, Ordering::SeqCst);
-        h.state.store(STARTING, Ordering::SeqCst);
-        h.requests.store(0, Ordering::SeqCst);
-        h.rss_kib.store(0, Ordering::SeqCst);
-        for t in 0..self.threads {
-            self.line(slot, t).since.store(0, Ordering::SeqCst);
+        h.retire_cause
+            .store(cause.index() as u32, Ordering::Relaxed);
+        h.state.store(RETIRING, Ordering::SeqCst);
+    }
+
+    /// Why the worker in `slot` retired itself, if it did.
+    pub fn self_retired(&self, slot: usize) -> Option<Cause> {
+        let h = self.head(slot);
+        (h.state.load(Ordering::SeqCst) == RETIRING)
+            .then(|| Cause::from_index(u64::from(h.retire_cause.load(Ordering::Relaxed))))
+            .flatten()
+            .filter(|c| matches!(c, Cause::MaxRequests | Cause::MaxRss))
+    }
+
+    /// Turns per-request counting on (`--stats`); workers read it once at start.
+    pub fn set_metrics(&self, on: bool) {
+        self.global().metrics.store(u64::from(on), Ordering::SeqCst);
+    }
+
+    pub fn metrics(&self) -> bool {
+        self.global().metrics.load(Ordering::SeqCst) == 1
+    }
+
+    /// Master-side events (the master is the only writer of these).
+    pub fn count_start(&self, cause: Cause) {
+        bump(&self.global().starts[cause.index()], 1);
+    }
+
+    pub fn count_exit(&self, cause: Cause) {
+        bump(&self.global().exits[cause.index()], 1);
+    }
+
+    pub fn count_timeout(&self) {
+        bump(&self.global().timeouts, 1);
+    }
+
+    pub fn count_slow(&self) {
+        bump(&self.global().slow, 1);
+    }
+
+    /// Publishes the worker's count of dropped log lines (it only grows; threads may
+    /// race, so the largest wins).
+    pub fn publish_log_drops(&self, slot: usize, dropped: u64) {
+        let h = self.head(slot);
+        if dropped > h.log_dropped.load(Ordering::Relaxed) {
+            h.log_dropped.fetch_max(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// A Python thread of `slot` took a request (with `--stats`). Counts an "all
+    /// threads busy" event when that leaves no idle thread in any serving worker.
+    pub fn enter(&self, slot: usize) {
+        // SeqCst, so that of two threads taking the last two idle threads at once, at
+        // least one sees the other's (a locked add on x86 anyway; the loads stay plain).
+        let busy = self.head(slot).busy.fetch_add(1, Ordering::SeqCst) as usize + 1;
+        // Other workers are looked at only when this one is full, and the first one
+        // with an idle thread ends the look.
+        if busy >= self.threads && self.others_full(slot) {
+            self.global().saturated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A Python thread of `slot` finished its request (with `--stats`).
+    pub fn leave(&self, slot: usize) {
+        self.head(slot).busy.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn others_full(&self, slot: usize) -> bool {
+        let hw = self.high_water().min(self.slots);
+        (0..hw).filter(|&s| s != slot).all(|s| {
+            let h = self.head(s);
+            h.state.load(Ordering::Relaxed) != SERVING
+                || h.busy.load(Ordering::SeqCst) as usize >= self.threads
+        })
+    }
+
+    fn high_water(&self) -> usize {
+        self.global().high_water.load(Ordering::Acquire) as usize
+    }
+
+    /// Everything at one moment: totals (folded + live slots), events, workers. Retries
+    /// while the master is folding; gives its last attempt after a bounded wait.
+    pub fn read(&self) -> Reading {
+        let g = self.global();
+        let mut attempt = 0;
+        loop {
+            let s1 = g.seq.load(Ordering::Acquire);
+            let reading = self.read_once();
+            fence(Ordering::Acquire);
+            let s2 = g.seq.load(Ordering::Relaxed);
+            attempt += 1;
+            if (s1 == s2 && s1 % 2 == 0) || attempt >= 1000 {
+                return reading;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn read_once(&self) -> Reading {
+        let g = self.global();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut totals = Totals::default();
+        g.folded.add_to(&mut totals);
+        let mut events = Events {
+            timeouts: get(&g.timeouts),
+            slow: get(&g.slow),
+            saturated: get(&g.saturated),
+            ..Events::default()
+        };
+        for (v, c) in events.starts.iter_mut().zip(&g.starts) {
+            *v = get(c);
+        }
+        for (v, c) in events.exits.iter_mut().zip(&g.exits) {
+            *v = get(c);
+        }
+        let now = now_ns();
+        let mut log_lines_dropped = get(&g.log_dropped);
+        let mut workers = Vec::new();
+        for slot in 0..self.high_water().min(self.slots) {
+            let h = self.head(slot);
+            let state = match h.state.load(Ordering::Acquire) {
+                STARTING => WorkerState::Starting,
+                SERVING => WorkerState::Serving,
+                RETIRING => WorkerState::Draining,
+                _ => continue,
+            };
+            let mut threads = Vec::with_capacity(self.threads);
+            for t in 0..self.threads {
+                let line = self.line(slot, t);
+                line.counters.add_to(&mut totals);
+                threads.push(line.current(now));
+            }
+            log_lines_dropped += get(&h.log_dropped);
+            let rss = h.rss_kib.load(Ordering::Relaxed);
+            workers.push(stats::Worker {
+                pid: h.pid.load(Ordering::Relaxed),
+                generation: h.generation.load(Ordering::Relaxed),
+                state,
+                started_unix: h.started_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                requests: h.requests.load(Ordering::Relaxed),
+                rss_bytes: (rss > 0).then_some(rss * 1024),
+                threads,
+            });
+        }
+        Reading {
+            totals,
+            events,
+            workers,
+            log_lines_dropped,
         }
     }
 }
@@ -119,8 +514,9 @@ impl Drop for Scoreboard {
 }
 
 impl Line {
-    /// Marks the thread busy with the request described by `desc`.
-    pub fn begin(&self, desc: &[u8]) {
+    /// Marks the thread busy with the request described by `desc` (method, space,
+    /// path), which came in over `protocol`.
+    pub fn begin(&self, desc: &[u8], protocol: Protocol) {
         let n = desc.len().min(DESC);
         for (i, w) in self.desc.iter().enumerate() {
             let mut word = [0u8; 8];
@@ -132,7 +528,16 @@ impl Line {
             w.store(u64::from_ne_bytes(word), Ordering::Relaxed);
         }
         self.desc_len.store(n as u32, Ordering::Relaxed);
+        self.protocol
+            .store(stats::protocol_index(protocol) as u32, Ordering::Relaxed);
         self.since.store(now_ns().max(1), Ordering::Release);
+    }
+
+    /// Counts the request this thread just finished (with `--stats`).
+    pub fn count(&self, served: Option<&crate::wsgi::Served>) {
+        let p = self.protocol.load(Ordering::Relaxed) as usize;
+        let protocol = PROTOCOLS.get(p).copied().unwrap_or_default();
+        self.counters.record(protocol, served);
     }
 
     pub fn end(&self) {
@@ -149,6 +554,24 @@ impl Line {
         bytes.truncate(n);
         String::from_utf8_lossy(&bytes).into_owned()
     }
+
+    /// The running request, or `None` when idle (best effort: a torn read can at worst
+    /// misname the request).
+    fn current(&self, now: u64) -> Option<Current> {
+        let since = self.since.load(Ordering::Acquire);
+        if since == 0 {
+            return None;
+        }
+        let desc = self.desc();
+        let (method, path) = desc.split_once(' ').unwrap_or((desc.as_str(), ""));
+        let p = self.protocol.load(Ordering::Relaxed) as usize;
+        Some(Current {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            protocol: PROTOCOLS.get(p).copied().unwrap_or_default(),
+            age: Duration::from_nanos(now.saturating_sub(since)),
+        })
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (shared by all processes of the machine).
@@ -160,21 +583,111 @@ pub fn now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wsgi::{AppError, End, Sent, Served};
+    use std::time::Instant;
+
+    fn served(end: End, bytes: u64) -> Served {
+        Served {
+            end,
+            sent: Sent {
+                bytes,
+                started: Instant::now(),
+            },
+            app_error: None,
+        }
+    }
 
     #[test]
     fn lines_record_requests() {
         let sb = Scoreboard::new(2, 3).unwrap();
-        sb.reset(1, 42);
+        sb.reset(1, 42, 0);
         let l = sb.line(1, 2);
         assert_eq!(l.since.load(Ordering::SeqCst), 0);
-        l.begin(b"GET /a/very/long/path?with=query");
+        l.begin(b"GET /a/very/long/path?with=query", Protocol::FastCgi);
         assert!(l.since.load(Ordering::SeqCst) > 0);
         assert_eq!(l.desc(), "GET /a/very/long/path?with=query");
+        let w = &sb.read().workers[0]; // slot 0 is free
+        let cur = w.threads[2].as_ref().unwrap();
+        assert_eq!(
+            (cur.method.as_str(), cur.path.as_str(), cur.protocol),
+            ("GET", "/a/very/long/path?with=query", Protocol::FastCgi)
+        );
         l.end();
         assert_eq!(l.since.load(Ordering::SeqCst), 0);
         assert_eq!(sb.head(1).pid.load(Ordering::SeqCst), 42);
         let long = vec![b'x'; 500];
-        l.begin(&long);
+        l.begin(&long, Protocol::Uwsgi);
         assert_eq!(l.desc().len(), DESC);
+    }
+
+    #[test]
+    fn counts_survive_a_released_slot() {
+        let sb = Scoreboard::new(4, 2).unwrap();
+        sb.reset(0, 10, 0);
+        sb.reset(1, 11, 0);
+        for (slot, t, code) in [(0, 0, 200), (0, 1, 404), (1, 0, 200), (1, 1, 503)] {
+            let l = sb.line(slot, t);
+            l.begin(b"GET /", Protocol::Uwsgi);
+            l.count(Some(&served(End::Complete(code), 100)));
+            l.end();
+        }
+        let mut failed = served(End::Incomplete(200), 10);
+        failed.app_error = Some(AppError::Exception);
+        sb.line(1, 0).count(Some(&failed));
+        let before = sb.read().totals;
+        assert_eq!(before.requests[0][2], 3);
+        assert_eq!(before.requests[0][4], 1);
+        assert_eq!(before.requests[0][5], 1);
+        assert_eq!(before.bytes, 410);
+        assert_eq!(before.app_errors, [1, 0]);
+        assert_eq!(before.cut, [1, 0]);
+        assert_eq!(before.duration.iter().sum::<u64>(), 5);
+        // Worker 1 exits and its slot is reused: nothing is lost or counted twice.
+        sb.release(1);
+        assert_eq!(sb.read().totals, before);
+        assert_eq!(sb.read().workers.len(), 1);
+        sb.reset(1, 12, 1);
+        assert_eq!(sb.read().totals, before);
+        sb.line(1, 1).count(None);
+        let after = sb.read().totals;
+        assert_eq!(after.requests[0][0], 1);
+        assert_eq!(after.requests(), before.requests() + 1);
+        let w = sb.read().workers;
+        assert_eq!((w[1].pid, w[1].generation), (12, 1));
+    }
+
+    #[test]
+    fn all_busy_only_when_every_serving_thread_is() {
+        let sb = Scoreboard::new(3, 2).unwrap();
+        sb.reset(0, 10, 0);
+        sb.reset(1, 11, 0);
+        sb.mark_serving(0);
+        sb.mark_serving(1);
+        let saturated = || sb.read().events.saturated;
+        sb.enter(0);
+        sb.enter(0); // worker 0 full, worker 1 idle
+        assert_eq!(saturated(), 0);
+        sb.enter(1);
+        sb.enter(1); // the last idle thread
+        assert_eq!(saturated(), 1);
+        sb.leave(1);
+        sb.enter(1);
+        assert_eq!(saturated(), 2);
+        // A starting worker's threads are not capacity yet.
+        sb.reset(2, 12, 1);
+        sb.leave(0);
+        sb.enter(0);
+        assert_eq!(saturated(), 3);
+    }
+
+    #[test]
+    fn self_retirement_keeps_its_cause() {
+        let sb = Scoreboard::new(1, 1).unwrap();
+        sb.reset(0, 10, 0);
+        assert_eq!(sb.self_retired(0), None);
+        sb.retire_self(0, Cause::MaxRss);
+        sb.mark_serving(0); // a late ready byte does not undo it
+        assert_eq!(sb.self_retired(0), Some(Cause::MaxRss));
+        assert_eq!(sb.read().workers[0].state, WorkerState::Draining);
     }
 }

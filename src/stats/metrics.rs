@@ -1,0 +1,370 @@
+//! `/metrics`: a [`Snapshot`] in the Prometheus text format (0.0.4), encoded by
+//! prometheus-client. The values live in the shared scoreboard, not in
+//! prometheus-client's own metric types, so each scrape encodes a snapshot through a
+//! [`Collector`] with constant metrics. Names follow Prometheus conventions: the
+//! `postern_` prefix, base units in the name (`_seconds`, `_bytes`), `_total` on
+//! counters.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{Cause, Snapshot, WorkerState, DURATION_BUCKETS, PROTOCOLS, STATUS_CLASSES};
+
+/// The `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The snapshot as Prometheus text.
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("postern");
+    registry.register_collector(Box::new(Metrics(Arc::new(snapshot.clone()))));
+    let mut out = String::with_capacity(8192);
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+        .expect("writing to a String does not fail");
+    out
+}
+
+#[derive(Debug)]
+struct Metrics(Arc<Snapshot>);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: its descriptor, then one sample per label set.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let samples: Vec<(Labels, M)> = samples.into_iter().collect();
+    let Some((_, first)) = samples.first() else {
+        // Nothing to report (no listener the kernel describes, no worker yet).
+        return Ok(());
+    };
+    let mut m = enc.encode_descriptor(name, help, unit, first.metric_type())?;
+    match samples.as_slice() {
+        [(labels, metric)] if labels.is_empty() => metric.encode(m),
+        _ => {
+            for (labels, metric) in &samples {
+                metric.encode(m.encode_family(labels)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+fn gauge(v: usize) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A histogram from counts already bucketed (not cumulative).
+struct Histogram<'a> {
+    buckets: &'a [u64],
+    sum: f64,
+}
+
+impl EncodeMetric for Histogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let count = self.buckets.iter().sum();
+        let bounds: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.buckets.iter().copied())
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum, count, &bounds, None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &*self.0;
+        let t = &s.totals;
+        let none = Labels::new;
+
+        let mut requests = Vec::new();
+        for (p, row) in PROTOCOLS.iter().zip(&t.requests) {
+            for (class, n) in STATUS_CLASSES.iter().zip(row) {
+                requests.push((
+                    vec![
+                        ("protocol", p.name().to_owned()),
+                        ("status", class.to_string()),
+                    ],
+                    counter(*n),
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "requests",
+            "Requests answered by the Python threads, by protocol and status class (none: ended before a status was chosen).",
+            None,
+            requests,
+        )?;
+        family(
+            &mut enc,
+            "request_duration",
+            "Time from accepting a request (or reading its first byte) to the end of its response.",
+            Some(&Unit::Seconds),
+            [(
+                none(),
+                Histogram {
+                    buckets: &t.duration,
+                    sum: t.duration_ns as f64 / 1e9,
+                },
+            )],
+        )?;
+        family(
+            &mut enc,
+            "response",
+            "Response bytes sent to the front server (head and body).",
+            Some(&Unit::Bytes),
+            [(none(), counter(t.bytes))],
+        )?;
+        family(
+            &mut enc,
+            "requests_in_flight",
+            "Requests being run by Python threads now (draining workers included).",
+            None,
+            [(none(), gauge(s.in_flight()))],
+        )?;
+        let (busy, idle) = s.threads();
+        family(
+            &mut enc,
+            "python_threads",
+            "Python threads of the serving workers, busy with a request or idle.",
+            None,
+            [
+                (vec![("state", "busy".to_owned())], gauge(busy)),
+                (vec![("state", "idle".to_owned())], gauge(idle)),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "all_threads_busy",
+            "Times a request took the last idle Python thread of the serving workers; the next connections wait in the listen queue (PHP-FPM's max children reached).",
+            None,
+            [(none(), counter(s.events.saturated))],
+        )?;
+        let queued = s.listeners.iter().filter_map(|l| {
+            l.queued.map(|q| {
+                (
+                    vec![
+                        ("listener", l.addr.clone()),
+                        ("protocol", l.protocol.name().to_owned()),
+                    ],
+                    ConstGauge::new(i64::from(q)),
+                )
+            })
+        });
+        family(
+            &mut enc,
+            "listen_queue_length",
+            "Connections waiting in a listener's accept queue.",
+            None,
+            queued,
+        )?;
+        let backlog = s.listeners.iter().filter_map(|l| {
+            l.backlog.map(|b| {
+                (
+                    vec![
+                        ("listener", l.addr.clone()),
+                        ("protocol", l.protocol.name().to_owned()),
+                    ],
+                    ConstGauge::new(i64::from(b)),
+                )
+            })
+        });
+        family(
+            &mut enc,
+            "listen_backlog",
+            "The most connections a listener's accept queue holds (--listen-backlog, capped by net.core.somaxconn).",
+            None,
+            backlog,
+        )?;
+        let by_cause = |counts: &[u64], keep: fn(Cause) -> bool| {
+            Cause::ALL
+                .iter()
+                .filter(move |c| keep(**c))
+                .map(|c| {
+                    (
+                        vec![("cause", c.label().to_owned())],
+                        counter(counts[c.index()]),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut enc,
+            "worker_starts",
+            "Workers started, by cause (a replacement has the cause of the exit it replaces).",
+            None,
+            by_cause(&s.events.starts, Cause::starts),
+        )?;
+        family(
+            &mut enc,
+            "worker_exits",
+            "Workers that exited, by cause.",
+            None,
+            by_cause(&s.events.exits, Cause::exits),
+        )?;
+        family(
+            &mut enc,
+            "request_timeouts",
+            "Requests that ran past --timeout (their worker was killed and replaced).",
+            None,
+            [(none(), counter(s.events.timeouts))],
+        )?;
+        family(
+            &mut enc,
+            "slow_requests",
+            "Requests that ran past --slow-log (their worker's Python stacks were logged).",
+            None,
+            [(none(), counter(s.events.slow))],
+        )?;
+        family(
+            &mut enc,
+            "app_errors",
+            "Requests the app failed: it raised (exception) or broke the WSGI contract (wsgi_contract).",
+            None,
+            [
+                (vec![("kind", "exception".to_owned())], counter(t.app_errors[0])),
+                (vec![("kind", "wsgi_contract".to_owned())], counter(t.app_errors[1])),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "responses_cut",
+            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length) or client_gone (the front server went away).",
+            None,
+            [
+                (vec![("reason", "aborted".to_owned())], counter(t.cut[0])),
+                (vec![("reason", "client_gone".to_owned())], counter(t.cut[1])),
+            ],
+        )?;
+        let states = [
+            WorkerState::Starting,
+            WorkerState::Serving,
+            WorkerState::Draining,
+        ];
+        family(
+            &mut enc,
+            "workers",
+            "Worker processes, by state.",
+            None,
+            states.iter().map(|st| {
+                let n = s.workers.iter().filter(|w| w.state == *st).count();
+                (vec![("state", st.label().to_owned())], gauge(n))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "worker_requests",
+            "Requests served by each running worker.",
+            None,
+            s.workers
+                .iter()
+                .map(|w| (vec![("pid", w.pid.to_string())], counter(w.requests))),
+        )?;
+        family(
+            &mut enc,
+            "worker_rss",
+            "Resident memory of each running worker.",
+            Some(&Unit::Bytes),
+            s.workers.iter().filter_map(|w| {
+                w.rss_bytes.map(|b| {
+                    (
+                        vec![("pid", w.pid.to_string())],
+                        ConstGauge::new(i64::try_from(b).unwrap_or(i64::MAX)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up.",
+            None,
+            [(none(), counter(s.log_lines_dropped))],
+        )?;
+        family(
+            &mut enc,
+            "start_time",
+            "When the master (or the single process) started, as a Unix time.",
+            Some(&Unit::Seconds),
+            [(none(), ConstGauge::new(s.started_unix))],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_text() {
+        let text = encode(&crate::stats::tests::sample());
+        for line in [
+            "# TYPE postern_requests_total counter",
+            r#"postern_requests_total{protocol="uwsgi",status="2xx"} 7"#,
+            r#"postern_requests_total{protocol="uwsgi",status="4xx"} 2"#,
+            r#"postern_requests_total{protocol="fastcgi",status="5xx"} 1"#,
+            r#"postern_requests_total{protocol="scgi",status="none"} 0"#,
+            "# TYPE postern_request_duration_seconds histogram",
+            r#"postern_request_duration_seconds_bucket{le="0.001"} 8"#,
+            r#"postern_request_duration_seconds_bucket{le="0.5"} 8"#,
+            r#"postern_request_duration_seconds_bucket{le="1"} 10"#,
+            r#"postern_request_duration_seconds_bucket{le="+Inf"} 10"#,
+            "postern_request_duration_seconds_sum 1.5",
+            "postern_request_duration_seconds_count 10",
+            "postern_response_bytes_total 4096",
+            "postern_requests_in_flight 1",
+            r#"postern_python_threads{state="busy"} 1"#,
+            r#"postern_python_threads{state="idle"} 1"#,
+            "postern_all_threads_busy_total 3",
+            r#"postern_listen_queue_length{listener="unix:/run/postern.sock",protocol="uwsgi"} 0"#,
+            r#"postern_listen_backlog{listener="unix:/run/postern.sock",protocol="uwsgi"} 128"#,
+            r#"postern_worker_starts_total{cause="boot"} 2"#,
+            r#"postern_worker_starts_total{cause="crash"} 1"#,
+            r#"postern_worker_exits_total{cause="crash"} 1"#,
+            r#"postern_worker_exits_total{cause="max-rss"} 0"#,
+            "postern_request_timeouts_total 0",
+            "postern_slow_requests_total 0",
+            r#"postern_app_errors_total{kind="exception"} 1"#,
+            r#"postern_responses_cut_total{reason="client_gone"} 0"#,
+            r#"postern_workers{state="serving"} 1"#,
+            r#"postern_workers{state="starting"} 1"#,
+            r#"postern_worker_requests_total{pid="101"} 6"#,
+            r#"postern_worker_rss_bytes{pid="101"} 20971520"#,
+            "postern_log_lines_dropped_total 0",
+            "postern_start_time_seconds 1700000000.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // Exits never say "boot", starts never say "stop".
+        assert!(!text.contains(r#"worker_exits_total{cause="boot"}"#));
+        assert!(!text.contains(r#"worker_starts_total{cause="stop"}"#));
+        // The starting worker has no RSS yet: no sample rather than a zero.
+        assert!(!text.contains(r#"worker_rss_bytes{pid="102"}"#));
+    }
+}

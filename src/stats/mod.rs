@@ -1,0 +1,422 @@
+//! `--stats ADDR`: the small HTTP endpoint operators scrape (`/metrics`, Prometheus
+//! text), read (`/status`, JSON or a text table) and probe (`/ping`), and the
+//! `postern status` client. Everything it shows is a [`Snapshot`] that the supervisor
+//! builds from the shared scoreboard; nothing here runs on a Python thread or on a
+//! request's path. Imports nothing from `wsgi` or `supervisor`.
+//!
+//! - [`metrics`]: Snapshot → Prometheus text format (prometheus-client). Pure.
+//! - [`status`]: Snapshot → `/status` JSON and its plain-text table. Pure.
+//! - [`server`]: binding `--stats` and serving it with hyper.
+//! - [`client`]: `postern status ADDR [--watch]`.
+//! - [`queue`]: the listen-queue depth of a listening socket (TCP_INFO, sock_diag).
+
+pub mod client;
+pub mod metrics;
+pub mod queue;
+pub mod server;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::Protocol;
+
+/// Errors of the stats endpoint and its client.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("--stats {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: crate::server::ServerError,
+    },
+    #[error("cannot start the stats endpoint's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0:?}: expected HOST:PORT or unix:PATH (the --stats address of a running postern)")]
+    Address(String),
+    #[error("cannot connect to {addr}: {source} (is postern running with --stats {addr}?)")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{addr}: {reason}")]
+    Http { addr: String, reason: String },
+}
+
+/// The protocols, in the order the counters are laid out.
+pub const PROTOCOLS: [Protocol; 3] = [Protocol::Uwsgi, Protocol::FastCgi, Protocol::Scgi];
+
+/// Where `p`'s counters are in [`Totals::requests`].
+pub fn protocol_index(p: Protocol) -> usize {
+    match p {
+        Protocol::Uwsgi => 0,
+        Protocol::FastCgi => 1,
+        Protocol::Scgi => 2,
+    }
+}
+
+/// Status classes: "none" is a request that ended before any status was chosen (the
+/// client went away first, or an internal error).
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Where a status code is counted in [`STATUS_CLASSES`].
+pub fn status_class(code: u16) -> usize {
+    match code {
+        100..=599 => usize::from(code / 100),
+        _ => 0,
+    }
+}
+
+/// Upper bounds of the request-duration histogram, in seconds: from a fast cached page
+/// (1 ms) to the usual proxy timeouts (30-60 s).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// The same bounds in nanoseconds (what the request path compares against).
+const DURATION_BUCKETS_NS: [u64; 14] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
+/// Histogram slots: one per bound, plus one for longer requests (`+Inf`).
+pub const DURATION_SLOTS: usize = DURATION_BUCKETS.len() + 1;
+
+/// The histogram slot of a request that took `ns` nanoseconds (bounds are inclusive,
+/// as Prometheus' `le` says).
+pub fn duration_slot(ns: u64) -> usize {
+    DURATION_BUCKETS_NS
+        .iter()
+        .position(|&b| ns <= b)
+        .unwrap_or(DURATION_BUCKETS.len())
+}
+
+/// Why a worker started or exited (`postern_worker_starts_total{cause}` and
+/// `postern_worker_exits_total{cause}`). A replacement starts with the cause of the
+/// exit it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The first workers (starts only).
+    Boot,
+    /// A new generation (SIGHUP, --touch-reload); exits: the old generation.
+    Reload,
+    /// SIGTTIN / SIGTTOU.
+    Scale,
+    /// Died unexpectedly after it served.
+    Crash,
+    /// Died before it was ready.
+    BootFailure,
+    /// Killed for `--timeout`.
+    Timeout,
+    MaxRequests,
+    MaxRss,
+    MaxLifetime,
+    /// The master stopped (exits only).
+    Stop,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 10] = [
+        Cause::Boot,
+        Cause::Reload,
+        Cause::Scale,
+        Cause::Crash,
+        Cause::BootFailure,
+        Cause::Timeout,
+        Cause::MaxRequests,
+        Cause::MaxRss,
+        Cause::MaxLifetime,
+        Cause::Stop,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Boot => "boot",
+            Cause::Reload => "reload",
+            Cause::Scale => "scale",
+            Cause::Crash => "crash",
+            Cause::BootFailure => "boot-failure",
+            Cause::Timeout => "timeout",
+            Cause::MaxRequests => "max-requests",
+            Cause::MaxRss => "max-rss",
+            Cause::MaxLifetime => "max-lifetime",
+            Cause::Stop => "stop",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+
+    pub fn from_index(i: u64) -> Option<Cause> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// A worker can start for this reason.
+    pub fn starts(self) -> bool {
+        self != Cause::Stop
+    }
+
+    /// A worker can exit for this reason.
+    pub fn exits(self) -> bool {
+        self != Cause::Boot
+    }
+}
+
+/// Request counters, summed over every worker that ever ran (exact: each Python thread
+/// counts its own requests in the scoreboard, and an exited worker's counts are folded
+/// into the master's totals).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// `[protocol][status class]`, see [`PROTOCOLS`] and [`STATUS_CLASSES`].
+    pub requests: [[u64; STATUS_CLASSES.len()]; PROTOCOLS.len()],
+    /// Requests per duration slot (not cumulative), see [`DURATION_BUCKETS`].
+    pub duration: [u64; DURATION_SLOTS],
+    pub duration_ns: u64,
+    /// Response bytes sent (head and body).
+    pub bytes: u64,
+    /// `[exception, WSGI contract broken]`.
+    pub app_errors: [u64; 2],
+    /// Responses cut short: `[incomplete (connection aborted), client went away]`.
+    pub cut: [u64; 2],
+}
+
+impl Totals {
+    /// Every request counted.
+    pub fn requests(&self) -> u64 {
+        self.requests.iter().flatten().sum()
+    }
+}
+
+/// Events the master counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Worker starts, by [`Cause::index`].
+    pub starts: [u64; Cause::COUNT],
+    /// Worker exits, by [`Cause::index`].
+    pub exits: [u64; Cause::COUNT],
+    /// Requests that passed `--timeout` (their worker was killed).
+    pub timeouts: u64,
+    /// Requests that passed `--slow-log` (stacks dumped).
+    pub slow: u64,
+    /// Times a request took the last idle Python thread of the serving workers.
+    pub saturated: u64,
+}
+
+/// A worker's state as `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Importing the app; not accepting yet.
+    Starting,
+    Serving,
+    /// Finishing its requests before it exits (reload, recycling, stop).
+    Draining,
+}
+
+impl WorkerState {
+    pub fn label(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Serving => "serving",
+            WorkerState::Draining => "draining",
+        }
+    }
+}
+
+/// A request a Python thread is running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    pub method: String,
+    /// REQUEST_URI (or PATH_INFO), cut to the scoreboard's 120 bytes with the method.
+    pub path: String,
+    pub protocol: Protocol,
+    pub age: Duration,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worker {
+    pub pid: i32,
+    pub generation: u64,
+    pub state: WorkerState,
+    /// Unix time, seconds.
+    pub started_unix: f64,
+    pub requests: u64,
+    pub rss_bytes: Option<u64>,
+    /// One entry per Python thread: its current request, or `None` when idle.
+    pub threads: Vec<Option<Current>>,
+}
+
+impl Worker {
+    pub fn busy(&self) -> usize {
+        self.threads.iter().filter(|t| t.is_some()).count()
+    }
+}
+
+/// A listener and its accept queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub addr: String,
+    pub protocol: Protocol,
+    /// Connections waiting to be accepted, when the kernel tells.
+    pub queued: Option<u32>,
+    /// The queue's limit (the listen backlog).
+    pub backlog: Option<u32>,
+}
+
+/// Everything the endpoint shows, read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The master's pid, or the single process's.
+    pub pid: u32,
+    /// There is a master (workers are forked).
+    pub master: bool,
+    pub uptime: Duration,
+    /// Unix time the master (or single process) started, seconds.
+    pub started_unix: f64,
+    /// A few `key = value` lines: app, workers, threads, timeouts.
+    pub config: Vec<(String, String)>,
+    pub totals: Totals,
+    pub events: Events,
+    pub workers: Vec<Worker>,
+    pub listeners: Vec<Listener>,
+    /// Log lines the non-blocking writer had to drop.
+    pub log_lines_dropped: u64,
+}
+
+impl Snapshot {
+    /// Workers that accept requests now.
+    pub fn serving(&self) -> impl Iterator<Item = &Worker> {
+        self.workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Serving)
+    }
+
+    /// Requests being run by Python threads, in every worker (draining ones too).
+    pub fn in_flight(&self) -> usize {
+        self.workers.iter().map(Worker::busy).sum()
+    }
+
+    /// (busy, idle) Python threads of the serving workers.
+    pub fn threads(&self) -> (usize, usize) {
+        self.serving().fold((0, 0), |(b, i), w| {
+            (b + w.busy(), i + w.threads.len() - w.busy())
+        })
+    }
+}
+
+/// Builds a snapshot on demand (called for each `/metrics`, `/status`, `/ping`).
+pub type Source = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A snapshot with two workers, one of them busy, for the renderers' tests.
+    pub fn sample() -> Snapshot {
+        let mut totals = Totals::default();
+        totals.requests[0][2] = 7;
+        totals.requests[0][4] = 2;
+        totals.requests[1][5] = 1;
+        totals.duration[0] = 8;
+        totals.duration[9] = 2;
+        totals.duration_ns = 1_500_000_000;
+        totals.bytes = 4096;
+        totals.app_errors = [1, 0];
+        let mut events = Events::default();
+        events.starts[Cause::Boot.index()] = 2;
+        events.starts[Cause::Crash.index()] = 1;
+        events.exits[Cause::Crash.index()] = 1;
+        events.saturated = 3;
+        Snapshot {
+            pid: 100,
+            master: true,
+            uptime: Duration::from_secs(3725),
+            started_unix: 1_700_000_000.0,
+            config: vec![
+                ("app".into(), "testapp.py".into()),
+                ("workers".into(), "2".into()),
+            ],
+            totals,
+            events,
+            workers: vec![
+                Worker {
+                    pid: 101,
+                    generation: 0,
+                    state: WorkerState::Serving,
+                    started_unix: 1_700_000_001.0,
+                    requests: 6,
+                    rss_bytes: Some(20 << 20),
+                    threads: vec![
+                        Some(Current {
+                            method: "GET".into(),
+                            path: "/sleep?s=3".into(),
+                            protocol: Protocol::Uwsgi,
+                            age: Duration::from_millis(2500),
+                        }),
+                        None,
+                    ],
+                },
+                Worker {
+                    pid: 102,
+                    generation: 0,
+                    state: WorkerState::Starting,
+                    started_unix: 1_700_000_100.0,
+                    requests: 0,
+                    rss_bytes: None,
+                    threads: vec![None, None],
+                },
+            ],
+            listeners: vec![Listener {
+                addr: "unix:/run/postern.sock".into(),
+                protocol: Protocol::Uwsgi,
+                queued: Some(0),
+                backlog: Some(128),
+            }],
+            log_lines_dropped: 0,
+        }
+    }
+
+    #[test]
+    fn classes_and_slots() {
+        assert_eq!(STATUS_CLASSES[status_class(200)], "2xx");
+        assert_eq!(STATUS_CLASSES[status_class(599)], "5xx");
+        assert_eq!(STATUS_CLASSES[status_class(0)], "none");
+        assert_eq!(STATUS_CLASSES[status_class(600)], "none");
+        assert_eq!(duration_slot(0), 0);
+        assert_eq!(duration_slot(1_000_000), 0); // le=0.001 is inclusive
+        assert_eq!(duration_slot(1_000_001), 1);
+        assert_eq!(duration_slot(u64::MAX), DURATION_BUCKETS.len());
+        for (s, ns) in DURATION_BUCKETS.iter().zip(DURATION_BUCKETS_NS) {
+            assert_eq!((s * 1e9).round() as u64, ns);
+        }
+    }
+
+    #[test]
+    fn causes_round_trip() {
+        for c in Cause::ALL {
+            assert_eq!(Cause::from_index(c.index() as u64), Some(c));
+        }
+        assert_eq!(Cause::from_index(99), None);
+    }
+
+    #[test]
+    fn derived_counts() {
+        let s = sample();
+        assert_eq!(s.in_flight(), 1);
+        assert_eq!(s.threads(), (1, 1)); // the starting worker does not count
+        assert_eq!(s.totals.requests(), 10);
+    }
+}

@@ -1,0 +1,330 @@
+//! `/status`: a [`Snapshot`] as JSON, or as a plain-text table (`?format=text`, what
+//! `postern status` prints): the master, the listeners, then one line per Python thread
+//! of each worker with the request it runs (PHP-FPM's `status?full`, uwsgitop).
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{Cause, Snapshot};
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    pid: u32,
+    master: bool,
+    uptime_seconds: f64,
+    started: String,
+    started_unix: f64,
+    config: serde_json::Map<String, serde_json::Value>,
+    requests: u64,
+    requests_in_flight: usize,
+    threads_busy: usize,
+    threads_idle: usize,
+    all_threads_busy: u64,
+    worker_starts: serde_json::Map<String, serde_json::Value>,
+    worker_exits: serde_json::Map<String, serde_json::Value>,
+    listeners: Vec<Listener<'a>>,
+    workers: Vec<Worker>,
+}
+
+#[derive(Serialize)]
+struct Listener<'a> {
+    address: &'a str,
+    protocol: &'static str,
+    queued: Option<u32>,
+    backlog: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Worker {
+    pid: i32,
+    generation: u64,
+    state: &'static str,
+    started: String,
+    started_unix: f64,
+    requests: u64,
+    rss_bytes: Option<u64>,
+    threads: Vec<Thread>,
+}
+
+#[derive(Serialize)]
+struct Thread {
+    thread: usize,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_seconds: Option<f64>,
+}
+
+/// A Unix time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn date(unix: f64) -> String {
+    // httpdate cannot format years past 9999.
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs_f64(unix.clamp(0.0, 1e11)))
+}
+
+fn by_cause(counts: &[u64]) -> serde_json::Map<String, serde_json::Value> {
+    Cause::ALL
+        .iter()
+        .filter(|c| counts[c.index()] > 0)
+        .map(|c| (c.label().to_owned(), counts[c.index()].into()))
+        .collect()
+}
+
+/// `/status` as pretty-printed JSON.
+pub fn json(s: &Snapshot) -> String {
+    let (busy, idle) = s.threads();
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: s.pid,
+        master: s.master,
+        uptime_seconds: round3(s.uptime.as_secs_f64()),
+        started: date(s.started_unix),
+        started_unix: round3(s.started_unix),
+        config: s
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect(),
+        requests: s.totals.requests(),
+        requests_in_flight: s.in_flight(),
+        threads_busy: busy,
+        threads_idle: idle,
+        all_threads_busy: s.events.saturated,
+        worker_starts: by_cause(&s.events.starts),
+        worker_exits: by_cause(&s.events.exits),
+        listeners: s
+            .listeners
+            .iter()
+            .map(|l| Listener {
+                address: &l.addr,
+                protocol: l.protocol.name(),
+                queued: l.queued,
+                backlog: l.backlog,
+            })
+            .collect(),
+        workers: s
+            .workers
+            .iter()
+            .map(|w| Worker {
+                pid: w.pid,
+                generation: w.generation,
+                state: w.state.label(),
+                started: date(w.started_unix),
+                started_unix: round3(w.started_unix),
+                requests: w.requests,
+                rss_bytes: w.rss_bytes,
+                threads: w
+                    .threads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| Thread {
+                        thread: i,
+                        state: if t.is_some() { "busy" } else { "idle" },
+                        method: t.as_ref().map(|c| c.method.clone()),
+                        path: t.as_ref().map(|c| c.path.clone()),
+                        protocol: t.as_ref().map(|c| c.protocol.name()),
+                        age_seconds: t.as_ref().map(|c| round3(c.age.as_secs_f64())),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut out = serde_json::to_string_pretty(&status).expect("serialising plain data");
+    out.push('\n');
+    out
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// A duration as `2d03h`, `1h02m`, `5m03s` or `12s`.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{sec:02}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+/// `/status?format=text`: the table `postern status` prints.
+pub fn text(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let (busy, idle) = s.threads();
+    let who = if s.master { "master" } else { "single process" };
+    let _ = writeln!(
+        o,
+        "postern {} · {who} pid {} · up {} (since {})",
+        env!("CARGO_PKG_VERSION"),
+        s.pid,
+        span(s.uptime),
+        date(s.started_unix)
+    );
+    if !s.config.is_empty() {
+        let cfg: Vec<String> = s.config.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(o, "{}", cfg.join(" · "));
+    }
+    let _ = writeln!(
+        o,
+        "requests {} · in flight {} · threads busy {busy} idle {idle} · all threads busy {} times",
+        s.totals.requests(),
+        s.in_flight(),
+        s.events.saturated
+    );
+    if !s.listeners.is_empty() {
+        o.push('\n');
+        let width = s
+            .listeners
+            .iter()
+            .map(|l| l.addr.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        let _ = writeln!(o, "{:<width$}  PROTOCOL  QUEUED  BACKLOG", "LISTENER");
+        let num = |n: Option<u32>| n.map_or("-".to_owned(), |n| n.to_string());
+        for l in &s.listeners {
+            let _ = writeln!(
+                o,
+                "{:<width$}  {:<8}  {:>6}  {:>7}",
+                l.addr,
+                l.protocol.name(),
+                num(l.queued),
+                num(l.backlog)
+            );
+        }
+    }
+    o.push('\n');
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let _ = writeln!(
+        o,
+        "{:<8} {:>3}  {:<8}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  REQUEST",
+        "PID", "GEN", "STATE", "REQUESTS", "RSS_MIB", "UP", "THREAD", "AGE"
+    );
+    if s.workers.is_empty() {
+        let _ = writeln!(o, "(no workers)");
+    }
+    for w in &s.workers {
+        let rss = w
+            .rss_bytes
+            .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        let up = span(Duration::from_secs_f64((now - w.started_unix).max(0.0)));
+        for (i, t) in w.threads.iter().enumerate() {
+            let (age, req) = match t {
+                Some(c) => (
+                    format!("{:.2}s", c.age.as_secs_f64()),
+                    format!("{} {} ({})", c.method, c.path, c.protocol.name()),
+                ),
+                None => ("-".to_owned(), "idle".to_owned()),
+            };
+            if i == 0 {
+                let _ = writeln!(
+                    o,
+                    "{:<8} {:>3}  {:<8}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  {req}",
+                    w.pid,
+                    w.generation,
+                    w.state.label(),
+                    w.requests,
+                    rss,
+                    up,
+                    i,
+                    age
+                );
+            } else {
+                // Under the first line's THREAD column.
+                let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {req}", "", i, age);
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists_workers_and_their_requests() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&crate::stats::tests::sample())).unwrap();
+        assert_eq!(v["pid"], 100);
+        assert_eq!(v["master"], true);
+        assert_eq!(v["requests"], 10);
+        assert_eq!(v["config"]["app"], "testapp.py");
+        assert_eq!(v["worker_starts"]["boot"], 2);
+        assert_eq!(v["listeners"][0]["backlog"], 128);
+        let w = &v["workers"][0];
+        assert_eq!(w["pid"], 101);
+        assert_eq!(w["state"], "serving");
+        assert_eq!(w["started"], "Tue, 14 Nov 2023 22:13:21 GMT");
+        let t = &w["threads"][0];
+        assert_eq!(
+            (
+                &t["state"],
+                &t["method"],
+                &t["path"],
+                &t["protocol"],
+                &t["age_seconds"]
+            ),
+            (
+                &"busy".into(),
+                &"GET".into(),
+                &"/sleep?s=3".into(),
+                &"uwsgi".into(),
+                &2.5.into()
+            )
+        );
+        assert_eq!(w["threads"][1]["state"], "idle");
+        assert!(w["threads"][1].get("path").is_none());
+        assert_eq!(v["workers"][1]["state"], "starting");
+    }
+
+    #[test]
+    fn text_has_one_line_per_thread() {
+        let t = text(&crate::stats::tests::sample());
+        assert!(t.starts_with("postern "), "{t}");
+        assert!(t.contains("master pid 100 · up 1h02m"), "{t}");
+        assert!(t.contains("app testapp.py · workers 2"), "{t}");
+        assert!(
+            t.contains("requests 10 · in flight 1 · threads busy 1 idle 1"),
+            "{t}"
+        );
+        let rows: Vec<&str> = t.lines().skip_while(|l| !l.starts_with("PID")).collect();
+        assert_eq!(rows.len(), 5, "{t}");
+        assert!(rows[1].starts_with("101 "), "{t}");
+        assert!(rows[1].contains("serving"), "{t}");
+        assert!(rows[1].contains("20.0"), "{t}");
+        assert!(rows[1].ends_with("2.50s  GET /sleep?s=3 (uwsgi)"), "{t}");
+        assert!(rows[2].trim_start().starts_with("1 "), "{t}");
+        assert!(rows[2].ends_with("idle"), "{t}");
+        assert!(rows[3].starts_with("102 "), "{t}");
+        let listener = t
+            .lines()
+            .find(|l| l.starts_with("unix:/run/postern.sock"))
+            .unwrap();
+        assert!(listener.ends_with("0      128"), "{t}");
+    }
+
+    #[test]
+    fn spans() {
+        assert_eq!(span(Duration::from_secs(12)), "12s");
+        assert_eq!(span(Duration::from_secs(303)), "5m03s");
+        assert_eq!(span(Duration::from_secs(3725)), "1h02m");
+        assert_eq!(span(Duration::from_secs(2 * 86400 + 3 * 3600)), "2d03h");
+    }
+}
