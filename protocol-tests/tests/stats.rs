@@ -1,0 +1,637 @@
+//! `--stats`: `/metrics` counts exactly (through nginx, over several workers, across a
+//! killed worker and recycled ones), `/status` shows the requests that are running,
+//! `/ping` follows whether a worker serves, the single process has it too, and
+//! `postern status` prints the table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+/// A plain WSGI app for these tests: `/code/NNN` answers status NNN, `/raise` raises,
+/// `/hold?dir=D` marks its arrival in D and waits for D/release (so the test knows
+/// exactly which requests run at once), `/pid` names the worker. With
+/// `STATSAPP_GATE=FILE`, importing waits until FILE exists (a worker that is "booting").
+fn app(dir: &Path) -> PathBuf {
+    let app = dir.join("statsapp.py");
+    std::fs::write(
+        &app,
+        r#"import os, threading, time
+
+gate = os.environ.get("STATSAPP_GATE")
+if gate:
+    deadline = time.time() + 60
+    while not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = dict(kv.split("=", 1) for kv in environ.get("QUERY_STRING", "").split("&") if "=" in kv)
+    if path.startswith("/code/"):
+        code = int(path[len("/code/"):])
+        start_response("%d Test" % code, [("Content-Type", "text/plain")])
+        return [b"x" * int(q.get("n", "5"))]
+    if path == "/raise":
+        raise RuntimeError("failing on purpose")
+    if path == "/hold":
+        mark = os.path.join(q["dir"], "%d-%d" % (os.getpid(), threading.get_ident()))
+        open(mark, "w").close()
+        deadline = time.time() + 30
+        while not os.path.exists(os.path.join(q["dir"], "release")) and time.time() < deadline:
+            time.sleep(0.01)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"held"]
+    if path == "/sleep":
+        time.sleep(float(q.get("s", "1")))
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+"#,
+    )
+    .unwrap();
+    app
+}
+
+/// GET `path` from the stats endpoint.
+fn stats(addr: &Addr, path: &str) -> Response {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: stats\r\nConnection: close\r\n\r\n");
+    let resp = raw(addr, req.as_bytes());
+    parse_http(&resp)
+        .unwrap_or_else(|| panic!("bad answer to {path}: {:?}", String::from_utf8_lossy(&resp)))
+}
+
+fn metrics(addr: &Addr) -> String {
+    let r = stats(addr, "/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    r.text()
+}
+
+/// The value of the sample `name{labels}` (exactly as written), or 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every sample of the family `name` (all label sets).
+fn family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (bounded) until `f` holds; the last metrics text either way.
+fn wait_metrics(addr: &Addr, secs: u64, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = metrics(addr);
+        if f(&m) || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status_json(addr: &Addr) -> serde_json::Value {
+    let r = stats(addr, "/status");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn serving_pids(addr: &Addr) -> Vec<i64> {
+    status_json(addr)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "serving")
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect()
+}
+
+fn wait_until(secs: u64, f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// Sends `paths` through nginx from 4 client threads; returns the statuses seen.
+fn send_all(port: u16, paths: Vec<String>) -> Vec<u16> {
+    let chunks: Vec<Vec<String>> = (0..4)
+        .map(|i| paths.iter().skip(i).step_by(4).cloned().collect())
+        .collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            std::thread::spawn(move || {
+                chunk
+                    .iter()
+                    .map(|p| {
+                        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        use std::io::{Read, Write};
+                        write!(
+                            s,
+                            "GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                        )
+                        .unwrap();
+                        let mut out = Vec::new();
+                        let _ = s.read_to_end(&mut out);
+                        parse_http(&out).map_or(0, |r| r.status)
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+/// The mix of requests of known statuses the counting tests send.
+fn known_mix() -> Vec<String> {
+    let mut paths = Vec::new();
+    paths.extend((0..23).map(|_| "/code/200".to_owned()));
+    paths.extend((0..3).map(|_| "/code/302".to_owned()));
+    paths.extend((0..7).map(|_| "/code/404".to_owned()));
+    paths.extend((0..5).map(|_| "/code/503".to_owned()));
+    paths.extend((0..4).map(|_| "/raise".to_owned()));
+    paths
+}
+
+fn uwsgi(status: &str) -> String {
+    format!(r#"postern_requests_total{{protocol="uwsgi",status="{status}"}}"#)
+}
+
+/// Starts `n` requests to /hold through nginx, one at a time, each once the previous one
+/// runs: a worker only accepts on an idle thread, so each request gets a thread of its
+/// own (sent at once, two could queue in one worker while the other has a free thread).
+fn hold(port: u16, marks: &Path, n: usize) -> Vec<std::thread::JoinHandle<Vec<u16>>> {
+    let running = || std::fs::read_dir(marks).map_or(0, |d| d.count());
+    (0..n)
+        .map(|i| {
+            let path = format!("/hold?dir={}", marks.display());
+            let t = std::thread::spawn(move || send_all(port, vec![path]));
+            assert!(
+                wait_until(20, || running() > i),
+                "only {} of {n} requests started",
+                running()
+            );
+            t
+        })
+        .collect()
+}
+
+#[test]
+fn counts_are_exact_through_nginx_over_two_workers() {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "2",
+            "--stats",
+            &stats_addr.arg(),
+        ])
+        .start();
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+
+    // Four requests run at once on the four Python threads: both workers serve, and
+    // /status shows each of them while it runs.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let held = hold(n.port, &marks, 4);
+    let s = status_json(&stats_addr);
+    let running: Vec<(i64, String, String, String, f64)> = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| {
+            let pid = w["pid"].as_i64().unwrap();
+            w["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["state"] == "busy")
+                .map(move |t| {
+                    (
+                        pid,
+                        t["method"].as_str().unwrap().to_owned(),
+                        t["path"].as_str().unwrap().to_owned(),
+                        t["protocol"].as_str().unwrap().to_owned(),
+                        t["age_seconds"].as_f64().unwrap(),
+                    )
+                })
+        })
+        .collect();
+    assert_eq!(running.len(), 4, "{s:#}");
+    for (_, method, path, protocol, age) in &running {
+        assert_eq!(method, "GET");
+        assert!(path.starts_with("/hold?dir="), "{path}");
+        assert_eq!(protocol, "uwsgi");
+        assert!(*age >= 0.0);
+    }
+    let mut pids: Vec<i64> = running.iter().map(|r| r.0).collect();
+    pids.dedup();
+    assert_eq!(pids.len(), 2, "both workers run requests: {s:#}");
+    assert_eq!(
+        (s["threads_busy"].as_i64(), s["threads_idle"].as_i64()),
+        (Some(4), Some(0))
+    );
+    // The fourth request took the last idle thread.
+    assert!(s["all_threads_busy"].as_i64().unwrap() >= 1, "{s:#}");
+    let m = metrics(&stats_addr);
+    assert_eq!(sample(&m, "postern_requests_in_flight"), 4.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_python_threads{state="busy"}"#),
+        4.0,
+        "{m}"
+    );
+    let text = stats(&stats_addr, "/status?format=text").text();
+    assert_eq!(text.matches("GET /hold?dir=").count(), 4, "{text}");
+    std::fs::write(marks.join("release"), "").unwrap();
+    for h in held {
+        assert_eq!(h.join().unwrap(), vec![200]);
+    }
+
+    // 42 requests of known statuses from 4 clients at once.
+    let statuses = send_all(n.port, known_mix());
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 500).count(),
+        4,
+        "{statuses:?}"
+    );
+    let total = 4.0 + 42.0;
+    let m = wait_metrics(&stats_addr, 10, |m| {
+        family_sum(m, "postern_requests_total") >= total
+    });
+    assert_eq!(family_sum(&m, "postern_requests_total"), total, "{m}");
+    assert_eq!(sample(&m, &uwsgi("2xx")), 4.0 + 23.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("3xx")), 3.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("4xx")), 7.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 5.0 + 4.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("none")), 0.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_app_errors_total{kind="exception"}"#),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "postern_request_duration_seconds_count"),
+        total,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"postern_request_duration_seconds_bucket{le="+Inf"}"#),
+        total,
+        "{m}"
+    );
+    // The bodies alone are 4 x "held" + 38 x 5 bytes, + the 500s' 22-byte body.
+    assert!(sample(&m, "postern_response_bytes_total") > (4 * 4 + 38 * 5 + 4 * 22) as f64);
+    assert_eq!(
+        family_sum(&m, "postern_worker_requests_total"),
+        total,
+        "{m}"
+    );
+    assert_eq!(sample(&m, "postern_requests_in_flight"), 0.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_worker_starts_total{cause="boot"}"#),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"postern_workers{state="serving"}"#),
+        2.0,
+        "{m}"
+    );
+    let queue = format!(
+        r#"postern_listen_backlog{{listener="{}",protocol="uwsgi"}}"#,
+        p.addr.arg()
+    );
+    assert_eq!(sample(&m, &queue), 1024.0, "{m}");
+}
+
+#[test]
+fn counts_survive_killed_and_recycled_workers() {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let stats_port = free_port();
+    let stats_addr = Addr::Tcp(stats_port);
+    // --max-requests 5: the jitter is pid % (5/10 max 1) = 0, so exactly 5 each.
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--workers", "2", "--max-requests", "5"])
+        .args(["--stats", &stats_addr.arg()])
+        .start();
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    let first = send_all(n.port, known_mix());
+    assert_eq!(first.len(), 42);
+    let m = wait_metrics(&stats_addr, 10, |m| {
+        family_sum(m, "postern_requests_total") >= 42.0
+    });
+    assert_eq!(family_sum(&m, "postern_requests_total"), 42.0, "{m}");
+
+    // SIGKILL a worker: its counts stay in the totals, and it is replaced.
+    let victim = serving_pids(&stats_addr)[0];
+    // SAFETY: kill(2) on a worker of the postern this test started.
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
+    let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 1.0);
+    assert_eq!(sample(&m, crashed), 1.0, "{m}");
+    assert_eq!(family_sum(&m, "postern_requests_total"), 42.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("2xx")), 23.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 9.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_app_errors_total{kind="exception"}"#),
+        4.0,
+        "{m}"
+    );
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    let m = metrics(&stats_addr);
+    assert_eq!(
+        sample(&m, r#"postern_worker_starts_total{cause="crash"}"#),
+        1.0,
+        "{m}"
+    );
+
+    // And once more: every count adds up, exactly, across all the replacements.
+    send_all(n.port, known_mix());
+    let m = wait_metrics(&stats_addr, 10, |m| {
+        family_sum(m, "postern_requests_total") >= 84.0
+    });
+    assert_eq!(family_sum(&m, "postern_requests_total"), 84.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("2xx")), 46.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("3xx")), 6.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("4xx")), 14.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 18.0, "{m}");
+    assert_eq!(
+        sample(&m, "postern_request_duration_seconds_count"),
+        84.0,
+        "{m}"
+    );
+    // Workers recycled themselves on the way (how many depends on how the requests
+    // spread), and were replaced; the totals stayed whole.
+    let recycled = r#"postern_worker_exits_total{cause="max-requests"}"#;
+    let m = wait_metrics(&stats_addr, 20, |m| sample(m, recycled) >= 1.0);
+    assert!(sample(&m, recycled) >= 1.0, "{m}");
+    assert!(
+        sample(&m, r#"postern_worker_starts_total{cause="max-requests"}"#) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(family_sum(&m, "postern_requests_total"), 84.0, "{m}");
+}
+
+#[test]
+fn timeouts_and_slow_requests_are_counted() {
+    let dir = tempdir();
+    let stats_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args([
+            "--timeout",
+            "2",
+            "--slow-log",
+            "0.5",
+            "--stats",
+            &stats_addr.arg(),
+        ])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
+    // Well past --slow-log (the master looks every 200 ms).
+    let (status, _) = p.get("/sleep?s=1.5");
+    assert_eq!(status, 200);
+    // The worker is killed mid-request: no response.
+    let killed = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/sleep"),
+            ("QUERY_STRING", "s=30"),
+        ],
+        b"",
+    );
+    assert!(parse_http(&killed).is_none());
+    let exits = r#"postern_worker_exits_total{cause="timeout"}"#;
+    let m = wait_metrics(&stats_addr, 20, |m| sample(m, exits) == 1.0);
+    assert_eq!(sample(&m, exits), 1.0, "{m}");
+    assert_eq!(sample(&m, "postern_request_timeouts_total"), 1.0, "{m}");
+    // Both requests passed --slow-log 0.5.
+    assert_eq!(sample(&m, "postern_slow_requests_total"), 2.0, "{m}");
+    // Only the answered one is a counted request.
+    assert_eq!(family_sum(&m, "postern_requests_total"), 1.0, "{m}");
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
+    let m = metrics(&stats_addr);
+    assert_eq!(
+        sample(&m, r#"postern_worker_starts_total{cause="timeout"}"#),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn ping_follows_whether_a_worker_serves() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let stats_addr = Addr::Tcp(free_port());
+    let sock = dir.path().join("app.sock");
+    let log = std::fs::File::create(dir.path().join("postern.log")).unwrap();
+    let mut child = Command::new(postern_bin())
+        .arg(app(dir.path()))
+        .args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args(["--workers", "2", "--stats", &stats_addr.arg()])
+        .env("STATSAPP_GATE", &gate)
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    use std::io::{Read, Write};
+    let ping = || {
+        let req = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let Ok(mut c) = stats_addr.connect() else {
+            return 0;
+        };
+        let _ = c.write_all(req);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        parse_http(&out).map_or(0, |r| r.status)
+    };
+    // Booting: the workers wait at import, so nothing serves.
+    assert!(
+        wait_until(20, || ping() != 0),
+        "the stats endpoint did not answer"
+    );
+    assert_eq!(ping(), 503);
+    std::fs::write(&gate, "").unwrap();
+    assert!(wait_until(30, || ping() == 200));
+    // Every worker dies and their replacements cannot boot: 503 again.
+    std::fs::remove_file(&gate).unwrap();
+    for pid in serving_pids(&stats_addr) {
+        // SAFETY: kill(2) on a worker of the postern this test started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    assert!(wait_until(20, || ping() == 503));
+    std::fs::write(&gate, "").unwrap();
+    assert!(wait_until(30, || ping() == 200));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("postern.log")).unwrap()
+    );
+    // The stats helper went with the master.
+    assert!(stats_addr.connect().is_err());
+}
+
+#[test]
+fn single_process_serves_stats_too() {
+    let dir = tempdir();
+    let port = free_port();
+    let stats_addr = Addr::Tcp(port);
+    let fcgi_port = free_port();
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args([
+            "--threads",
+            "2",
+            "--fastcgi",
+            &format!("127.0.0.1:{fcgi_port}"),
+        ])
+        // Listening on every interface is allowed, with a warning.
+        .args(["--stats", &format!("0.0.0.0:{port}")])
+        .start();
+    assert!(
+        p.wait_log("--stats listens on a non-loopback address", 5),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(stats(&stats_addr, "/ping").text(), "pong\n");
+    for path in ["/code/200", "/code/201", "/code/404", "/raise"] {
+        p.get(path);
+    }
+    let reply = raw(&Addr::Tcp(fcgi_port), &fcgi::get(1, false, "/code/204"));
+    assert!(!reply.is_empty());
+    let m = wait_metrics(&stats_addr, 10, |m| {
+        family_sum(m, "postern_requests_total") >= 5.0
+    });
+    assert_eq!(family_sum(&m, "postern_requests_total"), 5.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("2xx")), 2.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("4xx")), 1.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 1.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            r#"postern_requests_total{protocol="fastcgi",status="2xx"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"postern_python_threads{state="idle"}"#),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"postern_worker_starts_total{cause="boot"}"#),
+        1.0,
+        "{m}"
+    );
+    let backlog =
+        format!(r#"postern_listen_backlog{{listener="127.0.0.1:{fcgi_port}",protocol="fastcgi"}}"#);
+    assert_eq!(sample(&m, &backlog), 1024.0, "{m}");
+    let s = status_json(&stats_addr);
+    assert_eq!(s["master"], false);
+    assert_eq!(s["pid"].as_i64(), Some(p.pid() as i64));
+    assert_eq!(s["workers"][0]["pid"].as_i64(), Some(p.pid() as i64));
+    assert_eq!(s["workers"][0]["requests"], 5);
+    assert!(s["workers"][0]["rss_bytes"].as_i64().unwrap() > 1 << 20);
+}
+
+#[test]
+fn postern_status_prints_the_table() {
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--workers", "2", "--stats", &stats_addr.arg()])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    p.get("/code/200");
+    let run = |args: &[&str]| {
+        let out = Command::new(postern_bin())
+            .arg("status")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[&stats_addr.arg()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("postern "), "{out}");
+    assert!(out.contains(&format!("master pid {}", p.pid())), "{out}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("PID"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for col in [
+        "GEN", "STATE", "REQUESTS", "RSS_MIB", "THREAD", "AGE", "REQUEST",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    for pid in serving_pids(&stats_addr) {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{pid} ")))
+            .unwrap_or_else(|| panic!("no row for {pid}:\n{out}"));
+        assert!(row.contains("serving") && row.ends_with("idle"), "{row}");
+    }
+    // --watch redraws; --count bounds it.
+    let (code, out, _) = run(&[
+        &stats_addr.arg(),
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.matches("PID ").count(), 2, "{out}");
+    let (code, out, _) = run(&[&stats_addr.arg(), "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["requests"], 1);
+    // Nobody there: an error that says what to check.
+    let missing = dir.path().join("none.sock");
+    let (code, _, err) = run(&[&format!("unix:{}", missing.display())]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot connect") && err.contains("--stats"),
+        "{err}"
+    );
+}
