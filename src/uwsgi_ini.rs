@@ -929,6 +929,9 @@ impl Translation {
                 self.source
             ),
         );
+        if let Some(w) = self.warnings() {
+            bad.push(format!("and, once those are fixed: {w}"));
+        }
         Err(IniError::Refused(bad.join("\n")))
     }
 

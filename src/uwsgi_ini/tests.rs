@@ -97,7 +97,9 @@ fn refuses_sockets_postern_cannot_listen_on() {
 fn refuses_http_in_one_message_saying_what_to_do() {
     let t = tr("socket = /run/shop.sock\nhttp = :9090\nhttp-socket = 127.0.0.1:8000\nhttps = :443,foo.crt,foo.key\nemperor = /etc/uwsgi/vassals\nhttp-timeout = 30");
     let e = t.check().unwrap_err().to_string();
-    assert_eq!(e.lines().count(), 5, "{e}"); // a heading, then one line each
+    // A heading, one line each, then what postern would run without.
+    assert_eq!(e.lines().count(), 7, "{e}");
+    assert!(e.contains("and, once those are fixed: /etc/uwsgi/shop.ini [uwsgi]: not carried over as written:\n  /etc/uwsgi/shop.ini:7  http-timeout = 30: ignored"), "{e}");
     assert!(
         e.starts_with("postern cannot run these lines of [uwsgi] as written"),
         "{e}"
@@ -449,7 +451,7 @@ fn placeholders_are_not_unknown() {
 fn refuses_includes_and_logic() {
     let t = tr("ini = base.ini\nif-env = DEBUG\npy-autoreload = 1\nendif =\nfor = a b\nendfor =");
     let e = t.check().unwrap_err().to_string();
-    assert_eq!(e.lines().count(), 6, "{e}");
+    assert_eq!(e.lines().count(), 8, "{e}"); // five refused, and py-autoreload ignored
     assert!(matches!(outcome(&t, "py-autoreload"), Outcome::Ignored(_)));
 }
 

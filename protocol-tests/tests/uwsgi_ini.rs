@@ -1,0 +1,541 @@
+//! uWSGI ini files from Django's, Flask's and uWSGI's own documentation
+//! (protocol-tests/ini/, adapted only in paths and ports), each served with
+//! `postern --ini` behind a real nginx and converted with `postern migrate`; the ones
+//! that make postern an HTTP server are refused in one message that says what to do.
+//! Needs nginx and a venv with Flask and Django (`.ci/run` makes `.venv`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+fn venv() -> Option<PathBuf> {
+    if let Some(v) = example_venv() {
+        return Some(v);
+    }
+    if in_ci() {
+        panic!("no venv with Flask and Django (.venv or $POSTERN_TEST_VENV), and CI=true");
+    }
+    eprintln!("\n!!!!! SKIPPING: no venv with Flask and Django (python3 -m venv .venv && .venv/bin/pip install flask django); this test did NOT run !!!!!\n");
+    None
+}
+
+fn ini(name: &str) -> PathBuf {
+    root().join("protocol-tests/ini").join(name)
+}
+
+/// What the ini files read with `$(…)`: the test's directory, the venv, two ports.
+struct Vars {
+    dir: PathBuf,
+    venv: PathBuf,
+    port: u16,
+    stats_port: u16,
+}
+
+impl Vars {
+    fn new(dir: &Path, venv: &Path) -> Vars {
+        Vars {
+            dir: dir.to_owned(),
+            venv: venv.to_owned(),
+            port: free_port(),
+            stats_port: free_port(),
+        }
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("POSTERN_TEST_DIR", &self.dir)
+            .env("POSTERN_TEST_VENV", &self.venv)
+            .env("POSTERN_TEST_PORT", self.port.to_string())
+            .env("POSTERN_TEST_STATS_PORT", self.stats_port.to_string())
+            .env_remove("VIRTUAL_ENV")
+            .env("RUST_BACKTRACE", "1");
+    }
+}
+
+fn postern(vars: &Vars, args: &[&str]) -> Command {
+    let mut cmd = Command::new(postern_bin());
+    cmd.args(args);
+    vars.apply(&mut cmd);
+    cmd
+}
+
+/// Starts `cmd` (stdout and stderr to a file in the test's directory) and waits until
+/// `addr` accepts connections and `log` (stderr's file when `None`) says it is ready.
+fn start(mut cmd: Command, vars: &Vars, addr: Addr, log: Option<PathBuf>) -> Postern {
+    let out = vars.dir.join(format!("postern-{}.out", free_port()));
+    let file = std::fs::File::create(&out).unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("starting postern");
+    let mut p = Postern {
+        child,
+        addr,
+        log: log.unwrap_or(out.clone()),
+        dir: vars.dir.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!(
+                "postern exited early ({status}):\n{}\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                p.logs()
+            );
+        }
+        if p.addr.connect().is_ok() && p.logs().contains("ready") {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postern did not start:\n{}\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `postern migrate INI`: (stdout, stderr), after checking it succeeded.
+fn migrate(vars: &Vars, ini: &Path) -> (String, String) {
+    let out: Output = postern(vars, &["migrate", ini.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "postern migrate failed: {stderr}");
+    (stdout, stderr)
+}
+
+/// SIGTERM, and the exit status within 30 s.
+fn stop(p: &mut Postern) -> std::process::ExitStatus {
+    p.signal(libc::SIGTERM);
+    p.wait_exit(30).expect("postern did not stop on SIGTERM")
+}
+
+/// One HTTP GET to postern's stats endpoint.
+fn stats_get(port: u16, path: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to --stats");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_http(&buf)
+        .unwrap_or_else(|| panic!("bad stats answer {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// Django's own example: no socket in the file (the test gives one, as the docs' command
+/// line does), daemonize becomes the log file, the pidfile is written and removed.
+#[test]
+fn django_docs_ini_behind_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let Some(venv) = venv() else { return };
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    let file = ini("django_docs.ini");
+    let sock = dir.path().join("django.sock");
+    let addr = Addr::Unix(sock.clone());
+    let log = dir.path().join("yourproject.log");
+    let pidfile = dir.path().join("project-master.pid");
+    let listen = format!("unix:{}", sock.display());
+    let cmd = postern(
+        &vars,
+        &[
+            "--ini",
+            file.to_str().unwrap(),
+            "--uwsgi",
+            &listen,
+            "--venv",
+            venv.to_str().unwrap(),
+        ],
+    );
+    let mut p = start(cmd, &vars, addr.clone(), Some(log.clone()));
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&addr.nginx()));
+
+    assert_eq!(n.get("/").text(), "Hello from Django\n");
+    assert_eq!(n.get("/form/").status, 200);
+    // master=True: the process started is the master, and its pid is in the pidfile.
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        p.pid().to_string()
+    );
+    // daemonize=FILE: postern's log and its access lines go to that file, and the one
+    // warning says postern stays in the foreground.
+    assert!(p.wait_log("path=/form/", 10), "{}", p.logs());
+    assert!(
+        p.logs().contains("django_docs.ini:12  daemonize="),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.logs().contains("postern stays in the foreground"),
+        "{}",
+        p.logs()
+    );
+    assert!(stop(&mut p).success());
+    // vacuum=True: nothing is left behind.
+    assert!(!pidfile.exists() && !sock.exists());
+
+    // The same file through postern migrate, then served from the TOML it wrote.
+    let (toml, summary) = migrate(&vars, &file);
+    for want in [
+        "# line 7: module=mysite.wsgi:application\napp = \"mysite.wsgi:application\"\n".to_owned(),
+        format!("# line 6: chdir=%d../../examples/django_project\nchdir = \"{}\"\n", {
+            // %d keeps the ini's own path, as uWSGI does: ini/../../examples/…
+            ini("").join("../../examples/django_project").display()
+        }),
+        "master = true\n".to_owned(),
+        format!("pidfile = \"{}\"\n", pidfile.display()),
+        "max-requests = 5000\n".to_owned(),
+        format!("log-file = \"{}\"\n", log.display()),
+        format!("access-log = \"{}\"\n", log.display()),
+        "# line 10: vacuum=True\n#   not needed: postern removes its Unix sockets and pidfile at exit\n".to_owned(),
+    ] {
+        assert!(toml.contains(&want), "missing {want:?} in:\n{toml}");
+    }
+    assert!(
+        summary.contains("7 option lines read from [uwsgi]: 6 carried over, 1 not needed"),
+        "{summary}"
+    );
+    let conf = dir.path().join("postern.toml");
+    std::fs::write(&conf, &toml).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    let cmd = postern(
+        &vars,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--uwsgi",
+            &listen,
+            "--venv",
+            venv.to_str().unwrap(),
+        ],
+    );
+    let mut p = start(cmd, &vars, addr, Some(log));
+    assert_eq!(n.get("/").text(), "Hello from Django\n");
+    assert!(stop(&mut p).success());
+}
+
+/// Flask's docs: a Unix socket, the app mounted at /yourapplication with
+/// manage-script-name, the virtualenv, and `plugin = python3` (ignored with a warning);
+/// nginx configured as those docs say.
+#[test]
+fn flask_docs_ini_mounted_behind_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let Some(venv) = venv() else { return };
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    let file = ini("flask_docs.ini");
+    let sock = dir.path().join("yourapplication.sock");
+    let mut cmd = postern(&vars, &["--ini", file.to_str().unwrap()]);
+    cmd.current_dir(root().join("examples"));
+    let mut p = start(cmd, &vars, Addr::Unix(sock.clone()), None);
+    // Flask's nginx configuration, with the tests' uwsgi params.
+    let site = format!(
+        "location = /yourapplication {{ rewrite ^ /yourapplication/; }}\n\
+         location /yourapplication {{ try_files $uri @yourapplication; }}\n{}",
+        uwsgi_location(&format!("unix:{}", sock.display())).replacen(
+            "location / {",
+            "location @yourapplication {",
+            1
+        )
+    );
+    let n = Nginx::start(&bin, dir.path(), &site);
+
+    assert_eq!(n.get("/yourapplication/").text(), "Hello from Flask\n");
+    assert_eq!(n.get("/yourapplication").text(), "Hello from Flask\n");
+    // SCRIPT_NAME is the mount point: Flask builds its URLs under it.
+    let r = n.get("/yourapplication/redirect");
+    assert_eq!(r.status, 302);
+    assert!(
+        r.header("Location")
+            .unwrap()
+            .ends_with("/yourapplication/target"),
+        "{:?}",
+        r.headers
+    );
+    let r = n.request(
+        "POST",
+        "/yourapplication/form",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"name=World",
+    );
+    assert_eq!(r.text(), "Hello, World!\n");
+    assert!(
+        p.logs().contains(
+            "flask_docs.ini:12  plugin = python3: ignored: postern embeds CPython itself"
+        ),
+        "{}",
+        p.logs()
+    );
+    assert!(stop(&mut p).success());
+    assert!(!sock.exists());
+
+    let (toml, _) = migrate(&vars, &file);
+    for want in [
+        "app = \"flask_app:app\"\n".to_owned(),
+        "mount = [\"/yourapplication\"]\n".to_owned(),
+        format!("uwsgi = [\"unix:{}\"]\n", sock.display()),
+        format!("venv = \"{}\"\n", venv.display()),
+        "# line 9: manage-script-name = true\n#   not needed: postern splits SCRIPT_NAME"
+            .to_owned(),
+        "# line 12: plugin = python3\n#   ignored: postern embeds CPython itself".to_owned(),
+    ] {
+        assert!(toml.contains(&want), "missing {want:?} in:\n{toml}");
+    }
+}
+
+/// The uWSGI quickstart's Django ini: TCP socket, wsgi-file, 4 processes of 2 threads,
+/// and a stats server (postern's speaks HTTP).
+#[test]
+fn uwsgi_quickstart_django_ini_behind_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let Some(venv) = venv() else { return };
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    let file = ini("uwsgi_quickstart_django.ini");
+    let args = [
+        "--ini",
+        file.to_str().unwrap(),
+        "--venv",
+        venv.to_str().unwrap(),
+    ];
+
+    // Each value says the ini line it came from.
+    let out = postern(&vars, &[&args[..], &["--print-config"]].concat())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let at = format!("# uWSGI ini {}", file.display());
+    for want in [
+        format!("workers = 4  {at}:8\n"),
+        format!("threads = 2  {at}:9\n"),
+        format!("uwsgi = [\"127.0.0.1:{}\"]  {at}:5\n", vars.port),
+        format!("app = \"mysite/wsgi.py\"  {at}:7\n"),
+    ] {
+        assert!(printed.contains(&want), "missing {want:?} in:\n{printed}");
+    }
+
+    let mut p = start(postern(&vars, &args), &vars, Addr::Tcp(vars.port), None);
+    let n = Nginx::start(
+        &bin,
+        dir.path(),
+        &uwsgi_location(&format!("127.0.0.1:{}", vars.port)),
+    );
+    for _ in 0..8 {
+        assert_eq!(n.get("/").text(), "Hello from Django\n");
+    }
+    assert!(p.wait_log("all 4 workers ready", 30), "{}", p.logs());
+    let metrics = stats_get(vars.stats_port, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("postern_requests_total"),
+        "{}",
+        metrics.text()
+    );
+    assert!(stop(&mut p).success());
+
+    let (toml, _) = migrate(&vars, &file);
+    assert!(
+        toml.contains(&format!("stats = \"127.0.0.1:{}\"\n", vars.stats_port)),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("#   postern's stats endpoint speaks HTTP"),
+        "{toml}"
+    );
+}
+
+/// The uWSGI quickstart's Flask command line as an ini: wsgi-file with callable = app.
+#[test]
+fn uwsgi_quickstart_flask_ini_behind_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let Some(venv) = venv() else { return };
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    let file = ini("uwsgi_quickstart_flask.ini");
+    let cmd = postern(
+        &vars,
+        &[
+            "--ini",
+            file.to_str().unwrap(),
+            "--venv",
+            venv.to_str().unwrap(),
+        ],
+    );
+    let mut p = start(cmd, &vars, Addr::Tcp(vars.port), None);
+    let n = Nginx::start(
+        &bin,
+        dir.path(),
+        &uwsgi_location(&format!("127.0.0.1:{}", vars.port)),
+    );
+
+    assert_eq!(n.get("/").text(), "Hello from Flask\n");
+    let r = n.request(
+        "POST",
+        "/api/items",
+        &[("Content-Type", "application/json")],
+        br#"{"name": "pen", "price": 2.5}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["name"], "pen");
+    let ping = stats_get(vars.stats_port, "/ping");
+    assert_eq!((ping.status, ping.text().trim()), (200, "pong"));
+    assert!(stop(&mut p).success());
+
+    let (toml, _) = migrate(&vars, &file);
+    let app = ini("").join("../../examples/flask_app.py:app");
+    assert!(
+        toml.contains(&format!("# line 7: wsgi-file = %d../../examples/flask_app.py\n# line 8: callable = app\napp = \"{}\"\n", app.display())),
+        "{toml}"
+    );
+}
+
+/// The uWSGI docs' Django and nginx tutorial: its mysite_uwsgi.ini (10 processes, a Unix
+/// socket, the virtualenv as home) and its nginx site (an upstream, static files served
+/// by nginx).
+#[test]
+fn uwsgi_django_nginx_tutorial_ini() {
+    let Some(bin) = nginx_bin() else { return };
+    let Some(venv) = venv() else { return };
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    let file = ini("uwsgi_django_nginx_tutorial.ini");
+    let sock = dir.path().join("mysite.sock");
+    let mut p = start(
+        postern(&vars, &["--ini", file.to_str().unwrap()]),
+        &vars,
+        Addr::Unix(sock.clone()),
+        None,
+    );
+    assert!(p.wait_log("all 10 workers ready", 60), "{}", p.logs());
+    let project = root().join("examples/django_project");
+    let site = format!(
+        r#"upstream django {{
+        server unix:{sock};
+    }}
+    server {{
+        listen 127.0.0.1:{{{{PORT}}}};
+        server_name localhost;
+        charset utf-8;
+        client_max_body_size 75M;
+        location /static {{
+            alias {static};
+        }}
+        {location}
+    }}"#,
+        sock = sock.display(),
+        static = project.join("static").display(),
+        location = uwsgi_location("django"),
+    );
+    let n = Nginx::start_site(&bin, dir.path(), &site);
+
+    assert_eq!(n.get("/").text(), "Hello from Django\n");
+    let css = n.get("/static/style.css");
+    assert_eq!(css.status, 200);
+    assert_eq!(
+        css.body,
+        std::fs::read(project.join("static/style.css")).unwrap()
+    );
+    assert!(
+        !p.logs().contains("path=/static"),
+        "nginx serves static files, not postern"
+    );
+    assert!(stop(&mut p).success());
+    assert!(!sock.exists());
+
+    let (toml, summary) = migrate(&vars, &file);
+    assert!(
+        toml.contains("# line 11: module          = mysite.wsgi\napp = \"mysite.wsgi\"\n"),
+        "{toml}"
+    );
+    assert!(toml.contains("workers = 10\n"), "{toml}");
+    assert!(
+        summary.contains("7 option lines read from [uwsgi]: 6 carried over, 1 not needed"),
+        "{summary}"
+    );
+}
+
+/// Ini files that make uWSGI an HTTP server: postern stops with one message naming each
+/// such line and what to do instead; `postern migrate` still converts the rest.
+#[test]
+fn http_ini_files_are_refused_saying_what_to_do() {
+    let dir = tempdir();
+    // No app is imported: neither nginx nor the venv is needed.
+    let vars = Vars::new(dir.path(), Path::new("/nonexistent"));
+
+    let file = ini("flask_docs_http.ini");
+    let out = postern(&vars, &["--ini", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "postern cannot run this line of [uwsgi] as written (fix the file, or run `postern migrate {0}` and edit the result):\n  {0}:7  http = 127.0.0.1:8000: uWSGI's built-in HTTP router has no postern equivalent: let nginx listen on 127.0.0.1:8000 and uwsgi_pass to postern's socket (add one, e.g. socket = 127.0.0.1:3031)",
+            file.display()
+        )),
+        "{err}"
+    );
+    let (toml, summary) = migrate(&vars, &file);
+    assert!(
+        toml.contains("app = \"flask_app:app\"\n") && toml.contains("workers = 4\n"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("# line 7: http = 127.0.0.1:8000\n#   REFUSED (postern --ini stops on this): uWSGI's built-in HTTP router"),
+        "{toml}"
+    );
+    assert!(summary.contains("1 refused"), "{summary}");
+
+    let file = ini("uwsgi_quickstart_http_socket.ini");
+    let out = postern(&vars, &["--ini", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:6  http-socket = 127.0.0.1:3031: postern speaks uwsgi, FastCGI and SCGI, not HTTP: make it socket = 127.0.0.1:3031 and point nginx's uwsgi_pass at it", file.display())),
+        "{err}"
+    );
+
+    // Everything a front server does instead, in one message: what stops postern, then
+    // what it would run without.
+    let mixed = dir.path().join("mixed.ini");
+    std::fs::write(
+        &mixed,
+        "[uwsgi]\nhttp-socket = :8080\nmodule = shop.wsgi\nemperor = /etc/uwsgi/vassals\nstatic-map = /static=/srv/static\noffload-threads = 2\nroute = ^/old redirect:/new\ncheaper = 2\nplugins = python3\n",
+    )
+    .unwrap();
+    let out = postern(&vars, &["--ini", mixed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let m = mixed.display();
+    for want in [
+        "postern cannot run these lines of [uwsgi] as written".to_owned(),
+        format!("{m}:2  http-socket = :8080: postern speaks uwsgi, FastCGI and SCGI, not HTTP"),
+        format!("{m}:4  emperor = /etc/uwsgi/vassals: postern runs one app, not an Emperor"),
+        format!("and, once those are fixed: {m} [uwsgi]: not carried over as written:"),
+        format!("{m}:5  static-map = /static=/srv/static: ignored: postern leaves static files to the front server"),
+        format!("{m}:6  offload-threads = 2: ignored"),
+        format!("{m}:7  route = ^/old redirect:/new: ignored: uWSGI's internal routing"),
+        format!("{m}:8  cheaper = 2: ignored: postern runs a fixed number of workers"),
+        format!("{m}:9  plugins = python3: ignored: postern embeds CPython itself"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(err.matches("postern cannot run").count(), 1, "{err}");
+}
