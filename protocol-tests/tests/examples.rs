@@ -349,6 +349,33 @@ fn django_example_end_to_end() {
     );
 }
 
+#[test]
+fn plain_wsgi_examples_through_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let examples = root().join("examples");
+
+    let p = Spawn::unix(dir.path(), &examples.join("hello.py").to_string_lossy()).start();
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
+    let r = n.get("/");
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, World!\n"));
+    assert_eq!(r.header("Content-Length"), Some("14"));
+    drop(n);
+    drop(p);
+
+    // No Content-Length: nginx chunks it to the client, and takes the
+    // X-Accel-Buffering header for itself.
+    let p = Spawn::unix(dir.path(), &examples.join("streaming.py").to_string_lossy()).start();
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
+    let r = n.get("/?n=3&delay=0");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\n");
+    assert_eq!(r.header("Transfer-Encoding"), Some("chunked"));
+    assert_eq!(r.header("Cache-Control"), Some("no-cache"));
+    assert_eq!(r.header("X-Accel-Buffering"), None);
+    assert_eq!(n.get("/?n=0").text(), "");
+}
+
 /// The request-logging middleware's line for `request` (e.g. `GET /x HTTP/1.1`), with
 /// the date and the duration checked and cut off: what follows the date.
 fn middleware_line(p: &Postern, request: &str) -> String {
