@@ -249,6 +249,15 @@ fn number(v: &str) -> Result<u64, String> {
         .map_err(|_| format!("{v:?} is not a whole number"))
 }
 
+/// A file name as postern's APP reads a file: a bare `app.wsgi` would read as a module.
+fn file_path(v: &str) -> String {
+    if v.contains('/') {
+        v.to_owned()
+    } else {
+        format!("./{v}")
+    }
+}
+
 /// A uWSGI socket address as postern's listener address.
 fn listen_addr(v: &str) -> Result<(String, Option<String>), String> {
     if v.is_empty() {
@@ -496,8 +505,7 @@ impl<'a> Mapper<'a> {
                 self.app(i, "module", target, has)
             }
             "wsgi-file" | "file" => {
-                // A bare name would read as a module path: keep it a file.
-                let path = if v.contains('/') { v.to_owned() } else { format!("./{v}") };
+                let path = file_path(v);
                 let target = match &self.callable {
                     Some((_, c)) => format!("{path}:{c}"),
                     None => path,
@@ -509,6 +517,12 @@ impl<'a> Mapper<'a> {
                     return Outcome::Refused(format!("{v:?} is not MOUNTPOINT=APP"));
                 };
                 let has = target.contains(':') && !target.ends_with(".py");
+                // uWSGI loads a mount target ending in .py or .wsgi as a file.
+                let target = if target.ends_with(".py") || target.ends_with(".wsgi") {
+                    file_path(target)
+                } else {
+                    target.to_owned()
+                };
                 let target = match (&self.callable, has) {
                     (Some((_, c)), false) => format!("{target}:{c}"),
                     _ => target.to_owned(),

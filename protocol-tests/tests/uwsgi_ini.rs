@@ -539,3 +539,37 @@ fn http_ini_files_are_refused_saying_what_to_do() {
     }
     assert_eq!(err.matches("postern cannot run").count(), 1, "{err}");
 }
+
+/// A mounted `app.wsgi` file (mod_wsgi's suffix, common in uWSGI setups), with `%d` and
+/// `%x` from a section picked with FILE:section.
+#[test]
+fn mounted_wsgi_file_from_a_section() {
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), Path::new("/nonexistent"));
+    std::fs::write(
+        dir.path().join("app.wsgi"),
+        "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [(environ['SCRIPT_NAME'] + ' ' + environ['PATH_INFO'] + ' from app.wsgi\\n').encode()]\n",
+    )
+    .unwrap();
+    let file = dir.path().join("sites.ini");
+    std::fs::write(
+        &file,
+        "[uwsgi]\nsocket = %dother.sock\n\n[shop]\nsocket = %d%x.sock\nchdir = %d\nmount = /%x=app.wsgi\nmanage-script-name\n",
+    )
+    .unwrap();
+    let spec = format!("{}:shop", file.display());
+    let sock = dir.path().join("shop.sock");
+    let mut p = start(
+        postern(&vars, &["--ini", &spec]),
+        &vars,
+        Addr::Unix(sock.clone()),
+        None,
+    );
+    assert_eq!(
+        p.get("/shop/cart"),
+        (200, b"/shop /cart from app.wsgi\n".to_vec())
+    );
+    assert!(!dir.path().join("other.sock").exists());
+    assert!(stop(&mut p).success());
+    assert!(!sock.exists());
+}

@@ -188,7 +188,9 @@ fn maps_a_mount() {
         Outcome::Accepted(_)
     ));
     let t = tr("mount = /app=wsgi.py\ncallable = app");
-    assert_eq!(get(&t, "app"), Some(&s("wsgi.py:app")));
+    assert_eq!(get(&t, "app"), Some(&s("./wsgi.py:app")));
+    let t = tr("mount = /app=/srv/app.wsgi");
+    assert_eq!(get(&t, "app"), Some(&s("/srv/app.wsgi")));
     assert_eq!(get(&t, "mount"), Some(&strings(&["/app"])));
     let t = tr("mount = /=shop:app");
     assert_eq!(get(&t, "app"), Some(&s("shop:app")));

@@ -293,7 +293,16 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyModul
         .map(|s| s.to_string_lossy().replace(['-', '.', ' '], "_"))
         .unwrap_or_else(|| "wsgi_app".into());
     let util = py.import("importlib.util")?;
-    let spec = util.call_method1("spec_from_file_location", (&name, path.to_string_lossy()))?;
+    // An explicit source loader: without it only a `.py` suffix is loadable, and uWSGI's
+    // and mod_wsgi's apps are often `app.wsgi` files.
+    let file = path.to_string_lossy();
+    let loader = py
+        .import("importlib.machinery")?
+        .getattr("SourceFileLoader")?
+        .call1((&name, &file))?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("loader", loader)?;
+    let spec = util.call_method("spec_from_file_location", (&name, &file), Some(&kwargs))?;
     if spec.is_none() {
         return Err(pyo3::exceptions::PyImportError::new_err(format!(
             "cannot load {} as a Python module",
