@@ -422,11 +422,13 @@ fn middleware_example_logs_each_request() {
     let dir = tempdir();
     let examples = root().join("examples");
 
-    // The example as shipped: its demo app, wrapped.
+    // The example as shipped: its demo app, wrapped. postern's own access log is off,
+    // so every request line in the log is the middleware's.
     let p = Spawn::unix(
         dir.path(),
         &examples.join("middleware.py").to_string_lossy(),
     )
+    .args(["--access-log", "off"])
     .start();
     let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
     let r = n.request(
@@ -463,6 +465,7 @@ fn middleware_example_logs_each_request() {
     )
     .unwrap();
     let p = Spawn::unix(dir.path(), "wrapped")
+        .args(["--access-log", "off"])
         .args(["--pythonpath", &examples.to_string_lossy()])
         .args([
             "--pythonpath",
