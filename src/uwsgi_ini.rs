@@ -188,8 +188,8 @@ const KEY_ORDER: &[&str] = &[
     "body-spool-threshold",
     "max-body",
     "stats",
-    "access-log",
     "log-file",
+    "access-log",
     "env",
 ];
 
@@ -943,8 +943,12 @@ impl Translation {
                 self.source
             ),
         );
-        if let Some(w) = self.warnings() {
-            bad.push(format!("and, once those are fixed: {w}"));
+        let rest = self.warning_lines();
+        if !rest.is_empty() {
+            bad.push(
+                "Once those are fixed, postern runs without these (a warning at start):".into(),
+            );
+            bad.extend(rest);
         }
         Err(IniError::Refused(bad.join("\n")))
     }
@@ -978,6 +982,21 @@ impl Translation {
     /// One message listing what postern runs without (ignored and unknown lines, and
     /// differences worth knowing), or `None`.
     pub fn warnings(&self) -> Option<String> {
+        let mut out = self.warning_lines();
+        if out.is_empty() {
+            return None;
+        }
+        out.insert(
+            0,
+            format!(
+                "{} [{}]: not carried over as written:",
+                self.source, self.section
+            ),
+        );
+        Some(out.join("\n"))
+    }
+
+    fn warning_lines(&self) -> Vec<String> {
         let mut out = self.listing(|o| match o {
             Outcome::Ignored(why) => Some(format!("ignored: {why}")),
             Outcome::Unknown if !self.strict => Some(
@@ -995,17 +1014,7 @@ impl Translation {
             0 => format!("  {}: {n}", self.source),
             l => format!("  {}: {n}", at(&self.source, *l)),
         }));
-        if out.is_empty() {
-            return None;
-        }
-        out.insert(
-            0,
-            format!(
-                "{} [{}]: not carried over as written:",
-                self.source, self.section
-            ),
-        );
-        Some(out.join("\n"))
+        out
     }
 
     /// The equivalent `postern.toml`, each value under the ini line(s) it came from and
@@ -1045,11 +1054,29 @@ impl Translation {
                 "\n# The file names no module, wsgi-file or mount: give the app here (app = \"pkg.module:callable\") or on the command line."
             );
         }
+        // Keys that came from the same lines (a mount: app and mount; logto: log-file and
+        // access-log) are written together, under one copy of those lines.
+        let lines_of = |key: &str| -> Vec<usize> {
+            self.lines
+                .iter()
+                .filter(|l| matches!(&l.outcome, Outcome::Carried { keys, .. } if keys.iter().any(|k| k == key)))
+                .map(|l| l.entry.line)
+                .collect()
+        };
+        let mut written: BTreeSet<&str> = BTreeSet::new();
         for key in KEY_ORDER.iter().filter(|k| **k != "env") {
-            if let Some(v) = self.table.get(*key) {
-                out.push('\n');
-                comments(&mut out, key);
-                let _ = writeln!(out, "{key} = {v}");
+            if written.contains(key) || !self.table.contains_key(*key) {
+                continue;
+            }
+            let origin = lines_of(key);
+            out.push('\n');
+            comments(&mut out, key);
+            for k in KEY_ORDER.iter().filter(|k| **k != "env") {
+                let same = *k == *key || (!written.contains(k) && lines_of(k) == origin);
+                if let Some(v) = self.table.get(*k).filter(|_| same) {
+                    let _ = writeln!(out, "{k} = {v}");
+                    written.insert(k);
+                }
             }
         }
         let dropped: Vec<&Line> = self

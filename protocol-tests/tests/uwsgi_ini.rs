@@ -528,7 +528,7 @@ fn http_ini_files_are_refused_saying_what_to_do() {
         "postern cannot run these lines of [uwsgi] as written".to_owned(),
         format!("{m}:2  http-socket = :8080: postern speaks uwsgi, FastCGI and SCGI, not HTTP"),
         format!("{m}:4  emperor = /etc/uwsgi/vassals: postern runs one app, not an Emperor"),
-        format!("and, once those are fixed: {m} [uwsgi]: not carried over as written:"),
+        "Once those are fixed, postern runs without these (a warning at start):".to_owned(),
         format!("{m}:5  static-map = /static=/srv/static: ignored: postern leaves static files to the front server"),
         format!("{m}:6  offload-threads = 2: ignored"),
         format!("{m}:7  route = ^/old redirect:/new: ignored: uWSGI's internal routing"),

@@ -99,7 +99,7 @@ fn refuses_http_in_one_message_saying_what_to_do() {
     let e = t.check().unwrap_err().to_string();
     // A heading, one line each, then what postern would run without.
     assert_eq!(e.lines().count(), 7, "{e}");
-    assert!(e.contains("and, once those are fixed: /etc/uwsgi/shop.ini [uwsgi]: not carried over as written:\n  /etc/uwsgi/shop.ini:7  http-timeout = 30: ignored"), "{e}");
+    assert!(e.contains("Once those are fixed, postern runs without these (a warning at start):\n  /etc/uwsgi/shop.ini:7  http-timeout = 30: ignored"), "{e}");
     assert!(
         e.starts_with("postern cannot run these lines of [uwsgi] as written"),
         "{e}"
@@ -401,7 +401,11 @@ fn maps_stats_and_logs() {
 
 #[test]
 fn daemonize_keeps_its_log_file_and_warns() {
-    let t = tr("daemonize = /var/log/uwsgi/shop.log");
+    let t = tr("module = m\ndaemonize = /var/log/uwsgi/shop.log");
+    // One line, two keys: written together under one copy of the line.
+    let text = t.to_toml();
+    assert!(text.contains("# line 3: daemonize = /var/log/uwsgi/shop.log\n#   postern stays in the foreground (run it under systemd, deploy/systemd/, or your\n#   process manager); its logs go to this file\nlog-file = \"/var/log/uwsgi/shop.log\"\naccess-log = \"/var/log/uwsgi/shop.log\"\n"), "{text}");
+    assert_eq!(text.matches("# line 3:").count(), 1, "{text}");
     assert_eq!(get(&t, "log-file"), Some(&s("/var/log/uwsgi/shop.log")));
     assert_eq!(get(&t, "access-log"), Some(&s("/var/log/uwsgi/shop.log")));
     let w = t.warnings().unwrap();
