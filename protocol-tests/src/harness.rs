@@ -190,9 +190,19 @@ pub struct Spawn {
     venv: Option<PathBuf>,
     cwd: Option<PathBuf>,
     protocol: &'static str,
+    /// `--log-file`: read by `logs()` and the start-up wait instead of stderr.
+    log_file: Option<PathBuf>,
 }
 
 impl Spawn {
+    /// postern logs to `path` (`--log-file`); `Postern::logs()` reads that file.
+    pub fn log_file(mut self, path: &Path) -> Self {
+        self.args.push("--log-file".into());
+        self.args.push(path.display().to_string());
+        self.log_file = Some(path.to_owned());
+        self
+    }
+
     /// Listen for `fastcgi` or `scgi` instead of uwsgi.
     pub fn protocol(mut self, p: &'static str) -> Self {
         self.protocol = p;
@@ -219,6 +229,7 @@ impl Spawn {
             venv: None,
             cwd: None,
             protocol: "uwsgi",
+            log_file: None,
         }
     }
 
@@ -284,7 +295,7 @@ impl Spawn {
         let mut p = Postern {
             child,
             addr: self.addr,
-            log,
+            log: self.log_file.unwrap_or(log),
             dir: self.dir,
         };
         p.wait_ready();

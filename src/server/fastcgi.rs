@@ -1219,7 +1219,7 @@ fn handle_event(
                 if data.len() as u64 > left {
                     if !slot.warned_excess {
                         slot.warned_excess = true;
-                        tracing::warn!(%peer, request_id = id, content_length = cl, "STDIN longer than CONTENT_LENGTH; the excess is ignored");
+                        tracing::warn!(%peer, fcgi_id = id, content_length = cl, "STDIN longer than CONTENT_LENGTH; the excess is ignored");
                     }
                     data.truncate(left as usize);
                 }
@@ -1235,7 +1235,7 @@ fn handle_event(
             if max_body.is_some_and(|m| slot.got + n > m) {
                 // Only a body without CONTENT_LENGTH gets here (a longer announced one
                 // was answered 413 before the app ran): cut it, the app's read fails.
-                tracing::warn!(%peer, request_id = id, max_body = max_body.unwrap_or(0), "request body (no CONTENT_LENGTH) over --max-body; wsgi.input is cut");
+                tracing::warn!(%peer, fcgi_id = id, max_body = max_body.unwrap_or(0), "request body (no CONTENT_LENGTH) over --max-body; wsgi.input is cut");
                 slot.stdin = None;
                 return Step::Go;
             }
@@ -1262,7 +1262,7 @@ fn handle_event(
                 return Step::Go;
             };
             if slot.content_length.is_some_and(|cl| slot.got < cl) {
-                tracing::warn!(%peer, request_id = id, got = slot.got, "STDIN ended before CONTENT_LENGTH bytes; the app sees a cut body");
+                tracing::warn!(%peer, fcgi_id = id, got = slot.got, "STDIN ended before CONTENT_LENGTH bytes; the app sees a cut body");
                 slot.stdin = None;
                 return Step::Go;
             }
@@ -1280,7 +1280,7 @@ fn handle_event(
         }
         Event::Abort { id } => {
             if let Some(slot) = slots.get_mut(&id) {
-                tracing::info!(%peer, request_id = id, "FCGI_ABORT_REQUEST: stopping the request");
+                tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
                 slot.flags.aborted.store(true, Ordering::Release);
                 slot.stdin = None;
             }

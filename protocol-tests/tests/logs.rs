@@ -1,0 +1,691 @@
+//! Logs: the access log's three formats, to stderr, to a file or off; the request id
+//! (nginx's `$request_id`, or postern's own) in the access line, in environ and on the
+//! request's other lines; log files reopened on SIGUSR1 by a real logrotate run with
+//! deploy/logrotate/postern; no line lost at exit; start-up output and start-up errors
+//! said once. Needs nginx and logrotate: fails in CI if missing, skips loudly locally.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+/// A small app: echoes its request ids and pid, and writes one `wsgi.errors` line;
+/// `/raise` raises (a traceback in the log).
+const APP: &str = r#"
+import json, os
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/raise":
+        raise RuntimeError("boom from the app")
+    environ["wsgi.errors"].write("a line from the app on wsgi.errors\n")
+    body = json.dumps({
+        "sent": environ.get("HTTP_X_REQUEST_ID"),
+        "id": environ.get("postern.request_id"),
+        "pid": os.getpid(),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+fn app(dir: &Path) -> String {
+    let p = dir.join("ids_app.py");
+    std::fs::write(&p, APP).unwrap();
+    p.display().to_string()
+}
+
+/// A direct uwsgi request as nginx would send it, plus `extra` variables.
+fn request(p: &Postern, path: &str, extra: &[(&str, &str)]) -> Response {
+    let mut vars = vec![
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", path),
+        ("REQUEST_URI", path),
+        ("QUERY_STRING", ""),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("REMOTE_ADDR", "203.0.113.9"),
+        ("HTTP_USER_AGENT", "logs-test/1.0 (\"quoted\")"),
+        ("HTTP_REFERER", "http://example.com/from"),
+    ];
+    vars.extend_from_slice(extra);
+    let out = p.uwsgi(&vars, b"");
+    parse_http(&out).unwrap_or_else(|| {
+        panic!(
+            "bad response {:?}\n{}",
+            String::from_utf8_lossy(&out),
+            p.logs()
+        )
+    })
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits up to `secs` until `path` holds a line containing `needle`; returns that line.
+fn wait_line(path: &Path, needle: &str, secs: u64) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(l) = read(path).lines().find(|l| l.contains(needle)) {
+            return Some(l.to_owned());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `secs` until `path` has `n` lines; returns how many it has.
+fn wait_lines(path: &Path, n: usize, secs: u64) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = read(path).lines().count();
+        if got >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One line of the combined format, split the way log parsers (goaccess's COMBINED,
+/// the usual regex) read it: `host ident user [time] "request" status bytes "referer"
+/// "agent"`, then what postern appends.
+#[derive(Debug)]
+struct Combined {
+    host: String,
+    ident: String,
+    user: String,
+    time: String,
+    request: String,
+    status: u16,
+    bytes: u64,
+    referer: String,
+    agent: String,
+    rest: String,
+}
+
+fn parse_combined(line: &str) -> Option<Combined> {
+    let (host, rest) = line.split_once(' ')?;
+    let (ident, rest) = rest.split_once(' ')?;
+    let (user, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix('[')?;
+    let (time, rest) = rest.split_once("] ")?;
+    let quoted = |s: &str| -> Option<(String, String)> {
+        let s = s.strip_prefix('"')?;
+        let (v, rest) = s.split_once('"')?;
+        Some((v.to_owned(), rest.strip_prefix(' ').unwrap_or(rest).to_owned()))
+    };
+    let (request, rest) = quoted(rest)?;
+    let (status, rest) = rest.split_once(' ')?;
+    let (bytes, rest) = rest.split_once(' ')?;
+    let (referer, rest) = quoted(rest)?;
+    let (agent, rest) = quoted(&rest)?;
+    Some(Combined {
+        host: host.into(),
+        ident: ident.into(),
+        user: user.into(),
+        time: time.into(),
+        request,
+        status: status.parse().ok()?,
+        bytes: bytes.parse().ok()?,
+        referer,
+        agent,
+        rest,
+    })
+}
+
+/// `10/Oct/2000:13:55:36 +0000`.
+fn is_combined_time(t: &str) -> bool {
+    let b = t.as_bytes();
+    t.len() == 26
+        && b[2] == b'/'
+        && b[6] == b'/'
+        && b[11] == b':'
+        && t.ends_with(" +0000")
+        && [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .contains(&&t[3..6])
+}
+
+fn is_hex32(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// `key=value` from a text or combined access line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    Some(line[start..].split(' ').next().unwrap_or(""))
+}
+
+#[test]
+fn text_access_lines_carry_pid_protocol_status_bytes_duration_and_id() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    let r = request(&p, "/hello", &[]);
+    assert_eq!(r.status, 200);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert!(p.wait_log("postern::access", 5), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("postern::access"))
+        .unwrap();
+    assert!(line.contains(" INFO postern::access: served "), "{line}");
+    assert_eq!(field(line, "request_id"), Some(id.as_str()), "{line}");
+    assert_eq!(field(line, "pid"), Some(p.pid().to_string().as_str()));
+    assert_eq!(field(line, "protocol"), Some("uwsgi"));
+    assert_eq!(field(line, "remote"), Some("203.0.113.9"));
+    assert_eq!(field(line, "method"), Some("GET"));
+    assert_eq!(field(line, "path"), Some("/hello"));
+    assert_eq!(field(line, "status"), Some("200"));
+    let bytes: usize = field(line, "bytes").unwrap().parse().unwrap();
+    assert!(bytes > r.body.len(), "head and body: {line}");
+    let ms: f64 = field(line, "ms").unwrap().parse().unwrap();
+    assert!(ms >= 0.0, "{line}");
+}
+
+#[test]
+fn combined_access_log_to_a_file_parses_as_combined() {
+    let dir = tempdir();
+    let access = dir.path().join("access.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--access-log", &access.display().to_string()])
+        .args(["--access-log-format", "combined"])
+        .start();
+    let r = request(&p, "/combined?q=1", &[("REMOTE_USER", "alice")]);
+    assert_eq!(r.status, 200);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let line = wait_line(&access, "/combined", 5).expect("an access line in the file");
+    let c = parse_combined(&line).unwrap_or_else(|| panic!("not combined: {line}"));
+    assert_eq!(c.host, "203.0.113.9");
+    assert_eq!(c.ident, "-");
+    assert_eq!(c.user, "alice");
+    assert!(is_combined_time(&c.time), "{}", c.time);
+    assert_eq!(c.request, "GET /combined?q=1 HTTP/1.1");
+    assert_eq!(c.status, 200);
+    assert!(c.bytes as usize > r.body.len());
+    assert_eq!(c.referer, "http://example.com/from");
+    // A quote inside a field is escaped as nginx does: the fields still split.
+    assert_eq!(c.agent, r#"logs-test/1.0 (\x22quoted\x22)"#);
+    // Appended: the duration in seconds ($request_time style), then postern's fields.
+    let (secs, tail) = c.rest.split_once(' ').unwrap();
+    let (s, ms) = secs.split_once('.').unwrap();
+    assert!(
+        s.parse::<u64>().is_ok() && ms.len() == 3 && ms.parse::<u32>().is_ok(),
+        "{secs}"
+    );
+    assert_eq!(
+        tail,
+        format!("request_id={id} pid={} protocol=uwsgi", p.pid())
+    );
+    assert!(
+        !p.logs().contains("postern::access"),
+        "access lines go to the file only:\n{}",
+        p.logs()
+    );
+}
+
+#[test]
+fn json_access_lines_and_json_logs_share_the_request_id() {
+    let dir = tempdir();
+    // --access-log-format follows --log-format when not given.
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--log-format", "json"])
+        .start();
+    let r = request(&p, "/json", &[]);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert!(p.wait_log("\"target\":\"postern::access\"", 5), "{}", p.logs());
+    let mut access = None;
+    let mut errors = None;
+    for line in p.logs().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["target"] == "postern::access" {
+            access = Some(v);
+        } else if v["target"] == "wsgi.errors" {
+            errors = Some(v);
+        }
+    }
+    let a = access.expect("a JSON access line");
+    assert_eq!(a["request_id"], id.as_str());
+    assert_eq!(a["pid"], p.pid());
+    assert_eq!(a["protocol"], "uwsgi");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["uri"], "/json");
+    assert_eq!(a["remote_addr"], "203.0.113.9");
+    assert_eq!(a["user_agent"], "logs-test/1.0 (\"quoted\")");
+    assert!(a["bytes"].as_u64().unwrap() > 0);
+    assert!(a["duration_ms"].as_f64().unwrap() >= 0.0);
+    let e = errors.expect("the wsgi.errors line");
+    assert_eq!(e["span"]["request_id"], id.as_str(), "{e}");
+}
+
+#[test]
+fn access_log_off_writes_none_and_log_level_does_not_hide_it() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--access-log", "off"])
+        .start();
+    for _ in 0..3 {
+        assert_eq!(request(&p, "/off", &[]).status, 200);
+    }
+    // The app's wsgi.errors lines come after each response's access line would.
+    assert!(p.wait_log("a line from the app", 5));
+    // --log-level error: no "ready" line to wait for; the socket says when.
+    let sock = dir.path().join("quiet.sock");
+    let stderr = dir.path().join("quiet.log");
+    let child = Command::new(postern_bin())
+        .arg(app(dir.path()))
+        .args(["--log-level", "error", "--uwsgi"])
+        .arg(format!("unix:{}", sock.display()))
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let q = Postern {
+        child,
+        addr: Addr::Unix(sock.clone()),
+        log: stderr,
+        dir: dir.path().to_owned(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "postern did not start:\n{}", q.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(request(&q, "/quiet", &[]).status, 200);
+    assert!(
+        q.wait_log("postern::access: served", 5),
+        "--log-level error still logs accesses:\n{}",
+        q.logs()
+    );
+    assert!(
+        !q.logs().contains("a line from the app"),
+        "warn lines are filtered:\n{}",
+        q.logs()
+    );
+    let logs = p.logs();
+    assert!(!logs.contains("postern::access"), "{logs}");
+}
+
+#[test]
+fn generated_ids_are_in_environ_the_access_line_and_the_requests_other_lines() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--workers", "2"])
+        .start();
+    // Requests until both workers answered (at most 200).
+    let mut by_pid: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for _ in 0..200 {
+        let v = request(&p, "/gen", &[]).json();
+        assert_eq!(v["sent"], serde_json::Value::Null);
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert!(is_hex32(&id), "{id}");
+        by_pid
+            .entry(v["pid"].as_u64().unwrap())
+            .or_default()
+            .push(id);
+        if by_pid.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(by_pid.len(), 2, "both workers served");
+    let all: BTreeSet<&String> = by_pid.values().flatten().collect();
+    assert_eq!(
+        all.len(),
+        by_pid.values().map(Vec::len).sum::<usize>(),
+        "ids are unique"
+    );
+    let prefixes: BTreeSet<&str> = by_pid.values().map(|ids| &ids[0][..16]).collect();
+    assert_eq!(prefixes.len(), 2, "each worker has its own prefix: {by_pid:?}");
+    for (pid, ids) in &by_pid {
+        let id = ids.last().unwrap();
+        let access = format!("request_id={id} pid={pid} protocol=uwsgi");
+        assert!(p.wait_log(&access, 5), "{access}\n{}", p.logs());
+        let errors = p
+            .logs()
+            .lines()
+            .any(|l| l.contains(&format!("request_id={id} ")) && l.contains("wsgi.errors"));
+        assert!(errors, "the wsgi.errors line carries {id}:\n{}", p.logs());
+    }
+    // A traceback is on a line of its request too.
+    let r = request(&p, "/raise", &[("HTTP_X_REQUEST_ID", "trace-me-1")]);
+    assert_eq!(r.status, 500);
+    assert!(p.wait_log("boom from the app", 5));
+    let logs = p.logs();
+    let tb = logs
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("request_id=trace-me-1"));
+    assert!(tb.is_some(), "{logs}");
+}
+
+#[test]
+fn an_id_that_could_forge_log_lines_is_replaced_in_the_logs_but_kept_in_environ() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    let forged = "x 2026 INFO postern::access: served";
+    let v = request(&p, "/forged", &[("HTTP_X_REQUEST_ID", forged)]).json();
+    assert_eq!(v["sent"], forged, "the variable reaches the app as sent");
+    let id = v["id"].as_str().unwrap();
+    assert!(is_hex32(id), "postern's own id instead: {id}");
+    assert!(p.wait_log(&format!("request_id={id}"), 5), "{}", p.logs());
+    assert!(!p.logs().contains(forged));
+}
+
+/// A location passing nginx's `$request_id` (and echoing it to the client).
+fn with_request_id(location: &str, param: &str) -> String {
+    location.replacen(
+        "location / {",
+        &format!("location / {{\n            {param} HTTP_X_REQUEST_ID $request_id;\n            add_header X-Request-Id $request_id always;"),
+        1,
+    )
+}
+
+#[test]
+fn nginx_request_id_is_in_the_access_line_environ_and_wsgi_errors_line() {
+    let Some(bin) = nginx_bin() else { return };
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = Spawn::unix(dir.path(), &app(dir.path()))
+            .protocol(protocol)
+            .args(["--no-fastcgi-stderr"])
+            .start();
+        let pass = p.addr.nginx();
+        let location = match protocol {
+            "uwsgi" => with_request_id(&uwsgi_location(&pass), "uwsgi_param"),
+            _ => with_request_id(&fastcgi_location(&pass, ""), "fastcgi_param"),
+        };
+        let nginx = Nginx::start(&bin, dir.path(), &location);
+        // A client's own X-Request-Id does not override nginx's.
+        let r = nginx.request("GET", "/via-nginx", &[("X-Request-Id", "client-made")], b"");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), p.logs());
+        let id = r.header("X-Request-Id").unwrap().to_owned();
+        assert!(is_hex32(&id), "nginx's $request_id: {id}");
+        let v = r.json();
+        assert_eq!(v["sent"], id.as_str(), "{protocol}: HTTP_X_REQUEST_ID");
+        assert_eq!(v["id"], id.as_str(), "{protocol}: postern.request_id");
+        let access = format!("request_id={id} pid={} protocol={protocol}", p.pid());
+        assert!(p.wait_log(&access, 5), "{access}\n{}", p.logs());
+        let logs = p.logs();
+        let errors = logs
+            .lines()
+            .find(|l| l.contains("a line from the app") && l.contains(&format!("request_id={id} ")));
+        assert!(errors.is_some(), "{protocol}: wsgi.errors line with {id}:\n{logs}");
+    }
+}
+
+/// deploy/logrotate/postern with this test's paths: the log directory, the pidfile,
+/// no owner change, and a systemd unit that does not exist (so the pidfile is used).
+fn logrotate_conf(dir: &Path, logs: &Path, pidfile: &Path) -> PathBuf {
+    let conf = read(&root().join("deploy/logrotate/postern"));
+    for needle in [
+        "/var/log/postern/*.log",
+        "create 0640 myproject adm",
+        "postern.service",
+        "/run/postern/postern.pid",
+    ] {
+        assert!(conf.contains(needle), "deploy/logrotate/postern: {needle}");
+    }
+    let conf = conf
+        .replace("/var/log/postern/*.log", &format!("{}/*.log", logs.display()))
+        .replace("create 0640 myproject adm", "create 0640")
+        .replace("postern.service", "postern-logs-test-absent.service")
+        .replace("/run/postern/postern.pid", &pidfile.display().to_string());
+    let path = dir.join("logrotate.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+fn logrotate_bin() -> Option<PathBuf> {
+    for p in ["/usr/sbin/logrotate", "/usr/bin/logrotate"] {
+        if Path::new(p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    if in_ci() {
+        panic!("logrotate is not installed, and CI=true: install it in .ci/run");
+    }
+    eprintln!("\n!!!!! SKIPPING: logrotate is not installed (apt-get install logrotate); this test did NOT run !!!!!\n");
+    None
+}
+
+/// Rotates with logrotate, then requests until each of `pids` wrote an access line
+/// to the new file; checks that no line was lost and the old files kept theirs.
+fn rotate_and_check(workers: usize) {
+    let Some(logrotate) = logrotate_bin() else {
+        return;
+    };
+    let dir = tempdir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let (access, log, pidfile) = (
+        logs.join("access.log"),
+        logs.join("postern.log"),
+        dir.path().join("postern.pid"),
+    );
+    let mut spawn = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--access-log", &access.display().to_string()])
+        .args(["--pidfile", &pidfile.display().to_string()])
+        .log_file(&log);
+    if workers > 1 {
+        spawn = spawn.args(["--workers", &workers.to_string()]);
+    }
+    let p = spawn.start();
+    let mut sent = 0;
+    let mut pids = BTreeSet::new();
+    // Before: every worker has written to the first files.
+    while pids.len() < workers && sent < 200 {
+        pids.insert(request(&p, "/before", &[]).json()["pid"].as_u64().unwrap());
+        sent += 1;
+    }
+    assert_eq!(pids.len(), workers);
+    assert_eq!(wait_lines(&access, sent, 5), sent);
+
+    let conf = logrotate_conf(dir.path(), &logs, &pidfile);
+    let out = Command::new(&logrotate)
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.path().join("logrotate.state"))
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (old_access, old_log) = (logs.join("access.log.1"), logs.join("postern.log.1"));
+    assert!(old_access.exists() && old_log.exists(), "rotated");
+    if workers > 1 {
+        // The master reopens at once and says so in the new file.
+        assert!(
+            wait_line(&log, "log files reopened (SIGUSR1)", 5).is_some(),
+            "{}",
+            read(&log)
+        );
+    }
+    // After: each worker writes its lines to the new files (at most 200 requests).
+    let mut in_new = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_new.len() < workers && sent < 400 && Instant::now() < deadline {
+        let pid = request(&p, "/after", &[]).json()["pid"].as_u64().unwrap();
+        sent += 1;
+        if wait_line(&access, &format!("pid={pid} "), 1).is_some() {
+            in_new.insert(pid);
+        }
+    }
+    assert_eq!(
+        in_new.len(),
+        workers,
+        "every process writes to the new access log:\n{}",
+        read(&access)
+    );
+    // Nothing lost: each request has one line, in one file or the other.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let count = || read(&access).lines().count() + read(&old_access).lines().count();
+    while count() < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(), sent, "one access line per request");
+    assert!(read(&old_access).contains("path=/before"));
+    assert!(read(&old_log).contains("ready"), "{}", read(&old_log));
+    // postern's own log: the app's wsgi.errors lines now land in the new file.
+    assert!(
+        wait_line(&log, "a line from the app", 5).is_some(),
+        "{}",
+        read(&log)
+    );
+}
+
+#[test]
+fn logrotate_then_sigusr1_reopens_the_files_in_a_single_process() {
+    rotate_and_check(1);
+}
+
+#[test]
+fn logrotate_then_sigusr1_reopens_the_files_in_the_master_and_every_worker() {
+    rotate_and_check(2);
+}
+
+#[test]
+fn no_access_line_is_lost_at_a_graceful_stop() {
+    for workers in ["1", "2"] {
+        let dir = tempdir();
+        let access = dir.path().join("access.log");
+        let mut p = Spawn::unix(dir.path(), &app(dir.path()))
+            .args(["--access-log", &access.display().to_string()])
+            .args(["--workers", workers, "--threads", "4"])
+            .start();
+        let per_thread = 100;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = p.addr.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..per_thread {
+                        let pkt = uwsgi_packet(&[
+                            ("REQUEST_METHOD", "GET"),
+                            ("PATH_INFO", "/burst"),
+                            ("REQUEST_URI", "/burst"),
+                        ]);
+                        let out = raw(&addr, &pkt);
+                        assert!(out.starts_with(b"HTTP/1.1 200"), "{out:?}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Straight after the last response: lines may still be queued.
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(30).expect("postern exits");
+        assert!(status.success(), "{status}");
+        assert_eq!(
+            read(&access).lines().count(),
+            4 * per_thread,
+            "--workers {workers}: every queued line was written before exit"
+        );
+    }
+}
+
+#[test]
+fn start_up_output_names_version_python_app_and_the_front_server_lines() {
+    let dir = tempdir();
+    let fcgi = free_port();
+    let scgi = free_port();
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--fastcgi", &format!("127.0.0.1:{fcgi}")])
+        .args(["--scgi", &format!("0.0.0.0:{scgi}")])
+        .start();
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let sock = sock.display();
+    let logs = p.logs();
+    for needle in [
+        format!("postern {} starting: app ", env!("CARGO_PKG_VERSION")),
+        "ids_app.py, Python 3.".to_owned(),
+        format!("listening on unix:{sock} (uwsgi); nginx: `uwsgi_pass unix:{sock};`  Apache: `ProxyPass \"/\" \"unix:{sock}|uwsgi://localhost/\"`"),
+        format!("listening on 127.0.0.1:{fcgi} (fastcgi); nginx: `fastcgi_pass 127.0.0.1:{fcgi};`  Apache: `ProxyPass \"/\" \"fcgi://127.0.0.1:{fcgi}/\"`"),
+        format!("listening on 0.0.0.0:{scgi} (scgi); nginx: `scgi_pass 127.0.0.1:{scgi};`  Apache: `ProxyPass \"/\" \"scgi://127.0.0.1:{scgi}/\"`"),
+        "embedded Python started".to_owned(),
+        "app imported".to_owned(),
+        " ready ".to_owned(),
+    ] {
+        assert!(logs.contains(&needle), "missing {needle:?} in:\n{logs}");
+    }
+}
+
+/// Runs postern expecting it to fail at start; returns (exit code, stderr).
+fn failed_start(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempdir();
+    let out = Command::new(postern_bin())
+        .arg(app(dir.path()))
+        .args(args)
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_socket_directory_is_said_once_with_how_to_create_it() {
+    let dir = tempdir();
+    let missing = dir.path().join("missing/dir");
+    let sock = format!("unix:{}/s.sock", missing.display());
+    let (code, err) = failed_start(&["--uwsgi", &sock]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("cannot listen").count(), 1, "once:\n{err}");
+    let m = missing.display();
+    assert!(
+        err.contains(&format!(
+            "postern: cannot listen on {sock}: the directory {m} does not exist; create it (`mkdir -p {m}`) or choose another path"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "the cause once, in words:\n{err}");
+
+    // Under /run, the systemd way is named too.
+    let (_, err) = failed_start(&["--uwsgi", "unix:/run/postern-logs-test-none/s.sock"]);
+    assert!(
+        err.contains("`RuntimeDirectory=postern-logs-test-none` in the systemd unit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_address_in_use_is_said_once_with_how_to_find_the_holder() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempdir();
+    let log = dir.path().join("postern.log");
+    let (code, err) = failed_start(&[
+        "--uwsgi",
+        &format!("127.0.0.1:{port}"),
+        "--log-file",
+        &log.display().to_string(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    let said = format!(
+        "cannot listen on 127.0.0.1:{port}: the address is already in use by another process; find it with `ss -ltnp 'sport = :{port}'`, then stop it or choose another address"
+    );
+    assert_eq!(err.matches("cannot listen").count(), 1, "{err}");
+    assert!(err.contains(&said), "{err}");
+    // With --log-file, the log file has it too, once.
+    let in_log = read(&log);
+    assert_eq!(in_log.matches(&said).count(), 1, "{in_log}");
+    assert!(in_log.contains("ERROR"), "{in_log}");
+}
