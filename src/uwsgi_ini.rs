@@ -794,6 +794,14 @@ impl<'a> Mapper<'a> {
             "for" | "endfor" | "end-for" | "endif" | "end-if" | "end" | "else" => {
                 Outcome::Refused(LOGIC.into())
             }
+            "static-map" => Outcome::Ignored(match v.split_once('=') {
+                Some((at, dir)) => format!(
+                    "postern leaves static files to the front server: in nginx, location {}/ {{ alias {}/; }}",
+                    at.trim_end_matches('/'),
+                    dir.trim_end_matches('/')
+                ),
+                None => STATIC.into(),
+            }),
             k if k.starts_with("static-") || k.starts_with("check-static") => {
                 Outcome::Ignored(STATIC.into())
             }

@@ -125,7 +125,7 @@ fn ignores_what_nginx_does_in_one_warning() {
     assert!(t.check().is_ok());
     let w = t.warnings().unwrap();
     assert_eq!(w.lines().count(), 11, "{w}");
-    assert!(w.contains("static-map = /static=/srv/static: ignored: postern leaves static files to the front server"), "{w}");
+    assert!(w.contains("static-map = /static=/srv/static: ignored: postern leaves static files to the front server: in nginx, location /static/ { alias /srv/static/; }"), "{w}");
     assert!(
         w.contains("route = ^/old redirect:/new: ignored: uWSGI's internal routing"),
         "{w}"
