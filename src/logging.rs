@@ -32,10 +32,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +52,9 @@ const QUEUE_LINES: usize = 16 * 1024;
 
 /// A writer thread gathers queued file lines into writes of about this size.
 const BATCH_BYTES: usize = 64 * 1024;
+
+/// How long [`finish`] waits for a writer thread to write out its queue.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Mode of log files postern creates: logs hold URLs and client addresses.
 const FILE_MODE: u32 = 0o640;
@@ -124,6 +127,8 @@ struct Output {
     background: OnceLock<Background>,
     /// errno of the last failed reopen, to report on the next line written.
     reopen_error: AtomicI32,
+    /// How many flush marks (empty lines, see [`finish`]) the writer thread reached.
+    drained: (Mutex<u64>, Condvar),
 }
 
 enum Kind {
@@ -134,6 +139,19 @@ enum Kind {
         c_path: CString,
         file: File,
     },
+}
+
+/// Whether stderr can take a line without blocking (a pipe or socket with room: poll
+/// reports POLLOUT only when at least a page, or half the send buffer, is free).
+fn stderr_writable() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let stderr = io::stderr();
+    let mut fds = [PollFd::new(&stderr, PollFlags::OUT)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&now)), Ok(1)) && fds[0].revents().contains(PollFlags::OUT)
 }
 
 /// The non-blocking half: the queue's sender and its drop count.
@@ -156,7 +174,6 @@ struct Logs {
 static LOGS: OnceLock<Logs> = OnceLock::new();
 /// Lines go to the writer threads (set by [`start_background`], cleared by [`finish`]).
 static BACKGROUND: AtomicBool = AtomicBool::new(false);
-static GUARDS: Mutex<Vec<WorkerGuard>> = Mutex::new(Vec::new());
 /// This process's pid, for access lines (set again in each worker).
 static PID: AtomicU32 = AtomicU32::new(0);
 
@@ -221,7 +238,6 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
 pub fn start_background() {
     new_process();
     let Some(logs) = LOGS.get() else { return };
-    let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
     for out in &logs.outputs {
         if out.background.get().is_some() {
             continue;
@@ -241,17 +257,41 @@ pub fn start_background() {
             dropped,
             counted: AtomicU64::new(0),
         });
-        guards.push(guard);
+        // Never dropped: the guard's drop waits for the thread with println! on a
+        // timeout, which could block on a stalled stdout; `finish` flushes instead.
+        std::mem::forget(guard);
     }
     BACKGROUND.store(true, Ordering::Release);
 }
 
-/// Writes out what is queued and stops the writer threads (waiting up to about a
-/// second); later lines are written directly. Call before the process exits.
+/// Waits (up to 2 s per output) until the writer threads have written out what is
+/// queued; later lines are written directly. Call before the process exits.
 pub fn finish() {
     BACKGROUND.store(false, Ordering::Release);
-    let guards = std::mem::take(&mut *GUARDS.lock().unwrap_or_else(|e| e.into_inner()));
-    drop(guards);
+    let Some(logs) = LOGS.get() else { return };
+    for out in &logs.outputs {
+        let Some(bg) = out.background.get() else {
+            continue;
+        };
+        let (lock, cv) = &out.drained;
+        let mut reached = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = *reached + 1;
+        // An empty line is the mark: the writer thread counts it once it has written
+        // everything queued before it. If the queue is full the mark is lost, and the
+        // wait ends at FLUSH_WAIT: a stalled log must not hold up the exit.
+        let _ = bg.queue.clone().write_all(b"");
+        let deadline = Instant::now() + FLUSH_WAIT;
+        while *reached < mark {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            reached = cv
+                .wait_timeout(reached, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 /// Reports the error that stops postern, once: on stderr for whoever started it (as a
@@ -319,6 +359,7 @@ impl Output {
             kind: Kind::Stderr,
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
+            drained: (Mutex::new(0), Condvar::new()),
         }
     }
 
@@ -344,6 +385,7 @@ impl Output {
             },
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
+            drained: (Mutex::new(0), Condvar::new()),
         })
     }
 
@@ -366,7 +408,15 @@ impl Output {
                 return;
             }
         }
-        if self.write_now(line).is_err() {
+        // Written by this thread: in the master (which must never hang on a stalled
+        // journal or terminal: it enforces --timeout), or before serving starts. A
+        // stderr pipe or socket that cannot take a line now loses it; a file cannot
+        // be asked (poll says "ready" for files).
+        let ready = match self.kind {
+            Kind::Stderr => stderr_writable(),
+            Kind::File { .. } => true,
+        };
+        if !ready || self.write_now(line).is_err() {
             LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -419,6 +469,14 @@ struct Drain {
 
 impl Drain {
     fn push(&mut self, line: &[u8]) {
+        if line.is_empty() {
+            // A flush mark from `finish`.
+            self.write_pending();
+            let (lock, cv) = &self.out.drained;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            cv.notify_all();
+            return;
+        }
         match self.out.kind {
             Kind::Stderr => {
                 if self.out.write_now(line).is_err() {

@@ -117,7 +117,10 @@ fn parse_combined(line: &str) -> Option<Combined> {
     let quoted = |s: &str| -> Option<(String, String)> {
         let s = s.strip_prefix('"')?;
         let (v, rest) = s.split_once('"')?;
-        Some((v.to_owned(), rest.strip_prefix(' ').unwrap_or(rest).to_owned()))
+        Some((
+            v.to_owned(),
+            rest.strip_prefix(' ').unwrap_or(rest).to_owned(),
+        ))
     };
     let (request, rest) = quoted(rest)?;
     let (status, rest) = rest.split_once(' ')?;
@@ -240,7 +243,11 @@ fn json_access_lines_and_json_logs_share_the_request_id() {
         .start();
     let r = request(&p, "/json", &[]);
     let id = r.json()["id"].as_str().unwrap().to_owned();
-    assert!(p.wait_log("\"target\":\"postern::access\"", 5), "{}", p.logs());
+    assert!(
+        p.wait_log("\"target\":\"postern::access\"", 5),
+        "{}",
+        p.logs()
+    );
     let mut access = None;
     let mut errors = None;
     for line in p.logs().lines() {
@@ -298,7 +305,11 @@ fn access_log_off_writes_none_and_log_level_does_not_hide_it() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "postern did not start:\n{}", q.logs());
+        assert!(
+            Instant::now() < deadline,
+            "postern did not start:\n{}",
+            q.logs()
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
     assert_eq!(request(&q, "/quiet", &[]).status, 200);
@@ -345,7 +356,11 @@ fn generated_ids_are_in_environ_the_access_line_and_the_requests_other_lines() {
         "ids are unique"
     );
     let prefixes: BTreeSet<&str> = by_pid.values().map(|ids| &ids[0][..16]).collect();
-    assert_eq!(prefixes.len(), 2, "each worker has its own prefix: {by_pid:?}");
+    assert_eq!(
+        prefixes.len(),
+        2,
+        "each worker has its own prefix: {by_pid:?}"
+    );
     for (pid, ids) in &by_pid {
         let id = ids.last().unwrap();
         let access = format!("request_id={id} pid={pid} protocol=uwsgi");
@@ -415,10 +430,13 @@ fn nginx_request_id_is_in_the_access_line_environ_and_wsgi_errors_line() {
         let access = format!("request_id={id} pid={} protocol={protocol}", p.pid());
         assert!(p.wait_log(&access, 5), "{access}\n{}", p.logs());
         let logs = p.logs();
-        let errors = logs
-            .lines()
-            .find(|l| l.contains("a line from the app") && l.contains(&format!("request_id={id} ")));
-        assert!(errors.is_some(), "{protocol}: wsgi.errors line with {id}:\n{logs}");
+        let errors = logs.lines().find(|l| {
+            l.contains("a line from the app") && l.contains(&format!("request_id={id} "))
+        });
+        assert!(
+            errors.is_some(),
+            "{protocol}: wsgi.errors line with {id}:\n{logs}"
+        );
     }
 }
 
@@ -435,7 +453,10 @@ fn logrotate_conf(dir: &Path, logs: &Path, pidfile: &Path) -> PathBuf {
         assert!(conf.contains(needle), "deploy/logrotate/postern: {needle}");
     }
     let conf = conf
-        .replace("/var/log/postern/*.log", &format!("{}/*.log", logs.display()))
+        .replace(
+            "/var/log/postern/*.log",
+            &format!("{}/*.log", logs.display()),
+        )
         .replace("create 0640 myproject adm", "create 0640")
         .replace("postern.service", "postern-logs-test-absent.service")
         .replace("/run/postern/postern.pid", &pidfile.display().to_string());
@@ -598,6 +619,56 @@ fn no_access_line_is_lost_at_a_graceful_stop() {
 }
 
 #[test]
+fn a_stalled_stderr_never_holds_up_requests_or_the_exit() {
+    for workers in ["1", "2"] {
+        let dir = tempdir();
+        let sock = dir.path().join("stalled.sock");
+        // stderr is a pipe nobody reads until postern has exited: full after 64 KiB.
+        let mut child = Command::new(postern_bin())
+            .arg(app(dir.path()))
+            .args(["--workers", workers, "--threads", "2", "--uwsgi"])
+            .arg(format!("unix:{}", sock.display()))
+            .env_remove("VIRTUAL_ENV")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let mut p = Postern {
+            child,
+            addr: Addr::Unix(sock.clone()),
+            log: dir.path().join("unused.log"),
+            dir: dir.path().to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "postern did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // Two lines a request (access, wsgi.errors): about 1 MB of log in all. A
+        // request that waited for its log line would hit the client's read timeout.
+        let n = 2000;
+        for _ in 0..n {
+            assert_eq!(request(&p, "/stalled", &[]).status, 200);
+        }
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(30).expect("postern exits with its log stalled");
+        assert!(status.success(), "--workers {workers}: {status}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut out).unwrap();
+        let lines = out
+            .lines()
+            .filter(|l| l.contains("postern::access"))
+            .count();
+        assert!(
+            lines < n,
+            "--workers {workers}: lines beyond the pipe's room were dropped ({lines} kept)"
+        );
+    }
+}
+
+#[test]
 fn start_up_output_names_version_python_app_and_the_front_server_lines() {
     let dir = tempdir();
     let fcgi = free_port();
@@ -656,7 +727,10 @@ fn a_missing_socket_directory_is_said_once_with_how_to_create_it() {
         )),
         "{err}"
     );
-    assert!(!err.contains("os error"), "the cause once, in words:\n{err}");
+    assert!(
+        !err.contains("os error"),
+        "the cause once, in words:\n{err}"
+    );
 
     // Under /run, the systemd way is named too.
     let (_, err) = failed_start(&["--uwsgi", "unix:/run/postern-logs-test-none/s.sock"]);
