@@ -180,7 +180,9 @@ def make_backends(args, tmp: Path, bins: dict, app: base.App) -> list[Backend]:
                 if spath is not None:
                     cmd += ["--socket-mode", "666"]
                 shape = [] if base.has_opt(pextra, "--threads") else ["--threads", "1"]
-                cmd += shape + ["--log-level", "warn" if args.quiet_logs else "info"]
+                # The access log does not follow --log-level: --access-log off silences it.
+                quiet = ["--log-level", "warn", "--access-log", "off"]
+                cmd += shape + (quiet if args.quiet_logs else ["--log-level", "info"])
                 cmd += pextra + [app.postern]
                 shape_text = shlex.join(shape + pextra)
             elif key == "uwsgi":

@@ -135,7 +135,7 @@ def main():
         rows = []
         for name, cmd, sock in [
             ("postern", [a.postern_bin, a.app, "--uwsgi", "unix:" + ps, "--workers", str(a.workers),
-                         "--threads", str(a.threads), "--log-level", "warn"], ps),
+                         "--threads", str(a.threads), "--log-level", "warn", "--access-log", "off"], ps),
             ("uWSGI", [a.uwsgi, "--master", "--socket", us, "--wsgi-file", a.app, "--processes", str(a.workers),
                        "--threads", str(a.threads), "--disable-logging", "--die-on-term"], us),
         ]:

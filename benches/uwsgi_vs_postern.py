@@ -269,7 +269,8 @@ def make_servers(args, tmp: Path, postern_bin: Path, uwsgi_bin: Path, app: App):
         pcmd += ["--socket-mode", "666"]
     pshape = [] if has_opt(pextra, "--threads") else ["--threads", "1"]
     pcmd += pshape
-    pcmd += ["--log-level", "warn" if args.quiet_logs else "info"]
+    # The access log does not follow --log-level: --access-log off silences it.
+    pcmd += ["--log-level", "warn", "--access-log", "off"] if args.quiet_logs else ["--log-level", "info"]
     pcmd += pextra + [app.postern]
     postern = Server("postern", pcmd, addr, spath, sport, tmp / "postern.log", signal.SIGTERM,
                      shape=shlex.join(pshape + pextra))
