@@ -500,7 +500,8 @@ fn http_ini_files_are_refused_saying_what_to_do() {
     assert!(summary.contains("1 refused"), "{summary}");
 
     let file = ini("uwsgi_quickstart_http_socket.ini");
-    let out = postern(&vars, &["--ini", file.to_str().unwrap()])
+    // (--uwsgi-ini is the same option.)
+    let out = postern(&vars, &["--uwsgi-ini", file.to_str().unwrap()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
