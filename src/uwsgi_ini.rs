@@ -7,6 +7,12 @@
 //! accepted (postern does that anyway), ignored (postern runs without it), refused
 //! (running without it would not be what the file asks), a placeholder, or unknown.
 //!
+//! uWSGI without `lazy-apps` imports the app in its master before forking. The mapping
+//! keeps postern's own default instead (each worker imports it) and says so in a note:
+//! with postern's `preload`, a reload would keep running the code the master loaded at
+//! start (uWSGI re-executes itself on reload), and lazy loading is what is safe for apps
+//! that open connections or start threads at import time.
+//!
 //! No tokio, pyo3 or tracing: callers log the report.
 
 mod expand;
@@ -834,11 +840,8 @@ impl<'a> Mapper<'a> {
                     "line {} names its callable itself, which wins (as in uWSGI)",
                     self.entries[ai].line
                 )),
-                Some((ai, false)) => {
-                    // Part of the app's value: recorded as carried into `app`.
-                    let _ = ai;
-                    Self::carried(&["app"])
-                }
+                // Part of the app's value.
+                Some((_, false)) => Self::carried(&["app"]),
                 None => Outcome::Ignored(
                     "there is no module, wsgi-file or mount for it to apply to".into(),
                 ),
