@@ -792,26 +792,29 @@ fn format_access(
             fn text(v: Option<&[u8]>) -> Option<std::borrow::Cow<'_, str>> {
                 v.map(String::from_utf8_lossy)
             }
-            let line = serde_json::json!({
-                "timestamp": Timestamp(now).to_string(),
-                "level": level,
-                "target": "postern::access",
-                "message": message,
-                "request_id": a.id.as_str(),
-                "pid": pid,
-                "protocol": a.protocol.name(),
-                "remote_addr": text(remote),
-                "remote_user": text(var(b"REMOTE_USER")),
-                "method": text(method),
-                "uri": text(uri),
-                "server_protocol": text(var(b"SERVER_PROTOCOL")),
-                "status": a.status,
-                "bytes": a.bytes,
-                "duration_ms": (elapsed.as_micros() as f64) / 1000.0,
-                "referer": text(var(b"HTTP_REFERER")),
-                "user_agent": text(var(b"HTTP_USER_AGENT")),
-            });
-            let _ = writeln!(out, "{line}");
+            let line = JsonLine {
+                timestamp: Timestamp(now).to_string(),
+                level,
+                target: "postern::access",
+                message,
+                request_id: a.id.as_str(),
+                pid,
+                protocol: a.protocol.name(),
+                remote_addr: text(remote),
+                remote_user: text(var(b"REMOTE_USER")),
+                method: text(method),
+                uri: text(uri),
+                server_protocol: text(var(b"SERVER_PROTOCOL")),
+                status: a.status,
+                bytes: a.bytes,
+                duration_ms: (elapsed.as_micros() as f64) / 1000.0,
+                referer: text(var(b"HTTP_REFERER")),
+                user_agent: text(var(b"HTTP_USER_AGENT")),
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                out.push_str(&json);
+                out.push('\n');
+            }
         }
         AccessLogFormat::Combined => {
             // nginx's `combined` ($remote_addr - $remote_user [$time_local] "$request"
@@ -841,6 +844,28 @@ fn format_access(
             );
         }
     }
+}
+
+/// A JSON access line: one flat object, fields in this order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    timestamp: String,
+    level: &'a str,
+    target: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+    pid: u32,
+    protocol: &'a str,
+    remote_addr: Option<std::borrow::Cow<'a, str>>,
+    remote_user: Option<std::borrow::Cow<'a, str>>,
+    method: Option<std::borrow::Cow<'a, str>>,
+    uri: Option<std::borrow::Cow<'a, str>>,
+    server_protocol: Option<std::borrow::Cow<'a, str>>,
+    status: u16,
+    bytes: u64,
+    duration_ms: f64,
+    referer: Option<std::borrow::Cow<'a, str>>,
+    user_agent: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// A logfmt value: bare when it is plain, else quoted with `\"`, `\\` and `\xHH` escapes

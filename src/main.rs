@@ -233,8 +233,6 @@ fn serve(
     for b in &bound {
         let (nginx, apache) = listener::front_server_lines(b.info.protocol, &b.addr);
         tracing::info!(
-            listener = %b.addr,
-            protocol = b.info.protocol.name(),
             "listening on {} ({}); nginx: `{nginx}`  Apache: `{apache}`",
             b.addr,
             b.info.protocol.name()
