@@ -393,10 +393,12 @@ pub fn run(
                     m.retire_extra();
                 }
                 Some(Signal::SIGUSR1) => {
-                    // Workers inherit the reopening handler (crate::logging).
+                    // Workers (and the stats helper) inherit the reopening handler
+                    // (crate::logging).
                     crate::logging::reopen();
-                    for w in &m.workers {
-                        let _ = kill(w.pid, Signal::SIGUSR1);
+                    let helper = m.stats.as_ref().and_then(|h| h.pid);
+                    for pid in m.workers.iter().map(|w| w.pid).chain(helper) {
+                        let _ = kill(pid, Signal::SIGUSR1);
                     }
                 }
                 _ => {}
