@@ -210,3 +210,33 @@ fn check_fails_when_a_file_cannot_be_written() {
     );
     assert!(!missing.exists());
 }
+
+/// regression: a relative --venv was looked up after --chdir ("cannot read
+/// .venv/pyvenv.cfg"); relative paths are from where postern was started.
+#[test]
+fn relative_paths_are_from_the_starting_directory_not_chdir() {
+    let Some(venv) = example_venv() else {
+        assert!(!in_ci(), "the examples' venv is missing");
+        eprintln!("SKIPPED: no venv with Flask and Django");
+        return;
+    };
+    let root = root();
+    let rel = venv.strip_prefix(&root).unwrap_or(&venv).to_owned();
+    let dir = tempdir();
+    let out = postern()
+        .current_dir(&root)
+        .args(["mysite.wsgi:application", "--check"])
+        .args(["--chdir", "examples/django_project"])
+        .arg("--venv")
+        .arg(&rel)
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", dir.path().join("d.sock").display()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("venv: {}", root.join(&rel).display())),
+        "{stdout}"
+    );
+}

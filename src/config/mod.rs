@@ -712,6 +712,18 @@ fn load_ini(spec: &str) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
     Ok(ini)
 }
 
+/// `path` from the directory postern was started in.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn absolute_addr(addr: ListenAddr) -> ListenAddr {
+    match addr {
+        ListenAddr::Unix(p) => ListenAddr::Unix(absolute(&p)),
+        tcp => tcp,
+    }
+}
+
 /// The resolved configuration of a serving postern.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -857,7 +869,25 @@ impl Config {
             .venv
             .clone()
             .or(virtual_env)
-            .filter(|p| !p.as_os_str().is_empty());
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| absolute(&p));
+        // Relative paths mean "from where postern was started", whatever --chdir says
+        // (--pythonpath excepted: it is a sys.path entry, relative to the app's directory).
+        let mut o = o;
+        for p in [&mut o.pidfile, &mut o.log_file, &mut o.touch_reload]
+            .into_iter()
+            .flatten()
+        {
+            *p = absolute(p);
+        }
+        if !matches!(o.access_log.as_str(), "-" | "off") {
+            o.access_log = absolute(Path::new(&o.access_log)).display().to_string();
+        }
+        let listeners = listeners
+            .into_iter()
+            .map(|(proto, addr)| (proto, absolute_addr(addr)))
+            .collect();
+        o.stats = o.stats.map(absolute_addr);
         Ok(Config {
             opts: Options {
                 max_requests,
