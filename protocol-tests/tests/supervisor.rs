@@ -289,7 +289,7 @@ fn max_requests_recycles_workers_without_failing_requests() {
         c.join().unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "{}", p.logs());
-    assert!(p.logs().contains("(--max-requests)"));
+    assert!(p.wait_log("(--max-requests)", 5), "{}", p.logs());
     // A recycle is not a crash.
     assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
     assert!(
