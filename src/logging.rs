@@ -313,17 +313,16 @@ pub fn report_fatal(message: &str) {
 /// The master calls this for its SIGUSR1; other processes do the same in the handler.
 pub fn reopen() {
     reopen_files();
-    if let Some(logs) = LOGS.get() {
-        for out in &logs.outputs {
-            out.report_reopen_error();
+    let Some(logs) = LOGS.get() else { return };
+    let mut reopened = false;
+    for out in &logs.outputs {
+        if let Kind::File { .. } = out.kind {
+            reopened |= out.reopen_error.load(Ordering::Relaxed) == 0;
         }
-        if logs
-            .outputs
-            .iter()
-            .any(|o| matches!(o.kind, Kind::File { .. }))
-        {
-            tracing::info!("log files reopened (SIGUSR1)");
-        }
+        out.report_reopen_error();
+    }
+    if reopened {
+        tracing::info!("log files reopened (SIGUSR1)");
     }
 }
 

@@ -603,6 +603,36 @@ fn logrotate_then_sigusr1_reopens_the_files_in_the_master_and_every_worker() {
 }
 
 #[test]
+fn a_log_file_that_cannot_be_reopened_keeps_the_old_one_and_says_so() {
+    let dir = tempdir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let access = logs.join("access.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--access-log", &access.display().to_string()])
+        .start();
+    // The directory goes away (as if logrotate's olddir were misconfigured): the
+    // path cannot be opened again.
+    let moved = dir.path().join("logs.old");
+    std::fs::rename(&logs, &moved).unwrap();
+    p.signal(libc::SIGUSR1);
+    let old = moved.join("access.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wait_line(&old, "cannot reopen", 0).is_none() && Instant::now() < deadline {
+        assert_eq!(request(&p, "/kept", &[]).status, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let warning = wait_line(&old, "cannot reopen", 5).expect("a warning in the old file");
+    assert!(
+        warning.contains(&format!("{}", access.display()))
+            && warning.contains("still writing to the file it had before"),
+        "{warning}"
+    );
+    assert!(wait_line(&old, "path=/kept", 5).is_some(), "{}", read(&old));
+    assert!(!logs.exists(), "nothing was created at the old path");
+}
+
+#[test]
 fn no_access_line_is_lost_at_a_graceful_stop() {
     for workers in ["1", "2"] {
         let dir = tempdir();
