@@ -12,8 +12,9 @@
 //! lossy): when the disk or the reader of stderr is too slow and the queue is full, the
 //! line is dropped and counted in [`LOG_LINES_DROPPED`]. The master must stay
 //! single-threaded to fork safely, so it writes its own (few, never per-request) lines
-//! directly, and each worker starts its writer thread after the fork
-//! ([`start_background`]). [`finish`] flushes the queue before the process exits.
+//! directly, dropping one a full stderr pipe cannot take; each worker starts its writer
+//! thread after the fork ([`start_background`]). Before the process exits, [`finish`]
+//! waits (2 s at most) for the queue to be written out.
 //!
 //! Log files are reopened on SIGUSR1 (logrotate's `postrotate`): the handler opens each
 //! path again and `dup3`s the new file over the old descriptor, so every thread of the
