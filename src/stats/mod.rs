@@ -24,7 +24,8 @@ use crate::codec::Protocol;
 /// Errors of the stats endpoint and its client.
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
-    #[error("--stats {addr}: {source}")]
+    // The cause is the `source` (printed after this by `{:#}`), not in the message too.
+    #[error("--stats {addr}")]
     Bind {
         addr: String,
         source: crate::server::ServerError,
