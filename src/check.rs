@@ -8,7 +8,6 @@
 use std::io::Write as _;
 use std::time::Instant;
 
-use crate::codec::Protocol;
 use crate::config::Config;
 use crate::server::listener::{self, ListenAddr, SocketOptions};
 
@@ -103,7 +102,9 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     };
     let _ = writeln!(out, "  would run: {} with {procs}", config.app);
     for (protocol, addr) in &config.listeners {
-        let _ = writeln!(out, "    nginx: {}", nginx_line(*protocol, addr));
+        let (nginx, apache) = listener::front_server_lines(*protocol, addr);
+        let _ = writeln!(out, "    nginx:  {nginx}");
+        let _ = writeln!(out, "    Apache: {apache}");
     }
     if !failed.is_empty() {
         return Err(CheckError::Failed(failed.join("; ")));
@@ -149,16 +150,6 @@ fn writable(path: &std::path::Path) -> Result<(), String> {
     }
     access(dir, Access::WRITE_OK)
         .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
-}
-
-/// The nginx directive that points at a listener.
-pub fn nginx_line(protocol: Protocol, addr: &ListenAddr) -> String {
-    let directive = match protocol {
-        Protocol::Uwsgi => "uwsgi_pass",
-        Protocol::FastCgi => "fastcgi_pass",
-        Protocol::Scgi => "scgi_pass",
-    };
-    format!("{directive} {addr};")
 }
 
 /// Addresses systemd passed (LISTEN_FDS for this pid), without taking the fds.
