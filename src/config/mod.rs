@@ -767,10 +767,15 @@ impl Config {
             (Protocol::Scgi, "scgi", &o.scgi),
         ] {
             for addr in addrs {
-                if listeners.iter().any(|(_, a)| a == addr) || o.stats.as_ref() == Some(addr) {
+                // Compared as they will be bound: `unix:a.sock` and `unix:$PWD/a.sock`
+                // are one socket.
+                let addr = absolute_addr(addr.clone());
+                if listeners.iter().any(|(_, a)| *a == addr)
+                    || o.stats.clone().map(absolute_addr) == Some(addr.clone())
+                {
                     return Err(invalid(key, format!("{addr} is given twice")));
                 }
-                listeners.push((protocol, addr.clone()));
+                listeners.push((protocol, addr));
             }
         }
         let default_listener = listeners.is_empty();
@@ -883,10 +888,6 @@ impl Config {
         if !matches!(o.access_log.as_str(), "-" | "off") {
             o.access_log = absolute(Path::new(&o.access_log)).display().to_string();
         }
-        let listeners = listeners
-            .into_iter()
-            .map(|(proto, addr)| (proto, absolute_addr(addr)))
-            .collect();
         o.stats = o.stats.map(absolute_addr);
         Ok(Config {
             opts: Options {
@@ -1061,6 +1062,18 @@ mod tests {
             let want = format!("POSTERN_{}", key.replace('-', "_").to_uppercase());
             assert_eq!(env.as_deref(), Some(want.as_str()), "{key}");
         }
+    }
+
+    // regression: `--uwsgi unix:a.sock --fastcgi unix:$PWD/a.sock` passed --check (each
+    // bound alone) and then failed at start with "another server is still answering".
+    #[test]
+    fn rejects_one_socket_given_twice_as_relative_and_absolute_paths() {
+        let cwd = std::env::current_dir().unwrap();
+        let abs = format!("unix:{}", cwd.join("a.sock").display());
+        let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--fastcgi", &abs]).unwrap_err();
+        assert!(e.to_string().contains("is given twice"), "{e}");
+        let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--stats", &abs]).unwrap_err();
+        assert!(e.to_string().contains("is given twice"), "{e}");
     }
 
     #[test]
