@@ -150,7 +150,7 @@ impl WorkerMonitor {
 fn rss_kib() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64 / 1024)
+    Some(pages * crate::supervisor::scoreboard::page_size() / 1024)
 }
 
 impl crate::wsgi::Monitor for WorkerMonitor {
@@ -158,15 +158,20 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         if thread >= self.board.threads {
             return;
         }
-        let mut desc = Vec::with_capacity(64);
-        desc.extend_from_slice(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
-        desc.push(b' ');
-        desc.extend_from_slice(
-            head.get(b"REQUEST_URI")
-                .or_else(|| head.get(b"PATH_INFO"))
-                .unwrap_or(b"-"),
-        );
-        self.board.line(self.slot, thread).begin(&desc, protocol);
+        // One pass over the variables, no allocation (this runs for every request).
+        let (mut method, mut uri, mut path) = (None, None, None);
+        for (k, v) in head.pairs() {
+            match k {
+                b"REQUEST_METHOD" => method = Some(v),
+                b"REQUEST_URI" => uri = Some(v),
+                b"PATH_INFO" => path = Some(v),
+                _ => {}
+            }
+        }
+        let (method, target) = (method.unwrap_or(b"-"), uri.or(path).unwrap_or(b"-"));
+        self.board
+            .line(self.slot, thread)
+            .begin(method, target, protocol);
         if self.metrics {
             self.board.enter(self.slot);
         }
@@ -195,9 +200,9 @@ impl crate::wsgi::Monitor for WorkerMonitor {
                 );
             }
         }
-        // RSS goes on the scoreboard after every request with --max-rss, else every
-        // 64th (reading /proc costs a few microseconds).
-        if self.max_rss_kib.is_some() || served % 64 == 1 {
+        // With --max-rss, RSS goes on the scoreboard after every request (reading /proc
+        // costs a few microseconds; the stats endpoint reads it from /proc itself).
+        if self.max_rss_kib.is_some() {
             if let Some(rss) = rss_kib() {
                 head.rss_kib.store(rss, Ordering::Relaxed);
             }

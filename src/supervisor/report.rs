@@ -103,7 +103,7 @@ fn rss_bytes(pid: i32) -> Option<u64> {
     }
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
+    Some(pages * crate::supervisor::scoreboard::page_size())
 }
 
 /// `--stats` in a single process (no master): a one-slot scoreboard, the endpoint on a

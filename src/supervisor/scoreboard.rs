@@ -514,17 +514,28 @@ impl Drop for Scoreboard {
 }
 
 impl Line {
-    /// Marks the thread busy with the request described by `desc` (method, space,
-    /// path), which came in over `protocol`.
-    pub fn begin(&self, desc: &[u8], protocol: Protocol) {
-        let n = desc.len().min(DESC);
-        for (i, w) in self.desc.iter().enumerate() {
-            let mut word = [0u8; 8];
-            let start = i * 8;
-            if start < n {
-                let end = (start + 8).min(n);
-                word[..end - start].copy_from_slice(&desc[start..end]);
-            }
+    /// Marks the thread busy with a request: `method`, `target` (REQUEST_URI), over
+    /// `protocol`; the description keeps their first 120 bytes.
+    pub fn begin(&self, method: &[u8], target: &[u8], protocol: Protocol) {
+        let mut buf = [0u8; DESC];
+        let m = method.len().min(DESC);
+        buf[..m].copy_from_slice(&method[..m]);
+        let mut n = m;
+        if n < DESC {
+            buf[n] = b' ';
+            n += 1;
+        }
+        let t = target.len().min(DESC - n);
+        buf[n..n + t].copy_from_slice(&target[..t]);
+        n += t;
+        // Only the words that hold the description: `desc_len` bounds every read.
+        for (w, word) in self
+            .desc
+            .iter()
+            .zip(buf.chunks_exact(8))
+            .take(n.div_ceil(8))
+        {
+            let word: [u8; 8] = word.try_into().expect("chunks of 8");
             w.store(u64::from_ne_bytes(word), Ordering::Relaxed);
         }
         self.desc_len.store(n as u32, Ordering::Relaxed);
@@ -574,9 +585,27 @@ impl Line {
     }
 }
 
+/// The memory page size, in bytes.
+pub fn page_size() -> u64 {
+    // From libc, not rustix: rustix reads it from the auxiliary vector and checks the
+    // vDSO's ELF header there, which crashes under valgrind (benches/metrics_cost.py).
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).unwrap_or(4096)
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (shared by all processes of the machine).
 pub fn now_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // libc's clock_gettime (the vDSO through glibc) rather than rustix's own vDSO
+    // lookup, which crashes under valgrind (benches/metrics_cost.py runs postern there).
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`; CLOCK_MONOTONIC always exists.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -603,7 +632,7 @@ mod tests {
         sb.reset(1, 42, 0);
         let l = sb.line(1, 2);
         assert_eq!(l.since.load(Ordering::SeqCst), 0);
-        l.begin(b"GET /a/very/long/path?with=query", Protocol::FastCgi);
+        l.begin(b"GET", b"/a/very/long/path?with=query", Protocol::FastCgi);
         assert!(l.since.load(Ordering::SeqCst) > 0);
         assert_eq!(l.desc(), "GET /a/very/long/path?with=query");
         let w = &sb.read().workers[0]; // slot 0 is free
@@ -616,8 +645,12 @@ mod tests {
         assert_eq!(l.since.load(Ordering::SeqCst), 0);
         assert_eq!(sb.head(1).pid.load(Ordering::SeqCst), 42);
         let long = vec![b'x'; 500];
-        l.begin(&long, Protocol::Uwsgi);
+        l.begin(b"POST", &long, Protocol::Uwsgi);
         assert_eq!(l.desc().len(), DESC);
+        assert!(l.desc().starts_with("POST xxx"));
+        // A shorter description after a long one reads back alone.
+        l.begin(b"GET", b"/", Protocol::Uwsgi);
+        assert_eq!(l.desc(), "GET /");
     }
 
     #[test]
@@ -627,7 +660,7 @@ mod tests {
         sb.reset(1, 11, 0);
         for (slot, t, code) in [(0, 0, 200), (0, 1, 404), (1, 0, 200), (1, 1, 503)] {
             let l = sb.line(slot, t);
-            l.begin(b"GET /", Protocol::Uwsgi);
+            l.begin(b"GET", b"/", Protocol::Uwsgi);
             l.count(Some(&served(End::Complete(code), 100)));
             l.end();
         }

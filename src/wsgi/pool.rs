@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::environ::Keys;
-use super::{response, App, Settings, Source};
+use super::{response, App, Served, Settings, Source};
 
 /// The running threads, to join at shutdown.
 pub struct Pool(Vec<JoinHandle<()>>);
@@ -30,7 +30,17 @@ impl Pool {
                 .spawn(move || {
                     Python::attach(|py| {
                         let keys = Keys::new(py);
-                        while let Some(req) = py.detach(|| source.next()) {
+                        // The request this thread just finished, for the monitor: its
+                        // `end` runs in the same GIL release as the wait for the next
+                        // request (one release per request, not two).
+                        let mut done: Option<Option<Served>> = None;
+                        let next = |done: &mut Option<Option<Served>>| {
+                            if let (Some(m), Some(served)) = (&settings.monitor, done.take()) {
+                                m.end(i, served.as_ref());
+                            }
+                            source.next()
+                        };
+                        while let Some(req) = py.detach(|| next(&mut done)) {
                             if let Some(m) = &settings.monitor {
                                 m.begin(i, &req.head, req.listener.protocol);
                             }
@@ -38,10 +48,7 @@ impl Pool {
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 response::handle(py, &keys, &app, &settings, req)
                             }));
-                            if let Some(m) = &settings.monitor {
-                                let served = r.as_ref().ok().copied();
-                                py.detach(|| m.end(i, served.as_ref()));
-                            }
+                            done = Some(r.as_ref().ok().copied());
                             if r.is_err() {
                                 tracing::error!(
                                     "internal error while serving a request (panic); the connection is aborted"
