@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -119,7 +120,7 @@ pub struct Options {
     pub mount: Vec<String>,
 
     /// Do not copy wsgi.errors output to the front server as FCGI_STDERR (it always goes to postern's log).
-    #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR")]
+    #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR", value_parser = BoolishValueParser::new())]
     pub no_fastcgi_stderr: bool,
 
     /// Change to DIR before importing the app (DIR is put on sys.path).
@@ -157,15 +158,15 @@ pub struct Options {
 
     /// Run a master process even with one worker (implied by --workers > 1 and by the
     /// options below): SIGHUP reloads, crashed workers are replaced.
-    #[arg(long, env = "POSTERN_MASTER")]
+    #[arg(long, env = "POSTERN_MASTER", value_parser = BoolishValueParser::new())]
     pub master: bool,
 
     /// Import the app in the master before forking, so workers share its memory pages.
-    #[arg(long, env = "POSTERN_PRELOAD")]
+    #[arg(long, env = "POSTERN_PRELOAD", value_parser = BoolishValueParser::new())]
     pub preload: bool,
 
     /// On reload, replace workers one at a time (for memory-tight hosts).
-    #[arg(long, env = "POSTERN_CHAIN_RELOAD")]
+    #[arg(long, env = "POSTERN_CHAIN_RELOAD", value_parser = BoolishValueParser::new())]
     pub chain_reload: bool,
 
     /// Reload when this file's modification time changes.
@@ -1074,6 +1075,34 @@ mod tests {
         assert!(e.to_string().contains("is given twice"), "{e}");
         let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--stats", &abs]).unwrap_err();
         assert!(e.to_string().contains("is given twice"), "{e}");
+    }
+
+    // regression: POSTERN_MASTER=1 (systemd and Kubernetes env files write 1/yes) was
+    // refused with "invalid value '1' for '--master'".
+    #[test]
+    fn switches_take_1_0_yes_no_from_the_environment() {
+        let parse = |v: &str| {
+            Cli::command()
+                .mut_arg("master", |a| a.env("POSTERN_TEST_MASTER_SWITCH"))
+                .try_get_matches_from(["postern", "app"])
+                .map(|m| Cli::from_arg_matches(&m).unwrap().options.master)
+                .map_err(|e| (v.to_owned(), e.to_string()))
+        };
+        for (value, want) in [
+            ("1", true),
+            ("yes", true),
+            ("true", true),
+            ("0", false),
+            ("no", false),
+            ("off", false),
+        ] {
+            std::env::set_var("POSTERN_TEST_MASTER_SWITCH", value);
+            assert_eq!(parse(value), Ok(want));
+        }
+        std::env::set_var("POSTERN_TEST_MASTER_SWITCH", "maybe");
+        assert!(parse("maybe").is_err());
+        std::env::remove_var("POSTERN_TEST_MASTER_SWITCH");
+        assert!(resolve(&["app", "--master"]).unwrap().supervised);
     }
 
     #[test]
