@@ -200,8 +200,9 @@ impl fmt::Display for KeyValue {
 }
 
 /// `Vec<T>` fields: one value or a list in TOML (`uwsgi = "unix:/a.sock"` or
-/// `uwsgi = ["unix:/a.sock", ":3031"]`).
+/// `uwsgi = ["unix:/a.sock", ":3031"]`). A bad entry is reported with `T`'s own message.
 pub mod one_or_many {
+    use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
@@ -213,21 +214,19 @@ pub mod one_or_many {
         T: Deserialize<'de>,
         D: Deserializer<'de>,
     {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany<T> {
-            Many(Vec<T>),
-            One(T),
+        // Not an untagged enum: its error ("data did not match any variant") would hide
+        // why the value is wrong.
+        let one = |v: toml::Value| T::deserialize(v).map_err(|e| D::Error::custom(e.message()));
+        match toml::Value::deserialize(d)? {
+            toml::Value::Array(items) => items.into_iter().map(one).collect(),
+            v => one(v).map(|t| vec![t]),
         }
-        Ok(match OneOrMany::deserialize(d)? {
-            OneOrMany::Many(v) => v,
-            OneOrMany::One(t) => vec![t],
-        })
     }
 }
 
-/// The `env` option: `--env K=V` on the command line, a `[env]` table in TOML (values
-/// that are not strings are taken as their TOML text: `PORT = 8000` is `"8000"`).
+/// The `env` option: `--env K=V` on the command line, a `[env]` table in TOML (numbers
+/// and booleans are taken as their TOML text: `PORT = 8000` is `"8000"`; a list or a
+/// table is an error).
 pub mod env_table {
     use super::KeyValue;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -238,16 +237,18 @@ pub mod env_table {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyValue>, D::Error> {
         let table = toml::Table::deserialize(d)?;
-        Ok(table
+        table
             .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    toml::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                KeyValue(k, v)
+            .map(|(k, v)| match v {
+                toml::Value::String(s) => Ok(KeyValue(k, s)),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    Ok(KeyValue(k, v.to_string()))
+                }
+                other => Err(serde::de::Error::custom(format!(
+                    "{k} = {other}: an environment variable is a string (or a number or boolean, taken as its text)"
+                ))),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -284,6 +285,43 @@ mod tests {
         assert_eq!("0660".parse::<Mode>().unwrap(), Mode(0o660));
         assert_eq!(Mode(0o660).to_string(), "660");
         assert!("999".parse::<Mode>().is_err());
+    }
+
+    // regression: `uwsgi = 3031` in a --config file said only "data did not match any
+    // variant of untagged enum OneOrMany".
+    #[test]
+    fn a_bad_list_entry_says_what_is_wrong_with_it() {
+        #[derive(Deserialize, Debug)]
+        struct T {
+            #[serde(with = "one_or_many")]
+            #[allow(dead_code)]
+            uwsgi: Vec<crate::server::listener::ListenAddr>,
+        }
+        for text in ["uwsgi = 3031", "uwsgi = [\"unix:/a.sock\", \"nowhere\"]"] {
+            let e = toml::from_str::<T>(text).unwrap_err().to_string();
+            assert!(!e.contains("untagged"), "{e}");
+            assert!(e.contains("3031") || e.contains("nowhere"), "{e}");
+        }
+        let ok: T = toml::from_str("uwsgi = [\"unix:/a.sock\", \":3031\"]").unwrap();
+        assert_eq!(ok.uwsgi.len(), 2);
+    }
+
+    // regression: `[env] A = [1, 2]` set A to the text "[1, 2]".
+    #[test]
+    fn env_values_are_scalars() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(with = "env_table")]
+            env: Vec<KeyValue>,
+        }
+        let t: T = toml::from_str("[env]\nPORT = 80\nDEBUG = true\nNAME = \"x\"\n").unwrap();
+        let text: Vec<String> = t.env.iter().map(|kv| kv.to_string()).collect();
+        assert_eq!(text, ["DEBUG=true", "NAME=x", "PORT=80"]);
+        let e = toml::from_str::<T>("[env]\nA = [1, 2]\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("an environment variable is a string"), "{e}");
     }
 
     #[test]
