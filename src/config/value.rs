@@ -145,10 +145,12 @@ impl FromStr for Seconds {
         let v: f64 = t
             .parse()
             .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-        if !(v.is_finite() && v > 0.0 && v < 1e9) {
+        // Checked after the conversion too: 1e-10 is positive but rounds to 0 ns.
+        let d = Duration::try_from_secs_f64(v).unwrap_or_default();
+        if !(v.is_finite() && v < 1e9) || d.is_zero() {
             return Err(format!("{s:?} is not a positive number of seconds"));
         }
-        Ok(Seconds(Duration::from_secs_f64(v)))
+        Ok(Seconds(d))
     }
 }
 
@@ -282,6 +284,9 @@ mod tests {
         assert_eq!("30s".parse::<Seconds>().unwrap().to_string(), "30");
         assert!("0".parse::<Seconds>().is_err());
         assert!("-1".parse::<Seconds>().is_err());
+        // regression: 1e-10 passed as positive and became a zero --timeout.
+        assert!("1e-10".parse::<Seconds>().is_err());
+        assert!("NaN".parse::<Seconds>().is_err());
         assert_eq!("0660".parse::<Mode>().unwrap(), Mode(0o660));
         assert_eq!(Mode(0o660).to_string(), "660");
         assert!("999".parse::<Mode>().is_err());
