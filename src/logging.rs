@@ -915,6 +915,27 @@ fn escaped(out: &mut String, v: Option<&[u8]>) {
     }
 }
 
+/// Request bytes as a field of postern's own log lines (the request span's method and
+/// path): UTF-8 as it is (else each byte as latin-1), control characters as `\xHH` and
+/// the Unicode line and paragraph separators as `\u{HHHH}`, so a request can neither
+/// start a line of its own nor send escape sequences to a terminal.
+pub struct Untrusted<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let put = |f: &mut std::fmt::Formatter<'_>, c: char| match c {
+            // U+2028/2029 end a line for some log viewers.
+            '\u{2028}' | '\u{2029}' => write!(f, "\\u{{{:04X}}}", u32::from(c)),
+            c if !c.is_control() => f.write_char(c),
+            c => write!(f, "\\x{:02X}", u32::from(c)),
+        };
+        match std::str::from_utf8(self.0) {
+            Ok(s) => s.chars().try_for_each(|c| put(f, c)),
+            Err(_) => self.0.iter().try_for_each(|&b| put(f, char::from(b))),
+        }
+    }
+}
+
 /// A duration as milliseconds with two decimals.
 struct Millis(Duration);
 
@@ -1085,6 +1106,21 @@ mod tests {
             combined.contains(r#""GET /a b\x0A2025 INFO forged=\x22x\x22\x5C\xC3\xA9 -""#),
             "{combined}"
         );
+    }
+
+    // regression: the request span wrote the path raw, so a path with CR/LF started
+    // a forged line in postern's own log (and ESC reached the terminal).
+    #[test]
+    fn untrusted_fields_have_no_control_characters() {
+        let show = |b: &[u8]| Untrusted(b).to_string();
+        assert_eq!(show(b"/caf\xC3\xA9?q=a b"), "/caf\u{e9}?q=a b");
+        assert_eq!(
+            show(b"/x\r\n2026 INFO forged\x1b[2J\x7f"),
+            r"/x\x0D\x0A2026 INFO forged\x1B[2J\x7F"
+        );
+        assert_eq!(show("a\u{85}b\u{2028}".as_bytes()), r"a\x85b\u{2028}");
+        // Not UTF-8: latin-1, still without control bytes.
+        assert_eq!(show(b"/\xE9\x0A"), "/\u{e9}\\x0A");
     }
 
     #[test]

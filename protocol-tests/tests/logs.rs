@@ -421,6 +421,29 @@ fn an_id_that_could_forge_log_lines_is_replaced_in_the_logs_but_kept_in_environ(
     assert!(!p.logs().contains(forged));
 }
 
+// regression: the request span wrote REQUEST_URI raw into postern's own log, so CR/LF
+// in it started a forged line there (the access line was escaped, the traceback's not).
+#[test]
+fn a_request_uri_with_line_breaks_cannot_forge_lines_of_postern_s_log() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    let forged = "2001-01-01T00:00:00.000000Z  INFO postern: forged";
+    let uri = format!("/raise\r\n{forged}\x1b[2J");
+    let r = request(&p, "/raise", &[("REQUEST_URI", uri.as_str())]);
+    assert_eq!(r.status, 500);
+    assert!(p.wait_log("boom from the app", 5), "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        !logs.lines().any(|l| l.starts_with(forged)) && !logs.contains('\x1b'),
+        "{logs}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("ERROR")
+            && l.contains(&format!("path=/raise\\x0D\\x0A{forged}\\x1B[2J"))),
+        "the traceback's line shows the path escaped:\n{logs}"
+    );
+}
+
 /// A location passing nginx's `$request_id` (and echoing it to the client).
 fn with_request_id(location: &str, param: &str) -> String {
     location.replacen(

@@ -22,7 +22,7 @@ use super::sink::ConnSink;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
 use crate::codec::{CodecError, Frame, Head};
-use crate::logging::RequestId;
+use crate::logging::{RequestId, Untrusted};
 use crate::proto::response::HeadStyle;
 use crate::proto::ProtoError;
 use crate::wsgi::{Body, ListenerInfo, Request};
@@ -179,21 +179,12 @@ impl<C: Conn> Reader<'_, C> {
     }
 }
 
-/// Request bytes for a log field: as text when they are UTF-8 (the usual case, no
-/// copy), else latin-1 decoded.
-fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(b) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => std::borrow::Cow::Owned(b.iter().map(|&c| c as char).collect()),
-    }
-}
-
 /// The `request` span and the request's id: the span carries the id, method, path and
 /// peer, then status and duration (ms) once known.
 pub fn request_span(head: &Head, peer: &str) -> (tracing::Span, RequestId) {
     let id = RequestId::for_head(head);
-    let method = text(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
-    let path = text(
+    let method = Untrusted(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
+    let path = Untrusted(
         head.get(b"REQUEST_URI")
             .or_else(|| head.get(b"PATH_INFO"))
             .unwrap_or(b"-"),
