@@ -770,11 +770,12 @@ fn format_access(
         AccessLogFormat::Text => {
             let _ = write!(
                 out,
-                "{}  {level} postern::access: {message} request_id={} pid={pid} protocol={} remote=",
-                Timestamp(now),
-                a.id,
-                a.protocol.name()
+                "{}  {level} postern::access: {message} request_id=",
+                Timestamp(now)
             );
+            // Quoted when it holds `=` (base64 padding), as logfmt readers need.
+            logfmt(out, Some(a.id.as_str().as_bytes()));
+            let _ = write!(out, " pid={pid} protocol={} remote=", a.protocol.name());
             logfmt(out, remote);
             out.push_str(" method=");
             logfmt(out, method);
@@ -834,14 +835,9 @@ fn format_access(
             out.push_str("\" \"");
             escaped(out, var(b"HTTP_USER_AGENT"));
             let secs = elapsed.as_millis();
-            let _ = writeln!(
-                out,
-                "\" {}.{:03} request_id={} pid={pid} protocol={}",
-                secs / 1000,
-                secs % 1000,
-                a.id,
-                a.protocol.name()
-            );
+            let _ = write!(out, "\" {}.{:03} request_id=", secs / 1000, secs % 1000);
+            logfmt(out, Some(a.id.as_str().as_bytes()));
+            let _ = writeln!(out, " pid={pid} protocol={}", a.protocol.name());
         }
     }
 }
@@ -1121,6 +1117,32 @@ mod tests {
         assert_eq!(show("a\u{85}b\u{2028}".as_bytes()), r"a\x85b\u{2028}");
         // Not UTF-8: latin-1, still without control bytes.
         assert_eq!(show(b"/\xE9\x0A"), "/\u{e9}\\x0A");
+    }
+
+    // regression: an id with `=` (base64 padding, which `sent` accepts) was written
+    // bare, `request_id=dGVzdA==`, which logfmt readers refuse.
+    #[test]
+    fn an_id_with_equals_signs_is_quoted_in_key_value_fields() {
+        let h = head(&[("HTTP_X_REQUEST_ID", "dGVzdA==")]);
+        let id = RequestId::for_head(&h);
+        assert!(!id.generated());
+        let a = Access {
+            head: &h,
+            id: &id,
+            protocol: Protocol::Scgi,
+            status: 204,
+            ending: Ending::Complete,
+            bytes: 0,
+            started: Instant::now(),
+        };
+        for format in [AccessLogFormat::Text, AccessLogFormat::Combined] {
+            let mut out = String::new();
+            format_access(&mut out, format, &a, Duration::ZERO, when(), 1);
+            assert!(
+                out.contains(" request_id=\"dGVzdA==\" pid=1 protocol=scgi"),
+                "{out}"
+            );
+        }
     }
 
     #[test]
