@@ -296,3 +296,385 @@ fn systemd_service_is_hardened() {
         assert!(set.contains(&want), "postern.service lacks `{want}`");
     }
 }
+
+/// The venv with `kubernetes-validate` (it carries the Kubernetes schemas, so no
+/// network is needed): `$POSTERN_K8S_VENV`, else `target/k8s-venv` (.ci/run makes it).
+fn k8s_venv() -> Option<PathBuf> {
+    let venv = std::env::var_os("POSTERN_K8S_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/k8s-venv"));
+    if venv.join("bin/kubernetes-validate").exists() {
+        return Some(venv);
+    }
+    let how = format!(
+        "python3 -m venv {0} && {0}/bin/pip install kubernetes-validate",
+        venv.display()
+    );
+    if in_ci() {
+        panic!("kubernetes-validate is not installed ({how}), and CI=true");
+    }
+    eprintln!("\n!!!!! SKIPPING: kubernetes-validate is not installed ({how}); this test did NOT run !!!!!\n");
+    None
+}
+
+fn k8s_file() -> PathBuf {
+    root().join("deploy/kubernetes/postern.yaml")
+}
+
+/// Every document of the manifest, as JSON (parsed by the venv's PyYAML).
+fn k8s_docs(venv: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(k8s_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes/postern.yaml"))
+}
+
+#[test]
+fn kubernetes_manifests_pass_the_schema_validator() {
+    let Some(venv) = k8s_venv() else { return };
+    let validate = |file: &Path| {
+        Command::new(venv.join("bin/kubernetes-validate"))
+            .arg("--strict")
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = validate(&k8s_file());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict:\n{said}"
+    );
+    for k in [
+        "configmap/",
+        "deployment/",
+        "service/",
+        "poddisruptionbudget/",
+        "horizontalpodautoscaler/",
+    ] {
+        assert!(
+            said.contains(&format!("passed for resource {k}")),
+            "{k}: {said}"
+        );
+    }
+    // The check is real: a misspelt field fails strict validation.
+    let dir = tempdir();
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(k8s_file()).unwrap();
+    std::fs::write(&bad, text.replace("readinessProbe:", "readynessProbe:")).unwrap();
+    assert!(!validate(&bad).status.success(), "a misspelt field passed");
+}
+
+/// What the Deployment promises: probes, resources, the termination order.
+#[test]
+fn kubernetes_deployment_drains_before_it_is_killed() {
+    let Some(venv) = k8s_venv() else { return };
+    let docs = k8s_docs(&venv);
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().unwrap();
+    let find = |name: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} container"))
+    };
+    let (postern, nginx) = (find("postern"), find("nginx"));
+    let args: Vec<&str> = postern["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |name: &str| {
+        let i = args
+            .iter()
+            .position(|a| *a == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        args[i + 1]
+    };
+    let graceful: u64 = arg("--graceful-timeout").parse().unwrap();
+    assert!(
+        arg("--stats").starts_with("127.0.0.1:"),
+        "stats must stay on loopback"
+    );
+    assert_eq!(arg("--uwsgi"), "unix:/run/postern/postern.sock");
+    let sleep = |c: &serde_json::Value| -> u64 {
+        let cmd = c["lifecycle"]["preStop"]["exec"]["command"].to_string();
+        let at = cmd.find("sleep").expect("preStop sleeps first");
+        cmd[at + 5..]
+            .trim_start_matches(|ch: char| !ch.is_ascii_digit())
+            .split(|ch: char| !ch.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > sleep(postern) + graceful,
+        "terminationGracePeriodSeconds {grace} must outlast preStop + --graceful-timeout {graceful}"
+    );
+    // nginx keeps serving until postern's socket is gone.
+    let nginx_stop = nginx["lifecycle"]["preStop"]["exec"]["command"].to_string();
+    assert!(
+        nginx_stop.contains("-S /run/postern/postern.sock"),
+        "{nginx_stop}"
+    );
+    for c in [postern, nginx] {
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert!(c[probe].is_object(), "{} has no {probe}", c["name"]);
+        }
+        assert!(
+            c["resources"]["requests"]["cpu"].is_string(),
+            "{}",
+            c["name"]
+        );
+        assert!(
+            c["resources"]["limits"]["memory"].is_string(),
+            "{}",
+            c["name"]
+        );
+    }
+    let mounts = |c: &serde_json::Value| c["volumeMounts"].to_string();
+    assert!(
+        mounts(postern).contains("\"postern-socket\"")
+            && mounts(nginx).contains("\"postern-socket\"")
+    );
+    assert_eq!(
+        kind(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        1
+    );
+    assert_eq!(
+        kind(&docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"],
+        kind(&docs, "Deployment")["metadata"]["name"]
+    );
+}
+
+/// The nginx.conf of the ConfigMap, adapted (socket, ports, pid and temp paths), passes
+/// `nginx -t` and then serves: the app through the socket, nginx's own health check, and
+/// postern's /metrics through the metrics port.
+#[test]
+fn kubernetes_configmap_nginx_conf_passes_nginx_t_and_serves() {
+    let Some(venv) = k8s_venv() else { return };
+    let Some(bin) = nginx_bin() else { return };
+    let docs = k8s_docs(&venv);
+    let conf = kind(&docs, "ConfigMap")["data"]["nginx.conf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempdir();
+    let stats_port = free_port();
+    let postern = Spawn::unix(dir.path(), &testapp())
+        .args(["--stats", &format!("127.0.0.1:{stats_port}")])
+        .start();
+    let Addr::Unix(sock) = &postern.addr else {
+        unreachable!()
+    };
+    let (port, metrics_port) = (free_port(), free_port());
+    let d = dir.path().display().to_string();
+    let mut adapted = conf.clone();
+    for (from, to) in [
+        ("/run/postern/postern.sock", sock.display().to_string()),
+        ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+        ("listen 9192;", format!("listen 127.0.0.1:{metrics_port};")),
+        ("127.0.0.1:9191", format!("127.0.0.1:{stats_port}")),
+        ("pid /tmp/nginx.pid;", format!("pid {d}/nginx.pid;")),
+        ("/tmp/nginx-", format!("{d}/nginx-")),
+        ("error_log /dev/stderr", format!("error_log {d}/error.log")),
+        (
+            "access_log /dev/stdout",
+            format!("access_log {d}/access.log"),
+        ),
+    ] {
+        assert!(
+            adapted.contains(from),
+            "the ConfigMap's nginx.conf has no `{from}`"
+        );
+        adapted = adapted.replace(from, &to);
+    }
+    let file = dir.path().join("nginx.conf");
+    std::fs::write(&file, &adapted).unwrap();
+    let t = Command::new(&bin)
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&t.stderr).into_owned();
+    assert!(
+        t.status.success() && said.contains("test is successful"),
+        "nginx -t:\n{said}"
+    );
+
+    let nginx = Command::new(&bin)
+        .args(["-g", "daemon off;", "-p"])
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    /// Stops nginx the graceful way (SIGQUIT: the master takes its workers along; a
+    /// SIGKILLed master would leave them running), then for sure.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGQUIT);
+            }
+            for _ in 0..250 {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(nginx);
+    let get = |port: u16, path: &str| -> Option<Response> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).ok()?;
+        parse_http(&out)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let health = loop {
+        if let Some(r) = get(port, "/nginx-health") {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    let env = get(port, "/env").expect("an answer");
+    assert_eq!(env.status, 200, "{}", env.text());
+    assert!(is_request_id(
+        env.json()["HTTP_X_REQUEST_ID"].as_str().unwrap()
+    ));
+    let metrics = get(metrics_port, "/metrics").expect("an answer");
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    assert!(metrics.text().contains("postern_"), "{}", metrics.text());
+    let status = get(metrics_port, "/status").expect("an answer");
+    assert_eq!(status.status, 404, "only /metrics leaves the pod");
+}
+
+/// The Dockerfile is not built here (no container engine), so check what can be
+/// checked: every file it COPYs from the repo exists and is not excluded by
+/// .dockerignore, the app it runs exists, and its build commands are the README's.
+#[test]
+fn dockerfile_copies_files_that_exist_and_builds_like_the_readme() {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // Continuation lines joined, comments dropped.
+    let mut steps = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        cur.push_str(t.trim_end_matches('\\'));
+        cur.push(' ');
+        if !t.ends_with('\\') {
+            steps.push(cur.trim().to_owned());
+            cur.clear();
+        }
+    }
+    let mut copied = 0;
+    let mut cargo_builds = 0;
+    for step in &steps {
+        let (op, rest) = step.split_once(' ').unwrap_or((step, ""));
+        match op {
+            "COPY" if !rest.starts_with("--from") => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                for src in &words[..words.len() - 1] {
+                    assert!(
+                        root().join(src).exists(),
+                        "Dockerfile copies {src}, which does not exist"
+                    );
+                    let top = src.split('/').next().unwrap();
+                    assert!(
+                        !ignored.contains(&top) && !ignored.contains(src),
+                        "{src} is in .dockerignore"
+                    );
+                    copied += 1;
+                }
+            }
+            "RUN" => {
+                for cmd in rest.split("&&").map(str::trim) {
+                    if cmd.starts_with("cargo build") {
+                        cargo_builds += 1;
+                        assert!(
+                            readme.contains(cmd),
+                            "the README does not build with `{cmd}`"
+                        );
+                    }
+                }
+            }
+            "ENV" if rest.starts_with("PYO3_PYTHON=") => {
+                assert!(
+                    readme.contains("PYO3_PYTHON="),
+                    "the README does not mention PYO3_PYTHON"
+                );
+            }
+            "CMD" => {
+                let cmd: Vec<String> = serde_json::from_str(rest).expect("CMD in exec form");
+                let app = cmd[0].split(':').next().unwrap();
+                assert!(
+                    root().join(app).exists(),
+                    "the image runs {app}, which does not exist"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(copied >= 5 && cargo_builds == 1, "{steps:#?}");
+    assert!(steps
+        .iter()
+        .any(|s| s.starts_with("FROM") && s.ends_with("AS build")));
+    assert!(
+        steps.iter().any(|s| s.starts_with("COPY --from=build")),
+        "not multi-stage"
+    );
+}
