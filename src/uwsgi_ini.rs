@@ -250,9 +250,26 @@ fn boolean(v: &str) -> (bool, Option<String>) {
     }
 }
 
+/// `v` less an inline comment after a number: uWSGI reads numbers with `strtol`, so
+/// `60 ; kill after a minute` is 60 there. Ini files have no inline comments, but files
+/// copied from blog posts have them. Only a space then `;` or `#` counts: other trailing
+/// text (`32k`, `1.5`) stays and is refused, where uWSGI would silently drop it.
+fn numeric(v: &str) -> &str {
+    match v.split_once([' ', '\t']) {
+        Some((n, rest)) if rest.trim_start().starts_with([';', '#']) => n,
+        _ => v,
+    }
+}
+
 fn number(v: &str) -> Result<u64, String> {
-    v.parse::<u64>()
+    numeric(v)
+        .parse::<u64>()
         .map_err(|_| format!("{v:?} is not a whole number"))
+}
+
+/// Whether `v` has what looks like an inline comment, which uWSGI keeps in the value.
+fn inline_comment(v: &str) -> bool {
+    [" ;", "\t;", " #", "\t#"].iter().any(|c| v.contains(c))
 }
 
 /// A file name as postern's APP reads a file: a bare `app.wsgi` would read as a module.
@@ -638,7 +655,7 @@ impl<'a> Mapper<'a> {
                 "postern spreads recycling by itself (max-requests plus up to 10% jitter)".into(),
             ),
             "max-worker-lifetime" => self.count(i, "max-lifetime", v),
-            "reload-on-rss" | "evil-reload-on-rss" => match v.parse::<f64>() {
+            "reload-on-rss" | "evil-reload-on-rss" => match numeric(v).parse::<f64>() {
                 Ok(mib) if mib.is_finite() && mib >= 0.0 => {
                     if mib == 0.0 {
                         return Outcome::Accepted("0 turns it off, which is postern's default too".into());
@@ -832,8 +849,24 @@ impl<'a> Mapper<'a> {
         }
     }
 
-    /// What needs the whole file: the callable's fate, the preload note.
+    /// What needs the whole file: the callable's fate, the preload and comment notes.
     fn finish(&mut self) {
+        let commented: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| inline_comment(&e.value))
+            .map(|e| e.line.to_string())
+            .collect();
+        if !commented.is_empty() {
+            self.notes.push((
+                0,
+                format!(
+                    "line{} {}: uWSGI has no inline comments, so the `; …` or `# …` after a value is part of it: uWSGI (and postern) still read a number before it, but a path or a name keeps the comment, and a boolean is true whatever it says. Put each comment on a line of its own",
+                    if commented.len() == 1 { "" } else { "s" },
+                    commented.join(", ")
+                ),
+            ));
+        }
         if let Some((ci, _)) = self.callable.clone() {
             let outcome = match self.app {
                 Some((ai, true)) => Outcome::Ignored(format!(

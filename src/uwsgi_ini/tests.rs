@@ -288,6 +288,28 @@ fn refuses_values_that_are_not_numbers() {
     assert!(e.contains("\"lots\" is not a number of megabytes"), "{e}");
 }
 
+// regression: a number followed by an inline comment (`harakiri = 60 ; kill after a
+// minute`, as in widely copied production files) was refused; uWSGI reads 60.
+#[test]
+fn reads_a_number_before_an_inline_comment_like_uwsgi() {
+    let t = tr("module = m\nharakiri = 60                        ; forcefully kill workers\nprocesses = 4\t# four\nreload-on-rss = 2048 ; MiB\nvacuum = true ; delete sockets\nbuffer-size = 32k\nlisten = 128 x ; y");
+    assert_eq!(get(&t, "timeout"), Some(&toml::Value::Integer(60)));
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(4)));
+    assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(2048)));
+    // Other trailing text is still refused: uWSGI would read 32k as 32 bytes.
+    let e = t.check().unwrap_err().to_string();
+    assert!(e.contains("\"32k\" is not a whole number"), "{e}");
+    assert!(e.contains("\"128 x ; y\" is not a whole number"), "{e}");
+    // One note names every line whose value carries a comment.
+    assert!(
+        t.notes
+            .iter()
+            .any(|(_, n)| n.starts_with("lines 3, 4, 5, 6, 8: uWSGI has no inline comments")),
+        "{:?}",
+        t.notes
+    );
+}
+
 #[test]
 fn rounds_fractional_rss_up() {
     let t = tr("reload-on-rss = 127.5");
