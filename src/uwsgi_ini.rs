@@ -272,6 +272,15 @@ fn inline_comment(v: &str) -> bool {
     [" ;", "\t;", " #", "\t#"].iter().any(|c| v.contains(c))
 }
 
+/// `module = pkg.app:create_app()`: uWSGI calls the factory (gunicorn's syntax); postern
+/// imports a callable and calls nothing, so the user writes the call in a module.
+fn factory(call: &str) -> Outcome {
+    let (module, func) = call.split_once(':').unwrap_or((call, "application"));
+    Outcome::Refused(format!(
+        "uWSGI calls {func}() from {module} to build the app; postern imports a WSGI callable and calls no factory: write a module (e.g. wsgi.py) with `from {module} import {func}` and `application = {func}()`, and name it instead (module = wsgi:application)"
+    ))
+}
+
 /// A file name as postern's APP reads a file: a bare `app.wsgi` would read as a module.
 fn file_path(v: &str) -> String {
     if v.contains('/') {
@@ -515,16 +524,14 @@ impl<'a> Mapper<'a> {
 
             // The app.
             "module" | "wsgi" => {
-                if let Some(f) = v.strip_suffix("()") {
-                    return Outcome::Refused(format!(
-                        "{v} asks uWSGI to call {f}() to build the app; postern imports a WSGI callable and calls no factory: write application = {f}() in a module and name that module"
-                    ));
-                }
                 let has = v.contains(':');
                 let target = match (&self.callable, has) {
                     (Some((_, c)), false) => format!("{v}:{c}"),
                     _ => v.to_owned(),
                 };
+                if let Some(call) = target.strip_suffix("()") {
+                    return factory(call);
+                }
                 self.app(i, "module", target, has)
             }
             "wsgi-file" | "file" => {
@@ -1093,10 +1100,24 @@ impl Translation {
             }
         };
         if !self.table.contains_key("app") {
-            let _ = writeln!(
-                out,
-                "\n# The file names no module, wsgi-file or mount: give the app here (app = \"pkg.module:callable\") or on the command line."
-            );
+            let refused = self.lines.iter().find(|l| {
+                matches!(l.outcome, Outcome::Refused(_))
+                    && matches!(
+                        l.entry.key.as_str(),
+                        "module" | "wsgi" | "wsgi-file" | "file" | "mount"
+                    )
+            });
+            let _ = match refused {
+                Some(l) => writeln!(
+                    out,
+                    "\n# The app (line {}) could not be carried over (see below): give it here (app = \"pkg.module:callable\") or on the command line.",
+                    l.entry.line
+                ),
+                None => writeln!(
+                    out,
+                    "\n# The file names no module, wsgi-file or mount: give the app here (app = \"pkg.module:callable\") or on the command line."
+                ),
+            };
         }
         // Keys that came from the same lines (a mount: app and mount; logto: log-file and
         // access-log) are written together, under one copy of those lines.

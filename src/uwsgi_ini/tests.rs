@@ -171,11 +171,27 @@ fn refuses_a_factory_call() {
     let Outcome::Refused(why) = outcome(&t, "module") else {
         panic!()
     };
+    // regression: the refusal said to write `application = pkg.mod:Factory()`, which is
+    // not Python.
     assert!(
-        why.contains("application = django.core.handlers.wsgi:WSGIHandler()"),
+        why.contains(
+            "`from django.core.handlers.wsgi import WSGIHandler` and `application = WSGIHandler()`"
+        ),
         "{why}"
     );
     assert!(get(&t, "app").is_none());
+    // uWSGI calls a callable = factory() of a module too.
+    let t = tr("module = shop\ncallable = create_app()");
+    let Outcome::Refused(why) = outcome(&t, "module") else {
+        panic!("{:?}", outcome(&t, "module"))
+    };
+    assert!(why.contains("`from shop import create_app`"), "{why}");
+    // regression: migrate said the file named no app when its app line was refused.
+    let text = t.to_toml();
+    assert!(
+        text.contains("# The app (line 2) could not be carried over (see below)"),
+        "{text}"
+    );
 }
 
 #[test]
