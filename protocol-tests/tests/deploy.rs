@@ -678,3 +678,181 @@ fn dockerfile_copies_files_that_exist_and_builds_like_the_readme() {
         "not multi-stage"
     );
 }
+
+/// `systemd-analyze syscall-filter`'s groups, expanded: group name → system calls.
+fn syscall_groups(analyze: &Path) -> std::collections::HashMap<String, Vec<String>> {
+    let out = Command::new(analyze)
+        .arg("syscall-filter")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let t = line.trim();
+        if line.starts_with('@') {
+            current = Some(t.to_owned());
+            groups.insert(t.to_owned(), Vec::new());
+        } else if let (Some(g), false) = (&current, t.is_empty() || t.starts_with('#')) {
+            groups.get_mut(g).unwrap().push(t.to_owned());
+        }
+    }
+    groups
+}
+
+fn expand(
+    groups: &std::collections::HashMap<String, Vec<String>>,
+    g: &str,
+) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for m in groups.get(g).unwrap_or_else(|| panic!("no group {g}")) {
+        if m.starts_with('@') {
+            out.extend(expand(groups, m));
+        } else {
+            out.insert(m.clone());
+        }
+    }
+    out
+}
+
+/// The unit's `SystemCallFilter=` is exercised without systemd: postern runs under
+/// strace through a master and two workers, requests over uwsgi and FastCGI, the stats
+/// endpoint, a reload and a graceful stop, and every system call it made must be in the
+/// unit's allow list and in none of its deny lists.
+#[test]
+fn systemd_syscall_filter_allows_every_call_postern_makes() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(strace) = strace else {
+        if in_ci() {
+            panic!("strace is missing (apt-get install strace), and CI=true");
+        }
+        eprintln!("\n!!!!! SKIPPING: strace is missing; this test did NOT run !!!!!\n");
+        return;
+    };
+    let unit = deploy_file("systemd/postern.service");
+    let filters: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SystemCallFilter="))
+        .collect();
+    assert_eq!(filters[0], "@system-service", "{filters:?}");
+    let groups = syscall_groups(&analyze);
+    let allowed = expand(&groups, filters[0]);
+    let denied: Vec<(String, std::collections::HashSet<String>)> = filters[1..]
+        .iter()
+        .flat_map(|f| f.strip_prefix('~').expect("a deny list").split_whitespace())
+        .map(|g| (g.to_owned(), expand(&groups, g)))
+        .collect();
+
+    let dir = tempdir();
+    let trace = dir.path().join("strace.out");
+    let log = dir.path().join("postern.log");
+    let pidfile = dir.path().join("postern.pid");
+    let (uwsgi, fcgi, stats) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(strace)
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(postern_bin())
+        .arg(testapp())
+        .args(["--workers", "2", "--threads", "2"])
+        .args(["--uwsgi", &format!("127.0.0.1:{uwsgi}")])
+        .args(["--fastcgi", &format!("127.0.0.1:{fcgi}")])
+        .args(["--stats", &format!("127.0.0.1:{stats}")])
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .env_remove("VIRTUAL_ENV")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |needle: &str, times: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while logs().matches(needle).count() < times {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{needle}` x{times}:\n{}",
+                logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let child = Kill(&mut child);
+    wait_for("all 2 workers ready", 1);
+    let master: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let get = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/env")]);
+    for _ in 0..4 {
+        let r = parse_http(&raw(&Addr::Tcp(uwsgi), &get)).expect("uwsgi answer");
+        assert_eq!(r.status, 200);
+        let out = raw(&Addr::Tcp(fcgi), &fcgi::get(1, false, "/env"));
+        assert!(!out.is_empty(), "no FastCGI answer");
+    }
+    let metrics = raw(
+        &Addr::Tcp(stats),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(String::from_utf8_lossy(&metrics).contains("postern_"));
+    // SAFETY: kill(2) on the master we started (its pid from --pidfile).
+    unsafe { libc::kill(master, libc::SIGHUP) };
+    wait_for("all 2 workers ready", 2);
+    assert_eq!(
+        parse_http(&raw(&Addr::Tcp(uwsgi), &get)).unwrap().status,
+        200
+    );
+    unsafe { libc::kill(master, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postern did not stop:\n{}",
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(child);
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        // `PID name(args...` (a call, or its start when another thread interrupts it).
+        let rest = line.split_once(' ').map_or("", |(_, r)| r.trim_start());
+        if let Some((name, _)) = rest.split_once('(') {
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                used.insert(name.to_owned());
+            }
+        }
+    }
+    assert!(
+        used.contains("accept4") && (used.contains("clone3") || used.contains("clone")),
+        "{used:?}"
+    );
+    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
+    assert!(outside.is_empty(), "not in @system-service: {outside:?}");
+    for (g, set) in &denied {
+        let hit: Vec<&String> = used.iter().filter(|s| set.contains(*s)).collect();
+        assert!(hit.is_empty(), "postern calls {hit:?}, which ~{g} denies");
+    }
+    eprintln!(
+        "{} distinct system calls, all allowed: {used:?}",
+        used.len()
+    );
+}
