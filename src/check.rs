@@ -1,15 +1,15 @@
 //! `postern --check` (like `nginx -t`): everything a start would do short of serving.
 //! The options are already parsed and validated (see `config`); this checks the venv and
 //! Python and imports the app in a child process (so the check itself never runs app
-//! code in this process), binds each listener and releases it at once (no socket file is
-//! left behind), and prints what would run. Output goes to stdout; the first failure is
-//! the error returned.
+//! code in this process), binds every listener at once as a start would, then releases
+//! them (no socket file is left behind; systemd's sockets are reported, not bound), and
+//! prints what would run. Output goes to stdout; the first failure is the error returned.
 
 use std::io::Write as _;
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::server::listener::{self, ListenAddr, SocketOptions};
+use crate::server::listener::{self, ListenAddr};
 
 /// Why the check failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +39,21 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         config.app,
         started.elapsed().as_secs_f64()
     );
-    let opts = SocketOptions {
-        mode: config.opts.socket_mode.map(|m| m.0),
-        owner: config.socket_owner,
-        backlog: config.opts.listen_backlog,
-    };
-    let inherited = inherited_addrs();
+    // Every listener stays bound until the end, as in a start: two that cannot be
+    // bound together (`0.0.0.0:P` and `127.0.0.1:P`) fail here too.
+    let opts = crate::boot::socket_options(config);
+    let plan = crate::boot::listeners(config, &inherited_addrs());
+    let mut held = Vec::new();
     let mut failed = Vec::new();
-    let mut all: Vec<(&str, &ListenAddr)> = config
-        .listeners
+    let mut all: Vec<(&str, &ListenAddr, bool)> = plan
         .iter()
-        .map(|(p, a)| (p.name(), a))
+        .map(|p| (p.protocol.name(), &p.addr, p.inherited))
         .collect();
     if let Some(stats) = &config.opts.stats {
-        all.push(("stats (HTTP)", stats));
+        all.push(("stats (HTTP)", stats, false));
     }
-    for (name, addr) in all {
-        if inherited.contains(addr) {
+    for (name, addr, inherited) in all {
+        if inherited {
             let _ = writeln!(
                 out,
                 "  listener {name} {addr}: passed by systemd (LISTEN_FDS)"
@@ -64,8 +62,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         }
         match listener::bind(addr, &opts) {
             Ok(b) => {
-                crate::server::remove_unix_sockets(std::slice::from_ref(&b));
-                drop(b);
+                held.push(b);
                 let _ = writeln!(out, "  listener {name} {addr}: can be bound");
             }
             Err(e) => {
@@ -74,6 +71,8 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
             }
         }
     }
+    crate::server::remove_unix_sockets(&held);
+    drop(held);
     for (what, path) in files_written(config) {
         match writable(path) {
             Ok(()) => {
@@ -101,8 +100,8 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         )
     };
     let _ = writeln!(out, "  would run: {} with {procs}", config.app);
-    for (protocol, addr) in &config.listeners {
-        let (nginx, apache) = listener::front_server_lines(*protocol, addr);
+    for p in &plan {
+        let (nginx, apache) = listener::front_server_lines(p.protocol, &p.addr);
         let _ = writeln!(out, "    nginx:  {nginx}");
         let _ = writeln!(out, "    Apache: {apache}");
     }

@@ -117,40 +117,35 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     // Single-threaded here: no other thread reads the environment yet.
     boot::apply_env_and_chdir(&config)?;
-    if config.default_listener {
+
+    // Bind first: a taken address is reported at once, and requests that arrive while
+    // the app imports wait in the listen queue instead of being refused.
+    let opts = boot::socket_options(&config);
+    // Sockets passed by systemd are used as they are (never rebound); a configured
+    // listener with the same address takes its inherited socket.
+    let mut inherited = listener::systemd_listeners();
+    let passed: Vec<_> = inherited.iter().map(|b| b.addr.clone()).collect();
+    if config.default_listener && passed.is_empty() {
         tracing::info!(
             "no listener configured; using --uwsgi {}",
             postern::config::DEFAULT_LISTENER
         );
     }
-
-    // Bind first: a taken address is reported at once, and requests that arrive while
-    // the app imports wait in the listen queue instead of being refused.
-    let opts = listener::SocketOptions {
-        mode: config.opts.socket_mode.map(|m| m.0),
-        owner: config.socket_owner,
-        backlog: config.opts.listen_backlog,
-    };
-    // Sockets passed by systemd are used as they are (never rebound); a configured
-    // listener with the same address takes its inherited socket.
-    let mut inherited = listener::systemd_listeners();
     let mut bound = Vec::new();
-    let wanted: Vec<_> = if config.default_listener && !inherited.is_empty() {
-        Vec::new()
-    } else {
-        config.listeners.clone()
-    };
-    for (protocol, addr) in &wanted {
-        if let Some(i) = inherited.iter().position(|b| &b.addr == addr) {
-            tracing::info!(listener = %addr, "using the socket passed by systemd");
-            let mut b = inherited.remove(i);
-            b.info.protocol = *protocol;
-            bound.push(b);
-            continue;
-        }
-        match listener::bind(addr, &opts) {
+    for plan in boot::listeners(&config, &passed) {
+        let taken = match inherited
+            .iter()
+            .position(|b| plan.inherited && b.addr == plan.addr)
+        {
+            Some(i) => {
+                tracing::info!(listener = %plan.addr, "using the socket passed by systemd");
+                Ok(inherited.remove(i))
+            }
+            None => listener::bind(&plan.addr, &opts),
+        };
+        match taken {
             Ok(mut b) => {
-                b.info.protocol = *protocol;
+                b.info.protocol = plan.protocol;
                 bound.push(b)
             }
             Err(e) => {
@@ -158,10 +153,6 @@ fn run(config: Config) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         }
-    }
-    for b in inherited {
-        tracing::info!(listener = %b.addr, "using a socket passed by systemd");
-        bound.push(b);
     }
     // --stats: bound with the listeners (a taken address stops postern now).
     let stats = match config.opts.stats.as_ref().map(postern::stats::server::bind) {

@@ -240,3 +240,77 @@ fn relative_paths_are_from_the_starting_directory_not_chdir() {
         "{stdout}"
     );
 }
+
+// regression: --check bound each listener and released it before the next, so two that
+// cannot be bound together passed the check and then stopped the start.
+#[test]
+fn check_binds_every_listener_together() {
+    let port = free_port();
+    let out = postern()
+        .current_dir(root())
+        .args(["examples/hello.py", "--check"])
+        .arg("--uwsgi")
+        .arg(format!("0.0.0.0:{port}"))
+        .arg("--fastcgi")
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("listener fastcgi 127.0.0.1:{port}: FAILED")),
+        "{stdout}"
+    );
+    std::net::TcpListener::bind(("0.0.0.0", port)).expect("--check released the port");
+}
+
+// regression: with a socket passed by systemd and no listener configured, --check bound
+// and printed the default 127.0.0.1:3031, which a start does not use (it serves on
+// systemd's socket).
+#[test]
+fn check_reports_what_a_start_under_systemd_would_listen_on() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let path = dir.path().join("sd.sock");
+    let sock = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // `exec` keeps the shell's pid, so LISTEN_PID=$$ names postern itself.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ exec {} examples/hello.py --check",
+            postern_bin().display()
+        ))
+        .current_dir(root())
+        .env_remove("VIRTUAL_ENV")
+        .env("LISTEN_FDS", "1")
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly then.
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "listener uwsgi unix:{}: passed by systemd",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("uwsgi_pass unix:{};", path.display())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("3031"), "{stdout}");
+    assert!(path.exists(), "systemd's socket file stays");
+}
