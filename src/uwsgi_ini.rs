@@ -394,10 +394,17 @@ impl<'a> Mapper<'a> {
         }
     }
 
-    /// A whole number for `key`; 0 means "off" in uWSGI, which is postern's default.
+    /// A whole number for `key`. 0 is "off" in uWSGI, which is postern's default for the
+    /// limits; for the others postern keeps its own default.
     fn count(&mut self, i: usize, key: &str, v: &str) -> Outcome {
         match number(v) {
-            Ok(0) => Outcome::Accepted("0 turns it off, which is postern's default too".into()),
+            Ok(0) => Outcome::Accepted(match key {
+                "body-spool-threshold" => "0 is uWSGI's default (the body is not buffered); postern keeps its own: a body larger than body-spool-threshold (1M) goes to a temporary file".into(),
+                "timeout" | "max-requests" | "max-lifetime" | "max-body" => {
+                    "0 turns it off, which is postern's default too".into()
+                }
+                _ => format!("0 is not a value postern takes for {key}: it keeps its default (postern --print-config shows it)"),
+            }),
             Ok(n) => {
                 self.set(i, key, toml::Value::Integer(n.min(i64::MAX as u64) as i64));
                 Self::carried(&[key])

@@ -295,6 +295,24 @@ fn zero_turns_things_off() {
         .all(|l| matches!(l.outcome, Outcome::Accepted(_))));
 }
 
+// regression: post-buffering = 0 (and listen, reload-mercy = 0) said "0 turns it off,
+// which is postern's default too", but postern spools bodies over 1M by default.
+#[test]
+fn zero_keeps_postern_default_where_it_is_not_off() {
+    let t = tr("post-buffering = 0\nlisten = 0\nreload-mercy = 0");
+    assert!(t.table.is_empty(), "{:?}", t.table);
+    let Outcome::Accepted(why) = outcome(&t, "post-buffering") else {
+        panic!()
+    };
+    assert!(why.contains("body-spool-threshold (1M)"), "{why}");
+    for k in ["listen", "reload-mercy"] {
+        let Outcome::Accepted(why) = outcome(&t, k) else {
+            panic!()
+        };
+        assert!(why.contains("it keeps its default"), "{k}: {why}");
+    }
+}
+
 #[test]
 fn refuses_values_that_are_not_numbers() {
     let t = tr("processes = four\nharakiri = 1.5\nreload-on-rss = lots");
