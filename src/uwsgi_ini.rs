@@ -187,6 +187,7 @@ const KEY_ORDER: &[&str] = &[
     "max-lifetime",
     "timeout",
     "graceful-timeout",
+    "read-timeout",
     "socket-mode",
     "socket-owner",
     "listen-backlog",
@@ -209,6 +210,7 @@ const HTTP_OPTION: &str =
     "an option of uWSGI's HTTP router or HTTP socket: nginx in front of postern does this";
 const EMPEROR: &str = "postern runs one app, not an Emperor: run one postern per app, e.g. a systemd template unit (postern@.service) with one config per instance";
 const INCLUDE: &str = "postern reads one file: copy the included file's options into this section";
+const HOOK: &str = "uWSGI's hooks have no postern equivalent: run the action from the service manager (systemd ExecStartPre=, ExecStopPost=) or from your deploy";
 const LOGIC: &str = "uWSGI's configuration logic (if-*, for-*) is not supported: write the values it produces out by hand";
 
 /// Builds the table line by line.
@@ -528,6 +530,14 @@ impl<'a> Mapper<'a> {
             },
             "chown-socket" => self.string(i, "socket-owner", v),
             "listen" => self.count(i, "listen-backlog", v),
+            "socket-timeout" => match number(v) {
+                Ok(0) => Outcome::Accepted("0 is not a timeout postern takes: it keeps its read-timeout (60 s)".into()),
+                Ok(n) => {
+                    self.set(i, "read-timeout", toml::Value::Integer(n.min(i64::MAX as u64) as i64));
+                    Self::carried(&["read-timeout"])
+                }
+                Err(e) => Outcome::Refused(e),
+            },
 
             // The app.
             "module" | "wsgi" => {
@@ -710,10 +720,59 @@ impl<'a> Mapper<'a> {
                 "SIGTERM is a graceful stop in postern (SIGHUP reloads)".into(),
             ),
             "py-autoreload" | "py-auto-reload" | "python-autoreload" | "python-auto-reload" => {
+                if number(v) == Ok(0) {
+                    return Outcome::Accepted("0 turns it off".into());
+                }
                 Outcome::Ignored(
                     "postern does not watch Python modules: use touch-reload and touch the file when you deploy".into(),
                 )
             }
+            "reaper" => Outcome::Accepted("postern's master reaps its children".into()),
+            "wsgi-env-behaviour" | "wsgi-env-behavior" => {
+                Outcome::Accepted("postern builds a new environ for each request".into())
+            }
+            "ignore-sigpipe" | "ignore-write-errors" => Outcome::Accepted(
+                "a client that goes away before the response is sent is noted in that request's access line, not logged as an error".into(),
+            ),
+            "disable-write-exception" => Outcome::Accepted(
+                "postern raises nothing in the app when the client goes away while it sends the returned iterable (it stops and calls close()); only the legacy write() callable raises OSError".into(),
+            ),
+            // The usual way to make uWSGI's SIGTERM (15) or SIGINT (2) graceful.
+            "hook-master-start"
+                if matches!(
+                    v.split_whitespace().collect::<Vec<_>>()[..],
+                    ["unix_signal:15" | "unix_signal:2", "gracefully_kill_them_all"]
+                ) =>
+            {
+                Outcome::Accepted("SIGTERM and SIGINT stop postern gracefully already".into())
+            }
+            k if k.starts_with("hook-") || k.starts_with("exec-") || k.starts_with("call-") => {
+                Outcome::Ignored(HOOK.into())
+            }
+            "import" | "pyimport" | "py-import" | "python-import" => Outcome::Ignored(format!(
+                "postern imports only the app: import {v} from the app's module"
+            )),
+            "catch-exceptions" => Outcome::Ignored(
+                "postern never sends a traceback to the client: it answers 500 and logs the traceback".into(),
+            ),
+            "limit-as" | "reload-on-as" | "evil-reload-on-as" => Outcome::Ignored(
+                "postern limits resident memory, not address space: max-rss (reload-on-rss) recycles a worker past it; for a hard cap use systemd's MemoryMax=".into(),
+            ),
+            "max-fd" => Outcome::Ignored(
+                "set the open-files limit where postern starts (systemd LimitNOFILE=, or ulimit -n)".into(),
+            ),
+            "umask" => Outcome::Ignored(
+                "set the umask where postern starts (systemd UMask=); socket-mode sets the sockets' permissions".into(),
+            ),
+            "master-fifo" => Outcome::Ignored(
+                "postern is driven by signals to the master: SIGHUP reloads, SIGTERM stops gracefully, SIGTTIN/SIGTTOU add or remove a worker, SIGUSR1 reopens the logs".into(),
+            ),
+            k if k.contains("attach-daemon") => Outcome::Ignored(
+                "postern starts no side processes: give this one its own systemd unit".into(),
+            ),
+            "cron" | "cron2" | "unique-cron" => Outcome::Ignored(
+                "postern runs no cron tasks: use a systemd timer or cron".into(),
+            ),
 
             // Requests.
             "buffer-size" => match number(v) {
@@ -811,6 +870,33 @@ impl<'a> Mapper<'a> {
                 }
             }
             "log-date" | "logdate" => Outcome::Accepted("postern's log lines carry a timestamp".into()),
+            "log-4xx" | "log-5xx" => {
+                if self.disable_logging {
+                    Outcome::Ignored(
+                        "postern's access log has no status filter: with disable-logging it is off for every request; drop disable-logging to log them all".into(),
+                    )
+                } else {
+                    Outcome::Accepted("postern's access log has every request, these included".into())
+                }
+            }
+            "log-master" | "threaded-logger" => Outcome::Accepted(
+                "each postern process writes its log lines through a bounded non-blocking writer, so a slow log never holds up a request".into(),
+            ),
+            "log-reopen" => Outcome::Ignored(
+                "postern reopens its log files on SIGUSR1, not on a reload: make logrotate's postrotate send SIGUSR1 to the master (deploy/logrotate/postern)".into(),
+            ),
+            "touch-logreopen" => Outcome::Ignored(
+                "postern reopens its log files on SIGUSR1: send that from logrotate's postrotate (deploy/logrotate/postern) instead of touching a file".into(),
+            ),
+            "log-maxsize" | "log-backupname" => Outcome::Ignored(
+                "postern does not rotate its own logs: use logrotate (deploy/logrotate/postern), which sends SIGUSR1".into(),
+            ),
+            "logfile-chmod" | "logfile-chown" => Outcome::Ignored(
+                "postern creates a missing log file with mode 640, owned by the user it starts as, and changes neither: create the file with the mode and owner you want (postern appends to it)".into(),
+            ),
+            "log-x-forwarded-for" => Outcome::Ignored(
+                "postern logs REMOTE_ADDR as the front server sends it: have nginx set it to the client (realip module: set_real_ip_from, real_ip_header X-Forwarded-For)".into(),
+            ),
             "strict" => Outcome::Accepted(if self.strict {
                 "unknown options stop postern --ini, as they stop uWSGI".into()
             } else {
@@ -819,9 +905,25 @@ impl<'a> Mapper<'a> {
             "set-placeholder" | "set-ph" => Outcome::Placeholder,
 
             // Everything that is not for postern.
-            "plugin" | "plugins" | "plugin-dir" | "plugins-dir" | "need-plugin" | "need-plugins" => {
-                Outcome::Ignored(PLUGINS.into())
+            "plugin" | "plugins" | "need-plugin" | "need-plugins" => {
+                // uWSGI splits the list at commas; `python3`, `python311`, … are the
+                // Python plugin, which is what postern is.
+                let others: Vec<&str> = v
+                    .split([',', ' '])
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty() && !p.starts_with("python"))
+                    .collect();
+                if others.is_empty() {
+                    Outcome::Accepted("postern embeds CPython itself (the python plugin's job)".into())
+                } else {
+                    Outcome::Ignored(format!("{PLUGINS} ({} has no postern equivalent)", others.join(", ")))
+                }
             }
+            "plugin-dir" | "plugins-dir" => Outcome::Accepted(PLUGINS.into()),
+            "add-header" => Outcome::Ignored(format!(
+                "postern adds no headers of its own: write it in nginx (add_header {};)",
+                v.split_once(':').map_or_else(|| v.to_owned(), |(n, val)| format!("{} \"{}\"", n.trim(), val.trim()))
+            )),
             "offload-threads" => Outcome::Ignored(STATIC.into()),
             "auto-procname" => Outcome::Ignored(PROCNAME.into()),
             "cheap" | "idle" => Outcome::Ignored(CHEAPER.into()),
