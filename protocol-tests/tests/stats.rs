@@ -348,8 +348,18 @@ fn counts_survive_killed_and_recycled_workers() {
     });
     assert_eq!(family_sum(&m, "postern_requests_total"), 42.0, "{m}");
 
-    // SIGKILL a worker: its counts stay in the totals, and it is replaced.
-    let victim = serving_pids(&stats_addr)[0];
+    // SIGKILL a worker: its counts stay in the totals, and it is replaced. The victim
+    // has served fewer than 5, so it is not about to recycle itself.
+    let quiet = || {
+        status_json(&stats_addr)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["state"] == "serving" && w["requests"].as_i64().unwrap() < 5)
+            .map(|w| w["pid"].as_i64().unwrap())
+    };
+    assert!(wait_until(20, || quiet().is_some()));
+    let victim = quiet().unwrap();
     // SAFETY: kill(2) on a worker of the postern this test started.
     unsafe {
         libc::kill(victim as i32, libc::SIGKILL);
