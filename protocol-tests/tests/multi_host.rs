@@ -496,14 +496,32 @@ fn report(label: &str, t: &Tally) {
     );
 }
 
-/// deploy/nginx/multi-host.conf with our two hosts, port and params.
-fn site(a: &str, b: &str) -> String {
-    let text = std::fs::read_to_string(root().join("deploy/nginx/multi-host.conf")).unwrap();
-    let params = "/etc/nginx/uwsgi_params";
+/// The deploy file for `protocol` (multi-host.conf, multi-host-fastcgi.conf) with our
+/// two hosts, port and params.
+fn site(protocol: &str, a: &str, b: &str) -> String {
+    let (file, port, params, pass) = if protocol == "uwsgi" {
+        ("multi-host.conf", 3031, "include uwsgi_params;", "uwsgi")
+    } else {
+        (
+            "multi-host-fastcgi.conf",
+            9000,
+            "include /etc/nginx/fastcgi_params;",
+            "fastcgi",
+        )
+    };
+    let text = std::fs::read_to_string(root().join("deploy/nginx").join(file)).unwrap();
+    let params_file = if protocol == "uwsgi" {
+        PathBuf::from("/etc/nginx/uwsgi_params")
+    } else {
+        fastcgi_params_file()
+    };
     assert!(
-        Path::new(params).exists(),
-        "{params} is missing (apt-get install nginx)"
+        params_file.exists(),
+        "{} is missing (apt-get install nginx)",
+        params_file.display()
     );
+    let server = |n: u8| format!("server 10.0.0.1{n}:{port} max_fails=1 fail_timeout=5s;");
+    let (server_a, server_b) = (server(1), server(2));
     let mut out = String::new();
     let mut replaced = 0;
     for line in text.lines() {
@@ -512,16 +530,12 @@ fn site(a: &str, b: &str) -> String {
             continue;
         }
         let line = match t {
-            "server 10.0.0.11:3031 max_fails=1 fail_timeout=5s;" => {
-                format!("server {a} max_fails=1 fail_timeout=5s;")
-            }
-            "server 10.0.0.12:3031 max_fails=1 fail_timeout=5s;" => {
-                format!("server {b} max_fails=1 fail_timeout=5s;")
-            }
+            _ if t == server_a => format!("server {a} max_fails=1 fail_timeout=5s;"),
+            _ if t == server_b => format!("server {b} max_fails=1 fail_timeout=5s;"),
             "listen 80;" => "listen 127.0.0.1:{{PORT}};".to_owned(),
             "listen [::]:80;" => String::new(),
             "server_name example.com;" => "server_name localhost;".to_owned(),
-            "include uwsgi_params;" => format!("include {params};"),
+            _ if t == params => format!("include {};", params_file.display()),
             _ => {
                 out.push_str(line);
                 out.push('\n');
@@ -532,12 +546,12 @@ fn site(a: &str, b: &str) -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    assert_eq!(replaced, 6, "deploy/nginx/multi-host.conf changed:\n{text}");
+    assert_eq!(replaced, 6, "deploy/nginx/{file} changed:\n{text}");
     for want in [
-        "uwsgi_next_upstream error timeout;",
-        "uwsgi_pass postern_hosts;",
+        format!("{pass}_next_upstream error timeout;"),
+        format!("{pass}_pass postern_hosts"),
     ] {
-        assert!(out.contains(want), "{want} missing:\n{out}");
+        assert!(out.contains(&want), "{want} missing:\n{out}");
     }
     assert!(!out.contains("non_idempotent"), "POSTs must not be retried");
     out
@@ -587,7 +601,7 @@ impl Drop for ShowLog<'_> {
 }
 
 /// The whole story for one `--workers` setting.
-fn scenario(workers: u32) {
+fn scenario(protocol: &'static str, workers: u32) {
     if !netns_available() {
         return;
     }
@@ -600,8 +614,8 @@ fn scenario(workers: u32) {
         Host {
             name,
             ns: Netns::new(k),
-            port: 3031,
-            protocol: "uwsgi",
+            port: if protocol == "uwsgi" { 3031 } else { 9000 },
+            protocol,
             workers,
             dir: dir.path().to_owned(),
             child: None,
@@ -612,9 +626,13 @@ fn scenario(workers: u32) {
     let mut b = host("b");
     a.start();
     b.start();
-    let nginx = Nginx::start_site(&nginx_bin, dir.path(), &site(&a.addr(), &b.addr()));
+    let nginx = Nginx::start_site(
+        &nginx_bin,
+        dir.path(),
+        &site(protocol, &a.addr(), &b.addr()),
+    );
     let _show = ShowLog(&nginx);
-    let label = |what: &str| format!("--workers {workers}: {what}");
+    let label = |what: &str| format!("{protocol} --workers {workers}: {what}");
 
     // 1. Balanced.
     let load = Load::start(nginx.port);
@@ -688,10 +706,20 @@ fn scenario(workers: u32) {
 
 #[test]
 fn two_hosts_single_process() {
-    scenario(1);
+    scenario("uwsgi", 1);
 }
 
 #[test]
 fn two_hosts_with_master() {
-    scenario(2);
+    scenario("uwsgi", 2);
+}
+
+#[test]
+fn two_hosts_fastcgi_keepalive_single_process() {
+    scenario("fastcgi", 1);
+}
+
+#[test]
+fn two_hosts_fastcgi_keepalive_with_master() {
+    scenario("fastcgi", 2);
 }
