@@ -1007,6 +1007,22 @@ impl<'a> Mapper<'a> {
             .get("master")
             .and_then(toml::Value::as_bool)
             .unwrap_or(false);
+        // With cheaper, `processes` is uWSGI's maximum: postern would run that many all the
+        // time, which may not fit where uWSGI ran a handful.
+        let value = |key: &str| {
+            self.entries
+                .iter()
+                .rev()
+                .find(|e| e.key == key)
+                .and_then(|e| number(&e.value).ok())
+        };
+        if let Some(min) = value("cheaper").filter(|&m| m >= 1 && (m as i64) < workers) {
+            let start = value("cheaper-initial").unwrap_or(min);
+            self.notes.push((
+                0,
+                format!("uWSGI's cheaper mode ran between {min} and {workers} workers (processes), starting with {start}; postern runs workers = {workers} all the time: lower it if {workers} copies of the app do not fit in memory"),
+            ));
+        }
         if (workers > 1 || master) && !self.lazy && self.app.is_some() {
             self.notes.push((
                 0,

@@ -694,3 +694,22 @@ fn gives_common_real_world_options_a_verdict() {
     };
     assert!(why.contains("no status filter"), "{why}");
 }
+
+// regression: with cheaper, processes is uWSGI's maximum; postern silently ran that many
+// workers all the time (128 in a widely copied production file) with no word about it.
+#[test]
+fn says_that_cheaper_processes_were_a_maximum() {
+    let t = tr("module = m\nprocesses = 128\ncheaper = 8\ncheaper-initial = 16");
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(128)));
+    let w = t.warnings().unwrap();
+    assert!(
+        w.contains("uWSGI's cheaper mode ran between 8 and 128 workers (processes), starting with 16; postern runs workers = 128 all the time"),
+        "{w}"
+    );
+    let t = tr("module = m\nprocesses = 4\ncheaper = 0");
+    assert!(
+        !t.notes.iter().any(|(_, n)| n.contains("cheaper")),
+        "{:?}",
+        t.notes
+    );
+}
