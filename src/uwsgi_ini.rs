@@ -126,12 +126,17 @@ pub fn load(spec: &str) -> Result<Translation, IniError> {
 /// Reads and maps `FILE[:section]` with `ctx` for the environment and magic variables.
 pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
     let (path, section) = split_source(spec);
-    let text = std::fs::read_to_string(&path).map_err(|source| IniError::Read {
+    let bytes = std::fs::read(&path).map_err(|source| IniError::Read {
         path: path.clone(),
         source,
     })?;
+    // uWSGI reads bytes: a Latin-1 comment must not make the file unreadable. An option
+    // line that is not UTF-8 is refused by the mapping (postern's options are UTF-8).
+    let text = String::from_utf8_lossy(&bytes);
+    // An editor's byte-order mark would hide the first [section] header.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let facts = FileFacts::of(spec, &path, section.as_deref(), &ctx.cwd);
-    translate(&text, &facts, ctx)
+    translate(text, &facts, ctx)
 }
 
 /// Maps the ini `text` (its file described by `facts`).
@@ -483,6 +488,14 @@ impl<'a> Mapper<'a> {
 
     fn map(&mut self, i: usize, e: &Entry) -> Outcome {
         let v = e.value.as_str();
+        if [&e.text, &e.value]
+            .iter()
+            .any(|t| t.contains(char::REPLACEMENT_CHARACTER))
+        {
+            return Outcome::Refused(
+                "this line is not UTF-8 (postern's options are): save the file as UTF-8".into(),
+            );
+        }
         match e.key.as_str() {
             // Listeners.
             "socket" => {

@@ -574,6 +574,28 @@ fn loads_a_section_from_disk_with_file_magic() {
     assert!(e.contains("/no/such/file.ini"), "{e}");
 }
 
+// regression: a file with a Latin-1 comment (which uWSGI reads) could not be read at
+// all ("stream did not contain valid UTF-8"), and a byte-order mark hid [uwsgi].
+#[test]
+fn reads_a_file_that_is_not_all_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("shop.ini");
+    std::fs::write(
+        &f,
+        b"\xef\xbb\xbf[uwsgi]\n# caf\xe9 settings\nmodule = shop.wsgi\nchdir = /srv/caf\xe9\n",
+    )
+    .unwrap();
+    let t = load_with(f.to_str().unwrap(), &ctx()).unwrap();
+    assert_eq!(get(&t, "app"), Some(&s("shop.wsgi")));
+    // A value that is not UTF-8 cannot be carried: refused, saying why.
+    let e = t.check().unwrap_err().to_string();
+    assert!(
+        e.contains(":4  chdir = /srv/caf") && e.contains("not UTF-8"),
+        "{e}"
+    );
+    assert!(get(&t, "chdir").is_none());
+}
+
 #[test]
 fn migrate_writes_toml_that_reads_back_as_the_table() {
     let t = tr("# mysite_uwsgi.ini\nchdir = /srv/mysite\nmodule = mysite.wsgi\nhome = /srv/venv\nmaster = true\nprocesses = 10\nsocket = /srv/mysite/mysite.sock\nchmod-socket = 664\nvacuum = true\nenv = DJANGO_SETTINGS_MODULE=mysite.settings\nenv = weird.name=1\nhttp = :8000\ncpu-affinity = 2\nbase = x\nstats = %(base)");
