@@ -236,6 +236,9 @@ struct Mapper<'a> {
     /// The first `socket =`-like address, to name in the HTTP refusals.
     first_socket: Option<String>,
     lazy: bool,
+    /// The last `chdir =`: uWSGI changes directory before it binds the sockets, starts
+    /// Python and watches touch-reload, so those relative paths are relative to it.
+    chdir: Option<String>,
     /// `disable-logging = true` somewhere in the file.
     disable_logging: bool,
 }
@@ -351,6 +354,7 @@ impl<'a> Mapper<'a> {
                 })
                 .map(|e| format!("{} = {}", e.key, e.value)),
             lazy: last(&["lazy-apps", "lazy"]).is_some_and(|(_, v)| boolean(&v).0),
+            chdir: last(&["chdir"]).map(|(_, v)| v).filter(|v| !v.is_empty()),
             disable_logging: last(&["disable-logging"]).is_some_and(|(_, v)| boolean(&v).0),
         }
     }
@@ -486,8 +490,27 @@ impl<'a> Mapper<'a> {
         Self::carried(&["app"])
     }
 
+    /// `v` as uWSGI resolves it for `key`: a relative path that uWSGI uses after its
+    /// `chdir` (sockets, the virtualenv, touch-reload, the stats socket, pidfile2), joined
+    /// to the chdir, since postern resolves relative paths from where it starts. logto,
+    /// daemonize and pidfile are opened before the chdir, and the app's file is already
+    /// read from postern's chdir: those stay as written.
+    fn after_chdir(&self, key: &str, v: &str) -> Option<String> {
+        let dir = self.chdir.as_deref()?;
+        let path = match key {
+            "socket" | "uwsgi-socket" | "fastcgi-socket" | "scgi-socket" | "stats"
+            | "stats-server" => !v.contains(':') && !v.starts_with(['@', '=']),
+            "home" | "virtualenv" | "venv" | "pyhome" | "touch-reload" | "touch-chain-reload"
+            | "pidfile2" => true,
+            _ => false,
+        };
+        (path && !v.is_empty() && !v.starts_with('/'))
+            .then(|| format!("{}/{v}", dir.trim_end_matches('/')))
+    }
+
     fn map(&mut self, i: usize, e: &Entry) -> Outcome {
-        let v = e.value.as_str();
+        let resolved = self.after_chdir(&e.key, &e.value);
+        let v = resolved.as_deref().unwrap_or(&e.value);
         if [&e.text, &e.value]
             .iter()
             .any(|t| t.contains(char::REPLACEMENT_CHARACTER))

@@ -735,3 +735,33 @@ fn says_that_cheaper_processes_were_a_maximum() {
         t.notes
     );
 }
+
+// regression: uWSGI binds its sockets, starts Python (home) and watches touch-reload after
+// its chdir, so `chdir = /srv/app` + `socket = app.sock` is /srv/app/app.sock; postern
+// resolves relative paths from where it starts and bound the socket somewhere else
+// (nginx: 502).
+#[test]
+fn relative_paths_uwsgi_uses_after_chdir_are_joined_to_it() {
+    let t = tr("socket = app.sock\nfastcgi-socket = 127.0.0.1:9000\nhome = venv\ntouch-reload = reload\nstats = stats.sock\npidfile2 = app.pid\nlogto = log/app.log\nwsgi-file = app.py\nchdir = /srv/app/");
+    assert_eq!(
+        get(&t, "uwsgi"),
+        Some(&strings(&["unix:/srv/app/app.sock"]))
+    );
+    assert_eq!(get(&t, "fastcgi"), Some(&strings(&["127.0.0.1:9000"])));
+    assert_eq!(get(&t, "venv"), Some(&s("/srv/app/venv")));
+    assert_eq!(get(&t, "touch-reload"), Some(&s("/srv/app/reload")));
+    assert_eq!(get(&t, "stats"), Some(&s("unix:/srv/app/stats.sock")));
+    assert_eq!(get(&t, "pidfile"), Some(&s("/srv/app/app.pid")));
+    // Opened before the chdir in uWSGI, or resolved from the chdir by postern itself.
+    assert_eq!(get(&t, "log-file"), Some(&s("log/app.log")));
+    assert_eq!(get(&t, "app"), Some(&s("./app.py")));
+    // A relative chdir stays relative (to where postern starts, as for uWSGI);
+    // absolute paths and pidfile (written before the chdir) are untouched.
+    let t = tr("chdir = site\nsocket = run/app.sock\nhome = /opt/venv\npidfile = app.pid");
+    assert_eq!(
+        get(&t, "uwsgi"),
+        Some(&strings(&["unix:site/run/app.sock"]))
+    );
+    assert_eq!(get(&t, "venv"), Some(&s("/opt/venv")));
+    assert_eq!(get(&t, "pidfile"), Some(&s("app.pid")));
+}
