@@ -589,7 +589,7 @@ struct ShowLog<'a>(&'a Nginx);
 
 impl Drop for ShowLog<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("POSTERN_TEST_SHOW_LOGS").is_some() {
             let log = self.0.error_log();
             let lines: Vec<&str> = log
                 .lines()
