@@ -241,6 +241,8 @@ struct Mapper<'a> {
     chdir: Option<String>,
     /// `disable-logging = true` somewhere in the file.
     disable_logging: bool,
+    /// A `req-logger =` line: request lines go there, not to logto's file.
+    req_logger: bool,
 }
 
 /// `true`/`false` as uWSGI reads them: `false`, `off`, `no`, `0` (any case) are false;
@@ -356,6 +358,7 @@ impl<'a> Mapper<'a> {
             lazy: last(&["lazy-apps", "lazy"]).is_some_and(|(_, v)| boolean(&v).0),
             chdir: last(&["chdir"]).map(|(_, v)| v).filter(|v| !v.is_empty()),
             disable_logging: last(&["disable-logging"]).is_some_and(|(_, v)| boolean(&v).0),
+            req_logger: last(&["req-logger"]).is_some(),
         }
     }
 
@@ -439,7 +442,7 @@ impl<'a> Mapper<'a> {
             return Outcome::Refused("it has no value".into());
         }
         self.set(i, "log-file", toml::Value::String(v.into()));
-        if self.disable_logging {
+        if self.disable_logging || self.req_logger {
             return Self::carried(&["log-file"]);
         }
         self.set(i, "access-log", toml::Value::String(v.into()));
@@ -506,6 +509,31 @@ impl<'a> Mapper<'a> {
         };
         (path && !v.is_empty() && !v.starts_with('/'))
             .then(|| format!("{}/{v}", dir.trim_end_matches('/')))
+    }
+
+    /// The file of a `logger`/`req-logger` value: `file:PATH` or
+    /// `file:logfile=PATH,maxsize=…` (uWSGI's logfile plugin). `Err` says why another
+    /// form is not carried. uWSGI's master opens it after the chdir.
+    fn logger_file(&self, v: &str) -> Result<String, String> {
+        let Some(arg) = v.strip_prefix("file:") else {
+            return Err(format!("postern logs to stderr or a file; {v} is neither: forward the log with journald or rsyslog, or use logger = file:PATH"));
+        };
+        let path = if arg.contains('=') {
+            arg.split(',')
+                .find_map(|kv| kv.strip_prefix("logfile="))
+                .ok_or_else(|| format!("{v} names no logfile="))?
+        } else {
+            arg
+        };
+        if path.is_empty() {
+            return Err("it names no file".into());
+        }
+        Ok(match &self.chdir {
+            Some(dir) if !path.starts_with('/') => {
+                format!("{}/{path}", dir.trim_end_matches('/'))
+            }
+            _ => path.to_owned(),
+        })
     }
 
     fn map(&mut self, i: usize, e: &Entry) -> Outcome {
@@ -881,6 +909,40 @@ impl<'a> Mapper<'a> {
                 }
                 self.log_file(i, v)
             }
+            "logger" => match v {
+                "stdio" => Outcome::Accepted("postern logs to stderr by default".into()),
+                _ => match self.logger_file(v) {
+                    Ok(path) => {
+                        let out = self.log_file(i, &path);
+                        if v.contains("maxsize=") {
+                            if let Outcome::Carried { keys, .. } = out {
+                                return Outcome::Carried {
+                                    keys,
+                                    note: Some("postern does not rotate its logs itself (maxsize): use logrotate (deploy/logrotate/postern), which sends SIGUSR1".into()),
+                                    warn: true,
+                                };
+                            }
+                        }
+                        out
+                    }
+                    Err(why) => Outcome::Ignored(why),
+                },
+            },
+            "req-logger" => {
+                if self.disable_logging {
+                    return Outcome::Accepted("disable-logging turns request logging off, so this logger is not used".into());
+                }
+                match self.logger_file(v) {
+                    Ok(path) => {
+                        self.set(i, "access-log", toml::Value::String(path));
+                        Self::carried(&["access-log"])
+                    }
+                    Err(why) => Outcome::Ignored(why),
+                }
+            }
+            "log-format" | "logformat" => Outcome::Ignored(
+                "postern's access log has fixed formats: access-log-format = \"text\", \"json\", or \"combined\" (Apache/nginx combined, with the duration)".into(),
+            ),
             "daemonize" | "daemonize2" => {
                 if self.entries.iter().any(|e| e.key == "logto" || e.key == "logto2") {
                     return Outcome::Ignored(

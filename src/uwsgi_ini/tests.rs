@@ -765,3 +765,29 @@ fn relative_paths_uwsgi_uses_after_chdir_are_joined_to_it() {
     assert_eq!(get(&t, "venv"), Some(&s("/opt/venv")));
     assert_eq!(get(&t, "pidfile"), Some(&s("app.pid")));
 }
+
+// regression: `logger = file:PATH` and `req-logger = file:PATH`, the other common way to
+// send uWSGI's logs to files, were "unknown": postern logged to stderr instead.
+#[test]
+fn maps_file_loggers() {
+    let t = tr("module = m\nlogger = file:/var/log/app/uwsgi.log\nreq-logger = file:logfile=/var/log/app/access.log,maxsize=100000\nlog-format = %(addr) [%(ltime)] %(method) %(uri) %(status)");
+    assert_eq!(get(&t, "log-file"), Some(&s("/var/log/app/uwsgi.log")));
+    assert_eq!(get(&t, "access-log"), Some(&s("/var/log/app/access.log")));
+    assert!(matches!(outcome(&t, "log-format"), Outcome::Ignored(_)));
+    // Alone, logger's file has the request lines too (like logto); relative to chdir.
+    let t = tr("chdir = /srv/app\nlogger = file:logfile=log/uwsgi.log,maxsize=2000000");
+    assert_eq!(get(&t, "log-file"), Some(&s("/srv/app/log/uwsgi.log")));
+    assert_eq!(get(&t, "access-log"), Some(&s("/srv/app/log/uwsgi.log")));
+    let w = t.warnings().unwrap();
+    assert!(
+        w.contains("postern does not rotate its logs itself (maxsize)"),
+        "{w}"
+    );
+    // Other loggers are not carried, with what to do instead.
+    let t = tr("logger = syslog:myapp\nlogger2 = x\nreq-logger = stdio");
+    assert!(matches!(outcome(&t, "logger"), Outcome::Ignored(_)));
+    assert!(get(&t, "log-file").is_none());
+    // disable-logging wins over req-logger, wherever it is.
+    let t = tr("req-logger = file:/tmp/req.log\ndisable-logging = true");
+    assert_eq!(get(&t, "access-log"), Some(&s("off")));
+}
