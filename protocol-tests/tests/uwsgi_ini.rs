@@ -352,6 +352,73 @@ fn uwsgi_quickstart_django_ini_behind_nginx() {
     );
 }
 
+/// A production file of the kind blog posts copy around: every option in it is common in
+/// real files, and each gets a verdict. It runs behind nginx with one warning that lists
+/// only what postern really runs without (log-reopen) and the end-of-line comments.
+// regression: such a file was a wall of "unknown" lines at every start (plugins,
+// socket-timeout, log-reopen, the write-error options), and `harakiri = 20 ; seconds`
+// stopped postern.
+#[test]
+fn production_blog_post_ini_behind_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let Some(venv) = venv() else { return };
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    let file = ini("production_blog_post.ini");
+    std::fs::write(dir.path().join("reload"), "").unwrap();
+    let args = ["--ini", file.to_str().unwrap()];
+
+    let out = postern(&vars, &[&args[..], &["--print-config"]].concat())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let at = format!("# uWSGI ini {}", file.display());
+    for want in [
+        format!("workers = 2  {at}:16\n"),
+        format!("timeout = 20  {at}:31\n"),
+        format!("read-timeout = 30  {at}:29\n"),
+        format!("listen-backlog = 128  {at}:28\n"),
+        format!("body-spool-threshold = 4096  {at}:36\n"),
+        format!("socket-mode = \"664\"  {at}:25\n"),
+    ] {
+        assert!(printed.contains(&want), "missing {want:?} in:\n{printed}");
+    }
+    let warning = String::from_utf8_lossy(&out.stderr);
+    let m = file.display();
+    assert_eq!(
+        warning.trim_end(),
+        format!(
+            "postern: {m} [uwsgi]: not carried over as written:\n  {m}:41  log-reopen = true: ignored: postern reopens its log files on SIGUSR1, not on a reload: make logrotate's postrotate send SIGUSR1 to the master (deploy/logrotate/postern)\n  {m}: lines 16, 31: uWSGI has no inline comments, so the `; …` or `# …` after a value is part of it: uWSGI (and postern) still read a number before it, but a path or a name keeps the comment, and a boolean is true whatever it says. Put each comment on a line of its own"
+        )
+    );
+
+    let sock = dir.path().join("production_blog_post.sock");
+    let log = dir.path().join("production_blog_post.log");
+    let mut p = start(
+        postern(&vars, &args),
+        &vars,
+        Addr::Unix(sock.clone()),
+        Some(log.clone()),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o664
+    );
+    let n = Nginx::start(
+        &bin,
+        dir.path(),
+        &uwsgi_location(&format!("unix:{}", sock.display())),
+    );
+    for _ in 0..4 {
+        assert_eq!(n.get("/").text(), "Hello from Django\n");
+    }
+    assert_eq!(stats_get(vars.stats_port, "/ping").text(), "pong\n");
+    assert!(p.wait_log("path=/", 10), "{}", p.logs());
+    assert!(stop(&mut p).success());
+    assert!(!sock.exists());
+}
+
 /// The uWSGI quickstart's Flask command line as an ini: wsgi-file with callable = app.
 #[test]
 fn uwsgi_quickstart_flask_ini_behind_nginx() {
