@@ -645,3 +645,66 @@ fn postern_status_prints_the_table() {
         "{err}"
     );
 }
+
+// regression: a request's control characters went raw into the `postern status` table
+// (escape sequences on the operator's terminal, CR/LF forging rows) and into the
+// master's --slow-log line.
+#[test]
+fn control_characters_of_a_request_are_escaped() {
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--workers", "2", "--slow-log", "0.3"])
+        .args(["--stats", &stats_addr.arg()])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let query = format!("dir={}", marks.display());
+    let uri = format!("/hold?{query}\x1b]0;owned\x07\r\n4242 0 serving\x1b[2J");
+    let held = {
+        let addr = match &p.addr {
+            Addr::Unix(s) => Addr::Unix(s.clone()),
+            Addr::Tcp(port) => Addr::Tcp(*port),
+        };
+        std::thread::spawn(move || {
+            let vars = [
+                ("REQUEST_METHOD", "GET\x1b[31m"),
+                ("PATH_INFO", "/hold"),
+                ("QUERY_STRING", query.as_str()),
+                ("REQUEST_URI", uri.as_str()),
+            ];
+            raw(&addr, &uwsgi_packet(&vars))
+        })
+    };
+    assert!(wait_until(20, || std::fs::read_dir(&marks)
+        .map_or(0, |d| d.count())
+        == 1));
+    let out = Command::new(postern_bin())
+        .args(["status", &stats_addr.arg()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains(r"GET\x1B[31m /hold?dir=")
+            && table.contains(r"\x1B]0;owned\x07\x0D\x0A4242 0 serving\x1B[2J (uwsgi)"),
+        "{table}"
+    );
+    assert!(!table.lines().any(|l| l.starts_with("4242")), "{table}");
+    // The master's --slow-log line names the request, escaped too.
+    assert!(p.wait_log("slow request", 10), "{}", p.logs());
+    let logs = p.logs();
+    let slow = logs.lines().find(|l| l.contains("slow request")).unwrap();
+    assert!(slow.contains(r"\x1B]0;owned\x07\x0D\x0A4242"), "{slow}");
+    assert!(!logs.contains('\x1b') && !logs.contains('\x07'), "{logs:?}");
+    std::fs::write(marks.join("release"), "").unwrap();
+    assert_eq!(
+        parse_http(&held.join().unwrap()).map(|r| r.status),
+        Some(200)
+    );
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::{Cause, Snapshot};
+use crate::logging::Untrusted;
 
 #[derive(Serialize)]
 struct Status<'a> {
@@ -226,9 +227,16 @@ pub fn text(s: &Snapshot) -> String {
         let up = span(Duration::from_secs_f64((now - w.started_unix).max(0.0)));
         for (i, t) in w.threads.iter().enumerate() {
             let (age, req) = match t {
+                // The request's own bytes: a control character could otherwise move
+                // the cursor or forge a row on the terminal of `postern status`.
                 Some(c) => (
                     format!("{:.2}s", c.age.as_secs_f64()),
-                    format!("{} {} ({})", c.method, c.path, c.protocol.name()),
+                    format!(
+                        "{} {} ({})",
+                        Untrusted(c.method.as_bytes()),
+                        Untrusted(c.path.as_bytes()),
+                        c.protocol.name()
+                    ),
                 ),
                 None => ("-".to_owned(), "idle".to_owned()),
             };
@@ -318,6 +326,29 @@ mod tests {
             .find(|l| l.starts_with("unix:/run/postern.sock"))
             .unwrap();
         assert!(listener.ends_with("0      128"), "{t}");
+    }
+
+    // regression: a request's control characters reached the table as they were (ESC
+    // sequences on the terminal of `postern status`, CR/LF forging rows).
+    #[test]
+    fn text_escapes_the_request() {
+        let mut s = crate::stats::tests::sample();
+        let Some(c) = s.workers[0].threads[0].as_mut() else {
+            panic!("the sample's first thread is busy")
+        };
+        c.method = "GET\x1b[31m".into();
+        c.path = "/a\x1b]0;title\x07\r\n101 0 serving".into();
+        let t = text(&s);
+        assert!(!t.chars().any(|ch| ch.is_control() && ch != '\n'), "{t:?}");
+        assert!(
+            t.contains("GET\\x1B[31m /a\\x1B]0;title\\x07\\x0D\\x0A101 0 serving (uwsgi)"),
+            "{t}"
+        );
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("101 ")).count(),
+            1,
+            "{t}"
+        );
     }
 
     #[test]

@@ -658,7 +658,7 @@ impl Master {
                     if ran > limit {
                         tracing::error!(
                             pid = w.pid.as_raw(),
-                            request = %line.desc(),
+                            request = %crate::logging::Untrusted(line.desc().as_bytes()),
                             ran_ms = ran.as_millis() as u64,
                             "request passed --timeout {limit:?}; dumping the worker's Python stacks, then killing and replacing it"
                         );
@@ -678,7 +678,7 @@ impl Master {
                     if ran > limit && !w.dumped.contains(&(t, since)) {
                         tracing::warn!(
                             pid = w.pid.as_raw(),
-                            request = %line.desc(),
+                            request = %crate::logging::Untrusted(line.desc().as_bytes()),
                             ran_ms = ran.as_millis() as u64,
                             "slow request (over --slow-log {limit:?}); the worker's Python stacks follow"
                         );
