@@ -627,6 +627,12 @@ impl<'a> Mapper<'a> {
                 let Some((prefix, target)) = v.split_once('=') else {
                     return Outcome::Refused(format!("{v:?} is not MOUNTPOINT=APP"));
                 };
+                // uWSGI loads a mount target ending in .ini as a PasteDeploy file.
+                if target.ends_with(".ini") {
+                    return Outcome::Refused(format!(
+                        "postern loads a WSGI callable, not a PasteDeploy file: write a module (e.g. wsgi.py) with `from paste.deploy import loadapp` and `application = loadapp(\"config:{target}\")`, and mount that (mount = {prefix}=wsgi:application)"
+                    ));
+                }
                 let has = target.contains(':') && !target.ends_with(".py");
                 // uWSGI loads a mount target ending in .py or .wsgi as a file.
                 let target = if target.ends_with(".py") || target.ends_with(".wsgi") {
@@ -649,6 +655,16 @@ impl<'a> Mapper<'a> {
                 self.set(i, "mount", toml::Value::Array(vec![toml::Value::String(prefix.into())]));
                 Self::carried(&["app", "mount"])
             }
+            "paste" => Outcome::Refused(format!(
+                "postern loads a WSGI callable, not a PasteDeploy file: write a module (e.g. wsgi.py) with `from paste.deploy import loadapp` and `application = loadapp(\"{}\")`, and name it instead (module = wsgi:application)",
+                if v.contains(':') { v.to_owned() } else { format!("config:{v}") }
+            )),
+            "paste-logger" => Outcome::Ignored(
+                "call logging.config.fileConfig(PATH) yourself in the module that loads the PasteDeploy app".into(),
+            ),
+            "eval" => Outcome::Refused(
+                "postern runs no code from its configuration: put this code in a module that defines application, and name that module (module = wsgi:application)".into(),
+            ),
             "callable" => {
                 // Applied where the app is read; what is left to say is whether it was used.
                 let last = self.callable.as_ref().is_some_and(|(j, _)| *j == i);

@@ -791,3 +791,31 @@ fn maps_file_loggers() {
     let t = tr("req-logger = file:/tmp/req.log\ndisable-logging = true");
     assert_eq!(get(&t, "access-log"), Some(&s("off")));
 }
+
+// regression: `paste = config:…ini` (Pyramid's usual file) was "unknown", so postern
+// started with no app and said only that APP is missing.
+#[test]
+fn refuses_paste_deploy_apps_saying_how_to_load_them() {
+    let t = tr("paste = config:/srv/shop/production.ini\npaste-logger = true");
+    let Outcome::Refused(why) = outcome(&t, "paste") else {
+        panic!("{:?}", outcome(&t, "paste"))
+    };
+    assert!(
+        why.contains("`application = loadapp(\"config:/srv/shop/production.ini\")`"),
+        "{why}"
+    );
+    assert!(matches!(outcome(&t, "paste-logger"), Outcome::Ignored(_)));
+    let t = tr("mount = /shop=/srv/shop/production.ini");
+    let Outcome::Refused(why) = outcome(&t, "mount") else {
+        panic!("{:?}", outcome(&t, "mount"))
+    };
+    assert!(
+        why.contains("loadapp(\"config:/srv/shop/production.ini\")"),
+        "{why}"
+    );
+    assert!(get(&t, "app").is_none());
+    assert!(matches!(
+        tr("eval = x").lines[0].outcome,
+        Outcome::Refused(_)
+    ));
+}
