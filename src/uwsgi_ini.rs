@@ -143,7 +143,7 @@ pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
 pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Translation, IniError> {
     let section = facts.section.clone().unwrap_or_else(|| "uwsgi".to_owned());
     let read = expand::read_section(text, facts, &section, ctx)?;
-    let mut m = Mapper::new(&read.entries, &read.placeholders_used);
+    let mut m = Mapper::new(&read.entries, &read.placeholders_used, &section);
     for (i, e) in read.entries.iter().enumerate() {
         let outcome = m.map(i, e);
         m.lines.push(Line {
@@ -156,7 +156,7 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
     notes.extend(m.notes);
     Ok(Translation {
         source: facts.given.clone(),
-        section,
+        section: section.clone(),
         table: m.table,
         lines: m.lines,
         notes,
@@ -221,6 +221,8 @@ const LOGIC: &str = "uWSGI's configuration logic (if-*, for-*) is not supported:
 /// Builds the table line by line.
 struct Mapper<'a> {
     entries: &'a [Entry],
+    /// The section read, for messages.
+    section: &'a str,
     placeholders: &'a BTreeSet<String>,
     table: toml::Table,
     lines: Vec<Line>,
@@ -326,7 +328,7 @@ fn listen_addr(v: &str) -> Result<(String, Option<String>), String> {
 }
 
 impl<'a> Mapper<'a> {
-    fn new(entries: &'a [Entry], placeholders: &'a BTreeSet<String>) -> Self {
+    fn new(entries: &'a [Entry], placeholders: &'a BTreeSet<String>, section: &'a str) -> Self {
         let last = |keys: &[&str]| {
             entries
                 .iter()
@@ -337,6 +339,7 @@ impl<'a> Mapper<'a> {
         };
         Mapper {
             entries,
+            section,
             placeholders,
             table: toml::Table::new(),
             lines: Vec::new(),
@@ -1041,6 +1044,11 @@ impl<'a> Mapper<'a> {
             "offload-threads" => Outcome::Ignored(STATIC.into()),
             "auto-procname" => Outcome::Ignored(PROCNAME.into()),
             "cheap" | "idle" => Outcome::Ignored(CHEAPER.into()),
+            "ini" | "include" | "inherit" if v.starts_with(':') => Outcome::Refused(format!(
+                "postern reads one section: copy the options of [{}] into [{}] where this line is (later lines override them, as in uWSGI)",
+                &v[1..],
+                self.section
+            )),
             "ini" | "include" | "inherit" | "json" | "yaml" | "yml" | "xml" | "config" => {
                 Outcome::Refused(INCLUDE.into())
             }

@@ -515,6 +515,16 @@ fn refuses_includes_and_logic() {
     let e = t.check().unwrap_err().to_string();
     assert_eq!(e.lines().count(), 8, "{e}"); // five refused, and py-autoreload ignored
     assert!(matches!(outcome(&t, "py-autoreload"), Outcome::Ignored(_)));
+    // regression: `ini = :common` (a section of the same file) was told to copy "the
+    // included file's options".
+    let t = tr("ini = :common");
+    let Outcome::Refused(why) = outcome(&t, "ini") else {
+        panic!()
+    };
+    assert!(
+        why.contains("copy the options of [common] into [uwsgi]"),
+        "{why}"
+    );
 }
 
 #[test]
