@@ -708,3 +708,100 @@ fn control_characters_of_a_request_are_escaped() {
         Some(200)
     );
 }
+
+// regression: the log lines the master dropped (a stalled stderr) were not in
+// postern_log_lines_dropped_total, and each worker forked after such drops counted the
+// master's drops again as its own.
+#[test]
+fn log_lines_the_master_dropped_are_counted_once() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let sock = dir.path().join("app.sock");
+    // A stderr pipe that is full from the start and never read: every line postern
+    // writes to it is dropped.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+        0
+    );
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let chunk = [b'x'; 4096];
+    // SAFETY: writing from a live buffer of that length to our own pipe.
+    while unsafe { libc::write(fds[1], chunk.as_ptr().cast(), chunk.len()) } > 0 {}
+    let mut child = Command::new(postern_bin())
+        .arg(app(dir.path()))
+        .args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--stats",
+            &stats_addr.arg(),
+        ])
+        // Only the master's "worker died unexpectedly" lines are at this level, and
+        // the workers write no access lines: the count is the master's alone.
+        .args(["--log-level", "error", "--access-log", "off"])
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let dropped = "postern_log_lines_dropped_total";
+    let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
+    assert!(wait_until(20, || stats_addr.connect().is_ok()
+        && serving_pids(&stats_addr).len() == 2));
+    for kill in 1..=3 {
+        // Both slots in turn, so that the replacements are forked after different
+        // numbers of the master's drops.
+        let victim = serving_pids(&stats_addr)[kill % 2];
+        // SAFETY: kill(2) on a worker of the postern this test started.
+        unsafe {
+            libc::kill(victim as i32, libc::SIGKILL);
+        }
+        let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == kill as f64);
+        assert_eq!(sample(&m, crashed), kill as f64, "{m}");
+        assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    }
+    // Each worker (replacements forked after the master's drops) publishes its own
+    // count with the requests it serves: one request held on each worker's thread.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let query = format!("dir={}", marks.display());
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, query) = (Addr::Unix(sock.clone()), query.clone());
+            std::thread::spawn(move || {
+                let vars = [
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/hold"),
+                    ("QUERY_STRING", query.as_str()),
+                ];
+                raw(&addr, &uwsgi_packet(&vars))
+            })
+        })
+        .collect();
+    assert!(wait_until(20, || std::fs::read_dir(&marks)
+        .map_or(0, |d| d.count())
+        == 2));
+    std::fs::write(marks.join("release"), "").unwrap();
+    for h in held {
+        assert_eq!(parse_http(&h.join().unwrap()).map(|r| r.status), Some(200));
+    }
+    let m = wait_metrics(&stats_addr, 10, |m| {
+        family_sum(m, "postern_requests_total") == 2.0
+    });
+    assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
+    assert_eq!(sample(&m, dropped), 3.0, "{m}");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    drop(read_end);
+}

@@ -415,6 +415,8 @@ pub fn run(
         m.reap()?;
         m.fill(&sfd, &mask, &worker)?;
         m.keep_stats(&sfd, &mask)?;
+        m.board
+            .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
     }
 }
 
@@ -512,6 +514,9 @@ impl Master {
                 }
                 // The stats socket and probes are the helper's.
                 drop(self.stats.take());
+                // The count of log lines the master dropped came across the fork; the
+                // master reports those itself, the worker only its own.
+                crate::logging::LOG_LINES_DROPPED.store(0, Ordering::Relaxed);
                 self.board
                     .head(slot)
                     .pid

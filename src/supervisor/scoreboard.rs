@@ -136,6 +136,8 @@ struct Global {
     saturated: AtomicU64,
     /// Dropped log lines of the workers that have exited.
     log_dropped: AtomicU64,
+    /// The master's own count of dropped log lines (it publishes it as it goes).
+    master_log_dropped: AtomicU64,
 }
 
 /// One worker's slot header. 64 bytes, so the lines after it start on a cache line.
@@ -400,6 +402,13 @@ impl Scoreboard {
         }
     }
 
+    /// Publishes the master's count of dropped log lines (master only).
+    pub fn publish_master_log_drops(&self, dropped: u64) {
+        self.global()
+            .master_log_dropped
+            .store(dropped, Ordering::Relaxed);
+    }
+
     /// A Python thread of `slot` took a request (with `--stats`). Counts an "all
     /// threads busy" event when that leaves no idle thread in any serving worker.
     pub fn enter(&self, slot: usize) {
@@ -467,7 +476,7 @@ impl Scoreboard {
             *v = get(c);
         }
         let now = now_ns();
-        let mut log_lines_dropped = get(&g.log_dropped);
+        let mut log_lines_dropped = get(&g.log_dropped) + get(&g.master_log_dropped);
         let mut workers = Vec::new();
         for slot in 0..self.high_water().min(self.slots) {
             let h = self.head(slot);
