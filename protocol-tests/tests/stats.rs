@@ -663,10 +663,7 @@ fn control_characters_of_a_request_are_escaped() {
     let query = format!("dir={}", marks.display());
     let uri = format!("/hold?{query}\x1b]0;owned\x07\r\n4242 0 serving\x1b[2J");
     let held = {
-        let addr = match &p.addr {
-            Addr::Unix(s) => Addr::Unix(s.clone()),
-            Addr::Tcp(port) => Addr::Tcp(*port),
-        };
+        let addr = p.addr.clone();
         std::thread::spawn(move || {
             let vars = [
                 ("REQUEST_METHOD", "GET\x1b[31m"),
@@ -804,4 +801,45 @@ fn log_lines_the_master_dropped_are_counted_once() {
     }
     let _ = child.wait();
     drop(read_end);
+}
+
+// regression: a single process kept answering /ping with pong during its graceful stop,
+// when it no longer accepted anything (a master's /ping said 503 there).
+#[test]
+fn single_process_ping_fails_while_it_stops() {
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let mut p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--threads", "2", "--stats", &stats_addr.arg()])
+        .start();
+    assert_eq!(stats(&stats_addr, "/ping").status, 200);
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let query = format!("dir={}", marks.display());
+    let addr = p.addr.clone();
+    let held = std::thread::spawn(move || {
+        let vars = [
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/hold"),
+            ("QUERY_STRING", query.as_str()),
+        ];
+        raw(&addr, &uwsgi_packet(&vars))
+    });
+    assert!(wait_until(20, || std::fs::read_dir(&marks)
+        .map_or(0, |d| d.count())
+        == 1));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_log("stopping", 10), "{}", p.logs());
+    let ping = stats(&stats_addr, "/ping");
+    assert_eq!(
+        (ping.status, ping.text().as_str()),
+        (503, "no worker is serving\n")
+    );
+    assert_eq!(status_json(&stats_addr)["workers"][0]["state"], "draining");
+    std::fs::write(marks.join("release"), "").unwrap();
+    assert_eq!(
+        parse_http(&held.join().unwrap()).map(|r| r.status),
+        Some(200)
+    );
+    assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
 }

@@ -119,6 +119,7 @@ pub fn run(
         },
         limits,
     });
+    let monitor = settings.monitor.clone();
     let pool = Pool::start(
         app,
         settings,
@@ -142,6 +143,9 @@ pub fn run(
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
         shared.stop_accepting();
+        if let Some(m) = &monitor {
+            m.stopping();
+        }
         // Idle FastCGI keep-alive connections close now, busy ones after END_REQUEST.
         let idle = parking.close_all();
         if idle > 0 {

@@ -154,6 +154,11 @@ fn rss_kib() -> Option<u64> {
 }
 
 impl crate::wsgi::Monitor for WorkerMonitor {
+    fn stopping(&self) {
+        // `/ping` answers 503 from now on (a single process has no master to say so).
+        self.board.mark_draining(self.slot);
+    }
+
     fn begin(&self, thread: usize, head: &crate::codec::Head, protocol: crate::codec::Protocol) {
         if thread >= self.board.threads {
             return;

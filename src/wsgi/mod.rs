@@ -201,6 +201,8 @@ pub trait Monitor: Send + Sync {
     /// Python thread `thread` has finished its request; `None` when serving it
     /// panicked (the connection was aborted).
     fn end(&self, thread: usize, served: Option<&Served>);
+    /// The process stopped accepting: it only finishes what is in flight now.
+    fn stopping(&self) {}
 }
 
 /// Runtime settings the Python side needs.
