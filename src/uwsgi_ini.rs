@@ -1089,11 +1089,18 @@ impl<'a> Mapper<'a> {
 
     /// What needs the whole file: the callable's fate, the preload and comment notes.
     fn finish(&mut self) {
+        // Only lines whose value is used: an ignored hook's shell command may hold " ; ".
         let commented: Vec<String> = self
-            .entries
+            .lines
             .iter()
-            .filter(|e| inline_comment(&e.value))
-            .map(|e| e.line.to_string())
+            .filter(|l| {
+                inline_comment(&l.entry.value)
+                    && matches!(
+                        l.outcome,
+                        Outcome::Carried { .. } | Outcome::Accepted(_) | Outcome::Placeholder
+                    )
+            })
+            .map(|l| l.entry.line.to_string())
             .collect();
         if !commented.is_empty() {
             self.notes.push((

@@ -334,14 +334,17 @@ fn reads_a_number_before_an_inline_comment_like_uwsgi() {
     let e = t.check().unwrap_err().to_string();
     assert!(e.contains("\"32k\" is not a whole number"), "{e}");
     assert!(e.contains("\"128 x ; y\" is not a whole number"), "{e}");
-    // One note names every line whose value carries a comment.
+    // One note names every line whose value, used, carries a comment (line 8 is refused).
     assert!(
         t.notes
             .iter()
-            .any(|(_, n)| n.starts_with("lines 3, 4, 5, 6, 8: uWSGI has no inline comments")),
+            .any(|(_, n)| n.starts_with("lines 3, 4, 5, 6: uWSGI has no inline comments")),
         "{:?}",
         t.notes
     );
+    // A value that is not used (an ignored hook's shell command) is not flagged.
+    let t = tr("module = m\nexec-pre-app = mkdir -p /run/x ; chown x /run/x");
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
 }
 
 #[test]
