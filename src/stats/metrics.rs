@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Cause, Snapshot, WorkerState, DURATION_BUCKETS, PROTOCOLS, STATUS_CLASSES};
+use super::{Cause, Snapshot, Worker, WorkerState, DURATION_BUCKETS, PROTOCOLS, STATUS_CLASSES};
 
 /// The `Content-Type` of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -57,6 +57,11 @@ fn family<M: EncodeMetric>(
             Ok(())
         }
     }
+}
+
+/// The label of a per-worker series.
+fn worker(w: &Worker) -> Labels {
+    vec![("worker", w.slot.to_string())]
 }
 
 fn counter(v: u64) -> ConstCounter<u64> {
@@ -276,21 +281,21 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "worker_requests",
-            "Requests served by each running worker.",
+            "Requests served by each running worker (worker: its slot, which a replacement reuses; /status maps it to a pid).",
             None,
             s.workers
                 .iter()
-                .map(|w| (vec![("pid", w.pid.to_string())], counter(w.requests))),
+                .map(|w| (worker(w), counter(w.requests))),
         )?;
         family(
             &mut enc,
             "worker_rss",
-            "Resident memory of each running worker.",
+            "Resident memory of each running worker (worker: as in postern_worker_requests_total).",
             Some(&Unit::Bytes),
             s.workers.iter().filter_map(|w| {
                 w.rss_bytes.map(|b| {
                     (
-                        vec![("pid", w.pid.to_string())],
+                        worker(w),
                         ConstGauge::new(i64::try_from(b).unwrap_or(i64::MAX)),
                     )
                 })
@@ -351,8 +356,9 @@ mod tests {
             r#"postern_responses_cut_total{reason="client_gone"} 0"#,
             r#"postern_workers{state="serving"} 1"#,
             r#"postern_workers{state="starting"} 1"#,
-            r#"postern_worker_requests_total{pid="101"} 6"#,
-            r#"postern_worker_rss_bytes{pid="101"} 20971520"#,
+            r#"postern_worker_requests_total{worker="0"} 6"#,
+            r#"postern_worker_requests_total{worker="1"} 0"#,
+            r#"postern_worker_rss_bytes{worker="0"} 20971520"#,
             "postern_log_lines_dropped_total 0",
             "postern_start_time_seconds 1700000000.0",
         ] {
@@ -365,6 +371,9 @@ mod tests {
         assert!(!text.contains(r#"worker_exits_total{cause="boot"}"#));
         assert!(!text.contains(r#"worker_starts_total{cause="stop"}"#));
         // The starting worker has no RSS yet: no sample rather than a zero.
-        assert!(!text.contains(r#"worker_rss_bytes{pid="102"}"#));
+        assert!(!text.contains(r#"worker_rss_bytes{worker="1"}"#));
+        // regression: per-worker series were labelled by pid, a new series for every
+        // recycled worker (unbounded cardinality under --max-requests).
+        assert!(!text.contains("pid="), "{text}");
     }
 }

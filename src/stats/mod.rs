@@ -249,6 +249,9 @@ pub struct Current {
 /// One worker process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
+    /// Its scoreboard slot: a small number a replacement reuses, so that per-worker
+    /// series stay few however often workers are recycled (a pid label would not).
+    pub slot: usize,
     pub pid: i32,
     pub generation: u64,
     pub state: WorkerState,
@@ -354,6 +357,7 @@ pub(crate) mod tests {
             events,
             workers: vec![
                 Worker {
+                    slot: 0,
                     pid: 101,
                     generation: 0,
                     state: WorkerState::Serving,
@@ -371,6 +375,7 @@ pub(crate) mod tests {
                     ],
                 },
                 Worker {
+                    slot: 1,
                     pid: 102,
                     generation: 0,
                     state: WorkerState::Starting,

@@ -40,6 +40,8 @@ struct Listener<'a> {
 
 #[derive(Serialize)]
 struct Worker {
+    /// The `worker` label of the per-worker metrics.
+    worker: usize,
     pid: i32,
     generation: u64,
     state: &'static str,
@@ -114,6 +116,7 @@ pub fn json(s: &Snapshot) -> String {
             .workers
             .iter()
             .map(|w| Worker {
+                worker: w.slot,
                 pid: w.pid,
                 generation: w.generation,
                 state: w.state.label(),
@@ -278,6 +281,7 @@ mod tests {
         assert_eq!(v["listeners"][0]["backlog"], 128);
         let w = &v["workers"][0];
         assert_eq!(w["pid"], 101);
+        assert_eq!(w["worker"], 0);
         assert_eq!(w["state"], "serving");
         assert_eq!(w["started"], "Tue, 14 Nov 2023 22:13:21 GMT");
         let t = &w["threads"][0];

@@ -495,6 +495,7 @@ impl Scoreboard {
             log_lines_dropped += get(&h.log_dropped);
             let rss = h.rss_kib.load(Ordering::Relaxed);
             workers.push(stats::Worker {
+                slot,
                 pid: h.pid.load(Ordering::Relaxed),
                 generation: h.generation.load(Ordering::Relaxed),
                 state,
