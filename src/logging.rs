@@ -38,7 +38,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
 
 use crate::codec::{Head, Protocol};
 use crate::config::{AccessLogFormat, LogFormat};
@@ -69,8 +68,8 @@ pub enum LogError {
         path: String,
         cause: io::Error,
     },
-    #[error("--log-level {level:?} is not a level or a tracing filter ({cause}); use error, warn, info, debug, trace or e.g. postern=debug,warn")]
-    Level { level: String, cause: String },
+    #[error("--log-level {0}")]
+    Level(String),
 }
 
 /// What the logs are set up from (the `--log-*` and `--access-log*` options).
@@ -182,10 +181,7 @@ static PID: AtomicU32 = AtomicU32::new(0);
 /// (before privileges are dropped), installs the `tracing` subscriber and the SIGUSR1
 /// handler. Lines are written directly until [`start_background`].
 pub fn init(opts: &LogOptions) -> Result<(), LogError> {
-    let filter = EnvFilter::try_new(&opts.level).map_err(|e| LogError::Level {
-        level: opts.level.clone(),
-        cause: e.to_string(),
-    })?;
+    let filter = crate::config::log_filter(&opts.level).map_err(LogError::Level)?;
     let log = Arc::new(match &opts.file {
         None => Output::stderr(),
         Some(p) => Output::file(p, "log file")?,

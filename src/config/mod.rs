@@ -612,6 +612,22 @@ impl Layered {
     }
 }
 
+/// `--log-level` as a filter: a level, or `tracing` directives such as
+/// `postern=debug,warn`. A bare word that is not a level is refused: `tracing` would
+/// take it for a target's name and log nothing else (`warning`, `verbose`).
+pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let hint = "use error, warn, info, debug or trace, or a filter like postern=debug,warn";
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !d.contains(['=', '[']);
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) && d.parse::<u8>().is_err() {
+            return Err(format!("{d:?} is not a level; {hint}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("{level:?} is not a level or a filter ({e}); {hint}"))
+}
+
 /// A key as TOML writes it (bare when it can be).
 fn toml_key(k: &str) -> String {
     if !k.is_empty()
@@ -829,6 +845,7 @@ impl Config {
         if o.listen_backlog < 1 {
             return Err(invalid("listen-backlog", "must be at least 1".into()));
         }
+        log_filter(&o.log_level).map_err(|m| invalid("log-level", m))?;
         if o.access_log.is_empty() {
             return Err(invalid(
                 "access-log",
@@ -1103,6 +1120,27 @@ mod tests {
         assert!(parse("maybe").is_err());
         std::env::remove_var("POSTERN_TEST_MASTER_SWITCH");
         assert!(resolve(&["app", "--master"]).unwrap().supervised);
+    }
+
+    // regression: `--log-level warning` (Python's name) passed as a target filter and
+    // postern logged nothing at all; `--check` passed a filter the start then refused.
+    #[test]
+    fn rejects_a_log_level_that_would_silence_the_log() {
+        for bad in ["warning", "verbose", "a=b=c"] {
+            let e = resolve(&["app", "--log-level", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("--log-level (from command line): "), "{e}");
+        }
+        for good in [
+            "warn",
+            "INFO",
+            "postern=debug,warn",
+            "postern::access=off,info",
+            "3",
+        ] {
+            assert!(resolve(&["app", "--log-level", good]).is_ok(), "{good}");
+        }
     }
 
     #[test]
