@@ -566,10 +566,16 @@ impl Layered {
             "# postern: effective configuration (--print-config); usable as a --config file\n",
         );
         let mut tables = String::new();
+        // An empty list or table is an option not set.
+        let value = |key: &str| {
+            self.values.get(key).filter(|v| match v {
+                toml::Value::Array(a) => !a.is_empty(),
+                toml::Value::Table(t) => !t.is_empty(),
+                _ => true,
+            })
+        };
         for (key, _) in option_keys() {
-            match self.values.get(&key) {
-                Some(toml::Value::Table(t)) if t.is_empty() => {}
-                Some(toml::Value::Array(a)) if a.is_empty() => {}
+            match value(&key) {
                 Some(toml::Value::Table(t)) => {
                     tables.push_str(&format!("\n[{key}]  # {}\n", self.source(&key)));
                     for (k, v) in t {
@@ -596,12 +602,7 @@ impl Layered {
         let unset: Vec<String> = option_keys()
             .into_iter()
             .map(|(k, _)| k)
-            .filter(|k| match self.values.get(k) {
-                None => true,
-                Some(toml::Value::Array(a)) => a.is_empty(),
-                Some(toml::Value::Table(t)) => t.is_empty(),
-                _ => false,
-            })
+            .filter(|k| value(k).is_none())
             .filter(|k| !(k == "uwsgi" && config.is_some_and(|c| c.default_listener)))
             .filter(|k| !(k == "venv" && config.is_some_and(|c| c.venv.is_some())))
             .collect();

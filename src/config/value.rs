@@ -9,40 +9,40 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Implements `Serialize` (as the `Display` text) and `Deserialize` (from a string, an
-/// integer or a float, through `FromStr`) for types whose text form is the source of truth.
-macro_rules! text_value {
+/// `Deserialize` from a TOML string, integer, float or boolean, through `FromStr`: the
+/// text a user would type is the source of truth.
+macro_rules! from_text {
+    ($($t:ty),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = Scalar::deserialize(d)?.0;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+from_text!(
+    Mode,
+    KeyValue,
+    crate::server::listener::ListenAddr,
+    Size,
+    Seconds
+);
+
+/// `Serialize` as the `Display` text.
+macro_rules! as_text {
     ($($t:ty),* $(,)?) => {$(
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
             }
         }
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = Scalar::deserialize(d)?.0;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
     )*};
 }
+as_text!(Mode, KeyValue, crate::server::listener::ListenAddr);
 
-text_value!(Mode, KeyValue, crate::server::listener::ListenAddr);
-
-// Sizes and seconds deserialise from text or numbers, and serialise as a number when
-// that is how they would be typed (`buffer-size = 65535`, `timeout = 2.5`).
-macro_rules! text_in_number_out {
-    ($($t:ty),* $(,)?) => {$(
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = Scalar::deserialize(d)?.0;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
-}
-text_in_number_out!(Size, Seconds);
-
+// Sizes and seconds serialise as a number when that is how they would be typed
+// (`buffer-size = 65535`, `timeout = 2.5`).
 impl Serialize for Size {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let text = self.to_string();
