@@ -42,7 +42,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     // Every listener stays bound until the end, as in a start: two that cannot be
     // bound together (`0.0.0.0:P` and `127.0.0.1:P`) fail here too.
     let opts = crate::boot::socket_options(config);
-    let plan = crate::boot::listeners(config, &inherited_addrs());
+    let plan = crate::boot::listeners(config, &listener::systemd_addrs());
     let mut held = Vec::new();
     let mut failed = Vec::new();
     let mut all: Vec<(&str, &ListenAddr, bool)> = plan
@@ -149,40 +149,6 @@ fn writable(path: &std::path::Path) -> Result<(), String> {
     }
     access(dir, Access::WRITE_OK)
         .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
-}
-
-/// Addresses systemd passed (LISTEN_FDS for this pid), without taking the fds.
-fn inherited_addrs() -> Vec<ListenAddr> {
-    let mine = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    if !mine {
-        return Vec::new();
-    }
-    (3..3 + n)
-        .filter_map(|fd| {
-            // SAFETY: getsockname on an fd number we do not own only reads its address;
-            // a closed fd or a non-socket makes it fail.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let addr = rustix::net::getsockname(fd).ok()?;
-            match addr.address_family() {
-                rustix::net::AddressFamily::UNIX => {
-                    let u = rustix::net::SocketAddrUnix::try_from(addr).ok()?;
-                    Some(ListenAddr::Unix(
-                        u.path()?.to_string_lossy().into_owned().into(),
-                    ))
-                }
-                _ => std::net::SocketAddr::try_from(addr)
-                    .ok()
-                    .map(ListenAddr::Tcp),
-            }
-        })
-        .collect()
 }
 
 /// Starts Python and imports the app in a forked child, which prints what it found.

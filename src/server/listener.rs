@@ -228,9 +228,9 @@ impl Bound {
     }
 }
 
-/// Listening sockets passed by systemd socket activation (LISTEN_PID / LISTEN_FDS,
-/// sd_listen_fds(3)); the variables are removed so children do not take them again.
-pub fn systemd_listeners() -> Vec<Bound> {
+/// The fds systemd passed to this process (sd_listen_fds(3)): 3 up to 3 + LISTEN_FDS,
+/// when LISTEN_PID names this process; the ones that are not open are left out.
+fn systemd_fds() -> Vec<i32> {
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -239,49 +239,80 @@ pub fn systemd_listeners() -> Vec<Bound> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(k);
-    }
     if !pid_ok || n <= 0 {
         return Vec::new();
     }
+    (3..3 + n)
+        .filter(|&fd| {
+            // SAFETY: fcntl on a plain integer fd only queries it.
+            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            if !open {
+                tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored");
+            }
+            open
+        })
+        .collect()
+}
+
+/// A socket's own address as a listener address (an unnamed Unix socket has none).
+fn listen_addr(local: &SockAddr) -> Option<ListenAddr> {
+    match (local.as_socket(), local.as_pathname()) {
+        (Some(sa), _) => Some(ListenAddr::Tcp(sa)),
+        (None, Some(path)) => Some(ListenAddr::Unix(path.to_owned())),
+        (None, None) => None,
+    }
+}
+
+/// The addresses of the sockets systemd passed, without taking them (`--check`).
+pub fn systemd_addrs() -> Vec<ListenAddr> {
+    systemd_fds()
+        .into_iter()
+        .filter_map(|fd| {
+            // SAFETY: the fd is open (checked above) and only borrowed to read its address.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            listen_addr(&socket2::SockRef::from(&fd).local_addr().ok()?)
+        })
+        .collect()
+}
+
+/// Listening sockets passed by systemd socket activation (LISTEN_PID / LISTEN_FDS,
+/// sd_listen_fds(3)); the variables are removed so children do not take them again.
+pub fn systemd_listeners() -> Vec<Bound> {
+    let fds = systemd_fds();
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(k);
+    }
     let mut out = Vec::new();
-    for fd in 3..3 + n {
-        // SAFETY: fcntl on a plain integer fd only queries it.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored");
-            continue;
-        }
+    for fd in fds {
         // SAFETY: systemd hands us fds 3..3+LISTEN_FDS, open (checked) and ours now.
         let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let _ = sock.set_nonblocking(true);
         let _ = sock.set_cloexec(true);
-        let Ok(local) = sock.local_addr() else {
+        let Some(addr) = sock.local_addr().ok().as_ref().and_then(listen_addr) else {
             continue;
         };
-        if let Some(sa) = local.as_socket() {
-            out.push(Bound {
-                addr: ListenAddr::Tcp(sa),
-                socket: BoundSocket::Tcp(sock.into()),
-                info: ListenerInfo {
-                    protocol: Default::default(),
-                    server_name: Arc::from(sa.ip().to_string().as_bytes()),
-                    server_port: Arc::from(sa.port().to_string().as_bytes()),
-                },
-                inherited: true,
-            });
-        } else if let Some(path) = local.as_pathname() {
-            out.push(Bound {
-                addr: ListenAddr::Unix(path.to_owned()),
-                socket: BoundSocket::Unix(sock.into()),
-                info: ListenerInfo {
-                    protocol: Default::default(),
-                    server_name: Arc::from(&b"localhost"[..]),
-                    server_port: Arc::from(&b"80"[..]),
-                },
-                inherited: true,
-            });
-        }
+        let (socket, server_name, server_port) = match &addr {
+            ListenAddr::Tcp(sa) => (
+                BoundSocket::Tcp(sock.into()),
+                sa.ip().to_string(),
+                sa.port().to_string(),
+            ),
+            ListenAddr::Unix(_) => (
+                BoundSocket::Unix(sock.into()),
+                "localhost".to_owned(),
+                "80".to_owned(),
+            ),
+        };
+        out.push(Bound {
+            addr,
+            socket,
+            info: ListenerInfo {
+                protocol: Default::default(),
+                server_name: Arc::from(server_name.as_bytes()),
+                server_port: Arc::from(server_port.as_bytes()),
+            },
+            inherited: true,
+        });
     }
     out
 }
