@@ -544,6 +544,9 @@ fn single_process_serves_stats_too() {
     }
     let reply = raw(&Addr::Tcp(fcgi_port), &fcgi::get(1, false, "/code/204"));
     assert!(!reply.is_empty());
+    // Refused before a Python thread: counted apart.
+    let r = parse_http(&p.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).unwrap();
+    assert_eq!(r.status, 400);
     let m = wait_metrics(&stats_addr, 10, |m| {
         family_sum(m, "postern_requests_total") >= 5.0
     });
@@ -569,6 +572,7 @@ fn single_process_serves_stats_too() {
         1.0,
         "{m}"
     );
+    assert_eq!(refused(&m, "uwsgi", "4xx"), 1.0, "{m}");
     let backlog =
         format!(r#"postern_listen_backlog{{listener="127.0.0.1:{fcgi_port}",protocol="fastcgi"}}"#);
     assert_eq!(sample(&m, &backlog), 1024.0, "{m}");
@@ -842,4 +846,78 @@ fn single_process_ping_fails_while_it_stops() {
         Some(200)
     );
     assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
+}
+
+/// The value of `postern_requests_refused_total{protocol, status}`.
+fn refused(m: &str, protocol: &str, status: &str) -> f64 {
+    sample(
+        m,
+        &format!(r#"postern_requests_refused_total{{protocol="{protocol}",status="{status}"}}"#),
+    )
+}
+
+// Requests postern answers itself (413 over --max-body, 400 for HTTP on a uwsgi socket)
+// or closes (a uwsgi packet that is not WSGI) never reach a Python thread: counted on
+// their own, by protocol and status class, and kept when their worker dies.
+#[test]
+fn refused_requests_are_counted_by_protocol_and_status() {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let fcgi_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--workers", "2", "--max-body", "1000"])
+        .args(["--fastcgi", &fcgi_addr.arg(), "--stats", &stats_addr.arg()])
+        .start();
+    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    for _ in 0..5 {
+        let r = n.request("POST", "/code/200", &[], &[b'x'; 5000]);
+        assert_eq!(r.status, 413, "{}", r.text());
+    }
+    assert_eq!(n.get("/code/200").status, 200);
+    for _ in 0..3 {
+        let r = parse_http(&p.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).unwrap();
+        assert_eq!(r.status, 400);
+    }
+    for id in 1..=2 {
+        let req = fcgi::request(
+            id,
+            false,
+            &[
+                ("REQUEST_METHOD", "POST"),
+                ("SCRIPT_NAME", "/code/200"),
+                ("CONTENT_LENGTH", "5000"),
+            ],
+            &[b'x'; 5000],
+        );
+        let reply = String::from_utf8_lossy(&raw(&fcgi_addr, &req)).into_owned();
+        assert!(reply.contains("Status: 413"), "{reply}");
+    }
+    // modifier1 5 is not a WSGI request: closed without an answer.
+    let mut other = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    other[0] = 5;
+    assert!(p.raw(&other).is_empty());
+
+    let all = |m: &str| family_sum(m, "postern_requests_refused_total");
+    let m = wait_metrics(&stats_addr, 10, |m| all(m) >= 11.0);
+    assert_eq!(refused(&m, "uwsgi", "4xx"), 8.0, "{m}");
+    assert_eq!(refused(&m, "fastcgi", "4xx"), 2.0, "{m}");
+    assert_eq!(refused(&m, "uwsgi", "none"), 1.0, "{m}");
+    assert_eq!(all(&m), 11.0, "{m}");
+    assert_eq!(family_sum(&m, "postern_requests_total"), 1.0, "{m}");
+    assert_eq!(status_json(&stats_addr)["requests_refused"], 11);
+
+    // Both workers die: their refusals stay in the totals.
+    for pid in serving_pids(&stats_addr) {
+        // SAFETY: kill(2) on a worker of the postern this test started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
+    let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 2.0);
+    assert_eq!(sample(&m, crashed), 2.0, "{m}");
+    assert_eq!(all(&m), 11.0, "{m}");
+    assert_eq!(refused(&m, "uwsgi", "4xx"), 8.0, "{m}");
 }

@@ -67,9 +67,19 @@ pub struct SlowLane {
     /// Cancelled when any process (worker too) stops: idle FastCGI keep-alive
     /// connections are closed.
     pub idle_close: CancellationToken,
+    /// Told of the requests refused here (they never reach a Python thread).
+    pub monitor: Option<Arc<dyn crate::wsgi::Monitor>>,
 }
 
 impl SlowLane {
+    /// Counts a request answered with `status` (or closed without an answer: `None`)
+    /// before any Python thread ran it.
+    pub fn refused(&self, protocol: Protocol, status: Option<u16>) {
+        if let Some(m) = &self.monitor {
+            m.refused(protocol, status);
+        }
+    }
+
     pub fn spawn(
         &self,
         sock: socket2::Socket,
@@ -212,7 +222,7 @@ async fn serve<C: Conn>(
 ) {
     let limits = &lane.limits;
     let (head, mut framed) = match start {
-        Start::Failed(e) => return bad_request(&mut conn, &peer, e, limits, info.protocol).await,
+        Start::Failed(e) => return bad_request(&mut conn, &peer, e, &lane, info.protocol).await,
         Start::Head(head, codec, buf) => (
             head,
             Reader {
@@ -246,7 +256,7 @@ async fn serve<C: Conn>(
                 }
                 Ok(Err(e)) => {
                     drop(framed);
-                    return bad_request(&mut conn, &peer, e, limits, info.protocol).await;
+                    return bad_request(&mut conn, &peer, e, &lane, info.protocol).await;
                 }
                 Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
                 Ok(Ok(Some(Frame::Head(head)))) => {
@@ -268,6 +278,7 @@ async fn serve<C: Conn>(
                 )
             });
             drop(framed);
+            lane.refused(info.protocol, Some(413));
             reject(
                 &mut conn,
                 info.protocol.head_style(),
@@ -327,7 +338,7 @@ async fn bad_request<C: Conn>(
     conn: &mut C,
     peer: &str,
     e: CodecError,
-    limits: &Limits,
+    lane: &SlowLane,
     protocol: Protocol,
 ) {
     let mut style = protocol.head_style();
@@ -354,8 +365,9 @@ async fn bad_request<C: Conn>(
         _ => None,
     };
     tracing::warn!(%peer, error = %e, "bad request; closing");
+    lane.refused(protocol, reply.map(|r| r.0));
     if let Some((code, reason, body)) = reply {
-        reject(conn, style, code, reason, body, limits.read_timeout).await;
+        reject(conn, style, code, reason, body, lane.limits.read_timeout).await;
     }
 }
 

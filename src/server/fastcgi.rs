@@ -1067,6 +1067,7 @@ fn handle_event(
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
+                    lane.refused(crate::codec::Protocol::FastCgi, None);
                     return Step::Close;
                 }
             };
@@ -1081,7 +1082,7 @@ fn handle_event(
                 Ok(n) => n,
                 Err(e) => {
                     span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
-                    return answer_now(conn, parser, id, keep_conn, 400, "Bad Request");
+                    return answer_now(conn, lane, parser, id, keep_conn, 400, "Bad Request");
                 }
             };
             head.content_length = content_length.unwrap_or(0);
@@ -1094,7 +1095,7 @@ fn handle_event(
                             "request body over --max-body; answered 413"
                         )
                     });
-                    return answer_now(conn, parser, id, keep_conn, 413, "Content Too Large");
+                    return answer_now(conn, lane, parser, id, keep_conn, 413, "Content Too Large");
                 }
             }
             // The whole body already here (the usual case): hand it over in one piece.
@@ -1137,7 +1138,7 @@ fn handle_event(
                 if let Some(cl) = content_length {
                     if (data.len() as u64) < cl {
                         span.in_scope(|| tracing::warn!(got = data.len(), content_length = cl, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"));
-                        return answer_now(conn, parser, id, keep_conn, 400, "Bad Request");
+                        return answer_now(conn, lane, parser, id, keep_conn, 400, "Bad Request");
                     }
                     if data.len() as u64 > cl {
                         span.in_scope(|| {
@@ -1160,7 +1161,15 @@ fn handle_event(
                                 "request body over --max-body; answered 413"
                             )
                         });
-                        return answer_now(conn, parser, id, keep_conn, 413, "Content Too Large");
+                        return answer_now(
+                            conn,
+                            lane,
+                            parser,
+                            id,
+                            keep_conn,
+                            413,
+                            "Content Too Large",
+                        );
                     }
                 }
                 if content_length.is_none() && !data.is_empty() {
@@ -1295,15 +1304,18 @@ fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
     tokio::task::block_in_place(|| conn.write(data))
 }
 
-/// Answers a request from the server itself (400, 413) and forgets it.
+/// Answers a request from the server itself (400, 413), counts it as refused, and
+/// forgets it.
 fn answer_now(
     conn: &FcgiConn,
+    lane: &SlowLane,
     parser: &mut ConnParser,
     id: u16,
     keep_conn: bool,
     code: u16,
     reason: &str,
 ) -> Step {
+    lane.refused(crate::codec::Protocol::FastCgi, Some(code));
     let head = plain_response(HeadStyle::Cgi, code, reason, &format!("{reason}\n"));
     let mut out = Vec::new();
     fcgi::encode_stream(&mut out, fcgi::STDOUT, id, &head);

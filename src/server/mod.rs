@@ -101,6 +101,7 @@ pub fn run(
     let listeners = Arc::new(listeners);
     let epoll = Arc::new(acceptor::epoll_for(&shared, &listeners).map_err(ServerError::Runtime)?);
     let parking = fastcgi::Parking::new(Arc::clone(&epoll));
+    let monitor = settings.monitor.clone();
     let idle_close = CancellationToken::new();
     let acceptor = Arc::new(Acceptor {
         epoll,
@@ -116,10 +117,10 @@ pub fn run(
             limits: limits.clone(),
             stopping: stopping.clone(),
             idle_close: idle_close.clone(),
+            monitor: monitor.clone(),
         },
         limits,
     });
-    let monitor = settings.monitor.clone();
     let pool = Pool::start(
         app,
         settings,

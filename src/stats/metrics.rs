@@ -59,6 +59,27 @@ fn family<M: EncodeMetric>(
     }
 }
 
+/// One counter per protocol and status class.
+fn by_protocol_and_class(
+    counts: &[[u64; STATUS_CLASSES.len()]; PROTOCOLS.len()],
+) -> Vec<(Labels, ConstCounter<u64>)> {
+    PROTOCOLS
+        .iter()
+        .zip(counts)
+        .flat_map(|(p, row)| {
+            STATUS_CLASSES.iter().zip(row).map(|(class, n)| {
+                (
+                    vec![
+                        ("protocol", p.name().to_owned()),
+                        ("status", class.to_string()),
+                    ],
+                    counter(*n),
+                )
+            })
+        })
+        .collect()
+}
+
 /// The label of a per-worker series.
 fn worker(w: &Worker) -> Labels {
     vec![("worker", w.slot.to_string())]
@@ -103,24 +124,19 @@ impl Collector for Metrics {
         let t = &s.totals;
         let none = Labels::new;
 
-        let mut requests = Vec::new();
-        for (p, row) in PROTOCOLS.iter().zip(&t.requests) {
-            for (class, n) in STATUS_CLASSES.iter().zip(row) {
-                requests.push((
-                    vec![
-                        ("protocol", p.name().to_owned()),
-                        ("status", class.to_string()),
-                    ],
-                    counter(*n),
-                ));
-            }
-        }
         family(
             &mut enc,
             "requests",
             "Requests answered by the Python threads, by protocol and status class (none: ended before a status was chosen).",
             None,
-            requests,
+            by_protocol_and_class(&t.requests),
+        )?;
+        family(
+            &mut enc,
+            "requests_refused",
+            "Requests postern answered itself before any Python thread ran them (a malformed head: 400, 431; a body over --max-body: 413), or closed without an answer (none); not in postern_requests_total.",
+            None,
+            by_protocol_and_class(&t.refused),
         )?;
         family(
             &mut enc,
@@ -332,6 +348,9 @@ mod tests {
             r#"postern_requests_total{protocol="uwsgi",status="4xx"} 2"#,
             r#"postern_requests_total{protocol="fastcgi",status="5xx"} 1"#,
             r#"postern_requests_total{protocol="scgi",status="none"} 0"#,
+            "# TYPE postern_requests_refused_total counter",
+            r#"postern_requests_refused_total{protocol="uwsgi",status="4xx"} 3"#,
+            r#"postern_requests_refused_total{protocol="fastcgi",status="none"} 0"#,
             "# TYPE postern_request_duration_seconds histogram",
             r#"postern_request_duration_seconds_bucket{le="0.001"} 8"#,
             r#"postern_request_duration_seconds_bucket{le="0.5"} 8"#,

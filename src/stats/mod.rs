@@ -192,12 +192,20 @@ pub struct Totals {
     pub app_errors: [u64; 2],
     /// Responses cut short: `[incomplete (connection aborted), client went away]`.
     pub cut: [u64; 2],
+    /// Requests postern answered itself (or closed) before a Python thread ran them,
+    /// `[protocol][status class]` as in `requests`; not in the other counts.
+    pub refused: [[u64; STATUS_CLASSES.len()]; PROTOCOLS.len()],
 }
 
 impl Totals {
     /// Every request counted.
     pub fn requests(&self) -> u64 {
         self.requests.iter().flatten().sum()
+    }
+
+    /// Every request refused before a Python thread.
+    pub fn refused(&self) -> u64 {
+        self.refused.iter().flatten().sum()
     }
 }
 
@@ -339,6 +347,7 @@ pub(crate) mod tests {
         totals.duration_ns = 1_500_000_000;
         totals.bytes = 4096;
         totals.app_errors = [1, 0];
+        totals.refused[0][4] = 3;
         let mut events = Events::default();
         events.starts[Cause::Boot.index()] = 2;
         events.starts[Cause::Crash.index()] = 1;

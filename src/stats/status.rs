@@ -20,6 +20,8 @@ struct Status<'a> {
     started_unix: f64,
     config: serde_json::Map<String, serde_json::Value>,
     requests: u64,
+    /// Refused before a Python thread ran them (not in `requests`).
+    requests_refused: u64,
     requests_in_flight: usize,
     threads_busy: usize,
     threads_idle: usize,
@@ -96,6 +98,7 @@ pub fn json(s: &Snapshot) -> String {
             .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect(),
         requests: s.totals.requests(),
+        requests_refused: s.totals.refused(),
         requests_in_flight: s.in_flight(),
         threads_busy: busy,
         threads_idle: idle,
@@ -183,8 +186,9 @@ pub fn text(s: &Snapshot) -> String {
     }
     let _ = writeln!(
         o,
-        "requests {} · in flight {} · threads busy {busy} idle {idle} · all threads busy {} times",
+        "requests {} · refused {} · in flight {} · threads busy {busy} idle {idle} · all threads busy {} times",
         s.totals.requests(),
+        s.totals.refused(),
         s.in_flight(),
         s.events.saturated
     );
@@ -276,6 +280,7 @@ mod tests {
         assert_eq!(v["pid"], 100);
         assert_eq!(v["master"], true);
         assert_eq!(v["requests"], 10);
+        assert_eq!(v["requests_refused"], 3);
         assert_eq!(v["config"]["app"], "testapp.py");
         assert_eq!(v["worker_starts"]["boot"], 2);
         assert_eq!(v["listeners"][0]["backlog"], 128);
@@ -313,7 +318,7 @@ mod tests {
         assert!(t.contains("master pid 100 · up 1h02m"), "{t}");
         assert!(t.contains("app testapp.py · workers 2"), "{t}");
         assert!(
-            t.contains("requests 10 · in flight 1 · threads busy 1 idle 1"),
+            t.contains("requests 10 · refused 3 · in flight 1 · threads busy 1 idle 1"),
             "{t}"
         );
         let rows: Vec<&str> = t.lines().skip_while(|l| !l.starts_with("PID")).collect();

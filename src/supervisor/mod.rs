@@ -159,6 +159,12 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.mark_draining(self.slot);
     }
 
+    fn refused(&self, protocol: crate::codec::Protocol, status: Option<u16>) {
+        if self.metrics {
+            self.board.count_refused(self.slot, protocol, status);
+        }
+    }
+
     fn begin(&self, thread: usize, head: &crate::codec::Head, protocol: crate::codec::Protocol) {
         if thread >= self.board.threads {
             return;

@@ -138,10 +138,16 @@ struct Global {
     log_dropped: AtomicU64,
     /// The master's own count of dropped log lines (it publishes it as it goes).
     master_log_dropped: AtomicU64,
+    /// Refused requests of the workers that have exited (see [`SlotHead::refused`]).
+    refused: Refused,
 }
 
-/// One worker's slot header. 64 bytes, so the lines after it start on a cache line.
-#[repr(C)]
+/// Requests refused before a Python thread, `[protocol][status class]`.
+type Refused = [[AtomicU64; STATUS_CLASSES.len()]; PROTOCOLS.len()];
+
+/// One worker's slot header, a whole number of cache lines, so the lines after it
+/// start on one.
+#[repr(C, align(64))]
 pub struct SlotHead {
     pub pid: AtomicI32,
     pub state: AtomicU32,
@@ -157,7 +163,9 @@ pub struct SlotHead {
     retire_cause: AtomicU32,
     /// The worker's count of dropped log lines, as of its last request.
     log_dropped: AtomicU64,
-    _pad: AtomicU64,
+    /// Requests refused before a Python thread ran them: written by whichever thread
+    /// refused (the I/O thread, mostly), with a locked add, off the request path.
+    refused: Refused,
 }
 
 /// One Python thread.
@@ -172,7 +180,7 @@ pub struct Line {
     counters: Counters,
 }
 
-const _: () = assert!(std::mem::size_of::<SlotHead>() == 64);
+const _: () = assert!(std::mem::size_of::<SlotHead>() % 64 == 0);
 const _: () = assert!(std::mem::size_of::<Line>() % 64 == 0);
 const _: () = assert!(std::mem::size_of::<Counters>() % 8 == 0);
 
@@ -301,6 +309,9 @@ impl Scoreboard {
             h.busy.store(0, Ordering::Relaxed);
             h.retire_cause.store(0, Ordering::Relaxed);
             h.log_dropped.store(0, Ordering::Relaxed);
+            for c in h.refused.iter().flatten() {
+                c.store(0, Ordering::Relaxed);
+            }
             for t in 0..self.threads {
                 let l = self.line(slot, t);
                 l.since.store(0, Ordering::SeqCst);
@@ -329,6 +340,9 @@ impl Scoreboard {
             }
             let h = self.head(slot);
             bump(&g.log_dropped, h.log_dropped.load(Ordering::Relaxed));
+            for (d, s) in g.refused.iter().flatten().zip(h.refused.iter().flatten()) {
+                bump(d, s.load(Ordering::Relaxed));
+            }
             h.state.store(FREE, Ordering::SeqCst);
             h.pid.store(0, Ordering::SeqCst);
         });
@@ -402,6 +416,14 @@ impl Scoreboard {
         }
     }
 
+    /// A request of the worker in `slot` was refused before a Python thread ran it:
+    /// answered `status`, or closed without an answer (`None`).
+    pub fn count_refused(&self, slot: usize, protocol: Protocol, status: Option<u16>) {
+        let class = status.map_or(0, stats::status_class);
+        self.head(slot).refused[stats::protocol_index(protocol)][class]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Publishes the master's count of dropped log lines (master only).
     pub fn publish_master_log_drops(&self, dropped: u64) {
         self.global()
@@ -463,6 +485,7 @@ impl Scoreboard {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut totals = Totals::default();
         g.folded.add_to(&mut totals);
+        add_refused(&g.refused, &mut totals);
         let mut events = Events {
             timeouts: get(&g.timeouts),
             slow: get(&g.slow),
@@ -493,6 +516,7 @@ impl Scoreboard {
                 threads.push(line.current(now));
             }
             log_lines_dropped += get(&h.log_dropped);
+            add_refused(&h.refused, &mut totals);
             let rss = h.rss_kib.load(Ordering::Relaxed);
             workers.push(stats::Worker {
                 slot,
@@ -510,6 +534,14 @@ impl Scoreboard {
             events,
             workers,
             log_lines_dropped,
+        }
+    }
+}
+
+fn add_refused(counts: &Refused, t: &mut Totals) {
+    for (row, src) in t.refused.iter_mut().zip(counts) {
+        for (v, c) in row.iter_mut().zip(src) {
+            *v += c.load(Ordering::Relaxed);
         }
     }
 }
@@ -697,6 +729,22 @@ mod tests {
         assert_eq!(after.requests(), before.requests() + 1);
         let w = sb.read().workers;
         assert_eq!((w[1].pid, w[1].generation), (12, 1));
+    }
+
+    #[test]
+    fn refused_requests_survive_a_released_slot() {
+        let sb = Scoreboard::new(2, 1).unwrap();
+        sb.reset(0, 10, 0);
+        sb.reset(1, 11, 0);
+        sb.count_refused(0, Protocol::Uwsgi, Some(413));
+        sb.count_refused(1, Protocol::Uwsgi, Some(400));
+        sb.count_refused(1, Protocol::FastCgi, None);
+        let t = sb.read().totals;
+        assert_eq!((t.refused[0][4], t.refused[1][0], t.refused()), (2, 1, 3));
+        assert_eq!(t.requests(), 0, "refusals are not requests the app answered");
+        sb.release(1);
+        sb.reset(1, 12, 1);
+        assert_eq!(sb.read().totals, t);
     }
 
     #[test]

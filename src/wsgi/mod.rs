@@ -203,6 +203,10 @@ pub trait Monitor: Send + Sync {
     fn end(&self, thread: usize, served: Option<&Served>);
     /// The process stopped accepting: it only finishes what is in flight now.
     fn stopping(&self) {}
+    /// A request over `protocol` was answered with `status` (or closed without an
+    /// answer: `None`) before any Python thread ran it: a malformed head, a body over
+    /// --max-body. Called off the Python threads; rare, so it may use a locked add.
+    fn refused(&self, _protocol: crate::codec::Protocol, _status: Option<u16>) {}
 }
 
 /// Runtime settings the Python side needs.
