@@ -71,6 +71,23 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--uid` / `--gid`: give up root once the listeners are bound (and, in `--check`'s
+/// child, before the import, so the app and Python are read as the start reads them).
+pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    if let Some(g) = config.gid {
+        let _ = setgroups(&[Gid::from_raw(g)]);
+        setgid(Gid::from_raw(g)).with_context(|| format!("--gid {g}"))?;
+    }
+    if let Some(u) = config.uid {
+        setuid(Uid::from_raw(u)).with_context(|| format!("--uid {u}"))?;
+    }
+    if config.uid.is_some() || config.gid.is_some() {
+        tracing::info!(uid = ?config.uid, gid = ?config.gid, "dropped privileges");
+    }
+    Ok(())
+}
+
 /// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.
 pub fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
     let info = interpreter::initialize(config.venv.as_deref()).map_err(|e| {

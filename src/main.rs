@@ -163,7 +163,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         Some(Ok(b)) => Some(b),
         None => None,
     };
-    if let Err(e) = drop_privileges(&config) {
+    if let Err(e) = boot::drop_privileges(&config) {
         server::remove_unix_sockets(&bound);
         server::remove_unix_sockets(stats.as_slice());
         return Err(e);
@@ -181,22 +181,6 @@ fn run(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(p);
     }
     result
-}
-
-/// `--uid` / `--gid`: give up root once the listeners are bound.
-fn drop_privileges(config: &Config) -> anyhow::Result<()> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
-    if let Some(g) = config.gid {
-        let _ = setgroups(&[Gid::from_raw(g)]);
-        setgid(Gid::from_raw(g)).with_context(|| format!("--gid {g}"))?;
-    }
-    if let Some(u) = config.uid {
-        setuid(Uid::from_raw(u)).with_context(|| format!("--uid {u}"))?;
-    }
-    if config.uid.is_some() || config.gid.is_some() {
-        tracing::info!(uid = ?config.uid, gid = ?config.gid, "dropped privileges");
-    }
-    Ok(())
 }
 
 fn serve(

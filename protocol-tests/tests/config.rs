@@ -314,3 +314,30 @@ fn check_reports_what_a_start_under_systemd_would_listen_on() {
     assert!(!stdout.contains("3031"), "{stdout}");
     assert!(path.exists(), "systemd's socket file stays");
 }
+
+// regression: --check imported the app as root although the start drops to --uid first,
+// so `--uid nobody` passed the check and then could not read the app (or Python).
+#[test]
+fn check_imports_the_app_as_the_uid_the_start_runs_as() {
+    let dir = tempdir(); // mode 0700, root's: another user cannot read the app in it
+    let app = dir.path().join("app.py");
+    std::fs::copy(root().join("examples/hello.py"), &app).unwrap();
+    let out = postern()
+        .arg(&app)
+        .args(["--check", "--uid", "nobody", "--uwsgi"])
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("configuration OK"), "{stdout}");
+    // As root, the same check passes.
+    let out = postern()
+        .arg(&app)
+        .args(["--check", "--uwsgi"])
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+}
