@@ -86,42 +86,41 @@ pub fn spawn(bound: Bound, source: Source) -> std::io::Result<()> {
 }
 
 async fn accept_loop(bound: Bound, source: Source) -> Result<(), StatsError> {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let runtime = |e| StatsError::Runtime(e);
     match bound.socket {
         BoundSocket::Tcp(l) => {
             l.set_nonblocking(true).map_err(runtime)?;
             let l = tokio::net::TcpListener::from_std(l).map_err(runtime)?;
-            loop {
-                let permit = Arc::clone(&permits).acquire_owned().await;
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let source = Arc::clone(&source);
-                        tokio::spawn(async move {
-                            connection(s, source).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => accept_failed(e).await,
-                }
-            }
+            serve_on(async || l.accept().await.map(|(s, _)| s), source).await
         }
         BoundSocket::Unix(l) => {
             l.set_nonblocking(true).map_err(runtime)?;
             let l = tokio::net::UnixListener::from_std(l).map_err(runtime)?;
-            loop {
-                let permit = Arc::clone(&permits).acquire_owned().await;
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let source = Arc::clone(&source);
-                        tokio::spawn(async move {
-                            connection(s, source).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => accept_failed(e).await,
-                }
+            serve_on(async || l.accept().await.map(|(s, _)| s), source).await
+        }
+    }
+}
+
+/// Serves every connection `accept` returns, at most [`MAX_CONNECTIONS`] at once.
+async fn serve_on<S>(
+    accept: impl AsyncFn() -> std::io::Result<S>,
+    source: Source,
+) -> Result<(), StatsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = Arc::clone(&permits).acquire_owned().await;
+        match accept().await {
+            Ok(s) => {
+                let source = Arc::clone(&source);
+                tokio::spawn(async move {
+                    connection(s, source).await;
+                    drop(permit);
+                });
             }
+            Err(e) => accept_failed(e).await,
         }
     }
 }
