@@ -521,7 +521,21 @@ impl Layered {
         let mut put = |table: toml::Table, source: Source| {
             for (k, v) in table {
                 sources.insert(k.clone(), source.clone());
-                values.insert(k, v);
+                // A table option (`[env]`) merges name by name: a higher layer sets or
+                // overrides its variables without dropping the lower layers' others.
+                let toml::Value::Table(entries) = v else {
+                    values.insert(k, v);
+                    continue;
+                };
+                for name in entries.keys() {
+                    sources.insert(format!("{k}.{name}"), source.clone());
+                }
+                match values.get_mut(&k) {
+                    Some(toml::Value::Table(old)) => old.extend(entries),
+                    _ => {
+                        values.insert(k, toml::Value::Table(entries));
+                    }
+                }
             }
         };
         put(defaults, Source::Default);
@@ -577,9 +591,14 @@ impl Layered {
         for (key, _) in option_keys() {
             match value(&key) {
                 Some(toml::Value::Table(t)) => {
-                    tables.push_str(&format!("\n[{key}]  # {}\n", self.source(&key)));
+                    let table = self.source(&key);
+                    tables.push_str(&format!("\n[{key}]  # {table}\n"));
                     for (k, v) in t {
-                        tables.push_str(&format!("{} = {v}\n", toml_key(k)));
+                        tables.push_str(&format!("{} = {v}", toml_key(k)));
+                        match self.sources.get(&format!("{key}.{k}")) {
+                            Some(s) if *s != table => tables.push_str(&format!("  # {s}\n")),
+                            _ => tables.push('\n'),
+                        }
                     }
                 }
                 Some(v) => out.push_str(&format!("{key} = {v}  # {}\n", self.source(&key))),
@@ -1142,6 +1161,22 @@ mod tests {
         ] {
             assert!(resolve(&["app", "--log-level", good]).is_ok(), "{good}");
         }
+    }
+
+    // regression: `--env C=3` replaced a --config file's whole [env] table, so the
+    // file's DJANGO_SETTINGS_MODULE and the like silently disappeared.
+    #[test]
+    fn env_merges_variable_by_variable_across_layers() {
+        let (_d, f) = file("app = \"a\"\n[env]\nA = \"file\"\nB = \"file\"\n");
+        let l = layered(&["--config", &f, "--env", "B=cli", "--env", "C=cli"]).unwrap();
+        let env: Vec<String> = l.options.env.iter().map(|kv| kv.to_string()).collect();
+        assert_eq!(env, ["A=file", "B=cli", "C=cli"]);
+        let text = l.to_toml(None);
+        assert!(
+            text.contains("\n[env]  # command line\nA = \"file\"  # file "),
+            "{text}"
+        );
+        assert!(text.contains("\nB = \"cli\"\nC = \"cli\"\n"), "{text}");
     }
 
     #[test]
