@@ -499,35 +499,11 @@ impl Master {
         };
         match forked {
             ForkResult::Child => {
-                // A worker never outlives its master (killed with SIGKILL, say).
-                // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
-                unsafe {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                }
-                if nix::unistd::getppid() != master_pid {
-                    std::process::exit(0);
-                }
-                // The child: its own signal handling, none of the master's fds. A
-                // terminal's Ctrl-C reaches the whole process group: the master
-                // turns it into one graceful stop, so workers ignore SIGINT.
-                // SAFETY: setting SIGINT to SIG_IGN before any other thread exists.
-                unsafe {
-                    let _ = nix::sys::signal::signal(
-                        Signal::SIGINT,
-                        nix::sys::signal::SigHandler::SigIgn,
-                    );
-                }
-                let _ = mask.thread_unblock();
-                let _ = nix::unistd::close(sfd.as_fd().as_raw_fd());
+                // A worker drains on its master's death (killed with SIGKILL, say).
+                self.leave_master(master_pid, Signal::SIGTERM, sfd, mask);
                 drop(read);
-                for w in self.workers.drain(..) {
-                    drop(w.ready_pipe);
-                }
                 // The stats socket and probes are the helper's.
                 drop(self.stats.take());
-                // The count of log lines the master dropped came across the fork; the
-                // master reports those itself, the worker only its own.
-                crate::logging::LOG_LINES_DROPPED.store(0, Ordering::Relaxed);
                 self.board
                     .head(slot)
                     .pid
@@ -899,28 +875,12 @@ impl Master {
         // the Python interpreter a --preload master may hold.
         match unsafe { fork() }.map_err(SupervisorError::Fork)? {
             ForkResult::Child => {
-                // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number (the helper
-                // has nothing to drain), and PR_SET_NAME with a NUL-terminated name of
-                // at most 16 bytes, so `ps -o comm`/`top` tell it from the workers.
+                // The helper has nothing to drain: it goes at once with the master.
+                self.leave_master(master_pid, Signal::SIGKILL, sfd, mask);
+                // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes,
+                // so `ps -o comm`/`top` tell the helper from the workers.
                 unsafe {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     libc::prctl(libc::PR_SET_NAME, c"postern-stats".as_ptr());
-                }
-                if nix::unistd::getppid() != master_pid {
-                    std::process::exit(0);
-                }
-                // SAFETY: SIG_IGN before any other thread exists; a terminal's Ctrl-C
-                // is the master's to handle.
-                unsafe {
-                    let _ = nix::sys::signal::signal(
-                        Signal::SIGINT,
-                        nix::sys::signal::SigHandler::SigIgn,
-                    );
-                }
-                let _ = mask.thread_unblock();
-                let _ = nix::unistd::close(sfd.as_fd().as_raw_fd());
-                for w in self.workers.drain(..) {
-                    drop(w.ready_pipe);
                 }
                 let Some(h) = self.stats.take() else {
                     std::process::exit(1)
@@ -942,6 +902,39 @@ impl Master {
                 Ok(())
             }
         }
+    }
+
+    /// In a child just forked (a worker or the stats helper): exit if the master is
+    /// already gone, receive `on_master_death` when it goes, take back the signals the
+    /// master handles and drop the master's descriptors.
+    fn leave_master(
+        &mut self,
+        master_pid: Pid,
+        on_master_death: Signal,
+        sfd: &SignalFd,
+        mask: &SigSet,
+    ) {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, on_master_death as libc::c_int);
+        }
+        if nix::unistd::getppid() != master_pid {
+            std::process::exit(0);
+        }
+        // A terminal's Ctrl-C reaches the whole process group: the master turns it
+        // into one graceful stop, so its children ignore SIGINT.
+        // SAFETY: setting SIGINT to SIG_IGN before any other thread exists.
+        unsafe {
+            let _ = nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
+        }
+        let _ = mask.thread_unblock();
+        let _ = nix::unistd::close(sfd.as_fd().as_raw_fd());
+        for w in self.workers.drain(..) {
+            drop(w.ready_pipe);
+        }
+        // The count of log lines the master dropped came across the fork; the master
+        // reports those itself, a child only its own.
+        crate::logging::LOG_LINES_DROPPED.store(0, Ordering::Relaxed);
     }
 
     /// Restarts the stats helper if it died (at most once a second).
