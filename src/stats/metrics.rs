@@ -183,41 +183,33 @@ impl Collector for Metrics {
             None,
             [(none(), counter(s.events.saturated))],
         )?;
-        let queued = s.listeners.iter().filter_map(|l| {
-            l.queued.map(|q| {
-                (
-                    vec![
-                        ("listener", l.addr.clone()),
-                        ("protocol", l.protocol.name().to_owned()),
-                    ],
-                    ConstGauge::new(i64::from(q)),
-                )
+        // One gauge per listener the kernel describes.
+        let per_listener = |value: fn(&super::Listener) -> Option<u32>| {
+            s.listeners.iter().filter_map(move |l| {
+                value(l).map(|v| {
+                    (
+                        vec![
+                            ("listener", l.addr.clone()),
+                            ("protocol", l.protocol.name().to_owned()),
+                        ],
+                        ConstGauge::new(i64::from(v)),
+                    )
+                })
             })
-        });
+        };
         family(
             &mut enc,
             "listen_queue_length",
             "Connections waiting in a listener's accept queue.",
             None,
-            queued,
+            per_listener(|l| l.queued),
         )?;
-        let backlog = s.listeners.iter().filter_map(|l| {
-            l.backlog.map(|b| {
-                (
-                    vec![
-                        ("listener", l.addr.clone()),
-                        ("protocol", l.protocol.name().to_owned()),
-                    ],
-                    ConstGauge::new(i64::from(b)),
-                )
-            })
-        });
         family(
             &mut enc,
             "listen_backlog",
             "The most connections a listener's accept queue holds (--listen-backlog, capped by net.core.somaxconn).",
             None,
-            backlog,
+            per_listener(|l| l.backlog),
         )?;
         let by_cause = |counts: &[u64], keep: fn(Cause) -> bool| {
             Cause::ALL

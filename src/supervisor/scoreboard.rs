@@ -741,7 +741,11 @@ mod tests {
         sb.count_refused(1, Protocol::FastCgi, None);
         let t = sb.read().totals;
         assert_eq!((t.refused[0][4], t.refused[1][0], t.refused()), (2, 1, 3));
-        assert_eq!(t.requests(), 0, "refusals are not requests the app answered");
+        assert_eq!(
+            t.requests(),
+            0,
+            "refusals are not requests the app answered"
+        );
         sb.release(1);
         sb.reset(1, 12, 1);
         assert_eq!(sb.read().totals, t);
