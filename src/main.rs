@@ -163,14 +163,16 @@ fn run(config: Config) -> anyhow::Result<()> {
         Some(Ok(b)) => Some(b),
         None => None,
     };
-    if let Err(e) = boot::drop_privileges(&config) {
+    let pidfile = |p: &std::path::Path| {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing --pidfile {}", p.display()))
+    };
+    let started = boot::drop_privileges(&config)
+        .and_then(|()| config.opts.pidfile.as_deref().map_or(Ok(()), pidfile));
+    if let Err(e) = started {
         server::remove_unix_sockets(&bound);
         server::remove_unix_sockets(stats.as_slice());
         return Err(e);
-    }
-    if let Some(p) = &config.opts.pidfile {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing --pidfile {}", p.display()))?;
     }
     let stats_addr = stats.as_ref().map(|s| s.addr.clone());
     let result = serve(&config, bound, stats);

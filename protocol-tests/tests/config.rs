@@ -341,3 +341,23 @@ fn check_imports_the_app_as_the_uid_the_start_runs_as() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
 }
+
+// regression: a --pidfile that could not be written stopped the start but left the
+// Unix socket it had just bound behind.
+#[test]
+fn a_start_that_cannot_write_its_pidfile_removes_its_socket() {
+    let dir = tempdir();
+    let sock = dir.path().join("app.sock");
+    let out = postern()
+        .current_dir(root())
+        .args(["examples/hello.py", "--uwsgi"])
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--pidfile")
+        .arg(dir.path().join("missing/postern.pid"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing --pidfile"), "{stderr}");
+    assert!(!sock.exists(), "the socket file was left behind");
+}
