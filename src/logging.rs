@@ -922,6 +922,8 @@ impl std::fmt::Display for Untrusted<'_> {
             c => write!(f, "\\x{:02X}", u32::from(c)),
         };
         match std::str::from_utf8(self.0) {
+            // The usual path: printable ASCII, written as it is.
+            Ok(s) if s.bytes().all(|b| (b' '..=b'~').contains(&b)) => f.write_str(s),
             Ok(s) => s.chars().try_for_each(|c| put(f, c)),
             Err(_) => self.0.iter().try_for_each(|&b| put(f, char::from(b))),
         }
