@@ -120,6 +120,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `sh -c "LISTEN_PID=$$ exec postern ARGS"` with the socket `fd` as fd 3 and
+/// LISTEN_FDS=1: postern started as systemd socket activation starts it (`exec` keeps
+/// the shell's pid, so LISTEN_PID names postern itself). `args` is shell text.
+pub fn socket_activated(fd: std::os::fd::RawFd, args: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ exec {} {args}",
+            postern_bin().display()
+        ))
+        .env_remove("VIRTUAL_ENV")
+        .env("LISTEN_FDS", "1")
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly then.
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Where postern listens.
 #[derive(Clone, Debug)]
 pub enum Addr {

@@ -269,34 +269,12 @@ fn check_binds_every_listener_together() {
 // systemd's socket).
 #[test]
 fn check_reports_what_a_start_under_systemd_would_listen_on() {
-    use std::os::unix::process::CommandExt;
     let dir = tempdir();
     let path = dir.path().join("sd.sock");
     let sock = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    // `exec` keeps the shell's pid, so LISTEN_PID=$$ names postern itself.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "LISTEN_PID=$$ exec {} examples/hello.py --check",
-            postern_bin().display()
-        ))
-        .current_dir(root())
-        .env_remove("VIRTUAL_ENV")
-        .env("LISTEN_FDS", "1")
-        .stdin(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly then.
-            if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = socket_activated(fd, "examples/hello.py --check");
+    cmd.current_dir(root());
     let out = cmd.output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -319,9 +297,12 @@ fn check_reports_what_a_start_under_systemd_would_listen_on() {
 // so `--uid nobody` passed the check and then could not read the app (or Python).
 #[test]
 fn check_imports_the_app_as_the_uid_the_start_runs_as() {
-    let dir = tempdir(); // mode 0700, root's: another user cannot read the app in it
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
     let app = dir.path().join("app.py");
     std::fs::copy(root().join("examples/hello.py"), &app).unwrap();
+    // Readable by its owner (root, who runs the tests) only: nobody cannot import it.
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = postern()
         .arg(&app)
         .args(["--check", "--uid", "nobody", "--uwsgi"])

@@ -457,7 +457,6 @@ fn chain_reload_replaces_one_worker_at_a_time() {
 
 #[test]
 fn systemd_socket_activation_and_notify() {
-    use std::os::unix::process::CommandExt;
     let dir = tempdir();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -468,30 +467,12 @@ fn systemd_socket_activation_and_notify() {
         .unwrap();
     let log = dir.path().join("log");
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    // `exec` keeps the shell's pid, so LISTEN_PID=$$ names postern itself.
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "LISTEN_PID=$$ exec {} {} --workers 2 --uwsgi 127.0.0.1:{port}",
-            postern_bin().display(),
-            testapp()
-        ))
-        .env_remove("VIRTUAL_ENV")
-        .env("LISTEN_FDS", "1")
-        .env("NOTIFY_SOCKET", &notify_path)
+    let mut cmd = socket_activated(
+        fd,
+        &format!("{} --workers 2 --uwsgi 127.0.0.1:{port}", testapp()),
+    );
+    cmd.env("NOTIFY_SOCKET", &notify_path)
         .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly then.
-            if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().unwrap();
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).unwrap_or_else(|e| {
