@@ -3,7 +3,8 @@
 //! Python and imports the app in a child process (so the check itself never runs app
 //! code in this process), binds every listener at once as a start would, then releases
 //! them (no socket file is left behind; systemd's sockets are reported, not bound), and
-//! prints what would run. Output goes to stdout; the first failure is the error returned.
+//! prints what would run. Output goes to stdout; the error returned names every failure
+//! (the app's import stops the check first).
 
 use std::io::Write as _;
 use std::time::Instant;
