@@ -268,6 +268,16 @@ fn serve(
         return Ok(());
     }
 
+    // --stats answers from now on: /ping says 503 while the app imports.
+    let monitor = match stats {
+        Some(b) => Some(supervisor::report::start_single(
+            b,
+            &bound,
+            config.opts.threads,
+            stats_summary(config, &bound),
+        )?),
+        None => None,
+    };
     let app = match boot::start_python(config) {
         Ok(app) => app,
         Err(e) => {
@@ -284,6 +294,9 @@ fn serve(
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
+    if let Some(m) = &monitor {
+        m.serving();
+    }
     tracing::info!(
         app = %config.app,
         threads = config.opts.threads,
@@ -291,17 +304,9 @@ fn serve(
         "ready"
     );
     logging::start_background();
-    let settings = match stats {
-        Some(b) => Settings {
-            monitor: Some(supervisor::report::start_single(
-                b,
-                &bound,
-                config.opts.threads,
-                stats_summary(config, &bound),
-            )?),
-            ..settings
-        },
-        None => settings,
+    let settings = Settings {
+        monitor: monitor.map(|m| m as std::sync::Arc<dyn wsgi::Monitor>),
+        ..settings
     };
     if server::run(
         bound,

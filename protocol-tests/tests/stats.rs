@@ -455,6 +455,23 @@ fn timeouts_and_slow_requests_are_counted() {
     );
 }
 
+/// The status of `/ping` at the TCP stats address `addr`; 0 when nothing answers
+/// (refused, or no answer in 5 s).
+fn ping(addr: &Addr) -> u16 {
+    use std::io::{Read, Write};
+    let Addr::Tcp(port) = addr else {
+        panic!("ping() takes a TCP stats address")
+    };
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", *port)) else {
+        return 0;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    parse_http(&out).map_or(0, |r| r.status)
+}
+
 #[test]
 fn ping_follows_whether_a_worker_serves() {
     let dir = tempdir();
@@ -473,17 +490,7 @@ fn ping_follows_whether_a_worker_serves() {
         .stderr(log)
         .spawn()
         .unwrap();
-    use std::io::{Read, Write};
-    let ping = || {
-        let req = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let Ok(mut c) = stats_addr.connect() else {
-            return 0;
-        };
-        let _ = c.write_all(req);
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out);
-        parse_http(&out).map_or(0, |r| r.status)
-    };
+    let ping = || ping(&stats_addr);
     // Booting: the workers wait at import, so nothing serves.
     assert!(
         wait_until(20, || ping() != 0),
@@ -920,4 +927,39 @@ fn refused_requests_are_counted_by_protocol_and_status() {
     assert_eq!(sample(&m, crashed), 2.0, "{m}");
     assert_eq!(all(&m), 11.0, "{m}");
     assert_eq!(refused(&m, "uwsgi", "4xx"), 8.0, "{m}");
+}
+
+// regression: a single process bound --stats but answered nothing until its app was
+// imported (a probe timed out instead of reading 503).
+#[test]
+fn single_process_ping_says_503_while_the_app_imports() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let stats_addr = Addr::Tcp(free_port());
+    let sock = dir.path().join("app.sock");
+    let log = dir.path().join("postern.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(postern_bin())
+        .arg(app(dir.path()))
+        .args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args(["--stats", &stats_addr.arg()])
+        .env("STATSAPP_GATE", &gate)
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let answered = wait_until(20, || ping(&stats_addr) != 0);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(answered, "no answer while the app imports:\n{}", logs());
+    assert_eq!(ping(&stats_addr), 503);
+    assert_eq!(status_json(&stats_addr)["workers"][0]["state"], "starting");
+    std::fs::write(&gate, "").unwrap();
+    assert!(wait_until(30, || ping(&stats_addr) == 200), "{}", logs());
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success(), "{}", logs());
 }

@@ -135,6 +135,11 @@ impl WorkerMonitor {
         }
     }
 
+    /// A single process has imported its app and serves (`/ping` says pong).
+    pub fn serving(&self) {
+        self.board.mark_serving(self.slot);
+    }
+
     fn retire(&self, cause: Cause, why: &str) {
         if self.retiring.swap(true, Ordering::SeqCst) {
             return;

@@ -107,13 +107,14 @@ fn rss_bytes(pid: i32) -> Option<u64> {
 }
 
 /// `--stats` in a single process (no master): a one-slot scoreboard, the endpoint on a
-/// thread of its own, and the monitor the Python threads report to.
+/// thread of its own, and the monitor the Python threads report to. The slot says
+/// "starting" until [`super::WorkerMonitor::serving`].
 pub fn start_single(
     stats: Bound,
     listeners: &[Bound],
     threads: usize,
     config: Vec<(String, String)>,
-) -> std::io::Result<Arc<dyn crate::wsgi::Monitor>> {
+) -> std::io::Result<Arc<super::WorkerMonitor>> {
     let board = Arc::new(Scoreboard::standalone(threads)?);
     let src = source(Arc::clone(&board), false, probes(listeners)?, config);
     stats::server::spawn(stats, src)?;

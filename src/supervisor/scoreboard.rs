@@ -239,11 +239,10 @@ impl Scoreboard {
     }
 
     /// The scoreboard of a single process (no master) with `--stats`: one slot, this
-    /// process, serving.
+    /// process, starting (until [`Scoreboard::mark_serving`]).
     pub fn standalone(threads: usize) -> std::io::Result<Scoreboard> {
         let sb = Scoreboard::new(1, threads.max(1))?;
         sb.reset(0, std::process::id() as i32, 0);
-        sb.mark_serving(0);
         sb.set_metrics(true);
         sb.count_start(Cause::Boot);
         Ok(sb)
