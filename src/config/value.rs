@@ -185,13 +185,27 @@ impl fmt::Display for Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue(pub String, pub String);
 
+impl KeyValue {
+    /// A variable the environment can hold: a name that is not empty and has no `=` or
+    /// NUL, a value without NUL (`std::env::set_var` would panic on either).
+    pub fn new(k: String, v: String) -> Result<KeyValue, String> {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(format!("{k:?} is not an environment variable name"));
+        }
+        if v.contains('\0') {
+            return Err(format!("the value of {k} contains a NUL character"));
+        }
+        Ok(KeyValue(k, v))
+    }
+}
+
 impl FromStr for KeyValue {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .map(|(k, v)| KeyValue(k.to_owned(), v.to_owned()))
-            .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+        KeyValue::new(k.to_owned(), v.to_owned())
     }
 }
 
@@ -241,15 +255,19 @@ pub mod env_table {
         let table = toml::Table::deserialize(d)?;
         table
             .into_iter()
-            .map(|(k, v)| match v {
-                toml::Value::String(s) => Ok(KeyValue(k, s)),
-                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                    Ok(KeyValue(k, v.to_string()))
-                }
-                other => Err(serde::de::Error::custom(format!(
-                    "{k} = {other}: an environment variable is a string (or a number or boolean, taken as its text)"
-                ))),
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                        v.to_string()
+                    }
+                    other => return Err(format!(
+                        "{k} = {other}: an environment variable is a string (or a number or boolean, taken as its text)"
+                    )),
+                };
+                KeyValue::new(k, v)
             })
+            .map(|kv| kv.map_err(serde::de::Error::custom))
             .collect()
     }
 }
@@ -327,6 +345,12 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("an environment variable is a string"), "{e}");
+        // regression: these made std::env::set_var panic at start.
+        for bad in ["\"A=B\" = \"x\"", "\"\" = \"x\"", "A = \"x\\u0000y\""] {
+            let e = toml::from_str::<T>(&format!("[env]\n{bad}\n")).err();
+            assert!(e.is_some(), "{bad}");
+        }
+        assert!("=x".parse::<KeyValue>().is_err());
     }
 
     #[test]
