@@ -17,6 +17,8 @@ use crate::server::listener::{self, ListenAddr};
 pub enum CheckError {
     #[error("the app cannot be started (see above)")]
     App,
+    #[error("the child process importing the app was killed by signal {0} (a crash in a C extension, or the OOM killer?)")]
+    Killed(i32),
     #[error("cannot fork the child that imports the app: {0}")]
     Fork(std::io::Error),
     #[error("{0}")]
@@ -186,7 +188,9 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
             let mut status = 0;
             // SAFETY: waiting for our own child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            if libc::WIFSIGNALED(status) {
+                Err(CheckError::Killed(libc::WTERMSIG(status)))
+            } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
                 Ok(())
             } else {
                 Err(CheckError::App)

@@ -342,3 +342,22 @@ fn a_start_that_cannot_write_its_pidfile_removes_its_socket() {
     assert!(stderr.contains("writing --pidfile"), "{stderr}");
     assert!(!sock.exists(), "the socket file was left behind");
 }
+
+// regression: an app whose import killed the process (a C extension crashing) failed
+// the check with "the app cannot be started (see above)" and nothing above.
+#[test]
+fn check_says_when_the_import_was_killed_by_a_signal() {
+    let dir = tempdir();
+    let app = dir.path().join("crash.py");
+    std::fs::write(&app, "import os\nos.abort()\n").unwrap();
+    let out = postern()
+        .arg(&app)
+        .arg("--check")
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("killed by signal 6"), "{stderr}");
+}
