@@ -963,3 +963,42 @@ fn single_process_ping_says_503_while_the_app_imports() {
     }
     assert!(child.wait().unwrap().success(), "{}", logs());
 }
+
+// regression: /ping answered 503 whenever the only worker was being recycled
+// (--max-requests), though the requests waiting meanwhile were all served: with one
+// worker under load, most of the time. A replacement of a failed worker still says 503.
+#[test]
+fn ping_holds_while_a_worker_is_recycled() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let stats_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--master", "--workers", "1", "--max-requests", "2"])
+        .args(["--stats", &stats_addr.arg()])
+        .env("STATSAPP_GATE", &gate.to_string_lossy())
+        .start();
+    assert!(wait_until(20, || ping(&stats_addr) == 200));
+    // The replacement will wait at its import for as long as the gate is missing.
+    std::fs::remove_file(&gate).unwrap();
+    assert_eq!(p.get("/code/200").0, 200);
+    assert_eq!(p.get("/code/200").0, 200);
+    let only_starting = |cause: &str| {
+        let s = status_json(&stats_addr);
+        let w = s["workers"].as_array().unwrap();
+        (w.len() == 1 && w[0]["state"] == "starting" && w[0]["start_cause"] == cause)
+            .then(|| w[0]["pid"].as_i64().unwrap())
+    };
+    assert!(wait_until(20, || only_starting("max-requests").is_some()));
+    assert_eq!(ping(&stats_addr), 200, "{:#}", status_json(&stats_addr));
+    // That replacement dies before it serves: its own replacement is a failure's.
+    let pid = only_starting("max-requests").unwrap();
+    // SAFETY: kill(2) on a worker of the postern this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    assert!(wait_until(20, || only_starting("boot-failure").is_some()));
+    assert_eq!(ping(&stats_addr), 503, "{:#}", status_json(&stats_addr));
+    std::fs::write(&gate, "").unwrap();
+    assert!(wait_until(30, || ping(&stats_addr) == 200), "{}", p.logs());
+}

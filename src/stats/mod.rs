@@ -165,6 +165,15 @@ impl Cause {
             .and_then(|i| Self::ALL.get(i).copied())
     }
 
+    /// A replacement started for this reason was planned (the worker it replaces did
+    /// not fail).
+    pub fn planned(self) -> bool {
+        matches!(
+            self,
+            Cause::Reload | Cause::Scale | Cause::MaxRequests | Cause::MaxRss | Cause::MaxLifetime
+        )
+    }
+
     /// A worker can start for this reason.
     pub fn starts(self) -> bool {
         self != Cause::Stop
@@ -265,6 +274,11 @@ pub struct Worker {
     pub state: WorkerState,
     /// Unix time, seconds.
     pub started_unix: f64,
+    /// Why it was started (the first workers: boot; a replacement: why the worker it
+    /// replaces left).
+    pub start_cause: Cause,
+    /// Why it drains (when it does).
+    pub leaving: Option<Cause>,
     pub requests: u64,
     pub rss_bytes: Option<u64>,
     /// One entry per Python thread: its current request, or `None` when idle.
@@ -295,6 +309,8 @@ pub struct Snapshot {
     pub pid: u32,
     /// There is a master (workers are forked).
     pub master: bool,
+    /// The server is stopping: no worker will serve again.
+    pub stopping: bool,
     pub uptime: Duration,
     /// Unix time the master (or single process) started, seconds.
     pub started_unix: f64,
@@ -314,6 +330,23 @@ impl Snapshot {
         self.workers
             .iter()
             .filter(|w| w.state == WorkerState::Serving)
+    }
+
+    /// Whether requests will be served (`/ping`): a worker serves, or the only ones
+    /// left are being replaced on purpose (recycled by --max-requests, --max-rss or
+    /// --max-lifetime, a reload or SIGTTIN), the old one draining or the new one
+    /// booting: connections wait in the listen queue for a moment, as when every
+    /// thread is busy. Not while the server stops, nor while the first workers boot or
+    /// replacements of crashed (or --timeout) ones do.
+    pub fn answers(&self) -> bool {
+        self.serving().next().is_some()
+            || (!self.stopping
+                && self.workers.iter().any(|w| match w.state {
+                    WorkerState::Starting => w.start_cause.planned(),
+                    // Recycling itself: its replacement is about to start.
+                    WorkerState::Draining => w.leaving.is_some_and(Cause::planned),
+                    WorkerState::Serving => true,
+                }))
     }
 
     /// Requests being run by Python threads, in every worker (draining ones too).
@@ -356,6 +389,7 @@ pub(crate) mod tests {
         Snapshot {
             pid: 100,
             master: true,
+            stopping: false,
             uptime: Duration::from_secs(3725),
             started_unix: 1_700_000_000.0,
             config: vec![
@@ -371,6 +405,8 @@ pub(crate) mod tests {
                     generation: 0,
                     state: WorkerState::Serving,
                     started_unix: 1_700_000_001.0,
+                    start_cause: Cause::Boot,
+                    leaving: None,
                     requests: 6,
                     rss_bytes: Some(20 << 20),
                     threads: vec![
@@ -389,6 +425,8 @@ pub(crate) mod tests {
                     generation: 0,
                     state: WorkerState::Starting,
                     started_unix: 1_700_000_100.0,
+                    start_cause: Cause::Crash,
+                    leaving: None,
                     requests: 0,
                     rss_bytes: None,
                     threads: vec![None, None],

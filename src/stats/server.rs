@@ -196,7 +196,7 @@ fn route(
             }
         }
         "/ping" => {
-            if source().serving().next().is_some() {
+            if source().answers() {
                 (StatusCode::OK, TEXT, "pong\n".into())
             } else {
                 (
@@ -224,7 +224,7 @@ fn route(
 mod tests {
     use super::*;
     use crate::stats::tests::sample;
-    use crate::stats::WorkerState;
+    use crate::stats::{Cause, WorkerState};
 
     fn get(path: &str, snapshot: Snapshot) -> (StatusCode, &'static str, String) {
         let (p, q) = match path.split_once('?') {
@@ -266,5 +266,53 @@ mod tests {
         let mut none = sample();
         none.workers.clear();
         assert_eq!(get("/ping", none).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    // regression: /ping said 503 whenever the only workers were being recycled
+    // (--max-requests with one worker: most of the time under load), though every
+    // request was served once the replacement was up.
+    #[test]
+    fn ping_holds_while_workers_are_replaced_on_purpose() {
+        let replacing = |cause: Cause, stopping: bool| {
+            let mut s = sample();
+            s.stopping = stopping;
+            s.workers.truncate(1);
+            s.workers[0].state = WorkerState::Starting;
+            s.workers[0].start_cause = cause;
+            get("/ping", s).0
+        };
+        for planned in [
+            Cause::MaxRequests,
+            Cause::MaxRss,
+            Cause::MaxLifetime,
+            Cause::Reload,
+        ] {
+            assert_eq!(replacing(planned, false), StatusCode::OK, "{planned:?}");
+            assert_eq!(replacing(planned, true), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        for failed in [
+            Cause::Boot,
+            Cause::Crash,
+            Cause::BootFailure,
+            Cause::Timeout,
+        ] {
+            assert_eq!(
+                replacing(failed, false),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{failed:?}"
+            );
+        }
+        // The worker that recycles itself, before the master has started its
+        // replacement; a worker killed for --timeout or stopping is not recycling.
+        let leaving = |cause: Cause| {
+            let mut s = sample();
+            s.workers.truncate(1);
+            s.workers[0].state = WorkerState::Draining;
+            s.workers[0].leaving = Some(cause);
+            get("/ping", s).0
+        };
+        assert_eq!(leaving(Cause::MaxRequests), StatusCode::OK);
+        assert_eq!(leaving(Cause::Timeout), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(leaving(Cause::Stop), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -15,6 +15,7 @@ struct Status<'a> {
     version: &'static str,
     pid: u32,
     master: bool,
+    stopping: bool,
     uptime_seconds: f64,
     started: String,
     started_unix: f64,
@@ -49,6 +50,11 @@ struct Worker {
     state: &'static str,
     started: String,
     started_unix: f64,
+    /// Why it was started (`boot`, or the cause of the exit it replaced).
+    start_cause: &'static str,
+    /// Why it drains (when it does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaving_for: Option<&'static str>,
     requests: u64,
     rss_bytes: Option<u64>,
     threads: Vec<Thread>,
@@ -89,6 +95,7 @@ pub fn json(s: &Snapshot) -> String {
         version: env!("CARGO_PKG_VERSION"),
         pid: s.pid,
         master: s.master,
+        stopping: s.stopping,
         uptime_seconds: round3(s.uptime.as_secs_f64()),
         started: date(s.started_unix),
         started_unix: round3(s.started_unix),
@@ -125,6 +132,8 @@ pub fn json(s: &Snapshot) -> String {
                 state: w.state.label(),
                 started: date(w.started_unix),
                 started_unix: round3(w.started_unix),
+                start_cause: w.start_cause.label(),
+                leaving_for: w.leaving.map(Cause::label),
                 requests: w.requests,
                 rss_bytes: w.rss_bytes,
                 threads: w
@@ -309,6 +318,8 @@ mod tests {
         assert_eq!(w["threads"][1]["state"], "idle");
         assert!(w["threads"][1].get("path").is_none());
         assert_eq!(v["workers"][1]["state"], "starting");
+        assert_eq!(v["workers"][1]["start_cause"], "crash");
+        assert_eq!(v["stopping"], false);
     }
 
     #[test]

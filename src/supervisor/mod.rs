@@ -104,6 +104,8 @@ pub struct WorkerMonitor {
     retiring: AtomicBool,
     /// Count requests for the metrics (`--stats`; read once from the scoreboard).
     metrics: bool,
+    /// A single process (no master).
+    standalone: bool,
 }
 
 impl WorkerMonitor {
@@ -120,6 +122,7 @@ impl WorkerMonitor {
             max_rss_kib: max_rss_mib.map(|m| m * 1024),
             retiring: AtomicBool::new(false),
             metrics: ctx.board.metrics(),
+            standalone: false,
         }
     }
 
@@ -132,6 +135,7 @@ impl WorkerMonitor {
             max_requests: None,
             max_rss_kib: None,
             retiring: AtomicBool::new(false),
+            standalone: true,
         }
     }
 
@@ -159,9 +163,16 @@ fn rss_kib() -> Option<u64> {
 }
 
 impl crate::wsgi::Monitor for WorkerMonitor {
+    fn server_stopping(&self) -> bool {
+        self.board.is_stopping()
+    }
+
     fn stopping(&self) {
-        // `/ping` answers 503 from now on (a single process has no master to say so).
-        self.board.mark_draining(self.slot);
+        self.board.stop_serving(self.slot);
+        if self.standalone {
+            // `/ping` answers 503 from now on (there is no master to say so).
+            self.board.set_stopping();
+        }
     }
 
     fn refused(&self, protocol: crate::codec::Protocol, status: Option<u16>) {
@@ -276,8 +287,8 @@ impl Worker {
     /// Records that the worker is on its way out, for `cause` (the first cause wins).
     fn mark_retiring(&mut self, board: &Scoreboard, cause: Cause) {
         self.retiring = true;
-        self.cause.get_or_insert(cause);
-        board.mark_draining(self.slot);
+        let cause = *self.cause.get_or_insert(cause);
+        board.mark_draining(self.slot, cause);
     }
 }
 
@@ -483,7 +494,7 @@ impl Master {
         let slot = (0..self.board.slots)
             .find(|s| !used.contains(s))
             .ok_or(SupervisorError::Fork(nix::Error::EAGAIN))?;
-        self.board.reset(slot, 0, self.generation);
+        self.board.reset(slot, 0, self.generation, cause);
         // SAFETY: the master is single-threaded (no runtime, no Python, no helper
         // thread has been started), so the child may run arbitrary code.
         // SAFETY: as above; with --preload the fork is bracketed for CPython.
@@ -968,6 +979,7 @@ impl Master {
 
     /// Stops every worker (gracefully unless `now`) and waits for them.
     fn stop(&mut self, sfd: &SignalFd, now: bool) -> Result<(), SupervisorError> {
+        self.board.set_stopping();
         self.stop_all(now);
         let deadline = Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1);
         while !self.workers.is_empty() {

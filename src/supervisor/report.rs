@@ -84,6 +84,7 @@ pub fn source(
         Snapshot {
             pid,
             master,
+            stopping: reading.stopping,
             uptime: started.elapsed(),
             started_unix,
             config: config.clone(),

@@ -126,6 +126,8 @@ struct Global {
     high_water: AtomicU64,
     /// 1: count requests (`--stats` is on).
     metrics: AtomicU64,
+    /// 1: the server is stopping (no worker will be replaced).
+    stopping: AtomicU64,
     /// Counts of the workers that have exited.
     folded: Counters,
     starts: [AtomicU64; Cause::COUNT],
@@ -161,6 +163,8 @@ pub struct SlotHead {
     busy: AtomicU32,
     /// Why the worker retires itself ([`Cause::index`]), written before `state`.
     retire_cause: AtomicU32,
+    /// Why it was started ([`Cause::index`]).
+    start_cause: AtomicU32,
     /// The worker's count of dropped log lines, as of its last request.
     log_dropped: AtomicU64,
     /// Requests refused before a Python thread ran them: written by whichever thread
@@ -202,6 +206,8 @@ unsafe impl Sync for Scoreboard {}
 
 /// What [`Scoreboard::read`] returns: one consistent view of the counters and slots.
 pub struct Reading {
+    /// The server is stopping.
+    pub stopping: bool,
     pub totals: Totals,
     pub events: Events,
     pub workers: Vec<stats::Worker>,
@@ -242,7 +248,7 @@ impl Scoreboard {
     /// process, starting (until [`Scoreboard::mark_serving`]).
     pub fn standalone(threads: usize) -> std::io::Result<Scoreboard> {
         let sb = Scoreboard::new(1, threads.max(1))?;
-        sb.reset(0, std::process::id() as i32, 0);
+        sb.reset(0, std::process::id() as i32, 0, Cause::Boot);
         sb.set_metrics(true);
         sb.count_start(Cause::Boot);
         Ok(sb)
@@ -292,8 +298,9 @@ impl Scoreboard {
         g.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// Clears a free slot for a new worker of `generation` (master, before the fork).
-    pub fn reset(&self, slot: usize, pid: i32, generation: u64) {
+    /// Clears a free slot for a new worker of `generation`, started for `cause` (master,
+    /// before the fork).
+    pub fn reset(&self, slot: usize, pid: i32, generation: u64, cause: Cause) {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -307,6 +314,7 @@ impl Scoreboard {
             h.started_ms.store(started, Ordering::Relaxed);
             h.busy.store(0, Ordering::Relaxed);
             h.retire_cause.store(0, Ordering::Relaxed);
+            h.start_cause.store(cause.index() as u32, Ordering::Relaxed);
             h.log_dropped.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
@@ -358,9 +366,23 @@ impl Scoreboard {
         );
     }
 
-    /// The master asked the worker in `slot` to drain.
-    pub fn mark_draining(&self, slot: usize) {
-        self.head(slot).state.store(RETIRING, Ordering::SeqCst);
+    /// The master asked the worker in `slot` to drain, for `cause`.
+    pub fn mark_draining(&self, slot: usize, cause: Cause) {
+        let h = self.head(slot);
+        h.retire_cause
+            .store(cause.index() as u32, Ordering::Relaxed);
+        h.state.store(RETIRING, Ordering::SeqCst);
+    }
+
+    /// The worker in `slot` stopped accepting (called by the worker). The cause the
+    /// master or the worker gave first stays; else it is a stop.
+    pub fn stop_serving(&self, slot: usize) {
+        let h = self.head(slot);
+        if h.state.load(Ordering::SeqCst) != RETIRING {
+            h.retire_cause
+                .store(Cause::Stop.index() as u32, Ordering::Relaxed);
+            h.state.store(RETIRING, Ordering::SeqCst);
+        }
     }
 
     /// The worker recycles itself for `cause` (called by the worker).
@@ -387,6 +409,16 @@ impl Scoreboard {
 
     pub fn metrics(&self) -> bool {
         self.global().metrics.load(Ordering::SeqCst) == 1
+    }
+
+    /// The server stops: workers that exit now are not replaced.
+    pub fn set_stopping(&self) {
+        self.global().stopping.store(1, Ordering::SeqCst);
+    }
+
+    /// The whole server is stopping (set by the master before it signals the workers).
+    pub fn is_stopping(&self) -> bool {
+        self.global().stopping.load(Ordering::SeqCst) == 1
     }
 
     /// Master-side events (the master is the only writer of these).
@@ -508,6 +540,9 @@ impl Scoreboard {
                 RETIRING => WorkerState::Draining,
                 _ => continue,
             };
+            let leaving = (state == WorkerState::Draining)
+                .then(|| Cause::from_index(u64::from(h.retire_cause.load(Ordering::Relaxed))))
+                .flatten();
             let mut threads = Vec::with_capacity(self.threads);
             for t in 0..self.threads {
                 let line = self.line(slot, t);
@@ -523,12 +558,16 @@ impl Scoreboard {
                 generation: h.generation.load(Ordering::Relaxed),
                 state,
                 started_unix: h.started_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                start_cause: Cause::from_index(u64::from(h.start_cause.load(Ordering::Relaxed)))
+                    .unwrap_or(Cause::Boot),
+                leaving,
                 requests: h.requests.load(Ordering::Relaxed),
                 rss_bytes: (rss > 0).then_some(rss * 1024),
                 threads,
             });
         }
         Reading {
+            stopping: get(&g.stopping) == 1,
             totals,
             events,
             workers,
@@ -670,7 +709,7 @@ mod tests {
     #[test]
     fn lines_record_requests() {
         let sb = Scoreboard::new(2, 3).unwrap();
-        sb.reset(1, 42, 0);
+        sb.reset(1, 42, 0, Cause::Boot);
         let l = sb.line(1, 2);
         assert_eq!(l.since.load(Ordering::SeqCst), 0);
         l.begin(b"GET", b"/a/very/long/path?with=query", Protocol::FastCgi);
@@ -697,8 +736,8 @@ mod tests {
     #[test]
     fn counts_survive_a_released_slot() {
         let sb = Scoreboard::new(4, 2).unwrap();
-        sb.reset(0, 10, 0);
-        sb.reset(1, 11, 0);
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.reset(1, 11, 0, Cause::Boot);
         for (slot, t, code) in [(0, 0, 200), (0, 1, 404), (1, 0, 200), (1, 1, 503)] {
             let l = sb.line(slot, t);
             l.begin(b"GET", b"/", Protocol::Uwsgi);
@@ -720,7 +759,7 @@ mod tests {
         sb.release(1);
         assert_eq!(sb.read().totals, before);
         assert_eq!(sb.read().workers.len(), 1);
-        sb.reset(1, 12, 1);
+        sb.reset(1, 12, 1, Cause::Boot);
         assert_eq!(sb.read().totals, before);
         sb.line(1, 1).count(None);
         let after = sb.read().totals;
@@ -733,8 +772,8 @@ mod tests {
     #[test]
     fn refused_requests_survive_a_released_slot() {
         let sb = Scoreboard::new(2, 1).unwrap();
-        sb.reset(0, 10, 0);
-        sb.reset(1, 11, 0);
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.reset(1, 11, 0, Cause::Boot);
         sb.count_refused(0, Protocol::Uwsgi, Some(413));
         sb.count_refused(1, Protocol::Uwsgi, Some(400));
         sb.count_refused(1, Protocol::FastCgi, None);
@@ -746,15 +785,15 @@ mod tests {
             "refusals are not requests the app answered"
         );
         sb.release(1);
-        sb.reset(1, 12, 1);
+        sb.reset(1, 12, 1, Cause::Boot);
         assert_eq!(sb.read().totals, t);
     }
 
     #[test]
     fn all_busy_only_when_every_serving_thread_is() {
         let sb = Scoreboard::new(3, 2).unwrap();
-        sb.reset(0, 10, 0);
-        sb.reset(1, 11, 0);
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.reset(1, 11, 0, Cause::Boot);
         sb.mark_serving(0);
         sb.mark_serving(1);
         let saturated = || sb.read().events.saturated;
@@ -768,7 +807,7 @@ mod tests {
         sb.enter(1);
         assert_eq!(saturated(), 2);
         // A starting worker's threads are not capacity yet.
-        sb.reset(2, 12, 1);
+        sb.reset(2, 12, 1, Cause::Boot);
         sb.leave(0);
         sb.enter(0);
         assert_eq!(saturated(), 3);
@@ -777,7 +816,7 @@ mod tests {
     #[test]
     fn self_retirement_keeps_its_cause() {
         let sb = Scoreboard::new(1, 1).unwrap();
-        sb.reset(0, 10, 0);
+        sb.reset(0, 10, 0, Cause::Boot);
         assert_eq!(sb.self_retired(0), None);
         sb.retire_self(0, Cause::MaxRss);
         sb.mark_serving(0); // a late ready byte does not undo it
