@@ -127,6 +127,33 @@ fn wait_until(secs: u64, f: impl Fn() -> bool) -> bool {
     false
 }
 
+/// Sends `sig` to `pid`, a process of the postern a test started.
+fn kill(pid: i64, sig: i32) {
+    // SAFETY: kill(2) on a process this test started (or a worker of it).
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Marks made by `/hold` requests that are running, in `marks`.
+fn held(marks: &Path) -> usize {
+    std::fs::read_dir(marks).map_or(0, |d| d.count())
+}
+
+/// Sends a `/hold` request straight to postern at `addr` from a thread of its own; it
+/// runs until `marks`/release exists. The thread returns the raw response.
+fn hold_direct(addr: &Addr, marks: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    let (addr, query) = (addr.clone(), format!("dir={}", marks.display()));
+    std::thread::spawn(move || {
+        let vars = [
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/hold"),
+            ("QUERY_STRING", query.as_str()),
+        ];
+        raw(&addr, &uwsgi_packet(&vars))
+    })
+}
+
 /// Sends `paths` through nginx from 4 client threads; returns the statuses seen.
 fn send_all(port: u16, paths: Vec<String>) -> Vec<u16> {
     let chunks: Vec<Vec<String>> = (0..4)
@@ -360,10 +387,7 @@ fn counts_survive_killed_and_recycled_workers() {
     };
     assert!(wait_until(20, || quiet().is_some()));
     let victim = quiet().unwrap();
-    // SAFETY: kill(2) on a worker of the postern this test started.
-    unsafe {
-        libc::kill(victim as i32, libc::SIGKILL);
-    }
+    kill(victim, libc::SIGKILL);
     let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
     let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 1.0);
     assert_eq!(sample(&m, crashed), 1.0, "{m}");
@@ -499,21 +523,18 @@ fn ping_follows_whether_a_worker_serves() {
     assert_eq!(ping(), 503);
     std::fs::write(&gate, "").unwrap();
     assert!(wait_until(30, || ping() == 200));
+    // Both serve (pong comes with the first one ready; a worker still importing
+    // then would serve after the kills below).
+    assert!(wait_until(30, || serving_pids(&stats_addr).len() == 2));
     // Every worker dies and their replacements cannot boot: 503 again.
     std::fs::remove_file(&gate).unwrap();
     for pid in serving_pids(&stats_addr) {
-        // SAFETY: kill(2) on a worker of the postern this test started.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
+        kill(pid, libc::SIGKILL);
     }
     assert!(wait_until(20, || ping() == 503));
     std::fs::write(&gate, "").unwrap();
     assert!(wait_until(30, || ping() == 200));
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    kill(child.id() as i64, libc::SIGTERM);
     let status = child.wait().unwrap();
     assert!(
         status.success(),
@@ -764,41 +785,25 @@ fn log_lines_the_master_dropped_are_counted_once() {
     let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
     assert!(wait_until(20, || stats_addr.connect().is_ok()
         && serving_pids(&stats_addr).len() == 2));
-    for kill in 1..=3 {
+    for n in 1..=3 {
         // Both slots in turn, so that the replacements are forked after different
         // numbers of the master's drops.
-        let victim = serving_pids(&stats_addr)[kill % 2];
-        // SAFETY: kill(2) on a worker of the postern this test started.
-        unsafe {
-            libc::kill(victim as i32, libc::SIGKILL);
-        }
-        let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == kill as f64);
-        assert_eq!(sample(&m, crashed), kill as f64, "{m}");
+        let victim = serving_pids(&stats_addr)[n % 2];
+        kill(victim, libc::SIGKILL);
+        let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == n as f64);
+        assert_eq!(sample(&m, crashed), n as f64, "{m}");
         assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
     }
     // Each worker (replacements forked after the master's drops) publishes its own
     // count with the requests it serves: one request held on each worker's thread.
     let marks = dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
-    let query = format!("dir={}", marks.display());
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let (addr, query) = (Addr::Unix(sock.clone()), query.clone());
-            std::thread::spawn(move || {
-                let vars = [
-                    ("REQUEST_METHOD", "GET"),
-                    ("PATH_INFO", "/hold"),
-                    ("QUERY_STRING", query.as_str()),
-                ];
-                raw(&addr, &uwsgi_packet(&vars))
-            })
-        })
+    let holds: Vec<_> = (0..2)
+        .map(|_| hold_direct(&Addr::Unix(sock.clone()), &marks))
         .collect();
-    assert!(wait_until(20, || std::fs::read_dir(&marks)
-        .map_or(0, |d| d.count())
-        == 2));
+    assert!(wait_until(20, || held(&marks) == 2));
     std::fs::write(marks.join("release"), "").unwrap();
-    for h in held {
+    for h in holds {
         assert_eq!(parse_http(&h.join().unwrap()).map(|r| r.status), Some(200));
     }
     let m = wait_metrics(&stats_addr, 10, |m| {
@@ -806,10 +811,7 @@ fn log_lines_the_master_dropped_are_counted_once() {
     });
     assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
     assert_eq!(sample(&m, dropped), 3.0, "{m}");
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
+    kill(child.id() as i64, libc::SIGKILL);
     let _ = child.wait();
     drop(read_end);
 }
@@ -826,19 +828,8 @@ fn single_process_ping_fails_while_it_stops() {
     assert_eq!(stats(&stats_addr, "/ping").status, 200);
     let marks = dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
-    let query = format!("dir={}", marks.display());
-    let addr = p.addr.clone();
-    let held = std::thread::spawn(move || {
-        let vars = [
-            ("REQUEST_METHOD", "GET"),
-            ("PATH_INFO", "/hold"),
-            ("QUERY_STRING", query.as_str()),
-        ];
-        raw(&addr, &uwsgi_packet(&vars))
-    });
-    assert!(wait_until(20, || std::fs::read_dir(&marks)
-        .map_or(0, |d| d.count())
-        == 1));
+    let hold = hold_direct(&p.addr, &marks);
+    assert!(wait_until(20, || held(&marks) == 1));
     p.signal(libc::SIGTERM);
     assert!(p.wait_log("stopping", 10), "{}", p.logs());
     let ping = stats(&stats_addr, "/ping");
@@ -849,7 +840,7 @@ fn single_process_ping_fails_while_it_stops() {
     assert_eq!(status_json(&stats_addr)["workers"][0]["state"], "draining");
     std::fs::write(marks.join("release"), "").unwrap();
     assert_eq!(
-        parse_http(&held.join().unwrap()).map(|r| r.status),
+        parse_http(&hold.join().unwrap()).map(|r| r.status),
         Some(200)
     );
     assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
@@ -917,10 +908,7 @@ fn refused_requests_are_counted_by_protocol_and_status() {
 
     // Both workers die: their refusals stay in the totals.
     for pid in serving_pids(&stats_addr) {
-        // SAFETY: kill(2) on a worker of the postern this test started.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
+        kill(pid, libc::SIGKILL);
     }
     let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
     let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 2.0);
@@ -957,10 +945,7 @@ fn single_process_ping_says_503_while_the_app_imports() {
     assert_eq!(status_json(&stats_addr)["workers"][0]["state"], "starting");
     std::fs::write(&gate, "").unwrap();
     assert!(wait_until(30, || ping(&stats_addr) == 200), "{}", logs());
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    kill(child.id() as i64, libc::SIGTERM);
     assert!(child.wait().unwrap().success(), "{}", logs());
 }
 
@@ -993,10 +978,7 @@ fn ping_holds_while_a_worker_is_recycled() {
     assert_eq!(ping(&stats_addr), 200, "{:#}", status_json(&stats_addr));
     // That replacement dies before it serves: its own replacement is a failure's.
     let pid = only_starting("max-requests").unwrap();
-    // SAFETY: kill(2) on a worker of the postern this test started.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+    kill(pid, libc::SIGKILL);
     assert!(wait_until(20, || only_starting("boot-failure").is_some()));
     assert_eq!(ping(&stats_addr), 503, "{:#}", status_json(&stats_addr));
     std::fs::write(&gate, "").unwrap();
