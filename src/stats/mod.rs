@@ -34,13 +34,23 @@ pub enum StatsError {
     Runtime(std::io::Error),
     #[error("{0:?}: expected HOST:PORT or unix:PATH (the --stats address of a running postern)")]
     Address(String),
-    #[error("cannot connect to {addr}: {source} (is postern running with --stats {addr}?)")]
+    #[error("cannot connect to {addr}: {source} ({})", connect_hint(.addr, .source))]
     Connect {
         addr: String,
         source: std::io::Error,
     },
     #[error("{addr}: {reason}")]
     Http { addr: String, reason: String },
+}
+
+/// What to check when `postern status` cannot connect.
+fn connect_hint(addr: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        // A Unix stats socket is made with the umask of the user postern starts as.
+        "the socket belongs to the user postern runs as: run postern status as that user".into()
+    } else {
+        format!("is postern running with --stats {addr}?")
+    }
 }
 
 /// The protocols, in the order the counters are laid out.
@@ -455,6 +465,27 @@ pub(crate) mod tests {
         for (s, ns) in DURATION_BUCKETS.iter().zip(DURATION_BUCKETS_NS) {
             assert_eq!((s * 1e9).round() as u64, ns);
         }
+    }
+
+    // regression: a Unix stats socket the user may not open was reported as "is postern
+    // running with --stats ...?", sending the operator to look for a missing server.
+    #[test]
+    fn connect_errors_say_what_to_check() {
+        let e = |kind| {
+            StatsError::Connect {
+                addr: "unix:/run/s.sock".into(),
+                source: std::io::Error::from(kind),
+            }
+            .to_string()
+        };
+        assert!(e(std::io::ErrorKind::NotFound)
+            .ends_with("(is postern running with --stats unix:/run/s.sock?)"));
+        let denied = e(std::io::ErrorKind::PermissionDenied);
+        assert!(
+            denied.contains("run postern status as that user"),
+            "{denied}"
+        );
+        assert!(!denied.contains("is postern running"), "{denied}");
     }
 
     #[test]
