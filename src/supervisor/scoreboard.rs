@@ -4,9 +4,14 @@
 //!
 //! ```text
 //! [Global: seqlock, folded counters, worker starts/exits, timeouts, ...]
-//! [slot 0: SlotHead (64 B) | Line 0 | Line 1 | ...]   one slot per worker,
-//! [slot 1: ...]                                         one line per Python thread
+//! [slot 0: SlotHead (256 B) | Line 0 | Line 1 | ...]   one slot per worker,
+//! [slot 1: ...]                                          one line per Python thread
 //! ```
+//!
+//! The head holds what the worker as a whole reports: pid, state and why, requests
+//! served, RSS, busy threads, refused requests. Its counters have several writers, so
+//! they take locked adds: the busy count two per request (with `--stats`), the refused
+//! count only on the refusal itself.
 //!
 //! A line says whether its thread is busy, since when (CLOCK_MONOTONIC, the same in
 //! every process), with which request, and holds that thread's request counters. Only
@@ -184,7 +189,7 @@ pub struct Line {
     counters: Counters,
 }
 
-const _: () = assert!(std::mem::size_of::<SlotHead>() % 64 == 0);
+const _: () = assert!(std::mem::size_of::<SlotHead>() == 256);
 const _: () = assert!(std::mem::size_of::<Line>() % 64 == 0);
 const _: () = assert!(std::mem::size_of::<Counters>() % 8 == 0);
 
