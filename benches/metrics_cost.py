@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from uwsgi_vs_postern import process_tree  # the same /proc walk (this folder is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "examples" / "hello.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -172,26 +174,6 @@ def callgrind_run(bin_: Path, work: Path, metrics: bool, mode: str, n: int,
         die(f"no callgrind totals in {run}")
     shutil.rmtree(run, ignore_errors=True)
     return total
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def cpu_seconds(pids: list[int]) -> tuple[float, float]:
