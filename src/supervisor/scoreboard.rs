@@ -193,6 +193,9 @@ const _: () = assert!(std::mem::size_of::<SlotHead>() == 256);
 const _: () = assert!(std::mem::size_of::<Line>() % 64 == 0);
 const _: () = assert!(std::mem::size_of::<Counters>() % 8 == 0);
 
+/// How long [`Scoreboard::read`] waits for the master to finish a fold.
+const READ_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Where the first slot starts: after `Global`, on a cache line.
 const SLOTS_AT: usize = std::mem::size_of::<Global>().div_ceil(64) * 64;
 
@@ -502,17 +505,27 @@ impl Scoreboard {
     /// while the master is folding; gives its last attempt after a bounded wait.
     pub fn read(&self) -> Reading {
         let g = self.global();
-        let mut attempt = 0;
+        // A fold takes microseconds, but the master can be preempted in the middle of
+        // one: past the first yields, wait in milliseconds. A torn reading would count
+        // a slot twice or not at all, and a counter that then goes back looks like a
+        // restart to Prometheus (a spike in rate()); only a master stopped mid-fold
+        // (SIGSTOP, a debugger) gets one, after READ_PATIENCE.
+        let deadline = std::time::Instant::now() + READ_PATIENCE;
+        let mut attempt = 0u32;
         loop {
             let s1 = g.seq.load(Ordering::Acquire);
             let reading = self.read_once();
             fence(Ordering::Acquire);
             let s2 = g.seq.load(Ordering::Relaxed);
-            attempt += 1;
-            if (s1 == s2 && s1 % 2 == 0) || attempt >= 1000 {
+            if (s1 == s2 && s1 % 2 == 0) || std::time::Instant::now() >= deadline {
                 return reading;
             }
-            std::thread::yield_now();
+            attempt += 1;
+            if attempt < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
@@ -772,6 +785,43 @@ mod tests {
         assert_eq!(after.requests(), before.requests() + 1);
         let w = sb.read().workers;
         assert_eq!((w[1].pid, w[1].generation), (12, 1));
+    }
+
+    // regression: a reading gave up after 1000 yields, so a master preempted in the
+    // middle of a fold gave a torn reading (a slot counted twice or not at all) and the
+    // counters went back at the next scrape.
+    #[test]
+    fn a_reading_waits_for_a_slow_fold() {
+        let sb = std::sync::Arc::new(Scoreboard::new(1, 1).unwrap());
+        sb.reset(0, 10, 0, Cause::Boot);
+        let l = sb.line(0, 0);
+        l.begin(b"GET", b"/", Protocol::Uwsgi);
+        l.count(Some(&served(End::Complete(200), 10)));
+        l.end();
+        let folding = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let master = {
+            let (sb, folding) = (std::sync::Arc::clone(&sb), std::sync::Arc::clone(&folding));
+            std::thread::spawn(move || {
+                // `release`, with the master preempted halfway through the fold.
+                sb.write_section(|| {
+                    let g = sb.global();
+                    for (d, s) in g.folded.cells().iter().zip(sb.line(0, 0).counters.cells()) {
+                        bump(d, s.load(Ordering::Relaxed));
+                    }
+                    folding.wait();
+                    std::thread::sleep(Duration::from_millis(200));
+                    sb.head(0).state.store(FREE, Ordering::SeqCst);
+                });
+            })
+        };
+        folding.wait();
+        assert_eq!(
+            sb.read().totals.requests(),
+            1,
+            "counted once, before or after"
+        );
+        master.join().unwrap();
+        assert_eq!(sb.read().totals.requests(), 1);
     }
 
     #[test]
