@@ -249,7 +249,7 @@ fn serve(
             }),
             None => None,
         };
-        let result = supervisor::run(opts, stats, |ctx| {
+        let result = supervisor::run(opts, stats, &bound, |ctx| {
             let mine: Vec<_> = match bound.iter().map(|b| b.try_clone()).collect() {
                 Ok(v) => v,
                 Err(e) => {

@@ -557,25 +557,32 @@ fn site(protocol: &str, a: &str, b: &str) -> String {
     out
 }
 
-/// POSTs during `stops` graceful stops. No POST should fail, and none does in most
-/// runs; but a connection that reaches the stopping host's listen queue as it closes
-/// is reset, and nginx must not resend a POST: with a master (`--workers 2`) every
-/// connection queued while the workers drain is reset when the master exits (issue
-/// 10), and a single process has a much smaller window around its final accept. Until
-/// that is fixed, the failures are printed and bounded by what the load can have
-/// outstanding (one request per thread, per stop); `POSTERN_STRICT_STOP=1` asserts
-/// none.
-fn check_posts_on_stop(t: &Tally, stops: usize) {
-    if !t.post_failed.is_empty() {
-        eprintln!(
-            "!!!!! {} POST(s) failed during a graceful stop (connection reset: issue 10) !!!!!",
-            t.post_failed.len()
-        );
-    }
-    if std::env::var_os("POSTERN_STRICT_STOP").is_some_and(|v| v == "1") {
+/// POSTs during `stops` graceful stops. nginx never resends a POST it has sent, so
+/// none may fail: a stopping host refuses new connections (nginx then tries the other
+/// host) and serves every connection already in its listen queue before it closes,
+/// with or without a master (regression: with a master, connections queued while the
+/// workers drained were reset when the master exited).
+///
+/// FastCGI keep-alive is the exception, and it is counted separately: an idle kept-alive
+/// connection is closed at the stop, and nginx may pick it from its cache and send a
+/// POST on it in that instant (FastCGI cannot announce a close). That race belongs to
+/// issue 10 ("zero loss with FastCGI keep-alive"); until then such losses are printed
+/// and bounded by what the load can have outstanding. `POSTERN_STRICT_STOP=1` asserts
+/// none for FastCGI too.
+fn check_posts_on_stop(protocol: &str, t: &Tally, stops: usize) {
+    let strict =
+        protocol != "fastcgi" || std::env::var_os("POSTERN_STRICT_STOP").is_some_and(|v| v == "1");
+    if strict {
         assert!(
             t.post_failed.is_empty(),
             "POSTs failed on a graceful stop: {t:?}"
+        );
+        return;
+    }
+    if !t.post_failed.is_empty() {
+        eprintln!(
+            "!!!!! {} POST(s) failed during a graceful stop over FastCGI keep-alive (idle connection closed as nginx reused it: issue 10) !!!!!",
+            t.post_failed.len()
         );
     }
     assert!(
@@ -653,7 +660,7 @@ fn scenario(protocol: &'static str, workers: u32) {
         t.get_failed.is_empty(),
         "GETs failed on a graceful stop: {t:?}"
     );
-    check_posts_on_stop(&t, 1);
+    check_posts_on_stop(protocol, &t, 1);
     a.start();
 
     // 3. A dies under load (once nginx sends to it again).
@@ -701,7 +708,7 @@ fn scenario(protocol: &'static str, workers: u32) {
         t.get_failed.is_empty(),
         "GETs failed in a rolling restart: {t:?}"
     );
-    check_posts_on_stop(&t, 2);
+    check_posts_on_stop(protocol, &t, 2);
 }
 
 #[test]

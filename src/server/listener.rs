@@ -213,7 +213,53 @@ pub enum BoundSocket {
     Unix(std::os::unix::net::UnixListener),
 }
 
+/// Makes a listening socket take no new connections, while the ones already in its
+/// accept queue can still be accepted, so a stopping server can serve its queue and then
+/// close without resetting anyone. What a refused client sees: nginx gets "connection
+/// refused" and tries the next upstream, a POST included (nothing was sent).
+///
+/// - Unix: `shutdown(SHUT_RD)` on the listener; new connects get ECONNREFUSED at once
+///   and the queue stays acceptable.
+/// - TCP: `shutdown` on a listener would reset the whole queue, so a classic BPF
+///   socket filter that drops new connection requests (SYN without ACK) is attached
+///   instead: a new SYN goes unanswered, the client sends it again a second later, and
+///   by then the listener is closed and answers with a reset (ECONNREFUSED). Every
+///   other packet passes, so a handshake already under way (its last ACK, and the
+///   request that TCP_DEFER_ACCEPT waits for) still completes into the queue.
+///
+/// The socket is shared by every process holding a copy of it, so one call affects all.
+pub fn refuse_new_connections(sock: &Socket, tcp: bool) -> io::Result<()> {
+    if !tcp {
+        return sock.shutdown(std::net::Shutdown::Read);
+    }
+    // Classic BPF opcodes (linux/filter.h). A socket filter on TCP sees the packet from
+    // the TCP header on: byte 13 holds the flags (0x02 SYN, 0x10 ACK).
+    const LD_B_ABS: u16 = 0x30; // A = byte at k
+    const AND_K: u16 = 0x54; // A &= k
+    const JEQ_K: u16 = 0x15; // if A == k skip jt else skip jf
+    const RET_K: u16 = 0x06; // return k bytes of the packet (0: drop it)
+    const TCP_FLAGS: u32 = 13;
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    use socket2::SockFilter as F;
+    sock.attach_filter(&[
+        F::new(LD_B_ABS, 0, 0, TCP_FLAGS),
+        F::new(AND_K, 0, 0, SYN | ACK),
+        F::new(JEQ_K, 0, 1, SYN), // a bare SYN: drop; anything else: keep
+        F::new(RET_K, 0, 0, 0),
+        F::new(RET_K, 0, 0, u32::MAX),
+    ])
+}
+
 impl Bound {
+    /// See [`refuse_new_connections`].
+    pub fn refuse_new_connections(&self) -> io::Result<()> {
+        match &self.socket {
+            BoundSocket::Tcp(l) => refuse_new_connections(&socket2::SockRef::from(l), true),
+            BoundSocket::Unix(l) => refuse_new_connections(&socket2::SockRef::from(l), false),
+        }
+    }
+
     /// Another handle on the same listening socket (for a forked worker).
     pub fn try_clone(&self) -> std::io::Result<Bound> {
         Ok(Bound {
@@ -461,6 +507,67 @@ pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Queued connections stay acceptable with their bytes; new ones are refused once
+    /// the listener closes (TCP: the dropped SYN is sent again and meets the reset).
+    #[test]
+    fn refusing_new_connections_keeps_the_queue() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SocketOptions {
+            backlog: 16,
+            ..Default::default()
+        };
+        for addr in [
+            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            ListenAddr::Unix(dir.path().join("q.sock")),
+        ] {
+            let b = bind(&addr, &opts).unwrap();
+            let connect = || -> io::Result<Box<dyn Write>> {
+                Ok(match &b.addr {
+                    ListenAddr::Tcp(sa) => Box::new(std::net::TcpStream::connect(sa)?),
+                    ListenAddr::Unix(p) => Box::new(std::os::unix::net::UnixStream::connect(p)?),
+                })
+            };
+            let mut queued = connect().unwrap();
+            queued.write_all(b"queued").unwrap();
+            b.refuse_new_connections().unwrap();
+            let late = std::thread::spawn({
+                let addr = b.addr.clone();
+                move || match addr {
+                    ListenAddr::Tcp(sa) => std::net::TcpStream::connect_timeout(
+                        &sa,
+                        std::time::Duration::from_secs(10),
+                    )
+                    .map(drop),
+                    ListenAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).map(drop),
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut got = Vec::new();
+            let mut accepted = 0;
+            loop {
+                let r = match &b.socket {
+                    BoundSocket::Tcp(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn Read>),
+                    BoundSocket::Unix(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn Read>),
+                };
+                match r {
+                    Ok(mut s) => {
+                        accepted += 1;
+                        let mut buf = [0u8; 6];
+                        s.read_exact(&mut buf).unwrap();
+                        got.extend_from_slice(&buf);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{addr}: accept: {e}"),
+                }
+            }
+            assert_eq!((accepted, &got[..]), (1, &b"queued"[..]), "{addr}");
+            drop(b);
+            let e = late.join().unwrap().expect_err("a new connection got in");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{addr}: {e}");
+        }
+    }
 
     #[test]
     fn parses_listen_addresses() {

@@ -153,11 +153,18 @@ pub fn run(
             tracing::debug!(idle, "closed idle FastCGI connections");
         }
         idle_close.cancel();
-        if single {
-            // Requests already waiting in the listen queues are served, not reset;
-            // then the listeners refuse new connections and Unix socket files go.
-            // (A worker leaves the shared listeners alone: its siblings and
-            // successors keep accepting on them.)
+        // The whole server stops (a single process, or the master stopping all its
+        // workers): new connections are refused (a front server then tries its next
+        // upstream), the ones already waiting in the listen queues are served, not
+        // reset, and only then do the listeners close. A worker that is replaced
+        // (reload, recycling) leaves the shared listeners alone: its siblings and
+        // successors keep accepting on them.
+        if single || monitor.as_ref().is_some_and(|m| m.server_stopping()) {
+            for l in listeners.iter() {
+                if let Err(e) = listener::refuse_new_connections(&l.sock, l.tcp) {
+                    tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
+                }
+            }
             let mut queued = acceptor.drain_backlog();
             for l in listeners.iter() {
                 let _ = l.sock.shutdown(std::net::Shutdown::Both);
@@ -166,8 +173,10 @@ pub fn run(
             if queued > 0 {
                 tracing::info!(queued, "serving connections that were waiting in the listen queue");
             }
-            for p in &unix_paths {
-                let _ = std::fs::remove_file(p);
+            if single {
+                for p in &unix_paths {
+                    let _ = std::fs::remove_file(p);
+                }
             }
             stopping.cancel();
         }

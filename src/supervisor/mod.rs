@@ -319,10 +319,13 @@ fn master_signals() -> SigSet {
 }
 
 /// Runs the master until a stop. `worker` runs in each forked child and returns the
-/// child's exit code; it receives the write end of its ready pipe.
+/// child's exit code; it receives the write end of its ready pipe. `listeners` are the
+/// serving sockets the workers share: at a stop the master makes them refuse new
+/// connections before it signals the workers, who then serve what is queued.
 pub fn run(
     opts: Options,
     stats: Option<Stats>,
+    listeners: &[crate::server::listener::Bound],
     worker: impl Fn(WorkerContext) -> i32,
 ) -> Result<(), SupervisorError> {
     let mask = master_signals();
@@ -408,12 +411,12 @@ pub fn run(
                 Some(Signal::SIGTERM) | Some(Signal::SIGINT) => {
                     notify::notify("STOPPING=1");
                     tracing::info!(signal = ?sig.unwrap(), "stopping: workers finish their requests (--graceful-timeout {:?})", m.opts.graceful_timeout);
-                    return m.stop(&sfd, false);
+                    return m.stop(&sfd, false, listeners);
                 }
                 Some(Signal::SIGQUIT) => {
                     notify::notify("STOPPING=1");
                     tracing::info!("SIGQUIT: stopping now");
-                    return m.stop(&sfd, true);
+                    return m.stop(&sfd, true, listeners);
                 }
                 Some(Signal::SIGTTIN) => {
                     m.target += 1;
@@ -978,8 +981,23 @@ impl Master {
     }
 
     /// Stops every worker (gracefully unless `now`) and waits for them.
-    fn stop(&mut self, sfd: &SignalFd, now: bool) -> Result<(), SupervisorError> {
+    fn stop(
+        &mut self,
+        sfd: &SignalFd,
+        now: bool,
+        listeners: &[crate::server::listener::Bound],
+    ) -> Result<(), SupervisorError> {
+        // The flag first: a worker reads it when its SIGTERM arrives and then serves the
+        // listen queues before it exits (no successor will). Then no new connection
+        // may join the queues while the workers drain: otherwise the kernel keeps
+        // queueing them on the master's copy of each socket, and resets them all when
+        // the master exits last.
         self.board.set_stopping();
+        for l in listeners {
+            if let Err(e) = l.refuse_new_connections() {
+                tracing::warn!(listener = %l.addr, error = %e, "cannot make the listener refuse new connections");
+            }
+        }
         self.stop_all(now);
         let deadline = Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1);
         while !self.workers.is_empty() {

@@ -203,6 +203,11 @@ pub trait Monitor: Send + Sync {
     fn end(&self, thread: usize, served: Option<&Served>);
     /// The process stopped accepting: it only finishes what is in flight now.
     fn stopping(&self) {}
+    /// The whole server stops (not a reload or a recycle): this worker serves what
+    /// waits in the shared listen queues before it exits, since no successor will.
+    fn server_stopping(&self) -> bool {
+        false
+    }
     /// A request over `protocol` was answered with `status` (or closed without an
     /// answer: `None`) before any Python thread ran it: a malformed head, a body over
     /// --max-body. Called off the Python threads; rare, so it may use a locked add.
