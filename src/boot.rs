@@ -73,17 +73,41 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<()> {
 
 /// `--uid` / `--gid`: give up root once the listeners are bound (and, in `--check`'s
 /// child, before the import, so the app and Python are read as the start reads them).
+/// `--uid` alone takes the user's primary group and supplementary groups (as `su` and
+/// `runuser` do), never staying in root's group; `--gid` alone changes the group only.
 pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
-    if let Some(g) = config.gid {
-        let _ = setgroups(&[Gid::from_raw(g)]);
-        setgid(Gid::from_raw(g)).with_context(|| format!("--gid {g}"))?;
+    use nix::unistd::{initgroups, setgid, setgroups, setuid, Gid, Uid, User};
+    let user = config
+        .uid
+        .map(|u| User::from_uid(Uid::from_raw(u)))
+        .transpose()
+        .context("--uid: looking up the user")?
+        .flatten();
+    let gid = config.gid.or(user.as_ref().map(|u| u.gid.as_raw()));
+    if let (Some(u), None) = (config.uid, gid) {
+        anyhow::bail!(
+            "--uid {u} has no entry in the user database, so its group is unknown: give --gid too"
+        );
+    }
+    if let Some(g) = gid {
+        let g = Gid::from_raw(g);
+        match &user {
+            // The user's own groups (/etc/group), with `g` as the primary one.
+            Some(u) => {
+                let name = std::ffi::CString::new(u.name.as_bytes())
+                    .context("--uid: the user name contains a NUL byte")?;
+                initgroups(&name, g)
+                    .with_context(|| format!("--uid {}: setting its groups", u.name))?;
+            }
+            None => setgroups(&[g]).with_context(|| format!("--gid {g}: dropping other groups"))?,
+        }
+        setgid(g).with_context(|| format!("--gid {g}"))?;
     }
     if let Some(u) = config.uid {
         setuid(Uid::from_raw(u)).with_context(|| format!("--uid {u}"))?;
     }
     if config.uid.is_some() || config.gid.is_some() {
-        tracing::info!(uid = ?config.uid, gid = ?config.gid, "dropped privileges");
+        tracing::info!(uid = ?config.uid, gid = ?gid, "dropped privileges");
     }
     Ok(())
 }
@@ -178,5 +202,80 @@ mod tests {
                 (Protocol::Uwsgi, "unix:/run/extra.sock".into(), true),
             ]
         );
+    }
+
+    /// Runs `drop_privileges` in a forked child; returns what the child then is:
+    /// (uid, gid, supplementary groups), or the error text.
+    fn dropped_in_child(config: &Config) -> Result<(u32, u32, Vec<u32>), String> {
+        let (mut r, w) = std::io::pipe().unwrap();
+        // SAFETY: the child only calls async-signal-tolerant code it owns (no locks held
+        // by other test threads are taken: it writes to a pipe and exits).
+        match unsafe { libc::fork() } {
+            0 => {
+                drop(r);
+                let text = match drop_privileges(config) {
+                    Ok(()) => {
+                        let groups: Vec<String> = nix::unistd::getgroups()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|g| g.as_raw().to_string())
+                            .collect();
+                        format!(
+                            "ok {} {} {}",
+                            nix::unistd::getuid(),
+                            nix::unistd::getgid(),
+                            groups.join(",")
+                        )
+                    }
+                    Err(e) => format!("err {e:#}"),
+                };
+                let mut w = w;
+                let _ = std::io::Write::write_all(&mut w, text.as_bytes());
+                // SAFETY: leave the forked test process without running destructors.
+                unsafe { libc::_exit(0) }
+            }
+            pid => {
+                drop(w);
+                let mut out = String::new();
+                std::io::Read::read_to_string(&mut r, &mut out).unwrap();
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                let out = out.trim();
+                match out.strip_prefix("ok ") {
+                    Some(rest) => {
+                        let mut parts = rest.splitn(3, ' ');
+                        let uid = parts.next().unwrap().parse().unwrap();
+                        let gid = parts.next().unwrap().parse().unwrap();
+                        let groups = parts
+                            .next()
+                            .unwrap_or("")
+                            .split(',')
+                            .filter(|g| !g.is_empty())
+                            .map(|g| g.parse().unwrap())
+                            .collect();
+                        Ok((uid, gid, groups))
+                    }
+                    None => Err(out.to_owned()),
+                }
+            }
+        }
+    }
+
+    // regression: --uid without --gid kept gid 0 and root's supplementary groups.
+    #[test]
+    fn uid_alone_takes_the_users_own_groups() {
+        if !nix::unistd::getuid().is_root() {
+            eprintln!("SKIPPED: dropping privileges needs root");
+            return;
+        }
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let (uid, gid, groups) = dropped_in_child(&config(&["--uid", "nobody"])).unwrap();
+        assert_eq!(uid, nobody.uid.as_raw());
+        assert_eq!(gid, nobody.gid.as_raw());
+        assert!(!groups.contains(&0), "still in root's group: {groups:?}");
+        let (_, gid, groups) = dropped_in_child(&config(&["--gid", "65534"])).unwrap();
+        assert_eq!((gid, groups), (65534, vec![65534]));
+        let e = dropped_in_child(&config(&["--uid", "54321"])).unwrap_err();
+        assert!(e.contains("give --gid too"), "{e}");
     }
 }

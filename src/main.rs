@@ -167,8 +167,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing --pidfile {}", p.display()))
     };
-    let started = boot::drop_privileges(&config)
-        .and_then(|()| config.opts.pidfile.as_deref().map_or(Ok(()), pidfile));
+    // The pidfile is written before privileges are dropped, as root daemons do: it
+    // usually lives in a directory only root may write (/run).
+    let started = config
+        .opts
+        .pidfile
+        .as_deref()
+        .map_or(Ok(()), pidfile)
+        .and_then(|()| boot::drop_privileges(&config));
     if let Err(e) = started {
         server::remove_unix_sockets(&bound);
         server::remove_unix_sockets(stats.as_slice());
