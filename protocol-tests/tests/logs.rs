@@ -841,3 +841,45 @@ fn an_address_in_use_is_said_once_with_how_to_find_the_holder() {
     assert_eq!(in_log.matches(&said).count(), 1, "{in_log}");
     assert!(in_log.contains("ERROR"), "{in_log}");
 }
+
+// regression: a request postern answered itself (413 over --max-body) was counted in
+// /metrics but had no access line.
+#[test]
+fn a_request_refused_by_postern_has_its_access_line() {
+    let dir = tempdir();
+    let access = dir.path().join("access.log");
+    let body = [b'x'; 100];
+    for protocol in ["uwsgi", "fastcgi"] {
+        let p = Spawn::unix(dir.path(), &app(dir.path()))
+            .protocol(protocol)
+            .args(["--access-log", &access.display().to_string()])
+            .args(["--access-log-format", "combined"])
+            .args(["--max-body", "10"])
+            .start();
+        let path = format!("/too-big-{protocol}");
+        let vars = [
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", path.as_str()),
+            ("PATH_INFO", path.as_str()),
+            ("CONTENT_LENGTH", "100"),
+            ("REMOTE_ADDR", "203.0.113.9"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ];
+        let reply = if protocol == "uwsgi" {
+            let mut req = uwsgi_packet(&vars);
+            req.extend_from_slice(&body);
+            raw(&p.addr, &req)
+        } else {
+            raw(&p.addr, &fcgi::request(1, false, &vars, &body))
+        };
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains("413"), "{protocol}: {text}");
+        let line = wait_line(&access, &path, 5)
+            .unwrap_or_else(|| panic!("{protocol}: no access line\n{}", p.logs()));
+        let c = parse_combined(&line).unwrap_or_else(|| panic!("not combined: {line}"));
+        assert_eq!(c.status, 413, "{line}");
+        assert_eq!(c.request, format!("POST {path} HTTP/1.1"));
+        assert!(c.bytes > 0, "{line}");
+        assert!(c.rest.ends_with(&format!("protocol={protocol}")), "{line}");
+    }
+}

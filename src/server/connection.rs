@@ -279,7 +279,7 @@ async fn serve<C: Conn>(
             });
             drop(framed);
             lane.refused(info.protocol, Some(413));
-            reject(
+            let sent = reject(
                 &mut conn,
                 info.protocol.head_style(),
                 413,
@@ -288,6 +288,7 @@ async fn serve<C: Conn>(
                 limits.read_timeout,
             )
             .await;
+            span.in_scope(|| refused_access(&head, &request_id, info.protocol, 413, sent, started));
             return;
         }
     }
@@ -435,6 +436,31 @@ async fn read_body<C: Conn>(
 
 /// Answers a small error response, then reads and discards what the peer still sends
 /// (bounded) so that closing does not reset a peer that is still writing.
+/// The access line of a request postern answered itself (`sent`: the bytes written,
+/// `None` when the front server was gone).
+pub fn refused_access(
+    head: &Head,
+    id: &RequestId,
+    protocol: Protocol,
+    status: u16,
+    sent: Option<u64>,
+    started: Instant,
+) {
+    crate::logging::record_end(status, started);
+    crate::logging::access(&crate::logging::Access {
+        head,
+        id,
+        protocol,
+        status,
+        ending: match sent {
+            Some(_) => crate::logging::Ending::Complete,
+            None => crate::logging::Ending::ClientGone,
+        },
+        bytes: sent.unwrap_or(0),
+        started,
+    });
+}
+
 pub async fn reject<C: Conn>(
     conn: &mut C,
     style: HeadStyle,
@@ -442,10 +468,10 @@ pub async fn reject<C: Conn>(
     reason: &str,
     body: &str,
     wait: Duration,
-) {
+) -> Option<u64> {
     let msg = crate::proto::response::plain_response(style, code, reason, body);
     if conn.write_all(&msg).await.is_err() {
-        return;
+        return None;
     }
     let _ = conn.shutdown().await;
     let drain = async {
@@ -459,4 +485,5 @@ pub async fn reject<C: Conn>(
         }
     };
     let _ = timeout(wait.min(Duration::from_secs(5)), drain).await;
+    Some(msg.len() as u64)
 }

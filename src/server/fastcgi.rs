@@ -1078,11 +1078,21 @@ fn handle_event(
                 content_length: 0,
             };
             let (span, request_id) = request_span(&head, peer);
+            let started = Instant::now();
             let content_length = match head.announced_length() {
                 Ok(n) => n,
                 Err(e) => {
                     span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
-                    return answer_now(conn, lane, parser, id, keep_conn, 400, "Bad Request");
+                    return answer_now(
+                        conn,
+                        lane,
+                        parser,
+                        id,
+                        keep_conn,
+                        400,
+                        "Bad Request",
+                        (&head, &request_id, started),
+                    );
                 }
             };
             head.content_length = content_length.unwrap_or(0);
@@ -1095,7 +1105,16 @@ fn handle_event(
                             "request body over --max-body; answered 413"
                         )
                     });
-                    return answer_now(conn, lane, parser, id, keep_conn, 413, "Content Too Large");
+                    return answer_now(
+                        conn,
+                        lane,
+                        parser,
+                        id,
+                        keep_conn,
+                        413,
+                        "Content Too Large",
+                        (&head, &request_id, started),
+                    );
                 }
             }
             // The whole body already here (the usual case): hand it over in one piece.
@@ -1138,7 +1157,16 @@ fn handle_event(
                 if let Some(cl) = content_length {
                     if (data.len() as u64) < cl {
                         span.in_scope(|| tracing::warn!(got = data.len(), content_length = cl, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"));
-                        return answer_now(conn, lane, parser, id, keep_conn, 400, "Bad Request");
+                        return answer_now(
+                            conn,
+                            lane,
+                            parser,
+                            id,
+                            keep_conn,
+                            400,
+                            "Bad Request",
+                            (&head, &request_id, started),
+                        );
                     }
                     if data.len() as u64 > cl {
                         span.in_scope(|| {
@@ -1169,6 +1197,7 @@ fn handle_event(
                             keep_conn,
                             413,
                             "Content Too Large",
+                            (&head, &request_id, started),
                         );
                     }
                 }
@@ -1304,8 +1333,9 @@ fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
     tokio::task::block_in_place(|| conn.write(data))
 }
 
-/// Answers a request from the server itself (400, 413), counts it as refused, and
-/// forgets it.
+/// Answers a request from the server itself (400, 413), counts it as refused, logs its
+/// access line, and forgets it.
+#[allow(clippy::too_many_arguments)]
 fn answer_now(
     conn: &FcgiConn,
     lane: &SlowLane,
@@ -1314,6 +1344,7 @@ fn answer_now(
     keep_conn: bool,
     code: u16,
     reason: &str,
+    (request, request_id, started): (&Head, &crate::logging::RequestId, Instant),
 ) -> Step {
     lane.refused(crate::codec::Protocol::FastCgi, Some(code));
     let head = plain_response(HeadStyle::Cgi, code, reason, &format!("{reason}\n"));
@@ -1323,7 +1354,16 @@ fn answer_now(
     fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
     // The rest of its STDIN is ignored: the id is free from now on.
     parser.finished(id);
-    if blocking_write(conn, &out).is_err() {
+    let sent = blocking_write(conn, &out).ok().map(|()| head.len() as u64);
+    super::connection::refused_access(
+        request,
+        request_id,
+        crate::codec::Protocol::FastCgi,
+        code,
+        sent,
+        started,
+    );
+    if sent.is_none() {
         return Step::Close;
     }
     if !keep_conn {
