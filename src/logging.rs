@@ -941,7 +941,7 @@ impl std::fmt::Display for Millis {
 }
 
 /// RFC 3339 in UTC with microseconds, as `tracing`'s own lines start.
-struct Timestamp(SystemTime);
+pub struct Timestamp(pub SystemTime);
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -74,10 +74,11 @@ struct Thread {
     age_seconds: Option<f64>,
 }
 
-/// A Unix time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+/// A Unix time in RFC 3339, UTC (`2023-11-14T22:13:20.000000Z`).
 fn date(unix: f64) -> String {
-    // httpdate cannot format years past 9999.
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs_f64(unix.clamp(0.0, 1e11)))
+    // Clamped to years that have four digits.
+    let t = UNIX_EPOCH + Duration::from_secs_f64(unix.clamp(0.0, 2.5e11));
+    crate::logging::Timestamp(t).to_string()
 }
 
 fn by_cause(counts: &[u64]) -> serde_json::Map<String, serde_json::Value> {
@@ -297,7 +298,7 @@ mod tests {
         assert_eq!(w["pid"], 101);
         assert_eq!(w["worker"], 0);
         assert_eq!(w["state"], "serving");
-        assert_eq!(w["started"], "Tue, 14 Nov 2023 22:13:21 GMT");
+        assert_eq!(w["started"], "2023-11-14T22:13:21.000000Z");
         let t = &w["threads"][0];
         assert_eq!(
             (
