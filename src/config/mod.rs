@@ -610,6 +610,17 @@ impl Layered {
                 "uwsgi = [\"{DEFAULT_LISTENER}\"]  # default (no listener configured)\n"
             ));
         }
+        if let Some(c) = config.filter(|c| c.supervised && !c.opts.master) {
+            out.push_str(&format!(
+                "# a master supervises the {} worker(s): implied by {}\n",
+                c.opts.workers,
+                if c.opts.workers > 1 {
+                    "workers > 1"
+                } else {
+                    "a supervisor option (preload, pidfile, max-*, timeout, slow-log, touch-reload)"
+                }
+            ));
+        }
         if let Some(v) = config.and_then(|c| c.venv.as_ref()) {
             if !self.values.contains_key("venv") {
                 out.push_str(&format!(
