@@ -55,6 +55,17 @@ impl Vars {
     }
 }
 
+/// What a test behind nginx needs: the nginx binary, the venv, the test's directory,
+/// what its ini file reads, and the file; `None` where nginx or the venv is missing
+/// (outside CI, after saying so).
+fn behind_nginx(ini_name: &str) -> Option<(PathBuf, PathBuf, tempfile::TempDir, Vars, PathBuf)> {
+    let bin = nginx_bin()?;
+    let venv = venv()?;
+    let dir = tempdir();
+    let vars = Vars::new(dir.path(), &venv);
+    Some((bin, venv, dir, vars, ini(ini_name)))
+}
+
 fn postern(vars: &Vars, args: &[&str]) -> Command {
     let mut cmd = Command::new(postern_bin());
     cmd.args(args);
@@ -101,6 +112,19 @@ fn start(mut cmd: Command, vars: &Vars, addr: Addr, log: Option<PathBuf>) -> Pos
     }
 }
 
+/// `start`, then an nginx in the test's directory that passes `/` to `addr` over uwsgi.
+fn start_behind_nginx(
+    cmd: Command,
+    vars: &Vars,
+    bin: &Path,
+    addr: Addr,
+    log: Option<PathBuf>,
+) -> (Postern, Nginx) {
+    let p = start(cmd, vars, addr.clone(), log);
+    let n = Nginx::start(bin, &vars.dir, &uwsgi_location(&addr.nginx()));
+    (p, n)
+}
+
 /// `postern migrate INI`: (stdout, stderr), after checking it succeeded.
 fn migrate(vars: &Vars, ini: &Path) -> (String, String) {
     let out: Output = postern(vars, &["migrate", ini.to_str().unwrap()])
@@ -118,6 +142,12 @@ fn migrate(vars: &Vars, ini: &Path) -> (String, String) {
 fn stop(p: &mut Postern) -> std::process::ExitStatus {
     p.signal(libc::SIGTERM);
     p.wait_exit(30).expect("postern did not stop on SIGTERM")
+}
+
+/// `stop`, which must succeed and remove the Unix socket `sock`.
+fn stop_and_clean(p: &mut Postern, sock: &Path) {
+    assert!(stop(p).success());
+    assert!(!sock.exists());
 }
 
 /// One HTTP GET to postern's stats endpoint.
@@ -139,11 +169,9 @@ fn stats_get(port: u16, path: &str) -> Response {
 /// line does), daemonize becomes the log file, the pidfile is written and removed.
 #[test]
 fn django_docs_ini_behind_nginx() {
-    let Some(bin) = nginx_bin() else { return };
-    let Some(venv) = venv() else { return };
-    let dir = tempdir();
-    let vars = Vars::new(dir.path(), &venv);
-    let file = ini("django_docs.ini");
+    let Some((bin, venv, dir, vars, file)) = behind_nginx("django_docs.ini") else {
+        return;
+    };
     let sock = dir.path().join("django.sock");
     let addr = Addr::Unix(sock.clone());
     let log = dir.path().join("yourproject.log");
@@ -160,8 +188,7 @@ fn django_docs_ini_behind_nginx() {
             venv.to_str().unwrap(),
         ],
     );
-    let mut p = start(cmd, &vars, addr.clone(), Some(log.clone()));
-    let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&addr.nginx()));
+    let (mut p, n) = start_behind_nginx(cmd, &vars, &bin, addr.clone(), Some(log.clone()));
 
     assert_eq!(n.get("/").text(), "Hello from Django\n");
     assert_eq!(n.get("/form/").status, 200);
@@ -232,11 +259,9 @@ fn django_docs_ini_behind_nginx() {
 /// nginx configured as those docs say.
 #[test]
 fn flask_docs_ini_mounted_behind_nginx() {
-    let Some(bin) = nginx_bin() else { return };
-    let Some(venv) = venv() else { return };
-    let dir = tempdir();
-    let vars = Vars::new(dir.path(), &venv);
-    let file = ini("flask_docs.ini");
+    let Some((bin, venv, dir, vars, file)) = behind_nginx("flask_docs.ini") else {
+        return;
+    };
     let sock = dir.path().join("yourapplication.sock");
     let mut cmd = postern(&vars, &["--ini", file.to_str().unwrap()]);
     cmd.current_dir(root().join("examples"));
@@ -274,8 +299,7 @@ fn flask_docs_ini_mounted_behind_nginx() {
     assert_eq!(r.text(), "Hello, World!\n");
     // regression: `plugin = python3`, in Flask's own file, was a warning at every start.
     assert!(!p.logs().contains("plugin = python3"), "{}", p.logs());
-    assert!(stop(&mut p).success());
-    assert!(!sock.exists());
+    stop_and_clean(&mut p, &sock);
 
     let (toml, _) = migrate(&vars, &file);
     for want in [
@@ -295,11 +319,9 @@ fn flask_docs_ini_mounted_behind_nginx() {
 /// and a stats server (postern's speaks HTTP).
 #[test]
 fn uwsgi_quickstart_django_ini_behind_nginx() {
-    let Some(bin) = nginx_bin() else { return };
-    let Some(venv) = venv() else { return };
-    let dir = tempdir();
-    let vars = Vars::new(dir.path(), &venv);
-    let file = ini("uwsgi_quickstart_django.ini");
+    let Some((bin, venv, _dir, vars, file)) = behind_nginx("uwsgi_quickstart_django.ini") else {
+        return;
+    };
     let args = [
         "--ini",
         file.to_str().unwrap(),
@@ -322,11 +344,12 @@ fn uwsgi_quickstart_django_ini_behind_nginx() {
         assert!(printed.contains(&want), "missing {want:?} in:\n{printed}");
     }
 
-    let mut p = start(postern(&vars, &args), &vars, Addr::Tcp(vars.port), None);
-    let n = Nginx::start(
+    let (mut p, n) = start_behind_nginx(
+        postern(&vars, &args),
+        &vars,
         &bin,
-        dir.path(),
-        &uwsgi_location(&format!("127.0.0.1:{}", vars.port)),
+        Addr::Tcp(vars.port),
+        None,
     );
     for _ in 0..8 {
         assert_eq!(n.get("/").text(), "Hello from Django\n");
@@ -360,11 +383,9 @@ fn uwsgi_quickstart_django_ini_behind_nginx() {
 // stopped postern.
 #[test]
 fn production_blog_post_ini_behind_nginx() {
-    let Some(bin) = nginx_bin() else { return };
-    let Some(venv) = venv() else { return };
-    let dir = tempdir();
-    let vars = Vars::new(dir.path(), &venv);
-    let file = ini("production_blog_post.ini");
+    let Some((bin, _, dir, vars, file)) = behind_nginx("production_blog_post.ini") else {
+        return;
+    };
     std::fs::write(dir.path().join("reload"), "").unwrap();
     let args = ["--ini", file.to_str().unwrap()];
 
@@ -394,9 +415,10 @@ fn production_blog_post_ini_behind_nginx() {
 
     let sock = dir.path().join("production_blog_post.sock");
     let log = dir.path().join("production_blog_post.log");
-    let mut p = start(
+    let (mut p, n) = start_behind_nginx(
         postern(&vars, &args),
         &vars,
+        &bin,
         Addr::Unix(sock.clone()),
         Some(log.clone()),
     );
@@ -405,28 +427,20 @@ fn production_blog_post_ini_behind_nginx() {
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o664
     );
-    let n = Nginx::start(
-        &bin,
-        dir.path(),
-        &uwsgi_location(&format!("unix:{}", sock.display())),
-    );
     for _ in 0..4 {
         assert_eq!(n.get("/").text(), "Hello from Django\n");
     }
     assert_eq!(stats_get(vars.stats_port, "/ping").text(), "pong\n");
     assert!(p.wait_log("path=/", 10), "{}", p.logs());
-    assert!(stop(&mut p).success());
-    assert!(!sock.exists());
+    stop_and_clean(&mut p, &sock);
 }
 
 /// The uWSGI quickstart's Flask command line as an ini: wsgi-file with callable = app.
 #[test]
 fn uwsgi_quickstart_flask_ini_behind_nginx() {
-    let Some(bin) = nginx_bin() else { return };
-    let Some(venv) = venv() else { return };
-    let dir = tempdir();
-    let vars = Vars::new(dir.path(), &venv);
-    let file = ini("uwsgi_quickstart_flask.ini");
+    let Some((bin, venv, _dir, vars, file)) = behind_nginx("uwsgi_quickstart_flask.ini") else {
+        return;
+    };
     let cmd = postern(
         &vars,
         &[
@@ -436,12 +450,7 @@ fn uwsgi_quickstart_flask_ini_behind_nginx() {
             venv.to_str().unwrap(),
         ],
     );
-    let mut p = start(cmd, &vars, Addr::Tcp(vars.port), None);
-    let n = Nginx::start(
-        &bin,
-        dir.path(),
-        &uwsgi_location(&format!("127.0.0.1:{}", vars.port)),
-    );
+    let (mut p, n) = start_behind_nginx(cmd, &vars, &bin, Addr::Tcp(vars.port), None);
 
     assert_eq!(n.get("/").text(), "Hello from Flask\n");
     let r = n.request(
@@ -469,11 +478,9 @@ fn uwsgi_quickstart_flask_ini_behind_nginx() {
 /// by nginx).
 #[test]
 fn uwsgi_django_nginx_tutorial_ini() {
-    let Some(bin) = nginx_bin() else { return };
-    let Some(venv) = venv() else { return };
-    let dir = tempdir();
-    let vars = Vars::new(dir.path(), &venv);
-    let file = ini("uwsgi_django_nginx_tutorial.ini");
+    let Some((bin, _, dir, vars, file)) = behind_nginx("uwsgi_django_nginx_tutorial.ini") else {
+        return;
+    };
     let sock = dir.path().join("mysite.sock");
     let mut p = start(
         postern(&vars, &["--ini", file.to_str().unwrap()]),
@@ -514,8 +521,7 @@ fn uwsgi_django_nginx_tutorial_ini() {
         !p.logs().contains("path=/static"),
         "nginx serves static files, not postern"
     );
-    assert!(stop(&mut p).success());
-    assert!(!sock.exists());
+    stop_and_clean(&mut p, &sock);
 
     let (toml, summary) = migrate(&vars, &file);
     assert!(
@@ -633,6 +639,5 @@ fn mounted_wsgi_file_from_a_section() {
         (200, b"/shop /cart from app.wsgi\n".to_vec())
     );
     assert!(!dir.path().join("other.sock").exists());
-    assert!(stop(&mut p).success());
-    assert!(!sock.exists());
+    stop_and_clean(&mut p, &sock);
 }
