@@ -152,11 +152,12 @@ fn check_imports_binds_and_leaves_nothing_behind() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("--check released the port");
 }
 
-#[test]
-fn check_fails_on_an_app_that_does_not_import() {
+/// `postern APP --check` on a Unix socket, APP being a file with `source` in a new
+/// directory: the output and its text (stdout, stderr).
+fn check_app(name: &str, source: &str) -> (Output, String, String) {
     let dir = tempdir();
-    let app = dir.path().join("broken.py");
-    std::fs::write(&app, "raise RuntimeError('boom at import')\n").unwrap();
+    let app = dir.path().join(name);
+    std::fs::write(&app, source).unwrap();
     let out = postern()
         .arg(&app)
         .arg("--check")
@@ -165,6 +166,12 @@ fn check_fails_on_an_app_that_does_not_import() {
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
+    (out, stdout, stderr)
+}
+
+#[test]
+fn check_fails_on_an_app_that_does_not_import() {
+    let (out, stdout, stderr) = check_app("broken.py", "raise RuntimeError('boom at import')\n");
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("RuntimeError: boom at import"), "{stderr}");
     assert!(stderr.contains("could not import the app"), "{stderr}");
@@ -347,17 +354,7 @@ fn a_start_that_cannot_write_its_pidfile_removes_its_socket() {
 // the check with "the app cannot be started (see above)" and nothing above.
 #[test]
 fn check_says_when_the_import_was_killed_by_a_signal() {
-    let dir = tempdir();
-    let app = dir.path().join("crash.py");
-    std::fs::write(&app, "import os\nos.abort()\n").unwrap();
-    let out = postern()
-        .arg(&app)
-        .arg("--check")
-        .arg("--uwsgi")
-        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
+    let (out, stdout, stderr) = check_app("crash.py", "import os\nos.abort()\n");
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("killed by signal 6"), "{stderr}");
 }
