@@ -1079,20 +1079,19 @@ fn handle_event(
             };
             let (span, request_id) = request_span(&head, peer);
             let started = Instant::now();
+            let asker = Asker {
+                conn,
+                lane,
+                id,
+                keep_conn,
+                request_id: &request_id,
+                started,
+            };
             let content_length = match head.announced_length() {
                 Ok(n) => n,
                 Err(e) => {
                     span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
-                    return answer_now(
-                        conn,
-                        lane,
-                        parser,
-                        id,
-                        keep_conn,
-                        400,
-                        "Bad Request",
-                        (&head, &request_id, started),
-                    );
+                    return answer_now(&asker, parser, &head, BAD_REQUEST);
                 }
             };
             head.content_length = content_length.unwrap_or(0);
@@ -1105,16 +1104,7 @@ fn handle_event(
                             "request body over --max-body; answered 413"
                         )
                     });
-                    return answer_now(
-                        conn,
-                        lane,
-                        parser,
-                        id,
-                        keep_conn,
-                        413,
-                        "Content Too Large",
-                        (&head, &request_id, started),
-                    );
+                    return answer_now(&asker, parser, &head, TOO_LARGE);
                 }
             }
             // The whole body already here (the usual case): hand it over in one piece.
@@ -1157,16 +1147,7 @@ fn handle_event(
                 if let Some(cl) = content_length {
                     if (data.len() as u64) < cl {
                         span.in_scope(|| tracing::warn!(got = data.len(), content_length = cl, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"));
-                        return answer_now(
-                            conn,
-                            lane,
-                            parser,
-                            id,
-                            keep_conn,
-                            400,
-                            "Bad Request",
-                            (&head, &request_id, started),
-                        );
+                        return answer_now(&asker, parser, &head, BAD_REQUEST);
                     }
                     if data.len() as u64 > cl {
                         span.in_scope(|| {
@@ -1189,16 +1170,7 @@ fn handle_event(
                                 "request body over --max-body; answered 413"
                             )
                         });
-                        return answer_now(
-                            conn,
-                            lane,
-                            parser,
-                            id,
-                            keep_conn,
-                            413,
-                            "Content Too Large",
-                            (&head, &request_id, started),
-                        );
+                        return answer_now(&asker, parser, &head, TOO_LARGE);
                     }
                 }
                 if content_length.is_none() && !data.is_empty() {
@@ -1333,19 +1305,35 @@ fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
     tokio::task::block_in_place(|| conn.write(data))
 }
 
-/// Answers a request from the server itself (400, 413), counts it as refused, logs its
-/// access line, and forgets it.
-#[allow(clippy::too_many_arguments)]
-fn answer_now(
-    conn: &FcgiConn,
-    lane: &SlowLane,
-    parser: &mut ConnParser,
+/// Who asked for a request that postern answers itself (`answer_now`).
+struct Asker<'a> {
+    conn: &'a FcgiConn,
+    lane: &'a SlowLane,
     id: u16,
     keep_conn: bool,
-    code: u16,
-    reason: &str,
-    (request, request_id, started): (&Head, &crate::logging::RequestId, Instant),
+    request_id: &'a crate::logging::RequestId,
+    started: Instant,
+}
+
+const BAD_REQUEST: (u16, &str) = (400, "Bad Request");
+const TOO_LARGE: (u16, &str) = (413, "Content Too Large");
+
+/// Answers a request from the server itself (400, 413), counts it as refused, logs its
+/// access line, and forgets it.
+fn answer_now(
+    asker: &Asker<'_>,
+    parser: &mut ConnParser,
+    request: &Head,
+    (code, reason): (u16, &str),
 ) -> Step {
+    let Asker {
+        conn,
+        lane,
+        id,
+        keep_conn,
+        request_id,
+        started,
+    } = *asker;
     lane.refused(crate::codec::Protocol::FastCgi, Some(code));
     let head = plain_response(HeadStyle::Cgi, code, reason, &format!("{reason}\n"));
     let mut out = Vec::new();
