@@ -8,7 +8,6 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -479,8 +478,6 @@ pub fn start_postern(
     venv: Option<&Path>,
 ) -> Postern {
     let sock = dir.join(format!("postern-{}.sock", free_port()));
-    let log = dir.join(format!("postern-{}.log", free_port()));
-    let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(postern_bin());
     cmd.arg(app)
         .args(args)
@@ -492,31 +489,5 @@ pub fn start_postern(
     if let Some(v) = venv {
         cmd.arg("--venv").arg(v);
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("starting postern");
-    let mut p = Postern {
-        child,
-        addr: Addr::Unix(sock.clone()),
-        log,
-        dir: dir.to_owned(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = p.child.try_wait() {
-            panic!("postern exited early ({status}):\n{}", p.logs());
-        }
-        if UnixStream::connect(&sock).is_ok() && p.logs().contains("ready") {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "postern did not start:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    Postern::spawn(cmd, Addr::Unix(sock), dir, None)
 }

@@ -312,10 +312,17 @@ impl Spawn {
 
     /// Starts postern and waits until it accepts connections.
     pub fn start(self) -> Postern {
-        let log = self.dir.join(format!("postern-{}.log", free_port()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = self
-            .command()
+        Postern::spawn(self.command(), self.addr, &self.dir, self.log_file)
+    }
+}
+
+impl Postern {
+    /// Runs `cmd` with stdout and stderr to a new file in `dir`, and waits until `addr`
+    /// accepts connections and the log (`log`, or that file when `None`) says `ready`.
+    pub fn spawn(mut cmd: Command, addr: Addr, dir: &Path, log: Option<PathBuf>) -> Postern {
+        let out = dir.join(format!("postern-{}.log", free_port()));
+        let file = std::fs::File::create(&out).unwrap();
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -323,34 +330,36 @@ impl Spawn {
             .expect("starting postern");
         let mut p = Postern {
             child,
-            addr: self.addr,
-            log: self.log_file.unwrap_or(log),
-            dir: self.dir,
+            addr,
+            log: log.unwrap_or_else(|| out.clone()),
+            dir: dir.to_owned(),
         };
-        p.wait_ready();
+        p.wait_ready(&out);
         p
     }
-}
 
-impl Postern {
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// `out`: the process's stdout and stderr, shown too when the log is elsewhere.
+    fn wait_ready(&mut self, out: &Path) {
+        let shown = |p: &Postern| {
+            let mut s = p.logs();
+            if out != p.log {
+                s = format!("{}\n{s}", std::fs::read_to_string(out).unwrap_or_default());
+            }
+            s
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("postern exited early ({status}):\n{}", self.logs());
+                panic!("postern exited early ({status}):\n{}", shown(self));
             }
-            let ok = match &self.addr {
-                Addr::Tcp(p) => TcpStream::connect(("127.0.0.1", *p)).is_ok(),
-                Addr::Unix(p) => UnixStream::connect(p).is_ok(),
-            };
             // A probe connection that sends nothing is logged at debug level only.
-            if ok && self.logs().contains("ready") {
+            if self.addr.connect().is_ok() && self.logs().contains("ready") {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
                 "postern did not start:\n{}",
-                self.logs()
+                shown(self)
             );
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -7,8 +7,8 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use protocol_tests::harness::*;
 
@@ -73,43 +73,9 @@ fn postern(vars: &Vars, args: &[&str]) -> Command {
     cmd
 }
 
-/// Starts `cmd` (stdout and stderr to a file in the test's directory) and waits until
-/// `addr` accepts connections and `log` (stderr's file when `None`) says it is ready.
-fn start(mut cmd: Command, vars: &Vars, addr: Addr, log: Option<PathBuf>) -> Postern {
-    let out = vars.dir.join(format!("postern-{}.out", free_port()));
-    let file = std::fs::File::create(&out).unwrap();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("starting postern");
-    let mut p = Postern {
-        child,
-        addr,
-        log: log.unwrap_or(out.clone()),
-        dir: vars.dir.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = p.child.try_wait() {
-            panic!(
-                "postern exited early ({status}):\n{}\n{}",
-                std::fs::read_to_string(&out).unwrap_or_default(),
-                p.logs()
-            );
-        }
-        if p.addr.connect().is_ok() && p.logs().contains("ready") {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "postern did not start:\n{}\n{}",
-            std::fs::read_to_string(&out).unwrap_or_default(),
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// `Postern::spawn` in the test's directory.
+fn start(cmd: Command, vars: &Vars, addr: Addr, log: Option<PathBuf>) -> Postern {
+    Postern::spawn(cmd, addr, &vars.dir, log)
 }
 
 /// `start`, then an nginx in the test's directory that passes `/` to `addr` over uwsgi.
