@@ -155,7 +155,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     // --stats: bound with the listeners (a taken address stops postern now).
-    let stats = match config.opts.stats.as_ref().map(postern::stats::server::bind) {
+    let stats = match config
+        .opts
+        .stats
+        .as_ref()
+        .map(|a| postern::stats::server::bind(a, &opts))
+    {
         Some(Err(e)) => {
             server::remove_unix_sockets(&bound);
             return Err(e.into());

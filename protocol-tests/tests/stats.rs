@@ -3,6 +3,7 @@
 //! `/ping` follows whether a worker serves, the single process has it too, and
 //! `postern status` prints the table.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -621,6 +622,14 @@ fn postern_status_prints_the_table() {
         .start();
     assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
     p.get("/code/200");
+    // regression: the stats socket ignored --socket-mode (666 here, from Spawn::unix)
+    // and took the umask: only root could use it.
+    let mode = std::fs::metadata(dir.path().join("stats.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666);
     let run = |args: &[&str]| {
         let out = Command::new(postern_bin())
             .arg("status")
@@ -668,6 +677,23 @@ fn postern_status_prints_the_table() {
     assert_eq!(code, Some(0));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["requests"], 1);
+    // regression: pointed at another HTTP server, it printed that server's page.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let answer = std::thread::spawn(move || {
+        let (mut c, _) = other.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = std::io::Read::read(&mut c, &mut buf);
+        let _ = std::io::Write::write_all(
+            &mut c,
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 6\r\n\r\nhello\n",
+        );
+    });
+    let (code, out, err) = run(&[&format!("127.0.0.1:{other_port}")]);
+    answer.join().unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(err.contains("not a postern --stats endpoint"), "{err}");
+    assert!(!out.contains("hello"), "{out}");
     // Nobody there: an error that says what to check.
     let missing = dir.path().join("none.sock");
     let (code, _, err) = run(&[&format!("unix:{}", missing.display())]);

@@ -131,6 +131,20 @@ where
         .body(Empty::<Bytes>::new())
         .expect("a constant request is valid");
     let resp = sender.send_request(req).await.map_err(http)?;
+    let ours = resp
+        .headers()
+        .get(hyper::header::SERVER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("postern/"));
+    if !ours {
+        return Err(StatsError::Http {
+            addr: addr.to_owned(),
+            reason: format!(
+                "this is not a postern --stats endpoint (it answered {} without `Server: postern/…`); is ADDR the --stats address, not the app's or nginx's?",
+                resp.status()
+            ),
+        });
+    }
     let status = resp.status();
     let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();

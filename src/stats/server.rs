@@ -35,7 +35,9 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 /// Binds the `--stats` address (at start, with the other listeners, so a taken
 /// address stops postern at once). A TCP address off loopback logs a warning: the
 /// endpoint has no authentication and shows request paths.
-pub fn bind(addr: &ListenAddr) -> Result<Bound, StatsError> {
+/// A `unix:` address gets the listeners' `--socket-mode` and `--socket-owner` (`opts`),
+/// so whoever may reach the app's socket may run `postern status` on it.
+pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, StatsError> {
     if let ListenAddr::Tcp(a) = addr {
         if !a.ip().is_loopback() {
             tracing::warn!(
@@ -45,9 +47,8 @@ pub fn bind(addr: &ListenAddr) -> Result<Bound, StatsError> {
         }
     }
     let opts = SocketOptions {
-        mode: None,
-        owner: None,
         backlog: 64,
+        ..opts.clone()
     };
     listener::bind(addr, &opts).map_err(|source| StatsError::Bind {
         addr: addr.to_string(),
@@ -155,6 +156,7 @@ pub fn respond<B>(req: &Request<B>, source: &dyn Fn() -> Snapshot) -> Response<F
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(hyper::header::SERVER, HeaderValue::from_static(SERVER));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
@@ -162,6 +164,9 @@ pub fn respond<B>(req: &Request<B>, source: &dyn Fn() -> Snapshot) -> Response<F
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+/// The `Server` header of every answer: `postern status` checks it, so that pointed at
+/// another HTTP server (nginx, the app) it says so instead of printing that page.
+pub const SERVER: &str = concat!("postern/", env!("CARGO_PKG_VERSION"));
 const JSON: &str = "application/json";
 
 /// Routing, without I/O: (status, content type, body).
