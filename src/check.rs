@@ -19,6 +19,8 @@ pub enum CheckError {
     App,
     #[error("the child process importing the app was killed by signal {0} (a crash in a C extension, or the OOM killer?)")]
     Killed(i32),
+    #[error("the app did not finish importing within {0}s (does it wait on a database or the network at import time?)")]
+    Slow(u64),
     #[error("cannot fork the child that imports the app: {0}")]
     Fork(std::io::Error),
     #[error("{0}")]
@@ -154,6 +156,9 @@ fn writable(path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
 }
 
+/// How long the app's import may take in `--check`: a deploy script must not hang.
+const IMPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Starts Python and imports the app in a forked child, which prints what it found.
 fn import_in_child(config: &Config) -> Result<(), CheckError> {
     let _ = std::io::stdout().flush();
@@ -180,14 +185,27 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                     1
                 }
             };
+            if crate::wsgi::interpreter::is_initialized() {
+                crate::wsgi::flush_std_streams();
+            }
             let _ = std::io::stdout().flush();
             // SAFETY: ending the child without running the parent's atexit/destructors.
             unsafe { libc::_exit(code) }
         }
         pid => {
             let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let deadline = Instant::now() + IMPORT_LIMIT;
+            // SAFETY (both calls): waiting for, and killing, our own child.
+            while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+                if Instant::now() >= deadline {
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    return Err(CheckError::Slow(IMPORT_LIMIT.as_secs()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             if libc::WIFSIGNALED(status) {
                 Err(CheckError::Killed(libc::WTERMSIG(status)))
             } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {

@@ -358,3 +358,15 @@ fn check_says_when_the_import_was_killed_by_a_signal() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("killed by signal 6"), "{stderr}");
 }
+
+// regression: what the app printed while importing was lost (the child left without
+// flushing Python's buffered stdout).
+#[test]
+fn check_shows_what_the_app_prints_at_import() {
+    let (out, stdout, stderr) = check_app(
+        "chatty.py",
+        "print('settings loaded from chatty')\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n",
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("settings loaded from chatty"), "{stdout}");
+}

@@ -69,6 +69,12 @@ fn check_venv(venv: &Path) -> Result<PathBuf, WsgiError> {
     Ok(python)
 }
 
+/// Whether the embedded interpreter has been started in this process.
+pub fn is_initialized() -> bool {
+    // SAFETY: Py_IsInitialized may be called at any time, even before initialisation.
+    unsafe { pyo3::ffi::Py_IsInitialized() != 0 }
+}
+
 /// Starts the interpreter (once per process) and leaves the GIL released.
 pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
     let executable = match venv {

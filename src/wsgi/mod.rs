@@ -193,6 +193,18 @@ pub fn run_atexit() {
     });
 }
 
+/// Flushes Python's `sys.stdout` and `sys.stderr` (what the app printed), before a
+/// process leaves without finalising the interpreter.
+pub fn flush_std_streams() {
+    Python::attach(|py| {
+        for name in ["stdout", "stderr"] {
+            if let Ok(stream) = py.import("sys").and_then(|sys| sys.getattr(name)) {
+                let _ = stream.call_method0("flush");
+            }
+        }
+    });
+}
+
 /// Watches requests as they run (the scoreboard: `--timeout`, recycling, metrics).
 /// Called on the Python thread; `end` with the GIL released. Must not block.
 pub trait Monitor: Send + Sync {
