@@ -579,3 +579,76 @@ fn a_burst_of_reloads_settles_on_the_newest_code() {
     assert_eq!(workers, 2, "{}", p.logs());
     assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
 }
+
+// regression: a graceful stop made the listeners refuse new connections (shutdown, a
+// SYN-dropping filter) also when systemd had passed them; systemd keeps that socket for
+// the next start, which then got a socket that refused everyone.
+#[test]
+fn a_stop_leaves_the_socket_systemd_passed_usable_for_the_next_start() {
+    let dir = tempdir();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let unix_path = dir.path().join("activated.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    for (fd, addr) in [
+        (std::os::fd::AsRawFd::as_raw_fd(&tcp), Addr::Tcp(port)),
+        (
+            std::os::fd::AsRawFd::as_raw_fd(&unix),
+            Addr::Unix(unix_path.clone()),
+        ),
+    ] {
+        for workers in ["1", "2"] {
+            let start = || {
+                let log = dir.path().join(format!("log-{workers}"));
+                let mut child = socket_activated(
+                    fd,
+                    &format!("{} --workers {workers} --uwsgi {}", testapp(), addr.arg()),
+                )
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("ready")
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "not ready: {:?}",
+                        std::fs::read_to_string(&log)
+                    );
+                    assert!(
+                        child.try_wait().unwrap().is_none(),
+                        "exited: {:?}",
+                        std::fs::read_to_string(&log)
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                (child, log)
+            };
+            let (mut first, _) = start();
+            assert_eq!(parse_http(&raw(&addr, &pkt)).unwrap().status, 200);
+            unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+            assert!(first.wait().unwrap().success());
+            // Between the two runs the socket (systemd's) still takes connections:
+            // they wait in its queue for the next start.
+            let mut waiting = addr
+                .connect()
+                .expect("the passed socket refused a connection");
+            waiting.write_all(&pkt).unwrap();
+            let (mut second, log) = start();
+            let mut got = Vec::new();
+            waiting.read_to_end(&mut got).unwrap();
+            assert_eq!(
+                parse_http(&got).map(|r| r.status),
+                Some(200),
+                "{:?}\n{}",
+                String::from_utf8_lossy(&got),
+                std::fs::read_to_string(&log).unwrap()
+            );
+            unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+            assert!(second.wait().unwrap().success());
+        }
+    }
+}

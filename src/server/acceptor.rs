@@ -35,6 +35,8 @@ pub struct Listener {
     pub tcp: bool,
     pub label: Arc<str>,
     pub info: ListenerInfo,
+    /// Passed by systemd, which keeps it for the next start: never shut or filtered.
+    pub inherited: bool,
 }
 
 /// State shared by the Python threads, the slow lane and the shutdown sequence.

@@ -95,6 +95,7 @@ pub fn run(
                 tcp,
                 label,
                 info: b.info,
+                inherited: b.inherited,
             }
         })
         .collect();
@@ -160,13 +161,15 @@ pub fn run(
         // (reload, recycling) leaves the shared listeners alone: its siblings and
         // successors keep accepting on them.
         if single || monitor.as_ref().is_some_and(|m| m.server_stopping()) {
-            for l in listeners.iter() {
+            // A socket systemd passed (socket activation) stays with systemd, which
+            // queues connections for the next start: it is only drained, never shut.
+            for l in listeners.iter().filter(|l| !l.inherited) {
                 if let Err(e) = listener::refuse_new_connections(&l.sock, l.tcp) {
                     tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
                 }
             }
             let mut queued = acceptor.drain_backlog();
-            for l in listeners.iter() {
+            for l in listeners.iter().filter(|l| !l.inherited) {
                 let _ = l.sock.shutdown(std::net::Shutdown::Both);
             }
             queued += acceptor.drain_backlog();

@@ -993,7 +993,8 @@ impl Master {
         // queueing them on the master's copy of each socket, and resets them all when
         // the master exits last.
         self.board.set_stopping();
-        for l in listeners {
+        // Sockets systemd passed stay open in systemd for the next start: left alone.
+        for l in listeners.iter().filter(|l| !l.inherited) {
             if let Err(e) = l.refuse_new_connections() {
                 tracing::warn!(listener = %l.addr, error = %e, "cannot make the listener refuse new connections");
             }
