@@ -968,6 +968,14 @@ impl Master {
 
     fn stop_all(&mut self, now: bool) {
         for w in &mut self.workers {
+            // A worker already draining (reload, recycling, scale-down, --max-lifetime)
+            // had its SIGTERM and finishes its requests; a second one would make it cut
+            // them off. (One marked for --timeout is being killed: signalled as before.)
+            let draining =
+                (w.retiring && w.kill_at.is_none()) || self.board.self_retired(w.slot).is_some();
+            if !now && draining {
+                continue;
+            }
             w.mark_retiring(&self.board, Cause::Stop);
             let _ = kill(
                 w.pid,
