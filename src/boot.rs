@@ -76,40 +76,81 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<()> {
 /// `--uid` alone takes the user's primary group and supplementary groups (as `su` and
 /// `runuser` do), never staying in root's group; `--gid` alone changes the group only.
 pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
-    use nix::unistd::{initgroups, setgid, setgroups, setuid, Gid, Uid, User};
-    let user = config
-        .uid
-        .map(|u| User::from_uid(Uid::from_raw(u)))
-        .transpose()
-        .context("--uid: looking up the user")?
-        .flatten();
-    let gid = config.gid.or(user.as_ref().map(|u| u.gid.as_raw()));
-    if let (Some(u), None) = (config.uid, gid) {
-        anyhow::bail!(
-            "--uid {u} has no entry in the user database, so its group is unknown: give --gid too"
-        );
+    match Privileges::plan(config)? {
+        Some(p) => p.apply(),
+        None => Ok(()),
     }
-    if let Some(g) = gid {
-        let g = Gid::from_raw(g);
-        match &user {
-            // The user's own groups (/etc/group), with `g` as the primary one.
-            Some(u) => {
-                let name = std::ffi::CString::new(u.name.as_bytes())
-                    .context("--uid: the user name contains a NUL byte")?;
-                initgroups(&name, g)
-                    .with_context(|| format!("--uid {}: setting its groups", u.name))?;
-            }
-            None => setgroups(&[g]).with_context(|| format!("--gid {g}: dropping other groups"))?,
+}
+
+/// What `--uid`/`--gid` become: the user database is read here ([`Privileges::plan`]),
+/// and [`Privileges::apply`] only makes system calls (so it is also safe in a child
+/// just forked from a threaded process).
+#[derive(Debug)]
+pub struct Privileges {
+    /// Supplementary groups; `None` when this process may not change them (not root).
+    groups: Option<Vec<nix::unistd::Gid>>,
+    gid: Option<nix::unistd::Gid>,
+    uid: Option<nix::unistd::Uid>,
+}
+
+impl Privileges {
+    /// `None` when neither `--uid` nor `--gid` is given.
+    pub fn plan(config: &Config) -> anyhow::Result<Option<Privileges>> {
+        use nix::unistd::{getgrouplist, Gid, Uid, User};
+        if config.uid.is_none() && config.gid.is_none() {
+            return Ok(None);
         }
-        setgid(g).with_context(|| format!("--gid {g}"))?;
+        let user = config
+            .uid
+            .map(|u| User::from_uid(Uid::from_raw(u)))
+            .transpose()
+            .context("--uid: looking up the user")?
+            .flatten();
+        let gid = config.gid.or(user.as_ref().map(|u| u.gid.as_raw()));
+        let Some(gid) = gid.map(Gid::from_raw) else {
+            anyhow::bail!(
+                "--uid {} has no entry in the user database, so its group is unknown: give --gid too",
+                config.uid.unwrap_or_default()
+            );
+        };
+        // Only root may set supplementary groups; anyone else keeps theirs (and can only
+        // "drop" to the ids it already has).
+        let groups = if nix::unistd::geteuid().is_root() {
+            Some(match &user {
+                // The user's own groups (/etc/group), with `gid` as the primary one.
+                Some(u) => {
+                    let name = std::ffi::CString::new(u.name.as_bytes())
+                        .context("--uid: the user name contains a NUL byte")?;
+                    getgrouplist(&name, gid)
+                        .with_context(|| format!("--uid {}: reading its groups", u.name))?
+                }
+                None => vec![gid],
+            })
+        } else {
+            None
+        };
+        Ok(Some(Privileges {
+            groups,
+            gid: Some(gid),
+            uid: config.uid.map(Uid::from_raw),
+        }))
     }
-    if let Some(u) = config.uid {
-        setuid(Uid::from_raw(u)).with_context(|| format!("--uid {u}"))?;
+
+    /// Groups, then group, then user (the order in which each is still allowed).
+    pub fn apply(&self) -> anyhow::Result<()> {
+        use nix::unistd::{setgid, setgroups, setuid};
+        if let Some(groups) = &self.groups {
+            setgroups(groups).context("--uid/--gid: setting the supplementary groups")?;
+        }
+        if let Some(g) = self.gid {
+            setgid(g).with_context(|| format!("--gid {g}"))?;
+        }
+        if let Some(u) = self.uid {
+            setuid(u).with_context(|| format!("--uid {u}"))?;
+        }
+        tracing::info!(uid = ?self.uid.map(|u| u.as_raw()), gid = ?self.gid.map(|g| g.as_raw()), "dropped privileges");
+        Ok(())
     }
-    if config.uid.is_some() || config.gid.is_some() {
-        tracing::info!(uid = ?config.uid, gid = ?gid, "dropped privileges");
-    }
-    Ok(())
 }
 
 /// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.
@@ -207,13 +248,21 @@ mod tests {
     /// Runs `drop_privileges` in a forked child; returns what the child then is:
     /// (uid, gid, supplementary groups), or the error text.
     fn dropped_in_child(config: &Config) -> Result<(u32, u32, Vec<u32>), String> {
+        // The user database is read here, in the (threaded) test process; the forked
+        // child only makes system calls (a lookup there could deadlock on a lock
+        // another test thread held at the fork).
+        let plan = match Privileges::plan(config) {
+            Ok(p) => p.expect("--uid or --gid given"),
+            Err(e) => return Err(format!("err {e:#}")),
+        };
         let (mut r, w) = std::io::pipe().unwrap();
-        // SAFETY: the child only calls async-signal-tolerant code it owns (no locks held
-        // by other test threads are taken: it writes to a pipe and exits).
+        // SAFETY: the child makes system calls, formats a line (glibc's fork leaves
+        // malloc usable in the child), writes it to a pipe and exits; it takes no lock
+        // another test thread may have held at the fork (no user-database lookup).
         match unsafe { libc::fork() } {
             0 => {
                 drop(r);
-                let text = match drop_privileges(config) {
+                let text = match plan.apply() {
                     Ok(()) => {
                         let groups: Vec<String> = nix::unistd::getgroups()
                             .unwrap_or_default()

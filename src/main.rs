@@ -191,7 +191,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         postern::stats::server::remove_socket(a);
     }
     if let Some(p) = &config.opts.pidfile {
-        let _ = std::fs::remove_file(p);
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                pidfile = %p.display(),
+                error = %e,
+                "cannot remove the --pidfile (written before --uid/--gid dropped privileges?): put it in a directory that user owns, e.g. systemd RuntimeDirectory="
+            ),
+            _ => {}
+        }
     }
     result
 }

@@ -169,6 +169,11 @@ pub fn run(
                 }
             }
             let mut queued = acceptor.drain_backlog();
+            // A handshake under way as the filter went on still completes into the
+            // queue (TCP_DEFER_ACCEPT: once its request arrives); give it a few round
+            // trips before the listeners close and would reset it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            queued += acceptor.drain_backlog();
             for l in listeners.iter().filter(|l| !l.inherited) {
                 let _ = l.sock.shutdown(std::net::Shutdown::Both);
             }
