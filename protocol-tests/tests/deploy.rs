@@ -292,6 +292,9 @@ fn systemd_service_is_hardened() {
         "SystemCallFilter=@system-service",
         "CapabilityBoundingSet=",
         "RuntimeDirectory=postern",
+        // The master alone gets SIGTERM and stops its workers in order (the listen
+        // queue is served); control-group would signal them all at once.
+        "KillMode=mixed",
     ] {
         assert!(set.contains(&want), "postern.service lacks `{want}`");
     }
