@@ -143,17 +143,21 @@ fn django_docs_ini_behind_nginx() {
     let log = dir.path().join("yourproject.log");
     let pidfile = dir.path().join("project-master.pid");
     let listen = format!("unix:{}", sock.display());
-    let cmd = postern(
-        &vars,
-        &[
-            "--ini",
-            file.to_str().unwrap(),
-            "--uwsgi",
-            &listen,
-            "--venv",
-            venv.to_str().unwrap(),
-        ],
-    );
+    // The ini file (then the TOML that migrate wrote from it), on this test's socket.
+    let with = |option: &str, path: &std::path::Path| {
+        postern(
+            &vars,
+            &[
+                option,
+                path.to_str().unwrap(),
+                "--uwsgi",
+                &listen,
+                "--venv",
+                venv.to_str().unwrap(),
+            ],
+        )
+    };
+    let cmd = with("--ini", &file);
     let (mut p, n) = start_behind_nginx(cmd, &vars, &bin, addr.clone(), Some(log.clone()));
 
     assert_eq!(n.get("/").text(), "Hello from Django\n");
@@ -204,17 +208,7 @@ fn django_docs_ini_behind_nginx() {
     let conf = dir.path().join("postern.toml");
     std::fs::write(&conf, &toml).unwrap();
     std::fs::remove_file(&log).unwrap();
-    let cmd = postern(
-        &vars,
-        &[
-            "--config",
-            conf.to_str().unwrap(),
-            "--uwsgi",
-            &listen,
-            "--venv",
-            venv.to_str().unwrap(),
-        ],
-    );
+    let cmd = with("--config", &conf);
     let mut p = start(cmd, &vars, addr, Some(log));
     assert_eq!(n.get("/").text(), "Hello from Django\n");
     assert!(stop(&mut p).success());
