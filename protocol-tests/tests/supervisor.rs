@@ -725,3 +725,45 @@ fn a_stop_during_a_reload_lets_the_old_workers_finish() {
         p.logs()
     );
 }
+
+// regression: a worker still importing the app when the server stopped died at once on
+// its SIGTERM (no handler yet), so with --workers 1 the connections waiting in the
+// listen queue for it were reset when the master exited.
+#[test]
+fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
+    let dir = tempdir();
+    let app = dir.path().join("slow_import.py");
+    std::fs::write(
+        &app,
+        "import os, time\ntime.sleep(1.0)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--max-requests", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    // The first request recycles the worker: its replacement imports for a second.
+    assert_eq!(parse_http(&raw(&p.addr, &pkt)).unwrap().status, 200);
+    assert!(
+        p.wait_log("generation=0 cause=\"max-requests\"", 5),
+        "{}",
+        p.logs()
+    );
+    // This one waits in the listen queue for the booting worker; then the stop.
+    let mut waiting = p.addr.connect().unwrap();
+    waiting.write_all(&pkt).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    p.signal(libc::SIGTERM);
+    let mut got = Vec::new();
+    waiting.read_to_end(&mut got).unwrap();
+    assert_eq!(
+        parse_http(&got).map(|r| r.status),
+        Some(200),
+        "{:?}\n{}",
+        String::from_utf8_lossy(&got),
+        p.logs()
+    );
+    let status = p.wait_exit(40).expect("the master exits");
+    assert!(status.success(), "{}", p.logs());
+}

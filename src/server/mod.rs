@@ -141,6 +141,9 @@ pub fn run(
             tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
             return std::future::pending().await;
         };
+        // A worker's SIGTERM stayed blocked while it booted (see the supervisor): the
+        // handler is in place now, so a stop that came meanwhile is taken from here.
+        let _ = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGTERM).thread_unblock();
         let name = signals.next().await;
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;

@@ -519,7 +519,7 @@ impl Master {
         match forked {
             ForkResult::Child => {
                 // A worker drains on its master's death (killed with SIGKILL, say).
-                self.leave_master(master_pid, Signal::SIGTERM, sfd, mask);
+                self.leave_master(master_pid, Signal::SIGTERM, sfd, mask, true);
                 drop(read);
                 // The stats socket and probes are the helper's.
                 drop(self.stats.take());
@@ -895,7 +895,7 @@ impl Master {
         match unsafe { fork() }.map_err(SupervisorError::Fork)? {
             ForkResult::Child => {
                 // The helper has nothing to drain: it goes at once with the master.
-                self.leave_master(master_pid, Signal::SIGKILL, sfd, mask);
+                self.leave_master(master_pid, Signal::SIGKILL, sfd, mask, false);
                 // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes,
                 // so `ps -o comm`/`top` tell the helper from the workers.
                 unsafe {
@@ -932,6 +932,7 @@ impl Master {
         on_master_death: Signal,
         sfd: &SignalFd,
         mask: &SigSet,
+        worker: bool,
     ) {
         // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
         unsafe {
@@ -947,6 +948,12 @@ impl Master {
             let _ = nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
         }
         let _ = mask.thread_unblock();
+        if worker {
+            // A worker keeps SIGTERM pending until it serves (the server unblocks it
+            // once its handler is in place): stopped while it boots, it must still
+            // serve the listen queue of a stopping server, not die with it.
+            let _ = SigSet::from(Signal::SIGTERM).thread_block();
+        }
         let _ = nix::unistd::close(sfd.as_fd().as_raw_fd());
         for w in self.workers.drain(..) {
             drop(w.ready_pipe);
