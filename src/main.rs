@@ -312,16 +312,18 @@ fn serve(
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
-    if let Some(m) = &monitor {
-        m.serving();
-    }
-    tracing::info!(
-        app = %config.app,
-        threads = config.opts.threads,
-        pid = std::process::id(),
-        "ready"
-    );
     logging::start_background();
+    let on_ready = {
+        let monitor = monitor.clone();
+        let app_name = config.app.to_string();
+        let threads = config.opts.threads;
+        Box::new(move || {
+            if let Some(m) = &monitor {
+                m.serving();
+            }
+            tracing::info!(app = %app_name, threads, pid = std::process::id(), "ready");
+        })
+    };
     let settings = Settings {
         monitor: monitor.map(|m| m as std::sync::Arc<dyn wsgi::Monitor>),
         ..settings
@@ -332,7 +334,7 @@ fn serve(
         settings,
         limits,
         config.opts.graceful_timeout.0,
-        server::Mode::Single,
+        server::Mode::Single { on_ready },
     )? {
         wsgi::run_atexit();
         tracing::info!("stopped");

@@ -49,8 +49,9 @@ pub fn remove_unix_sockets(listeners: &[Bound]) {
 
 /// How this process serves.
 pub enum Mode {
-    /// The only process: it owns the listeners and removes them at the end.
-    Single,
+    /// The only process: it owns the listeners and removes them at the end;
+    /// `on_ready` announces that it serves.
+    Single { on_ready: Box<dyn FnOnce() + Send> },
     /// A worker under the master: the listeners are shared; `on_ready` tells the
     /// master when this worker serves.
     Worker { on_ready: Box<dyn FnOnce() + Send> },
@@ -128,12 +129,9 @@ pub fn run(
         Arc::clone(&acceptor) as Arc<dyn crate::wsgi::Source>,
     )
     .map_err(ServerError::Runtime)?;
-    let single = match mode {
-        Mode::Single => true,
-        Mode::Worker { on_ready } => {
-            on_ready();
-            false
-        }
+    let (single, on_ready) = match mode {
+        Mode::Single { on_ready } => (true, on_ready),
+        Mode::Worker { on_ready } => (false, on_ready),
     };
 
     let finished = runtime.block_on(async {
@@ -144,6 +142,10 @@ pub fn run(
         // A worker's SIGTERM stayed blocked while it booted (see the supervisor): the
         // handler is in place now, so a stop that came meanwhile is taken from here.
         let _ = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGTERM).thread_unblock();
+        // Ready is announced only once a signal can be taken: a SIGTERM/SIGHUP sent
+        // right after "ready" must find the handlers in place (regression: a SIGHUP
+        // sent just after "ready" to a single process was lost under SIG_IGN).
+        on_ready();
         let name = signals.next().await;
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
