@@ -1,2 +1,3 @@
 pub mod apache;
 pub mod harness;
+pub mod stack;

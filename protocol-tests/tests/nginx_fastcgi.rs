@@ -9,12 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
-
-struct Stack {
-    nginx: Nginx,
-    postern: Postern,
-    _dir: tempfile::TempDir,
-}
+use protocol_tests::stack::{Load, Stack};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -70,11 +65,7 @@ fn stack_with(mode: Mode, tcp: bool, extra: &str, locations: &str, args: &[&str]
     let pass = postern.addr.nginx();
     let site = site(mode, &pass, extra, &locations.replace("{{PASS}}", &pass));
     let nginx = Nginx::start_site(&bin, dir.path(), &site);
-    Some(Stack {
-        nginx,
-        postern,
-        _dir: dir,
-    })
+    Some(Stack::from_parts(nginx, postern, dir))
 }
 
 /// Runs `f` without and with keep-conn (Unix socket), and with keep-conn over TCP.
@@ -88,27 +79,7 @@ fn each(f: impl Fn(&Stack)) {
             return;
         };
         f(&s);
-        assert_clean(&s, &format!("{mode:?} tcp={tcp}"));
-    }
-}
-
-fn assert_clean(s: &Stack, what: &str) {
-    let errors = s.nginx.error_log();
-    for bad in [
-        "upstream prematurely closed",
-        "[crit]",
-        "reset by peer",
-        "Broken pipe",
-        "upstream sent",
-        "while reading response header from upstream",
-    ] {
-        assert!(
-            !errors
-                .lines()
-                .any(|l| l.contains(bad) && !l.contains("FastCGI sent in stderr")),
-            "nginx logged upstream errors ({what}):\n{errors}\npostern:\n{}",
-            s.postern.logs()
-        );
+        s.assert_clean(&format!("{mode:?} tcp={tcp}"));
     }
 }
 
@@ -258,7 +229,7 @@ fn chunked_upload_streams_without_content_length() {
     let e = parse_http(&env).unwrap().json();
     // Arrived whole before the app ran: postern gives it its length.
     assert_eq!(e["CONTENT_LENGTH"], "3");
-    assert_clean(&s, "chunked");
+    s.assert_clean("chunked");
 }
 
 #[test]
@@ -446,65 +417,18 @@ fn mounted_app_with_split_path_info_or_mount_option() {
     assert_eq!(e["PATH_INFO"], "/mountain");
 }
 
-/// 500 requests (GET and POST mixed) over 50 concurrent client connections.
-fn load(s: &Stack) {
-    let port = s.nginx.port;
-    let handles: Vec<_> = (0..50)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut bad = Vec::new();
-                for i in 0..10 {
-                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                    let body = format!("t{t}-i{i}-").repeat(1 + (t * 37 + i * 11) % 200);
-                    let req = if i % 2 == 0 {
-                        format!("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-                    } else {
-                        format!("GET /env?t={t}&i={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    };
-                    c.write_all(req.as_bytes()).unwrap();
-                    let mut out = Vec::new();
-                    let _ = c.read_to_end(&mut out);
-                    match parse_http(&out) {
-                        Some(r) if r.status == 200 => {
-                            if i % 2 == 0 && r.text() != body {
-                                bad.push(format!("t{t} i{i}: wrong body"));
-                            }
-                            if i % 2 == 1 && r.json()["QUERY_STRING"] != format!("t={t}&i={i}") {
-                                bad.push(format!("t{t} i{i}: wrong environ"));
-                            }
-                        }
-                        Some(r) => bad.push(format!("t{t} i{i}: status {}", r.status)),
-                        None => bad.push(format!("t{t} i{i}: no response")),
-                    }
-                }
-                bad
-            })
-        })
-        .collect();
-    let bad: Vec<String> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    assert!(bad.is_empty(), "{bad:?}\nnginx:\n{}", s.nginx.error_log());
-}
-
 #[test]
 fn five_hundred_requests_over_fifty_connections_keep_conn_and_not() {
     for (mode, tcp, threads) in [
+        (Mode::Plain, false, "4"),
         (Mode::Keep, false, "4"),
         (Mode::Keep, true, "2"),
-        (Mode::Plain, false, "4"),
     ] {
         let Some(s) = stack_with(mode, tcp, "", "", &["--threads", threads]) else {
             return;
         };
-        load(&s);
-        assert_clean(&s, &format!("load {mode:?} tcp={tcp}"));
-        let errors = s.nginx.error_log();
-        assert!(
-            !errors.contains(" 502 ") && !errors.contains("[error]"),
-            "{errors}"
-        );
+        // GET and POST alternately, 500 requests over 50 concurrent client connections.
+        s.load(&Load::new(50, 10)).assert_all_ok();
+        s.assert_clean(&format!("load {mode:?} tcp={tcp}"));
     }
 }

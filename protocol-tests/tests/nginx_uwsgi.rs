@@ -7,50 +7,26 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
-
-struct Stack {
-    nginx: Nginx,
-    postern: Postern,
-    _dir: tempfile::TempDir,
-}
+use protocol_tests::stack::{Load, Stack, Upstream};
 
 fn stack_with(tcp: bool, extra_locations: &str, args: &[&str]) -> Option<Stack> {
-    let bin = nginx_bin()?;
-    let dir = tempdir();
-    let spawn = if tcp {
-        Spawn::tcp(dir.path(), &testapp())
-    } else {
-        Spawn::unix(dir.path(), &testapp())
-    };
-    let postern = spawn.args(args.iter().copied()).start();
-    let pass = postern.addr.nginx();
-    let body = format!(
-        "{}\n{}",
-        uwsgi_location(&pass),
-        extra_locations.replace("{{PASS}}", &pass)
-    );
-    let nginx = Nginx::start(&bin, dir.path(), &body);
-    Some(Stack {
-        nginx,
-        postern,
-        _dir: dir,
-    })
+    Stack::build(Upstream::Uwsgi)
+        .tcp(tcp)
+        .locations(extra_locations)
+        .args(args.iter().copied())
+        .start()
 }
 
 fn stack(tcp: bool) -> Option<Stack> {
     stack_with(tcp, "", &["--threads", "4"])
 }
 
+/// Runs `f` over a Unix socket and over TCP, then checks nginx logged no upstream error.
 fn both(f: impl Fn(&Stack)) {
     for tcp in [false, true] {
         let Some(s) = stack(tcp) else { return };
         f(&s);
-        let errors = s.nginx.error_log();
-        assert!(
-            !errors.contains("upstream prematurely closed") && !errors.contains("[crit]"),
-            "nginx logged upstream errors ({}):\n{errors}",
-            if tcp { "tcp" } else { "unix" }
-        );
+        s.assert_clean(if tcp { "tcp" } else { "unix" });
     }
 }
 
@@ -360,31 +336,5 @@ fn sendfile_through_nginx() {
 
 #[test]
 fn many_concurrent_requests_all_succeed() {
-    both(|s| {
-        let port = s.nginx.port;
-        let handles: Vec<_> = (0..16)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    for i in 0..20 {
-                        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                        let body = format!("t{t}-i{i}");
-                        let req = format!(
-                            "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        c.write_all(req.as_bytes()).unwrap();
-                        let mut out = Vec::new();
-                        c.read_to_end(&mut out).unwrap();
-                        let r = parse_http(&out).unwrap();
-                        assert_eq!(r.status, 200);
-                        assert_eq!(r.text(), body);
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-    });
+    both(|s| s.load(&Load::new(16, 20)).assert_all_ok());
 }

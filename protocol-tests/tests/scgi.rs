@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
+use protocol_tests::stack::{Load, Stack, Upstream};
 
 // ---------------------------------------------------------------------------------
 // Helpers
@@ -173,53 +174,11 @@ fn body_of(n: usize, seed: u32) -> Vec<u8> {
 // ---------------------------------------------------------------------------------
 // Through nginx
 
-/// The SCGI location: the variables of nginx's stock `scgi_params` (nginx adds
-/// CONTENT_LENGTH itself, first), plus `extra` directives.
-fn scgi_location(prefix: &str, pass: &str, extra: &str) -> String {
-    format!(
-        r#"location {prefix} {{
-            scgi_param REQUEST_METHOD $request_method;
-            scgi_param REQUEST_URI $request_uri;
-            scgi_param QUERY_STRING $query_string;
-            scgi_param CONTENT_TYPE $content_type;
-            scgi_param DOCUMENT_URI $document_uri;
-            scgi_param DOCUMENT_ROOT $document_root;
-            scgi_param SCGI 1;
-            scgi_param SERVER_PROTOCOL $server_protocol;
-            scgi_param REQUEST_SCHEME $scheme;
-            scgi_param HTTPS $https if_not_empty;
-            scgi_param REMOTE_ADDR $remote_addr;
-            scgi_param REMOTE_PORT $remote_port;
-            scgi_param SERVER_PORT $server_port;
-            scgi_param SERVER_NAME $server_name;
-            {extra}
-            scgi_pass {pass};
-        }}"#
-    )
-}
-
-struct Stack {
-    nginx: Nginx,
-    postern: Postern,
-    _dir: tempfile::TempDir,
-}
-
 fn stack_with(tcp: bool, args: &[&str]) -> Option<Stack> {
-    let bin = nginx_bin()?;
-    let dir = tempdir();
-    let spawn = if tcp {
-        Spawn::tcp(dir.path(), &testapp())
-    } else {
-        Spawn::unix(dir.path(), &testapp())
-    };
-    let postern = spawn.protocol("scgi").args(args.iter().copied()).start();
-    let pass = postern.addr.nginx();
-    let nginx = Nginx::start(&bin, dir.path(), &scgi_location("/", &pass, ""));
-    Some(Stack {
-        nginx,
-        postern,
-        _dir: dir,
-    })
+    Stack::build(Upstream::Scgi)
+        .tcp(tcp)
+        .args(args.iter().copied())
+        .start()
 }
 
 /// Runs `f` over a Unix socket and over TCP, then checks nginx logged no upstream error.
@@ -229,25 +188,7 @@ fn both(f: impl Fn(&Stack)) {
             return;
         };
         f(&s);
-        assert_clean(&s, if tcp { "tcp" } else { "unix" });
-    }
-}
-
-fn assert_clean(s: &Stack, what: &str) {
-    let errors = s.nginx.error_log();
-    for bad in [
-        "upstream prematurely closed",
-        "[crit]",
-        "reset by peer",
-        "Broken pipe",
-        "upstream sent",
-        "while reading response header from upstream",
-    ] {
-        assert!(
-            !errors.contains(bad),
-            "nginx logged upstream errors ({what}):\n{errors}\npostern:\n{}",
-            s.postern.logs()
-        );
+        s.assert_clean(if tcp { "tcp" } else { "unix" });
     }
 }
 
@@ -319,7 +260,7 @@ fn nginx_mount_option_splits_script_name() {
     let e = s.nginx.get("/mountain").json();
     assert_eq!(e["SCRIPT_NAME"], "");
     assert_eq!(e["PATH_INFO"], "/mountain");
-    assert_clean(&s, "mount");
+    s.assert_clean("mount");
 }
 
 #[test]
@@ -458,51 +399,8 @@ fn nginx_two_hundred_requests_over_twenty_connections() {
     let Some(s) = stack_with(false, &["--threads", "4"]) else {
         return;
     };
-    let port = s.nginx.port;
-    let handles: Vec<_> = (0..20)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut bad = Vec::new();
-                for i in 0..10 {
-                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                    let body = format!("t{t}-i{i}-").repeat(1 + (t * 37 + i * 11) % 300);
-                    let req = if i % 2 == 0 {
-                        format!("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-                    } else {
-                        format!("GET /env?t={t}&i={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    };
-                    c.write_all(req.as_bytes()).unwrap();
-                    let mut out = Vec::new();
-                    let _ = c.read_to_end(&mut out);
-                    match parse_http(&out) {
-                        Some(r) if r.status == 200 => {
-                            if i % 2 == 0 && r.text() != body {
-                                bad.push(format!("t{t} i{i}: wrong body"));
-                            }
-                            if i % 2 == 1 && r.json()["QUERY_STRING"] != format!("t={t}&i={i}") {
-                                bad.push(format!("t{t} i{i}: wrong environ"));
-                            }
-                        }
-                        Some(r) => bad.push(format!("t{t} i{i}: status {}", r.status)),
-                        None => bad.push(format!("t{t} i{i}: no response")),
-                    }
-                }
-                bad
-            })
-        })
-        .collect();
-    let bad: Vec<String> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    assert!(bad.is_empty(), "{bad:?}\nnginx:\n{}", s.nginx.error_log());
-    assert_clean(&s, "load");
-    assert!(
-        !s.nginx.error_log().contains("[error]"),
-        "{}",
-        s.nginx.error_log()
-    );
+    s.load(&Load::new(20, 10).max_repeat(300)).assert_all_ok();
+    s.assert_clean("load");
 }
 
 // ---------------------------------------------------------------------------------

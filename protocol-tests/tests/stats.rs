@@ -709,6 +709,9 @@ fn postern_status_prints_the_table() {
 // master's --slow-log line.
 #[test]
 fn control_characters_of_a_request_are_escaped() {
+    // regression: a request's control characters reached the /status table and the
+    // --timeout/--slow-log lines raw (ESC sequences on the operator's terminal, CR/LF forging
+    // rows).
     let dir = tempdir();
     let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
     let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
@@ -769,6 +772,8 @@ fn control_characters_of_a_request_are_escaped() {
 // master's drops again as its own.
 #[test]
 fn log_lines_the_master_dropped_are_counted_once() {
+    // regression: postern_log_lines_dropped_total missed the master's own drops, and each
+    // worker counted the drops it inherited at fork as its own.
     use std::os::fd::{FromRawFd, OwnedFd};
     let dir = tempdir();
     let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
@@ -851,6 +856,8 @@ fn log_lines_the_master_dropped_are_counted_once() {
 // when it no longer accepted anything (a master's /ping said 503 there).
 #[test]
 fn single_process_ping_fails_while_it_stops() {
+    // regression: a single process's /ping still said 200 after it had stopped accepting
+    // (graceful stop).
     let dir = tempdir();
     let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
     let mut p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
@@ -952,6 +959,8 @@ fn refused_requests_are_counted_by_protocol_and_status() {
 // imported (a probe timed out instead of reading 503).
 #[test]
 fn single_process_ping_says_503_while_the_app_imports() {
+    // regression: a single process started --stats only after importing the app, so /ping
+    // answered nothing during the import (probes timed out).
     let dir = tempdir();
     let gate = dir.path().join("gate");
     let stats_addr = Addr::Tcp(free_port());
@@ -985,6 +994,8 @@ fn single_process_ping_says_503_while_the_app_imports() {
 // worker under load, most of the time. A replacement of a failed worker still says 503.
 #[test]
 fn ping_holds_while_a_worker_is_recycled() {
+    // regression: /ping said 503 while the only worker was recycled on purpose (--max-
+    // requests), although every request was served.
     let dir = tempdir();
     let gate = dir.path().join("gate");
     std::fs::write(&gate, "").unwrap();

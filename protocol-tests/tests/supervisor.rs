@@ -658,6 +658,8 @@ fn a_stop_leaves_the_socket_systemd_passed_usable_for_the_next_start() {
 // requests were cut off and the master exited 1.
 #[test]
 fn a_stop_during_a_reload_lets_the_old_workers_finish() {
+    // regression: a stop during a reload sent the draining workers a second SIGTERM, which
+    // they read as "stop now": their requests were cut and they exited 1.
     let dir = tempdir();
     let started = dir.path().join("started");
     let gate = dir.path().join("gate");
@@ -731,6 +733,8 @@ fn a_stop_during_a_reload_lets_the_old_workers_finish() {
 // listen queue for it were reset when the master exited.
 #[test]
 fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
+    // regression: a worker stopped while it booted (SIGTERM before its handler existed) died
+    // at once, and the listen queue of the stopping server was reset.
     let dir = tempdir();
     let app = dir.path().join("slow_import.py");
     std::fs::write(

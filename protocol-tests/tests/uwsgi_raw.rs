@@ -500,10 +500,13 @@ fn threads_serve_concurrently() {
     assert_eq!(env["wsgi.multiprocess"], "False");
 }
 
-// Regressions from the hostile review.
+// Response edge cases: HEAD on an endless body, 1xx, write() from other threads and after
+// the request, wsgi.errors, close() raising, repeated CONTENT_LENGTH.
 
 #[test]
 fn head_on_an_endless_stream_does_not_pin_the_thread() {
+    // regression: a HEAD response kept iterating the app's endless body after the headers were
+    // sent, holding a Python thread for ever.
     let dir = tempdir();
     let p = start(dir.path());
     let out = p.uwsgi(
@@ -522,6 +525,7 @@ fn head_on_an_endless_stream_does_not_pin_the_thread() {
 
 #[test]
 fn interim_statuses_are_refused() {
+    // regression: an app could give a 1xx status as its final response.
     let dir = tempdir();
     let p = start(dir.path());
     assert_eq!(p.get("/status-100").0, 500);
@@ -530,6 +534,8 @@ fn interim_statuses_are_refused() {
 
 #[test]
 fn write_from_another_thread_with_a_slow_reader() {
+    // regression: write() from a thread other than the request's raced on the response state
+    // (not behind a lock) and could panic while the client read slowly.
     let dir = tempdir();
     let p = start(dir.path());
     let mut s = p.addr.connect().unwrap();
@@ -556,6 +562,7 @@ fn write_from_another_thread_with_a_slow_reader() {
 
 #[test]
 fn a_kept_write_raises_after_its_request() {
+    // regression: a write() callable kept after its request had ended did not raise.
     let dir = tempdir();
     let p = start(dir.path());
     assert_eq!(p.get("/keep-write").1, b"kept");
@@ -564,6 +571,8 @@ fn a_kept_write_raises_after_its_request() {
 
 #[test]
 fn wsgi_errors_takes_any_str() {
+    // regression: wsgi.errors.write() failed on a str that cannot be encoded as UTF-8 (a lone
+    // surrogate).
     let dir = tempdir();
     let p = start(dir.path());
     assert_eq!(p.get("/errors-surrogate"), (200, b"ok".to_vec()));
@@ -572,6 +581,8 @@ fn wsgi_errors_takes_any_str() {
 
 #[test]
 fn close_raising_after_a_complete_body_keeps_the_response() {
+    // regression: close() raising after the whole body was produced turned a complete response
+    // into an error.
     let dir = tempdir();
     let p = start(dir.path());
     assert_eq!(p.get("/close-raises"), (200, b"complete body".to_vec()));
@@ -580,6 +591,8 @@ fn close_raising_after_a_complete_body_keeps_the_response() {
 
 #[test]
 fn repeated_http_content_length_is_not_a_server_error() {
+    // regression: a repeated HTTP_CONTENT_LENGTH variable was a 500 instead of the last one
+    // winning.
     let dir = tempdir();
     let p = start(dir.path());
     let out = p.uwsgi(

@@ -1,5 +1,6 @@
-//! Review tests for the FastCGI connection handling (src/server/fastcgi.rs): each test
-//! shows one concrete bug with raw records, no front server.
+//! A FastCGI connection's life under pressure, with raw records and no front server: a
+//! graceful stop with keep-conn requests in flight, a refusal while the body is still
+//! coming, an app slow to read its body, and a peer that does not read its answers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -70,13 +71,13 @@ fn try_reply(s: &mut dyn Read, id: u16) -> Result<fcgi::Reply, String> {
     }
 }
 
-/// HIGH: at SIGTERM, `Parking::close_all` drains every entry of the parking map,
-/// including the `token | BUSY` entries of connections whose request is being served
-/// inline right now (keep-conn), and shuts them down: the in-flight response is cut
-/// (nginx: "upstream prematurely closed", 502). The same request without KEEP_CONN
-/// (no busy watch) is finished as a graceful stop promises.
+/// A graceful stop finishes the request in flight on a keep-conn connection that is
+/// served inline, as it does without keep-conn.
 #[test]
 fn graceful_stop_finishes_inline_keep_conn_requests() {
+    // regression: at SIGTERM, connections being served inline with FCGI_KEEP_CONN were shut
+    // down with the idle parked ones: the response in flight was cut (nginx: "upstream
+    // prematurely closed", 502).
     let dir = tempdir();
     let mut p = Spawn::unix(dir.path(), &testapp())
         .protocol("fastcgi")
@@ -113,13 +114,13 @@ fn graceful_stop_finishes_inline_keep_conn_requests() {
     assert_eq!(b.cgi().2, b"slept\n");
 }
 
-/// HIGH/MEDIUM: a request refused by the slow lane itself (413 over --max-body, 400)
-/// without FCGI_KEEP_CONN: `answer_now` returns `Step::Close`, which breaks out of the
-/// connection loop with `drain == false`, so the socket is closed while the front server
-/// is still sending STDIN (nginx writes the whole body before it reads: EPIPE / reset,
-/// a 502 instead of the 413). The app path (Done{reuse:false}) drains; this one does not.
+/// A request postern refuses itself (413 over --max-body) without FCGI_KEEP_CONN: the
+/// rest of the body is read and dropped before the close, so the front server, which
+/// writes the whole body before it reads, gets the 413.
 #[test]
 fn a_413_without_keep_conn_drains_the_rest_of_the_body() {
+    // regression: a 400/413 postern gave itself without FCGI_KEEP_CONN closed the socket while
+    // the front server was still sending STDIN (reset / EPIPE, a 502 instead of the 413).
     let dir = tempdir();
     let p = Spawn::tcp(dir.path(), &testapp())
         .protocol("fastcgi")
@@ -161,12 +162,14 @@ fn a_413_without_keep_conn_drains_the_rest_of_the_body() {
     }
 }
 
-/// MEDIUM: `serve` stops reading while a request's STDIN queue is full (the app has not
-/// started or is busy) yet keeps the read deadline `last_read + read_timeout` running,
-/// so a connection whose app is slow to start reading is closed as "the front server
-/// sent nothing" although the front server is blocked by postern's own flow control.
+/// While the app has not read its queued body, postern stops reading the socket (flow
+/// control), and the read timeout does not run: the front server is not silent, it is
+/// waiting for postern.
 #[test]
 fn a_slow_starting_app_is_not_cut_by_read_timeout() {
+    // regression: the read deadline kept running while postern had stopped reading because the
+    // request's STDIN queue was full, so a slow app's request was closed as if the front
+    // server had sent nothing.
     let dir = tempdir();
     let app = dir.path().join("slowread.py");
     std::fs::write(
@@ -202,12 +205,13 @@ fn a_slow_starting_app_is_not_cut_by_read_timeout() {
     assert_eq!(r.cgi().2, total.to_string().as_bytes());
 }
 
-/// MEDIUM: the slow lane (one tokio worker) writes with blocking `send_all` (poll up to
-/// --read-timeout) from inside `serve` (Event::Reply, answer_now). One peer that sends
-/// management records and does not read its socket blocks the only I/O thread; every
-/// other connection in the slow lane stalls until that write times out.
+/// One peer flooding management records without reading the answers does not stall
+/// the requests of other connections.
 #[test]
 fn one_peer_not_reading_does_not_stall_other_connections() {
+    // regression: the slow lane wrote answers with a blocking send on its only I/O thread, so
+    // one peer that did not read its socket stalled every other connection until that write
+    // timed out.
     let dir = tempdir();
     let p = Spawn::unix(dir.path(), &testapp())
         .protocol("fastcgi")

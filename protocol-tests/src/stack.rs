@@ -1,0 +1,463 @@
+//! postern behind a private nginx (`uwsgi_pass`, `fastcgi_pass` with or without
+//! keep-conn, `scgi_pass`), a concurrent load through any HTTP front end, and what the
+//! load saw: statuses, wrong answers, upstream errors in the front end's log.
+//!
+//! ```no_run
+//! use protocol_tests::stack::{Load, Stack, Upstream};
+//! let Some(s) = Stack::build(Upstream::FastCgiKeepConn).args(["--threads", "4"]).start() else {
+//!     return; // no nginx, outside CI
+//! };
+//! s.load(&Load::new(50, 10)).assert_all_ok();
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::harness::{
+    fastcgi_location, nginx_bin, parse_http, tempdir, testapp, uwsgi_location, Nginx, Postern,
+    Spawn,
+};
+
+/// How nginx talks to postern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// `uwsgi_pass`.
+    Uwsgi,
+    /// `fastcgi_pass`, a connection per request (nginx's default).
+    FastCgi,
+    /// `fastcgi_pass` to an upstream with `keepalive` and `fastcgi_keep_conn on`.
+    FastCgiKeepConn,
+    /// `scgi_pass`.
+    Scgi,
+}
+
+impl Upstream {
+    /// postern's listener option for this upstream (`Spawn::protocol`).
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Upstream::Uwsgi => "uwsgi",
+            Upstream::FastCgi | Upstream::FastCgiKeepConn => "fastcgi",
+            Upstream::Scgi => "scgi",
+        }
+    }
+
+    /// The nginx site (`http {}` level) passing `location /` to `pass`, with `extra`
+    /// directives inside that location and `locations` next to it.
+    pub fn site(self, pass: &str, extra: &str, locations: &str) -> String {
+        let location = match self {
+            Upstream::Uwsgi => uwsgi_location(pass).replacen(
+                "uwsgi_pass",
+                &format!("{extra}\n            uwsgi_pass"),
+                1,
+            ),
+            Upstream::FastCgi => fastcgi_location(pass, extra),
+            Upstream::FastCgiKeepConn => fastcgi_location(
+                "postern_keep",
+                &format!("fastcgi_keep_conn on;\n            {extra}"),
+            ),
+            Upstream::Scgi => scgi_location("/", pass, extra),
+        };
+        let upstream = if self == Upstream::FastCgiKeepConn {
+            format!("upstream postern_keep {{\n    server {pass};\n    keepalive 32;\n}}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "{upstream}server {{\n    listen 127.0.0.1:{{{{PORT}}}};\n    server_name localhost;\n    {location}\n    {locations}\n}}\n"
+        )
+    }
+}
+
+/// The SCGI location: the variables of nginx's stock `scgi_params` (nginx adds
+/// CONTENT_LENGTH itself, first), plus `extra` directives.
+pub fn scgi_location(prefix: &str, pass: &str, extra: &str) -> String {
+    format!(
+        r#"location {prefix} {{
+            scgi_param REQUEST_METHOD $request_method;
+            scgi_param REQUEST_URI $request_uri;
+            scgi_param QUERY_STRING $query_string;
+            scgi_param CONTENT_TYPE $content_type;
+            scgi_param DOCUMENT_URI $document_uri;
+            scgi_param DOCUMENT_ROOT $document_root;
+            scgi_param SCGI 1;
+            scgi_param SERVER_PROTOCOL $server_protocol;
+            scgi_param REQUEST_SCHEME $scheme;
+            scgi_param HTTPS $https if_not_empty;
+            scgi_param REMOTE_ADDR $remote_addr;
+            scgi_param REMOTE_PORT $remote_port;
+            scgi_param SERVER_PORT $server_port;
+            scgi_param SERVER_NAME $server_name;
+            {extra}
+            scgi_pass {pass};
+        }}"#
+    )
+}
+
+/// nginx error-log lines that mean a request to postern went wrong. A line carrying
+/// what the app wrote to FCGI_STDERR is logged at `[error]` but is the app talking.
+const UPSTREAM_ERRORS: [&str; 6] = [
+    "upstream prematurely closed",
+    "[crit]",
+    "reset by peer",
+    "Broken pipe",
+    "upstream sent",
+    "while reading response header from upstream",
+];
+
+/// The lines of an nginx error log that report an upstream error.
+pub fn upstream_errors(error_log: &str) -> Vec<String> {
+    error_log
+        .lines()
+        .filter(|l| !l.contains("FastCGI sent in stderr"))
+        .filter(|l| UPSTREAM_ERRORS.iter().any(|bad| l.contains(bad)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines of an nginx error log, written during a load, that show a request went
+/// wrong: upstream errors, and anything at `[error]` or worse (a load's requests are
+/// all meant to succeed).
+pub fn load_errors(error_log: &str) -> Vec<String> {
+    const LEVELS: [&str; 3] = ["[error]", "[alert]", "[emerg]"];
+    error_log
+        .lines()
+        .filter(|l| !l.contains("FastCGI sent in stderr"))
+        .filter(|l| {
+            UPSTREAM_ERRORS
+                .iter()
+                .chain(&LEVELS)
+                .any(|bad| l.contains(bad))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// postern (the test app) behind a private nginx, in a temp dir; all stopped on drop.
+pub struct Stack {
+    pub nginx: Nginx,
+    pub postern: Postern,
+    pub dir: tempfile::TempDir,
+}
+
+/// Builder for a [`Stack`]: postern on a Unix socket with `--threads 4` unless told.
+pub struct StackBuilder {
+    upstream: Upstream,
+    tcp: bool,
+    args: Vec<String>,
+    extra: String,
+    locations: String,
+}
+
+impl StackBuilder {
+    /// postern listens on loopback TCP instead of a Unix socket.
+    pub fn tcp(mut self, tcp: bool) -> Self {
+        self.tcp = tcp;
+        self
+    }
+
+    /// postern's arguments after the app (replace the default `--threads 4`).
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.args = a.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Directives inside nginx's `location /`.
+    pub fn extra(mut self, directives: &str) -> Self {
+        self.extra = directives.to_owned();
+        self
+    }
+
+    /// More `location` blocks in the server; `{{PASS}}` is postern's address.
+    pub fn locations(mut self, locations: &str) -> Self {
+        self.locations = locations.to_owned();
+        self
+    }
+
+    /// Starts postern, then nginx in front of it. `None`: nginx is not installed and
+    /// this is not CI (the harness has said so loudly).
+    pub fn start(self) -> Option<Stack> {
+        let bin = nginx_bin()?;
+        let dir = tempdir();
+        let spawn = if self.tcp {
+            Spawn::tcp(dir.path(), &testapp())
+        } else {
+            Spawn::unix(dir.path(), &testapp())
+        };
+        let postern = spawn
+            .protocol(self.upstream.protocol())
+            .args(self.args)
+            .start();
+        let pass = postern.addr.nginx();
+        let site = self.upstream.site(
+            &pass,
+            &self.extra,
+            &self.locations.replace("{{PASS}}", &pass),
+        );
+        let nginx = Nginx::start_site(&bin, dir.path(), &site);
+        Some(Stack {
+            nginx,
+            postern,
+            dir,
+        })
+    }
+}
+
+impl Stack {
+    pub fn build(upstream: Upstream) -> StackBuilder {
+        StackBuilder {
+            upstream,
+            tcp: false,
+            args: vec!["--threads".into(), "4".into()],
+            extra: String::new(),
+            locations: String::new(),
+        }
+    }
+
+    /// A stack whose nginx a test configured itself (e.g. from a deploy file).
+    pub fn from_parts(nginx: Nginx, postern: Postern, dir: tempfile::TempDir) -> Stack {
+        Stack {
+            nginx,
+            postern,
+            dir,
+        }
+    }
+
+    /// Upstream errors in nginx's error log so far.
+    pub fn upstream_errors(&self) -> Vec<String> {
+        upstream_errors(&self.nginx.error_log())
+    }
+
+    /// Fails, showing both logs, if nginx logged an upstream error (`what`: which run).
+    pub fn assert_clean(&self, what: &str) {
+        let errors = self.upstream_errors();
+        assert!(
+            errors.is_empty(),
+            "nginx logged upstream errors ({what}):\n{}\n---- nginx error log ----\n{}\n---- postern log ----\n{}",
+            errors.join("\n"),
+            self.nginx.error_log(),
+            self.postern.logs()
+        );
+    }
+
+    /// Runs `load` through nginx; the report carries the upstream errors nginx logged
+    /// meanwhile and both logs.
+    pub fn load(&self, load: &Load) -> LoadReport {
+        let before = self.nginx.error_log().len();
+        let mut report = load.run(self.nginx.port);
+        let log = self.nginx.error_log();
+        report.upstream_errors = load_errors(log.get(before..).unwrap_or(&log));
+        report
+            .with_log("nginx error log", log)
+            .with_log("postern log", self.postern.logs())
+    }
+}
+
+/// One kind of request in a load's mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `POST {prefix}/echo` with a body; the answer must be that body.
+    Echo,
+    /// `GET {prefix}/env?t=T&i=I`; the environ's QUERY_STRING must be `t=T&i=I`.
+    Env,
+}
+
+/// `clients` threads, each sending `per_client` requests over a new connection each
+/// (`Connection: close`); request `i` of client `t` is `mix[(t + i) % mix.len()]`.
+#[derive(Clone, Debug)]
+pub struct Load {
+    clients: usize,
+    per_client: usize,
+    mix: Vec<Kind>,
+    max_repeat: usize,
+    prefix: String,
+}
+
+impl Load {
+    /// POST echo and GET environ alternately, bodies of 8 B to 1.6 KB.
+    pub fn new(clients: usize, per_client: usize) -> Load {
+        Load {
+            clients,
+            per_client,
+            mix: vec![Kind::Echo, Kind::Env],
+            max_repeat: 200,
+            prefix: String::new(),
+        }
+    }
+
+    pub fn mix(mut self, mix: &[Kind]) -> Self {
+        assert!(!mix.is_empty(), "a load needs at least one kind of request");
+        self.mix = mix.to_vec();
+        self
+    }
+
+    /// A body is `t{t}-i{i}-` repeated 1 to `max_repeat` times (varies per request).
+    pub fn max_repeat(mut self, max_repeat: usize) -> Self {
+        self.max_repeat = max_repeat.max(1);
+        self
+    }
+
+    /// The app is mounted under `prefix` (e.g. `/app`).
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// Runs the load against an HTTP front end on loopback `port` and waits for it.
+    pub fn run(&self, port: u16) -> LoadReport {
+        let threads: Vec<_> = (0..self.clients)
+            .map(|t| {
+                let load = self.clone();
+                std::thread::spawn(move || {
+                    (0..load.per_client)
+                        .map(|i| load.one(port, t, i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut report = LoadReport::default();
+        for outcome in threads
+            .into_iter()
+            .flat_map(|h| h.join().expect("a load thread panicked"))
+        {
+            report.requests += 1;
+            match outcome {
+                Outcome::Answered { status, wrong } => {
+                    *report.statuses.entry(status).or_default() += 1;
+                    report.mismatches.extend(wrong);
+                }
+                Outcome::Failed(why) => report.failures.push(why),
+            }
+        }
+        report
+    }
+
+    fn one(&self, port: u16, t: usize, i: usize) -> Outcome {
+        let kind = self.mix[(t + i) % self.mix.len()];
+        let body = format!("t{t}-i{i}-").repeat(1 + (t * 37 + i * 11) % self.max_repeat);
+        let prefix = &self.prefix;
+        let req = match kind {
+            Kind::Echo => format!(
+                "POST {prefix}/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            Kind::Env => format!(
+                "GET {prefix}/env?t={t}&i={i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            ),
+        };
+        let out = match exchange(port, req.as_bytes()) {
+            Ok(out) => out,
+            Err(e) => return Outcome::Failed(format!("client {t} request {i}: {e}")),
+        };
+        let Some(r) = parse_http(&out) else {
+            return Outcome::Failed(format!(
+                "client {t} request {i}: incomplete response {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(200)])
+            ));
+        };
+        let wrong = match kind {
+            _ if r.status != 200 => None,
+            Kind::Echo if r.body != body.as_bytes() => Some(format!(
+                "client {t} request {i}: echo of {} bytes came back as {} bytes",
+                body.len(),
+                r.body.len()
+            )),
+            Kind::Env => {
+                let want = format!("t={t}&i={i}");
+                let got = serde_json::from_slice::<serde_json::Value>(&r.body)
+                    .ok()
+                    .and_then(|e| e["QUERY_STRING"].as_str().map(str::to_owned));
+                (got.as_deref() != Some(want.as_str())).then(|| {
+                    format!("client {t} request {i}: QUERY_STRING {got:?}, expected {want:?}")
+                })
+            }
+            Kind::Echo => None,
+        };
+        Outcome::Answered {
+            status: r.status,
+            wrong,
+        }
+    }
+}
+
+enum Outcome {
+    Answered { status: u16, wrong: Option<String> },
+    Failed(String),
+}
+
+/// One request over a new connection: send, read to EOF.
+fn exchange(port: u16, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    c.write_all(req)?;
+    let mut out = Vec::new();
+    c.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// What a load saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub requests: usize,
+    /// Requests answered, per HTTP status.
+    pub statuses: BTreeMap<u16, usize>,
+    /// Requests with no complete answer (connect, write or read failed).
+    pub failures: Vec<String>,
+    /// 200 answers whose body was not the expected one.
+    pub mismatches: Vec<String>,
+    /// Lines the front end logged during the load at `[error]` or worse, or naming an
+    /// upstream error (FCGI_STDERR lines aside).
+    pub upstream_errors: Vec<String>,
+    /// Logs shown when an assertion fails: (name, text).
+    pub logs: Vec<(String, String)>,
+}
+
+impl LoadReport {
+    /// Attaches a log shown on failure.
+    pub fn with_log(mut self, name: &str, text: String) -> Self {
+        self.logs.push((name.to_owned(), text));
+        self
+    }
+
+    /// Requests answered 200 with the right body.
+    pub fn ok(&self) -> usize {
+        self.statuses.get(&200).copied().unwrap_or(0) - self.mismatches.len()
+    }
+
+    /// Every request answered 200 with the right body, and no upstream error logged.
+    pub fn assert_all_ok(&self) {
+        let clean =
+            self.requests > 0 && self.ok() == self.requests && self.upstream_errors.is_empty();
+        if !clean {
+            panic!("{}", self.describe());
+        }
+    }
+
+    /// A summary followed by the attached logs.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} requests: {} right, statuses {:?}, {} without an answer, {} wrong answers, {} upstream errors\n",
+            self.requests,
+            self.ok(),
+            self.statuses,
+            self.failures.len(),
+            self.mismatches.len(),
+            self.upstream_errors.len()
+        );
+        for line in self
+            .failures
+            .iter()
+            .chain(&self.mismatches)
+            .chain(&self.upstream_errors)
+            .take(40)
+        {
+            s.push_str(line);
+            s.push('\n');
+        }
+        for (name, text) in &self.logs {
+            s.push_str(&format!("---- {name} ----\n{text}\n"));
+        }
+        s
+    }
+}
