@@ -6,22 +6,23 @@
 //! complete. A silent or slow peer therefore never holds a Python thread.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use rustix::buffer::spare_capacity;
-use rustix::event::{epoll, EventfdFlags};
+use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
 
-use super::connection::{self, Limits, Start};
+use super::connection::{self, Start};
 use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, CONN_TOKEN_BASE};
+use super::lane::{Limits, SlowLane};
+use super::queue::Queue;
 use super::sink::ConnSink;
+use super::span::request_span;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{Frame, Protocol};
 use crate::wsgi::{Body, ListenerInfo, Request, Source};
@@ -39,24 +40,13 @@ pub struct Listener {
     pub inherited: bool,
 }
 
-/// State shared by the Python threads, the slow lane and the shutdown sequence.
-pub struct Shared {
-    queue: Mutex<VecDeque<Request>>,
-    ready: Condvar,
-    /// Semaphore eventfd: one token per queued request, so a thread blocked in poll(2)
-    /// on the listeners also wakes for queued work.
-    tokens: OwnedFd,
-    accepting: AtomicBool,
-    exiting: AtomicBool,
-}
-
 /// The epoll the Python threads wait on: the token eventfd and every listener, all
 /// level-triggered.
-pub fn epoll_for(shared: &Shared, listeners: &[Listener]) -> std::io::Result<OwnedFd> {
+pub fn epoll_for(queue: &Queue, listeners: &[Listener]) -> std::io::Result<OwnedFd> {
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
     epoll::add(
         &ep,
-        &shared.tokens,
+        queue.tokens(),
         epoll::EventData::new_u64(0),
         epoll::EventFlags::IN,
     )?;
@@ -71,54 +61,6 @@ pub fn epoll_for(shared: &Shared, listeners: &[Listener]) -> std::io::Result<Own
     Ok(ep)
 }
 
-impl Shared {
-    pub fn new() -> std::io::Result<Arc<Shared>> {
-        let tokens = rustix::event::eventfd(
-            0,
-            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
-        )?;
-        Ok(Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            tokens,
-            accepting: AtomicBool::new(true),
-            exiting: AtomicBool::new(false),
-        }))
-    }
-
-    /// Queues a complete request from the slow lane.
-    pub fn push(&self, req: Request) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(req);
-        self.ready.notify_one();
-        let _ = rustix::io::write(&self.tokens, &1u64.to_ne_bytes());
-    }
-
-    fn pop(&self) -> Option<Request> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
-    }
-
-    /// Stop accepting: threads leave the listeners alone and serve only the queue.
-    pub fn stop_accepting(&self) {
-        self.accepting.store(false, Ordering::SeqCst);
-        // A huge count nobody reads any more: every poll(2) returns from now on.
-        let _ = rustix::io::write(&self.tokens, &(u64::MAX / 2).to_ne_bytes());
-        self.ready.notify_all();
-    }
-
-    /// Let the threads end once the queue is empty.
-    pub fn exit(&self) {
-        self.exiting.store(true, Ordering::SeqCst);
-        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        self.ready.notify_all();
-    }
-}
-
 /// The [`Source`] the Python threads pull requests from.
 pub struct Acceptor {
     /// Interest list: the ready-queue eventfd (data 0), each listener (data i+1), and
@@ -130,8 +72,8 @@ pub struct Acceptor {
     /// The accept token: held by the one thread waiting on `epoll`.
     pub waiter: Mutex<()>,
     pub listeners: Arc<Vec<Listener>>,
-    pub shared: Arc<Shared>,
-    pub slow: connection::SlowLane,
+    pub queue: Arc<Queue>,
+    pub slow: SlowLane,
     pub limits: Limits,
 }
 
@@ -141,27 +83,18 @@ thread_local! {
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
-        let shared = &self.shared;
+        let queue = &self.queue;
         loop {
-            if !shared.accepting.load(Ordering::SeqCst) {
+            if !queue.is_accepting() {
                 // Draining: serve what the slow lane still completes, then end.
-                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    if let Some(r) = q.pop_front() {
-                        return Some(r);
-                    }
-                    if shared.exiting.load(Ordering::SeqCst) {
-                        return None;
-                    }
-                    q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
+                return queue.next_draining();
             }
             // One epoll shared by every Python thread of the process, and only one
             // thread at a time waits on it (the accept token, uWSGI's thunder-lock
             // idea): the others sleep on the mutex, so a connection wakes exactly one
             // thread. The token is held until this thread has its request.
             let _token = self.waiter.lock().unwrap_or_else(|e| e.into_inner());
-            if !shared.accepting.load(Ordering::SeqCst) {
+            if !queue.is_accepting() {
                 continue;
             }
             let mut events = Vec::with_capacity(1);
@@ -191,15 +124,12 @@ impl Source for Acceptor {
             }
             let which = token as usize;
             let is_ready = |i: usize| i == which;
-            if is_ready(0) && shared.accepting.load(Ordering::SeqCst) {
-                let mut token = [0u8; 8];
-                if rustix::io::read(&shared.tokens, &mut token).is_ok() {
-                    if let Some(r) = shared.pop() {
-                        return Some(r);
-                    }
+            if is_ready(0) && queue.is_accepting() {
+                if let Some(r) = queue.take() {
+                    return Some(r);
                 }
             }
-            if !shared.accepting.load(Ordering::SeqCst) {
+            if !queue.is_accepting() {
                 continue;
             }
             for (i, l) in self.listeners.iter().enumerate() {
@@ -247,7 +177,7 @@ impl Acceptor {
                 // Read what is already there: a connection that sent nothing yet
                 // would otherwise be closed as idle by the stopping slow lane.
                 if let Some(req) = self.admit(i, l, sock, peer, started) {
-                    self.shared.push(req);
+                    self.queue.push(req);
                 }
                 n += 1;
             }
@@ -286,14 +216,16 @@ impl Acceptor {
         });
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
             self.parking.forget(&conn);
-            self.slow.spawn_fcgi(
+            self.slow.spawn(fastcgi::serve(
                 conn,
                 buf,
                 l.info.clone(),
+                self.slow.clone(),
                 Arc::clone(&self.parking),
                 self.fcgi.clone(),
                 started,
-            );
+                None,
+            ));
         };
         match got {
             Ok(Some(Ok(req))) => Some(req),
@@ -375,7 +307,7 @@ impl Acceptor {
                         } else {
                             Body::Memory(buf.split_to(len as usize).freeze())
                         };
-                        let (span, request_id) = connection::request_span(&head, &peer);
+                        let (span, request_id) = request_span(&head, &peer);
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)
                             .style(l.info.protocol.head_style());
                         return Some(Request {
@@ -395,8 +327,15 @@ impl Acceptor {
                 Err(e) => Start::Failed(e),
             }
         };
-        self.slow
-            .spawn(sock, l.tcp, peer, l.info.clone(), start, started);
+        connection::spawn(
+            &self.slow,
+            sock,
+            l.tcp,
+            peer,
+            l.info.clone(),
+            start,
+            started,
+        );
         None
     }
 }

@@ -13,37 +13,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{field, Instrument};
+use tracing::Instrument;
 
-use super::acceptor::Shared;
-use super::fastcgi::{FcgiConn, FcgiSettings, Parking};
+pub use super::lane::Limits;
+use super::lane::SlowLane;
 use super::sink::ConnSink;
+use super::span::{refused_access, request_span};
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
 use crate::codec::{CodecError, Frame, Head};
-use crate::logging::{RequestId, Untrusted};
 use crate::proto::response::HeadStyle;
 use crate::proto::ProtoError;
 use crate::wsgi::{Body, ListenerInfo, Request};
-
-/// Limits applied to every connection.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest vars block (`--buffer-size`).
-    pub buffer_size: usize,
-    /// Bodies above this go to a temporary file (`--body-spool-threshold`).
-    pub spool_threshold: u64,
-    /// Larger bodies answer 413 (`--max-body`).
-    pub max_body: Option<u64>,
-    /// Time allowed from accept to a complete head (`--head-timeout`).
-    pub head_timeout: Duration,
-    /// Longest wait between two reads of the body, or two writes of the response
-    /// (`--read-timeout`).
-    pub read_timeout: Duration,
-    /// FastCGI: STDERR copies, the advertised limits.
-    pub fcgi: FcgiSettings,
-}
 
 /// Where the fast path left a connection.
 pub enum Start {
@@ -55,81 +36,53 @@ pub enum Start {
     Failed(CodecError),
 }
 
-/// Handle for spawning slow-lane connections from the Python threads.
-#[derive(Clone)]
-pub struct SlowLane {
-    pub handle: tokio::runtime::Handle,
-    pub tracker: TaskTracker,
-    pub shared: Arc<Shared>,
-    pub limits: Limits,
-    /// Cancelled when the server stops: connections that sent nothing are closed.
-    pub stopping: CancellationToken,
-    /// Cancelled when any process (worker too) stops: idle FastCGI keep-alive
-    /// connections are closed.
-    pub idle_close: CancellationToken,
-    /// Told of the requests refused here (they never reach a Python thread).
-    pub monitor: Option<Arc<dyn crate::wsgi::Monitor>>,
+/// Hands a uwsgi/SCGI connection to the slow lane, with what the fast path read.
+pub fn spawn(
+    lane: &SlowLane,
+    sock: socket2::Socket,
+    tcp: bool,
+    peer: Arc<str>,
+    info: ListenerInfo,
+    start: Start,
+    started: Instant,
+) {
+    let owned = lane.clone();
+    lane.spawn(async move {
+        let lane = owned;
+        let _ = sock.set_nonblocking(true);
+        if tcp {
+            let std: std::net::TcpStream = sock.into();
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
+                Err(e) => tracing::error!(error = %e, "cannot register a connection"),
+            }
+        } else {
+            let std: std::os::unix::net::UnixStream = sock.into();
+            match tokio::net::UnixStream::from_std(std) {
+                Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
+                Err(e) => tracing::error!(error = %e, "cannot register a connection"),
+            }
+        }
+    });
 }
 
-impl SlowLane {
-    /// Counts a request answered with `status` (or closed without an answer: `None`)
-    /// before any Python thread ran it.
-    pub fn refused(&self, protocol: Protocol, status: Option<u16>) {
-        if let Some(m) = &self.monitor {
-            m.refused(protocol, status);
-        }
-    }
+/// Why the slow lane stopped reading a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Malformed, truncated, or the socket failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The server stops and the connection had sent nothing yet.
+    #[error("postern is stopping")]
+    Stopping,
+    /// The peer sent nothing for this long in the middle of a body.
+    #[error("no body bytes for {0:?} (--read-timeout)")]
+    TimedOut(Duration),
+}
 
-    pub fn spawn(
-        &self,
-        sock: socket2::Socket,
-        tcp: bool,
-        peer: Arc<str>,
-        info: ListenerInfo,
-        start: Start,
-        started: Instant,
-    ) {
-        let lane = self.clone();
-        let fut = async move {
-            let _ = sock.set_nonblocking(true);
-            if tcp {
-                let std: std::net::TcpStream = sock.into();
-                match tokio::net::TcpStream::from_std(std) {
-                    Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
-                    Err(e) => tracing::error!(error = %e, "cannot register a connection"),
-                }
-            } else {
-                let std: std::os::unix::net::UnixStream = sock.into();
-                match tokio::net::UnixStream::from_std(std) {
-                    Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
-                    Err(e) => tracing::error!(error = %e, "cannot register a connection"),
-                }
-            }
-        };
-        self.tracker.spawn_on(fut, &self.handle);
-    }
-
-    /// Hands a FastCGI connection to the slow lane, with the bytes already read.
-    pub fn spawn_fcgi(
-        &self,
-        conn: Arc<FcgiConn>,
-        buf: BytesMut,
-        info: ListenerInfo,
-        parking: Arc<Parking>,
-        settings: FcgiSettings,
-        started: Instant,
-    ) {
-        let fut = super::fastcgi::serve(
-            conn,
-            buf,
-            info,
-            self.clone(),
-            parking,
-            settings,
-            started,
-            None,
-        );
-        self.tracker.spawn_on(fut, &self.handle);
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Codec(CodecError::Io(e))
     }
 }
 
@@ -162,7 +115,7 @@ struct Reader<'c, C> {
 
 impl<C: Conn> Reader<'_, C> {
     /// The next frame; `Ok(None)` at a clean EOF.
-    async fn next(&mut self) -> Result<Option<Frame>, CodecError> {
+    async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(frame));
@@ -173,42 +126,15 @@ impl<C: Conn> Reader<'_, C> {
             let n = match &self.idle {
                 Some(stop) if self.buf.is_empty() => tokio::select! {
                     r = self.conn.read_buf(&mut self.buf) => r?,
-                    _ = stop.cancelled() => {
-                        return Err(CodecError::Io(io::Error::new(
-                            io::ErrorKind::Interrupted,
-                            "postern is stopping",
-                        )))
-                    }
+                    _ = stop.cancelled() => return Err(ReadError::Stopping),
                 },
                 _ => self.conn.read_buf(&mut self.buf).await?,
             };
             if n == 0 {
-                return self.codec.decode_eof(&mut self.buf);
+                return Ok(self.codec.decode_eof(&mut self.buf)?);
             }
         }
     }
-}
-
-/// The `request` span and the request's id: the span carries the id, method, path and
-/// peer, then status and duration (ms) once known.
-pub fn request_span(head: &Head, peer: &str) -> (tracing::Span, RequestId) {
-    let id = RequestId::for_head(head);
-    let method = Untrusted(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
-    let path = Untrusted(
-        head.get(b"REQUEST_URI")
-            .or_else(|| head.get(b"PATH_INFO"))
-            .unwrap_or(b"-"),
-    );
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %method,
-        path = %path,
-        %peer,
-        status = field::Empty,
-        ms = field::Empty
-    );
-    (span, id)
 }
 
 async fn serve<C: Conn>(
@@ -250,11 +176,15 @@ async fn serve<C: Conn>(
                     tracing::debug!(%peer, "connection closed before sending a request");
                     return;
                 }
-                Ok(Err(CodecError::Io(e))) if e.kind() == io::ErrorKind::Interrupted => {
+                Ok(Err(ReadError::Stopping)) => {
                     tracing::debug!(%peer, "closing a connection that sent nothing: stopping");
                     return;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(e @ ReadError::TimedOut(_))) => {
+                    tracing::warn!(%peer, error = %e, "closing");
+                    return;
+                }
+                Ok(Err(ReadError::Codec(e))) => {
                     drop(framed);
                     return bad_request(&mut conn, &peer, e, &lane, info.protocol).await;
                 }
@@ -323,7 +253,7 @@ async fn serve<C: Conn>(
     };
     let sink =
         ConnSink::new(sock, tcp, started, limits.read_timeout).style(info.protocol.head_style());
-    lane.shared.push(Request {
+    lane.queue.push(Request {
         head,
         body,
         listener: info,
@@ -377,16 +307,14 @@ async fn next_body<C: Conn>(
     framed: &mut Reader<'_, C>,
     t: Duration,
     len: u64,
-) -> Result<Bytes, CodecError> {
+) -> Result<Bytes, ReadError> {
     match timeout(t, framed.next()).await {
-        Err(_) => Err(CodecError::Io(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no body bytes for {t:?} (--read-timeout)"),
-        ))),
+        Err(_) => Err(ReadError::TimedOut(t)),
         Ok(Ok(None)) => Err(CodecError::BodyTruncated {
             got: 0,
             expected: len,
-        }),
+        }
+        .into()),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Some(Frame::Body(b)))) => Ok(b),
         Ok(Ok(Some(Frame::Head(_)))) => unreachable!("one head per connection"),
@@ -399,7 +327,7 @@ async fn read_body<C: Conn>(
     framed: &mut Reader<'_, C>,
     head: &Head,
     limits: &Limits,
-) -> Result<Body, CodecError> {
+) -> Result<Body, ReadError> {
     let len = head.content_length;
     if len == 0 {
         return Ok(Body::Empty);
@@ -436,31 +364,6 @@ async fn read_body<C: Conn>(
 
 /// Answers a small error response, then reads and discards what the peer still sends
 /// (bounded) so that closing does not reset a peer that is still writing.
-/// The access line of a request postern answered itself (`sent`: the bytes written,
-/// `None` when the front server was gone).
-pub fn refused_access(
-    head: &Head,
-    id: &RequestId,
-    protocol: Protocol,
-    status: u16,
-    sent: Option<u64>,
-    started: Instant,
-) {
-    crate::logging::record_end(status, started);
-    crate::logging::access(&crate::logging::Access {
-        head,
-        id,
-        protocol,
-        status,
-        ending: match sent {
-            Some(_) => crate::logging::Ending::Complete,
-            None => crate::logging::Ending::ClientGone,
-        },
-        bytes: sent.unwrap_or(0),
-        started,
-    });
-}
-
 pub async fn reject<C: Conn>(
     conn: &mut C,
     style: HeadStyle,

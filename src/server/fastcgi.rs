@@ -32,8 +32,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use super::connection::{request_span, Limits, SlowLane};
+pub use super::lane::FcgiSettings;
+use super::lane::{Limits, SlowLane};
 use super::sink::send_all;
+use super::span::request_span;
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
@@ -78,15 +80,6 @@ const MAX_REQS_PER_CONN: usize = 64;
 
 /// STDIN chunks buffered for an app that has not read them yet, per request.
 const STDIN_QUEUE: usize = 16;
-
-/// What every FastCGI connection of this process is allowed and advertises.
-#[derive(Debug, Clone)]
-pub struct FcgiSettings {
-    /// Copy `wsgi.errors` to the front server as FCGI_STDERR.
-    pub stderr: bool,
-    /// FCGI_MAX_CONNS / FCGI_MAX_REQS: requests this process (all workers) runs at once.
-    pub max_reqs: usize,
-}
 
 /// One FastCGI connection, shared by its reader and the requests answering on it.
 pub struct FcgiConn {
@@ -407,7 +400,7 @@ pub fn steal(
                 Instant::now(),
                 Some(seed),
             );
-            lane.tracker.spawn_on(fut, &lane.handle);
+            lane.spawn(fut);
         }
         Inline::Finished { park } => {
             drop(st);
@@ -1195,7 +1188,7 @@ fn handle_event(
             };
             slots.insert(id, slot);
             let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
-            lane.shared.push(Request {
+            lane.queue.push(Request {
                 head,
                 body,
                 listener: info.clone(),
@@ -1343,7 +1336,7 @@ fn answer_now(
     // The rest of its STDIN is ignored: the id is free from now on.
     parser.finished(id);
     let sent = blocking_write(conn, &out).ok().map(|()| head.len() as u64);
-    super::connection::refused_access(
+    super::span::refused_access(
         request,
         request_id,
         crate::codec::Protocol::FastCgi,

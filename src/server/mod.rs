@@ -13,8 +13,11 @@
 pub mod acceptor;
 pub mod connection;
 pub mod fastcgi;
+pub mod lane;
 pub mod listener;
+pub mod queue;
 pub mod sink;
+pub mod span;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +25,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use acceptor::{Acceptor, Listener, Shared};
-use connection::{Limits, SlowLane};
+use acceptor::{Acceptor, Listener};
+use lane::{Limits, SlowLane};
+use queue::Queue;
 use listener::{Bound, BoundSocket, ListenAddr};
 
 use crate::wsgi::pool::Pool;
@@ -76,7 +80,7 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    let shared = Shared::new().map_err(ServerError::Runtime)?;
+    let queue = Queue::new().map_err(ServerError::Runtime)?;
     let tracker = TaskTracker::new();
     let stopping = CancellationToken::new();
     let mut unix_paths = Vec::new();
@@ -101,7 +105,7 @@ pub fn run(
         })
         .collect();
     let listeners = Arc::new(listeners);
-    let epoll = Arc::new(acceptor::epoll_for(&shared, &listeners).map_err(ServerError::Runtime)?);
+    let epoll = Arc::new(acceptor::epoll_for(&queue, &listeners).map_err(ServerError::Runtime)?);
     let parking = fastcgi::Parking::new(Arc::clone(&epoll));
     let monitor = settings.monitor.clone();
     let idle_close = CancellationToken::new();
@@ -111,11 +115,11 @@ pub fn run(
         fcgi: limits.fcgi.clone(),
         waiter: std::sync::Mutex::new(()),
         listeners: Arc::clone(&listeners),
-        shared: Arc::clone(&shared),
+        queue: Arc::clone(&queue),
         slow: SlowLane {
             handle: runtime.handle().clone(),
             tracker: tracker.clone(),
-            shared: Arc::clone(&shared),
+            queue: Arc::clone(&queue),
             limits: limits.clone(),
             stopping: stopping.clone(),
             idle_close: idle_close.clone(),
@@ -149,7 +153,7 @@ pub fn run(
         let name = signals.next().await;
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
-        shared.stop_accepting();
+        queue.stop_accepting();
         if let Some(m) = &monitor {
             m.stopping();
         }
@@ -198,7 +202,7 @@ pub fn run(
             if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {
                 tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout");
             }
-            shared.exit();
+            queue.exit();
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
         };
