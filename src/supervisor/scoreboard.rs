@@ -230,20 +230,16 @@ impl Scoreboard {
     /// Maps a zeroed shared region (before forking).
     pub fn new(slots: usize, threads: usize) -> std::io::Result<Scoreboard> {
         let len = SLOTS_AT + slots * Self::slot_size(threads);
-        // SAFETY: an anonymous shared mapping of `len` bytes; checked for failure.
+        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+        // SAFETY: a new anonymous shared mapping of `len` bytes, placed by the kernel.
         let base = unsafe {
-            libc::mmap(
+            mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
             )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        }?;
         Ok(Scoreboard {
             base: base.cast(),
             len,
@@ -606,7 +602,7 @@ impl Drop for Scoreboard {
     fn drop(&mut self) {
         // SAFETY: unmapping the region mapped in `new`.
         unsafe {
-            libc::munmap(self.base.cast(), self.len);
+            let _ = rustix::mm::munmap(self.base.cast(), self.len);
         }
     }
 }

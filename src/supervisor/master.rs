@@ -1,0 +1,848 @@
+//! The master's side: forks workers, reaps them, replaces them, reloads, stops.
+//!
+//! One single-threaded loop that sleeps in poll(2) until something happens: a signal
+//! (the signalfd; SIGCHLD says a child exited), a worker's status pipe (ready, or
+//! recycling itself), or the next deadline (a `--timeout` kill, `--max-lifetime`, a
+//! request that could pass `--timeout`/`--slow-log`, a respawn backoff). With none of
+//! these configured and nothing under way, it makes no system call at all.
+//!
+//! Deadlines are `std::time::Instant`s (libc's clock_gettime): rustix's own vDSO
+//! lookup reads memory valgrind does not map, and the master must run under valgrind.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, Signal, WaitOptions};
+
+use super::phase::{self, Departed, Fleet, Phase, Verdict};
+use super::scoreboard::{self, Scoreboard};
+use super::signals::{self, SigSet, SignalFd};
+use super::{notify, report, worker, Options, Stats, SupervisorError, WorkerContext, MAX_SLOTS};
+use crate::stats::Cause;
+
+/// How long a worker over `--timeout` has to dump its stacks before SIGKILL.
+const DUMP_GRACE: Duration = Duration::from_millis(500);
+/// The `--stats` helper is restarted at most this often.
+const STATS_RESTART: Duration = Duration::from_secs(1);
+/// How often the `--touch-reload` file's mtime is read.
+const TOUCH_POLL: Duration = Duration::from_millis(200);
+
+/// A running worker as the master tracks it.
+struct Worker {
+    pid: Pid,
+    generation: u64,
+    /// Read end of the pipe the worker writes to once it serves (and when it recycles
+    /// itself); closed at EOF.
+    status: Option<OwnedFd>,
+    phase: Phase,
+    started: Instant,
+    slot: usize,
+    /// Requests whose stacks were already dumped for --slow-log: (thread, since).
+    dumped: Vec<(usize, u64)>,
+}
+
+impl Worker {
+    /// Part of the serving generation and not on its way out.
+    fn current(&self, generation: u64) -> bool {
+        self.generation == generation && self.phase.active()
+    }
+
+    /// Asks the worker to finish its requests and exit (SIGTERM), for `cause`.
+    fn drain(&mut self, board: &Scoreboard, cause: Cause) {
+        self.mark_retiring(board, cause);
+        signal(self.pid, Signal::TERM);
+    }
+
+    /// Records that the worker is on its way out, for `cause` (the first cause wins).
+    fn mark_retiring(&mut self, board: &Scoreboard, cause: Cause) {
+        let cause = self.phase.stop(cause);
+        board.mark_draining(self.slot, cause);
+    }
+}
+
+fn raw(pid: Pid) -> i32 {
+    pid.as_raw_nonzero().get()
+}
+
+fn signal(pid: Pid, sig: Signal) {
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+/// The `--stats` helper process: it serves the endpoint from the scoreboard.
+struct StatsHelper {
+    bound: crate::server::listener::Bound,
+    source: crate::stats::Source,
+    pid: Option<Pid>,
+    started: Instant,
+}
+
+struct Master {
+    board: Arc<Scoreboard>,
+    opts: Options,
+    target: usize,
+    generation: u64,
+    workers: Vec<Worker>,
+    /// Workers of the current generation that died before they were ready, in a row.
+    boot_failures: u32,
+    /// After boot failures: when the next replacement may start (see `fill`).
+    respawn_at: Option<Instant>,
+    announced: bool,
+    /// Why workers left the serving generation, oldest first: the causes their
+    /// replacements start with (`fill`).
+    pending: VecDeque<Cause>,
+    stats: Option<StatsHelper>,
+    /// The master's signals (None in a child just forked: it is closed there).
+    sfd: Option<SignalFd>,
+    mask: SigSet,
+}
+
+/// Runs the master until a stop. `worker` runs in each forked child and returns the
+/// child's exit code; it receives the write end of its status pipe. `listeners` are
+/// the serving sockets the workers share: at a stop the master makes them refuse new
+/// connections before it signals the workers, who then serve what is queued.
+pub fn run(
+    opts: Options,
+    stats: Option<Stats>,
+    listeners: &[crate::server::listener::Bound],
+    worker: impl Fn(WorkerContext) -> i32,
+) -> Result<(), SupervisorError> {
+    let mask = SigSet::of(&signals::HANDLED);
+    mask.block().map_err(SupervisorError::Signals)?;
+    let sfd = SignalFd::new(&mask).map_err(SupervisorError::Signals)?;
+    let board = Arc::new(
+        Scoreboard::new(MAX_SLOTS, opts.threads.max(1)).map_err(SupervisorError::Scoreboard)?,
+    );
+    board.set_metrics(stats.is_some());
+    let stats = stats.map(|s| StatsHelper {
+        source: report::source(Arc::clone(&board), true, s.probes, s.config),
+        bound: s.bound,
+        pid: None,
+        started: Instant::now(),
+    });
+    let mut m = Master {
+        board,
+        opts: opts.clone(),
+        target: opts.workers,
+        generation: 0,
+        workers: Vec::new(),
+        boot_failures: 0,
+        respawn_at: None,
+        announced: false,
+        pending: VecDeque::new(),
+        stats,
+        sfd: Some(sfd),
+        mask,
+    };
+    tracing::info!(
+        master = std::process::id(),
+        workers = opts.workers,
+        "master started; starting workers"
+    );
+    // The stats helper first, so it inherits no worker's pipe.
+    m.spawn_stats()?;
+    for _ in 0..m.target {
+        m.spawn(&worker, Cause::Boot)?;
+    }
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut touched = opts.touch_reload.as_deref().and_then(mtime);
+    loop {
+        if let Some(p) = &opts.touch_reload {
+            let now = mtime(p);
+            if now != touched {
+                touched = now;
+                tracing::info!(file = %p.display(), "--touch-reload file changed");
+                m.reload(&worker)?;
+            }
+        }
+        // Read the scoreboard first: a worker that recycled itself and has already
+        // exited must be seen as retiring, not as a crash.
+        let mut due = m.watch();
+        m.reap()?;
+        due = earliest(due, m.fill(&worker)?);
+        due = earliest(due, m.keep_stats()?);
+        if opts.touch_reload.is_some() {
+            due = earliest(due, Some(Instant::now() + TOUCH_POLL));
+        }
+        m.board
+            .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
+        for i in m.wait(due) {
+            m.check_status(i);
+        }
+        while let Some(sig) = m.signals().read() {
+            match sig {
+                libc::SIGHUP => m.reload(&worker)?,
+                libc::SIGTERM | libc::SIGINT => {
+                    notify::notify("STOPPING=1");
+                    tracing::info!(signal = %signals::name(sig), "stopping: workers finish their requests (--graceful-timeout {:?})", m.opts.graceful_timeout);
+                    return m.stop(false, listeners);
+                }
+                libc::SIGQUIT => {
+                    notify::notify("STOPPING=1");
+                    tracing::info!("SIGQUIT: stopping now");
+                    return m.stop(true, listeners);
+                }
+                libc::SIGTTIN => {
+                    m.target += 1;
+                    tracing::info!(workers = m.target, "SIGTTIN: one worker more");
+                }
+                libc::SIGTTOU if m.target > 1 => {
+                    m.target -= 1;
+                    tracing::info!(workers = m.target, "SIGTTOU: one worker less");
+                    m.retire_extra();
+                }
+                libc::SIGUSR1 => {
+                    // Workers (and the stats helper) inherit the reopening handler
+                    // (crate::logging).
+                    crate::logging::reopen();
+                    let helper = m.stats.as_ref().and_then(|h| h.pid);
+                    for pid in m.workers.iter().map(|w| w.pid).chain(helper) {
+                        signal(pid, Signal::USR1);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The poll(2) timeout until `due`: None (forever) without a deadline. One
+/// millisecond late, so that the strict comparisons at the deadline hold.
+fn timeout_until(due: Option<Instant>) -> Option<rustix::event::Timespec> {
+    let due = due?;
+    let left = due.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+    Some(
+        rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        }),
+    )
+}
+
+impl Master {
+    fn signals(&self) -> &SignalFd {
+        self.sfd
+            .as_ref()
+            .expect("the signalfd is only taken in a forked child")
+    }
+
+    /// Workers of the serving generation that are not on their way out.
+    fn live(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.current(self.generation))
+            .count()
+    }
+
+    /// An older generation still serves: a reload is in progress.
+    fn reloading(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.generation < self.generation && w.phase.active())
+    }
+
+    /// Sleeps until a signal, a status pipe or `due`; returns the workers whose
+    /// status pipe is readable (or closed).
+    fn wait(&self, due: Option<Instant>) -> Vec<usize> {
+        let mut fds = vec![PollFd::new(self.signals(), PollFlags::IN)];
+        let pipes: Vec<usize> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let p = w.status.as_ref()?;
+                fds.push(PollFd::new(p, PollFlags::IN));
+                Some(i)
+            })
+            .collect();
+        let timeout = timeout_until(due);
+        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+        fds[1..]
+            .iter()
+            .zip(pipes)
+            .filter(|(f, _)| !f.revents().is_empty())
+            .map(|(_, i)| i)
+            .collect()
+    }
+
+    fn spawn(
+        &mut self,
+        worker: &impl Fn(WorkerContext) -> i32,
+        cause: Cause,
+    ) -> Result<(), SupervisorError> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| SupervisorError::Fork(e.into()))?;
+        let master_pid = rustix::process::getpid();
+        let used: Vec<usize> = self.workers.iter().map(|w| w.slot).collect();
+        let slot = (0..self.board.slots)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| SupervisorError::Fork(std::io::ErrorKind::WouldBlock.into()))?;
+        self.board.reset(slot, 0, self.generation, cause);
+        let child = if self.opts.preload {
+            // SAFETY: the master is single-threaded (no runtime, no helper thread);
+            // with --preload the fork is bracketed for CPython.
+            unsafe { crate::wsgi::interpreter::fork_with_python() }
+                .map_err(SupervisorError::Fork)?
+        } else {
+            // SAFETY: as above (no Python in this master).
+            unsafe { fork() }.map_err(SupervisorError::Fork)?
+        };
+        let Some(child) = Pid::from_raw(child) else {
+            // A worker drains on its master's death (killed with SIGKILL, say).
+            self.leave_master(master_pid, Signal::TERM, true);
+            drop(read);
+            // The stats socket and probes are the helper's.
+            drop(self.stats.take());
+            self.board
+                .head(slot)
+                .pid
+                .store(std::process::id() as i32, Ordering::SeqCst);
+            let code = worker(WorkerContext {
+                ready: write,
+                board: Arc::clone(&self.board),
+                slot,
+            });
+            std::process::exit(code);
+        };
+        drop(write);
+        tracing::info!(
+            pid = raw(child),
+            generation = self.generation,
+            cause = cause.label(),
+            "worker started"
+        );
+        self.board.count_start(cause);
+        self.workers.push(Worker {
+            pid: child,
+            generation: self.generation,
+            status: Some(read),
+            phase: Phase::Booting,
+            started: Instant::now(),
+            slot,
+            dumped: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// A status pipe is readable: READY means it serves, RECYCLING wakes the loop
+    /// (the scoreboard says why), EOF means it exited (or never will write again).
+    fn check_status(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        let Some(p) = &w.status else { return };
+        let mut buf = [0u8; 16];
+        let bytes = match rustix::io::read(p, &mut buf) {
+            Ok(0) => {
+                w.status = None;
+                return;
+            }
+            Ok(n) => &buf[..n],
+            Err(_) => return,
+        };
+        if !bytes.contains(&worker::READY) {
+            return;
+        }
+        w.phase.ready();
+        self.board.mark_serving(w.slot);
+        tracing::info!(
+            pid = raw(w.pid),
+            boot_ms = w.started.elapsed().as_millis() as u64,
+            "worker ready"
+        );
+        let fresh = w.generation == self.generation;
+        if fresh {
+            self.boot_failures = 0;
+        }
+        if fresh && self.opts.chain_reload {
+            // Chain reload: each new worker that is ready retires one old worker.
+            if let Some(old) = self
+                .workers
+                .iter_mut()
+                .find(|o| o.generation < self.generation && o.phase.active())
+            {
+                old.drain(&self.board, Cause::Reload);
+                tracing::info!(pid = raw(old.pid), "chain reload: an old worker drains");
+            }
+        }
+        // Once the whole new generation serves, the old one drains and exits.
+        let current: Vec<(i32, bool)> = self
+            .workers
+            .iter()
+            .filter(|w| w.current(self.generation))
+            .map(|w| (raw(w.pid), w.phase == Phase::Serving))
+            .collect();
+        if current.len() >= self.target && current.iter().all(|(_, ready)| *ready) {
+            let mut retired = 0;
+            for w in self.workers.iter_mut() {
+                if w.generation < self.generation && w.phase.active() {
+                    w.drain(&self.board, Cause::Reload);
+                    retired += 1;
+                }
+            }
+            if retired > 0 {
+                tracing::info!(
+                    old = retired,
+                    "new workers ready; old workers finish their requests and exit"
+                );
+            }
+            if !self.announced || retired > 0 {
+                notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+                let pids: Vec<i32> = current.iter().map(|(pid, _)| *pid).collect();
+                tracing::info!(?pids, "all {} workers ready", pids.len());
+                self.announced = true;
+            }
+        }
+    }
+
+    /// Reads the scoreboard: self-recycling workers, requests over --timeout or
+    /// --slow-log, workers over --max-lifetime. Returns when it next has something to
+    /// check (a kill, a lifetime, a request that could pass a limit).
+    fn watch(&mut self) -> Option<Instant> {
+        let now = scoreboard::now_ns();
+        let instant = Instant::now();
+        let generation = self.generation;
+        // A request that starts after this reading passes the smallest limit no sooner
+        // than that limit from now.
+        let limits = [self.opts.timeout, self.opts.slow_log];
+        let mut due = limits.iter().flatten().min().map(|l| instant + *l);
+        // A line's start (scoreboard nanoseconds) plus `limit`, as an Instant.
+        let at = |since: u64, limit: Duration| {
+            instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
+        };
+        for w in self.workers.iter_mut() {
+            if let Phase::Condemned { kill_at } = w.phase {
+                if instant >= kill_at {
+                    signal(w.pid, Signal::KILL);
+                    w.phase.killed();
+                } else {
+                    due = earliest(due, Some(kill_at));
+                }
+            }
+            if matches!(w.phase, Phase::Condemned { .. } | Phase::Killed) {
+                // Being killed: its lines are stale.
+                continue;
+            }
+            if w.phase.active() {
+                if let Some(cause) = self.board.self_retired(w.slot) {
+                    // It recycles itself (max requests, RSS): start its replacement now.
+                    w.phase.stop(cause);
+                    self.pending.push_back(cause);
+                }
+            }
+            if w.phase == Phase::Serving && w.generation == generation {
+                if let Some(life) = self.opts.max_lifetime {
+                    if w.started.elapsed() > life {
+                        tracing::info!(
+                            pid = raw(w.pid),
+                            "worker passed --max-lifetime; replacing it"
+                        );
+                        w.drain(&self.board, Cause::MaxLifetime);
+                        self.pending.push_back(Cause::MaxLifetime);
+                    } else {
+                        due = earliest(due, Some(w.started + life));
+                    }
+                }
+            }
+            for t in 0..self.board.threads {
+                let line = self.board.line(w.slot, t);
+                let since = line.since.load(Ordering::Acquire);
+                if since == 0 {
+                    continue;
+                }
+                let ran = Duration::from_nanos(now.saturating_sub(since));
+                if let Some(limit) = self.opts.timeout {
+                    if ran > limit {
+                        tracing::error!(
+                            pid = raw(w.pid),
+                            request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                            ran_ms = ran.as_millis() as u64,
+                            "request passed --timeout {limit:?}; dumping the worker's Python stacks, then killing and replacing it"
+                        );
+                        signal(w.pid, Signal::USR2);
+                        self.board.count_timeout();
+                        if w.phase.active() {
+                            self.pending.push_back(Cause::Timeout);
+                        }
+                        // It is killed for this, whatever it was doing before.
+                        let kill_at = Instant::now() + DUMP_GRACE;
+                        w.phase.condemn(kill_at);
+                        self.board.mark_draining(w.slot, Cause::Timeout);
+                        due = earliest(due, Some(kill_at));
+                        break;
+                    }
+                    due = earliest(due, Some(at(since, limit)));
+                }
+                if let Some(limit) = self.opts.slow_log {
+                    if w.dumped.contains(&(t, since)) {
+                        continue;
+                    }
+                    if ran > limit {
+                        tracing::warn!(
+                            pid = raw(w.pid),
+                            request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                            ran_ms = ran.as_millis() as u64,
+                            "slow request (over --slow-log {limit:?}); the worker's Python stacks follow"
+                        );
+                        signal(w.pid, Signal::USR2);
+                        self.board.count_slow();
+                        w.dumped.push((t, since));
+                        if w.dumped.len() > 64 {
+                            w.dumped.remove(0);
+                        }
+                    } else {
+                        due = earliest(due, Some(at(since, limit)));
+                    }
+                }
+            }
+        }
+        due
+    }
+
+    fn reload(&mut self, worker: &impl Fn(WorkerContext) -> i32) -> Result<(), SupervisorError> {
+        // A reload during a reload: the generation still booting is dropped at once
+        // (the one serving keeps serving until the newest one is ready).
+        if self.reloading() {
+            for w in self.workers.iter_mut() {
+                if w.generation == self.generation && w.phase == Phase::Booting {
+                    w.drain(&self.board, Cause::Reload);
+                }
+            }
+        }
+        self.generation += 1;
+        tracing::info!(
+            generation = self.generation,
+            "reloading: new workers start, then the old ones drain"
+        );
+        notify::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
+        self.boot_failures = 0;
+        self.respawn_at = None;
+        // Chain reload: one new worker now, the next once it serves (see `fill`).
+        let n = if self.opts.chain_reload {
+            1
+        } else {
+            self.target
+        };
+        for _ in 0..n {
+            self.spawn(worker, Cause::Reload)?;
+        }
+        Ok(())
+    }
+
+    fn retire_extra(&mut self) {
+        let live = self.live();
+        if live > self.target {
+            if let Some(w) = self
+                .workers
+                .iter_mut()
+                .rev()
+                .find(|w| w.current(self.generation))
+            {
+                w.drain(&self.board, Cause::Scale);
+            }
+        }
+    }
+
+    /// Collects exited workers; logs the unexpected ones. What an exit means is
+    /// decided by [`phase::judge_exit`]; this applies it.
+    fn reap(&mut self) -> Result<(), SupervisorError> {
+        loop {
+            let (pid, status) = match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+                Ok(Some(s)) => s,
+                Ok(None) | Err(_) => return Ok(()),
+            };
+            let how = if let Some(code) = status.exit_status() {
+                format!("exit code {code}")
+            } else if let Some(sig) = status.terminating_signal() {
+                // WCOREDUMP: bit 7 of the raw status.
+                let core = status.as_raw() & 0x80 != 0;
+                format!(
+                    "killed by {}{}",
+                    signals::name(sig),
+                    if core { " (core dumped)" } else { "" }
+                )
+            } else {
+                continue;
+            };
+            let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+                if let Some(h) = self.stats.as_mut().filter(|h| h.pid == Some(pid)) {
+                    tracing::warn!(pid = raw(pid), %how, "the stats endpoint process exited; restarting it");
+                    h.pid = None;
+                }
+                continue;
+            };
+            let w = self.workers.remove(i);
+            let j = phase::judge_exit(
+                Departed {
+                    generation: w.generation,
+                    phase: w.phase,
+                    self_retired: w
+                        .phase
+                        .active()
+                        .then(|| self.board.self_retired(w.slot))
+                        .flatten(),
+                },
+                Fleet {
+                    generation: self.generation,
+                    announced: self.announced,
+                    boot_failures: self.boot_failures,
+                    previous_serves: self.reloading(),
+                },
+            );
+            self.board.count_exit(j.cause);
+            // Its counts join the totals; the slot is free for a new worker.
+            self.board.release(w.slot);
+            self.boot_failures = j.boot_failures;
+            self.pending.extend(j.pending);
+            let pid = raw(pid);
+            match j.verdict {
+                Verdict::Expected => {
+                    tracing::info!(pid, %how, cause = j.cause.label(), "worker exited");
+                }
+                Verdict::Superseded => {}
+                Verdict::BootFailed => {
+                    tracing::error!(pid, %how, "worker failed to start");
+                    self.stop_all(true);
+                    return Err(SupervisorError::BootFailed);
+                }
+                Verdict::Rollback => {
+                    tracing::error!(pid, %how, "reload failed: the new workers do not start; still serving the previous code");
+                    self.generation -= 1;
+                    for o in self.workers.iter_mut() {
+                        if o.generation > self.generation {
+                            o.drain(&self.board, Cause::Reload);
+                        }
+                    }
+                }
+                Verdict::CrashLoop => {
+                    self.stop_all(false);
+                    return Err(SupervisorError::CrashLoop(self.boot_failures));
+                }
+                Verdict::Replace => {
+                    tracing::error!(pid, %how, "worker died unexpectedly; replacing it");
+                }
+            }
+        }
+    }
+
+    /// Starts workers until the current generation has `target` of them (with a
+    /// backoff after failures at boot). Returns when to try again, if it must.
+    fn fill(
+        &mut self,
+        worker: &impl Fn(WorkerContext) -> i32,
+    ) -> Result<Option<Instant>, SupervisorError> {
+        let live = self.live();
+        if live >= self.target {
+            // Nothing to replace: causes left over (a crash during a scale-down, an
+            // old generation's boot failure) would misname a later start.
+            self.pending.clear();
+            self.respawn_at = None;
+            return Ok(None);
+        }
+        if self.opts.chain_reload && self.reloading() {
+            // One new worker at a time; the next once the previous one serves.
+            let booting = self
+                .workers
+                .iter()
+                .any(|w| w.generation == self.generation && w.phase == Phase::Booting);
+            if !booting {
+                self.spawn(worker, Cause::Reload)?;
+            }
+            return Ok(None);
+        }
+        if self.boot_failures > 0 {
+            let backoff = Duration::from_millis(100u64 << self.boot_failures.min(7));
+            let last = self.workers.iter().map(|w| w.started).max();
+            if let Some(at) = last.map(|t| t + backoff).filter(|&at| at > Instant::now()) {
+                return Ok(Some(at));
+            }
+            // Then a pause of its own (the backoff from the last start may be long
+            // over, or there is no worker left to count it from).
+            let at = *self
+                .respawn_at
+                .get_or_insert_with(|| Instant::now() + backoff.min(Duration::from_millis(200)));
+            if at > Instant::now() {
+                return Ok(Some(at));
+            }
+        }
+        self.respawn_at = None;
+        for _ in live..self.target {
+            // A replacement starts with the cause of the exit it replaces; with none
+            // left, the target grew (SIGTTIN).
+            let cause = self.pending.pop_front().unwrap_or(Cause::Scale);
+            self.spawn(worker, cause)?;
+        }
+        Ok(None)
+    }
+
+    /// Starts the `--stats` helper process. It serves the endpoint from the scoreboard
+    /// and never forks, so it may run a tokio runtime; the master never does.
+    fn spawn_stats(&mut self) -> Result<(), SupervisorError> {
+        if self.stats.is_none() {
+            return Ok(());
+        }
+        let master_pid = rustix::process::getpid();
+        // SAFETY: the master is single-threaded (see `spawn`). The helper does not touch
+        // the Python interpreter a --preload master may hold.
+        let child = unsafe { fork() }.map_err(SupervisorError::Fork)?;
+        let Some(child) = Pid::from_raw(child) else {
+            // The helper has nothing to drain: it goes at once with the master.
+            self.leave_master(master_pid, Signal::KILL, false);
+            // So `ps -o comm`/`top` tell the helper from the workers.
+            let _ = rustix::thread::set_name(c"postern-stats");
+            let Some(h) = self.stats.take() else {
+                std::process::exit(1)
+            };
+            let code = match crate::stats::server::serve(h.bound, h.source) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        };
+        if let Some(h) = &mut self.stats {
+            h.pid = Some(child);
+            h.started = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// In a child just forked (a worker or the stats helper): exit if the master is
+    /// already gone, receive `on_master_death` when it goes, take back the signals the
+    /// master handles and drop the master's descriptors.
+    fn leave_master(&mut self, master_pid: Pid, on_master_death: Signal, worker: bool) {
+        let _ = rustix::process::set_parent_process_death_signal(Some(on_master_death));
+        if rustix::process::getppid() != Some(master_pid) {
+            std::process::exit(0);
+        }
+        // A terminal's Ctrl-C reaches the whole process group: the master turns it
+        // into one graceful stop, so its children ignore SIGINT.
+        signals::ignore(libc::SIGINT);
+        let _ = self.mask.unblock();
+        if worker {
+            // A worker keeps SIGTERM pending until it serves (the server unblocks it
+            // once its handler is in place): stopped while it boots, it must still
+            // serve the listen queue of a stopping server, not die with it.
+            let _ = SigSet::of(&[libc::SIGTERM]).block();
+        }
+        self.sfd = None;
+        for w in self.workers.drain(..) {
+            drop(w.status);
+        }
+        // The count of log lines the master dropped came across the fork; the master
+        // reports those itself, a child only its own.
+        crate::logging::LOG_LINES_DROPPED.store(0, Ordering::Relaxed);
+    }
+
+    /// Restarts the stats helper if it died (at most once a second); returns when it
+    /// may next be restarted.
+    fn keep_stats(&mut self) -> Result<Option<Instant>, SupervisorError> {
+        match &self.stats {
+            Some(h) if h.pid.is_none() => {
+                let at = h.started + STATS_RESTART;
+                if Instant::now() >= at {
+                    self.spawn_stats()?;
+                    Ok(None)
+                } else {
+                    Ok(Some(at))
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn stop_all(&mut self, now: bool) {
+        for w in &mut self.workers {
+            // A worker already draining (reload, recycling, scale-down, --max-lifetime)
+            // had its SIGTERM and finishes its requests; a second one would make it cut
+            // them off. (One condemned for --timeout is being killed: signalled as before.)
+            let draining = w.phase.draining() || self.board.self_retired(w.slot).is_some();
+            if !now && draining {
+                continue;
+            }
+            w.mark_retiring(&self.board, Cause::Stop);
+            signal(w.pid, if now { Signal::KILL } else { Signal::TERM });
+        }
+    }
+
+    /// Stops every worker (gracefully unless `now`) and waits for them.
+    fn stop(
+        &mut self,
+        now: bool,
+        listeners: &[crate::server::listener::Bound],
+    ) -> Result<(), SupervisorError> {
+        // The flag first: a worker reads it when its SIGTERM arrives and then serves the
+        // listen queues before it exits (no successor will). Then no new connection
+        // may join the queues while the workers drain: otherwise the kernel keeps
+        // queueing them on the master's copy of each socket, and resets them all when
+        // the master exits last.
+        self.board.set_stopping();
+        // Sockets systemd passed stay open in systemd for the next start: left alone.
+        for l in listeners.iter().filter(|l| !l.inherited) {
+            if let Err(e) = l.refuse_new_connections() {
+                tracing::warn!(listener = %l.addr, error = %e, "cannot make the listener refuse new connections");
+            }
+        }
+        self.stop_all(now);
+        let mut deadline =
+            Some(Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1));
+        loop {
+            let _ = self.reap();
+            if self.workers.is_empty() {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                tracing::warn!(
+                    left = self.workers.len(),
+                    "workers still running after --graceful-timeout; killing them"
+                );
+                self.stop_all(true);
+                // SIGCHLD says when they are gone.
+                deadline = None;
+            }
+            // Sleep until a signal (SIGCHLD: a worker exited) or the deadline.
+            let mut fds = [PollFd::new(self.signals(), PollFlags::IN)];
+            let _ = rustix::event::poll(&mut fds, timeout_until(deadline).as_ref());
+            // A second TERM/INT while draining: stop now.
+            while let Some(s) = self.signals().read() {
+                if matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
+                    tracing::warn!("second signal: killing the workers now");
+                    self.stop_all(true);
+                }
+            }
+        }
+        if let Some(pid) = self.stats.as_mut().and_then(|h| h.pid.take()) {
+            signal(pid, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        }
+        tracing::info!("all workers exited");
+        Ok(())
+    }
+}
+
+/// fork(2) through libc: rustix's fork (its `runtime` feature) skips libc's own
+/// bookkeeping (atfork handlers, the cached pid), which the child relies on.
+/// Returns 0 in the child, the child's pid in the parent.
+///
+/// # Safety
+/// The caller must be single-threaded.
+unsafe fn fork() -> std::io::Result<i32> {
+    match libc::fork() {
+        -1 => Err(std::io::Error::last_os_error()),
+        pid => Ok(pid),
+    }
+}

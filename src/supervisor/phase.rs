@@ -1,0 +1,340 @@
+//! Where a worker is in its life, as the master sees it, and what the master makes of
+//! its exit. Both are plain data and pure functions so they can be tested without
+//! forking (the master in `master.rs` applies the decisions).
+
+use std::time::Instant;
+
+use crate::stats::Cause;
+
+/// A worker's phase. Transitions are the methods below; nothing else assigns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Forked and importing the app: it has not said "ready" yet.
+    Booting,
+    /// Said "ready"; serves as part of its generation.
+    Serving,
+    /// On its way out, for the cause: asked to drain (SIGTERM) by the master, or
+    /// recycling itself. Its exit is expected.
+    Stopping(Cause),
+    /// A request passed `--timeout`: its stacks are being dumped (SIGUSR2); SIGKILL is
+    /// due at `kill_at`.
+    Condemned { kill_at: Instant },
+    /// SIGKILLed after `--timeout`: its scoreboard lines are stale.
+    Killed,
+}
+
+impl Phase {
+    /// Not on its way out (booting or serving).
+    pub fn active(self) -> bool {
+        matches!(self, Phase::Booting | Phase::Serving)
+    }
+
+    /// Why it is leaving, if it is.
+    pub fn leaving(self) -> Option<Cause> {
+        match self {
+            Phase::Booting | Phase::Serving => None,
+            Phase::Stopping(cause) => Some(cause),
+            Phase::Condemned { .. } | Phase::Killed => Some(Cause::Timeout),
+        }
+    }
+
+    /// Had its SIGTERM (or sent itself one) and finishes its requests: a second
+    /// SIGTERM would cut them off. A condemned worker is not draining: it is killed.
+    pub fn draining(self) -> bool {
+        matches!(self, Phase::Stopping(_) | Phase::Killed)
+    }
+
+    /// Its ready byte arrived. Only a booting worker starts serving: one already
+    /// asked to leave stays on its way out.
+    pub fn ready(&mut self) {
+        if *self == Phase::Booting {
+            *self = Phase::Serving;
+        }
+    }
+
+    /// Asked to leave for `cause` (the first cause wins); returns the cause it leaves
+    /// for.
+    pub fn stop(&mut self, cause: Cause) -> Cause {
+        if self.active() {
+            *self = Phase::Stopping(cause);
+        }
+        self.leaving().unwrap_or(cause)
+    }
+
+    /// Over `--timeout`: killed at `kill_at`, whatever it was doing before.
+    pub fn condemn(&mut self, kill_at: Instant) {
+        *self = Phase::Condemned { kill_at };
+    }
+
+    /// The SIGKILL due at `kill_at` was sent.
+    pub fn killed(&mut self) {
+        if matches!(self, Phase::Condemned { .. }) {
+            *self = Phase::Killed;
+        }
+    }
+}
+
+/// An exited worker, as far as [`judge_exit`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Departed {
+    pub generation: u64,
+    pub phase: Phase,
+    /// What the scoreboard says it recycled itself for (`--max-requests`, `--max-rss`),
+    /// in case it exited before the master noticed.
+    pub self_retired: Option<Cause>,
+}
+
+/// The master's state when a worker exits.
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet {
+    /// The serving generation (the newest one).
+    pub generation: u64,
+    /// "All workers ready" was said once: the first generation did start.
+    pub announced: bool,
+    /// Workers of the serving generation that died before they were ready, in a row.
+    pub boot_failures: u32,
+    /// A worker of an older generation is still active (a reload is under way).
+    pub previous_serves: bool,
+}
+
+/// What the master does about an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It was asked to leave, or recycled itself: logged, nothing else.
+    Expected,
+    /// It died on its own: logged as an error and replaced.
+    Replace,
+    /// A worker of a generation that was already superseded failed to boot: nothing to
+    /// replace.
+    Superseded,
+    /// A reload whose new workers do not start while the previous code still serves:
+    /// go back to the previous generation and drain the new one.
+    Rollback,
+    /// The first workers do not start: stop everything.
+    BootFailed,
+    /// Workers keep dying before they are ready: stop.
+    CrashLoop,
+}
+
+/// [`judge_exit`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judgement {
+    /// Counted under this cause (`postern_worker_exits_total`).
+    pub cause: Cause,
+    /// The cause its replacement starts with, if one is to start for it.
+    pub pending: Option<Cause>,
+    /// The new count of boot failures in a row.
+    pub boot_failures: u32,
+    pub verdict: Verdict,
+}
+
+/// Workers dying before ready this many times in a row stop the master.
+pub const CRASH_LOOP: u32 = 10;
+
+/// Decides what a worker's exit means: expected, a crash to replace, a failed reload
+/// to roll back, or a reason to stop.
+pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
+    let mut boot_failures = fleet.boot_failures;
+    if let Some(cause) = w.phase.leaving() {
+        return Judgement {
+            cause,
+            pending: None,
+            boot_failures,
+            verdict: Verdict::Expected,
+        };
+    }
+    if let Some(cause) = w.self_retired {
+        // It recycled itself and exited before the master saw it: its replacement
+        // starts now, for the same cause.
+        return Judgement {
+            cause,
+            pending: Some(cause),
+            boot_failures,
+            verdict: Verdict::Expected,
+        };
+    }
+    let judgement = |cause, boot_failures, verdict| Judgement {
+        cause,
+        pending: Some(cause),
+        boot_failures,
+        verdict,
+    };
+    if w.phase == Phase::Serving {
+        return judgement(Cause::Crash, boot_failures, Verdict::Replace);
+    }
+    boot_failures += 1;
+    let verdict = if w.generation == 0 && !fleet.announced {
+        Verdict::BootFailed
+    } else if w.generation < fleet.generation {
+        Verdict::Superseded
+    } else if fleet.generation > 0 && fleet.previous_serves {
+        Verdict::Rollback
+    } else if boot_failures >= CRASH_LOOP {
+        Verdict::CrashLoop
+    } else {
+        Verdict::Replace
+    };
+    judgement(Cause::BootFailure, boot_failures, verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fleet(generation: u64) -> Fleet {
+        Fleet {
+            generation,
+            announced: true,
+            boot_failures: 0,
+            previous_serves: false,
+        }
+    }
+
+    fn departed(generation: u64, phase: Phase) -> Departed {
+        Departed {
+            generation,
+            phase,
+            self_retired: None,
+        }
+    }
+
+    #[test]
+    fn a_worker_asked_to_leave_is_expected_and_not_replaced_for_it() {
+        for (phase, cause) in [
+            (Phase::Stopping(Cause::Reload), Cause::Reload),
+            (Phase::Stopping(Cause::Scale), Cause::Scale),
+            (Phase::Killed, Cause::Timeout),
+            (
+                Phase::Condemned {
+                    kill_at: Instant::now(),
+                },
+                Cause::Timeout,
+            ),
+        ] {
+            let j = judge_exit(departed(1, phase), fleet(1));
+            assert_eq!(j.verdict, Verdict::Expected, "{phase:?}");
+            assert_eq!(j.cause, cause);
+            assert_eq!(j.pending, None);
+            assert_eq!(j.boot_failures, 0);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_recycled_itself_unseen_is_replaced_for_its_cause() {
+        let w = Departed {
+            self_retired: Some(Cause::MaxRequests),
+            ..departed(0, Phase::Serving)
+        };
+        let j = judge_exit(w, fleet(0));
+        assert_eq!(j.verdict, Verdict::Expected);
+        assert_eq!(j.cause, Cause::MaxRequests);
+        assert_eq!(j.pending, Some(Cause::MaxRequests));
+    }
+
+    #[test]
+    fn a_serving_worker_that_dies_is_a_crash_and_is_replaced() {
+        let j = judge_exit(
+            departed(2, Phase::Serving),
+            Fleet {
+                boot_failures: 3,
+                ..fleet(2)
+            },
+        );
+        assert_eq!(j.verdict, Verdict::Replace);
+        assert_eq!(j.cause, Cause::Crash);
+        assert_eq!(j.pending, Some(Cause::Crash));
+        assert_eq!(
+            j.boot_failures, 3,
+            "a crash after ready is not a boot failure"
+        );
+    }
+
+    #[test]
+    fn the_first_workers_failing_to_boot_stop_the_master() {
+        let j = judge_exit(
+            departed(0, Phase::Booting),
+            Fleet {
+                announced: false,
+                ..fleet(0)
+            },
+        );
+        assert_eq!(j.verdict, Verdict::BootFailed);
+        assert_eq!(j.cause, Cause::BootFailure);
+        assert_eq!(j.boot_failures, 1);
+    }
+
+    #[test]
+    fn a_reload_whose_workers_do_not_boot_rolls_back_while_the_old_code_serves() {
+        let j = judge_exit(
+            departed(1, Phase::Booting),
+            Fleet {
+                previous_serves: true,
+                ..fleet(1)
+            },
+        );
+        assert_eq!(j.verdict, Verdict::Rollback);
+        assert_eq!(j.cause, Cause::BootFailure);
+    }
+
+    #[test]
+    fn a_failed_boot_after_the_old_code_left_is_retried_not_rolled_back() {
+        // A chain reload that already drained every old worker has nothing to go back to.
+        let j = judge_exit(departed(1, Phase::Booting), fleet(1));
+        assert_eq!(j.verdict, Verdict::Replace);
+        assert_eq!(j.pending, Some(Cause::BootFailure));
+        assert_eq!(j.boot_failures, 1);
+    }
+
+    #[test]
+    fn a_superseded_generation_failing_to_boot_changes_nothing() {
+        // Reload during a reload: the generation still booting was dropped.
+        let j = judge_exit(
+            departed(1, Phase::Booting),
+            Fleet {
+                previous_serves: true,
+                ..fleet(2)
+            },
+        );
+        assert_eq!(j.verdict, Verdict::Superseded);
+        assert_eq!(j.boot_failures, 1);
+    }
+
+    #[test]
+    fn ten_boot_failures_in_a_row_are_a_crash_loop() {
+        let mut f = fleet(0);
+        for n in 1..CRASH_LOOP {
+            let j = judge_exit(departed(0, Phase::Booting), f);
+            assert_eq!(j.verdict, Verdict::Replace, "failure {n}");
+            f.boot_failures = j.boot_failures;
+        }
+        let j = judge_exit(departed(0, Phase::Booting), f);
+        assert_eq!(j.verdict, Verdict::CrashLoop);
+        assert_eq!(j.boot_failures, CRASH_LOOP);
+    }
+
+    #[test]
+    fn a_stopping_worker_stays_stopping_when_its_ready_byte_arrives() {
+        let mut p = Phase::Stopping(Cause::Reload);
+        p.ready();
+        assert_eq!(p, Phase::Stopping(Cause::Reload));
+        let mut p = Phase::Booting;
+        p.ready();
+        assert_eq!(p, Phase::Serving);
+    }
+
+    #[test]
+    fn the_first_cause_to_stop_a_worker_wins() {
+        let mut p = Phase::Serving;
+        assert_eq!(p.stop(Cause::Reload), Cause::Reload);
+        assert_eq!(p.stop(Cause::Stop), Cause::Reload);
+        let mut p = Phase::Condemned {
+            kill_at: Instant::now() + Duration::from_millis(500),
+        };
+        assert_eq!(p.stop(Cause::Stop), Cause::Timeout);
+        assert!(!p.draining(), "a condemned worker is signalled at a stop");
+        p.killed();
+        assert_eq!(p, Phase::Killed);
+        assert!(p.draining());
+    }
+}

@@ -1,0 +1,140 @@
+//! The master's signal plumbing: a mask of the signals it handles, blocked in the
+//! master and read from a signalfd, and taken back in each child it forks.
+//!
+//! libc, not rustix: rustix has no signalfd, and its sigprocmask/sigaction exist only
+//! in its `runtime` feature, which must not be mixed with libc's own runtime.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// The signals the master handles (see the table in the module doc of `supervisor`).
+pub const HANDLED: [i32; 8] = [
+    libc::SIGHUP,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCHLD,
+    libc::SIGUSR1,
+];
+
+/// A set of signals.
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    pub fn of(signals: &[i32]) -> SigSet {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set; sigaddset with valid signal numbers.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            for &s in signals {
+                libc::sigaddset(set.as_mut_ptr(), s);
+            }
+            SigSet(set.assume_init())
+        }
+    }
+
+    /// Blocks these signals in the calling thread.
+    pub fn block(&self) -> io::Result<()> {
+        self.mask(libc::SIG_BLOCK)
+    }
+
+    /// Unblocks these signals in the calling thread.
+    pub fn unblock(&self) -> io::Result<()> {
+        self.mask(libc::SIG_UNBLOCK)
+    }
+
+    fn mask(&self, how: libc::c_int) -> io::Result<()> {
+        // SAFETY: a valid set; the old mask is not wanted.
+        let rc = unsafe { libc::pthread_sigmask(how, &self.0, std::ptr::null_mut()) };
+        match rc {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// A non-blocking signalfd for a set of blocked signals.
+pub struct SignalFd(OwnedFd);
+
+impl SignalFd {
+    pub fn new(set: &SigSet) -> io::Result<SignalFd> {
+        // SAFETY: a new descriptor (-1) for a valid set.
+        let fd = unsafe { libc::signalfd(-1, &set.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        Ok(SignalFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The next pending signal's number, or None when none is pending.
+    pub fn read(&self) -> Option<i32> {
+        let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        match rustix::io::read(&self.0, &mut buf) {
+            // ssi_signo is the first field (u32).
+            Ok(n) if n == buf.len() => {
+                Some(u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as i32)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Sets `signal` to be ignored (in a child the master has just forked, before any
+/// other thread exists).
+pub fn ignore(signal: i32) {
+    // SAFETY: SIG_IGN for a valid signal number; no other thread is running.
+    unsafe {
+        libc::signal(signal, libc::SIG_IGN);
+    }
+}
+
+/// The conventional name of a signal number (`SIGKILL`), for logs.
+pub fn name(signal: i32) -> String {
+    let known = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    known.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_like_the_c_constants() {
+        assert_eq!(name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(name(libc::SIGABRT), "SIGABRT");
+        assert_eq!(name(64), "signal 64");
+    }
+}

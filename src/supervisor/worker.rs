@@ -1,0 +1,188 @@
+//! The worker's side of the supervisor: what a forked worker tells its master (ready,
+//! recycling) and the monitor that records its requests on the scoreboard.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::scoreboard::Scoreboard;
+use super::WorkerContext;
+use crate::stats::Cause;
+
+/// What a worker writes on its status pipe (one byte each).
+pub(super) const READY: u8 = b'R';
+/// The worker recycles itself (`--max-requests`, `--max-rss`): the master starts its
+/// replacement while it drains.
+pub(super) const RECYCLING: u8 = b'S';
+
+/// Tells the master this worker serves (one byte on its status pipe).
+pub fn announce_ready(pipe: OwnedFd) {
+    let _ = rustix::io::write(&pipe, &[READY]);
+}
+
+/// A worker's view of its scoreboard slot: records requests, and recycles the worker
+/// after `--max-requests` (with jitter) or past `--max-rss`.
+pub struct WorkerMonitor {
+    board: Arc<Scoreboard>,
+    slot: usize,
+    max_requests: Option<u64>,
+    max_rss_kib: Option<u64>,
+    retiring: AtomicBool,
+    /// Count requests for the metrics (`--stats`; read once from the scoreboard).
+    metrics: bool,
+    /// A single process (no master).
+    standalone: bool,
+    /// A copy of the status pipe, to wake the master when this worker recycles itself.
+    master: Option<OwnedFd>,
+}
+
+impl WorkerMonitor {
+    pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {
+        // Jitter of up to 10% so that workers do not all recycle at once.
+        let max_requests = max_requests.map(|n| {
+            let spread = (n / 10).max(1);
+            n + u64::from(std::process::id()) % spread
+        });
+        let recycles = max_requests.is_some() || max_rss_mib.is_some();
+        WorkerMonitor {
+            board: Arc::clone(&ctx.board),
+            slot: ctx.slot,
+            max_requests,
+            max_rss_kib: max_rss_mib.map(|m| m * 1024),
+            retiring: AtomicBool::new(false),
+            metrics: ctx.board.metrics(),
+            standalone: false,
+            master: recycles.then(|| ctx.ready.try_clone().ok()).flatten(),
+        }
+    }
+
+    /// The monitor of a single process (no master, no recycling) with `--stats`.
+    pub fn standalone(board: Arc<Scoreboard>) -> Self {
+        WorkerMonitor {
+            metrics: board.metrics(),
+            board,
+            slot: 0,
+            max_requests: None,
+            max_rss_kib: None,
+            retiring: AtomicBool::new(false),
+            standalone: true,
+            master: None,
+        }
+    }
+
+    /// A single process has imported its app and serves (`/ping` says pong).
+    pub fn serving(&self) {
+        self.board.mark_serving(self.slot);
+    }
+
+    fn retire(&self, cause: Cause, why: &str) {
+        if self.retiring.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(pid = std::process::id(), "recycling this worker: {why}");
+        self.board.retire_self(self.slot, cause);
+        // The master sleeps until something happens: this is it.
+        if let Some(pipe) = &self.master {
+            let _ = rustix::io::write(pipe, &[RECYCLING]);
+        }
+        // The graceful stop path: finish in-flight requests, then exit.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
+    }
+}
+
+/// Resident set size of this process, in KiB.
+fn rss_kib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * super::scoreboard::page_size() / 1024)
+}
+
+impl crate::wsgi::Monitor for WorkerMonitor {
+    fn server_stopping(&self) -> bool {
+        self.board.is_stopping()
+    }
+
+    fn stopping(&self) {
+        self.board.stop_serving(self.slot);
+        if self.standalone {
+            // `/ping` answers 503 from now on (there is no master to say so).
+            self.board.set_stopping();
+        }
+    }
+
+    fn refused(&self, protocol: crate::codec::Protocol, status: Option<u16>) {
+        if self.metrics {
+            self.board.count_refused(self.slot, protocol, status);
+        }
+    }
+
+    fn begin(&self, thread: usize, head: &crate::codec::Head, protocol: crate::codec::Protocol) {
+        if thread >= self.board.threads {
+            return;
+        }
+        // One pass over the variables, no allocation (this runs for every request).
+        let (mut method, mut uri, mut path) = (None, None, None);
+        for (k, v) in head.pairs() {
+            match k {
+                b"REQUEST_METHOD" => method = Some(v),
+                b"REQUEST_URI" => uri = Some(v),
+                b"PATH_INFO" => path = Some(v),
+                _ => {}
+            }
+        }
+        let (method, target) = (method.unwrap_or(b"-"), uri.or(path).unwrap_or(b"-"));
+        self.board
+            .line(self.slot, thread)
+            .begin(method, target, protocol);
+        if self.metrics {
+            self.board.enter(self.slot);
+        }
+    }
+
+    fn end(&self, thread: usize, served: Option<&crate::wsgi::Served>) {
+        if thread < self.board.threads {
+            let line = self.board.line(self.slot, thread);
+            if self.metrics {
+                line.count(served);
+                self.board.leave(self.slot);
+                self.board.publish_log_drops(
+                    self.slot,
+                    crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed),
+                );
+            }
+            line.end();
+        }
+        let head = self.board.head(self.slot);
+        let served = head.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(max) = self.max_requests {
+            if served >= max {
+                self.retire(
+                    Cause::MaxRequests,
+                    &format!("served {served} requests (--max-requests)"),
+                );
+            }
+        }
+        // With --max-rss, RSS goes on the scoreboard after every request (reading /proc
+        // costs a few microseconds; the stats endpoint reads it from /proc itself).
+        if self.max_rss_kib.is_some() {
+            if let Some(rss) = rss_kib() {
+                head.rss_kib.store(rss, Ordering::Relaxed);
+            }
+        }
+        if let Some(max) = self.max_rss_kib {
+            if let Some(rss) = Some(head.rss_kib.load(Ordering::Relaxed)).filter(|&r| r > 0) {
+                if rss > max {
+                    self.retire(
+                        Cause::MaxRss,
+                        &format!(
+                            "RSS {} MiB is over --max-rss {} MiB",
+                            rss / 1024,
+                            max / 1024
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
