@@ -6,7 +6,8 @@
 //!   machine (§2).
 //! - [`scgi`]: the SCGI netstring head (§3).
 //! - [`cgi`]: CGI → WSGI environ rules that do not need Python (§4).
-//! - [`response`]: status/header validation and the raw HTTP/1.1 response head (§5, §6).
+//! - [`response`]: status/header validation and the raw HTTP/1.1 response head (§5, §6);
+//!   a CGI response head read back as HTTP (what a client or nginx makes of it).
 
 pub mod cgi;
 pub mod fastcgi;

@@ -2,6 +2,10 @@
 //! raw HTTP/1.1 response head that uwsgi sends back (§1.5, §6). Header values are
 //! latin-1 text; anything that could split a header (CR, LF, other controls) is refused
 //! so a request can never inject a response header.
+//!
+//! The other direction too: a CGI response (FastCGI, SCGI) read back into a status and
+//! headers, and turned into the HTTP response nginx would send ([`cgi_to_http`]), for
+//! `postern request` and `postern bench`.
 
 /// Why `start_response` refused a status or header. The app is to blame: the request
 /// answers 500 and the message names the offending value.
@@ -170,6 +174,203 @@ pub fn status_has_no_body(code: u16) -> bool {
     (100..200).contains(&code) || code == 204 || code == 304
 }
 
+/// Why a response head could not be read: a CGI response (FastCGI STDOUT, SCGI; RFC 3875
+/// §6) whose header block is malformed, or a status line without a code. The server that
+/// sent it is to blame.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CgiHeadError {
+    #[error("the response is empty (no CGI header block)")]
+    Empty,
+    #[error("the CGI header block does not end (no empty line after the headers)")]
+    Unterminated,
+    #[error("CGI header line {0:?} has no ':'")]
+    NoColon(String),
+    #[error("bad CGI header name in {0:?}")]
+    Name(String),
+    #[error("bad Status header {0:?}")]
+    Status(String),
+    #[error("the CGI response has two Status headers")]
+    TwoStatus,
+    #[error("the HTTP status line has no status code")]
+    StatusLine,
+}
+
+/// A CGI response head, read in place.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CgiHead<'a> {
+    /// From the `Status` header; without one, 302 when `Location` is set, else 200.
+    pub code: u16,
+    /// The `Status` header's reason phrase, or the usual one for the code ("" if none).
+    pub reason: &'a [u8],
+    /// Every header line but `Status`, in order, without its line end.
+    pub headers: Vec<&'a [u8]>,
+    /// Where the body starts: just after the empty line.
+    pub body_start: usize,
+}
+
+impl<'a> CgiHead<'a> {
+    /// The value of the first header called `name` (ASCII case-insensitive), trimmed.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers.iter().find_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
+}
+
+/// Status code from a first line `HTTP/1.x NNN …` or `Status: NNN …`.
+pub fn status_code(resp: &[u8]) -> Option<u16> {
+    let first = resp.split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(first);
+    let code = if line.starts_with("HTTP/") {
+        line.split_whitespace().nth(1)?
+    } else {
+        line.strip_prefix("Status:")?.split_whitespace().next()?
+    };
+    code.parse().ok()
+}
+
+/// Reads a CGI response head (RFC 3875 §6): header lines up to the first empty one (CRLF
+/// or bare LF endings, as CGI allows), each `Name: value`, at most one `Status`.
+/// `resp` must hold the whole head; bytes after it are the body, left unread.
+pub fn parse_cgi_head(resp: &[u8]) -> Result<CgiHead<'_>, CgiHeadError> {
+    let mut head = CgiHead {
+        code: 200,
+        reason: b"",
+        headers: Vec::new(),
+        body_start: 0,
+    };
+    let mut status: Option<(u16, &[u8])> = None;
+    let mut has_location = false;
+    let mut pos = 0;
+    loop {
+        let Some(nl) = resp[pos..].iter().position(|&b| b == b'\n') else {
+            return Err(if resp.is_empty() {
+                CgiHeadError::Empty
+            } else {
+                CgiHeadError::Unterminated
+            });
+        };
+        let line = &resp[pos..pos + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        pos += nl + 1;
+        if line.is_empty() {
+            break;
+        }
+        let lossy = || String::from_utf8_lossy(line).into_owned();
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or_else(|| CgiHeadError::NoColon(lossy()))?;
+        let name = &line[..colon];
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+            return Err(CgiHeadError::Name(lossy()));
+        }
+        if name.eq_ignore_ascii_case(b"Status") {
+            if status.is_some() {
+                return Err(CgiHeadError::TwoStatus);
+            }
+            status = Some(parse_cgi_status(line[colon + 1..].trim_ascii())?);
+            continue;
+        }
+        has_location |= name.eq_ignore_ascii_case(b"Location");
+        head.headers.push(line);
+    }
+    (head.code, head.reason) = status.unwrap_or_else(|| {
+        let code = if has_location { 302 } else { 200 };
+        (code, reason_phrase(code).as_bytes())
+    });
+    head.body_start = pos;
+    Ok(head)
+}
+
+/// Turns a CGI response into the HTTP/1.1 response nginx would send: the `Status` header
+/// becomes the status line (see [`parse_cgi_head`]), the other headers follow in order
+/// with CRLF endings, then the body untouched. Returns the status code too.
+///
+/// A response that already starts with an HTTP status line (nginx accepts one over SCGI)
+/// is returned as it is.
+pub fn cgi_to_http(resp: &[u8]) -> Result<(u16, Vec<u8>), CgiHeadError> {
+    if resp.starts_with(b"HTTP/") {
+        let code = status_code(resp).ok_or(CgiHeadError::StatusLine)?;
+        return Ok((code, resp.to_vec()));
+    }
+    let head = parse_cgi_head(resp)?;
+    let mut out = Vec::with_capacity(resp.len() + 16);
+    out.extend_from_slice(format!("HTTP/1.1 {} ", head.code).as_bytes());
+    out.extend_from_slice(head.reason);
+    out.extend_from_slice(b"\r\n");
+    for line in &head.headers {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&resp[head.body_start..]);
+    Ok((head.code, out))
+}
+
+/// A `Status` value: three digits (100–999), then an optional reason phrase; without
+/// one, the usual phrase for the code.
+fn parse_cgi_status(value: &[u8]) -> Result<(u16, &[u8]), CgiHeadError> {
+    let bad = || CgiHeadError::Status(String::from_utf8_lossy(value).into_owned());
+    let digits = value.get(..3).ok_or_else(bad)?;
+    if !digits.iter().all(u8::is_ascii_digit) || value.get(3).is_some_and(|&b| b != b' ') {
+        return Err(bad());
+    }
+    let code = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    if code < 100 {
+        return Err(bad());
+    }
+    let reason = value[3..].trim_ascii();
+    Ok((
+        code,
+        if reason.is_empty() {
+            reason_phrase(code).as_bytes()
+        } else {
+            reason
+        },
+    ))
+}
+
+/// The usual reason phrase of the common status codes ("" for the others).
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +460,104 @@ mod tests {
         assert_eq!(parse_content_length("12"), Ok(12));
         assert!(parse_content_length("-1").is_err());
         assert!(parse_content_length("").is_err());
+    }
+
+    #[test]
+    fn reads_status_codes() {
+        assert_eq!(status_code(b"HTTP/1.1 503 Busy\r\n\r\n"), Some(503));
+        assert_eq!(status_code(b"Status: 200 OK\r\n\r\n"), Some(200));
+        assert_eq!(status_code(b"garbage"), None);
+    }
+
+    #[test]
+    fn converts_cgi_heads_to_http() {
+        let (code, http) =
+            cgi_to_http(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope").unwrap();
+        assert_eq!(code, 404);
+        assert_eq!(
+            http,
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope"
+        );
+        // No Status: 200; the Status header may come anywhere; LF line ends become CRLF.
+        let (code, http) = cgi_to_http(b"Content-Type: text/html\n\n<p>\r\n\r\n").unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(
+            http,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>\r\n\r\n"
+        );
+        let (code, http) = cgi_to_http(b"X-A: 1\r\nstatus:503\r\nX-B: 2\r\n\r\n").unwrap();
+        assert_eq!(code, 503);
+        assert_eq!(
+            http,
+            b"HTTP/1.1 503 Service Unavailable\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+        );
+        // Location without Status: 302.
+        let (code, http) = cgi_to_http(b"Location: /there\r\n\r\n").unwrap();
+        assert_eq!(code, 302);
+        assert_eq!(http, b"HTTP/1.1 302 Found\r\nLocation: /there\r\n\r\n");
+        // Status wins over Location; an unknown code keeps an empty reason.
+        let (code, http) = cgi_to_http(b"Status: 301\r\nLocation: /x\r\n\r\n").unwrap();
+        assert_eq!(code, 301);
+        assert!(http.starts_with(b"HTTP/1.1 301 Moved Permanently\r\n"));
+        let (code, http) = cgi_to_http(b"Status: 599 Odd\r\n\r\n").unwrap();
+        assert_eq!((code, &http[..]), (599, &b"HTTP/1.1 599 Odd\r\n\r\n"[..]));
+        let (_, http) = cgi_to_http(b"Status: 299\r\n\r\n").unwrap();
+        assert_eq!(http, b"HTTP/1.1 299 \r\n\r\n");
+        // An HTTP status line (nginx accepts one over SCGI) is kept as it is.
+        let (code, http) = cgi_to_http(b"HTTP/1.1 500 Oops\r\n\r\nx").unwrap();
+        assert_eq!((code, &http[..]), (500, &b"HTTP/1.1 500 Oops\r\n\r\nx"[..]));
+    }
+
+    #[test]
+    fn rejects_broken_cgi_heads() {
+        assert_eq!(cgi_to_http(b""), Err(CgiHeadError::Empty));
+        assert_eq!(
+            cgi_to_http(b"Content-Type: text/plain\r\n"),
+            Err(CgiHeadError::Unterminated)
+        );
+        assert!(matches!(
+            cgi_to_http(b"no colon here\r\n\r\n"),
+            Err(CgiHeadError::NoColon(_))
+        ));
+        assert!(matches!(
+            cgi_to_http(b"Bad Name: x\r\n\r\n"),
+            Err(CgiHeadError::Name(_))
+        ));
+        for bad in ["abc", "2000", "099"] {
+            let resp = format!("Status: {bad}\r\n\r\n");
+            assert!(
+                matches!(cgi_to_http(resp.as_bytes()), Err(CgiHeadError::Status(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            cgi_to_http(b"Status: 200\r\nStatus: 500\r\n\r\n"),
+            Err(CgiHeadError::TwoStatus)
+        );
+        assert_eq!(
+            cgi_to_http(b"HTTP/1.1\r\n\r\n"),
+            Err(CgiHeadError::StatusLine)
+        );
+    }
+
+    #[test]
+    fn reads_a_cgi_head_in_place() {
+        let resp = b"Content-Type: text/plain\nStatus: 201\r\ncontent-length: 2 \r\n\r\nok";
+        let head = parse_cgi_head(resp).unwrap();
+        assert_eq!((head.code, head.reason), (201, &b"Created"[..]));
+        assert_eq!(head.header("Content-Length"), Some(&b"2"[..]));
+        assert_eq!(head.header("Status"), None);
+        assert_eq!(&resp[head.body_start..], b"ok");
+        // Every prefix that stops before the empty line is incomplete or empty.
+        let end = head.body_start;
+        for i in 0..end {
+            assert!(
+                matches!(
+                    parse_cgi_head(&resp[..i]),
+                    Err(CgiHeadError::Empty | CgiHeadError::Unterminated)
+                ),
+                "{i}"
+            );
+        }
     }
 }

@@ -1,0 +1,185 @@
+//! `postern request`: sends one request the way nginx's `uwsgi_pass`, `fastcgi_pass` or
+//! `scgi_pass` would and prints the response `curl -i` style. Blocking std I/O: it is a
+//! debugging and health-check tool, one request per run.
+//!
+//! - `uwsgi://…`: one uwsgi packet plus the body; the answer (an HTTP status line and
+//!   headers) is printed as it comes, up to EOF.
+//! - `fastcgi://…`: BEGIN_REQUEST, PARAMS and STDIN records (PROTOCOLS.md §2.5); the
+//!   STDOUT records up to END_REQUEST are the CGI response, STDERR goes to our stderr.
+//!   `--no-content-length` streams the body with no CONTENT_LENGTH; `--get-values`
+//!   sends an FCGI_GET_VALUES management record instead of a request (§2.7).
+//! - `scgi://…`: one netstring head plus the body (§3); the CGI response runs to EOF.
+//!
+//! CGI responses (FastCGI, SCGI) are printed as HTTP: the `Status:` header (or 200, or
+//! 302 with `Location`) becomes an `HTTP/1.1` status line. Exit codes: 0, 22 for a 5xx
+//! answer, 7 when the server cannot be reached or answers badly, 2 for usage errors.
+//!
+//! - [`url`]: the URL grammar, resolving and connecting.
+//! - [`encode`]: the CGI variables and the uwsgi, FastCGI or SCGI framing.
+//! - [`fastcgi`]: reading FastCGI records back (responses, FCGI_GET_VALUES_RESULT).
+//! - [`output`]: printing the answer and choosing the exit code.
+
+pub mod encode;
+pub mod fastcgi;
+pub mod output;
+pub mod url;
+
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use crate::config::RequestArgs;
+use encode::Request;
+use url::{is_socket_file, parse_url, Conn, Scheme};
+
+/// Exit code for a connection failure (curl's "couldn't connect"), also used for an
+/// answer cut short or not in the protocol spoken.
+pub const EXIT_CONNECT: i32 = 7;
+/// Exit code for a 5xx answer (curl --fail's code).
+pub const EXIT_5XX: i32 = 22;
+/// Exit code for a malformed URL or option.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot connect to {target}: {source}")]
+    Connect { target: String, source: io::Error },
+    #[error("talking to {target}: {source}")]
+    Io { target: String, source: io::Error },
+    /// The server answered, but not in the protocol it was spoken to.
+    #[error("bad answer from {target}: {reason}")]
+    Protocol { target: String, reason: String },
+    /// The connection closed before the response was complete.
+    #[error("the response from {target} was cut: {reason}")]
+    Cut { target: String, reason: String },
+    /// Printing the response failed (stdout closed, disk full…).
+    #[error("cannot write the response to stdout: {0}")]
+    Output(io::Error),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Usage(_) => EXIT_USAGE,
+            _ => EXIT_CONNECT,
+        }
+    }
+}
+
+/// A connection, or a test's fake one.
+pub trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// Runs the subcommand; returns the process exit code.
+pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
+    let url = parse_url(&args.url, is_socket_file).map_err(ClientError::Usage)?;
+    if args.no_content_length && url.scheme != Scheme::FastCgi {
+        return Err(ClientError::Usage(format!(
+            "--no-content-length is for fastcgi URLs only ({} needs the body length up front)",
+            url.scheme.name()
+        )));
+    }
+    if args.get_values && url.scheme != Scheme::FastCgi {
+        return Err(ClientError::Usage(
+            "--get-values is for fastcgi URLs only (FCGI_GET_VALUES is a FastCGI record)".into(),
+        ));
+    }
+    let label = url.target.label();
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
+    let connect = || {
+        url.target
+            .resolve()
+            .and_then(|endpoint| endpoint.connect(timeout))
+            .map_err(|source| ClientError::Connect {
+                target: label.clone(),
+                source,
+            })
+    };
+
+    if args.get_values {
+        let mut stream = connect()?;
+        return fastcgi::get_values(&mut stream, &mut io::stdout().lock(), &label);
+    }
+
+    // Build the whole request before connecting, so that usage errors never connect.
+    let body = read_body(args)?;
+    let writes = Request::from_args(args, &body)
+        .encode(&url)
+        .map_err(ClientError::Usage)?;
+
+    let mut stream = connect()?;
+    let io_err = |source| ClientError::Io {
+        target: label.clone(),
+        source,
+    };
+    for buf in &writes {
+        stream.write_all(buf).map_err(io_err)?;
+    }
+    stream.flush().map_err(io_err)?;
+
+    match url.scheme {
+        Scheme::Uwsgi => output::print_http_response(&read_to_eof(&mut stream, &label)?),
+        Scheme::FastCgi => {
+            let response = fastcgi::read_fastcgi_response(&mut stream, &label)?;
+            // Not waiting for EOF: END_REQUEST ends the exchange (keep_conn is off, so
+            // the server closes its side anyway).
+            drop(stream);
+            if response.starts_with(b"HTTP/") {
+                eprintln!(
+                    "postern request: warning: the FastCGI response starts with an HTTP \
+                     status line; nginx skips it and sends 200 unless a Status header follows"
+                );
+            }
+            output::print_cgi_response(&response, &label)
+        }
+        Scheme::Scgi => output::print_cgi_response(&read_to_eof(&mut stream, &label)?, &label),
+    }
+}
+
+/// The `--data` argument: the text itself, or the contents of `@FILE`.
+fn read_body(args: &RequestArgs) -> Result<Vec<u8>, ClientError> {
+    Ok(match &args.data {
+        None => Vec::new(),
+        Some(d) => match d.strip_prefix('@') {
+            Some(file) => std::fs::read(file)
+                .map_err(|e| ClientError::Usage(format!("cannot read --data @{file}: {e}")))?,
+            None => d.clone().into_bytes(),
+        },
+    })
+}
+
+/// Reads the whole answer (uwsgi, SCGI: the server closes after it); nothing at all is
+/// an error.
+fn read_to_eof(stream: &mut Conn, label: &str) -> Result<Vec<u8>, ClientError> {
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|source| ClientError::Io {
+            target: label.to_owned(),
+            source,
+        })?;
+    if response.is_empty() {
+        return Err(ClientError::Io {
+            target: label.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection without answering",
+            ),
+        });
+    }
+    Ok(response)
+}
+
+/// Splits a byte string of FastCGI records into (type, id, content).
+#[cfg(test)]
+fn records(mut bytes: &[u8]) -> Vec<(u8, u16, Vec<u8>)> {
+    use crate::proto::fastcgi as fcgi;
+    let mut out = Vec::new();
+    while let Some((n, r)) = fcgi::parse_record(bytes).unwrap() {
+        out.push((r.kind, r.request_id, r.content.to_vec()));
+        bytes = &bytes[n..];
+    }
+    assert!(bytes.is_empty());
+    out
+}

@@ -1,0 +1,335 @@
+//! Where `postern request` and `postern bench` connect: the URL grammar
+//! (`SCHEME://HOST[:PORT]/path?q`, `SCHEME+unix:///sock/path/p?q`) and the connection.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::proto::cgi;
+
+/// The protocol named by the URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Uwsgi,
+    FastCgi,
+    Scgi,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 3] = [Scheme::Uwsgi, Scheme::FastCgi, Scheme::Scgi];
+
+    /// The URL scheme (`fastcgi` in `fastcgi://` and `fastcgi+unix://`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Uwsgi => "uwsgi",
+            Scheme::FastCgi => "fastcgi",
+            Scheme::Scgi => "scgi",
+        }
+    }
+
+    /// The port when the URL names none (uWSGI's, PHP-FPM's and the SCGI spec's habits).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Uwsgi => 3031,
+            Scheme::FastCgi => 9000,
+            Scheme::Scgi => 4000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl Target {
+    /// `host:port` or `unix:/path`, for messages.
+    pub fn label(&self) -> String {
+        match self {
+            Target::Tcp { host, port } => format!("{host}:{port}"),
+            Target::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    /// Resolves the host (once: `postern bench` connects many times).
+    pub fn resolve(&self) -> io::Result<Endpoint> {
+        Ok(match self {
+            Target::Tcp { host, port } => Endpoint::Tcp(
+                (host.as_str(), *port)
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| io::Error::other("the host resolves to no address"))?,
+            ),
+            Target::Unix(p) => Endpoint::Unix(p.clone()),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Url {
+    pub scheme: Scheme,
+    pub target: Target,
+    /// Path and query as sent (`/a%20b?x=1`).
+    pub uri: String,
+}
+
+/// Parses `SCHEME://HOST[:PORT]/p?q` and `SCHEME+unix:///sock/path/p?q` (or a
+/// percent-encoded socket path as the host: `SCHEME+unix://%2Frun%2Fa.sock/p`), with
+/// SCHEME one of `uwsgi`, `fastcgi`, `scgi`.
+pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, String> {
+    let usage = || {
+        format!(
+            "{url:?}: expected SCHEME://HOST[:PORT]/path or SCHEME+unix:///path/to.sock/path, \
+             SCHEME being uwsgi, fastcgi or scgi"
+        )
+    };
+    let (scheme_part, rest) = url.split_once("://").ok_or_else(usage)?;
+    let scheme_part = scheme_part.to_ascii_lowercase();
+    let (name, unix) = match scheme_part.strip_suffix("+unix") {
+        Some(name) => (name, true),
+        None => (scheme_part.as_str(), false),
+    };
+    let scheme = Scheme::ALL
+        .into_iter()
+        .find(|s| s.name() == name)
+        .ok_or_else(usage)?;
+    let (target, uri) = if unix {
+        parse_unix(rest, is_socket)?
+    } else {
+        parse_tcp(rest, scheme.default_port())?
+    };
+    Ok(Url {
+        scheme,
+        target,
+        uri,
+    })
+}
+
+/// Splits `authority/path?q` (or `authority?q`) at the first `/` or `?`; the URI always
+/// starts with `/`.
+fn split_authority(rest: &str) -> (&str, String) {
+    match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    }
+}
+
+/// `HOST[:PORT]/path?q` of a TCP URL; `[v6]` hosts are unbracketed.
+fn parse_tcp(rest: &str, default_port: u16) -> Result<(Target, String), String> {
+    let (authority, uri) = split_authority(rest);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        (h.to_owned(), p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p),
+            None => (authority.to_owned(), ""),
+        }
+    };
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    let port = if port.is_empty() {
+        default_port
+    } else {
+        port.parse().map_err(|_| format!("bad port {port:?}"))?
+    };
+    Ok((Target::Tcp { host, port }, uri))
+}
+
+/// What follows `SCHEME+unix://`: `/sock/path/p?q`, where the socket is the longest
+/// leading run of path segments that is a socket file, or `%2Fsock%2Fpath/p?q`.
+fn parse_unix(rest: &str, is_socket: impl Fn(&str) -> bool) -> Result<(Target, String), String> {
+    if !rest.starts_with('/') {
+        // Percent-encoded socket path as the authority.
+        let (auth, uri) = split_authority(rest);
+        let path = String::from_utf8_lossy(&cgi::percent_decode(auth.as_bytes())).into_owned();
+        return Ok((Target::Unix(path.into()), uri));
+    }
+    let (path_part, query) = match rest.find('?') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let segments: Vec<&str> = path_part.split('/').collect();
+    for end in (2..=segments.len()).rev() {
+        let candidate = segments[..end].join("/");
+        if is_socket(&candidate) {
+            let tail = segments[end..].join("/");
+            return Ok((Target::Unix(candidate.into()), format!("/{tail}{query}")));
+        }
+    }
+    Err(format!("no Unix socket found along {path_part}"))
+}
+
+pub fn is_socket_file(p: &str) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// A resolved [`Target`].
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Connects with `timeout` (TCP only; a Unix connect does not block for long) and sets
+    /// it as the read and write timeout.
+    pub fn connect(&self, timeout: Duration) -> io::Result<Conn> {
+        Ok(match self {
+            Endpoint::Tcp(addr) => {
+                let s = TcpStream::connect_timeout(addr, timeout)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Conn::Tcp(s)
+            }
+            Endpoint::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Conn::Unix(s)
+            }
+        })
+    }
+}
+
+/// One connection to the server.
+#[derive(Debug)]
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcp_urls() {
+        let u = parse_url("uwsgi://127.0.0.1:3031/hello?x=1", |_| false).unwrap();
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "127.0.0.1".into(),
+                port: 3031
+            }
+        );
+        assert_eq!(u.uri, "/hello?x=1");
+        let u = parse_url("uwsgi://[::1]:9/", |_| false).unwrap();
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "::1".into(),
+                port: 9
+            }
+        );
+        let u = parse_url("uwsgi://localhost", |_| false).unwrap();
+        assert_eq!(u.uri, "/");
+        assert!(parse_url("http://x/", |_| false).is_err());
+    }
+
+    #[test]
+    fn finds_the_socket_in_a_unix_url() {
+        let u = parse_url("uwsgi+unix:///run/app.sock/a/b?q=1", |p| {
+            p == "/run/app.sock"
+        })
+        .unwrap();
+        assert_eq!(u.target, Target::Unix("/run/app.sock".into()));
+        assert_eq!(u.uri, "/a/b?q=1");
+        let u = parse_url("uwsgi+unix:///run/app.sock", |p| p == "/run/app.sock").unwrap();
+        assert_eq!(u.uri, "/");
+        let u = parse_url("uwsgi+unix://%2Frun%2Fapp.sock/x", |_| false).unwrap();
+        assert_eq!(u.target, Target::Unix("/run/app.sock".into()));
+        assert!(parse_url("uwsgi+unix:///nope/x", |_| false).is_err());
+    }
+
+    #[test]
+    fn parses_fastcgi_and_scgi_tcp_urls_with_their_default_ports() {
+        let u = parse_url("fastcgi://127.0.0.1/a%20b?x=1", |_| false).unwrap();
+        assert_eq!(u.scheme, Scheme::FastCgi);
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9000
+            }
+        );
+        assert_eq!(u.uri, "/a%20b?x=1");
+        let u = parse_url("fastcgi://[::1]:9001?q", |_| false).unwrap();
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "::1".into(),
+                port: 9001
+            }
+        );
+        assert_eq!(u.uri, "/?q");
+        let u = parse_url("scgi://example.org", |_| false).unwrap();
+        assert_eq!(u.scheme, Scheme::Scgi);
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "example.org".into(),
+                port: 4000
+            }
+        );
+        assert_eq!(u.uri, "/");
+        let u = parse_url("SCGI://h:4001/p", |_| false).unwrap();
+        assert_eq!(u.scheme, Scheme::Scgi);
+        let u = parse_url("uwsgi://h/", |_| false).unwrap();
+        assert_eq!(u.scheme, Scheme::Uwsgi);
+        assert!(parse_url("fastcgi://:9000/", |_| false).is_err());
+        assert!(parse_url("scgi://h:port/", |_| false).is_err());
+        assert!(parse_url("fcgi://h/", |_| false).is_err());
+        assert!(parse_url("scgi+tcp://h/", |_| false).is_err());
+        assert!(parse_url("fastcgi:/h/", |_| false).is_err());
+    }
+
+    #[test]
+    fn parses_fastcgi_and_scgi_unix_urls() {
+        let is_sock = |p: &str| p == "/run/app.sock";
+        let u = parse_url("fastcgi+unix:///run/app.sock/env/x?q=1", is_sock).unwrap();
+        assert_eq!(u.scheme, Scheme::FastCgi);
+        assert_eq!(u.target, Target::Unix("/run/app.sock".into()));
+        assert_eq!(u.uri, "/env/x?q=1");
+        let u = parse_url("fastcgi+unix://%2Fsock.sock/p", |_| false).unwrap();
+        assert_eq!(u.target, Target::Unix("/sock.sock".into()));
+        assert_eq!(u.uri, "/p");
+        let u = parse_url("fastcgi+unix://%2Fsock.sock?x=1", |_| false).unwrap();
+        assert_eq!(u.target, Target::Unix("/sock.sock".into()));
+        assert_eq!(u.uri, "/?x=1");
+        let u = parse_url("scgi+unix:///run/app.sock", is_sock).unwrap();
+        assert_eq!(u.scheme, Scheme::Scgi);
+        assert_eq!(u.target, Target::Unix("/run/app.sock".into()));
+        assert_eq!(u.uri, "/");
+        let u = parse_url("scgi+unix://%2Frun%2Fapp.sock/a", |_| false).unwrap();
+        assert_eq!(u.target, Target::Unix("/run/app.sock".into()));
+        assert!(parse_url("scgi+unix:///nope/x", is_sock).is_err());
+    }
+}
