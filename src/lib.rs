@@ -18,7 +18,8 @@
 //! check     `postern --check`: import in a child, bind and release each listener
 //! logging   postern's log and the access log: non-blocking writers, SIGUSR1 reopen,
 //!           request ids
-//! client    `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style
+//! client/   `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style;
+//!           `postern bench`: the same request in a loop on N connections (load test)
 //! ```
 
 pub mod boot;

@@ -44,6 +44,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Bench(args)) = &cli.command {
+        return match postern::client::bench::run(args) {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("postern bench: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
     if let Some(Command::Request(args)) = &cli.command {
         return match postern::client::run(args) {
             Ok(code) => ExitCode::from(code as u8),

@@ -1,6 +1,7 @@
 //! `postern request`: sends one request the way nginx's `uwsgi_pass`, `fastcgi_pass` or
 //! `scgi_pass` would and prints the response `curl -i` style. Blocking std I/O: it is a
-//! debugging and health-check tool, one request per run.
+//! debugging and health-check tool, one request per run. `postern bench` ([`bench`])
+//! sends the same requests in a loop to measure a server.
 //!
 //! - `uwsgi://…`: one uwsgi packet plus the body; the answer (an HTTP status line and
 //!   headers) is printed as it comes, up to EOF.
@@ -19,6 +20,7 @@
 //! - [`fastcgi`]: reading FastCGI records back (responses, FCGI_GET_VALUES_RESULT).
 //! - [`output`]: printing the answer and choosing the exit code.
 
+pub mod bench;
 pub mod encode;
 pub mod fastcgi;
 pub mod output;

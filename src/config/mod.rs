@@ -333,6 +333,9 @@ pub struct Options {
 pub enum Command {
     /// Send one request the way nginx would and print the response (-i style).
     Request(RequestArgs),
+    /// Load a uwsgi, FastCGI or SCGI server straight on its socket (no nginx) and
+    /// report req/s, latency percentiles and errors by kind.
+    Bench(crate::client::bench::BenchArgs),
     /// Convert a uWSGI ini file into a postern TOML config, printed on stdout: each value
     /// under the ini line it came from, each line that does not carry over as a comment
     /// saying why.

@@ -1,0 +1,201 @@
+//! `postern bench`: the load generator against the real binary over uwsgi, FastCGI (with
+//! and without keep-conn) and SCGI. What it counts must be what the server served (the
+//! access log), and what goes wrong must show up as errors of the right kind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use protocol_tests::harness::*;
+
+/// Runs `postern bench ARGS --format json`; returns the exit code and the report.
+fn bench(args: &[&str]) -> (Option<i32>, serde_json::Value, Output) {
+    let out = Command::new(postern_bin())
+        .arg("bench")
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .expect("running postern bench");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not a JSON report ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report, out)
+}
+
+/// The access lines for `path` (`path=/bench/x ` in the text format).
+fn served(access: &Path, path: &str) -> u64 {
+    let log = std::fs::read_to_string(access).unwrap_or_default();
+    let needle = format!(" path={path} ");
+    log.lines().filter(|l| l.contains(&needle)).count() as u64
+}
+
+#[test]
+fn bench_counts_exactly_the_requests_the_server_served_on_each_protocol() {
+    let dir = tempdir();
+    let fcgi = dir.path().join("fcgi.sock");
+    let scgi = dir.path().join("scgi.sock");
+    let access = dir.path().join("access.log");
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .arg("--fastcgi")
+        .arg(format!("unix:{}", fcgi.display()))
+        .arg("--scgi")
+        .arg(format!("unix:{}", scgi.display()))
+        .args(["--access-log", &access.display().to_string()])
+        .start();
+    let Addr::Unix(uwsgi) = &p.addr else {
+        unreachable!()
+    };
+    let uwsgi = format!("uwsgi+unix://{}", uwsgi.display());
+    let fcgi_url = format!("fastcgi+unix://{}", fcgi.display());
+
+    // Each run on its own path, so the access log tells them apart; the URL form, the
+    // bare address with --protocol, and a POST with a body are all used.
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        ("/bench/uwsgi", vec![uwsgi.clone()]),
+        ("/bench/fastcgi", vec![fcgi_url.clone()]),
+        (
+            "/bench/fastcgi-keep",
+            vec![fcgi_url.clone(), "--keep-conn".into()],
+        ),
+        (
+            "/bench/scgi",
+            vec![
+                format!("unix:{}", scgi.display()),
+                "--protocol".into(),
+                "scgi".into(),
+                "--body-size".into(),
+                "3000".into(),
+            ],
+        ),
+    ];
+    let mut counted = Vec::new();
+    for (path, args) in &runs {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--path", path, "-c", "3", "-d", "1"]);
+        let (code, r, out) = bench(&args);
+        assert_eq!(code, Some(0), "{path}: {r}\n{out:?}");
+        assert_eq!(r["errors_total"], 0, "{path}: {r}");
+        assert_eq!(r["kept_conn_closed"], 0, "{path}: {r}");
+        let responses = r["responses"].as_u64().unwrap();
+        assert!(responses > 0, "{path}: {r}");
+        assert_eq!(r["status"]["2xx"], responses, "{path}: {r}");
+        assert_eq!(r["path"], *path, "{r}");
+        assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+        counted.push(responses);
+    }
+
+    // A stopped postern has written every access line.
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
+    for ((path, _), n) in runs.iter().zip(counted) {
+        assert_eq!(served(&access, path), n, "{path}");
+    }
+    let log = std::fs::read_to_string(&access).unwrap();
+    assert!(log.contains("method=POST path=/bench/scgi "), "{log}");
+}
+
+#[test]
+fn bench_counts_error_answers_as_non_2xx_and_refuses_bad_options() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp()).start();
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let url = format!("uwsgi+unix://{}/error", sock.display());
+    let (code, r, _) = bench(&[&url, "-c", "2", "-d", "0.5"]);
+    assert_eq!(code, Some(0), "{r}");
+    let responses = r["responses"].as_u64().unwrap();
+    assert!(responses > 0, "{r}");
+    assert_eq!(r["status"]["5xx"], responses, "{r}");
+    assert_eq!(r["non_2xx"], responses, "{r}");
+    assert_eq!(r["errors_total"], 0, "{r}");
+
+    // Usage errors: exit 2 with a sentence, nothing sent.
+    for bad in [
+        vec![url.as_str(), "--keep-conn"],
+        vec![url.as_str(), "--protocol", "fastcgi"],
+        vec![url.as_str(), "-c", "0"],
+        vec!["nowhere://x"],
+    ] {
+        let out = Command::new(postern_bin())
+            .arg("bench")
+            .args(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("postern bench: "),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_server_killed_mid_run_shows_as_errors_not_as_responses() {
+    let dir = tempdir();
+    // uwsgi over TCP (bare HOST:PORT), and FastCGI keep-conn over a Unix socket.
+    let fcgi = dir.path().join("fcgi.sock");
+    for keep in [false, true] {
+        let spawn = if keep {
+            Spawn::tcp(dir.path(), &testapp())
+                .arg("--fastcgi")
+                .arg(format!("unix:{}", fcgi.display()))
+        } else {
+            Spawn::tcp(dir.path(), &testapp())
+        };
+        let p = spawn.start();
+        let Addr::Tcp(port) = p.addr else {
+            unreachable!()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let fcgi_url = format!("fastcgi+unix://{}/sleep?s=0.02", fcgi.display());
+        let args: Vec<&str> = if keep {
+            vec![
+                &fcgi_url,
+                "--keep-conn",
+                "-c",
+                "3",
+                "-d",
+                "2",
+                "--timeout",
+                "5",
+            ]
+        } else {
+            vec![&addr, "--path", "/sleep?s=0.02", "-c", "3", "-d", "2"]
+        };
+        let mut child = Command::new(postern_bin())
+            .arg("bench")
+            .args(&args)
+            .args(["--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        p.signal(libc::SIGKILL);
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let status = child.wait().unwrap();
+        let r: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        assert_eq!(status.code(), Some(0), "{r}");
+        assert!(r["responses"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["status"]["2xx"], r["responses"], "{r}");
+        let e = &r["errors"];
+        // After the kill nothing listens: connects are refused (the Unix socket file
+        // stays, without a listener); requests under way were cut.
+        assert!(e["connect_refused"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(e["bad_response"], 0, "{r}");
+        assert_eq!(e["timeout"], 0, "{r}");
+        assert_eq!(
+            r["errors_total"].as_u64().unwrap(),
+            e["connect_refused"].as_u64().unwrap()
+                + e["connect_failed"].as_u64().unwrap()
+                + e["reset"].as_u64().unwrap(),
+            "{r}"
+        );
+        drop(p);
+    }
+}
