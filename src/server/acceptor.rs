@@ -18,11 +18,12 @@ use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
 
 use super::connection::{self, Start};
-use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, CONN_TOKEN_BASE};
+use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking};
 use super::lane::{Limits, SlowLane};
 use super::queue::Queue;
 use super::sink::ConnSink;
 use super::span::request_span;
+use super::wake::Wake;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{Frame, Protocol};
 use crate::wsgi::{Body, ListenerInfo, Request, Source};
@@ -47,14 +48,14 @@ pub fn epoll_for(queue: &Queue, listeners: &[Listener]) -> std::io::Result<Owned
     epoll::add(
         &ep,
         queue.tokens(),
-        epoll::EventData::new_u64(0),
+        epoll::EventData::new_u64(Wake::Queue.encode()),
         epoll::EventFlags::IN,
     )?;
     for (i, l) in listeners.iter().enumerate() {
         epoll::add(
             &ep,
             &l.sock,
-            epoll::EventData::new_u64(i as u64 + 1),
+            epoll::EventData::new_u64(Wake::Listener(i).encode()),
             epoll::EventFlags::IN,
         )?;
     }
@@ -63,8 +64,8 @@ pub fn epoll_for(queue: &Queue, listeners: &[Listener]) -> std::io::Result<Owned
 
 /// The [`Source`] the Python threads pull requests from.
 pub struct Acceptor {
-    /// Interest list: the ready-queue eventfd (data 0), each listener (data i+1), and
-    /// idle FastCGI connections (data >= CONN_TOKEN_BASE, one-shot).
+    /// Interest list: the ready-queue eventfd, each listener, and FastCGI connections
+    /// (one-shot); the epoll data is a [`Wake`].
     pub epoll: Arc<OwnedFd>,
     /// Idle FastCGI keep-alive connections.
     pub parking: Arc<Parking>,
@@ -108,36 +109,39 @@ impl Source for Acceptor {
                 }
             }
             let Some(ev) = events.first() else { continue };
-            let token = ev.data.u64();
-            if token >= CONN_TOKEN_BASE {
-                // A parked FastCGI connection has its next request (or closed).
-                if let Some(conn) = self.parking.take(token) {
-                    if token & fastcgi::BUSY != 0 {
-                        // Input while its request runs inline: the slow lane reads it.
+            match Wake::decode(ev.data.u64()) {
+                Wake::Busy(key) => {
+                    // Input on a connection whose request runs inline: the slow lane
+                    // reads it.
+                    if let Some(conn) = self.parking.take(Wake::Busy(key)) {
                         let info = self.listeners[conn.listener].info.clone();
                         fastcgi::steal(conn, &self.parking, &self.slow, info, self.fcgi.clone());
-                    } else if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
-                        return Some(req);
                     }
                 }
-                continue;
-            }
-            let which = token as usize;
-            let is_ready = |i: usize| i == which;
-            if is_ready(0) && queue.is_accepting() {
-                if let Some(r) = queue.take() {
-                    return Some(r);
+                Wake::Parked(key) => {
+                    // A parked FastCGI connection has its next request (or closed).
+                    if let Some(conn) = self.parking.take(Wake::Parked(key)) {
+                        if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
+                            return Some(req);
+                        }
+                    }
                 }
-            }
-            if !queue.is_accepting() {
-                continue;
-            }
-            for (i, l) in self.listeners.iter().enumerate() {
-                if !is_ready(i + 1) {
-                    continue;
+                Wake::Queue => {
+                    if queue.is_accepting() {
+                        if let Some(r) = queue.take() {
+                            return Some(r);
+                        }
+                    }
                 }
-                if let Some(req) = self.accept(i, l) {
-                    return Some(req);
+                Wake::Listener(i) => {
+                    if !queue.is_accepting() {
+                        continue;
+                    }
+                    if let Some(l) = self.listeners.get(i) {
+                        if let Some(req) = self.accept(i, l) {
+                            return Some(req);
+                        }
+                    }
                 }
             }
         }

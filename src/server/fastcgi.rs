@@ -36,17 +36,11 @@ pub use super::lane::FcgiSettings;
 use super::lane::{Limits, SlowLane};
 use super::sink::send_all;
 use super::span::request_span;
+use super::wake::Wake;
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
 use crate::wsgi::{Body, BodyStream, End, ErrorsForward, ListenerInfo, Request, Sent, Sink};
-
-/// Epoll data of parked connections start here (below: the token eventfd and listeners).
-pub const CONN_TOKEN_BASE: u64 = 1 << 32;
-
-/// Set in the epoll data of a connection whose request is being served inline: it became
-/// readable (a multiplexed request, an ABORT_REQUEST, a close) and needs a reader.
-pub const BUSY: u64 = 1 << 62;
 
 /// A request the fast path serves inline, as the connection's other users see it.
 enum Inline {
@@ -88,8 +82,8 @@ pub struct FcgiConn {
     pub tcp: bool,
     /// Index of the listener it came from.
     pub listener: usize,
-    /// Epoll data while parked in the fast path.
-    token: u64,
+    /// Names it in the Python threads' epoll ([`Wake::Parked`], [`Wake::Busy`]).
+    key: u64,
     /// In the Python threads' epoll interest list.
     registered: AtomicBool,
     write: Mutex<()>,
@@ -101,7 +95,7 @@ pub struct FcgiConn {
     inline: Mutex<Inline>,
 }
 
-static NEXT_TOKEN: AtomicU64 = AtomicU64::new(CONN_TOKEN_BASE);
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
 impl FcgiConn {
     pub fn new(
@@ -116,7 +110,7 @@ impl FcgiConn {
             peer,
             tcp,
             listener,
-            token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             registered: AtomicBool::new(false),
             write: Mutex::new(()),
             write_timeout,
@@ -189,7 +183,7 @@ impl FcgiConn {
 /// thread that is woken owns the connection until it parks it again).
 pub struct Parking {
     epoll: Arc<OwnedFd>,
-    conns: Mutex<FxHashMap<u64, Arc<FcgiConn>>>,
+    conns: Mutex<FxHashMap<Wake, Arc<FcgiConn>>>,
     open: AtomicBool,
 }
 
@@ -215,9 +209,13 @@ impl Parking {
     /// Waits for input on a connection: its next request (idle), or whatever arrives
     /// while its request is served inline (`busy`).
     fn watch(&self, conn: Arc<FcgiConn>, busy: bool) {
-        let token = if busy { conn.token | BUSY } else { conn.token };
+        let wake = if busy {
+            Wake::Busy(conn.key)
+        } else {
+            Wake::Parked(conn.key)
+        };
         let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
-        let data = epoll::EventData::new_u64(token);
+        let data = epoll::EventData::new_u64(wake.encode());
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if !busy && !self.open.load(Ordering::SeqCst) {
             // Stopping (checked again under the lock `close_all` takes).
@@ -232,7 +230,7 @@ impl Parking {
         };
         match r {
             Ok(()) => {
-                conns.insert(token, conn);
+                conns.insert(wake, conn);
             }
             Err(e) => {
                 conn.registered.store(false, Ordering::SeqCst);
@@ -242,11 +240,11 @@ impl Parking {
     }
 
     /// The parked connection whose event fired.
-    pub fn take(&self, token: u64) -> Option<Arc<FcgiConn>> {
+    pub fn take(&self, wake: Wake) -> Option<Arc<FcgiConn>> {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&token)
+            .remove(&wake)
     }
 
     /// While a request is served inline: input on the connection wakes a Python thread,
@@ -269,7 +267,11 @@ impl Parking {
             let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
             // Busy ones (a request running inline) stay: their request finishes, then
             // `park` closes them.
-            let idle: Vec<u64> = map.keys().copied().filter(|t| t & BUSY == 0).collect();
+            let idle: Vec<Wake> = map
+                .keys()
+                .copied()
+                .filter(|w| matches!(w, Wake::Parked(_)))
+                .collect();
             idle.into_iter().filter_map(|t| map.remove(&t)).collect()
         };
         for c in &conns {
@@ -526,7 +528,7 @@ impl FcgiSink {
                     stolen: Some(tx), ..
                 } => Some(tx),
                 _ => {
-                    if self.keep_conn && parking.take(conn.token | BUSY).is_none() {
+                    if self.keep_conn && parking.take(Wake::Busy(conn.key)).is_none() {
                         // A thread holds the busy event: it parks or closes the
                         // connection once this lock is released.
                         *st = Inline::Finished {

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod queue;
 pub mod sink;
 pub mod span;
+pub mod wake;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
