@@ -259,7 +259,8 @@ impl Stack {
 pub enum Kind {
     /// `POST {prefix}/echo` with a body; the answer must be that body.
     Echo,
-    /// `GET {prefix}/env?t=T&i=I`; the environ's QUERY_STRING must be `t=T&i=I`.
+    /// `GET {prefix}/env?t=T&i=I`; the environ's PATH_INFO must be `/env` and its
+    /// QUERY_STRING `t=T&i=I`.
     Env,
 }
 
@@ -270,6 +271,7 @@ pub struct Load {
     clients: usize,
     per_client: usize,
     mix: Vec<Kind>,
+    min_repeat: usize,
     max_repeat: usize,
     prefix: String,
 }
@@ -281,6 +283,7 @@ impl Load {
             clients,
             per_client,
             mix: vec![Kind::Echo, Kind::Env],
+            min_repeat: 1,
             max_repeat: 200,
             prefix: String::new(),
         }
@@ -292,9 +295,17 @@ impl Load {
         self
     }
 
-    /// A body is `t{t}-i{i}-` repeated 1 to `max_repeat` times (varies per request).
+    /// A body is `t{t}-i{i}-` (about 8 bytes) repeated 1 to `max_repeat` times, a
+    /// different count per request.
     pub fn max_repeat(mut self, max_repeat: usize) -> Self {
-        self.max_repeat = max_repeat.max(1);
+        self.max_repeat = max_repeat.max(self.min_repeat);
+        self
+    }
+
+    /// At least `min_repeat` repeats (e.g. bodies larger than one read).
+    pub fn min_repeat(mut self, min_repeat: usize) -> Self {
+        self.min_repeat = min_repeat.max(1);
+        self.max_repeat = self.max_repeat.max(self.min_repeat);
         self
     }
 
@@ -335,7 +346,8 @@ impl Load {
 
     fn one(&self, port: u16, t: usize, i: usize) -> Outcome {
         let kind = self.mix[(t + i) % self.mix.len()];
-        let body = format!("t{t}-i{i}-").repeat(1 + (t * 37 + i * 11) % self.max_repeat);
+        let spread = self.max_repeat - self.min_repeat + 1;
+        let body = format!("t{t}-i{i}-").repeat(self.min_repeat + (t * 37 + i * 11) % spread);
         let prefix = &self.prefix;
         let req = match kind {
             Kind::Echo => format!(
@@ -364,12 +376,14 @@ impl Load {
                 r.body.len()
             )),
             Kind::Env => {
-                let want = format!("t={t}&i={i}");
-                let got = serde_json::from_slice::<serde_json::Value>(&r.body)
-                    .ok()
-                    .and_then(|e| e["QUERY_STRING"].as_str().map(str::to_owned));
-                (got.as_deref() != Some(want.as_str())).then(|| {
-                    format!("client {t} request {i}: QUERY_STRING {got:?}, expected {want:?}")
+                let want = (Some("/env".to_owned()), Some(format!("t={t}&i={i}")));
+                let env = serde_json::from_slice::<serde_json::Value>(&r.body).ok();
+                let var = |k: &str| env.as_ref().and_then(|e| e[k].as_str().map(str::to_owned));
+                let got = (var("PATH_INFO"), var("QUERY_STRING"));
+                (got != want).then(|| {
+                    format!(
+                        "client {t} request {i}: (PATH_INFO, QUERY_STRING) {got:?}, expected {want:?}"
+                    )
                 })
             }
             Kind::Echo => None,
@@ -459,5 +473,94 @@ impl LoadReport {
             s.push_str(&format!("---- {name} ----\n{text}\n"));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A stand-in front server on loopback answering `requests` requests: echoes and
+    /// environs as the test app gives them, or wrong ones when `honest` is false.
+    fn fake_front(requests: usize, honest: bool) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for _ in 0..requests {
+                let (mut c, _) = listener.accept().unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0, "client closed early");
+                    req.extend_from_slice(&buf[..n]);
+                    if let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&req[..head_end]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while req.len() < head_end + len {
+                    let n = c.read(&mut buf).unwrap();
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let target = head.split(' ').nth(1).unwrap();
+                let body = if !honest {
+                    b"wrong".to_vec()
+                } else if let Some(q) = target.strip_prefix("/env?") {
+                    serde_json::json!({"PATH_INFO": "/env", "QUERY_STRING": q})
+                        .to_string()
+                        .into_bytes()
+                } else {
+                    req[head_end..].to_vec()
+                };
+                let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+                out.extend_from_slice(&body);
+                c.write_all(&out).unwrap();
+            }
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn right_answers_pass_assert_all_ok() {
+        let (port, server) = fake_front(12, true);
+        let report = Load::new(3, 4).run(port);
+        server.join().unwrap();
+        assert_eq!(
+            (report.requests, report.ok()),
+            (12, 12),
+            "{}",
+            report.describe()
+        );
+        report.assert_all_ok();
+    }
+
+    #[test]
+    fn wrong_bodies_fail_assert_all_ok_and_are_named() {
+        let (port, server) = fake_front(4, false);
+        let report = Load::new(2, 2).run(port);
+        server.join().unwrap();
+        assert_eq!(report.statuses.get(&200), Some(&4));
+        assert_eq!((report.ok(), report.mismatches.len()), (0, 4));
+        assert!(report.mismatches.iter().any(|m| m.contains("echo of")));
+        assert!(report.mismatches.iter().any(|m| m.contains("QUERY_STRING")));
+        let failed = std::panic::catch_unwind(|| report.assert_all_ok());
+        assert!(failed.is_err(), "wrong answers must fail the load");
+    }
+
+    #[test]
+    fn error_lines_of_a_load_are_upstream_errors_but_fastcgi_stderr_is_not() {
+        let log = "2026/01/01 [error] 1#1: *1 FastCGI sent in stderr: \"app\"\n\
+                   2026/01/01 [error] 1#1: *2 upstream prematurely closed connection\n\
+                   2026/01/01 [info] 1#1: *3 client closed keepalive connection\n\
+                   2026/01/01 [alert] 1#1: worker process exited\n";
+        assert_eq!(upstream_errors(log).len(), 1);
+        assert_eq!(load_errors(log).len(), 2);
     }
 }
