@@ -334,6 +334,8 @@ fn check_imports_the_app_as_the_uid_the_start_runs_as() {
 // Unix socket it had just bound behind.
 #[test]
 fn a_start_that_cannot_write_its_pidfile_removes_its_socket() {
+    // regression: a --pidfile that could not be written ended the start but left the Unix
+    // socket just bound behind.
     let dir = tempdir();
     let sock = dir.path().join("app.sock");
     let out = postern()
@@ -354,6 +356,8 @@ fn a_start_that_cannot_write_its_pidfile_removes_its_socket() {
 // the check with "the app cannot be started (see above)" and nothing above.
 #[test]
 fn check_says_when_the_import_was_killed_by_a_signal() {
+    // regression: a --check child killed while importing the app (os.abort, a crashing C
+    // extension) was reported as "see above" with nothing above, not with its signal.
     let (out, stdout, stderr) = check_app("crash.py", "import os\nos.abort()\n");
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("killed by signal 6"), "{stderr}");

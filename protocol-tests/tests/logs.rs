@@ -698,6 +698,8 @@ fn no_access_line_is_lost_at_a_graceful_stop() {
 
 #[test]
 fn a_stalled_stderr_never_holds_up_requests_or_the_exit() {
+    // regression: a master writing to a stderr pipe nobody read (a stalled journal) hung, and
+    // so did the exit waiting for the log writer to flush.
     for workers in ["1", "2"] {
         let dir = tempdir();
         let sock = dir.path().join("stalled.sock");
