@@ -76,8 +76,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
             }
         }
     }
-    crate::server::remove_unix_sockets(&held);
-    drop(held);
+    drop(held); // closes them and removes their socket files
     for (what, path) in files_written(config) {
         match writable(path) {
             Ok(()) => {

@@ -18,6 +18,7 @@
 //! check     `postern --check`: import in a child, bind and release each listener
 //! logging   postern's log and the access log: non-blocking writers, SIGUSR1 reopen,
 //!           request ids
+//! users     the user/group database (NSS, through libc): --uid, --socket-owner, %U
 //! client/   `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style;
 //!           `postern bench`: the same request in a loop on N connections (load test)
 //! ```
@@ -32,5 +33,6 @@ pub mod proto;
 pub mod server;
 pub mod stats;
 pub mod supervisor;
+pub mod users;
 pub mod uwsgi_ini;
 pub mod wsgi;

@@ -157,10 +157,8 @@ fn run(config: Config) -> anyhow::Result<()> {
                 b.info.protocol = plan.protocol;
                 bound.push(b)
             }
-            Err(e) => {
-                server::remove_unix_sockets(&bound);
-                return Err(e.into());
-            }
+            // Dropping `bound` removes the socket files bound so far.
+            Err(e) => return Err(e.into()),
         }
     }
     // --stats: bound with the listeners (a taken address stops postern now).
@@ -170,10 +168,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| postern::stats::server::bind(a, &opts))
     {
-        Some(Err(e)) => {
-            server::remove_unix_sockets(&bound);
-            return Err(e.into());
-        }
+        Some(Err(e)) => return Err(e.into()),
         Some(Ok(b)) => Some(b),
         None => None,
     };
@@ -189,16 +184,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         .as_deref()
         .map_or(Ok(()), pidfile)
         .and_then(|()| boot::drop_privileges(&config));
-    if let Err(e) = started {
-        server::remove_unix_sockets(&bound);
-        server::remove_unix_sockets(stats.as_slice());
-        return Err(e);
-    }
-    let stats_addr = stats.as_ref().map(|s| s.addr.clone());
+    started?;
+    // The --stats socket file's guard stays here (removed on return): the listener
+    // goes to a thread or helper process that never gives it back.
+    let mut stats = stats;
+    let _stats_file = stats.as_mut().and_then(|s| s.socket_file.take());
     let result = serve(&config, bound, stats);
-    if let Some(a) = &stats_addr {
-        postern::stats::server::remove_socket(a);
-    }
     if let Some(p) = &config.opts.pidfile {
         match std::fs::remove_file(p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
@@ -260,10 +251,7 @@ fn serve(
         let preloaded = if config.opts.preload {
             match boot::start_python(config) {
                 Ok(app) => Some(app),
-                Err(e) => {
-                    server::remove_unix_sockets(&bound);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         } else {
             None
@@ -289,7 +277,7 @@ fn serve(
             logging::finish();
             code
         });
-        server::remove_unix_sockets(&bound);
+        drop(bound); // removes the socket files (see listener::SocketFile)
         result?;
         tracing::info!("stopped");
         return Ok(());
@@ -307,10 +295,7 @@ fn serve(
     };
     let app = match boot::start_python(config) {
         Ok(app) => app,
-        Err(e) => {
-            server::remove_unix_sockets(&bound);
-            return Err(e);
-        }
+        Err(e) => return Err(e),
     };
     // Until the server's own handler is installed, a SIGHUP (no reload without the
     // master) must not kill the process.

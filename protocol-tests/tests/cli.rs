@@ -64,6 +64,45 @@ fn import_failure_exits_with_the_traceback_and_a_sentence() {
     assert!(!sock.exists(), "the socket is removed after a failed start");
 }
 
+// The socket files are removed by their guard on every way out of a failed start: the
+// workers' import failing under a master, or the master's own (--preload), the
+// --stats socket included; the workers hold copies of the guards and must not (and
+// the master must) remove the files.
+#[test]
+fn a_master_whose_app_cannot_start_leaves_no_socket_files() {
+    let dir = tempdir();
+    let app = dir.path().join("broken.py");
+    std::fs::write(&app, "import no_such_module_here\n").unwrap();
+    let sock = dir.path().join("b.sock");
+    let stats = dir.path().join("stats.sock");
+    for preload in [false, true] {
+        let mut cmd = postern();
+        cmd.arg(&app)
+            .arg("--uwsgi")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--stats")
+            .arg(format!("unix:{}", stats.display()))
+            .args(["--workers", "2"]);
+        if preload {
+            cmd.arg("--preload");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("No module named 'no_such_module_here'"),
+            "preload {preload}: {err}"
+        );
+        assert!(
+            !sock.exists(),
+            "preload {preload}: the socket file is left: {err}"
+        );
+        assert!(
+            !stats.exists(),
+            "preload {preload}: the stats socket is left: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_callable_is_named() {
     let dir = tempdir();
@@ -432,6 +471,7 @@ fn request_client_prints_and_sets_the_exit_code() {
 
 #[test]
 fn requests_waiting_in_the_listen_queue_at_sigterm_are_served() {
+    // regression: a graceful stop reset the connections still waiting in the listen queue.
     let dir = tempdir();
     let mut p = Spawn::unix(dir.path(), &testapp()).start();
     let busy = {
@@ -477,6 +517,7 @@ fn requests_waiting_in_the_listen_queue_at_sigterm_are_served() {
 
 #[test]
 fn a_request_holding_the_gil_cannot_stop_a_graceful_stop() {
+    // regression: a request that never released the GIL made a graceful stop hang.
     let dir = tempdir();
     let mut p = Spawn::tcp(dir.path(), &testapp())
         .args(["--graceful-timeout", "1"])
@@ -501,6 +542,7 @@ fn a_request_holding_the_gil_cannot_stop_a_graceful_stop() {
 
 #[test]
 fn a_second_signal_stops_at_once() {
+    // regression: a second stop signal during a graceful stop did not cut it short.
     let dir = tempdir();
     let mut p = Spawn::tcp(dir.path(), &testapp()).start();
     let addr = p.addr.clone();
@@ -525,6 +567,8 @@ fn a_second_signal_stops_at_once() {
 
 #[test]
 fn sighup_does_not_kill_a_single_process() {
+    // regression: SIGHUP killed a single process (default action); later, a SIGHUP sent right
+    // after "ready" was lost, the handler not yet in place.
     let dir = tempdir();
     let p = Spawn::tcp(dir.path(), &testapp()).start();
     p.signal(libc::SIGHUP);

@@ -3,11 +3,12 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use rustix::io::Errno;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::ServerError;
@@ -52,15 +53,15 @@ impl BindError {
     /// Turns what bind(2) and friends said into a sentence for `addr`.
     fn from_io(addr: &ListenAddr, cause: io::Error) -> BindError {
         let addr_ = addr.clone();
-        match (addr, cause.raw_os_error()) {
-            (_, Some(libc::EADDRINUSE)) => BindError::InUse {
+        match (addr, Errno::from_io_error(&cause)) {
+            (_, Some(Errno::ADDRINUSE)) => BindError::InUse {
                 addr: addr_,
                 find: match addr {
                     ListenAddr::Tcp(sa) => format!("ss -ltnp 'sport = :{}'", sa.port()),
                     ListenAddr::Unix(p) => format!("ss -lxp | grep {}", p.display()),
                 },
             },
-            (ListenAddr::Unix(p), Some(libc::ENOENT)) => match p.parent() {
+            (ListenAddr::Unix(p), Some(Errno::NOENT)) => match p.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
                     let runtime = dir
                         .strip_prefix("/run")
@@ -79,24 +80,24 @@ impl BindError {
                 }
                 _ => BindError::Other { addr: addr_, cause },
             },
-            (ListenAddr::Unix(p), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+            (ListenAddr::Unix(p), Some(Errno::ACCESS | Errno::PERM | Errno::ROFS)) => {
                 let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
                 let dir = dir.map_or(".".into(), |d| d.display().to_string());
                 BindError::Denied {
                     addr: addr_,
                     hint: format!(
                         "postern (uid {}) may not create files in {dir}; make it writable for this user (systemd: `RuntimeDirectory=` with `User=`) or choose another path",
-                        nix::unistd::geteuid()
+                        rustix::process::geteuid().as_raw()
                     ),
                 }
             }
-            (ListenAddr::Tcp(sa), Some(libc::EACCES | libc::EPERM)) if sa.port() < 1024 => {
+            (ListenAddr::Tcp(sa), Some(Errno::ACCESS | Errno::PERM)) if sa.port() < 1024 => {
                 BindError::Denied {
                     addr: addr_,
                     hint: "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (systemd: `AmbientCapabilities=CAP_NET_BIND_SERVICE`); or use a port above 1023".into(),
                 }
             }
-            (ListenAddr::Tcp(sa), Some(libc::EADDRNOTAVAIL)) => BindError::NotLocal {
+            (ListenAddr::Tcp(sa), Some(Errno::ADDRNOTAVAIL)) => BindError::NotLocal {
                 addr: addr_,
                 ip: sa.ip(),
             },
@@ -205,6 +206,64 @@ pub struct Bound {
     pub info: ListenerInfo,
     /// Passed in by systemd (LISTEN_FDS): never unlinked by postern.
     pub inherited: bool,
+    /// The Unix socket's file when this process created it: removed when dropped. A
+    /// TCP listener, an inherited socket and a [`Bound::try_clone`] have none.
+    pub socket_file: Option<SocketFile>,
+}
+
+/// The file of a Unix socket this process bound, removed when the guard is dropped: at
+/// a stop, and on every error path after the bind (a failed start leaves no socket
+/// file behind).
+///
+/// Only the process that bound the socket removes it: a worker or helper forked from
+/// the master has a copy of the guard in its memory, and the file must outlive it
+/// (its siblings and successors keep serving on it). And only while the path still
+/// names this socket: a server started meanwhile on the same path (after this one
+/// stopped accepting, its socket looks stale) keeps its own file.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// The process that bound the socket.
+    pid: u32,
+    /// Device and inode of the socket file as bound (`None`: it could not be read).
+    id: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    /// Takes charge of the socket file at `path`, which this process has just bound.
+    fn bound_at(path: &Path) -> SocketFile {
+        SocketFile {
+            path: path.to_owned(),
+            pid: std::process::id(),
+            id: std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            return;
+        }
+        let now = std::fs::symlink_metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        match (now, self.id) {
+            (Ok(now), Some(id)) if now != id => {
+                tracing::debug!(path = %self.path.display(), "the socket file was replaced by another server's; leaving it");
+            }
+            (Ok(_), _) => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the Unix socket file");
+                }
+            }
+            (Err(_), _) => {} // already gone
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -270,6 +329,8 @@ impl Bound {
             },
             info: self.info.clone(),
             inherited: self.inherited,
+            // The file stays with the original (see [`SocketFile`]).
+            socket_file: None,
         })
     }
 }
@@ -290,8 +351,10 @@ fn systemd_fds() -> Vec<i32> {
     }
     (3..3 + n)
         .filter(|&fd| {
-            // SAFETY: fcntl on a plain integer fd only queries it.
-            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            // SAFETY: the borrow only lives for this query; on an fd that is not open,
+            // fcntl(F_GETFD) fails with EBADF and touches nothing.
+            let open =
+                rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).is_ok();
             if !open {
                 tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored");
             }
@@ -358,6 +421,7 @@ pub fn systemd_listeners() -> Vec<Bound> {
                 server_port: Arc::from(server_port.as_bytes()),
             },
             inherited: true,
+            socket_file: None,
         });
     }
     out
@@ -378,7 +442,8 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
             // TCP_DEFER_ACCEPT (as uWSGI does by default): the kernel hands over a
             // connection once its first bytes are there, so the first read almost
             // always finds the whole request. A silent peer is passed on after
-            // about a second anyway and meets --head-timeout.
+            // about a second anyway and meets --head-timeout. Through libc: neither
+            // rustix nor socket2 has this option.
             let secs: libc::c_int = 1;
             // SAFETY: setsockopt on a socket we own, with a c_int value of the right size.
             unsafe {
@@ -402,6 +467,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                     server_port: Arc::from(local.port().to_string().as_bytes()),
                 },
                 inherited: false,
+                socket_file: None,
             })
         }
         ListenAddr::Unix(path) => {
@@ -410,8 +476,9 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
             socket
                 .bind(&SockAddr::unix(path).map_err(err)?)
                 .map_err(err)?;
+            // From here on, any error return drops the guard, which removes the file.
+            let socket_file = SocketFile::bound_at(path);
             let apply = |option: &'static str, cause: io::Error| {
-                let _ = std::fs::remove_file(path);
                 ServerError::from(BindError::Apply {
                     addr: addr.clone(),
                     option,
@@ -426,13 +493,10 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                 std::os::unix::fs::chown(path, uid, gid)
                     .map_err(|e| apply("--socket-owner (changing an owner needs root)", e))?;
             }
-            let listening = socket
+            socket
                 .listen(opts.backlog)
-                .and_then(|()| socket.set_nonblocking(true));
-            if let Err(e) = listening {
-                let _ = std::fs::remove_file(path);
-                return Err(err(e));
-            }
+                .and_then(|()| socket.set_nonblocking(true))
+                .map_err(err)?;
             Ok(Bound {
                 addr: addr.clone(),
                 socket: BoundSocket::Unix(socket.into()),
@@ -442,6 +506,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                     server_port: Arc::from(&b"80"[..]),
                 },
                 inherited: false,
+                socket_file: Some(socket_file),
             })
         }
     }
@@ -452,7 +517,9 @@ fn clear_stale_socket(addr: &ListenAddr, path: &Path) -> Result<(), BindError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         // ENOTDIR: a part of the path is a file; bind(2) will say so.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
+        Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOENT | Errno::NOTDIR)) => {
+            return Ok(())
+        }
         Err(e) => return Err(BindError::from_io(addr, e)),
     };
     if !meta.file_type().is_socket() {
@@ -485,20 +552,18 @@ pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
     } else if let Ok(n) = user.parse() {
         Some(n)
     } else {
-        let u = nix::unistd::User::from_name(user)
+        let u = crate::users::user_by_name(user)
             .map_err(|e| format!("looking up user {user:?}: {e}"))?
             .ok_or_else(|| format!("no such user {user:?}"))?;
-        Some(u.uid.as_raw())
+        Some(u.uid)
     };
     let gid = match group {
         None | Some("") => None,
         Some(g) => Some(match g.parse() {
             Ok(n) => n,
-            Err(_) => nix::unistd::Group::from_name(g)
+            Err(_) => crate::users::gid_by_name(g)
                 .map_err(|e| format!("looking up group {g:?}: {e}"))?
-                .ok_or_else(|| format!("no such group {g:?}"))?
-                .gid
-                .as_raw(),
+                .ok_or_else(|| format!("no such group {g:?}"))?,
         }),
     };
     Ok((uid, gid))
@@ -570,6 +635,75 @@ mod tests {
     }
 
     #[test]
+    fn a_unix_listener_removes_its_socket_file_when_dropped_and_a_clone_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        let b = bind(&ListenAddr::Unix(path.clone()), &SocketOptions::default()).unwrap();
+        assert_eq!(
+            b.socket_file.as_ref().map(SocketFile::path),
+            Some(path.as_path())
+        );
+        drop(b.try_clone().unwrap());
+        assert!(
+            path.exists(),
+            "a clone (a worker's handle) removed the file"
+        );
+        drop(b);
+        assert!(
+            !path.exists(),
+            "the socket file is left after the listener is gone"
+        );
+        let tcp = bind(&"127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+        assert!(tcp.socket_file.is_none());
+    }
+
+    #[test]
+    fn a_socket_file_replaced_by_another_server_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        let old = bind(&addr, &SocketOptions::default()).unwrap();
+        // A successor took the path (the old socket looked stale to it, or was deleted).
+        std::fs::remove_file(&path).unwrap();
+        let new = bind(&addr, &SocketOptions::default()).unwrap();
+        drop(old);
+        assert!(
+            path.exists(),
+            "the old listener removed its successor's socket file"
+        );
+        drop(new);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_forked_child_dropping_the_guard_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.sock");
+        let b = bind(&ListenAddr::Unix(path.clone()), &SocketOptions::default()).unwrap();
+        // SAFETY: the child only drops the guard (a stat, no lock another test thread
+        // may hold beyond malloc's, which glibc's fork resets) and leaves with _exit.
+        // Through libc: rustix has no fork.
+        match unsafe { libc::fork() } {
+            0 => {
+                drop(b);
+                // SAFETY: leave the forked test process without running destructors.
+                unsafe { libc::_exit(0) }
+            }
+            pid => {
+                assert!(pid > 0, "fork: {}", io::Error::last_os_error());
+                let pid = rustix::process::Pid::from_raw(pid).unwrap();
+                rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap();
+            }
+        }
+        assert!(
+            path.exists(),
+            "a forked child removed its parent's socket file"
+        );
+        drop(b);
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn parses_listen_addresses() {
         assert_eq!(
             "127.0.0.1:3031".parse(),
@@ -594,7 +728,7 @@ mod tests {
     #[test]
     fn names_a_missing_socket_directory_and_how_to_make_it() {
         let addr: ListenAddr = "unix:/run/postern-test-none/app.sock".parse().unwrap();
-        let e = BindError::from_io(&addr, io::Error::from_raw_os_error(libc::ENOENT));
+        let e = BindError::from_io(&addr, Errno::NOENT.into());
         assert_eq!(
             e.to_string(),
             "cannot listen on unix:/run/postern-test-none/app.sock: the directory \
@@ -611,14 +745,14 @@ mod tests {
     #[test]
     fn says_an_address_is_in_use_and_how_to_find_the_holder() {
         let tcp: ListenAddr = "127.0.0.1:3031".parse().unwrap();
-        let e = BindError::from_io(&tcp, io::Error::from_raw_os_error(libc::EADDRINUSE));
+        let e = BindError::from_io(&tcp, Errno::ADDRINUSE.into());
         assert!(
             e.to_string().contains("already in use")
                 && e.to_string().contains("`ss -ltnp 'sport = :3031'`"),
             "{e}"
         );
         let unix: ListenAddr = "unix:/tmp/a.sock".parse().unwrap();
-        let e = BindError::from_io(&unix, io::Error::from_raw_os_error(libc::EADDRINUSE));
+        let e = BindError::from_io(&unix, Errno::ADDRINUSE.into());
         assert!(
             e.to_string().contains("`ss -lxp | grep /tmp/a.sock`"),
             "{e}"

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use acceptor::{Acceptor, Listener};
 use lane::{Limits, SlowLane};
 use queue::Queue;
-use listener::{Bound, BoundSocket, ListenAddr};
+use listener::{Bound, BoundSocket};
 
 use crate::wsgi::pool::Pool;
 use crate::wsgi::{App, Settings};
@@ -41,15 +41,6 @@ pub enum ServerError {
     Bind(#[from] listener::BindError),
     #[error("cannot start the I/O runtime: {0}")]
     Runtime(std::io::Error),
-}
-
-/// Removes the Unix socket files of `listeners` (at exit, or after a failed start).
-pub fn remove_unix_sockets(listeners: &[Bound]) {
-    for l in listeners {
-        if let (ListenAddr::Unix(p), false) = (&l.addr, l.inherited) {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 /// How this process serves.
@@ -84,14 +75,14 @@ pub fn run(
     let queue = Queue::new().map_err(ServerError::Runtime)?;
     let tracker = TaskTracker::new();
     let stopping = CancellationToken::new();
-    let mut unix_paths = Vec::new();
+    // The Unix socket files this process created (guards): removed once a single
+    // process has stopped accepting, else when `run` returns.
+    let mut socket_files = Vec::new();
     let listeners: Vec<Listener> = bound
         .into_iter()
         .map(|b| {
             let label: Arc<str> = Arc::from(b.addr.to_string());
-            if let (ListenAddr::Unix(p), false) = (&b.addr, b.inherited) {
-                unix_paths.push(p.clone());
-            }
+            socket_files.extend(b.socket_file);
             let (sock, tcp) = match b.socket {
                 BoundSocket::Tcp(l) => (socket2::Socket::from(l), true),
                 BoundSocket::Unix(l) => (socket2::Socket::from(l), false),
@@ -192,9 +183,7 @@ pub fn run(
                 tracing::info!(queued, "serving connections that were waiting in the listen queue");
             }
             if single {
-                for p in &unix_paths {
-                    let _ = std::fs::remove_file(p);
-                }
+                socket_files.clear();
             }
             stopping.cancel();
         }

@@ -56,13 +56,6 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, StatsError
     })
 }
 
-/// Removes the `--stats` Unix socket file at exit (it was bound by [`bind`]).
-pub fn remove_socket(addr: &ListenAddr) {
-    if let ListenAddr::Unix(p) = addr {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 /// Serves the endpoint on `bound` until the process exits (or the runtime cannot
 /// start). Blocks the calling thread.
 pub fn serve(bound: Bound, source: Source) -> Result<(), StatsError> {
