@@ -2,7 +2,7 @@
 //! the harness's own record encoder and the independent `cgi-fcgi` (Debian
 //! libfcgi-bin; fails in CI if missing, skips loudly locally). Keep-conn, multiplexing,
 //! ABORT_REQUEST, management records, hostile and silent peers, streamed STDIN,
-//! FCGI_STDERR: each is answered as the spec says (PROTOCOLS.md §2), and the next
+//! FCGI_STDERR: each is answered as the spec says (docs/protocols.md §2), and the next
 //! normal request, from both clients, succeeds.
 
 use std::io::{ErrorKind, Read, Write};

@@ -1,4 +1,4 @@
-//! SCGI (PROTOCOLS.md §3): through a real nginx `scgi_pass` (the environ, paths and
+//! SCGI (docs/protocols.md §3): through a real nginx `scgi_pass` (the environ, paths and
 //! `--mount`, bodies, chunked uploads, streaming, statuses, `close()`, a 200-request
 //! load), and raw hostile netstrings straight to the binary, each logged and closed with
 //! the next request served. Needs nginx for the first part: fails in CI if missing.
@@ -427,7 +427,7 @@ fn raw_response_is_cgi_style_and_closes() {
     bytes.extend_from_slice(b"trailing junk");
     let r = cgi_of(&p, &p.raw(&bytes));
     assert_eq!(r.body, b"0123456789");
-    // A missing SCGI header is tolerated (PROTOCOLS.md §3: some clients leave it out).
+    // A missing SCGI header is tolerated (docs/protocols.md §3: some clients leave it out).
     let r = cgi_of(
         &p,
         &p.raw(&netstring(&[
