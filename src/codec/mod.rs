@@ -1,6 +1,7 @@
 //! tokio-util `Decoder`s over the pure parsers in [`crate::proto`]: bookkeeping only
 //! (state, limits, `split_to(..).freeze()`), no Python and no sockets.
 
+pub mod fastcgi;
 pub mod uwsgi;
 
 use std::ops::Range;

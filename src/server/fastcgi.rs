@@ -37,6 +37,7 @@ use super::lane::{Limits, SlowLane};
 use super::sink::send_all;
 use super::span::request_span;
 use super::wake::Wake;
+use crate::codec::fastcgi::{assemble, Assembled, Refused};
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
@@ -294,34 +295,16 @@ pub fn admit_whole(
 ) -> Option<Request> {
     let max_stdin = usize::try_from(limits.spool_threshold).unwrap_or(usize::MAX);
     let whole = fcgi::whole_request(buf, limits.buffer_size, max_stdin)?;
-    let vars = fcgi::parse_pairs(&whole.params).ok()?;
-    let mut head = Head {
-        buf: whole.params,
-        vars,
-        modifier30: false,
-        content_length: 0,
-    };
-    let announced = head.announced_length().ok()?;
     // Anything unusual (a body that does not match its length, one over --max-body)
     // is for the slow lane, which answers it properly.
-    if announced.is_some_and(|n| n != whole.stdin.len() as u64) {
+    let assembled = assemble(whole.params, Some(whole.stdin), limits.max_body).ok()?;
+    if assembled.excess > 0 {
         return None;
     }
-    if limits
-        .max_body
-        .is_some_and(|m| whole.stdin.len() as u64 > m)
-    {
-        return None;
-    }
-    head.content_length = whole.stdin.len() as u64;
-    if announced.is_none() && !whole.stdin.is_empty() {
-        // A chunked upload that has fully arrived: see `handle_event`.
-        head.push_var(b"CONTENT_LENGTH", whole.stdin.len().to_string().as_bytes());
-    }
-    let body = if whole.stdin.is_empty() {
-        Body::Empty
-    } else {
-        Body::Memory(whole.stdin)
+    let head = assembled.head;
+    let body = match assembled.body {
+        Some(b) if !b.is_empty() => Body::Memory(b),
+        _ => Body::Empty,
     };
     let (span, request_id) = request_span(&head, &conn.peer);
     let flags = Arc::new(ReqFlags::default());
@@ -1058,66 +1041,66 @@ fn handle_event(
             keep_conn,
             params,
         } => {
-            let vars = match fcgi::parse_pairs(&params) {
-                Ok(v) => v,
-                Err(e) => {
+            // The whole body already here (the usual case): hand it over in one piece.
+            let stdin = take_whole_stdin(backlog, id);
+            let started = Instant::now();
+            let assembled = match assemble(params.clone(), stdin, lane.limits.max_body) {
+                Ok(a) => a,
+                Err(e @ Refused::Params(_)) => {
                     tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
                     lane.refused(crate::codec::Protocol::FastCgi, None);
                     return Step::Close;
                 }
-            };
-            let mut head = Head {
-                buf: params,
-                vars,
-                modifier30: false,
-                content_length: 0,
-            };
-            let (span, request_id) = request_span(&head, peer);
-            let started = Instant::now();
-            let asker = Asker {
-                conn,
-                lane,
-                id,
-                keep_conn,
-                request_id: &request_id,
-                started,
-            };
-            let content_length = match head.announced_length() {
-                Ok(n) => n,
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
-                    return answer_now(&asker, parser, &head, BAD_REQUEST);
-                }
-            };
-            head.content_length = content_length.unwrap_or(0);
-            if let (Some(max), Some(len)) = (lane.limits.max_body, content_length) {
-                if len > max {
-                    span.in_scope(|| {
-                        tracing::warn!(
+                Err(refused) => {
+                    // The head as far as it goes, for the span and the access line.
+                    let head = head_for_log(params);
+                    let (span, request_id) = request_span(&head, peer);
+                    let asker = Asker {
+                        conn,
+                        lane,
+                        id,
+                        keep_conn,
+                        request_id: &request_id,
+                        started,
+                    };
+                    span.in_scope(|| match &refused {
+                        Refused::TooLarge {
+                            len,
+                            max,
+                            announced: true,
+                        } => tracing::warn!(
                             content_length = len,
                             max_body = max,
                             "request body over --max-body; answered 413"
-                        )
+                        ),
+                        Refused::TooLarge { len, max, .. } => tracing::warn!(
+                            got = len,
+                            max_body = max,
+                            "request body over --max-body; answered 413"
+                        ),
+                        Refused::Truncated { got, expected } => tracing::warn!(got, content_length = expected, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"),
+                        e => tracing::warn!(error = %e, "answered 400"),
                     });
-                    return answer_now(&asker, parser, &head, TOO_LARGE);
+                    let status = refused.status().unwrap_or(BAD_REQUEST);
+                    return answer_now(&asker, parser, &head, status);
                 }
-            }
-            // The whole body already here (the usual case): hand it over in one piece.
-            let mut body_end = None;
-            let mut total = 0usize;
-            for (i, e) in backlog.iter().enumerate() {
-                match e {
-                    Event::Stdin { id: i2, data } if *i2 == id => total += data.len(),
-                    Event::StdinEnd { id: i2 } if *i2 == id => {
-                        body_end = Some(i);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            let cut_to = |n: usize| {
-                content_length.map_or(n, |cl| n.min(usize::try_from(cl).unwrap_or(usize::MAX)))
             };
+            let Assembled {
+                head,
+                body,
+                announced: content_length,
+                excess,
+            } = assembled;
+            let (span, request_id) = request_span(&head, peer);
+            if excess > 0 {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        got = head.content_length + excess,
+                        content_length = head.content_length,
+                        "STDIN longer than CONTENT_LENGTH; the excess is ignored"
+                    )
+                });
+            }
             let flags = Arc::new(ReqFlags::default());
             let mut slot = Slot {
                 flags: Arc::clone(&flags),
@@ -1126,67 +1109,14 @@ fn handle_event(
                 got: 0,
                 warned_excess: false,
             };
-            let body = if let Some(end) = body_end {
-                let mut data = BytesMut::with_capacity(total);
-                let mut kept = VecDeque::with_capacity(backlog.len());
-                for (i, e) in backlog.drain(..).enumerate() {
-                    match e {
-                        Event::Stdin { id: i2, data: d } if i2 == id && i < end => {
-                            data.extend_from_slice(&d)
-                        }
-                        Event::StdinEnd { id: i2 } if i2 == id && i == end => {}
-                        other => kept.push_back(other),
-                    }
+            let body = match body {
+                Some(b) if b.is_empty() => Body::Empty,
+                Some(b) => Body::Memory(b),
+                None => {
+                    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+                    slot.stdin = Some(tx);
+                    Body::Stream(Box::new(StdinStream { rx, ended: false }))
                 }
-                *backlog = kept;
-                if let Some(cl) = content_length {
-                    if (data.len() as u64) < cl {
-                        span.in_scope(|| tracing::warn!(got = data.len(), content_length = cl, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"));
-                        return answer_now(&asker, parser, &head, BAD_REQUEST);
-                    }
-                    if data.len() as u64 > cl {
-                        span.in_scope(|| {
-                            tracing::warn!(
-                                got = data.len(),
-                                content_length = cl,
-                                "STDIN longer than CONTENT_LENGTH; the excess is ignored"
-                            )
-                        });
-                    }
-                }
-                let n = cut_to(data.len());
-                data.truncate(n);
-                if let Some(max) = lane.limits.max_body {
-                    if data.len() as u64 > max {
-                        span.in_scope(|| {
-                            tracing::warn!(
-                                got = data.len(),
-                                max_body = max,
-                                "request body over --max-body; answered 413"
-                            )
-                        });
-                        return answer_now(&asker, parser, &head, TOO_LARGE);
-                    }
-                }
-                if content_length.is_none() && !data.is_empty() {
-                    // A chunked upload (no CONTENT_LENGTH) that has fully arrived: give
-                    // the app its length, as apps that trust only CONTENT_LENGTH
-                    // (Django) would otherwise read nothing.
-                    head.push_var(b"CONTENT_LENGTH", data.len().to_string().as_bytes());
-                    head.content_length = data.len() as u64;
-                }
-                if data.is_empty() {
-                    Body::Empty
-                } else {
-                    Body::Memory(data.freeze())
-                }
-            } else if content_length == Some(0) {
-                // Nothing to stream; the empty STDIN record is ignored when it comes.
-                Body::Empty
-            } else {
-                let (tx, rx) = mpsc::channel(STDIN_QUEUE);
-                slot.stdin = Some(tx);
-                Body::Stream(Box::new(StdinStream { rx, ended: false }))
             };
             slots.insert(id, slot);
             let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
@@ -1294,6 +1224,46 @@ fn handle_event(
     }
 }
 
+/// Takes request `id`'s whole STDIN out of `backlog` when its end has arrived (the
+/// other events stay, in order); `None` while it is still coming.
+fn take_whole_stdin(backlog: &mut VecDeque<Event>, id: u16) -> Option<Bytes> {
+    let mut total = 0usize;
+    let mut end = None;
+    for (i, e) in backlog.iter().enumerate() {
+        match e {
+            Event::Stdin { id: i2, data } if *i2 == id => total += data.len(),
+            Event::StdinEnd { id: i2 } if *i2 == id => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end?;
+    let mut data = BytesMut::with_capacity(total);
+    let mut kept = VecDeque::with_capacity(backlog.len());
+    for (i, e) in backlog.drain(..).enumerate() {
+        match e {
+            Event::Stdin { id: i2, data: d } if i2 == id && i < end => data.extend_from_slice(&d),
+            Event::StdinEnd { id: i2 } if i2 == id && i == end => {}
+            other => kept.push_back(other),
+        }
+    }
+    *backlog = kept;
+    Some(data.freeze())
+}
+
+/// The head of a refused request as far as it parses (for its span and access line).
+fn head_for_log(params: Bytes) -> Head {
+    let vars = fcgi::parse_pairs(&params).unwrap_or_default();
+    Head {
+        buf: params,
+        vars,
+        modifier30: false,
+        content_length: 0,
+    }
+}
+
 /// A write from the connection's task: it may wait (a peer that does not read, a
 /// Python thread holding the write lock), so the tokio worker is handed over meanwhile.
 fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
@@ -1311,7 +1281,6 @@ struct Asker<'a> {
 }
 
 const BAD_REQUEST: (u16, &str) = (400, "Bad Request");
-const TOO_LARGE: (u16, &str) = (413, "Content Too Large");
 
 /// Answers a request from the server itself (400, 413), counts it as refused, logs its
 /// access line, and forgets it.

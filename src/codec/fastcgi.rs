@@ -1,0 +1,250 @@
+//! FastCGI request assembly: a request's PARAMS block and, when it has all arrived, its
+//! STDIN become a [`Head`] and a body, with CONTENT_LENGTH reconciled and `--max-body`
+//! applied. One pure function for the fast path (a whole request in one read) and the
+//! slow lane (records as they come), so both hold a request to the same rules.
+
+use bytes::Bytes;
+
+use super::Head;
+use crate::proto::{fastcgi, ProtoError};
+
+/// A request ready to run.
+#[derive(Debug)]
+pub struct Assembled {
+    /// `content_length` is the body's length when the body is here, else the announced
+    /// one (0 when none was announced).
+    pub head: Head,
+    /// The whole body (cut to CONTENT_LENGTH), or `None` while STDIN still streams.
+    pub body: Option<Bytes>,
+    /// CONTENT_LENGTH as the front server sent it (`None`: none, as for a chunked
+    /// upload that nginx streams to its end).
+    pub announced: Option<u64>,
+    /// STDIN bytes past CONTENT_LENGTH that were cut off (0 normally).
+    pub excess: u64,
+}
+
+/// Why a request is answered (or closed) by postern instead of reaching the app.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    /// The PARAMS block is not a list of name-value pairs: close the connection.
+    #[error("bad FastCGI params: {0}")]
+    Params(ProtoError),
+    /// CONTENT_LENGTH is not a number: 400.
+    #[error(transparent)]
+    BadLength(ProtoError),
+    /// The body is over `--max-body` (`announced`: by CONTENT_LENGTH, before any byte
+    /// of it was read): 413.
+    #[error("request body of {len} bytes is over --max-body ({max} bytes)")]
+    TooLarge { len: u64, max: u64, announced: bool },
+    /// STDIN ended short of CONTENT_LENGTH (the front server lost its client): 400.
+    #[error("STDIN ended after {got} of the {expected} bytes CONTENT_LENGTH announced")]
+    Truncated { got: u64, expected: u64 },
+}
+
+impl Refused {
+    /// The status postern answers with; `None`: close without an answer.
+    pub fn status(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Refused::Params(_) => None,
+            Refused::BadLength(_) | Refused::Truncated { .. } => Some((400, "Bad Request")),
+            Refused::TooLarge { .. } => Some((413, "Content Too Large")),
+        }
+    }
+}
+
+/// Assembles one request from its PARAMS block and, when it has ended, its whole
+/// STDIN (`None`: still streaming; the app reads it as it comes).
+///
+/// Rules, in order: the pairs must parse; CONTENT_LENGTH (else HTTP_CONTENT_LENGTH)
+/// must be a number and at most `max_body`; a complete STDIN shorter than it is
+/// refused, a longer one is cut to it; the body must be at most `max_body`; a body
+/// without CONTENT_LENGTH gets one, as apps that trust only CONTENT_LENGTH (Django)
+/// would otherwise read nothing.
+pub fn assemble(
+    params: Bytes,
+    stdin: Option<Bytes>,
+    max_body: Option<u64>,
+) -> Result<Assembled, Refused> {
+    let vars = fastcgi::parse_pairs(&params).map_err(Refused::Params)?;
+    let mut head = Head {
+        buf: params,
+        vars,
+        modifier30: false,
+        content_length: 0,
+    };
+    let announced = head.announced_length().map_err(Refused::BadLength)?;
+    head.content_length = announced.unwrap_or(0);
+    if let (Some(max), Some(len)) = (max_body, announced) {
+        if len > max {
+            return Err(Refused::TooLarge {
+                len,
+                max,
+                announced: true,
+            });
+        }
+    }
+    let Some(mut data) = stdin else {
+        let body = (announced == Some(0)).then(Bytes::new);
+        return Ok(Assembled {
+            head,
+            body,
+            announced,
+            excess: 0,
+        });
+    };
+    let mut excess = 0;
+    if let Some(cl) = announced {
+        let got = data.len() as u64;
+        if got < cl {
+            return Err(Refused::Truncated { got, expected: cl });
+        }
+        excess = got - cl;
+        // cl <= got, a usize.
+        data.truncate(cl as usize);
+    }
+    let len = data.len() as u64;
+    if let Some(max) = max_body {
+        if len > max {
+            return Err(Refused::TooLarge {
+                len,
+                max,
+                announced: false,
+            });
+        }
+    }
+    if announced.is_none() && len > 0 {
+        head.push_var(b"CONTENT_LENGTH", len.to_string().as_bytes());
+    }
+    head.content_length = len;
+    Ok(Assembled {
+        head,
+        body: Some(data),
+        announced,
+        excess,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PARAMS block of `pairs` (short names and values: 1-byte lengths).
+    fn params(pairs: &[(&str, &str)]) -> Bytes {
+        let mut out = Vec::new();
+        for (k, v) in pairs {
+            out.push(k.len() as u8);
+            out.push(v.len() as u8);
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        Bytes::from(out)
+    }
+
+    fn body(n: usize) -> Option<Bytes> {
+        Some(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[test]
+    fn accepts_a_body_that_matches_its_length() {
+        let a = assemble(params(&[("CONTENT_LENGTH", "3")]), body(3), None).unwrap();
+        assert_eq!(a.body.as_deref(), Some(&b"xxx"[..]));
+        assert_eq!(
+            (a.head.content_length, a.announced, a.excess),
+            (3, Some(3), 0)
+        );
+    }
+
+    #[test]
+    fn accepts_no_length_and_no_body() {
+        let a = assemble(params(&[("REQUEST_METHOD", "GET")]), body(0), Some(0)).unwrap();
+        assert_eq!(a.body.as_deref(), Some(&b""[..]));
+        assert_eq!(a.head.content_length, 0);
+        assert_eq!(a.head.get(b"CONTENT_LENGTH"), None);
+    }
+
+    #[test]
+    fn gives_a_body_without_length_its_content_length() {
+        let a = assemble(params(&[("REQUEST_METHOD", "POST")]), body(5), None).unwrap();
+        assert_eq!(a.head.get(b"CONTENT_LENGTH"), Some(&b"5"[..]));
+        assert_eq!((a.head.content_length, a.announced), (5, None));
+    }
+
+    #[test]
+    fn cuts_stdin_past_content_length() {
+        let a = assemble(params(&[("CONTENT_LENGTH", "2")]), body(5), None).unwrap();
+        assert_eq!(a.body.as_deref(), Some(&b"xx"[..]));
+        assert_eq!(a.excess, 3);
+    }
+
+    #[test]
+    fn rejects_stdin_shorter_than_content_length() {
+        let e = assemble(params(&[("CONTENT_LENGTH", "9")]), body(4), None).unwrap_err();
+        assert_eq!(
+            e,
+            Refused::Truncated {
+                got: 4,
+                expected: 9
+            }
+        );
+        assert_eq!(e.status(), Some((400, "Bad Request")));
+    }
+
+    #[test]
+    fn rejects_a_content_length_that_is_not_a_number() {
+        let e = assemble(params(&[("CONTENT_LENGTH", "1x")]), body(0), None).unwrap_err();
+        assert!(matches!(e, Refused::BadLength(_)));
+        assert_eq!(e.status().map(|s| s.0), Some(400));
+    }
+
+    #[test]
+    fn rejects_an_announced_length_over_max_body_before_the_body() {
+        let e = assemble(params(&[("CONTENT_LENGTH", "11")]), None, Some(10)).unwrap_err();
+        assert_eq!(
+            e,
+            Refused::TooLarge {
+                len: 11,
+                max: 10,
+                announced: true
+            }
+        );
+        assert_eq!(e.status().map(|s| s.0), Some(413));
+    }
+
+    #[test]
+    fn rejects_an_unannounced_body_over_max_body() {
+        let e = assemble(params(&[]), body(11), Some(10)).unwrap_err();
+        assert_eq!(
+            e,
+            Refused::TooLarge {
+                len: 11,
+                max: 10,
+                announced: false
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_params_without_an_answer() {
+        // Name length 5, value length 0, but only 2 name bytes follow.
+        let e = assemble(Bytes::from_static(&[5, 0, b'a', b'b']), None, None).unwrap_err();
+        assert!(matches!(e, Refused::Params(_)));
+        assert_eq!(e.status(), None);
+    }
+
+    #[test]
+    fn waits_for_a_streamed_body() {
+        let a = assemble(params(&[("CONTENT_LENGTH", "7")]), None, None).unwrap();
+        assert!(a.body.is_none());
+        assert_eq!((a.head.content_length, a.announced), (7, Some(7)));
+        // An announced empty body needs no stream.
+        let a = assemble(params(&[("CONTENT_LENGTH", "0")]), None, None).unwrap();
+        assert_eq!(a.body.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn a_streamed_body_without_length_is_not_given_one_yet() {
+        let a = assemble(params(&[]), None, Some(10)).unwrap();
+        assert!(a.body.is_none());
+        assert_eq!((a.head.content_length, a.announced), (0, None));
+    }
+}
