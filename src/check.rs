@@ -23,6 +23,8 @@ pub enum CheckError {
     Slow(u64),
     #[error("cannot fork the child that imports the app: {0}")]
     Fork(std::io::Error),
+    #[error("cannot wait for the child that imports the app: {0}")]
+    Wait(std::io::Error),
     #[error("{0}")]
     Failed(String),
 }
@@ -161,8 +163,9 @@ const IMPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Starts Python and imports the app in a forked child, which prints what it found.
 fn import_in_child(config: &Config) -> Result<(), CheckError> {
     let _ = std::io::stdout().flush();
+    use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
     // SAFETY: called before this process has started any thread (main runs the check
-    // first), so the child may run arbitrary code.
+    // first), so the child may run arbitrary code. Through libc: rustix has no fork.
     match unsafe { libc::fork() } {
         -1 => Err(CheckError::Fork(std::io::Error::last_os_error())),
         0 => {
@@ -189,28 +192,29 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
             }
             let _ = std::io::stdout().flush();
             // SAFETY: ending the child without running the parent's atexit/destructors.
+            // Through libc: rustix has no _exit outside its experimental runtime module.
             unsafe { libc::_exit(code) }
         }
         pid => {
-            let mut status = 0;
+            let pid = Pid::from_raw(pid).expect("fork returned a positive pid");
             let deadline = Instant::now() + IMPORT_LIMIT;
-            // SAFETY (both calls): waiting for, and killing, our own child.
-            while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            let status = loop {
+                match waitpid(Some(pid), WaitOptions::NOHANG) {
+                    Ok(Some((_, status))) => break status,
+                    Ok(None) => {}
+                    Err(e) => return Err(CheckError::Wait(e.into())),
+                }
                 if Instant::now() >= deadline {
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                        libc::waitpid(pid, &mut status, 0);
-                    }
+                    let _ = kill_process(pid, Signal::KILL);
+                    let _ = waitpid(Some(pid), WaitOptions::empty());
                     return Err(CheckError::Slow(IMPORT_LIMIT.as_secs()));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            if libc::WIFSIGNALED(status) {
-                Err(CheckError::Killed(libc::WTERMSIG(status)))
-            } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                Ok(())
-            } else {
-                Err(CheckError::App)
+            };
+            match (status.terminating_signal(), status.exit_status()) {
+                (Some(sig), _) => Err(CheckError::Killed(sig)),
+                (None, Some(0)) => Ok(()),
+                _ => Err(CheckError::App),
             }
         }
     }

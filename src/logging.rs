@@ -28,7 +28,7 @@ use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -333,9 +333,8 @@ pub fn access_enabled() -> bool {
 fn new_process() {
     PID.store(std::process::id(), Ordering::Relaxed);
     let mut seed = [0u8; 8];
-    // SAFETY: getrandom(2) writes at most `seed.len()` bytes into `seed`.
-    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    let prefix = if n == seed.len() as isize {
+    let n = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+    let prefix = if n == Ok(seed.len()) {
         u64::from_ne_bytes(seed)
     } else {
         // No getrandom (very old kernel): pid and clock still differ between processes.
@@ -551,21 +550,28 @@ impl Write for LineWriter<'_> {
 // ---- SIGUSR1: reopen ----
 
 fn install_sigusr1() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_sigusr1),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only calls async-signal-safe functions (open, dup3, close) and
-    // reads data that is immutable once LOGS is set.
-    if let Err(e) = unsafe { sigaction(Signal::SIGUSR1, &action) } {
+    // Through libc: rustix has no sigaction outside its experimental runtime module.
+    // SAFETY: the handler only makes async-signal-safe system calls (open, dup3, close)
+    // and reads data that is immutable once LOGS is set; `action` is fully initialised
+    // (zeroed, then an empty mask).
+    let r = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut())
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
         tracing::warn!(error = %e, "cannot handle SIGUSR1; log files will not be reopened");
     }
 }
 
 extern "C" fn on_sigusr1(_: libc::c_int) {
-    // SAFETY: errno is thread-local; the interrupted code must find it unchanged.
+    // errno is libc's (thread-local): the interrupted code must find it unchanged.
+    // rustix's default backend (raw system calls) does not set it; this keeps the
+    // handler right with its libc backend too.
+    // SAFETY: reading and writing this thread's errno.
     let saved = unsafe { *libc::__errno_location() };
     reopen_files();
     unsafe { *libc::__errno_location() = saved };
@@ -579,21 +585,23 @@ fn reopen_files() {
         let Kind::File { c_path, file, .. } = &out.kind else {
             continue;
         };
-        let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC;
-        // SAFETY: `c_path` is a valid NUL-terminated string owned by LOGS (never freed).
-        let fd = unsafe { libc::open(c_path.as_ptr(), flags, FILE_MODE as libc::c_uint) };
-        if fd < 0 {
-            // SAFETY: reading this thread's errno.
-            let errno = unsafe { *libc::__errno_location() };
-            out.reopen_error.store(errno, Ordering::Relaxed);
-            continue;
-        }
-        // SAFETY: both descriptors are open; dup3 atomically makes `file`'s descriptor
-        // refer to the new file, then the spare descriptor is closed.
-        unsafe {
-            libc::dup3(fd, file.as_raw_fd(), libc::O_CLOEXEC);
-            libc::close(fd);
-        }
+        use rustix::fs::{Mode, OFlags};
+        // A `&CStr` path is passed as it is: no allocation.
+        let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC;
+        let new = match rustix::fs::open(c_path.as_c_str(), flags, Mode::from_raw_mode(FILE_MODE)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                out.reopen_error.store(e.raw_os_error(), Ordering::Relaxed);
+                continue;
+            }
+        };
+        // SAFETY: `file`'s descriptor stays open as long as LOGS (never dropped); this
+        // copy of it is only the target of dup3 and is never closed (ManuallyDrop).
+        let mut target =
+            std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(file.as_raw_fd()) });
+        // dup3 atomically makes `file`'s descriptor refer to the new file; dropping
+        // `new` then closes the spare descriptor.
+        let _ = rustix::io::dup3(&new, &mut target, rustix::io::DupFlags::CLOEXEC);
     }
 }
 

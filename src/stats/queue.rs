@@ -31,6 +31,7 @@ pub fn depth(fd: BorrowedFd<'_>, tcp: bool) -> Option<(u32, u32)> {
 }
 
 fn tcp_depth(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    // Through libc: neither rustix nor socket2 reads TCP_INFO.
     // SAFETY: tcp_info is a plain C struct; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;

@@ -34,8 +34,8 @@ pub struct Context {
 impl Context {
     /// The running process's view.
     pub fn from_process() -> Context {
-        let uid = nix::unistd::getuid();
-        let gid = nix::unistd::getgid();
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
         Context {
             env: std::env::vars().collect(),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
@@ -46,16 +46,13 @@ impl Context {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0),
-            uid: uid.as_raw(),
-            gid: gid.as_raw(),
-            user: nix::unistd::User::from_uid(uid)
+            uid,
+            gid,
+            user: crate::users::user_by_uid(uid)
                 .ok()
                 .flatten()
                 .map(|u| u.name),
-            group: nix::unistd::Group::from_gid(gid)
-                .ok()
-                .flatten()
-                .map(|g| g.name),
+            group: crate::users::group_name(gid).ok().flatten(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
