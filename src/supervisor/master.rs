@@ -2,15 +2,16 @@
 //!
 //! One single-threaded loop that sleeps in poll(2) until something happens: a signal
 //! (the signalfd; SIGCHLD says a child exited), a worker's status pipe (ready, or
-//! recycling itself), or the next deadline (a `--timeout` kill, `--max-lifetime`, a
-//! request that could pass `--timeout`/`--slow-log`, a respawn backoff). With none of
-//! these configured and nothing under way, it makes no system call at all.
+//! recycling itself), a change in the `--touch-reload` file's directory (inotify), or
+//! the next deadline (a `--timeout` kill, `--max-lifetime`, a request that could pass
+//! `--timeout`/`--slow-log`, a respawn backoff). With none of these configured and
+//! nothing under way, it makes no system call at all.
 //!
 //! Deadlines are `std::time::Instant`s (libc's clock_gettime): rustix's own vDSO
 //! lookup reads memory valgrind does not map, and the master must run under valgrind.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use rustix::process::{Pid, Signal, WaitOptions};
 use super::phase::{self, Departed, Fleet, Phase, Verdict};
 use super::scoreboard::{self, Scoreboard};
 use super::signals::{self, SigSet, SignalFd};
+use super::touch::TouchReload;
 use super::{notify, report, worker, Options, Stats, SupervisorError, WorkerContext, MAX_SLOTS};
 use crate::stats::Cause;
 
@@ -28,8 +30,6 @@ use crate::stats::Cause;
 const DUMP_GRACE: Duration = Duration::from_millis(500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
-/// How often the `--touch-reload` file's mtime is read.
-const TOUCH_POLL: Duration = Duration::from_millis(200);
 
 /// A running worker as the master tracks it.
 struct Worker {
@@ -147,14 +147,11 @@ pub fn run(
     for _ in 0..m.target {
         m.spawn(&worker, Cause::Boot)?;
     }
-    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut touched = opts.touch_reload.as_deref().and_then(mtime);
+    let mut touch = opts.touch_reload.clone().map(TouchReload::new);
     loop {
-        if let Some(p) = &opts.touch_reload {
-            let now = mtime(p);
-            if now != touched {
-                touched = now;
-                tracing::info!(file = %p.display(), "--touch-reload file changed");
+        if let Some(t) = &mut touch {
+            if t.changed() {
+                tracing::info!(file = %t.path().display(), "--touch-reload file changed");
                 m.reload(&worker)?;
             }
         }
@@ -164,12 +161,10 @@ pub fn run(
         m.reap()?;
         due = earliest(due, m.fill(&worker)?);
         due = earliest(due, m.keep_stats()?);
-        if opts.touch_reload.is_some() {
-            due = earliest(due, Some(Instant::now() + TOUCH_POLL));
-        }
+        due = earliest(due, touch.as_ref().and_then(|t| t.due()));
         m.board
             .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
-        for i in m.wait(due) {
+        for i in m.wait(due, touch.as_ref().and_then(|t| t.fd())) {
             m.check_status(i);
         }
         while let Some(sig) = m.signals().read() {
@@ -252,10 +247,11 @@ impl Master {
             .any(|w| w.generation < self.generation && w.phase.active())
     }
 
-    /// Sleeps until a signal, a status pipe or `due`; returns the workers whose
-    /// status pipe is readable (or closed).
-    fn wait(&self, due: Option<Instant>) -> Vec<usize> {
+    /// Sleeps until a signal, a status pipe, an event on `also` or `due`; returns the
+    /// workers whose status pipe is readable (or closed).
+    fn wait(&self, due: Option<Instant>, also: Option<BorrowedFd<'_>>) -> Vec<usize> {
         let mut fds = vec![PollFd::new(self.signals(), PollFlags::IN)];
+        let also = also.map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
         let pipes: Vec<usize> = self
             .workers
             .iter()
@@ -267,6 +263,7 @@ impl Master {
             })
             .collect();
         let timeout = timeout_until(due);
+        fds.extend(also);
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
         fds[1..]
             .iter()

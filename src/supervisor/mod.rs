@@ -26,6 +26,7 @@ mod phase;
 pub mod report;
 pub mod scoreboard;
 mod signals;
+mod touch;
 mod worker;
 
 use std::os::fd::OwnedFd;
