@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from uwsgi_vs_postern import process_tree  # the same /proc walk (this folder is on sys.path)
+from bench import process_tree  # the same /proc walk (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "examples" / "hello.py"

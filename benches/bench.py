@@ -1,0 +1,1117 @@
+#!/usr/bin/env python3
+"""postern against its peers, each behind its own nginx: the one benchmark entry point.
+
+Not a test: a script you run by hand (Python 3 stdlib only; needs nginx and wrk).
+
+    python3 benches/bench.py                       # quick: ~2 min (hello, upload, stream at 2x1)
+    python3 benches/bench.py --preset full --format markdown    # the README run, ~15 min
+    python3 benches/bench.py --scenarios hello --shapes 1x1,2x4 --servers postern,uwsgi
+    python3 benches/bench.py --servers postern,uwsgi --protocols fcgi-keep,uwsgi --rounds 5
+    python3 benches/bench.py --list                # the variants, scenarios and presets
+
+What it does:
+
+1. `cargo build --release` (skip with --postern-bin PATH).
+2. A scratch venv, target/bench-venv, made with the `python3` on PATH (the CPython that
+   postern embeds, so every server runs the same interpreter), with uWSGI, gunicorn,
+   granian, flup and Flask from PyPI (installed once, reused; shared with other scripts).
+3. For each group (a scenario and a workers x threads shape), in a temp dir: every
+   selected variant (a server and a protocol, see --list) serving the same app from
+   benches/apps/ with the same workers and threads, each on its own unix socket behind
+   its own nginx (1 worker, access_log off, identical buffer settings), plus, for
+   hello, an nginx that answers `return 200` itself (the ceiling: no backend at all).
+4. Checks that every variant answers 200 with the same body through its nginx,
+   measures idle PSS, warms each up, then runs interleaved rounds of `wrk --latency`
+   (the order reverses every round), all variants of a group in every round.
+5. Per variant and round: req/s, p50/p99, errors (wrk socket errors + non-2xx + nginx
+   error-log lines about the upstream), server CPU per request (user+sys of the whole
+   server process tree from /proc/PID/stat over the run / requests), nginx CPU per
+   request (its master + worker), PSS of the server's process tree (sum of
+   /proc/PID/smaps_rollup: idle before the warm-up, and the peak sampled during the
+   runs). Reported: medians over rounds, and the ratios to uWSGI over the uwsgi protocol
+   computed per round (each round runs both back to back, so they share the machine's
+   noise), then their median.
+
+The machine this was written on has 2 cores shared with other work: absolute numbers
+move from run to run; the ratios within one interleaved run are what count.
+
+Everything it starts is stopped on exit, on Ctrl-C and on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHES = REPO / "benches"
+APPS = BENCHES / "apps"
+NGINX = "/usr/sbin/nginx"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VENV_PACKAGES = {  # pip name -> module to import
+    "uwsgi": None, "gunicorn": "gunicorn", "granian": "granian", "flup": "flup.server.fcgi",
+    "flask": "flask",
+}
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def die(msg: str):
+    raise SystemExit(f"bench: {msg}")
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def first_line(cmd: list[str]) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return ((r.stdout or r.stderr).strip().split("\n") or [""])[0]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every long-running child, each in its own session (so a Ctrl-C in the terminal
+    reaches only this script, which then stops them in order)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, subprocess.Popen, int]] = []
+
+    def start(self, name: str, cmd: list[str], *, stop_signal: int, log_path: Path,
+              cwd: Path, env: dict | None = None) -> subprocess.Popen:
+        with open(log_path, "ab") as out:
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 cwd=cwd, env=env, start_new_session=True)
+        self.items.append((name, p, stop_signal))
+        return p
+
+    def stop_all(self) -> None:
+        # Reverse order: the nginxes first, then the backends.
+        for _, p, sig in reversed(self.items):
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for name, p, _ in reversed(self.items):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"  {name} (pid {p.pid}) did not stop in time; SIGKILL to its group")
+            # Whatever is left in the child's own group (workers of a master).
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.items.clear()
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (a master and its workers, nginx and its worker)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user+system CPU of the given processes (all their threads, and the children they
+    have reaped), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        # utime, stime, cutime, cstime: a worker that exits mid-run (recycling) is
+        # still counted through its parent's cutime/cstime.
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / CLK_TCK
+
+
+def pss_mib(pids: list[int]) -> float:
+    """Sum of the PSS of the given processes (shared pages split between their users),
+    in MiB."""
+    kib = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        kib += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return kib / 1024
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def build_postern(postern_bin: str | None) -> Path:
+    if postern_bin:
+        p = Path(postern_bin).resolve()
+        if not os.access(p, os.X_OK):
+            die(f"--postern-bin {p} is not an executable file")
+        return p
+    log("== cargo build --release --bin postern")
+    # Own process group, so an interrupt stops cargo *and* its rustc children.
+    cargo = subprocess.Popen(["cargo", "build", "--release", "--bin", "postern"], cwd=REPO,
+                             start_new_session=True)
+    try:
+        if cargo.wait() != 0:
+            die(f"cargo build --release failed ({cargo.returncode})")
+    finally:
+        if cargo.poll() is None:
+            try:
+                os.killpg(cargo.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            cargo.wait()
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    if not target.is_absolute():
+        target = REPO / target
+    return target / "release" / "postern"
+
+
+def python_identity(python: str) -> str:
+    r = run([python, "-c", "import sys; print(sys.version.split()[0], sys.base_prefix)"],
+            capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def ensure_venv(venv: Path, python: str = "python3", packages=None) -> Path:
+    """target/bench-venv made with `python` (the CPython postern embeds), holding the
+    given pip packages (default: all peers and Flask); only missing ones are installed,
+    so a venv another script made is reused. Returns the venv's python."""
+    packages = list(VENV_PACKAGES) if packages is None else packages
+    base = shutil.which(python) or die(f"{python} not found on PATH")
+    ident = python_identity(base)
+    vpy = venv / "bin" / "python"
+    if vpy.exists():
+        have = python_identity(str(vpy))
+        if have.split()[0] != ident.split()[0]:
+            die(f"{venv} was made with Python {have}, but {python} is {ident}: remove it")
+    else:
+        log(f"== creating {venv} with {base} (Python {ident})")
+        run([base, "-m", "venv", str(venv)])
+    missing = []
+    for pkg in packages:
+        mod = VENV_PACKAGES.get(pkg, pkg)
+        if mod is None:
+            ok = (venv / "bin" / pkg).exists()
+        else:
+            ok = subprocess.run([str(vpy), "-c", f"import {mod}"], capture_output=True).returncode == 0
+        if not ok:
+            missing.append(pkg)
+    if missing:
+        log(f"== pip install {' '.join(missing)} into {venv}")
+        run([str(vpy), "-m", "pip", "install", "--disable-pip-version-check", "-q", *missing])
+    (venv / ".bench-python").write_text(ident + "\n")
+    return vpy
+
+
+def pip_version(vpy: Path, dist: str) -> str:
+    r = subprocess.run([str(vpy), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() or "?"
+
+
+def gunicorn_has_uwsgi(vpy: Path) -> bool:
+    r = subprocess.run([str(vpy), "-m", "gunicorn", "--help"], capture_output=True, text=True)
+    return "--protocol" in r.stdout and "uwsgi" in r.stdout
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Scenario:
+    name: str
+    app: str             # file in benches/apps/
+    method: str = "GET"
+    body: int = 0        # request body bytes (POST)
+    size: int | None = None  # expected response body length (None: compare bodies)
+    text: str = ""
+
+
+SCENARIOS = {
+    "hello": Scenario("hello", "hello.py", size=14, text="GET, 14-byte response"),
+    "big": Scenario("big", "big.py", size=1 << 20, text="GET, 1 MiB response (Content-Length)"),
+    "upload": Scenario("upload", "upload.py", method="POST", body=64 << 10, size=64 << 10,
+                       text="POST 64 KiB, echoed back"),
+    "stream": Scenario("stream", "stream.py", size=100 * 1024,
+                       text="GET, 100 x 1 KiB chunks from a generator"),
+    "flask": Scenario("flask", "flask_json.py", text="GET, Flask jsonify (10 items)"),
+}
+
+SHAPES = ("1x1", "2x1", "2x4")
+
+# Variants: a server and a protocol. The key is what --servers/--protocols select on.
+VARIANTS = {
+    "nginx/return": ("nginx", "return", "nginx `return 200` (no backend: the ceiling)"),
+    "postern/uwsgi": ("postern", "uwsgi", "postern, uwsgi_pass"),
+    "postern/fcgi": ("postern", "fcgi", "postern, fastcgi_pass (a connection per request)"),
+    "postern/fcgi-keep": ("postern", "fcgi-keep", "postern, fastcgi_pass + fastcgi_keep_conn on, upstream keepalive 32"),
+    "uwsgi/uwsgi": ("uwsgi", "uwsgi", "uWSGI --socket, uwsgi_pass (the reference of every ratio)"),
+    "uwsgi/fcgi": ("uwsgi", "fcgi", "uWSGI --fastcgi-socket, fastcgi_pass (uWSGI ignores keep-conn, so no keep variant)"),
+    "gunicorn/uwsgi": ("gunicorn", "uwsgi", "gunicorn --protocol uwsgi, uwsgi_pass (if the installed gunicorn has it)"),
+    "gunicorn/http": ("gunicorn", "http", "gunicorn over HTTP, proxy_pass (used when it has no uwsgi protocol)"),
+    "granian/http": ("granian", "http", "granian --interface wsgi over HTTP, proxy_pass + upstream keepalive 32"),
+    "flup/fcgi": ("flup", "fcgi", "flup over FastCGI, fastcgi_pass (1x1: fcgi_single; Wx1: fcgi_fork; 1xT: threaded; WxT: not run)"),
+}
+SERVERS = ("nginx", "postern", "uwsgi", "gunicorn", "granian", "flup")
+PROTOCOLS = ("return", "uwsgi", "fcgi", "fcgi-keep", "http")
+LABELS = {"nginx": "nginx", "postern": "postern", "uwsgi": "uWSGI", "gunicorn": "gunicorn",
+          "granian": "granian", "flup": "flup"}
+REFERENCE = "uwsgi/uwsgi"
+
+ALL_BACKENDS = ["postern/uwsgi", "postern/fcgi", "postern/fcgi-keep", "uwsgi/uwsgi", "uwsgi/fcgi",
+                "gunicorn/uwsgi", "granian/http", "flup/fcgi"]
+CORE = ["postern/uwsgi", "postern/fcgi", "postern/fcgi-keep", "uwsgi/uwsgi"]
+
+# Presets: lists of (scenario, shape, variants). Flags narrow them (--scenarios,
+# --shapes, --servers, --protocols); without --preset the groups are the cross product
+# of --scenarios x --shapes with every selected variant.
+PRESETS = {
+    # ~2 min: the targets' main cases, postern against uWSGI.
+    "quick": dict(rounds=2, duration=3, warmup=1, groups=[
+        ("hello", "2x1", ["nginx/return"] + CORE),
+        ("upload", "2x1", CORE),
+        ("stream", "2x1", CORE),
+    ]),
+    # ~15 min: what the README's Performance section shows.
+    "full": dict(rounds=3, duration=4, warmup=1, groups=[
+        ("hello", "2x1", ["nginx/return"] + ALL_BACKENDS),
+        ("big", "2x1", ALL_BACKENDS),
+        ("upload", "2x1", ALL_BACKENDS),
+        ("stream", "2x1", ALL_BACKENDS),
+        ("flask", "2x1", ALL_BACKENDS),
+        ("hello", "1x1", ALL_BACKENDS),
+        ("hello", "2x4", ["postern/uwsgi", "postern/fcgi-keep", "uwsgi/uwsgi", "gunicorn/uwsgi",
+                          "granian/http"]),
+    ]),
+}
+
+
+# --------------------------------------------------------------------------- servers
+
+
+FLUP_LAUNCHER = r'''# generated by benches/bench.py: serve one WSGI app with flup over FastCGI.
+# usage: python flup_launcher.py FILE.py CALLABLE SOCKET WORKERS THREADS
+import os, runpy, sys
+path, name, sock, workers, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+sys.path.insert(0, os.path.dirname(path))
+app = runpy.run_path(path, run_name="__flup_app__")[name]
+if workers == 1 and threads == 1:
+    from flup.server.fcgi_single import WSGIServer     # one thread, one connection at a time
+    server = WSGIServer(app, bindAddress=sock, umask=0o111)
+elif workers == 1:
+    from flup.server.fcgi import WSGIServer            # a thread per connection, up to THREADS
+    server = WSGIServer(app, bindAddress=sock, umask=0o111, multithreaded=True,
+                        maxThreads=threads, minSpare=1, maxSpare=threads)
+else:
+    from flup.server.fcgi_fork import WSGIServer       # prefork: WORKERS processes, 1 thread each
+    server = WSGIServer(app, bindAddress=sock, umask=0o111, minSpare=workers,
+                        maxSpare=workers, maxChildren=workers, maxRequests=0)
+server.run()
+'''
+
+
+@dataclass
+class Backend:
+    key: str                # e.g. postern/fcgi-keep
+    server: str
+    proto: str
+    cmd: list[str]
+    sock: Path | None
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+    proc: subprocess.Popen | None = None
+    nginx: subprocess.Popen | None = None
+    port: int = 0
+    errlog: Path | None = None
+    err_offset: int = 0
+    shape_text: str = ""
+    pss_idle: float = 0.0
+    pss_peak: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{LABELS[self.server]} {self.proto}"
+
+
+def supported(key: str, shape: str, scenario: str) -> str | None:
+    """Why this variant does not run in this group (None: it runs)."""
+    server, proto, _ = VARIANTS[key]
+    w, t = (int(x) for x in shape.split("x"))
+    if server == "nginx" and scenario != "hello":
+        return "nginx `return 200` is only the hello ceiling"
+    if server == "flup" and w > 1 and t > 1:
+        return "flup has no processes x threads model"
+    return None
+
+
+def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, args) -> Backend:
+    server, proto, _ = VARIANTS[key]
+    w, t = shape.split("x")
+    name = key.replace("/", "-")
+    sock = tmp / f"{name}.sock"
+    app_path = APPS / scen.app
+    module = scen.app.removesuffix(".py")
+    venv = str(bins["venv"])
+    logs = args.logs
+    if server == "nginx":
+        return Backend(key, server, proto, [], None, tmp / f"{name}.log", shape_text="-")
+    if server == "postern":
+        flag = "--uwsgi" if proto == "uwsgi" else "--fastcgi"
+        cmd = [str(bins["postern"]), flag, f"unix:{sock}", "--socket-mode", "666",
+               "--workers", w, "--threads", t, "--venv", venv]
+        # The access log does not follow --log-level: --access-log off silences it.
+        cmd += ["--log-level", "info"] if logs else ["--log-level", "warn", "--access-log", "off"]
+        cmd += [a for s in args.postern_args for a in shlex.split(s)]
+        cmd += [f"{app_path}:application"]
+        shape_text = f"--workers {w} --threads {t}"
+    elif server == "uwsgi":
+        # --die-on-term: in uWSGI 2.0 SIGTERM to the master means "reload"; make it "stop".
+        cmd = [str(bins["uwsgi"]), "--master", "--die-on-term",
+               "--socket" if proto == "uwsgi" else "--fastcgi-socket", str(sock),
+               "--chmod-socket=666", "--processes", w, "--threads", t, "--need-app", "--strict",
+               "--home", venv, "--wsgi-file", str(app_path), "--callable", "application"]
+        if not logs:
+            cmd += ["--disable-logging"]
+        cmd += [a for s in args.uwsgi_args for a in shlex.split(s)]
+        shape_text = f"--master --processes {w} --threads {t}"
+    elif server == "gunicorn":
+        cmd = [str(bins["python"]), "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", w,
+               "--threads", t, "--chdir", str(APPS), "--log-level", "warning"]
+        if proto == "uwsgi":
+            cmd += ["--protocol", "uwsgi"]
+        if logs:
+            cmd += ["--access-logfile", "-"]
+        cmd += [f"{module}:application"]
+        shape_text = f"--workers {w} --threads {t}" + (" (gthread)" if int(t) > 1 else " (sync)")
+    elif server == "granian":
+        cmd = [str(bins["venv"] / "bin" / "granian"), "--interface", "wsgi", "--uds", str(sock),
+               "--uds-permissions", "438", "--workers", w, "--blocking-threads", t,
+               "--working-dir", str(APPS), "--log-level", "warning"]
+        cmd += ["--access-log"] if logs else ["--no-access-log"]
+        cmd += [f"{module}:application"]
+        shape_text = f"--workers {w} --blocking-threads {t}"
+    elif server == "flup":
+        cmd = [str(bins["python"]), str(tmp / "flup_launcher.py"), str(app_path), "application",
+               str(sock), w, t]
+        shape_text = ("fcgi_single" if (w, t) == ("1", "1") else
+                      f"fcgi threaded, maxThreads {t}" if w == "1" else f"fcgi_fork, {w} children")
+        # flup's prefork parent does not stop its children on SIGTERM: a bench needs no
+        # clean exit (the socket is in the temp dir), so the whole group is killed.
+        return Backend(key, server, proto, cmd, sock, tmp / f"{name}.log", stop_signal=signal.SIGKILL,
+                       shape_text=shape_text)
+    else:
+        die(f"unknown server {server}")
+    return Backend(key, server, proto, cmd, sock, tmp / f"{name}.log", shape_text=shape_text)
+
+
+BUFFERS = """
+            {m}_buffer_size 16k;
+            {m}_buffers 16 16k;
+            {m}_busy_buffers_size 32k;
+            {m}_max_temp_file_size 0;"""
+
+
+def nginx_conf(b: Backend, tmp: Path, scen: Scenario) -> str:
+    name = b.key.replace("/", "-")
+    upstream = ""
+    if b.proto == "return":
+        body = "hello.py's body"  # see below
+        loc = '            default_type text/plain;\n            return 200 "Hello, World!\\n";'
+        del body
+    elif b.proto == "uwsgi":
+        loc = f"            include /etc/nginx/uwsgi_params;\n            uwsgi_pass unix:{b.sock};" + BUFFERS.format(m="uwsgi")
+    elif b.proto == "fcgi":
+        loc = f"            include /etc/nginx/fastcgi_params;\n            fastcgi_pass unix:{b.sock};" + BUFFERS.format(m="fastcgi")
+    elif b.proto == "fcgi-keep":
+        upstream = f"    upstream backend {{\n        server unix:{b.sock};\n        keepalive 32;\n    }}\n"
+        loc = ("            include /etc/nginx/fastcgi_params;\n            fastcgi_pass backend;\n"
+               "            fastcgi_keep_conn on;" + BUFFERS.format(m="fastcgi"))
+    elif b.proto == "http":
+        upstream = f"    upstream backend {{\n        server unix:{b.sock};\n        keepalive 32;\n    }}\n"
+        loc = ("            proxy_pass http://backend;\n            proxy_http_version 1.1;\n"
+               "            proxy_set_header Connection \"\";\n            proxy_set_header Host $host;"
+               + BUFFERS.format(m="proxy"))
+    else:
+        die(f"unknown protocol {b.proto}")
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""# generated by benches/bench.py for {b.key}, scenario {scen.name}
+{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx-{name}.pid;
+error_log {b.errlog} warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body_temp;
+    proxy_temp_path {tmp}/proxy_temp;
+    fastcgi_temp_path {tmp}/fastcgi_temp;
+    uwsgi_temp_path {tmp}/uwsgi_temp;
+    scgi_temp_path {tmp}/scgi_temp;
+    keepalive_requests 1000000;
+    client_body_buffer_size 128k;
+    client_max_body_size 2m;
+{upstream}    server {{
+        listen 127.0.0.1:{b.port};
+        location / {{
+{loc}
+        }}
+    }}
+}}
+"""
+
+
+def wait_socket(b: Backend, timeout: float = 90) -> None:
+    if b.sock is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b.proc.poll() is not None:
+            die(f"{b.key} exited with {b.proc.returncode} at start-up; {b.log_path}:\n{tail(b.log_path)}")
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(str(b.sock))
+            return
+        except OSError:
+            time.sleep(0.1)
+    die(f"{b.key} did not listen within {timeout:.0f}s; {b.log_path}:\n{tail(b.log_path)}")
+
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def upload_body(n: int) -> bytes:
+    return (b"0123456789abcdef" * (n // 16 + 1))[:n]
+
+
+def fetch(port: int, scen: Scenario) -> tuple[int, bytes]:
+    data = upload_body(scen.body) if scen.method == "POST" else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=data, method=scen.method)
+    if data is not None:
+        req.add_header("Content-Type", "application/octet-stream")
+    try:
+        with _opener.open(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_http(b: Backend, scen: Scenario, timeout: float = 60) -> bytes:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if b.nginx.poll() is not None:
+            die(f"nginx for {b.key} exited at start-up:\n{tail(b.errlog)}")
+        try:
+            status, body = fetch(b.port, scen)
+            if status == 200:
+                return body
+            last = f"HTTP {status}: {body[:200]!r}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.2)
+    die(f"{b.key} via nginx (port {b.port}) never answered 200; last: {last}\n"
+        f"{b.log_path}:\n{tail(b.log_path)}\nnginx:\n{tail(b.errlog)}")
+
+
+# --------------------------------------------------------------------------- nginx error log
+
+ENTRY = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\]")
+
+
+def read_upstream_errors(b: Backend) -> tuple[int, list[str]]:
+    """Error-or-worse entries about the upstream that b's nginx wrote since the last call
+    (FastCGI stderr output excluded: that is the app talking)."""
+    try:
+        with open(b.errlog, "rb") as f:
+            f.seek(b.err_offset)
+            data = f.read()
+    except OSError:
+        return 0, []
+    end = data.rfind(b"\n") + 1  # whole lines only; a partial one is read next time
+    b.err_offset += end
+    lines = []
+    for line in data[:end].decode(errors="replace").splitlines():
+        m = ENTRY.match(line)
+        if m and m.group(1) in ("error", "crit", "alert", "emerg") and "upstream" in line \
+                and "FastCGI sent in stderr" not in line:
+            lines.append(line)
+    return len(lines), lines
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"cannot parse wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    m = re.search(r"^Requests/sec:\s*([\d.]+)", out, re.M)
+    if not m:
+        raise ValueError("no Requests/sec in wrk output:\n" + out)
+    lat = dict(re.findall(r"^\s*(50|75|90|99)%\s+(\S+)\s*$", out, re.M))
+    reqs = re.search(r"^\s*(\d+) requests in", out, re.M)
+    se = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    n2 = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(m.group(1)),
+            "p50": to_ms(lat["50"]) if "50" in lat else float("nan"),
+            "p99": to_ms(lat["99"]) if "99" in lat else float("nan"),
+            "requests": int(reqs.group(1)) if reqs else 0,
+            "sock": sum(int(x) for x in se.groups()) if se else 0,
+            "non2xx": int(n2.group(1)) if n2 else 0}
+
+
+class Wrk:
+    def __init__(self, args, tmp: Path):
+        self.args = args
+        self.tmp = tmp
+        self.current: subprocess.Popen | None = None
+
+    def cmd(self, port: int, duration: float, scen: Scenario) -> list[str]:
+        a = self.args
+        c = ["wrk", f"-t{a.wrk_threads}", f"-c{a.connections}", f"-d{duration:g}s", "--latency"]
+        if scen.method == "POST":
+            script = self.tmp / f"post-{scen.body}.lua"
+            if not script.exists():
+                script.write_text(
+                    "-- generated by benches/bench.py\n"
+                    'wrk.method = "POST"\n'
+                    f'wrk.body = string.rep("0123456789abcdef", {scen.body // 16})\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+            c += ["-s", str(script)]
+        return c + [f"http://127.0.0.1:{port}/"]
+
+    def run(self, port: int, duration: float, scen: Scenario) -> str:
+        self.current = subprocess.Popen(self.cmd(port, duration, scen), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            out, _ = self.current.communicate(timeout=duration + 60)
+        finally:
+            if self.current.poll() is None:
+                self.current.kill()
+                self.current.wait()
+        if self.current.returncode != 0:
+            raise RuntimeError(f"wrk failed ({self.current.returncode}):\n{out}")
+        self.current = None
+        return out
+
+
+@dataclass
+class Result:
+    scenario: str
+    shape: str
+    key: str
+    round: int
+    rps: float
+    p50: float
+    p99: float
+    requests: int
+    errors: int            # wrk socket errors + non-2xx + nginx upstream error-log lines
+    cpu: float             # server process tree CPU µs per request
+    nginx_cpu: float       # nginx (master + worker) CPU µs per request
+    pss_peak: float        # MiB, max sampled during the run
+    detail: dict = field(default_factory=dict)
+
+
+class PssSampler:
+    """Samples the PSS of a process tree once a second while a run lasts; keeps the max."""
+
+    def __init__(self, pid: int | None):
+        self.pid, self.peak = pid, 0.0
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.stop.wait(1.0 if self.peak else 0.3):
+            self.peak = max(self.peak, pss_mib(process_tree(self.pid)))
+
+    def __enter__(self):
+        if self.pid is not None:
+            self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.pid is not None:
+            self.t.join()
+
+
+def measure(wrk: Wrk, b: Backend, scen: Scenario, shape: str, rnd: int, duration: float) -> Result:
+    read_upstream_errors(b)  # anything before this run is not counted
+    pids = process_tree(b.proc.pid) if b.proc else []
+    npids = process_tree(b.nginx.pid)
+    c0, n0 = cpu_seconds(pids), cpu_seconds(npids)
+    with PssSampler(b.proc.pid if b.proc else None) as sampler:
+        out = wrk.run(b.port, duration, scen)
+    # Workers a master replaced during the run are in its cutime; new ones in the tree.
+    pids = sorted(set(pids) | set(process_tree(b.proc.pid))) if b.proc else []
+    c1, n1 = cpu_seconds(pids), cpu_seconds(npids)
+    time.sleep(0.1)  # let nginx log the requests wrk gave up on
+    upstream, lines = read_upstream_errors(b)
+    r = parse_wrk(out)
+    n = max(r["requests"], 1)
+    b.pss_peak = max(b.pss_peak, sampler.peak)
+    return Result(scen.name, shape, b.key, rnd, r["rps"], r["p50"], r["p99"], r["requests"],
+                  r["sock"] + r["non2xx"] + upstream, (c1 - c0) * 1e6 / n if b.proc else float("nan"),
+                  (n1 - n0) * 1e6 / n, sampler.peak,
+                  {"sock": r["sock"], "non2xx": r["non2xx"], "upstream": upstream,
+                   "upstream_example": lines[:2]})
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_row(cols, widths):
+    return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                     for i, (c, w) in enumerate(zip(cols, widths)))
+
+
+def num(x: float, fmt: str = "{:.1f}") -> str:
+    return "-" if x != x else fmt.format(x)
+
+
+ROUND_HDR = ["round", "variant", "req/s", "p50 ms", "p99 ms", "requests", "errors",
+             "cpu us/req", "nginx us/req", "PSS MiB"]
+ROUND_W = [5, 17, 9, 7, 7, 9, 6, 10, 12, 7]
+
+
+def round_line(r: Result) -> str:
+    return fmt_row([r.round or "warm", r.key, f"{r.rps:,.0f}", num(r.p50, "{:.2f}"),
+                    num(r.p99, "{:.2f}"), r.requests, r.errors, num(r.cpu), num(r.nginx_cpu),
+                    num(r.pss_peak) if r.pss_peak else "-"], ROUND_W)
+
+
+def med(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
+    """One row per variant: medians over rounds, errors summed, and the per-round ratios
+    to uWSGI (uwsgi protocol) with their median."""
+    rows = []
+    ref = [r for r in results if r.key == REFERENCE]
+    for b in backends:
+        rs = [r for r in results if r.key == b.key]
+        if not rs:
+            continue
+        row = {"key": b.key, "label": b.label, "shape_text": b.shape_text,
+               "rps": med(r.rps for r in rs), "p50": med(r.p50 for r in rs),
+               "p99": med(r.p99 for r in rs), "cpu": med(r.cpu for r in rs),
+               "nginx_cpu": med(r.nginx_cpu for r in rs), "errors": sum(r.errors for r in rs),
+               "requests": sum(r.requests for r in rs), "pss_idle": b.pss_idle,
+               "pss_peak": b.pss_peak if b.proc else float("nan"),
+               "rounds_rps": [r.rps for r in rs]}
+        ratios = {"rps": [], "cpu": [], "nginx_cpu": [], "p99": []}
+        for r in rs:
+            u = next((x for x in ref if x.round == r.round), None)
+            if u is None:
+                continue
+            for k in ratios:
+                a, bb = getattr(r, k), getattr(u, k)
+                if a == a and bb == bb and bb > 0:
+                    ratios[k].append(a / bb)
+        row["x_uwsgi"] = {k: med(v) for k, v in ratios.items()}
+        row["x_uwsgi_rounds"] = ratios
+        refb = next((x for x in backends if x.key == REFERENCE), None)
+        row["x_uwsgi"]["pss_idle"] = (b.pss_idle / refb.pss_idle if refb and refb.pss_idle and b.proc
+                                      else float("nan"))
+        row["x_uwsgi"]["pss_peak"] = (b.pss_peak / refb.pss_peak if refb and refb.pss_peak and b.proc
+                                      else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def ratio(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"
+
+
+SUM_HDR = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req", "nginx us/req",
+           "PSS idle", "PSS peak", "x req/s", "x cpu", "x nginx", "x PSS"]
+SUM_W = [17, 9, 7, 7, 6, 10, 12, 8, 8, 7, 6, 7, 6]
+
+
+def print_summary(scen: Scenario, shape: str, rows: list[dict]) -> None:
+    log(f"\n== {scen.name} ({scen.text}), {shape}: medians over rounds; "
+        f"x = ratio to uWSGI uwsgi, median of per-round ratios")
+    log(fmt_row(SUM_HDR, SUM_W))
+    for r in rows:
+        x = r["x_uwsgi"]
+        log(fmt_row([r["key"], f"{r['rps']:,.0f}", num(r["p50"], "{:.2f}"), num(r["p99"], "{:.2f}"),
+                     r["errors"], num(r["cpu"]), num(r["nginx_cpu"]),
+                     num(r["pss_idle"]) if r["pss_idle"] else "-", num(r["pss_peak"]),
+                     ratio(x["rps"]), ratio(x["cpu"]), ratio(x["nginx_cpu"]), ratio(x["pss_peak"])],
+                    SUM_W))
+
+
+def markdown(groups: list[dict]) -> str:
+    lines = ["| scenario | shape | variant | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
+             "| nginx CPU µs/req | PSS idle / peak MiB | × uWSGI req/s | × uWSGI CPU | × uWSGI nginx CPU "
+             "| × uWSGI PSS peak |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for g in groups:
+        for r in g["rows"]:
+            x = r["x_uwsgi"]
+            pss = "-" if not r["pss_idle"] else f"{r['pss_idle']:.1f} / {r['pss_peak']:.1f}"
+            lines.append(
+                f"| {g['scenario']} | {g['shape']} | {r['key']} | {r['rps']:,.0f} | {num(r['p50'], '{:.2f}')} "
+                f"| {num(r['p99'], '{:.2f}')} | {r['errors']} | {num(r['cpu'], '{:.0f}')} "
+                f"| {num(r['nginx_cpu'], '{:.0f}')} | {pss} | {ratio(x['rps'])} | {ratio(x['cpu'])} "
+                f"| {ratio(x['nginx_cpu'])} | {ratio(x['pss_peak'])} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- a group
+
+
+def run_group(args, scen: Scenario, shape: str, keys: list[str], bins: dict, env: dict,
+              versions: dict) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{scen.name}-{shape}-"))
+    procs = Procs()
+    wrk = Wrk(args, tmp)
+    results: list[Result] = []
+    try:
+        (tmp / "flup_launcher.py").write_text(FLUP_LAUNCHER)
+        backends = [make_backend(k, scen, shape, tmp, bins, args) for k in keys]
+        for b in backends:
+            if b.cmd:
+                (tmp / f"{b.key.replace('/', '-')}.cmd").write_text(shlex.join(b.cmd) + "\n")
+                b.proc = procs.start(b.key, b.cmd, stop_signal=b.stop_signal, log_path=b.log_path,
+                                     cwd=tmp, env=env)
+        for b in backends:
+            wait_socket(b)
+        for b in backends:
+            name = b.key.replace("/", "-")
+            b.port = free_port()
+            b.errlog = tmp / f"nginx-{name}-error.log"
+            conf = tmp / f"nginx-{name}.conf"
+            conf.write_text(nginx_conf(b, tmp, scen))
+            ncmd = [NGINX, "-p", str(tmp), "-e", str(b.errlog), "-c", str(conf)]
+            b.nginx = procs.start(f"nginx {b.key}", ncmd, stop_signal=signal.SIGQUIT,
+                                  log_path=tmp / f"nginx-{name}.log", cwd=tmp)
+        log(f"\n=== group: {scen.name} ({scen.text}), {shape} (workers x threads); temp dir {tmp}")
+        bodies = {}
+        for b in backends:
+            body = wait_http(b, scen)
+            bodies[b.key] = body
+            log(f"   {b.key:<17} :{b.port}  {len(body)} bytes  "
+                f"{shlex.join(b.cmd[:1] + [a for a in b.cmd[1:]]) if b.cmd else '(nginx only)'}")
+        for k, body in bodies.items():
+            if scen.size is not None and len(body) != scen.size:
+                die(f"{k}: {len(body)} bytes, expected {scen.size}")
+            if scen.method == "POST" and body != upload_body(scen.body):
+                die(f"{k}: the echoed body differs from the one sent")
+        backend_bodies = {k: v for k, v in bodies.items() if not k.startswith("nginx/")}
+        if len(set(backend_bodies.values())) > 1:
+            die("the bodies differ: " + "; ".join(f"{k}: {v[:80]!r}" for k, v in backend_bodies.items()))
+        time.sleep(1)
+        for b in backends:
+            if b.proc:
+                b.pss_idle = pss_mib(process_tree(b.proc.pid))
+        if args.warmup > 0:
+            for b in backends:
+                r = measure(wrk, b, scen, shape, 0, args.warmup)
+                log(round_line(r))
+        log(f"-- {args.rounds} round(s) x {args.duration:g} s, "
+            f"{shlex.join(wrk.cmd(0, args.duration, scen)).replace(':0/', ':PORT/')}")
+        log(fmt_row(ROUND_HDR, ROUND_W))
+        for k in range(1, args.rounds + 1):
+            order = backends if k % 2 == 1 else backends[::-1]
+            for b in order:
+                time.sleep(args.pause)
+                for o in backends:
+                    if o.proc and o.proc.poll() is not None:
+                        die(f"{o.key} died (exit {o.proc.returncode}); {o.log_path}:\n{tail(o.log_path)}")
+                r = measure(wrk, b, scen, shape, k, args.duration)
+                results.append(r)
+                log(round_line(r))
+                for line in r.detail["upstream_example"][:1]:
+                    log(f"      nginx: {line[:240]}")
+        rows = summarize(results, backends)
+        print_summary(scen, shape, rows)
+        return {"scenario": scen.name, "shape": shape, "rows": rows,
+                "rounds": [r.__dict__ for r in results]}
+    finally:
+        if wrk.current is not None and wrk.current.poll() is None:
+            wrk.current.kill()
+            wrk.current.wait()
+        procs.stop_all()
+        if args.keep_tmp:
+            log(f"(kept {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def csv_choice(allowed, what):
+    def parse_list(text: str) -> list[str]:
+        items = [x.strip().lower() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{what}: pick from {','.join(allowed)} (got {text!r})")
+        return [x for x in allowed if x in items]  # canonical order, no duplicates
+    return parse_list
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="postern vs uWSGI, gunicorn, granian and flup, each behind its own nginx, with wrk.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", choices=list(PRESETS), default=None,
+                    help="a predefined matrix (default: quick, unless --scenarios/--shapes are given); "
+                         "the other flags narrow it")
+    ap.add_argument("--scenarios", type=csv_choice(list(SCENARIOS), "--scenarios"),
+                    help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument("--shapes", type=csv_choice(list(SHAPES), "--shapes"),
+                    help=f"workers x threads, comma-separated subset of {','.join(SHAPES)}")
+    ap.add_argument("--servers", type=csv_choice(list(SERVERS), "--servers"),
+                    help=f"comma-separated subset of {','.join(SERVERS)}")
+    ap.add_argument("--protocols", type=csv_choice(list(PROTOCOLS), "--protocols"),
+                    help=f"comma-separated subset of {','.join(PROTOCOLS)} (uWSGI uwsgi always runs "
+                         "when uwsgi is a selected server: it is the reference)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (preset: quick 2, full 3)")
+    ap.add_argument("--duration", type=int, help="seconds per wrk run (quick 3, full 4)")
+    ap.add_argument("--warmup", type=int, help="seconds of wrk per variant before round 1 (0: none)")
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds of idle between wrk runs")
+    ap.add_argument("--connections", type=int, default=16, help="wrk -c")
+    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk -t")
+    ap.add_argument("--logs", action="store_true",
+                    help="per-request access logs on (postern --log-level info, uWSGI's default, "
+                         "gunicorn --access-logfile -, granian --access-log); default off for all")
+    ap.add_argument("--postern-bin", help="use this postern binary instead of cargo build --release")
+    ap.add_argument("--postern-label", metavar="TEXT",
+                    help="what --postern-bin was built from (e.g. a commit), for the report")
+    ap.add_argument("--postern-args", action="append", default=[], metavar="ARGS",
+                    help='extra postern arguments, shell-split; use the = form: --postern-args="--preload"')
+    ap.add_argument("--uwsgi-args", action="append", default=[], metavar="ARGS",
+                    help="extra uWSGI arguments, shell-split")
+    ap.add_argument("--python", default="python3", help="the interpreter the venv is made with")
+    ap.add_argument("--venv", default=str(REPO / "target" / "bench-venv"), help="peers' venv (cached)")
+    ap.add_argument("--format", choices=["text", "markdown"], default="text",
+                    help="markdown: also print one table for a README")
+    ap.add_argument("--json", metavar="FILE", help="also write every result to FILE")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dirs (logs, confs)")
+    ap.add_argument("--list", action="store_true", help="print variants, scenarios, presets and exit")
+    args = ap.parse_args(argv)
+    for k in ("rounds", "duration", "connections"):
+        v = getattr(args, k)
+        if v is not None and v < 1:
+            ap.error(f"--{k} must be positive")
+    return args
+
+
+def plan(args, gunicorn_uwsgi: bool) -> list[tuple[str, str, list[str]]]:
+    """The groups to run: (scenario, shape, variant keys)."""
+    preset_name = args.preset or ("quick" if not (args.scenarios or args.shapes) else None)
+    if preset_name:
+        preset = PRESETS[preset_name]
+        for k in ("rounds", "duration", "warmup"):
+            if getattr(args, k) is None:
+                setattr(args, k, preset[k])
+        groups = [(s, sh, list(ks)) for s, sh, ks in preset["groups"]
+                  if (not args.scenarios or s in args.scenarios) and (not args.shapes or sh in args.shapes)]
+        if args.servers and set(args.servers) - {v.split("/")[0] for _, _, ks in groups for v in ks}:
+            # A server the preset does not run (e.g. granian in quick): add it to every group.
+            extra = [k for k in ALL_BACKENDS if k.split("/")[0] in args.servers]
+            groups = [(s, sh, ks + [k for k in extra if k not in ks]) for s, sh, ks in groups]
+    else:
+        args.rounds = args.rounds or 3
+        args.duration = args.duration or 4
+        args.warmup = 1 if args.warmup is None else args.warmup
+        groups = [(s, sh, ["nginx/return"] + ALL_BACKENDS)
+                  for s in (args.scenarios or ["hello"]) for sh in (args.shapes or ["2x1"])]
+    out = []
+    for s, sh, ks in groups:
+        sel = []
+        for k in ks:
+            if k.startswith("gunicorn/"):
+                k = "gunicorn/uwsgi" if gunicorn_uwsgi else "gunicorn/http"
+            server, proto, _ = VARIANTS[k]
+            if args.servers and server not in args.servers:
+                continue
+            if args.protocols and proto not in args.protocols and k != REFERENCE:
+                continue
+            if supported(k, sh, s) is not None or k in sel:
+                continue
+            sel.append(k)
+        if sel:
+            out.append((s, sh, sel))
+    if not out:
+        die("nothing to run with these --scenarios/--shapes/--servers/--protocols")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        log("variants (server/protocol):")
+        for k, (_, _, text) in VARIANTS.items():
+            log(f"  {k:<18} {text}")
+        log("scenarios:")
+        for s in SCENARIOS.values():
+            log(f"  {s.name:<8} benches/apps/{s.app}: {s.text}")
+        for name, p in PRESETS.items():
+            log(f"preset {name}: {p['rounds']} rounds x {p['duration']} s, warm-up {p['warmup']} s")
+            for s, sh, ks in p["groups"]:
+                log(f"  {s} {sh}: {', '.join(ks)}")
+        return 0
+    cmdline = shlex.join(["python3", os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
+    for tool in ("wrk", NGINX):
+        if not shutil.which(tool):
+            die(f"{tool} not found")
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    venv = Path(args.venv).resolve()
+    vpy = ensure_venv(venv, args.python)
+    bins = {"venv": venv, "python": vpy, "uwsgi": venv / "bin" / "uwsgi"}
+    gunicorn_uwsgi = gunicorn_has_uwsgi(vpy)
+    groups = plan(args, gunicorn_uwsgi)
+    if any(k.startswith("postern/") for _, _, ks in groups for k in ks):
+        bins["postern"] = build_postern(args.postern_bin)
+    versions = {
+        "nginx": first_line([NGINX, "-v"]).rpartition("/")[2],
+        "wrk": (first_line(["wrk", "-v"]).split() + ["?", "?"])[1],
+        "python": first_line([str(vpy), "-c", "import sys; print(sys.version.split()[0])"]),
+        "uwsgi": first_line([str(bins["uwsgi"]), "--version"]),
+        "gunicorn": pip_version(vpy, "gunicorn"), "granian": pip_version(vpy, "granian"),
+        "flup": pip_version(vpy, "flup"), "flask": pip_version(vpy, "flask"),
+    }
+    if "postern" in bins:
+        v = first_line([str(bins["postern"]), "-V"])
+        versions["postern"] = v.removeprefix("postern ").strip()
+        pv = subprocess.run([str(bins["postern"]), "-V"], capture_output=True, text=True).stdout.split("\n")
+        versions["postern_python"] = pv[1].split()[1] if len(pv) > 1 and len(pv[1].split()) > 1 else "?"
+        if versions["postern_python"] not in ("?", versions["python"]):
+            log(f"WARNING: postern embeds Python {versions['postern_python']}, the venv has {versions['python']}")
+        try:
+            if args.postern_bin:
+                raise OSError("a given binary: its commit is unknown")
+            versions["commit"] = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+            dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no",
+                                    "--", "src", "Cargo.toml", "Cargo.lock"],
+                                   capture_output=True, text=True).stdout.strip()
+            versions["commit"] += " (+ uncommitted changes in src/)" if dirty else ""
+        except OSError:
+            versions["commit"] = args.postern_label or f"binary {bins['postern']}"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH")}
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    total = sum(len(ks) * (args.rounds * (args.duration + args.pause) + args.warmup) + 6 for _, _, ks in groups)
+    log(f"== {len(groups)} group(s), {args.rounds} round(s) x {args.duration} s, wrk -t{args.wrk_threads} "
+        f"-c{args.connections}; about {total / 60:.0f} min")
+    log(f"   postern {versions.get('postern', '-')} at {versions.get('commit', '-')}, uWSGI {versions['uwsgi']}, "
+        f"gunicorn {versions['gunicorn']} ({'uwsgi protocol' if gunicorn_uwsgi else 'no uwsgi protocol: HTTP'}), "
+        f"granian {versions['granian']}, flup {versions['flup']}, Flask {versions['flask']}, "
+        f"Python {versions['python']}, nginx {versions['nginx']}, wrk {versions['wrk']}")
+    log(f"   {os.cpu_count()} CPUs ({cpu_model}), load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"request logging {'on' if args.logs else 'off'}")
+    done = []
+    try:
+        for s, sh, ks in groups:
+            done.append(run_group(args, SCENARIOS[s], sh, ks, bins, env, versions))
+    except KeyboardInterrupt:
+        log("\ninterrupted; stopping everything")
+        if not done:
+            return 130
+    log(f"\nload avg at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    log(f"command: {cmdline}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"versions": versions, "cmdline": cmdline,
+                                               "cpus": os.cpu_count(), "cpu_model": cpu_model,
+                                               "groups": done}, indent=1, default=str))
+        log(f"results: {args.json}")
+    if args.format == "markdown":
+        log("\n== markdown\n")
+        log(markdown(done))
+        log("")
+        log(f"Medians of {args.rounds} interleaved rounds × {args.duration} s, "
+            f"`wrk -t{args.wrk_threads} -c{args.connections} --latency`, each server behind its own "
+            f"nginx {versions['nginx']} (1 worker) over a unix socket, request logging "
+            f"{'on' if args.logs else 'off'}; × uWSGI = median of the per-round ratios to uWSGI "
+            f"{versions['uwsgi']} (`--master`, uwsgi protocol) in the same group. postern "
+            f"{versions.get('postern', '-')} ({versions.get('commit', '-')}), gunicorn {versions['gunicorn']}, "
+            f"granian {versions['granian']}, flup {versions['flup']}, Flask {versions['flask']}, "
+            f"Python {versions['python']}; {os.cpu_count()} × {cpu_model}.")
+        log("")
+        log(f"```sh\n{cmdline}\n```")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,521 @@
+#!/usr/bin/env python3
+"""What one request costs, exactly: user-space instructions (callgrind) and system calls
+(strace) per request, postern against uWSGI, straight to the socket (no nginx).
+
+Not a test: a script you run by hand (Python 3 stdlib; needs valgrind and strace).
+
+    python3 benches/instructions.py                              # 4 scenarios x 2 servers, ~1 min
+    python3 benches/instructions.py --scenarios hello --servers postern    # one figure, ~8 s
+    python3 benches/instructions.py --scenarios all --top 20 --format markdown
+    python3 benches/instructions.py --postern-bin /tmp/before/postern --scenarios fcgi-keep
+
+Use it to prove an optimisation: run it before and after, quote the two
+"instructions/request" (and "syscalls/request") figures in the commit message.
+
+How it counts:
+
+- Both servers run as ONE process with ONE Python thread: postern `--workers 1
+  --threads 1` (no master), uWSGI `--processes 1 --threads 1` without `--master`; access
+  logs off (`--access-log off --log-level warn`, `--disable-logging`); the same app from
+  benches/apps/ over a unix socket.
+- The client is this script: serial, one request at a time, the request nginx would send
+  for `wrk` (the uwsgi_params / fastcgi_params variables, Host only), a new connection per
+  request except in fcgi-keep (one connection for every request, FCGI_KEEP_CONN set; a
+  server that closes it anyway, as uWSGI does, gets a new connection, counted as
+  "reconnects").
+- Instructions: `valgrind --tool=callgrind` over the whole process (every thread).
+  Start-up is excluded with callgrind_control: after W warm-up requests the counters
+  are zeroed (`callgrind_control -z`), N requests are served, the counters are dumped
+  (`callgrind_control -d`); instructions/request = the dump's total Ir / N. Idle threads
+  add a few hundred instructions per second at most (measured: ~1,000 in 5 s), i.e.
+  nothing per request. The top functions are `callgrind_annotate` of that dump (self
+  cost, per request).
+- System calls: a native run (no valgrind), `strace -c -f -p PID` attached after the
+  warm-up (every thread), detached after N requests: calls per request, by syscall.
+
+Scenarios (default: hello, fcgi, fcgi-keep, stream; `all` adds upload and big):
+  hello      uwsgi protocol, benches/apps/hello.py (14-byte body)
+  fcgi       FastCGI, a connection per request (nginx fastcgi_pass without keep-conn)
+  fcgi-keep  FastCGI, one kept connection (fastcgi_keep_conn on + upstream keepalive)
+  stream     uwsgi, benches/apps/stream.py: 100 chunks of 1 KiB from a generator
+  upload     uwsgi, benches/apps/upload.py: POST 64 KiB, echoed back
+  big        uwsgi, benches/apps/big.py: a 1 MiB response
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import APPS, REPO, build_postern, ensure_venv, log  # noqa: E402
+
+
+def die(msg: str):
+    raise SystemExit(f"instructions: {msg}")
+
+
+# --------------------------------------------------------------------------- requests
+
+# What nginx sends for wrk's `GET / HTTP/1.1` + `Host:` with the stock params files.
+UWSGI_VARS = [
+    ("QUERY_STRING", ""), ("REQUEST_METHOD", "GET"), ("CONTENT_TYPE", ""), ("CONTENT_LENGTH", ""),
+    ("REQUEST_URI", "/"), ("PATH_INFO", "/"), ("DOCUMENT_ROOT", "/etc/nginx/html"),
+    ("SERVER_PROTOCOL", "HTTP/1.1"), ("REQUEST_SCHEME", "http"), ("REMOTE_ADDR", "127.0.0.1"),
+    ("REMOTE_PORT", "51234"), ("SERVER_PORT", "8080"), ("SERVER_NAME", ""),
+    ("HTTP_HOST", "127.0.0.1"),
+]
+FASTCGI_VARS = [
+    ("QUERY_STRING", ""), ("REQUEST_METHOD", "GET"), ("CONTENT_TYPE", ""), ("CONTENT_LENGTH", ""),
+    ("SCRIPT_NAME", "/"), ("REQUEST_URI", "/"), ("DOCUMENT_URI", "/"),
+    ("DOCUMENT_ROOT", "/etc/nginx/html"), ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ("REQUEST_SCHEME", "http"), ("GATEWAY_INTERFACE", "CGI/1.1"),
+    ("SERVER_SOFTWARE", "nginx/1.22.1"), ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "51234"),
+    ("REMOTE_USER", ""), ("SERVER_ADDR", "127.0.0.1"), ("SERVER_PORT", "8080"),
+    ("SERVER_NAME", ""), ("REDIRECT_STATUS", "200"), ("HTTP_HOST", "127.0.0.1"),
+]
+
+
+def with_body(pairs, body: bytes):
+    if not body:
+        return pairs
+    out = []
+    for k, v in pairs:
+        if k == "REQUEST_METHOD":
+            v = "POST"
+        elif k == "CONTENT_TYPE":
+            v = "application/octet-stream"
+        elif k == "CONTENT_LENGTH":
+            v = str(len(body))
+        out.append((k, v))
+    return out
+
+
+def uwsgi_packet(body: bytes = b"") -> bytes:
+    block = b""
+    for k, v in with_body(UWSGI_VARS, body):
+        for s in (k.encode(), v.encode()):
+            block += len(s).to_bytes(2, "little") + s
+    return b"\x00" + len(block).to_bytes(2, "little") + b"\x00" + block + body
+
+
+def fcgi_len(n: int) -> bytes:
+    return bytes([n]) if n < 128 else (n | 0x80000000).to_bytes(4, "big")
+
+
+def fcgi_record(rtype: int, content: bytes, rid: int = 1) -> bytes:
+    pad = -len(content) % 8
+    return (bytes([1, rtype]) + rid.to_bytes(2, "big") + len(content).to_bytes(2, "big")
+            + bytes([pad, 0]) + content + b"\0" * pad)
+
+
+def fcgi_request(keep: bool, body: bytes = b"") -> bytes:
+    params = b"".join(fcgi_len(len(k)) + fcgi_len(len(v)) + k.encode() + v.encode()
+                      for k, v in with_body(FASTCGI_VARS, body))
+    out = fcgi_record(1, (1).to_bytes(2, "big") + bytes([1 if keep else 0]) + b"\0" * 5)
+    out += fcgi_record(4, params) + fcgi_record(4, b"")
+    for i in range(0, len(body), 32768):
+        out += fcgi_record(5, body[i:i + 32768])
+    return out + fcgi_record(5, b"")
+
+
+class Client:
+    """Serial requests to a unix socket, the way nginx sends them."""
+
+    def __init__(self, path: Path, proto: str, body: bytes = b""):
+        self.path, self.proto = str(path), proto
+        self.conn: socket.socket | None = None
+        self.reconnects = 0
+        self.buf = b""
+        if proto == "uwsgi":
+            self.req = uwsgi_packet(body)
+        else:
+            self.req = fcgi_request(proto == "fcgi-keep", body)
+
+    def connect(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(120)
+        s.connect(self.path)
+        return s
+
+    def one(self) -> bytes:
+        if self.proto == "uwsgi":
+            with self.connect() as s:
+                s.sendall(self.req)
+                out = []
+                while True:
+                    d = s.recv(1 << 20)
+                    if not d:
+                        break
+                    out.append(d)
+            resp = b"".join(out)
+            if not resp.startswith(b"HTTP/1.1 200") and not resp.startswith(b"HTTP/1.0 200"):
+                die(f"unexpected answer: {resp[:200]!r}")
+            return resp
+        keep = self.proto == "fcgi-keep"
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn, self.buf = self.connect(), b""
+            try:
+                self.conn.sendall(self.req)
+                resp = self.read_fcgi()
+                if not keep:
+                    self.conn.close()
+                    self.conn = None
+                return resp
+            except (ConnectionError, EOFError):
+                # The server closed a connection we meant to reuse (uWSGI ignores
+                # FCGI_KEEP_CONN): nginx would retry on a new one; so do we.
+                self.conn.close()
+                self.conn = None
+                if not keep or attempt:
+                    raise
+                self.reconnects += 1
+        raise AssertionError("unreachable")
+
+    def read_fcgi(self) -> bytes:
+        stdout = []
+        while True:
+            while len(self.buf) < 8:
+                d = self.conn.recv(1 << 20)
+                if not d:
+                    raise EOFError("connection closed")
+                self.buf += d
+            rtype, clen, plen = self.buf[1], int.from_bytes(self.buf[4:6], "big"), self.buf[6]
+            while len(self.buf) < 8 + clen + plen:
+                d = self.conn.recv(1 << 20)
+                if not d:
+                    raise EOFError("connection closed mid-record")
+                self.buf += d
+            content, self.buf = self.buf[8:8 + clen], self.buf[8 + clen + plen:]
+            if rtype == 6:
+                stdout.append(content)
+            elif rtype == 3:
+                resp = b"".join(stdout)
+                if not resp.startswith(b"Status: 200") and b"200" not in resp[:64]:
+                    die(f"unexpected FastCGI answer: {resp[:200]!r}")
+                if self.proto == "fcgi-keep" and self.buf == b"":
+                    # uWSGI closes after END_REQUEST: notice it now, not on the next send.
+                    pass
+                return resp
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.one()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Scenario:
+    name: str
+    proto: str       # uwsgi | fcgi | fcgi-keep
+    app: str
+    requests: int    # default N (callgrind and strace)
+    body: int = 0
+    text: str = ""
+
+
+SCENARIOS = {
+    "hello": Scenario("hello", "uwsgi", "hello.py", 500, text="uwsgi, hello"),
+    "fcgi": Scenario("fcgi", "fcgi", "hello.py", 500, text="FastCGI, a connection per request, hello"),
+    "fcgi-keep": Scenario("fcgi-keep", "fcgi-keep", "hello.py", 500,
+                          text="FastCGI keep-conn, one connection, hello"),
+    "stream": Scenario("stream", "uwsgi", "stream.py", 200, text="uwsgi, 100 x 1 KiB chunks"),
+    "upload": Scenario("upload", "uwsgi", "upload.py", 100, body=64 << 10, text="uwsgi, POST 64 KiB echoed"),
+    "big": Scenario("big", "uwsgi", "big.py", 50, text="uwsgi, 1 MiB response"),
+}
+DEFAULT = ["hello", "fcgi", "fcgi-keep", "stream"]
+
+
+def server_cmd(server: str, scen: Scenario, sock: Path, bins: dict) -> list[str]:
+    app = APPS / scen.app
+    if server == "postern":
+        flag = "--uwsgi" if scen.proto == "uwsgi" else "--fastcgi"
+        return [str(bins["postern"]), flag, f"unix:{sock}", "--workers", "1", "--threads", "1",
+                "--access-log", "off", "--log-level", "warn", f"{app}:application"]
+    return [str(bins["uwsgi"]), "--socket" if scen.proto == "uwsgi" else "--fastcgi-socket", str(sock),
+            "--processes", "1", "--threads", "1", "--disable-logging", "--need-app", "--strict",
+            "--wsgi-file", str(app), "--callable", "application"]
+
+
+@dataclass
+class Figures:
+    server: str
+    scenario: str
+    requests: int = 0
+    ir: float = float("nan")
+    top: list = field(default_factory=list)     # (Ir per request, share, function)
+    syscalls: float = float("nan")
+    by_syscall: list = field(default_factory=list)  # (calls per request, name)
+    reconnects: int = 0
+
+
+def env_for() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH")}
+    env["PYTHONHASHSEED"] = "0"  # repeatable dict layouts, so repeatable counts
+    return env
+
+
+def start(cmd: list[str], run_dir: Path, sock: Path, timeout: float) -> subprocess.Popen:
+    out = open(run_dir / "server.log", "ab")
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir,
+                         env=env_for(), start_new_session=True)
+    out.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            die(f"{shlex_join(cmd)} exited ({p.returncode}):\n{(run_dir / 'server.log').read_text(errors='replace')[-2000:]}")
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(str(sock))
+            return p
+        except OSError:
+            time.sleep(0.05)
+    stop(p)
+    die(f"{cmd[0]} did not listen on {sock} within {timeout:.0f} s")
+
+
+def shlex_join(cmd):
+    import shlex
+    return shlex.join(cmd)
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        # SIGINT: both postern and a master-less uWSGI exit on it (uWSGI 2.0 reloads on SIGTERM).
+        os.kill(p.pid, signal.SIGINT)
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    p.wait()
+
+
+def callgrind_control(flag: str, pid: int) -> None:
+    r = subprocess.run(["callgrind_control", flag, str(pid)], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 or "OK" not in r.stdout:
+        die(f"callgrind_control {flag} {pid} failed: {r.stdout}{r.stderr}")
+
+
+TOP_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$")
+
+
+def callgrind(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm: int, top: int,
+              inclusive: bool) -> Figures:
+    run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"cg-{server}-{scen.name}-"))
+    sock = run_dir / "app.sock"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={run_dir}/callgrind.out.%p",
+           *server_cmd(server, scen, sock, bins)]
+    p = start(cmd, run_dir, sock, 180)
+    client = Client(sock, scen.proto, upload_body(scen.body))
+    try:
+        client.run(warm)
+        callgrind_control("-z", p.pid)
+        client.run(n)
+        client.close()
+        callgrind_control("-d", p.pid)
+    finally:
+        client.close()
+        stop(p)
+    dumps = sorted(run_dir.glob(f"callgrind.out.{p.pid}.*"), key=lambda f: int(f.name.rsplit(".", 1)[1]))
+    if not dumps:
+        die(f"no callgrind dump in {run_dir}")
+    dump = dumps[0]
+    total = 0
+    for line in dump.read_text(errors="replace").splitlines():
+        m = re.match(r"^(?:summary|totals):\s+(\d+)", line)
+        if m:
+            total = int(m.group(1))
+            break
+    f = Figures(server, scen.name, n, total / n, reconnects=client.reconnects)
+    ann = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+                          "--threshold=100", str(dump)], capture_output=True, text=True)
+    for line in ann.stdout.splitlines():
+        m = TOP_LINE.match(line)
+        if m and "PROGRAM TOTALS" not in line:
+            ir = int(m.group(1).replace(",", ""))
+            if ir >= 0.99 * total:
+                # A frame that was on the stack when the counters were zeroed (main, a
+                # thread's start): callgrind charges it the whole dump. Not a hot spot.
+                continue
+            fn = m.group(3).strip()
+            fn = re.sub(r"\s*\[[^\]]*\]$", "", fn)           # the object file
+            fn = fn.split(":", 1)[1] if re.match(r"^[^ ]*:", fn) and not fn.startswith("0x") else fn
+            f.top.append((ir / n, float(m.group(2)), fn))
+            if len(f.top) >= top:
+                break
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return f
+
+
+def upload_body(n: int) -> bytes:
+    return (b"0123456789abcdef" * (n // 16 + 1))[:n]
+
+
+def strace(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm: int, fig: Figures) -> None:
+    run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"st-{server}-{scen.name}-"))
+    sock = run_dir / "app.sock"
+    p = start(server_cmd(server, scen, sock, bins), run_dir, sock, 60)
+    client = Client(sock, scen.proto, upload_body(scen.body))
+    out = run_dir / "strace.txt"
+    err = open(run_dir / "strace.err", "wb")
+    st = None
+    try:
+        client.run(warm)
+        st = subprocess.Popen(["strace", "-c", "-f", "-p", str(p.pid), "-o", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        # Attached once strace has said so for every thread of the process.
+        nthreads = len(os.listdir(f"/proc/{p.pid}/task"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (run_dir / "strace.err").read_text(errors="replace").count("attached") >= nthreads:
+                break
+            time.sleep(0.02)
+        time.sleep(0.1)
+        client.run(n)
+        client.close()
+        time.sleep(0.1)
+    finally:
+        client.close()
+        if st is not None:
+            st.send_signal(signal.SIGINT)
+            st.wait(timeout=30)
+        err.close()
+        stop(p)
+    rows = []
+    total = float("nan")
+    for line in out.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            # % time, seconds, usecs/call, calls, [errors], syscall
+            calls = int(parts[3])
+            rows.append((calls / n, parts[-1]))
+        elif parts and parts[-1] == "total" and len(parts) >= 4:
+            total = int(parts[3]) / n
+    rows.sort(reverse=True)
+    fig.syscalls = total
+    fig.by_syscall = rows
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--scenarios", default=",".join(DEFAULT),
+                    help=f"comma-separated subset of {','.join(SCENARIOS)}, or all")
+    ap.add_argument("--servers", default="postern,uwsgi", help="postern,uwsgi or one of them")
+    ap.add_argument("--requests", type=int, help="N requests counted (default per scenario: "
+                    + ", ".join(f"{s.name} {s.requests}" for s in SCENARIOS.values()) + ")")
+    ap.add_argument("--warmup", type=int, default=20, help="W requests before counting")
+    ap.add_argument("--top", type=int, default=12, help="functions shown per scenario and server")
+    ap.add_argument("--inclusive", action="store_true", help="top functions by inclusive cost")
+    ap.add_argument("--no-callgrind", action="store_true", help="syscalls only")
+    ap.add_argument("--no-strace", action="store_true", help="instructions only")
+    ap.add_argument("--postern-bin", help="use this postern binary instead of cargo build --release")
+    ap.add_argument("--uwsgi-bin", help="use this uwsgi (default: target/bench-venv/bin/uwsgi)")
+    ap.add_argument("--venv", default=str(REPO / "target" / "bench-venv"))
+    ap.add_argument("--format", choices=["text", "markdown"], default="text")
+    args = ap.parse_args(argv)
+    names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bad = [s for s in names if s not in SCENARIOS]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if bad or not names or not servers or set(servers) - {"postern", "uwsgi"}:
+        ap.error(f"--scenarios from {','.join(SCENARIOS)}; --servers from postern,uwsgi")
+    tools = ([] if args.no_callgrind else ["valgrind", "callgrind_control", "callgrind_annotate"]) + \
+            ([] if args.no_strace else ["strace"])
+    for t in tools:
+        if not shutil.which(t):
+            die(f"{t} not found (apt-get install valgrind strace)")
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    bins = {}
+    if "postern" in servers:
+        bins["postern"] = build_postern(args.postern_bin)
+    if "uwsgi" in servers:
+        if args.uwsgi_bin:
+            bins["uwsgi"] = Path(args.uwsgi_bin)
+        else:
+            venv = Path(args.venv).resolve()
+            ensure_venv(venv, packages=["uwsgi"])
+            bins["uwsgi"] = venv / "bin" / "uwsgi"
+    work = Path(tempfile.mkdtemp(prefix="postern-instructions-"))
+    results: list[Figures] = []
+    t0 = time.monotonic()
+    try:
+        for name in names:
+            scen = SCENARIOS[name]
+            n = args.requests or scen.requests
+            for server in servers:
+                t = time.monotonic()
+                if args.no_callgrind:
+                    fig = Figures(server, name, n)
+                else:
+                    fig = callgrind(server, scen, bins, work, n, args.warmup, args.top, args.inclusive)
+                if not args.no_strace:
+                    strace(server, scen, bins, work, n, args.warmup, fig)
+                results.append(fig)
+                sc = ", ".join(f"{name_} {c:.2f}" for c, name_ in fig.by_syscall if c >= 0.01)
+                log(f"== {name:<9} {server:<7} {fig.ir:>10,.0f} instructions/request  "
+                    f"{fig.syscalls:>6.2f} syscalls/request ({sc})"
+                    + (f"  [{fig.reconnects} reconnects]" if fig.reconnects else "")
+                    + f"  ({time.monotonic() - t:.1f} s)")
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    log("")
+    if args.format == "markdown":
+        log("| scenario | server | instructions / request | syscalls / request | syscalls |")
+        log("|---|---|---:|---:|---|")
+        for f in results:
+            sc = ", ".join(f"{n_} {c:.2f}".rstrip("0").rstrip(".") for c, n_ in f.by_syscall if c >= 0.01)
+            log(f"| {SCENARIOS[f.scenario].text} | {f.server} | {f.ir:,.0f} | {f.syscalls:.2f} | {sc} |")
+    else:
+        log(f"{'scenario':<10} {'server':<8} {'instr/req':>10} {'syscalls/req':>12}  ratio postern/uWSGI")
+        for f in results:
+            other = next((o for o in results if o.scenario == f.scenario and o.server == "uwsgi"), None)
+            rt = f"{f.ir / other.ir:.2f}" if other and f.server == "postern" and other.ir == other.ir else ""
+            log(f"{f.scenario:<10} {f.server:<8} {f.ir:>10,.0f} {f.syscalls:>12.2f}  {rt}")
+    for f in results:
+        if f.top:
+            log(f"\n-- {f.scenario} / {f.server}: top functions by {'inclusive' if args.inclusive else 'self'} "
+                f"instructions per request")
+            for ir, share, fn in f.top:
+                log(f"   {ir:>9,.0f}  {share:5.1f}%  {fn[:150]}")
+    log(f"\n({time.monotonic() - t0:.0f} s; instructions: callgrind counters zeroed after {args.warmup} "
+        f"warm-up requests and dumped after N; syscalls: strace -c -f attached after the warm-up)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
