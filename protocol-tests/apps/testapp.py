@@ -297,4 +297,44 @@ def application(environ, start_response):
 
         start_response("200 OK", [("Content-Length", "13")])
         return R()
+    if path == "/rendezvous":
+        # Marks its arrival in the empty directory `dir`, then waits until `n` requests
+        # have arrived there: the n requests all answer 200 only if they ran at the same
+        # time, whatever the machine's speed. The wait is bounded only so that a server
+        # running them one after the other gets an answer (504) instead of a hang.
+        d, n = q["dir"], int(q.get("n", 2))
+        me = q.get("name") or f"{os.getpid()}-{threading.get_ident()}"
+        open(os.path.join(d, me), "w").close()
+        deadline = time.monotonic() + float(q.get("wait", 15))
+        while True:
+            seen = len(os.listdir(d))
+            if seen >= n:
+                return text(start_response, f"met {n}\n")
+            if time.monotonic() > deadline:
+                return text(
+                    start_response,
+                    f"{me}: only {seen} of {n} requests started while it ran\n",
+                    "504 Gateway Timeout",
+                )
+            time.sleep(0.01)
+    if path == "/gated-stream":
+        # "chunk 0", then waits for the file `gate` (the test makes it once it holds
+        # chunk 0), then chunks 1..n-1: the client sees chunk 0 only if the response is
+        # passed on while the app still runs. The wait is bounded only against a hang;
+        # its end is said in the body.
+        gate, n = q["gate"], int(q.get("n", 4))
+
+        def gen():
+            yield b"chunk 0\n"
+            deadline = time.monotonic() + float(q.get("wait", 15))
+            while not os.path.exists(gate):
+                if time.monotonic() > deadline:
+                    yield b"the gate never opened\n"
+                    return
+                time.sleep(0.01)
+            for i in range(1, n):
+                yield f"chunk {i}\n".encode()
+
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
+        return gen()
     return text(start_response, "hello\n")

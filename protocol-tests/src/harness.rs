@@ -454,6 +454,68 @@ impl Drop for Postern {
     }
 }
 
+/// A meeting point for the test app's `/rendezvous` requests: a fresh empty directory
+/// each request marks on arrival. A request answers 200 once `n` have arrived, so `n`
+/// requests that all answer 200 ran at the same time: concurrency checked by the order
+/// of events, not by a duration.
+pub struct Rendezvous {
+    dir: PathBuf,
+}
+
+impl Rendezvous {
+    /// A new meeting point under `parent`.
+    pub fn new(parent: &Path) -> Rendezvous {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let i = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("rendezvous-{}-{i}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Rendezvous { dir }
+    }
+
+    /// The target of one of `n` requests that wait for each other (PATH_INFO and query).
+    pub fn target(&self, n: usize, name: &str) -> String {
+        format!(
+            "/rendezvous?n={n}&name={}&dir={}",
+            query_escape(name),
+            query_escape(&self.dir.to_string_lossy())
+        )
+    }
+
+    /// The answer's body when all `n` met (the app answers 504 naming who was missing
+    /// when they did not).
+    pub fn met(n: usize) -> String {
+        format!("met {n}\n")
+    }
+}
+
+/// The target of the test app's `/gated-stream`: "chunk 0", then nothing until the
+/// file `gate` exists, then chunks 1..n-1.
+pub fn gated_stream(gate: &Path, n: usize) -> String {
+    format!(
+        "/gated-stream?n={n}&gate={}",
+        query_escape(&gate.to_string_lossy())
+    )
+}
+
+/// What a client that got chunk 0 of [`gated_stream`] and then opened the gate receives.
+pub fn gated_stream_body(n: usize) -> String {
+    (0..n).map(|i| format!("chunk {i}\n")).collect()
+}
+
+/// Percent-encodes what would change meaning in a query string value.
+fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Sends bytes, reads to EOF (or error).
 pub fn raw(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
     let mut s = addr.connect().expect("connecting to postern");

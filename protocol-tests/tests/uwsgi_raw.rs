@@ -3,7 +3,7 @@
 //! request is served. Also the WSGI duties that do not need nginx.
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol_tests::harness::*;
 
@@ -138,11 +138,16 @@ fn a_silent_client_does_not_block_others_and_is_closed() {
     // --head-timeout 1: the silent peer is closed and logged.
     idle.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let started = Instant::now();
+    // The 10 s read timeout only keeps a broken server from hanging the test.
     let mut buf = [0u8; 16];
-    let n = idle.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!(
+            "expected postern to close the silent connection, got {other:?}\n{}",
+            p.logs()
+        ),
+    }
+    // Closed for the head timeout, not for something else.
     assert!(p.wait_log("no complete request head", 5), "{}", p.logs());
     ok_after(&p);
 }
@@ -470,29 +475,33 @@ fn threads_serve_concurrently() {
     let p = Spawn::tcp(dir.path(), &testapp())
         .args(["--threads", "4"])
         .start();
-    let started = Instant::now();
+    // Four requests that each wait until all four have started: they all answer 200
+    // only if four threads run them at once (one by one, the first would wait in vain).
+    let meet = Rendezvous::new(dir.path());
     let handles: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let addr = p.addr.clone();
+            let target = meet.target(4, &format!("r{i}"));
             std::thread::spawn(move || {
+                let (path, query) = target.split_once('?').unwrap();
                 let pkt = uwsgi_packet(&[
                     ("REQUEST_METHOD", "GET"),
-                    ("PATH_INFO", "/sleep"),
-                    ("QUERY_STRING", "s=1"),
+                    ("PATH_INFO", path),
+                    ("QUERY_STRING", query),
                 ]);
-                parse_http(&raw(&addr, &pkt)).unwrap().status
+                let r = parse_http(&raw(&addr, &pkt)).unwrap();
+                (r.status, r.text())
             })
         })
         .collect();
     for h in handles {
-        assert_eq!(h.join().unwrap(), 200);
+        assert_eq!(
+            h.join().unwrap(),
+            (200, Rendezvous::met(4)),
+            "the four requests did not run at once on --threads 4\n{}",
+            p.logs()
+        );
     }
-    // Four 1 s requests on four threads: well under the 4 s they take one by one.
-    assert!(
-        started.elapsed() < Duration::from_millis(3500),
-        "{:?}",
-        started.elapsed()
-    );
     let env = parse_http(&p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/env")], b""))
         .unwrap()
         .json();
