@@ -482,6 +482,19 @@ impl Rendezvous {
         )
     }
 
+    /// Waits up to `secs` (a bound against a hang, not a measure) until the request
+    /// named `name` has arrived in the app.
+    pub fn wait_arrived(&self, name: &str, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.dir.join(name).exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// The answer's body when all `n` met (the app answers 504 naming who was missing
     /// when they did not).
     pub fn met(n: usize) -> String {
