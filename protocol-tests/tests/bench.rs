@@ -99,7 +99,7 @@ fn bench_counts_exactly_the_requests_the_server_served_on_each_protocol() {
 }
 
 #[test]
-fn bench_counts_error_answers_as_non_2xx_and_refuses_bad_options() {
+fn bench_counts_error_answers_as_non_2xx_and_refuses_bad_options_and_absent_servers() {
     let dir = tempdir();
     let p = Spawn::unix(dir.path(), &testapp()).start();
     let Addr::Unix(sock) = &p.addr else {
@@ -132,6 +132,19 @@ fn bench_counts_error_answers_as_non_2xx_and_refuses_bad_options() {
             "{out:?}"
         );
     }
+
+    // Nothing listening at the start: exit 7 with the reason, no run of refused connects.
+    let gone = dir.path().join("gone.sock");
+    let out = Command::new(postern_bin())
+        .args(["bench", &format!("unix:{}", gone.display()), "-d", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect to unix:"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -156,7 +156,8 @@ struct Plan {
 }
 
 /// Runs the subcommand; returns the process exit code: 0 once the run is over (errors
-/// are in the report), 7 when not a single response came back.
+/// are in the report), 7 when nothing listens at the start or not a single response
+/// came back.
 pub fn run(args: &BenchArgs) -> Result<i32, ClientError> {
     let usage = ClientError::Usage;
     let url = bench_url(args).map_err(usage)?;
@@ -171,9 +172,17 @@ pub fn run(args: &BenchArgs) -> Result<i32, ClientError> {
             "--connections must be 1 to {MAX_CONNECTIONS}"
         )));
     }
-    if !(args.duration > 0.0 && args.duration.is_finite()) || !(args.timeout > 0.0) {
-        return Err(usage("--duration and --timeout must be positive".into()));
-    }
+    let seconds = |name: &str, value: f64| {
+        Duration::try_from_secs_f64(value)
+            .ok()
+            // Bounded so that a deadline computed from it cannot overflow.
+            .filter(|d| !d.is_zero() && d.as_secs() < 1 << 32)
+            .ok_or_else(|| usage(format!("--{name} must be a positive number of seconds")))
+    };
+    let (duration, timeout) = (
+        seconds("duration", args.duration)?,
+        seconds("timeout", args.timeout)?,
+    );
     let method = args
         .method
         .clone()
@@ -208,15 +217,21 @@ pub fn run(args: &BenchArgs) -> Result<i32, ClientError> {
         keep_conn: args.keep_conn,
         request: request.encode(&url).map_err(usage)?.concat(),
         head: method == "HEAD",
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout,
     });
+    // Nothing listening at the start is a mistake to say at once, not a run of refused
+    // connects (the server sees a connection that sends nothing).
+    drop(
+        plan.endpoint
+            .connect(timeout)
+            .map_err(|source| ClientError::Connect {
+                target: label.clone(),
+                source,
+            })?,
+    );
 
-    let tally = load(
-        &plan,
-        args.connections,
-        Duration::from_secs_f64(args.duration),
-    )
-    .map_err(|e| usage(format!("cannot start {} threads: {e}", args.connections)))?;
+    let tally = load(&plan, args.connections, duration)
+        .map_err(|e| usage(format!("cannot start {} threads: {e}", args.connections)))?;
     let report = Report::new(&url, &label, args, &tally);
     let text = match args.format {
         BenchFormat::Text => report.text(),
@@ -230,11 +245,14 @@ pub fn run(args: &BenchArgs) -> Result<i32, ClientError> {
     })
 }
 
+/// Start and deadline of the run, `None` until every thread is spawned.
+type Gate = (Mutex<Option<(Instant, Instant)>>, Condvar);
+
 /// Starts the threads together, lets them run for `duration`, and adds up what they saw.
 fn load(plan: &Arc<Plan>, connections: usize, duration: Duration) -> io::Result<Tally> {
     // The threads wait at the gate until all are spawned, so that the clock starts when
     // every connection can go.
-    let gate: Arc<(Mutex<Option<(Instant, Instant)>>, Condvar)> = Arc::default();
+    let gate: Arc<Gate> = Arc::default();
     let open = |start: Instant, deadline: Instant| {
         *gate.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((start, deadline));
         gate.1.notify_all();
