@@ -18,7 +18,7 @@ use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
 
 use super::connection::{self, Start};
-use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking};
+use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, Woken};
 use super::lane::{Limits, SlowLane};
 use super::queue::Queue;
 use super::sink::ConnSink;
@@ -110,20 +110,32 @@ impl Source for Acceptor {
             }
             let Some(ev) = events.first() else { continue };
             match Wake::decode(ev.data.u64()) {
-                Wake::Busy(key) => {
-                    // Input on a connection whose request runs inline: the slow lane
-                    // reads it.
-                    if let Some(conn) = self.parking.take(Wake::Busy(key)) {
-                        let info = self.listeners[conn.listener].info.clone();
-                        fastcgi::steal(conn, &self.parking, &self.slow, info, self.fcgi.clone());
-                    }
-                }
-                Wake::Parked(key) => {
-                    // A parked FastCGI connection has its next request (or closed).
-                    if let Some(conn) = self.parking.take(Wake::Parked(key)) {
-                        if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
-                            return Some(req);
+                wake @ (Wake::Busy(key) | Wake::Parked(key)) => {
+                    let Some(conn) = self.parking.get(key) else {
+                        continue;
+                    };
+                    match conn.woken(matches!(wake, Wake::Busy(_))) {
+                        // A parked connection has its next request (or closed).
+                        Woken::Read => {
+                            if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
+                                return Some(req);
+                            }
                         }
+                        // Input on a connection whose request runs inline: the slow
+                        // lane reads it, and adopts the running request.
+                        Woken::Steal(entry) => {
+                            let info = self.listeners[conn.listener].info.clone();
+                            self.slow.spawn(fastcgi::serve(
+                                conn,
+                                BytesMut::new(),
+                                info,
+                                self.slow.clone(),
+                                self.fcgi.clone(),
+                                Instant::now(),
+                                entry,
+                            ));
+                        }
+                        Woken::Stale => {}
                     }
                 }
                 Wake::Queue => {
@@ -210,7 +222,6 @@ impl Acceptor {
                         &l.info,
                         &self.limits,
                         &self.fcgi,
-                        &self.parking,
                         started,
                     )
                     .ok_or_else(|| BytesMut::from(&s[..n])),
@@ -219,16 +230,15 @@ impl Acceptor {
             }
         });
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
-            self.parking.forget(&conn);
+            let entry = conn.enter_lane(!parked);
             self.slow.spawn(fastcgi::serve(
                 conn,
                 buf,
                 l.info.clone(),
                 self.slow.clone(),
-                Arc::clone(&self.parking),
                 self.fcgi.clone(),
                 started,
-                None,
+                entry,
             ));
         };
         match got {
@@ -239,7 +249,7 @@ impl Acceptor {
             }
             Ok(None) => {
                 tracing::debug!(peer = %conn.peer, "the front server closed a FastCGI connection");
-                self.parking.forget(&conn);
+                conn.close();
                 None
             }
             Err(Errno::AGAIN | Errno::INTR) => {
@@ -252,7 +262,7 @@ impl Acceptor {
             }
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "a FastCGI connection failed");
-                self.parking.forget(&conn);
+                conn.close();
                 None
             }
         }
@@ -272,7 +282,14 @@ impl Acceptor {
             let _ = sock.set_tcp_nodelay(true);
         }
         if l.info.protocol == Protocol::FastCgi {
-            let conn = FcgiConn::new(sock, peer, l.tcp, index, self.limits.read_timeout);
+            let conn = FcgiConn::new(
+                sock,
+                peer,
+                l.tcp,
+                index,
+                self.limits.read_timeout,
+                &self.parking,
+            );
             return self.fcgi_read(conn, false, started);
         }
         let first = SCRATCH.with(|s| {

@@ -1,0 +1,673 @@
+//! The slow lane of a FastCGI connection (a tokio task): partial records, streamed
+//! STDIN (the app reads the body as it arrives), multiplexed ids, ABORT_REQUEST,
+//! management records, bad input. Complete requests go to the ready queue; an idle
+//! connection goes back to the fast path.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use super::sink::{stderr_forward, FcgiSink, ReqFlags};
+use super::{Ctl, Entry, FcgiConn};
+use crate::codec::fastcgi::{assemble, Assembled, Refused};
+use crate::codec::Head;
+use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
+use crate::proto::response::{plain_response, HeadStyle};
+use crate::server::lane::{FcgiSettings, SlowLane};
+use crate::server::span::request_span;
+use crate::wsgi::{Body, BodyStream, ListenerInfo, Request};
+
+/// Requests in flight on one connection before BEGIN_REQUEST is answered
+/// FCGI_OVERLOADED (beyond the Python threads, they wait in the queue).
+const MAX_REQS_PER_CONN: usize = 64;
+
+/// STDIN chunks buffered for an app that has not read them yet, per request.
+const STDIN_QUEUE: usize = 16;
+
+/// What the slow lane feeds a streamed body.
+enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+/// `wsgi.input` of a request whose STDIN is still arriving.
+struct StdinStream {
+    rx: mpsc::Receiver<Chunk>,
+    ended: bool,
+}
+
+impl BodyStream for StdinStream {
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.blocking_recv() {
+            Some(Chunk::Data(b)) => Ok(Some(b)),
+            Some(Chunk::End) => {
+                self.ended = true;
+                Ok(None)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the front server aborted the request or closed the connection",
+            )),
+        }
+    }
+}
+
+/// The file descriptor as tokio sees it (the connection stays shared).
+struct ConnFd(Arc<FcgiConn>);
+
+impl AsRawFd for ConnFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.sock.as_raw_fd()
+    }
+}
+
+/// The slow lane's view of one request on the connection.
+struct Slot {
+    flags: Arc<ReqFlags>,
+    stdin: Option<mpsc::Sender<Chunk>>,
+    content_length: Option<u64>,
+    got: u64,
+    warned_excess: bool,
+}
+
+/// Serves a FastCGI connection on the slow lane until it closes, or hands it back to
+/// the fast path once idle. `buf` holds bytes already read; `entry` comes from the
+/// owner's transition to the lane (with the request the fast path was serving inline,
+/// if the lane took the connection over from it).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    conn: Arc<FcgiConn>,
+    mut buf: BytesMut,
+    info: ListenerInfo,
+    lane: SlowLane,
+    settings: FcgiSettings,
+    started: Instant,
+    entry: Entry,
+) {
+    let limits = lane.limits.clone();
+    let peer = conn.peer.clone();
+    // SAFETY: the Arc keeps the socket (and so its fd) open for as long as the AsyncFd
+    // holds it, and `as_raw_fd` always returns that same fd.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ConnFd(Arc::clone(&conn)), Interest::READABLE) };
+    let afd = match registered {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot register a FastCGI connection");
+            return;
+        }
+    };
+    // Our own sender keeps the channel open whatever the owner does.
+    let Entry {
+        tx: _ctl_tx,
+        rx: mut ctl_rx,
+        adopted,
+        fresh,
+    } = entry;
+    // Requests ended on this connection while the lane had it.
+    let mut served = 0u64;
+    let mut parser = ConnParser::new(fcgi::ConnLimits {
+        max_params: limits.buffer_size,
+        max_reqs: MAX_REQS_PER_CONN,
+        values: fcgi::Values {
+            max_conns: settings.max_reqs.max(1),
+            max_reqs: settings.max_reqs.max(1),
+            mpxs_conns: true,
+        },
+    });
+    let mut slots: FxHashMap<u16, Slot> = FxHashMap::default();
+    if let Some((id, keep_conn, flags)) = adopted {
+        // The request the fast path is serving inline: ours to watch from now on.
+        parser.adopt(id, keep_conn);
+        slots.insert(
+            id,
+            Slot {
+                flags,
+                stdin: None,
+                content_length: None,
+                got: 0,
+                warned_excess: false,
+            },
+        );
+        served += 1;
+    }
+    let mut events: Vec<Event> = Vec::new();
+    // Events waiting because a request's STDIN queue is full (the app is not reading).
+    let mut backlog: VecDeque<Event> = VecDeque::new();
+    let mut last_read = Instant::now();
+    let mut closing = false;
+    // FCGI_KEEP_CONN unset and the response complete: close once the front server has
+    // sent the rest of its request (nginx writes the whole body before it reads the
+    // response; closing earlier would fail its write: a 502).
+    let mut drain = false;
+
+    'conn: loop {
+        // Requests that ended free their ids before the next bytes are decoded.
+        while let Ok(Ctl::Done { id, reuse }) = ctl_rx.try_recv() {
+            served += 1;
+            if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
+                drain = !conn.is_broken();
+                break 'conn;
+            }
+        }
+        // Decode what is buffered, then act on it in order.
+        if backlog.is_empty() && !buf.is_empty() {
+            if let Err(e) = parser.feed(&mut buf, &mut events) {
+                tracing::warn!(%peer, error = %e, "bad FastCGI input; closing the connection");
+                break 'conn;
+            }
+            backlog.extend(events.drain(..));
+        }
+        while let Some(ev) = backlog.pop_front() {
+            match handle_event(
+                ev,
+                &conn,
+                &mut parser,
+                &mut slots,
+                &mut backlog,
+                &info,
+                &lane,
+                &settings,
+            ) {
+                Step::Go => {}
+                Step::Close => break 'conn,
+                Step::CloseDrain => {
+                    drain = true;
+                    break 'conn;
+                }
+                Step::Wait(ev) => {
+                    backlog.push_front(ev);
+                    break;
+                }
+            }
+        }
+        if conn.is_broken() {
+            break 'conn;
+        }
+        if parser.close_after_replies() && backlog.is_empty() {
+            tracing::debug!(%peer, "refused request without FCGI_KEEP_CONN: closing");
+            drain = true;
+            break 'conn;
+        }
+        let idle = parser.active() == 0 && buf.is_empty() && backlog.is_empty();
+        if idle && closing {
+            break 'conn;
+        }
+        if idle && !fresh_only(fresh, served) && !lane.idle_close.is_cancelled() {
+            // Idle again: the next request is the fast path's.
+            drop(afd);
+            let parking = Arc::clone(&conn.parking);
+            parking.park(conn);
+            return;
+        }
+        let waiting_body = slots.values().any(|s| s.stdin.is_some());
+        let deadline = if idle {
+            (fresh_only(fresh, served)).then(|| started + limits.head_timeout)
+        } else if !backlog.is_empty() {
+            // Waiting for the app to read its body, not for the peer.
+            None
+        } else if !buf.is_empty() || waiting_body || parser.awaiting_params() {
+            Some(last_read + limits.read_timeout)
+        } else {
+            None
+        };
+        let blocked = backlog.front().and_then(|ev| match ev {
+            Event::Stdin { id, .. } | Event::StdinEnd { id } => {
+                slots.get(id).and_then(|s| s.stdin.clone())
+            }
+            _ => None,
+        });
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let room = async {
+            match &blocked {
+                Some(tx) => tx.reserve().await.map(drop).is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            ctl = ctl_rx.recv() => {
+                let Some(Ctl::Done { id, reuse }) = ctl else { break 'conn };
+                served += 1;
+            if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
+                    drain = !conn.is_broken();
+                    break 'conn;
+                }
+            }
+            // Room in the blocked request's STDIN queue (or its reader is gone): the
+            // loop retries the blocked event first.
+            _ = room => last_read = Instant::now(),
+            r = read_some(&afd, &mut buf), if backlog.is_empty() => {
+                match r {
+                    Ok(0) => {
+                        if parser.active() > 0 {
+                            tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
+                        } else if !buf.is_empty() {
+                            tracing::warn!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record");
+                        }
+                        break 'conn;
+                    }
+                    Ok(_) => last_read = Instant::now(),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "reading a FastCGI connection failed");
+                        break 'conn;
+                    }
+                }
+            }
+            _ = sleep => {
+                if idle {
+                    tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
+                } else {
+                    tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request; closing", limits.read_timeout);
+                }
+                break 'conn;
+            }
+            _ = lane.idle_close.cancelled(), if parser.active() == 0 && !closing => {
+                closing = true;
+                if buf.is_empty() {
+                    tracing::debug!(%peer, "closing an idle FastCGI connection: stopping");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    if drain {
+        let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+        let deadline = Instant::now() + limits.read_timeout;
+        let mut total = 0usize;
+        while total < 1 << 30 {
+            buf.clear();
+            match tokio::time::timeout_at(deadline.into(), read_some(&afd, &mut buf)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => break,
+            }
+        }
+    }
+    // Readers of bodies still streaming see the cut; sinks still writing see a closed
+    // connection; the socket closes once they are done with it.
+    for (_, s) in slots.drain() {
+        s.flags.aborted.store(true, Ordering::Release);
+    }
+    conn.close();
+    conn.abort_soft();
+}
+
+/// A request's sink is done with it: its id is free. False when the connection ends.
+fn done(
+    id: u16,
+    reuse: bool,
+    parser: &mut ConnParser,
+    slots: &mut FxHashMap<u16, Slot>,
+    backlog: &mut VecDeque<Event>,
+) -> bool {
+    parser.finished(id);
+    slots.remove(&id);
+    backlog.retain(
+        |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
+    );
+    reuse
+}
+
+/// A connection that has never carried a whole request stays with the slow lane until
+/// it has (it is still under `--head-timeout`).
+fn fresh_only(fresh: bool, served: u64) -> bool {
+    fresh && served == 0
+}
+
+async fn read_some(afd: &AsyncFd<ConnFd>, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 16 * 1024 {
+        buf.reserve(64 * 1024);
+    }
+    loop {
+        let mut guard = afd.readable().await?;
+        let r = guard.try_io(|inner| {
+            let spare = buf.spare_capacity_mut();
+            let fd = inner.get_ref().0.sock.as_fd();
+            match rustix::net::recv(fd, spare, rustix::net::RecvFlags::empty()) {
+                Ok(((init, _), _)) => Ok(init.len()),
+                Err(e) => Err(io::Error::from(e)),
+            }
+        });
+        match r {
+            Ok(Ok(n)) => {
+                // SAFETY: recv initialised the first `n` spare bytes.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// What to do after one event.
+enum Step {
+    Go,
+    Close,
+    /// Answered without FCGI_KEEP_CONN: close once the front server has sent the rest.
+    CloseDrain,
+    /// The request's STDIN queue is full: retry this event when there is room.
+    Wait(Event),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_event(
+    ev: Event,
+    conn: &Arc<FcgiConn>,
+    parser: &mut ConnParser,
+    slots: &mut FxHashMap<u16, Slot>,
+    backlog: &mut VecDeque<Event>,
+    info: &ListenerInfo,
+    lane: &SlowLane,
+    settings: &FcgiSettings,
+) -> Step {
+    let peer = &conn.peer;
+    match ev {
+        Event::Reply(bytes) => {
+            if blocking_write(conn, &bytes).is_err() {
+                return Step::Close;
+            }
+            Step::Go
+        }
+        Event::Params {
+            id,
+            keep_conn,
+            params,
+        } => {
+            // The whole body already here (the usual case): hand it over in one piece.
+            let stdin = take_whole_stdin(backlog, id);
+            let started = Instant::now();
+            let assembled = match assemble(params.clone(), stdin, lane.limits.max_body) {
+                Ok(a) => a,
+                Err(e @ Refused::Params(_)) => {
+                    tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
+                    lane.refused(crate::codec::Protocol::FastCgi, None);
+                    return Step::Close;
+                }
+                Err(refused) => {
+                    // The head as far as it goes, for the span and the access line.
+                    let head = head_for_log(params);
+                    let (span, request_id) = request_span(&head, peer);
+                    let asker = Asker {
+                        conn,
+                        lane,
+                        id,
+                        keep_conn,
+                        request_id: &request_id,
+                        started,
+                    };
+                    span.in_scope(|| match &refused {
+                        Refused::TooLarge {
+                            len,
+                            max,
+                            announced: true,
+                        } => tracing::warn!(
+                            content_length = len,
+                            max_body = max,
+                            "request body over --max-body; answered 413"
+                        ),
+                        Refused::TooLarge { len, max, .. } => tracing::warn!(
+                            got = len,
+                            max_body = max,
+                            "request body over --max-body; answered 413"
+                        ),
+                        Refused::Truncated { got, expected } => tracing::warn!(got, content_length = expected, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"),
+                        e => tracing::warn!(error = %e, "answered 400"),
+                    });
+                    let status = refused.status().unwrap_or(BAD_REQUEST);
+                    return answer_now(&asker, parser, &head, status);
+                }
+            };
+            let Assembled {
+                head,
+                body,
+                announced: content_length,
+                excess,
+            } = assembled;
+            let (span, request_id) = request_span(&head, peer);
+            if excess > 0 {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        got = head.content_length + excess,
+                        content_length = head.content_length,
+                        "STDIN longer than CONTENT_LENGTH; the excess is ignored"
+                    )
+                });
+            }
+            let flags = Arc::new(ReqFlags::default());
+            let mut slot = Slot {
+                flags: Arc::clone(&flags),
+                stdin: None,
+                content_length,
+                got: 0,
+                warned_excess: false,
+            };
+            let body = match body {
+                Some(b) if b.is_empty() => Body::Empty,
+                Some(b) => Body::Memory(b),
+                None => {
+                    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+                    slot.stdin = Some(tx);
+                    Body::Stream(Box::new(StdinStream { rx, ended: false }))
+                }
+            };
+            slots.insert(id, slot);
+            let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
+            lane.queue.push(Request {
+                head,
+                body,
+                listener: info.clone(),
+                sink: Box::new(FcgiSink::new(
+                    Arc::clone(conn),
+                    id,
+                    keep_conn,
+                    flags,
+                    Instant::now(),
+                )),
+                span,
+                request_id,
+                errors_forward,
+            });
+            Step::Go
+        }
+        Event::Stdin { id, data } => {
+            let max_body = lane.limits.max_body;
+            let Some(slot) = slots.get_mut(&id) else {
+                return Step::Go;
+            };
+            let Some(tx) = &slot.stdin else {
+                return Step::Go;
+            };
+            let mut data = data;
+            if let Some(cl) = slot.content_length {
+                let left = cl.saturating_sub(slot.got);
+                if data.len() as u64 > left {
+                    if !slot.warned_excess {
+                        slot.warned_excess = true;
+                        tracing::warn!(%peer, fcgi_id = id, content_length = cl, "STDIN longer than CONTENT_LENGTH; the excess is ignored");
+                    }
+                    data.truncate(left as usize);
+                }
+            }
+            if data.is_empty() {
+                return Step::Go;
+            }
+            if data.len() < 4096 {
+                // A small record would otherwise pin its whole read buffer while queued.
+                data = Bytes::copy_from_slice(&data);
+            }
+            let n = data.len() as u64;
+            if max_body.is_some_and(|m| slot.got + n > m) {
+                // Only a body without CONTENT_LENGTH gets here (a longer announced one
+                // was answered 413 before the app ran): cut it, the app's read fails.
+                tracing::warn!(%peer, fcgi_id = id, max_body = max_body.unwrap_or(0), "request body (no CONTENT_LENGTH) over --max-body; wsgi.input is cut");
+                slot.stdin = None;
+                return Step::Go;
+            }
+            match tx.try_send(Chunk::Data(data)) {
+                Ok(()) => {
+                    slot.got += n;
+                    Step::Go
+                }
+                Err(mpsc::error::TrySendError::Full(Chunk::Data(d))) => {
+                    Step::Wait(Event::Stdin { id, data: d })
+                }
+                Err(_) => {
+                    // The request is over (or its input was dropped): the rest is dropped.
+                    slot.stdin = None;
+                    Step::Go
+                }
+            }
+        }
+        Event::StdinEnd { id } => {
+            let Some(slot) = slots.get_mut(&id) else {
+                return Step::Go;
+            };
+            let Some(tx) = &slot.stdin else {
+                return Step::Go;
+            };
+            if slot.content_length.is_some_and(|cl| slot.got < cl) {
+                tracing::warn!(%peer, fcgi_id = id, got = slot.got, "STDIN ended before CONTENT_LENGTH bytes; the app sees a cut body");
+                slot.stdin = None;
+                return Step::Go;
+            }
+            match tx.try_send(Chunk::End) {
+                Ok(()) => {
+                    slot.stdin = None;
+                    Step::Go
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => Step::Wait(Event::StdinEnd { id }),
+                Err(_) => {
+                    slot.stdin = None;
+                    Step::Go
+                }
+            }
+        }
+        Event::Abort { id } => {
+            if let Some(slot) = slots.get_mut(&id) {
+                tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
+                slot.flags.aborted.store(true, Ordering::Release);
+                slot.stdin = None;
+            }
+            Step::Go
+        }
+    }
+}
+
+/// Takes request `id`'s whole STDIN out of `backlog` when its end has arrived (the
+/// other events stay, in order); `None` while it is still coming.
+fn take_whole_stdin(backlog: &mut VecDeque<Event>, id: u16) -> Option<Bytes> {
+    let mut total = 0usize;
+    let mut end = None;
+    for (i, e) in backlog.iter().enumerate() {
+        match e {
+            Event::Stdin { id: i2, data } if *i2 == id => total += data.len(),
+            Event::StdinEnd { id: i2 } if *i2 == id => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end?;
+    let mut data = BytesMut::with_capacity(total);
+    let mut kept = VecDeque::with_capacity(backlog.len());
+    for (i, e) in backlog.drain(..).enumerate() {
+        match e {
+            Event::Stdin { id: i2, data: d } if i2 == id && i < end => data.extend_from_slice(&d),
+            Event::StdinEnd { id: i2 } if i2 == id && i == end => {}
+            other => kept.push_back(other),
+        }
+    }
+    *backlog = kept;
+    Some(data.freeze())
+}
+
+/// The head of a refused request as far as it parses (for its span and access line).
+fn head_for_log(params: Bytes) -> Head {
+    let vars = fcgi::parse_pairs(&params).unwrap_or_default();
+    Head {
+        buf: params,
+        vars,
+        modifier30: false,
+        content_length: 0,
+    }
+}
+
+/// A write from the connection's task: it may wait (a peer that does not read, a
+/// Python thread holding the write lock), so the tokio worker is handed over meanwhile.
+fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
+    tokio::task::block_in_place(|| conn.write(data))
+}
+
+/// Who asked for a request that postern answers itself (`answer_now`).
+struct Asker<'a> {
+    conn: &'a FcgiConn,
+    lane: &'a SlowLane,
+    id: u16,
+    keep_conn: bool,
+    request_id: &'a crate::logging::RequestId,
+    started: Instant,
+}
+
+const BAD_REQUEST: (u16, &str) = (400, "Bad Request");
+
+/// Answers a request from the server itself (400, 413), counts it as refused, logs its
+/// access line, and forgets it.
+fn answer_now(
+    asker: &Asker<'_>,
+    parser: &mut ConnParser,
+    request: &Head,
+    (code, reason): (u16, &str),
+) -> Step {
+    let Asker {
+        conn,
+        lane,
+        id,
+        keep_conn,
+        request_id,
+        started,
+    } = *asker;
+    lane.refused(crate::codec::Protocol::FastCgi, Some(code));
+    let head = plain_response(HeadStyle::Cgi, code, reason, &format!("{reason}\n"));
+    let mut out = Vec::new();
+    fcgi::encode_stream(&mut out, fcgi::STDOUT, id, &head);
+    fcgi::encode_record(&mut out, fcgi::STDOUT, id, &[]);
+    fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
+    // The rest of its STDIN is ignored: the id is free from now on.
+    parser.finished(id);
+    let sent = blocking_write(conn, &out).ok().map(|()| head.len() as u64);
+    crate::server::span::refused_access(
+        request,
+        request_id,
+        crate::codec::Protocol::FastCgi,
+        code,
+        sent,
+        started,
+    );
+    if sent.is_none() {
+        return Step::Close;
+    }
+    if !keep_conn {
+        return Step::CloseDrain;
+    }
+    Step::Go
+}

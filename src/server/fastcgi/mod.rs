@@ -1,0 +1,624 @@
+//! FastCGI connections (PROTOCOLS.md §2). Unlike uwsgi and SCGI, a FastCGI connection
+//! can outlive its request (`FCGI_KEEP_CONN`, nginx `fastcgi_keep_conn on`) and carry
+//! several requests at once (multiplexing), so the connection is shared:
+//!
+//! - [`FcgiConn`] (here): the socket, written by every request on it under one lock (a
+//!   record is never interleaved with another), and read by one [`Owner`] at a time:
+//!   parked in the Python threads' epoll ([`Parking`]), held by a Python thread, serving
+//!   a request inline, or in the slow lane. Every change of owner is a named transition.
+//! - [`inline`]: the fast path (Python threads, called from [`super::acceptor`]): when
+//!   one read holds one whole simple request (BEGIN, PARAMS, STDIN, nothing else: what
+//!   nginx sends in one write), that thread serves it and parks the connection again
+//!   after END_REQUEST. No thread hand-off, no accept, no close per request.
+//! - [`lane`] ([`serve`], a tokio task): everything else: partial records, streamed
+//!   STDIN (the app reads the body as it arrives), multiplexed ids, ABORT_REQUEST,
+//!   management records, bad input. When such a connection is idle again it goes back
+//!   to the fast path.
+//! - [`sink`]: a request's response as STDOUT records, then END_REQUEST (one ending for
+//!   both paths: the owner decides who is told); a copy of `wsgi.errors` as STDERR.
+
+mod inline;
+mod lane;
+mod sink;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use rustix::event::epoll;
+use rustix::io::Errno;
+use tokio::sync::mpsc;
+
+pub use super::lane::FcgiSettings;
+use super::sink::send_all;
+use super::wake::Wake;
+pub use inline::admit_whole;
+pub use lane::serve;
+pub use sink::FcgiSink;
+use sink::ReqFlags;
+
+/// Who reads a FastCGI connection now. Exactly one at a time (hyper's `Reading` state
+/// in `proto/h1/conn.rs` is the model); the transitions below are the only way to
+/// change it, always under the connection's `owner` lock.
+///
+/// ```text
+///            accept ──> Held ──whole request──> Inline ──END_REQUEST──> Held ──> Parked
+///   Parked ──wake────> Held ──partial / EAGAIN on a fresh one──> Lane ──idle──> Parked
+///   Inline{watched} ──input (busy wake)──> Lane (adopts the running request)
+///   any ──EOF, error, no keep-conn, stop──> Closed
+/// ```
+pub(super) enum Owner {
+    /// Idle in the Python threads' epoll, armed as [`Wake::Parked`] (one-shot).
+    Parked,
+    /// A Python thread holds it: just accepted or woken and being read, or its inline
+    /// request has ended and END_REQUEST is being written.
+    Held,
+    /// Request `id` runs inline on a Python thread. `watched`: armed as [`Wake::Busy`]
+    /// (keep-conn), so input meanwhile (a multiplexed request, an abort, a close) wakes
+    /// a thread that hands the connection to the slow lane.
+    Inline {
+        id: u16,
+        keep_conn: bool,
+        flags: Arc<ReqFlags>,
+        watched: bool,
+    },
+    /// The slow lane's task reads it; the requests on it report their end there.
+    Lane(mpsc::UnboundedSender<Ctl>),
+    /// Nobody reads it any more; the socket closes with the last reference.
+    Closed,
+}
+
+/// What an epoll wake-up means for the connection.
+pub enum Woken {
+    /// It was parked: this thread holds it now and reads its next request.
+    Read,
+    /// Its inline request runs and input arrived: the slow lane takes it over.
+    Steal(Entry),
+    /// The owner changed since the connection was armed (its request ended, the stop
+    /// closed it): nothing to do; a current arming fires on its own.
+    Stale,
+}
+
+/// Who must learn that a request ended.
+#[derive(Debug)]
+pub(super) enum Ender {
+    /// The Python thread that ran it inline, which holds the connection now.
+    Inline { keep_conn: bool },
+    /// The slow lane's task.
+    Lane(mpsc::UnboundedSender<Ctl>),
+    /// Nobody reads the connection any more.
+    Nobody,
+}
+
+impl Owner {
+    /// A wake-up for this connection (`busy`: armed as [`Wake::Busy`]).
+    fn woken(&mut self, busy: bool) -> Woken {
+        match (std::mem::replace(self, Owner::Closed), busy) {
+            (Owner::Parked, false) => {
+                *self = Owner::Held;
+                Woken::Read
+            }
+            (
+                Owner::Inline {
+                    id,
+                    keep_conn,
+                    flags,
+                    watched: true,
+                },
+                true,
+            ) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                *self = Owner::Lane(tx.clone());
+                Woken::Steal(Entry {
+                    tx,
+                    rx,
+                    adopted: Some((id, keep_conn, flags)),
+                    fresh: false,
+                })
+            }
+            (other, _) => {
+                *self = other;
+                Woken::Stale
+            }
+        }
+    }
+
+    /// The held connection's request `id` runs inline now; true when it must be
+    /// watched (keep-conn: the front server may send more before END_REQUEST).
+    fn serve_inline(&mut self, id: u16, keep_conn: bool, flags: Arc<ReqFlags>) -> bool {
+        debug_assert!(
+            matches!(self, Owner::Held),
+            "serve_inline on a connection not held"
+        );
+        *self = Owner::Inline {
+            id,
+            keep_conn,
+            flags,
+            watched: keep_conn,
+        };
+        keep_conn
+    }
+
+    /// The held connection goes to the slow lane.
+    fn enter_lane(&mut self, fresh: bool) -> Entry {
+        debug_assert!(
+            matches!(self, Owner::Held),
+            "enter_lane on a connection not held"
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self = Owner::Lane(tx.clone());
+        Entry {
+            tx,
+            rx,
+            adopted: None,
+            fresh,
+        }
+    }
+
+    /// The holder (a Python thread, or the slow lane once idle) gives the connection
+    /// back to the epoll; `open`: false when stopping or broken, then it closes.
+    /// True when parked.
+    fn park(&mut self, open: bool) -> bool {
+        debug_assert!(matches!(self, Owner::Held | Owner::Lane(_)));
+        *self = if open { Owner::Parked } else { Owner::Closed };
+        open
+    }
+
+    /// Request `id` ended: who is told.
+    fn end(&mut self, id: u16) -> Ender {
+        match self {
+            Owner::Inline {
+                id: running,
+                keep_conn,
+                ..
+            } if *running == id => {
+                let keep_conn = *keep_conn;
+                *self = Owner::Held;
+                Ender::Inline { keep_conn }
+            }
+            Owner::Lane(tx) => Ender::Lane(tx.clone()),
+            _ => Ender::Nobody,
+        }
+    }
+
+    /// At stop: a parked connection closes (true); any other owner finishes first.
+    fn close_if_parked(&mut self) -> bool {
+        let parked = matches!(self, Owner::Parked);
+        if parked {
+            *self = Owner::Closed;
+        }
+        parked
+    }
+}
+
+/// What the slow lane starts a connection with.
+pub struct Entry {
+    tx: mpsc::UnboundedSender<Ctl>,
+    rx: mpsc::UnboundedReceiver<Ctl>,
+    /// The request the fast path is running inline (id, keep-conn, flags).
+    adopted: Option<(u16, bool, Arc<ReqFlags>)>,
+    /// Never carried a request yet: still under `--head-timeout`.
+    fresh: bool,
+}
+
+/// From a request's sink to its connection's slow-lane task.
+pub(super) enum Ctl {
+    /// END_REQUEST written (`reuse`), or the connection was given up.
+    Done { id: u16, reuse: bool },
+}
+
+/// One FastCGI connection, shared by its reader and the requests answering on it.
+pub struct FcgiConn {
+    sock: socket2::Socket,
+    pub peer: Arc<str>,
+    pub tcp: bool,
+    /// Index of the listener it came from.
+    pub listener: usize,
+    /// Names it in the Python threads' epoll ([`Wake::Parked`], [`Wake::Busy`]).
+    key: u64,
+    /// Who reads it.
+    owner: Mutex<Owner>,
+    parking: Arc<Parking>,
+    write: Mutex<()>,
+    write_timeout: Duration,
+    /// The writers' side, shared by every request on the connection (the reader's is
+    /// `owner`): a write failed or the connection was aborted, nothing more goes out.
+    /// An atomic, not under `write`: checked without waiting for a write in progress.
+    broken: AtomicBool,
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+impl FcgiConn {
+    /// A connection just accepted, held by the accepting thread.
+    pub fn new(
+        sock: socket2::Socket,
+        peer: Arc<str>,
+        tcp: bool,
+        listener: usize,
+        write_timeout: Duration,
+        parking: &Arc<Parking>,
+    ) -> Arc<FcgiConn> {
+        Arc::new(FcgiConn {
+            sock,
+            peer,
+            tcp,
+            listener,
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            owner: Mutex::new(Owner::Held),
+            parking: Arc::clone(parking),
+            write: Mutex::new(()),
+            write_timeout,
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    fn owner(&self) -> MutexGuard<'_, Owner> {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes whole records; records of concurrent requests never interleave.
+    pub fn write(&self, data: &[u8]) -> io::Result<()> {
+        if self.is_broken() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the FastCGI connection is closed",
+            ));
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let r = send_all(&self.sock, data, self.write_timeout);
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Writes `data` unless `done` is set by then (checked under the write lock, so a
+    /// late `wsgi.errors` line never follows END_REQUEST).
+    fn write_unless(&self, data: &[u8], done: &AtomicBool) -> io::Result<()> {
+        if self.is_broken() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the FastCGI connection is closed",
+            ));
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if done.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let r = send_all(&self.sock, data, self.write_timeout);
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Ends the connection now, without END_REQUEST for what is in flight: the front
+    /// server sees the response as failed, not complete (a reset over TCP).
+    pub fn abort(&self) {
+        self.broken.store(true, Ordering::Release);
+        if self.tcp {
+            // SO_LINGER 0: the last close sends a reset (a shutdown would send a FIN
+            // first, which reads as a normal end).
+            let _ = self.sock.set_linger(Some(Duration::ZERO));
+        } else {
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Closes the connection for reading and writing (a FIN, not a reset), unless it
+    /// was aborted: then the last close resets it.
+    fn abort_soft(&self) {
+        if !self.broken.swap(true, Ordering::AcqRel) || !self.tcp {
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Reads what is there without waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        rustix::net::recv(self.sock.as_fd(), buf, rustix::net::RecvFlags::empty()).map(|(n, _)| n)
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// An epoll wake-up for this connection (`busy`: it was armed as [`Wake::Busy`]).
+    pub fn woken(&self, busy: bool) -> Woken {
+        let woken = self.owner().woken(busy);
+        if let Woken::Steal(_) = woken {
+            self.parking.remove(self);
+        }
+        woken
+    }
+
+    /// The held connection goes to the slow lane (`fresh`: it was just accepted).
+    pub fn enter_lane(&self, fresh: bool) -> Entry {
+        let entry = self.owner().enter_lane(fresh);
+        self.parking.remove(self);
+        entry
+    }
+
+    /// The holder is done with the connection: nobody reads it any more.
+    pub fn close(&self) {
+        *self.owner() = Owner::Closed;
+        self.parking.remove(self);
+    }
+
+    /// Request `id`, served inline, runs now; watched (armed busy) when keep-conn.
+    fn serve_inline(self: &Arc<Self>, id: u16, keep_conn: bool, flags: Arc<ReqFlags>) {
+        let mut owner = self.owner();
+        if owner.serve_inline(id, keep_conn, flags) {
+            self.parking.insert(self);
+            // Armed under the owner lock: a thread woken at once finds `Inline`.
+            if let Err(e) = self.parking.arm(self, Wake::Busy(self.key)) {
+                tracing::error!(peer = %self.peer, error = %e, "cannot watch a FastCGI connection; it closes after this request");
+                if let Owner::Inline {
+                    keep_conn, watched, ..
+                } = &mut *owner
+                {
+                    *keep_conn = false;
+                    *watched = false;
+                }
+            }
+        }
+    }
+
+    /// The one end of every request, inline or in the slow lane: END_REQUEST (`tail`,
+    /// or none: the response is cut and the connection aborted), then whoever reads the
+    /// connection next takes it. Who that is is settled before END_REQUEST goes out:
+    /// the front server may send its next request the moment it has it.
+    fn end_request(self: &Arc<Self>, id: u16, keep_conn: bool, tail: Option<&[u8]>) {
+        let ender = self.owner().end(id);
+        let Some(tail) = tail else {
+            // No END_REQUEST: the front server must not take a cut response as whole.
+            self.abort();
+            match ender {
+                Ender::Lane(tx) => {
+                    let _ = tx.send(Ctl::Done { id, reuse: false });
+                }
+                Ender::Inline { .. } => self.close(),
+                Ender::Nobody => {}
+            }
+            return;
+        };
+        match ender {
+            Ender::Lane(tx) => {
+                // The reader must know the id is free before the front server can
+                // reuse it: it may send the next BEGIN_REQUEST the moment END_REQUEST
+                // arrives.
+                if keep_conn {
+                    let _ = tx.send(Ctl::Done { id, reuse: true });
+                }
+                if self.write(tail).is_err() {
+                    tracing::debug!("the front server closed the connection before END_REQUEST");
+                    self.abort();
+                }
+                if !keep_conn {
+                    let _ = tx.send(Ctl::Done { id, reuse: false });
+                }
+            }
+            Ender::Inline { keep_conn } => {
+                // Held by this thread now: a busy wake-up that fires meanwhile is stale.
+                let ok = self.write(tail).is_ok();
+                if !ok {
+                    tracing::debug!("the front server closed the connection before END_REQUEST");
+                    self.abort();
+                }
+                if ok && keep_conn {
+                    self.parking.park(Arc::clone(self));
+                } else {
+                    self.close();
+                    if ok {
+                        // FCGI_KEEP_CONN unset: close after END_REQUEST (a FIN).
+                        self.abort_soft();
+                    }
+                }
+            }
+            Ender::Nobody => {
+                // Its reader is gone (the connection failed): this write fails too.
+                let _ = self.write(tail);
+            }
+        }
+    }
+}
+
+/// FastCGI connections in the Python threads' epoll (one-shot: the thread that is
+/// woken owns the connection until it parks it again), by key. A connection is listed
+/// while parked or inline; the slow lane and closing take it out.
+pub struct Parking {
+    epoll: Arc<OwnedFd>,
+    conns: Mutex<FxHashMap<u64, Arc<FcgiConn>>>,
+    open: AtomicBool,
+}
+
+impl Parking {
+    pub fn new(epoll: Arc<OwnedFd>) -> Arc<Parking> {
+        Arc::new(Parking {
+            epoll,
+            conns: Mutex::new(FxHashMap::default()),
+            open: AtomicBool::new(true),
+        })
+    }
+
+    fn conns(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<FcgiConn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection an epoll event names, if it is still listed.
+    pub fn get(&self, key: u64) -> Option<Arc<FcgiConn>> {
+        self.conns().get(&key).cloned()
+    }
+
+    fn insert(&self, conn: &Arc<FcgiConn>) {
+        self.conns().insert(conn.key, Arc::clone(conn));
+    }
+
+    fn remove(&self, conn: &FcgiConn) {
+        self.conns().remove(&conn.key);
+    }
+
+    /// Arms the one-shot event for `conn`. No `registered` flag: a connection that was
+    /// never added gets ENOENT once. It is never deleted either: it stays disarmed
+    /// while another owner reads it (its one-shot event has fired, or was never
+    /// armed), and closing the socket removes it.
+    fn arm(&self, conn: &FcgiConn, wake: Wake) -> rustix::io::Result<()> {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
+        let data = epoll::EventData::new_u64(wake.encode());
+        match epoll::modify(&*self.epoll, &conn.sock, data, flags) {
+            Err(Errno::NOENT) => epoll::add(&*self.epoll, &conn.sock, data, flags),
+            r => r,
+        }
+    }
+
+    /// Waits for the connection's next request in the fast path; closes it instead when
+    /// postern is stopping or the connection is broken.
+    pub fn park(&self, conn: Arc<FcgiConn>) {
+        // Listed before `open` is read; `close_all` clears `open` before it looks at
+        // the list: one of the two always sees the other.
+        self.insert(&conn);
+        let mut owner = conn.owner();
+        let open = self.open.load(Ordering::SeqCst) && !conn.is_broken();
+        if owner.park(open) {
+            match self.arm(&conn, Wake::Parked(conn.key)) {
+                Ok(()) => return,
+                Err(e) => {
+                    *owner = Owner::Closed;
+                    tracing::error!(peer = %conn.peer, error = %e, "cannot wait on a FastCGI connection; closing it");
+                }
+            }
+        }
+        drop(owner);
+        self.remove(&conn);
+    }
+
+    /// At stop: idle connections are closed, busy ones close after their response.
+    pub fn close_all(&self) -> usize {
+        self.open.store(false, Ordering::SeqCst);
+        let listed: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
+        let mut closed = 0;
+        for c in listed {
+            if c.owner().close_if_parked() {
+                self.remove(&c);
+                let _ = c.sock.shutdown(std::net::Shutdown::Both);
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Arc<ReqFlags> {
+        Arc::default()
+    }
+
+    fn inline(id: u16, keep_conn: bool) -> Owner {
+        let mut o = Owner::Held;
+        o.serve_inline(id, keep_conn, flags());
+        o
+    }
+
+    #[test]
+    fn a_parked_connection_is_held_by_the_thread_it_wakes() {
+        let mut o = Owner::Parked;
+        assert!(matches!(o.woken(false), Woken::Read));
+        assert!(matches!(o, Owner::Held));
+        // Woken again (a stale event): nothing happens.
+        assert!(matches!(o.woken(false), Woken::Stale));
+        assert!(matches!(o, Owner::Held));
+    }
+
+    #[test]
+    fn only_a_keep_conn_inline_request_is_watched() {
+        let mut o = Owner::Held;
+        assert!(o.serve_inline(1, true, flags()));
+        assert!(matches!(o, Owner::Inline { watched: true, .. }));
+        let mut o = Owner::Held;
+        assert!(!o.serve_inline(1, false, flags()));
+        assert!(matches!(o, Owner::Inline { watched: false, .. }));
+    }
+
+    #[test]
+    fn input_during_an_inline_request_hands_it_to_the_lane() {
+        let mut o = inline(7, true);
+        let Woken::Steal(entry) = o.woken(true) else {
+            panic!("not stolen")
+        };
+        assert!(matches!(entry.adopted, Some((7, true, _))));
+        assert!(!entry.fresh);
+        assert!(matches!(o, Owner::Lane(_)));
+        // The inline request's end is now the lane's to hear.
+        let Ender::Lane(tx) = o.end(7) else {
+            panic!("not told to the lane")
+        };
+        assert!(tx.same_channel(&entry.tx));
+        assert!(matches!(o, Owner::Lane(_)));
+    }
+
+    #[test]
+    fn a_busy_wake_after_the_request_ended_is_stale() {
+        // The request ended (END_REQUEST being written) as the busy event fired.
+        let mut o = inline(3, true);
+        assert!(matches!(o.end(3), Ender::Inline { keep_conn: true }));
+        assert!(matches!(o.woken(true), Woken::Stale));
+        assert!(matches!(o, Owner::Held));
+        // Parked again, the stale busy event still does nothing; a parked one reads.
+        assert!(o.park(true));
+        assert!(matches!(o.woken(true), Woken::Stale));
+        assert!(matches!(o.woken(false), Woken::Read));
+    }
+
+    #[test]
+    fn a_parked_wake_never_steals_an_inline_request() {
+        let mut o = inline(3, true);
+        assert!(matches!(o.woken(false), Woken::Stale));
+        assert!(matches!(o, Owner::Inline { id: 3, .. }));
+    }
+
+    #[test]
+    fn an_unwatched_inline_request_is_not_stolen() {
+        let mut o = inline(3, false);
+        assert!(matches!(o.woken(true), Woken::Stale));
+        assert!(matches!(o.end(3), Ender::Inline { keep_conn: false }));
+    }
+
+    #[test]
+    fn the_end_of_another_id_is_nobodys() {
+        let mut o = inline(3, true);
+        assert!(matches!(o.end(4), Ender::Nobody));
+        assert!(matches!(o, Owner::Inline { id: 3, .. }));
+        let mut o = Owner::Closed;
+        assert!(matches!(o.end(3), Ender::Nobody));
+    }
+
+    #[test]
+    fn the_lane_parks_an_idle_connection_unless_stopping() {
+        let mut o = Owner::Held;
+        let entry = o.enter_lane(true);
+        assert!(entry.fresh && entry.adopted.is_none());
+        assert!(o.park(true));
+        assert!(matches!(o, Owner::Parked));
+        let mut o = Owner::Held;
+        let _entry = o.enter_lane(false);
+        assert!(!o.park(false));
+        assert!(matches!(o, Owner::Closed));
+    }
+
+    #[test]
+    fn the_stop_closes_only_parked_connections() {
+        let mut o = Owner::Parked;
+        assert!(o.close_if_parked());
+        assert!(matches!(o, Owner::Closed));
+        for mut o in [Owner::Held, inline(1, true)] {
+            assert!(!o.close_if_parked());
+            assert!(!matches!(o, Owner::Closed));
+        }
+    }
+}
