@@ -16,8 +16,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{
-    fastcgi_location, nginx_bin, parse_http, tempdir, testapp, uwsgi_location, Nginx, Postern,
-    Spawn,
+    fastcgi_location, gated_stream, gated_stream_body, nginx_bin, parse_http, tempdir, testapp,
+    uwsgi_location, Nginx, Postern, Spawn,
 };
 
 /// How nginx talks to postern.
@@ -239,6 +239,53 @@ impl Stack {
             self.nginx.error_log(),
             self.postern.logs()
         );
+    }
+
+    /// Asserts a streamed response is passed on while the app still runs: the first
+    /// chunk of the app's `/gated-stream` reaches the client before the test lets the
+    /// app go on (an order, not a duration: a response held back until the app returns
+    /// shows chunk 0 only after the app gave up waiting, and says so).
+    pub fn assert_streams(&self) {
+        static GATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let i = GATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gate = self.dir.path().join(format!("gate-{i}"));
+        let mut c = TcpStream::connect(("127.0.0.1", self.nginx.port)).unwrap();
+        // Longer than the app's own wait for the gate: a bound against a hang only.
+        c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            gated_stream(&gate, 4)
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("chunk 0") {
+            match c.read(&mut buf) {
+                Ok(0) => panic!(
+                    "the answer ended before chunk 0: {:?}\n{}",
+                    String::from_utf8_lossy(&got),
+                    self.postern.logs()
+                ),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "no chunk 0 while the app waits ({e}): {:?}\n{}",
+                    String::from_utf8_lossy(&got),
+                    self.postern.logs()
+                ),
+            }
+        }
+        assert!(
+            !String::from_utf8_lossy(&got).contains("the gate never opened"),
+            "chunk 0 reached the client only once the app had returned: the response was \
+             held back, not streamed\n{}",
+            self.postern.logs()
+        );
+        std::fs::write(&gate, "").unwrap();
+        c.read_to_end(&mut got).unwrap();
+        let r = parse_http(&got)
+            .unwrap_or_else(|| panic!("bad answer: {:?}", String::from_utf8_lossy(&got)));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), gated_stream_body(4));
     }
 
     /// Runs `load` through nginx; the report carries the upstream errors nginx logged
