@@ -178,15 +178,11 @@ fn an_unread_body_neither_stalls_nor_resets_nginx() {
     each(|s| {
         let big = vec![b'z'; 3 * 1024 * 1024];
         for _ in 0..3 {
-            let started = Instant::now();
+            // A stall ends in nginx's upstream timeout (a 504, and an upstream error
+            // assert_clean names), not in a 200: no duration to measure.
             let r = s.nginx.request("POST", "/unread-body", &[], &big);
-            assert_eq!(r.status, 200);
+            assert_eq!(r.status, 200, "{}", s.nginx.error_log());
             assert_eq!(r.text(), "did not read\n");
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{:?}",
-                started.elapsed()
-            );
             // The connection (kept or not) serves the next request at once.
             assert_eq!(s.nginx.get("/").text(), "hello\n");
         }
@@ -234,28 +230,7 @@ fn chunked_upload_streams_without_content_length() {
 
 #[test]
 fn streamed_response_arrives_in_pieces() {
-    each(|s| {
-        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"GET /stream?n=4&delay=0.4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let started = Instant::now();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("chunk 0") {
-            let n = c.read(&mut buf).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert!(
-            started.elapsed() < Duration::from_millis(1000),
-            "{:?}",
-            started.elapsed()
-        );
-        c.read_to_end(&mut got).unwrap();
-        let r = parse_http(&got).unwrap();
-        assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
-    });
+    each(|s| s.assert_streams());
 }
 
 #[test]
