@@ -145,23 +145,21 @@ fn ok_after(p: &Postern) {
     assert_eq!(r.body, b"hello\n");
 }
 
-/// Sends `bytes`, then reads until postern closes (within 5 s): what it answered.
+/// Sends `bytes`, then reads until postern closes: what it answered. (The socket's
+/// read timeout is a bound against a hang; its expiry fails as "did not close".)
 fn send_expect_close(p: &Postern, bytes: &[u8]) -> Vec<u8> {
     let mut s = p.addr.connect().unwrap();
     let _ = s.write_all(bytes);
-    let started = Instant::now();
     let mut out = Vec::new();
     let r = s.read_to_end(&mut out);
     if let Err(e) = r {
         assert!(
             e.kind() == std::io::ErrorKind::ConnectionReset,
-            "postern did not close the connection ({e}, after {:?}, got {:?})\n{}",
-            started.elapsed(),
+            "postern did not close the connection ({e}, got {:?})\n{}",
             String::from_utf8_lossy(&out),
             p.logs()
         );
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
     out
 }
 
@@ -321,29 +319,7 @@ fn nginx_chunked_upload_arrives_with_a_content_length() {
 
 #[test]
 fn nginx_streamed_response_arrives_in_pieces() {
-    both(|s| {
-        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"GET /stream?n=4&delay=0.4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let started = Instant::now();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("chunk 0") {
-            let n = c.read(&mut buf).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-        // The first chunk long before the last (4 x 0.4 s).
-        assert!(
-            started.elapsed() < Duration::from_millis(1000),
-            "{:?}",
-            started.elapsed()
-        );
-        c.read_to_end(&mut got).unwrap();
-        let r = parse_http(&got).unwrap();
-        assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
-    });
+    both(|s| s.assert_streams());
 }
 
 #[test]
@@ -715,7 +691,6 @@ fn a_silent_client_is_closed_after_head_timeout() {
     let mut idle = p.addr.connect().unwrap();
     let mut partial = p.addr.connect().unwrap();
     partial.write_all(b"40:CONTENT_LEN").unwrap();
-    let started = Instant::now();
     for _ in 0..3 {
         ok_after(&p);
     }
@@ -724,10 +699,10 @@ fn a_silent_client_is_closed_after_head_timeout() {
         let r = s.read_to_end(&mut out);
         assert!(
             r.is_ok() && out.is_empty(),
-            "closed without an answer: {r:?} {out:?}"
+            "expected postern to close the silent connection without an answer: {r:?} {out:?}"
         );
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Closed for the head timeout, and said so (not closed for something else).
     assert!(
         p.wait_log("no complete request head within", 5),
         "{}",
