@@ -63,8 +63,21 @@ fn ten_reloads_under_load_drop_nothing() {
     let first = http_get(port, "/").unwrap();
     for round in 1..=10 {
         versioned_app(dir.path(), &format!("v{round}"));
+        let before = ok.load(Ordering::Relaxed);
         p.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(400));
+        // The load runs through every reload: answers keep coming after each SIGHUP
+        // (a count of events, not a rate; the deadline only bounds a hang).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ok.load(Ordering::Relaxed) < before + 8 {
+            assert!(
+                Instant::now() < deadline,
+                "no answers after reload {round} (failed: {})\n{}",
+                failed.load(Ordering::Relaxed),
+                p.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     // Let the last generation take over.
     assert!(p.wait_log("all 2 workers ready", 10));
@@ -81,7 +94,6 @@ fn ten_reloads_under_load_drop_nothing() {
         ok.load(Ordering::Relaxed),
         n.error_log()
     );
-    assert!(ok.load(Ordering::Relaxed) > 100);
     assert!(
         last.starts_with("v10 "),
         "new code after the reloads: {last}"
@@ -91,7 +103,7 @@ fn ten_reloads_under_load_drop_nothing() {
 }
 
 #[test]
-fn a_killed_worker_is_replaced_quickly() {
+fn a_killed_worker_is_replaced() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");
     let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
@@ -105,13 +117,15 @@ fn a_killed_worker_is_replaced_quickly() {
         .unwrap()
         .parse()
         .unwrap();
-    let t = Instant::now();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(p.wait_log("worker died unexpectedly", 5), "{}", p.logs());
     assert!(p.wait_log("killed by SIGKILL", 1));
-    // A replacement serves within a second.
+    // Every request is answered meanwhile, until two workers other than the killed one
+    // have answered: the survivor and its replacement. The deadline only bounds a hang.
     let mut seen = std::collections::HashSet::new();
-    while t.elapsed() < Duration::from_secs(3) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut replaced = false;
+    while Instant::now() < deadline {
         let (s, body) = p.get("/");
         assert_eq!(s, 200);
         seen.insert(
@@ -122,11 +136,22 @@ fn a_killed_worker_is_replaced_quickly() {
                 .unwrap()
                 .to_owned(),
         );
-        if seen.len() >= 2 && !seen.contains(&pid.to_string()) {
+        assert!(
+            !seen.contains(&pid.to_string()),
+            "the killed worker answered\n{}",
+            p.logs()
+        );
+        if seen.len() >= 2 {
+            replaced = true;
             break;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(t.elapsed() < Duration::from_secs(3), "{seen:?}");
+    assert!(
+        replaced,
+        "no replacement worker answered (answers from {seen:?})\n{}",
+        p.logs()
+    );
 }
 
 #[test]
@@ -160,17 +185,40 @@ fn an_app_that_cannot_start_stops_the_master() {
     let dir = tempdir();
     let app = dir.path().join("broken.py");
     std::fs::write(&app, "raise RuntimeError('cannot start')\n").unwrap();
-    let t = Instant::now();
-    let out = Spawn::tcp(dir.path(), &app.to_string_lossy())
+    let log = dir.path().join("broken.log");
+    let mut child = Spawn::tcp(dir.path(), &app.to_string_lossy())
         .args(["--workers", "2"])
         .command()
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(t.elapsed() < Duration::from_secs(10), "no respawn loop");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("RuntimeError: cannot start"), "{err}");
+    // The deadline only bounds a hang: a master that respawns for ever never exits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the master kept running with an app that cannot start\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let err = std::fs::read_to_string(&log).unwrap();
     assert!(err.contains("failed to start"), "{err}");
+    // No respawn loop: the app was imported by the two first workers, no more.
+    let imports = err.matches("RuntimeError: cannot start").count();
+    assert!(
+        (1..=2).contains(&imports),
+        "{imports} failed imports for 2 workers: the master started more\n{err}"
+    );
 }
 
 #[test]
@@ -201,7 +249,6 @@ fn timeout_dumps_the_stack_then_kills_only_that_worker() {
     assert!(p.wait_log("all 2 workers ready", 10));
     let n = Nginx::start(&bin, dir.path(), &uwsgi_location(&p.addr.nginx()));
     let port = n.port;
-    let t = Instant::now();
     let stuck = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -218,8 +265,9 @@ fn timeout_dumps_the_stack_then_kills_only_that_worker() {
     }
     let out = stuck.join().unwrap();
     let r = parse_http(&out).unwrap();
+    // A 502, not the app's "slept": the worker was killed while the request ran (its
+    // 10 s sleep is longer than --timeout 2 plus the kill).
     assert_eq!(r.status, 502, "nginx answers 502 for the killed request");
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     let log = p.logs();
     assert!(log.contains("request passed --timeout"), "{log}");
     assert!(log.contains("request=GET /sleep?s=10"), "{log}");
