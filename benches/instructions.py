@@ -5,7 +5,7 @@
 Not a test: a script you run by hand (Python 3 stdlib; needs valgrind and strace).
 
     python3 benches/instructions.py                              # 4 scenarios x 2 servers, ~1 min
-    python3 benches/instructions.py --scenarios hello --servers postern    # one figure, ~8 s
+    python3 benches/instructions.py --scenarios hello --servers postern    # one figure, ~5 s
     python3 benches/instructions.py --scenarios all --top 20 --format markdown
     python3 benches/instructions.py --postern-bin /tmp/before/postern --scenarios fcgi-keep
 
@@ -24,12 +24,15 @@ How it counts:
   server that closes it anyway, as uWSGI does, gets a new connection, counted as
   "reconnects").
 - Instructions: `valgrind --tool=callgrind` over the whole process (every thread).
-  Start-up is excluded with callgrind_control: after W warm-up requests the counters
-  are zeroed (`callgrind_control -z`), N requests are served, the counters are dumped
-  (`callgrind_control -d`); instructions/request = the dump's total Ir / N. Idle threads
-  add a few hundred instructions per second at most (measured: ~1,000 in 5 s), i.e.
-  nothing per request. The top functions are `callgrind_annotate` of that dump (self
-  cost, per request).
+  Start-up is excluded with callgrind_control: it runs uninstrumented
+  (`--instr-atstart=no`, so it is fast), after W warm-up requests instrumentation is
+  switched on (`callgrind_control -i on`), 5 more requests, the counters are zeroed
+  (`-z`), N requests are served, the counters are dumped (`-d`); instructions/request =
+  the dump's total Ir / N. Idle threads add about 200 instructions a second, nothing per
+  request. Run to run, postern's figure moves by ~1-2% (its other threads react to
+  timing: a wake-up more or less), uWSGI's by a few instructions: repeat a run before
+  trusting a difference under ~1,000. The top functions are `callgrind_annotate` of that
+  dump (self cost, per request).
 - System calls: a native run (no valgrind), `strace -c -f -p PID` attached after the
   warm-up (every thread), detached after N requests: calls per request, by syscall.
 
@@ -312,10 +315,11 @@ def stop(p: subprocess.Popen) -> None:
     p.wait()
 
 
-def callgrind_control(flag: str, pid: int) -> None:
-    r = subprocess.run(["callgrind_control", flag, str(pid)], capture_output=True, text=True, timeout=60)
+def callgrind_control(flag: str, pid: int, value: str | None = None) -> None:
+    cmd = ["callgrind_control", flag] + ([value] if value else []) + [str(pid)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if r.returncode != 0 or "OK" not in r.stdout:
-        die(f"callgrind_control {flag} {pid} failed: {r.stdout}{r.stderr}")
+        die(f"{' '.join(cmd)} failed: {r.stdout}{r.stderr}")
 
 
 TOP_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$")
@@ -325,12 +329,17 @@ def callgrind(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm:
               inclusive: bool) -> Figures:
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"cg-{server}-{scen.name}-"))
     sock = run_dir / "app.sock"
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={run_dir}/callgrind.out.%p",
-           *server_cmd(server, scen, sock, bins)]
+    # Start-up runs uninstrumented (several times faster under valgrind); instrumentation
+    # is switched on after the warm-up, a few more requests warm the translations, then
+    # the counters are zeroed.
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+           f"--callgrind-out-file={run_dir}/callgrind.out.%p", *server_cmd(server, scen, sock, bins)]
     p = start(cmd, run_dir, sock, 180)
     client = Client(sock, scen.proto, upload_body(scen.body))
     try:
         client.run(warm)
+        callgrind_control("-i", p.pid, "on")
+        client.run(5)
         callgrind_control("-z", p.pid)
         client.run(n)
         client.close()
@@ -385,14 +394,13 @@ def strace(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm: in
         client.run(warm)
         st = subprocess.Popen(["strace", "-c", "-f", "-p", str(p.pid), "-o", str(out)],
                               stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        # Attached once strace has said so for every thread of the process.
-        nthreads = len(os.listdir(f"/proc/{p.pid}/task"))
+        # strace says "Process PID attached with N threads" once it holds them all.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if (run_dir / "strace.err").read_text(errors="replace").count("attached") >= nthreads:
+            if "attached" in (run_dir / "strace.err").read_text(errors="replace"):
                 break
             time.sleep(0.02)
-        time.sleep(0.1)
+        time.sleep(0.2)
         client.run(n)
         client.close()
         time.sleep(0.1)
