@@ -257,6 +257,13 @@ def application(environ, start_response):
         # Catastrophic backtracking: runs in C for a very long time, holding the GIL.
         re.match(r"(a+)+$", "a" * 40 + "b")
         return text(start_response, "never\n")
+    if path == "/marked-regex-hog":
+        # /regex-hog that first makes the file `mark`: the test knows the GIL is held.
+        import re
+
+        open(q["mark"], "w").close()
+        re.match(r"(a+)+$", "a" * 40 + "b")
+        return text(start_response, "never\n")
     if path == "/write-bg":
         write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
         n = int(q.get("n", 8 << 20))
