@@ -336,9 +336,12 @@ impl<'p> Fc<'p> {
         self.reply(id)
     }
 
-    /// Asserts postern closes the connection within `within` (nothing more arrives).
-    fn assert_closed(&mut self, within: Duration) {
+    /// Asserts postern closes the connection (nothing more arrives). The wait is long
+    /// enough for any of the timeouts these tests set: a bound against a hang, not a
+    /// measure of when the close came (the tests check why by the log).
+    fn assert_closed(&mut self) {
         assert!(self.others.is_empty(), "unread records: {:?}", self.others);
+        let within = Duration::from_secs(20);
         self.s.timeout(within);
         let mut buf = [0u8; 4096];
         loop {
@@ -656,7 +659,7 @@ fn cgi_vars<'a>(method: &'a str, path: &'a str, query: &'a str) -> Vec<(&'a str,
 fn ok_after(p: &Postern) {
     let mut c = Fc::open(p);
     c.get(1, false, "/hello").assert_ok(b"hello\n");
-    c.assert_closed(Duration::from_secs(5));
+    c.assert_closed();
     if let Some(out) = cgi_fcgi(p, &cgi_vars("GET", "/hello", ""), b"") {
         assert_eq!(out.status, 200, "cgi-fcgi: {}", out.stderr);
         assert_eq!(out.body, b"hello\n", "cgi-fcgi");
@@ -700,19 +703,19 @@ fn keep_conn_three_requests_on_one_connection_then_close_without_it() {
     c.assert_open(Duration::from_millis(400));
     // 4: without KEEP_CONN on the same connection: answered, then closed.
     c.get(2, false, "/hello").assert_ok(b"hello\n");
-    c.assert_closed(Duration::from_secs(5));
+    c.assert_closed();
 
     // A fresh connection without KEEP_CONN, fast path and slow lane.
     let mut c = Fc::open(&p);
     c.get(1, false, "/hello").assert_ok(b"hello\n");
-    c.assert_closed(Duration::from_secs(5));
+    c.assert_closed();
     let mut c = Fc::open(&p);
     let bytes = fcgi::get(1, false, "/hello");
     c.send(&bytes[..20]);
     std::thread::sleep(Duration::from_millis(50));
     c.send(&bytes[20..]);
     c.reply(1).assert_ok(b"hello\n");
-    c.assert_closed(Duration::from_secs(5));
+    c.assert_closed();
     ok_after(&p);
 }
 
@@ -1018,7 +1021,7 @@ fn wrong_version_byte_is_logged_with_the_peer_and_closed() {
         let mut b = fcgi::get(1, true, "/hello");
         b[0] = version;
         c.send(&b);
-        c.assert_closed(Duration::from_secs(5));
+        c.assert_closed();
         let needles = [
             format!("record version {version}, expected 1"),
             format!("127.0.0.1:{port}"),
@@ -1037,7 +1040,7 @@ fn wrong_version_byte_is_logged_with_the_peer_and_closed() {
     let mut b = fcgi::get(2, true, "/hello");
     b[0] = 9;
     c.send(&b);
-    c.assert_closed(Duration::from_secs(5));
+    c.assert_closed();
     assert!(
         p.wait_log("record version 9, expected 1", 5),
         "{}",
@@ -1103,7 +1106,7 @@ fn a_pair_length_running_past_the_params_block_is_refused() {
             b.extend(fcgi::record(PARAMS, 1, b""));
             b.extend(fcgi::record(STDIN, 1, b""));
             c.send(&b);
-            c.assert_closed(Duration::from_secs(5));
+            c.assert_closed();
             assert!(
                 p.wait_log("runs past the end of the", 5),
                 "case {i}: {}",
@@ -1132,7 +1135,7 @@ fn params_over_buffer_size_are_refused_with_the_option_to_raise() {
         b.extend(fcgi::record(PARAMS, 1, b""));
         b.extend(fcgi::record(STDIN, 1, b""));
         c.send(&b);
-        c.assert_closed(Duration::from_secs(5));
+        c.assert_closed();
         assert!(
             p.wait_log("exceed the 4096-byte limit (raise --buffer-size)", 5),
             "{}",
@@ -1179,7 +1182,7 @@ fn begin_request_for_an_id_in_flight_is_logged_and_closed() {
     let mut b = fcgi::begin(1, RESPONDER, true);
     b.extend(fcgi::begin(1, RESPONDER, true));
     c.send(&b);
-    c.assert_closed(Duration::from_secs(5));
+    c.assert_closed();
     assert!(
         p.wait_log("request id 1 was begun again while still in flight", 5),
         "{}",
@@ -1255,7 +1258,7 @@ fn unknown_role_without_keep_conn_closes_after_end_request() {
     c.send(&fcgi::begin(1, AUTHORIZER, false));
     let out = c.reply(1);
     assert_eq!(out.end, Some((0, 3)));
-    c.assert_closed(Duration::from_secs(3));
+    c.assert_closed();
     ok_after(&p);
 }
 
@@ -1310,7 +1313,7 @@ fn a_silent_client_is_closed_after_head_timeout_and_others_are_served() {
     for _ in 0..3 {
         Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
     }
-    idle.assert_closed(Duration::from_secs(5));
+    idle.assert_closed();
     // Closed for --head-timeout, and said so (not closed for something else).
     assert!(p.wait_log("no FastCGI request within", 5), "{}", p.logs());
     ok_after(&p);
@@ -1328,7 +1331,7 @@ fn a_client_stopping_mid_record_is_closed_after_read_timeout() {
     for _ in 0..3 {
         Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
     }
-    stalled.assert_closed(Duration::from_secs(6));
+    stalled.assert_closed();
     // Closed for --read-timeout, and said so (not closed for something else).
     assert!(
         p.wait_log("(--read-timeout) in the middle of a request; closing", 5),
@@ -1355,8 +1358,8 @@ fn a_client_stopping_mid_params_is_closed_after_a_timeout() {
     for _ in 0..3 {
         Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
     }
-    // --head-timeout 1 (fresh connection), --read-timeout 2: closed by 6 s either way.
-    stalled.assert_closed(Duration::from_secs(6));
+    // --head-timeout 1 (fresh connection) or --read-timeout 2 closes it.
+    stalled.assert_closed();
     ok_after(&p);
 }
 
@@ -1375,8 +1378,8 @@ fn a_kept_connection_stalling_mid_request_is_closed_after_read_timeout() {
     for _ in 0..3 {
         Fc::open(&p).get(1, false, "/hello").assert_ok(b"hello\n");
     }
-    a.assert_closed(Duration::from_secs(6));
-    b.assert_closed(Duration::from_secs(6));
+    a.assert_closed();
+    b.assert_closed();
     ok_after(&p);
 }
 
