@@ -28,7 +28,8 @@ How it counts:
   (`--instr-atstart=no`, so it is fast), after W warm-up requests instrumentation is
   switched on (`callgrind_control -i on`), 5 more requests, the counters are zeroed
   (`-z`), N requests are served, the counters are dumped (`-d`); instructions/request =
-  the dump's total Ir / N. Idle threads add about 200 instructions a second, nothing per
+  the dump's total Ir / N, split by object file (CPython, the server's own binary, libc)
+  from the dump's self costs. Idle threads add about 200 instructions a second, nothing per
   request. Run to run, postern's figure moves by ~1-2% (its other threads react to
   timing: a wake-up more or less), uWSGI's by a few instructions: repeat a run before
   trusting a difference under ~1,000. The top functions are `callgrind_annotate` of that
@@ -268,6 +269,7 @@ class Figures:
     syscalls: float = float("nan")
     by_syscall: list = field(default_factory=list)  # (calls per request, name)
     reconnects: int = 0
+    by_object: dict = field(default_factory=dict)  # CPython / postern / uwsgi / libc / other: Ir per request
 
 
 def env_for() -> dict:
@@ -358,24 +360,87 @@ def callgrind(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm:
             total = int(m.group(1))
             break
     f = Figures(server, scen.name, n, total / n, reconnects=client.reconnects)
+    entries = []  # (Ir, share, function, object)
     ann = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
                           "--threshold=100", str(dump)], capture_output=True, text=True)
     for line in ann.stdout.splitlines():
         m = TOP_LINE.match(line)
         if m and "PROGRAM TOTALS" not in line:
-            ir = int(m.group(1).replace(",", ""))
-            if ir >= 0.99 * total:
-                # A frame that was on the stack when the counters were zeroed (main, a
-                # thread's start): callgrind charges it the whole dump. Not a hot spot.
-                continue
             fn = m.group(3).strip()
-            fn = re.sub(r"\s*\[[^\]]*\]$", "", fn)           # the object file
+            obj = re.search(r"\[([^\]]*)\]$", fn)
+            fn = re.sub(r"\s*\[[^\]]*\]$", "", fn)
             fn = fn.split(":", 1)[1] if re.match(r"^[^ ]*:", fn) and not fn.startswith("0x") else fn
-            f.top.append((ir / n, float(m.group(2)), fn))
-            if len(f.top) >= top:
-                break
+            entries.append((int(m.group(1).replace(",", "")), float(m.group(2)), fn,
+                            obj.group(1) if obj else "?"))
+    # Frames that were on a thread's stack when the counters were zeroed (main, a thread's
+    # start, a worker's loop) are charged that thread's whole cost: a chain of entries
+    # with the very same count. They are not hot spots and would count twice.
+    same: dict[int, int] = {}
+    for ir, *_ in entries:
+        same[ir] = same.get(ir, 0) + 1
+    chain = {ir for ir, k in same.items() if k >= 2 and ir >= 0.05 * total}
+    real = [e for e in entries if e[0] not in chain and e[0] < 0.99 * total]
+    for ir, share, fn, _ in real[:top]:
+        f.top.append((ir / n, share, fn))
+    for obj, ir in self_cost_by_object(dump).items():
+        kind = object_kind(obj, server)
+        f.by_object[kind] = f.by_object.get(kind, 0) + ir / n
     shutil.rmtree(run_dir, ignore_errors=True)
     return f
+
+
+def self_cost_by_object(dump: Path) -> dict[str, int]:
+    """Self instructions per object file (libpython, the server's binary, libc, ...),
+    read from the callgrind file itself: every cost line belongs to the current `ob=`,
+    except the line after a `calls=` (that is the inclusive cost of the call)."""
+    names: dict[str, str] = {}
+    out: dict[str, int] = {}
+    ob, after_call = "?", False
+    with open(dump, errors="replace") as fh:
+        for line in fh:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                if after_call:
+                    after_call = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    out[ob] = out.get(ob, 0) + int(parts[-1])
+            elif line.startswith("ob="):
+                m = re.match(r"ob=\((\d+)\)\s*(.*)", line.strip())
+                if m:
+                    if m.group(2):
+                        names[m.group(1)] = m.group(2)
+                    ob = names.get(m.group(1), "?")
+                else:
+                    ob = line[3:].strip()
+            elif line.startswith("cob="):
+                # Names are defined once, wherever an id first appears (often in cob=).
+                m = re.match(r"cob=\((\d+)\)\s*(.+)", line.strip())
+                if m:
+                    names[m.group(1)] = m.group(2)
+            elif line.startswith("calls="):
+                after_call = True
+    return out
+
+
+def object_kind(obj: str, server: str) -> str:
+    name = os.path.basename(obj)
+    if name.startswith("libpython"):
+        return "CPython"
+    if name in ("postern", "uwsgi"):
+        return server
+    if name.startswith("libc.so") or name.startswith("libm.so"):
+        return "libc"
+    if name.startswith("ld-linux") or "vgpreload" in name:
+        return "ld.so/valgrind"
+    if name.startswith("libpthread") or name.startswith("libdl"):
+        return "libc"
+    if name.endswith(".so") and "lib-dynload" in obj:
+        return "CPython"  # extension modules of the standard library
+    if name == "???":
+        return "unknown"
+    return "other"
 
 
 def upload_body(n: int) -> bytes:
@@ -503,17 +568,23 @@ def main(argv=None) -> int:
 
     log("")
     if args.format == "markdown":
-        log("| scenario | server | instructions / request | syscalls / request | syscalls |")
-        log("|---|---|---:|---:|---|")
+        log("| scenario | server | instructions / request | of which CPython / server / libc | syscalls / request | syscalls |")
+        log("|---|---|---:|---|---:|---|")
         for f in results:
             sc = ", ".join(f"{n_} {c:.2f}".rstrip("0").rstrip(".") for c, n_ in f.by_syscall if c >= 0.01)
-            log(f"| {SCENARIOS[f.scenario].text} | {f.server} | {f.ir:,.0f} | {f.syscalls:.2f} | {sc} |")
+            ob = " / ".join(f"{f.by_object.get(k, 0):,.0f}" for k in ("CPython", f.server, "libc"))
+            log(f"| {SCENARIOS[f.scenario].text} | {f.server} | {f.ir:,.0f} | {ob} | {f.syscalls:.2f} | {sc} |")
     else:
         log(f"{'scenario':<10} {'server':<8} {'instr/req':>10} {'syscalls/req':>12}  ratio postern/uWSGI")
         for f in results:
             other = next((o for o in results if o.scenario == f.scenario and o.server == "uwsgi"), None)
             rt = f"{f.ir / other.ir:.2f}" if other and f.server == "postern" and other.ir == other.ir else ""
             log(f"{f.scenario:<10} {f.server:<8} {f.ir:>10,.0f} {f.syscalls:>12.2f}  {rt}")
+    for f in results:
+        if f.by_object:
+            parts = sorted(f.by_object.items(), key=lambda kv: -kv[1])
+            log(f"-- {f.scenario} / {f.server}: by object (self instructions per request): "
+                + ", ".join(f"{k} {v:,.0f} ({v / f.ir * 100:.0f}%)" for k, v in parts if v >= 0.005 * f.ir))
     for f in results:
         if f.top:
             log(f"\n-- {f.scenario} / {f.server}: top functions by {'inclusive' if args.inclusive else 'self'} "
