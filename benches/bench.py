@@ -169,6 +169,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def sys_seconds(pids: list[int]) -> float:
+    """The system (kernel) part of cpu_seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        total += int(fields[12]) + int(fields[14])  # stime, cstime
+    return total / CLK_TCK
+
+
 def pss_mib(pids: list[int]) -> float:
     """Sum of the PSS of the given processes (shared pages split between their users),
     in MiB."""
@@ -723,12 +737,12 @@ def measure(wrk: Wrk, b: Backend, scen: Scenario, shape: str, rnd: int, duration
     read_upstream_errors(b)  # anything before this run is not counted
     pids = process_tree(b.proc.pid) if b.proc else []
     npids = process_tree(b.nginx.pid)
-    c0, n0 = cpu_seconds(pids), cpu_seconds(npids)
+    c0, n0, s0 = cpu_seconds(pids), cpu_seconds(npids), sys_seconds(pids)
     with PssSampler(b.proc.pid if b.proc else None) as sampler:
         out = wrk.run(b.port, duration, scen)
     # Workers a master replaced during the run are in its cutime; new ones in the tree.
     pids = sorted(set(pids) | set(process_tree(b.proc.pid))) if b.proc else []
-    c1, n1 = cpu_seconds(pids), cpu_seconds(npids)
+    c1, n1, s1 = cpu_seconds(pids), cpu_seconds(npids), sys_seconds(pids)
     time.sleep(0.1)  # let nginx log the requests wrk gave up on
     upstream, lines = read_upstream_errors(b)
     r = parse_wrk(out)
@@ -738,7 +752,8 @@ def measure(wrk: Wrk, b: Backend, scen: Scenario, shape: str, rnd: int, duration
                   r["sock"] + r["non2xx"] + upstream, (c1 - c0) * 1e6 / n if b.proc else float("nan"),
                   (n1 - n0) * 1e6 / n, sampler.peak,
                   {"sock": r["sock"], "non2xx": r["non2xx"], "upstream": upstream,
-                   "upstream_example": lines[:2]})
+                   "upstream_example": lines[:2],
+                   "sys_share": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")})
 
 
 def strace_run(wrk: Wrk, b: Backend, scen: Scenario, duration: float, tmp: Path) -> dict:
@@ -825,7 +840,8 @@ def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
                "nginx_cpu": med(r.nginx_cpu for r in rs), "errors": sum(r.errors for r in rs),
                "requests": sum(r.requests for r in rs), "pss_idle": b.pss_idle,
                "pss_peak": b.pss_peak if b.proc else float("nan"),
-               "rounds_rps": [r.rps for r in rs]}
+               "rounds_rps": [r.rps for r in rs],
+               "sys_share": med(r.detail["sys_share"] for r in rs)}
         ratios = {"rps": [], "cpu": [], "nginx_cpu": [], "p99": []}
         for r in rs:
             u = next((x for x in ref if x.round == r.round), None)
@@ -850,19 +866,19 @@ def ratio(x: float) -> str:
     return "-" if x != x else f"{x:.2f}"
 
 
-SUM_HDR = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req", "nginx us/req",
+SUM_HDR = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req", "sys %", "nginx us/req",
            "PSS idle", "PSS peak", "x req/s", "x cpu", "x nginx", "x PSS"]
-SUM_W = [17, 9, 7, 7, 6, 10, 12, 8, 8, 7, 6, 7, 6]
+SUM_W = [17, 9, 7, 7, 6, 10, 5, 12, 8, 8, 7, 6, 7, 6]
 
 
 def print_summary(scen: Scenario, shape: str, rows: list[dict]) -> None:
-    log(f"\n== {scen.name} ({scen.text}), {shape}: medians over rounds; "
-        f"x = ratio to uWSGI uwsgi, median of per-round ratios")
+    log(f"\n== {scen.name} ({scen.text}), {shape}: medians over rounds; sys % = kernel share of the "
+        f"server's CPU; x = ratio to uWSGI uwsgi, median of per-round ratios")
     log(fmt_row(SUM_HDR, SUM_W))
     for r in rows:
         x = r["x_uwsgi"]
         log(fmt_row([r["key"], f"{r['rps']:,.0f}", num(r["p50"], "{:.2f}"), num(r["p99"], "{:.2f}"),
-                     r["errors"], num(r["cpu"]), num(r["nginx_cpu"]),
+                     r["errors"], num(r["cpu"]), num(r["sys_share"] * 100, "{:.0f}"), num(r["nginx_cpu"]),
                      num(r["pss_idle"]) if r["pss_idle"] else "-", num(r["pss_peak"]),
                      ratio(x["rps"]), ratio(x["cpu"]), ratio(x["nginx_cpu"]), ratio(x["pss_peak"])],
                     SUM_W))
