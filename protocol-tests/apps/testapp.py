@@ -257,6 +257,11 @@ def application(environ, start_response):
         # Catastrophic backtracking: runs in C for a very long time, holding the GIL.
         re.match(r"(a+)+$", "a" * 40 + "b")
         return text(start_response, "never\n")
+    if path == "/marked-sleep":
+        # /sleep that first makes the file `mark`: the test knows the request is in the app.
+        open(q["mark"], "w").close()
+        time.sleep(float(q.get("s", 1)))
+        return text(start_response, "slept\n")
     if path == "/marked-regex-hog":
         # /regex-hog that first makes the file `mark`: the test knows the GIL is held.
         import re

@@ -529,6 +529,20 @@ fn query_escape(s: &str) -> String {
     out
 }
 
+/// Waits up to `secs` (a bound against a hang, not a measure) until `path` exists,
+/// e.g. the mark of the test app's `/marked-sleep` or `/marked-regex-hog`: the request
+/// is in the app.
+pub fn wait_file(path: &Path, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Sends bytes, reads to EOF (or error).
 pub fn raw(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
     let mut s = addr.connect().expect("connecting to postern");

@@ -1,6 +1,7 @@
 //! The command line as a user runs it: versions, start-up failures, configuration
 //! precedence, Unix socket handling, graceful stop, venvs, and `postern request`.
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -299,21 +300,18 @@ fn sigterm_lets_an_in_flight_request_finish() {
     let dir = tempdir();
     let mut p = Spawn::unix(dir.path(), &testapp()).start();
     let addr = p.addr.clone();
+    let mark = dir.path().join("in-app");
+    let query = format!("s=2&mark={}", mark.display());
     let req = std::thread::spawn(move || {
         let pkt = uwsgi_packet(&[
             ("REQUEST_METHOD", "GET"),
-            ("PATH_INFO", "/sleep"),
-            ("QUERY_STRING", "s=2"),
+            ("PATH_INFO", "/marked-sleep"),
+            ("QUERY_STRING", &query),
         ]);
         raw(&addr, &pkt)
     });
-    assert!(
-        p.wait_log("method=GET", 5) || {
-            std::thread::sleep(Duration::from_millis(300));
-            true
-        }
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    // The stop comes while the request is in the app.
+    assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     p.signal(libc::SIGTERM);
     let out = req.join().unwrap();
     let r = parse_http(&out).expect("the in-flight request completes");
@@ -353,25 +351,17 @@ fn venv_is_used_like_its_python() {
         .any(|p| p.as_str().unwrap().starts_with(&venv_s)));
     assert!(j["executable"].as_str().unwrap().starts_with(&venv_s));
     drop(p);
-    // Via $VIRTUAL_ENV, as an activated venv would.
-    let mut cmd = Spawn::tcp(dir.path(), "flask_app:app").command();
-    cmd.env("VIRTUAL_ENV", &venv)
+    // Via $VIRTUAL_ENV, as an activated venv would. Started, it has imported the app
+    // (no fixed wait: start() waits for "ready", and fails with the log if it exits).
+    let p = Spawn::tcp(dir.path(), "flask_app:app")
+        .env("VIRTUAL_ENV", &venv.to_string_lossy())
         .arg("--chdir")
-        .arg(root().join("examples"));
-    let out = cmd
-        .arg("--head-timeout")
-        .arg("1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    unsafe { libc::kill(out.id() as i32, libc::SIGTERM) };
-    let o = out.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+        .arg(root().join("examples").to_string_lossy())
+        .start();
     assert!(
-        err.contains("app imported"),
-        "flask importable with VIRTUAL_ENV: {err}"
+        p.logs().contains("app imported"),
+        "flask importable with VIRTUAL_ENV: {}",
+        p.logs()
     );
 }
 
@@ -474,33 +464,43 @@ fn requests_waiting_in_the_listen_queue_at_sigterm_are_served() {
     // regression: a graceful stop reset the connections still waiting in the listen queue.
     let dir = tempdir();
     let mut p = Spawn::unix(dir.path(), &testapp()).start();
+    let mark = dir.path().join("in-app");
     let busy = {
         let addr = p.addr.clone();
+        let query = format!("s=1&mark={}", mark.display());
         std::thread::spawn(move || {
             raw(
                 &addr,
                 &uwsgi_packet(&[
                     ("REQUEST_METHOD", "GET"),
-                    ("PATH_INFO", "/sleep"),
-                    ("QUERY_STRING", "s=1"),
+                    ("PATH_INFO", "/marked-sleep"),
+                    ("QUERY_STRING", &query),
                 ]),
             )
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
-    // The only Python thread is busy: these wait in the listen queue.
+    assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
+    // The only Python thread is busy: these wait in the listen queue (connected and
+    // sent here, before the stop).
     let queued: Vec<_> = (0..3)
         .map(|_| {
-            let addr = p.addr.clone();
+            let Addr::Unix(path) = &p.addr else {
+                unreachable!()
+            };
+            let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(&uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/"),
+            ]))
+            .unwrap();
             std::thread::spawn(move || {
-                raw(
-                    &addr,
-                    &uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]),
-                )
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                out
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
     p.signal(libc::SIGTERM);
     assert_eq!(parse_http(&busy.join().unwrap()).unwrap().text(), "slept\n");
     for q in queued {
@@ -535,16 +535,8 @@ fn a_request_holding_the_gil_cannot_stop_a_graceful_stop() {
             ]),
         )
     });
-    // The stop comes while the request holds the GIL (the deadline only bounds a hang).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mark.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the request never ran\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The stop comes while the request holds the GIL.
+    assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     p.signal(libc::SIGTERM);
     // The regex holds the GIL far longer than the test lives: an exit at all means the
     // stop did not wait for it (the 30 s only bound a hang).
@@ -556,26 +548,33 @@ fn a_request_holding_the_gil_cannot_stop_a_graceful_stop() {
 }
 
 #[test]
-fn a_second_signal_stops_at_once() {
+fn a_second_signal_cuts_a_graceful_stop_short() {
     // regression: a second stop signal during a graceful stop did not cut it short.
     let dir = tempdir();
-    let mut p = Spawn::tcp(dir.path(), &testapp()).start();
+    // Neither the request (300 s) nor the graceful stop (600 s) ends within the test:
+    // only the second signal can stop postern before the hang guard below.
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--graceful-timeout", "600"])
+        .start();
     let addr = p.addr.clone();
+    let mark = dir.path().join("in-app");
+    let query = format!("s=300&mark={}", mark.display());
     std::thread::spawn(move || {
         raw(
             &addr,
             &uwsgi_packet(&[
                 ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", "/sleep"),
-                ("QUERY_STRING", "s=20"),
+                ("PATH_INFO", "/marked-sleep"),
+                ("QUERY_STRING", &query),
             ]),
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     p.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    // The second signal comes once the graceful stop has begun.
+    assert!(p.wait_log("stopping", 20), "{}", p.logs());
     p.signal(libc::SIGINT);
-    let status = p.wait_exit(5).expect("a second signal stops postern");
+    let status = p.wait_exit(30).expect("a second signal stops postern");
     assert_eq!(status.code(), Some(1));
     assert!(p.logs().contains("second signal"));
 }
