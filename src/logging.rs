@@ -739,17 +739,68 @@ pub fn record_end(status: u16, started: Instant) {
 
 /// Writes a finished request's access line, if the access log is on.
 pub fn access(a: &Access<'_>) {
+    write_access(a, a.started.elapsed(), SystemTime::now());
+}
+
+fn write_access(a: &Access<'_>, elapsed: Duration, now: SystemTime) {
     let Some((out, format)) = LOGS.get().and_then(|l| l.access.as_ref()) else {
         return;
     };
-    let elapsed = a.started.elapsed();
     let pid = PID.load(Ordering::Relaxed);
     LINE.with(|line| {
         let mut line = line.borrow_mut();
         line.clear();
-        format_access(&mut line, *format, a, elapsed, SystemTime::now(), pid);
+        format_access(&mut line, *format, a, elapsed, now, pid);
         out.write_line(line.as_bytes());
     });
+}
+
+/// A request a Python thread has finished, for an access line written later.
+pub struct Finished {
+    pub head: Head,
+    pub id: RequestId,
+    pub protocol: Protocol,
+    pub status: u16,
+    pub ending: Ending,
+    pub bytes: u64,
+    pub started: Instant,
+}
+
+thread_local! {
+    /// This thread's finished request whose access line is not written yet, with its
+    /// duration and end time.
+    static DEFERRED: RefCell<Option<(Finished, Duration, SystemTime)>> = const { RefCell::new(None) };
+}
+
+/// Like [`access`] for a request a Python thread served, which holds the GIL now: the
+/// duration and time are taken now, the line is formatted and written by
+/// [`write_deferred`], which the thread calls once it has released the GIL (while it
+/// waits for its next request), so formatting never holds up the other Python threads.
+/// A line still pending from an earlier request is written first.
+pub fn access_later(f: Finished) {
+    if !access_enabled() {
+        return;
+    }
+    let (elapsed, now) = (f.started.elapsed(), SystemTime::now());
+    write_deferred();
+    DEFERRED.with(|d| *d.borrow_mut() = Some((f, elapsed, now)));
+}
+
+/// Writes the access line [`access_later`] left on this thread, if any.
+pub fn write_deferred() {
+    let Some((f, elapsed, now)) = DEFERRED.with(|d| d.borrow_mut().take()) else {
+        return;
+    };
+    let a = Access {
+        head: &f.head,
+        id: &f.id,
+        protocol: f.protocol,
+        status: f.status,
+        ending: f.ending,
+        bytes: f.bytes,
+        started: f.started,
+    };
+    write_access(&a, elapsed, now);
 }
 
 /// Formats one access line (with its newline) into `out`.

@@ -35,6 +35,9 @@ impl Pool {
                         // request (one release per request, not two).
                         let mut done: Option<Option<Served>> = None;
                         let next = |done: &mut Option<Option<Served>>| {
+                            // The access line of the request just served (see
+                            // `logging::access_later`).
+                            crate::logging::write_deferred();
                             if let (Some(m), Some(served)) = (&settings.monitor, done.take()) {
                                 m.end(i, served.as_ref());
                             }

@@ -340,10 +340,11 @@ pub fn handle(
     let served = respond(py, keys, app, settings, req);
     let (status, ending) = served.end.for_log();
     crate::logging::record_end(status, served.sent.started);
-    if let Some(head) = &head {
-        crate::logging::access(&crate::logging::Access {
+    // Formatted and written once the pool thread has released the GIL.
+    if let Some(head) = head {
+        crate::logging::access_later(crate::logging::Finished {
             head,
-            id: &request_id,
+            id: request_id,
             protocol,
             status,
             ending,
