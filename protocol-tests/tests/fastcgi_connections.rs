@@ -93,11 +93,24 @@ fn graceful_stop_finishes_inline_keep_conn_requests() {
     try_reply(&mut kept, 1).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // Whole requests in one write: served inline by the fast path.
+    let (mark_a, mark_b) = (dir.path().join("plain"), dir.path().join("kept"));
     plain
-        .write_all(&fcgi::get(1, false, "/sleep?s=1.5"))
+        .write_all(&fcgi::get(
+            1,
+            false,
+            &format!("/marked-sleep?s=1.5&mark={}", mark_a.display()),
+        ))
         .unwrap();
-    kept.write_all(&fcgi::get(1, true, "/sleep?s=1.5")).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    kept.write_all(&fcgi::get(
+        1,
+        true,
+        &format!("/marked-sleep?s=1.5&mark={}", mark_b.display()),
+    ))
+    .unwrap();
+    // The stop comes while both are in the app.
+    for m in [&mark_a, &mark_b] {
+        assert!(wait_file(m, 20), "{} never ran\n{}", m.display(), p.logs());
+    }
     p.signal(libc::SIGTERM);
     let a = try_reply(&mut plain, 1);
     let b = try_reply(&mut kept, 1);
