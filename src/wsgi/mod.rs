@@ -85,6 +85,12 @@ pub struct ListenerInfo {
 pub trait Sink: Send + Sync {
     /// Writes all of `data`; an error means the peer is gone (or stopped reading).
     fn write_all(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// Writes all of `data`, the last bytes of a response that is complete with them:
+    /// `finish(End::Complete)` follows unless this fails, so a sink may end the
+    /// response in the same write (FastCGI: END_REQUEST in the same send).
+    fn write_last(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.write_all(data)
+    }
     /// Sends `len` bytes of a regular file from `offset` (sendfile(2)).
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()>;
     /// Ends the response: a clean close when complete, an abort (reset) when not, or

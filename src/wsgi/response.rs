@@ -56,6 +56,8 @@ struct State {
     overflowed: bool,
     /// The request is over: `write` raises.
     finished: bool,
+    /// The next write completes the response ([`Sink::write_last`]).
+    last_write: bool,
     /// The app failed this request (for the metrics).
     app_error: Option<AppError>,
 }
@@ -76,6 +78,7 @@ impl State {
             used_write: false,
             overflowed: false,
             finished: false,
+            last_write: false,
             app_error: None,
         }
     }
@@ -105,7 +108,14 @@ impl State {
             return Err(Gone);
         }
         let sink = &mut self.sink;
-        match py.detach(|| sink.write_all(data)) {
+        let last = std::mem::take(&mut self.last_write);
+        match py.detach(|| {
+            if last {
+                sink.write_last(data)
+            } else {
+                sink.write_all(data)
+            }
+        }) {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::debug!(error = %e, "writing the response failed");
@@ -669,6 +679,10 @@ fn iterate(
             r.headers.push(("Content-Length".into(), total.to_string()));
             r.content_length = Some(total as u64);
         }
+        // Nothing can cut the response after this write (no close(), Content-Length
+        // met): the sink may end it in the same write (FastCGI: with END_REQUEST).
+        r.last_write =
+            total > 0 && (r.head_only() || r.content_length.is_none_or(|cl| cl <= total as u64));
         if items.len() == 1 {
             let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
         } else {
@@ -678,6 +692,7 @@ fn iterate(
             }
             let _ = r.send_body(py, &all);
         }
+        r.last_write = false;
         return Ok(());
     }
     let iter = result.try_iter().map_err(|_| {

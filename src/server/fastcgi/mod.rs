@@ -40,9 +40,8 @@ pub use lane::serve;
 pub use sink::FcgiSink;
 use sink::ReqFlags;
 
-/// Who reads a FastCGI connection now. Exactly one at a time (hyper's `Reading` state
-/// in `proto/h1/conn.rs` is the model); the transitions below are the only way to
-/// change it, always under the connection's `owner` lock.
+/// Who reads a FastCGI connection now. Exactly one at a time; the transitions below
+/// are the only way to change it, always under the connection's `owner` lock.
 ///
 /// ```text
 ///            accept ──> Held ──whole request──> Inline ──END_REQUEST──> Held ──> Parked
@@ -367,11 +366,12 @@ impl FcgiConn {
         }
     }
 
-    /// The one end of every request, inline or in the slow lane: END_REQUEST (`tail`,
-    /// or none: the response is cut and the connection aborted), then whoever reads the
-    /// connection next takes it. Who that is is settled before END_REQUEST goes out:
-    /// the front server may send its next request the moment it has it.
-    fn end_request(self: &Arc<Self>, id: u16, keep_conn: bool, tail: Option<&[u8]>) {
+    /// The one end of every request, inline or in the slow lane: the last records
+    /// through END_REQUEST (`tail`, or none: the response is cut and the connection
+    /// aborted), then whoever reads the connection next takes it. Who that is is settled
+    /// before END_REQUEST goes out: the front server may send its next request the
+    /// moment it has it. False when the write failed (or there was none).
+    fn end_request(self: &Arc<Self>, id: u16, keep_conn: bool, tail: Option<&[u8]>) -> bool {
         let ender = self.owner().end(id);
         let Some(tail) = tail else {
             // No END_REQUEST: the front server must not take a cut response as whole.
@@ -383,7 +383,7 @@ impl FcgiConn {
                 Ender::Inline { .. } => self.close(),
                 Ender::Nobody => {}
             }
-            return;
+            return false;
         };
         match ender {
             Ender::Lane(tx) => {
@@ -393,13 +393,15 @@ impl FcgiConn {
                 if keep_conn {
                     let _ = tx.send(Ctl::Done { id, reuse: true });
                 }
-                if self.write(tail).is_err() {
+                let ok = self.write(tail).is_ok();
+                if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
                 }
                 if !keep_conn {
                     let _ = tx.send(Ctl::Done { id, reuse: false });
                 }
+                ok
             }
             Ender::Inline { keep_conn } => {
                 // Held by this thread now: a busy wake-up that fires meanwhile is stale.
@@ -411,16 +413,19 @@ impl FcgiConn {
                 if ok && keep_conn {
                     self.parking.park(Arc::clone(self));
                 } else {
+                    // FCGI_KEEP_CONN unset: the socket closes (a FIN) when the sink
+                    // drops its reference, right after. No shutdown first: nothing is
+                    // left unread (the request was one whole read, nothing after it),
+                    // so the close cannot turn into a reset, and no other owner holds
+                    // the socket. Nothing more may be written.
+                    self.broken.store(true, Ordering::Release);
                     self.close();
-                    if ok {
-                        // FCGI_KEEP_CONN unset: close after END_REQUEST (a FIN).
-                        self.abort_soft();
-                    }
                 }
+                ok
             }
             Ender::Nobody => {
                 // Its reader is gone (the connection failed): this write fails too.
-                let _ = self.write(tail);
+                self.write(tail).is_ok()
             }
         }
     }

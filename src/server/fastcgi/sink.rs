@@ -86,33 +86,55 @@ impl FcgiSink {
         Ok(())
     }
 
-    /// The tail of a complete response: [empty STDERR], empty STDOUT, END_REQUEST.
-    fn tail(&self) -> Vec<u8> {
-        let mut tail = Vec::with_capacity(40);
+    /// The tail of a complete response: [empty STDERR], empty STDOUT, END_REQUEST,
+    /// appended to `out`.
+    fn tail_into(&self, out: &mut Vec<u8>) {
         if self.flags.stderr_used.load(Ordering::Acquire) {
-            fcgi::encode_record(&mut tail, fcgi::STDERR, self.id, &[]);
+            fcgi::encode_record(out, fcgi::STDERR, self.id, &[]);
         }
-        fcgi::encode_record(&mut tail, fcgi::STDOUT, self.id, &[]);
-        fcgi::encode_end_request(&mut tail, self.id, 0, ProtocolStatus::RequestComplete);
-        tail
+        fcgi::encode_record(out, fcgi::STDOUT, self.id, &[]);
+        fcgi::encode_end_request(out, self.id, 0, ProtocolStatus::RequestComplete);
     }
 
-    /// The end, answered (`true`: END_REQUEST) or cut.
-    fn end(&mut self, answer: bool) {
+    /// The end, answered (`Some`: the last records, through END_REQUEST) or cut;
+    /// false when the last write failed.
+    fn end(&mut self, last: Option<Vec<u8>>) -> bool {
         self.finished = true;
+        // Set before END_REQUEST goes out: no STDERR line may follow it.
         self.flags.done.store(true, Ordering::Release);
-        let tail = answer.then(|| self.tail());
         self.conn
-            .end_request(self.id, self.keep_conn, tail.as_deref());
+            .end_request(self.id, self.keep_conn, last.as_deref())
+    }
+
+    /// `data` as STDOUT records, with room for the tail.
+    fn stdout(&self, data: &[u8]) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(data.len() + 16 * (data.len() / fcgi::MAX_CONTENT + 1) + 40);
+        fcgi::encode_stream(&mut out, fcgi::STDOUT, self.id, data);
+        out
     }
 }
 
 impl Sink for FcgiSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
-        let mut out = Vec::with_capacity(data.len() + 16 * (data.len() / fcgi::MAX_CONTENT + 1));
-        fcgi::encode_stream(&mut out, fcgi::STDOUT, self.id, data);
+        let out = self.stdout(data);
         self.conn.write(&out)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// The last STDOUT records and END_REQUEST leave in one send.
+    fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
+        self.check()?;
+        let mut out = self.stdout(data);
+        self.tail_into(&mut out);
+        if !self.end(Some(out)) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the front server closed the connection before END_REQUEST",
+            ));
+        }
         self.written += data.len() as u64;
         Ok(())
     }
@@ -139,6 +161,14 @@ impl Sink for FcgiSink {
     }
 
     fn finish(&mut self, end: End) -> Sent {
+        let sent = Sent {
+            bytes: self.written,
+            started: self.started,
+        };
+        if self.finished {
+            // Ended by `write_last`.
+            return sent;
+        }
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
             End::Complete(_) => true,
@@ -146,11 +176,13 @@ impl Sink for FcgiSink {
             End::ClientGone(_) => aborted && !self.conn.is_broken(),
             End::Incomplete(_) => false,
         };
-        self.end(answer);
-        Sent {
-            bytes: self.written,
-            started: self.started,
-        }
+        let last = answer.then(|| {
+            let mut tail = Vec::with_capacity(40);
+            self.tail_into(&mut tail);
+            tail
+        });
+        self.end(last);
+        sent
     }
 
     fn head_style(&self) -> HeadStyle {
@@ -164,7 +196,7 @@ impl Drop for FcgiSink {
             tracing::error!(
                 "internal error: a FastCGI response was dropped unfinished; connection aborted"
             );
-            self.end(false);
+            self.end(None);
         }
     }
 }
