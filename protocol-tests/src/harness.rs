@@ -495,6 +495,12 @@ impl Rendezvous {
         false
     }
 
+    /// The test itself arrives as `name`: one of the `n` is the test, which lets the
+    /// app's requests go on when it is ready (a gate opened by an event, not a delay).
+    pub fn arrive(&self, name: &str) {
+        std::fs::write(self.dir.join(name), "").unwrap();
+    }
+
     /// The answer's body when all `n` met (the app answers 504 naming who was missing
     /// when they did not).
     pub fn met(n: usize) -> String {

@@ -1193,11 +1193,17 @@ fn begin_request_for_an_id_in_flight_is_logged_and_closed() {
     // by the slow lane (the fast path, which serves a request that arrived whole in one
     // read, does not read its connection until that request ends).
     let mut c = Fc::open(&p);
-    let bytes = fcgi::get(3, true, "/sleep?s=0.5");
+    // Request 3 stays in the app until the test arrives at the rendezvous.
+    let meet = Rendezvous::new(dir.path());
+    let bytes = fcgi::get(3, true, &meet.target(2, "app"));
     c.send(&bytes[..bytes.len() - 8]);
     std::thread::sleep(Duration::from_millis(100));
     c.send(&bytes[bytes.len() - 8..]);
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        meet.wait_arrived("app", 10),
+        "request 3 never reached the app\n{}",
+        p.logs()
+    );
     c.send(&fcgi::get(3, true, "/hello"));
     // Whatever of the first response got out, the connection ends, without a second
     // END_REQUEST for id 3.
@@ -1217,6 +1223,7 @@ fn begin_request_for_an_id_in_flight_is_logged_and_closed() {
         "{}",
         p.logs()
     );
+    meet.arrive("test");
     ok_after(&p);
 }
 
@@ -2017,16 +2024,25 @@ fn abort_request_for_a_request_still_queued() {
     let dir = tempdir();
     let p = start(dir.path(), &[]);
     let mut c = Fc::open(&p);
-    let mut b = head(1, true, &vars("GET", "/sleep?s=0.7", None));
+    // Request 1 holds the only thread until the test arrives at the rendezvous.
+    let meet = Rendezvous::new(dir.path());
+    let mut b = head(1, true, &vars("GET", &meet.target(2, "app"), None));
     b.extend(fcgi::record(STDIN, 1, b""));
     b.extend(head(2, true, &vars("GET", "/close?id=queued", None)));
     b.extend(fcgi::record(STDIN, 2, b""));
     c.send(&b);
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        meet.wait_arrived("app", 10),
+        "request 1 never reached the app\n{}",
+        p.logs()
+    );
+    // The abort comes while request 2 is queued behind request 1; then request 1 may
+    // go on (on this connection, served inline, the abort may be read only after it).
     c.send(&fcgi::record(ABORT_REQUEST, 2, b""));
+    meet.arrive("test");
     let out2 = c.reply(2);
     assert_eq!(out2.end, Some((0, 0)), "{out2:?}");
-    c.reply(1).assert_ok(b"slept\n");
+    assert_met(&c.reply(1), 2, &p);
     c.get(2, true, "/hello").assert_ok(b"hello\n");
     ok_after(&p);
 }
