@@ -84,10 +84,12 @@ impl Head {
 
     /// The last value of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.pairs()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-            .last()
+        let at = |r: &Range<u32>| &self.buf[r.start as usize..r.end as usize];
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| (k.end - k.start) as usize == key.len() && at(k) == key)
+            .map(|(_, v)| at(v))
     }
 
     /// Body length per CGI: `CONTENT_LENGTH`, else `HTTP_CONTENT_LENGTH`, else 0; the
@@ -99,9 +101,17 @@ impl Head {
     /// The body length the front server announced; `None` when it sent none (an empty
     /// value counts as none), as for a FastCGI body streamed to its end.
     pub fn announced_length(&self) -> Result<Option<u64>, ProtoError> {
-        self.get(b"CONTENT_LENGTH")
-            .filter(|v| !v.is_empty())
-            .or_else(|| self.get(b"HTTP_CONTENT_LENGTH").filter(|v| !v.is_empty()))
+        // One pass for both names (the last value of each counts).
+        let (mut cgi, mut http) = (None, None);
+        for (k, v) in self.pairs() {
+            match k {
+                b"CONTENT_LENGTH" => cgi = Some(v),
+                b"HTTP_CONTENT_LENGTH" => http = Some(v),
+                _ => {}
+            }
+        }
+        cgi.filter(|v| !v.is_empty())
+            .or_else(|| http.filter(|v| !v.is_empty()))
             .map(proto::cgi::parse_content_length)
             .transpose()
     }

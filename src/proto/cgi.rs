@@ -3,21 +3,141 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use super::ProtoError;
 
-/// The variables of one request after normalisation, in arrival order, each key once.
+/// The variables of one request after normalisation, each key once (in arrival order,
+/// then the variables this function fills in).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Cgi<'a> {
-    pub vars: Vec<(&'a [u8], Cow<'a, [u8]>)>,
+    pub vars: Vec<Var<'a>>,
     /// `wsgi.url_scheme` (§4.4).
     pub scheme: &'static str,
     /// Decoded `CONTENT_LENGTH`; `None` when absent or empty.
     pub content_length: Option<u64>,
     /// `REQUEST_METHOD` was absent or empty: the front server is misconfigured.
     pub method_missing: bool,
+    /// `REQUEST_METHOD` is `HEAD`: the response carries headers only.
+    pub is_head: bool,
     /// What was repaired or dropped, for a debug line.
     pub notes: Vec<&'static str>,
+}
+
+/// One CGI variable of the environ.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Var<'a> {
+    pub key: &'a [u8],
+    /// Its index in [`KNOWN`] (a fixed name the environ builder keeps one `str` for).
+    pub known: Option<u8>,
+    pub value: Cow<'a, [u8]>,
+}
+
+/// Fixed variable names: the environ builder interns one `str` for each (a request
+/// choosing arbitrary header names must not grow the intern table), and the first
+/// ones (up to [`K_HTTP_COOKIE`]) are the names [`normalise`] acts on.
+pub const KNOWN: &[&str] = &[
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "REQUEST_URI",
+    "DOCUMENT_URI",
+    "UWSGI_SCHEME",
+    "HTTPS",
+    "REQUEST_SCHEME",
+    "HTTP_CONTENT_TYPE",
+    "HTTP_CONTENT_LENGTH",
+    "HTTP_PROXY",
+    "HTTP_TRANSFER_ENCODING",
+    "HTTP_HOST",
+    "HTTP_COOKIE",
+    // Common names with no rule of their own.
+    "SERVER_ADDR",
+    "SERVER_SOFTWARE",
+    "DOCUMENT_ROOT",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "REMOTE_USER",
+    "GATEWAY_INTERFACE",
+    "HTTP_USER_AGENT",
+    "HTTP_ACCEPT",
+    "HTTP_ACCEPT_ENCODING",
+    "HTTP_ACCEPT_LANGUAGE",
+    "HTTP_CONNECTION",
+    "HTTP_REFERER",
+    "HTTP_ORIGIN",
+    "HTTP_AUTHORIZATION",
+    "HTTP_CACHE_CONTROL",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_REAL_IP",
+    "HTTP_X_REQUESTED_WITH",
+    "HTTP_X_REQUEST_ID",
+    "HTTP_UPGRADE_INSECURE_REQUESTS",
+    "HTTP_PRAGMA",
+    "HTTP_DNT",
+    "HTTP_SEC_FETCH_DEST",
+    "HTTP_SEC_FETCH_MODE",
+    "HTTP_SEC_FETCH_SITE",
+    "HTTP_SEC_FETCH_USER",
+];
+
+const K_REQUEST_METHOD: u8 = 0;
+const K_SCRIPT_NAME: u8 = 1;
+const K_PATH_INFO: u8 = 2;
+const K_QUERY_STRING: u8 = 3;
+const K_CONTENT_TYPE: u8 = 4;
+const K_CONTENT_LENGTH: u8 = 5;
+const K_SERVER_NAME: u8 = 6;
+const K_SERVER_PORT: u8 = 7;
+const K_SERVER_PROTOCOL: u8 = 8;
+const K_REQUEST_URI: u8 = 9;
+const K_DOCUMENT_URI: u8 = 10;
+const K_UWSGI_SCHEME: u8 = 11;
+const K_HTTPS: u8 = 12;
+const K_REQUEST_SCHEME: u8 = 13;
+const K_HTTP_CONTENT_TYPE: u8 = 14;
+const K_HTTP_CONTENT_LENGTH: u8 = 15;
+const K_HTTP_PROXY: u8 = 16;
+const K_HTTP_TRANSFER_ENCODING: u8 = 17;
+const K_HTTP_HOST: u8 = 18;
+const K_HTTP_COOKIE: u8 = 19;
+
+/// [`KNOWN`] by a hash of each name's length and last 8 bytes (where the names differ:
+/// many share a prefix or a length): a lookup hashes once and compares one or two names.
+static TABLE: LazyLock<Vec<Vec<(&'static [u8], u8)>>> = LazyLock::new(|| {
+    let mut table = vec![Vec::new(); 1 << TABLE_BITS];
+    for (i, k) in KNOWN.iter().enumerate() {
+        table[bucket(k.as_bytes())].push((k.as_bytes(), i as u8));
+    }
+    table
+});
+
+const TABLE_BITS: u32 = 8;
+
+fn bucket(key: &[u8]) -> usize {
+    let tail = match key.len().checked_sub(8) {
+        Some(start) => u64::from_le_bytes(key[start..].try_into().unwrap_or_default()),
+        None => key.iter().fold(0, |t, &b| t << 8 | u64::from(b)),
+    };
+    let h = (tail ^ key.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - TABLE_BITS)) as usize
+}
+
+/// The index of `key` in [`KNOWN`].
+pub fn known(key: &[u8]) -> Option<u8> {
+    TABLE[bucket(key)]
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|&(_, i)| i)
 }
 
 /// Listener facts used when the front server left a required variable out.
@@ -35,25 +155,51 @@ pub struct Defaults<'a> {
     pub mounts: &'a [Vec<u8>],
 }
 
-/// `HTTP_*` variables that cannot legitimately repeat: a repeat replaces.
-const SINGLE: &[&[u8]] = &[b"HTTP_HOST", b"HTTP_CONTENT_LENGTH", b"HTTP_CONTENT_TYPE"];
+/// Unknown names seen so far, to find a repeat: a short list scanned in full, then a
+/// hash map once it grows (the usual request has no unknown name at all).
+#[derive(Default)]
+struct Unknown<'a> {
+    few: Vec<(&'a [u8], usize)>,
+    many: HashMap<&'a [u8], usize>,
+}
 
-/// Request headers that must not reach the app (§4.2): duplicated CGI information,
-/// httpoxy, and hop-by-hop fields the front server has already acted on.
-const DROPPED: &[&[u8]] = &[
-    b"HTTP_CONTENT_TYPE",
-    b"HTTP_CONTENT_LENGTH",
-    b"HTTP_PROXY",
-    b"HTTP_TRANSFER_ENCODING",
-];
+impl<'a> Unknown<'a> {
+    const FEW: usize = 8;
 
-/// Normalises the raw `(key, value)` pairs of one request into the environ's CGI part.
+    /// The position of `key` in the vars, or records it at `next`.
+    fn find_or_insert(&mut self, key: &'a [u8], next: usize) -> Option<usize> {
+        if self.many.is_empty() {
+            if let Some(&(_, i)) = self.few.iter().find(|(k, _)| *k == key) {
+                return Some(i);
+            }
+            if self.few.len() < Self::FEW {
+                self.few.push((key, next));
+                return None;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        match self.many.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
+                None
+            }
+        }
+    }
+}
+
+/// Normalises the raw `(key, value)` pairs of one request into the environ's CGI part,
+/// in one pass over the pairs (then a fixed amount of work on the names it acts on).
 ///
 /// - A repeated `HTTP_*` key (nginx 1.22 sends one variable per header line) is joined
 ///   with `", "` (`"; "` for `HTTP_COOKIE`) as RFC 3875 §4.1.18 says; other repeated
-///   keys (a `uwsgi_param` overriding a stock one) keep the last value.
+///   keys (a `uwsgi_param` overriding a stock one) keep the last value. Host and the
+///   content headers are unique in HTTP (nginx refuses a request with two Hosts), so
+///   a repeat of those is an override too: last wins.
 /// - `CONTENT_TYPE`/`CONTENT_LENGTH` are never duplicated as `HTTP_*`; when only the
-///   `HTTP_` form arrived it is promoted.
+///   `HTTP_` form arrived it is promoted. Empty, they are left out.
+/// - `HTTP_PROXY` (httpoxy) and `HTTP_TRANSFER_ENCODING` (hop-by-hop, acted on by the
+///   front server) never reach the app (§4.2).
 /// - `SCRIPT_NAME` is always present (`""` for a root mount), never ends with `/`, and
 ///   is cut from the front of `PATH_INFO` when the front server left it there (§4.3).
 /// - `PATH_INFO` falls back to the decoded path of `REQUEST_URI`/`DOCUMENT_URI`;
@@ -62,127 +208,177 @@ pub fn normalise<'a>(
     pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     defaults: Defaults<'a>,
 ) -> Result<Cgi<'a>, ProtoError> {
-    let mut cgi = Cgi::default();
-    let mut index: HashMap<&'a [u8], usize> = HashMap::default();
+    let pairs = pairs.into_iter();
+    let mut cgi = Cgi {
+        vars: Vec::with_capacity(pairs.size_hint().0 + 4),
+        ..Cgi::default()
+    };
+    // Where each known name sits in `vars` (index + 1; 0: not there).
+    let mut at = [0u32; KNOWN.len()];
+    // Names decided after the pass (last value wins): held aside, not in `vars`.
+    let mut aside: [Option<&'a [u8]>; 6] = [None; 6];
+    let aside_slot = |k: u8| match k {
+        K_CONTENT_TYPE => Some(0),
+        K_CONTENT_LENGTH => Some(1),
+        K_HTTP_CONTENT_TYPE => Some(2),
+        K_HTTP_CONTENT_LENGTH => Some(3),
+        K_SCRIPT_NAME => Some(4),
+        K_PATH_INFO => Some(5),
+        _ => None,
+    };
+    let mut unknown = Unknown::default();
     for (key, value) in pairs {
         if key.is_empty() {
             continue;
         }
-        let found = if cgi.vars.len() < 32 && index.is_empty() {
-            cgi.vars.iter().position(|(k, _)| *k == key)
-        } else {
-            if index.is_empty() {
-                index.extend(cgi.vars.iter().enumerate().map(|(i, (k, _))| (*k, i)));
+        let k = known(key);
+        let found = match k {
+            Some(K_HTTP_PROXY | K_HTTP_TRANSFER_ENCODING) => continue,
+            Some(k) => {
+                if let Some(slot) = aside_slot(k) {
+                    aside[slot] = Some(value);
+                    continue;
+                }
+                let slot = &mut at[usize::from(k)];
+                if *slot == 0 {
+                    *slot = cgi.vars.len() as u32 + 1;
+                    None
+                } else {
+                    Some(*slot as usize - 1)
+                }
             }
-            index.get(key).copied()
+            None => unknown.find_or_insert(key, cgi.vars.len()),
         };
         match found {
-            // Host and the content headers are unique in HTTP (nginx refuses a request
-            // with two Hosts), so a repeat is a `uwsgi_param` override: last wins.
-            Some(i) if key.starts_with(b"HTTP_") && !SINGLE.contains(&key) => {
-                let sep: &[u8] = if key == b"HTTP_COOKIE" { b"; " } else { b", " };
-                let joined = cgi.vars[i].1.to_mut();
+            None => cgi.vars.push(Var {
+                key,
+                known: k,
+                value: Cow::Borrowed(value),
+            }),
+            Some(i) if key.starts_with(b"HTTP_") && k != Some(K_HTTP_HOST) => {
+                let sep: &[u8] = if k == Some(K_HTTP_COOKIE) {
+                    b"; "
+                } else {
+                    b", "
+                };
+                let joined = cgi.vars[i].value.to_mut();
                 joined.extend_from_slice(sep);
                 joined.extend_from_slice(value);
             }
-            Some(i) => cgi.vars[i].1 = Cow::Borrowed(value),
-            None => {
-                if !index.is_empty() {
-                    index.insert(key, cgi.vars.len());
-                }
-                cgi.vars.push((key, Cow::Borrowed(value)));
-            }
+            Some(i) => cgi.vars[i].value = Cow::Borrowed(value),
         }
     }
-
-    // Promote the HTTP_ forms only when the CGI form is missing, then drop them.
-    for (cgi_key, http_key) in [
-        (&b"CONTENT_TYPE"[..], &b"HTTP_CONTENT_TYPE"[..]),
-        (b"CONTENT_LENGTH", b"HTTP_CONTENT_LENGTH"),
-    ] {
-        let has = get(&cgi.vars, cgi_key).is_some_and(|v| !v.is_empty());
-        if !has {
-            if let Some(v) = get(&cgi.vars, http_key).map(<[u8]>::to_vec) {
-                set(&mut cgi.vars, cgi_key, Cow::Owned(v));
-                cgi.notes.push("promoted an HTTP_CONTENT_* header");
-            }
+    let value = |at: &[u32], k: u8| -> Option<&'a [u8]> {
+        match at[usize::from(k)] {
+            0 => None,
+            i => Some(match &cgi.vars[i as usize - 1].value {
+                Cow::Borrowed(v) => *v,
+                // Only joined HTTP_* values are owned; none of them is asked for here.
+                Cow::Owned(_) => unreachable!("a known non-HTTP name is never joined"),
+            }),
         }
-    }
-    cgi.vars.retain(|(k, v)| {
-        !DROPPED.contains(k)
-            && !(v.is_empty() && (*k == b"CONTENT_TYPE" || *k == b"CONTENT_LENGTH"))
-    });
-
-    cgi.content_length = match get(&cgi.vars, b"CONTENT_LENGTH") {
-        None => None,
-        Some(v) => Some(parse_content_length(v)?),
     };
-    cgi.method_missing = get(&cgi.vars, b"REQUEST_METHOD").is_none_or(|v| v.is_empty());
+    let [ctype, clen, http_ctype, http_clen, script, path] = aside;
+
+    let method = value(&at, K_REQUEST_METHOD);
+    cgi.method_missing = method.is_none_or(<[u8]>::is_empty);
+    cgi.is_head = method == Some(b"HEAD");
     cgi.scheme = url_scheme(
-        get(&cgi.vars, b"UWSGI_SCHEME"),
-        get(&cgi.vars, b"HTTPS"),
-        get(&cgi.vars, b"REQUEST_SCHEME"),
+        value(&at, K_UWSGI_SCHEME),
+        value(&at, K_HTTPS),
+        value(&at, K_REQUEST_SCHEME),
     );
 
     // Paths (§4.3, §2.13).
-    if defaults.script_name_is_path && get(&cgi.vars, b"PATH_INFO").is_none() {
-        if let Some(whole) = get(&cgi.vars, b"SCRIPT_NAME")
-            .filter(|s| !s.is_empty())
-            .map(<[u8]>::to_vec)
-        {
-            set(&mut cgi.vars, b"PATH_INFO", Cow::Owned(whole));
-            set(&mut cgi.vars, b"SCRIPT_NAME", Cow::Borrowed(b""));
-            cgi.notes
-                .push("SCRIPT_NAME without PATH_INFO taken as the whole path");
-        }
+    let (mut script, mut path): (&'a [u8], Option<Cow<'a, [u8]>>) =
+        (script.unwrap_or_default(), path.map(Cow::Borrowed));
+    if defaults.script_name_is_path && path.is_none() && !script.is_empty() {
+        path = Some(Cow::Borrowed(script));
+        script = b"";
+        cgi.notes
+            .push("SCRIPT_NAME without PATH_INFO taken as the whole path");
     }
-    if get(&cgi.vars, b"PATH_INFO").is_none() {
-        let uri = get(&cgi.vars, b"REQUEST_URI")
-            .or_else(|| get(&cgi.vars, b"DOCUMENT_URI"))
-            .map(|u| percent_decode(u.split(|&b| b == b'?').next().unwrap_or_default()));
-        if let Some(path) = uri {
-            set(&mut cgi.vars, b"PATH_INFO", Cow::Owned(path));
+    if path.is_none() {
+        let uri = value(&at, K_REQUEST_URI).or_else(|| value(&at, K_DOCUMENT_URI));
+        if let Some(uri) = uri {
+            let before_query = uri.split(|&b| b == b'?').next().unwrap_or_default();
+            path = Some(percent_decode_cow(before_query));
             cgi.notes.push("PATH_INFO derived from REQUEST_URI");
         }
     }
-    let script = get(&cgi.vars, b"SCRIPT_NAME").map(<[u8]>::to_vec);
-    let path = get(&cgi.vars, b"PATH_INFO").map(<[u8]>::to_vec);
-    let (script, path) = split_script_name(
-        script.as_deref().unwrap_or_default(),
-        path.as_deref().unwrap_or_default(),
-        defaults.modifier30,
-    );
-    let (mut script, mut path) = (script.into_owned(), path.into_owned());
+    let mut path = path.unwrap_or_default();
+    let (s, rest) = split_script_name(script, &path, defaults.modifier30);
+    let (script, cut) = (s, path.len() - rest.len());
+    let mut script: &'a [u8] = script;
+    cut_front(&mut path, cut);
     if script.is_empty() {
         if let Some(m) = longest_mount(defaults.mounts, &path) {
-            script = m.to_vec();
-            path.drain(..m.len());
+            script = m;
+            cut_front(&mut path, m.len());
         }
     }
-    set(&mut cgi.vars, b"SCRIPT_NAME", Cow::Owned(script));
-    set(&mut cgi.vars, b"PATH_INFO", Cow::Owned(path));
+    let push = |vars: &mut Vec<Var<'a>>, k: u8, value: Cow<'a, [u8]>| {
+        vars.push(Var {
+            key: KNOWN[usize::from(k)].as_bytes(),
+            known: Some(k),
+            value,
+        })
+    };
+    push(&mut cgi.vars, K_SCRIPT_NAME, Cow::Borrowed(script));
+    push(&mut cgi.vars, K_PATH_INFO, path);
 
-    for (key, default) in [
-        (&b"QUERY_STRING"[..], &b""[..]),
-        (b"SERVER_NAME", defaults.server_name),
-        (b"SERVER_PORT", defaults.server_port),
-        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    // CONTENT_TYPE/CONTENT_LENGTH: the CGI form, else the HTTP_ form; never empty.
+    let non_empty = |v: Option<&'a [u8]>| v.filter(|v| !v.is_empty());
+    for (k, cgi_form, http_form) in [
+        (K_CONTENT_TYPE, ctype, http_ctype),
+        (K_CONTENT_LENGTH, clen, http_clen),
     ] {
-        if get(&cgi.vars, key).is_none_or(|v| v.is_empty() && key != b"QUERY_STRING") {
-            set(&mut cgi.vars, key, Cow::Owned(default.to_vec()));
+        let v = match non_empty(cgi_form) {
+            Some(v) => Some(v),
+            None => {
+                if http_form.is_some() {
+                    cgi.notes.push("promoted an HTTP_CONTENT_* header");
+                }
+                non_empty(http_form)
+            }
+        };
+        if let Some(v) = v {
+            if k == K_CONTENT_LENGTH {
+                cgi.content_length = Some(parse_content_length(v)?);
+            }
+            push(&mut cgi.vars, k, Cow::Borrowed(v));
+        }
+    }
+
+    for (k, default) in [
+        (K_QUERY_STRING, &b""[..]),
+        (K_SERVER_NAME, defaults.server_name),
+        (K_SERVER_PORT, defaults.server_port),
+        (K_SERVER_PROTOCOL, b"HTTP/1.1"),
+    ] {
+        match at[usize::from(k)] {
+            0 => push(&mut cgi.vars, k, Cow::Borrowed(default)),
+            i => {
+                let v = &mut cgi.vars[i as usize - 1].value;
+                if v.is_empty() && k != K_QUERY_STRING {
+                    *v = Cow::Borrowed(default);
+                }
+            }
         }
     }
     Ok(cgi)
 }
 
-fn get<'v>(vars: &'v [(&[u8], Cow<'_, [u8]>)], key: &[u8]) -> Option<&'v [u8]> {
-    vars.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v)
-}
-
-fn set<'a>(vars: &mut Vec<(&'a [u8], Cow<'a, [u8]>)>, key: &'static [u8], value: Cow<'a, [u8]>) {
-    match vars.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => slot.1 = value,
-        None => vars.push((key, value)),
+/// Drops the first `n` bytes of `v` (a borrowed value is re-sliced, not copied).
+fn cut_front(v: &mut Cow<'_, [u8]>, n: usize) {
+    if n == 0 {
+        return;
+    }
+    match v {
+        Cow::Borrowed(b) => *b = &b[n..],
+        Cow::Owned(o) => {
+            o.drain(..n);
+        }
     }
 }
 
@@ -243,37 +439,46 @@ pub fn url_scheme(
 /// Splits the mount point from the path (§4.3): SCRIPT_NAME loses a trailing `/`
 /// (a root mount is `""`), and is cut from the front of PATH_INFO when PATH_INFO
 /// still starts with it (nginx with `uwsgi_param SCRIPT_NAME /app`, or modifier1 30).
-pub fn split_script_name<'p>(
-    script: &[u8],
+/// Returns the two as sub-slices of the arguments (the path's is always a suffix).
+pub fn split_script_name<'s, 'p>(
+    script: &'s [u8],
     path: &'p [u8],
     modifier30: bool,
-) -> (Cow<'p, [u8]>, Cow<'p, [u8]>) {
+) -> (&'s [u8], &'p [u8]) {
     let mut script = script;
     while let [rest @ .., b'/'] = script {
         script = rest;
     }
-    let script: Cow<'p, [u8]> = Cow::Owned(script.to_vec());
     if script.is_empty() {
-        return (script, Cow::Borrowed(path));
+        return (script, path);
     }
-    if let Some(rest) = path.strip_prefix(&script[..]) {
+    if let Some(rest) = path.strip_prefix(script) {
         if rest.is_empty() || rest[0] == b'/' {
-            return (script, Cow::Borrowed(rest));
+            return (script, rest);
         }
     }
     if modifier30 {
         // uWSGI's rule: drop len(SCRIPT_NAME) bytes whatever they are.
         let cut = script.len().min(path.len());
-        return (script, Cow::Borrowed(&path[cut..]));
+        return (script, &path[cut..]);
     }
-    (script, Cow::Borrowed(path))
+    (script, path)
 }
 
 /// Decodes `%XX` escapes; a malformed escape is kept as it is.
 pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    percent_decode_cow(s).into_owned()
+}
+
+/// [`percent_decode`], borrowing `s` when it has nothing to decode (the usual path).
+pub fn percent_decode_cow(s: &[u8]) -> Cow<'_, [u8]> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let Some(first) = s.iter().position(|&b| b == b'%') else {
+        return Cow::Borrowed(s);
+    };
     let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
+    out.extend_from_slice(&s[..first]);
+    let mut i = first;
     while i < s.len() {
         if s[i] == b'%' && i + 2 < s.len() {
             if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
@@ -285,7 +490,7 @@ pub fn percent_decode(s: &[u8]) -> Vec<u8> {
         out.push(s[i]);
         i += 1;
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -400,8 +605,26 @@ mod tests {
     fn val<'c>(cgi: &'c Cgi<'_>, key: &str) -> Option<&'c [u8]> {
         cgi.vars
             .iter()
-            .find(|(k, _)| *k == key.as_bytes())
-            .map(|(_, v)| &**v)
+            .find(|v| v.key == key.as_bytes())
+            .map(|v| &*v.value)
+    }
+
+    #[test]
+    fn finds_every_known_name_and_nothing_else() {
+        for (i, k) in KNOWN.iter().enumerate() {
+            assert_eq!(known(k.as_bytes()), Some(i as u8), "{k}");
+        }
+        for k in [
+            "",
+            "HTTP_X",
+            "REQUEST_METHOd",
+            "XREQUEST_METHOD",
+            "HTTP_HOST_",
+        ] {
+            assert_eq!(known(k.as_bytes()), None, "{k}");
+        }
+        let worst = TABLE.iter().map(Vec::len).max().unwrap_or(0);
+        assert!(worst <= 3, "a bucket holds {worst} names");
     }
 
     #[test]
@@ -447,7 +670,7 @@ mod tests {
         assert_eq!(
             cgi.vars
                 .iter()
-                .filter(|(k, _)| k.starts_with(b"HTTP_X_"))
+                .filter(|v| v.key.starts_with(b"HTTP_X_"))
                 .count(),
             100
         );

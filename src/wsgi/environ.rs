@@ -2,7 +2,7 @@
 //! values are latin-1 native strings; standard keys are interned once per thread.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pyo3::{ffi, intern};
 
 use super::errors::Errors;
@@ -11,75 +11,110 @@ use super::input::Input;
 use super::{ListenerInfo, Settings};
 use crate::codec::{Head, Protocol};
 use crate::logging::RequestId;
-use crate::proto::cgi::{self, Defaults};
+use crate::proto::cgi::{self, Defaults, KNOWN};
 
-/// CGI keys common enough to keep one interned `str` each. Only fixed names are
-/// interned: a request choosing arbitrary header names must not grow the intern table.
-const STANDARD_KEYS: &[&str] = &[
-    "REQUEST_METHOD",
-    "SCRIPT_NAME",
-    "PATH_INFO",
-    "QUERY_STRING",
-    "CONTENT_TYPE",
-    "CONTENT_LENGTH",
-    "SERVER_NAME",
-    "SERVER_PORT",
-    "SERVER_PROTOCOL",
-    "SERVER_ADDR",
-    "SERVER_SOFTWARE",
-    "REQUEST_URI",
-    "REQUEST_SCHEME",
-    "DOCUMENT_ROOT",
-    "DOCUMENT_URI",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-    "REMOTE_USER",
-    "GATEWAY_INTERFACE",
-    "HTTPS",
-    "UWSGI_SCHEME",
-    "HTTP_HOST",
-    "HTTP_USER_AGENT",
-    "HTTP_ACCEPT",
-    "HTTP_ACCEPT_ENCODING",
-    "HTTP_ACCEPT_LANGUAGE",
-    "HTTP_CONNECTION",
-    "HTTP_COOKIE",
-    "HTTP_REFERER",
-    "HTTP_ORIGIN",
-    "HTTP_AUTHORIZATION",
-    "HTTP_CACHE_CONTROL",
-    "HTTP_IF_NONE_MATCH",
-    "HTTP_IF_MODIFIED_SINCE",
-    "HTTP_X_FORWARDED_FOR",
-    "HTTP_X_FORWARDED_PROTO",
-    "HTTP_X_REAL_IP",
-    "HTTP_X_REQUESTED_WITH",
-    "HTTP_UPGRADE_INSECURE_REQUESTS",
+// Part of CPython's C API (Include/cpython/dictobject.h, 3.8 to 3.14 at least) but not
+// of pyo3-ffi, which leaves out names starting with `_`. Not in the limited API; postern
+// never builds against it (it embeds the interpreter it links).
+extern "C" {
+    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+}
+
+/// Values common enough to share one `str` across requests (a `str` is immutable, so
+/// handing the same object to every request is safe); the rest are decoded each time.
+const COMMON_VALUES: &[&str] = &[
+    "", "GET", "POST", "HEAD", "HTTP/1.1", "HTTP/1.0", "http", "https", "on", "*/*", "/",
 ];
+
+fn common_value(v: &[u8]) -> Option<usize> {
+    Some(match v {
+        b"" => 0,
+        b"GET" => 1,
+        b"POST" => 2,
+        b"HEAD" => 3,
+        b"HTTP/1.1" => 4,
+        b"HTTP/1.0" => 5,
+        b"http" => 6,
+        b"https" => 7,
+        b"on" => 8,
+        b"*/*" => 9,
+        b"/" => 10,
+        _ => return None,
+    })
+}
 
 /// Per-thread constants for building environs.
 pub struct Keys {
-    standard: rustc_hash::FxHashMap<&'static [u8], Py<PyString>>,
-    version: Py<PyTuple>,
-    file_wrapper: Py<PyType>,
+    /// One interned `str` per [`KNOWN`] name, by index.
+    known: Vec<Py<PyString>>,
+    /// One `str` per [`COMMON_VALUES`] entry, by index.
+    values: Vec<Py<PyString>>,
+    /// The entries every environ of this thread starts with, in a dict sized for a
+    /// whole environ: each request's dict is a copy (CPython copies a compact dict's
+    /// table in one block), so the constant entries cost no insertion and the CGI
+    /// variables that follow fit without the table growing.
+    template: Py<PyDict>,
 }
 
+/// Entries a copy of the template can take before its table grows: `_PyDict_NewPresized(56)`
+/// gives a 128-slot table (85 usable), of which the template uses 11.
+const TEMPLATE_PRESIZE: ffi::Py_ssize_t = 56;
+
 impl Keys {
-    pub fn new(py: Python<'_>) -> Self {
+    pub fn new(py: Python<'_>, settings: &Settings) -> Self {
+        let known = KNOWN
+            .iter()
+            .map(|k| PyString::intern(py, k).unbind())
+            .collect();
+        let values = COMMON_VALUES
+            .iter()
+            .map(|v| PyString::intern(py, v).unbind())
+            .collect();
+        // SAFETY: called with the GIL held; returns a new reference to an empty dict
+        // (its table presized), or NULL with an exception set on memory exhaustion.
+        let template = unsafe {
+            Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(TEMPLATE_PRESIZE))
+                .expect("allocating the environ template")
+                .cast_into_unchecked::<PyDict>()
+        };
+        let fill = || -> PyResult<()> {
+            template.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+            template.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
+            // Set per request; here so that a request replaces them in place.
+            template.set_item(intern!(py, "wsgi.input"), py.None())?;
+            template.set_item(intern!(py, "wsgi.errors"), py.None())?;
+            template.set_item(
+                intern!(py, "wsgi.multithread"),
+                PyBool::new(py, settings.threads > 1),
+            )?;
+            template.set_item(
+                intern!(py, "wsgi.multiprocess"),
+                PyBool::new(py, settings.multiprocess),
+            )?;
+            template.set_item(intern!(py, "wsgi.run_once"), PyBool::new(py, false))?;
+            template.set_item(intern!(py, "wsgi.input_terminated"), PyBool::new(py, true))?;
+            template.set_item(
+                intern!(py, "wsgi.file_wrapper"),
+                py.get_type::<FileWrapper>(),
+            )?;
+            // Always set, so one key works whether or not the front server sent an id
+            // (its `HTTP_X_REQUEST_ID`, when sent, is in the environ as it came).
+            template.set_item(intern!(py, "postern.request_id"), py.None())?;
+            Ok(())
+        };
+        fill().expect("filling the environ template");
         Keys {
-            standard: STANDARD_KEYS
-                .iter()
-                .map(|k| (k.as_bytes(), PyString::intern(py, k).unbind()))
-                .collect(),
-            version: PyTuple::new(py, [1, 0]).expect("a tuple of ints").unbind(),
-            file_wrapper: py.get_type::<FileWrapper>().unbind(),
+            known,
+            values,
+            template: template.unbind(),
         }
     }
 
-    fn key<'py>(&self, py: Python<'py>, k: &[u8]) -> Bound<'py, PyString> {
-        match self.standard.get(k) {
-            Some(s) => s.bind(py).clone(),
-            None => latin1(py, k),
+    /// A `str` for a CGI value (latin-1), shared when it is a common one.
+    fn value<'py>(&self, py: Python<'py>, v: &[u8]) -> Bound<'py, PyString> {
+        match common_value(v) {
+            Some(i) => self.values[i].bind(py).clone(),
+            None => latin1(py, v),
         }
     }
 }
@@ -129,42 +164,31 @@ pub fn build<'py>(
         },
     )
     .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    let env = PyDict::new(py);
-    let mut is_head = false;
-    for (k, v) in &cgi.vars {
-        if *k == b"REQUEST_METHOD" {
-            is_head = &**v == b"HEAD";
-        }
-        env.set_item(keys.key(py, k), latin1(py, v))?;
-    }
-    env.set_item(intern!(py, "wsgi.version"), keys.version.bind(py))?;
-    let scheme = match cgi.scheme {
-        "https" => intern!(py, "https"),
-        _ => intern!(py, "http"),
+    // SAFETY: the template is a dict (made in `Keys::new`); PyDict_Copy returns a new
+    // reference to a new dict, or NULL with an exception set.
+    let env = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(keys.template.as_ptr()))?
+            .cast_into_unchecked::<PyDict>()
     };
-    env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
     env.set_item(intern!(py, "wsgi.input"), input)?;
     env.set_item(intern!(py, "wsgi.errors"), errors)?;
     env.set_item(
-        intern!(py, "wsgi.multithread"),
-        PyBool::new(py, settings.threads > 1),
-    )?;
-    env.set_item(
-        intern!(py, "wsgi.multiprocess"),
-        PyBool::new(py, settings.multiprocess),
-    )?;
-    env.set_item(intern!(py, "wsgi.run_once"), PyBool::new(py, false))?;
-    env.set_item(intern!(py, "wsgi.input_terminated"), PyBool::new(py, true))?;
-    env.set_item(intern!(py, "wsgi.file_wrapper"), keys.file_wrapper.bind(py))?;
-    // Always set, so one key works whether or not the front server sent an id (its
-    // `HTTP_X_REQUEST_ID`, when sent, is in the environ as it came).
-    env.set_item(
         intern!(py, "postern.request_id"),
-        PyString::new(py, request_id.as_str()),
+        latin1(py, request_id.as_str().as_bytes()),
     )?;
+    if cgi.scheme == "https" {
+        env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+    }
+    for var in &cgi.vars {
+        let value = keys.value(py, &var.value);
+        match var.known {
+            Some(k) => env.set_item(keys.known[usize::from(k)].bind(py), value)?,
+            None => env.set_item(latin1(py, var.key), value)?,
+        }
+    }
     Ok(Built {
         environ: env,
         method_missing: cgi.method_missing,
-        is_head,
+        is_head: cgi.is_head,
     })
 }

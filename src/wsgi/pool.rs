@@ -29,7 +29,7 @@ impl Pool {
                 .name(format!("python-{i}"))
                 .spawn(move || {
                     Python::attach(|py| {
-                        let keys = Keys::new(py);
+                        let keys = Keys::new(py, &settings);
                         // The request this thread just finished, for the monitor: its
                         // `end` runs in the same GIL release as the wait for the next
                         // request (one release per request, not two).
