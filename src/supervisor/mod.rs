@@ -19,6 +19,10 @@
 //! With `--stats`, the endpoint runs in a helper process the master forks first (and
 //! again if it dies): the master itself stays single-threaded with no runtime, so every
 //! later fork is as safe as before. The helper reads everything from the scoreboard.
+//!
+//! `master` is the loop, `phase` a worker's phase and what its exit means (pure, unit
+//! tested), `worker` the forked worker's side (its monitor and status pipe), `touch`
+//! the `--touch-reload` watch, `signals` the signalfd and masks.
 
 mod master;
 pub mod notify;
