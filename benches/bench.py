@@ -183,6 +183,45 @@ def sys_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def thread_stats(pids: list[int]) -> dict:
+    """Per thread of the given processes: (label, utime+stime ticks, voluntary context
+    switches). A voluntary switch is the thread going to sleep (to be woken again), so
+    their sum per request counts the wake-ups. The label is the thread's name, prefixed
+    with "master:" for the root of a tree that has children."""
+    out = {}
+    root = pids[0] if len(pids) > 1 else None
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    st = f.read()
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    vol = next((int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches")), 0)
+            except OSError:
+                continue
+            comm = st[st.index(b"(") + 1:st.rindex(b")")].decode(errors="replace")
+            fields = st[st.rindex(b")") + 2:].split()
+            label = ("master:" if pid == root else "") + re.sub(r"\d+$", "N", comm)
+            out[(pid, int(tid))] = (label, int(fields[11]) + int(fields[12]), vol)
+    return out
+
+
+def thread_delta(before: dict, after: dict, n: int) -> tuple[dict, float]:
+    """CPU µs per request by thread label, and wake-ups (voluntary switches) per request."""
+    cpu: dict[str, float] = {}
+    wakes = 0
+    for k, (label, ticks, vol) in after.items():
+        b = before.get(k)
+        t0, v0 = (b[1], b[2]) if b else (0, 0)
+        cpu[label] = cpu.get(label, 0.0) + (ticks - t0) / CLK_TCK * 1e6 / n
+        wakes += vol - v0
+    return {k: v for k, v in cpu.items() if v > 0}, wakes / n
+
+
 def pss_mib(pids: list[int]) -> float:
     """Sum of the PSS of the given processes (shared pages split between their users),
     in MiB."""
@@ -738,22 +777,26 @@ def measure(wrk: Wrk, b: Backend, scen: Scenario, shape: str, rnd: int, duration
     pids = process_tree(b.proc.pid) if b.proc else []
     npids = process_tree(b.nginx.pid)
     c0, n0, s0 = cpu_seconds(pids), cpu_seconds(npids), sys_seconds(pids)
+    th0 = thread_stats(pids) if pids else {}
     with PssSampler(b.proc.pid if b.proc else None) as sampler:
         out = wrk.run(b.port, duration, scen)
     # Workers a master replaced during the run are in its cutime; new ones in the tree.
     pids = sorted(set(pids) | set(process_tree(b.proc.pid))) if b.proc else []
     c1, n1, s1 = cpu_seconds(pids), cpu_seconds(npids), sys_seconds(pids)
+    th1 = thread_stats(pids) if pids else {}
     time.sleep(0.1)  # let nginx log the requests wrk gave up on
     upstream, lines = read_upstream_errors(b)
     r = parse_wrk(out)
     n = max(r["requests"], 1)
+    threads, wakes = thread_delta(th0, th1, n) if pids else ({}, float("nan"))
     b.pss_peak = max(b.pss_peak, sampler.peak)
     return Result(scen.name, shape, b.key, rnd, r["rps"], r["p50"], r["p99"], r["requests"],
                   r["sock"] + r["non2xx"] + upstream, (c1 - c0) * 1e6 / n if b.proc else float("nan"),
                   (n1 - n0) * 1e6 / n, sampler.peak,
                   {"sock": r["sock"], "non2xx": r["non2xx"], "upstream": upstream,
                    "upstream_example": lines[:2],
-                   "sys_share": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")})
+                   "sys_share": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan"),
+                   "threads": threads, "wakeups": wakes})
 
 
 def strace_run(wrk: Wrk, b: Backend, scen: Scenario, duration: float, tmp: Path) -> dict:
@@ -841,7 +884,10 @@ def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
                "requests": sum(r.requests for r in rs), "pss_idle": b.pss_idle,
                "pss_peak": b.pss_peak if b.proc else float("nan"),
                "rounds_rps": [r.rps for r in rs],
-               "sys_share": med(r.detail["sys_share"] for r in rs)}
+               "sys_share": med(r.detail["sys_share"] for r in rs),
+               "wakeups": med(r.detail["wakeups"] for r in rs),
+               "threads": {k: med(r.detail["threads"].get(k, 0.0) for r in rs)
+                           for k in sorted({k for r in rs for k in r.detail["threads"]})}}
         ratios = {"rps": [], "cpu": [], "nginx_cpu": [], "p99": []}
         for r in rs:
             u = next((x for x in ref if x.round == r.round), None)
@@ -866,29 +912,37 @@ def ratio(x: float) -> str:
     return "-" if x != x else f"{x:.2f}"
 
 
-SUM_HDR = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req", "sys %", "nginx us/req",
-           "PSS idle", "PSS peak", "x req/s", "x cpu", "x nginx", "x PSS"]
-SUM_W = [17, 9, 7, 7, 6, 10, 5, 12, 8, 8, 7, 6, 7, 6]
+SUM_HDR = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req", "sys %", "wakes/req",
+           "nginx us/req", "PSS idle", "PSS peak", "x req/s", "x cpu", "x nginx", "x PSS"]
+SUM_W = [17, 9, 7, 7, 6, 10, 5, 9, 12, 8, 8, 7, 6, 7, 6]
 
 
 def print_summary(scen: Scenario, shape: str, rows: list[dict]) -> None:
     log(f"\n== {scen.name} ({scen.text}), {shape}: medians over rounds; sys % = kernel share of the "
-        f"server's CPU; x = ratio to uWSGI uwsgi, median of per-round ratios")
+        f"server's CPU; wakes/req = voluntary context switches of all its threads per request; "
+        f"x = ratio to uWSGI uwsgi, median of per-round ratios")
     log(fmt_row(SUM_HDR, SUM_W))
     for r in rows:
         x = r["x_uwsgi"]
         log(fmt_row([r["key"], f"{r['rps']:,.0f}", num(r["p50"], "{:.2f}"), num(r["p99"], "{:.2f}"),
-                     r["errors"], num(r["cpu"]), num(r["sys_share"] * 100, "{:.0f}"), num(r["nginx_cpu"]),
+                     r["errors"], num(r["cpu"]), num(r["sys_share"] * 100, "{:.0f}"),
+                     num(r["wakeups"], "{:.2f}"), num(r["nginx_cpu"]),
                      num(r["pss_idle"]) if r["pss_idle"] else "-", num(r["pss_peak"]),
                      ratio(x["rps"]), ratio(x["cpu"]), ratio(x["nginx_cpu"]), ratio(x["pss_peak"])],
                     SUM_W))
+    log("-- server CPU per request by thread (µs; N = any number), medians over rounds:")
+    for r in rows:
+        if r["threads"]:
+            log(f"   {r['key']:<17} " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                sorted(r["threads"].items(), key=lambda kv: -kv[1])
+                                                if v >= 0.05))
 
 
 def markdown(groups: list[dict]) -> str:
     lines = ["| scenario | shape | variant | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
-             "| nginx CPU µs/req | PSS idle / peak MiB | × uWSGI req/s | × uWSGI CPU | × uWSGI nginx CPU "
-             "| × uWSGI PSS peak |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| wake-ups/req | nginx CPU µs/req | PSS idle / peak MiB | × uWSGI req/s | × uWSGI CPU "
+             "| × uWSGI nginx CPU | × uWSGI PSS peak |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
         for r in g["rows"]:
             x = r["x_uwsgi"]
@@ -896,7 +950,7 @@ def markdown(groups: list[dict]) -> str:
             lines.append(
                 f"| {g['scenario']} | {g['shape']} | {r['key']} | {r['rps']:,.0f} | {num(r['p50'], '{:.2f}')} "
                 f"| {num(r['p99'], '{:.2f}')} | {r['errors']} | {num(r['cpu'], '{:.0f}')} "
-                f"| {num(r['nginx_cpu'], '{:.0f}')} | {pss} | {ratio(x['rps'])} | {ratio(x['cpu'])} "
+                f"| {num(r['wakeups'], '{:.2f}')} | {num(r['nginx_cpu'], '{:.0f}')} | {pss} | {ratio(x['rps'])} | {ratio(x['cpu'])} "
                 f"| {ratio(x['nginx_cpu'])} | {ratio(x['pss_peak'])} |")
     return "\n".join(lines)
 
