@@ -211,15 +211,18 @@ def thread_stats(pids: list[int]) -> dict:
 
 
 def thread_delta(before: dict, after: dict, n: int) -> tuple[dict, float]:
-    """CPU µs per request by thread label, and wake-ups (voluntary switches) per request."""
-    cpu: dict[str, float] = {}
+    """By thread label: (CPU µs per request, wake-ups per request); and all wake-ups
+    (voluntary switches) per request."""
+    by: dict[str, list] = {}
     wakes = 0
     for k, (label, ticks, vol) in after.items():
         b = before.get(k)
         t0, v0 = (b[1], b[2]) if b else (0, 0)
-        cpu[label] = cpu.get(label, 0.0) + (ticks - t0) / CLK_TCK * 1e6 / n
+        e = by.setdefault(label, [0.0, 0.0])
+        e[0] += (ticks - t0) / CLK_TCK * 1e6 / n
+        e[1] += (vol - v0) / n
         wakes += vol - v0
-    return {k: v for k, v in cpu.items() if v > 0}, wakes / n
+    return {k: tuple(v) for k, v in by.items() if v[0] > 0 or v[1] >= 0.01}, wakes / n
 
 
 def pss_mib(pids: list[int]) -> float:
@@ -886,7 +889,8 @@ def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
                "rounds_rps": [r.rps for r in rs],
                "sys_share": med(r.detail["sys_share"] for r in rs),
                "wakeups": med(r.detail["wakeups"] for r in rs),
-               "threads": {k: med(r.detail["threads"].get(k, 0.0) for r in rs)
+               "threads": {k: (med(r.detail["threads"].get(k, (0.0, 0.0))[0] for r in rs),
+                               med(r.detail["threads"].get(k, (0.0, 0.0))[1] for r in rs))
                            for k in sorted({k for r in rs for k in r.detail["threads"]})}}
         ratios = {"rps": [], "cpu": [], "nginx_cpu": [], "p99": []}
         for r in rs:
@@ -930,12 +934,12 @@ def print_summary(scen: Scenario, shape: str, rows: list[dict]) -> None:
                      num(r["pss_idle"]) if r["pss_idle"] else "-", num(r["pss_peak"]),
                      ratio(x["rps"]), ratio(x["cpu"]), ratio(x["nginx_cpu"]), ratio(x["pss_peak"])],
                     SUM_W))
-    log("-- server CPU per request by thread (µs; N = any number), medians over rounds:")
+    log("-- per request by thread (N = any number): CPU µs / wake-ups, medians over rounds:")
     for r in rows:
         if r["threads"]:
-            log(f"   {r['key']:<17} " + ", ".join(f"{k} {v:.1f}" for k, v in
-                                                sorted(r["threads"].items(), key=lambda kv: -kv[1])
-                                                if v >= 0.05))
+            log(f"   {r['key']:<17} " + ", ".join(f"{k} {c:.1f} / {w:.2f}" for k, (c, w) in
+                                                sorted(r["threads"].items(), key=lambda kv: -kv[1][0])
+                                                if c >= 0.05 or w >= 0.01))
 
 
 def markdown(groups: list[dict]) -> str:
