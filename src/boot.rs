@@ -153,8 +153,17 @@ impl Privileges {
     }
 }
 
-/// Starts Python, sets up sys.path and imports the app. Logs the version and prefix.
+/// Starts Python and imports the app (the single process, `--check`).
 pub fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
+    start_interpreter(config)?;
+    import_app(config)
+}
+
+/// Starts the embedded Python (with the venv) without importing the app, and logs its
+/// version and prefix. A master does this once and forks its workers from the
+/// initialised interpreter, so they share its memory; each worker then imports the app
+/// ([`import_app`]), which is why a reload runs new code.
+pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
     let info = interpreter::initialize(config.venv.as_deref()).map_err(|e| {
         if config.uid.is_some() || config.gid.is_some() {
             anyhow::anyhow!(
@@ -174,6 +183,12 @@ pub fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
     if let Some(v) = &config.venv {
         tracing::info!(venv = %v.display(), "using virtualenv");
     }
+    Ok(())
+}
+
+/// Puts `--pythonpath` and the working directory at the front of `sys.path` and
+/// imports the app (after [`start_interpreter`]).
+pub fn import_app(config: &Config) -> anyhow::Result<wsgi::App> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let mut path: Vec<_> = config
         .opts

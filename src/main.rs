@@ -235,7 +235,9 @@ fn serve(
     }
 
     if config.supervised {
-        // The master never starts Python: each worker imports the app (lazy mode).
+        // The master starts Python once and forks every worker from the initialised
+        // interpreter, so the workers share its pages (as uWSGI's do); each worker
+        // imports the app itself (lazy mode), unless --preload imported it here.
         let opts = supervisor::Options {
             workers: config.opts.workers,
             threads: config.opts.threads,
@@ -245,16 +247,22 @@ fn serve(
             max_lifetime: config.opts.max_lifetime.map(|s| s.0),
             chain_reload: config.opts.chain_reload,
             touch_reload: config.opts.touch_reload.clone(),
-            preload: config.opts.preload,
+            // Python runs in the master: every fork is bracketed for CPython.
+            preload: true,
         };
         // --preload: the master imports the app once; workers share its pages.
-        let preloaded = if config.opts.preload {
-            match boot::start_python(config) {
-                Ok(app) => Some(app),
-                Err(e) => return Err(e),
-            }
-        } else {
-            None
+        let started = boot::start_interpreter(config).and_then(|()| {
+            let app = config
+                .opts
+                .preload
+                .then(|| boot::import_app(config))
+                .transpose()?;
+            interpreter::prepare_for_fork()?;
+            Ok(app)
+        });
+        let preloaded = match started {
+            Ok(app) => app,
+            Err(e) => return Err(e),
         };
         let stats = match stats {
             Some(b) => Some(supervisor::Stats {
@@ -375,7 +383,8 @@ fn stats_summary(config: &Config, bound: &[listener::Bound]) -> Vec<(String, Str
     v
 }
 
-/// A worker process (forked by the master): import the app, serve, exit code.
+/// A worker process (forked by the master, Python initialised): import the app, serve,
+/// exit code.
 fn worker(
     config: &Config,
     preloaded: Option<wsgi::App>,
@@ -386,9 +395,10 @@ fn worker(
 ) -> i32 {
     // This process serves: its own log writer thread (none crossed the fork).
     logging::start_background();
+    // Python is already initialised (the master forked this process from it).
     let app = match preloaded
         .map(Ok)
-        .unwrap_or_else(|| boot::start_python(config))
+        .unwrap_or_else(|| boot::import_app(config))
     {
         Ok(app) => app,
         Err(e) => {

@@ -393,16 +393,37 @@ pub fn enable_stack_dumps() -> Result<(), WsgiError> {
     })
 }
 
-/// Forks a process in which Python is initialised (`--preload`), bracketing the fork
-/// as CPython requires (PyOS_BeforeFork / PyOS_AfterFork_Parent / _Child, with the
-/// GIL held). Returns 0 in the child, the child's pid in the parent.
+/// Readies the master's interpreter for forking workers from it: imports the modules
+/// every worker needs whatever the app (the app-file loader, the SIGUSR2 stack dumps,
+/// atexit), so they are loaded once and shared, then moves every object into the
+/// collector's permanent generation (`gc.freeze()`): a worker's collections never walk
+/// (and so never write to) the master's objects, whose pages then stay shared instead
+/// of being copied into every worker.
+pub fn prepare_for_fork() -> Result<(), WsgiError> {
+    Python::attach(|py| {
+        py.run(
+            c"import atexit, faulthandler, signal, importlib.machinery, importlib.util, gc\ngc.freeze()",
+            None,
+            None,
+        )
+        .map_err(|e| WsgiError::Init {
+            reason: format!("preparing the interpreter for the workers: {e}"),
+        })
+    })
+}
+
+/// Forks a process in which Python is initialised (the master), bracketing the fork as
+/// CPython requires (PyOS_BeforeFork / PyOS_AfterFork_Parent / _Child, with the GIL
+/// held). Returns 0 in the child, the child's pid in the parent.
 ///
 /// # Safety
 /// The caller must be the process's only thread (no runtime, no app thread), as for
 /// any fork whose child goes on running Rust and Python code.
-pub unsafe fn fork_with_python() -> std::io::Result<libc::pid_t> {
+pub unsafe fn fork_with_python() -> std::io::Result<i32> {
     Python::attach(|_py| {
         // SAFETY: the GIL is held (attach); the CPython API is used as documented.
+        // libc: rustix's only fork (`runtime::kernel_fork`) skips glibc's fork
+        // handlers, which keep malloc and stdio usable in the child.
         unsafe {
             pyo3::ffi::PyOS_BeforeFork();
             let pid = libc::fork();

@@ -1,0 +1,129 @@
+//! The embedded interpreter under a master: Python is initialised once, in the master,
+//! and every worker is forked from it (sharing its pages), yet each worker imports the
+//! app itself, so a reload runs the new code; the master stays a single thread that
+//! Python's own signal handling does not touch.
+
+use std::path::{Path, PathBuf};
+
+use protocol_tests::harness::*;
+
+/// An app that records each import (pid per line in `imports`) and answers with what
+/// its Python sees, as `key=value` lines.
+fn probing_app(dir: &Path, version: &str) -> PathBuf {
+    let app = dir.join("probe.py");
+    let imports = dir.join("imports");
+    std::fs::write(
+        &app,
+        format!(
+            r#"import os, sys
+VERSION = {version:?}
+with open({imports:?}, "a") as f:
+    f.write("%d\n" % os.getpid())
+
+def application(environ, start_response):
+    lines = [
+        "version=%s" % VERSION,
+        "pid=%d" % os.getpid(),
+        "ppid=%d" % os.getppid(),
+        "path0=%s" % sys.path[0],
+        "executable=%s" % sys.executable,
+        "frozen=%s" % (__import__("gc").get_freeze_count() > 0),
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#,
+            imports = imports.to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    app
+}
+
+fn answer(p: &Postern) -> std::collections::HashMap<String, String> {
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn imports(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("imports"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn the_master_starts_python_once_and_each_worker_imports_the_app() {
+    let dir = tempdir();
+    let app = probing_app(dir.path(), "v1");
+    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+    let master = p.pid();
+    // Initialised once, by the master (the line carries no worker pid: count it).
+    assert_eq!(p.logs().matches("embedded Python started").count(), 1);
+    // The app is not imported in the master (lazy mode): once per worker.
+    let first = imports(dir.path());
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(!first.contains(&master.to_string()));
+    // A worker's Python: its own pid, the master as parent, the app's directory first
+    // on sys.path, the build's interpreter, the master's objects frozen for the GC.
+    let a = answer(&p);
+    assert_ne!(a["pid"], master.to_string());
+    assert_eq!(a["ppid"], master.to_string());
+    assert!(first.contains(&a["pid"]), "{a:?} {first:?}");
+    assert_eq!(
+        Path::new(&a["path0"]),
+        std::fs::canonicalize(dir.path()).unwrap()
+    );
+    assert!(a["executable"].contains("python"), "{a:?}");
+    assert_eq!(a["frozen"], "True");
+    // Fork safety: Python started no thread in the master.
+    assert_eq!(threads(master), 1);
+
+    // A reload forks new workers from the same master: they import the new code, and
+    // Python is not started again.
+    probing_app(dir.path(), "v2");
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("new workers ready", 10), "{}", p.logs());
+    assert_eq!(answer(&p)["version"], "v2");
+    assert_eq!(imports(dir.path()).len(), 4);
+    assert_eq!(p.logs().matches("embedded Python started").count(), 1);
+    assert_eq!(threads(master), 1);
+
+    // Python installed no SIGINT handler in the master: Ctrl-C is still the master's
+    // graceful stop, not a KeyboardInterrupt.
+    p.signal(libc::SIGINT);
+    let status = p.wait_exit(15).expect("the master stops on SIGINT");
+    assert!(status.success(), "{status:?}\n{}", p.logs());
+    assert!(!p.logs().contains("KeyboardInterrupt"), "{}", p.logs());
+}
+
+#[test]
+fn preload_still_imports_the_app_in_the_master_only() {
+    let dir = tempdir();
+    let app = probing_app(dir.path(), "v1");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--preload"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+    assert_eq!(imports(dir.path()), [p.pid().to_string()]);
+    assert_eq!(p.logs().matches("embedded Python started").count(), 1);
+    let a = answer(&p);
+    assert_eq!(a["ppid"], p.pid().to_string());
+    assert_eq!(threads(p.pid()), 1);
+}
