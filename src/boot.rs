@@ -88,26 +88,25 @@ pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct Privileges {
     /// Supplementary groups; `None` when this process may not change them (not root).
-    groups: Option<Vec<nix::unistd::Gid>>,
-    gid: Option<nix::unistd::Gid>,
-    uid: Option<nix::unistd::Uid>,
+    groups: Option<Vec<u32>>,
+    gid: Option<u32>,
+    uid: Option<u32>,
 }
 
 impl Privileges {
     /// `None` when neither `--uid` nor `--gid` is given.
     pub fn plan(config: &Config) -> anyhow::Result<Option<Privileges>> {
-        use nix::unistd::{getgrouplist, Gid, Uid, User};
         if config.uid.is_none() && config.gid.is_none() {
             return Ok(None);
         }
         let user = config
             .uid
-            .map(|u| User::from_uid(Uid::from_raw(u)))
+            .map(crate::users::user_by_uid)
             .transpose()
             .context("--uid: looking up the user")?
             .flatten();
-        let gid = config.gid.or(user.as_ref().map(|u| u.gid.as_raw()));
-        let Some(gid) = gid.map(Gid::from_raw) else {
+        let gid = config.gid.or(user.as_ref().map(|u| u.gid));
+        let Some(gid) = gid else {
             anyhow::bail!(
                 "--uid {} has no entry in the user database, so its group is unknown: give --gid too",
                 config.uid.unwrap_or_default()
@@ -115,15 +114,11 @@ impl Privileges {
         };
         // Only root may set supplementary groups; anyone else keeps theirs (and can only
         // "drop" to the ids it already has).
-        let groups = if nix::unistd::geteuid().is_root() {
+        let groups = if rustix::process::geteuid().is_root() {
             Some(match &user {
                 // The user's own groups (/etc/group), with `gid` as the primary one.
-                Some(u) => {
-                    let name = std::ffi::CString::new(u.name.as_bytes())
-                        .context("--uid: the user name contains a NUL byte")?;
-                    getgrouplist(&name, gid)
-                        .with_context(|| format!("--uid {}: reading its groups", u.name))?
-                }
+                Some(u) => crate::users::group_list(&u.name, gid)
+                    .with_context(|| format!("--uid {}: reading its groups", u.name))?,
                 None => vec![gid],
             })
         } else {
@@ -132,23 +127,35 @@ impl Privileges {
         Ok(Some(Privileges {
             groups,
             gid: Some(gid),
-            uid: config.uid.map(Uid::from_raw),
+            uid: config.uid,
         }))
     }
 
     /// Groups, then group, then user (the order in which each is still allowed).
     pub fn apply(&self) -> anyhow::Result<()> {
-        use nix::unistd::{setgid, setgroups, setuid};
+        // libc: rustix has only the per-thread system calls; glibc's setgroups, setgid
+        // and setuid change every thread of the process.
+        let check = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
         if let Some(groups) = &self.groups {
-            setgroups(groups).context("--uid/--gid: setting the supplementary groups")?;
+            // SAFETY: the pointer and length describe `groups`.
+            check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })
+                .context("--uid/--gid: setting the supplementary groups")?;
         }
         if let Some(g) = self.gid {
-            setgid(g).with_context(|| format!("--gid {g}"))?;
+            // SAFETY: a plain system call.
+            check(unsafe { libc::setgid(g) }).with_context(|| format!("--gid {g}"))?;
         }
         if let Some(u) = self.uid {
-            setuid(u).with_context(|| format!("--uid {u}"))?;
+            // SAFETY: a plain system call.
+            check(unsafe { libc::setuid(u) }).with_context(|| format!("--uid {u}"))?;
         }
-        tracing::info!(uid = ?self.uid.map(|u| u.as_raw()), gid = ?self.gid.map(|g| g.as_raw()), "dropped privileges");
+        tracing::info!(uid = ?self.uid, gid = ?self.gid, "dropped privileges");
         Ok(())
     }
 }
@@ -274,20 +281,21 @@ mod tests {
         // SAFETY: the child makes system calls, formats a line (glibc's fork leaves
         // malloc usable in the child), writes it to a pipe and exits; it takes no lock
         // another test thread may have held at the fork (no user-database lookup).
+        // libc: rustix's only fork skips glibc's fork handlers.
         match unsafe { libc::fork() } {
             0 => {
                 drop(r);
                 let text = match plan.apply() {
                     Ok(()) => {
-                        let groups: Vec<String> = nix::unistd::getgroups()
+                        let groups: Vec<String> = rustix::process::getgroups()
                             .unwrap_or_default()
                             .iter()
                             .map(|g| g.as_raw().to_string())
                             .collect();
                         format!(
                             "ok {} {} {}",
-                            nix::unistd::getuid(),
-                            nix::unistd::getgid(),
+                            rustix::process::getuid().as_raw(),
+                            rustix::process::getgid().as_raw(),
                             groups.join(",")
                         )
                     }
@@ -296,14 +304,17 @@ mod tests {
                 let mut w = w;
                 let _ = std::io::Write::write_all(&mut w, text.as_bytes());
                 // SAFETY: leave the forked test process without running destructors.
+                // libc: rustix has no _exit outside its experimental runtime module.
                 unsafe { libc::_exit(0) }
             }
             pid => {
                 drop(w);
                 let mut out = String::new();
                 std::io::Read::read_to_string(&mut r, &mut out).unwrap();
-                // SAFETY: reaping our own child.
-                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                let _ = rustix::process::waitpid(
+                    rustix::process::Pid::from_raw(pid),
+                    rustix::process::WaitOptions::empty(),
+                );
                 let out = out.trim();
                 match out.strip_prefix("ok ") {
                     Some(rest) => {
@@ -328,14 +339,14 @@ mod tests {
     // regression: --uid without --gid kept gid 0 and root's supplementary groups.
     #[test]
     fn uid_alone_takes_the_users_own_groups() {
-        if !nix::unistd::getuid().is_root() {
+        if !rustix::process::getuid().is_root() {
             eprintln!("SKIPPED: dropping privileges needs root");
             return;
         }
-        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let nobody = crate::users::user_by_name("nobody").unwrap().unwrap();
         let (uid, gid, groups) = dropped_in_child(&config(&["--uid", "nobody"])).unwrap();
-        assert_eq!(uid, nobody.uid.as_raw());
-        assert_eq!(gid, nobody.gid.as_raw());
+        assert_eq!(uid, nobody.uid);
+        assert_eq!(gid, nobody.gid);
         assert!(!groups.contains(&0), "still in root's group: {groups:?}");
         let (_, gid, groups) = dropped_in_child(&config(&["--gid", "65534"])).unwrap();
         assert_eq!((gid, groups), (65534, vec![65534]));

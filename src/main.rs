@@ -308,11 +308,9 @@ fn serve(
     // Until the server's own handler is installed, a SIGHUP (no reload without the
     // master) must not kill the process.
     // SAFETY: setting a signal to SIG_IGN has no handler code to be unsafe about.
+    // libc: rustix sets signal dispositions only in its experimental runtime module.
     unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGHUP,
-            nix::sys::signal::SigHandler::SigIgn,
-        );
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     logging::start_background();
     let on_ready = {
