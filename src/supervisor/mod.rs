@@ -1,7 +1,8 @@
 //! The master process (`--workers N` with N > 1): binds nothing itself (main has bound
-//! every listener before), never starts Python or a thread, and forks workers that
-//! inherit the listeners. It reaps and replaces workers that die, reloads on SIGHUP
-//! (new workers first, then the old ones drain), and stops gracefully on SIGTERM.
+//! every listener before), starts no thread (main starts Python in it, without the app
+//! unless `--preload`), and forks workers that inherit the listeners and the
+//! interpreter. It reaps and replaces workers that die, reloads on SIGHUP (new workers
+//! first, then the old ones drain), and stops gracefully on SIGTERM.
 //!
 //! Signals reach the master through a signalfd (they stay blocked in the master and
 //! are unblocked in each child), so the master is one single-threaded poll loop and
@@ -74,7 +75,8 @@ pub struct Options {
     pub chain_reload: bool,
     /// `--touch-reload`: reload when this file's mtime changes.
     pub touch_reload: Option<std::path::PathBuf>,
-    /// `--preload`: Python runs in the master; forks are bracketed for CPython.
+    /// Python runs in the master (always under main; kept as an option for callers that
+    /// start none): forks are bracketed for CPython.
     pub preload: bool,
 }
 
