@@ -110,11 +110,11 @@ impl Source for Acceptor {
             }
             let Some(ev) = events.first() else { continue };
             match Wake::decode(ev.data.u64()) {
-                wake @ (Wake::Busy(key) | Wake::Parked(key)) => {
+                Wake::Conn(key) => {
                     let Some(conn) = self.parking.get(key) else {
                         continue;
                     };
-                    match conn.woken(matches!(wake, Wake::Busy(_))) {
+                    match conn.woken() {
                         // A parked connection has its next request (or closed).
                         Woken::Read => {
                             if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
@@ -223,6 +223,7 @@ impl Acceptor {
                         &self.limits,
                         &self.fcgi,
                         started,
+                        parked,
                     )
                     .ok_or_else(|| BytesMut::from(&s[..n])),
                 )),
@@ -254,7 +255,7 @@ impl Acceptor {
             }
             Err(Errno::AGAIN | Errno::INTR) => {
                 if parked {
-                    self.parking.park(conn);
+                    self.parking.park(conn, true);
                 } else {
                     to_slow_lane(conn, BytesMut::new());
                 }

@@ -4,16 +4,16 @@
 //! ```text
 //! 0                      the ready queue's eventfd
 //! 1 ..= 2^32-1           listener i+1
-//! 2^32 + key             a parked (idle) FastCGI connection
-//! 2^32 + key | 2^62      a FastCGI connection whose request is served inline (busy)
+//! 2^32 + key             a FastCGI connection (parked, or serving a request inline:
+//!                        its owner says which, see server::fastcgi::Owner)
 //! ```
+//!
+//! A FastCGI connection keeps one registration (edge-triggered) from its first parking
+//! to its close, so whether it is idle or busy cannot be in the data without an
+//! epoll_ctl per request; the connection's owner state tells them apart.
 
-/// Listener indexes and connection keys stay below this.
+/// Listener indexes stay below this; connection keys are added to it.
 const CONN_BASE: u64 = 1 << 32;
-/// Marks a connection whose request runs inline.
-const BUSY: u64 = 1 << 62;
-/// Connection keys are below this (keys count up from 0, one per connection).
-const KEY_LIMIT: u64 = BUSY - CONN_BASE;
 
 /// One epoll event's meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,11 +22,9 @@ pub enum Wake {
     Queue,
     /// Listener `i` has a connection to accept.
     Listener(usize),
-    /// An idle FastCGI connection (its key) has its next request, or closed.
-    Parked(u64),
-    /// A FastCGI connection whose request runs inline got input (a multiplexed
-    /// request, an abort, a close): the slow lane must read it.
-    Busy(u64),
+    /// FastCGI connection `key` has input (its next request, a multiplexed one, an
+    /// abort, a close).
+    Conn(u64),
 }
 
 impl Wake {
@@ -39,8 +37,8 @@ impl Wake {
                 debug_assert!(i < CONN_BASE, "listener index out of range");
                 i
             }
-            Wake::Parked(key) => CONN_BASE + (key % KEY_LIMIT),
-            Wake::Busy(key) => (CONN_BASE + (key % KEY_LIMIT)) | BUSY,
+            // Keys count up from 0, one per connection: 2^64 - 2^32 of them.
+            Wake::Conn(key) => CONN_BASE.wrapping_add(key),
         }
     }
 
@@ -50,10 +48,8 @@ impl Wake {
             Wake::Queue
         } else if data < CONN_BASE {
             Wake::Listener((data - 1) as usize)
-        } else if data & BUSY != 0 {
-            Wake::Busy((data & !BUSY) - CONN_BASE)
         } else {
-            Wake::Parked(data - CONN_BASE)
+            Wake::Conn(data - CONN_BASE)
         }
     }
 }
@@ -69,12 +65,9 @@ mod tests {
             Wake::Listener(0),
             Wake::Listener(7),
             Wake::Listener((CONN_BASE - 2) as usize),
-            Wake::Parked(0),
-            Wake::Parked(12345),
-            Wake::Parked(KEY_LIMIT - 1),
-            Wake::Busy(0),
-            Wake::Busy(12345),
-            Wake::Busy(KEY_LIMIT - 1),
+            Wake::Conn(0),
+            Wake::Conn(12345),
+            Wake::Conn(u64::MAX - CONN_BASE),
         ] {
             assert_eq!(Wake::decode(w.encode()), w, "{w:?}");
         }
@@ -84,15 +77,6 @@ mod tests {
     fn kinds_never_share_a_value() {
         assert_eq!(Wake::Queue.encode(), 0);
         assert_eq!(Wake::Listener(0).encode(), 1);
-        assert_ne!(Wake::Parked(0).encode(), Wake::Busy(0).encode());
-        assert!(Wake::Parked(0).encode() > Wake::Listener((CONN_BASE - 2) as usize).encode());
-    }
-
-    #[test]
-    fn parked_and_busy_differ_only_in_the_busy_bit() {
-        // The parking map is keyed by the encoded value: one connection is never under
-        // both keys at once, and close_all tells idle from busy by the variant.
-        let (p, b) = (Wake::Parked(9).encode(), Wake::Busy(9).encode());
-        assert_eq!(p | BUSY, b);
+        assert!(Wake::Conn(0).encode() > Wake::Listener((CONN_BASE - 2) as usize).encode());
     }
 }

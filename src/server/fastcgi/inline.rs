@@ -14,7 +14,8 @@ use crate::wsgi::{Body, ListenerInfo, Request};
 
 /// Looks at the first bytes of a read of a held connection: a whole simple request
 /// becomes a [`Request`] served inline (the connection's owner is `Inline` then);
-/// `None` leaves the connection held, for the slow lane.
+/// `None` leaves the connection held, for the slow lane. `registered`: the connection
+/// is in the Python threads' epoll (it was woken there).
 pub fn admit_whole(
     conn: &Arc<FcgiConn>,
     buf: &[u8],
@@ -22,6 +23,7 @@ pub fn admit_whole(
     limits: &Limits,
     settings: &FcgiSettings,
     started: Instant,
+    registered: bool,
 ) -> Option<Request> {
     let max_stdin = usize::try_from(limits.spool_threshold).unwrap_or(usize::MAX);
     let whole = fcgi::whole_request(buf, limits.buffer_size, max_stdin)?;
@@ -44,7 +46,7 @@ pub fn admit_whole(
     // nginx and Apache send nothing more until END_REQUEST; anything that does come
     // on a keep-conn connection (a multiplexed request, an abort, a close) is the slow
     // lane's to read.
-    conn.serve_inline(whole.id, whole.keep_conn, Arc::clone(&flags));
+    conn.serve_inline(whole.id, whole.keep_conn, Arc::clone(&flags), registered);
     Some(Request {
         head,
         body,

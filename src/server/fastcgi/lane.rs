@@ -208,8 +208,9 @@ pub async fn serve(
         if idle && !fresh_only(fresh, served) && !lane.idle_close.is_cancelled() {
             // Idle again: the next request is the fast path's.
             drop(afd);
+            // Out of the Python threads' epoll while the lane had it.
             let parking = Arc::clone(&conn.parking);
-            parking.park(conn);
+            parking.park(conn, false);
             return;
         }
         let waiting_body = slots.values().any(|s| s.stdin.is_some());

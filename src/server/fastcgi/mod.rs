@@ -45,26 +45,34 @@ use sink::ReqFlags;
 ///
 /// ```text
 ///            accept ──> Held ──whole request──> Inline ──END_REQUEST──> Held ──> Parked
-///   Parked ──wake────> Held ──partial / EAGAIN on a fresh one──> Lane ──idle──> Parked
-///   Inline{watched} ──input (busy wake)──> Lane (adopts the running request)
+///   Parked ──input──> Held ──partial / EAGAIN on a fresh one──> Lane ──idle──> Parked
+///   Inline{watched} ──input──> Lane (adopts the running request)
 ///   any ──EOF, error, no keep-conn, stop──> Closed
 /// ```
+///
+/// Once parked, a connection stays in the Python threads' epoll, edge-triggered, until
+/// it closes or goes to the slow lane: a keep-conn request costs no epoll_ctl. Edge
+/// triggering reports new input once, so an event that finds the connection `Held`
+/// is kept in it (`input`), and whoever parks it or starts a request on it re-arms it
+/// (EPOLL_CTL_MOD reports input already there) instead of losing it.
 pub(super) enum Owner {
-    /// Idle in the Python threads' epoll, armed as [`Wake::Parked`] (one-shot).
+    /// Idle in the Python threads' epoll.
     Parked,
     /// A Python thread holds it: just accepted or woken and being read, or its inline
-    /// request has ended and END_REQUEST is being written.
-    Held,
-    /// Request `id` runs inline on a Python thread. `watched`: armed as [`Wake::Busy`]
-    /// (keep-conn), so input meanwhile (a multiplexed request, an abort, a close) wakes
-    /// a thread that hands the connection to the slow lane.
+    /// request has ended and END_REQUEST is being written. `input`: an epoll event came
+    /// meanwhile (it will not come again).
+    Held { input: bool },
+    /// Request `id` runs inline on a Python thread. `watched`: in the epoll (keep-conn),
+    /// so input meanwhile (a multiplexed request, an abort, a close) wakes a thread that
+    /// hands the connection to the slow lane.
     Inline {
         id: u16,
         keep_conn: bool,
         flags: Arc<ReqFlags>,
         watched: bool,
     },
-    /// The slow lane's task reads it; the requests on it report their end there.
+    /// The slow lane's task reads it (out of the Python threads' epoll); the requests
+    /// on it report their end there.
     Lane(mpsc::UnboundedSender<Ctl>),
     /// Nobody reads it any more; the socket closes with the last reference.
     Closed,
@@ -76,8 +84,8 @@ pub enum Woken {
     Read,
     /// Its inline request runs and input arrived: the slow lane takes it over.
     Steal(Entry),
-    /// The owner changed since the connection was armed (its request ended, the stop
-    /// closed it): nothing to do; a current arming fires on its own.
+    /// Nothing to do now: the holder learns of the input, or the connection is in the
+    /// slow lane or closed.
     Stale,
 }
 
@@ -92,23 +100,35 @@ pub(super) enum Ender {
     Nobody,
 }
 
+/// What the epoll must be told after a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arm {
+    /// Nothing: the registration stands.
+    Keep,
+    /// Register the connection (it was not in the epoll).
+    Add,
+    /// Modify the registration: reports input that arrived while the event was kept.
+    Rearm,
+}
+
 impl Owner {
-    /// A wake-up for this connection (`busy`: armed as [`Wake::Busy`]).
-    fn woken(&mut self, busy: bool) -> Woken {
-        match (std::mem::replace(self, Owner::Closed), busy) {
-            (Owner::Parked, false) => {
-                *self = Owner::Held;
+    /// An epoll event for this connection.
+    fn woken(&mut self) -> Woken {
+        match std::mem::replace(self, Owner::Closed) {
+            Owner::Parked => {
+                *self = Owner::Held { input: false };
                 Woken::Read
             }
-            (
-                Owner::Inline {
-                    id,
-                    keep_conn,
-                    flags,
-                    watched: true,
-                },
-                true,
-            ) => {
+            Owner::Held { .. } => {
+                *self = Owner::Held { input: true };
+                Woken::Stale
+            }
+            Owner::Inline {
+                id,
+                keep_conn,
+                flags,
+                watched: true,
+            } => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 *self = Owner::Lane(tx.clone());
                 Woken::Steal(Entry {
@@ -118,33 +138,48 @@ impl Owner {
                     fresh: false,
                 })
             }
-            (other, _) => {
+            other => {
                 *self = other;
                 Woken::Stale
             }
         }
     }
 
-    /// The held connection's request `id` runs inline now; true when it must be
-    /// watched (keep-conn: the front server may send more before END_REQUEST).
-    fn serve_inline(&mut self, id: u16, keep_conn: bool, flags: Arc<ReqFlags>) -> bool {
-        debug_assert!(
-            matches!(self, Owner::Held),
-            "serve_inline on a connection not held"
-        );
+    /// The held connection's request `id` runs inline now; a keep-conn one is watched
+    /// (the front server may send more before END_REQUEST). `registered`: the
+    /// connection is in the epoll already.
+    fn serve_inline(
+        &mut self,
+        id: u16,
+        keep_conn: bool,
+        flags: Arc<ReqFlags>,
+        registered: bool,
+    ) -> Arm {
+        let input = match self {
+            Owner::Held { input } => *input,
+            _ => {
+                debug_assert!(false, "serve_inline on a connection not held");
+                false
+            }
+        };
         *self = Owner::Inline {
             id,
             keep_conn,
             flags,
             watched: keep_conn,
         };
-        keep_conn
+        match (keep_conn, registered, input) {
+            (false, _, _) => Arm::Keep,
+            (true, false, _) => Arm::Add,
+            (true, true, true) => Arm::Rearm,
+            (true, true, false) => Arm::Keep,
+        }
     }
 
     /// The held connection goes to the slow lane.
     fn enter_lane(&mut self, fresh: bool) -> Entry {
         debug_assert!(
-            matches!(self, Owner::Held),
+            matches!(self, Owner::Held { .. }),
             "enter_lane on a connection not held"
         );
         let (tx, rx) = mpsc::unbounded_channel();
@@ -159,11 +194,26 @@ impl Owner {
 
     /// The holder (a Python thread, or the slow lane once idle) gives the connection
     /// back to the epoll; `open`: false when stopping or broken, then it closes.
-    /// True when parked.
-    fn park(&mut self, open: bool) -> bool {
-        debug_assert!(matches!(self, Owner::Held | Owner::Lane(_)));
-        *self = if open { Owner::Parked } else { Owner::Closed };
-        open
+    /// `None` when closed, else what the epoll needs (`registered`: it is in the epoll).
+    fn park(&mut self, open: bool, registered: bool) -> Option<Arm> {
+        let input = match self {
+            Owner::Held { input } => *input,
+            Owner::Lane(_) => false,
+            _ => {
+                debug_assert!(false, "park on a connection not held");
+                false
+            }
+        };
+        if !open {
+            *self = Owner::Closed;
+            return None;
+        }
+        *self = Owner::Parked;
+        Some(match (registered, input) {
+            (false, _) => Arm::Add,
+            (true, true) => Arm::Rearm,
+            (true, false) => Arm::Keep,
+        })
     }
 
     /// Request `id` ended: who is told.
@@ -175,7 +225,8 @@ impl Owner {
                 ..
             } if *running == id => {
                 let keep_conn = *keep_conn;
-                *self = Owner::Held;
+                // Input while it ran would have stolen it: nothing is kept.
+                *self = Owner::Held { input: false };
                 Ender::Inline { keep_conn }
             }
             Owner::Lane(tx) => Ender::Lane(tx.clone()),
@@ -216,7 +267,7 @@ pub struct FcgiConn {
     pub tcp: bool,
     /// Index of the listener it came from.
     pub listener: usize,
-    /// Names it in the Python threads' epoll ([`Wake::Parked`], [`Wake::Busy`]).
+    /// Names it in the Python threads' epoll ([`Wake::Conn`]).
     key: u64,
     /// Who reads it.
     owner: Mutex<Owner>,
@@ -247,7 +298,7 @@ impl FcgiConn {
             tcp,
             listener,
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
-            owner: Mutex::new(Owner::Held),
+            owner: Mutex::new(Owner::Held { input: false }),
             parking: Arc::clone(parking),
             write: Mutex::new(()),
             write_timeout,
@@ -325,43 +376,56 @@ impl FcgiConn {
         self.broken.load(Ordering::Acquire)
     }
 
-    /// An epoll wake-up for this connection (`busy`: it was armed as [`Wake::Busy`]).
-    pub fn woken(&self, busy: bool) -> Woken {
-        let woken = self.owner().woken(busy);
+    /// An epoll event for this connection.
+    pub fn woken(&self) -> Woken {
+        let woken = self.owner().woken();
         if let Woken::Steal(_) = woken {
-            self.parking.remove(self);
+            // The slow lane reads it through its own epoll from now on.
+            self.parking.unregister(self);
         }
         woken
     }
 
-    /// The held connection goes to the slow lane (`fresh`: it was just accepted).
+    /// The held connection goes to the slow lane (`fresh`: it was just accepted, so it
+    /// is not in the Python threads' epoll).
     pub fn enter_lane(&self, fresh: bool) -> Entry {
         let entry = self.owner().enter_lane(fresh);
-        self.parking.remove(self);
+        if !fresh {
+            self.parking.unregister(self);
+        }
         entry
     }
 
-    /// The holder is done with the connection: nobody reads it any more.
+    /// The holder is done with the connection: nobody reads it any more (closing the
+    /// socket takes it out of the epoll).
     pub fn close(&self) {
         *self.owner() = Owner::Closed;
         self.parking.remove(self);
     }
 
-    /// Request `id`, served inline, runs now; watched (armed busy) when keep-conn.
-    fn serve_inline(self: &Arc<Self>, id: u16, keep_conn: bool, flags: Arc<ReqFlags>) {
+    /// Request `id`, served inline, runs now; watched when keep-conn. `registered`:
+    /// the connection is in the epoll already (it was woken there).
+    fn serve_inline(
+        self: &Arc<Self>,
+        id: u16,
+        keep_conn: bool,
+        flags: Arc<ReqFlags>,
+        registered: bool,
+    ) {
         let mut owner = self.owner();
-        if owner.serve_inline(id, keep_conn, flags) {
+        let arm = owner.serve_inline(id, keep_conn, flags, registered);
+        if arm == Arm::Add {
             self.parking.insert(self);
-            // Armed under the owner lock: a thread woken at once finds `Inline`.
-            if let Err(e) = self.parking.arm(self, Wake::Busy(self.key)) {
-                tracing::error!(peer = %self.peer, error = %e, "cannot watch a FastCGI connection; it closes after this request");
-                if let Owner::Inline {
-                    keep_conn, watched, ..
-                } = &mut *owner
-                {
-                    *keep_conn = false;
-                    *watched = false;
-                }
+        }
+        // Under the owner lock: a thread woken at once finds `Inline`.
+        if let Err(e) = self.parking.apply(self, arm) {
+            tracing::error!(peer = %self.peer, error = %e, "cannot watch a FastCGI connection; it closes after this request");
+            if let Owner::Inline {
+                keep_conn, watched, ..
+            } = &mut *owner
+            {
+                *keep_conn = false;
+                *watched = false;
             }
         }
     }
@@ -411,7 +475,8 @@ impl FcgiConn {
                     self.abort();
                 }
                 if ok && keep_conn {
-                    self.parking.park(Arc::clone(self));
+                    // It was watched: in the epoll.
+                    self.parking.park(Arc::clone(self), true);
                 } else {
                     // FCGI_KEEP_CONN unset: the socket closes (a FIN) when the sink
                     // drops its reference, right after. No shutdown first: nothing is
@@ -431,9 +496,9 @@ impl FcgiConn {
     }
 }
 
-/// FastCGI connections in the Python threads' epoll (one-shot: the thread that is
-/// woken owns the connection until it parks it again), by key. A connection is listed
-/// while parked or inline; the slow lane and closing take it out.
+/// FastCGI connections in the Python threads' epoll, by key: listed from their first
+/// parking (or watched inline request) until they close; the slow lane takes them out
+/// of the epoll (and the list) while it reads them.
 pub struct Parking {
     epoll: Arc<OwnedFd>,
     conns: Mutex<FxHashMap<u64, Arc<FcgiConn>>>,
@@ -466,35 +531,49 @@ impl Parking {
         self.conns().remove(&conn.key);
     }
 
-    /// Arms the one-shot event for `conn`. No `registered` flag: a connection that was
-    /// never added gets ENOENT once. It is never deleted either: it stays disarmed
-    /// while another owner reads it (its one-shot event has fired, or was never
-    /// armed), and closing the socket removes it.
-    fn arm(&self, conn: &FcgiConn, wake: Wake) -> rustix::io::Result<()> {
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
-        let data = epoll::EventData::new_u64(wake.encode());
-        match epoll::modify(&*self.epoll, &conn.sock, data, flags) {
-            Err(Errno::NOENT) => epoll::add(&*self.epoll, &conn.sock, data, flags),
-            r => r,
+    /// Tells the epoll what a transition needs. Edge-triggered: an event per arrival
+    /// of input, not one per wait while it is unread (see [`Owner`]).
+    fn apply(&self, conn: &Arc<FcgiConn>, arm: Arm) -> rustix::io::Result<()> {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        let data = epoll::EventData::new_u64(Wake::Conn(conn.key).encode());
+        match arm {
+            Arm::Keep => Ok(()),
+            // The caller has listed it: an event may come as soon as it is added.
+            Arm::Add => match epoll::add(&*self.epoll, &conn.sock, data, flags) {
+                Err(Errno::EXIST) => epoll::modify(&*self.epoll, &conn.sock, data, flags),
+                r => r,
+            },
+            Arm::Rearm => match epoll::modify(&*self.epoll, &conn.sock, data, flags) {
+                Err(Errno::NOENT) => epoll::add(&*self.epoll, &conn.sock, data, flags),
+                r => r,
+            },
         }
     }
 
+    /// Out of the epoll and the list: the slow lane reads it now.
+    fn unregister(&self, conn: &FcgiConn) {
+        self.remove(conn);
+        let _ = epoll::delete(&*self.epoll, &conn.sock);
+    }
+
     /// Waits for the connection's next request in the fast path; closes it instead when
-    /// postern is stopping or the connection is broken.
-    pub fn park(&self, conn: Arc<FcgiConn>) {
-        // Listed before `open` is read; `close_all` clears `open` before it looks at
-        // the list: one of the two always sees the other.
-        self.insert(&conn);
+    /// postern is stopping or the connection is broken. `registered`: it is in the
+    /// epoll already (woken there, or watched while its request ran inline).
+    pub fn park(&self, conn: Arc<FcgiConn>, registered: bool) {
+        if !registered {
+            self.insert(&conn);
+        }
         let mut owner = conn.owner();
+        // Listed before `open` is read, and `close_all` clears `open` before it reads
+        // the list and then each owner under its lock: either it sees this connection
+        // parked, or this sees `open` cleared.
         let open = self.open.load(Ordering::SeqCst) && !conn.is_broken();
-        if owner.park(open) {
-            match self.arm(&conn, Wake::Parked(conn.key)) {
-                Ok(()) => return,
-                Err(e) => {
-                    *owner = Owner::Closed;
-                    tracing::error!(peer = %conn.peer, error = %e, "cannot wait on a FastCGI connection; closing it");
-                }
-            }
+        if let Some(arm) = owner.park(open, registered) {
+            let Err(e) = self.apply(&conn, arm) else {
+                return;
+            };
+            *owner = Owner::Closed;
+            tracing::error!(peer = %conn.peer, error = %e, "cannot wait on a FastCGI connection; closing it");
         }
         drop(owner);
         self.remove(&conn);
@@ -524,36 +603,73 @@ mod tests {
         Arc::default()
     }
 
+    const HELD: Owner = Owner::Held { input: false };
+
+    /// A request running inline on a connection woken in the epoll.
     fn inline(id: u16, keep_conn: bool) -> Owner {
-        let mut o = Owner::Held;
-        o.serve_inline(id, keep_conn, flags());
+        let mut o = HELD;
+        o.serve_inline(id, keep_conn, flags(), true);
         o
     }
 
     #[test]
     fn a_parked_connection_is_held_by_the_thread_it_wakes() {
         let mut o = Owner::Parked;
-        assert!(matches!(o.woken(false), Woken::Read));
-        assert!(matches!(o, Owner::Held));
-        // Woken again (a stale event): nothing happens.
-        assert!(matches!(o.woken(false), Woken::Stale));
-        assert!(matches!(o, Owner::Held));
+        assert!(matches!(o.woken(), Woken::Read));
+        assert!(matches!(o, Owner::Held { input: false }));
+    }
+
+    #[test]
+    fn input_while_held_is_kept_and_parking_rearms_for_it() {
+        // regression guard: edge-triggered, the event does not come again.
+        let mut o = Owner::Parked;
+        o.woken();
+        assert!(matches!(o.woken(), Woken::Stale));
+        assert!(matches!(o, Owner::Held { input: true }));
+        assert_eq!(o.park(true, true), Some(Arm::Rearm));
+        assert!(matches!(o, Owner::Parked));
+    }
+
+    #[test]
+    fn input_kept_while_held_rearms_a_keep_conn_inline_request() {
+        let mut o = Owner::Held { input: true };
+        assert_eq!(o.serve_inline(1, true, flags(), true), Arm::Rearm);
+        assert!(matches!(o, Owner::Inline { watched: true, .. }));
+    }
+
+    #[test]
+    fn a_keep_conn_request_costs_no_epoll_call_once_registered() {
+        let mut o = Owner::Parked;
+        assert!(matches!(o.woken(), Woken::Read));
+        assert_eq!(o.serve_inline(1, true, flags(), true), Arm::Keep);
+        assert!(matches!(o.end(1), Ender::Inline { keep_conn: true }));
+        assert_eq!(o.park(true, true), Some(Arm::Keep));
+        assert!(matches!(o, Owner::Parked));
+    }
+
+    #[test]
+    fn a_fresh_keep_conn_connection_is_added_once() {
+        let mut o = HELD;
+        assert_eq!(o.serve_inline(1, true, flags(), false), Arm::Add);
+        let mut o = HELD;
+        assert_eq!(o.park(true, false), Some(Arm::Add));
     }
 
     #[test]
     fn only_a_keep_conn_inline_request_is_watched() {
-        let mut o = Owner::Held;
-        assert!(o.serve_inline(1, true, flags()));
-        assert!(matches!(o, Owner::Inline { watched: true, .. }));
-        let mut o = Owner::Held;
-        assert!(!o.serve_inline(1, false, flags()));
+        let mut o = HELD;
+        assert_eq!(o.serve_inline(1, false, flags(), false), Arm::Keep);
         assert!(matches!(o, Owner::Inline { watched: false, .. }));
+        assert!(matches!(
+            inline(1, true),
+            Owner::Inline { watched: true, .. }
+        ));
     }
 
     #[test]
     fn input_during_an_inline_request_hands_it_to_the_lane() {
         let mut o = inline(7, true);
-        let Woken::Steal(entry) = o.woken(true) else {
+        let Woken::Steal(entry) = o.woken() else {
             panic!("not stolen")
         };
         assert!(matches!(entry.adopted, Some((7, true, _))));
@@ -565,32 +681,24 @@ mod tests {
         };
         assert!(tx.same_channel(&entry.tx));
         assert!(matches!(o, Owner::Lane(_)));
+        // Late events find the lane: nothing to do.
+        assert!(matches!(o.woken(), Woken::Stale));
     }
 
     #[test]
-    fn a_busy_wake_after_the_request_ended_is_stale() {
-        // The request ended (END_REQUEST being written) as the busy event fired.
+    fn input_after_the_request_ended_is_kept_for_the_parking() {
+        // The request ended (END_REQUEST being written) as the next one arrived.
         let mut o = inline(3, true);
         assert!(matches!(o.end(3), Ender::Inline { keep_conn: true }));
-        assert!(matches!(o.woken(true), Woken::Stale));
-        assert!(matches!(o, Owner::Held));
-        // Parked again, the stale busy event still does nothing; a parked one reads.
-        assert!(o.park(true));
-        assert!(matches!(o.woken(true), Woken::Stale));
-        assert!(matches!(o.woken(false), Woken::Read));
-    }
-
-    #[test]
-    fn a_parked_wake_never_steals_an_inline_request() {
-        let mut o = inline(3, true);
-        assert!(matches!(o.woken(false), Woken::Stale));
-        assert!(matches!(o, Owner::Inline { id: 3, .. }));
+        assert!(matches!(o.woken(), Woken::Stale));
+        assert_eq!(o.park(true, true), Some(Arm::Rearm));
+        assert!(matches!(o.woken(), Woken::Read));
     }
 
     #[test]
     fn an_unwatched_inline_request_is_not_stolen() {
         let mut o = inline(3, false);
-        assert!(matches!(o.woken(true), Woken::Stale));
+        assert!(matches!(o.woken(), Woken::Stale));
         assert!(matches!(o.end(3), Ender::Inline { keep_conn: false }));
     }
 
@@ -601,18 +709,20 @@ mod tests {
         assert!(matches!(o, Owner::Inline { id: 3, .. }));
         let mut o = Owner::Closed;
         assert!(matches!(o.end(3), Ender::Nobody));
+        assert!(matches!(o.woken(), Woken::Stale));
     }
 
     #[test]
     fn the_lane_parks_an_idle_connection_unless_stopping() {
-        let mut o = Owner::Held;
+        let mut o = HELD;
         let entry = o.enter_lane(true);
         assert!(entry.fresh && entry.adopted.is_none());
-        assert!(o.park(true));
+        // The lane took it out of the epoll: parking adds it again.
+        assert_eq!(o.park(true, false), Some(Arm::Add));
         assert!(matches!(o, Owner::Parked));
-        let mut o = Owner::Held;
+        let mut o = HELD;
         let _entry = o.enter_lane(false);
-        assert!(!o.park(false));
+        assert_eq!(o.park(false, false), None);
         assert!(matches!(o, Owner::Closed));
     }
 
@@ -621,7 +731,7 @@ mod tests {
         let mut o = Owner::Parked;
         assert!(o.close_if_parked());
         assert!(matches!(o, Owner::Closed));
-        for mut o in [Owner::Held, inline(1, true)] {
+        for mut o in [HELD, inline(1, true)] {
             assert!(!o.close_if_parked());
             assert!(!matches!(o, Owner::Closed));
         }
