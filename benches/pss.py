@@ -6,9 +6,10 @@ the processes that map it, so the sum over the master and its workers is what th
 server really costs: pages the workers share with the master (copy-on-write after the
 fork, the libraries) count once. Starts each server on its own Unix socket with the
 same app and worker settings, waits until every worker answers, measures (idle), sends
-N requests straight over the uwsgi protocol (no front server), measures again.
+N requests straight over the uwsgi protocol (no front server) and keeps the largest
+sum measured meanwhile (under load).
 
-    python3 benches/pss.py                       # 2 workers x 1 thread, 2,000 requests
+    python3 benches/pss.py                       # 2 workers x 1 thread, 20,000 requests
     python3 benches/pss.py --detail              # also: where the PSS is, per mapping
     python3 benches/pss.py --postern-args=--preload
 
@@ -141,11 +142,17 @@ def measure(name, cmd, sock_path, processes, n, conc, want_detail):
         ts = [threading.Thread(target=client, args=(n // conc,)) for _ in range(conc)]
         for t in ts:
             t.start()
+        # Under load: the largest PSS sampled while the clients run.
+        loaded = 0
+        while any(t.is_alive() for t in ts):
+            try:
+                loaded = max(loaded, sum(pss_kib(p) for p in tree(proc.pid)))
+            except OSError:
+                pass
+            time.sleep(0.1)
         for t in ts:
             t.join()
-        pids = tree(proc.pid)
-        after = sum(pss_kib(p) for p in pids)
-        return len(pids), idle, idle_anon, after, idle_detail
+        return len(pids), idle, idle_anon, loaded, idle_detail
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -158,7 +165,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--app", default=os.path.join(ROOT, "examples/hello.py"))
     ap.add_argument("--postern-bin", default=os.path.join(ROOT, "target/release/postern"))
@@ -201,7 +208,8 @@ def main():
         for name, rows in results.items():
             med = [statistics.median(col) / 1024 for col in zip(*rows)]
             print(f"{name:8} {a.workers + 1} processes, median of {a.rounds}: PSS idle {med[0]:.1f} MiB "
-                  f"(anonymous {med[1]:.1f}), after {a.requests} requests {med[2]:.1f} MiB")
+                  f"(anonymous {med[1]:.1f}), under load (largest during {a.requests} requests, "
+                  f"{a.concurrency} clients) {med[2]:.1f} MiB")
         print("command: python3 benches/pss.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
