@@ -104,6 +104,53 @@ fn a_master_whose_app_cannot_start_leaves_no_socket_files() {
     }
 }
 
+// The master removes the socket files when it stops, the --stats one included; a worker
+// that exits before it (recycled by --max-requests) holds copies of the guards and
+// leaves the files to the master and to its successor.
+#[test]
+fn socket_files_outlive_recycled_workers_and_go_with_the_server() {
+    let dir = tempdir();
+    for workers in ["1", "2"] {
+        let stats = dir.path().join(format!("stats-{workers}.sock"));
+        let mut p = Spawn::unix(dir.path(), &testapp())
+            .args([
+                "--master",
+                "--workers",
+                workers,
+                "--max-requests",
+                "1",
+                "--stats",
+            ])
+            .arg(format!("unix:{}", stats.display()))
+            .start();
+        let Addr::Unix(sock) = p.addr.clone() else {
+            unreachable!("Spawn::unix")
+        };
+        let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+        assert_eq!(parse_http(&raw(&p.addr, &pkt)).unwrap().status, 200);
+        assert!(
+            p.wait_log("cause=\"max-requests\"", 10),
+            "workers {workers}: {}",
+            p.logs()
+        );
+        assert!(
+            sock.exists() && stats.exists(),
+            "workers {workers}: {}",
+            p.logs()
+        );
+        // The replacement serves on the same socket file.
+        assert_eq!(parse_http(&raw(&p.addr, &pkt)).unwrap().status, 200);
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(40).expect("the master exits");
+        assert!(status.success(), "{}", p.logs());
+        assert!(!sock.exists(), "workers {workers}: the socket file is left");
+        assert!(
+            !stats.exists(),
+            "workers {workers}: the stats socket is left"
+        );
+    }
+}
+
 #[test]
 fn a_missing_callable_is_named() {
     let dir = tempdir();
