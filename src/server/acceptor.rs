@@ -8,11 +8,11 @@
 use std::cell::RefCell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rustix::buffer::spare_capacity;
-use rustix::event::epoll;
+use rustix::event::{epoll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
@@ -323,7 +323,13 @@ impl Acceptor {
                 Ok(Some(Frame::Head(head))) => {
                     let len = head.content_length;
                     let fits = self.limits.max_body.is_none_or(|m| len <= m);
-                    if fits && (len as usize) <= buf.len() && len <= self.limits.spool_threshold {
+                    let in_memory = fits && len <= self.limits.spool_threshold;
+                    // A body simply larger than one read (an upload nginx has buffered)
+                    // is read here, not handed to the slow lane and back.
+                    let whole = in_memory
+                        && ((len as usize) <= buf.len()
+                            || read_rest(&sock, &mut buf, len as usize, self.limits.read_timeout));
+                    if whole {
                         let body = if len == 0 {
                             Body::Empty
                         } else {
@@ -360,6 +366,48 @@ impl Acceptor {
         );
         None
     }
+}
+
+/// Longest pause in a body's arrival that a Python thread waits out: a body that keeps
+/// coming (nginx sends what it buffered at once) is read on the thread; a slower one
+/// goes to the slow lane, so a slow peer never holds a Python thread.
+const BODY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Reads until `buf` holds `want` bytes, as long as they keep arriving (no pause over
+/// [`BODY_PAUSE`], nor over `--read-timeout`). False: not all there; what was read is
+/// in `buf`, for the slow lane (which meets the same EOF or error again).
+fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, timeout: Duration) -> bool {
+    let pause = BODY_PAUSE.min(timeout);
+    let ts = Timespec {
+        tv_sec: pause.as_secs() as i64,
+        tv_nsec: i64::from(pause.subsec_nanos()),
+    };
+    while buf.len() < want {
+        if buf.capacity() == buf.len() {
+            // Grow with the data, not with what the peer announced.
+            buf.reserve((want - buf.len()).min(256 * 1024));
+        }
+        let spare = buf.spare_capacity_mut();
+        match rustix::net::recv(sock.as_fd(), spare, RecvFlags::empty()) {
+            Ok(((init, _), _)) if init.is_empty() => return false,
+            Ok(((init, _), _)) => {
+                let n = init.len();
+                // SAFETY: recv initialised the first `n` spare bytes.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                let mut fds = [PollFd::new(sock, PollFlags::IN)];
+                match rustix::event::poll(&mut fds, Some(&ts)) {
+                    Ok(0) => return false,
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(_) => return false,
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 fn accept_error<T>(l: &Listener, e: Errno) -> Option<T> {
