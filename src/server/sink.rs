@@ -28,6 +28,25 @@ pub fn send_all(sock: &socket2::Socket, mut data: &[u8], timeout: Duration) -> i
     Ok(())
 }
 
+/// Writes all of `bufs` in order with vectored sends (no copy into one buffer),
+/// waiting like [`send_all`]. `bufs` is consumed as it is sent.
+pub fn send_all_vectored(
+    sock: &socket2::Socket,
+    mut bufs: &mut [io::IoSlice<'_>],
+    timeout: Duration,
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        match rustix::net::sendmsg(sock.as_fd(), bufs, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(Errno::AGAIN) => wait_writable(sock, timeout)?,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Waits until the socket can take more bytes, or `t` passes.
 fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
     let ts = Timespec {

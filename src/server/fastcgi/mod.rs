@@ -33,8 +33,9 @@ use rustix::io::Errno;
 use tokio::sync::mpsc;
 
 pub use super::lane::FcgiSettings;
-use super::sink::send_all;
+use super::sink::{send_all, send_all_vectored};
 use super::wake::Wake;
+use crate::proto::fastcgi as fcgi;
 pub use inline::admit_whole;
 pub use lane::serve;
 pub use sink::FcgiSink;
@@ -326,6 +327,69 @@ impl FcgiConn {
         r
     }
 
+    /// `data` as STDOUT records of request `id`, then `tail` (whole records), sent
+    /// the cheapest way for their size: copied into one buffer when small, vectored
+    /// (no copy) when large.
+    pub(super) fn send_stdout(&self, id: u16, data: &[u8], tail: &[u8]) -> io::Result<()> {
+        // Below this, one copy costs less than building the slices.
+        const VECTORED_MIN: usize = 16 * 1024;
+        if data.len() >= VECTORED_MIN {
+            return self.write_stream(fcgi::STDOUT, id, data, tail);
+        }
+        let records = data.len().div_ceil(fcgi::MAX_CONTENT);
+        let mut out = Vec::with_capacity(data.len() + records * 16 + tail.len());
+        fcgi::encode_stream(&mut out, fcgi::STDOUT, id, data);
+        out.extend_from_slice(tail);
+        self.write(&out)
+    }
+
+    /// Writes `data` as `kind` records of request `id`, then `tail` (whole records),
+    /// without copying `data`: record headers and padding go around slices of it in
+    /// vectored sends. For large responses; records never interleave with others.
+    fn write_stream(&self, kind: u8, id: u16, data: &[u8], tail: &[u8]) -> io::Result<()> {
+        // Records per send: three slices each, well under IOV_MAX (1024).
+        const BATCH: usize = 128;
+        const PAD: [u8; 7] = [0; 7];
+        if self.is_broken() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the FastCGI connection is closed",
+            ));
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
+        let batches = chunks.len().div_ceil(BATCH);
+        let mut r = Ok(());
+        if batches == 0 {
+            r = send_all(&self.sock, tail, self.write_timeout);
+        }
+        for (i, batch) in chunks.chunks(BATCH).enumerate() {
+            let heads: Vec<([u8; fcgi::HEADER_LEN], usize)> = batch
+                .iter()
+                .map(|c| fcgi::stream_header(kind, id, c.len()))
+                .collect();
+            let mut iov = Vec::with_capacity(batch.len() * 3 + 1);
+            for (chunk, (head, pad)) in batch.iter().zip(&heads) {
+                iov.push(io::IoSlice::new(head));
+                iov.push(io::IoSlice::new(chunk));
+                if *pad > 0 {
+                    iov.push(io::IoSlice::new(&PAD[..*pad]));
+                }
+            }
+            if i + 1 == batches && !tail.is_empty() {
+                iov.push(io::IoSlice::new(tail));
+            }
+            r = send_all_vectored(&self.sock, &mut iov, self.write_timeout);
+            if r.is_err() {
+                break;
+            }
+        }
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
+    }
+
     /// Writes `data` unless `done` is set by then (checked under the write lock, so a
     /// late `wsgi.errors` line never follows END_REQUEST).
     fn write_unless(&self, data: &[u8], done: &AtomicBool) -> io::Result<()> {
@@ -430,14 +494,19 @@ impl FcgiConn {
         }
     }
 
-    /// The one end of every request, inline or in the slow lane: the last records
-    /// through END_REQUEST (`tail`, or none: the response is cut and the connection
-    /// aborted), then whoever reads the connection next takes it. Who that is is settled
+    /// The one end of every request, inline or in the slow lane: the last STDOUT bytes
+    /// and the records through END_REQUEST (`last`, or none: the response is cut and
+    /// the connection aborted), then whoever reads the connection next takes it. Who that is is settled
     /// before END_REQUEST goes out: the front server may send its next request the
     /// moment it has it. False when the write failed (or there was none).
-    fn end_request(self: &Arc<Self>, id: u16, keep_conn: bool, tail: Option<&[u8]>) -> bool {
+    fn end_request(
+        self: &Arc<Self>,
+        id: u16,
+        keep_conn: bool,
+        last: Option<(&[u8], &[u8])>,
+    ) -> bool {
         let ender = self.owner().end(id);
-        let Some(tail) = tail else {
+        let Some((data, tail)) = last else {
             // No END_REQUEST: the front server must not take a cut response as whole.
             self.abort();
             match ender {
@@ -457,7 +526,7 @@ impl FcgiConn {
                 if keep_conn {
                     let _ = tx.send(Ctl::Done { id, reuse: true });
                 }
-                let ok = self.write(tail).is_ok();
+                let ok = self.send_stdout(id, data, tail).is_ok();
                 if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
@@ -469,7 +538,7 @@ impl FcgiConn {
             }
             Ender::Inline { keep_conn } => {
                 // Held by this thread now: a busy wake-up that fires meanwhile is stale.
-                let ok = self.write(tail).is_ok();
+                let ok = self.send_stdout(id, data, tail).is_ok();
                 if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
@@ -490,7 +559,7 @@ impl FcgiConn {
             }
             Ender::Nobody => {
                 // Its reader is gone (the connection failed): this write fails too.
-                self.write(tail).is_ok()
+                self.send_stdout(id, data, tail).is_ok()
             }
         }
     }

@@ -96,30 +96,26 @@ impl FcgiSink {
         fcgi::encode_end_request(out, self.id, 0, ProtocolStatus::RequestComplete);
     }
 
-    /// The end, answered (`Some`: the last records, through END_REQUEST) or cut;
-    /// false when the last write failed.
-    fn end(&mut self, last: Option<Vec<u8>>) -> bool {
+    /// The end: answered (`Some`: the last STDOUT bytes, then the tail through
+    /// END_REQUEST) or cut; false when the last write failed.
+    fn end(&mut self, last: Option<&[u8]>) -> bool {
         self.finished = true;
         // Set before END_REQUEST goes out: no STDERR line may follow it.
         self.flags.done.store(true, Ordering::Release);
+        let Some(data) = last else {
+            return self.conn.end_request(self.id, self.keep_conn, None);
+        };
+        let mut tail = Vec::with_capacity(40);
+        self.tail_into(&mut tail);
         self.conn
-            .end_request(self.id, self.keep_conn, last.as_deref())
-    }
-
-    /// `data` as STDOUT records, with room for the tail.
-    fn stdout(&self, data: &[u8]) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(data.len() + 16 * (data.len() / fcgi::MAX_CONTENT + 1) + 40);
-        fcgi::encode_stream(&mut out, fcgi::STDOUT, self.id, data);
-        out
+            .end_request(self.id, self.keep_conn, Some((data, &tail)))
     }
 }
 
 impl Sink for FcgiSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
-        let out = self.stdout(data);
-        self.conn.write(&out)?;
+        self.conn.send_stdout(self.id, data, &[])?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -127,9 +123,7 @@ impl Sink for FcgiSink {
     /// The last STDOUT records and END_REQUEST leave in one send.
     fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
-        let mut out = self.stdout(data);
-        self.tail_into(&mut out);
-        if !self.end(Some(out)) {
+        if !self.end(Some(data)) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the front server closed the connection before END_REQUEST",
@@ -176,12 +170,7 @@ impl Sink for FcgiSink {
             End::ClientGone(_) => aborted && !self.conn.is_broken(),
             End::Incomplete(_) => false,
         };
-        let last = answer.then(|| {
-            let mut tail = Vec::with_capacity(40);
-            self.tail_into(&mut tail);
-            tail
-        });
-        self.end(last);
+        self.end(answer.then_some(&[][..]));
         sent
     }
 
