@@ -830,3 +830,151 @@ fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
     let status = p.wait_exit(40).expect("the master exits");
     assert!(status.success(), "{}", p.logs());
 }
+
+/// The pids of the master's children (workers, and the stats helper if any).
+fn children(master: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What a process's descriptors point to (`anon_inode:inotify`, `pipe:[..]`, ...).
+fn descriptors(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sets `file`'s mtime `secs` seconds from now (a touch no clock granularity can hide).
+fn touch_later(file: &std::path::Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(secs))
+        .unwrap();
+}
+
+// regression: --touch-reload watched the directory the path led to at start; after a
+// Capistrano-style `current -> releases/N` swap, neither the swap nor later touches of
+// current/tmp/restart.txt reloaded (the old release's directory was still watched).
+#[test]
+fn touch_reload_follows_a_swapped_current_symlink() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    for r in ["1", "2"] {
+        std::fs::create_dir_all(dir.path().join("releases").join(r).join("tmp")).unwrap();
+        std::fs::write(
+            dir.path().join("releases").join(r).join("tmp/restart.txt"),
+            "",
+        )
+        .unwrap();
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink(dir.path().join("releases/1"), &current).unwrap();
+    let touch = current.join("tmp/restart.txt");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--touch-reload", &touch.to_string_lossy()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let reloads = |p: &Postern| p.logs().matches("--touch-reload file changed").count();
+    let wait_reloads = |p: &Postern, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads(p) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        reloads(p) >= n
+    };
+    // The deploy: a new release, then `ln -sfn` + `mv -T` over `current`.
+    touch_later(&dir.path().join("releases/2/tmp/restart.txt"), 5);
+    let tmp = dir.path().join("current.new");
+    std::os::unix::fs::symlink(dir.path().join("releases/2"), &tmp).unwrap();
+    std::fs::rename(&tmp, &current).unwrap();
+    assert!(wait_reloads(&p, 1), "the swap: {}", p.logs());
+    // A later touch through the swapped link.
+    touch_later(&touch, 10);
+    assert!(wait_reloads(&p, 2), "a touch after the swap: {}", p.logs());
+}
+
+// regression: the --touch-reload inotify descriptor (held outside the master's state)
+// crossed the fork into every worker started after the first ones.
+#[test]
+fn workers_hold_none_of_the_masters_descriptors() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let touch = dir.path().join("reload.touch");
+    std::fs::write(&touch, "").unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--touch-reload", &touch.to_string_lossy()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let master = descriptors(p.pid());
+    assert!(master.iter().any(|d| d.contains("inotify")), "{master:?}");
+    // Workers forked by reloads, after the watch exists.
+    for n in 1..=3 {
+        p.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while p.logs().matches("new workers ready").count() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(
+            p.logs().matches("new workers ready").count() >= n,
+            "{}",
+            p.logs()
+        );
+        for pid in children(p.pid()) {
+            let fds = descriptors(pid);
+            assert!(
+                !fds.iter()
+                    .any(|d| d.contains("inotify") || d.contains("signalfd")),
+                "worker {pid}: {fds:?}"
+            );
+        }
+    }
+}
+
+// regression: a worker kept SIGTERM blocked while it booted and only its main thread
+// unblocked it, so every thread it started (the Python threads that run requests) had
+// it blocked, and so did every process the app started from them: SIGTERM could not
+// stop them.
+#[test]
+fn a_process_the_app_starts_stops_on_sigterm() {
+    let dir = tempdir();
+    let app = dir.path().join("spawner.py");
+    std::fs::write(
+        &app,
+        "import os\n\ndef application(environ, start_response):\n    pid = os.fork()\n    if pid == 0:\n        os.execvp('sleep', ['sleep', '300'])\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(pid).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    let child: i32 = String::from_utf8_lossy(&body).trim().parse().unwrap();
+    let state =
+        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let blocked = state(child)
+        .lines()
+        .find(|l| l.starts_with("SigBlk:"))
+        .map(|l| l.to_owned());
+    // SAFETY: kill(2) on a process this test's app started.
+    unsafe { libc::kill(child, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = |s: String| s.is_empty() || s.contains("State:\tZ");
+    while !gone(state(child)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let stopped = gone(state(child));
+    // SAFETY: as above (cleanup if it survived).
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    assert!(stopped, "SIGTERM did not stop it ({blocked:?})");
+}

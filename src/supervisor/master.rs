@@ -11,7 +11,7 @@
 //! lookup reads memory valgrind does not map, and the master must run under valgrind.
 
 use std::collections::VecDeque;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +98,9 @@ struct Master {
     /// The master's signals (None in a child just forked: it is closed there).
     sfd: Option<SignalFd>,
     mask: SigSet,
+    /// `--touch-reload`'s watch (its inotify descriptor is the master's: dropped in
+    /// each child, like the signalfd).
+    touch: Option<TouchReload>,
 }
 
 /// Runs the master until a stop. `worker` runs in each forked child and returns the
@@ -136,6 +139,7 @@ pub fn run(
         stats,
         sfd: Some(sfd),
         mask,
+        touch: None,
     };
     tracing::info!(
         master = std::process::id(),
@@ -147,9 +151,9 @@ pub fn run(
     for _ in 0..m.target {
         m.spawn(&worker, Cause::Boot)?;
     }
-    let mut touch = opts.touch_reload.clone().map(TouchReload::new);
+    m.touch = opts.touch_reload.clone().map(TouchReload::new);
     loop {
-        if let Some(t) = &mut touch {
+        if let Some(t) = &mut m.touch {
             if t.changed() {
                 tracing::info!(file = %t.path().display(), "--touch-reload file changed");
                 m.reload(&worker)?;
@@ -161,10 +165,10 @@ pub fn run(
         m.reap()?;
         due = earliest(due, m.fill(&worker)?);
         due = earliest(due, m.keep_stats()?);
-        due = earliest(due, touch.as_ref().and_then(|t| t.due()));
+        due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
         m.board
             .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
-        for i in m.wait(due, touch.as_ref().and_then(|t| t.fd())) {
+        for i in m.wait(due) {
             m.check_status(i);
         }
         while let Some(sig) = m.signals().read() {
@@ -247,11 +251,15 @@ impl Master {
             .any(|w| w.generation < self.generation && w.phase.active())
     }
 
-    /// Sleeps until a signal, a status pipe, an event on `also` or `due`; returns the
-    /// workers whose status pipe is readable (or closed).
-    fn wait(&self, due: Option<Instant>, also: Option<BorrowedFd<'_>>) -> Vec<usize> {
+    /// Sleeps until a signal, a status pipe, a `--touch-reload` event or `due`;
+    /// returns the workers whose status pipe is readable (or closed).
+    fn wait(&self, due: Option<Instant>) -> Vec<usize> {
         let mut fds = vec![PollFd::new(self.signals(), PollFlags::IN)];
-        let also = also.map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
+        let also = self
+            .touch
+            .as_ref()
+            .and_then(|t| t.fd())
+            .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
         let pipes: Vec<usize> = self
             .workers
             .iter()
@@ -731,12 +739,15 @@ impl Master {
         signals::ignore(libc::SIGINT);
         let _ = self.mask.unblock();
         if worker {
-            // A worker keeps SIGTERM pending until it serves (the server unblocks it
-            // once its handler is in place): stopped while it boots, it must still
-            // serve the listen queue of a stopping server, not die with it.
-            let _ = SigSet::of(&[libc::SIGTERM]).block();
+            // A worker holds a SIGTERM until it serves (announce_ready passes it on
+            // once the server's handler is in place): stopped while it boots, it must
+            // still serve the listen queue of a stopping server, not die with it.
+            if let Err(e) = signals::hold_term() {
+                tracing::warn!(error = %e, "cannot hold a SIGTERM while this worker boots");
+            }
         }
         self.sfd = None;
+        self.touch = None;
         for w in self.workers.drain(..) {
             drop(w.status);
         }

@@ -1,9 +1,12 @@
 //! `--touch-reload FILE`: a reload when the file's mtime changes.
 //!
 //! The master learns of changes from inotify on the file's directory (which also sees
-//! the file created, replaced by a rename or deleted), and on the directory of the
-//! file a symlink points to. An event naming the file is only a hint to compare the
-//! mtime, as before; writes to other files there cost no stat.
+//! the file created, replaced by a rename or deleted), on the directory of the file a
+//! symlink points to, and on the directory holding each symlink along the path (a
+//! Capistrano-style `current -> releases/N` swap). An event naming one of these is
+//! only a hint: the watches are set up again along the path as it now resolves (a
+//! watch follows a directory, not a path), then the mtime is compared as before;
+//! writes to other files there cost no stat.
 //! Where inotify cannot watch (no such directory, out of watches) or would miss
 //! changes (a network or FUSE filesystem, where another machine or the host of a
 //! container may write), it reads the mtime every 200 ms instead.
@@ -15,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 
 /// How often the mtime is read where inotify cannot watch.
 const POLL: Duration = Duration::from_millis(200);
@@ -82,6 +85,16 @@ impl TouchReload {
             if !w.named() {
                 return false;
             }
+            // The path may resolve elsewhere now (a symlink swapped, a directory
+            // replaced): watch where it leads today. Before the stat, so a change
+            // made meanwhile is seen by the comparison below.
+            self.inotify = match watch(&self.path) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), error = %e, "cannot watch the --touch-reload file's directory any more; reading its mtime every 200 ms instead");
+                    None
+                }
+            };
         }
         let now = mtime(&self.path);
         if now == self.mtime {
@@ -93,28 +106,45 @@ impl TouchReload {
 }
 
 impl Watch {
-    /// Reads every pending event; whether one concerns the file (or the queue
-    /// overflowed, which could hide one).
+    /// Reads every pending event; whether one concerns the file or a symlink on its
+    /// way (or the queue overflowed, which could hide one, or a watched directory
+    /// itself went: those events name nothing).
     fn named(&self) -> bool {
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
         let mut events = inotify::Reader::new(&self.fd, &mut buf);
         let mut named = false;
         while let Ok(e) = events.next() {
-            named |= e.events().contains(ReadFlags::QUEUE_OVERFLOW)
-                || e.file_name()
-                    .is_some_and(|n| self.names.iter().any(|m| m.as_bytes() == n.to_bytes()));
+            named |= match e.file_name() {
+                Some(n) => self.names.iter().any(|m| m.as_bytes() == n.to_bytes()),
+                None => true,
+            };
         }
         named
     }
 }
 
-/// An inotify descriptor watching the directories where a change to `path` shows.
+/// An inotify descriptor watching the directories where a change to `path` shows: its
+/// own directory, the directory of each symlink on the way to it (whose swap changes
+/// what the path names) and the directory of the file it finally names.
 fn watch(path: &Path) -> std::io::Result<Watch> {
-    let dir = dir_of(path);
-    if let Some(kind) = remote(dir) {
-        return Err(std::io::Error::other(format!(
-            "it is on a {kind} filesystem, where inotify misses changes made elsewhere"
-        )));
+    let path = std::path::absolute(path)?;
+    // (directory, name in it) pairs; watching a directory twice is one watch.
+    let mut places: Vec<(PathBuf, OsString)> = Vec::new();
+    let mut prefix = PathBuf::new();
+    for part in path.components() {
+        prefix.push(part);
+        let is_link = std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.is_symlink());
+        if is_link || prefix == path {
+            if let Some(name) = prefix.file_name() {
+                places.push((dir_of(&prefix).to_owned(), name.to_owned()));
+            }
+        }
+    }
+    // A symlink: its target's mtime is what counts, and it changes elsewhere.
+    if let Ok(target) = std::fs::canonicalize(&path) {
+        if let Some(name) = target.file_name() {
+            places.push((dir_of(&target).to_owned(), name.to_owned()));
+        }
     }
     let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
     let flags = WatchFlags::ATTRIB
@@ -123,21 +153,19 @@ fn watch(path: &Path) -> std::io::Result<Watch> {
         | WatchFlags::CREATE
         | WatchFlags::DELETE
         | WatchFlags::MOVED_TO
-        | WatchFlags::MOVED_FROM;
-    inotify::add_watch(&fd, dir, flags)?;
-    let mut names: Vec<OsString> = path.file_name().map(|n| n.to_owned()).into_iter().collect();
-    // A symlink: its target's mtime is what counts, and it changes elsewhere.
-    if let Ok(target) = std::fs::canonicalize(path) {
-        let target_dir = dir_of(&target);
-        if target_dir != dir {
-            if let Some(kind) = remote(target_dir) {
-                return Err(std::io::Error::other(format!(
-                    "its symlink's target is on a {kind} filesystem, where inotify misses changes made elsewhere"
-                )));
-            }
-            inotify::add_watch(&fd, target_dir, flags)?;
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF;
+    let mut names = Vec::new();
+    for (dir, name) in places {
+        if let Some(kind) = remote(&dir) {
+            return Err(std::io::Error::other(format!(
+                "{} is on a {kind} filesystem, where inotify misses changes made elsewhere",
+                dir.display()
+            )));
         }
-        names.extend(target.file_name().map(|n| n.to_owned()));
+        inotify::add_watch(&fd, &dir, flags)?;
+        names.push(name);
     }
     Ok(Watch { fd, names })
 }
@@ -217,6 +245,87 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
+        assert!(t.changed());
+    }
+
+    /// Sets `file`'s mtime `secs` seconds from now.
+    fn set_mtime(file: &Path, secs: u64) {
+        let later = SystemTime::now() + Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
+
+    /// Points the symlink `link` at `target` the way deploy tools do (a new link
+    /// renamed over the old one).
+    fn swap_link(target: &Path, link: &Path) {
+        let tmp = link.with_extension("new");
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        std::fs::rename(&tmp, link).unwrap();
+    }
+
+    // regression: a watch follows the directory it was set on, so after a
+    // Capistrano-style `current` swap the file in the new release was never watched.
+    #[test]
+    fn a_swapped_directory_symlink_on_the_path_is_followed() {
+        let root = tempfile::tempdir().unwrap();
+        for r in ["1", "2"] {
+            std::fs::create_dir_all(root.path().join(r).join("tmp")).unwrap();
+            std::fs::write(root.path().join(r).join("tmp/restart.txt"), "").unwrap();
+        }
+        let current = root.path().join("current");
+        std::os::unix::fs::symlink(root.path().join("1"), &current).unwrap();
+        let mut t = TouchReload::new(current.join("tmp/restart.txt"));
+        assert!(t.fd().is_some());
+        set_mtime(&root.path().join("2/tmp/restart.txt"), 5);
+        swap_link(&root.path().join("2"), &current);
+        assert!(t.changed(), "the swap names another file");
+        assert!(!t.changed());
+        set_mtime(&root.path().join("2/tmp/restart.txt"), 10);
+        assert!(t.changed(), "a touch in the new release");
+        // The old release is not watched any more.
+        set_mtime(&root.path().join("1/tmp/restart.txt"), 15);
+        assert!(!t.changed());
+    }
+
+    #[test]
+    fn a_retargeted_file_symlink_is_followed() {
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let (first, second) = (b.path().join("one"), c.path().join("two"));
+        std::fs::write(&first, "").unwrap();
+        std::fs::write(&second, "").unwrap();
+        let link = a.path().join("reload.touch");
+        std::os::unix::fs::symlink(&first, &link).unwrap();
+        let mut t = TouchReload::new(link.clone());
+        set_mtime(&second, 5);
+        swap_link(&second, &link);
+        assert!(t.changed());
+        set_mtime(&second, 10);
+        assert!(t.changed(), "a touch of the new target");
+    }
+
+    #[test]
+    fn a_deleted_and_recreated_directory_is_watched_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("tmp");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("restart.txt");
+        std::fs::write(&file, "").unwrap();
+        let mut t = TouchReload::new(file.clone());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert!(t.changed(), "the file is gone");
+        std::fs::write(&file, "").unwrap();
+        // The new directory's events arrive only if it is watched.
+        assert!(t.changed(), "the file is back");
+        set_mtime(&file, 5);
         assert!(t.changed());
     }
 

@@ -15,8 +15,13 @@ pub(super) const READY: u8 = b'R';
 /// replacement while it drains.
 pub(super) const RECYCLING: u8 = b'S';
 
-/// Tells the master this worker serves (one byte on its status pipe).
+/// Tells the master this worker serves (one byte on its status pipe). The server's
+/// signal handler is in place by now: a SIGTERM held while booting is sent again for it.
 pub fn announce_ready(pipe: OwnedFd) {
+    if super::signals::take_held_term() {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
+    }
     let _ = rustix::io::write(&pipe, &[READY]);
 }
 
