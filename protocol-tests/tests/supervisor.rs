@@ -978,3 +978,63 @@ fn a_process_the_app_starts_stops_on_sigterm() {
     unsafe { libc::kill(child, libc::SIGKILL) };
     assert!(stopped, "SIGTERM did not stop it ({blocked:?})");
 }
+
+// regression: a reload that failed while an earlier reload's workers were still booting
+// rolled back to that earlier generation (dropped, not serving) instead of the one
+// serving: the master then started its broken code again ("reload failed" twice, extra
+// workers that could never start).
+#[test]
+fn a_failed_reload_during_a_reload_rolls_back_to_the_serving_code() {
+    let dir = tempdir();
+    let (mode, gate) = (dir.path().join("mode"), dir.path().join("gate-open"));
+    let app = dir.path().join("modal.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nmode = open({mode:?}).read().strip()\nif mode == 'gated':\n    open({arrived:?} + str(os.getpid()), 'w').close()\n    deadline = time.time() + 60\n    while not os.path.exists({gate:?}) and time.time() < deadline:\n        time.sleep(0.02)\nif mode == 'broken':\n    raise RuntimeError('broken on purpose')\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [mode.encode()]\n",
+            mode = mode.to_string_lossy(),
+            gate = gate.to_string_lossy(),
+            arrived = dir.path().join("arrived-").to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(&mode, "good").unwrap();
+    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    // Reload 1: its workers hold in their import until the gate opens.
+    std::fs::write(&mode, "gated").unwrap();
+    p.signal(libc::SIGHUP);
+    let arrived = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("arrived-"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while arrived() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(arrived(), 2, "{}", p.logs());
+    // Reload 2, with code that cannot start, drops reload 1's booting workers.
+    std::fs::write(&mode, "broken").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reload failed", 20), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("generation=0"), "{line}");
+    // Reload 1's workers then boot and leave; generation 0 still answers.
+    std::fs::write(&gate, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.logs().matches("worker ready").count() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(p.get("/"), (200, b"good".to_vec()), "{}", p.logs());
+    let logs = p.logs();
+    assert_eq!(logs.matches("reload failed").count(), 1, "{logs}");
+    assert!(!logs.contains("cause=\"boot-failure\""), "{logs}");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
+}

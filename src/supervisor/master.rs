@@ -623,8 +623,17 @@ impl Master {
                     return Err(SupervisorError::BootFailed);
                 }
                 Verdict::Rollback => {
-                    tracing::error!(pid, %how, "reload failed: the new workers do not start; still serving the previous code");
-                    self.generation -= 1;
+                    // Back to the newest generation that still serves: after a reload
+                    // during a reload, the one just before was dropped while it booted.
+                    let failed = self.generation;
+                    self.generation = self
+                        .workers
+                        .iter()
+                        .filter(|o| o.generation < failed && o.phase.active())
+                        .map(|o| o.generation)
+                        .max()
+                        .unwrap_or(failed - 1);
+                    tracing::error!(pid, %how, generation = self.generation, "reload failed: the new workers do not start; still serving the previous code");
                     for o in self.workers.iter_mut() {
                         if o.generation > self.generation {
                             o.drain(&self.board, Cause::Reload);
