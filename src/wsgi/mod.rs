@@ -91,6 +91,18 @@ pub trait Sink: Send + Sync {
     fn write_last(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.write_all(data)
     }
+    /// Writes what the connection takes at once, without waiting, and returns how many
+    /// bytes that was; `last` as for [`Sink::write_last`]. Called with the GIL held, so
+    /// it must never block (a non-blocking send): the caller passes what is left to
+    /// `write_all`/`write_last` with the GIL released. The default takes nothing.
+    fn try_write(&mut self, _data: &[u8], _last: bool) -> std::io::Result<usize> {
+        Ok(0)
+    }
+    /// `finish` never blocks (it only closes a socket), so it may run with the GIL
+    /// held instead of costing a release and a re-acquisition.
+    fn finish_is_quick(&self) -> bool {
+        false
+    }
     /// Sends `len` bytes of a regular file from `offset` (sendfile(2)).
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()>;
     /// Ends the response: a clean close when complete, an abort (reset) when not, or

@@ -41,9 +41,10 @@ fn st<'a>(r: &'a Bound<'_, Responder>) -> MutexGuard<'a, State> {
 /// The response state of one request.
 struct State {
     sink: Box<dyn Sink>,
-    status: Option<String>,
+    /// The app's status and headers as it passed them (validated; not copied).
+    status: Option<Py<PyString>>,
     code: u16,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Py<PyString>, Py<PyString>)>,
     content_length: Option<u64>,
     /// `start_response` was called (successfully or not).
     called: bool,
@@ -87,35 +88,55 @@ impl State {
         self.is_head || resp::status_has_no_body(self.code)
     }
 
-    fn head_bytes(&self, extra: usize) -> Vec<u8> {
+    fn head_bytes(&self, py: Python<'_>, extra: usize) -> Vec<u8> {
+        // Validation read each of these with `to_str` already: it cannot fail now (and
+        // a non-ASCII one keeps its UTF-8 form cached).
+        fn text<'a>(py: Python<'a>, s: &'a Py<PyString>) -> &'a str {
+            s.bind(py).to_str().unwrap_or_default()
+        }
         let status = self
             .status
-            .as_deref()
-            .unwrap_or("500 Internal Server Error");
+            .as_ref()
+            .map_or("500 Internal Server Error", |s| text(py, s));
         let mut buf = Vec::with_capacity(64 + self.headers.len() * 40 + extra);
         resp::write_head(
             &mut buf,
             self.sink.head_style(),
             status,
-            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            self.headers.iter().map(|(n, v)| (text(py, n), text(py, v))),
         );
         buf
     }
 
-    /// Writes to the front server with the GIL released.
+    /// Adds a header postern computed (the Content-Length of a complete body).
+    fn push_header(&mut self, py: Python<'_>, name: &str, value: &str) {
+        self.headers.push((
+            PyString::new(py, name).unbind(),
+            PyString::new(py, value).unbind(),
+        ));
+    }
+
+    /// Writes to the front server: what the connection takes at once goes out with the
+    /// GIL held (`Sink::try_write` never blocks), and only a remainder that must wait
+    /// for the front server to read is written with the GIL released.
     fn emit(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
         if self.client_gone {
             return Err(Gone);
         }
         let sink = &mut self.sink;
         let last = std::mem::take(&mut self.last_write);
-        match py.detach(|| {
-            if last {
-                sink.write_last(data)
-            } else {
-                sink.write_all(data)
-            }
-        }) {
+        let written = match sink.try_write(data, last) {
+            Ok(n) if n == data.len() => Ok(()),
+            Ok(n) => py.detach(|| {
+                if last {
+                    sink.write_last(&data[n..])
+                } else {
+                    sink.write_all(&data[n..])
+                }
+            }),
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::debug!(error = %e, "writing the response failed");
@@ -150,7 +171,7 @@ impl State {
         self.body_sent += data.len() as u64;
         if !self.headers_sent {
             // Headers and the first chunk leave in one write.
-            let mut buf = self.head_bytes(data.len());
+            let mut buf = self.head_bytes(py, data.len());
             buf.extend_from_slice(data);
             self.headers_sent = true;
             self.emit(py, &buf)
@@ -166,24 +187,29 @@ impl State {
         if self.headers_sent {
             return Ok(());
         }
-        let buf = self.head_bytes(0);
+        let buf = self.head_bytes(py, 0);
         self.headers_sent = true;
         self.emit(py, &buf)
     }
 
-    fn validate(
-        status: &Bound<'_, PyAny>,
-        headers: &Bound<'_, PyAny>,
-    ) -> PyResult<(String, u16, Vec<(String, String)>, Option<u64>)> {
+    #[allow(clippy::type_complexity)]
+    fn validate<'py>(
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        Py<PyString>,
+        u16,
+        Vec<(Py<PyString>, Py<PyString>)>,
+        Option<u64>,
+    )> {
         let status = status.cast::<PyString>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "start_response() status must be str, not {}",
                 type_name(status)
             ))
         })?;
-        let status = status.to_str()?.to_owned();
-        let code = resp::parse_status(&status).map_err(refuse)?;
-        let mut out = Vec::new();
+        let code = resp::parse_status(status.to_str()?).map_err(refuse)?;
+        let mut out = Vec::with_capacity(headers.len().unwrap_or(4));
         let mut content_length = None;
         for item in headers.try_iter().map_err(|_| {
             PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
@@ -201,20 +227,18 @@ impl State {
                 ));
             }
             let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
-            let text = |o: &Bound<'_, PyAny>, what: &str| -> PyResult<String> {
-                o.cast::<PyString>()
-                    .map_err(|_| {
-                        PyTypeError::new_err(format!(
-                            "header {what} must be str, not {}",
-                            type_name(o)
-                        ))
-                    })?
-                    .to_str()
-                    .map(str::to_owned)
+            let text = |o: Bound<'py, PyAny>, what: &str| -> PyResult<Bound<'py, PyString>> {
+                o.cast_into::<PyString>().map_err(|e| {
+                    PyTypeError::new_err(format!(
+                        "header {what} must be str, not {}",
+                        type_name(&e.into_inner())
+                    ))
+                })
             };
-            let (name, value) = (text(&name, "name")?, text(&value, "value")?);
-            resp::check_header(&name, &value).map_err(refuse)?;
-            if resp::is_hop_by_hop(&name) {
+            let (name_s, value_s) = (text(name, "name")?, text(value, "value")?);
+            let (name, value) = (name_s.to_str()?, value_s.to_str()?);
+            resp::check_header(name, value).map_err(refuse)?;
+            if resp::is_hop_by_hop(name) {
                 tracing::warn!(
                     header = %name,
                     "the app set a hop-by-hop header; dropped (the front server owns the connection)"
@@ -225,11 +249,11 @@ impl State {
                 if content_length.is_some() {
                     return Err(refuse(HeaderError::DuplicateContentLength));
                 }
-                content_length = Some(resp::parse_content_length(&value).map_err(refuse)?);
+                content_length = Some(resp::parse_content_length(value).map_err(refuse)?);
             }
-            out.push((name, value));
+            out.push((name_s.unbind(), value_s.unbind()));
         }
-        Ok((status, code, out, content_length))
+        Ok((status.clone().unbind(), code, out, content_length))
     }
 }
 
@@ -340,22 +364,21 @@ pub fn handle(
     keys: &Keys,
     app: &Py<PyAny>,
     settings: &Settings,
-    req: Request,
+    mut req: Request,
 ) -> Served {
-    let span = req.span.clone();
+    let span = std::mem::replace(&mut req.span, tracing::Span::none());
     let _entered = span.enter();
-    let (request_id, protocol) = (req.request_id, req.listener.protocol);
-    // The access line needs the head once the request is over.
-    let head = crate::logging::access_enabled().then(|| req.head.clone());
-    let served = respond(py, keys, app, settings, req);
+    let served = respond(py, keys, app, settings, &mut req);
     let (status, ending) = served.end.for_log();
-    crate::logging::record_end(status, served.sent.started);
+    if !span.is_disabled() {
+        crate::logging::record_end(status, served.sent.started);
+    }
     // Formatted and written once the pool thread has released the GIL.
-    if let Some(head) = head {
+    if crate::logging::access_enabled() {
         crate::logging::access_later(crate::logging::Finished {
-            head,
-            id: request_id,
-            protocol,
+            head: req.head,
+            id: req.request_id,
+            protocol: req.listener.protocol,
             status,
             ending,
             bytes: served.sent.bytes,
@@ -370,26 +393,23 @@ fn respond(
     keys: &Keys,
     app: &Py<PyAny>,
     settings: &Settings,
-    req: Request,
+    req: &mut Request,
 ) -> Served {
-    let Request {
-        head,
-        body,
-        listener,
-        mut sink,
-        request_id,
-        errors_forward,
-        ..
-    } = req;
+    // Moved out piece by piece: the caller keeps the head and the id for the access
+    // line (no copy of the head).
+    let body = std::mem::replace(&mut req.body, super::Body::Empty);
+    let errors_forward = req.errors_forward.take();
+    let mut sink: Box<dyn Sink> = std::mem::replace(&mut req.sink, Box::new(Closed));
+    let (head, listener) = (&req.head, &req.listener);
     let input = Bound::new(py, Input::new(body)).expect("allocating wsgi.input");
     let errors = Bound::new(py, Errors::new(errors_forward)).expect("allocating wsgi.errors");
     let built = match environ::build(
         py,
         keys,
-        &head,
-        &listener,
+        head,
+        listener,
         settings,
-        &request_id,
+        &req.request_id,
         input,
         errors,
     ) {
@@ -429,7 +449,11 @@ fn respond(
         End::Incomplete(outcome.status)
     };
     let sink = &mut r.sink;
-    let sent = py.detach(|| sink.finish(end));
+    let sent = if sink.finish_is_quick() {
+        sink.finish(end)
+    } else {
+        py.detach(|| sink.finish(end))
+    };
     // An app that kept `write` or `start_response` gets an error, not a stale socket.
     r.sink = Box::new(Closed);
     r.client_gone = true;
@@ -633,7 +657,7 @@ fn iterate(
             match r.content_length {
                 Some(cl) => len = len.min(cl),
                 None if !r.used_write && !r.headers_sent => {
-                    r.headers.push(("Content-Length".into(), len.to_string()));
+                    r.push_header(py, "Content-Length", &len.to_string());
                     r.content_length = Some(len);
                 }
                 None => {}
@@ -654,13 +678,26 @@ fn iterate(
     }
     // A list or tuple is complete already: one buffer, and a Content-Length for free.
     if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
-        let items: Vec<Bound<'_, PyAny>> = result
-            .try_iter()
-            .map_err(Failure::Raised)?
-            .collect::<PyResult<_>>()
-            .map_err(Failure::Raised)?;
+        // The usual body is one item: taken without collecting into a Vec.
+        let one = match (result.cast::<PyList>(), result.cast::<PyTuple>()) {
+            (Ok(l), _) if l.len() == 1 => Some(l.get_item(0).map_err(Failure::Raised)?),
+            (_, Ok(t)) if t.len() == 1 => Some(t.get_item(0).map_err(Failure::Raised)?),
+            _ => None,
+        };
+        let collected: Vec<Bound<'_, PyAny>>;
+        let items: &[Bound<'_, PyAny>] = match &one {
+            Some(item) => std::slice::from_ref(item),
+            None => {
+                collected = result
+                    .try_iter()
+                    .map_err(Failure::Raised)?
+                    .collect::<PyResult<_>>()
+                    .map_err(Failure::Raised)?;
+                &collected
+            }
+        };
         let mut total = 0usize;
-        for item in &items {
+        for item in items {
             total += body_bytes(item)?.as_bytes().len();
         }
         if st(responder).status.is_none() {
@@ -676,7 +713,7 @@ fn iterate(
             && !r.headers_sent
             && !resp::status_has_no_body(r.code)
         {
-            r.headers.push(("Content-Length".into(), total.to_string()));
+            r.push_header(py, "Content-Length", &total.to_string());
             r.content_length = Some(total as u64);
         }
         // Nothing can cut the response after this write (no close(), Content-Length
@@ -687,7 +724,7 @@ fn iterate(
             let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
         } else {
             let mut all = Vec::with_capacity(total);
-            for item in &items {
+            for item in items {
                 all.extend_from_slice(body_bytes(item)?.as_bytes());
             }
             let _ = r.send_body(py, &all);
@@ -760,13 +797,12 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         };
     }
     tracing::error!(detail = %detail, "{what}; answered 500");
-    r.status = Some("500 Internal Server Error".into());
+    r.status = Some(PyString::new(py, "500 Internal Server Error").unbind());
     r.code = 500;
     let body = b"Internal Server Error\n";
-    r.headers = vec![
-        ("Content-Type".into(), "text/plain; charset=utf-8".into()),
-        ("Content-Length".into(), body.len().to_string()),
-    ];
+    r.headers.clear();
+    r.push_header(py, "Content-Type", "text/plain; charset=utf-8");
+    r.push_header(py, "Content-Length", &body.len().to_string());
     r.content_length = Some(body.len() as u64);
     r.body_sent = 0;
     r.overflowed = false;
