@@ -1038,3 +1038,43 @@ fn a_failed_reload_during_a_reload_rolls_back_to_the_serving_code() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
 }
+
+// regression: a stop that came while a worker over --timeout was dumping its stacks
+// left it alone until --graceful-timeout (its SIGKILL was due from the main loop, which
+// the stop no longer runs). (The window is the 500 ms the dump gets: a stop after it
+// finds the worker killed already, and passes either way.)
+#[test]
+fn a_stop_still_kills_a_worker_over_timeout() {
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .args([
+            "--workers",
+            "2",
+            "--timeout",
+            "1",
+            "--graceful-timeout",
+            "300",
+        ])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let addr = p.addr.clone();
+    let stuck = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/sleep"),
+                ("QUERY_STRING", "s=300"),
+            ]),
+        )
+    });
+    assert!(p.wait_log("request passed --timeout", 20), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_exit(60).is_some(),
+        "the stop waits for --graceful-timeout: {}",
+        p.logs()
+    );
+    assert!(p.logs().contains("killed by SIGKILL"), "{}", p.logs());
+    let _ = stuck.join();
+}

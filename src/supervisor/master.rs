@@ -831,9 +831,23 @@ impl Master {
                 // SIGCHLD says when they are gone.
                 deadline = None;
             }
+            // A worker condemned for --timeout is still killed when its stacks are
+            // dumped: its request will not finish, so it must not hold the stop up
+            // until --graceful-timeout.
+            let mut due = deadline;
+            for w in &mut self.workers {
+                if let Phase::Condemned { kill_at } = w.phase {
+                    if Instant::now() >= kill_at {
+                        signal(w.pid, Signal::KILL);
+                        w.phase.killed();
+                    } else {
+                        due = earliest(due, Some(kill_at));
+                    }
+                }
+            }
             // Sleep until a signal (SIGCHLD: a worker exited) or the deadline.
             let mut fds = [PollFd::new(self.signals(), PollFlags::IN)];
-            let _ = rustix::event::poll(&mut fds, timeout_until(deadline).as_ref());
+            let _ = rustix::event::poll(&mut fds, timeout_until(due).as_ref());
             // A second TERM/INT while draining: stop now.
             while let Some(s) = self.signals().read() {
                 if matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
