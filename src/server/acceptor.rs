@@ -26,6 +26,7 @@ use super::span::request_span;
 use super::wake::Wake;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{Frame, Protocol};
+use crate::proto::fastcgi as fcgi;
 use crate::wsgi::{Body, ListenerInfo, Request, Source};
 
 /// Bytes read by the first recv of a connection: a whole uwsgi head fits.
@@ -215,18 +216,33 @@ impl Acceptor {
             let mut s = s.borrow_mut();
             match conn.recv(&mut s[..]) {
                 Ok(0) => Ok(None),
-                Ok(n) => Ok(Some(
-                    fastcgi::admit_whole(
-                        &conn,
-                        &s[..n],
-                        &l.info,
-                        &self.limits,
-                        &self.fcgi,
-                        started,
-                        parked,
-                    )
-                    .ok_or_else(|| BytesMut::from(&s[..n])),
-                )),
+                Ok(n) => {
+                    let admit = |buf: &[u8]| {
+                        fastcgi::admit_whole(
+                            &conn,
+                            buf,
+                            &l.info,
+                            &self.limits,
+                            &self.fcgi,
+                            started,
+                            parked,
+                        )
+                    };
+                    if let Some(req) = admit(&s[..n]) {
+                        return Ok(Some(Ok(req)));
+                    }
+                    let mut buf = BytesMut::from(&s[..n]);
+                    // A request simply larger than one read (an upload nginx has
+                    // buffered): read the rest here while it keeps arriving.
+                    if fastcgi::is_partial_simple(&buf)
+                        && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), self.body_pause())
+                    {
+                        if let Some(req) = admit(&buf) {
+                            return Ok(Some(Ok(req)));
+                        }
+                    }
+                    Ok(Some(Err(buf)))
+                }
                 Err(e) => Err(e),
             }
         });
@@ -267,6 +283,21 @@ impl Acceptor {
                 None
             }
         }
+    }
+
+    /// The most a whole simple FastCGI request read on a Python thread may take: its
+    /// PARAMS (`--buffer-size`) and STDIN (the spool threshold), and their record
+    /// headers and padding (16 bytes per 64 KiB record at most).
+    fn fcgi_cap(&self) -> usize {
+        let payload = self
+            .limits
+            .buffer_size
+            .saturating_add(usize::try_from(self.limits.spool_threshold).unwrap_or(usize::MAX));
+        payload.saturating_add((payload / fcgi::MAX_CONTENT + 4) * 16 + 64)
+    }
+
+    fn body_pause(&self) -> Duration {
+        BODY_PAUSE.min(self.limits.read_timeout)
     }
 
     /// Reads what a new connection has sent; returns the request when it is complete,

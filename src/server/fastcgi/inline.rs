@@ -1,8 +1,13 @@
 //! The fast path of a FastCGI connection: one read that holds one whole simple request
 //! is served on the Python thread that read it, with no hand-off.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 use super::sink::{stderr_forward, FcgiSink, ReqFlags};
 use super::FcgiConn;
@@ -62,4 +67,120 @@ pub fn admit_whole(
         request_id,
         errors_forward,
     })
+}
+
+/// True when `buf` is the start of one simple request that has not all arrived:
+/// BEGIN_REQUEST (id ≠ 0), then only PARAMS and STDIN records of that id, and the
+/// empty STDIN record not yet here. Anything else (complete, another id or record
+/// type, bad bytes) is for [`admit_whole`] or the slow lane as it is.
+pub fn is_partial_simple(buf: &[u8]) -> bool {
+    let mut pos = 0;
+    let mut id = None;
+    loop {
+        let Some(rest) = buf.get(pos..) else {
+            return false;
+        };
+        let (len, record) = match fcgi::parse_record(rest) {
+            Ok(Some(r)) => r,
+            // The buffer ends inside a record (or before the first).
+            Ok(None) => return id.is_some() || pos == 0,
+            Err(_) => return false,
+        };
+        match (id, record.kind) {
+            (None, fcgi::BEGIN_REQUEST) if record.request_id != 0 => id = Some(record.request_id),
+            (Some(i), fcgi::PARAMS) if record.request_id == i => {}
+            (Some(i), fcgi::STDIN) if record.request_id == i => {
+                if record.content.is_empty() {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        pos += len;
+        if pos == buf.len() {
+            return true;
+        }
+    }
+}
+
+/// Reads more of a simple request that did not fit the first read, as long as it
+/// keeps arriving (no pause over `pause`) and stays under `cap` bytes; true when a
+/// whole request may be in `buf` now. What was read stays in `buf` either way (for
+/// the slow lane, which meets the same EOF or error again).
+pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, pause: Duration) -> bool {
+    let ts = Timespec {
+        tv_sec: pause.as_secs() as i64,
+        tv_nsec: i64::from(pause.subsec_nanos()),
+    };
+    while buf.len() < cap {
+        if buf.capacity() == buf.len() {
+            // Grow with the data, not with what the peer announced.
+            buf.reserve((cap - buf.len()).min(256 * 1024));
+        }
+        let spare = buf.spare_capacity_mut();
+        match rustix::net::recv(conn.sock.as_fd(), spare, rustix::net::RecvFlags::empty()) {
+            Ok(((init, _), _)) if init.is_empty() => return false,
+            Ok(((init, _), _)) => {
+                let n = init.len();
+                // SAFETY: recv initialised the first `n` spare bytes.
+                unsafe { buf.set_len(buf.len() + n) };
+                if !is_partial_simple(buf) {
+                    return true;
+                }
+            }
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                let mut fds = [PollFd::new(&conn.sock, PollFlags::IN)];
+                match rustix::event::poll(&mut fds, Some(&ts)) {
+                    Ok(0) => return false,
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(_) => return false,
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BEGIN_REQUEST id 1 (RESPONDER, keep-conn), PARAMS "a"="b", empty PARAMS,
+    /// STDIN "xy", empty STDIN.
+    fn request() -> Vec<u8> {
+        let mut out = Vec::new();
+        fcgi::encode_begin_request(&mut out, 1, fcgi::ROLE_RESPONDER, true);
+        fcgi::encode_record(&mut out, fcgi::PARAMS, 1, &[1, 1, b'a', b'b']);
+        fcgi::encode_record(&mut out, fcgi::PARAMS, 1, &[]);
+        fcgi::encode_record(&mut out, fcgi::STDIN, 1, b"xy");
+        fcgi::encode_record(&mut out, fcgi::STDIN, 1, &[]);
+        out
+    }
+
+    #[test]
+    fn waits_on_every_prefix_of_a_simple_request() {
+        let req = request();
+        for i in 0..req.len() {
+            assert!(is_partial_simple(&req[..i]), "prefix of {i} bytes");
+        }
+        assert!(!is_partial_simple(&req), "the whole request");
+    }
+
+    #[test]
+    fn rejects_what_is_not_one_simple_request() {
+        let mut other_id = Vec::new();
+        fcgi::encode_begin_request(&mut other_id, 1, fcgi::ROLE_RESPONDER, true);
+        fcgi::encode_record(&mut other_id, fcgi::PARAMS, 2, b"z");
+        assert!(!is_partial_simple(&other_id), "records of another id");
+        let mut out = Vec::new();
+        fcgi::encode_record(&mut out, fcgi::GET_VALUES, 0, &[]);
+        assert!(!is_partial_simple(&out), "a management record");
+        let mut two = Vec::new();
+        fcgi::encode_begin_request(&mut two, 1, fcgi::ROLE_RESPONDER, true);
+        fcgi::encode_begin_request(&mut two, 2, fcgi::ROLE_RESPONDER, true);
+        assert!(!is_partial_simple(&two), "two requests");
+        assert!(!is_partial_simple(b"GET / HTTP/1.1\r\n"), "HTTP");
+    }
 }
