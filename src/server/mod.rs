@@ -28,8 +28,8 @@ use tokio_util::task::TaskTracker;
 
 use acceptor::{Acceptor, Listener};
 use lane::{Limits, SlowLane};
-use queue::Queue;
 use listener::{Bound, BoundSocket};
+use queue::Queue;
 
 use crate::wsgi::pool::Pool;
 use crate::wsgi::{App, Settings};
@@ -135,9 +135,9 @@ pub fn run(
             tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
             return std::future::pending().await;
         };
-        // A worker's SIGTERM stayed blocked while it booted (see the supervisor): the
-        // handler is in place now, so a stop that came meanwhile is taken from here.
-        let _ = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGTERM).thread_unblock();
+        // SIGTERM must reach this thread's handler now, whatever mask the process
+        // started with (a worker forked from the master, whose mask blocks it).
+        unblock_sigterm();
         // Ready is announced only once a signal can be taken: a SIGTERM/SIGHUP sent
         // right after "ready" must find the handlers in place (regression: a SIGHUP
         // sent just after "ready" to a single process was lost under SIG_IGN).
@@ -211,6 +211,19 @@ pub fn run(
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(finished)
+}
+
+/// Unblocks SIGTERM for the calling thread. libc, not rustix: rustix has no
+/// thread signal mask outside its unstable `runtime` API.
+fn unblock_sigterm() {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
 }
 
 /// SIGTERM and (for a single process) SIGINT, as a stream of their names. A worker
