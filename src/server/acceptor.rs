@@ -420,7 +420,7 @@ fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, timeout: D
         }
         let spare = buf.spare_capacity_mut();
         match rustix::net::recv(sock.as_fd(), spare, RecvFlags::empty()) {
-            Ok(((init, _), _)) if init.is_empty() => return false,
+            Ok(((&mut [], _), _)) => return false,
             Ok(((init, _), _)) => {
                 let n = init.len();
                 // SAFETY: recv initialised the first `n` spare bytes.

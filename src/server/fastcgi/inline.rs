@@ -119,7 +119,7 @@ pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, pause: Duratio
         }
         let spare = buf.spare_capacity_mut();
         match rustix::net::recv(conn.sock.as_fd(), spare, rustix::net::RecvFlags::empty()) {
-            Ok(((init, _), _)) if init.is_empty() => return false,
+            Ok(((&mut [], _), _)) => return false,
             Ok(((init, _), _)) => {
                 let n = init.len();
                 // SAFETY: recv initialised the first `n` spare bytes.
