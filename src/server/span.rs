@@ -12,17 +12,18 @@ use crate::logging::{RequestId, Untrusted};
 /// peer, then status and duration (ms) once known.
 pub fn request_span(head: &Head, peer: &str) -> (tracing::Span, RequestId) {
     let id = RequestId::for_head(head);
-    let method = Untrusted(head.get(b"REQUEST_METHOD").unwrap_or(b"-"));
-    let path = Untrusted(
-        head.get(b"REQUEST_URI")
-            .or_else(|| head.get(b"PATH_INFO"))
-            .unwrap_or(b"-"),
-    );
+    // The field values are looked up inside the macro: it evaluates them only when the
+    // span is enabled (`--log-level warn` skips the lookups; the formatting is lazy
+    // anyway, in `Untrusted`'s Display).
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        method = %method,
-        path = %path,
+        method = %Untrusted(head.get(b"REQUEST_METHOD").unwrap_or(b"-")),
+        path = %Untrusted(
+            head.get(b"REQUEST_URI")
+                .or_else(|| head.get(b"PATH_INFO"))
+                .unwrap_or(b"-")
+        ),
         %peer,
         status = field::Empty,
         ms = field::Empty
