@@ -251,6 +251,8 @@ fn serve(
             preload: true,
         };
         // --preload: the master imports the app once; workers share its pages.
+        // Before Python starts: any thread it starts here inherits the master's mask.
+        supervisor::block_master_signals().context("blocking the master's signals")?;
         let started = boot::start_interpreter(config).and_then(|()| {
             let app = config
                 .opts
@@ -258,6 +260,15 @@ fn serve(
                 .then(|| boot::import_app(config))
                 .transpose()?;
             interpreter::prepare_for_fork()?;
+            // A thread started while Python started (sitecustomize, a .pth file) lives
+            // only in the master: the workers, forked from it, do not have it.
+            let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+            if threads > 1 {
+                tracing::warn!(
+                    threads,
+                    "Python started threads in the master (a sitecustomize or a .pth file in the venv?): they do not run in the workers, which are forked from the master; start such an agent from the app instead"
+                );
+            }
             Ok(app)
         });
         let preloaded = match started {

@@ -143,3 +143,38 @@ fn preload_still_imports_the_app_in_the_master_only() {
     assert_eq!(a["ppid"], p.pid().to_string());
     assert_eq!(threads(p.pid()), 1);
 }
+
+// regression: a sitecustomize (an APM agent's, say, through PYTHONPATH, or a venv's
+// .pth file) that starts a thread now runs in the master, which starts Python; that
+// thread did not block the master's signals, so a SIGHUP (reload) reached it and killed
+// the master with its default action, and a SIGCHLD could be lost there.
+#[test]
+fn a_thread_python_starts_in_the_master_does_not_take_its_signals() {
+    let dir = tempdir();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(
+        site.join("sitecustomize.py"),
+        "import threading\nthreading.Thread(target=threading.Event().wait, daemon=True).start()\n",
+    )
+    .unwrap();
+    let app = probing_app(dir.path(), "v1");
+    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .env("PYTHONPATH", &site.to_string_lossy())
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+    let master = p.pid();
+    // The thread exists in the master (so the case is real), and it is said.
+    assert_eq!(threads(master), 2);
+    assert!(p.logs().contains("threads in the master"), "{}", p.logs());
+    // A reload is a reload, not the master's death.
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("new workers ready", 10), "{}", p.logs());
+    assert_eq!(answer(&p)["ppid"], master.to_string());
+    // And a stop is the master's graceful stop.
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15).expect("the master stops on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", p.logs());
+    assert!(p.logs().contains("all workers exited"), "{}", p.logs());
+}

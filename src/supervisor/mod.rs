@@ -43,6 +43,14 @@ use scoreboard::Scoreboard;
 pub use master::run;
 pub use worker::{announce_ready, WorkerMonitor};
 
+/// Blocks the signals the master handles in the calling thread, before the master
+/// starts Python: a thread Python starts there (a sitecustomize, a venv's .pth file)
+/// inherits the mask, so those signals still reach the master's signalfd instead of
+/// that thread (where SIGHUP's default action killed the master).
+pub fn block_master_signals() -> std::io::Result<()> {
+    signals::SigSet::of(&signals::HANDLED).block()
+}
+
 /// Errors of the master.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
