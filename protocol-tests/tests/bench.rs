@@ -212,3 +212,75 @@ fn a_server_killed_mid_run_shows_as_errors_not_as_responses() {
         drop(p);
     }
 }
+
+/// A server that answers every connection with `head`, then one byte every 50 ms for
+/// as long as the client listens (at most 2,000 bytes): a response that makes progress
+/// but never ends.
+fn trickling_server(head: &'static [u8]) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(64) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::Write;
+                if conn.write_all(head).is_err() {
+                    return;
+                }
+                for _ in 0..2000 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if conn.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+// regression: a response that kept trickling in (each read making progress, so the
+// socket's --timeout never fired) held `postern bench` past its --duration for as long
+// as the server went on: the run never ended. A request under way at the deadline now
+// has --timeout more, then counts as a timeout.
+#[test]
+fn a_response_that_never_ends_counts_as_a_timeout_and_the_run_ends() {
+    // uwsgi: a status line and headers that never end; FastCGI: a STDOUT record whose
+    // content never completes.
+    let uwsgi = trickling_server(b"HTTP/1.1 200 OK\r\nX-Slow: ");
+    let fcgi = trickling_server(&[1, 6, 0, 1, 0xff, 0xff, 0, 0]);
+    for args in [
+        vec![format!("127.0.0.1:{uwsgi}")],
+        vec![format!("fastcgi://127.0.0.1:{fcgi}/"), "--keep-conn".into()],
+    ] {
+        let mut child = Command::new(postern_bin())
+            .arg("bench")
+            .args(&args)
+            .args(["-c", "2", "-d", "0.5", "--timeout", "1", "--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Hang guard only: the run ends by itself well before.
+        let mut status = None;
+        for _ in 0..600 {
+            if let Some(s) = child.try_wait().unwrap() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("postern bench {args:?} did not end");
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        // Not one response came back: exit 7, and the requests are timeouts.
+        assert_eq!(status.unwrap().code(), Some(7), "{r}");
+        assert_eq!(r["responses"], 0, "{r}");
+        assert_eq!(r["errors"]["timeout"], 2, "{r}");
+        assert_eq!(r["errors_total"], 2, "{r}");
+    }
+}

@@ -364,6 +364,9 @@ fn worker(plan: &Plan, deadline: Instant) -> Tally {
     let mut tally = Tally::default();
     let mut bufs = Buffers::default();
     let mut kept: Option<Conn> = None;
+    // A request under way at the deadline has --timeout more to finish: one whose
+    // response keeps trickling in (or never ends) would otherwise hold the run forever.
+    let cutoff = deadline + plan.timeout;
     while Instant::now() < deadline {
         let started = Instant::now();
         let reused = kept.is_some();
@@ -374,7 +377,7 @@ fn worker(plan: &Plan, deadline: Instant) -> Tally {
                 continue;
             }
         };
-        let mut outcome = exchange(&mut conn, plan, &mut bufs);
+        let mut outcome = exchange(&mut conn, plan, &mut bufs, cutoff);
         if reused && matches!(outcome, Err((_, Received::Nothing))) {
             // The server closed the kept connection after its last response (uWSGI
             // ignores FCGI_KEEP_CONN): send again on a new one, as nginx does for a GET.
@@ -387,7 +390,7 @@ fn worker(plan: &Plan, deadline: Instant) -> Tally {
                     continue;
                 }
             };
-            outcome = exchange(&mut conn, plan, &mut bufs);
+            outcome = exchange(&mut conn, plan, &mut bufs, cutoff);
         }
         match outcome {
             Ok(status) => {
@@ -405,9 +408,41 @@ fn worker(plan: &Plan, deadline: Instant) -> Tally {
     tally
 }
 
-/// Sends the request and reads the whole response; returns its status code.
-fn exchange(conn: &mut Conn, plan: &Plan, bufs: &mut Buffers) -> Exchange {
+/// A connection whose reads and writes fail as timed out once `cutoff` has passed. The
+/// socket's timeouts bound a call that waits, not an exchange that makes progress byte
+/// by byte.
+struct Cutoff<'a> {
+    conn: &'a mut Conn,
+    cutoff: Instant,
+}
+
+impl Read for Cutoff<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.cutoff {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.conn.read(buf)
+    }
+}
+
+impl Write for Cutoff<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if Instant::now() >= self.cutoff {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.conn.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.conn.flush()
+    }
+}
+
+/// Sends the request and reads the whole response (giving up at `cutoff`); returns
+/// its status code.
+fn exchange(conn: &mut Conn, plan: &Plan, bufs: &mut Buffers, cutoff: Instant) -> Exchange {
     let io_failure = |e: &io::Error, received| (Failure::of_io(e), received);
+    let conn = &mut Cutoff { conn, cutoff };
     conn.write_all(&plan.request)
         .map_err(|e| io_failure(&e, Received::Nothing))?;
     bufs.response.clear();
