@@ -130,6 +130,26 @@ impl Sink for ConnSink {
         Ok(())
     }
 
+    /// One non-blocking send (the socket is non-blocking, and DONTWAIT says so again):
+    /// what the kernel takes now. Safe with the GIL held: it never waits.
+    fn try_write(&mut self, data: &[u8], _last: bool) -> io::Result<usize> {
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        match rustix::net::send(self.sock()?.as_fd(), data, flags) {
+            Ok(n) => {
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `finish` is a close(2) (after setting SO_LINGER 0 for an abort): it never
+    /// waits, whatever is still in the socket buffer (the kernel sends it, or resets).
+    fn finish_is_quick(&self) -> bool {
+        true
+    }
+
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
         let mut off = offset;
         let end = offset + len;
