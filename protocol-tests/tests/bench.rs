@@ -284,3 +284,73 @@ fn a_response_that_never_ends_counts_as_a_timeout_and_the_run_ends() {
         assert_eq!(r["errors_total"], 2, "{r}");
     }
 }
+
+// regression: a load thread kept every byte of a response (read_to_end; FastCGI STDOUT
+// collected whole), so a long response took its size in memory per connection, and a
+// server that never stopped sending exhausted memory before the run could end. Only a
+// response's start is kept now, the rest is counted.
+#[test]
+fn a_long_response_is_counted_in_bounded_memory() {
+    const MIB: usize = 1 << 20;
+    const BODY: usize = 256 * MIB;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming().take(8) {
+            let Ok(mut conn) = conn else { return };
+            // The uwsgi request: a 4-byte header and its vars.
+            let mut header = [0u8; 4];
+            if conn.read_exact(&mut header).is_err() {
+                continue;
+            }
+            let mut vars = vec![0; u16::from_le_bytes([header[1], header[2]]) as usize];
+            if conn.read_exact(&mut vars).is_err() {
+                continue;
+            }
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+            let chunk = vec![b'x'; MIB];
+            let _ = conn.write_all(head.as_bytes());
+            for _ in 0..BODY / MIB {
+                if conn.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut child = Command::new(postern_bin())
+        .args([
+            "bench",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "1",
+            "-d",
+            "0.01",
+        ])
+        .args(["--timeout", "60", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    // The bench's own peak RSS (wait4: this child only).
+    let mut status = 0;
+    // SAFETY: rusage is plain data (all zeroes is valid); wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let r: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{r}"
+    );
+    assert!(r["responses"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["status"]["2xx"], r["responses"], "{r}");
+    assert_eq!(r["errors_total"], 0, "{r}");
+    let peak_mib = usage.ru_maxrss as usize / 1024;
+    assert!(
+        peak_mib < 64,
+        "postern bench peaked at {peak_mib} MiB for a 256 MiB response"
+    );
+}

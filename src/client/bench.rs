@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::encode::Request;
-use super::fastcgi::{self, ReadError};
+use super::fastcgi::{self, ReadError, Stdout as _};
 use super::url::{is_socket_file, parse_url, Conn, Endpoint, Scheme, Target, Url};
 use super::{ClientError, EXIT_CONNECT};
 use crate::proto::response;
@@ -339,10 +339,42 @@ enum Received {
     Something,
 }
 
+/// At most this much of a response is kept (its head and the start of its body); the
+/// rest is only counted, so a response of any length (or one that never ends) takes
+/// bounded memory.
+const KEEP: usize = 64 * 1024;
+
+/// A response as a load thread keeps it: its first [`KEEP`] bytes and a count of the
+/// rest.
+#[derive(Default)]
+struct Kept {
+    bytes: Vec<u8>,
+    more: usize,
+}
+
+impl Kept {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.more = 0;
+    }
+}
+
+impl fastcgi::Stdout for Kept {
+    fn append(&mut self, content: &[u8]) {
+        let n = KEEP.saturating_sub(self.bytes.len()).min(content.len());
+        self.bytes.extend_from_slice(&content[..n]);
+        self.more += content.len() - n;
+    }
+
+    fn received(&self) -> usize {
+        self.bytes.len() + self.more
+    }
+}
+
 /// Buffers a load thread reuses from one request to the next.
 #[derive(Default)]
 struct Buffers {
-    response: Vec<u8>,
+    response: Kept,
     /// FastCGI bytes read past a record (none expected after END_REQUEST).
     records: Vec<u8>,
 }
@@ -454,7 +486,7 @@ fn exchange(conn: &mut Conn, plan: &Plan, bufs: &mut Buffers, cutoff: Instant) -
             &mut bufs.response,
             &mut fastcgi::Ignore,
         );
-        let received = if bufs.response.is_empty() && bufs.records.len() == before {
+        let received = if bufs.response.received() == 0 && bufs.records.len() == before {
             Received::Nothing
         } else {
             Received::Something
@@ -467,25 +499,35 @@ fn exchange(conn: &mut Conn, plan: &Plan, bufs: &mut Buffers, cutoff: Instant) -
         }
     } else {
         // uwsgi, SCGI: the response runs to EOF.
-        if let Err(e) = conn.read_to_end(&mut bufs.response) {
-            let received = if bufs.response.is_empty() {
-                Received::Nothing
-            } else {
-                Received::Something
-            };
-            return Err(io_failure(&e, received));
+        let mut chunk = [0; 16 * 1024];
+        loop {
+            match conn.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => bufs.response.append(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let received = if bufs.response.received() == 0 {
+                        Received::Nothing
+                    } else {
+                        Received::Something
+                    };
+                    return Err(io_failure(&e, received));
+                }
+            }
         }
-        if bufs.response.is_empty() {
+        if bufs.response.received() == 0 {
             return Err((Failure::Reset, Received::Nothing));
         }
     }
-    check_response(&bufs.response, plan.head).map_err(|f| (f, Received::Something))
+    let Kept { bytes, more } = &bufs.response;
+    check_response(bytes, *more, plan.head).map_err(|f| (f, Received::Something))
 }
 
 /// The status of a complete response: an HTTP status line (uwsgi) or a CGI head
 /// (FastCGI, SCGI; either is accepted on any protocol, as nginx does), a head that
-/// ends, and a body as long as its Content-Length says (a shorter one was cut).
-fn check_response(resp: &[u8], head_request: bool) -> Result<u16, Failure> {
+/// ends, and a body as long as its Content-Length says (a shorter one was cut). `more`
+/// bytes followed `resp` (not kept).
+fn check_response(resp: &[u8], more: usize, head_request: bool) -> Result<u16, Failure> {
     let (code, head) = if resp.starts_with(b"HTTP/") {
         let code = response::status_code(resp).ok_or(Failure::BadResponse)?;
         let line_end = resp
@@ -512,7 +554,7 @@ fn check_response(resp: &[u8], head_request: bool) -> Result<u16, Failure> {
             .ok()
             .and_then(|l| l.parse().ok())
             .ok_or(Failure::BadResponse)?;
-        let body = resp.len() - body_start;
+        let body = resp.len() - body_start + more;
         if !no_body && body < length {
             return Err(Failure::Reset);
         }
@@ -896,40 +938,72 @@ mod tests {
     }
 
     #[test]
-    fn checks_responses_for_completeness() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        assert_eq!(check_response(ok, false), Ok(200));
-        // Cut in the body, in the head, or before the status code.
+    fn keeps_the_start_of_a_long_response_and_counts_the_rest() {
+        let mut kept = Kept::default();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n";
+        kept.append(head);
+        for _ in 0..100 {
+            kept.append(&[b'x'; 2000]);
+        }
+        assert_eq!(kept.bytes.len(), KEEP);
+        assert_eq!(kept.received(), head.len() + 200_000);
+        assert_eq!(check_response(&kept.bytes, kept.more, false), Ok(200));
         assert_eq!(
-            check_response(&ok[..ok.len() - 1], false),
+            check_response(&kept.bytes, kept.more - 1, false),
             Err(Failure::Reset)
         );
-        assert_eq!(check_response(&ok[..20], false), Err(Failure::BadResponse));
         assert_eq!(
-            check_response(b"HTTP/1.1", false),
+            check_response(&kept.bytes, kept.more + 1, false),
+            Err(Failure::BadResponse)
+        );
+        kept.clear();
+        assert_eq!(kept.received(), 0);
+    }
+
+    #[test]
+    fn checks_responses_for_completeness() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(check_response(ok, 0, false), Ok(200));
+        // Cut in the body, in the head, or before the status code.
+        assert_eq!(
+            check_response(&ok[..ok.len() - 1], 0, false),
+            Err(Failure::Reset)
+        );
+        assert_eq!(
+            check_response(&ok[..20], 0, false),
+            Err(Failure::BadResponse)
+        );
+        assert_eq!(
+            check_response(b"HTTP/1.1", 0, false),
             Err(Failure::BadResponse)
         );
         // Too long; no Content-Length (then EOF ends it); a CGI head.
         let long = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nok";
-        assert_eq!(check_response(long, false), Err(Failure::BadResponse));
+        assert_eq!(check_response(long, 0, false), Err(Failure::BadResponse));
         assert_eq!(
-            check_response(b"HTTP/1.1 404 Not Found\r\n\r\nwhatever", false),
+            check_response(b"HTTP/1.1 404 Not Found\r\n\r\nwhatever", 0, false),
             Ok(404)
         );
         assert_eq!(
-            check_response(b"Status: 503\r\nContent-Length: 0\r\n\r\n", false),
+            check_response(b"Status: 503\r\nContent-Length: 0\r\n\r\n", 0, false),
             Ok(503)
         );
-        assert_eq!(check_response(b"Content-Type: x\n\nbody", false), Ok(200));
+        assert_eq!(
+            check_response(b"Content-Type: x\n\nbody", 0, false),
+            Ok(200)
+        );
         // HEAD and 304: the length describes a body that is not sent.
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
-        assert_eq!(check_response(head, true), Ok(200));
-        assert_eq!(check_response(head, false), Err(Failure::Reset));
+        assert_eq!(check_response(head, 0, true), Ok(200));
+        assert_eq!(check_response(head, 0, false), Err(Failure::Reset));
         assert_eq!(
-            check_response(b"Status: 304\r\nContent-Length: 9\r\n\r\n", false),
+            check_response(b"Status: 304\r\nContent-Length: 9\r\n\r\n", 0, false),
             Ok(304)
         );
-        assert_eq!(check_response(b"garbage", false), Err(Failure::BadResponse));
+        assert_eq!(
+            check_response(b"garbage", 0, false),
+            Err(Failure::BadResponse)
+        );
     }
 
     fn args(addr: &str) -> BenchArgs {

@@ -153,6 +153,24 @@ impl Drop for StderrLines {
     }
 }
 
+/// Where [`read_response`] puts the FCGI_STDOUT stream: all of it (`postern request`),
+/// or what `postern bench` keeps of it (a response of any length in bounded memory).
+pub trait Stdout {
+    fn append(&mut self, content: &[u8]);
+    /// Bytes received so far.
+    fn received(&self) -> usize;
+}
+
+impl Stdout for Vec<u8> {
+    fn append(&mut self, content: &[u8]) {
+        self.extend_from_slice(content);
+    }
+
+    fn received(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Reads records until FCGI_END_REQUEST and appends the STDOUT stream (the CGI response)
 /// to `stdout`. `buf` carries bytes read past a record between calls (a kept
 /// connection reads the next response with the same `buf`).
@@ -163,7 +181,7 @@ impl Drop for StderrLines {
 pub fn read_response(
     stream: &mut impl Read,
     buf: &mut Vec<u8>,
-    stdout: &mut Vec<u8>,
+    stdout: &mut impl Stdout,
     aside: &mut impl Aside,
 ) -> Result<(), ReadError> {
     let mut records = 0usize;
@@ -176,7 +194,7 @@ pub fn read_response(
             } else {
                 format!(
                     "the connection closed before FCGI_END_REQUEST ({} bytes of FCGI_STDOUT received)",
-                    stdout.len()
+                    stdout.received()
                 )
             }));
         };
@@ -189,11 +207,11 @@ pub fn read_response(
             )));
         }
         match record.kind {
-            fcgi::STDOUT => stdout.extend_from_slice(&record.content),
+            fcgi::STDOUT => stdout.append(&record.content),
             fcgi::STDERR => aside.stderr(&record.content),
             fcgi::END_REQUEST => {
                 check_end_request(&record.content, aside).map_err(ReadError::Protocol)?;
-                if stdout.is_empty() {
+                if stdout.received() == 0 {
                     return Err(ReadError::Protocol(
                         "the request ended without a response (no FCGI_STDOUT content)".into(),
                     ));
