@@ -463,7 +463,13 @@ fn touch_reload_and_ttin_ttou() {
         .unwrap();
     assert!(p.wait_log("--touch-reload file changed", 5), "{}", p.logs());
     assert!(p.wait_log("new workers ready", 10));
-    assert!(p.get("/").1.starts_with(b"v1 "));
+    // An old worker may still take a connection until its SIGTERM lands: ask once both
+    // have gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.logs().matches("cause=\"reload\"").count() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(p.get("/").1.starts_with(b"v1 "), "{}", p.logs());
     p.signal(libc::SIGTTIN);
     assert!(p.wait_log("SIGTTIN: one worker more", 5));
     assert!(p.wait_log("all 3 workers ready", 10) || p.logs().matches("worker ready").count() >= 5);
@@ -1077,4 +1083,63 @@ fn a_stop_still_kills_a_worker_over_timeout() {
     );
     assert!(p.logs().contains("killed by SIGKILL"), "{}", p.logs());
     let _ = stuck.join();
+}
+
+/// How many times `pid` has gone to sleep and woken (voluntary context switches).
+fn wake_ups(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+// regression: --touch-reload's inotify watch took every write to every file in the touch
+// file's directory: an access log written there woke the master once per request.
+#[test]
+fn an_access_log_next_to_the_touch_file_does_not_wake_the_master() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let touch = dir.path().join("reload.touch");
+    std::fs::write(&touch, "").unwrap();
+    let access = dir.path().join("access.log");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--touch-reload", &touch.to_string_lossy()])
+        .args(["--access-log", &access.to_string_lossy()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    // Each request waits for its access line (written by the worker's log thread),
+    // so that each line is a write of its own.
+    let lines = || {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let wait_lines = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lines() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(lines() >= n, "{} access lines, not {n}", lines());
+    };
+    assert_eq!(p.get("/").0, 200);
+    wait_lines(1);
+    let before = wake_ups(p.pid());
+    for n in 2..=21 {
+        assert_eq!(p.get("/").0, 200);
+        wait_lines(n);
+    }
+    // One or two to spare (a worker's status pipe closing just after its ready byte),
+    // not one per request.
+    let woke = wake_ups(p.pid()) - before;
+    assert!(woke <= 2, "the master woke {woke} times: {}", p.logs());
+    // A touch still reloads.
+    touch_later(&touch, 5);
+    assert!(
+        p.wait_log("--touch-reload file changed", 10),
+        "{}",
+        p.logs()
+    );
 }

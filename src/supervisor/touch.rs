@@ -5,8 +5,10 @@
 //! symlink points to, and on the directory holding each symlink along the path (a
 //! Capistrano-style `current -> releases/N` swap). An event naming one of these is
 //! only a hint: the watches are set up again along the path as it now resolves (a
-//! watch follows a directory, not a path), then the mtime is compared as before;
-//! writes to other files there cost no stat.
+//! watch follows a directory, not a path), then the mtime is compared as before.
+//! Writes are seen when the file is closed: a log file written in the same directory
+//! does not wake the master (a writer that keeps the touch file open is seen when it
+//! closes it).
 //! Where inotify cannot watch (no such directory, out of watches) or would miss
 //! changes (a network or FUSE filesystem, where another machine or the host of a
 //! container may write), it reads the mtime every 200 ms instead.
@@ -147,8 +149,11 @@ fn watch(path: &Path) -> std::io::Result<Watch> {
         }
     }
     let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+    // No MODIFY: it comes for every write to every file in the directory (an access
+    // log next to the touch file would wake the master once per request), and twice
+    // for one editor's save. A write is seen when its file is closed (CLOSE_WRITE), a
+    // touch as ATTRIB.
     let flags = WatchFlags::ATTRIB
-        | WatchFlags::MODIFY
         | WatchFlags::CLOSE_WRITE
         | WatchFlags::CREATE
         | WatchFlags::DELETE
@@ -217,6 +222,32 @@ mod tests {
         assert!(!t.changed());
         std::fs::write(&file, "").unwrap();
         assert!(t.changed());
+    }
+
+    // regression: every write to any file in the directory (an access log next to the
+    // touch file) woke the master.
+    #[test]
+    fn appending_to_an_open_file_in_the_directory_wakes_nothing() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("reload.touch");
+        std::fs::write(&file, "").unwrap();
+        let mut log = std::fs::File::create(dir.path().join("access.log")).unwrap();
+        let mut t = TouchReload::new(file);
+        assert!(!t.changed());
+        for _ in 0..10 {
+            log.write_all(b"a request\n").unwrap();
+        }
+        let fd = t.fd().unwrap();
+        let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+            fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 0);
     }
 
     #[test]
