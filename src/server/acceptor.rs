@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SocketFlags};
@@ -99,18 +98,21 @@ impl Source for Acceptor {
             if !queue.is_accepting() {
                 continue;
             }
-            let mut events = Vec::with_capacity(1);
-            match epoll::wait(&self.epoll, spare_capacity(&mut events), None) {
-                Ok(_) => {}
+            // One event per wait, on the stack (no allocation per request).
+            let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
+            let data = match epoll::wait(&self.epoll, &mut events, None) {
+                Ok((ready, _)) => match ready.first() {
+                    Some(ev) => ev.data.u64(),
+                    None => continue,
+                },
                 Err(Errno::INTR) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "epoll_wait failed");
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     continue;
                 }
-            }
-            let Some(ev) = events.first() else { continue };
-            match Wake::decode(ev.data.u64()) {
+            };
+            match Wake::decode(data) {
                 Wake::Conn(key) => {
                     let Some(conn) = self.parking.get(key) else {
                         continue;
