@@ -2,7 +2,7 @@
 //! to CONTENT_LENGTH. nginx and Apache never reuse a uwsgi or SCGI connection
 //! (PROTOCOLS.md §0, §3), so after the body the decoder yields nothing more.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::{CodecError, Frame, Head, Protocol};
@@ -108,8 +108,17 @@ impl Decoder for UwsgiCodec {
                 };
                 let modifier30 = packet.modifier1 == MODIFIER_WSGI_STRIP_SCRIPT_NAME;
                 let vars = uwsgi::parse_vars(packet.vars)?;
-                let mut frame = src.split_to(len).freeze();
-                let buf = frame.split_off(HEADER_LEN);
+                let buf = if len == src.len() {
+                    // Nothing follows the head (no body): the whole buffer becomes the
+                    // head's, without the shared allocation a split makes.
+                    let mut whole = std::mem::take(src).freeze();
+                    whole.advance(HEADER_LEN);
+                    whole
+                } else {
+                    let mut head = src.split_to(len).freeze();
+                    head.advance(HEADER_LEN);
+                    head
+                };
                 let mut head = Head {
                     buf,
                     vars,
@@ -193,6 +202,20 @@ mod tests {
             panic!()
         };
         assert_eq!(&b[..], b"456789");
+        assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn decodes_a_head_with_nothing_after_it() {
+        let buf = packet(&[(b"REQUEST_METHOD", b"GET"), (b"PATH_INFO", b"/x")]);
+        let mut codec = UwsgiCodec::new(65535);
+        let mut src = BytesMut::from(&buf[..]);
+        let Some(Frame::Head(head)) = codec.decode(&mut src).unwrap() else {
+            panic!()
+        };
+        assert!(src.is_empty());
+        assert_eq!(head.get(b"PATH_INFO"), Some(&b"/x"[..]));
+        assert_eq!(head.pairs().count(), 2);
         assert!(codec.decode(&mut src).unwrap().is_none());
     }
 

@@ -54,6 +54,10 @@ pub struct Keys {
     /// table in one block), so the constant entries cost no insertion and the CGI
     /// variables that follow fit without the table growing.
     template: Py<PyDict>,
+    /// The last value seen for each [`KNOWN`] name and its `str`: a front server sends
+    /// most of them unchanged request after request (DOCUMENT_ROOT, SERVER_*, Host,
+    /// User-Agent…), and a `str` is immutable, so the same object serves again.
+    last: std::cell::RefCell<Vec<Option<(Vec<u8>, Py<PyString>)>>>,
 }
 
 /// Entries a copy of the template can take before its table grows: `_PyDict_NewPresized(56)`
@@ -107,14 +111,35 @@ impl Keys {
             known,
             values,
             template: template.unbind(),
+            last: std::cell::RefCell::new((0..KNOWN.len()).map(|_| None).collect()),
         }
     }
 
-    /// A `str` for a CGI value (latin-1), shared when it is a common one.
-    fn value<'py>(&self, py: Python<'py>, v: &[u8]) -> Bound<'py, PyString> {
-        match common_value(v) {
-            Some(i) => self.values[i].bind(py).clone(),
-            None => latin1(py, v),
+    /// A `str` for the CGI value `v` of the variable `known` (latin-1): shared when it
+    /// is a common value or the one this name had last time.
+    fn value<'py>(&self, py: Python<'py>, known: Option<u8>, v: &[u8]) -> Bound<'py, PyString> {
+        if let Some(i) = common_value(v) {
+            return self.values[i].bind(py).clone();
+        }
+        let Some(k) = known else {
+            return latin1(py, v);
+        };
+        let mut last = self.last.borrow_mut();
+        let slot = &mut last[usize::from(k)];
+        match slot {
+            Some((bytes, s)) if bytes.as_slice() == v => s.bind(py).clone(),
+            Some((bytes, s)) => {
+                let fresh = latin1(py, v);
+                bytes.clear();
+                bytes.extend_from_slice(v);
+                *s = fresh.clone().unbind();
+                fresh
+            }
+            None => {
+                let fresh = latin1(py, v);
+                *slot = Some((v.to_vec(), fresh.clone().unbind()));
+                fresh
+            }
         }
     }
 }
@@ -180,7 +205,7 @@ pub fn build<'py>(
         env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
     for var in &cgi.vars {
-        let value = keys.value(py, &var.value);
+        let value = keys.value(py, var.known, &var.value);
         match var.known {
             Some(k) => env.set_item(keys.known[usize::from(k)].bind(py), value)?,
             None => env.set_item(latin1(py, var.key), value)?,

@@ -273,6 +273,18 @@ fn refuse(e: HeaderError) -> PyErr {
 
 #[pymethods]
 impl Responder {
+    /// The responder is itself the app's `start_response` (PEP 3333 asks for a
+    /// callable, nothing more): no bound method is made for each request.
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start_response(slf, status, headers, exc_info)
+    }
+
     /// `start_response(status, response_headers, exc_info=None)` → `write`.
     #[pyo3(signature = (status, headers, exc_info=None))]
     fn start_response<'py>(
@@ -516,18 +528,7 @@ fn drive(
     environ: Bound<'_, pyo3::types::PyDict>,
     responder: &Bound<'_, Responder>,
 ) -> Outcome {
-    let start_response = match responder.getattr(intern!(py, "start_response")) {
-        Ok(s) => s,
-        Err(e) => {
-            return fail(
-                py,
-                responder,
-                Failure::Raised(e),
-                "setting up start_response",
-            )
-        }
-    };
-    let result = match app.bind(py).call1((environ, start_response)) {
+    let result = match app.bind(py).call1((environ, responder)) {
         Ok(r) => r,
         Err(e) => {
             return fail(
