@@ -354,3 +354,44 @@ fn a_long_response_is_counted_in_bounded_memory() {
         "postern bench peaked at {peak_mib} MiB for a 256 MiB response"
     );
 }
+
+// regression: a Unix socket connect blocked without a timeout when the listen queue
+// was full (a server that stopped accepting), so `postern bench` never ended. The
+// connect now waits at most --timeout and counts as a failed connect.
+#[test]
+fn a_unix_server_that_stops_accepting_ends_the_run_with_connect_errors() {
+    use std::os::fd::AsRawFd;
+    let dir = tempdir();
+    let sock = dir.path().join("full.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Room for one queued connection (the bench's check at the start), never accepted.
+    // SAFETY: listen again on our own listening socket, to shrink its queue.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let mut child = Command::new(postern_bin())
+        .args(["bench", &format!("unix:{}", sock.display())])
+        .args(["-c", "2", "-d", "0.5", "--timeout", "1", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Hang guard only: the run ends by itself well before.
+    let mut status = None;
+    for _ in 0..600 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("postern bench did not end");
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(status.unwrap().code(), Some(7), "{r}");
+    assert_eq!(r["responses"], 0, "{r}");
+    assert!(r["errors"]["connect_failed"].as_u64().unwrap() >= 2, "{r}");
+    drop(listener);
+}

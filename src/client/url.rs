@@ -178,8 +178,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Connects with `timeout` (TCP only; a Unix connect does not block for long) and sets
-    /// it as the read and write timeout.
+    /// Connects with `timeout` and sets it as the read and write timeout.
     pub fn connect(&self, timeout: Duration) -> io::Result<Conn> {
         Ok(match self {
             Endpoint::Tcp(addr) => {
@@ -189,7 +188,12 @@ impl Endpoint {
                 Conn::Tcp(s)
             }
             Endpoint::Unix(p) => {
-                let s = UnixStream::connect(p)?;
+                // A Unix connect waits while the listen queue is full (a server that
+                // stops accepting) for as long as the send timeout: set it first.
+                let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+                s.set_write_timeout(Some(timeout))?;
+                s.connect(&socket2::SockAddr::unix(p)?)?;
+                let s = UnixStream::from(std::os::fd::OwnedFd::from(s));
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;
                 Conn::Unix(s)
