@@ -64,7 +64,8 @@ pub struct BenchArgs {
     /// Request header (repeatable), e.g. -H 'Accept: text/html'.
     #[arg(short = 'H', long = "header", value_name = "K:V")]
     pub headers: Vec<String>,
-    /// Seconds to wait for a connect, a write or a read before counting a timeout.
+    /// Seconds to wait for a connect, a write or a read before counting a timeout; a
+    /// request under way at the end of --duration has this long to finish.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub timeout: f64,
     /// Report format.
