@@ -58,6 +58,10 @@ pub struct Keys {
     /// most of them unchanged request after request (DOCUMENT_ROOT, SERVER_*, Host,
     /// User-Agent…), and a `str` is immutable, so the same object serves again.
     last: std::cell::RefCell<Vec<Option<(Vec<u8>, Py<PyString>)>>>,
+    /// This thread's `wsgi.errors` when the protocol forwards nothing (uwsgi, SCGI): one
+    /// object for every request (its lines go to the log inside the current request's
+    /// span), flushed at each request's end by [`Keys::end_request`].
+    errors: Py<Errors>,
 }
 
 /// Entries a copy of the template can take before its table grows: `_PyDict_NewPresized(56)`
@@ -81,12 +85,16 @@ impl Keys {
                 .expect("allocating the environ template")
                 .cast_into_unchecked::<PyDict>()
         };
+        let errors = Py::new(py, Errors::new(None)).expect("allocating wsgi.errors");
+        // A request without a body shares this one (nothing in an empty input changes).
+        let empty_input =
+            Py::new(py, Input::new(super::Body::Empty)).expect("allocating wsgi.input");
         let fill = || -> PyResult<()> {
             template.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
             template.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
-            // Set per request; here so that a request replaces them in place.
-            template.set_item(intern!(py, "wsgi.input"), py.None())?;
-            template.set_item(intern!(py, "wsgi.errors"), py.None())?;
+            // Replaced in place by a request with a body, or with FastCGI's forwarding.
+            template.set_item(intern!(py, "wsgi.input"), &empty_input)?;
+            template.set_item(intern!(py, "wsgi.errors"), &errors)?;
             template.set_item(
                 intern!(py, "wsgi.multithread"),
                 PyBool::new(py, settings.threads > 1),
@@ -112,6 +120,15 @@ impl Keys {
             values,
             template: template.unbind(),
             last: std::cell::RefCell::new((0..KNOWN.len()).map(|_| None).collect()),
+            errors,
+        }
+    }
+
+    /// Ends a request on this thread: what the app wrote to the shared `wsgi.errors`
+    /// without a final newline is logged now, inside the request's span.
+    pub fn end_request(&self, py: Python<'_>) {
+        if let Ok(mut errors) = self.errors.bind(py).try_borrow_mut() {
+            errors.flush();
         }
     }
 
@@ -175,8 +192,8 @@ pub fn build<'py>(
     listener: &ListenerInfo,
     settings: &Settings,
     request_id: &RequestId,
-    input: Bound<'py, Input>,
-    errors: Bound<'py, Errors>,
+    input: Option<Bound<'py, Input>>,
+    errors: Option<Bound<'py, Errors>>,
 ) -> PyResult<Built<'py>> {
     let cgi = cgi::normalise(
         head.pairs(),
@@ -195,8 +212,12 @@ pub fn build<'py>(
         Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(keys.template.as_ptr()))?
             .cast_into_unchecked::<PyDict>()
     };
-    env.set_item(intern!(py, "wsgi.input"), input)?;
-    env.set_item(intern!(py, "wsgi.errors"), errors)?;
+    if let Some(input) = input {
+        env.set_item(intern!(py, "wsgi.input"), input)?;
+    }
+    if let Some(errors) = errors {
+        env.set_item(intern!(py, "wsgi.errors"), errors)?;
+    }
     env.set_item(
         intern!(py, "postern.request_id"),
         latin1(py, request_id.as_str().as_bytes()),

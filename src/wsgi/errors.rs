@@ -67,7 +67,7 @@ impl Errors {
         Ok(())
     }
 
-    fn flush(&mut self) {
+    pub fn flush(&mut self) {
         if !self.line.is_empty() {
             self.emit(&self.line);
             self.line.clear();

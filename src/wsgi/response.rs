@@ -413,8 +413,11 @@ fn respond(
     let errors_forward = req.errors_forward.take();
     let mut sink: Box<dyn Sink> = std::mem::replace(&mut req.sink, Box::new(Closed));
     let (head, listener) = (&req.head, &req.listener);
-    let input = Bound::new(py, Input::new(body)).expect("allocating wsgi.input");
-    let errors = Bound::new(py, Errors::new(errors_forward)).expect("allocating wsgi.errors");
+    // Without a body or forwarding, the thread's shared objects in the template serve.
+    let input = (!matches!(body, super::Body::Empty))
+        .then(|| Bound::new(py, Input::new(body)).expect("allocating wsgi.input"));
+    let errors = errors_forward
+        .map(|f| Bound::new(py, Errors::new(Some(f))).expect("allocating wsgi.errors"));
     let built = match environ::build(
         py,
         keys,
@@ -452,6 +455,7 @@ fn respond(
     )
     .expect("allocating start_response");
     let outcome = drive(py, app, built.environ, &responder);
+    keys.end_request(py);
     let mut r = st(&responder);
     let end = if r.client_gone {
         End::ClientGone(outcome.status)
