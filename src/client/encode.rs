@@ -3,7 +3,7 @@
 //! (PROTOCOLS.md §2.5) or an SCGI netstring head (§3), followed by the body.
 
 use super::url::{Scheme, Target, Url};
-use crate::config::RequestArgs;
+use super::RequestArgs;
 use crate::proto::{cgi, fastcgi as fcgi, scgi, uwsgi};
 
 /// The request id of the FastCGI requests we send (nginx and Apache always use 1).

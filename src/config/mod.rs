@@ -332,7 +332,7 @@ pub struct Options {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Send one request the way nginx would and print the response (-i style).
-    Request(RequestArgs),
+    Request(crate::client::RequestArgs),
     /// Load a uwsgi, FastCGI or SCGI server straight on its socket (no nginx) and
     /// report req/s, latency percentiles and errors by kind.
     Bench(crate::client::bench::BenchArgs),
@@ -350,37 +350,6 @@ pub struct MigrateArgs {
     /// The uWSGI ini file: `FILE` or `FILE:SECTION` (default section `uwsgi`).
     #[arg(value_name = "FILE[:SECTION]")]
     pub ini: String,
-}
-
-#[derive(Args, Debug)]
-pub struct RequestArgs {
-    /// SCHEME://HOST[:PORT]/path?query, or SCHEME+unix:///path/to.sock/path?query
-    /// (the socket is the longest leading part of the path that is a socket file;
-    /// `SCHEME+unix://%2Frun%2Fapp.sock/path` also works). SCHEME is `uwsgi`
-    /// (default port 3031), `fastcgi` (9000) or `scgi` (4000).
-    #[arg(value_name = "URL")]
-    pub url: String,
-    /// Request header (repeatable), e.g. -H 'Accept: text/html'.
-    #[arg(short = 'H', long = "header", value_name = "K:V")]
-    pub headers: Vec<String>,
-    /// Request method (default GET, or POST with --data).
-    #[arg(short = 'X', long, value_name = "M")]
-    pub method: Option<String>,
-    /// Request body, or @FILE to send a file's contents.
-    #[arg(short = 'd', long, value_name = "BODY|@FILE")]
-    pub data: Option<String>,
-    /// Seconds to wait for connect and for each read or write.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    pub timeout: f64,
-    /// FastCGI only: send no CONTENT_LENGTH and stream the body in 8 KiB STDIN records,
-    /// as nginx does with `fastcgi_request_buffering off` and a chunked upload.
-    #[arg(long)]
-    pub no_content_length: bool,
-    /// FastCGI only: ask FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS with an
-    /// FCGI_GET_VALUES record and print the answer as NAME=VALUE lines (the URL's path
-    /// is not used).
-    #[arg(long, conflicts_with_all = ["data", "method", "no_content_length"])]
-    pub get_values: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
