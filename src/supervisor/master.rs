@@ -88,8 +88,9 @@ struct Master {
     workers: Vec<Worker>,
     /// Workers of the current generation that died before they were ready, in a row.
     boot_failures: u32,
-    /// After boot failures: when the next replacement may start (see `fill`).
-    respawn_at: Option<Instant>,
+    /// When the worker whose boot failed last had started: the respawn backoff counts
+    /// from there (see `fill`).
+    failed_start: Option<Instant>,
     announced: bool,
     /// Why workers left the serving generation, oldest first: the causes their
     /// replacements start with (`fill`).
@@ -133,7 +134,7 @@ pub fn run(
         generation: 0,
         workers: Vec::new(),
         boot_failures: 0,
-        respawn_at: None,
+        failed_start: None,
         announced: false,
         pending: VecDeque::new(),
         stats,
@@ -533,7 +534,7 @@ impl Master {
             notify::monotonic_usec()
         ));
         self.boot_failures = 0;
-        self.respawn_at = None;
+        self.failed_start = None;
         // Chain reload: one new worker now, the next once it serves (see `fill`).
         let n = if self.opts.chain_reload {
             1
@@ -609,6 +610,9 @@ impl Master {
             self.board.count_exit(j.cause);
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
+            if j.boot_failures > self.boot_failures {
+                self.failed_start = Some(w.started);
+            }
             self.boot_failures = j.boot_failures;
             self.pending.extend(j.pending);
             let pid = raw(pid);
@@ -662,7 +666,6 @@ impl Master {
             // Nothing to replace: causes left over (a crash during a scale-down, an
             // old generation's boot failure) would misname a later start.
             self.pending.clear();
-            self.respawn_at = None;
             return Ok(None);
         }
         if self.opts.chain_reload && self.reloading() {
@@ -677,21 +680,16 @@ impl Master {
             return Ok(None);
         }
         if self.boot_failures > 0 {
-            let backoff = Duration::from_millis(100u64 << self.boot_failures.min(7));
-            let last = self.workers.iter().map(|w| w.started).max();
-            if let Some(at) = last.map(|t| t + backoff).filter(|&at| at > Instant::now()) {
-                return Ok(Some(at));
-            }
-            // Then a pause of its own (the backoff from the last start may be long
-            // over, or there is no worker left to count it from).
-            let at = *self
-                .respawn_at
-                .get_or_insert_with(|| Instant::now() + backoff.min(Duration::from_millis(200)));
+            // From the failed worker's own start: the newest start of any worker may
+            // be a healthy one's from long ago, which made the backoff a flat 200 ms.
+            let at = phase::respawn_at(
+                self.boot_failures,
+                self.failed_start.unwrap_or_else(Instant::now),
+            );
             if at > Instant::now() {
                 return Ok(Some(at));
             }
         }
-        self.respawn_at = None;
         for _ in live..self.target {
             // A replacement starts with the cause of the exit it replaces; with none
             // left, the target grew (SIGTTIN).

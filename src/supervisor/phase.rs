@@ -131,6 +131,12 @@ pub struct Judgement {
 /// Workers dying before ready this many times in a row stop the master.
 pub const CRASH_LOOP: u32 = 10;
 
+/// When a replacement may start after `boot_failures` failed boots in a row, the last
+/// of which started at `failed_start`: 200 ms after the first, doubling up to 12.8 s.
+pub fn respawn_at(boot_failures: u32, failed_start: Instant) -> Instant {
+    failed_start + std::time::Duration::from_millis(100u64 << boot_failures.clamp(1, 7))
+}
+
 /// Decides what a worker's exit means: expected, a crash to replace, a failed reload
 /// to roll back, or a reason to stop.
 pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
@@ -181,6 +187,17 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_respawn_backoff_doubles_from_the_failed_start_up_to_a_cap() {
+        let t = Instant::now();
+        let after = |n| respawn_at(n, t) - t;
+        assert_eq!(after(1), Duration::from_millis(200));
+        assert_eq!(after(2), Duration::from_millis(400));
+        assert_eq!(after(6), Duration::from_millis(6400));
+        assert_eq!(after(7), Duration::from_millis(12800));
+        assert_eq!(after(CRASH_LOOP), Duration::from_millis(12800));
+    }
 
     fn fleet(generation: u64) -> Fleet {
         Fleet {
