@@ -78,6 +78,10 @@ pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
     if name.is_empty() || !name.bytes().all(is_tchar) {
         return Err(HeaderError::Name(name.to_owned()));
     }
+    // The usual value: printable ASCII (and tabs), checked a byte at a time.
+    if value.bytes().all(|b| (b' '..0x7f).contains(&b) || b == b'\t') {
+        return Ok(());
+    }
     for c in value.chars() {
         if u32::from(c) > 0xff {
             return Err(HeaderError::NotLatin1 {

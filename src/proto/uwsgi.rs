@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use nom::number::{complete, streaming};
+use nom::number::streaming;
 use nom::{IResult, Parser};
 
 use super::ProtoError;
@@ -89,21 +89,20 @@ pub fn parse_vars(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
 
 /// One `u16 LE length | bytes` string at `pos`; returns its range and the next offset.
 fn string(block: &[u8], pos: usize) -> Result<(Range<u32>, usize), ProtoError> {
-    let overrun = ProtoError::VarOverrun {
+    let overrun = || ProtoError::VarOverrun {
         offset: pos,
         block: block.len(),
     };
-    let rest = block.get(pos..).ok_or(overrun.clone())?;
     // The block length is already checked, so a short field here is malformed input.
-    let len: IResult<_, _> = complete::le_u16.parse_complete(rest);
-    let Ok((_, len)) = len else {
-        return Err(overrun);
+    let len = match block.get(pos..pos + 2) {
+        Some(&[lo, hi]) => usize::from(u16::from_le_bytes([lo, hi])),
+        _ => return Err(overrun()),
     };
     let start = pos + 2;
-    let end = start
-        .checked_add(usize::from(len))
-        .filter(|&end| end <= block.len())
-        .ok_or(overrun)?;
+    let end = start + len;
+    if end > block.len() {
+        return Err(overrun());
+    }
     // Blocks are at most 64 KiB, so offsets always fit in u32.
     Ok((start as u32..end as u32, end))
 }
