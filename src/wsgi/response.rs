@@ -18,6 +18,15 @@ use super::input::Input;
 use super::{traceback, AppError, End, Request, Sent, Served, Settings, Sink};
 use crate::proto::response::{self as resp, HeaderError};
 
+/// A first body chunk this large is written after the head instead of copied behind it.
+const SEPARATE_BODY: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a response's head and (small) first chunk are put together; at most
+    /// about `SEPARATE_BODY` plus a head, kept for the thread's next response.
+    static HEAD_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The peer went away; stop producing output.
 #[derive(Debug)]
 struct Gone;
@@ -89,6 +98,12 @@ impl State {
     }
 
     fn head_bytes(&self, py: Python<'_>, extra: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64 + self.headers.len() * 40 + extra);
+        self.write_head_into(py, &mut buf);
+        buf
+    }
+
+    fn write_head_into(&self, py: Python<'_>, buf: &mut Vec<u8>) {
         // Validation read each of these with `to_str` already: it cannot fail now (and
         // a non-ASCII one keeps its UTF-8 form cached).
         fn text<'a>(py: Python<'a>, s: &'a Py<PyString>) -> &'a str {
@@ -98,14 +113,12 @@ impl State {
             .status
             .as_ref()
             .map_or("500 Internal Server Error", |s| text(py, s));
-        let mut buf = Vec::with_capacity(64 + self.headers.len() * 40 + extra);
         resp::write_head(
-            &mut buf,
+            buf,
             self.sink.head_style(),
             status,
             self.headers.iter().map(|(n, v)| (text(py, n), text(py, v))),
         );
-        buf
     }
 
     /// Adds a header postern computed (the Content-Length of a complete body).
@@ -170,11 +183,25 @@ impl State {
         }
         self.body_sent += data.len() as u64;
         if !self.headers_sent {
-            // Headers and the first chunk leave in one write.
-            let mut buf = self.head_bytes(py, data.len());
-            buf.extend_from_slice(data);
             self.headers_sent = true;
-            self.emit(py, &buf)
+            if data.len() >= SEPARATE_BODY {
+                // A large first chunk is not copied behind the head: two writes (one
+                // more system call) cost less than copying it.
+                let head = self.head_bytes(py, 0);
+                let last = std::mem::take(&mut self.last_write);
+                self.emit(py, &head)?;
+                self.last_write = last;
+                return self.emit(py, data);
+            }
+            // Headers and the first chunk leave in one write, assembled in this
+            // thread's buffer (no allocation per response).
+            HEAD_BUF.with(|b| {
+                let mut buf = b.borrow_mut();
+                buf.clear();
+                self.write_head_into(py, &mut buf);
+                buf.extend_from_slice(data);
+                self.emit(py, &buf)
+            })
         } else if data.is_empty() {
             Ok(())
         } else {
