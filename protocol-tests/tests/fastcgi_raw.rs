@@ -1327,6 +1327,35 @@ fn a_silent_client_is_closed_after_head_timeout_and_others_are_served() {
 }
 
 #[test]
+fn clients_that_connect_and_wait_before_sending_are_served() {
+    // nginx connects, then writes: a connection accepted before its first record
+    // arrives waits for it (the Python threads' epoll) and is served when it comes,
+    // within --head-timeout; with keep-conn it then serves its next request too.
+    for tcp in [false, true] {
+        let dir = tempdir();
+        let p = if tcp {
+            Spawn::tcp(dir.path(), &testapp())
+        } else {
+            Spawn::unix(dir.path(), &testapp())
+        }
+        .protocol("fastcgi")
+        .args(["--head-timeout", "30"])
+        .start();
+        let mut plain = Fc::open(&p);
+        let mut kept = Fc::open(&p);
+        // Long enough for postern to accept them and find nothing to read.
+        std::thread::sleep(Duration::from_millis(300));
+        kept.get(1, true, "/hello").assert_ok(b"hello\n");
+        plain.get(1, false, "/hello").assert_ok(b"hello\n");
+        plain.assert_closed();
+        kept.get(1, true, "/hello").assert_ok(b"hello\n");
+        kept.get(2, false, "/hello").assert_ok(b"hello\n");
+        kept.assert_closed();
+        ok_after(&p);
+    }
+}
+
+#[test]
 fn a_client_stopping_mid_record_is_closed_after_read_timeout() {
     // A fresh connection that sends part of a record header, then nothing. README:
     // "nothing for --read-timeout in the middle of a request" closes it (--head-timeout

@@ -615,3 +615,87 @@ fn repeated_http_content_length_is_not_a_server_error() {
     );
     assert_eq!(parse_http(&out).unwrap().body, b"hello");
 }
+
+/// Sends a GET for /hello on an open connection and reads the answer to EOF.
+fn hello_on(s: &mut Box<dyn Conn>, p: &Postern) {
+    s.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/hello"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]))
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let r = parse_http(&out).unwrap_or_else(|| {
+        panic!(
+            "bad response {:?}\n{}",
+            String::from_utf8_lossy(&out),
+            p.logs()
+        )
+    });
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"hello\n"[..]),
+        "{}",
+        p.logs()
+    );
+}
+
+#[test]
+fn clients_that_connect_and_wait_before_sending_are_served() {
+    // nginx connects, then writes: a connection accepted before its request arrives
+    // waits for its first bytes (the Python threads' epoll) and is served when they
+    // come, within --head-timeout; several at once, answered in any order.
+    for unix in [true, false] {
+        let dir = tempdir();
+        let p = if unix {
+            Spawn::unix(dir.path(), &testapp())
+        } else {
+            Spawn::tcp(dir.path(), &testapp())
+        }
+        .args(["--head-timeout", "30"])
+        .start();
+        let mut waiting: Vec<Box<dyn Conn>> = (0..3).map(|_| p.addr.connect().unwrap()).collect();
+        // Long enough for postern to accept them and find nothing to read.
+        std::thread::sleep(Duration::from_millis(300));
+        while let Some(mut s) = waiting.pop() {
+            hello_on(&mut s, &p);
+        }
+        ok_after(&p);
+    }
+}
+
+#[test]
+fn a_silent_client_is_closed_by_head_timeout_with_its_peer_in_the_log() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // One that waits a little, then sends, is served meanwhile.
+    let mut late = p.addr.connect().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    hello_on(&mut late, &p);
+    // The 10 s read timeout only keeps a broken server from hanging the test.
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!(
+            "expected postern to close the silent connection, got {other:?}\n{}",
+            p.logs()
+        ),
+    }
+    assert!(p.wait_log("no complete request head", 5), "{}", p.logs());
+    let me = idle.local_addr().unwrap().to_string();
+    assert!(
+        p.logs()
+            .lines()
+            .any(|l| l.contains("no complete request head") && l.contains(&me)),
+        "the timeout's line names the peer {me}\n{}",
+        p.logs()
+    );
+    ok_after(&p);
+}

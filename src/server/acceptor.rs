@@ -1,9 +1,11 @@
 //! The fast path, run by the Python threads themselves (GIL released): wait on the
 //! listeners and the ready queue, accept, read once, and when the whole request is
 //! already there (nginx sends head and small bodies in one go) serve it on this thread
-//! with no hand-off at all, as uWSGI does. Anything else (partial head, large or slow
-//! body, bad input) goes to the tokio slow lane, which queues the request when it is
-//! complete. A silent or slow peer therefore never holds a Python thread.
+//! with no hand-off at all, as uWSGI does. A connection with nothing to read yet (nginx
+//! connects, then writes) waits in the same epoll ([`super::pending`]) and is read the
+//! same way when its bytes come. Anything else (partial head, large or slow body, bad
+//! input) goes to the tokio slow lane, which queues the request when it is complete.
+//! A silent or slow peer therefore never holds a Python thread.
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,6 +21,7 @@ use tokio_util::codec::Decoder;
 use super::connection::{self, Start};
 use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, Woken};
 use super::lane::{Limits, SlowLane};
+use super::pending::{self, Pending, Waiting};
 use super::queue::Queue;
 use super::sink::ConnSink;
 use super::span::request_span;
@@ -64,8 +67,8 @@ pub fn epoll_for(queue: &Queue, listeners: &[Listener]) -> std::io::Result<Owned
 
 /// The [`Source`] the Python threads pull requests from.
 pub struct Acceptor {
-    /// Interest list: the ready-queue eventfd, each listener, and FastCGI connections
-    /// (one-shot); the epoll data is a [`Wake`].
+    /// Interest list: the ready-queue eventfd, each listener, FastCGI connections, and
+    /// new connections waiting for their first bytes; the epoll data is a [`Wake`].
     pub epoll: Arc<OwnedFd>,
     /// Idle FastCGI keep-alive connections.
     pub parking: Arc<Parking>,
@@ -76,6 +79,8 @@ pub struct Acceptor {
     pub queue: Arc<Queue>,
     pub slow: SlowLane,
     pub limits: Limits,
+    /// New connections waiting in `epoll` for their first bytes.
+    pub pending: Pending,
 }
 
 thread_local! {
@@ -98,9 +103,22 @@ impl Source for Acceptor {
             if !queue.is_accepting() {
                 continue;
             }
+            // The thread with the token also keeps the waiting connections' timeout.
+            let now = Instant::now();
+            for e in self.pending.expired(now) {
+                self.to_lane(e);
+            }
+            let limit = self.pending.wait_limit(now).map(|d| {
+                // Rounded up to the epoll's millisecond: no busy wait before expiry.
+                let d = d + Duration::from_millis(1);
+                Timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: i64::from(d.subsec_nanos()),
+                }
+            });
             // One event per wait, on the stack (no allocation per request).
             let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
-            let data = match epoll::wait(&self.epoll, &mut events, None) {
+            let data = match epoll::wait(&self.epoll, &mut events, limit.as_ref()) {
                 Ok((ready, _)) => match ready.first() {
                     Some(ev) => ev.data.u64(),
                     None => continue,
@@ -120,7 +138,7 @@ impl Source for Acceptor {
                     match conn.woken() {
                         // A parked connection has its next request (or closed).
                         Woken::Read => {
-                            if let Some(req) = self.fcgi_read(conn, true, Instant::now()) {
+                            if let Some(req) = self.fcgi_read(conn, true, Instant::now(), false) {
                                 return Some(req);
                             }
                         }
@@ -139,6 +157,23 @@ impl Source for Acceptor {
                             ));
                         }
                         Woken::Stale => {}
+                    }
+                }
+                // A new connection's first bytes (or its close): read as at accept.
+                Wake::Fresh(key) => {
+                    let Some(e) = self.pending.take(key) else {
+                        continue;
+                    };
+                    let req = match e.conn {
+                        Waiting::Plain {
+                            sock,
+                            peer,
+                            listener,
+                        } => self.plain_read(listener, sock, peer, e.started, false),
+                        Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
+                    };
+                    if req.is_some() {
+                        return req;
                     }
                 }
                 Wake::Queue => {
@@ -210,9 +245,63 @@ impl Acceptor {
         self.admit(index, l, sock, peer, started)
     }
 
+    /// At stop: the connections waiting for their first bytes go to the slow lane,
+    /// which serves or closes them as it does a connection that sent nothing at accept.
+    pub fn stop_waiting(&self) -> usize {
+        let waiting = self.pending.close();
+        let n = waiting.len();
+        for e in waiting {
+            self.to_lane(e);
+        }
+        n
+    }
+
+    /// A new connection that has sent nothing (yet) goes where it went straight after
+    /// accept before waiting here existed: the slow lane, with its accept time.
+    fn to_lane(&self, e: pending::Entry) {
+        match e.conn {
+            Waiting::Plain {
+                sock,
+                peer,
+                listener,
+            } => {
+                let l = &self.listeners[listener];
+                connection::spawn(
+                    &self.slow,
+                    sock,
+                    l.tcp,
+                    peer,
+                    l.info.clone(),
+                    Start::Fresh(BytesMut::new()),
+                    e.started,
+                );
+            }
+            Waiting::Fcgi(conn) => {
+                let entry = conn.enter_lane(true);
+                let info = self.listeners[conn.listener].info.clone();
+                self.slow.spawn(fastcgi::serve(
+                    conn,
+                    BytesMut::new(),
+                    info,
+                    self.slow.clone(),
+                    self.fcgi.clone(),
+                    e.started,
+                    entry,
+                ));
+            }
+        }
+    }
+
     /// Reads a FastCGI connection (new, or parked and now readable): one whole request
-    /// is served on this thread; anything else goes to the slow lane.
-    fn fcgi_read(&self, conn: Arc<FcgiConn>, parked: bool, started: Instant) -> Option<Request> {
+    /// is served on this thread; anything else goes to the slow lane. `may_wait`: a
+    /// new connection that sent nothing yet waits in the epoll (once).
+    fn fcgi_read(
+        &self,
+        conn: Arc<FcgiConn>,
+        parked: bool,
+        started: Instant,
+        may_wait: bool,
+    ) -> Option<Request> {
         let l = &self.listeners[conn.listener];
         let got = SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -274,8 +363,10 @@ impl Acceptor {
             Err(Errno::AGAIN | Errno::INTR) => {
                 if parked {
                     self.parking.park(conn, true);
-                } else {
+                } else if !may_wait {
                     to_slow_lane(conn, BytesMut::new());
+                } else if let Err(w) = self.pending.wait(Waiting::Fcgi(conn), started) {
+                    self.to_lane(pending::Entry { conn: w, started });
                 }
                 None
             }
@@ -324,8 +415,23 @@ impl Acceptor {
                 self.limits.read_timeout,
                 &self.parking,
             );
-            return self.fcgi_read(conn, false, started);
+            return self.fcgi_read(conn, false, started, true);
         }
+        self.plain_read(index, sock, peer, started, true)
+    }
+
+    /// Reads a new uwsgi/SCGI connection: returns the request when it is complete,
+    /// else hands the connection to the slow lane. `may_wait`: one that sent nothing
+    /// yet waits in the epoll (once) instead.
+    fn plain_read(
+        &self,
+        index: usize,
+        sock: socket2::Socket,
+        peer: Arc<str>,
+        started: Instant,
+        may_wait: bool,
+    ) -> Option<Request> {
+        let l = &self.listeners[index];
         let first = SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             match rustix::net::recv(sock.as_fd(), &mut s[..], RecvFlags::empty()) {
@@ -341,6 +447,17 @@ impl Acceptor {
             Ok(b) => b,
             Err(e @ (Errno::AGAIN | Errno::INTR)) => {
                 tracing::trace!(%peer, error = %e, "nothing to read yet");
+                if may_wait {
+                    let waiting = Waiting::Plain {
+                        sock,
+                        peer,
+                        listener: index,
+                    };
+                    if let Err(conn) = self.pending.wait(waiting, started) {
+                        self.to_lane(pending::Entry { conn, started });
+                    }
+                    return None;
+                }
                 BytesMut::new()
             }
             Err(e) => {

@@ -5,6 +5,8 @@
 //!
 //! - [`listener`]: binding TCP/Unix sockets (mode, owner, stale sockets).
 //! - [`acceptor`]: accept + first read on the Python threads; the ready queue.
+//! - [`pending`]: new connections waiting in the Python threads' epoll for their
+//!   first bytes.
 //! - [`connection`]: the slow lane: partial heads, large/slow bodies, bad input.
 //! - [`sink`]: writing the response from a Python thread, then close or abort.
 //! - [`fastcgi`]: FastCGI connections, which outlive a request (keep-conn) and carry
@@ -15,6 +17,7 @@ pub mod connection;
 pub mod fastcgi;
 pub mod lane;
 pub mod listener;
+pub mod pending;
 pub mod queue;
 pub mod sink;
 pub mod span;
@@ -99,6 +102,11 @@ pub fn run(
     let listeners = Arc::new(listeners);
     let epoll = Arc::new(acceptor::epoll_for(&queue, &listeners).map_err(ServerError::Runtime)?);
     let parking = fastcgi::Parking::new(Arc::clone(&epoll));
+    let pending = pending::Pending::new(
+        Arc::clone(&epoll),
+        limits.head_timeout,
+        pending::MAX_WAITING,
+    );
     let monitor = settings.monitor.clone();
     let idle_close = CancellationToken::new();
     let acceptor = Arc::new(Acceptor {
@@ -118,6 +126,7 @@ pub fn run(
             monitor: monitor.clone(),
         },
         limits,
+        pending,
     });
     let pool = Pool::start(
         app,
@@ -146,6 +155,13 @@ pub fn run(
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
         queue.stop_accepting();
+        // Connections that had sent nothing yet go to the slow lane, which treats
+        // them as it treats one that sends nothing at accept (served, or closed when
+        // the whole server stops), before the listen queues are drained into it.
+        let waiting = acceptor.stop_waiting();
+        if waiting > 0 {
+            tracing::debug!(waiting, "new connections that sent nothing yet: to the slow lane");
+        }
         if let Some(m) = &monitor {
             m.stopping();
         }

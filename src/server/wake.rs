@@ -6,6 +6,8 @@
 //! 1 ..= 2^32-1           listener i+1
 //! 2^32 + key             a FastCGI connection (parked, or serving a request inline:
 //!                        its owner says which, see server::fastcgi::Owner)
+//! 2^63 + key             a new connection waiting for its first bytes (one-shot,
+//!                        see server::pending)
 //! ```
 //!
 //! A FastCGI connection keeps one registration (edge-triggered) from its first parking
@@ -14,6 +16,8 @@
 
 /// Listener indexes stay below this; connection keys are added to it.
 const CONN_BASE: u64 = 1 << 32;
+/// Waiting connections' keys are added to this; FastCGI keys stay below it.
+const FRESH_BASE: u64 = 1 << 63;
 
 /// One epoll event's meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +29,8 @@ pub enum Wake {
     /// FastCGI connection `key` has input (its next request, a multiplexed one, an
     /// abort, a close).
     Conn(u64),
+    /// New connection `key`, waiting for its first bytes, has input (or closed).
+    Fresh(u64),
 }
 
 impl Wake {
@@ -37,8 +43,9 @@ impl Wake {
                 debug_assert!(i < CONN_BASE, "listener index out of range");
                 i
             }
-            // Keys count up from 0, one per connection: 2^64 - 2^32 of them.
+            // Keys count up from 0, one per connection: 2^63 - 2^32 of them.
             Wake::Conn(key) => CONN_BASE.wrapping_add(key),
+            Wake::Fresh(key) => FRESH_BASE | key,
         }
     }
 
@@ -48,6 +55,8 @@ impl Wake {
             Wake::Queue
         } else if data < CONN_BASE {
             Wake::Listener((data - 1) as usize)
+        } else if data >= FRESH_BASE {
+            Wake::Fresh(data - FRESH_BASE)
         } else {
             Wake::Conn(data - CONN_BASE)
         }
@@ -67,7 +76,9 @@ mod tests {
             Wake::Listener((CONN_BASE - 2) as usize),
             Wake::Conn(0),
             Wake::Conn(12345),
-            Wake::Conn(u64::MAX - CONN_BASE),
+            Wake::Conn(FRESH_BASE - CONN_BASE - 1),
+            Wake::Fresh(0),
+            Wake::Fresh(98765),
         ] {
             assert_eq!(Wake::decode(w.encode()), w, "{w:?}");
         }
@@ -78,5 +89,6 @@ mod tests {
         assert_eq!(Wake::Queue.encode(), 0);
         assert_eq!(Wake::Listener(0).encode(), 1);
         assert!(Wake::Conn(0).encode() > Wake::Listener((CONN_BASE - 2) as usize).encode());
+        assert!(Wake::Fresh(0).encode() > Wake::Conn(FRESH_BASE - CONN_BASE - 1).encode());
     }
 }

@@ -283,6 +283,12 @@ pub struct FcgiConn {
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
+impl AsFd for FcgiConn {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 impl FcgiConn {
     /// A connection just accepted, held by the accepting thread.
     pub fn new(

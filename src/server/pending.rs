@@ -1,0 +1,250 @@
+//! New connections that had sent nothing yet when accepted: behind nginx under load
+//! the first recv after accept4 often finds nothing (nginx connects, then writes).
+//! Instead of the slow lane (a tokio task that reads the head, then a hand-off back
+//! through the ready queue: two thread hops and their wake-ups per request), such a
+//! connection waits in the Python threads' own epoll (one-shot, [`Wake::Fresh`]) and
+//! the thread that sees it readable reads and serves it inline, like a fresh accept.
+//!
+//! Nothing here waits on a Python thread's time: a connection that then sends part of
+//! a head goes to the slow lane (the fast path's rule for partial reads); one silent
+//! until `--head-timeout`, and all of them at stop, go to the slow lane as they would
+//! have at accept, which answers them exactly as before (its timeout, its log line, its
+//! stop rules). The number waiting here is bounded; past it, the slow lane as before.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+
+use super::fastcgi::FcgiConn;
+use super::wake::Wake;
+
+/// Most connections waiting here per process; more go to the slow lane.
+pub const MAX_WAITING: usize = 1024;
+
+/// A connection waiting for its first bytes.
+pub enum Waiting {
+    /// uwsgi or SCGI, from listener `listener`.
+    Plain {
+        sock: socket2::Socket,
+        peer: Arc<str>,
+        listener: usize,
+    },
+    /// FastCGI, held (its owner is `Held`), not yet parked.
+    Fcgi(Arc<FcgiConn>),
+}
+
+impl Waiting {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Waiting::Plain { sock, .. } => sock.as_fd(),
+            Waiting::Fcgi(c) => c.as_fd(),
+        }
+    }
+}
+
+/// A waiting connection and when it was accepted (its `--head-timeout` counts from
+/// there, as in the slow lane).
+pub struct Entry {
+    pub conn: Waiting,
+    pub started: Instant,
+}
+
+struct State {
+    /// False once stopping: nothing waits here any more.
+    open: bool,
+    next: u64,
+    /// By key, which counts up in accept order: with one timeout for all, the first
+    /// entry is also the first to expire.
+    conns: BTreeMap<u64, Entry>,
+}
+
+/// The connections waiting in the Python threads' epoll for their first bytes.
+pub struct Pending {
+    epoll: Arc<OwnedFd>,
+    timeout: Duration,
+    max: usize,
+    state: Mutex<State>,
+    /// `conns.len()`, read without the lock on every wait.
+    len: AtomicUsize,
+}
+
+impl Pending {
+    /// `timeout`: how long a connection may stay silent (`--head-timeout`).
+    pub fn new(epoll: Arc<OwnedFd>, timeout: Duration, max: usize) -> Pending {
+        Pending {
+            epoll,
+            timeout,
+            max,
+            state: Mutex::new(State {
+                open: true,
+                next: 0,
+                conns: BTreeMap::new(),
+            }),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets `conn` wait here for its first bytes; gives it back when it cannot (full,
+    /// stopping, or the epoll refused it): the slow lane takes it then.
+    pub fn wait(&self, conn: Waiting, started: Instant) -> Result<(), Waiting> {
+        let mut st = self.state();
+        if !st.open || st.conns.len() >= self.max {
+            return Err(conn);
+        }
+        let key = st.next;
+        // One-shot: the event that reports its bytes (or its close) disarms it, so
+        // exactly one thread takes it; the registration dies with the socket.
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
+        let data = epoll::EventData::new_u64(Wake::Fresh(key).encode());
+        // Listed under the lock before the event can be taken (take needs the lock).
+        if epoll::add(&*self.epoll, conn.fd(), data, flags).is_err() {
+            return Err(conn);
+        }
+        st.next += 1;
+        st.conns.insert(key, Entry { conn, started });
+        self.len.store(st.conns.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The connection an epoll event names, now this thread's; `None` when the stop
+    /// or its timeout took it first.
+    pub fn take(&self, key: u64) -> Option<Entry> {
+        let mut st = self.state();
+        let e = st.conns.remove(&key);
+        self.len.store(st.conns.len(), Ordering::Relaxed);
+        e
+    }
+
+    /// How long the epoll may wait before the oldest waiting connection's timeout;
+    /// `None` when nothing waits here.
+    pub fn wait_limit(&self, now: Instant) -> Option<Duration> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let st = self.state();
+        let (_, first) = st.conns.first_key_value()?;
+        Some((first.started + self.timeout).saturating_duration_since(now))
+    }
+
+    /// Takes the connections whose timeout has passed (out of the epoll).
+    pub fn expired(&self, now: Instant) -> Vec<Entry> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let mut st = self.state();
+        let mut out = Vec::new();
+        while let Some(first) = st.conns.first_entry() {
+            if first.get().started + self.timeout > now {
+                break;
+            }
+            out.push(first.remove());
+        }
+        self.len.store(st.conns.len(), Ordering::Relaxed);
+        drop(st);
+        for e in &out {
+            let _ = epoll::delete(&*self.epoll, e.conn.fd());
+        }
+        out
+    }
+
+    /// At stop: nothing waits here any more; returns the connections that were
+    /// waiting (out of the epoll), for the slow lane.
+    pub fn close(&self) -> Vec<Entry> {
+        let mut st = self.state();
+        st.open = false;
+        let out: Vec<Entry> = std::mem::take(&mut st.conns).into_values().collect();
+        self.len.store(0, Ordering::Relaxed);
+        drop(st);
+        for e in &out {
+            let _ = epoll::delete(&*self.epoll, e.conn.fd());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (socket2::Socket, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        (socket2::Socket::from(a), b)
+    }
+
+    fn plain(sock: socket2::Socket) -> Waiting {
+        Waiting::Plain {
+            sock,
+            peer: Arc::from("test"),
+            listener: 0,
+        }
+    }
+
+    fn pending(timeout: Duration, max: usize) -> Pending {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        Pending::new(Arc::new(ep), timeout, max)
+    }
+
+    #[test]
+    fn a_waiting_connection_is_taken_once() {
+        let p = pending(Duration::from_secs(60), 4);
+        let (s, _peer) = pair();
+        assert!(p.wait(plain(s), Instant::now()).is_ok());
+        assert!(p.take(0).is_some());
+        assert!(p.take(0).is_none());
+        assert_eq!(p.wait_limit(Instant::now()), None);
+    }
+
+    #[test]
+    fn past_the_bound_the_connection_is_given_back() {
+        let p = pending(Duration::from_secs(60), 2);
+        let mut keep = Vec::new();
+        for _ in 0..2 {
+            let (s, peer) = pair();
+            keep.push(peer);
+            assert!(p.wait(plain(s), Instant::now()).is_ok());
+        }
+        let (s, _peer) = pair();
+        assert!(p.wait(plain(s), Instant::now()).is_err());
+    }
+
+    #[test]
+    fn the_oldest_sets_the_wait_and_expires_first() {
+        let p = pending(Duration::from_secs(10), 8);
+        let t0 = Instant::now();
+        let (a, _pa) = pair();
+        let (b, _pb) = pair();
+        p.wait(plain(a), t0).ok().unwrap();
+        p.wait(plain(b), t0 + Duration::from_secs(3)).ok().unwrap();
+        assert_eq!(p.wait_limit(t0), Some(Duration::from_secs(10)));
+        assert!(p.expired(t0 + Duration::from_secs(9)).is_empty());
+        let gone = p.expired(t0 + Duration::from_secs(11));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].started, t0);
+        assert_eq!(
+            p.wait_limit(t0 + Duration::from_secs(11)),
+            Some(Duration::from_secs(2))
+        );
+        // Taken by the timeout: an event for it finds nothing.
+        assert!(p.take(0).is_none());
+        assert!(p.take(1).is_some());
+    }
+
+    #[test]
+    fn after_the_stop_nothing_waits() {
+        let p = pending(Duration::from_secs(60), 8);
+        let (a, _pa) = pair();
+        p.wait(plain(a), Instant::now()).ok().unwrap();
+        assert_eq!(p.close().len(), 1);
+        let (b, _pb) = pair();
+        assert!(p.wait(plain(b), Instant::now()).is_err());
+        assert!(p.take(0).is_none());
+    }
+}
