@@ -1143,3 +1143,44 @@ fn an_access_log_next_to_the_touch_file_does_not_wake_the_master() {
         p.logs()
     );
 }
+
+#[test]
+fn connections_waiting_for_their_request_across_a_reload_are_served() {
+    // Accepted by the old workers before their request arrives (nginx connects, then
+    // writes), still silent when those workers are told to stop: each old worker keeps
+    // them until their request comes and serves it, as it does a request in flight.
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+    let mut waiting: Vec<Box<dyn Conn>> = (0..4).map(|_| p.addr.connect().unwrap()).collect();
+    // Long enough for the workers to accept them and find nothing to read.
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("new workers ready", 20), "{}", p.logs());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.logs().matches("stopping: no new connections").count() < 2 {
+        assert!(Instant::now() < deadline, "old workers not stopping\n{}", p.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    while let Some(mut s) = waiting.pop() {
+        s.write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ]))
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let r = parse_http(&out).unwrap_or_else(|| {
+            panic!(
+                "a waiting connection was not served across the reload: {:?}\n{}",
+                String::from_utf8_lossy(&out),
+                p.logs()
+            )
+        });
+        assert_eq!(r.status, 200, "{}", p.logs());
+    }
+}
