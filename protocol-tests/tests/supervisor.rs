@@ -1162,7 +1162,11 @@ fn connections_waiting_for_their_request_across_a_reload_are_served() {
     assert!(p.wait_log("new workers ready", 20), "{}", p.logs());
     let deadline = Instant::now() + Duration::from_secs(20);
     while p.logs().matches("stopping: no new connections").count() < 2 {
-        assert!(Instant::now() < deadline, "old workers not stopping\n{}", p.logs());
+        assert!(
+            Instant::now() < deadline,
+            "old workers not stopping\n{}",
+            p.logs()
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
     while let Some(mut s) = waiting.pop() {
