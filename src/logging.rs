@@ -40,7 +40,6 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuild
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::codec::{Head, Protocol};
-use crate::config::{AccessLogFormat, LogFormat};
 
 /// Log lines lost since the process started: dropped because the writer's queue was
 /// full (a slow disk or stderr reader), or because writing them failed (disk full).
@@ -83,30 +82,48 @@ pub struct LogOptions {
     pub access_format: AccessLogFormat,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// A line like postern's own: timestamp, level, then key=value fields.
+    #[default]
+    Text,
+    /// One JSON object per request.
+    Json,
+    /// The Apache/nginx "combined" format, with the duration appended.
+    Combined,
+}
+
+/// `--log-level` as a filter: a level, or `tracing` directives such as
+/// `postern=debug,warn`. A bare word that is not a level is refused: `tracing` would
+/// take it for a target's name and log nothing else (`warning`, `verbose`).
+pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let hint = "use error, warn, info, debug or trace, or a filter like postern=debug,warn";
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !d.contains(['=', '[']);
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) && d.parse::<u8>().is_err() {
+            return Err(format!("{d:?} is not a level; {hint}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("{level:?} is not a level or a filter ({e}); {hint}"))
+}
+
 /// Where access lines go (`--access-log`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessTarget {
     Off,
     Stderr,
     File(PathBuf),
-}
-
-impl LogOptions {
-    /// From the options as configured; the access log's format follows `--log-format`
-    /// unless it is given.
-    pub fn from_options(o: &crate::config::Options) -> LogOptions {
-        let access_format = o.access_log_format.unwrap_or(match o.log_format {
-            LogFormat::Text => AccessLogFormat::Text,
-            LogFormat::Json => AccessLogFormat::Json,
-        });
-        LogOptions {
-            level: o.log_level.clone(),
-            format: o.log_format,
-            file: o.log_file.clone(),
-            access: AccessTarget::parse(&o.access_log),
-            access_format,
-        }
-    }
 }
 
 impl AccessTarget {
@@ -181,7 +198,7 @@ static PID: AtomicU32 = AtomicU32::new(0);
 /// (before privileges are dropped), installs the `tracing` subscriber and the SIGUSR1
 /// handler. Lines are written directly until [`start_background`].
 pub fn init(opts: &LogOptions) -> Result<(), LogError> {
-    let filter = crate::config::log_filter(&opts.level).map_err(LogError::Level)?;
+    let filter = log_filter(&opts.level).map_err(LogError::Level)?;
     let log = Arc::new(match &opts.file {
         None => Output::stderr(),
         Some(p) => Output::file(p, "log file")?,

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Err(e) = logging::init(&logging::LogOptions::from_options(&config.opts)) {
+    if let Err(e) = logging::init(&config.opts.log_options()) {
         eprintln!("postern: {e}");
         return ExitCode::from(2);
     }

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Protocol;
+pub use crate::logging::{log_filter, AccessLogFormat, LogFormat};
 use crate::server::listener::{parse_owner, ListenAddr};
 use crate::wsgi::interpreter::AppSpec;
 pub use value::{parse_size, KeyValue, Mode, Seconds, Size};
@@ -352,26 +353,6 @@ pub struct MigrateArgs {
     pub ini: String,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessLogFormat {
-    /// A line like postern's own: timestamp, level, then key=value fields.
-    #[default]
-    Text,
-    /// One JSON object per request.
-    Json,
-    /// The Apache/nginx "combined" format, with the duration appended.
-    Combined,
-}
-
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -613,22 +594,6 @@ impl Layered {
         }
         out + &tables
     }
-}
-
-/// `--log-level` as a filter: a level, or `tracing` directives such as
-/// `postern=debug,warn`. A bare word that is not a level is refused: `tracing` would
-/// take it for a target's name and log nothing else (`warning`, `verbose`).
-pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let hint = "use error, warn, info, debug or trace, or a filter like postern=debug,warn";
-    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let bare = !d.contains(['=', '[']);
-        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) && d.parse::<u8>().is_err() {
-            return Err(format!("{d:?} is not a level; {hint}"));
-        }
-    }
-    tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("{level:?} is not a level or a filter ({e}); {hint}"))
 }
 
 /// A key as TOML writes it (bare when it can be).
@@ -1167,5 +1132,23 @@ mod tests {
         let c = resolve(&["app", "--max-requests", "0"]).unwrap();
         assert_eq!(c.opts.max_requests, None);
         assert!(!c.supervised);
+    }
+}
+
+impl Options {
+    /// What `logging::init` needs; the access log's format follows `--log-format`
+    /// unless it is given.
+    pub fn log_options(&self) -> crate::logging::LogOptions {
+        let access_format = self.access_log_format.unwrap_or(match self.log_format {
+            LogFormat::Text => AccessLogFormat::Text,
+            LogFormat::Json => AccessLogFormat::Json,
+        });
+        crate::logging::LogOptions {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            file: self.log_file.clone(),
+            access: crate::logging::AccessTarget::parse(&self.access_log),
+            access_format,
+        }
     }
 }
