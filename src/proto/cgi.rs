@@ -3,7 +3,6 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
-use std::sync::LazyLock;
 
 use super::ProtoError;
 
@@ -112,32 +111,60 @@ const K_HTTP_HOST: u8 = 18;
 const K_HTTP_COOKIE: u8 = 19;
 
 /// [`KNOWN`] by a hash of each name's length and last 8 bytes (where the names differ:
-/// many share a prefix or a length): a lookup hashes once and compares one or two names.
-static TABLE: LazyLock<Vec<Vec<(&'static [u8], u8)>>> = LazyLock::new(|| {
-    let mut table = vec![Vec::new(); 1 << TABLE_BITS];
-    for (i, k) in KNOWN.iter().enumerate() {
-        table[bucket(k.as_bytes())].push((k.as_bytes(), i as u8));
+/// many share a prefix or a length), open addressing with linear probing, built at
+/// compile time: slot = index in `KNOWN` + 1, 0 = empty.
+static TABLE: [u8; 1 << TABLE_BITS] = {
+    let mut table = [0u8; 1 << TABLE_BITS];
+    let mut i = 0;
+    while i < KNOWN.len() {
+        let mut b = bucket_const(KNOWN[i].as_bytes());
+        while table[b] != 0 {
+            b = (b + 1) & ((1 << TABLE_BITS) - 1);
+        }
+        table[b] = i as u8 + 1;
+        i += 1;
     }
     table
-});
+};
 
 const TABLE_BITS: u32 = 8;
 
+/// [`bucket`] as a `const fn` (a byte loop), for building [`TABLE`].
+const fn bucket_const(key: &[u8]) -> usize {
+    let n = key.len();
+    let start = if n > 8 { n - 8 } else { 0 };
+    let mut tail = 0u64;
+    let mut i = n;
+    while i > start {
+        i -= 1;
+        tail = tail << 8 | key[i] as u64;
+    }
+    let h = (tail ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - TABLE_BITS)) as usize
+}
+
+/// The hash of a name: its length and its last 8 bytes (little-endian).
+#[inline]
 fn bucket(key: &[u8]) -> usize {
-    let tail = match key.len().checked_sub(8) {
+    let n = key.len();
+    let tail = match n.checked_sub(8) {
         Some(start) => u64::from_le_bytes(key[start..].try_into().unwrap_or_default()),
-        None => key.iter().fold(0, |t, &b| t << 8 | u64::from(b)),
+        None => return bucket_const(key),
     };
-    let h = (tail ^ key.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h = (tail ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> (64 - TABLE_BITS)) as usize
 }
 
 /// The index of `key` in [`KNOWN`].
 pub fn known(key: &[u8]) -> Option<u8> {
-    TABLE[bucket(key)]
-        .iter()
-        .find(|(k, _)| same(k, key))
-        .map(|&(_, i)| i)
+    let mut b = bucket(key);
+    loop {
+        match TABLE[b] {
+            0 => return None,
+            i if same(KNOWN[usize::from(i - 1)].as_bytes(), key) => return Some(i - 1),
+            _ => b = (b + 1) & ((1 << TABLE_BITS) - 1),
+        }
+    }
 }
 
 /// `a == b` for short names, 8 bytes at a time (a slice comparison calls memcmp).
@@ -631,6 +658,17 @@ mod tests {
     }
 
     #[test]
+    fn both_hashes_agree() {
+        for k in KNOWN
+            .iter()
+            .map(|k| k.as_bytes())
+            .chain([&b""[..], b"A", b"HTTP_X_ANYTHING"])
+        {
+            assert_eq!(bucket(k), bucket_const(k), "{k:?}");
+        }
+    }
+
+    #[test]
     fn finds_every_known_name_and_nothing_else() {
         for (i, k) in KNOWN.iter().enumerate() {
             assert_eq!(known(k.as_bytes()), Some(i as u8), "{k}");
@@ -644,8 +682,9 @@ mod tests {
         ] {
             assert_eq!(known(k.as_bytes()), None, "{k}");
         }
-        let worst = TABLE.iter().map(Vec::len).max().unwrap_or(0);
-        assert!(worst <= 3, "a bucket holds {worst} names");
+        // Probes stay short: no run of occupied slots longer than 4.
+        let longest = TABLE.split(|&s| s == 0).map(<[u8]>::len).max().unwrap_or(0);
+        assert!(longest <= 4, "a run of {longest} occupied slots");
     }
 
     #[test]
