@@ -1419,6 +1419,47 @@ fn a_kept_connection_stalling_mid_request_is_closed_after_read_timeout() {
     ok_after(&p);
 }
 
+#[test]
+fn a_trickling_body_does_not_hold_the_accepting_thread() {
+    // regression: a request larger than the first read is read on the Python thread
+    // while it keeps arriving (no pause over 10 ms); a peer sending a one-byte STDIN
+    // record every couple of milliseconds never paused that long, so the thread kept
+    // reading it (holding the accept token) and no other connection was served until
+    // its body ended. Two threads: once in the slow lane, the request's app reads its
+    // streamed body on one of them.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2", "--read-timeout", "60"]);
+    let v = vars("POST", "/echo", Some(900_000));
+    let mut s = Sock::connect(&p.addr);
+    s.write_all(&head(1, false, &v)).unwrap();
+    s.write_all(&fcgi::record(STDIN, 1, b"x")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Bounded: 40 s at most, well past the client's 20 s read timeout below.
+            let end = Instant::now() + Duration::from_secs(40);
+            let rec = fcgi::record(STDIN, 1, b"x");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                if s.write_all(&rec).is_err() {
+                    break;
+                }
+                // A short busy wait, not a sleep: a sleep can overshoot the 10 ms
+                // pause on a loaded machine, and the peer must never pause that long.
+                let next = std::time::Instant::now() + Duration::from_micros(500);
+                while std::time::Instant::now() < next {
+                    std::thread::yield_now();
+                }
+            }
+        })
+    };
+    // Held, this waits for the client's 20 s read timeout and fails.
+    let mut c = Fc::open(&p);
+    c.get(1, false, "/hello").assert_ok(b"hello\n");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+}
+
 // ---------------------------------------------------------------------------------
 // Streamed STDIN
 

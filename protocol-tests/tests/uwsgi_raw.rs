@@ -699,3 +699,53 @@ fn a_silent_client_is_closed_by_head_timeout_with_its_peer_in_the_log() {
     );
     ok_after(&p);
 }
+
+#[test]
+fn a_trickling_body_does_not_hold_the_only_python_thread() {
+    // regression: a body larger than the first read is read on the Python thread while
+    // it keeps arriving (no pause over 10 ms); a peer sending one byte every couple of
+    // milliseconds never paused that long, so it held the only Python thread (and the
+    // accept token) until its body ended, and nobody else was served.
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--threads", "1", "--read-timeout", "60"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", "900000"),
+    ]))
+    .unwrap();
+    s.write_all(b"x").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Bounded: 40 s at most, well past the harness's 20 s read timeout below.
+            let end = std::time::Instant::now() + Duration::from_secs(40);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < end
+            {
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+                // A short busy wait, not a sleep: a sleep can overshoot the 10 ms
+                // pause on a loaded machine, and the peer must never pause that long.
+                let next = std::time::Instant::now() + Duration::from_micros(500);
+                while std::time::Instant::now() < next {
+                    std::thread::yield_now();
+                }
+            }
+        })
+    };
+    // Held, this waits for the harness's 20 s read timeout and fails.
+    let (status, body) = p.get("/hello");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert_eq!(status, 200, "{}", p.logs());
+    assert_eq!(body, b"hello\n");
+}

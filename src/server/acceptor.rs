@@ -326,7 +326,7 @@ impl Acceptor {
                     // A request simply larger than one read (an upload nginx has
                     // buffered): read the rest here while it keeps arriving.
                     if fastcgi::is_partial_simple(&buf)
-                        && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), self.body_pause())
+                        && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), &self.arrival())
                     {
                         if let Some(req) = admit(&buf) {
                             return Ok(Some(Ok(req)));
@@ -389,8 +389,9 @@ impl Acceptor {
         payload.saturating_add((payload / fcgi::MAX_CONTENT + 4) * 16 + 64)
     }
 
-    fn body_pause(&self) -> Duration {
-        BODY_PAUSE.min(self.limits.read_timeout)
+    /// The rule for reading the rest of a body on this thread, starting now.
+    fn arrival(&self) -> Arrival {
+        Arrival::new(self.limits.read_timeout)
     }
 
     /// Reads what a new connection has sent; returns the request when it is complete,
@@ -478,7 +479,7 @@ impl Acceptor {
                     // is read here, not handed to the slow lane and back.
                     let whole = in_memory
                         && ((len as usize) <= buf.len()
-                            || read_rest(&sock, &mut buf, len as usize, self.limits.read_timeout));
+                            || read_rest(&sock, &mut buf, len as usize, &self.arrival()));
                     if whole {
                         let body = if len == 0 {
                             Body::Empty
@@ -523,16 +524,64 @@ impl Acceptor {
 /// goes to the slow lane, so a slow peer never holds a Python thread.
 const BODY_PAUSE: Duration = Duration::from_millis(10);
 
-/// Reads until `buf` holds `want` bytes, as long as they keep arriving (no pause over
-/// [`BODY_PAUSE`], nor over `--read-timeout`). False: not all there; what was read is
-/// in `buf`, for the slow lane (which meets the same EOF or error again).
-fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, timeout: Duration) -> bool {
-    let pause = BODY_PAUSE.min(timeout);
-    let ts = Timespec {
-        tv_sec: pause.as_secs() as i64,
-        tv_nsec: i64::from(pause.subsec_nanos()),
-    };
+/// Longest a Python thread spends reading the rest of one body, however steadily it
+/// comes: a peer that trickles a byte every few milliseconds never pauses long enough
+/// for [`BODY_PAUSE`], and would otherwise hold the thread (and the accept token, so
+/// every other connection of the process) until its body ends. A buffered upload from
+/// nginx takes a few milliseconds; past this, the slow lane reads the rest.
+const BODY_BUDGET: Duration = Duration::from_millis(50);
+
+/// How long a Python thread keeps reading a body that did not fit the first read:
+/// while it keeps arriving ([`BODY_PAUSE`], `--read-timeout`), and at most
+/// [`BODY_BUDGET`] in all.
+pub struct Arrival {
+    pause: Duration,
+    deadline: Instant,
+}
+
+impl Arrival {
+    fn new(read_timeout: Duration) -> Arrival {
+        Arrival {
+            pause: BODY_PAUSE.min(read_timeout),
+            deadline: Instant::now() + BODY_BUDGET.min(read_timeout),
+        }
+    }
+
+    /// Waits for `sock` to have more input; false when it pauses too long, the time
+    /// is up, or the wait fails.
+    pub(super) fn more(&self, sock: &impl AsFd) -> bool {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let wait = self.pause.min(left);
+        let ts = Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => false,
+            Ok(_) | Err(Errno::INTR) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// False once the time is up (checked between reads that found data, so a peer
+    /// that is never caught pausing still ends here).
+    pub(super) fn in_time(&self) -> bool {
+        Instant::now() < self.deadline
+    }
+}
+
+/// Reads until `buf` holds `want` bytes, as long as they keep arriving ([`Arrival`]).
+/// False: not all there; what was read is in `buf`, for the slow lane (which meets
+/// the same EOF or error again).
+fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, arrival: &Arrival) -> bool {
     while buf.len() < want {
+        if !arrival.in_time() {
+            return false;
+        }
         if buf.capacity() == buf.len() {
             // Grow with the data, not with what the peer announced.
             buf.reserve((want - buf.len()).min(256 * 1024));
@@ -547,11 +596,8 @@ fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, timeout: D
             }
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => {
-                let mut fds = [PollFd::new(sock, PollFlags::IN)];
-                match rustix::event::poll(&mut fds, Some(&ts)) {
-                    Ok(0) => return false,
-                    Ok(_) | Err(Errno::INTR) => {}
-                    Err(_) => return false,
+                if !arrival.more(sock) {
+                    return false;
                 }
             }
             Err(_) => return false,

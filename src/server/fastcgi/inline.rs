@@ -3,16 +3,16 @@
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
 use super::sink::{stderr_forward, FcgiSink, ReqFlags};
 use super::FcgiConn;
 use crate::codec::fastcgi::assemble;
 use crate::proto::fastcgi as fcgi;
+use crate::server::acceptor::Arrival;
 use crate::server::lane::{FcgiSettings, Limits};
 use crate::server::span::request_span;
 use crate::wsgi::{Body, ListenerInfo, Request};
@@ -104,15 +104,14 @@ pub fn is_partial_simple(buf: &[u8]) -> bool {
 }
 
 /// Reads more of a simple request that did not fit the first read, as long as it
-/// keeps arriving (no pause over `pause`) and stays under `cap` bytes; true when a
-/// whole request may be in `buf` now. What was read stays in `buf` either way (for
-/// the slow lane, which meets the same EOF or error again).
-pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, pause: Duration) -> bool {
-    let ts = Timespec {
-        tv_sec: pause.as_secs() as i64,
-        tv_nsec: i64::from(pause.subsec_nanos()),
-    };
+/// keeps arriving (`arrival`: no long pause, a bounded time in all) and stays under
+/// `cap` bytes; true when a whole request may be in `buf` now. What was read stays in
+/// `buf` either way (for the slow lane, which meets the same EOF or error again).
+pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, arrival: &Arrival) -> bool {
     while buf.len() < cap {
+        if !arrival.in_time() {
+            return false;
+        }
         if buf.capacity() == buf.len() {
             // Grow with the data, not with what the peer announced.
             buf.reserve((cap - buf.len()).min(256 * 1024));
@@ -130,11 +129,8 @@ pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, pause: Duratio
             }
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => {
-                let mut fds = [PollFd::new(&conn.sock, PollFlags::IN)];
-                match rustix::event::poll(&mut fds, Some(&ts)) {
-                    Ok(0) => return false,
-                    Ok(_) | Err(Errno::INTR) => {}
-                    Err(_) => return false,
+                if !arrival.more(&conn.sock) {
+                    return false;
                 }
             }
             Err(_) => return false,
