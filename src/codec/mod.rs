@@ -103,10 +103,12 @@ impl Head {
     pub fn announced_length(&self) -> Result<Option<u64>, ProtoError> {
         // One pass for both names (the last value of each counts).
         let (mut cgi, mut http) = (None, None);
-        for (k, v) in self.pairs() {
-            match k {
-                b"CONTENT_LENGTH" => cgi = Some(v),
-                b"HTTP_CONTENT_LENGTH" => http = Some(v),
+        let at = |r: &Range<u32>| &self.buf[r.start as usize..r.end as usize];
+        for (k, v) in &self.vars {
+            // Lengths first: most names are neither, and are not sliced at all.
+            match k.end - k.start {
+                14 if at(k) == b"CONTENT_LENGTH" => cgi = Some(at(v)),
+                19 if at(k) == b"HTTP_CONTENT_LENGTH" => http = Some(at(v)),
                 _ => {}
             }
         }
