@@ -25,12 +25,15 @@ What it does:
    (the order reverses every round), all variants of a group in every round.
 5. Per variant and round: req/s, p50/p99, errors (wrk socket errors + non-2xx + nginx
    error-log lines about the upstream), server CPU per request (user+sys of the whole
-   server process tree from /proc/PID/stat over the run / requests), nginx CPU per
-   request (its master + worker), PSS of the server's process tree (sum of
+   server process tree from /proc/PID/stat over the run / requests; its kernel share;
+   and by thread), wake-ups per request (voluntary context switches of every server
+   thread, /proc/PID/task/*/status), nginx CPU per request (its master + worker), PSS of
+   the server's process tree (sum of
    /proc/PID/smaps_rollup: idle before the warm-up, and the peak sampled during the
    runs). Reported: medians over rounds, and the ratios to uWSGI over the uwsgi protocol
    computed per round (each round runs both back to back, so they share the machine's
-   noise), then their median.
+   noise), then their median; and issue 9's targets that these ratios check (met / not
+   met). --syscalls adds one run per server under strace -c -f.
 
 The machine this was written on has 2 cores shared with other work: absolute numbers
 move from run to run; the ratios within one interleaved run are what count.
