@@ -895,6 +895,24 @@ impl Config {
     }
 }
 
+impl Options {
+    /// What `logging::init` needs; the access log's format follows `--log-format`
+    /// unless it is given.
+    pub fn log_options(&self) -> crate::logging::LogOptions {
+        let access_format = self.access_log_format.unwrap_or(match self.log_format {
+            LogFormat::Text => AccessLogFormat::Text,
+            LogFormat::Json => AccessLogFormat::Json,
+        });
+        crate::logging::LogOptions {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            file: self.log_file.clone(),
+            access: crate::logging::AccessTarget::parse(&self.access_log),
+            access_format,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1132,23 +1150,5 @@ mod tests {
         let c = resolve(&["app", "--max-requests", "0"]).unwrap();
         assert_eq!(c.opts.max_requests, None);
         assert!(!c.supervised);
-    }
-}
-
-impl Options {
-    /// What `logging::init` needs; the access log's format follows `--log-format`
-    /// unless it is given.
-    pub fn log_options(&self) -> crate::logging::LogOptions {
-        let access_format = self.access_log_format.unwrap_or(match self.log_format {
-            LogFormat::Text => AccessLogFormat::Text,
-            LogFormat::Json => AccessLogFormat::Json,
-        });
-        crate::logging::LogOptions {
-            level: self.log_level.clone(),
-            format: self.log_format,
-            file: self.log_file.clone(),
-            access: crate::logging::AccessTarget::parse(&self.access_log),
-            access_format,
-        }
     }
 }
