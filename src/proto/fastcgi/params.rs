@@ -50,9 +50,20 @@ pub fn parse_pairs(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
     let mut pos = 0usize;
     while pos < block.len() {
         let name_len_at = pos;
-        let (name_len, after) = length(block, pos)?;
-        let value_len_at = after;
-        let (value_len, after) = length(block, after)?;
+        // Both lengths in their 1-byte form (nearly every pair): read them directly.
+        let (name_len, value_len, after) = match block.get(pos..pos + 2) {
+            Some(&[n, v]) if (n | v) & 0x80 == 0 => (usize::from(n), usize::from(v), pos + 2),
+            _ => {
+                let (name_len, after) = length(block, pos)?;
+                let (value_len, after) = length(block, after)?;
+                (name_len, value_len, after)
+            }
+        };
+        let value_len_at = if block[name_len_at] & 0x80 == 0 {
+            name_len_at + 1
+        } else {
+            name_len_at + 4
+        };
         let name = span(block, after, name_len, name_len_at)?;
         let value = span(block, name.end as usize, value_len, value_len_at)?;
         pos = value.end as usize;

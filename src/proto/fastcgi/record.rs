@@ -1,9 +1,6 @@
 //! FastCGI records (PROTOCOLS.md §2.1–§2.3, §2.6, §2.7): the 8-byte header framing every
 //! record, the BEGIN_REQUEST body, and the encoders for what an app sends back.
 
-use nom::number::streaming;
-use nom::{IResult, Parser};
-
 use super::{ProtocolStatus, GET_VALUES_RESULT, HEADER_LEN, MAX_CONTENT, UNKNOWN_TYPE, VERSION_1};
 use crate::proto::ProtoError;
 
@@ -36,20 +33,15 @@ pub fn parse_record(buf: &[u8]) -> Result<Option<(usize, Record<'_>)>, ProtoErro
         Some(&VERSION_1) => {}
         Some(&version) => return wrong_version(buf, version),
     }
-    // Streaming number parsers can only fail by running out of input.
-    let header: IResult<_, _> = (
-        streaming::u8,
-        streaming::u8,
-        streaming::be_u16,
-        streaming::be_u16,
-        streaming::u8,
-        streaming::u8,
-    )
-        .parse(buf);
-    let Ok((rest, (_version, kind, request_id, content_len, padding_len, _reserved))) = header
+    // Read by hand (no parser combinator): this runs for every record of every request.
+    let Some(&[_version, kind, id0, id1, len0, len1, padding_len, _reserved]) =
+        buf.get(..HEADER_LEN)
     else {
         return Ok(None);
     };
+    let request_id = u16::from_be_bytes([id0, id1]);
+    let content_len = u16::from_be_bytes([len0, len1]);
+    let rest = &buf[HEADER_LEN..];
     let content_len = usize::from(content_len);
     // At most 8 + 65535 + 255: no overflow, and no limit beyond the u16 is needed.
     let len = HEADER_LEN + content_len + usize::from(padding_len);
@@ -110,6 +102,24 @@ pub fn stream_header(kind: u8, request_id: u16, len: usize) -> ([u8; HEADER_LEN]
     let [len0, len1] = (len as u16).to_be_bytes();
     let header = [VERSION_1, kind, id0, id1, len0, len1, padding as u8, 0];
     (header, padding)
+}
+
+/// The records that end a complete response of request `id`, without allocating: an
+/// empty STDERR record if that stream was used (`stderr`), the empty STDOUT record and
+/// END_REQUEST (appStatus 0, REQUEST_COMPLETE) (§2.6). The first `n` bytes of the array.
+pub fn response_tail(request_id: u16, stderr: bool) -> ([u8; 4 * HEADER_LEN], usize) {
+    let mut out = [0u8; 4 * HEADER_LEN];
+    let mut n = 0;
+    if stderr {
+        out[..HEADER_LEN].copy_from_slice(&stream_header(super::STDERR, request_id, 0).0);
+        n = HEADER_LEN;
+    }
+    out[n..n + HEADER_LEN].copy_from_slice(&stream_header(super::STDOUT, request_id, 0).0);
+    n += HEADER_LEN;
+    out[n..n + HEADER_LEN].copy_from_slice(&stream_header(super::END_REQUEST, request_id, 8).0);
+    // u32 BE appStatus 0 | u8 protocolStatus | u8[3] reserved: all zero.
+    out[n + HEADER_LEN + 4] = ProtocolStatus::RequestComplete as u8;
+    (out, n + 2 * HEADER_LEN)
 }
 
 /// Appends one record: header, `content` (at most [`MAX_CONTENT`] bytes, checked in
@@ -249,6 +259,20 @@ mod tests {
             assert_eq!((r.kind, r.request_id), (STDOUT, 0xbeef));
             assert_eq!(r.content, &content[..]);
             assert!(out[HEADER_LEN + len..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn response_tail_matches_the_encoders() {
+        for stderr in [false, true] {
+            let mut want = Vec::new();
+            if stderr {
+                encode_record(&mut want, STDERR, 0x1234, &[]);
+            }
+            encode_record(&mut want, STDOUT, 0x1234, &[]);
+            encode_end_request(&mut want, 0x1234, 0, ProtocolStatus::RequestComplete);
+            let (tail, n) = response_tail(0x1234, stderr);
+            assert_eq!(tail[..n], want[..], "stderr {stderr}");
         }
     }
 

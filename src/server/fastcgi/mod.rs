@@ -342,11 +342,17 @@ impl FcgiConn {
         if data.len() >= VECTORED_MIN {
             return self.write_stream(fcgi::STDOUT, id, data, tail);
         }
-        let records = data.len().div_ceil(fcgi::MAX_CONTENT);
-        let mut out = Vec::with_capacity(data.len() + records * 16 + tail.len());
-        fcgi::encode_stream(&mut out, fcgi::STDOUT, id, data);
-        out.extend_from_slice(tail);
-        self.write(&out)
+        thread_local! {
+            // Reused for every small response of this thread: no allocation per write.
+            static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        OUT.with(|out| {
+            let mut out = out.borrow_mut();
+            out.clear();
+            fcgi::encode_stream(&mut out, fcgi::STDOUT, id, data);
+            out.extend_from_slice(tail);
+            self.write(&out)
+        })
     }
 
     /// Writes `data` as `kind` records of request `id`, then `tail` (whole records),

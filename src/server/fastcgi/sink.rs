@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::FcgiConn;
-use crate::proto::fastcgi::{self as fcgi, ProtocolStatus};
+use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
 use crate::wsgi::{End, ErrorsForward, Sent, Sink};
 
@@ -86,16 +86,6 @@ impl FcgiSink {
         Ok(())
     }
 
-    /// The tail of a complete response: [empty STDERR], empty STDOUT, END_REQUEST,
-    /// appended to `out`.
-    fn tail_into(&self, out: &mut Vec<u8>) {
-        if self.flags.stderr_used.load(Ordering::Acquire) {
-            fcgi::encode_record(out, fcgi::STDERR, self.id, &[]);
-        }
-        fcgi::encode_record(out, fcgi::STDOUT, self.id, &[]);
-        fcgi::encode_end_request(out, self.id, 0, ProtocolStatus::RequestComplete);
-    }
-
     /// The end: answered (`Some`: the last STDOUT bytes, then the tail through
     /// END_REQUEST) or cut; false when the last write failed.
     fn end(&mut self, last: Option<&[u8]>) -> bool {
@@ -105,10 +95,10 @@ impl FcgiSink {
         let Some(data) = last else {
             return self.conn.end_request(self.id, self.keep_conn, None);
         };
-        let mut tail = Vec::with_capacity(40);
-        self.tail_into(&mut tail);
+        let stderr = self.flags.stderr_used.load(Ordering::Acquire);
+        let (tail, n) = fcgi::response_tail(self.id, stderr);
         self.conn
-            .end_request(self.id, self.keep_conn, Some((data, &tail)))
+            .end_request(self.id, self.keep_conn, Some((data, &tail[..n])))
     }
 }
 
