@@ -22,6 +22,7 @@ pub mod queue;
 pub mod sink;
 pub mod span;
 pub mod wake;
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,12 +5,14 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+use super::writer::Stream;
 use crate::proto::response::HeadStyle;
 use crate::wsgi::{End, Sent, Sink};
 
@@ -69,9 +71,23 @@ fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
     }
 }
 
+/// From this write of a response on (the head and first chunk being the first), its
+/// chunks go through the thread's writer ([`super::writer`]): a response of one or two
+/// writes (the usual one) keeps the direct send with no copy and no other thread.
+const STREAM_FROM: u32 = 3;
+
+/// A chunk this large is sent directly (after what is queued), not copied: the copy
+/// would cost more than the send it saves.
+const DIRECT: usize = 64 * 1024;
+
 /// A front-server connection owned by a Python thread for the response.
 pub struct ConnSink {
-    sock: Option<socket2::Socket>,
+    /// Shared with this thread's writer while a stream goes through it.
+    sock: Option<Arc<socket2::Socket>>,
+    /// Writes so far (`try_write` calls), to tell a stream from a one-shot response.
+    writes: u32,
+    /// The response's chunks go through the thread's writer from here on.
+    stream: Option<Stream>,
     tcp: bool,
     written: u64,
     started: Instant,
@@ -87,7 +103,9 @@ impl ConnSink {
         write_timeout: Duration,
     ) -> Self {
         ConnSink {
-            sock: Some(sock),
+            sock: Some(Arc::new(sock)),
+            writes: 0,
+            stream: None,
             tcp,
             written: 0,
             started,
@@ -104,17 +122,37 @@ impl ConnSink {
 
     fn sock(&self) -> io::Result<&socket2::Socket> {
         self.sock
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the connection is closed"))
     }
 
     fn wait_writable(&self) -> io::Result<()> {
         wait_writable(self.sock()?, self.write_timeout)
     }
+
+    /// Waits until the writer has sent everything queued (the GIL released); its
+    /// error if a send failed. Direct writes may follow.
+    fn drain(&mut self) -> io::Result<()> {
+        match &self.stream {
+            Some(s) => {
+                let (sent, r) = s.drain();
+                self.written += sent;
+                r
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 impl Sink for ConnSink {
     fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if let Some(s) = &self.stream {
+            if data.len() < DIRECT {
+                // Waits only while the queue is full (backpressure).
+                return s.push(data);
+            }
+            self.drain()?;
+        }
         while !data.is_empty() {
             let r = rustix::net::send(self.sock()?.as_fd(), data, SendFlags::NOSIGNAL);
             match r {
@@ -132,7 +170,22 @@ impl Sink for ConnSink {
 
     /// One non-blocking send (the socket is non-blocking, and DONTWAIT says so again):
     /// what the kernel takes now. Safe with the GIL held: it never waits.
+    /// From the `STREAM_FROM`th write on, a chunk is queued for the thread's writer
+    /// instead (a copy, no system call): it is sent together with whatever else the app
+    /// yields while the writer's previous send is in flight.
     fn try_write(&mut self, data: &[u8], _last: bool) -> io::Result<usize> {
+        self.writes += 1;
+        if self.stream.is_none() && self.writes >= STREAM_FROM && data.len() < DIRECT {
+            if let Some(sock) = &self.sock {
+                self.stream = Stream::start(sock.clone(), self.write_timeout, send_all);
+            }
+        }
+        if let Some(s) = &self.stream {
+            if data.len() >= DIRECT {
+                return Ok(0); // write_all: drains the queue, then sends directly
+            }
+            return Ok(if s.try_push(data)? { data.len() } else { 0 });
+        }
         let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
         match rustix::net::send(self.sock()?.as_fd(), data, flags) {
             Ok(n) => {
@@ -145,12 +198,26 @@ impl Sink for ConnSink {
     }
 
     /// `finish` is a close(2) (after setting SO_LINGER 0 for an abort): it never
-    /// waits, whatever is still in the socket buffer (the kernel sends it, or resets).
+    /// waits, whatever is still in the socket buffer (the kernel sends it, or resets);
+    /// unless the writer still holds part of a stream.
     fn finish_is_quick(&self) -> bool {
-        true
+        self.stream.is_none()
+    }
+
+    fn has_pending(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// The end of a stream: everything queued is sent before the response's ending is
+    /// decided, so a client gone during the last chunks is reported as such.
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.drain();
+        self.stream = None;
+        r
     }
 
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+        self.drain()?;
         let mut off = offset;
         let end = offset + len;
         while off < end {
@@ -174,6 +241,12 @@ impl Sink for ConnSink {
     }
 
     fn finish(&mut self, end: End) -> Sent {
+        if !matches!(end, End::Incomplete(_)) {
+            // An abort resets the connection: what is still queued would be lost anyway.
+            let _ = self.drain();
+        }
+        // Dropping the stream lets the writer go of the connection.
+        self.stream = None;
         if let (End::Incomplete(_), true, Some(s)) = (end, self.tcp, &self.sock) {
             // SO_LINGER 0: close() sends a reset, which nginx reports as an upstream
             // error instead of taking the body as complete.

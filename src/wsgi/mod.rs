@@ -103,6 +103,15 @@ pub trait Sink: Send + Sync {
     fn finish_is_quick(&self) -> bool {
         false
     }
+    /// The sink still holds bytes it has taken (a writer thread's queue).
+    fn has_pending(&self) -> bool {
+        false
+    }
+    /// Waits until everything taken is sent; an error means the peer is gone. Called
+    /// with the GIL released, when `has_pending`, before the response's end is decided.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Sends `len` bytes of a regular file from `offset` (sendfile(2)).
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()>;
     /// Ends the response: a clean close when complete, an abort (reset) when not, or

@@ -484,6 +484,15 @@ fn respond(
     let outcome = drive(py, app, built.environ, &responder);
     keys.end_request(py);
     let mut r = st(&responder);
+    if !r.client_gone && r.sink.has_pending() {
+        // A streamed response's last chunks may still be on their way (a writer
+        // thread): a failure there is the client gone, as for a direct write.
+        let sink = &mut r.sink;
+        if let Err(e) = py.detach(|| sink.flush()) {
+            tracing::debug!(error = %e, "writing the response failed");
+            r.client_gone = true;
+        }
+    }
     let end = if r.client_gone {
         End::ClientGone(outcome.status)
     } else if outcome.complete {

@@ -1,0 +1,208 @@
+//! Streamed responses behind nginx `uwsgi_pass` once their chunks go through the
+//! Python thread's writer (from the third write of a response on): every chunk arrives,
+//! in order, around a large chunk sent directly; a client that leaves mid-stream still
+//! ends the app's iteration with `close()` and the usual access line; and a long stream
+//! to a slow reader is held back by the bounded queue instead of piling up in memory.
+//! Needs nginx: fails in CI if it is missing, skips loudly locally.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+use protocol_tests::stack::Stack;
+
+const APP: &str = r#"
+CLOSED = {}
+
+
+def qs(environ):
+    return dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+
+
+def numbered(i, size):
+    return f"<{i}>".encode().ljust(size, b".")
+
+
+def sizes(n):
+    # Mostly small, with a 100 KiB chunk (written directly, after what is queued).
+    return [100 * 1024 if i == n // 2 else (i * 37) % 3000 + 1 for i in range(n)]
+
+
+class Endless:
+    def __init__(self, rid):
+        self.rid = rid
+
+    def __iter__(self):
+        for _ in range(1_000_000):
+            yield b"x" * 1024
+
+    def close(self):
+        CLOSED[self.rid] = "closed"
+
+
+def application(environ, start_response):
+    path, q = environ["PATH_INFO"], qs(environ)
+    unbuffered = [("Content-Type", "application/octet-stream"), ("X-Accel-Buffering", "no")]
+    if path == "/numbered":
+        n, size = int(q["n"]), int(q["size"])
+        start_response("200 OK", unbuffered)
+        return (numbered(i, size) for i in range(n))
+    if path == "/mixed":
+        start_response("200 OK", unbuffered)
+        return (numbered(i, s) for i, s in enumerate(sizes(int(q["n"]))))
+    if path == "/endless":
+        start_response("200 OK", unbuffered)
+        return Endless(q["id"])
+    if path == "/big":
+        chunk = b"y" * 16384
+        start_response("200 OK", unbuffered)
+        return (chunk for _ in range(int(q["mib"]) * 64))
+    if path == "/closed":
+        body = CLOSED.get(q["id"], "no").encode()
+    elif path == "/rss":
+        with open("/proc/self/status") as f:
+            body = next(l.split()[1] for l in f if l.startswith("VmRSS:")).encode()
+    else:
+        body = b"ok"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+fn stack() -> Option<Stack> {
+    let bin = nginx_bin()?;
+    let dir = tempdir();
+    let app = dir.path().join("streamapp.py");
+    std::fs::write(&app, APP).unwrap();
+    let postern = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--threads", "4"])
+        .start();
+    let nginx = Nginx::start(&bin, dir.path(), &uwsgi_location(&postern.addr.nginx()));
+    Some(Stack::from_parts(nginx, postern, dir))
+}
+
+fn numbered(i: usize, size: usize) -> Vec<u8> {
+    // As Python's ljust: a label longer than `size` is kept whole.
+    let mut c = format!("<{i}>").into_bytes();
+    c.resize(size.max(c.len()), b'.');
+    c
+}
+
+#[test]
+fn a_hundred_chunk_stream_arrives_whole_and_in_order() {
+    let Some(s) = stack() else { return };
+    for _ in 0..3 {
+        let r = s.nginx.get("/numbered?n=100&size=1024");
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        let want: Vec<u8> = (0..100).flat_map(|i| numbered(i, 1024)).collect();
+        assert!(
+            r.body == want,
+            "the 100 chunks arrived altered or out of order"
+        );
+    }
+    // Small chunks queued around a large one sent directly: still in order.
+    let n = 300;
+    let r = s.nginx.get(&format!("/mixed?n={n}"));
+    assert_eq!(r.status, 200, "{}", s.postern.logs());
+    let want: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            numbered(
+                i,
+                if i == n / 2 {
+                    100 * 1024
+                } else {
+                    (i * 37) % 3000 + 1
+                },
+            )
+        })
+        .collect();
+    assert_eq!(r.body.len(), want.len());
+    assert!(
+        r.body == want,
+        "the mixed chunks arrived altered or out of order"
+    );
+    s.assert_clean("unix");
+}
+
+#[test]
+fn a_client_gone_mid_stream_ends_the_iteration_with_close_and_the_access_line() {
+    let Some(s) = stack() else { return };
+    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /endless?id=gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Well past the first chunks, so the writer thread carries the stream.
+    let mut got = 0;
+    let mut buf = [0u8; 16384];
+    while got < 256 * 1024 {
+        match c.read(&mut buf) {
+            Ok(0) => panic!("the endless stream ended: {}", s.postern.logs()),
+            Ok(n) => got += n,
+            Err(e) => panic!("reading the stream: {e}\n{}", s.postern.logs()),
+        }
+    }
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.nginx.get("/closed?id=gone").text() != "closed" {
+        assert!(
+            Instant::now() < deadline,
+            "close() not called after the client left mid-stream:\n{}",
+            s.postern.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.postern
+            .wait_log("client went away before the response was complete", 5),
+        "{}",
+        s.postern.logs()
+    );
+    // The thread and its writer serve the next stream whole.
+    let r = s.nginx.get("/numbered?n=100&size=1024");
+    assert_eq!(r.body.len(), 100 * 1024, "{}", s.postern.logs());
+}
+
+#[test]
+fn a_64_mib_stream_to_a_slow_reader_keeps_the_worker_memory_bounded() {
+    let Some(s) = stack() else { return };
+    let rss = || -> u64 {
+        let t = s.nginx.get("/rss").text();
+        t.trim().parse().unwrap_or_else(|_| panic!("VmRSS: {t:?}"))
+    };
+    // Warm up the thread that will stream (and its writer), then the baseline.
+    for _ in 0..4 {
+        s.nginx.get("/numbered?n=100&size=1024");
+    }
+    let before = rss();
+    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET /big?mib=64 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::with_capacity(65 << 20);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut peak = before;
+    let mut next_sample = 0;
+    loop {
+        // The reader is slower than the app: the app produces 16 KiB chunks as fast as
+        // Python yields them.
+        let n = c.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.len() >= next_sample {
+            next_sample += 1 << 20;
+            peak = peak.max(rss());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let r = parse_http(&got).expect("a complete chunked answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 64 << 20);
+    assert!(r.body.iter().all(|&b| b == b'y'));
+    let grown_kib = peak.saturating_sub(before);
+    assert!(
+        grown_kib < 48 * 1024,
+        "the worker grew by {grown_kib} KiB during a 64 MiB stream (VmRSS {before} -> {peak} KiB)"
+    );
+}
