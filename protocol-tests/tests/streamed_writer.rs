@@ -13,6 +13,8 @@ use protocol_tests::harness::*;
 use protocol_tests::stack::Stack;
 
 const APP: &str = r#"
+import threading
+
 CLOSED = {}
 
 
@@ -51,6 +53,13 @@ def application(environ, start_response):
     if path == "/mixed":
         start_response("200 OK", unbuffered)
         return (numbered(i, s) for i, s in enumerate(sizes(int(q["n"]))))
+    if path == "/write-thread":
+        # write() from the app's own thread, which then exits.
+        write = start_response("200 OK", unbuffered)
+        t = threading.Thread(target=lambda: [write(numbered(i, 1024)) for i in range(int(q["n"]))])
+        t.start()
+        t.join()
+        return []
     if path == "/endless":
         start_response("200 OK", unbuffered)
         return Endless(q["id"])
@@ -121,6 +130,16 @@ fn a_hundred_chunk_stream_arrives_whole_and_in_order() {
         r.body == want,
         "the mixed chunks arrived altered or out of order"
     );
+    // Written from an app thread (its own writer, which lets go once it has exited).
+    for _ in 0..3 {
+        let r = s.nginx.get("/write-thread?n=100");
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        let want: Vec<u8> = (0..100).flat_map(|i| numbered(i, 1024)).collect();
+        assert!(
+            r.body == want,
+            "the chunks written from an app thread arrived altered"
+        );
+    }
     s.assert_clean("unix");
 }
 

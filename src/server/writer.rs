@@ -14,6 +14,9 @@ use std::time::Duration;
 /// GIL released) until the writer has sent some, so a long stream's memory stays bounded.
 pub const QUEUE_LIMIT: usize = 256 * 1024;
 
+/// How often an idle writer checks whether its thread is gone.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+
 /// Capacity a drained buffer may keep for the next stream.
 const KEEP: usize = 64 * 1024;
 
@@ -34,6 +37,9 @@ struct Inner {
     error: Option<io::Error>,
     /// Bytes the writer sent for this response.
     sent: u64,
+    /// A response is using this writer: another one (an app thread writing to two
+    /// responses at once) writes directly instead of sharing the queue.
+    active: bool,
     /// Which response the queue belongs to: a send of an abandoned response that ends
     /// late must not count towards (or fail) the next one.
     job: u64,
@@ -87,6 +93,7 @@ impl Stream {
                     error: None,
                     sent: 0,
                     job: 0,
+                    active: false,
                     writer_waiting: false,
                     producer_waiting: false,
                 }),
@@ -101,7 +108,7 @@ impl Stream {
             match std::thread::Builder::new()
                 .name(name)
                 .stack_size(64 * 1024)
-                .spawn(move || run(&theirs, send_all))
+                .spawn(move || run(theirs, send_all))
             {
                 Ok(_) => {
                     let _ = w.set(shared.clone());
@@ -115,6 +122,10 @@ impl Stream {
         })?;
         {
             let mut g = shared.lock();
+            if g.active {
+                return None;
+            }
+            g.active = true;
             g.queued.clear();
             g.sock = Some(sock);
             g.timeout = timeout;
@@ -191,6 +202,7 @@ impl Drop for Stream {
         let mut g = self.shared.lock();
         g.queued.clear();
         g.sock = None;
+        g.active = false;
         if g.queued.capacity() > KEEP {
             g.queued = Vec::new();
         }
@@ -202,14 +214,24 @@ fn copy(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-fn run(shared: &Shared, send_all: SendAll) {
+fn run(shared: Arc<Shared>, send_all: SendAll) {
     let mut out: Vec<u8> = Vec::new();
     loop {
         let (sock, timeout, job) = {
             let mut g = shared.lock();
             while g.queued.is_empty() {
+                // Only this thread holds the writer: the thread it wrote for has
+                // exited (an app's own thread that called write()). Nobody can reach
+                // it any more.
+                if Arc::strong_count(&shared) == 1 {
+                    return;
+                }
                 g.writer_waiting = true;
-                g = shared.work.wait(g).unwrap_or_else(|e| e.into_inner());
+                let (woken, _) = shared
+                    .work
+                    .wait_timeout(g, IDLE_CHECK)
+                    .unwrap_or_else(|e| e.into_inner());
+                g = woken;
             }
             g.writer_waiting = false;
             std::mem::swap(&mut g.queued, &mut out);
