@@ -65,14 +65,24 @@ pub fn assemble(
     stdin: Option<Bytes>,
     max_body: Option<u64>,
 ) -> Result<Assembled, Refused> {
-    let vars = fastcgi::parse_pairs(&params).map_err(Refused::Params)?;
+    let (vars, lengths) = fastcgi::parse_params(&params).map_err(Refused::Params)?;
+    // Head::announced_length's rule (the last CONTENT_LENGTH, else the last
+    // HTTP_CONTENT_LENGTH; empty counts as none) on the positions the parse noted.
+    let value = |i: Option<usize>| {
+        i.map(|i| &params[vars[i].1.start as usize..vars[i].1.end as usize])
+            .filter(|v| !v.is_empty())
+    };
+    let announced = value(lengths.cgi)
+        .or_else(|| value(lengths.http))
+        .map(crate::proto::cgi::parse_content_length)
+        .transpose()
+        .map_err(Refused::BadLength)?;
     let mut head = Head {
         buf: params,
         vars,
         modifier30: false,
         content_length: 0,
     };
-    let announced = head.announced_length().map_err(Refused::BadLength)?;
     head.content_length = announced.unwrap_or(0);
     if let (Some(max), Some(len)) = (max_body, announced) {
         if len > max {
@@ -229,6 +239,29 @@ mod tests {
         let e = assemble(Bytes::from_static(&[5, 0, b'a', b'b']), None, None).unwrap_err();
         assert!(matches!(e, Refused::Params(_)));
         assert_eq!(e.status(), None);
+    }
+
+    #[test]
+    fn takes_the_same_length_as_head_announced_length() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("CONTENT_LENGTH", "4"), ("HTTP_CONTENT_LENGTH", "9")],
+            &[("CONTENT_LENGTH", ""), ("HTTP_CONTENT_LENGTH", "9")],
+            &[
+                ("HTTP_CONTENT_LENGTH", "2"),
+                ("CONTENT_LENGTH", "1"),
+                ("CONTENT_LENGTH", "3"),
+            ],
+            &[("CONTENT_LENGTH", "3"), ("CONTENT_LENGTH", "")],
+            &[("", "x"), ("CONTENT_LENGT", "1"), ("CONTENT_LENGTHX", "2")],
+        ];
+        for pairs in cases {
+            let a = assemble(params(pairs), None, None).unwrap();
+            assert_eq!(
+                Ok(a.announced),
+                a.head.announced_length().map_err(|e| e.to_string()),
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]

@@ -39,12 +39,29 @@ pub struct Values {
 /// of that length field. Callers cap blocks far below 4 GiB; a longer one is refused so
 /// that every offset fits in a u32.
 pub fn parse_pairs(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
+    parse_params(block).map(|(pairs, _)| pairs)
+}
+
+/// Where the body length names are among the pairs [`parse_params`] returns: the index
+/// of the last `CONTENT_LENGTH` and of the last `HTTP_CONTENT_LENGTH`, if any.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LengthVars {
+    pub cgi: Option<usize>,
+    pub http: Option<usize>,
+}
+
+/// [`parse_pairs`], noting on the way where the body length names are (their name
+/// lengths are at hand, so a request's assembly need not scan the pairs again).
+pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoError> {
+    const CGI: &[u8] = b"CONTENT_LENGTH";
+    const HTTP: &[u8] = b"HTTP_CONTENT_LENGTH";
     if u32::try_from(block.len()).is_err() {
         return Err(ProtoError::FcgiPairOverrun {
             offset: 0,
             block: block.len(),
         });
     }
+    let mut lengths = LengthVars::default();
     // A pair takes at least 2 bytes; real CGI pairs average well over 16.
     let mut pairs = Vec::with_capacity(block.len() / 16 + 4);
     let mut pos = 0usize;
@@ -59,19 +76,35 @@ pub fn parse_pairs(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
                 (name_len, value_len, after)
             }
         };
-        let value_len_at = if block[name_len_at] & 0x80 == 0 {
-            name_len_at + 1
-        } else {
-            name_len_at + 4
-        };
-        let name = span(block, after, name_len, name_len_at)?;
-        let value = span(block, name.end as usize, value_len, value_len_at)?;
-        pos = value.end as usize;
-        if !name.is_empty() {
-            pairs.push((name, value));
+        // Saturating: an end that overflows is past the block, and refused below.
+        let name_end = after.saturating_add(name_len);
+        let value_end = name_end.saturating_add(value_len);
+        if value_end > block.len() {
+            // Blame the length field that runs past the end.
+            let value_len_at = if block[name_len_at] & 0x80 == 0 {
+                name_len_at + 1
+            } else {
+                name_len_at + 4
+            };
+            let name = span(block, after, name_len, name_len_at)?;
+            span(block, name.end as usize, value_len, value_len_at)?;
         }
+        if name_len > 0 {
+            // Lengths first: most names are neither, and are not compared at all.
+            match name_len {
+                14 if &block[after..name_end] == CGI => lengths.cgi = Some(pairs.len()),
+                19 if &block[after..name_end] == HTTP => lengths.http = Some(pairs.len()),
+                _ => {}
+            }
+            // The block is under 4 GiB (checked above): both offsets fit in a u32.
+            pairs.push((
+                after as u32..name_end as u32,
+                name_end as u32..value_end as u32,
+            ));
+        }
+        pos = value_end;
     }
-    Ok(pairs)
+    Ok((pairs, lengths))
 }
 
 fn overrun(block: &[u8], offset: usize) -> ProtoError {
