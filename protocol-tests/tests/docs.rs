@@ -210,6 +210,50 @@ fn every_protocol_note_cited_in_the_code_exists_in_docs_protocols_md() {
 }
 
 #[test]
+fn no_comment_cites_a_document_outside_the_repository() {
+    // The protocol notes once lived outside the repository as PROTOCOLS.md; a reader of
+    // the code must find every citation in it (docs/protocols.md).
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["src", "deploy", "protocol-tests/src", "benches"] {
+        all_files(&root.join(dir), &mut files);
+    }
+    let mut found = Vec::new();
+    for file in &files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("PROTOCOLS.md") {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        files.len() > 50,
+        "only {} files scanned: the scan is broken",
+        files.len()
+    );
+    assert!(
+        found.is_empty(),
+        "cite docs/protocols.md §N instead:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Every file under `dir` (any kind).
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
 fn the_headings_of_docs_protocols_md_are_numbered_once_each() {
     let doc = std::fs::read_to_string(root().join("docs/protocols.md")).unwrap();
     let mut seen = BTreeSet::new();

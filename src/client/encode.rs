@@ -1,6 +1,6 @@
 //! The request as nginx's `uwsgi_pass`, `fastcgi_pass` and `scgi_pass` frame it: the CGI
 //! variables of the stock `*_params` files, then one uwsgi packet, FastCGI records
-//! (PROTOCOLS.md §2.5) or an SCGI netstring head (§3), followed by the body.
+//! (docs/protocols.md §2.5) or an SCGI netstring head (§3), followed by the body.
 
 use super::url::{Scheme, Target, Url};
 use super::RequestArgs;
@@ -81,7 +81,7 @@ impl<'a> Request<'a> {
 /// and `scgi_params` send them, plus the headers as `HTTP_*`.
 ///
 /// All schemes get PATH_INFO (the decoded path). FastCGI also gets `SCRIPT_NAME=""`, the
-/// setting PROTOCOLS.md §2.13 asks admins for, so no mount is needed on the server.
+/// setting docs/protocols.md §2.13 asks admins for, so no mount is needed on the server.
 /// CONTENT_LENGTH is left out with `--no-content-length`; for SCGI, `scgi::encode_head`
 /// replaces it with its own, first, and adds `SCGI=1`.
 pub fn cgi_vars(req: &Request, url: &Url) -> Result<Vec<Var>, String> {
@@ -150,7 +150,7 @@ pub fn cgi_vars(req: &Request, url: &Url) -> Result<Vec<Var>, String> {
     Ok(vars)
 }
 
-/// The FastCGI request (PROTOCOLS.md §2.5): BEGIN_REQUEST (id 1, RESPONDER, with or
+/// The FastCGI request (docs/protocols.md §2.5): BEGIN_REQUEST (id 1, RESPONDER, with or
 /// without FCGI_KEEP_CONN), the PARAMS stream (records of at most 65535 bytes, then an
 /// empty one) and the STDIN stream (likewise, then an empty one, sent even without a
 /// body).

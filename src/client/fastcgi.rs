@@ -1,4 +1,4 @@
-//! Reading what a FastCGI server sends back (PROTOCOLS.md §2.6, §2.7): records up to
+//! Reading what a FastCGI server sends back (docs/protocols.md §2.6, §2.7): records up to
 //! FCGI_END_REQUEST, whose STDOUT stream is the CGI response, and the answer to
 //! FCGI_GET_VALUES.
 
@@ -175,7 +175,7 @@ impl Stdout for Vec<u8> {
 /// to `stdout`. `buf` carries bytes read past a record between calls (a kept
 /// connection reads the next response with the same `buf`).
 ///
-/// Like nginx (PROTOCOLS.md §2.11), only STDOUT, STDERR and END_REQUEST records for
+/// Like nginx (docs/protocols.md §2.11), only STDOUT, STDERR and END_REQUEST records for
 /// request id 1 are accepted. The connection closing before END_REQUEST means the
 /// response was cut, even after the empty STDOUT record.
 pub fn read_response(

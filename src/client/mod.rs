@@ -5,7 +5,7 @@
 //!
 //! - `uwsgi://…`: one uwsgi packet plus the body; the answer (an HTTP status line and
 //!   headers) is printed as it comes, up to EOF.
-//! - `fastcgi://…`: BEGIN_REQUEST, PARAMS and STDIN records (PROTOCOLS.md §2.5); the
+//! - `fastcgi://…`: BEGIN_REQUEST, PARAMS and STDIN records (docs/protocols.md §2.5); the
 //!   STDOUT records up to END_REQUEST are the CGI response, STDERR goes to our stderr.
 //!   `--no-content-length` streams the body with no CONTENT_LENGTH; `--get-values`
 //!   sends an FCGI_GET_VALUES management record instead of a request (§2.7).

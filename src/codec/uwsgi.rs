@@ -1,6 +1,6 @@
 //! `Decoder` for one uwsgi or SCGI request: the head, then the body as it arrives, up
 //! to CONTENT_LENGTH. nginx and Apache never reuse a uwsgi or SCGI connection
-//! (PROTOCOLS.md §0, §3), so after the body the decoder yields nothing more.
+//! (docs/protocols.md §0, §3), so after the body the decoder yields nothing more.
 
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;

@@ -1,4 +1,4 @@
-//! CGI variables → WSGI environ rules (PROTOCOLS.md §4), on bytes, before any Python
+//! CGI variables → WSGI environ rules (docs/protocols.md §4), on bytes, before any Python
 //! string exists. Shared by every front-end protocol: uwsgi today, FastCGI and SCGI next.
 
 use rustc_hash::FxHashMap as HashMap;

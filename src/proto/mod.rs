@@ -1,7 +1,7 @@
 //! PURE protocol code: no tokio, pyo3, tracing or I/O. `&[u8]` in, typed views out,
 //! so that every function here can be unit-tested and fuzzed on its own.
 //!
-//! - [`uwsgi`]: the uwsgi packet header and vars block (PROTOCOLS.md §1).
+//! - [`uwsgi`]: the uwsgi packet header and vars block (docs/protocols.md §1).
 //! - [`fastcgi`]: FastCGI records, name/value pairs and the per-connection state
 //!   machine (§2).
 //! - [`scgi`]: the SCGI netstring head (§3).

@@ -1,4 +1,4 @@
-//! What an app may put in `start_response` (PEP 3333, PROTOCOLS.md §5.2, §5.6) and the
+//! What an app may put in `start_response` (PEP 3333, docs/protocols.md §5.2, §5.6) and the
 //! raw HTTP/1.1 response head that uwsgi sends back (§1.5, §6). Header values are
 //! latin-1 text; anything that could split a header (CR, LF, other controls) is refused
 //! so a request can never inject a response header.
@@ -60,7 +60,7 @@ pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     let code = b[..3]
         .iter()
         .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    // PROTOCOLS.md §5.6: never an interim response (100 Continue, 101 Upgrade…).
+    // docs/protocols.md §5.6: never an interim response (100 Continue, 101 Upgrade…).
     if code < 200 {
         return Err(HeaderError::Interim(status.to_owned()));
     }

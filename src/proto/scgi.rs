@@ -1,4 +1,4 @@
-//! The SCGI request head (PROTOCOLS.md §3): one netstring whose payload is a block of
+//! The SCGI request head (docs/protocols.md §3): one netstring whose payload is a block of
 //! NUL-terminated name/value pairs, then the body. Pure: bytes in, borrowed views
 //! out; no I/O, and nothing here imports tokio, pyo3 or tracing.
 //!

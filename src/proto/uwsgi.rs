@@ -1,4 +1,4 @@
-//! The uwsgi binary protocol (PROTOCOLS.md §1): a 4-byte header, then a block of
+//! The uwsgi binary protocol (docs/protocols.md §1): a 4-byte header, then a block of
 //! length-prefixed key/value pairs. Pure: bytes in, borrowed views out; no I/O.
 //!
 //! ```text
@@ -13,7 +13,7 @@ use nom::{IResult, Parser};
 
 use super::ProtoError;
 
-/// Length of the packet header (PROTOCOLS.md §1.1).
+/// Length of the packet header (docs/protocols.md §1.1).
 pub const HEADER_LEN: usize = 4;
 /// `datasize` is a u16, so no vars block can be longer than this (§1.1).
 pub const MAX_DATASIZE: usize = u16::MAX as usize;

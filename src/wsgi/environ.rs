@@ -1,4 +1,4 @@
-//! Builds the environ dict from a request head (PEP 3333, PROTOCOLS.md §4): CGI keys and
+//! Builds the environ dict from a request head (PEP 3333, docs/protocols.md §4): CGI keys and
 //! values are latin-1 native strings; standard keys are interned once per thread.
 
 use pyo3::prelude::*;

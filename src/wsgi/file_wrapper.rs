@@ -1,5 +1,5 @@
 //! `wsgi.file_wrapper(filelike, blksize=8192)` (PEP 3333 "Optional Platform-Specific
-//! File Handling", PROTOCOLS.md §5.7). Iterating it reads blocks; when the app returns
+//! File Handling", docs/protocols.md §5.7). Iterating it reads blocks; when the app returns
 //! it and the object is a regular file with a usable `fileno()`, the response module
 //! sends it with sendfile(2) from the file's current offset instead.
 

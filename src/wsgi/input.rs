@@ -1,4 +1,4 @@
-//! `wsgi.input` (PEP 3333, PROTOCOLS.md §4.6): a binary stream that ends exactly at the
+//! `wsgi.input` (PEP 3333, docs/protocols.md §4.6): a binary stream that ends exactly at the
 //! body's end, so `wsgi.input_terminated` is always true. File reads run with the GIL
 //! released.
 

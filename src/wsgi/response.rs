@@ -1,4 +1,4 @@
-//! Calling the app and sending its response (PEP 3333, PROTOCOLS.md §5): the
+//! Calling the app and sending its response (PEP 3333, docs/protocols.md §5): the
 //! `start_response` callable, `write()`, iteration of the result, `close()` on every
 //! path, Content-Length honoured, and errors turned into a 500 or an aborted
 //! connection. Bytes go to the front server through the request's `Sink`, written with the

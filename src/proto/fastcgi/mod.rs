@@ -1,4 +1,4 @@
-//! FastCGI 1.0 (PROTOCOLS.md §2): 8-byte records, name-value pairs and the per-connection
+//! FastCGI 1.0 (docs/protocols.md §2): 8-byte records, name-value pairs and the per-connection
 //! request state machine. Pure like all of `proto`: bytes in, borrowed views and events
 //! out, no I/O, so the server and the fuzzer drive the same code.
 //!

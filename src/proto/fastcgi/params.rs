@@ -1,4 +1,4 @@
-//! FastCGI name-value pairs (PROTOCOLS.md §2.4), the encoding of PARAMS, GET_VALUES and
+//! FastCGI name-value pairs (docs/protocols.md §2.4), the encoding of PARAMS, GET_VALUES and
 //! GET_VALUES_RESULT content, and the GET_VALUES answer (§2.7).
 //!
 //! ```text

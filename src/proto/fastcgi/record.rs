@@ -1,4 +1,4 @@
-//! FastCGI records (PROTOCOLS.md §2.1–§2.3, §2.6, §2.7): the 8-byte header framing every
+//! FastCGI records (docs/protocols.md §2.1–§2.3, §2.6, §2.7): the 8-byte header framing every
 //! record, the BEGIN_REQUEST body, and the encoders for what an app sends back.
 
 use super::{ProtocolStatus, GET_VALUES_RESULT, HEADER_LEN, MAX_CONTENT, UNKNOWN_TYPE, VERSION_1};

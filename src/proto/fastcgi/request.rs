@@ -1,4 +1,4 @@
-//! One FastCGI connection, sans I/O (PROTOCOLS.md §2.5–§2.9): [`ConnParser`] turns the
+//! One FastCGI connection, sans I/O (docs/protocols.md §2.5–§2.9): [`ConnParser`] turns the
 //! bytes read so far into [`Event`]s, following each request id through BEGIN_REQUEST →
 //! PARAMS → STDIN, and answers what the protocol layer answers by itself (management
 //! records, refused roles, too many requests). [`whole_request`] is the fast path for

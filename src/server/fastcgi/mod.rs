@@ -1,4 +1,4 @@
-//! FastCGI connections (PROTOCOLS.md §2). Unlike uwsgi and SCGI, a FastCGI connection
+//! FastCGI connections (docs/protocols.md §2). Unlike uwsgi and SCGI, a FastCGI connection
 //! can outlive its request (`FCGI_KEEP_CONN`, nginx `fastcgi_keep_conn on`) and carry
 //! several requests at once (multiplexing), so the connection is shared:
 //!
