@@ -1,4 +1,5 @@
-//! Streamed responses behind nginx `uwsgi_pass` once their chunks go through the
+//! Streamed responses behind nginx (`uwsgi_pass`, `scgi_pass`, `fastcgi_pass` with and
+//! without keep-conn) once their chunks go through the
 //! Python thread's writer (from the third write of a response on): every chunk arrives,
 //! in order, around a large chunk sent directly; a client that leaves mid-stream still
 //! ends the app's iteration with `close()` and the usual access line; and a long stream
@@ -10,7 +11,14 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
-use protocol_tests::stack::Stack;
+use protocol_tests::stack::{Stack, Upstream};
+
+const UPSTREAMS: [Upstream; 4] = [
+    Upstream::Uwsgi,
+    Upstream::Scgi,
+    Upstream::FastCgi,
+    Upstream::FastCgiKeepConn,
+];
 
 const APP: &str = r#"
 import threading
@@ -44,7 +52,8 @@ class Endless:
 
 
 def application(environ, start_response):
-    path, q = environ["PATH_INFO"], qs(environ)
+    # FastCGI: nginx sends the whole path as SCRIPT_NAME.
+    path, q = environ["SCRIPT_NAME"] + environ["PATH_INFO"], qs(environ)
     unbuffered = [("Content-Type", "application/octet-stream"), ("X-Accel-Buffering", "no")]
     if path == "/numbered":
         n, size = int(q["n"]), int(q["size"])
@@ -78,16 +87,26 @@ def application(environ, start_response):
     return [body]
 "#;
 
-fn stack() -> Option<Stack> {
+fn stack(upstream: Upstream) -> Option<Stack> {
     let bin = nginx_bin()?;
     let dir = tempdir();
     let app = dir.path().join("streamapp.py");
     std::fs::write(&app, APP).unwrap();
     let postern = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .protocol(upstream.protocol())
         .args(["--threads", "4"])
         .start();
-    let nginx = Nginx::start(&bin, dir.path(), &uwsgi_location(&postern.addr.nginx()));
+    let site = upstream.site(&postern.addr.nginx(), "", "");
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
     Some(Stack::from_parts(nginx, postern, dir))
+}
+
+/// Runs `f` behind each kind of upstream.
+fn each(f: impl Fn(&Stack)) {
+    for up in UPSTREAMS {
+        let Some(s) = stack(up) else { return };
+        f(&s);
+    }
 }
 
 fn numbered(i: usize, size: usize) -> Vec<u8> {
@@ -99,129 +118,132 @@ fn numbered(i: usize, size: usize) -> Vec<u8> {
 
 #[test]
 fn a_hundred_chunk_stream_arrives_whole_and_in_order() {
-    let Some(s) = stack() else { return };
-    for _ in 0..3 {
-        let r = s.nginx.get("/numbered?n=100&size=1024");
+    each(|s| {
+        for _ in 0..3 {
+            let r = s.nginx.get("/numbered?n=100&size=1024");
+            assert_eq!(r.status, 200, "{}", s.postern.logs());
+            let want: Vec<u8> = (0..100).flat_map(|i| numbered(i, 1024)).collect();
+            assert!(
+                r.body == want,
+                "the 100 chunks arrived altered or out of order"
+            );
+        }
+        // Small chunks queued around a large one sent directly: still in order.
+        let n = 300;
+        let r = s.nginx.get(&format!("/mixed?n={n}"));
         assert_eq!(r.status, 200, "{}", s.postern.logs());
-        let want: Vec<u8> = (0..100).flat_map(|i| numbered(i, 1024)).collect();
+        let want: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                numbered(
+                    i,
+                    if i == n / 2 {
+                        100 * 1024
+                    } else {
+                        (i * 37) % 3000 + 1
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(r.body.len(), want.len());
         assert!(
             r.body == want,
-            "the 100 chunks arrived altered or out of order"
+            "the mixed chunks arrived altered or out of order"
         );
-    }
-    // Small chunks queued around a large one sent directly: still in order.
-    let n = 300;
-    let r = s.nginx.get(&format!("/mixed?n={n}"));
-    assert_eq!(r.status, 200, "{}", s.postern.logs());
-    let want: Vec<u8> = (0..n)
-        .flat_map(|i| {
-            numbered(
-                i,
-                if i == n / 2 {
-                    100 * 1024
-                } else {
-                    (i * 37) % 3000 + 1
-                },
-            )
-        })
-        .collect();
-    assert_eq!(r.body.len(), want.len());
-    assert!(
-        r.body == want,
-        "the mixed chunks arrived altered or out of order"
-    );
-    // Written from an app thread (its own writer, which lets go once it has exited).
-    for _ in 0..3 {
-        let r = s.nginx.get("/write-thread?n=100");
-        assert_eq!(r.status, 200, "{}", s.postern.logs());
-        let want: Vec<u8> = (0..100).flat_map(|i| numbered(i, 1024)).collect();
-        assert!(
-            r.body == want,
-            "the chunks written from an app thread arrived altered"
-        );
-    }
-    s.assert_clean("unix");
+        // Written from an app thread (its own writer, which lets go once it has exited).
+        for _ in 0..3 {
+            let r = s.nginx.get("/write-thread?n=100");
+            assert_eq!(r.status, 200, "{}", s.postern.logs());
+            let want: Vec<u8> = (0..100).flat_map(|i| numbered(i, 1024)).collect();
+            assert!(
+                r.body == want,
+                "the chunks written from an app thread arrived altered"
+            );
+        }
+        s.assert_clean("unix");
+    });
 }
 
 #[test]
 fn a_client_gone_mid_stream_ends_the_iteration_with_close_and_the_access_line() {
-    let Some(s) = stack() else { return };
-    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(b"GET /endless?id=gone HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    // Well past the first chunks, so the writer thread carries the stream.
-    let mut got = 0;
-    let mut buf = [0u8; 16384];
-    while got < 256 * 1024 {
-        match c.read(&mut buf) {
-            Ok(0) => panic!("the endless stream ended: {}", s.postern.logs()),
-            Ok(n) => got += n,
-            Err(e) => panic!("reading the stream: {e}\n{}", s.postern.logs()),
+    each(|s| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"GET /endless?id=gone HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // Well past the first chunks, so the writer thread carries the stream.
+        let mut got = 0;
+        let mut buf = [0u8; 16384];
+        while got < 256 * 1024 {
+            match c.read(&mut buf) {
+                Ok(0) => panic!("the endless stream ended: {}", s.postern.logs()),
+                Ok(n) => got += n,
+                Err(e) => panic!("reading the stream: {e}\n{}", s.postern.logs()),
+            }
         }
-    }
-    drop(c);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while s.nginx.get("/closed?id=gone").text() != "closed" {
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while s.nginx.get("/closed?id=gone").text() != "closed" {
+            assert!(
+                Instant::now() < deadline,
+                "close() not called after the client left mid-stream:\n{}",
+                s.postern.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(
-            Instant::now() < deadline,
-            "close() not called after the client left mid-stream:\n{}",
+            s.postern
+                .wait_log("client went away before the response was complete", 5),
+            "{}",
             s.postern.logs()
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        s.postern
-            .wait_log("client went away before the response was complete", 5),
-        "{}",
-        s.postern.logs()
-    );
-    // The thread and its writer serve the next stream whole.
-    let r = s.nginx.get("/numbered?n=100&size=1024");
-    assert_eq!(r.body.len(), 100 * 1024, "{}", s.postern.logs());
+        // The thread and its writer serve the next stream whole.
+        let r = s.nginx.get("/numbered?n=100&size=1024");
+        assert_eq!(r.body.len(), 100 * 1024, "{}", s.postern.logs());
+    });
 }
 
 #[test]
 fn a_64_mib_stream_to_a_slow_reader_keeps_the_worker_memory_bounded() {
-    let Some(s) = stack() else { return };
-    let rss = || -> u64 {
-        let t = s.nginx.get("/rss").text();
-        t.trim().parse().unwrap_or_else(|_| panic!("VmRSS: {t:?}"))
-    };
-    // Warm up the thread that will stream (and its writer), then the baseline.
-    for _ in 0..4 {
-        s.nginx.get("/numbered?n=100&size=1024");
-    }
-    let before = rss();
-    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(b"GET /big?mib=64 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut got = Vec::with_capacity(65 << 20);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut peak = before;
-    let mut next_sample = 0;
-    loop {
-        // The reader is slower than the app: the app produces 16 KiB chunks as fast as
-        // Python yields them.
-        let n = c.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
+    each(|s| {
+        let rss = || -> u64 {
+            let t = s.nginx.get("/rss").text();
+            t.trim().parse().unwrap_or_else(|_| panic!("VmRSS: {t:?}"))
+        };
+        // Warm up the thread that will stream (and its writer), then the baseline.
+        for _ in 0..4 {
+            s.nginx.get("/numbered?n=100&size=1024");
         }
-        got.extend_from_slice(&buf[..n]);
-        if got.len() >= next_sample {
-            next_sample += 1 << 20;
-            peak = peak.max(rss());
-            std::thread::sleep(Duration::from_millis(20));
+        let before = rss();
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"GET /big?mib=64 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::with_capacity(65 << 20);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut peak = before;
+        let mut next_sample = 0;
+        loop {
+            // The reader is slower than the app: the app produces 16 KiB chunks as fast as
+            // Python yields them.
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() >= next_sample {
+                next_sample += 1 << 20;
+                peak = peak.max(rss());
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-    }
-    let r = parse_http(&got).expect("a complete chunked answer");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body.len(), 64 << 20);
-    assert!(r.body.iter().all(|&b| b == b'y'));
-    let grown_kib = peak.saturating_sub(before);
-    assert!(
+        let r = parse_http(&got).expect("a complete chunked answer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 64 << 20);
+        assert!(r.body.iter().all(|&b| b == b'y'));
+        let grown_kib = peak.saturating_sub(before);
+        assert!(
         grown_kib < 48 * 1024,
         "the worker grew by {grown_kib} KiB during a 64 MiB stream (VmRSS {before} -> {peak} KiB)"
     );
+    });
 }

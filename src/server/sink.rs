@@ -177,7 +177,8 @@ impl Sink for ConnSink {
         self.writes += 1;
         if self.stream.is_none() && self.writes >= STREAM_FROM && data.len() < DIRECT {
             if let Some(sock) = &self.sock {
-                self.stream = Stream::start(sock.clone(), self.write_timeout, send_all);
+                let (sock, timeout) = (sock.clone(), self.write_timeout);
+                self.stream = Stream::start(Arc::new(move |b: &[u8]| send_all(&sock, b, timeout)));
             }
         }
         if let Some(s) = &self.stream {

@@ -20,17 +20,16 @@ const IDLE_CHECK: Duration = Duration::from_secs(10);
 /// Capacity a drained buffer may keep for the next stream.
 const KEEP: usize = 64 * 1024;
 
-/// How the writer sends a batch: all of it, waiting while the front server does not
-/// read, up to the timeout per wait (the sink's `send_all`; passed in so that this
-/// module imports nothing of the sink's).
-pub type SendAll = fn(&socket2::Socket, &[u8], Duration) -> io::Result<()>;
+/// Where the writer sends a batch for one response: all of it, waiting while the front
+/// server does not read, up to the write timeout per wait (the sink's send; given by
+/// the sink, so this module knows nothing of sockets or protocols).
+pub type Target = Arc<dyn Fn(&[u8]) -> io::Result<()> + Send + Sync>;
 
 struct Inner {
     /// Bytes queued, in order, not yet taken by the writer.
     queued: Vec<u8>,
     /// The connection of the response being written (`None` between responses).
-    sock: Option<Arc<socket2::Socket>>,
-    timeout: Duration,
+    target: Option<Target>,
     /// The writer is sending what it took.
     busy: bool,
     /// The first write error of this response: the client is gone (or stopped reading).
@@ -73,13 +72,9 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Starts writing a response to `sock` through this thread's writer (started on
+    /// Starts writing a response to `target` through this thread's writer (started on
     /// first use). `None` if the thread could not be started: write directly then.
-    pub fn start(
-        sock: Arc<socket2::Socket>,
-        timeout: Duration,
-        send_all: SendAll,
-    ) -> Option<Stream> {
+    pub fn start(target: Target) -> Option<Stream> {
         let shared = WRITER.with(|w| {
             if let Some(s) = w.get() {
                 return Some(s.clone());
@@ -87,8 +82,7 @@ impl Stream {
             let shared = Arc::new(Shared {
                 inner: Mutex::new(Inner {
                     queued: Vec::new(),
-                    sock: None,
-                    timeout,
+                    target: None,
                     busy: false,
                     error: None,
                     sent: 0,
@@ -108,7 +102,7 @@ impl Stream {
             match std::thread::Builder::new()
                 .name(name)
                 .stack_size(64 * 1024)
-                .spawn(move || run(theirs, send_all))
+                .spawn(move || run(theirs))
             {
                 Ok(_) => {
                     let _ = w.set(shared.clone());
@@ -127,8 +121,7 @@ impl Stream {
             }
             g.active = true;
             g.queued.clear();
-            g.sock = Some(sock);
-            g.timeout = timeout;
+            g.target = Some(target);
             g.error = None;
             g.sent = 0;
             g.job += 1;
@@ -139,34 +132,44 @@ impl Stream {
     /// Queues `data` if there is room now; never waits. `Ok(false)`: no room (call
     /// [`Stream::push`] with the GIL released). An error: an earlier send failed.
     pub fn try_push(&self, data: &[u8]) -> io::Result<bool> {
+        self.try_push_with(data.len(), |q| q.extend_from_slice(data))
+    }
+
+    /// Like [`Stream::try_push`], with `put` appending about `len` bytes (framed).
+    pub fn try_push_with(&self, len: usize, put: impl FnOnce(&mut Vec<u8>)) -> io::Result<bool> {
         let mut g = self.shared.lock();
         if let Some(e) = &g.error {
             return Err(copy(e));
         }
-        if !g.queued.is_empty() && g.queued.len() + data.len() > QUEUE_LIMIT {
+        if !g.queued.is_empty() && g.queued.len() + len > QUEUE_LIMIT {
             return Ok(false);
         }
-        self.append(&mut g, data);
+        self.append(&mut g, put);
         Ok(true)
     }
 
     /// Queues `data`, waiting for room (backpressure) while the queue is full.
     pub fn push(&self, data: &[u8]) -> io::Result<()> {
+        self.push_with(data.len(), |q| q.extend_from_slice(data))
+    }
+
+    /// Like [`Stream::push`], with `put` appending about `len` bytes (framed).
+    pub fn push_with(&self, len: usize, put: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let mut g = self.shared.lock();
         loop {
             if let Some(e) = &g.error {
                 return Err(copy(e));
             }
-            if g.queued.is_empty() || g.queued.len() + data.len() <= QUEUE_LIMIT {
-                self.append(&mut g, data);
+            if g.queued.is_empty() || g.queued.len() + len <= QUEUE_LIMIT {
+                self.append(&mut g, put);
                 return Ok(());
             }
             g = self.wait(g);
         }
     }
 
-    fn append(&self, g: &mut Inner, data: &[u8]) {
-        g.queued.extend_from_slice(data);
+    fn append(&self, g: &mut Inner, put: impl FnOnce(&mut Vec<u8>)) {
+        put(&mut g.queued);
         if g.writer_waiting {
             g.writer_waiting = false;
             self.shared.work.notify_one();
@@ -201,7 +204,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let mut g = self.shared.lock();
         g.queued.clear();
-        g.sock = None;
+        g.target = None;
         g.active = false;
         if g.queued.capacity() > KEEP {
             g.queued = Vec::new();
@@ -214,10 +217,10 @@ fn copy(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-fn run(shared: Arc<Shared>, send_all: SendAll) {
+fn run(shared: Arc<Shared>) {
     let mut out: Vec<u8> = Vec::new();
     loop {
-        let (sock, timeout, job) = {
+        let (target, job) = {
             let mut g = shared.lock();
             while g.queued.is_empty() {
                 // Only this thread holds the writer: the thread it wrote for has
@@ -236,13 +239,13 @@ fn run(shared: Arc<Shared>, send_all: SendAll) {
             g.writer_waiting = false;
             std::mem::swap(&mut g.queued, &mut out);
             g.busy = true;
-            (g.sock.clone(), g.timeout, g.job)
+            (g.target.clone(), g.job)
         };
-        let r = match &sock {
-            Some(s) => send_all(s, &out, timeout),
+        let r = match &target {
+            Some(send) => send(&out),
             None => Ok(()),
         };
-        drop(sock);
+        drop(target);
         let n = out.len() as u64;
         out.clear();
         if out.capacity() > KEEP {

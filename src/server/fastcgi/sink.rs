@@ -11,6 +11,7 @@ use std::time::Instant;
 use super::FcgiConn;
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
+use crate::server::writer::Stream;
 use crate::wsgi::{End, ErrorsForward, Sent, Sink};
 
 /// State one request shares between its sink, its `wsgi.errors` and the reader.
@@ -55,7 +56,18 @@ pub struct FcgiSink {
     written: u64,
     started: Instant,
     finished: bool,
+    /// Writes so far (`try_write` calls), to tell a stream from a one-shot response.
+    writes: u32,
+    /// The response's STDOUT records go through the thread's writer from here on
+    /// (as for uwsgi: `crate::server::sink`).
+    stream: Option<Stream>,
 }
+
+/// From this write of a response on, its chunks are framed into the thread's writer.
+const STREAM_FROM: u32 = 3;
+
+/// A chunk this large is framed and sent directly (after what is queued), not copied.
+const DIRECT: usize = 64 * 1024;
 
 impl FcgiSink {
     pub(super) fn new(
@@ -73,6 +85,8 @@ impl FcgiSink {
             written: 0,
             started,
             finished: false,
+            writes: 0,
+            stream: None,
         }
     }
 
@@ -84,6 +98,14 @@ impl FcgiSink {
             ));
         }
         Ok(())
+    }
+
+    /// Waits until the writer has sent everything queued; its error if a send failed.
+    fn drain(&mut self) -> io::Result<()> {
+        match &self.stream {
+            Some(s) => s.drain().1,
+            None => Ok(()),
+        }
     }
 
     /// The end: answered (`Some`: the last STDOUT bytes, then the tail through
@@ -105,14 +127,66 @@ impl FcgiSink {
 impl Sink for FcgiSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
+        if let Some(s) = &self.stream {
+            if data.len() < DIRECT {
+                let id = self.id;
+                // Waits only while the queue is full (backpressure).
+                s.push_with(data.len() + 16, |q| {
+                    fcgi::encode_stream(q, fcgi::STDOUT, id, data)
+                })?;
+                self.written += data.len() as u64;
+                return Ok(());
+            }
+            self.drain()?;
+        }
         self.conn.send_stdout(self.id, data, &[])?;
         self.written += data.len() as u64;
         Ok(())
     }
 
+    /// From the `STREAM_FROM`th write on, a chunk is framed into the thread's writer
+    /// (no system call, no GIL release): it leaves with whatever else the app yields
+    /// while the writer's previous send is in flight. Before that, nothing: the chunk
+    /// goes to `write_all` as it always did.
+    fn try_write(&mut self, data: &[u8], last: bool) -> io::Result<usize> {
+        self.writes += 1;
+        if last || data.len() >= DIRECT {
+            return Ok(0);
+        }
+        if self.stream.is_none() && self.writes >= STREAM_FROM {
+            let conn = Arc::clone(&self.conn);
+            self.stream = Stream::start(Arc::new(move |b: &[u8]| conn.write(b)));
+        }
+        let Some(s) = &self.stream else {
+            return Ok(0);
+        };
+        self.check()?;
+        let id = self.id;
+        let queued = s.try_push_with(data.len() + 16, |q| {
+            fcgi::encode_stream(q, fcgi::STDOUT, id, data)
+        })?;
+        if !queued {
+            return Ok(0);
+        }
+        self.written += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn has_pending(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// The end of a stream: everything queued is sent before END_REQUEST.
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.drain();
+        self.stream = None;
+        r
+    }
+
     /// The last STDOUT records and END_REQUEST leave in one send.
     fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
+        self.flush()?;
         if !self.end(Some(data)) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -153,6 +227,11 @@ impl Sink for FcgiSink {
             // Ended by `write_last`.
             return sent;
         }
+        if !matches!(end, End::Incomplete(_)) {
+            // END_REQUEST follows everything queued.
+            let _ = self.drain();
+        }
+        self.stream = None;
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
             End::Complete(_) => true,
