@@ -1,6 +1,8 @@
 //! The connection as the Python thread writes to it: blocking-style writes on a
 //! non-blocking socket (poll(2) with a timeout when the front server is not reading),
-//! sendfile(2) for file wrappers, and the close or abort at the end. (The access line
+//! sendfile(2) for file wrappers, and the close or abort at the end. A streamed
+//! response's chunks, from its third write on, go through the thread's writer
+//! ([`super::writer`]) so that those produced during a send leave together. (The access line
 //! is written by the Python side from what `finish` returns: [`crate::logging::access`].)
 
 use std::io;
