@@ -76,7 +76,18 @@ def application(environ, start_response):
         chunk = b"y" * 16384
         start_response("200 OK", unbuffered)
         return (chunk for _ in range(int(q["mib"]) * 64))
-    if path == "/closed":
+    if path == "/app-writers":
+        # Writer threads of app threads still alive (a pool thread's is "python-N-w").
+        import os
+        names = []
+        for t in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{t}/comm") as f:
+                    names.append(f.read().strip())
+            except OSError:
+                pass
+        body = str(names.count("postern-w")).encode()
+    elif path == "/closed":
         body = CLOSED.get(q["id"], "no").encode()
     elif path == "/rss":
         with open("/proc/self/status") as f:
@@ -246,4 +257,89 @@ fn a_64_mib_stream_to_a_slow_reader_keeps_the_worker_memory_bounded() {
         "the worker grew by {grown_kib} KiB during a 64 MiB stream (VmRSS {before} -> {peak} KiB)"
     );
     });
+}
+
+fn app_file(dir: &std::path::Path) -> String {
+    let app = dir.join("streamapp.py");
+    std::fs::write(&app, APP).unwrap();
+    app.to_string_lossy().into_owned()
+}
+
+// regression: the FastCGI sink counted a streamed chunk as sent once it was queued, so
+// the access line of a client gone mid-stream named up to twice the writer's queue more
+// bytes than ever left (the queue is dropped when the send fails).
+#[test]
+fn a_fastcgi_client_gone_mid_stream_logs_only_the_bytes_that_left() {
+    use protocol_tests::harness::fcgi;
+    let dir = tempdir();
+    let postern = Spawn::unix(dir.path(), &app_file(dir.path()))
+        .protocol("fastcgi")
+        .start();
+    let mut c = postern.addr.connect().unwrap();
+    c.write_all(&fcgi::get(1, false, "/endless?id=fcgi-bytes"))
+        .unwrap();
+    // Read well past the first writes (the writer carries the stream), then stop
+    // reading: the writer's send blocks and the app fills the queue behind it.
+    let mut received = 0usize;
+    while received < 256 * 1024 {
+        let r = fcgi::read(&mut *c).expect("the endless stream ended");
+        received += 8 + r.content.len();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(c);
+    assert!(
+        postern.wait_log("client went away before the response was complete", 20),
+        "{}",
+        postern.logs()
+    );
+    let logs = postern.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("client went away before the response was complete"))
+        .unwrap();
+    let bytes: usize = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes="))
+        .unwrap_or_else(|| panic!("no bytes= in {line:?}"))
+        .parse()
+        .unwrap();
+    // At most what was read plus what the kernel held for the reader: the sender's
+    // socket buffer, which the last packet may overshoot by up to half of it. (With
+    // the bug, the writer's queue and its failed batch were counted too: ~440 KiB.)
+    let sndbuf: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_default")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992);
+    assert!(
+        bytes <= received + sndbuf + sndbuf / 2,
+        "the access line says {bytes} bytes; the client read {received} and the socket \
+         buffer holds at most about {sndbuf}:\n{line}"
+    );
+}
+
+// regression: a writer thread started by an app's own thread (one that called write())
+// outlived that thread by up to its 10 s idle check, so an app starting a thread per
+// request kept a writer thread per recent request alive.
+#[test]
+fn writer_threads_of_exited_app_threads_end() {
+    let dir = tempdir();
+    let postern = Spawn::unix(dir.path(), &app_file(dir.path()))
+        .args(["--threads", "1"])
+        .start();
+    for _ in 0..20 {
+        let (status, body) = postern.get("/write-thread?n=10");
+        assert_eq!((status, body.len()), (200, 10 * 1024), "{}", postern.logs());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = String::from_utf8_lossy(&postern.get("/app-writers").1).into_owned();
+        if n == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} writer threads of exited app threads are still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -34,8 +34,14 @@ struct Inner {
     busy: bool,
     /// The first write error of this response: the client is gone (or stopped reading).
     error: Option<io::Error>,
-    /// Bytes the writer sent for this response.
+    /// Bytes the writer sent for this response (as the sink counts them: a FastCGI
+    /// chunk's body, not its record framing).
     sent: u64,
+    /// What `queued` counts for `sent` once it is sent.
+    queued_count: u64,
+    /// The thread this writer serves has exited: the writer ends once no response
+    /// uses it (instead of at its next idle check).
+    owner_gone: bool,
     /// A response is using this writer: another one (an app thread writing to two
     /// responses at once) writes directly instead of sharing the queue.
     active: bool,
@@ -61,10 +67,31 @@ impl Shared {
     }
 }
 
+/// A thread's handle on its writer; dropped when the thread exits, which tells the
+/// writer to end (an app's own thread that called `write()` may be one of many).
+struct Owner(std::cell::OnceCell<Arc<Shared>>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.get() {
+            let mut g = shared.lock();
+            g.owner_gone = true;
+            if g.writer_waiting {
+                g.writer_waiting = false;
+                shared.work.notify_one();
+            }
+        }
+    }
+}
+
 thread_local! {
     /// This Python thread's writer, started with its first long stream.
-    static WRITER: std::cell::OnceCell<Arc<Shared>> = const { std::cell::OnceCell::new() };
+    static WRITER: Owner = const { Owner(std::cell::OnceCell::new()) };
 }
+
+/// A failure to start a writer thread is logged once (it would otherwise be logged at
+/// every write of every stream while threads are exhausted).
+static SPAWN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One response written through the calling thread's writer.
 pub struct Stream {
@@ -76,6 +103,7 @@ impl Stream {
     /// first use). `None` if the thread could not be started: write directly then.
     pub fn start(target: Target) -> Option<Stream> {
         let shared = WRITER.with(|w| {
+            let w = &w.0;
             if let Some(s) = w.get() {
                 return Some(s.clone());
             }
@@ -86,6 +114,8 @@ impl Stream {
                     busy: false,
                     error: None,
                     sent: 0,
+                    queued_count: 0,
+                    owner_gone: false,
                     job: 0,
                     active: false,
                     writer_waiting: false,
@@ -109,6 +139,9 @@ impl Stream {
                     Some(shared)
                 }
                 Err(e) => {
+                    if SPAWN_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        return None;
+                    }
                     tracing::warn!(error = %e, "could not start a response writer thread; writing directly");
                     None
                 }
@@ -121,6 +154,7 @@ impl Stream {
             }
             g.active = true;
             g.queued.clear();
+            g.queued_count = 0;
             g.target = Some(target);
             g.error = None;
             g.sent = 0;
@@ -132,11 +166,17 @@ impl Stream {
     /// Queues `data` if there is room now; never waits. `Ok(false)`: no room (call
     /// [`Stream::push`] with the GIL released). An error: an earlier send failed.
     pub fn try_push(&self, data: &[u8]) -> io::Result<bool> {
-        self.try_push_with(data.len(), |q| q.extend_from_slice(data))
+        self.try_push_with(data.len(), data.len(), |q| q.extend_from_slice(data))
     }
 
-    /// Like [`Stream::try_push`], with `put` appending about `len` bytes (framed).
-    pub fn try_push_with(&self, len: usize, put: impl FnOnce(&mut Vec<u8>)) -> io::Result<bool> {
+    /// Like [`Stream::try_push`], with `put` appending about `len` bytes (framed) that
+    /// count as `count` bytes sent once the writer has sent them.
+    pub fn try_push_with(
+        &self,
+        len: usize,
+        count: usize,
+        put: impl FnOnce(&mut Vec<u8>),
+    ) -> io::Result<bool> {
         let mut g = self.shared.lock();
         if let Some(e) = &g.error {
             return Err(copy(e));
@@ -144,32 +184,39 @@ impl Stream {
         if !g.queued.is_empty() && g.queued.len() + len > QUEUE_LIMIT {
             return Ok(false);
         }
-        self.append(&mut g, put);
+        self.append(&mut g, count, put);
         Ok(true)
     }
 
     /// Queues `data`, waiting for room (backpressure) while the queue is full.
     pub fn push(&self, data: &[u8]) -> io::Result<()> {
-        self.push_with(data.len(), |q| q.extend_from_slice(data))
+        self.push_with(data.len(), data.len(), |q| q.extend_from_slice(data))
     }
 
-    /// Like [`Stream::push`], with `put` appending about `len` bytes (framed).
-    pub fn push_with(&self, len: usize, put: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+    /// Like [`Stream::push`], with `put` appending about `len` bytes (framed) that
+    /// count as `count` bytes sent.
+    pub fn push_with(
+        &self,
+        len: usize,
+        count: usize,
+        put: impl FnOnce(&mut Vec<u8>),
+    ) -> io::Result<()> {
         let mut g = self.shared.lock();
         loop {
             if let Some(e) = &g.error {
                 return Err(copy(e));
             }
             if g.queued.is_empty() || g.queued.len() + len <= QUEUE_LIMIT {
-                self.append(&mut g, put);
+                self.append(&mut g, count, put);
                 return Ok(());
             }
             g = self.wait(g);
         }
     }
 
-    fn append(&self, g: &mut Inner, put: impl FnOnce(&mut Vec<u8>)) {
+    fn append(&self, g: &mut Inner, count: usize, put: impl FnOnce(&mut Vec<u8>)) {
         put(&mut g.queued);
+        g.queued_count += count as u64;
         if g.writer_waiting {
             g.writer_waiting = false;
             self.shared.work.notify_one();
@@ -204,8 +251,14 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let mut g = self.shared.lock();
         g.queued.clear();
+        g.queued_count = 0;
         g.target = None;
         g.active = false;
+        if g.owner_gone && g.writer_waiting {
+            // Its thread has exited: the writer may end now.
+            g.writer_waiting = false;
+            self.shared.work.notify_one();
+        }
         if g.queued.capacity() > KEEP {
             g.queued = Vec::new();
         }
@@ -220,13 +273,12 @@ fn copy(e: &io::Error) -> io::Error {
 fn run(shared: Arc<Shared>) {
     let mut out: Vec<u8> = Vec::new();
     loop {
-        let (target, job) = {
+        let (target, job, count) = {
             let mut g = shared.lock();
             while g.queued.is_empty() {
-                // Only this thread holds the writer: the thread it wrote for has
-                // exited (an app's own thread that called write()). Nobody can reach
-                // it any more.
-                if Arc::strong_count(&shared) == 1 {
+                // The thread it wrote for has exited (an app's own thread that called
+                // write()) and no response uses it: nobody can reach it any more.
+                if (g.owner_gone && !g.active) || Arc::strong_count(&shared) == 1 {
                     return;
                 }
                 g.writer_waiting = true;
@@ -239,14 +291,13 @@ fn run(shared: Arc<Shared>) {
             g.writer_waiting = false;
             std::mem::swap(&mut g.queued, &mut out);
             g.busy = true;
-            (g.target.clone(), g.job)
+            (g.target.clone(), g.job, std::mem::take(&mut g.queued_count))
         };
         let r = match &target {
             Some(send) => send(&out),
             None => Ok(()),
         };
         drop(target);
-        let n = out.len() as u64;
         out.clear();
         if out.capacity() > KEEP {
             out = Vec::new();
@@ -255,9 +306,10 @@ fn run(shared: Arc<Shared>) {
         g.busy = false;
         match r {
             _ if g.job != job => {}
-            Ok(()) => g.sent += n,
+            Ok(()) => g.sent += count,
             Err(e) => {
                 g.queued.clear();
+                g.queued_count = 0;
                 g.error.get_or_insert(e);
             }
         }

@@ -103,7 +103,13 @@ impl FcgiSink {
     /// Waits until the writer has sent everything queued; its error if a send failed.
     fn drain(&mut self) -> io::Result<()> {
         match &self.stream {
-            Some(s) => s.drain().1,
+            Some(s) => {
+                // Counted once sent, not once queued: the access line of a client gone
+                // mid-stream names what actually left.
+                let (sent, r) = s.drain();
+                self.written += sent;
+                r
+            }
             None => Ok(()),
         }
     }
@@ -131,10 +137,9 @@ impl Sink for FcgiSink {
             if data.len() < DIRECT {
                 let id = self.id;
                 // Waits only while the queue is full (backpressure).
-                s.push_with(data.len() + 16, |q| {
+                s.push_with(data.len() + 16, data.len(), |q| {
                     fcgi::encode_stream(q, fcgi::STDOUT, id, data)
                 })?;
-                self.written += data.len() as u64;
                 return Ok(());
             }
             self.drain()?;
@@ -162,14 +167,10 @@ impl Sink for FcgiSink {
         };
         self.check()?;
         let id = self.id;
-        let queued = s.try_push_with(data.len() + 16, |q| {
+        let queued = s.try_push_with(data.len() + 16, data.len(), |q| {
             fcgi::encode_stream(q, fcgi::STDOUT, id, data)
         })?;
-        if !queued {
-            return Ok(0);
-        }
-        self.written += data.len() as u64;
-        Ok(data.len())
+        Ok(if queued { data.len() } else { 0 })
     }
 
     fn has_pending(&self) -> bool {
