@@ -79,7 +79,10 @@ pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
         return Err(HeaderError::Name(name.to_owned()));
     }
     // The usual value: printable ASCII (and tabs), checked a byte at a time.
-    if value.bytes().all(|b| (b' '..0x7f).contains(&b) || b == b'\t') {
+    if value
+        .bytes()
+        .all(|b| (b' '..0x7f).contains(&b) || b == b'\t')
+    {
         return Ok(());
     }
     for c in value.chars() {
