@@ -37,6 +37,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::codec::{Head, Protocol};
@@ -82,17 +84,7 @@ pub struct LogOptions {
     pub access_format: AccessLogFormat,
 }
 
-#[derive(
-    Copy,
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-    Default,
-)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -100,17 +92,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(
-    Copy,
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-    Default,
-)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     /// A line like postern's own: timestamp, level, then key=value fields.
