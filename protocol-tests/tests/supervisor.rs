@@ -479,7 +479,11 @@ fn touch_reload_and_ttin_ttou() {
     while p.logs().matches("worker ready").count() < 5 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(p.logs().matches("worker ready").count() >= 5, "{}", p.logs());
+    assert!(
+        p.logs().matches("worker ready").count() >= 5,
+        "{}",
+        p.logs()
+    );
     p.signal(libc::SIGTTOU);
     assert!(p.wait_log("SIGTTOU: one worker less", 5));
 }
