@@ -145,16 +145,7 @@ impl Source for Acceptor {
                         // Input on a connection whose request runs inline: the slow
                         // lane reads it, and adopts the running request.
                         Woken::Steal(entry) => {
-                            let info = self.listeners[conn.listener].info.clone();
-                            self.slow.spawn(fastcgi::serve(
-                                conn,
-                                BytesMut::new(),
-                                info,
-                                self.slow.clone(),
-                                self.fcgi.clone(),
-                                Instant::now(),
-                                entry,
-                            ));
+                            self.fcgi_to_lane(conn, BytesMut::new(), Instant::now(), entry);
                         }
                         Woken::Stale => {}
                     }
@@ -278,18 +269,30 @@ impl Acceptor {
             }
             Waiting::Fcgi(conn) => {
                 let entry = conn.enter_lane(true);
-                let info = self.listeners[conn.listener].info.clone();
-                self.slow.spawn(fastcgi::serve(
-                    conn,
-                    BytesMut::new(),
-                    info,
-                    self.slow.clone(),
-                    self.fcgi.clone(),
-                    e.started,
-                    entry,
-                ));
+                self.fcgi_to_lane(conn, BytesMut::new(), e.started, entry);
             }
         }
+    }
+
+    /// Hands a FastCGI connection the slow lane now owns (`entry`) to it, with what was
+    /// read so far.
+    fn fcgi_to_lane(
+        &self,
+        conn: Arc<FcgiConn>,
+        buf: BytesMut,
+        started: Instant,
+        entry: fastcgi::Entry,
+    ) {
+        let info = self.listeners[conn.listener].info.clone();
+        self.slow.spawn(fastcgi::serve(
+            conn,
+            buf,
+            info,
+            self.slow.clone(),
+            self.fcgi.clone(),
+            started,
+            entry,
+        ));
     }
 
     /// Reads a FastCGI connection (new, or parked and now readable): one whole request
@@ -339,15 +342,7 @@ impl Acceptor {
         });
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
             let entry = conn.enter_lane(!parked);
-            self.slow.spawn(fastcgi::serve(
-                conn,
-                buf,
-                l.info.clone(),
-                self.slow.clone(),
-                self.fcgi.clone(),
-                started,
-                entry,
-            ));
+            self.fcgi_to_lane(conn, buf, started, entry);
         };
         match got {
             Ok(Some(Ok(req))) => Some(req),
