@@ -155,17 +155,22 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _stat_fields(pid: int):
+    """The fields of /proc/PID/stat after the command name (fields[11] is utime), or None
+    when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """user+system CPU of the given processes (all their threads, and the children they
     have reaped), in seconds."""
     total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
+    for fields in filter(None, map(_stat_fields, pids)):
         # utime, stime, cutime, cstime: a worker that exits mid-run (recycling) is
         # still counted through its parent's cutime/cstime.
         total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
@@ -175,13 +180,7 @@ def cpu_seconds(pids: list[int]) -> float:
 def sys_seconds(pids: list[int]) -> float:
     """The system (kernel) part of cpu_seconds."""
     total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
+    for fields in filter(None, map(_stat_fields, pids)):
         total += int(fields[12]) + int(fields[14])  # stime, cstime
     return total / CLK_TCK
 
