@@ -82,6 +82,17 @@ pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// Warns when the process is still root once privileges were to be dropped (no
+/// `--uid`, or `--uid root`): the app, and whatever a request can make it do, then
+/// runs as root.
+pub fn warn_if_root() {
+    if rustix::process::geteuid().is_root() {
+        tracing::warn!(
+            "running as root: the app, and anything a request can make it do, runs with every privilege; give --uid USER (with --gid GROUP if needed) to drop to an unprivileged user once the sockets are bound"
+        );
+    }
+}
+
 /// What `--uid`/`--gid` become: the user database is read here ([`Privileges::plan`]),
 /// and [`Privileges::apply`] only makes system calls (so it is also safe in a child
 /// just forked from a threaded process).

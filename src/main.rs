@@ -185,6 +185,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         .map_or(Ok(()), pidfile)
         .and_then(|()| boot::drop_privileges(&config));
     started?;
+    boot::warn_if_root();
     // The --stats socket file's guard stays here (removed on return): the listener
     // goes to a thread or helper process that never gives it back.
     let mut stats = stats;
@@ -232,6 +233,7 @@ fn serve(
             b.addr,
             b.info.protocol.name()
         );
+        listener::warn_if_reachable(&b.addr);
     }
 
     if config.supervised {

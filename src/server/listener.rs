@@ -1,13 +1,16 @@
 //! Binding listeners: TCP (IPv4/IPv6) and Unix sockets, with the mode and owner the
 //! user configured, a stale Unix socket removed, and a live one refused.
 
+use std::ffi::OsStr;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -29,8 +32,23 @@ pub enum BindError {
     InUse { addr: ListenAddr, find: String },
     #[error("cannot listen on {addr}: another server is still answering on this socket; find it with `ss -lxp | grep {}`, then stop it or choose another socket path", path.display())]
     LiveSocket { addr: ListenAddr, path: PathBuf },
-    #[error("cannot listen on {addr}: {} exists and is not a socket; refusing to replace it (remove it or choose another path)", path.display())]
-    NotASocket { addr: ListenAddr, path: PathBuf },
+    #[error("cannot listen on {addr}: {} exists and is not a socket ({kind}); refusing to replace it (remove it or choose another path)", path.display())]
+    NotASocket {
+        addr: ListenAddr,
+        path: PathBuf,
+        /// What it is instead, e.g. "a symbolic link to /etc/passwd: postern never follows one".
+        kind: String,
+    },
+    #[error("cannot listen on {addr}: {dir} is not a directory; the socket's path must be DIRECTORY/NAME")]
+    NotADirectory { addr: ListenAddr, dir: String },
+    #[error("cannot listen on {addr}: the directory {dir} is writable by every user and has no sticky bit, so anyone could replace the socket with their own and receive the requests; use a directory only postern's user can write (systemd: `RuntimeDirectory=`), or `chmod +t {dir}`")]
+    OpenDirectory { addr: ListenAddr, dir: String },
+    #[error("cannot listen on {addr}: {what} changed while the socket was being created ({detail}); something else is working in that directory: use one only postern's user can write")]
+    Raced {
+        addr: ListenAddr,
+        what: &'static str,
+        detail: String,
+    },
     #[error("cannot listen on {addr}: permission denied; {hint}")]
     Denied { addr: ListenAddr, hint: String },
     #[error("cannot listen on {addr}: {ip} is not an address of this machine; use one of its own addresses, 127.0.0.1, or :PORT for all of them")]
@@ -139,6 +157,32 @@ pub fn front_server_lines(protocol: Protocol, addr: &ListenAddr) -> (String, Str
     }
 }
 
+/// True for an address only this machine can reach: 127.0.0.0/8, ::1 (and
+/// ::ffff:127.0.0.0/104). A Unix socket is governed by its file's mode and owner.
+pub fn is_local_only(addr: &ListenAddr) -> bool {
+    match addr {
+        ListenAddr::Unix(_) => true,
+        ListenAddr::Tcp(sa) => match sa.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        },
+    }
+}
+
+/// Warns when `addr` can be reached from other machines: these protocols carry no
+/// authentication, and every variable of a request (REMOTE_ADDR, HTTPS, SERVER_NAME...)
+/// is chosen by whoever connects.
+pub fn warn_if_reachable(addr: &ListenAddr) {
+    if !is_local_only(addr) {
+        tracing::warn!(
+            listener = %addr,
+            "this listener is reachable from other machines, and uwsgi/FastCGI/SCGI carry no authentication: anyone who can connect to it sends the request variables the app trusts (REMOTE_ADDR, HTTPS, SERVER_NAME, SCRIPT_NAME...); listen on 127.0.0.1 or a unix: socket, or let only the front server reach this address (firewall, private network)"
+        );
+    }
+}
+
 /// Where to listen: `HOST:PORT`, `[::1]:PORT`, `:PORT` (all interfaces) or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -230,17 +274,6 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
-    /// Takes charge of the socket file at `path`, which this process has just bound.
-    fn bound_at(path: &Path) -> SocketFile {
-        SocketFile {
-            path: path.to_owned(),
-            pid: std::process::id(),
-            id: std::fs::symlink_metadata(path)
-                .ok()
-                .map(|m| (m.dev(), m.ino())),
-        }
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -470,64 +503,242 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
                 socket_file: None,
             })
         }
-        ListenAddr::Unix(path) => {
-            clear_stale_socket(addr, path)?;
-            let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
-            socket
-                .bind(&SockAddr::unix(path).map_err(err)?)
-                .map_err(err)?;
-            // From here on, any error return drops the guard, which removes the file.
-            let socket_file = SocketFile::bound_at(path);
-            let apply = |option: &'static str, cause: io::Error| {
-                ServerError::from(BindError::Apply {
-                    addr: addr.clone(),
-                    option,
-                    cause,
-                })
-            };
-            if let Some(mode) = opts.mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| apply("--socket-mode", e))?;
-            }
-            if let Some((uid, gid)) = opts.owner {
-                std::os::unix::fs::chown(path, uid, gid)
-                    .map_err(|e| apply("--socket-owner (changing an owner needs root)", e))?;
-            }
-            socket
-                .listen(opts.backlog)
-                .and_then(|()| socket.set_nonblocking(true))
-                .map_err(err)?;
-            Ok(Bound {
-                addr: addr.clone(),
-                socket: BoundSocket::Unix(socket.into()),
-                info: ListenerInfo {
-                    protocol: Default::default(),
-                    server_name: Arc::from(&b"localhost"[..]),
-                    server_port: Arc::from(&b"80"[..]),
-                },
-                inherited: false,
-                socket_file: Some(socket_file),
-            })
-        }
+        ListenAddr::Unix(path) => bind_unix(addr, path, opts),
     }
 }
 
-/// Removes a Unix socket file nobody answers on; refuses a live one or a non-socket.
-fn clear_stale_socket(addr: &ListenAddr, path: &Path) -> Result<(), BindError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        // ENOTDIR: a part of the path is a file; bind(2) will say so.
-        Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOENT | Errno::NOTDIR)) => {
-            return Ok(())
+/// Binds a Unix socket at `path` so that nobody else who can write in its directory
+/// can turn the bind against postern (which often runs as root at this point):
+///
+/// - The directory is opened once and checked through that fd: it exists, it is a
+///   directory, and it is not writable by every user without the sticky bit (there,
+///   anyone could replace the socket with their own after the start and receive the
+///   requests: refused). Symbolic links in the directory part are followed: that path
+///   is the operator's (`/var/run` → `/run`).
+/// - What is at the socket's name is looked at through the directory fd, without
+///   following a symbolic link: nothing → bind; a socket nobody answers on → removed
+///   (it is stale), then bind; a live socket, a symbolic link (wherever it points), a
+///   regular file, a directory, anything else → refused and left untouched.
+/// - bind(2) never follows a symbolic link at the last component (an existing name of
+///   any kind makes it fail with EADDRINUSE), so a link planted after the check cannot
+///   redirect the socket. The mode is applied by the umask in force during the bind,
+///   not by a chmod afterwards (chmod follows links: a link swapped in between would
+///   make root chmod its target); the owner by fchownat(AT_SYMLINK_NOFOLLOW) in the
+///   directory fd.
+/// - After the bind, the name must hold a socket owned by this process's user, in the
+///   directory that was checked (same device and inode), with the mode asked for;
+///   otherwise the start stops: someone used the window between the check and the bind.
+///
+/// The path is bound as given rather than as `/proc/self/fd/N/NAME` (which would pin
+/// the directory): the kernel records the bound path, and `ss -lx`, `/proc/net/unix`
+/// and every error message here would then show the /proc path instead of the real one.
+fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bound, ServerError> {
+    let err = |cause: io::Error| ServerError::from(BindError::from_io(addr, cause));
+    let (dir, name) = split_socket_path(addr, path)?;
+    let dirfd = open_socket_dir(addr, dir)?;
+    clear_stale_socket(addr, path, &dirfd, name)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    let sockaddr = SockAddr::unix(path).map_err(err)?;
+    let bound = match opts.mode {
+        Some(mode) => {
+            // The umask is process-wide: this runs at start (and in --check), while no
+            // other thread creates files.
+            let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(!mode & 0o777));
+            let r = socket.bind(&sockaddr);
+            rustix::process::umask(old);
+            r
         }
-        Err(e) => return Err(BindError::from_io(addr, e)),
+        None => socket.bind(&sockaddr),
     };
-    if !meta.file_type().is_socket() {
+    bound.map_err(err)?;
+    let raced = |what: &'static str, detail: String| {
+        ServerError::from(BindError::Raced {
+            addr: addr.clone(),
+            what,
+            detail,
+        })
+    };
+    let meta = rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| raced("the socket file", format!("it is gone: {e}")))?;
+    let kind = FileType::from_raw_mode(meta.st_mode);
+    let euid = rustix::process::geteuid().as_raw();
+    if kind != FileType::Socket || meta.st_uid != euid {
+        return Err(raced(
+            "the socket file",
+            format!(
+                "{} owned by uid {} instead of a socket of uid {euid}",
+                describe(kind),
+                meta.st_uid
+            ),
+        ));
+    }
+    // From here on, any error return drops the guard, which removes the file.
+    let socket_file = SocketFile {
+        path: path.to_owned(),
+        pid: std::process::id(),
+        id: Some((meta.st_dev, meta.st_ino)),
+    };
+    let here = rustix::fs::fstat(&dirfd).map_err(|e| err(e.into()))?;
+    match rustix::fs::stat(dir) {
+        Ok(now) if (now.st_dev, now.st_ino) == (here.st_dev, here.st_ino) => {}
+        other => {
+            // Not ours to remove: the name now resolves somewhere else.
+            std::mem::forget(socket_file);
+            return Err(raced(
+                "the directory",
+                match other {
+                    Ok(_) => format!("{} now names another directory", dir.display()),
+                    Err(e) => format!("{}: {e}", dir.display()),
+                },
+            ));
+        }
+    }
+    if let Some(mode) = opts.mode {
+        let got = meta.st_mode & 0o777;
+        if got != mode {
+            return Err(raced(
+                "the socket's mode",
+                format!("{got:o} instead of {mode:o}"),
+            ));
+        }
+    }
+    let apply = |option: &'static str, cause: io::Error| {
+        ServerError::from(BindError::Apply {
+            addr: addr.clone(),
+            option,
+            cause,
+        })
+    };
+    if let Some((uid, gid)) = opts.owner {
+        rustix::fs::chownat(
+            &dirfd,
+            name,
+            uid.map(rustix::fs::Uid::from_raw),
+            gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| apply("--socket-owner (changing an owner needs root)", e.into()))?;
+    }
+    socket
+        .listen(opts.backlog)
+        .and_then(|()| socket.set_nonblocking(true))
+        .map_err(err)?;
+    Ok(Bound {
+        addr: addr.clone(),
+        socket: BoundSocket::Unix(socket.into()),
+        info: ListenerInfo {
+            protocol: Default::default(),
+            server_name: Arc::from(&b"localhost"[..]),
+            server_port: Arc::from(&b"80"[..]),
+        },
+        inherited: false,
+        socket_file: Some(socket_file),
+    })
+}
+
+/// `path` as its directory (`.` for a bare name) and its last component.
+fn split_socket_path<'p>(
+    addr: &ListenAddr,
+    path: &'p Path,
+) -> Result<(&'p Path, &'p OsStr), BindError> {
+    let Some(name) = path.file_name() else {
+        return Err(BindError::Other {
+            addr: addr.clone(),
+            cause: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path names no file (it ends with `/` or `..`)",
+            ),
+        });
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok((dir, name))
+}
+
+/// Opens the socket's directory (following links in its path) and checks it: see
+/// [`bind_unix`].
+fn open_socket_dir(addr: &ListenAddr, dir: &Path) -> Result<OwnedFd, BindError> {
+    use rustix::fs::OFlags;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOTDIR => BindError::NotADirectory {
+            addr: addr.clone(),
+            dir: dir.display().to_string(),
+        },
+        // NOENT: NoDirectory, with the way to create it.
+        e => BindError::from_io(addr, e.into()),
+    })?;
+    let meta = rustix::fs::fstat(&fd).map_err(|e| BindError::from_io(addr, e.into()))?;
+    let mode = meta.st_mode;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(BindError::OpenDirectory {
+            addr: addr.clone(),
+            dir: dir.display().to_string(),
+        });
+    }
+    // Said before the bind, in the same words bind's EACCES gets (root passes unless
+    // the file system is read-only).
+    if let Err(e) = rustix::fs::access(
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    ) {
+        return Err(BindError::from_io(addr, e.into()));
+    }
+    Ok(fd)
+}
+
+/// A file type in words, for the errors.
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a file of unknown type",
+    }
+}
+
+/// What is at the socket's name (looked at in `dirfd`, never following a link): a
+/// stale socket is removed, anything else that exists is refused (see [`bind_unix`]).
+fn clear_stale_socket(
+    addr: &ListenAddr,
+    path: &Path,
+    dirfd: &OwnedFd,
+    name: &OsStr,
+) -> Result<(), BindError> {
+    let meta = match rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(m) => m,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(BindError::from_io(addr, e.into())),
+    };
+    let kind = FileType::from_raw_mode(meta.st_mode);
+    if kind != FileType::Socket {
+        let kind = match kind {
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dirfd, name, Vec::new())
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "?".into());
+                format!("it is a symbolic link to {target}; postern never follows one at the socket path")
+            }
+            k => format!("it is {}", describe(k)),
+        };
         return Err(BindError::NotASocket {
             addr: addr.clone(),
             path: path.to_owned(),
+            kind,
         });
     }
+    // The socket was checked through the directory fd; connect(2) takes a path (the
+    // same one bind will use).
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(BindError::LiveSocket {
             addr: addr.clone(),
@@ -535,7 +746,8 @@ fn clear_stale_socket(addr: &ListenAddr, path: &Path) -> Result<(), BindError> {
         }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             tracing::info!(path = %path.display(), "removing a stale Unix socket left by an earlier run");
-            std::fs::remove_file(path).map_err(|e| BindError::from_io(addr, e))
+            rustix::fs::unlinkat(dirfd, name, AtFlags::empty())
+                .map_err(|e| BindError::from_io(addr, e.into()))
         }
         Err(e) => Err(BindError::from_io(addr, e)),
     }
@@ -701,6 +913,125 @@ mod tests {
         );
         drop(b);
         assert!(!path.exists());
+    }
+
+    fn unix_err(path: &Path, opts: &SocketOptions) -> String {
+        bind(&ListenAddr::Unix(path.to_owned()), opts)
+            .expect_err("bound")
+            .to_string()
+    }
+
+    #[test]
+    fn a_symlink_at_the_socket_path_is_refused_wherever_it_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, "keep").unwrap();
+        let live = dir.path().join("live.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        for target in [precious.clone(), live, stale, dir.path().join("nowhere")] {
+            let link = dir.path().join("app.sock");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let e = unix_err(&link, &SocketOptions::default());
+            assert!(
+                e.contains(&format!(
+                    "is a symbolic link to {}; postern never follows one",
+                    target.display()
+                )),
+                "{e}"
+            );
+            assert_eq!(
+                std::fs::read_link(&link).unwrap(),
+                target,
+                "the link was replaced"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_directory_or_regular_file_at_the_socket_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = unix_err(&sub, &SocketOptions::default());
+        assert!(
+            e.contains("exists and is not a socket (it is a directory)"),
+            "{e}"
+        );
+        assert!(sub.is_dir());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = unix_err(&file, &SocketOptions::default());
+        assert!(e.contains("(it is a regular file)"), "{e}");
+    }
+
+    #[test]
+    fn the_socket_directory_is_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = unix_err(&file.join("s.sock"), &SocketOptions::default());
+        assert!(
+            e.contains(&format!("{} is not a directory", file.display())),
+            "{e}"
+        );
+
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = unix_err(&open.join("s.sock"), &SocketOptions::default());
+        assert!(
+            e.contains("is writable by every user and has no sticky bit"),
+            "{e}"
+        );
+        assert!(!open.join("s.sock").exists());
+        // Sticky (as /tmp): others cannot remove or rename what is not theirs.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        bind(
+            &ListenAddr::Unix(open.join("s.sock")),
+            &SocketOptions::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_mode_is_set_by_the_bind_and_the_umask_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
+        for mode in [0o600, 0o660, 0o666, 0o777] {
+            let path = dir.path().join(format!("m{mode:o}.sock"));
+            let opts = SocketOptions {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            let _b = bind(&ListenAddr::Unix(path.clone()), &opts).unwrap();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(meta.mode() & 0o7777, mode);
+        }
+        let now = rustix::process::umask(before);
+        assert_eq!(now.bits(), 0o022);
+    }
+
+    #[test]
+    fn only_loopback_and_unix_sockets_are_local() {
+        for (a, local) in [
+            ("127.0.0.1:1", true),
+            ("127.1.2.3:1", true),
+            ("[::1]:1", true),
+            ("[::ffff:127.0.0.1]:1", true),
+            ("unix:/run/x.sock", true),
+            (":1", false),
+            ("0.0.0.0:1", false),
+            ("[::]:1", false),
+            ("10.0.0.1:1", false),
+            ("[::ffff:10.0.0.1]:1", false),
+        ] {
+            assert_eq!(is_local_only(&a.parse().unwrap()), local, "{a}");
+        }
     }
 
     #[test]

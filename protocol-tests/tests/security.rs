@@ -1,0 +1,921 @@
+//! The trust model (SECURITY.md), black-box with the real binary: Unix sockets (mode,
+//! owner, symbolic links, files in the way, the directory's permissions), the warnings
+//! (a listener reachable from other machines, running as root), `--uid` (groups, no way
+//! back to root), and that no request variable chooses code, files or options, nor can
+//! a client header pass for a variable of the front server. Runs as root for the
+//! privilege tests (they say SKIPPED otherwise); the nginx ones fail in CI without nginx.
+
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use protocol_tests::harness::*;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+fn security_app() -> PathBuf {
+    root().join("protocol-tests/apps/security_app.py")
+}
+
+fn is_root() -> bool {
+    // SAFETY: a plain system call.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// postern serving the security app, not started; the caller adds the listeners.
+fn command(app: &Path) -> Command {
+    let mut cmd = Command::new(postern_bin());
+    cmd.arg(app).env_remove("VIRTUAL_ENV").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs a postern that must fail to start; returns its stderr.
+fn refused(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "postern started:\n{err}");
+    assert_eq!(err.matches("cannot listen").count(), 1, "said once:\n{err}");
+    err
+}
+
+/// `vars` as an SCGI netstring (`CONTENT_LENGTH` first), encoded here.
+fn scgi_request(vars: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let len = body.len().to_string();
+    let mut all: Vec<(&str, &str)> = vec![("CONTENT_LENGTH", &len), ("SCGI", "1")];
+    all.extend(vars.iter().filter(|(k, _)| *k != "CONTENT_LENGTH"));
+    let mut block = Vec::new();
+    for (k, v) in all {
+        block.extend_from_slice(k.as_bytes());
+        block.push(0);
+        block.extend_from_slice(v.as_bytes());
+        block.push(0);
+    }
+    let mut out = format!("{}:", block.len()).into_bytes();
+    out.extend_from_slice(&block);
+    out.push(b',');
+    out.extend_from_slice(body);
+    out
+}
+
+/// The JSON body of a CGI-style response (FastCGI STDOUT, SCGI).
+fn cgi_json(resp: &[u8]) -> Value {
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(resp)));
+    let head = String::from_utf8_lossy(&resp[..split]);
+    assert!(head.starts_with("Status: 200"), "{head}");
+    serde_json::from_slice(&resp[split + 4..]).unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Proto {
+    Uwsgi,
+    FastCgi,
+    Scgi,
+}
+
+/// Sends one request straight to the socket; returns the app's report.
+fn ask(proto: Proto, addr: &Addr, vars: &[(&str, &str)], body: &[u8]) -> Value {
+    match proto {
+        Proto::Uwsgi => {
+            let mut pkt = uwsgi_packet(vars);
+            pkt.extend_from_slice(body);
+            let resp = raw(addr, &pkt);
+            parse_http(&resp)
+                .unwrap_or_else(|| panic!("{:?}", String::from_utf8_lossy(&resp)))
+                .json()
+        }
+        Proto::FastCgi => {
+            let mut c = addr.connect().unwrap();
+            c.write_all(&fcgi::request(1, false, vars, body)).unwrap();
+            let reply = fcgi::read_reply(&mut *c, 1, &mut Vec::new());
+            let (status, _, body) = reply.cgi();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            serde_json::from_slice(&body).unwrap()
+        }
+        Proto::Scgi => cgi_json(&raw(addr, &scgi_request(vars, body))),
+    }
+}
+
+fn env<'a>(report: &'a Value, key: &str) -> Option<&'a str> {
+    report["environ"][key].as_str()
+}
+
+/// The fields of /proc/PID/status named `keys`, e.g. `Uid` → "65534 65534 65534 65534".
+fn proc_status(pid: i32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+/// Lets `cmd` (postern, started as root, dropping to nobody with `--uid`) read the
+/// Python installation when it lives under a directory other users cannot enter (this
+/// machine's pyenv under /root, mode 0700): in a mount namespace of the child only, a
+/// tmpfs (mode 0755) covers that directory and the installation is bound back at its
+/// path. Nothing changes for any other process. Needs root (as `--uid` does).
+fn python_readable_by_nobody(cmd: &mut Command, scratch: &Path) {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .unwrap();
+    let prefix = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let mut ancestors: Vec<&Path> = prefix.ancestors().skip(1).collect();
+    ancestors.reverse();
+    let Some(closed) = ancestors
+        .into_iter()
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 == 0))
+    else {
+        return; // every user can reach it already (Debian's /usr)
+    };
+    let holder = scratch.join("python-holder");
+    std::fs::create_dir_all(&holder).unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // Everything the child needs is allocated here, before the fork.
+    let chain: Vec<std::ffi::CString> = prefix
+        .ancestors()
+        .take_while(|a| *a != closed)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(c)
+        .collect();
+    let (prefix, holder, closed) = (c(&prefix), c(&holder), c(closed));
+    let (slash, tmpfs, mode) = (
+        c(Path::new("/")),
+        c(Path::new("tmpfs")),
+        c(Path::new("mode=0755")),
+    );
+    // SAFETY: only system calls (async-signal-safe) between fork and exec, on strings
+    // made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |r: libc::c_int| {
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            let none: *const libc::c_char = std::ptr::null();
+            let no_data: *const libc::c_void = std::ptr::null();
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                none,
+                slash.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                no_data,
+            ))?;
+            check(libc::mount(
+                prefix.as_ptr(),
+                holder.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                no_data,
+            ))?;
+            check(libc::mount(
+                tmpfs.as_ptr(),
+                closed.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                mode.as_ptr().cast(),
+            ))?;
+            for dir in &chain {
+                check(libc::mkdir(dir.as_ptr(), 0o755))?;
+            }
+            check(libc::mount(
+                holder.as_ptr(),
+                prefix.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                no_data,
+            ))?;
+            Ok(())
+        });
+    }
+}
+
+/// inotify on `dir`: every open or read of it or of a file in it, from now on.
+struct Watch(i32);
+
+impl Watch {
+    fn new(dir: &Path) -> Watch {
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain system calls on a NUL-terminated path.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0);
+            let wd = libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_OPEN | libc::IN_ACCESS);
+            assert!(wd >= 0, "{}", std::io::Error::last_os_error());
+            Watch(fd)
+        }
+    }
+
+    /// The names of the files opened or read since [`Watch::new`] ("." for the
+    /// directory itself).
+    fn touched(&self) -> Vec<String> {
+        let mut buf = [0u8; 8192];
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: reading into a buffer we own, of its length.
+            let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return names;
+            }
+            let mut at = 0;
+            while at < n as usize {
+                // struct inotify_event: wd i32, mask u32, cookie u32, len u32, name[len]
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                let name = &buf[at + 16..at + 16 + len];
+                let name = String::from_utf8_lossy(name)
+                    .trim_end_matches('\0')
+                    .to_owned();
+                names.push(if name.is_empty() { ".".into() } else { name });
+                at += 16 + len;
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Unix sockets
+
+#[test]
+fn unix_sockets_get_the_configured_mode_and_owner_else_the_umasks() {
+    let dir = tempdir();
+    let sock = dir.path().join("app.sock");
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--socket-mode", "660"]);
+    if is_root() {
+        cmd.args(["--socket-owner", "nobody:65534"]);
+    }
+    let p = Postern::spawn(cmd, Addr::Unix(sock.clone()), dir.path(), None);
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    if is_root() {
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
+    let mut p = p;
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
+    assert!(!sock.exists());
+
+    // No --socket-mode: 0777 minus the umask (here 027: the owner and its group).
+    let sock = dir.path().join("default.sock");
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi").arg(format!("unix:{}", sock.display()));
+    // SAFETY: umask(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o027);
+            Ok(())
+        });
+    }
+    let _p = Postern::spawn(cmd, Addr::Unix(sock.clone()), dir.path(), None);
+    assert_eq!(
+        std::fs::symlink_metadata(&sock).unwrap().mode() & 0o7777,
+        0o750
+    );
+}
+
+#[test]
+fn a_symlink_at_the_socket_path_is_refused_never_followed_or_replaced() {
+    let dir = tempdir();
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "keep").unwrap();
+    std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let live = dir.path().join("live.sock");
+    let _holder = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let targets = [
+        precious.clone(),
+        live.clone(),
+        stale.clone(),
+        dir.path().join("nothing-here"),
+        dir.path().to_owned(),
+    ];
+    for (i, target) in targets.iter().enumerate() {
+        let link = dir.path().join(format!("link{i}.sock"));
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let mut cmd = command(&security_app());
+        cmd.arg("--uwsgi")
+            .arg(format!("unix:{}", link.display()))
+            .args(["--socket-mode", "666"]);
+        let err = refused(cmd);
+        assert!(
+            err.contains(&format!(
+                "cannot listen on unix:{}: {} exists and is not a socket (it is a symbolic link to {}; postern never follows one at the socket path); refusing to replace it",
+                link.display(),
+                link.display(),
+                target.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(&std::fs::read_link(&link).unwrap(), target, "replaced");
+    }
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep");
+    let meta = std::fs::metadata(&precious).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid()),
+        (0o600, unsafe { libc::geteuid() })
+    );
+    assert!(
+        live.exists() && stale.exists(),
+        "a link's target was removed"
+    );
+    assert!(
+        !dir.path().join("nothing-here").exists(),
+        "created through the link"
+    );
+}
+
+#[test]
+fn only_a_stale_socket_is_replaced() {
+    let dir = tempdir();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep").unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let live = dir.path().join("live.sock");
+    let holder = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (path, says) in [
+        (
+            &file,
+            format!(
+                "{} exists and is not a socket (it is a regular file)",
+                file.display()
+            ),
+        ),
+        (
+            &sub,
+            format!(
+                "{} exists and is not a socket (it is a directory)",
+                sub.display()
+            ),
+        ),
+        (
+            &fifo,
+            format!(
+                "{} exists and is not a socket (it is a FIFO)",
+                fifo.display()
+            ),
+        ),
+        (
+            &live,
+            "another server is still answering on this socket".into(),
+        ),
+    ] {
+        let mut cmd = command(&security_app());
+        cmd.arg("--fastcgi").arg(format!("unix:{}", path.display()));
+        let err = refused(cmd);
+        assert!(err.contains(&says), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    assert!(sub.is_dir());
+    // The live socket is still the holder's: a connection reaches it.
+    let _c = std::os::unix::net::UnixStream::connect(&live).unwrap();
+    holder.set_nonblocking(true).unwrap();
+    assert!(holder.accept().is_ok(), "the live socket was replaced");
+
+    // Nobody listens on a stale one: replaced, and served.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi")
+        .arg(format!("unix:{}", stale.display()))
+        .args(["--socket-mode", "666"]);
+    let p = Postern::spawn(cmd, Addr::Unix(stale.clone()), dir.path(), None);
+    assert!(p
+        .logs()
+        .contains("removing a stale Unix socket left by an earlier run"));
+    assert_eq!(p.get("/").0, 200);
+}
+
+#[test]
+fn the_socket_directory_is_checked_with_a_clear_error() {
+    let dir = tempdir();
+    let cases: Vec<(PathBuf, String)> = {
+        let missing = dir.path().join("missing");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        vec![
+            (
+                missing.join("s.sock"),
+                format!("the directory {} does not exist; create it", missing.display()),
+            ),
+            (file.join("s.sock"), format!("{} is not a directory", file.display())),
+            (
+                open.join("s.sock"),
+                format!(
+                    "the directory {} is writable by every user and has no sticky bit, so anyone could replace the socket with their own and receive the requests",
+                    open.display()
+                ),
+            ),
+        ]
+    };
+    for (path, says) in &cases {
+        let mut cmd = command(&security_app());
+        cmd.arg("--uwsgi").arg(format!("unix:{}", path.display()));
+        let err = refused(cmd);
+        assert!(err.contains(says), "{err}");
+        assert!(!path.exists());
+    }
+    // World-writable with the sticky bit (as /tmp): others cannot remove or rename
+    // what is not theirs.
+    let sticky = dir.path().join("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sock = sticky.join("s.sock");
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--socket-mode", "666"]);
+    let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    assert_eq!(p.get("/").0, 200);
+
+    // A directory this user may not write in.
+    if !is_root() {
+        eprintln!("SKIPPED (the unwritable directory part): needs root to start postern as nobody");
+        return;
+    }
+    let mine = dir.path().join("root-only");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi")
+        .arg(format!("unix:{}/s.sock", mine.display()))
+        .uid(65534)
+        .gid(65534);
+    let err = refused(cmd);
+    assert!(
+        err.contains(&format!(
+            "permission denied; postern (uid 65534) may not create files in {}",
+            mine.display()
+        )),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Warnings
+
+#[test]
+fn a_listener_other_machines_can_reach_is_warned_about_loopback_is_not() {
+    let dir = tempdir();
+    let (local, open) = (free_port(), free_port());
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("127.0.0.1:{local}")])
+        .args(["--scgi", &format!("[::1]:{}", free_port())])
+        .args(["--fastcgi", &format!("0.0.0.0:{open}")]);
+    let p = Postern::spawn(cmd, Addr::Tcp(local), dir.path(), None);
+    let logs = p.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("reachable from other machines"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains(&format!("0.0.0.0:{open}")), "{logs}");
+    assert!(
+        warnings[0].contains("uwsgi/FastCGI/SCGI carry no authentication: anyone who can connect to it sends the request variables the app trusts (REMOTE_ADDR, HTTPS"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn running_as_root_without_uid_is_warned_about() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let dir = tempdir();
+    let root = Spawn::unix(dir.path(), &security_app().to_string_lossy()).start();
+    assert!(root.logs().contains("running as root: the app, and anything a request can make it do, runs with every privilege; give --uid USER"), "{}", root.logs());
+    let sock = dir.path().join("u.sock");
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args(["--socket-mode", "666", "--uid", "nobody"]);
+    python_readable_by_nobody(&mut cmd, dir.path());
+    let dropped = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    assert!(
+        !dropped.logs().contains("running as root"),
+        "{}",
+        dropped.logs()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// --uid
+
+#[test]
+fn after_uid_the_workers_have_the_users_ids_no_capability_and_no_way_back() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let dir = tempdir();
+    // The user's own groups: nobody's primary group only (it is in no other).
+    let sock = dir.path().join("u.sock");
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args(["--socket-mode", "666", "--workers", "2", "--uid", "nobody"]);
+    python_readable_by_nobody(&mut cmd, dir.path());
+    let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    let resp = parse_http(&p.uwsgi(
+        &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/regain-root")],
+        b"",
+    ))
+    .unwrap()
+    .json();
+    let worker = resp["pid"].as_i64().unwrap() as i32;
+    assert_ne!(worker, p.pid(), "answered by a worker");
+    for name in [
+        "setuid",
+        "seteuid",
+        "setresuid",
+        "setgid",
+        "setegid",
+        "setgroups",
+    ] {
+        assert_eq!(resp[name], "PermissionError errno 1", "{name}: {resp}");
+    }
+    assert_eq!(resp["uid"], serde_json::json!([65534, 65534]), "{resp}");
+    assert_eq!(resp["gid"], serde_json::json!([65534, 65534]), "{resp}");
+    for pid in [p.pid(), worker] {
+        let s = proc_status(pid);
+        assert_eq!(s["Uid"], "65534 65534 65534 65534", "{pid}: {s:?}");
+        assert_eq!(s["Gid"], "65534 65534 65534 65534", "{pid}: {s:?}");
+        assert!(
+            s["Groups"].is_empty() || s["Groups"] == "65534",
+            "root's groups kept: {s:?}"
+        );
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert_eq!(s[cap], "0000000000000000", "{pid} {cap}: {s:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// No request variable chooses code, files or options
+
+const EVIL: &str = "import os\nopen(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'IMPORTED-' + __name__.replace('.', '-')), 'w').close()\ndef application(e, s):\n    s('200 OK', [])\n    return [b'evil']\nevil_app = application\n";
+
+/// An app directory with evil.py beside the app (importable by name), and an `evil`
+/// directory full of code a uWSGI would load (a script, a package, a pyhome's
+/// sitecustomize); each writes a marker file next to its directory when imported.
+struct Evil {
+    dir: tempfile::TempDir,
+}
+
+impl Evil {
+    fn new() -> Evil {
+        let dir = tempdir();
+        let app = dir.path().join("app");
+        let evil = dir.path().join("app/evil");
+        std::fs::create_dir_all(evil.join("lib/site-packages")).unwrap();
+        std::fs::copy(security_app(), app.join("security_app.py")).unwrap();
+        for f in [
+            app.join("evil.py"),
+            evil.join("evil.py"),
+            evil.join("__init__.py"),
+            evil.join("wsgi.py"),
+            evil.join("lib/site-packages/sitecustomize.py"),
+        ] {
+            std::fs::write(f, EVIL).unwrap();
+        }
+        std::fs::write(evil.join("touch-me"), "").unwrap();
+        Evil { dir }
+    }
+
+    fn app_dir(&self) -> PathBuf {
+        self.dir.path().join("app")
+    }
+
+    fn evil_dir(&self) -> PathBuf {
+        self.dir.path().join("app/evil")
+    }
+
+    /// uWSGI's magic variables (and their CGI cousin), all pointing at the evil code.
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        let e = self.evil_dir().display().to_string();
+        vec![
+            ("UWSGI_FILE", format!("{e}/evil.py")),
+            ("UWSGI_SCRIPT", "evil:evil_app".into()),
+            ("UWSGI_MODULE", "evil".into()),
+            ("UWSGI_CALLABLE", "evil_app".into()),
+            ("UWSGI_CHDIR", e.clone()),
+            ("UWSGI_SETENV", "EVIL=1".into()),
+            ("UWSGI_PYHOME", e.clone()),
+            ("UWSGI_APPID", "evil".into()),
+            ("UWSGI_TOUCH_RELOAD", format!("{e}/touch-me")),
+            ("UWSGI_PYTHONPATH", e.clone()),
+            ("SCRIPT_FILENAME", format!("{e}/wsgi.py")),
+        ]
+    }
+
+    /// The report shows the configured app, unchanged, with the variables as plain
+    /// environ entries; nothing was imported or opened.
+    fn assert_untouched(&self, report: &Value, watch: &Watch, how: &str) {
+        assert_eq!(report["app"], "security_app", "{how}: {report}");
+        for (k, v) in self.vars() {
+            assert_eq!(
+                env(report, &k),
+                Some(v.as_str()),
+                "{how}: {k} as sent: {report}"
+            );
+        }
+        assert_eq!(
+            report["cwd"].as_str().map(PathBuf::from),
+            Some(self.app_dir().canonicalize().unwrap()),
+            "{how}: cwd"
+        );
+        assert!(
+            report["os_environ"].get("EVIL").is_none(),
+            "{how}: {report}"
+        );
+        assert!(
+            !report["os_environ"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .any(|k| k.starts_with("UWSGI")),
+            "{how}: {report}"
+        );
+        assert_eq!(
+            report["evil_modules"],
+            serde_json::json!([]),
+            "{how}: {report}"
+        );
+        let path = report["sys_path"].to_string();
+        assert!(!path.contains("/evil"), "{how}: sys.path {path}");
+        let markers: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .chain(std::fs::read_dir(self.app_dir()).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("IMPORTED-"))
+            .collect();
+        assert!(markers.is_empty(), "{how}: imported: {markers:?}");
+        assert_eq!(
+            watch.touched(),
+            Vec::<String>::new(),
+            "{how}: opened in the evil dir"
+        );
+    }
+}
+
+#[test]
+fn uwsgi_magic_variables_are_plain_environ_entries_on_every_protocol() {
+    let evil = Evil::new();
+    let sock = |name: &str| evil.dir.path().join(format!("{name}.sock"));
+    let app = evil.app_dir().join("security_app.py");
+    let mut cmd = command(&app);
+    cmd.current_dir(evil.app_dir())
+        .args(["--socket-mode", "666"])
+        .args(["--uwsgi", &format!("unix:{}", sock("u").display())])
+        .args(["--fastcgi", &format!("unix:{}", sock("f").display())])
+        .args(["--scgi", &format!("unix:{}", sock("s").display())]);
+    let p = Postern::spawn(cmd, Addr::Unix(sock("u")), evil.dir.path(), None);
+    let watch = Watch::new(&evil.evil_dir());
+    let magic = evil.vars();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("CONTENT_LENGTH", "4"),
+    ];
+    vars.extend(magic.iter().map(|(k, v)| (*k, v.as_str())));
+    for (proto, addr) in [
+        (Proto::Uwsgi, Addr::Unix(sock("u"))),
+        (Proto::FastCgi, Addr::Unix(sock("f"))),
+        (Proto::Scgi, Addr::Unix(sock("s"))),
+    ] {
+        let report = ask(proto, &addr, &vars, b"body");
+        assert_eq!(report["body"], "body", "{proto:?}");
+        evil.assert_untouched(&report, &watch, &format!("{proto:?}"));
+    }
+    // The touch-reload file named by a request is not watched.
+    std::fs::write(evil.evil_dir().join("touch-me"), "now").unwrap();
+    let _ = watch.touched();
+    let report = ask(Proto::Uwsgi, &Addr::Unix(sock("u")), &vars, b"body");
+    evil.assert_untouched(&report, &watch, "after touching UWSGI_TOUCH_RELOAD's file");
+    assert!(!p.logs().contains("reload"), "{}", p.logs());
+    // The watch does see an open in the evil directory.
+    std::fs::read(evil.evil_dir().join("evil.py")).unwrap();
+    assert!(watch.touched().contains(&"evil.py".to_owned()));
+}
+
+#[test]
+fn uwsgi_magic_variables_from_nginx_params_are_plain_environ_entries() {
+    let Some(nginx) = nginx_bin() else { return };
+    let evil = Evil::new();
+    let app = evil.app_dir().join("security_app.py");
+    let u = evil.dir.path().join("u.sock");
+    let f = evil.dir.path().join("f.sock");
+    let mut cmd = command(&app);
+    cmd.current_dir(evil.app_dir())
+        .args(["--socket-mode", "666"])
+        .args(["--uwsgi", &format!("unix:{}", u.display())])
+        .args(["--fastcgi", &format!("unix:{}", f.display())]);
+    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), evil.dir.path(), None);
+    let params = |directive: &str| -> String {
+        evil.vars()
+            .iter()
+            .map(|(k, v)| format!("{directive} {k} {v};\n"))
+            .collect()
+    };
+    let uwsgi = uwsgi_location(&format!("unix:{}", u.display())).replacen(
+        "location / {",
+        &format!("location / {{\n{}", params("uwsgi_param")),
+        1,
+    );
+    let fastcgi = fastcgi_location(&format!("unix:{}", f.display()), &params("fastcgi_param"))
+        .replacen("location / {", "location /fcgi/ {", 1);
+    let n = Nginx::start(&nginx, evil.dir.path(), &format!("{uwsgi}\n{fastcgi}"));
+    let watch = Watch::new(&evil.evil_dir());
+    for target in ["/", "/fcgi/"] {
+        let r = n.request("POST", target, &[], b"body");
+        assert_eq!(r.status, 200, "{target}: {}\n{}", r.text(), n.error_log());
+        let report = r.json();
+        assert_eq!(report["body"], "body");
+        evil.assert_untouched(&report, &watch, &format!("nginx {target}"));
+    }
+}
+
+/// What a client sends as headers, trying to pass for the front server's variables.
+const SMUGGLED: &[(&str, &str)] = &[
+    ("Remote-Addr", "6.6.6.6"),
+    ("Https", "on"),
+    ("Script-Name", "/evil"),
+    ("Path-Info", "/evil"),
+    ("Request-Method", "DELETE"),
+    ("Uwsgi-Scheme", "https"),
+    ("Request-Scheme", "https"),
+    ("Server-Name", "evil.example"),
+    ("X-Forwarded-Proto", "https"),
+    // nginx drops a header with an underscore (underscores_in_headers off).
+    ("Remote_Addr", "7.7.7.7"),
+];
+
+fn assert_not_smuggled(report: &Value, how: &str) {
+    assert_eq!(
+        env(report, "REMOTE_ADDR"),
+        Some("127.0.0.1"),
+        "{how}: {report}"
+    );
+    assert_eq!(env(report, "HTTPS"), None, "{how}: {report}");
+    assert_eq!(env(report, "SCRIPT_NAME"), Some(""), "{how}: {report}");
+    assert_eq!(env(report, "REQUEST_METHOD"), Some("GET"), "{how}");
+    assert_eq!(env(report, "SERVER_NAME"), Some("localhost"), "{how}");
+    assert_eq!(report["url_scheme"], "http", "{how}: {report}");
+    assert_eq!(
+        env(report, "HTTP_REMOTE_ADDR"),
+        Some("6.6.6.6"),
+        "{how}: {report}"
+    );
+    assert_eq!(env(report, "HTTP_HTTPS"), Some("on"), "{how}");
+    assert_eq!(env(report, "HTTP_SCRIPT_NAME"), Some("/evil"), "{how}");
+    assert_eq!(env(report, "HTTP_UWSGI_SCHEME"), Some("https"), "{how}");
+    assert_eq!(
+        env(report, "HTTP_X_FORWARDED_PROTO"),
+        Some("https"),
+        "{how}"
+    );
+}
+
+#[test]
+fn a_client_header_never_becomes_a_front_server_variable_through_nginx() {
+    let Some(nginx) = nginx_bin() else { return };
+    let dir = tempdir();
+    let app = security_app().to_string_lossy().into_owned();
+    let u = Spawn::unix(dir.path(), &app).start();
+    let f = Spawn::unix(dir.path(), &app).protocol("fastcgi").start();
+    let s = Spawn::unix(dir.path(), &app).protocol("scgi").start();
+    // SCGI: the variables nginx's stock scgi_params sends that matter here.
+    let scgi = format!(
+        "location /s/ {{ scgi_param REQUEST_METHOD $request_method; scgi_param REMOTE_ADDR $remote_addr; scgi_param SERVER_NAME $server_name; scgi_param SERVER_PORT $server_port; scgi_param SERVER_PROTOCOL $server_protocol; scgi_param QUERY_STRING $query_string; scgi_param PATH_INFO $document_uri; scgi_pass {}; }}",
+        s.addr.nginx()
+    );
+    let n = Nginx::start(
+        &nginx,
+        dir.path(),
+        &format!(
+            "{}\n{}\n{scgi}",
+            uwsgi_location(&u.addr.nginx()),
+            fastcgi_location(&f.addr.nginx(), "").replacen("location / {", "location /f/ {", 1)
+        ),
+    );
+    for target in ["/", "/s/"] {
+        let r = n.request("GET", target, SMUGGLED, b"");
+        assert_eq!(r.status, 200, "{target}: {}\n{}", r.text(), n.error_log());
+        let report = r.json();
+        assert_not_smuggled(&report, target);
+        assert!(
+            report["environ"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|v| v != "7.7.7.7"),
+            "{target}: a header with an underscore went through: {report}"
+        );
+    }
+    // FastCGI: nginx's stock params send SCRIPT_NAME = the path (postern makes it PATH_INFO).
+    let r = n.request("GET", "/f/", SMUGGLED, b"");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), n.error_log());
+    let report = r.json();
+    assert_eq!(env(&report, "PATH_INFO"), Some("/f/"), "{report}");
+    let mut report = report;
+    report["environ"]["SCRIPT_NAME"] = "".into();
+    assert_not_smuggled(&report, "fastcgi");
+}
+
+#[test]
+fn an_http_variable_never_overrides_a_cgi_variable_on_the_socket() {
+    let dir = tempdir();
+    let app = security_app();
+    let u = dir.path().join("u.sock");
+    let f = dir.path().join("f.sock");
+    let s = dir.path().join("s.sock");
+    let mut cmd = command(&app);
+    cmd.args(["--socket-mode", "666"])
+        .args(["--uwsgi", &format!("unix:{}", u.display())])
+        .args(["--fastcgi", &format!("unix:{}", f.display())])
+        .args(["--scgi", &format!("unix:{}", s.display())]);
+    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir.path(), None);
+    let cgi: &[(&str, &str)] = &[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+        ("SCRIPT_NAME", ""),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("CONTENT_LENGTH", "4"),
+    ];
+    let http: &[(&str, &str)] = &[
+        ("HTTP_REMOTE_ADDR", "6.6.6.6"),
+        ("HTTP_HTTPS", "on"),
+        ("HTTP_SCRIPT_NAME", "/evil"),
+        ("HTTP_PATH_INFO", "/evil"),
+        ("HTTP_REQUEST_METHOD", "DELETE"),
+        ("HTTP_UWSGI_SCHEME", "https"),
+        ("HTTP_SERVER_NAME", "evil.example"),
+        ("HTTP_X_FORWARDED_PROTO", "https"),
+        ("HTTP_CONTENT_LENGTH", "2"),
+    ];
+    for (proto, addr) in [
+        (Proto::Uwsgi, Addr::Unix(u.clone())),
+        (Proto::FastCgi, Addr::Unix(f.clone())),
+        (Proto::Scgi, Addr::Unix(s.clone())),
+    ] {
+        // The HTTP_ forms before and after the CGI ones: neither order lets them win.
+        for http_first in [true, false] {
+            let vars: Vec<(&str, &str)> = if http_first {
+                http.iter().chain(cgi).copied().collect()
+            } else {
+                cgi.iter().chain(http).copied().collect()
+            };
+            let how = format!("{proto:?}, HTTP_ first: {http_first}");
+            let report = ask(proto, &addr, &vars, b"body");
+            assert_not_smuggled(&report, &how);
+            assert_eq!(env(&report, "PATH_INFO"), Some("/"), "{how}");
+            assert_eq!(env(&report, "CONTENT_LENGTH"), Some("4"), "{how}: {report}");
+            assert_eq!(
+                report["body"], "body",
+                "{how}: the body's length is CONTENT_LENGTH's"
+            );
+            assert_eq!(env(&report, "HTTP_CONTENT_LENGTH"), None, "{how}: {report}");
+        }
+    }
+}
