@@ -41,8 +41,6 @@ pub enum BindError {
     },
     #[error("cannot listen on {addr}: {dir} is not a directory; the socket's path must be DIRECTORY/NAME")]
     NotADirectory { addr: ListenAddr, dir: String },
-    #[error("cannot listen on {addr}: the directory {dir} is writable by every user and has no sticky bit, so anyone could replace the socket with their own and receive the requests; use a directory only postern's user can write (systemd: `RuntimeDirectory=`), or `chmod +t {dir}`")]
-    OpenDirectory { addr: ListenAddr, dir: String },
     #[error("cannot listen on {addr}: {what} changed while the socket was being created ({detail}); something else is working in that directory: use one only postern's user can write")]
     Raced {
         addr: ListenAddr,
@@ -511,10 +509,11 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
 /// can turn the bind against postern (which often runs as root at this point):
 ///
 /// - The directory is opened once and checked through that fd: it exists, it is a
-///   directory, and it is not writable by every user without the sticky bit (there,
+///   directory, and whether it is writable by every user without the sticky bit (there,
 ///   anyone could replace the socket with their own after the start and receive the
-///   requests: refused). Symbolic links in the directory part are followed: that path
-///   is the operator's (`/var/run` → `/run`).
+///   requests: a warning, as a pod's emptyDir is such a directory and is private).
+///   Symbolic links in the directory part are followed: that path is the operator's
+///   (`/var/run` → `/run`).
 /// - What is at the socket's name is looked at through the directory fd, without
 ///   following a symbolic link: nothing → bind; a socket nobody answers on → removed
 ///   (it is stale), then bind; a live socket, a symbolic link (wherever it points), a
@@ -677,10 +676,13 @@ fn open_socket_dir(addr: &ListenAddr, dir: &Path) -> Result<OwnedFd, BindError> 
     let meta = rustix::fs::fstat(&fd).map_err(|e| BindError::from_io(addr, e.into()))?;
     let mode = meta.st_mode;
     if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-        return Err(BindError::OpenDirectory {
-            addr: addr.clone(),
-            dir: dir.display().to_string(),
-        });
+        // A warning, not a refusal: a Kubernetes emptyDir shared by nginx and postern is
+        // mode 0777 without the sticky bit, and private to the pod.
+        tracing::warn!(
+            listener = %addr,
+            "the socket's directory {} is writable by every user and has no sticky bit: anyone who can write there can replace the socket after the start and receive the requests; use a directory only postern's user can write (systemd: `RuntimeDirectory=`), or `chmod +t` it (harmless where only trusted processes share it, e.g. a Kubernetes emptyDir private to the pod)",
+            dir.display()
+        );
     }
     // Said before the bind, in the same words bind's EACCES gets (root passes unless
     // the file system is read-only).
@@ -983,13 +985,12 @@ mod tests {
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = unix_err(&open.join("s.sock"), &SocketOptions::default());
-        assert!(
-            e.contains("is writable by every user and has no sticky bit"),
-            "{e}"
-        );
-        assert!(!open.join("s.sock").exists());
-        // Sticky (as /tmp): others cannot remove or rename what is not theirs.
+        // Warned about (see the black-box test), bound.
+        bind(
+            &ListenAddr::Unix(open.join("s.sock")),
+            &SocketOptions::default(),
+        )
+        .unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
         bind(
             &ListenAddr::Unix(open.join("s.sock")),
