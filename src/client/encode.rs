@@ -68,6 +68,14 @@ impl<'a> Request<'a> {
             }
             Scheme::FastCgi => fastcgi_request(&pairs, body, self.streamed, self.keep_conn),
             Scheme::Scgi => {
+                // NUL ends an SCGI name or value; a header's is refused in cgi_vars, but a
+                // path can decode to one (`%00`).
+                if let Some((k, _)) = pairs.iter().find(|(k, v)| k.contains(&0) || v.contains(&0)) {
+                    return Err(format!(
+                        "{} contains a NUL byte (%00), which SCGI cannot carry",
+                        String::from_utf8_lossy(k)
+                    ));
+                }
                 let mut packet = Vec::new();
                 scgi::encode_head(&pairs, body.len() as u64, &mut packet);
                 packet.extend_from_slice(body);

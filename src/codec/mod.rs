@@ -2,6 +2,8 @@
 //! (state, limits, `split_to(..).freeze()`), no Python and no sockets.
 
 pub mod fastcgi;
+#[cfg(test)]
+mod props;
 pub mod uwsgi;
 
 use std::ops::Range;

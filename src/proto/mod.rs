@@ -11,6 +11,8 @@
 
 pub mod cgi;
 pub mod fastcgi;
+#[cfg(test)]
+pub(crate) mod props;
 pub mod response;
 pub mod scgi;
 pub mod uwsgi;
