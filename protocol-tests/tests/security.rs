@@ -126,6 +126,17 @@ fn proc_status(pid: i32) -> std::collections::HashMap<String, String> {
 /// machine's pyenv under /root, mode 0700): in a mount namespace of the child only, a
 /// tmpfs (mode 0755) covers that directory and the installation is bound back at its
 /// path. Nothing changes for any other process. Needs root (as `--uid` does).
+/// postern serving a copy of the security app in `dir` (the repository may be where
+/// nobody cannot read it), dropping to nobody.
+fn as_nobody(dir: &Path) -> Command {
+    let app = dir.join("security_app.py");
+    std::fs::copy(security_app(), &app).unwrap();
+    let mut cmd = command(&app);
+    cmd.args(["--uid", "nobody"]);
+    python_readable_by_nobody(&mut cmd, dir);
+    cmd
+}
+
 fn python_readable_by_nobody(cmd: &mut Command, scratch: &Path) {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.base_prefix)"])
@@ -475,9 +486,23 @@ fn the_socket_directory_is_checked_with_a_clear_error() {
     let mine = dir.path().join("root-only");
     std::fs::create_dir(&mine).unwrap();
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = command(&security_app());
-    cmd.arg("--uwsgi")
+    // The binary as nobody can reach it (a copy when the build is under a closed
+    // directory, e.g. /root).
+    let mut bin = postern_bin();
+    if bin
+        .ancestors()
+        .skip(1)
+        .any(|a| std::fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 == 0))
+    {
+        let copy = dir.path().join("postern");
+        std::fs::copy(&bin, &copy).unwrap();
+        bin = copy;
+    }
+    let mut cmd = Command::new(bin);
+    cmd.arg("app.py")
+        .arg("--uwsgi")
         .arg(format!("unix:{}/s.sock", mine.display()))
+        .env_remove("VIRTUAL_ENV")
         .uid(65534)
         .gid(65534);
     let err = refused(cmd);
@@ -525,10 +550,9 @@ fn running_as_root_without_uid_is_warned_about() {
     let root = Spawn::unix(dir.path(), &security_app().to_string_lossy()).start();
     assert!(root.logs().contains("running as root: the app, and anything a request can make it do, runs with every privilege; give --uid USER"), "{}", root.logs());
     let sock = dir.path().join("u.sock");
-    let mut cmd = command(&security_app());
+    let mut cmd = as_nobody(dir.path());
     cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
-        .args(["--socket-mode", "666", "--uid", "nobody"]);
-    python_readable_by_nobody(&mut cmd, dir.path());
+        .args(["--socket-mode", "666"]);
     let dropped = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
     assert!(
         !dropped.logs().contains("running as root"),
@@ -549,10 +573,9 @@ fn after_uid_the_workers_have_the_users_ids_no_capability_and_no_way_back() {
     let dir = tempdir();
     // The user's own groups: nobody's primary group only (it is in no other).
     let sock = dir.path().join("u.sock");
-    let mut cmd = command(&security_app());
+    let mut cmd = as_nobody(dir.path());
     cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
-        .args(["--socket-mode", "666", "--workers", "2", "--uid", "nobody"]);
-    python_readable_by_nobody(&mut cmd, dir.path());
+        .args(["--socket-mode", "666", "--workers", "2"]);
     let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
     let resp = parse_http(&p.uwsgi(
         &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/regain-root")],
