@@ -124,6 +124,15 @@ pub struct Options {
     #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR", value_parser = BoolishValueParser::new())]
     pub no_fastcgi_stderr: bool,
 
+    /// Lines per second each worker passes from wsgi.errors (and about 512 bytes a line: 1 MiB/s at 2000), in bursts of twice that; the rest is dropped and counted in the log (0: no limit).
+    #[arg(
+        long,
+        value_name = "LINES",
+        env = "POSTERN_ERRORS_RATE",
+        default_value_t = crate::wsgi::errors::DEFAULT_RATE
+    )]
+    pub errors_rate: u32,
+
     /// Change to DIR before importing the app (DIR is put on sys.path).
     #[arg(long, value_name = "DIR", env = "POSTERN_CHDIR")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,7 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
 
+use super::admission::{Admission, Permit};
 use super::connection::{self, Start};
 use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, Woken};
 use super::lane::{Limits, SlowLane};
@@ -81,6 +82,9 @@ pub struct Acceptor {
     pub limits: Limits,
     /// New connections waiting in `epoll` for their first bytes.
     pub pending: Pending,
+    /// Open connections against `--max-connections`; takes the listeners out of
+    /// `epoll` when full or out of descriptors.
+    pub admission: Arc<Admission>,
 }
 
 thread_local! {
@@ -103,12 +107,22 @@ impl Source for Acceptor {
             if !queue.is_accepting() {
                 continue;
             }
-            // The thread with the token also keeps the waiting connections' timeout.
+            // The thread with the token also keeps the waiting connections' timeout,
+            // and the retry of accept after the descriptor limit.
             let now = Instant::now();
             for e in self.pending.expired(now) {
                 self.to_lane(e);
             }
-            let limit = self.pending.wait_limit(now).map(|d| {
+            self.admission.tick(now);
+            let retry = self
+                .admission
+                .retry_at()
+                .map(|t| t.saturating_duration_since(now));
+            let wait = match (self.pending.wait_limit(now), retry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let limit = wait.map(|d| {
                 // Rounded up to the epoll's millisecond: no busy wait before expiry.
                 let d = d + Duration::from_millis(1);
                 Timespec {
@@ -160,7 +174,8 @@ impl Source for Acceptor {
                             sock,
                             peer,
                             listener,
-                        } => self.plain_read(listener, sock, peer, e.started, false),
+                            permit,
+                        } => self.plain_read(listener, sock, peer, e.started, false, permit),
                         Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
                     };
                     if req.is_some() {
@@ -190,8 +205,17 @@ impl Source for Acceptor {
 }
 
 impl Acceptor {
-    /// Accepts one pending connection from `l` (non-blocking); `None` when there is none.
-    fn accept_raw(&self, l: &Listener) -> Option<(socket2::Socket, Arc<str>, Instant)> {
+    /// Accepts one pending connection from `l` (non-blocking); `None` when there is
+    /// none, or no room under `--max-connections` (`drain`: the stop takes the whole
+    /// listen queue, past the limit).
+    fn accept_raw(
+        &self,
+        l: &Listener,
+        drain: bool,
+    ) -> Option<(socket2::Socket, Arc<str>, Instant, Permit)> {
+        if !drain && !self.admission.room() {
+            return None;
+        }
         let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
         let (fd, peer): (OwnedFd, Arc<str>) = if l.tcp {
             match rustix::net::acceptfrom_with(&l.sock, flags) {
@@ -202,15 +226,20 @@ impl Acceptor {
                         .unwrap_or_else(|| l.label.clone());
                     (fd, peer)
                 }
-                Err(e) => return accept_error(l, e),
+                Err(e) => return accept_error(l, e, &self.admission),
             }
         } else {
             match rustix::net::accept_with(&l.sock, flags) {
                 Ok(fd) => (fd, l.label.clone()),
-                Err(e) => return accept_error(l, e),
+                Err(e) => return accept_error(l, e, &self.admission),
             }
         };
-        Some((socket2::Socket::from(fd), peer, Instant::now()))
+        let permit = if drain {
+            self.admission.admit_anyway()
+        } else {
+            self.admission.admit()
+        };
+        Some((socket2::Socket::from(fd), peer, Instant::now(), permit))
     }
 
     /// At stop: takes every connection still waiting in the listen queues, so requests
@@ -218,10 +247,10 @@ impl Acceptor {
     pub fn drain_backlog(&self) -> usize {
         let mut n = 0;
         for (i, l) in self.listeners.iter().enumerate() {
-            while let Some((sock, peer, started)) = self.accept_raw(l) {
+            while let Some((sock, peer, started, permit)) = self.accept_raw(l, true) {
                 // Read what is already there: a connection that sent nothing yet
                 // would otherwise be closed as idle by the stopping slow lane.
-                if let Some(req) = self.admit(i, l, sock, peer, started) {
+                if let Some(req) = self.admit(i, l, sock, peer, started, permit) {
                     self.queue.push(req);
                 }
                 n += 1;
@@ -232,8 +261,8 @@ impl Acceptor {
 
     /// Accepts one connection from `l`; returns the request when it is complete now.
     fn accept(&self, index: usize, l: &Listener) -> Option<Request> {
-        let (sock, peer, started) = self.accept_raw(l)?;
-        self.admit(index, l, sock, peer, started)
+        let (sock, peer, started, permit) = self.accept_raw(l, false)?;
+        self.admit(index, l, sock, peer, started, permit)
     }
 
     /// At stop: the connections waiting for their first bytes go to the slow lane,
@@ -255,6 +284,7 @@ impl Acceptor {
                 sock,
                 peer,
                 listener,
+                permit,
             } => {
                 let l = &self.listeners[listener];
                 connection::spawn(
@@ -265,6 +295,7 @@ impl Acceptor {
                     l.info.clone(),
                     Start::Fresh(BytesMut::new()),
                     e.started,
+                    permit,
                 );
             }
             Waiting::Fcgi(conn) => {
@@ -398,6 +429,7 @@ impl Acceptor {
         sock: socket2::Socket,
         peer: Arc<str>,
         started: Instant,
+        permit: Permit,
     ) -> Option<Request> {
         if l.tcp {
             let _ = sock.set_tcp_nodelay(true);
@@ -410,10 +442,11 @@ impl Acceptor {
                 index,
                 self.limits.read_timeout,
                 &self.parking,
+                Some(permit),
             );
             return self.fcgi_read(conn, false, started, true);
         }
-        self.plain_read(index, sock, peer, started, true)
+        self.plain_read(index, sock, peer, started, true, permit)
     }
 
     /// Reads a new uwsgi/SCGI connection: returns the request when it is complete,
@@ -426,6 +459,7 @@ impl Acceptor {
         peer: Arc<str>,
         started: Instant,
         may_wait: bool,
+        permit: Permit,
     ) -> Option<Request> {
         let l = &self.listeners[index];
         let first = SCRATCH.with(|s| {
@@ -448,6 +482,7 @@ impl Acceptor {
                         sock,
                         peer,
                         listener: index,
+                        permit,
                     };
                     if let Err(conn) = self.pending.wait(waiting, started) {
                         self.to_lane(pending::Entry { conn, started });
@@ -483,7 +518,8 @@ impl Acceptor {
                         };
                         let (span, request_id) = request_span(&head, &peer);
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)
-                            .style(l.info.protocol.head_style());
+                            .style(l.info.protocol.head_style())
+                            .permit(permit);
                         return Some(Request {
                             head,
                             body,
@@ -509,6 +545,7 @@ impl Acceptor {
             l.info.clone(),
             start,
             started,
+            permit,
         );
         None
     }
@@ -601,10 +638,15 @@ fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, arrival: &
     true
 }
 
-fn accept_error<T>(l: &Listener, e: Errno) -> Option<T> {
+fn accept_error<T>(l: &Listener, e: Errno, admission: &Admission) -> Option<T> {
     match e {
         // Another thread took it, the peer gave up, or the listener was shut down.
         Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::INVAL => {}
+        // Out of descriptors (or socket memory): the listeners leave the epoll for a
+        // while, so this never spins; one log line per second at most.
+        Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM => {
+            admission.out_of_fds(&l.label, e);
+        }
         e => {
             tracing::error!(listener = %l.label, error = %e, "accept failed (file descriptor limit? see ulimit -n)");
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use super::lane::Limits;
+use super::admission::Permit;
 use super::lane::SlowLane;
 use super::sink::ConnSink;
 use super::span::{refused_access, request_span};
@@ -37,6 +38,8 @@ pub enum Start {
 }
 
 /// Hands a uwsgi/SCGI connection to the slow lane, with what the fast path read.
+/// `permit` counts it (`--max-connections`) until its socket closes.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     lane: &SlowLane,
     sock: socket2::Socket,
@@ -45,6 +48,7 @@ pub fn spawn(
     info: ListenerInfo,
     start: Start,
     started: Instant,
+    permit: Permit,
 ) {
     let owned = lane.clone();
     lane.spawn(async move {
@@ -53,13 +57,13 @@ pub fn spawn(
         if tcp {
             let std: std::net::TcpStream = sock.into();
             match tokio::net::TcpStream::from_std(std) {
-                Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
+                Ok(s) => serve(s, tcp, peer, info, start, started, lane, permit).await,
                 Err(e) => tracing::error!(error = %e, "cannot register a connection"),
             }
         } else {
             let std: std::os::unix::net::UnixStream = sock.into();
             match tokio::net::UnixStream::from_std(std) {
-                Ok(s) => serve(s, tcp, peer, info, start, started, lane).await,
+                Ok(s) => serve(s, tcp, peer, info, start, started, lane, permit).await,
                 Err(e) => tracing::error!(error = %e, "cannot register a connection"),
             }
         }
@@ -137,6 +141,7 @@ impl<C: Conn> Reader<'_, C> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve<C: Conn>(
     mut conn: C,
     tcp: bool,
@@ -145,6 +150,7 @@ async fn serve<C: Conn>(
     start: Start,
     started: Instant,
     lane: SlowLane,
+    permit: Permit,
 ) {
     let limits = &lane.limits;
     let (head, mut framed) = match start {
@@ -251,8 +257,9 @@ async fn serve<C: Conn>(
             return;
         }
     };
-    let sink =
-        ConnSink::new(sock, tcp, started, limits.read_timeout).style(info.protocol.head_style());
+    let sink = ConnSink::new(sock, tcp, started, limits.read_timeout)
+        .style(info.protocol.head_style())
+        .permit(permit);
     lane.queue.push(Request {
         head,
         body,

@@ -29,6 +29,9 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// FastCGI: STDERR copies, the advertised limits.
     pub fcgi: FcgiSettings,
+    /// Connections one worker holds open (`--max-connections`; `None`: from the
+    /// open-files limit).
+    pub max_connections: Option<usize>,
 }
 
 /// What every FastCGI connection of this process is allowed and advertises.

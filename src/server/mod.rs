@@ -13,6 +13,7 @@
 //!   several at once (multiplexing): parked in the Python threads' epoll when idle.
 
 pub mod acceptor;
+pub mod admission;
 pub mod connection;
 pub mod fastcgi;
 pub mod lane;
@@ -111,7 +112,7 @@ pub fn run(
     let monitor = settings.monitor.clone();
     let idle_close = CancellationToken::new();
     let acceptor = Arc::new(Acceptor {
-        epoll,
+        epoll: Arc::clone(&epoll),
         parking: Arc::clone(&parking),
         fcgi: limits.fcgi.clone(),
         waiter: std::sync::Mutex::new(()),
@@ -126,6 +127,11 @@ pub fn run(
             idle_close: idle_close.clone(),
             monitor: monitor.clone(),
         },
+        admission: admission::Admission::new(
+            limits.max_connections.unwrap_or_else(admission::default_max),
+            Arc::clone(&epoll),
+            Arc::clone(&listeners),
+        ),
         limits,
         pending,
     });

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
+use super::admission::Permit;
 use super::fastcgi::FcgiConn;
 use super::wake::Wake;
 
@@ -32,6 +33,7 @@ pub enum Waiting {
         sock: socket2::Socket,
         peer: Arc<str>,
         listener: usize,
+        permit: Permit,
     },
     /// FastCGI, held (its owner is `Held`), not yet parked.
     Fcgi(Arc<FcgiConn>),
@@ -180,10 +182,13 @@ mod tests {
     }
 
     fn plain(sock: socket2::Socket) -> Waiting {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let admission = super::super::admission::Admission::new(64, Arc::new(ep), Arc::default());
         Waiting::Plain {
             sock,
             peer: Arc::from("test"),
             listener: 0,
+            permit: admission.admit(),
         }
     }
 

@@ -95,6 +95,8 @@ pub struct ConnSink {
     started: Instant,
     write_timeout: Duration,
     style: HeadStyle,
+    /// Counts the connection (`--max-connections`) until the sink is done with it.
+    _permit: Option<super::admission::Permit>,
 }
 
 impl ConnSink {
@@ -113,7 +115,14 @@ impl ConnSink {
             started,
             write_timeout,
             style: HeadStyle::Http,
+            _permit: None,
         }
+    }
+
+    /// The connection's place in `--max-connections`, given back with the sink.
+    pub fn permit(mut self, permit: super::admission::Permit) -> Self {
+        self._permit = Some(permit);
+        self
     }
 
     /// How the response head is written (the listener's protocol decides).

@@ -21,6 +21,17 @@ use crate::proto::response::{self as resp, HeaderError};
 /// A first body chunk this large is written after the head instead of copied behind it.
 const SEPARATE_BODY: usize = 16 * 1024;
 
+/// The largest response head (status line and headers) an app may send, in bytes. nginx
+/// reads the head into one `uwsgi_buffer_size`/`fastcgi_buffer_size`/`scgi_buffer_size`
+/// buffer (4 or 8 KiB by default, raised by operators to 16-64 KiB) and answers 502
+/// "upstream sent too big header" beyond it: a larger head can only fail, and refusing it
+/// in the app names the cause instead of building a head of any size.
+pub const HEAD_LIMIT: usize = 64 * 1024;
+
+/// The parts of a list or tuple body are copied into one buffer up to this size (one
+/// write instead of many); a larger part is sent as it is, never copied.
+const COALESCE: usize = 64 * 1024;
+
 thread_local! {
     /// Where a response's head and (small) first chunk are put together; at most
     /// about `SEPARATE_BODY` plus a head, kept for the thread's next response.
@@ -235,8 +246,15 @@ impl State {
                 type_name(status)
             ))
         })?;
+        // Sizes are counted in characters before any is read as UTF-8 or copied into an
+        // error message: a latin-1 character is one byte on the wire, and anything else
+        // is refused anyway.
+        let mut head = "HTTP/1.1 \r\n\r\n".len() + status.len()?;
+        if head > HEAD_LIMIT {
+            return Err(too_big("status", head));
+        }
         let code = resp::parse_status(status.to_str()?).map_err(refuse)?;
-        let mut out = Vec::with_capacity(headers.len().unwrap_or(4));
+        let mut out = Vec::with_capacity(headers.len().unwrap_or(4).min(64));
         let mut content_length = None;
         for item in headers.try_iter().map_err(|_| {
             PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
@@ -263,6 +281,10 @@ impl State {
                 })
             };
             let (name_s, value_s) = (text(name, "name")?, text(value, "value")?);
+            head += name_s.len()? + ": \r\n".len() + value_s.len()?;
+            if head > HEAD_LIMIT {
+                return Err(too_big("header block", head));
+            }
             let (name, value) = (name_s.to_str()?, value_s.to_str()?);
             resp::check_header(name, value).map_err(refuse)?;
             if resp::is_hop_by_hop(name) {
@@ -289,6 +311,18 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// A response head over [`HEAD_LIMIT`]: logged here (the app may swallow the exception)
+/// and raised as ValueError inside the app. `size` is what was counted when it went over.
+fn too_big(what: &str, size: usize) -> PyErr {
+    let msg = format!(
+        "start_response(): the response {what} reaches {size} bytes, over the {HEAD_LIMIT}-byte limit of a response head \
+         (nginx refuses a head larger than its uwsgi/fastcgi/scgi_buffer_size with \"upstream sent too big header\"); \
+         send large data in the body"
+    );
+    tracing::error!(limit = HEAD_LIMIT, "{msg}; the request will answer 500");
+    PyValueError::new_err(msg)
 }
 
 /// A refused status or header: logged here (the app may swallow the exception) and
@@ -761,14 +795,48 @@ fn iterate(
         // met): the sink may end it in the same write (FastCGI: with END_REQUEST).
         r.last_write =
             total > 0 && (r.head_only() || r.content_length.is_none_or(|cl| cl <= total as u64));
-        if items.len() == 1 {
-            let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
-        } else {
-            let mut all = Vec::with_capacity(total);
-            for item in items {
-                all.extend_from_slice(body_bytes(item)?.as_bytes());
+        if items.len() == 1 || total <= COALESCE {
+            if items.len() == 1 {
+                let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
+            } else {
+                let mut all = Vec::with_capacity(total);
+                for item in items {
+                    all.extend_from_slice(body_bytes(item)?.as_bytes());
+                }
+                let _ = r.send_body(py, &all);
             }
-            let _ = r.send_body(py, &all);
+        } else {
+            // Small parts are gathered up to COALESCE; a large one goes out as it is:
+            // a list of big bytes objects is never copied into one buffer of its size.
+            let last = std::mem::take(&mut r.last_write);
+            let mut last_part = 0;
+            for (i, item) in items.iter().enumerate() {
+                if !body_bytes(item)?.as_bytes().is_empty() {
+                    last_part = i;
+                }
+            }
+            let mut buf = Vec::with_capacity(COALESCE);
+            for (i, item) in items.iter().enumerate() {
+                let data = body_bytes(item)?.as_bytes();
+                if buf.len() + data.len() <= COALESCE {
+                    buf.extend_from_slice(data);
+                    continue;
+                }
+                if r.send_body(py, &buf).is_err() {
+                    break;
+                }
+                buf.clear();
+                if data.len() < COALESCE {
+                    buf.extend_from_slice(data);
+                    continue;
+                }
+                r.last_write = last && i == last_part;
+                if r.send_body(py, data).is_err() {
+                    break;
+                }
+            }
+            r.last_write = last;
+            let _ = r.send_body(py, &buf);
         }
         r.last_write = false;
         return Ok(());

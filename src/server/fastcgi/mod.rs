@@ -279,6 +279,8 @@ pub struct FcgiConn {
     /// `owner`): a write failed or the connection was aborted, nothing more goes out.
     /// An atomic, not under `write`: checked without waiting for a write in progress.
     broken: AtomicBool,
+    /// Counts the connection (`--max-connections`) until it closes.
+    _permit: Option<crate::server::admission::Permit>,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
@@ -298,6 +300,7 @@ impl FcgiConn {
         listener: usize,
         write_timeout: Duration,
         parking: &Arc<Parking>,
+        permit: Option<crate::server::admission::Permit>,
     ) -> Arc<FcgiConn> {
         Arc::new(FcgiConn {
             sock,
@@ -310,6 +313,7 @@ impl FcgiConn {
             write: Mutex::new(()),
             write_timeout,
             broken: AtomicBool::new(false),
+            _permit: permit,
         })
     }
 

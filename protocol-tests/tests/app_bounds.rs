@@ -1,0 +1,296 @@
+//! A misbehaving app cannot take the process's memory or log (issue 10 §2): a flood of
+//! `wsgi.errors` lines (written directly and through a `logging` handler) is rate-limited
+//! with a count of what was dropped, while other requests go on; a 100 MB line is cut;
+//! a response head of absurd size is refused with a `ValueError` naming the limit (500);
+//! a body of hundreds of MiB, written or returned as a list, is sent without a copy of
+//! its size.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+const APP: &str = r#"
+import logging, os, sys
+
+MiB = 1024 * 1024
+state = {}
+
+def status():
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+def text(start_response, body, code="200 OK"):
+    body = body.encode()
+    start_response(code, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    err = environ["wsgi.errors"]
+    if path == "/hello":
+        return text(start_response, "hello")
+    if path == "/flood":
+        # Half the lines straight to wsgi.errors, half through a logging handler on it;
+        # at least TOTAL, and on until the test has served its other requests.
+        gate = environ["QUERY_STRING"]
+        logger = logging.getLogger("flood")
+        logger.propagate = False
+        handler = logging.StreamHandler(err)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.handlers[:] = [handler]
+        before = status()["VmRSS"]
+        open(gate + ".started", "w").close()
+        n = 0
+        while n < 1000000 or not os.path.exists(gate + ".stop"):
+            err.write("flood-direct %d\n" % n)
+            logger.warning("flood-logging %d", n + 1)
+            n += 2
+        grown = status()["VmRSS"] - before
+        return text(start_response, "%d %d" % (n, grown))
+    if path == "/long-line":
+        err.write("long-line-start " + "x" * (100 * MiB) + "\n")
+        return text(start_response, "done")
+    if path == "/many-headers":
+        start_response("200 OK", [("X-H%d" % i, "v") for i in range(100000)])
+        return [b"never sent"]
+    if path == "/huge-value":
+        start_response("200 OK", [("X-Big", "a" * (256 * MiB))])
+        return [b"never sent"]
+    if path == "/huge-status":
+        start_response("200 " + "x" * (256 * MiB), [])
+        return [b"never sent"]
+    if path == "/caught":
+        try:
+            start_response("200 OK", [("X-H%d" % i, "v") for i in range(100000)])
+        except ValueError as e:
+            start_response("200 OK", [("Content-Type", "text/plain")], sys.exc_info())
+            return [str(e).encode()]
+    if path in ("/big-list", "/big-write"):
+        # Resets VmHWM (Linux 4.0): the peak is this request's.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    if path == "/big-list":
+        state["before"] = status()["VmRSS"]
+        part = b"x" * (128 * MiB)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [part, b"y" * (128 * MiB), b"end"]
+    if path == "/big-write":
+        state["before"] = status()["VmRSS"]
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        write(b"x" * (256 * MiB))
+        return [b"end"]
+    if path == "/memory":
+        s = status()
+        return text(start_response, "%d %d" % (state.get("before", 0), s["VmHWM"]))
+    return text(start_response, "not found", "404 Not Found")
+"#;
+
+const MIB: u64 = 1024 * 1024;
+
+fn app(dir: &Path) -> String {
+    let p = dir.join("bounds_app.py");
+    std::fs::write(&p, APP).unwrap();
+    p.display().to_string()
+}
+
+fn get(addr: &Addr, path: &str) -> Response {
+    let (p, q) = path.split_once('?').unwrap_or((path, ""));
+    let out = raw(
+        addr,
+        &uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", p),
+            ("QUERY_STRING", q),
+            ("REQUEST_URI", path),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+        ]),
+    );
+    parse_http(&out).unwrap_or_else(|| {
+        panic!(
+            "{path}: bad response ({} bytes) {:?}",
+            out.len(),
+            String::from_utf8_lossy(&out[..out.len().min(300)])
+        )
+    })
+}
+
+/// The numbers of the `wsgi.errors: N lines (…) dropped` lines, summed.
+fn dropped_lines(logs: &str) -> u64 {
+    logs.lines()
+        .filter(|l| l.contains("dropped in the last"))
+        .filter_map(|l| l.split_once("wsgi.errors: ")?.1.split_once(" lines ("))
+        .map(|(n, _)| n.replace(',', "").parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_wsgi_errors_flood_is_rate_limited_counted_and_leaves_other_requests_served() {
+    let dir = tempdir();
+    let log = dir.path().join("postern.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--threads", "4"])
+        .log_file(&log)
+        .start();
+    let gate = dir.path().join("gate").display().to_string();
+    let started = Instant::now();
+    let flood = {
+        let (addr, gate) = (p.addr.clone(), gate.clone());
+        std::thread::spawn(move || get(&addr, &format!("/flood?{gate}")))
+    };
+    assert!(
+        wait_file(Path::new(&format!("{gate}.started")), 30),
+        "the flood did not start:\n{}",
+        p.logs()
+    );
+    // The flood runs until the gate opens: these are served while it lasts.
+    for _ in 0..20 {
+        let r = get(&p.addr, "/hello");
+        assert_eq!((r.status, r.text()), (200, "hello".to_owned()));
+    }
+    std::fs::write(format!("{gate}.stop"), "").unwrap();
+    let r = flood.join().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let (written, grown) = text.split_once(' ').unwrap();
+    let (written, grown): (u64, i64) = (written.parse().unwrap(), grown.parse().unwrap());
+    assert!(written >= 1_000_000);
+
+    // Every line is either in the log or counted as dropped, once the last count is out
+    // (within a second of the flood's end).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (logged, dropped) = loop {
+        let logs = p.logs();
+        let logged = logs
+            .lines()
+            .filter(|l| l.contains("flood-direct ") || l.contains("flood-logging "))
+            .count() as u64;
+        let dropped = dropped_lines(&logs);
+        if logged + dropped >= written || Instant::now() > deadline {
+            break (logged, dropped);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let size = std::fs::metadata(&log).unwrap().len();
+    let logs = p.logs();
+    let report = logs
+        .lines()
+        .find(|l| l.contains("lines (") && l.contains("dropped in the last"))
+        .expect("a dropped-count line");
+    eprintln!(
+        "flood: {written} lines written in {elapsed:.1} s, {logged} logged, {dropped} dropped; log {size} bytes; RSS grew {grown} bytes\n{report}"
+    );
+    assert_eq!(logged + dropped, written, "every line logged or counted");
+    assert!(
+        report.contains("rate limit 2,000 lines/s and 1.0 MiB/s per worker"),
+        "{report}"
+    );
+    // The default rate: a burst of 4,000 lines, then 2,000 a second.
+    let allowed = 4000.0 + 2000.0 * elapsed;
+    assert!(
+        (logged as f64) <= allowed,
+        "{logged} lines logged in {elapsed:.1} s"
+    );
+    // Each logged line is under 300 bytes here (its span names the request): a few MiB,
+    // where a million lines would be over 200 MiB.
+    assert!(
+        (size as f64) < 300.0 * (allowed + 100.0),
+        "log of {size} bytes"
+    );
+    assert!(
+        grown < (32 * MIB) as i64,
+        "the worker's RSS grew {grown} bytes"
+    );
+}
+
+#[test]
+fn a_100_mb_wsgi_errors_line_is_cut_with_a_note() {
+    let dir = tempdir();
+    let log = dir.path().join("postern.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .log_file(&log)
+        .start();
+    assert_eq!(get(&p.addr, "/long-line").status, 200);
+    assert!(p.wait_log("line truncated", 10), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("long-line-start"))
+        .unwrap();
+    assert!(
+        line.contains("[line truncated: 104,849,424 more bytes not logged; wsgi.errors lines are capped at 8 KiB]"),
+        "{}",
+        &line[line.len() - 200..]
+    );
+    assert!(line.len() < 9 * 1024, "a line of {} bytes", line.len());
+    assert!(std::fs::metadata(&log).unwrap().len() < MIB);
+}
+
+#[test]
+fn a_response_head_over_64_kib_answers_500_and_says_why() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    for (path, what) in [
+        ("/many-headers", "the response header block reaches"),
+        ("/huge-value", "the response header block reaches"),
+        ("/huge-status", "the response status reaches"),
+    ] {
+        let r = get(&p.addr, path);
+        assert_eq!(r.status, 500, "{path}");
+        assert!(r.header("X-H1").is_none() && r.header("X-Big").is_none());
+        assert!(p.wait_log(what, 5), "{path}:\n{}", p.logs());
+    }
+    assert!(p
+        .logs()
+        .contains(r#"over the 65536-byte limit of a response head (nginx refuses a head larger than its uwsgi/fastcgi/scgi_buffer_size with "upstream sent too big header"); send large data in the body"#));
+    // The app sees a ValueError it can handle.
+    let r = get(&p.addr, "/caught");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .starts_with("start_response(): the response header block reaches ")
+            && r.text().contains("over the 65536-byte limit"),
+        "{}",
+        r.text()
+    );
+    // The process goes on.
+    assert_eq!(get(&p.addr, "/hello").status, 200);
+}
+
+/// Peak RSS over what the process had before the request, from `/memory`.
+fn peak_growth(addr: &Addr) -> u64 {
+    let m = get(addr, "/memory").text();
+    let (before, hwm) = m.split_once(' ').unwrap();
+    let (before, hwm): (u64, u64) = (before.parse().unwrap(), hwm.parse().unwrap());
+    hwm.saturating_sub(before)
+}
+
+#[test]
+fn a_body_of_256_mib_is_sent_whole_without_a_copy_of_its_size() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    for (path, len) in [("/big-list", 256 * MIB + 3), ("/big-write", 256 * MIB + 3)] {
+        let r = get(&p.addr, path);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body.len() as u64, len, "{path}");
+        assert!(r.body.ends_with(b"end"));
+        // The app's own 256 MiB, and not a second copy of them.
+        // regression: the parts of a list body were all copied into one buffer of the
+        // body's size (a peak of 511 MiB here).
+        let grown = peak_growth(&p.addr);
+        eprintln!("{path}: peak RSS {} MiB over the start", grown / MIB);
+        assert!(
+            grown < 256 * MIB + 96 * MIB,
+            "{path}: peak RSS grew {} MiB",
+            grown / MIB
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! How many connections a worker holds (`--max-connections`), and what accept does
+//! when it cannot take more: the listeners leave the Python threads' epoll (they stay
+//! registered, with no events) so connections wait in the kernel's listen queue
+//! instead of taking descriptors until `EMFILE`; they come back when a connection
+//! closes. An `EMFILE`/`ENFILE` from accept does the same (until a connection closes,
+//! or [`FD_RETRY`] at most), so it never busy-loops, and is logged once per second at
+//! most, with the count of accepts that failed since the last line.
+//!
+//! Every accepted connection carries a [`Permit`] for as long as its socket is open,
+//! whoever owns it: waiting for its first bytes ([`super::pending`]), in the slow lane,
+//! served inline, or parked as an idle FastCGI keep-alive connection.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+
+use super::acceptor::Listener;
+use super::wake::Wake;
+
+/// Descriptors kept out of the default for everything that is not a connection
+/// (listeners, epoll, eventfds, log files, Python's own imports).
+const FD_RESERVE: u64 = 64;
+
+/// After `EMFILE`, accept is tried again at the latest after this, even if none of
+/// this worker's connections closed (a descriptor may be freed elsewhere).
+pub const FD_RETRY: Duration = Duration::from_millis(250);
+
+/// At most one log line per this much time about failed accepts.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// `--max-connections` when not given: half the soft open-files limit less
+/// [`FD_RESERVE`], because a connection may hold a second descriptor (a body spooled
+/// to a temporary file); at least 1.
+pub fn default_max() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    usize::try_from(soft.saturating_sub(FD_RESERVE) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+struct State {
+    /// Whether the listeners are in the epoll now.
+    armed: bool,
+    /// Accept hit the descriptor limit: not armed before this (or a close).
+    fd_pause: Option<Instant>,
+    /// Accepts that failed since the last log line.
+    failed: u64,
+    last_log: Option<Instant>,
+}
+
+/// The worker's count of open connections, and the switch that takes its listeners
+/// out of the epoll.
+pub struct Admission {
+    open: AtomicUsize,
+    max: usize,
+    /// `State::fd_pause` is set: a close must re-arm (read without the lock).
+    fd_paused: AtomicBool,
+    state: Mutex<State>,
+    epoll: Arc<OwnedFd>,
+    listeners: Arc<Vec<Listener>>,
+}
+
+/// One open connection; dropped when its socket closes.
+pub struct Permit(Arc<Admission>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let before = a.open.fetch_sub(1, Ordering::AcqRel);
+        if a.fd_paused.load(Ordering::Acquire) {
+            // A descriptor came free: accept may work again.
+            a.sync(None, true);
+        } else if before >= a.max {
+            a.sync(None, false);
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize, epoll: Arc<OwnedFd>, listeners: Arc<Vec<Listener>>) -> Arc<Admission> {
+        Arc::new(Admission {
+            open: AtomicUsize::new(0),
+            max: max.max(1),
+            fd_paused: AtomicBool::new(false),
+            state: Mutex::new(State {
+                armed: true,
+                fd_pause: None,
+                failed: 0,
+                last_log: None,
+            }),
+            epoll,
+            listeners,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether one more connection may be accepted now; when not, the listeners leave
+    /// the epoll until a connection closes.
+    pub fn room(&self) -> bool {
+        if self.open.load(Ordering::Acquire) < self.max {
+            return true;
+        }
+        self.sync(None, false);
+        false
+    }
+
+    /// Counts a connection just accepted.
+    pub fn admit(self: &Arc<Self>) -> Permit {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before + 1 >= self.max {
+            self.sync(None, false);
+        }
+        Permit(Arc::clone(self))
+    }
+
+    /// A connection that was never counted (the stop drains the listen queues past
+    /// the limit: they are served once, then the process exits).
+    pub fn admit_anyway(self: &Arc<Self>) -> Permit {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Permit(Arc::clone(self))
+    }
+
+    /// Accept failed for lack of descriptors: the listeners leave the epoll until a
+    /// connection closes or [`FD_RETRY`] passes; logged once per second at most.
+    pub fn out_of_fds(&self, listener: &str, error: rustix::io::Errno) {
+        let now = Instant::now();
+        {
+            let mut st = self.lock();
+            st.failed += 1;
+            if st.last_log.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+                let failed = st.failed;
+                st.failed = 0;
+                st.last_log = Some(now);
+                tracing::error!(
+                    %listener,
+                    error = %error,
+                    failed,
+                    open = self.open(),
+                    "accept failed: out of file descriptors; new connections wait in the listen queue until one closes (raise ulimit -n / LimitNOFILE=, or lower --max-connections)"
+                );
+            }
+        }
+        self.sync(Some(now + FD_RETRY), false);
+    }
+
+    /// When the thread waiting on the epoll must wake to retry accept after
+    /// `EMFILE`; `None` when no retry is due.
+    pub fn retry_at(&self) -> Option<Instant> {
+        if !self.fd_paused.load(Ordering::Acquire) {
+            return None;
+        }
+        self.lock().fd_pause
+    }
+
+    /// Called by the thread waiting on the epoll: re-arms the listeners once the
+    /// `EMFILE` pause is over.
+    pub fn tick(&self, now: Instant) {
+        if self.retry_at().is_some_and(|t| now >= t) {
+            self.sync(None, true);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts the listeners in or out of the epoll as the count and the descriptor pause
+    /// say. `pause`: start a descriptor pause until then; `resume`: end it.
+    ///
+    /// Every change of "may accept" (the count crossing `max`, a pause starting or
+    /// ending) is followed by a call made after it, and each call decides under the
+    /// lock from the values it reads then: the last call sees the last state, so the
+    /// listeners can neither stay out while there is room nor in while there is none.
+    fn sync(&self, pause: Option<Instant>, resume: bool) {
+        let mut st = self.lock();
+        if let Some(t) = pause {
+            st.fd_pause = Some(t);
+            self.fd_paused.store(true, Ordering::Release);
+        } else if resume {
+            st.fd_pause = None;
+            self.fd_paused.store(false, Ordering::Release);
+        }
+        let want = st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max;
+        if want == st.armed {
+            return;
+        }
+        let flags = if want {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        for (i, l) in self.listeners.iter().enumerate() {
+            let data = epoll::EventData::new_u64(Wake::Listener(i).encode());
+            if let Err(e) = epoll::modify(&*self.epoll, &l.sock, data, flags) {
+                tracing::error!(listener = %l.label, error = %e, "cannot change the listener's place in the epoll");
+            }
+        }
+        st.armed = want;
+        if want {
+            tracing::debug!(open = self.open(), "accepting again");
+        } else if st.fd_pause.is_none() {
+            tracing::debug!(
+                open = self.open(),
+                max = self.max,
+                "--max-connections reached: new connections wait in the listen queue"
+            );
+        }
+    }
+}
