@@ -216,6 +216,7 @@ fn serve(
         mounts: config.mounts.clone(),
     };
     wsgi::errors::set_rate(config.opts.errors_rate);
+    wsgi::errors::set_rate(config.opts.errors_rate);
     let limits = Limits {
         buffer_size: config.opts.buffer_size.0 as usize,
         spool_threshold: config.opts.body_spool_threshold.0,

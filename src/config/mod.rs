@@ -133,6 +133,15 @@ pub struct Options {
     )]
     pub errors_rate: u32,
 
+    /// Lines per second each worker passes from wsgi.errors (and about 512 bytes a line: 1 MiB/s at 2000), in bursts of twice that; the rest is dropped and counted in the log (0: no limit).
+    #[arg(
+        long,
+        value_name = "LINES",
+        env = "POSTERN_ERRORS_RATE",
+        default_value_t = crate::wsgi::errors::DEFAULT_RATE
+    )]
+    pub errors_rate: u32,
+
     /// Change to DIR before importing the app (DIR is put on sys.path).
     #[arg(long, value_name = "DIR", env = "POSTERN_CHDIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
