@@ -216,7 +216,6 @@ fn serve(
         mounts: config.mounts.clone(),
     };
     wsgi::errors::set_rate(config.opts.errors_rate);
-    wsgi::errors::set_rate(config.opts.errors_rate);
     let limits = Limits {
         buffer_size: config.opts.buffer_size.0 as usize,
         spool_threshold: config.opts.body_spool_threshold.0,
@@ -227,6 +226,7 @@ fn serve(
             stderr: !config.opts.no_fastcgi_stderr,
             max_reqs: config.opts.threads * config.opts.workers,
         },
+        max_connections: config.opts.max_connections,
     };
     for b in &bound {
         let (nginx, apache) = listener::front_server_lines(b.info.protocol, &b.addr);

@@ -133,15 +133,6 @@ pub struct Options {
     )]
     pub errors_rate: u32,
 
-    /// Lines per second each worker passes from wsgi.errors (and about 512 bytes a line: 1 MiB/s at 2000), in bursts of twice that; the rest is dropped and counted in the log (0: no limit).
-    #[arg(
-        long,
-        value_name = "LINES",
-        env = "POSTERN_ERRORS_RATE",
-        default_value_t = crate::wsgi::errors::DEFAULT_RATE
-    )]
-    pub errors_rate: u32,
-
     /// Change to DIR before importing the app (DIR is put on sys.path).
     #[arg(long, value_name = "DIR", env = "POSTERN_CHDIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -260,6 +251,14 @@ pub struct Options {
         default_value = "1M"
     )]
     pub body_spool_threshold: Size,
+
+    /// Most connections one worker holds open at once, idle keep-alive and not yet read
+    /// included; past it, new ones wait in the listen queue (default: half the
+    /// open-files limit less 64, as a connection may need a second descriptor for a
+    /// spooled body).
+    #[arg(long, value_name = "N", env = "POSTERN_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 
     /// Largest request body accepted; larger ones answer 413 (default: unlimited).
     #[arg(long, value_name = "BYTES", env = "POSTERN_MAX_BODY")]
@@ -827,6 +826,9 @@ impl Config {
                 "body-spool-threshold",
                 "at most 1G: larger bodies belong in a temporary file, not in memory".into(),
             ));
+        }
+        if o.max_connections == Some(0) {
+            return Err(invalid("max-connections", "must be at least 1".into()));
         }
         if o.listen_backlog < 1 {
             return Err(invalid("listen-backlog", "must be at least 1".into()));
