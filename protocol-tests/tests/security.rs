@@ -498,14 +498,17 @@ fn the_socket_directory_is_checked_with_a_clear_error() {
         std::fs::copy(&bin, &copy).unwrap();
         bin = copy;
     }
-    let mut cmd = Command::new(bin);
-    cmd.arg("app.py")
-        .arg("--uwsgi")
-        .arg(format!("unix:{}/s.sock", mine.display()))
-        .env_remove("VIRTUAL_ENV")
-        .uid(65534)
-        .gid(65534);
-    let err = refused(cmd);
+    let as_nobody = |sock: &Path| {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("app.py")
+            .arg("--uwsgi")
+            .arg(format!("unix:{}", sock.display()))
+            .env_remove("VIRTUAL_ENV")
+            .uid(65534)
+            .gid(65534);
+        refused(cmd)
+    };
+    let err = as_nobody(&mine.join("s.sock"));
     assert!(
         err.contains(&format!(
             "permission denied; postern (uid 65534) may not create files in {}",
@@ -513,6 +516,20 @@ fn the_socket_directory_is_checked_with_a_clear_error() {
         )),
         "{err}"
     );
+    // A socket root left in a shared directory (as /tmp), that nobody may not connect
+    // to: whether it is stale is unknown, so it stays.
+    let left = open.join("root.sock");
+    drop(std::os::unix::net::UnixListener::bind(&left).unwrap());
+    std::fs::set_permissions(&left, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = as_nobody(&left);
+    assert!(
+        err.contains(&format!(
+            "{} is a socket postern (uid 65534) may not connect to, so whether a server still answers on it is unknown",
+            left.display()
+        )),
+        "{err}"
+    );
+    assert!(left.exists());
 }
 
 // ---------------------------------------------------------------------------------

@@ -39,6 +39,12 @@ pub enum BindError {
         /// What it is instead, e.g. "a symbolic link to /etc/passwd: postern never follows one".
         kind: String,
     },
+    #[error("cannot listen on {addr}: {} is a socket postern (uid {uid}) may not connect to, so whether a server still answers on it is unknown; remove it if it is stale, or choose another path", path.display())]
+    ForeignSocket {
+        addr: ListenAddr,
+        path: PathBuf,
+        uid: u32,
+    },
     #[error("cannot listen on {addr}: {dir} is not a directory; the socket's path must be DIRECTORY/NAME")]
     NotADirectory { addr: ListenAddr, dir: String },
     #[error("cannot listen on {addr}: {what} changed while the socket was being created ({detail}); something else is working in that directory: use one only postern's user can write")]
@@ -751,6 +757,11 @@ fn clear_stale_socket(
             rustix::fs::unlinkat(dirfd, name, AtFlags::empty())
                 .map_err(|e| BindError::from_io(addr, e.into()))
         }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(BindError::ForeignSocket {
+            addr: addr.clone(),
+            path: path.to_owned(),
+            uid: rustix::process::geteuid().as_raw(),
+        }),
         Err(e) => Err(BindError::from_io(addr, e)),
     }
 }
