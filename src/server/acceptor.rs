@@ -182,6 +182,8 @@ impl Source for Acceptor {
                         return req;
                     }
                 }
+                // A leaving worker's idle FastCGI connection: waits here as our own.
+                Wake::Handover => self.adopt(),
                 Wake::Queue => {
                     if queue.is_accepting() {
                         if let Some(r) = queue.take() {
@@ -259,6 +261,45 @@ impl Acceptor {
         n
     }
 
+    /// Takes a FastCGI connection a leaving worker handed over (if another worker did
+    /// not take it first) and parks it: its next request wakes this epoll.
+    fn adopt(&self) {
+        let Some(a) = fastcgi::handover::Channel::get().and_then(|c| c.take()) else {
+            return;
+        };
+        let Some(l) = self
+            .listeners
+            .get(a.listener)
+            .filter(|l| l.info.protocol == Protocol::FastCgi)
+        else {
+            tracing::warn!(
+                listener = a.listener,
+                "a handed-over connection names no FastCGI listener; closing it"
+            );
+            return;
+        };
+        let peer = if l.tcp {
+            a.sock
+                .peer_addr()
+                .ok()
+                .and_then(|p| p.as_socket())
+                .map(peer_text)
+                .unwrap_or_else(|| l.label.clone())
+        } else {
+            l.label.clone()
+        };
+        let conn = FcgiConn::new(
+            a.sock,
+            peer,
+            l.tcp,
+            a.listener,
+            self.limits.read_timeout,
+            &self.parking,
+            Some(self.admission.admit_anyway()),
+        );
+        self.parking.park(conn, false);
+    }
+
     /// Accepts one connection from `l`; returns the request when it is complete now.
     fn accept(&self, index: usize, l: &Listener) -> Option<Request> {
         let (sock, peer, started, permit) = self.accept_raw(l, false)?;
@@ -307,7 +348,7 @@ impl Acceptor {
 
     /// Hands a FastCGI connection the slow lane now owns (`entry`) to it, with what was
     /// read so far.
-    fn fcgi_to_lane(
+    pub(super) fn fcgi_to_lane(
         &self,
         conn: Arc<FcgiConn>,
         buf: BytesMut,

@@ -110,6 +110,28 @@ pub fn run(
         pending::MAX_WAITING,
     );
     let monitor = settings.monitor.clone();
+    // A worker under a master hands its idle FastCGI keep-alive connections to the
+    // workers that serve on when it leaves (unless the whole server stops), and takes
+    // those of workers that leave before it (fastcgi::handover).
+    let handover = match mode {
+        Mode::Worker { .. } => fastcgi::handover::Channel::get(),
+        Mode::Single { .. } => None,
+    };
+    if let Some(channel) = handover {
+        let m = monitor.clone();
+        parking.hand_over_to(
+            channel,
+            Box::new(move || !m.as_ref().is_some_and(|m| m.server_stopping())),
+        );
+        if let Err(e) = rustix::event::epoll::add(
+            &*epoll,
+            channel.receiver(),
+            rustix::event::epoll::EventData::new_u64(wake::Wake::Handover.encode()),
+            rustix::event::epoll::EventFlags::IN,
+        ) {
+            tracing::warn!(error = %e, "cannot take FastCGI connections handed over by leaving workers");
+        }
+    }
     let idle_close = CancellationToken::new();
     let acceptor = Arc::new(Acceptor {
         epoll: Arc::clone(&epoll),
@@ -172,10 +194,18 @@ pub fn run(
         if let Some(m) = &monitor {
             m.stopping();
         }
-        // Idle FastCGI keep-alive connections close now, busy ones after END_REQUEST.
+        // This worker takes no more handed-over connections; its own idle FastCGI
+        // keep-alive connections go to the workers that serve on (busy ones once
+        // their request has ended), or close when the whole server stops.
+        if let Some(channel) = handover {
+            let _ = rustix::event::epoll::delete(&*epoll, channel.receiver());
+        }
         let idle = parking.close_all();
-        if idle > 0 {
-            tracing::debug!(idle, "closed idle FastCGI connections");
+        if !idle.is_empty() {
+            tracing::debug!(idle = idle.len(), "idle FastCGI keep-alive connections wait a moment for a last request");
+        }
+        for (conn, entry) in idle {
+            acceptor.fcgi_to_lane(conn, bytes::BytesMut::new(), Instant::now(), entry);
         }
         idle_close.cancel();
         // The whole server stops (a single process, or the master stopping all its
@@ -227,6 +257,13 @@ pub fn run(
             }
         }
     });
+    let handed = parking.handed();
+    if handed > 0 {
+        tracing::info!(
+            handed,
+            "idle FastCGI keep-alive connections handed over to the serving workers"
+        );
+    }
     if !finished {
         tracing::warn!(
             "requests still running when postern stopped (--graceful-timeout or a second signal)"

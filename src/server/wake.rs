@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! 0                      the ready queue's eventfd
-//! 1 ..= 2^32-1           listener i+1
+//! 1 ..= 2^32-2           listener i+1
+//! 2^32-1                 FastCGI connections handed over by a leaving worker
+//!                        (server::fastcgi::handover)
 //! 2^32 + key             a FastCGI connection (parked, or serving a request inline:
 //!                        its owner says which, see server::fastcgi::Owner)
 //! 2^63 + key             a new connection waiting for its first bytes (one-shot,
@@ -16,6 +18,8 @@
 
 /// Listener indexes stay below this; connection keys are added to it.
 const CONN_BASE: u64 = 1 << 32;
+/// The hand-over channel, just below the connections.
+const HANDOVER: u64 = CONN_BASE - 1;
 /// Waiting connections' keys are added to this; FastCGI keys stay below it.
 const FRESH_BASE: u64 = 1 << 63;
 
@@ -26,6 +30,8 @@ pub enum Wake {
     Queue,
     /// Listener `i` has a connection to accept.
     Listener(usize),
+    /// A leaving worker has handed a FastCGI connection over.
+    Handover,
     /// FastCGI connection `key` has input (its next request, a multiplexed one, an
     /// abort, a close).
     Conn(u64),
@@ -40,9 +46,10 @@ impl Wake {
             Wake::Queue => 0,
             Wake::Listener(i) => {
                 let i = i as u64 + 1;
-                debug_assert!(i < CONN_BASE, "listener index out of range");
+                debug_assert!(i < HANDOVER, "listener index out of range");
                 i
             }
+            Wake::Handover => HANDOVER,
             // Keys count up from 0, one per connection: 2^63 - 2^32 of them.
             Wake::Conn(key) => CONN_BASE.wrapping_add(key),
             Wake::Fresh(key) => FRESH_BASE | key,
@@ -53,6 +60,8 @@ impl Wake {
     pub fn decode(data: u64) -> Wake {
         if data == 0 {
             Wake::Queue
+        } else if data == HANDOVER {
+            Wake::Handover
         } else if data < CONN_BASE {
             Wake::Listener((data - 1) as usize)
         } else if data >= FRESH_BASE {
@@ -73,7 +82,8 @@ mod tests {
             Wake::Queue,
             Wake::Listener(0),
             Wake::Listener(7),
-            Wake::Listener((CONN_BASE - 2) as usize),
+            Wake::Listener((HANDOVER - 2) as usize),
+            Wake::Handover,
             Wake::Conn(0),
             Wake::Conn(12345),
             Wake::Conn(FRESH_BASE - CONN_BASE - 1),
@@ -88,7 +98,8 @@ mod tests {
     fn kinds_never_share_a_value() {
         assert_eq!(Wake::Queue.encode(), 0);
         assert_eq!(Wake::Listener(0).encode(), 1);
-        assert!(Wake::Conn(0).encode() > Wake::Listener((CONN_BASE - 2) as usize).encode());
+        assert!(Wake::Handover.encode() > Wake::Listener((HANDOVER - 2) as usize).encode());
+        assert!(Wake::Conn(0).encode() > Wake::Handover.encode());
         assert!(Wake::Fresh(0).encode() > Wake::Conn(FRESH_BASE - CONN_BASE - 1).encode());
     }
 }

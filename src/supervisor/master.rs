@@ -147,6 +147,16 @@ pub fn run(
         workers = opts.workers,
         "master started; starting workers"
     );
+    // Before the first fork, so that every worker inherits it: the channel on which a
+    // leaving worker hands its idle FastCGI keep-alive connections to the others.
+    if listeners
+        .iter()
+        .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+    {
+        if let Err(e) = crate::server::fastcgi::handover::Channel::create() {
+            tracing::warn!(error = %e, "cannot create the FastCGI hand-over channel; idle keep-alive connections close at reloads");
+        }
+    }
     // The stats helper first, so it inherits no worker's pipe.
     m.spawn_stats()?;
     for _ in 0..m.target {

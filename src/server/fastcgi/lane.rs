@@ -30,6 +30,14 @@ use crate::wsgi::{Body, BodyStream, ListenerInfo, Request};
 /// FCGI_OVERLOADED (beyond the Python threads, they wait in the queue).
 const MAX_REQS_PER_CONN: usize = 64;
 
+/// At the final stop (no worker to hand it to), how long an idle keep-alive
+/// connection waits for a last request before it closes: the front server may be
+/// sending one on it right now (it cannot know the connection is about to close), and
+/// one that was answered closes right after its END_REQUEST instead. Under load the
+/// front server takes every cached connection well within this; an idle front server
+/// sends nothing, so the close then meets no request.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// STDIN chunks buffered for an app that has not read them yet, per request.
 const STDIN_QUEUE: usize = 16;
 
@@ -148,6 +156,8 @@ pub async fn serve(
     let mut backlog: VecDeque<Event> = VecDeque::new();
     let mut last_read = Instant::now();
     let mut closing = false;
+    // At the final stop: an idle connection waits until then for a last request.
+    let mut linger: Option<Instant> = None;
     // FCGI_KEEP_CONN unset and the response complete: close once the front server has
     // sent the rest of its request (nginx writes the whole body before it reads the
     // response; closing earlier would fail its write: a 502).
@@ -161,6 +171,7 @@ pub async fn serve(
                 drain = !conn.is_broken();
                 break 'conn;
             }
+            (closing, linger) = after_request(&lane, &conn, closing, linger);
         }
         // Decode what is buffered, then act on it in order.
         if backlog.is_empty() && !buf.is_empty() {
@@ -202,10 +213,13 @@ pub async fn serve(
             break 'conn;
         }
         let idle = parser.active() == 0 && buf.is_empty() && backlog.is_empty();
-        if idle && closing {
+        // Stopping while other workers serve on: an idle connection is theirs (parking
+        // hands it over), never closed (see handover).
+        let hand_over = lane.idle_close.is_cancelled() && conn.parking.hands_over();
+        if idle && closing && !hand_over && linger.is_none() {
             break 'conn;
         }
-        if idle && !fresh_only(fresh, served) && !lane.idle_close.is_cancelled() {
+        if idle && (hand_over || (!fresh_only(fresh, served) && !lane.idle_close.is_cancelled())) {
             // Idle again: the next request is the fast path's.
             drop(afd);
             // Out of the Python threads' epoll while the lane had it.
@@ -214,7 +228,9 @@ pub async fn serve(
             return;
         }
         let waiting_body = slots.values().any(|s| s.stdin.is_some());
-        let deadline = if idle {
+        let deadline = if idle && linger.is_some() {
+            linger
+        } else if idle {
             (fresh_only(fresh, served)).then(|| started + limits.head_timeout)
         } else if !backlog.is_empty() {
             // Waiting for the app to read its body, not for the peer.
@@ -251,6 +267,7 @@ pub async fn serve(
                     drain = !conn.is_broken();
                     break 'conn;
                 }
+                (closing, linger) = after_request(&lane, &conn, closing, linger);
             }
             // Room in the blocked request's STDIN queue (or its reader is gone): the
             // loop retries the blocked event first.
@@ -273,7 +290,9 @@ pub async fn serve(
                 }
             }
             _ = sleep => {
-                if idle {
+                if idle && linger.is_some() {
+                    tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
+                } else if idle {
                     tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
                 } else {
                     tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request; closing", limits.read_timeout);
@@ -282,9 +301,8 @@ pub async fn serve(
             }
             _ = lane.idle_close.cancelled(), if parser.active() == 0 && !closing => {
                 closing = true;
-                if buf.is_empty() {
-                    tracing::debug!(%peer, "closing an idle FastCGI connection: stopping");
-                    break 'conn;
+                if buf.is_empty() && !conn.parking.hands_over() {
+                    linger = Some(Instant::now() + LINGER);
                 }
             }
         }
@@ -324,6 +342,22 @@ fn done(
         |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
     );
     reuse
+}
+
+/// A request on the connection ended: at the final stop (nobody to hand it to) the
+/// connection closes as soon as it is idle, without waiting any longer. Returns the
+/// new (`closing`, `linger`).
+fn after_request(
+    lane: &SlowLane,
+    conn: &FcgiConn,
+    closing: bool,
+    linger: Option<Instant>,
+) -> (bool, Option<Instant>) {
+    if lane.idle_close.is_cancelled() && !conn.parking.hands_over() {
+        (true, None)
+    } else {
+        (closing, linger)
+    }
 }
 
 /// A connection that has never carried a whole request stays with the slow lane until

@@ -17,14 +17,15 @@
 //! - [`sink`]: a request's response as STDOUT records, then END_REQUEST (one ending for
 //!   both paths: the owner decides who is told); a copy of `wsgi.errors` as STDERR.
 
+pub mod handover;
 mod inline;
 mod lane;
 mod sink;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -235,13 +236,24 @@ impl Owner {
         }
     }
 
-    /// At stop: a parked connection closes (true); any other owner finishes first.
+    /// At stop: a parked connection is no longer read here (true: handed over);
+    /// any other owner finishes first.
     fn close_if_parked(&mut self) -> bool {
         let parked = matches!(self, Owner::Parked);
         if parked {
             *self = Owner::Closed;
         }
         parked
+    }
+
+    /// At the final stop: a parked connection goes to the slow lane, which waits a
+    /// moment for its last request; any other owner finishes first.
+    fn lane_if_parked(&mut self) -> Option<Entry> {
+        if !matches!(self, Owner::Parked) {
+            return None;
+        }
+        *self = Owner::Held { input: false };
+        Some(self.enter_lane(false))
     }
 }
 
@@ -279,6 +291,10 @@ pub struct FcgiConn {
     /// `owner`): a write failed or the connection was aborted, nothing more goes out.
     /// An atomic, not under `write`: checked without waiting for a write in progress.
     broken: AtomicBool,
+    /// Sent to another worker ([`handover`]): the socket is theirs now, so this
+    /// process must never shut it down (a shutdown acts on the socket, not on this
+    /// descriptor).
+    handed_over: AtomicBool,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
 }
@@ -313,6 +329,7 @@ impl FcgiConn {
             write: Mutex::new(()),
             write_timeout,
             broken: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             _permit: permit,
         })
     }
@@ -430,6 +447,9 @@ impl FcgiConn {
     /// server sees the response as failed, not complete (a reset over TCP).
     pub fn abort(&self) {
         self.broken.store(true, Ordering::Release);
+        if self.handed_over.load(Ordering::Acquire) {
+            return;
+        }
         if self.tcp {
             // SO_LINGER 0: the last close sends a reset (a shutdown would send a FIN
             // first, which reads as a normal end).
@@ -442,9 +462,31 @@ impl FcgiConn {
     /// Closes the connection for reading and writing (a FIN, not a reset), unless it
     /// was aborted: then the last close resets it.
     fn abort_soft(&self) {
+        if self.handed_over.load(Ordering::Acquire) {
+            return;
+        }
         if !self.broken.swap(true, Ordering::AcqRel) || !self.tcp {
             let _ = self.sock.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// The last response on a kept connection at the final stop: END_REQUEST and the
+    /// FIN leave together (over TCP in one segment: corked), so the front server sees
+    /// the close as it reads the response and does not put the connection back in its
+    /// cache, where a request could be sent on it as it closes.
+    fn send_last(&self, id: u16, data: &[u8], tail: &[u8]) -> bool {
+        if self.tcp {
+            let _ = self.sock.set_tcp_cork(true);
+        }
+        let ok = self.send_stdout(id, data, tail).is_ok();
+        if ok {
+            let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        }
+        if self.tcp {
+            let _ = self.sock.set_tcp_cork(false);
+        }
+        ok
     }
 
     /// Reads what is there without waiting.
@@ -534,12 +576,16 @@ impl FcgiConn {
             }
             return false;
         };
+        // The whole server stops: this connection closes once idle, so its reader must
+        // not close it before END_REQUEST is out (see `Parking::closing_for_good`).
+        let last = keep_conn && self.parking.closing_for_good();
         match ender {
             Ender::Lane(tx) => {
                 // The reader must know the id is free before the front server can
                 // reuse it: it may send the next BEGIN_REQUEST the moment END_REQUEST
-                // arrives.
-                if keep_conn {
+                // arrives. At the final stop it closes the connection once idle
+                // instead, so it learns after END_REQUEST has gone out.
+                if keep_conn && !last {
                     let _ = tx.send(Ctl::Done { id, reuse: true });
                 }
                 let ok = self.send_stdout(id, data, tail).is_ok();
@@ -547,14 +593,21 @@ impl FcgiConn {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
                 }
-                if !keep_conn {
-                    let _ = tx.send(Ctl::Done { id, reuse: false });
+                if !keep_conn || last {
+                    let _ = tx.send(Ctl::Done {
+                        id,
+                        reuse: keep_conn,
+                    });
                 }
                 ok
             }
             Ender::Inline { keep_conn } => {
                 // Held by this thread now: a busy wake-up that fires meanwhile is stale.
-                let ok = self.send_stdout(id, data, tail).is_ok();
+                let ok = if last {
+                    self.send_last(id, data, tail)
+                } else {
+                    self.send_stdout(id, data, tail).is_ok()
+                };
                 if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
@@ -588,6 +641,17 @@ pub struct Parking {
     epoll: Arc<OwnedFd>,
     conns: Mutex<FxHashMap<u64, Arc<FcgiConn>>>,
     open: AtomicBool,
+    /// Where idle connections go once `open` is cleared, while someone serves on.
+    successors: OnceLock<Successors>,
+    /// Connections handed over so far.
+    handed: AtomicUsize,
+}
+
+/// The serving workers a leaving one hands its idle connections to ([`handover`]).
+struct Successors {
+    channel: &'static handover::Channel,
+    /// False once the whole server stops (nobody will take them).
+    serving: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Parking {
@@ -596,7 +660,51 @@ impl Parking {
             epoll,
             conns: Mutex::new(FxHashMap::default()),
             open: AtomicBool::new(true),
+            successors: OnceLock::new(),
+            handed: AtomicUsize::new(0),
         })
+    }
+
+    /// When this process leaves while others serve on (`serving()` says whether they
+    /// still do), its idle connections go to them through `channel` instead of being
+    /// closed.
+    pub fn hand_over_to(
+        &self,
+        channel: &'static handover::Channel,
+        serving: Box<dyn Fn() -> bool + Send + Sync>,
+    ) {
+        let _ = self.successors.set(Successors { channel, serving });
+    }
+
+    /// Connections handed over so far.
+    pub fn handed(&self) -> usize {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// The channel, if idle connections are to be handed over now.
+    fn successors(&self) -> Option<&'static handover::Channel> {
+        self.successors
+            .get()
+            .filter(|s| (s.serving)())
+            .map(|s| s.channel)
+    }
+
+    /// Sends an idle connection (out of the epoll and the list, its owner `Closed`)
+    /// to a serving worker; closes it if that fails.
+    fn hand_over(&self, conn: &FcgiConn, channel: &handover::Channel) {
+        self.unregister(conn);
+        match channel.send(conn.sock.as_fd(), conn.listener) {
+            Ok(()) => {
+                conn.handed_over.store(true, Ordering::Release);
+                // Nothing more is written from here.
+                conn.broken.store(true, Ordering::Release);
+                self.handed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %conn.peer, error = %e, "cannot hand an idle FastCGI connection over to the serving workers; closing it");
+                let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 
     fn conns(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<FcgiConn>>> {
@@ -653,6 +761,15 @@ impl Parking {
         // the list and then each owner under its lock: either it sees this connection
         // parked, or this sees `open` cleared.
         let open = self.open.load(Ordering::SeqCst) && !conn.is_broken();
+        if !open && !conn.is_broken() {
+            if let Some(channel) = self.successors() {
+                // Leaving while others serve on: idle now, so theirs (never closed).
+                *owner = Owner::Closed;
+                drop(owner);
+                self.hand_over(&conn, channel);
+                return;
+            }
+        }
         if let Some(arm) = owner.park(open, registered) {
             let Err(e) = self.apply(&conn, arm) else {
                 return;
@@ -664,19 +781,44 @@ impl Parking {
         self.remove(&conn);
     }
 
-    /// At stop: idle connections are closed, busy ones close after their response.
-    pub fn close_all(&self) -> usize {
+    /// At stop: idle connections are handed over to the serving workers if there
+    /// are any; busy ones follow once idle again (see [`Parking::park`]). When the
+    /// whole server stops, the idle ones are returned, taken out of the epoll and
+    /// owned by the slow lane ([`Entry`]): closing one now could meet a request the
+    /// front server is sending on it, so the lane waits a moment for one (answered,
+    /// then closed) or for the front server's close (see `lane::LINGER`).
+    pub fn close_all(&self) -> Vec<(Arc<FcgiConn>, Entry)> {
         self.open.store(false, Ordering::SeqCst);
         let listed: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
-        let mut closed = 0;
+        let mut idle = Vec::new();
         for c in listed {
-            if c.owner().close_if_parked() {
-                self.remove(&c);
-                let _ = c.sock.shutdown(std::net::Shutdown::Both);
-                closed += 1;
+            let mut owner = c.owner();
+            if let Some(channel) = self.successors() {
+                if owner.close_if_parked() {
+                    drop(owner);
+                    self.hand_over(&c, channel);
+                }
+                continue;
+            }
+            if let Some(entry) = owner.lane_if_parked() {
+                drop(owner);
+                self.unregister(&c);
+                idle.push((c, entry));
             }
         }
-        closed
+        idle
+    }
+
+    /// The slow lane holds an idle connection at stop: true when it goes to the
+    /// serving workers (through [`Parking::park`]) rather than closing.
+    pub fn hands_over(&self) -> bool {
+        self.successors().is_some()
+    }
+
+    /// Stopping with nobody to hand connections to: each kept connection closes right
+    /// after its next END_REQUEST.
+    fn closing_for_good(&self) -> bool {
+        !self.open.load(Ordering::SeqCst) && !self.hands_over()
     }
 }
 
@@ -819,6 +961,20 @@ mod tests {
         for mut o in [HELD, inline(1, true)] {
             assert!(!o.close_if_parked());
             assert!(!matches!(o, Owner::Closed));
+        }
+    }
+
+    #[test]
+    fn the_final_stop_gives_only_parked_connections_to_the_lane() {
+        let mut o = Owner::Parked;
+        let entry = o
+            .lane_if_parked()
+            .expect("a parked connection goes to the lane");
+        assert!(!entry.fresh && entry.adopted.is_none());
+        assert!(matches!(o, Owner::Lane(_)));
+        for mut o in [HELD, inline(1, true)] {
+            assert!(o.lane_if_parked().is_none());
+            assert!(!matches!(o, Owner::Lane(_)));
         }
     }
 }

@@ -1,0 +1,336 @@
+//! Reloads under load with FastCGI keep-alive connections (issue 10 §2): nginx
+//! (`fastcgi_keep_conn on` + upstream `keepalive`) and Apache (`enablereuse=on`) keep
+//! idle connections to postern, and FastCGI cannot announce a close, so a worker that
+//! closed its idle kept connections when it was replaced made the front server send a
+//! request on a dead connection now and then (a POST, never retried, got a 502). Each
+//! test runs a mixed GET/POST load through the front server while postern replaces its
+//! workers 10 times one way (SIGHUP, `--touch-reload`, `--chain-reload`,
+//! `--max-requests`, SIGTTOU, `--max-lifetime`), then asserts that every request got
+//! its right answer and that the front server logged no upstream error.
+//!
+//! Needs nginx and Apache (fails under `CI=true` without them, skips loudly otherwise).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol_tests::apache::{apache_bin, deploy_conf, start_postern, Apache, Proto};
+use protocol_tests::harness::*;
+use protocol_tests::stack::{load_errors, Load, Stack, Upstream};
+
+/// Replacements per test.
+const RELOADS: usize = 10;
+
+/// One way postern replaces workers.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sighup,
+    Touch,
+    Chain,
+    MaxRequests,
+    Sigttou,
+    MaxLifetime,
+}
+
+impl Kind {
+    /// postern's options after the app (`touch`: the `--touch-reload` file).
+    fn args(self, touch: &str) -> Vec<String> {
+        let extra: &[&str] = match self {
+            Kind::Sighup => &["--workers", "2"],
+            Kind::Touch => &["--workers", "2", "--touch-reload", touch],
+            Kind::Chain => &["--workers", "2", "--chain-reload"],
+            Kind::MaxRequests => &["--workers", "2", "--max-requests", "60"],
+            Kind::Sigttou => &["--workers", "2"],
+            Kind::MaxLifetime => &["--workers", "2", "--max-lifetime", "1"],
+        };
+        ["--threads", "4"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Workers that exit per replacement.
+    fn exits_per_round(self) -> usize {
+        match self {
+            Kind::Sighup | Kind::Touch | Kind::Chain => 2,
+            Kind::MaxRequests | Kind::Sigttou | Kind::MaxLifetime => 1,
+        }
+    }
+}
+
+/// A mixed load (POST echoes with bodies, GET environs) running in the background
+/// until stopped, with what it saw.
+struct Background {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    requests: Arc<AtomicUsize>,
+    problems: Arc<Mutex<Vec<String>>>,
+}
+
+impl Background {
+    fn start(port: u16, prefix: &str) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let problems = Arc::new(Mutex::new(Vec::new()));
+        // Six clients in all, each a load of one client repeated: a round of requests
+        // at a time, so the counters move while it runs.
+        let threads = (0..6)
+            .map(|_| {
+                let (stop, answered, requests, problems) = (
+                    stop.clone(),
+                    answered.clone(),
+                    requests.clone(),
+                    problems.clone(),
+                );
+                let load = Load::new(1, 4).prefix(prefix).max_repeat(400);
+                std::thread::spawn(move || {
+                    // Bounded: the test stops it long before.
+                    for _ in 0..100_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let r = load.run(port);
+                        requests.fetch_add(r.requests, Ordering::Relaxed);
+                        answered.fetch_add(r.ok(), Ordering::Relaxed);
+                        let mut p = problems.lock().unwrap();
+                        p.extend(r.failures);
+                        p.extend(r.mismatches);
+                        for (status, n) in r.statuses.iter().filter(|(s, _)| **s != 200) {
+                            p.push(format!("{n} answer(s) with status {status}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Background {
+            stop,
+            answered,
+            threads,
+            requests,
+            problems,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` answers came after now (a count, not a rate; the deadline
+    /// only bounds a hang).
+    fn wait_more(&self, more: usize, what: &str, logs: &dyn Fn() -> String) {
+        let want = self.answered() + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.answered() < want {
+            assert!(
+                Instant::now() < deadline,
+                "no answers {what}; problems so far: {:?}\n{}",
+                self.problems.lock().unwrap(),
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the load: (requests, problems).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a load thread panicked");
+        }
+        let problems = std::mem::take(&mut *self.problems.lock().unwrap());
+        (self.requests.load(Ordering::Relaxed), problems)
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+/// Connections the leaving workers handed over, from their `handed=N` log lines.
+fn handed(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("handed over to the serving workers"))
+        .filter_map(|l| l.split("handed=").nth(1))
+        .filter_map(|v| {
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Waits until postern's log holds `needle` at least `n` times.
+fn wait_count(p: &Postern, needle: &str, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&p.logs(), needle) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {needle:?} not {n} times in postern's log\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Replaces postern's workers `RELOADS` times the `kind` way while `load` runs.
+fn reloads(p: &Postern, kind: Kind, touch: &std::path::Path, load: &Background) {
+    let logs = || p.logs();
+    load.wait_more(20, "before the first reload", &logs);
+    // Exits of workers before the first replacement (none expected) are not counted.
+    let base = count(&p.logs(), "worker exited");
+    for round in 1..=RELOADS {
+        match kind {
+            Kind::Sighup | Kind::Chain => p.signal(libc::SIGHUP),
+            Kind::Touch => std::fs::write(touch, format!("{round}\n")).unwrap(),
+            Kind::Sigttou => {
+                // One worker more, then one less: a remaining worker adopts what the
+                // retired one held.
+                let ready = count(&p.logs(), "worker ready");
+                p.signal(libc::SIGTTIN);
+                wait_count(p, "worker ready", ready + 1, "SIGTTIN");
+                load.wait_more(10, "after SIGTTIN", &logs);
+                p.signal(libc::SIGTTOU);
+            }
+            // The load itself drives these.
+            Kind::MaxRequests | Kind::MaxLifetime => {}
+        }
+        wait_count(
+            p,
+            "worker exited",
+            base + round * kind.exits_per_round(),
+            &format!("{kind:?} round {round}"),
+        );
+        load.wait_more(20, &format!("after {kind:?} round {round}"), &logs);
+    }
+}
+
+/// The whole run behind nginx for one kind of replacement.
+fn behind_nginx(kind: Kind) {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let touch = dir.path().join("touch-reload");
+    std::fs::write(&touch, "0\n").unwrap();
+    let postern = Spawn::unix(dir.path(), &testapp())
+        .protocol(Upstream::FastCgiKeepConn.protocol())
+        .args(kind.args(&touch.to_string_lossy()))
+        .start();
+    let pass = postern.addr.nginx();
+    // A small pool per nginx worker, so every kept connection is in use often; and
+    // nginx replaces each after 20 requests, so new connections keep reaching every
+    // worker (also one SIGTTIN has just started).
+    let site = Upstream::FastCgiKeepConn
+        .site(&pass, "", "")
+        .replace("keepalive 32;", "keepalive 8;\n    keepalive_requests 20;");
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    let s = Stack::from_parts(nginx, postern, dir);
+    let load = Background::start(s.nginx.port, "");
+    reloads(&s.postern, kind, &touch, &load);
+    let (requests, problems) = load.finish();
+    let upstream = load_errors(&s.nginx.error_log());
+    let handed = handed(&s.postern.logs());
+    eprintln!(
+        "nginx keepalive, {kind:?}: {requests} requests, {} failed, {} upstream errors, {RELOADS} reloads ({handed} idle connections handed over)",
+        problems.len(),
+        upstream.len()
+    );
+    assert!(
+        problems.is_empty() && upstream.is_empty(),
+        "{kind:?}: {} failed requests, {} upstream errors:\n{}\n{}\n---- nginx error log ----\n{}\n---- postern log ----\n{}",
+        problems.len(),
+        upstream.len(),
+        problems.join("\n"),
+        upstream.join("\n"),
+        s.nginx.error_log(),
+        s.postern.logs()
+    );
+}
+
+#[test]
+fn nginx_keepalive_survives_ten_sighup_reloads() {
+    behind_nginx(Kind::Sighup);
+}
+
+#[test]
+fn nginx_keepalive_survives_ten_touch_reloads() {
+    behind_nginx(Kind::Touch);
+}
+
+#[test]
+fn nginx_keepalive_survives_ten_chain_reloads() {
+    behind_nginx(Kind::Chain);
+}
+
+#[test]
+fn nginx_keepalive_survives_ten_max_requests_recyclings() {
+    behind_nginx(Kind::MaxRequests);
+}
+
+#[test]
+fn nginx_keepalive_survives_ten_sigttou_scale_downs() {
+    behind_nginx(Kind::Sigttou);
+}
+
+#[test]
+fn nginx_keepalive_survives_ten_max_lifetime_replacements() {
+    behind_nginx(Kind::MaxLifetime);
+}
+
+/// The same behind Apache's mod_proxy_fcgi with `enablereuse=on` (the shipped config).
+fn behind_apache(kind: Kind) {
+    let Some(bin) = apache_bin() else { return };
+    let dir = tempdir();
+    let touch = dir.path().join("touch-reload");
+    std::fs::write(&touch, "0\n").unwrap();
+    let args = kind.args(&touch.to_string_lossy());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let postern = start_postern(dir.path(), Proto::FastCgi, &testapp(), &args, None);
+    let Addr::Unix(sock) = &postern.addr else {
+        unreachable!("start_postern listens on a Unix socket")
+    };
+    let site = deploy_conf(
+        "postern-fcgi.conf",
+        &[("SOCKET", &sock.display().to_string()), ("PREFIX", "/app")],
+    );
+    assert!(
+        site.contains("enablereuse=on"),
+        "the deploy file reuses connections"
+    );
+    let apache = Apache::start(&bin, dir.path(), &site);
+    let load = Background::start(apache.port, "/app");
+    reloads(&postern, kind, &touch, &load);
+    let (requests, problems) = load.finish();
+    let log = apache.error_log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(":error]") || l.contains(":crit]") || l.contains(":emerg]"))
+        .collect();
+    eprintln!(
+        "Apache enablereuse=on, {kind:?}: {requests} requests, {} failed, {} proxy errors, {RELOADS} reloads ({} idle connections handed over)",
+        problems.len(),
+        errors.len(),
+        handed(&postern.logs())
+    );
+    assert!(
+        problems.is_empty() && errors.is_empty(),
+        "{kind:?}: {} failed requests, {} Apache errors:\n{}\n{}\n---- postern log ----\n{}",
+        problems.len(),
+        errors.len(),
+        problems.join("\n"),
+        errors.join("\n"),
+        postern.logs()
+    );
+}
+
+#[test]
+fn apache_enablereuse_survives_ten_sighup_reloads() {
+    behind_apache(Kind::Sighup);
+}
+
+#[test]
+fn apache_enablereuse_survives_ten_max_requests_recyclings() {
+    behind_apache(Kind::MaxRequests);
+}

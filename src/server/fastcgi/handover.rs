@@ -1,0 +1,211 @@
+//! Handing idle FastCGI keep-alive connections to the workers that go on serving.
+//!
+//! A kept connection cannot be closed safely while it is idle: FastCGI has no way to
+//! announce a close, so the front server (nginx `fastcgi_keep_conn on`, Apache
+//! `enablereuse=on`) may take it from its cache and send a request on it in that very
+//! instant, and a POST sent on it is not retried (a 502). So a worker that is replaced
+//! (reload, recycling, scale-down, `--max-lifetime`) does not close them: it passes each
+//! one, once idle, to the workers that go on serving, which wait on it as on their own.
+//! The connection never closes, and the front server never notices.
+//!
+//! The master makes one `SOCK_SEQPACKET` socket pair before it forks the first worker
+//! (when a listener speaks FastCGI); every worker inherits both ends. A leaving worker
+//! sends each idle connection's descriptor (`SCM_RIGHTS`) on one end with the index of
+//! its listener; serving workers wait on the other end in their epoll and one of them
+//! takes each message. Bytes of a next request the front server already sent wait in
+//! the socket's kernel buffer and travel with it; nothing of them was read. A message
+//! nobody has taken yet keeps its connection open (the descriptor is in flight), e.g.
+//! while a recycled single worker's successor boots; at the final stop the last copy
+//! of the pair closes with the master, and the kernel closes what is still in flight.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// First byte of a message: the format, so a stray datagram is never taken for one.
+const MAGIC: u8 = b'K';
+/// MAGIC, then the listener index (u32, little endian).
+const MESSAGE_LEN: usize = 5;
+/// Longest a leaving worker waits for room in the pair's buffer before it closes the
+/// connection instead (serving workers take messages as they come: never reached
+/// unless none serves at all).
+const SEND_WAIT: Duration = Duration::from_millis(500);
+
+/// The socket pair every worker inherits: `tx` to hand connections over, `rx` to take
+/// them.
+pub struct Channel {
+    tx: OwnedFd,
+    rx: OwnedFd,
+}
+
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+
+/// A connection taken from the channel: its socket and the index of its listener.
+pub struct Adopted {
+    pub sock: socket2::Socket,
+    pub listener: usize,
+}
+
+impl Channel {
+    /// Made by the master before its first fork (a process that never forks has no
+    /// successor to hand anything to): every worker it forks inherits it.
+    pub fn create() -> std::io::Result<()> {
+        if CHANNEL.get().is_some() {
+            return Ok(());
+        }
+        let _ = CHANNEL.set(Channel::pair()?);
+        Ok(())
+    }
+
+    /// A new socket pair.
+    fn pair() -> std::io::Result<Channel> {
+        let (tx, rx) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        // Room for every idle connection of a busy worker while its successor boots
+        // (a `--workers 1` recycling): the default buffer holds a few hundred
+        // messages; the kernel caps this at net.core.wmem_max.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&tx, 4 << 20);
+        Ok(Channel { tx, rx })
+    }
+
+    /// The channel, in a worker forked by a master that made one.
+    pub fn get() -> Option<&'static Channel> {
+        CHANNEL.get()
+    }
+
+    /// The end serving workers wait on (level-triggered: every serving worker is
+    /// woken, one takes the message).
+    pub fn receiver(&self) -> BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+
+    /// Sends one idle connection of listener `listener` to whichever serving worker
+    /// takes it. Its kernel buffer (a request that came meanwhile) goes with it. Err:
+    /// it could not be sent; the caller still owns (and closes) it.
+    pub fn send(&self, sock: BorrowedFd<'_>, listener: usize) -> std::io::Result<()> {
+        let mut msg = [0u8; MESSAGE_LEN];
+        msg[0] = MAGIC;
+        msg[1..].copy_from_slice(&(listener as u32).to_le_bytes());
+        let fds = [sock];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut wait = true;
+        loop {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(std::io::Error::other("no room for SCM_RIGHTS"));
+            }
+            match rustix::net::sendmsg(
+                &self.tx,
+                &[IoSlice::new(&msg)],
+                &mut control,
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) if wait => {
+                    wait = false;
+                    let ts = Timespec::try_from(SEND_WAIT).unwrap_or(Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 500_000_000,
+                    });
+                    let mut p = [PollFd::new(&self.tx, PollFlags::OUT)];
+                    let _ = rustix::event::poll(&mut p, Some(&ts));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes one connection if a message is there (never waits): `None` when another
+    /// worker took it first, or the message was not one (its descriptors closed).
+    pub fn take(&self) -> Option<Adopted> {
+        let mut msg = [0u8; MESSAGE_LEN + 1];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = loop {
+            match rustix::net::recvmsg(
+                &self.rx,
+                &mut [IoSliceMut::new(&mut msg)],
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(r) => break r,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take a FastCGI connection handed over by a leaving worker");
+                    return None;
+                }
+            }
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                fds.extend(rights);
+            }
+        }
+        let well_formed = got.bytes == MESSAGE_LEN && msg[0] == MAGIC && fds.len() == 1;
+        if !well_formed {
+            tracing::warn!(
+                bytes = got.bytes,
+                fds = fds.len(),
+                "a malformed hand-over message; dropping it"
+            );
+            return None;
+        }
+        let listener = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
+        let fd = fds.pop()?;
+        Some(Adopted {
+            sock: socket2::Socket::from(fd),
+            listener,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_connection_and_its_unread_bytes_arrive_whole() {
+        let ch = Channel::pair().unwrap();
+        let (mut front, ours) = UnixStream::pair().unwrap();
+        // The front server's next request, sent before the hand-over, read by nobody.
+        front.write_all(b"next request").unwrap();
+        ch.send(ours.as_fd(), 3).unwrap();
+        drop(ours);
+        let a = ch.take().expect("one connection handed over");
+        assert_eq!(a.listener, 3);
+        let mut got = [0u8; 12];
+        (&a.sock).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"next request");
+        // Still open both ways: the sender's close did not close it.
+        (&a.sock).write_all(b"answer").unwrap();
+        let mut back = [0u8; 6];
+        front.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"answer");
+        assert!(ch.take().is_none(), "nothing more to take");
+    }
+
+    #[test]
+    fn a_message_that_is_not_a_hand_over_is_dropped() {
+        let ch = Channel::pair().unwrap();
+        rustix::net::send(&ch.tx, b"Kxx", SendFlags::empty()).unwrap();
+        assert!(ch.take().is_none());
+    }
+}
