@@ -295,6 +295,14 @@ pub fn normalise<'a>(
                     Some(*slot as usize - 1)
                 }
             }
+            // postern's own entries (`wsgi.url_scheme`, `wsgi.input`, `postern.request_id`…)
+            // are never a request variable's to replace (§4.5). Only unknown names can be.
+            None if matches!(key[0], b'w' | b'p')
+                && (key.starts_with(b"wsgi.") || key.starts_with(b"postern.")) =>
+            {
+                cgi.notes.push("dropped a wsgi.* or postern.* variable");
+                continue;
+            }
             None => unknown.find_or_insert(key, cgi.vars.len()),
         };
         match found {

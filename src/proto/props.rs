@@ -688,6 +688,8 @@ fn cgi_name() -> impl Strategy<Value = Vec<u8>> {
             b"HTTP_X_A".to_vec(),
             b"X_CUSTOM".to_vec(),
             b"HTTP_".to_vec(),
+            b"wsgi.url_scheme".to_vec(),
+            b"postern.request_id".to_vec(),
             b"".to_vec(),
         ])
         .collect();
@@ -907,11 +909,15 @@ proptest! {
             };
             prop_assert_eq!(&var.value[..], &want[..], "{}", String::from_utf8_lossy(key));
         }
-        // Nothing sent is lost: every non-empty name sent is there, but those dropped.
+        // Nothing sent is lost: every non-empty name sent is there, but those dropped
+        // (CONTENT_* have their own rule above). postern's own entries (wsgi.*,
+        // postern.*) are never a request variable's to set.
         for (k, _) in &pairs {
             let dropped = [&b"HTTP_PROXY"[..], b"HTTP_TRANSFER_ENCODING", b"HTTP_CONTENT_TYPE",
                 b"HTTP_CONTENT_LENGTH", b"CONTENT_TYPE", b"CONTENT_LENGTH"];
-            if !k.is_empty() && !dropped.contains(&&k[..]) {
+            let own = k.starts_with(b"wsgi.") || k.starts_with(b"postern.");
+            prop_assert!(!own || !seen.contains(&k[..]), "{:?} reached the app", String::from_utf8_lossy(k));
+            if !k.is_empty() && !dropped.contains(&&k[..]) && !own {
                 prop_assert!(seen.contains(&k[..]), "{:?} lost", String::from_utf8_lossy(k));
             }
         }
@@ -971,4 +977,29 @@ proptest! {
             }
         }
     }
+}
+
+// regression: a front-server variable named `wsgi.url_scheme` (or any `wsgi.*`,
+// `postern.*`) replaced postern's own environ entry: `wsgi.url_scheme` = "" for
+// `uwsgi_param wsgi.url_scheme ""`, and a `wsgi.input` str for a request without a body.
+// Found by wsgi::props::props_environ_is_latin1_and_the_same_whatever_came_before.
+#[test]
+fn environ_never_takes_wsgi_or_postern_names_from_the_request() {
+    let pairs: Pairs = [
+        ("REQUEST_METHOD", "GET"),
+        ("wsgi.url_scheme", ""),
+        ("wsgi.input", "x"),
+        ("postern.request_id", "y"),
+        ("wsgi", "kept"),
+        ("postern", "kept"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    let cgi = run(&pairs, DEFAULTS).unwrap();
+    for key in ["wsgi.url_scheme", "wsgi.input", "postern.request_id"] {
+        assert_eq!(lookup(&cgi, key.as_bytes()).1, 0, "{key}");
+    }
+    assert_eq!(lookup(&cgi, b"wsgi").0, Some(&b"kept"[..]));
+    assert_eq!(lookup(&cgi, b"postern").0, Some(&b"kept"[..]));
 }

@@ -16,6 +16,8 @@ pub mod file_wrapper;
 pub mod input;
 pub mod interpreter;
 pub mod pool;
+#[cfg(test)]
+mod props;
 pub mod response;
 
 use std::path::PathBuf;
