@@ -1254,6 +1254,12 @@ def print_summary(r: dict) -> None:
             for cls, c in sorted(p[lvl].items(), key=lambda x: -x[1])[:15]:
                 log(f"   {lvl[:-1]:8} {c:5}  {cls}")
     log("memory and descriptors (after the warm-up at the start / at the end):")
+    m = r["memory"]
+    for when in ("start", "end"):
+        for n, v in (m[when] or {}).items():
+            ws = "; ".join(f"pid {w['pid']} {w['rss_kib'] / 1024:.1f} MiB {w['fds']}+{w['conns']} fds" for w in v["workers"])
+            log(f"   {when:5} {n:5} master {v['master']['rss_kib'] / 1024:.1f} MiB {v['master']['fds']} fds; "
+                f"workers: {ws}")
     for c in r["memory"]["checks"]:
         log(f"   {'ok  ' if c['ok'] else 'FAIL'} {c['what']:44} {c['start']:8.1f} -> {c['end']:8.1f} {c['unit']:3} (limit {c['limit']})")
     g = r["memory"]["worker_growth"]
