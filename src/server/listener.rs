@@ -598,15 +598,6 @@ fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bou
             ));
         }
     }
-    if let Some(mode) = opts.mode {
-        let got = meta.st_mode & 0o777;
-        if got != mode {
-            return Err(raced(
-                "the socket's mode",
-                format!("{got:o} instead of {mode:o}"),
-            ));
-        }
-    }
     let apply = |option: &'static str, cause: io::Error| {
         ServerError::from(BindError::Apply {
             addr: addr.clone(),
@@ -614,6 +605,14 @@ fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bou
             cause,
         })
     };
+    if let Some(mode) = opts.mode {
+        if meta.st_mode & 0o777 != mode {
+            // A default ACL on the directory narrowed what the umask gave: set the
+            // mode on the very file just checked.
+            chmod_socket(&dirfd, name, (meta.st_dev, meta.st_ino), mode)
+                .map_err(|e| apply("--socket-mode", e))?;
+        }
+    }
     if let Some((uid, gid)) = opts.owner {
         rustix::fs::chownat(
             &dirfd,
@@ -639,6 +638,29 @@ fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bou
         inherited: false,
         socket_file: Some(socket_file),
     })
+}
+
+/// chmod of the socket file `name` in `dirfd` whose device and inode are `id`, without
+/// following a link: through an `O_PATH | O_NOFOLLOW` fd of it (checked to be that
+/// file) and its /proc/self/fd entry, as glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does
+/// (rustix has no such call on Linux before fchmodat2).
+fn chmod_socket(dirfd: &OwnedFd, name: &OsStr, id: (u64, u64), mode: u32) -> io::Result<()> {
+    use rustix::fs::OFlags;
+    let fd = rustix::fs::openat(
+        dirfd,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let now = rustix::fs::fstat(&fd)?;
+    if (now.st_dev, now.st_ino) != id || FileType::from_raw_mode(now.st_mode) != FileType::Socket {
+        return Err(io::Error::other(
+            "the socket file was replaced before its mode could be set",
+        ));
+    }
+    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    rustix::fs::chmod(proc.as_str(), rustix::fs::Mode::from_bits_truncate(mode))?;
+    Ok(())
 }
 
 /// `path` as its directory (`.` for a bare name) and its last component.
@@ -1026,6 +1048,44 @@ mod tests {
         }
         let now = rustix::process::umask(before);
         assert_eq!(now.bits(), 0o022);
+    }
+
+    /// A default ACL on the directory narrows the mode bind gives: the mode is then set
+    /// on the file afterwards (never through a link).
+    #[test]
+    fn the_mode_is_right_under_a_default_acl_too() {
+        let dir = tempfile::tempdir().unwrap();
+        // system.posix_acl_default: version 2, then (tag, perm, id) entries: user::rwx,
+        // group::---, other::--- (ACL_USER_OBJ 0x01, ACL_GROUP_OBJ 0x04, ACL_OTHER 0x20).
+        // The kernel applies the umask and then this ACL: the socket is born 0600.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&u32::MAX.to_le_bytes());
+        }
+        match rustix::fs::setxattr(
+            dir.path(),
+            "system.posix_acl_default",
+            &acl,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("SKIPPED: this file system takes no default ACL here ({e})");
+                return;
+            }
+        }
+        let path = dir.path().join("acl.sock");
+        let opts = SocketOptions {
+            mode: Some(0o660),
+            ..Default::default()
+        };
+        let _b = bind(&ListenAddr::Unix(path.clone()), &opts).unwrap();
+        assert_eq!(
+            std::fs::symlink_metadata(&path).unwrap().mode() & 0o7777,
+            0o660
+        );
     }
 
     #[test]
