@@ -225,6 +225,10 @@ fn serve(
         fcgi: server::fastcgi::FcgiSettings {
             stderr: !config.opts.no_fastcgi_stderr,
             max_reqs: config.opts.threads * config.opts.workers,
+            input: server::admission::InputBudget::new(
+                config.opts.fastcgi_buffer.0 as usize,
+                config.opts.fastcgi_buffer_total.0 as usize,
+            ),
         },
         max_connections: config.opts.max_connections,
     };

@@ -204,3 +204,214 @@ fn out_of_file_descriptors_accept_neither_spins_nor_floods_the_log() {
     });
     assert!(ok, "not serving again after the connections closed");
 }
+
+/// `VmRSS` and `VmHWM` of `pid`, in KiB.
+fn rss_kib(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+const FLOOD_CONNS: usize = 100;
+const FLOOD_IDS: u16 = 64;
+/// STDIN per flood request: 16 records of 64 KiB less a header.
+const FLOOD_RECORDS: usize = 16;
+const RECORD: usize = 65528;
+
+/// One hostile FastCGI connection: 64 requests begun at once (keep-conn), each
+/// announcing 1 MiB of STDIN, then their STDIN records interleaved, written until
+/// postern stops reading (the write times out) or all is sent. Returns the bytes
+/// written; the connection stays open (returned) for the caller to close.
+fn flood_one(port: u16) -> (usize, Option<TcpStream>) {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, None);
+    };
+    let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+    let len = (FLOOD_RECORDS * RECORD).to_string();
+    let mut head = Vec::new();
+    for id in 1..=FLOOD_IDS {
+        head.extend(fcgi::begin(id, 1, true));
+        let vars = [
+            ("REQUEST_METHOD", "POST"),
+            ("SCRIPT_NAME", "/unread-body"),
+            ("REQUEST_URI", "/unread-body"),
+            ("QUERY_STRING", ""),
+            ("CONTENT_LENGTH", len.as_str()),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+        ];
+        head.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&vars)));
+        head.extend(fcgi::record(fcgi::PARAMS, id, b""));
+    }
+    if c.write_all(&head).is_err() {
+        return (0, Some(c));
+    }
+    let mut sent = head.len();
+    let payload = vec![b'x'; RECORD];
+    for _ in 0..FLOOD_RECORDS {
+        for id in 1..=FLOOD_IDS {
+            let rec = fcgi::record(fcgi::STDIN, id, &payload);
+            if c.write_all(&rec).is_err() {
+                return (sent, Some(c));
+            }
+            sent += rec.len();
+        }
+    }
+    (sent, Some(c))
+}
+
+#[test]
+fn a_multiplexed_stdin_flood_holds_bounded_memory_while_nginx_is_served() {
+    let Some(bin) = nginx_bin() else { return };
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--access-log", "off"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let nginx = Nginx::start(
+        &bin,
+        dir.path(),
+        &fastcgi_location(&format!("127.0.0.1:{port}"), ""),
+    );
+    let pid = p.pid();
+    assert_eq!(nginx.get("/env").status, 200);
+    let (rss0, hwm0) = rss_kib(pid);
+    let flood: Vec<_> = (0..FLOOD_CONNS)
+        .map(|_| std::thread::spawn(move || flood_one(port)))
+        .collect();
+    // Meanwhile, ordinary requests through nginx: GETs, and POSTs whose body the
+    // app reads as it streams in.
+    let body = vec![b'y'; 300_000];
+    let mut statuses = Vec::new();
+    let mut peak = rss0;
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            nginx.get("/env")
+        } else {
+            nginx.request("POST", "/digest", &[], &body)
+        };
+        statuses.push(r.status);
+        if i % 2 == 1 && r.status == 200 {
+            assert_eq!(r.json()["len"], body.len(), "the POST body arrived whole");
+        }
+        peak = peak.max(rss_kib(pid).0);
+    }
+    let results: Vec<(usize, Option<TcpStream>)> =
+        flood.into_iter().map(|h| h.join().unwrap()).collect();
+    let (rss1, hwm1) = rss_kib(pid);
+    peak = peak.max(rss1);
+    let sent: usize = results.iter().map(|r| r.0).sum();
+    drop(results);
+    // After: the flood's connections are closed; the worker gives back what it held.
+    assert_eq!(nginx.get("/env").status, 200, "served after the flood");
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss2, hwm2) = rss_kib(pid);
+    eprintln!(
+        "multiplexing flood: {FLOOD_CONNS} connections x {FLOOD_IDS} requests x {} KiB STDIN announced; {} MiB written by the clients before postern stopped reading them\n\
+         worker RSS before {} MiB (peak so far {} MiB) / during {} MiB (peak {} MiB, VmHWM {} MiB) / after {} MiB (VmHWM {} MiB)",
+        FLOOD_RECORDS * RECORD / 1024,
+        sent >> 20,
+        rss0 >> 10,
+        hwm0 >> 10,
+        rss1 >> 10,
+        peak >> 10,
+        hwm1 >> 10,
+        rss2 >> 10,
+        hwm2 >> 10,
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "nginx's requests during the flood: {statuses:?}\n{}",
+        nginx.error_log()
+    );
+    // Unbounded, the worker would hold what the clients wrote (gigabytes). Generous:
+    // 384 MiB over the start for --fastcgi-buffer-total (64 MiB), the read buffers,
+    // the queued requests, and the allocator's slack.
+    assert!(
+        hwm2.saturating_sub(hwm0) < 384 * 1024,
+        "the worker's peak RSS grew by {} MiB under the flood",
+        (hwm2 - hwm0) >> 10
+    );
+    assert!(p.logs().contains("ready"), "postern is up");
+}
+
+// regression: a request whose STDIN queue was full stopped the whole connection's
+// reading; when the app of another request on the same connection waited for its own
+// STDIN (behind the first one's in the stream) with the only Python thread, both
+// waited for ever.
+#[test]
+fn a_waiting_app_gets_its_input_past_another_requests_queued_stdin() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "1", "--fastcgi-buffer", "64K"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let post = |id: u16, len: usize| {
+        let len = len.to_string();
+        let vars = [
+            ("REQUEST_METHOD", "POST"),
+            ("SCRIPT_NAME", "/digest"),
+            ("REQUEST_URI", "/digest"),
+            ("QUERY_STRING", ""),
+            ("CONTENT_LENGTH", len.as_str()),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+        ];
+        let mut out = fcgi::begin(id, 1, true);
+        out.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&vars)));
+        out.extend(fcgi::record(fcgi::PARAMS, id, b""));
+        out
+    };
+    // Request 1 starts on the only thread and reads its body as it comes.
+    let mut first = post(1, 200_000);
+    first.extend(fcgi::record(fcgi::STDIN, 1, &[b'a'; 1000]));
+    c.write_all(&first).unwrap();
+    // Request 2 waits for the thread; its 8 MiB of STDIN comes before the rest of
+    // request 1's (more than the socket buffers hold: the writer needs postern to
+    // read on).
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut out = post(2, 128 * RECORD);
+        for _ in 0..128 {
+            out.extend(fcgi::record(fcgi::STDIN, 2, &[b'b'; RECORD]));
+        }
+        for chunk in [[b'a'; 1000]; 199].iter() {
+            out.extend(fcgi::record(fcgi::STDIN, 1, chunk));
+        }
+        out.extend(fcgi::record(fcgi::STDIN, 1, b""));
+        w.write_all(&out).is_ok()
+    });
+    let mut stdout = Vec::new();
+    loop {
+        let rec = fcgi::read(&mut c).expect("postern answered request 1 (no deadlock)");
+        match (rec.kind, rec.id) {
+            (fcgi::STDOUT, 1) => stdout.extend(rec.content),
+            (fcgi::END_REQUEST, 1) => break,
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(text.contains("200"), "{text}");
+    assert!(text.contains("\"len\": 200000"), "request 1's body arrived whole: {text}");
+    assert!(writer.join().unwrap(), "postern read the rest");
+    assert!(
+        p.wait_log("this request's body is dropped", 10),
+        "the dropped body is logged"
+    );
+}

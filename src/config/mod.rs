@@ -260,6 +260,26 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
 
+    /// FastCGI: request input one connection may make a worker hold that the app has
+    /// not read yet (queued STDIN, bodies waiting for a thread); past it, that
+    /// connection is not read (the front server waits).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "POSTERN_FASTCGI_BUFFER",
+        default_value = "1M"
+    )]
+    pub fastcgi_buffer: Size,
+
+    /// FastCGI: the same, for all the connections of one worker together.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "POSTERN_FASTCGI_BUFFER_TOTAL",
+        default_value = "64M"
+    )]
+    pub fastcgi_buffer_total: Size,
+
     /// Largest request body accepted; larger ones answer 413 (default: unlimited).
     #[arg(long, value_name = "BYTES", env = "POSTERN_MAX_BODY")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -829,6 +849,13 @@ impl Config {
         }
         if o.max_connections == Some(0) {
             return Err(invalid("max-connections", "must be at least 1".into()));
+        }
+        if o.fastcgi_buffer.0 < 64 * 1024 || o.fastcgi_buffer_total.0 < o.fastcgi_buffer.0 {
+            return Err(invalid(
+                "fastcgi-buffer",
+                "at least 64K (one FastCGI record), and --fastcgi-buffer-total at least as much"
+                    .into(),
+            ));
         }
         if o.listen_backlog < 1 {
             return Err(invalid("listen-backlog", "must be at least 1".into()));

@@ -216,3 +216,98 @@ impl Admission {
         }
     }
 }
+
+/// FastCGI request input postern holds that no app has read yet (`--fastcgi-buffer`
+/// per connection, `--fastcgi-buffer-total` per worker): STDIN queued for a request,
+/// bodies assembled for requests still waiting for a Python thread (until their
+/// request ends), PARAMS being assembled. A connection over either budget is not read
+/// until the apps read what it holds; TCP then pushes back on the front server.
+#[derive(Debug)]
+pub struct InputBudget {
+    per_conn: usize,
+    total: usize,
+    held: AtomicUsize,
+}
+
+impl InputBudget {
+    pub fn new(per_conn: usize, total: usize) -> Arc<InputBudget> {
+        Arc::new(InputBudget {
+            per_conn,
+            total,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now by all the connections of this worker.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// The budget of one connection.
+    pub fn conn(self: &Arc<Self>) -> Arc<ConnInput> {
+        Arc::new(ConnInput {
+            worker: Arc::clone(self),
+            held: AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+/// One connection's share of [`InputBudget`].
+#[derive(Debug)]
+pub struct ConnInput {
+    worker: Arc<InputBudget>,
+    held: AtomicUsize,
+    /// Told when an app reads what this connection holds, or starts waiting for more.
+    changed: tokio::sync::Notify,
+}
+
+impl ConnInput {
+    pub fn charge(&self, n: usize) {
+        self.held.fetch_add(n, Ordering::AcqRel);
+        self.worker.held.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.held.fetch_sub(n, Ordering::AcqRel);
+        self.worker.held.fetch_sub(n, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// Wakes the connection's reader: an app started waiting for input.
+    pub fn poke(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Whether this connection (holding `extra` bytes more than it charged, e.g.
+    /// PARAMS being assembled) is over its budget.
+    pub fn over(&self, extra: usize) -> bool {
+        self.held.load(Ordering::Acquire).saturating_add(extra) >= self.worker.per_conn
+    }
+
+    /// Whether the worker as a whole is over its budget.
+    pub fn worker_over(&self) -> bool {
+        self.worker.held() >= self.worker.total
+    }
+
+    /// Until something this connection holds is read (or an app waits for input).
+    /// The worker budget is freed by other connections, which do not wake this one:
+    /// a connection held back by it looks again every [`WORKER_RECHECK`].
+    pub async fn changed(&self) {
+        if self.worker_over() {
+            let _ = tokio::time::timeout(WORKER_RECHECK, self.changed.notified()).await;
+        } else {
+            self.changed.notified().await;
+        }
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// How often a connection held back by the worker-wide budget looks again.
+const WORKER_RECHECK: Duration = Duration::from_millis(50);

@@ -41,6 +41,8 @@ pub struct FcgiSettings {
     pub stderr: bool,
     /// FCGI_MAX_CONNS / FCGI_MAX_REQS: requests this process (all workers) runs at once.
     pub max_reqs: usize,
+    /// Input held for apps that have not read it (`--fastcgi-buffer`, `-total`).
+    pub input: Arc<super::admission::InputBudget>,
 }
 
 /// Handle for spawning slow-lane connections from the Python threads.

@@ -168,6 +168,18 @@ impl ConnParser {
         self.requests.remove(&id);
     }
 
+    /// Bytes of PARAMS streams still being assembled (counted against the server's
+    /// input budget: a client can open many requests and never end their PARAMS).
+    pub fn params_held(&self) -> usize {
+        self.requests
+            .values()
+            .map(|r| match &r.phase {
+                Phase::Params(block) => block.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Takes over request `id`, begun elsewhere (a fast path that read the whole request
     /// itself): active, PARAMS and STDIN already over, so a later ABORT_REQUEST for it
     /// gives [`Event::Abort`] and a BEGIN_REQUEST reusing it is refused.

@@ -7,19 +7,19 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::mpsc;
 
 use super::sink::{stderr_forward, FcgiSink, ReqFlags};
 use super::{Ctl, Entry, FcgiConn};
 use crate::codec::fastcgi::{assemble, Assembled, Refused};
 use crate::codec::Head;
+use crate::server::admission::ConnInput;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
 use crate::server::lane::{FcgiSettings, SlowLane};
@@ -38,37 +38,175 @@ const MAX_REQS_PER_CONN: usize = 64;
 /// sends nothing, so the close then meets no request.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// STDIN chunks buffered for an app that has not read them yet, per request.
-const STDIN_QUEUE: usize = 16;
+/// What one queued STDIN chunk costs against the input budget beyond its bytes (its
+/// `Bytes` and queue slot), so a flood of tiny records is counted too.
+const CHUNK_OVERHEAD: usize = 64;
 
-/// What the slow lane feeds a streamed body.
-enum Chunk {
-    Data(Bytes),
-    End,
+/// A STDIN record smaller than this, queued for an app that is not waiting for it, is
+/// copied out of the connection's read buffer, which it would otherwise keep alive
+/// whole (up to ~130 KiB) while the budget counts only its own bytes.
+const COPY_BELOW: usize = 16 * 1024;
+
+/// The STDIN of one streamed request, between the slow lane (which queues what
+/// arrives) and the app's `wsgi.input` (which takes it). Not a bounded channel: what
+/// may wait here is bounded per connection and per worker in bytes
+/// ([`ConnInput`]), and a request's input can be dropped at once when the connection
+/// must read past another request's (see [`serve`]).
+struct Feed {
+    state: Mutex<FeedState>,
+    ready: Condvar,
+    input: Arc<ConnInput>,
+}
+
+#[derive(Default)]
+struct FeedState {
+    chunks: VecDeque<Bytes>,
+    /// Charged to the budget for `chunks`.
+    held: usize,
+    /// The empty STDIN record came.
+    ended: bool,
+    /// The lane will queue nothing more (request aborted, connection closed).
+    closed: bool,
+    /// The input was dropped to keep the connection's budget.
+    cut: bool,
+    /// The app waits for input (nothing queued).
+    waiting: bool,
+    /// The app's `wsgi.input` is gone: nothing more is queued.
+    gone: bool,
+}
+
+impl Feed {
+    fn new(input: Arc<ConnInput>) -> Arc<Feed> {
+        Arc::new(Feed {
+            state: Mutex::new(FeedState::default()),
+            ready: Condvar::new(),
+            input,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a chunk; false when the app's input is gone (the rest is dropped).
+    fn push(&self, mut data: Bytes) -> bool {
+        let mut st = self.lock();
+        if st.gone {
+            return false;
+        }
+        if !st.waiting && data.len() < COPY_BELOW {
+            data = Bytes::copy_from_slice(&data);
+        }
+        let n = data.len() + CHUNK_OVERHEAD;
+        st.held += n;
+        st.chunks.push_back(data);
+        self.input.charge(n);
+        drop(st);
+        self.ready.notify_one();
+        true
+    }
+
+    fn end(&self) {
+        self.lock().ended = true;
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Drops what is queued; the app's next read fails.
+    fn cut(&self) {
+        let mut st = self.lock();
+        st.chunks.clear();
+        let held = std::mem::take(&mut st.held);
+        st.cut = true;
+        drop(st);
+        self.input.release(held);
+        self.ready.notify_one();
+    }
+
+    /// The app is blocked reading this request's input, with nothing queued.
+    fn starved(&self) -> bool {
+        let st = self.lock();
+        st.waiting && st.chunks.is_empty() && !st.ended
+    }
+}
+
+/// The slow lane's end of a [`Feed`]: dropping it tells the app nothing more comes.
+struct Feeder(Arc<Feed>);
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// `wsgi.input` of a request whose STDIN is still arriving.
-struct StdinStream {
-    rx: mpsc::Receiver<Chunk>,
-    ended: bool,
-}
+struct StdinStream(Arc<Feed>);
 
 impl BodyStream for StdinStream {
     fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        if self.ended {
-            return Ok(None);
-        }
-        match self.rx.blocking_recv() {
-            Some(Chunk::Data(b)) => Ok(Some(b)),
-            Some(Chunk::End) => {
-                self.ended = true;
-                Ok(None)
+        let feed = &self.0;
+        let mut st = feed.lock();
+        loop {
+            if let Some(b) = st.chunks.pop_front() {
+                let n = b.len() + CHUNK_OVERHEAD;
+                st.held -= n;
+                st.waiting = false;
+                drop(st);
+                feed.input.release(n);
+                return Ok(Some(b));
             }
-            None => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the front server aborted the request or closed the connection",
-            )),
+            if st.ended {
+                st.waiting = false;
+                return Ok(None);
+            }
+            if st.cut {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own",
+                ));
+            }
+            if st.closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the front server aborted the request or closed the connection",
+                ));
+            }
+            if !st.waiting {
+                // The lane may be holding the connection back for the budget: a
+                // waiting app must make it read again (see `serve`).
+                st.waiting = true;
+                feed.input.poke();
+            }
+            st = feed.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+impl Drop for StdinStream {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.gone = true;
+        st.chunks.clear();
+        let held = std::mem::take(&mut st.held);
+        drop(st);
+        self.0.input.release(held);
+    }
+}
+
+/// A body assembled in memory for a request, charged to the input budget until the
+/// request ends.
+struct Charge {
+    input: Arc<ConnInput>,
+    n: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.input.release(self.n);
     }
 }
 
@@ -84,7 +222,9 @@ impl AsRawFd for ConnFd {
 /// The slow lane's view of one request on the connection.
 struct Slot {
     flags: Arc<ReqFlags>,
-    stdin: Option<mpsc::Sender<Chunk>>,
+    stdin: Option<Feeder>,
+    /// The body in memory, while its request runs.
+    _body: Option<Charge>,
     content_length: Option<u64>,
     got: u64,
     warned_excess: bool,
@@ -144,6 +284,7 @@ pub async fn serve(
             Slot {
                 flags,
                 stdin: None,
+                _body: None,
                 content_length: None,
                 got: 0,
                 warned_excess: false,
@@ -152,8 +293,12 @@ pub async fn serve(
         served += 1;
     }
     let mut events: Vec<Event> = Vec::new();
-    // Events waiting because a request's STDIN queue is full (the app is not reading).
+    // Events decoded and not yet acted on.
     let mut backlog: VecDeque<Event> = VecDeque::new();
+    // What this connection holds for apps that have not read it (the input budget).
+    let input = settings.input.conn();
+    // The last read was made past the budget, for a request whose app waits.
+    let mut past = false;
     let mut last_read = Instant::now();
     let mut closing = false;
     // At the final stop: an idle connection waits until then for a last request.
@@ -191,16 +336,13 @@ pub async fn serve(
                 &info,
                 &lane,
                 &settings,
+                (&input, past),
             ) {
                 Step::Go => {}
                 Step::Close => break 'conn,
                 Step::CloseDrain => {
                     drain = true;
                     break 'conn;
-                }
-                Step::Wait(ev) => {
-                    backlog.push_front(ev);
-                    break;
                 }
             }
         }
@@ -228,34 +370,43 @@ pub async fn serve(
             return;
         }
         let waiting_body = slots.values().any(|s| s.stdin.is_some());
+        // The input budget: a connection over it is not read until its apps read what
+        // it holds (TCP pushes back on the front server), except while the app of one
+        // of its requests waits for that request's input. Its next records may be
+        // behind other requests' in the stream, so the connection is read on, and the
+        // records of requests whose apps are not waiting are dropped (their reads
+        // fail), not queued past the budget. Else two requests could wait for each
+        // other for ever: A's app for A's STDIN, B's STDIN (ahead of A's in the
+        // stream) for the Python thread A's app holds.
+        let over = input.over(parser.params_held()) || input.worker_over();
+        let starved = over
+            && slots
+                .values()
+                .any(|s| s.stdin.as_ref().is_some_and(|f| f.0.starved()));
+        let held_back = over && !starved;
         let deadline = if idle && linger.is_some() {
             linger
         } else if idle {
             (fresh_only(fresh, served)).then(|| started + limits.head_timeout)
-        } else if !backlog.is_empty() {
-            // Waiting for the app to read its body, not for the peer.
+        } else if !backlog.is_empty() || held_back {
+            // Waiting for the apps to read their bodies, not for the peer.
             None
         } else if !buf.is_empty() || waiting_body || parser.awaiting_params() {
             Some(last_read + limits.read_timeout)
         } else {
             None
         };
-        let blocked = backlog.front().and_then(|ev| match ev {
-            Event::Stdin { id, .. } | Event::StdinEnd { id } => {
-                slots.get(id).and_then(|s| s.stdin.clone())
-            }
-            _ => None,
-        });
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
                 None => std::future::pending().await,
             }
         };
-        let room = async {
-            match &blocked {
-                Some(tx) => tx.reserve().await.map(drop).is_ok(),
-                None => std::future::pending().await,
+        let budget = async {
+            if held_back {
+                input.changed().await
+            } else {
+                std::future::pending().await
             }
         };
         tokio::select! {
@@ -269,10 +420,9 @@ pub async fn serve(
                 }
                 (closing, linger) = after_request(&lane, &conn, closing, linger);
             }
-            // Room in the blocked request's STDIN queue (or its reader is gone): the
-            // loop retries the blocked event first.
-            _ = room => last_read = Instant::now(),
-            r = read_some(&afd, &mut buf), if backlog.is_empty() => {
+            // An app read what this connection holds, or waits for input: look again.
+            _ = budget => {}
+            r = read_some(&afd, &mut buf), if backlog.is_empty() && !held_back => {
                 match r {
                     Ok(0) => {
                         if parser.active() > 0 {
@@ -282,7 +432,10 @@ pub async fn serve(
                         }
                         break 'conn;
                     }
-                    Ok(_) => last_read = Instant::now(),
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        past = over;
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "reading a FastCGI connection failed");
                         break 'conn;
@@ -399,8 +552,6 @@ enum Step {
     Close,
     /// Answered without FCGI_KEEP_CONN: close once the front server has sent the rest.
     CloseDrain,
-    /// The request's STDIN queue is full: retry this event when there is room.
-    Wait(Event),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -413,14 +564,41 @@ fn handle_event(
     info: &ListenerInfo,
     lane: &SlowLane,
     settings: &FcgiSettings,
+    (input, past): (&Arc<ConnInput>, bool),
 ) -> Step {
     let peer = &conn.peer;
+    // Read past the input budget (for a request whose app waits): nothing new may
+    // pile up meanwhile.
+    let past = past && (input.over(0) || input.worker_over());
     match ev {
         Event::Reply(bytes) => {
             if blocking_write(conn, &bytes).is_err() {
                 return Step::Close;
             }
             Step::Go
+        }
+        Event::Params {
+            id,
+            keep_conn,
+            params,
+        } if past => {
+            drop(params);
+            tracing::warn!(%peer, fcgi_id = id, held = input.held(), "FastCGI connection over --fastcgi-buffer: new request refused (FCGI_OVERLOADED)");
+            parser.finished(id);
+            backlog.retain(
+                |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
+            );
+            lane.refused(crate::codec::Protocol::FastCgi, None);
+            let mut out = Vec::new();
+            fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
+            if blocking_write(conn, &out).is_err() {
+                return Step::Close;
+            }
+            if keep_conn {
+                Step::Go
+            } else {
+                Step::CloseDrain
+            }
         }
         Event::Params {
             id,
@@ -491,17 +669,25 @@ fn handle_event(
             let mut slot = Slot {
                 flags: Arc::clone(&flags),
                 stdin: None,
+                _body: None,
                 content_length,
                 got: 0,
                 warned_excess: false,
             };
             let body = match body {
                 Some(b) if b.is_empty() => Body::Empty,
-                Some(b) => Body::Memory(b),
+                Some(b) => {
+                    input.charge(b.len());
+                    slot._body = Some(Charge {
+                        input: Arc::clone(input),
+                        n: b.len(),
+                    });
+                    Body::Memory(b)
+                }
                 None => {
-                    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
-                    slot.stdin = Some(tx);
-                    Body::Stream(Box::new(StdinStream { rx, ended: false }))
+                    let feed = Feed::new(Arc::clone(input));
+                    slot.stdin = Some(Feeder(Arc::clone(&feed)));
+                    Body::Stream(Box::new(StdinStream(feed)))
                 }
             };
             slots.insert(id, slot);
@@ -528,9 +714,10 @@ fn handle_event(
             let Some(slot) = slots.get_mut(&id) else {
                 return Step::Go;
             };
-            let Some(tx) = &slot.stdin else {
+            let Some(feed) = &slot.stdin else {
                 return Step::Go;
             };
+            let feed = Arc::clone(&feed.0);
             let mut data = data;
             if let Some(cl) = slot.content_length {
                 let left = cl.saturating_sub(slot.got);
@@ -545,9 +732,13 @@ fn handle_event(
             if data.is_empty() {
                 return Step::Go;
             }
-            if data.len() < 4096 {
-                // A small record would otherwise pin its whole read buffer while queued.
-                data = Bytes::copy_from_slice(&data);
+            if past && input.over(0) && !feed.starved() {
+                // Read past the budget only for another request whose app waits for
+                // its input: this one's must not pile up meanwhile.
+                tracing::warn!(%peer, fcgi_id = id, held = input.held(), "FastCGI connection over --fastcgi-buffer while another request on it waits for its input: this request's body is dropped (its app's read fails)");
+                feed.cut();
+                slot.stdin = None;
+                return Step::Go;
             }
             let n = data.len() as u64;
             if max_body.is_some_and(|m| slot.got + n > m) {
@@ -557,26 +748,19 @@ fn handle_event(
                 slot.stdin = None;
                 return Step::Go;
             }
-            match tx.try_send(Chunk::Data(data)) {
-                Ok(()) => {
-                    slot.got += n;
-                    Step::Go
-                }
-                Err(mpsc::error::TrySendError::Full(Chunk::Data(d))) => {
-                    Step::Wait(Event::Stdin { id, data: d })
-                }
-                Err(_) => {
-                    // The request is over (or its input was dropped): the rest is dropped.
-                    slot.stdin = None;
-                    Step::Go
-                }
+            if feed.push(data) {
+                slot.got += n;
+            } else {
+                // The request is over (or its input was dropped): the rest is dropped.
+                slot.stdin = None;
             }
+            Step::Go
         }
         Event::StdinEnd { id } => {
             let Some(slot) = slots.get_mut(&id) else {
                 return Step::Go;
             };
-            let Some(tx) = &slot.stdin else {
+            let Some(feed) = &slot.stdin else {
                 return Step::Go;
             };
             if slot.content_length.is_some_and(|cl| slot.got < cl) {
@@ -584,17 +768,9 @@ fn handle_event(
                 slot.stdin = None;
                 return Step::Go;
             }
-            match tx.try_send(Chunk::End) {
-                Ok(()) => {
-                    slot.stdin = None;
-                    Step::Go
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => Step::Wait(Event::StdinEnd { id }),
-                Err(_) => {
-                    slot.stdin = None;
-                    Step::Go
-                }
-            }
+            feed.0.end();
+            slot.stdin = None;
+            Step::Go
         }
         Event::Abort { id } => {
             if let Some(slot) = slots.get_mut(&id) {
