@@ -62,7 +62,33 @@ pub struct Keys {
     /// object for every request (its lines go to the log inside the current request's
     /// span), flushed at each request's end by [`Keys::end_request`].
     errors: Py<Errors>,
+    /// The names of the last request's variables, and once a second request had the
+    /// same ones, its whole environ to copy from: see [`Shape`].
+    shape: std::cell::RefCell<Shape>,
 }
+
+/// A front server sends the same variables in the same order request after request
+/// (its params file), and most of their values too. Once two requests in a row had the
+/// same names, the environ of the second (template entries + its CGI variables, without
+/// its input, errors or id) is kept: the next request with those names copies it in
+/// one block and replaces only the values that differ, instead of inserting every
+/// variable into a fresh table (~80 instructions each). The copy has the same keys in
+/// the same order as a dict built from scratch, so the app sees the same environ.
+#[derive(Default)]
+struct Shape {
+    /// The last request's names: a [`KNOWN`] index per variable, or `UNKNOWN`, the
+    /// name's length (2 bytes) and the name.
+    names: Vec<u8>,
+    /// The current request's names, built here to compare (kept: no allocation per
+    /// request).
+    next: Vec<u8>,
+    /// Built with `names` (and `https`): the dict and the value set for each variable.
+    full: Option<(Py<PyDict>, Vec<Py<PyString>>)>,
+    https: bool,
+}
+
+/// Marks a name outside [`KNOWN`] in [`Shape::names`].
+const UNKNOWN: u8 = u8::MAX;
 
 /// Entries a copy of the template can take before its table grows: `_PyDict_NewPresized(56)`
 /// gives a 128-slot table (85 usable), of which the template uses 11.
@@ -121,6 +147,7 @@ impl Keys {
             template: template.unbind(),
             last: std::cell::RefCell::new((0..KNOWN.len()).map(|_| None).collect()),
             errors,
+            shape: std::cell::RefCell::new(Shape::default()),
         }
     }
 
@@ -176,6 +203,18 @@ pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     }
 }
 
+/// A new dict with the entries of `d` (CPython copies a compact dict's table in one block).
+fn copy_dict<'py>(d: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    // SAFETY: `d` is a dict; PyDict_Copy returns a new reference to a new dict, or NULL
+    // with an exception set.
+    unsafe {
+        Ok(
+            Bound::from_owned_ptr_or_err(d.py(), ffi::PyDict_Copy(d.as_ptr()))?
+                .cast_into_unchecked(),
+        )
+    }
+}
+
 /// What the caller needs to know about the request besides the dict.
 pub struct Built<'py> {
     pub environ: Bound<'py, PyDict>,
@@ -206,12 +245,69 @@ pub fn build<'py>(
         },
     )
     .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    // SAFETY: the template is a dict (made in `Keys::new`); PyDict_Copy returns a new
-    // reference to a new dict, or NULL with an exception set.
-    let env = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(keys.template.as_ptr()))?
-            .cast_into_unchecked::<PyDict>()
+    let https = cgi.scheme == "https";
+    let mut shape = keys.shape.borrow_mut();
+    let mut names = std::mem::take(&mut shape.next);
+    names.clear();
+    for var in &cgi.vars {
+        match var.known {
+            Some(k) => names.push(k),
+            None => {
+                // A name longer than 65535 bytes is never the same shape (no uwsgi head
+                // holds one; a FastCGI name may, and is then inserted as usual).
+                let n = u16::try_from(var.key.len()).unwrap_or(u16::MAX);
+                names.push(UNKNOWN);
+                names.extend_from_slice(&n.to_le_bytes());
+                names.extend_from_slice(var.key);
+            }
+        }
+    }
+    let key = |var: &cgi::Var<'_>| match var.known {
+        Some(k) => keys.known[usize::from(k)].bind(py).clone(),
+        None => latin1(py, var.key),
     };
+    let same = shape.names == names && shape.https == https;
+    let env = match (&shape.full, same) {
+        (Some((full, values)), true) => {
+            let env = copy_dict(full.bind(py))?;
+            for (var, old) in cgi.vars.iter().zip(values) {
+                let value = keys.value(py, var.known, &var.value);
+                if value.as_ptr() != old.as_ptr() {
+                    env.set_item(key(var), value)?;
+                }
+            }
+            env
+        }
+        _ => {
+            let env = copy_dict(keys.template.bind(py))?;
+            if https {
+                env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+            }
+            let mut values = Vec::with_capacity(if same { cgi.vars.len() } else { 0 });
+            for var in &cgi.vars {
+                let value = keys.value(py, var.known, &var.value);
+                env.set_item(key(var), &value)?;
+                if same {
+                    values.push(value.unbind());
+                }
+            }
+            // The second request in a row with these names: keep its environ (before
+            // the per-request entries below replace the template's).
+            shape.full = if same {
+                Some((copy_dict(&env)?.unbind(), values))
+            } else {
+                None
+            };
+            shape.https = https;
+            env
+        }
+    };
+    shape.next = if same {
+        names
+    } else {
+        std::mem::replace(&mut shape.names, names)
+    };
+    drop(shape);
     if let Some(input) = input {
         env.set_item(intern!(py, "wsgi.input"), input)?;
     }
@@ -222,16 +318,6 @@ pub fn build<'py>(
         intern!(py, "postern.request_id"),
         latin1(py, request_id.as_str().as_bytes()),
     )?;
-    if cgi.scheme == "https" {
-        env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
-    }
-    for var in &cgi.vars {
-        let value = keys.value(py, var.known, &var.value);
-        match var.known {
-            Some(k) => env.set_item(keys.known[usize::from(k)].bind(py), value)?,
-            None => env.set_item(latin1(py, var.key), value)?,
-        }
-    }
     Ok(Built {
         environ: env,
         method_missing: cgi.method_missing,
