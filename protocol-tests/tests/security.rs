@@ -742,8 +742,9 @@ fn uwsgi_magic_variables_are_plain_environ_entries_on_every_protocol() {
     let sock = |name: &str| evil.dir.path().join(format!("{name}.sock"));
     let app = evil.app_dir().join("security_app.py");
     let mut cmd = command(&app);
+    // A master (it could reload), serving from the app's directory.
     cmd.current_dir(evil.app_dir())
-        .args(["--socket-mode", "666"])
+        .args(["--socket-mode", "666", "--master"])
         .args(["--uwsgi", &format!("unix:{}", sock("u").display())])
         .args(["--fastcgi", &format!("unix:{}", sock("f").display())])
         .args(["--scgi", &format!("unix:{}", sock("s").display())]);
