@@ -136,7 +136,10 @@ impl Admission {
         {
             let mut st = self.lock();
             st.failed += 1;
-            if st.last_log.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            if st
+                .last_log
+                .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+            {
                 let failed = st.failed;
                 st.failed = 0;
                 st.last_log = Some(now);
