@@ -516,6 +516,8 @@ fn the_socket_directory_is_checked_with_a_clear_error() {
         )),
         "{err}"
     );
+    // regression: a socket postern may not connect to was reported as "may not create
+    // files in DIR" (the connect's EACCES read as bind's).
     // A socket root left in a shared directory (as /tmp), that nobody may not connect
     // to: whether it is stale is unknown, so it stays.
     let left = open.join("root.sock");
