@@ -118,6 +118,10 @@ fn past_max_connections_new_connections_wait_in_the_listen_queue() {
         "connection flood: 50 connections, --max-connections 10: the worker holds {} sockets besides its own {base}",
         sockets(p.pid()) - base
     );
+    assert!(
+        p.logs().contains("--max-connections reached"),
+        "the limit is logged"
+    );
     // Closing the accepted ones (the first 10, in the listen queue's order) lets the
     // queued ones in; each of those is then served.
     let mut conns = conns.into_iter();

@@ -51,6 +51,8 @@ struct State {
     /// Accepts that failed since the last log line.
     failed: u64,
     last_log: Option<Instant>,
+    /// The last line about `--max-connections` being reached.
+    last_full_log: Option<Instant>,
 }
 
 /// The worker's count of open connections, and the switch that takes its listeners
@@ -92,6 +94,7 @@ impl Admission {
                 fd_pause: None,
                 failed: 0,
                 last_log: None,
+                last_full_log: None,
             }),
             epoll,
             listeners,
@@ -211,11 +214,18 @@ impl Admission {
         if want {
             tracing::debug!(open = self.open(), "accepting again");
         } else if st.fd_pause.is_none() {
-            tracing::debug!(
-                open = self.open(),
-                max = self.max,
-                "--max-connections reached: new connections wait in the listen queue"
-            );
+            // Once a second at most: a flood crosses the limit at every close.
+            let now = Instant::now();
+            if st
+                .last_full_log
+                .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+            {
+                st.last_full_log = Some(now);
+                tracing::warn!(
+                    max = self.max,
+                    "--max-connections reached: new connections wait in the listen queue until one closes"
+                );
+            }
         }
     }
 }
