@@ -506,6 +506,113 @@ fn model_events(recs: &[Rec], values: &Values) -> Vec<Event> {
     events
 }
 
+/// `reply` as `ConnParser` merges them: appended to a `Reply` that is the last event.
+fn model_reply(events: &mut Vec<Event>, out: Vec<u8>) {
+    match events.last_mut() {
+        Some(Event::Reply(prev)) => prev.extend_from_slice(&out),
+        _ => events.push(Event::Reply(out)),
+    }
+}
+
+/// [`model_events`] for streams with aborts and stray records, written from §2.7–§2.9
+/// and `ConnParser::feed`'s contract: the events, and how many requests stay active.
+fn model_with_aborts(recs: &[Rec], values: &Values) -> (Vec<Event>, usize) {
+    enum Phase {
+        Params(Vec<u8>),
+        Stdin,
+        Done,
+    }
+    struct Req {
+        keep_conn: bool,
+        phase: Phase,
+        aborted: bool,
+    }
+    let mut events = Vec::new();
+    let mut active: HashMap<u16, Req> = HashMap::new();
+    for rec in recs {
+        let unknown_type = |events: &mut Vec<Event>| {
+            let mut out = Vec::new();
+            fcgi::encode_unknown_type(&mut out, rec.kind);
+            model_reply(events, out);
+        };
+        if rec.id == 0 {
+            match rec.kind {
+                fcgi::GET_VALUES => {
+                    let mut out = Vec::new();
+                    fcgi::encode_get_values_result(&mut out, &rec.content, values);
+                    model_reply(&mut events, out);
+                }
+                _ => unknown_type(&mut events),
+            }
+            continue;
+        }
+        match rec.kind {
+            fcgi::BEGIN_REQUEST => {
+                let keep_conn = rec.content[2] & fcgi::FLAG_KEEP_CONN != 0;
+                let phase = Phase::Params(Vec::new());
+                active.insert(
+                    rec.id,
+                    Req {
+                        keep_conn,
+                        phase,
+                        aborted: false,
+                    },
+                );
+            }
+            fcgi::ABORT_REQUEST => match active.get_mut(&rec.id) {
+                None => {}
+                Some(r) if r.aborted => {}
+                Some(Req {
+                    phase: Phase::Params(_),
+                    ..
+                }) => {
+                    active.remove(&rec.id);
+                    let mut out = Vec::new();
+                    let complete = fcgi::ProtocolStatus::RequestComplete;
+                    fcgi::encode_end_request(&mut out, rec.id, 0, complete);
+                    model_reply(&mut events, out);
+                }
+                Some(r) => {
+                    r.aborted = true;
+                    events.push(Event::Abort { id: rec.id });
+                }
+            },
+            fcgi::PARAMS | fcgi::STDIN => {
+                let Some(r) = active.get_mut(&rec.id).filter(|r| !r.aborted) else {
+                    continue;
+                };
+                match (&mut r.phase, rec.kind, rec.content.is_empty()) {
+                    (Phase::Params(block), fcgi::PARAMS, true) => {
+                        let params = Bytes::from(std::mem::take(block));
+                        events.push(Event::Params {
+                            id: rec.id,
+                            keep_conn: r.keep_conn,
+                            params,
+                        });
+                        r.phase = Phase::Stdin;
+                    }
+                    (Phase::Params(block), fcgi::PARAMS, false) => {
+                        block.extend_from_slice(&rec.content)
+                    }
+                    (Phase::Stdin, fcgi::STDIN, true) => {
+                        events.push(Event::StdinEnd { id: rec.id });
+                        r.phase = Phase::Done;
+                    }
+                    (Phase::Stdin, fcgi::STDIN, false) => events.push(Event::Stdin {
+                        id: rec.id,
+                        data: Bytes::from(rec.content.clone()),
+                    }),
+                    (Phase::Done, fcgi::STDIN, _) => {}
+                    _ => unreachable!("each request's own records come in order"),
+                }
+            }
+            fcgi::DATA | fcgi::GET_VALUES => {}
+            _ => unknown_type(&mut events),
+        }
+    }
+    (events, active.len())
+}
+
 /// Feeds `reads` one after the other to a fresh parser, as the server does (one events
 /// vector for the connection); the events and the bytes left unconsumed.
 fn feed_all(parser: &mut ConnParser, reads: &[&[u8]]) -> Result<(Vec<Event>, usize), ProtoError> {
@@ -581,6 +688,71 @@ proptest! {
             let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
             prop_assert_eq!(&feed_all(&mut ConnParser::new(limits(values)), &bytewise).unwrap(), &whole);
         }
+    }
+
+    /// The same with records a web server sends besides a request's own, anywhere in the
+    /// stream: FCGI_ABORT_REQUEST (before or after the request's PARAMS ended), DATA,
+    /// types a web server never sends, on a request's id, an unknown id or the management
+    /// id 0. Whatever the split, the events are those §2.7–§2.9 and `feed`'s contract give
+    /// (checked against an independent model): an abort before the end of PARAMS is
+    /// answered END_REQUEST and the request forgotten, one after it is an `Abort` event
+    /// once and silences the request's later STDIN; DATA is ignored; other types get
+    /// UNKNOWN_TYPE; replies that follow each other are merged.
+    #[test]
+    fn props_fastcgi_conn_parser_aborts_and_stray_records(
+        requests in fcgi_requests(),
+        stray in vec((prop_oneof![
+            4 => Just(fcgi::ABORT_REQUEST),
+            1 => Just(fcgi::DATA),
+            1 => Just(fcgi::STDOUT),
+            1 => Just(fcgi::END_REQUEST),
+            1 => Just(fcgi::GET_VALUES),
+            1 => Just(0u8),
+            1 => 12u8..=255,
+        ], any::<Index>(), any::<Index>(), blob(0..16)), 0..6),
+        order in vec(any::<Index>(), 0..400),
+        paddings in vec(any::<u8>(), 0..16),
+        values in known_values(),
+        split in cuts(),
+    ) {
+        let mut paddings = paddings.into_iter().cycle();
+        let mut streams: Vec<std::collections::VecDeque<Rec>> = requests
+            .iter()
+            .map(|r| request_records(r, &mut paddings).into())
+            .collect();
+        let mut recs = Vec::new();
+        let mut order = order.into_iter();
+        loop {
+            let live: Vec<usize> = (0..streams.len()).filter(|&i| !streams[i].is_empty()).collect();
+            if live.is_empty() {
+                break;
+            }
+            let pick = order.next().map_or(0, |c| c.index(live.len()));
+            recs.extend(streams[live[pick]].pop_front());
+        }
+        // Stray records go anywhere in the stream, to a request's id, the management id 0
+        // or an id never begun.
+        prop_assume!(!requests.iter().any(|r| r.id == 7777));
+        let ids: Vec<u16> = requests.iter().map(|r| r.id).chain([0, 7777]).collect();
+        for (kind, to, at, content) in &stray {
+            let id = ids[to.index(ids.len())];
+            let content = if *kind == fcgi::ABORT_REQUEST { Vec::new() } else { content.clone() };
+            let rec = Rec { kind: *kind, id, content, padding: paddings.next().unwrap_or(0) };
+            recs.insert(at.index(recs.len() + 1), rec);
+        }
+        let mut bytes = Vec::new();
+        for rec in &recs {
+            write_rec(rec, &mut bytes);
+        }
+        let (expected, active) = model_with_aborts(&recs, &values);
+
+        let whole = feed_all(&mut ConnParser::new(limits(values)), &[&bytes]).unwrap();
+        prop_assert_eq!(&whole, &(expected, 0));
+        let mut parser = ConnParser::new(limits(values));
+        prop_assert_eq!(&feed_all(&mut parser, &reads(&bytes, &split)).unwrap(), &whole);
+        prop_assert_eq!(parser.active(), active);
+        prop_assert!(!parser.awaiting_params());
+        prop_assert!(!parser.close_after_replies());
     }
 
     /// One request alone: the whole_request fast path finds the same id, KEEP_CONN, PARAMS
