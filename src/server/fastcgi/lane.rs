@@ -19,9 +19,9 @@ use super::sink::{stderr_forward, FcgiSink, ReqFlags};
 use super::{Ctl, Entry, FcgiConn};
 use crate::codec::fastcgi::{assemble, Assembled, Refused};
 use crate::codec::Head;
-use crate::server::admission::ConnInput;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
+use crate::server::admission::ConnInput;
 use crate::server::lane::{FcgiSettings, SlowLane};
 use crate::server::span::request_span;
 use crate::wsgi::{Body, BodyStream, ListenerInfo, Request};
@@ -290,6 +290,7 @@ pub async fn serve(
                 warned_excess: false,
             },
         );
+        conn.set_lane_requests(slots.len());
         served += 1;
     }
     let mut events: Vec<Event> = Vec::new();
@@ -316,7 +317,7 @@ pub async fn serve(
                 drain = !conn.is_broken();
                 break 'conn;
             }
-            (closing, linger) = after_request(&lane, &conn, closing, linger);
+            (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
         }
         // Decode what is buffered, then act on it in order.
         if backlog.is_empty() && !buf.is_empty() {
@@ -418,7 +419,7 @@ pub async fn serve(
                     drain = !conn.is_broken();
                     break 'conn;
                 }
-                (closing, linger) = after_request(&lane, &conn, closing, linger);
+                (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
             }
             // An app read what this connection holds, or waits for input: look again.
             _ = budget => {}
@@ -497,15 +498,17 @@ fn done(
     reuse
 }
 
-/// A request on the connection ended: at the final stop (nobody to hand it to) the
-/// connection closes as soon as it is idle, without waiting any longer. Returns the
-/// new (`closing`, `linger`).
+/// A request on the connection ended (`left` are still in flight): at the final stop
+/// (nobody to hand it to) the connection closes as soon as it is idle, without waiting
+/// any longer. Returns the new (`closing`, `linger`).
 fn after_request(
     lane: &SlowLane,
     conn: &FcgiConn,
+    left: usize,
     closing: bool,
     linger: Option<Instant>,
 ) -> (bool, Option<Instant>) {
+    conn.set_lane_requests(left);
     if lane.idle_close.is_cancelled() && !conn.parking.hands_over() {
         (true, None)
     } else {
@@ -691,6 +694,7 @@ fn handle_event(
                 }
             };
             slots.insert(id, slot);
+            conn.set_lane_requests(slots.len());
             let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
             lane.queue.push(Request {
                 head,

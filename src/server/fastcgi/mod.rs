@@ -295,6 +295,9 @@ pub struct FcgiConn {
     /// process must never shut it down (a shutdown acts on the socket, not on this
     /// descriptor).
     handed_over: AtomicBool,
+    /// Requests the slow lane has in flight on it: at the final stop, the last one's
+    /// END_REQUEST goes out with the FIN ([`FcgiConn::send_last`]).
+    lane_requests: AtomicUsize,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
 }
@@ -330,6 +333,7 @@ impl FcgiConn {
             write_timeout,
             broken: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            lane_requests: AtomicUsize::new(0),
             _permit: permit,
         })
     }
@@ -489,6 +493,11 @@ impl FcgiConn {
         ok
     }
 
+    /// The slow lane has `n` requests in flight on this connection.
+    pub(super) fn set_lane_requests(&self, n: usize) {
+        self.lane_requests.store(n, Ordering::Release);
+    }
+
     /// Reads what is there without waiting.
     pub fn recv(&self, buf: &mut [u8]) -> Result<usize, Errno> {
         rustix::net::recv(self.sock.as_fd(), buf, rustix::net::RecvFlags::empty()).map(|(n, _)| n)
@@ -588,7 +597,13 @@ impl FcgiConn {
                 if keep_conn && !last {
                     let _ = tx.send(Ctl::Done { id, reuse: true });
                 }
-                let ok = self.send_stdout(id, data, tail).is_ok();
+                // The only request in flight: its END_REQUEST and the FIN leave
+                // together (others would still answer on the connection).
+                let ok = if last && self.lane_requests.load(Ordering::Acquire) <= 1 {
+                    self.send_last(id, data, tail)
+                } else {
+                    self.send_stdout(id, data, tail).is_ok()
+                };
                 if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
