@@ -512,7 +512,8 @@ class Client:
                 r = c.getresponse()
                 data = r.read()
                 if r.status != expect_status:
-                    err = f"HTTP {r.status}: {data[:200]!r}"
+                    title = re.search(rb"<title>([^<]*)</title>", data[:400])
+                    err = f"HTTP {r.status}: " + (title.group(1).decode(errors="replace") if title else repr(data[:160]))
                 elif not check(data):
                     err = f"wrong body ({len(data)} bytes): {data[:120]!r}"
                 pid = r.getheader("X-Pid")
