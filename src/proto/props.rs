@@ -20,7 +20,7 @@ use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
 
 use super::fastcgi::{self as fcgi, ConnLimits, ConnParser, Event, Values};
-use super::{cgi, scgi, uwsgi, ProtoError};
+use super::{cgi, response, scgi, uwsgi, ProtoError};
 
 /// `cases` runs per property (`PROPTEST_CASES` overrides it), failures persisted next to
 /// the source file rather than in a new top-level directory.
@@ -1195,4 +1195,75 @@ fn environ_never_takes_wsgi_or_postern_names_from_the_request() {
     }
     assert_eq!(lookup(&cgi, b"wsgi").0, Some(&b"kept"[..]));
     assert_eq!(lookup(&cgi, b"postern").0, Some(&b"kept"[..]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Response heads (docs/protocols.md §5, §2.10, §3)
+
+/// Latin-1 text without controls (tab allowed in header values): what `start_response`
+/// accepts.
+fn latin1_text(len: std::ops::Range<usize>, tab: bool) -> impl Strategy<Value = String> {
+    vec(
+        prop_oneof![
+            8 => 0x20u32..0x7f,
+            1 => 0xa0u32..=0xff,
+            1 => Just(if tab { 0x09 } else { 0x20 }),
+        ],
+        len,
+    )
+    .prop_map(|cs| cs.into_iter().filter_map(char::from_u32).collect())
+}
+
+fn token() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}"
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// A response head postern writes as CGI (FastCGI, SCGI) reads back, through the CGI
+    /// reader `postern request` uses, as the status code, the header lines in order and
+    /// the body that were written; read as HTTP (uwsgi) it has the same code. An app
+    /// header named `Status` is left out: over CGI it would be a second Status header
+    /// (see the README, "Property tests").
+    #[test]
+    fn props_cgi_response_head_reads_back(
+        code in 200u16..=999,
+        reason in latin1_text(0..20, false),
+        headers in vec(
+            (token().prop_filter("not Status", |n| !n.eq_ignore_ascii_case("status")), latin1_text(0..40, true)),
+            0..12,
+        ),
+        body in blob(0..64),
+    ) {
+        let status = format!("{code} {reason}");
+        prop_assert_eq!(response::parse_status(&status), Ok(code));
+        for (name, value) in &headers {
+            prop_assert_eq!(response::check_header(name, value), Ok(()));
+        }
+        let pairs = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let mut cgi = Vec::new();
+        response::write_head(&mut cgi, response::HeadStyle::Cgi, &status, pairs.clone());
+        let head_len = cgi.len();
+        cgi.extend_from_slice(&body);
+        let head = response::parse_cgi_head(&cgi).unwrap();
+        prop_assert_eq!(head.code, code);
+        prop_assert_eq!(head.body_start, head_len);
+        let lines: Vec<Vec<u8>> = headers
+            .iter()
+            .map(|(n, v)| {
+                let mut line = format!("{n}: ").into_bytes();
+                response::push_latin1(&mut line, v);
+                line
+            })
+            .collect();
+        prop_assert_eq!(head.headers.iter().map(|l| l.to_vec()).collect::<Vec<_>>(), lines);
+        let (http_code, http) = response::cgi_to_http(&cgi).unwrap();
+        prop_assert_eq!(http_code, code);
+        prop_assert!(http.ends_with(&body));
+
+        let mut uwsgi = Vec::new();
+        response::write_head(&mut uwsgi, response::HeadStyle::Http, &status, pairs);
+        prop_assert_eq!(response::status_code(&uwsgi), Some(code));
+    }
 }
