@@ -324,3 +324,97 @@ impl ConnInput {
 
 /// How often a connection held back by the worker-wide budget looks again.
 const WORKER_RECHECK: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An admission over one real listener in a real epoll; whether the listener is
+    /// armed is read back from the epoll itself.
+    fn setup(max: usize) -> (Arc<Admission>, Arc<OwnedFd>, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let sock = socket2::Socket::from(l);
+        sock.set_nonblocking(true).unwrap();
+        let listeners = Arc::new(vec![Listener {
+            sock,
+            tcp: true,
+            label: Arc::from("test"),
+            info: crate::wsgi::ListenerInfo {
+                protocol: crate::codec::Protocol::Uwsgi,
+                server_name: Arc::from(&b"test"[..]),
+                server_port: Arc::from(&b"0"[..]),
+            },
+            inherited: false,
+        }]);
+        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
+        epoll::add(
+            &*ep,
+            &listeners[0].sock,
+            epoll::EventData::new_u64(Wake::Listener(0).encode()),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        // A connection waits in the listen queue: an armed listener reports it.
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        (Admission::new(max, Arc::clone(&ep), listeners), ep, client)
+    }
+
+    fn armed(ep: &OwnedFd) -> bool {
+        let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        epoll::wait(ep, &mut events, Some(&zero)).unwrap().0.len() == 1
+    }
+
+    #[test]
+    fn at_the_limit_the_listeners_leave_the_epoll_and_a_close_brings_them_back() {
+        let (a, ep, _client) = setup(2);
+        assert!(armed(&ep));
+        let one = a.admit();
+        assert!(a.room() && armed(&ep));
+        let two = a.admit();
+        assert_eq!(a.open(), 2);
+        assert!(!a.room(), "full");
+        assert!(!armed(&ep), "a full worker is not woken by its listeners");
+        drop(one);
+        assert!(a.room() && armed(&ep), "a close lets the next one in");
+        drop(two);
+        assert_eq!(a.open(), 0);
+    }
+
+    #[test]
+    fn out_of_descriptors_pauses_until_a_close_or_the_retry() {
+        let (a, ep, _client) = setup(100);
+        let p = a.admit();
+        a.out_of_fds("test", rustix::io::Errno::MFILE);
+        assert!(!armed(&ep), "paused");
+        let at = a.retry_at().expect("a retry is due");
+        a.tick(at - Duration::from_millis(1));
+        assert!(!armed(&ep), "not before the retry");
+        drop(p);
+        assert!(armed(&ep), "a close ends the pause");
+        a.out_of_fds("test", rustix::io::Errno::MFILE);
+        let at = a.retry_at().unwrap();
+        a.tick(at);
+        assert!(
+            armed(&ep) && a.retry_at().is_none(),
+            "the retry ends it too"
+        );
+    }
+
+    #[test]
+    fn the_input_budget_counts_per_connection_and_per_worker() {
+        let w = InputBudget::new(100, 150);
+        let (c1, c2) = (w.conn(), w.conn());
+        c1.charge(99);
+        assert!(!c1.over(0) && c1.over(1));
+        c2.charge(60);
+        assert!(!c2.over(0) && c2.worker_over());
+        c1.release(99);
+        assert!(!c1.worker_over());
+        assert_eq!((c1.held(), c2.held(), w.held()), (0, 60, 60));
+    }
+}
