@@ -89,7 +89,19 @@ pub struct Acceptor {
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; FIRST_READ]);
+    /// Where a uwsgi/SCGI connection's first read lands: what it read is split off
+    /// without a copy (`BytesMut::split`), so the head and a body that came with it
+    /// reach the app as they were received (the body's one copy is into the `bytes`
+    /// that `wsgi.input` returns).
+    static PLAIN: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
+
+/// Bytes the first read of a uwsgi/SCGI connection may take: a whole head (64 KiB + 4),
+/// and with a usual head of a few hundred bytes a body of up to ~110 KiB, so such an
+/// upload (nginx sends what it buffered at once) needs no second read and no copy to
+/// grow the buffer. Under glibc's mmap threshold (128 KiB): a new buffer, when the
+/// last one is still in use, comes from the heap, not from mmap.
+const PLAIN_READ: usize = 120 * 1024;
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
@@ -503,10 +515,18 @@ impl Acceptor {
         permit: Permit,
     ) -> Option<Request> {
         let l = &self.listeners[index];
-        let first = SCRATCH.with(|s| {
+        let first = PLAIN.with(|s| {
             let mut s = s.borrow_mut();
-            match rustix::net::recv(sock.as_fd(), &mut s[..], RecvFlags::empty()) {
-                Ok((n, _)) => Ok(BytesMut::from(&s[..n])),
+            // Reclaims the whole buffer once the last request split from it has ended
+            // (nothing to move: it is empty); a new one only while that one runs on.
+            s.reserve(PLAIN_READ);
+            match rustix::net::recv(sock.as_fd(), s.spare_capacity_mut(), RecvFlags::empty()) {
+                Ok(((init, _), _)) => {
+                    let n = init.len();
+                    // SAFETY: recv initialised the first `n` spare bytes.
+                    unsafe { s.set_len(n) };
+                    Ok(s.split())
+                }
                 Err(e) => Err(e),
             }
         });
@@ -571,10 +591,14 @@ impl Acceptor {
                             errors_forward: None,
                         });
                     }
-                    Start::Head(head, codec, buf)
+                    // The slow lane keeps its own copies: a slow peer must not pin
+                    // this thread's read buffer (PLAIN_READ bytes) while it dawdles.
+                    let mut head = head;
+                    head.buf = bytes::Bytes::copy_from_slice(&head.buf);
+                    Start::Head(head, codec, BytesMut::from(&buf[..]))
                 }
                 Ok(Some(Frame::Body(_))) => unreachable!("the codec yields the head first"),
-                Ok(None) => Start::Fresh(buf),
+                Ok(None) => Start::Fresh(BytesMut::from(&buf[..])),
                 Err(e) => Start::Failed(e),
             }
         };
