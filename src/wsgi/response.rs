@@ -321,7 +321,10 @@ fn too_big(what: &str, size: usize) -> PyErr {
          (nginx refuses a head larger than its uwsgi/fastcgi/scgi_buffer_size with \"upstream sent too big header\"); \
          send large data in the body"
     );
-    tracing::error!(limit = HEAD_LIMIT, "{msg}; the request will answer 500");
+    tracing::error!(
+        limit = HEAD_LIMIT,
+        "{msg}; raised ValueError in the app (the request answers 500 unless the app handles it)"
+    );
     PyValueError::new_err(msg)
 }
 
