@@ -965,3 +965,52 @@ fn an_http_variable_never_overrides_a_cgi_variable_on_the_socket() {
         }
     }
 }
+
+#[test]
+fn a_request_variable_never_replaces_posterns_own_entries() {
+    let dir = tempdir();
+    let app = security_app();
+    let u = dir.path().join("u.sock");
+    let f = dir.path().join("f.sock");
+    let s = dir.path().join("s.sock");
+    let mut cmd = command(&app);
+    cmd.args(["--socket-mode", "666"])
+        .args(["--uwsgi", &format!("unix:{}", u.display())])
+        .args(["--fastcgi", &format!("unix:{}", f.display())])
+        .args(["--scgi", &format!("unix:{}", s.display())]);
+    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir.path(), None);
+    let vars: &[(&str, &str)] = &[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("CONTENT_LENGTH", "4"),
+        ("wsgi.url_scheme", "https"),
+        ("wsgi.input", "evil"),
+        ("wsgi.errors", "evil"),
+        ("wsgi.multithread", "evil"),
+        ("postern.request_id", "evil"),
+    ];
+    for (proto, addr) in [
+        (Proto::Uwsgi, Addr::Unix(u.clone())),
+        (Proto::FastCgi, Addr::Unix(f.clone())),
+        (Proto::Scgi, Addr::Unix(s.clone())),
+    ] {
+        let report = ask(proto, &addr, vars, b"body");
+        assert_eq!(report["url_scheme"], "http", "{proto:?}: {report}");
+        assert_eq!(report["body"], "body", "{proto:?}: wsgi.input");
+        let environ = report["environ"].as_object().unwrap();
+        for (k, v) in environ {
+            assert!(
+                v != "evil" && !(k == "wsgi.url_scheme" && v == "https"),
+                "{proto:?}: {k} = {v}"
+            );
+        }
+        assert_ne!(
+            env(&report, "postern.request_id"),
+            Some("evil"),
+            "{proto:?}"
+        );
+    }
+}
