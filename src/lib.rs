@@ -28,6 +28,8 @@ pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod proto;
 pub mod server;
