@@ -343,3 +343,44 @@ fn apache_enablereuse_survives_ten_sighup_reloads() {
 fn apache_enablereuse_survives_ten_max_requests_recyclings() {
     behind_apache(Kind::MaxRequests);
 }
+
+/// One kept connection, raw FastCGI (no front server): after each reload, once both
+/// workers that could have served it have exited, the same socket still answers.
+// regression: a reload closed the old workers' idle kept connections (the next request
+// on one met a close: nginx logged a reset or a premature close, a POST got a 502).
+#[test]
+fn a_kept_connection_outlives_the_workers_that_served_it() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--workers", "2", "--threads", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    let Addr::Unix(path) = &p.addr else {
+        unreachable!("Spawn::unix listens on a Unix socket")
+    };
+    let mut c = std::os::unix::net::UnixStream::connect(path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut ask = |round: usize| {
+        use std::io::Write;
+        c.write_all(&fcgi::get(1, true, &format!("/env?round={round}")))
+            .unwrap();
+        let reply = fcgi::read_reply(&mut c, 1, &mut Vec::new());
+        let (status, _, body) = reply.cgi();
+        assert_eq!(status, 200, "round {round}");
+        let env: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(env["QUERY_STRING"], format!("round={round}"));
+    };
+    ask(0);
+    for round in 1..=3 {
+        let exited = count(&p.logs(), "worker exited");
+        p.signal(libc::SIGHUP);
+        wait_count(&p, "worker exited", exited + 2, "the old workers exit");
+        ask(round);
+    }
+    assert!(
+        handed(&p.logs()) >= 3,
+        "the connection was not handed over at each reload\n{}",
+        p.logs()
+    );
+}
