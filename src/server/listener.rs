@@ -469,12 +469,21 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
     let err = |cause: io::Error| ServerError::from(BindError::from_io(addr, cause));
     match addr {
         ListenAddr::Tcp(sa) => {
-            let socket = Socket::new(Domain::for_address(*sa), Type::STREAM, None).map_err(err)?;
+            // An IPv4-mapped address ([::ffff:127.0.0.1]) is the IPv4 one; the IPv6-only
+            // socket below could not bind it (EINVAL).
+            let sa = match sa {
+                SocketAddr::V6(v6) => v6
+                    .ip()
+                    .to_ipv4_mapped()
+                    .map_or(*sa, |v4| SocketAddr::from((v4, v6.port()))),
+                SocketAddr::V4(_) => *sa,
+            };
+            let socket = Socket::new(Domain::for_address(sa), Type::STREAM, None).map_err(err)?;
             socket.set_reuse_address(true).map_err(err)?;
             if sa.is_ipv6() {
                 socket.set_only_v6(true).map_err(err)?;
             }
-            socket.bind(&SockAddr::from(*sa)).map_err(err)?;
+            socket.bind(&SockAddr::from(sa)).map_err(err)?;
             socket.listen(opts.backlog).map_err(err)?;
             // TCP_DEFER_ACCEPT (as uWSGI does by default): the kernel hands over a
             // connection once its first bytes are there, so the first read almost
@@ -663,20 +672,34 @@ fn chmod_socket(dirfd: &OwnedFd, name: &OsStr, id: (u64, u64), mode: u32) -> io:
     Ok(())
 }
 
+/// The longest path a Unix socket can be bound at: `sun_path` is 108 bytes, NUL
+/// included.
+const MAX_UNIX_PATH: usize = 107;
+
 /// `path` as its directory (`.` for a bare name) and its last component.
 fn split_socket_path<'p>(
     addr: &ListenAddr,
     path: &'p Path,
 ) -> Result<(&'p Path, &'p OsStr), BindError> {
-    let Some(name) = path.file_name() else {
-        return Err(BindError::Other {
-            addr: addr.clone(),
-            cause: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the path names no file (it ends with `/` or `..`)",
-            ),
-        });
+    let invalid = |why: String| BindError::Other {
+        addr: addr.clone(),
+        cause: io::Error::new(io::ErrorKind::InvalidInput, why),
     };
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // Path::file_name reads `dir/name/` as `name`, but bind(2) takes the whole path and
+    // fails with a bare ENOENT.
+    let Some(name) = path.file_name().filter(|_| !bytes.ends_with(b"/")) else {
+        return Err(invalid(
+            "the path names no file (it ends with `/` or `..`); give DIRECTORY/NAME".into(),
+        ));
+    };
+    // sockaddr_un holds 108 bytes with the final NUL (unix(7)).
+    if bytes.len() > MAX_UNIX_PATH {
+        return Err(invalid(format!(
+            "the path is {} bytes long, and a Unix socket's path can have at most {MAX_UNIX_PATH} (unix(7)); choose a shorter one (e.g. under /run)",
+            bytes.len()
+        )));
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -768,9 +791,18 @@ fn clear_stale_socket(
         });
     }
     // The socket was checked through the directory fd; connect(2) takes a path (the
-    // same one bind will use).
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(BindError::LiveSocket {
+    // same one bind will use). Non-blocking: a blocking connect to a server whose
+    // listen queue is full (wedged, or stopped with SIGSTOP) waits for a free slot, and
+    // the start would hang there without a word; EAGAIN means someone listens.
+    let probe = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)
+        .map_err(|e| BindError::from_io(addr, e))?;
+    let target = SockAddr::unix(path).map_err(|e| BindError::from_io(addr, e))?;
+    match probe.connect(&target) {
+        Ok(()) => Err(BindError::LiveSocket {
+            addr: addr.clone(),
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(BindError::LiveSocket {
             addr: addr.clone(),
             path: path.to_owned(),
         }),
@@ -1193,5 +1225,76 @@ mod tests {
         assert_eq!(parse_owner("root"), Ok((Some(0), None)));
         assert_eq!(parse_owner(":0"), Ok((None, Some(0))));
         assert!(parse_owner("no-such-user-here").is_err());
+    }
+
+    // regression: a live socket whose listen queue was full (its server wedged or
+    // stopped) made the start hang in a blocking connect, without a word.
+    #[test]
+    fn a_live_socket_with_a_full_queue_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let other = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        other.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        other.listen(0).unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let c = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None).unwrap();
+            if c.connect(&SockAddr::unix(&path).unwrap()).is_ok() {
+                queued.push(c);
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let addr = ListenAddr::Unix(path.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(bind(&addr, &SocketOptions::default()).map(drop));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("bind hangs on a socket whose queue is full");
+        match got {
+            Err(ServerError::Bind(BindError::LiveSocket { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(path.exists(), "the live socket was removed");
+        drop(queued);
+    }
+
+    // regression: `unix:DIR/NAME/` passed the checks as NAME and bind said only "No such
+    // file or directory"; a path over 107 bytes said "path must be shorter than SUN_LEN".
+    #[test]
+    fn a_socket_path_ending_with_a_slash_or_too_long_is_refused_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let slash = ListenAddr::Unix(PathBuf::from(format!("{}/s.sock/", dir.path().display())));
+        let e = bind(&slash, &SocketOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ends with `/`"), "{e}");
+        let long = dir.path().join("a".repeat(120));
+        let e = bind(&ListenAddr::Unix(long.clone()), &SocketOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 107"), "{e}");
+        assert!(!long.exists());
+        // 107 bytes is still fine.
+        let base = dir.path().as_os_str().len() + 1;
+        let fits = dir.path().join("b".repeat(MAX_UNIX_PATH - base));
+        assert_eq!(fits.as_os_str().len(), MAX_UNIX_PATH);
+        let b = bind(&ListenAddr::Unix(fits.clone()), &SocketOptions::default()).unwrap();
+        assert!(fits.exists());
+        drop(b);
+    }
+
+    // regression: `[::ffff:127.0.0.1]:PORT` failed with "Invalid argument (os error 22)"
+    // (an IPv4-mapped address on an IPv6-only socket); it is IPv4 loopback.
+    #[test]
+    fn an_ipv4_mapped_address_is_bound_as_its_ipv4_address() {
+        let addr: ListenAddr = "[::ffff:127.0.0.1]:0".parse().unwrap();
+        assert!(is_local_only(&addr));
+        let b = bind(&addr, &SocketOptions::default()).unwrap();
+        let ListenAddr::Tcp(sa) = b.addr else {
+            panic!()
+        };
+        assert_eq!(sa.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        std::net::TcpStream::connect(sa).unwrap();
     }
 }
