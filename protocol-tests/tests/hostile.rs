@@ -244,7 +244,8 @@ const FLOOD_RECORDS: usize = 16;
 const RECORD: usize = 65528;
 
 /// One hostile FastCGI connection: 64 requests begun at once (keep-conn), each
-/// announcing 1 MiB of STDIN, then their STDIN records interleaved, written until
+/// announcing 1 MiB of STDIN (for an app that takes 10 ms and never reads it, so
+/// they wait in the queue with their STDIN), then their STDIN records interleaved, written until
 /// postern stops reading (the write times out) or all is sent. Returns the bytes
 /// written; the connection stays open (returned) for the caller to close.
 fn flood_one(port: u16) -> (usize, Option<TcpStream>) {
@@ -258,9 +259,9 @@ fn flood_one(port: u16) -> (usize, Option<TcpStream>) {
         head.extend(fcgi::begin(id, 1, true));
         let vars = [
             ("REQUEST_METHOD", "POST"),
-            ("SCRIPT_NAME", "/unread-body"),
-            ("REQUEST_URI", "/unread-body"),
-            ("QUERY_STRING", ""),
+            ("SCRIPT_NAME", "/sleep"),
+            ("REQUEST_URI", "/sleep?s=0.01"),
+            ("QUERY_STRING", "s=0.01"),
             ("CONTENT_LENGTH", len.as_str()),
             ("SERVER_PROTOCOL", "HTTP/1.1"),
             ("SERVER_NAME", "localhost"),
@@ -292,7 +293,7 @@ fn a_multiplexed_stdin_flood_holds_bounded_memory_while_nginx_is_served() {
     let dir = tempdir();
     let p = Spawn::tcp(dir.path(), &testapp())
         .protocol("fastcgi")
-        .args(["--threads", "2", "--access-log", "off"])
+        .args(["--threads", "8", "--access-log", "off"])
         .start();
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
