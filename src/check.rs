@@ -59,6 +59,24 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     if let Some(stats) = &config.opts.stats {
         all.push(("stats (HTTP)", stats, false));
     }
+    // The warnings a start would log (a listener others can reach, root without
+    // --uid, a socket directory anyone may write in), printed here: --check runs
+    // before the log is set up, and tracing would drop them.
+    let warnings = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stdout)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish(),
+    );
+    for p in &plan {
+        listener::warn_if_reachable(&p.addr);
+    }
+    if config.uid.map_or(true, |u| u == 0) {
+        crate::boot::warn_if_root();
+    }
     for (name, addr, inherited) in all {
         if inherited {
             let _ = writeln!(
@@ -79,6 +97,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         }
     }
     drop(held); // closes them and removes their socket files
+    drop(warnings);
     for (what, path) in files_written(config) {
         match writable(path) {
             Ok(()) => {

@@ -544,7 +544,9 @@ fn a_listener_other_machines_can_reach_is_warned_about_loopback_is_not() {
     let mut cmd = command(&security_app());
     cmd.args(["--uwsgi", &format!("127.0.0.1:{local}")])
         .args(["--scgi", &format!("[::1]:{}", free_port())])
-        .args(["--fastcgi", &format!("0.0.0.0:{open}")]);
+        .args(["--fastcgi", &format!("0.0.0.0:{open}")])
+        // A master and two workers: said once, not once per process.
+        .args(["--workers", "2"]);
     let p = Postern::spawn(cmd, Addr::Tcp(local), dir.path(), None);
     let logs = p.logs();
     let warnings: Vec<&str> = logs
@@ -566,8 +568,10 @@ fn running_as_root_without_uid_is_warned_about() {
         return;
     }
     let dir = tempdir();
-    let root = Spawn::unix(dir.path(), &security_app().to_string_lossy()).start();
-    assert!(root.logs().contains("running as root: the app, and anything a request can make it do, runs with every privilege; give --uid USER"), "{}", root.logs());
+    let root = Spawn::unix(dir.path(), &security_app().to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert_eq!(root.logs().matches("running as root: the app, and anything a request can make it do, runs with every privilege; give --uid USER").count(), 1, "{}", root.logs());
     let sock = dir.path().join("u.sock");
     let mut cmd = as_nobody(dir.path());
     cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
@@ -771,11 +775,20 @@ fn uwsgi_magic_variables_are_plain_environ_entries_on_every_protocol() {
         assert_eq!(report["body"], "body", "{proto:?}");
         evil.assert_untouched(&report, &watch, &format!("{proto:?}"));
     }
-    // The touch-reload file named by a request is not watched.
+    // The touch-reload file named by a request is not watched: touched, and given
+    // longer than --touch-reload's mtime poll (200 ms) to act, the same worker answers.
+    let before = ask(Proto::Uwsgi, &Addr::Unix(sock("u")), &vars, b"body")["pid"].clone();
     std::fs::write(evil.evil_dir().join("touch-me"), "now").unwrap();
     let _ = watch.touched();
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let report = ask(Proto::Uwsgi, &Addr::Unix(sock("u")), &vars, b"body");
     evil.assert_untouched(&report, &watch, "after touching UWSGI_TOUCH_RELOAD's file");
+    assert_eq!(
+        report["pid"],
+        before,
+        "the worker was replaced: {}",
+        p.logs()
+    );
     assert!(!p.logs().contains("reload"), "{}", p.logs());
     // The watch does see an open in the evil directory.
     std::fs::read(evil.evil_dir().join("evil.py")).unwrap();
@@ -1013,4 +1026,107 @@ fn a_request_variable_never_replaces_posterns_own_entries() {
             "{proto:?}"
         );
     }
+}
+
+#[test]
+fn a_variable_sent_twice_counts_once_the_last_on_every_protocol() {
+    let dir = tempdir();
+    let app = security_app();
+    let u = dir.path().join("u.sock");
+    let f = dir.path().join("f.sock");
+    let s = dir.path().join("s.sock");
+    let mut cmd = command(&app);
+    cmd.args(["--socket-mode", "666"])
+        .args(["--uwsgi", &format!("unix:{}", u.display())])
+        .args(["--fastcgi", &format!("unix:{}", f.display())])
+        .args(["--scgi", &format!("unix:{}", s.display())]);
+    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir.path(), None);
+    let vars: &[(&str, &str)] = &[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("CONTENT_LENGTH", "4"),
+        ("REMOTE_ADDR", "10.0.0.1"),
+        ("HTTPS", "on"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("HTTPS", "off"),
+        // nginx's stock params send CONTENT_TYPE "" for a request without one: that
+        // counts as absent, and the client's Content-Type (the same header) stands in.
+        ("CONTENT_TYPE", ""),
+        ("HTTP_CONTENT_TYPE", "text/plain"),
+    ];
+    for (proto, addr) in [
+        (Proto::Uwsgi, Addr::Unix(u.clone())),
+        (Proto::FastCgi, Addr::Unix(f.clone())),
+        (Proto::Scgi, Addr::Unix(s.clone())),
+    ] {
+        let report = ask(proto, &addr, vars, b"body");
+        assert_eq!(
+            env(&report, "REMOTE_ADDR"),
+            Some("127.0.0.1"),
+            "{proto:?}: {report}"
+        );
+        assert_eq!(env(&report, "HTTPS"), Some("off"), "{proto:?}: {report}");
+        assert_eq!(report["url_scheme"], "http", "{proto:?}: {report}");
+        assert_eq!(
+            env(&report, "CONTENT_TYPE"),
+            Some("text/plain"),
+            "{proto:?}"
+        );
+        assert_eq!(report["body"], "body", "{proto:?}");
+        // A non-empty CONTENT_TYPE wins over HTTP_CONTENT_TYPE, in either order.
+        for both in [
+            [
+                ("CONTENT_TYPE", "text/good"),
+                ("HTTP_CONTENT_TYPE", "text/evil"),
+            ],
+            [
+                ("HTTP_CONTENT_TYPE", "text/evil"),
+                ("CONTENT_TYPE", "text/good"),
+            ],
+        ] {
+            let mut v = vars[..6].to_vec();
+            v.extend(both);
+            let report = ask(proto, &addr, &v, b"body");
+            assert_eq!(
+                env(&report, "CONTENT_TYPE"),
+                Some("text/good"),
+                "{proto:?}: {report}"
+            );
+        }
+    }
+}
+
+// regression: --check printed none of the warnings a start logs (a listener on 0.0.0.0,
+// root without --uid, a world-writable socket directory): it runs before the log is set
+// up, and they went nowhere.
+#[test]
+fn check_prints_the_warnings_a_start_would_log() {
+    let dir = tempdir();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = open.join("c.sock");
+    let out = command(&security_app())
+        .arg("--check")
+        .args(["--uwsgi", &format!("0.0.0.0:{}", free_port())])
+        .args(["--fastcgi", &format!("unix:{}", sock.display())])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("reachable from other machines"), "{stdout}");
+    assert!(stdout.contains("has no sticky bit"), "{stdout}");
+    assert_eq!(stdout.contains("running as root"), is_root(), "{stdout}");
+    assert!(!sock.exists());
+    let quiet = command(&security_app())
+        .arg("--check")
+        .args(["--uwsgi", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&quiet.stdout);
+    assert!(quiet.status.success(), "{stdout}");
+    assert!(!stdout.contains("reachable"), "{stdout}");
 }
