@@ -438,3 +438,50 @@ fn a_waiting_app_gets_its_input_past_another_requests_queued_stdin() {
         "the dropped body is logged"
     );
 }
+
+// regression: PARAMS still being assembled counted against --fastcgi-buffer even when
+// the connection held nothing an app would ever release: two requests' unfinished
+// PARAMS over the budget stopped the connection for good (and without a timeout).
+#[test]
+fn unfinished_params_alone_never_stop_a_connection_for_good() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--fastcgi-buffer", "64K"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let filler = "f".repeat(40_000);
+    let mut first = Vec::new();
+    let mut rest = Vec::new();
+    for id in [1u16, 2] {
+        let mut vars: Vec<(&str, String)> = fcgi::get_vars("/env");
+        vars.push(("HTTP_X_FILLER", filler.clone()));
+        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let block = fcgi::pairs(&v);
+        // Each request's PARAMS in two records; the second ones come after both firsts.
+        let (a, b) = block.split_at(block.len() / 2);
+        first.extend(fcgi::begin(id, 1, true));
+        first.extend(fcgi::record(fcgi::PARAMS, id, a));
+        rest.extend(fcgi::record(fcgi::PARAMS, id, b));
+        rest.extend(fcgi::record(fcgi::PARAMS, id, b""));
+        rest.extend(fcgi::record(fcgi::STDIN, id, b""));
+    }
+    c.write_all(&first).unwrap();
+    // Let postern read the unfinished PARAMS before the rest comes.
+    c.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all(&rest).unwrap();
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let rec = fcgi::read(&mut c).expect("both requests answered");
+        if rec.kind == fcgi::END_REQUEST {
+            ended.push(rec.id);
+        }
+    }
+    ended.sort();
+    assert_eq!(ended, [1, 2]);
+}

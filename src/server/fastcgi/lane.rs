@@ -379,7 +379,10 @@ pub async fn serve(
         // fail), not queued past the budget. Else two requests could wait for each
         // other for ever: A's app for A's STDIN, B's STDIN (ahead of A's in the
         // stream) for the Python thread A's app holds.
-        let over = input.over(parser.params_held()) || input.worker_over();
+        // PARAMS being assembled count only next to input the apps will release: alone
+        // (nothing charged yet) nothing would ever make room, and they are bounded by
+        // the parser anyway (64 requests of --buffer-size at most).
+        let over = (input.held() > 0 && input.over(parser.params_held())) || input.worker_over();
         let starved = over
             && slots
                 .values()
