@@ -200,6 +200,10 @@ pub fn run(
         if let Some(channel) = handover {
             let _ = rustix::event::epoll::delete(&*epoll, channel.receiver());
         }
+        // First: a lane task started below must see the stop from its first look, or
+        // it would park its idle connection, and a parking that is closed for good
+        // closes it at once (no last request).
+        idle_close.cancel();
         let idle = parking.close_all();
         if !idle.is_empty() {
             tracing::debug!(idle = idle.len(), "idle FastCGI keep-alive connections wait a moment for a last request");
@@ -207,7 +211,6 @@ pub fn run(
         for (conn, entry) in idle {
             acceptor.fcgi_to_lane(conn, bytes::BytesMut::new(), Instant::now(), entry);
         }
-        idle_close.cancel();
         // The whole server stops (a single process, or the master stopping all its
         // workers): new connections are refused (a front server then tries its next
         // upstream), the ones already waiting in the listen queues are served, not
