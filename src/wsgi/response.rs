@@ -220,6 +220,57 @@ impl State {
         }
     }
 
+    /// Sends the parts of a list or tuple body, `total` bytes in all (out of line: the
+    /// usual body is one part).
+    #[inline(never)]
+    fn send_parts(
+        &mut self,
+        py: Python<'_>,
+        items: &[Bound<'_, PyAny>],
+        total: usize,
+    ) -> Result<(), Failure> {
+        if total <= COALESCE {
+            let mut all = Vec::with_capacity(total);
+            for item in items {
+                all.extend_from_slice(body_bytes(item)?.as_bytes());
+            }
+            let _ = self.send_body(py, &all);
+            return Ok(());
+        }
+        // Small parts are gathered up to COALESCE; a large one goes out as it is: a
+        // list of big bytes objects is never copied into one buffer of its size.
+        let last = std::mem::take(&mut self.last_write);
+        let mut last_part = 0;
+        for (i, item) in items.iter().enumerate() {
+            if !body_bytes(item)?.as_bytes().is_empty() {
+                last_part = i;
+            }
+        }
+        let mut buf = Vec::with_capacity(COALESCE);
+        for (i, item) in items.iter().enumerate() {
+            let data = body_bytes(item)?.as_bytes();
+            if buf.len() + data.len() <= COALESCE {
+                buf.extend_from_slice(data);
+                continue;
+            }
+            if self.send_body(py, &buf).is_err() {
+                return Ok(());
+            }
+            buf.clear();
+            if data.len() < COALESCE {
+                buf.extend_from_slice(data);
+                continue;
+            }
+            self.last_write = last && i == last_part;
+            if self.send_body(py, data).is_err() {
+                return Ok(());
+            }
+        }
+        self.last_write = last;
+        let _ = self.send_body(py, &buf);
+        Ok(())
+    }
+
     /// Sends the headers if nothing has gone out yet (empty body).
     fn flush_headers(&mut self, py: Python<'_>) -> Result<(), Gone> {
         if self.headers_sent {
@@ -249,7 +300,7 @@ impl State {
         // Sizes are counted in characters before any is read as UTF-8 or copied into an
         // error message: a latin-1 character is one byte on the wire, and anything else
         // is refused anyway.
-        let mut head = "HTTP/1.1 \r\n\r\n".len() + status.len()?;
+        let mut head = "HTTP/1.1 \r\n\r\n".len() + chars(status);
         if head > HEAD_LIMIT {
             return Err(too_big("status", head));
         }
@@ -281,7 +332,7 @@ impl State {
                 })
             };
             let (name_s, value_s) = (text(name, "name")?, text(value, "value")?);
-            head += name_s.len()? + ": \r\n".len() + value_s.len()?;
+            head += chars(&name_s) + ": \r\n".len() + chars(&value_s);
             if head > HEAD_LIMIT {
                 return Err(too_big("header block", head));
             }
@@ -313,8 +364,19 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The length of `s` in characters, read from the object (no call, no error path: this
+/// runs for every header of every response).
+fn chars(s: &Bound<'_, PyString>) -> usize {
+    // SAFETY: `s` is a live str object (the type is checked by `Bound<PyString>`), and
+    // its length field is set when it is created.
+    let n = unsafe { pyo3::ffi::PyUnicode_GET_LENGTH(s.as_ptr()) };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// A response head over [`HEAD_LIMIT`]: logged here (the app may swallow the exception)
 /// and raised as ValueError inside the app. `size` is what was counted when it went over.
+#[cold]
+#[inline(never)]
 fn too_big(what: &str, size: usize) -> PyErr {
     let msg = format!(
         "start_response(): the response {what} reaches {size} bytes, over the {HEAD_LIMIT}-byte limit of a response head \
@@ -798,48 +860,10 @@ fn iterate(
         // met): the sink may end it in the same write (FastCGI: with END_REQUEST).
         r.last_write =
             total > 0 && (r.head_only() || r.content_length.is_none_or(|cl| cl <= total as u64));
-        if items.len() == 1 || total <= COALESCE {
-            if items.len() == 1 {
-                let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
-            } else {
-                let mut all = Vec::with_capacity(total);
-                for item in items {
-                    all.extend_from_slice(body_bytes(item)?.as_bytes());
-                }
-                let _ = r.send_body(py, &all);
-            }
+        if items.len() == 1 {
+            let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
         } else {
-            // Small parts are gathered up to COALESCE; a large one goes out as it is:
-            // a list of big bytes objects is never copied into one buffer of its size.
-            let last = std::mem::take(&mut r.last_write);
-            let mut last_part = 0;
-            for (i, item) in items.iter().enumerate() {
-                if !body_bytes(item)?.as_bytes().is_empty() {
-                    last_part = i;
-                }
-            }
-            let mut buf = Vec::with_capacity(COALESCE);
-            for (i, item) in items.iter().enumerate() {
-                let data = body_bytes(item)?.as_bytes();
-                if buf.len() + data.len() <= COALESCE {
-                    buf.extend_from_slice(data);
-                    continue;
-                }
-                if r.send_body(py, &buf).is_err() {
-                    break;
-                }
-                buf.clear();
-                if data.len() < COALESCE {
-                    buf.extend_from_slice(data);
-                    continue;
-                }
-                r.last_write = last && i == last_part;
-                if r.send_body(py, data).is_err() {
-                    break;
-                }
-            }
-            r.last_write = last;
-            let _ = r.send_body(py, &buf);
+            r.send_parts(py, items, total)?;
         }
         r.last_write = false;
         return Ok(());
