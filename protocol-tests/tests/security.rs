@@ -532,6 +532,19 @@ fn the_socket_directory_is_checked_with_a_clear_error() {
         "{err}"
     );
     assert!(left.exists());
+    // regression: a stale socket of root's, in a sticky directory, that nobody may
+    // connect to but not remove, was reported as "may not create files in DIR" (the
+    // unlink's EPERM read as bind's).
+    std::fs::set_permissions(&left, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = as_nobody(&left);
+    assert!(
+        err.contains(&format!(
+            "{} is a stale socket of uid 0 that postern (uid 65534) may not remove",
+            left.display()
+        )),
+        "{err}"
+    );
+    assert!(left.exists());
 }
 
 // ---------------------------------------------------------------------------------
@@ -576,12 +589,32 @@ fn running_as_root_without_uid_is_warned_about() {
     let mut cmd = as_nobody(dir.path());
     cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
         .args(["--socket-mode", "666"]);
-    let dropped = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    let mut dropped = Postern::spawn(cmd, Addr::Unix(sock.clone()), dir.path(), None);
     assert!(
         !dropped.logs().contains("running as root"),
         "{}",
         dropped.logs()
     );
+    // regression: at the stop, nobody may not remove its socket from root's directory;
+    // the warning said only "cannot remove the Unix socket file: Permission denied".
+    dropped.signal(libc::SIGTERM);
+    assert!(dropped.wait_exit(30).is_some(), "{}", dropped.logs());
+    assert!(
+        dropped.logs().contains("cannot remove the Unix socket file: postern's user (uid 65534) may not write in its directory; the next start removes it as a stale socket"),
+        "{}",
+        dropped.logs()
+    );
+    assert!(sock.exists());
+    // And the next start does.
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())]);
+    let next = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    assert!(
+        next.logs().contains("removing a stale Unix socket"),
+        "{}",
+        next.logs()
+    );
+    assert_eq!(next.get("/").0, 200);
 }
 
 // ---------------------------------------------------------------------------------

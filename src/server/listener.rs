@@ -45,6 +45,13 @@ pub enum BindError {
         path: PathBuf,
         uid: u32,
     },
+    #[error("cannot listen on {addr}: {} is a stale socket of uid {owner} that postern (uid {uid}) may not remove (the directory's sticky bit keeps each user's files theirs); remove it as root or as that user, or choose another path", path.display())]
+    StaleForeign {
+        addr: ListenAddr,
+        path: PathBuf,
+        owner: u32,
+        uid: u32,
+    },
     #[error("cannot listen on {addr}: {dir} is not a directory; the socket's path must be DIRECTORY/NAME")]
     NotADirectory { addr: ListenAddr, dir: String },
     #[error("cannot listen on {addr}: {what} changed while the socket was being created ({detail}); something else is working in that directory: use one only postern's user can write")]
@@ -293,11 +300,18 @@ impl Drop for SocketFile {
             (Ok(now), Some(id)) if now != id => {
                 tracing::debug!(path = %self.path.display(), "the socket file was replaced by another server's; leaving it");
             }
-            (Ok(_), _) => {
-                if let Err(e) = std::fs::remove_file(&self.path) {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the Unix socket file");
+            (Ok(_), _) => match std::fs::remove_file(&self.path) {
+                Ok(()) => {}
+                // The usual case: --uid dropped root, and the directory is root's.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::warn!(
+                    path = %self.path.display(),
+                    "cannot remove the Unix socket file: postern's user (uid {}) may not write in its directory; the next start removes it as a stale socket (to have it removed at the stop, make the directory this user's: systemd `RuntimeDirectory=` with `User=`)",
+                    rustix::process::geteuid().as_raw()
+                ),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the Unix socket file")
                 }
-            }
+            },
             (Err(_), _) => {} // already gone
         }
     }
@@ -808,8 +822,18 @@ fn clear_stale_socket(
         }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             tracing::info!(path = %path.display(), "removing a stale Unix socket left by an earlier run");
-            rustix::fs::unlinkat(dirfd, name, AtFlags::empty())
-                .map_err(|e| BindError::from_io(addr, e.into()))
+            match rustix::fs::unlinkat(dirfd, name, AtFlags::empty()) {
+                Ok(()) => Ok(()),
+                // The directory is writable (checked), so this is the sticky bit: the
+                // stale socket is another user's.
+                Err(Errno::PERM | Errno::ACCESS) => Err(BindError::StaleForeign {
+                    addr: addr.clone(),
+                    path: path.to_owned(),
+                    owner: meta.st_uid,
+                    uid: rustix::process::geteuid().as_raw(),
+                }),
+                Err(e) => Err(BindError::from_io(addr, e.into())),
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(BindError::ForeignSocket {
             addr: addr.clone(),
