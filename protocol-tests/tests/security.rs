@@ -574,6 +574,22 @@ fn a_listener_other_machines_can_reach_is_warned_about_loopback_is_not() {
     );
 }
 
+// regression: `[::ffff:127.0.0.1]:PORT` (IPv4 loopback written as IPv6) did not start
+// ("Invalid argument"), and as --stats it was warned about as reachable.
+#[test]
+fn an_ipv4_mapped_loopback_address_is_served_and_not_warned_about() {
+    let dir = tempdir();
+    let port = free_port();
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("[::ffff:127.0.0.1]:{port}")])
+        .args(["--stats", &format!("[::ffff:127.0.0.1]:{}", free_port())]);
+    let p = Postern::spawn(cmd, Addr::Tcp(port), dir.path(), None);
+    assert_eq!(p.get("/").0, 200);
+    let logs = p.logs();
+    assert!(!logs.contains("reachable from other machines"), "{logs}");
+    assert!(!logs.contains("non-loopback"), "{logs}");
+}
+
 #[test]
 fn running_as_root_without_uid_is_warned_about() {
     if !is_root() {

@@ -38,13 +38,12 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 /// A `unix:` address gets the listeners' `--socket-mode` and `--socket-owner` (`opts`),
 /// so whoever may reach the app's socket may run `postern status` on it.
 pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, StatsError> {
-    if let ListenAddr::Tcp(a) = addr {
-        if !a.ip().is_loopback() {
-            tracing::warn!(
-                stats = %addr,
-                "--stats listens on a non-loopback address: anyone who can reach it sees request paths and metrics (there is no authentication); prefer 127.0.0.1:PORT or unix:PATH"
-            );
-        }
+    // The listeners' own rule (::ffff:127.0.0.1 is loopback too).
+    if !listener::is_local_only(addr) {
+        tracing::warn!(
+            stats = %addr,
+            "--stats listens on a non-loopback address: anyone who can reach it sees request paths and metrics (there is no authentication); prefer 127.0.0.1:PORT or unix:PATH"
+        );
     }
     let opts = SocketOptions {
         backlog: 64,
