@@ -20,7 +20,44 @@ pub struct Cgi<'a> {
     /// `REQUEST_METHOD` is `HEAD`: the response carries headers only.
     pub is_head: bool,
     /// What was repaired or dropped, for a debug line.
-    pub notes: Vec<&'static str>,
+    pub notes: Notes,
+}
+
+/// What [`normalise`] repaired or dropped: a set of fixed sentences (no allocation on
+/// a request's path; nginx's stock `fastcgi_params` makes one of them every request).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Notes(u8);
+
+impl Notes {
+    const ALL: [&'static str; 4] = [
+        "dropped a wsgi.* or postern.* variable",
+        "SCRIPT_NAME without PATH_INFO taken as the whole path",
+        "PATH_INFO derived from REQUEST_URI",
+        "promoted an HTTP_CONTENT_* header",
+    ];
+
+    const DROPPED_OWN: u8 = 0;
+    const SCRIPT_AS_PATH: u8 = 1;
+    const PATH_FROM_URI: u8 = 2;
+    const PROMOTED: u8 = 3;
+
+    /// Adds the sentence `Notes::ALL[i]`.
+    fn add(&mut self, i: u8) {
+        self.0 |= 1 << i;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// The sentences, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
+        Self::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| *n)
+    }
 }
 
 /// One CGI variable of the environ.
@@ -87,6 +124,8 @@ pub const KNOWN: &[&str] = &[
     "HTTP_SEC_FETCH_MODE",
     "HTTP_SEC_FETCH_SITE",
     "HTTP_SEC_FETCH_USER",
+    // In nginx's stock fastcgi_params (for PHP's cgi.force_redirect).
+    "REDIRECT_STATUS",
 ];
 
 const K_REQUEST_METHOD: u8 = 0;
@@ -167,28 +206,30 @@ pub fn known(key: &[u8]) -> Option<u8> {
     }
 }
 
-/// [`known`], first trying the name the last request had at the same position: a
-/// front server sends its params file's names in the same order every time, so one
-/// comparison usually settles it (the answer is the same either way).
-fn known_at(i: usize, key: &[u8]) -> Option<u8> {
-    const SLOTS: usize = 64;
-    const NONE: u8 = u8::MAX;
-    thread_local! {
-        static LAST: [std::cell::Cell<u8>; SLOTS] =
-            const { [const { std::cell::Cell::new(NONE) }; SLOTS] };
-    }
-    if i >= SLOTS {
+/// Names guessed by position ([`known_at`]): the known index each position had in the
+/// last request of this thread.
+const GUESSES: usize = 64;
+const NO_GUESS: u8 = u8::MAX;
+
+thread_local! {
+    static LAST_NAMES: std::cell::Cell<[u8; GUESSES]> =
+        const { std::cell::Cell::new([NO_GUESS; GUESSES]) };
+}
+
+/// [`known`], first trying the name `last` had at position `i`: a front server sends its
+/// params file's names in the same order every time, so one comparison usually settles
+/// it (the answer is the same either way); `last` learns the answer.
+fn known_at(last: &mut [u8; GUESSES], i: usize, key: &[u8]) -> Option<u8> {
+    let Some(slot) = last.get_mut(i) else {
         return known(key);
+    };
+    let guess = *slot;
+    if guess != NO_GUESS && same(KNOWN[usize::from(guess)].as_bytes(), key) {
+        return Some(guess);
     }
-    LAST.with(|last| {
-        let guess = last[i].get();
-        if guess != NONE && same(KNOWN[usize::from(guess)].as_bytes(), key) {
-            return Some(guess);
-        }
-        let k = known(key);
-        last[i].set(k.unwrap_or(NONE));
-        k
-    })
+    let k = known(key);
+    *slot = k.unwrap_or(NO_GUESS);
+    k
 }
 
 /// `a == b` for short names, 8 bytes at a time (a slice comparison calls memcmp).
@@ -234,9 +275,11 @@ pub struct Defaults<'a> {
 
 /// Unknown names seen so far, to find a repeat: a short list scanned in full, then a
 /// hash map once it grows (the usual request has no unknown name at all).
+/// (`few` is an array on the stack: no allocation for the first [`Unknown::FEW`].)
 #[derive(Default)]
 struct Unknown<'a> {
-    few: Vec<(&'a [u8], usize)>,
+    few: [(&'a [u8], usize); Unknown::FEW],
+    nfew: usize,
     many: HashMap<&'a [u8], usize>,
 }
 
@@ -246,14 +289,17 @@ impl<'a> Unknown<'a> {
     /// The position of `key` in the vars, or records it at `next`.
     fn find_or_insert(&mut self, key: &'a [u8], next: usize) -> Option<usize> {
         if self.many.is_empty() {
-            if let Some(&(_, i)) = self.few.iter().find(|(k, _)| *k == key) {
+            let few = &mut self.few[..self.nfew];
+            if let Some(&(_, i)) = few.iter().find(|(k, _)| *k == key) {
                 return Some(i);
             }
-            if self.few.len() < Self::FEW {
-                self.few.push((key, next));
+            if self.nfew < Self::FEW {
+                self.few[self.nfew] = (key, next);
+                self.nfew += 1;
                 return None;
             }
-            self.many.extend(self.few.drain(..));
+            self.many.extend(self.few.iter().copied());
+            self.nfew = 0;
         }
         match self.many.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
@@ -304,11 +350,13 @@ pub fn normalise<'a>(
         _ => None,
     };
     let mut unknown = Unknown::default();
+    // One copy in and out of the thread's guesses per request, not a lookup per name.
+    let mut last = LAST_NAMES.with(std::cell::Cell::get);
     for (pos, (key, value)) in pairs.enumerate() {
         if key.is_empty() {
             continue;
         }
-        let k = known_at(pos, key);
+        let k = known_at(&mut last, pos, key);
         let found = match k {
             Some(K_HTTP_PROXY | K_HTTP_TRANSFER_ENCODING) => continue,
             Some(k) => {
@@ -329,7 +377,7 @@ pub fn normalise<'a>(
             None if matches!(key[0], b'w' | b'p')
                 && (key.starts_with(b"wsgi.") || key.starts_with(b"postern.")) =>
             {
-                cgi.notes.push("dropped a wsgi.* or postern.* variable");
+                cgi.notes.add(Notes::DROPPED_OWN);
                 continue;
             }
             None => unknown.find_or_insert(key, cgi.vars.len()),
@@ -353,6 +401,7 @@ pub fn normalise<'a>(
             Some(i) => cgi.vars[i].value = Cow::Borrowed(value),
         }
     }
+    LAST_NAMES.with(|l| l.set(last));
     let value = |at: &[u32], k: u8| -> Option<&'a [u8]> {
         match at[usize::from(k)] {
             0 => None,
@@ -380,15 +429,14 @@ pub fn normalise<'a>(
     if defaults.script_name_is_path && path.is_none() && !script.is_empty() {
         path = Some(Cow::Borrowed(script));
         script = b"";
-        cgi.notes
-            .push("SCRIPT_NAME without PATH_INFO taken as the whole path");
+        cgi.notes.add(Notes::SCRIPT_AS_PATH);
     }
     if path.is_none() {
         let uri = value(&at, K_REQUEST_URI).or_else(|| value(&at, K_DOCUMENT_URI));
         if let Some(uri) = uri {
             let before_query = uri.split(|&b| b == b'?').next().unwrap_or_default();
             path = Some(percent_decode_cow(before_query));
-            cgi.notes.push("PATH_INFO derived from REQUEST_URI");
+            cgi.notes.add(Notes::PATH_FROM_URI);
         }
     }
     let mut path = path.unwrap_or_default();
@@ -422,7 +470,7 @@ pub fn normalise<'a>(
             Some(v) => Some(v),
             None => {
                 if http_form.is_some() {
-                    cgi.notes.push("promoted an HTTP_CONTENT_* header");
+                    cgi.notes.add(Notes::PROMOTED);
                 }
                 non_empty(http_form)
             }
@@ -624,6 +672,10 @@ mod tests {
         ];
         let cgi = run_with(&stock, true, &[]);
         assert_eq!(paths(&cgi), ("".into(), "/app/a/b".into()));
+        assert_eq!(
+            cgi.notes.iter().collect::<Vec<_>>(),
+            ["SCRIPT_NAME without PATH_INFO taken as the whole path"]
+        );
         static MOUNTS: std::sync::LazyLock<Vec<Vec<u8>>> =
             std::sync::LazyLock::new(|| vec![b"/ap".to_vec(), b"/app".to_vec()]);
         let cgi = run_with(&stock, true, &MOUNTS);
@@ -733,10 +785,11 @@ mod tests {
             .collect();
         // The same position asked with every name in turn (each a miss after the
         // previous one), then again (each a hit), and the same word lengths that differ.
+        let mut last = [NO_GUESS; GUESSES];
         for round in 0..2 {
             for (i, k) in names.iter().enumerate() {
                 for pos in [0, i, 63, 64, 200] {
-                    assert_eq!(known_at(pos, k), known(k), "{round} {pos} {k:?}");
+                    assert_eq!(known_at(&mut last, pos, k), known(k), "{round} {pos} {k:?}");
                 }
             }
         }
