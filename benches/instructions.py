@@ -328,7 +328,7 @@ TOP_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$")
 
 
 def callgrind(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm: int, top: int,
-              inclusive: bool) -> Figures:
+              inclusive: bool, keep: Path | None = None) -> Figures:
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"cg-{server}-{scen.name}-"))
     sock = run_dir / "app.sock"
     # Start-up runs uninstrumented (several times faster under valgrind); instrumentation
@@ -385,6 +385,9 @@ def callgrind(server: str, scen: Scenario, bins: dict, work: Path, n: int, warm:
     for obj, ir in self_cost_by_object(dump).items():
         kind = object_kind(obj, server)
         f.by_object[kind] = f.by_object.get(kind, 0) + ir / n
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, keep / f"callgrind.out.{server}.{scen.name}")
     shutil.rmtree(run_dir, ignore_errors=True)
     return f
 
@@ -512,6 +515,9 @@ def main(argv=None) -> int:
     ap.add_argument("--uwsgi-bin", help="use this uwsgi (default: target/bench-venv/bin/uwsgi)")
     ap.add_argument("--venv", default=str(REPO / "target" / "bench-venv"))
     ap.add_argument("--format", choices=["text", "markdown"], default="text")
+    ap.add_argument("--keep-dumps", metavar="DIR",
+                    help="copy each callgrind dump to DIR/callgrind.out.SERVER.SCENARIO "
+                         "(for callgrind_annotate --tree=caller, --auto=yes, ...)")
     args = ap.parse_args(argv)
     names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",") if s.strip()]
     bad = [s for s in names if s not in SCENARIOS]
@@ -551,7 +557,8 @@ def main(argv=None) -> int:
                 if args.no_callgrind:
                     fig = Figures(server, name, n)
                 else:
-                    fig = callgrind(server, scen, bins, work, n, args.warmup, args.top, args.inclusive)
+                    fig = callgrind(server, scen, bins, work, n, args.warmup, args.top, args.inclusive,
+                                   Path(args.keep_dumps) if args.keep_dumps else None)
                 if not args.no_strace:
                     strace(server, scen, bins, work, n, args.warmup, fig)
                 results.append(fig)
