@@ -608,6 +608,120 @@ fn events_clone(events: &[Event]) -> Vec<Event> {
         .collect()
 }
 
+/// `fastcgi_server`: [`ConnParser`] driven the way the server drives it. The input is
+/// a list of steps: feed some bytes, finish the oldest request whose Params came (the
+/// server wrote its END_REQUEST), or adopt an id (the fast path ran a whole request
+/// before the slow lane took the connection), with up to 64 requests per connection
+/// as the server allows. Checked against a model of each id after every step: an id is
+/// active from its Params (or adoption) until finished; at most `max_reqs` are active;
+/// a BEGIN_REQUEST for an active id is the fatal `FcgiIdInUse`, for a finished one it
+/// starts afresh; `awaiting_params` says whether a begun request still waits for its
+/// PARAMS; every reply is whole records of the types a server may send.
+pub fn fastcgi_server(data: &[u8]) {
+    let mut g = Gen::new(data);
+    let max_reqs = usize::from(g.byte() % 64) + 1;
+    let mut parser = ConnParser::new(ConnLimits {
+        max_params: CONN_MAX_PARAMS,
+        max_reqs,
+        values: conn_limits().values,
+    });
+    let mut buf = BytesMut::new();
+    // The stream so far, parsed on the side: which ids records were sent for.
+    let mut shadow = Vec::new();
+    let mut seen: Vec<u16> = Vec::new();
+    // Ids whose Params came (or adopted), oldest first, not finished yet.
+    let mut running: Vec<u16> = Vec::new();
+    while !g.is_empty() {
+        let op = g.byte();
+        match op % 4 {
+            0 | 1 => {
+                let bytes = g.string();
+                buf.extend_from_slice(bytes);
+                shadow.extend_from_slice(bytes);
+                let mut events = Vec::new();
+                let fed = parser.feed(&mut buf, &mut events);
+                // The records this read completed, as the parser saw them.
+                let mut begun_active = Vec::new();
+                while let Ok(Some((n, r))) = fcgi::parse_record(&shadow) {
+                    if !seen.contains(&r.request_id) {
+                        seen.push(r.request_id);
+                    }
+                    if r.kind == fcgi::BEGIN_REQUEST && r.request_id != 0 {
+                        begun_active.push((r.request_id, running.contains(&r.request_id)));
+                    }
+                    shadow.drain(..n);
+                }
+                for event in &events {
+                    match event {
+                        Event::Params { id, .. } => {
+                            assert!(!running.contains(id), "Params for running {id}");
+                            running.push(*id);
+                        }
+                        Event::Stdin { id, .. } | Event::StdinEnd { id } | Event::Abort { id } => {
+                            assert!(running.contains(id), "{event:?} for an id not running")
+                        }
+                        Event::Reply(out) => {
+                            let mut rest = &out[..];
+                            while !rest.is_empty() {
+                                let (n, r) =
+                                    fcgi::parse_record(rest).unwrap().expect("a cut reply");
+                                assert!(matches!(
+                                    r.kind,
+                                    fcgi::END_REQUEST
+                                        | fcgi::GET_VALUES_RESULT
+                                        | fcgi::UNKNOWN_TYPE
+                                ));
+                                rest = &rest[n..];
+                            }
+                        }
+                    }
+                }
+                match fed {
+                    Ok(()) => {
+                        assert!(
+                            begun_active.iter().all(|(_, active)| !active),
+                            "a BEGIN_REQUEST for a running id was taken"
+                        );
+                        assert_eq!(fcgi::parse_record(&buf), Ok(None));
+                    }
+                    Err(ProtoError::FcgiIdInUse(id)) => {
+                        assert!(parser.is_active(id));
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            2 => {
+                if !running.is_empty() {
+                    let id = running.remove(0);
+                    parser.finished(id);
+                }
+            }
+            _ => {
+                let id = u16::from(g.byte() % 4) + 1;
+                if !parser.is_active(id) && parser.active() < max_reqs {
+                    parser.adopt(id, op & 4 != 0);
+                    running.push(id);
+                    if !seen.contains(&id) {
+                        seen.push(id);
+                    }
+                }
+            }
+        }
+        assert!(parser.active() <= max_reqs);
+        for id in &running {
+            assert!(parser.is_active(*id), "{id} running but not active");
+        }
+        let waiting = seen
+            .iter()
+            .any(|id| parser.is_active(*id) && !running.contains(id));
+        assert_eq!(parser.awaiting_params(), waiting);
+        if parser.close_after_replies() {
+            assert!(parser.active() <= max_reqs);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // CGI → environ
 
@@ -1387,6 +1501,7 @@ mod replay {
         fastcgi_record,
         fastcgi_params,
         fastcgi_conn,
+        fastcgi_server,
         cgi_normalise,
         fastcgi_assemble,
         codec_stream,
