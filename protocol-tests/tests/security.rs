@@ -547,6 +547,47 @@ fn the_socket_directory_is_checked_with_a_clear_error() {
     assert!(left.exists());
 }
 
+// regression: an abstract socket passed by systemd (`ListenStream=@name`) was dropped
+// without a word, and postern served on the default 127.0.0.1:3031 instead.
+#[test]
+fn an_abstract_socket_passed_by_systemd_is_served() {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    let dir = tempdir();
+    let name = format!("postern-security-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // --stats on a path: what the harness waits on.
+    let stats = dir.path().join("st.sock");
+    let cmd = socket_activated(
+        fd,
+        &format!(
+            "{} --stats unix:{}",
+            security_app().display(),
+            stats.display()
+        ),
+    );
+    let p = Postern::spawn(cmd, Addr::Unix(stats), dir.path(), None);
+    let logs = p.logs();
+    assert!(
+        logs.contains(&format!("listening on unix:@{name} (uwsgi)")),
+        "{logs}"
+    );
+    assert!(!logs.contains("3031"), "{logs}");
+    let mut c = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    c.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+    ]))
+    .unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    let r = parse_http(&resp).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&resp)));
+    assert_eq!(r.status, 200);
+    drop(sock);
+}
+
 // ---------------------------------------------------------------------------------
 // Warnings
 

@@ -416,10 +416,15 @@ fn systemd_fds() -> Vec<i32> {
 
 /// A socket's own address as a listener address (an unnamed Unix socket has none).
 fn listen_addr(local: &SockAddr) -> Option<ListenAddr> {
+    use std::os::unix::ffi::OsStrExt;
     match (local.as_socket(), local.as_pathname()) {
         (Some(sa), _) => Some(ListenAddr::Tcp(sa)),
         (None, Some(path)) => Some(ListenAddr::Unix(path.to_owned())),
-        (None, None) => None,
+        // An abstract socket (systemd `ListenStream=@name`), written `@name` as systemd
+        // and ss write it. A configured path never reads so: it is made absolute.
+        (None, None) => local
+            .as_abstract_namespace()
+            .map(|name| ListenAddr::Unix(PathBuf::from(OsStr::from_bytes(&[b"@", name].concat())))),
     }
 }
 
@@ -449,6 +454,10 @@ pub fn systemd_listeners() -> Vec<Bound> {
         let _ = sock.set_nonblocking(true);
         let _ = sock.set_cloexec(true);
         let Some(addr) = sock.local_addr().ok().as_ref().and_then(listen_addr) else {
+            tracing::warn!(
+                fd,
+                "systemd passed fd {fd}, which is neither a TCP socket nor a named Unix socket; ignored"
+            );
             continue;
         };
         let (socket, server_name, server_port) = match &addr {
