@@ -1358,10 +1358,13 @@ fn clients_that_connect_and_wait_before_sending_are_served() {
 #[test]
 fn a_client_stopping_mid_record_is_closed_after_read_timeout() {
     // A fresh connection that sends part of a record header, then nothing. README:
-    // "nothing for --read-timeout in the middle of a request" closes it (--head-timeout
-    // only covers a new connection that sends no byte at all).
+    // "nothing for --read-timeout in the middle of a request" closes it, when that comes
+    // before --head-timeout (which covers a head not whole in time, trickled or not).
     let dir = tempdir();
-    let p = start(dir.path(), &["--read-timeout", "2"]);
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "30", "--read-timeout", "2"])
+        .start();
     let mut stalled = Fc::open(&p);
     stalled.send(&fcgi::begin(1, RESPONDER, true)[..5]);
     for _ in 0..3 {

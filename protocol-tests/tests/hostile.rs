@@ -485,3 +485,49 @@ fn unfinished_params_alone_never_stop_a_connection_for_good() {
     ended.sort();
     assert_eq!(ended, [1, 2]);
 }
+
+// regression: a FastCGI head trickled a byte at a time was read for as long as each
+// byte came within --read-timeout (the soak's slow loris): the head must be whole within
+// --head-timeout, as over uwsgi and SCGI.
+#[test]
+fn a_trickled_fastcgi_head_is_cut_at_the_head_timeout() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "2", "--read-timeout", "60"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    for whole_begin in [false, true] {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let head = fcgi::get(1, true, "/env");
+        // From the first byte, or with BEGIN_REQUEST whole and the PARAMS trickled.
+        let at = if whole_begin { 16 } else { 0 };
+        c.write_all(&head[..at]).unwrap();
+        // A byte every 100 ms: 20 s for 200 bytes, far past the 2 s head timeout.
+        let mut cut = false;
+        for b in head[at..].iter().take(200) {
+            std::thread::sleep(Duration::from_millis(100));
+            if c.write_all(&[*b]).is_err() {
+                cut = true;
+                break;
+            }
+            let mut probe = [0u8; 1];
+            c.set_nonblocking(true).unwrap();
+            let closed = matches!(c.read(&mut probe), Ok(0));
+            c.set_nonblocking(false).unwrap();
+            if closed {
+                cut = true;
+                break;
+            }
+        }
+        assert!(
+            cut,
+            "a trickled head was read for 20 s (whole BEGIN: {whole_begin})"
+        );
+    }
+    assert!(p
+        .logs()
+        .contains("no complete FastCGI request head within 2s (--head-timeout)"));
+}

@@ -300,6 +300,8 @@ pub async fn serve(
     let input = settings.input.conn();
     // The last read was made past the budget, for a request whose app waits.
     let mut past = false;
+    // Since when a request head (a record, or a request's PARAMS) has been incomplete.
+    let mut head_since: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut closing = false;
     // At the final stop: an idle connection waits until then for a last request.
@@ -371,6 +373,14 @@ pub async fn serve(
             return;
         }
         let waiting_body = slots.values().any(|s| s.stdin.is_some());
+        let in_head = parser.awaiting_params() || (parser.active() == 0 && !buf.is_empty());
+        head_since = match (in_head, head_since) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            // A connection that never carried a request counts from its accept.
+            (true, None) if fresh_only(fresh, served) => Some(started),
+            (true, None) => Some(Instant::now()),
+        };
         // The input budget: a connection over it is not read until its apps read what
         // it holds (TCP pushes back on the front server), except while the app of one
         // of its requests waits for that request's input. Its next records may be
@@ -396,7 +406,12 @@ pub async fn serve(
             // Waiting for the apps to read their bodies, not for the peer.
             None
         } else if !buf.is_empty() || waiting_body || parser.awaiting_params() {
-            Some(last_read + limits.read_timeout)
+            // A head must be whole within --head-timeout however steadily it trickles
+            // (slow loris), as over uwsgi and SCGI; a body only may not pause longer
+            // than --read-timeout.
+            let head = head_since.map(|t| t + limits.head_timeout);
+            let read = last_read + limits.read_timeout;
+            Some(head.map_or(read, |h| h.min(read)))
         } else {
             None
         };
@@ -451,6 +466,8 @@ pub async fn serve(
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
                 } else if idle {
                     tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
+                } else if head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout) {
+                    tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
                 } else {
                     tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request; closing", limits.read_timeout);
                 }
