@@ -59,6 +59,8 @@ def application(environ, start_response):
     if path == "/long-line":
         err.write("long-line-start " + "x" * (100 * MiB) + "\n")
         return text(start_response, "done")
+    if path == "/raise-huge":
+        raise ValueError("huge-message " + "m" * (100 * MiB))
     if path == "/many-headers":
         start_response("200 OK", [("X-H%d" % i, "v") for i in range(100000)])
         return [b"never sent"]
@@ -242,6 +244,30 @@ fn a_100_mb_wsgi_errors_line_is_cut_with_a_note() {
     );
     assert!(line.len() < 9 * 1024, "a line of {} bytes", line.len());
     assert!(std::fs::metadata(&log).unwrap().len() < MIB);
+}
+
+#[test]
+fn an_exception_with_a_100_mb_message_makes_a_bounded_log_line() {
+    let dir = tempdir();
+    let log = dir.path().join("postern.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .log_file(&log)
+        .start();
+    assert_eq!(get(&p.addr, "/raise-huge").status, 500);
+    assert!(p.wait_log("answered 500", 10), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("ValueError: huge-message"))
+        .unwrap();
+    assert!(
+        line.contains("more characters of this line not logged"),
+        "{}",
+        &line[line.len().saturating_sub(300)..]
+    );
+    assert!(line.len() < 9 * 1024, "a line of {} bytes", line.len());
+    assert!(std::fs::metadata(&log).unwrap().len() < MIB);
+    assert_eq!(get(&p.addr, "/hello").status, 200);
 }
 
 #[test]

@@ -265,16 +265,66 @@ pub struct Settings {
     pub mounts: Vec<Vec<u8>>,
 }
 
+/// A traceback line (one part of `traceback.format_exception`) keeps this many characters.
+const TRACEBACK_PART: usize = 8 * 1024;
+
+/// A formatted traceback keeps about this many characters: its first and last parts.
+const TRACEBACK_TOTAL: usize = 64 * 1024;
+
 /// Formats a Python exception with its traceback, as `traceback.print_exception` would.
-/// Never uses `PyErr_Print`, which would exit the process on `SystemExit`.
+/// Never uses `PyErr_Print`, which would exit the process on `SystemExit`. Bounded: an
+/// exception whose message is 100 MB (or a traceback of a million frames) must not make
+/// a log line of that size; each part keeps 8 KiB and the whole its first and last
+/// parts up to 64 KiB, saying what was left out.
 pub fn traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = (|| -> PyResult<String> {
         let lines = py.import("traceback")?.call_method1(
             "format_exception",
             (err.get_type(py), err.value(py), err.traceback(py)),
         )?;
-        let parts: Vec<String> = lines.extract()?;
-        Ok(parts.concat())
+        let parts: Vec<Bound<'_, pyo3::types::PyString>> = lines.extract()?;
+        let text = |p: &Bound<'_, pyo3::types::PyString>| -> PyResult<String> {
+            let n = p.len()?;
+            if n <= TRACEBACK_PART {
+                return Ok(p.to_string_lossy().into_owned());
+            }
+            let head = p.get_item(pyo3::types::PySlice::new(py, 0, TRACEBACK_PART as isize, 1))?;
+            let head = head
+                .cast::<pyo3::types::PyString>()?
+                .to_string_lossy()
+                .into_owned();
+            let nl = if head.ends_with('\n') { "" } else { "\n" };
+            Ok(format!(
+                "{head}… [{} more characters of this line not logged]{nl}",
+                n - TRACEBACK_PART
+            ))
+        };
+        let mut out = String::new();
+        // The innermost frames and the exception come last: the end is kept first.
+        let mut tail = Vec::new();
+        let mut used = 0;
+        let mut end = parts.len();
+        while end > 0 && used < TRACEBACK_TOTAL / 2 {
+            let t = text(&parts[end - 1])?;
+            used += t.len();
+            tail.push(t);
+            end -= 1;
+        }
+        let mut start = 0;
+        while start < end && out.len() < TRACEBACK_TOTAL / 2 {
+            out.push_str(&text(&parts[start])?);
+            start += 1;
+        }
+        if start < end {
+            out.push_str(&format!(
+                "  … [{} traceback lines not logged]\n",
+                end - start
+            ));
+        }
+        for t in tail.iter().rev() {
+            out.push_str(t);
+        }
+        Ok(out)
     })();
     formatted.unwrap_or_else(|_| format!("{err}\n"))
 }
