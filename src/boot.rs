@@ -56,6 +56,7 @@ pub fn socket_options(config: &Config) -> SocketOptions {
         mode: config.opts.socket_mode.map(|m| m.0),
         owner: config.socket_owner,
         backlog: config.opts.listen_backlog,
+        uid: config.uid,
     }
 }
 

@@ -588,6 +588,44 @@ fn an_abstract_socket_passed_by_systemd_is_served() {
     drop(sock);
 }
 
+// regression: a socket directory owned by another user (one an attacker made in /tmp
+// before the first start, say) passed without a word, though its owner can replace the
+// socket after the start, sticky bit or not.
+#[test]
+fn a_socket_directory_of_another_user_is_warned_about_of_the_uid_user_not() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (chown)");
+        return;
+    }
+    let dir = tempdir();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let says = format!(
+        "the socket's directory {} belongs to uid 65534, who is neither root nor postern's user: that user can replace the socket after the start",
+        theirs.display()
+    );
+    let sock = theirs.join("a.sock");
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())]);
+    let p = Postern::spawn(cmd, Addr::Unix(sock.clone()), dir.path(), None);
+    assert!(p.logs().contains(&says), "{}", p.logs());
+    drop(p);
+    // The user postern serves as (--uid) may own it.
+    let sock = theirs.join("b.sock");
+    let mut cmd = as_nobody(dir.path());
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args(["--socket-mode", "666"]);
+    let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    assert!(!p.logs().contains("belongs to uid"), "{}", p.logs());
+    // Root's own directories are no warning (the other tests' temp dirs).
+    let sock = dir.path().join("c.sock");
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())]);
+    let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    assert!(!p.logs().contains("belongs to uid"), "{}", p.logs());
+}
+
 // ---------------------------------------------------------------------------------
 // Warnings
 

@@ -251,6 +251,9 @@ pub struct SocketOptions {
     /// Owner for Unix sockets (`--socket-owner`).
     pub owner: Option<(Option<u32>, Option<u32>)>,
     pub backlog: i32,
+    /// The user postern serves as once the listeners are bound (`--uid`): with root and
+    /// the present user, the one whose socket directory is no warning.
+    pub uid: Option<u32>,
 }
 
 /// A bound, listening socket, not yet registered with tokio.
@@ -572,7 +575,7 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
 fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bound, ServerError> {
     let err = |cause: io::Error| ServerError::from(BindError::from_io(addr, cause));
     let (dir, name) = split_socket_path(addr, path)?;
-    let dirfd = open_socket_dir(addr, dir)?;
+    let dirfd = open_socket_dir(addr, dir, opts)?;
     clear_stale_socket(addr, path, &dirfd, name)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
     let sockaddr = SockAddr::unix(path).map_err(err)?;
@@ -732,7 +735,11 @@ fn split_socket_path<'p>(
 
 /// Opens the socket's directory (following links in its path) and checks it: see
 /// [`bind_unix`].
-fn open_socket_dir(addr: &ListenAddr, dir: &Path) -> Result<OwnedFd, BindError> {
+fn open_socket_dir(
+    addr: &ListenAddr,
+    dir: &Path,
+    opts: &SocketOptions,
+) -> Result<OwnedFd, BindError> {
     use rustix::fs::OFlags;
     let fd = rustix::fs::open(
         dir,
@@ -755,6 +762,16 @@ fn open_socket_dir(addr: &ListenAddr, dir: &Path) -> Result<OwnedFd, BindError> 
         tracing::warn!(
             listener = %addr,
             "the socket's directory {} is writable by every user and has no sticky bit: anyone who can write there can replace the socket after the start and receive the requests; use a directory only postern's user can write (systemd: `RuntimeDirectory=`), or `chmod +t` it (harmless where only trusted processes share it, e.g. a Kubernetes emptyDir private to the pod)",
+            dir.display()
+        );
+    }
+    // The owner of a directory may rename or remove anything in it, sticky bit or not.
+    let owner = meta.st_uid;
+    let euid = rustix::process::geteuid().as_raw();
+    if owner != 0 && owner != euid && Some(owner) != opts.uid {
+        tracing::warn!(
+            listener = %addr,
+            "the socket's directory {} belongs to uid {owner}, who is neither root nor postern's user: that user can replace the socket after the start and receive the requests; use a directory of root's or of postern's user",
             dir.display()
         );
     }
