@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +50,11 @@ pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines a process may queue before it drops them. At ~200 bytes a line this bounds the
 /// queue near 3 MiB, and it absorbs a stall of a second or more at 10k requests/s.
 const QUEUE_LINES: usize = 16 * 1024;
+
+/// Bytes a process may queue (per output) before it drops lines, whatever their number:
+/// lines are not all short (a traceback, a request span naming a 64 KiB URI), and 16 Ki
+/// of those must not hold a gigabyte while the disk or the reader of stderr stalls.
+const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
 /// A writer thread gathers queued file lines into writes of about this size.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -148,6 +153,9 @@ struct Output {
     reopen_error: AtomicI32,
     /// How many flush marks (empty lines, see [`finish`]) the writer thread reached.
     drained: (Mutex<u64>, Condvar),
+    /// Bytes handed to the writer thread and not yet taken by it (about: a line the
+    /// queue dropped may be counted for a while; reset whenever the queue runs empty).
+    queued_bytes: AtomicUsize,
 }
 
 enum Kind {
@@ -445,6 +453,7 @@ impl Output {
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
             drained: (Mutex::new(0), Condvar::new()),
+            queued_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -471,6 +480,7 @@ impl Output {
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
             drained: (Mutex::new(0), Condvar::new()),
+            queued_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -489,7 +499,14 @@ impl Output {
         }
         if BACKGROUND.load(Ordering::Acquire) {
             if let Some(bg) = self.background.get() {
-                bg.send(line);
+                if self.queued_bytes.load(Ordering::Relaxed) + line.len() > QUEUE_BYTES {
+                    LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.queued_bytes.fetch_add(line.len(), Ordering::Relaxed);
+                if bg.send(line) {
+                    self.queued_bytes.fetch_sub(line.len(), Ordering::Relaxed);
+                }
                 return;
             }
         }
@@ -532,7 +549,9 @@ impl Output {
 }
 
 impl Background {
-    fn send(&self, line: &[u8]) {
+    /// Queues `line`; true when the queue's drop count went up meanwhile (this line, or
+    /// one of another thread's: the byte count is about, see `Output::queued_bytes`).
+    fn send(&self, line: &[u8]) -> bool {
         // NonBlocking writes through `&mut self`; a clone is one more sender handle.
         let _ = self.queue.clone().write_all(line);
         let now = self.dropped.dropped_lines() as u64;
@@ -540,6 +559,7 @@ impl Background {
         if now > before {
             LOG_LINES_DROPPED.fetch_add(now - before, Ordering::Relaxed);
         }
+        now > before
     }
 }
 
@@ -554,6 +574,12 @@ struct Drain {
 
 impl Drain {
     fn push(&mut self, line: &[u8]) {
+        let _ = self
+            .out
+            .queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(line.len()))
+            });
         if line.is_empty() {
             // A flush mark from `finish`.
             self.write_pending();
@@ -603,6 +629,8 @@ impl Write for Drain {
 
     // The writer thread flushes whenever its queue runs empty.
     fn flush(&mut self) -> io::Result<()> {
+        // Nothing is queued: what the count still holds is lines the queue dropped.
+        self.out.queued_bytes.store(0, Ordering::Relaxed);
         self.write_pending();
         Ok(())
     }

@@ -369,3 +369,56 @@ fn over_fastcgi_a_body_of_256_mib_is_framed_without_a_copy_of_its_size() {
         );
     }
 }
+
+/// VmRSS of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_stalled_log_holds_a_bounded_number_of_bytes_however_long_its_lines() {
+    // regression: the log queue was bounded in lines only (16 Ki): with stderr stalled,
+    // 16 Ki access lines naming a 30 KiB path held about 500 MB.
+    let dir = tempdir();
+    let sock = dir.path().join("stalled.sock");
+    // stderr is a pipe nobody reads until the end: full after 64 KiB.
+    let mut child = std::process::Command::new(postern_bin())
+        .arg(app(dir.path()))
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", sock.display()))
+        .env_remove("VIRTUAL_ENV")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = Addr::Unix(sock.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "postern did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let path = format!("/hello/{}", "p".repeat(30 * 1024));
+    assert_eq!(get(&addr, &path).status, 404);
+    let before = rss(child.id());
+    let n = 4000;
+    for _ in 0..n {
+        assert_eq!(get(&addr, &path).status, 404);
+    }
+    let grown = rss(child.id()).saturating_sub(before);
+    eprintln!(
+        "stalled log: {n} access lines of 30 KiB queued: RSS grew {} MiB",
+        grown / MIB
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // 120 MB of lines were logged; the queue keeps 32 MiB of them.
+    assert!(grown < 64 * MIB, "RSS grew {} MiB", grown / MIB);
+}
