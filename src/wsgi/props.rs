@@ -118,8 +118,15 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
             b"postern.request_id".to_vec(),
         ])
         .collect();
+    // The scheme names often: a scheme that changes while the names stay the same is
+    // what a cached dict shape must notice.
+    let scheme: Vec<Vec<u8>> = ["HTTPS", "UWSGI_SCHEME", "REQUEST_SCHEME"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
     prop_oneof![
         6 => proptest::sample::select(fixed),
+        2 => proptest::sample::select(scheme),
         2 => vec(any::<u8>(), 1..10),
     ]
 }
@@ -127,7 +134,7 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
 fn value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         1 => Just(Vec::new()),
-        1 => Just(b"https".to_vec()),
+        2 => proptest::sample::select(vec![b"https".to_vec(), b"http".to_vec(), b"on".to_vec()]),
         2 => (0u64..1000).prop_map(|n| n.to_string().into_bytes()),
         4 => vec(any::<u8>(), 0..12),
     ]
@@ -140,7 +147,7 @@ fn requests() -> impl Strategy<Value = Vec<Pairs>> {
         vec(name(), 0..16),
         vec(
             (vec(value(), 16), proptest::option::of(any::<Index>())),
-            1..6,
+            1..8,
         ),
     )
         .prop_map(|(names, requests)| {
@@ -158,7 +165,7 @@ fn requests() -> impl Strategy<Value = Vec<Pairs>> {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(128))]
 
     /// For each request of a sequence on one thread: the environ equals one built by a
     /// fresh thread state, key for key in the same order; every CGI value is a `str` whose
