@@ -164,7 +164,10 @@ def head_for(proto: str, pairs=None) -> bytes:
         return uwsgi_packet(pairs)
     if proto == "fastcgi":
         return fcgi_begin(1) + fcgi_record(4, 1, fcgi_nv(pairs)) + fcgi_record(4, 1)
-    return scgi_head([(b"CONTENT_LENGTH", b"0"), (b"SCGI", b"1")] + pairs)
+    # SCGI: CONTENT_LENGTH first, once (the request's own, if it has one).
+    length = next((v for k, v in pairs if k == b"CONTENT_LENGTH"), b"0")
+    rest = [(k, v) for k, v in pairs if k != b"CONTENT_LENGTH"]
+    return scgi_head([(b"CONTENT_LENGTH", length), (b"SCGI", b"1")] + rest)
 
 
 # An outcome that is a bug: counted, and fails the soak.
@@ -863,7 +866,9 @@ def classify_postern(inst: Instance, stats: Stats) -> dict:
         if not m:
             continue
         level, _, msg = m.groups()
-        if "worker died unexpectedly" in msg:
+        # A worker of the serving generation that dies is "died unexpectedly"; an old
+        # one that dies while it drains after a reload is "worker exited ... cause=reload".
+        if "worker died unexpectedly" in msg or ("worker exited" in msg and "exit code 0" not in msg):
             pid = re.search(r"\bpid=(\d+)", msg)
             if pid and int(pid.group(1)) in killed and "SIGKILL" in msg:
                 out["deaths_killed"] += 1
@@ -1179,6 +1184,9 @@ def main(argv=None) -> int:
         "unexpected_failures": [{k: v for k, v in f.items() if k not in ("t0", "t1")} for f in unexpected[:50]],
         "expected_failures": [{k: v for k, v in f.items() if k not in ("t0", "t1")} for f in expected[:50]],
         "kills": len(kills), "reloads": len(stats.reloads),
+        "kill_list": [{"instance": k["instance"], "pid": k["pid"],
+                       "utc": time.strftime("%H:%M:%S", time.gmtime(k["wall"])) + f".{int(k['wall'] % 1 * 1000):03d}"}
+                      for k in kills],
         "faults": stats.faults,
         "nginx_errors": nginx_cls,
         "postern": pst,
@@ -1235,6 +1243,8 @@ def print_summary(r: dict) -> None:
         log(f"   expected   rid={f['rid']} {f['key']}: {f['error'][:120]}")
     log(f"faults injected: {r['kills']} SIGKILLs (one worker each), {r['reloads'] // len(INSTANCES)} reloads "
         f"(SIGHUP to each of the {len(INSTANCES)} masters)")
+    if r["kill_list"]:
+        log("   SIGKILLs (UTC): " + ", ".join(f"{k['instance']} {k['pid']} at {k['utc']}" for k in r["kill_list"]))
     for name in sorted(r["faults"]):
         outs = ", ".join(f"{o}: {n}" for o, n in sorted(r["faults"][name].items()))
         log(f"   {name:52} {outs}")
