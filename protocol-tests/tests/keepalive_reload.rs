@@ -384,3 +384,64 @@ fn a_kept_connection_outlives_the_workers_that_served_it() {
         p.logs()
     );
 }
+
+/// Connections that sent nothing when a reload hands them over keep their
+/// `--head-timeout`: the new workers close them when the old ones would have, and one
+/// that sends a request meanwhile is served.
+// regression: a never-served FastCGI connection handed over at a reload was parked in
+// its new worker as a kept one (no deadline): 20 silent connections and a SIGHUP held
+// 20 descriptors and lane tasks for ever (without the reload, all closed at
+// --head-timeout).
+#[test]
+fn silent_connections_keep_their_head_timeout_across_a_reload() {
+    use std::io::{Read, Write};
+    const HEAD_TIMEOUT: u64 = 6;
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--workers", "2", "--threads", "2"])
+        .args(["--head-timeout", &HEAD_TIMEOUT.to_string()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    let Addr::Unix(path) = &p.addr else {
+        unreachable!("Spawn::unix listens on a Unix socket")
+    };
+    let mut silent: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(path).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let exited = count(&p.logs(), "worker exited");
+    p.signal(libc::SIGHUP);
+    wait_count(&p, "worker exited", exited + 2, "the old workers exit");
+    assert!(
+        handed(&p.logs()) >= 20,
+        "the silent connections were not handed over\n{}",
+        p.logs()
+    );
+    // Handed over and still within its --head-timeout: served as any new connection.
+    let mut served = silent.pop().unwrap();
+    served
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    served
+        .write_all(&fcgi::get(1, true, "/env?after=reload"))
+        .unwrap();
+    let (status, _, _) = fcgi::read_reply(&mut served, 1, &mut Vec::new()).cgi();
+    assert_eq!(status, 200, "{}", p.logs());
+    // The rest: closed by their new worker (EOF), not held open. The bound is only
+    // there so a regression fails instead of hanging.
+    for (i, mut c) in silent.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(HEAD_TIMEOUT * 4)))
+            .unwrap();
+        let mut b = [0u8; 16];
+        match c.read(&mut b) {
+            Ok(0) => {}
+            other => panic!(
+                "silent connection {i}: {other:?} instead of a close at --head-timeout\n{}",
+                p.logs()
+            ),
+        }
+    }
+    // Said in the log (written a moment after the close, by the log's own thread).
+    wait_count(&p, "no FastCGI request within", 19, "the closes are logged");
+}

@@ -274,7 +274,12 @@ impl Acceptor {
     }
 
     /// Takes a FastCGI connection a leaving worker handed over (if another worker did
-    /// not take it first) and parks it: its next request wakes this epoll.
+    /// not take it first) and parks it: its next request wakes this epoll. One that
+    /// never carried a request goes to the slow lane instead, with its accept time
+    /// moved back by its age, so `--head-timeout` closes it when it would have in the
+    /// worker it came from (parked, it would have no deadline at all). Adopted past
+    /// `--max-connections` (counted, so accepts wait): refusing it would close an
+    /// idle kept connection, the race the hand-over exists to avoid.
     fn adopt(&self) {
         let Some(a) = fastcgi::handover::Channel::get().and_then(|c| c.take()) else {
             return;
@@ -309,7 +314,15 @@ impl Acceptor {
             &self.parking,
             Some(self.admission.admit_anyway()),
         );
-        self.parking.park(conn, false);
+        match a.fresh_for {
+            Some(age) => {
+                let now = Instant::now();
+                let started = now.checked_sub(age).unwrap_or(now);
+                let entry = conn.enter_lane(true);
+                self.fcgi_to_lane(conn, BytesMut::new(), started, entry);
+            }
+            None => self.parking.park(conn, false),
+        }
     }
 
     /// Accepts one connection from `l`; returns the request when it is complete now.

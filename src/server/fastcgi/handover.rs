@@ -12,7 +12,9 @@
 //! (when a listener speaks FastCGI); every worker inherits both ends. A leaving worker
 //! sends each idle connection's descriptor (`SCM_RIGHTS`) on one end with the index of
 //! its listener; serving workers wait on the other end in their epoll and one of them
-//! takes each message. Bytes of a next request the front server already sent wait in
+//! takes each message. A connection that never carried a request travels with how long
+//! it has been open, so `--head-timeout` still closes it on time in its new worker (a
+//! kept connection has no deadline: the front server owns its lifetime). Bytes of a next request the front server already sent wait in
 //! the socket's kernel buffer and travel with it; nothing of them was read. A message
 //! nobody has taken yet keeps its connection open (the descriptor is in flight), e.g.
 //! while a recycled single worker's successor boots; at the final stop the last copy
@@ -33,8 +35,9 @@ use rustix::net::{
 
 /// First byte of a message: the format, so a stray datagram is never taken for one.
 const MAGIC: u8 = b'K';
-/// MAGIC, then the listener index (u32, little endian).
-const MESSAGE_LEN: usize = 5;
+/// MAGIC, the listener index (u32, little endian), 1 if the connection never carried
+/// a request (else 0), then for such one the milliseconds since its start (u32, LE).
+const MESSAGE_LEN: usize = 10;
 /// Longest a leaving worker waits for room in the pair's buffer before it closes the
 /// connection instead (serving workers take messages as they come: never reached
 /// unless none serves at all).
@@ -53,6 +56,9 @@ static CHANNEL: OnceLock<Channel> = OnceLock::new();
 pub struct Adopted {
     pub sock: socket2::Socket,
     pub listener: usize,
+    /// Never carried a request: how long it has been open (its `--head-timeout` runs
+    /// from its start, not from the hand-over).
+    pub fresh_for: Option<Duration>,
 }
 
 impl Channel {
@@ -93,12 +99,23 @@ impl Channel {
     }
 
     /// Sends one idle connection of listener `listener` to whichever serving worker
-    /// takes it. Its kernel buffer (a request that came meanwhile) goes with it. Err:
-    /// it could not be sent; the caller still owns (and closes) it.
-    pub fn send(&self, sock: BorrowedFd<'_>, listener: usize) -> std::io::Result<()> {
+    /// takes it. Its kernel buffer (a request that came meanwhile) goes with it.
+    /// `fresh_for`: it never carried a request, and has been open that long. Err: it
+    /// could not be sent; the caller still owns (and closes) it.
+    pub fn send(
+        &self,
+        sock: BorrowedFd<'_>,
+        listener: usize,
+        fresh_for: Option<Duration>,
+    ) -> std::io::Result<()> {
         let mut msg = [0u8; MESSAGE_LEN];
         msg[0] = MAGIC;
-        msg[1..].copy_from_slice(&(listener as u32).to_le_bytes());
+        msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
+        if let Some(d) = fresh_for {
+            msg[5] = 1;
+            let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+            msg[6..10].copy_from_slice(&ms.to_le_bytes());
+        }
         let fds = [sock];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut wait = true;
@@ -157,7 +174,8 @@ impl Channel {
                 fds.extend(rights);
             }
         }
-        let well_formed = got.bytes == MESSAGE_LEN && msg[0] == MAGIC && fds.len() == 1;
+        let well_formed =
+            got.bytes == MESSAGE_LEN && msg[0] == MAGIC && msg[5] <= 1 && fds.len() == 1;
         if !well_formed {
             tracing::warn!(
                 bytes = got.bytes,
@@ -167,10 +185,16 @@ impl Channel {
             return None;
         }
         let listener = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
+        let fresh_for = (msg[5] == 1).then(|| {
+            Duration::from_millis(u64::from(u32::from_le_bytes([
+                msg[6], msg[7], msg[8], msg[9],
+            ])))
+        });
         let fd = fds.pop()?;
         Some(Adopted {
             sock: socket2::Socket::from(fd),
             listener,
+            fresh_for,
         })
     }
 }
@@ -187,10 +211,11 @@ mod tests {
         let (mut front, ours) = UnixStream::pair().unwrap();
         // The front server's next request, sent before the hand-over, read by nobody.
         front.write_all(b"next request").unwrap();
-        ch.send(ours.as_fd(), 3).unwrap();
+        ch.send(ours.as_fd(), 3, None).unwrap();
         drop(ours);
         let a = ch.take().expect("one connection handed over");
         assert_eq!(a.listener, 3);
+        assert_eq!(a.fresh_for, None, "a kept connection has no deadline");
         let mut got = [0u8; 12];
         (&a.sock).read_exact(&mut got).unwrap();
         assert_eq!(&got, b"next request");
@@ -200,6 +225,16 @@ mod tests {
         front.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"answer");
         assert!(ch.take().is_none(), "nothing more to take");
+    }
+
+    #[test]
+    fn a_never_served_connection_arrives_with_its_age() {
+        let ch = Channel::pair().unwrap();
+        let (_front, ours) = UnixStream::pair().unwrap();
+        ch.send(ours.as_fd(), 0, Some(Duration::from_millis(1500)))
+            .unwrap();
+        let a = ch.take().expect("one connection handed over");
+        assert_eq!(a.fresh_for, Some(Duration::from_millis(1500)));
     }
 
     #[test]

@@ -369,7 +369,8 @@ pub async fn serve(
             drop(afd);
             // Out of the Python threads' epoll while the lane had it.
             let parking = Arc::clone(&conn.parking);
-            parking.park(conn, false);
+            // A never-served one keeps its --head-timeout if it is handed over.
+            parking.park_from_lane(conn, fresh_only(fresh, served).then_some(started));
             return;
         }
         let waiting_body = slots.values().any(|s| s.stdin.is_some());

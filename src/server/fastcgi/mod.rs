@@ -705,10 +705,17 @@ impl Parking {
     }
 
     /// Sends an idle connection (out of the epoll and the list, its owner `Closed`)
-    /// to a serving worker; closes it if that fails.
-    fn hand_over(&self, conn: &FcgiConn, channel: &handover::Channel) {
+    /// to a serving worker; closes it if that fails. `fresh_since`: it never carried
+    /// a request, and was accepted then (its `--head-timeout` goes with it).
+    fn hand_over(
+        &self,
+        conn: &FcgiConn,
+        channel: &handover::Channel,
+        fresh_since: Option<std::time::Instant>,
+    ) {
         self.unregister(conn);
-        match channel.send(conn.sock.as_fd(), conn.listener) {
+        let fresh_for = fresh_since.map(|t| t.elapsed());
+        match channel.send(conn.sock.as_fd(), conn.listener, fresh_for) {
             Ok(()) => {
                 conn.handed_over.store(true, Ordering::Release);
                 // Nothing more is written from here.
@@ -768,6 +775,22 @@ impl Parking {
     /// postern is stopping or the connection is broken. `registered`: it is in the
     /// epoll already (woken there, or watched while its request ran inline).
     pub fn park(&self, conn: Arc<FcgiConn>, registered: bool) {
+        self.park_as(conn, registered, None);
+    }
+
+    /// [`Parking::park`] for the slow lane (the connection is not in the epoll):
+    /// `fresh_since` when it never carried a request, accepted then; handed over, it
+    /// keeps that `--head-timeout` deadline in its new worker.
+    pub fn park_from_lane(&self, conn: Arc<FcgiConn>, fresh_since: Option<std::time::Instant>) {
+        self.park_as(conn, false, fresh_since);
+    }
+
+    fn park_as(
+        &self,
+        conn: Arc<FcgiConn>,
+        registered: bool,
+        fresh_since: Option<std::time::Instant>,
+    ) {
         if !registered {
             self.insert(&conn);
         }
@@ -781,7 +804,7 @@ impl Parking {
                 // Leaving while others serve on: idle now, so theirs (never closed).
                 *owner = Owner::Closed;
                 drop(owner);
-                self.hand_over(&conn, channel);
+                self.hand_over(&conn, channel, fresh_since);
                 return;
             }
         }
@@ -809,9 +832,11 @@ impl Parking {
         for c in listed {
             let mut owner = c.owner();
             if let Some(channel) = self.successors() {
+                // Parked: it carried a request (a never-served one is parked only
+                // when handed over, and then goes to its new worker's lane).
                 if owner.close_if_parked() {
                     drop(owner);
-                    self.hand_over(&c, channel);
+                    self.hand_over(&c, channel, None);
                 }
                 continue;
             }
