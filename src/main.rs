@@ -191,6 +191,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut stats = stats;
     let _stats_file = stats.as_mut().and_then(|s| s.socket_file.take());
     let result = serve(&config, bound, stats);
+    let cut_off = result.as_ref().is_err_and(|e| e.is::<CutOff>());
     if let Some(p) = &config.opts.pidfile {
         match std::fs::remove_file(p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
@@ -201,8 +202,22 @@ fn run(config: Config) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    if cut_off {
+        // Python threads are still busy (one may hold the GIL): leave without touching
+        // the interpreter again, once the files above and the --stats socket are gone.
+        drop(_stats_file);
+        tracing::error!("stopped with requests cut off; exit code 1");
+        logging::finish();
+        std::process::exit(1)
+    }
     result
 }
+
+/// The single process stopped with requests still running (`--graceful-timeout`, a
+/// second signal): [`run`] cleans up, then exits without returning through Python.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped with requests cut off")]
+struct CutOff;
 
 fn serve(
     config: &Config,
@@ -359,11 +374,9 @@ fn serve(
         tracing::info!("stopped");
         Ok(())
     } else {
-        // Python threads are still busy (one may hold the GIL): leave without
-        // touching the interpreter again.
-        tracing::error!("stopped with requests cut off; exit code 1");
-        logging::finish();
-        std::process::exit(1)
+        // regression: exiting here skipped run's clean-up (the --pidfile, the --stats
+        // socket file stayed behind).
+        Err(CutOff.into())
     }
 }
 

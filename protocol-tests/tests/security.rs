@@ -626,6 +626,47 @@ fn a_socket_directory_of_another_user_is_warned_about_of_the_uid_user_not() {
     assert!(!p.logs().contains("belongs to uid"), "{}", p.logs());
 }
 
+// regression: a single process stopped with a request still running (a second signal,
+// or --graceful-timeout) left its --stats socket file behind: it exited before the
+// clean-up.
+#[test]
+fn a_stop_that_cuts_requests_off_still_removes_the_socket_files() {
+    let dir = tempdir();
+    let sock = dir.path().join("u.sock");
+    let stats = dir.path().join("st.sock");
+    let mut cmd = command(&root().join("protocol-tests/apps/testapp.py"));
+    cmd.args(["--uwsgi", &format!("unix:{}", sock.display())])
+        .args(["--stats", &format!("unix:{}", stats.display())])
+        .args(["--graceful-timeout", "1"]);
+    let mut p = Postern::spawn(cmd, Addr::Unix(sock.clone()), dir.path(), None);
+    assert!(stats.exists());
+    let mark = dir.path().join("in-app");
+    let query = format!("s=30&mark={}", mark.display());
+    let mut c = Addr::Unix(sock.clone()).connect().unwrap();
+    c.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/marked-sleep"),
+        ("QUERY_STRING", &query),
+    ]))
+    .unwrap();
+    assert!(
+        wait_file(&mark, 30),
+        "the request never reached the app: {}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(30).expect("postern did not stop");
+    assert_eq!(status.code(), Some(1), "{}", p.logs());
+    assert!(
+        p.logs().contains("stopped with requests cut off"),
+        "{}",
+        p.logs()
+    );
+    for f in [&sock, &stats] {
+        assert!(!f.exists(), "{} left behind:\n{}", f.display(), p.logs());
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Warnings
 
