@@ -75,6 +75,9 @@ THREADS = {"hello": 2, "flask": 1}
 BUFFER_SIZE = 32 * 1024     # postern --buffer-size: the "oversized" heads exceed it
 HEAD_TIMEOUT = 5            # postern --head-timeout (idle and slow-loris connections)
 KEEPALIVE = 8               # nginx upstream keepalive (FastCGI keep-conn)
+# A trickled body is given up before --graceful-timeout (20 s), so a worker draining
+# after a reload never has to cut it (that exits 1, which the soak counts as a bug).
+LORIS_BODY_SECS = 15.0
 LORIS_SLACK = 4.0           # seconds past --head-timeout a trickled head may still be read
 KILL_GRACE = 1.0            # seconds after a kill in which a request may still meet the dead worker
 # Tolerances of the start/end comparison.
@@ -378,6 +381,11 @@ http {{
     keepalive_requests 1000000;
     client_body_buffer_size 2m;
     client_max_body_size 4m;
+    # Nothing the load asks takes more than a few seconds: a response that stalls is
+    # logged ("upstream timed out") well before the soak ends.
+    uwsgi_read_timeout 20s;
+    fastcgi_read_timeout 20s;
+    scgi_read_timeout 20s;
 {chr(10).join(upstreams)}
 {chr(10).join(servers)}
 }}
@@ -428,7 +436,7 @@ class Client:
     def conn(self, port: int) -> http.client.HTTPConnection:
         c = self.conns.get(port)
         if c is None:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=40)
             self.conns[port] = c
         return c
 
@@ -764,9 +772,9 @@ class Faults:
                     outcome = BUG_MARK + f"head still read {HEAD_TIMEOUT + LORIS_SLACK:.0f}s after connect " \
                                          f"(--head-timeout {HEAD_TIMEOUT})"
                     break
-                if time.monotonic() - t0 > 25:
+                if time.monotonic() - t0 > LORIS_BODY_SECS:
                     # A body may be trickled (--read-timeout is between two reads).
-                    outcome = "still read after 25 s, we closed"
+                    outcome = f"still read after {LORIS_BODY_SECS:.0f} s, we closed"
                     break
                 stop.wait(interval)
             if outcome is None:
