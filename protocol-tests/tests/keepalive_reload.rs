@@ -445,3 +445,58 @@ fn silent_connections_keep_their_head_timeout_across_a_reload() {
     // Said in the log (written a moment after the close, by the log's own thread).
     wait_count(&p, "no FastCGI request within", 19, "the closes are logged");
 }
+
+/// The deadlines of a kept connection: idle, it has none (the front server owns its
+/// lifetime, and closing it could meet a request in flight); once the next request's
+/// first byte arrives, its head must be whole within `--head-timeout` however steadily
+/// it trickles, as on a new connection.
+// regression: a head trickled on a FastCGI connection was read at --read-timeout
+// between bytes, never cut (a byte every 59 s held a connection and a task for ever).
+#[test]
+fn a_kept_connection_has_no_idle_deadline_but_its_next_head_has_one() {
+    use std::io::Write;
+    const HEAD_TIMEOUT: u64 = 2;
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--workers", "2", "--threads", "2"])
+        .args(["--head-timeout", &HEAD_TIMEOUT.to_string()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    let Addr::Unix(path) = &p.addr else {
+        unreachable!("Spawn::unix listens on a Unix socket")
+    };
+    let mut c = std::os::unix::net::UnixStream::connect(path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut ask = |c: &mut std::os::unix::net::UnixStream, what: &str| {
+        c.write_all(&fcgi::get(1, true, "/env")).unwrap();
+        let (status, _, _) = fcgi::read_reply(c, 1, &mut Vec::new()).cgi();
+        assert_eq!(status, 200, "{what}\n{}", p.logs());
+    };
+    ask(&mut c, "first request");
+    // Idle past --head-timeout: still open, and served.
+    std::thread::sleep(Duration::from_secs(HEAD_TIMEOUT + 1));
+    ask(&mut c, "after an idle pause longer than --head-timeout");
+    // The next head, a byte at a time: cut before it is whole.
+    let head = fcgi::get(1, true, "/env");
+    let mut sent = 0;
+    for b in &head {
+        if c.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        sent < head.len(),
+        "a head trickled over {} s was taken whole\n{}",
+        head.len() / 4,
+        p.logs()
+    );
+    wait_count(
+        &p,
+        "no complete FastCGI request head within",
+        1,
+        "the cut is logged",
+    );
+}
