@@ -69,6 +69,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NGINX = "/usr/sbin/nginx"
 PROTOS = ("uwsgi", "fcgi-keep", "scgi")
+# Request kinds of the load and their weights.
+KINDS = {"hello": 28, "echo": 16, "stream": 16, "flask-index": 10, "flask-form": 8, "flask-upload": 7,
+         "flask-api": 7, "flask-stream": 8}
+FAULTS = ("reload", "kill", "bad", "idle", "loris", "stall")
 INSTANCES = ("hello", "flask")
 WORKERS = 2
 THREADS = {"hello": 2, "flask": 1}
@@ -426,12 +430,13 @@ class Client:
     """One load thread: keep-alive connections to each nginx server, one request at a
     time, each answer verified."""
 
-    def __init__(self, idx: int, seed: int, ports: dict, stats: Stats, rid_counter):
+    def __init__(self, idx: int, seed: int, ports: dict, stats: Stats, rid_counter, kinds=tuple(KINDS)):
         self.rng = random.Random(f"{seed}/client/{idx}")
         self.ports = ports
         self.stats = stats
         self.conns: dict[int, http.client.HTTPConnection] = {}
         self.rid = rid_counter
+        self.kinds = kinds
 
     def conn(self, port: int) -> http.client.HTTPConnection:
         c = self.conns.get(port)
@@ -448,9 +453,8 @@ class Client:
     def pick(self):
         rng = self.rng
         proto = rng.choices(PROTOS, weights=(45, 45, 10))[0]
-        kind = rng.choices(
-            ["hello", "echo", "stream", "flask-index", "flask-form", "flask-upload", "flask-api", "flask-stream"],
-            weights=(28, 16, 16, 10, 8, 7, 7, 8))[0]
+        kinds = [(k, w) for k, w in KINDS.items() if k in self.kinds]
+        kind = rng.choices([k for k, _ in kinds], weights=[w for _, w in kinds])[0]
         return proto, kind
 
     def one(self, stop: threading.Event) -> None:
@@ -636,12 +640,12 @@ class Faults:
             action(rng, stop)
 
     def start(self, stop: threading.Event) -> None:
-        self.spawn(self.loop, "reload", self.reload_every, stop, self.reload)
-        self.spawn(self.loop, "kill", self.kill_every, stop, self.kill)
-        self.spawn(self.loop, "bad", 0.7, stop, self.bad_input)
-        self.spawn(self.loop, "idle", 8.0, stop, self.idle)
-        self.spawn(self.loop, "loris", 6.0, stop, self.loris)
-        self.spawn(self.loop, "stall", 8.0, stop, self.stall)
+        loops = {"reload": (self.reload_every, self.reload), "kill": (self.kill_every, self.kill),
+                 "bad": (0.7, self.bad_input), "idle": (8.0, self.idle), "loris": (6.0, self.loris),
+                 "stall": (8.0, self.stall)}
+        for what in self.args.faults:
+            mean, action = loops[what]
+            self.spawn(self.loop, what, mean, stop, action)
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -963,7 +967,22 @@ def parse_args(argv=None):
                     help="seconds of load without faults at the start and at the end (default: duration/30, 10..60)")
     ap.add_argument("--json", default=None, help="write the report as JSON to this file ('-': stdout)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, confs)")
-    return ap.parse_args(argv)
+    ap.add_argument("--faults", default=",".join(FAULTS),
+                    help=f"faults to inject, comma-separated (default all: {','.join(FAULTS)}); narrows a reproducer")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help=f"request kinds of the load (default all: {','.join(KINDS)})")
+    args = ap.parse_args(argv)
+    args.faults = [f for f in args.faults.split(",") if f]
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    for f in args.faults:
+        if f not in FAULTS:
+            ap.error(f"--faults: unknown fault {f!r} (known: {', '.join(FAULTS)})")
+    for k in args.kinds:
+        if k not in KINDS:
+            ap.error(f"--kinds: unknown kind {k!r} (known: {', '.join(KINDS)})")
+    if not args.kinds:
+        ap.error("--kinds: at least one")
+    return args
 
 
 def find_binary(arg: str | None) -> Path:
@@ -981,7 +1000,7 @@ def find_binary(arg: str | None) -> Path:
 
 def load_phase(secs: float, seed: int, tag: str, args, ports, stats, rid) -> None:
     stop = threading.Event()
-    clients = [Client(i, seed, ports, stats, rid) for i in range(args.concurrency)]
+    clients = [Client(i, seed, ports, stats, rid, args.kinds) for i in range(args.concurrency)]
     for c in clients:
         c.rng = random.Random(f"{seed}/{tag}/{clients.index(c)}")
     ts = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in clients]
@@ -1070,7 +1089,7 @@ def main(argv=None) -> int:
         st = threading.Thread(target=sampler, daemon=True)
         st.start()
         faults.start(stop)
-        clients = [Client(i, seed, ports, stats, rids) for i in range(args.concurrency)]
+        clients = [Client(i, seed, ports, stats, rids, args.kinds) for i in range(args.concurrency)]
         cts = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in clients]
         for t in cts:
             t.start()
