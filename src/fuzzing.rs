@@ -616,7 +616,8 @@ fn events_clone(events: &[Event]) -> Vec<Event> {
 /// active from its Params (or adoption) until finished; at most `max_reqs` are active;
 /// a BEGIN_REQUEST for an active id is the fatal `FcgiIdInUse`, for a finished one it
 /// starts afresh; `awaiting_params` says whether a begun request still waits for its
-/// PARAMS; every reply is whole records of the types a server may send.
+/// PARAMS, and `params_held` (counted against the input budget) is exactly the PARAMS
+/// bytes of those requests; every reply is whole records of the types a server may send.
 pub fn fastcgi_server(data: &[u8]) {
     let mut g = Gen::new(data);
     let max_reqs = usize::from(g.byte() % 64) + 1;
@@ -629,6 +630,8 @@ pub fn fastcgi_server(data: &[u8]) {
     // The stream so far, parsed on the side: which ids records were sent for.
     let mut shadow = Vec::new();
     let mut seen: Vec<u16> = Vec::new();
+    // PARAMS bytes sent since each id's last BEGIN_REQUEST.
+    let mut held: std::collections::HashMap<u16, usize> = Default::default();
     // Ids whose Params came (or adopted), oldest first, not finished yet.
     let mut running: Vec<u16> = Vec::new();
     while !g.is_empty() {
@@ -648,6 +651,10 @@ pub fn fastcgi_server(data: &[u8]) {
                     }
                     if r.kind == fcgi::BEGIN_REQUEST && r.request_id != 0 {
                         begun_active.push((r.request_id, running.contains(&r.request_id)));
+                        held.insert(r.request_id, 0);
+                    }
+                    if r.kind == fcgi::PARAMS {
+                        *held.entry(r.request_id).or_default() += r.content.len();
                     }
                     shadow.drain(..n);
                 }
@@ -714,8 +721,10 @@ pub fn fastcgi_server(data: &[u8]) {
         }
         let waiting = seen
             .iter()
-            .any(|id| parser.is_active(*id) && !running.contains(id));
-        assert_eq!(parser.awaiting_params(), waiting);
+            .filter(|id| parser.is_active(**id) && !running.contains(id));
+        assert_eq!(parser.awaiting_params(), waiting.clone().next().is_some());
+        let expected: usize = waiting.map(|id| held.get(id).copied().unwrap_or(0)).sum();
+        assert_eq!(parser.params_held(), expected);
         if parser.close_after_replies() {
             assert!(parser.active() <= max_reqs);
         }
