@@ -174,6 +174,16 @@ impl Channel {
                 fds.extend(rights);
             }
         }
+        if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            // The kernel could not install the descriptor here (a worker sends one per
+            // message, so this is the process's descriptor limit) and closed it: the
+            // front server sees that connection close.
+            tracing::error!(
+                fds = fds.len(),
+                "a FastCGI connection handed over by a leaving worker was lost: no file descriptor left to take it (raise ulimit -n / LimitNOFILE=, or lower --max-connections)"
+            );
+            return None;
+        }
         let well_formed =
             got.bytes == MESSAGE_LEN && msg[0] == MAGIC && msg[5] <= 1 && fds.len() == 1;
         if !well_formed {
@@ -235,6 +245,29 @@ mod tests {
             .unwrap();
         let a = ch.take().expect("one connection handed over");
         assert_eq!(a.fresh_for, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn descriptors_the_receiver_cannot_install_are_not_taken_for_a_connection() {
+        // More descriptors than the receive buffer has room for: the kernel closes the
+        // rest and says MSG_CTRUNC, as when the receiver is out of descriptors.
+        let ch = Channel::pair().unwrap();
+        let socks: Vec<_> = (0..5).map(|_| UnixStream::pair().unwrap().0).collect();
+        let fds: Vec<BorrowedFd<'_>> = socks.iter().map(|s| s.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let mut msg = [0u8; MESSAGE_LEN];
+        msg[0] = MAGIC;
+        rustix::net::sendmsg(
+            &ch.tx,
+            &[IoSlice::new(&msg)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert!(ch.take().is_none());
+        assert!(ch.take().is_none(), "nothing more to take");
     }
 
     #[test]
