@@ -5,6 +5,7 @@ breaks things, then a verdict. Not a test: a script (Python 3 stdlib only; needs
     python3 benches/soak.py                                   # 30 minutes, release build
     python3 benches/soak.py --duration 180 --postern-bin target/debug/postern   # .ci/run
     python3 benches/soak.py --seed 1234 --json soak.json      # replay a schedule, keep figures
+    python3 benches/soak.py --duration 70 --faults reload --kinds flask-upload,flask-index  # narrow it down
 
 What runs (all in a temp dir, on unix sockets and free loopback ports):
 - two postern instances, each a master with --workers 2 listening for uwsgi, FastCGI and
