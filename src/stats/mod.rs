@@ -46,7 +46,8 @@ pub enum StatsError {
 /// What to check when `postern status` cannot connect.
 fn connect_hint(addr: &str, e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
-        // A Unix stats socket is made with the umask of the user postern starts as.
+        // A Unix stats socket gets the listeners' --socket-mode and --socket-owner
+        // (else the umask and the user postern starts as): this user may not connect.
         "the socket belongs to the user postern runs as: run postern status as that user".into()
     } else {
         format!("is postern running with --stats {addr}?")
