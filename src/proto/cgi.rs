@@ -867,6 +867,14 @@ mod tests {
         assert_eq!(cgi.content_length, Some(5));
     }
 
+    // regression: docs/protocols.md §4.2 said HTTP_CONNECTION was dropped; it is passed
+    // through (as uWSGI and gunicorn do), and the doc now says so: this pins it.
+    #[test]
+    fn passes_http_connection_through() {
+        let cgi = run(&[("REQUEST_METHOD", "GET"), ("HTTP_CONNECTION", "keep-alive")]);
+        assert_eq!(val(&cgi, "HTTP_CONNECTION"), Some(&b"keep-alive"[..]));
+    }
+
     #[test]
     fn drops_empty_content_headers_and_promotes_http_forms() {
         let cgi = run(&[
