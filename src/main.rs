@@ -213,8 +213,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-/// The single process stopped with requests still running (`--graceful-timeout`, a
-/// second signal): [`run`] cleans up, then exits without returning through Python.
+/// The single process or the master stopped with requests still running
+/// (`--graceful-timeout`, a second signal): [`run`] cleans up, then exits without
+/// returning through Python.
 #[derive(Debug, thiserror::Error)]
 #[error("stopped with requests cut off")]
 struct CutOff;
@@ -320,6 +321,10 @@ fn serve(
             code
         });
         drop(bound); // removes the socket files (see listener::SocketFile)
+        if let Err(supervisor::SupervisorError::CutOff) = result {
+            // regression: a master whose stop cut requests off exited 0 (README: 1).
+            return Err(CutOff.into());
+        }
         result?;
         tracing::info!("stopped");
         return Ok(());

@@ -1199,3 +1199,96 @@ fn connections_waiting_for_their_request_across_a_reload_are_served() {
         assert_eq!(r.status, 200, "{}", p.logs());
     }
 }
+
+/// Starts a master with 2 workers and one request held in the app (`/marked-sleep`,
+/// 30 s); returns once the request runs, with the thread that waits for its answer.
+fn master_with_a_request_in_the_app(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Postern, std::thread::JoinHandle<Vec<u8>>) {
+    let mut args = vec!["--workers", "2"];
+    args.extend_from_slice(extra);
+    let p = Spawn::unix(dir, &testapp()).args(args).start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let mark = dir.join("in-app");
+    let query = format!("s=30&mark={}", mark.display());
+    let addr = p.addr.clone();
+    let req = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/marked-sleep"),
+                ("QUERY_STRING", &query),
+            ]),
+        )
+    });
+    assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
+    (p, req)
+}
+
+// regression: a master whose stop cut a request off (second SIGTERM while draining)
+// exited 0; the README says such a stop exits 1, as the single process does.
+#[test]
+fn a_second_sigterm_that_cuts_a_request_off_exits_1() {
+    let dir = tempdir();
+    let (mut p, req) = master_with_a_request_in_the_app(dir.path(), &[]);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_log("stopping: workers finish", 10), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("the master exits");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    assert!(
+        p.logs().contains("stopped with requests cut off"),
+        "{}",
+        p.logs()
+    );
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    assert!(!sock.exists(), "the socket file stays behind");
+    // The request got no answer.
+    assert!(parse_http(&req.join().unwrap()).is_none());
+}
+
+// regression: a master whose --graceful-timeout passed with a request still running
+// exited 0 (README: 1).
+#[test]
+fn a_graceful_timeout_that_cuts_a_request_off_exits_1() {
+    let dir = tempdir();
+    let (mut p, req) = master_with_a_request_in_the_app(dir.path(), &["--graceful-timeout", "1"]);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("the master exits");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    assert!(parse_http(&req.join().unwrap()).is_none());
+}
+
+// The clean stop of a master (the request finishes within --graceful-timeout) still
+// exits 0.
+#[test]
+fn a_stop_that_lets_the_request_finish_exits_0() {
+    let dir = tempdir();
+    let mark = dir.path().join("in-app");
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let addr = p.addr.clone();
+    let query = format!("s=1&mark={}", mark.display());
+    let req = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/marked-sleep"),
+                ("QUERY_STRING", &query),
+            ]),
+        )
+    });
+    assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let r = parse_http(&req.join().unwrap()).expect("the request finishes");
+    assert_eq!(r.text(), "slept\n");
+    let status = p.wait_exit(20).expect("the master exits");
+    assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
+}

@@ -98,6 +98,8 @@ struct Master {
     stats: Option<StatsHelper>,
     /// The master's signals (None in a child just forked: it is closed there).
     sfd: Option<SignalFd>,
+    /// The stop under way cut requests off: the master exits 1 (see `stop`).
+    cut_off: bool,
     mask: SigSet,
     /// `--touch-reload`'s watch (its inotify descriptor is the master's: dropped in
     /// each child, like the signalfd).
@@ -141,6 +143,7 @@ pub fn run(
         sfd: Some(sfd),
         mask,
         touch: None,
+        cut_off: false,
     };
     tracing::info!(
         master = std::process::id(),
@@ -626,6 +629,10 @@ impl Master {
             self.boot_failures = j.boot_failures;
             self.pending.extend(j.pending);
             let pid = raw(pid);
+            // A worker whose own --graceful-timeout cut requests off exits 1.
+            if self.board.is_stopping() && status.exit_status().is_some_and(|c| c != 0) {
+                self.cut_off = true;
+            }
             match j.verdict {
                 Verdict::Expected => {
                     tracing::info!(pid, %how, cause = j.cause.label(), "worker exited");
@@ -804,7 +811,19 @@ impl Master {
         }
     }
 
-    /// Stops every worker (gracefully unless `now`) and waits for them.
+    /// Whether a worker's Python thread is running a request (scoreboard).
+    fn busy(&self) -> bool {
+        self.workers.iter().any(|w| {
+            (0..self.board.threads)
+                .any(|t| self.board.line(w.slot, t).since.load(Ordering::Acquire) != 0)
+        })
+    }
+
+    /// Stops every worker (gracefully unless `now`) and waits for them. A stop that
+    /// cut requests off returns [`SupervisorError::CutOff`] (exit code 1, as the single
+    /// process): the master killed workers still draining (second signal,
+    /// `--graceful-timeout`), or killed busy ones (SIGQUIT), or a worker exited non-zero
+    /// (its own `--graceful-timeout` passed).
     fn stop(
         &mut self,
         now: bool,
@@ -822,6 +841,9 @@ impl Master {
                 tracing::warn!(listener = %l.addr, error = %e, "cannot make the listener refuse new connections");
             }
         }
+        if now && self.busy() {
+            self.cut_off = true;
+        }
         self.stop_all(now);
         let mut deadline =
             Some(Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1));
@@ -835,6 +857,7 @@ impl Master {
                     left = self.workers.len(),
                     "workers still running after --graceful-timeout; killing them"
                 );
+                self.cut_off = true;
                 self.stop_all(true);
                 // SIGCHLD says when they are gone.
                 deadline = None;
@@ -860,6 +883,7 @@ impl Master {
             while let Some(s) = self.signals().read() {
                 if matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
                     tracing::warn!("second signal: killing the workers now");
+                    self.cut_off = true;
                     self.stop_all(true);
                 }
             }
@@ -869,6 +893,9 @@ impl Master {
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
         }
         tracing::info!("all workers exited");
+        if self.cut_off {
+            return Err(SupervisorError::CutOff);
+        }
         Ok(())
     }
 }

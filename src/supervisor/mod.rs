@@ -64,6 +64,10 @@ pub enum SupervisorError {
     BootFailed,
     #[error("workers keep dying right after they start ({0} times in a row); stopping")]
     CrashLoop(u32),
+    /// The stop cut requests off (a second signal, `--graceful-timeout`, SIGQUIT with a
+    /// request running): the process exits 1, as the single process does.
+    #[error("stopped with requests cut off")]
+    CutOff,
 }
 
 /// What the master needs to know.

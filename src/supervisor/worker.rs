@@ -109,6 +109,9 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn stopping(&self) {
+        // Already leaving: a recycling limit reached while draining must not send the
+        // worker a second SIGTERM (that cut its requests off, exit 1).
+        self.retiring.store(true, Ordering::SeqCst);
         self.board.stop_serving(self.slot);
         if self.standalone {
             // `/ping` answers 503 from now on (there is no master to say so).
