@@ -90,6 +90,17 @@ def application(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
         write(b"x" * (256 * MiB))
         return [b"end"]
+    if path == "/shared-errors":
+        # One wsgi.errors object kept past its request and written from many threads
+        # at once (a logging handler attached globally does that).
+        shared = state.setdefault("err", err)
+        failures = []
+        for i in range(1000):
+            try:
+                shared.write("shared-line %d\n" % i)
+            except Exception as e:
+                failures.append(repr(e))
+        return text(start_response, "%d %s" % (len(failures), failures[:1]))
     if path == "/memory":
         s = status()
         return text(start_response, "%d %d" % (state.get("before", 0), s["VmHWM"]))
@@ -421,4 +432,34 @@ fn a_stalled_log_holds_a_bounded_number_of_bytes_however_long_its_lines() {
     let _ = child.wait();
     // 120 MB of lines were logged; the queue keeps 32 MiB of them.
     assert!(grown < 64 * MIB, "RSS grew {} MiB", grown / MIB);
+}
+
+#[test]
+fn a_wsgi_errors_object_written_from_many_threads_at_once_never_raises() {
+    // regression: over FastCGI a write released the GIL to forward the line while the
+    // object was borrowed, and a second thread writing to the same object (a kept
+    // reference, a global logging handler) got "RuntimeError: Already borrowed".
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .protocol("fastcgi")
+        .args(["--threads", "8", "--errors-rate", "0"])
+        .start();
+    let (status, body) = fcgi_get(&p.addr, "/shared-errors");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (200, "0 []".into())
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || fcgi_get(&addr, "/shared-errors"))
+        })
+        .collect();
+    for t in threads {
+        let (status, body) = t.join().unwrap();
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).into_owned()),
+            (200, "0 []".into())
+        );
+    }
 }

@@ -16,7 +16,7 @@
 //! docker), and Python's own buffering there is bounded.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -290,7 +290,11 @@ pub struct Errors {
     line: String,
     /// Bytes of the line beyond [`MAX_LINE`], counted and not kept.
     cut: usize,
-    forward: Option<ErrorsForward>,
+    /// Shared with the writes in flight: a line is forwarded after the object's borrow
+    /// ends (see [`Errors::forward_pending`]).
+    forward: Option<Arc<ErrorsForward>>,
+    /// Lines (each with its newline) logged and not yet forwarded.
+    pending: Vec<u8>,
 }
 
 impl Errors {
@@ -298,7 +302,8 @@ impl Errors {
         Errors {
             line: String::new(),
             cut: 0,
-            forward,
+            forward: forward.map(Arc::new),
+            pending: Vec::new(),
         }
     }
 
@@ -338,7 +343,7 @@ impl Errors {
         }
     }
 
-    fn emit(&self, line: &str, cut: usize) {
+    fn emit(&mut self, line: &str, cut: usize) {
         let line = line.trim_end_matches('\r');
         if !admit(line.len()) {
             return;
@@ -353,14 +358,28 @@ impl Errors {
             String::new()
         };
         tracing::warn!(target: "wsgi.errors", "{}{}", line, note);
-        if let Some(f) = &self.forward {
-            let mut bytes = Vec::with_capacity(line.len() + note.len() + 1);
-            bytes.extend_from_slice(line.as_bytes());
-            bytes.extend_from_slice(note.as_bytes());
-            bytes.push(b'\n');
-            // The front server may be slow to read: never wait with the GIL held.
-            Python::attach(|py| py.detach(|| f(&bytes)));
+        if self.forward.is_some() {
+            self.pending.extend_from_slice(line.as_bytes());
+            self.pending.extend_from_slice(note.as_bytes());
+            self.pending.push(b'\n');
         }
+    }
+
+    /// Sends the lines logged so far to the front server. The front server may be slow
+    /// to read: never wait with the GIL held, nor with the object borrowed (another
+    /// thread holding the same `wsgi.errors` would get "Already borrowed").
+    fn forward_pending(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (forward, bytes) = {
+            let mut me = slf.try_borrow_mut()?;
+            if me.pending.is_empty() {
+                return Ok(());
+            }
+            (me.forward.clone(), std::mem::take(&mut me.pending))
+        };
+        if let Some(f) = forward {
+            slf.py().detach(|| f(&bytes));
+        }
+        Ok(())
     }
 }
 
@@ -372,34 +391,39 @@ impl Default for Errors {
 
 #[pymethods]
 impl Errors {
-    fn write(&mut self, text: &Bound<'_, PyString>) -> PyResult<usize> {
+    // The methods borrow the object only while the GIL is held throughout: threads
+    // sharing one `wsgi.errors` (a kept reference, a global logging handler) never
+    // meet a borrow.
+    fn write(slf: &Bound<'_, Self>, text: &Bound<'_, PyString>) -> PyResult<usize> {
         // Any str is accepted (PEP 3333), lone surrogates included.
         let chars = text.len()?;
         if chars <= SLICE_CHARS {
-            self.feed(&text.to_string_lossy());
+            slf.try_borrow_mut()?.feed(&text.to_string_lossy());
+            Self::forward_pending(slf)?;
             return Ok(chars);
         }
         for start in (0..chars).step_by(SLICE_CHARS) {
             let end = (start + SLICE_CHARS).min(chars);
             let part = text.get_item(PySlice::new(text.py(), start as isize, end as isize, 1))?;
             let part = part.cast::<PyString>()?;
-            self.feed(&part.to_string_lossy());
+            slf.try_borrow_mut()?.feed(&part.to_string_lossy());
+            Self::forward_pending(slf)?;
         }
         Ok(chars)
     }
 
-    fn writelines(&mut self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn writelines(slf: &Bound<'_, Self>, lines: &Bound<'_, PyAny>) -> PyResult<()> {
         for line in lines.try_iter()? {
             let line = line?;
-            self.write(line.cast::<PyString>()?)?;
+            Self::write(slf, line.cast::<PyString>()?)?;
         }
         Ok(())
     }
 
-    pub fn flush(&mut self) {
-        if !self.line.is_empty() || self.cut > 0 {
-            self.end_line();
-        }
+    #[pyo3(name = "flush")]
+    fn py_flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.try_borrow_mut()?.flush();
+        Self::forward_pending(slf)
     }
 
     fn writable(&self) -> bool {
@@ -411,9 +435,22 @@ impl Errors {
     }
 }
 
+impl Errors {
+    /// Ends the line so far, if any (the Rust side's flush: the caller forwards).
+    pub fn flush(&mut self) {
+        if !self.line.is_empty() || self.cut > 0 {
+            self.end_line();
+        }
+    }
+}
+
 impl Drop for Errors {
     fn drop(&mut self) {
         self.flush();
+        if let (Some(f), false) = (&self.forward, self.pending.is_empty()) {
+            let bytes = std::mem::take(&mut self.pending);
+            Python::attach(|py| py.detach(|| f(&bytes)));
+        }
     }
 }
 
