@@ -15,8 +15,8 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use super::lane::Limits;
 use super::admission::Permit;
+pub use super::lane::Limits;
 use super::lane::SlowLane;
 use super::sink::ConnSink;
 use super::span::{refused_access, request_span};
@@ -82,6 +82,9 @@ pub enum ReadError {
     /// The peer sent nothing for this long in the middle of a body.
     #[error("no body bytes for {0:?} (--read-timeout)")]
     TimedOut(Duration),
+    /// The temporary file for a body over `--body-spool-threshold` could not be made.
+    #[error("cannot create a temporary file for the request body over --body-spool-threshold: {0} (out of file descriptors: raise ulimit -n / LimitNOFILE= or lower --max-connections; or TMPDIR is full or not writable)")]
+    Spool(io::Error),
 }
 
 impl From<io::Error> for ReadError {
@@ -186,7 +189,7 @@ async fn serve<C: Conn>(
                     tracing::debug!(%peer, "closing a connection that sent nothing: stopping");
                     return;
                 }
-                Ok(Err(e @ ReadError::TimedOut(_))) => {
+                Ok(Err(e @ (ReadError::TimedOut(_) | ReadError::Spool(_)))) => {
                     tracing::warn!(%peer, error = %e, "closing");
                     return;
                 }
@@ -234,6 +237,26 @@ async fn serve<C: Conn>(
         .await
     {
         Ok(b) => b,
+        Err(e @ ReadError::Spool(_)) => {
+            // The peer did nothing wrong: answered 503 (nginx may try another
+            // server), logged once a second at most (an EMFILE hits every request).
+            if let Some(dropped) = SPOOL_LOG.allow() {
+                span.in_scope(|| tracing::error!(error = %e, dropped, "answered 503"));
+            }
+            drop(framed);
+            lane.refused(info.protocol, Some(503));
+            let sent = reject(
+                &mut conn,
+                info.protocol.head_style(),
+                503,
+                "Service Unavailable",
+                "postern could not store the request body.\n",
+                limits.read_timeout,
+            )
+            .await;
+            span.in_scope(|| refused_access(&head, &request_id, info.protocol, 503, sent, started));
+            return;
+        }
         Err(e) => {
             span.in_scope(
                 || tracing::warn!(error = %e, "could not read the request body; closing"),
@@ -328,6 +351,34 @@ async fn next_body<C: Conn>(
     }
 }
 
+/// Lines about bodies that could not be spooled: at most one a second.
+static SPOOL_LOG: RateLimit = RateLimit::new();
+
+/// At most one log line a second, with the count of the lines left out since the last.
+struct RateLimit(std::sync::Mutex<(Option<Instant>, u64)>);
+
+impl RateLimit {
+    const fn new() -> RateLimit {
+        RateLimit(std::sync::Mutex::new((None, 0)))
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if st
+            .0
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            st.1 += 1;
+            return None;
+        }
+        let dropped = std::mem::take(&mut st.1);
+        st.0 = Some(now);
+        Some(dropped)
+    }
+}
+
 /// Reads CONTENT_LENGTH bytes into memory, or into an unlinked temporary file past
 /// the spool threshold.
 async fn read_body<C: Conn>(
@@ -355,8 +406,8 @@ async fn read_body<C: Conn>(
     }
     let file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let file = file?;
+        .map_err(|e| ReadError::Spool(io::Error::other(e.to_string())))?
+        .map_err(ReadError::Spool)?;
     let mut file = tokio::fs::File::from_std(file);
     let mut got = 0u64;
     while got < len {
