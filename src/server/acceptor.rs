@@ -114,8 +114,12 @@ impl Source for Acceptor {
             // One epoll shared by every Python thread of the process, and only one
             // thread at a time waits on it (the accept token, uWSGI's thunder-lock
             // idea): the others sleep on the mutex, so a connection wakes exactly one
-            // thread. The token is held until this thread has its request.
-            let _token = self.waiter.lock().unwrap_or_else(|e| e.into_inner());
+            // thread. The token is given back as soon as this thread has taken its
+            // connection off the epoll (accepted it, or taken its one-shot or
+            // edge-triggered event), before reading it: a read may wait a little for the
+            // rest of a request ([`Arrival`]), and a client sending partial requests
+            // must not make every other connection wait for that.
+            let token = self.waiter.lock().unwrap_or_else(|e| e.into_inner());
             if !queue.is_accepting() {
                 continue;
             }
@@ -161,7 +165,9 @@ impl Source for Acceptor {
                     let Some(conn) = self.parking.get(key) else {
                         continue;
                     };
-                    match conn.woken() {
+                    let woken = conn.woken();
+                    drop(token);
+                    match woken {
                         // A parked connection has its next request (or closed).
                         Woken::Read => {
                             if let Some(req) = self.fcgi_read(conn, true, Instant::now(), false) {
@@ -181,6 +187,7 @@ impl Source for Acceptor {
                     let Some(e) = self.pending.take(key) else {
                         continue;
                     };
+                    drop(token);
                     let req = match e.conn {
                         Waiting::Plain {
                             sock,
@@ -208,7 +215,11 @@ impl Source for Acceptor {
                         continue;
                     }
                     if let Some(l) = self.listeners.get(i) {
-                        if let Some(req) = self.accept(i, l) {
+                        let Some((sock, peer, started, permit)) = self.accept_raw(l, false) else {
+                            continue;
+                        };
+                        drop(token);
+                        if let Some(req) = self.admit(i, l, sock, peer, started, permit) {
                             return Some(req);
                         }
                     }
@@ -325,12 +336,6 @@ impl Acceptor {
         }
     }
 
-    /// Accepts one connection from `l`; returns the request when it is complete now.
-    fn accept(&self, index: usize, l: &Listener) -> Option<Request> {
-        let (sock, peer, started, permit) = self.accept_raw(l, false)?;
-        self.admit(index, l, sock, peer, started, permit)
-    }
-
     /// At stop: the connections waiting for their first bytes go to the slow lane,
     /// which serves or closes them as it does a connection that sent nothing at accept.
     pub fn stop_waiting(&self) -> usize {
@@ -426,7 +431,7 @@ impl Acceptor {
                     // A request simply larger than one read (an upload nginx has
                     // buffered): read the rest here while it keeps arriving.
                     if fastcgi::is_partial_simple(&buf)
-                        && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), &self.arrival())
+                        && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), &self.arrival(n))
                     {
                         if let Some(req) = admit(&buf) {
                             return Ok(Some(Ok(req)));
@@ -482,8 +487,8 @@ impl Acceptor {
     }
 
     /// The rule for reading the rest of a body on this thread, starting now.
-    fn arrival(&self) -> Arrival {
-        Arrival::new(self.limits.read_timeout)
+    fn arrival(&self, first: usize) -> Arrival {
+        Arrival::new(self.limits.read_timeout, first)
     }
 
     /// Reads what a new connection has sent; returns the request when it is complete,
@@ -571,6 +576,7 @@ impl Acceptor {
             }
         };
         let mut codec = UwsgiCodec::for_protocol(l.info.protocol, self.limits.buffer_size);
+        let first = buf.len();
         let start = if buf.is_empty() {
             Start::Fresh(buf)
         } else {
@@ -583,7 +589,7 @@ impl Acceptor {
                     // is read here, not handed to the slow lane and back.
                     let whole = in_memory
                         && ((len as usize) <= buf.len()
-                            || read_rest(&sock, &mut buf, len as usize, &self.arrival()));
+                            || read_rest(&sock, &mut buf, len as usize, &self.arrival(first)));
                     if whole {
                         let body = if len == 0 {
                             Body::Empty
@@ -634,6 +640,10 @@ impl Acceptor {
 /// goes to the slow lane, so a slow peer never holds a Python thread.
 const BODY_PAUSE: Duration = Duration::from_millis(10);
 
+/// A first read at least this large is part of a larger write (an upload a front
+/// server buffered) whose rest is worth a short wait on the Python thread.
+const WAIT_FROM: usize = 16 * 1024;
+
 /// Longest a Python thread spends reading the rest of one body, however steadily it
 /// comes: a peer that trickles a byte every few milliseconds never pauses long enough
 /// for [`BODY_PAUSE`], and would otherwise hold the thread (and the accept token, so
@@ -650,9 +660,20 @@ pub struct Arrival {
 }
 
 impl Arrival {
-    fn new(read_timeout: Duration) -> Arrival {
+    /// `first`: bytes the first read of the connection got. A front server writes a
+    /// request that small in one go, so when it is not whole the rest is not on its
+    /// way: only what is already there is read (no pause waited out), and the slow
+    /// lane waits for the rest. Otherwise a client sending heads without their
+    /// bodies (or partial FastCGI heads) cost each Python thread [`BODY_PAUSE`] per
+    /// connection, and connections queued behind them (nginx's too) waited seconds.
+    fn new(read_timeout: Duration, first: usize) -> Arrival {
+        let pause = if first < WAIT_FROM {
+            Duration::ZERO
+        } else {
+            BODY_PAUSE.min(read_timeout)
+        };
         Arrival {
-            pause: BODY_PAUSE.min(read_timeout),
+            pause,
             deadline: Instant::now() + BODY_BUDGET.min(read_timeout),
         }
     }
@@ -662,6 +683,9 @@ impl Arrival {
     pub(super) fn more(&self, sock: &impl AsFd) -> bool {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            return false;
+        }
+        if self.pause.is_zero() {
             return false;
         }
         let wait = self.pause.min(left);
