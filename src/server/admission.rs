@@ -31,16 +31,27 @@ pub const FD_RETRY: Duration = Duration::from_millis(250);
 /// At most one log line per this much time about failed accepts.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
+/// The default `--max-connections` never goes past this, however high the open-files
+/// limit: systemd's `LimitNOFILE=infinity` or a container's 1,048,576 made it 524,256,
+/// which bounds nothing (each connection still being read costs some KiB: ~7 KiB for a
+/// partial head, 3.5 GiB at that count). 16,384 is far more than a front server's pool
+/// to one worker; more is one `--max-connections` away.
+pub const DEFAULT_CAP: usize = 16_384;
+
 /// `--max-connections` when not given: half the soft open-files limit less
 /// [`FD_RESERVE`], because a connection may hold a second descriptor (a body spooled
-/// to a temporary file); at least 1.
+/// to a temporary file); at least 1, at most [`DEFAULT_CAP`].
 pub fn default_max() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(1 << 20);
+    default_for(soft)
+}
+
+fn default_for(soft: u64) -> usize {
     usize::try_from(soft.saturating_sub(FD_RESERVE) / 2)
         .unwrap_or(usize::MAX)
-        .max(1)
+        .clamp(1, DEFAULT_CAP)
 }
 
 struct State {
@@ -403,6 +414,17 @@ mod tests {
             armed(&ep) && a.retry_at().is_none(),
             "the retry ends it too"
         );
+    }
+
+    // regression: with a soft open-files limit of 1,048,576 (or unlimited) the default
+    // was 524,256 connections, no bound at all.
+    #[test]
+    fn the_default_follows_the_open_files_limit_up_to_a_cap() {
+        assert_eq!(default_for(1024), 480);
+        assert_eq!(default_for(10), 1);
+        assert_eq!(default_for(65_536), DEFAULT_CAP);
+        assert_eq!(default_for(1 << 20), DEFAULT_CAP);
+        assert_eq!(default_for(u64::MAX), DEFAULT_CAP);
     }
 
     #[test]
