@@ -90,6 +90,9 @@ def application(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
         write(b"x" * (256 * MiB))
         return [b"end"]
+    if path == "/control-chars":
+        err.write("ctl-start\rFORGED LINE\x00nul\x08bs end\n")
+        return text(start_response, "done")
     if path == "/shared-errors":
         # One wsgi.errors object kept past its request and written from many threads
         # at once (a logging handler attached globally does that).
@@ -462,4 +465,21 @@ fn a_wsgi_errors_object_written_from_many_threads_at_once_never_raises() {
             (200, "0 []".into())
         );
     }
+}
+
+#[test]
+fn control_bytes_in_a_wsgi_errors_line_are_escaped_in_the_log() {
+    // regression: a lone CR, NUL or backspace in a wsgi.errors line went raw into the
+    // log, where a CR lets the rest of the line overwrite its start on a terminal.
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    assert_eq!(get(&p.addr, "/control-chars").status, 200);
+    assert!(p.wait_log("bs end", 10));
+    let logs = p.logs();
+    let line = logs.lines().find(|l| l.contains("ctl-start")).unwrap();
+    assert!(
+        line.ends_with(r"ctl-start\x0dFORGED LINE\x00nul\x08bs end"),
+        "{line:?}"
+    );
+    assert!(!logs.contains('\r') && !logs.contains('\0'), "{logs:?}");
 }
