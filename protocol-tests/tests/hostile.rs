@@ -648,3 +648,54 @@ fn a_body_that_cannot_be_spooled_is_answered_503() {
     let _ = c.read_to_end(&mut out);
     assert_eq!(parse_http(&out).map(|r| r.status), Some(200));
 }
+
+// regression: unfinished PARAMS are not charged to the input budget (no app would
+// release them), so a connection could hold 64 ids x --buffer-size of them: 100 raw
+// connections with 64 ids of 60 KB unfinished PARAMS each took the worker to 554 MiB
+// of RSS (--fastcgi-buffer-total 64M). Past --fastcgi-buffer the connection is closed.
+#[test]
+fn unfinished_params_past_the_connection_budget_close_the_connection() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--fastcgi-buffer", "64K"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let filler = "f".repeat(30_000);
+    let mut flood = Vec::new();
+    for id in 1u16..=4 {
+        let mut vars: Vec<(&str, String)> = fcgi::get_vars("/env");
+        vars.push(("HTTP_X_FILLER", filler.clone()));
+        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        flood.extend(fcgi::begin(id, 1, true));
+        // PARAMS never ended: 4 x 30 KB > 64 KiB.
+        flood.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&v)));
+    }
+    let _ = c.write_all(&flood);
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(
+        p.wait_log("unfinished PARAMS over --fastcgi-buffer", 5),
+        "the connection is closed with a line saying why"
+    );
+    // A normal request on another connection is served.
+    let mut ok = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let vars = fcgi::get_vars("/env");
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut req = fcgi::begin(1, 1, false);
+    req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+    req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+    req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    ok.write_all(&req).unwrap();
+    loop {
+        let rec = fcgi::read(&mut ok).expect("answered");
+        if rec.kind == fcgi::END_REQUEST {
+            break;
+        }
+    }
+}

@@ -312,6 +312,12 @@ impl ConnInput {
         self.held.load(Ordering::Acquire).saturating_add(extra) >= self.worker.per_conn
     }
 
+    /// Whether unfinished PARAMS alone (never charged: no app reads them) are over
+    /// this connection's budget.
+    pub fn params_over(&self, params: usize) -> bool {
+        params > self.worker.per_conn
+    }
+
     /// Whether the worker as a whole is over its budget.
     pub fn worker_over(&self) -> bool {
         self.worker.held() >= self.worker.total

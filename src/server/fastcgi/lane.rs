@@ -352,6 +352,15 @@ pub async fn serve(
         if conn.is_broken() {
             break 'conn;
         }
+        // (hostile) Unfinished PARAMS are never charged (no app would ever release
+        // them); past --fastcgi-buffer on one connection (nginx and Apache send one
+        // request's at a time, under --buffer-size) it is closed, not read on: 64 ids
+        // of --buffer-size each made 100 connections hold 554 MiB.
+        if input.params_over(parser.params_held()) {
+            tracing::warn!(%peer, params = parser.params_held(), active = parser.active(), "FastCGI connection holds unfinished PARAMS over --fastcgi-buffer; closing it");
+            lane.refused(crate::codec::Protocol::FastCgi, None);
+            break 'conn;
+        }
         if parser.close_after_replies() && backlog.is_empty() {
             tracing::debug!(%peer, "refused request without FCGI_KEEP_CONN: closing");
             drain = true;
