@@ -2208,3 +2208,36 @@ fn twenty_keep_conn_connections_with_ten_requests_each() {
     assert!(!p.logs().contains("ERROR"), "{}", p.logs());
     ok_after(&p);
 }
+
+// regression: a CONTENT_LENGTH sent twice with different values was taken over FastCGI
+// (the last won; SCGI refused it): two lengths for one body, refused as other bad
+// requests are here (400, the connection kept), with a log line naming the peer; the
+// same value twice counts once.
+#[test]
+fn a_content_length_sent_twice_with_different_values_is_refused() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let vars = |second: &'static str| {
+        [
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("CONTENT_LENGTH", "3"),
+            ("CONTENT_LENGTH", second),
+        ]
+    };
+    c.send(&fcgi::request(1, true, &vars("300"), b"abc"));
+    let out = c.reply(1);
+    assert_eq!(out.cgi().0, 400, "{out:?}\n{}", p.logs());
+    assert!(
+        p.wait_log("CONTENT_LENGTH sent twice with different values", 5),
+        "{}",
+        p.logs()
+    );
+    for line in p.logs().lines().filter(|l| l.contains("sent twice")) {
+        assert!(line.contains("peer="), "{line}");
+    }
+    // The same value twice, on the same kept connection: served.
+    c.send(&fcgi::request(2, true, &vars("3"), b"abc"));
+    c.reply(2).assert_ok(b"abc");
+}

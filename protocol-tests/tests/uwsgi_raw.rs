@@ -749,3 +749,45 @@ fn a_trickling_body_does_not_hold_the_only_python_thread() {
     assert_eq!(status, 200, "{}", p.logs());
     assert_eq!(body, b"hello\n");
 }
+
+// regression: a CONTENT_LENGTH sent twice with different values was taken (the last
+// won) over uwsgi and FastCGI while SCGI refused it: two lengths for one body is a
+// request-smuggling shape, refused everywhere (400, a log line with the peer); the
+// same value twice counts once.
+#[test]
+fn a_content_length_sent_twice_with_different_values_is_refused() {
+    let dir = tempdir();
+    let p = start(dir.path());
+    let vars = |second: &'static str| {
+        uwsgi_packet(&[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("CONTENT_LENGTH", "3"),
+            ("CONTENT_LENGTH", second),
+        ])
+    };
+    let out = raw(&p.addr, &[vars("300"), b"abc".to_vec()].concat());
+    let r = parse_http(&out).expect("an HTTP-style answer");
+    assert_eq!(r.status, 400, "{}", p.logs());
+    assert!(
+        p.wait_log("CONTENT_LENGTH sent twice with different values", 5),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("sent twice with different values"))
+        .unwrap();
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    // The same value twice: one length, served.
+    let out = raw(&p.addr, &[vars("3"), b"abc".to_vec()].concat());
+    let r = parse_http(&out).expect("an HTTP-style answer");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "abc".to_owned()),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}

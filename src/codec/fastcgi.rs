@@ -66,6 +66,14 @@ pub fn assemble(
     max_body: Option<u64>,
 ) -> Result<Assembled, Refused> {
     let (vars, lengths) = fastcgi::parse_params(&params).map_err(Refused::Params)?;
+    // Two lengths for one body: refused as Head::announced_length refuses them.
+    if let Some((first, then)) = lengths.conflict {
+        let at = |r: &std::ops::Range<u32>| &params[r.start as usize..r.end as usize];
+        return Err(Refused::BadLength(crate::proto::cgi::conflicting_length(
+            at(&vars[first].1),
+            at(&vars[then].1),
+        )));
+    }
     // Head::announced_length's rule (the last CONTENT_LENGTH, else the last
     // HTTP_CONTENT_LENGTH; empty counts as none) on the positions the parse noted.
     let value = |i: Option<usize>| {
@@ -241,6 +249,29 @@ mod tests {
         assert_eq!(e.status(), None);
     }
 
+    // regression: "1" then "3" was taken as 3 (the last) here and by
+    // Head::announced_length; two different lengths are refused by both, the same way.
+    #[test]
+    fn refuses_two_different_content_lengths_as_head_announced_length_does() {
+        let pairs = [
+            ("CONTENT_LENGTH", "1"),
+            ("HTTP_X", "y"),
+            ("CONTENT_LENGTH", "3"),
+        ];
+        let e = assemble(params(&pairs), None, None).unwrap_err();
+        assert_eq!(e.status(), Some((400, "Bad Request")));
+        let Refused::BadLength(e) = e else {
+            panic!("{e:?}")
+        };
+        let head = assemble(params(&[("CONTENT_LENGTH", "1")]), None, None)
+            .unwrap()
+            .head;
+        let mut head2 = head;
+        head2.push_var(b"HTTP_X", b"y");
+        head2.push_var(b"CONTENT_LENGTH", b"3");
+        assert_eq!(head2.announced_length(), Err(e));
+    }
+
     #[test]
     fn takes_the_same_length_as_head_announced_length() {
         let cases: &[&[(&str, &str)]] = &[
@@ -248,9 +279,10 @@ mod tests {
             &[("CONTENT_LENGTH", ""), ("HTTP_CONTENT_LENGTH", "9")],
             &[
                 ("HTTP_CONTENT_LENGTH", "2"),
-                ("CONTENT_LENGTH", "1"),
+                ("CONTENT_LENGTH", "3"),
                 ("CONTENT_LENGTH", "3"),
             ],
+            &[("CONTENT_LENGTH", ""), ("CONTENT_LENGTH", "3")],
             &[("CONTENT_LENGTH", "3"), ("CONTENT_LENGTH", "")],
             &[("", "x"), ("CONTENT_LENGT", "1"), ("CONTENT_LENGTHX", "2")],
         ];

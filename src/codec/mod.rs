@@ -103,13 +103,24 @@ impl Head {
     /// The body length the front server announced; `None` when it sent none (an empty
     /// value counts as none), as for a FastCGI body streamed to its end.
     pub fn announced_length(&self) -> Result<Option<u64>, ProtoError> {
-        // One pass for both names (the last value of each counts).
-        let (mut cgi, mut http) = (None, None);
+        // One pass for both names (the last value of each counts). CONTENT_LENGTH
+        // repeated with another non-empty value is refused (two lengths for one body);
+        // an identical repeat counts once.
+        let (mut cgi, mut http, mut seen): (Option<&[u8]>, _, Option<&[u8]>) = (None, None, None);
         let at = |r: &Range<u32>| &self.buf[r.start as usize..r.end as usize];
         for (k, v) in &self.vars {
             // Lengths first: most names are neither, and are not sliced at all.
             match k.end - k.start {
-                14 if at(k) == b"CONTENT_LENGTH" => cgi = Some(at(v)),
+                14 if at(k) == b"CONTENT_LENGTH" => {
+                    match seen {
+                        Some(first) if !at(v).is_empty() && first != at(v) => {
+                            return Err(proto::cgi::conflicting_length(first, at(v)))
+                        }
+                        _ if !at(v).is_empty() => seen = Some(at(v)),
+                        _ => {}
+                    }
+                    cgi = Some(at(v));
+                }
                 19 if at(k) == b"HTTP_CONTENT_LENGTH" => http = Some(at(v)),
                 _ => {}
             }

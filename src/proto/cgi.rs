@@ -317,8 +317,10 @@ impl<'a> Unknown<'a> {
 /// - A repeated `HTTP_*` key (nginx 1.22 sends one variable per header line) is joined
 ///   with `", "` (`"; "` for `HTTP_COOKIE`) as RFC 3875 §4.1.18 says; other repeated
 ///   keys (a `uwsgi_param` overriding a stock one) keep the last value. Host and the
-///   content headers are unique in HTTP (nginx refuses a request with two Hosts), so
-///   a repeat of those is an override too: last wins.
+///   content type are unique in HTTP (nginx refuses a request with two Hosts), so a
+///   repeat of those is an override too: last wins. `CONTENT_LENGTH` is the
+///   exception: a repeat with another value is refused ([`ProtoError::ConflictingLength`],
+///   two lengths for one body), an identical one counts once.
 /// - `CONTENT_TYPE`/`CONTENT_LENGTH` are never duplicated as `HTTP_*`; when only the
 ///   `HTTP_` form arrived it is promoted. Empty, they are left out.
 /// - `HTTP_PROXY` (httpoxy) and `HTTP_TRANSFER_ENCODING` (hop-by-hop, acted on by the
@@ -350,6 +352,8 @@ pub fn normalise<'a>(
         _ => None,
     };
     let mut unknown = Unknown::default();
+    // The last non-empty CONTENT_LENGTH, to refuse another value.
+    let mut length_seen: Option<&'a [u8]> = None;
     // One copy in and out of the thread's guesses per request, not a lookup per name.
     let mut last = LAST_NAMES.with(std::cell::Cell::get);
     for (pos, (key, value)) in pairs.enumerate() {
@@ -361,6 +365,16 @@ pub fn normalise<'a>(
             Some(K_HTTP_PROXY | K_HTTP_TRANSFER_ENCODING) => continue,
             Some(k) => {
                 if let Some(slot) = aside_slot(k) {
+                    // Two different body lengths: refused, as the codecs do (identical
+                    // repeats count once; an empty value is no length).
+                    if k == K_CONTENT_LENGTH && !value.is_empty() {
+                        match length_seen {
+                            Some(first) if first != value => {
+                                return Err(conflicting_length(first, value))
+                            }
+                            _ => length_seen = Some(value),
+                        }
+                    }
                     aside[slot] = Some(value);
                     continue;
                 }
@@ -524,6 +538,14 @@ fn longest_mount<'m>(mounts: &'m [Vec<u8>], path: &[u8]) -> Option<&'m [u8]> {
         })
         .max_by_key(|m| m.len())
         .map(Vec::as_slice)
+}
+
+/// `CONTENT_LENGTH` came twice, `first` then `then`.
+pub fn conflicting_length(first: &[u8], then: &[u8]) -> ProtoError {
+    ProtoError::ConflictingLength {
+        first: String::from_utf8_lossy(first).into_owned(),
+        then: String::from_utf8_lossy(then).into_owned(),
+    }
 }
 
 /// Decimal `CONTENT_LENGTH` (RFC 3875 §4.1.2): digits only, no sign, no spaces.

@@ -35,6 +35,9 @@ pub enum ProtoError {
     HttpOnUwsgi,
     #[error("CONTENT_LENGTH {0:?} is not a valid length (decimal digits, below 2^63)")]
     BadContentLength(String),
+    /// Two lengths for one body: a request-smuggling shape, refused over every protocol.
+    #[error("CONTENT_LENGTH sent twice with different values ({first:?}, then {then:?}): the body length is ambiguous")]
+    ConflictingLength { first: String, then: String },
     #[error("FastCGI record version {0}, expected 1 (is the peer speaking FastCGI?)")]
     FcgiVersion(u8),
     #[error(

@@ -111,14 +111,15 @@ pub fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(usize, &[u8])>, Pr
 /// Leniencies, on purpose:
 /// - A repeated name is kept: nginx sends one header per repeated HTTP header line,
 ///   and [`super::cgi::normalise`] joins them. The one exception is `CONTENT_LENGTH`:
-///   it frames the body, so a repeat must carry the same length (a different one is a
-///   request-smuggling shape and an error).
+///   it frames the body, so a repeat must carry the same value, byte for byte (a
+///   different one is a request-smuggling shape: [`ProtoError::ConflictingLength`], as
+///   over uwsgi and FastCGI).
 /// - A missing `SCGI` header (or a value other than `1`) is accepted: §3 makes it
 ///   mandatory, but it carries nothing we use, and some clients leave it out.
 ///
 /// Errors are [`ProtoError::ScgiHeaders`] for a name or value without its terminating
 /// NUL, an empty name, a first header that is not `CONTENT_LENGTH` (including an empty
-/// block) and a conflicting repeated `CONTENT_LENGTH`; [`ProtoError::HeadTooLarge`]
+/// block); [`ProtoError::HeadTooLarge`]
 /// for a block longer than [`MAX_LENGTH`], which no valid netstring can carry.
 pub fn parse_headers(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
     // Offsets are stored as u32; the 7-digit length keeps real blocks far below that.
@@ -135,7 +136,7 @@ pub fn parse_headers(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
     }
     // Every pair takes at least 3 bytes (`n NUL NUL`); most are far longer.
     let mut headers: Vec<VarRange> = Vec::with_capacity(block.len() / 16 + 4);
-    let mut content_length = 0u64;
+    let mut first_length: &[u8] = b"";
     let mut rest = block;
     while !rest.is_empty() {
         let name_start = block.len() - rest.len();
@@ -160,11 +161,10 @@ pub fn parse_headers(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
                     "the first header is not CONTENT_LENGTH",
                 ));
             }
-            content_length = parse_content_length(value)?;
-        } else if name == CONTENT_LENGTH && parse_content_length(value)? != content_length {
-            return Err(ProtoError::ScgiHeaders(
-                "CONTENT_LENGTH repeated with a different value",
-            ));
+            parse_content_length(value)?;
+            first_length = value;
+        } else if name == CONTENT_LENGTH && value != first_length {
+            return Err(super::cgi::conflicting_length(first_length, value));
         }
 
         // `block.len() <= MAX_LENGTH`, so every offset fits in u32.
@@ -539,14 +539,21 @@ mod tests {
     fn rejects_a_conflicting_content_length_repeat() {
         // Two lengths for one body is how requests get smuggled.
         let block = b"CONTENT_LENGTH\x005\x00CONTENT_LENGTH\x0050\x00";
-        assert_eq!(
-            headers_error(block),
-            "CONTENT_LENGTH repeated with a different value"
-        );
+        assert!(matches!(
+            parse_headers(block),
+            Err(ProtoError::ConflictingLength { .. })
+        ));
+        // regression: "5" then "05" was taken (the same number); uwsgi and FastCGI
+        // refuse two different values, so SCGI does too.
+        let block = b"CONTENT_LENGTH\x005\x00CONTENT_LENGTH\x0005\x00";
+        assert!(matches!(
+            parse_headers(block),
+            Err(ProtoError::ConflictingLength { .. })
+        ));
         let block = b"CONTENT_LENGTH\x005\x00CONTENT_LENGTH\x00x\x00";
         assert!(matches!(
             parse_headers(block),
-            Err(ProtoError::BadContentLength(_))
+            Err(ProtoError::ConflictingLength { .. })
         ));
     }
 

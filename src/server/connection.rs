@@ -318,6 +318,11 @@ async fn bad_request<C: Conn>(
                 "This is an SCGI socket: put nginx in front (scgi_pass) or use `postern request`.\n",
             ))
         }
+        CodecError::Proto(ProtoError::ConflictingLength { .. }) => Some((
+            400,
+            "Bad Request",
+            "CONTENT_LENGTH sent twice with different values.\n",
+        )),
         CodecError::Proto(ProtoError::HeadTooLarge { .. }) => Some((
             431,
             "Request Header Fields Too Large",

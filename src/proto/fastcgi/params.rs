@@ -48,6 +48,9 @@ pub fn parse_pairs(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
 pub struct LengthVars {
     pub cgi: Option<usize>,
     pub http: Option<usize>,
+    /// The first repeat of `CONTENT_LENGTH` with another non-empty value: (earlier pair,
+    /// this pair).
+    pub conflict: Option<(usize, usize)>,
 }
 
 /// [`parse_pairs`], noting on the way where the body length names are (their name
@@ -62,8 +65,10 @@ pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoEr
         });
     }
     let mut lengths = LengthVars::default();
+    // The last non-empty CONTENT_LENGTH (an empty one is no length).
+    let mut length_seen: Option<usize> = None;
     // A pair takes at least 2 bytes; real CGI pairs average well over 16.
-    let mut pairs = Vec::with_capacity(block.len() / 16 + 4);
+    let mut pairs: Vec<VarRange> = Vec::with_capacity(block.len() / 16 + 4);
     let mut pos = 0usize;
     while pos < block.len() {
         let name_len_at = pos;
@@ -92,7 +97,20 @@ pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoEr
         if name_len > 0 {
             // Lengths first: most names are neither, and are not compared at all.
             match name_len {
-                14 if &block[after..name_end] == CGI => lengths.cgi = Some(pairs.len()),
+                14 if &block[after..name_end] == CGI => {
+                    if value_end > name_end {
+                        if let (None, Some(i)) = (lengths.conflict, length_seen) {
+                            let first = &pairs[i].1;
+                            if block[first.start as usize..first.end as usize]
+                                != block[name_end..value_end]
+                            {
+                                lengths.conflict = Some((i, pairs.len()));
+                            }
+                        }
+                        length_seen = Some(pairs.len());
+                    }
+                    lengths.cgi = Some(pairs.len());
+                }
                 19 if &block[after..name_end] == HTTP => lengths.http = Some(pairs.len()),
                 _ => {}
             }
