@@ -235,6 +235,9 @@ def application(environ, start_response):
     if path == "/sleep":
         time.sleep(float(q.get("s", 1)))
         return text(start_response, "slept\n")
+    if path == "/status-header":
+        # An app header named Status: the status is start_response's, not this.
+        return text(start_response, "created\n", "201 Created", [("Status", "404 Not Found")])
     if path == "/errors":
         environ["wsgi.errors"].write("hello-from-wsgi-errors\n")
         environ["wsgi.errors"].flush()

@@ -407,3 +407,22 @@ fn five_hundred_requests_over_fifty_connections_keep_conn_and_not() {
         s.assert_clean(&format!("load {mode:?} tcp={tcp}"));
     }
 }
+
+// regression: an app header named `Status` went out as a second CGI `Status:` line
+// (nginx kept the first and dropped the other; a front server may take the last); the
+// status is start_response's and the header is dropped with a warning, as hop-by-hop
+// headers are.
+#[test]
+fn an_app_status_header_does_not_replace_the_start_response_status() {
+    each(|s| {
+        let r = s.nginx.get("/status-header");
+        assert_eq!((r.status, r.text()), (201, "created\n".to_owned()));
+        assert_eq!(r.header("Status"), None, "{:?}", r.headers);
+        assert!(
+            s.postern
+                .wait_log("the app set a Status header; dropped", 5),
+            "{}",
+            s.postern.logs()
+        );
+    });
+}

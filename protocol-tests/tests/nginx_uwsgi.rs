@@ -316,3 +316,22 @@ fn sendfile_through_nginx() {
 fn many_concurrent_requests_all_succeed() {
     both(|s| s.load(&Load::new(16, 20)).assert_all_ok());
 }
+
+// regression: an app header named `Status` reached the client through nginx's uwsgi
+// module as a `Status: 404 Not Found` header next to the 201 the app gave
+// start_response (FastCGI and SCGI: a second CGI `Status:` line). Dropped with a
+// warning now.
+#[test]
+fn an_app_status_header_does_not_replace_the_start_response_status() {
+    both(|s| {
+        let r = s.nginx.get("/status-header");
+        assert_eq!((r.status, r.text()), (201, "created\n".to_owned()));
+        assert_eq!(r.header("Status"), None, "{:?}", r.headers);
+        assert!(
+            s.postern
+                .wait_log("the app set a Status header; dropped", 5),
+            "{}",
+            s.postern.logs()
+        );
+    });
+}

@@ -345,6 +345,16 @@ impl State {
                 );
                 continue;
             }
+            // regression: a `Status` header went out as a second CGI `Status:` line over
+            // FastCGI and SCGI, and over uwsgi reached the client as a header: the
+            // status is start_response's alone.
+            if name.len() == 6 && name.eq_ignore_ascii_case("status") {
+                tracing::warn!(
+                    header = %name,
+                    "the app set a Status header; dropped (the status is the one given to start_response)"
+                );
+                continue;
+            }
             if name.eq_ignore_ascii_case("content-length") {
                 if content_length.is_some() {
                     return Err(refuse(HeaderError::DuplicateContentLength));
