@@ -132,6 +132,10 @@ pub fn assemble(
     }
     if announced.is_none() && len > 0 {
         head.push_var(b"CONTENT_LENGTH", len.to_string().as_bytes());
+        // A CONTENT_LENGTH sent non-empty, then empty (no length by the rule above),
+        // now conflicts with the one added: refuse it as Head::announced_length (and the
+        // environ) would. One scan, only for a body without a length.
+        head.announced_length().map_err(Refused::BadLength)?;
     }
     head.content_length = len;
     Ok(Assembled {
@@ -192,6 +196,24 @@ mod tests {
         let a = assemble(params(&[("CONTENT_LENGTH", "2")]), body(5), None).unwrap();
         assert_eq!(a.body.as_deref(), Some(&b"xx"[..]));
         assert_eq!(a.excess, 3);
+    }
+
+    // regression: fastcgi_assemble (fuzz) found CONTENT_LENGTH "5" then "" with a 13-byte
+    // STDIN assembled into a head with CONTENT_LENGTH 5, "" and 13, which its own rule
+    // (Head::announced_length, the environ) refuses as two lengths for one body.
+    #[test]
+    fn refuses_a_body_whose_added_length_conflicts_with_an_earlier_one() {
+        let p = params(&[("CONTENT_LENGTH", "5"), ("CONTENT_LENGTH", "")]);
+        let e = assemble(p, body(13), None).unwrap_err();
+        assert!(
+            matches!(e, Refused::BadLength(ProtoError::ConflictingLength { .. })),
+            "{e:?}"
+        );
+        assert_eq!(e.status(), Some((400, "Bad Request")));
+        // The same value as the body's length is no conflict.
+        let p = params(&[("CONTENT_LENGTH", "13"), ("CONTENT_LENGTH", "")]);
+        let a = assemble(p, body(13), None).unwrap();
+        assert_eq!(a.head.body_length(), Ok(13));
     }
 
     #[test]
