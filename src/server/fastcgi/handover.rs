@@ -73,7 +73,7 @@ impl Channel {
     }
 
     /// A new socket pair.
-    fn pair() -> std::io::Result<Channel> {
+    pub(super) fn pair() -> std::io::Result<Channel> {
         let (tx, rx) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,

@@ -717,9 +717,13 @@ impl Parking {
         let fresh_for = fresh_since.map(|t| t.elapsed());
         match channel.send(conn.sock.as_fd(), conn.listener, fresh_for) {
             Ok(()) => {
+                // Not `broken`: the END_REQUEST of its last request may still be going
+                // out from here (the slow lane learns a request ended before its
+                // END_REQUEST is written, so the id is free when the front server
+                // reuses it), and must. Nothing else is written from here: the front
+                // server sends no next request before that END_REQUEST, and only the
+                // new worker answers one.
                 conn.handed_over.store(true, Ordering::Release);
-                // Nothing more is written from here.
-                conn.broken.store(true, Ordering::Release);
                 self.handed.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -871,6 +875,43 @@ mod tests {
     }
 
     const HELD: Owner = Owner::Held { input: false };
+
+    // regression: a hand-over marked the connection broken, and the END_REQUEST of its
+    // last slow-lane request (the lane is told the request ended just before that
+    // write, so it can go idle and be handed over first) was never sent: nginx waited
+    // for it until fastcgi_read_timeout ("upstream timed out while reading upstream";
+    // soak, seed 3, once in 3 minutes of reloads).
+    #[test]
+    fn a_handed_over_connection_still_sends_the_end_request_announced_before() {
+        use std::io::Read;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = Parking::new(Arc::new(ep));
+        let channel: &'static handover::Channel =
+            Box::leak(Box::new(handover::Channel::pair().unwrap()));
+        let (mut front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sock = socket2::Socket::from(OwnedFd::from(ours));
+        let conn = FcgiConn::new(
+            sock,
+            "test".into(),
+            false,
+            0,
+            Duration::from_secs(1),
+            &parking,
+            None,
+        );
+        parking.hand_over(&conn, channel, None);
+        assert_eq!(parking.handed(), 1);
+        let (tail, n) = fcgi::response_tail(1, false);
+        conn.send_stdout(1, b"", &tail[..n])
+            .expect("END_REQUEST still goes out");
+        let mut got = vec![0u8; n];
+        front.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..], &tail[..n]);
+        // Dropped here, the old worker's copy does not shut the socket down.
+        drop(conn);
+        let adopted = channel.take().expect("handed over");
+        drop(adopted);
+    }
 
     /// A request running inline on a connection woken in the epoll.
     fn inline(id: u16, keep_conn: bool) -> Owner {
