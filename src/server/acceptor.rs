@@ -30,20 +30,12 @@ use super::wake::Wake;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{Frame, Protocol};
 use crate::proto::fastcgi as fcgi;
-use crate::wsgi::{Body, ListenerInfo, Request, Source};
+use crate::wsgi::{Body, Request, Source};
 
 /// Bytes read by the first recv of a connection: a whole uwsgi head fits.
 const FIRST_READ: usize = 64 * 1024 + 4;
 
-/// One listening socket as the acceptor sees it.
-pub struct Listener {
-    pub sock: socket2::Socket,
-    pub tcp: bool,
-    pub label: Arc<str>,
-    pub info: ListenerInfo,
-    /// Passed by systemd, which keeps it for the next start: never shut or filtered.
-    pub inherited: bool,
-}
+pub use super::listener::Listener;
 
 /// The epoll the Python threads wait on: the token eventfd and every listener, all
 /// level-triggered.

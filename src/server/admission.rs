@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
-use super::acceptor::Listener;
+use super::listener::Listener;
 use super::wake::Wake;
 
 /// Descriptors kept out of the default for everything that is not a connection

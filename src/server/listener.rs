@@ -18,6 +18,17 @@ use super::ServerError;
 use crate::codec::Protocol;
 use crate::wsgi::ListenerInfo;
 
+/// One listening socket as the acceptor (and admission, which takes it out of the
+/// epoll at --max-connections) sees it.
+pub struct Listener {
+    pub sock: socket2::Socket,
+    pub tcp: bool,
+    pub label: Arc<str>,
+    pub info: ListenerInfo,
+    /// Passed by systemd, which keeps it for the next start: never shut or filtered.
+    pub inherited: bool,
+}
+
 /// Why a listener could not be bound: what happened, in words, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
