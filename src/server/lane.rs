@@ -76,6 +76,14 @@ impl SlowLane {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn_on(fut, &self.handle);
+        // Counted before it runs: the Python threads wait for it at the stop.
+        let task = self.queue.lane_task();
+        self.tracker.spawn_on(
+            async move {
+                let _task = task;
+                fut.await
+            },
+            &self.handle,
+        );
     }
 }

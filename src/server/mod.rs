@@ -247,8 +247,10 @@ pub fn run(
         let drain = async {
             if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {
                 tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout");
+                queue.abandon();
+            } else {
+                queue.exit();
             }
-            queue.exit();
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
         };

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::event::EventfdFlags;
@@ -20,6 +20,15 @@ pub struct Queue {
     tokens: OwnedFd,
     accepting: AtomicBool,
     exiting: AtomicBool,
+    /// Past --graceful-timeout: the threads end without waiting for the slow lane.
+    abandoning: AtomicBool,
+    /// Slow-lane tasks alive: each may still push a request. A Python thread can hand
+    /// a connection to the lane at any time while it runs (the rest of a body that
+    /// did not arrive in time, input during an inline FastCGI request), so the stop
+    /// cannot wait for the lane once and then let the threads go: a request pushed
+    /// after that was dropped unserved (regression: "a FastCGI response was dropped
+    /// unfinished" and a 502 for an upload during a reload, found by benches/soak.py).
+    lane_tasks: AtomicUsize,
 }
 
 impl Queue {
@@ -34,6 +43,8 @@ impl Queue {
             tokens,
             accepting: AtomicBool::new(true),
             exiting: AtomicBool::new(false),
+            abandoning: AtomicBool::new(false),
+            lane_tasks: AtomicUsize::new(0),
         }))
     }
 
@@ -68,14 +79,19 @@ impl Queue {
     }
 
     /// While draining: the next queued request, waiting for the slow lane to complete
-    /// one; `None` once [`exit`](Self::exit) was called and the queue is empty.
+    /// one; `None` once [`exit`](Self::exit) was called, the queue is empty and no
+    /// slow-lane task is left that could still push one (or at once after
+    /// [`abandon`](Self::abandon)).
     pub fn next_draining(&self) -> Option<Request> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = q.pop_front() {
                 return Some(r);
             }
-            if self.exiting.load(Ordering::SeqCst) {
+            if self.exiting.load(Ordering::SeqCst)
+                && (self.lane_tasks.load(Ordering::SeqCst) == 0
+                    || self.abandoning.load(Ordering::SeqCst))
+            {
                 return None;
             }
             q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -90,10 +106,66 @@ impl Queue {
         self.ready.notify_all();
     }
 
-    /// Let the threads end once the queue is empty.
+    /// Let the threads end once the queue is empty and the slow lane has no task left.
     pub fn exit(&self) {
         self.exiting.store(true, Ordering::SeqCst);
         let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         self.ready.notify_all();
+    }
+
+    /// Let the threads end once the queue is empty, whatever the slow lane still
+    /// holds (--graceful-timeout has passed).
+    pub fn abandon(&self) {
+        self.abandoning.store(true, Ordering::SeqCst);
+        self.exit();
+    }
+
+    /// A slow-lane task starts: the threads wait for it at the stop. Its guard says
+    /// when it ends (dropped: finished, cancelled or panicked).
+    pub fn lane_task(self: &Arc<Self>) -> LaneTask {
+        self.lane_tasks.fetch_add(1, Ordering::SeqCst);
+        LaneTask(Arc::clone(self))
+    }
+}
+
+/// A live slow-lane task (see [`Queue::lane_task`]).
+pub struct LaneTask(Arc<Queue>);
+
+impl Drop for LaneTask {
+    fn drop(&mut self) {
+        if self.0.lane_tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Under the lock: a thread that saw the count above zero is waiting by now.
+            let _q = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+            self.0.ready.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_threads_wait_for_the_slow_lane_tasks_left() {
+        let q = Queue::new().unwrap();
+        let task = q.lane_task();
+        q.exit();
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.next_draining().is_none())
+        };
+        // The thread waits while the task lives; the task ends without a request.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "a thread left while a lane task could still push");
+        drop(task);
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn abandon_lets_the_threads_go_whatever_the_lane_holds() {
+        let q = Queue::new().unwrap();
+        let _task = q.lane_task();
+        q.abandon();
+        assert!(q.next_draining().is_none());
     }
 }
