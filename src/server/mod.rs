@@ -150,7 +150,9 @@ pub fn run(
             monitor: monitor.clone(),
         },
         admission: admission::Admission::new(
-            limits.max_connections.unwrap_or_else(admission::default_max),
+            limits
+                .max_connections
+                .unwrap_or_else(admission::default_max),
             Arc::clone(&epoll),
             Arc::clone(&listeners),
         ),

@@ -156,7 +156,10 @@ mod tests {
         };
         // The thread waits while the task lives; the task ends without a request.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "a thread left while a lane task could still push");
+        assert!(
+            !waiter.is_finished(),
+            "a thread left while a lane task could still push"
+        );
         drop(task);
         assert!(waiter.join().unwrap());
     }
