@@ -390,11 +390,21 @@ impl Scoreboard {
     }
 
     /// The worker recycles itself for `cause` (called by the worker).
-    pub fn retire_self(&self, slot: usize, cause: Cause) {
+    /// False when the slot was already leaving (the master marked it for a reload or
+    /// the stop, or the worker's own stop began): then it has its SIGTERM already, and
+    /// a second one would cut its requests off.
+    pub fn retire_self(&self, slot: usize, cause: Cause) -> bool {
         let h = self.head(slot);
+        if h.state.load(Ordering::SeqCst) == RETIRING {
+            return false;
+        }
         h.retire_cause
             .store(cause.index() as u32, Ordering::Relaxed);
-        h.state.store(RETIRING, Ordering::SeqCst);
+        h.state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                (s != RETIRING).then_some(RETIRING)
+            })
+            .is_ok()
     }
 
     /// Why the worker in `slot` retired itself, if it did.
@@ -862,6 +872,19 @@ mod tests {
         sb.leave(0);
         sb.enter(0);
         assert_eq!(saturated(), 3);
+    }
+
+    #[test]
+    fn a_worker_already_leaving_does_not_retire_itself_again() {
+        let sb = Scoreboard::new(1, 1).unwrap();
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.mark_draining(0, Cause::Stop);
+        assert!(!sb.retire_self(0, Cause::MaxRequests));
+        assert_eq!(sb.self_retired(0), None);
+        sb.reset(0, 11, 0, Cause::Boot);
+        assert!(sb.retire_self(0, Cause::MaxRequests));
+        assert!(!sb.retire_self(0, Cause::MaxRss));
+        assert_eq!(sb.self_retired(0), Some(Cause::MaxRequests));
     }
 
     #[test]

@@ -84,8 +84,14 @@ impl WorkerMonitor {
         if self.retiring.swap(true, Ordering::SeqCst) {
             return;
         }
+        // regression: a worker reaching --max-requests just as the master's SIGTERM
+        // (a stop or a reload) arrived sent itself a second SIGTERM, read as "stop
+        // now": its requests were cut off and it exited 1 (cli.rs
+        // socket_files_outlive_recycled_workers_and_go_with_the_server, under load).
+        if !self.board.retire_self(self.slot, cause) {
+            return;
+        }
         tracing::info!(pid = std::process::id(), "recycling this worker: {why}");
-        self.board.retire_self(self.slot, cause);
         // The master sleeps until something happens: this is it.
         if let Some(pipe) = &self.master {
             let _ = rustix::io::write(pipe, &[RECYCLING]);
