@@ -33,6 +33,22 @@ fn command(app: &Path) -> Command {
     cmd
 }
 
+/// The security app served over uwsgi, FastCGI and SCGI on Unix sockets in `dir`:
+/// the process and the three socket paths.
+fn on_three_sockets(dir: &Path) -> (Postern, PathBuf, PathBuf, PathBuf) {
+    let app = security_app();
+    let u = dir.join("u.sock");
+    let f = dir.join("f.sock");
+    let s = dir.join("s.sock");
+    let mut cmd = command(&app);
+    cmd.args(["--socket-mode", "666"])
+        .args(["--uwsgi", &format!("unix:{}", u.display())])
+        .args(["--fastcgi", &format!("unix:{}", f.display())])
+        .args(["--scgi", &format!("unix:{}", s.display())]);
+    let p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir, None);
+    (p, u, f, s)
+}
+
 /// Runs a postern that must fail to start; returns its stderr.
 fn refused(mut cmd: Command) -> String {
     let out = cmd.output().unwrap();
@@ -1091,16 +1107,7 @@ fn a_client_header_never_becomes_a_front_server_variable_through_nginx() {
 #[test]
 fn an_http_variable_never_overrides_a_cgi_variable_on_the_socket() {
     let dir = tempdir();
-    let app = security_app();
-    let u = dir.path().join("u.sock");
-    let f = dir.path().join("f.sock");
-    let s = dir.path().join("s.sock");
-    let mut cmd = command(&app);
-    cmd.args(["--socket-mode", "666"])
-        .args(["--uwsgi", &format!("unix:{}", u.display())])
-        .args(["--fastcgi", &format!("unix:{}", f.display())])
-        .args(["--scgi", &format!("unix:{}", s.display())]);
-    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir.path(), None);
+    let (_p, u, f, s) = on_three_sockets(dir.path());
     let cgi: &[(&str, &str)] = &[
         ("REQUEST_METHOD", "GET"),
         ("PATH_INFO", "/"),
@@ -1151,16 +1158,7 @@ fn an_http_variable_never_overrides_a_cgi_variable_on_the_socket() {
 #[test]
 fn a_request_variable_never_replaces_posterns_own_entries() {
     let dir = tempdir();
-    let app = security_app();
-    let u = dir.path().join("u.sock");
-    let f = dir.path().join("f.sock");
-    let s = dir.path().join("s.sock");
-    let mut cmd = command(&app);
-    cmd.args(["--socket-mode", "666"])
-        .args(["--uwsgi", &format!("unix:{}", u.display())])
-        .args(["--fastcgi", &format!("unix:{}", f.display())])
-        .args(["--scgi", &format!("unix:{}", s.display())]);
-    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir.path(), None);
+    let (_p, u, f, s) = on_three_sockets(dir.path());
     let vars: &[(&str, &str)] = &[
         ("REQUEST_METHOD", "POST"),
         ("PATH_INFO", "/"),
@@ -1200,16 +1198,7 @@ fn a_request_variable_never_replaces_posterns_own_entries() {
 #[test]
 fn a_variable_sent_twice_counts_once_the_last_on_every_protocol() {
     let dir = tempdir();
-    let app = security_app();
-    let u = dir.path().join("u.sock");
-    let f = dir.path().join("f.sock");
-    let s = dir.path().join("s.sock");
-    let mut cmd = command(&app);
-    cmd.args(["--socket-mode", "666"])
-        .args(["--uwsgi", &format!("unix:{}", u.display())])
-        .args(["--fastcgi", &format!("unix:{}", f.display())])
-        .args(["--scgi", &format!("unix:{}", s.display())]);
-    let _p = Postern::spawn(cmd, Addr::Unix(u.clone()), dir.path(), None);
+    let (_p, u, f, s) = on_three_sockets(dir.path());
     let vars: &[(&str, &str)] = &[
         ("REQUEST_METHOD", "POST"),
         ("PATH_INFO", "/"),
