@@ -468,7 +468,7 @@ fn a_kept_connection_has_no_idle_deadline_but_its_next_head_has_one() {
     };
     let mut c = std::os::unix::net::UnixStream::connect(path).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut ask = |c: &mut std::os::unix::net::UnixStream, what: &str| {
+    let ask = |c: &mut std::os::unix::net::UnixStream, what: &str| {
         c.write_all(&fcgi::get(1, true, "/env")).unwrap();
         let (status, _, _) = fcgi::read_reply(c, 1, &mut Vec::new()).cgi();
         assert_eq!(status, 200, "{what}\n{}", p.logs());
