@@ -71,6 +71,9 @@ VENV_PACKAGES = {  # pip name -> module to import
     "uwsgi": None, "gunicorn": "gunicorn", "granian": "granian", "flup": "flup.server.fcgi",
     "flask": "flask",
 }
+# Installed only when asked for (--asgi-loop uvloop): with uvloop importable, every ASGI
+# server's "auto" loop would pick it, so the default run has none.
+OPTIONAL_PACKAGES = {"uvloop": "uvloop"}
 
 
 def log(msg: str = "") -> None:
@@ -187,9 +190,11 @@ def sys_seconds(pids: list[int]) -> float:
 
 def thread_stats(pids: list[int]) -> dict:
     """Per thread of the given processes: (label, utime+stime ticks, voluntary context
-    switches). A voluntary switch is the thread going to sleep (to be woken again), so
-    their sum per request counts the wake-ups. The label is the thread's name, prefixed
-    with "master:" for the root of a tree that has children."""
+    switches, involuntary ones). A voluntary switch is the thread going to sleep (to be
+    woken again), so their sum per request counts the wake-ups; an involuntary one is the
+    thread preempted (its time slice used up, or a woken thread given the core). The label
+    is the thread's name, prefixed with "master:" for the root of a tree that has
+    children."""
     out = {}
     root = pids[0] if len(pids) > 1 else None
     for pid in pids:
@@ -202,29 +207,35 @@ def thread_stats(pids: list[int]) -> dict:
                 with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
                     st = f.read()
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    vol = next((int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches")), 0)
-            except OSError:
+                    sw = {k: int(v) for k, _, v in (l.partition(":") for l in f)
+                          if k in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")}
+            except (OSError, ValueError):
                 continue
             comm = st[st.index(b"(") + 1:st.rindex(b")")].decode(errors="replace")
             fields = st[st.rindex(b")") + 2:].split()
             label = ("master:" if pid == root else "") + re.sub(r"\d+$", "N", comm)
-            out[(pid, int(tid))] = (label, int(fields[11]) + int(fields[12]), vol)
+            out[(pid, int(tid))] = (label, int(fields[11]) + int(fields[12]),
+                                    sw.get("voluntary_ctxt_switches", 0),
+                                    sw.get("nonvoluntary_ctxt_switches", 0))
     return out
 
 
-def thread_delta(before: dict, after: dict, n: int) -> tuple[dict, float]:
-    """By thread label: (CPU µs per request, wake-ups per request); and all wake-ups
-    (voluntary switches) per request."""
+def thread_delta(before: dict, after: dict, n: int) -> tuple[dict, float, float]:
+    """By thread label: (CPU µs, wake-ups, involuntary switches) per request; all wake-ups
+    (voluntary switches) per request; all involuntary switches per request."""
     by: dict[str, list] = {}
-    wakes = 0
-    for k, (label, ticks, vol) in after.items():
+    wakes = preempts = 0
+    for k, (label, ticks, vol, invol) in after.items():
         b = before.get(k)
-        t0, v0 = (b[1], b[2]) if b else (0, 0)
-        e = by.setdefault(label, [0.0, 0.0])
+        t0, v0, i0 = (b[1], b[2], b[3]) if b else (0, 0, 0)
+        e = by.setdefault(label, [0.0, 0.0, 0.0])
         e[0] += (ticks - t0) / CLK_TCK * 1e6 / n
         e[1] += (vol - v0) / n
+        e[2] += (invol - i0) / n
         wakes += vol - v0
-    return {k: tuple(v) for k, v in by.items() if v[0] > 0 or v[1] >= 0.01}, wakes / n
+        preempts += invol - i0
+    return ({k: tuple(v) for k, v in by.items() if v[0] > 0 or v[1] >= 0.01 or v[2] >= 0.01},
+            wakes / n, preempts / n)
 
 
 def pss_mib(pids: list[int]) -> float:
@@ -308,7 +319,7 @@ def ensure_venv(venv: Path, python: str = "python3", packages=None) -> Path:
         run([base, "-m", "venv", str(venv)])
     missing = []
     for pkg in packages:
-        mod = VENV_PACKAGES.get(pkg, pkg)
+        mod = {**VENV_PACKAGES, **OPTIONAL_PACKAGES}.get(pkg, pkg)
         if mod is None:
             ok = (venv / "bin" / pkg).exists()
         else:
@@ -333,6 +344,13 @@ def gunicorn_has_uwsgi(vpy: Path) -> bool:
     return "--protocol" in r.stdout and "uwsgi" in r.stdout
 
 
+def gunicorn_has_asgi(vpy: Path) -> bool:
+    """Whether the installed gunicorn has its own ASGI worker (`-k asgi`)."""
+    r = subprocess.run([str(vpy), "-c", "from gunicorn.workers import SUPPORTED_WORKERS as w; "
+                        "print('asgi' in w)"], capture_output=True, text=True)
+    return r.stdout.strip() == "True"
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -344,15 +362,18 @@ class Scenario:
     body: int = 0        # request body bytes (POST)
     size: int | None = None  # expected response body length (None: compare bodies)
     text: str = ""
+    asgi_app: str | None = None  # the same behaviour as an ASGI app (the *-asgi variants)
 
 
 SCENARIOS = {
-    "hello": Scenario("hello", "hello.py", size=14, text="GET, 14-byte response"),
-    "big": Scenario("big", "big.py", size=1 << 20, text="GET, 1 MiB response (Content-Length)"),
+    "hello": Scenario("hello", "hello.py", size=14, text="GET, 14-byte response",
+                      asgi_app="hello_asgi.py"),
+    "big": Scenario("big", "big.py", size=1 << 20, text="GET, 1 MiB response (Content-Length)",
+                    asgi_app="big_asgi.py"),
     "upload": Scenario("upload", "upload.py", method="POST", body=64 << 10, size=64 << 10,
-                       text="POST 64 KiB, echoed back"),
+                       text="POST 64 KiB, echoed back", asgi_app="upload_asgi.py"),
     "stream": Scenario("stream", "stream.py", size=100 * 1024,
-                       text="GET, 100 x 1 KiB chunks from a generator"),
+                       text="GET, 100 x 1 KiB chunks from a generator", asgi_app="stream_asgi.py"),
     "flask": Scenario("flask", "flask_json.py", text="GET, Flask jsonify (10 items)"),
 }
 
@@ -370,16 +391,29 @@ VARIANTS = {
     "gunicorn/http": ("gunicorn", "http", "gunicorn over HTTP, proxy_pass (used when it has no uwsgi protocol)"),
     "granian/http": ("granian", "http", "granian --interface wsgi over HTTP, proxy_pass + upstream keepalive 32"),
     "flup/fcgi": ("flup", "fcgi", "flup over FastCGI, fastcgi_pass (1x1: fcgi_single; Wx1: fcgi_fork; 1xT: threaded; WxT: not run)"),
+    # ASGI: the scenario's asgi_app (benches/apps/*_asgi.py), same responses as the WSGI app.
+    "postern-asgi/uwsgi": ("postern-asgi", "uwsgi", "postern --interface asgi, uwsgi_pass"),
+    "postern-asgi/fcgi-keep": ("postern-asgi", "fcgi-keep", "postern --interface asgi, fastcgi_pass + keep_conn, upstream keepalive 32"),
+    "gunicorn-asgi/uwsgi": ("gunicorn-asgi", "uwsgi", "gunicorn -k asgi --protocol uwsgi, uwsgi_pass (if the installed gunicorn has both)"),
+    "gunicorn-asgi/http": ("gunicorn-asgi", "http", "gunicorn -k asgi over HTTP, proxy_pass (used when it has no uwsgi protocol)"),
+    "granian-asgi/http": ("granian-asgi", "http", "granian --interface asgi over HTTP, proxy_pass + upstream keepalive 32"),
 }
-SERVERS = ("nginx", "postern", "uwsgi", "gunicorn", "granian", "flup")
+SERVERS = ("nginx", "postern", "uwsgi", "gunicorn", "granian", "flup", "postern-asgi", "gunicorn-asgi",
+           "granian-asgi")
 PROTOCOLS = ("return", "uwsgi", "fcgi", "fcgi-keep", "http")
 LABELS = {"nginx": "nginx", "postern": "postern", "uwsgi": "uWSGI", "gunicorn": "gunicorn",
-          "granian": "granian", "flup": "flup"}
+          "granian": "granian", "flup": "flup", "postern-asgi": "postern ASGI",
+          "gunicorn-asgi": "gunicorn ASGI", "granian-asgi": "granian ASGI"}
+# The variant every ratio is to (per round): uWSGI over uwsgi, or what a preset / --reference
+# names (the asgi preset: postern's own WSGI path).
 REFERENCE = "uwsgi/uwsgi"
 
 ALL_BACKENDS = ["postern/uwsgi", "postern/fcgi", "postern/fcgi-keep", "uwsgi/uwsgi", "uwsgi/fcgi",
                 "gunicorn/uwsgi", "granian/http", "flup/fcgi"]
 CORE = ["postern/uwsgi", "postern/fcgi", "postern/fcgi-keep", "uwsgi/uwsgi"]
+ASGI = ["postern/uwsgi", "postern-asgi/uwsgi", "gunicorn-asgi/uwsgi", "granian-asgi/http"]
+# Run without a preset only when --servers names an ASGI server (the default matrix is WSGI).
+ASGI_BACKENDS = ["postern-asgi/uwsgi", "postern-asgi/fcgi-keep", "gunicorn-asgi/uwsgi", "granian-asgi/http"]
 
 # Presets: lists of (scenario, shape, variants). Flags narrow them (--scenarios,
 # --shapes, --servers, --protocols); without --preset the groups are the cross product
@@ -403,6 +437,18 @@ PRESETS = {
         ("hello", "1x1", ALL_BACKENDS),
         ("hello", "2x4", ["postern/uwsgi", "postern/fcgi-keep", "uwsgi/uwsgi", "gunicorn/uwsgi",
                           "granian/http"]),
+    ]),
+    # ~5 min: issue 11's performance targets. Ratios to postern's own WSGI path (same app
+    # behaviour, same workers); the serial run counts context switches per request.
+    "asgi": dict(rounds=6, duration=3, warmup=1, serial=3, reference="postern/uwsgi", groups=[
+        ("hello", "2x1", ["nginx/return"] + ASGI + ["granian/http"]),
+        ("hello", "1x1", ASGI + ["postern-asgi/fcgi-keep"]),
+    ]),
+    # ~8 min more: the other bodies on the ASGI path (informative; no target).
+    "asgi-bodies": dict(rounds=4, duration=3, warmup=1, serial=0, reference="postern/uwsgi", groups=[
+        ("upload", "2x1", ASGI),
+        ("stream", "2x1", ASGI),
+        ("big", "2x1", ASGI),
     ]),
 }
 
@@ -473,6 +519,8 @@ def supported(key: str, shape: str, scenario: str) -> str | None:
         return "nginx `return 200` is only the hello ceiling"
     if server == "flup" and w > 1 and t > 1:
         return "flup has no processes x threads model"
+    if server.endswith("-asgi") and not SCENARIOS[scenario].asgi_app:
+        return "this scenario has no ASGI app"
     return None
 
 
@@ -481,8 +529,11 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
     w, t = shape.split("x")
     name = key.replace("/", "-")
     sock = tmp / f"{name}.sock"
-    app_path = APPS / scen.app
-    module = scen.app.removesuffix(".py")
+    asgi = server.endswith("-asgi")
+    server = server.removesuffix("-asgi")
+    app_file = scen.asgi_app if asgi else scen.app
+    app_path = APPS / app_file
+    module = app_file.removesuffix(".py")
     venv = str(bins["venv"])
     logs = args.logs
     if server == "nginx":
@@ -493,9 +544,16 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
                "--workers", w, "--threads", t, "--venv", venv]
         # The access log does not follow --log-level: --access-log off silences it.
         cmd += ["--log-level", "info"] if logs else ["--log-level", "warn", "--access-log", "off"]
+        if asgi:
+            # Only the options this binary has: auto-detection picks ASGI for an async def.
+            if "--interface" in bins["postern_help"]:
+                cmd += ["--interface", "asgi"]
+            if "--loop" in bins["postern_help"]:
+                cmd += ["--loop", args.asgi_loop]
         cmd += [a for s in args.postern_args for a in shlex.split(s)]
         cmd += [f"{app_path}:application"]
-        shape_text = f"--workers {w} --threads {t}"
+        shape_text = f"--workers {w} --threads {t}" + (f" --interface asgi --loop {args.asgi_loop}"
+                                                        if asgi else "")
     elif server == "uwsgi":
         # --die-on-term: in uWSGI 2.0 SIGTERM to the master means "reload"; make it "stop".
         cmd = [str(bins["uwsgi"]), "--master", "--die-on-term",
@@ -506,6 +564,18 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
             cmd += ["--disable-logging"]
         cmd += [a for s in args.uwsgi_args for a in shlex.split(s)]
         shape_text = f"--master --processes {w} --threads {t}"
+    elif server == "gunicorn" and asgi:
+        # gunicorn's own asyncio worker (gunicorn/workers/gasgi.py, since 25.x); it ignores
+        # --threads (warns), so only the workers are the same.
+        cmd = [str(bins["python"]), "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", w,
+               "-k", "asgi", "--asgi-loop", args.asgi_loop, "--chdir", str(APPS),
+               "--log-level", "warning"]
+        if proto == "uwsgi":
+            cmd += ["--protocol", "uwsgi"]
+        if logs:
+            cmd += ["--access-logfile", "-"]
+        cmd += [f"{module}:application"]
+        shape_text = f"--workers {w} -k asgi --asgi-loop {args.asgi_loop}"
     elif server == "gunicorn":
         cmd = [str(bins["python"]), "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", w,
                "--threads", t, "--chdir", str(APPS), "--log-level", "warning"]
@@ -515,6 +585,14 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
             cmd += ["--access-logfile", "-"]
         cmd += [f"{module}:application"]
         shape_text = f"--workers {w} --threads {t}" + (" (gthread)" if int(t) > 1 else " (sync)")
+    elif server == "granian" and asgi:
+        # One Python thread runs the loop; granian's Rust runtime does the I/O.
+        cmd = [str(bins["venv"] / "bin" / "granian"), "--interface", "asgi", "--uds", str(sock),
+               "--uds-permissions", "438", "--workers", w, "--loop", args.asgi_loop,
+               "--working-dir", str(APPS), "--log-level", "warning"]
+        cmd += ["--access-log"] if logs else ["--no-access-log"]
+        cmd += [f"{module}:application"]
+        shape_text = f"--workers {w} --interface asgi --loop {args.asgi_loop}"
     elif server == "granian":
         cmd = [str(bins["venv"] / "bin" / "granian"), "--interface", "wsgi", "--uds", str(sock),
                "--uds-permissions", "438", "--workers", w, "--blocking-threads", t,
@@ -793,7 +871,7 @@ def measure(wrk: Wrk, b: Backend, scen: Scenario, shape: str, rnd: int, duration
     upstream, lines = read_upstream_errors(b)
     r = parse_wrk(out)
     n = max(r["requests"], 1)
-    threads, wakes = thread_delta(th0, th1, n) if pids else ({}, float("nan"))
+    threads, wakes, preempts = thread_delta(th0, th1, n) if pids else ({}, float("nan"), float("nan"))
     b.pss_peak = max(b.pss_peak, sampler.peak)
     return Result(scen.name, shape, b.key, rnd, r["rps"], r["p50"], r["p99"], r["requests"],
                   r["sock"] + r["non2xx"] + upstream, (c1 - c0) * 1e6 / n if b.proc else float("nan"),
@@ -801,7 +879,33 @@ def measure(wrk: Wrk, b: Backend, scen: Scenario, shape: str, rnd: int, duration
                   {"sock": r["sock"], "non2xx": r["non2xx"], "upstream": upstream,
                    "upstream_example": lines[:2],
                    "sys_share": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan"),
-                   "threads": threads, "wakeups": wakes})
+                   "threads": threads, "wakeups": wakes, "preempts": preempts})
+
+
+def serial_run(args, b: Backend, scen: Scenario, duration: float, tmp: Path) -> dict:
+    """Context switches per request with one request at a time (`wrk -t1 -c1`): every
+    thread of the server's process tree, voluntary (went to sleep: a wake-up) and
+    involuntary (preempted), from /proc/PID/task/TID/status before and after. One at a
+    time is where "switches per simple request" means something: under concurrency a
+    wake-up serves several requests and preemptions depend on the machine's load."""
+    one = argparse.Namespace(**{**vars(args), "connections": 1, "wrk_threads": 1})
+    wrk = Wrk(one, tmp)
+    pids = process_tree(b.proc.pid)
+    th0 = thread_stats(pids)
+    c0 = cpu_seconds(pids)
+    r = parse_wrk(wrk.run(b.port, duration, scen))
+    pids = sorted(set(pids) | set(process_tree(b.proc.pid)))
+    th1 = thread_stats(pids)
+    c1 = cpu_seconds(pids)
+    n = max(r["requests"], 1)
+    threads, vol, invol = thread_delta(th0, th1, n)
+    log(f"   {b.key:<22} {vol + invol:5.2f} switches/request ({vol:.2f} voluntary, {invol:.2f} "
+        f"involuntary), {r['rps']:,.0f} req/s, {(c1 - c0) * 1e6 / n:.1f} µs CPU/request; by thread "
+        f"(voluntary / involuntary): " + ", ".join(
+            f"{k} {w:.2f} / {i:.2f}" for k, (c, w, i) in sorted(threads.items(), key=lambda kv: -kv[1][1])
+            if w >= 0.01 or i >= 0.01))
+    return {"requests": r["requests"], "rps": r["rps"], "voluntary": vol, "involuntary": invol,
+            "cpu": (c1 - c0) * 1e6 / n, "threads": threads}
 
 
 def strace_run(wrk: Wrk, b: Backend, scen: Scenario, duration: float, tmp: Path) -> dict:
@@ -859,7 +963,7 @@ def num(x: float, fmt: str = "{:.1f}") -> str:
 
 ROUND_HDR = ["round", "variant", "req/s", "p50 ms", "p99 ms", "requests", "errors",
              "cpu us/req", "nginx us/req", "PSS MiB"]
-ROUND_W = [5, 17, 9, 7, 7, 9, 6, 10, 12, 7]
+ROUND_W = [5, 22, 9, 7, 7, 9, 6, 10, 12, 7]
 
 
 def round_line(r: Result) -> str:
@@ -873,11 +977,12 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
+def summarize(results: list[Result], backends: list[Backend], reference: str = REFERENCE) -> list[dict]:
     """One row per variant: medians over rounds, errors summed, and the per-round ratios
-    to uWSGI (uwsgi protocol) with their median."""
+    to the reference (uWSGI uwsgi unless told) with their median. The ratios keep the key
+    "x_uwsgi" whatever the reference is (the JSON's shape); "reference" names it."""
     rows = []
-    ref = [r for r in results if r.key == REFERENCE]
+    ref = [r for r in results if r.key == reference]
     for b in backends:
         rs = [r for r in results if r.key == b.key]
         if not rs:
@@ -891,8 +996,9 @@ def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
                "rounds_rps": [r.rps for r in rs],
                "sys_share": med(r.detail["sys_share"] for r in rs),
                "wakeups": med(r.detail["wakeups"] for r in rs),
-               "threads": {k: (med(r.detail["threads"].get(k, (0.0, 0.0))[0] for r in rs),
-                               med(r.detail["threads"].get(k, (0.0, 0.0))[1] for r in rs))
+               "preempts": med(r.detail["preempts"] for r in rs), "reference": reference,
+               "threads": {k: tuple(med(r.detail["threads"].get(k, (0.0, 0.0, 0.0))[i] for r in rs)
+                                    for i in range(3))
                            for k in sorted({k for r in rs for k in r.detail["threads"]})}}
         ratios = {"rps": [], "cpu": [], "nginx_cpu": [], "p99": []}
         for r in rs:
@@ -905,7 +1011,7 @@ def summarize(results: list[Result], backends: list[Backend]) -> list[dict]:
                     ratios[k].append(a / bb)
         row["x_uwsgi"] = {k: med(v) for k, v in ratios.items()}
         row["x_uwsgi_rounds"] = ratios
-        refb = next((x for x in backends if x.key == REFERENCE), None)
+        refb = next((x for x in backends if x.key == reference), None)
         row["x_uwsgi"]["pss_idle"] = (b.pss_idle / refb.pss_idle if refb and refb.pss_idle and b.proc
                                       else float("nan"))
         row["x_uwsgi"]["pss_peak"] = (b.pss_peak / refb.pss_peak if refb and refb.pss_peak and b.proc
@@ -919,35 +1025,37 @@ def ratio(x: float) -> str:
 
 
 SUM_HDR = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "cpu us/req", "sys %", "wakes/req",
-           "nginx us/req", "PSS idle", "PSS peak", "x req/s", "x cpu", "x nginx", "x PSS"]
-SUM_W = [17, 9, 7, 7, 6, 10, 5, 9, 12, 8, 8, 7, 6, 7, 6]
+           "preempt/req", "nginx us/req", "PSS idle", "PSS peak", "x req/s", "x cpu", "x nginx", "x PSS"]
+SUM_W = [22, 9, 7, 7, 6, 10, 5, 9, 11, 12, 8, 8, 7, 6, 7, 6]
 
 
-def print_summary(scen: Scenario, shape: str, rows: list[dict]) -> None:
+def print_summary(scen: Scenario, shape: str, rows: list[dict], reference: str = REFERENCE) -> None:
     log(f"\n== {scen.name} ({scen.text}), {shape}: medians over rounds; sys % = kernel share of the "
         f"server's CPU; wakes/req = voluntary context switches of all its threads per request; "
-        f"x = ratio to uWSGI uwsgi, median of per-round ratios")
+        f"preempt/req = involuntary ones; x = ratio to {reference}, median of per-round ratios")
     log(fmt_row(SUM_HDR, SUM_W))
     for r in rows:
         x = r["x_uwsgi"]
         log(fmt_row([r["key"], f"{r['rps']:,.0f}", num(r["p50"], "{:.2f}"), num(r["p99"], "{:.2f}"),
                      r["errors"], num(r["cpu"]), num(r["sys_share"] * 100, "{:.0f}"),
-                     num(r["wakeups"], "{:.2f}"), num(r["nginx_cpu"]),
+                     num(r["wakeups"], "{:.2f}"), num(r["preempts"], "{:.2f}"), num(r["nginx_cpu"]),
                      num(r["pss_idle"]) if r["pss_idle"] else "-", num(r["pss_peak"]),
                      ratio(x["rps"]), ratio(x["cpu"]), ratio(x["nginx_cpu"]), ratio(x["pss_peak"])],
                     SUM_W))
-    log("-- per request by thread (N = any number): CPU µs / wake-ups, medians over rounds:")
+    log("-- per request by thread (N = any number): CPU µs / wake-ups / preemptions, medians over rounds:")
     for r in rows:
         if r["threads"]:
-            log(f"   {r['key']:<17} " + ", ".join(f"{k} {c:.1f} / {w:.2f}" for k, (c, w) in
+            log(f"   {r['key']:<22} " + ", ".join(f"{k} {c:.1f} / {w:.2f} / {i:.2f}" for k, (c, w, i) in
                                                 sorted(r["threads"].items(), key=lambda kv: -kv[1][0])
-                                                if c >= 0.05 or w >= 0.01))
+                                                if c >= 0.05 or w >= 0.01 or i >= 0.01))
 
 
 def markdown(groups: list[dict]) -> str:
+    ref = groups[0].get("reference", REFERENCE) if groups else REFERENCE
+    x = "× uWSGI" if ref == REFERENCE else f"× {ref}"
     lines = ["| scenario | shape | variant | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
-             "| wake-ups/req | nginx CPU µs/req | PSS idle / peak MiB | × uWSGI req/s | × uWSGI CPU "
-             "| × uWSGI nginx CPU | × uWSGI PSS peak |",
+             f"| wake-ups/req | nginx CPU µs/req | PSS idle / peak MiB | {x} req/s | {x} CPU "
+             f"| {x} nginx CPU | {x} PSS peak |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
         for r in g["rows"]:
@@ -990,7 +1098,7 @@ def check_targets(groups: list[dict]) -> list[tuple[str, str, str, str]]:
     for text, scen, shape, key, fig, op, bound in TARGETS:
         row = next((r for g in groups if g["scenario"] == scen and g["shape"] == shape
                     for r in g["rows"] if r["key"] == key), None)
-        if row is None:
+        if row is None or row.get("reference", REFERENCE) != "uwsgi/uwsgi":
             continue
         x = row["errors"] if fig == "errors" else row["x_uwsgi"].get(fig.removeprefix("x_"), float("nan"))
         if x != x:
@@ -1005,6 +1113,78 @@ def check_targets(groups: list[dict]) -> list[tuple[str, str, str, str]]:
         else:
             verdict = f"not met (by {abs(x / bound - 1) * 100:.0f}%)"
         out.append((text, want, shown, verdict))
+    return out
+
+
+# Issue 11's targets (the ASGI path): (text, scenario, shape, variant, versus, figure, op,
+# bound). The figure is the median of the per-round ratios variant / versus ("rps",
+# "cpu", "nginx_cpu", "p99"), both run back to back in each round; op None: reported, no
+# bound. versus may name alternatives (the first that ran counts).
+ASGI_TARGETS = [
+    ("ASGI hello, uwsgi_pass: req/s / postern WSGI", "hello", "2x1", "postern-asgi/uwsgi",
+     ("postern/uwsgi",), "rps", ">=", 0.9),
+    ("ASGI hello, uwsgi_pass: server CPU/req / postern WSGI", "hello", "2x1", "postern-asgi/uwsgi",
+     ("postern/uwsgi",), "cpu", "<=", 1.2),
+    ("ASGI hello: req/s / gunicorn -k asgi", "hello", "2x1", "postern-asgi/uwsgi",
+     ("gunicorn-asgi/uwsgi", "gunicorn-asgi/http"), "rps", ">=", 3.0),
+    ("ASGI hello: server CPU/req / gunicorn -k asgi", "hello", "2x1", "postern-asgi/uwsgi",
+     ("gunicorn-asgi/uwsgi", "gunicorn-asgi/http"), "cpu", None, None),
+    ("ASGI hello: req/s / granian ASGI (proxy_pass)", "hello", "2x1", "postern-asgi/uwsgi",
+     ("granian-asgi/http",), "rps", None, None),
+    ("ASGI hello: server CPU/req / granian ASGI", "hello", "2x1", "postern-asgi/uwsgi",
+     ("granian-asgi/http",), "cpu", None, None),
+    ("ASGI hello: nginx CPU/req / granian ASGI", "hello", "2x1", "postern-asgi/uwsgi",
+     ("granian-asgi/http",), "nginx_cpu", None, None),
+    ("1x1 ASGI hello: req/s / postern WSGI", "hello", "1x1", "postern-asgi/uwsgi",
+     ("postern/uwsgi",), "rps", ">=", 0.9),
+    ("1x1 ASGI hello: server CPU/req / postern WSGI", "hello", "1x1", "postern-asgi/uwsgi",
+     ("postern/uwsgi",), "cpu", "<=", 1.2),
+    ("1x1 ASGI hello: req/s / gunicorn -k asgi", "hello", "1x1", "postern-asgi/uwsgi",
+     ("gunicorn-asgi/uwsgi", "gunicorn-asgi/http"), "rps", ">=", 3.0),
+    ("1x1 ASGI hello: req/s / granian ASGI", "hello", "1x1", "postern-asgi/uwsgi",
+     ("granian-asgi/http",), "rps", None, None),
+]
+
+
+def check_asgi_targets(groups: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(target, bound, measured, verdict) for each ASGI target whose variants both ran;
+    plus the context switches per request of the serial runs (issue 11: about one on the
+    ASGI path)."""
+    out = []
+    for text, scen, shape, key, versus, fig, op, bound in ASGI_TARGETS:
+        g = next((g for g in groups if g["scenario"] == scen and g["shape"] == shape), None)
+        if g is None:
+            continue
+        rounds = g["rounds"]
+        other = next((v for v in versus if any(r["key"] == v for r in rounds)), None)
+        if other is None or not any(r["key"] == key for r in rounds):
+            continue
+        xs = []
+        for r in rounds:
+            if r["key"] != key or not r["round"]:
+                continue
+            u = next((x for x in rounds if x["key"] == other and x["round"] == r["round"]), None)
+            if u and r[fig] == r[fig] and u[fig] == u[fig] and u[fig] > 0:
+                xs.append(r[fig] / u[fig])
+        x = med(xs)
+        if x != x:
+            continue
+        shown = f"{x:.2f}×"
+        if op is None:
+            want, verdict = f"(report) × {other}", "reported"
+        else:
+            want = f"{op} {bound}× {other}"
+            ok = {"<=": x <= bound, ">=": x >= bound}[op]
+            verdict = "met" if ok else f"not met (by {abs(x / bound - 1) * 100:.0f}%)"
+        out.append((text, want, shown, verdict))
+    for g in groups:
+        for k in ("postern-asgi/uwsgi", "postern/uwsgi"):
+            s = g.get("serial", {}).get(k)
+            if s:
+                want = "about 1" if k.startswith("postern-asgi") else "(the WSGI path)"
+                out.append((f"{g['shape']} {g['scenario']} {k}: context switches/req, one at a time", want,
+                            f"{s['voluntary'] + s['involuntary']:.2f}",
+                            f"{s['voluntary']:.2f} voluntary + {s['involuntary']:.2f} involuntary"))
     return out
 
 
@@ -1074,8 +1254,15 @@ def run_group(args, scen: Scenario, shape: str, keys: list[str], bins: dict, env
                 log(round_line(r))
                 for line in r.detail["upstream_example"][:1]:
                     log(f"      nginx: {line[:240]}")
-        rows = summarize(results, backends)
-        print_summary(scen, shape, rows)
+        rows = summarize(results, backends, args.reference)
+        print_summary(scen, shape, rows, args.reference)
+        serial = {}
+        if args.serial:
+            log(f"\n-- context switches per request, one request at a time ({args.serial} s of "
+                f"wrk -t1 -c1 per server; all threads of its process tree, /proc/PID/task/*/status)")
+            for b in backends:
+                if b.proc:
+                    serial[b.key] = serial_run(args, b, scen, args.serial, tmp)
         syscalls = {}
         if args.syscalls:
             log(f"\n-- system calls per request under load (strace -c -f on the server's processes, "
@@ -1084,7 +1271,7 @@ def run_group(args, scen: Scenario, shape: str, keys: list[str], bins: dict, env
                 if b.proc:
                     syscalls[b.key] = strace_run(wrk, b, scen, args.duration, tmp)
         return {"scenario": scen.name, "shape": shape, "rows": rows, "syscalls": syscalls,
-                "rounds": [r.__dict__ for r in results]}
+                "serial": serial, "reference": args.reference, "rounds": [r.__dict__ for r in results]}
     finally:
         if wrk.current is not None and wrk.current.poll() is None:
             wrk.current.kill()
@@ -1125,6 +1312,15 @@ def parse_args(argv=None):
     ap.add_argument("--protocols", type=csv_choice(list(PROTOCOLS), "--protocols"),
                     help=f"comma-separated subset of {','.join(PROTOCOLS)} (uWSGI uwsgi always runs "
                          "when uwsgi is a selected server: it is the reference)")
+    ap.add_argument("--reference", choices=list(VARIANTS), default=None,
+                    help="the variant every ratio is to (default: uwsgi/uwsgi; the asgi presets: "
+                         "postern/uwsgi, postern's own WSGI path)")
+    ap.add_argument("--asgi-loop", choices=["asyncio", "uvloop"], default="asyncio",
+                    help="event loop of every ASGI server (postern --loop, gunicorn --asgi-loop, "
+                         "granian --loop); uvloop is then installed into the venv")
+    ap.add_argument("--serial", type=int, default=None, metavar="S",
+                    help="after a group's rounds, S seconds of wrk -t1 -c1 per server: context "
+                         "switches per request one at a time (asgi preset: 3; 0: none)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (preset: quick 2, full 4)")
     ap.add_argument("--duration", type=int, help="seconds per wrk run (quick 3, full 3)")
     ap.add_argument("--warmup", type=int, help="seconds of wrk per variant before round 1 (0: none)")
@@ -1159,36 +1355,43 @@ def parse_args(argv=None):
     return args
 
 
-def plan(args, gunicorn_uwsgi: bool) -> list[tuple[str, str, list[str]]]:
+def plan(args, gunicorn_uwsgi: bool, gunicorn_asgi: bool = True) -> list[tuple[str, str, list[str]]]:
     """The groups to run: (scenario, shape, variant keys)."""
     preset_name = args.preset or ("quick" if not (args.scenarios or args.shapes) else None)
     if preset_name:
         preset = PRESETS[preset_name]
-        for k in ("rounds", "duration", "warmup"):
+        for k in ("rounds", "duration", "warmup", "serial", "reference"):
             if getattr(args, k) is None:
-                setattr(args, k, preset[k])
+                setattr(args, k, preset.get(k))
         groups = [(s, sh, list(ks)) for s, sh, ks in preset["groups"]
                   if (not args.scenarios or s in args.scenarios) and (not args.shapes or sh in args.shapes)]
         if args.servers and set(args.servers) - {v.split("/")[0] for _, _, ks in groups for v in ks}:
             # A server the preset does not run (e.g. granian in quick): add it to every group.
-            extra = [k for k in ALL_BACKENDS if k.split("/")[0] in args.servers]
+            extra = [k for k in ALL_BACKENDS + ASGI_BACKENDS if k.split("/")[0] in args.servers]
             groups = [(s, sh, ks + [k for k in extra if k not in ks]) for s, sh, ks in groups]
     else:
         args.rounds = args.rounds or 3
         args.duration = args.duration or 4
         args.warmup = 1 if args.warmup is None else args.warmup
-        groups = [(s, sh, ["nginx/return"] + ALL_BACKENDS)
+        asgi = ASGI_BACKENDS if args.servers and any(x.endswith("-asgi") for x in args.servers) else []
+        groups = [(s, sh, ["nginx/return"] + ALL_BACKENDS + asgi)
                   for s in (args.scenarios or ["hello"]) for sh in (args.shapes or ["2x1"])]
+    args.reference = args.reference or REFERENCE
+    args.serial = args.serial or 0
     out = []
     for s, sh, ks in groups:
         sel = []
         for k in ks:
             if k.startswith("gunicorn/"):
                 k = "gunicorn/uwsgi" if gunicorn_uwsgi else "gunicorn/http"
+            if k.startswith("gunicorn-asgi/"):
+                if not gunicorn_asgi:
+                    continue  # said once in main
+                k = "gunicorn-asgi/uwsgi" if gunicorn_uwsgi else "gunicorn-asgi/http"
             server, proto, _ = VARIANTS[k]
             if args.servers and server not in args.servers:
                 continue
-            if args.protocols and proto not in args.protocols and k != REFERENCE:
+            if args.protocols and proto not in args.protocols and k != args.reference:
                 continue
             if supported(k, sh, s) is not None or k in sel:
                 continue
@@ -1229,9 +1432,17 @@ def main(argv=None) -> int:
     vpy = ensure_venv(venv, args.python)
     bins = {"venv": venv, "python": vpy, "uwsgi": venv / "bin" / "uwsgi"}
     gunicorn_uwsgi = gunicorn_has_uwsgi(vpy)
-    groups = plan(args, gunicorn_uwsgi)
-    if any(k.startswith("postern/") for _, _, ks in groups for k in ks):
+    gunicorn_asgi = gunicorn_has_asgi(vpy)
+    groups = plan(args, gunicorn_uwsgi, gunicorn_asgi)
+    if not gunicorn_asgi and args.preset and args.preset.startswith("asgi"):
+        log(f"   gunicorn {pip_version(vpy, 'gunicorn')} has no ASGI worker (no 'asgi' in "
+            f"gunicorn.workers.SUPPORTED_WORKERS): its variants are left out")
+    if any(k.split("/")[0].endswith("-asgi") for _, _, ks in groups for k in ks) and args.asgi_loop == "uvloop":
+        ensure_venv(venv, args.python, ["uvloop"])
+    if any(k.startswith(("postern/", "postern-asgi/")) for _, _, ks in groups for k in ks):
         bins["postern"] = build_postern(args.postern_bin)
+        bins["postern_help"] = subprocess.run([str(bins["postern"]), "--help"], capture_output=True,
+                                              text=True).stdout
     versions = {
         "nginx": first_line([NGINX, "-v"]).rpartition("/")[2],
         "wrk": (first_line(["wrk", "-v"]).split() + ["?", "?"])[1],
@@ -1288,6 +1499,12 @@ def main(argv=None) -> int:
         log("\n== issue 9 targets (ratios to uWSGI uwsgi in the same rounds)")
         for text, want, shown, verdict in checks:
             log(f"   {text:<46} {want:<18} {shown:>8}  {verdict}")
+    asgi_checks = check_asgi_targets(done)
+    if asgi_checks:
+        log("\n== issue 11 targets (median of per-round ratios; the variants ran back to back in each round)")
+        for text, want, shown, verdict in asgi_checks:
+            log(f"   {text:<58} {want:<32} {shown:>8}  {verdict}")
+    checks = checks + asgi_checks
     if args.format == "markdown":
         log("\n== markdown\n")
         log(markdown(done))
@@ -1301,8 +1518,12 @@ def main(argv=None) -> int:
         log(f"Medians of {args.rounds} interleaved rounds × {args.duration} s, "
             f"`wrk -t{args.wrk_threads} -c{args.connections} --latency`, each server behind its own "
             f"nginx {versions['nginx']} (1 worker) over a unix socket, request logging "
-            f"{'on' if args.logs else 'off'}; × uWSGI = median of the per-round ratios to uWSGI "
-            f"{versions['uwsgi']} (`--master`, uwsgi protocol) in the same group. postern "
+            f"{'on' if args.logs else 'off'}; "
+            + (f"× uWSGI = median of the per-round ratios to uWSGI {versions['uwsgi']} (`--master`, "
+               f"uwsgi protocol) in the same group. " if args.reference == REFERENCE else
+               f"× {args.reference} = median of the per-round ratios to {args.reference} in the same "
+               f"group; ASGI loop: {args.asgi_loop}. ")
+            + f"postern "
             f"{versions.get('postern', '-')} ({versions.get('commit', '-')}), gunicorn {versions['gunicorn']}, "
             f"granian {versions['granian']}, flup {versions['flup']}, Flask {versions['flask']}, "
             f"Python {versions['python']}; {os.cpu_count()} × {cpu_model}.")
