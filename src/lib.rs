@@ -1,7 +1,7 @@
 //! postern: a WSGI application container that sits behind nginx or Apache and speaks
 //! uwsgi, FastCGI or SCGI to them, running the app on an embedded CPython.
 //!
-//! Dependencies point one way: `proto ← codec ← wsgi ← server ← main`.
+//! Dependencies point one way: `proto ← codec ← wsgi ← asgi ← server ← main`.
 //!
 //! ```text
 //! config/   every option declared once (clap + serde): defaults < ini < file < env <
@@ -9,8 +9,10 @@
 //! proto/    PURE: uwsgi packets, FastCGI records + per-connection state machine, SCGI
 //!           netstrings, CGI → environ rules, response-head checks (no I/O)
 //! codec/    tokio-util Decoder over proto (uwsgi, SCGI): head then body frames, limits
-//! wsgi/     the only pyo3 user: interpreter, app import, pool threads, environ,
+//! wsgi/     the first pyo3 user: interpreter, app import, pool threads, environ,
 //!           wsgi.input/errors, start_response/write/iteration, file_wrapper
+//! asgi/     the second pyo3 user: one asyncio loop thread per worker, woken by the
+//!           acceptor's epoll; scope, receive/send, lifespan, --interface detection
 //! server/   serving: fast path on the Python threads, tokio slow lane, graceful stop
 //! stats/    --stats: /metrics (Prometheus), /status, /ping over HTTP; `postern status`
 //! supervisor/ the master: forks workers, reaps, respawns, reloads (--workers > 1)
@@ -23,6 +25,7 @@
 //!           `postern bench`: the same request in a loop on N connections (load test)
 //! ```
 
+pub mod asgi;
 pub mod boot;
 pub mod check;
 pub mod client;

@@ -158,9 +158,41 @@ pub struct Options {
     #[serde(with = "value::env_table")]
     pub env: Vec<KeyValue>,
 
-    /// Python threads serving requests in each worker (1 to 1024).
+    /// Python threads serving requests in each worker (1 to 1024); for an ASGI app, the
+    /// threads of the event loop's default executor (where sync code such as Django's
+    /// sync views runs).
     #[arg(long, value_name = "N", env = "POSTERN_THREADS", default_value_t = 1)]
     pub threads: usize,
+
+    /// The app's interface: `asgi` for an async app (FastAPI, Starlette, Django's asgi.py),
+    /// `wsgi`, or `auto`: ASGI when the callable is a coroutine function (or an object
+    /// whose `__call__` is one), else WSGI.
+    #[arg(
+        long,
+        value_name = "auto|wsgi|asgi",
+        env = "POSTERN_INTERFACE",
+        default_value = "auto"
+    )]
+    pub interface: crate::asgi::InterfaceOption,
+
+    /// ASGI: the event loop: `asyncio`, `uvloop`, or `auto` (uvloop when it can be imported).
+    #[arg(
+        long,
+        value_name = "auto|asyncio|uvloop",
+        env = "POSTERN_LOOP",
+        default_value = "auto"
+    )]
+    pub r#loop: crate::asgi::LoopOption,
+
+    /// ASGI: requests in flight per worker (1 to 1000000); at the cap the worker stops
+    /// accepting and new connections wait in the listen queue.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "POSTERN_MAX_CONCURRENCY",
+        default_value_t = crate::asgi::DEFAULT_MAX_CONCURRENCY
+    )]
+    pub max_concurrency: usize,
 
     /// Worker processes (1 to 256); more than 1 starts a master that supervises them.
     #[arg(long, value_name = "N", env = "POSTERN_WORKERS", default_value_t = 1)]
@@ -824,6 +856,12 @@ impl Config {
             return Err(invalid(
                 "threads",
                 format!("{} is not between 1 and 1024", o.threads),
+            ));
+        }
+        if o.max_concurrency == 0 || o.max_concurrency > 1_000_000 {
+            return Err(invalid(
+                "max-concurrency",
+                format!("{} is not between 1 and 1000000", o.max_concurrency),
             ));
         }
         if o.workers == 0 || o.workers > 256 {

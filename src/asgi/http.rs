@@ -1,0 +1,1 @@
+//! One HTTP request on the loop: `receive`, `send`, and their awaitables.

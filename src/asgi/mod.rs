@@ -1,0 +1,75 @@
+//! ASGI: serving an async app on one asyncio event loop per worker, beside `wsgi`
+//! (the second pyo3 user). It reuses the WSGI layer's request seams: a [`Request`]
+//! comes from the same [`Source`] (the acceptor), the response leaves through the
+//! same [`Sink`], and the same [`Monitor`] watches it.
+//!
+//! - [`detect`]: `--interface auto|wsgi|asgi`: is the imported callable an ASGI app?
+//! - [`run`]: the loop thread ("python-asgi"): `--loop`, the wake-up on the
+//!   acceptor's epoll, one task per request, `--max-concurrency`, the stop.
+//! - [`http`]: one HTTP request's `receive` and `send`, and their small awaitables.
+//! - [`scope`]: the HTTP connection scope dict from the CGI variables.
+//! - [`lifespan`]: the lifespan protocol (startup before serving, shutdown after).
+//!
+//! [`Request`]: crate::wsgi::Request
+//! [`Source`]: crate::wsgi::Source
+//! [`Sink`]: crate::wsgi::Sink
+//! [`Monitor`]: crate::wsgi::Monitor
+
+pub mod detect;
+pub mod http;
+pub mod lifespan;
+pub mod run;
+pub mod scope;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+pub use run::{start, Running};
+
+/// `--interface`: which protocol the app speaks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceOption {
+    /// ASGI when the callable is a coroutine function (or its `__call__` is one), else WSGI.
+    #[default]
+    Auto,
+    Wsgi,
+    Asgi,
+}
+
+/// `--loop`: the asyncio event loop implementation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopOption {
+    /// uvloop when it can be imported, else asyncio's own.
+    #[default]
+    Auto,
+    Asyncio,
+    Uvloop,
+}
+
+/// `--max-concurrency` when not given: ASGI requests in flight per worker. A task
+/// costs a few KiB plus what the app keeps; past this the worker stops accepting and
+/// connections wait in the listen queue (the kernel's memory, not ours).
+pub const DEFAULT_MAX_CONCURRENCY: usize = 1000;
+
+/// Errors of the ASGI layer; each says what the user can do.
+#[derive(Debug, thiserror::Error)]
+pub enum AsgiError {
+    #[error("cannot start the ASGI event loop thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot set up the event loop (--loop {option:?}):\n{detail}")]
+    Loop { option: LoopOption, detail: String },
+    #[error(transparent)]
+    Lifespan(#[from] lifespan::LifespanError),
+}
+
+/// What the ASGI loop needs besides the WSGI [`Settings`](crate::wsgi::Settings)
+/// (whose `threads` sizes the loop's default executor).
+#[derive(Clone, Debug)]
+pub struct AsgiSettings {
+    pub event_loop: LoopOption,
+    pub max_concurrency: usize,
+    pub lifespan: lifespan::LifespanMode,
+    pub lifespan_timeout: std::time::Duration,
+}
