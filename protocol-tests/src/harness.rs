@@ -48,8 +48,9 @@ pub fn testapp() -> String {
         .into_owned()
 }
 
-/// A venv with Flask and Django: `$POSTERN_TEST_VENV`, else `./.venv`, else one made
-/// once under `target/test-venv` from `examples/requirements.txt`.
+/// A venv with the examples' packages (Flask, Django, FastAPI, Starlette):
+/// `$POSTERN_TEST_VENV`, else `./.venv`, else one made once under `target/test-venv`
+/// from `examples/requirements.txt`.
 pub fn example_venv() -> Option<PathBuf> {
     static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
     VENV.get_or_init(|| {
@@ -64,7 +65,7 @@ pub fn example_venv() -> Option<PathBuf> {
         let made = root().join("target/test-venv");
         if !has_frameworks(&made) {
             eprintln!(
-                "creating {} for the example tests (pip install flask django)",
+                "creating {} for the example tests (pip install -r examples/requirements.txt)",
                 made.display()
             );
             let ok = Command::new("python3")
@@ -89,7 +90,7 @@ pub fn example_venv() -> Option<PathBuf> {
 
 fn has_frameworks(venv: &Path) -> bool {
     Command::new(venv.join("bin/python"))
-        .args(["-c", "import flask, django"])
+        .args(["-c", "import flask, django, fastapi, starlette, multipart"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

@@ -1,4 +1,6 @@
+import asyncio
 import hashlib
+import threading
 
 from django.http import (
     HttpResponse,
@@ -59,3 +61,27 @@ def cookie_set(request):
 @require_GET
 def cookie_get(request):
     return JsonResponse(dict(request.COOKIES))
+
+
+def _where(view):
+    """Which kind of view answered, and on which thread: under ASGI an async view runs
+    on the event loop's thread, a sync one in a worker thread (asgiref's sync_to_async),
+    never on the loop."""
+    try:
+        asyncio.get_running_loop()
+        on_loop = True
+    except RuntimeError:
+        on_loop = False
+    return {"view": view, "thread": threading.current_thread().name, "on_event_loop": on_loop}
+
+
+@require_GET
+async def async_view(request):
+    # Awaits without holding a thread: a real view awaits a database or an HTTP call.
+    await asyncio.sleep(float(request.GET.get("delay", "0")))
+    return JsonResponse(_where("async"))
+
+
+@require_GET
+def sync_view(request):
+    return JsonResponse(_where("sync"))

@@ -22,6 +22,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "mysite.urls"
 WSGI_APPLICATION = "mysite.wsgi.application"
+ASGI_APPLICATION = "mysite.asgi.application"
 
 TEMPLATES = [
     {

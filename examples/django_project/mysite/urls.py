@@ -9,4 +9,6 @@ urlpatterns = [
     path("redirect/", views.go_redirect),
     path("cookie/set/", views.cookie_set),
     path("cookie/get/", views.cookie_get),
+    path("async/", views.async_view),
+    path("sync/", views.sync_view),
 ]
