@@ -6,9 +6,11 @@
 //!   machine (§2).
 //! - [`scgi`]: the SCGI netstring head (§3).
 //! - [`cgi`]: CGI → WSGI environ rules that do not need Python (§4).
+//! - [`asgi`]: the same variables → ASGI HTTP scope fields (§7).
 //! - [`response`]: status/header validation and the raw HTTP/1.1 response head (§5, §6);
 //!   a CGI response head read back as HTTP (what a client or nginx makes of it).
 
+pub mod asgi;
 pub mod cgi;
 pub mod fastcgi;
 #[cfg(test)]

@@ -800,7 +800,7 @@ proptest! {
 
 /// A decoded path: `/`-separated segments of any bytes but `/` (empty ones too, for
 /// `//`), and where the mount point ends (a number of leading segments).
-fn decoded_path() -> impl Strategy<Value = (Vec<Vec<u8>>, Index)> {
+pub(crate) fn decoded_path() -> impl Strategy<Value = (Vec<Vec<u8>>, Index)> {
     let segment = prop_oneof![
         4 => vec(b'a'..=b'c', 0..4),
         1 => vec(any::<u8>().prop_filter("no /", |b| *b != b'/'), 0..6),
@@ -808,7 +808,7 @@ fn decoded_path() -> impl Strategy<Value = (Vec<Vec<u8>>, Index)> {
     (vec(segment, 0..6), any::<Index>())
 }
 
-fn join(segments: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn join(segments: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for s in segments {
         out.push(b'/');
@@ -819,7 +819,7 @@ fn join(segments: &[Vec<u8>]) -> Vec<u8> {
 
 /// Percent-encodes every byte but letters, digits and `/`: a REQUEST_URI whose decoded
 /// path is `path`.
-fn percent_encode(path: &[u8]) -> Vec<u8> {
+pub(crate) fn percent_encode(path: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for &b in path {
         if b.is_ascii_alphanumeric() || b == b'/' {
@@ -855,7 +855,7 @@ enum PathStyle {
 }
 
 /// Names `normalise` acts on, header-like names, repeats of the same few, and any bytes.
-fn cgi_name() -> impl Strategy<Value = Vec<u8>> {
+pub(crate) fn cgi_name() -> impl Strategy<Value = Vec<u8>> {
     let fixed: Vec<Vec<u8>> = cgi::KNOWN
         .iter()
         .map(|k| k.as_bytes().to_vec())
@@ -875,7 +875,7 @@ fn cgi_name() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn cgi_value() -> impl Strategy<Value = Vec<u8>> {
+pub(crate) fn cgi_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         2 => Just(Vec::new()),
         2 => (0u64..100_000).prop_map(|n| n.to_string().into_bytes()),
@@ -883,7 +883,7 @@ fn cgi_value() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn cgi_pairs() -> impl Strategy<Value = Pairs> {
+pub(crate) fn cgi_pairs() -> impl Strategy<Value = Pairs> {
     vec((cgi_name(), cgi_value()), 0..30)
 }
 
