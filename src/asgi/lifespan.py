@@ -1,0 +1,109 @@
+# postern's side of the ASGI lifespan protocol (src/asgi/lifespan.rs; docs/protocols.md
+# §9). One Lifespan per worker: its task runs the app's lifespan call on the worker's
+# event loop from startup to shutdown. The Rust side drives it with
+# loop.run_until_complete while the loop is not serving: before the first request
+# (startup) and after the last one (shutdown).
+import asyncio
+
+SPEC_VERSION = "2.0"
+
+
+class Lifespan:
+    def __init__(self, app, loop):
+        self.app = app
+        self.loop = loop
+        self.state = {}
+        # Each a future resolved with (outcome, detail): outcome "complete", "failed"
+        # (detail: the app's message), "raised" (detail: the exception), "returned",
+        # "ignored" (startup: receive() called again without an answer), "cancelled";
+        # the waits add "timeout".
+        self.started = loop.create_future()
+        self.stopped = loop.create_future()
+        self._shutdown_asked = loop.create_future()
+        self._received = 0
+        self.task = None
+
+    async def _receive(self):
+        self._received += 1
+        if self._received == 1:
+            return {"type": "lifespan.startup"}
+        if self._received == 2:
+            # Waiting for the next message without answering the startup: an app that
+            # does not speak lifespan (it reads its scope's messages without looking).
+            self._resolve(self.started, "ignored", None)
+            await self._shutdown_asked
+            return {"type": "lifespan.shutdown"}
+        # Nothing follows the shutdown: a third receive() waits until the task goes.
+        await self.loop.create_future()
+
+    async def _send(self, message):
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "lifespan.startup.complete":
+            self._resolve(self.started, "complete", None)
+        elif kind == "lifespan.startup.failed":
+            self._resolve(self.started, "failed", str(message.get("message", "")))
+        elif kind == "lifespan.shutdown.complete":
+            self._resolve(self.stopped, "complete", None)
+        elif kind == "lifespan.shutdown.failed":
+            self._resolve(self.stopped, "failed", str(message.get("message", "")))
+        else:
+            raise RuntimeError(
+                f"unexpected ASGI message on the lifespan scope: {kind!r} (expected "
+                "lifespan.startup.complete/failed or lifespan.shutdown.complete/failed)"
+            )
+
+    @staticmethod
+    def _resolve(fut, outcome, detail):
+        if not fut.done():
+            fut.set_result((outcome, detail))
+
+    async def _main(self):
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": SPEC_VERSION},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self._receive, self._send)
+        except asyncio.CancelledError:
+            self._resolve(self.started, "cancelled", None)
+            self._resolve(self.stopped, "cancelled", None)
+            raise
+        except BaseException as e:  # noqa: B036 -- SystemExit too: reported, not fatal here
+            self._resolve(self.started, "raised", e)
+            self._resolve(self.stopped, "raised", e)
+        else:
+            self._resolve(self.started, "returned", None)
+            self._resolve(self.stopped, "returned", None)
+
+    async def _wait(self, fut, timeout):
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            return ("timeout", None)
+
+    def startup(self, timeout):
+        """Starts the app's lifespan call and waits for its startup answer (the loop
+        must not be running). Returns (outcome, detail)."""
+        self.task = self.loop.create_task(self._main())
+        return self.loop.run_until_complete(self._wait(self.started, timeout))
+
+    def shutdown(self, timeout):
+        """Asks for shutdown and waits for its answer (the loop must not be running).
+        Returns (outcome, detail); the task is cancelled if it is still running."""
+        if not self.task.done():
+            self._resolve(self._shutdown_asked, "shutdown", None)
+            result = self.loop.run_until_complete(self._wait(self.stopped, timeout))
+        else:
+            result = self.stopped.result() if self.stopped.done() else ("returned", None)
+        self.cancel()
+        return result
+
+    def cancel(self):
+        """Cancels the lifespan task if it still runs, and lets it finish."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            try:
+                self.loop.run_until_complete(asyncio.wait([self.task], timeout=1.0))
+            except RuntimeError:
+                pass  # the loop is running or closed: the task goes with it
