@@ -194,6 +194,26 @@ pub struct Options {
     )]
     pub max_concurrency: usize,
 
+    /// ASGI: the lifespan protocol, run in each worker before it serves: `auto` (an app
+    /// that does not speak it is served without it), `on` (its startup must complete),
+    /// or `off`. A `lifespan.startup.failed` stops the worker with the app's message.
+    #[arg(
+        long,
+        value_name = "auto|on|off",
+        env = "POSTERN_LIFESPAN",
+        default_value = "auto"
+    )]
+    pub lifespan: crate::asgi::lifespan::LifespanMode,
+
+    /// ASGI: seconds the app's lifespan startup, and its shutdown, may take.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "POSTERN_LIFESPAN_TIMEOUT",
+        default_value = "60"
+    )]
+    pub lifespan_timeout: Seconds,
+
     /// Worker processes (1 to 256); more than 1 starts a master that supervises them.
     #[arg(long, value_name = "N", env = "POSTERN_WORKERS", default_value_t = 1)]
     pub workers: usize,
