@@ -1,84 +1,420 @@
-//! The HTTP connection scope. STUB by "core" so the tree compiles and requests can be
-//! served; "scope" owns this file and replaces it (the real rules: percent-decoded
-//! UTF-8 path, root_path, raw_path, headers each once, client/server, extensions).
+//! The HTTP connection scope dict of one request (docs/protocols.md §7), from the
+//! fields [`proto::asgi::scope`] derives from the CGI variables (the same normalisation
+//! as the WSGI environ: mounts, modifier1 30, the scheme, repeated headers). Built with
+//! the C API into a presized dict; constant keys and values are interned once per
+//! process, header names of the known CGI names made once.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::{ffi, intern};
 
-use crate::codec::Head;
+use crate::codec::{Head, Protocol};
+use crate::proto::asgi::{self as proto_asgi, header_name, Scope};
+use crate::proto::cgi::{Defaults, KNOWN};
+use crate::wsgi::environ::latin1;
 use crate::wsgi::ListenerInfo;
 
-/// A request the scope cannot describe: answered with `status`, not served.
-#[derive(Debug)]
+// Part of CPython's C API (Include/cpython/dictobject.h, 3.8 to 3.14 at least) but not
+// of pyo3-ffi, which leaves out names starting with `_` (as in wsgi::environ).
+extern "C" {
+    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+}
+
+/// Keys a scope has at most (type, asgi, http_version, method, scheme, path, raw_path,
+/// query_string, root_path, headers, client, server, state, extensions): the dict's
+/// table is sized once for them.
+const SCOPE_KEYS: ffi::Py_ssize_t = 14;
+
+/// A request the scope cannot describe: answered with `status` and an empty body, not
+/// served; `reason` is the sentence for the warn line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{reason} (answered {status})")]
 pub struct ScopeRefusal {
     pub status: u16,
     pub reason: String,
 }
 
-/// Builds the scope dict of one HTTP request (stub: the plain fields only).
+/// Builds the scope dict of one HTTP request. `mounts` are `--mount`'s prefixes; `state`
+/// is the lifespan state, of which the scope gets a shallow copy (a key an app adds
+/// during one request is not seen by the next; the objects inside are shared, as the
+/// ASGI lifespan spec means them to be).
+///
+/// Refused (400): a malformed or conflicting `CONTENT_LENGTH`, or no `REQUEST_METHOD`
+/// (the front server's params file is missing), as on the WSGI path.
 pub fn build<'py>(
     py: Python<'py>,
     head: &Head,
-    _listener: &ListenerInfo,
-    _mounts: &[Vec<u8>],
+    listener: &ListenerInfo,
+    mounts: &[Vec<u8>],
     state: Option<&Bound<'py, PyDict>>,
 ) -> Result<Bound<'py, PyDict>, ScopeRefusal> {
-    let refuse = |e: PyErr| ScopeRefusal {
+    let scope = proto_asgi::scope(
+        head.pairs(),
+        Defaults {
+            server_name: &listener.server_name,
+            server_port: &listener.server_port,
+            modifier30: head.modifier30,
+            script_name_is_path: listener.protocol != Protocol::Uwsgi,
+            mounts,
+        },
+    )
+    .map_err(|e| ScopeRefusal {
+        status: 400,
+        reason: format!("the request's variables are malformed: {e}"),
+    })?;
+    if scope.method_missing {
+        let params = listener.protocol.params_file();
+        return Err(ScopeRefusal {
+            status: 400,
+            reason: format!(
+                "request has no REQUEST_METHOD; include {params} in the nginx location"
+            ),
+        });
+    }
+    if scope.lossy_path {
+        tracing::debug!("the path is not UTF-8: U+FFFD in scope[\"path\"], raw_path has the bytes");
+    }
+    if scope.odd_protocol {
+        tracing::debug!("SERVER_PROTOCOL is not HTTP/1.0, 1.1, 2 or 3: http_version \"1.1\"");
+    }
+    fill(py, &scope, state).map_err(|e| ScopeRefusal {
+        // Only a failed allocation gets here.
         status: 500,
-        reason: e.to_string(),
+        reason: format!("cannot build the ASGI scope: {e}"),
+    })
+}
+
+/// The dict for `s`.
+fn fill<'py>(
+    py: Python<'py>,
+    s: &Scope<'_>,
+    state: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    // SAFETY: called with the GIL held; returns a new reference to an empty dict (its
+    // table presized), or NULL with an exception set on memory exhaustion.
+    let d = unsafe {
+        Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(SCOPE_KEYS))?
+            .cast_into_unchecked::<PyDict>()
     };
-    let text = |k: &[u8]| String::from_utf8_lossy(head.get(k).unwrap_or(b"")).into_owned();
-    (|| -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("type", "http")?;
-        let asgi = PyDict::new(py);
-        asgi.set_item("version", "3.0")?;
-        asgi.set_item("spec_version", "2.4")?;
-        d.set_item("asgi", asgi)?;
-        d.set_item("http_version", "1.1")?;
-        d.set_item("method", text(b"REQUEST_METHOD"))?;
-        d.set_item("scheme", "http")?;
-        d.set_item("path", text(b"PATH_INFO"))?;
-        d.set_item(
-            "raw_path",
-            PyBytes::new(py, head.get(b"PATH_INFO").unwrap_or(b"")),
-        )?;
-        d.set_item(
-            "query_string",
-            PyBytes::new(py, head.get(b"QUERY_STRING").unwrap_or(b"")),
-        )?;
-        d.set_item("root_path", "")?;
-        let headers = PyList::empty(py);
-        for (k, v) in head.pairs() {
-            let name = if let Some(h) = k.strip_prefix(b"HTTP_") {
-                h.iter()
-                    .map(|c| {
-                        if *c == b'_' {
-                            b'-'
-                        } else {
-                            c.to_ascii_lowercase()
-                        }
-                    })
-                    .collect::<Vec<u8>>()
-            } else if k == b"CONTENT_TYPE" && !v.is_empty() {
-                b"content-type".to_vec()
-            } else if k == b"CONTENT_LENGTH" && !v.is_empty() {
-                b"content-length".to_vec()
-            } else {
-                continue;
-            };
-            headers.append(PyTuple::new(
+    d.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    // A new dict each request: an app may change what it is given.
+    let asgi = PyDict::new(py);
+    asgi.set_item(
+        intern!(py, "version"),
+        intern!(py, proto_asgi::ASGI_VERSION),
+    )?;
+    asgi.set_item(
+        intern!(py, "spec_version"),
+        intern!(py, proto_asgi::SPEC_VERSION),
+    )?;
+    d.set_item(intern!(py, "asgi"), asgi)?;
+    let version = match s.http_version {
+        "1.0" => intern!(py, "1.0"),
+        "2" => intern!(py, "2"),
+        "3" => intern!(py, "3"),
+        _ => intern!(py, "1.1"),
+    };
+    d.set_item(intern!(py, "http_version"), version)?;
+    d.set_item(intern!(py, "method"), method(py, s.method))?;
+    let scheme = match s.scheme {
+        "https" => intern!(py, "https"),
+        _ => intern!(py, "http"),
+    };
+    d.set_item(intern!(py, "scheme"), scheme)?;
+    d.set_item(intern!(py, "path"), PyString::new(py, &s.path))?;
+    match s.raw_path {
+        Some(raw) => d.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw))?,
+        None => d.set_item(intern!(py, "raw_path"), py.None())?,
+    }
+    d.set_item(
+        intern!(py, "query_string"),
+        PyBytes::new(py, s.query_string),
+    )?;
+    if s.root_path.is_empty() {
+        d.set_item(intern!(py, "root_path"), intern!(py, ""))?;
+    } else {
+        d.set_item(intern!(py, "root_path"), PyString::new(py, &s.root_path))?;
+    }
+    d.set_item(intern!(py, "headers"), headers(py, s)?)?;
+    match s.client {
+        Some((addr, port)) => d.set_item(
+            intern!(py, "client"),
+            PyTuple::new(
                 py,
-                [PyBytes::new(py, &name), PyBytes::new(py, v)],
-            )?)?;
+                [
+                    latin1(py, addr).into_any(),
+                    port.into_pyobject(py)?.into_any(),
+                ],
+            )?,
+        )?,
+        None => d.set_item(intern!(py, "client"), py.None())?,
+    }
+    let (name, port) = s.server;
+    let port = match port {
+        Some(p) => p.into_pyobject(py)?.into_any(),
+        None => py.None().into_bound(py),
+    };
+    d.set_item(
+        intern!(py, "server"),
+        PyTuple::new(py, [latin1(py, name).into_any(), port])?,
+    )?;
+    if let Some(state) = state {
+        d.set_item(intern!(py, "state"), state.copy()?)?;
+    }
+    // What the send path supports beyond the base spec (a new dict each request, as
+    // for `asgi`).
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+    d.set_item(intern!(py, "extensions"), extensions)?;
+    Ok(d)
+}
+
+/// `method`: the common ones shared, others decoded as latin-1 (a method is an ASCII
+/// token; latin-1 never fails on the odd byte).
+fn method<'py>(py: Python<'py>, m: &[u8]) -> Bound<'py, PyString> {
+    let s = match m {
+        b"GET" => intern!(py, "GET"),
+        b"POST" => intern!(py, "POST"),
+        b"HEAD" => intern!(py, "HEAD"),
+        b"PUT" => intern!(py, "PUT"),
+        b"DELETE" => intern!(py, "DELETE"),
+        b"PATCH" => intern!(py, "PATCH"),
+        b"OPTIONS" => intern!(py, "OPTIONS"),
+        _ => return latin1(py, m),
+    };
+    s.clone()
+}
+
+/// The header name (`bytes`) of each [`KNOWN`] name that is a header, by index; made
+/// once per process (bytes are immutable: every request shares them).
+static KNOWN_NAMES: PyOnceLock<Vec<Option<Py<PyBytes>>>> = PyOnceLock::new();
+
+/// `headers`: a list of `(name, value)` tuples of bytes, sized once.
+fn headers<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
+    let known = KNOWN_NAMES.get_or_init(py, || {
+        KNOWN
+            .iter()
+            .map(|k| {
+                let k = k.as_bytes();
+                let is_header = k.starts_with(b"HTTP_") || k.starts_with(b"CONTENT_");
+                is_header.then(|| PyBytes::new(py, &header_name(k).collect::<Vec<u8>>()).unbind())
+            })
+            .collect()
+    });
+    let n = s.header_count();
+    // SAFETY: with the GIL held; a new list of `n` NULL slots, or NULL with an exception.
+    let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))? };
+    let mut filled = 0;
+    for (i, h) in s.headers().enumerate().take(n) {
+        let name = match h.known.and_then(|k| known[usize::from(k)].as_ref()) {
+            Some(name) => name.bind(py).clone(),
+            None => {
+                let name = h.name();
+                PyBytes::new_with(py, name.len(), |buf| {
+                    buf.iter_mut().zip(name).for_each(|(b, n)| *b = n);
+                    Ok(())
+                })?
+            }
+        };
+        let pair = PyTuple::new(py, [name, PyBytes::new(py, h.value)])?;
+        // SAFETY: `i < n`, the slot is still NULL; SET_ITEM steals the new reference.
+        unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, pair.into_ptr()) };
+        filled += 1;
+    }
+    // `headers()` yields the same items each time, so every slot is set; a list with a
+    // NULL slot must never reach Python.
+    assert_eq!(filled, n, "header count changed between two passes");
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use pyo3::types::PyList;
+
+    use super::*;
+    use crate::proto::props::{cgi_pairs, config, Pairs};
+
+    fn python() {
+        static START: std::sync::Once = std::sync::Once::new();
+        START.call_once(|| {
+            crate::wsgi::interpreter::initialize(None).expect("starting the embedded Python");
+        });
+    }
+
+    fn listener(protocol: Protocol) -> ListenerInfo {
+        ListenerInfo {
+            protocol,
+            server_name: Arc::from(&b"127.0.0.1"[..]),
+            server_port: Arc::from(&b"3031"[..]),
         }
-        d.set_item("headers", headers)?;
-        d.set_item("client", py.None())?;
-        d.set_item("server", py.None())?;
-        if let Some(s) = state {
-            d.set_item("state", s.copy()?)?;
+    }
+
+    fn head(pairs: &[(&[u8], &[u8])]) -> Head {
+        let mut head = Head {
+            buf: bytes::Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        for (k, v) in pairs {
+            head.push_var(k, v);
         }
-        Ok(d)
-    })()
-    .map_err(refuse)
+        head
+    }
+
+    /// Builds the scope and checks it equals the Python literal `want` (`STATE` in it
+    /// is left to the caller).
+    fn check(pairs: &[(&[u8], &[u8])], protocol: Protocol, mounts: &[Vec<u8>], want: &str) {
+        python();
+        Python::attach(|py| {
+            let scope = build(py, &head(pairs), &listener(protocol), mounts, None).unwrap();
+            let want = py
+                .eval(&std::ffi::CString::new(want).unwrap(), None, None)
+                .unwrap();
+            assert!(
+                scope.eq(&want).unwrap(),
+                "got  {}\nwant {}",
+                scope.repr().unwrap(),
+                want.repr().unwrap()
+            );
+        });
+    }
+
+    const COMMON: &str = "'type': 'http', 'asgi': {'version': '3.0', 'spec_version': '2.4'}, \
+                          'extensions': {'http.response.pathsend': {}}";
+
+    #[test]
+    fn builds_the_scope_of_nginx_uwsgi_params() {
+        check(
+            &[
+                (b"QUERY_STRING", b"q=%C3%A9&x"),
+                (b"REQUEST_METHOD", b"POST"),
+                (b"CONTENT_TYPE", b"application/json"),
+                (b"CONTENT_LENGTH", b"2"),
+                (b"REQUEST_URI", b"/app/caf%C3%A9?q=%C3%A9&x"),
+                (b"PATH_INFO", "/app/café".as_bytes()),
+                (b"DOCUMENT_ROOT", b"/srv"),
+                (b"SERVER_PROTOCOL", b"HTTP/2.0"),
+                (b"REQUEST_SCHEME", b"https"),
+                (b"HTTPS", b"on"),
+                (b"REMOTE_ADDR", b"::1"),
+                (b"REMOTE_PORT", b"40000"),
+                (b"SERVER_PORT", b"443"),
+                (b"SERVER_NAME", b"example.test"),
+                (b"HTTP_HOST", b"example.test"),
+                (b"HTTP_X_WEIRD_NAME", b"\xff\x00v"),
+                (b"HTTP_CONTENT_LENGTH", b"2"),
+            ],
+            Protocol::Uwsgi,
+            &[b"/app".to_vec()],
+            &format!(
+                "{{{COMMON}, 'http_version': '2', 'method': 'POST', 'scheme': 'https', \
+                 'path': '/app/café', 'raw_path': b'/app/caf%C3%A9', \
+                 'query_string': b'q=%C3%A9&x', 'root_path': '/app', \
+                 'headers': [(b'host', b'example.test'), (b'x-weird-name', b'\\xff\\x00v'), \
+                 (b'content-type', b'application/json'), (b'content-length', b'2')], \
+                 'client': ('::1', 40000), 'server': ('example.test', 443)}}"
+            ),
+        );
+    }
+
+    #[test]
+    fn builds_the_scope_of_fastcgi_stock_params_without_request_uri() {
+        // fastcgi_params: SCRIPT_NAME is the whole path, empty CONTENT_* on a GET;
+        // no REQUEST_URI here (raw_path None), SERVER_PORT not a number.
+        check(
+            &[
+                (b"REQUEST_METHOD", b"GET"),
+                (b"SCRIPT_NAME", b"/x/\xff"),
+                (b"CONTENT_TYPE", b""),
+                (b"CONTENT_LENGTH", b""),
+                (b"SERVER_PORT", b"unix"),
+                (b"SERVER_PROTOCOL", b"HTTP/9"),
+            ],
+            Protocol::FastCgi,
+            &[],
+            &format!(
+                "{{{COMMON}, 'http_version': '1.1', 'method': 'GET', 'scheme': 'http', \
+                 'path': '/x/\\ufffd', 'raw_path': None, 'query_string': b'', \
+                 'root_path': '', 'headers': [], 'client': None, \
+                 'server': ('127.0.0.1', None)}}"
+            ),
+        );
+    }
+
+    #[test]
+    fn refuses_what_the_environ_refuses() {
+        python();
+        Python::attach(|py| {
+            let l = listener(Protocol::Scgi);
+            let r = build(py, &head(&[(b"PATH_INFO", b"/")]), &l, &[], None);
+            let e = r.unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.reason.contains("scgi_params"), "{e}");
+            let two = head(&[
+                (b"REQUEST_METHOD", b"POST"),
+                (b"CONTENT_LENGTH", b"1"),
+                (b"CONTENT_LENGTH", b"2"),
+            ]);
+            assert_eq!(build(py, &two, &l, &[], None).unwrap_err().status, 400);
+        });
+    }
+
+    #[test]
+    fn state_is_a_shallow_copy_per_request() {
+        python();
+        Python::attach(|py| {
+            let state = PyDict::new(py);
+            let pool = PyList::empty(py);
+            state.set_item("pool", &pool).unwrap();
+            let h = head(&[(b"REQUEST_METHOD", b"GET")]);
+            let l = listener(Protocol::Uwsgi);
+            let one = build(py, &h, &l, &[], Some(&state)).unwrap();
+            let s1 = one.get_item("state").unwrap().unwrap();
+            s1.set_item("added", 1).unwrap();
+            assert!(!state.contains("added").unwrap());
+            assert!(s1.get_item("pool").unwrap().is(&pool));
+            let two = build(py, &h, &l, &[], Some(&state)).unwrap();
+            let s2 = two.get_item("state").unwrap().unwrap();
+            assert!(!s2.contains("added").unwrap() && !s2.is(&s1));
+            // Without lifespan state: no key (the spec's "not supported").
+            let three = build(py, &h, &l, &[], None).unwrap();
+            assert!(!three.contains("state").unwrap());
+        });
+    }
+
+    proptest! {
+        #![proptest_config(config(64))]
+
+        /// Any variables: a scope or a 400, never a panic; the headers a list of pairs of
+        /// bytes, the path a `str` starting with root_path.
+        #[test]
+        fn props_any_variables_give_a_scope_or_a_400(pairs in cgi_pairs(), fastcgi in any::<bool>()) {
+            python();
+            let pairs: &Pairs = &pairs;
+            let borrowed: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let protocol = if fastcgi { Protocol::FastCgi } else { Protocol::Uwsgi };
+            Python::attach(|py| -> Result<(), TestCaseError> {
+                match build(py, &head(&borrowed), &listener(protocol), &[b"/app".to_vec()], None) {
+                    Err(e) => prop_assert_eq!(e.status, 400),
+                    Ok(scope) => {
+                        let get = |k: &str| scope.get_item(k).unwrap().unwrap();
+                        for h in get("headers").cast::<PyList>().unwrap().iter() {
+                            let (n, v): (Vec<u8>, Vec<u8>) = h.extract().unwrap();
+                            prop_assert!(!n.is_empty());
+                            let _ = v;
+                        }
+                        let path: String = get("path").extract().unwrap();
+                        let root: String = get("root_path").extract().unwrap();
+                        prop_assert!(path.starts_with(&root));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
 }
