@@ -550,6 +550,23 @@ pub fn wait_file(path: &Path, secs: u64) -> bool {
     false
 }
 
+/// The SHA-256 of `data` in hex, computed by python3's hashlib (an independent
+/// reference for what an app reports; no crypto crate in the tests).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempdir();
+    let f = dir.path().join("data");
+    std::fs::write(&f, data).unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+        ])
+        .arg(&f)
+        .output()
+        .expect("running python3 for a SHA-256");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Sends bytes, reads to EOF (or error).
 pub fn raw(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
     let mut s = addr.connect().expect("connecting to postern");

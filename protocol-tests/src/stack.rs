@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::{
@@ -246,46 +247,7 @@ impl Stack {
     /// app go on (an order, not a duration: a response held back until the app returns
     /// shows chunk 0 only after the app gave up waiting, and says so).
     pub fn assert_streams(&self) {
-        static GATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let i = GATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let gate = self.dir.path().join(format!("gate-{i}"));
-        let mut c = TcpStream::connect(("127.0.0.1", self.nginx.port)).unwrap();
-        // Longer than the app's own wait for the gate: a bound against a hang only.
-        c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            gated_stream(&gate, 4)
-        );
-        c.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("chunk 0") {
-            match c.read(&mut buf) {
-                Ok(0) => panic!(
-                    "the answer ended before chunk 0: {:?}\n{}",
-                    String::from_utf8_lossy(&got),
-                    self.postern.logs()
-                ),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => panic!(
-                    "no chunk 0 while the app waits ({e}): {:?}\n{}",
-                    String::from_utf8_lossy(&got),
-                    self.postern.logs()
-                ),
-            }
-        }
-        assert!(
-            !String::from_utf8_lossy(&got).contains("the gate never opened"),
-            "chunk 0 reached the client only once the app had returned: the response was \
-             held back, not streamed\n{}",
-            self.postern.logs()
-        );
-        std::fs::write(&gate, "").unwrap();
-        c.read_to_end(&mut got).unwrap();
-        let r = parse_http(&got)
-            .unwrap_or_else(|| panic!("bad answer: {:?}", String::from_utf8_lossy(&got)));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.text(), gated_stream_body(4));
+        assert_streams_at(self.nginx.port, self.dir.path(), &self.postern);
     }
 
     /// Runs `load` through nginx; the report carries the upstream errors nginx logged
@@ -299,6 +261,52 @@ impl Stack {
             .with_log("nginx error log", log)
             .with_log("postern log", self.postern.logs())
     }
+}
+
+/// [`Stack::assert_streams`] through any HTTP front end on loopback `port` (nginx,
+/// Apache): the app's `/gated-stream` (the WSGI test app's, or an ASGI app's twin)
+/// passes chunk 0 on while the app waits for its gate; `dir` holds the gate files.
+pub fn assert_streams_at(port: u16, dir: &Path, postern: &Postern) {
+    static GATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let i = GATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let gate = dir.join(format!("gate-{i}"));
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Longer than the app's own wait for the gate: a bound against a hang only.
+    c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        gated_stream(&gate, 4)
+    );
+    c.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("chunk 0") {
+        match c.read(&mut buf) {
+            Ok(0) => panic!(
+                "the answer ended before chunk 0: {:?}\n{}",
+                String::from_utf8_lossy(&got),
+                postern.logs()
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "no chunk 0 while the app waits ({e}): {:?}\n{}",
+                String::from_utf8_lossy(&got),
+                postern.logs()
+            ),
+        }
+    }
+    assert!(
+        !String::from_utf8_lossy(&got).contains("the gate never opened"),
+        "chunk 0 reached the client only once the app had returned: the response was \
+         held back, not streamed\n{}",
+        postern.logs()
+    );
+    std::fs::write(&gate, "").unwrap();
+    c.read_to_end(&mut got).unwrap();
+    let r = parse_http(&got)
+        .unwrap_or_else(|| panic!("bad answer: {:?}", String::from_utf8_lossy(&got)));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), gated_stream_body(4));
 }
 
 /// One kind of request in a load's mix.
