@@ -5,6 +5,8 @@
 
 use anyhow::Context as _;
 
+use crate::asgi::detect::{self, Interface};
+use crate::asgi::lifespan::LifespanMode;
 use crate::codec::Protocol;
 use crate::config::{Config, KeyValue};
 use crate::server::listener::{ListenAddr, SocketOptions};
@@ -172,8 +174,24 @@ impl Privileges {
     }
 }
 
+/// The imported app and the interface it is served with (`--interface`).
+pub struct Loaded {
+    pub app: wsgi::App,
+    pub interface: Interface,
+}
+
+impl Loaded {
+    /// Another reference to the same app (a preloaded app, for each worker).
+    pub fn clone_ref(&self) -> Loaded {
+        Loaded {
+            app: self.app.clone_ref(),
+            interface: self.interface,
+        }
+    }
+}
+
 /// Starts Python and imports the app (the single process, `--check`).
-pub fn start_python(config: &Config) -> anyhow::Result<wsgi::App> {
+pub fn start_python(config: &Config) -> anyhow::Result<Loaded> {
     start_interpreter(config)?;
     import_app(config)
 }
@@ -205,9 +223,11 @@ pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Puts `--pythonpath` and the working directory at the front of `sys.path` and
-/// imports the app (after [`start_interpreter`]).
-pub fn import_app(config: &Config) -> anyhow::Result<wsgi::App> {
+/// Puts `--pythonpath` and the working directory at the front of `sys.path`, imports
+/// the app (after [`start_interpreter`]) and chooses its interface (`--interface`; one
+/// info line says which and why, and an app that cannot be served so is refused here,
+/// before any request).
+pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let mut path: Vec<_> = config
         .opts
@@ -224,7 +244,11 @@ pub fn import_app(config: &Config) -> anyhow::Result<wsgi::App> {
     path.push(cwd);
     let app = interpreter::import(&path, &config.app)?;
     tracing::info!(app = %config.app, "app imported");
-    Ok(app)
+    let interface = detect::choose_app(&app, config.opts.interface)?;
+    if interface == Interface::Wsgi && config.opts.lifespan == LifespanMode::On {
+        tracing::warn!("--lifespan on has no effect: the app is served as WSGI, which has no lifespan");
+    }
+    Ok(Loaded { app, interface })
 }
 
 #[cfg(test)]

@@ -340,8 +340,8 @@ fn serve(
         )?),
         None => None,
     };
-    let app = match boot::start_python(config) {
-        Ok(app) => app,
+    let loaded = match boot::start_python(config) {
+        Ok(loaded) => loaded,
         Err(e) => return Err(e),
     };
     // Until the server's own handler is installed, a SIGHUP (no reload without the
@@ -369,7 +369,7 @@ fn serve(
     };
     if server::run(
         bound,
-        app,
+        loaded.app,
         settings,
         limits,
         config.opts.graceful_timeout.0,
@@ -422,7 +422,7 @@ fn stats_summary(config: &Config, bound: &[listener::Bound]) -> Vec<(String, Str
 /// exit code.
 fn worker(
     config: &Config,
-    preloaded: Option<wsgi::App>,
+    preloaded: Option<boot::Loaded>,
     bound: Vec<listener::Bound>,
     settings: Settings,
     limits: Limits,
@@ -431,11 +431,11 @@ fn worker(
     // This process serves: its own log writer thread (none crossed the fork).
     logging::start_background();
     // Python is already initialised (the master forked this process from it).
-    let app = match preloaded
+    let loaded = match preloaded
         .map(Ok)
         .unwrap_or_else(|| boot::import_app(config))
     {
-        Ok(app) => app,
+        Ok(loaded) => loaded,
         Err(e) => {
             // Once, in the log; the master then says the workers could not start.
             tracing::error!("{e:#}");
@@ -455,7 +455,7 @@ fn worker(
     let on_ready = Box::new(move || supervisor::announce_ready(ready));
     match server::run(
         bound,
-        app,
+        loaded.app,
         settings,
         limits,
         config.opts.graceful_timeout.0,

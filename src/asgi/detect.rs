@@ -122,6 +122,14 @@ pub fn choose(
     Ok(interface)
 }
 
+/// [`choose`] for an imported app.
+pub fn choose_app(
+    app: &crate::wsgi::App,
+    requested: InterfaceOption,
+) -> Result<Interface, DetectError> {
+    Python::attach(|py| choose(py, app.0.bind(py), requested))
+}
+
 /// The rule, apart from Python (unit tested).
 fn decide(shape: Shape, requested: InterfaceOption) -> Result<(Interface, String), DetectError> {
     let Shape { kind, why, takes } = shape;
