@@ -168,7 +168,7 @@ pub fn startup(
         ("raised", _) => {
             let err = as_err(&detail);
             tracing::debug!(traceback = %crate::wsgi::traceback(py, &err), "the app's lifespan call raised");
-            serve_without(format!("it raised {err} on the lifespan scope"));
+            serve_without(format!("on the lifespan scope it raised {err}"));
             Ok(without)
         }
         ("returned", LifespanMode::On) => Err(LifespanError::NoStartup {
