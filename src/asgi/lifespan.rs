@@ -143,6 +143,7 @@ pub fn startup(
                 .and_then(|s| s.cast_into::<PyDict>().map_err(Into::into))
                 .map_err(python)?;
             tracing::info!(
+                pid = std::process::id(),
                 ms = began.elapsed().as_millis() as u64,
                 keys = state.len(),
                 "ASGI lifespan startup complete"
@@ -234,6 +235,7 @@ impl Lifespan {
         };
         match outcome.as_str() {
             "complete" => tracing::info!(
+                pid = std::process::id(),
                 ms = began.elapsed().as_millis() as u64,
                 "ASGI lifespan shutdown complete"
             ),
