@@ -168,10 +168,7 @@ mod tests {
     use super::*;
 
     fn python() {
-        static START: std::sync::Once = std::sync::Once::new();
-        START.call_once(|| {
-            crate::wsgi::interpreter::initialize(None).expect("starting the embedded Python");
-        });
+        crate::wsgi::interpreter::start_for_tests();
     }
 
     /// Runs `code` (which defines `app`) and chooses for it.

@@ -239,10 +239,7 @@ mod tests {
     use crate::proto::props::{cgi_pairs, config, Pairs};
 
     fn python() {
-        static START: std::sync::Once = std::sync::Once::new();
-        START.call_once(|| {
-            crate::wsgi::interpreter::initialize(None).expect("starting the embedded Python");
-        });
+        crate::wsgi::interpreter::start_for_tests();
     }
 
     fn listener(protocol: Protocol) -> ListenerInfo {

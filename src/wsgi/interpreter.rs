@@ -75,6 +75,17 @@ pub fn is_initialized() -> bool {
     unsafe { pyo3::ffi::Py_IsInitialized() != 0 }
 }
 
+/// Starts the interpreter for the unit tests: once for the whole test binary, which
+/// every test that runs Python calls (a `Once` per module started it twice when tests
+/// of two modules ran together: "failed to read thread state").
+#[cfg(test)]
+pub(crate) fn start_for_tests() {
+    static START: std::sync::Once = std::sync::Once::new();
+    START.call_once(|| {
+        initialize(None).expect("starting the embedded Python");
+    });
+}
+
 /// Starts the interpreter (once per process) and leaves the GIL released.
 pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
     let executable = match venv {

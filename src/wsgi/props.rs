@@ -5,7 +5,7 @@
 //! a thread that has served other requests (its caches of strings and dict shapes warm)
 //! equals one built from scratch.
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -21,10 +21,7 @@ use crate::proto::cgi;
 use crate::proto::props::{config, Pairs};
 
 fn python() {
-    static START: Once = Once::new();
-    START.call_once(|| {
-        super::interpreter::initialize(None).expect("starting the embedded Python");
-    });
+    super::interpreter::start_for_tests();
 }
 
 fn settings() -> Settings {
