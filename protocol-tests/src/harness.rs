@@ -288,6 +288,11 @@ impl Spawn {
         self
     }
 
+    /// Where postern will listen (for a test that starts `command()` itself).
+    pub fn addr(&self) -> &Addr {
+        &self.addr
+    }
+
     /// The command, not started (for tests that expect a failure).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(postern_bin());
