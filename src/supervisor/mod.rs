@@ -60,7 +60,7 @@ pub enum SupervisorError {
     Scoreboard(std::io::Error),
     #[error("cannot fork a worker: {0}")]
     Fork(std::io::Error),
-    #[error("the first workers failed to start (see the traceback above); not retrying")]
+    #[error("the first workers failed to start (see the workers' error above); not retrying")]
     BootFailed,
     #[error("workers keep dying right after they start ({0} times in a row); stopping")]
     CrashLoop(u32),
