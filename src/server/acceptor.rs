@@ -115,12 +115,11 @@ impl Source for Acceptor {
             if !queue.is_accepting() {
                 continue;
             }
-            // The thread with the token also keeps the waiting connections' timeout,
-            // and the retry of accept after the descriptor limit.
+            // The thread with the token also keeps the waiting connections' timeout
+            // (as the I/O thread does, pending::keep_timeouts, when none is free), and
+            // the retry of accept after the descriptor limit.
             let now = Instant::now();
-            for e in self.pending.expired(now) {
-                self.to_lane(e);
-            }
+            self.expire_waiting(now);
             self.admission.tick(now);
             let retry = self
                 .admission
@@ -284,9 +283,27 @@ impl Acceptor {
     /// `--max-connections` (counted, so accepts wait): refusing it would close an
     /// idle kept connection, the race the hand-over exists to avoid.
     fn adopt(&self) {
-        let Some(a) = fastcgi::handover::Channel::get().and_then(|c| c.take()) else {
-            return;
+        if let Some(a) = fastcgi::handover::Channel::get().and_then(|c| c.take()) {
+            self.adopt_one(a);
+        }
+    }
+
+    /// Takes every connection still waiting in the hand-over channel; the I/O thread's
+    /// fallback when no Python thread of any serving worker was free to take them
+    /// (see `take_handed_over` in the server module). Returns how many it took.
+    pub(super) fn adopt_all(&self) -> usize {
+        let Some(channel) = fastcgi::handover::Channel::get() else {
+            return 0;
         };
+        let mut n = 0;
+        while let Some(a) = channel.take() {
+            self.adopt_one(a);
+            n += 1;
+        }
+        n
+    }
+
+    fn adopt_one(&self, a: fastcgi::handover::Adopted) {
         let Some(l) = self
             .listeners
             .get(a.listener)
@@ -337,6 +354,16 @@ impl Acceptor {
             self.to_lane(e);
         }
         n
+    }
+
+    /// The connections waiting for their first bytes whose `--head-timeout` has passed
+    /// at `now` go to the slow lane, which closes them with its log line. Run by the
+    /// Python thread with the accept token before it waits, and by the I/O thread
+    /// ([`pending::keep_timeouts`]) when no Python thread is free to.
+    pub(super) fn expire_waiting(&self, now: Instant) {
+        for e in self.pending.expired(now) {
+            self.to_lane(e);
+        }
     }
 
     /// A new connection that has sent nothing (yet) goes where it went straight after

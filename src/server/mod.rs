@@ -159,6 +159,25 @@ pub fn run(
         limits,
         pending,
     });
+    // The --head-timeout of new connections waiting for their first bytes, and the
+    // taking of handed-over FastCGI connections, never wait for a free Python thread
+    // (or the ASGI loop): the I/O thread does both when none is free.
+    runtime.spawn({
+        let acceptor = Arc::clone(&acceptor);
+        let stop = idle_close.clone();
+        async move {
+            pending::keep_timeouts(&acceptor.pending, |now| acceptor.expire_waiting(now), stop)
+                .await;
+        }
+    });
+    let adopt_stop = CancellationToken::new();
+    let mut adopter = handover.map(|channel| {
+        runtime.spawn(take_handed_over(
+            Arc::clone(&acceptor),
+            channel,
+            adopt_stop.clone(),
+        ))
+    });
     let pool = Pool::start(
         app,
         settings,
@@ -201,6 +220,10 @@ pub fn run(
         // their request has ended), or close when the whole server stops.
         if let Some(channel) = handover {
             let _ = rustix::event::epoll::delete(&*epoll, channel.receiver());
+        }
+        adopt_stop.cancel();
+        if let Some(task) = adopter.take() {
+            let _ = task.await;
         }
         // First: a lane task started below must see the stop from its first look, or
         // it would park its idle connection, and a parking that is closed for good
@@ -278,6 +301,59 @@ pub fn run(
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(finished)
+}
+
+/// How long a handed-over FastCGI connection is left to the Python threads before the
+/// I/O thread takes it: a free one takes it within microseconds.
+const HANDOVER_GRACE: Duration = Duration::from_millis(50);
+
+/// The I/O thread's share of taking the FastCGI connections leaving workers hand over
+/// (fastcgi::handover). A free Python thread takes them first (the channel is in
+/// their epoll, so they go to a worker with a thread free); what is still in the
+/// channel [`HANDOVER_GRACE`] after it became readable is taken here. Before, with
+/// every Python thread of every serving worker busy, a never-served connection stayed
+/// in the channel past its `--head-timeout` (and a kept one's next request waited
+/// there unread).
+async fn take_handed_over(
+    acceptor: Arc<Acceptor>,
+    channel: &'static fastcgi::handover::Channel,
+    stop: CancellationToken,
+) {
+    use tokio::io::{unix::AsyncFd, Interest};
+    // SAFETY: the channel is the process's (a static, never dropped): its descriptor
+    // stays open and the same for as long as this AsyncFd lives.
+    let fd = match unsafe {
+        AsyncFd::register_with_interest(channel.receiver(), Interest::READABLE)
+    } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "the I/O thread cannot wait on the FastCGI hand-over channel; only the Python threads take handed-over connections");
+            return;
+        }
+    };
+    loop {
+        let mut ready = tokio::select! {
+            r = fd.readable() => match r {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(HANDOVER_GRACE) => {}
+            _ = stop.cancelled() => return,
+        }
+        let taken = acceptor.adopt_all();
+        if taken > 0 {
+            tracing::debug!(
+                taken,
+                "handed-over FastCGI connections taken by the I/O thread (no Python thread free)"
+            );
+        }
+        // Only clears what was seen before this look: a message sent since makes the
+        // next wait return at once.
+        ready.clear_ready();
+    }
 }
 
 /// Unblocks SIGTERM for the calling thread. libc, not rustix: rustix has no

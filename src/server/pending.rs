@@ -136,6 +136,16 @@ impl Pending {
         Some((first.started + self.timeout).saturating_duration_since(now))
     }
 
+    /// When the first waiting connection's timeout passes; `None` when nothing waits.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let st = self.state();
+        let (_, first) = st.conns.first_key_value()?;
+        Some(first.started + self.timeout)
+    }
+
     /// Takes the connections whose timeout has passed (out of the epoll).
     pub fn expired(&self, now: Instant) -> Vec<Entry> {
         if self.len.load(Ordering::Relaxed) == 0 {
@@ -169,6 +179,34 @@ impl Pending {
             let _ = epoll::delete(&*self.epoll, e.conn.fd());
         }
         out
+    }
+}
+
+/// Keeps the waiting connections' `--head-timeout` on the I/O thread, until `stop`:
+/// `expire(now)` takes those due (the same step the Python thread with the accept token
+/// runs before it waits). Without it a connection's timeout waited for a Python thread
+/// free to hold the token: with every thread running a request (a slow app, a stalled
+/// stream), or the token's holder asleep on a limit computed before the connection
+/// began to wait (another thread put it there after giving the token back), it stayed
+/// open until some other event woke that thread, seconds later or never.
+///
+/// Nothing in a request's path wakes this: it sleeps until the first waiting
+/// connection's deadline, or, when none waits, for one `--head-timeout` (a connection
+/// that begins to wait meanwhile, accepted from then on, is due no sooner).
+pub async fn keep_timeouts(
+    pending: &Pending,
+    expire: impl Fn(Instant),
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let at = pending
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + pending.timeout);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = stop.cancelled() => return,
+        }
+        expire(Instant::now());
     }
 }
 

@@ -36,7 +36,11 @@ use rustix::net::{
 /// First byte of a message: the format, so a stray datagram is never taken for one.
 const MAGIC: u8 = b'K';
 /// MAGIC, the listener index (u32, little endian), 1 if the connection never carried
-/// a request (else 0), then for such one the milliseconds since its start (u32, LE).
+/// a request (else 0), then for such one its start on the machine's monotonic clock
+/// (milliseconds, the low 32 bits, LE): the receiver counts the time the message spent
+/// in the channel too (a message waits there while no serving worker takes it, e.g.
+/// while a recycled single worker's successor boots). Before, the sender wrote the
+/// age it had then, and that time was lost: the connection closed that much late.
 const MESSAGE_LEN: usize = 10;
 /// Longest a leaving worker waits for room in the pair's buffer before it closes the
 /// connection instead (serving workers take messages as they come: never reached
@@ -113,8 +117,10 @@ impl Channel {
         msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
         if let Some(d) = fresh_for {
             msg[5] = 1;
-            let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-            msg[6..10].copy_from_slice(&ms.to_le_bytes());
+            // Wraps like the receiver's subtraction: right for any age under ~49 days.
+            let age = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let start = monotonic_ms().wrapping_sub(age) as u32;
+            msg[6..10].copy_from_slice(&start.to_le_bytes());
         }
         let fds = [sock];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -196,9 +202,8 @@ impl Channel {
         }
         let listener = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
         let fresh_for = (msg[5] == 1).then(|| {
-            Duration::from_millis(u64::from(u32::from_le_bytes([
-                msg[6], msg[7], msg[8], msg[9],
-            ])))
+            let start = u32::from_le_bytes([msg[6], msg[7], msg[8], msg[9]]);
+            Duration::from_millis(u64::from((monotonic_ms() as u32).wrapping_sub(start)))
         });
         let fd = fds.pop()?;
         Some(Adopted {
@@ -207,6 +212,15 @@ impl Channel {
             fresh_for,
         })
     }
+}
+
+/// Milliseconds on CLOCK_MONOTONIC: one clock for every process of the machine (the
+/// one `Instant` reads on Linux), so sender and receiver agree on a start.
+fn monotonic_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .wrapping_mul(1000)
+        .wrapping_add(t.tv_nsec as u64 / 1_000_000)
 }
 
 #[cfg(test)]
@@ -243,8 +257,17 @@ mod tests {
         let (_front, ours) = UnixStream::pair().unwrap();
         ch.send(ours.as_fd(), 0, Some(Duration::from_millis(1500)))
             .unwrap();
+        // Taken a while later: that time counts too (regression: the age at sending
+        // was taken as the age at taking, so a message left in the channel while no
+        // worker was free to take it gave its connection that much more time).
+        std::thread::sleep(Duration::from_millis(300));
         let a = ch.take().expect("one connection handed over");
-        assert_eq!(a.fresh_for, Some(Duration::from_millis(1500)));
+        let age = a.fresh_for.expect("never served: it has an age");
+        assert!(
+            age >= Duration::from_millis(1800),
+            "the time in the channel counts: {age:?}"
+        );
+        assert!(age < Duration::from_secs(600), "a sane age: {age:?}");
     }
 
     #[test]
