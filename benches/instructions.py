@@ -44,6 +44,9 @@ Scenarios (default: hello, fcgi, fcgi-keep, stream; `all` adds upload and big):
   stream     uwsgi, benches/apps/stream.py: 100 chunks of 1 KiB from a generator
   upload     uwsgi, benches/apps/upload.py: POST 64 KiB, echoed back
   big        uwsgi, benches/apps/big.py: a 1 MiB response
+  asgi-hello, asgi-fcgi-keep, asgi-stream: postern only, `--interface asgi --loop asyncio`
+             (--asgi-loop uvloop for uvloop), the same responses from benches/apps/*_asgi.py:
+             next to hello, fcgi-keep and stream, what the ASGI path costs over the WSGI one
 """
 
 from __future__ import annotations
@@ -234,6 +237,7 @@ class Scenario:
     requests: int    # default N (callgrind and strace)
     body: int = 0
     text: str = ""
+    asgi: bool = False  # postern --interface asgi (uWSGI has no ASGI: postern only)
 
 
 SCENARIOS = {
@@ -244,6 +248,13 @@ SCENARIOS = {
     "stream": Scenario("stream", "uwsgi", "stream.py", 200, text="uwsgi, 100 x 1 KiB chunks"),
     "upload": Scenario("upload", "uwsgi", "upload.py", 100, body=64 << 10, text="uwsgi, POST 64 KiB echoed"),
     "big": Scenario("big", "uwsgi", "big.py", 50, text="uwsgi, 1 MiB response"),
+    # ASGI (postern only): the same responses from benches/apps/*_asgi.py.
+    "asgi-hello": Scenario("asgi-hello", "uwsgi", "hello_asgi.py", 500, text="uwsgi, ASGI hello",
+                           asgi=True),
+    "asgi-fcgi-keep": Scenario("asgi-fcgi-keep", "fcgi-keep", "hello_asgi.py", 500,
+                               text="FastCGI keep-conn, ASGI hello", asgi=True),
+    "asgi-stream": Scenario("asgi-stream", "uwsgi", "stream_asgi.py", 200,
+                            text="uwsgi, ASGI 100 x 1 KiB chunks", asgi=True),
 }
 DEFAULT = ["hello", "fcgi", "fcgi-keep", "stream"]
 
@@ -252,8 +263,10 @@ def server_cmd(server: str, scen: Scenario, sock: Path, bins: dict) -> list[str]
     app = APPS / scen.app
     if server == "postern":
         flag = "--uwsgi" if scen.proto == "uwsgi" else "--fastcgi"
+        asgi = ["--interface", "asgi", "--loop", bins.get("asgi_loop", "asyncio"),
+                "--venv", str(bins["venv"])] if scen.asgi else []
         return [str(bins["postern"]), flag, f"unix:{sock}", "--workers", "1", "--threads", "1",
-                "--access-log", "off", "--log-level", "warn", f"{app}:application"]
+                "--access-log", "off", "--log-level", "warn", *asgi, f"{app}:application"]
     return [str(bins["uwsgi"]), "--socket" if scen.proto == "uwsgi" else "--fastcgi-socket", str(sock),
             "--processes", "1", "--threads", "1", "--disable-logging", "--need-app", "--strict",
             "--wsgi-file", str(app), "--callable", "application"]
@@ -514,6 +527,8 @@ def main(argv=None) -> int:
     ap.add_argument("--postern-bin", help="use this postern binary instead of cargo build --release")
     ap.add_argument("--uwsgi-bin", help="use this uwsgi (default: target/bench-venv/bin/uwsgi)")
     ap.add_argument("--venv", default=str(REPO / "target" / "bench-venv"))
+    ap.add_argument("--asgi-loop", choices=["asyncio", "uvloop"], default="asyncio",
+                    help="the asgi-* scenarios' postern --loop (uvloop is installed into the venv)")
     ap.add_argument("--format", choices=["text", "markdown"], default="text")
     ap.add_argument("--keep-dumps", metavar="DIR",
                     help="copy each callgrind dump to DIR/callgrind.out.SERVER.SCENARIO "
@@ -535,9 +550,11 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    bins = {}
+    bins = {"venv": Path(args.venv).resolve(), "asgi_loop": args.asgi_loop}
     if "postern" in servers:
         bins["postern"] = build_postern(args.postern_bin)
+    if args.asgi_loop == "uvloop" and any(SCENARIOS[n].asgi for n in names):
+        ensure_venv(bins["venv"], packages=["uvloop"])
     if "uwsgi" in servers:
         if args.uwsgi_bin:
             bins["uwsgi"] = Path(args.uwsgi_bin)
@@ -553,6 +570,8 @@ def main(argv=None) -> int:
             scen = SCENARIOS[name]
             n = args.requests or scen.requests
             for server in servers:
+                if scen.asgi and server != "postern":
+                    continue
                 t = time.monotonic()
                 if args.no_callgrind:
                     fig = Figures(server, name, n)
