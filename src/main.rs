@@ -374,6 +374,7 @@ fn serve(
         limits,
         config.opts.graceful_timeout.0,
         server::Mode::Single { on_ready },
+        asgi_settings(config, loaded.interface),
     )? {
         wsgi::run_atexit();
         tracing::info!("stopped");
@@ -383,6 +384,19 @@ fn serve(
         // socket file stayed behind).
         Err(CutOff.into())
     }
+}
+
+/// The ASGI loop's settings when the app is served as ASGI (`--interface`).
+fn asgi_settings(
+    config: &Config,
+    interface: postern::asgi::detect::Interface,
+) -> Option<postern::asgi::AsgiSettings> {
+    (interface == postern::asgi::detect::Interface::Asgi).then(|| postern::asgi::AsgiSettings {
+        event_loop: config.opts.r#loop,
+        max_concurrency: config.opts.max_concurrency,
+        lifespan: config.opts.lifespan,
+        lifespan_timeout: config.opts.lifespan_timeout.0,
+    })
 }
 
 /// What `/status` shows of the configuration.
@@ -460,6 +474,7 @@ fn worker(
         limits,
         config.opts.graceful_timeout.0,
         server::Mode::Worker { on_ready },
+        asgi_settings(config, loaded.interface),
     ) {
         Ok(true) => {
             wsgi::run_atexit();

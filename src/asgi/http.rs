@@ -1,1 +1,1117 @@
-//! One HTTP request on the loop: `receive`, `send`, and their awaitables.
+//! One HTTP request on the event loop: the `receive` and `send` callables the app
+//! gets, the small awaitables they return, and the end of the response.
+//!
+//! Everything here runs on the loop thread with the GIL held, so nothing may block:
+//! a write goes out with a non-blocking [`Sink::try_write`], and only what did not
+//! fit (the front server is not reading) is written on an executor thread with the
+//! GIL released, while `send` waits on that write's future (backpressure: one chunk
+//! in flight per response, whatever the app produces). Reading a body that is not in
+//! memory (a spooled file, FastCGI STDIN still arriving) also runs on the executor.
+//!
+//! A value that is ready (the whole body, a write the socket took) is returned by a
+//! [`Ready`] awaitable: `await` gets it through `StopIteration`, with no asyncio
+//! `Future` and no trip through the loop. Only a real wait creates a future.
+
+use std::cell::Cell;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use crate::codec::{Head, Protocol};
+use crate::proto::response::{self as resp, HeadStyle, HeaderError};
+use crate::wsgi::response::HEAD_LIMIT;
+use crate::wsgi::{traceback, AppError, Body, BodyStream, End, Monitor, Sent, Served, Sink};
+
+pyo3::create_exception!(
+    postern,
+    ClientDisconnected,
+    pyo3::exceptions::PyOSError,
+    "The front server closed the request's connection: the response cannot be sent."
+);
+
+/// A request body read on an executor thread goes to the app in chunks this large.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// An awaitable whose value is ready: `await` returns it at once (a `StopIteration`
+/// carrying it), without an asyncio `Future` or a pass through the loop.
+#[pyclass(module = "postern", name = "Ready", freelist = 64)]
+pub struct Ready(Option<Py<PyAny>>);
+
+impl Ready {
+    /// `Ready(None)`: what `await send(...)` gives when the write went out at once.
+    pub fn empty() -> Ready {
+        Ready(None)
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self) -> PyResult<Option<Py<PyAny>>> {
+        match self.0.take() {
+            // The value travels in the StopIteration (a tuple, so that a value that
+            // is itself a tuple is not taken for the exception's arguments).
+            Some(v) => Err(PyStopIteration::new_err((v,))),
+            None => Ok(None),
+        }
+    }
+
+    fn send(&mut self, _value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        self.__next__()
+    }
+
+    fn close(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// What every request of one loop shares: the loop's methods, looked up once.
+pub struct Ctx {
+    pub event_loop: Py<PyAny>,
+    pub create_future: Py<PyAny>,
+    pub run_in_executor: Py<PyAny>,
+    pub add_reader: Py<PyAny>,
+    pub remove_reader: Py<PyAny>,
+    pub monitor: Option<Arc<dyn Monitor>>,
+    /// Called with the slot when a request's task has ended (the loop's bookkeeping).
+    pub ended: std::cell::OnceCell<Py<PyAny>>,
+    /// `Ready(None)`: `await send(...)` that completed at once; shared (it yields
+    /// `None` however often it is awaited).
+    pub done: Py<Ready>,
+    /// `functools.partial`.
+    pub partial: Py<PyAny>,
+    /// Requests answered since the loop started.
+    pub answered: Cell<u64>,
+}
+
+/// The request body, as `receive` hands it out.
+enum BodyState {
+    /// Not handed out yet.
+    Waiting(Body),
+    /// Read in chunks on the executor.
+    Reading(Py<ReadJob>),
+    /// Handed out whole: `receive` now waits for the disconnect.
+    Done,
+}
+
+/// One request: its body for `receive`, its response for `send`.
+#[pyclass(module = "postern", name = "HttpExchange", unsendable)]
+pub struct Exchange {
+    ctx: Rc<Ctx>,
+    span: tracing::Span,
+    head: Head,
+    request_id: crate::logging::RequestId,
+    protocol: Protocol,
+    slot: usize,
+    /// `None` while an executor thread writes with it, or once finished.
+    sink: Option<Box<dyn Sink>>,
+    style: HeadStyle,
+    is_head: bool,
+    peer_fd: Option<RawFd>,
+    // The response, as the app sends it.
+    started: bool,
+    code: u16,
+    headers: Vec<(String, String)>,
+    content_length: Option<u64>,
+    head_sent: bool,
+    body_sent: u64,
+    /// The app sent its last body (or the path to send): the response is whole once
+    /// what is in flight is written.
+    complete: bool,
+    /// A job on the executor holds the sink.
+    busy: bool,
+    gone: bool,
+    /// The response was ended (the sink finished); what it sent.
+    served: Option<Served>,
+    app_error: Option<AppError>,
+    task_over: bool,
+    /// The monitor and the loop were told the request is over.
+    released: bool,
+    body: BodyState,
+    /// `receive()` futures waiting for `http.disconnect`.
+    waiters: Vec<Py<PyAny>>,
+    watching: bool,
+    trailers_said: bool,
+    overflowed: bool,
+}
+
+/// The message `receive` returns after the body.
+fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+    Ok(d)
+}
+
+fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+    d.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
+    d.set_item(intern!(py, "more_body"), more)?;
+    Ok(d)
+}
+
+fn gone_error() -> PyErr {
+    ClientDisconnected::new_err("the front server closed the connection (the client went away)")
+}
+
+fn refuse(e: HeaderError) -> PyErr {
+    PyValueError::new_err(format!("http.response.start refused: {e}"))
+}
+
+/// Header bytes as text: ASCII as it is, else latin-1 (each byte one char), which
+/// `write_head` turns back into the same bytes.
+fn latin1(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) if s.is_ascii() => s.to_owned(),
+        _ => b.iter().map(|&c| char::from(c)).collect(),
+    }
+}
+
+impl Exchange {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: Rc<Ctx>,
+        req: crate::wsgi::Request,
+        span: tracing::Span,
+        slot: usize,
+        is_head: bool,
+    ) -> Exchange {
+        let crate::wsgi::Request {
+            head,
+            body,
+            listener,
+            sink,
+            request_id,
+            ..
+        } = req;
+        let style = sink.head_style();
+        let peer_fd = sink.peer_fd();
+        Exchange {
+            ctx,
+            span,
+            head,
+            request_id,
+            protocol: listener.protocol,
+            slot,
+            sink: Some(sink),
+            style,
+            is_head,
+            peer_fd,
+            started: false,
+            code: 0,
+            headers: Vec::new(),
+            content_length: None,
+            head_sent: false,
+            body_sent: 0,
+            complete: false,
+            busy: false,
+            gone: false,
+            served: None,
+            app_error: None,
+            task_over: false,
+            released: false,
+            body: BodyState::Waiting(body),
+            waiters: Vec::new(),
+            watching: false,
+            trailers_said: false,
+            overflowed: false,
+        }
+    }
+
+    fn head_only(&self) -> bool {
+        self.is_head || resp::status_has_no_body(self.code)
+    }
+
+    /// The head, with a Content-Length when the whole body is known now.
+    fn head_bytes(&self, whole_body: Option<usize>, extra: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64 + self.headers.len() * 48 + extra);
+        let reason = match resp::reason_phrase(self.code) {
+            "" => "Unknown",
+            r => r,
+        };
+        let status = format!("{} {reason}", self.code);
+        let cl;
+        let computed = match whole_body {
+            Some(n)
+                if self.content_length.is_none()
+                    && !resp::status_has_no_body(self.code)
+                    && !(self.is_head && n == 0) =>
+            {
+                cl = n.to_string();
+                Some(("Content-Length", cl.as_str()))
+            }
+            _ => None,
+        };
+        resp::write_head(
+            &mut buf,
+            self.style,
+            &status,
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .chain(computed),
+        );
+        buf
+    }
+
+    /// Checks `http.response.start` and keeps its status and headers.
+    fn start(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = message.py();
+        if self.started {
+            return Err(PyRuntimeError::new_err(
+                "http.response.start sent twice for one request",
+            ));
+        }
+        let status = message
+            .get_item(intern!(py, "status"))?
+            .ok_or_else(|| PyValueError::new_err("http.response.start has no 'status'"))?;
+        let code: u16 = status.extract().map_err(|_| {
+            PyTypeError::new_err("http.response.start 'status' must be an int from 200 to 999")
+        })?;
+        if !(100..=999).contains(&code) {
+            return Err(refuse(HeaderError::Status(code.to_string())));
+        }
+        if code < 200 {
+            return Err(refuse(HeaderError::Interim(code.to_string())));
+        }
+        let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
+        if let Some(headers) = message.get_item(intern!(py, "headers"))? {
+            for item in headers.try_iter().map_err(|_| {
+                PyTypeError::new_err(
+                    "http.response.start 'headers' must be an iterable of [name, value] byte pairs",
+                )
+            })? {
+                let item = item?;
+                let pair_err =
+                    || PyTypeError::new_err("each header must be a [name, value] pair of bytes");
+                let mut it = item.try_iter().map_err(|_| pair_err())?;
+                let (Some(n), Some(v), None) = (it.next(), it.next(), it.next()) else {
+                    return Err(pair_err());
+                };
+                let (n, v) = (n?, v?);
+                let bytes_of = |o: &Bound<'_, PyAny>| -> PyResult<Vec<u8>> {
+                    if let Ok(b) = o.cast::<PyBytes>() {
+                        return Ok(b.as_bytes().to_vec());
+                    }
+                    if let Ok(b) = o.cast::<pyo3::types::PyByteArray>() {
+                        return Ok(b.to_vec());
+                    }
+                    Err(PyTypeError::new_err(format!(
+                        "header names and values must be bytes, not {}",
+                        o.get_type()
+                            .name()
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    )))
+                };
+                let (name, value) = (latin1(&bytes_of(&n)?), latin1(&bytes_of(&v)?));
+                size += name.len() + value.len() + 4;
+                if size > HEAD_LIMIT {
+                    return Err(PyValueError::new_err(format!(
+                        "the response head is over {HEAD_LIMIT} bytes; nginx could not take it"
+                    )));
+                }
+                resp::check_header(&name, &value).map_err(refuse)?;
+                if resp::is_hop_by_hop(&name) {
+                    let _e = self.span.enter();
+                    tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
+                    continue;
+                }
+                if name.eq_ignore_ascii_case("status") {
+                    let _e = self.span.enter();
+                    tracing::warn!(header = %name, "the app set a Status header; dropped (the status is http.response.start's)");
+                    continue;
+                }
+                if name.eq_ignore_ascii_case("content-length") {
+                    if self.content_length.is_some() {
+                        return Err(refuse(HeaderError::DuplicateContentLength));
+                    }
+                    self.content_length = Some(resp::parse_content_length(&value).map_err(refuse)?);
+                }
+                self.headers.push((name, value));
+            }
+        }
+        self.code = code;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Writes `data` (`last`: the response is whole with it). What the socket takes
+    /// now goes with the GIL held; the rest is written on the executor, and the
+    /// returned future completes when it is out.
+    fn write<'py>(
+        slf: &Bound<'py, Self>,
+        data: Vec<u8>,
+        last: bool,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        let Some(sink) = me.sink.as_mut() else {
+            return Err(gone_error());
+        };
+        let n = match sink.try_write(&data, last) {
+            Ok(n) => n,
+            Err(e) => {
+                let _e = me.span.enter();
+                tracing::debug!(error = %e, "writing the response failed");
+                drop(_e);
+                me.set_gone(py);
+                return Err(gone_error());
+            }
+        };
+        if n == data.len() {
+            if last {
+                me.complete = true;
+            }
+            return Ok(None);
+        }
+        let rest = if n == 0 { data } else { data[n..].to_vec() };
+        if last {
+            me.complete = true;
+        }
+        drop(me);
+        Self::job(slf, Job::Write(rest, last)).map(Some)
+    }
+
+    /// Runs `job` with the sink on an executor thread (GIL released); the future is
+    /// done when it is.
+    fn job<'py>(slf: &Bound<'py, Self>, job: Job) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        let Some(sink) = me.sink.take() else {
+            return Err(gone_error());
+        };
+        me.busy = true;
+        let ctx = me.ctx.clone();
+        drop(me);
+        let job = Py::new(
+            py,
+            SinkJob {
+                work: Mutex::new(Some((sink, job))),
+                back: Mutex::new(None),
+            },
+        )?;
+        let fut = ctx
+            .run_in_executor
+            .bind(py)
+            .call1((py.None(), job.clone_ref(py)))?;
+        // Registered before the task awaits the future: the sink is back before the
+        // app runs on.
+        let cb = ctx
+            .partial
+            .bind(py)
+            .call1((slf.getattr(intern!(py, "_job_done"))?, job))?;
+        fut.call_method1(intern!(py, "add_done_callback"), (cb,))?;
+        Ok(fut)
+    }
+
+    fn set_gone(&mut self, py: Python<'_>) {
+        if self.gone {
+            return;
+        }
+        self.gone = true;
+        self.unwatch(py);
+        self.wake_waiters(py);
+    }
+
+    /// Resolves the `receive()` futures waiting for the end with `http.disconnect`.
+    fn wake_waiters(&mut self, py: Python<'_>) {
+        for w in std::mem::take(&mut self.waiters) {
+            let w = w.bind(py);
+            if w.call_method0(intern!(py, "done"))
+                .is_ok_and(|d| d.is_truthy().unwrap_or(true))
+            {
+                continue;
+            }
+            if let Ok(m) = disconnect_message(py) {
+                let _ = w.call_method1(intern!(py, "set_result"), (m,));
+            }
+        }
+    }
+
+    fn unwatch(&mut self, py: Python<'_>) {
+        if std::mem::take(&mut self.watching) {
+            if let Some(fd) = self.peer_fd {
+                let _ = self.ctx.remove_reader.bind(py).call1((fd,));
+            }
+        }
+    }
+
+    /// Ends the response once nothing is in flight: flushes what a writer still
+    /// holds (executor), then finishes the sink, writes the access line.
+    fn settle(slf: &Bound<'_, Self>, end_now: Option<End>) -> PyResult<()> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        if me.served.is_some() || me.busy {
+            return Ok(());
+        }
+        let end = match end_now {
+            Some(e) => e,
+            None if me.gone => End::ClientGone(me.code),
+            None if me.complete => {
+                if me.content_length.is_some_and(|cl| me.body_sent < cl) && !me.head_only() {
+                    let _e = me.span.enter();
+                    tracing::error!(
+                        sent = me.body_sent,
+                        content_length = me.content_length.unwrap_or(0),
+                        "the app sent less body than its Content-Length; aborting the connection"
+                    );
+                    End::Incomplete(me.code)
+                } else {
+                    End::Complete(me.code)
+                }
+            }
+            None => return Ok(()),
+        };
+        if !matches!(end, End::Incomplete(_) | End::ClientGone(_))
+            && me.sink.as_ref().is_some_and(|s| s.has_pending())
+        {
+            drop(me);
+            Self::job(slf, Job::Flush)?;
+            return Ok(());
+        }
+        me.unwatch(py);
+        let Some(mut sink) = me.sink.take() else {
+            return Ok(());
+        };
+        let sent = if sink.finish_is_quick() {
+            sink.finish(end)
+        } else {
+            py.detach(|| sink.finish(end))
+        };
+        me.finish_log(end, sent);
+        me.wake_waiters(py);
+        Ok(())
+    }
+
+    fn finish_log(&mut self, end: End, sent: Sent) {
+        let (status, ending) = end.for_log();
+        {
+            let _e = self.span.enter();
+            if !self.span.is_disabled() {
+                crate::logging::record_end(status, sent.started);
+            }
+        }
+        if crate::logging::access_enabled() {
+            crate::logging::access(&crate::logging::Access {
+                head: &self.head,
+                id: &self.request_id,
+                protocol: self.protocol,
+                status,
+                ending,
+                bytes: sent.bytes,
+                started: sent.started,
+            });
+        }
+        self.ctx.answered.set(self.ctx.answered.get() + 1);
+        self.served = Some(Served {
+            end,
+            sent,
+            app_error: self.app_error,
+        });
+    }
+
+    /// Answers a request the app never started a response for.
+    fn answer_500(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut me = slf.borrow_mut();
+        me.code = 500;
+        me.started = true;
+        me.headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
+        me.content_length = None;
+        me.is_head = false;
+        let body = b"Internal Server Error\n";
+        let mut buf = me.head_bytes(Some(body.len()), body.len());
+        buf.extend_from_slice(body);
+        me.head_sent = true;
+        me.body_sent = body.len() as u64;
+        drop(me);
+        if Self::write(slf, buf, true).is_err() {
+            return Self::settle(slf, None);
+        }
+        let busy = slf.borrow().busy;
+        if !busy {
+            Self::settle(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// The request's task ended: answers or aborts what the app left undone, and
+    /// frees the slot.
+    fn end_task(slf: &Bound<'_, Self>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let failure: Option<PyErr> = if task.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+            Some(pyo3::exceptions::PyException::new_err(
+                "the request's task was cancelled",
+            ))
+        } else {
+            let e = task.call_method0(intern!(py, "exception"))?;
+            (!e.is_none()).then(|| PyErr::from_value(e))
+        };
+        Self::end_with(slf, failure)
+    }
+
+    /// The app is done with the request: `failure` is what it raised, if anything.
+    pub fn end_with(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
+        let span = slf.borrow().span.clone();
+        let _entered = span.enter();
+        {
+            let mut me = slf.borrow_mut();
+            me.task_over = true;
+            if failure.is_some() {
+                me.app_error = Some(AppError::Exception);
+            }
+        }
+        let (started_sending, served, gone, complete) = {
+            let me = slf.borrow();
+            (me.head_sent, me.served.is_some(), me.gone, me.complete)
+        };
+        match failure {
+            _ if gone => {
+                tracing::debug!("the request ended after the client went away");
+                Self::settle(slf, None)?;
+            }
+            Some(e) if e.is_instance_of::<ClientDisconnected>(py) => {
+                tracing::debug!("the app stopped: the client went away");
+                Self::settle(slf, None)?;
+            }
+            Some(e) if !started_sending && !served => {
+                tracing::error!(traceback = %traceback(py, &e), "the app raised an exception; answered 500");
+                Self::answer_500(slf)?;
+            }
+            Some(e) => {
+                if !served {
+                    tracing::error!(traceback = %traceback(py, &e), "the app raised an exception after its response started; aborting the connection");
+                    let code = slf.borrow().code;
+                    Self::settle(slf, Some(End::Incomplete(code)))?;
+                } else {
+                    tracing::error!(traceback = %traceback(py, &e), "the app raised an exception after its response was sent");
+                }
+            }
+            None if served || complete => {}
+            None if !slf.borrow().started => {
+                slf.borrow_mut().app_error = Some(AppError::Contract);
+                tracing::error!(
+                    "the app returned without sending http.response.start; answered 500"
+                );
+                Self::answer_500(slf)?;
+            }
+            None => {
+                slf.borrow_mut().app_error = Some(AppError::Contract);
+                tracing::error!("the app returned before its response was complete (a last http.response.body with more_body False); aborting the connection");
+                let code = slf.borrow().code;
+                Self::settle(slf, Some(End::Incomplete(code)))?;
+            }
+        }
+        Self::release(slf)
+    }
+
+    /// The task is over and the response ended: the monitor and the loop learn it.
+    fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.borrow();
+        if !me.task_over || me.served.is_none() || me.released {
+            return Ok(());
+        }
+        let slot = me.slot;
+        if let Some(m) = &me.ctx.monitor {
+            m.end(slot, me.served.as_ref());
+        }
+        let ended = me.ctx.ended.get().map(|e| e.clone_ref(py));
+        drop(me);
+        slf.borrow_mut().released = true;
+        if let Some(ended) = ended {
+            ended.bind(py).call1((slot,))?;
+        }
+        Ok(())
+    }
+
+    /// Starts watching the connection for the front server closing it (a pending
+    /// `receive()` then gets `http.disconnect`).
+    fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        if me.watching || me.gone {
+            return Ok(());
+        }
+        let Some(fd) = me.peer_fd else {
+            return Ok(());
+        };
+        me.watching = true;
+        let add = me.ctx.add_reader.clone_ref(py);
+        drop(me);
+        add.bind(py)
+            .call1((fd, slf.getattr(intern!(py, "_peer_readable"))?))?;
+        Ok(())
+    }
+}
+
+/// Work with the sink off the loop thread.
+enum Job {
+    Write(Vec<u8>, bool),
+    /// The rest of the head, then the file from its start.
+    SendFile(Vec<u8>, std::fs::File, u64),
+    Flush,
+}
+
+/// A blocking sink operation run by the default executor with the GIL released.
+#[pyclass(module = "postern", name = "SinkJob", frozen)]
+struct SinkJob {
+    work: Mutex<Option<(Box<dyn Sink>, Job)>>,
+    back: Mutex<Option<(Box<dyn Sink>, std::io::Result<()>)>>,
+}
+
+#[pymethods]
+impl SinkJob {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((mut sink, job)) = self.work.lock().unwrap_or_else(|e| e.into_inner()).take()
+        else {
+            return Ok(());
+        };
+        let r = py.detach(|| match &job {
+            Job::Write(data, true) => sink.write_last(data),
+            Job::Write(data, false) => sink.write_all(data),
+            Job::SendFile(head, f, len) => sink
+                .write_all(head)
+                .and_then(|()| sink.send_file(f, 0, *len)),
+            Job::Flush => sink.flush(),
+        });
+        let failed = r.is_err();
+        *self.back.lock().unwrap_or_else(|e| e.into_inner()) = Some((sink, r));
+        if failed {
+            return Err(gone_error());
+        }
+        Ok(())
+    }
+}
+
+/// Reads a body that is not in memory, a chunk per call, on the executor.
+#[pyclass(module = "postern", name = "BodyReader", frozen)]
+pub struct ReadJob {
+    reader: Mutex<Reader>,
+    done: AtomicBool,
+}
+
+enum Reader {
+    /// The spooled file, the next offset to read, and its length.
+    File(std::fs::File, u64, u64),
+    Stream(Box<dyn BodyStream>),
+}
+
+#[pymethods]
+impl ReadJob {
+    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let got: std::io::Result<(Option<Bytes>, bool)> = py.detach(|| {
+            let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *r {
+                Reader::File(f, pos, len) => {
+                    use std::os::unix::fs::FileExt;
+                    let want = (*len - *pos).min(READ_CHUNK as u64) as usize;
+                    let mut buf = vec![0u8; want];
+                    // Positioned reads: the spooling left the file's offset at its end.
+                    f.read_exact_at(&mut buf, *pos)?;
+                    *pos += want as u64;
+                    Ok((Some(Bytes::from(buf)), *pos < *len))
+                }
+                Reader::Stream(s) => match s.next_chunk()? {
+                    Some(b) => Ok((Some(b), true)),
+                    None => Ok((None, false)),
+                },
+            }
+        });
+        match got {
+            Ok((chunk, more)) => {
+                if !more {
+                    self.done.store(true, Ordering::Release);
+                }
+                request_message(py, chunk.as_deref().unwrap_or(b""), more)
+            }
+            Err(e) => {
+                // Cut short: the front server went away (or aborted the request).
+                tracing::debug!(error = %e, "reading the request body failed");
+                self.done.store(true, Ordering::Release);
+                disconnect_message(py)
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Exchange {
+    /// `await receive()`.
+    fn receive<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        match std::mem::replace(&mut me.body, BodyState::Done) {
+            BodyState::Waiting(body) => {
+                let reader = match body {
+                    Body::Empty => {
+                        return Ok(Bound::new(
+                            py,
+                            Ready(Some(request_message(py, b"", false)?.into_any().unbind())),
+                        )?
+                        .into_any());
+                    }
+                    Body::Memory(b) => {
+                        return Ok(Bound::new(
+                            py,
+                            Ready(Some(request_message(py, &b, false)?.into_any().unbind())),
+                        )?
+                        .into_any());
+                    }
+                    Body::File(f, len) => Reader::File(f, 0, len),
+                    Body::Stream(s) => Reader::Stream(s),
+                };
+                let job = Py::new(
+                    py,
+                    ReadJob {
+                        reader: Mutex::new(reader),
+                        done: AtomicBool::new(false),
+                    },
+                )?;
+                me.body = BodyState::Reading(job.clone_ref(py));
+                let ctx = me.ctx.clone();
+                drop(me);
+                ctx.run_in_executor.bind(py).call1((py.None(), job))
+            }
+            BodyState::Reading(job) => {
+                if job.get().done.load(Ordering::Acquire) {
+                    drop(me);
+                    return Self::receive(slf);
+                }
+                me.body = BodyState::Reading(job.clone_ref(py));
+                let ctx = me.ctx.clone();
+                drop(me);
+                ctx.run_in_executor.bind(py).call1((py.None(), job))
+            }
+            BodyState::Done => {
+                if me.gone || me.served.is_some() {
+                    return Ok(Bound::new(
+                        py,
+                        Ready(Some(disconnect_message(py)?.into_any().unbind())),
+                    )?
+                    .into_any());
+                }
+                let fut = me.ctx.create_future.bind(py).call0()?;
+                me.waiters.push(fut.clone().unbind());
+                drop(me);
+                Self::watch(slf)?;
+                Ok(fut)
+            }
+        }
+    }
+
+    /// `await send(message)`.
+    fn send<'py>(
+        slf: &Bound<'py, Self>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let message = message
+            .cast::<PyDict>()
+            .map_err(|_| PyTypeError::new_err("send() takes a message dict"))?;
+        let kind = message
+            .get_item(intern!(py, "type"))?
+            .ok_or_else(|| PyValueError::new_err("the message has no 'type'"))?;
+        let kind = kind.cast::<PyString>()?.to_str()?;
+        let done = || Ok(slf.borrow().ctx.done.bind(py).clone().into_any());
+        match kind {
+            "http.response.start" => {
+                let mut me = slf.borrow_mut();
+                if me.gone {
+                    return Err(gone_error());
+                }
+                me.start(message)?;
+                drop(me);
+                done()
+            }
+            "http.response.body" => {
+                let body = match message.get_item(intern!(py, "body"))? {
+                    None => None,
+                    Some(b) if b.is_none() => None,
+                    Some(b) => Some(b),
+                };
+                let more = match message.get_item(intern!(py, "more_body"))? {
+                    Some(m) => m.is_truthy()?,
+                    None => false,
+                };
+                let mut me = slf.borrow_mut();
+                if !me.started {
+                    return Err(PyRuntimeError::new_err(
+                        "http.response.body sent before http.response.start",
+                    ));
+                }
+                if me.complete || me.served.is_some() {
+                    if me.gone {
+                        return Err(gone_error());
+                    }
+                    return Err(PyRuntimeError::new_err(
+                        "http.response.body sent after the response was complete",
+                    ));
+                }
+                if me.gone {
+                    return Err(gone_error());
+                }
+                if me.busy {
+                    return Err(PyRuntimeError::new_err(
+                        "send() called again before the previous send() was awaited",
+                    ));
+                }
+                let bytes: &[u8] = match &body {
+                    None => b"",
+                    Some(b) => {
+                        if let Ok(b) = b.cast::<PyBytes>() {
+                            b.as_bytes()
+                        } else {
+                            return Err(PyTypeError::new_err(format!(
+                                "http.response.body 'body' must be bytes, not {}",
+                                b.get_type().name()?
+                            )));
+                        }
+                    }
+                };
+                let mut data = bytes;
+                if let Some(cl) = me.content_length {
+                    let left = usize::try_from(cl - me.body_sent.min(cl)).unwrap_or(usize::MAX);
+                    if data.len() > left {
+                        if !me.overflowed {
+                            me.overflowed = true;
+                            let _e = me.span.enter();
+                            tracing::error!(content_length = cl, "the app sent more body than its Content-Length; the excess is not sent");
+                        }
+                        data = &data[..left];
+                    }
+                }
+                if me.head_only() {
+                    if !me.head_sent && !more {
+                        // HEAD: the length the GET would have, without the body.
+                        let n = data.len();
+                        let buf = me.head_bytes(Some(n), 0);
+                        me.head_sent = true;
+                        drop(me);
+                        return Self::after_write(slf, Self::write(slf, buf, true));
+                    }
+                    data = &[];
+                }
+                me.body_sent += data.len() as u64;
+                let buf = if !me.head_sent {
+                    me.head_sent = true;
+                    let mut buf = me.head_bytes((!more).then_some(data.len()), data.len());
+                    buf.extend_from_slice(data);
+                    buf
+                } else if data.is_empty() && more {
+                    drop(me);
+                    return done();
+                } else {
+                    data.to_vec()
+                };
+                drop(me);
+                Self::after_write(slf, Self::write(slf, buf, !more))
+            }
+            "http.response.pathsend" => {
+                let path: std::path::PathBuf = message
+                    .get_item(intern!(py, "path"))?
+                    .ok_or_else(|| PyValueError::new_err("http.response.pathsend has no 'path'"))?
+                    .extract()?;
+                let mut me = slf.borrow_mut();
+                if !me.started || me.head_sent || me.complete {
+                    return Err(PyRuntimeError::new_err(
+                        "http.response.pathsend must follow http.response.start, instead of any body",
+                    ));
+                }
+                if me.gone {
+                    return Err(gone_error());
+                }
+                let file = std::fs::File::open(&path)?;
+                let len = file.metadata()?.len();
+                let head = me.head_bytes(Some(len as usize), 0);
+                me.head_sent = true;
+                let send_body = !me.head_only();
+                if send_body {
+                    me.body_sent = me.content_length.map_or(len, |cl| cl.min(len));
+                }
+                let body_len = me.body_sent;
+                drop(me);
+                if !send_body || body_len == 0 {
+                    return Self::after_write(slf, Self::write(slf, head, true));
+                }
+                // The head goes with the GIL held when the socket takes it (as usual),
+                // then the file with sendfile(2) on the executor.
+                let mut me = slf.borrow_mut();
+                let Some(sink) = me.sink.as_mut() else {
+                    return Err(gone_error());
+                };
+                let n = match sink.try_write(&head, false) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        me.set_gone(py);
+                        return Err(gone_error());
+                    }
+                };
+                me.complete = true;
+                drop(me);
+                Self::job(slf, Job::SendFile(head[n..].to_vec(), file, body_len))
+            }
+            "http.response.trailers" => {
+                let mut me = slf.borrow_mut();
+                if !me.trailers_said {
+                    me.trailers_said = true;
+                    let _e = me.span.enter();
+                    tracing::debug!("the app sent trailers; dropped (nginx cannot pass them over uwsgi, FastCGI or SCGI)");
+                }
+                drop(me);
+                done()
+            }
+            other => Err(PyValueError::new_err(format!(
+                "send() got a message of type {other:?}; an HTTP request takes http.response.start, http.response.body, http.response.pathsend or http.response.trailers"
+            ))),
+        }
+    }
+
+    /// The sink is back from the executor.
+    fn _job_done(
+        slf: &Bound<'_, Self>,
+        job: &Bound<'_, SinkJob>,
+        _fut: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let back = job
+            .get()
+            .back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        {
+            let mut me = slf.borrow_mut();
+            me.busy = false;
+            match back {
+                Some((sink, r)) => {
+                    me.sink = Some(sink);
+                    if let Err(e) = r {
+                        let _e = me.span.enter();
+                        tracing::debug!(error = %e, "writing the response failed");
+                        drop(_e);
+                        me.set_gone(py);
+                    }
+                }
+                None => me.set_gone(py),
+            }
+        }
+        let (complete, gone, over) = {
+            let me = slf.borrow();
+            (me.complete, me.gone, me.task_over)
+        };
+        if complete || gone || over {
+            Self::settle(slf, None)?;
+            if over && slf.borrow().served.is_none() && !slf.borrow().busy {
+                // The task ended while this write was in flight, incomplete.
+                let code = slf.borrow().code;
+                Self::settle(slf, Some(End::Incomplete(code)))?;
+            }
+            Self::release(slf)?;
+        }
+        Ok(())
+    }
+
+    /// The connection is readable while a `receive()` waits: the front server closed
+    /// it (EOF or reset) when the client went away.
+    fn _peer_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        let Some(fd) = me.peer_fd else {
+            return Ok(());
+        };
+        if me.sink.is_none() && !me.busy {
+            me.unwatch(py);
+            return Ok(());
+        }
+        // SAFETY: the fd belongs to the sink, which this exchange keeps open (it is
+        // unwatched before the sink is finished).
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(b, &mut one, flags) {
+            Ok(((&mut [], _), _)) => {
+                let _e = me.span.enter();
+                tracing::debug!("the front server closed the connection (client gone)");
+                drop(_e);
+                me.set_gone(py);
+            }
+            Ok(_) => {
+                // Input after a complete request: nothing this protocol sends; stop
+                // looking (a level-triggered reader would spin on it).
+                me.unwatch(py);
+            }
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                let _e = me.span.enter();
+                tracing::debug!(error = %e, "the connection failed (client gone)");
+                drop(_e);
+                me.set_gone(py);
+            }
+        }
+        Ok(())
+    }
+
+    /// The task's done callback.
+    fn _task_done(slf: &Bound<'_, Self>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::end_task(slf, task)
+    }
+}
+
+impl Exchange {
+    /// After a body write: `Ready(None)` when it went out (and the response ended if it
+    /// was the last), else the write's future.
+    fn after_write<'py>(
+        slf: &Bound<'py, Self>,
+        w: PyResult<Option<Bound<'py, PyAny>>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        match w? {
+            Some(fut) => Ok(fut),
+            None => {
+                if slf.borrow().complete {
+                    Self::settle(slf, None)?;
+                }
+                Ok(slf.borrow().ctx.done.bind(py).clone().into_any())
+            }
+        }
+    }
+
+    /// Answers `status` without running the app (the scope could not be built).
+    pub fn answer_refusal(slf: &Bound<'_, Self>, status: u16) -> PyResult<()> {
+        {
+            let mut me = slf.borrow_mut();
+            me.task_over = true;
+            me.code = status;
+            me.started = true;
+            me.is_head = false;
+            me.head_sent = true;
+        }
+        let reason = match resp::reason_phrase(status) {
+            "" => "Error",
+            r => r,
+        };
+        let style = slf.borrow().style;
+        let buf = resp::plain_response(style, status, reason, &format!("{reason}\n"));
+        let _ = Self::after_write(slf, Self::write(slf, buf, true));
+        if slf.borrow().gone {
+            Self::settle(slf, None)?;
+        }
+        Self::release(slf)
+    }
+}

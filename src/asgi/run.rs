@@ -1,26 +1,76 @@
-//! The loop thread ("python-asgi"): one asyncio event loop per worker.
+//! The loop thread ("python-asgi"): one asyncio event loop per worker process.
+//!
+//! The loop watches the acceptor's epoll fd (`loop.add_reader`: an epoll inside the
+//! loop's own epoll is fine): when it is readable, the callback takes every request
+//! that is ready with the acceptor's non-blocking step ([`Source::try_next`]: the same
+//! accept, first read and FastCGI handling as the WSGI threads) and starts a task for
+//! each, in that same wake-up. There is no other thread between the socket and the
+//! app. At `--max-concurrency` tasks in flight the reader is removed, so connections
+//! wait in the listen queue, and it comes back when a task ends.
+//!
+//! At the stop the acceptor says it is draining; the rest (requests the slow lane
+//! still completes) comes from the blocking [`Source::next`] on a helper thread that
+//! hands each to the loop, the in-flight tasks finish, lifespan shutdown runs, and the
+//! thread ends.
 
-use std::sync::Arc;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{AsgiError, AsgiSettings};
-use crate::wsgi::{App, Settings, Source};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::http::{Ctx, Exchange, Ready};
+use super::lifespan::{self, Lifespan};
+use super::{scope, AsgiError, AsgiSettings, LoopOption};
+use crate::wsgi::{traceback, App, Request, Settings, Source, TryNext};
 
 /// The running loop thread, to join at shutdown.
 pub struct Running(JoinHandle<()>);
 
 /// Starts the loop thread serving `app` from `source`; returns once lifespan startup
-/// has completed (the worker reports ready only then).
+/// has completed (the worker reports ready only then), or with its failure.
 pub fn start(
-    _app: App,
-    _settings: Settings,
-    _asgi: AsgiSettings,
-    _source: Arc<dyn Source>,
+    app: App,
+    settings: Settings,
+    asgi: AsgiSettings,
+    source: Arc<dyn Source>,
 ) -> Result<Running, AsgiError> {
-    Err(AsgiError::Thread(std::io::Error::other(
-        "ASGI serving is not built yet",
-    )))
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), AsgiError>>();
+    let handle = std::thread::Builder::new()
+        .name("python-asgi".into())
+        .spawn(move || {
+            Python::attach(|py| {
+                let (event_loop, lifespan) = match setup(py, &app, &settings, &asgi) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                if let Err(e) = serve(py, &event_loop, app, settings, &asgi, source, &lifespan) {
+                    tracing::error!(detail = %traceback(py, &e), "the ASGI event loop failed");
+                }
+                lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
+                let _ = event_loop.call_method0(intern!(py, "close"));
+            })
+        })
+        .map_err(AsgiError::Thread)?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(Running(handle)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => Err(AsgiError::Thread(std::io::Error::other(
+            "the event loop thread ended while starting (see the log above)",
+        ))),
+    }
 }
 
 impl Running {
@@ -35,5 +85,408 @@ impl Running {
         }
         let _ = self.0.join();
         true
+    }
+}
+
+/// Creates the loop (`--loop`), its default executor (`--threads`), and runs lifespan
+/// startup on it.
+fn setup<'py>(
+    py: Python<'py>,
+    app: &App,
+    settings: &Settings,
+    asgi: &AsgiSettings,
+) -> Result<(Bound<'py, PyAny>, Lifespan), AsgiError> {
+    let loop_error = |e: PyErr| AsgiError::Loop {
+        option: asgi.event_loop,
+        detail: traceback(py, &e),
+    };
+    let asyncio = py.import("asyncio").map_err(loop_error)?;
+    let (event_loop, name) = match asgi.event_loop {
+        LoopOption::Asyncio => (asyncio.call_method0("new_event_loop"), "asyncio"),
+        LoopOption::Uvloop => (
+            py.import("uvloop")
+                .and_then(|u| u.call_method0("new_event_loop")),
+            "uvloop",
+        ),
+        LoopOption::Auto => match py.import("uvloop") {
+            Ok(u) => (u.call_method0("new_event_loop"), "uvloop"),
+            Err(_) => (
+                asyncio.call_method0("new_event_loop"),
+                "asyncio (uvloop is not installed)",
+            ),
+        },
+    };
+    let event_loop = event_loop.map_err(loop_error)?;
+    asyncio
+        .call_method1("set_event_loop", (&event_loop,))
+        .map_err(loop_error)?;
+    let executor = py
+        .import("concurrent.futures")
+        .and_then(|m| {
+            let kw = PyDict::new(py);
+            kw.set_item("max_workers", settings.threads)?;
+            kw.set_item("thread_name_prefix", "python-asgi-executor")?;
+            m.getattr("ThreadPoolExecutor")?.call((), Some(&kw))
+        })
+        .map_err(loop_error)?;
+    event_loop
+        .call_method1("set_default_executor", (executor,))
+        .map_err(loop_error)?;
+    tracing::info!(
+        event_loop = name,
+        executor_threads = settings.threads,
+        max_concurrency = asgi.max_concurrency,
+        "ASGI: one event loop thread"
+    );
+    let lifespan = lifespan::startup(
+        py,
+        &event_loop,
+        app.0.bind(py),
+        asgi.lifespan,
+        asgi.lifespan_timeout,
+    )?;
+    Ok((event_loop, lifespan))
+}
+
+/// Serves until the source is drained and the last task has ended.
+fn serve(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    app: App,
+    settings: Settings,
+    asgi: &AsgiSettings,
+    source: Arc<dyn Source>,
+    lifespan: &Lifespan,
+) -> PyResult<()> {
+    let Some(fd) = source.wake_fd().map(|f| f.as_raw_fd()) else {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "the request source has no wake-up fd",
+        ));
+    };
+    let get = |name: &str| -> PyResult<Py<PyAny>> { Ok(event_loop.getattr(name)?.unbind()) };
+    let ctx = Rc::new(Ctx {
+        event_loop: event_loop.clone().unbind(),
+        create_future: get("create_future")?,
+        run_in_executor: get("run_in_executor")?,
+        add_reader: get("add_reader")?,
+        remove_reader: get("remove_reader")?,
+        monitor: settings.monitor.clone(),
+        ended: OnceCell::new(),
+        done: Py::new(py, Ready::empty())?,
+        partial: py.import("functools")?.getattr("partial")?.unbind(),
+        answered: Cell::new(0),
+    });
+    let driver = Bound::new(
+        py,
+        Driver {
+            slots: RefCell::new((0..settings.threads).rev().collect()),
+            source,
+            app: app.0,
+            mounts: settings.mounts.clone(),
+            ctx: Rc::clone(&ctx),
+            state: lifespan.state(py).map(Bound::unbind),
+            create_task: get("create_task")?,
+            call_later: get("call_later")?,
+            call_soon_threadsafe: get("call_soon_threadsafe")?,
+            stop: get("stop")?,
+            fd,
+            max: asgi.max_concurrency,
+            in_flight: Cell::new(0),
+            reading: Cell::new(false),
+            draining: Cell::new(false),
+            drained: Cell::new(false),
+            timer: RefCell::new(None),
+            drain_thread: RefCell::new(None),
+        },
+    )?;
+    let _ = ctx.ended.set(driver.getattr("_ended")?.unbind());
+    Driver::resume(&driver)?;
+    event_loop.call_method0("run_forever")?;
+    if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {
+        py.detach(|| {
+            let _ = t.join();
+        });
+    }
+    Ok(())
+}
+
+/// The loop's side of serving: takes requests from the source, starts their tasks,
+/// counts them against `--max-concurrency`, and stops the loop at the end.
+#[pyclass(module = "postern", name = "AsgiDriver", unsendable)]
+struct Driver {
+    source: Arc<dyn Source>,
+    app: Py<PyAny>,
+    mounts: Vec<Vec<u8>>,
+    ctx: Rc<Ctx>,
+    /// What lifespan startup stored: each scope gets a shallow copy.
+    state: Option<Py<PyDict>>,
+    create_task: Py<PyAny>,
+    call_later: Py<PyAny>,
+    call_soon_threadsafe: Py<PyAny>,
+    stop: Py<PyAny>,
+    /// The acceptor's epoll.
+    fd: RawFd,
+    max: usize,
+    in_flight: Cell<usize>,
+    /// The epoll fd is registered with the loop.
+    reading: Cell<bool>,
+    draining: Cell<bool>,
+    /// The source has nothing more (after draining).
+    drained: Cell<bool>,
+    /// When the source must be looked at again even without an event (a waiting
+    /// connection's deadline), and the loop's timer handle for it.
+    timer: RefCell<Option<(Instant, Py<PyAny>)>>,
+    /// The monitor's lines (`Monitor::begin`'s `thread`): a task takes a free one.
+    slots: RefCell<Vec<usize>>,
+    drain_thread: RefCell<Option<JoinHandle<()>>>,
+}
+
+/// A request handed from the draining thread to the loop.
+#[pyclass(module = "postern", name = "Handoff", frozen)]
+struct Handoff(Mutex<Option<Request>>);
+
+/// The monitor's `thread` for a task that found no free line: past every line, so it
+/// is counted but not watched line by line.
+const NO_LINE: usize = usize::MAX / 2;
+
+impl Driver {
+    /// Watches the epoll fd again (below the cap) and takes what is ready.
+    fn resume(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.borrow();
+        if me.draining.get() || me.reading.get() || me.in_flight.get() >= me.max {
+            return Ok(());
+        }
+        me.ctx
+            .add_reader
+            .bind(py)
+            .call1((me.fd, slf.getattr(intern!(py, "_ready"))?))?;
+        me.reading.set(true);
+        drop(me);
+        Self::take_ready(slf);
+        Ok(())
+    }
+
+    fn pause(&self, py: Python<'_>) {
+        if self.reading.replace(false) {
+            let _ = self.ctx.remove_reader.bind(py).call1((self.fd,));
+        }
+    }
+
+    /// Takes every request that is ready now and starts a task for each.
+    fn take_ready(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        loop {
+            let me = slf.borrow();
+            if me.draining.get() {
+                return;
+            }
+            if me.in_flight.get() >= me.max {
+                me.pause(py);
+                return;
+            }
+            match me.source.try_next() {
+                TryNext::Ready(req) => {
+                    drop(me);
+                    Self::start_request(slf, req);
+                }
+                TryNext::Empty(wait) => {
+                    if let Some(wait) = wait {
+                        me.look_again_in(py, slf, wait);
+                    }
+                    return;
+                }
+                TryNext::Draining => {
+                    drop(me);
+                    Self::begin_drain(slf);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn look_again_in(&self, py: Python<'_>, slf: &Bound<'_, Self>, wait: Duration) {
+        let at = Instant::now() + wait;
+        let mut timer = self.timer.borrow_mut();
+        if let Some((when, _)) = &*timer {
+            if *when <= at {
+                return;
+            }
+        }
+        if let Some((_, h)) = timer.take() {
+            let _ = h.bind(py).call_method0(intern!(py, "cancel"));
+        }
+        let handle = slf.getattr(intern!(py, "_timer")).and_then(|cb| {
+            self.call_later
+                .bind(py)
+                .call1((wait.as_secs_f64() + 0.001, cb))
+        });
+        match handle {
+            Ok(h) => *timer = Some((at, h.unbind())),
+            Err(e) => {
+                tracing::error!(detail = %traceback(py, &e), "cannot set the event loop's timer")
+            }
+        }
+    }
+
+    /// Starts the task of one request.
+    fn start_request(slf: &Bound<'_, Self>, mut req: Request) {
+        let py = slf.py();
+        let me = slf.borrow();
+        let slot = me.slots.borrow_mut().pop().unwrap_or(NO_LINE);
+        if let Some(m) = &me.ctx.monitor {
+            m.begin(slot, &req.head, req.listener.protocol);
+        }
+        me.in_flight.set(me.in_flight.get() + 1);
+        let span = std::mem::replace(&mut req.span, tracing::Span::none());
+        let entered = span.enter();
+        let is_head = req.head.get(b"REQUEST_METHOD") == Some(b"HEAD");
+        let state = me.state.as_ref().map(|s| s.bind(py).clone());
+        let scope = scope::build(py, &req.head, &req.listener, &me.mounts, state.as_ref());
+        drop(entered);
+        let app = me.app.clone_ref(py);
+        let create_task = me.create_task.clone_ref(py);
+        let ctx = Rc::clone(&me.ctx);
+        drop(me);
+        let exchange = match Bound::new(py, Exchange::new(ctx, req, span.clone(), slot, is_head)) {
+            Ok(x) => x,
+            Err(e) => {
+                let _e = span.enter();
+                tracing::error!(detail = %traceback(py, &e), "internal error: cannot start the request");
+                return;
+            }
+        };
+        let _entered = span.enter();
+        let scope = match scope {
+            Ok(s) => s,
+            Err(refusal) => {
+                tracing::warn!(status = refusal.status, reason = %refusal.reason, "the request cannot be described as an ASGI scope; answered without the app");
+                if let Err(e) = Exchange::answer_refusal(&exchange, refusal.status) {
+                    tracing::error!(detail = %traceback(py, &e), "internal error answering a refused request");
+                }
+                return;
+            }
+        };
+        let started = (|| -> PyResult<()> {
+            let receive = exchange.getattr(intern!(py, "receive"))?;
+            let send = exchange.getattr(intern!(py, "send"))?;
+            let coro = app.bind(py).call1((scope, receive, send))?;
+            let task = create_task.bind(py).call1((coro,))?;
+            task.call_method1(
+                intern!(py, "add_done_callback"),
+                (exchange.getattr(intern!(py, "_task_done"))?,),
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = started {
+            if let Err(e) = Exchange::end_with(&exchange, Some(e)) {
+                tracing::error!(detail = %traceback(py, &e), "internal error ending a request");
+            }
+        }
+    }
+
+    /// The acceptor stopped accepting: what is left comes from its blocking `next`,
+    /// on a thread of its own that hands each request to the loop.
+    fn begin_drain(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let me = slf.borrow();
+        if me.draining.replace(true) {
+            return;
+        }
+        me.pause(py);
+        if let Some((_, h)) = me.timer.borrow_mut().take() {
+            let _ = h.bind(py).call_method0(intern!(py, "cancel"));
+        }
+        let source = Arc::clone(&me.source);
+        let call = me.call_soon_threadsafe.clone_ref(py);
+        let deliver = match slf.getattr(intern!(py, "_deliver")) {
+            Ok(d) => d.unbind(),
+            Err(_) => return,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("python-asgi-drain".into())
+            .spawn(move || {
+                Python::attach(|py| loop {
+                    let next = py.detach(|| source.next());
+                    let last = next.is_none();
+                    let handoff = Handoff(Mutex::new(next));
+                    if let Err(e) = Py::new(py, handoff)
+                        .and_then(|h| call.bind(py).call1((deliver.bind(py), h)))
+                    {
+                        // The loop is closed (stopped past --graceful-timeout).
+                        tracing::debug!(error = %e, "a drained request could not reach the event loop");
+                        return;
+                    }
+                    if last {
+                        return;
+                    }
+                })
+            });
+        match spawned {
+            Ok(t) => *me.drain_thread.borrow_mut() = Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the draining thread; requests still queued are not served");
+                me.drained.set(true);
+                drop(me);
+                Self::maybe_stop(slf);
+            }
+        }
+    }
+
+    fn maybe_stop(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let me = slf.borrow();
+        if me.drained.get() && me.in_flight.get() == 0 {
+            let _ = me.stop.bind(py).call0();
+        }
+    }
+}
+
+#[pymethods]
+impl Driver {
+    /// The epoll fd is readable.
+    fn _ready(slf: &Bound<'_, Self>) {
+        Self::take_ready(slf);
+    }
+
+    /// A waiting connection's deadline: look at the source again.
+    fn _timer(slf: &Bound<'_, Self>) {
+        slf.borrow().timer.borrow_mut().take();
+        Self::take_ready(slf);
+    }
+
+    /// A request's task has ended and its response is finished.
+    fn _ended(slf: &Bound<'_, Self>, slot: usize) {
+        let py = slf.py();
+        {
+            let me = slf.borrow();
+            me.in_flight.set(me.in_flight.get().saturating_sub(1));
+            if slot != NO_LINE {
+                me.slots.borrow_mut().push(slot);
+            }
+        }
+        crate::logging::write_deferred();
+        if slf.borrow().draining.get() {
+            Self::maybe_stop(slf);
+        } else if let Err(e) = Self::resume(slf) {
+            tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
+        }
+    }
+
+    /// A request (or the end) from the draining thread.
+    fn _deliver(slf: &Bound<'_, Self>, handoff: &Bound<'_, Handoff>) {
+        let req = handoff
+            .get()
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match req {
+            Some(req) => Self::start_request(slf, req),
+            None => {
+                slf.borrow().drained.set(true);
+                Self::maybe_stop(slf);
+            }
+        }
     }
 }

@@ -30,7 +30,7 @@ use super::wake::Wake;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{Frame, Protocol};
 use crate::proto::fastcgi as fcgi;
-use crate::wsgi::{Body, Request, Source};
+use crate::wsgi::{Body, Request, Source, TryNext};
 
 /// Bytes read by the first recv of a connection: a whole uwsgi head fits.
 const FIRST_READ: usize = 64 * 1024 + 4;
@@ -97,11 +97,62 @@ const PLAIN_READ: usize = 120 * 1024;
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
-        let queue = &self.queue;
         loop {
-            if !queue.is_accepting() {
+            let mut step = Step::Again;
+            if let Some(req) = self.turn(true, &mut step) {
+                return Some(req);
+            }
+            if let Step::Draining = step {
                 // Draining: serve what the slow lane still completes, then end.
-                return queue.next_draining();
+                return self.queue.next_draining();
+            }
+        }
+    }
+
+    fn try_next(&self) -> TryNext {
+        loop {
+            let mut step = Step::Again;
+            if let Some(req) = self.turn(false, &mut step) {
+                return TryNext::Ready(req);
+            }
+            match step {
+                Step::Again => {}
+                Step::Empty(wait) => return TryNext::Empty(wait),
+                Step::Draining => return TryNext::Draining,
+            }
+        }
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.epoll.as_fd())
+    }
+}
+
+/// What one look at the epoll found when it found no request (see
+/// [`Acceptor::turn`]). The request itself is `turn`'s return value, so that it is
+/// built where `next` returns it (a `Request` in an enum of its own cost a copy of it).
+enum Step {
+    /// An event was handled without a request coming of it: look again.
+    Again,
+    /// Nothing was ready (only when not blocking); look again within this long at the
+    /// latest (a waiting connection's deadline, the retry of accept).
+    Empty(Option<Duration>),
+    /// The server stopped accepting.
+    Draining,
+}
+
+impl Acceptor {
+    /// One wait on the epoll and the handling of its event: the body of
+    /// [`Source::next`] (`block`: wait for an event) and of [`Source::try_next`] (the
+    /// event loop's non-blocking look, zero timeout), so both share one state machine.
+    /// `None` with `step` saying why when no request came of it.
+    #[inline(always)]
+    fn turn(&self, block: bool, step: &mut Step) -> Option<Request> {
+        let queue = &self.queue;
+        {
+            if !queue.is_accepting() {
+                *step = Step::Draining;
+                return None;
             }
             // One epoll shared by every Python thread of the process, and only one
             // thread at a time waits on it (the accept token, uWSGI's thunder-lock
@@ -111,9 +162,23 @@ impl Source for Acceptor {
             // edge-triggered event), before reading it: a read may wait a little for the
             // rest of a request ([`Arrival`]), and a client sending partial requests
             // must not make every other connection wait for that.
-            let token = self.waiter.lock().unwrap_or_else(|e| e.into_inner());
+            let token = if block {
+                self.waiter.lock().unwrap_or_else(|e| e.into_inner())
+            } else {
+                // The event loop never sleeps on the mutex: a Python thread holding
+                // the token (there is none beside the loop today) is waited for by
+                // looking again soon.
+                match self.waiter.try_lock() {
+                    Ok(t) => t,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        *step = Step::Empty(Some(Duration::from_millis(1)));
+                        return None;
+                    }
+                }
+            };
             if !queue.is_accepting() {
-                continue;
+                return None;
             }
             // The thread with the token also keeps the waiting connections' timeout
             // (as the I/O thread does, pending::keep_timeouts, when none is free), and
@@ -129,32 +194,47 @@ impl Source for Acceptor {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let limit = wait.map(|d| {
-                // Rounded up to the epoll's millisecond: no busy wait before expiry.
-                let d = d + Duration::from_millis(1);
-                Timespec {
-                    tv_sec: d.as_secs() as i64,
-                    tv_nsec: i64::from(d.subsec_nanos()),
-                }
-            });
+            let limit = if block {
+                wait.map(|d| {
+                    // Rounded up to the epoll's millisecond: no busy wait before expiry.
+                    let d = d + Duration::from_millis(1);
+                    Timespec {
+                        tv_sec: d.as_secs() as i64,
+                        tv_nsec: i64::from(d.subsec_nanos()),
+                    }
+                })
+            } else {
+                Some(Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                })
+            };
             // One event per wait, on the stack (no allocation per request).
             let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
             let data = match epoll::wait(&self.epoll, &mut events, limit.as_ref()) {
                 Ok((ready, _)) => match ready.first() {
                     Some(ev) => ev.data.u64(),
-                    None => continue,
+                    None if block => return None,
+                    None => {
+                        *step = Step::Empty(wait);
+                        return None;
+                    }
                 },
-                Err(Errno::INTR) => continue,
+                Err(Errno::INTR) => return None,
                 Err(e) => {
                     tracing::error!(error = %e, "epoll_wait failed");
+                    if !block {
+                        *step = Step::Empty(Some(Duration::from_millis(50)));
+                        return None;
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(50));
-                    continue;
+                    return None;
                 }
             };
             match Wake::decode(data) {
                 Wake::Conn(key) => {
                     let Some(conn) = self.parking.get(key) else {
-                        continue;
+                        return None;
                     };
                     let woken = conn.woken();
                     drop(token);
@@ -176,7 +256,7 @@ impl Source for Acceptor {
                 // A new connection's first bytes (or its close): read as at accept.
                 Wake::Fresh(key) => {
                     let Some(e) = self.pending.take(key) else {
-                        continue;
+                        return None;
                     };
                     drop(token);
                     let req = match e.conn {
@@ -188,8 +268,8 @@ impl Source for Acceptor {
                         } => self.plain_read(listener, sock, peer, e.started, false, permit),
                         Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
                     };
-                    if req.is_some() {
-                        return req;
+                    if let Some(req) = req {
+                        return Some(req);
                     }
                 }
                 // A leaving worker's idle FastCGI connection: waits here as our own.
@@ -203,11 +283,11 @@ impl Source for Acceptor {
                 }
                 Wake::Listener(i) => {
                     if !queue.is_accepting() {
-                        continue;
+                        return None;
                     }
                     if let Some(l) = self.listeners.get(i) {
                         let Some((sock, peer, started, permit)) = self.accept_raw(l, false) else {
-                            continue;
+                            return None;
                         };
                         drop(token);
                         if let Some(req) = self.admit(i, l, sock, peer, started, permit) {
@@ -216,6 +296,7 @@ impl Source for Acceptor {
                     }
                 }
             }
+            None
         }
     }
 }

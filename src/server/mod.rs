@@ -46,6 +46,8 @@ pub enum ServerError {
     Bind(#[from] listener::BindError),
     #[error("cannot start the I/O runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Asgi(#[from] crate::asgi::AsgiError),
 }
 
 /// How this process serves.
@@ -61,7 +63,8 @@ pub enum Mode {
 /// Serves `app` on the bound listeners until SIGTERM/SIGINT, then stops gracefully:
 /// no new connections, the slow lane and the Python threads finish what is in flight
 /// (up to `graceful`), Unix sockets are removed. Returns true when everything finished
-/// in time.
+/// in time. `asgi`: the app is an ASGI app, served on an event loop instead of the
+/// WSGI threads.
 pub fn run(
     bound: Vec<Bound>,
     app: App,
@@ -69,6 +72,7 @@ pub fn run(
     limits: Limits,
     graceful: Duration,
     mode: Mode,
+    asgi: Option<crate::asgi::AsgiSettings>,
 ) -> Result<bool, ServerError> {
     // One I/O thread is plenty: it only carries the slow lane.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -178,12 +182,13 @@ pub fn run(
             adopt_stop.clone(),
         ))
     });
-    let pool = Pool::start(
-        app,
-        settings,
-        Arc::clone(&acceptor) as Arc<dyn crate::wsgi::Source>,
-    )
-    .map_err(ServerError::Runtime)?;
+    let source = Arc::clone(&acceptor) as Arc<dyn crate::wsgi::Source>;
+    // Either way the acceptor is the source; an ASGI app's loop returns from `start`
+    // only once lifespan startup is complete (no request before it).
+    let pool = match asgi {
+        None => Serving::Pool(Pool::start(app, settings, source).map_err(ServerError::Runtime)?),
+        Some(a) => Serving::Loop(crate::asgi::start(app, settings, a, source)?),
+    };
     let (single, on_ready) = match mode {
         Mode::Single { on_ready } => (true, on_ready),
         Mode::Worker { on_ready } => (false, on_ready),
@@ -353,6 +358,21 @@ async fn take_handed_over(
         // Only clears what was seen before this look: a message sent since makes the
         // next wait return at once.
         ready.clear_ready();
+    }
+}
+
+/// What runs the app: the WSGI threads or the ASGI event loop thread.
+enum Serving {
+    Pool(Pool),
+    Loop(crate::asgi::Running),
+}
+
+impl Serving {
+    fn join(self, limit: Duration) -> bool {
+        match self {
+            Serving::Pool(p) => p.join(limit),
+            Serving::Loop(l) => l.join(limit),
+        }
     }
 }
 

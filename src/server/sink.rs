@@ -275,6 +275,11 @@ impl Sink for ConnSink {
     fn head_style(&self) -> HeadStyle {
         self.style
     }
+
+    fn peer_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.sock.as_ref().map(|s| s.as_raw_fd())
+    }
 }
 
 impl Drop for ConnSink {

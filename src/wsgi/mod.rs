@@ -125,6 +125,12 @@ pub trait Sink: Send + Sync {
     fn head_style(&self) -> crate::proto::response::HeadStyle {
         crate::proto::response::HeadStyle::Http
     }
+    /// The connection's socket, when it carries only this request (uwsgi, SCGI): the
+    /// event loop (ASGI) watches it for the front server closing it (EOF or reset
+    /// while the app waits). `None`: the sink has no socket of its own.
+    fn peer_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// How a response ended.
@@ -182,6 +188,25 @@ pub trait Source: Send + Sync {
     /// Blocks until a complete request is ready; `None` when the server is stopping
     /// and nothing is left to serve.
     fn next(&self) -> Option<Request>;
+    /// The event loop's look (ASGI): a request that is ready, without waiting. The
+    /// default sends every caller to the blocking `next`.
+    fn try_next(&self) -> TryNext {
+        TryNext::Draining
+    }
+    /// Readable when `try_next` may have something (the event loop watches it).
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+}
+
+/// What [`Source::try_next`] found.
+pub enum TryNext {
+    Ready(Request),
+    /// Nothing ready: look again when the wake fd is readable, or after this long at
+    /// the latest (a waiting connection's deadline).
+    Empty(Option<std::time::Duration>),
+    /// The server stopped accepting: what is left comes from the blocking `next`.
+    Draining,
 }
 
 /// One complete request: head, body, and the connection to answer on.

@@ -1,0 +1,479 @@
+//! The ASGI request path with the real binary over raw uwsgi, FastCGI and SCGI sockets:
+//! receive's messages, send's streaming and backpressure, disconnects, errors,
+//! --max-concurrency, --timeout and the graceful stop. The apps are tiny ASGI apps
+//! written by each test (no framework).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::{
+    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_file, Postern, Spawn,
+};
+
+/// One app for every test: the path picks the behaviour. `DIR` is where it leaves
+/// marks for the test to read.
+const APP: &str = r#"
+import asyncio, os, sys, hashlib
+
+DIR = os.environ["ASGI_TEST_DIR"]
+
+def mark(name, text=""):
+    with open(os.path.join(DIR, name), "a") as f:
+        f.write(text)
+
+async def read_all(receive):
+    msgs = []
+    while True:
+        m = await receive()
+        msgs.append(m)
+        if m["type"] != "http.request" or not m.get("more_body"):
+            return msgs
+
+async def answer(send, body, status=200, headers=()):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain")] + list(headers)})
+    await send({"type": "http.response.body", "body": body})
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                mark("shutdown", "done")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/hello":
+        await answer(send, b"Hello, ASGI!\n")
+    elif path == "/messages":
+        msgs = await read_all(receive)
+        shape = ";".join("%s:%d:%s" % (m["type"], len(m.get("body", b"")), m.get("more_body")) for m in msgs)
+        await answer(send, shape.encode())
+    elif path == "/sha":
+        msgs = await read_all(receive)
+        body = b"".join(m.get("body", b"") for m in msgs)
+        await answer(send, ("%d %s %d" % (len(body), hashlib.sha256(body).hexdigest(), len(msgs))).encode())
+    elif path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(5):
+            await send({"type": "http.response.body", "body": b"chunk %d\n" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif path == "/big":
+        n = int(scope["query_string"] or b"1024")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(n * 65536).encode())]})
+        chunk = b"x" * 65536
+        for i in range(n):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < n - 1})
+            with open(os.path.join(DIR, "sent"), "w") as f:
+                f.write(str(i + 1))
+    elif path == "/disconnect":
+        await read_all(receive)
+        mark("waiting")
+        m = await receive()
+        mark("got", m["type"])
+        try:
+            await answer(send, b"too late")
+        except OSError as e:
+            mark("send", type(e).__name__ + " " + str(isinstance(e, OSError)))
+    elif path == "/raise-before":
+        raise RuntimeError("boom before start")
+    elif path == "/raise-after":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"100")]})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("boom after start")
+    elif path == "/hold":
+        name = scope["query_string"].decode()
+        mark("arrived-" + name)
+        while not os.path.exists(os.path.join(DIR, "release")):
+            await asyncio.sleep(0.02)
+        await answer(send, name.encode())
+    elif path == "/sleep":
+        await asyncio.sleep(float(scope["query_string"] or b"0.5"))
+        await answer(send, b"slept")
+    elif path == "/stuck":
+        await asyncio.sleep(3600)
+    elif path == "/head":
+        await answer(send, b"twelve bytes")
+    elif path == "/headers":
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"x-one", b"1"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": True})
+        await send({"type": "http.response.trailers", "headers": [], "more_trailers": False}) if False else None
+        await send({"type": "http.response.body", "body": b"!"})
+    elif path == "/bad-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nb")]})
+    elif path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
+    else:
+        await answer(send, b"not found", 404)
+"#;
+
+/// Writes the app into `dir` and starts postern on it (`protocol`: uwsgi, fastcgi, scgi).
+fn serve(dir: &Path, protocol: &'static str, extra: &[&str]) -> Postern {
+    std::fs::write(dir.join("asgi_core_app.py"), APP).unwrap();
+    Spawn::tcp(dir, "asgi_core_app:app")
+        .protocol(protocol)
+        .cwd(dir)
+        .env("ASGI_TEST_DIR", dir.to_str().unwrap())
+        .args(["--interface", "asgi", "--loop", "asyncio"])
+        .args(extra.iter().copied())
+        .start()
+}
+
+fn vars<'a>(method: &'a str, path: &'a str, query: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("REQUEST_METHOD", method),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", query),
+        ("REQUEST_URI", path),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]
+}
+
+/// A uwsgi request with a body (CONTENT_LENGTH set).
+fn uwsgi_req(method: &str, path: &str, query: &str, body: &[u8]) -> Vec<u8> {
+    let len = body.len().to_string();
+    let mut v = vars(method, path, query);
+    if !body.is_empty() {
+        v.push(("CONTENT_LENGTH", &len));
+    }
+    let mut pkt = uwsgi_packet(&v);
+    pkt.extend_from_slice(body);
+    pkt
+}
+
+fn get(p: &Postern, path: &str, query: &str) -> protocol_tests::harness::Response {
+    let out = p.raw(&uwsgi_req("GET", path, query, b""));
+    parse_http(&out).unwrap_or_else(|| panic!("bad response {:?}", String::from_utf8_lossy(&out)))
+}
+
+/// An SCGI request (netstring head; CONTENT_LENGTH first, as the protocol asks).
+fn scgi_req(path: &str) -> Vec<u8> {
+    let mut head = Vec::new();
+    for (k, v) in [("CONTENT_LENGTH", "0"), ("SCGI", "1")]
+        .into_iter()
+        .chain(vars("GET", path, ""))
+    {
+        head.extend_from_slice(k.as_bytes());
+        head.push(0);
+        head.extend_from_slice(v.as_bytes());
+        head.push(0);
+    }
+    let mut out = format!("{}:", head.len()).into_bytes();
+    out.extend_from_slice(&head);
+    out.push(b',');
+    out
+}
+
+/// The STDOUT of FastCGI request 1 from the raw records read.
+fn fcgi_stdout(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while b.len() >= 8 {
+        let len = u16::from_be_bytes([b[4], b[5]]) as usize;
+        let pad = b[6] as usize;
+        if b[1] == fcgi::STDOUT {
+            out.extend_from_slice(&b[8..8 + len]);
+        }
+        b = &b[8 + len + pad..];
+    }
+    out
+}
+
+#[test]
+fn hello_is_served_over_uwsgi_fastcgi_and_scgi() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/hello", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, ASGI!\n");
+    // A one-shot response gets its length from the server.
+    assert_eq!(r.header("content-length"), Some("13"));
+    assert!(p.wait_log("path=/hello status=200", 5), "{}", p.logs());
+
+    let f = serve(dir.path(), "fastcgi", &[]);
+    let out = f.raw(&fcgi::get(1, false, "/hello"));
+    let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
+    assert!(stdout.starts_with("Status: 200 OK\r\n"), "{stdout}");
+    assert!(stdout.ends_with("\r\n\r\nHello, ASGI!\n"), "{stdout}");
+
+    let s = serve(dir.path(), "scgi", &[]);
+    let out = String::from_utf8(s.raw(&scgi_req("/hello"))).unwrap();
+    assert!(out.starts_with("Status: 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("Hello, ASGI!\n"), "{out}");
+}
+
+#[test]
+fn receive_gives_one_empty_message_or_the_whole_body_at_once() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/messages", "");
+    assert_eq!(r.text(), "http.request:0:False");
+    let out = p.raw(&uwsgi_req("POST", "/messages", "", &[b'a'; 1000]));
+    assert_eq!(parse_http(&out).unwrap().text(), "http.request:1000:False");
+}
+
+#[test]
+fn a_spooled_body_arrives_in_chunks_with_its_bytes_intact() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &["--body-spool-threshold", "64K"]);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = p.raw(&uwsgi_req("POST", "/sha", "", &body));
+    let text = parse_http(&out).unwrap().text();
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts[0], "3000000");
+    assert_eq!(parts[1], sha256_hex(&body));
+    // More than one message: read off the loop thread, a chunk at a time.
+    assert!(parts[2].parse::<u32>().unwrap() > 1, "{text}");
+}
+
+#[test]
+fn a_fastcgi_body_streamed_in_stdin_records_reaches_the_app_whole() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &[]);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    // No CONTENT_LENGTH: the body is read as it comes (nginx with request buffering off).
+    let v = vars("POST", "/sha", "");
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&fcgi::begin(1, 1, false)).unwrap();
+    s.write_all(&fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)))
+        .unwrap();
+    s.write_all(&fcgi::record(fcgi::PARAMS, 1, b"")).unwrap();
+    for c in body.chunks(8192) {
+        s.write_all(&fcgi::record(fcgi::STDIN, 1, c)).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
+    let expect = format!("300000 {}", sha256_hex(&body));
+    assert!(stdout.contains(&expect), "{stdout}");
+}
+
+#[test]
+fn a_streamed_response_arrives_chunk_by_chunk_and_whole() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/stream", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    // Streamed without a length: the end of the connection ends it.
+    assert_eq!(r.header("content-length"), None);
+}
+
+#[test]
+fn head_204_and_headers_follow_the_wsgi_rules() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let out = p.raw(&uwsgi_req("HEAD", "/head", "", b""));
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(out.len(), end, "HEAD: no body");
+    assert!(String::from_utf8_lossy(&out).contains("Content-Length: 12"));
+
+    let r = get(&p, "/headers", "");
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("x-one"), Some("1"));
+    assert_eq!(r.header("connection"), None, "hop-by-hop header dropped");
+    assert_eq!(r.text(), "ok!");
+    assert!(p.logs().contains("hop-by-hop"));
+
+    let r = get(&p, "/bad-header", "");
+    assert_eq!(r.status, 500, "a header with CR/LF is refused");
+    assert!(p.logs().contains("CR, LF"), "{}", p.logs());
+}
+
+#[test]
+fn pathsend_sends_the_file() {
+    let dir = tempdir();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.path().join("file.bin"), &data).unwrap();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/pathsend", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("200000"));
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+}
+
+#[test]
+fn an_exception_before_the_start_answers_500_with_the_traceback_in_the_request_span() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/raise-before", "");
+    assert_eq!(r.status, 500);
+    let log = p.logs();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the app raised an exception; answered 500"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("request_id=") && line.contains("path=/raise-before"),
+        "{line}"
+    );
+    assert!(log.contains("RuntimeError: boom before start"), "{log}");
+}
+
+#[test]
+fn an_exception_after_the_start_aborts_the_response() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let out = p.raw(&uwsgi_req("GET", "/raise-after", "", b""));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    // Less than the 100 bytes announced: the front server sees an incomplete body.
+    assert!(parse_http(&out).is_none(), "{text}");
+    assert!(p.logs().contains("after its response started; aborting"));
+}
+
+#[test]
+fn a_client_gone_reaches_a_waiting_receive_and_a_later_send_raises_oserror() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&uwsgi_req("GET", "/disconnect", "", b""))
+        .unwrap();
+    assert!(wait_file(&dir.path().join("waiting"), 10));
+    let closed = Instant::now();
+    drop(s);
+    assert!(wait_file(&dir.path().join("send"), 10));
+    let waited = closed.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("got")).unwrap(),
+        "http.disconnect"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("send")).unwrap(),
+        "ClientDisconnected True"
+    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(p.wait_log("ending=client_gone", 5) || p.wait_log("path=/disconnect", 5));
+    assert!(!p.logs().contains("ERROR"), "{}", p.logs());
+}
+
+#[test]
+fn a_reader_that_stops_reading_holds_send_back_and_memory_stays_bounded() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss();
+    // 256 MiB in 64 KiB sends, to a reader that waits before reading.
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&uwsgi_req("GET", "/big", "4096", b"")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent: u64 = std::fs::read_to_string(dir.path().join("sent"))
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        sent < 200,
+        "send did not wait for the reader: {sent} chunks sent"
+    );
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut peak = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => panic!("{e}"),
+        }
+        if total % (32 << 20) < (1 << 20) {
+            peak = peak.max(rss());
+        }
+    }
+    assert!(total > 256 << 20, "{total}");
+    let grown = peak.saturating_sub(before);
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+}
+
+#[test]
+fn at_max_concurrency_the_worker_stops_accepting_until_a_task_ends() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &["--max-concurrency", "2"]);
+    let addr = p.addr.clone();
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                protocol_tests::harness::raw(&addr, &uwsgi_req("GET", "/hold", &i.to_string(), b""))
+            })
+        })
+        .collect();
+    let arrived = |d: &Path| {
+        (0..3)
+            .filter(|i| d.join(format!("arrived-{i}")).exists())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arrived(dir.path()) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(arrived(dir.path()), 2);
+    // The third waits in the listen queue while two tasks run.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(arrived(dir.path()), 2);
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    for c in clients {
+        let out = c.join().unwrap();
+        assert_eq!(parse_http(&out).unwrap().status, 200);
+    }
+    assert_eq!(arrived(dir.path()), 3);
+}
+
+#[test]
+fn a_task_that_never_finishes_is_caught_by_timeout() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &["--master", "--timeout", "2"]);
+    let addr = p.addr.clone();
+    let stuck = std::thread::spawn(move || {
+        protocol_tests::harness::raw(&addr, &uwsgi_req("GET", "/stuck", "", b""))
+    });
+    assert!(p.wait_log("request passed --timeout", 15), "{}", p.logs());
+    assert!(p.logs().contains("request=GET /stuck"), "{}", p.logs());
+    let _ = stuck.join();
+    assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
+    // The replacement serves.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = p.raw(&uwsgi_req("GET", "/hello", "", b""));
+        if parse_http(&out).is_some_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker serves after the timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_stop_lets_the_running_task_finish_then_runs_lifespan_shutdown() {
+    let dir = tempdir();
+    let mut p = serve(dir.path(), "uwsgi", &[]);
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || {
+        protocol_tests::harness::raw(&addr, &uwsgi_req("GET", "/sleep", "0.8", b""))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGTERM);
+    let out = slow.join().unwrap();
+    assert_eq!(parse_http(&out).unwrap().text(), "slept");
+    let status = p.wait_exit(10).expect("postern stops");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("shutdown")).unwrap(),
+        "done"
+    );
+}
