@@ -1,0 +1,471 @@
+//! ASGI: `--interface` detection and the lifespan protocol, on the real binary with
+//! tiny ASGI apps written by each test: which interface auto chooses (and the refusals),
+//! startup before the first request, the state a request sees, shutdown after the last
+//! request at SIGTERM, a failed startup at boot (single process and master) and during
+//! a reload (the old workers keep serving), `--lifespan auto|off`, `--lifespan-timeout`.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+/// Writes `code` as `name` in `dir`; returns its path.
+fn app_file(dir: &Path, name: &str, code: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, code).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// An ASGI app module: `EVENTS` (a file the app appends one line per event to), an
+/// HTTP responder, and the lifespan handling given in `lifespan` (the body of
+/// `async def lifespan(scope, receive, send)`).
+fn asgi_app(dir: &Path, lifespan: &str) -> (String, PathBuf) {
+    let events = dir.join("events.txt");
+    let code = format!(
+        r#"import asyncio, os
+EVENTS = {events:?}
+
+def event(line):
+    with open(EVENTS, "a") as f:
+        f.write(line + "\n")
+
+async def lifespan(scope, receive, send):
+{lifespan}
+
+async def respond(send, status, body):
+    await send({{"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]}})
+    await send({{"type": "http.response.body", "body": body}})
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return await lifespan(scope, receive, send)
+    path = scope["path"]
+    event("request " + path)
+    if path == "/slow":
+        await asyncio.sleep(0.5)
+    state = scope.get("state")
+    if path == "/mutate" and state is not None:
+        state["token"] = "changed by a request"
+    body = ("%s %d" % (None if state is None else state.get("token"), os.getpid())).encode()
+    event("response " + path)
+    await respond(send, 200, body)
+"#,
+        events = events.to_string_lossy(),
+    );
+    (app_file(dir, "lifespan_app.py", &code), events)
+}
+
+/// A lifespan that completes its startup (storing a token in the state) and shutdown,
+/// logging both.
+const COMPLETE: &str = r#"    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            event("startup")
+            scope["state"]["token"] = "from-startup"
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            event("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+"#;
+
+fn events(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs `spawn`'s command to its end (at most 60 s): exit status and everything it wrote.
+fn run_to_exit(spawn: &Spawn, dir: &Path) -> (ExitStatus, String) {
+    let out = dir.join(format!("out-{}.log", free_port()));
+    let file = std::fs::File::create(&out).unwrap();
+    let mut child = spawn
+        .command()
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "postern still runs after 60 s:\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(&out).unwrap_or_default())
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+#[test]
+fn auto_serves_coroutine_functions_async_call_objects_and_marked_functions_as_asgi() {
+    let dir = tempdir();
+    let app = app_file(
+        dir.path(),
+        "shapes.py",
+        r#"import asyncio, functools, inspect
+
+async def answer(scope, receive, send, name="coroutine"):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(name)).encode())]})
+    await send({"type": "http.response.body", "body": name.encode()})
+
+coroutine = answer
+
+class App:
+    async def __call__(self, scope, receive, send):
+        await answer(scope, receive, send, "instance")
+
+instance = App()
+partial = functools.partial(answer, name="partial")
+
+def _marked(scope, receive, send):
+    return answer(scope, receive, send, "marked")
+
+# inspect.markcoroutinefunction from Python 3.12; asgiref's marker before it.
+if hasattr(inspect, "markcoroutinefunction"):
+    marked = inspect.markcoroutinefunction(_marked)
+else:
+    _marked._is_coroutine = asyncio.coroutines._is_coroutine
+    marked = _marked
+"#,
+    );
+    for name in ["coroutine", "instance", "partial", "marked"] {
+        let p = Spawn::unix(dir.path(), &format!("{app}:{name}")).start();
+        let (status, body) = p.get("/");
+        assert_eq!(
+            (status, text(&body)),
+            (200, name.to_owned()),
+            "{}",
+            p.logs()
+        );
+        let logs = p.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("serving the app as"))
+            .unwrap_or_else(|| panic!("no interface line:\n{logs}"));
+        assert!(line.contains("serving the app as ASGI"), "{line}");
+        let why = match name {
+            "instance" => "whose __call__ is a coroutine function",
+            "marked" => "marked as a coroutine function",
+            "partial" => "functools.partial of",
+            _ => "is a coroutine function",
+        };
+        assert!(line.contains(why), "{name}: {line}");
+    }
+}
+
+#[test]
+fn auto_serves_a_plain_function_as_wsgi_and_says_why() {
+    let dir = tempdir();
+    let app = app_file(
+        dir.path(),
+        "plain.py",
+        "def application(environ, start_response):\n    start_response('200 OK', [('Content-Length', '4')])\n    return [b'wsgi']\n",
+    );
+    let p = Spawn::unix(dir.path(), &app).start();
+    assert_eq!(p.get("/"), (200, b"wsgi".to_vec()));
+    let logs = p.logs();
+    assert!(
+        logs.contains("serving the app as WSGI")
+            && logs.contains("is a plain (not async) function"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn apps_that_cannot_be_served_as_asked_are_refused_at_start() {
+    let dir = tempdir();
+    let app = app_file(
+        dir.path(),
+        "wrong.py",
+        "class asgi2:\n    def __init__(self, scope):\n        self.scope = scope\n    async def __call__(self, receive, send):\n        pass\n\nasync def asgi3(scope, receive, send):\n    pass\n\ndef wsgi(environ, start_response):\n    return []\n",
+    );
+    let cases = [
+        (format!("{app}:asgi2"), None, "ASGI 2"),
+        (
+            format!("{app}:asgi3"),
+            Some("wsgi"),
+            "--interface wsgi was given",
+        ),
+        (
+            format!("{app}:wsgi"),
+            Some("asgi"),
+            "--interface asgi was given",
+        ),
+    ];
+    for (target, interface, says) in cases {
+        let mut spawn = Spawn::unix(dir.path(), &target);
+        if let Some(i) = interface {
+            spawn = spawn.args(["--interface", i]);
+        }
+        let (status, out) = run_to_exit(&spawn, dir.path());
+        assert!(!status.success(), "{target} started:\n{out}");
+        assert!(out.contains(says), "{target}: {out}");
+        assert!(!out.contains("ready"), "{target}: {out}");
+    }
+}
+
+#[test]
+fn startup_runs_before_the_first_request_and_shutdown_after_the_last_at_sigterm() {
+    let dir = tempdir();
+    let (app, events_file) = asgi_app(dir.path(), COMPLETE);
+    let mut p = Spawn::unix(dir.path(), &app).start();
+    assert_eq!(events(&events_file), ["startup"], "{}", p.logs());
+    // A request sees what startup stored, and a request's change stays its own.
+    let (status, body) = p.get("/mutate");
+    assert_eq!(status, 200);
+    assert!(
+        text(&body).starts_with("changed by a request "),
+        "{}",
+        text(&body)
+    );
+    let (_, body) = p.get("/");
+    assert!(text(&body).starts_with("from-startup "), "{}", text(&body));
+    // SIGTERM while a request is in flight: it finishes, then shutdown runs.
+    let slow = {
+        let addr = p.addr.clone();
+        std::thread::spawn(move || {
+            raw(
+                &addr,
+                &uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/slow"),
+                    ("REQUEST_URI", "/slow"),
+                    ("SERVER_NAME", "test"),
+                    ("SERVER_PORT", "80"),
+                    ("SERVER_PROTOCOL", "HTTP/1.1"),
+                ]),
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events(&events_file).contains(&"request /slow".to_owned()) {
+        assert!(Instant::now() < deadline, "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.signal(libc::SIGTERM);
+    let answer = parse_http(&slow.join().unwrap()).expect("the slow request was answered");
+    assert_eq!(answer.status, 200);
+    let status = p.wait_exit(30).expect("postern stopped");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    assert_eq!(
+        events(&events_file),
+        [
+            "startup",
+            "request /mutate",
+            "response /mutate",
+            "request /",
+            "response /",
+            "request /slow",
+            "response /slow",
+            "shutdown"
+        ]
+    );
+    let logs = p.logs();
+    assert!(logs.contains("ASGI lifespan startup complete"), "{logs}");
+    assert!(logs.contains("ASGI lifespan shutdown complete"), "{logs}");
+}
+
+#[test]
+fn a_request_that_arrives_during_startup_waits_for_it() {
+    let dir = tempdir();
+    let (app, events_file) = asgi_app(
+        dir.path(),
+        r#"    await receive()
+    event("startup")
+    await asyncio.sleep(1.0)
+    scope["state"]["token"] = "from-startup"
+    event("startup complete")
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    await send({"type": "lifespan.shutdown.complete"})
+"#,
+    );
+    let spawn = Spawn::unix(dir.path(), &app);
+    let out = dir.path().join("out.log");
+    let file = std::fs::File::create(&out).unwrap();
+    let mut child = spawn
+        .command()
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    // The listener is bound before the app is imported: the request is sent as soon
+    // as startup has begun, and waits in the listen queue until it completes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events(&events_file).contains(&"startup".to_owned()) {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let answer = raw(
+        spawn.addr(),
+        &uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/"),
+            ("REQUEST_URI", "/"),
+            ("SERVER_NAME", "test"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ]),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = parse_http(&answer).expect("answered");
+    assert!(
+        answer.text().starts_with("from-startup "),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        events(&events_file),
+        ["startup", "startup complete", "request /", "response /"]
+    );
+}
+
+const FAILS: &str = r#"    message = await receive()
+    event("startup")
+    await send({"type": "lifespan.startup.failed", "message": "cannot reach the database at db:5432"})
+"#;
+
+#[test]
+fn a_failed_startup_stops_postern_with_the_apps_message() {
+    let dir = tempdir();
+    let (app, events_file) = asgi_app(dir.path(), FAILS);
+    for workers in ["1", "2"] {
+        let _ = std::fs::remove_file(&events_file);
+        let spawn = Spawn::unix(dir.path(), &app).args(["--workers", workers]);
+        let (status, out) = run_to_exit(&spawn, dir.path());
+        assert!(!status.success(), "--workers {workers}:\n{out}");
+        assert!(
+            out.contains("lifespan startup failed")
+                && out.contains("cannot reach the database at db:5432"),
+            "--workers {workers}:\n{out}"
+        );
+        assert!(!out.contains(" ready"), "--workers {workers}:\n{out}");
+        assert!(events(&events_file).iter().all(|e| e == "startup"));
+        if workers == "2" {
+            assert!(out.contains("the first workers failed to start"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn a_reload_whose_startup_fails_keeps_the_old_workers_serving() {
+    let dir = tempdir();
+    let flag = dir.path().join("fail-now");
+    let lifespan = format!(
+        r#"    message = await receive()
+    if os.path.exists({flag:?}):
+        await send({{"type": "lifespan.startup.failed", "message": "new code: startup broken"}})
+        return
+    scope["state"]["token"] = "old"
+    await send({{"type": "lifespan.startup.complete"}})
+    await receive()
+    await send({{"type": "lifespan.shutdown.complete"}})
+"#,
+        flag = flag.to_string_lossy()
+    );
+    let (app, _) = asgi_app(dir.path(), &lifespan);
+    let p = Spawn::unix(dir.path(), &app)
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let (_, before) = p.get("/");
+    std::fs::write(&flag, "").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reload failed", 30), "{}", p.logs());
+    assert!(
+        p.logs().contains("new code: startup broken"),
+        "{}",
+        p.logs()
+    );
+    for _ in 0..4 {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200);
+        assert!(text(&body).starts_with("old "), "{}", text(&body));
+    }
+    let _ = before;
+}
+
+#[test]
+fn auto_serves_an_app_that_raises_on_lifespan_without_it() {
+    let dir = tempdir();
+    let (app, events_file) = asgi_app(
+        dir.path(),
+        "    raise ValueError(\"this app only handles http\")\n",
+    );
+    let p = Spawn::unix(dir.path(), &app).start();
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200);
+    // No lifespan ran: the scope has no state.
+    assert!(text(&body).starts_with("None "), "{}", text(&body));
+    let logs = p.logs();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("does not support the ASGI lifespan protocol"))
+        .count();
+    assert_eq!(lines, 1, "{logs}");
+    assert!(
+        logs.contains("ValueError: this app only handles http"),
+        "{logs}"
+    );
+    assert!(!logs.contains(" ERROR "), "{logs}");
+    assert_eq!(events(&events_file), ["request /", "response /"]);
+    // --lifespan on makes the same app fail to start.
+    let (status, out) = run_to_exit(
+        &Spawn::unix(dir.path(), &app).args(["--lifespan", "on"]),
+        dir.path(),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("this app only handles http"), "{out}");
+}
+
+#[test]
+fn lifespan_off_never_sends_the_lifespan_scope() {
+    let dir = tempdir();
+    let (app, events_file) = asgi_app(dir.path(), COMPLETE);
+    let mut p = Spawn::unix(dir.path(), &app)
+        .args(["--lifespan", "off"])
+        .start();
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200);
+    assert!(text(&body).starts_with("None "), "{}", text(&body));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some_and(|s| s.success()), "{}", p.logs());
+    assert_eq!(events(&events_file), ["request /", "response /"]);
+}
+
+#[test]
+fn a_startup_that_does_not_answer_within_the_lifespan_timeout_is_fatal() {
+    let dir = tempdir();
+    let (app, _) = asgi_app(
+        dir.path(),
+        "    await receive()\n    await asyncio.sleep(3600)\n",
+    );
+    let spawn = Spawn::unix(dir.path(), &app).args(["--lifespan-timeout", "0.5"]);
+    let (status, out) = run_to_exit(&spawn, dir.path());
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("within --lifespan-timeout 0.5s"), "{out}");
+}
