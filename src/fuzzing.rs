@@ -836,6 +836,99 @@ pub fn cgi_normalise(data: &[u8]) {
     }
 }
 
+/// `asgi_scope`: [`crate::proto::asgi::scope`] on the pairs of an arbitrary uwsgi vars
+/// block, with listener defaults chosen by the first byte. Refused only as
+/// [`cgi::normalise`] refuses; else the scope says what the environ says: `root_path` and
+/// `path` are SCRIPT_NAME and SCRIPT_NAME + PATH_INFO as UTF-8 (U+FFFD exactly when they
+/// are not); the headers are the environ's `HTTP_*` (in CGI form) and CONTENT_* variables,
+/// each name once, lower case, never empty; `raw_path` is the last REQUEST_URI before `?`;
+/// `query_string`, `method`, `client` and `server` are the variables' bytes.
+pub fn asgi_scope(data: &[u8]) {
+    use crate::proto::asgi;
+    let Some((&flags, block)) = data.split_first() else {
+        return;
+    };
+    let Ok(vars) = uwsgi::parse_vars(block) else {
+        return;
+    };
+    let pairs = split_pairs(block, &vars);
+    let mounts = [b"/app".to_vec(), b"/app/sub".to_vec(), b"/x".to_vec()];
+    let defaults = cgi::Defaults {
+        server_name: b"localhost",
+        server_port: b"80",
+        modifier30: flags & 1 != 0,
+        script_name_is_path: flags & 2 != 0,
+        mounts: if flags & 4 != 0 { &mounts } else { &[] },
+    };
+    let environ = cgi::normalise(pairs.iter().copied(), defaults);
+    let scope = asgi::scope(pairs.iter().copied(), defaults);
+    let (c, s) = match (environ, scope) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), Err(f)) => return assert_eq!(e, f),
+        (c, s) => panic!("environ {:?} but scope {:?}", c.err(), s.err()),
+    };
+    let get = |name: &[u8]| c.vars.iter().find(|v| v.key == name).map(|v| &v.value[..]);
+    let script = get(b"SCRIPT_NAME").unwrap_or_default();
+    let rest = get(b"PATH_INFO").unwrap_or_default();
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert_eq!(*s.root_path, lossy(script));
+    assert_eq!(*s.path, lossy(script) + &lossy(rest));
+    let valid = std::str::from_utf8(script).is_ok() && std::str::from_utf8(rest).is_ok();
+    assert_eq!(s.lossy_path, !valid);
+    // The headers: the environ's header variables, in order, each name once.
+    let want: Vec<(Vec<u8>, &[u8])> = c
+        .vars
+        .iter()
+        .filter(|v| {
+            v.key == b"CONTENT_TYPE"
+                || v.key == b"CONTENT_LENGTH"
+                || (v.key.len() > 5
+                    && v.key.starts_with(b"HTTP_")
+                    && !v.key.iter().any(|b| b.is_ascii_lowercase() || *b == b'-'))
+        })
+        .map(|v| (asgi::header_name(v.key).collect(), &v.value[..]))
+        .collect();
+    let got: Vec<(Vec<u8>, &[u8])> = s.headers().map(|h| (h.name().collect(), h.value)).collect();
+    assert_eq!(got, want);
+    assert_eq!(s.header_count(), got.len());
+    let mut names: Vec<&[u8]> = got.iter().map(|(n, _)| &n[..]).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), got.len(), "a header name twice");
+    for (n, v) in &got {
+        assert!(!n.is_empty() && !n.iter().any(|b| b.is_ascii_uppercase() || *b == b'_'));
+        if n == b"content-type" || n == b"content-length" {
+            assert!(!v.is_empty());
+        }
+    }
+    let last = |name: &[u8]| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(s.raw_path, last(b"REQUEST_URI").and_then(asgi::raw_path));
+    assert!(s
+        .raw_path
+        .is_none_or(|r| !r.is_empty() && !r.contains(&b'?')));
+    assert_eq!(s.query_string, get(b"QUERY_STRING").unwrap_or_default());
+    assert_eq!(s.method, get(b"REQUEST_METHOD").unwrap_or_default());
+    assert_eq!(s.method_missing, c.method_missing);
+    assert_eq!((s.is_head, s.content_length), (c.is_head, c.content_length));
+    assert_eq!(s.scheme, c.scheme);
+    let protocol = get(b"SERVER_PROTOCOL").unwrap_or_default();
+    assert_eq!(
+        s.http_version,
+        asgi::http_version(protocol).unwrap_or("1.1")
+    );
+    let remote = get(b"REMOTE_ADDR").filter(|a| !a.is_empty());
+    let port = get(b"REMOTE_PORT").and_then(asgi::parse_port);
+    assert_eq!(s.client, remote.map(|a| (a, port.unwrap_or(0))));
+    assert_eq!(s.server.0, get(b"SERVER_NAME").unwrap_or_default());
+    assert_eq!(s.server.1, get(b"SERVER_PORT").and_then(asgi::parse_port));
+}
+
 // ---------------------------------------------------------------------------------
 // Request assembly (FastCGI) and the stream decoder (uwsgi, SCGI)
 
@@ -1533,6 +1626,7 @@ mod replay {
         fastcgi_conn,
         fastcgi_server,
         cgi_normalise,
+        asgi_scope,
         fastcgi_assemble,
         codec_stream,
         response_parse,
