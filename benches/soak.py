@@ -41,6 +41,11 @@ Verdict (exit 1 on any bug, 0 otherwise):
   second or two of a kill of that upstream's instance; any other entry is a bug;
 - postern's log: a worker that died without being killed by the soak, a panic, or a
   master that exited, is a bug;
+- idle connections (nothing sent) held past --head-timeout and still open IDLE_LATE
+  (1.5 x --head-timeout) later are a bug; closed between, they count as late (a figure:
+  a connection left in the listen queue by a busy or booting worker is accepted late,
+  and --head-timeout counts from accept); a trickled head still read LORIS_SLACK past
+  --head-timeout is a bug;
 - memory and descriptors, in the quiet moments after each warm-up: the master's RSS and
   fds, the workers' mean RSS, their fds that are not connections (files, pipes, epoll,
   listeners) and their connections, end against start, within the tolerances below.
@@ -83,7 +88,7 @@ KEEPALIVE = 8               # nginx upstream keepalive (FastCGI keep-conn)
 # A trickled body is given up before --graceful-timeout (20 s), so a worker draining
 # after a reload never has to cut it (that exits 1, which the soak counts as a bug).
 LORIS_BODY_SECS = 15.0
-IDLE_LATE = 4 * HEAD_TIMEOUT  # an idle connection still open this long after we held it past --head-timeout: a bug
+IDLE_LATE = 1.5 * HEAD_TIMEOUT  # an idle connection still open this long after we held it past --head-timeout: a bug
 LORIS_SLACK = 4.0           # seconds past --head-timeout a trickled head may still be read
 KILL_GRACE = 1.0            # seconds after a kill in which a request may still meet the dead worker
 # Tolerances of the start/end comparison.
@@ -724,17 +729,25 @@ class Faults:
         elif not open_:
             self.stats.fault(name, "held past head-timeout: all closed by postern")
         else:
-            # Accepted late (a busy or booting worker; a connection waiting for its
-            # first bytes is expired by a Python thread that waits on the epoll, so
-            # with every thread busy it is closed late) or never closed: closes up to
-            # IDLE_LATE after that are counted as late (a figure, not a verdict: the
-            # machine's load decides them); only a connection still open then is a bug.
+            # Accepted late (--head-timeout counts from accept: a worker whose Python
+            # threads are all busy, or one booting, leaves new connections in the
+            # listen queue) or never closed: closes up to IDLE_LATE after that are
+            # counted as late, with how long after connect the last one closed (a
+            # figure: the machine's load decides it); a connection still open then is
+            # a bug. The timeout of an accepted connection no longer waits for a free
+            # Python thread (the I/O thread keeps it).
             deadline = time.monotonic() + IDLE_LATE
             while open_ and time.monotonic() < deadline:
                 time.sleep(0.2)
                 open_ = still_open()
             if not open_:
                 self.stats.fault(name, "held past head-timeout: closed by postern late")
+                after = int((time.monotonic() - t0) * 1000)
+                with self.stats.lock:
+                    d = self.stats.faults.setdefault("idle connections closed late", {})
+                    d["batches"] = d.get("batches", 0) + 1
+                    d["last closed, ms after connect (max)"] = max(
+                        d.get("last closed, ms after connect (max)", 0), after)
             else:
                 self.stats.fault(name, BUG_MARK + f"connections still open {IDLE_LATE:.1f}s after we "
                                  f"had held them past --head-timeout {HEAD_TIMEOUT}")
