@@ -841,7 +841,8 @@ pub fn cgi_normalise(data: &[u8]) {
 /// [`cgi::normalise`] refuses; else the scope says what the environ says: `root_path` and
 /// `path` are SCRIPT_NAME and SCRIPT_NAME + PATH_INFO as UTF-8 (U+FFFD exactly when they
 /// are not); the headers are the environ's `HTTP_*` (in CGI form) and CONTENT_* variables,
-/// each name once, lower case, never empty; `raw_path` is the last REQUEST_URI before `?`;
+/// each name once, lower case, never empty (SCGI's framing `CONTENT_LENGTH: 0` none);
+/// `raw_path` is the last REQUEST_URI before `?`;
 /// `query_string`, `method`, `client` and `server` are the variables' bytes.
 pub fn asgi_scope(data: &[u8]) {
     use crate::proto::asgi;
@@ -861,7 +862,8 @@ pub fn asgi_scope(data: &[u8]) {
         mounts: if flags & 4 != 0 { &mounts } else { &[] },
     };
     let environ = cgi::normalise(pairs.iter().copied(), defaults);
-    let scope = asgi::scope(pairs.iter().copied(), defaults);
+    let length_always_sent = flags & 8 != 0;
+    let scope = asgi::scope(pairs.iter().copied(), defaults, length_always_sent);
     let (c, s) = match (environ, scope) {
         (Ok(c), Ok(s)) => (c, s),
         (Err(e), Err(f)) => return assert_eq!(e, f),
@@ -875,13 +877,17 @@ pub fn asgi_scope(data: &[u8]) {
     assert_eq!(*s.path, lossy(script) + &lossy(rest));
     let valid = std::str::from_utf8(script).is_ok() && std::str::from_utf8(rest).is_ok();
     assert_eq!(s.lossy_path, !valid);
-    // The headers: the environ's header variables, in order, each name once.
+    // The headers: the environ's header variables, in order, each name once; with a
+    // protocol that always sends CONTENT_LENGTH, its 0 only when the client sent one.
+    let framing = length_always_sent
+        && c.content_length == Some(0)
+        && !pairs.iter().any(|(k, _)| *k == b"HTTP_CONTENT_LENGTH");
     let want: Vec<(Vec<u8>, &[u8])> = c
         .vars
         .iter()
         .filter(|v| {
             v.key == b"CONTENT_TYPE"
-                || v.key == b"CONTENT_LENGTH"
+                || (v.key == b"CONTENT_LENGTH" && !framing)
                 || (v.key.len() > 5
                     && v.key.starts_with(b"HTTP_")
                     && !v.key.iter().any(|b| b.is_ascii_lowercase() || *b == b'-'))

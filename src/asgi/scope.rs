@@ -49,8 +49,11 @@ pub fn build<'py>(
     mounts: &[Vec<u8>],
     state: Option<&Bound<'py, PyDict>>,
 ) -> Result<Bound<'py, PyDict>, ScopeRefusal> {
+    // `Head::pairs`, cloneable (the SCGI rule may look at the pairs twice).
+    let at = |r: &std::ops::Range<u32>| &head.buf[r.start as usize..r.end as usize];
+    let pairs = head.vars.iter().map(move |(k, v)| (at(k), at(v)));
     let scope = proto_asgi::scope(
-        head.pairs(),
+        pairs,
         Defaults {
             server_name: &listener.server_name,
             server_port: &listener.server_port,
@@ -58,6 +61,8 @@ pub fn build<'py>(
             script_name_is_path: listener.protocol != Protocol::Uwsgi,
             mounts,
         },
+        // SCGI always sends CONTENT_LENGTH (docs/protocols.md §3).
+        listener.protocol == Protocol::Scgi,
     )
     .map_err(|e| ScopeRefusal {
         status: 400,

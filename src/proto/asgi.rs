@@ -88,6 +88,8 @@ pub struct Scope<'a> {
     pub method_missing: bool,
     /// The normalised variables, where [`Scope::headers`] reads from.
     vars: Vec<Var<'a>>,
+    /// `CONTENT_LENGTH` `0` is framing, not a header the client sent ([`scope`]).
+    length_is_framing: bool,
 }
 
 /// One request header of the scope: its name comes from the CGI variable's name
@@ -117,7 +119,8 @@ impl<'a> Scope<'a> {
     pub fn headers(&self) -> impl Iterator<Item = Header<'_>> + '_ {
         self.vars.iter().filter_map(|v| {
             let is_header = match v.known {
-                Some(K_CONTENT_TYPE | K_CONTENT_LENGTH) => true,
+                Some(K_CONTENT_TYPE) => true,
+                Some(K_CONTENT_LENGTH) => !self.length_is_framing,
                 _ => v.key.len() > HTTP_.len() && v.key.starts_with(HTTP_) && is_cgi_form(v.key),
             };
             is_header.then_some(Header {
@@ -146,14 +149,25 @@ fn is_cgi_form(name: &[u8]) -> bool {
 }
 
 /// Builds the scope fields from the raw `(key, value)` pairs of one request.
+/// `length_always_sent`: the protocol sends `CONTENT_LENGTH` on every request (SCGI,
+/// docs/protocols.md §3): a `0` there is a header only when the client sent one (an
+/// `HTTP_CONTENT_LENGTH` variable), as an empty one is no header over uwsgi and FastCGI.
 ///
 /// Errors are those of [`cgi::normalise`] (a malformed or conflicting `CONTENT_LENGTH`):
 /// the request is answered 400, as on the WSGI path. Nothing else refuses a request: a
 /// path that is not UTF-8 is served with U+FFFD in place of each invalid sequence.
-pub fn scope<'a>(
-    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+pub fn scope<'a, P>(
+    pairs: P,
     defaults: Defaults<'a>,
-) -> Result<Scope<'a>, ProtoError> {
+    length_always_sent: bool,
+) -> Result<Scope<'a>, ProtoError>
+where
+    P: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    P::IntoIter: Clone,
+{
+    let pairs = pairs.into_iter();
+    // Only a body-less request over SCGI looks again (the usual GET there).
+    let again = pairs.clone();
     let Cgi {
         mut vars,
         scheme,
@@ -223,6 +237,9 @@ pub fn scope<'a>(
         is_head,
         method_missing,
         vars,
+        length_is_framing: length_always_sent
+            && content_length == Some(0)
+            && !again.into_iter().any(|(k, _)| k == b"HTTP_CONTENT_LENGTH"),
     })
 }
 
@@ -335,7 +352,7 @@ mod tests {
     }
 
     fn run_with(pairs: &[(&'static str, &'static [u8])], d: Defaults<'static>) -> Scope<'static> {
-        scope(pairs.iter().map(|(k, v)| (k.as_bytes(), *v)), d).unwrap()
+        scope(pairs.iter().map(|(k, v)| (k.as_bytes(), *v)), d, false).unwrap()
     }
 
     fn headers(s: &Scope<'_>) -> Vec<(String, String)> {
@@ -454,6 +471,34 @@ mod tests {
     }
 
     #[test]
+    fn scgi_framing_length_zero_is_no_header() {
+        // nginx's scgi_pass: CONTENT_LENGTH first, always; on a GET "0", and the client
+        // sent no Content-Length.
+        let get = [
+            (&b"CONTENT_LENGTH"[..], &b"0"[..]),
+            (b"SCGI", b"1"),
+            (b"REQUEST_METHOD", b"GET"),
+        ];
+        let s = scope(get, DEFAULTS, true).unwrap();
+        assert_eq!(headers(&s), []);
+        assert_eq!(s.content_length, Some(0));
+        // The client's own `Content-Length: 0` (a POST) is a header.
+        let post = [
+            (&b"CONTENT_LENGTH"[..], &b"0"[..]),
+            (b"REQUEST_METHOD", b"POST"),
+            (b"HTTP_CONTENT_LENGTH", b"0"),
+        ];
+        let s = scope(post, DEFAULTS, true).unwrap();
+        assert_eq!(headers(&s), [("content-length".into(), "0".into())]);
+        // A body: its length is a header.
+        let s = scope([(&b"CONTENT_LENGTH"[..], &b"3"[..])], DEFAULTS, true).unwrap();
+        assert_eq!(headers(&s), [("content-length".into(), "3".into())]);
+        // Over uwsgi and FastCGI a "0" is what the client sent.
+        let s = scope(get, DEFAULTS, false).unwrap();
+        assert_eq!(headers(&s), [("content-length".into(), "0".into())]);
+    }
+
+    #[test]
     fn rejects_conflicting_lengths_like_the_environ() {
         let r = scope(
             [
@@ -461,6 +506,7 @@ mod tests {
                 (b"CONTENT_LENGTH", b"6"),
             ],
             DEFAULTS,
+            false,
         );
         assert!(matches!(r, Err(ProtoError::ConflictingLength { .. })));
     }
@@ -511,7 +557,7 @@ mod tests {
                 (&b"REQUEST_METHOD"[..], &b"GET"[..]),
                 (b"SERVER_PROTOCOL", sent),
             ];
-            let s = scope(pairs, DEFAULTS).unwrap();
+            let s = scope(pairs, DEFAULTS, false).unwrap();
             assert_eq!((s.http_version, s.odd_protocol), (want, odd), "{sent:?}");
         }
     }
@@ -611,7 +657,11 @@ mod tests {
         use super::super::*;
         use crate::proto::props::{cgi_pairs, config, decoded_path, join, percent_encode, Pairs};
 
-        fn run(pairs: &Pairs, defaults: Defaults<'_>) -> Result<Scope<'static>, ProtoError> {
+        fn run(
+            pairs: &Pairs,
+            defaults: Defaults<'_>,
+            scgi: bool,
+        ) -> Result<Scope<'static>, ProtoError> {
             // Leaked so the borrowed result can outlive the call: tests only, bounded.
             let pairs: &'static Pairs = Box::leak(Box::new(pairs.clone()));
             let defaults = Defaults {
@@ -620,7 +670,7 @@ mod tests {
                 mounts: Box::leak(defaults.mounts.to_vec().into_boxed_slice()),
                 ..defaults
             };
-            scope(pairs.iter().map(|(k, v)| (&k[..], &v[..])), defaults)
+            scope(pairs.iter().map(|(k, v)| (&k[..], &v[..])), defaults, scgi)
         }
 
         fn last<'p>(pairs: &'p Pairs, key: &[u8]) -> Option<&'p [u8]> {
@@ -641,7 +691,7 @@ mod tests {
             #[test]
             fn props_scope_any_variables(
                 pairs in cgi_pairs(),
-                flags in 0u8..8,
+                flags in 0u8..16,
             ) {
                 static MOUNTS: std::sync::LazyLock<Vec<Vec<u8>>> =
                     std::sync::LazyLock::new(|| vec![b"/app".to_vec(), b"/a".to_vec()]);
@@ -651,7 +701,7 @@ mod tests {
                     mounts: if flags & 4 != 0 { &MOUNTS } else { &[] },
                     ..super::DEFAULTS
                 };
-                let s = match run(&pairs, defaults) {
+                let s = match run(&pairs, defaults, flags & 8 != 0) {
                     Ok(s) => s,
                     Err(e) => {
                         let length_error = matches!(
@@ -720,7 +770,7 @@ mod tests {
                     (b"REQUEST_URI".to_vec(), uri),
                     (b"PATH_INFO".to_vec(), path.clone()),
                 ];
-                let s = run(&pairs, Defaults { mounts: &mounts, ..super::DEFAULTS }).unwrap();
+                let s = run(&pairs, Defaults { mounts: &mounts, ..super::DEFAULTS }, false).unwrap();
                 let root = if mounts.is_empty() { &b""[..] } else { &mount[..] };
                 prop_assert_eq!(&*s.root_path, &*String::from_utf8_lossy(root));
                 prop_assert!(s.path.starts_with(&*s.root_path));
