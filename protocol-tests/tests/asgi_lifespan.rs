@@ -443,6 +443,45 @@ fn auto_serves_an_app_that_raises_on_lifespan_without_it() {
 }
 
 #[test]
+fn a_lifespan_call_that_raises_while_serving_is_logged_at_once_and_requests_go_on() {
+    let dir = tempdir();
+    let (app, _) = asgi_app(
+        dir.path(),
+        r#"    await receive()
+    scope["state"]["token"] = "from-startup"
+    await send({"type": "lifespan.startup.complete"})
+    await asyncio.sleep(0.1)
+    raise RuntimeError("the pool's keep-alive task died")
+"#,
+    );
+    let mut p = Spawn::unix(dir.path(), &app).start();
+    assert!(
+        p.wait_log("the pool's keep-alive task died", 10),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.logs().contains("raised while the worker serves"),
+        "{}",
+        p.logs()
+    );
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200);
+    assert!(text(&body).starts_with("from-startup "), "{}", text(&body));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some_and(|s| s.success()), "{}", p.logs());
+    // Logged once, when it happened (not again at shutdown).
+    assert_eq!(
+        p.logs()
+            .matches("RuntimeError: the pool's keep-alive task died")
+            .count(),
+        1,
+        "{}",
+        p.logs()
+    );
+}
+
+#[test]
 fn lifespan_off_never_sends_the_lifespan_scope() {
     let dir = tempdir();
     let (app, events_file) = asgi_app(dir.path(), COMPLETE);

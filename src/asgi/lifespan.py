@@ -9,9 +9,13 @@ SPEC_VERSION = "2.0"
 
 
 class Lifespan:
-    def __init__(self, app, loop):
+    def __init__(self, app, loop, report):
         self.app = app
         self.loop = loop
+        # Called with the exception when the app's lifespan call raises while the
+        # worker serves (after startup.complete, before shutdown): logged at once.
+        self.report = report
+        self._reported = False
         self.state = {}
         # Each a future resolved with (outcome, detail): outcome "complete", "failed"
         # (detail: the app's message), "raised" (detail: the exception), "returned",
@@ -70,6 +74,10 @@ class Lifespan:
             self._resolve(self.stopped, "cancelled", None)
             raise
         except BaseException as e:  # noqa: B036 -- SystemExit too: reported, not fatal here
+            serving = self.started.done() and self.started.result()[0] == "complete"
+            if serving and not self._shutdown_asked.done():
+                self._reported = True
+                self.report(e)
             self._resolve(self.started, "raised", e)
             self._resolve(self.stopped, "raised", e)
         else:
@@ -94,6 +102,8 @@ class Lifespan:
         if not self.task.done():
             self._resolve(self._shutdown_asked, "shutdown", None)
             result = self.loop.run_until_complete(self._wait(self.stopped, timeout))
+        elif self._reported:
+            result = ("reported", None)
         else:
             result = self.stopped.result() if self.stopped.done() else ("returned", None)
         self.cancel()

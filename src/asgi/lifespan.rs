@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule};
+use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 use serde::{Deserialize, Serialize};
 
 /// `--lifespan-timeout` when not given: how long startup, and shutdown, may take.
@@ -117,9 +117,22 @@ pub fn startup(
         return Ok(without);
     }
     let python = |e: PyErr| LifespanError::Python(crate::wsgi::traceback(py, &e));
+    let report = PyCFunction::new_closure(
+        py,
+        Some(c"report"),
+        None,
+        |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+            let exception = args.get_item(0)?;
+            tracing::error!(
+                "the app's lifespan call raised while the worker serves (after lifespan.startup.complete); requests are still served, its shutdown will not run:\n{}",
+                crate::wsgi::traceback(args.py(), &as_err(&exception))
+            );
+            Ok(())
+        },
+    );
     let driver = module(py)
         .and_then(|m| m.getattr("Lifespan"))
-        .and_then(|class| class.call1((app, event_loop)))
+        .and_then(|class| class.call1((app, event_loop, report?)))
         .map_err(python)?;
     let began = Instant::now();
     let (outcome, detail): (String, Bound<'_, PyAny>) = driver
@@ -243,8 +256,10 @@ impl Lifespan {
                 "the app's lifespan shutdown failed (it sent lifespan.shutdown.failed): {}",
                 detail.extract::<String>().unwrap_or_default().trim_end()
             ),
+            // Logged when it happened.
+            "reported" => {}
             "raised" => tracing::error!(
-                "the app's lifespan call raised (during shutdown, or earlier while serving):\n{}",
+                "the app's lifespan call raised during its shutdown:\n{}",
                 crate::wsgi::traceback(py, &as_err(&detail))
             ),
             "timeout" => tracing::warn!(
