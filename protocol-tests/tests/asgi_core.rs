@@ -283,11 +283,11 @@ fn head_204_and_headers_follow_the_wsgi_rules() {
     assert_eq!(r.header("x-one"), Some("1"));
     assert_eq!(r.header("connection"), None, "hop-by-hop header dropped");
     assert_eq!(r.text(), "ok!");
-    assert!(p.logs().contains("hop-by-hop"));
+    assert!(p.wait_log("hop-by-hop", 5), "{}", p.logs());
 
     let r = get(&p, "/bad-header", "");
     assert_eq!(r.status, 500, "a header with CR/LF is refused");
-    assert!(p.logs().contains("CR, LF"), "{}", p.logs());
+    assert!(p.wait_log("CR, LF", 5), "{}", p.logs());
 }
 
 #[test]
@@ -329,7 +329,11 @@ fn an_exception_after_the_start_aborts_the_response() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     // Less than the 100 bytes announced: the front server sees an incomplete body.
     assert!(parse_http(&out).is_none(), "{text}");
-    assert!(p.logs().contains("after its response started; aborting"));
+    assert!(
+        p.wait_log("after its response started; aborting", 5),
+        "{}",
+        p.logs()
+    );
 }
 
 #[test]
@@ -353,6 +357,42 @@ fn a_client_gone_reaches_a_waiting_receive_and_a_later_send_raises_oserror() {
         "ClientDisconnected True"
     );
     assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        p.wait_log("client went away before the response was complete", 5),
+        "{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains("ERROR"), "{}", p.logs());
+}
+
+#[test]
+fn a_fastcgi_client_gone_reaches_a_waiting_receive_too() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &[]);
+    for keep_conn in [false, true] {
+        for f in ["waiting", "got", "send"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&fcgi::get(1, keep_conn, "/disconnect"))
+            .unwrap();
+        assert!(wait_file(&dir.path().join("waiting"), 10));
+        // nginx closes the connection when its client goes away (it never sends
+        // FCGI_ABORT_REQUEST).
+        drop(s);
+        assert!(
+            wait_file(&dir.path().join("send"), 10),
+            "keep_conn {keep_conn}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("got")).unwrap(),
+            "http.disconnect"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("send")).unwrap(),
+            "ClientDisconnected True"
+        );
+    }
     assert!(
         p.wait_log("client went away before the response was complete", 5),
         "{}",

@@ -79,6 +79,38 @@ impl Ready {
     }
 }
 
+/// Requests whose sink learns on another thread that the front server went away
+/// (FastCGI: the server layer reads the connection): their ids, and an eventfd the
+/// loop watches. The other thread only pushes an id and writes the eventfd (never
+/// the GIL).
+pub struct GoneQueue {
+    pub fd: std::os::fd::OwnedFd,
+    ids: Mutex<Vec<u64>>,
+}
+
+impl GoneQueue {
+    pub fn new() -> std::io::Result<Arc<GoneQueue>> {
+        use rustix::event::EventfdFlags;
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Arc::new(GoneQueue {
+            fd,
+            ids: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn push(&self, id: u64) {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// The ids pushed since the last call (the eventfd was readable).
+    pub fn take(&self) -> Vec<u64> {
+        let mut n = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut n);
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// What every request of one loop shares: the loop's methods, looked up once.
 pub struct Ctx {
     pub event_loop: Py<PyAny>,
@@ -96,6 +128,10 @@ pub struct Ctx {
     pub partial: Py<PyAny>,
     /// Requests answered since the loop started.
     pub answered: Cell<u64>,
+    pub gone: Arc<GoneQueue>,
+    /// The requests waiting for word from [`GoneQueue`], by id.
+    pub gone_waiting: std::cell::RefCell<std::collections::HashMap<u64, Py<Exchange>>>,
+    pub next_id: Cell<u64>,
 }
 
 /// The request body, as `receive` hands it out.
@@ -145,6 +181,8 @@ pub struct Exchange {
     /// `receive()` futures waiting for `http.disconnect`.
     waiters: Vec<Py<PyAny>>,
     watching: bool,
+    /// Registered with the sink's `notify_gone` under this id.
+    gone_id: Option<u64>,
     trailers_said: bool,
     overflowed: bool,
 }
@@ -227,6 +265,7 @@ impl Exchange {
             body: BodyState::Waiting(body),
             waiters: Vec::new(),
             watching: false,
+            gone_id: None,
             trailers_said: false,
             overflowed: false,
         }
@@ -419,7 +458,7 @@ impl Exchange {
         Ok(fut)
     }
 
-    fn set_gone(&mut self, py: Python<'_>) {
+    pub(super) fn set_gone(&mut self, py: Python<'_>) {
         if self.gone {
             return;
         }
@@ -444,6 +483,9 @@ impl Exchange {
     }
 
     fn unwatch(&mut self, py: Python<'_>) {
+        if let Some(id) = self.gone_id.take() {
+            self.ctx.gone_waiting.borrow_mut().remove(&id);
+        }
         if std::mem::take(&mut self.watching) {
             if let Some(fd) = self.peer_fd {
                 let _ = self.ctx.remove_reader.bind(py).call1((fd,));
@@ -645,10 +687,24 @@ impl Exchange {
     fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
-        if me.watching || me.gone {
+        if me.watching || me.gone || me.gone_id.is_some() {
             return Ok(());
         }
         let Some(fd) = me.peer_fd else {
+            // No socket of its own (FastCGI): the server layer tells.
+            let id = me.ctx.next_id.get();
+            let queue = Arc::clone(&me.ctx.gone);
+            let Some(sink) = me.sink.as_mut() else {
+                return Ok(());
+            };
+            if sink.notify_gone(Box::new(move || queue.push(id))) {
+                me.ctx.next_id.set(id + 1);
+                me.gone_id = Some(id);
+                me.ctx
+                    .gone_waiting
+                    .borrow_mut()
+                    .insert(id, slf.clone().unbind());
+            }
             return Ok(());
         };
         me.watching = true;

@@ -175,6 +175,9 @@ fn serve(
         done: Py::new(py, Ready::empty())?,
         partial: py.import("functools")?.getattr("partial")?.unbind(),
         answered: Cell::new(0),
+        gone: super::http::GoneQueue::new()?,
+        gone_waiting: RefCell::new(std::collections::HashMap::new()),
+        next_id: Cell::new(0),
     });
     let driver = Bound::new(
         py,
@@ -200,6 +203,9 @@ fn serve(
         },
     )?;
     let _ = ctx.ended.set(driver.getattr("_ended")?.unbind());
+    ctx.add_reader
+        .bind(py)
+        .call1((ctx.gone.fd.as_raw_fd(), driver.getattr("_gone")?))?;
     Driver::resume(&driver)?;
     event_loop.call_method0("run_forever")?;
     if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {
@@ -470,6 +476,19 @@ impl Driver {
             Self::maybe_stop(slf);
         } else if let Err(e) = Self::resume(slf) {
             tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
+        }
+    }
+
+    /// Sinks said their front server went away (FastCGI).
+    fn _gone(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let ctx = Rc::clone(&slf.borrow().ctx);
+        for id in ctx.gone.take() {
+            let ex = ctx.gone_waiting.borrow().get(&id).map(|e| e.clone_ref(py));
+            if let Some(ex) = ex {
+                let mut ex = ex.bind(py).borrow_mut();
+                ex.set_gone(py);
+            }
         }
     }
 

@@ -131,6 +131,13 @@ pub trait Sink: Send + Sync {
     fn peer_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// Asks to be told once the front server has gone away from this request, for a
+    /// sink whose connection the event loop cannot watch itself (FastCGI: the server
+    /// layer reads it). `notify` runs once, on any thread: it must not block nor take
+    /// the GIL. False when the sink cannot tell.
+    fn notify_gone(&mut self, _notify: Box<dyn FnOnce() + Send>) -> bool {
+        false
+    }
 }
 
 /// How a response ended.

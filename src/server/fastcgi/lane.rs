@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -506,7 +505,7 @@ pub async fn serve(
     // Readers of bodies still streaming see the cut; sinks still writing see a closed
     // connection; the socket closes once they are done with it.
     for (_, s) in slots.drain() {
-        s.flags.aborted.store(true, Ordering::Release);
+        s.flags.abort();
     }
     conn.close();
     conn.abort_soft();
@@ -809,7 +808,7 @@ fn handle_event(
         Event::Abort { id } => {
             if let Some(slot) = slots.get_mut(&id) {
                 tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
-                slot.flags.aborted.store(true, Ordering::Release);
+                slot.flags.abort();
                 slot.stdin = None;
             }
             Step::Go

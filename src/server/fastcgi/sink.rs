@@ -23,6 +23,31 @@ pub(in crate::server) struct ReqFlags {
     pub done: AtomicBool,
     /// STDERR records were sent (an empty one ends the stream).
     pub stderr_used: AtomicBool,
+    /// Told once the request is aborted (the ASGI loop's disconnect).
+    gone: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl ReqFlags {
+    /// The request is cut (FCGI_ABORT_REQUEST, or its connection ended): its sink
+    /// and body fail from now on, and whoever asked is told.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        let notify = self.gone.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(n) = notify {
+            n();
+        }
+    }
+
+    /// Calls `notify` once the request is aborted (at once if it is already).
+    fn on_abort(&self, notify: Box<dyn FnOnce() + Send>) {
+        let mut g = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        if self.aborted.load(Ordering::Acquire) {
+            drop(g);
+            notify();
+        } else {
+            *g = Some(notify);
+        }
+    }
 }
 
 /// `wsgi.errors` lines copied to the front server as STDERR records of request `id`.
@@ -246,6 +271,19 @@ impl Sink for FcgiSink {
 
     fn head_style(&self) -> HeadStyle {
         HeadStyle::Cgi
+    }
+
+    /// Without keep-conn the connection carries only this request: the front server
+    /// closing it is the client gone (a keep-conn one is read by the server layer,
+    /// which tells through `notify_gone`).
+    fn peer_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        (!self.keep_conn).then(|| self.conn.as_fd().as_raw_fd())
+    }
+
+    fn notify_gone(&mut self, notify: Box<dyn FnOnce() + Send>) -> bool {
+        self.flags.on_abort(notify);
+        true
     }
 }
 
