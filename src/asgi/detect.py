@@ -72,6 +72,10 @@ def classify(app):
     prefix = "".join(wrapped)
     if _is_async(app) or _is_async(target):
         return "asgi", prefix + _why_async(target, target), None
+    if inspect.isclass(target) and hasattr(target, "__await__"):
+        # Calling the class with (scope, receive, send) makes an awaitable (Starlette's
+        # HTTPEndpoint): an ASGI 3 app.
+        return "asgi", prefix + f"{_name(target)} is a class whose instances are awaitable", None
     if inspect.isclass(target):
         # ASGI 2: the class is called with the scope, the instance with (receive, send).
         if _is_async(getattr(target, "__call__", None)):

@@ -240,6 +240,12 @@ mod tests {
     }
 
     #[test]
+    fn a_class_whose_instances_are_awaitable_is_asgi() {
+        let code = "class app:\n    def __init__(self, scope, receive, send): pass\n    def __await__(self): return iter([])";
+        assert_eq!(auto(code), Ok(Interface::Asgi));
+    }
+
+    #[test]
     fn asgi2_is_refused_with_a_way_out() {
         let class = "class app:\n    def __init__(self, scope): pass\n    async def __call__(self, receive, send): pass";
         let e = auto(class).unwrap_err();
