@@ -308,6 +308,11 @@ fn an_exception_before_the_start_answers_500_with_the_traceback_in_the_request_s
     let p = serve(dir.path(), "uwsgi", &[]);
     let r = get(&p, "/raise-before", "");
     assert_eq!(r.status, 500);
+    assert!(
+        p.wait_log("RuntimeError: boom before start", 5),
+        "{}",
+        p.logs()
+    );
     let log = p.logs();
     let line = log
         .lines()

@@ -593,19 +593,6 @@ impl Exchange {
 
     /// The request's task ended: answers or aborts what the app left undone, and
     /// frees the slot.
-    fn end_task(slf: &Bound<'_, Self>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let failure: Option<PyErr> = if task.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
-            Some(pyo3::exceptions::PyException::new_err(
-                "the request's task was cancelled",
-            ))
-        } else {
-            let e = task.call_method0(intern!(py, "exception"))?;
-            (!e.is_none()).then(|| PyErr::from_value(e))
-        };
-        Self::end_with(slf, failure)
-    }
-
     /// The app is done with the request: `failure` is what it raised, if anything.
     pub fn end_with(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
         let py = slf.py();
@@ -1123,9 +1110,17 @@ impl Exchange {
         Ok(())
     }
 
-    /// The task's done callback.
-    fn _task_done(slf: &Bound<'_, Self>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        Self::end_task(slf, task)
+    /// The app's call returned (`None`) or raised: called by the task itself, at its
+    /// end (`SERVE` in run.rs), so the response ends in the same loop iteration.
+    fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let failure = raised.map(|e| {
+            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>() {
+                pyo3::exceptions::PyException::new_err("the request's task was cancelled")
+            } else {
+                PyErr::from_value(e)
+            }
+        });
+        Self::end_with(slf, failure)
     }
 }
 

@@ -1,10 +1,10 @@
 //! The loop thread ("python-asgi"): one asyncio event loop per worker process.
 //!
 //! The loop watches the acceptor's epoll fd (`loop.add_reader`: an epoll inside the
-//! loop's own epoll is fine): when it is readable, the callback takes every request
+//! loop's own epoll is fine): when it is readable, the callback takes the next request
 //! that is ready with the acceptor's non-blocking step ([`Source::try_next`]: the same
-//! accept, first read and FastCGI handling as the WSGI threads) and starts a task for
-//! each, in that same wake-up. There is no other thread between the socket and the
+//! accept, first read and FastCGI handling as the WSGI threads) and starts its task in
+//! that same wake-up. There is no other thread between the socket and the
 //! app. At `--max-concurrency` tasks in flight the reader is removed, so connections
 //! wait in the listen queue, and it comes back when a task ends.
 //!
@@ -189,6 +189,9 @@ fn serve(
             ctx: Rc::clone(&ctx),
             state: lifespan.state(py).map(Bound::unbind),
             create_task: get("create_task")?,
+            serve: PyModule::from_code(py, SERVE, c"postern_asgi.py", c"postern_asgi")?
+                .getattr("serve")?
+                .unbind(),
             call_later: get("call_later")?,
             call_soon_threadsafe: get("call_soon_threadsafe")?,
             stop: get("stop")?,
@@ -227,6 +230,8 @@ struct Driver {
     /// What lifespan startup stored: each scope gets a shallow copy.
     state: Option<Py<PyDict>>,
     create_task: Py<PyAny>,
+    /// `SERVE`'s coroutine function.
+    serve: Py<PyAny>,
     call_later: Py<PyAny>,
     call_soon_threadsafe: Py<PyAny>,
     stop: Py<PyAny>,
@@ -246,6 +251,19 @@ struct Driver {
     slots: RefCell<Vec<usize>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
 }
+
+/// Each request's task runs this around the app's coroutine: the end of the request
+/// is handled inside the task's last step, not by a done callback one loop iteration
+/// later. Every exception is the request's (reported through `done`), so the task
+/// itself always ends quietly.
+const SERVE: &std::ffi::CStr = c"async def serve(coro, done):
+    try:
+        await coro
+    except BaseException as e:
+        done(e)
+    else:
+        done(None)
+";
 
 /// A request handed from the draining thread to the loop.
 #[pyclass(module = "postern", name = "Handoff", frozen)]
@@ -279,7 +297,7 @@ impl Driver {
         }
     }
 
-    /// Takes every request that is ready now and starts a task for each.
+    /// Takes the next request that is ready and starts its task.
     fn take_ready(slf: &Bound<'_, Self>) {
         let py = slf.py();
         loop {
@@ -295,6 +313,10 @@ impl Driver {
                 TryNext::Ready(req) => {
                     drop(me);
                     Self::start_request(slf, req);
+                    // One request per wake-up: the loop's own epoll (level-triggered)
+                    // says whether more is ready, which saves a second epoll_wait on
+                    // the acceptor's epoll per request just to learn it is empty.
+                    return;
                 }
                 TryNext::Empty(wait) => {
                     if let Some(wait) = wait {
@@ -352,6 +374,7 @@ impl Driver {
         drop(entered);
         let app = me.app.clone_ref(py);
         let create_task = me.create_task.clone_ref(py);
+        let serve = me.serve.clone_ref(py);
         let ctx = Rc::clone(&me.ctx);
         drop(me);
         let exchange = match Bound::new(py, Exchange::new(ctx, req, span.clone(), slot, is_head)) {
@@ -377,11 +400,9 @@ impl Driver {
             let receive = exchange.getattr(intern!(py, "receive"))?;
             let send = exchange.getattr(intern!(py, "send"))?;
             let coro = app.bind(py).call1((scope, receive, send))?;
-            let task = create_task.bind(py).call1((coro,))?;
-            task.call_method1(
-                intern!(py, "add_done_callback"),
-                (exchange.getattr(intern!(py, "_task_done"))?,),
-            )?;
+            let done = exchange.getattr(intern!(py, "_done"))?;
+            let coro = serve.bind(py).call1((coro, done))?;
+            create_task.bind(py).call1((coro,))?;
             Ok(())
         })();
         if let Err(e) = started {
