@@ -280,6 +280,38 @@ mod tests {
         assert!(p.take(1).is_some());
     }
 
+    // The timer alone closes a waiting connection (before a9742bc only a Python thread
+    // about to wait on the epoll did; with none free it stayed open).
+    #[test]
+    fn the_io_thread_expires_a_waiting_connection_with_no_python_thread_looking() {
+        let p = Arc::new(pending(Duration::from_millis(50), 8));
+        let (a, _pa) = pair();
+        p.wait(plain(a), Instant::now()).ok().unwrap();
+        let gone = Arc::new(Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let task = tokio::spawn({
+                let (p, gone, stop) = (Arc::clone(&p), Arc::clone(&gone), stop.clone());
+                async move {
+                    keep_timeouts(&p, |now| gone.lock().unwrap().extend(p.expired(now)), stop).await
+                }
+            });
+            // A bound against a hang, not a measure.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while gone.lock().unwrap().is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            stop.cancel();
+            task.await.unwrap();
+        });
+        assert_eq!(gone.lock().unwrap().len(), 1, "expired by the timer task");
+        assert!(p.take(0).is_none(), "and no longer waiting");
+    }
+
     #[test]
     fn after_the_stop_nothing_waits() {
         let p = pending(Duration::from_secs(60), 8);
