@@ -490,6 +490,17 @@ fn a_task_that_never_finishes_is_caught_by_timeout() {
     });
     assert!(p.wait_log("request passed --timeout", 15), "{}", p.logs());
     assert!(p.logs().contains("request=GET /stuck"), "{}", p.logs());
+    // Besides the threads' stacks, the stuck task's own: the app's line that awaits.
+    let line = APP
+        .lines()
+        .position(|l| l.contains("await asyncio.sleep(3600)"))
+        .unwrap()
+        + 1;
+    assert!(
+        p.wait_log(&format!("asgi_core_app.py\", line {line}, in app"), 5),
+        "{}",
+        p.logs()
+    );
     let _ = stuck.join();
     assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
     // The replacement serves.

@@ -6,6 +6,7 @@
 //! - [`detect`]: `--interface auto|wsgi|asgi`: is the imported callable an ASGI app?
 //! - [`run`]: the loop thread ("python-asgi"): `--loop`, the wake-up on the
 //!   acceptor's epoll, one task per request, `--max-concurrency`, the stop.
+//! - [`dump`]: the tasks' stacks logged at the master's SIGUSR2 (`--timeout`).
 //! - [`http`]: one HTTP request's `receive` and `send`, and their small awaitables.
 //! - [`scope`]: the HTTP connection scope dict from the CGI variables.
 //! - [`lifespan`]: the lifespan protocol (startup before serving, shutdown after).
@@ -16,6 +17,7 @@
 //! [`Monitor`]: crate::wsgi::Monitor
 
 pub mod detect;
+pub mod dump;
 pub mod http;
 pub mod lifespan;
 pub mod run;

@@ -203,14 +203,24 @@ fn serve(
             drained: Cell::new(false),
             timer: RefCell::new(None),
             drain_thread: RefCell::new(None),
+            dump_fd: RefCell::new(None),
         },
     )?;
     let _ = ctx.ended.set(driver.getattr("_ended")?.unbind());
     ctx.add_reader
         .bind(py)
         .call1((ctx.gone.fd.as_raw_fd(), driver.getattr("_gone")?))?;
+    if let Some(fd) = super::dump::install(py)? {
+        ctx.add_reader
+            .bind(py)
+            .call1((fd.as_raw_fd(), driver.getattr("_dump")?))?;
+        driver.borrow().dump_fd.replace(Some(fd));
+    }
     Driver::resume(&driver)?;
     event_loop.call_method0("run_forever")?;
+    if let Some(fd) = &*driver.borrow().dump_fd.borrow() {
+        let _ = ctx.remove_reader.bind(py).call1((fd.as_raw_fd(),));
+    }
     if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {
         py.detach(|| {
             let _ = t.join();
@@ -250,6 +260,8 @@ struct Driver {
     /// The monitor's lines (`Monitor::begin`'s `thread`): a task takes a free one.
     slots: RefCell<Vec<usize>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
+    /// The stack-dump eventfd ([`super::dump`]).
+    dump_fd: RefCell<Option<std::os::fd::OwnedFd>>,
 }
 
 /// Each request's task runs this around the app's coroutine: the end of the request
@@ -497,6 +509,23 @@ impl Driver {
             Self::maybe_stop(slf);
         } else if let Err(e) = Self::resume(slf) {
             tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
+        }
+    }
+
+    /// The master's SIGUSR2 (`--timeout`, `--slow-log`): log every task's stack.
+    fn _dump(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let me = slf.borrow();
+        let fd = me.dump_fd.borrow();
+        let Some(fd) = fd.as_ref() else { return };
+        match super::dump::tasks(py, me.ctx.event_loop.bind(py), fd) {
+            Ok((n, stacks)) => tracing::warn!(
+                tasks = n,
+                "stacks of the ASGI tasks on the event loop:\n{stacks}"
+            ),
+            Err(e) => {
+                tracing::warn!(detail = %traceback(py, &e), "cannot list the ASGI tasks' stacks")
+            }
         }
     }
 
