@@ -4,9 +4,14 @@
 //! as latin-1 text in the app's JSON): paths mounted by `--mount` and not, non-ASCII and
 //! non-UTF-8 paths, `raw_path`, the query string, headers (each once, no empty
 //! content-type/content-length, cookies joined), client, server, the lifespan state (a
-//! copy per request) and `extensions`. Needs nginx: fails in CI if missing.
+//! copy per request) and `extensions`. Then the same through Apache (mod_proxy_fcgi with
+//! deploy/apache's `proxy-fcgi-pathinfo` recipe, and mod_proxy_uwsgi) at a prefix, where
+//! Apache does the SCRIPT_NAME split. Needs nginx and Apache: fails in CI if missing.
 
-use protocol_tests::harness::{nginx_bin, parse_http, tempdir, Nginx, Postern, Response, Spawn};
+use protocol_tests::apache::{apache_bin, deploy_conf, start_postern, Apache, Proto};
+use protocol_tests::harness::{
+    nginx_bin, parse_http, tempdir, Addr, Nginx, Postern, Response, Spawn,
+};
 use protocol_tests::stack::Upstream;
 use serde_json::{json, Value};
 
@@ -269,4 +274,98 @@ fn fastcgi_keep_conn_scope_fields_are_byte_exact() {
 #[test]
 fn scgi_pass_scope_fields_are_byte_exact() {
     scope_fields_are_byte_exact(Upstream::Scgi);
+}
+
+/// Through Apache at the prefix `/app` (deploy/apache's `file`): Apache sends
+/// SCRIPT_NAME `/app` and the rest as PATH_INFO, so `root_path` is `/app` without
+/// `--mount`; the other fields as through nginx.
+fn apache_scope_fields_are_byte_exact(proto: Proto, file: &str) {
+    let Some(bin) = apache_bin() else {
+        return;
+    };
+    let dir = tempdir();
+    let app = dir.path().join("scope_app.py");
+    std::fs::write(&app, APP).unwrap();
+    let postern = start_postern(
+        dir.path(),
+        proto,
+        app.to_str().unwrap(),
+        &["--interface", "asgi", "--lifespan", "on"],
+        None,
+    );
+    let Addr::Unix(sock) = &postern.addr else {
+        unreachable!("start_postern listens on a Unix socket")
+    };
+    let site = deploy_conf(
+        file,
+        &[("SOCKET", &sock.display().to_string()), ("PREFIX", "/app")],
+    );
+    let apache = Apache::start(&bin, dir.path(), &site);
+    let scope = |r: Response| {
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}\n{}",
+            r.text(),
+            postern.logs(),
+            apache.error_log()
+        );
+        r.json()
+    };
+
+    let s = scope(apache.request(
+        "GET",
+        "/app/caf%C3%A9/x?q=%C3%A9",
+        &[("X-Custom-Thing", "v"), ("Cookie", "a=1; b=2")],
+        b"",
+    ));
+    eprintln!("{proto:?} scope: {s}");
+    assert_eq!(s["type"], "http");
+    assert_eq!(s["asgi"], json!({"version": "3.0", "spec_version": "2.4"}));
+    assert_eq!(s["http_version"], "1.1");
+    assert_eq!(s["method"], "GET");
+    assert_eq!(s["scheme"], "http");
+    assert_eq!(s["root_path"], "/app");
+    assert_eq!(s["path"], "/app/café/x");
+    assert_eq!(s["raw_path"], "/app/caf%C3%A9/x");
+    assert_eq!(s["query_string"], "q=%C3%A9");
+    assert_eq!(header(&s, "host"), [apache.host()]);
+    assert_eq!(header(&s, "x-custom-thing"), ["v"]);
+    assert_eq!(header(&s, "cookie"), ["a=1; b=2"]);
+    assert!(header(&s, "content-type").is_empty() && header(&s, "content-length").is_empty());
+    each_header_once(&s);
+    let client = s["client"].as_array().expect("client");
+    assert_eq!(client[0], "127.0.0.1");
+    assert!(client[1].as_u64().is_some_and(|p| p > 0 && p < 65536));
+    assert_eq!(s["server"][1], apache.port);
+    assert_eq!(s["state_keys"], json!(["started"]));
+    assert_eq!(s["extensions"], json!({"http.response.pathsend": {}}));
+
+    // Not UTF-8: served, U+FFFD in path, raw_path exact.
+    let s = scope(apache.get("/app/bad%FF"));
+    assert_eq!(s["root_path"], "/app");
+    assert_eq!(s["path"], "/app/bad\u{fffd}");
+    assert_eq!(s["raw_path"], "/app/bad%FF");
+
+    // A POST: content-type and content-length once each.
+    let s = scope(apache.request(
+        "POST",
+        "/app/form",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    ));
+    assert_eq!(header(&s, "content-type"), ["application/json"]);
+    assert_eq!(header(&s, "content-length"), ["2"]);
+    assert_eq!(s["body"], "{}");
+    each_header_once(&s);
+}
+
+#[test]
+fn apache_proxy_fcgi_scope_fields_are_byte_exact() {
+    apache_scope_fields_are_byte_exact(Proto::FastCgi, "postern-fcgi.conf");
+}
+
+#[test]
+fn apache_proxy_uwsgi_scope_fields_are_byte_exact() {
+    apache_scope_fields_are_byte_exact(Proto::Uwsgi, "postern-uwsgi.conf");
 }
