@@ -178,6 +178,8 @@ impl Privileges {
 pub struct Loaded {
     pub app: wsgi::App,
     pub interface: Interface,
+    /// Why that interface (what the callable is), for `--check`.
+    pub why: String,
 }
 
 impl Loaded {
@@ -186,6 +188,7 @@ impl Loaded {
         Loaded {
             app: self.app.clone_ref(),
             interface: self.interface,
+            why: self.why.clone(),
         }
     }
 }
@@ -244,11 +247,15 @@ pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
     path.push(cwd);
     let app = interpreter::import(&path, &config.app)?;
     tracing::info!(app = %config.app, "app imported");
-    let interface = detect::choose_app(&app, config.opts.interface)?;
+    let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     if interface == Interface::Wsgi && config.opts.lifespan == LifespanMode::On {
         tracing::warn!("--lifespan on has no effect: the app is served as WSGI, which has no lifespan");
     }
-    Ok(Loaded { app, interface })
+    Ok(Loaded {
+        app,
+        interface,
+        why,
+    })
 }
 
 #[cfg(test)]

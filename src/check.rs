@@ -192,9 +192,10 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                 .and_then(|()| crate::boot::drop_privileges(config))
                 .and_then(|()| crate::boot::start_python(config))
             {
-                Ok(_) => {
+                Ok(loaded) => {
                     let info = crate::wsgi::interpreter::loaded_python_version();
                     println!("  python: {info}");
+                    println!("  interface: {}, as {}", loaded.interface.name(), loaded.why);
                     match &config.venv {
                         Some(v) => println!("  venv: {}", v.display()),
                         None => println!("  venv: none (the build's Python)"),

@@ -187,6 +187,13 @@ fn auto_serves_a_plain_function_as_wsgi_and_says_why() {
             && logs.contains("is a plain (not async) function"),
         "{logs}"
     );
+    // --check says it too.
+    let (status, out) = run_to_exit(&Spawn::unix(dir.path(), &app).arg("--check"), dir.path());
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("interface: WSGI, as plain.application is a plain (not async) function"),
+        "{out}"
+    );
 }
 
 #[test]

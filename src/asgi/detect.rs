@@ -104,6 +104,13 @@ fn c_str_of(source: &'static str) -> &'static std::ffi::CStr {
     CACHE.get_or_init(|| std::ffi::CString::new(source).expect("detect.py has no NUL byte"))
 }
 
+/// The interface chosen for an app, and the sentence that says why.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub interface: Interface,
+    pub why: String,
+}
+
 /// Decides how to serve `app` as `requested` says, and logs the choice and why (one
 /// info line); refuses what cannot work.
 pub fn choose(
@@ -111,23 +118,32 @@ pub fn choose(
     app: &Bound<'_, PyAny>,
     requested: InterfaceOption,
 ) -> Result<Interface, DetectError> {
-    let shape =
-        classify(py, app).map_err(|e| DetectError::Python(crate::wsgi::traceback(py, &e)))?;
-    let (interface, because) = decide(shape, requested)?;
-    tracing::info!(
-        interface = interface.name(),
-        "serving the app as {}: {because}",
-        interface.name()
-    );
-    Ok(interface)
+    explain(py, app, requested).map(|c| c.interface)
 }
 
-/// [`choose`] for an imported app.
+/// [`choose`], with the reason.
+fn explain(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    requested: InterfaceOption,
+) -> Result<Choice, DetectError> {
+    let shape =
+        classify(py, app).map_err(|e| DetectError::Python(crate::wsgi::traceback(py, &e)))?;
+    let (interface, why) = decide(shape, requested)?;
+    tracing::info!(
+        interface = interface.name(),
+        "serving the app as {}: {why}",
+        interface.name()
+    );
+    Ok(Choice { interface, why })
+}
+
+/// [`choose`] for an imported app, with the reason (`--check` prints it).
 pub fn choose_app(
     app: &crate::wsgi::App,
     requested: InterfaceOption,
-) -> Result<Interface, DetectError> {
-    Python::attach(|py| choose(py, app.0.bind(py), requested))
+) -> Result<Choice, DetectError> {
+    Python::attach(|py| explain(py, app.0.bind(py), requested))
 }
 
 /// The rule, apart from Python (unit tested).
