@@ -360,19 +360,25 @@ const FAILS: &str = r#"    message = await receive()
 fn a_failed_startup_stops_postern_with_the_apps_message() {
     let dir = tempdir();
     let (app, events_file) = asgi_app(dir.path(), FAILS);
-    for workers in ["1", "2"] {
+    // One process; a master with two workers; the same with the app imported by the
+    // master (--preload: each worker still runs its own startup).
+    for args in [
+        &["--workers", "1"][..],
+        &["--workers", "2"],
+        &["--workers", "2", "--preload"],
+    ] {
         let _ = std::fs::remove_file(&events_file);
-        let spawn = Spawn::unix(dir.path(), &app).args(["--workers", workers]);
+        let spawn = Spawn::unix(dir.path(), &app).args(args.iter().copied());
         let (status, out) = run_to_exit(&spawn, dir.path());
-        assert!(!status.success(), "--workers {workers}:\n{out}");
+        assert!(!status.success(), "{args:?}:\n{out}");
         assert!(
             out.contains("lifespan startup failed")
                 && out.contains("cannot reach the database at db:5432"),
-            "--workers {workers}:\n{out}"
+            "{args:?}:\n{out}"
         );
-        assert!(!out.contains(" ready"), "--workers {workers}:\n{out}");
+        assert!(!out.contains(" ready"), "{args:?}:\n{out}");
         assert!(events(&events_file).iter().all(|e| e == "startup"));
-        if workers == "2" {
+        if args[1] == "2" {
             assert!(out.contains("the first workers failed to start"), "{out}");
         }
     }
