@@ -14,11 +14,11 @@ Routes (GET unless said):
                        "chunk 0\\n", then nothing until the file `gate` exists, then
                        "chunk 1\\n".."chunk n-1\\n" (X-Accel-Buffering: no)
     /big?size=&chunk=  `size` bytes ("x"), `chunk` bytes per send (X-Accel-Buffering: no)
-    /disconnect?dir=&name=&phase=before|during
+    /disconnect?dir=&name=&phase=before|during[&tick=SECONDS]
                        waits for http.disconnect and records it in dir/name: "before":
                        without answering; "during": after a first chunk of a streamed
-                       answer. The file says what receive() returned and what the next
-                       send() raised.
+                       answer (and, with tick, one more every SECONDS meanwhile). The
+                       file says what receive() returned and what the next send() raised.
     /state?tag=        JSON {"tag_before", "tag", "shared"}: scope["state"] as this
                        request found it, then set by it (lifespan startup stored
                        {"shared": [list]})
@@ -153,10 +153,25 @@ async def app(scope, receive, send):
         if q.get("phase") == "during":
             await start_stream(send)
             await send({"type": "http.response.body", "body": b"waiting\n", "more_body": True})
+        ticker = None
+        if q.get("tick"):
+            # A chunk every `tick` seconds while waiting: a front end that watches the
+            # client only when it writes to it (Apache) then notices it has gone.
+            async def tick(every=float(q["tick"])):
+                try:
+                    while True:
+                        await asyncio.sleep(every)
+                        await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                except OSError:
+                    pass
+
+            ticker = asyncio.ensure_future(tick())
         with open(record + ".arrived", "w"):
             pass
         started = time.monotonic()
         message = await receive()
+        if ticker is not None:
+            ticker.cancel()
         lines = [f"receive: {message['type']}", f"after: {time.monotonic() - started:.3f}"]
         try:
             await send({"type": "http.response.body", "body": b"too late\n", "more_body": True})

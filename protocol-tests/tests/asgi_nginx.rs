@@ -215,8 +215,19 @@ fn a_streamed_response_reaches_the_client_while_the_app_runs() {
 /// "during", then closes the connection. Returns what the app recorded in `dir/name`,
 /// or why there is nothing.
 fn abort_and_read_record(port: u16, dir: &Path, name: &str, phase: &str) -> Result<String, String> {
+    abort_and_read_record_with(port, dir, name, phase, "")
+}
+
+/// [`abort_and_read_record`] with `query` added to the app's /disconnect target.
+fn abort_and_read_record_with(
+    port: u16,
+    dir: &Path,
+    name: &str,
+    phase: &str,
+    query: &str,
+) -> Result<String, String> {
     let target = format!(
-        "/disconnect?dir={}&name={name}&phase={phase}",
+        "/disconnect?dir={}&name={name}&phase={phase}{query}",
         dir.display()
     );
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -471,6 +482,19 @@ fn through_apache_mod_proxy_fcgi() {
     };
     check_bodies(s.apache.port, true);
     assert_streams_at(s.apache.port, s.dir.path(), &s.postern);
+    let dir = s.dir.path().join("disconnect");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // Apache watches the client only when it writes to it: a client gone while the app
+    // sends nothing stays unnoticed (the connection to postern stays open), so the app
+    // sends a chunk now and then, as an event stream's keep-alive comments do.
+    let got = abort_and_read_record_with(s.apache.port, &dir, "during", "during", "&tick=0.2");
+    eprintln!("apache fcgi, client gone during a ticking response: {got:?}");
+    let r = got.unwrap_or_else(|e| panic!("{e}\n{}", s.postern.logs()));
+    assert!(
+        r.starts_with("receive: http.disconnect\n") && r.contains("send: OSError"),
+        "{r}"
+    );
     // 25 clients: the test Apache has 32 threads (MaxRequestWorkers), and at the
     // limit it logs an [error] line (AH00484) while the rest wait in its queue.
     Load::new(25, 8)
@@ -488,6 +512,19 @@ fn through_apache_mod_proxy_uwsgi() {
     // mod_proxy_uwsgi answers 411 to a chunked body itself (deploy/apache/postern-uwsgi.conf).
     check_bodies(s.apache.port, false);
     assert_streams_at(s.apache.port, s.dir.path(), &s.postern);
+    let dir = s.dir.path().join("disconnect");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // Apache watches the client only when it writes to it: a client gone while the app
+    // sends nothing stays unnoticed (the connection to postern stays open), so the app
+    // sends a chunk now and then, as an event stream's keep-alive comments do.
+    let got = abort_and_read_record_with(s.apache.port, &dir, "during", "during", "&tick=0.2");
+    eprintln!("apache uwsgi, client gone during a ticking response: {got:?}");
+    let r = got.unwrap_or_else(|e| panic!("{e}\n{}", s.postern.logs()));
+    assert!(
+        r.starts_with("receive: http.disconnect\n") && r.contains("send: OSError"),
+        "{r}"
+    );
     // 25 clients: the test Apache has 32 threads (MaxRequestWorkers), and at the
     // limit it logs an [error] line (AH00484) while the rest wait in its queue.
     Load::new(25, 8)
