@@ -95,6 +95,9 @@ async def app(scope, receive, send):
     elif path == "/sleep":
         await asyncio.sleep(float(scope["query_string"] or b"0.5"))
         await answer(send, b"slept")
+    elif path == "/sync":
+        n = await asyncio.get_running_loop().run_in_executor(None, lambda: 6 * 7)
+        await answer(send, str(n).encode())
     elif path == "/stuck":
         await asyncio.sleep(3600)
     elif path == "/head":
@@ -428,6 +431,9 @@ fn a_reader_that_stops_reading_holds_send_back_and_memory_stays_bounded() {
         sent < 200,
         "send did not wait for the reader: {sent} chunks sent"
     );
+    // The write that waits holds no thread of the app's executor (--threads 1): sync
+    // code still runs.
+    assert_eq!(get(&p, "/sync", "").text(), "42");
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     let mut peak = 0;

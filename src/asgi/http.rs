@@ -116,6 +116,10 @@ pub struct Ctx {
     pub event_loop: Py<PyAny>,
     pub create_future: Py<PyAny>,
     pub run_in_executor: Py<PyAny>,
+    /// The executor of blocking writes and body reads: threads of their own, so a
+    /// front server that stops reading never takes the default executor's threads
+    /// (`--threads`, the app's sync code) from the app.
+    pub io_executor: Py<PyAny>,
     pub add_reader: Py<PyAny>,
     pub remove_reader: Py<PyAny>,
     pub monitor: Option<Arc<dyn Monitor>>,
@@ -447,7 +451,7 @@ impl Exchange {
         let fut = ctx
             .run_in_executor
             .bind(py)
-            .call1((py.None(), job.clone_ref(py)))?;
+            .call1((ctx.io_executor.bind(py), job.clone_ref(py)))?;
         // Registered before the task awaits the future: the sink is back before the
         // app runs on.
         let cb = ctx
@@ -829,7 +833,9 @@ impl Exchange {
                 me.body = BodyState::Reading(job.clone_ref(py));
                 let ctx = me.ctx.clone();
                 drop(me);
-                ctx.run_in_executor.bind(py).call1((py.None(), job))
+                ctx.run_in_executor
+                    .bind(py)
+                    .call1((ctx.io_executor.bind(py), job))
             }
             BodyState::Reading(job) => {
                 if job.get().done.load(Ordering::Acquire) {
@@ -839,7 +845,9 @@ impl Exchange {
                 me.body = BodyState::Reading(job.clone_ref(py));
                 let ctx = me.ctx.clone();
                 drop(me);
-                ctx.run_in_executor.bind(py).call1((py.None(), job))
+                ctx.run_in_executor
+                    .bind(py)
+                    .call1((ctx.io_executor.bind(py), job))
             }
             BodyState::Done => {
                 if me.gone || me.served.is_some() {

@@ -164,10 +164,19 @@ fn serve(
         ));
     };
     let get = |name: &str| -> PyResult<Py<PyAny>> { Ok(event_loop.getattr(name)?.unbind()) };
+    let io_executor = {
+        let kw = PyDict::new(py);
+        kw.set_item("max_workers", IO_THREADS.min(asgi.max_concurrency))?;
+        kw.set_item("thread_name_prefix", "python-asgi-io")?;
+        py.import("concurrent.futures")?
+            .getattr("ThreadPoolExecutor")?
+            .call((), Some(&kw))?
+    };
     let ctx = Rc::new(Ctx {
         event_loop: event_loop.clone().unbind(),
         create_future: get("create_future")?,
         run_in_executor: get("run_in_executor")?,
+        io_executor: io_executor.clone().unbind(),
         add_reader: get("add_reader")?,
         remove_reader: get("remove_reader")?,
         monitor: settings.monitor.clone(),
@@ -221,6 +230,7 @@ fn serve(
     if let Some(fd) = &*driver.borrow().dump_fd.borrow() {
         let _ = ctx.remove_reader.bind(py).call1((fd.as_raw_fd(),));
     }
+    let _ = io_executor.call_method1("shutdown", (false,));
     if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {
         py.detach(|| {
             let _ = t.join();
@@ -280,6 +290,10 @@ const SERVE: &std::ffi::CStr = c"async def serve(coro, done):
 /// A request handed from the draining thread to the loop.
 #[pyclass(module = "postern", name = "Handoff", frozen)]
 struct Handoff(Mutex<Option<Request>>);
+
+/// Threads (at most) that write to front servers not reading and read spooled or
+/// streamed request bodies: one per such request at a time; started as needed.
+const IO_THREADS: usize = 64;
 
 /// The monitor's `thread` for a task that found no free line: past every line, so it
 /// is counted but not watched line by line.
