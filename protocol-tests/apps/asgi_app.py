@@ -173,11 +173,18 @@ async def app(scope, receive, send):
         if ticker is not None:
             ticker.cancel()
         lines = [f"receive: {message['type']}", f"after: {time.monotonic() - started:.3f}"]
+        # The next message the app would send: the start, or more of the body.
+        if q.get("phase") == "during":
+            late = {"type": "http.response.body", "body": b"too late\n", "more_body": True}
+        else:
+            late = {"type": "http.response.start", "status": 200, "headers": []}
         try:
-            await send({"type": "http.response.body", "body": b"too late\n", "more_body": True})
+            await send(late)
             lines.append("send: returned")
         except OSError as e:
             lines.append(f"send: OSError {type(e).__name__}")
+        except Exception as e:
+            lines.append(f"send: {type(e).__name__} {e}")
         with open(record + ".tmp", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.rename(record + ".tmp", record)

@@ -305,6 +305,11 @@ fn a_client_gone_during_a_streamed_response_reaches_the_app_as_http_disconnect()
 }
 
 #[test]
+fn a_client_gone_before_the_response_reaches_the_app_as_http_disconnect() {
+    assert_disconnect_reaches_the_app("before");
+}
+
+#[test]
 fn two_hundred_requests_over_fifty_connections() {
     each_nginx(|s, _| s.load(&Load::new(50, 4)).assert_all_ok());
 }
