@@ -111,6 +111,11 @@ impl GoneQueue {
     }
 }
 
+/// The monitor's `thread` for a task that found no free line (more tasks in flight
+/// than `--threads` lines on the scoreboard): it is not watched line by line, and is
+/// counted on a line once one is free ([`Ctx::uncounted`]).
+pub const NO_LINE: usize = usize::MAX / 2;
+
 /// What every request of one loop shares: the loop's methods, looked up once.
 pub struct Ctx {
     pub event_loop: Py<PyAny>,
@@ -136,6 +141,9 @@ pub struct Ctx {
     /// The requests waiting for word from [`GoneQueue`], by id.
     pub gone_waiting: std::cell::RefCell<std::collections::HashMap<u64, Py<Exchange>>>,
     pub next_id: Cell<u64>,
+    /// Requests that ended without a scoreboard line, to count on the next free one
+    /// (their head names them; the counters go by protocol and status).
+    pub uncounted: std::cell::RefCell<Vec<(Head, Protocol, Served)>>,
 }
 
 /// The request body, as `receive` hands it out.
@@ -661,8 +669,15 @@ impl Exchange {
             return Ok(());
         }
         let slot = me.slot;
-        if let Some(m) = &me.ctx.monitor {
-            m.end(slot, me.served.as_ref());
+        if let (Some(m), Some(served)) = (&me.ctx.monitor, me.served) {
+            if slot == NO_LINE {
+                me.ctx
+                    .uncounted
+                    .borrow_mut()
+                    .push((me.head.clone(), me.protocol, served));
+            } else {
+                m.end(slot, Some(&served));
+            }
         }
         let ended = me.ctx.ended.get().map(|e| e.clone_ref(py));
         drop(me);

@@ -187,6 +187,7 @@ fn serve(
         gone: super::http::GoneQueue::new()?,
         gone_waiting: RefCell::new(std::collections::HashMap::new()),
         next_id: Cell::new(0),
+        uncounted: RefCell::new(Vec::new()),
     });
     let driver = Bound::new(
         py,
@@ -295,9 +296,7 @@ struct Handoff(Mutex<Option<Request>>);
 /// streamed request bodies: one per such request at a time; started as needed.
 const IO_THREADS: usize = 64;
 
-/// The monitor's `thread` for a task that found no free line: past every line, so it
-/// is counted but not watched line by line.
-const NO_LINE: usize = usize::MAX / 2;
+use super::http::NO_LINE;
 
 impl Driver {
     /// Watches the epoll fd again (below the cap) and takes what is ready.
@@ -388,7 +387,7 @@ impl Driver {
         let py = slf.py();
         let me = slf.borrow();
         let slot = me.slots.borrow_mut().pop().unwrap_or(NO_LINE);
-        if let Some(m) = &me.ctx.monitor {
+        if let (Some(m), true) = (&me.ctx.monitor, slot != NO_LINE) {
             m.begin(slot, &req.head, req.listener.protocol);
         }
         me.in_flight.set(me.in_flight.get() + 1);
@@ -516,6 +515,14 @@ impl Driver {
             me.in_flight.set(me.in_flight.get().saturating_sub(1));
             if slot != NO_LINE {
                 me.slots.borrow_mut().push(slot);
+            }
+            // Requests that ran without a line are counted on a free one now.
+            let free = me.slots.borrow().last().copied();
+            if let (Some(m), Some(line)) = (&me.ctx.monitor, free) {
+                for (head, protocol, served) in me.ctx.uncounted.borrow_mut().drain(..) {
+                    m.begin(line, &head, protocol);
+                    m.end(line, Some(&served));
+                }
             }
         }
         crate::logging::write_deferred();
