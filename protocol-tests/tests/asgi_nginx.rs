@@ -682,10 +682,11 @@ fn fastapi_example_json_upload_stream_and_server_sent_events() {
     assert_eq!(r.text(), "chunk 0\nchunk 1\nchunk 2\n");
 
     // Server-sent events: each arrives before the app makes the next (the app stamps
-    // each with its clock; the order of two instants on one machine, not a duration).
+    // each with its clock; the order of two instants on one machine, not a duration;
+    // the app waits a second between events, so a loaded machine does not reorder them).
     let mut c = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(b"GET /events?n=3&delay=0.5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /events?n=3&delay=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let events = read_events(&mut c, 3, || s.postern.logs());
     for w in events.windows(2) {
