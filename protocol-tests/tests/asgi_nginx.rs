@@ -564,8 +564,20 @@ fn assert_detected(p: &Postern, interface: &str, because: &str) {
 
 /// An example (`app`, from the repository root unless `chdir`) behind nginx.
 fn example(upstream: Upstream, app: &str, chdir: Option<&str>, venv: &Path) -> Option<Stack> {
+    example_with(upstream, app, chdir, venv, &[])
+}
+
+/// [`example`] with more postern arguments.
+fn example_with(
+    upstream: Upstream,
+    app: &str,
+    chdir: Option<&str>,
+    venv: &Path,
+    more: &[&str],
+) -> Option<Stack> {
     let chdir = chdir.map(|d| root().join(d).display().to_string());
     let mut args = vec!["--threads", "4"];
+    args.extend(more);
     if let Some(d) = &chdir {
         args.extend(["--chdir", d.as_str()]);
     }
@@ -714,6 +726,42 @@ fn fastapi_example_json_upload_stream_and_server_sent_events() {
         s.postern.logs()
     );
     s.assert_clean("fastapi");
+    assert_no_error_lines(&s.postern);
+}
+
+#[test]
+fn fastapi_example_mounted_with_mount_routes_below_its_root_path() {
+    // nginx passes the whole path; `--mount /app` makes /app the scope's root_path,
+    // which FastAPI routes below and puts in its OpenAPI servers and docs page.
+    let Some(venv) = venv() else { return };
+    let Some(s) = example_with(
+        Upstream::Uwsgi,
+        "examples/fastapi_app.py:app",
+        None,
+        &venv,
+        &["--mount", "/app"],
+    ) else {
+        return;
+    };
+    let n = &s.nginx;
+    assert_eq!(
+        n.get("/app/").json(),
+        serde_json::json!({"hello": "FastAPI"})
+    );
+    let r = n.get("/app/api/items/7");
+    assert_eq!(
+        (r.status, r.json()),
+        (404, serde_json::json!({"detail": "no item 7"}))
+    );
+    let openapi = n.get("/app/openapi.json").json();
+    assert_eq!(
+        openapi["servers"],
+        serde_json::json!([{"url": "/app"}]),
+        "{openapi}"
+    );
+    let docs = n.get("/app/docs").text();
+    assert!(docs.contains("'/app/openapi.json'"), "{docs}");
+    s.assert_clean("fastapi --mount");
     assert_no_error_lines(&s.postern);
 }
 
