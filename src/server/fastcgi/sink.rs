@@ -285,6 +285,12 @@ impl Sink for FcgiSink {
         self.flags.on_abort(notify);
         true
     }
+
+    /// Once `write_last` has sent END_REQUEST, `finish` only returns the figures: no
+    /// reason to release the GIL for it.
+    fn finish_is_quick(&self) -> bool {
+        self.finished
+    }
 }
 
 impl Drop for FcgiSink {
