@@ -56,6 +56,23 @@ async def app(scope, receive, send):
         msgs = await read_all(receive)
         body = b"".join(m.get("body", b"") for m in msgs)
         await answer(send, ("%d %s %d" % (len(body), hashlib.sha256(body).hexdigest(), len(msgs))).encode())
+    elif path == "/impatient":
+        # receive() under a short timeout, retried: a cancelled receive() must not
+        # lose its chunk.
+        body, n = b"", 0
+        while True:
+            try:
+                m = await asyncio.wait_for(receive(), 0.005)
+            except asyncio.TimeoutError:
+                continue
+            body += m.get("body", b"")
+            n += 1
+            if not m.get("more_body"):
+                break
+        await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
+    elif path == "/bg-exit":
+        asyncio.get_running_loop().call_soon(sys.exit, 3)
+        await answer(send, b"ok")
     elif path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for i in range(5):
@@ -259,6 +276,42 @@ fn a_fastcgi_body_streamed_in_stdin_records_reaches_the_app_whole() {
     let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
     let expect = format!("300000 {}", sha256_hex(&body));
     assert!(stdout.contains(&expect), "{stdout}");
+}
+
+// regression: a receive() cancelled while its chunk was being read (asyncio.wait_for
+// timing out) lost that chunk; the app saw a short body and answered 200.
+#[test]
+fn a_cancelled_receive_loses_no_body() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &[]);
+    let body: Vec<u8> = (0..160_000u32).map(|i| (i % 249) as u8).collect();
+    let v = vars("POST", "/impatient", "");
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&fcgi::begin(1, 1, false)).unwrap();
+    s.write_all(&fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)))
+        .unwrap();
+    s.write_all(&fcgi::record(fcgi::PARAMS, 1, b"")).unwrap();
+    for c in body.chunks(8000) {
+        s.write_all(&fcgi::record(fcgi::STDIN, 1, c)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
+    let expect = format!("160000 {}", sha256_hex(&body));
+    assert!(stdout.contains(&expect), "{stdout}");
+}
+
+// regression: a callback of the app raising SystemExit ended the loop's run_forever and
+// the worker stayed up answering nothing.
+#[test]
+fn a_system_exit_raised_out_of_the_loop_does_not_stop_serving() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    assert_eq!(get(&p, "/bg-exit", "").text(), "ok");
+    assert_eq!(get(&p, "/hello", "").text(), "Hello, ASGI!\n");
+    assert!(p.wait_log("the loop goes on", 5), "{}", p.logs());
 }
 
 #[test]

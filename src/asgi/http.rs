@@ -192,6 +192,12 @@ pub struct Exchange {
     body: BodyState,
     /// `receive()` futures waiting for `http.disconnect`.
     waiters: Vec<Py<PyAny>>,
+    /// A body read runs on the executor.
+    read_in_flight: bool,
+    /// The receive() future waiting for that read.
+    read_waiter: Option<Py<PyAny>>,
+    /// A chunk read that no receive() took yet (its caller was cancelled).
+    read_kept: Option<Py<PyAny>>,
     watching: bool,
     /// Registered with the sink's `notify_gone` under this id.
     gone_id: Option<u64>,
@@ -276,6 +282,9 @@ impl Exchange {
             released: false,
             body: BodyState::Waiting(body),
             waiters: Vec::new(),
+            read_in_flight: false,
+            read_waiter: None,
+            read_kept: None,
             watching: false,
             gone_id: None,
             trailers_said: false,
@@ -845,24 +854,39 @@ impl Exchange {
                         done: AtomicBool::new(false),
                     },
                 )?;
-                me.body = BodyState::Reading(job.clone_ref(py));
-                let ctx = me.ctx.clone();
+                me.body = BodyState::Reading(job);
                 drop(me);
-                ctx.run_in_executor
-                    .bind(py)
-                    .call1((ctx.io_executor.bind(py), job))
+                Self::receive(slf)
             }
             BodyState::Reading(job) => {
-                if job.get().done.load(Ordering::Acquire) {
+                if let Some(msg) = me.read_kept.take() {
+                    me.body = BodyState::Reading(job);
+                    return Ok(Bound::new(py, Ready(Some(msg)))?.into_any());
+                }
+                if job.get().done.load(Ordering::Acquire) && !me.read_in_flight {
                     drop(me);
                     return Self::receive(slf);
                 }
-                me.body = BodyState::Reading(job.clone_ref(py));
-                let ctx = me.ctx.clone();
-                drop(me);
-                ctx.run_in_executor
-                    .bind(py)
-                    .call1((ctx.io_executor.bind(py), job))
+                // One read in flight per body, whatever the receive() calls: a
+                // receive() the app cancels (a timeout, Starlette's is_disconnected())
+                // leaves its chunk to the next one instead of losing it.
+                if !me.read_in_flight {
+                    me.read_in_flight = true;
+                    let ctx = me.ctx.clone();
+                    let fut = ctx
+                        .run_in_executor
+                        .bind(py)
+                        .call1((ctx.io_executor.bind(py), job.clone_ref(py)))?;
+                    let cb = ctx
+                        .partial
+                        .bind(py)
+                        .call1((slf.getattr(intern!(py, "_read_done"))?,))?;
+                    fut.call_method1(intern!(py, "add_done_callback"), (cb,))?;
+                }
+                me.body = BodyState::Reading(job);
+                let waiter = me.ctx.create_future.bind(py).call0()?;
+                me.read_waiter = Some(waiter.clone().unbind());
+                Ok(waiter)
             }
             BodyState::Done => {
                 if me.gone || me.served.is_some() {
@@ -1049,6 +1073,24 @@ impl Exchange {
     }
 
     /// The sink is back from the executor.
+    /// A body read finished: to the receive() waiting for it, or kept for the next.
+    fn _read_done(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let msg = match fut.call_method0(intern!(py, "result")) {
+            Ok(m) => m,
+            Err(_) => disconnect_message(py)?.into_any(),
+        };
+        let mut me = slf.borrow_mut();
+        me.read_in_flight = false;
+        match me.read_waiter.take() {
+            Some(w) if !w.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? => {
+                w.bind(py).call_method1(intern!(py, "set_result"), (msg,))?;
+            }
+            _ => me.read_kept = Some(msg.unbind()),
+        }
+        Ok(())
+    }
+
     fn _job_done(
         slf: &Bound<'_, Self>,
         job: &Bound<'_, SinkJob>,

@@ -227,7 +227,19 @@ fn serve(
         driver.borrow().dump_fd.replace(Some(fd));
     }
     Driver::resume(&driver)?;
-    event_loop.call_method0("run_forever")?;
+    // The loop ends only once the stop is drained. asyncio lets SystemExit and
+    // KeyboardInterrupt out of run_forever (a background task or callback of the app
+    // raising them), and an app may call loop.stop(): the loop goes on serving, or the
+    // worker would stay up answering nothing.
+    loop {
+        if let Err(e) = event_loop.call_method0("run_forever") {
+            tracing::error!(detail = %traceback(py, &e), "a task or callback on the event loop raised this out of the loop; the loop goes on");
+        }
+        let me = driver.borrow();
+        if me.drained.get() && me.in_flight.get() == 0 {
+            break;
+        }
+    }
     if let Some(fd) = &*driver.borrow().dump_fd.borrow() {
         let _ = ctx.remove_reader.bind(py).call1((fd.as_raw_fd(),));
     }
