@@ -73,6 +73,18 @@ async def app(scope, receive, send):
     elif path == "/bg-exit":
         asyncio.get_running_loop().call_soon(sys.exit, 3)
         await answer(send, b"ok")
+    elif path == "/restart":
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-length", b"1"), (b"x-leak", b"first"), (b"x-bad", b"a\nb")]})
+        except ValueError:
+            await answer(send, b"error page body", 500)
+    elif path == "/pathsend-dir":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": DIR})
+        except ValueError as e:
+            await send({"type": "http.response.body", "body": b"fallback: " + str("regular" in str(e)).encode()})
     elif path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for i in range(5):
@@ -344,6 +356,29 @@ fn head_204_and_headers_follow_the_wsgi_rules() {
     let r = get(&p, "/bad-header", "");
     assert_eq!(r.status, 500, "a header with CR/LF is refused");
     assert!(p.wait_log("CR, LF", 5), "{}", p.logs());
+}
+
+// regression: a refused http.response.start left its headers and Content-Length
+// behind for the app's second start (its error page went out with them).
+#[test]
+fn a_refused_start_leaves_nothing_for_the_next_one() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/restart", "");
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "error page body");
+    assert_eq!(r.header("x-leak"), None);
+}
+
+// regression: pathsend of a directory sent a head with Content-Length 4096, then failed
+// as if the client had gone.
+#[test]
+fn pathsend_of_a_directory_is_refused_before_anything_is_sent() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/pathsend-dir", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "fallback: True");
 }
 
 #[test]

@@ -348,9 +348,13 @@ impl Exchange {
         if code < 200 {
             return Err(refuse(HeaderError::Interim(code.to_string())));
         }
+        // Kept aside until every header passed: an app that catches the error and
+        // starts again (an error page) must not inherit the refused attempt's headers.
+        let mut headers = Vec::new();
+        let mut content_length = None;
         let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
-        if let Some(headers) = message.get_item(intern!(py, "headers"))? {
-            for item in headers.try_iter().map_err(|_| {
+        if let Some(given) = message.get_item(intern!(py, "headers"))? {
+            for item in given.try_iter().map_err(|_| {
                 PyTypeError::new_err(
                     "http.response.start 'headers' must be an iterable of [name, value] byte pairs",
                 )
@@ -397,14 +401,16 @@ impl Exchange {
                     continue;
                 }
                 if name.eq_ignore_ascii_case("content-length") {
-                    if self.content_length.is_some() {
+                    if content_length.is_some() {
                         return Err(refuse(HeaderError::DuplicateContentLength));
                     }
-                    self.content_length = Some(resp::parse_content_length(&value).map_err(refuse)?);
+                    content_length = Some(resp::parse_content_length(&value).map_err(refuse)?);
                 }
-                self.headers.push((name, value));
+                headers.push((name, value));
             }
         }
+        self.headers = headers;
+        self.content_length = content_length;
         self.code = code;
         self.started = true;
         Ok(())
@@ -1026,8 +1032,30 @@ impl Exchange {
                 if me.gone {
                     return Err(gone_error());
                 }
-                let file = std::fs::File::open(&path)?;
-                let len = file.metadata()?.len();
+                // Checked before anything is written, so the app can still answer.
+                let named = |e: std::io::Error| {
+                    let msg = format!("http.response.pathsend {}: {e}", path.display());
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        pyo3::exceptions::PyFileNotFoundError::new_err(msg)
+                    } else {
+                        pyo3::exceptions::PyOSError::new_err(msg)
+                    }
+                };
+                if !path.is_absolute() {
+                    return Err(PyValueError::new_err(format!(
+                        "http.response.pathsend takes an absolute path, not {}",
+                        path.display()
+                    )));
+                }
+                let file = std::fs::File::open(&path).map_err(named)?;
+                let meta = file.metadata().map_err(named)?;
+                if !meta.is_file() {
+                    return Err(PyValueError::new_err(format!(
+                        "http.response.pathsend {} is not a regular file",
+                        path.display()
+                    )));
+                }
+                let len = meta.len();
                 let head = me.head_bytes(Some(len as usize), 0);
                 me.head_sent = true;
                 let send_body = !me.head_only();
