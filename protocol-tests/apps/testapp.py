@@ -18,6 +18,8 @@ from wsgiref.validate import validator
 # Request ids whose iterable's close() ran: {id: how}.
 CLOSED = {}
 KEPT_WRITE = None
+KEPT_START_RESPONSE = None
+WEAK_WRITE = None
 IMPORTS = os.environ.get("TESTAPP_IMPORT_MARK")
 if IMPORTS:
     with open(IMPORTS, "a") as f:
@@ -298,6 +300,44 @@ def application(environ, start_response):
         except OSError:
             return text(start_response, "raised")
         return text(start_response, "no error")
+    if path == "/keep-start-response":
+        global KEPT_START_RESPONSE
+        KEPT_START_RESPONSE = start_response
+        return text(start_response, "kept")
+    if path == "/use-kept-start-response":
+        try:
+            KEPT_START_RESPONSE("200 OK", [])(b"late")
+        except (AssertionError, OSError):
+            return text(start_response, "raised")
+        return text(start_response, "no error")
+    if path == "/weakref-write":
+        import weakref
+
+        global WEAK_WRITE
+        WEAK_WRITE = weakref.ref(start_response("200 OK", []))
+        return [b"kept"]
+    if path == "/use-weakref-write":
+        late = WEAK_WRITE()
+        if late is None:
+            return text(start_response, "gone")
+        try:
+            late(b"late")
+        except OSError:
+            return text(start_response, "raised")
+        return text(start_response, "no error")
+    if path == "/errors-partial":
+        # A line without its newline: ended when the request no longer reaches it.
+        tag = environ.get("QUERY_STRING", "")
+        environ["wsgi.errors"].write("partial-" + tag)
+        if environ.get("HTTP_X_GENERATOR"):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+
+            def gen():
+                # Refers to the environ: it lives until the body is done.
+                yield b"partial\n" if environ else b""
+
+            return gen()
+        return text(start_response, "partial\n")
     if path == "/errors-surrogate":
         environ["wsgi.errors"].write("bad \udcff surrogate\n")
         return text(start_response, "ok")

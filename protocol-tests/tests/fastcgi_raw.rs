@@ -1647,6 +1647,31 @@ fn wsgi_errors_become_stderr_records_before_end_request() {
 }
 
 #[test]
+fn a_wsgi_errors_line_without_newline_is_sent_before_end_request_each_request() {
+    // A line the app leaves without its newline is ended when the request no longer
+    // reaches the object (as dropping it did), before END_REQUEST; requests of one
+    // thread one after another (the object is reused) each send their own line only.
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    for (i, generator) in [(1, false), (2, false), (3, true), (4, true), (5, false)] {
+        let mut v = vars("GET", &format!("/errors-partial?n{i}"), None);
+        if generator {
+            v.push(("HTTP_X_GENERATOR".into(), "1".into()));
+        }
+        let mut b = head(1, true, &v);
+        b.extend(fcgi::record(STDIN, 1, b""));
+        c.send(&b);
+        let out = c.reply(1);
+        out.assert_ok(b"partial\n");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(stderr, format!("partial-n{i}\n"), "request {i}: {out:?}");
+        assert_eq!(out.kinds.last(), Some(&END_REQUEST));
+    }
+    assert!(p.wait_log("partial-n5", 5));
+}
+
+#[test]
 fn no_fastcgi_stderr_sends_no_stderr_records() {
     let dir = tempdir();
     let p = start(dir.path(), &["--no-fastcgi-stderr"]);

@@ -579,6 +579,28 @@ fn a_kept_write_raises_after_its_request() {
 }
 
 #[test]
+fn a_kept_start_response_or_weakly_kept_write_never_reaches_a_later_request() {
+    // regression guard: a thread reuses its start_response object (and its write) for
+    // the next request only when nothing else can reach them; a kept or weakly
+    // referenced one must still raise (or be gone), never write into another response.
+    let dir = tempdir();
+    let p = start(dir.path());
+    assert_eq!(p.get("/keep-start-response").1, b"kept");
+    assert_eq!(p.get("/use-kept-start-response"), (200, b"raised".to_vec()));
+    assert_eq!(p.get("/weakref-write").1, b"kept");
+    let (status, body) = p.get("/use-weakref-write");
+    assert_eq!(status, 200);
+    assert!(
+        body == b"gone" || body == b"raised",
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
+    // And a plain request after them is whole.
+    assert_eq!(p.get("/keep-write").1, b"kept");
+    assert_eq!(p.get("/use-kept").1, b"raised");
+}
+
+#[test]
 fn wsgi_errors_takes_any_str() {
     // regression: wsgi.errors.write() failed on a str that cannot be encoded as UTF-8 (a lone
     // surrogate).

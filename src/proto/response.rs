@@ -51,9 +51,13 @@ pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     if b.len() < 4 || b[3] != b' ' || !b[..3].iter().all(u8::is_ascii_digit) || b[0] == b'0' {
         return Err(bad());
     }
-    if status
-        .chars()
-        .any(|c| c.is_control() || u32::from(c) > 0xff)
+    // The usual status is printable ASCII: one table lookup a byte (a tab is a control
+    // here); anything else is read as text.
+    let printable = all_bytes(b, PLAIN) && !b.contains(&b'\t');
+    if !printable
+        && status
+            .chars()
+            .any(|c| c.is_control() || u32::from(c) > 0xff)
     {
         return Err(bad());
     }
@@ -67,22 +71,63 @@ pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     Ok(code)
 }
 
-/// RFC 9110 `token` characters.
-fn is_tchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+/// What a byte may be in a response header, one table lookup per byte (this runs for
+/// every byte of every header of every response): bit [`TCHAR`] a name's byte (an
+/// RFC 9110 token character), bit [`PLAIN`] a value's byte in the usual case
+/// (printable ASCII or a tab; anything else is checked as latin-1 text).
+static HEADER_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let tchar = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        if tchar {
+            t[b] |= TCHAR;
+        }
+        if (c >= b' ' && c < 0x7f) || c == b'\t' {
+            t[b] |= PLAIN;
+        }
+        b += 1;
+    }
+    t
+};
+const TCHAR: u8 = 1;
+const PLAIN: u8 = 2;
+
+/// True when every byte of `s` has `bit` in [`HEADER_BYTE`] (no early exit: the usual
+/// header passes, and a branch per byte costs more than the lookups).
+#[inline]
+fn all_bytes(s: &[u8], bit: u8) -> bool {
+    s.iter()
+        .fold(bit, |acc, &b| acc & HEADER_BYTE[usize::from(b)])
+        == bit
 }
 
 /// Checks one response header; names are tokens, values latin-1 without controls
 /// (horizontal tab allowed).
 pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
-    if name.is_empty() || !name.bytes().all(is_tchar) {
+    if name.is_empty() || !all_bytes(name.as_bytes(), TCHAR) {
         return Err(HeaderError::Name(name.to_owned()));
     }
-    // The usual value: printable ASCII (and tabs), checked a byte at a time.
-    if value
-        .bytes()
-        .all(|b| (b' '..0x7f).contains(&b) || b == b'\t')
-    {
+    // The usual value: printable ASCII (and tabs).
+    if all_bytes(value.as_bytes(), PLAIN) {
         return Ok(());
     }
     for c in value.chars() {
@@ -102,12 +147,16 @@ pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
 
 /// Parses an app's Content-Length value.
 pub fn parse_content_length(value: &str) -> Result<u64, HeaderError> {
-    let v = value.trim_matches([' ', '\t']);
-    if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let b = value.as_bytes();
+    let start = b.iter().position(|c| !blank(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !blank(c)).map_or(start, |i| i + 1);
+    let v = &b[start..end];
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(HeaderError::ContentLength(value.to_owned()));
     }
-    v.parse()
-        .map_err(|_| HeaderError::ContentLength(value.to_owned()))
+    // At most 19 digits: below u64::MAX, no overflow.
+    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Appends `text` as latin-1 bytes. The caller has checked every char is ≤ U+00FF.
@@ -152,11 +201,33 @@ pub fn write_head<'h>(
     push_latin1(out, status);
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        push_latin1(out, value);
-        out.extend_from_slice(b"\r\n");
+        push_header_line(out, name, value);
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one `Name: value\r\n` line (the value as latin-1): a header [`check_header`]
+/// accepted, as [`write_head`] writes it. With [`write_head_lines`], a head can be
+/// built while the headers are checked and written later without reading them again.
+pub fn push_header_line(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    push_latin1(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// [`write_head`] from parts already encoded: `status` as latin-1 bytes, `lines` as
+/// [`push_header_line`] wrote them.
+pub fn write_head_lines(out: &mut Vec<u8>, style: HeadStyle, status: &[u8], lines: &[u8]) {
+    out.reserve(status.len() + lines.len() + 12);
+    out.extend_from_slice(match style {
+        HeadStyle::Http => b"HTTP/1.1 ",
+        HeadStyle::Cgi => b"Status: ",
+    });
+    out.extend_from_slice(status);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(lines);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -381,6 +452,41 @@ pub fn reason_phrase(code: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_built_from_lines_is_the_head_write_head_builds() {
+        let headers = [("Content-Type", "text/plain"), ("X-Name", "Zoë\tx")];
+        for style in [HeadStyle::Http, HeadStyle::Cgi] {
+            let mut whole = Vec::new();
+            write_head(&mut whole, style, "200 Très bien", headers);
+            let (mut status, mut lines) = (Vec::new(), Vec::new());
+            push_latin1(&mut status, "200 Très bien");
+            for (n, v) in headers {
+                push_header_line(&mut lines, n, v);
+            }
+            let mut parts = Vec::new();
+            write_head_lines(&mut parts, style, &status, &lines);
+            assert_eq!(parts, whole);
+        }
+    }
+
+    #[test]
+    fn header_bytes_follow_the_token_and_value_rules() {
+        for b in 0..=255u8 {
+            let c = b as char;
+            let name = c.to_string();
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(check_header(&name, "v").is_ok(), tchar, "name byte {b:#x}");
+            // As a value: tabs and printable latin-1 pass, controls (C0, DEL, C1) do not.
+            let ok = b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0xa0;
+            assert_eq!(check_header("X", &name).is_ok(), ok, "value char {b:#x}");
+        }
+        assert_eq!(parse_content_length(" 0019\t"), Ok(19));
+        assert_eq!(
+            parse_content_length("9999999999999999999"),
+            Ok(9_999_999_999_999_999_999)
+        );
+    }
 
     #[test]
     fn accepts_good_statuses() {

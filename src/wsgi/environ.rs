@@ -65,6 +65,12 @@ pub struct Keys {
     /// The names of the last request's variables, and once a second request had the
     /// same ones, its whole environ to copy from: see [`Shape`].
     shape: std::cell::RefCell<Shape>,
+    /// This thread's `start_response` of the last request, kept for the next one when
+    /// nothing else refers to it (`response::reuse`).
+    pub(super) responder: std::cell::RefCell<Option<Py<super::response::Responder>>>,
+    /// A forwarding `wsgi.errors` (FastCGI) of an earlier request of this thread that
+    /// nothing refers to any more, for the next one (`response::respond`).
+    pub(super) spare_errors: std::cell::RefCell<Option<Py<Errors>>>,
 }
 
 /// A front server sends the same variables in the same order request after request
@@ -148,6 +154,8 @@ impl Keys {
             last: std::cell::RefCell::new((0..KNOWN.len()).map(|_| None).collect()),
             errors,
             shape: std::cell::RefCell::new(Shape::default()),
+            responder: std::cell::RefCell::new(None),
+            spare_errors: std::cell::RefCell::new(None),
         }
     }
 

@@ -468,6 +468,29 @@ impl Errors {
             self.end_line();
         }
     }
+
+    /// A forwarding object that nothing else refers to any more, ready for another
+    /// request: as new, with `forward` (the caller reuses it instead of allocating).
+    pub fn renew(&mut self, forward: ErrorsForward) {
+        self.line.clear();
+        self.cut = 0;
+        self.pending.clear();
+        self.forward = Some(Arc::new(forward));
+    }
+
+    /// What dropping the object does, for one its request no longer reaches (and the
+    /// caller may [`Errors::renew`]): the line so far is ended and forwarded (the GIL
+    /// released for the write), and the forward let go of.
+    pub fn end(slf: &Bound<'_, Self>) {
+        if let Ok(mut me) = slf.try_borrow_mut() {
+            me.flush();
+        }
+        let _ = Self::forward_pending(slf);
+        if let Ok(mut me) = slf.try_borrow_mut() {
+            me.forward = None;
+            me.pending.clear();
+        }
+    }
 }
 
 impl Drop for Errors {

@@ -61,10 +61,14 @@ fn st<'a>(r: &'a Bound<'_, Responder>) -> MutexGuard<'a, State> {
 /// The response state of one request.
 struct State {
     sink: Box<dyn Sink>,
-    /// The app's status and headers as it passed them (validated; not copied).
-    status: Option<Py<PyString>>,
+    /// `start_response` accepted a status and headers (they are in `head`).
+    accepted: bool,
     code: u16,
-    headers: Vec<(Py<PyString>, Py<PyString>)>,
+    /// The status (latin-1, `status_len` bytes), then one `Name: value\r\n` line per
+    /// header: encoded while they are checked, so writing the head reads no Python
+    /// object again.
+    head: Vec<u8>,
+    status_len: usize,
     content_length: Option<u64>,
     /// `start_response` was called (successfully or not).
     called: bool,
@@ -81,15 +85,20 @@ struct State {
     last_write: bool,
     /// The app failed this request (for the metrics).
     app_error: Option<AppError>,
+    /// The bound `write` that `start_response` returns, made once per responder (a
+    /// responder serves its thread's requests one after another: [`reuse`]). It refers
+    /// to the responder, so [`reuse`] drops it when the responder is not kept.
+    write: Option<Py<PyAny>>,
 }
 
 impl State {
     fn new(sink: Box<dyn Sink>, is_head: bool) -> Self {
         State {
             sink,
-            status: None,
+            accepted: false,
             code: 0,
-            headers: Vec::new(),
+            head: Vec::new(),
+            status_len: 0,
             content_length: None,
             called: false,
             headers_sent: false,
@@ -101,43 +110,53 @@ impl State {
             finished: false,
             last_write: false,
             app_error: None,
+            write: None,
         }
+    }
+
+    /// The state of a new request on a kept responder: as [`State::new`], with the
+    /// head buffer and the bound `write` kept.
+    fn renew(&mut self, sink: Box<dyn Sink>, is_head: bool) {
+        let mut head = std::mem::take(&mut self.head);
+        head.clear();
+        let write = self.write.take();
+        *self = State::new(sink, is_head);
+        self.head = head;
+        self.write = write;
     }
 
     fn head_only(&self) -> bool {
         self.is_head || resp::status_has_no_body(self.code)
     }
 
-    fn head_bytes(&self, py: Python<'_>, extra: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(64 + self.headers.len() * 40 + extra);
-        self.write_head_into(py, &mut buf);
+    fn head_bytes(&self, extra: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(32 + self.head.len() + extra);
+        self.write_head_into(&mut buf);
         buf
     }
 
-    fn write_head_into(&self, py: Python<'_>, buf: &mut Vec<u8>) {
-        // Validation read each of these with `to_str` already: it cannot fail now (and
-        // a non-ASCII one keeps its UTF-8 form cached).
-        fn text<'a>(py: Python<'a>, s: &'a Py<PyString>) -> &'a str {
-            s.bind(py).to_str().unwrap_or_default()
-        }
-        let status = self
-            .status
-            .as_ref()
-            .map_or("500 Internal Server Error", |s| text(py, s));
-        resp::write_head(
-            buf,
-            self.sink.head_style(),
-            status,
-            self.headers.iter().map(|(n, v)| (text(py, n), text(py, v))),
-        );
+    fn write_head_into(&self, buf: &mut Vec<u8>) {
+        let (status, lines) = self.head.split_at(self.status_len.min(self.head.len()));
+        let status: &[u8] = if self.accepted {
+            status
+        } else {
+            b"500 Internal Server Error"
+        };
+        resp::write_head_lines(buf, self.sink.head_style(), status, lines);
+    }
+
+    /// Sets the status postern answers with itself (its headers follow).
+    fn set_status(&mut self, code: u16, status: &str) {
+        self.head.clear();
+        resp::push_latin1(&mut self.head, status);
+        self.status_len = self.head.len();
+        self.code = code;
+        self.accepted = true;
     }
 
     /// Adds a header postern computed (the Content-Length of a complete body).
-    fn push_header(&mut self, py: Python<'_>, name: &str, value: &str) {
-        self.headers.push((
-            PyString::new(py, name).unbind(),
-            PyString::new(py, value).unbind(),
-        ));
+    fn push_header(&mut self, name: &str, value: &str) {
+        resp::push_header_line(&mut self.head, name, value);
     }
 
     /// Writes to the front server: what the connection takes at once goes out with the
@@ -198,7 +217,7 @@ impl State {
             if data.len() >= SEPARATE_BODY {
                 // A large first chunk is not copied behind the head: two writes (one
                 // more system call) cost less than copying it.
-                let head = self.head_bytes(py, 0);
+                let head = self.head_bytes(0);
                 let last = std::mem::take(&mut self.last_write);
                 self.emit(py, &head)?;
                 self.last_write = last;
@@ -209,7 +228,7 @@ impl State {
             HEAD_BUF.with(|b| {
                 let mut buf = b.borrow_mut();
                 buf.clear();
-                self.write_head_into(py, &mut buf);
+                self.write_head_into(&mut buf);
                 buf.extend_from_slice(data);
                 self.emit(py, &buf)
             })
@@ -276,21 +295,23 @@ impl State {
         if self.headers_sent {
             return Ok(());
         }
-        let buf = self.head_bytes(py, 0);
+        let buf = self.head_bytes(0);
         self.headers_sent = true;
         self.emit(py, &buf)
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Checks the app's status and headers and encodes them into `head` (cleared
+    /// first): the status as latin-1, then one `Name: value\r\n` line per header kept.
+    /// Returns the code, the status's length in `head` and the app's Content-Length.
     fn validate<'py>(
         status: &Bound<'py, PyAny>,
         headers: &Bound<'py, PyAny>,
-    ) -> PyResult<(
-        Py<PyString>,
-        u16,
-        Vec<(Py<PyString>, Py<PyString>)>,
-        Option<u64>,
-    )> {
+        head: &mut Vec<u8>,
+    ) -> PyResult<(u16, usize, Option<u64>)> {
+        head.clear();
+        // Room for a usual head at once (a buffer grown line by line reallocates
+        // several times); a kept responder's buffer has it already.
+        head.reserve(256);
         let status = status.cast::<PyString>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "start_response() status must be str, not {}",
@@ -300,17 +321,16 @@ impl State {
         // Sizes are counted in characters before any is read as UTF-8 or copied into an
         // error message: a latin-1 character is one byte on the wire, and anything else
         // is refused anyway.
-        let mut head = "HTTP/1.1 \r\n\r\n".len() + chars(status);
-        if head > HEAD_LIMIT {
-            return Err(too_big("status", head));
+        let mut size = "HTTP/1.1 \r\n\r\n".len() + chars(status);
+        if size > HEAD_LIMIT {
+            return Err(too_big("status", size));
         }
-        let code = resp::parse_status(status.to_str()?).map_err(refuse)?;
-        let mut out = Vec::with_capacity(headers.len().unwrap_or(4).min(64));
+        let status = utf8(status)?;
+        let code = resp::parse_status(status).map_err(refuse)?;
+        resp::push_latin1(head, status);
+        let status_len = head.len();
         let mut content_length = None;
-        for item in headers.try_iter().map_err(|_| {
-            PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
-        })? {
-            let item = item?;
+        let mut one = |item: Bound<'py, PyAny>| -> PyResult<()> {
             let pair = item.cast::<PyTuple>().map_err(|_| {
                 PyTypeError::new_err(format!(
                     "each header must be a (name, value) tuple, not {}",
@@ -332,18 +352,18 @@ impl State {
                 })
             };
             let (name_s, value_s) = (text(name, "name")?, text(value, "value")?);
-            head += chars(&name_s) + ": \r\n".len() + chars(&value_s);
-            if head > HEAD_LIMIT {
-                return Err(too_big("header block", head));
+            size += chars(&name_s) + ": \r\n".len() + chars(&value_s);
+            if size > HEAD_LIMIT {
+                return Err(too_big("header block", size));
             }
-            let (name, value) = (name_s.to_str()?, value_s.to_str()?);
+            let (name, value) = (utf8(&name_s)?, utf8(&value_s)?);
             resp::check_header(name, value).map_err(refuse)?;
             if resp::is_hop_by_hop(name) {
                 tracing::warn!(
                     header = %name,
                     "the app set a hop-by-hop header; dropped (the front server owns the connection)"
                 );
-                continue;
+                return Ok(());
             }
             // regression: a `Status` header went out as a second CGI `Status:` line over
             // FastCGI and SCGI, and over uwsgi reached the client as a header: the
@@ -353,7 +373,7 @@ impl State {
                     header = %name,
                     "the app set a Status header; dropped (the status is the one given to start_response)"
                 );
-                continue;
+                return Ok(());
             }
             if name.eq_ignore_ascii_case("content-length") {
                 if content_length.is_some() {
@@ -361,9 +381,25 @@ impl State {
                 }
                 content_length = Some(resp::parse_content_length(value).map_err(refuse)?);
             }
-            out.push((name_s.unbind(), value_s.unbind()));
+            resp::push_header_line(head, name, value);
+            Ok(())
+        };
+        // A plain list (the usual case) is read by index, without an iterator object;
+        // nothing above runs Python code, so it cannot change meanwhile.
+        if let Ok(list) = headers.cast_exact::<PyList>() {
+            for item in list.iter() {
+                one(item)?;
+            }
+        } else {
+            for item in headers.try_iter().map_err(|_| {
+                PyTypeError::new_err(
+                    "start_response() headers must be a list of (name, value) tuples",
+                )
+            })? {
+                one(item?)?;
+            }
         }
-        Ok((status.clone().unbind(), code, out, content_length))
+        Ok((code, status_len, content_length))
     }
 }
 
@@ -372,6 +408,24 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// `s` as UTF-8 (CPython's cached form): `to_str` without its second UTF-8 check of
+/// what CPython has just encoded (this runs for the status and every header name and
+/// value of every response).
+fn utf8<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    let mut len: pyo3::ffi::Py_ssize_t = 0;
+    // SAFETY: `s` is a live str; PyUnicode_AsUTF8AndSize returns its UTF-8 form (valid
+    // UTF-8 by contract, kept in the object for its lifetime, which `'a` borrows) and
+    // its length, or NULL with an exception set (lone surrogates).
+    unsafe {
+        let p = pyo3::ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len);
+        if p.is_null() {
+            return Err(PyErr::fetch(s.py()));
+        }
+        let bytes = std::slice::from_raw_parts(p.cast::<u8>(), usize::try_from(len).unwrap_or(0));
+        Ok(std::str::from_utf8_unchecked(bytes))
+    }
 }
 
 /// The length of `s` in characters, read from the object (no call, no error path: this
@@ -431,11 +485,20 @@ impl Responder {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let exc_info = exc_info.filter(|e| !e.is_none());
-        let (headers_sent, called) = {
+        let (headers_sent, called, mut head) = {
             let mut me = st(slf);
             let seen = (me.headers_sent, me.called);
             me.called = true;
-            seen
+            // A call that goes on to validation encodes into the same buffer (a refused
+            // one leaves the state not `accepted`, so what it held is never written);
+            // one that raises below leaves the head as it was.
+            let goes_on = if exc_info.is_some() { !seen.0 } else { !seen.1 };
+            let head = if goes_on {
+                std::mem::take(&mut me.head)
+            } else {
+                Vec::new()
+            };
+            (seen.0, seen.1, head)
         };
         match exc_info {
             Some(exc) if headers_sent => {
@@ -458,22 +521,29 @@ impl Responder {
             None => {}
         }
         // Validation runs Python code (iterating the headers): not under the lock.
-        let validated = State::validate(status, headers);
+        let validated = State::validate(status, headers, &mut head);
         let mut me = st(slf);
         match validated {
-            Ok((status, code, headers, cl)) => {
-                me.status = Some(status);
+            Ok((code, status_len, cl)) => {
+                me.accepted = true;
                 me.code = code;
-                me.headers = headers;
+                me.head = head;
+                me.status_len = status_len;
                 me.content_length = cl;
             }
             Err(e) => {
-                me.status = None;
+                me.accepted = false;
+                me.head = head;
                 return Err(e);
             }
         }
+        if let Some(write) = &me.write {
+            return Ok(write.bind(py).clone());
+        }
         drop(me);
-        slf.getattr(intern!(py, "write"))
+        let write = slf.getattr(intern!(py, "write"))?;
+        st(slf).write = Some(write.clone().unbind());
+        Ok(write)
     }
 
     /// The legacy `write(data)` callable: sends at once (headers first).
@@ -488,7 +558,7 @@ impl Responder {
                 "write() called after the request was over",
             ));
         }
-        if me.status.is_none() {
+        if !me.accepted {
             return Err(PyAssertionError::new_err(
                 "write() called before start_response()",
             ));
@@ -552,8 +622,16 @@ fn respond(
     // Without a body or forwarding, the thread's shared objects in the template serve.
     let input = (!matches!(body, super::Body::Empty))
         .then(|| Bound::new(py, Input::new(body)).expect("allocating wsgi.input"));
-    let errors = errors_forward
-        .map(|f| Bound::new(py, Errors::new(Some(f))).expect("allocating wsgi.errors"));
+    // A forwarding wsgi.errors (FastCGI): the thread's kept one when there is one.
+    let errors = errors_forward.map(|f| match keys.spare_errors.borrow_mut().take() {
+        Some(e) => {
+            let e = e.into_bound(py);
+            e.borrow_mut().renew(f);
+            e
+        }
+        None => Bound::new(py, Errors::new(Some(f))).expect("allocating wsgi.errors"),
+    });
+    let own_errors = errors.clone();
     let built = match environ::build(
         py,
         keys,
@@ -580,18 +658,25 @@ fn respond(
     }
     // The sink moves into the responder; `finish` below takes it back out of use.
     let placeholder: Box<dyn Sink> = Box::new(Closed);
-    let responder = Bound::new(
-        py,
-        Responder {
-            state: Mutex::new(State::new(
-                std::mem::replace(&mut sink, placeholder),
-                built.is_head,
-            )),
-        },
-    )
-    .expect("allocating start_response");
-    let outcome = drive(py, app, built.environ, &responder);
+    let sink = std::mem::replace(&mut sink, placeholder);
+    let kept = keys.responder.borrow_mut().take();
+    let responder = match kept {
+        Some(r) => {
+            let r = r.into_bound(py);
+            st(&r).renew(sink, built.is_head);
+            r
+        }
+        None => Bound::new(
+            py,
+            Responder {
+                state: Mutex::new(State::new(sink, built.is_head)),
+            },
+        )
+        .expect("allocating start_response"),
+    };
+    let outcome = drive(py, app, built.environ, &responder, own_errors.as_ref());
     keys.end_request(py);
+    let errors_alone = end_errors_if_alone(own_errors.as_ref());
     let mut r = st(&responder);
     if !r.client_gone && r.sink.has_pending() {
         // A streamed response's last chunks may still be on their way (a writer
@@ -619,10 +704,69 @@ fn respond(
     r.sink = Box::new(Closed);
     r.client_gone = true;
     r.finished = true;
-    Served {
+    let served = Served {
         end,
         sent,
         app_error: r.app_error,
+    };
+    drop(r);
+    reuse(keys, responder);
+    if let (true, Some(e)) = (errors_alone, own_errors) {
+        *keys.spare_errors.borrow_mut() = Some(e.unbind());
+    }
+    served
+}
+
+/// Ends a forwarding `wsgi.errors` that nothing but this request's own reference
+/// reaches any more (the environ is gone, the app kept no reference), as dropping it
+/// would: the line so far is logged and forwarded now, before the response ends. True
+/// when it was: the object may then serve the thread's next request
+/// ([`Errors::renew`]), instead of one allocated and freed per request.
+fn end_errors_if_alone(errors: Option<&Bound<'_, Errors>>) -> bool {
+    match errors {
+        // SAFETY: reading the reference count of a live object.
+        Some(e) if unsafe { pyo3::ffi::Py_REFCNT(e.as_ptr()) } == 1 => {
+            Errors::end(e);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Keeps a finished request's responder for the thread's next request when nothing
+/// else can reach it: only this reference and its bound `write` (whose only reference
+/// is the responder's, and which no weak reference watches; the responder itself
+/// takes none). An app that kept `start_response` or `write` (a global, a thread, a
+/// traceback) keeps an object that only raises; the next request gets a new one.
+/// Saves allocating the responder and its `write` and freeing both, every request.
+fn reuse(keys: &Keys, responder: Bound<'_, Responder>) {
+    let mut me = st(&responder);
+    let write_alone = match &me.write {
+        None => true,
+        // SAFETY: the object is alive (we hold a reference); its type is checked
+        // before it is read as a C function object (a bound builtin method, what
+        // getattr gives for a method of a native class).
+        Some(w) => unsafe {
+            let p = w.as_ptr();
+            (pyo3::ffi::Py_IS_TYPE(p, &raw mut pyo3::ffi::PyCFunction_Type) != 0
+                || pyo3::ffi::Py_IS_TYPE(p, &raw mut pyo3::ffi::PyCMethod_Type) != 0)
+                && pyo3::ffi::Py_REFCNT(p) == 1
+                && (*p.cast::<pyo3::ffi::PyCFunctionObject>())
+                    .m_weakreflist
+                    .is_null()
+        },
+    };
+    let ours = 1 + pyo3::ffi::Py_ssize_t::from(me.write.is_some());
+    // SAFETY: reading the reference count of a live object.
+    if write_alone && unsafe { pyo3::ffi::Py_REFCNT(responder.as_ptr()) } == ours {
+        drop(me);
+        *keys.responder.borrow_mut() = Some(responder.unbind());
+    } else {
+        // The bound `write` refers to the responder: dropped here, or the two would
+        // keep each other alive.
+        let write = me.write.take();
+        drop(me);
+        drop(write);
     }
 }
 
@@ -676,9 +820,15 @@ fn drive(
     app: &Py<PyAny>,
     environ: Bound<'_, pyo3::types::PyDict>,
     responder: &Bound<'_, Responder>,
+    errors: Option<&Bound<'_, Errors>>,
 ) -> Outcome {
     let result = match app.bind(py).call1((environ, responder)) {
-        Ok(r) => r,
+        Ok(r) => {
+            // An app that returns a list has let go of the environ: its forwarding
+            // wsgi.errors ends here, before the body can end the response.
+            end_errors_if_alone(errors);
+            r
+        }
         Err(e) => {
             return fail(
                 py,
@@ -744,7 +894,7 @@ fn drive(
             complete: false,
         };
     }
-    if r.status.is_none() {
+    if !r.accepted {
         drop(r);
         let msg = if st(responder).called {
             "start_response() was called but refused the status or headers"
@@ -799,7 +949,7 @@ fn iterate(
     // wsgi.file_wrapper on a regular file: sendfile(2).
     if let Ok(wrapper) = result.cast::<FileWrapper>() {
         if let Some(src) = wrapper.borrow().sendfile_source(py) {
-            if st(responder).status.is_none() {
+            if !st(responder).accepted {
                 return Err(not_started());
             }
             let mut r = st(responder);
@@ -807,7 +957,7 @@ fn iterate(
             match r.content_length {
                 Some(cl) => len = len.min(cl),
                 None if !r.used_write && !r.headers_sent => {
-                    r.push_header(py, "Content-Length", &len.to_string());
+                    r.push_header("Content-Length", &len.to_string());
                     r.content_length = Some(len);
                 }
                 None => {}
@@ -850,20 +1000,21 @@ fn iterate(
         for item in items {
             total += body_bytes(item)?.as_bytes().len();
         }
-        if st(responder).status.is_none() {
+        let mut r = st(responder);
+        if !r.accepted {
+            drop(r);
             return if total == 0 {
                 Ok(())
             } else {
                 Err(not_started())
             };
         }
-        let mut r = st(responder);
         if r.content_length.is_none()
             && !r.used_write
             && !r.headers_sent
             && !resp::status_has_no_body(r.code)
         {
-            r.push_header(py, "Content-Length", &total.to_string());
+            r.push_header("Content-Length", &total.to_string());
             r.content_length = Some(total as u64);
         }
         // Nothing can cut the response after this write (no close(), Content-Length
@@ -891,7 +1042,7 @@ fn iterate(
         if data.is_empty() {
             continue;
         }
-        if st(responder).status.is_none() {
+        if !st(responder).accepted {
             return Err(not_started());
         }
         let mut r = st(responder);
@@ -943,12 +1094,10 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         };
     }
     tracing::error!(detail = %detail, "{what}; answered 500");
-    r.status = Some(PyString::new(py, "500 Internal Server Error").unbind());
-    r.code = 500;
+    r.set_status(500, "500 Internal Server Error");
     let body = b"Internal Server Error\n";
-    r.headers.clear();
-    r.push_header(py, "Content-Type", "text/plain; charset=utf-8");
-    r.push_header(py, "Content-Length", &body.len().to_string());
+    r.push_header("Content-Type", "text/plain; charset=utf-8");
+    r.push_header("Content-Length", &body.len().to_string());
     r.content_length = Some(body.len() as u64);
     r.body_sent = 0;
     r.overflowed = false;
