@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use protocol_tests::harness::{parse_http, tempdir, uwsgi_packet, Postern, Response, Spawn};
+use protocol_tests::harness::{
+    parse_http, sha256_hex, tempdir, uwsgi_packet, Postern, Response, Spawn,
+};
 
 const APP: &str = r#"
-import asyncio
+import asyncio, hashlib
 
 async def answer(send, body, status=200):
     await send({"type": "http.response.start", "status": status,
@@ -28,6 +30,36 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise exc("raised by the app after the start")
+    elif path == "/retry-start":
+        # An error page after a refused start (the app catches the ValueError).
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"1"), (b"x-first", b"1"),
+                                    (b"x-bad", b"a\nb")]})
+        except ValueError:
+            pass
+        await answer(send, b"the error page", 500)
+    elif path == "/peek":
+        # Between chunks, a receive() cancelled at its first suspension, as Starlette's
+        # request.is_disconnected() does (receive() in an already-cancelled scope).
+        body = b""
+        async def one():
+            return await receive()
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+            t = asyncio.ensure_future(one())
+            await asyncio.sleep(0)
+            if t.done():
+                m = t.result()
+                body += m.get("body", b"")
+                if not m.get("more_body"):
+                    break
+            else:
+                t.cancel()
+        await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
@@ -87,4 +119,49 @@ fn an_app_raising_system_exit_or_keyboard_interrupt_answers_500_and_the_worker_s
         "{}",
         p.logs()
     );
+}
+
+#[test]
+fn a_refused_response_start_leaves_nothing_for_the_next_start() {
+    // regression: the headers and Content-Length of an http.response.start that was
+    // refused (a bad header after them) went out with the app's next start (its error
+    // page), which was then cut to that Content-Length.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let r = get(&p, "/retry-start", "").expect("a response");
+    assert_eq!(r.status, 500);
+    assert_eq!(r.body, b"the error page");
+    assert_eq!(r.header("x-first"), None);
+    assert_eq!(r.header("content-length"), Some("14"));
+}
+
+#[test]
+fn a_receive_cancelled_at_its_first_wait_loses_no_body() {
+    // regression: a receive() cancelled while its chunk was read off the loop (here a
+    // spooled body; Starlette's is_disconnected() cancels receive() that way) threw
+    // the chunk away: the app saw a short body, or waited for the last chunk forever.
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--body-spool-threshold", "64K"]);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let len = body.len().to_string();
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/peek"),
+        ("QUERY_STRING", ""),
+        ("REQUEST_URI", "/peek"),
+        ("CONTENT_LENGTH", &len),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]);
+    pkt.extend_from_slice(&body);
+    let out = p.raw(&pkt);
+    let r = parse_http(&out).unwrap_or_else(|| {
+        panic!(
+            "no response: {:?}\n{}",
+            String::from_utf8_lossy(&out),
+            p.logs()
+        )
+    });
+    assert_eq!(r.text(), format!("{} {}", body.len(), sha256_hex(&body)));
 }
