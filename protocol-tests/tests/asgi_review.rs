@@ -11,6 +11,8 @@ use protocol_tests::harness::{
 const APP: &str = r#"
 import asyncio, hashlib
 
+BACKGROUND = []
+
 async def answer(send, body, status=200):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")]})
@@ -30,6 +32,16 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise exc("raised by the app after the start")
+    elif path == "/bg-exit":
+        # A background task that outlives the response raises SystemExit.
+        async def later():
+            await asyncio.sleep(0.05)
+            raise SystemExit("raised by a background task")
+        BACKGROUND.append(asyncio.ensure_future(later()))
+        await answer(send, b"started")
+    elif path == "/loop-stop":
+        asyncio.get_running_loop().stop()
+        await answer(send, b"stopped")
     elif path == "/retry-start":
         # An error page after a refused start (the app catches the ValueError).
         try:
@@ -164,4 +176,26 @@ fn a_receive_cancelled_at_its_first_wait_loses_no_body() {
         )
     });
     assert_eq!(r.text(), format!("{} {}", body.len(), sha256_hex(&body)));
+}
+
+#[test]
+fn a_background_task_raising_system_exit_or_loop_stop_does_not_end_the_worker_loop() {
+    // regression: asyncio lets SystemExit out of run_forever (here from a task that
+    // outlives its response), and loop.stop() ends it: the loop thread ended while the
+    // worker process stayed up, and no later request was answered.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let r = get(&p, "/bg-exit", "").expect("a response");
+    assert_eq!(r.body, b"started");
+    assert!(
+        p.wait_log("raised by a background task", 10),
+        "{}",
+        p.logs()
+    );
+    let r = get(&p, "/hello", "").expect("the worker still serves");
+    assert_eq!(r.body, b"hello");
+    let r = get(&p, "/loop-stop", "").expect("a response");
+    assert_eq!(r.body, b"stopped");
+    let r = get(&p, "/hello", "").expect("the worker still serves");
+    assert_eq!(r.body, b"hello");
 }
