@@ -310,6 +310,53 @@ fn a_client_gone_before_the_response_reaches_the_app_as_http_disconnect() {
 }
 
 #[test]
+fn each_request_gets_a_shallow_copy_of_the_lifespan_state() {
+    // The test app's lifespan stores {"shared": []}; each /state request appends its
+    // tag to that list (the same object for all) and sets "tag" in its own scope
+    // state (a key no other request may see), 10 at a time.
+    let Some(s) = test_app(Upstream::Uwsgi, "") else {
+        return;
+    };
+    let port = s.nginx.port;
+    let answers: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                c.write_all(
+                    format!("GET /state?tag=t{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .unwrap();
+                let mut out = Vec::new();
+                c.read_to_end(&mut out).unwrap();
+                parse_http(&out).expect("an answer").json()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let mut shared: Vec<u64> = answers
+        .iter()
+        .map(|j| j["shared"].as_u64().unwrap())
+        .collect();
+    for (i, j) in answers.iter().enumerate() {
+        assert_eq!(j["tag"], format!("t{i}"), "{j}");
+        assert_eq!(
+            j["tag_before"],
+            serde_json::Value::Null,
+            "state leaked between requests: {j}"
+        );
+    }
+    // The list is one object: the last request to append saw all ten.
+    shared.sort_unstable();
+    assert_eq!(shared.last(), Some(&10), "{answers:?}");
+    s.assert_clean("state");
+    assert_no_error_lines(&s.postern);
+}
+
+#[test]
 fn two_hundred_requests_over_fifty_connections() {
     each_nginx(|s, _| s.load(&Load::new(50, 4)).assert_all_ok());
 }
