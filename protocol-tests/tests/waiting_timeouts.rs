@@ -159,6 +159,70 @@ fn idle_connections_close_at_the_head_timeout_while_every_python_thread_is_busy(
     assert_eq!(p.get("/").0, 200);
 }
 
+/// An ASGI app whose `/block` runs a sync call on the event loop thread (as a sync
+/// call in an async view does) until the file `gate` exists; it first makes `mark`.
+const BLOCKING_ASGI_APP: &str = r#"
+import os, time
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    q = dict(kv.split("=", 1) for kv in scope["query_string"].decode().split("&") if "=" in kv)
+    if scope["path"] == "/block":
+        open(q["mark"], "w").close()
+        deadline = time.monotonic() + 20  # a bound against a hang only
+        while not os.path.exists(q["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok\n"})
+"#;
+
+// The ASGI worker has one event loop thread, which a sync call in the app can block:
+// the waiting connections' timeout must not wait for it either.
+#[test]
+fn idle_connections_close_at_the_head_timeout_while_the_asgi_loop_is_blocked() {
+    let dir = tempdir();
+    let app = dir.path().join("blocking_asgi.py");
+    std::fs::write(&app, BLOCKING_ASGI_APP).unwrap();
+    let f = dir.path().join("f.sock");
+    let ht = HEAD_TIMEOUT.to_string();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--interface", "asgi", "--head-timeout", &ht])
+        .args(["--fastcgi", &format!("unix:{}", f.display())])
+        .start();
+    let Addr::Unix(u) = p.addr.clone() else {
+        unreachable!()
+    };
+    let mut conns = idle(&u, 3);
+    conns.extend(idle(&f, 3));
+    // Answered: the idle connections queued before them were accepted.
+    assert_eq!(p.get("/").0, 200);
+    let fcgi_resp = raw(&Addr::Unix(f.clone()), &fcgi::get(1, false, "/"));
+    assert!(!fcgi_resp.is_empty(), "FastCGI answered");
+    let mark = dir.path().join("mark");
+    let gate = dir.path().join("gate");
+    let blocked = uwsgi_get_bg(
+        &p.addr,
+        &format!("/block?mark={}&gate={}", mark.display(), gate.display()),
+    );
+    assert!(wait_file(&mark, 20), "the blocking request reached the app");
+    let open = still_open(&mut conns);
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(status(&blocked.join().unwrap()), Some(200));
+    assert_eq!(
+        open,
+        0,
+        "idle connections still open 2 x --head-timeout after they were opened, the ASGI loop blocked\n{}",
+        p.logs()
+    );
+}
+
 // regression: a never-served FastCGI connection a leaving worker hands over at a
 // reload was taken only by a Python thread of a serving worker; with each one busy it
 // stayed in the hand-over channel, open, until one was free.
