@@ -195,8 +195,34 @@ fn method<'py>(py: Python<'py>, m: &[u8]) -> Bound<'py, PyString> {
 /// once per process (bytes are immutable: every request shares them).
 static KNOWN_NAMES: PyOnceLock<Vec<Option<Py<PyBytes>>>> = PyOnceLock::new();
 
+thread_local! {
+    /// The last `(name, value)` pair of each [`KNOWN`] header on this thread, by index,
+    /// with the value's bytes: a front server sends most of them unchanged request after
+    /// request (Host, User-Agent, Accept…), and a tuple of bytes is immutable, so the
+    /// same pair serves again (no bytes or tuple to make). The list is new each time.
+    static LAST_PAIRS: std::cell::RefCell<Vec<Option<(Vec<u8>, Py<PyTuple>)>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `headers`: a list of `(name, value)` tuples of bytes, sized once.
 fn headers<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
+    LAST_PAIRS.with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => {
+            if last.is_empty() {
+                last.resize_with(KNOWN.len(), || None);
+            }
+            headers_with(py, s, Some(&mut last))
+        }
+        // Only if building a scope ever ran inside another on this thread.
+        Err(_) => headers_with(py, s, None),
+    })
+}
+
+fn headers_with<'py>(
+    py: Python<'py>,
+    s: &Scope<'_>,
+    mut last: Option<&mut Vec<Option<(Vec<u8>, Py<PyTuple>)>>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let known = KNOWN_NAMES.get_or_init(py, || {
         KNOWN
             .iter()
@@ -212,7 +238,26 @@ fn headers<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
     let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))? };
     let mut filled = 0;
     for (i, h) in s.headers().enumerate().take(n) {
-        let name = match h.known.and_then(|k| known[usize::from(k)].as_ref()) {
+        let k = h
+            .known
+            .filter(|&k| known[usize::from(k)].is_some())
+            .map(usize::from);
+        let cached = match (k, last.as_deref_mut()) {
+            (Some(k), Some(last)) => last.get_mut(k),
+            _ => None,
+        };
+        if let Some(Some((value, pair))) = cached.as_deref() {
+            if value.as_slice() == h.value {
+                let pair = pair.clone_ref(py);
+                // SAFETY: `i < n`, the slot is still NULL; SET_ITEM steals the reference.
+                unsafe {
+                    ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, pair.into_ptr())
+                };
+                filled += 1;
+                continue;
+            }
+        }
+        let name = match k.and_then(|k| known[k].as_ref()) {
             Some(name) => name.bind(py).clone(),
             None => {
                 let name = h.name();
@@ -223,6 +268,16 @@ fn headers<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
             }
         };
         let pair = PyTuple::new(py, [name, PyBytes::new(py, h.value)])?;
+        if let Some(slot) = cached {
+            match slot {
+                Some((value, old)) => {
+                    value.clear();
+                    value.extend_from_slice(h.value);
+                    *old = pair.clone().unbind();
+                }
+                None => *slot = Some((h.value.to_vec(), pair.clone().unbind())),
+            }
+        }
         // SAFETY: `i < n`, the slot is still NULL; SET_ITEM steals the new reference.
         unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, pair.into_ptr()) };
         filled += 1;
@@ -386,6 +441,38 @@ mod tests {
             // Without lifespan state: no key (the spec's "not supported").
             let three = build(py, &h, &l, &[], None).unwrap();
             assert!(!three.contains("state").unwrap());
+        });
+    }
+
+    #[test]
+    fn unchanged_header_pairs_are_shared_changed_ones_are_not() {
+        python();
+        Python::attach(|py| {
+            let l = listener(Protocol::Uwsgi);
+            let build_with = |ua: &[u8]| {
+                let h = head(&[
+                    (b"REQUEST_METHOD", b"GET"),
+                    (b"HTTP_HOST", b"example.test"),
+                    (b"HTTP_USER_AGENT", ua),
+                    (b"HTTP_X_OTHER", b"1"),
+                ]);
+                build(py, &h, &l, &[], None).unwrap()
+            };
+            fn pairs<'py>(d: Bound<'py, PyDict>) -> Bound<'py, PyList> {
+                let list = d.get_item("headers").unwrap().unwrap();
+                list.cast_into::<PyList>().unwrap()
+            }
+            let (one, two, three) = (build_with(b"a"), build_with(b"a"), build_with(b"b"));
+            let (one, two, three) = (pairs(one), pairs(two), pairs(three));
+            assert!(!one.is(&two), "the list is new each time");
+            assert!(one.get_item(0).unwrap().is(two.get_item(0).unwrap()));
+            assert!(one.get_item(1).unwrap().is(two.get_item(1).unwrap()));
+            // A changed value is a new pair; names outside KNOWN are never cached.
+            assert!(!two.get_item(1).unwrap().is(three.get_item(1).unwrap()));
+            assert!(!one.get_item(2).unwrap().is(two.get_item(2).unwrap()));
+            let ua: (Vec<u8>, Vec<u8>) = three.get_item(1).unwrap().extract().unwrap();
+            assert_eq!(ua, (b"user-agent".to_vec(), b"b".to_vec()));
+            assert!(one.eq(&two).unwrap());
         });
     }
 
