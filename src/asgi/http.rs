@@ -36,6 +36,27 @@ pyo3::create_exception!(
     "The front server closed the request's connection: the response cannot be sent."
 );
 
+/// The most a last write may hold to be sent from the loop thread when the socket
+/// has room (see [`has_room`]): well under any socket's send buffer.
+const QUICK_LAST: usize = 16 * 1024;
+
+/// True when `fd` can take bytes now (poll, zero timeout).
+fn has_room(fd: Option<RawFd>) -> bool {
+    let Some(fd) = fd else { return false };
+    // SAFETY: the fd is the sink's socket, open while the sink is (held by the caller).
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [rustix::event::PollFd::new(
+        &b,
+        rustix::event::PollFlags::OUT,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
+        && fds[0].revents().contains(rustix::event::PollFlags::OUT)
+}
+
 /// A request body read on an executor thread goes to the app in chunks this large.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -442,6 +463,22 @@ impl Exchange {
         if n == data.len() {
             if last {
                 me.complete = true;
+            }
+            return Ok(None);
+        }
+        // A small last write the sink did not take at once (FastCGI's END_REQUEST
+        // goes with it in one blocking send) goes from here when the socket has room:
+        // a thread hop and two loop iterations cost more than that send.
+        if last && data.len() - n <= QUICK_LAST && !sink.has_pending() && has_room(sink.write_fd())
+        {
+            let r = py.detach(|| sink.write_last(&data[n..]));
+            me.complete = true;
+            if let Err(e) = r {
+                let _e = me.span.enter();
+                tracing::debug!(error = %e, "writing the response failed");
+                drop(_e);
+                me.set_gone(py);
+                return Err(gone_error());
             }
             return Ok(None);
         }

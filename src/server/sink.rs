@@ -280,6 +280,10 @@ impl Sink for ConnSink {
         use std::os::fd::AsRawFd;
         self.sock.as_ref().map(|s| s.as_raw_fd())
     }
+
+    fn write_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.peer_fd()
+    }
 }
 
 impl Drop for ConnSink {

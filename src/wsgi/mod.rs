@@ -138,6 +138,12 @@ pub trait Sink: Send + Sync {
     fn notify_gone(&mut self, _notify: Box<dyn FnOnce() + Send>) -> bool {
         false
     }
+    /// The socket this sink writes to, to poll for room (ASGI: a small last write the
+    /// socket has room for goes out from the loop thread, not a thread hop). `None`:
+    /// unknown.
+    fn write_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// How a response ended.

@@ -281,6 +281,11 @@ impl Sink for FcgiSink {
         (!self.keep_conn).then(|| self.conn.as_fd().as_raw_fd())
     }
 
+    fn write_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        Some(self.conn.as_fd().as_raw_fd())
+    }
+
     fn notify_gone(&mut self, notify: Box<dyn FnOnce() + Send>) -> bool {
         self.flags.on_abort(notify);
         true
