@@ -195,12 +195,15 @@ fn method<'py>(py: Python<'py>, m: &[u8]) -> Bound<'py, PyString> {
 /// once per process (bytes are immutable: every request shares them).
 static KNOWN_NAMES: PyOnceLock<Vec<Option<Py<PyBytes>>>> = PyOnceLock::new();
 
+/// Per [`KNOWN`] index: the last value's bytes and its `(name, value)` pair.
+type PairCache = Vec<Option<(Vec<u8>, Py<PyTuple>)>>;
+
 thread_local! {
     /// The last `(name, value)` pair of each [`KNOWN`] header on this thread, by index,
     /// with the value's bytes: a front server sends most of them unchanged request after
     /// request (Host, User-Agent, Accept…), and a tuple of bytes is immutable, so the
     /// same pair serves again (no bytes or tuple to make). The list is new each time.
-    static LAST_PAIRS: std::cell::RefCell<Vec<Option<(Vec<u8>, Py<PyTuple>)>>> =
+    static LAST_PAIRS: std::cell::RefCell<PairCache> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -221,7 +224,7 @@ fn headers<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
 fn headers_with<'py>(
     py: Python<'py>,
     s: &Scope<'_>,
-    mut last: Option<&mut Vec<Option<(Vec<u8>, Py<PyTuple>)>>>,
+    mut last: Option<&mut PairCache>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let known = KNOWN_NAMES.get_or_init(py, || {
         KNOWN
