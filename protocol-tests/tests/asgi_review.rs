@@ -42,6 +42,16 @@ async def app(scope, receive, send):
     elif path == "/loop-stop":
         asyncio.get_running_loop().stop()
         await answer(send, b"stopped")
+    elif path == "/pathsend":
+        # A path that cannot be sent: the app is told before anything is written, and
+        # can still answer with a body.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": q})
+        except OSError as e:
+            await send({"type": "http.response.body", "body": type(e).__name__.encode()})
+        except ValueError:
+            await send({"type": "http.response.body", "body": b"ValueError"})
     elif path == "/retry-start":
         # An error page after a refused start (the app catches the ValueError).
         try:
@@ -198,4 +208,22 @@ fn a_background_task_raising_system_exit_or_loop_stop_does_not_end_the_worker_lo
     assert_eq!(r.body, b"stopped");
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+}
+
+#[test]
+fn pathsend_of_a_directory_or_missing_file_raises_before_anything_is_written() {
+    // regression: the pathsend of a directory wrote a head with Content-Length: 4096,
+    // then sendfile failed and send raised postern.ClientDisconnected, the access line
+    // saying the client went away (it had not).
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub).unwrap();
+    let r = get(&p, "/pathsend", sub.to_str().unwrap()).expect("a response");
+    assert_eq!((r.status, r.text()), (200, "ValueError".to_owned()));
+    let missing = dir.path().join("missing");
+    let r = get(&p, "/pathsend", missing.to_str().unwrap()).expect("a response");
+    // A missing file: the OSError of the open, not postern.ClientDisconnected.
+    assert_eq!((r.status, r.text()), (200, "FileNotFoundError".to_owned()));
+    assert!(!p.logs().contains("client went away"), "{}", p.logs());
 }
