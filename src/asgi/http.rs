@@ -482,7 +482,9 @@ impl Exchange {
             }
             return Ok(None);
         }
-        let rest = if n == 0 { data } else { data[n..].to_vec() };
+        // What is left, moved down in place (no second buffer of a large body's size).
+        let mut rest = data;
+        rest.drain(..n);
         if last {
             me.complete = true;
         }

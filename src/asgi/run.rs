@@ -120,6 +120,13 @@ fn setup<'py>(
     asyncio
         .call_method1("set_event_loop", (&event_loop,))
         .map_err(loop_error)?;
+    // Python's own name for the thread (else "Dummy-1" in the app's logs).
+    if let Ok(t) = py
+        .import("threading")
+        .and_then(|m| m.call_method0("current_thread"))
+    {
+        let _ = t.setattr("name", "python-asgi");
+    }
     let executor = py
         .import("concurrent.futures")
         .and_then(|m| {
