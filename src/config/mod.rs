@@ -159,8 +159,7 @@ pub struct Options {
     pub env: Vec<KeyValue>,
 
     /// Python threads serving requests in each worker (1 to 1024); for an ASGI app, the
-    /// threads of the event loop's default executor (where sync code such as Django's
-    /// sync views runs).
+    /// threads of the event loop's default executor (`run_in_executor(None, ...)`).
     #[arg(long, value_name = "N", env = "POSTERN_THREADS", default_value_t = 1)]
     pub threads: usize,
 
