@@ -595,6 +595,12 @@ fn a_task_that_never_finishes_is_caught_by_timeout() {
         "{}",
         p.logs()
     );
+    // The task is named after its request.
+    assert!(
+        p.logs().contains("Task GET /stuck request_id="),
+        "{}",
+        p.logs()
+    );
     let _ = stuck.join();
     assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
     // The replacement serves.

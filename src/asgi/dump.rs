@@ -68,8 +68,14 @@ def stacks(loop):
     out = []
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
-        out.append('Task %s (most recent call last):\n' % task.get_name())
         coro = task.get_coro()
+        name = task.get_name()
+        try:
+            # A request's task runs run.rs's serve(coro, done): done is the exchange's.
+            name = coro.cr_frame.f_locals['done'].__self__._describe()
+        except Exception:
+            pass
+        out.append('Task %s (most recent call last):\n' % name)
         while coro is not None:
             f = getattr(coro, 'cr_frame', None) or getattr(coro, 'gi_frame', None)
             if f is not None:

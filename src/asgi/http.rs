@@ -1140,6 +1140,18 @@ impl Exchange {
     }
 
     /// The sink is back from the executor.
+    /// The request, as the `--timeout` dump names its task: method, target, id.
+    fn _describe(&self) -> String {
+        let text =
+            |k: &[u8]| String::from_utf8_lossy(self.head.get(k).unwrap_or(b"-")).into_owned();
+        format!(
+            "{} {} request_id={}",
+            text(b"REQUEST_METHOD"),
+            text(b"REQUEST_URI"),
+            self.request_id.as_str()
+        )
+    }
+
     /// A body read finished: to the receive() waiting for it, or kept for the next.
     fn _read_done(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
