@@ -444,6 +444,38 @@ mod tests {
             // Without lifespan state: no key (the spec's "not supported").
             let three = build(py, &h, &l, &[], None).unwrap();
             assert!(!three.contains("state").unwrap());
+            // What an app changes in its scope is its own.
+            one.set_item("type", "changed").unwrap();
+            let asgi = one.get_item("asgi").unwrap().unwrap();
+            asgi.set_item("x", 1).unwrap();
+            let four = build(py, &h, &l, &[], Some(&state)).unwrap();
+            assert_eq!(four.get_item("type").unwrap().unwrap().to_string(), "http");
+            assert!(!four
+                .get_item("asgi")
+                .unwrap()
+                .unwrap()
+                .contains("x")
+                .unwrap());
+            let keys: Vec<String> = four.keys().extract().unwrap();
+            assert_eq!(
+                keys,
+                [
+                    "type",
+                    "asgi",
+                    "http_version",
+                    "method",
+                    "scheme",
+                    "path",
+                    "raw_path",
+                    "query_string",
+                    "root_path",
+                    "headers",
+                    "client",
+                    "server",
+                    "state",
+                    "extensions"
+                ]
+            );
         });
     }
 
