@@ -66,8 +66,9 @@ pub struct Keys {
     /// same ones, its whole environ to copy from: see [`Shape`].
     shape: std::cell::RefCell<Shape>,
     /// This thread's `start_response` of the last request, kept for the next one when
-    /// nothing else refers to it (`response::reuse`).
-    pub(super) responder: std::cell::RefCell<Option<Py<super::response::Responder>>>,
+    /// nothing else refers to it (`response::reuse`). Held as `PyAny` (response.rs
+    /// casts it back) so that this module does not import `response`, which imports it.
+    pub(super) responder: std::cell::RefCell<Option<Py<PyAny>>>,
     /// A forwarding `wsgi.errors` (FastCGI) of an earlier request of this thread that
     /// nothing refers to any more, for the next one (`response::respond`).
     pub(super) spare_errors: std::cell::RefCell<Option<Py<Errors>>>,

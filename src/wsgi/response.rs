@@ -659,10 +659,13 @@ fn respond(
     // The sink moves into the responder; `finish` below takes it back out of use.
     let placeholder: Box<dyn Sink> = Box::new(Closed);
     let sink = std::mem::replace(&mut sink, placeholder);
-    let kept = keys.responder.borrow_mut().take();
+    let kept = keys
+        .responder
+        .borrow_mut()
+        .take()
+        .and_then(|r| r.into_bound(py).cast_into::<Responder>().ok());
     let responder = match kept {
         Some(r) => {
-            let r = r.into_bound(py);
             st(&r).renew(sink, built.is_head);
             r
         }
@@ -760,7 +763,7 @@ fn reuse(keys: &Keys, responder: Bound<'_, Responder>) {
     // SAFETY: reading the reference count of a live object.
     if write_alone && unsafe { pyo3::ffi::Py_REFCNT(responder.as_ptr()) } == ours {
         drop(me);
-        *keys.responder.borrow_mut() = Some(responder.unbind());
+        *keys.responder.borrow_mut() = Some(responder.into_any().unbind());
     } else {
         // The bound `write` refers to the responder: dropped here, or the two would
         // keep each other alive.
