@@ -122,3 +122,76 @@ fn a_request_sent_in_time_while_every_thread_is_busy_is_served_after_the_expiry(
         assert_eq!(r.status, 200, "{name}: {}", r.text());
     }
 }
+
+/// An ASGI app whose `/block` runs a sync wait on the event loop's thread until the
+/// file `gate` exists; it first makes `mark`.
+const BLOCKING_ASGI_APP: &str = r#"
+import os, time
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    q = dict(kv.split("=", 1) for kv in scope["query_string"].decode().split("&") if "=" in kv)
+    if scope["path"] == "/block":
+        open(q["mark"], "w").close()
+        deadline = time.monotonic() + 20  # a bound against a hang only
+        while not os.path.exists(q["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok\n"})
+"#;
+
+// The same with the ASGI worker's one event loop thread blocked (a sync call in the
+// app): the I/O thread expires the waiting connections, and the requests they sent in
+// time reach the loop through the slow lane once it is free.
+#[test]
+fn a_request_sent_in_time_while_the_asgi_loop_is_blocked_is_served_after_the_expiry() {
+    let dir = tempdir();
+    let app = dir.path().join("blocking_asgi.py");
+    std::fs::write(&app, BLOCKING_ASGI_APP).unwrap();
+    let s = dir.path().join("s.sock");
+    let ht = HEAD_TIMEOUT.to_string();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--interface", "asgi", "--head-timeout", &ht])
+        .args(["--scgi", &format!("unix:{}", s.display())])
+        .start();
+    let Addr::Unix(u) = p.addr.clone() else {
+        unreachable!()
+    };
+    let mut waiting_u = UnixStream::connect(&u).unwrap();
+    let mut waiting_s = UnixStream::connect(&s).unwrap();
+    assert_eq!(p.get("/").0, 200);
+    let r = parse_http(&raw(&Addr::Unix(s.clone()), &scgi_get("/"))).expect("SCGI answered");
+    assert_eq!(r.status, 200);
+
+    let mark = dir.path().join("mark");
+    let gate = dir.path().join("gate");
+    let blocked = uwsgi_get_bg(
+        &p.addr,
+        &format!("/block?mark={}&gate={}", mark.display(), gate.display()),
+    );
+    assert!(wait_file(&mark, 20), "the blocking request reached the app");
+    waiting_u.write_all(&uwsgi_get("/")).unwrap();
+    waiting_s.write_all(&scgi_get("/")).unwrap();
+    std::thread::sleep(Duration::from_secs(HEAD_TIMEOUT + 1));
+    std::fs::write(&gate, "").unwrap();
+    let r = parse_http(&blocked.join().unwrap()).expect("the blocking request answered");
+    assert_eq!(r.status, 200);
+    for (name, conn) in [("uwsgi", &mut waiting_u), ("SCGI", &mut waiting_s)] {
+        let resp = read_reply(conn);
+        let r = parse_http(&resp).unwrap_or_else(|| {
+            panic!(
+                "the {name} request sent in time got no answer ({} bytes)\n{}",
+                resp.len(),
+                p.logs()
+            )
+        });
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+    }
+}
