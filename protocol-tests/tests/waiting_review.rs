@@ -64,17 +64,20 @@ fn read_reply(s: &mut UnixStream) -> Vec<u8> {
 
 // The I/O thread expires a waiting connection at its --head-timeout even when its
 // request came in time but no Python thread was free to take its epoll event; the
-// slow lane then reads what is there. Pins that uwsgi and SCGI requests sent in time
-// are served that way, not closed as silent (FastCGI is not, yet: see team.md,
-// soak-review → soakfix, W1).
+// slow lane then reads what is there. Pins that uwsgi, SCGI and FastCGI requests sent
+// in time are served that way, not closed as silent.
+// regression: a FastCGI one was closed unanswered at its --head-timeout (nginx: 502):
+// the lane's first look found an empty buffer past the deadline.
 #[test]
 fn a_request_sent_in_time_while_every_thread_is_busy_is_served_after_the_expiry() {
     let dir = tempdir();
     let s = dir.path().join("s.sock");
+    let f = dir.path().join("f.sock");
     let ht = HEAD_TIMEOUT.to_string();
     let p = Spawn::unix(dir.path(), &testapp())
         .args(["--threads", "2", "--head-timeout", &ht])
         .args(["--scgi", &format!("unix:{}", s.display())])
+        .args(["--fastcgi", &format!("unix:{}", f.display())])
         .start();
     let Addr::Unix(u) = p.addr.clone() else {
         unreachable!()
@@ -83,9 +86,13 @@ fn a_request_sent_in_time_while_every_thread_is_busy_is_served_after_the_expiry(
     // the silent ones queued before it were accepted, and wait for their first bytes).
     let mut waiting_u = UnixStream::connect(&u).unwrap();
     let mut waiting_s = UnixStream::connect(&s).unwrap();
+    let mut waiting_f = UnixStream::connect(&f).unwrap();
     assert_eq!(p.get("/").0, 200);
     let r = parse_http(&raw(&Addr::Unix(s.clone()), &scgi_get("/"))).expect("SCGI answered");
     assert_eq!(r.status, 200);
+    let mut c = UnixStream::connect(&f).unwrap();
+    c.write_all(&fcgi::get(1, false, "/")).unwrap();
+    assert_eq!(fcgi::read_reply(&mut c, 1, &mut Vec::new()).cgi().0, 200);
 
     // Both Python threads held in the app until the test arrives.
     let meet = Rendezvous::new(dir.path());
@@ -103,6 +110,7 @@ fn a_request_sent_in_time_while_every_thread_is_busy_is_served_after_the_expiry(
     // before their timeout passes (the threads are held past it).
     waiting_u.write_all(&uwsgi_get("/")).unwrap();
     waiting_s.write_all(&scgi_get("/")).unwrap();
+    waiting_f.write_all(&fcgi::get(1, false, "/")).unwrap();
     std::thread::sleep(Duration::from_secs(HEAD_TIMEOUT + 1));
     meet.arrive("test");
     for h in held {
@@ -121,6 +129,19 @@ fn a_request_sent_in_time_while_every_thread_is_busy_is_served_after_the_expiry(
         });
         assert_eq!(r.status, 200, "{name}: {}", r.text());
     }
+    waiting_f
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut recs = Vec::new();
+    while let Some(r) = fcgi::read(&mut waiting_f) {
+        recs.push(r);
+    }
+    assert!(
+        recs.iter().any(|r| r.kind == fcgi::END_REQUEST),
+        "the FastCGI request sent in time got no END_REQUEST ({} records)\n{}",
+        recs.len(),
+        p.logs()
+    );
 }
 
 /// An ASGI app whose `/block` runs a sync wait on the event loop's thread until the

@@ -470,8 +470,20 @@ impl Acceptor {
                 );
             }
             Waiting::Fcgi(conn) => {
+                // Its request may be whole already, sent in time while no thread was
+                // free to take its event: read what is there, so that the lane serves
+                // it. The lane's first look at an empty buffer past the deadline would
+                // close it unanswered (nginx: 502), as uwsgi and SCGI do not.
+                // regression: W1 of the soak review (FastCGI requests sent within
+                // --head-timeout while every thread was busy were closed unanswered).
+                let mut buf = BytesMut::zeroed(FIRST_READ);
+                let n = match conn.recv(&mut buf[..]) {
+                    Ok(n) => n,
+                    Err(_) => 0,
+                };
+                buf.truncate(n);
                 let entry = conn.enter_lane(true);
-                self.fcgi_to_lane(conn, BytesMut::new(), e.started, entry);
+                self.fcgi_to_lane(conn, buf, e.started, entry);
             }
         }
     }
