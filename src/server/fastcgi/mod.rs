@@ -802,7 +802,13 @@ impl Parking {
         // Listed before `open` is read, and `close_all` clears `open` before it reads
         // the list and then each owner under its lock: either it sees this connection
         // parked, or this sees `open` cleared.
-        let open = self.open.load(Ordering::SeqCst) && !conn.is_broken();
+        // A never-served connection (`fresh_since`) comes here only to be handed over
+        // (the lane parks it only once the worker leaves), possibly before
+        // `close_all` has cleared `open`: parked as a kept one it would reach its new
+        // worker without its --head-timeout and stay open for good.
+        // regression: W2 of the soak review (idle connections open for good after a
+        // reload, 2 in 40 rounds).
+        let open = self.open.load(Ordering::SeqCst) && !conn.is_broken() && fresh_since.is_none();
         if !open && !conn.is_broken() {
             if let Some(channel) = self.successors() {
                 // Leaving while others serve on: idle now, so theirs (never closed).
