@@ -56,6 +56,17 @@ async def app(scope, receive, send):
         msgs = await read_all(receive)
         body = b"".join(m.get("body", b"") for m in msgs)
         await answer(send, ("%d %s %d" % (len(body), hashlib.sha256(body).hexdigest(), len(msgs))).encode())
+    elif path == "/gather":
+        # Two receive() calls pending at once while the body is read off the loop.
+        try:
+            msgs = list(await asyncio.wait_for(asyncio.gather(receive(), receive()), 10))
+        except asyncio.TimeoutError:
+            await answer(send, b"a receive() was never resolved", 500)
+            return
+        if msgs[-1].get("more_body"):
+            msgs += await read_all(receive)
+        body = b"".join(m.get("body", b"") for m in msgs)
+        await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
     elif path == "/impatient":
         # receive() under a short timeout, retried: a cancelled receive() must not
         # lose its chunk.
@@ -313,6 +324,19 @@ fn a_cancelled_receive_loses_no_body() {
     let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
     let expect = format!("160000 {}", sha256_hex(&body));
     assert!(stdout.contains(&expect), "{stdout}");
+}
+
+// regression: R14, two receive() calls pending at once while a spooled body was read
+// off the loop: the second took the first's place and the first never resolved (the
+// task hung for ever).
+#[test]
+fn receive_calls_pending_at_once_get_the_body_chunks_in_order() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &["--body-spool-threshold", "64K"]);
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 247) as u8).collect();
+    let out = p.raw(&uwsgi_req("POST", "/gather", "", &body));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.text(), format!("1000000 {}", sha256_hex(&body)));
 }
 
 // regression: a callback of the app raising SystemExit ended the loop's run_forever and

@@ -13,6 +13,7 @@
 //! `Future` and no trip through the loop. Only a real wait creates a future.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,8 +216,10 @@ pub struct Exchange {
     waiters: Vec<Py<PyAny>>,
     /// A body read runs on the executor.
     read_in_flight: bool,
-    /// The receive() future waiting for that read.
-    read_waiter: Option<Py<PyAny>>,
+    /// The receive() futures waiting for body chunks, oldest first: an app may have
+    /// several pending at once (`gather(receive(), receive())`); each gets the next
+    /// chunk in turn.
+    read_waiters: VecDeque<Py<PyAny>>,
     /// A chunk read that no receive() took yet (its caller was cancelled).
     read_kept: Option<Py<PyAny>>,
     watching: bool,
@@ -304,7 +307,7 @@ impl Exchange {
             body: BodyState::Waiting(body),
             waiters: Vec::new(),
             read_in_flight: false,
-            read_waiter: None,
+            read_waiters: VecDeque::new(),
             read_kept: None,
             watching: false,
             gone_id: None,
@@ -744,6 +747,32 @@ impl Exchange {
 
     /// Starts watching the connection for the front server closing it (a pending
     /// `receive()` then gets `http.disconnect`).
+    /// Reads the body's next chunk on the executor; `_read_done` hands it out.
+    fn start_read(slf: &Bound<'_, Self>, me: &mut Exchange, job: &Py<ReadJob>) -> PyResult<()> {
+        let py = slf.py();
+        me.read_in_flight = true;
+        let ctx = &me.ctx;
+        let fut = ctx
+            .run_in_executor
+            .bind(py)
+            .call1((ctx.io_executor.bind(py), job.clone_ref(py)))?;
+        let cb = ctx
+            .partial
+            .bind(py)
+            .call1((slf.getattr(intern!(py, "_read_done"))?,))?;
+        fut.call_method1(intern!(py, "add_done_callback"), (cb,))?;
+        Ok(())
+    }
+
+    /// Drops the futures that are done already (cancelled by the app).
+    fn prune(py: Python<'_>, futures: &mut VecDeque<Py<PyAny>>) {
+        futures.retain(|f| {
+            !f.bind(py)
+                .call_method0(intern!(py, "done"))
+                .is_ok_and(|d| d.is_truthy().unwrap_or(true))
+        });
+    }
+
     fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
@@ -916,21 +945,11 @@ impl Exchange {
                 // receive() the app cancels (a timeout, Starlette's is_disconnected())
                 // leaves its chunk to the next one instead of losing it.
                 if !me.read_in_flight {
-                    me.read_in_flight = true;
-                    let ctx = me.ctx.clone();
-                    let fut = ctx
-                        .run_in_executor
-                        .bind(py)
-                        .call1((ctx.io_executor.bind(py), job.clone_ref(py)))?;
-                    let cb = ctx
-                        .partial
-                        .bind(py)
-                        .call1((slf.getattr(intern!(py, "_read_done"))?,))?;
-                    fut.call_method1(intern!(py, "add_done_callback"), (cb,))?;
+                    Self::start_read(slf, &mut me, &job)?;
                 }
                 me.body = BodyState::Reading(job);
                 let waiter = me.ctx.create_future.bind(py).call0()?;
-                me.read_waiter = Some(waiter.clone().unbind());
+                me.read_waiters.push_back(waiter.clone().unbind());
                 Ok(waiter)
             }
             BodyState::Done => {
@@ -1161,13 +1180,42 @@ impl Exchange {
         };
         let mut me = slf.borrow_mut();
         me.read_in_flight = false;
-        match me.read_waiter.take() {
-            Some(w) if !w.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? => {
-                w.bind(py).call_method1(intern!(py, "set_result"), (msg,))?;
+        let mut msg = Some(msg);
+        while let Some(w) = me.read_waiters.pop_front() {
+            let w = w.bind(py);
+            if w.call_method0(intern!(py, "done"))?.is_truthy()? {
+                continue;
             }
-            _ => me.read_kept = Some(msg.unbind()),
+            w.call_method1(intern!(py, "set_result"), (msg.take(),))?;
+            break;
         }
-        Ok(())
+        if let Some(m) = msg {
+            me.read_kept = Some(m.unbind());
+            return Ok(());
+        }
+        // More receive() calls wait: the next chunk for them, or, past the body's
+        // end, the disconnect like any receive() after the body.
+        Self::prune(py, &mut me.read_waiters);
+        if me.read_waiters.is_empty() {
+            return Ok(());
+        }
+        let job = match &me.body {
+            BodyState::Reading(job) if !job.get().done.load(Ordering::Acquire) => {
+                Some(job.clone_ref(py))
+            }
+            _ => None,
+        };
+        if let Some(job) = job {
+            return Self::start_read(slf, &mut me, &job);
+        }
+        let rest = std::mem::take(&mut me.read_waiters);
+        me.waiters.extend(rest);
+        if me.gone || me.served.is_some() {
+            me.wake_waiters(py);
+            return Ok(());
+        }
+        drop(me);
+        Self::watch(slf)
     }
 
     fn _job_done(
