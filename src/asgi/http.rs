@@ -229,6 +229,13 @@ pub struct Exchange {
     overflowed: bool,
 }
 
+/// The future is not done yet (a cancelled one is done).
+fn pending(py: Python<'_>, f: &Py<PyAny>) -> bool {
+    !f.bind(py)
+        .call_method0(intern!(py, "done"))
+        .is_ok_and(|d| d.is_truthy().unwrap_or(true))
+}
+
 /// The message `receive` returns after the body.
 fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -766,11 +773,7 @@ impl Exchange {
 
     /// Drops the futures that are done already (cancelled by the app).
     fn prune(py: Python<'_>, futures: &mut VecDeque<Py<PyAny>>) {
-        futures.retain(|f| {
-            !f.bind(py)
-                .call_method0(intern!(py, "done"))
-                .is_ok_and(|d| d.is_truthy().unwrap_or(true))
-        });
+        futures.retain(|f| pending(py, f));
     }
 
     fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -949,6 +952,9 @@ impl Exchange {
                 }
                 me.body = BodyState::Reading(job);
                 let waiter = me.ctx.create_future.bind(py).call0()?;
+                // Those the app cancelled go first: an app may call receive() under a
+                // timeout again and again while a slow body trickles in.
+                Self::prune(py, &mut me.read_waiters);
                 me.read_waiters.push_back(waiter.clone().unbind());
                 Ok(waiter)
             }
@@ -961,6 +967,9 @@ impl Exchange {
                     .into_any());
                 }
                 let fut = me.ctx.create_future.bind(py).call0()?;
+                // Those the app cancelled go first: Starlette's is_disconnected() is a
+                // receive() cancelled at once, maybe called for every event of a stream.
+                me.waiters.retain(|f| pending(py, f));
                 me.waiters.push(fut.clone().unbind());
                 drop(me);
                 Self::watch(slf)?;
