@@ -77,6 +77,20 @@ async def app(scope, receive, send):
         gc.collect()
         left = sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Future) and o.cancelled())
         await answer(send, str(left).encode())
+    elif path == "/from-a-thread":
+        # send()/receive() called on an executor thread instead of the loop's.
+        loop = asyncio.get_running_loop()
+        said = []
+        for call in (lambda: receive(),
+                     lambda: send({"type": "http.response.start", "status": 200, "headers": []})):
+            try:
+                await loop.run_in_executor(None, call)
+                said.append("no error")
+            except Exception as e:
+                said.append("%s: %s" % (type(e).__name__, e))
+            except BaseException as e:
+                said.append("%s (a BaseException)" % type(e).__name__)
+        await answer(send, "\n".join(said).encode())
     elif path == "/impatient":
         # receive() under a short timeout, retried: a cancelled receive() must not
         # lose its chunk.
@@ -358,6 +372,28 @@ fn cancelled_receive_calls_after_the_body_are_not_kept() {
     let r = get(&p, "/disconnected-checks", "5000");
     let left: usize = r.text().parse().unwrap();
     assert!(left <= 1, "{left} cancelled receive() futures still held");
+}
+
+// regression: R15, send() or receive() called on another thread panicked in pyo3 (a
+// PanicException, a BaseException, into the app and a Rust panic on stderr).
+#[test]
+fn send_and_receive_from_another_thread_raise_a_runtime_error() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/from-a-thread", "");
+    assert_eq!(r.status, 200);
+    let said = r.text();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    for l in lines {
+        assert!(
+            l.starts_with(
+                "RuntimeError: send() and receive() must be called on the event loop's thread"
+            ),
+            "{said}"
+        );
+    }
+    assert!(!p.logs().contains("panicked"), "{}", p.logs());
 }
 
 // regression: a callback of the app raising SystemExit ended the loop's run_forever and

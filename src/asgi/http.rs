@@ -101,6 +101,66 @@ impl Ready {
     }
 }
 
+/// `receive` and `send` as the app gets them. The exchange belongs to the loop's
+/// thread (pyo3 panics when another thread touches it), so a call from elsewhere, e.g.
+/// `loop.run_in_executor(None, lambda: send(...))`, is refused here with an error the
+/// app can act on, before the exchange is touched.
+#[pyclass(module = "postern", name = "receive", frozen)]
+pub struct ReceiveCall(OnLoop);
+
+#[pyclass(module = "postern", name = "send", frozen)]
+pub struct SendCall(OnLoop);
+
+/// The exchange, and the thread it belongs to.
+struct OnLoop {
+    exchange: Py<Exchange>,
+    thread: std::thread::ThreadId,
+}
+
+impl OnLoop {
+    fn exchange<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, Exchange>> {
+        if std::thread::current().id() != self.thread {
+            return Err(PyRuntimeError::new_err(
+                "send() and receive() must be called on the event loop's thread; use asyncio.run_coroutine_threadsafe",
+            ));
+        }
+        Ok(self.exchange.bind(py))
+    }
+}
+
+/// `receive` and `send` for `exchange`, called on the current (the loop's) thread.
+pub fn channel<'py>(
+    exchange: &Bound<'py, Exchange>,
+) -> PyResult<(Bound<'py, ReceiveCall>, Bound<'py, SendCall>)> {
+    let py = exchange.py();
+    let on_loop = || OnLoop {
+        exchange: exchange.clone().unbind(),
+        thread: std::thread::current().id(),
+    };
+    Ok((
+        Bound::new(py, ReceiveCall(on_loop()))?,
+        Bound::new(py, SendCall(on_loop()))?,
+    ))
+}
+
+#[pymethods]
+impl ReceiveCall {
+    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Exchange::receive(self.0.exchange(py)?)
+    }
+}
+
+#[pymethods]
+impl SendCall {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Exchange::send(self.0.exchange(py)?, message)
+    }
+}
+
 /// Requests whose sink learns on another thread that the front server went away
 /// (FastCGI: the server layer reads the connection): their ids, and an eventfd the
 /// loop watches. The other thread only pushes an id and writes the eventfd (never

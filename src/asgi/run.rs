@@ -441,8 +441,7 @@ impl Driver {
             }
         };
         let started = (|| -> PyResult<()> {
-            let receive = exchange.getattr(intern!(py, "receive"))?;
-            let send = exchange.getattr(intern!(py, "send"))?;
+            let (receive, send) = super::http::channel(&exchange)?;
             let coro = app.bind(py).call1((scope, receive, send))?;
             let done = exchange.getattr(intern!(py, "_done"))?;
             let coro = serve.bind(py).call1((coro, done))?;
