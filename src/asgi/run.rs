@@ -344,7 +344,7 @@ impl Driver {
     /// Takes the next request that is ready and starts its task.
     fn take_ready(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        loop {
+        {
             let me = slf.borrow();
             if me.draining.get() {
                 return;
