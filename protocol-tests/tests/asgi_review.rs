@@ -52,6 +52,17 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": type(e).__name__.encode()})
         except ValueError:
             await send({"type": "http.response.body", "body": b"ValueError"})
+    elif path == "/two-receives":
+        # Two receive() calls pending at once while the body is read off the loop.
+        a, b = await asyncio.gather(receive(), receive())
+        await answer(send, ("%s %s" % (a["type"], b["type"])).encode())
+    elif path == "/thread-send":
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, lambda: send({"type": "http.response.start", "status": 200}))
+            await answer(send, b"no error")
+        except Exception as e:
+            await answer(send, type(e).__name__.encode())
     elif path == "/retry-start":
         # An error page after a refused start (the app catches the ValueError).
         try:
@@ -226,4 +237,40 @@ fn pathsend_of_a_directory_or_missing_file_raises_before_anything_is_written() {
     // A missing file: the OSError of the open, not postern.ClientDisconnected.
     assert_eq!((r.status, r.text()), (200, "FileNotFoundError".to_owned()));
     assert!(!p.logs().contains("client went away"), "{}", p.logs());
+}
+
+#[test]
+fn two_receives_pending_at_once_over_a_spooled_body_both_get_a_chunk() {
+    // regression: after the fix for cancelled receive() calls, a second pending
+    // receive() replaced the first one's future, which was never resolved: the
+    // request hung for ever.
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--body-spool-threshold", "64K"]);
+    let body = vec![b'q'; 1_000_000];
+    let len = body.len().to_string();
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/two-receives"),
+        ("QUERY_STRING", ""),
+        ("REQUEST_URI", "/two-receives"),
+        ("CONTENT_LENGTH", &len),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]);
+    pkt.extend_from_slice(&body);
+    let out = p.raw(&pkt);
+    let r = parse_http(&out).unwrap_or_else(|| panic!("no response\n{}", p.logs()));
+    assert_eq!(r.text(), "http.request http.request");
+}
+
+#[test]
+fn send_called_from_another_thread_raises_runtime_error_not_a_panic() {
+    // regression: send() called on an executor thread hit pyo3's unsendable check: a
+    // Rust panic message on stderr and a PanicException (a BaseException) in the app.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let r = get(&p, "/thread-send", "").expect("a response");
+    assert_eq!(r.text(), "RuntimeError");
+    assert!(!p.logs().contains("panicked"), "{}", p.logs());
 }
