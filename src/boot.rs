@@ -249,7 +249,9 @@ pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
     tracing::info!(app = %config.app, "app imported");
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     if interface == Interface::Wsgi && config.opts.lifespan == LifespanMode::On {
-        tracing::warn!("--lifespan on has no effect: the app is served as WSGI, which has no lifespan");
+        tracing::warn!(
+            "--lifespan on has no effect: the app is served as WSGI, which has no lifespan"
+        );
     }
     Ok(Loaded {
         app,

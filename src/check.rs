@@ -195,7 +195,11 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                 Ok(loaded) => {
                     let info = crate::wsgi::interpreter::loaded_python_version();
                     println!("  python: {info}");
-                    println!("  interface: {}, as {}", loaded.interface.name(), loaded.why);
+                    println!(
+                        "  interface: {}, as {}",
+                        loaded.interface.name(),
+                        loaded.why
+                    );
                     match &config.venv {
                         Some(v) => println!("  venv: {}", v.display()),
                         None => println!("  venv: none (the build's Python)"),

@@ -90,7 +90,10 @@ pub fn example_venv() -> Option<PathBuf> {
 
 fn has_frameworks(venv: &Path) -> bool {
     Command::new(venv.join("bin/python"))
-        .args(["-c", "import flask, django, fastapi, starlette, python_multipart"])
+        .args([
+            "-c",
+            "import flask, django, fastapi, starlette, python_multipart",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
