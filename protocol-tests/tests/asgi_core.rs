@@ -254,6 +254,31 @@ fn fcgi_stdout(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A FastCGI POST of `body` to `path` without CONTENT_LENGTH, its STDIN sent in records
+/// of `piece` bytes `pause` apart; the response's STDOUT as text.
+fn fcgi_post_in_pieces(
+    p: &Postern,
+    path: &str,
+    body: &[u8],
+    piece: usize,
+    pause: Duration,
+) -> String {
+    let v = vars("POST", path, "");
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&fcgi::begin(1, 1, false)).unwrap();
+    s.write_all(&fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)))
+        .unwrap();
+    s.write_all(&fcgi::record(fcgi::PARAMS, 1, b"")).unwrap();
+    for c in body.chunks(piece) {
+        s.write_all(&fcgi::record(fcgi::STDIN, 1, c)).unwrap();
+        std::thread::sleep(pause);
+    }
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8(fcgi_stdout(&out)).unwrap()
+}
+
 #[test]
 fn hello_is_served_over_uwsgi_fastcgi_and_scgi() {
     let dir = tempdir();
@@ -307,20 +332,7 @@ fn a_fastcgi_body_streamed_in_stdin_records_reaches_the_app_whole() {
     let p = serve(dir.path(), "fastcgi", &[]);
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     // No CONTENT_LENGTH: the body is read as it comes (nginx with request buffering off).
-    let v = vars("POST", "/sha", "");
-    let mut s = p.addr.connect().unwrap();
-    s.write_all(&fcgi::begin(1, 1, false)).unwrap();
-    s.write_all(&fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)))
-        .unwrap();
-    s.write_all(&fcgi::record(fcgi::PARAMS, 1, b"")).unwrap();
-    for c in body.chunks(8192) {
-        s.write_all(&fcgi::record(fcgi::STDIN, 1, c)).unwrap();
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
+    let stdout = fcgi_post_in_pieces(&p, "/sha", &body, 8192, Duration::from_micros(200));
     let expect = format!("300000 {}", sha256_hex(&body));
     assert!(stdout.contains(&expect), "{stdout}");
 }
@@ -332,20 +344,7 @@ fn a_cancelled_receive_loses_no_body() {
     let dir = tempdir();
     let p = serve(dir.path(), "fastcgi", &[]);
     let body: Vec<u8> = (0..160_000u32).map(|i| (i % 249) as u8).collect();
-    let v = vars("POST", "/impatient", "");
-    let mut s = p.addr.connect().unwrap();
-    s.write_all(&fcgi::begin(1, 1, false)).unwrap();
-    s.write_all(&fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)))
-        .unwrap();
-    s.write_all(&fcgi::record(fcgi::PARAMS, 1, b"")).unwrap();
-    for c in body.chunks(8000) {
-        s.write_all(&fcgi::record(fcgi::STDIN, 1, c)).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let stdout = String::from_utf8(fcgi_stdout(&out)).unwrap();
+    let stdout = fcgi_post_in_pieces(&p, "/impatient", &body, 8000, Duration::from_millis(20));
     let expect = format!("160000 {}", sha256_hex(&body));
     assert!(stdout.contains(&expect), "{stdout}");
 }
