@@ -128,12 +128,8 @@ impl Pending {
     /// How long the epoll may wait before the oldest waiting connection's timeout;
     /// `None` when nothing waits here.
     pub fn wait_limit(&self, now: Instant) -> Option<Duration> {
-        if self.len.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let st = self.state();
-        let (_, first) = st.conns.first_key_value()?;
-        Some((first.started + self.timeout).saturating_duration_since(now))
+        self.next_deadline()
+            .map(|d| d.saturating_duration_since(now))
     }
 
     /// When the first waiting connection's timeout passes; `None` when nothing waits.
