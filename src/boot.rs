@@ -223,6 +223,9 @@ pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
     if let Some(v) = &config.venv {
         tracing::info!(venv = %v.display(), "using virtualenv");
     }
+    // Before the master forks: the workers share the detection code (see detect::load).
+    pyo3::Python::attach(detect::load)
+        .map_err(|e| anyhow::anyhow!("loading postern's interface detection: {e}"))?;
     Ok(())
 }
 

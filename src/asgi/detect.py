@@ -1,18 +1,21 @@
 # postern's interface detection (src/asgi/detect.rs): what kind of callable the app is,
 # and a sentence saying why. Run once per import; speed does not matter, clarity does.
-import asyncio
 import functools
 import inspect
+import sys
 
 # asgiref.sync.markcoroutinefunction marks functions with asyncio's own marker on
-# Python < 3.12 (inspect.markcoroutinefunction only exists from 3.12 on).
-_ASYNCIO_MARK = getattr(getattr(asyncio, "coroutines", None), "_is_coroutine", None)
+# Python < 3.12 (inspect.markcoroutinefunction only exists from 3.12 on). Only an app
+# that imported asyncio can carry that marker, so asyncio is looked up, not imported:
+# importing it costs a WSGI worker about 8 MiB (it loads ssl) for nothing.
+# Looked up at each call: the app is imported after this file runs.
+def _asyncio_marked(f):
+    mark = getattr(getattr(sys.modules.get("asyncio"), "coroutines", None), "_is_coroutine", None)
+    return mark is not None and getattr(f, "_is_coroutine", None) is mark
 
 
 def _marked(f):
-    return getattr(f, "_is_coroutine_marker", None) is not None or (
-        _ASYNCIO_MARK is not None and getattr(f, "_is_coroutine", None) is _ASYNCIO_MARK
-    )
+    return getattr(f, "_is_coroutine_marker", None) is not None or _asyncio_marked(f)
 
 
 def _is_async(f):
@@ -23,7 +26,7 @@ def _is_async(f):
             return True
     except Exception:
         return False
-    return _ASYNCIO_MARK is not None and getattr(f, "_is_coroutine", None) is _ASYNCIO_MARK
+    return _asyncio_marked(f)
 
 
 def _name(obj):

@@ -75,9 +75,10 @@ struct Shape {
     takes: [Option<bool>; 3],
 }
 
-fn classify(py: Python<'_>, app: &Bound<'_, PyAny>) -> PyResult<Shape> {
+/// `detect.py`, compiled once per process.
+fn module(py: Python<'_>) -> PyResult<&Py<PyModule>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    let module = MODULE.get_or_try_init(py, || {
+    MODULE.get_or_try_init(py, || {
         PyModule::from_code(
             py,
             c_str_of(include_str!("detect.py")),
@@ -85,7 +86,18 @@ fn classify(py: Python<'_>, app: &Bound<'_, PyAny>) -> PyResult<Shape> {
             c"_postern_detect",
         )
         .map(Bound::unbind)
-    })?;
+    })
+}
+
+/// Compiles `detect.py` (and imports `inspect`, which it uses) now: the master calls it
+/// before forking, so the workers share those pages instead of each loading its own
+/// copy when it imports the app.
+pub fn load(py: Python<'_>) -> PyResult<()> {
+    module(py).map(|_| ())
+}
+
+fn classify(py: Python<'_>, app: &Bound<'_, PyAny>) -> PyResult<Shape> {
+    let module = module(py)?;
     let (kind, why, takes): (
         String,
         String,
