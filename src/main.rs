@@ -266,6 +266,15 @@ fn serve(
             workers: config.opts.workers,
             threads: config.opts.threads,
             graceful_timeout: config.opts.graceful_timeout.0,
+            // An ASGI worker cuts its requests off at --graceful-timeout, then runs its
+            // lifespan shutdown: the master waits for that before it kills it.
+            past_graceful: match config.opts.interface {
+                postern::asgi::InterfaceOption::Wsgi => std::time::Duration::ZERO,
+                _ => postern::asgi::stop::past_graceful(
+                    config.opts.lifespan,
+                    config.opts.lifespan_timeout.0,
+                ),
+            },
             timeout: config.opts.timeout.map(|s| s.0),
             slow_log: config.opts.slow_log.map(|s| s.0),
             max_lifetime: config.opts.max_lifetime.map(|s| s.0),

@@ -8,6 +8,19 @@ import asyncio
 SPEC_VERSION = "2.0"
 
 
+def run(loop, aw):
+    """loop.run_until_complete(aw), again after a stray loop.stop(): a request's task
+    cut off at --graceful-timeout that ends during the shutdown makes the server stop
+    the loop (it would stop serving then), which must not end the shutdown early."""
+    fut = asyncio.ensure_future(aw, loop=loop)
+    while True:
+        try:
+            return loop.run_until_complete(fut)
+        except RuntimeError as e:
+            if fut.done() or "stopped before" not in str(e):
+                raise
+
+
 class Lifespan:
     def __init__(self, app, loop, report):
         self.app = app
@@ -94,14 +107,14 @@ class Lifespan:
         """Starts the app's lifespan call and waits for its startup answer (the loop
         must not be running). Returns (outcome, detail)."""
         self.task = self.loop.create_task(self._main())
-        return self.loop.run_until_complete(self._wait(self.started, timeout))
+        return run(self.loop, self._wait(self.started, timeout))
 
     def shutdown(self, timeout):
         """Asks for shutdown and waits for its answer (the loop must not be running).
         Returns (outcome, detail); the task is cancelled if it is still running."""
         if not self.task.done():
             self._resolve(self._shutdown_asked, "shutdown", None)
-            result = self.loop.run_until_complete(self._wait(self.stopped, timeout))
+            result = run(self.loop, self._wait(self.stopped, timeout))
         elif self._reported:
             result = ("reported", None)
         else:
@@ -114,6 +127,6 @@ class Lifespan:
         if self.task is not None and not self.task.done():
             self.task.cancel()
             try:
-                self.loop.run_until_complete(asyncio.wait([self.task], timeout=1.0))
+                run(self.loop, asyncio.wait([self.task], timeout=1.0))
             except RuntimeError:
                 pass  # the loop is running or closed: the task goes with it

@@ -73,7 +73,8 @@ pub struct Lifespan {
     state: Option<Py<PyDict>>,
 }
 
-fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+/// lifespan.py, imported once (also `_postern_lifespan` for stop.py).
+pub(super) fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     static SOURCE: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
     let source = SOURCE.get_or_init(|| {

@@ -10,6 +10,8 @@
 //! - [`http`]: one HTTP request's `receive` and `send`, and their small awaitables.
 //! - [`scope`]: the HTTP connection scope dict from the CGI variables.
 //! - [`lifespan`]: the lifespan protocol (startup before serving, shutdown after).
+//! - [`stop`]: the end of the loop (the cut-off at `--graceful-timeout`, the tasks the
+//!   app left running) and asyncio's error reports through `tracing`.
 //!
 //! [`Request`]: crate::wsgi::Request
 //! [`Source`]: crate::wsgi::Source
@@ -22,6 +24,7 @@ pub mod http;
 pub mod lifespan;
 pub mod run;
 pub mod scope;
+pub mod stop;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};

@@ -10,8 +10,9 @@
 //!
 //! At the stop the acceptor says it is draining; the rest (requests the slow lane
 //! still completes) comes from the blocking [`Source::next`] on a helper thread that
-//! hands each to the loop, the in-flight tasks finish, lifespan shutdown runs, and the
-//! thread ends.
+//! hands each to the loop, the in-flight tasks finish, lifespan shutdown runs, the
+//! tasks the app left running are cancelled, and the thread ends ([`super::stop`]:
+//! also the cut-off at `--graceful-timeout`).
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,11 +27,15 @@ use pyo3::types::PyDict;
 
 use super::http::{Ctx, Exchange, Ready};
 use super::lifespan::{self, Lifespan};
+use super::stop::{self, Stop};
 use super::{scope, AsgiError, AsgiSettings, LoopOption};
 use crate::wsgi::{traceback, App, Request, Settings, Source, TryNext};
 
 /// The running loop thread, to join at shutdown.
-pub struct Running(JoinHandle<()>);
+pub struct Running {
+    thread: JoinHandle<()>,
+    stop: Arc<Stop>,
+}
 
 /// Starts the loop thread serving `app` from `source`; returns once lifespan startup
 /// has completed (the worker reports ready only then), or with its failure.
@@ -41,28 +46,48 @@ pub fn start(
     source: Arc<dyn Source>,
 ) -> Result<Running, AsgiError> {
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), AsgiError>>();
+    let stop = Stop::new().map_err(AsgiError::Thread)?;
+    let stopping = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
         .name("python-asgi".into())
         .spawn(move || {
             Python::attach(|py| {
-                let (event_loop, lifespan) = match setup(py, &app, &settings, &asgi) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
+                let (event_loop, executor, lifespan) =
+                    match setup(py, &app, &settings, &asgi, &stopping) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
                 let _ = tx.send(Ok(()));
-                if let Err(e) = serve(py, &event_loop, app, settings, &asgi, source, &lifespan) {
+                let stop = &stopping;
+                if let Err(e) = serve(
+                    py,
+                    &event_loop,
+                    app,
+                    settings,
+                    &asgi,
+                    source,
+                    &lifespan,
+                    stop,
+                ) {
                     tracing::error!(detail = %traceback(py, &e), "the ASGI event loop failed");
                 }
+                // The order of asyncio.run() and uvicorn: the requests are over (or cut
+                // off), lifespan shutdown, then what the app left running.
+                stop.after_serving(&event_loop, asgi.lifespan_timeout);
                 lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
+                stop::finish(py, &event_loop, &executor, stop);
                 let _ = event_loop.call_method0(intern!(py, "close"));
             })
         })
         .map_err(AsgiError::Thread)?;
     match rx.recv() {
-        Ok(Ok(())) => Ok(Running(handle)),
+        Ok(Ok(())) => Ok(Running {
+            thread: handle,
+            stop,
+        }),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
@@ -74,28 +99,31 @@ pub fn start(
 }
 
 impl Running {
-    /// Waits for the loop thread to finish, up to `limit`; false if it still runs.
+    /// The stop began: the requests in flight have until `deadline`
+    /// (`--graceful-timeout`), and the tasks the app left running what is left then.
+    pub fn stopping(&self, deadline: Instant) {
+        self.stop.stopping(deadline);
+    }
+
+    /// Waits for the loop thread to finish its requests, up to `limit`
+    /// (`--graceful-timeout`), then for lifespan shutdown and the rest of the stop;
+    /// requests still running at `limit` are cut off first ([`Stop::join`]). False
+    /// when requests were cut off.
     pub fn join(self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while !self.0.is_finished() {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.join();
-        true
+        self.stop.join(self.thread, limit)
     }
 }
 
-/// Creates the loop (`--loop`), its default executor (`--threads`), and runs lifespan
-/// startup on it.
+/// Creates the loop (`--loop`), its default executor (`--threads`, returned), its
+/// exception handler and cut-off watch ([`super::stop`]), and runs lifespan startup
+/// on it.
 fn setup<'py>(
     py: Python<'py>,
     app: &App,
     settings: &Settings,
     asgi: &AsgiSettings,
-) -> Result<(Bound<'py, PyAny>, Lifespan), AsgiError> {
+    stop: &Arc<Stop>,
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>, Lifespan), AsgiError> {
     let loop_error = |e: PyErr| AsgiError::Loop {
         option: asgi.event_loop,
         detail: traceback(py, &e),
@@ -137,8 +165,12 @@ fn setup<'py>(
         })
         .map_err(loop_error)?;
     event_loop
-        .call_method1("set_default_executor", (executor,))
+        .call_method1("set_default_executor", (&executor,))
         .map_err(loop_error)?;
+    // asyncio's reports (a task's exception nobody retrieved) into postern's log, from
+    // lifespan startup on.
+    stop::install_exception_handler(py, &event_loop).map_err(loop_error)?;
+    stop.watch(py, &event_loop).map_err(loop_error)?;
     tracing::info!(
         event_loop = name,
         executor_threads = settings.threads,
@@ -152,10 +184,12 @@ fn setup<'py>(
         asgi.lifespan,
         asgi.lifespan_timeout,
     )?;
-    Ok((event_loop, lifespan))
+    Ok((event_loop, executor, lifespan))
 }
 
-/// Serves until the source is drained and the last task has ended.
+/// Serves until the source is drained and the last task has ended, or the requests
+/// still running at `--graceful-timeout` are cut off (`stop`).
+#[allow(clippy::too_many_arguments)]
 fn serve(
     py: Python<'_>,
     event_loop: &Bound<'_, PyAny>,
@@ -164,6 +198,7 @@ fn serve(
     asgi: &AsgiSettings,
     source: Arc<dyn Source>,
     lifespan: &Lifespan,
+    stop: &Stop,
 ) -> PyResult<()> {
     let Some(fd) = source.wake_fd().map(|f| f.as_raw_fd()) else {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(
@@ -243,7 +278,7 @@ fn serve(
             tracing::error!(detail = %traceback(py, &e), "a task or callback on the event loop raised this out of the loop; the loop goes on");
         }
         let me = driver.borrow();
-        if me.drained.get() && me.in_flight.get() == 0 {
+        if (me.drained.get() && me.in_flight.get() == 0) || stop.cut_taken() {
             break;
         }
     }

@@ -209,6 +209,7 @@ pub fn run(
         let name = signals.next().await;
         tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
+        pool.stopping(deadline);
         queue.stop_accepting();
         // Connections that had sent nothing yet go to the slow lane, which treats
         // them as it treats one that sends nothing at accept (served, or closed when
@@ -368,6 +369,13 @@ enum Serving {
 }
 
 impl Serving {
+    /// The stop began; it has until `deadline` (`--graceful-timeout`).
+    fn stopping(&self, deadline: Instant) {
+        if let Serving::Loop(l) = self {
+            l.stopping(deadline);
+        }
+    }
+
     fn join(self, limit: Duration) -> bool {
         match self {
             Serving::Pool(p) => p.join(limit),

@@ -845,8 +845,14 @@ impl Master {
             self.cut_off = true;
         }
         self.stop_all(now);
-        let mut deadline =
-            Some(Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1));
+        // An ASGI worker's lifespan shutdown may run past --graceful-timeout after its
+        // requests were cut off (past_graceful): not killed before it is done.
+        let mut deadline = Some(
+            Instant::now()
+                + self.opts.graceful_timeout
+                + self.opts.past_graceful
+                + Duration::from_secs(1),
+        );
         loop {
             let _ = self.reap();
             if self.workers.is_empty() {
@@ -855,7 +861,7 @@ impl Master {
             if deadline.is_some_and(|d| Instant::now() > d) {
                 tracing::warn!(
                     left = self.workers.len(),
-                    "workers still running after --graceful-timeout; killing them"
+                    "workers still running after --graceful-timeout (and an ASGI lifespan shutdown); killing them"
                 );
                 self.cut_off = true;
                 self.stop_all(true);

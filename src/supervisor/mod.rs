@@ -76,6 +76,10 @@ pub struct Options {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
+    /// How long a stopping worker may take past `--graceful-timeout` (an ASGI worker's
+    /// lifespan shutdown after a cut-off: `asgi::stop::past_graceful`) before the
+    /// master kills it.
+    pub past_graceful: Duration,
     /// `--timeout`: a request running longer gets its worker's stacks dumped, then
     /// the worker killed and replaced.
     pub timeout: Option<Duration>,

@@ -1,0 +1,318 @@
+//! ASGI: the end of a worker's event loop and asyncio's error reports, on the real
+//! binary with a tiny app: the tasks the app left running are cancelled at the stop
+//! (their `finally:` runs) after lifespan shutdown; a stop past `--graceful-timeout`
+//! cuts the requests off, still runs lifespan shutdown (under a master too, which
+//! waits for it) and exits 1; a loop blocked in a sync call does not hold the stop up;
+//! asyncio's "Task exception was never retrieved" and "Exception in callback" reports
+//! are error lines in `--log-file` (JSON with `--log-format json`), not raw stderr.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+/// The app: `EVENTS` gets one line per event; lifespan startup and shutdown (which
+/// takes `SHUTDOWN_S` seconds); paths start what the tests need.
+const APP: &str = r#"import asyncio, os, threading, time
+EVENTS = os.environ["EVENTS"]
+SHUTDOWN_S = float(os.environ.get("SHUTDOWN_S", "0"))
+
+def event(line):
+    with open(EVENTS, "a") as f:
+        f.write(line + "\n")
+
+async def background():
+    event("background started")
+    try:
+        await asyncio.sleep(30)
+    finally:
+        event("background finally")
+
+async def stubborn():
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        event("stubborn cancelled")
+        await asyncio.sleep(30)
+
+async def fails():
+    raise RuntimeError("background boom")
+
+def callback_fails():
+    raise ZeroDivisionError("callback boom")
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                event("shutdown")
+                await asyncio.sleep(SHUTDOWN_S)
+                event("shutdown done")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    body = b"ok"
+    if path == "/background":
+        asyncio.ensure_future(background())
+    elif path == "/stubborn":
+        asyncio.ensure_future(stubborn())
+    elif path == "/fail":
+        asyncio.ensure_future(fails())
+        asyncio.get_running_loop().call_soon(callback_fails)
+    elif path == "/thread":
+        body = threading.current_thread().name.encode()
+    elif path == "/stuck":
+        event("stuck started")
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            event("stuck cancelled")
+    elif path == "/block":
+        event("block started")
+        time.sleep(6)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"#;
+
+struct App {
+    dir: tempfile::TempDir,
+    app: String,
+    events: PathBuf,
+}
+
+fn app() -> App {
+    let dir = tempdir();
+    let app = dir.path().join("stop_app.py");
+    std::fs::write(&app, APP).unwrap();
+    let events = dir.path().join("events.txt");
+    App {
+        app: app.to_string_lossy().into_owned(),
+        events,
+        dir,
+    }
+}
+
+impl App {
+    fn spawn(&self) -> Spawn {
+        Spawn::unix(self.dir.path(), &self.app).env("EVENTS", &self.events.to_string_lossy())
+    }
+
+    fn events(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn wait_event(&self, event: &str, p: &Postern) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.events().iter().any(|e| e == event) {
+            assert!(Instant::now() < deadline, "no {event:?}:\n{}", p.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Sends GET `path` on a thread of its own (for requests that do not end by themselves).
+fn send_get(p: &Postern, path: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    let addr = p.addr.clone();
+    let packet = uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", path),
+        ("REQUEST_URI", path),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]);
+    std::thread::spawn(move || raw(&addr, &packet))
+}
+
+fn position(events: &[String], e: &str) -> usize {
+    events
+        .iter()
+        .position(|x| x == e)
+        .unwrap_or_else(|| panic!("no {e:?} in {events:?}"))
+}
+
+// regression: R19 of the review: a task the app started that outlived its request was
+// never cancelled at the stop; the loop was closed with it pending, and its finally:
+// never ran.
+#[test]
+fn tasks_the_app_left_running_are_cancelled_after_lifespan_shutdown_and_their_finally_runs() {
+    let a = app();
+    let mut p = a.spawn().args(["--graceful-timeout", "2"]).start();
+    // The loop thread's Python name.
+    assert_eq!(p.get("/thread"), (200, b"python-asgi".to_vec()));
+    assert_eq!(p.get("/background").0, 200);
+    a.wait_event("background started", &p);
+    // One that swallows its cancellation: the stop waits for it a bounded time only.
+    assert_eq!(p.get("/stubborn").0, 200);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("postern stopped");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    let events = a.events();
+    assert!(
+        position(&events, "shutdown done") < position(&events, "background finally"),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&"stubborn cancelled".to_owned()),
+        "{events:?}"
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains("cancelled the tasks the app left running") && logs.contains("tasks=2"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("did not end within") && logs.contains("tasks=1"),
+        "{logs}"
+    );
+}
+
+/// SIGTERM with a request stuck past `--graceful-timeout 1`: the request is cut off,
+/// lifespan shutdown (taking `shutdown_s`) still runs, and postern exits 1.
+fn cut_off_then_shutdown(args: &[&str], shutdown_s: &str) {
+    let a = app();
+    let mut p = a
+        .spawn()
+        .args(["--graceful-timeout", "1"])
+        .args(args.iter().copied())
+        .env("SHUTDOWN_S", shutdown_s)
+        .start();
+    let stuck = send_get(&p, "/stuck");
+    a.wait_event("stuck started", &p);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(30).expect("postern stopped");
+    assert_eq!(status.code(), Some(1), "{args:?}: {status}\n{}", p.logs());
+    let _ = stuck.join();
+    let events = a.events();
+    assert!(
+        position(&events, "stuck cancelled") < position(&events, "shutdown"),
+        "{args:?}: {events:?}\n{}",
+        p.logs()
+    );
+    assert!(
+        events.contains(&"shutdown done".to_owned()),
+        "{args:?}: {events:?}\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains("--graceful-timeout passed with requests still running")
+            && logs.contains("ASGI lifespan shutdown complete")
+            && logs.contains("stopped with requests cut off"),
+        "{args:?}: {logs}"
+    );
+    assert!(!logs.contains("killing them"), "{args:?}: {logs}");
+}
+
+// regression: R6 of the review: past --graceful-timeout with a stuck request, the
+// worker exited without lifespan shutdown.
+#[test]
+fn lifespan_shutdown_runs_after_graceful_timeout_cuts_a_request_off_and_postern_exits_1() {
+    cut_off_then_shutdown(&[], "0");
+    // Under a master, with a shutdown longer than the master's own second past
+    // --graceful-timeout: the master waits for it (no SIGKILL).
+    cut_off_then_shutdown(&["--workers", "1"], "1.5");
+}
+
+#[test]
+fn a_loop_blocked_in_a_sync_call_at_graceful_timeout_does_not_hold_the_stop() {
+    let a = app();
+    let mut p = a.spawn().args(["--graceful-timeout", "1"]).start();
+    let blocked = send_get(&p, "/block");
+    a.wait_event("block started", &p);
+    let began = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(30).expect("postern stopped");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    // The loop never took the cut-off: the worker left at --graceful-timeout plus the
+    // second it waits for the loop, not when the sync call ended (6 s).
+    assert!(began.elapsed() < Duration::from_secs(5), "{}", p.logs());
+    assert!(
+        p.logs().contains("did not finish its stop in time"),
+        "{}",
+        p.logs()
+    );
+    let _ = blocked.join();
+}
+
+fn log_files(dir: &Path, log: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("postern-") && name.ends_with(".log") && path != log {
+            out += &std::fs::read_to_string(&path).unwrap_or_default();
+        }
+    }
+    out
+}
+
+// regression: R11 of the review: asyncio's own reports went raw to the process's
+// stderr, not into --log-file, not JSON with --log-format json.
+#[test]
+fn asyncio_error_reports_are_error_lines_in_the_log_file_and_json() {
+    for json in [false, true] {
+        let a = app();
+        let log = a.dir.path().join("app.log");
+        let mut spawn = a.spawn().log_file(&log);
+        if json {
+            spawn = spawn.args(["--log-format", "json"]);
+        }
+        let p = spawn.start();
+        assert_eq!(p.get("/fail").0, 200);
+        assert!(p.wait_log("callback boom", 10), "{}", p.logs());
+        assert!(p.wait_log("background boom", 10), "{}", p.logs());
+        let logs = p.logs();
+        let never = logs
+            .lines()
+            .find(|l| l.contains("Task exception was never retrieved"))
+            .unwrap_or_else(|| panic!("{logs}"));
+        let callback = logs
+            .lines()
+            .find(|l| l.contains("Exception in callback"))
+            .unwrap_or_else(|| panic!("{logs}"));
+        if json {
+            for line in [never, callback] {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!(v["level"], "ERROR", "{line}");
+            }
+            let v: serde_json::Value = serde_json::from_str(never).unwrap();
+            let tb = v["fields"]["traceback"].as_str().unwrap_or_default();
+            assert!(tb.contains("RuntimeError: background boom"), "{never}");
+            assert!(
+                v["fields"]["task"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Task-")),
+                "{never}"
+            );
+            let v: serde_json::Value = serde_json::from_str(callback).unwrap();
+            let tb = v["fields"]["traceback"].as_str().unwrap_or_default();
+            assert!(
+                tb.contains("ZeroDivisionError: callback boom"),
+                "{callback}"
+            );
+        } else {
+            assert!(never.contains("ERROR"), "{never}");
+            assert!(logs.contains(" task=Task-"), "{logs}");
+            assert!(
+                logs.contains("RuntimeError: background boom")
+                    && logs.contains("ZeroDivisionError: callback boom"),
+                "{logs}"
+            );
+        }
+        // Nothing raw on the process's stderr.
+        let raw = log_files(a.dir.path(), &log);
+        assert!(
+            !raw.contains("never retrieved") && !raw.contains("boom"),
+            "{raw}"
+        );
+    }
+}

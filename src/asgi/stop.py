@@ -1,0 +1,121 @@
+# The end of a worker's event loop and its error reports (src/asgi/stop.rs). Run on
+# the loop thread ("python-asgi") only.
+import asyncio
+import os
+import threading
+import traceback
+
+from _postern_lifespan import run
+
+
+def _task_name(task):
+    """A request's task runs run.rs's serve(coro, done), whose done is the exchange's:
+    named after its request (as the --timeout dump names it); else the task's name."""
+    name = task.get_name()
+    try:
+        return task.get_coro().cr_frame.f_locals["done"].__self__._describe()
+    except Exception:
+        return name
+
+
+def _is_request(task):
+    coro = task.get_coro()
+    code = getattr(coro, "cr_code", None)
+    return code is not None and code.co_filename == "postern_asgi.py" and code.co_name == "serve"
+
+
+def describe(context):
+    """What the default exception handler would log, as (message, task, details,
+    traceback): the context's other keys as `key: repr(value)` lines, the traceback of
+    its exception, and the name of the task it is about (if any)."""
+    message = context.get("message") or "Unhandled exception in event loop"
+    exception = context.get("exception")
+    task = None
+    for key in ("task", "future"):
+        fut = context.get(key)
+        if isinstance(fut, asyncio.Task):
+            task = _task_name(fut)
+            break
+    lines = []
+    for key in sorted(context):
+        if key in ("message", "exception"):
+            continue
+        value = context[key]
+        try:
+            if key in ("source_traceback", "handle_traceback"):
+                value = "".join(traceback.format_list(value)).rstrip()
+            else:
+                value = repr(value)
+        except Exception as e:  # a repr() that raises must not lose the report
+            value = f"<cannot show: {e!r}>"
+        lines.append(f"{key}: {value}")
+    tb = None
+    if isinstance(exception, BaseException):
+        tb = "".join(traceback.format_exception(exception)).rstrip()
+    return message, task, "\n".join(lines), tb
+
+
+def cut_off(loop, fd, grace):
+    """--graceful-timeout passed with requests in flight (the fd was written): cancels
+    the requests' tasks and stops the loop once they have ended, or `grace` seconds
+    later. Returns how many were cancelled."""
+    try:
+        os.read(fd, 8)
+    except BlockingIOError:
+        pass
+    loop.remove_reader(fd)
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done() and _is_request(t)]
+    for t in tasks:
+        t.cancel()
+
+    async def stop_when_ended():
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        # Once they have all ended the server stops the loop itself (one stop more
+        # would end the next run_until_complete at once).
+        if not tasks or any(not t.done() for t in tasks):
+            loop.stop()
+
+    loop.create_task(stop_when_ended(), name="postern: the stop after --graceful-timeout")
+    return len(tasks)
+
+
+def finish(loop, executor, timeout, aside):
+    """After the last request and lifespan shutdown (the loop not running): cancels the
+    tasks the app left running and runs the loop until they have ended, `timeout`
+    seconds at most; then closes the async generators and waits for the default
+    executor's jobs, `aside` seconds at most each. Returns (cancelled, still running,
+    the steps that ran out of time)."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    left = 0
+    if tasks:
+        _, pending = run(loop, asyncio.wait(tasks, timeout=timeout))
+        left = len(pending)
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                loop.call_exception_handler({
+                    "message": "a task the app left running raised when it was cancelled at the stop",
+                    "exception": t.exception(),
+                    "task": t,
+                })
+    late = []
+    try:
+        run(loop, asyncio.wait_for(loop.shutdown_asyncgens(), aside))
+    except asyncio.TimeoutError:
+        late.append("loop.shutdown_asyncgens()")
+    # Not loop.shutdown_default_executor(): before Python 3.12 it joins its thread
+    # without a timeout, even when cancelled, so a job stuck in a blocking call would
+    # hold the worker for good. The same shutdown, waited for `aside` at most.
+    waiter = threading.Thread(
+        target=executor.shutdown,
+        kwargs={"wait": True, "cancel_futures": True},
+        name="python-asgi-executor-shutdown",
+        daemon=True,
+    )
+    waiter.start()
+    waiter.join(aside)
+    if waiter.is_alive():
+        late.append("the default executor's jobs")
+    return len(tasks), left, late

@@ -1,0 +1,327 @@
+//! The end of a worker's event loop, and asyncio's own error reports.
+//!
+//! - **The order at a stop** (`run::start`): the requests in flight finish, then
+//!   lifespan shutdown runs (up to `--lifespan-timeout`), then the tasks the app left
+//!   running (started with `asyncio.ensure_future` and never awaited) are cancelled and
+//!   the loop runs until they have ended, so their `finally:` blocks run (as
+//!   `asyncio.run` does), then the async generators are closed and the default
+//!   executor's jobs waited for, each bounded ([`finish`]).
+//! - **A cut-off** ([`Stop`]): at `--graceful-timeout` with requests still running,
+//!   [`Stop::join`] (on the thread that waits for the loop) writes an eventfd the loop
+//!   watches; the loop cancels the requests' tasks (they are cut off), gives them
+//!   [`CUT_GRACE`] to end, and lifespan shutdown still runs. The worker then exits as
+//!   for any cut-off (code 1). A loop blocked in a sync call cannot take the cut-off:
+//!   after [`TAKE_WAIT`] the worker exits without its shutdown.
+//! - **asyncio's error reports** ("Task exception was never retrieved", "Exception in
+//!   callback ...") go through `tracing` at error level ([`install_exception_handler`]),
+//!   so they are in `--log-file` and in JSON with `--log-format json`, with what
+//!   asyncio's default handler shows and the name of the task (a request's task is
+//!   named after its request).
+//!
+//! The master waits [`past_graceful`] beyond `--graceful-timeout` before it kills a
+//! stopping worker, so the shutdown after a cut-off has its chance.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
+
+use super::lifespan::LifespanMode;
+use crate::wsgi::traceback;
+
+/// How long the requests' tasks cancelled at `--graceful-timeout` have to end.
+pub const CUT_GRACE: Duration = Duration::from_secs(1);
+/// How long the loop has to take the cut-off: a loop blocked by a sync call does not,
+/// and the worker then exits without lifespan shutdown.
+pub const TAKE_WAIT: Duration = Duration::from_secs(1);
+/// The least time the tasks the app left running have to end once cancelled (they
+/// get what is left of `--graceful-timeout` when that is more).
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
+/// How long closing the async generators, and the default executor's jobs, may take
+/// (each).
+pub const ASIDE: Duration = Duration::from_secs(1);
+/// Slack for the loop thread's own steps between the bounded waits.
+const SLACK: Duration = Duration::from_millis(500);
+/// lifespan.py waits this long for a shutdown cancelled at `--lifespan-timeout`.
+const LIFESPAN_CANCEL: Duration = Duration::from_secs(1);
+
+/// How long past `--graceful-timeout` a stopping ASGI worker may take: the cut-off,
+/// lifespan shutdown (unless `--lifespan off`), the tasks left running. The master
+/// waits this long (plus its own second) before it kills a stopping worker.
+pub fn past_graceful(lifespan: LifespanMode, lifespan_timeout: Duration) -> Duration {
+    let shutdown = match lifespan {
+        LifespanMode::Off => Duration::ZERO,
+        _ => lifespan_timeout + LIFESPAN_CANCEL,
+    };
+    CUT_GRACE + shutdown + LEFTOVER_GRACE + ASIDE * 2 + SLACK * 3
+}
+
+fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    static SOURCE: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+    let source = SOURCE.get_or_init(|| {
+        std::ffi::CString::new(include_str!("stop.py")).expect("stop.py has no NUL byte")
+    });
+    MODULE
+        .get_or_try_init(py, || {
+            // stop.py imports lifespan.py's `run`.
+            super::lifespan::module(py)?;
+            PyModule::from_code(py, source, c"postern/asgi/stop.py", c"_postern_stop")
+                .map(Bound::unbind)
+        })
+        .map(|m| m.bind(py))
+}
+
+/// Routes the loop's error reports (`loop.call_exception_handler`: a task's exception
+/// nobody retrieved, a callback that raised) into `tracing` at error level. Without it
+/// asyncio's default handler writes them to the process's stderr, outside postern's
+/// log.
+pub fn install_exception_handler(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+    let handler = PyCFunction::new_closure(
+        py,
+        Some(c"postern_exception_handler"),
+        None,
+        |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+            let py = args.py();
+            let context = args.get_item(1)?;
+            let described: PyResult<(String, Option<String>, String, Option<String>)> =
+                module(py)?.call_method1("describe", (&context,))?.extract();
+            match described {
+                Ok((message, task, details, tb)) => {
+                    tracing::error!(
+                        task = task.as_deref().map(tracing::field::display),
+                        traceback = tb.as_deref().map(tracing::field::display),
+                        "the event loop reported an error: {message}{}{details}",
+                        if details.is_empty() { "" } else { "\n" },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(detail = %traceback(py, &e), "cannot describe an error the event loop reported; asyncio's default handler writes it to stderr");
+                    args.get_item(0)?
+                        .call_method1("default_exception_handler", (&context,))?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    event_loop.call_method1("set_exception_handler", (handler,))?;
+    Ok(())
+}
+
+const SERVING: u8 = 0;
+/// `--graceful-timeout` passed while the loop served; the eventfd is written.
+const CUT_ASKED: u8 = 1;
+/// The loop took the cut-off: the requests' tasks are cancelled.
+const CUT_TAKEN: u8 = 2;
+/// The loop has stopped serving: lifespan shutdown, then [`finish`].
+const AFTER: u8 = 3;
+
+/// What the thread waiting for the loop ([`Stop::join`]) and the loop thread share at
+/// a stop.
+pub struct Stop {
+    base: Instant,
+    phase: AtomicU8,
+    /// By when (nanoseconds since `base`) the loop thread promises to be done with its
+    /// current step; past it, `join` stops waiting.
+    promise: AtomicU64,
+    /// The `--graceful-timeout` deadline (nanoseconds since `base`; 0: not known yet).
+    graceful: AtomicU64,
+    /// Requests were cut off.
+    cut: AtomicBool,
+    /// Written by `join` at the deadline; the loop watches it.
+    fd: OwnedFd,
+}
+
+impl Stop {
+    pub fn new() -> std::io::Result<Arc<Stop>> {
+        let fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Arc::new(Stop {
+            base: Instant::now(),
+            phase: AtomicU8::new(SERVING),
+            promise: AtomicU64::new(0),
+            graceful: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
+            fd,
+        }))
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// The loop thread's current step ends within `within`.
+    fn promise(&self, within: Duration) {
+        self.promise
+            .store(self.now() + within.as_nanos() as u64, Ordering::Release);
+    }
+
+    /// The stop began; the requests have until `deadline` (`--graceful-timeout`).
+    pub fn stopping(&self, deadline: Instant) {
+        let at = deadline.saturating_duration_since(self.base).as_nanos() as u64;
+        self.graceful.store(at.max(1), Ordering::Release);
+    }
+
+    /// Waits for the loop thread (`handle`) to end. At `limit` (`--graceful-timeout`)
+    /// with requests still running, it asks the loop to cut them off and waits for
+    /// lifespan shutdown and the rest, as long as the loop thread keeps to the bounds
+    /// it promised. True when the thread ended with no request cut off.
+    pub fn join(&self, handle: JoinHandle<()>, limit: Duration) -> bool {
+        let deadline = self.now() + limit.as_nanos() as u64;
+        let _ = self
+            .graceful
+            .compare_exchange(0, deadline, Ordering::AcqRel, Ordering::Acquire);
+        loop {
+            if handle.is_finished() {
+                let _ = handle.join();
+                return !self.cut.load(Ordering::Acquire);
+            }
+            let now = self.now();
+            if self.phase.load(Ordering::Acquire) == SERVING {
+                if now >= deadline {
+                    self.promise(TAKE_WAIT);
+                    if self
+                        .phase
+                        .compare_exchange(SERVING, CUT_ASKED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+                    }
+                }
+            } else if now >= self.promise.load(Ordering::Acquire) {
+                tracing::warn!(
+                    "the event loop did not finish its stop in time (a task blocking the loop in a sync call?); the worker exits without waiting for it (lifespan shutdown may not have run)"
+                );
+                self.cut.store(true, Ordering::Release);
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Watches the eventfd on `event_loop` (before it serves): at the cut-off the
+    /// requests' tasks are cancelled and the loop stops once they have ended.
+    pub fn watch(self: &Arc<Self>, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        let me = Arc::clone(self);
+        let take = PyCFunction::new_closure(
+            py,
+            Some(c"postern_cut_off"),
+            None,
+            move |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                let py = args.py();
+                let event_loop = args.get_item(0)?;
+                me.promise(CUT_GRACE + SLACK);
+                if me
+                    .phase
+                    .compare_exchange(CUT_ASKED, CUT_TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                let n: usize = module(py)?
+                    .call_method1(
+                        "cut_off",
+                        (&event_loop, me.fd.as_raw_fd(), CUT_GRACE.as_secs_f64()),
+                    )?
+                    .extract()?;
+                if n > 0 {
+                    me.cut.store(true, Ordering::Release);
+                    tracing::warn!(
+                        requests = n,
+                        "--graceful-timeout passed with requests still running: their tasks are cancelled (the requests are cut off); lifespan shutdown runs next"
+                    );
+                }
+                Ok(())
+            },
+        )?;
+        event_loop.call_method1(
+            "add_reader",
+            (self.fd.as_raw_fd(), take, event_loop.clone()),
+        )?;
+        Ok(())
+    }
+
+    /// The loop took the cut-off: it stops serving even with tasks in flight.
+    pub fn cut_taken(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == CUT_TAKEN
+    }
+
+    /// The loop has stopped serving (before lifespan shutdown, which may take up to
+    /// `shutdown`): the cut-off no longer applies.
+    pub fn after_serving(&self, event_loop: &Bound<'_, PyAny>, shutdown: Duration) {
+        self.promise(shutdown + SLACK);
+        self.phase.store(AFTER, Ordering::Release);
+        let _ = event_loop.call_method1("remove_reader", (self.fd.as_raw_fd(),));
+    }
+
+    /// How long the tasks the app left running have once cancelled: what is left of
+    /// `--graceful-timeout`, at least [`LEFTOVER_GRACE`] (just that after a cut-off).
+    fn leftover_timeout(&self) -> Duration {
+        let graceful = self.graceful.load(Ordering::Acquire);
+        if self.cut.load(Ordering::Acquire) || graceful == 0 {
+            return LEFTOVER_GRACE;
+        }
+        Duration::from_nanos(graceful.saturating_sub(self.now())).max(LEFTOVER_GRACE)
+    }
+}
+
+/// After lifespan shutdown, the loop not running: cancels the tasks the app left
+/// running and lets them end (their `finally:` runs), then closes the async
+/// generators and waits for the default executor's jobs (`executor`), each bounded;
+/// logs how many tasks were cancelled, and what did not end in time.
+pub fn finish(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    executor: &Bound<'_, PyAny>,
+    stop: &Stop,
+) {
+    let timeout = stop.leftover_timeout();
+    stop.promise(timeout + ASIDE * 2 + SLACK);
+    let result: PyResult<(usize, usize, Vec<String>)> = module(py).and_then(|m| {
+        m.call_method1(
+            "finish",
+            (
+                event_loop,
+                executor,
+                timeout.as_secs_f64(),
+                ASIDE.as_secs_f64(),
+            ),
+        )?
+        .extract()
+    });
+    match result {
+        Ok((cancelled, left, late)) => {
+            if cancelled > 0 {
+                tracing::info!(
+                    tasks = cancelled,
+                    ended = cancelled - left,
+                    "cancelled the tasks the app left running on the event loop (they outlived their request), as asyncio.run does, and let them end"
+                );
+            }
+            if left > 0 {
+                tracing::warn!(
+                    tasks = left,
+                    "tasks the app left running did not end within {:.1}s of being cancelled; the worker exits without them",
+                    timeout.as_secs_f64()
+                );
+            }
+            if !late.is_empty() {
+                tracing::warn!(
+                    "{} did not finish within {}s; the worker exits without waiting",
+                    late.join(" and "),
+                    ASIDE.as_secs_f64()
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(detail = %traceback(py, &e), "cannot cancel the tasks left on the event loop at the stop")
+        }
+    }
+}
