@@ -1,10 +1,18 @@
 //! `--timeout` and `--slow-log` for ASGI: the master's SIGUSR2 makes faulthandler dump
 //! every thread's stack, which for the loop thread shows only the loop waiting; a stuck
-//! request is a task suspended somewhere. So the loop also logs the stack of each of
+//! request is a task suspended somewhere. So the worker also logs the stack of each of
 //! its tasks: a signal handler of ours (chained after faulthandler's) writes an
-//! eventfd the loop watches, and the loop formats the tasks' stacks itself.
+//! eventfd, and a thread of ours ("python-asgi-dump") formats the tasks' stacks.
+//!
+//! A thread, not the loop: a task that blocks the loop (a blocking call in a
+//! coroutine) would keep the loop from ever answering the dump before the master kills
+//! the worker, and the blocker is what the log must name. The thread takes the GIL
+//! (the blocked loop releases it in a blocking call, or every switch interval) and
+//! asks asyncio which task the loop is running (`asyncio.current_task(loop)`, which
+//! asyncio keeps anyway: nothing is added per step): none when the loop waits for
+//! events, else the task that holds it, whose stack is the loop thread's.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use pyo3::prelude::*;
@@ -27,8 +35,110 @@ extern "C" fn on_usr2(_sig: libc::c_int) {
 }
 
 /// Puts our SIGUSR2 handler under faulthandler's (when faulthandler has SIGUSR2, as in
-/// a worker under the master) and returns the eventfd the loop must watch.
-pub fn install(py: Python<'_>) -> PyResult<Option<OwnedFd>> {
+/// a worker under the master) and starts the thread that logs the stacks of the tasks
+/// on `event_loop` (called on the loop thread) at each dump: itself when a task blocks
+/// the loop, else through `on_loop` (called on the loop; it calls [`log_tasks`]).
+pub fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, on_loop: Py<PyAny>) -> PyResult<()> {
+    let Some(fd) = install(py)? else {
+        return Ok(());
+    };
+    let loop_thread: u64 = py
+        .import("threading")?
+        .call_method0("get_ident")?
+        .extract()?;
+    let format =
+        PyModule::from_code(py, FORMAT, c"postern_asgi_dump.py", c"postern_asgi_dump")?.unbind();
+    let event_loop = event_loop.clone().unbind();
+    std::thread::Builder::new()
+        .name("python-asgi-dump".into())
+        .spawn(move || loop {
+            // Left running: it ends with the process.
+            let mut pfd = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            if rustix::event::poll(&mut pfd, None).is_err() {
+                continue;
+            }
+            let mut n = [0u8; 8];
+            let _ = rustix::io::read(fd.as_fd(), &mut n);
+            Python::attach(|py| {
+                let event_loop = event_loop.bind(py);
+                if blocked(py, format.bind(py), event_loop, loop_thread) {
+                    return;
+                }
+                let call = event_loop.call_method1(
+                    pyo3::intern!(py, "call_soon_threadsafe"),
+                    (on_loop.bind(py),),
+                );
+                if let Err(e) = call {
+                    tracing::debug!(error = %e, "the stack dump could not reach the event loop");
+                }
+            });
+        })
+        .map_err(PyErr::from)?;
+    Ok(())
+}
+
+/// Off the loop: if the loop is in a task's step, logs that task as the blocker and
+/// every task's stack (named by their scopes: the exchanges belong to the loop
+/// thread), and returns true.
+fn blocked(
+    py: Python<'_>,
+    format: &Bound<'_, PyModule>,
+    event_loop: &Bound<'_, PyAny>,
+    tid: u64,
+) -> bool {
+    match format
+        .call_method1("blocker", (event_loop, tid))
+        .and_then(|b| b.extract::<Option<(String, String)>>())
+    {
+        Ok(Some((task, stack))) => tracing::error!(
+            task = %task,
+            "the event loop is blocked by this task: at the stack dump the loop was running it instead of waiting for events, so every other task waits for it (and the request --timeout named may be one of them); a blocking call in a coroutine (time.sleep, sync I/O, long CPU work) does this. Where it runs (the python-asgi thread in the dump above):\n{stack}"
+        ),
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(detail = %crate::wsgi::traceback(py, &e), "cannot tell which task the event loop runs");
+            return false;
+        }
+    }
+    log_stacks(py, format, event_loop, "scope_name");
+    true
+}
+
+/// On the loop thread: logs every task's stack.
+pub fn log_tasks(py: Python<'_>, event_loop: &Bound<'_, PyAny>) {
+    match PyModule::from_code(py, FORMAT, c"postern_asgi_dump.py", c"postern_asgi_dump") {
+        Ok(format) => log_stacks(py, &format, event_loop, "describe"),
+        Err(e) => {
+            tracing::warn!(detail = %crate::wsgi::traceback(py, &e), "cannot list the ASGI tasks' stacks")
+        }
+    }
+}
+
+/// Logs every task's stack, each named by `FORMAT`'s function `namer`.
+fn log_stacks(
+    py: Python<'_>,
+    format: &Bound<'_, PyModule>,
+    event_loop: &Bound<'_, PyAny>,
+    namer: &str,
+) {
+    match format
+        .call_method1("stacks", (event_loop, format.getattr(namer).ok()))
+        .and_then(|r| r.extract::<(usize, String)>())
+    {
+        Ok((n, stacks)) => tracing::warn!(
+            tasks = n,
+            "stacks of the ASGI tasks on the event loop:\n{stacks}"
+        ),
+        Err(e) => {
+            tracing::warn!(detail = %crate::wsgi::traceback(py, &e), "cannot list the ASGI tasks' stacks")
+        }
+    }
+}
+
+fn install(py: Python<'_>) -> PyResult<Option<OwnedFd>> {
     let faulthandler = py.import("faulthandler")?;
     let usr2 = py.import("signal")?.getattr("SIGUSR2")?;
     let registered: bool = faulthandler
@@ -63,18 +173,40 @@ pub fn install(py: Python<'_>) -> PyResult<Option<OwnedFd>> {
 
 /// Formats a task's stack down the chain of awaits (a suspended task's own stack shows
 /// only its outermost coroutine; the app's frame that waits is further down).
-const FORMAT: &std::ffi::CStr = cr#"import asyncio
-def stacks(loop):
+const FORMAT: &std::ffi::CStr = cr#"import asyncio, sys, traceback
+def describe(task):
+    # On the loop thread only (the exchange is the loop's).
+    try:
+        # A request's task runs run.rs's serve(coro, done): done is the exchange's.
+        return task.get_coro().cr_frame.f_locals['done'].__self__._describe()
+    except Exception:
+        return scope_name(task)
+def scope_name(task):
+    # On any thread: the request's method and path from the scope the app got.
+    try:
+        app = task.get_coro().cr_frame.f_locals['coro']
+        for v in app.cr_frame.f_locals.values():
+            if isinstance(v, dict) and v.get('type') == 'http':
+                q = v.get('query_string') or b''
+                q = ('?' + q.decode('latin-1')) if q else ''
+                return '%s %s%s%s' % (v.get('method'), v.get('root_path', ''), v.get('path'), q)
+    except Exception:
+        pass
+    return task.get_name()
+def blocker(loop, tid):
+    # Off the loop thread: the task whose step the loop is in, if any.
+    task = asyncio.current_task(loop)
+    if task is None:
+        return None
+    frame = sys._current_frames().get(tid)
+    stack = ''.join(traceback.format_stack(frame)) if frame is not None else ''
+    return scope_name(task), stack
+def stacks(loop, namer):
     out = []
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         coro = task.get_coro()
-        name = task.get_name()
-        try:
-            # A request's task runs run.rs's serve(coro, done): done is the exchange's.
-            name = coro.cr_frame.f_locals['done'].__self__._describe()
-        except Exception:
-            pass
+        name = namer(task)
         out.append('Task %s (most recent call last):\n' % name)
         while coro is not None:
             f = getattr(coro, 'cr_frame', None) or getattr(coro, 'gi_frame', None)
@@ -83,16 +215,3 @@ def stacks(loop):
             coro = getattr(coro, 'cr_await', None) or getattr(coro, 'gi_yieldfrom', None)
     return len(tasks), ''.join(out)
 "#;
-
-/// Formats the stack of every task on `event_loop` (the eventfd was readable).
-pub fn tasks(
-    py: Python<'_>,
-    event_loop: &Bound<'_, PyAny>,
-    fd: &OwnedFd,
-) -> PyResult<(usize, String)> {
-    let mut n = [0u8; 8];
-    let _ = rustix::io::read(fd, &mut n);
-    PyModule::from_code(py, FORMAT, c"postern_asgi_dump.py", c"postern_asgi_dump")?
-        .call_method1("stacks", (event_loop,))?
-        .extract()
-}

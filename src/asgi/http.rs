@@ -28,7 +28,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use crate::codec::{Head, Protocol};
 use crate::proto::response::{self as resp, HeadStyle, HeaderError};
 use crate::wsgi::response::HEAD_LIMIT;
-use crate::wsgi::{traceback, AppError, Body, BodyStream, End, Monitor, Sent, Served, Sink};
+use crate::wsgi::{traceback, AppError, Body, BodyStream, End, Sent, Served, Sink};
 
 pyo3::create_exception!(
     postern,
@@ -193,11 +193,6 @@ impl GoneQueue {
     }
 }
 
-/// The monitor's `thread` for a task that found no free line (more tasks in flight
-/// than `--threads` lines on the scoreboard): it is not watched line by line, and is
-/// counted on a line once one is free ([`Ctx::uncounted`]).
-pub const NO_LINE: usize = usize::MAX / 2;
-
 /// What every request of one loop shares: the loop's methods, looked up once.
 pub struct Ctx {
     pub event_loop: Py<PyAny>,
@@ -209,7 +204,8 @@ pub struct Ctx {
     pub io_executor: Py<PyAny>,
     pub add_reader: Py<PyAny>,
     pub remove_reader: Py<PyAny>,
-    pub monitor: Option<Arc<dyn Monitor>>,
+    /// The tasks on the scoreboard (`--timeout`, `/status`, metrics).
+    pub watch: super::watch::Watch,
     /// Called with the slot when a request's task has ended (the loop's bookkeeping).
     pub ended: std::cell::OnceCell<Py<PyAny>>,
     /// `Ready(None)`: `await send(...)` that completed at once; shared (it yields
@@ -223,9 +219,6 @@ pub struct Ctx {
     /// The requests waiting for word from [`GoneQueue`], by id.
     pub gone_waiting: std::cell::RefCell<std::collections::HashMap<u64, Py<Exchange>>>,
     pub next_id: Cell<u64>,
-    /// Requests that ended without a scoreboard line, to count on the next free one
-    /// (their head names them; the counters go by protocol and status).
-    pub uncounted: std::cell::RefCell<Vec<(Head, Protocol, Served)>>,
 }
 
 /// The request body, as `receive` hands it out.
@@ -769,14 +762,14 @@ impl Exchange {
             }
             None if served || complete => {}
             None if !slf.borrow().started => {
-                slf.borrow_mut().app_error = Some(AppError::Contract);
+                slf.borrow_mut().app_error = Some(AppError::AsgiContract);
                 tracing::error!(
                     "the app returned without sending http.response.start; answered 500"
                 );
                 Self::answer_500(slf)?;
             }
             None => {
-                slf.borrow_mut().app_error = Some(AppError::Contract);
+                slf.borrow_mut().app_error = Some(AppError::AsgiContract);
                 tracing::error!("the app returned before its response was complete (a last http.response.body with more_body False); aborting the connection");
                 let code = slf.borrow().code;
                 Self::settle(slf, Some(End::Incomplete(code)))?;
@@ -792,17 +785,9 @@ impl Exchange {
         if !me.task_over || me.served.is_none() || me.released {
             return Ok(());
         }
+        // `slot`: the task's id in the watch.
         let slot = me.slot;
-        if let (Some(m), Some(served)) = (&me.ctx.monitor, me.served) {
-            if slot == NO_LINE {
-                me.ctx
-                    .uncounted
-                    .borrow_mut()
-                    .push((me.head.clone(), me.protocol, served));
-            } else {
-                m.end(slot, Some(&served));
-            }
-        }
+        me.ctx.watch.end(slot, me.protocol, me.served.as_ref());
         let ended = me.ctx.ended.get().map(|e| e.clone_ref(py));
         drop(me);
         slf.borrow_mut().released = true;

@@ -10,6 +10,7 @@
 //! - [`http`]: one HTTP request's `receive` and `send`, and their small awaitables.
 //! - [`scope`]: the HTTP connection scope dict from the CGI variables.
 //! - [`lifespan`]: the lifespan protocol (startup before serving, shutdown after).
+//! - [`watch`]: every task on the scoreboard (`--timeout`, `/status`, metrics).
 //! - [`stop`]: the end of the loop (the cut-off at `--graceful-timeout`, the tasks the
 //!   app left running) and asyncio's error reports through `tracing`.
 //!
@@ -24,6 +25,7 @@ pub mod http;
 pub mod lifespan;
 pub mod run;
 pub mod scope;
+pub mod watch;
 pub mod stop;
 
 use clap::ValueEnum;

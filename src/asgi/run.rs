@@ -221,7 +221,7 @@ fn serve(
         io_executor: io_executor.clone().unbind(),
         add_reader: get("add_reader")?,
         remove_reader: get("remove_reader")?,
-        monitor: settings.monitor.clone(),
+        watch: super::watch::Watch::new(settings.monitor.clone(), asgi.max_concurrency),
         ended: OnceCell::new(),
         done: Py::new(py, Ready::empty())?,
         partial: py.import("functools")?.getattr("partial")?.unbind(),
@@ -229,12 +229,10 @@ fn serve(
         gone: super::http::GoneQueue::new()?,
         gone_waiting: RefCell::new(std::collections::HashMap::new()),
         next_id: Cell::new(0),
-        uncounted: RefCell::new(Vec::new()),
     });
     let driver = Bound::new(
         py,
         Driver {
-            slots: RefCell::new((0..settings.threads).rev().collect()),
             source,
             app: app.0,
             mounts: settings.mounts.clone(),
@@ -255,19 +253,13 @@ fn serve(
             drained: Cell::new(false),
             timer: RefCell::new(None),
             drain_thread: RefCell::new(None),
-            dump_fd: RefCell::new(None),
         },
     )?;
     let _ = ctx.ended.set(driver.getattr("_ended")?.unbind());
     ctx.add_reader
         .bind(py)
         .call1((ctx.gone.fd.as_raw_fd(), driver.getattr("_gone")?))?;
-    if let Some(fd) = super::dump::install(py)? {
-        ctx.add_reader
-            .bind(py)
-            .call1((fd.as_raw_fd(), driver.getattr("_dump")?))?;
-        driver.borrow().dump_fd.replace(Some(fd));
-    }
+    super::dump::start(py, event_loop, driver.getattr("_dump")?.unbind())?;
     Driver::resume(&driver)?;
     // The loop ends only once the stop is drained. asyncio lets SystemExit and
     // KeyboardInterrupt out of run_forever (a background task or callback of the app
@@ -281,9 +273,6 @@ fn serve(
         if (me.drained.get() && me.in_flight.get() == 0) || stop.cut_taken() {
             break;
         }
-    }
-    if let Some(fd) = &*driver.borrow().dump_fd.borrow() {
-        let _ = ctx.remove_reader.bind(py).call1((fd.as_raw_fd(),));
     }
     let _ = io_executor.call_method1("shutdown", (false,));
     if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {
@@ -322,11 +311,7 @@ struct Driver {
     /// When the source must be looked at again even without an event (a waiting
     /// connection's deadline), and the loop's timer handle for it.
     timer: RefCell<Option<(Instant, Py<PyAny>)>>,
-    /// The monitor's lines (`Monitor::begin`'s `thread`): a task takes a free one.
-    slots: RefCell<Vec<usize>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
-    /// The stack-dump eventfd ([`super::dump`]).
-    dump_fd: RefCell<Option<std::os::fd::OwnedFd>>,
 }
 
 /// Each request's task runs this around the app's coroutine: the end of the request
@@ -350,7 +335,9 @@ struct Handoff(Mutex<Option<Request>>);
 /// streamed request bodies: one per such request at a time; started as needed.
 const IO_THREADS: usize = 64;
 
-use super::http::NO_LINE;
+/// How often a worker at its `--max-requests` looks for its stop (which its last
+/// request's end asked for).
+const LIMIT_LOOK: Duration = Duration::from_millis(20);
 
 impl Driver {
     /// Watches the epoll fd again (below the cap) and takes what is ready.
@@ -388,25 +375,33 @@ impl Driver {
                 me.pause(py);
                 return;
             }
+            // --max-requests: no request is taken past the limit (those in flight
+            // count), so the worker serves exactly its limit before it recycles, not up
+            // to --max-concurrency more. The stop that follows is noticed by looking
+            // again now and then: the listeners stay unwatched meanwhile.
+            if me.ctx.watch.may_start(me.in_flight.get()) == Some(0)
+                && !me.ctx.watch.has_stopped()
+            {
+                me.pause(py);
+                me.look_again_in(py, slf, LIMIT_LOOK);
+                return;
+            }
             match me.source.try_next() {
                 TryNext::Ready(req) => {
                     drop(me);
-                    Self::start_request(slf, req);
                     // One request per wake-up: the loop's own epoll (level-triggered)
                     // says whether more is ready, which saves a second epoll_wait on
                     // the acceptor's epoll per request just to learn it is empty.
-                    return;
+                    Self::start_request(slf, req);
                 }
                 TryNext::Empty(wait) => {
                     if let Some(wait) = wait {
                         me.look_again_in(py, slf, wait);
                     }
-                    return;
                 }
                 TryNext::Draining => {
                     drop(me);
                     Self::begin_drain(slf);
-                    return;
                 }
             }
         }
@@ -440,10 +435,8 @@ impl Driver {
     fn start_request(slf: &Bound<'_, Self>, mut req: Request) {
         let py = slf.py();
         let me = slf.borrow();
-        let slot = me.slots.borrow_mut().pop().unwrap_or(NO_LINE);
-        if let (Some(m), true) = (&me.ctx.monitor, slot != NO_LINE) {
-            m.begin(slot, &req.head, req.listener.protocol);
-        }
+        let protocol = req.listener.protocol;
+        let slot = me.ctx.watch.begin(&req.head, protocol);
         me.in_flight.set(me.in_flight.get() + 1);
         let span = std::mem::replace(&mut req.span, tracing::Span::none());
         let entered = span.enter();
@@ -461,6 +454,9 @@ impl Driver {
             Err(e) => {
                 let _e = span.enter();
                 tracing::error!(detail = %traceback(py, &e), "internal error: cannot start the request");
+                drop(_e);
+                slf.borrow().ctx.watch.end(slot, protocol, None);
+                Self::_ended(slf, slot);
                 return;
             }
         };
@@ -561,22 +557,11 @@ impl Driver {
     }
 
     /// A request's task has ended and its response is finished.
-    fn _ended(slf: &Bound<'_, Self>, slot: usize) {
+    fn _ended(slf: &Bound<'_, Self>, _task: usize) {
         let py = slf.py();
         {
             let me = slf.borrow();
             me.in_flight.set(me.in_flight.get().saturating_sub(1));
-            if slot != NO_LINE {
-                me.slots.borrow_mut().push(slot);
-            }
-            // Requests that ran without a line are counted on a free one now.
-            let free = me.slots.borrow().last().copied();
-            if let (Some(m), Some(line)) = (&me.ctx.monitor, free) {
-                for (head, protocol, served) in me.ctx.uncounted.borrow_mut().drain(..) {
-                    m.begin(line, &head, protocol);
-                    m.end(line, Some(&served));
-                }
-            }
         }
         crate::logging::write_deferred();
         if slf.borrow().draining.get() {
@@ -586,21 +571,11 @@ impl Driver {
         }
     }
 
-    /// The master's SIGUSR2 (`--timeout`, `--slow-log`): log every task's stack.
+    /// The master's SIGUSR2 (`--timeout`, `--slow-log`), from the dump thread when no
+    /// task blocks the loop: log every task's stack.
     fn _dump(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let me = slf.borrow();
-        let fd = me.dump_fd.borrow();
-        let Some(fd) = fd.as_ref() else { return };
-        match super::dump::tasks(py, me.ctx.event_loop.bind(py), fd) {
-            Ok((n, stacks)) => tracing::warn!(
-                tasks = n,
-                "stacks of the ASGI tasks on the event loop:\n{stacks}"
-            ),
-            Err(e) => {
-                tracing::warn!(detail = %traceback(py, &e), "cannot list the ASGI tasks' stacks")
-            }
-        }
+        super::dump::log_tasks(py, slf.borrow().ctx.event_loop.bind(py));
     }
 
     /// Sinks said their front server went away (FastCGI).

@@ -254,12 +254,12 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "app_errors",
-            "Requests the app failed: it raised (exception) or broke the WSGI contract (wsgi_contract).",
+            "Requests the app failed: it raised (exception), broke the WSGI contract (wsgi_contract) or the ASGI one (asgi_contract: a message out of turn, or it returned before its response was complete).",
             None,
-            [
-                (vec![("kind", "exception".to_owned())], counter(t.app_errors[0])),
-                (vec![("kind", "wsgi_contract".to_owned())], counter(t.app_errors[1])),
-            ],
+            super::APP_ERROR_KINDS
+                .iter()
+                .zip(t.app_errors)
+                .map(|(kind, n)| (vec![("kind", (*kind).to_owned())], counter(n))),
         )?;
         family(
             &mut enc,

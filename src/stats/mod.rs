@@ -78,6 +78,11 @@ pub fn status_class(code: u16) -> usize {
     }
 }
 
+/// `postern_app_errors_total{kind}`, in the order of [`Totals::app_errors`] (and of
+/// `crate::wsgi::AppError`): the app raised, broke the WSGI contract, or sent an ASGI
+/// message out of turn (or returned before its response was complete).
+pub const APP_ERROR_KINDS: [&str; 3] = ["exception", "wsgi_contract", "asgi_contract"];
+
 /// Upper bounds of the request-duration histogram, in seconds: from a fast cached page
 /// (1 ms) to the usual proxy timeouts (30-60 s).
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -208,8 +213,8 @@ pub struct Totals {
     pub duration_ns: u64,
     /// Response bytes sent (head and body).
     pub bytes: u64,
-    /// `[exception, WSGI contract broken]`.
-    pub app_errors: [u64; 2],
+    /// By [`APP_ERROR_KINDS`].
+    pub app_errors: [u64; APP_ERROR_KINDS.len()],
     /// Responses cut short: `[incomplete (connection aborted), client went away]`.
     pub cut: [u64; 2],
     /// Requests postern answered itself (or closed) before a Python thread ran them,
@@ -292,13 +297,35 @@ pub struct Worker {
     pub leaving: Option<Cause>,
     pub requests: u64,
     pub rss_bytes: Option<u64>,
-    /// One entry per Python thread: its current request, or `None` when idle.
+    /// One entry per Python thread: its current request, or `None` when idle. An ASGI
+    /// worker: its oldest tasks in flight, on the scoreboard's lines (see `tasks`).
     pub threads: Vec<Option<Current>>,
+    /// An ASGI worker's tasks.
+    pub tasks: Option<Tasks>,
+}
+
+/// An ASGI worker's load: every task in flight, of which `threads` shows the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tasks {
+    pub in_flight: usize,
+    pub max_concurrency: usize,
 }
 
 impl Worker {
+    /// Requests in flight: busy threads (WSGI), tasks (ASGI).
     pub fn busy(&self) -> usize {
-        self.threads.iter().filter(|t| t.is_some()).count()
+        match self.tasks {
+            Some(t) => t.in_flight,
+            None => self.threads.iter().filter(|t| t.is_some()).count(),
+        }
+    }
+
+    /// Requests it can run at once: threads (WSGI), `--max-concurrency` (ASGI).
+    pub fn capacity(&self) -> usize {
+        match self.tasks {
+            Some(t) => t.max_concurrency,
+            None => self.threads.len(),
+        }
     }
 }
 
@@ -365,10 +392,11 @@ impl Snapshot {
         self.workers.iter().map(Worker::busy).sum()
     }
 
-    /// (busy, idle) Python threads of the serving workers.
+    /// (busy, idle) Python threads of the serving workers; an ASGI worker's are its
+    /// places for tasks: busy = tasks in flight, idle = `--max-concurrency` - busy.
     pub fn threads(&self) -> (usize, usize) {
         self.serving().fold((0, 0), |(b, i), w| {
-            (b + w.busy(), i + w.threads.len() - w.busy())
+            (b + w.busy(), i + w.capacity().saturating_sub(w.busy()))
         })
     }
 }
@@ -390,7 +418,7 @@ pub(crate) mod tests {
         totals.duration[9] = 2;
         totals.duration_ns = 1_500_000_000;
         totals.bytes = 4096;
-        totals.app_errors = [1, 0];
+        totals.app_errors = [1, 0, 0];
         totals.refused[0][4] = 3;
         let mut events = Events::default();
         events.starts[Cause::Boot.index()] = 2;
@@ -429,6 +457,7 @@ pub(crate) mod tests {
                         }),
                         None,
                     ],
+                    tasks: None,
                 },
                 Worker {
                     slot: 1,
@@ -441,6 +470,7 @@ pub(crate) mod tests {
                     requests: 0,
                     rss_bytes: None,
                     threads: vec![None, None],
+                    tasks: None,
                 },
             ],
             listeners: vec![Listener {

@@ -57,7 +57,15 @@ struct Worker {
     leaving_for: Option<&'static str>,
     requests: u64,
     rss_bytes: Option<u64>,
+    /// WSGI: one entry per Python thread. ASGI: the oldest tasks in flight (up to the
+    /// scoreboard's lines), oldest first; `tasks_in_flight` counts them all.
     threads: Vec<Thread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interface: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tasks_in_flight: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -137,10 +145,11 @@ pub fn json(s: &Snapshot) -> String {
                 leaving_for: w.leaving.map(Cause::label),
                 requests: w.requests,
                 rss_bytes: w.rss_bytes,
-                threads: w
-                    .threads
-                    .iter()
-                    .enumerate()
+                interface: w.tasks.map(|_| "asgi"),
+                tasks_in_flight: w.tasks.map(|t| t.in_flight),
+                max_concurrency: w.tasks.map(|t| t.max_concurrency),
+                threads: rows(w)
+                    .into_iter()
                     .map(|(i, t)| Thread {
                         thread: i,
                         state: if t.is_some() { "busy" } else { "idle" },
@@ -156,6 +165,17 @@ pub fn json(s: &Snapshot) -> String {
     let mut out = serde_json::to_string_pretty(&status).expect("serialising plain data");
     out.push('\n');
     out
+}
+
+/// The rows of a worker: each thread (WSGI), or each task on a line, oldest first
+/// (ASGI: the lines are not in start order, and idle ones say nothing).
+fn rows(w: &super::Worker) -> Vec<(usize, &Option<super::Current>)> {
+    let mut rows: Vec<_> = w.threads.iter().enumerate().collect();
+    if w.tasks.is_some() {
+        rows.retain(|(_, t)| t.is_some());
+        rows.sort_by_key(|(_, t)| std::cmp::Reverse(t.as_ref().map(|c| c.age)));
+    }
+    rows
 }
 
 fn round3(x: f64) -> f64 {
@@ -242,7 +262,39 @@ pub fn text(s: &Snapshot) -> String {
             .rss_bytes
             .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1048576.0));
         let up = span(Duration::from_secs_f64((now - w.started_unix).max(0.0)));
-        for (i, t) in w.threads.iter().enumerate() {
+        let mut rows: Vec<(String, &Option<super::Current>)> = rows(w)
+            .into_iter()
+            .map(|(i, t)| {
+                let label = if w.tasks.is_some() {
+                    format!("task{i}")
+                } else {
+                    i.to_string()
+                };
+                (label, t)
+            })
+            .collect();
+        // An ASGI worker: one row per task shown, and how many are not.
+        let more = w.tasks.map(|t| {
+            let hidden = t.in_flight.saturating_sub(rows.len());
+            if rows.is_empty() {
+                format!(
+                    "idle (ASGI: 0 tasks of --max-concurrency {})",
+                    t.max_concurrency
+                )
+            } else if hidden > 0 {
+                format!(
+                    "… {hidden} newer tasks not shown ({} in flight, the oldest {} above)",
+                    t.in_flight,
+                    rows.len()
+                )
+            } else {
+                String::new()
+            }
+        });
+        if rows.is_empty() {
+            rows.push(("-".to_owned(), &None));
+        }
+        for (n, (i, t)) in rows.iter().enumerate() {
             let (age, req) = match t {
                 // The request's own bytes: a control character could otherwise move
                 // the cursor or forge a row on the terminal of `postern status`.
@@ -255,9 +307,14 @@ pub fn text(s: &Snapshot) -> String {
                         c.protocol.name()
                     ),
                 ),
-                None => ("-".to_owned(), "idle".to_owned()),
+                None => (
+                    "-".to_owned(),
+                    more.clone()
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| "idle".to_owned()),
+                ),
             };
-            if i == 0 {
+            if n == 0 {
                 let _ = writeln!(
                     o,
                     "{:<8} {:>3}  {:<8}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  {req}",
@@ -274,6 +331,9 @@ pub fn text(s: &Snapshot) -> String {
                 // Under the first line's THREAD column.
                 let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {req}", "", i, age);
             }
+        }
+        if let Some(m) = more.filter(|m| !m.is_empty() && !w.threads.iter().all(Option::is_none)) {
+            let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {m}", "", "", "");
         }
     }
     o

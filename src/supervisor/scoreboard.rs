@@ -8,6 +8,11 @@
 //! [slot 1: ...]                                          one line per Python thread
 //! ```
 //!
+//! A slot has `max(--threads, TASK_LINES)` lines: a WSGI worker uses its first
+//! `--threads` (one per Python thread); an ASGI worker's loop thread writes all of them
+//! and shows its oldest tasks there (`crate::asgi::watch`), its tasks in flight and
+//! `--max-concurrency` in the head.
+//!
 //! The head holds what the worker as a whole reports: pid, state and why, requests
 //! served, RSS, busy threads, refused requests. Its counters have several writers, so
 //! they take locked adds: the busy count two per request (with `--stats`), the refused
@@ -51,7 +56,7 @@ struct Counters {
     duration: [AtomicU64; DURATION_SLOTS],
     duration_ns: AtomicU64,
     bytes: AtomicU64,
-    app_errors: [AtomicU64; 2],
+    app_errors: [AtomicU64; stats::APP_ERROR_KINDS.len()],
     cut: [AtomicU64; 2],
 }
 
@@ -170,6 +175,9 @@ pub struct SlotHead {
     retire_cause: AtomicU32,
     /// Why it was started ([`Cause::index`]).
     start_cause: AtomicU32,
+    /// An ASGI worker's `--max-concurrency` (written once at its start); 0: a WSGI
+    /// worker, whose capacity is its `--threads`. With it, `busy` counts tasks.
+    capacity: AtomicU32,
     /// The worker's count of dropped log lines, as of its last request.
     log_dropped: AtomicU64,
     /// Requests refused before a Python thread ran them: written by whichever thread
@@ -177,8 +185,8 @@ pub struct SlotHead {
     refused: Refused,
 }
 
-/// One Python thread.
-#[repr(C)]
+/// One Python thread (WSGI), or one of the oldest tasks in flight (ASGI).
+#[repr(C, align(64))]
 pub struct Line {
     /// CLOCK_MONOTONIC nanoseconds when the current request started; 0 = idle.
     pub since: AtomicU64,
@@ -199,13 +207,22 @@ const READ_PATIENCE: Duration = Duration::from_secs(2);
 /// Where the first slot starts: after `Global`, on a cache line.
 const SLOTS_AT: usize = std::mem::size_of::<Global>().div_ceil(64) * 64;
 
+/// Lines per slot at least, so that an ASGI worker's `/status` shows its oldest 16
+/// tasks in flight even with `--threads 1` (and the oldest is always on a line, for
+/// `--timeout`). 16 lines of 512 bytes: 8 KiB per worker slot in use.
+pub const TASK_LINES: usize = 16;
+
 /// The shared mapping: a global area, then `slots` slots of a head and `threads`
 /// lines each.
 pub struct Scoreboard {
     base: *mut u8,
     len: usize,
     pub slots: usize,
+    /// Lines per slot: `max(--threads, TASK_LINES)`; every line is looked at for
+    /// `--timeout` and counted in the totals.
     pub threads: usize,
+    /// `--threads`: the lines a WSGI worker uses (one per Python thread).
+    pub python_threads: usize,
 }
 
 // SAFETY: the mapping is only accessed through atomics.
@@ -227,8 +244,10 @@ impl Scoreboard {
         std::mem::size_of::<SlotHead>() + threads * std::mem::size_of::<Line>()
     }
 
-    /// Maps a zeroed shared region (before forking).
-    pub fn new(slots: usize, threads: usize) -> std::io::Result<Scoreboard> {
+    /// Maps a zeroed shared region (before forking) for workers of `python_threads`
+    /// threads each.
+    pub fn new(slots: usize, python_threads: usize) -> std::io::Result<Scoreboard> {
+        let threads = python_threads.max(TASK_LINES);
         let len = SLOTS_AT + slots * Self::slot_size(threads);
         use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
         // SAFETY: a new anonymous shared mapping of `len` bytes, placed by the kernel.
@@ -245,6 +264,7 @@ impl Scoreboard {
             len,
             slots,
             threads,
+            python_threads,
         })
     }
 
@@ -317,6 +337,7 @@ impl Scoreboard {
             h.generation.store(generation, Ordering::Relaxed);
             h.started_ms.store(started, Ordering::Relaxed);
             h.busy.store(0, Ordering::Relaxed);
+            h.capacity.store(0, Ordering::Relaxed);
             h.retire_cause.store(0, Ordering::Relaxed);
             h.start_cause.store(cause.index() as u32, Ordering::Relaxed);
             h.log_dropped.store(0, Ordering::Relaxed);
@@ -484,8 +505,32 @@ impl Scoreboard {
         let busy = self.head(slot).busy.fetch_add(1, Ordering::SeqCst) as usize + 1;
         // Other workers are looked at only when this one is full, and the first one
         // with an idle thread ends the look.
-        if busy >= self.threads && self.others_full(slot) {
+        if busy >= self.python_threads && self.others_full(slot) {
             self.global().saturated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The worker in `slot` serves ASGI: up to `max_concurrency` tasks at once.
+    pub fn set_capacity(&self, slot: usize, max_concurrency: usize) {
+        let n = u32::try_from(max_concurrency).unwrap_or(u32::MAX);
+        self.head(slot).capacity.store(n, Ordering::SeqCst);
+    }
+
+    /// An ASGI task of `slot` started (with `--stats`): as [`Scoreboard::enter`],
+    /// with the worker full at its `--max-concurrency` tasks, not at its threads.
+    pub fn enter_task(&self, slot: usize) {
+        let h = self.head(slot);
+        let busy = h.busy.fetch_add(1, Ordering::SeqCst) as usize + 1;
+        if busy >= self.capacity(h) && self.others_full(slot) {
+            self.global().saturated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests the worker can run at once: its tasks (ASGI) or threads (WSGI).
+    fn capacity(&self, h: &SlotHead) -> usize {
+        match h.capacity.load(Ordering::Relaxed) {
+            0 => self.python_threads,
+            n => n as usize,
         }
     }
 
@@ -499,7 +544,7 @@ impl Scoreboard {
         (0..hw).filter(|&s| s != slot).all(|s| {
             let h = self.head(s);
             h.state.load(Ordering::Relaxed) != SERVING
-                || h.busy.load(Ordering::SeqCst) as usize >= self.threads
+                || h.busy.load(Ordering::SeqCst) as usize >= self.capacity(h)
         })
     }
 
@@ -567,12 +612,25 @@ impl Scoreboard {
             let leaving = (state == WorkerState::Draining)
                 .then(|| Cause::from_index(u64::from(h.retire_cause.load(Ordering::Relaxed))))
                 .flatten();
-            let mut threads = Vec::with_capacity(self.threads);
+            let capacity = h.capacity.load(Ordering::Relaxed) as usize;
+            // WSGI: one entry per Python thread; ASGI: the tasks on lines.
+            let shown = if capacity > 0 {
+                self.threads
+            } else {
+                self.python_threads
+            };
+            let mut threads = Vec::with_capacity(shown);
             for t in 0..self.threads {
                 let line = self.line(slot, t);
                 line.counters.add_to(&mut totals);
-                threads.push(line.current(now));
+                if t < shown {
+                    threads.push(line.current(now));
+                }
             }
+            let tasks = (capacity > 0).then(|| stats::Tasks {
+                in_flight: h.busy.load(Ordering::Relaxed) as usize,
+                max_concurrency: capacity,
+            });
             log_lines_dropped += get(&h.log_dropped);
             add_refused(&h.refused, &mut totals);
             let rss = h.rss_kib.load(Ordering::Relaxed);
@@ -588,6 +646,7 @@ impl Scoreboard {
                 requests: h.requests.load(Ordering::Relaxed),
                 rss_bytes: (rss > 0).then_some(rss * 1024),
                 threads,
+                tasks,
             });
         }
         Reading {
@@ -646,6 +705,19 @@ impl Line {
         self.protocol
             .store(stats::protocol_index(protocol) as u32, Ordering::Relaxed);
         self.since.store(now_ns().max(1), Ordering::Release);
+    }
+
+    /// As [`Line::begin`] for a request running since `since` (CLOCK_MONOTONIC ns):
+    /// an ASGI task moved onto a line an older task left.
+    pub fn begin_at(&self, method: &[u8], target: &[u8], protocol: Protocol, since: u64) {
+        self.begin(method, target, protocol);
+        self.since.store(since.max(1), Ordering::Release);
+    }
+
+    /// Counts a finished request that came in over `protocol` on this line's counters
+    /// (ASGI: the loop thread writes every line of its worker).
+    pub fn count_for(&self, protocol: Protocol, served: Option<&crate::wsgi::Served>) {
+        self.counters.record(protocol, served);
     }
 
     /// Counts the request this thread just finished (with `--stats`).
@@ -776,7 +848,7 @@ mod tests {
         assert_eq!(before.requests[0][4], 1);
         assert_eq!(before.requests[0][5], 1);
         assert_eq!(before.bytes, 410);
-        assert_eq!(before.app_errors, [1, 0]);
+        assert_eq!(before.app_errors, [1, 0, 0]);
         assert_eq!(before.cut, [1, 0]);
         assert_eq!(before.duration.iter().sum::<u64>(), 5);
         // Worker 1 exits and its slot is reused: nothing is lost or counted twice.
@@ -872,6 +944,39 @@ mod tests {
         sb.leave(0);
         sb.enter(0);
         assert_eq!(saturated(), 3);
+    }
+
+    // regression: R7/metrics of the ASGI review: an ASGI worker with --threads 1 was
+    // "full" at its first task, so all_threads_busy grew on nearly every request.
+    #[test]
+    fn an_asgi_worker_is_full_at_its_max_concurrency() {
+        let sb = Scoreboard::new(2, 1).unwrap();
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.mark_serving(0);
+        sb.set_capacity(0, 3);
+        for _ in 0..2 {
+            sb.enter_task(0);
+        }
+        assert_eq!(sb.read().events.saturated, 0);
+        sb.enter_task(0);
+        assert_eq!(sb.read().events.saturated, 1);
+        // Its tasks, not its lines, are what /status counts.
+        sb.line(0, 5).begin(b"GET", b"/old", Protocol::Uwsgi);
+        let w = &sb.read().workers[0];
+        assert_eq!(w.threads.len(), TASK_LINES);
+        assert_eq!(
+            w.tasks,
+            Some(stats::Tasks {
+                in_flight: 3,
+                max_concurrency: 3
+            })
+        );
+        assert_eq!(w.busy(), 3);
+        sb.leave(0);
+        assert_eq!(sb.read().workers[0].busy(), 2);
+        // A WSGI worker's row shows only its --threads.
+        sb.reset(1, 11, 0, Cause::Boot);
+        assert_eq!(sb.read().workers[1].threads.len(), 1);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct WorkerMonitor {
     max_requests: Option<u64>,
     max_rss_kib: Option<u64>,
     retiring: AtomicBool,
+    /// [`crate::wsgi::Monitor::stopping`] was called: the worker accepts no more.
+    stopped: AtomicBool,
     /// Count requests for the metrics (`--stats`; read once from the scoreboard).
     metrics: bool,
     /// A single process (no master).
@@ -55,6 +57,7 @@ impl WorkerMonitor {
             max_requests,
             max_rss_kib: max_rss_mib.map(|m| m * 1024),
             retiring: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             metrics: ctx.board.metrics(),
             standalone: false,
             master: recycles.then(|| ctx.ready.try_clone().ok()).flatten(),
@@ -70,6 +73,7 @@ impl WorkerMonitor {
             max_requests: None,
             max_rss_kib: None,
             retiring: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             standalone: true,
             master: None,
         }
@@ -118,6 +122,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         // Already leaving: a recycling limit reached while draining must not send the
         // worker a second SIGTERM (that cut its requests off, exit 1).
         self.retiring.store(true, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
         self.board.stop_serving(self.slot);
         if self.standalone {
             // `/ping` answers 503 from now on (there is no master to say so).
@@ -167,6 +172,95 @@ impl crate::wsgi::Monitor for WorkerMonitor {
             }
             line.end();
         }
+        self.served_one();
+    }
+
+    fn tasks(&self, max_concurrency: usize) -> usize {
+        self.board.set_capacity(self.slot, max_concurrency);
+        self.board.threads
+    }
+
+    fn task_begin(
+        &self,
+        line: Option<usize>,
+        head: &crate::codec::Head,
+        protocol: crate::codec::Protocol,
+    ) {
+        if let Some(l) = line.filter(|&l| l < self.board.threads) {
+            let (method, target) = describe(head);
+            self.board.line(self.slot, l).begin(method, target, protocol);
+        }
+        if self.metrics {
+            self.board.enter_task(self.slot);
+        }
+    }
+
+    fn task_show(
+        &self,
+        line: usize,
+        head: &crate::codec::Head,
+        protocol: crate::codec::Protocol,
+        since: std::time::Instant,
+    ) {
+        if line < self.board.threads {
+            let (method, target) = describe(head);
+            let ago = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let since = super::scoreboard::now_ns().saturating_sub(ago);
+            self.board
+                .line(self.slot, line)
+                .begin_at(method, target, protocol, since);
+        }
+    }
+
+    fn task_end(
+        &self,
+        line: Option<usize>,
+        protocol: crate::codec::Protocol,
+        served: Option<&crate::wsgi::Served>,
+    ) {
+        if self.metrics {
+            // The loop thread writes every line of this worker: line 0 counts them all.
+            self.board.line(self.slot, 0).count_for(protocol, served);
+            self.board.leave(self.slot);
+            self.board.publish_log_drops(
+                self.slot,
+                crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(l) = line.filter(|&l| l < self.board.threads) {
+            self.board.line(self.slot, l).end();
+        }
+        self.served_one();
+    }
+
+    fn requests_left(&self) -> Option<u64> {
+        let served = self.board.head(self.slot).requests.load(Ordering::SeqCst);
+        self.max_requests.map(|max| max.saturating_sub(served))
+    }
+
+    fn has_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// A request's method and target (REQUEST_URI, else PATH_INFO) for its line, in one
+/// pass over the variables and without allocating (this runs for every request).
+fn describe(head: &crate::codec::Head) -> (&[u8], &[u8]) {
+    let (mut method, mut uri, mut path) = (None, None, None);
+    for (k, v) in head.pairs() {
+        match k {
+            b"REQUEST_METHOD" => method = Some(v),
+            b"REQUEST_URI" => uri = Some(v),
+            b"PATH_INFO" => path = Some(v),
+            _ => {}
+        }
+    }
+    (method.unwrap_or(b"-"), uri.or(path).unwrap_or(b"-"))
+}
+
+impl WorkerMonitor {
+    /// A request ended: counts it against `--max-requests` and checks `--max-rss`.
+    fn served_one(&self) {
         let head = self.board.head(self.slot);
         let served = head.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(max) = self.max_requests {

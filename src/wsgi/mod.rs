@@ -186,6 +186,9 @@ pub enum AppError {
     Exception,
     /// The app broke the WSGI contract (returned None, yielded str, no start_response).
     Contract,
+    /// An ASGI app returned without sending `http.response.start`, or before its last
+    /// `http.response.body`.
+    AsgiContract,
 }
 
 /// One request as the Python thread finished it.
@@ -291,6 +294,45 @@ pub trait Monitor: Send + Sync {
     /// answer: `None`) before any Python thread ran it: a malformed head, a body over
     /// --max-body. Called off the Python threads; rare, so it may use a locked add.
     fn refused(&self, _protocol: crate::codec::Protocol, _status: Option<u16>) {}
+
+    // ASGI: the event loop thread runs many requests as tasks and owns every line of
+    // the worker (`--threads` does not bound them); `crate::asgi::watch` keeps the
+    // oldest tasks on the lines, so `--timeout` always sees the oldest.
+
+    /// This worker serves ASGI, up to `max_concurrency` tasks at once; returns how many
+    /// lines it may use.
+    fn tasks(&self, _max_concurrency: usize) -> usize {
+        0
+    }
+    /// A task started, on `line` when one was free.
+    fn task_begin(&self, _line: Option<usize>, _head: &Head, _protocol: crate::codec::Protocol) {}
+    /// A task already running (since `since`) moves onto `line`, which an older one
+    /// left.
+    fn task_show(
+        &self,
+        _line: usize,
+        _head: &Head,
+        _protocol: crate::codec::Protocol,
+        _since: std::time::Instant,
+    ) {
+    }
+    /// A task ended (its line, if it had one, is idle now); `served` as for `end`.
+    fn task_end(
+        &self,
+        _line: Option<usize>,
+        _protocol: crate::codec::Protocol,
+        _served: Option<&Served>,
+    ) {
+    }
+    /// Requests this worker may still finish before `--max-requests` recycles it (the
+    /// ones in flight count among them); `None`: no limit.
+    fn requests_left(&self) -> Option<u64> {
+        None
+    }
+    /// The worker stopped accepting ([`Monitor::stopping`] was called).
+    fn has_stopped(&self) -> bool {
+        false
+    }
 }
 
 /// Runtime settings the Python side needs.

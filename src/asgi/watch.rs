@@ -1,0 +1,211 @@
+//! Every ASGI task watched like a WSGI request: the loop thread tells the [`Monitor`]
+//! when each task begins and ends, and keeps the **oldest** tasks in flight on the
+//! worker's scoreboard lines (at least 16, `--threads` if more). The master's
+//! `--timeout` looks at the lines, and the oldest task is always on one, so a task
+//! that never finishes is caught whatever else runs; `/status` shows the oldest tasks
+//! and the count of all of them (the monitor counts each task in and out).
+//!
+//! The lines stay on the oldest tasks at little cost: a task that starts takes a free
+//! line if there is one (then every older task has one too); otherwise it waits in
+//! `unshown`, in start order, and when a task on a line ends, the oldest waiting one
+//! moves onto that line, with its own start time. With no more tasks than lines (the
+//! usual case) that is a push and a pop on a short `Vec` per task.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::codec::{Head, Protocol};
+use crate::wsgi::{Monitor, Served};
+
+/// A task's handle in the watch: its start order.
+pub type TaskId = usize;
+
+/// A task that has no line (yet): what it needs to be shown later.
+struct Waiting {
+    head: Head,
+    protocol: Protocol,
+    since: Instant,
+}
+
+/// The loop thread's view of its tasks (not `Send`: the loop thread only).
+pub struct Watch {
+    monitor: Option<Arc<dyn Monitor>>,
+    /// Free lines, the lowest last.
+    free: RefCell<Vec<usize>>,
+    /// `on_line[l]`: the task on line `l` (`None`: free).
+    on_line: RefCell<Vec<Option<TaskId>>>,
+    /// Tasks without a line, oldest first.
+    unshown: RefCell<BTreeMap<TaskId, Waiting>>,
+    next: Cell<TaskId>,
+}
+
+impl Watch {
+    /// The watch of a worker serving up to `max_concurrency` tasks (`monitor`: none
+    /// without a master and without `--stats`; then nothing is watched).
+    pub fn new(monitor: Option<Arc<dyn Monitor>>, max_concurrency: usize) -> Watch {
+        let lines = monitor.as_ref().map_or(0, |m| m.tasks(max_concurrency));
+        Watch {
+            monitor,
+            free: RefCell::new((0..lines).rev().collect()),
+            on_line: RefCell::new(vec![None; lines]),
+            unshown: RefCell::new(BTreeMap::new()),
+            next: Cell::new(0),
+        }
+    }
+
+    /// A task starts serving `head`: its id, for [`Watch::end`].
+    pub fn begin(&self, head: &Head, protocol: Protocol) -> TaskId {
+        let id = self.next.get();
+        self.next.set(id.wrapping_add(1));
+        let Some(m) = &self.monitor else {
+            return id;
+        };
+        let line = self.free.borrow_mut().pop();
+        match line {
+            Some(l) => self.on_line.borrow_mut()[l] = Some(id),
+            None => {
+                self.unshown.borrow_mut().insert(
+                    id,
+                    Waiting {
+                        head: head.clone(),
+                        protocol,
+                        since: Instant::now(),
+                    },
+                );
+            }
+        }
+        m.task_begin(line, head, protocol);
+        id
+    }
+
+    /// The task `id` ended (its response is finished); `served`: what went out.
+    pub fn end(&self, id: TaskId, protocol: Protocol, served: Option<&Served>) {
+        let Some(m) = &self.monitor else {
+            return;
+        };
+        let waited = {
+            let mut unshown = self.unshown.borrow_mut();
+            !unshown.is_empty() && unshown.remove(&id).is_some()
+        };
+        let line = if waited {
+            None
+        } else {
+            self.on_line.borrow().iter().position(|&t| t == Some(id))
+        };
+        m.task_end(line, protocol, served);
+        let Some(l) = line else { return };
+        // The oldest task without a line takes this one.
+        let next = self.unshown.borrow_mut().pop_first();
+        match next {
+            Some((next, w)) => {
+                self.on_line.borrow_mut()[l] = Some(next);
+                m.task_show(l, &w.head, w.protocol, w.since);
+            }
+            None => {
+                self.on_line.borrow_mut()[l] = None;
+                self.free.borrow_mut().push(l);
+            }
+        }
+    }
+
+    /// Requests the worker may still start before `--max-requests`, with `in_flight`
+    /// running (`None`: no limit).
+    pub fn may_start(&self, in_flight: usize) -> Option<u64> {
+        let left = self.monitor.as_ref()?.requests_left()?;
+        Some(left.saturating_sub(in_flight as u64))
+    }
+
+    /// The worker stopped accepting.
+    pub fn has_stopped(&self) -> bool {
+        self.monitor.as_ref().is_some_and(|m| m.has_stopped())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what the watch tells the monitor: the line of each task shown.
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<Option<String>>>, Mutex<u64>);
+
+    fn target(head: &Head) -> String {
+        String::from_utf8_lossy(head.get(b"REQUEST_URI").unwrap_or(b"-")).into_owned()
+    }
+
+    impl Monitor for Lines {
+        fn begin(&self, _: usize, _: &Head, _: Protocol) {}
+        fn end(&self, _: usize, _: Option<&Served>) {}
+        fn tasks(&self, _: usize) -> usize {
+            self.0.lock().unwrap().resize(2, None);
+            2
+        }
+        fn task_begin(&self, line: Option<usize>, head: &Head, _: Protocol) {
+            if let Some(l) = line {
+                self.0.lock().unwrap()[l] = Some(target(head));
+            }
+        }
+        fn task_show(&self, line: usize, head: &Head, _: Protocol, _: Instant) {
+            self.0.lock().unwrap()[line] = Some(target(head));
+        }
+        fn task_end(&self, line: Option<usize>, _: Protocol, _: Option<&Served>) {
+            *self.1.lock().unwrap() += 1;
+            if let Some(l) = line {
+                self.0.lock().unwrap()[l] = None;
+            }
+        }
+    }
+
+    fn head(uri: &str) -> Head {
+        let mut buf = Vec::new();
+        let mut vars = Vec::new();
+        for (k, v) in [("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri)] {
+            let ks = buf.len() as u32;
+            buf.extend_from_slice(k.as_bytes());
+            let vs = buf.len() as u32;
+            buf.extend_from_slice(v.as_bytes());
+            vars.push((ks..vs, vs..buf.len() as u32));
+        }
+        Head {
+            buf: bytes::Bytes::from(buf),
+            vars,
+            modifier30: false,
+            content_length: 0,
+        }
+    }
+
+    fn shown(m: &Lines) -> Vec<Option<String>> {
+        m.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn the_lines_show_the_oldest_tasks() {
+        let m = Arc::new(Lines::default());
+        let w = Watch::new(Some(m.clone() as Arc<dyn Monitor>), 1000);
+        let ids: Vec<TaskId> = (0..5)
+            .map(|i| w.begin(&head(&format!("/{i}")), Protocol::Uwsgi))
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
+        assert_eq!(shown(&m), s(&["/0", "/1"]));
+        // A task without a line ends: nothing moves.
+        w.end(ids[3], Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), s(&["/0", "/1"]));
+        // The oldest ends: the oldest waiting one (/2) takes its line.
+        w.end(ids[0], Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), s(&["/2", "/1"]));
+        w.end(ids[1], Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), s(&["/2", "/4"]));
+        w.end(ids[4], Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), vec![Some("/2".into()), None]);
+        // A new task takes the free line.
+        let id = w.begin(&head("/5"), Protocol::Uwsgi);
+        assert_eq!(shown(&m), s(&["/2", "/5"]));
+        w.end(ids[2], Protocol::Uwsgi, None);
+        w.end(id, Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), vec![None, None]);
+        assert_eq!(*m.1.lock().unwrap(), 6, "every task counted once");
+    }
+}
