@@ -7,6 +7,9 @@ import traceback
 
 from _postern_lifespan import run
 
+# The names of postern's own tasks start with this.
+OWN = "postern: "
+
 
 def _task_name(task):
     """A request's task runs run.rs's serve(coro, done), whose done is the exchange's:
@@ -76,7 +79,7 @@ def cut_off(loop, fd, grace):
         if not tasks or any(not t.done() for t in tasks):
             loop.stop()
 
-    loop.create_task(stop_when_ended(), name="postern: the stop after --graceful-timeout")
+    loop.create_task(stop_when_ended(), name=OWN + "the stop after --graceful-timeout")
     return len(tasks)
 
 
@@ -86,13 +89,15 @@ def finish(loop, executor, timeout, aside):
     seconds at most; then closes the async generators and waits for the default
     executor's jobs, `aside` seconds at most each. Returns (cancelled, still running,
     the steps that ran out of time)."""
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for t in tasks:
+    every = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in every:
         t.cancel()
+    # postern's own (the cut-off's stop) are not the app's to count.
+    tasks = [t for t in every if not t.get_name().startswith(OWN)]
     left = 0
-    if tasks:
-        _, pending = run(loop, asyncio.wait(tasks, timeout=timeout))
-        left = len(pending)
+    if every:
+        _, pending = run(loop, asyncio.wait(every, timeout=timeout))
+        left = len([t for t in tasks if t in pending])
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 loop.call_exception_handler({
