@@ -325,3 +325,56 @@ pub fn finish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_keeps_what_the_default_handler_shows_and_names_the_task() {
+        crate::wsgi::interpreter::start_for_tests();
+        Python::attach(|py| {
+            let globals = PyDict::new(py);
+            py.run(
+                c"import asyncio
+async def boom():
+    raise RuntimeError('background boom')
+loop = asyncio.new_event_loop()
+task = loop.create_task(boom(), name='cache refresher')
+loop.run_until_complete(asyncio.wait([task]))
+context = {'message': 'Task exception was never retrieved', 'exception': task.exception(), 'future': task}
+loop.close()",
+                Some(&globals),
+                None,
+            )
+            .unwrap();
+            let context = globals.get_item("context").unwrap().unwrap();
+            let (message, task, details, tb): (String, Option<String>, String, Option<String>) =
+                module(py)
+                    .unwrap()
+                    .call_method1("describe", (context,))
+                    .unwrap()
+                    .extract()
+                    .unwrap();
+            assert_eq!(message, "Task exception was never retrieved");
+            assert_eq!(task.as_deref(), Some("cache refresher"));
+            assert!(
+                details.starts_with("future: <Task finished name='cache refresher'"),
+                "{details}"
+            );
+            let tb = tb.unwrap();
+            assert!(
+                tb.starts_with("Traceback") && tb.ends_with("RuntimeError: background boom"),
+                "{tb}"
+            );
+        });
+    }
+
+    #[test]
+    fn the_master_waits_for_the_lifespan_shutdown_unless_it_is_off() {
+        let on = past_graceful(LifespanMode::Auto, Duration::from_secs(60));
+        let off = past_graceful(LifespanMode::Off, Duration::from_secs(60));
+        assert_eq!(on - off, Duration::from_secs(61));
+        assert!(off >= CUT_GRACE + LEFTOVER_GRACE + ASIDE * 2);
+    }
+}
