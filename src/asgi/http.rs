@@ -161,37 +161,7 @@ impl SendCall {
     }
 }
 
-/// Requests whose sink learns on another thread that the front server went away
-/// (FastCGI: the server layer reads the connection): their ids, and an eventfd the
-/// loop watches. The other thread only pushes an id and writes the eventfd (never
-/// the GIL).
-pub struct GoneQueue {
-    pub fd: std::os::fd::OwnedFd,
-    ids: Mutex<Vec<u64>>,
-}
-
-impl GoneQueue {
-    pub fn new() -> std::io::Result<Arc<GoneQueue>> {
-        use rustix::event::EventfdFlags;
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Arc::new(GoneQueue {
-            fd,
-            ids: Mutex::new(Vec::new()),
-        }))
-    }
-
-    fn push(&self, id: u64) {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
-    }
-
-    /// The ids pushed since the last call (the eventfd was readable).
-    pub fn take(&self) -> Vec<u64> {
-        let mut n = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut n);
-        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
+pub use super::io::GoneQueue;
 
 /// What every request of one loop shares: the loop's methods, looked up once.
 pub struct Ctx {
@@ -227,6 +197,9 @@ enum BodyState {
     Waiting(Body),
     /// Read in chunks on the executor.
     Reading(Py<ReadJob>),
+    /// Taken on the loop as it arrives (FastCGI STDIN): `wake` is how the server
+    /// layer says there is more ([`super::io::BodyWakes`]).
+    Polled(Box<dyn BodyStream>, Arc<dyn Fn() + Send + Sync>),
     /// Handed out whole: `receive` now waits for the disconnect.
     Done,
 }
@@ -280,6 +253,23 @@ pub struct Exchange {
     gone_id: Option<u64>,
     trailers_said: bool,
     overflowed: bool,
+    /// The sink's socket and write timeout when the loop writes the response itself
+    /// ([`Sink::loop_writes`]): what the socket does not take waits in `out`.
+    loop_w: Option<(RawFd, std::time::Duration)>,
+    out: super::io::Out,
+    /// The loop watches the socket for room (`add_writer`).
+    writing: bool,
+    /// A write is due at the end of this loop iteration (`call_soon`).
+    flush_soon: bool,
+    /// The `send()` waiting for the socket to take what waits (backpressure).
+    send_waiter: Option<Py<PyAny>>,
+    /// The `--read-timeout` timer of a wait for room, and when bytes last left.
+    write_timer: Option<Py<PyAny>>,
+    last_progress: std::time::Instant,
+    /// Registered for body wake-ups under this id ([`super::io::LoopIo`]).
+    body_id: Option<u64>,
+    /// The body passed --max-body (streamed without CONTENT_LENGTH): answered 413.
+    too_large: bool,
 }
 
 /// The future is not done yet (a cancelled one is done).
@@ -338,8 +328,10 @@ impl Exchange {
             request_id,
             ..
         } = req;
+        let mut sink = sink;
         let style = sink.head_style();
         let peer_fd = sink.peer_fd();
+        let loop_w = sink.loop_writes();
         Exchange {
             ctx,
             span,
@@ -373,6 +365,15 @@ impl Exchange {
             gone_id: None,
             trailers_said: false,
             overflowed: false,
+            loop_w,
+            out: super::io::Out::default(),
+            writing: false,
+            flush_soon: false,
+            send_waiter: None,
+            write_timer: None,
+            last_progress: std::time::Instant::now(),
+            body_id: None,
+            too_large: false,
         }
     }
 
@@ -510,6 +511,14 @@ impl Exchange {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
+        if me.loop_w.is_some() {
+            me.out.push_vec(data);
+            if last {
+                me.complete = true;
+            }
+            drop(me);
+            return Self::pump(slf, last);
+        }
         let Some(sink) = me.sink.as_mut() else {
             return Err(gone_error());
         };
@@ -593,7 +602,32 @@ impl Exchange {
         }
         self.gone = true;
         self.unwatch(py);
+        self.stop_writing(py);
+        self.out.clear();
+        if let Some(w) = self.send_waiter.take() {
+            let w = w.bind(py);
+            if pending(py, &w.clone().unbind()) {
+                let _ =
+                    w.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),));
+            }
+        }
         self.wake_waiters(py);
+    }
+
+    /// The loop no longer waits for room on the socket.
+    fn stop_writing(&mut self, py: Python<'_>) {
+        if let Some(t) = self.write_timer.take() {
+            let _ = t.bind(py).call_method0(intern!(py, "cancel"));
+        }
+        if std::mem::take(&mut self.writing) {
+            if let (Some((fd, _)), Ok(lio)) = (self.loop_w, self.lio(py)) {
+                let _ = lio.remove_writer.bind(py).call1((fd,));
+            }
+        }
+    }
+
+    fn lio(&self, py: Python<'_>) -> PyResult<Rc<super::io::LoopIo>> {
+        super::io::loop_io(self.ctx.event_loop.bind(py))
     }
 
     /// Resolves the `receive()` futures waiting for the end with `http.disconnect`.
@@ -648,6 +682,21 @@ impl Exchange {
             }
             None => return Ok(()),
         };
+        if matches!(end, End::Incomplete(_) | End::ClientGone(_)) {
+            if matches!(end, End::Incomplete(_)) {
+                // What the app sent before it failed still goes, as far as the socket
+                // takes it now (the abort follows).
+                let me = &mut *me;
+                if let Some(sink) = me.sink.as_mut() {
+                    let _ = me.out.write(py, sink.as_mut());
+                }
+            }
+            me.stop_writing(py);
+            me.out.clear();
+        } else if !me.out.is_empty() {
+            // The loop writes the rest as the socket takes it, then ends the response.
+            return Ok(());
+        }
         if !matches!(end, End::Incomplete(_) | End::ClientGone(_))
             && me.sink.as_ref().is_some_and(|s| s.has_pending())
         {
@@ -790,7 +839,13 @@ impl Exchange {
         me.ctx.watch.end(slot, me.protocol, me.served.as_ref());
         let ended = me.ctx.ended.get().map(|e| e.clone_ref(py));
         drop(me);
-        slf.borrow_mut().released = true;
+        {
+            let mut me = slf.borrow_mut();
+            me.released = true;
+            if matches!(me.body, BodyState::Polled(..)) {
+                me.body_done(py);
+            }
+        }
         if let Some(ended) = ended {
             ended.bind(py).call1((slot,))?;
         }
@@ -967,6 +1022,22 @@ impl Exchange {
                         .into_any());
                     }
                     Body::File(f, len) => Reader::File(f, 0, len),
+                    Body::Stream(s) if s.pollable() => {
+                        // Taken on the loop as it arrives (no thread per pending
+                        // read).
+                        let lio = me.lio(py)?;
+                        let id = lio.next_id.get();
+                        lio.next_id.set(id + 1);
+                        let queue = Arc::clone(&lio.bodies);
+                        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || queue.push(id));
+                        me.body_id = Some(id);
+                        lio.body_waiting
+                            .borrow_mut()
+                            .insert(id, slf.getattr(intern!(py, "_body_woken"))?.unbind());
+                        me.body = BodyState::Polled(s, wake);
+                        drop(me);
+                        return Self::receive(slf);
+                    }
                     Body::Stream(s) => Reader::Stream(s),
                 };
                 let job = Py::new(
@@ -1003,6 +1074,22 @@ impl Exchange {
                 me.read_waiters.push_back(waiter.clone().unbind());
                 Ok(waiter)
             }
+            BodyState::Polled(s, wake) => {
+                me.body = BodyState::Polled(s, wake);
+                Self::prune(py, &mut me.read_waiters);
+                if me.read_waiters.is_empty() {
+                    if let Some((msg, too_large)) = me.poll_body(py)? {
+                        drop(me);
+                        if too_large {
+                            Self::answer_too_large(slf)?;
+                        }
+                        return Ok(Bound::new(py, Ready(Some(msg.into_any().unbind())))?.into_any());
+                    }
+                }
+                let waiter = me.ctx.create_future.bind(py).call0()?;
+                me.read_waiters.push_back(waiter.clone().unbind());
+                Ok(waiter)
+            }
             BodyState::Done => {
                 if me.gone || me.served.is_some() {
                     return Ok(Bound::new(
@@ -1035,15 +1122,36 @@ impl Exchange {
         let kind = message
             .get_item(intern!(py, "type"))?
             .ok_or_else(|| PyValueError::new_err("the message has no 'type'"))?;
-        let kind = kind.cast::<PyString>()?.to_str()?;
+        let kind = kind
+            .cast::<PyString>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "the message's 'type' must be a str, not {}",
+                    kind.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?
+            .to_str()?;
         let done = || Ok(slf.borrow().ctx.done.bind(py).clone().into_any());
+        if slf.borrow().too_large && kind != "http.response.trailers" {
+            return Err(ClientDisconnected::new_err(
+                "the request body (sent without a Content-Length) is over --max-body: postern answered 413 and the request is over",
+            ));
+        }
         match kind {
             "http.response.start" => {
                 let mut me = slf.borrow_mut();
                 if me.gone {
                     return Err(gone_error());
                 }
-                me.start(message)?;
+                if let Err(e) = me.start(message) {
+                    // As on the WSGI path: the app may catch it, the log keeps it.
+                    let _e = me.span.enter();
+                    tracing::error!(error = %e.value(py), "http.response.start refused; the app got this exception");
+                    return Err(e);
+                }
                 drop(me);
                 done()
             }
@@ -1115,6 +1223,35 @@ impl Exchange {
                     }
                     data = &[];
                 }
+                if me.loop_w.is_some() {
+                    if me.send_waiter.as_ref().is_some_and(|w| pending(py, w)) {
+                        return Err(PyRuntimeError::new_err(
+                            "send() called again before the previous send() was awaited",
+                        ));
+                    }
+                    {
+                        let m = &mut *me;
+                        m.body_sent += data.len() as u64;
+                        if !m.head_sent {
+                            m.head_sent = true;
+                            let head = m.head_bytes((!more).then_some(data.len()), 0);
+                            m.out.push_vec(head);
+                        }
+                        match &body {
+                            // The app's bytes object is kept until sent: no copy (R5).
+                            Some(b) if data.len() >= super::io::KEEP_OBJECT => {
+                                let b = b.cast::<PyBytes>()?.clone().unbind();
+                                m.out.push_object(b, data.len());
+                            }
+                            _ => m.out.push_copy(data),
+                        }
+                        if !more {
+                            m.complete = true;
+                        }
+                    }
+                    drop(me);
+                    return Self::after_write(slf, Self::pump(slf, !more));
+                }
                 me.body_sent += data.len() as u64;
                 let buf = if !me.head_sent {
                     me.head_sent = true;
@@ -1180,8 +1317,16 @@ impl Exchange {
                     return Self::after_write(slf, Self::write(slf, head, true));
                 }
                 // The head goes with the GIL held when the socket takes it (as usual),
-                // then the file with sendfile(2) on the executor.
+                // then the file with sendfile(2) on the executor, or from the loop
+                // as the socket takes it when the sink can.
                 let mut me = slf.borrow_mut();
+                if me.loop_w.is_some() {
+                    me.out.push_vec(head);
+                    me.out.push_file(file, body_len);
+                    me.complete = true;
+                    drop(me);
+                    return Self::after_write(slf, Self::pump(slf, true));
+                }
                 let Some(sink) = me.sink.as_mut() else {
                     return Err(gone_error());
                 };
@@ -1356,6 +1501,66 @@ impl Exchange {
         Ok(())
     }
 
+    /// [`super::io::BodyWakes`]: more of the body is there.
+    fn _body_woken(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::body_woken(slf)
+    }
+
+    /// The end of the loop iteration in which the app sent small chunks.
+    fn _flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut me = slf.borrow_mut();
+        me.flush_soon = false;
+        if me.writing || me.gone || me.out.is_empty() {
+            return Ok(());
+        }
+        drop(me);
+        Self::flush(slf)?;
+        Ok(())
+    }
+
+    /// The socket has room again.
+    fn _writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !slf.borrow().writing {
+            return Ok(());
+        }
+        Self::flush(slf)?;
+        Ok(())
+    }
+
+    /// The front server has taken nothing for the write timeout: it is gone.
+    fn _write_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        me.write_timer = None;
+        let Some((_, timeout)) = me.loop_w else {
+            return Ok(());
+        };
+        if !me.writing {
+            return Ok(());
+        }
+        let idle = me.last_progress.elapsed();
+        if idle < timeout {
+            let lio = me.lio(py)?;
+            drop(me);
+            let t = lio.call_later.bind(py).call1((
+                (timeout - idle).as_secs_f64() + 0.001,
+                slf.getattr(intern!(py, "_write_timeout"))?,
+            ))?;
+            slf.borrow_mut().write_timer = Some(t.unbind());
+            return Ok(());
+        }
+        {
+            let _e = me.span.enter();
+            tracing::debug!(
+                "writing the response failed: the front server read nothing for {timeout:?} (--read-timeout)"
+            );
+        }
+        me.set_gone(py);
+        drop(me);
+        Self::settle(slf, None)?;
+        Self::release(slf)
+    }
+
     /// The app's call returned (`None`) or raised: called by the task itself, at its
     /// end (`SERVE` in run.rs), so the response ends in the same loop iteration.
     fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -1371,6 +1576,261 @@ impl Exchange {
 }
 
 impl Exchange {
+    /// What a polled body has now, as one `http.request` message (the chunks that are
+    /// there, up to [`READ_CHUNK`]); `None` while nothing is (the stream wakes the
+    /// loop). Past the end (or a cut), the body is done; `true` with the message: the
+    /// body passed --max-body.
+    fn poll_body<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyDict>, bool)>> {
+        let BodyState::Polled(s, wake) = &mut self.body else {
+            return Ok(None);
+        };
+        let mut got: Vec<Bytes> = Vec::new();
+        let mut size = 0;
+        let mut end: Option<std::io::Result<()>> = None;
+        while size < READ_CHUNK {
+            match s.poll_chunk(wake) {
+                std::task::Poll::Ready(Ok(Some(b))) => {
+                    size += b.len();
+                    got.push(b);
+                }
+                std::task::Poll::Ready(Ok(None)) => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                std::task::Poll::Ready(Err(e)) => {
+                    end = Some(Err(e));
+                    break;
+                }
+                std::task::Poll::Pending => break,
+            }
+        }
+        if got.is_empty() && end.is_none() {
+            return Ok(None);
+        }
+        // A failure after some chunks: those first (the failure stays: the next poll
+        // finds it again).
+        let finished = match end {
+            Some(Ok(())) => true,
+            Some(Err(_)) if !got.is_empty() => false,
+            Some(Err(e)) => {
+                self.body_done(py);
+                let _e = self.span.enter();
+                tracing::debug!(error = %e, "reading the request body failed");
+                let too_large = e.kind() == crate::wsgi::BODY_TOO_LARGE;
+                return Ok(Some((disconnect_message(py)?, too_large)));
+            }
+            None => false,
+        };
+        if finished {
+            self.body_done(py);
+        }
+        let body = match got.len() {
+            1 => PyBytes::new(py, &got[0]),
+            _ => PyBytes::new_with(py, size, |buf| {
+                let mut at = 0;
+                for b in &got {
+                    buf[at..at + b.len()].copy_from_slice(b);
+                    at += b.len();
+                }
+                Ok(())
+            })?,
+        };
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+        d.set_item(intern!(py, "body"), body)?;
+        d.set_item(intern!(py, "more_body"), !finished)?;
+        Ok(Some((d, false)))
+    }
+
+    /// The body is all taken (or cut): no more wake-ups for it.
+    fn body_done(&mut self, py: Python<'_>) {
+        self.body = BodyState::Done;
+        if let Some(id) = self.body_id.take() {
+            if let Ok(lio) = self.lio(py) {
+                lio.body_waiting.borrow_mut().remove(&id);
+            }
+        }
+    }
+
+    /// The server layer queued more of a polled body: to the `receive()` calls that
+    /// wait, in order.
+    fn body_woken(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        loop {
+            let mut me = slf.borrow_mut();
+            Self::prune(py, &mut me.read_waiters);
+            if me.read_waiters.is_empty() {
+                return Ok(());
+            }
+            if !matches!(me.body, BodyState::Polled(..)) {
+                // Past the body: the rest wait for the disconnect, as after any body.
+                let rest = std::mem::take(&mut me.read_waiters);
+                me.waiters.extend(rest);
+                if me.gone || me.served.is_some() {
+                    me.wake_waiters(py);
+                    return Ok(());
+                }
+                drop(me);
+                return Self::watch(slf);
+            }
+            let Some((msg, too_large)) = me.poll_body(py)? else {
+                return Ok(());
+            };
+            if let Some(w) = me.read_waiters.pop_front() {
+                w.bind(py).call_method1(intern!(py, "set_result"), (msg,))?;
+            }
+            drop(me);
+            if too_large {
+                Self::answer_too_large(slf)?;
+            }
+        }
+    }
+
+    /// The body (streamed without CONTENT_LENGTH) passed --max-body: 413 as when the
+    /// announced length is over it, if the response has not started; else the
+    /// response is cut. The app's next `send()` raises (an `OSError`).
+    fn answer_too_large(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut me = slf.borrow_mut();
+        if me.too_large || me.served.is_some() || me.gone {
+            return Ok(());
+        }
+        me.too_large = true;
+        {
+            let _e = me.span.enter();
+            tracing::warn!(
+                "the request body (sent without CONTENT_LENGTH) is over --max-body; answered 413"
+            );
+        }
+        if me.head_sent {
+            let code = me.code;
+            drop(me);
+            return Self::settle(slf, Some(End::Incomplete(code)));
+        }
+        me.code = 413;
+        me.started = true;
+        me.headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
+        me.content_length = None;
+        me.is_head = false;
+        let body = b"Content Too Large\n";
+        let mut buf = me.head_bytes(Some(body.len()), body.len());
+        buf.extend_from_slice(body);
+        me.head_sent = true;
+        me.body_sent = body.len() as u64;
+        drop(me);
+        if Self::write(slf, buf, true).is_err() {
+            return Self::settle(slf, None);
+        }
+        if !slf.borrow().busy {
+            Self::settle(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Loop-driven writes (the sink has a socket of its own): sends what `out` holds
+    /// if `now` (the response's last bytes) or if too much waits; else the send is
+    /// left to the end of this loop iteration, so what the app sends before it next
+    /// waits leaves in the same send (nothing is held back longer: the loop runs the
+    /// send as soon as the app's task yields). `None`: `await send(...)` goes on at
+    /// once; a future: it waits until the socket has taken all but
+    /// [`super::io::LOW`] bytes (backpressure).
+    fn pump<'py>(slf: &Bound<'py, Self>, now: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        if me.gone {
+            return Err(gone_error());
+        }
+        if !me.writing {
+            if !now && me.out.queued() < super::io::HIGH {
+                if !me.flush_soon && !me.out.is_empty() {
+                    me.flush_soon = true;
+                    let lio = me.lio(py)?;
+                    drop(me);
+                    lio.call_soon
+                        .bind(py)
+                        .call1((slf.getattr(intern!(py, "_flush"))?,))?;
+                }
+                return Ok(None);
+            }
+            drop(me);
+            if !Self::flush(slf)? {
+                return Err(gone_error());
+            }
+            me = slf.borrow_mut();
+        }
+        if me.out.queued() > super::io::HIGH {
+            let fut = me.ctx.create_future.bind(py).call0()?;
+            me.send_waiter = Some(fut.clone().unbind());
+            return Ok(Some(fut));
+        }
+        Ok(None)
+    }
+
+    /// Writes what the socket takes of `out` now; then waits for room for the rest,
+    /// or, all of it out, ends a complete response. False: the front server is gone.
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let mut guard = slf.borrow_mut();
+        let me = &mut *guard;
+        let Some(sink) = me.sink.as_mut() else {
+            return Ok(false);
+        };
+        let before = me.out.queued();
+        let r = me.out.write(py, sink.as_mut());
+        match r {
+            Err(e) => {
+                {
+                    let _e = me.span.enter();
+                    tracing::debug!(error = %e, "writing the response failed");
+                }
+                me.set_gone(py);
+                drop(guard);
+                Self::settle(slf, None)?;
+                Self::release(slf)?;
+                Ok(false)
+            }
+            Ok(all) => {
+                if me.out.queued() != before || all {
+                    me.last_progress = std::time::Instant::now();
+                }
+                if me.send_waiter.is_some() && (all || me.out.queued() <= super::io::LOW) {
+                    if let Some(w) = me.send_waiter.take() {
+                        if pending(py, &w) {
+                            w.bind(py)
+                                .call_method1(intern!(py, "set_result"), (py.None(),))?;
+                        }
+                    }
+                }
+                if all {
+                    me.stop_writing(py);
+                    let complete = me.complete;
+                    drop(guard);
+                    if complete {
+                        Self::settle(slf, None)?;
+                        Self::release(slf)?;
+                    }
+                    return Ok(true);
+                }
+                if !me.writing {
+                    let Some((fd, timeout)) = me.loop_w else {
+                        return Ok(true);
+                    };
+                    let lio = me.lio(py)?;
+                    me.writing = true;
+                    drop(guard);
+                    lio.add_writer
+                        .bind(py)
+                        .call1((fd, slf.getattr(intern!(py, "_writable"))?))?;
+                    let t = lio.call_later.bind(py).call1((
+                        timeout.as_secs_f64(),
+                        slf.getattr(intern!(py, "_write_timeout"))?,
+                    ))?;
+                    slf.borrow_mut().write_timer = Some(t.unbind());
+                }
+                Ok(true)
+            }
+        }
+    }
+
     /// After a body write: `Ready(None)` when it went out (and the response ended if it
     /// was the last), else the write's future.
     fn after_write<'py>(

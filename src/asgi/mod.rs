@@ -22,6 +22,7 @@
 pub mod detect;
 pub mod dump;
 pub mod http;
+mod io;
 pub mod lifespan;
 pub mod run;
 pub mod scope;

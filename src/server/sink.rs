@@ -90,6 +90,8 @@ pub struct ConnSink {
     writes: u32,
     /// The response's chunks go through the thread's writer from here on.
     stream: Option<Stream>,
+    /// An event loop writes the response ([`Sink::loop_writes`]): never a writer.
+    on_loop: bool,
     tcp: bool,
     written: u64,
     started: Instant,
@@ -110,6 +112,7 @@ impl ConnSink {
             sock: Some(Arc::new(sock)),
             writes: 0,
             stream: None,
+            on_loop: false,
             tcp,
             written: 0,
             started,
@@ -186,7 +189,11 @@ impl Sink for ConnSink {
     /// yields while the writer's previous send is in flight.
     fn try_write(&mut self, data: &[u8], _last: bool) -> io::Result<usize> {
         self.writes += 1;
-        if self.stream.is_none() && self.writes >= STREAM_FROM && data.len() < DIRECT {
+        if self.stream.is_none()
+            && !self.on_loop
+            && self.writes >= STREAM_FROM
+            && data.len() < DIRECT
+        {
             if let Some(sock) = &self.sock {
                 let (sock, timeout) = (sock.clone(), self.write_timeout);
                 self.stream = Stream::start(Arc::new(move |b: &[u8]| send_all(&sock, b, timeout)));
@@ -283,6 +290,42 @@ impl Sink for ConnSink {
 
     fn write_fd(&self) -> Option<std::os::fd::RawFd> {
         self.peer_fd()
+    }
+
+    /// The connection is this response's alone: the loop waits on it for room.
+    fn loop_writes(&mut self) -> Option<(std::os::fd::RawFd, Duration)> {
+        self.on_loop = true;
+        self.peer_fd().map(|fd| (fd, self.write_timeout))
+    }
+
+    fn try_write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        match rustix::net::sendmsg(self.sock()?.as_fd(), bufs, &mut control, flags) {
+            Ok(n) => {
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn try_send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<usize> {
+        let mut off = offset;
+        let chunk = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
+        match rustix::fs::sendfile(self.sock()?.as_fd(), file, Some(&mut off), chunk) {
+            Ok(0) if len > 0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            )),
+            Ok(n) => {
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -66,7 +66,28 @@ pub trait BodyStream: Send + Sync {
     /// Blocks (the GIL released) until the next chunk; `Ok(None)` at the end of the
     /// body; an error when it was cut short (front server gone, abort, timeout).
     fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>>;
+    /// [`BodyStream::poll_chunk`] works: an event loop can take the body as it
+    /// arrives, with no thread blocked in `next_chunk`.
+    fn pollable(&self) -> bool {
+        false
+    }
+    /// The event loop's `next_chunk` (ASGI), which never blocks: `Ready` with what
+    /// `next_chunk` would return, or `Pending`, and then `wake` is called once (on any
+    /// thread; it must not block nor take the GIL) when there is more to take. Only
+    /// when [`BodyStream::pollable`].
+    fn poll_chunk(
+        &mut self,
+        _wake: &Arc<dyn Fn() + Send + Sync>,
+    ) -> std::task::Poll<std::io::Result<Option<Bytes>>> {
+        std::task::Poll::Ready(Err(std::io::Error::other(
+            "this request body can only be read with next_chunk",
+        )))
+    }
 }
+
+/// The error kind of a body read cut because the body passed `--max-body` (a body
+/// without CONTENT_LENGTH, streamed): the server answers 413 if it still can.
+pub const BODY_TOO_LARGE: std::io::ErrorKind = std::io::ErrorKind::FileTooLarge;
 
 /// Where `wsgi.errors` lines go besides postern's log (FastCGI: FCGI_STDERR records,
 /// which nginx writes to its error log).
@@ -143,6 +164,30 @@ pub trait Sink: Send + Sync {
     /// unknown.
     fn write_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// Writes driven by an event loop (ASGI), with no thread per wait: the socket to
+    /// wait on for room (the loop's `add_writer`) and how long one wait may last before
+    /// the front server counts as gone. From this call on, the response goes out only
+    /// through [`Sink::try_write_vectored`] and [`Sink::try_send_file`] (never a writer
+    /// thread). `None`: the connection is not this response's alone (multiplexed
+    /// FastCGI), so a write that waits runs on a thread.
+    fn loop_writes(&mut self) -> Option<(std::os::fd::RawFd, std::time::Duration)> {
+        None
+    }
+    /// One non-blocking vectored send of `bufs`, in order: the bytes the socket took
+    /// (0: none now). Only after [`Sink::loop_writes`] said yes.
+    fn try_write_vectored(&mut self, _bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+    /// One non-blocking sendfile(2) of up to `len` bytes from `offset`: the bytes the
+    /// socket took (0: none now). Only after [`Sink::loop_writes`] said yes.
+    fn try_send_file(
+        &mut self,
+        _file: &std::fs::File,
+        _offset: u64,
+        _len: u64,
+    ) -> std::io::Result<usize> {
+        Ok(0)
     }
 }
 

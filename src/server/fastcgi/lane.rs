@@ -72,6 +72,18 @@ struct FeedState {
     waiting: bool,
     /// The app's `wsgi.input` is gone: nothing more is queued.
     gone: bool,
+    /// The body passed --max-body (no CONTENT_LENGTH): the app's next read fails so.
+    too_large: bool,
+    /// An event loop waits for input ([`BodyStream::poll_chunk`]): called once there
+    /// is something to take (never under the lock).
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl FeedState {
+    /// Who to wake now that there is something to take.
+    fn woken(&mut self) -> Option<Arc<dyn Fn() + Send + Sync>> {
+        self.wake.take()
+    }
 }
 
 impl Feed {
@@ -100,19 +112,38 @@ impl Feed {
         st.held += n;
         st.chunks.push_back(data);
         self.input.charge(n);
+        let wake = st.woken();
         drop(st);
         self.ready.notify_one();
+        if let Some(w) = wake {
+            w();
+        }
         true
     }
 
-    fn end(&self) {
-        self.lock().ended = true;
+    /// Sets what ends the input (under the lock), then wakes its reader.
+    fn finish_with(&self, set: impl FnOnce(&mut FeedState)) {
+        let mut st = self.lock();
+        set(&mut st);
+        let wake = st.woken();
+        drop(st);
         self.ready.notify_one();
+        if let Some(w) = wake {
+            w();
+        }
+    }
+
+    fn end(&self) {
+        self.finish_with(|st| st.ended = true);
     }
 
     fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
+        self.finish_with(|st| st.closed = true);
+    }
+
+    /// The body passed --max-body: the app's next read fails with [`BODY_TOO_LARGE`].
+    fn too_large(&self) {
+        self.finish_with(|st| st.too_large = true);
     }
 
     /// Drops what is queued; the app's next read fails.
@@ -121,9 +152,13 @@ impl Feed {
         st.chunks.clear();
         let held = std::mem::take(&mut st.held);
         st.cut = true;
+        let wake = st.woken();
         drop(st);
         self.input.release(held);
         self.ready.notify_one();
+        if let Some(w) = wake {
+            w();
+        }
     }
 
     /// The app is blocked reading this request's input, with nothing queued.
@@ -145,40 +180,78 @@ impl Drop for Feeder {
 /// `wsgi.input` of a request whose STDIN is still arriving.
 struct StdinStream(Arc<Feed>);
 
+impl StdinStream {
+    /// What the app can take now: `None` while nothing is there (the caller waits).
+    fn take(&self, st: &mut MutexGuard<'_, FeedState>) -> Option<io::Result<Option<Bytes>>> {
+        let feed = &self.0;
+        if let Some(b) = st.chunks.pop_front() {
+            let n = b.len() + CHUNK_OVERHEAD;
+            st.held -= n;
+            st.waiting = false;
+            feed.input.release(n);
+            return Some(Ok(Some(b)));
+        }
+        if st.ended {
+            st.waiting = false;
+            return Some(Ok(None));
+        }
+        if st.too_large {
+            return Some(Err(io::Error::new(
+                crate::wsgi::BODY_TOO_LARGE,
+                "the request body (sent without CONTENT_LENGTH) is over --max-body",
+            )));
+        }
+        if st.cut {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own",
+            )));
+        }
+        if st.closed {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the front server aborted the request or closed the connection",
+            )));
+        }
+        if !st.waiting {
+            // The lane may be holding the connection back for the budget: a
+            // waiting app must make it read again (see `serve`).
+            st.waiting = true;
+            feed.input.poke();
+        }
+        None
+    }
+}
+
 impl BodyStream for StdinStream {
+    /// Never blocks: what is queued, else `wake` once the lane queues more (or the
+    /// input ends). The lane's input budget is the backpressure: past
+    /// --fastcgi-buffer it stops reading the connection until the apps take what it
+    /// holds, unless an app on it waits for its own input.
+    fn poll_chunk(
+        &mut self,
+        wake: &Arc<dyn Fn() + Send + Sync>,
+    ) -> std::task::Poll<io::Result<Option<Bytes>>> {
+        let mut st = self.0.lock();
+        match self.take(&mut st) {
+            Some(r) => std::task::Poll::Ready(r),
+            None => {
+                st.wake = Some(Arc::clone(wake));
+                std::task::Poll::Pending
+            }
+        }
+    }
+
+    fn pollable(&self) -> bool {
+        true
+    }
+
     fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         let feed = &self.0;
         let mut st = feed.lock();
         loop {
-            if let Some(b) = st.chunks.pop_front() {
-                let n = b.len() + CHUNK_OVERHEAD;
-                st.held -= n;
-                st.waiting = false;
-                drop(st);
-                feed.input.release(n);
-                return Ok(Some(b));
-            }
-            if st.ended {
-                st.waiting = false;
-                return Ok(None);
-            }
-            if st.cut {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own",
-                ));
-            }
-            if st.closed {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the front server aborted the request or closed the connection",
-                ));
-            }
-            if !st.waiting {
-                // The lane may be holding the connection back for the budget: a
-                // waiting app must make it read again (see `serve`).
-                st.waiting = true;
-                feed.input.poke();
+            if let Some(r) = self.take(&mut st) {
+                return r;
             }
             st = feed.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -776,8 +849,10 @@ fn handle_event(
             let n = data.len() as u64;
             if max_body.is_some_and(|m| slot.got + n > m) {
                 // Only a body without CONTENT_LENGTH gets here (a longer announced one
-                // was answered 413 before the app ran): cut it, the app's read fails.
-                tracing::warn!(%peer, fcgi_id = id, max_body = max_body.unwrap_or(0), "request body (no CONTENT_LENGTH) over --max-body; wsgi.input is cut");
+                // was answered 413 before the app ran): cut it, the app's read fails
+                // (an ASGI request is answered 413 if its response has not started).
+                tracing::warn!(%peer, fcgi_id = id, max_body = max_body.unwrap_or(0), "request body (no CONTENT_LENGTH) over --max-body; the rest is refused (the app's read of the body fails)");
+                feed.too_large();
                 slot.stdin = None;
                 return Step::Go;
             }

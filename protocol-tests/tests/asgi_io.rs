@@ -1,0 +1,370 @@
+//! The ASGI worker's I/O with no thread per wait, with the real binary over raw uwsgi
+//! and FastCGI sockets: responses to front servers that do not read wait on the event
+//! loop (not on threads), FastCGI bodies still arriving are taken on the loop as they
+//! come, and what the review found around them (a streamed body over --max-body, a
+//! refused http.response.start, a message type that is not a str).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::{
+    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, Postern, Spawn,
+};
+
+const APP: &str = r#"
+import asyncio, os, hashlib
+
+DIR = os.environ["ASGI_TEST_DIR"]
+
+def mark(name):
+    with open(os.path.join(DIR, name), "a") as f:
+        f.write("x")
+
+async def read_all(receive):
+    body = b""
+    while True:
+        m = await receive()
+        body += m.get("body", b"")
+        if m["type"] != "http.request" or not m.get("more_body"):
+            return body, m["type"]
+
+async def answer(send, body, status=200):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/hello":
+        await answer(send, b"hello")
+    elif path == "/big":
+        # n chunks of 64 KiB.
+        mark("big")
+        n = int(scope["query_string"] or b"16")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(n * 65536).encode())]})
+        chunk = b"x" * 65536
+        for i in range(n):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < n - 1})
+    elif path == "/small-chunks":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(100):
+            await send({"type": "http.response.body", "body": b"%04d" % i + b"." * 1020, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/sha":
+        mark("sha")
+        body, kind = await read_all(receive)
+        try:
+            await answer(send, ("%d %s %s" % (len(body), hashlib.sha256(body).hexdigest(), kind)).encode())
+        except OSError as e:
+            with open(os.path.join(DIR, "sha-send"), "w") as f:
+                f.write("%s: %s" % (type(e).__name__, e))
+    elif path == "/refused-start":
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\nb")]})
+        except ValueError:
+            await answer(send, b"caught", 500)
+    elif path == "/bytes-type":
+        try:
+            await send({"type": b"http.response.start", "status": 200, "headers": []})
+        except TypeError as e:
+            await answer(send, str(e).encode())
+    else:
+        await answer(send, b"not found", 404)
+"#;
+
+fn serve(dir: &Path, protocol: &'static str, extra: &[&str]) -> Postern {
+    std::fs::write(dir.join("asgi_io_app.py"), APP).unwrap();
+    Spawn::unix(dir, "asgi_io_app:app")
+        .protocol(protocol)
+        .cwd(dir)
+        .env("ASGI_TEST_DIR", dir.to_str().unwrap())
+        .args(["--interface", "asgi", "--loop", "asyncio", "--threads", "1"])
+        .args(extra.iter().copied())
+        .start()
+}
+
+fn vars<'a>(method: &'a str, path: &'a str, query: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("REQUEST_METHOD", method),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", query),
+        ("REQUEST_URI", path),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]
+}
+
+fn uwsgi_req(method: &str, path: &str, query: &str, body: &[u8]) -> Vec<u8> {
+    let len = body.len().to_string();
+    let mut v = vars(method, path, query);
+    if !body.is_empty() {
+        v.push(("CONTENT_LENGTH", &len));
+    }
+    let mut pkt = uwsgi_packet(&v);
+    pkt.extend_from_slice(body);
+    pkt
+}
+
+/// The names of the worker's threads (a single process: postern itself).
+fn threads(p: &Postern) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits until the app has marked `name` `n` times.
+fn wait_marks(dir: &Path, name: &str, n: u64, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let got = std::fs::metadata(dir.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if got >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The STDOUT of FastCGI request 1 from the raw records read.
+fn fcgi_stdout(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while b.len() >= 8 {
+        let len = u16::from_be_bytes([b[4], b[5]]) as usize;
+        let pad = b[6] as usize;
+        if b.len() < 8 + len + pad {
+            break;
+        }
+        if b[1] == fcgi::STDOUT {
+            out.extend_from_slice(&b[8..8 + len]);
+        }
+        b = &b[8 + len + pad..];
+    }
+    out
+}
+
+/// A FastCGI request to `path` whose PARAMS and the first `first` bytes of `body` are
+/// sent now; the caller sends the rest (or not).
+fn fcgi_start(
+    p: &Postern,
+    path: &str,
+    content_length: Option<usize>,
+    first: &[u8],
+) -> Box<dyn protocol_tests::harness::Conn> {
+    let len = content_length.map(|n| n.to_string());
+    let mut v = vars("POST", path, "");
+    if let Some(l) = &len {
+        v.push(("CONTENT_LENGTH", l));
+    }
+    let mut s = p.addr.connect().unwrap();
+    let mut out = fcgi::begin(1, 1, false);
+    out.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+    out.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+    if !first.is_empty() {
+        out.extend(fcgi::record(fcgi::STDIN, 1, first));
+    }
+    s.write_all(&out).unwrap();
+    s
+}
+
+/// Sends the rest of a FastCGI body in records of `piece` bytes, then its end; the
+/// response's STDOUT. Write errors are ignored (postern may answer and close first).
+fn fcgi_finish(mut s: Box<dyn protocol_tests::harness::Conn>, rest: &[u8], piece: usize) -> String {
+    for c in rest.chunks(piece) {
+        if s.write_all(&fcgi::record(fcgi::STDIN, 1, c)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = s.write_all(&fcgi::record(fcgi::STDIN, 1, b""));
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&fcgi_stdout(&out)).into_owned()
+}
+
+#[test]
+fn readers_that_do_not_read_hold_no_thread_and_other_responses_still_flow() {
+    // regression: R8 (review): 70 responses to readers that did not read held all 64
+    // of the worker's I/O threads in blocking writes; a spooled upload then got no
+    // answer and a 71st stream to a reader that reads stalled.
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &["--body-spool-threshold", "64K"]);
+    assert_eq!(
+        parse_http(&p.raw(&uwsgi_req("GET", "/hello", "", b"")))
+            .unwrap()
+            .body,
+        b"hello"
+    );
+    let before = threads(&p);
+    // 80 streams of 64 MiB to readers that never read.
+    let stuck: Vec<_> = (0..80)
+        .map(|_| {
+            let mut s = p.addr.connect().unwrap();
+            s.write_all(&uwsgi_req("GET", "/big", "1024", b"")).unwrap();
+            s
+        })
+        .collect();
+    assert!(wait_marks(dir.path(), "big", 80, 20), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    // Their writes wait on the event loop: no thread each (there were 64 before).
+    let waiting = threads(&p);
+    assert!(
+        waiting.len() <= before.len() + 2,
+        "threads {before:?} -> {waiting:?}"
+    );
+    // An 81st stream to a reader that reads arrives whole.
+    let out = p.raw(&uwsgi_req("GET", "/big", "128", b""));
+    let r = parse_http(&out).expect("a whole response");
+    assert_eq!(r.body.len(), 128 * 65536);
+    // A spooled upload (read from its file off the loop) is answered.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = parse_http(&p.raw(&uwsgi_req("POST", "/sha", "", &body))).unwrap();
+    assert_eq!(
+        r.text(),
+        format!("3000000 {} http.request", sha256_hex(&body))
+    );
+    // Python threads (their OS name is the loop thread's): the loop, and the one or
+    // two that read the spooled body from its file.
+    let after = threads(&p);
+    let python = after
+        .iter()
+        .filter(|n| n.starts_with("python-asgi"))
+        .count();
+    assert!(python <= 3, "threads {before:?} -> {after:?}");
+    drop(stuck);
+    assert!(p.wait_log("client went away", 10), "{}", p.logs());
+}
+
+#[test]
+fn small_chunks_sent_without_a_pause_arrive_whole_and_in_order() {
+    // The chunks an app sends before it next waits are coalesced into one buffer (an
+    // earlier attempt at writes from the loop made 101 sends of 100 chunks; the count
+    // is measured by benches/instructions.py): they still arrive whole and in order.
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let out = p.raw(&uwsgi_req("GET", "/small-chunks", "", b""));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.body.len(), 100 * 1024);
+    assert!(r.body.starts_with(b"0000.") && r.body[99 * 1024..].starts_with(b"0099."));
+    // Sent whole: the body is every chunk in order.
+    for (i, c) in r.body.chunks(1024).enumerate() {
+        assert!(c.starts_with(format!("{i:04}").as_bytes()), "chunk {i}");
+    }
+}
+
+#[test]
+fn stalled_fastcgi_uploads_hold_no_thread_and_others_are_answered() {
+    // regression: R8b (review): a FastCGI body still arriving was read by a blocking
+    // read on one of 64 I/O threads; 70 uploads that stalled took them all, and a
+    // further upload got no answer.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &[]);
+    let before = threads(&p);
+    let stalled: Vec<_> = (0..80)
+        .map(|_| fcgi_start(&p, "/sha", Some(30000), &[b'a'; 100]))
+        .collect();
+    assert!(wait_marks(dir.path(), "sha", 80, 20), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    // An upload whose body arrives in pieces (streamed to the app) is answered.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let s = fcgi_start(&p, "/sha", Some(body.len()), &body[..1000]);
+    std::thread::sleep(Duration::from_millis(50));
+    let out = fcgi_finish(s, &body[1000..], 16 * 1024);
+    assert!(
+        out.ends_with(&format!("200000 {} http.request", sha256_hex(&body))),
+        "{out}\n{}",
+        p.logs()
+    );
+    let after = threads(&p);
+    assert!(
+        after.len() <= before.len() + 1,
+        "threads {before:?} -> {after:?}"
+    );
+    // And a stalled one that goes on is answered whole.
+    let mut stalled = stalled;
+    let first = stalled.pop().unwrap();
+    let out = fcgi_finish(first, &[b'b'; 29900], 8000);
+    let mut whole = vec![b'a'; 100];
+    whole.extend([b'b'; 29900]);
+    assert!(
+        out.ends_with(&format!("30000 {} http.request", sha256_hex(&whole))),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_streamed_fastcgi_body_over_max_body_is_answered_413() {
+    // regression: R10 (review): a FastCGI body sent without CONTENT_LENGTH that passed
+    // --max-body reached the app as a false http.disconnect mid-body, and the app
+    // could answer 200; the warning spoke of wsgi.input.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &["--max-body", "100000"]);
+    let body = vec![b'z'; 300_000];
+    let s = fcgi_start(&p, "/sha", None, &body[..8000]);
+    let out = fcgi_finish(s, &body[8000..], 8000);
+    assert!(out.starts_with("Status: 413"), "{out}\n{}", p.logs());
+    assert!(
+        p.wait_log("over --max-body; answered 413", 5),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log("status=413", 5), "{}", p.logs());
+    // The app's send() after it raised an OSError, quietly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.path().join("sha-send").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = std::fs::read_to_string(dir.path().join("sha-send")).unwrap_or_default();
+    assert!(
+        said.starts_with("ClientDisconnected: ") && said.contains("413"),
+        "{said}"
+    );
+    let logs = p.logs();
+    assert!(!logs.contains("wsgi.input"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+}
+
+#[test]
+fn a_refused_start_is_logged_in_the_request_span() {
+    // regression: R12 (review): a refused http.response.start was only raised to the
+    // app; an app that caught it left no trace in the log.
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = parse_http(&p.raw(&uwsgi_req("GET", "/refused-start", "", b""))).unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (500, &b"caught"[..]));
+    assert!(p.wait_log("status=500", 5), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("http.response.start refused"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains("ERROR") && line.contains("request{request_id="),
+        "{line}"
+    );
+    assert!(line.contains("path=/refused-start"), "{line}");
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("http.response.start refused"))
+        .count();
+    assert_eq!(lines, 1, "{logs}");
+}
+
+#[test]
+fn a_message_type_that_is_not_a_str_is_named_so() {
+    // regression: R13 (review): send({"type": b"..."}) raised pyo3's cast message.
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = parse_http(&p.raw(&uwsgi_req("GET", "/bytes-type", "", b""))).unwrap();
+    assert_eq!(r.text(), "the message's 'type' must be a str, not bytes");
+}

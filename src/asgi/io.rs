@@ -1,0 +1,266 @@
+//! Response bytes waiting for the socket, written from the loop thread with no thread
+//! per wait (a response whose sink has a socket of its own: uwsgi, SCGI, FastCGI
+//! without keep-conn): [`Out`] keeps them in order, and the loop's `add_writer` says
+//! when the socket has room again. Also the loop's wake-up for request bodies that
+//! arrive while the app runs ([`BodyWakes`]): the server layer's thread only pushes an
+//! id and writes an eventfd, never the GIL.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::wsgi::Sink;
+
+/// Requests whose sink learns on another thread that the front server went away
+/// (FastCGI: the server layer reads the connection): their ids, and an eventfd the
+/// loop watches. The other thread only pushes an id and writes the eventfd (never
+/// the GIL).
+pub struct GoneQueue {
+    pub fd: std::os::fd::OwnedFd,
+    ids: Mutex<Vec<u64>>,
+}
+
+impl GoneQueue {
+    pub fn new() -> std::io::Result<Arc<GoneQueue>> {
+        use rustix::event::EventfdFlags;
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Arc::new(GoneQueue {
+            fd,
+            ids: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn push(&self, id: u64) {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// The ids pushed since the last call (the eventfd was readable).
+    pub fn take(&self) -> Vec<u64> {
+        let mut n = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut n);
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A chunk at least this large is kept as the app's own `bytes` until it is sent,
+/// never copied; smaller ones are copied into one buffer, so the chunks an app sends
+/// while the socket is busy leave together in one send.
+pub const KEEP_OBJECT: usize = 64 * 1024;
+
+/// Past this many bytes waiting, `await send(...)` waits (backpressure) until the
+/// socket has taken all but [`LOW`] of them.
+pub const HIGH: usize = 256 * 1024;
+
+/// See [`HIGH`].
+pub const LOW: usize = 64 * 1024;
+
+/// Slices per send: well under IOV_MAX (1024).
+const IOVS: usize = 64;
+
+/// One part of a response, in order.
+enum Piece {
+    /// Bytes of postern's (a head) and copied small chunks.
+    Owned(Vec<u8>),
+    /// The app's `bytes`, its first `len` bytes (less when a Content-Length cut it).
+    Object(Py<PyBytes>, usize),
+    /// A file (`http.response.pathsend`), its next offset and its end.
+    File(std::fs::File, u64, u64),
+}
+
+/// What a response still has to write, in order.
+#[derive(Default)]
+pub struct Out {
+    pieces: VecDeque<Piece>,
+    /// Bytes of the front piece already sent.
+    front_sent: usize,
+    /// Bytes in memory waiting (files not counted: they are not in memory).
+    queued: usize,
+}
+
+impl Out {
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Bytes in memory waiting for the socket.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Copies `data` after what waits (into the last buffer when there is one).
+    pub fn push_copy(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.queued += data.len();
+        if let Some(Piece::Owned(v)) = self.pieces.back_mut() {
+            v.extend_from_slice(data);
+            return;
+        }
+        self.pieces.push_back(Piece::Owned(data.to_vec()));
+    }
+
+    pub fn push_vec(&mut self, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        if matches!(self.pieces.back(), Some(Piece::Owned(_))) {
+            return self.push_copy(&data);
+        }
+        self.queued += data.len();
+        self.pieces.push_back(Piece::Owned(data));
+    }
+
+    /// Keeps the first `len` bytes of the app's `bytes` to send, without a copy.
+    pub fn push_object(&mut self, b: Py<PyBytes>, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.queued += len;
+        self.pieces.push_back(Piece::Object(b, len));
+    }
+
+    pub fn push_file(&mut self, f: std::fs::File, len: u64) {
+        if len > 0 {
+            self.pieces.push_back(Piece::File(f, 0, len));
+        }
+    }
+
+    /// Drops what waits (the response is cut).
+    pub fn clear(&mut self) {
+        self.pieces.clear();
+        self.front_sent = 0;
+        self.queued = 0;
+    }
+
+    /// Writes what the socket takes now, in order. `Ok(true)`: all of it is out.
+    pub fn write(&mut self, py: Python<'_>, sink: &mut dyn Sink) -> io::Result<bool> {
+        loop {
+            match self.pieces.front_mut() {
+                None => return Ok(true),
+                Some(Piece::File(f, off, end)) => {
+                    let n = sink.try_send_file(f, *off, *end - *off)?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    *off += n as u64;
+                    if *off >= *end {
+                        self.pieces.pop_front();
+                    }
+                }
+                Some(_) => {
+                    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(4);
+                    let mut total = 0;
+                    for (i, p) in self.pieces.iter().enumerate().take(IOVS) {
+                        let skip = if i == 0 { self.front_sent } else { 0 };
+                        let b: &[u8] = match p {
+                            Piece::Owned(v) => v,
+                            Piece::Object(o, len) => &o.as_bytes(py)[..*len],
+                            Piece::File(..) => break,
+                        };
+                        total += b.len() - skip;
+                        iov.push(IoSlice::new(&b[skip..]));
+                    }
+                    let n = sink.try_write_vectored(&iov)?;
+                    drop(iov);
+                    self.advance(n);
+                    if n < total {
+                        // The socket is full (or took part): wait for room.
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `n` bytes of the memory pieces at the front were sent.
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let len = match self.pieces.front() {
+                Some(Piece::Owned(v)) => v.len(),
+                Some(Piece::Object(_, len)) => *len,
+                _ => return,
+            };
+            let left = len - self.front_sent;
+            if n < left {
+                self.front_sent += n;
+                return;
+            }
+            n -= left;
+            self.front_sent = 0;
+            self.pieces.pop_front();
+        }
+    }
+}
+
+/// The loop's methods for waiting on sockets and for later calls, looked up once, and
+/// the body wake-ups: one per loop thread.
+pub struct LoopIo {
+    pub add_writer: Py<PyAny>,
+    pub remove_writer: Py<PyAny>,
+    pub call_soon: Py<PyAny>,
+    pub call_later: Py<PyAny>,
+    /// Bodies that have more to take: the ids the server layer pushed.
+    pub bodies: Arc<GoneQueue>,
+    /// The requests waiting for more of their body, by id: what to call then.
+    pub body_waiting: RefCell<HashMap<u64, Py<PyAny>>>,
+    pub next_id: Cell<u64>,
+}
+
+thread_local! {
+    static LOOP_IO: OnceCell<Rc<LoopIo>> = const { OnceCell::new() };
+}
+
+/// This loop thread's [`LoopIo`], made on first use (the eventfd joins the loop then).
+pub fn loop_io(event_loop: &Bound<'_, PyAny>) -> PyResult<Rc<LoopIo>> {
+    if let Some(io) = LOOP_IO.with(|c| c.get().cloned()) {
+        return Ok(io);
+    }
+    let py = event_loop.py();
+    let get = |name: &str| -> PyResult<Py<PyAny>> { Ok(event_loop.getattr(name)?.unbind()) };
+    let io = Rc::new(LoopIo {
+        add_writer: get("add_writer")?,
+        remove_writer: get("remove_writer")?,
+        call_soon: get("call_soon")?,
+        call_later: get("call_later")?,
+        bodies: GoneQueue::new()?,
+        body_waiting: RefCell::new(HashMap::new()),
+        next_id: Cell::new(0),
+    });
+    event_loop.call_method1(
+        "add_reader",
+        (io.bodies.fd.as_raw_fd(), Bound::new(py, BodyWakes)?),
+    )?;
+    LOOP_IO.with(|c| {
+        let _ = c.set(Rc::clone(&io));
+    });
+    Ok(io)
+}
+
+/// The loop's reader of the body eventfd: hands each woken request its chunks.
+#[pyclass(module = "postern", name = "BodyWakes", frozen)]
+struct BodyWakes;
+
+#[pymethods]
+impl BodyWakes {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(io) = LOOP_IO.with(|c| c.get().cloned()) else {
+            return Ok(());
+        };
+        for id in io.bodies.take() {
+            let woken = io.body_waiting.borrow().get(&id).map(|e| e.clone_ref(py));
+            if let Some(woken) = woken {
+                woken.bind(py).call0()?;
+            }
+        }
+        Ok(())
+    }
+}
