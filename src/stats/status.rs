@@ -433,6 +433,56 @@ mod tests {
     }
 
     #[test]
+    fn an_asgi_worker_shows_its_oldest_tasks_and_counts_all() {
+        let mut s = crate::stats::tests::sample();
+        let task = |path: &str, secs| {
+            Some(crate::stats::Current {
+                method: "GET".into(),
+                path: path.into(),
+                protocol: crate::codec::Protocol::Uwsgi,
+                age: Duration::from_secs(secs),
+            })
+        };
+        let w = &mut s.workers[0];
+        w.threads = vec![task("/newer", 1), None, task("/oldest", 3)];
+        w.tasks = Some(crate::stats::Tasks {
+            in_flight: 20,
+            max_concurrency: 1000,
+        });
+        let j: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        let w = &j["workers"][0];
+        assert_eq!(
+            (
+                &w["interface"],
+                &w["tasks_in_flight"],
+                &w["max_concurrency"]
+            ),
+            (&"asgi".into(), &20.into(), &1000.into())
+        );
+        let paths: Vec<&str> = w["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/oldest", "/newer"]);
+        assert_eq!(j["requests_in_flight"], 20);
+        assert_eq!(
+            (&j["threads_busy"], &j["threads_idle"]),
+            (&20.into(), &980.into())
+        );
+        let t = text(&s);
+        assert!(
+            t.contains("… 18 newer tasks not shown (20 in flight, the oldest 2 above)"),
+            "{t}"
+        );
+        assert!(
+            t.find("/oldest").unwrap() < t.find("/newer").unwrap(),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn spans() {
         assert_eq!(span(Duration::from_secs(12)), "12s");
         assert_eq!(span(Duration::from_secs(303)), "5m03s");
