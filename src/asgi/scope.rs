@@ -90,8 +90,160 @@ pub fn build<'py>(
     })
 }
 
-/// The dict for `s`.
+/// The dict for `s`: a copy of this thread's previous scope with what differs replaced
+/// ([`LastScope`]), or built key by key when there is none yet (or it cannot be borrowed).
 fn fill<'py>(
+    py: Python<'py>,
+    s: &Scope<'_>,
+    state: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    LAST_SCOPE.with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => match last.as_mut() {
+            Some(l) if l.with_state == state.is_some() => l.refill(py, s, state),
+            _ => {
+                let d = fresh(py, s, state)?;
+                *last = Some(LastScope::keep(&d, s, state.is_some())?);
+                Ok(d)
+            }
+        },
+        // Only if building a scope ever ran inside another on this thread.
+        Err(_) => fresh(py, s, state),
+    })
+}
+
+/// Keys whose values are new for every request (an app may change what it is given):
+/// the `asgi` and `extensions` dicts, the headers list and the state copy.
+const PER_REQUEST: [&str; 4] = ["asgi", "headers", "state", "extensions"];
+
+/// The scope's immutable values (`str`, `bytes`, tuples, ints) of the previous request
+/// on this thread, in a private dict that is never handed out, with what they were made
+/// from. Most of them repeat request after request behind one front server (the method,
+/// the path, the server, the scheme…): a request copies the dict (CPython copies a
+/// compact table in one block) and replaces only the values that differ, and the four
+/// [`PER_REQUEST`] ones, instead of inserting fourteen keys.
+struct LastScope {
+    dict: Py<PyDict>,
+    with_state: bool,
+    http_version: &'static str,
+    method: Vec<u8>,
+    scheme: &'static str,
+    path: String,
+    raw_path: Option<Vec<u8>>,
+    query_string: Vec<u8>,
+    root_path: String,
+    client: Option<(Vec<u8>, u16)>,
+    server: (Vec<u8>, Option<u16>),
+}
+
+thread_local! {
+    static LAST_SCOPE: std::cell::RefCell<Option<LastScope>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl LastScope {
+    /// Keeps `d` (just built by [`fresh`]) as the next requests' starting point.
+    fn keep(d: &Bound<'_, PyDict>, s: &Scope<'_>, with_state: bool) -> PyResult<LastScope> {
+        let py = d.py();
+        let dict = copy_dict(d)?;
+        // The private copy holds no object of this request's app that it could change.
+        for k in PER_REQUEST {
+            if dict.contains(k)? {
+                dict.set_item(k, py.None())?;
+            }
+        }
+        Ok(LastScope {
+            dict: dict.unbind(),
+            with_state,
+            http_version: s.http_version,
+            method: s.method.to_vec(),
+            scheme: s.scheme,
+            path: s.path.to_string(),
+            raw_path: s.raw_path.map(<[u8]>::to_vec),
+            query_string: s.query_string.to_vec(),
+            root_path: s.root_path.to_string(),
+            client: s.client.map(|(a, p)| (a.to_vec(), p)),
+            server: (s.server.0.to_vec(), s.server.1),
+        })
+    }
+
+    /// The scope for `s`, from the previous one.
+    fn refill<'py>(
+        &mut self,
+        py: Python<'py>,
+        s: &Scope<'_>,
+        state: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let kept = self.dict.bind(py);
+        let d = copy_dict(kept)?;
+        // A value that differs from the previous request's: in this scope and in the
+        // kept one (the next request likely repeats it).
+        let set = |key: &Bound<'py, PyString>, value: Bound<'py, PyAny>| -> PyResult<()> {
+            d.set_item(key, &value)?;
+            kept.set_item(key, value)
+        };
+        if self.http_version != s.http_version {
+            set(intern!(py, "http_version"), http_version(py, s).into_any())?;
+            self.http_version = s.http_version;
+        }
+        if self.method != s.method {
+            set(intern!(py, "method"), method(py, s.method).into_any())?;
+            self.method = s.method.to_vec();
+        }
+        if self.scheme != s.scheme {
+            set(intern!(py, "scheme"), scheme(py, s).into_any())?;
+            self.scheme = s.scheme;
+        }
+        if self.path != s.path {
+            set(intern!(py, "path"), PyString::new(py, &s.path).into_any())?;
+            self.path = s.path.to_string();
+        }
+        if self.raw_path.as_deref() != s.raw_path {
+            set(intern!(py, "raw_path"), raw_path(py, s))?;
+            self.raw_path = s.raw_path.map(<[u8]>::to_vec);
+        }
+        if self.query_string != s.query_string {
+            set(
+                intern!(py, "query_string"),
+                PyBytes::new(py, s.query_string).into_any(),
+            )?;
+            self.query_string = s.query_string.to_vec();
+        }
+        if self.root_path != s.root_path {
+            set(intern!(py, "root_path"), root_path(py, s).into_any())?;
+            self.root_path = s.root_path.to_string();
+        }
+        if self.client.as_ref().map(|(a, p)| (a.as_slice(), *p)) != s.client {
+            set(intern!(py, "client"), client(py, s)?)?;
+            self.client = s.client.map(|(a, p)| (a.to_vec(), p));
+        }
+        if (self.server.0.as_slice(), self.server.1) != s.server {
+            set(intern!(py, "server"), server(py, s)?)?;
+            self.server = (s.server.0.to_vec(), s.server.1);
+        }
+        d.set_item(intern!(py, "asgi"), asgi(py)?)?;
+        d.set_item(intern!(py, "headers"), headers(py, s)?)?;
+        if let Some(state) = state {
+            d.set_item(intern!(py, "state"), state.copy()?)?;
+        }
+        d.set_item(intern!(py, "extensions"), extensions(py)?)?;
+        Ok(d)
+    }
+}
+
+/// A new dict with the entries of `d` (CPython copies a compact dict's table in one block).
+fn copy_dict<'py>(d: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    // SAFETY: `d` is a dict; PyDict_Copy returns a new reference to a new dict, or NULL
+    // with an exception set.
+    unsafe {
+        Ok(
+            Bound::from_owned_ptr_or_err(d.py(), ffi::PyDict_Copy(d.as_ptr()))?
+                .cast_into_unchecked(),
+        )
+    }
+}
+
+/// The scope dict built key by key, in the scope's key order.
+fn fresh<'py>(
     py: Python<'py>,
     s: &Scope<'_>,
     state: Option<&Bound<'py, PyDict>>,
@@ -103,76 +255,108 @@ fn fill<'py>(
             .cast_into_unchecked::<PyDict>()
     };
     d.set_item(intern!(py, "type"), intern!(py, "http"))?;
-    // A new dict each request: an app may change what it is given.
-    let asgi = PyDict::new(py);
-    asgi.set_item(
-        intern!(py, "version"),
-        intern!(py, proto_asgi::ASGI_VERSION),
-    )?;
-    asgi.set_item(
-        intern!(py, "spec_version"),
-        intern!(py, proto_asgi::SPEC_VERSION),
-    )?;
-    d.set_item(intern!(py, "asgi"), asgi)?;
-    let version = match s.http_version {
-        "1.0" => intern!(py, "1.0"),
-        "2" => intern!(py, "2"),
-        "3" => intern!(py, "3"),
-        _ => intern!(py, "1.1"),
-    };
-    d.set_item(intern!(py, "http_version"), version)?;
+    d.set_item(intern!(py, "asgi"), asgi(py)?)?;
+    d.set_item(intern!(py, "http_version"), http_version(py, s))?;
     d.set_item(intern!(py, "method"), method(py, s.method))?;
-    let scheme = match s.scheme {
-        "https" => intern!(py, "https"),
-        _ => intern!(py, "http"),
-    };
-    d.set_item(intern!(py, "scheme"), scheme)?;
+    d.set_item(intern!(py, "scheme"), scheme(py, s))?;
     d.set_item(intern!(py, "path"), PyString::new(py, &s.path))?;
-    match s.raw_path {
-        Some(raw) => d.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw))?,
-        None => d.set_item(intern!(py, "raw_path"), py.None())?,
-    }
+    d.set_item(intern!(py, "raw_path"), raw_path(py, s))?;
     d.set_item(
         intern!(py, "query_string"),
         PyBytes::new(py, s.query_string),
     )?;
-    if s.root_path.is_empty() {
-        d.set_item(intern!(py, "root_path"), intern!(py, ""))?;
-    } else {
-        d.set_item(intern!(py, "root_path"), PyString::new(py, &s.root_path))?;
-    }
+    d.set_item(intern!(py, "root_path"), root_path(py, s))?;
     d.set_item(intern!(py, "headers"), headers(py, s)?)?;
-    match s.client {
-        Some((addr, port)) => d.set_item(
-            intern!(py, "client"),
-            PyTuple::new(
-                py,
-                [
-                    latin1(py, addr).into_any(),
-                    port.into_pyobject(py)?.into_any(),
-                ],
-            )?,
-        )?,
-        None => d.set_item(intern!(py, "client"), py.None())?,
+    d.set_item(intern!(py, "client"), client(py, s)?)?;
+    d.set_item(intern!(py, "server"), server(py, s)?)?;
+    if let Some(state) = state {
+        d.set_item(intern!(py, "state"), state.copy()?)?;
     }
+    d.set_item(intern!(py, "extensions"), extensions(py)?)?;
+    Ok(d)
+}
+
+/// `asgi`: a new dict each request (an app may change what it is given), copied from
+/// one made once (a copy costs less than two insertions).
+fn asgi(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    static ASGI: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    let template = ASGI.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        let asgi = PyDict::new(py);
+        asgi.set_item(
+            intern!(py, "version"),
+            intern!(py, proto_asgi::ASGI_VERSION),
+        )?;
+        asgi.set_item(
+            intern!(py, "spec_version"),
+            intern!(py, proto_asgi::SPEC_VERSION),
+        )?;
+        Ok(asgi.unbind())
+    })?;
+    copy_dict(template.bind(py))
+}
+
+/// `extensions`: what the send path supports beyond the base spec (a new dict each
+/// request, as for `asgi`).
+fn extensions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+    Ok(extensions)
+}
+
+fn http_version<'py>(py: Python<'py>, s: &Scope<'_>) -> Bound<'py, PyString> {
+    match s.http_version {
+        "1.0" => intern!(py, "1.0"),
+        "2" => intern!(py, "2"),
+        "3" => intern!(py, "3"),
+        _ => intern!(py, "1.1"),
+    }
+    .clone()
+}
+
+fn scheme<'py>(py: Python<'py>, s: &Scope<'_>) -> Bound<'py, PyString> {
+    match s.scheme {
+        "https" => intern!(py, "https"),
+        _ => intern!(py, "http"),
+    }
+    .clone()
+}
+
+fn raw_path<'py>(py: Python<'py>, s: &Scope<'_>) -> Bound<'py, PyAny> {
+    match s.raw_path {
+        Some(raw) => PyBytes::new(py, raw).into_any(),
+        None => py.None().into_bound(py),
+    }
+}
+
+fn root_path<'py>(py: Python<'py>, s: &Scope<'_>) -> Bound<'py, PyString> {
+    if s.root_path.is_empty() {
+        intern!(py, "").clone()
+    } else {
+        PyString::new(py, &s.root_path)
+    }
+}
+
+fn client<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match s.client {
+        Some((addr, port)) => PyTuple::new(
+            py,
+            [
+                latin1(py, addr).into_any(),
+                port.into_pyobject(py)?.into_any(),
+            ],
+        )?
+        .into_any(),
+        None => py.None().into_bound(py),
+    })
+}
+
+fn server<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
     let (name, port) = s.server;
     let port = match port {
         Some(p) => p.into_pyobject(py)?.into_any(),
         None => py.None().into_bound(py),
     };
-    d.set_item(
-        intern!(py, "server"),
-        PyTuple::new(py, [latin1(py, name).into_any(), port])?,
-    )?;
-    if let Some(state) = state {
-        d.set_item(intern!(py, "state"), state.copy()?)?;
-    }
-    // What the send path supports beyond the base spec (a new dict each request, as
-    // for `asgi`).
-    let extensions = PyDict::new(py);
-    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
-    d.set_item(intern!(py, "extensions"), extensions)?;
-    Ok(d)
+    Ok(PyTuple::new(py, [latin1(py, name).into_any(), port])?.into_any())
 }
 
 /// `method`: the common ones shared, others decoded as latin-1 (a method is an ASCII
@@ -236,11 +420,13 @@ fn headers_with<'py>(
             })
             .collect()
     });
-    let n = s.header_count();
+    // One pass over the variables (counting them first was a second one).
+    let hs: Vec<_> = s.headers().collect();
+    let n = hs.len();
     // SAFETY: with the GIL held; a new list of `n` NULL slots, or NULL with an exception.
     let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))? };
     let mut filled = 0;
-    for (i, h) in s.headers().enumerate().take(n) {
+    for (i, h) in hs.into_iter().enumerate() {
         let k = h
             .known
             .filter(|&k| known[usize::from(k)].is_some())
@@ -285,9 +471,8 @@ fn headers_with<'py>(
         unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, pair.into_ptr()) };
         filled += 1;
     }
-    // `headers()` yields the same items each time, so every slot is set; a list with a
-    // NULL slot must never reach Python.
-    assert_eq!(filled, n, "header count changed between two passes");
+    // Every slot is set (a list with a NULL slot must never reach Python).
+    assert_eq!(filled, n, "a header slot left unset");
     Ok(list)
 }
 
@@ -511,8 +696,70 @@ mod tests {
         });
     }
 
+    /// The variables nginx sends, each with one of two or three values, so that two
+    /// requests share some values and differ in others.
+    fn usual_vars() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
+        let one = |k: &'static str, vs: &'static [&'static str]| {
+            proptest::sample::select(vs).prop_map(move |v| (k, v))
+        };
+        (
+            one("REQUEST_METHOD", &["GET", "POST", "HEAD"]),
+            one("PATH_INFO", &["/", "/app/a", "/caf\u{e9}"]),
+            one("REQUEST_URI", &["/", "/app/a?x=1", "/caf%C3%A9"]),
+            one("QUERY_STRING", &["", "x=1"]),
+            one("SERVER_PROTOCOL", &["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"]),
+            one("REQUEST_SCHEME", &["http", "https"]),
+            one("REMOTE_ADDR", &["127.0.0.1", "::1"]),
+            one("REMOTE_PORT", &["51234", "51235"]),
+            one("SERVER_NAME", &["", "example.test"]),
+            one("SERVER_PORT", &["80", "443"]),
+        )
+            .prop_map(|(a, b, c, d, e, f, g, h, i, j)| vec![a, b, c, d, e, f, g, h, i, j])
+    }
+
     proptest! {
         #![proptest_config(config(64))]
+
+        /// A scope made from the previous one on the thread ([`LastScope`]) is the scope
+        /// built key by key: the same keys in the same order, the same values.
+        #[test]
+        fn props_a_scope_refilled_from_the_last_one_equals_a_fresh_one(
+            first in (usual_vars(), cgi_pairs()), second in (usual_vars(), cgi_pairs()),
+            state in any::<bool>()
+        ) {
+            python();
+            let borrow = |(usual, p): &(Vec<(&'static str, &'static str)>, Pairs)| -> Vec<(Vec<u8>, Vec<u8>)> {
+                usual.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .chain(p.iter().map(|(k, v)| (k.to_vec(), v.to_vec()))).collect()
+            };
+            let (first, second) = (borrow(&first), borrow(&second));
+            let as_head = |p: &[(Vec<u8>, Vec<u8>)]| {
+                let b: Vec<(&[u8], &[u8])> = p.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                head(&b)
+            };
+            let l = listener(Protocol::Uwsgi);
+            let mounts = [b"/app".to_vec()];
+            Python::attach(|py| -> Result<(), TestCaseError> {
+                let st = PyDict::new(py);
+                st.set_item("k", 1).unwrap();
+                let st = state.then_some(&st);
+                let _ = build(py, &as_head(&first), &l, &mounts, st);
+                let refilled = build(py, &as_head(&second), &l, &mounts, st);
+                LAST_SCOPE.with(|last| last.borrow_mut().take());
+                let fresh = build(py, &as_head(&second), &l, &mounts, st);
+                match (refilled, fresh) {
+                    (Ok(a), Ok(b)) => {
+                        prop_assert!(a.eq(&b).unwrap(), "{} != {}", a.repr().unwrap(), b.repr().unwrap());
+                        let (ka, kb): (Vec<String>, Vec<String>) =
+                            (a.keys().extract().unwrap(), b.keys().extract().unwrap());
+                        prop_assert_eq!(ka, kb);
+                    }
+                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
+                }
+                Ok(())
+            })?;
+        }
 
         /// Any variables: a scope or a 400, never a panic; the headers a list of pairs of
         /// bytes, the path a `str` starting with root_path.
