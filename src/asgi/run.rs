@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use super::http::{Ctx, Exchange, Ready};
 use super::lifespan::{self, Lifespan};
@@ -238,7 +238,7 @@ fn serve(
             mounts: settings.mounts.clone(),
             ctx: Rc::clone(&ctx),
             state: lifespan.state(py).map(Bound::unbind),
-            create_task: get("create_task")?,
+            spawn: Spawn::new(py, event_loop)?,
             serve: PyModule::from_code(py, SERVE, c"postern_asgi.py", c"postern_asgi")?
                 .getattr("serve")?
                 .unbind(),
@@ -293,7 +293,8 @@ struct Driver {
     ctx: Rc<Ctx>,
     /// What lifespan startup stored: each scope gets a shallow copy.
     state: Option<Py<PyDict>>,
-    create_task: Py<PyAny>,
+    /// Starts the requests' tasks.
+    spawn: Spawn,
     /// `SERVE`'s coroutine function.
     serve: Py<PyAny>,
     call_later: Py<PyAny>,
@@ -445,7 +446,6 @@ impl Driver {
         let scope = scope::build(py, &req.head, &req.listener, &me.mounts, state.as_ref());
         drop(entered);
         let app = me.app.clone_ref(py);
-        let create_task = me.create_task.clone_ref(py);
         let serve = me.serve.clone_ref(py);
         let ctx = Rc::clone(&me.ctx);
         drop(me);
@@ -476,7 +476,7 @@ impl Driver {
             let coro = app.bind(py).call1((scope, receive, send))?;
             let done = exchange.getattr(intern!(py, "_done"))?;
             let coro = serve.bind(py).call1((coro, done))?;
-            create_task.bind(py).call1((coro,))?;
+            slf.borrow().spawn.task(coro)?;
             Ok(())
         })();
         if let Err(e) = started {
@@ -608,3 +608,59 @@ impl Driver {
         }
     }
 }
+
+/// Starts a request's task. Without a task factory on the loop (an app may set one),
+/// `asyncio.Task(coro, loop=loop, name=...)` is called directly, through vectorcall:
+/// the loop's `create_task` would add its own call (uvloop's) or a Python frame
+/// (asyncio's), and an unnamed Task formats a `Task-N` name per request on Python 3.11
+/// (a request's task is named by its exchange in the `--timeout` dump, not by this).
+struct Spawn {
+    /// `asyncio.Task` (the C `_asyncio.Task`).
+    task: Py<PyAny>,
+    event_loop: Py<PyAny>,
+    get_task_factory: Py<PyAny>,
+    create_task: Py<PyAny>,
+    /// `("loop", "name")`.
+    kwnames: Py<PyTuple>,
+    name: Py<PyString>,
+}
+
+impl Spawn {
+    fn new(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Spawn> {
+        Ok(Spawn {
+            task: py.import("asyncio")?.getattr("Task")?.unbind(),
+            event_loop: event_loop.clone().unbind(),
+            get_task_factory: event_loop.getattr("get_task_factory")?.unbind(),
+            create_task: event_loop.getattr("create_task")?.unbind(),
+            kwnames: PyTuple::new(py, [intern!(py, "loop"), intern!(py, "name")])?.unbind(),
+            name: PyString::intern(py, TASK_NAME).unbind(),
+        })
+    }
+
+    fn task(&self, coro: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = coro.py();
+        if !self.get_task_factory.bind(py).call0()?.is_none() {
+            self.create_task.bind(py).call1((coro,))?;
+            return Ok(());
+        }
+        let args = [coro.as_ptr(), self.event_loop.as_ptr(), self.name.as_ptr()];
+        // SAFETY: with the GIL held; `args` holds one positional argument and the two
+        // keyword values named by `kwnames`, all borrowed for the call; the result is a
+        // new reference (dropped here: the loop holds the task) or NULL with an exception.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyObject_Vectorcall(
+                    self.task.as_ptr(),
+                    args.as_ptr(),
+                    1,
+                    self.kwnames.as_ptr(),
+                ),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The name of every request's task (`asyncio.current_task().get_name()`).
+const TASK_NAME: &str = "postern-request";

@@ -1,0 +1,73 @@
+//! How a request's task is started (src/asgi/run.rs `Spawn`): the C `asyncio.Task`
+//! called directly when the loop has no task factory, the loop's `create_task` (so the
+//! app's factory) when it has one. Either way the app runs in a real asyncio task of
+//! the running loop (anyio, under Starlette and FastAPI, needs `current_task()`).
+
+use std::path::Path;
+
+use protocol_tests::harness::{parse_http, tempdir, uwsgi_packet, Postern, Spawn};
+
+const APP: &str = r#"
+import asyncio
+
+MADE = []
+
+def factory(loop, coro, **kw):
+    MADE.append(1)
+    return asyncio.Task(coro, loop=loop, **kw)
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    loop = asyncio.get_running_loop()
+    if scope["path"] == "/factory":
+        loop.set_task_factory(factory)
+    elif scope["path"] == "/no-factory":
+        loop.set_task_factory(None)
+    task = asyncio.current_task()
+    body = "%s %s %s %d" % (type(task).__name__, task.get_loop() is loop,
+                            task in asyncio.all_tasks(loop), len(MADE))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body.encode()})
+"#;
+
+fn serve(dir: &Path, event_loop: &str) -> Postern {
+    std::fs::write(dir.join("asgi_task_app.py"), APP).unwrap();
+    Spawn::tcp(dir, "asgi_task_app:app")
+        .cwd(dir)
+        .args(["--interface", "asgi", "--loop", event_loop])
+        .start()
+}
+
+fn get(p: &Postern, path: &str) -> String {
+    let out = p.raw(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", path),
+        ("REQUEST_URI", path),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]));
+    let r = parse_http(&out).expect("a response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+#[test]
+fn a_request_runs_in_an_asyncio_task_of_the_loop_and_an_app_task_factory_is_used() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "asyncio");
+    // No factory: a real asyncio.Task of the running loop, registered with it.
+    assert_eq!(get(&p, "/"), "Task True True 0");
+    // The app sets a factory during a request: the next requests' tasks come from it.
+    assert_eq!(get(&p, "/factory"), "Task True True 0");
+    assert_eq!(get(&p, "/"), "Task True True 1");
+    assert_eq!(get(&p, "/no-factory"), "Task True True 2");
+    assert_eq!(get(&p, "/"), "Task True True 2");
+}
