@@ -1,12 +1,16 @@
 //! One HTTP request on the event loop: the `receive` and `send` callables the app
 //! gets, the small awaitables they return, and the end of the response.
 //!
-//! Everything here runs on the loop thread with the GIL held, so nothing may block:
-//! a write goes out with a non-blocking [`Sink::try_write`], and only what did not
-//! fit (the front server is not reading) is written on an executor thread with the
-//! GIL released, while `send` waits on that write's future (backpressure: one chunk
-//! in flight per response, whatever the app produces). Reading a body that is not in
-//! memory (a spooled file, FastCGI STDIN still arriving) also runs on the executor.
+//! Everything here runs on the loop thread with the GIL held, so nothing may block.
+//! A sink with a socket of its own (uwsgi, SCGI: [`Sink::loop_writes`]) is written
+//! from the loop with non-blocking sends; what the socket does not take waits in
+//! [`super::io::Out`] while the loop watches the socket (`add_writer`), and `send`
+//! waits only once too much waits (backpressure). Other sinks (FastCGI, whose
+//! connection may carry other requests' records) write what they take at once with
+//! [`Sink::try_write`], and the rest on an executor thread with the GIL released while
+//! `send` waits on that write's future. A FastCGI body still arriving is polled on
+//! the loop ([`BodyStream::poll_chunk`]: the server layer wakes the loop through an
+//! eventfd); a spooled body is read from its file on the executor.
 //!
 //! A value that is ready (the whole body, a write the socket took) is returned by a
 //! [`Ready`] awaitable: `await` gets it through `StopIteration`, with no asyncio
@@ -168,9 +172,10 @@ pub struct Ctx {
     pub event_loop: Py<PyAny>,
     pub create_future: Py<PyAny>,
     pub run_in_executor: Py<PyAny>,
-    /// The executor of blocking writes and body reads: threads of their own, so a
-    /// front server that stops reading never takes the default executor's threads
-    /// (`--threads`, the app's sync code) from the app.
+    /// The executor of what still blocks (FastCGI writes the connection did not take
+    /// at once, reads of spooled bodies): threads of their own, so a front server that
+    /// stops reading never takes the default executor's threads (`--threads`, the
+    /// app's sync code) from the app.
     pub io_executor: Py<PyAny>,
     pub add_reader: Py<PyAny>,
     pub remove_reader: Py<PyAny>,
