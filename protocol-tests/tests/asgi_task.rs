@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use protocol_tests::harness::{parse_http, tempdir, uwsgi_packet, Postern, Spawn};
+use protocol_tests::harness::{
+    example_venv, in_ci, parse_http, tempdir, uwsgi_packet, Postern, Spawn,
+};
 
 const APP: &str = r#"
 import asyncio
@@ -37,12 +39,19 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body.encode()})
 "#;
 
-fn serve(dir: &Path, event_loop: &str) -> Postern {
+fn serve(dir: &Path, event_loop: &str, venv: Option<&Path>) -> Postern {
     std::fs::write(dir.join("asgi_task_app.py"), APP).unwrap();
-    Spawn::tcp(dir, "asgi_task_app:app")
-        .cwd(dir)
-        .args(["--interface", "asgi", "--loop", event_loop])
-        .start()
+    let s = Spawn::tcp(dir, "asgi_task_app:app").cwd(dir).args([
+        "--interface",
+        "asgi",
+        "--loop",
+        event_loop,
+    ]);
+    match venv {
+        Some(v) => s.venv(v),
+        None => s,
+    }
+    .start()
 }
 
 fn get(p: &Postern, path: &str) -> String {
@@ -62,7 +71,7 @@ fn get(p: &Postern, path: &str) -> String {
 #[test]
 fn a_request_runs_in_an_asyncio_task_of_the_loop_and_an_app_task_factory_is_used() {
     let dir = tempdir();
-    let p = serve(dir.path(), "asyncio");
+    let p = serve(dir.path(), "asyncio", None);
     // No factory: a real asyncio.Task of the running loop, registered with it.
     assert_eq!(get(&p, "/"), "Task True True 0");
     // The app sets a factory during a request: the next requests' tasks come from it.
@@ -71,3 +80,36 @@ fn a_request_runs_in_an_asyncio_task_of_the_loop_and_an_app_task_factory_is_used
     assert_eq!(get(&p, "/no-factory"), "Task True True 2");
     assert_eq!(get(&p, "/"), "Task True True 2");
 }
+
+#[test]
+fn an_asgi_worker_on_uvloop_starts_and_serves() {
+    // regression: once nothing imported `threading` on the main thread (6fbffd0),
+    // `threading.main_thread()` was the loop thread, uvloop installed signal wake-up
+    // fds from it and every --loop uvloop (or auto with uvloop installed) worker
+    // failed at lifespan startup ("set_wakeup_fd only works in main thread").
+    let Some(venv) = example_venv() else {
+        assert!(
+            !in_ci(),
+            "no venv with uvloop (examples/requirements.txt), and CI=true"
+        );
+        eprintln!("!!!!! SKIPPING the uvloop test: no venv with examples/requirements.txt !!!!!");
+        return;
+    };
+    let dir = tempdir();
+    // An app that imports nothing (hello_asgi.py): one importing asyncio at the top
+    // imported `threading` on the main thread itself, which hid the bug.
+    std::fs::write(dir.path().join("asgi_plain_app.py"), PLAIN).unwrap();
+    let p = Spawn::tcp(dir.path(), "asgi_plain_app:app")
+        .cwd(dir.path())
+        .args(["--interface", "asgi", "--loop", "uvloop"])
+        .venv(&venv)
+        .start();
+    assert_eq!(get(&p, "/"), "plain");
+}
+
+const PLAIN: &str = r#"
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"plain"})
+"#;

@@ -48,6 +48,14 @@ pub fn start(
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), AsgiError>>();
     let stop = Stop::new().map_err(AsgiError::Thread)?;
     let stopping = Arc::clone(&stop);
+    // `threading` is first imported here, on the process's main thread, so that
+    // `threading.main_thread()` is this thread and not the loop's: uvloop asks it
+    // whether it runs on the main thread, and there it would install signal wake-up
+    // fds, which Python refuses off the main thread (lifespan startup failed).
+    Python::attach(|py| py.import("threading").map(drop)).map_err(|e| AsgiError::Loop {
+        option: asgi.event_loop,
+        detail: e.to_string(),
+    })?;
     let handle = std::thread::Builder::new()
         .name("python-asgi".into())
         .spawn(move || {
