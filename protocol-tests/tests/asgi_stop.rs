@@ -16,6 +16,8 @@ use protocol_tests::harness::*;
 const APP: &str = r#"import asyncio, os, threading, time
 EVENTS = os.environ["EVENTS"]
 SHUTDOWN_S = float(os.environ.get("SHUTDOWN_S", "0"))
+# How long the shutdown's clean-up takes when --lifespan-timeout cancels it.
+CANCEL_S = float(os.environ.get("CANCEL_S", "0"))
 
 def event(line):
     with open(EVENTS, "a") as f:
@@ -35,6 +37,32 @@ async def stubborn():
         event("stubborn cancelled")
         await asyncio.sleep(30)
 
+async def blocks_in_finally():
+    try:
+        await asyncio.sleep(30)
+    finally:
+        event("finally blocking")
+        time.sleep(10)
+
+class Unprintable:
+    def __str__(self):
+        raise ValueError("str boom")
+
+class Unreadable(dict):
+    def get(self, *args):
+        raise RuntimeError("get boom")
+
+    def __repr__(self):
+        raise RuntimeError("repr boom")
+
+def odd_reports(loop):
+    """Contexts asyncio's default handler cannot print either."""
+    loop.call_exception_handler({"message": 12345})
+    loop.call_exception_handler({"message": Unprintable()})
+    loop.call_exception_handler({"message": "path /caf\udcff", 1: "one", "a": "b"})
+    loop.call_exception_handler("just a string")
+    loop.call_exception_handler(Unreadable(message="unreadable"))
+
 async def fails():
     raise RuntimeError("background boom")
 
@@ -49,7 +77,13 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.startup.complete"})
             else:
                 event("shutdown")
-                await asyncio.sleep(SHUTDOWN_S)
+                try:
+                    await asyncio.sleep(SHUTDOWN_S)
+                except asyncio.CancelledError:
+                    event("shutdown cancelled")
+                    await asyncio.sleep(CANCEL_S)
+                    event("shutdown cleaned up")
+                    raise
                 event("shutdown done")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -57,6 +91,10 @@ async def app(scope, receive, send):
     body = b"ok"
     if path == "/background":
         asyncio.ensure_future(background())
+    elif path == "/blocking-finally":
+        asyncio.ensure_future(blocks_in_finally())
+    elif path == "/odd-reports":
+        odd_reports(asyncio.get_running_loop())
     elif path == "/stubborn":
         asyncio.ensure_future(stubborn())
     elif path == "/fail":
@@ -210,7 +248,10 @@ fn cut_off_then_shutdown(args: &[&str], shutdown_s: &str) {
     );
     assert!(!logs.contains("killing them"), "{args:?}: {logs}");
     // postern's own task of the cut-off is not counted as one the app left running.
-    assert!(!logs.contains("the tasks the app left running"), "{args:?}: {logs}");
+    assert!(
+        !logs.contains("the tasks the app left running"),
+        "{args:?}: {logs}"
+    );
 }
 
 // regression: R6 of the review: past --graceful-timeout with a stuck request, the
@@ -317,4 +358,111 @@ fn asyncio_error_reports_are_error_lines_in_the_log_file_and_json() {
             "{raw}"
         );
     }
+}
+
+// regression: V2 of review1: a task the app left running that blocks the loop in its
+// finally: at the stop (no request in flight) was reported as requests cut off: exit
+// code 1 and "lifespan shutdown may not have run", although it had.
+#[test]
+fn a_left_task_blocking_in_its_finally_is_a_warning_about_that_task_and_exit_code_0() {
+    let a = app();
+    let mut p = a.spawn().args(["--graceful-timeout", "1"]).start();
+    assert_eq!(p.get("/blocking-finally").0, 200);
+    p.signal(libc::SIGTERM);
+    // The finally: blocks for 10 s; the worker leaves once the leftover tasks' bound
+    // has passed.
+    let status = p.wait_exit(20).expect("postern stopped");
+    let logs = p.logs();
+    assert!(status.success(), "{status}\n{logs}");
+    let events = a.events();
+    assert!(
+        position(&events, "shutdown done") < position(&events, "finally blocking"),
+        "{events:?}"
+    );
+    assert!(
+        logs.contains("tasks the app left running did not end"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("cut off") && !logs.contains("may not have run"),
+        "{logs}"
+    );
+}
+
+// regression: V3 of review1: a lifespan shutdown cancelled at --lifespan-timeout had
+// 0.5 s, not the 1 s postern gives it, to handle its cancellation: the worker exited
+// mid-clean-up, the tasks the app left running were never cancelled, and it exited 1
+// ("requests cut off") with no request in flight.
+#[test]
+fn a_lifespan_shutdown_cancelled_at_its_timeout_gets_its_second_and_the_stop_goes_on() {
+    let a = app();
+    let mut p = a
+        .spawn()
+        .args(["--graceful-timeout", "1", "--lifespan-timeout", "1"])
+        .env("SHUTDOWN_S", "30")
+        .env("CANCEL_S", "0.8")
+        .start();
+    assert_eq!(p.get("/background").0, 200);
+    a.wait_event("background started", &p);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("postern stopped");
+    let logs = p.logs();
+    assert!(status.success(), "{status}\n{logs}");
+    let events = a.events();
+    assert!(
+        position(&events, "shutdown cleaned up") < position(&events, "background finally"),
+        "{events:?}\n{logs}"
+    );
+    assert!(
+        logs.contains("did not finish within --lifespan-timeout 1s; cancelled")
+            && logs.contains("cancelled the tasks the app left running"),
+        "{logs}"
+    );
+    assert!(!logs.contains("cut off"), "{logs}");
+}
+
+// regression: V4 of review1: with --log-format json, asyncio reports whose context
+// describe() could not show (a lone surrogate, a message that is not text or whose
+// str() raises, a key that is not text, a context that is not a dict) ended as raw
+// multi-line text on stderr, through asyncio's default handler.
+#[test]
+fn every_asyncio_report_is_one_json_line_whatever_its_context_holds() {
+    let a = app();
+    let log = a.dir.path().join("app.log");
+    let p = a
+        .spawn()
+        .log_file(&log)
+        .args(["--log-format", "json"])
+        .start();
+    assert_eq!(p.get("/odd-reports").0, 200);
+    assert!(p.wait_log("cannot describe", 10), "{}", p.logs());
+    let logs = p.logs();
+    let mut reports = Vec::new();
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["target"] == "postern::asgi::stop" {
+            assert_eq!(v["level"], "ERROR", "{line}");
+            reports.push(v["fields"]["message"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(reports.len(), 5, "{logs}");
+    for want in [
+        "12345",
+        "str boom",
+        "/caf\\udcff",
+        "1: 'one'",
+        "'just a string'",
+    ] {
+        assert!(
+            reports.iter().any(|r| r.contains(want)),
+            "{want}: {reports:?}"
+        );
+    }
+    // Nothing raw on the process's stderr.
+    let raw = log_files(a.dir.path(), &log);
+    assert!(
+        !raw.contains("exception handler") && !raw.contains("Traceback"),
+        "{raw}"
+    );
 }

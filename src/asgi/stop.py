@@ -27,34 +27,56 @@ def _is_request(task):
     return code is not None and code.co_filename == "postern_asgi.py" and code.co_name == "serve"
 
 
+def _text(value, show=str):
+    """`value` as text that is valid UTF-8 (a lone surrogate, as surrogateescape
+    leaves in a path, becomes a backslash escape): a report must never be lost to
+    the way one of its parts prints."""
+    try:
+        text = show(value)
+        if not isinstance(text, str):
+            text = object.__repr__(text)
+    except Exception as e:  # a __str__/__repr__ that raises
+        try:
+            text = f"<cannot show: {type(e).__name__}: {e}>"
+        except Exception:
+            text = f"<cannot show: {type(e).__name__}>"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def describe(context):
     """What the default exception handler would log, as (message, task, details,
     traceback): the context's other keys as `key: repr(value)` lines, the traceback of
-    its exception, and the name of the task it is about (if any)."""
-    message = context.get("message") or "Unhandled exception in event loop"
+    its exception, and the name of the task it is about (if any). Whatever the
+    context holds (a message that is not text, keys that are not, not a dict at all),
+    every part is text that is valid UTF-8."""
+    if not isinstance(context, dict):
+        return (
+            "Unhandled exception in event loop (the exception handler was called "
+            "with something other than a dict)",
+            None,
+            f"context: {_text(context, repr)}",
+            None,
+        )
+    message = _text(context.get("message") or "Unhandled exception in event loop")
     exception = context.get("exception")
     task = None
     for key in ("task", "future"):
         fut = context.get(key)
         if isinstance(fut, asyncio.Task):
-            task = _task_name(fut)
+            task = _text(_task_name(fut))
             break
     lines = []
-    for key in sorted(context):
+    for key in sorted(context, key=lambda k: _text(k)):
         if key in ("message", "exception"):
             continue
-        value = context[key]
-        try:
-            if key in ("source_traceback", "handle_traceback"):
-                value = "".join(traceback.format_list(value)).rstrip()
-            else:
-                value = repr(value)
-        except Exception as e:  # a repr() that raises must not lose the report
-            value = f"<cannot show: {e!r}>"
-        lines.append(f"{key}: {value}")
+        if key in ("source_traceback", "handle_traceback"):
+            value = _text(context[key], lambda v: "".join(traceback.format_list(v)).rstrip())
+        else:
+            value = _text(context[key], repr)
+        lines.append(f"{_text(key)}: {value}")
     tb = None
     if isinstance(exception, BaseException):
-        tb = "".join(traceback.format_exception(exception)).rstrip()
+        tb = _text(exception, lambda e: "".join(traceback.format_exception(e)).rstrip())
     return message, task, "\n".join(lines), tb
 
 

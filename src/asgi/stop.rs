@@ -12,6 +12,10 @@
 //!   [`CUT_GRACE`] to end, and lifespan shutdown still runs. The worker then exits as
 //!   for any cut-off (code 1). A loop blocked in a sync call cannot take the cut-off:
 //!   after [`TAKE_WAIT`] the worker exits without its shutdown.
+//! - **A loop stuck after serving** (in lifespan shutdown, or in the `finally:` of a
+//!   task the app left running): each step promises a bound; past it the worker exits
+//!   without waiting, with a warning that names the step, and no request was cut off
+//!   by that (code 0 unless the cut-off above happened).
 //! - **asyncio's error reports** ("Task exception was never retrieved", "Exception in
 //!   callback ...") go through `tracing` at error level ([`install_exception_handler`]),
 //!   so they are in `--log-file` and in JSON with `--log-format json`, with what
@@ -89,8 +93,12 @@ pub fn install_exception_handler(py: Python<'_>, event_loop: &Bound<'_, PyAny>) 
         |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
             let py = args.py();
             let context = args.get_item(1)?;
-            let described: PyResult<(String, Option<String>, String, Option<String>)> =
-                module(py)?.call_method1("describe", (&context,))?.extract();
+            // describe()'s own failure (and the module's) is caught here too: a
+            // report that escaped the handler would reach asyncio's fallback, which
+            // prints raw text to stderr, outside postern's log.
+            let described: PyResult<(String, Option<String>, String, Option<String>)> = module(py)
+                .and_then(|m| m.call_method1("describe", (&context,)))
+                .and_then(|d| d.extract());
             match described {
                 Ok((message, task, details, tb)) => {
                     tracing::error!(
@@ -101,9 +109,16 @@ pub fn install_exception_handler(py: Python<'_>, event_loop: &Bound<'_, PyAny>) 
                     );
                 }
                 Err(e) => {
-                    tracing::error!(detail = %traceback(py, &e), "cannot describe an error the event loop reported; asyncio's default handler writes it to stderr");
-                    args.get_item(0)?
-                        .call_method1("default_exception_handler", (&context,))?;
+                    // Not asyncio's default handler: it writes to stderr, and it fails
+                    // on the same contexts describe() could not show.
+                    let shown = context
+                        .repr()
+                        .map(|r| r.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "<a context whose repr() raised>".to_owned());
+                    tracing::error!(
+                        detail = %traceback(py, &e),
+                        "the event loop reported an error that postern cannot describe: {shown}"
+                    );
                 }
             }
             Ok(())
@@ -118,8 +133,10 @@ const SERVING: u8 = 0;
 const CUT_ASKED: u8 = 1;
 /// The loop took the cut-off: the requests' tasks are cancelled.
 const CUT_TAKEN: u8 = 2;
-/// The loop has stopped serving: lifespan shutdown, then [`finish`].
-const AFTER: u8 = 3;
+/// The loop has stopped serving: lifespan shutdown.
+const SHUTDOWN: u8 = 3;
+/// Lifespan shutdown is over: the tasks the app left running and the rest ([`finish`]).
+const FINISHING: u8 = 4;
 
 /// What the thread waiting for the loop ([`Stop::join`]) and the loop thread share at
 /// a stop.
@@ -196,11 +213,24 @@ impl Stop {
                     }
                 }
             } else if now >= self.promise.load(Ordering::Acquire) {
-                tracing::warn!(
-                    "the event loop did not finish its stop in time (a task blocking the loop in a sync call?); the worker exits without waiting for it (lifespan shutdown may not have run)"
-                );
-                self.cut.store(true, Ordering::Release);
-                return false;
+                // What the loop is stuck in decides what to say, and whether requests
+                // were cut off: only a loop stuck before it stopped serving had any.
+                match self.phase.load(Ordering::Acquire) {
+                    SHUTDOWN => tracing::warn!(
+                        "the app's lifespan shutdown did not end within --lifespan-timeout and {}s for its cancellation (a task blocking the loop in a sync call?); the worker exits without waiting for it",
+                        LIFESPAN_CANCEL.as_secs_f64()
+                    ),
+                    FINISHING => tracing::warn!(
+                        "tasks the app left running did not end once cancelled at the stop (one blocking the loop in a sync call?); the worker exits without waiting for them"
+                    ),
+                    _ => {
+                        tracing::warn!(
+                            "the event loop did not finish its stop in time (a task blocking the loop in a sync call?); the worker exits without waiting for it (lifespan shutdown may not have run)"
+                        );
+                        self.cut.store(true, Ordering::Release);
+                    }
+                }
+                return !self.cut.load(Ordering::Acquire);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -253,11 +283,12 @@ impl Stop {
         self.phase.load(Ordering::Acquire) == CUT_TAKEN
     }
 
-    /// The loop has stopped serving (before lifespan shutdown, which may take up to
-    /// `shutdown`): the cut-off no longer applies.
-    pub fn after_serving(&self, event_loop: &Bound<'_, PyAny>, shutdown: Duration) {
-        self.promise(shutdown + SLACK);
-        self.phase.store(AFTER, Ordering::Release);
+    /// The loop has stopped serving (before lifespan shutdown, bounded by
+    /// `lifespan_timeout`, and then [`LIFESPAN_CANCEL`] if it is cancelled there): the
+    /// cut-off no longer applies.
+    pub fn after_serving(&self, event_loop: &Bound<'_, PyAny>, lifespan_timeout: Duration) {
+        self.promise(lifespan_timeout + LIFESPAN_CANCEL + SLACK);
+        self.phase.store(SHUTDOWN, Ordering::Release);
         let _ = event_loop.call_method1("remove_reader", (self.fd.as_raw_fd(),));
     }
 
@@ -284,6 +315,7 @@ pub fn finish(
 ) {
     let timeout = stop.leftover_timeout();
     stop.promise(timeout + ASIDE * 2 + SLACK);
+    stop.phase.store(FINISHING, Ordering::Release);
     let result: PyResult<(usize, usize, Vec<String>)> = module(py).and_then(|m| {
         m.call_method1(
             "finish",
