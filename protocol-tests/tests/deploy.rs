@@ -269,6 +269,53 @@ fn systemd_units_pass_systemd_analyze_verify() {
     );
 }
 
+/// How long a stopping postern with an ASGI app may take, at most: the master waits
+/// `--graceful-timeout` + `--lifespan-timeout` + 7.5 s for its workers before it kills
+/// them (README "ASGI apps", Stopping; `asgi::stop::past_graceful` + the master's
+/// second), since lifespan shutdown and the cancelling of the tasks the app left
+/// running come after the drain. A stop budget (systemd's TimeoutStopSec, the pod's
+/// terminationGracePeriodSeconds) shorter than this SIGKILLs postern mid-shutdown.
+fn asgi_stop_secs(graceful: u64, lifespan: u64) -> f64 {
+    (graceful + lifespan) as f64 + 7.5
+}
+
+/// The unit gives postern time for a whole stop: the drain (--graceful-timeout) and,
+/// with an ASGI app, lifespan shutdown and the leftover tasks after it.
+#[test]
+fn systemd_stop_timeout_outlasts_a_graceful_asgi_stop() {
+    let text = deploy_file("systemd/postern.service");
+    // ExecStart's continuation lines, joined.
+    let exec = text
+        .replace("\\\n", " ")
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart")
+        .to_owned();
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    let arg = |name: &str| -> u64 {
+        let i = args
+            .iter()
+            .position(|a| *a == name)
+            .unwrap_or_else(|| panic!("ExecStart has no {name}: {exec}"));
+        args[i + 1].parse().unwrap()
+    };
+    let (graceful, lifespan) = (arg("--graceful-timeout"), arg("--lifespan-timeout"));
+    let stop: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec")
+        .parse()
+        .unwrap();
+    assert!(
+        stop > graceful,
+        "TimeoutStopSec {stop} must outlast --graceful-timeout {graceful}"
+    );
+    assert!(
+        stop as f64 >= asgi_stop_secs(graceful, lifespan),
+        "TimeoutStopSec {stop} must outlast an ASGI stop with --graceful-timeout {graceful} --lifespan-timeout {lifespan}"
+    );
+}
+
 /// The hardening directives the unit promises, each present with its value.
 #[test]
 fn systemd_service_is_hardened() {
@@ -436,6 +483,13 @@ fn kubernetes_deployment_drains_before_it_is_killed() {
     assert!(
         grace > sleep(postern) + graceful,
         "terminationGracePeriodSeconds {grace} must outlast preStop + --graceful-timeout {graceful}"
+    );
+    // An ASGI app's stop goes on past the drain (lifespan shutdown, the tasks it left
+    // running): the pod's budget covers that too.
+    let lifespan: u64 = arg("--lifespan-timeout").parse().unwrap();
+    assert!(
+        grace as f64 >= sleep(postern) as f64 + asgi_stop_secs(graceful, lifespan),
+        "terminationGracePeriodSeconds {grace} must outlast preStop + an ASGI stop with --graceful-timeout {graceful} --lifespan-timeout {lifespan}"
     );
     // nginx keeps serving until postern's socket is gone.
     let nginx_stop = nginx["lifecycle"]["preStop"]["exec"]["command"].to_string();
