@@ -223,9 +223,16 @@ pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
     if let Some(v) = &config.venv {
         tracing::info!(venv = %v.display(), "using virtualenv");
     }
-    // Before the master forks: the workers share the detection code (see detect::load).
-    pyo3::Python::attach(detect::load)
-        .map_err(|e| anyhow::anyhow!("loading postern's interface detection: {e}"))?;
+    // On the process's main thread, before the master forks: `threading` is imported
+    // here so that `threading.main_thread()` is this thread (a module first imported by
+    // a request thread or the ASGI loop thread would take that one for the main thread;
+    // after a fork CPython makes the forking thread the child's main thread), and the
+    // workers share the interface detection code (see detect::load).
+    pyo3::Python::attach(|py| {
+        py.import("threading")?;
+        detect::load(py)
+    })
+    .map_err(|e| anyhow::anyhow!("loading postern's interface detection: {e}"))?;
     Ok(())
 }
 

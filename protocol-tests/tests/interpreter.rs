@@ -15,8 +15,11 @@ fn probing_app(dir: &Path, version: &str) -> PathBuf {
     std::fs::write(
         &app,
         format!(
-            r#"import os, sys
+            r#"import _thread, os, sys
 VERSION = {version:?}
+# The thread that imports the app (the worker's main thread), known without importing
+# threading: the first request imports it.
+IMPORTED_ON = _thread.get_ident()
 with open({imports:?}, "a") as f:
     f.write("%d\n" % os.getpid())
 
@@ -29,6 +32,7 @@ def application(environ, start_response):
         "executable=%s" % sys.executable,
         "frozen=%s" % (__import__("gc").get_freeze_count() > 0),
         "asyncio=%s" % ("asyncio" in sys.modules),
+        "main_thread=%s" % (__import__("threading").main_thread().ident == IMPORTED_ON),
     ]
     body = ("\n".join(lines) + "\n").encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -96,6 +100,8 @@ fn the_master_starts_python_once_and_each_worker_imports_the_app() {
     // regression: telling WSGI from ASGI imported asyncio (and with it ssl) into every
     // WSGI worker, about 8 MiB each: a WSGI app that never imports it does not get it.
     assert_eq!(a["asyncio"], "False");
+    // A request thread that imports threading first must not become its main thread.
+    assert_eq!(a["main_thread"], "True");
     // Fork safety: Python started no thread in the master.
     assert_eq!(threads(master), 1);
 
