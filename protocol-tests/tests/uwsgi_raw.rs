@@ -813,3 +813,36 @@ fn a_content_length_sent_twice_with_different_values_is_refused() {
     );
     ok_after(&p);
 }
+
+#[test]
+fn a_large_first_chunk_reaches_a_slow_reader_whole_after_one_head() {
+    // The head and a large first chunk leave in one vectored send; when the socket
+    // takes only part of the two (a front server reading slowly), the rest follows in
+    // order: the head once, then every body byte.
+    let dir = tempdir();
+    let p = start(dir.path());
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut s = p.addr.connect().unwrap();
+    let len = body.len().to_string();
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", &len),
+    ]);
+    pkt.extend_from_slice(&body);
+    s.write_all(&pkt).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16384];
+    loop {
+        std::thread::sleep(Duration::from_millis(1));
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let r = parse_http(&got).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-body-len"), Some(len.as_str()));
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "the body arrived changed");
+}

@@ -82,6 +82,10 @@ const STREAM_FROM: u32 = 3;
 /// would cost more than the send it saves.
 const DIRECT: usize = 64 * 1024;
 
+fn bufs_len(bufs: &[io::IoSlice<'_>]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
+}
+
 /// A front-server connection owned by a Python thread for the response.
 pub struct ConnSink {
     /// Shared with this thread's writer while a stream goes through it.
@@ -209,6 +213,25 @@ impl Sink for ConnSink {
         match rustix::net::send(self.sock()?.as_fd(), data, flags) {
             Ok(n) => {
                 self.written += n as u64;
+                Ok(n)
+            }
+            Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One non-blocking `sendmsg` of the two (a response's first write: no stream
+    /// yet). `last` changes nothing here: the end of a response is the close.
+    fn try_write_pair(&mut self, head: &[u8], data: &[u8]) -> io::Result<usize> {
+        let bufs = [io::IoSlice::new(head), io::IoSlice::new(data)];
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        match rustix::net::sendmsg(self.sock()?.as_fd(), &bufs, &mut control, flags) {
+            Ok(n) => {
+                self.written += n as u64;
+                // Counted as the two writes it stands for, each once it is whole
+                // (the caller writes what is left): a stream starts where it did.
+                self.writes += u32::from(n >= head.len()) + u32::from(n == bufs_len(&bufs));
                 Ok(n)
             }
             Err(Errno::AGAIN | Errno::INTR) => Ok(0),

@@ -121,6 +121,14 @@ pub trait Sink: Send + Sync {
     fn try_write(&mut self, _data: &[u8], _last: bool) -> std::io::Result<usize> {
         Ok(0)
     }
+    /// [`Sink::try_write`] of `head` then `data` in one system call (a response's
+    /// head and a large first chunk, neither copied behind the other): the bytes of
+    /// the two the connection took at once. Only for a response's first write, and
+    /// only where `last` changes nothing (a sink that ends a response in its last
+    /// write takes none here). The default takes nothing: the caller writes the two.
+    fn try_write_pair(&mut self, _head: &[u8], _data: &[u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
     /// `finish` never blocks (it only closes a socket), so it may run with the GIL
     /// held instead of costing a release and a re-acquisition.
     fn finish_is_quick(&self) -> bool {

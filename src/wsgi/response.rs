@@ -189,6 +189,35 @@ impl State {
         }
     }
 
+    /// Writes the head and a large first chunk: what the connection takes of the two
+    /// at once in one system call ([`Sink::try_write_pair`]), the rest as
+    /// [`State::emit`] writes it.
+    fn emit_pair(&mut self, py: Python<'_>, head: &[u8], data: &[u8]) -> Result<(), Gone> {
+        if self.client_gone {
+            return Err(Gone);
+        }
+        let n = match self.sink.try_write_pair(head, data) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing the response failed");
+                self.client_gone = true;
+                return Err(Gone);
+            }
+        };
+        let last = std::mem::take(&mut self.last_write);
+        if n < head.len() {
+            self.emit(py, &head[n..])?;
+            self.last_write = last;
+            return self.emit(py, data);
+        }
+        let rest = &data[n - head.len()..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.last_write = last;
+        self.emit(py, rest)
+    }
+
     /// Sends body bytes, preceded by the headers the first time anything is sent.
     fn send_body(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
         if data.is_empty() {
@@ -215,13 +244,11 @@ impl State {
         if !self.headers_sent {
             self.headers_sent = true;
             if data.len() >= SEPARATE_BODY {
-                // A large first chunk is not copied behind the head: two writes (one
-                // more system call) cost less than copying it.
+                // A large first chunk is not copied behind the head: both leave in
+                // one vectored send where the sink has one, else in two writes (one
+                // more system call costs less than copying it).
                 let head = self.head_bytes(0);
-                let last = std::mem::take(&mut self.last_write);
-                self.emit(py, &head)?;
-                self.last_write = last;
-                return self.emit(py, data);
+                return self.emit_pair(py, &head, data);
             }
             // Headers and the first chunk leave in one write, assembled in this
             // thread's buffer (no allocation per response).
