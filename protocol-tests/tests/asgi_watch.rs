@@ -296,3 +296,41 @@ fn a_task_blocking_the_loop_is_named_at_the_timeout() {
     let _ = (waiting.join(), blocker.join());
     assert!(wait_serving(&p), "{}", p.logs());
 }
+
+// regression: V6 of the ASGI review: at the end of a --timeout dump the master killed
+// the worker even when the request that passed the limit had ended during the dump's
+// 500 ms; on an ASGI worker that reset every other request in flight.
+#[test]
+fn a_request_that_ends_during_the_timeout_dump_does_not_cost_the_others() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--master", "--timeout", "1"]);
+    assert!(wait_serving(&p), "{}", p.logs());
+    // Passes --timeout 1 s, then ends before the dump's 500 ms are over.
+    let late = send(&p.addr, "/sleep?1.2");
+    assert!(
+        wait_until(10, || p.logs().contains("passed --timeout")),
+        "{}",
+        p.logs()
+    );
+    // Starts during the dump and is still running when the kill would come.
+    let during = send(&p.addr, "/sleep?0.8");
+    let late = parse_http(&late.join().unwrap());
+    assert_eq!(late.map(|r| r.status), Some(200), "{}", p.logs());
+    let during = parse_http(&during.join().unwrap());
+    assert_eq!(
+        during.map(|r| r.body),
+        Some(b"slept".to_vec()),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(10, || p
+            .logs()
+            .contains("ended while the stacks were dumped")),
+        "{}",
+        p.logs()
+    );
+    // The worker drains and is replaced: the server serves on.
+    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(!p.logs().contains("killed by SIGKILL"), "{}", p.logs());
+}

@@ -43,6 +43,9 @@ struct Worker {
     slot: usize,
     /// Requests whose stacks were already dumped for --slow-log: (thread, since).
     dumped: Vec<(usize, u64)>,
+    /// The request that passed --timeout (its line, its start): the worker is killed
+    /// at the end of the dump only if that request is still there.
+    condemned_for: Option<(usize, u64)>,
 }
 
 impl Worker {
@@ -55,6 +58,27 @@ impl Worker {
     fn drain(&mut self, board: &Scoreboard, cause: Cause) {
         self.mark_retiring(board, cause);
         signal(self.pid, Signal::TERM);
+    }
+
+    /// The end of a --timeout dump: SIGKILL, unless the request that passed the limit
+    /// ended meanwhile (it finished within the 500 ms of the dump). Then killing would
+    /// only cut off the worker's other requests (an ASGI worker may hold hundreds): it
+    /// drains instead (SIGTERM), and its replacement is already on its way.
+    fn kill_or_spare(&mut self, board: &Scoreboard) {
+        let still_running = self.condemned_for.is_none_or(|(t, since)| {
+            board.line(self.slot, t).since.load(Ordering::Acquire) == since
+        });
+        if still_running {
+            signal(self.pid, Signal::KILL);
+            self.phase.killed();
+        } else {
+            tracing::warn!(
+                pid = raw(self.pid),
+                "the request that passed --timeout ended while the stacks were dumped: the worker is not killed; it finishes its other requests and is replaced"
+            );
+            self.phase.spare();
+            signal(self.pid, Signal::TERM);
+        }
     }
 
     /// Records that the worker is on its way out, for `cause` (the first cause wins).
@@ -350,6 +374,7 @@ impl Master {
             started: Instant::now(),
             slot,
             dumped: Vec::new(),
+            condemned_for: None,
         });
         Ok(())
     }
@@ -441,8 +466,7 @@ impl Master {
         for w in self.workers.iter_mut() {
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
-                    signal(w.pid, Signal::KILL);
-                    w.phase.killed();
+                    w.kill_or_spare(&self.board);
                 } else {
                     due = earliest(due, Some(kill_at));
                 }
@@ -495,6 +519,7 @@ impl Master {
                         // It is killed for this, whatever it was doing before.
                         let kill_at = Instant::now() + DUMP_GRACE;
                         w.phase.condemn(kill_at);
+                        w.condemned_for = Some((t, since));
                         self.board.mark_draining(w.slot, Cause::Timeout);
                         due = earliest(due, Some(kill_at));
                         break;
@@ -875,8 +900,7 @@ impl Master {
             for w in &mut self.workers {
                 if let Phase::Condemned { kill_at } = w.phase {
                     if Instant::now() >= kill_at {
-                        signal(w.pid, Signal::KILL);
-                        w.phase.killed();
+                        w.kill_or_spare(&self.board);
                     } else {
                         due = earliest(due, Some(kill_at));
                     }

@@ -66,6 +66,14 @@ impl Phase {
         *self = Phase::Condemned { kill_at };
     }
 
+    /// The request that condemned it ended during the dump: it drains (SIGTERM)
+    /// instead of being killed, still leaving for the timeout.
+    pub fn spare(&mut self) {
+        if matches!(self, Phase::Condemned { .. }) {
+            *self = Phase::Stopping(Cause::Timeout);
+        }
+    }
+
     /// The SIGKILL due at `kill_at` was sent.
     pub fn killed(&mut self) {
         if matches!(self, Phase::Condemned { .. }) {
@@ -353,5 +361,20 @@ mod tests {
         p.killed();
         assert_eq!(p, Phase::Killed);
         assert!(p.draining());
+    }
+
+    #[test]
+    fn a_condemned_worker_spared_drains_for_the_timeout() {
+        let mut p = Phase::Condemned {
+            kill_at: Instant::now(),
+        };
+        p.spare();
+        assert_eq!(p, Phase::Stopping(Cause::Timeout));
+        assert!(p.draining());
+        assert_eq!(p.leaving(), Some(Cause::Timeout));
+        // Only a condemned worker is spared.
+        let mut p = Phase::Serving;
+        p.spare();
+        assert_eq!(p, Phase::Serving);
     }
 }
