@@ -267,7 +267,40 @@ fn max_requests_is_kept_under_concurrent_requests() {
         p.logs()
     );
     assert!(
-        p.logs().contains("served 5 requests (--max-requests)"),
+        p.logs().contains("started its 5 requests (--max-requests)")
+            || p.logs().contains("served 5 requests (--max-requests)"),
+        "{}",
+        p.logs()
+    );
+}
+
+// regression: V9 of the ASGI review: a worker that had started its --max-requests
+// paused its listeners but recycled only when the last request in flight ended, deaf
+// meanwhile: one long request (a stream, a long poll) kept it so for its whole length.
+#[test]
+fn a_worker_at_max_requests_recycles_while_a_long_request_runs() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--master", "--max-requests", "4"]);
+    assert!(wait_serving(&p), "{}", p.logs()); // request 1
+    let long = send(&p.addr, "/sleep?6"); // 2, in flight
+    assert!(wait_file(&dir.path().join("sleep-6"), 10));
+    let first = parse_http(&get(&p.addr, "/pid")).unwrap().text(); // 3
+    let again = parse_http(&get(&p.addr, "/pid")).unwrap().text(); // 4: the limit
+    assert_eq!(first, again);
+    // The next one is the successor's, answered while the long request still runs.
+    let next = parse_http(&get(&p.addr, "/pid")).unwrap().text();
+    assert!(!long.is_finished(), "{}", p.logs());
+    assert_ne!(next, first, "{}", p.logs());
+    assert!(
+        p.logs().contains("started its 4 requests (--max-requests)"),
+        "{}",
+        p.logs()
+    );
+    // The long request still ends well: the worker drains, it is not cut off.
+    let long = parse_http(&long.join().unwrap());
+    assert_eq!(
+        long.map(|r| r.body),
+        Some(b"slept".to_vec()),
         "{}",
         p.logs()
     );

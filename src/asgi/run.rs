@@ -385,13 +385,16 @@ impl Driver {
                 return;
             }
             // --max-requests: no request is taken past the limit (those in flight
-            // count), so the worker serves exactly its limit before it recycles, not up
-            // to --max-concurrency more. The stop that follows is noticed by looking
-            // again now and then: the listeners stay unwatched meanwhile.
+            // count), so the worker serves its limit, not up to --max-concurrency more;
+            // and it recycles at once (regression: it waited for the last request in
+            // flight to end, deaf meanwhile: a long stream kept it so for its whole
+            // length). The stop that follows is noticed by looking again now and then:
+            // the listeners stay unwatched meanwhile.
             if me.ctx.watch.may_start(me.in_flight.get()) == Some(0)
                 && !me.ctx.watch.has_stopped()
             {
                 me.pause(py);
+                me.ctx.watch.limit_taken();
                 me.look_again_in(py, slf, LIMIT_LOOK);
                 return;
             }

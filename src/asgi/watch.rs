@@ -121,6 +121,13 @@ impl Watch {
     pub fn has_stopped(&self) -> bool {
         self.monitor.as_ref().is_some_and(|m| m.has_stopped())
     }
+
+    /// Every request `--max-requests` allows has started: recycle now.
+    pub fn limit_taken(&self) {
+        if let Some(m) = &self.monitor {
+            m.limit_taken();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -241,6 +241,15 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     fn has_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
+
+    fn limit_taken(&self) {
+        if let Some(max) = self.max_requests {
+            self.retire(
+                Cause::MaxRequests,
+                &format!("started its {max} requests (--max-requests); the ones in flight finish"),
+            );
+        }
+    }
 }
 
 /// A request's method and target (REQUEST_URI, else PATH_INFO) for its line, in one

@@ -386,6 +386,10 @@ pub trait Monitor: Send + Sync {
     fn has_stopped(&self) -> bool {
         false
     }
+    /// The ASGI loop has started every request `--max-requests` allows (those in
+    /// flight count): recycle now, so the successor starts while they finish, instead
+    /// of when the last one ends (a long stream would keep the worker deaf till then).
+    fn limit_taken(&self) {}
 }
 
 /// Runtime settings the Python side needs.
