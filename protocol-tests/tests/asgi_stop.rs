@@ -69,6 +69,21 @@ async def fails():
 def callback_fails():
     raise ZeroDivisionError("callback boom")
 
+async def exits_when_cancelled():
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        raise SystemExit(3)
+
+async def agen():
+    try:
+        yield 1
+        yield 2
+    finally:
+        event("agen finally")
+
+KEEP = []
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -100,6 +115,23 @@ async def app(scope, receive, send):
     elif path == "/fail":
         asyncio.ensure_future(fails())
         asyncio.get_running_loop().call_soon(callback_fails)
+    elif path == "/exits-when-cancelled":
+        asyncio.ensure_future(exits_when_cancelled())
+    elif path == "/agen":
+        g = agen()
+        await g.__anext__()
+        KEEP.append(g)
+    elif path == "/big":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        event("big started")
+        try:
+            for _ in range(64):
+                await send({"type": "http.response.body", "body": b"x" * (1 << 20), "more_body": True})
+        except asyncio.CancelledError:
+            event("big cancelled")
+            raise
+        await send({"type": "http.response.body", "body": b""})
+        return
     elif path == "/thread":
         body = threading.current_thread().name.encode()
     elif path == "/stuck":
@@ -464,5 +496,69 @@ fn every_asyncio_report_is_one_json_line_whatever_its_context_holds() {
     assert!(
         !raw.contains("exception handler") && !raw.contains("Traceback"),
         "{raw}"
+    );
+}
+
+// regression: V7 of review1: a request cut off at --graceful-timeout while its send()
+// waited for a front server that read nothing (the write on the io executor, FastCGI)
+// ended its task but was not released, so the loop never stopped: 1.5 s later the
+// worker exited without lifespan shutdown ("did not finish its stop in time").
+#[test]
+fn a_request_cut_off_while_its_front_server_reads_nothing_does_not_hold_the_stop() {
+    use std::io::Write;
+    let a = app();
+    let mut p = a
+        .spawn()
+        .protocol("fastcgi")
+        .args(["--graceful-timeout", "1"])
+        .start();
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    // A front server that sends its request and never reads the response.
+    let conn = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    (&conn).write_all(&fcgi::get(1, false, "/big")).unwrap();
+    a.wait_event("big started", &p);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(30).expect("postern stopped");
+    let logs = p.logs();
+    assert_eq!(status.code(), Some(1), "{status}\n{logs}");
+    let events = a.events();
+    assert!(
+        position(&events, "big cancelled") < position(&events, "shutdown done"),
+        "{events:?}\n{logs}"
+    );
+    assert!(
+        logs.contains("ASGI lifespan shutdown complete")
+            && !logs.contains("did not finish its stop in time"),
+        "{logs}"
+    );
+    drop(conn);
+}
+
+// regression: V8 of review1: a task the app left running that raised SystemExit when
+// cancelled at the stop ended the stop's clean-up there: the async generators were
+// not closed (their finally: never ran), the default executor not shut down, no count.
+#[test]
+fn a_left_task_raising_system_exit_when_cancelled_does_not_end_the_stop_clean_up() {
+    let a = app();
+    let mut p = a.spawn().args(["--graceful-timeout", "1"]).start();
+    assert_eq!(p.get("/exits-when-cancelled").0, 200);
+    assert_eq!(p.get("/agen").0, 200);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("postern stopped");
+    let logs = p.logs();
+    assert!(status.success(), "{status}\n{logs}");
+    assert!(
+        a.events().contains(&"agen finally".to_owned()),
+        "{:?}\n{logs}",
+        a.events()
+    );
+    assert!(
+        logs.contains("raised when it was cancelled at the stop")
+            && logs.contains("SystemExit: 3")
+            && logs.contains("cancelled the tasks the app left running")
+            && !logs.contains("cannot cancel the tasks"),
+        "{logs}"
     );
 }

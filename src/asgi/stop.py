@@ -80,10 +80,10 @@ def describe(context):
     return message, task, "\n".join(lines), tb
 
 
-def cut_off(loop, fd, grace):
+def cut_off(loop, fd, grace, serving):
     """--graceful-timeout passed with requests in flight (the fd was written): cancels
     the requests' tasks and stops the loop once they have ended, or `grace` seconds
-    later. Returns how many were cancelled."""
+    later, while it still serves (`serving()`). Returns how many were cancelled."""
     try:
         os.read(fd, 8)
     except BlockingIOError:
@@ -96,13 +96,39 @@ def cut_off(loop, fd, grace):
     async def stop_when_ended():
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
-        # Once they have all ended the server stops the loop itself (one stop more
-        # would end the next run_until_complete at once).
-        if not tasks or any(not t.done() for t in tasks):
+        # Not left to the server, which stops the loop once every request is
+        # released: a request whose task has ended can still wait for a write the
+        # front server does not take (for --read-timeout). Not once the loop has
+        # stopped serving: a stray stop would end lifespan shutdown's wait (run()
+        # runs it again).
+        if serving():
             loop.stop()
 
     loop.create_task(stop_when_ended(), name=OWN + "the stop after --graceful-timeout")
     return len(tasks)
+
+
+def _through(loop, aw, tasks):
+    """run(loop, aw), on to its end when something the loop runs meanwhile lets
+    SystemExit or KeyboardInterrupt out of it (asyncio does, for a task or callback
+    that raises them): each is reported, unless it is the outcome of one of `tasks`
+    (reported with them), and the step goes on, so the rest of the stop still runs.
+    `aw` has a bound of its own: each pass runs the loop until it is done or the
+    next such exception."""
+    fut = asyncio.ensure_future(aw, loop=loop)
+    while True:
+        try:
+            return run(loop, fut)
+        except BaseException as e:
+            if fut.done():
+                raise
+            if not any(t.done() and not t.cancelled() and t.exception() is e for t in tasks):
+                _report(loop, e, "a task or callback raised this out of the event loop at the stop")
+
+
+def _report(loop, e, what):
+    """Through the exception handler (stop.rs: an error line); the stop goes on."""
+    loop.call_exception_handler({"message": f"{what}; the stop goes on", "exception": e})
 
 
 def finish(loop, executor, timeout, aside):
@@ -118,7 +144,11 @@ def finish(loop, executor, timeout, aside):
     tasks = [t for t in every if not t.get_name().startswith(OWN)]
     left = 0
     if every:
-        _, pending = run(loop, asyncio.wait(every, timeout=timeout))
+        try:
+            _, pending = _through(loop, asyncio.wait(every, timeout=timeout), tasks)
+        except BaseException as e:
+            _report(loop, e, "cancelling the tasks the app left running failed")
+            pending = [t for t in tasks if not t.done()]
         left = len([t for t in tasks if t in pending])
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
@@ -129,9 +159,11 @@ def finish(loop, executor, timeout, aside):
                 })
     late = []
     try:
-        run(loop, asyncio.wait_for(loop.shutdown_asyncgens(), aside))
+        _through(loop, asyncio.wait_for(loop.shutdown_asyncgens(), aside), ())
     except asyncio.TimeoutError:
         late.append("loop.shutdown_asyncgens()")
+    except BaseException as e:
+        _report(loop, e, "closing the async generators failed")
     # Not loop.shutdown_default_executor(): before Python 3.12 it joins its thread
     # without a timeout, even when cancelled, so a job stuck in a blocking call would
     # hold the worker for good. The same shutdown, waited for `aside` at most.

@@ -255,10 +255,22 @@ impl Stop {
                 {
                     return Ok(());
                 }
+                let stop = Arc::clone(&me);
+                let serving = PyCFunction::new_closure(
+                    py,
+                    Some(c"postern_serving"),
+                    None,
+                    move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| stop.cut_taken(),
+                )?;
                 let n: usize = module(py)?
                     .call_method1(
                         "cut_off",
-                        (&event_loop, me.fd.as_raw_fd(), CUT_GRACE.as_secs_f64()),
+                        (
+                            &event_loop,
+                            me.fd.as_raw_fd(),
+                            CUT_GRACE.as_secs_f64(),
+                            serving,
+                        ),
                     )?
                     .extract()?;
                 if n > 0 {
