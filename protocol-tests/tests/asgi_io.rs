@@ -54,6 +54,20 @@ async def app(scope, receive, send):
         for i in range(100):
             await send({"type": "http.response.body", "body": b"%04d" % i + b"." * 1020, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/cancel-send":
+        # 6 chunks of 1 MiB (chunk i: bytes of value i); every other send is given
+        # up on at once (a "slow client" guard): its write must still go out.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(6 << 20).encode())]})
+        for i in range(6):
+            m = {"type": "http.response.body", "body": bytes([65 + i]) * (1 << 20), "more_body": i < 5}
+            if i % 2 == 0:
+                try:
+                    await asyncio.wait_for(send(m), 0.0001)
+                except asyncio.TimeoutError:
+                    mark("cancelled")
+            else:
+                await send(m)
     elif path == "/sha":
         mark("sha")
         body, kind = await read_all(receive)
@@ -367,4 +381,50 @@ fn a_message_type_that_is_not_a_str_is_named_so() {
     let p = serve(dir.path(), "uwsgi", &[]);
     let r = parse_http(&p.raw(&uwsgi_req("GET", "/bytes-type", "", b""))).unwrap();
     assert_eq!(r.text(), "the message's 'type' must be a str, not bytes");
+}
+
+#[test]
+fn a_cancelled_fastcgi_send_still_goes_out_and_the_request_ends() {
+    // regression: X1 (review2): an app that cancelled a pending send() over FastCGI
+    // (asyncio.wait_for(send(...), 0.0001)) while its write ran on the io executor
+    // lost the sink ("internal error: a FastCGI response was dropped unfinished"):
+    // no access line, and the request's slot was never freed (with
+    // --max-concurrency 1 the next request got no answer).
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &["--max-concurrency", "1"]);
+    let mut req = fcgi::begin(1, 1, false);
+    let v = vars("GET", "/cancel-send", "");
+    req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+    req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+    req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    for n in 0..3 {
+        // On a thread: a leaked slot leaves the request unanswered.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (addr, req) = (p.addr.clone(), req.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(protocol_tests::harness::raw(&addr, &req));
+        });
+        let out = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("request {n} got no answer\n{}", p.logs()));
+        let stdout = fcgi_stdout(&out);
+        let at = stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let body = &stdout[at + 4..];
+        assert_eq!(body.len(), 6 << 20, "request {n}\n{}", p.logs());
+        for (i, c) in body.chunks(1 << 20).enumerate() {
+            assert!(
+                c.iter().all(|&b| b == 65 + i as u8),
+                "request {n}: chunk {i}"
+            );
+        }
+    }
+    assert!(
+        wait_marks(dir.path(), "cancelled", 1, 5),
+        "no send was cancelled"
+    );
+    assert!(p.wait_log("served", 5), "{}", p.logs());
+    assert!(!p.logs().contains("internal error"), "{}", p.logs());
 }

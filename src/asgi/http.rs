@@ -235,6 +235,12 @@ pub struct Exchange {
     complete: bool,
     /// A job on the executor holds the sink.
     busy: bool,
+    /// What the `send()` of that job returned (the app may have cancelled it).
+    job_fut: Option<Py<PyAny>>,
+    /// Body sent after a `send()` the app cancelled while its write was still on the
+    /// executor: written when that write has ended (`last`, and the future of the
+    /// `send()` that waits for it).
+    queued: Option<(Vec<u8>, bool, Py<PyAny>)>,
     gone: bool,
     /// The response was ended (the sink finished); what it sent.
     served: Option<Served>,
@@ -356,6 +362,8 @@ impl Exchange {
             body_sent: 0,
             complete: false,
             busy: false,
+            job_fut: None,
+            queued: None,
             gone: false,
             served: None,
             app_error: None,
@@ -524,6 +532,21 @@ impl Exchange {
             drop(me);
             return Self::pump(slf, last);
         }
+        if me.busy && !me.gone {
+            // The previous send() was cancelled while its write runs on the executor:
+            // this one goes out after it (the bytes keep their order).
+            let fut = me.ctx.create_future.bind(py).call0()?;
+            let q = me
+                .queued
+                .get_or_insert_with(|| (Vec::new(), false, fut.clone().unbind()));
+            q.0.extend_from_slice(&data);
+            q.1 |= last;
+            q.2 = fut.clone().unbind();
+            if last {
+                me.complete = true;
+            }
+            return Ok(Some(fut));
+        }
         let Some(sink) = me.sink.as_mut() else {
             return Err(gone_error());
         };
@@ -566,12 +589,17 @@ impl Exchange {
             me.complete = true;
         }
         drop(me);
-        Self::job(slf, Job::Write(rest, last)).map(Some)
+        Self::job(slf, Job::Write(rest, last), None).map(Some)
     }
 
     /// Runs `job` with the sink on an executor thread (GIL released); the future is
     /// done when it is.
-    fn job<'py>(slf: &Bound<'py, Self>, job: Job) -> PyResult<Bound<'py, PyAny>> {
+    /// `fut`: the future to complete (a queued write's), else a new one.
+    fn job<'py>(
+        slf: &Bound<'py, Self>,
+        job: Job,
+        fut: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
         let Some(sink) = me.sink.take() else {
@@ -579,6 +607,11 @@ impl Exchange {
         };
         me.busy = true;
         let ctx = me.ctx.clone();
+        let fut = match fut {
+            Some(f) => f,
+            None => ctx.create_future.bind(py).call0()?,
+        };
+        me.job_fut = Some(fut.clone().unbind());
         drop(me);
         let job = Py::new(
             py,
@@ -587,18 +620,38 @@ impl Exchange {
                 back: Mutex::new(None),
             },
         )?;
-        let fut = ctx
-            .run_in_executor
+        // The job's end comes from the executor's own future, not from an asyncio
+        // future wrapping it: the app may cancel what `send()` returned
+        // (`asyncio.wait_for(send(...), t)`, a cut-off), and a wrapper's callback
+        // would then run at once, while the job still holds the sink. The write goes
+        // on; `_job_done` takes the sink back when it has ended, then completes the
+        // future the app got (if it still waits), so the sink is back before the app
+        // runs on.
+        let partial = ctx.partial.bind(py);
+        let cb = partial.call1((
+            slf.getattr(intern!(py, "_job_done"))?,
+            job.clone_ref(py),
+            fut.clone(),
+        ))?;
+        let to_loop = partial.call1((
+            ctx.event_loop
+                .bind(py)
+                .getattr(intern!(py, "call_soon_threadsafe"))?,
+            cb,
+        ))?;
+        let cf = ctx
+            .io_executor
             .bind(py)
-            .call1((ctx.io_executor.bind(py), job.clone_ref(py)))?;
-        // Registered before the task awaits the future: the sink is back before the
-        // app runs on.
-        let cb = ctx
-            .partial
-            .bind(py)
-            .call1((slf.getattr(intern!(py, "_job_done"))?, job))?;
-        fut.call_method1(intern!(py, "add_done_callback"), (cb,))?;
+            .call_method1(intern!(py, "submit"), (job,))?;
+        cf.call_method1(intern!(py, "add_done_callback"), (to_loop,))?;
         Ok(fut)
+    }
+
+    /// A `send()` still waits for an earlier write (one it did not cancel).
+    fn send_waits(&self, py: Python<'_>) -> bool {
+        let waits = |f: &Option<Py<PyAny>>| f.as_ref().is_some_and(|f| pending(py, f));
+        self.busy
+            && (waits(&self.job_fut) || waits(&self.queued.as_ref().map(|q| q.2.clone_ref(py))))
     }
 
     pub(super) fn set_gone(&mut self, py: Python<'_>) {
@@ -706,7 +759,7 @@ impl Exchange {
             && me.sink.as_ref().is_some_and(|s| s.has_pending())
         {
             drop(me);
-            Self::job(slf, Job::Flush)?;
+            Self::job(slf, Job::Flush, None)?;
             return Ok(());
         }
         me.unwatch(py);
@@ -1187,7 +1240,7 @@ impl Exchange {
                 if me.gone {
                     return Err(gone_error());
                 }
-                if me.busy {
+                if me.send_waits(py) {
                     return Err(PyRuntimeError::new_err(
                         "send() called again before the previous send() was awaited",
                     ));
@@ -1344,7 +1397,7 @@ impl Exchange {
                 };
                 me.complete = true;
                 drop(me);
-                Self::job(slf, Job::SendFile(head[n..].to_vec(), file, body_len))
+                Self::job(slf, Job::SendFile(head[n..].to_vec(), file, body_len), None)
             }
             "http.response.trailers" => {
                 let mut me = slf.borrow_mut();
@@ -1362,7 +1415,6 @@ impl Exchange {
         }
     }
 
-    /// The sink is back from the executor.
     /// The request, as the `--timeout` dump names its task: method, target, id.
     fn _describe(&self) -> String {
         let text =
@@ -1422,21 +1474,33 @@ impl Exchange {
         Self::watch(slf)
     }
 
+    /// The sink is back from the executor (`fut`: what `send()` returned; `_cf`: the
+    /// executor's future, done).
     fn _job_done(
         slf: &Bound<'_, Self>,
         job: &Bound<'_, SinkJob>,
-        _fut: &Bound<'_, PyAny>,
+        fut: &Bound<'_, PyAny>,
+        _cf: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
+        let job = job.get();
         let back = job
-            .get()
             .back
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        {
+            .take()
+            .or_else(|| {
+                // The job never ran (the executor shut down): the sink is still in it.
+                let work = job.work.lock().unwrap_or_else(|e| e.into_inner()).take();
+                work.map(|(sink, _)| {
+                    let e = std::io::Error::other("the write was dropped before it ran");
+                    (sink, Err(e))
+                })
+            });
+        let ok = {
             let mut me = slf.borrow_mut();
             me.busy = false;
+            me.job_fut = None;
             match back {
                 Some((sink, r)) => {
                     me.sink = Some(sink);
@@ -1445,9 +1509,31 @@ impl Exchange {
                         tracing::debug!(error = %e, "writing the response failed");
                         drop(_e);
                         me.set_gone(py);
+                        false
+                    } else {
+                        true
                     }
                 }
-                None => me.set_gone(py),
+                None => {
+                    me.set_gone(py);
+                    false
+                }
+            }
+        };
+        if pending(py, &fut.clone().unbind()) {
+            if ok {
+                fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            } else {
+                fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
+            }
+        }
+        let next = slf.borrow_mut().queued.take();
+        if let Some((data, last, qf)) = next {
+            let qf = qf.into_bound(py);
+            if ok && !slf.borrow().gone {
+                Self::job(slf, Job::Write(data, last), Some(qf))?;
+            } else if pending(py, &qf.clone().unbind()) {
+                qf.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
             }
         }
         let (complete, gone, over) = {
