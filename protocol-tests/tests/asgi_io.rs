@@ -68,6 +68,9 @@ async def app(scope, receive, send):
                     mark("cancelled")
             else:
                 await send(m)
+    elif path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
     elif path == "/sha":
         mark("sha")
         body, kind = await read_all(receive)
@@ -402,7 +405,14 @@ fn a_cancelled_fastcgi_send_still_goes_out_and_the_request_ends() {
         let (tx, rx) = std::sync::mpsc::channel();
         let (addr, req) = (p.addr.clone(), req.clone());
         std::thread::spawn(move || {
-            let _ = tx.send(protocol_tests::harness::raw(&addr, &req));
+            let mut s = addr.connect().unwrap();
+            s.write_all(&req).unwrap();
+            // Read nothing for a while: the sends wait for the socket (and are given
+            // up on) whatever the machine's speed.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            let _ = tx.send(out);
         });
         let out = rx
             .recv_timeout(Duration::from_secs(20))
@@ -427,4 +437,31 @@ fn a_cancelled_fastcgi_send_still_goes_out_and_the_request_ends() {
     );
     assert!(p.wait_log("served", 5), "{}", p.logs());
     assert!(!p.logs().contains("internal error"), "{}", p.logs());
+}
+
+#[test]
+fn a_pathsend_to_a_steady_slow_reader_is_not_cut_at_the_read_timeout() {
+    // regression: X2 (review2): over uwsgi/SCGI only bytes in memory counted as
+    // progress, not the file's: a pathsend download read steadily but lasting longer
+    // than --read-timeout was cut that long after the head.
+    let dir = tempdir();
+    let file: Vec<u8> = (0..6u32 << 20).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(dir.path().join("file.bin"), &file).unwrap();
+    let p = serve(dir.path(), "uwsgi", &["--read-timeout", "1"]);
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&uwsgi_req("GET", "/pathsend", "", b""))
+        .unwrap();
+    // About 3 MB/s: the download takes ~2 s, twice the timeout.
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = parse_http(&out).expect("a response");
+    assert_eq!(r.body.len(), file.len(), "{}", p.logs());
+    assert!(r.body == file, "the file arrived changed");
 }

@@ -1865,7 +1865,10 @@ impl Exchange {
         let Some(sink) = me.sink.as_mut() else {
             return Ok(false);
         };
-        let before = me.out.queued();
+        // Progress is any byte the socket took, a file's too (a pathsend's file is
+        // not in `queued`: counting that alone cut steady file downloads at
+        // --read-timeout).
+        let before = me.out.sent();
         let r = me.out.write(py, sink.as_mut());
         match r {
             Err(e) => {
@@ -1880,7 +1883,7 @@ impl Exchange {
                 Ok(false)
             }
             Ok(all) => {
-                if me.out.queued() != before || all {
+                if me.out.sent() != before || all {
                     me.last_progress = std::time::Instant::now();
                 }
                 if me.send_waiter.is_some() && (all || me.out.queued() <= super::io::LOW) {

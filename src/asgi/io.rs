@@ -82,6 +82,8 @@ pub struct Out {
     front_sent: usize,
     /// Bytes in memory waiting (files not counted: they are not in memory).
     queued: usize,
+    /// Bytes the socket has taken, files included (progress for `--read-timeout`).
+    sent: u64,
 }
 
 impl Out {
@@ -92,6 +94,11 @@ impl Out {
     /// Bytes in memory waiting for the socket.
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Bytes the socket has taken so far, files included.
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// Copies `data` after what waits (into the last buffer when there is one).
@@ -151,6 +158,7 @@ impl Out {
                         return Ok(false);
                     }
                     *off += n as u64;
+                    self.sent += n as u64;
                     if *off >= *end {
                         self.pieces.pop_front();
                     }
@@ -183,6 +191,7 @@ impl Out {
     /// `n` bytes of the memory pieces at the front were sent.
     fn advance(&mut self, mut n: usize) {
         self.queued -= n;
+        self.sent += n as u64;
         while n > 0 {
             let len = match self.pieces.front() {
                 Some(Piece::Owned(v)) => v.len(),
