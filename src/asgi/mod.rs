@@ -26,8 +26,8 @@ mod io;
 pub mod lifespan;
 pub mod run;
 pub mod scope;
-pub mod watch;
 pub mod stop;
+pub mod watch;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};

@@ -390,8 +390,7 @@ impl Driver {
             // flight to end, deaf meanwhile: a long stream kept it so for its whole
             // length). The stop that follows is noticed by looking again now and then:
             // the listeners stay unwatched meanwhile.
-            if me.ctx.watch.may_start(me.in_flight.get()) == Some(0)
-                && !me.ctx.watch.has_stopped()
+            if me.ctx.watch.may_start(me.in_flight.get()) == Some(0) && !me.ctx.watch.has_stopped()
             {
                 me.pause(py);
                 me.ctx.watch.limit_taken();

@@ -188,7 +188,9 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     ) {
         if let Some(l) = line.filter(|&l| l < self.board.threads) {
             let (method, target) = describe(head);
-            self.board.line(self.slot, l).begin(method, target, protocol);
+            self.board
+                .line(self.slot, l)
+                .begin(method, target, protocol);
         }
         if self.metrics {
             self.board.enter_task(self.slot);
