@@ -71,6 +71,18 @@ async def app(scope, receive, send):
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
+    elif path == "/small-forever":
+        # Small chunks (1..16 KiB) without a pause, until the client goes away.
+        mark("small")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        i = 0
+        try:
+            while True:
+                i += 1
+                await send({"type": "http.response.body", "body": b"s" * (1000 + i * 7919 % 15000),
+                            "more_body": True})
+        except OSError:
+            pass
     elif path == "/sha":
         mark("sha")
         body, kind = await read_all(receive)
@@ -464,4 +476,48 @@ fn a_pathsend_to_a_steady_slow_reader_is_not_cut_at_the_read_timeout() {
     let r = parse_http(&out).expect("a response");
     assert_eq!(r.body.len(), file.len(), "{}", p.logs());
     assert!(r.body == file, "the file arrived changed");
+}
+
+/// The process's resident memory, in KiB.
+fn rss_kib(p: &Postern) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_response_stalled_on_small_chunks_holds_about_what_is_queued() {
+    // regression: X3 (review2): small chunks were copied into one buffer that grew by
+    // doubling and kept what was sent: ~610 KiB of RSS per stalled response over
+    // uwsgi/SCGI, not the 256 KiB queued (README "Backpressure").
+    const N: u64 = 60;
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    assert_eq!(p.get("/hello").0, 200);
+    let before = rss_kib(&p);
+    let stuck: Vec<_> = (0..N)
+        .map(|_| {
+            let mut s = p.addr.connect().unwrap();
+            s.write_all(&uwsgi_req("GET", "/small-forever", "", b""))
+                .unwrap();
+            s
+        })
+        .collect();
+    assert!(wait_marks(dir.path(), "small", N, 20), "{}", p.logs());
+    // Every send() is now waiting (backpressure): the figure holds still.
+    let mut last = rss_kib(&p);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = rss_kib(&p);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let each = last.saturating_sub(before) / N;
+    eprintln!("{each} KiB per stalled response");
+    // 256 KiB queued + one chunk + the request's own objects; 610 before the fix.
+    assert!(each < 420, "{each} KiB per stalled response");
+    drop(stuck);
+    assert!(p.wait_log("client went away", 10), "{}", p.logs());
 }

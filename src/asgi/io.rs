@@ -61,6 +61,9 @@ pub const HIGH: usize = 256 * 1024;
 /// See [`HIGH`].
 pub const LOW: usize = 64 * 1024;
 
+/// The most one buffer of copied chunks holds.
+const PIECE: usize = 16 * 1024;
+
 /// Slices per send: well under IOV_MAX (1024).
 const IOVS: usize = 64;
 
@@ -101,24 +104,40 @@ impl Out {
         self.sent
     }
 
-    /// Copies `data` after what waits (into the last buffer when there is one).
-    pub fn push_copy(&mut self, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
+    /// Copies `data` after what waits, into buffers of at most [`PIECE`] bytes (the
+    /// last one's room first): a buffer is freed once sent, and none grows by
+    /// doubling past that, so a stalled response holds about what is queued
+    /// ([`HIGH`]), not twice it plus what already left.
+    pub fn push_copy(&mut self, mut data: &[u8]) {
         self.queued += data.len();
-        if let Some(Piece::Owned(v)) = self.pieces.back_mut() {
-            v.extend_from_slice(data);
-            return;
+        while !data.is_empty() {
+            if let Some(Piece::Owned(v)) = self.pieces.back_mut() {
+                if v.len() < PIECE {
+                    let take = (PIECE - v.len()).min(data.len());
+                    let need = v.len() + take;
+                    if v.capacity() < need {
+                        // Doubling as a Vec does, but never past PIECE.
+                        let cap = need.next_power_of_two().min(PIECE).max(need);
+                        v.reserve_exact(cap - v.len());
+                    }
+                    v.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    continue;
+                }
+            }
+            let take = data.len().min(PIECE);
+            let mut v = Vec::with_capacity(take.next_power_of_two().min(PIECE).max(take));
+            v.extend_from_slice(&data[..take]);
+            self.pieces.push_back(Piece::Owned(v));
+            data = &data[take..];
         }
-        self.pieces.push_back(Piece::Owned(data.to_vec()));
     }
 
     pub fn push_vec(&mut self, data: Vec<u8>) {
         if data.is_empty() {
             return;
         }
-        if matches!(self.pieces.back(), Some(Piece::Owned(_))) {
+        if data.len() < PIECE && matches!(self.pieces.back(), Some(Piece::Owned(_))) {
             return self.push_copy(&data);
         }
         self.queued += data.len();
