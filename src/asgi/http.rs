@@ -805,13 +805,18 @@ impl Exchange {
 
     /// Answers a request the app never started a response for.
     fn answer_500(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::answer_plain(slf, 500, b"Internal Server Error\n")
+    }
+
+    /// Answers `code` with a short text `body` in place of the app, whose response has
+    /// not started (the whole answer in one write).
+    fn answer_plain(slf: &Bound<'_, Self>, code: u16, body: &[u8]) -> PyResult<()> {
         let mut me = slf.borrow_mut();
-        me.code = 500;
+        me.code = code;
         me.started = true;
         me.headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
         me.content_length = None;
         me.is_head = false;
-        let body = b"Internal Server Error\n";
         let mut buf = me.head_bytes(Some(body.len()), body.len());
         buf.extend_from_slice(body);
         me.head_sent = true;
@@ -1786,35 +1791,19 @@ impl Exchange {
             return Ok(());
         }
         me.too_large = true;
-        {
-            let _e = me.span.enter();
-            tracing::warn!(
-                "the request body (sent without CONTENT_LENGTH) is over --max-body; answered 413"
-            );
-        }
+        let _e = me.span.clone().entered();
         if me.head_sent {
+            // review2 X4: this said "answered 413" although the response was cut.
+            tracing::warn!("the request body (sent without CONTENT_LENGTH) is over --max-body; the response had started, so it is cut off");
             let code = me.code;
             drop(me);
             return Self::settle(slf, Some(End::Incomplete(code)));
         }
-        me.code = 413;
-        me.started = true;
-        me.headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
-        me.content_length = None;
-        me.is_head = false;
-        let body = b"Content Too Large\n";
-        let mut buf = me.head_bytes(Some(body.len()), body.len());
-        buf.extend_from_slice(body);
-        me.head_sent = true;
-        me.body_sent = body.len() as u64;
+        tracing::warn!(
+            "the request body (sent without CONTENT_LENGTH) is over --max-body; answered 413"
+        );
         drop(me);
-        if Self::write(slf, buf, true).is_err() {
-            return Self::settle(slf, None);
-        }
-        if !slf.borrow().busy {
-            Self::settle(slf, None)?;
-        }
-        Ok(())
+        Self::answer_plain(slf, 413, b"Content Too Large\n")
     }
 
     /// Loop-driven writes (the sink has a socket of its own): sends what `out` holds
