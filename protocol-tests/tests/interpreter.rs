@@ -188,3 +188,46 @@ fn a_thread_python_starts_in_the_master_does_not_take_its_signals() {
     assert!(status.success(), "{status:?}\n{}", p.logs());
     assert!(p.logs().contains("all workers exited"), "{}", p.logs());
 }
+
+/// `--interface asgi`: the master imports asyncio and the event loop before forking, so
+/// the workers share those pages (about 8 MiB of PSS per worker otherwise); with `auto`
+/// the master cannot know the interface (the app is imported in the workers) and a WSGI
+/// worker must not carry asyncio, so it imports nothing more.
+#[test]
+fn an_asgi_master_imports_asyncio_before_forking_only_when_told() {
+    for (interface, in_master) in [("asgi", true), ("auto", false)] {
+        let dir = tempdir();
+        let app = dir.path().join("async_app.py");
+        std::fs::write(
+            &app,
+            r#"async def application(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"async"})
+"#,
+        )
+        .unwrap();
+        let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+            .args(["--workers", "2", "--interface", interface])
+            .start();
+        assert!(p.wait_log("all 2 workers ready", 15), "{}", p.logs());
+        assert_eq!(p.get("/"), (200, b"async".to_vec()), "{}", p.logs());
+        // An extension module shows in the process's mappings once imported.
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid())).unwrap();
+        assert_eq!(
+            maps.contains("_asyncio."),
+            in_master,
+            "--interface {interface}: asyncio in the master's mappings?\n{}",
+            p.logs()
+        );
+        assert_eq!(threads(p.pid()), 1, "the master stays one thread");
+    }
+}
