@@ -29,6 +29,13 @@ async def read_all(receive):
         if m["type"] != "http.request" or not m.get("more_body"):
             return body, m["type"]
 
+async def until(name):
+    # The test creates the file when the app may go on (20 s at most).
+    for _ in range(1000):
+        if os.path.exists(os.path.join(DIR, name)):
+            return
+        await asyncio.sleep(0.02)
+
 async def answer(send, body, status=200):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")]})
@@ -91,6 +98,29 @@ async def app(scope, receive, send):
         except OSError as e:
             with open(os.path.join(DIR, "sha-send"), "w") as f:
                 f.write("%s: %s" % (type(e).__name__, e))
+    elif path == "/take-then-wait":
+        # A receive() given up on at once (Starlette's is_disconnected(), a timeout),
+        # or one that took what had come: then nothing read until the test says so.
+        mode = scope["query_string"].decode()
+        body = b""
+        if mode == "cancel":
+            for _ in range(3):
+                try:
+                    m = await asyncio.wait_for(receive(), 0.01)
+                    body += m.get("body", b"")
+                except asyncio.TimeoutError:
+                    pass
+        else:
+            body += (await receive())["body"]
+        mark("waiting-" + mode)
+        await until(mode + "-go")
+        rest, kind = await read_all(receive)
+        body += rest
+        await answer(send, ("%d %s %s" % (len(body), hashlib.sha256(body).hexdigest(), kind)).encode())
+    elif path == "/sha-later":
+        await until(scope["query_string"].decode())
+        body, kind = await read_all(receive)
+        await answer(send, ("%d %s %s" % (len(body), hashlib.sha256(body).hexdigest(), kind)).encode())
     elif path == "/refused-start":
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\nb")]})
@@ -520,4 +550,91 @@ fn a_response_stalled_on_small_chunks_holds_about_what_is_queued() {
     assert!(each < 420, "{each} KiB per stalled response");
     drop(stuck);
     assert!(p.wait_log("client went away", 10), "{}", p.logs());
+}
+
+/// One round of [`a_cancelled_fastcgi_receive_does_not_make_the_lane_drop_another_body`]:
+/// request 1's app takes part of its input (`mode`) and then reads nothing while
+/// request 2, on the same keep-conn connection, sends a body over --fastcgi-buffer
+/// that its app reads only later.
+fn other_body_while_one_app_does_not_wait(p: &Postern, dir: &Path, mode: &str) {
+    let protocol_tests::harness::Addr::Unix(path) = &p.addr else {
+        panic!("a unix socket")
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let b1: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let b2: Vec<u8> = (0..400_000u32).map(|i| (i % 241) as u8).collect();
+    let request = |id: u16, path: &str, query: &str, len: usize| {
+        let len = len.to_string();
+        let mut v = vars("POST", path, query);
+        v.push(("CONTENT_LENGTH", &len));
+        let mut out = fcgi::begin(id, 1, true);
+        out.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&v)));
+        out.extend(fcgi::record(fcgi::PARAMS, id, b""));
+        out
+    };
+    let mut out = request(1, "/take-then-wait", mode, b1.len());
+    let first = if mode == "cancel" { 0 } else { 1000 };
+    if first > 0 {
+        out.extend(fcgi::record(fcgi::STDIN, 1, &b1[..first]));
+    }
+    s.write_all(&out).unwrap();
+    assert!(
+        wait_marks(dir, &format!("waiting-{mode}"), 1, 20),
+        "{}",
+        p.logs()
+    );
+    // Request 2's body: the connection must be held back (TCP pushes back on this
+    // writer) until its app reads, not read on with the body dropped.
+    let go2 = format!("{mode}-go2");
+    let mut w = s.try_clone().unwrap();
+    let mut out2 = request(2, "/sha-later", &go2, b2.len());
+    for c in b2.chunks(32 * 1024) {
+        out2.extend(fcgi::record(fcgi::STDIN, 2, c));
+    }
+    out2.extend(fcgi::record(fcgi::STDIN, 2, b""));
+    let writer = std::thread::spawn(move || w.write_all(&out2).is_ok());
+    // The lane has read what it may by now (the buggy one dropped request 2's body).
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(dir.join(&go2), b"").unwrap();
+    let mut others = Vec::new();
+    let r2 = fcgi::read_reply(&mut s, 2, &mut others);
+    let (_, _, body) = r2.cgi();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("400000 {} http.request", sha256_hex(&b2)),
+        "{mode}\n{}",
+        p.logs()
+    );
+    assert!(writer.join().unwrap());
+    std::fs::write(dir.join(format!("{mode}-go")), b"").unwrap();
+    let mut rest = Vec::new();
+    for c in b1[first..].chunks(32 * 1024) {
+        rest.extend(fcgi::record(fcgi::STDIN, 1, c));
+    }
+    rest.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    s.write_all(&rest).unwrap();
+    let r1 = fcgi::read_reply(&mut s, 1, &mut others);
+    let (_, _, body) = r1.cgi();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("100000 {} http.request", sha256_hex(&b1)),
+        "{mode}"
+    );
+}
+
+#[test]
+fn a_cancelled_fastcgi_receive_does_not_make_the_lane_drop_another_body() {
+    // regression: X5 (review2): a receive() the app cancelled (Starlette's
+    // is_disconnected(), asyncio.wait_for(receive(), t)) left its request marked as
+    // waiting for its input for good, and so did one that took what had come; past
+    // --fastcgi-buffer the lane then read on and dropped another request's body on the
+    // same keep-conn connection (its app got http.disconnect mid-body) instead of
+    // holding the connection back.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &["--fastcgi-buffer", "64K"]);
+    for mode in ["cancel", "partial"] {
+        other_body_while_one_app_does_not_wait(&p, dir.path(), mode);
+    }
+    assert!(!p.logs().contains("body is dropped"), "{}", p.logs());
 }

@@ -1150,6 +1150,11 @@ impl Exchange {
                     }
                 }
                 let waiter = me.ctx.create_future.bind(py).call0()?;
+                // review2 X5: a receive() the app cancels must end the stream's wait.
+                waiter.call_method1(
+                    intern!(py, "add_done_callback"),
+                    (slf.getattr(intern!(py, "_read_waiter_done"))?,),
+                )?;
                 me.read_waiters.push_back(waiter.clone().unbind());
                 Ok(waiter)
             }
@@ -1432,6 +1437,23 @@ impl Exchange {
         )
     }
 
+    /// A `receive()` waiting for a polled body is done (answered, or cancelled by the
+    /// app): with none left waiting, the stream no longer counts the app as waiting
+    /// for its input (else a FastCGI connection reads on past its budget for it,
+    /// dropping its other requests' bodies).
+    fn _read_waiter_done(slf: &Bound<'_, Self>, _fut: &Bound<'_, PyAny>) {
+        let py = slf.py();
+        let Ok(mut me) = slf.try_borrow_mut() else {
+            return;
+        };
+        Self::prune(py, &mut me.read_waiters);
+        if me.read_waiters.is_empty() {
+            if let BodyState::Polled(s, _) = &mut me.body {
+                s.forget_wake();
+            }
+        }
+    }
+
     /// A body read finished: to the receive() waiting for it, or kept for the next.
     fn _read_done(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
@@ -1697,7 +1719,14 @@ impl Exchange {
                     end = Some(Err(e));
                     break;
                 }
-                std::task::Poll::Pending => break,
+                std::task::Poll::Pending => {
+                    if !got.is_empty() {
+                        // What was taken ends this wait: the app is not waiting for
+                        // more until its next receive().
+                        s.forget_wake();
+                    }
+                    break;
+                }
             }
         }
         if got.is_empty() && end.is_none() {

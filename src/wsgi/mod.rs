@@ -83,6 +83,10 @@ pub trait BodyStream: Send + Sync {
             "this request body can only be read with next_chunk",
         )))
     }
+    /// Nobody waits any more for what a `Pending` [`BodyStream::poll_chunk`] promised
+    /// (the app cancelled its `receive()`, or the chunks it took end the wait): the
+    /// stream stops counting its reader as waiting, and need not call `wake`.
+    fn forget_wake(&mut self) {}
 }
 
 /// The error kind of a body read cut because the body passed `--max-body` (a body

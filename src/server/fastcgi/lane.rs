@@ -246,6 +246,15 @@ impl BodyStream for StdinStream {
         true
     }
 
+    /// The app's `receive()` was cancelled (or took what came): it no longer waits,
+    /// so the lane must not read past the budget for it (and drop the bodies of the
+    /// connection's other requests) while it does not read.
+    fn forget_wake(&mut self) {
+        let mut st = self.0.lock();
+        st.waiting = false;
+        st.wake = None;
+    }
+
     fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         let feed = &self.0;
         let mut st = feed.lock();
@@ -475,10 +484,7 @@ pub async fn serve(
         // (nothing charged yet) nothing would ever make room, and they are bounded by
         // the parser anyway (64 requests of --buffer-size at most).
         let over = (input.held() > 0 && input.over(parser.params_held())) || input.worker_over();
-        let starved = over
-            && slots
-                .values()
-                .any(|s| s.stdin.as_ref().is_some_and(|f| f.0.starved()));
+        let starved = over && any_starved(&slots);
         let held_back = over && !starved;
         let deadline = if idle && linger.is_some() {
             linger
@@ -817,6 +823,9 @@ fn handle_event(
         }
         Event::Stdin { id, data } => {
             let max_body = lane.limits.max_body;
+            // Read past the budget for an app that waits: does one still (its
+            // receive() may have been cancelled since)?
+            let for_starved = past && input.over(0) && any_starved(slots);
             let Some(slot) = slots.get_mut(&id) else {
                 return Step::Go;
             };
@@ -838,7 +847,7 @@ fn handle_event(
             if data.is_empty() {
                 return Step::Go;
             }
-            if past && input.over(0) && !feed.starved() {
+            if for_starved && !feed.starved() {
                 // Read past the budget only for another request whose app waits for
                 // its input: this one's must not pile up meanwhile.
                 tracing::warn!(%peer, fcgi_id = id, held = input.held(), "FastCGI connection over --fastcgi-buffer while another request on it waits for its input: this request's body is dropped (its app's read fails)");
@@ -889,6 +898,14 @@ fn handle_event(
             Step::Go
         }
     }
+}
+
+/// Some request on the connection has an app blocked on its input, with nothing
+/// queued for it (what reading past the budget is for).
+fn any_starved(slots: &FxHashMap<u16, Slot>) -> bool {
+    slots
+        .values()
+        .any(|s| s.stdin.as_ref().is_some_and(|f| f.0.starved()))
 }
 
 /// Takes request `id`'s whole STDIN out of `backlog` when its end has arrived (the
