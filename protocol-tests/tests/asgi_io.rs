@@ -121,6 +121,20 @@ async def app(scope, receive, send):
         await until(scope["query_string"].decode())
         body, kind = await read_all(receive)
         await answer(send, ("%d %s %s" % (len(body), hashlib.sha256(body).hexdigest(), kind)).encode())
+    elif path == "/echo":
+        # The response starts at once, then each chunk of the body goes back.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                m = await receive()
+                await send({"type": "http.response.body", "body": m.get("body", b""), "more_body": True})
+                mark("echoed")
+                if m["type"] != "http.request" or not m.get("more_body"):
+                    break
+            await send({"type": "http.response.body", "body": b""})
+        except OSError as e:
+            with open(os.path.join(DIR, "echo-send"), "w") as f:
+                f.write("%s: %s" % (type(e).__name__, e))
     elif path == "/refused-start":
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\nb")]})
@@ -391,6 +405,33 @@ fn a_streamed_fastcgi_body_over_max_body_is_answered_413() {
     let logs = p.logs();
     assert!(!logs.contains("wsgi.input"), "{logs}");
     assert!(!logs.contains("ERROR"), "{logs}");
+}
+
+#[test]
+fn a_streamed_fastcgi_body_over_max_body_after_the_response_started_is_not_called_a_413() {
+    // regression: X4a (review2): a FastCGI body without CONTENT_LENGTH that passed
+    // --max-body after the app had started its response cut the response (right),
+    // but the app's send() then raised "postern answered 413 and the request is
+    // over": no 413 was sent.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &["--max-body", "100000"]);
+    let body = vec![b'e'; 300_000];
+    let s = fcgi_start(&p, "/echo", None, &body[..8000]);
+    assert!(wait_marks(dir.path(), "echoed", 1, 20), "{}", p.logs());
+    let out = fcgi_finish(s, &body[8000..], 8000);
+    assert!(out.starts_with("Status: 200"), "{out}");
+    assert!(p.wait_log("response incomplete", 5), "{}", p.logs());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.path().join("echo-send").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = std::fs::read_to_string(dir.path().join("echo-send")).unwrap_or_default();
+    assert!(said.starts_with("ClientDisconnected: "), "{said}");
+    assert!(
+        said.contains("cut it off") && !said.contains("answered 413"),
+        "{said}"
+    );
+    assert!(!p.logs().contains("answered 413"), "{}", p.logs());
 }
 
 #[test]

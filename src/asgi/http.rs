@@ -279,8 +279,9 @@ pub struct Exchange {
     last_progress: std::time::Instant,
     /// Registered for body wake-ups under this id ([`super::io::LoopIo`]).
     body_id: Option<u64>,
-    /// The body passed --max-body (streamed without CONTENT_LENGTH): answered 413.
-    too_large: bool,
+    /// Every later `send()` raises this: the response was answered or cut off in the
+    /// app's place (a body over --max-body).
+    send_refused: Option<&'static str>,
 }
 
 /// The future is not done yet (a cancelled one is done).
@@ -386,7 +387,7 @@ impl Exchange {
             write_timer: None,
             last_progress: std::time::Instant::now(),
             body_id: None,
-            too_large: false,
+            send_refused: None,
         }
     }
 
@@ -1203,10 +1204,9 @@ impl Exchange {
             })?
             .to_str()?;
         let done = || Ok(slf.borrow().ctx.done.bind(py).clone().into_any());
-        if slf.borrow().too_large && kind != "http.response.trailers" {
-            return Err(ClientDisconnected::new_err(
-                "the request body (sent without a Content-Length) is over --max-body: postern answered 413 and the request is over",
-            ));
+        let refused = slf.borrow().send_refused;
+        if let Some(why) = refused.filter(|_| kind != "http.response.trailers") {
+            return Err(ClientDisconnected::new_err(why));
         }
         match kind {
             "http.response.start" => {
@@ -1816,18 +1816,20 @@ impl Exchange {
     /// response is cut. The app's next `send()` raises (an `OSError`).
     fn answer_too_large(slf: &Bound<'_, Self>) -> PyResult<()> {
         let mut me = slf.borrow_mut();
-        if me.too_large || me.served.is_some() || me.gone {
+        if me.send_refused.is_some() || me.served.is_some() || me.gone {
             return Ok(());
         }
-        me.too_large = true;
         let _e = me.span.clone().entered();
         if me.head_sent {
-            // review2 X4: this said "answered 413" although the response was cut.
+            // review2 X4: this (and the app's send()) said "answered 413" although
+            // the response was cut.
+            me.send_refused = Some("the request body (sent without a Content-Length) is over --max-body; the response had started, so postern cut it off (no 413) and the request is over");
             tracing::warn!("the request body (sent without CONTENT_LENGTH) is over --max-body; the response had started, so it is cut off");
             let code = me.code;
             drop(me);
             return Self::settle(slf, Some(End::Incomplete(code)));
         }
+        me.send_refused = Some("the request body (sent without a Content-Length) is over --max-body: postern answered 413 and the request is over");
         tracing::warn!(
             "the request body (sent without CONTENT_LENGTH) is over --max-body; answered 413"
         );
