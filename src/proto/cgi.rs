@@ -232,9 +232,10 @@ fn known_at(last: &mut [u8; GUESSES], i: usize, key: &[u8]) -> Option<u8> {
     k
 }
 
-/// `a == b` for short names, 8 bytes at a time (a slice comparison calls memcmp).
+/// `a == b` for short names and values, 8 bytes at a time (a slice comparison calls
+/// memcmp).
 #[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

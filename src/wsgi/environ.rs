@@ -91,6 +91,11 @@ struct Shape {
     next: Vec<u8>,
     /// Built with `names` (and `https`): the dict and the value set for each variable.
     full: Option<(Py<PyDict>, Vec<Py<PyString>>)>,
+    /// The bytes each of `full`'s values was decoded from, one after the other, and
+    /// where each ends: a variable whose bytes are the same keeps `full`'s value with
+    /// one comparison (no `str` looked up, no reference taken and dropped).
+    raw: Vec<u8>,
+    raw_ends: Vec<u32>,
     https: bool,
 }
 
@@ -279,7 +284,13 @@ pub fn build<'py>(
     let env = match (&shape.full, same) {
         (Some((full, values)), true) => {
             let env = copy_dict(full.bind(py))?;
-            for (var, old) in cgi.vars.iter().zip(values) {
+            let mut start = 0;
+            for ((var, old), &end) in cgi.vars.iter().zip(values).zip(&shape.raw_ends) {
+                let was = shape.raw.get(start..end as usize);
+                start = end as usize;
+                if was.is_some_and(|was| cgi::same(was, &var.value)) {
+                    continue;
+                }
                 let value = keys.value(py, var.known, &var.value);
                 if value.as_ptr() != old.as_ptr() {
                     env.set_item(key(var), value)?;
@@ -307,6 +318,19 @@ pub fn build<'py>(
             } else {
                 None
             };
+            let (mut raw, mut raw_ends) = (
+                std::mem::take(&mut shape.raw),
+                std::mem::take(&mut shape.raw_ends),
+            );
+            raw.clear();
+            raw_ends.clear();
+            if same {
+                for var in &cgi.vars {
+                    raw.extend_from_slice(&var.value);
+                    raw_ends.push(u32::try_from(raw.len()).unwrap_or(u32::MAX));
+                }
+            }
+            (shape.raw, shape.raw_ends) = (raw, raw_ends);
             shape.https = https;
             env
         }
