@@ -174,6 +174,20 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"!"})
     elif path == "/bad-header":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nb")]})
+    elif path == "/header-shapes":
+        # Every shape of headers an app may give, and the errors of wrong ones.
+        errors = []
+        for bad in ([(b"a",)], [b"ab"], [(b"x", "str")], 5, [(b"x", b"1", b"2")],
+                    [(b"bad name", b"v")], [[b"x-nl", b"a\nb"]], [(b"x-c1", b"\x85")]):
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": bad})
+                errors.append("accepted")
+            except (TypeError, ValueError) as e:
+                errors.append(type(e).__name__)
+        await send({"type": "http.response.start", "status": 200, "headers": (
+            [b"x-list", b"1"], (b"x-tuple", bytearray(b"2")), (p for p in (b"x-gen", b"3")),
+            (b"x-latin", b"caf\xe9"), (b"content-type", b"text/plain"))})
+        await send({"type": "http.response.body", "body": ",".join(errors).encode()})
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
@@ -436,6 +450,34 @@ fn head_204_and_headers_follow_the_wsgi_rules() {
     let r = get(&p, "/bad-header", "");
     assert_eq!(r.status, 500, "a header with CR/LF is refused");
     assert!(p.wait_log("CR, LF", 5), "{}", p.logs());
+}
+
+#[test]
+fn headers_in_lists_tuples_iterators_and_bytearrays_go_out_and_wrong_shapes_raise() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let out = p.raw(&uwsgi_req("GET", "/header-shapes", "", b""));
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = &out[..end];
+    for line in [
+        &b"\r\nx-list: 1\r\n"[..],
+        b"\r\nx-tuple: 2\r\n",
+        b"\r\nx-gen: 3\r\n",
+        b"\r\nx-latin: caf\xe9\r\n",
+        b"\r\nContent-Length: 82\r\n",
+    ] {
+        assert!(
+            head.windows(line.len()).any(|w| w == line),
+            "{:?} in {:?}",
+            String::from_utf8_lossy(line),
+            String::from_utf8_lossy(head)
+        );
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&out[end..]),
+        "TypeError,TypeError,TypeError,TypeError,TypeError,ValueError,ValueError,ValueError"
+    );
 }
 
 // regression: a refused http.response.start left its headers and Content-Length

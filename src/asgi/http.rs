@@ -27,9 +27,10 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::codec::{Head, Protocol};
+use crate::proto::asgi as proto_asgi;
 use crate::proto::response::{self as resp, HeadStyle, HeaderError};
 use crate::wsgi::response::HEAD_LIMIT;
 use crate::wsgi::{traceback, AppError, Body, BodyStream, End, Sent, Served, Sink};
@@ -226,7 +227,9 @@ pub struct Exchange {
     // The response, as the app sends it.
     started: bool,
     code: u16,
-    headers: Vec<(String, String)>,
+    /// The app's headers that go out, checked and encoded as `Name: value\r\n` lines
+    /// (the head is these bytes between its status line and its end).
+    head_lines: Vec<u8>,
     content_length: Option<u64>,
     head_sent: bool,
     body_sent: u64,
@@ -314,13 +317,47 @@ fn refuse(e: HeaderError) -> PyErr {
     PyValueError::new_err(format!("http.response.start refused: {e}"))
 }
 
-/// Header bytes as text: ASCII as it is, else latin-1 (each byte one char), which
-/// `write_head` turns back into the same bytes.
-fn latin1(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) if s.is_ascii() => s.to_owned(),
-        _ => b.iter().map(|&c| char::from(c)).collect(),
+/// A header name or value: a `bytes` borrowed as it is, a `bytearray` copied.
+fn header_bytes<'a>(o: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    if let Ok(b) = o.cast::<PyBytes>() {
+        return Ok(std::borrow::Cow::Borrowed(b.as_bytes()));
     }
+    if let Ok(b) = o.cast::<pyo3::types::PyByteArray>() {
+        return Ok(std::borrow::Cow::Owned(b.to_vec()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "header names and values must be bytes, not {}",
+        o.get_type()
+            .name()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    )))
+}
+
+/// Calls `f` with the name and value of one header `item`: a 2-tuple or 2-list read by
+/// index, anything else through its iterator (exactly two items).
+fn with_pair(
+    item: &Bound<'_, PyAny>,
+    f: &mut impl FnMut(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<()>,
+) -> PyResult<()> {
+    let pair_err = || PyTypeError::new_err("each header must be a [name, value] pair of bytes");
+    if let Ok(t) = item.cast_exact::<PyTuple>() {
+        if t.len() != 2 {
+            return Err(pair_err());
+        }
+        return f(&*t.get_borrowed_item(0)?, &*t.get_borrowed_item(1)?);
+    }
+    if let Ok(l) = item.cast_exact::<PyList>() {
+        if l.len() != 2 {
+            return Err(pair_err());
+        }
+        return f(&l.get_item(0)?, &l.get_item(1)?);
+    }
+    let mut it = item.try_iter().map_err(|_| pair_err())?;
+    let (Some(n), Some(v), None) = (it.next(), it.next(), it.next()) else {
+        return Err(pair_err());
+    };
+    f(&n?, &v?)
 }
 
 impl Exchange {
@@ -357,7 +394,7 @@ impl Exchange {
             peer_fd,
             started: false,
             code: 0,
-            headers: Vec::new(),
+            head_lines: Vec::new(),
             content_length: None,
             head_sent: false,
             body_sent: 0,
@@ -395,35 +432,37 @@ impl Exchange {
         self.is_head || resp::status_has_no_body(self.code)
     }
 
-    /// The head, with a Content-Length when the whole body is known now.
+    /// The head, with a Content-Length when the whole body is known now: the status
+    /// line (or `Status:`) as [`resp::write_head`] writes it, the app's header lines, the
+    /// computed length, the blank line; `extra`: room for a body that follows.
     fn head_bytes(&self, whole_body: Option<usize>, extra: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(64 + self.headers.len() * 48 + extra);
+        let mut buf = Vec::with_capacity(96 + self.head_lines.len() + extra);
         let reason = match resp::reason_phrase(self.code) {
             "" => "Unknown",
             r => r,
         };
-        let status = format!("{} {reason}", self.code);
-        let cl;
-        let computed = match whole_body {
+        buf.extend_from_slice(match self.style {
+            HeadStyle::Http => b"HTTP/1.1 ",
+            HeadStyle::Cgi => b"Status: ",
+        });
+        buf.extend_from_slice(itoa::Buffer::new().format(self.code).as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(reason.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(&self.head_lines);
+        match whole_body {
             Some(n)
                 if self.content_length.is_none()
                     && !resp::status_has_no_body(self.code)
                     && !(self.is_head && n == 0) =>
             {
-                cl = n.to_string();
-                Some(("Content-Length", cl.as_str()))
+                buf.extend_from_slice(b"Content-Length: ");
+                buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                buf.extend_from_slice(b"\r\n");
             }
-            _ => None,
-        };
-        resp::write_head(
-            &mut buf,
-            self.style,
-            &status,
-            self.headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .chain(computed),
-        );
+            _ => {}
+        }
+        buf.extend_from_slice(b"\r\n");
         buf
     }
 
@@ -449,66 +488,67 @@ impl Exchange {
         }
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
-        let mut headers = Vec::new();
+        let mut lines = std::mem::take(&mut self.head_lines);
+        lines.clear();
         let mut content_length = None;
         let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
+        let mut add = |n: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
+            let (name, value) = (header_bytes(n)?, header_bytes(v)?);
+            size += name.len() + value.len() + 4;
+            if size > HEAD_LIMIT {
+                return Err(PyValueError::new_err(format!(
+                    "the response head is over {HEAD_LIMIT} bytes; nginx could not take it"
+                )));
+            }
+            let name = proto_asgi::check_response_header(&name, &value).map_err(refuse)?;
+            if resp::is_hop_by_hop(name) {
+                let _e = self.span.enter();
+                tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
+                return Ok(());
+            }
+            if name.eq_ignore_ascii_case("status") {
+                let _e = self.span.enter();
+                tracing::warn!(header = %name, "the app set a Status header; dropped (the status is http.response.start's)");
+                return Ok(());
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                if content_length.is_some() {
+                    return Err(refuse(HeaderError::DuplicateContentLength));
+                }
+                let text = proto_asgi::latin1_text(&value);
+                content_length = Some(resp::parse_content_length(&text).map_err(refuse)?);
+            }
+            // `Name: value\r\n`, the value's bytes as they are (latin-1).
+            lines.reserve(name.len() + value.len() + 4);
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(&value);
+            lines.extend_from_slice(b"\r\n");
+            Ok(())
+        };
         if let Some(given) = message.get_item(intern!(py, "headers"))? {
-            for item in given.try_iter().map_err(|_| {
-                PyTypeError::new_err(
-                    "http.response.start 'headers' must be an iterable of [name, value] byte pairs",
-                )
-            })? {
-                let item = item?;
-                let pair_err =
-                    || PyTypeError::new_err("each header must be a [name, value] pair of bytes");
-                let mut it = item.try_iter().map_err(|_| pair_err())?;
-                let (Some(n), Some(v), None) = (it.next(), it.next(), it.next()) else {
-                    return Err(pair_err());
-                };
-                let (n, v) = (n?, v?);
-                let bytes_of = |o: &Bound<'_, PyAny>| -> PyResult<Vec<u8>> {
-                    if let Ok(b) = o.cast::<PyBytes>() {
-                        return Ok(b.as_bytes().to_vec());
-                    }
-                    if let Ok(b) = o.cast::<pyo3::types::PyByteArray>() {
-                        return Ok(b.to_vec());
-                    }
-                    Err(PyTypeError::new_err(format!(
-                        "header names and values must be bytes, not {}",
-                        o.get_type()
-                            .name()
-                            .map(|s| s.to_string())
-                            .unwrap_or_default()
-                    )))
-                };
-                let (name, value) = (latin1(&bytes_of(&n)?), latin1(&bytes_of(&v)?));
-                size += name.len() + value.len() + 4;
-                if size > HEAD_LIMIT {
-                    return Err(PyValueError::new_err(format!(
-                        "the response head is over {HEAD_LIMIT} bytes; nginx could not take it"
-                    )));
+            // A list or tuple of 2-tuples or 2-lists (what apps send) is read by index;
+            // any other iterable through its iterator, with the same checks. Nothing
+            // here runs Python code that could change the list while it is read.
+            if let Ok(list) = given.cast_exact::<PyList>() {
+                for item in list.iter() {
+                    with_pair(&item, &mut add)?;
                 }
-                resp::check_header(&name, &value).map_err(refuse)?;
-                if resp::is_hop_by_hop(&name) {
-                    let _e = self.span.enter();
-                    tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
-                    continue;
+            } else if let Ok(tuple) = given.cast_exact::<PyTuple>() {
+                for item in tuple.iter_borrowed() {
+                    with_pair(&item, &mut add)?;
                 }
-                if name.eq_ignore_ascii_case("status") {
-                    let _e = self.span.enter();
-                    tracing::warn!(header = %name, "the app set a Status header; dropped (the status is http.response.start's)");
-                    continue;
+            } else {
+                for item in given.try_iter().map_err(|_| {
+                    PyTypeError::new_err(
+                        "http.response.start 'headers' must be an iterable of [name, value] byte pairs",
+                    )
+                })? {
+                    with_pair(&item?, &mut add)?;
                 }
-                if name.eq_ignore_ascii_case("content-length") {
-                    if content_length.is_some() {
-                        return Err(refuse(HeaderError::DuplicateContentLength));
-                    }
-                    content_length = Some(resp::parse_content_length(&value).map_err(refuse)?);
-                }
-                headers.push((name, value));
             }
         }
-        self.headers = headers;
+        self.head_lines = lines;
         self.content_length = content_length;
         self.code = code;
         self.started = true;
@@ -815,7 +855,9 @@ impl Exchange {
         let mut me = slf.borrow_mut();
         me.code = code;
         me.started = true;
-        me.headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
+        me.head_lines.clear();
+        me.head_lines
+            .extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
         me.content_length = None;
         me.is_head = false;
         let mut buf = me.head_bytes(Some(body.len()), body.len());

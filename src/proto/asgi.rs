@@ -335,9 +335,115 @@ pub fn header_name(cgi_name: &[u8]) -> impl ExactSizeIterator<Item = u8> + '_ {
     })
 }
 
+/// Header bytes as text: ASCII as it is, else latin-1 (each byte one char), the text
+/// [`response::write_head`](super::response::write_head) turns back into the same bytes.
+pub fn latin1_text(b: &[u8]) -> String {
+    if b.is_ascii() {
+        // ASCII is UTF-8.
+        String::from_utf8(b.to_vec()).unwrap_or_default()
+    } else {
+        b.iter().map(|&c| char::from(c)).collect()
+    }
+}
+
+/// True for the bytes of an RFC 9110 token (a header name), by byte.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// Checks one `http.response.start` header, given as byte strings (§7), on the bytes
+/// themselves: the same verdict and error as
+/// [`response::check_header`](super::response::check_header) on the header read as
+/// latin-1 text (each byte one char, so nothing is outside latin-1), without making the
+/// text. The name must be a token, the value free of controls (CR, LF, NUL, DEL,
+/// U+0080–U+009F; a tab is allowed). Returns the name as text (a token is ASCII).
+pub fn check_response_header<'n>(
+    name: &'n [u8],
+    value: &[u8],
+) -> Result<&'n str, super::response::HeaderError> {
+    use super::response::HeaderError;
+    // No early exit: the usual header passes, and a branch per byte costs more.
+    let token = name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]);
+    let name_text = match std::str::from_utf8(name) {
+        Ok(s) if token && !name.is_empty() => s,
+        _ => return Err(HeaderError::Name(latin1_text(name))),
+    };
+    let control = |b: u8| (b < b' ' && b != b'\t') || (0x7f..=0x9f).contains(&b);
+    if value.iter().any(|&b| control(b)) {
+        return Err(HeaderError::Control {
+            name: name_text.to_owned(),
+        });
+    }
+    Ok(name_text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_headers_are_checked_on_bytes_as_on_latin1_text() {
+        use crate::proto::response::{check_header, HeaderError};
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"content-type", b"text/plain"),
+            (b"x-a", b"tab\there"),
+            (b"x-a", b"caf\xe9"),
+            (b"x-a", b"a\r\nb"),
+            (b"x-a", b"nul\0"),
+            (b"x-a", b"del\x7f"),
+            (b"x-a", b"c1\x85"),
+            (b"x-a", b"\xa0nbsp"),
+            (b"", b"v"),
+            (b"bad name", b"v"),
+            (b"caf\xe9", b"v"),
+            (b"x:y", b"v"),
+        ];
+        for &(n, v) in cases {
+            let want = check_header(&latin1_text(n), &latin1_text(v));
+            let got = check_response_header(n, v).map(|_| ());
+            assert_eq!(got, want, "{n:?}: {v:?}");
+        }
+        assert_eq!(
+            check_response_header(b"x-a", b"a\nb"),
+            Err(HeaderError::Control { name: "x-a".into() })
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proto::props::config(256))]
+        #[test]
+        fn props_response_header_check_matches_the_text_check(
+            n in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let want = crate::proto::response::check_header(&latin1_text(&n), &latin1_text(&v));
+            proptest::prop_assert_eq!(check_response_header(&n, &v).map(|_| ()), want);
+        }
+    }
 
     const DEFAULTS: Defaults<'static> = Defaults {
         server_name: b"127.0.0.1",
