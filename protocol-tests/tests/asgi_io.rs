@@ -679,3 +679,66 @@ fn a_cancelled_fastcgi_receive_does_not_make_the_lane_drop_another_body() {
     }
     assert!(!p.logs().contains("body is dropped"), "{}", p.logs());
 }
+
+#[test]
+fn a_pathsend_file_that_shrinks_is_a_cut_off_response_not_a_client_abort() {
+    // regression: X4b (review2): a pathsend file truncated while it was sent was
+    // logged only as "client went away before the response was complete"; the cause,
+    // a fault on the server's side, was a debug line.
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let path = dir.path().join("file.bin");
+        std::fs::write(&path, vec![b'f'; 32 << 20]).unwrap();
+        let p = serve(dir.path(), protocol, &[]);
+        let mut s = p.addr.connect().unwrap();
+        if protocol == "uwsgi" {
+            s.write_all(&uwsgi_req("GET", "/pathsend", "", b""))
+                .unwrap();
+        } else {
+            let mut req = fcgi::begin(1, 1, false);
+            let v = vars("GET", "/pathsend", "");
+            req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+            req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+            req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+            s.write_all(&req).unwrap();
+        }
+        // 2 MiB read, then the file shrinks to 1 MiB under the send.
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < 2 << 20 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(
+            got + rest.len() < 32 << 20,
+            "{protocol}: the whole file came"
+        );
+        assert!(
+            p.wait_log("response incomplete", 10),
+            "{protocol}\n{}",
+            p.logs()
+        );
+        let logs = p.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("the file shrank"))
+            .unwrap_or_else(|| panic!("{protocol}\n{logs}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            line.contains(path.to_str().unwrap()) && line.contains("expected=33554432"),
+            "{line}"
+        );
+        assert!(!logs.contains("client went away"), "{protocol}\n{logs}");
+        assert!(!logs.contains("ERROR"), "{protocol}\n{logs}");
+    }
+}

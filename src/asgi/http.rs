@@ -1041,7 +1041,8 @@ impl SinkJob {
             Job::Write(data, false) => sink.write_all(data),
             Job::SendFile(head, f, len) => sink
                 .write_all(head)
-                .and_then(|()| sink.send_file(f, 0, *len)),
+                .and_then(|()| sink.send_file(f, 0, *len))
+                .map_err(|e| super::io::file_error(e, f, None, *len)),
             Job::Flush => sink.flush(),
         });
         let failed = r.is_err();
@@ -1574,10 +1575,13 @@ impl Exchange {
                 Some((sink, r)) => {
                     me.sink = Some(sink);
                     if let Err(e) = r {
-                        let _e = me.span.enter();
-                        tracing::debug!(error = %e, "writing the response failed");
-                        drop(_e);
-                        me.set_gone(py);
+                        shrank = {
+                            let _e = me.span.enter();
+                            super::io::write_failed(&e)
+                        };
+                        if !shrank {
+                            me.set_gone(py);
+                        }
                         false
                     } else {
                         true
@@ -1595,6 +1599,10 @@ impl Exchange {
             } else {
                 fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
             }
+        }
+        if shrank {
+            let code = slf.borrow().code;
+            Self::settle(slf, Some(End::Incomplete(code)))?;
         }
         let next = slf.borrow_mut().queued.take();
         if let Some((data, last, qf)) = next {
@@ -1934,15 +1942,20 @@ impl Exchange {
         let r = me.out.write(py, sink.as_mut());
         match r {
             Err(e) => {
-                {
+                // review2 X4b: a pathsend file that shrank is the server's fault: the
+                // response is cut off, the client did not go away.
+                let cut = {
                     let _e = me.span.enter();
-                    tracing::debug!(error = %e, "writing the response failed");
+                    super::io::write_failed(&e)
+                };
+                let end = cut.then_some(End::Incomplete(me.code));
+                if !cut {
+                    me.set_gone(py);
                 }
-                me.set_gone(py);
                 drop(guard);
-                Self::settle(slf, None)?;
+                Self::settle(slf, end)?;
                 Self::release(slf)?;
-                Ok(false)
+                Ok(cut)
             }
             Ok(all) => {
                 if me.out.sent() != before || all {

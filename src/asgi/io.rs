@@ -67,6 +67,83 @@ const PIECE: usize = 16 * 1024;
 /// Slices per send: well under IOV_MAX (1024).
 const IOVS: usize = 64;
 
+/// A `http.response.pathsend` file that ended before the length announced for it:
+/// it shrank (was truncated or rewritten) while it was sent. The server's fault, not
+/// the client's: the response is cut off, and the log says why.
+#[derive(Debug)]
+pub struct FileShrank {
+    pub path: std::path::PathBuf,
+    /// Bytes of the file sent, when the writer knows (the loop's writes do).
+    pub sent: Option<u64>,
+    pub expected: u64,
+    /// The file's length when the send found its end.
+    pub now: u64,
+}
+
+impl std::fmt::Display for FileShrank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} shrank to {} bytes while it was being sent ({} announced)",
+            self.path.display(),
+            self.now,
+            self.expected
+        )
+    }
+}
+
+impl std::error::Error for FileShrank {}
+
+/// `e`, from sending the first `expected` bytes of `file` (`sent` of them gone, if
+/// known), as a [`FileShrank`] when the file ended early (the sinks' `UnexpectedEof`;
+/// a socket's failures are other kinds).
+pub fn file_error(
+    e: io::Error,
+    file: &std::fs::File,
+    sent: Option<u64>,
+    expected: u64,
+) -> io::Error {
+    if e.kind() != io::ErrorKind::UnexpectedEof {
+        return e;
+    }
+    // The path as the kernel knows the open file (only now, on this rare failure).
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .unwrap_or_else(|_| "(the file)".into());
+    let now = file.metadata().map_or(0, |m| m.len());
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        FileShrank {
+            path,
+            sent,
+            expected,
+            now,
+        },
+    )
+}
+
+/// Logs why writing a response failed (called in the request's span). True when the
+/// fault is the server's (a pathsend file that shrank: warned, and the response is
+/// to be cut off as incomplete), false when the front server went away (debug: an
+/// ordinary client abort).
+pub fn write_failed(e: &io::Error) -> bool {
+    match e.get_ref().and_then(|i| i.downcast_ref::<FileShrank>()) {
+        Some(f) => {
+            tracing::warn!(
+                path = %f.path.display(),
+                sent = f.sent,
+                expected = f.expected,
+                file_now = f.now,
+                "http.response.pathsend: the file shrank while it was being sent; the response is cut off"
+            );
+            true
+        }
+        None => {
+            tracing::debug!(error = %e, "writing the response failed");
+            false
+        }
+    }
+}
+
 /// One part of a response, in order.
 enum Piece {
     /// Bytes of postern's (a head) and copied small chunks.
@@ -172,7 +249,9 @@ impl Out {
             match self.pieces.front_mut() {
                 None => return Ok(true),
                 Some(Piece::File(f, off, end)) => {
-                    let n = sink.try_send_file(f, *off, *end - *off)?;
+                    let n = sink
+                        .try_send_file(f, *off, *end - *off)
+                        .map_err(|e| file_error(e, f, Some(*off), *end))?;
                     if n == 0 {
                         return Ok(false);
                     }
