@@ -1567,6 +1567,9 @@ impl Exchange {
                     (sink, Err(e))
                 })
             });
+        // A pathsend file that shrank (review2 X4b): cut off, not a client gone; the
+        // app's send() returns as over uwsgi/SCGI (where it has returned before).
+        let mut shrank = false;
         let ok = {
             let mut me = slf.borrow_mut();
             me.busy = false;
