@@ -135,6 +135,20 @@ async def app(scope, receive, send):
         except OSError as e:
             with open(os.path.join(DIR, "echo-send"), "w") as f:
                 f.write("%s: %s" % (type(e).__name__, e))
+    elif path == "/cancel-every-send":
+        # Every send() given up on almost at once, to a reader that reads nothing.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for i in range(2000):
+                m = {"type": "http.response.body", "body": bytes([i % 251]) * 65536, "more_body": True}
+                try:
+                    await asyncio.wait_for(send(m), 0.001)
+                except asyncio.TimeoutError:
+                    pass
+            mark("all-sent")
+        except OSError as e:
+            with open(os.path.join(DIR, "overrun-send"), "w") as f:
+                f.write("%s: %s" % (type(e).__name__, e))
     elif path == "/refused-start":
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\nb")]})
@@ -739,6 +753,59 @@ fn a_pathsend_file_that_shrinks_is_a_cut_off_response_not_a_client_abort() {
             "{line}"
         );
         assert!(!logs.contains("client went away"), "{protocol}\n{logs}");
+        assert!(!logs.contains("ERROR"), "{protocol}\n{logs}");
+    }
+}
+
+#[test]
+fn sends_the_app_gives_up_on_cannot_pile_up_without_bound() {
+    // regression: io2's note (last session): the bytes of send()s the app cancelled
+    // (asyncio.wait_for(send(...), t) in a loop) to a front server that reads nothing
+    // were all kept: ~40 MB a second of worker memory, without bound, over uwsgi,
+    // SCGI and FastCGI alike.
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = serve(dir.path(), protocol, &[]);
+        let before = rss_kib(&p);
+        let mut s = p.addr.connect().unwrap();
+        if protocol == "uwsgi" {
+            s.write_all(&uwsgi_req("GET", "/cancel-every-send", "", b""))
+                .unwrap();
+        } else {
+            let mut req = fcgi::begin(1, 1, false);
+            let v = vars("GET", "/cancel-every-send", "");
+            req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+            req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+            req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+            s.write_all(&req).unwrap();
+        }
+        let said = dir.path().join("overrun-send");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !said.exists() && !dir.path().join("all-sent").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let grown = rss_kib(&p).saturating_sub(before);
+        let said = std::fs::read_to_string(&said).unwrap_or_default();
+        assert!(
+            said.starts_with("ClientDisconnected: ") && said.contains("did not wait"),
+            "{protocol}: {said:?}\n{}",
+            p.logs()
+        );
+        // 125 MiB were sent; what waits is bounded (a few MiB, and the allocator's slack).
+        assert!(grown < 48 * 1024, "{protocol}: RSS grew by {grown} KiB");
+        // FastCGI: the cut comes once the write in flight ends (here: the reader goes).
+        drop(s);
+        assert!(
+            p.wait_log("response incomplete", 10),
+            "{protocol}\n{}",
+            p.logs()
+        );
+        let logs = p.logs();
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("WARN") && l.contains("did not wait for")),
+            "{protocol}\n{logs}"
+        );
         assert!(!logs.contains("ERROR"), "{protocol}\n{logs}");
     }
 }

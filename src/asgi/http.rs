@@ -283,7 +283,7 @@ pub struct Exchange {
     /// Registered for body wake-ups under this id ([`super::io::LoopIo`]).
     body_id: Option<u64>,
     /// Every later `send()` raises this: the response was answered or cut off in the
-    /// app's place (a body over --max-body).
+    /// app's place (a body over --max-body, sends the app did not wait for).
     send_refused: Option<&'static str>,
 }
 
@@ -1298,6 +1298,14 @@ impl Exchange {
                         "send() called again before the previous send() was awaited",
                     ));
                 }
+                let waiting = match me.loop_w {
+                    Some(_) => me.out.queued(),
+                    None => me.queued.as_ref().map_or(0, |q| q.0.len()),
+                };
+                if waiting > super::io::MAX_UNAWAITED {
+                    drop(me);
+                    return Err(Self::overrun(slf, waiting)?);
+                }
                 let bytes: &[u8] = match &body {
                     None => b"",
                     Some(b) => {
@@ -1603,7 +1611,8 @@ impl Exchange {
                 fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
             }
         }
-        if shrank {
+        if shrank || slf.borrow().send_refused.is_some() {
+            // Cut off (the write that was in flight has ended).
             let code = slf.borrow().code;
             Self::settle(slf, Some(End::Incomplete(code)))?;
         }
@@ -1888,6 +1897,29 @@ impl Exchange {
         );
         drop(me);
         Self::answer_plain(slf, 413, b"Content Too Large\n")
+    }
+
+    /// The app sends more while `waiting` bytes of earlier `send()`s it did not wait
+    /// for (it cancelled them) still wait for the front server, over
+    /// [`super::io::MAX_UNAWAITED`]: the response is cut off (once a write in flight
+    /// has ended) instead of holding all it sends; this `send()` and the later ones
+    /// raise.
+    fn overrun(slf: &Bound<'_, Self>, waiting: usize) -> PyResult<PyErr> {
+        let why = "send() called while over 1 MiB of earlier send()s the app did not wait for (it cancelled them) still waited for the front server to read them: postern cut the response off";
+        let mut me = slf.borrow_mut();
+        me.send_refused = Some(why);
+        {
+            let _e = me.span.enter();
+            tracing::warn!(waiting, "the app sent more while earlier send()s it did not wait for (cancelled) still waited for a front server that reads slowly or not at all; the response is cut off");
+        }
+        // Queued behind a write in flight: goes no further (its send() was cancelled).
+        me.queued = None;
+        // Nothing more comes from the app: its task may end without a last body.
+        me.complete = true;
+        let code = me.code;
+        drop(me);
+        Self::settle(slf, Some(End::Incomplete(code)))?;
+        Ok(ClientDisconnected::new_err(why))
     }
 
     /// Loop-driven writes (the sink has a socket of its own): sends what `out` holds

@@ -61,6 +61,13 @@ pub const HIGH: usize = 256 * 1024;
 /// See [`HIGH`].
 pub const LOW: usize = 64 * 1024;
 
+/// The most bytes of earlier `send()`s that may still wait for the front server when
+/// the app sends more. Only an app that did not wait for them gets past [`HIGH`] (it
+/// cancelled them: `asyncio.wait_for(send(...), t)` in a loop); they still go out, in
+/// order, but past this the response is cut off: else a reader that reads nothing
+/// made the worker hold all the app sent.
+pub const MAX_UNAWAITED: usize = 4 * HIGH;
+
 /// The most one buffer of copied chunks holds.
 const PIECE: usize = 16 * 1024;
 
