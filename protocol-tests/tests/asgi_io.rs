@@ -809,3 +809,67 @@ fn sends_the_app_gives_up_on_cannot_pile_up_without_bound() {
         assert!(!logs.contains("ERROR"), "{protocol}\n{logs}");
     }
 }
+
+#[test]
+fn an_app_waiting_for_its_fastcgi_input_gets_it_past_another_requests_unread_body() {
+    // The other side of X5's fix: an app whose receive() is pending still makes the
+    // lane read on past --fastcgi-buffer to its input, behind another request's body
+    // that nobody reads (that body is dropped, its app gets http.disconnect), rather
+    // than both waiting for ever.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &["--fastcgi-buffer", "64K"]);
+    let protocol_tests::harness::Addr::Unix(path) = &p.addr else {
+        panic!("a unix socket")
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let b1: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let request = |id: u16, path: &str, query: &str, len: usize| {
+        let len = len.to_string();
+        let mut v = vars("POST", path, query);
+        v.push(("CONTENT_LENGTH", &len));
+        let mut out = fcgi::begin(id, 1, true);
+        out.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&v)));
+        out.extend(fcgi::record(fcgi::PARAMS, id, b""));
+        out
+    };
+    let mut out = request(1, "/sha", "", b1.len());
+    out.extend(fcgi::record(fcgi::STDIN, 1, &b1[..1000]));
+    s.write_all(&out).unwrap();
+    assert!(wait_marks(dir.path(), "sha", 1, 20), "{}", p.logs());
+    // Request 2's 1 MB, unread, then the rest of request 1's body behind it.
+    let mut w = s.try_clone().unwrap();
+    let mut rest = request(2, "/sha-later", "go2", 1_000_000);
+    for _ in 0..16 {
+        rest.extend(fcgi::record(fcgi::STDIN, 2, &[b'b'; 62_500]));
+    }
+    rest.extend(fcgi::record(fcgi::STDIN, 2, b""));
+    for c in b1[1000..].chunks(32 * 1024) {
+        rest.extend(fcgi::record(fcgi::STDIN, 1, c));
+    }
+    rest.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    let writer = std::thread::spawn(move || w.write_all(&rest).is_ok());
+    let mut others = Vec::new();
+    let r1 = fcgi::read_reply(&mut s, 1, &mut others);
+    let (_, _, body) = r1.cgi();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("100000 {} http.request", sha256_hex(&b1)),
+        "{}",
+        p.logs()
+    );
+    assert!(writer.join().unwrap());
+    std::fs::write(dir.path().join("go2"), b"").unwrap();
+    let r2 = fcgi::read_reply(&mut s, 2, &mut others);
+    let (_, _, body) = r2.cgi();
+    assert!(
+        String::from_utf8_lossy(&body).ends_with("http.disconnect"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        p.wait_log("this request's body is dropped", 5),
+        "{}",
+        p.logs()
+    );
+}
