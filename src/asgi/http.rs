@@ -1605,7 +1605,7 @@ impl Exchange {
             }
         };
         if pending(py, &fut.clone().unbind()) {
-            if ok {
+            if ok || shrank {
                 fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
             } else {
                 fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
