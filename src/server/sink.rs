@@ -23,7 +23,14 @@ use crate::wsgi::{End, Sent, Sink};
 pub fn send_all(sock: &socket2::Socket, mut data: &[u8], timeout: Duration) -> io::Result<()> {
     while !data.is_empty() {
         match rustix::net::send(sock.as_fd(), data, SendFlags::NOSIGNAL) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                // A short send: the socket buffer is full. Wait for room instead of
+                // sending again only to get EAGAIN (one system call fewer per wait).
+                if !data.is_empty() {
+                    wait_writable(sock, timeout)?;
+                }
+            }
             Err(Errno::AGAIN) => wait_writable(sock, timeout)?,
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -42,7 +49,13 @@ pub fn send_all_vectored(
     while !bufs.is_empty() {
         let mut control = rustix::net::SendAncillaryBuffer::default();
         match rustix::net::sendmsg(sock.as_fd(), bufs, &mut control, SendFlags::NOSIGNAL) {
-            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Ok(n) => {
+                io::IoSlice::advance_slices(&mut bufs, n);
+                // Short: the buffer is full (as in send_all).
+                if !bufs.is_empty() {
+                    wait_writable(sock, timeout)?;
+                }
+            }
             Err(Errno::AGAIN) => wait_writable(sock, timeout)?,
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -96,6 +109,10 @@ pub struct ConnSink {
     stream: Option<Stream>,
     /// An event loop writes the response ([`Sink::loop_writes`]): never a writer.
     on_loop: bool,
+    /// The last non-blocking send was short or refused: the socket buffer was full
+    /// then, so the next blocking write waits for room before it sends (instead of a
+    /// send that would only get EAGAIN).
+    full: bool,
     tcp: bool,
     written: u64,
     started: Instant,
@@ -117,6 +134,7 @@ impl ConnSink {
             writes: 0,
             stream: None,
             on_loop: false,
+            full: false,
             tcp,
             written: 0,
             started,
@@ -171,12 +189,19 @@ impl Sink for ConnSink {
             }
             self.drain()?;
         }
+        if std::mem::take(&mut self.full) && !data.is_empty() {
+            self.wait_writable()?;
+        }
         while !data.is_empty() {
             let r = rustix::net::send(self.sock()?.as_fd(), data, SendFlags::NOSIGNAL);
             match r {
                 Ok(n) => {
                     data = &data[n..];
                     self.written += n as u64;
+                    // Short: the buffer is full; wait for room (see send_all).
+                    if !data.is_empty() {
+                        self.wait_writable()?;
+                    }
                 }
                 Err(Errno::AGAIN) => self.wait_writable()?,
                 Err(Errno::INTR) => {}
@@ -209,13 +234,25 @@ impl Sink for ConnSink {
             }
             return Ok(if s.try_push(data)? { data.len() } else { 0 });
         }
+        if self.full && !self.on_loop {
+            // The previous send found the buffer full (a response's first write, its
+            // head and body in one sendmsg, was short): the blocking write that follows
+            // waits for room first, so a send here would only get EAGAIN. (An event
+            // loop is told of room by its own wait: it always sends.)
+            return Ok(0);
+        }
         let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
         match rustix::net::send(self.sock()?.as_fd(), data, flags) {
             Ok(n) => {
                 self.written += n as u64;
+                self.full = n < data.len();
                 Ok(n)
             }
-            Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+            Err(Errno::AGAIN) => {
+                self.full = true;
+                Ok(0)
+            }
+            Err(Errno::INTR) => Ok(0),
             Err(e) => Err(e.into()),
         }
     }
@@ -232,9 +269,14 @@ impl Sink for ConnSink {
                 // Counted as the two writes it stands for, each once it is whole
                 // (the caller writes what is left): a stream starts where it did.
                 self.writes += u32::from(n >= head.len()) + u32::from(n == bufs_len(&bufs));
+                self.full = n < bufs_len(&bufs);
                 Ok(n)
             }
-            Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+            Err(Errno::AGAIN) => {
+                self.full = true;
+                Ok(0)
+            }
+            Err(Errno::INTR) => Ok(0),
             Err(e) => Err(e.into()),
         }
     }
@@ -273,7 +315,13 @@ impl Sink for ConnSink {
                         "the file shrank while it was being sent",
                     ))
                 }
-                Ok(n) => self.written += n as u64,
+                Ok(n) => {
+                    self.written += n as u64;
+                    // Short: the buffer is full; wait for room (see send_all).
+                    if n < chunk {
+                        self.wait_writable()?;
+                    }
+                }
                 Err(Errno::AGAIN) => self.wait_writable()?,
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
