@@ -149,6 +149,14 @@ async def app(scope, receive, send):
         except OSError as e:
             with open(os.path.join(DIR, "overrun-send"), "w") as f:
                 f.write("%s: %s" % (type(e).__name__, e))
+    elif path == "/listen":
+        # As Django's disconnect listener: the body, then receive() until the end.
+        body, kind = await read_all(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d\n" % len(body), "more_body": True})
+        mark("listening")
+        m = await receive()
+        mark("got-" + m["type"])
     elif path == "/refused-start":
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\nb")]})
@@ -871,5 +879,46 @@ fn an_app_waiting_for_its_fastcgi_input_gets_it_past_another_requests_unread_bod
         p.wait_log("this request's body is dropped", 5),
         "{}",
         p.logs()
+    );
+}
+
+#[test]
+fn scgi_body_bytes_past_content_length_are_warned_about() {
+    // nginx's scgi_request_buffering off announces as CONTENT_LENGTH only the body
+    // bytes it had read and sends the rest after them: the app sees a cut body. What
+    // comes while the app listens for the disconnect (Django does) is warned about,
+    // naming the likely cause.
+    let dir = tempdir();
+    let p = serve(dir.path(), "scgi", &[]);
+    let body = b"0123456789";
+    let len = body.len().to_string();
+    let mut head = Vec::new();
+    let v = vars("POST", "/listen", "");
+    for (k, val) in [("CONTENT_LENGTH", len.as_str()), ("SCGI", "1")]
+        .into_iter()
+        .chain(v.into_iter())
+    {
+        head.extend_from_slice(k.as_bytes());
+        head.push(0);
+        head.extend_from_slice(val.as_bytes());
+        head.push(0);
+    }
+    let mut req = format!("{}:", head.len()).into_bytes();
+    req.extend(head);
+    req.push(b',');
+    req.extend_from_slice(body);
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&req).unwrap();
+    assert!(wait_marks(dir.path(), "listening", 1, 20), "{}", p.logs());
+    s.write_all(&[b'x'; 5000]).unwrap();
+    assert!(p.wait_log("scgi_request_buffering off", 10), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("scgi_request_buffering off"))
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains("path=/listen"),
+        "{line}"
     );
 }

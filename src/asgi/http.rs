@@ -1668,6 +1668,10 @@ impl Exchange {
             Ok(_) => {
                 // Input after a complete request: nothing this protocol sends; stop
                 // looking (a level-triggered reader would spin on it).
+                if me.protocol == Protocol::Scgi {
+                    let _e = me.span.enter();
+                    tracing::warn!("the front server sent more body after CONTENT_LENGTH bytes: the app saw it cut short (nginx's scgi_request_buffering off announces only the bytes it had read: leave it on)");
+                }
                 me.unwatch(py);
             }
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
