@@ -168,6 +168,9 @@ impl SendCall {
 
 pub use super::io::GoneQueue;
 
+/// The loop's bookkeeping when a request is over, called with its slot.
+pub type Ended = Box<dyn Fn(Python<'_>, usize)>;
+
 /// What every request of one loop shares: the loop's methods, looked up once.
 pub struct Ctx {
     pub event_loop: Py<PyAny>,
@@ -182,8 +185,9 @@ pub struct Ctx {
     pub remove_reader: Py<PyAny>,
     /// The tasks on the scoreboard (`--timeout`, `/status`, metrics).
     pub watch: super::watch::Watch,
-    /// Called with the slot when a request's task has ended (the loop's bookkeeping).
-    pub ended: std::cell::OnceCell<Py<PyAny>>,
+    /// Called with the slot when a request's task has ended (the loop's bookkeeping),
+    /// from Rust: no Python call per request.
+    pub ended: std::cell::OnceCell<Ended>,
     /// `Ready(None)`: `await send(...)` that completed at once; shared (it yields
     /// `None` however often it is awaited).
     pub done: Py<Ready>,
@@ -227,9 +231,10 @@ pub struct Exchange {
     // The response, as the app sends it.
     started: bool,
     code: u16,
-    /// The app's headers that go out, checked and encoded as `Name: value\r\n` lines
-    /// (the head is these bytes between its status line and its end).
-    head_lines: Vec<u8>,
+    /// The head as far as `http.response.start` knows it: the status line (or
+    /// `Status:`) and the app's headers that go out, checked and encoded as
+    /// `Name: value\r\n` lines; [`Exchange::head_bytes`] ends it and hands it out.
+    response_head: Vec<u8>,
     content_length: Option<u64>,
     head_sent: bool,
     body_sent: u64,
@@ -317,6 +322,25 @@ fn refuse(e: HeaderError) -> PyErr {
     PyValueError::new_err(format!("http.response.start refused: {e}"))
 }
 
+/// What a head's buffer is made with: the usual head and a small body fit.
+const HEAD_ROOM: usize = 256;
+
+/// `HTTP/1.1 200 OK\r\n` (or `Status: 200 OK\r\n`), as [`resp::write_head`] writes it.
+fn status_line(buf: &mut Vec<u8>, style: HeadStyle, code: u16) {
+    let reason = match resp::reason_phrase(code) {
+        "" => "Unknown",
+        r => r,
+    };
+    buf.extend_from_slice(match style {
+        HeadStyle::Http => b"HTTP/1.1 ",
+        HeadStyle::Cgi => b"Status: ",
+    });
+    buf.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(reason.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+}
+
 /// A header name or value: a `bytes` borrowed as it is, a `bytearray` copied.
 fn header_bytes<'a>(o: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
     if let Ok(b) = o.cast::<PyBytes>() {
@@ -394,7 +418,7 @@ impl Exchange {
             peer_fd,
             started: false,
             code: 0,
-            head_lines: Vec::new(),
+            response_head: Vec::new(),
             content_length: None,
             head_sent: false,
             body_sent: 0,
@@ -432,24 +456,15 @@ impl Exchange {
         self.is_head || resp::status_has_no_body(self.code)
     }
 
-    /// The head, with a Content-Length when the whole body is known now: the status
-    /// line (or `Status:`) as [`resp::write_head`] writes it, the app's header lines, the
-    /// computed length, the blank line; `extra`: room for a body that follows.
-    fn head_bytes(&self, whole_body: Option<usize>, extra: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(96 + self.head_lines.len() + extra);
-        let reason = match resp::reason_phrase(self.code) {
-            "" => "Unknown",
-            r => r,
-        };
-        buf.extend_from_slice(match self.style {
-            HeadStyle::Http => b"HTTP/1.1 ",
-            HeadStyle::Cgi => b"Status: ",
-        });
-        buf.extend_from_slice(itoa::Buffer::new().format(self.code).as_bytes());
-        buf.push(b' ');
-        buf.extend_from_slice(reason.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-        buf.extend_from_slice(&self.head_lines);
+    /// The head, with a Content-Length when the whole body is known now, and room for
+    /// `extra` bytes of body after it: what `start` wrote ([`Exchange::response_head`]), the
+    /// computed length, the blank line, as [`resp::write_head`] writes a head.
+    fn head_bytes(&mut self, whole_body: Option<usize>, extra: usize) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.response_head);
+        if buf.is_empty() {
+            status_line(&mut buf, self.style, self.code);
+        }
+        buf.reserve(32 + extra);
         match whole_body {
             Some(n)
                 if self.content_length.is_none()
@@ -488,8 +503,11 @@ impl Exchange {
         }
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
-        let mut lines = std::mem::take(&mut self.head_lines);
+        let mut lines = std::mem::take(&mut self.response_head);
         lines.clear();
+        // One allocation for the usual head and a small body after it.
+        lines.reserve(HEAD_ROOM);
+        status_line(&mut lines, self.style, code);
         let mut content_length = None;
         let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
         let mut add = |n: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
@@ -515,11 +533,13 @@ impl Exchange {
                 if content_length.is_some() {
                     return Err(refuse(HeaderError::DuplicateContentLength));
                 }
-                let text = proto_asgi::latin1_text(&value);
-                content_length = Some(resp::parse_content_length(&text).map_err(refuse)?);
+                let cl = match std::str::from_utf8(&value) {
+                    Ok(text) if value.is_ascii() => resp::parse_content_length(text),
+                    _ => resp::parse_content_length(&proto_asgi::latin1_text(&value)),
+                };
+                content_length = Some(cl.map_err(refuse)?);
             }
             // `Name: value\r\n`, the value's bytes as they are (latin-1).
-            lines.reserve(name.len() + value.len() + 4);
             lines.extend_from_slice(name.as_bytes());
             lines.extend_from_slice(b": ");
             lines.extend_from_slice(&value);
@@ -548,7 +568,7 @@ impl Exchange {
                 }
             }
         }
-        self.head_lines = lines;
+        self.response_head = lines;
         self.content_length = content_length;
         self.code = code;
         self.started = true;
@@ -855,8 +875,10 @@ impl Exchange {
         let mut me = slf.borrow_mut();
         me.code = code;
         me.started = true;
-        me.head_lines.clear();
-        me.head_lines
+        let style = me.style;
+        me.response_head.clear();
+        status_line(&mut me.response_head, style, code);
+        me.response_head
             .extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
         me.content_length = None;
         me.is_head = false;
@@ -943,7 +965,7 @@ impl Exchange {
         // `slot`: the task's id in the watch.
         let slot = me.slot;
         me.ctx.watch.end(slot, me.protocol, me.served.as_ref());
-        let ended = me.ctx.ended.get().map(|e| e.clone_ref(py));
+        let ctx = Rc::clone(&me.ctx);
         drop(me);
         {
             let mut me = slf.borrow_mut();
@@ -952,8 +974,8 @@ impl Exchange {
                 me.body_done(py);
             }
         }
-        if let Some(ended) = ended {
-            ended.bind(py).call1((slot,))?;
+        if let Some(ended) = ctx.ended.get() {
+            ended(py, slot);
         }
         Ok(())
     }

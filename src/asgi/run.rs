@@ -263,7 +263,10 @@ fn serve(
             drain_thread: RefCell::new(None),
         },
     )?;
-    let _ = ctx.ended.set(driver.getattr("_ended")?.unbind());
+    let ended = driver.clone().unbind();
+    let _ = ctx.ended.set(Box::new(move |py, slot| {
+        Driver::ended(ended.bind(py), slot)
+    }));
     ctx.add_reader
         .bind(py)
         .call1((ctx.gone.fd.as_raw_fd(), driver.getattr("_gone")?))?;
@@ -466,7 +469,7 @@ impl Driver {
                 tracing::error!(detail = %traceback(py, &e), "internal error: cannot start the request");
                 drop(_e);
                 slf.borrow().ctx.watch.end(slot, protocol, None);
-                Self::_ended(slf, slot);
+                Self::ended(slf, slot);
                 return;
             }
         };
@@ -544,6 +547,21 @@ impl Driver {
         }
     }
 
+    /// A request's task has ended and its response is finished.
+    fn ended(slf: &Bound<'_, Self>, _task: usize) {
+        let py = slf.py();
+        {
+            let me = slf.borrow();
+            me.in_flight.set(me.in_flight.get().saturating_sub(1));
+        }
+        crate::logging::write_deferred();
+        if slf.borrow().draining.get() {
+            Self::maybe_stop(slf);
+        } else if let Err(e) = Self::resume(slf) {
+            tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
+        }
+    }
+
     fn maybe_stop(slf: &Bound<'_, Self>) {
         let py = slf.py();
         let me = slf.borrow();
@@ -564,21 +582,6 @@ impl Driver {
     fn _timer(slf: &Bound<'_, Self>) {
         slf.borrow().timer.borrow_mut().take();
         Self::take_ready(slf);
-    }
-
-    /// A request's task has ended and its response is finished.
-    fn _ended(slf: &Bound<'_, Self>, _task: usize) {
-        let py = slf.py();
-        {
-            let me = slf.borrow();
-            me.in_flight.set(me.in_flight.get().saturating_sub(1));
-        }
-        crate::logging::write_deferred();
-        if slf.borrow().draining.get() {
-            Self::maybe_stop(slf);
-        } else if let Err(e) = Self::resume(slf) {
-            tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
-        }
     }
 
     /// The master's SIGUSR2 (`--timeout`, `--slow-log`), from the dump thread when no

@@ -418,6 +418,9 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Headers a request has at most to be listed without a heap allocation.
+const FEW_HEADERS: usize = 32;
+
 /// `headers`: a list of `(name, value)` tuples of bytes, sized once.
 fn headers<'py>(py: Python<'py>, s: &Scope<'_>) -> PyResult<Bound<'py, PyAny>> {
     LAST_PAIRS.with(|last| match last.try_borrow_mut() {
@@ -447,9 +450,19 @@ fn headers_with<'py>(
             })
             .collect()
     });
-    // One pass over the variables (counting them first was a second one).
-    let hs: Vec<_> = s.headers().collect();
-    let n = hs.len();
+    // One pass over the variables (counting them first was a second one), into an
+    // array on the stack (a request with more headers goes on in a Vec).
+    let mut few: [Option<proto_asgi::Header<'_>>; FEW_HEADERS] = [const { None }; FEW_HEADERS];
+    let mut more = Vec::new();
+    let mut n = 0;
+    for h in s.headers() {
+        match few.get_mut(n) {
+            Some(slot) => *slot = Some(h),
+            None => more.push(h),
+        }
+        n += 1;
+    }
+    let hs = few.into_iter().map_while(|h| h).chain(more);
     // SAFETY: with the GIL held; a new list of `n` NULL slots, or NULL with an exception.
     let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))? };
     let mut filled = 0;

@@ -388,10 +388,11 @@ pub fn check_response_header<'n>(
     use super::response::HeaderError;
     // No early exit: the usual header passes, and a branch per byte costs more.
     let token = name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]);
-    let name_text = match std::str::from_utf8(name) {
-        Ok(s) if token && !name.is_empty() => s,
-        _ => return Err(HeaderError::Name(latin1_text(name))),
-    };
+    if !token || name.is_empty() {
+        return Err(HeaderError::Name(latin1_text(name)));
+    }
+    // SAFETY: every byte is a token character, ASCII, so the bytes are UTF-8.
+    let name_text = unsafe { std::str::from_utf8_unchecked(name) };
     let control = |b: u8| (b < b' ' && b != b'\t') || (0x7f..=0x9f).contains(&b);
     if value.iter().any(|&b| control(b)) {
         return Err(HeaderError::Control {
