@@ -1,6 +1,6 @@
 //! Response bytes waiting for the socket, written from the loop thread with no thread
-//! per wait (a response whose sink has a socket of its own: uwsgi, SCGI, FastCGI
-//! without keep-conn): [`Out`] keeps them in order, and the loop's `add_writer` says
+//! per wait (a response whose sink has a socket of its own: uwsgi and SCGI; FastCGI
+//! writes on the io executor): [`Out`] keeps them in order, and the loop's `add_writer` says
 //! when the socket has room again. Also the loop's wake-up for request bodies that
 //! arrive while the app runs ([`BodyWakes`]): the server layer's thread only pushes an
 //! id and writes an eventfd, never the GIL.
