@@ -285,7 +285,9 @@ pub struct FcgiConn {
     /// Who reads it.
     owner: Mutex<Owner>,
     parking: Arc<Parking>,
-    write: Mutex<()>,
+    /// Held while records go out (parking_lot's: [`FcgiConn::try_end_inline`] keeps it
+    /// past the call that took it).
+    write: parking_lot::Mutex<()>,
     write_timeout: Duration,
     /// The writers' side, shared by every request on the connection (the reader's is
     /// `owner`): a write failed or the connection was aborted, nothing more goes out.
@@ -329,7 +331,7 @@ impl FcgiConn {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             owner: Mutex::new(Owner::Held { input: false }),
             parking: Arc::clone(parking),
-            write: Mutex::new(()),
+            write: parking_lot::Mutex::new(()),
             write_timeout,
             broken: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
@@ -350,7 +352,7 @@ impl FcgiConn {
                 "the FastCGI connection is closed",
             ));
         }
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write.lock();
         let r = send_all(&self.sock, data, self.write_timeout);
         if r.is_err() {
             self.broken.store(true, Ordering::Release);
@@ -366,10 +368,6 @@ impl FcgiConn {
         const VECTORED_MIN: usize = 16 * 1024;
         if data.len() >= VECTORED_MIN {
             return self.write_stream(fcgi::STDOUT, id, data, tail);
-        }
-        thread_local! {
-            // Reused for every small response of this thread: no allocation per write.
-            static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         OUT.with(|out| {
             let mut out = out.borrow_mut();
@@ -393,7 +391,7 @@ impl FcgiConn {
                 "the FastCGI connection is closed",
             ));
         }
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write.lock();
         let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
         let batches = chunks.len().div_ceil(BATCH);
         let mut r = Ok(());
@@ -436,7 +434,7 @@ impl FcgiConn {
                 "the FastCGI connection is closed",
             ));
         }
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write.lock();
         if done.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -484,7 +482,7 @@ impl FcgiConn {
         }
         let ok = self.send_stdout(id, data, tail).is_ok();
         if ok {
-            let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+            let _w = self.write.lock();
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
         }
         if self.tcp {
@@ -623,22 +621,7 @@ impl FcgiConn {
                 } else {
                     self.send_stdout(id, data, tail).is_ok()
                 };
-                if !ok {
-                    tracing::debug!("the front server closed the connection before END_REQUEST");
-                    self.abort();
-                }
-                if ok && keep_conn {
-                    // It was watched: in the epoll.
-                    self.parking.park(Arc::clone(self), true);
-                } else {
-                    // FCGI_KEEP_CONN unset: the socket closes (a FIN) when the sink
-                    // drops its reference, right after. No shutdown first: nothing is
-                    // left unread (the request was one whole read, nothing after it),
-                    // so the close cannot turn into a reset, and no other owner holds
-                    // the socket. Nothing more may be written.
-                    self.broken.store(true, Ordering::Release);
-                    self.close();
-                }
+                self.after_inline(ok, keep_conn);
                 ok
             }
             Ender::Nobody => {
@@ -647,6 +630,123 @@ impl FcgiConn {
             }
         }
     }
+}
+
+/// How [`FcgiConn::try_end_inline`] went.
+pub(super) enum TryEnd {
+    /// Nothing was sent and nothing changed: end the request the usual way.
+    NotNow,
+    /// The records through END_REQUEST are out; the request is over.
+    Sent,
+    /// The records are partly out and the request ended: `rest` must follow through
+    /// [`FcgiConn::finish_inline_end`], which the write lock waits for.
+    Partial { rest: Vec<u8>, keep_conn: bool },
+}
+
+impl FcgiConn {
+    /// Ends inline request `id` on the calling thread, which may hold the GIL: the last
+    /// STDOUT records and END_REQUEST go out in one send that never waits
+    /// (`MSG_DONTWAIT`), and only when the write lock is free and the server is not
+    /// stopping; else nothing happens ([`TryEnd::NotNow`]) and the request ends through
+    /// [`FcgiConn::end_request`] with the GIL released. The owner changes as there
+    /// (under its lock, before the front server can have the whole END_REQUEST), and
+    /// `flags.done` is set under the write lock, so no STDERR line follows.
+    pub(super) fn try_end_inline(
+        self: &Arc<Self>,
+        id: u16,
+        data: &[u8],
+        flags: &ReqFlags,
+    ) -> TryEnd {
+        if self.is_broken() || !self.parking.open.load(Ordering::SeqCst) {
+            return TryEnd::NotNow;
+        }
+        let mut owner = self.owner();
+        if !matches!(*owner, Owner::Inline { id: running, .. } if running == id) {
+            return TryEnd::NotNow;
+        }
+        let Some(w) = self.write.try_lock() else {
+            return TryEnd::NotNow;
+        };
+        flags.done.store(true, Ordering::Release);
+        let (tail, n) = fcgi::response_tail(id, flags.stderr_used.load(Ordering::Acquire));
+        OUT.with(|out| {
+            let mut out = out.borrow_mut();
+            out.clear();
+            fcgi::encode_stream(&mut out, fcgi::STDOUT, id, data);
+            out.extend_from_slice(&tail[..n]);
+            let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+            let sent = match rustix::net::send(self.sock.as_fd(), &out, flags) {
+                Ok(sent) if sent > 0 => sent,
+                // Not taken (or an error the usual way meets again): nothing changed.
+                _ => return TryEnd::NotNow,
+            };
+            let keep_conn = match owner.end(id) {
+                Ender::Inline { keep_conn } => keep_conn,
+                _ => {
+                    debug_assert!(false, "the owner was checked under the same lock");
+                    false
+                }
+            };
+            drop(owner);
+            if sent == out.len() {
+                drop(w);
+                self.after_inline(true, keep_conn);
+                return TryEnd::Sent;
+            }
+            // Records of others must not come between: the lock stays held until
+            // `finish_inline_end` has sent the rest.
+            std::mem::forget(w);
+            TryEnd::Partial {
+                rest: out[sent..].to_vec(),
+                keep_conn,
+            }
+        })
+    }
+
+    /// The rest of a [`TryEnd::Partial`] end (the GIL released: it may wait for the
+    /// front server to read), then what follows every inline end. False when the write
+    /// failed, or there was none (`None`: the response is cut, the connection aborted).
+    pub(super) fn finish_inline_end(
+        self: &Arc<Self>,
+        rest: Option<&[u8]>,
+        keep_conn: bool,
+    ) -> bool {
+        let ok = rest.is_some_and(|rest| send_all(&self.sock, rest, self.write_timeout).is_ok());
+        if !ok {
+            self.broken.store(true, Ordering::Release);
+        }
+        // SAFETY: `try_end_inline` left the lock held (its guard forgotten) for this call,
+        // which its `Partial` answer is the only way to reach, once.
+        unsafe { self.write.force_unlock() };
+        self.after_inline(ok, keep_conn);
+        ok
+    }
+
+    /// After an inline request's END_REQUEST (`ok`: it went out): the connection waits
+    /// for the next request, or closes.
+    fn after_inline(self: &Arc<Self>, ok: bool, keep_conn: bool) {
+        if !ok {
+            tracing::debug!("the front server closed the connection before END_REQUEST");
+            self.abort();
+        }
+        if ok && keep_conn {
+            // It was watched: in the epoll.
+            self.parking.park(Arc::clone(self), true);
+        } else {
+            // FCGI_KEEP_CONN unset: the socket closes (a FIN) when the sink drops its
+            // reference, right after. No shutdown first: nothing is left unread (the
+            // request was one whole read, nothing after it), so the close cannot turn
+            // into a reset, and no other owner holds the socket. Nothing more may be
+            // written.
+            self.broken.store(true, Ordering::Release);
+            self.close();
+        }
+    }
+}
+
+thread_local! {
+    // Reused for every small response of this thread: no allocation per write.
+    static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// FastCGI connections in the Python threads' epoll, by key: listed from their first

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::FcgiConn;
+use super::{FcgiConn, TryEnd};
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
 use crate::server::writer::Stream;
@@ -86,6 +86,9 @@ pub struct FcgiSink {
     /// The response's STDOUT records go through the thread's writer from here on
     /// (as for uwsgi: `crate::server::sink`).
     stream: Option<Stream>,
+    /// What `try_write` could not send of the records through END_REQUEST, for
+    /// `write_last` (the connection's write lock is held for it meanwhile).
+    rest: Option<(Vec<u8>, bool)>,
 }
 
 /// From this write of a response on, its chunks are framed into the thread's writer.
@@ -93,6 +96,10 @@ const STREAM_FROM: u32 = 3;
 
 /// A chunk this large is framed and sent directly (after what is queued), not copied.
 const DIRECT: usize = 64 * 1024;
+
+/// A last write below this may end the response in a send with the GIL held
+/// ([`FcgiConn::try_end_inline`]: framed in one copy, never waiting).
+const END_HELD_MAX: usize = 16 * 1024;
 
 impl FcgiSink {
     pub(super) fn new(
@@ -112,6 +119,7 @@ impl FcgiSink {
             finished: false,
             writes: 0,
             stream: None,
+            rest: None,
         }
     }
 
@@ -178,8 +186,29 @@ impl Sink for FcgiSink {
     /// (no system call, no GIL release): it leaves with whatever else the app yields
     /// while the writer's previous send is in flight. Before that, nothing: the chunk
     /// goes to `write_all` as it always did.
+    ///
+    /// A small last write of an inline request (no stream) ends the response right
+    /// away when the connection takes the records through END_REQUEST at once: no GIL
+    /// round trip for the one send of the usual response.
     fn try_write(&mut self, data: &[u8], last: bool) -> io::Result<usize> {
         self.writes += 1;
+        if last && self.stream.is_none() && data.len() < END_HELD_MAX {
+            self.check()?;
+            return Ok(match self.conn.try_end_inline(self.id, data, &self.flags) {
+                TryEnd::NotNow => 0,
+                TryEnd::Sent => {
+                    self.finished = true;
+                    self.written += data.len() as u64;
+                    data.len()
+                }
+                TryEnd::Partial { rest, keep_conn } => {
+                    // Ended; `write_last` sends the rest with the GIL released.
+                    self.finished = true;
+                    self.rest = Some((rest, keep_conn));
+                    0
+                }
+            });
+        }
         if last || data.len() >= DIRECT {
             return Ok(0);
         }
@@ -211,6 +240,17 @@ impl Sink for FcgiSink {
 
     /// The last STDOUT records and END_REQUEST leave in one send.
     fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some((rest, keep_conn)) = self.rest.take() {
+            // `try_write` sent the start of `data`'s records and ended the request.
+            if !self.conn.finish_inline_end(Some(&rest), keep_conn) {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the front server closed the connection before END_REQUEST",
+                ));
+            }
+            self.written += data.len() as u64;
+            return Ok(());
+        }
         self.check()?;
         self.flush()?;
         if !self.end(Some(data)) {
@@ -300,6 +340,14 @@ impl Sink for FcgiSink {
 
 impl Drop for FcgiSink {
     fn drop(&mut self) {
+        if self.rest.take().is_some() {
+            // Never: `write_last` follows a partial `try_write`. The records are cut:
+            // no END_REQUEST.
+            tracing::error!(
+                "internal error: a FastCGI response was dropped half sent; connection aborted"
+            );
+            self.conn.finish_inline_end(None, false);
+        }
         if !self.finished {
             tracing::error!(
                 "internal error: a FastCGI response was dropped unfinished; connection aborted"
