@@ -321,6 +321,20 @@ fn readers_that_do_not_read_hold_no_thread_and_other_responses_still_flow() {
     let out = p.raw(&uwsgi_req("GET", "/big", "128", b""));
     let r = parse_http(&out).expect("a whole response");
     assert_eq!(r.body.len(), 128 * 65536);
+    // Python threads (their OS name is the loop thread's): still only the loop; the
+    // 81 responses took none.
+    let python = |names: &[String]| {
+        names
+            .iter()
+            .filter(|n| n.starts_with("python-asgi"))
+            .count()
+    };
+    let streamed = threads(&p);
+    assert_eq!(
+        python(&streamed),
+        python(&before),
+        "threads {before:?} -> {streamed:?}"
+    );
     // A spooled upload (read from its file off the loop) is answered.
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let r = parse_http(&p.raw(&uwsgi_req("POST", "/sha", "", &body))).unwrap();
@@ -328,14 +342,18 @@ fn readers_that_do_not_read_hold_no_thread_and_other_responses_still_flow() {
         r.text(),
         format!("3000000 {} http.request", sha256_hex(&body))
     );
-    // Python threads (their OS name is the loop thread's): the loop, and the one or
-    // two that read the spooled body from its file.
+    // regression: this said "at most 3 Python threads" and failed now and then (4):
+    // the body is read in 12 reads of 256 KiB, one after the other, and CPython's
+    // ThreadPoolExecutor counts a worker idle only after the job's result has reached
+    // the loop, so the loop's next read may start another thread (a plain
+    // run_in_executor loop of 12 reads ends with 1, 2 or 3 threads). The bound that
+    // holds: at most one thread per read, far from one per stuck response.
     let after = threads(&p);
-    let python = after
-        .iter()
-        .filter(|n| n.starts_with("python-asgi"))
-        .count();
-    assert!(python <= 3, "threads {before:?} -> {after:?}");
+    let reads = 3_000_000usize.div_ceil(256 * 1024);
+    assert!(
+        python(&after) <= python(&before) + reads,
+        "threads {before:?} -> {after:?}"
+    );
     drop(stuck);
     assert!(p.wait_log("client went away", 10), "{}", p.logs());
 }
