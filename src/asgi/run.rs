@@ -454,9 +454,11 @@ impl Driver {
         me.in_flight.set(me.in_flight.get() + 1);
         let span = std::mem::replace(&mut req.span, tracing::Span::none());
         let entered = span.enter();
-        let is_head = req.head.get(b"REQUEST_METHOD") == Some(b"HEAD");
         let state = me.state.as_ref().map(|s| s.bind(py).clone());
-        let scope = scope::build(py, &req.head, &req.listener, &me.mounts, state.as_ref());
+        let scope =
+            scope::build_with_method(py, &req.head, &req.listener, &me.mounts, state.as_ref());
+        // A refused request is answered without the app, never as a HEAD.
+        let is_head = scope.as_ref().is_ok_and(|(_, head)| *head);
         drop(entered);
         let app = me.app.clone_ref(py);
         let serve = me.serve.clone_ref(py);
@@ -475,7 +477,7 @@ impl Driver {
         };
         let _entered = span.enter();
         let scope = match scope {
-            Ok(s) => s,
+            Ok((s, _)) => s,
             Err(refusal) => {
                 tracing::warn!(status = refusal.status, reason = %refusal.reason, "the request cannot be described as an ASGI scope; answered without the app");
                 if let Err(e) = Exchange::answer_refusal(&exchange, refusal.status) {

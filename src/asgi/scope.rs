@@ -49,6 +49,17 @@ pub fn build<'py>(
     mounts: &[Vec<u8>],
     state: Option<&Bound<'py, PyDict>>,
 ) -> Result<Bound<'py, PyDict>, ScopeRefusal> {
+    build_with_method(py, head, listener, mounts, state).map(|(d, _)| d)
+}
+
+/// [`build`], and whether the request is a `HEAD` (the scope's method).
+pub fn build_with_method<'py>(
+    py: Python<'py>,
+    head: &Head,
+    listener: &ListenerInfo,
+    mounts: &[Vec<u8>],
+    state: Option<&Bound<'py, PyDict>>,
+) -> Result<(Bound<'py, PyDict>, bool), ScopeRefusal> {
     // `Head::pairs`, cloneable (the SCGI rule may look at the pairs twice).
     let at = |r: &std::ops::Range<u32>| &head.buf[r.start as usize..r.end as usize];
     let pairs = head.vars.iter().map(move |(k, v)| (at(k), at(v)));
@@ -83,11 +94,12 @@ pub fn build<'py>(
     if scope.odd_protocol {
         tracing::debug!("SERVER_PROTOCOL is not HTTP/1.0, 1.1, 2 or 3: http_version \"1.1\"");
     }
-    fill(py, &scope, state).map_err(|e| ScopeRefusal {
+    let d = fill(py, &scope, state).map_err(|e| ScopeRefusal {
         // Only a failed allocation gets here.
         status: 500,
         reason: format!("cannot build the ASGI scope: {e}"),
-    })
+    })?;
+    Ok((d, scope.is_head))
 }
 
 /// The dict for `s`: a copy of this thread's previous scope with what differs replaced
