@@ -940,3 +940,53 @@ fn scgi_body_bytes_past_content_length_are_warned_about() {
         "{line}"
     );
 }
+
+#[test]
+fn a_disconnect_after_bytes_past_the_request_still_reaches_receive() {
+    // regression: bytes after a complete uwsgi/SCGI request (nginx's
+    // scgi_request_buffering off sends body past CONTENT_LENGTH) made postern stop
+    // watching the connection: the front server closing it later never reached the
+    // app's receive(), which waited until the response ended. Now they are read and
+    // dropped (SCGI: warned about once) and the close is still the client gone.
+    for protocol in ["uwsgi", "scgi"] {
+        let dir = tempdir();
+        let p = serve(dir.path(), protocol, &[]);
+        let body = b"0123456789";
+        let req = if protocol == "uwsgi" {
+            uwsgi_req("POST", "/listen", "", body)
+        } else {
+            let len = body.len().to_string();
+            let mut head = Vec::new();
+            for (k, val) in [("CONTENT_LENGTH", len.as_str()), ("SCGI", "1")]
+                .into_iter()
+                .chain(vars("POST", "/listen", ""))
+            {
+                head.extend_from_slice(k.as_bytes());
+                head.push(0);
+                head.extend_from_slice(val.as_bytes());
+                head.push(0);
+            }
+            let mut req = format!("{}:", head.len()).into_bytes();
+            req.extend(head);
+            req.push(b',');
+            req.extend_from_slice(body);
+            req
+        };
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&req).unwrap();
+        assert!(wait_marks(dir.path(), "listening", 1, 20), "{}", p.logs());
+        // More than one read's worth, in two writes.
+        s.write_all(&[b'x'; 100_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(&[b'y'; 100_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+        assert!(
+            wait_marks(dir.path(), "got-http.disconnect", 1, 10),
+            "{protocol}: {}",
+            p.logs()
+        );
+        let warned = p.logs().matches("scgi_request_buffering off").count();
+        assert_eq!(warned, usize::from(protocol == "scgi"), "{}", p.logs());
+    }
+}

@@ -269,6 +269,8 @@ pub struct Exchange {
     /// A chunk read that no receive() took yet (its caller was cancelled).
     read_kept: Option<Py<PyAny>>,
     watching: bool,
+    /// Bytes came after the complete request (dropped; SCGI: warned about once).
+    extra_input: bool,
     /// Registered with the sink's `notify_gone` under this id.
     gone_id: Option<u64>,
     trailers_said: bool,
@@ -438,6 +440,7 @@ impl Exchange {
             read_waiters: VecDeque::new(),
             read_kept: None,
             watching: false,
+            extra_input: false,
             gone_id: None,
             trailers_said: false,
             overflowed: false,
@@ -1688,14 +1691,24 @@ impl Exchange {
                 drop(_e);
                 me.set_gone(py);
             }
+            Ok(_) if me.protocol == Protocol::FastCgi => {
+                // Input after a complete request: nothing this protocol sends (the
+                // server layer's reader may still own the connection: leave it to
+                // it); stop looking (a level-triggered reader would spin on it).
+                me.unwatch(py);
+            }
             Ok(_) => {
-                // Input after a complete request: nothing this protocol sends; stop
-                // looking (a level-triggered reader would spin on it).
-                if me.protocol == Protocol::Scgi {
+                // Input after a complete uwsgi/SCGI request (nothing else reads this
+                // socket now): read and dropped, what is left at the next wake-up
+                // (a level-triggered reader would spin on it), and still watched:
+                // the front server closing the connection later is still the
+                // client gone (unwatching here kept that from the app's receive()).
+                let mut drop_buf = [std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+                let _ = rustix::net::recv(b, &mut drop_buf, rustix::net::RecvFlags::DONTWAIT);
+                if me.protocol == Protocol::Scgi && !std::mem::replace(&mut me.extra_input, true) {
                     let _e = me.span.enter();
                     tracing::warn!("the front server sent more body after CONTENT_LENGTH bytes: the app saw it cut short (nginx's scgi_request_buffering off announces only the bytes it had read: leave it on)");
                 }
-                me.unwatch(py);
             }
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
             Err(e) => {
