@@ -65,7 +65,18 @@ pub fn assemble(
     stdin: Option<Bytes>,
     max_body: Option<u64>,
 ) -> Result<Assembled, Refused> {
+    assemble_noting_id(params, stdin, max_body).map(|(a, _)| a)
+}
+
+/// [`assemble`], and the index in `head.vars` of the last `HTTP_X_REQUEST_ID` (what
+/// `Head::get` would find for it), noted while parsing: no second scan for the id.
+pub fn assemble_noting_id(
+    params: Bytes,
+    stdin: Option<Bytes>,
+    max_body: Option<u64>,
+) -> Result<(Assembled, Option<usize>), Refused> {
     let (vars, lengths) = fastcgi::parse_params(&params).map_err(Refused::Params)?;
+    let id_at = lengths.request_id;
     // Two lengths for one body: refused as Head::announced_length refuses them.
     if let Some((first, then)) = lengths.conflict {
         let at = |r: &std::ops::Range<u32>| &params[r.start as usize..r.end as usize];
@@ -103,12 +114,15 @@ pub fn assemble(
     }
     let Some(mut data) = stdin else {
         let body = (announced == Some(0)).then(Bytes::new);
-        return Ok(Assembled {
-            head,
-            body,
-            announced,
-            excess: 0,
-        });
+        return Ok((
+            Assembled {
+                head,
+                body,
+                announced,
+                excess: 0,
+            },
+            id_at,
+        ));
     };
     let mut excess = 0;
     if let Some(cl) = announced {
@@ -138,12 +152,15 @@ pub fn assemble(
         head.announced_length().map_err(Refused::BadLength)?;
     }
     head.content_length = len;
-    Ok(Assembled {
-        head,
-        body: Some(data),
-        announced,
-        excess,
-    })
+    Ok((
+        Assembled {
+            head,
+            body: Some(data),
+            announced,
+            excess,
+        },
+        id_at,
+    ))
 }
 
 #[cfg(test)]

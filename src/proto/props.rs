@@ -215,6 +215,9 @@ fn fcgi_pair() -> impl Strategy<Value = FcgiPair> {
         6 => blob(0..200),
         1 => Just(b"CONTENT_LENGTH".to_vec()),
         1 => Just(b"HTTP_CONTENT_LENGTH".to_vec()),
+        1 => Just(b"HTTP_X_REQUEST_ID".to_vec()),
+        // As long as HTTP_X_REQUEST_ID.
+        1 => Just(b"GATEWAY_INTERFACE".to_vec()),
     ];
     (name, blob(0..400), any::<bool>(), any::<bool>())
 }
@@ -277,7 +280,8 @@ proptest! {
 
     /// Pairs with 1- and 4-byte lengths (the 4-byte form for short lengths too) parse back
     /// to every pair with a non-empty name, and the canonical encode_pairs parses to the
-    /// same; parse_params notes the last CONTENT_LENGTH and HTTP_CONTENT_LENGTH.
+    /// same; parse_params notes the last CONTENT_LENGTH, HTTP_CONTENT_LENGTH and
+    /// HTTP_X_REQUEST_ID.
     #[test]
     fn props_fastcgi_pairs_round_trip(pairs in fcgi_pairs()) {
         let block = fcgi_block(&pairs);
@@ -292,6 +296,7 @@ proptest! {
         let last = |name: &[u8]| expected.iter().rposition(|(n, _)| n == name);
         prop_assert_eq!(lengths.cgi, last(b"CONTENT_LENGTH"));
         prop_assert_eq!(lengths.http, last(b"HTTP_CONTENT_LENGTH"));
+        prop_assert_eq!(lengths.request_id, last(b"HTTP_X_REQUEST_ID"));
 
         let mut canonical = Vec::new();
         fcgi::encode_pairs(&borrow(&expected), &mut canonical);

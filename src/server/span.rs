@@ -11,7 +11,11 @@ use crate::logging::{RequestId, Untrusted};
 /// The `request` span and the request's id: the span carries the id, method, path and
 /// peer, then status and duration (ms) once known.
 pub fn request_span(head: &Head, peer: &str) -> (tracing::Span, RequestId) {
-    let id = RequestId::for_head(head);
+    request_span_with(head, peer, RequestId::for_head(head))
+}
+
+/// [`request_span`] with the id already known (`RequestId::for_head`'s answer).
+pub fn request_span_with(head: &Head, peer: &str, id: RequestId) -> (tracing::Span, RequestId) {
     // The field values are looked up inside the macro: it evaluates them only when the
     // span is enabled (`--log-level warn` skips the lookups; the formatting is lazy
     // anyway, in `Untrusted`'s Display).

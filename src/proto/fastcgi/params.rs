@@ -43,11 +43,13 @@ pub fn parse_pairs(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
 }
 
 /// Where the body length names are among the pairs [`parse_params`] returns: the index
-/// of the last `CONTENT_LENGTH` and of the last `HTTP_CONTENT_LENGTH`, if any.
+/// of the last `CONTENT_LENGTH` and of the last `HTTP_CONTENT_LENGTH`, if any (and of
+/// the last `HTTP_X_REQUEST_ID`, the request's id in the log).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LengthVars {
     pub cgi: Option<usize>,
     pub http: Option<usize>,
+    pub request_id: Option<usize>,
     /// The first repeat of `CONTENT_LENGTH` with another non-empty value: (earlier pair,
     /// this pair).
     pub conflict: Option<(usize, usize)>,
@@ -58,6 +60,7 @@ pub struct LengthVars {
 pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoError> {
     const CGI: &[u8] = b"CONTENT_LENGTH";
     const HTTP: &[u8] = b"HTTP_CONTENT_LENGTH";
+    const ID: &[u8] = b"HTTP_X_REQUEST_ID";
     if u32::try_from(block.len()).is_err() {
         return Err(ProtoError::FcgiPairOverrun {
             offset: 0,
@@ -112,6 +115,7 @@ pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoEr
                     lengths.cgi = Some(pairs.len());
                 }
                 19 if &block[after..name_end] == HTTP => lengths.http = Some(pairs.len()),
+                17 if &block[after..name_end] == ID => lengths.request_id = Some(pairs.len()),
                 _ => {}
             }
             // The block is under 4 GiB (checked above): both offsets fit in a u32.

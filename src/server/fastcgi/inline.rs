@@ -10,11 +10,12 @@ use rustix::io::Errno;
 
 use super::sink::{stderr_forward, FcgiSink, ReqFlags};
 use super::FcgiConn;
-use crate::codec::fastcgi::assemble;
+use crate::codec::fastcgi::assemble_noting_id;
+use crate::logging::RequestId;
 use crate::proto::fastcgi as fcgi;
 use crate::server::acceptor::Arrival;
 use crate::server::lane::{FcgiSettings, Limits};
-use crate::server::span::request_span;
+use crate::server::span::request_span_with;
 use crate::wsgi::{Body, ListenerInfo, Request};
 
 /// Looks at the first bytes of a read of a held connection: a whole simple request
@@ -34,7 +35,8 @@ pub fn admit_whole(
     let whole = fcgi::whole_request(buf, limits.buffer_size, max_stdin)?;
     // Anything unusual (a body that does not match its length, one over --max-body)
     // is for the slow lane, which answers it properly.
-    let assembled = assemble(whole.params, Some(whole.stdin), limits.max_body).ok()?;
+    let (assembled, id_at) =
+        assemble_noting_id(whole.params, Some(whole.stdin), limits.max_body).ok()?;
     if assembled.excess > 0 {
         return None;
     }
@@ -43,7 +45,16 @@ pub fn admit_whole(
         Some(b) if !b.is_empty() => Body::Memory(b),
         _ => Body::Empty,
     };
-    let (span, request_id) = request_span(&head, &conn.peer);
+    // RequestId::for_head's answer, from the position the parse noted.
+    let sent_id = id_at.and_then(|i| head.vars.get(i)).map(|(_, v)| {
+        head.buf
+            .get(v.start as usize..v.end as usize)
+            .unwrap_or_default()
+    });
+    let id = sent_id
+        .and_then(RequestId::sent)
+        .unwrap_or_else(RequestId::generate);
+    let (span, request_id) = request_span_with(&head, &conn.peer, id);
     let flags = Arc::new(ReqFlags::default());
     let errors_forward = settings
         .stderr
