@@ -463,18 +463,24 @@ fn headers_with<'py>(
             .collect()
     });
     // One pass over the variables (counting them first was a second one), into an
-    // array on the stack (a request with more headers goes on in a Vec).
-    let mut few: [Option<proto_asgi::Header<'_>>; FEW_HEADERS] = [const { None }; FEW_HEADERS];
+    // array on the stack (a request with more headers goes on in a Vec), left
+    // uninitialised: writing or moving the whole array cost more than the Vec did.
+    let mut few =
+        [const { std::mem::MaybeUninit::<proto_asgi::Header<'_>>::uninit() }; FEW_HEADERS];
     let mut more = Vec::new();
     let mut n = 0;
     for h in s.headers() {
         match few.get_mut(n) {
-            Some(slot) => *slot = Some(h),
+            Some(slot) => {
+                slot.write(h);
+            }
             None => more.push(h),
         }
         n += 1;
     }
-    let hs = few.into_iter().map_while(|h| h).chain(more);
+    let few = &few[..n.min(FEW_HEADERS)];
+    // SAFETY: the first `n` slots (at most all) were written above; `Header` is `Copy`.
+    let hs = few.iter().map(|h| unsafe { h.assume_init() }).chain(more);
     // SAFETY: with the GIL held; a new list of `n` NULL slots, or NULL with an exception.
     let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))? };
     let mut filled = 0;
@@ -583,6 +589,29 @@ mod tests {
 
     const COMMON: &str = "'type': 'http', 'asgi': {'version': '3.0', 'spec_version': '2.4'}, \
                           'extensions': {'http.response.pathsend': {}}";
+
+    #[test]
+    fn more_headers_than_the_stack_array_holds_all_arrive_in_order() {
+        python();
+        let names: Vec<Vec<u8>> = (0..FEW_HEADERS + 8)
+            .map(|i| format!("HTTP_X_H{i}").into_bytes())
+            .collect();
+        let mut pairs: Vec<(&[u8], &[u8])> = vec![(b"REQUEST_METHOD", b"GET")];
+        pairs.extend(names.iter().map(|n| (n.as_slice(), &b"v"[..])));
+        Python::attach(|py| {
+            let scope = build(py, &head(&pairs), &listener(Protocol::Uwsgi), &[], None).unwrap();
+            let got: Vec<(Vec<u8>, Vec<u8>)> = scope
+                .get_item("headers")
+                .unwrap()
+                .unwrap()
+                .extract()
+                .unwrap();
+            let want: Vec<(Vec<u8>, Vec<u8>)> = (0..FEW_HEADERS + 8)
+                .map(|i| (format!("x-h{i}").into_bytes(), b"v".to_vec()))
+                .collect();
+            assert_eq!(got, want);
+        });
+    }
 
     #[test]
     fn builds_the_scope_of_nginx_uwsgi_params() {
