@@ -1,0 +1,55 @@
+//! How one worker's Python threads share the work (`server::token`): the thread that
+//! takes a connection serves it without waking another first, and a request that
+//! blocks in the app still lets the other threads take and serve the next connections.
+
+use protocol_tests::harness::*;
+
+// regression: guards the lazy accept token (server::token). A thread lets the token
+// go without waking a sleeping one; a request that then blocks (here: waits in the app
+// with the GIL released until the test arrives) must not keep the connections that
+// come meanwhile from being served by the other thread.
+#[test]
+fn a_blocked_request_does_not_stop_the_next_connections() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--threads", "2"])
+        .start();
+    let meet = Rendezvous::new(dir.path());
+    let blocked = {
+        let addr = p.addr.clone();
+        let target = meet.target(2, "r0");
+        std::thread::spawn(move || {
+            let (path, query) = target.split_once('?').unwrap();
+            let pkt = uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", path),
+                ("QUERY_STRING", query),
+            ]);
+            raw(&addr, &pkt)
+        })
+    };
+    assert!(
+        meet.wait_arrived("r0", 10),
+        "the first request never reached the app\n{}",
+        p.logs()
+    );
+    // r0 waits in the app until the test arrives: each of these is served by the other
+    // thread meanwhile, or waits for r0's bound and r0 answers 504.
+    for i in 0..5 {
+        let (status, body) = p.get("/hello");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello\n"[..]),
+            "request {i} while r0 blocks\n{}",
+            p.logs()
+        );
+    }
+    meet.arrive("test");
+    let r = parse_http(&blocked.join().unwrap()).unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (200, Rendezvous::met(2)),
+        "the other requests waited for the blocked one\n{}",
+        p.logs()
+    );
+}
