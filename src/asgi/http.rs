@@ -976,6 +976,12 @@ impl Exchange {
             me.released = true;
             if matches!(me.body, BodyState::Polled(..)) {
                 me.body_done(py);
+                // The request is over: a receive() still waiting for the body gets
+                // http.disconnect. Left pending, its done callback (ours) kept it
+                // and this exchange in a cycle the GC cannot see: a leak per request.
+                let rest = std::mem::take(&mut me.read_waiters);
+                me.waiters.extend(rest);
+                me.wake_waiters(py);
             }
         }
         if let Some(ended) = ctx.ended.get() {
