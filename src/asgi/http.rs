@@ -552,8 +552,9 @@ impl Exchange {
         };
         if let Some(given) = message.get_item(intern!(py, "headers"))? {
             // A list or tuple of 2-tuples or 2-lists (what apps send) is read by index;
-            // any other iterable through its iterator, with the same checks. Nothing
-            // here runs Python code that could change the list while it is read.
+            // any other iterable through its iterator, with the same checks. A list is
+            // read as Python's list iterator reads it (by index, its length looked at
+            // each step), so a pair that is a generator changing it reads the same.
             if let Ok(list) = given.cast_exact::<PyList>() {
                 for item in list.iter() {
                     with_pair(&item, &mut add)?;
