@@ -230,7 +230,16 @@ fn asgi_contract_errors_have_their_own_kind() {
         parse_http(&get(&p.addr, "/no-start")).map(|r| r.status),
         Some(500)
     );
-    let m = stats(&stats_addr, "/metrics").text();
+    // The 500 reaches the client when the connection closes, which may come before the
+    // worker has counted the error: look again for a while (bounded), not once.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = stats(&stats_addr, "/metrics").text();
+        if sample(&m, "postern_app_errors_total{kind=\"asgi_contract\"}") >= 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(
         sample(&m, "postern_app_errors_total{kind=\"asgi_contract\"}"),
         1.0,
