@@ -357,6 +357,7 @@ impl State {
         resp::push_latin1(head, status);
         let status_len = head.len();
         let mut content_length = None;
+        let mut at = 0;
         let mut one = |item: Bound<'py, PyAny>| -> PyResult<()> {
             let pair = item.cast::<PyTuple>().map_err(|_| {
                 PyTypeError::new_err(format!(
@@ -384,6 +385,22 @@ impl State {
                 return Err(too_big("header block", size));
             }
             let (name, value) = (utf8(&name_s)?, utf8(&value_s)?);
+            let pos = at;
+            at += 1;
+            if let Some(cl) = CHECKED.with(|c| {
+                let c = c.borrow();
+                let e = c.get(pos).filter(|e| e.matches(name, value))?;
+                head.extend_from_slice(&e.line);
+                Some(e.content_length)
+            }) {
+                if cl.is_some() {
+                    if content_length.is_some() {
+                        return Err(refuse(HeaderError::DuplicateContentLength));
+                    }
+                    content_length = cl;
+                }
+                return Ok(());
+            }
             resp::check_header(name, value).map_err(refuse)?;
             if resp::is_hop_by_hop(name) {
                 tracing::warn!(
@@ -402,13 +419,25 @@ impl State {
                 );
                 return Ok(());
             }
+            let mut cl = None;
             if name.eq_ignore_ascii_case("content-length") {
                 if content_length.is_some() {
                     return Err(refuse(HeaderError::DuplicateContentLength));
                 }
-                content_length = Some(resp::parse_content_length(value).map_err(refuse)?);
+                cl = Some(resp::parse_content_length(value).map_err(refuse)?);
+                content_length = cl;
             }
+            let start = head.len();
             resp::push_header_line(head, name, value);
+            if pos < CHECKED_MAX {
+                CHECKED.with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.len() <= pos {
+                        c.resize_with(pos + 1, Checked::default);
+                    }
+                    c[pos].set(name, value, &head[start..], cl);
+                });
+            }
             Ok(())
         };
         // A plain list (the usual case) is read by index, without an iterator object;
@@ -428,6 +457,49 @@ impl State {
         }
         Ok((code, status_len, content_length))
     }
+}
+
+/// A header an earlier response of this thread had at the same position in its list,
+/// checked and kept: its line as encoded and its Content-Length. Apps send the same
+/// headers response after response (often the very same list); a pair with the same
+/// bytes gets the same verdict, so it is copied instead of checked and encoded again.
+/// Only headers that were kept go here (a dropped one is warned about every time).
+#[derive(Default)]
+struct Checked {
+    /// False until set: no pair matches an empty entry.
+    kept: bool,
+    name: Vec<u8>,
+    value: Vec<u8>,
+    line: Vec<u8>,
+    content_length: Option<u64>,
+}
+
+impl Checked {
+    fn matches(&self, name: &str, value: &str) -> bool {
+        self.kept
+            && crate::proto::cgi::same(&self.name, name.as_bytes())
+            && crate::proto::cgi::same(&self.value, value.as_bytes())
+    }
+
+    fn set(&mut self, name: &str, value: &str, line: &[u8], content_length: Option<u64>) {
+        for (to, from) in [
+            (&mut self.name, name.as_bytes()),
+            (&mut self.value, value.as_bytes()),
+            (&mut self.line, line),
+        ] {
+            to.clear();
+            to.extend_from_slice(from);
+        }
+        self.content_length = content_length;
+        self.kept = true;
+    }
+}
+
+/// Positions kept in [`CHECKED`] (a longer list checks the rest every time).
+const CHECKED_MAX: usize = 16;
+
+thread_local! {
+    static CHECKED: std::cell::RefCell<Vec<Checked>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
