@@ -776,9 +776,18 @@ fn respond(
         )
         .expect("allocating start_response"),
     };
-    let outcome = drive(py, app, built.environ, &responder, own_errors.as_ref());
+    let mut errors_ended = false;
+    let outcome = drive(
+        py,
+        app,
+        built.environ,
+        &responder,
+        own_errors.as_ref(),
+        &mut errors_ended,
+    );
     keys.end_request(py);
-    let errors_alone = end_errors_if_alone(own_errors.as_ref());
+    // Ended in `drive` already: nothing could reach it since (its count was 1).
+    let errors_alone = errors_ended || end_errors_if_alone(own_errors.as_ref());
     let mut r = st(&responder);
     if !r.client_gone && r.sink.has_pending() {
         // A streamed response's last chunks may still be on their way (a writer
@@ -923,12 +932,13 @@ fn drive(
     environ: Bound<'_, pyo3::types::PyDict>,
     responder: &Bound<'_, Responder>,
     errors: Option<&Bound<'_, Errors>>,
+    errors_ended: &mut bool,
 ) -> Outcome {
     let result = match app.bind(py).call1((environ, responder)) {
         Ok(r) => {
             // An app that returns a list has let go of the environ: its forwarding
             // wsgi.errors ends here, before the body can end the response.
-            end_errors_if_alone(errors);
+            *errors_ended = end_errors_if_alone(errors);
             r
         }
         Err(e) => {
