@@ -195,6 +195,7 @@ fn bucket(key: &[u8]) -> usize {
 }
 
 /// The index of `key` in [`KNOWN`].
+#[inline(never)]
 pub fn known(key: &[u8]) -> Option<u8> {
     let mut b = bucket(key);
     loop {
@@ -218,7 +219,9 @@ thread_local! {
 
 /// [`known`], first trying the name `last` had at position `i`: a front server sends its
 /// params file's names in the same order every time, so one comparison usually settles
-/// it (the answer is the same either way); `last` learns the answer.
+/// it (the answer is the same either way); `last` learns the answer. Inlined: it runs
+/// for every variable of every request, and the guess is a handful of instructions.
+#[inline(always)]
 fn known_at(last: &mut [u8; GUESSES], i: usize, key: &[u8]) -> Option<u8> {
     let Some(slot) = last.get_mut(i) else {
         return known(key);
