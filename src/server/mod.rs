@@ -143,7 +143,7 @@ pub fn run(
         epoll: Arc::clone(&epoll),
         parking: Arc::clone(&parking),
         fcgi: limits.fcgi.clone(),
-        token: token::Token::new(),
+        token: token::Token::new(settings.threads),
         listeners: Arc::clone(&listeners),
         queue: Arc::clone(&queue),
         slow: SlowLane {

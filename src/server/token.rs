@@ -106,6 +106,9 @@ impl State {
 
 /// The accept token of one process (see the module doc).
 pub struct Token {
+    /// One thread takes it (`--threads 1`, the ASGI loop): nobody to stand by, so
+    /// nothing is timed.
+    solo: bool,
     state: Mutex<State>,
     /// The standby waits here.
     standby: Condvar,
@@ -122,15 +125,11 @@ impl Drop for Held<'_> {
     }
 }
 
-impl Default for Token {
-    fn default() -> Self {
-        Token::new()
-    }
-}
-
 impl Token {
-    pub fn new() -> Token {
+    /// The token of a process whose `threads` threads take it.
+    pub fn new(threads: usize) -> Token {
         Token {
+            solo: threads <= 1,
             state: Mutex::new(State {
                 held: false,
                 free_since: None,
@@ -155,7 +154,11 @@ impl Token {
     /// [`close`](Self::close)d. `back`: this thread comes back from serving a request
     /// (the time since it let the token go counts as that request's length).
     pub fn take(&self, back: bool) -> Option<Held<'_>> {
-        let since = if back { LET_GO.take() } else { None };
+        let since = if back && !self.solo {
+            LET_GO.take()
+        } else {
+            None
+        };
         let mut st = self.lock();
         if let Some(t) = since {
             st.count(t.elapsed() > STANDBY);
@@ -250,6 +253,10 @@ impl Token {
     }
 
     fn let_go(&self) {
+        if self.solo {
+            self.lock().held = false;
+            return;
+        }
         let now = Instant::now();
         LET_GO.set(Some(now));
         let mut st = self.lock();
@@ -296,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_thread_coming_back_takes_the_free_token_at_once() {
-        let t = Token::new();
+        let t = Token::new(4);
         drop(t.take(false).unwrap());
         let again = t.take(true);
         assert!(again.is_some());
@@ -307,7 +314,7 @@ mod tests {
     // comes back (blocked); a waiting thread takes it on its own.
     #[test]
     fn a_waiting_thread_takes_the_token_a_blocked_request_let_go() {
-        let t = Arc::new(Token::new());
+        let t = Arc::new(Token::new(4));
         let held = t.take(false).unwrap();
         let (tx, rx) = mpsc::channel();
         let waiter = {
@@ -327,7 +334,7 @@ mod tests {
     // requests they take block in turn.
     #[test]
     fn every_waiting_thread_takes_it_in_turn_while_requests_block() {
-        let t = Arc::new(Token::new());
+        let t = Arc::new(Token::new(4));
         let held = t.take(false).unwrap();
         let got = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
@@ -354,7 +361,7 @@ mod tests {
 
     #[test]
     fn long_requests_make_the_hand_over_immediate() {
-        let t = Token::new();
+        let t = Token::new(4);
         let mut st = t.lock();
         assert!(!st.eager());
         for _ in 0..3 {
@@ -369,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_handed_over_token_is_taken_by_the_standby() {
-        let t = Arc::new(Token::new());
+        let t = Arc::new(Token::new(4));
         t.lock().slow = 256;
         let held = t.take(false).unwrap();
         let (tx, rx) = mpsc::channel();
@@ -391,7 +398,7 @@ mod tests {
 
     #[test]
     fn close_lets_every_waiting_thread_go() {
-        let t = Arc::new(Token::new());
+        let t = Arc::new(Token::new(4));
         let _held = t.take(false).unwrap();
         let waiters: Vec<_> = (0..3)
             .map(|_| {
