@@ -16,9 +16,9 @@
 //!
 //! What keeps a blocking request from stalling the process is the standby: one waiting
 //! thread that takes the token once it has stayed let go, with nobody taking it back,
-//! for [`STANDBY`]. And when many recent requests last longer than that (an app that
-//! waits on a database), the token is handed to a waiting thread at once, as before:
-//! waiting [`STANDBY`] for each would only delay them.
+//! for [`STANDBY`]. And for a while after a request that lasted longer than that (an
+//! app that waits on a database), the token is handed to a waiting thread at once, as
+//! before: waiting [`STANDBY`] for each such request would only delay the others.
 
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -34,10 +34,12 @@ pub const STANDBY: Duration = Duration::from_millis(2);
 /// sleeps until a let-go wakes it: an idle worker's threads do not wake.
 const QUIET: Duration = Duration::from_millis(50);
 
-/// Share of recent requests (in 1/256) longer than [`STANDBY`] from which the token is
-/// handed over at once: about one in four. A moving average, each request weighing 1/8.
-const EAGER_FROM: u32 = 64;
-const SLOW_WEIGHT: u32 = 32;
+/// After a request longer than [`STANDBY`] (or a take-over), this many let-gos hand the
+/// token over at once: an app where even one request in ten waits on I/O is served as
+/// with a hand-over at every request (waiting [`STANDBY`] at each of those cost a third
+/// of the throughput), while a CPU-bound one, whose requests are seldom that long (a
+/// preempted thread), hands over only just after one.
+const EAGER_SPAN: u32 = 32;
 
 thread_local! {
     /// When this thread last let the token go: the time until it takes it again is how
@@ -80,12 +82,12 @@ struct State {
     /// The server stops: nobody waits for the token any more.
     closed: bool,
     standby: Standby,
-    /// The standby is to take the token now (recent requests are long).
+    /// The standby is to take the token now (a recent request was long).
     hand_off: bool,
     /// Threads waiting for the standby's place.
     others: usize,
-    /// Moving share of recent requests longer than [`STANDBY`], in 1/256.
-    slow: u32,
+    /// Let-gos left that hand the token over at once ([`EAGER_SPAN`]).
+    eager: u32,
 }
 
 impl State {
@@ -96,11 +98,13 @@ impl State {
     }
 
     fn count(&mut self, slow: bool) {
-        self.slow = self.slow - self.slow / 8 + if slow { SLOW_WEIGHT } else { 0 };
+        if slow {
+            self.eager = EAGER_SPAN;
+        }
     }
 
     fn eager(&self) -> bool {
-        self.slow >= EAGER_FROM
+        self.eager > 0
     }
 }
 
@@ -139,7 +143,7 @@ impl Token {
                 standby: Standby::Vacant,
                 hand_off: false,
                 others: 0,
-                slow: 0,
+                eager: 0,
             }),
             standby: Condvar::new(),
             others: Condvar::new(),
@@ -172,8 +176,8 @@ impl Token {
             // thread, whose request is running: that one is most likely back first (a
             // CPU-bound request holds the GIL anyway). Taking it here would make two
             // threads serve by turns, each waiting for the GIL the other holds (a
-            // wake-up per request); this thread waits as the others do, unless recent
-            // requests are long.
+            // wake-up per request); this thread waits as the others do, unless a recent
+            // request was long.
             if st.last == me() || st.eager() || st.free_since.is_none() {
                 st.seize();
                 return Some(Held(self));
@@ -268,6 +272,7 @@ impl Token {
             return;
         }
         let eager = st.eager();
+        st.eager = st.eager.saturating_sub(1);
         st.hand_off = eager;
         match st.standby {
             // The standby's place is free (its last holder took the token): a waiting
@@ -360,24 +365,22 @@ mod tests {
     }
 
     #[test]
-    fn long_requests_make_the_hand_over_immediate() {
+    fn a_long_request_makes_the_next_hand_overs_immediate() {
         let t = Token::new(4);
-        let mut st = t.lock();
-        assert!(!st.eager());
-        for _ in 0..3 {
-            st.count(true);
+        assert!(!t.lock().eager());
+        drop(t.take(false));
+        t.lock().count(true);
+        for _ in 0..EAGER_SPAN {
+            assert!(t.lock().eager());
+            drop(t.take(true));
         }
-        assert!(st.eager(), "three long requests in a row");
-        for _ in 0..12 {
-            st.count(false);
-        }
-        assert!(!st.eager(), "short ones again");
+        assert!(!t.lock().eager(), "short ones again");
     }
 
     #[test]
     fn a_handed_over_token_is_taken_by_the_standby() {
         let t = Arc::new(Token::new(4));
-        t.lock().slow = 256;
+        t.lock().eager = EAGER_SPAN;
         let held = t.take(false).unwrap();
         let (tx, rx) = mpsc::channel();
         let waiter = {
