@@ -1,13 +1,12 @@
-//! How one worker's Python threads share the work (`server::token`): the thread that
-//! takes a connection serves it without waking another first, and a request that
-//! blocks in the app still lets the other threads take and serve the next connections.
+//! How one worker's Python threads share the work: a request that blocks in the app
+//! lets the other threads take and serve the next connections.
 
 use protocol_tests::harness::*;
 
-// regression: guards the lazy accept token (server::token). A thread lets the token
-// go without waking a sleeping one; a request that then blocks (here: waits in the app
-// with the GIL released until the test arrives) must not keep the connections that
-// come meanwhile from being served by the other thread.
+// A request that blocks (here: waits in the app with the GIL released until the test
+// arrives) must not keep the connections that come meanwhile from being served by the
+// other thread. (It guarded a lazy accept token tried this session and reverted: the
+// token was let go without waking a sleeping thread.)
 #[test]
 fn a_blocked_request_does_not_stop_the_next_connections() {
     let dir = tempdir();

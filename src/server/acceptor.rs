@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,7 +26,6 @@ use super::pending::{self, Pending, Waiting};
 use super::queue::Queue;
 use super::sink::ConnSink;
 use super::span::request_span;
-use super::token::Token;
 use super::wake::Wake;
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::{Frame, Protocol};
@@ -68,7 +67,7 @@ pub struct Acceptor {
     pub parking: Arc<Parking>,
     pub fcgi: FcgiSettings,
     /// The accept token: held by the one thread waiting on `epoll`.
-    pub token: Token,
+    pub waiter: Mutex<()>,
     pub listeners: Arc<Vec<Listener>>,
     pub queue: Arc<Queue>,
     pub slow: SlowLane,
@@ -98,14 +97,11 @@ const PLAIN_READ: usize = 120 * 1024;
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
-        // The first look comes back from the request this thread served.
-        let mut back = true;
         loop {
             let mut step = Step::Again;
-            if let Some(req) = self.turn(true, back, &mut step) {
+            if let Some(req) = self.turn(true, &mut step) {
                 return Some(req);
             }
-            back = false;
             if let Step::Draining = step {
                 // Draining: serve what the slow lane still completes, then end.
                 return self.queue.next_draining();
@@ -116,7 +112,7 @@ impl Source for Acceptor {
     fn try_next(&self) -> TryNext {
         loop {
             let mut step = Step::Again;
-            if let Some(req) = self.turn(false, false, &mut step) {
+            if let Some(req) = self.turn(false, &mut step) {
                 return TryNext::Ready(req);
             }
             match step {
@@ -149,10 +145,9 @@ impl Acceptor {
     /// One wait on the epoll and the handling of its event: the body of
     /// [`Source::next`] (`block`: wait for an event) and of [`Source::try_next`] (the
     /// event loop's non-blocking look, zero timeout), so both share one state machine.
-    /// `back`: the thread comes back from serving a request ([`Token::take`]).
     /// `None` with `step` saying why when no request came of it.
     #[inline(always)]
-    fn turn(&self, block: bool, back: bool, step: &mut Step) -> Option<Request> {
+    fn turn(&self, block: bool, step: &mut Step) -> Option<Request> {
         let queue = &self.queue;
         {
             if !queue.is_accepting() {
@@ -160,22 +155,23 @@ impl Acceptor {
                 return None;
             }
             // One epoll shared by every Python thread of the process, and only one
-            // thread at a time waits on it (the accept token, see [`Token`]), so a
-            // connection wakes exactly one thread. The token is let go as soon as this
-            // thread has taken its connection off the epoll (accepted it, or taken its
-            // one-shot or edge-triggered event), before reading it: a read may wait a
-            // little for the rest of a request ([`Arrival`]), and a request may block;
-            // another thread then takes the token.
+            // thread at a time waits on it (the accept token, uWSGI's thunder-lock
+            // idea): the others sleep on the mutex, so a connection wakes exactly one
+            // thread. The token is given back as soon as this thread has taken its
+            // connection off the epoll (accepted it, or taken its one-shot or
+            // edge-triggered event), before reading it: a read may wait a little for the
+            // rest of a request ([`Arrival`]), and a client sending partial requests
+            // must not make every other connection wait for that.
             let token = if block {
-                // `None`: stopping.
-                self.token.take(back)?
+                self.waiter.lock().unwrap_or_else(|e| e.into_inner())
             } else {
-                // The event loop never waits for the token: a Python thread holding
-                // it (there is none beside the loop today) is waited for by looking
-                // again soon.
-                match self.token.try_take() {
-                    Some(t) => t,
-                    None => {
+                // The event loop never sleeps on the mutex: a Python thread holding
+                // the token (there is none beside the loop today) is waited for by
+                // looking again soon.
+                match self.waiter.try_lock() {
+                    Ok(t) => t,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
                         *step = Step::Empty(Some(Duration::from_millis(1)));
                         return None;
                     }

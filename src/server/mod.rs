@@ -5,7 +5,6 @@
 //!
 //! - [`listener`]: binding TCP/Unix sockets (mode, owner, stale sockets).
 //! - [`acceptor`]: accept + first read on the Python threads; the ready queue.
-//! - [`token`]: which Python thread waits on the epoll (the accept token).
 //! - [`pending`]: new connections waiting in the Python threads' epoll for their
 //!   first bytes.
 //! - [`connection`]: the slow lane: partial heads, large/slow bodies, bad input.
@@ -23,7 +22,6 @@ pub mod pending;
 pub mod queue;
 pub mod sink;
 pub mod span;
-pub mod token;
 pub mod wake;
 pub mod writer;
 
@@ -143,7 +141,7 @@ pub fn run(
         epoll: Arc::clone(&epoll),
         parking: Arc::clone(&parking),
         fcgi: limits.fcgi.clone(),
-        token: token::Token::new(settings.threads),
+        waiter: std::sync::Mutex::new(()),
         listeners: Arc::clone(&listeners),
         queue: Arc::clone(&queue),
         slow: SlowLane {
@@ -213,8 +211,6 @@ pub fn run(
         let deadline = Instant::now() + graceful;
         pool.stopping(deadline);
         queue.stop_accepting();
-        // Threads waiting for the accept token go to the queue's drain at once.
-        acceptor.token.close();
         // Connections that had sent nothing yet go to the slow lane, which treats
         // them as it treats one that sends nothing at accept (served, or closed when
         // the whole server stops), before the listen queues are drained into it.
