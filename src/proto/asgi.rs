@@ -346,35 +346,6 @@ pub fn latin1_text(b: &[u8]) -> String {
     }
 }
 
-/// True for the bytes of an RFC 9110 token (a header name), by byte.
-static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    t
-};
-
 /// Checks one `http.response.start` header, given as byte strings (§7), on the bytes
 /// themselves: the same verdict and error as
 /// [`response::check_header`](super::response::check_header) on the header read as
@@ -386,9 +357,7 @@ pub fn check_response_header<'n>(
     value: &[u8],
 ) -> Result<&'n str, super::response::HeaderError> {
     use super::response::HeaderError;
-    // No early exit: the usual header passes, and a branch per byte costs more.
-    let token = name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]);
-    if !token || name.is_empty() {
+    if !super::response::is_token(name) || name.is_empty() {
         return Err(HeaderError::Name(latin1_text(name)));
     }
     // SAFETY: every byte is a token character, ASCII, so the bytes are UTF-8.

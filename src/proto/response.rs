@@ -120,6 +120,13 @@ fn all_bytes(s: &[u8], bit: u8) -> bool {
         == bit
 }
 
+/// True when every byte of `name` is an RFC 9110 token character (what a header name
+/// may be made of; empty is not checked here).
+#[inline]
+pub fn is_token(name: &[u8]) -> bool {
+    all_bytes(name, TCHAR)
+}
+
 /// Checks one response header; names are tokens, values latin-1 without controls
 /// (horizontal tab allowed).
 pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
