@@ -203,6 +203,29 @@ fn vars<'a>(method: &'a str, path: &'a str, query: &'a str) -> Vec<(&'a str, &'a
     ]
 }
 
+/// A FastCGI GET of `path` with an empty body: request id 1, no keep-conn.
+fn fcgi_get(path: &str) -> Vec<u8> {
+    let mut req = fcgi::begin(1, 1, false);
+    req.extend(fcgi::record(
+        fcgi::PARAMS,
+        1,
+        &fcgi::pairs(&vars("GET", path, "")),
+    ));
+    req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+    req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    req
+}
+
+/// Sends a GET of `path` with an empty body over `protocol` ("uwsgi", else FastCGI).
+fn send_get(s: &mut impl Write, protocol: &str, path: &str) {
+    let req = if protocol == "uwsgi" {
+        uwsgi_req("GET", path, "", b"")
+    } else {
+        fcgi_get(path)
+    };
+    s.write_all(&req).unwrap();
+}
+
 fn uwsgi_req(method: &str, path: &str, query: &str, body: &[u8]) -> Vec<u8> {
     let len = body.len().to_string();
     let mut v = vars(method, path, query);
@@ -527,11 +550,7 @@ fn a_cancelled_fastcgi_send_still_goes_out_and_the_request_ends() {
     // --max-concurrency 1 the next request got no answer).
     let dir = tempdir();
     let p = serve(dir.path(), "fastcgi", &["--max-concurrency", "1"]);
-    let mut req = fcgi::begin(1, 1, false);
-    let v = vars("GET", "/cancel-send", "");
-    req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
-    req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
-    req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    let req = fcgi_get("/cancel-send");
     for n in 0..3 {
         // On a thread: a leaked slot leaves the request unanswered.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -740,17 +759,7 @@ fn a_pathsend_file_that_shrinks_is_a_cut_off_response_not_a_client_abort() {
         std::fs::write(&path, vec![b'f'; 32 << 20]).unwrap();
         let p = serve(dir.path(), protocol, &[]);
         let mut s = p.addr.connect().unwrap();
-        if protocol == "uwsgi" {
-            s.write_all(&uwsgi_req("GET", "/pathsend", "", b""))
-                .unwrap();
-        } else {
-            let mut req = fcgi::begin(1, 1, false);
-            let v = vars("GET", "/pathsend", "");
-            req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
-            req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
-            req.extend(fcgi::record(fcgi::STDIN, 1, b""));
-            s.write_all(&req).unwrap();
-        }
+        send_get(&mut s, protocol, "/pathsend");
         // 2 MiB read, then the file shrinks to 1 MiB under the send.
         let mut got = 0;
         let mut buf = vec![0u8; 64 * 1024];
@@ -803,17 +812,7 @@ fn sends_the_app_gives_up_on_cannot_pile_up_without_bound() {
         let p = serve(dir.path(), protocol, &[]);
         let before = rss_kib(&p);
         let mut s = p.addr.connect().unwrap();
-        if protocol == "uwsgi" {
-            s.write_all(&uwsgi_req("GET", "/cancel-every-send", "", b""))
-                .unwrap();
-        } else {
-            let mut req = fcgi::begin(1, 1, false);
-            let v = vars("GET", "/cancel-every-send", "");
-            req.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
-            req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
-            req.extend(fcgi::record(fcgi::STDIN, 1, b""));
-            s.write_all(&req).unwrap();
-        }
+        send_get(&mut s, protocol, "/cancel-every-send");
         let said = dir.path().join("overrun-send");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !said.exists() && !dir.path().join("all-sent").exists() && Instant::now() < deadline {
