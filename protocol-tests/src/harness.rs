@@ -206,6 +206,99 @@ impl Conn for UnixStream {
     }
 }
 
+/// Writes `source` to `dir/{module}.py`; returns the app argument `{module}:app`.
+fn write_module(dir: &Path, module: &str, source: &str) -> String {
+    std::fs::write(dir.join(format!("{module}.py")), source).unwrap();
+    format!("{module}:app")
+}
+
+/// The source of a test's inline ASGI app module: the `prelude` (imports, helpers),
+/// then `async def app(scope, receive, send)`, which acknowledges lifespan startup and
+/// shutdown (running the `on_startup` / `on_shutdown` statements first) and runs the
+/// `http` statements for every other scope. Each block is Python at any indentation of
+/// its own; it is re-indented into place.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AsgiApp<'a> {
+    prelude: &'a str,
+    on_startup: &'a str,
+    on_shutdown: &'a str,
+}
+
+impl<'a> AsgiApp<'a> {
+    pub fn new(prelude: &'a str) -> Self {
+        AsgiApp {
+            prelude,
+            ..AsgiApp::default()
+        }
+    }
+
+    /// Statements run at `lifespan.startup`, before it is acknowledged.
+    pub fn on_startup(self, py: &'a str) -> Self {
+        AsgiApp {
+            on_startup: py,
+            ..self
+        }
+    }
+
+    /// Statements run at `lifespan.shutdown`, before it is acknowledged.
+    pub fn on_shutdown(self, py: &'a str) -> Self {
+        AsgiApp {
+            on_shutdown: py,
+            ..self
+        }
+    }
+
+    /// The module's source, with `http` as the body of `app` after the lifespan part.
+    pub fn http(&self, http: &str) -> String {
+        format!(
+            r#"{prelude}
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+{startup}                await send({{"type": "lifespan.startup.complete"}})
+            else:
+{shutdown}                await send({{"type": "lifespan.shutdown.complete"}})
+                return
+{http}"#,
+            prelude = indent(self.prelude, 0),
+            startup = indent(self.on_startup, 16),
+            shutdown = indent(self.on_shutdown, 16),
+            http = indent(http, 4),
+        )
+    }
+}
+
+/// `py` without its leading and trailing blank lines, its common indentation replaced
+/// by `n` spaces; each line ends with a newline.
+fn indent(py: &str, n: usize) -> String {
+    let lines: Vec<&str> = py.lines().skip_while(|l| l.trim().is_empty()).collect();
+    let end = lines
+        .iter()
+        .rposition(|l| !l.trim().is_empty())
+        .map_or(0, |i| i + 1);
+    let lines = &lines[..end];
+    let common = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let pad = " ".repeat(n);
+    lines
+        .iter()
+        .map(|l| {
+            if l.trim().is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("{pad}{}\n", &l[common..])
+            }
+        })
+        .collect()
+}
+
 /// A running postern.
 pub struct Postern {
     pub child: Child,
@@ -251,6 +344,22 @@ impl Spawn {
     /// Serves `app` on a free loopback TCP port.
     pub fn tcp(dir: &Path, app: &str) -> Spawn {
         Spawn::new(dir, app, Addr::Tcp(free_port()))
+    }
+
+    /// Serves the ASGI app `source` (a module defining `app`, e.g. made by [`AsgiApp`]),
+    /// written to `dir/{module}.py`, with `--interface asgi` and `dir` as the working
+    /// directory, on a free loopback TCP port.
+    pub fn asgi_tcp(dir: &Path, module: &str, source: &str) -> Spawn {
+        Spawn::tcp(dir, &write_module(dir, module, source)).asgi(dir)
+    }
+
+    /// Like [`Spawn::asgi_tcp`], on a new Unix socket in `dir`.
+    pub fn asgi_unix(dir: &Path, module: &str, source: &str) -> Spawn {
+        Spawn::unix(dir, &write_module(dir, module, source)).asgi(dir)
+    }
+
+    fn asgi(self, dir: &Path) -> Spawn {
+        self.cwd(dir).args(["--interface", "asgi"])
     }
 
     fn new(dir: &Path, app: &str, addr: Addr) -> Spawn {
@@ -1092,5 +1201,40 @@ pub mod fcgi {
                 k => panic!("unexpected record type {k} for request {id}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AsgiApp;
+
+    #[test]
+    fn an_inline_asgi_app_has_its_blocks_reindented_into_place() {
+        let src = AsgiApp::new("\n    import os\n")
+            .on_shutdown("\n        os.getpid()\n        if True:\n            pass\n")
+            .http("\nawait send(1)\n\nif scope:\n    pass\n\n");
+        assert_eq!(
+            src,
+            r#"import os
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                os.getpid()
+                if True:
+                    pass
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send(1)
+
+    if scope:
+        pass
+"#
+        );
     }
 }

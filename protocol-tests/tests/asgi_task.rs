@@ -6,10 +6,14 @@
 use std::path::Path;
 
 use protocol_tests::harness::{
-    example_venv, in_ci, parse_http, tempdir, uwsgi_packet, Postern, Spawn,
+    example_venv, in_ci, parse_http, tempdir, uwsgi_packet, AsgiApp, Postern, Spawn,
 };
 
-const APP: &str = r#"
+/// The app: a request answers with its task's type, whether that task is of the running
+/// loop and registered with it, and how many tasks the app's factory made.
+fn app() -> String {
+    AsgiApp::new(
+        r#"
 import asyncio
 
 MADE = []
@@ -17,36 +21,26 @@ MADE = []
 def factory(loop, coro, **kw):
     MADE.append(1)
     return asyncio.Task(coro, loop=loop, **kw)
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            if m["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    loop = asyncio.get_running_loop()
-    if scope["path"] == "/factory":
-        loop.set_task_factory(factory)
-    elif scope["path"] == "/no-factory":
-        loop.set_task_factory(None)
-    task = asyncio.current_task()
-    body = "%s %s %s %d" % (type(task).__name__, task.get_loop() is loop,
-                            task in asyncio.all_tasks(loop), len(MADE))
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body.encode()})
-"#;
+"#,
+    )
+    .http(
+        r#"
+loop = asyncio.get_running_loop()
+if scope["path"] == "/factory":
+    loop.set_task_factory(factory)
+elif scope["path"] == "/no-factory":
+    loop.set_task_factory(None)
+task = asyncio.current_task()
+body = "%s %s %s %d" % (type(task).__name__, task.get_loop() is loop,
+                        task in asyncio.all_tasks(loop), len(MADE))
+await send({"type": "http.response.start", "status": 200, "headers": []})
+await send({"type": "http.response.body", "body": body.encode()})
+"#,
+    )
+}
 
 fn serve(dir: &Path, event_loop: &str, venv: Option<&Path>) -> Postern {
-    std::fs::write(dir.join("asgi_task_app.py"), APP).unwrap();
-    let s = Spawn::tcp(dir, "asgi_task_app:app").cwd(dir).args([
-        "--interface",
-        "asgi",
-        "--loop",
-        event_loop,
-    ]);
+    let s = Spawn::asgi_tcp(dir, "asgi_task_app", &app()).args(["--loop", event_loop]);
     match venv {
         Some(v) => s.venv(v),
         None => s,
@@ -98,10 +92,8 @@ fn an_asgi_worker_on_uvloop_starts_and_serves() {
     let dir = tempdir();
     // An app that imports nothing (hello_asgi.py): one importing asyncio at the top
     // imported `threading` on the main thread itself, which hid the bug.
-    std::fs::write(dir.path().join("asgi_plain_app.py"), PLAIN).unwrap();
-    let p = Spawn::tcp(dir.path(), "asgi_plain_app:app")
-        .cwd(dir.path())
-        .args(["--interface", "asgi", "--loop", "uvloop"])
+    let p = Spawn::asgi_tcp(dir.path(), "asgi_plain_app", PLAIN)
+        .args(["--loop", "uvloop"])
         .venv(&venv)
         .start();
     assert_eq!(get(&p, "/"), "plain");
