@@ -198,23 +198,14 @@ fn an_asgi_master_imports_asyncio_before_forking_only_when_told() {
     for (interface, in_master) in [("asgi", true), ("auto", false)] {
         let dir = tempdir();
         let app = dir.path().join("async_app.py");
-        std::fs::write(
-            &app,
-            r#"async def application(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            if m["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"async"})
+        let source = AsgiApp::new("").http(
+            r#"
+await send({"type": "http.response.start", "status": 200,
+            "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"async"})
 "#,
-        )
-        .unwrap();
+        );
+        std::fs::write(&app, source).unwrap();
         let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
             .args(["--workers", "2", "--interface", interface])
             .start();
