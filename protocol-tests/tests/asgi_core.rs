@@ -8,12 +8,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_file, Postern, Spawn,
+    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_file, AsgiApp, Postern, Spawn,
 };
 
 /// One app for every test: the path picks the behaviour. `DIR` is where it leaves
 /// marks for the test to read.
-const APP: &str = r#"
+fn app() -> String {
+    AsgiApp::new(PRELUDE)
+        .on_shutdown(r#"mark("shutdown", "done")"#)
+        .http(HTTP)
+}
+
+const PRELUDE: &str = r#"
 import asyncio, os, sys, hashlib
 
 DIR = os.environ["ASGI_TEST_DIR"]
@@ -34,17 +40,10 @@ async def answer(send, body, status=200, headers=()):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")] + list(headers)})
     await send({"type": "http.response.body", "body": body})
+"#;
 
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            if m["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                mark("shutdown", "done")
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+/// The body of `app` for the http scope.
+const HTTP: &str = r#"
     path = scope["path"]
     if path == "/hello":
         await answer(send, b"Hello, ASGI!\n")
@@ -197,12 +196,10 @@ async def app(scope, receive, send):
 
 /// Writes the app into `dir` and starts postern on it (`protocol`: uwsgi, fastcgi, scgi).
 fn serve(dir: &Path, protocol: &'static str, extra: &[&str]) -> Postern {
-    std::fs::write(dir.join("asgi_core_app.py"), APP).unwrap();
-    Spawn::tcp(dir, "asgi_core_app:app")
+    Spawn::asgi_tcp(dir, "asgi_core_app", &app())
         .protocol(protocol)
-        .cwd(dir)
         .env("ASGI_TEST_DIR", dir.to_str().unwrap())
-        .args(["--interface", "asgi", "--loop", "asyncio"])
+        .args(["--loop", "asyncio"])
         .args(extra.iter().copied())
         .start()
 }
@@ -707,7 +704,7 @@ fn a_task_that_never_finishes_is_caught_by_timeout() {
     assert!(p.wait_log("request passed --timeout", 15), "{}", p.logs());
     assert!(p.logs().contains("request=GET /stuck"), "{}", p.logs());
     // Besides the threads' stacks, the stuck task's own: the app's line that awaits.
-    let line = APP
+    let line = app()
         .lines()
         .position(|l| l.contains("await asyncio.sleep(3600)"))
         .unwrap()
