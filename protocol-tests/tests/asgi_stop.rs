@@ -13,7 +13,25 @@ use protocol_tests::harness::*;
 
 /// The app: `EVENTS` gets one line per event; lifespan startup and shutdown (which
 /// takes `SHUTDOWN_S` seconds); paths start what the tests need.
-const APP: &str = r#"import asyncio, os, threading, time
+fn source() -> String {
+    AsgiApp::new(PRELUDE)
+        .on_shutdown(
+            r#"
+event("shutdown")
+try:
+    await asyncio.sleep(SHUTDOWN_S)
+except asyncio.CancelledError:
+    event("shutdown cancelled")
+    await asyncio.sleep(CANCEL_S)
+    event("shutdown cleaned up")
+    raise
+event("shutdown done")
+"#,
+        )
+        .http(HTTP)
+}
+
+const PRELUDE: &str = r#"import asyncio, os, threading, time
 EVENTS = os.environ["EVENTS"]
 SHUTDOWN_S = float(os.environ.get("SHUTDOWN_S", "0"))
 # How long the shutdown's clean-up takes when --lifespan-timeout cancels it.
@@ -83,25 +101,10 @@ async def agen():
         event("agen finally")
 
 KEEP = []
+"#;
 
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            if m["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                event("shutdown")
-                try:
-                    await asyncio.sleep(SHUTDOWN_S)
-                except asyncio.CancelledError:
-                    event("shutdown cancelled")
-                    await asyncio.sleep(CANCEL_S)
-                    event("shutdown cleaned up")
-                    raise
-                event("shutdown done")
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+/// The body of `app` for the http scope.
+const HTTP: &str = r#"
     path = scope["path"]
     body = b"ok"
     if path == "/background":
@@ -156,7 +159,7 @@ struct App {
 fn app() -> App {
     let dir = tempdir();
     let app = dir.path().join("stop_app.py");
-    std::fs::write(&app, APP).unwrap();
+    std::fs::write(&app, source()).unwrap();
     let events = dir.path().join("events.txt");
     App {
         app: app.to_string_lossy().into_owned(),
