@@ -173,39 +173,30 @@ fn idle_connections_close_at_the_head_timeout_while_every_python_thread_is_busy(
 
 /// An ASGI app whose `/block` runs a sync call on the event loop thread (as a sync
 /// call in an async view does) until the file `gate` exists; it first makes `mark`.
-const BLOCKING_ASGI_APP: &str = r#"
-import os, time
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            if m["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    q = dict(kv.split("=", 1) for kv in scope["query_string"].decode().split("&") if "=" in kv)
-    if scope["path"] == "/block":
-        open(q["mark"], "w").close()
-        deadline = time.monotonic() + 20  # a bound against a hang only
-        while not os.path.exists(q["gate"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"ok\n"})
-"#;
+fn blocking_asgi_app() -> String {
+    AsgiApp::new("import os, time").http(
+        r#"
+q = dict(kv.split("=", 1) for kv in scope["query_string"].decode().split("&") if "=" in kv)
+if scope["path"] == "/block":
+    open(q["mark"], "w").close()
+    deadline = time.monotonic() + 20  # a bound against a hang only
+    while not os.path.exists(q["gate"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"ok\n"})
+"#,
+    )
+}
 
 // The ASGI worker has one event loop thread, which a sync call in the app can block:
 // the waiting connections' timeout must not wait for it either.
 #[test]
 fn idle_connections_close_at_the_head_timeout_while_the_asgi_loop_is_blocked() {
     let dir = tempdir();
-    let app = dir.path().join("blocking_asgi.py");
-    std::fs::write(&app, BLOCKING_ASGI_APP).unwrap();
     let f = dir.path().join("f.sock");
     let ht = HEAD_TIMEOUT.to_string();
-    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
-        .args(["--interface", "asgi", "--head-timeout", &ht])
+    let p = Spawn::asgi_unix(dir.path(), "blocking_asgi", &blocking_asgi_app())
+        .args(["--head-timeout", &ht])
         .args(["--fastcgi", &format!("unix:{}", f.display())])
         .start();
     let Addr::Unix(u) = p.addr.clone() else {
@@ -362,12 +353,10 @@ fn a_request_sent_in_time_while_every_thread_is_busy_is_served_after_the_expiry(
 #[test]
 fn a_request_sent_in_time_while_the_asgi_loop_is_blocked_is_served_after_the_expiry() {
     let dir = tempdir();
-    let app = dir.path().join("blocking_asgi.py");
-    std::fs::write(&app, BLOCKING_ASGI_APP).unwrap();
     let s = dir.path().join("s.sock");
     let ht = HEAD_TIMEOUT.to_string();
-    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
-        .args(["--interface", "asgi", "--head-timeout", &ht])
+    let p = Spawn::asgi_unix(dir.path(), "blocking_asgi", &blocking_asgi_app())
+        .args(["--head-timeout", &ht])
         .args(["--scgi", &format!("unix:{}", s.display())])
         .start();
     let Addr::Unix(u) = p.addr.clone() else {
