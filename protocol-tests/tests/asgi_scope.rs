@@ -10,7 +10,7 @@
 
 use protocol_tests::apache::{apache_bin, deploy_conf, start_postern, Apache, Proto};
 use protocol_tests::harness::{
-    nginx_bin, parse_http, tempdir, Addr, Nginx, Postern, Response, Spawn,
+    nginx_bin, parse_http, tempdir, Addr, AsgiApp, Nginx, Postern, Response, Spawn,
 };
 use protocol_tests::stack::Upstream;
 use serde_json::{json, Value};
@@ -18,22 +18,21 @@ use serde_json::{json, Value};
 /// Answers every request with its scope as JSON; bytes as latin-1 text (one char per
 /// byte), so the test sees the exact bytes. Lifespan startup stores `started` in the
 /// state; each request adds `mine` to its own copy and reports the keys it found.
-const APP: &str = r#"
+fn source() -> String {
+    AsgiApp::new(
+        r#"
 import json
 
 def text(b):
     return None if b is None else b.decode("latin-1")
+"#,
+    )
+    .on_startup(r#"scope["state"]["started"] = "yes""#)
+    .http(HTTP)
+}
 
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            if m["type"] == "lifespan.startup":
-                scope["state"]["started"] = "yes"
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+/// The body of `app` for the http scope.
+const HTTP: &str = r#"
     body = b""
     while True:
         m = await receive()
@@ -76,11 +75,9 @@ async def app(scope, receive, send):
 fn stack(upstream: Upstream) -> Option<(Nginx, Postern, tempfile::TempDir)> {
     let bin = nginx_bin()?;
     let dir = tempdir();
-    std::fs::write(dir.path().join("scope_app.py"), APP).unwrap();
-    let postern = Spawn::unix(dir.path(), "scope_app:app")
+    let postern = Spawn::asgi_unix(dir.path(), "scope_app", &source())
         .protocol(upstream.protocol())
-        .cwd(dir.path())
-        .args(["--interface", "asgi", "--lifespan", "on", "--mount", "/app"])
+        .args(["--lifespan", "on", "--mount", "/app"])
         .start();
     let site = upstream.site(&postern.addr.nginx(), "", "");
     let nginx = Nginx::start_site(&bin, dir.path(), &site);
@@ -285,7 +282,7 @@ fn apache_scope_fields_are_byte_exact(proto: Proto, file: &str) {
     };
     let dir = tempdir();
     let app = dir.path().join("scope_app.py");
-    std::fs::write(&app, APP).unwrap();
+    std::fs::write(&app, source()).unwrap();
     let postern = start_postern(
         dir.path(),
         proto,
