@@ -96,10 +96,8 @@ async def app(scope, receive, send):
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
-    std::fs::write(dir.join("asgi_review_app.py"), APP).unwrap();
-    Spawn::tcp(dir, "asgi_review_app:app")
-        .cwd(dir)
-        .args(["--interface", "asgi", "--loop", "asyncio"])
+    Spawn::asgi_tcp(dir, "asgi_review_app", APP)
+        .args(["--loop", "asyncio"])
         .args(extra.iter().copied())
         .start()
 }
