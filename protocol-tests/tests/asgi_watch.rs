@@ -47,11 +47,9 @@ async def app(scope, receive, send):
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
-    std::fs::write(dir.join("asgi_watch_app.py"), APP).unwrap();
-    Spawn::tcp(dir, "asgi_watch_app:app")
-        .cwd(dir)
+    Spawn::asgi_tcp(dir, "asgi_watch_app", APP)
         .env("ASGI_TEST_DIR", dir.to_str().unwrap())
-        .args(["--interface", "asgi", "--loop", "asyncio"])
+        .args(["--loop", "asyncio"])
         .args(extra.iter().copied())
         .start()
 }
