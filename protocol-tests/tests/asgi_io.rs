@@ -181,12 +181,10 @@ async def app(scope, receive, send):
 "#;
 
 fn serve(dir: &Path, protocol: &'static str, extra: &[&str]) -> Postern {
-    std::fs::write(dir.join("asgi_io_app.py"), APP).unwrap();
-    Spawn::unix(dir, "asgi_io_app:app")
+    Spawn::asgi_unix(dir, "asgi_io_app", APP)
         .protocol(protocol)
-        .cwd(dir)
         .env("ASGI_TEST_DIR", dir.to_str().unwrap())
-        .args(["--interface", "asgi", "--loop", "asyncio", "--threads", "1"])
+        .args(["--loop", "asyncio", "--threads", "1"])
         .args(extra.iter().copied())
         .start()
 }
