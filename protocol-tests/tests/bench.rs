@@ -318,6 +318,8 @@ fn a_long_response_is_counted_in_bounded_memory() {
             }
         }
     });
+    // Reaped by the wait4 below, which reads its rusage too (Child::wait does not).
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(postern_bin())
         .args([
             "bench",
