@@ -883,7 +883,7 @@ impl Evil {
         assert_eq!(report["app"], "security_app", "{how}: {report}");
         for (k, v) in self.vars() {
             assert_eq!(
-                env(report, &k),
+                env(report, k),
                 Some(v.as_str()),
                 "{how}: {k} as sent: {report}"
             );
