@@ -76,6 +76,19 @@ async def app(scope, receive, send):
                     mark("cancelled")
             else:
                 await send(m)
+    elif path == "/gather-send":
+        # Three send()s at once, 2 MiB each (chunk i: bytes of value i): the first
+        # waits for the socket while the others are called (uvicorn takes this).
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(6 << 20).encode())]})
+        try:
+            await asyncio.gather(*(send({"type": "http.response.body", "body": bytes([65 + i]) * (2 << 20),
+                                         "more_body": i < 2}) for i in range(3)))
+            mark("gathered")
+        except Exception as e:
+            with open(os.path.join(DIR, "gather-send"), "w") as f:
+                f.write("%s: %s" % (type(e).__name__, e))
+            raise
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
@@ -589,6 +602,43 @@ fn a_cancelled_fastcgi_send_still_goes_out_and_the_request_ends() {
 }
 
 #[test]
+fn concurrent_sends_go_out_in_call_order_each_awaited() {
+    // regression: fix-left (review3's note): `asyncio.gather(send(a), send(b))` raised
+    // RuntimeError "send() called again before the previous send() was awaited" as
+    // soon as the first send had to wait for the socket (uwsgi/SCGI and FastCGI).
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = serve(dir.path(), protocol, &[]);
+        let mut s = p.addr.connect().unwrap();
+        send_get(&mut s, protocol, "/gather-send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = if protocol == "uwsgi" {
+            out
+        } else {
+            fcgi_stdout(&out)
+        };
+        let said = std::fs::read_to_string(dir.path().join("gather-send")).unwrap_or_default();
+        assert!(said.is_empty(), "{protocol}: the app got {said}\n{}", p.logs());
+        let at = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{protocol}: no head\n{}", p.logs()));
+        let body = &out[at + 4..];
+        assert_eq!(body.len(), 6 << 20, "{protocol}\n{}", p.logs());
+        for (i, c) in body.chunks(2 << 20).enumerate() {
+            assert!(
+                c.iter().all(|&b| b == 65 + i as u8),
+                "{protocol}: chunk {i} out of order"
+            );
+        }
+        assert!(wait_marks(dir.path(), "gathered", 1, 5), "{protocol}");
+        assert!(p.wait_log("served", 5), "{protocol}\n{}", p.logs());
+        assert!(!p.logs().contains("ERROR"), "{protocol}\n{}", p.logs());
+    }
+}
+
+#[test]
 fn a_pathsend_to_a_steady_slow_reader_is_not_cut_at_the_read_timeout() {
     // regression: X2 (review2): over uwsgi/SCGI only bytes in memory counted as
     // progress, not the file's: a pathsend download read steadily but lasting longer
@@ -920,7 +970,7 @@ fn scgi_body_bytes_past_content_length_are_warned_about() {
     let v = vars("POST", "/listen", "");
     for (k, val) in [("CONTENT_LENGTH", len.as_str()), ("SCGI", "1")]
         .into_iter()
-        .chain(v.into_iter())
+        .chain(v)
     {
         head.extend_from_slice(k.as_bytes());
         head.push(0);

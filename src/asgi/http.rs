@@ -244,12 +244,12 @@ pub struct Exchange {
     complete: bool,
     /// A job on the executor holds the sink.
     busy: bool,
-    /// What the `send()` of that job returned (the app may have cancelled it).
-    job_fut: Option<Py<PyAny>>,
-    /// Body sent after a `send()` the app cancelled while its write was still on the
-    /// executor: written when that write has ended (`last`, and the future of the
-    /// `send()` that waits for it).
-    queued: Option<(Vec<u8>, bool, Py<PyAny>)>,
+    /// The futures of the other `send()`s whose bytes that job writes (done with it).
+    job_extra: Vec<Py<PyAny>>,
+    /// Body sent while a write was still on the executor (the app cancelled that
+    /// `send()`, or did not wait for it: `gather(send(a), send(b))`): written when
+    /// that write has ended, in call order.
+    queued: Option<Queued>,
     gone: bool,
     /// The response was ended (the sink finished); what it sent.
     served: Option<Served>,
@@ -283,8 +283,10 @@ pub struct Exchange {
     writing: bool,
     /// A write is due at the end of this loop iteration (`call_soon`).
     flush_soon: bool,
-    /// The `send()` waiting for the socket to take what waits (backpressure).
-    send_waiter: Option<Py<PyAny>>,
+    /// The `send()`s waiting for the socket to take what waits (backpressure), in
+    /// call order: concurrent sends (`gather(send(a), send(b))`) each wait for their
+    /// own message.
+    send_waiters: VecDeque<SendWait>,
     /// The `--read-timeout` timer of a wait for room, and when bytes last left.
     write_timer: Option<Py<PyAny>>,
     last_progress: std::time::Instant,
@@ -293,6 +295,23 @@ pub struct Exchange {
     /// Every later `send()` raises this: the response was answered or cut off in the
     /// app's place (a body over --max-body, sends the app did not wait for).
     send_refused: Option<&'static str>,
+}
+
+/// Body bytes waiting for the executor's write in flight to end.
+struct Queued {
+    data: Vec<u8>,
+    /// The response is whole with them.
+    last: bool,
+    /// The `send()`s whose bytes these are, in order, and how many each sent.
+    futs: Vec<(Py<PyAny>, usize)>,
+}
+
+/// A `send()` waiting for room: its message is `start..end` of what
+/// [`super::io::Out`] was pushed.
+struct SendWait {
+    fut: Py<PyAny>,
+    start: u64,
+    end: u64,
 }
 
 /// The future is not done yet (a cancelled one is done).
@@ -427,7 +446,7 @@ impl Exchange {
             body_sent: 0,
             complete: false,
             busy: false,
-            job_fut: None,
+            job_extra: Vec::new(),
             queued: None,
             gone: false,
             served: None,
@@ -448,7 +467,7 @@ impl Exchange {
             out: super::io::Out::default(),
             writing: false,
             flush_soon: false,
-            send_waiter: None,
+            send_waiters: VecDeque::new(),
             write_timer: None,
             last_progress: std::time::Instant::now(),
             body_id: None,
@@ -591,23 +610,27 @@ impl Exchange {
         let py = slf.py();
         let mut me = slf.borrow_mut();
         if me.loop_w.is_some() {
+            let start = me.out.pushed();
             me.out.push_vec(data);
             if last {
                 me.complete = true;
             }
             drop(me);
-            return Self::pump(slf, last);
+            return Self::pump(slf, last, start);
         }
         if me.busy && !me.gone {
-            // The previous send() was cancelled while its write runs on the executor:
-            // this one goes out after it (the bytes keep their order).
+            // An earlier send()'s write runs on the executor (the app cancelled that
+            // send(), or did not wait for it): this one goes out after it, in call
+            // order, and its future is done when its bytes are written.
             let fut = me.ctx.create_future.bind(py).call0()?;
-            let q = me
-                .queued
-                .get_or_insert_with(|| (Vec::new(), false, fut.clone().unbind()));
-            q.0.extend_from_slice(&data);
-            q.1 |= last;
-            q.2 = fut.clone().unbind();
+            let q = me.queued.get_or_insert_with(|| Queued {
+                data: Vec::new(),
+                last: false,
+                futs: Vec::new(),
+            });
+            q.data.extend_from_slice(&data);
+            q.last |= last;
+            q.futs.push((fut.clone().unbind(), data.len()));
             if last {
                 me.complete = true;
             }
@@ -677,7 +700,6 @@ impl Exchange {
             Some(f) => f,
             None => ctx.create_future.bind(py).call0()?,
         };
-        me.job_fut = Some(fut.clone().unbind());
         drop(me);
         let job = Py::new(
             py,
@@ -713,11 +735,52 @@ impl Exchange {
         Ok(fut)
     }
 
-    /// A `send()` still waits for an earlier write (one it did not cancel).
-    fn send_waits(&self, py: Python<'_>) -> bool {
-        let waits = |f: &Option<Py<PyAny>>| f.as_ref().is_some_and(|f| pending(py, f));
-        self.busy
-            && (waits(&self.job_fut) || waits(&self.queued.as_ref().map(|q| q.2.clone_ref(py))))
+    /// Bytes of earlier `send()`s that still wait to be written although nobody
+    /// waits for them (the app cancelled those sends): what
+    /// [`super::io::MAX_UNAWAITED`] bounds. The messages of sends still awaited
+    /// (`gather(send(a), send(b))`) do not count: the app holds them anyway.
+    fn unawaited(&self, py: Python<'_>) -> usize {
+        if self.loop_w.is_some() {
+            let sent = self.out.sent();
+            let awaited: u64 = self
+                .send_waiters
+                .iter()
+                .filter(|w| pending(py, &w.fut))
+                .map(|w| w.end.saturating_sub(w.start.max(sent)))
+                .sum();
+            return self
+                .out
+                .queued()
+                .saturating_sub(usize::try_from(awaited).unwrap_or(usize::MAX));
+        }
+        self.queued.as_ref().map_or(0, |q| {
+            let awaited: usize = q
+                .futs
+                .iter()
+                .filter(|(f, _)| pending(py, f))
+                .map(|(_, n)| n)
+                .sum();
+            q.data.len().saturating_sub(awaited)
+        })
+    }
+
+    /// The `send()`s still waiting for their bytes to go get `err`: those bytes
+    /// will not be written.
+    fn fail_sends(&mut self, py: Python<'_>, err: impl Fn() -> PyErr) {
+        let waiting = self.send_waiters.drain(..).map(|w| w.fut).chain(
+            self.queued
+                .take()
+                .into_iter()
+                .flat_map(|q| q.futs)
+                .map(|(f, _)| f),
+        );
+        for w in waiting.collect::<Vec<_>>() {
+            if pending(py, &w) {
+                let _ = w
+                    .bind(py)
+                    .call_method1(intern!(py, "set_exception"), (err().into_value(py),));
+            }
+        }
     }
 
     pub(super) fn set_gone(&mut self, py: Python<'_>) {
@@ -728,13 +791,7 @@ impl Exchange {
         self.unwatch(py);
         self.stop_writing(py);
         self.out.clear();
-        if let Some(w) = self.send_waiter.take() {
-            let w = w.bind(py);
-            if pending(py, &w.clone().unbind()) {
-                let _ =
-                    w.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),));
-            }
-        }
+        self.fail_sends(py, gone_error);
         self.wake_waiters(py);
     }
 
@@ -817,6 +874,7 @@ impl Exchange {
             }
             me.stop_writing(py);
             me.out.clear();
+            me.fail_sends(py, gone_error);
         } else if !me.out.is_empty() {
             // The loop writes the rest as the socket takes it, then ends the response.
             return Ok(());
@@ -1326,15 +1384,7 @@ impl Exchange {
                 if me.gone {
                     return Err(gone_error());
                 }
-                if me.send_waits(py) {
-                    return Err(PyRuntimeError::new_err(
-                        "send() called again before the previous send() was awaited",
-                    ));
-                }
-                let waiting = match me.loop_w {
-                    Some(_) => me.out.queued(),
-                    None => me.queued.as_ref().map_or(0, |q| q.0.len()),
-                };
+                let waiting = me.unawaited(py);
                 if waiting > super::io::MAX_UNAWAITED {
                     drop(me);
                     return Err(Self::overrun(slf, waiting)?);
@@ -1376,11 +1426,7 @@ impl Exchange {
                     data = &[];
                 }
                 if me.loop_w.is_some() {
-                    if me.send_waiter.as_ref().is_some_and(|w| pending(py, w)) {
-                        return Err(PyRuntimeError::new_err(
-                            "send() called again before the previous send() was awaited",
-                        ));
-                    }
+                    let start = me.out.pushed();
                     {
                         let m = &mut *me;
                         m.body_sent += data.len() as u64;
@@ -1402,7 +1448,7 @@ impl Exchange {
                         }
                     }
                     drop(me);
-                    return Self::after_write(slf, Self::pump(slf, !more));
+                    return Self::after_write(slf, Self::pump(slf, !more, start));
                 }
                 me.body_sent += data.len() as u64;
                 let buf = if !me.head_sent {
@@ -1473,11 +1519,12 @@ impl Exchange {
                 // as the socket takes it when the sink can.
                 let mut me = slf.borrow_mut();
                 if me.loop_w.is_some() {
+                    let start = me.out.pushed();
                     me.out.push_vec(head);
                     me.out.push_file(file, body_len);
                     me.complete = true;
                     drop(me);
-                    return Self::after_write(slf, Self::pump(slf, true));
+                    return Self::after_write(slf, Self::pump(slf, true, start));
                 }
                 let Some(sink) = me.sink.as_mut() else {
                     return Err(gone_error());
@@ -1611,10 +1658,10 @@ impl Exchange {
         // A pathsend file that shrank (review2 X4b): cut off, not a client gone; the
         // app's send() returns as over uwsgi/SCGI (where it has returned before).
         let mut shrank = false;
+        let extra = std::mem::take(&mut slf.borrow_mut().job_extra);
         let ok = {
             let mut me = slf.borrow_mut();
             me.busy = false;
-            me.job_fut = None;
             match back {
                 Some((sink, r)) => {
                     me.sink = Some(sink);
@@ -1637,11 +1684,13 @@ impl Exchange {
                 }
             }
         };
-        if pending(py, &fut.clone().unbind()) {
-            if ok || shrank {
-                fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
-            } else {
-                fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
+        for fut in std::iter::once(fut.clone()).chain(extra.into_iter().map(|f| f.into_bound(py))) {
+            if pending(py, &fut.clone().unbind()) {
+                if ok || shrank {
+                    fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                } else {
+                    fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
+                }
             }
         }
         if shrank || slf.borrow().send_refused.is_some() {
@@ -1650,12 +1699,20 @@ impl Exchange {
             Self::settle(slf, Some(End::Incomplete(code)))?;
         }
         let next = slf.borrow_mut().queued.take();
-        if let Some((data, last, qf)) = next {
-            let qf = qf.into_bound(py);
+        if let Some(q) = next {
+            let mut futs = q.futs.into_iter().map(|(f, _)| f);
             if ok && !slf.borrow().gone {
-                Self::job(slf, Job::Write(data, last), Some(qf))?;
-            } else if pending(py, &qf.clone().unbind()) {
-                qf.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
+                // One write for them all: each send's future is done when it ends.
+                let first = futs.next().map(|f| f.into_bound(py));
+                slf.borrow_mut().job_extra = futs.collect();
+                Self::job(slf, Job::Write(q.data, q.last), first)?;
+            } else {
+                for qf in futs.filter(|f| pending(py, f)) {
+                    qf.bind(py).call_method1(
+                        intern!(py, "set_exception"),
+                        (gone_error().into_value(py),),
+                    )?;
+                }
             }
         }
         let (complete, gone, over) = {
@@ -1952,6 +2009,7 @@ impl Exchange {
     /// has ended) instead of holding all it sends; this `send()` and the later ones
     /// raise.
     fn overrun(slf: &Bound<'_, Self>, waiting: usize) -> PyResult<PyErr> {
+        let py = slf.py();
         let why = "send() called while over 1 MiB of earlier send()s the app did not wait for (it cancelled them) still waited for the front server to read them: postern cut the response off";
         let mut me = slf.borrow_mut();
         me.send_refused = Some(why);
@@ -1959,8 +2017,9 @@ impl Exchange {
             let _e = me.span.enter();
             tracing::warn!(waiting, "the app sent more while earlier send()s it did not wait for (cancelled) still waited for a front server that reads slowly or not at all; the response is cut off");
         }
-        // Queued behind a write in flight: goes no further (its send() was cancelled).
-        me.queued = None;
+        // Queued behind a write in flight, or waiting on the loop: goes no further
+        // (the sends still awaited among them learn it).
+        me.fail_sends(py, || ClientDisconnected::new_err(why));
         // Nothing more comes from the app: its task may end without a last body.
         me.complete = true;
         let code = me.code;
@@ -1975,15 +2034,24 @@ impl Exchange {
     /// waits leaves in the same send (nothing is held back longer: the loop runs the
     /// send as soon as the app's task yields). `None`: `await send(...)` goes on at
     /// once; a future: it waits until the socket has taken all but
-    /// [`super::io::LOW`] bytes (backpressure).
-    fn pump<'py>(slf: &Bound<'py, Self>, now: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+    /// [`super::io::LOW`] bytes up to the end of this message (backpressure), after
+    /// the sends before it that still wait (`start`: where this message began in
+    /// what `out` was pushed).
+    fn pump<'py>(
+        slf: &Bound<'py, Self>,
+        now: bool,
+        start: u64,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
         if me.gone {
             return Err(gone_error());
         }
+        // A send after one that still waits waits too: each completes in call order.
+        let behind =
+            !me.send_waiters.is_empty() && me.send_waiters.iter().any(|w| pending(py, &w.fut));
         if !me.writing {
-            if !now && me.out.queued() < super::io::HIGH {
+            if !now && !behind && me.out.queued() < super::io::HIGH {
                 if !me.flush_soon && !me.out.is_empty() {
                     me.flush_soon = true;
                     let lio = me.lio(py)?;
@@ -2000,9 +2068,14 @@ impl Exchange {
             }
             me = slf.borrow_mut();
         }
-        if me.out.queued() > super::io::HIGH {
+        if me.out.queued() > super::io::HIGH || (behind && !me.out.is_empty()) {
             let fut = me.ctx.create_future.bind(py).call0()?;
-            me.send_waiter = Some(fut.clone().unbind());
+            let end = me.out.pushed();
+            me.send_waiters.push_back(SendWait {
+                fut: fut.clone().unbind(),
+                start,
+                end,
+            });
             return Ok(Some(fut));
         }
         Ok(None)
@@ -2043,12 +2116,17 @@ impl Exchange {
                 if me.out.sent() != before || all {
                     me.last_progress = std::time::Instant::now();
                 }
-                if me.send_waiter.is_some() && (all || me.out.queued() <= super::io::LOW) {
-                    if let Some(w) = me.send_waiter.take() {
-                        if pending(py, &w) {
-                            w.bind(py)
-                                .call_method1(intern!(py, "set_result"), (py.None(),))?;
-                        }
+                // The sends whose message is out, all but LOW bytes of it, go on, in
+                // call order.
+                let sent = me.out.sent();
+                while let Some(w) = me.send_waiters.front() {
+                    if !all && w.end.saturating_sub(sent) > super::io::LOW as u64 {
+                        break;
+                    }
+                    let w = me.send_waiters.pop_front().map(|w| w.fut);
+                    if let Some(w) = w.filter(|w| pending(py, w)) {
+                        w.bind(py)
+                            .call_method1(intern!(py, "set_result"), (py.None(),))?;
                     }
                 }
                 if all {

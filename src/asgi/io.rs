@@ -171,6 +171,9 @@ pub struct Out {
     queued: usize,
     /// Bytes the socket has taken, files included (progress for `--read-timeout`).
     sent: u64,
+    /// Bytes ever pushed, files included: where each `send()`'s message ends, so
+    /// concurrent sends can each wait for their own.
+    pushed: u64,
 }
 
 impl Out {
@@ -188,12 +191,18 @@ impl Out {
         self.sent
     }
 
+    /// Bytes pushed so far, files included (what was sent, and what waits).
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
     /// Copies `data` after what waits, into buffers of at most [`PIECE`] bytes (the
     /// last one's room first): a buffer is freed once sent, and none grows by
     /// doubling past that, so a stalled response holds about what is queued
     /// ([`HIGH`]), not twice it plus what already left.
     pub fn push_copy(&mut self, mut data: &[u8]) {
         self.queued += data.len();
+        self.pushed += data.len() as u64;
         while !data.is_empty() {
             if let Some(Piece::Owned(v)) = self.pieces.back_mut() {
                 if v.len() < PIECE {
@@ -225,6 +234,7 @@ impl Out {
             return self.push_copy(&data);
         }
         self.queued += data.len();
+        self.pushed += data.len() as u64;
         self.pieces.push_back(Piece::Owned(data));
     }
 
@@ -234,11 +244,13 @@ impl Out {
             return;
         }
         self.queued += len;
+        self.pushed += len as u64;
         self.pieces.push_back(Piece::Object(b, len));
     }
 
     pub fn push_file(&mut self, f: std::fs::File, len: u64) {
         if len > 0 {
+            self.pushed += len;
             self.pieces.push_back(Piece::File(f, 0, len));
         }
     }
