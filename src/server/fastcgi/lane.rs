@@ -37,6 +37,13 @@ const MAX_REQS_PER_CONN: usize = 64;
 /// sends nothing, so the close then meets no request.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A request whose app has taken none of its STDIN for this long counts as stuck: when
+/// its connection is over --fastcgi-buffer while another request on it waits for its
+/// own input, the lane reads on past the budget and drops the stuck request's body.
+/// Until then an app that reads steadily (a chunk now and then) is waited for, as any
+/// reader under the budget: the connection is not read until it has taken some.
+const NO_PROGRESS: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What one queued STDIN chunk costs against the input budget beyond its bytes (its
 /// `Bytes` and queue slot), so a flood of tiny records is counted too.
 const CHUNK_OVERHEAD: usize = 64;
@@ -70,6 +77,9 @@ struct FeedState {
     cut: bool,
     /// The app waits for input (nothing queued).
     waiting: bool,
+    /// When the app last took a chunk, or the request came (its progress: an app
+    /// gets [`NO_PROGRESS`] to start reading).
+    took: Option<Instant>,
     /// The app's `wsgi.input` is gone: nothing more is queued.
     gone: bool,
     /// The body passed --max-body (no CONTENT_LENGTH): the app's next read fails so.
@@ -89,7 +99,10 @@ impl FeedState {
 impl Feed {
     fn new(input: Arc<ConnInput>) -> Arc<Feed> {
         Arc::new(Feed {
-            state: Mutex::new(FeedState::default()),
+            state: Mutex::new(FeedState {
+                took: Some(Instant::now()),
+                ..FeedState::default()
+            }),
             ready: Condvar::new(),
             input,
         })
@@ -166,6 +179,27 @@ impl Feed {
         let st = self.lock();
         st.waiting && st.chunks.is_empty() && !st.ended
     }
+
+    /// Until when the app counts as reading this input steadily: it took a chunk (or
+    /// the request came) within [`NO_PROGRESS`] (`None`: it has not).
+    fn progressing(&self, now: Instant) -> Option<Instant> {
+        let st = self.lock();
+        st.took
+            .map(|t| t + NO_PROGRESS)
+            .filter(|&until| until > now)
+    }
+
+    /// [`Feed::progressing`], for an app that also holds queued input: the
+    /// connection's budget is freed as it reads.
+    fn progressing_holder(&self, now: Instant) -> Option<Instant> {
+        let st = self.lock();
+        if st.chunks.is_empty() {
+            return None;
+        }
+        st.took
+            .map(|t| t + NO_PROGRESS)
+            .filter(|&until| until > now)
+    }
 }
 
 /// The slow lane's end of a [`Feed`]: dropping it tells the app nothing more comes.
@@ -188,6 +222,7 @@ impl StdinStream {
             let n = b.len() + CHUNK_OVERHEAD;
             st.held -= n;
             st.waiting = false;
+            st.took = Some(Instant::now());
             feed.input.release(n);
             return Some(Ok(Some(b)));
         }
@@ -484,7 +519,19 @@ pub async fn serve(
         // (nothing charged yet) nothing would ever make room, and they are bounded by
         // the parser anyway (64 requests of --buffer-size at most).
         let over = (input.held() > 0 && input.over(parser.params_held())) || input.worker_over();
-        let starved = over && any_starved(&slots);
+        // An app that reads steadily what it holds frees the budget soon: the lane
+        // waits for it (until it has taken nothing for NO_PROGRESS), instead of
+        // reading on and dropping its body for a request that waits.
+        let now = Instant::now();
+        let reader_until = if over {
+            slots
+                .values()
+                .filter_map(|s| s.stdin.as_ref()?.0.progressing_holder(now))
+                .min()
+        } else {
+            None
+        };
+        let starved = over && reader_until.is_none() && any_starved(&slots);
         let held_back = over && !starved;
         let deadline = if idle && linger.is_some() {
             linger
@@ -510,10 +557,13 @@ pub async fn serve(
             }
         };
         let budget = async {
-            if held_back {
-                input.changed().await
-            } else {
-                std::future::pending().await
+            match (held_back, reader_until) {
+                (false, _) => std::future::pending().await,
+                (true, None) => input.changed().await,
+                // Or that reader stops counting as one.
+                (true, Some(t)) => {
+                    let _ = tokio::time::timeout_at(t.into(), input.changed()).await;
+                }
             }
         };
         tokio::select! {
@@ -847,10 +897,12 @@ fn handle_event(
             if data.is_empty() {
                 return Step::Go;
             }
-            if for_starved && !feed.starved() {
+            if for_starved && !feed.starved() && feed.progressing(Instant::now()).is_none() {
                 // Read past the budget only for another request whose app waits for
-                // its input: this one's must not pile up meanwhile.
-                tracing::warn!(%peer, fcgi_id = id, held = input.held(), "FastCGI connection over --fastcgi-buffer while another request on it waits for its input: this request's body is dropped (its app's read fails)");
+                // its input: this one's, whose app took none for NO_PROGRESS, must
+                // not pile up meanwhile. (One that reads steadily keeps it: the lane
+                // then waits for it to read before it reads on.)
+                tracing::warn!(%peer, fcgi_id = id, held = input.held(), "FastCGI connection over --fastcgi-buffer while another request on it waits for its input, and this request's app has taken none of its body for {NO_PROGRESS:?}: this request's body is dropped (its app's read fails)");
                 feed.cut();
                 slot.stdin = None;
                 return Step::Go;
