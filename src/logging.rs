@@ -8,13 +8,15 @@
 //!   hides it and each format is exactly what its readers expect.
 //!
 //! Writing never blocks a Python thread. A process that serves requests hands each line
-//! to a bounded queue drained by a writer thread (tracing-appender's non-blocking writer,
-//! lossy): when the disk or the reader of stderr is too slow and the queue is full, the
-//! line is dropped and counted in [`LOG_LINES_DROPPED`]. The master must stay
-//! single-threaded to fork safely, so it writes its own (few, never per-request) lines
-//! directly, dropping one a full stderr pipe cannot take; each worker starts its writer
-//! thread after the fork ([`start_background`]). Before the process exits, [`finish`]
-//! waits (2 s at most) for the queue to be written out.
+//! to a bounded queue drained by a writer thread (lossy): when the disk or the reader of
+//! stderr is too slow and the queue is full, the line is dropped and counted in
+//! [`LOG_LINES_DROPPED`]. The queue is a linked channel bounded by counting (lines and
+//! bytes), not a preallocated ring: a ring of 16 Ki slots (tracing-appender's
+//! non-blocking writer) wrote 512 KiB of every worker's memory before its first line.
+//! The master must stay single-threaded to fork safely, so it writes its own (few, never
+//! per-request) lines directly, dropping one a full stderr pipe cannot take; each worker
+//! starts its writer thread after the fork ([`start_background`]). Before the process
+//! exits, [`finish`] waits (2 s at most) for the queue to be written out.
 //!
 //! Log files are reopened on SIGUSR1 (logrotate's `postrotate`): the handler opens each
 //! path again and `dup3`s the new file over the old descriptor, so every thread of the
@@ -33,12 +35,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::codec::{Head, Protocol};
@@ -153,9 +154,10 @@ struct Output {
     reopen_error: AtomicI32,
     /// How many flush marks (empty lines, see [`finish`]) the writer thread reached.
     drained: (Mutex<u64>, Condvar),
-    /// Bytes handed to the writer thread and not yet taken by it (about: a line the
-    /// queue dropped may be counted for a while; reset whenever the queue runs empty).
+    /// Bytes handed to the writer thread and not yet taken by it.
     queued_bytes: AtomicUsize,
+    /// Lines handed to the writer thread and not yet taken by it.
+    queued_lines: AtomicUsize,
 }
 
 enum Kind {
@@ -181,12 +183,9 @@ fn stderr_writable() -> bool {
     matches!(poll(&mut fds, Some(&now)), Ok(1)) && fds[0].revents().contains(PollFlags::OUT)
 }
 
-/// The non-blocking half: the queue's sender and its drop count.
+/// The non-blocking half: the queue's sender (its writer thread holds the receiver).
 struct Background {
-    queue: NonBlocking,
-    dropped: ErrorCounter,
-    /// Drops already added to [`LOG_LINES_DROPPED`].
-    counted: AtomicU64,
+    queue: mpsc::Sender<Vec<u8>>,
 }
 
 struct Logs {
@@ -337,24 +336,30 @@ pub fn start_background() {
         if out.background.get().is_some() {
             continue;
         }
-        let (queue, guard) = NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(QUEUE_LINES)
-            .thread_name("postern-log")
-            .finish(Drain {
-                out: Arc::clone(out),
-                pending: Vec::new(),
-                lines: 0,
+        let (queue, lines) = mpsc::channel::<Vec<u8>>();
+        let mut drain = Drain {
+            out: Arc::clone(out),
+            pending: Vec::new(),
+            lines: 0,
+        };
+        // The thread is never joined: `finish` waits for the queue to be written out
+        // instead, for a bounded time (a stalled log must not hold up the exit).
+        let spawned = std::thread::Builder::new()
+            .name("postern-log".into())
+            .spawn(move || {
+                while let Ok(line) = lines.recv() {
+                    drain.push(&line);
+                    while let Ok(line) = lines.try_recv() {
+                        drain.push(&line);
+                    }
+                    // The queue ran empty: what is gathered goes out now.
+                    drain.write_pending();
+                }
             });
-        let dropped = queue.error_counter();
-        let _ = out.background.set(Background {
-            queue,
-            dropped,
-            counted: AtomicU64::new(0),
-        });
-        // Never dropped: the guard's drop waits for the thread with println! on a
-        // timeout, which could block on a stalled stdout; `finish` flushes instead.
-        std::mem::forget(guard);
+        if spawned.is_ok() {
+            let _ = out.background.set(Background { queue });
+        }
+        // Else this output's lines go on being written directly.
     }
     BACKGROUND.store(true, Ordering::Release);
 }
@@ -372,9 +377,10 @@ pub fn finish() {
         let mut reached = lock.lock().unwrap_or_else(|e| e.into_inner());
         let mark = *reached + 1;
         // An empty line is the mark: the writer thread counts it once it has written
-        // everything queued before it. If the queue is full the mark is lost, and the
-        // wait ends at FLUSH_WAIT: a stalled log must not hold up the exit.
-        let _ = bg.queue.clone().write_all(b"");
+        // everything queued before it (the mark is outside the queue's bounds). Behind
+        // a stalled disk or reader of stderr the wait ends at FLUSH_WAIT: a stalled log
+        // must not hold up the exit.
+        let _ = bg.queue.send(Vec::new());
         let deadline = Instant::now() + FLUSH_WAIT;
         while *reached < mark {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -454,6 +460,7 @@ impl Output {
             reopen_error: AtomicI32::new(0),
             drained: (Mutex::new(0), Condvar::new()),
             queued_bytes: AtomicUsize::new(0),
+            queued_lines: AtomicUsize::new(0),
         }
     }
 
@@ -481,6 +488,7 @@ impl Output {
             reopen_error: AtomicI32::new(0),
             drained: (Mutex::new(0), Condvar::new()),
             queued_bytes: AtomicUsize::new(0),
+            queued_lines: AtomicUsize::new(0),
         })
     }
 
@@ -499,14 +507,7 @@ impl Output {
         }
         if BACKGROUND.load(Ordering::Acquire) {
             if let Some(bg) = self.background.get() {
-                if self.queued_bytes.load(Ordering::Relaxed) + line.len() > QUEUE_BYTES {
-                    LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                self.queued_bytes.fetch_add(line.len(), Ordering::Relaxed);
-                if bg.send(line) {
-                    self.queued_bytes.fetch_sub(line.len(), Ordering::Relaxed);
-                }
+                self.queue(bg, line);
                 return;
             }
         }
@@ -548,18 +549,20 @@ impl Output {
     }
 }
 
-impl Background {
-    /// Queues `line`; true when the queue's drop count went up meanwhile (this line, or
-    /// one of another thread's: the byte count is about, see `Output::queued_bytes`).
-    fn send(&self, line: &[u8]) -> bool {
-        // NonBlocking writes through `&mut self`; a clone is one more sender handle.
-        let _ = self.queue.clone().write_all(line);
-        let now = self.dropped.dropped_lines() as u64;
-        let before = self.counted.fetch_max(now, Ordering::Relaxed);
-        if now > before {
-            LOG_LINES_DROPPED.fetch_add(now - before, Ordering::Relaxed);
+impl Output {
+    /// Hands `line` to the writer thread, or drops (and counts) it when the queue holds
+    /// [`QUEUE_LINES`] lines or [`QUEUE_BYTES`] bytes already.
+    fn queue(&self, bg: &Background, line: &[u8]) {
+        let lines = self.queued_lines.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.queued_bytes.fetch_add(line.len(), Ordering::Relaxed);
+        if lines >= QUEUE_LINES
+            || bytes + line.len() > QUEUE_BYTES
+            || bg.queue.send(line.to_vec()).is_err()
+        {
+            self.queued_lines.fetch_sub(1, Ordering::Relaxed);
+            self.queued_bytes.fetch_sub(line.len(), Ordering::Relaxed);
+            LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
-        now > before
     }
 }
 
@@ -574,20 +577,18 @@ struct Drain {
 
 impl Drain {
     fn push(&mut self, line: &[u8]) {
-        let _ = self
-            .out
-            .queued_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(line.len()))
-            });
         if line.is_empty() {
-            // A flush mark from `finish`.
+            // A flush mark from `finish` (not counted in the queue's bounds).
             self.write_pending();
             let (lock, cv) = &self.out.drained;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) += 1;
             cv.notify_all();
             return;
         }
+        self.out.queued_lines.fetch_sub(1, Ordering::Relaxed);
+        self.out
+            .queued_bytes
+            .fetch_sub(line.len(), Ordering::Relaxed);
         match self.out.kind {
             Kind::Stderr => {
                 if self.out.write_now(line).is_err() {
@@ -613,26 +614,6 @@ impl Drain {
         }
         self.pending.clear();
         self.lines = 0;
-    }
-}
-
-impl Write for Drain {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.push(buf);
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.push(buf);
-        Ok(())
-    }
-
-    // The writer thread flushes whenever its queue runs empty.
-    fn flush(&mut self) -> io::Result<()> {
-        // Nothing is queued: what the count still holds is lines the queue dropped.
-        self.out.queued_bytes.store(0, Ordering::Relaxed);
-        self.write_pending();
-        Ok(())
     }
 }
 
@@ -1533,36 +1514,33 @@ mod tests {
 
     #[test]
     fn counts_lines_lost_to_a_full_queue() {
-        // A writer that never finishes its first write: the queue fills up.
-        struct Stuck(std::sync::mpsc::Receiver<()>);
-        impl Write for Stuck {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                let _ = self.0.recv();
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let (release, stuck) = std::sync::mpsc::channel();
-        let (queue, guard) = NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(4)
-            .finish(Stuck(stuck));
-        let bg = Background {
-            dropped: queue.error_counter(),
-            queue,
-            counted: AtomicU64::new(0),
-        };
+        // No writer thread takes the lines: the queue fills up, and each line past its
+        // bound is dropped and counted instead of waited for.
+        let out = Output::stderr();
+        let (queue, taken) = mpsc::channel();
+        let bg = Background { queue };
         let before = LOG_LINES_DROPPED.load(Ordering::Relaxed);
-        // A blocking writer would hang here on the fifth line.
-        for _ in 0..100 {
-            bg.send(b"line\n");
+        for _ in 0..QUEUE_LINES + 100 {
+            out.queue(&bg, b"line\n");
         }
-        let dropped = bg.dropped.dropped_lines() as u64;
-        assert!(dropped >= 95, "{dropped}");
-        assert!(LOG_LINES_DROPPED.load(Ordering::Relaxed) - before >= dropped);
-        drop(release);
-        drop(guard);
+        assert!(LOG_LINES_DROPPED.load(Ordering::Relaxed) - before >= 100);
+        assert_eq!(out.queued_lines.load(Ordering::Relaxed), QUEUE_LINES);
+        assert_eq!(out.queued_bytes.load(Ordering::Relaxed), QUEUE_LINES * 5);
+        assert_eq!(taken.try_iter().count(), QUEUE_LINES);
+    }
+
+    #[test]
+    fn drops_lines_over_the_byte_budget() {
+        let out = Output::stderr();
+        let (queue, taken) = mpsc::channel();
+        let bg = Background { queue };
+        // As if the queue held nearly its budget already.
+        out.queued_bytes.store(QUEUE_BYTES - 4, Ordering::Relaxed);
+        let before = LOG_LINES_DROPPED.load(Ordering::Relaxed);
+        out.queue(&bg, b"line\n");
+        out.queue(&bg, b"ok\n");
+        assert!(LOG_LINES_DROPPED.load(Ordering::Relaxed) > before);
+        assert_eq!(taken.try_iter().collect::<Vec<_>>(), [b"ok\n".to_vec()]);
+        assert_eq!(out.queued_bytes.load(Ordering::Relaxed), QUEUE_BYTES - 1);
     }
 }
