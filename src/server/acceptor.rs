@@ -7,7 +7,7 @@
 //! input) goes to the tokio slow lane, which queues the request when it is complete.
 //! A silent or slow peer therefore never holds a Python thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +86,19 @@ thread_local! {
     /// reach the app as they were received (the body's one copy is into the `bytes`
     /// that `wsgi.input` returns).
     static PLAIN: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    /// The event loop's guess ([`Source::try_next`] is called by that one thread, the
+    /// Python threads' `next` never looks at it): the listener its last look accepted
+    /// from, and how many looks since have tried it first.
+    static GUESS: Cell<(usize, u32)> = const { Cell::new((NO_GUESS, 0)) };
 }
+
+const NO_GUESS: usize = usize::MAX;
+
+/// Looks in a row that accept straight from the guessed listener before one waits on
+/// the epoll again: the epoll (level-triggered, one event per wait) takes its ready
+/// sources in turn, so the ready queue, waiting connections and parked FastCGI
+/// connections wait at most this many requests behind a listener that never empties.
+const GUESS_RUN: u32 = 16;
 
 /// Bytes the first read of a uwsgi/SCGI connection may take: a whole head (64 KiB + 4),
 /// and with a usual head of a few hundred bytes a body of up to ~110 KiB, so such an
@@ -186,6 +198,27 @@ impl Acceptor {
             let now = Instant::now();
             self.expire_waiting(now);
             self.admission.tick(now);
+            // The event loop woke because the epoll is readable, and under load that is
+            // nearly always the listener it last accepted from: accept there first, and
+            // wait on the epoll (timeout 0) only when that finds nothing. That saves
+            // one system call per request (the loop's own epoll wait is the wake-up
+            // WSGI's threads get from this epoll); a guess that finds nothing (another
+            // worker took the connection) costs one, and the next look asks the epoll.
+            // A guessed connection that came without its request ends the guess too.
+            if !block {
+                if let Some(i) = self.guess() {
+                    let l = &self.listeners[i];
+                    if let Some((sock, peer, started, permit)) = self.accept_raw(l, false) {
+                        drop(token);
+                        let req = self.admit(i, l, sock, peer, started, permit);
+                        if req.is_none() {
+                            GUESS.set((NO_GUESS, 0));
+                        }
+                        return req;
+                    }
+                    GUESS.set((NO_GUESS, 0));
+                }
+            }
             let retry = self
                 .admission
                 .retry_at()
@@ -287,11 +320,21 @@ impl Acceptor {
                     }
                     if let Some(l) = self.listeners.get(i) {
                         let Some((sock, peer, started, permit)) = self.accept_raw(l, false) else {
+                            if !block {
+                                GUESS.set((NO_GUESS, 0));
+                            }
                             return None;
                         };
                         drop(token);
-                        if let Some(req) = self.admit(i, l, sock, peer, started, permit) {
-                            return Some(req);
+                        let req = self.admit(i, l, sock, peer, started, permit);
+                        // A connection that came without its request (it waits for its
+                        // first bytes, or the slow lane reads it) makes the next wake-up
+                        // likely its own, not a new connection's: no guess then.
+                        if !block {
+                            GUESS.set((if req.is_some() { i } else { NO_GUESS }, 0));
+                        }
+                        if req.is_some() {
+                            return req;
                         }
                     }
                 }
@@ -302,6 +345,19 @@ impl Acceptor {
 }
 
 impl Acceptor {
+    /// The listener the event loop's look accepts from before it asks the epoll: the
+    /// one its last look accepted from, for [`GUESS_RUN`] looks in a row, and none
+    /// while accept is paused for lack of descriptors (the epoll's retry decides
+    /// when it resumes).
+    fn guess(&self) -> Option<usize> {
+        let (i, run) = GUESS.get();
+        if i >= self.listeners.len() || run >= GUESS_RUN || self.admission.retry_at().is_some() {
+            return None;
+        }
+        GUESS.set((i, run + 1));
+        Some(i)
+    }
+
     /// Accepts one pending connection from `l` (non-blocking); `None` when there is
     /// none, or no room under `--max-connections` (`drain`: the stop takes the whole
     /// listen queue, past the limit).
