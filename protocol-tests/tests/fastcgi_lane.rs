@@ -12,11 +12,17 @@ use std::time::Duration;
 use protocol_tests::harness::{fcgi, sha256_hex, tempdir, Addr, AsgiApp, Postern, Spawn};
 
 /// WSGI: the length and SHA-256 of the body, read 32 KiB at a time with a pause of
-/// QUERY_STRING seconds after each read; "dropped ..." when a read fails.
+/// QUERY_STRING seconds after each read; "dropped ..." when a read fails. "big": a
+/// 16 MiB response after 1000 bytes of the body.
 const WSGI_APP: &str = r#"
 import hashlib, time
 
 def app(environ, start_response):
+    if environ.get("QUERY_STRING") == "big":
+        # 1000 bytes of the body, then 16 MiB of response in one write.
+        environ["wsgi.input"].read(1000)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"x" * (16 << 20)]
     slow = float(environ.get("QUERY_STRING") or 0)
     inp = environ["wsgi.input"]
     h, n = hashlib.sha256(), 0
@@ -35,8 +41,13 @@ def app(environ, start_response):
     return [body]
 "#;
 
-/// ASGI: as [`WSGI_APP`], a `receive()` at a time.
+/// ASGI: as [`WSGI_APP`], a `receive()` at a time ("big": after one `receive()`).
 const ASGI_HTTP: &str = r#"
+if scope["query_string"] == b"big":
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"x" * (16 << 20)})
+    return
 slow = float(scope["query_string"] or b"0")
 h, n = hashlib.sha256(), 0
 while True:
@@ -54,7 +65,7 @@ await send({"type": "http.response.start", "status": 200, "headers": [(b"content
 await send({"type": "http.response.body", "body": body})
 "#;
 
-fn serve(dir: &Path, interface: &str) -> Postern {
+fn serve(dir: &Path, interface: &str, extra: &[&str]) -> Postern {
     let spawn = if interface == "asgi" {
         let src = AsgiApp::new("import asyncio, hashlib").http(ASGI_HTTP);
         Spawn::asgi_unix(dir, "mux_app", &src).args(["--loop", "asyncio"])
@@ -67,6 +78,7 @@ fn serve(dir: &Path, interface: &str) -> Postern {
     spawn
         .protocol("fastcgi")
         .args(["--fastcgi-buffer", "64K"])
+        .args(extra.iter().copied())
         .start()
 }
 
@@ -123,7 +135,7 @@ fn a_steadily_reading_app_keeps_its_body_while_another_request_on_the_connection
     // instant" was taken for "stuck".
     for interface in ["wsgi", "asgi"] {
         let dir = tempdir();
-        let p = serve(dir.path(), interface);
+        let p = serve(dir.path(), interface, &[]);
         let Addr::Unix(path) = &p.addr else {
             unreachable!()
         };
@@ -158,6 +170,65 @@ fn a_steadily_reading_app_keeps_its_body_while_another_request_on_the_connection
             !p.logs().contains("body is dropped"),
             "{interface}\n{}",
             p.logs()
+        );
+    }
+}
+
+#[test]
+fn a_read_timeout_says_whether_the_front_server_also_reads_nothing() {
+    // regression: review3's note: the lane's "the front server sent nothing for 3s
+    // (--read-timeout)" was the same whether or not a response on the connection
+    // also waited for the front server to read (a stuck write): the log pointed one
+    // way only.
+    for (query, reads) in [("0", true), ("big", false)] {
+        let dir = tempdir();
+        let p = serve(dir.path(), "asgi", &["--read-timeout", "1"]);
+        let Addr::Unix(path) = &p.addr else {
+            unreachable!()
+        };
+        // Part of a body, then nothing more; beside it on the same connection (so
+        // the lane reads it), "big": a request answered 16 MiB.
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let mut out = post(1, query, 100_000);
+        out.extend(fcgi::record(fcgi::STDIN, 1, &[b'a'; 2000]));
+        out.extend(post(2, "0", 100_000));
+        out.extend(fcgi::record(fcgi::STDIN, 2, &[b'a'; 2000]));
+        s.write_all(&out).unwrap();
+        if reads {
+            // Reads all that comes (nothing: the app waits for the body).
+            let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+        } else {
+            // Reads what has come now and then: the response's write never waits
+            // long enough to time out itself, and the connection has no room but
+            // for an instant after each read.
+            s.set_nonblocking(true).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            'reading: for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(300));
+                if p.logs().contains("(--read-timeout)") {
+                    break;
+                }
+                loop {
+                    match std::io::Read::read(&mut s, &mut buf) {
+                        Ok(0) => break 'reading,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => break 'reading,
+                    }
+                }
+            }
+        }
+        assert!(p.wait_log("(--read-timeout)", 10), "{query}\n{}", p.logs());
+        let logs = p.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("(--read-timeout)"))
+            .unwrap_or_default();
+        assert!(line.contains("sent nothing"), "{query}: {line}");
+        assert_eq!(
+            line.contains("waits for it to read"),
+            !reads,
+            "{query}: {line}"
         );
     }
 }

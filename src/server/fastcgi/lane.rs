@@ -606,6 +606,10 @@ pub async fn serve(
                     tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
                 } else if head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout) {
                     tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
+                } else if write_stuck(&conn) {
+                    // Both ways stalled: say so, the read direction alone would
+                    // send the operator looking at the wrong side.
+                    tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request, and a response written to it waits for it to read (the connection has no room); closing", limits.read_timeout);
                 } else {
                     tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request; closing", limits.read_timeout);
                 }
@@ -998,6 +1002,24 @@ fn head_for_log(params: Bytes) -> Head {
         modifier30: false,
         content_length: 0,
     }
+}
+
+/// A response's write on the connection waits for the front server to read: one is
+/// in progress (it holds the write lock) and the socket has no room now.
+fn write_stuck(conn: &FcgiConn) -> bool {
+    if !conn.write.is_locked() {
+        return false;
+    }
+    let mut fds = [rustix::event::PollFd::new(
+        &conn.sock,
+        rustix::event::PollFlags::OUT,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    !(matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
+        && fds[0].revents().contains(rustix::event::PollFlags::OUT))
 }
 
 /// A write from the connection's task: it may wait (a peer that does not read, a
