@@ -10,7 +10,8 @@ N requests straight over the uwsgi protocol (no front server) and keeps the larg
 sum measured meanwhile (under load).
 
     python3 benches/pss.py                       # 2 workers x 1 thread, 20,000 requests
-    python3 benches/pss.py --detail              # also: where the PSS is, per mapping
+    python3 benches/pss.py --detail              # also: where the PSS is, per mapping, and
+                                                 # each process's own (private dirty) memory
     python3 benches/pss.py --postern-args=--preload
 
 Needs uWSGI in target/bench-venv (`python3 -m venv target/bench-venv &&
@@ -97,8 +98,8 @@ def classify(name):
     return "other file"
 
 
-def detail(pids):
-    """PSS per kind of mapping (KiB), summed over `pids`."""
+def detail(pids, field="Pss:"):
+    """`field` (PSS by default) per kind of mapping (KiB), summed over `pids`."""
     kinds = collections.Counter()
     for pid in pids:
         kind = None
@@ -108,9 +109,16 @@ def detail(pids):
                 if "-" in first and not first.endswith(":"):
                     parts = line.split(None, 5)
                     kind = classify(parts[5].strip() if len(parts) > 5 else "")
-                elif first == "Pss:":
+                elif first == field:
                     kinds[kind] += int(line.split()[1])
     return kinds
+
+
+def private_detail(root, pids):
+    """Each process's own memory: Private_Dirty (pages it wrote after the fork, or new
+    ones; a page the master wrote after the fork also counts in the workers that still
+    have the old one) per kind of mapping, for the master and for each worker, in KiB."""
+    return [("master" if pid == root else "worker", detail([pid], "Private_Dirty:")) for pid in pids]
 
 
 def measure(name, cmd, sock_path, processes, n, conc, want_detail):
@@ -133,7 +141,7 @@ def measure(name, cmd, sock_path, processes, n, conc, want_detail):
         pids = tree(proc.pid)
         idle = sum(pss_kib(p) for p in pids)
         idle_anon = sum(pss_kib(p, "Pss_Anon:") for p in pids)
-        idle_detail = detail(pids) if want_detail else None
+        idle_detail = (detail(pids), private_detail(proc.pid, pids)) if want_detail else None
 
         def client(k):
             for _ in range(k):
@@ -203,8 +211,13 @@ def main():
                 n, idle, anon, after, kinds = measure(name, cmd, sock, a.workers + 1, a.requests,
                                                       a.concurrency, a.detail)
                 results[name].append((idle, anon, after))
-                for kind, kib in sorted((kinds or {}).items(), key=lambda kv: -kv[1])[:8]:
-                    print(f"    {name} {kind:20} {kib / 1024:6.2f} MiB")
+                if kinds:
+                    for kind, kib in sorted(kinds[0].items(), key=lambda kv: -kv[1])[:8]:
+                        print(f"    {name} {kind:20} {kib / 1024:6.2f} MiB")
+                    for role, own in kinds[1]:
+                        top = sorted(own.items(), key=lambda kv: -kv[1])[:5]
+                        print(f"    {name} {role} private dirty {sum(own.values()) / 1024:.2f} MiB: "
+                              + ", ".join(f"{kind} {kib / 1024:.2f}" for kind, kib in top))
         for name, rows in results.items():
             med = [statistics.median(col) / 1024 for col in zip(*rows)]
             print(f"{name:8} {a.workers + 1} processes, median of {a.rounds}: PSS idle {med[0]:.1f} MiB "
