@@ -619,7 +619,11 @@ fn concurrent_sends_go_out_in_call_order_each_awaited() {
             fcgi_stdout(&out)
         };
         let said = std::fs::read_to_string(dir.path().join("gather-send")).unwrap_or_default();
-        assert!(said.is_empty(), "{protocol}: the app got {said}\n{}", p.logs());
+        assert!(
+            said.is_empty(),
+            "{protocol}: the app got {said}\n{}",
+            p.logs()
+        );
         let at = out
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -844,6 +848,13 @@ fn a_pathsend_file_that_shrinks_is_a_cut_off_response_not_a_client_abort() {
             line.contains(path.to_str().unwrap()) && line.contains("expected=33554432"),
             "{line}"
         );
+        // regression: fix-left (review2 X4b's leftover): over FastCGI the warning had
+        // no `sent=` (uwsgi and SCGI had it): how far the file went was not told.
+        let sent: u64 = line
+            .split_once(" sent=")
+            .and_then(|(_, v)| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{protocol}: no sent=: {line}"));
+        assert!((1 << 20..32 << 20).contains(&sent), "{protocol}: {line}");
         assert!(!logs.contains("client went away"), "{protocol}\n{logs}");
         assert!(!logs.contains("ERROR"), "{protocol}\n{logs}");
     }

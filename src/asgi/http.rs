@@ -1132,8 +1132,7 @@ impl SinkJob {
             Job::Write(data, false) => sink.write_all(data),
             Job::SendFile(head, f, len) => sink
                 .write_all(head)
-                .and_then(|()| sink.send_file(f, 0, *len))
-                .map_err(|e| super::io::file_error(e, f, None, *len)),
+                .and_then(|()| send_file_counted(sink.as_mut(), f, *len)),
             Job::Flush => sink.flush(),
         });
         let failed = r.is_err();
@@ -1143,6 +1142,39 @@ impl SinkJob {
         }
         Ok(())
     }
+}
+
+/// A pathsend file's pieces for [`send_file_counted`].
+const FILE_PIECE: u64 = 1 << 20;
+
+/// Sends the first `len` bytes of `f` with [`Sink::send_file`], a piece at a time, so
+/// that a file that shrank while it was sent is reported with how much of it went
+/// (`sent`, as the loop's writes report it): the sink only says it ended early. The
+/// file's length is looked at before each piece (one fstat per MiB); a file that
+/// shrank within a piece is reported with that piece's start.
+fn send_file_counted(sink: &mut dyn Sink, f: &std::fs::File, len: u64) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < len {
+        let mut n = FILE_PIECE.min(len - off);
+        let now = f.metadata().map_or(len, |m| m.len());
+        let short = now < off + n;
+        if short {
+            n = now.saturating_sub(off);
+        }
+        if n > 0 {
+            sink.send_file(f, off, n)
+                .map_err(|e| super::io::file_error(e, f, Some(off), len))?;
+            off += n;
+        }
+        if short {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            );
+            return Err(super::io::file_error(e, f, Some(off), len));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a body that is not in memory, a chunk per call, on the executor.
