@@ -202,10 +202,6 @@ pub fn run(
     // The --head-timeout of new connections waiting for their first bytes, and the
     // taking of handed-over FastCGI connections, never wait for a free Python thread
     // (or the ASGI loop): the I/O thread does both when none is free.
-    // --max-requests: accept no more connections than the worker will still serve.
-    if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {
-        acceptor.admission.limit_by(move || m.requests_left());
-    }
     runtime.spawn({
         let acceptor = Arc::clone(&acceptor);
         let stop = idle_close.clone();
