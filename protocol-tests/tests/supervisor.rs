@@ -352,6 +352,67 @@ fn max_requests_recycles_workers_without_failing_requests() {
 }
 
 #[test]
+fn max_requests_is_about_n_when_connections_are_accepted_ahead() {
+    // regression: V5 (README "Recycling"): a worker kept accepting connections ahead
+    // of serving them and served every one it had accepted: with clients that connect
+    // and send a moment later, one worker with --max-requests 20 served 111 (WSGI) or
+    // 54 (ASGI) requests. Accept now stops once the connections accepted and not yet
+    // served are as many as the requests the worker may still serve.
+    for interface in ["wsgi", "asgi"] {
+        let dir = tempdir();
+        let spawn = if interface == "wsgi" {
+            let app = versioned_app(dir.path(), "v0");
+            Spawn::unix(dir.path(), &app.to_string_lossy()).args(["--threads", "4"])
+        } else {
+            let src = AsgiApp::new("import os").http(
+                r#"
+                body = ("v0 %d" % os.getpid()).encode()
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": body})
+                "#,
+            );
+            Spawn::asgi_unix(dir.path(), "pidapp", &src)
+        };
+        let p = spawn
+            .args(["--workers", "2", "--max-requests", "20"])
+            .start();
+        assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+        let clients: Vec<_> = (0..100)
+            .map(|_| {
+                let addr = p.addr.clone();
+                std::thread::spawn(move || {
+                    let mut s = addr.connect().ok()?;
+                    // Accepted before its request comes.
+                    std::thread::sleep(Duration::from_millis(50));
+                    s.write_all(&uwsgi_packet(&[
+                        ("REQUEST_METHOD", "GET"),
+                        ("PATH_INFO", "/"),
+                    ]))
+                    .ok()?;
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).ok()?;
+                    let r = parse_http(&out)?;
+                    (r.status == 200).then(|| r.text().split(' ').nth(1).map(str::to_owned))?
+                })
+            })
+            .collect();
+        let mut per_pid = std::collections::HashMap::<String, usize>::new();
+        for c in clients {
+            let pid = c.join().unwrap();
+            let pid = pid.unwrap_or_else(|| panic!("{interface}: a request failed\n{}", p.logs()));
+            *per_pid.entry(pid).or_default() += 1;
+        }
+        // 20 plus the jitter (up to 10%), plus a connection or two that threads
+        // accepting at once let in together.
+        assert!(
+            per_pid.values().all(|&n| n <= 22 + 4),
+            "{interface}: {per_pid:?}\n{}",
+            p.logs()
+        );
+    }
+}
+
+#[test]
 fn max_rss_recycles_a_leaking_worker() {
     let dir = tempdir();
     let app = dir.path().join("leak.py");

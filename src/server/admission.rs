@@ -9,10 +9,15 @@
 //! Every accepted connection carries a [`Permit`] for as long as its socket is open,
 //! whoever owns it: waiting for its first bytes ([`super::pending`]), in the slow lane,
 //! served inline, or parked as an idle FastCGI keep-alive connection.
+//!
+//! With `--max-requests`, accept also stops once the requests the worker may still
+//! serve are no more than the connections it has accepted and not yet served (each
+//! will be, never reset): else a worker under many concurrent connections accepted
+//! ahead and served up to about twice its limit.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
@@ -76,19 +81,43 @@ pub struct Admission {
     state: Mutex<State>,
     epoll: Arc<OwnedFd>,
     listeners: Arc<Vec<Listener>>,
+    /// Connections accepted whose request (a FastCGI connection's first) has not
+    /// ended yet: each is a request to come.
+    unserved: AtomicUsize,
+    /// The requests the worker may still serve (`--max-requests`; `None`: no limit).
+    requests_left: OnceLock<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
+    /// Accept stopped for `--max-requests` (read without the lock).
+    limit_shut: AtomicBool,
 }
 
 /// One open connection; dropped when its socket closes.
-pub struct Permit(Arc<Admission>);
+pub struct Permit {
+    admission: Arc<Admission>,
+    /// Counted in [`Admission`]'s `unserved` (until its first request ends).
+    unserved: AtomicBool,
+}
+
+impl Permit {
+    /// The connection's (first) request ended: it no longer counts as a request to
+    /// come against `--max-requests`. Later calls do nothing.
+    pub fn served(&self) {
+        if self.unserved.swap(false, Ordering::AcqRel) {
+            self.admission.unserved.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let a = &self.0;
+        let a = &self.admission;
+        if *self.unserved.get_mut() {
+            a.unserved.fetch_sub(1, Ordering::AcqRel);
+        }
         let before = a.open.fetch_sub(1, Ordering::AcqRel);
         if a.fd_paused.load(Ordering::Acquire) {
             // A descriptor came free: accept may work again.
             a.sync(None, true);
-        } else if before >= a.max {
+        } else if before >= a.max || a.limit_shut.load(Ordering::Acquire) {
             a.sync(None, false);
         }
     }
@@ -109,7 +138,24 @@ impl Admission {
             }),
             epoll,
             listeners,
+            unserved: AtomicUsize::new(0),
+            requests_left: OnceLock::new(),
+            limit_shut: AtomicBool::new(false),
         })
+    }
+
+    /// Accept stops while the worker has accepted as many connections it has not
+    /// served as `requests_left` says it may still serve (`--max-requests`).
+    pub fn limit_by(&self, requests_left: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+        let _ = self.requests_left.set(Box::new(requests_left));
+    }
+
+    /// `--max-requests` leaves no room for one more connection.
+    fn limit_reached(&self) -> bool {
+        let Some(left) = self.requests_left.get().and_then(|f| f()) else {
+            return false;
+        };
+        self.unserved.load(Ordering::Acquire) as u64 >= left
     }
 
     /// Connections open now.
@@ -120,7 +166,7 @@ impl Admission {
     /// Whether one more connection may be accepted now; when not, the listeners leave
     /// the epoll until a connection closes.
     pub fn room(&self) -> bool {
-        if self.open.load(Ordering::Acquire) < self.max {
+        if self.open.load(Ordering::Acquire) < self.max && !self.limit_reached() {
             return true;
         }
         self.sync(None, false);
@@ -130,17 +176,25 @@ impl Admission {
     /// Counts a connection just accepted.
     pub fn admit(self: &Arc<Self>) -> Permit {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if before + 1 >= self.max {
+        self.unserved.fetch_add(1, Ordering::AcqRel);
+        if before + 1 >= self.max || self.limit_reached() {
             self.sync(None, false);
         }
-        Permit(Arc::clone(self))
+        Permit {
+            admission: Arc::clone(self),
+            unserved: AtomicBool::new(true),
+        }
     }
 
     /// A connection that was never counted (the stop drains the listen queues past
-    /// the limit: they are served once, then the process exits).
+    /// the limit: they are served once, then the process exits; an idle FastCGI
+    /// connection handed over by a leaving worker: no request to come yet).
     pub fn admit_anyway(self: &Arc<Self>) -> Permit {
         self.open.fetch_add(1, Ordering::AcqRel);
-        Permit(Arc::clone(self))
+        Permit {
+            admission: Arc::clone(self),
+            unserved: AtomicBool::new(false),
+        }
     }
 
     /// Accept failed for lack of descriptors: the listeners leave the epoll until a
@@ -206,7 +260,10 @@ impl Admission {
             st.fd_pause = None;
             self.fd_paused.store(false, Ordering::Release);
         }
-        let want = st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max;
+        let limited = self.limit_reached();
+        self.limit_shut.store(limited, Ordering::Release);
+        let want =
+            st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max && !limited;
         if want == st.armed {
             return;
         }
@@ -224,6 +281,11 @@ impl Admission {
         st.armed = want;
         if want {
             tracing::debug!(open = self.open(), "accepting again");
+        } else if limited {
+            tracing::debug!(
+                unserved = self.unserved.load(Ordering::Acquire),
+                "not accepting: the connections accepted and not yet served are as many as --max-requests still allows"
+            );
         } else if st.fd_pause.is_none() {
             // Once a second at most: a flood crosses the limit at every close.
             let now = Instant::now();
@@ -420,6 +482,26 @@ mod tests {
             armed(&ep) && a.retry_at().is_none(),
             "the retry ends it too"
         );
+    }
+
+    #[test]
+    fn max_requests_stops_accept_at_as_many_unserved_connections_as_requests_left() {
+        let (a, ep, _client) = setup(100);
+        let left = Arc::new(AtomicUsize::new(2));
+        let l = Arc::clone(&left);
+        a.limit_by(move || Some(l.load(Ordering::Acquire) as u64));
+        let one = a.admit();
+        assert!(a.room() && armed(&ep));
+        let two = a.admit();
+        assert!(!a.room() && !armed(&ep), "two unserved, two left");
+        // A FastCGI connection's first request ends: one fewer left, one fewer unserved.
+        left.store(1, Ordering::Release);
+        two.served();
+        assert!(!a.room(), "still one unserved for one left");
+        // A connection that closes without a request makes room.
+        drop(one);
+        assert!(a.room() && armed(&ep));
+        drop(two);
     }
 
     // regression: with a soft open-files limit of 1,048,576 (or unlimited) the default

@@ -199,6 +199,10 @@ pub fn run(
         limits,
         pending,
     });
+    // --max-requests: accept no more connections than the worker will still serve.
+    if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {
+        acceptor.admission.limit_by(move || m.requests_left());
+    }
     // The --head-timeout of new connections waiting for their first bytes, and the
     // taking of handed-over FastCGI connections, never wait for a free Python thread
     // (or the ASGI loop): the I/O thread does both when none is free.

@@ -285,6 +285,10 @@ impl Sink for FcgiSink {
     }
 
     fn finish(&mut self, end: End) -> Sent {
+        // The connection's (first) request is served (--max-requests' accept gate).
+        if let Some(p) = &self.conn._permit {
+            p.served();
+        }
         let sent = Sent {
             bytes: self.written,
             started: self.started,
