@@ -1103,3 +1103,43 @@ fn ends_request(mut b: &[u8]) -> bool {
     }
     false
 }
+
+#[test]
+fn an_exchange_is_never_dropped_on_an_executor_thread() {
+    // regression: fix-left (seen in review3's logs): over FastCGI the executor thread
+    // that ran a response's write held the last reference to the request's exchange
+    // when the loop was done with it first (the front server gone mid-write): "RuntimeError:
+    // postern::asgi::http::Exchange is unsendable, but is being dropped on another
+    // thread", and the exchange leaked. Several such requests at once make the race
+    // likely: it showed in most runs before.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &["--read-timeout", "1"]);
+    // Bodies announced and never sent, responses never read: the lane closes each
+    // connection at --read-timeout while its write waits on the executor.
+    let conns: Vec<_> = (0..6)
+        .map(|_| {
+            let mut s = p.addr.connect().unwrap();
+            let mut out = fcgi::begin(1, 1, true);
+            let mut v = vars("POST", "/cancel-every-send", "");
+            v.push(("CONTENT_LENGTH", "100"));
+            out.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+            out.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+            s.write_all(&out).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.logs().matches("response incomplete").count()
+        + p.logs().matches("client went away").count()
+        < 6
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(conns);
+    // The executor threads drop what they hold right after.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!p.logs().contains("unsendable"), "{}", p.logs());
+    assert!(!p.logs().contains("Traceback"), "{}", p.logs());
+}

@@ -715,17 +715,27 @@ impl Exchange {
         // on; `_job_done` takes the sink back when it has ended, then completes the
         // future the app got (if it still waits), so the sink is back before the app
         // runs on.
+        // The executor thread runs the future's callbacks and drops its own
+        // references last, maybe after the loop is done with this exchange: what it
+        // holds must not lead to the exchange (dropped on that thread, it would be
+        // leaked with a RuntimeError), so it holds a number the loop looks up.
         let partial = ctx.partial.bind(py);
         let cb = partial.call1((
             slf.getattr(intern!(py, "_job_done"))?,
             job.clone_ref(py),
             fut.clone(),
         ))?;
+        let id = JOB_IDS.with(|n| {
+            let id = n.get();
+            n.set(id.wrapping_add(1));
+            id
+        });
+        JOBS_DONE.with(|j| j.borrow_mut().insert(id, cb.unbind()));
         let to_loop = partial.call1((
             ctx.event_loop
                 .bind(py)
                 .getattr(intern!(py, "call_soon_threadsafe"))?,
-            cb,
+            Py::new(py, JobDone(id))?,
         ))?;
         let cf = ctx
             .io_executor
@@ -1111,6 +1121,31 @@ enum Job {
     /// The rest of the head, then the file from its start.
     SendFile(Vec<u8>, std::fs::File, u64),
     Flush,
+}
+
+thread_local! {
+    /// The loop thread's `_job_done` calls of the sink jobs in flight, by id
+    /// ([`JobDone`]).
+    static JOBS_DONE: std::cell::RefCell<std::collections::HashMap<u64, Py<PyAny>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static JOB_IDS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Called on the loop (`call_soon_threadsafe`) when a sink job has ended: runs that
+/// job's `_job_done`. Holds only its id, so the executor thread that schedules it
+/// never holds the exchange.
+#[pyclass(module = "postern", name = "JobDone", frozen)]
+struct JobDone(u64);
+
+#[pymethods]
+impl JobDone {
+    fn __call__(&self, py: Python<'_>, cf: &Bound<'_, PyAny>) -> PyResult<()> {
+        let done = JOBS_DONE.with(|j| j.borrow_mut().remove(&self.0));
+        match done {
+            Some(done) => done.bind(py).call1((cf,)).map(drop),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A blocking sink operation run by the default executor with the GIL released.
