@@ -95,9 +95,11 @@ thread_local! {
 const NO_GUESS: usize = usize::MAX;
 
 /// Looks in a row that accept straight from the guessed listener before one waits on
-/// the epoll again: the epoll (level-triggered, one event per wait) takes its ready
+/// the epoll again. The epoll (level-triggered, one event per wait) takes its ready
 /// sources in turn, so the ready queue, waiting connections and parked FastCGI
-/// connections wait at most this many requests behind a listener that never empties.
+/// connections still get theirs behind a listener that never empties: after at most
+/// this many + 1 requests per listener turn ahead of them (34 requests with one
+/// listener in protocol-tests/tests/asgi_wake.rs), not after the whole listen queue.
 const GUESS_RUN: u32 = 16;
 
 /// Bytes the first read of a uwsgi/SCGI connection may take: a whole head (64 KiB + 4),
