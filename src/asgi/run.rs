@@ -402,6 +402,11 @@ impl Driver {
             }
             match me.source.try_next() {
                 TryNext::Ready(req) => {
+                    if me.in_flight.get() + 1 >= me.max {
+                        // This request takes the last place: the look that follows a
+                        // freed place must not favour the listener.
+                        me.source.at_cap();
+                    }
                     drop(me);
                     // One request per wake-up: the loop's own epoll (level-triggered)
                     // says whether more is ready, which saves a second epoll_wait on

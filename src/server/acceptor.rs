@@ -98,9 +98,12 @@ const NO_GUESS: usize = usize::MAX;
 /// the epoll again. The epoll (level-triggered, one event per wait) takes its ready
 /// sources in turn, so the ready queue, waiting connections and parked FastCGI
 /// connections still get theirs behind a listener that never empties: after at most
-/// this many + 1 requests per listener turn ahead of them (34 requests with one
-/// listener in protocol-tests/tests/asgi_wake.rs), not after the whole listen queue.
-const GUESS_RUN: u32 = 16;
+/// this many + 1 requests per listener turn ahead of them, not after the whole listen
+/// queue. A trade: each guess saves an epoll wait (4: 1.2 waits per request instead of
+/// 2), each one more delays the other sources under a flood of new connections (16
+/// gave parked keep-conn connections beside a flood 0.5-0.85k req/s against 7-11k
+/// without guessing; 4 gave 3.8k).
+const GUESS_RUN: u32 = 4;
 
 /// Bytes the first read of a uwsgi/SCGI connection may take: a whole head (64 KiB + 4),
 /// and with a usual head of a few hundred bytes a body of up to ~110 KiB, so such an
@@ -139,6 +142,14 @@ impl Source for Acceptor {
 
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         Some(self.epoll.as_fd())
+    }
+
+    fn at_cap(&self) {
+        // At --max-concurrency every task that ends lets one look in: a guess there
+        // would give each free place to the next new connection, and parked FastCGI
+        // connections and the ready queue would get one place in GUESS_RUN + 1
+        // (regression: keep-conn beside a flood at the cap went from 104 to 4.7 req/s).
+        GUESS.set((NO_GUESS, 0));
     }
 }
 

@@ -270,6 +270,9 @@ pub trait Source: Send + Sync {
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
+    /// The event loop's look just filled its last place (`--max-concurrency`): its
+    /// next look comes when a task ends.
+    fn at_cap(&self) {}
 }
 
 /// What [`Source::try_next`] found.
