@@ -630,6 +630,10 @@ impl Exchange {
             });
             q.data.extend_from_slice(&data);
             q.last |= last;
+            // Cancelled sends need no answer: dropped, so that their number does not
+            // grow each send()'s scan (`unawaited` counts their bytes as not awaited
+            // either way).
+            q.futs.retain(|(f, _)| pending(py, f));
             q.futs.push((fut.clone().unbind(), data.len()));
             if last {
                 me.complete = true;
@@ -2115,8 +2119,11 @@ impl Exchange {
             return Err(gone_error());
         }
         // A send after one that still waits waits too: each completes in call order.
-        let behind =
-            !me.send_waiters.is_empty() && me.send_waiters.iter().any(|w| pending(py, &w.fut));
+        // The sends the app cancelled are dropped from the queue here (their bytes
+        // stay in `out`): kept, every later send() scanned them all (quadratic in a
+        // loop of tiny cancelled sends to a front server that reads nothing).
+        me.send_waiters.retain(|w| pending(py, &w.fut));
+        let behind = !me.send_waiters.is_empty();
         if !me.writing {
             if !now && !behind && me.out.queued() < super::io::HIGH {
                 if !me.flush_soon && !me.out.is_empty() {
