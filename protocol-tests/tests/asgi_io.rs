@@ -163,6 +163,18 @@ async def app(scope, receive, send):
         except OSError as e:
             with open(os.path.join(DIR, "overrun-send"), "w") as f:
                 f.write("%s: %s" % (type(e).__name__, e))
+    elif path == "/forget-await":
+        # Every send() called without await (a forgotten `await`, the loop runs on
+        # between them), to a reader that reads nothing.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for i in range(2000):
+                send({"type": "http.response.body", "body": bytes([i % 251]) * 65536, "more_body": True})
+                await asyncio.sleep(0)
+            mark("all-sent")
+        except OSError as e:
+            with open(os.path.join(DIR, "overrun-send"), "w") as f:
+                f.write("%s: %s" % (type(e).__name__, e))
     elif path == "/cancelled-send-dropped":
         # A reader that reads nothing: a send() the app cancelled, then sends again.
         import weakref
@@ -904,12 +916,27 @@ fn sends_the_app_gives_up_on_cannot_pile_up_without_bound() {
     // (asyncio.wait_for(send(...), t) in a loop) to a front server that reads nothing
     // were all kept: ~40 MB a second of worker memory, without bound, over uwsgi,
     // SCGI and FastCGI alike.
+    sends_nobody_awaits_are_cut_off("/cancel-every-send");
+}
+
+#[test]
+fn sends_never_awaited_cannot_pile_up_without_bound() {
+    // regression: review-a (b366370): a send() the app never awaited (a forgotten
+    // `await`) was taken for one still awaited, so the 1 MiB bound on sends nobody
+    // waits for never cut such a response off: a reader that reads nothing grew the
+    // worker by ~10 MB a second (/tmp/rva/repro_noawait.sh: 150 MB in 15 s).
+    sends_nobody_awaits_are_cut_off("/forget-await");
+}
+
+/// 2000 sends of 64 KiB that nobody awaits (`path`) to a reader that reads nothing:
+/// the response is cut off past 1 MiB of them, and the worker does not hold the rest.
+fn sends_nobody_awaits_are_cut_off(path: &str) {
     for protocol in ["uwsgi", "fastcgi"] {
         let dir = tempdir();
         let p = serve(dir.path(), protocol, &[]);
         let before = rss_kib(&p);
         let mut s = p.addr.connect().unwrap();
-        send_get(&mut s, protocol, "/cancel-every-send");
+        send_get(&mut s, protocol, path);
         let said = dir.path().join("overrun-send");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !said.exists() && !dir.path().join("all-sent").exists() && Instant::now() < deadline {

@@ -303,15 +303,88 @@ struct Queued {
     /// The response is whole with them.
     last: bool,
     /// The `send()`s whose bytes these are, in order, and how many each sent.
-    futs: Vec<(Py<PyAny>, usize)>,
+    futs: Vec<(SendFut, usize)>,
 }
 
 /// A `send()` waiting for room: its message is `start..end` of what
 /// [`super::io::Out`] was pushed.
 struct SendWait {
-    fut: Py<PyAny>,
+    fut: SendFut,
     start: u64,
     end: u64,
+}
+
+/// The future a `send()` returned, and whether someone awaits it.
+struct SendFut {
+    fut: Py<PyAny>,
+    /// The loop step ([`STEP`]) the send() was called in.
+    step: u64,
+    /// Seen awaited once (stays so: a cancelled one is no longer pending).
+    awaited: bool,
+}
+
+impl SendFut {
+    /// `lio`: the loop's, to count the step's end.
+    fn new(fut: &Bound<'_, PyAny>, lio: &super::io::LoopIo) -> PyResult<SendFut> {
+        Ok(SendFut {
+            fut: fut.clone().unbind(),
+            step: step_now(fut.py(), lio)?,
+            awaited: false,
+        })
+    }
+
+    /// Someone waits for it: it is not done, and it was awaited (a task's wake-up,
+    /// `gather`'s or `wait_for`'s callback is on it), or the app's step that called
+    /// send() has not ended yet (`asyncio.gather(send(a), send(b))` awaits them only
+    /// once both are called).
+    fn waited_for(&mut self, py: Python<'_>) -> bool {
+        if !pending(py, &self.fut) {
+            return false;
+        }
+        if !self.awaited {
+            self.awaited = self.step == STEP.with(Cell::get) || awaited(py, &self.fut);
+        }
+        self.awaited
+    }
+}
+
+thread_local! {
+    /// The loop's steps since the loop thread began, as far as a send() needs them:
+    /// [`StepEnded`] counts one once a step that made a send() future has ended.
+    static STEP: Cell<u64> = const { Cell::new(0) };
+    /// A [`StepEnded`] is scheduled.
+    static STEP_DUE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The current loop step; the next [`StepEnded`] (`call_soon`: it runs after the
+/// callback running now, the app's task step) ends it.
+fn step_now(py: Python<'_>, lio: &super::io::LoopIo) -> PyResult<u64> {
+    if !STEP_DUE.with(Cell::get) {
+        lio.call_soon.bind(py).call1((StepEnded,))?;
+        STEP_DUE.with(|d| d.set(true));
+    }
+    Ok(STEP.with(Cell::get))
+}
+
+/// Ends the loop step counted by [`STEP`].
+#[pyclass(module = "postern", name = "StepEnded", frozen)]
+struct StepEnded;
+
+#[pymethods]
+impl StepEnded {
+    fn __call__(&self) {
+        STEP.with(|s| s.set(s.get().wrapping_add(1)));
+        STEP_DUE.with(|d| d.set(false));
+    }
+}
+
+/// Something awaits the future: a callback is on it (a task awaiting it adds its
+/// wake-up; `gather`, `wait_for`, `shield` and `wait` theirs). postern adds none to a
+/// send()'s future. A future without `_callbacks` counts as awaited.
+fn awaited(py: Python<'_>, f: &Py<PyAny>) -> bool {
+    f.bind(py)
+        .getattr(intern!(py, "_callbacks"))
+        .map_or(true, |c| c.is_truthy().unwrap_or(true))
 }
 
 /// The future is not done yet (a cancelled one is done).
@@ -319,6 +392,18 @@ fn pending(py: Python<'_>, f: &Py<PyAny>) -> bool {
     !f.bind(py)
         .call_method0(intern!(py, "done"))
         .is_ok_and(|d| d.is_truthy().unwrap_or(true))
+}
+
+/// Fails a send()'s future with `err`; one nobody awaits (a forgotten `await`) is
+/// marked retrieved, so that asyncio does not report each of them when it is
+/// dropped (postern logs the cause once).
+fn fail_send(py: Python<'_>, f: &Py<PyAny>, err: PyErr) -> PyResult<()> {
+    let f = f.bind(py);
+    f.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+    if !awaited(py, &f.clone().unbind()) {
+        let _ = f.call_method0(intern!(py, "exception"));
+    }
+    Ok(())
 }
 
 /// The message `receive` returns after the body.
@@ -623,6 +708,7 @@ impl Exchange {
             // send(), or did not wait for it): this one goes out after it, in call
             // order, and its future is done when its bytes are written.
             let fut = me.ctx.create_future.bind(py).call0()?;
+            let sf = SendFut::new(&fut, &*me.lio(py)?)?;
             let q = me.queued.get_or_insert_with(|| Queued {
                 data: Vec::new(),
                 last: false,
@@ -633,8 +719,8 @@ impl Exchange {
             // Cancelled sends need no answer: dropped, so that their number does not
             // grow each send()'s scan (`unawaited` counts their bytes as not awaited
             // either way).
-            q.futs.retain(|(f, _)| pending(py, f));
-            q.futs.push((fut.clone().unbind(), data.len()));
+            q.futs.retain(|(f, _)| pending(py, &f.fut));
+            q.futs.push((sf, data.len()));
             if last {
                 me.complete = true;
             }
@@ -750,29 +836,32 @@ impl Exchange {
     }
 
     /// Bytes of earlier `send()`s that still wait to be written although nobody
-    /// waits for them (the app cancelled those sends): what
-    /// [`super::io::MAX_UNAWAITED`] bounds. The messages of sends still awaited
-    /// (`gather(send(a), send(b))`) do not count: the app holds them anyway.
-    fn unawaited(&self, py: Python<'_>) -> usize {
+    /// waits for them (the app cancelled those sends, or never awaited them: a
+    /// forgotten `await`): what [`super::io::MAX_UNAWAITED`] bounds. The messages of
+    /// sends still awaited (`gather(send(a), send(b))`), or called in the app's
+    /// step that runs now, do not count: the app holds them anyway.
+    fn unawaited(&mut self, py: Python<'_>) -> usize {
         if self.loop_w.is_some() {
             let sent = self.out.sent();
             let awaited: u64 = self
                 .send_waiters
-                .iter()
-                .filter(|w| pending(py, &w.fut))
-                .map(|w| w.end.saturating_sub(w.start.max(sent)))
+                .iter_mut()
+                .filter_map(|w| {
+                    w.fut
+                        .waited_for(py)
+                        .then(|| w.end.saturating_sub(w.start.max(sent)))
+                })
                 .sum();
             return self
                 .out
                 .queued()
                 .saturating_sub(usize::try_from(awaited).unwrap_or(usize::MAX));
         }
-        self.queued.as_ref().map_or(0, |q| {
+        self.queued.as_mut().map_or(0, |q| {
             let awaited: usize = q
                 .futs
-                .iter()
-                .filter(|(f, _)| pending(py, f))
-                .map(|(_, n)| n)
+                .iter_mut()
+                .filter_map(|(f, n)| f.waited_for(py).then_some(*n))
                 .sum();
             q.data.len().saturating_sub(awaited)
         })
@@ -781,18 +870,16 @@ impl Exchange {
     /// The `send()`s still waiting for their bytes to go get `err`: those bytes
     /// will not be written.
     fn fail_sends(&mut self, py: Python<'_>, err: impl Fn() -> PyErr) {
-        let waiting = self.send_waiters.drain(..).map(|w| w.fut).chain(
+        let waiting = self.send_waiters.drain(..).map(|w| w.fut.fut).chain(
             self.queued
                 .take()
                 .into_iter()
                 .flat_map(|q| q.futs)
-                .map(|(f, _)| f),
+                .map(|(f, _)| f.fut),
         );
         for w in waiting.collect::<Vec<_>>() {
             if pending(py, &w) {
-                let _ = w
-                    .bind(py)
-                    .call_method1(intern!(py, "set_exception"), (err().into_value(py),));
+                let _ = fail_send(py, &w, err());
             }
         }
     }
@@ -1760,7 +1847,7 @@ impl Exchange {
                 if ok || shrank {
                     fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
                 } else {
-                    fut.call_method1(intern!(py, "set_exception"), (gone_error().into_value(py),))?;
+                    fail_send(py, &fut.clone().unbind(), gone_error())?;
                 }
             }
         }
@@ -1771,7 +1858,7 @@ impl Exchange {
         }
         let next = slf.borrow_mut().queued.take();
         if let Some(q) = next {
-            let mut futs = q.futs.into_iter().map(|(f, _)| f);
+            let mut futs = q.futs.into_iter().map(|(f, _)| f.fut);
             if ok && !slf.borrow().gone {
                 // One write for them all: each send's future is done when it ends.
                 let first = futs.next().map(|f| f.into_bound(py));
@@ -1779,10 +1866,7 @@ impl Exchange {
                 Self::job(slf, Job::Write(q.data, q.last), first)?;
             } else {
                 for qf in futs.filter(|f| pending(py, f)) {
-                    qf.bind(py).call_method1(
-                        intern!(py, "set_exception"),
-                        (gone_error().into_value(py),),
-                    )?;
+                    fail_send(py, &qf, gone_error())?;
                 }
             }
         }
@@ -2075,18 +2159,18 @@ impl Exchange {
     }
 
     /// The app sends more while `waiting` bytes of earlier `send()`s it did not wait
-    /// for (it cancelled them) still wait for the front server, over
+    /// for (it cancelled them, or never awaited them) still wait for the front server, over
     /// [`super::io::MAX_UNAWAITED`]: the response is cut off (once a write in flight
     /// has ended) instead of holding all it sends; this `send()` and the later ones
     /// raise.
     fn overrun(slf: &Bound<'_, Self>, waiting: usize) -> PyResult<PyErr> {
         let py = slf.py();
-        let why = "send() called while over 1 MiB of earlier send()s the app did not wait for (it cancelled them) still waited for the front server to read them: postern cut the response off";
+        let why = "send() called while over 1 MiB of earlier send()s the app did not wait for (it cancelled them, or never awaited them) still waited for the front server to read them: postern cut the response off";
         let mut me = slf.borrow_mut();
         me.send_refused = Some(why);
         {
             let _e = me.span.enter();
-            tracing::warn!(waiting, "the app sent more while earlier send()s it did not wait for (cancelled) still waited for a front server that reads slowly or not at all; the response is cut off");
+            tracing::warn!(waiting, "the app sent more while earlier send()s it did not wait for (cancelled, or never awaited) still waited for a front server that reads slowly or not at all; the response is cut off");
         }
         // Queued behind a write in flight, or waiting on the loop: goes no further
         // (the sends still awaited among them learn it).
@@ -2122,7 +2206,7 @@ impl Exchange {
         // The sends the app cancelled are dropped from the queue here (their bytes
         // stay in `out`): kept, every later send() scanned them all (quadratic in a
         // loop of tiny cancelled sends to a front server that reads nothing).
-        me.send_waiters.retain(|w| pending(py, &w.fut));
+        me.send_waiters.retain(|w| pending(py, &w.fut.fut));
         let behind = !me.send_waiters.is_empty();
         if !me.writing {
             if !now && !behind && me.out.queued() < super::io::HIGH {
@@ -2145,8 +2229,9 @@ impl Exchange {
         if me.out.queued() > super::io::HIGH || (behind && !me.out.is_empty()) {
             let fut = me.ctx.create_future.bind(py).call0()?;
             let end = me.out.pushed();
+            let fut_w = SendFut::new(&fut, &*me.lio(py)?)?;
             me.send_waiters.push_back(SendWait {
-                fut: fut.clone().unbind(),
+                fut: fut_w,
                 start,
                 end,
             });
@@ -2197,7 +2282,7 @@ impl Exchange {
                     if !all && w.end.saturating_sub(sent) > super::io::LOW as u64 {
                         break;
                     }
-                    let w = me.send_waiters.pop_front().map(|w| w.fut);
+                    let w = me.send_waiters.pop_front().map(|w| w.fut.fut);
                     if let Some(w) = w.filter(|w| pending(py, w)) {
                         w.bind(py)
                             .call_method1(intern!(py, "set_result"), (py.None(),))?;
