@@ -799,10 +799,25 @@ fn systemd_syscall_filter_allows_every_call_postern_makes() {
     assert_eq!(filters[0], "@system-service", "{filters:?}");
     let groups = syscall_groups(&analyze);
     let allowed = expand(&groups, filters[0]);
+    // After the allow list, `~` lines take calls out and plain lines put calls back
+    // (systemd merges them in order; this unit puts back only after taking out).
+    let back: std::collections::HashSet<String> = filters[1..]
+        .iter()
+        .filter(|f| !f.starts_with('~'))
+        .flat_map(|f| f.split_whitespace())
+        .flat_map(|g| match g.starts_with('@') {
+            true => expand(&groups, g),
+            false => [g.to_owned()].into(),
+        })
+        .collect();
     let denied: Vec<(String, std::collections::HashSet<String>)> = filters[1..]
         .iter()
-        .flat_map(|f| f.strip_prefix('~').expect("a deny list").split_whitespace())
-        .map(|g| (g.to_owned(), expand(&groups, g)))
+        .filter_map(|f| f.strip_prefix('~'))
+        .flat_map(|f| f.split_whitespace())
+        .map(|g| {
+            let set = expand(&groups, g);
+            (g.to_owned(), set.difference(&back).cloned().collect())
+        })
         .collect();
 
     let dir = tempdir();

@@ -52,3 +52,46 @@ fn a_blocked_request_does_not_stop_the_next_connections() {
         p.logs()
     );
 }
+
+/// A WSGI app answering the scheduling policy of the thread that serves it.
+fn policy_app(dir: &std::path::Path) -> String {
+    let app = dir.join("policy_app.py");
+    std::fs::write(
+        &app,
+        "import os\n\
+         def application(environ, start_response):\n    \
+             body = str(os.sched_getscheduler(0)).encode()\n    \
+             start_response('200 OK', [('Content-Length', str(len(body)))])\n    \
+             return [body]\n",
+    )
+    .unwrap();
+    app.to_string_lossy().into_owned()
+}
+
+// The WSGI threads run under SCHED_BATCH (a woken thread does not preempt nginx between
+// its connect and its write), and --no-sched-batch keeps the default policy.
+#[test]
+fn the_wsgi_threads_run_under_sched_batch_unless_told_not_to() {
+    const SCHED_OTHER: &str = "0";
+    const SCHED_BATCH: &str = "3";
+    let dir = tempdir();
+    let app = policy_app(dir.path());
+    for (args, want) in [
+        (&[][..], SCHED_BATCH),
+        (&["--no-sched-batch"][..], SCHED_OTHER),
+        (&["--workers", "2"][..], SCHED_BATCH),
+        (&["--workers", "2", "--no-sched-batch"][..], SCHED_OTHER),
+    ] {
+        let p = Spawn::tcp(dir.path(), &app)
+            .args(["--threads", "2"])
+            .args(args.iter().copied())
+            .start();
+        let (status, body) = p.get("/");
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).into_owned()),
+            (200, want.to_owned()),
+            "{args:?}\n{}",
+            p.logs()
+        );
+    }
+}

@@ -67,7 +67,10 @@ pub enum ServerError {
 ///
 /// Left as it is when the process was started under another policy (`chrt`), or
 /// when the change is refused (a seccomp filter): only a cost, nothing depends on it.
-fn batch_policy<T>(start: impl FnOnce() -> T) -> T {
+fn batch_policy<T>(on: bool, start: impl FnOnce() -> T) -> T {
+    if !on {
+        return start();
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: both calls act on the calling thread (0) with a valid `sched_param`.
     // libc: rustix has no scheduling-policy calls.
@@ -227,7 +230,8 @@ pub fn run(
     // only once lifespan startup is complete (no request before it).
     let pool = match asgi {
         None => Serving::Pool(
-            batch_policy(|| Pool::start(app, settings, source)).map_err(ServerError::Runtime)?,
+            batch_policy(settings.sched_batch, || Pool::start(app, settings, source))
+                .map_err(ServerError::Runtime)?,
         ),
         Some(a) => Serving::Loop(crate::asgi::start(app, settings, a, source)?),
     };
@@ -504,7 +508,7 @@ mod tests {
                 eprintln!("SKIPPED: the test runs under another scheduling policy");
                 return;
             }
-            let inner = super::batch_policy(|| std::thread::spawn(policy).join().unwrap());
+            let inner = super::batch_policy(true, || std::thread::spawn(policy).join().unwrap());
             assert_eq!(inner, libc::SCHED_BATCH, "a thread started inside");
             assert_eq!(policy(), libc::SCHED_OTHER, "the caller afterwards");
             assert_eq!(

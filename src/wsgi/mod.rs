@@ -403,6 +403,8 @@ pub trait Monitor: Send + Sync {
 #[derive(Clone)]
 pub struct Settings {
     pub threads: usize,
+    /// Start the Python threads under `SCHED_BATCH` (`--no-sched-batch` turns it off).
+    pub sched_batch: bool,
     pub multiprocess: bool,
     pub monitor: Option<Arc<dyn Monitor>>,
     /// `--mount` prefixes: the longest one that starts the path becomes SCRIPT_NAME.

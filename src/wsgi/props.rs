@@ -27,6 +27,7 @@ fn python() {
 fn settings() -> Settings {
     Settings {
         threads: 1,
+        sched_batch: false,
         multiprocess: false,
         monitor: None,
         mounts: vec![b"/app".to_vec()],
