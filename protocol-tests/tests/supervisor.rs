@@ -413,6 +413,41 @@ fn max_requests_is_about_n_when_connections_are_accepted_ahead() {
 }
 
 #[test]
+fn max_requests_does_not_stall_accept_behind_connections_that_send_nothing() {
+    // regression: review-a (c45dd9f, V5's gate): connections accepted that never sent
+    // a request counted as requests to come, so once they were as many as the
+    // requests left, the worker accepted nothing until --head-timeout closed them
+    // (one worker: the whole server did not answer; /tmp/rva/repro_idle_gate.sh
+    // 24.9 s per request). The worker now recycles when its accept stops: its
+    // successor accepts.
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--max-requests", "10", "--head-timeout", "120"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+    // More idle connections than the worker may serve: they are accepted (and count)
+    // before the requests below.
+    let idle: Vec<_> = (0..30).map(|_| p.addr.connect().unwrap()).collect();
+    for n in 0..3 {
+        // The harness's read timeout (20 s) is far below --head-timeout.
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]))
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let r = parse_http(&out);
+        assert!(
+            r.is_some_and(|r| r.status == 200),
+            "request {n} not answered while idle connections held accept\n{}",
+            p.logs()
+        );
+    }
+    assert!(p.logs().contains("accept stopped"), "{}", p.logs());
+    drop(idle);
+}
+
+#[test]
 fn max_rss_recycles_a_leaking_worker() {
     let dir = tempdir();
     let app = dir.path().join("leak.py");

@@ -13,7 +13,10 @@
 //! With `--max-requests`, accept also stops once the requests the worker may still
 //! serve are no more than the connections it has accepted and not yet served (each
 //! will be, never reset): else a worker under many concurrent connections accepted
-//! ahead and served up to about twice its limit.
+//! ahead and served up to about twice its limit. The worker then has taken every
+//! request it will serve, so it recycles at once (its successor accepts while it
+//! serves them): connections that send nothing would else keep it deaf until
+//! `--head-timeout` closed them.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -88,6 +91,10 @@ pub struct Admission {
     requests_left: OnceLock<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
     /// Accept stopped for `--max-requests` (read without the lock).
     limit_shut: AtomicBool,
+    /// Called once, the first time accept stops for `--max-requests`: recycles the
+    /// worker.
+    on_limit: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    limit_told: AtomicBool,
 }
 
 /// One open connection; dropped when its socket closes.
@@ -141,13 +148,22 @@ impl Admission {
             unserved: AtomicUsize::new(0),
             requests_left: OnceLock::new(),
             limit_shut: AtomicBool::new(false),
+            on_limit: OnceLock::new(),
+            limit_told: AtomicBool::new(false),
         })
     }
 
     /// Accept stops while the worker has accepted as many connections it has not
-    /// served as `requests_left` says it may still serve (`--max-requests`).
-    pub fn limit_by(&self, requests_left: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+    /// served as `requests_left` says it may still serve (`--max-requests`); the
+    /// first time it does, `on_limit` is called (it recycles the worker: the
+    /// connections it holds may never send, and accept would stay stopped).
+    pub fn limit_by(
+        &self,
+        requests_left: impl Fn() -> Option<u64> + Send + Sync + 'static,
+        on_limit: impl Fn() + Send + Sync + 'static,
+    ) {
         let _ = self.requests_left.set(Box::new(requests_left));
+        let _ = self.on_limit.set(Box::new(on_limit));
     }
 
     /// `--max-requests` leaves no room for one more connection.
@@ -252,6 +268,20 @@ impl Admission {
     /// lock from the values it reads then: the last call sees the last state, so the
     /// listeners can neither stay out while there is room nor in while there is none.
     fn sync(&self, pause: Option<Instant>, resume: bool) {
+        if self.sync_locked(pause, resume) && !self.limit_told.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                unserved = self.unserved.load(Ordering::Acquire),
+                "accept stopped: the connections accepted and not yet served are as many as --max-requests still allows; recycling"
+            );
+            if let Some(f) = self.on_limit.get() {
+                f();
+            }
+        }
+    }
+
+    /// [`Admission::sync`] under the lock; true: accept is stopped for
+    /// `--max-requests`.
+    fn sync_locked(&self, pause: Option<Instant>, resume: bool) -> bool {
         let mut st = self.lock();
         if let Some(t) = pause {
             st.fd_pause = Some(t);
@@ -265,7 +295,7 @@ impl Admission {
         let want =
             st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max && !limited;
         if want == st.armed {
-            return;
+            return limited;
         }
         let flags = if want {
             epoll::EventFlags::IN
@@ -300,6 +330,7 @@ impl Admission {
                 );
             }
         }
+        limited
     }
 }
 
@@ -489,11 +520,22 @@ mod tests {
         let (a, ep, _client) = setup(100);
         let left = Arc::new(AtomicUsize::new(2));
         let l = Arc::clone(&left);
-        a.limit_by(move || Some(l.load(Ordering::Acquire) as u64));
+        let told = Arc::new(AtomicUsize::new(0));
+        let t = Arc::clone(&told);
+        a.limit_by(
+            move || Some(l.load(Ordering::Acquire) as u64),
+            move || {
+                t.fetch_add(1, Ordering::AcqRel);
+            },
+        );
         let one = a.admit();
         assert!(a.room() && armed(&ep));
+        assert_eq!(told.load(Ordering::Acquire), 0);
         let two = a.admit();
         assert!(!a.room() && !armed(&ep), "two unserved, two left");
+        // regression: review-a (c45dd9f): connections that never send kept accept
+        // stopped until --head-timeout; the worker recycles once it stops (once).
+        assert_eq!(told.load(Ordering::Acquire), 1, "the worker recycles");
         // A FastCGI connection's first request ends: one fewer left, one fewer unserved.
         left.store(1, Ordering::Release);
         two.served();
@@ -502,6 +544,7 @@ mod tests {
         drop(one);
         assert!(a.room() && armed(&ep));
         drop(two);
+        assert_eq!(told.load(Ordering::Acquire), 1, "told once");
     }
 
     // regression: with a soft open-files limit of 1,048,576 (or unlimited) the default

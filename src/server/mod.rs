@@ -202,9 +202,13 @@ pub fn run(
         limits,
         pending,
     });
-    // --max-requests: accept no more connections than the worker will still serve.
+    // --max-requests: accept no more connections than the worker will still serve;
+    // once it stops, the worker has taken all it will serve: it recycles then.
     if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {
-        acceptor.admission.limit_by(move || m.requests_left());
+        let recycle = m.clone();
+        acceptor
+            .admission
+            .limit_by(move || m.requests_left(), move || recycle.limit_taken());
     }
     // The --head-timeout of new connections waiting for their first bytes, and the
     // taking of handed-over FastCGI connections, never wait for a free Python thread
