@@ -175,6 +175,31 @@ async def app(scope, receive, send):
         except OSError as e:
             with open(os.path.join(DIR, "overrun-send"), "w") as f:
                 f.write("%s: %s" % (type(e).__name__, e))
+    elif path == "/forget-await-tiny":
+        # 10-byte send()s never awaited (a forgotten `await`), 50 per loop step, to a
+        # reader that reads nothing; `first`: the first that had to wait, kept to
+        # look at (holding it is not awaiting it).
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        first = None
+        said = "all-sent"
+        try:
+            for i in range(400000):
+                f = send({"type": "http.response.body", "body": b"%09d\n" % i, "more_body": True})
+                if first is None and isinstance(f, asyncio.Future) and not f.done():
+                    first = f
+                if i % 50 == 49:
+                    await asyncio.sleep(0)
+        except OSError as e:
+            said = "%s: %s" % (type(e).__name__, e)
+        with open(os.path.join(DIR, "forgotten-send"), "w") as out:
+            out.write("none waited" if first is None else "pending" if not first.done()
+                      else "settled" if not first.cancelled() and first.exception() is None
+                      else "failed")
+        if said == "all-sent":
+            mark("all-sent")
+        else:
+            with open(os.path.join(DIR, "overrun-send"), "w") as out:
+                out.write(said)
     elif path == "/cancelled-send-dropped":
         # A reader that reads nothing: a send() the app cancelled, then sends again.
         import weakref
@@ -916,7 +941,7 @@ fn sends_the_app_gives_up_on_cannot_pile_up_without_bound() {
     // (asyncio.wait_for(send(...), t) in a loop) to a front server that reads nothing
     // were all kept: ~40 MB a second of worker memory, without bound, over uwsgi,
     // SCGI and FastCGI alike.
-    sends_nobody_awaits_are_cut_off("/cancel-every-send");
+    sends_nobody_awaits_are_cut_off("/cancel-every-send", |_, _| {});
 }
 
 #[test]
@@ -925,12 +950,27 @@ fn sends_never_awaited_cannot_pile_up_without_bound() {
     // `await`) was taken for one still awaited, so the 1 MiB bound on sends nobody
     // waits for never cut such a response off: a reader that reads nothing grew the
     // worker by ~10 MB a second (/tmp/rva/repro_noawait.sh: 150 MB in 15 s).
-    sends_nobody_awaits_are_cut_off("/forget-await");
+    sends_nobody_awaits_are_cut_off("/forget-await", |_, _| {});
 }
 
-/// 2000 sends of 64 KiB that nobody awaits (`path`) to a reader that reads nothing:
-/// the response is cut off past 1 MiB of them, and the worker does not hold the rest.
-fn sends_nobody_awaits_are_cut_off(path: &str) {
+#[test]
+fn tiny_sends_never_awaited_reach_the_cut_off() {
+    // regression: review-a (90d9cef): every send() never awaited stayed queued (its
+    // future kept) until the socket took its bytes, and each later send() looked at
+    // all of them: 10-byte sends never awaited to a front server that reads nothing
+    // cost quadratic loop time and never reached the 1 MiB cut-off (39k sends in
+    // 30 s, /tmp/rva/repro_noawait_tiny.sh). Once its step is over, such a send is
+    // settled and dropped from the queue.
+    sends_nobody_awaits_are_cut_off("/forget-await-tiny", |protocol, dir| {
+        let said = std::fs::read_to_string(dir.join("forgotten-send")).unwrap_or_default();
+        assert_eq!(said, "settled", "{protocol}");
+    });
+}
+
+/// Sends nobody awaits (`path`: 2000 of 64 KiB, or 400,000 of 10 bytes) to a reader
+/// that reads nothing: the response is cut off past 1 MiB of them, and the worker
+/// does not hold the rest; `check(protocol, dir)` then looks at what the app wrote.
+fn sends_nobody_awaits_are_cut_off(path: &str, check: impl Fn(&str, &Path)) {
     for protocol in ["uwsgi", "fastcgi"] {
         let dir = tempdir();
         let p = serve(dir.path(), protocol, &[]);
@@ -949,8 +989,10 @@ fn sends_nobody_awaits_are_cut_off(path: &str) {
             "{protocol}: {said:?}\n{}",
             p.logs()
         );
-        // 125 MiB were sent; what waits is bounded (a few MiB, and the allocator's slack).
+        // The app sends up to 125 MiB (or 4 MB); what waits is bounded (a few MiB, and the
+        // allocator's slack).
         assert!(grown < 48 * 1024, "{protocol}: RSS grew by {grown} KiB");
+        check(protocol, dir.path());
         // FastCGI: the cut comes once the write in flight ends (here: the reader goes).
         drop(s);
         assert!(

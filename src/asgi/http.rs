@@ -333,19 +333,46 @@ impl SendFut {
         })
     }
 
-    /// Someone waits for it: it is not done, and it was awaited (a task's wake-up,
-    /// `gather`'s or `wait_for`'s callback is on it), or the app's step that called
-    /// send() has not ended yet (`asyncio.gather(send(a), send(b))` awaits them only
-    /// once both are called).
-    fn waited_for(&mut self, py: Python<'_>) -> bool {
+    /// Who waits for it: someone, when it was awaited (a task's wake-up, `gather`'s
+    /// or `wait_for`'s callback is on it) or the app's step that called send() has
+    /// not ended yet (`asyncio.gather(send(a), send(b))` awaits them only once both
+    /// are called); nobody, when it is done (cancelled) or its step ended without
+    /// anyone awaiting it (a forgotten `await`).
+    fn wait(&mut self, py: Python<'_>) -> Wait {
         if !pending(py, &self.fut) {
-            return false;
+            return Wait::Done;
         }
-        if !self.awaited {
-            self.awaited = self.step == STEP.with(Cell::get) || awaited(py, &self.fut);
+        if self.awaited || self.step == STEP.with(Cell::get) {
+            return Wait::Awaited;
         }
-        self.awaited
+        // Not sticky in the step itself: a send() called in it is looked at again
+        // by the sends after it, and a step's end is what tells a forgotten one.
+        self.awaited = awaited(py, &self.fut);
+        if self.awaited {
+            Wait::Awaited
+        } else {
+            Wait::Forgotten
+        }
     }
+}
+
+/// What [`SendFut::wait`] found.
+enum Wait {
+    /// Someone waits for the send's bytes to go: kept in the queue.
+    Awaited,
+    /// Done (the app cancelled it): nothing to answer.
+    Done,
+    /// Never awaited, its step is over: settled at once and dropped from the queue
+    /// (its bytes still go, counted as not waited for by [`Exchange::unawaited`]).
+    Forgotten,
+}
+
+/// Settles a send()'s future nobody awaited (its step ended without a callback on
+/// it), so that it need not be kept: an app that awaits it later goes on at once.
+fn settle_forgotten(py: Python<'_>, f: &Py<PyAny>) {
+    let _ = f
+        .bind(py)
+        .call_method1(intern!(py, "set_result"), (py.None(),));
 }
 
 thread_local! {
@@ -840,29 +867,45 @@ impl Exchange {
     /// forgotten `await`): what [`super::io::MAX_UNAWAITED`] bounds. The messages of
     /// sends still awaited (`gather(send(a), send(b))`), or called in the app's
     /// step that runs now, do not count: the app holds them anyway.
+    ///
+    /// The sends nobody waits for leave the queues here (the forgotten ones settled):
+    /// their bytes count through what waits to be written, and the queues hold only
+    /// sends awaited or of the step running now. Kept, each send() looked at all of
+    /// them: tiny sends never awaited to a front server that reads nothing cost
+    /// quadratic loop time and never reached the bound.
     fn unawaited(&mut self, py: Python<'_>) -> usize {
         if self.loop_w.is_some() {
             let sent = self.out.sent();
-            let awaited: u64 = self
-                .send_waiters
-                .iter_mut()
-                .filter_map(|w| {
-                    w.fut
-                        .waited_for(py)
-                        .then(|| w.end.saturating_sub(w.start.max(sent)))
-                })
-                .sum();
+            let mut awaited = 0u64;
+            self.send_waiters.retain_mut(|w| match w.fut.wait(py) {
+                Wait::Awaited => {
+                    awaited += w.end.saturating_sub(w.start.max(sent));
+                    true
+                }
+                Wait::Done => false,
+                Wait::Forgotten => {
+                    settle_forgotten(py, &w.fut.fut);
+                    false
+                }
+            });
             return self
                 .out
                 .queued()
                 .saturating_sub(usize::try_from(awaited).unwrap_or(usize::MAX));
         }
         self.queued.as_mut().map_or(0, |q| {
-            let awaited: usize = q
-                .futs
-                .iter_mut()
-                .filter_map(|(f, n)| f.waited_for(py).then_some(*n))
-                .sum();
+            let mut awaited = 0usize;
+            q.futs.retain_mut(|(f, n)| match f.wait(py) {
+                Wait::Awaited => {
+                    awaited += *n;
+                    true
+                }
+                Wait::Done => false,
+                Wait::Forgotten => {
+                    settle_forgotten(py, &f.fut);
+                    false
+                }
+            });
             q.data.len().saturating_sub(awaited)
         })
     }
