@@ -227,7 +227,7 @@ fn serve(
 ) -> anyhow::Result<()> {
     let settings = Settings {
         threads: config.opts.threads,
-        sched_batch: !config.opts.no_sched_batch,
+        sched_batch: config.opts.sched_batch,
         multiprocess: config.opts.workers > 1,
         monitor: None,
         mounts: config.mounts.clone(),

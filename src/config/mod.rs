@@ -124,10 +124,11 @@ pub struct Options {
     #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR", value_parser = BoolishValueParser::new())]
     pub no_fastcgi_stderr: bool,
 
-    /// Keep the default scheduling policy for the WSGI threads instead of SCHED_BATCH
-    /// (which lets a woken thread wait for the running task instead of preempting it).
-    #[arg(long, env = "POSTERN_NO_SCHED_BATCH", value_parser = BoolishValueParser::new())]
-    pub no_sched_batch: bool,
+    /// Start the WSGI threads under SCHED_BATCH: a woken thread waits for the running
+    /// task instead of preempting it (cheaper for CPU-bound apps behind a front server
+    /// on the same CPUs; slower I/O waits in the app when every CPU is busy).
+    #[arg(long, env = "POSTERN_SCHED_BATCH", value_parser = BoolishValueParser::new())]
+    pub sched_batch: bool,
 
     /// Lines per second each worker passes from wsgi.errors (and about 512 bytes a line: 1 MiB/s at 2000), in bursts of twice that; the rest is dropped and counted in the log (0: no limit).
     #[arg(

@@ -403,7 +403,7 @@ pub trait Monitor: Send + Sync {
 #[derive(Clone)]
 pub struct Settings {
     pub threads: usize,
-    /// Start the Python threads under `SCHED_BATCH` (`--no-sched-batch` turns it off).
+    /// Start the Python threads under `SCHED_BATCH` (`--sched-batch`).
     pub sched_batch: bool,
     pub multiprocess: bool,
     pub monitor: Option<Arc<dyn Monitor>>,
