@@ -520,6 +520,9 @@ fn a_streamed_fastcgi_body_over_max_body_is_answered_413() {
     let p = serve(dir.path(), "fastcgi", &["--max-body", "100000"]);
     let body = vec![b'z'; 300_000];
     let s = fcgi_start(&p, "/sha", None, &body[..8000]);
+    // The app runs before the body passes --max-body (else the lane answers 413 alone
+    // and the app, never started, has no send() to refuse: the test's race, 1 in ~25).
+    assert!(wait_marks(dir.path(), "sha", 1, 20), "{}", p.logs());
     let out = fcgi_finish(s, &body[8000..], 8000);
     assert!(out.starts_with("Status: 413"), "{out}\n{}", p.logs());
     assert!(
