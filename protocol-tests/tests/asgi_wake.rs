@@ -76,53 +76,8 @@ fn answer(conn: &mut dyn Read) -> String {
 // here a request the slow lane completed; an unbounded guess served it last.
 #[test]
 fn a_request_the_slow_lane_completed_is_not_starved_by_a_full_listen_queue() {
-    let dir = tempdir();
-    let p = Spawn::asgi_unix(dir.path(), "asgi_wake_app", &app())
-        .env("ASGI_TEST_DIR", dir.path().to_str().unwrap())
-        .args(["--loop", "asyncio", "--workers", "1", "--threads", "1"])
-        .start();
-    // A request whose body comes in two parts: the first half with the head, so the
-    // loop hands the connection to the slow lane, which reads the rest.
-    let mut slow = p.addr.connect().unwrap();
-    let mut head = request("/slow", 100);
-    head.extend_from_slice(&[b'a'; 50]);
-    slow.write_all(&head).unwrap();
-    // Once the loop has handed it over (it is idle meanwhile), /block holds the loop:
-    // its last look accepted from the listener, so it guesses that listener next. (Were
-    // /block sent at once, the loop might look again before it blocks, find only the
-    // slow connection's bytes, and not guess at all: the test would still pass, without
-    // testing the guess.)
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let addr = p.addr.clone();
-    let blocker = std::thread::spawn(move || {
-        let mut c = addr.connect().unwrap();
-        c.write_all(&request("/block", 0)).unwrap();
-        answer(&mut *c)
-    });
-    assert!(wait_file(&dir.path().join("blocked"), 20), "{}", p.logs());
-    // The slow request's rest: the slow lane queues it while the loop is blocked.
-    slow.write_all(&[b'b'; 50]).unwrap();
-    // 60 complete requests wait in the listen queue behind it.
-    let mut queued: Vec<_> = (0..60)
-        .map(|_| {
-            let mut c = p.addr.connect().unwrap();
-            c.write_all(&request("/n", 0)).unwrap();
-            c
-        })
-        .collect();
-    // Give the slow lane a moment to queue the request (the order asserted below only
-    // needs it queued before the loop has served 20 of the 60).
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    std::fs::write(dir.path().join("go"), "").unwrap();
-    assert_eq!(blocker.join().unwrap(), "block");
-    let slow_seen: usize = answer(&mut *slow).parse().unwrap();
-    let mut all: Vec<usize> = queued
-        .iter_mut()
-        .map(|c| answer(&mut **c).parse().unwrap())
-        .collect();
-    all.push(slow_seen);
-    all.sort_unstable();
-    assert_eq!(all, (1..=61).collect::<Vec<_>>(), "every request once");
+    // /block holds the loop; 60 complete requests wait in the listen queue.
+    let slow_seen = slow_lane_request_place(&[], "/block", "blocked", 60);
     // The epoll is asked at least every 4 guessed accepts and takes its ready sources
     // in turn: the queued request comes within a few rounds (about 5th), not after the
     // whole listen queue (61st; 34th with 16 guesses in a row).
@@ -138,49 +93,71 @@ fn a_request_the_slow_lane_completed_is_not_starved_by_a_full_listen_queue() {
 // in five (keep-conn beside a flood at the cap: 104 -> 4.7 req/s).
 #[test]
 fn at_the_concurrency_cap_a_freed_place_is_not_given_to_the_listener_first() {
-    let dir = tempdir();
-    let p = Spawn::asgi_unix(dir.path(), "asgi_wake_app", &app())
-        .env("ASGI_TEST_DIR", dir.path().to_str().unwrap())
-        .args(["--loop", "asyncio", "--workers", "1", "--threads", "1"])
-        .args(["--max-concurrency", "1"])
-        .start();
-    // The slow request is accepted (and handed to the slow lane) before the cap.
-    let mut slow = p.addr.connect().unwrap();
-    let mut head = request("/slow", 100);
-    head.extend_from_slice(&[b'a'; 50]);
-    slow.write_all(&head).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // /wait takes the one place; its look accepted from the listener.
-    let addr = p.addr.clone();
-    let waiter = std::thread::spawn(move || {
-        let mut c = addr.connect().unwrap();
-        c.write_all(&request("/wait", 0)).unwrap();
-        answer(&mut *c)
-    });
-    assert!(wait_file(&dir.path().join("waiting"), 20), "{}", p.logs());
-    slow.write_all(&[b'b'; 50]).unwrap();
-    let mut queued: Vec<_> = (0..20)
-        .map(|_| {
-            let mut c = p.addr.connect().unwrap();
-            c.write_all(&request("/n", 0)).unwrap();
-            c
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    std::fs::write(dir.path().join("go"), "").unwrap();
-    assert_eq!(waiter.join().unwrap(), "wait");
-    let slow_seen: usize = answer(&mut *slow).parse().unwrap();
-    let mut all: Vec<usize> = queued
-        .iter_mut()
-        .map(|c| answer(&mut **c).parse().unwrap())
-        .collect();
-    all.push(slow_seen);
-    all.sort_unstable();
-    assert_eq!(all, (1..=21).collect::<Vec<_>>(), "every request once");
+    // /wait takes the one place (the loop stays free); 20 requests wait behind the cap.
+    let slow_seen = slow_lane_request_place(&["--max-concurrency", "1"], "/wait", "waiting", 20);
     // The look after the freed place asks the epoll, which takes its ready sources in
     // turn: the queued request is first or second (a guess made it 5th).
     assert!(
         slow_seen <= 2,
         "the slow lane's request was served as number {slow_seen} of 21"
     );
+}
+
+/// Serves a request whose body the slow lane completes while `holder` (`/block` or
+/// `/wait`, which writes the file `held`) holds the loop or its one place and `queued`
+/// complete requests wait in the listen queue; returns the place the app saw the slow
+/// request in (1-based), after checking every request was served once.
+fn slow_lane_request_place(args: &[&str], holder: &str, held: &str, queued: usize) -> usize {
+    let dir = tempdir();
+    let p = Spawn::asgi_unix(dir.path(), "asgi_wake_app", &app())
+        .env("ASGI_TEST_DIR", dir.path().to_str().unwrap())
+        .args(["--loop", "asyncio", "--workers", "1", "--threads", "1"])
+        .args(args.iter().copied())
+        .start();
+    // A request whose body comes in two parts: the first half with the head, so the
+    // loop hands the connection to the slow lane, which reads the rest.
+    let mut slow = p.addr.connect().unwrap();
+    let mut head = request("/slow", 100);
+    head.extend_from_slice(&[b'a'; 50]);
+    slow.write_all(&head).unwrap();
+    // Once the loop has handed it over (it is idle meanwhile), the holder comes: its
+    // look accepted from the listener, so the loop would guess that listener next.
+    // (Were it sent at once, the loop might look again first, find only the slow
+    // connection's bytes, and not guess at all: the test would pass without testing
+    // the guess.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let addr = p.addr.clone();
+    let target = holder.to_owned();
+    let holding = std::thread::spawn(move || {
+        let mut c = addr.connect().unwrap();
+        c.write_all(&request(&target, 0)).unwrap();
+        answer(&mut *c)
+    });
+    assert!(wait_file(&dir.path().join(held), 20), "{}", p.logs());
+    // The slow request's rest: the slow lane queues it while the holder holds.
+    slow.write_all(&[b'b'; 50]).unwrap();
+    let mut waiting: Vec<_> = (0..queued)
+        .map(|_| {
+            let mut c = p.addr.connect().unwrap();
+            c.write_all(&request("/n", 0)).unwrap();
+            c
+        })
+        .collect();
+    // Give the slow lane a moment to queue the request.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    assert_eq!(holding.join().unwrap(), holder.trim_start_matches('/'));
+    let slow_seen: usize = answer(&mut *slow).parse().unwrap();
+    let mut all: Vec<usize> = waiting
+        .iter_mut()
+        .map(|c| answer(&mut **c).parse().unwrap())
+        .collect();
+    all.push(slow_seen);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=queued + 1).collect::<Vec<_>>(),
+        "every request once"
+    );
+    slow_seen
 }

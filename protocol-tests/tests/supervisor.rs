@@ -423,7 +423,14 @@ fn max_requests_does_not_stall_accept_behind_connections_that_send_nothing() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");
     let p = Spawn::unix(dir.path(), &app.to_string_lossy())
-        .args(["--workers", "1", "--max-requests", "10", "--head-timeout", "120"])
+        .args([
+            "--workers",
+            "1",
+            "--max-requests",
+            "10",
+            "--head-timeout",
+            "120",
+        ])
         .start();
     assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
     // More idle connections than the worker may serve: they are accepted (and count)
@@ -432,8 +439,11 @@ fn max_requests_does_not_stall_accept_behind_connections_that_send_nothing() {
     for n in 0..3 {
         // The harness's read timeout (20 s) is far below --head-timeout.
         let mut s = p.addr.connect().unwrap();
-        s.write_all(&uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]))
-            .unwrap();
+        s.write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/"),
+        ]))
+        .unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         let r = parse_http(&out);
