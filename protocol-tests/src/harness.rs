@@ -1085,12 +1085,18 @@ pub mod fcgi {
         out
     }
 
-    /// A whole request as nginx sends it: BEGIN, PARAMS, empty PARAMS, STDIN
-    /// records, empty STDIN.
-    pub fn request(id: u16, keep_conn: bool, vars: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    /// A request's head as nginx sends it: BEGIN, PARAMS, empty PARAMS (STDIN to
+    /// follow).
+    pub fn head(id: u16, keep_conn: bool, vars: &[(&str, &str)]) -> Vec<u8> {
         let mut out = begin(id, 1, keep_conn);
         out.extend(record(PARAMS, id, &pairs(vars)));
         out.extend(record(PARAMS, id, b""));
+        out
+    }
+
+    /// A whole request as nginx sends it: [`head`], STDIN records, empty STDIN.
+    pub fn request(id: u16, keep_conn: bool, vars: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut out = head(id, keep_conn, vars);
         for chunk in body.chunks(32 * 1024) {
             out.extend(record(STDIN, id, chunk));
         }

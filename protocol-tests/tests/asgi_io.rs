@@ -807,10 +807,7 @@ fn other_body_while_one_app_does_not_wait(p: &Postern, dir: &Path, mode: &str) {
         let len = len.to_string();
         let mut v = vars("POST", path, query);
         v.push(("CONTENT_LENGTH", &len));
-        let mut out = fcgi::begin(id, 1, true);
-        out.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&v)));
-        out.extend(fcgi::record(fcgi::PARAMS, id, b""));
-        out
+        fcgi::head(id, true, &v)
     };
     let mut out = request(1, "/take-then-wait", mode, b1.len());
     let first = if mode == "cancel" { 0 } else { 1000 };
@@ -1031,10 +1028,7 @@ fn an_app_waiting_for_its_fastcgi_input_gets_it_past_another_requests_unread_bod
         let len = len.to_string();
         let mut v = vars("POST", path, query);
         v.push(("CONTENT_LENGTH", &len));
-        let mut out = fcgi::begin(id, 1, true);
-        out.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&v)));
-        out.extend(fcgi::record(fcgi::PARAMS, id, b""));
-        out
+        fcgi::head(id, true, &v)
     };
     let mut out = request(1, "/sha", "", b1.len());
     out.extend(fcgi::record(fcgi::STDIN, 1, &b1[..1000]));

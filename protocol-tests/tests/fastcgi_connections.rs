@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use protocol_tests::harness::fcgi::{self, PARAMS, STDIN};
+use protocol_tests::harness::fcgi::{self, STDIN};
 use protocol_tests::harness::*;
 
 fn unix(p: &Postern) -> UnixStream {
@@ -31,10 +31,7 @@ fn head(id: u16, keep: bool, method: &str, path: &str, cl: Option<usize>) -> Vec
         v.push(("CONTENT_LENGTH".into(), n.to_string()));
     }
     let pv: Vec<(&str, &str)> = v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut out = fcgi::begin(id, 1, keep);
-    out.extend(fcgi::record(PARAMS, id, &fcgi::pairs(&pv)));
-    out.extend(fcgi::record(PARAMS, id, b""));
-    out
+    fcgi::head(id, keep, &pv)
 }
 
 fn stdin(id: u16, data: &[u8]) -> Vec<u8> {

@@ -393,10 +393,7 @@ fn a_waiting_app_gets_its_input_past_another_requests_queued_stdin() {
             ("SERVER_NAME", "localhost"),
             ("SERVER_PORT", "80"),
         ];
-        let mut out = fcgi::begin(id, 1, true);
-        out.extend(fcgi::record(fcgi::PARAMS, id, &fcgi::pairs(&vars)));
-        out.extend(fcgi::record(fcgi::PARAMS, id, b""));
-        out
+        fcgi::head(id, true, &vars)
     };
     // Request 1 starts on the only thread and reads its body as it comes.
     let mut first = post(1, 200_000);
