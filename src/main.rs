@@ -466,7 +466,7 @@ fn worker(
             return 3;
         }
     };
-    if let Err(e) = interpreter::enable_stack_dumps() {
+    if let Err(e) = wsgi::stacks::enable() {
         tracing::warn!("{e}");
     }
     let monitor =

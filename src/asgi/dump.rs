@@ -1,8 +1,8 @@
 //! `--timeout` and `--slow-log` for ASGI: the master's SIGUSR2 makes faulthandler dump
 //! every thread's stack, which for the loop thread shows only the loop waiting; a stuck
 //! request is a task suspended somewhere. So the worker also logs the stack of each of
-//! its tasks: a signal handler of ours (chained after faulthandler's) writes an
-//! eventfd, and a thread of ours ("python-asgi-dump") formats the tasks' stacks.
+//! its tasks: once the threads' stacks are logged (`crate::wsgi::stacks`), an eventfd
+//! is written, and a thread of ours ("python-asgi-dump") formats the tasks' stacks.
 //!
 //! A thread, not the loop: a task that blocks the loop (a blocking call in a
 //! coroutine) would keep the loop from ever answering the dump before the master kills
@@ -13,33 +13,14 @@
 //! events, else the task that holds it, whose stack is the loop thread's.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use pyo3::prelude::*;
 
-/// The eventfd the signal handler writes (-1: none).
-static DUMP_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_usr2(_sig: libc::c_int) {
-    let fd = DUMP_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: write(2) and errno access are async-signal-safe; errno is restored
-        // for the code the signal interrupted.
-        unsafe {
-            let errno = *libc::__errno_location();
-            libc::write(fd, one.as_ptr().cast(), one.len());
-            *libc::__errno_location() = errno;
-        }
-    }
-}
-
-/// Puts our SIGUSR2 handler under faulthandler's (when faulthandler has SIGUSR2, as in
-/// a worker under the master) and starts the thread that logs the stacks of the tasks
+/// When the threads' stacks are dumped on SIGUSR2 (a worker under the master), starts the thread that logs the stacks of the tasks
 /// on `event_loop` (called on the loop thread) at each dump: itself when a task blocks
 /// the loop, else through `on_loop` (called on the loop; it calls [`log_tasks`]).
 pub fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, on_loop: Py<PyAny>) -> PyResult<()> {
-    let Some(fd) = install(py)? else {
+    let Some(fd) = install()? else {
         return Ok(());
     };
     let loop_thread: u64 = py
@@ -138,13 +119,8 @@ fn log_stacks(
     }
 }
 
-fn install(py: Python<'_>) -> PyResult<Option<OwnedFd>> {
-    let faulthandler = py.import("faulthandler")?;
-    let usr2 = py.import("signal")?.getattr("SIGUSR2")?;
-    let registered: bool = faulthandler
-        .call_method1("unregister", (&usr2,))?
-        .extract()?;
-    if !registered {
+fn install() -> PyResult<Option<OwnedFd>> {
+    if !crate::wsgi::stacks::enabled() {
         return Ok(None);
     }
     let fd = rustix::event::eventfd(
@@ -152,22 +128,13 @@ fn install(py: Python<'_>) -> PyResult<Option<OwnedFd>> {
         rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
     )
     .map_err(std::io::Error::from)?;
-    DUMP_FD.store(fd.as_raw_fd(), Ordering::Relaxed);
-    // libc: rustix sets signal handlers only in its experimental runtime module.
-    // SAFETY: the handler only loads an atomic and calls write(2).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_usr2 as extern "C" fn(libc::c_int) as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
-    }
-    // faulthandler dumps the threads first, then calls ours (chain).
-    let kw = pyo3::types::PyDict::new(py);
-    kw.set_item("file", py.import("sys")?.getattr("stderr")?)?;
-    kw.set_item("all_threads", true)?;
-    kw.set_item("chain", true)?;
-    faulthandler.call_method("register", (usr2,), Some(&kw))?;
+    // The eventfd lives as long as the process (the thread below holds it).
+    let raw = fd.as_raw_fd();
+    crate::wsgi::stacks::after_dump(Box::new(move || {
+        // SAFETY: `raw` stays open: the dump thread owns it and never ends.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+    }));
     Ok(Some(fd))
 }
 

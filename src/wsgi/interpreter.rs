@@ -388,22 +388,6 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
     })
 }
 
-/// Makes SIGUSR2 dump every Python thread's stack to stderr (faulthandler works from
-/// the signal handler, without the GIL): how the master shows where a request that
-/// passed `--timeout` or `--slow-log` is stuck.
-pub fn enable_stack_dumps() -> Result<(), WsgiError> {
-    Python::attach(|py| {
-        py.run(
-            c"import faulthandler, signal, sys\nfaulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)",
-            None,
-            None,
-        )
-        .map_err(|e| WsgiError::Init {
-            reason: format!("enabling stack dumps: {e}"),
-        })
-    })
-}
-
 /// Readies the master's interpreter for forking workers from it: imports the modules
 /// every worker needs whatever the app (the app-file loader, the SIGUSR2 stack dumps,
 /// atexit), so they are loaded once and shared, then moves every object into the

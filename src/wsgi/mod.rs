@@ -19,6 +19,7 @@ pub mod pool;
 #[cfg(test)]
 mod props;
 pub mod response;
+pub mod stacks;
 
 use std::path::PathBuf;
 use std::sync::Arc;

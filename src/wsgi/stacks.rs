@@ -1,0 +1,139 @@
+//! The worker's Python stack dumps (`--timeout`, `--slow-log`), as log events.
+//!
+//! The master sends a worker SIGUSR2; faulthandler's C handler writes every Python
+//! thread's stack from the signal handler itself, without the GIL, so a dump works
+//! even when a thread holds the GIL forever. It writes to a file descriptor, in many
+//! small writes. Written to stderr, a dump bypassed postern's log: with `--log-file`
+//! it was not in the log at all, in JSON logs it was raw text between JSON lines, and
+//! a log line of another process could land in the middle of a frame.
+//!
+//! So faulthandler writes into a pipe, and after the dump a handler of ours (chained
+//! after faulthandler's) writes a NUL byte, which never occurs in a dump: a thread of
+//! ours ("postern-stacks", no Python, no GIL) reads the pipe and logs everything up to
+//! each NUL as one `warn` event, through `tracing`, to wherever postern's log goes.
+
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+
+use super::WsgiError;
+
+/// The pipe's write end faulthandler writes to (-1: dumps not enabled). Never closed.
+static DUMP_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Called by the reader thread after each dump is logged (the ASGI worker logs its
+/// tasks' stacks then, so they come after the threads' stacks in the log).
+static AFTER_DUMP: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// The pipe's size: a dump (up to 100 frames of each of up to 100 threads) fits, so
+/// the signal handler does not wait for the reader.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// A dump larger than this is logged in parts.
+const MAX_EVENT: usize = 4 << 20;
+
+/// Whether [`enable`] ran in this process.
+pub fn enabled() -> bool {
+    DUMP_FD.load(Ordering::Relaxed) >= 0
+}
+
+/// Sets what runs after each dump is logged (on the reader thread); once per process.
+pub fn after_dump(f: Box<dyn Fn() + Send + Sync>) {
+    let _ = AFTER_DUMP.set(f);
+}
+
+extern "C" fn dump_end(_sig: libc::c_int) {
+    let fd = DUMP_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) and errno access are async-signal-safe; errno is restored
+        // for the code the signal interrupted.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, [0u8].as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
+/// Makes SIGUSR2 dump every Python thread's stack into postern's log (module docs).
+pub fn enable() -> Result<(), WsgiError> {
+    let init = |reason: String| WsgiError::Init {
+        reason: format!("enabling stack dumps: {reason}"),
+    };
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| init(e.to_string()))?;
+    // A smaller pipe only means the handler may wait for the reader thread.
+    let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+    std::thread::Builder::new()
+        .name("postern-stacks".into())
+        .spawn(move || read_dumps(read))
+        .map_err(|e| init(e.to_string()))?;
+    let fd = write.into_raw_fd();
+    DUMP_FD.store(fd, Ordering::Relaxed);
+    // Ours first, then faulthandler's over it, which calls ours after each dump.
+    // libc: rustix sets signal handlers only in its experimental runtime module.
+    // SAFETY: the handler only loads an atomic and calls write(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = dump_end as extern "C" fn(libc::c_int) as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+    }
+    Python::attach(|py| -> PyResult<()> {
+        let usr2 = py.import("signal")?.getattr("SIGUSR2")?;
+        let kw = pyo3::types::PyDict::new(py);
+        kw.set_item("file", fd)?;
+        kw.set_item("all_threads", true)?;
+        kw.set_item("chain", true)?;
+        py.import("faulthandler")?
+            .call_method("register", (usr2,), Some(&kw))?;
+        Ok(())
+    })
+    .map_err(|e| init(e.to_string()))
+}
+
+/// The reader thread: one log event per dump (up to each NUL).
+fn read_dumps(read: OwnedFd) {
+    let mut dump: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match rustix::io::read(read.as_fd(), &mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, fd = read.as_raw_fd(), "stack dumps can no longer be read; later dumps are lost");
+                return;
+            }
+        };
+        let mut rest = &buf[..n];
+        while let Some(end) = rest.iter().position(|&b| b == 0) {
+            dump.extend_from_slice(&rest[..end]);
+            log_dump(&dump);
+            dump.clear();
+            if let Some(f) = AFTER_DUMP.get() {
+                f();
+            }
+            rest = &rest[end + 1..];
+        }
+        dump.extend_from_slice(rest);
+        if dump.len() >= MAX_EVENT {
+            log_dump(&dump);
+            dump.clear();
+        }
+    }
+}
+
+fn log_dump(dump: &[u8]) {
+    let text = String::from_utf8_lossy(dump);
+    let text = text.trim_end();
+    if !text.is_empty() {
+        tracing::warn!(
+            pid = std::process::id(),
+            "Python stacks of this worker's threads:\n{text}"
+        );
+    }
+}
