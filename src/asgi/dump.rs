@@ -144,8 +144,8 @@ const FORMAT: &std::ffi::CStr = cr#"import asyncio, sys, traceback
 def describe(task):
     # On the loop thread only (the exchange is the loop's).
     try:
-        # A request's task runs run.rs's serve(coro, done): done is the exchange's.
-        return task.get_coro().cr_frame.f_locals['done'].__self__._describe()
+        # A request's task runs run.rs's serve(coro, exchange).
+        return task.get_coro().cr_frame.f_locals['exchange']._describe()
     except Exception:
         return scope_name(task)
 def scope_name(task):

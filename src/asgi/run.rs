@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use super::http::{Ctx, Exchange, Ready};
 use super::lifespan::{self, Lifespan};
@@ -330,13 +330,15 @@ struct Driver {
 /// is handled inside the task's last step, not by a done callback one loop iteration
 /// later. Every exception is the request's (reported through `done`), so the task
 /// itself always ends quietly.
-const SERVE: &std::ffi::CStr = c"async def serve(coro, done):
+/// `exchange._done(...)` is looked up where it is called (a method call, no bound
+/// method made per request).
+const SERVE: &std::ffi::CStr = c"async def serve(coro, exchange):
     try:
         await coro
     except BaseException as e:
-        done(e)
+        exchange._done(e)
     else:
-        done(None)
+        exchange._done(None)
 ";
 
 /// A request handed from the draining thread to the loop.
@@ -494,8 +496,7 @@ impl Driver {
         let started = (|| -> PyResult<()> {
             let (receive, send) = super::http::channel(&exchange)?;
             let coro = app.bind(py).call1((scope, receive, send))?;
-            let done = exchange.getattr(intern!(py, "_done"))?;
-            let coro = serve.bind(py).call1((coro, done))?;
+            let coro = serve.bind(py).call1((coro, &exchange))?;
             slf.borrow().spawn.task(coro)?;
             Ok(())
         })();
@@ -630,30 +631,33 @@ impl Driver {
 }
 
 /// Starts a request's task. Without a task factory on the loop (an app may set one),
-/// `asyncio.Task(coro, loop=loop, name=...)` is called directly, through vectorcall:
+/// `asyncio.Task(coro, loop=loop, name=...)` is called directly, as `type.__call__`
+/// does it (the type's `tp_new`, then its `tp_init`), with a keyword dict made once:
 /// the loop's `create_task` would add its own call (uvloop's) or a Python frame
-/// (asyncio's), and an unnamed Task formats a `Task-N` name per request on Python 3.11
-/// (a request's task is named by its exchange in the `--timeout` dump, not by this).
+/// (asyncio's), an unnamed Task formats a `Task-N` name per request on Python 3.11
+/// (a request's task is named by its exchange in the `--timeout` dump, not by this),
+/// and a call with keywords makes a keyword dict per call (3.11's `Task` has no
+/// vectorcall: `_PyStack_AsDict`, about 0.7k instructions with its teardown).
 struct Spawn {
     /// `asyncio.Task` (the C `_asyncio.Task`).
-    task: Py<PyAny>,
-    event_loop: Py<PyAny>,
+    task: Py<PyType>,
     get_task_factory: Py<PyAny>,
     create_task: Py<PyAny>,
-    /// `("loop", "name")`.
-    kwnames: Py<PyTuple>,
-    name: Py<PyString>,
+    /// `{"loop": loop, "name": TASK_NAME}`, never handed to Python code: `Task`'s
+    /// `tp_init` only reads it (Argument Clinic's keyword parsing).
+    kwargs: Py<PyDict>,
 }
 
 impl Spawn {
     fn new(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Spawn> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), event_loop)?;
+        kwargs.set_item(intern!(py, "name"), PyString::intern(py, TASK_NAME))?;
         Ok(Spawn {
-            task: py.import("asyncio")?.getattr("Task")?.unbind(),
-            event_loop: event_loop.clone().unbind(),
+            task: py.import("asyncio")?.getattr("Task")?.cast_into::<PyType>()?.unbind(),
             get_task_factory: event_loop.getattr("get_task_factory")?.unbind(),
             create_task: event_loop.getattr("create_task")?.unbind(),
-            kwnames: PyTuple::new(py, [intern!(py, "loop"), intern!(py, "name")])?.unbind(),
-            name: PyString::intern(py, TASK_NAME).unbind(),
+            kwargs: kwargs.unbind(),
         })
     }
 
@@ -663,20 +667,23 @@ impl Spawn {
             self.create_task.bind(py).call1((coro,))?;
             return Ok(());
         }
-        let args = [coro.as_ptr(), self.event_loop.as_ptr(), self.name.as_ptr()];
-        // SAFETY: with the GIL held; `args` holds one positional argument and the two
-        // keyword values named by `kwnames`, all borrowed for the call; the result is a
-        // new reference (dropped here: the loop holds the task) or NULL with an exception.
+        let tp = self.task.bind(py).as_type_ptr();
+        let args = PyTuple::new(py, [coro])?;
+        let kwargs = self.kwargs.bind(py);
+        // SAFETY: with the GIL held. `tp` is `asyncio.Task`, a static C type (not
+        // abi3: its slots are read directly); `tp_new` returns a new reference or NULL
+        // with an exception, `tp_init` 0 or -1 with an exception, as `type.__call__`
+        // uses them (`args` and `kwargs` are borrowed for the calls; `Task.__new__`
+        // always returns a Task, so `tp_init` always runs, as there).
         unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                pyo3::ffi::PyObject_Vectorcall(
-                    self.task.as_ptr(),
-                    args.as_ptr(),
-                    1,
-                    self.kwnames.as_ptr(),
-                ),
-            )?;
+            let (Some(new), Some(init)) = ((*tp).tp_new, (*tp).tp_init) else {
+                self.task.bind(py).call(args, Some(kwargs))?;
+                return Ok(());
+            };
+            let task = Bound::from_owned_ptr_or_err(py, new(tp, args.as_ptr(), kwargs.as_ptr()))?;
+            if init(task.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
         }
         Ok(())
     }

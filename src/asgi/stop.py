@@ -12,11 +12,11 @@ OWN = "postern: "
 
 
 def _task_name(task):
-    """A request's task runs run.rs's serve(coro, done), whose done is the exchange's:
-    named after its request (as the --timeout dump names it); else the task's name."""
+    """A request's task runs run.rs's serve(coro, exchange): named after its request
+    (as the --timeout dump names it); else the task's name."""
     name = task.get_name()
     try:
-        return task.get_coro().cr_frame.f_locals["done"].__self__._describe()
+        return task.get_coro().cr_frame.f_locals["exchange"]._describe()
     except Exception:
         return name
 
