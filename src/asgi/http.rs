@@ -421,15 +421,17 @@ fn pending(py: Python<'_>, f: &Py<PyAny>) -> bool {
         .is_ok_and(|d| d.is_truthy().unwrap_or(true))
 }
 
-/// Fails a send()'s future with `err`; one nobody awaits (a forgotten `await`) is
-/// marked retrieved, so that asyncio does not report each of them when it is
-/// dropped (postern logs the cause once).
+/// Fails a send()'s future with `err`, marked retrieved, so that asyncio does not
+/// report each failed future nobody looks at (a forgotten `await`, a send() left to
+/// `asyncio.wait`) when it is dropped: postern logs the cause once, and an app that
+/// awaits the future still gets the exception. (It was marked only when nobody
+/// awaited it, looked at after `set_exception`, which has already taken the
+/// callbacks off to schedule them: that look always said nobody, so every failed
+/// send() future was marked, as now.)
 fn fail_send(py: Python<'_>, f: &Py<PyAny>, err: PyErr) -> PyResult<()> {
     let f = f.bind(py);
     f.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
-    if !awaited(py, &f.clone().unbind()) {
-        let _ = f.call_method0(intern!(py, "exception"));
-    }
+    let _ = f.call_method0(intern!(py, "exception"));
     Ok(())
 }
 
@@ -743,10 +745,9 @@ impl Exchange {
             });
             q.data.extend_from_slice(&data);
             q.last |= last;
-            // Cancelled sends need no answer: dropped, so that their number does not
-            // grow each send()'s scan (`unawaited` counts their bytes as not awaited
-            // either way).
-            q.futs.retain(|(f, _)| pending(py, &f.fut));
+            // The sends nobody waits for left `futs` in this send()'s `unawaited`,
+            // just before (only a body send gets here: nothing else writes while a
+            // job is in flight).
             q.futs.push((sf, data.len()));
             if last {
                 me.complete = true;
@@ -1263,6 +1264,18 @@ thread_local! {
     static JOBS_DONE: std::cell::RefCell<std::collections::HashMap<u64, Py<PyAny>>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
     static JOB_IDS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Drops the `_job_done` calls of the sink jobs that never reported their end, once
+/// the loop has stopped for good (none can run then): each holds its exchange. While
+/// the loop serves they are bounded: one job per exchange at a time ([`Exchange::job`]
+/// runs only when none is in flight), and an exchange with a job in flight is not
+/// released, so it keeps its `--max-concurrency` place. Returns how many there were.
+pub fn forget_jobs() -> usize {
+    // Taken out first: dropping the calls may run Python code (an exchange's end)
+    // that must not find the map borrowed.
+    let left = JOBS_DONE.with(|j| std::mem::take(&mut *j.borrow_mut()));
+    left.len()
 }
 
 /// Called on the loop (`call_soon_threadsafe`) when a sink job has ended: runs that
@@ -2246,10 +2259,12 @@ impl Exchange {
             return Err(gone_error());
         }
         // A send after one that still waits waits too: each completes in call order.
-        // The sends the app cancelled are dropped from the queue here (their bytes
-        // stay in `out`): kept, every later send() scanned them all (quadratic in a
-        // loop of tiny cancelled sends to a front server that reads nothing).
-        me.send_waiters.retain(|w| pending(py, &w.fut.fut));
+        // The sends the app cancelled or forgot left the queue in this send()'s
+        // `unawaited`, just before (their bytes stay in `out`: kept, every later
+        // send() scanned them all, quadratic in a loop of tiny cancelled sends to a
+        // front server that reads nothing). Only a body send finds the queue
+        // non-empty: the other writes (pathsend, postern's own answers) come before
+        // any body.
         let behind = !me.send_waiters.is_empty();
         if !me.writing {
             if !now && !behind && me.out.queued() < super::io::HIGH {

@@ -87,6 +87,10 @@ pub fn start(
                 stop.after_serving(&event_loop, asgi.lifespan_timeout);
                 lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
                 stop::finish(py, &event_loop, &executor, stop);
+                let left = super::http::forget_jobs();
+                if left > 0 {
+                    tracing::debug!(jobs = left, "writes still on the I/O threads when the event loop stopped; their requests were cut off");
+                }
                 let _ = event_loop.call_method0(intern!(py, "close"));
             })
         })
