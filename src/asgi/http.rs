@@ -494,6 +494,57 @@ fn header_bytes<'a>(o: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u
     )))
 }
 
+/// A response header pair of `bytes` that went out as it is (not a hop-by-hop or
+/// `Status` header, which are dropped with a warning each time), and its Content-Length
+/// if it is one: apps send the same headers response after response, mostly the same
+/// objects (a module's constant list), so a pair seen before skips the checks.
+struct SeenHeader {
+    name: Py<PyBytes>,
+    value: Py<PyBytes>,
+    content_length: Option<u64>,
+}
+
+/// How many header pairs [`SEEN`] keeps (the oldest goes first).
+const SEEN_MAX: usize = 16;
+
+thread_local! {
+    /// The header pairs `http.response.start` let through lately, on this (the loop's)
+    /// thread. `bytes` are immutable, so a pair that is the same objects, or bytes
+    /// equal to them, passes the same checks again.
+    static SEEN: std::cell::RefCell<VecDeque<SeenHeader>> =
+        const { std::cell::RefCell::new(VecDeque::new()) };
+}
+
+/// `Some(content_length)` when the pair went out before ([`SeenHeader`]).
+fn seen_header(name: &Bound<'_, PyBytes>, value: &Bound<'_, PyBytes>) -> Option<Option<u64>> {
+    SEEN.with(|seen| {
+        let seen = seen.try_borrow().ok()?;
+        let same = |h: &&SeenHeader| {
+            (h.name.as_ptr() == name.as_ptr() && h.value.as_ptr() == value.as_ptr())
+                || (h.name.bind(name.py()).as_bytes() == name.as_bytes()
+                    && h.value.bind(name.py()).as_bytes() == value.as_bytes())
+        };
+        seen.iter().find(same).map(|h| h.content_length)
+    })
+}
+
+/// Keeps a pair that passed the checks and goes out ([`SeenHeader`]).
+fn remember_header(name: &Bound<'_, PyBytes>, value: &Bound<'_, PyBytes>, content_length: Option<u64>) {
+    SEEN.with(|seen| {
+        let Ok(mut seen) = seen.try_borrow_mut() else {
+            return;
+        };
+        if seen.len() >= SEEN_MAX {
+            seen.pop_front();
+        }
+        seen.push_back(SeenHeader {
+            name: name.clone().unbind(),
+            value: value.clone().unbind(),
+            content_length,
+        });
+    });
+}
+
 /// Calls `f` with the name and value of one header `item`: a 2-tuple or 2-list read by
 /// index, anything else through its iterator (exactly two items).
 fn with_pair(
@@ -648,6 +699,28 @@ impl Exchange {
         let mut content_length = None;
         let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
         let mut add = |n: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
+            // A pair of `bytes` checked before goes out as it did then.
+            let exact = n.cast_exact::<PyBytes>().ok().zip(v.cast_exact::<PyBytes>().ok());
+            if let Some(seen) = exact.and_then(|(n, v)| seen_header(n, v)) {
+                let (name, value) = exact.map(|(n, v)| (n.as_bytes(), v.as_bytes())).unwrap_or_default();
+                size += name.len() + value.len() + 4;
+                if size > HEAD_LIMIT {
+                    return Err(PyValueError::new_err(format!(
+                        "the response head is over {HEAD_LIMIT} bytes; nginx could not take it"
+                    )));
+                }
+                if let Some(cl) = seen {
+                    if content_length.is_some() {
+                        return Err(refuse(HeaderError::DuplicateContentLength));
+                    }
+                    content_length = Some(cl);
+                }
+                lines.extend_from_slice(name);
+                lines.extend_from_slice(b": ");
+                lines.extend_from_slice(value);
+                lines.extend_from_slice(b"\r\n");
+                return Ok(());
+            }
             let (name, value) = (header_bytes(n)?, header_bytes(v)?);
             size += name.len() + value.len() + 4;
             if size > HEAD_LIMIT {
@@ -656,6 +729,7 @@ impl Exchange {
                 )));
             }
             let name = proto_asgi::check_response_header(&name, &value).map_err(refuse)?;
+            let mut cl_here = None;
             if resp::is_hop_by_hop(name) {
                 let _e = self.span.enter();
                 tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
@@ -675,6 +749,10 @@ impl Exchange {
                     _ => resp::parse_content_length(&proto_asgi::latin1_text(&value)),
                 };
                 content_length = Some(cl.map_err(refuse)?);
+                cl_here = content_length;
+            }
+            if let Some((n, v)) = exact {
+                remember_header(n, v, cl_here);
             }
             // `Name: value\r\n`, the value's bytes as they are (latin-1).
             lines.extend_from_slice(name.as_bytes());
