@@ -742,11 +742,12 @@ fn read(what: &'static str, path: &Path) -> Result<String, ConfigError> {
 /// to a default silently).
 fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = read("--config", path)?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         what: "--config",
         path: path.to_owned(),
         message: e.to_string(),
     })?;
+    socket_mode_as_written(&text, &mut table);
     let known: Vec<String> = option_keys().into_iter().map(|(k, _)| k).collect();
     let unknown: Vec<&str> = table
         .keys()
@@ -765,6 +766,36 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
         });
     }
     Ok(table)
+}
+
+/// `socket-mode` given as a TOML integer becomes the octal text it stands for. A mode
+/// is octal text everywhere else (`--socket-mode 660`), so an unquoted `660` means
+/// 0o660 (as `chmod 660` does); but TOML's own `0o660` is the integer 432, whose text
+/// would read as mode 0o432. The table has lost how the number was written, so it is
+/// looked up in the source: `0o`, `0x` and `0b` literals are numbers, decimal ones the
+/// octal digits typed.
+fn socket_mode_as_written(text: &str, table: &mut toml::Table) {
+    #[derive(serde::Deserialize)]
+    struct Written {
+        #[serde(rename = "socket-mode")]
+        socket_mode: Option<toml::Spanned<toml::Value>>,
+    }
+    let Ok(Written {
+        socket_mode: Some(mode),
+    }) = toml::from_str::<Written>(text)
+    else {
+        return;
+    };
+    let toml::Value::Integer(n) = *mode.get_ref() else {
+        return;
+    };
+    let literal = text
+        .get(mode.span())
+        .unwrap_or_default()
+        .trim_start_matches('+');
+    if ["0o", "0x", "0b"].iter().any(|p| literal.starts_with(p)) {
+        table.insert("socket-mode".into(), toml::Value::String(format!("{n:o}")));
+    }
 }
 
 /// The `--ini FILE[:SECTION]` file, read with uWSGI's rules and mapped onto postern's
@@ -1084,6 +1115,28 @@ mod tests {
         std::fs::write(&f, text).unwrap();
         let path = f.to_str().unwrap().to_owned();
         (dir, path)
+    }
+
+    // regression: TOML's `socket-mode = 0o660` is the integer 432, which was read as the
+    // octal text "432" (mode 0o432); 0o600 was refused as '"384" is not an octal mode'.
+    #[test]
+    fn a_toml_integer_socket_mode_means_what_was_written() {
+        for (written, mode) in [
+            ("0o660", Some(0o660)),
+            ("0o600", Some(0o600)),
+            ("0x1b6", Some(0o666)),
+            ("660", Some(0o660)),
+            ("\"0660\"", Some(0o660)),
+            ("680", None),
+        ] {
+            let (_d, f) = file(&format!("app = \"a:app\"\nsocket-mode = {written}\n"));
+            let l = layered(&["--config", &f]);
+            let got = l
+                .and_then(|l| Config::resolve(&l, None))
+                .ok()
+                .and_then(|c| c.opts.socket_mode);
+            assert_eq!(got, mode.map(Mode), "socket-mode = {written}");
+        }
     }
 
     #[test]
