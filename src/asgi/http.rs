@@ -529,7 +529,11 @@ fn seen_header(name: &Bound<'_, PyBytes>, value: &Bound<'_, PyBytes>) -> Option<
 }
 
 /// Keeps a pair that passed the checks and goes out ([`SeenHeader`]).
-fn remember_header(name: &Bound<'_, PyBytes>, value: &Bound<'_, PyBytes>, content_length: Option<u64>) {
+fn remember_header(
+    name: &Bound<'_, PyBytes>,
+    value: &Bound<'_, PyBytes>,
+    content_length: Option<u64>,
+) {
     SEEN.with(|seen| {
         let Ok(mut seen) = seen.try_borrow_mut() else {
             return;
@@ -629,7 +633,7 @@ impl Exchange {
             trailers_said: false,
             overflowed: false,
             loop_w,
-            out: super::io::Out::default(),
+            out: super::io::Out::new(),
             writing: false,
             flush_soon: false,
             send_waiters: VecDeque::new(),
@@ -692,6 +696,9 @@ impl Exchange {
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
         let mut lines = std::mem::take(&mut self.response_head);
+        if lines.capacity() == 0 {
+            lines = super::io::spare_buffer();
+        }
         lines.clear();
         // One allocation for the usual head and a small body after it.
         lines.reserve(HEAD_ROOM);
@@ -700,9 +707,14 @@ impl Exchange {
         let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
         let mut add = |n: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
             // A pair of `bytes` checked before goes out as it did then.
-            let exact = n.cast_exact::<PyBytes>().ok().zip(v.cast_exact::<PyBytes>().ok());
+            let exact = n
+                .cast_exact::<PyBytes>()
+                .ok()
+                .zip(v.cast_exact::<PyBytes>().ok());
             if let Some(seen) = exact.and_then(|(n, v)| seen_header(n, v)) {
-                let (name, value) = exact.map(|(n, v)| (n.as_bytes(), v.as_bytes())).unwrap_or_default();
+                let (name, value) = exact
+                    .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+                    .unwrap_or_default();
                 size += name.len() + value.len() + 4;
                 if size > HEAD_LIMIT {
                     return Err(PyValueError::new_err(format!(

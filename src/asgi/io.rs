@@ -161,6 +161,38 @@ enum Piece {
     File(std::fs::File, u64, u64),
 }
 
+/// Slices a send puts on the stack; more (up to [`IOVS`]) go in a `Vec`.
+const FEW_IOVS: usize = 8;
+
+/// A buffer at most this large is kept for the next response ([`spare_buffer`]).
+const SPARE_MAX: usize = 4 * 1024;
+
+thread_local! {
+    /// The buffer of the last small piece sent, and the piece queue of the last response
+    /// dropped, on this (the loop's) thread: the next response takes them instead of a
+    /// malloc and free of each (its head is written into the buffer).
+    static SPARE_BUF: Cell<Option<Vec<u8>>> = const { Cell::new(None) };
+    static SPARE_PIECES: Cell<Option<VecDeque<Piece>>> = const { Cell::new(None) };
+}
+
+/// An empty buffer, the one [`Out`] kept ([`SPARE_BUF`]) if there is one.
+pub fn spare_buffer() -> Vec<u8> {
+    let mut v = SPARE_BUF
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    v.clear();
+    v
+}
+
+/// Keeps a sent piece's buffer for [`spare_buffer`] (a large one is freed).
+fn keep_buffer(v: Vec<u8>) {
+    if v.capacity() > 0 && v.capacity() <= SPARE_MAX {
+        let _ = SPARE_BUF.try_with(|s| s.set(Some(v)));
+    }
+}
+
 /// What a response still has to write, in order.
 #[derive(Default)]
 pub struct Out {
@@ -176,7 +208,29 @@ pub struct Out {
     pushed: u64,
 }
 
+impl Drop for Out {
+    fn drop(&mut self) {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        pieces.clear();
+        if pieces.capacity() > 0 && pieces.capacity() <= FEW_IOVS {
+            let _ = SPARE_PIECES.try_with(|s| s.set(Some(pieces)));
+        }
+    }
+}
+
 impl Out {
+    /// An empty queue, in the storage the last one dropped on this thread left.
+    pub fn new() -> Out {
+        Out {
+            pieces: SPARE_PIECES
+                .try_with(Cell::take)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            ..Out::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pieces.is_empty()
     }
@@ -281,9 +335,19 @@ impl Out {
                     }
                 }
                 Some(_) => {
-                    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(4);
+                    // On the stack when few (a response's usual one or two pieces).
+                    let count = self.pieces.len().min(IOVS);
+                    let mut few = [IoSlice::new(&[]); FEW_IOVS];
+                    let mut many = Vec::new();
+                    let iov: &mut [IoSlice<'_>] = if count <= FEW_IOVS {
+                        &mut few
+                    } else {
+                        many.resize(count, IoSlice::new(&[]));
+                        &mut many
+                    };
                     let mut total = 0;
-                    for (i, p) in self.pieces.iter().enumerate().take(IOVS) {
+                    let mut k = 0;
+                    for (i, p) in self.pieces.iter().enumerate().take(count) {
                         let skip = if i == 0 { self.front_sent } else { 0 };
                         let b: &[u8] = match p {
                             Piece::Owned(v) => v,
@@ -291,10 +355,10 @@ impl Out {
                             Piece::File(..) => break,
                         };
                         total += b.len() - skip;
-                        iov.push(IoSlice::new(&b[skip..]));
+                        iov[k] = IoSlice::new(&b[skip..]);
+                        k += 1;
                     }
-                    let n = sink.try_write_vectored(&iov)?;
-                    drop(iov);
+                    let n = sink.try_write_vectored(&iov[..k])?;
                     self.advance(n);
                     if n < total {
                         // The socket is full (or took part): wait for room.
@@ -322,7 +386,9 @@ impl Out {
             }
             n -= left;
             self.front_sent = 0;
-            self.pieces.pop_front();
+            if let Some(Piece::Owned(v)) = self.pieces.pop_front() {
+                keep_buffer(v);
+            }
         }
     }
 }

@@ -658,7 +658,11 @@ impl Spawn {
         kwargs.set_item(intern!(py, "loop"), event_loop)?;
         kwargs.set_item(intern!(py, "name"), PyString::intern(py, TASK_NAME))?;
         Ok(Spawn {
-            task: py.import("asyncio")?.getattr("Task")?.cast_into::<PyType>()?.unbind(),
+            task: py
+                .import("asyncio")?
+                .getattr("Task")?
+                .cast_into::<PyType>()?
+                .unbind(),
             get_task_factory: event_loop.getattr("get_task_factory")?.unbind(),
             create_task: event_loop.getattr("create_task")?.unbind(),
             kwargs: kwargs.unbind(),
