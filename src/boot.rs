@@ -85,6 +85,56 @@ pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// Writes this process's pid into `--pidfile`, unless the file names another postern
+/// that is running: a second server started with the same pidfile would take it over
+/// silently, and the first one's exit would then remove the file that names the
+/// second. A pid that is gone, or is now another program (the file outlived a reboot
+/// or a crash), is overwritten.
+pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
+    let own = rustix::process::getpid();
+    if let Some(pid) = read_pidfile(path).filter(|&p| p != own) {
+        let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+        let theirs = name(&pid.as_raw_nonzero().to_string());
+        if theirs.is_some() && theirs == name("self") {
+            anyhow::bail!(
+                "--pidfile {} names process {}, another postern that is running: stop it first, or give this one its own --pidfile (a reload of the running one is `kill -HUP {}`)",
+                path.display(),
+                pid.as_raw_nonzero(),
+                pid.as_raw_nonzero()
+            );
+        }
+        tracing::info!(
+            pidfile = %path.display(),
+            pid = pid.as_raw_nonzero(),
+            "the --pidfile named a process that is no longer running postern; overwriting it"
+        );
+    }
+    std::fs::write(path, format!("{}\n", own.as_raw_nonzero()))
+        .with_context(|| format!("writing --pidfile {}", path.display()))
+}
+
+/// Removes `--pidfile` at exit if it still names this process (a file another server
+/// took over, or one an operator replaced, is theirs).
+pub fn remove_pidfile(path: &std::path::Path) {
+    if read_pidfile(path) != Some(rustix::process::getpid()) {
+        tracing::debug!(pidfile = %path.display(), "the --pidfile no longer names this process; left as it is");
+        return;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+            pidfile = %path.display(),
+            error = %e,
+            "cannot remove the --pidfile (written before --uid/--gid dropped privileges?): put it in a directory that user owns, e.g. systemd RuntimeDirectory="
+        ),
+        _ => {}
+    }
+}
+
+fn read_pidfile(path: &std::path::Path) -> Option<rustix::process::Pid> {
+    let text = std::fs::read_to_string(path).ok()?;
+    rustix::process::Pid::from_raw(text.trim().parse().ok()?)
+}
+
 /// Warns when the process is still root once privileges were to be dropped (no
 /// `--uid`, or `--uid root`): the app, and whatever a request can make it do, then
 /// runs as root.

@@ -172,17 +172,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         Some(Ok(b)) => Some(b),
         None => None,
     };
-    let pidfile = |p: &std::path::Path| {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing --pidfile {}", p.display()))
-    };
     // The pidfile is written before privileges are dropped, as root daemons do: it
     // usually lives in a directory only root may write (/run).
     let started = config
         .opts
         .pidfile
         .as_deref()
-        .map_or(Ok(()), pidfile)
+        .map_or(Ok(()), boot::write_pidfile)
         .and_then(|()| boot::drop_privileges(&config));
     started?;
     boot::warn_if_root();
@@ -193,14 +189,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let result = serve(&config, bound, stats);
     let cut_off = result.as_ref().is_err_and(|e| e.is::<CutOff>());
     if let Some(p) = &config.opts.pidfile {
-        match std::fs::remove_file(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
-                pidfile = %p.display(),
-                error = %e,
-                "cannot remove the --pidfile (written before --uid/--gid dropped privileges?): put it in a directory that user owns, e.g. systemd RuntimeDirectory="
-            ),
-            _ => {}
-        }
+        boot::remove_pidfile(p);
     }
     if cut_off {
         // Python threads are still busy (one may hold the GIL): leave without touching

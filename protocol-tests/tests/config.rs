@@ -374,3 +374,46 @@ fn check_shows_what_the_app_prints_at_import() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("settings loaded from chatty"), "{stdout}");
 }
+
+// regression: a second postern given the --pidfile of a running one overwrote it
+// without a word, and the first one's exit then removed the file that named the second.
+#[test]
+fn a_pidfile_naming_a_running_postern_is_not_taken_over() {
+    let dir = tempdir();
+    let pidfile = dir.path().join("postern.pid");
+    // A stale file (a process that is gone) is overwritten.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&pidfile, format!("{}\n", gone.id())).unwrap();
+    let mut first = Spawn::tcp(dir.path(), "examples/hello.py")
+        .cwd(&root())
+        .args(["--pidfile", pidfile.to_str().unwrap()])
+        .start();
+    let pid_in_file = || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .map(|t| t.trim().to_owned())
+    };
+    assert_eq!(pid_in_file(), Some(first.pid().to_string()));
+    let out = postern()
+        .current_dir(root())
+        .args(["examples/hello.py", "--uwsgi"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "names process {}, another postern that is running",
+            first.pid()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(pid_in_file(), Some(first.pid().to_string()));
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(20).is_some());
+    assert!(!pidfile.exists(), "the first one's pidfile was left behind");
+}
