@@ -22,6 +22,14 @@ def mark(name):
     with open(os.path.join(DIR, name), "a") as f:
         f.write("x")
 
+def say(name, text):
+    # The whole text or no file: the test reads it as soon as the file exists (an
+    # open() then write() let it read an empty file now and then under load).
+    part = os.path.join(DIR, name + ".part")
+    with open(part, "w") as f:
+        f.write(text)
+    os.replace(part, os.path.join(DIR, name))
+
 async def read_all(receive):
     body = b""
     while True:
@@ -86,8 +94,7 @@ async def app(scope, receive, send):
                                          "more_body": i < 2}) for i in range(3)))
             mark("gathered")
         except Exception as e:
-            with open(os.path.join(DIR, "gather-send"), "w") as f:
-                f.write("%s: %s" % (type(e).__name__, e))
+            say("gather-send", "%s: %s" % (type(e).__name__, e))
             raise
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -110,8 +117,7 @@ async def app(scope, receive, send):
         try:
             await answer(send, ("%d %s %s" % (len(body), hashlib.sha256(body).hexdigest(), kind)).encode())
         except OSError as e:
-            with open(os.path.join(DIR, "sha-send"), "w") as f:
-                f.write("%s: %s" % (type(e).__name__, e))
+            say("sha-send", "%s: %s" % (type(e).__name__, e))
     elif path == "/take-then-wait":
         # A receive() given up on at once (Starlette's is_disconnected(), a timeout),
         # or one that took what had come: then nothing read until the test says so.
@@ -147,8 +153,7 @@ async def app(scope, receive, send):
                     break
             await send({"type": "http.response.body", "body": b""})
         except OSError as e:
-            with open(os.path.join(DIR, "echo-send"), "w") as f:
-                f.write("%s: %s" % (type(e).__name__, e))
+            say("echo-send", "%s: %s" % (type(e).__name__, e))
     elif path == "/cancel-every-send":
         # Every send() given up on almost at once, to a reader that reads nothing.
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -161,8 +166,7 @@ async def app(scope, receive, send):
                     pass
             mark("all-sent")
         except OSError as e:
-            with open(os.path.join(DIR, "overrun-send"), "w") as f:
-                f.write("%s: %s" % (type(e).__name__, e))
+            say("overrun-send", "%s: %s" % (type(e).__name__, e))
     elif path == "/forget-await":
         # Every send() called without await (a forgotten `await`, the loop runs on
         # between them), to a reader that reads nothing.
@@ -173,8 +177,7 @@ async def app(scope, receive, send):
                 await asyncio.sleep(0)
             mark("all-sent")
         except OSError as e:
-            with open(os.path.join(DIR, "overrun-send"), "w") as f:
-                f.write("%s: %s" % (type(e).__name__, e))
+            say("overrun-send", "%s: %s" % (type(e).__name__, e))
     elif path == "/forget-await-tiny":
         # 10-byte send()s never awaited (a forgotten `await`), 50 per loop step, to a
         # reader that reads nothing; `first`: the first that had to wait, kept to
@@ -191,15 +194,13 @@ async def app(scope, receive, send):
                     await asyncio.sleep(0)
         except OSError as e:
             said = "%s: %s" % (type(e).__name__, e)
-        with open(os.path.join(DIR, "forgotten-send"), "w") as out:
-            out.write("none waited" if first is None else "pending" if not first.done()
-                      else "settled" if not first.cancelled() and first.exception() is None
-                      else "failed")
+        say("forgotten-send", "none waited" if first is None else "pending" if not first.done()
+            else "settled" if not first.cancelled() and first.exception() is None
+            else "failed")
         if said == "all-sent":
             mark("all-sent")
         else:
-            with open(os.path.join(DIR, "overrun-send"), "w") as out:
-                out.write(said)
+            say("overrun-send", said)
     elif path == "/cancelled-send-dropped":
         # A reader that reads nothing: a send() the app cancelled, then sends again.
         import weakref
@@ -214,8 +215,7 @@ async def app(scope, receive, send):
         f.cancel()
         del f
         send({"type": "http.response.body", "body": b"z", "more_body": True}).cancel()
-        with open(os.path.join(DIR, "cancelled-send"), "w") as out:
-            out.write("not a wait" if ref is None else "kept" if ref() is not None else "dropped")
+        say("cancelled-send", "not a wait" if ref is None else "kept" if ref() is not None else "dropped")
     elif path == "/listen":
         # As Django's disconnect listener: the body, then receive() until the end.
         body, kind = await read_all(receive)
