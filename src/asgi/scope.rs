@@ -60,6 +60,23 @@ pub fn build_with_method<'py>(
     mounts: &[Vec<u8>],
     state: Option<&Bound<'py, PyDict>>,
 ) -> Result<(Bound<'py, PyDict>, bool), ScopeRefusal> {
+    let failed = |e: PyErr| ScopeRefusal {
+        // Only a failed allocation gets here.
+        status: 500,
+        reason: format!("cannot build the ASGI scope: {e}"),
+    };
+    if let Some(again) = repeat(py, head, listener, mounts, state) {
+        let (d, flags) = again.map_err(failed)?;
+        if flags.lossy_path {
+            tracing::debug!(
+                "the path is not UTF-8: U+FFFD in scope[\"path\"], raw_path has the bytes"
+            );
+        }
+        if flags.odd_protocol {
+            tracing::debug!("SERVER_PROTOCOL is not HTTP/1.0, 1.1, 2 or 3: http_version \"1.1\"");
+        }
+        return Ok((d, flags.is_head));
+    }
     // `Head::pairs`, cloneable (the SCGI rule may look at the pairs twice).
     let at = |r: &std::ops::Range<u32>| &head.buf[r.start as usize..r.end as usize];
     let pairs = head.vars.iter().map(move |(k, v)| (at(k), at(v)));
@@ -94,12 +111,149 @@ pub fn build_with_method<'py>(
     if scope.odd_protocol {
         tracing::debug!("SERVER_PROTOCOL is not HTTP/1.0, 1.1, 2 or 3: http_version \"1.1\"");
     }
-    let d = fill(py, &scope, state).map_err(|e| ScopeRefusal {
-        // Only a failed allocation gets here.
-        status: 500,
-        reason: format!("cannot build the ASGI scope: {e}"),
-    })?;
+    let d = fill(py, &scope, state).map_err(failed)?;
+    let flags = Flags {
+        is_head: scope.is_head,
+        lossy_path: scope.lossy_path,
+        odd_protocol: scope.odd_protocol,
+    };
+    remember(&d, head, listener, mounts, flags);
     Ok((d, scope.is_head))
+}
+
+/// What [`build_with_method`] says beside the dict, kept for a repeat.
+#[derive(Clone, Copy)]
+struct Flags {
+    is_head: bool,
+    lossy_path: bool,
+    odd_protocol: bool,
+}
+
+/// What the previous request's scope ([`LastScope`]) was built from: its variables as
+/// the codec parsed them, and what else the scope depends on. Behind a front server the
+/// requests of one client and route come with the same variables but `REMOTE_PORT`
+/// (a new connection each): such a request gets the previous scope again
+/// ([`repeat`]), with its own port, without normalising its variables again.
+struct HeadKey {
+    buf: Vec<u8>,
+    vars: Vec<(std::ops::Range<u32>, std::ops::Range<u32>)>,
+    /// Where the one `REMOTE_PORT` value sits in `buf` (`None`: there is none).
+    port: Option<std::ops::Range<usize>>,
+    modifier30: bool,
+    protocol: Protocol,
+    server_name: std::sync::Arc<[u8]>,
+    server_port: std::sync::Arc<[u8]>,
+    /// The `--mount` list's address and length (the loop's: it never changes).
+    mounts: (usize, usize),
+    flags: Flags,
+    /// The header pairs, in a list never handed out (each scope gets a copy).
+    headers: Py<pyo3::types::PyList>,
+}
+
+/// Keeps what `d` (just built, and kept as [`LastScope`]) was built from; on any
+/// doubt (two `REMOTE_PORT`s, a failure) nothing, and the next request is built in full.
+fn remember(
+    d: &Bound<'_, PyDict>,
+    head: &Head,
+    listener: &ListenerInfo,
+    mounts: &[Vec<u8>],
+    flags: Flags,
+) {
+    let py = d.py();
+    LAST_SCOPE.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return;
+        };
+        let Some(last) = last.as_mut() else {
+            return;
+        };
+        // Its buffers reused: no allocation per request once they are large enough.
+        let (mut buf, mut vars) = match last.head.take() {
+            Some(k) => (k.buf, k.vars),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut ports = head
+            .vars
+            .iter()
+            .filter(|(k, _)| &head.buf[k.start as usize..k.end as usize] == b"REMOTE_PORT");
+        let port = match (ports.next(), ports.next()) {
+            (None, _) => None,
+            (Some((_, v)), None) => Some(v.start as usize..v.end as usize),
+            (Some(_), Some(_)) => return,
+        };
+        let headers = match d.get_item(intern!(py, "headers")) {
+            Ok(Some(list)) => match list.cast_into::<pyo3::types::PyList>() {
+                Ok(list) => list.get_slice(0, list.len()),
+                Err(_) => return,
+            },
+            _ => return,
+        };
+        buf.clear();
+        buf.extend_from_slice(&head.buf);
+        vars.clear();
+        vars.extend_from_slice(&head.vars);
+        last.head = Some(HeadKey {
+            buf,
+            vars,
+            port,
+            modifier30: head.modifier30,
+            protocol: listener.protocol,
+            server_name: listener.server_name.clone(),
+            server_port: listener.server_port.clone(),
+            mounts: (mounts.as_ptr() as usize, mounts.len()),
+            flags,
+            headers: headers.unbind(),
+        });
+    });
+}
+
+/// The scope of a request whose variables are the previous request's ([`HeadKey`]),
+/// `REMOTE_PORT` aside: the previous scope's copy with its own port and new
+/// per-request values, as [`LastScope::refill`] would make it. `None`: not a repeat.
+fn repeat<'py>(
+    py: Python<'py>,
+    head: &Head,
+    listener: &ListenerInfo,
+    mounts: &[Vec<u8>],
+    state: Option<&Bound<'py, PyDict>>,
+) -> Option<PyResult<(Bound<'py, PyDict>, Flags)>> {
+    LAST_SCOPE.with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        let last = last.as_mut()?;
+        let key = last.head.as_ref()?;
+        if last.with_state != state.is_some()
+            || key.buf.len() != head.buf.len()
+            || key.modifier30 != head.modifier30
+            || key.protocol != listener.protocol
+            || key.mounts != (mounts.as_ptr() as usize, mounts.len())
+            || key.vars != head.vars
+            || *key.server_name != *listener.server_name
+            || *key.server_port != *listener.server_port
+        {
+            return None;
+        }
+        let buf = &head.buf[..];
+        let port = match &key.port {
+            Some(at) => {
+                // The same bytes around it, and a port (digits only, so the variables
+                // split the same way whatever the protocol).
+                let value = &buf[at.clone()];
+                if buf[..at.start] != key.buf[..at.start]
+                    || buf[at.end..] != key.buf[at.end..]
+                    || !value.iter().all(u8::is_ascii_digit)
+                {
+                    return None;
+                }
+                proto_asgi::parse_port(value).unwrap_or(0)
+            }
+            None if buf != &key.buf[..] => return None,
+            None => 0,
+        };
+        let flags = key.flags;
+        #[cfg(test)]
+        REPEATS.with(|n| n.set(n.get() + 1));
+        Some(last.again(py, port, state).map(|d| (d, flags)))
+    })
 }
 
 /// The dict for `s`: a copy of this thread's previous scope with what differs replaced
@@ -147,11 +301,19 @@ struct LastScope {
     /// The last client address and its `str` (see [`LastScope::client_value`]).
     client_addr: Option<(Vec<u8>, Py<PyString>)>,
     server: (Vec<u8>, Option<u16>),
+    /// What it was built from, for [`repeat`].
+    head: Option<HeadKey>,
 }
 
 thread_local! {
     static LAST_SCOPE: std::cell::RefCell<Option<LastScope>> =
         const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Scopes [`repeat`] gave on this thread (the tests check it is taken).
+    static REPEATS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl LastScope {
@@ -178,7 +340,41 @@ impl LastScope {
             client: s.client.map(|(a, p)| (a.to_vec(), p)),
             client_addr: None,
             server: (s.server.0.to_vec(), s.server.1),
+            head: None,
         })
+    }
+
+    /// The previous scope again, with `port` as the client's and new per-request
+    /// values ([`repeat`]).
+    fn again<'py>(
+        &mut self,
+        py: Python<'py>,
+        port: u16,
+        state: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let d = copy_dict(self.dict.bind(py))?;
+        // The kept dict's client has the port in `self.client` (see `refill`).
+        if let Some((addr, kept)) = &self.client {
+            if *kept != port {
+                let text = match &self.client_addr {
+                    Some((bytes, text)) if bytes == addr => text.bind(py).clone(),
+                    _ => latin1(py, addr),
+                };
+                let value =
+                    PyTuple::new(py, [text.into_any(), port.into_pyobject(py)?.into_any()])?;
+                d.set_item(intern!(py, "client"), value)?;
+            }
+        }
+        d.set_item(intern!(py, "asgi"), asgi(py)?)?;
+        let headers = self.head.as_ref().map(|k| k.headers.bind(py));
+        if let Some(h) = headers {
+            d.set_item(intern!(py, "headers"), h.get_slice(0, h.len()))?;
+        }
+        if let Some(state) = state {
+            d.set_item(intern!(py, "state"), state.copy()?)?;
+        }
+        d.set_item(intern!(py, "extensions"), extensions(py)?)?;
+        Ok(d)
     }
 
     /// The scope for `s`, from the previous one.
@@ -746,6 +942,50 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_request_gets_new_headers_asgi_and_extensions_objects() {
+        python();
+        let pairs: [(&[u8], &[u8]); 4] = [
+            (b"REQUEST_METHOD", b"GET"),
+            (b"REMOTE_ADDR", b"127.0.0.1"),
+            (b"REMOTE_PORT", b"51234"),
+            (b"HTTP_HOST", b"h"),
+        ];
+        let mut again = pairs;
+        again[2].1 = b"51299";
+        Python::attach(|py| {
+            LAST_SCOPE.with(|last| last.borrow_mut().take());
+            let l = listener(Protocol::Uwsgi);
+            let first = build(py, &head(&pairs), &l, &[], None).unwrap();
+            // What an app may do to its scope never reaches the next request's.
+            for k in ["headers", "asgi", "extensions"] {
+                let v = first.get_item(k).unwrap().unwrap();
+                if let Ok(list) = v.cast::<PyList>() {
+                    list.append(("x", "y")).unwrap();
+                } else {
+                    v.set_item("x", 1).unwrap();
+                }
+            }
+            let before = REPEATS.with(std::cell::Cell::get);
+            let second = build(py, &head(&again), &l, &[], None).unwrap();
+            assert_eq!(REPEATS.with(std::cell::Cell::get), before + 1);
+            let want = py
+                .eval(
+                    c"{'headers': [(b'host', b'h')], 'asgi': {'version': '3.0', 'spec_version': '2.4'}, 'extensions': {'http.response.pathsend': {}}, 'client': ('127.0.0.1', 51299)}",
+                    None,
+                    None,
+                )
+                .unwrap();
+            for k in ["headers", "asgi", "extensions", "client"] {
+                let (got, want) = (
+                    second.get_item(k).unwrap().unwrap(),
+                    want.get_item(k).unwrap(),
+                );
+                assert!(got.eq(&want).unwrap(), "{k}: {}", got.repr().unwrap());
+            }
+        });
+    }
+
+    #[test]
     fn unchanged_header_pairs_are_shared_changed_ones_are_not() {
         python();
         Python::attach(|py| {
@@ -757,7 +997,16 @@ mod tests {
                     (b"HTTP_USER_AGENT", ua),
                     (b"HTTP_X_OTHER", b"1"),
                 ]);
-                build(py, &h, &l, &[], None).unwrap()
+                let d = build(py, &h, &l, &[], None).unwrap();
+                // The pair cache alone: a repeated request (the same variables) shares
+                // all its pairs with the previous one ([`repeat`]; tuples of bytes
+                // cannot change), which this test is not about.
+                LAST_SCOPE.with(|last| {
+                    if let Some(last) = last.borrow_mut().as_mut() {
+                        last.head = None;
+                    }
+                });
+                d
             };
             fn pairs<'py>(d: Bound<'py, PyDict>) -> Bound<'py, PyList> {
                 let list = d.get_item("headers").unwrap().unwrap();
@@ -844,6 +1093,74 @@ mod tests {
                         (Err(a), Err(b)) => prop_assert_eq!(a, b),
                         (a, b) => prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
                     }
+                }
+                Ok(())
+            })?;
+        }
+
+        /// A request with the previous request's variables but REMOTE_PORT gets the
+        /// previous scope again ([`repeat`]) with its own port: equal to the scope built
+        /// key by key, the same keys in the same order; any other byte that differs, or
+        /// a port that is not digits of the same length, is built in full (and equal).
+        #[test]
+        fn props_a_repeated_request_gets_the_scope_a_full_build_gives(
+            first in (usual_vars(), cgi_pairs()),
+            port in proptest::sample::select(&["51234", "60001", "1", "", "x1234", "99999"][..]),
+            other in any::<bool>(),
+            state in any::<bool>()
+        ) {
+            python();
+            let (usual, p) = &first;
+            let first: Vec<(Vec<u8>, Vec<u8>)> = usual.iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .chain(p.iter().map(|(k, v)| (k.to_vec(), v.to_vec()))).collect();
+            let ports = first.iter().filter(|(k, _)| k == b"REMOTE_PORT").count();
+            let old = first.iter().find(|(k, _)| k == b"REMOTE_PORT").map(|(_, v)| v.clone());
+            let mut second = first.clone();
+            for (k, v) in second.iter_mut() {
+                if k == b"REMOTE_PORT" {
+                    *v = port.as_bytes().to_vec();
+                }
+            }
+            if other {
+                // One more byte anywhere else: never the previous scope.
+                second.push((b"HTTP_X_OTHER".to_vec(), b"1".to_vec()));
+            }
+            let as_head = |p: &[(Vec<u8>, Vec<u8>)]| {
+                let b: Vec<(&[u8], &[u8])> = p.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                head(&b)
+            };
+            let l = listener(Protocol::Uwsgi);
+            let mounts = [b"/app".to_vec()];
+            Python::attach(|py| -> Result<(), TestCaseError> {
+                let st = PyDict::new(py);
+                st.set_item("k", 1).unwrap();
+                let st = state.then_some(&st);
+                LAST_SCOPE.with(|last| last.borrow_mut().take());
+                let built = build(py, &as_head(&first), &l, &mounts, st);
+                let before = REPEATS.with(std::cell::Cell::get);
+                let got = build(py, &as_head(&second), &l, &mounts, st);
+                let repeated = REPEATS.with(std::cell::Cell::get) > before;
+                let digits_alike = old.as_ref().is_some_and(|o| {
+                    o.len() == port.len() && port.bytes().all(|b| b.is_ascii_digit())
+                });
+                if built.is_ok() && ports == 1 && !other && digits_alike {
+                    prop_assert!(repeated, "a repeat not recognised");
+                }
+                if other {
+                    prop_assert!(!repeated, "a different request taken for a repeat");
+                }
+                LAST_SCOPE.with(|last| last.borrow_mut().take());
+                let fresh = build(py, &as_head(&second), &l, &mounts, st);
+                match (got, fresh) {
+                    (Ok(a), Ok(b)) => {
+                        prop_assert!(a.eq(&b).unwrap(), "{} != {}", a.repr().unwrap(), b.repr().unwrap());
+                        let (ka, kb): (Vec<String>, Vec<String>) =
+                            (a.keys().extract().unwrap(), b.keys().extract().unwrap());
+                        prop_assert_eq!(ka, kb);
+                    }
+                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
                 }
                 Ok(())
             })?;
