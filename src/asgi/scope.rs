@@ -143,8 +143,8 @@ struct HeadKey {
     protocol: Protocol,
     server_name: std::sync::Arc<[u8]>,
     server_port: std::sync::Arc<[u8]>,
-    /// The `--mount` list's address and length (the loop's: it never changes).
-    mounts: (usize, usize),
+    /// The `--mount` prefixes.
+    mounts: Vec<Vec<u8>>,
     flags: Flags,
     /// The header pairs, in a list never handed out (each scope gets a copy).
     headers: Py<pyo3::types::PyList>,
@@ -168,10 +168,13 @@ fn remember(
             return;
         };
         // Its buffers reused: no allocation per request once they are large enough.
-        let (mut buf, mut vars) = match last.head.take() {
-            Some(k) => (k.buf, k.vars),
-            None => (Vec::new(), Vec::new()),
+        let (mut buf, mut vars, mut kept_mounts) = match last.head.take() {
+            Some(k) => (k.buf, k.vars, k.mounts),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
+        if kept_mounts != mounts {
+            kept_mounts = mounts.to_vec();
+        }
         let mut ports = head
             .vars
             .iter()
@@ -200,7 +203,7 @@ fn remember(
             protocol: listener.protocol,
             server_name: listener.server_name.clone(),
             server_port: listener.server_port.clone(),
-            mounts: (mounts.as_ptr() as usize, mounts.len()),
+            mounts: kept_mounts,
             flags,
             headers: headers.unbind(),
         });
@@ -225,7 +228,7 @@ fn repeat<'py>(
             || key.buf.len() != head.buf.len()
             || key.modifier30 != head.modifier30
             || key.protocol != listener.protocol
-            || key.mounts != (mounts.as_ptr() as usize, mounts.len())
+            || key.mounts != mounts
             || key.vars != head.vars
             || *key.server_name != *listener.server_name
             || *key.server_port != *listener.server_port
