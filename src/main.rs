@@ -272,6 +272,7 @@ fn serve(
             touch_reload: config.opts.touch_reload.clone(),
             // Python runs in the master: every fork is bracketed for CPython.
             preload: true,
+            app_preloaded: config.opts.preload,
         };
         // --preload: the master imports the app once; workers share its pages.
         // Before Python starts: any thread it starts here inherits the master's mask.
@@ -286,7 +287,12 @@ fn serve(
             // A thread started while Python started (sitecustomize, a .pth file) lives
             // only in the master: the workers, forked from it, do not have it.
             let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
-            if threads > 1 {
+            if threads > 1 && config.opts.preload {
+                tracing::warn!(
+                    threads,
+                    "Python started threads in the master, where --preload imported the app (a thread the app or a library starts at import: a scheduler, an APM agent; or a sitecustomize or .pth file in the venv): they do not run in the workers, which are forked from the master; start them lazily in each worker (at the first request), or run without --preload"
+                );
+            } else if threads > 1 {
                 tracing::warn!(
                     threads,
                     "Python started threads in the master (a sitecustomize or a .pth file in the venv?): they do not run in the workers, which are forked from the master; start such an agent from the app instead"

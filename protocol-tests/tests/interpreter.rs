@@ -152,6 +152,12 @@ fn preload_still_imports_the_app_in_the_master_only() {
     let a = answer(&p);
     assert_eq!(a["ppid"], p.pid().to_string());
     assert_eq!(threads(p.pid()), 1);
+    // A reload forks from the master that holds the code imported at start: it says so
+    // (an operator who deploys and reloads otherwise believes the new code runs).
+    assert!(!p.logs().contains("reloading with --preload"));
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reloading with --preload", 10), "{}", p.logs());
+    assert!(p.logs().contains("restart postern"), "{}", p.logs());
 }
 
 // regression: a sitecustomize (an APM agent's, say, through PYTHONPATH, or a venv's

@@ -567,6 +567,11 @@ impl Master {
             generation = self.generation,
             "reloading: new workers start, then the old ones drain"
         );
+        if self.opts.app_preloaded {
+            tracing::warn!(
+                "reloading with --preload: the new workers are forked from the master, which imported the app at start, so they run that same code; to deploy new code, restart postern (or run without --preload)"
+            );
+        }
         notify::notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}",
             notify::monotonic_usec()

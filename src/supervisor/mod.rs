@@ -94,6 +94,9 @@ pub struct Options {
     /// Python runs in the master (always under main; kept as an option for callers that
     /// start none): forks are bracketed for CPython.
     pub preload: bool,
+    /// `--preload`: the app itself was imported in the master, so a reload forks
+    /// workers that run the code it imported at start (the reload says so).
+    pub app_preloaded: bool,
 }
 
 /// `--stats` under a master: the bound endpoint and what it reports.
