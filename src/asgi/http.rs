@@ -106,65 +106,115 @@ impl Ready {
     }
 }
 
-/// `receive` and `send` as the app gets them. The exchange belongs to the loop's
-/// thread (pyo3 panics when another thread touches it), so a call from elsewhere, e.g.
-/// `loop.run_in_executor(None, lambda: send(...))`, is refused here with an error the
-/// app can act on, before the exchange is touched. Like the exchange, one of each per
-/// request: a freelist reuses them (no allocation and no zeroing per request).
-#[pyclass(module = "postern", name = "receive", frozen, freelist = 64)]
-pub struct ReceiveCall(OnLoop);
-
-#[pyclass(module = "postern", name = "send", frozen, freelist = 64)]
-pub struct SendCall(OnLoop);
-
-/// The exchange, and the thread it belongs to.
-struct OnLoop {
-    exchange: Py<Exchange>,
-    thread: std::thread::ThreadId,
+/// `receive` and `send` as the app gets them: built-in methods bound to the exchange
+/// (`METH_NOARGS` and `METH_O`), which CPython calls through vectorcall: no argument
+/// tuple and no class `__call__` trampoline per call, as a class instance would cost
+/// (about 0.4k instructions a call). The exchange belongs to the loop's thread (pyo3
+/// panics when another thread touches it), so a call from elsewhere, e.g.
+/// `loop.run_in_executor(None, lambda: send(...))`, is refused with an error the app
+/// can act on, before the exchange is touched.
+pub fn channel<'py>(
+    exchange: &Bound<'py, Exchange>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    ON_LOOP.with(|o| o.set(true));
+    let py = exchange.py();
+    let bound = |def: &'static MethodDef| {
+        // SAFETY: with the GIL held; `def` is static and never changed; the result is
+        // a new reference (holding the exchange) or NULL with an exception.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyCFunction_NewEx(def.0.get(), exchange.as_ptr(), std::ptr::null_mut()),
+            )
+        }
+    };
+    Ok((bound(&RECEIVE)?, bound(&SEND)?))
 }
 
-impl OnLoop {
-    fn exchange<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, Exchange>> {
-        if std::thread::current().id() != self.thread {
+thread_local! {
+    /// This thread made request channels ([`channel`]): it is the loop's (one per
+    /// worker process).
+    static ON_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A method definition CPython reads (never writes) through a `*mut`.
+struct MethodDef(std::cell::UnsafeCell<pyo3::ffi::PyMethodDef>);
+
+// SAFETY: never written after it is made; CPython only reads it (with the GIL held).
+unsafe impl Sync for MethodDef {}
+
+static RECEIVE: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"receive".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: receive_call,
+    },
+    ml_flags: pyo3::ffi::METH_NOARGS,
+    ml_doc: c"The ASGI receive(): the next http.request or http.disconnect message.".as_ptr(),
+}));
+
+static SEND: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"send".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: send_call,
+    },
+    ml_flags: pyo3::ffi::METH_O,
+    ml_doc: c"The ASGI send(message).".as_ptr(),
+}));
+
+/// `receive()`: `slf` is the exchange.
+unsafe extern "C" fn receive_call(
+    slf: *mut pyo3::ffi::PyObject,
+    _none: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls it with the GIL held and `slf` the exchange it was bound to.
+    unsafe { on_loop(slf, Exchange::receive) }
+}
+
+/// `send(message)`: `slf` is the exchange, `message` borrowed for the call.
+unsafe extern "C" fn send_call(
+    slf: *mut pyo3::ffi::PyObject,
+    message: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as for `receive_call`; `message` is a valid borrowed reference.
+    unsafe {
+        on_loop(slf, |ex| {
+            let message = Bound::from_borrowed_ptr(ex.py(), message);
+            Exchange::send(ex, &message)
+        })
+    }
+}
+
+/// Runs `f` with the exchange `slf` on the loop's thread (else a `RuntimeError`),
+/// and hands its result to CPython: a new reference, or NULL with the exception set
+/// (a panic becomes one too: it must not unwind into CPython).
+///
+/// # Safety
+/// With the GIL held, `slf` an `Exchange` (what [`channel`] bound).
+unsafe fn on_loop(
+    slf: *mut pyo3::ffi::PyObject,
+    f: impl for<'py> FnOnce(&Bound<'py, Exchange>) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: the caller (CPython) holds the GIL.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if !ON_LOOP.with(Cell::get) {
             return Err(PyRuntimeError::new_err(
                 "send() and receive() must be called on the event loop's thread; use asyncio.run_coroutine_threadsafe",
             ));
         }
-        Ok(self.exchange.bind(py))
-    }
-}
-
-/// `receive` and `send` for `exchange`, called on the current (the loop's) thread.
-pub fn channel<'py>(
-    exchange: &Bound<'py, Exchange>,
-) -> PyResult<(Bound<'py, ReceiveCall>, Bound<'py, SendCall>)> {
-    let py = exchange.py();
-    let on_loop = || OnLoop {
-        exchange: exchange.clone().unbind(),
-        thread: std::thread::current().id(),
+        // SAFETY: `slf` is the exchange (the caller's promise), borrowed for the call.
+        let ex = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Exchange>() };
+        f(&ex).map(Bound::into_ptr)
+    }));
+    let err = match r {
+        Ok(Ok(p)) => return p,
+        Ok(Err(e)) => e,
+        Err(_) => PyRuntimeError::new_err(
+            "internal error in postern's send() or receive() (a panic; see the log)",
+        ),
     };
-    Ok((
-        Bound::new(py, ReceiveCall(on_loop()))?,
-        Bound::new(py, SendCall(on_loop()))?,
-    ))
-}
-
-#[pymethods]
-impl ReceiveCall {
-    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Exchange::receive(self.0.exchange(py)?)
-    }
-}
-
-#[pymethods]
-impl SendCall {
-    fn __call__<'py>(
-        &self,
-        py: Python<'py>,
-        message: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        Exchange::send(self.0.exchange(py)?, message)
-    }
+    err.restore(py);
+    std::ptr::null_mut()
 }
 
 pub use super::io::GoneQueue;
