@@ -253,6 +253,9 @@ def application(environ, start_response):
             start_response,
             {"prefix": sys.prefix, "executable": sys.executable, "path": sys.path, "env": os.environ.get("TESTAPP_ENV", "")},
         )
+    if path == "/bare-status":
+        # A status without its reason (PEP 3333 asks for one; uWSGI and gunicorn pass it).
+        return text(start_response, "bare\n", q.get("code", "200"))
     if path == "/status-100":
         start_response("100 Continue", [])
         return [b""]

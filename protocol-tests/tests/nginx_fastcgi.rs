@@ -426,3 +426,25 @@ fn an_app_status_header_does_not_replace_the_start_response_status() {
         );
     });
 }
+
+// A status without its reason phrase (`start_response("200", ...)`), which uWSGI and
+// gunicorn pass, is sent with the usual reason, not answered 500.
+#[test]
+fn a_status_without_a_reason_is_sent_with_the_usual_one() {
+    each(|s| {
+        let r = s.nginx.get("/bare-status");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "bare\n".to_owned()),
+            "{}",
+            s.postern.logs()
+        );
+        let r = s.nginx.get("/bare-status?code=299");
+        assert_eq!(
+            (r.status, r.text()),
+            (299, "bare\n".to_owned()),
+            "{}",
+            s.postern.logs()
+        );
+    });
+}

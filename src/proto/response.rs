@@ -44,11 +44,17 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Checks a WSGI status string and returns its code.
+/// Checks a WSGI status string and returns its code. A bare code (`"200"`) is taken
+/// too, though PEP 3333 asks for a reason: uWSGI and gunicorn pass it, so apps that
+/// send it exist, and the response gets the usual reason ([`complete_status`]).
 pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     let bad = || HeaderError::Status(status.to_owned());
     let b = status.as_bytes();
-    if b.len() < 4 || b[3] != b' ' || !b[..3].iter().all(u8::is_ascii_digit) || b[0] == b'0' {
+    if b.len() < 3
+        || (b.len() > 3 && b[3] != b' ')
+        || !b[..3].iter().all(u8::is_ascii_digit)
+        || b[0] == b'0'
+    {
         return Err(bad());
     }
     // The usual status is printable ASCII: one table lookup a byte (a tab is a control
@@ -421,6 +427,16 @@ fn parse_cgi_status(value: &[u8]) -> Result<(u16, &[u8]), CgiHeadError> {
     ))
 }
 
+/// Completes a status [`parse_status`] took as a bare code in `head` (where the status
+/// was just written): `"200"` is sent as `"200 OK"`, an unusual code with an empty
+/// reason (`"299 "`).
+pub fn complete_status(head: &mut Vec<u8>, status: &str, code: u16) {
+    if status.len() == 3 {
+        head.push(b' ');
+        head.extend_from_slice(reason_phrase(code).as_bytes());
+    }
+}
+
 /// The usual reason phrase of the common status codes ("" for the others).
 pub fn reason_phrase(code: u16) -> &'static str {
     match code {
@@ -500,12 +516,20 @@ mod tests {
         assert_eq!(parse_status("200 OK"), Ok(200));
         assert_eq!(parse_status("404 "), Ok(404));
         assert_eq!(parse_status("599 Très bien"), Ok(599));
+        // A bare code, which uWSGI and gunicorn pass, completed with the usual reason.
+        assert_eq!(parse_status("200"), Ok(200));
+        for (status, sent) in [("200", "200 OK"), ("299", "299 "), ("404 Nope", "404 Nope")] {
+            let mut head = status.as_bytes().to_vec();
+            complete_status(&mut head, status, parse_status(status).unwrap());
+            assert_eq!(head, sent.as_bytes());
+        }
     }
 
     #[test]
     fn rejects_bad_statuses() {
         for s in [
-            "200",
+            "20",
+            "2000",
             "OK 200",
             "20 OK",
             "2000 OK",

@@ -355,6 +355,7 @@ impl State {
         let status = utf8(status)?;
         let code = resp::parse_status(status).map_err(refuse)?;
         resp::push_latin1(head, status);
+        resp::complete_status(head, status, code);
         let status_len = head.len();
         let mut content_length = None;
         let mut at = 0;
