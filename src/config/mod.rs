@@ -29,7 +29,7 @@ pub const DEFAULT_LISTENER: &str = "127.0.0.1:3031";
 #[derive(Parser, Debug)]
 #[command(
     name = "postern",
-    about = "Serve a Python WSGI app to nginx or Apache over uwsgi, FastCGI or SCGI.",
+    about = "Serve a Python WSGI or ASGI app to nginx or Apache over uwsgi, FastCGI or SCGI.",
     long_about = None,
     disable_version_flag = true,
     args_conflicts_with_subcommands = true,
@@ -76,8 +76,8 @@ pub struct Cli {
 #[derive(Args, Serialize, Deserialize, Debug, Clone, Default)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Options {
-    /// The WSGI app: `module.path[:callable]` or `path/to/file.py[:callable]`
-    /// (callable defaults to `application`, then `app`).
+    /// The WSGI or ASGI app: `module.path[:callable]` or `path/to/file.py[:callable]`
+    /// (callable defaults to `application`, then `app`; `--interface` tells which).
     #[arg(value_name = "APP", env = "POSTERN_APP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
