@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{fcgi, sha256_hex, tempdir, Addr, AsgiApp, Postern, Spawn};
 
@@ -195,22 +195,37 @@ fn a_read_timeout_says_whether_the_front_server_also_reads_nothing() {
             // Reads all that comes (nothing: the app waits for the body).
             let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
         } else {
-            // Reads what has come now and then: the response's write never waits
-            // long enough to time out itself, and the connection has no room but
-            // for an instant after each read.
-            s.set_nonblocking(true).unwrap();
+            // Until the response's first bytes, a byte of body 2 every 100 ms keeps
+            // the lane reading (a loaded machine may take a second to start the
+            // app); from them, reads what has come, 256 KiB at most, every 150 ms
+            // for 0.7 s, then nothing: the lane's --read-timeout ends within 1 s of
+            // those bytes, the write has made progress up to 0.7 s after them (its
+            // own --read-timeout ends 0.7 s after the lane's) and then waits for
+            // room. (Reading all that came until the lane's log line let a reader on
+            // a loaded machine take all 16 MiB within the second now and then, and
+            // an app that started late left no write at all.)
             let mut buf = vec![0u8; 64 * 1024];
-            'reading: for _ in 0..100 {
-                std::thread::sleep(Duration::from_millis(300));
-                if p.logs().contains("(--read-timeout)") {
-                    break;
+            s.set_nonblocking(true).unwrap();
+            let asked = Instant::now();
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(n) if n > 0 => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    r => panic!("{query}: no response ({r:?})\n{}", p.logs()),
                 }
-                loop {
-                    match std::io::Read::read(&mut s, &mut buf) {
-                        Ok(0) => break 'reading,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => break 'reading,
+                assert!(
+                    asked.elapsed() < Duration::from_secs(20),
+                    "{query}: no response"
+                );
+                s.write_all(&fcgi::record(fcgi::STDIN, 2, b"a")).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let first = Instant::now();
+            while first.elapsed() < Duration::from_millis(700) {
+                std::thread::sleep(Duration::from_millis(150));
+                for _ in 0..4 {
+                    if !std::io::Read::read(&mut s, &mut buf).is_ok_and(|n| n > 0) {
+                        break;
                     }
                 }
             }
