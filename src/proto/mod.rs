@@ -19,15 +19,22 @@ pub mod response;
 pub mod scgi;
 pub mod uwsgi;
 
+/// What a head over `limit` bytes can do about it.
+fn buffer_hint(limit: &usize) -> &'static str {
+    if *limit < 65535 {
+        "raise --buffer-size, up to 65535"
+    } else {
+        "--buffer-size is at its most, 65535: the request must carry fewer or shorter headers"
+    }
+}
+
 /// A request the peer framed wrongly. Every variant is the peer's fault: log it at
 /// `warn` with the peer, and close the connection.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtoError {
     #[error("uwsgi modifier1 {0} is not a WSGI request; only 0 (and 30) are served")]
     Modifier(u8),
-    #[error(
-        "request head is {size} bytes, over the {limit}-byte limit (raise --buffer-size, up to 65535)"
-    )]
+    #[error("request head is {size} bytes, over the {limit}-byte limit ({})", buffer_hint(.limit))]
     HeadTooLarge { size: usize, limit: usize },
     #[error(
         "a uwsgi variable length at offset {offset} runs past the end of the {block}-byte vars block"
@@ -66,4 +73,28 @@ pub enum ProtoError {
     ScgiComma,
     #[error("malformed SCGI headers: {0}")]
     ScgiHeaders(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProtoError;
+
+    #[test]
+    fn a_head_over_the_largest_buffer_does_not_say_raise_it() {
+        let e = ProtoError::HeadTooLarge {
+            size: 70_000,
+            limit: 4096,
+        };
+        assert!(
+            e.to_string()
+                .ends_with("(raise --buffer-size, up to 65535)"),
+            "{e}"
+        );
+        let e = ProtoError::HeadTooLarge {
+            size: 70_000,
+            limit: 65535,
+        };
+        assert!(!e.to_string().contains("raise"), "{e}");
+        assert!(e.to_string().contains("at its most"), "{e}");
+    }
 }
