@@ -210,6 +210,21 @@ fn remember(
     });
 }
 
+/// Where a head's variables sit in its buffer.
+type VarRanges = [(std::ops::Range<u32>, std::ops::Range<u32>)];
+
+// Four `u32`s and nothing else: the ranges have no padding, so equal ranges are equal
+// bytes (one `memcmp` instead of four comparisons per variable).
+const _: () = assert!(std::mem::size_of::<(std::ops::Range<u32>, std::ops::Range<u32>)>() == 16);
+
+/// The bytes of `vars`, to compare two lists of ranges at once.
+fn var_bytes(vars: &VarRanges) -> &[u8] {
+    // SAFETY: the elements are four `u32`s with no padding (asserted above), so every
+    // byte of the slice is initialised; the length is the slice's size in bytes, and
+    // `u8` has no alignment requirement.
+    unsafe { std::slice::from_raw_parts(vars.as_ptr().cast::<u8>(), std::mem::size_of_val(vars)) }
+}
+
 /// The scope of a request whose variables are the previous request's ([`HeadKey`]),
 /// `REMOTE_PORT` aside: the previous scope's copy with its own port and new
 /// per-request values, as [`LastScope::refill`] would make it. `None`: not a repeat.
@@ -229,7 +244,7 @@ fn repeat<'py>(
             || key.modifier30 != head.modifier30
             || key.protocol != listener.protocol
             || key.mounts != mounts
-            || key.vars != head.vars
+            || var_bytes(&key.vars) != var_bytes(&head.vars)
             || *key.server_name != *listener.server_name
             || *key.server_port != *listener.server_port
         {
