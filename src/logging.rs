@@ -152,7 +152,7 @@ struct Output {
     background: OnceLock<Background>,
     /// errno of the last failed reopen, to report on the next line written.
     reopen_error: AtomicI32,
-    /// How many flush marks (empty lines, see [`finish`]) the writer thread reached.
+    /// How many flush marks ([`Msg::Flush`], see [`finish`]) the writer thread reached.
     drained: (Mutex<u64>, Condvar),
     /// Bytes handed to the writer thread and not yet taken by it.
     queued_bytes: AtomicUsize,
@@ -185,7 +185,17 @@ fn stderr_writable() -> bool {
 
 /// The non-blocking half: the queue's sender (its writer thread holds the receiver).
 struct Background {
-    queue: mpsc::Sender<Vec<u8>>,
+    queue: mpsc::Sender<Msg>,
+}
+
+/// What goes down an output's queue to its writer thread.
+#[derive(Debug, PartialEq)]
+enum Msg {
+    /// One whole line (or one multi-line event), counted in the queue's bounds.
+    Line(Vec<u8>),
+    /// From [`finish`]: counted once everything queued before it is written (not in
+    /// the queue's bounds).
+    Flush,
 }
 
 struct Logs {
@@ -336,7 +346,7 @@ pub fn start_background() {
         if out.background.get().is_some() {
             continue;
         }
-        let (queue, lines) = mpsc::channel::<Vec<u8>>();
+        let (queue, lines) = mpsc::channel::<Msg>();
         let mut drain = Drain {
             out: Arc::clone(out),
             pending: Vec::new(),
@@ -347,10 +357,10 @@ pub fn start_background() {
         let spawned = std::thread::Builder::new()
             .name("postern-log".into())
             .spawn(move || {
-                while let Ok(line) = lines.recv() {
-                    drain.push(&line);
-                    while let Ok(line) = lines.try_recv() {
-                        drain.push(&line);
+                while let Ok(msg) = lines.recv() {
+                    drain.take(msg);
+                    while let Ok(msg) = lines.try_recv() {
+                        drain.take(msg);
                     }
                     // The queue ran empty: what is gathered goes out now.
                     drain.write_pending();
@@ -376,11 +386,10 @@ pub fn finish() {
         let (lock, cv) = &out.drained;
         let mut reached = lock.lock().unwrap_or_else(|e| e.into_inner());
         let mark = *reached + 1;
-        // An empty line is the mark: the writer thread counts it once it has written
-        // everything queued before it (the mark is outside the queue's bounds). Behind
-        // a stalled disk or reader of stderr the wait ends at FLUSH_WAIT: a stalled log
-        // must not hold up the exit.
-        let _ = bg.queue.send(Vec::new());
+        // The writer thread counts the mark once it has written everything queued
+        // before it. Behind a stalled disk or reader of stderr the wait ends at
+        // FLUSH_WAIT: a stalled log must not hold up the exit.
+        let _ = bg.queue.send(Msg::Flush);
         let deadline = Instant::now() + FLUSH_WAIT;
         while *reached < mark {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -557,7 +566,7 @@ impl Output {
         let bytes = self.queued_bytes.fetch_add(line.len(), Ordering::Relaxed);
         if lines >= QUEUE_LINES
             || bytes + line.len() > QUEUE_BYTES
-            || bg.queue.send(line.to_vec()).is_err()
+            || bg.queue.send(Msg::Line(line.to_vec())).is_err()
         {
             self.queued_lines.fetch_sub(1, Ordering::Relaxed);
             self.queued_bytes.fetch_sub(line.len(), Ordering::Relaxed);
@@ -576,15 +585,19 @@ struct Drain {
 }
 
 impl Drain {
-    fn push(&mut self, line: &[u8]) {
-        if line.is_empty() {
-            // A flush mark from `finish` (not counted in the queue's bounds).
-            self.write_pending();
-            let (lock, cv) = &self.out.drained;
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-            cv.notify_all();
-            return;
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Line(line) => self.push(&line),
+            Msg::Flush => {
+                self.write_pending();
+                let (lock, cv) = &self.out.drained;
+                *lock.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                cv.notify_all();
+            }
         }
+    }
+
+    fn push(&mut self, line: &[u8]) {
         self.out.queued_lines.fetch_sub(1, Ordering::Relaxed);
         self.out
             .queued_bytes
@@ -1530,6 +1543,27 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_line_is_a_line_not_a_flush_mark() {
+        // regression: the flush mark was an empty line, so an empty write was taken
+        // for one: counted as a mark reached (finish could stop waiting early) and
+        // never taken off the queued lines.
+        let out = Arc::new(Output::stderr());
+        let (queue, taken) = mpsc::channel();
+        let bg = Background { queue };
+        out.queue(&bg, b"");
+        let mut drain = Drain {
+            out: Arc::clone(&out),
+            pending: Vec::new(),
+            lines: 0,
+        };
+        for msg in taken.try_iter() {
+            drain.take(msg);
+        }
+        assert_eq!(out.queued_lines.load(Ordering::Relaxed), 0);
+        assert_eq!(*out.drained.0.lock().unwrap(), 0);
+    }
+
+    #[test]
     fn drops_lines_over_the_byte_budget() {
         let out = Output::stderr();
         let (queue, taken) = mpsc::channel();
@@ -1540,7 +1574,10 @@ mod tests {
         out.queue(&bg, b"line\n");
         out.queue(&bg, b"ok\n");
         assert!(LOG_LINES_DROPPED.load(Ordering::Relaxed) > before);
-        assert_eq!(taken.try_iter().collect::<Vec<_>>(), [b"ok\n".to_vec()]);
+        assert_eq!(
+            taken.try_iter().collect::<Vec<_>>(),
+            [Msg::Line(b"ok\n".to_vec())]
+        );
         assert_eq!(out.queued_bytes.load(Ordering::Relaxed), QUEUE_BYTES - 1);
     }
 }
