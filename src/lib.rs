@@ -21,6 +21,7 @@
 //! logging   postern's log and the access log: non-blocking writers, SIGUSR1 reopen,
 //!           request ids
 //! users     the user/group database (NSS, through libc): --uid, --socket-owner, %U
+//! room      whether a pipe or socket can take bytes now (poll POLLOUT, no wait)
 //! client/   `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style;
 //!           `postern bench`: the same request in a loop on N connections (load test)
 //! ```
@@ -35,6 +36,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod logging;
 pub mod proto;
+pub mod room;
 pub mod server;
 pub mod stats;
 pub mod supervisor;

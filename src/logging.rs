@@ -170,19 +170,6 @@ enum Kind {
     },
 }
 
-/// Whether stderr can take a line without blocking (a pipe or socket with room: poll
-/// reports POLLOUT only when at least a page, or half the send buffer, is free).
-fn stderr_writable() -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let stderr = io::stderr();
-    let mut fds = [PollFd::new(&stderr, PollFlags::OUT)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    matches!(poll(&mut fds, Some(&now)), Ok(1)) && fds[0].revents().contains(PollFlags::OUT)
-}
-
 /// The non-blocking half: the queue's sender (its writer thread holds the receiver).
 struct Background {
     queue: mpsc::Sender<Msg>,
@@ -525,7 +512,7 @@ impl Output {
         // stderr pipe or socket that cannot take a line now loses it; a file cannot
         // be asked (poll says "ready" for files).
         let ready = match self.kind {
-            Kind::Stderr => stderr_writable(),
+            Kind::Stderr => crate::room::has_room(io::stderr()),
             Kind::File { .. } => true,
         };
         if !ready || self.write_now(line).is_err() {

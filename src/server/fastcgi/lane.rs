@@ -1007,19 +1007,7 @@ fn head_for_log(params: Bytes) -> Head {
 /// A response's write on the connection waits for the front server to read: one is
 /// in progress (it holds the write lock) and the socket has no room now.
 fn write_stuck(conn: &FcgiConn) -> bool {
-    if !conn.write.is_locked() {
-        return false;
-    }
-    let mut fds = [rustix::event::PollFd::new(
-        &conn.sock,
-        rustix::event::PollFlags::OUT,
-    )];
-    let zero = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    !(matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
-        && fds[0].revents().contains(rustix::event::PollFlags::OUT))
+    conn.write.is_locked() && !crate::room::has_room(&conn.sock)
 }
 
 /// A write from the connection's task: it may wait (a peer that does not read, a
