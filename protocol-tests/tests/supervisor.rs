@@ -347,6 +347,23 @@ fn max_requests_recycles_workers_without_failing_requests() {
     );
 }
 
+/// A WSGI (4 threads) or ASGI app on a Unix socket that answers "v0 PID".
+fn pid_app(dir: &std::path::Path, interface: &str) -> Spawn {
+    if interface == "wsgi" {
+        let app = versioned_app(dir, "v0");
+        Spawn::unix(dir, &app.to_string_lossy()).args(["--threads", "4"])
+    } else {
+        let src = AsgiApp::new("import os").http(
+            r#"
+            body = ("v0 %d" % os.getpid()).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            "#,
+        );
+        Spawn::asgi_unix(dir, "pidapp", &src)
+    }
+}
+
 #[test]
 fn max_requests_is_about_n_when_connections_are_accepted_ahead() {
     // regression: V5 (README "Recycling"): a worker kept accepting connections ahead
@@ -356,20 +373,7 @@ fn max_requests_is_about_n_when_connections_are_accepted_ahead() {
     // served are as many as the requests the worker may still serve.
     for interface in ["wsgi", "asgi"] {
         let dir = tempdir();
-        let spawn = if interface == "wsgi" {
-            let app = versioned_app(dir.path(), "v0");
-            Spawn::unix(dir.path(), &app.to_string_lossy()).args(["--threads", "4"])
-        } else {
-            let src = AsgiApp::new("import os").http(
-                r#"
-                body = ("v0 %d" % os.getpid()).encode()
-                await send({"type": "http.response.start", "status": 200, "headers": []})
-                await send({"type": "http.response.body", "body": body})
-                "#,
-            );
-            Spawn::asgi_unix(dir.path(), "pidapp", &src)
-        };
-        let p = spawn
+        let p = pid_app(dir.path(), interface)
             .args(["--workers", "2", "--max-requests", "20"])
             .start();
         assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
@@ -414,8 +418,7 @@ fn max_requests_does_not_stall_accept_behind_connections_that_send_nothing() {
     // a request counted as requests to come, so once they were as many as the
     // requests left, the worker accepted nothing until --head-timeout closed them
     // (one worker: the whole server did not answer; /tmp/rva/repro_idle_gate.sh
-    // 24.9 s per request). The worker now recycles when its accept stops: its
-    // successor accepts.
+    // 24.9 s per request). Such connections no longer count (F4b, below).
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");
     let p = Spawn::unix(dir.path(), &app.to_string_lossy())
@@ -449,8 +452,87 @@ fn max_requests_does_not_stall_accept_behind_connections_that_send_nothing() {
             p.logs()
         );
     }
-    assert!(p.logs().contains("accept stopped"), "{}", p.logs());
     drop(idle);
+}
+
+#[test]
+fn idle_connections_do_not_make_a_max_requests_worker_recycle() {
+    // regression: idle connections forced recycles (F4b): since 1ec637b a worker
+    // recycled once the connections it had accepted and not served were as many as
+    // its requests left, sent anything or not: 2000 connections that sent nothing,
+    // --workers 2 --max-requests 100, made 36 recycles in ~5 s (20 workers alive at
+    // once, each old one kept until --head-timeout). A connection now counts from its
+    // first bytes; the ones that come after a worker's last request was taken go to
+    // the workers that serve on, so none serves much past its limit either.
+    for (interface, protocol) in [("wsgi", "uwsgi"), ("asgi", "uwsgi"), ("wsgi", "fastcgi")] {
+        let dir = tempdir();
+        let p = pid_app(dir.path(), interface)
+            .protocol(protocol)
+            .args([
+                "--workers",
+                "2",
+                "--max-requests",
+                "10",
+                "--head-timeout",
+                "60",
+            ])
+            .start();
+        assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+        let what = format!("{interface}/{protocol}: a request failed");
+        let send = |s: &mut Box<dyn Conn>| {
+            let req = if protocol == "fastcgi" {
+                fcgi::get(1, false, "/")
+            } else {
+                uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")])
+            };
+            s.write_all(&req).expect(&what);
+        };
+        let answer = |s: &mut Box<dyn Conn>| -> String {
+            if protocol == "fastcgi" {
+                let reply = fcgi::read_reply(s, 1, &mut Vec::new());
+                let (status, _, body) = reply.cgi();
+                assert_eq!(status, 200, "{what}\n{}", p.logs());
+                String::from_utf8_lossy(&body).into_owned()
+            } else {
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                let r = parse_http(&out).filter(|r| r.status == 200);
+                r.unwrap_or_else(|| panic!("{what}\n{}", p.logs())).text()
+            }
+        };
+        let mut per_pid = std::collections::HashMap::<String, usize>::new();
+        let mut count = |text: String| {
+            let pid = text.split(' ').nth(1).unwrap_or_default().to_owned();
+            *per_pid.entry(pid).or_default() += 1;
+        };
+        // Six times what both workers may serve; accepted before the requests below
+        // (one listen queue, taken in order).
+        let mut idle: Vec<_> = (0..120).map(|_| p.addr.connect().unwrap()).collect();
+        for _ in 0..3 {
+            let mut s = p.addr.connect().unwrap();
+            send(&mut s);
+            count(answer(&mut s));
+        }
+        assert!(
+            !p.logs().contains("(--max-requests)"),
+            "{interface}/{protocol}: idle connections made a worker recycle\n{}",
+            p.logs()
+        );
+        // Now they all send at once: each is answered, by workers that keep to about
+        // their limit (10, the jitter, a request or two that threads let in together).
+        for s in &mut idle {
+            send(s);
+        }
+        for s in &mut idle {
+            count(answer(s));
+        }
+        assert_eq!(per_pid.values().sum::<usize>(), 123);
+        assert!(
+            per_pid.values().all(|&n| n <= 11 + 3),
+            "{interface}/{protocol}: {per_pid:?}\n{}",
+            p.logs()
+        );
+    }
 }
 
 #[test]

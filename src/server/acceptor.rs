@@ -299,11 +299,25 @@ impl Acceptor {
                         Woken::Stale => {}
                     }
                 }
-                // A new connection's first bytes (or its close): read as at accept.
+                // A new connection's first bytes (or its close): read as at accept,
+                // counted against --max-requests from now. Not once its last request
+                // is taken: it then waits on unread (its one-shot event spent) for the
+                // workers that serve on, to which the stop that follows hands it
+                // (`stop_waiting`).
                 Wake::Fresh(key) => {
                     let Some(e) = self.pending.take(key) else {
                         return None;
                     };
+                    let permit = match &e.conn {
+                        Waiting::Plain { permit, .. } => Some(permit),
+                        Waiting::Fcgi(conn) => conn.permit(),
+                    };
+                    if permit.is_some_and(|p| !p.try_begin()) {
+                        if let Err(e) = self.pending.put_back(key, e) {
+                            self.hand_back(e);
+                        }
+                        return None;
+                    }
                     drop(token);
                     let req = match e.conn {
                         Waiting::Plain {
@@ -403,7 +417,13 @@ impl Acceptor {
         let permit = if drain {
             self.admission.admit_anyway()
         } else {
-            self.admission.admit()
+            let p = self.admission.admit();
+            // Counted against --max-requests from here, while the accept token is
+            // held (the room was just checked): a connection that turns out to have
+            // sent nothing yet is uncounted once read. Counted only once read, the
+            // threads accepting in turn would all see the room one of them takes.
+            p.try_begin();
+            p
         };
         Some((socket2::Socket::from(fd), peer, Instant::now(), permit))
     }
@@ -425,13 +445,13 @@ impl Acceptor {
         n
     }
 
-    /// Takes a FastCGI connection a leaving worker handed over (if another worker did
-    /// not take it first) and parks it: its next request wakes this epoll. One that
-    /// never carried a request goes to the slow lane instead, with its accept time
-    /// moved back by its age, so `--head-timeout` closes it when it would have in the
-    /// worker it came from (parked, it would have no deadline at all). Adopted past
-    /// `--max-connections` (counted, so accepts wait): refusing it would close an
-    /// idle kept connection, the race the hand-over exists to avoid.
+    /// Takes a connection a leaving worker handed over (if another worker did not take
+    /// it first): a kept FastCGI one is parked (its next request wakes this epoll);
+    /// one that never carried a request (any protocol) waits for its first bytes as if
+    /// accepted here, with its accept time moved back by its age, so `--head-timeout`
+    /// closes it when it would have in the worker it came from (parked, it would have
+    /// no deadline at all). Adopted past `--max-connections` (counted, so accepts
+    /// wait): refusing it would close a connection the hand-over exists to keep.
     fn adopt(&self) {
         if let Some(a) = fastcgi::handover::Channel::get().and_then(|c| c.take()) {
             self.adopt_one(a);
@@ -454,17 +474,21 @@ impl Acceptor {
     }
 
     fn adopt_one(&self, a: fastcgi::handover::Adopted) {
-        let Some(l) = self
-            .listeners
-            .get(a.listener)
-            .filter(|l| l.info.protocol == Protocol::FastCgi)
-        else {
+        let Some(l) = self.listeners.get(a.listener) else {
             tracing::warn!(
                 listener = a.listener,
-                "a handed-over connection names no FastCGI listener; closing it"
+                "a handed-over connection names no listener of this worker; closing it"
             );
             return;
         };
+        let fcgi = l.info.protocol == Protocol::FastCgi;
+        if !fcgi && a.fresh_for.is_none() {
+            tracing::warn!(
+                listener = a.listener,
+                "a handed-over kept connection names no FastCGI listener; closing it"
+            );
+            return;
+        }
         let peer = if l.tcp {
             a.sock
                 .peer_addr()
@@ -475,35 +499,95 @@ impl Acceptor {
         } else {
             l.label.clone()
         };
-        let conn = FcgiConn::new(
-            a.sock,
-            peer,
-            l.tcp,
-            a.listener,
-            self.limits.read_timeout,
-            &self.parking,
-            Some(self.admission.admit_anyway()),
-        );
-        match a.fresh_for {
-            Some(age) => {
-                let now = Instant::now();
-                let started = now.checked_sub(age).unwrap_or(now);
-                let entry = conn.enter_lane(true);
-                self.fcgi_to_lane(conn, BytesMut::new(), started, entry);
+        let permit = self.admission.admit_anyway();
+        let Some(age) = a.fresh_for else {
+            let conn = FcgiConn::new(
+                a.sock,
+                peer,
+                l.tcp,
+                a.listener,
+                self.limits.read_timeout,
+                &self.parking,
+                Some(permit),
+            );
+            return self.parking.park(conn, false);
+        };
+        let now = Instant::now();
+        let started = now.checked_sub(age).unwrap_or(now);
+        // Waits in the epoll, not read here: bytes that came meanwhile fire its event
+        // at once, and that one begins its request only if --max-requests leaves room.
+        let waiting = if fcgi {
+            Waiting::Fcgi(FcgiConn::new(
+                a.sock,
+                peer,
+                l.tcp,
+                a.listener,
+                self.limits.read_timeout,
+                &self.parking,
+                Some(permit),
+            ))
+        } else {
+            Waiting::Plain {
+                sock: a.sock,
+                peer,
+                listener: a.listener,
+                permit,
             }
-            None => self.parking.park(conn, false),
+        };
+        if let Err(conn) = self.pending.wait(waiting, started) {
+            // Taken as this worker began to stop: back to the ones that serve on.
+            if !self.queue.is_accepting() {
+                self.hand_back(pending::Entry { conn, started });
+            } else {
+                self.to_lane(pending::Entry { conn, started });
+            }
         }
     }
 
-    /// At stop: the connections waiting for their first bytes go to the slow lane,
-    /// which serves or closes them as it does a connection that sent nothing at accept.
+    /// At stop: the connections waiting for their first bytes (and those whose bytes
+    /// came after `--max-requests`' last request was taken, unread) go to the workers
+    /// that serve on when there are any (a recycling, a reload), with their age; else
+    /// (or when that fails) to the slow lane, which serves or closes them as it does a
+    /// connection that sent nothing at accept. Served here, they would run the worker
+    /// past `--max-requests`, or keep it until `--head-timeout` closed them.
     pub fn stop_waiting(&self) -> usize {
         let waiting = self.pending.close();
         let n = waiting.len();
         for e in waiting {
-            self.to_lane(e);
+            self.hand_back(e);
         }
         n
+    }
+
+    /// A connection that has sent nothing yet (or whose bytes wait unread) goes to the
+    /// workers that serve on, with its age; when none does, or that fails, to the slow
+    /// lane.
+    fn hand_back(&self, e: pending::Entry) {
+        let channel = fastcgi::handover::Channel::get().filter(|_| self.parking.hands_over());
+        let (conn, started) = (e.conn, e.started);
+        let Some(ch) = channel else {
+            return self.to_lane(pending::Entry { conn, started });
+        };
+        match conn {
+            Waiting::Fcgi(conn) => self.parking.park_from_lane(conn, Some(started)),
+            Waiting::Plain {
+                sock,
+                peer,
+                listener,
+                permit,
+            } => {
+                if let Err(err) = ch.send(sock.as_fd(), listener, Some(started.elapsed())) {
+                    tracing::warn!(%peer, error = %err, "cannot hand a new connection over to the serving workers; it waits here");
+                    let conn = Waiting::Plain {
+                        sock,
+                        peer,
+                        listener,
+                        permit,
+                    };
+                    self.to_lane(pending::Entry { conn, started });
+                }
+            }
+        }
     }
 
     /// The connections waiting for their first bytes whose `--head-timeout` has passed
@@ -594,6 +678,9 @@ impl Acceptor {
             match conn.recv(&mut s[..]) {
                 Ok(0) => Ok(None),
                 Ok(n) => {
+                    if let Some(p) = conn.permit() {
+                        p.begin();
+                    }
                     let admit = |buf: &[u8]| {
                         fastcgi::admit_whole(
                             &conn,
@@ -635,10 +722,17 @@ impl Acceptor {
             }
             Ok(None) => {
                 tracing::debug!(peer = %conn.peer, "the front server closed a FastCGI connection");
+                if let Some(p) = conn.permit() {
+                    p.cancel();
+                }
                 conn.close();
                 None
             }
             Err(Errno::AGAIN | Errno::INTR) => {
+                // No request to come yet.
+                if let Some(p) = conn.permit() {
+                    p.cancel();
+                }
                 if parked {
                     self.parking.park(conn, true);
                 } else if !may_wait {
@@ -650,6 +744,9 @@ impl Acceptor {
             }
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "a FastCGI connection failed");
+                if let Some(p) = conn.permit() {
+                    p.cancel();
+                }
                 conn.close();
                 None
             }
@@ -732,11 +829,17 @@ impl Acceptor {
         let mut buf = match first {
             Ok(b) if b.is_empty() => {
                 tracing::debug!(%peer, "connection closed before sending a request");
+                permit.cancel();
                 return None;
             }
-            Ok(b) => b,
+            Ok(b) => {
+                permit.begin();
+                b
+            }
             Err(e @ (Errno::AGAIN | Errno::INTR)) => {
                 tracing::trace!(%peer, error = %e, "nothing to read yet");
+                // No request to come yet (the slow lane counts it once it has one).
+                permit.cancel();
                 if may_wait {
                     let waiting = Waiting::Plain {
                         sock,
@@ -753,6 +856,7 @@ impl Acceptor {
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed before sending a request");
+                permit.cancel();
                 return None;
             }
         };

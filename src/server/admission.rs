@@ -10,16 +10,20 @@
 //! whoever owns it: waiting for its first bytes ([`super::pending`]), in the slow lane,
 //! served inline, or parked as an idle FastCGI keep-alive connection.
 //!
-//! With `--max-requests`, accept also stops once the requests the worker may still
-//! serve are no more than the connections it has accepted and not yet served (each
-//! will be, never reset): else a worker under many concurrent connections accepted
-//! ahead and served up to about twice its limit. The worker then has taken every
-//! request it will serve, so it recycles at once (its successor accepts while it
-//! serves them): connections that send nothing would else keep it deaf until
-//! `--head-timeout` closed them.
+//! With `--max-requests`, a connection counts as a request to come from its first
+//! bytes (a FastCGI connection: each request's) until that request ends, and the
+//! worker begins no more of them than it may still serve: else a worker under many
+//! concurrent connections took them ahead and served up to about twice its limit.
+//! Once they are as many as the requests left, accept stops and the worker recycles
+//! at once (it has taken every request it will serve; its successor accepts while it
+//! serves them). A connection that has sent nothing yet, or an idle kept FastCGI
+//! connection, does not count: it is bounded by `--max-connections` and
+//! `--head-timeout` as any other, and neither keeps the worker deaf nor makes it
+//! recycle. One whose bytes come after the last request was taken is not read here:
+//! the recycling worker hands it to the workers that serve on.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,7 @@ use rustix::event::epoll;
 
 use super::listener::Listener;
 use super::wake::Wake;
+use crate::wsgi::Monitor;
 
 /// Descriptors kept out of the default for everything that is not a connection
 /// (listeners, epoll, eventfds, log files, Python's own imports).
@@ -84,32 +89,84 @@ pub struct Admission {
     state: Mutex<State>,
     epoll: Arc<OwnedFd>,
     listeners: Arc<Vec<Listener>>,
-    /// Connections accepted whose request (a FastCGI connection's first) has not
-    /// ended yet: each is a request to come.
-    unserved: AtomicUsize,
-    /// The requests the worker may still serve (`--max-requests`; `None`: no limit).
-    requests_left: OnceLock<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
+    /// Connections whose request has begun (its first bytes came) and not ended:
+    /// each is a request to come.
+    begun: AtomicUsize,
+    /// Requests counted in `begun` that have ended since the worker started.
+    ended: AtomicU64,
+    /// `--max-requests` (with its jitter): the requests left when serving began.
+    max_requests: OnceLock<u64>,
+    /// `--max-requests`: the monitor that says how many requests the worker may still
+    /// serve, and recycles it.
+    monitor: OnceLock<Arc<dyn Monitor>>,
     /// Accept stopped for `--max-requests` (read without the lock).
     limit_shut: AtomicBool,
-    /// Called once, the first time accept stops for `--max-requests`: recycles the
-    /// worker.
-    on_limit: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    limit_told: AtomicBool,
 }
 
 /// One open connection; dropped when its socket closes.
 pub struct Permit {
     admission: Arc<Admission>,
-    /// Counted in [`Admission`]'s `unserved` (until its first request ends).
-    unserved: AtomicBool,
+    /// Counted in [`Admission`]'s `begun` (from its request's first bytes to its end).
+    begun: AtomicBool,
 }
 
 impl Permit {
-    /// The connection's (first) request ended: it no longer counts as a request to
-    /// come against `--max-requests`. Later calls do nothing.
+    /// The connection's request has begun (its first bytes were read): it counts as a
+    /// request to come against `--max-requests` until it is served (or the connection
+    /// closes), room or not. Calls while it counts do nothing.
+    pub fn begin(&self) {
+        if !self.begun.swap(true, Ordering::AcqRel) {
+            self.admission.begun.fetch_add(1, Ordering::AcqRel);
+            self.admission.after_begin();
+        }
+    }
+
+    /// [`Permit::begin`] only while `--max-requests` leaves room for one more request
+    /// (checked and counted in one step: threads beginning at once cannot all take
+    /// the last place). False: not counted; the worker has taken its last request.
+    pub fn try_begin(&self) -> bool {
+        if self.begun.load(Ordering::Acquire) {
+            return true;
+        }
+        let a = &self.admission;
+        let counted = a
+            .begun
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                a.room_beside(b).then_some(b + 1)
+            })
+            .is_ok();
+        if counted {
+            self.begun.store(true, Ordering::Release);
+            a.after_begin();
+        } else {
+            // Accept stops and the worker recycles, even if the place was taken only
+            // by a request that has ended and not yet let go of its connection: the
+            // caller leaves this one to the workers that serve on.
+            a.sync(None, false);
+        }
+        counted
+    }
+
+    /// The connection's request ended: it no longer counts as one to come, but as one
+    /// taken (a kept FastCGI connection counts again from its next request). Calls
+    /// while it does not count do nothing.
     pub fn served(&self) {
-        if self.unserved.swap(false, Ordering::AcqRel) {
-            self.admission.unserved.fetch_sub(1, Ordering::AcqRel);
+        self.uncount(true);
+    }
+
+    /// Counted by [`Permit::try_begin`] at accept, the connection turned out to have
+    /// sent nothing yet: it no longer counts at all.
+    pub fn cancel(&self) {
+        self.uncount(false);
+    }
+
+    fn uncount(&self, ended: bool) {
+        if self.begun.swap(false, Ordering::AcqRel) {
+            let a = &self.admission;
+            a.end_one(ended);
+            if a.limit_shut.load(Ordering::Acquire) {
+                a.sync(None, false);
+            }
         }
     }
 }
@@ -117,8 +174,8 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let a = &self.admission;
-        if *self.unserved.get_mut() {
-            a.unserved.fetch_sub(1, Ordering::AcqRel);
+        if *self.begun.get_mut() {
+            a.end_one(true);
         }
         let before = a.open.fetch_sub(1, Ordering::AcqRel);
         if a.fd_paused.load(Ordering::Acquire) {
@@ -145,33 +202,59 @@ impl Admission {
             }),
             epoll,
             listeners,
-            unserved: AtomicUsize::new(0),
-            requests_left: OnceLock::new(),
+            begun: AtomicUsize::new(0),
+            ended: AtomicU64::new(0),
+            max_requests: OnceLock::new(),
+            monitor: OnceLock::new(),
             limit_shut: AtomicBool::new(false),
-            on_limit: OnceLock::new(),
-            limit_told: AtomicBool::new(false),
         })
     }
 
-    /// Accept stops while the worker has accepted as many connections it has not
-    /// served as `requests_left` says it may still serve (`--max-requests`); the
-    /// first time it does, `on_limit` is called (it recycles the worker: the
-    /// connections it holds may never send, and accept would stay stopped).
-    pub fn limit_by(
-        &self,
-        requests_left: impl Fn() -> Option<u64> + Send + Sync + 'static,
-        on_limit: impl Fn() + Send + Sync + 'static,
-    ) {
-        let _ = self.requests_left.set(Box::new(requests_left));
-        let _ = self.on_limit.set(Box::new(on_limit));
+    /// `--max-requests` (`monitor.requests_left()`): accept stops while as many
+    /// requests have begun and not ended as the worker may still serve, and each time
+    /// it stops `monitor.limit_taken()` recycles the worker.
+    /// Called before the worker serves (`requests_left()` is then the whole limit).
+    pub fn limit_by(&self, monitor: Arc<dyn Monitor>) {
+        if let Some(max) = monitor.requests_left() {
+            let _ = self.max_requests.set(max);
+        }
+        let _ = self.monitor.set(monitor);
     }
 
-    /// `--max-requests` leaves no room for one more connection.
-    fn limit_reached(&self) -> bool {
-        let Some(left) = self.requests_left.get().and_then(|f| f()) else {
-            return false;
+    /// Whether `--max-requests` leaves room for one more request beside `begun`:
+    /// fewer than the requests the monitor says are left, and than the limit less
+    /// the requests taken so far. The second covers a request whose connection has
+    /// let go of it before the monitor has counted it (WSGI counts it as its thread
+    /// waits for the next one): with the first alone, each thread let one more in.
+    fn room_beside(&self, begun: usize) -> bool {
+        let Some(left) = self.monitor.get().and_then(|m| m.requests_left()) else {
+            return true;
         };
-        self.unserved.load(Ordering::Acquire) as u64 >= left
+        let begun = begun as u64;
+        let taken = begun.saturating_add(self.ended.load(Ordering::Acquire));
+        begun < left && self.max_requests.get().is_none_or(|&max| taken < max)
+    }
+
+    /// `--max-requests` leaves no room for one more request.
+    fn limit_reached(&self) -> bool {
+        !self.room_beside(self.begun.load(Ordering::Acquire))
+    }
+
+    /// A counted request ended (`ended`), or turned out to be none.
+    fn end_one(&self, ended: bool) {
+        // Ended first: `begun + ended` never dips below the requests taken.
+        if ended {
+            self.ended.fetch_add(1, Ordering::AcqRel);
+        }
+        self.begun.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A request was counted: accept stops (and the worker recycles) if it took the
+    /// last place.
+    fn after_begin(&self) {
+        if self.limit_reached() {
+            self.sync(None, false);
+        }
     }
 
     /// Connections open now.
@@ -192,24 +275,24 @@ impl Admission {
     /// Counts a connection just accepted.
     pub fn admit(self: &Arc<Self>) -> Permit {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        self.unserved.fetch_add(1, Ordering::AcqRel);
-        if before + 1 >= self.max || self.limit_reached() {
+        if before + 1 >= self.max {
             self.sync(None, false);
         }
-        Permit {
-            admission: Arc::clone(self),
-            unserved: AtomicBool::new(true),
-        }
+        self.permit()
     }
 
-    /// A connection that was never counted (the stop drains the listen queues past
-    /// the limit: they are served once, then the process exits; an idle FastCGI
-    /// connection handed over by a leaving worker: no request to come yet).
+    /// A connection counted past `--max-connections` (the stop drains the listen
+    /// queues past it: they are served once, then the process exits; a connection
+    /// handed over by a leaving worker).
     pub fn admit_anyway(self: &Arc<Self>) -> Permit {
         self.open.fetch_add(1, Ordering::AcqRel);
+        self.permit()
+    }
+
+    fn permit(self: &Arc<Self>) -> Permit {
         Permit {
             admission: Arc::clone(self),
-            unserved: AtomicBool::new(false),
+            begun: AtomicBool::new(false),
         }
     }
 
@@ -268,18 +351,14 @@ impl Admission {
     /// lock from the values it reads then: the last call sees the last state, so the
     /// listeners can neither stay out while there is room nor in while there is none.
     fn sync(&self, pause: Option<Instant>, resume: bool) {
-        if self.sync_locked(pause, resume) && !self.limit_told.swap(true, Ordering::AcqRel) {
-            tracing::info!(
-                unserved = self.unserved.load(Ordering::Acquire),
-                "accept stopped: the connections accepted and not yet served are as many as --max-requests still allows; recycling"
-            );
-            if let Some(f) = self.on_limit.get() {
-                f();
+        if self.sync_locked(pause, resume) {
+            if let Some(m) = self.monitor.get() {
+                m.limit_taken();
             }
         }
     }
 
-    /// [`Admission::sync`] under the lock; true: accept is stopped for
+    /// [`Admission::sync`] under the lock; true: accept has just stopped for
     /// `--max-requests`.
     fn sync_locked(&self, pause: Option<Instant>, resume: bool) -> bool {
         let mut st = self.lock();
@@ -291,11 +370,12 @@ impl Admission {
             self.fd_paused.store(false, Ordering::Release);
         }
         let limited = self.limit_reached();
-        self.limit_shut.store(limited, Ordering::Release);
+        let was_shut = self.limit_shut.swap(limited, Ordering::AcqRel);
+        let shut_now = limited && !was_shut;
         let want =
             st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max && !limited;
         if want == st.armed {
-            return limited;
+            return shut_now;
         }
         let flags = if want {
             epoll::EventFlags::IN
@@ -313,8 +393,8 @@ impl Admission {
             tracing::debug!(open = self.open(), "accepting again");
         } else if limited {
             tracing::debug!(
-                unserved = self.unserved.load(Ordering::Acquire),
-                "not accepting: the connections accepted and not yet served are as many as --max-requests still allows"
+                begun = self.begun.load(Ordering::Acquire),
+                "not accepting: the requests begun and not yet served are as many as --max-requests still allows"
             );
         } else if st.fd_pause.is_none() {
             // Once a second at most: a flood crosses the limit at every close.
@@ -330,7 +410,7 @@ impl Admission {
                 );
             }
         }
-        limited
+        shut_now
     }
 }
 
@@ -515,36 +595,56 @@ mod tests {
         );
     }
 
+    /// `--max-requests` as the worker's monitor tells it: requests left, recycles.
+    #[derive(Default)]
+    struct Left {
+        left: AtomicUsize,
+        told: AtomicUsize,
+    }
+
+    impl Monitor for Left {
+        fn begin(&self, _: usize, _: &crate::codec::Head, _: crate::codec::Protocol) {}
+        fn end(&self, _: usize, _: Option<&crate::wsgi::Served>) {}
+        fn requests_left(&self) -> Option<u64> {
+            Some(self.left.load(Ordering::Acquire) as u64)
+        }
+        fn limit_taken(&self) {
+            self.told.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     #[test]
-    fn max_requests_stops_accept_at_as_many_unserved_connections_as_requests_left() {
+    fn max_requests_stops_accept_at_as_many_begun_requests_as_requests_left() {
         let (a, ep, _client) = setup(100);
-        let left = Arc::new(AtomicUsize::new(2));
-        let l = Arc::clone(&left);
-        let told = Arc::new(AtomicUsize::new(0));
-        let t = Arc::clone(&told);
-        a.limit_by(
-            move || Some(l.load(Ordering::Acquire) as u64),
-            move || {
-                t.fetch_add(1, Ordering::AcqRel);
-            },
-        );
-        let one = a.admit();
+        let m = Arc::new(Left::default());
+        m.left.store(2, Ordering::Release);
+        a.limit_by(Arc::clone(&m) as Arc<dyn Monitor>);
+        let told = || m.told.load(Ordering::Acquire);
+        // regression: idle connections forced recycles (F4b): connections that have
+        // sent nothing are no requests to come; accept goes on, nobody recycles.
+        let idle: Vec<Permit> = (0..10).map(|_| a.admit()).collect();
         assert!(a.room() && armed(&ep));
-        assert_eq!(told.load(Ordering::Acquire), 0);
-        let two = a.admit();
-        assert!(!a.room() && !armed(&ep), "two unserved, two left");
-        // regression: review-a (c45dd9f): connections that never send kept accept
-        // stopped until --head-timeout; the worker recycles once it stops (once).
-        assert_eq!(told.load(Ordering::Acquire), 1, "the worker recycles");
-        // A FastCGI connection's first request ends: one fewer left, one fewer unserved.
-        left.store(1, Ordering::Release);
-        two.served();
-        assert!(!a.room(), "still one unserved for one left");
-        // A connection that closes without a request makes room.
-        drop(one);
+        assert_eq!(told(), 0);
+        idle[0].begin();
+        assert!(idle[0].try_begin(), "counted already");
+        assert!(a.room() && armed(&ep), "one begun (twice), two left");
+        assert!(idle[1].try_begin());
+        assert!(!a.room() && !armed(&ep), "two begun, two left");
+        assert_eq!(told(), 1, "the worker recycles");
+        assert!(!idle[2].try_begin(), "no room for a third");
+        // Counted at accept, it had sent nothing yet: room again.
+        idle[1].cancel();
         assert!(a.room() && armed(&ep));
-        drop(two);
-        assert_eq!(told.load(Ordering::Acquire), 1, "told once");
+        assert!(idle[1].try_begin());
+        assert!(!a.room() && !armed(&ep));
+        assert_eq!(told(), 2, "told at each stop (the monitor recycles once)");
+        // A request ends and the monitor counts it: one fewer left, one fewer begun.
+        idle[1].served();
+        m.left.store(1, Ordering::Release);
+        assert!(!a.room(), "still one begun for one left");
+        // One that ends before the monitor has counted it still counts as taken.
+        drop(idle);
+        assert!(!a.room(), "two of two taken, whatever the monitor says yet");
     }
 
     // regression: with a soft open-files limit of 1,048,576 (or unlimited) the default

@@ -205,6 +205,8 @@ async fn serve<C: Conn>(
             }
         }
     };
+    // Its request has begun (--max-requests counts it from here).
+    permit.begin();
     let (span, request_id) = request_span(&head, &peer);
 
     if let Some(max) = limits.max_body {

@@ -154,12 +154,22 @@ pub fn run(
     let listeners = Arc::new(listeners);
     let epoll = Arc::new(acceptor::epoll_for(&queue, &listeners).map_err(ServerError::Runtime)?);
     let parking = fastcgi::Parking::new(Arc::clone(&epoll));
+    let monitor = settings.monitor.clone();
+    // With --max-requests every connection that has sent nothing waits here (bounded
+    // by --max-connections): only here does its request begin after a look at the
+    // room left; the slow lane would serve it past the limit.
+    let max_requests = monitor
+        .as_ref()
+        .is_some_and(|m| m.requests_left().is_some());
     let pending = pending::Pending::new(
         Arc::clone(&epoll),
         limits.head_timeout,
-        pending::MAX_WAITING,
+        if max_requests {
+            usize::MAX
+        } else {
+            pending::MAX_WAITING
+        },
     );
-    let monitor = settings.monitor.clone();
     // A worker under a master hands its idle FastCGI keep-alive connections to the
     // workers that serve on when it leaves (unless the whole server stops), and takes
     // those of workers that leave before it (fastcgi::handover).
@@ -209,13 +219,10 @@ pub fn run(
         limits,
         pending,
     });
-    // --max-requests: accept no more connections than the worker will still serve;
-    // once it stops, the worker has taken all it will serve: it recycles then.
+    // --max-requests: begin no more requests than the worker will still serve; once
+    // accept stops for it, the worker has taken all it will serve: it recycles then.
     if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {
-        let recycle = m.clone();
-        acceptor
-            .admission
-            .limit_by(move || m.requests_left(), move || recycle.limit_taken());
+        acceptor.admission.limit_by(m);
     }
     // The --head-timeout of new connections waiting for their first bytes, and the
     // taking of handed-over FastCGI connections, never wait for a free Python thread
@@ -268,25 +275,27 @@ pub fn run(
         let deadline = Instant::now() + graceful;
         pool.stopping(deadline);
         queue.stop_accepting();
-        // Connections that had sent nothing yet go to the slow lane, which treats
-        // them as it treats one that sends nothing at accept (served, or closed when
-        // the whole server stops), before the listen queues are drained into it.
-        let waiting = acceptor.stop_waiting();
-        if waiting > 0 {
-            tracing::debug!(waiting, "new connections that sent nothing yet: to the slow lane");
-        }
-        if let Some(m) = &monitor {
-            m.stopping();
-        }
-        // This worker takes no more handed-over connections; its own idle FastCGI
-        // keep-alive connections go to the workers that serve on (busy ones once
-        // their request has ended), or close when the whole server stops.
+        // This worker takes no more handed-over connections (first: one taken after
+        // the waiting ones left would be served here, past --max-requests); its own
+        // idle FastCGI keep-alive connections go to the workers that serve on (busy
+        // ones once their request has ended), or close when the whole server stops.
         if let Some(channel) = handover {
             let _ = rustix::event::epoll::delete(&*epoll, channel.receiver());
         }
         adopt_stop.cancel();
         if let Some(task) = adopter.take() {
             let _ = task.await;
+        }
+        // Connections that had sent nothing yet go to the workers that serve on, or
+        // when none does to the slow lane, which treats them as it treats one that
+        // sends nothing at accept (served, or closed when the whole server stops),
+        // before the listen queues are drained into it.
+        let waiting = acceptor.stop_waiting();
+        if waiting > 0 {
+            tracing::debug!(waiting, "new connections that sent nothing yet: handed over or to the slow lane");
+        }
+        if let Some(m) = &monitor {
+            m.stopping();
         }
         // First: a lane task started below must see the stop from its first look, or
         // it would park its idle connection, and a parking that is closed for good

@@ -23,7 +23,8 @@ use super::admission::Permit;
 use super::fastcgi::FcgiConn;
 use super::wake::Wake;
 
-/// Most connections waiting here per process; more go to the slow lane.
+/// Most connections waiting here per process (without `--max-requests`, which bounds
+/// them by `--max-connections` only); more go to the slow lane.
 pub const MAX_WAITING: usize = 1024;
 
 /// A connection waiting for its first bytes.
@@ -123,6 +124,19 @@ impl Pending {
         let e = st.conns.remove(&key);
         self.len.store(st.conns.len(), Ordering::Relaxed);
         e
+    }
+
+    /// Lists again a connection just taken (its key, its deadline), left unread: its
+    /// one-shot event is spent, so nothing wakes for it until the stop or its
+    /// timeout takes it. Gives it back when stopping.
+    pub fn put_back(&self, key: u64, e: Entry) -> Result<(), Entry> {
+        let mut st = self.state();
+        if !st.open {
+            return Err(e);
+        }
+        st.conns.insert(key, e);
+        self.len.store(st.conns.len(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// How long the epoll may wait before the oldest waiting connection's timeout;

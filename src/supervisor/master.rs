@@ -175,14 +175,10 @@ pub fn run(
         "master started; starting workers"
     );
     // Before the first fork, so that every worker inherits it: the channel on which a
-    // leaving worker hands its idle FastCGI keep-alive connections to the others.
-    if listeners
-        .iter()
-        .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
-    {
-        if let Err(e) = crate::server::fastcgi::handover::Channel::create() {
-            tracing::warn!(error = %e, "cannot create the FastCGI hand-over channel; idle keep-alive connections close at reloads");
-        }
+    // leaving worker hands its idle FastCGI keep-alive connections, and new
+    // connections that sent nothing yet (any protocol), to the others.
+    if let Err(e) = crate::server::fastcgi::handover::Channel::create() {
+        tracing::warn!(error = %e, "cannot create the hand-over channel; idle keep-alive FastCGI connections close at reloads, and a leaving worker keeps new connections that sent nothing until --head-timeout");
     }
     // The stats helper first, so it inherits no worker's pipe.
     m.spawn_stats()?;

@@ -6,7 +6,9 @@
 //! instant, and a POST sent on it is not retried (a 502). So a worker that is replaced
 //! (reload, recycling, scale-down, `--max-lifetime`) does not close them: it passes each
 //! one, once idle, to the workers that go on serving, which wait on it as on their own.
-//! The connection never closes, and the front server never notices.
+//! The connection never closes, and the front server never notices. New connections
+//! (any protocol) that have sent nothing yet, or whose first bytes came after a
+//! `--max-requests` worker took its last request, travel the same way, unread.
 //!
 //! The master makes one `SOCK_SEQPACKET` socket pair before it forks the first worker
 //! (when a listener speaks FastCGI); every worker inherits both ends. A leaving worker

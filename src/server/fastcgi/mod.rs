@@ -313,6 +313,12 @@ impl AsFd for FcgiConn {
 }
 
 impl FcgiConn {
+    /// What counts the connection (`--max-connections`) and its request under way
+    /// (`--max-requests`).
+    pub fn permit(&self) -> Option<&crate::server::admission::Permit> {
+        self._permit.as_ref()
+    }
+
     /// A connection just accepted, held by the accepting thread.
     pub fn new(
         sock: socket2::Socket,
