@@ -2173,6 +2173,21 @@ impl Exchange {
         if !me.writing {
             return Ok(());
         }
+        if me.last_progress.elapsed() >= timeout {
+            // The socket is tried once before the front server is called idle: after
+            // the whole process was stopped (SIGSTOP, a frozen cgroup, a paused VM, a
+            // debugger) the loop can run this timer before it has seen the room the
+            // front server made meanwhile (the stop interrupts the loop's wait, which
+            // then returns no events once its deadline has passed).
+            drop(me);
+            if !Self::flush(slf)? {
+                return Ok(());
+            }
+            me = slf.borrow_mut();
+            if !me.writing || me.sink.is_none() || me.write_timer.is_some() {
+                return Ok(());
+            }
+        }
         let idle = me.last_progress.elapsed();
         if idle < timeout {
             let lio = me.lio(py)?;
