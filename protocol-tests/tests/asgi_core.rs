@@ -25,8 +25,12 @@ import asyncio, os, sys, hashlib
 DIR = os.environ["ASGI_TEST_DIR"]
 
 def mark(name, text=""):
-    with open(os.path.join(DIR, name), "a") as f:
+    # The whole text or no file: the tests read it as soon as the file exists (an
+    # open() then write() can be seen empty in between under load).
+    path = os.path.join(DIR, name)
+    with open(path + ".part", "w") as f:
         f.write(text)
+    os.replace(path + ".part", path)
 
 async def read_all(receive):
     msgs = []
