@@ -50,17 +50,7 @@ const QUICK_LAST: usize = 16 * 1024;
 fn has_room(fd: Option<RawFd>) -> bool {
     let Some(fd) = fd else { return false };
     // SAFETY: the fd is the sink's socket, open while the sink is (held by the caller).
-    let b = unsafe { BorrowedFd::borrow_raw(fd) };
-    let mut fds = [rustix::event::PollFd::new(
-        &b,
-        rustix::event::PollFlags::OUT,
-    )];
-    let zero = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
-        && fds[0].revents().contains(rustix::event::PollFlags::OUT)
+    crate::room::has_room(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// A request body read on an executor thread goes to the app in chunks this large.
