@@ -1480,3 +1480,58 @@ fn a_stop_that_lets_the_request_finish_exits_0() {
     let status = p.wait_exit(20).expect("the master exits");
     assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
 }
+
+// regression: requests reset at a stop that came while a recycled worker's successor
+// booted: the connections whose requests came after the recycled worker's last one
+// was taken wait unread in the hand-over channel for the serving workers, and nobody
+// took them at a whole-server stop (the kernel reset them when the master exited).
+#[test]
+fn a_stop_while_a_recycled_workers_successor_boots_serves_what_it_handed_over() {
+    let dir = tempdir();
+    let app = dir.path().join("slow_boot.py");
+    std::fs::write(
+        &app,
+        "import os, time\nif os.path.exists(os.path.join(os.path.dirname(__file__), 'booted')):\n    time.sleep(2)\nopen(os.path.join(os.path.dirname(__file__), 'booted'), 'w').close()\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'hello']\n",
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--threads", "4", "--max-requests", "10"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let conns: Vec<_> = (0..30)
+        .map(|_| {
+            let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let clients: Vec<_> = conns
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                s.write_all(&uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/"),
+                ]))
+                .unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                parse_http(&out).map(|r| r.status)
+            })
+        })
+        .collect();
+    // The worker serves 10, recycles, and its successor takes 2 s to import the app.
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGTERM);
+    let answered: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        answered.iter().all(|s| *s == Some(200)),
+        "{answered:?}\n{}",
+        p.logs()
+    );
+    assert!(p.wait_exit(20).is_some(), "{}", p.logs());
+}

@@ -323,6 +323,16 @@ pub fn run(
                 }
             }
             let mut queued = acceptor.drain_backlog();
+            // What waits in the hand-over channel (connections a recycled worker
+            // handed on, their request possibly sent and unread) is served here too:
+            // the worker it was meant for may be stopping as well (a successor still
+            // booting), and the channel closes with the master.
+            // regression: requests reset at a stop during a recycled worker's
+            // successor's boot (review-f4b).
+            let handed = acceptor.adopt_all();
+            if handed > 0 {
+                tracing::info!(handed, "serving connections handed over by a recycled worker");
+            }
             // A handshake under way as the filter went on still completes into the
             // queue (TCP_DEFER_ACCEPT: once its request arrives); give it a few round
             // trips before the listeners close and would reset it.
