@@ -105,3 +105,52 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"plain"})
 "#;
+
+const REPLACED_TASK: &str = r#"
+import asyncio, os
+_C = asyncio.Task
+HOOKED = []
+if os.environ["TASK_MODE"] == "function":
+    def Task(coro, *, loop=None, name=None, context=None):
+        HOOKED.append(1)
+        return _C(coro, loop=loop, name=name, context=context)
+    asyncio.Task = Task
+else:
+    class Meta(type(_C)):
+        def __call__(cls, *a, **kw):
+            HOOKED.append(1)
+            return _C(*a, **kw)
+    class Traced(_C, metaclass=Meta):
+        pass
+    asyncio.Task = Traced
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = ("%s %d" % (type(asyncio.current_task()).__name__, len(HOOKED))).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"#;
+
+// regression: an app (or instrumentation) that replaced asyncio.Task with a factory
+// function killed the event loop at start (the worker said ready and never answered),
+// and a class whose metaclass hooks construction was no longer called.
+#[test]
+fn an_asyncio_task_replaced_by_the_app_is_called_for_each_request() {
+    for mode in ["function", "metaclass"] {
+        let dir = tempdir();
+        let p = Spawn::asgi_tcp(dir.path(), "replaced_task_app", REPLACED_TASK)
+            .env("TASK_MODE", mode)
+            .start();
+        let (status, first) = p.get("/");
+        assert_eq!(status, 200, "{mode}: {}", p.logs());
+        let (_, second) = p.get("/");
+        let (first, second) = (
+            String::from_utf8(first).unwrap(),
+            String::from_utf8(second).unwrap(),
+        );
+        assert!(first.starts_with("Task "), "{mode}: {first}");
+        let n = |s: &str| s.split(' ').nth(1).unwrap().parse::<u32>().unwrap();
+        assert!(n(&second) > n(&first), "{mode}: {first} then {second}");
+    }
+}

@@ -70,7 +70,7 @@ pub fn start(
                     };
                 let _ = tx.send(Ok(()));
                 let stop = &stopping;
-                if let Err(e) = serve(
+                let failed = serve(
                     py,
                     &event_loop,
                     app,
@@ -79,9 +79,11 @@ pub fn start(
                     source,
                     &lifespan,
                     stop,
-                ) {
-                    tracing::error!(detail = %traceback(py, &e), "the ASGI event loop failed");
-                }
+                )
+                .map_err(|e| {
+                    tracing::error!(detail = %traceback(py, &e), "the ASGI event loop failed; this process exits (a worker is replaced by the master)");
+                })
+                .is_err();
                 // The order of asyncio.run() and uvicorn: the requests are over (or cut
                 // off), lifespan shutdown, then what the app left running.
                 stop.after_serving(&event_loop, asgi.lifespan_timeout);
@@ -92,6 +94,14 @@ pub fn start(
                     tracing::debug!(jobs = left, "writes still on the I/O threads when the event loop stopped; their requests were cut off");
                 }
                 let _ = event_loop.call_method0(intern!(py, "close"));
+                if failed {
+                    // Without its loop the process would go on accepting connections
+                    // that nothing answers.
+                    // regression: a loop that failed left a worker "ready" that hung
+                    // every request (review-asgi).
+                    crate::logging::finish();
+                    std::process::exit(1);
+                }
             })
         })
         .map_err(AsgiError::Thread)?;
@@ -643,8 +653,12 @@ impl Driver {
 /// and a call with keywords makes a keyword dict per call (3.11's `Task` has no
 /// vectorcall: `_PyStack_AsDict`, about 0.7k instructions with its teardown).
 struct Spawn {
-    /// `asyncio.Task` (the C `_asyncio.Task`).
-    task: Py<PyType>,
+    /// `asyncio.Task`: the C `_asyncio.Task` unless something replaced it.
+    task: Py<PyAny>,
+    /// `task` is the C `_asyncio.Task` itself, whose slots are called directly. A
+    /// replacement (a factory function, a subclass, a class whose metaclass hooks
+    /// construction: instrumentation does this) is called as Python calls it.
+    c_task: bool,
     get_task_factory: Py<PyAny>,
     create_task: Py<PyAny>,
     /// `{"loop": loop, "name": TASK_NAME}`, never handed to Python code: `Task`'s
@@ -657,12 +671,14 @@ impl Spawn {
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "loop"), event_loop)?;
         kwargs.set_item(intern!(py, "name"), PyString::intern(py, TASK_NAME))?;
+        let task = py.import("asyncio")?.getattr("Task")?;
+        let c_task = py
+            .import("_asyncio")
+            .and_then(|m| m.getattr("Task"))
+            .is_ok_and(|c| c.is(&task) && task.is_exact_instance_of::<PyType>());
         Ok(Spawn {
-            task: py
-                .import("asyncio")?
-                .getattr("Task")?
-                .cast_into::<PyType>()?
-                .unbind(),
+            task: task.unbind(),
+            c_task,
             get_task_factory: event_loop.getattr("get_task_factory")?.unbind(),
             create_task: event_loop.getattr("create_task")?.unbind(),
             kwargs: kwargs.unbind(),
@@ -675,9 +691,17 @@ impl Spawn {
             self.create_task.bind(py).call1((coro,))?;
             return Ok(());
         }
-        let tp = self.task.bind(py).as_type_ptr();
         let args = PyTuple::new(py, [coro])?;
         let kwargs = self.kwargs.bind(py);
+        let task = self.task.bind(py);
+        let tp = match task.cast::<PyType>() {
+            Ok(t) if self.c_task => t.as_type_ptr(),
+            _ => {
+                // A copy: the kept dict is never handed to Python code.
+                task.call(args, Some(&kwargs.copy()?))?;
+                return Ok(());
+            }
+        };
         // SAFETY: with the GIL held. `tp` is `asyncio.Task`, a static C type (not
         // abi3: its slots are read directly); `tp_new` returns a new reference or NULL
         // with an exception, `tp_init` 0 or -1 with an exception, as `type.__call__`
@@ -685,7 +709,7 @@ impl Spawn {
         // always returns a Task, so `tp_init` always runs, as there).
         unsafe {
             let (Some(new), Some(init)) = ((*tp).tp_new, (*tp).tp_init) else {
-                self.task.bind(py).call(args, Some(kwargs))?;
+                task.call(args, Some(kwargs))?;
                 return Ok(());
             };
             let task = Bound::from_owned_ptr_or_err(py, new(tp, args.as_ptr(), kwargs.as_ptr()))?;
