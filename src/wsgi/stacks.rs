@@ -7,13 +7,13 @@
 //! it was not in the log at all, in JSON logs it was raw text between JSON lines, and
 //! a log line of another process could land in the middle of a frame.
 //!
-//! So faulthandler writes into a pipe, and after the dump a handler of ours (chained
-//! after faulthandler's) writes a NUL byte, which never occurs in a dump: a thread of
+//! So faulthandler writes into a pipe, and after the dump our SIGUSR2 handler (which
+//! calls faulthandler's, see [`on_usr2`]) writes a NUL byte, which never occurs in a dump: a thread of
 //! ours ("postern-stacks", no Python, no GIL) reads the pipe and logs everything up to
 //! each NUL as one `warn` event, through `tracing`, to wherever postern's log goes.
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use pyo3::prelude::*;
@@ -44,7 +44,24 @@ pub fn after_dump(f: Box<dyn Fn() + Send + Sync>) {
     let _ = AFTER_DUMP.set(f);
 }
 
-extern "C" fn dump_end(_sig: libc::c_int) {
+/// faulthandler's own SIGUSR2 handler (a plain `sa_handler`), which [`on_usr2`] calls.
+static FAULTHANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// faulthandler's dump, then the NUL that ends it. Installed over faulthandler's
+/// handler rather than chained under it: faulthandler's `chain=True` drops
+/// `SA_RESTART` (a system call the signal interrupts fails with EINTR) and sets
+/// `SA_NODEFER`, so a second SIGUSR2 during a dump (several requests past
+/// `--slow-log` at once) ran nested: faulthandler's guard dumped nothing, but the
+/// chained NUL cut the first dump's event in two. Here SIGUSR2 waits while a dump
+/// runs, then makes its own whole one.
+extern "C" fn on_usr2(sig: libc::c_int) {
+    let dump = FAULTHANDLER.load(Ordering::Relaxed);
+    if dump != 0 {
+        // SAFETY: the value is faulthandler's `sa_handler`, read from sigaction(2)
+        // before this handler replaced it; calling it is what the kernel would do.
+        let dump: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(dump) };
+        dump(sig);
+    }
     let fd = DUMP_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: write(2) and errno access are async-signal-safe; errno is restored
@@ -72,27 +89,39 @@ pub fn enable() -> Result<(), WsgiError> {
         .map_err(|e| init(e.to_string()))?;
     let fd = write.into_raw_fd();
     DUMP_FD.store(fd, Ordering::Relaxed);
-    // Ours first, then faulthandler's over it, which calls ours after each dump.
-    // libc: rustix sets signal handlers only in its experimental runtime module.
-    // SAFETY: the handler only loads an atomic and calls write(2).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = dump_end as extern "C" fn(libc::c_int) as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
-    }
     Python::attach(|py| -> PyResult<()> {
         let usr2 = py.import("signal")?.getattr("SIGUSR2")?;
         let kw = pyo3::types::PyDict::new(py);
         kw.set_item("file", fd)?;
         kw.set_item("all_threads", true)?;
-        kw.set_item("chain", true)?;
+        kw.set_item("chain", false)?;
         py.import("faulthandler")?
             .call_method("register", (usr2,), Some(&kw))?;
         Ok(())
     })
-    .map_err(|e| init(e.to_string()))
+    .map_err(|e| init(e.to_string()))?;
+    // faulthandler's handler, then ours in its place (see on_usr2), with its flags
+    // (SA_RESTART; SIGUSR2 itself blocked while the handler runs).
+    // libc: rustix sets signal handlers only in its experimental runtime module.
+    // SAFETY: sigaction(2) with valid structs; the handler only calls faulthandler's
+    // (async-signal-safe by design) and write(2).
+    unsafe {
+        let mut theirs: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut theirs) != 0
+            || theirs.sa_flags & libc::SA_SIGINFO != 0
+            || theirs.sa_sigaction == libc::SIG_DFL
+            || theirs.sa_sigaction == libc::SIG_IGN
+        {
+            return Err(init("faulthandler installed no SIGUSR2 handler".into()));
+        }
+        FAULTHANDLER.store(theirs.sa_sigaction, Ordering::Relaxed);
+        let mut ours = theirs;
+        ours.sa_sigaction = on_usr2 as extern "C" fn(libc::c_int) as *const () as usize;
+        ours.sa_flags = (theirs.sa_flags | libc::SA_RESTART) & !libc::SA_NODEFER;
+        libc::sigemptyset(&mut ours.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &ours, std::ptr::null_mut());
+    }
+    Ok(())
 }
 
 /// The reader thread: one log event per dump (up to each NUL).
