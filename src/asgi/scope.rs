@@ -1044,6 +1044,30 @@ mod tests {
         });
     }
 
+    /// A scope made from an earlier one (`got`) is the one built key by key (`fresh`):
+    /// equal, with the same keys in the same order; or both refused alike.
+    fn same_scope(
+        got: Result<Bound<'_, PyDict>, ScopeRefusal>,
+        fresh: Result<Bound<'_, PyDict>, ScopeRefusal>,
+    ) -> Result<(), TestCaseError> {
+        match (got, fresh) {
+            (Ok(a), Ok(b)) => {
+                prop_assert!(
+                    a.eq(&b).unwrap(),
+                    "{} != {}",
+                    a.repr().unwrap(),
+                    b.repr().unwrap()
+                );
+                let (ka, kb): (Vec<String>, Vec<String>) =
+                    (a.keys().extract().unwrap(), b.keys().extract().unwrap());
+                prop_assert_eq!(ka, kb);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
+        }
+        Ok(())
+    }
+
     /// The variables nginx sends, each with one of two or three values, so that two
     /// requests share some values and differ in others.
     fn usual_vars() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
@@ -1100,17 +1124,7 @@ mod tests {
                 ];
                 for (got, pairs) in refilled.into_iter().zip([&second, &first]) {
                     LAST_SCOPE.with(|last| last.borrow_mut().take());
-                    let fresh = build(py, &as_head(pairs), &l, &mounts, st);
-                    match (got, fresh) {
-                        (Ok(a), Ok(b)) => {
-                            prop_assert!(a.eq(&b).unwrap(), "{} != {}", a.repr().unwrap(), b.repr().unwrap());
-                            let (ka, kb): (Vec<String>, Vec<String>) =
-                                (a.keys().extract().unwrap(), b.keys().extract().unwrap());
-                            prop_assert_eq!(ka, kb);
-                        }
-                        (Err(a), Err(b)) => prop_assert_eq!(a, b),
-                        (a, b) => prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
-                    }
+                    same_scope(got, build(py, &as_head(pairs), &l, &mounts, st))?;
                 }
                 Ok(())
             })?;
@@ -1169,18 +1183,8 @@ mod tests {
                     prop_assert!(!repeated, "a different request taken for a repeat");
                 }
                 LAST_SCOPE.with(|last| last.borrow_mut().take());
-                let fresh = build(py, &as_head(&second), &l, &mounts, st);
-                match (got, fresh) {
-                    (Ok(a), Ok(b)) => {
-                        prop_assert!(a.eq(&b).unwrap(), "{} != {}", a.repr().unwrap(), b.repr().unwrap());
-                        let (ka, kb): (Vec<String>, Vec<String>) =
-                            (a.keys().extract().unwrap(), b.keys().extract().unwrap());
-                        prop_assert_eq!(ka, kb);
-                    }
-                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
-                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
-                }
-                Ok(())
+                same_scope(got, build(py, &as_head(&second), &l, &mounts, st))
+
             })?;
         }
 

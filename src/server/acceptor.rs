@@ -500,32 +500,26 @@ impl Acceptor {
             l.label.clone()
         };
         let permit = self.admission.admit_anyway();
-        let Some(age) = a.fresh_for else {
-            let conn = FcgiConn::new(
-                a.sock,
+        let fcgi_conn = |sock, peer, permit| {
+            FcgiConn::new(
+                sock,
                 peer,
                 l.tcp,
                 a.listener,
                 self.limits.read_timeout,
                 &self.parking,
                 Some(permit),
-            );
-            return self.parking.park(conn, false);
+            )
+        };
+        let Some(age) = a.fresh_for else {
+            return self.parking.park(fcgi_conn(a.sock, peer, permit), false);
         };
         let now = Instant::now();
         let started = now.checked_sub(age).unwrap_or(now);
         // Waits in the epoll, not read here: bytes that came meanwhile fire its event
         // at once, and that one begins its request only if --max-requests leaves room.
         let waiting = if fcgi {
-            Waiting::Fcgi(FcgiConn::new(
-                a.sock,
-                peer,
-                l.tcp,
-                a.listener,
-                self.limits.read_timeout,
-                &self.parking,
-                Some(permit),
-            ))
+            Waiting::Fcgi(fcgi_conn(a.sock, peer, permit))
         } else {
             Waiting::Plain {
                 sock: a.sock,
