@@ -1044,6 +1044,23 @@ mod tests {
         });
     }
 
+    /// A test request's variables as owned pairs: the usual ones, then the others.
+    fn owned_vars(
+        (usual, other): &(Vec<(&'static str, &'static str)>, Pairs),
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        usual
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .chain(other.iter().map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect()
+    }
+
+    /// [`head`] of owned pairs.
+    fn as_head(pairs: &[(Vec<u8>, Vec<u8>)]) -> Head {
+        let b: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        head(&b)
+    }
+
     /// A scope made from an earlier one (`got`) is the one built key by key (`fresh`):
     /// equal, with the same keys in the same order; or both refused alike.
     fn same_scope(
@@ -1100,15 +1117,7 @@ mod tests {
             state in any::<bool>()
         ) {
             python();
-            let borrow = |(usual, p): &(Vec<(&'static str, &'static str)>, Pairs)| -> Vec<(Vec<u8>, Vec<u8>)> {
-                usual.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                    .chain(p.iter().map(|(k, v)| (k.to_vec(), v.to_vec()))).collect()
-            };
-            let (first, second) = (borrow(&first), borrow(&second));
-            let as_head = |p: &[(Vec<u8>, Vec<u8>)]| {
-                let b: Vec<(&[u8], &[u8])> = p.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                head(&b)
-            };
+            let (first, second) = (owned_vars(&first), owned_vars(&second));
             let l = listener(Protocol::Uwsgi);
             let mounts = [b"/app".to_vec()];
             Python::attach(|py| -> Result<(), TestCaseError> {
@@ -1142,10 +1151,7 @@ mod tests {
             state in any::<bool>()
         ) {
             python();
-            let (usual, p) = &first;
-            let first: Vec<(Vec<u8>, Vec<u8>)> = usual.iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .chain(p.iter().map(|(k, v)| (k.to_vec(), v.to_vec()))).collect();
+            let first = owned_vars(&first);
             let ports = first.iter().filter(|(k, _)| k == b"REMOTE_PORT").count();
             let old = first.iter().find(|(k, _)| k == b"REMOTE_PORT").map(|(_, v)| v.clone());
             let mut second = first.clone();
@@ -1158,10 +1164,6 @@ mod tests {
                 // One more byte anywhere else: never the previous scope.
                 second.push((b"HTTP_X_OTHER".to_vec(), b"1".to_vec()));
             }
-            let as_head = |p: &[(Vec<u8>, Vec<u8>)]| {
-                let b: Vec<(&[u8], &[u8])> = p.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                head(&b)
-            };
             let l = listener(Protocol::Uwsgi);
             let mounts = [b"/app".to_vec()];
             Python::attach(|py| -> Result<(), TestCaseError> {

@@ -565,19 +565,13 @@ impl Acceptor {
         match conn {
             Waiting::Fcgi(conn) => self.parking.park_from_lane(conn, Some(started)),
             Waiting::Plain {
-                sock,
-                peer,
+                ref sock,
+                ref peer,
                 listener,
-                permit,
+                ..
             } => {
                 if let Err(err) = ch.send(sock.as_fd(), listener, Some(started.elapsed())) {
                     tracing::warn!(%peer, error = %err, "cannot hand a new connection over to the serving workers; it waits here");
-                    let conn = Waiting::Plain {
-                        sock,
-                        peer,
-                        listener,
-                        permit,
-                    };
                     self.to_lane(pending::Entry { conn, started });
                 }
             }
