@@ -22,6 +22,8 @@
 //!           request ids
 //! users     the user/group database (NSS, through libc): --uid, --socket-owner, %U
 //! room      whether a pipe or socket can take bytes now (poll POLLOUT, no wait)
+//! stop      what asks the process to stop (SIGTERM/SIGINT counted by one handler,
+//!           a worker's own recycling) and the server's wait for it
 //! client/   `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style;
 //!           `postern bench`: the same request in a loop on N connections (load test)
 //! ```
@@ -39,6 +41,7 @@ pub mod proto;
 pub mod room;
 pub mod server;
 pub mod stats;
+pub mod stop;
 pub mod supervisor;
 pub mod users;
 pub mod uwsgi_ini;

@@ -259,19 +259,24 @@ pub fn run(
     };
 
     let finished = runtime.block_on(async {
-        let Some(mut signals) = Signals::new(single) else {
-            tracing::error!("cannot install signal handlers; stop postern with SIGKILL");
-            return std::future::pending().await;
+        // The handler counts from here in a single process; a worker's has counted
+        // since its fork (a stop while it booted is acted on now).
+        let waiter = crate::stop::install(single).and_then(|()| crate::stop::Waiter::new());
+        let mut stops = match waiter {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers; stop postern with SIGKILL");
+                return std::future::pending().await;
+            }
         };
         // SIGTERM must reach this thread's handler now, whatever mask the process
-        // started with (a worker forked from the master, whose mask blocks it).
+        // started with.
         unblock_sigterm();
-        // Ready is announced only once a signal can be taken: a SIGTERM/SIGHUP sent
-        // right after "ready" must find the handlers in place (regression: a SIGHUP
-        // sent just after "ready" to a single process was lost under SIG_IGN).
+        // Ready only once the handlers are in place (regression: a SIGHUP sent just
+        // after "ready" to a single process was lost under SIG_IGN).
         on_ready();
-        let name = signals.next().await;
-        tracing::info!(signal = name, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+        let why = stops.first().await;
+        tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         let deadline = Instant::now() + graceful;
         pool.stopping(deadline);
         queue.stop_accepting();
@@ -363,7 +368,7 @@ pub fn run(
         };
         tokio::select! {
             finished = drain => finished,
-            name = signals.next() => {
+            name = stops.second() => {
                 tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
                 false
             }
@@ -470,56 +475,6 @@ fn unblock_sigterm() {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
-    }
-}
-
-/// SIGTERM and (for a single process) SIGINT, as a stream of their names. A worker
-/// leaves SIGINT ignored: the master turns a terminal's Ctrl-C into one stop.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: Option<tokio::signal::unix::Signal>,
-    hup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new(with_int: bool) -> Option<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Some(Signals {
-            term: signal(SignalKind::terminate()).ok()?,
-            int: if with_int {
-                Some(signal(SignalKind::interrupt()).ok()?)
-            } else {
-                None
-            },
-            // A single process has no reload; SIGHUP must not kill it either.
-            hup: if with_int {
-                Some(signal(SignalKind::hangup()).ok()?)
-            } else {
-                None
-            },
-        })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        match (&mut self.int, &mut self.hup) {
-            (Some(int), Some(hup)) => loop {
-                tokio::select! {
-                    _ = self.term.recv() => return "SIGTERM",
-                    _ = int.recv() => return "SIGINT",
-                    _ = hup.recv() => tracing::warn!(
-                        "SIGHUP ignored: reloading needs the master (--master or --workers 2+)"
-                    ),
-                }
-            },
-            (Some(int), None) => tokio::select! {
-                _ = self.term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            (None, _) => {
-                self.term.recv().await;
-                "SIGTERM"
-            }
-        }
     }
 }
 

@@ -787,15 +787,16 @@ impl Master {
         // A terminal's Ctrl-C reaches the whole process group: the master turns it
         // into one graceful stop, so its children ignore SIGINT.
         signals::ignore(libc::SIGINT);
-        let _ = self.mask.unblock();
         if worker {
-            // A worker holds a SIGTERM until it serves (announce_ready passes it on
-            // once the server's handler is in place): stopped while it boots, it must
-            // still serve the listen queue of a stopping server, not die with it.
-            if let Err(e) = signals::hold_term() {
-                tracing::warn!(error = %e, "cannot hold a SIGTERM while this worker boots");
+            // A worker counts a SIGTERM from now on and acts on it once it serves
+            // (crate::stop): stopped while it boots, it must still serve the listen
+            // queue of a stopping server, not die with it. Before the unblocking
+            // below, which delivers a SIGTERM the master sent since the fork.
+            if let Err(e) = crate::stop::install(false) {
+                tracing::warn!(error = %e, "cannot install the SIGTERM handler; a SIGTERM while this worker boots kills it");
             }
         }
+        let _ = self.mask.unblock();
         self.sfd = None;
         self.touch = None;
         for w in self.workers.drain(..) {

@@ -7,7 +7,6 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The signals the master handles (see the table in the module doc of `supervisor`).
 pub const HANDLED: [i32; 8] = [
@@ -89,46 +88,6 @@ impl AsFd for SignalFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
-}
-
-/// A SIGTERM that reached a worker before its server took the signal over.
-static TERM_WHILE_BOOTING: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn note_term(_: libc::c_int) {
-    // The server's handler (signal-hook) calls the one it replaced after its own: a
-    // SIGTERM that reached it is taken already. sigaction is async-signal-safe.
-    let mut now = MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: reads the current action into a zeroed struct.
-    let ours = unsafe { libc::sigaction(libc::SIGTERM, std::ptr::null(), now.as_mut_ptr()) } == 0
-        // SAFETY: sigaction filled it (or it is still zeroed).
-        && unsafe { now.assume_init() }.sa_sigaction == note_term as *const () as usize;
-    if ours {
-        TERM_WHILE_BOOTING.store(true, Ordering::SeqCst);
-    }
-}
-
-/// In a worker just forked: a SIGTERM before the server serves is noted, not acted on
-/// (see [`take_held_term`]). A handler, not a blocked mask: every thread the worker
-/// starts would inherit the mask, and every process the app starts from them (a
-/// `subprocess` child that SIGTERM cannot stop); a handler is reset by exec.
-pub fn hold_term() -> io::Result<()> {
-    // SAFETY: a zeroed sigaction with an empty mask and a handler that only reads the
-    // current action and stores to an atomic.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = note_term as *const () as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Whether a SIGTERM came while the worker booted (once: the note is cleared).
-pub fn take_held_term() -> bool {
-    TERM_WHILE_BOOTING.swap(false, Ordering::SeqCst)
 }
 
 /// Sets `signal` to be ignored (in a child the master has just forked, before any

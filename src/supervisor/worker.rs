@@ -15,13 +15,9 @@ pub(super) const READY: u8 = b'R';
 /// replacement while it drains.
 pub(super) const RECYCLING: u8 = b'S';
 
-/// Tells the master this worker serves (one byte on its status pipe). The server's
-/// signal handler is in place by now: a SIGTERM held while booting is sent again for it.
+/// Tells the master this worker serves (one byte on its status pipe). A SIGTERM that
+/// came while it booted was counted ([`crate::stop`]) and is acted on by now.
 pub fn announce_ready(pipe: OwnedFd) {
-    if super::signals::take_held_term() {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
-    }
     let _ = rustix::io::write(&pipe, &[READY]);
 }
 
@@ -88,10 +84,8 @@ impl WorkerMonitor {
         if self.retiring.swap(true, Ordering::SeqCst) {
             return;
         }
-        // regression: a worker reaching --max-requests just as the master's SIGTERM
-        // (a stop or a reload) arrived sent itself a second SIGTERM, read as "stop
-        // now": its requests were cut off and it exited 1 (cli.rs
-        // socket_files_outlive_recycled_workers_and_go_with_the_server, under load).
+        // Already leaving (the master's SIGTERM for a stop or a reload is on its way):
+        // nothing more to do, and the log line would misname the cause.
         if !self.board.retire_self(self.slot, cause) {
             return;
         }
@@ -100,9 +94,10 @@ impl WorkerMonitor {
         if let Some(pipe) = &self.master {
             let _ = rustix::io::write(pipe, &[RECYCLING]);
         }
-        // The graceful stop path: finish in-flight requests, then exit.
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
+        // The graceful stop path: finish in-flight requests, then exit. Not a SIGTERM
+        // to itself: one sent as the master's arrived read as a second signal, "stop
+        // now" (its requests were cut off, exit 1).
+        crate::stop::recycle();
     }
 }
 
@@ -119,8 +114,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn stopping(&self) {
-        // Already leaving: a recycling limit reached while draining must not send the
-        // worker a second SIGTERM (that cut its requests off, exit 1).
+        // Already leaving: a recycling limit reached while draining has nothing to do.
         self.retiring.store(true, Ordering::SeqCst);
         self.stopped.store(true, Ordering::SeqCst);
         self.board.stop_serving(self.slot);

@@ -1,0 +1,208 @@
+//! What asks this process to stop serving, and how the server waits for it: a SIGTERM
+//! (for a single process also SIGINT), or a worker's own decision to recycle
+//! (`--max-requests`, `--max-rss`). One handler of postern's own, in place from a
+//! worker's fork (a single process: from the server's start), counts each signal and
+//! wakes the server through a pipe; the server reads the counts. So a request to stop is never lost, whenever it comes: while a worker
+//! imports its app (it is acted on once the server runs: a worker stopped while it
+//! boots still serves the listen queue of a stopping server), while the server sets
+//! up, or during the stop itself (a second signal: stop at once).
+//!
+//! regression: a worker had a boot-time handler that tokio's replaced when the server
+//! started, and a worker recycling itself sent itself a SIGTERM. A signal that fell
+//! between the two handlers, or that tokio received before its stream listened, was
+//! lost: the worker never stopped, and the master waited for it until killed
+//! (cli.rs socket_files_outlive_recycled_workers_and_go_with_the_server, 1 run in 100
+//! under load).
+//!
+//! The handler is postern's own (sigaction), not a registry's: it is put back once the
+//! app is imported, since an app (or a library it imports) may set its own with
+//! `signal.signal` there, which would leave the worker deaf to the master. libc, not
+//! rustix: rustix's sigaction exists only in its `runtime` feature.
+//!
+//! Leaf module: it imports nothing of the server or the supervisor, which both use it.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// SIGTERMs received since [`install`].
+static TERMS: AtomicU32 = AtomicU32::new(0);
+/// SIGINTs received since [`install`] (a single process only: a worker ignores
+/// SIGINT, the master turns a terminal's Ctrl-C into one stop).
+static INTS: AtomicU32 = AtomicU32::new(0);
+/// SIGHUPs received since [`install`] (a single process: no reload without the
+/// master; logged and ignored).
+static HUPS: AtomicU32 = AtomicU32::new(0);
+/// The worker decided to recycle itself ([`recycle`]).
+static RECYCLE: AtomicBool = AtomicBool::new(false);
+/// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// The wake-up pipe (read end, write end), made once per process.
+static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+
+/// The handler: counts the signal and writes one byte on the wake-up pipe. Only
+/// async-signal-safe work (atomics, write(2)); errno is kept for the code it
+/// interrupted. A full pipe already wakes the reader, so a failed write loses nothing.
+extern "C" fn on_signal(signal: libc::c_int) {
+    let count = match signal {
+        libc::SIGTERM => &TERMS,
+        libc::SIGINT => &INTS,
+        libc::SIGHUP => &HUPS,
+        _ => return,
+    };
+    count.fetch_add(1, Ordering::SeqCst);
+    wake();
+}
+
+fn wake() {
+    let fd = WAKE.load(Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: errno is thread-local and always valid to read and write; fd is the
+    // pipe's write end, open for the life of the process; one byte from a static.
+    unsafe {
+        let errno = libc::__errno_location();
+        let saved = *errno;
+        libc::write(fd, b"!".as_ptr().cast(), 1);
+        *errno = saved;
+    }
+}
+
+/// Installs the counting handler for SIGTERM (with `single`, SIGINT and SIGHUP too),
+/// or puts it back. The counts are kept across calls. In a forked worker it must run
+/// before the signals the master blocked are unblocked, so that none reaches the
+/// default action; the server calls it again once the app is imported, and says so
+/// when the app had put a handler of its own in place.
+pub fn install(single: bool) -> io::Result<()> {
+    if PIPE.get().is_none() {
+        let (read, write) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        WAKE.store(write.as_raw_fd(), Ordering::SeqCst);
+        let _ = PIPE.set((read, write));
+    }
+    let signals: &[(i32, &str)] = if single {
+        &[
+            (libc::SIGTERM, "SIGTERM"),
+            (libc::SIGINT, "SIGINT"),
+            (libc::SIGHUP, "SIGHUP"),
+        ]
+    } else {
+        &[(libc::SIGTERM, "SIGTERM")]
+    };
+    for &(signal, name) in signals {
+        // SAFETY: a zeroed sigaction with an empty mask and a handler that does only
+        // async-signal-safe work; the previous action is read into a zeroed struct.
+        let previous = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, &action, &mut old) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            old.sa_sigaction
+        };
+        let ours = on_signal as *const () as usize;
+        // Not for SIGINT: importing Python's `signal` module puts its own
+        // KeyboardInterrupt handler in place when SIGINT has the default action.
+        if signal != libc::SIGINT && ![ours, libc::SIG_DFL, libc::SIG_IGN].contains(&previous) {
+            tracing::warn!(
+                signal = name,
+                "the app set a {name} handler of its own (signal.signal at import?); postern's is put back, so the app's is not called: stop work belongs in atexit or, for ASGI, the lifespan shutdown"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The worker stops accepting and finishes its requests, as for a SIGTERM, without
+/// counting as one: a SIGTERM that comes too is still the first, not a second.
+pub fn recycle() {
+    RECYCLE.store(true, Ordering::SeqCst);
+    wake();
+}
+
+/// The server's side: waits for the requests to stop, from inside its runtime.
+pub struct Waiter {
+    fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,
+    hups: u32,
+}
+
+impl Waiter {
+    /// After [`install`]; registers the pipe with the current tokio runtime.
+    pub fn new() -> io::Result<Waiter> {
+        let Some((read, _)) = PIPE.get() else {
+            return Err(io::Error::other("the stop handler is not installed"));
+        };
+        // SAFETY: the pipe is the process's (a static, never dropped): its descriptor
+        // stays open and the same for as long as this AsyncFd lives.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                read.as_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(io::Error::from)?;
+        Ok(Waiter { fd, hups: 0 })
+    }
+
+    /// The first request to stop: "SIGTERM", "SIGINT" or "recycling". SIGHUPs before
+    /// it are logged and ignored.
+    pub async fn first(&mut self) -> &'static str {
+        loop {
+            let hups = HUPS.load(Ordering::SeqCst);
+            if hups > self.hups {
+                self.hups = hups;
+                tracing::warn!(
+                    "SIGHUP ignored: reloading needs the master (--master or --workers 2+)"
+                );
+            }
+            if TERMS.load(Ordering::SeqCst) > 0 {
+                return "SIGTERM";
+            }
+            if INTS.load(Ordering::SeqCst) > 0 {
+                return "SIGINT";
+            }
+            if RECYCLE.load(Ordering::SeqCst) {
+                return "recycling";
+            }
+            self.woken().await;
+        }
+    }
+
+    /// The second stop signal (SIGTERM or SIGINT; a worker's own recycling is not
+    /// one): stop at once.
+    pub async fn second(&mut self) -> &'static str {
+        loop {
+            let (terms, ints) = (TERMS.load(Ordering::SeqCst), INTS.load(Ordering::SeqCst));
+            if terms + ints >= 2 {
+                return if ints > 0 && terms < 2 {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+            }
+            self.woken().await;
+        }
+    }
+
+    /// Until a byte was written since the pipe was last found empty; drains it. The
+    /// readiness is cleared only when a read finds the pipe empty, so a byte written
+    /// after a look at the counts always wakes the next wait.
+    async fn woken(&self) {
+        let Ok(mut ready) = self.fd.readable().await else {
+            // The runtime is shutting down: nothing more will be read.
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 64];
+        while let Ok(Ok(n)) = ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf)?)) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
