@@ -718,7 +718,7 @@ fn typed_options(
                     return ConfigError::Invalid {
                         key: k.clone(),
                         from: sources.get(k).cloned().unwrap_or(Source::Default),
-                        message: e.message().trim().to_owned(),
+                        message: readable(e.message().trim(), k),
                     };
                 }
             }
@@ -728,6 +728,29 @@ fn typed_options(
                 message: whole.message().to_owned(),
             }
         })
+}
+
+/// serde's message for a value of the wrong type, in the words of the config file:
+/// "expected usize" means nothing to a user, and a number or boolean written in quotes
+/// gets the line it should be.
+fn readable(message: &str, key: &str) -> String {
+    let mut out = message.to_owned();
+    for t in ["usize", "u64", "u32", "u16", "u8"] {
+        out = out.replace(
+            &format!("expected {t}"),
+            "expected a whole number, 0 or more",
+        );
+    }
+    out = out.replace("expected a boolean", "expected true or false");
+    let quoted = message
+        .strip_prefix("invalid type: string \"")
+        .and_then(|rest| rest.split('"').next());
+    if let Some(v) = quoted {
+        if v.parse::<u64>().is_ok() || v == "true" || v == "false" {
+            out.push_str(&format!(" (write it without quotes: {key} = {v})"));
+        }
+    }
+    out
 }
 
 fn read(what: &'static str, path: &Path) -> Result<String, ConfigError> {
@@ -1107,6 +1130,33 @@ mod tests {
                 .buffer_size,
             Size(4096)
         );
+    }
+
+    #[test]
+    fn a_config_value_of_the_wrong_type_is_named_in_the_files_words() {
+        let cases = [
+            (
+                "threads = \"4\"\n",
+                "invalid type: string \"4\", expected a whole number, 0 or more (write it without quotes: threads = 4)",
+            ),
+            (
+                "workers = -1\n",
+                "invalid value: integer `-1`, expected a whole number, 0 or more",
+            ),
+            (
+                "preload = \"true\"\n",
+                "invalid type: string \"true\", expected true or false (write it without quotes: preload = true)",
+            ),
+            (
+                "master = \"yes\"\n",
+                "invalid type: string \"yes\", expected true or false",
+            ),
+        ];
+        for (text, message) in cases {
+            let (_dir, path) = file(text);
+            let e = resolve(&["app", "--config", &path]).unwrap_err();
+            assert!(e.to_string().ends_with(&format!("): {message}")), "{e}");
+        }
     }
 
     fn file(text: &str) -> (tempfile::TempDir, String) {
