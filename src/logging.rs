@@ -252,6 +252,41 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
     Ok(())
 }
 
+/// A panic (a bug in postern) is logged as an error event, with where and on which
+/// thread, instead of Rust's raw text on stderr, which is not the log with
+/// `--log-file` and breaks JSON logs. With `RUST_BACKTRACE` set, the backtrace is in
+/// the event. A panic inside the logging itself falls back to stderr.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        thread_local! {
+            static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        if IN_HOOK.with(|f| f.replace(true)) {
+            eprintln!("{info}");
+            return;
+        }
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let current = std::thread::current();
+        let thread = current.name().unwrap_or("unnamed");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(target: "postern::panic", thread, at, "internal error (a bug in postern: please report it): {message}\n{backtrace}");
+        } else {
+            tracing::error!(target: "postern::panic", thread, at, "internal error (a bug in postern: please report it): {message}");
+        }
+        IN_HOOK.with(|f| f.set(false));
+    }));
+}
+
 /// The fields of postern's text lines, written as tracing's [`DefaultFields`] writes them
 /// (`name=value`, values by `Debug`), but directly when there is no colour to add: the
 /// request span's fields are formatted for every request (when it opens, and again as

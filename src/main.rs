@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         eprintln!("postern: {e}");
         return ExitCode::from(2);
     }
+    logging::log_panics();
     let python = interpreter::loaded_python_version();
     tracing::info!(
         pid = std::process::id(),
@@ -300,10 +301,7 @@ fn serve(
             }
             Ok(app)
         });
-        let preloaded = match started {
-            Ok(app) => app,
-            Err(e) => return Err(e),
-        };
+        let preloaded = started?;
         let stats = match stats {
             Some(b) => Some(supervisor::Stats {
                 probes: supervisor::report::probes(&bound)?,
@@ -345,10 +343,7 @@ fn serve(
         )?),
         None => None,
     };
-    let loaded = match boot::start_python(config) {
-        Ok(loaded) => loaded,
-        Err(e) => return Err(e),
-    };
+    let loaded = boot::start_python(config)?;
     // Until the server's own handler is installed, a SIGHUP (no reload without the
     // master) must not kill the process.
     // SAFETY: setting a signal to SIG_IGN has no handler code to be unsafe about.

@@ -885,3 +885,53 @@ fn a_request_refused_by_postern_has_its_access_line() {
         assert!(c.rest.ends_with(&format!("protocol={protocol}")), "{line}");
     }
 }
+
+// regression: a panic (here send() called again from inside its own header iteration,
+// which the app sees as a RuntimeError) printed Rust's raw text and backtrace on
+// stderr, outside the log's format (and outside the log with --log-file).
+#[test]
+fn a_panic_is_an_error_event_in_the_log_not_raw_text() {
+    let dir = tempdir();
+    let app = dir.path().join("reenter.py");
+    std::fs::write(
+        &app,
+        r#"SEND = None
+
+class Headers:
+    def __iter__(self):
+        try:
+            SEND({"type": "http.response.body", "body": b"x"})
+        except RuntimeError as e:
+            open(__file__ + ".seen", "w").write(str(e))
+        yield (b"content-type", b"text/plain")
+
+async def app(scope, receive, send):
+    global SEND
+    if scope["type"] != "http":
+        return
+    SEND = send
+    await send({"type": "http.response.start", "status": 200, "headers": Headers()})
+    await send({"type": "http.response.body", "body": b"ok"})
+"#,
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &format!("{}:app", app.display()))
+        .args(["--log-format", "json"])
+        .start();
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    assert_eq!(parse_http(&raw(&p.addr, &pkt)).unwrap().status, 200);
+    let seen = std::fs::read_to_string(dir.path().join("reenter.py.seen")).unwrap_or_default();
+    // Nothing on stderr but the log's JSON objects: no raw panic text.
+    let text = p.logs();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        assert!(line.starts_with('{'), "not a JSON event: {line}\n{text}");
+    }
+    if seen.contains("panic") {
+        let event = text
+            .lines()
+            .find(|l| l.contains("internal error (a bug in postern"))
+            .unwrap_or_else(|| panic!("no panic event:\n{text}"));
+        assert!(event.contains("\"level\":\"ERROR\""), "{event}");
+        assert!(event.contains("postern::panic"), "{event}");
+    }
+}
