@@ -38,6 +38,9 @@ static HUPS: AtomicU32 = AtomicU32::new(0);
 static RECYCLE: AtomicBool = AtomicBool::new(false);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// The process the handler counts for: a child the app forks without exec
+/// (`multiprocessing`, `os.fork`) inherits the handler but has no server to act on it.
+static OWNER: AtomicI32 = AtomicI32::new(0);
 /// The wake-up pipe (read end, write end), made once per process.
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 
@@ -45,6 +48,16 @@ static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// async-signal-safe work (atomics, write(2)); errno is kept for the code it
 /// interrupted. A full pipe already wakes the reader, so a failed write loses nothing.
 extern "C" fn on_signal(signal: libc::c_int) {
+    // SAFETY: getpid, signal and raise are async-signal-safe.
+    unsafe {
+        if libc::getpid() != OWNER.load(Ordering::SeqCst) {
+            // A child the app forked: the signal does what it would do without
+            // postern (the default action: terminate), as `Process.terminate()` expects.
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+            return;
+        }
+    }
     let count = match signal {
         libc::SIGTERM => &TERMS,
         libc::SIGINT => &INTS,
@@ -76,6 +89,7 @@ fn wake() {
 /// default action; the server calls it again once the app is imported, and says so
 /// when the app had put a handler of its own in place.
 pub fn install(single: bool) -> io::Result<()> {
+    OWNER.store(std::process::id() as i32, Ordering::SeqCst);
     if PIPE.get().is_none() {
         let (read, write) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,

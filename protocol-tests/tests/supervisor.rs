@@ -1151,18 +1151,28 @@ fn workers_hold_none_of_the_masters_descriptors() {
 // stop them.
 #[test]
 fn a_process_the_app_starts_stops_on_sigterm() {
+    // `/` forks and execs `sleep`; `/fork` forks without exec (as multiprocessing's fork
+    // start method does): the child has postern's handler but no server.
+    // regression: such a child counted the SIGTERM and went on (Process.terminate()
+    // did nothing).
+    for path in ["/", "/fork"] {
+        a_child_of_the_app_stops_on_sigterm(path);
+    }
+}
+
+fn a_child_of_the_app_stops_on_sigterm(path: &str) {
     let dir = tempdir();
     let app = dir.path().join("spawner.py");
     std::fs::write(
         &app,
-        "import os\n\ndef application(environ, start_response):\n    pid = os.fork()\n    if pid == 0:\n        os.execvp('sleep', ['sleep', '300'])\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(pid).encode()]\n",
+        "import os, time\n\ndef application(environ, start_response):\n    pid = os.fork()\n    if pid == 0:\n        if environ['PATH_INFO'] == '/fork':\n            os.closerange(3, 4096)\n            time.sleep(300)\n            os._exit(0)\n        os.execvp('sleep', ['sleep', '300'])\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(pid).encode()]\n",
     )
     .unwrap();
     let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
         .args(["--workers", "2"])
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
-    let (status, body) = p.get("/");
+    let (status, body) = p.get(path);
     assert_eq!(status, 200, "{}", p.logs());
     let child: i32 = String::from_utf8_lossy(&body).trim().parse().unwrap();
     let state =
@@ -1181,7 +1191,7 @@ fn a_process_the_app_starts_stops_on_sigterm() {
     let stopped = gone(state(child));
     // SAFETY: as above (cleanup if it survived).
     unsafe { libc::kill(child, libc::SIGKILL) };
-    assert!(stopped, "SIGTERM did not stop it ({blocked:?})");
+    assert!(stopped, "{path}: SIGTERM did not stop it ({blocked:?})");
 }
 
 // regression: a reload that failed while an earlier reload's workers were still booting
