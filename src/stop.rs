@@ -5,7 +5,8 @@
 //! wakes the server through a pipe; the server reads the counts. So a request to stop is never lost, whenever it comes: while a worker
 //! imports its app (it is acted on once the server runs: a worker stopped while it
 //! boots still serves the listen queue of a stopping server), while the server sets
-//! up, or during the stop itself (a second signal: stop at once).
+//! up, or during the stop itself (a signal after the first stop began: stop at once;
+//! several before it, as a worker dropped while it boots may get, are one).
 //!
 //! regression: a worker had a boot-time handler that tokio's replaced when the server
 //! started, and a worker recycling itself sent itself a SIGTERM. A signal that fell
@@ -133,8 +134,9 @@ pub fn install(single: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// The worker stops accepting and finishes its requests, as for a SIGTERM, without
-/// counting as one: a SIGTERM that comes too is still the first, not a second.
+/// The worker stops accepting and finishes its requests, as for a SIGTERM: it stands
+/// in for the first one, so a SIGTERM that comes too (the master's, sent as it saw the
+/// recycling) is not read as a second.
 pub fn recycle() {
     RECYCLE.store(true, Ordering::SeqCst);
     wake();
@@ -144,6 +146,10 @@ pub fn recycle() {
 pub struct Waiter {
     fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,
     hups: u32,
+    /// The stop signals counted when the first stop was taken: together they are the
+    /// first (a worker signalled twice while it booted was not told "stop now"), and a
+    /// recycling stands in for one.
+    first: u32,
 }
 
 impl Waiter {
@@ -161,7 +167,11 @@ impl Waiter {
             )
         }
         .map_err(io::Error::from)?;
-        Ok(Waiter { fd, hups: 0 })
+        Ok(Waiter {
+            fd,
+            hups: 0,
+            first: 0,
+        })
     }
 
     /// The first request to stop: "SIGTERM", "SIGINT" or "recycling". SIGHUPs before
@@ -175,10 +185,12 @@ impl Waiter {
                     "SIGHUP ignored: reloading needs the master (--master or --workers 2+)"
                 );
             }
-            if TERMS.load(Ordering::SeqCst) > 0 {
+            let (terms, ints) = (TERMS.load(Ordering::SeqCst), INTS.load(Ordering::SeqCst));
+            self.first = (terms + ints).max(1);
+            if terms > 0 {
                 return "SIGTERM";
             }
-            if INTS.load(Ordering::SeqCst) > 0 {
+            if ints > 0 {
                 return "SIGINT";
             }
             if RECYCLE.load(Ordering::SeqCst) {
@@ -188,13 +200,14 @@ impl Waiter {
         }
     }
 
-    /// The second stop signal (SIGTERM or SIGINT; a worker's own recycling is not
-    /// one): stop at once.
+    /// A stop signal after the first stop was taken (after [`Waiter::first`]): stop at
+    /// once. After a recycling, the second signal.
     pub async fn second(&mut self) -> &'static str {
+        let ints_before = INTS.load(Ordering::SeqCst);
         loop {
             let (terms, ints) = (TERMS.load(Ordering::SeqCst), INTS.load(Ordering::SeqCst));
-            if terms + ints >= 2 {
-                return if ints > 0 && terms < 2 {
+            if terms + ints > self.first {
+                return if ints > ints_before {
                     "SIGINT"
                 } else {
                     "SIGTERM"

@@ -54,10 +54,15 @@ impl Worker {
         self.generation == generation && self.phase.active()
     }
 
-    /// Asks the worker to finish its requests and exit (SIGTERM), for `cause`.
+    /// Asks the worker to finish its requests and exit (SIGTERM), for `cause`. Once: a
+    /// worker already draining (a reload's booting worker dropped by the next reload,
+    /// then again by its rollback) would read a second SIGTERM as "stop now".
     fn drain(&mut self, board: &Scoreboard, cause: Cause) {
+        let again = self.phase.draining();
         self.mark_retiring(board, cause);
-        signal(self.pid, Signal::TERM);
+        if !again {
+            signal(self.pid, Signal::TERM);
+        }
     }
 
     /// The end of a --timeout dump: SIGKILL, unless the request that passed the limit
