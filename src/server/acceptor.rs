@@ -319,12 +319,14 @@ impl Acceptor {
                         return None;
                     }
                     drop(token);
+                    // (Never one with bytes read: such one is only held.)
                     let req = match e.conn {
                         Waiting::Plain {
                             sock,
                             peer,
                             listener,
                             permit,
+                            ..
                         } => self.plain_read(listener, sock, peer, e.started, false, permit),
                         Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
                     };
@@ -526,8 +528,17 @@ impl Acceptor {
                 peer,
                 listener: a.listener,
                 permit,
+                read: BytesMut::from(&a.read[..]),
             }
         };
+        if !a.read.is_empty() {
+            // A whole head a leaving worker read and had no room for: begun here if
+            // --max-requests leaves room, else held for the workers that serve on.
+            return self.take_up(pending::Entry {
+                conn: waiting,
+                started,
+            });
+        }
         if let Err(conn) = self.pending.wait(waiting, started) {
             // Taken as this worker began to stop: back to the ones that serve on.
             if !self.queue.is_accepting() {
@@ -568,9 +579,10 @@ impl Acceptor {
                 ref sock,
                 ref peer,
                 listener,
+                ref read,
                 ..
             } => {
-                if let Err(err) = ch.send(sock.as_fd(), listener, Some(started.elapsed())) {
+                if let Err(err) = ch.send(sock.as_fd(), listener, Some(started.elapsed()), read) {
                     tracing::warn!(%peer, error = %err, "cannot hand a new connection over to the serving workers; it waits here");
                     self.to_lane(pending::Entry { conn, started });
                 }
@@ -584,7 +596,55 @@ impl Acceptor {
     /// ([`pending::keep_timeouts`]) when no Python thread is free to.
     pub(super) fn expire_waiting(&self, now: Instant) {
         for e in self.pending.expired(now) {
-            self.to_lane(e);
+            self.expire_one(e);
+        }
+    }
+
+    /// A waiting connection past its `--head-timeout`. One whose bytes are there (sent
+    /// in time, and no thread took them yet: a connection handed over to a successor
+    /// that booted slowly, or left unread for want of room under `--max-requests`) is
+    /// read now if `--max-requests` leaves room to begin it, and held unread for the
+    /// workers that serve on if not: the slow lane would close a request that is
+    /// there, or serve it past the limit. A silent (or closed) one goes to the slow
+    /// lane, which closes it with its log line.
+    /// regression: handed-over requests reaching a successor that booted past their
+    /// --head-timeout were served past --max-requests (review-f4b: 23 for 7).
+    fn expire_one(&self, e: pending::Entry) {
+        let mut peek = [0u8; 1];
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        if !matches!(rustix::net::recv(e.conn.fd(), &mut peek, flags), Ok((n, _)) if n > 0) {
+            return self.to_lane(e);
+        }
+        self.take_up(e);
+    }
+
+    /// A connection whose bytes are there (in its socket, or read by a leaving
+    /// worker): read now if `--max-requests` leaves room to begin it, else held for
+    /// the workers that serve on (the stop that follows hands it to them).
+    fn take_up(&self, e: pending::Entry) {
+        let permit = match &e.conn {
+            Waiting::Plain { permit, .. } => Some(permit),
+            Waiting::Fcgi(conn) => conn.permit(),
+        };
+        if permit.is_some_and(|p| !p.try_begin()) {
+            if let Err(e) = self.pending.hold(e) {
+                self.hand_back(e);
+            }
+            return;
+        }
+        let req = match e.conn {
+            Waiting::Plain { ref read, .. } if !read.is_empty() => return self.to_lane(e),
+            Waiting::Plain {
+                sock,
+                peer,
+                listener,
+                permit,
+                ..
+            } => self.plain_read(listener, sock, peer, e.started, false, permit),
+            Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
+        };
+        if let Some(req) = req {
+            self.queue.push(req);
         }
     }
 
@@ -597,15 +657,28 @@ impl Acceptor {
                 peer,
                 listener,
                 permit,
+                read: mut buf,
             } => {
+                // What is there already goes with it (after what a leaving worker
+                // read): a request sent in time is read from the lane's first look
+                // (past its deadline, or at the stop, an empty look would close it
+                // unanswered).
+                buf.reserve(8192);
+                if let Ok(((init, _), _)) =
+                    rustix::net::recv(sock.as_fd(), buf.spare_capacity_mut(), RecvFlags::empty())
+                {
+                    let n = init.len();
+                    // SAFETY: recv initialised the `n` spare bytes after the first `len`.
+                    unsafe { buf.set_len(buf.len() + n) };
+                }
                 let l = &self.listeners[listener];
                 connection::spawn(
                     &self.slow,
                     sock,
                     l.tcp,
                     peer,
-                    l.info.clone(),
-                    Start::Fresh(BytesMut::new()),
+                    (listener, l.info.clone()),
+                    Start::Fresh(buf),
                     e.started,
                     permit,
                 );
@@ -699,6 +772,12 @@ impl Acceptor {
             }
         });
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
+            // Part of a head is no request yet: the lane counts it once it is whole.
+            if !fastcgi::has_whole_head(&buf) {
+                if let Some(p) = conn.permit() {
+                    p.cancel();
+                }
+            }
             let entry = conn.enter_lane(!parked);
             self.fcgi_to_lane(conn, buf, started, entry);
         };
@@ -834,6 +913,7 @@ impl Acceptor {
                         peer,
                         listener: index,
                         permit,
+                        read: BytesMut::new(),
                     };
                     if let Err(conn) = self.pending.wait(waiting, started) {
                         self.to_lane(pending::Entry { conn, started });
@@ -890,8 +970,18 @@ impl Acceptor {
                     Start::Head(head, codec, BytesMut::from(&buf[..]))
                 }
                 Ok(Some(Frame::Body(_))) => unreachable!("the codec yields the head first"),
-                Ok(None) => Start::Fresh(BytesMut::from(&buf[..])),
-                Err(e) => Start::Failed(e),
+                // Part of a head is no request yet (--max-requests counts it once its
+                // head is whole, in the slow lane): a client that sends a byte and
+                // stalls is bounded by --head-timeout and --max-connections, as a
+                // silent one. regression: such connections made workers recycle.
+                Ok(None) => {
+                    permit.cancel();
+                    Start::Fresh(BytesMut::from(&buf[..]))
+                }
+                Err(e) => {
+                    permit.cancel();
+                    Start::Failed(e)
+                }
             }
         };
         connection::spawn(
@@ -899,7 +989,7 @@ impl Acceptor {
             sock,
             l.tcp,
             peer,
-            l.info.clone(),
+            (index, l.info.clone()),
             start,
             started,
             permit,

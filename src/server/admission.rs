@@ -10,17 +10,21 @@
 //! whoever owns it: waiting for its first bytes ([`super::pending`]), in the slow lane,
 //! served inline, or parked as an idle FastCGI keep-alive connection.
 //!
-//! With `--max-requests`, a connection counts as a request to come from its first
-//! bytes (a FastCGI connection: each request's) until that request ends, and the
-//! worker begins no more of them than it may still serve: else a worker under many
+//! With `--max-requests`, a connection counts as a request to come once its request's
+//! head is whole (a FastCGI connection: each request's) until that request ends, and
+//! the worker begins no more of them than it may still serve: else a worker under many
 //! concurrent connections took them ahead and served up to about twice its limit.
 //! Once they are as many as the requests left, accept stops and the worker recycles
 //! at once (it has taken every request it will serve; its successor accepts while it
-//! serves them). A connection that has sent nothing yet, or an idle kept FastCGI
-//! connection, does not count: it is bounded by `--max-connections` and
+//! serves them). A connection that has sent nothing yet, or part of a head, or an idle
+//! kept FastCGI connection, does not count: it is bounded by `--max-connections` and
 //! `--head-timeout` as any other, and neither keeps the worker deaf nor makes it
-//! recycle. One whose bytes come after the last request was taken is not read here:
-//! the recycling worker hands it to the workers that serve on.
+//! recycle. A Python thread reads a connection only after taking a place for it
+//! ([`Permit::try_begin`], so threads reading at once cannot overshoot), and gives the
+//! place back when what it read is no whole head. One whose bytes come after the last
+//! request was taken is not read here, and one whose head the slow lane completes
+//! only then is not served here: the recycling worker hands both to the workers that
+//! serve on.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -111,9 +115,9 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// The connection's request has begun (its first bytes were read): it counts as a
-    /// request to come against `--max-requests` until it is served (or the connection
-    /// closes), room or not. Calls while it counts do nothing.
+    /// The connection's request has begun (its head is whole): it counts as a request
+    /// to come against `--max-requests` until it is served (or the connection closes),
+    /// room or not. Calls while it counts do nothing.
     pub fn begin(&self) {
         if !self.begun.swap(true, Ordering::AcqRel) {
             self.admission.begun.fetch_add(1, Ordering::AcqRel);
@@ -154,8 +158,8 @@ impl Permit {
         self.uncount(true);
     }
 
-    /// Counted by [`Permit::try_begin`] at accept, the connection turned out to have
-    /// sent nothing yet: it no longer counts at all.
+    /// Counted by [`Permit::try_begin`] before a read, the connection turned out to
+    /// have sent nothing yet, or part of a head: it no longer counts at all.
     pub fn cancel(&self) {
         self.uncount(false);
     }

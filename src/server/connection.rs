@@ -5,6 +5,7 @@
 //! queue. Only complete requests ever reach Python.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,15 +38,16 @@ pub enum Start {
     Failed(CodecError),
 }
 
-/// Hands a uwsgi/SCGI connection to the slow lane, with what the fast path read.
-/// `permit` counts it (`--max-connections`) until its socket closes.
+/// Hands a uwsgi/SCGI connection of listener `listener` to the slow lane, with what
+/// the fast path read. `permit` counts it (`--max-connections`) until its socket
+/// closes.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     lane: &SlowLane,
     sock: socket2::Socket,
     tcp: bool,
     peer: Arc<str>,
-    info: ListenerInfo,
+    (listener, info): (usize, ListenerInfo),
     start: Start,
     started: Instant,
     permit: Permit,
@@ -57,13 +59,13 @@ pub fn spawn(
         if tcp {
             let std: std::net::TcpStream = sock.into();
             match tokio::net::TcpStream::from_std(std) {
-                Ok(s) => serve(s, tcp, peer, info, start, started, lane, permit).await,
+                Ok(s) => serve(s, tcp, peer, (listener, info), start, started, lane, permit).await,
                 Err(e) => tracing::error!(error = %e, "cannot register a connection"),
             }
         } else {
             let std: std::os::unix::net::UnixStream = sock.into();
             match tokio::net::UnixStream::from_std(std) {
-                Ok(s) => serve(s, tcp, peer, info, start, started, lane, permit).await,
+                Ok(s) => serve(s, tcp, peer, (listener, info), start, started, lane, permit).await,
                 Err(e) => tracing::error!(error = %e, "cannot register a connection"),
             }
         }
@@ -94,7 +96,7 @@ impl From<io::Error> for ReadError {
 }
 
 /// A tokio stream the slow lane can read and give back as a plain socket.
-pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub trait Conn: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static {
     fn into_socket(self) -> io::Result<socket2::Socket>;
 }
 
@@ -149,7 +151,7 @@ async fn serve<C: Conn>(
     mut conn: C,
     tcp: bool,
     peer: Arc<str>,
-    info: ListenerInfo,
+    (listener, info): (usize, ListenerInfo),
     start: Start,
     started: Instant,
     lane: SlowLane,
@@ -200,12 +202,24 @@ async fn serve<C: Conn>(
                 Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
                 Ok(Ok(Some(Frame::Head(head)))) => {
                     framed.idle = None;
+                    // --max-requests counts a request from its whole head; with no room
+                    // left for it, it goes to the workers that serve on, as one that
+                    // waits unread does. regression: partial heads counted, and made
+                    // workers recycle (review-f4b); counted only here, they were served
+                    // past the limit.
+                    if !permit.try_begin() {
+                        let to = (listener, info.protocol);
+                        if hand_on(&head, &framed.buf, framed.conn.as_fd(), to, started, &lane) {
+                            return;
+                        }
+                    }
                     (head, framed)
                 }
             }
         }
     };
-    // Its request has begun (--max-requests counts it from here).
+    // Its request has begun (--max-requests counts it from here; when no worker can
+    // take it on, past the limit).
     permit.begin();
     let (span, request_id) = request_span(&head, &peer);
 
@@ -294,6 +308,61 @@ async fn serve<C: Conn>(
         request_id,
         errors_forward: None,
     });
+}
+
+/// `--max-requests` left no room to begin this request (the worker has taken its last
+/// one and recycles): it goes to the workers that serve on through the hand-over
+/// channel, with the bytes read (its head, framed again as it came, and what of its
+/// body came with it) ahead of what is still in its socket. False when nobody can take
+/// it (a single process, the whole server stopping) or it cannot be sent: it is served
+/// here then.
+fn hand_on(
+    head: &Head,
+    rest: &[u8],
+    sock: BorrowedFd<'_>,
+    (listener, protocol): (usize, Protocol),
+    started: Instant,
+    lane: &SlowLane,
+) -> bool {
+    let Some(channel) = super::fastcgi::handover::Channel::get() else {
+        return false;
+    };
+    if lane.monitor.as_ref().is_some_and(|m| m.server_stopping()) {
+        return false;
+    }
+    let mut read = Vec::with_capacity(head.buf.len() + rest.len() + 8);
+    if protocol == Protocol::Scgi {
+        read.extend_from_slice(format!("{}:", head.buf.len()).as_bytes());
+        read.extend_from_slice(&head.buf);
+        read.push(b',');
+    } else {
+        let Ok(size) = u16::try_from(head.buf.len()) else {
+            return false;
+        };
+        let modifier1 = if head.modifier30 {
+            crate::proto::uwsgi::MODIFIER_WSGI_STRIP_SCRIPT_NAME
+        } else {
+            0
+        };
+        read.push(modifier1);
+        read.extend_from_slice(&size.to_le_bytes());
+        read.push(0);
+        read.extend_from_slice(&head.buf);
+    }
+    read.extend_from_slice(rest);
+    match channel.send(sock, listener, Some(started.elapsed()), &read) {
+        Ok(()) => {
+            tracing::debug!(
+                read = read.len(),
+                "no room left under --max-requests: the request goes to the workers that serve on"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a request over to the serving workers; serving it here");
+            false
+        }
+    }
 }
 
 /// Logs a malformed request and answers where a protocol-level answer helps.

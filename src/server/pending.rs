@@ -10,6 +10,9 @@
 //! until `--head-timeout`, and all of them at stop, go to the slow lane as they would
 //! have at accept, which answers them exactly as before (its timeout, its log line, its
 //! stop rules). The number waiting here is bounded; past it, the slow lane as before.
+//! One whose bytes are there but that `--max-requests` left no room to begin is held
+//! here, unread and with no deadline, until the stop hands it to the workers that serve
+//! on.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -35,13 +38,17 @@ pub enum Waiting {
         peer: Arc<str>,
         listener: usize,
         permit: Permit,
+        /// Bytes a leaving worker's slow lane read from it (a whole head it had no
+        /// room to begin), to be taken before the socket's: such one is only ever
+        /// held, never in the epoll. Empty for every other.
+        read: bytes::BytesMut,
     },
     /// FastCGI, held (its owner is `Held`), not yet parked.
     Fcgi(Arc<FcgiConn>),
 }
 
 impl Waiting {
-    fn fd(&self) -> BorrowedFd<'_> {
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Waiting::Plain { sock, .. } => sock.as_fd(),
             Waiting::Fcgi(c) => c.as_fd(),
@@ -63,6 +70,9 @@ struct State {
     /// By key, which counts up in accept order: with one timeout for all, the first
     /// entry is also the first to expire.
     conns: BTreeMap<u64, Entry>,
+    /// Held for the workers that serve on ([`Pending::hold`]): out of the epoll, with
+    /// no deadline here.
+    held: Vec<Entry>,
 }
 
 /// The connections waiting in the Python threads' epoll for their first bytes.
@@ -86,6 +96,7 @@ impl Pending {
                 open: true,
                 next: 0,
                 conns: BTreeMap::new(),
+                held: Vec::new(),
             }),
             len: AtomicUsize::new(0),
         }
@@ -139,6 +150,21 @@ impl Pending {
         Ok(())
     }
 
+    /// Keeps a connection whose bytes are there, unread, past its `--head-timeout`
+    /// because `--max-requests` left no room to begin it (already out of the epoll):
+    /// it waits, with no deadline, for the stop that follows (this worker has taken
+    /// its last request and recycles), which hands it to the workers that serve on.
+    /// A request sent in time is not closed for the time it spent waiting for a
+    /// worker with room. Gives it back when stopping.
+    pub fn hold(&self, e: Entry) -> Result<(), Entry> {
+        let mut st = self.state();
+        if !st.open {
+            return Err(e);
+        }
+        st.held.push(e);
+        Ok(())
+    }
+
     /// How long the epoll may wait before the oldest waiting connection's timeout;
     /// `None` when nothing waits here.
     pub fn wait_limit(&self, now: Instant) -> Option<Duration> {
@@ -178,16 +204,19 @@ impl Pending {
     }
 
     /// At stop: nothing waits here any more; returns the connections that were
-    /// waiting (out of the epoll), for the slow lane.
+    /// waiting (out of the epoll) and those held, for the workers that serve on or
+    /// the slow lane.
     pub fn close(&self) -> Vec<Entry> {
         let mut st = self.state();
         st.open = false;
-        let out: Vec<Entry> = std::mem::take(&mut st.conns).into_values().collect();
+        let mut out: Vec<Entry> = std::mem::take(&mut st.conns).into_values().collect();
         self.len.store(0, Ordering::Relaxed);
+        let held = std::mem::take(&mut st.held);
         drop(st);
         for e in &out {
             let _ = epoll::delete(&*self.epoll, e.conn.fd());
         }
+        out.extend(held);
         out
     }
 }
@@ -237,6 +266,7 @@ mod tests {
             peer: Arc::from("test"),
             listener: 0,
             permit: admission.admit(),
+            read: bytes::BytesMut::new(),
         }
     }
 
@@ -320,6 +350,28 @@ mod tests {
         });
         assert_eq!(gone.lock().unwrap().len(), 1, "expired by the timer task");
         assert!(p.take(0).is_none(), "and no longer waiting");
+    }
+
+    #[test]
+    fn a_held_connection_has_no_deadline_and_goes_with_the_stop() {
+        let p = pending(Duration::from_millis(10), 8);
+        let t0 = Instant::now();
+        let (a, _pa) = pair();
+        p.wait(plain(a), t0).ok().unwrap();
+        let gone = p.expired(t0 + Duration::from_secs(1));
+        assert_eq!(gone.len(), 1);
+        for e in gone {
+            assert!(p.hold(e).is_ok());
+        }
+        assert_eq!(p.next_deadline(), None, "held: no deadline");
+        assert!(p.expired(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(p.close().len(), 1, "the stop takes it");
+        let (b, _pb) = pair();
+        let e = Entry {
+            conn: plain(b),
+            started: t0,
+        };
+        assert!(p.hold(e).is_err(), "nothing is held after the stop");
     }
 
     #[test]

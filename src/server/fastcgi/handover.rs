@@ -17,7 +17,10 @@
 //! takes each message. A connection that never carried a request travels with how long
 //! it has been open, so `--head-timeout` still closes it on time in its new worker (a
 //! kept connection has no deadline: the front server owns its lifetime). Bytes of a next request the front server already sent wait in
-//! the socket's kernel buffer and travel with it; nothing of them was read. A message
+//! the socket's kernel buffer and travel with it; nothing of them was read. A uwsgi or
+//! SCGI request whose whole head the slow lane read when `--max-requests` left no
+//! room to begin it travels the same way, with the bytes read (its head and what of
+//! its body came with it) in the message, ahead of what is still in the socket. A message
 //! nobody has taken yet keeps its connection open (the descriptor is in flight), e.g.
 //! while a recycled single worker's successor boots; at the final stop the last copy
 //! of the pair closes with the master, and the kernel closes what is still in flight.
@@ -43,7 +46,12 @@ const MAGIC: u8 = b'K';
 /// in the channel too (a message waits there while no serving worker takes it, e.g.
 /// while a recycled single worker's successor boots). Before, the sender wrote the
 /// age it had then, and that time was lost: the connection closed that much late.
+/// Then, for such a connection only, the bytes already read from it (at most
+/// [`MAX_READ`]).
 const MESSAGE_LEN: usize = 10;
+/// Most bytes read from a connection that may travel with it: a whole head (64 KiB
+/// and its framing) and what of the body one more read brought.
+pub const MAX_READ: usize = 128 * 1024;
 /// Longest a leaving worker waits for room in the pair's buffer before it closes the
 /// connection instead (serving workers take messages as they come: never reached
 /// unless none serves at all).
@@ -65,6 +73,9 @@ pub struct Adopted {
     /// Never carried a request: how long it has been open (its `--head-timeout` runs
     /// from its start, not from the hand-over).
     pub fresh_for: Option<Duration>,
+    /// Bytes a leaving worker read from it (a whole request head), to be taken before
+    /// the socket's; empty for most.
+    pub read: Vec<u8>,
 }
 
 impl Channel {
@@ -106,14 +117,22 @@ impl Channel {
 
     /// Sends one idle connection of listener `listener` to whichever serving worker
     /// takes it. Its kernel buffer (a request that came meanwhile) goes with it.
-    /// `fresh_for`: it never carried a request, and has been open that long. Err: it
-    /// could not be sent; the caller still owns (and closes) it.
+    /// `fresh_for`: it never carried a request, and has been open that long; `read`:
+    /// the bytes already read from such one (at most [`MAX_READ`]), which its new
+    /// worker takes before the socket's. Err: it could not be sent; the caller still
+    /// owns (and closes) it.
     pub fn send(
         &self,
         sock: BorrowedFd<'_>,
         listener: usize,
         fresh_for: Option<Duration>,
+        read: &[u8],
     ) -> std::io::Result<()> {
+        if read.len() > MAX_READ || (fresh_for.is_none() && !read.is_empty()) {
+            return Err(std::io::Error::other(
+                "too many bytes read to hand the connection over",
+            ));
+        }
         let mut msg = [0u8; MESSAGE_LEN];
         msg[0] = MAGIC;
         msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
@@ -134,7 +153,7 @@ impl Channel {
             }
             match rustix::net::sendmsg(
                 &self.tx,
-                &[IoSlice::new(&msg)],
+                &[IoSlice::new(&msg), IoSlice::new(read)],
                 &mut control,
                 SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
             ) {
@@ -157,13 +176,16 @@ impl Channel {
     /// Takes one connection if a message is there (never waits): `None` when another
     /// worker took it first, or the message was not one (its descriptors closed).
     pub fn take(&self) -> Option<Adopted> {
-        let mut msg = [0u8; MESSAGE_LEN + 1];
+        let mut msg = [0u8; MESSAGE_LEN];
+        // calloc'd past the mmap threshold: pages the message does not fill are never
+        // touched.
+        let mut read = vec![0u8; MAX_READ + 1];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = loop {
             match rustix::net::recvmsg(
                 &self.rx,
-                &mut [IoSliceMut::new(&mut msg)],
+                &mut [IoSliceMut::new(&mut msg), IoSliceMut::new(&mut read)],
                 &mut control,
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             ) {
@@ -192,8 +214,13 @@ impl Channel {
             );
             return None;
         }
-        let well_formed =
-            got.bytes == MESSAGE_LEN && msg[0] == MAGIC && msg[5] <= 1 && fds.len() == 1;
+        let extra = got.bytes.saturating_sub(MESSAGE_LEN);
+        let well_formed = got.bytes >= MESSAGE_LEN
+            && extra <= MAX_READ
+            && msg[0] == MAGIC
+            && msg[5] <= 1
+            && (msg[5] == 1 || extra == 0)
+            && fds.len() == 1;
         if !well_formed {
             tracing::warn!(
                 bytes = got.bytes,
@@ -208,10 +235,12 @@ impl Channel {
             Duration::from_millis(u64::from((monotonic_ms() as u32).wrapping_sub(start)))
         });
         let fd = fds.pop()?;
+        read.truncate(extra);
         Some(Adopted {
             sock: socket2::Socket::from(fd),
             listener,
             fresh_for,
+            read,
         })
     }
 }
@@ -237,7 +266,7 @@ mod tests {
         let (mut front, ours) = UnixStream::pair().unwrap();
         // The front server's next request, sent before the hand-over, read by nobody.
         front.write_all(b"next request").unwrap();
-        ch.send(ours.as_fd(), 3, None).unwrap();
+        ch.send(ours.as_fd(), 3, None, &[]).unwrap();
         drop(ours);
         let a = ch.take().expect("one connection handed over");
         assert_eq!(a.listener, 3);
@@ -257,7 +286,7 @@ mod tests {
     fn a_never_served_connection_arrives_with_its_age() {
         let ch = Channel::pair().unwrap();
         let (_front, ours) = UnixStream::pair().unwrap();
-        ch.send(ours.as_fd(), 0, Some(Duration::from_millis(1500)))
+        ch.send(ours.as_fd(), 0, Some(Duration::from_millis(1500)), &[])
             .unwrap();
         // Taken a while later: that time counts too (regression: the age at sending
         // was taken as the age at taking, so a message left in the channel while no
@@ -270,6 +299,25 @@ mod tests {
             "the time in the channel counts: {age:?}"
         );
         assert!(age < Duration::from_secs(600), "a sane age: {age:?}");
+    }
+
+    #[test]
+    fn bytes_read_from_a_connection_travel_ahead_of_its_own() {
+        let ch = Channel::pair().unwrap();
+        let (mut front, ours) = UnixStream::pair().unwrap();
+        front.write_all(b" rest").unwrap();
+        let head = vec![7u8; 70_000];
+        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &head)
+            .unwrap();
+        assert!(
+            ch.send(ours.as_fd(), 1, None, b"x").is_err(),
+            "a kept connection carries no bytes"
+        );
+        let a = ch.take().expect("one connection handed over");
+        assert_eq!(a.read, head);
+        let mut got = [0u8; 5];
+        (&a.sock).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b" rest");
     }
 
     #[test]

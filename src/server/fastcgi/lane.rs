@@ -820,6 +820,11 @@ fn handle_event(
                 announced: content_length,
                 excess,
             } = assembled;
+            // Its head is whole: --max-requests counts it from here (once per
+            // connection at a time; counted already when it came inline).
+            if let Some(p) = conn.permit() {
+                p.begin();
+            }
             let (span, request_id) = request_span(&head, peer);
             if excess > 0 {
                 span.in_scope(|| {

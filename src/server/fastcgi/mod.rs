@@ -37,7 +37,7 @@ pub use super::lane::FcgiSettings;
 use super::sink::{send_all, send_all_vectored};
 use super::wake::Wake;
 use crate::proto::fastcgi as fcgi;
-pub use inline::{admit_whole, is_partial_simple, read_rest};
+pub use inline::{admit_whole, has_whole_head, is_partial_simple, read_rest};
 pub use lane::serve;
 pub use sink::FcgiSink;
 use sink::ReqFlags;
@@ -821,7 +821,7 @@ impl Parking {
     ) {
         self.unregister(conn);
         let fresh_for = fresh_since.map(|t| t.elapsed());
-        match channel.send(conn.sock.as_fd(), conn.listener, fresh_for) {
+        match channel.send(conn.sock.as_fd(), conn.listener, fresh_for, &[]) {
             Ok(()) => {
                 // Not `broken`: the END_REQUEST of its last request may still be going
                 // out from here (the slow lane learns a request ended before its

@@ -1,0 +1,262 @@
+//! `--max-requests` against partial heads and slow successors: a request counts once
+//! its whole head is there, and one worker serves about N requests however its
+//! connections arrive (README "Recycling").
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use protocol_tests::harness::*;
+
+/// A WSGI app (4 threads) that answers "v0 PID BODYLEN"; with `slow_boot`, every import but
+/// the first (the successors of the first worker) takes that long.
+fn pid_app(dir: &std::path::Path, slow_boot: Option<Duration>) -> Spawn {
+    let app = dir.join("pidapp.py");
+    let boot = match slow_boot {
+        Some(d) => format!(
+            "import time\nmark = os.path.join(os.path.dirname(__file__), 'booted')\nif os.path.exists(mark):\n    time.sleep({})\nopen(mark, 'w').close()\n",
+            d.as_secs_f64()
+        ),
+        None => String::new(),
+    };
+    std::fs::write(
+        &app,
+        format!(
+            "import os\n{boot}\ndef application(environ, start_response):\n    body = ('v0 %d %d' % (os.getpid(), len(environ['wsgi.input'].read()))).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n"
+        ),
+    )
+    .unwrap();
+    Spawn::unix(dir, &app.to_string_lossy()).args(["--threads", "4"])
+}
+
+fn get(protocol: &str) -> Vec<u8> {
+    post(protocol, b"")
+}
+
+/// A request with `body` (a GET when empty).
+fn post(protocol: &str, body: &[u8]) -> Vec<u8> {
+    let len = body.len().to_string();
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let mut out = match protocol {
+        "fastcgi" if body.is_empty() => return fcgi::get(1, false, "/"),
+        "scgi" => {
+            let mut block = Vec::new();
+            for (k, v) in [
+                ("CONTENT_LENGTH", len.as_str()),
+                ("SCGI", "1"),
+                ("REQUEST_METHOD", method),
+                ("PATH_INFO", "/"),
+            ] {
+                block.extend_from_slice(k.as_bytes());
+                block.push(0);
+                block.extend_from_slice(v.as_bytes());
+                block.push(0);
+            }
+            let mut out = format!("{}:", block.len()).into_bytes();
+            out.extend_from_slice(&block);
+            out.push(b',');
+            out
+        }
+        _ => uwsgi_packet(&[
+            ("REQUEST_METHOD", method),
+            ("PATH_INFO", "/"),
+            ("CONTENT_LENGTH", &len),
+        ]),
+    };
+    out.extend_from_slice(body);
+    out
+}
+
+/// The pid in the answer on `s`, `None` when it is not a 200.
+fn answer(s: &mut impl Read, protocol: &str) -> Option<String> {
+    answer_text(s, protocol)?
+        .split(' ')
+        .nth(1)
+        .map(str::to_owned)
+}
+
+/// The answer's body on `s`, `None` when it is not a 200.
+fn answer_text(s: &mut impl Read, protocol: &str) -> Option<String> {
+    let text = if protocol == "fastcgi" {
+        let reply = fcgi::read_reply(s, 1, &mut Vec::new());
+        let (status, _, body) = reply.cgi();
+        (status == 200).then(|| String::from_utf8_lossy(&body).into_owned())?
+    } else {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        parse_http(&out).filter(|r| r.status == 200)?.text()
+    };
+    Some(text)
+}
+
+// regression: review-f4b (e9d86ca): a connection counted against --max-requests from
+// its first byte, so a client that sends one byte of a head and stalls (slow-loris)
+// made workers recycle over and over: 2000 such connections, --workers 2
+// --max-requests 100, 38 recycles and 21 workers alive at once. A partial head is
+// bounded by --head-timeout and --max-connections, as a silent connection is.
+#[test]
+fn partial_heads_do_not_make_a_max_requests_worker_recycle() {
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = pid_app(dir.path(), None)
+            .protocol(protocol)
+            .args([
+                "--workers",
+                "2",
+                "--max-requests",
+                "10",
+                "--head-timeout",
+                "60",
+            ])
+            .start();
+        assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+        let first = get(protocol)[..1].to_vec();
+        // Six times what both workers may serve, each with the first byte of a
+        // request; accepted before the requests below (one listen queue, in order).
+        let partial: Vec<_> = (0..120)
+            .map(|_| {
+                let mut s = p.addr.connect().unwrap();
+                s.write_all(&first).unwrap();
+                s
+            })
+            .collect();
+        for n in 0..3 {
+            let mut s = p.addr.connect().unwrap();
+            s.write_all(&get(protocol)).unwrap();
+            assert!(
+                answer(&mut s, protocol).is_some(),
+                "{protocol}: request {n} failed\n{}",
+                p.logs()
+            );
+        }
+        assert!(
+            !p.logs().contains("(--max-requests)"),
+            "{protocol}: partial heads made a worker recycle\n{}",
+            p.logs()
+        );
+        drop(partial);
+    }
+}
+
+// regression: review-f4b (e9d86ca): the connections a recycled worker handed over
+// (their requests sent in time, unread) reached a successor that booted slower than
+// --head-timeout past their deadline, and the slow lane began every one of them
+// whatever room --max-requests left: --workers 1 --max-requests 7, import 3 s,
+// --head-timeout 2: one worker served 23 requests. Each is answered, by a worker
+// with room for it.
+#[test]
+fn requests_handed_to_a_successor_that_boots_past_head_timeout_keep_the_bound() {
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = pid_app(dir.path(), Some(Duration::from_millis(1500)))
+            .protocol(protocol)
+            .args([
+                "--workers",
+                "1",
+                "--max-requests",
+                "10",
+                "--head-timeout",
+                "1",
+            ])
+            .start();
+        assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+        let Addr::Unix(sock) = &p.addr else {
+            unreachable!()
+        };
+        let conns: Vec<_> = (0..30)
+            .map(|_| {
+                let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                s
+            })
+            .collect();
+        // Accepted before their requests come: more than the worker may serve.
+        std::thread::sleep(Duration::from_millis(200));
+        let clients: Vec<_> = conns
+            .into_iter()
+            .map(|mut s| {
+                std::thread::spawn(move || {
+                    s.write_all(&get(protocol)).ok()?;
+                    answer(&mut s, protocol)
+                })
+            })
+            .collect();
+        let mut per_pid = std::collections::HashMap::<String, usize>::new();
+        for c in clients {
+            let pid = c.join().unwrap();
+            let pid = pid.unwrap_or_else(|| panic!("{protocol}: a request failed\n{}", p.logs()));
+            *per_pid.entry(pid).or_default() += 1;
+        }
+        // 10 plus the jitter (up to 10%), plus one that threads let in together.
+        assert!(
+            per_pid.values().all(|&n| n <= 12),
+            "{protocol}: {per_pid:?}\n{}",
+            p.logs()
+        );
+    }
+}
+
+// A head that came in parts is begun once whole; when the worker has taken its last
+// request by then, it goes to the workers that serve on with the bytes already read
+// (head and body), so no worker serves much past --max-requests however its
+// connections send (counted only once whole, all 30 were served by one worker).
+#[test]
+fn heads_completed_after_the_last_request_was_taken_go_to_the_workers_that_serve_on() {
+    for protocol in ["uwsgi", "scgi"] {
+        let dir = tempdir();
+        let p = pid_app(dir.path(), None)
+            .protocol(protocol)
+            .args([
+                "--workers",
+                "1",
+                "--max-requests",
+                "10",
+                "--head-timeout",
+                "30",
+            ])
+            .start();
+        assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+        let Addr::Unix(sock) = &p.addr else {
+            unreachable!()
+        };
+        let body = vec![b'x'; 1000];
+        let req = post(protocol, &body);
+        let conns: Vec<_> = (0..30)
+            .map(|_| {
+                let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                s.write_all(&req[..1]).unwrap();
+                s
+            })
+            .collect();
+        // Read as partial heads before the rest comes.
+        std::thread::sleep(Duration::from_millis(300));
+        let clients: Vec<_> = conns
+            .into_iter()
+            .map(|mut s| {
+                let req = req.clone();
+                std::thread::spawn(move || {
+                    s.write_all(&req[1..]).ok()?;
+                    answer_text(&mut s, protocol)
+                })
+            })
+            .collect();
+        let mut per_pid = std::collections::HashMap::<String, usize>::new();
+        for c in clients {
+            let text = c.join().unwrap();
+            let text = text.unwrap_or_else(|| panic!("{protocol}: a request failed\n{}", p.logs()));
+            let mut words = text.split(' ').skip(1);
+            let pid = words.next().unwrap_or_default().to_owned();
+            assert_eq!(
+                words.next(),
+                Some("1000"),
+                "{protocol}: the body came whole: {text}"
+            );
+            *per_pid.entry(pid).or_default() += 1;
+        }
+        assert!(
+            per_pid.values().all(|&n| n <= 12),
+            "{protocol}: {per_pid:?}\n{}",
+            p.logs()
+        );
+    }
+}
