@@ -600,19 +600,21 @@ impl Acceptor {
         }
     }
 
-    /// A waiting connection past its `--head-timeout`. One whose bytes are there (sent
-    /// in time, and no thread took them yet: a connection handed over to a successor
-    /// that booted slowly, or left unread for want of room under `--max-requests`) is
-    /// read now if `--max-requests` leaves room to begin it, and held unread for the
-    /// workers that serve on if not: the slow lane would close a request that is
-    /// there, or serve it past the limit. A silent (or closed) one goes to the slow
-    /// lane, which closes it with its log line.
+    /// A waiting connection past its `--head-timeout` (or a held one looked at again).
+    /// One whose bytes are there (sent in time, and no thread took them yet: a
+    /// connection handed over to a successor that booted slowly, or left unread for
+    /// want of room under `--max-requests`) is read now if `--max-requests` leaves room
+    /// to begin it, and held unread for the workers that serve on if not: the slow
+    /// lane would close a request that is there, or serve it past the limit. A silent
+    /// (or closed) one goes to the slow lane, which closes it with its log line.
     /// regression: handed-over requests reaching a successor that booted past their
     /// --head-timeout were served past --max-requests (review-f4b: 23 for 7).
     fn expire_one(&self, e: pending::Entry) {
+        let read = matches!(&e.conn, Waiting::Plain { read, .. } if !read.is_empty());
         let mut peek = [0u8; 1];
         let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-        if !matches!(rustix::net::recv(e.conn.fd(), &mut peek, flags), Ok((n, _)) if n > 0) {
+        let there = matches!(rustix::net::recv(e.conn.fd(), &mut peek, flags), Ok((n, _)) if n > 0);
+        if !read && !there {
             return self.to_lane(e);
         }
         self.take_up(e);

@@ -11,8 +11,8 @@
 //! have at accept, which answers them exactly as before (its timeout, its log line, its
 //! stop rules). The number waiting here is bounded; past it, the slow lane as before.
 //! One whose bytes are there but that `--max-requests` left no room to begin is held
-//! here, unread and with no deadline, until the stop hands it to the workers that serve
-//! on.
+//! here, unread and out of the epoll, until the stop hands it to the workers that serve
+//! on (looked at again every `--head-timeout`, should room have come back).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -70,9 +70,9 @@ struct State {
     /// By key, which counts up in accept order: with one timeout for all, the first
     /// entry is also the first to expire.
     conns: BTreeMap<u64, Entry>,
-    /// Held for the workers that serve on ([`Pending::hold`]): out of the epoll, with
-    /// no deadline here.
-    held: Vec<Entry>,
+    /// Held for the workers that serve on ([`Pending::hold`]): out of the epoll, each
+    /// with when to look at it again.
+    held: Vec<(Instant, Entry)>,
 }
 
 /// The connections waiting in the Python threads' epoll for their first bytes.
@@ -81,7 +81,7 @@ pub struct Pending {
     timeout: Duration,
     max: usize,
     state: Mutex<State>,
-    /// `conns.len()`, read without the lock on every wait.
+    /// `conns.len() + held.len()`, read without the lock on every wait.
     len: AtomicUsize,
 }
 
@@ -124,7 +124,8 @@ impl Pending {
         }
         st.next += 1;
         st.conns.insert(key, Entry { conn, started });
-        self.len.store(st.conns.len(), Ordering::Relaxed);
+        self.len
+            .store(st.conns.len() + st.held.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -133,7 +134,8 @@ impl Pending {
     pub fn take(&self, key: u64) -> Option<Entry> {
         let mut st = self.state();
         let e = st.conns.remove(&key);
-        self.len.store(st.conns.len(), Ordering::Relaxed);
+        self.len
+            .store(st.conns.len() + st.held.len(), Ordering::Relaxed);
         e
     }
 
@@ -146,22 +148,30 @@ impl Pending {
             return Err(e);
         }
         st.conns.insert(key, e);
-        self.len.store(st.conns.len(), Ordering::Relaxed);
+        self.len
+            .store(st.conns.len() + st.held.len(), Ordering::Relaxed);
         Ok(())
     }
 
     /// Keeps a connection whose bytes are there, unread, past its `--head-timeout`
     /// because `--max-requests` left no room to begin it (already out of the epoll):
-    /// it waits, with no deadline, for the stop that follows (this worker has taken
-    /// its last request and recycles), which hands it to the workers that serve on.
-    /// A request sent in time is not closed for the time it spent waiting for a
-    /// worker with room. Gives it back when stopping.
+    /// it waits for the stop that follows (this worker has taken its last request and
+    /// recycles), which hands it to the workers that serve on. A request sent in time
+    /// is not closed for the time it spent waiting for a worker with room. [`expired`]
+    /// gives it back every `--head-timeout` all the same, to be looked at again: room
+    /// that came back (a place taken for a read that found no whole head, given back
+    /// as this one found none) must not leave it waiting for a recycle that never
+    /// comes. Gives it back when stopping.
+    ///
+    /// [`expired`]: Pending::expired
     pub fn hold(&self, e: Entry) -> Result<(), Entry> {
         let mut st = self.state();
         if !st.open {
             return Err(e);
         }
-        st.held.push(e);
+        st.held.push((Instant::now() + self.timeout, e));
+        self.len
+            .store(st.conns.len() + st.held.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -172,17 +182,23 @@ impl Pending {
             .map(|d| d.saturating_duration_since(now))
     }
 
-    /// When the first waiting connection's timeout passes; `None` when nothing waits.
+    /// When the first waiting connection's timeout passes (or a held one is to be
+    /// looked at again); `None` when nothing waits.
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let st = self.state();
-        let (_, first) = st.conns.first_key_value()?;
-        Some(first.started + self.timeout)
+        let first = st
+            .conns
+            .first_key_value()
+            .map(|(_, e)| e.started + self.timeout);
+        let held = st.held.iter().map(|(at, _)| *at).min();
+        first.into_iter().chain(held).min()
     }
 
-    /// Takes the connections whose timeout has passed (out of the epoll).
+    /// Takes the connections whose timeout has passed (out of the epoll), and the held
+    /// ones due to be looked at again.
     pub fn expired(&self, now: Instant) -> Vec<Entry> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return Vec::new();
@@ -195,9 +211,18 @@ impl Pending {
             }
             out.push(first.remove());
         }
-        self.len.store(st.conns.len(), Ordering::Relaxed);
+        let in_epoll = out.len();
+        if st.held.iter().any(|(at, _)| *at <= now) {
+            let (due, keep) = std::mem::take(&mut st.held)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            st.held = keep;
+            out.extend(due.into_iter().map(|(_, e): (Instant, Entry)| e));
+        }
+        self.len
+            .store(st.conns.len() + st.held.len(), Ordering::Relaxed);
         drop(st);
-        for e in &out {
+        for e in &out[..in_epoll] {
             let _ = epoll::delete(&*self.epoll, e.conn.fd());
         }
         out
@@ -216,7 +241,7 @@ impl Pending {
         for e in &out {
             let _ = epoll::delete(&*self.epoll, e.conn.fd());
         }
-        out.extend(held);
+        out.extend(held.into_iter().map(|(_, e)| e));
         out
     }
 }
@@ -353,18 +378,26 @@ mod tests {
     }
 
     #[test]
-    fn a_held_connection_has_no_deadline_and_goes_with_the_stop() {
-        let p = pending(Duration::from_millis(10), 8);
+    fn a_held_connection_is_looked_at_again_and_goes_with_the_stop() {
+        let p = pending(Duration::from_secs(10), 8);
         let t0 = Instant::now();
         let (a, _pa) = pair();
         p.wait(plain(a), t0).ok().unwrap();
-        let gone = p.expired(t0 + Duration::from_secs(1));
+        let gone = p.expired(t0 + Duration::from_secs(11));
         assert_eq!(gone.len(), 1);
+        let held_at = Instant::now();
         for e in gone {
             assert!(p.hold(e).is_ok());
         }
-        assert_eq!(p.next_deadline(), None, "held: no deadline");
-        assert!(p.expired(t0 + Duration::from_secs(60)).is_empty());
+        let again = p.next_deadline().expect("held: looked at again");
+        assert!(again >= held_at + Duration::from_secs(10));
+        assert!(p.expired(held_at).is_empty(), "not before its time");
+        let back = p.expired(again);
+        assert_eq!(back.len(), 1, "given back to be looked at again");
+        assert_eq!(back[0].started, t0, "with its accept time");
+        for e in back {
+            assert!(p.hold(e).is_ok());
+        }
         assert_eq!(p.close().len(), 1, "the stop takes it");
         let (b, _pb) = pair();
         let e = Entry {
