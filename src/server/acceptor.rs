@@ -774,12 +774,10 @@ impl Acceptor {
             }
         });
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
-            // Part of a head is no request yet: the lane counts it once it is whole.
-            if !fastcgi::has_whole_head(&buf) {
-                if let Some(p) = conn.permit() {
-                    p.cancel();
-                }
-            }
+            // Still counted when part of a head came (unlike uwsgi and SCGI): the
+            // FastCGI lane cannot hand a request whose head it completes with no room
+            // left to the workers that serve on, so it would serve it past the limit
+            // (40 trickled requests, --max-requests 10: one worker served all 40).
             let entry = conn.enter_lane(!parked);
             self.fcgi_to_lane(conn, buf, started, entry);
         };

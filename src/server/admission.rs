@@ -16,12 +16,14 @@
 //! concurrent connections took them ahead and served up to about twice its limit.
 //! Once they are as many as the requests left, accept stops and the worker recycles
 //! at once (it has taken every request it will serve; its successor accepts while it
-//! serves them). A connection that has sent nothing yet, or part of a head, or an idle
-//! kept FastCGI connection, does not count: it is bounded by `--max-connections` and
-//! `--head-timeout` as any other, and neither keeps the worker deaf nor makes it
-//! recycle. A Python thread reads a connection only after taking a place for it
-//! ([`Permit::try_begin`], so threads reading at once cannot overshoot), and gives the
-//! place back when what it read is no whole head. One whose bytes come after the last
+//! serves them). A connection that has sent nothing yet, or part of a uwsgi or SCGI
+//! head, or an idle kept FastCGI connection, does not count: it is bounded by
+//! `--max-connections` and `--head-timeout` as any other, and neither keeps the worker
+//! deaf nor makes it recycle. A Python thread reads a connection only after taking a
+//! place for it ([`Permit::try_begin`], so threads reading at once cannot overshoot),
+//! and gives the place back when what it read is no whole uwsgi or SCGI head (a
+//! FastCGI one keeps it from its first bytes: its slow lane cannot hand a request it
+//! completes on, and would serve it past the limit). One whose bytes come after the last
 //! request was taken is not read here, and one whose head the slow lane completes
 //! only then is not served here: the recycling worker hands both to the workers that
 //! serve on.

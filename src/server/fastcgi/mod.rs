@@ -37,7 +37,7 @@ pub use super::lane::FcgiSettings;
 use super::sink::{send_all, send_all_vectored};
 use super::wake::Wake;
 use crate::proto::fastcgi as fcgi;
-pub use inline::{admit_whole, has_whole_head, is_partial_simple, read_rest};
+pub use inline::{admit_whole, is_partial_simple, read_rest};
 pub use lane::serve;
 pub use sink::FcgiSink;
 use sink::ReqFlags;
