@@ -15,9 +15,10 @@
 //! (cli.rs socket_files_outlive_recycled_workers_and_go_with_the_server, 1 run in 100
 //! under load).
 //!
-//! The handler is postern's own (sigaction), not a registry's: it is put back once the
-//! app is imported, since an app (or a library it imports) may set its own with
-//! `signal.signal` there, which would leave the worker deaf to the master. libc, not
+//! The handler is postern's own (sigaction), not a registry's: `signal.signal` for
+//! SIGTERM is refused during the app's import (crate::wsgi::interpreter), and the
+//! handler is put back once the app is imported in case one was set another way (a C
+//! extension), which would leave the worker deaf to the master. libc, not
 //! rustix: rustix's sigaction exists only in its `runtime` feature.
 //!
 //! Leaf module: it imports nothing of the server or the supervisor, which both use it.
@@ -127,7 +128,7 @@ pub fn install(single: bool) -> io::Result<()> {
         if signal != libc::SIGINT && ![ours, libc::SIG_DFL, libc::SIG_IGN].contains(&previous) {
             tracing::warn!(
                 signal = name,
-                "the app set a {name} handler of its own (signal.signal at import?); postern's is put back, so the app's is not called: stop work belongs in atexit or, for ASGI, the lifespan shutdown"
+                "a {name} handler was set at the app's import (by a C extension?); postern's is put back, so that one is not called from now on: stop work belongs in atexit or, for ASGI, the lifespan shutdown"
             );
         }
     }

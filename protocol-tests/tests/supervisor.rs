@@ -1586,30 +1586,60 @@ fn every_worker_recycled_as_it_starts_serving_exits() {
     assert!(status.success(), "{}", p.logs());
 }
 
-// An app that sets its own SIGTERM handler at import (signal.signal) would leave the
-// worker deaf to the master's stop: postern's handler is put back once the app is
-// imported, and the log says the app's is not called.
+// An app that sets its own SIGTERM handler at import (signal.signal) would take the
+// master's stop: the call is refused during the import (postern's handler stays), and
+// the log says where it came from.
+// regression: a SIGTERM that reached the worker between the app's signal.signal and
+// the end of its import ran the app's handler and was lost: the master's stop waited
+// --graceful-timeout, then killed the worker (exit 1).
 #[test]
 fn a_sigterm_handler_the_app_sets_at_import_does_not_keep_the_worker_from_stopping() {
     let dir = tempdir();
     let app = dir.path().join("own_handler.py");
+    let marker = dir.path().join("handler-set");
     std::fs::write(
         &app,
-        "import signal\nsignal.signal(signal.SIGTERM, lambda *a: None)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+        format!(
+            "import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: None)\nopen({marker:?}, 'w').close()\ntime.sleep(1.5)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+            marker = marker.to_string_lossy()
+        ),
     )
     .unwrap();
-    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+    let log = dir.path().join("postern.log");
+    let mut child = Spawn::unix(dir.path(), &app.to_string_lossy())
         .args(["--master", "--workers", "1"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+        .command()
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(marker.exists(), "{}", logs());
+    // The worker is still importing.
+    // SAFETY: kill(2) on the postern this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = None;
+    while status.is_none() && Instant::now() < deadline {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     assert!(
-        p.wait_log("a SIGTERM handler of its own", 5),
-        "{}",
-        p.logs()
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        logs()
     );
-    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
-    assert_eq!(parse_http(&raw(&p.addr, &pkt)).unwrap().status, 200);
-    p.signal(libc::SIGTERM);
-    let status = p.wait_exit(20).expect("the master exits");
-    assert!(status.success(), "{}", p.logs());
+    let logs = logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("a SIGTERM handler of its own while it was imported"))
+        .unwrap_or_else(|| panic!("no warning:\n{logs}"));
+    assert!(line.contains("own_handler.py:2"), "{line}");
 }

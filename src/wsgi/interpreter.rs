@@ -384,8 +384,54 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
         prepend_sys_path(py, path).map_err(|e| WsgiError::Init {
             reason: format!("setting sys.path: {e}"),
         })?;
-        Ok(super::App(load_app(py, spec)?))
+        let guarded = py.run(GUARD_SIGTERM, None, None).is_ok();
+        let app = load_app(py, spec);
+        if guarded {
+            let refused = unguard_sigterm(py).unwrap_or_default();
+            for at in refused {
+                tracing::warn!(at = %at, "the app set a SIGTERM handler of its own while it was imported (signal.signal): refused, so that the stop postern is asked for is never taken by the app's handler; put stop work in atexit or, for ASGI, the lifespan shutdown");
+            }
+        }
+        Ok(super::App(app?))
     })
+}
+
+/// For the app's import: `signal.signal(SIGTERM, ...)` leaves postern's handler in place
+/// (it counts the master's stop: crate::stop) and notes where the call came from. An
+/// app's own handler set at import would otherwise take a SIGTERM that came before the
+/// server put postern's back, and the worker would never stop.
+/// regression: a stop sent to a worker while an app that set such a handler was still
+/// importing was lost (the master waited --graceful-timeout, then killed it).
+const GUARD_SIGTERM: &std::ffi::CStr = c"
+import signal as _signal
+def _postern_guard(module=_signal):
+    real = module.signal
+    refused = []
+    def signal(signalnum, handler):
+        if signalnum == module.SIGTERM:
+            import sys
+            frame = sys._getframe(1)
+            refused.append('%s:%d' % (frame.f_code.co_filename, frame.f_lineno))
+            return module.getsignal(signalnum)
+        return real(signalnum, handler)
+    signal.__doc__ = real.__doc__
+    signal._postern_real = real
+    signal._postern_refused = refused
+    module.signal = signal
+_postern_guard()
+del _postern_guard, _signal
+";
+
+/// Puts `signal.signal` back after the import; returns where SIGTERM handlers were
+/// refused.
+fn unguard_sigterm(py: Python<'_>) -> PyResult<Vec<String>> {
+    let signal = py.import("signal")?;
+    let guard = signal.getattr("signal")?;
+    let Ok(real) = guard.getattr("_postern_real") else {
+        return Ok(Vec::new());
+    };
+    signal.setattr("signal", real)?;
+    guard.getattr("_postern_refused")?.extract()
 }
 
 /// Readies the master's interpreter for forking workers from it: imports the modules
