@@ -3,6 +3,7 @@
 //! app's factory) when it has one. Either way the app runs in a real asyncio task of
 //! the running loop (anyio, under Starlette and FastAPI, needs `current_task()`).
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use protocol_tests::harness::{
@@ -152,5 +153,116 @@ fn an_asyncio_task_replaced_by_the_app_is_called_for_each_request() {
         assert!(first.starts_with("Task "), "{mode}: {first}");
         let n = |s: &str| s.split(' ').nth(1).unwrap().parse::<u32>().unwrap();
         assert!(n(&second) > n(&first), "{mode}: {first} then {second}");
+    }
+}
+
+/// The app of `a_request_tasks_first_step_runs_at_once_with_what_a_loop_step_has`: each
+/// request answers with the context variable the requests before it set (never seen:
+/// each task runs in its own copy of the context) and what its path asks for.
+const FIRST_STEP: &str = r#"
+import asyncio, contextvars
+
+VAR = contextvars.ContextVar("var", default="unset")
+KEPT = {}
+OWN = []
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    loop = asyncio.get_running_loop()
+    path = scope["path"]
+    seen = VAR.get()
+    VAR.set(path)
+    if path == "/wait":
+        KEPT["event"] = asyncio.Event()
+        KEPT["task"] = asyncio.current_task()
+        await KEPT["event"].wait()
+        out = "woken"
+    elif path == "/look":
+        task = KEPT.get("task")
+        if task is None:
+            out = "none"
+        else:
+            out = "%s %s" % (task in asyncio.all_tasks(loop), task.done())
+            KEPT["event"].set()
+    elif path == "/own-call-soon":
+        def own(callback, *args, **kw):
+            OWN.append(1)
+            return type(loop).call_soon(loop, callback, *args, **kw)
+        loop.call_soon = own
+        out = "set"
+    else:
+        out = str(len(OWN))
+    body = ("%s %s" % (seen, out)).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"#;
+
+// A request's task runs its first step in the loop callback that took the request
+// (run.rs `Eager`, as 3.12's eager tasks): what the app sees there and after is what a
+// step the loop schedules has.
+#[test]
+fn a_request_tasks_first_step_runs_at_once_with_what_a_loop_step_has() {
+    let mut loops = vec![("asyncio", None)];
+    match example_venv() {
+        Some(v) => loops.push(("uvloop", Some(v))),
+        None => assert!(
+            !in_ci(),
+            "no venv with uvloop (examples/requirements.txt), and CI=true"
+        ),
+    }
+    for (event_loop, venv) in loops {
+        let dir = tempdir();
+        let s =
+            Spawn::asgi_tcp(dir.path(), "first_step_app", FIRST_STEP).args(["--loop", event_loop]);
+        let p = match venv {
+            Some(v) => s.venv(&v),
+            None => s,
+        }
+        .start();
+        let get = |path: &str| {
+            let (status, body) = p.get(path);
+            assert_eq!(status, 200, "{event_loop} {path}: {}", p.logs());
+            String::from_utf8(body).unwrap()
+        };
+        // Each task has its own context: what one request set, the next does not see.
+        assert_eq!(get("/a"), "unset 0", "{event_loop}");
+        assert_eq!(get("/b"), "unset 0", "{event_loop}");
+        // A task waiting after its first step is registered (in all_tasks()), and
+        // goes on when woken; once done, all_tasks() leaves it out.
+        let mut waiting = p.addr.connect().unwrap();
+        waiting
+            .write_all(&uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/wait"),
+                ("SERVER_NAME", "test"),
+                ("SERVER_PORT", "80"),
+                ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ]))
+            .unwrap();
+        let mut look = get("/look");
+        for _ in 0..250 {
+            if look != "unset none" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            look = get("/look");
+        }
+        assert_eq!(look, "unset True False", "{event_loop}");
+        let mut out = Vec::new();
+        let _ = waiting.read_to_end(&mut out);
+        let r = parse_http(&out).expect("the waiting request's response");
+        assert_eq!(r.text(), "unset woken", "{event_loop}");
+        assert_eq!(get("/look"), "unset False True", "{event_loop}");
+        // A call_soon the app set on the loop itself is what schedules the next
+        // requests' first steps, as before.
+        assert_eq!(get("/own-call-soon"), "unset set", "{event_loop}");
+        let n = |s: String| s.split(' ').nth(1).unwrap().parse::<u32>().unwrap();
+        let first = n(get("/count"));
+        let second = n(get("/count"));
+        assert!(
+            first >= 1 && second > first,
+            "{event_loop}: {first} then {second}"
+        );
     }
 }
