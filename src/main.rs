@@ -343,14 +343,16 @@ fn serve(
         )?),
         None => None,
     };
-    let loaded = boot::start_python(config)?;
-    // Until the server's own handler is installed, a SIGHUP (no reload without the
-    // master) must not kill the process.
-    // SAFETY: setting a signal to SIG_IGN has no handler code to be unsafe about.
-    // libc: rustix sets signal dispositions only in its experimental runtime module.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    // From here a SIGTERM or Ctrl-C is counted and acted on once the server runs: one
+    // that comes while the app imports (or its lifespan starts) still lets the listen
+    // queue be served and the lifespan shut down; a second one stops at once. A SIGHUP
+    // (no reload without the master) is logged and ignored.
+    // regression: a SIGTERM during the import killed the process outright (the listen
+    // queue was reset), and a Ctrl-C during an ASGI lifespan startup was swallowed.
+    if let Err(e) = postern::stop::install(true) {
+        tracing::warn!(error = %e, "cannot install the signal handlers yet");
     }
+    let loaded = boot::start_python(config)?;
     logging::start_background();
     let on_ready = {
         let monitor = monitor.clone();

@@ -30,16 +30,25 @@ use std::sync::OnceLock;
 
 /// SIGTERMs received since [`install`].
 static TERMS: AtomicU32 = AtomicU32::new(0);
-/// SIGINTs received since [`install`] (a single process only: a worker ignores
-/// SIGINT, the master turns a terminal's Ctrl-C into one stop).
+/// SIGINTs received since [`install`] (a stop for a single process only: a worker
+/// ignores SIGINT, the master turns a terminal's Ctrl-C into one stop).
 static INTS: AtomicU32 = AtomicU32::new(0);
-/// SIGHUPs received since [`install`] (a single process: no reload without the
-/// master; logged and ignored).
+/// SIGHUPs received since [`install`] (ignored: a single process has no reload
+/// without the master and logs it; a worker leaves reloads to the master).
 static HUPS: AtomicU32 = AtomicU32::new(0);
 /// The worker decided to recycle itself ([`recycle`]).
 static RECYCLE: AtomicBool = AtomicBool::new(false);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
+/// A worker ignores both (the master turns a terminal's Ctrl-C into one stop, and
+/// reloads on SIGHUP); they are counted only so that neither reaches its default
+/// action (a SIGHUP to the process group would kill every worker mid-request).
+static SINGLE: AtomicBool = AtomicBool::new(false);
+/// The server waits for stops ([`Waiter::new`]). Before, a second stop signal to a
+/// single process (still importing the app, say) does what it would do without
+/// postern: the process dies at once.
+static SERVING: AtomicBool = AtomicBool::new(false);
 /// The process the handler counts for: a child the app forks without exec
 /// (`multiprocessing`, `os.fork`) inherits the handler but has no server to act on it.
 static OWNER: AtomicI32 = AtomicI32::new(0);
@@ -66,7 +75,24 @@ extern "C" fn on_signal(signal: libc::c_int) {
         libc::SIGHUP => &HUPS,
         _ => return,
     };
-    count.fetch_add(1, Ordering::SeqCst);
+    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+    let stops = if signal == libc::SIGTERM {
+        n + INTS.load(Ordering::SeqCst)
+    } else {
+        n + TERMS.load(Ordering::SeqCst)
+    };
+    if signal != libc::SIGHUP
+        && stops >= 2
+        && SINGLE.load(Ordering::SeqCst)
+        && !SERVING.load(Ordering::SeqCst)
+    {
+        // SAFETY: signal and raise are async-signal-safe.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+        return;
+    }
     wake();
 }
 
@@ -85,13 +111,13 @@ fn wake() {
     }
 }
 
-/// Installs the counting handler for SIGTERM (with `single`, SIGINT and SIGHUP too),
-/// or puts it back. The counts are kept across calls. In a forked worker it must run
+/// Installs the counting handler for SIGTERM, SIGINT and SIGHUP, or puts it back. The counts are kept across calls. In a forked worker it must run
 /// before the signals the master blocked are unblocked, so that none reaches the
 /// default action; the server calls it again once the app is imported, and says so
 /// when the app had put a handler of its own in place.
 pub fn install(single: bool) -> io::Result<()> {
     OWNER.store(std::process::id() as i32, Ordering::SeqCst);
+    SINGLE.store(single, Ordering::SeqCst);
     if PIPE.get().is_none() {
         let (read, write) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
@@ -99,16 +125,12 @@ pub fn install(single: bool) -> io::Result<()> {
         WAKE.store(write.as_raw_fd(), Ordering::SeqCst);
         let _ = PIPE.set((read, write));
     }
-    let signals: &[(i32, &str)] = if single {
-        &[
-            (libc::SIGTERM, "SIGTERM"),
-            (libc::SIGINT, "SIGINT"),
-            (libc::SIGHUP, "SIGHUP"),
-        ]
-    } else {
-        &[(libc::SIGTERM, "SIGTERM")]
-    };
-    for &(signal, name) in signals {
+    let signals = [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGHUP, "SIGHUP"),
+    ];
+    for (signal, name) in signals {
         // SAFETY: a zeroed sigaction with an empty mask and a handler that does only
         // async-signal-safe work; the previous action is read into a zeroed struct.
         let previous = unsafe {
@@ -125,7 +147,7 @@ pub fn install(single: bool) -> io::Result<()> {
         let ours = on_signal as *const () as usize;
         // Not for SIGINT: importing Python's `signal` module puts its own
         // KeyboardInterrupt handler in place when SIGINT has the default action.
-        if signal != libc::SIGINT && ![ours, libc::SIG_DFL, libc::SIG_IGN].contains(&previous) {
+        if signal == libc::SIGTERM && ![ours, libc::SIG_DFL, libc::SIG_IGN].contains(&previous) {
             tracing::warn!(
                 signal = name,
                 "a {name} handler was set at the app's import (by a C extension?); postern's is put back, so that one is not called from now on: stop work belongs in atexit or, for ASGI, the lifespan shutdown"
@@ -141,6 +163,15 @@ pub fn install(single: bool) -> io::Result<()> {
 pub fn recycle() {
     RECYCLE.store(true, Ordering::SeqCst);
     wake();
+}
+
+/// The SIGINTs that ask for a stop: a single process's (a worker ignores SIGINT).
+fn stop_ints() -> u32 {
+    if SINGLE.load(Ordering::SeqCst) {
+        INTS.load(Ordering::SeqCst)
+    } else {
+        0
+    }
 }
 
 /// The server's side: waits for the requests to stop, from inside its runtime.
@@ -168,6 +199,7 @@ impl Waiter {
             )
         }
         .map_err(io::Error::from)?;
+        SERVING.store(true, Ordering::SeqCst);
         Ok(Waiter {
             fd,
             hups: 0,
@@ -179,14 +211,19 @@ impl Waiter {
     /// it are logged and ignored.
     pub async fn first(&mut self) -> &'static str {
         loop {
+            let single = SINGLE.load(Ordering::SeqCst);
             let hups = HUPS.load(Ordering::SeqCst);
             if hups > self.hups {
                 self.hups = hups;
-                tracing::warn!(
-                    "SIGHUP ignored: reloading needs the master (--master or --workers 2+)"
-                );
+                if single {
+                    tracing::warn!(
+                        "SIGHUP ignored: reloading needs the master (--master or --workers 2+)"
+                    );
+                } else {
+                    tracing::debug!("SIGHUP ignored by the worker: the master reloads");
+                }
             }
-            let (terms, ints) = (TERMS.load(Ordering::SeqCst), INTS.load(Ordering::SeqCst));
+            let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
             self.first = (terms + ints).max(1);
             if terms > 0 {
                 return "SIGTERM";
@@ -204,9 +241,9 @@ impl Waiter {
     /// A stop signal after the first stop was taken (after [`Waiter::first`]): stop at
     /// once. After a recycling, the second signal.
     pub async fn second(&mut self) -> &'static str {
-        let ints_before = INTS.load(Ordering::SeqCst);
+        let ints_before = stop_ints();
         loop {
-            let (terms, ints) = (TERMS.load(Ordering::SeqCst), INTS.load(Ordering::SeqCst));
+            let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
             if terms + ints > self.first {
                 return if ints > ints_before {
                     "SIGINT"

@@ -930,3 +930,86 @@ fn request_client_reports_a_cut_fastcgi_response() {
     assert!(err.contains("was cut"), "{err}");
     assert!(err.contains("fastcgi stderr: dying"), "{err}");
 }
+
+// A single process stopped while it still imports the app finishes the import, serves
+// what waits in the listen queue, and exits 0; a second signal then stops it at once.
+// regression: a SIGTERM during the import killed it outright and the connections in the
+// listen queue were reset.
+#[test]
+fn a_single_process_stopped_during_its_import_serves_the_listen_queue() {
+    for second in [false, true] {
+        let dir = tempdir();
+        let app = dir.path().join("slow_import.py");
+        let marker = dir.path().join("importing");
+        std::fs::write(
+            &app,
+            format!(
+                "import time\nopen({marker:?}, 'w').close()\ntime.sleep(1.0)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+                marker = marker.to_string_lossy()
+            ),
+        )
+        .unwrap();
+        let spawn = Spawn::unix(dir.path(), &app.to_string_lossy());
+        let Addr::Unix(sock) = spawn.addr().clone() else {
+            unreachable!("Spawn::unix")
+        };
+        let log = dir.path().join("postern.log");
+        let mut child = spawn
+            .command()
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !marker.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(marker.exists(), "{}", logs());
+        // Bound before the import: this one waits in the listen queue.
+        let mut waiting = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        waiting
+            .write_all(&uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/"),
+            ]))
+            .unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: kill(2) on the postern this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if second {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut status = None;
+        while status.is_none() && Instant::now() < deadline {
+            status = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut got = Vec::new();
+        let _ = waiting.read_to_end(&mut got);
+        let status = status.unwrap_or_else(|| panic!("still running\n{}", logs()));
+        if second {
+            // The second signal before the server ran: gone at once, as without postern.
+            assert!(!status.success(), "{}", logs());
+            assert!(!logs().contains("app imported"), "{}", logs());
+        } else {
+            assert!(status.success(), "{status}\n{}", logs());
+            assert_eq!(
+                parse_http(&got).map(|r| r.status),
+                Some(200),
+                "{:?}\n{}",
+                String::from_utf8_lossy(&got),
+                logs()
+            );
+        }
+    }
+}

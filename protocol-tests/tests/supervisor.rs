@@ -1643,3 +1643,50 @@ fn a_sigterm_handler_the_app_sets_at_import_does_not_keep_the_worker_from_stoppi
         .unwrap_or_else(|| panic!("no warning:\n{logs}"));
     assert!(line.contains("own_handler.py:2"), "{line}");
 }
+
+// regression: a worker killed by a signal while the server stopped (the OOM killer, an
+// operator's SIGKILL) cut its request off, yet the master exited 0.
+#[test]
+fn a_worker_killed_during_the_stop_makes_the_stop_exit_1() {
+    let dir = tempdir();
+    let (mut p, req) = master_with_a_request_in_the_app(dir.path(), &[]);
+    let busy = children(p.child.id() as i32);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_log("stopping: workers finish", 10), "{}", p.logs());
+    for pid in busy {
+        // SAFETY: kill(2) on this test's postern's children.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let status = p.wait_exit(20).expect("the master exits");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    assert!(parse_http(&req.join().unwrap()).is_none());
+}
+
+// A SIGHUP that reaches a worker (a terminal closing sends it to the whole process
+// group; the master reloads) does not kill it.
+// regression: the worker had SIGHUP at its default action and died mid-request.
+#[test]
+fn a_sighup_to_a_worker_does_not_kill_it() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let workers = children(p.child.id() as i32);
+    assert!(!workers.is_empty());
+    for &pid in &workers {
+        // SAFETY: kill(2) on this test's postern's children.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    assert_eq!(parse_http(&raw(&p.addr, &pkt)).unwrap().status, 200);
+    assert!(!p.logs().contains("worker exited"), "{}", p.logs());
+    for pid in workers {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{}",
+            p.logs()
+        );
+    }
+}

@@ -46,6 +46,8 @@ struct Worker {
     /// The request that passed --timeout (its line, its start): the worker is killed
     /// at the end of the dump only if that request is still there.
     condemned_for: Option<(usize, u64)>,
+    /// Its ready byte arrived: it took requests (one that never did cuts none off).
+    served: bool,
 }
 
 impl Worker {
@@ -376,6 +378,7 @@ impl Master {
             slot,
             dumped: Vec::new(),
             condemned_for: None,
+            served: false,
         });
         Ok(())
     }
@@ -398,6 +401,7 @@ impl Master {
             return;
         }
         w.phase.ready();
+        w.served = true;
         self.board.mark_serving(w.slot);
         tracing::info!(
             pid = raw(w.pid),
@@ -660,8 +664,13 @@ impl Master {
             self.boot_failures = j.boot_failures;
             self.pending.extend(j.pending);
             let pid = raw(pid);
-            // A worker whose own --graceful-timeout cut requests off exits 1.
-            if self.board.is_stopping() && status.exit_status().is_some_and(|c| c != 0) {
+            // A worker whose own --graceful-timeout cut requests off exits 1; one killed
+            // by a signal during the stop (the OOM killer, an operator's SIGKILL) cut
+            // off what it was serving too. One that never served (a reload's worker
+            // whose import failed as the stop came) cut nothing off.
+            // regression: a worker killed by a signal while the server stopped left
+            // the exit code 0.
+            if self.board.is_stopping() && w.served && status.exit_status().is_none_or(|c| c != 0) {
                 self.cut_off = true;
             }
             match j.verdict {
@@ -795,8 +804,11 @@ impl Master {
         if worker {
             // A worker counts a SIGTERM from now on and acts on it once it serves
             // (crate::stop): stopped while it boots, it must still serve the listen
-            // queue of a stopping server, not die with it. Before the unblocking
-            // below, which delivers a SIGTERM the master sent since the fork.
+            // queue of a stopping server, not die with it. SIGINT and SIGHUP (a
+            // terminal's, to the whole group) go to the same handler, which ignores
+            // them in a worker: unlike SIG_IGN, a handler does not pass on to the
+            // programs the app execs. Before the unblocking below, which delivers a
+            // SIGTERM the master sent since the fork.
             if let Err(e) = crate::stop::install(false) {
                 tracing::warn!(error = %e, "cannot install the SIGTERM handler; a SIGTERM while this worker boots kills it");
             }

@@ -388,18 +388,20 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
         let app = load_app(py, spec);
         if guarded {
             let refused = unguard_sigterm(py).unwrap_or_default();
-            for at in refused {
-                tracing::warn!(at = %at, "the app set a SIGTERM handler of its own while it was imported (signal.signal): refused, so that the stop postern is asked for is never taken by the app's handler; put stop work in atexit or, for ASGI, the lifespan shutdown");
+            for (signal, at) in refused {
+                tracing::warn!(at = %at, "the app set a {signal} handler of its own while it was imported (signal.signal): refused, since postern owns SIGTERM, SIGINT and SIGHUP (a stop taken by the app's handler would never reach the server); put stop work in atexit or, for ASGI, the lifespan shutdown");
             }
         }
         Ok(super::App(app?))
     })
 }
 
-/// For the app's import: `signal.signal(SIGTERM, ...)` leaves postern's handler in place
-/// (it counts the master's stop: crate::stop) and notes where the call came from. An
-/// app's own handler set at import would otherwise take a SIGTERM that came before the
-/// server put postern's back, and the worker would never stop.
+/// For the app's import: `signal.signal` for SIGTERM, SIGINT or SIGHUP leaves
+/// postern's handler in place (it counts the master's stop: crate::stop) and notes
+/// where the call came from. An app's own handler set at import would otherwise take a
+/// SIGTERM that came before the server put postern's back, and the worker would never
+/// stop (or, for SIGINT/SIGHUP at the default action, a terminal's signal to the whole
+/// group would kill it).
 /// regression: a stop sent to a worker while an app that set such a handler was still
 /// importing was lost (the master waited --graceful-timeout, then killed it).
 const GUARD_SIGTERM: &std::ffi::CStr = c"
@@ -408,10 +410,11 @@ def _postern_guard(module=_signal):
     real = module.signal
     refused = []
     def signal(signalnum, handler):
-        if signalnum == module.SIGTERM:
+        if signalnum in (module.SIGTERM, module.SIGINT, module.SIGHUP):
             import sys
             frame = sys._getframe(1)
-            refused.append('%s:%d' % (frame.f_code.co_filename, frame.f_lineno))
+            where = '%s:%d' % (frame.f_code.co_filename, frame.f_lineno)
+            refused.append((module.Signals(signalnum).name, where))
             return module.getsignal(signalnum)
         return real(signalnum, handler)
     signal.__doc__ = real.__doc__
@@ -422,9 +425,9 @@ _postern_guard()
 del _postern_guard, _signal
 ";
 
-/// Puts `signal.signal` back after the import; returns where SIGTERM handlers were
-/// refused.
-fn unguard_sigterm(py: Python<'_>) -> PyResult<Vec<String>> {
+/// Puts `signal.signal` back after the import; returns which handlers were refused,
+/// and where the calls came from.
+fn unguard_sigterm(py: Python<'_>) -> PyResult<Vec<(String, String)>> {
     let signal = py.import("signal")?;
     let guard = signal.getattr("signal")?;
     let Ok(real) = guard.getattr("_postern_real") else {
