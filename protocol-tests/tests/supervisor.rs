@@ -1690,3 +1690,58 @@ fn a_sighup_to_a_worker_does_not_kill_it() {
         );
     }
 }
+
+// The master's --timeout line carries the front server's request id, and each other
+// request the kill cuts off is named with its own (the worker writes no access line for
+// them), so that the front server's 502s can be traced.
+// regression: the timeout line had no request id, and the other requests died unnamed.
+#[test]
+fn a_timeout_kill_names_every_request_it_cuts_off_with_its_id() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .args([
+            "--master",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+            "--timeout",
+            "1",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+    let send = |id: &'static str, seconds: &'static str| {
+        let addr = p.addr.clone();
+        std::thread::spawn(move || {
+            raw(
+                &addr,
+                &uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/sleep"),
+                    ("QUERY_STRING", seconds),
+                    ("HTTP_X_REQUEST_ID", id),
+                ]),
+            )
+        })
+    };
+    let first = send("aaaa1111bbbb2222cccc3333dddd4444", "s=10");
+    std::thread::sleep(Duration::from_millis(400));
+    let second = send("eeee5555ffff6666", "s=8");
+    assert!(p.wait_log("killed by SIGKILL", 15), "{}", p.logs());
+    let _ = (first.join(), second.join());
+    let logs = p.logs();
+    let timeout = logs
+        .lines()
+        .find(|l| l.contains("request passed --timeout"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        timeout.contains("request_id=aaaa1111bbbb2222cccc3333dddd4444"),
+        "{timeout}"
+    );
+    let cut = logs
+        .lines()
+        .find(|l| l.contains("request cut off"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(cut.contains("request_id=eeee5555ffff6666"), "{cut}");
+    assert!(cut.contains("request=GET /sleep"), "{cut}");
+}

@@ -76,6 +76,24 @@ impl Worker {
             board.line(self.slot, t).since.load(Ordering::Acquire) == since
         });
         if still_running {
+            // The worker's other requests die with it: each is named, with the front
+            // server's id, so that its 502 can be traced (the worker writes no access
+            // line for them).
+            let now = super::scoreboard::now_ns();
+            for t in 0..board.threads {
+                let line = board.line(self.slot, t);
+                let since = line.since.load(Ordering::Acquire);
+                if since == 0 || self.condemned_for.is_some_and(|c| c == (t, since)) {
+                    continue;
+                }
+                tracing::warn!(
+                    pid = raw(self.pid),
+                    request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                    request_id = %line.request_id(),
+                    ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
+                    "request cut off: its worker is killed for another request's --timeout"
+                );
+            }
             signal(self.pid, Signal::KILL);
             self.phase.killed();
         } else {
@@ -513,6 +531,7 @@ impl Master {
                         tracing::error!(
                             pid = raw(w.pid),
                             request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                            request_id = %line.request_id(),
                             ran_ms = ran.as_millis() as u64,
                             "request passed --timeout {limit:?}; dumping the worker's Python stacks, then killing and replacing it"
                         );

@@ -39,6 +39,9 @@ use crate::stats::{
 /// Longest request description kept (method + path), in bytes.
 const DESC: usize = 120;
 const DESC_WORDS: usize = DESC / 8;
+/// Longest request id kept (as `logging::RequestId` accepts from a front server).
+const ID: usize = 64;
+const ID_WORDS: usize = ID / 8;
 
 /// Slot states.
 pub const FREE: u32 = 0;
@@ -194,6 +197,11 @@ pub struct Line {
     /// [`stats::protocol_index`] of the current request.
     protocol: AtomicU32,
     desc: [AtomicU64; DESC_WORDS],
+    /// The front server's id of the current request (`X-Request-Id`, nginx's
+    /// `$request_id`), when it sent one postern logs: so that the master's `--timeout`
+    /// lines can be joined with the front server's log.
+    id_len: AtomicU32,
+    id: [AtomicU64; ID_WORDS],
     counters: Counters,
 }
 
@@ -707,6 +715,33 @@ impl Line {
         self.since.store(now_ns().max(1), Ordering::Release);
     }
 
+    /// The front server's id of the request about to begin (empty: none); before
+    /// [`Line::begin`], which publishes it.
+    pub fn set_request_id(&self, id: &[u8]) {
+        let n = id.len().min(ID);
+        let mut buf = [0u8; ID];
+        buf[..n].copy_from_slice(&id[..n]);
+        for (w, word) in self.id.iter().zip(buf.chunks_exact(8)).take(n.div_ceil(8)) {
+            let word: [u8; 8] = word.try_into().expect("chunks of 8");
+            w.store(u64::from_ne_bytes(word), Ordering::Relaxed);
+        }
+        self.id_len.store(n as u32, Ordering::Relaxed);
+    }
+
+    /// The front server's id of the current request, or "-" (best effort).
+    pub fn request_id(&self) -> String {
+        let n = (self.id_len.load(Ordering::Relaxed) as usize).min(ID);
+        if n == 0 {
+            return "-".to_owned();
+        }
+        let mut bytes = Vec::with_capacity(ID);
+        for w in &self.id {
+            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        bytes.truncate(n);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// As [`Line::begin`] for a request running since `since` (CLOCK_MONOTONIC ns):
     /// an ASGI task moved onto a line an older task left.
     pub fn begin_at(&self, method: &[u8], target: &[u8], protocol: Protocol, since: u64) {
@@ -808,7 +843,10 @@ mod tests {
         sb.reset(1, 42, 0, Cause::Boot);
         let l = sb.line(1, 2);
         assert_eq!(l.since.load(Ordering::SeqCst), 0);
+        assert_eq!(l.request_id(), "-");
+        l.set_request_id(b"5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e");
         l.begin(b"GET", b"/a/very/long/path?with=query", Protocol::FastCgi);
+        assert_eq!(l.request_id(), "5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e");
         assert!(l.since.load(Ordering::SeqCst) > 0);
         assert_eq!(l.desc(), "GET /a/very/long/path?with=query");
         let w = &sb.read().workers[0]; // slot 0 is free

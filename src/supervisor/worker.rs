@@ -134,20 +134,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         if thread >= self.board.threads {
             return;
         }
-        // One pass over the variables, no allocation (this runs for every request).
-        let (mut method, mut uri, mut path) = (None, None, None);
-        for (k, v) in head.pairs() {
-            match k {
-                b"REQUEST_METHOD" => method = Some(v),
-                b"REQUEST_URI" => uri = Some(v),
-                b"PATH_INFO" => path = Some(v),
-                _ => {}
-            }
-        }
-        let (method, target) = (method.unwrap_or(b"-"), uri.or(path).unwrap_or(b"-"));
-        self.board
-            .line(self.slot, thread)
-            .begin(method, target, protocol);
+        let (method, target, id) = describe(head);
+        let line = self.board.line(self.slot, thread);
+        line.set_request_id(id);
+        line.begin(method, target, protocol);
         if self.metrics {
             self.board.enter(self.slot);
         }
@@ -181,10 +171,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         protocol: crate::codec::Protocol,
     ) {
         if let Some(l) = line.filter(|&l| l < self.board.threads) {
-            let (method, target) = describe(head);
-            self.board
-                .line(self.slot, l)
-                .begin(method, target, protocol);
+            let (method, target, id) = describe(head);
+            let line = self.board.line(self.slot, l);
+            line.set_request_id(id);
+            line.begin(method, target, protocol);
         }
         if self.metrics {
             self.board.enter_task(self.slot);
@@ -199,12 +189,12 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         since: std::time::Instant,
     ) {
         if line < self.board.threads {
-            let (method, target) = describe(head);
+            let (method, target, id) = describe(head);
             let ago = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let since = super::scoreboard::now_ns().saturating_sub(ago);
-            self.board
-                .line(self.slot, line)
-                .begin_at(method, target, protocol, since);
+            let line = self.board.line(self.slot, line);
+            line.set_request_id(id);
+            line.begin_at(method, target, protocol, since);
         }
     }
 
@@ -250,17 +240,26 @@ impl crate::wsgi::Monitor for WorkerMonitor {
 
 /// A request's method and target (REQUEST_URI, else PATH_INFO) for its line, in one
 /// pass over the variables and without allocating (this runs for every request).
-fn describe(head: &crate::codec::Head) -> (&[u8], &[u8]) {
-    let (mut method, mut uri, mut path) = (None, None, None);
+/// A request's method, target (REQUEST_URI, else PATH_INFO) and the front server's id
+/// of it (empty when it sent none that postern logs), in one pass over the variables,
+/// without allocating (this runs for every request).
+fn describe(head: &crate::codec::Head) -> (&[u8], &[u8], &[u8]) {
+    let (mut method, mut uri, mut path, mut id) = (None, None, None, None);
     for (k, v) in head.pairs() {
         match k {
             b"REQUEST_METHOD" => method = Some(v),
             b"REQUEST_URI" => uri = Some(v),
             b"PATH_INFO" => path = Some(v),
+            b"HTTP_X_REQUEST_ID" => id = Some(v),
             _ => {}
         }
     }
-    (method.unwrap_or(b"-"), uri.or(path).unwrap_or(b"-"))
+    let id = id.filter(|v| crate::logging::RequestId::sent(v).is_some());
+    (
+        method.unwrap_or(b"-"),
+        uri.or(path).unwrap_or(b"-"),
+        id.unwrap_or(b""),
+    )
 }
 
 impl WorkerMonitor {
