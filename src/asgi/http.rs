@@ -2215,15 +2215,18 @@ impl Exchange {
         Self::settle(slf, None)?;
         Self::release(slf)
     }
+}
 
+impl Exchange {
     /// The app's call returned (`None`) or raised: called by the task itself, at its
-    /// end (`SERVE` in run.rs), so the response ends in the same loop iteration.
-    fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    /// end (run.rs `Serve`), so the response ends in the same loop iteration.
+    pub(super) fn done(slf: &Bound<'_, Self>, raised: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
         let failure = raised.map(|e| {
-            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>() {
+            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py) {
                 pyo3::exceptions::PyException::new_err("the request's task was cancelled")
             } else {
-                PyErr::from_value(e)
+                e
             }
         });
         Self::end_with(slf, failure)
