@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::Migrate(args)) = &cli.command {
-        return match postern::uwsgi_ini::load(&args.ini) {
+        return match postern::uwsgi_ini::load_to_migrate(&args.ini, &args.vars) {
             Ok(ini) => {
                 print!("{}", ini.to_toml());
                 eprintln!("postern migrate: {}", ini.summary());

@@ -80,6 +80,10 @@ pub enum Outcome {
     Placeholder,
     /// Not a uWSGI option postern knows.
     Unknown,
+    /// `postern migrate` only: the value is what uWSGI reads at each start (`$(VAR)`,
+    /// `@(FILE)`, the host's name or CPU count…), so no constant is written for it;
+    /// the reason says how to get the same at start.
+    AtStart(String),
 }
 
 /// An option line and what became of it.
@@ -145,7 +149,13 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
     let read = expand::read_section(text, facts, &section, ctx)?;
     let mut m = Mapper::new(&read.entries, &read.placeholders_used, &section);
     for (i, e) in read.entries.iter().enumerate() {
-        let outcome = m.map(i, e);
+        let outcome = if e.reads.is_empty() {
+            m.map(i, e)
+        } else {
+            let before = m.table.clone();
+            let outcome = m.map(i, e);
+            m.at_start(i, e, outcome, before)
+        };
         m.lines.push(Line {
             entry: e.clone(),
             outcome,
@@ -166,7 +176,27 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
 
 /// `postern migrate`: the ini as a commented `postern.toml`.
 pub fn migrate(spec: &str) -> Result<String, IniError> {
-    Ok(load(spec)?.to_toml())
+    Ok(load_to_migrate(spec, &[])?.to_toml())
+}
+
+/// Reads and maps `FILE[:section]` for `postern migrate`. The shell that runs migrate is
+/// not the service uWSGI ran in: its environment is not read (`vars`, `NAME=VALUE`, are
+/// the `$(NAME)` values to take as constants), `@(FILE)` is not read, and a line whose
+/// value uWSGI makes at each start from those, or from the host (`%h`, `%k`, …), is not
+/// written as a constant: it becomes [`Outcome::AtStart`], saying what to do instead.
+/// A secret is thus never written into the TOML (nor read), and an unset variable never
+/// becomes a literal `$(NAME)` value.
+pub fn load_to_migrate(spec: &str, vars: &[String]) -> Result<Translation, IniError> {
+    let mut env = std::collections::HashMap::new();
+    for v in vars {
+        let Some((name, value)) = v.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+            return Err(IniError::Refused(format!(
+                "--var {v}: give NAME=VALUE, the value $(NAME) has where postern will run"
+            )));
+        };
+        env.insert(name.to_owned(), value.to_owned());
+    }
+    load_with(spec, &Context::for_migrate(env))
 }
 
 /// The order keys are written in, and every key a translation can produce.
@@ -216,6 +246,7 @@ const HTTP_OPTION: &str =
 const EMPEROR: &str = "postern runs one app, not an Emperor: run one postern per app, e.g. a systemd template unit (postern@.service) with one config per instance";
 const INCLUDE: &str = "postern reads one file: copy the included file's options into this section";
 const HOOK: &str = "uWSGI's hooks have no postern equivalent: run the action from the service manager (systemd ExecStartPre=, ExecStopPost=) or from your deploy";
+const UWSGI_MODULE: &str = "uWSGI's in-process jobs and shared state (spooler, mules, cache, locks, sharedarea, queue, signals, timers) and the `uwsgi` Python module the app reaches them with (uwsgidecorators' @spool, @timer, @cron, @mulefunc; uwsgi.cache_get, uwsgi.lock) do not exist under postern: an app that guards `import uwsgi` would start and silently never run its jobs. Move the jobs to a task queue (Celery, RQ, Dramatiq) or a systemd timer and the cache to Redis or memcached, then drop this line";
 const LOGIC: &str = "uWSGI's configuration logic (if-*, for-*) is not supported: write the values it produces out by hand";
 
 /// Builds the table line by line.
@@ -856,6 +887,28 @@ impl<'a> Mapper<'a> {
             "cron" | "cron2" | "unique-cron" => Outcome::Ignored(
                 "postern runs no cron tasks: use a systemd timer or cron".into(),
             ),
+            // Refused, not ignored: running without them loses the app's jobs silently.
+            "spooler" | "spooler-external" | "mule" | "mules" | "farm" | "cache" | "cache2"
+            | "locks" | "lock-engine" | "ftok" | "sharedarea" | "queue" | "signal"
+            | "signal-bufsize" | "signals-bufsize" | "add-timer" | "add-rb-timer"
+            | "add-cron" | "add-unique-cron" | "add-file-monitor" | "load-file-in-cache"
+            | "load-file-in-cache-gzip" | "shared-import" | "shared-pyimport"
+            | "shared-py-import" | "shared-python-import" => Outcome::Refused(UWSGI_MODULE.into()),
+            k if ["spooler-", "mule-", "cache-", "queue-"].iter().any(|p| k.starts_with(p)) => {
+                Outcome::Refused(UWSGI_MODULE.into())
+            }
+            "log-slow" => Outcome::Ignored(format!(
+                "uWSGI logs the requests slower than {v} ms; postern's access log has every request with its duration, and slow-log = SECONDS logs the Python stacks of a request still running past it (the worker keeps running)"
+            )),
+            "harakiri-graceful-timeout" | "harakiri-graceful-signal" => Outcome::Ignored(
+                "postern's timeout (harakiri) sends no graceful signal first: it logs the worker's Python stacks, then kills it 500 ms later".into(),
+            ),
+            "py-tracebacker" => Outcome::Ignored(
+                "postern has no tracebacker socket: it logs every Python thread's stack itself when a request passes slow-log (the worker keeps running) or timeout (the worker is killed)".into(),
+            ),
+            "wsgi-disable-file-wrapper" => Outcome::Accepted(
+                "postern's wsgi.file_wrapper sends a real file with sendfile(2) and reads anything else in blocks: there is nothing to turn off".into(),
+            ),
 
             // Requests.
             "buffer-size" => match number(v) {
@@ -1087,6 +1140,43 @@ impl<'a> Mapper<'a> {
         }
     }
 
+    /// `postern migrate`: line `i` makes its value at each start in uWSGI (`e.reads`).
+    /// What it set in the table is taken out again (an earlier line it overrode stays
+    /// overridden, as at uWSGI's start), and the line says how to get the same at start.
+    /// A refusal of the option itself (not of its unexpanded value) stays.
+    fn at_start(&mut self, i: usize, e: &Entry, outcome: Outcome, before: toml::Table) -> Outcome {
+        let keys = match outcome {
+            Outcome::Carried { keys, .. } => keys,
+            // The value as written (`$(WORKERS:-4)`) did not parse; what uWSGI reads at
+            // start decides, and the option maps onto this key.
+            Outcome::Refused(why) if why.starts_with('"') || why == "it has no value" => {
+                value_key(&e.key)
+                    .map(|k| vec![k.to_owned()])
+                    .unwrap_or_default()
+            }
+            other => return other,
+        };
+        for k in &keys {
+            if let Some(name) = k.strip_prefix("env.") {
+                if let Some(toml::Value::Table(env)) = self.table.get_mut("env") {
+                    env.remove(name);
+                    if env.is_empty() {
+                        self.table.remove("env");
+                    }
+                }
+            } else if self.setter.get(k) == Some(&i) {
+                self.table.remove(k);
+            } else {
+                // A list (socket, pythonpath): what the other lines put there stays.
+                match before.get(k) {
+                    Some(v) => self.table.insert(k.clone(), v.clone()),
+                    None => self.table.remove(k),
+                };
+            }
+        }
+        Outcome::AtStart(at_start_reason(e, &keys))
+    }
+
     /// What needs the whole file: the callable's fate, the preload and comment notes.
     fn finish(&mut self) {
         // Only lines whose value is used: an ignored hook's shell command may hold " ; ".
@@ -1159,6 +1249,86 @@ impl<'a> Mapper<'a> {
             ));
         }
     }
+}
+
+/// The postern key of an option whose value is a number or a mode (whose value as
+/// written, `$(VAR)`, does not parse).
+fn value_key(uwsgi: &str) -> Option<&'static str> {
+    Some(match uwsgi {
+        "processes" | "workers" => "workers",
+        "threads" => "threads",
+        "harakiri" => "timeout",
+        "max-requests" => "max-requests",
+        "max-worker-lifetime" => "max-lifetime",
+        "reload-on-rss" | "evil-reload-on-rss" => "max-rss",
+        "reload-mercy" | "worker-reload-mercy" => "graceful-timeout",
+        "listen" => "listen-backlog",
+        "buffer-size" => "buffer-size",
+        "post-buffering" => "body-spool-threshold",
+        "limit-post" => "max-body",
+        "socket-timeout" => "read-timeout",
+        "chmod-socket" | "chmod" => "socket-mode",
+        "chown-socket" => "socket-owner",
+        _ => return None,
+    })
+}
+
+/// Why a line that uWSGI makes at each start is not written by `postern migrate`, and
+/// how to get the same at start. Says nothing of the value itself.
+fn at_start_reason(e: &Entry, keys: &[String]) -> String {
+    let what: Vec<String> = e
+        .reads
+        .iter()
+        .map(|r| match r.as_str() {
+            "%h" => "%h (the host's name)".to_owned(),
+            "%k" => "%k (the CPU count)".to_owned(),
+            "%v" => "%v (its working directory)".to_owned(),
+            "%t" | "%T" => format!("{r} (the time)"),
+            "%u" | "%U" | "%g" | "%G" => format!("{r} (the user it starts as)"),
+            other => other.to_owned(),
+        })
+        .collect();
+    let env_var = e.reads.iter().any(|r| r.starts_with("$("));
+    let why = format!(
+        "uWSGI reads {} each time it starts (in the service's environment, on its host); postern.toml holds constants, so nothing is written for this line{}",
+        what.join(", "),
+        if e.key == "env" {
+            " (a secret does not belong in the file, and a $(…) left as written would reach the app as it is)"
+        } else if env_var {
+            " (a $(…) left as written would be taken literally)"
+        } else {
+            ""
+        }
+    );
+    let migrate_var = if env_var {
+        "; for a value that is the same everywhere, run postern migrate again with --var NAME=VALUE"
+    } else {
+        ""
+    };
+    let ini =
+        "; or keep the file and run postern --ini, which reads it at each start as uWSGI does";
+    if e.key == "env" {
+        let name = e.value.split_once('=').map_or(e.value.as_str(), |(n, _)| n);
+        if e.value == format!("{name}=$({name})") {
+            return format!(
+                "uWSGI passes the service's own {name} on to the app; postern does the same (the app inherits postern's environment): set {name} where postern starts (systemd Environment= or EnvironmentFile=), and nothing is needed here"
+            );
+        }
+        return format!(
+            "{why}. Set {name} in the environment postern starts with (systemd Environment={name}=… or EnvironmentFile=; the app inherits it){ini}"
+        );
+    }
+    let vars: Vec<String> = keys
+        .iter()
+        .map(|k| format!("POSTERN_{}", k.to_ascii_uppercase().replace('-', "_")))
+        .collect();
+    if vars.is_empty() {
+        return format!("{why}. Write the value for this host here by hand{migrate_var}{ini}");
+    }
+    format!(
+        "{why}. Set {} in the environment postern starts with (systemd Environment= or EnvironmentFile=; postern reads it at each start, and it wins over this file), or write the value for this host here by hand{migrate_var}{ini}",
+        vars.join(" and ")
+    )
 }
 
 /// Appends `text` as comment lines of at most about 90 columns.
@@ -1273,6 +1443,10 @@ impl Translation {
             (count(|o| matches!(o, Outcome::Ignored(_))), "ignored"),
             (count(|o| matches!(o, Outcome::Unknown)), "unknown"),
             (
+                count(|o| matches!(o, Outcome::AtStart(_))),
+                "read at each start by uWSGI (not written: see NEEDS ATTENTION)",
+            ),
+            (
                 count(|o| matches!(o, Outcome::Refused(_))),
                 "refused (postern --ini stops on those)",
             ),
@@ -1341,6 +1515,23 @@ impl Translation {
                 }
             }
         }
+        let at_start: Vec<&Line> = self
+            .lines
+            .iter()
+            .filter(|l| matches!(l.outcome, Outcome::AtStart(_)))
+            .collect();
+        if !at_start.is_empty() {
+            let _ = writeln!(
+                out,
+                "#\n# NEEDS ATTENTION: uWSGI made these values at each start (environment, files, host);\n# no value is written for them here:"
+            );
+            for l in at_start {
+                if let Outcome::AtStart(why) = &l.outcome {
+                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                    wrap(&mut out, "#   ", "#   ", why);
+                }
+            }
+        }
         let comments = |out: &mut String, key: &str| {
             for l in &self.lines {
                 if let Outcome::Carried { keys, note, .. } = &l.outcome {
@@ -1355,7 +1546,7 @@ impl Translation {
         };
         if !self.table.contains_key("app") {
             let refused = self.lines.iter().find(|l| {
-                matches!(l.outcome, Outcome::Refused(_))
+                matches!(l.outcome, Outcome::Refused(_) | Outcome::AtStart(_))
                     && matches!(
                         l.entry.key.as_str(),
                         "module" | "wsgi" | "wsgi-file" | "file" | "mount"
@@ -1364,8 +1555,9 @@ impl Translation {
             let _ = match refused {
                 Some(l) => writeln!(
                     out,
-                    "\n# The app (line {}) could not be carried over (see below): give it here (app = \"pkg.module:callable\") or on the command line.",
-                    l.entry.line
+                    "\n# The app (line {}) could not be carried over (see {}): give it here (app = \"pkg.module:callable\") or on the command line.",
+                    l.entry.line,
+                    if matches!(l.outcome, Outcome::AtStart(_)) { "above" } else { "below" }
                 ),
                 None => writeln!(
                     out,
@@ -1401,7 +1593,7 @@ impl Translation {
         let dropped: Vec<&Line> = self
             .lines
             .iter()
-            .filter(|l| !matches!(l.outcome, Outcome::Carried { .. }))
+            .filter(|l| !matches!(l.outcome, Outcome::Carried { .. } | Outcome::AtStart(_)))
             .collect();
         if !dropped.is_empty() {
             let _ = writeln!(out, "\n# Not carried over:");
@@ -1415,7 +1607,9 @@ impl Translation {
                     Outcome::Unknown => {
                         "unknown: not an option postern knows (it has no equivalent, or it is misspelt)".to_owned()
                     }
-                    Outcome::Carried { .. } => unreachable!("filtered above"),
+                    Outcome::Carried { .. } | Outcome::AtStart(_) => {
+                        unreachable!("filtered above")
+                    }
                 };
                 let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
                 wrap(&mut out, "#   ", "#   ", &why);

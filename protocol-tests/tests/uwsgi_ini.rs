@@ -91,11 +91,21 @@ fn start_behind_nginx(
     (p, n)
 }
 
-/// `postern migrate INI`: (stdout, stderr), after checking it succeeded.
+/// `postern migrate INI`, with the `$(…)` the files read given as constants (`--var`:
+/// migrate reads no variable of its own environment): (stdout, stderr), after checking
+/// it succeeded.
 fn migrate(vars: &Vars, ini: &Path) -> (String, String) {
-    let out: Output = postern(vars, &["migrate", ini.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let given = [
+        format!("POSTERN_TEST_DIR={}", vars.dir.display()),
+        format!("POSTERN_TEST_VENV={}", vars.venv.display()),
+        format!("POSTERN_TEST_PORT={}", vars.port),
+        format!("POSTERN_TEST_STATS_PORT={}", vars.stats_port),
+    ];
+    let mut args = vec!["migrate", ini.to_str().unwrap()];
+    for g in &given {
+        args.extend(["--var", g.as_str()]);
+    }
+    let out: Output = postern(vars, &args).output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),

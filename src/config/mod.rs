@@ -445,6 +445,11 @@ pub struct MigrateArgs {
     /// The uWSGI ini file: `FILE` or `FILE:SECTION` (default section `uwsgi`).
     #[arg(value_name = "FILE[:SECTION]")]
     pub ini: String,
+    /// `NAME=VALUE`: what uWSGI's `$(NAME)` is where postern will run, written as a
+    /// constant (repeatable). migrate reads no variable of its own environment: a line
+    /// with any other `$(NAME)` is left out, with a comment on how to set it at start.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
 }
 
 /// Where a value came from.

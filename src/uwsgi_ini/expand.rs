@@ -29,6 +29,12 @@ pub struct Context {
     pub group: Option<String>,
     /// `%k`.
     pub cpus: usize,
+    /// Reading for `postern migrate`: what uWSGI reads at each start (`$(VAR)` not in
+    /// `env`, `@(FILE)`, the host's and the process's magic variables) is not a constant
+    /// to write into a TOML file. `$(VAR)` and `@(FILE)` are then left as written (a
+    /// secret is never read, so never written), and each entry records in
+    /// [`Entry::reads`] what it would have read.
+    pub migrating: bool,
 }
 
 impl Context {
@@ -54,6 +60,18 @@ impl Context {
                 .map(|u| u.name),
             group: crate::users::group_name(gid).ok().flatten(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            migrating: false,
+        }
+    }
+
+    /// The view of `postern migrate`: this process's host and user, but no environment
+    /// of its own (the shell that runs migrate is not the service's): `vars` are the
+    /// only `$(VAR)` values taken as constants.
+    pub fn for_migrate(vars: HashMap<String, String>) -> Context {
+        Context {
+            env: vars,
+            migrating: true,
+            ..Context::from_process()
         }
     }
 }
@@ -100,6 +118,10 @@ pub struct Entry {
     pub key: String,
     /// The value after every expansion.
     pub value: String,
+    /// What uWSGI would read at each start to make this value (`$(VAR)`, `@(FILE)`,
+    /// `%h`, …), directly or through a `%(placeholder)`; only when
+    /// [`Context::migrating`], else empty.
+    pub reads: BTreeSet<String>,
 }
 
 /// A section read and expanded.
@@ -216,6 +238,11 @@ pub fn read_section(
         let number = i + 1;
         let mut bad = Vec::new();
         let line = magic_line(raw, facts, ctx, |m| bad.push(m));
+        let reads: BTreeSet<String> = if ctx.migrating {
+            process_magic(raw)
+        } else {
+            BTreeSet::new()
+        };
         let line = line.trim_matches([' ', '\t', '\r']);
         if line.is_empty() || line.starts_with([';', '#']) {
             continue;
@@ -253,6 +280,7 @@ pub fn read_section(
             text: raw.trim_matches([' ', '\t', '\r']).to_owned(),
             key,
             value,
+            reads,
         });
     }
     if !found {
@@ -266,6 +294,22 @@ pub fn read_section(
     expand_files(&mut out, ctx)?;
     expand_placeholders(&mut out, ctx)?;
     Ok(out)
+}
+
+/// The magic variables in `raw` whose value is the running process's or host's (`%h`,
+/// `%k`, `%v`, `%t`, `%T`, `%u`, `%U`, `%g`, `%G`): uWSGI computes them at each start.
+fn process_magic(raw: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        if let Some(m @ ('h' | 'k' | 'v' | 't' | 'T' | 'u' | 'U' | 'g' | 'G')) = chars.next() {
+            out.insert(format!("%{m}"));
+        }
+    }
+    out
 }
 
 /// Bound on the replacements in one value: uWSGI loops forever on `a = %(a)`.
@@ -326,7 +370,8 @@ fn expand_value(
     Ok(Ok(v))
 }
 
-/// Runs one pass over every entry's value.
+/// Runs one pass over every entry's value. The hook gets the text inside `S(…)`, the
+/// entries, the line, the notes, and the entry's [`Entry::reads`] to add to.
 fn pass(
     section: &mut Section,
     symbol: char,
@@ -335,6 +380,7 @@ fn pass(
         &[Entry],
         usize,
         &mut Vec<(usize, String)>,
+        &mut BTreeSet<String>,
     ) -> Result<Option<String>, IniError>,
 ) -> Result<(), IniError> {
     for i in 0..section.entries.len() {
@@ -345,7 +391,11 @@ fn pass(
         let line = section.entries[i].line;
         let entries = &section.entries;
         let notes = &mut section.notes;
-        let expanded = expand_value(&value, symbol, |inner| hook(inner, entries, line, notes))?;
+        let mut reads = BTreeSet::new();
+        let expanded = expand_value(&value, symbol, |inner| {
+            hook(inner, entries, line, notes, &mut reads)
+        })?;
+        section.entries[i].reads.extend(reads);
         match expanded {
             Ok(v) => section.entries[i].value = v,
             Err(()) => {
@@ -360,9 +410,11 @@ fn pass(
 }
 
 /// `$(VAR)`, `$(VAR:-DEFAULT)` (unset or empty), `$(VAR-DEFAULT)` (unset only). An unset
-/// variable with no default is left as written, as uWSGI does.
+/// variable with no default is left as written, as uWSGI does. When migrating, a
+/// variable not given as a constant is left as written and recorded: uWSGI reads it at
+/// each start, in the service's environment, not in the shell that runs migrate.
 fn expand_env(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
-    pass(section, '$', |inner, _, line, notes| {
+    pass(section, '$', |inner, _, line, notes, reads| {
         let (name, default, or_empty) = if let Some((n, d)) = inner.split_once(":-") {
             (n, Some(d), true)
         } else if let Some((n, d)) = inner.split_once('-') {
@@ -370,6 +422,10 @@ fn expand_env(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
         } else {
             (inner, None, false)
         };
+        if ctx.migrating && !ctx.env.contains_key(name) {
+            reads.insert(format!("$({name})"));
+            return Ok(None);
+        }
         Ok(match (ctx.env.get(name), default) {
             (Some(v), Some(d)) if or_empty && v.is_empty() => Some(d.to_owned()),
             (Some(v), _) => Some(v.clone()),
@@ -386,9 +442,15 @@ fn expand_env(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
 }
 
 /// `@(FILE)`: the file's contents, less one trailing newline. Other sources uWSGI can
-/// read there (`exec://`, `http://`, …) are not run: they stay as written.
+/// read there (`exec://`, `http://`, …) are not run: they stay as written. When
+/// migrating, nothing is read (uWSGI reads the file at each start, and it may hold a
+/// secret): the reference stays as written and is recorded.
 fn expand_files(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
-    pass(section, '@', |inner, _, line, notes| {
+    pass(section, '@', |inner, _, line, notes, reads| {
+        if ctx.migrating {
+            reads.insert(format!("@({inner})"));
+            return Ok(None);
+        }
         if inner.contains("://") {
             notes.push((
                 line,
@@ -415,13 +477,15 @@ fn expand_files(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
 /// arithmetic: `%(a + b * 2)` is `((a + b) * 2)`, `%(a b)` concatenates, `%(a ++)`.
 fn expand_placeholders(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
     let mut used = BTreeSet::new();
-    pass(section, '%', |inner, entries, _, _| {
-        let lookup = |name: &str| -> Option<String> {
+    pass(section, '%', |inner, entries, _, _, reads| {
+        // What the definition read at start, the value's reads too.
+        let mut lookup = |name: &str| -> Option<String> {
             let env_name = format!("UWSGI_{}", name.to_ascii_uppercase().replace('-', "_"));
-            ctx.env
-                .get(&env_name)
-                .cloned()
-                .or_else(|| placeholder_value(entries, name))
+            ctx.env.get(&env_name).cloned().or_else(|| {
+                let (value, from) = placeholder_value(entries, name)?;
+                reads.extend(from.iter().cloned());
+                Some(value)
+            })
         };
         if !inner.contains(' ') {
             used.insert(inner.to_owned());
@@ -436,15 +500,19 @@ fn expand_placeholders(section: &mut Section, ctx: &Context) -> Result<(), IniEr
     Ok(())
 }
 
-/// The first definition of `name`: an option line, or `set-placeholder`/`set-ph`.
-fn placeholder_value(entries: &[Entry], name: &str) -> Option<String> {
+/// The first definition of `name` (an option line, or `set-placeholder`/`set-ph`), and
+/// what that line read at start.
+fn placeholder_value<'e>(
+    entries: &'e [Entry],
+    name: &str,
+) -> Option<(String, &'e BTreeSet<String>)> {
     entries.iter().find_map(|e| {
         if e.key == name {
-            return Some(e.value.clone());
+            return Some((e.value.clone(), &e.reads));
         }
         if matches!(e.key.as_str(), "set-placeholder" | "set-ph") {
             let (k, v) = e.value.split_once('=')?;
-            return (k.trim() == name).then(|| v.trim().to_owned());
+            return (k.trim() == name).then(|| (v.trim().to_owned(), &e.reads));
         }
         None
     })
@@ -540,6 +608,7 @@ mod tests {
             user: Some("ann".into()),
             group: None,
             cpus: 8,
+            migrating: false,
         }
     }
 

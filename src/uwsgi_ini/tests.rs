@@ -16,6 +16,7 @@ fn ctx() -> Context {
         user: None,
         group: None,
         cpus: 2,
+        migrating: false,
     }
 }
 
@@ -831,4 +832,151 @@ fn refuses_paste_deploy_apps_saying_how_to_load_them() {
         tr("eval = x").lines[0].outcome,
         Outcome::Refused(_)
     ));
+}
+
+/// `tr` as `postern migrate` reads it: no environment but `vars`.
+fn tr_migrate(body: &str, vars: &[(&str, &str)]) -> Translation {
+    let facts = FileFacts {
+        given: "/etc/uwsgi/shop.ini".into(),
+        absolute: PathBuf::from("/etc/uwsgi/shop.ini"),
+        section: None,
+        inode: None,
+    };
+    let c = Context {
+        env: vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        migrating: true,
+        ..ctx()
+    };
+    translate(&format!("[uwsgi]\n{body}\n"), &facts, &c).unwrap()
+}
+
+// regression: migrate expanded $(ENV), @(FILE), %h and %k in the shell that ran it and
+// wrote the result as constants: an unset secret became the literal "$(APP_SECRET)" the
+// app then ran with, a set one was written in clear, a per-host override was lost.
+#[test]
+fn migrate_writes_no_value_uwsgi_makes_at_each_start() {
+    let t = tr_migrate(
+        "module = shop.wsgi\nsocket = /run/shop.sock\nprocesses = $(WORKERS:-4)\nsocket = /run/%h/app.sock\nenv = SECRET=$(APP_SECRET)\nenv = KEY=@(/nonexistent/secret.txt)\nthreads = %(%k * 2)\nroot = $(APP_ROOT)\nchdir = %(root)/src\nenv = DJANGO_SETTINGS_MODULE=shop.settings\nharakiri = 30\nenv = TOKEN=$(TOKEN)",
+        &[],
+    );
+    for k in ["processes", "env", "threads", "chdir"] {
+        let all: Vec<&Outcome> = t
+            .lines
+            .iter()
+            .filter(|l| l.entry.key == k && !l.entry.reads.is_empty())
+            .map(|l| &l.outcome)
+            .collect();
+        assert!(!all.is_empty(), "{k}");
+        for o in all {
+            assert!(matches!(o, Outcome::AtStart(_)), "{k}: {o:?}");
+        }
+    }
+    // Only the constants are in the table: the first socket, not the %h one.
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&["unix:/run/shop.sock"])));
+    for k in ["workers", "threads", "chdir"] {
+        assert!(get(&t, k).is_none(), "{k}: {:?}", get(&t, k));
+    }
+    let env = get(&t, "env").and_then(toml::Value::as_table).unwrap();
+    assert_eq!(env.keys().collect::<Vec<_>>(), ["DJANGO_SETTINGS_MODULE"]);
+    assert_eq!(get(&t, "timeout"), Some(&toml::Value::Integer(30)));
+
+    let text = t.to_toml();
+    let back: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, t.table, "{text}");
+    // No value line holds a reference as written, nor anything the host made.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!l.contains("$(") && !l.contains("@("), "{l}\n{text}");
+        assert!(!l.contains("web1"), "{l}\n{text}");
+    }
+    // Each says why and how to get the same at start.
+    let why = |key: &str, n: usize| -> String {
+        let l = t
+            .lines
+            .iter()
+            .filter(|l| l.entry.key == key)
+            .nth(n)
+            .unwrap();
+        match &l.outcome {
+            Outcome::AtStart(w) => w.clone(),
+            o => panic!("{key}: {o:?}"),
+        }
+    };
+    let w = why("processes", 0);
+    assert!(
+        w.contains("$(WORKERS)") && w.contains("POSTERN_WORKERS") && w.contains("--ini"),
+        "{w}"
+    );
+    let w = why("env", 0);
+    assert!(
+        w.contains("$(APP_SECRET)")
+            && w.contains("Set SECRET in the environment postern starts with"),
+        "{w}"
+    );
+    assert!(why("env", 1).contains("@(/nonexistent/secret.txt)"));
+    assert!(why("socket", 1).contains("%h (the host's name)"));
+    assert!(why("threads", 0).contains("%k") && why("threads", 0).contains("POSTERN_THREADS"));
+    // Through a placeholder too.
+    assert!(why("chdir", 0).contains("$(APP_ROOT)"));
+    // A variable passed on under its own name needs nothing but the environment.
+    assert!(why("env", 3).contains("postern does the same"));
+    assert!(text.contains("# NEEDS ATTENTION"), "{text}");
+    assert!(
+        t.summary()
+            .contains("7 read at each start by uWSGI (not written"),
+        "{}",
+        t.summary()
+    );
+}
+
+#[test]
+fn migrate_takes_the_vars_it_is_given_as_constants() {
+    let t = tr_migrate(
+        "module = m\nprocesses = $(WORKERS:-4)\nenv = SECRET=$(APP_SECRET)\nchdir = $(ROOT)/x",
+        &[("WORKERS", "6"), ("ROOT", "/srv")],
+    );
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(6)));
+    assert_eq!(get(&t, "chdir"), Some(&s("/srv/x")));
+    assert!(matches!(outcome(&t, "env"), Outcome::AtStart(_)));
+}
+
+#[test]
+fn ini_still_expands_at_start() {
+    // postern --ini reads the file at each start, as uWSGI does: the values are used.
+    let t = tr("module = m\nchdir = $(APP_ROOT)/src\nsocket = /run/%h.sock\nthreads = %(%k * 2)");
+    assert_eq!(get(&t, "chdir"), Some(&s("/srv/shop/src")));
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&["unix:/run/web1.sock"])));
+    assert_eq!(get(&t, "threads"), Some(&toml::Value::Integer(4)));
+}
+
+// regression: spooler, mules, cache2, locks, … were "unknown (misspelt)" and --ini ran
+// without them: an app guarding `import uwsgi` silently never ran its jobs.
+#[test]
+fn refuses_uwsgi_in_process_jobs() {
+    let t = tr("module = m\ncache2 = name=default,items=100\nspooler = /tmp/spool\nspooler-processes = 2\nmule = tasks.py\nmules = 2\nshared-import = tasks\nlocks = 4\nsharedarea = 4\nqueue = 10\nsignal = 1\nfarm = f:1,2");
+    for l in &t.lines[1..] {
+        let Outcome::Refused(why) = &l.outcome else {
+            panic!("{}: {:?}", l.entry.text, l.outcome);
+        };
+        assert!(
+            why.contains("`uwsgi` Python module") && why.contains("task queue"),
+            "{why}"
+        );
+    }
+    assert!(t.check().is_err());
+}
+
+#[test]
+fn names_postern_analogues_of_logging_and_harakiri_options() {
+    let t = tr("module = m\nlog-slow = 2000\nharakiri-graceful-timeout = 5\npy-tracebacker = /tmp/tb\nwsgi-disable-file-wrapper = true");
+    let why = |k: &str| match outcome(&t, k) {
+        Outcome::Ignored(w) | Outcome::Accepted(w) => w.clone(),
+        o => panic!("{k}: {o:?}"),
+    };
+    assert!(why("log-slow").contains("slow-log"));
+    assert!(why("harakiri-graceful-timeout").contains("timeout"));
+    assert!(why("py-tracebacker").contains("slow-log"));
+    assert!(why("wsgi-disable-file-wrapper").contains("file_wrapper"));
 }

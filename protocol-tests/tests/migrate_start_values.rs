@@ -1,0 +1,109 @@
+//! `postern migrate` and what uWSGI makes at each start (`$(ENV)`, `@(FILE)`, `%h`,
+//! `%k`), and `--ini` with uWSGI's in-process job options. No nginx, no app import.
+
+use std::process::Command;
+
+use protocol_tests::harness::*;
+
+/// `postern migrate INI` with `env` set for it: (rc, stdout, stderr).
+fn migrate(ini: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(postern_bin());
+    cmd.arg("migrate")
+        .arg(ini)
+        .args(extra)
+        .env_remove("APP_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+// regression: migrate expanded $(VAR) and @(FILE) in the shell that ran it and wrote the
+// result into postern.toml: an unset secret became the literal value "$(APP_SECRET)" the
+// app ran with (a guessable Django SECRET_KEY), a set one or a file's was written in
+// clear, and `processes = $(WORKERS:-4)` lost the per-host override.
+#[test]
+fn migrate_never_writes_a_value_uwsgi_reads_at_each_start() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("sec.txt"), "file-s3cr3t\n").unwrap();
+    let ini = dir.path().join("envy.ini");
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nmodule = edge2\nprocesses = $(WORKERS:-4)\nsocket = /run/%h/app.sock\nenv = SECRET=$(APP_SECRET)\nenv = SECRET_KEY=@(%d/sec.txt)\nthreads = %(%k * 2)\n",
+    )
+    .unwrap();
+    for env in [
+        &[][..],
+        &[("APP_SECRET", "env-s3cr3t"), ("WORKERS", "6")][..],
+    ] {
+        let (rc, toml, summary) = migrate(&ini, env, &[]);
+        assert_eq!(rc, 0, "{summary}");
+        assert!(!toml.contains("s3cr3t"), "{toml}");
+        for line in toml.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !line.contains("$(") && !line.contains("@("),
+                "{line}\n{toml}"
+            );
+            assert!(
+                !line.starts_with("workers") && !line.starts_with("threads"),
+                "{line}"
+            );
+            assert!(
+                !line.starts_with("SECRET") && !line.starts_with("uwsgi"),
+                "{line}"
+            );
+        }
+        // The report says why and what to do.
+        assert!(toml.contains("# NEEDS ATTENTION"), "{toml}");
+        assert!(
+            toml.contains("#   uWSGI reads $(APP_SECRET) each time it starts"),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("Set SECRET in the environment postern"),
+            "{toml}"
+        );
+        assert!(toml.contains("POSTERN_WORKERS"), "{toml}");
+        assert!(
+            summary.contains("5 read at each start by uWSGI (not written: see NEEDS ATTENTION)"),
+            "{summary}"
+        );
+    }
+    // A value that is the same everywhere is given as a constant.
+    let (rc, toml, _) = migrate(&ini, &[], &["--var", "WORKERS=3"]);
+    assert_eq!(rc, 0);
+    assert!(toml.contains("\nworkers = 3\n"), "{toml}");
+}
+
+// regression: spooler, mules, cache2, locks, sharedarea, queue, signal and shared-import
+// were "unknown: misspelt", and --ini started without them: an app that guards
+// `import uwsgi` silently never ran its spooled, mule or cron jobs.
+#[test]
+fn ini_with_uwsgi_in_process_jobs_is_refused_saying_why() {
+    let dir = tempdir();
+    let ini = dir.path().join("jobs.ini");
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nmodule = edge2\nspooler = /tmp/spool\nmules = 2\ncache2 = name=default,items=100\n",
+    )
+    .unwrap();
+    let out = Command::new(postern_bin())
+        .arg("--ini")
+        .arg(&ini)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for line in ["spooler = /tmp/spool", "mules = 2", "cache2 = name=default"] {
+        assert!(err.contains(line), "{line}: {err}");
+    }
+    assert!(err.contains("`uwsgi` Python module"), "{err}");
+    assert!(err.contains("task queue"), "{err}");
+    assert!(!err.contains("misspelt"), "{err}");
+}
