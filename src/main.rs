@@ -467,8 +467,8 @@ fn worker(
         monitor: Some(std::sync::Arc::new(monitor)),
         ..settings
     };
-    let ready = ctx.ready;
-    let on_ready = Box::new(move || supervisor::announce_ready(ready));
+    let (ready, board, slot) = (ctx.ready, std::sync::Arc::clone(&ctx.board), ctx.slot);
+    let on_ready = Box::new(move || supervisor::announce_ready(ready, &board, slot));
     match server::run(
         bound,
         loaded.app,

@@ -38,6 +38,8 @@ static INTS: AtomicU32 = AtomicU32::new(0);
 static HUPS: AtomicU32 = AtomicU32::new(0);
 /// The worker decided to recycle itself ([`recycle`]).
 static RECYCLE: AtomicBool = AtomicBool::new(false);
+/// The master had marked the worker to leave before it served ([`asked`]).
+static ASKED: AtomicBool = AtomicBool::new(false);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -174,6 +176,17 @@ fn stop_ints() -> u32 {
     }
 }
 
+/// The master marked this worker to leave while it booted (its SIGTERM was sent, or is
+/// on its way): the worker stops as for that SIGTERM, even if the signal itself was
+/// taken by a handler the app set lower than `signal.signal` (faulthandler, a C
+/// extension) while it imported. Like a recycling it stands in for one signal, so the
+/// SIGTERM counted too is not read as a second.
+/// regression: a stop sent while an app that set such a handler imported was lost.
+pub fn asked() {
+    ASKED.store(true, Ordering::SeqCst);
+    wake();
+}
+
 /// The server's side: waits for the requests to stop, from inside its runtime.
 pub struct Waiter {
     fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,
@@ -233,6 +246,9 @@ impl Waiter {
             }
             if RECYCLE.load(Ordering::SeqCst) {
                 return "recycling";
+            }
+            if ASKED.load(Ordering::SeqCst) {
+                return "SIGTERM";
             }
             self.woken().await;
         }

@@ -48,6 +48,9 @@ struct Worker {
     condemned_for: Option<(usize, u64)>,
     /// Its ready byte arrived: it took requests (one that never did cuts none off).
     served: bool,
+    /// It was sent SIGTERM: a second one would read as "stop now" and cut its
+    /// requests off.
+    termed: bool,
 }
 
 impl Worker {
@@ -60,9 +63,14 @@ impl Worker {
     /// worker already draining (a reload's booting worker dropped by the next reload,
     /// then again by its rollback) would read a second SIGTERM as "stop now".
     fn drain(&mut self, board: &Scoreboard, cause: Cause) {
-        let again = self.phase.draining();
         self.mark_retiring(board, cause);
-        if !again {
+        self.term();
+    }
+
+    /// SIGTERM, once.
+    fn term(&mut self) {
+        if !self.termed {
+            self.termed = true;
             signal(self.pid, Signal::TERM);
         }
     }
@@ -102,7 +110,9 @@ impl Worker {
                 "the request that passed --timeout ended while the stacks were dumped: the worker is not killed; it finishes its other requests and is replaced"
             );
             self.phase.spare();
-            signal(self.pid, Signal::TERM);
+            // regression: a worker already draining (a reload) got a second SIGTERM
+            // here and cut off the requests this was meant to spare.
+            self.term();
         }
     }
 
@@ -397,6 +407,7 @@ impl Master {
             dumped: Vec::new(),
             condemned_for: None,
             served: false,
+            termed: false,
         });
         Ok(())
     }
@@ -870,7 +881,11 @@ impl Master {
                 continue;
             }
             w.mark_retiring(&self.board, Cause::Stop);
-            signal(w.pid, if now { Signal::KILL } else { Signal::TERM });
+            if now {
+                signal(w.pid, Signal::KILL);
+            } else {
+                w.term();
+            }
         }
     }
 

@@ -407,6 +407,13 @@ impl Scoreboard {
         h.state.store(RETIRING, Ordering::SeqCst);
     }
 
+    /// Whether the master marked the worker in `slot` to leave (a reload, the stop,
+    /// scaling down), or the worker itself began to: it has been or is being sent
+    /// SIGTERM.
+    pub fn leaving(&self, slot: usize) -> bool {
+        self.head(slot).state.load(Ordering::SeqCst) == RETIRING
+    }
+
     /// The worker in `slot` stopped accepting (called by the worker). The cause the
     /// master or the worker gave first stays; else it is a stop.
     pub fn stop_serving(&self, slot: usize) {

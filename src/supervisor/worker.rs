@@ -16,8 +16,13 @@ pub(super) const READY: u8 = b'R';
 pub(super) const RECYCLING: u8 = b'S';
 
 /// Tells the master this worker serves (one byte on its status pipe). A SIGTERM that
-/// came while it booted was counted ([`crate::stop`]) and is acted on by now.
-pub fn announce_ready(pipe: OwnedFd) {
+/// came while it booted was counted ([`crate::stop`]) and is acted on by now; one the
+/// master marked on the scoreboard counts as well, in case the signal itself went to
+/// a handler the app set.
+pub fn announce_ready(pipe: OwnedFd, board: &Scoreboard, slot: usize) {
+    if board.leaving(slot) {
+        crate::stop::asked();
+    }
     let _ = rustix::io::write(&pipe, &[READY]);
 }
 
