@@ -107,3 +107,27 @@ fn ini_with_uwsgi_in_process_jobs_is_refused_saying_why() {
     assert!(err.contains("task queue"), "{err}");
     assert!(!err.contains("misspelt"), "{err}");
 }
+
+// regression: an app that imports uWSGI's `uwsgi` module stopped postern with a bare
+// "No module named 'uwsgi'"; the message now says what to do.
+#[test]
+fn an_app_importing_the_uwsgi_module_is_told_it_does_not_exist() {
+    let dir = tempdir();
+    let app = dir.path().join("useuwsgi.py");
+    std::fs::write(
+        &app,
+        "from uwsgidecorators import spool\n\ndef application(e, s):\n    s('200 OK', [])\n    return [b'x']\n",
+    )
+    .unwrap();
+    let out = Command::new(postern_bin())
+        .arg(&app)
+        .arg("--check")
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("No module named 'uwsgidecorators'"), "{err}");
+    assert!(err.contains("postern has no `uwsgi` module"), "{err}");
+    assert!(err.contains("task queue or a systemd timer"), "{err}");
+}

@@ -247,9 +247,20 @@ pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
 
 /// Imports the app and returns the WSGI callable.
 pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> {
-    let fail = |e: PyErr| WsgiError::Import {
-        app: spec.to_string(),
-        traceback: super::traceback(py, &e),
+    let fail = |e: PyErr| {
+        let mut traceback = super::traceback(py, &e);
+        // Apps moved from uWSGI import its `uwsgi` module, which postern does not provide.
+        if e.is_instance_of::<pyo3::exceptions::PyModuleNotFoundError>(py) {
+            let name = e.value(py).getattr("name").ok();
+            let name: Option<String> = name.and_then(|n| n.extract().ok());
+            if matches!(name.as_deref(), Some("uwsgi" | "uwsgidecorators")) {
+                traceback.push_str("postern has no `uwsgi` module: uWSGI's spooler, mules, cache, locks, signals and timers do not exist under postern; move those jobs to a task queue or a systemd timer (docs/migration.md, \"The uwsgi module\")\n");
+            }
+        }
+        WsgiError::Import {
+            app: spec.to_string(),
+            traceback,
+        }
     };
     let (module, callable) = match spec {
         AppSpec::Module { module, callable } => {
