@@ -276,7 +276,11 @@ pub fn run(
         // after "ready" to a single process was lost under SIG_IGN).
         on_ready();
         let why = stops.first().await;
-        tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+        if why == "recycling" {
+            tracing::info!(cause = "recycling", "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+        } else {
+            tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+        }
         let deadline = Instant::now() + graceful;
         pool.stopping(deadline);
         queue.stop_accepting();

@@ -735,6 +735,11 @@ impl Master {
                     self.stop_all(false);
                     return Err(SupervisorError::CrashLoop(self.boot_failures));
                 }
+                Verdict::Replace if status.exit_status() == Some(0) => {
+                    // A clean exit nobody asked for: a SIGTERM (or SIGINT with the app's
+                    // own handler) sent to the worker from outside the master.
+                    tracing::warn!(pid, %how, "worker stopped without the master asking (a signal sent to it directly?); replacing it");
+                }
                 Verdict::Replace => {
                     tracing::error!(pid, %how, "worker died unexpectedly; replacing it");
                 }
