@@ -146,7 +146,10 @@ pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
 /// Maps the ini `text` (its file described by `facts`).
 pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Translation, IniError> {
     let section = facts.section.clone().unwrap_or_else(|| "uwsgi".to_owned());
-    let read = expand::read_section(text, facts, &section, ctx)?;
+    let mut read = expand::read_section(text, facts, &section, ctx)?;
+    if ctx.migrating {
+        inherit_reads(&mut read.entries);
+    }
     let mut m = Mapper::new(&read.entries, &read.placeholders_used, &section);
     for (i, e) in read.entries.iter().enumerate() {
         let outcome = if e.reads.is_empty() {
@@ -534,15 +537,7 @@ impl<'a> Mapper<'a> {
     /// read from postern's chdir: those stay as written.
     fn after_chdir(&self, key: &str, v: &str) -> Option<String> {
         let dir = self.chdir.as_deref()?;
-        let path = match key {
-            "socket" | "uwsgi-socket" | "fastcgi-socket" | "scgi-socket" | "stats"
-            | "stats-server" => !v.contains(':') && !v.starts_with(['@', '=']),
-            "home" | "virtualenv" | "venv" | "pyhome" | "touch-reload" | "touch-chain-reload"
-            | "pidfile2" => true,
-            _ => false,
-        };
-        (path && !v.is_empty() && !v.starts_with('/'))
-            .then(|| format!("{}/{v}", dir.trim_end_matches('/')))
+        relative_to_chdir(key, v).then(|| format!("{}/{v}", dir.trim_end_matches('/')))
     }
 
     /// The file of a `logger`/`req-logger` value: `file:PATH` or
@@ -1149,7 +1144,12 @@ impl<'a> Mapper<'a> {
             Outcome::Carried { keys, .. } => keys,
             // The value as written (`$(WORKERS:-4)`) did not parse; what uWSGI reads at
             // start decides, and the option maps onto this key.
-            Outcome::Refused(why) if why.starts_with('"') || why == "it has no value" => {
+            // A socket whose protocol = line is made at start.
+            Outcome::Refused(why)
+                if why.starts_with('"')
+                    || why == "it has no value"
+                    || why.starts_with("protocol = $(") =>
+            {
                 value_key(&e.key)
                     .map(|k| vec![k.to_owned()])
                     .unwrap_or_default()
@@ -1209,6 +1209,12 @@ impl<'a> Mapper<'a> {
                     self.entries[ai].line
                 )),
                 // Part of the app's value.
+                Some((ai, false)) if matches!(self.lines[ai].outcome, Outcome::AtStart(_)) => {
+                    Outcome::Accepted(format!(
+                        "part of the app of line {}, which is made at each start (see NEEDS ATTENTION)",
+                        self.entries[ai].line
+                    ))
+                }
                 Some((_, false)) => Self::carried(&["app"]),
                 None => Outcome::Ignored(
                     "there is no module, wsgi-file or mount for it to apply to".into(),
@@ -1247,6 +1253,63 @@ impl<'a> Mapper<'a> {
                 0,
                 "uWSGI imported the app once in its master and forked the workers from it (there is no lazy-apps); postern imports it in each worker, so a reload (SIGHUP, touch-reload) runs the new code. Add preload = true to share the app's memory between workers as uWSGI did (then deploy new code with a restart)".into(),
             ));
+        }
+    }
+}
+
+/// Whether uWSGI opens `v` of `key` after its chdir, as a path relative to it (see
+/// `Mapper::after_chdir`; `relative_logger` for `Mapper::logger_file`).
+fn relative_to_chdir(key: &str, v: &str) -> bool {
+    let path = match key {
+        "socket" | "uwsgi-socket" | "fastcgi-socket" | "scgi-socket" | "stats" | "stats-server" => {
+            !v.contains(':') && !v.starts_with(['@', '='])
+        }
+        "home" | "virtualenv" | "venv" | "pyhome" | "touch-reload" | "touch-chain-reload"
+        | "pidfile2" => true,
+        _ => false,
+    };
+    path && !v.is_empty() && !v.starts_with('/')
+}
+
+/// Whether a `logger`/`req-logger` value names a file relative to the chdir.
+fn relative_logger(key: &str, v: &str) -> bool {
+    matches!(key, "logger" | "req-logger")
+        && v.strip_prefix("file:").is_some_and(|arg| {
+            let p = arg
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("logfile="))
+                .unwrap_or(arg);
+            !p.is_empty() && !p.starts_with('/')
+        })
+}
+
+/// When migrating: a line whose value is joined to another line's (a relative path to
+/// `chdir`, the app to `callable`, a socket to `protocol`) makes it at start too when
+/// that line does.
+fn inherit_reads(entries: &mut [Entry]) {
+    let last_reads = |keys: &[&str], entries: &[Entry]| {
+        entries
+            .iter()
+            .rev()
+            .find(|e| keys.contains(&e.key.as_str()) && !e.value.is_empty())
+            .map(|e| e.reads.clone())
+            .unwrap_or_default()
+    };
+    let chdir = last_reads(&["chdir"], entries);
+    let callable = last_reads(&["callable"], entries);
+    let protocol = last_reads(&["protocol", "socket-protocol"], entries);
+    for e in entries.iter_mut() {
+        if relative_to_chdir(&e.key, &e.value) || relative_logger(&e.key, &e.value) {
+            e.reads.extend(chdir.iter().cloned());
+        }
+        if matches!(
+            e.key.as_str(),
+            "module" | "wsgi" | "wsgi-file" | "file" | "mount"
+        ) {
+            e.reads.extend(callable.iter().cloned());
+        }
+        if e.key == "socket" {
+            e.reads.extend(protocol.iter().cloned());
         }
     }
 }

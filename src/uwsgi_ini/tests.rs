@@ -980,3 +980,34 @@ fn names_postern_analogues_of_logging_and_harakiri_options() {
     assert!(why("py-tracebacker").contains("slow-log"));
     assert!(why("wsgi-disable-file-wrapper").contains("file_wrapper"));
 }
+
+#[test]
+fn migrate_leaves_out_what_is_joined_to_a_value_made_at_start() {
+    // A relative path joins the chdir, the app its callable, a socket its protocol.
+    let t = tr_migrate(
+        "chdir = $(APP_DIR)\nmodule = shop.wsgi\ncallable = $(CALLABLE)\nprotocol = $(PROTO)\nsocket = app.sock\nuwsgi-socket = /run/abs.sock\nlogger = file:logs/app.log\nhome = venv\ntouch-reload = /srv/reload",
+        &[],
+    );
+    let text = t.to_toml();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!l.contains("$("), "{l}\n{text}");
+    }
+    for k in ["chdir", "module", "socket", "logger", "home"] {
+        assert!(
+            matches!(outcome(&t, k), Outcome::AtStart(_)),
+            "{k}: {:?}",
+            outcome(&t, k)
+        );
+    }
+    assert!(matches!(outcome(&t, "callable"), Outcome::Accepted(_)));
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&["unix:/run/abs.sock"])));
+    assert_eq!(get(&t, "touch-reload"), Some(&s("/srv/reload")));
+    // Every option line appears once in the output.
+    for n in 2..=10 {
+        assert_eq!(
+            text.matches(&format!("# line {n}: ")).count(),
+            1,
+            "line {n}\n{text}"
+        );
+    }
+}
