@@ -1013,3 +1013,16 @@ fn a_single_process_stopped_during_its_import_serves_the_listen_queue() {
         }
     }
 }
+
+// regression: two quick signals to an idle server (nothing in flight) were reported as
+// a stop that cut requests off (exit 1).
+#[test]
+fn two_quick_signals_to_an_idle_server_cut_nothing_off() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp()).start();
+    p.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(5));
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("postern exits");
+    assert!(status.success(), "{status}\n{}", p.logs());
+}

@@ -370,11 +370,20 @@ pub fn run(
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
         };
+        let mut drain = std::pin::pin!(drain);
         tokio::select! {
-            finished = drain => finished,
+            // A drain that has finished wins over a second signal that came as it did.
+            biased;
+            finished = &mut drain => finished,
             name = stops.second() => {
                 tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
-                false
+                // Nothing may have been running (two signals close together): a drain
+                // that ends within a moment cut nothing off.
+                // regression: an idle server stopped by two quick signals said it had
+                // cut requests off (exit 1).
+                tokio::time::timeout(Duration::from_millis(100), &mut drain)
+                    .await
+                    .unwrap_or(false)
             }
         }
     });
