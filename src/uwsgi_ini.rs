@@ -1179,6 +1179,21 @@ impl<'a> Mapper<'a> {
 
     /// What needs the whole file: the callable's fate, the preload and comment notes.
     fn finish(&mut self) {
+        // The uwsgi module's reason once, in full; the other such lines point at it.
+        let mut first_job: Option<usize> = None;
+        for l in self.lines.iter_mut() {
+            if !matches!(&l.outcome, Outcome::Refused(w) if w == UWSGI_MODULE) {
+                continue;
+            }
+            match first_job {
+                None => first_job = Some(l.entry.line),
+                Some(n) => {
+                    l.outcome = Outcome::Refused(format!(
+                        "uWSGI's in-process jobs, as line {n}: the `uwsgi` module and what it reaches do not exist under postern"
+                    ))
+                }
+            }
+        }
         // Only lines whose value is used: an ignored hook's shell command may hold " ; ".
         let commented: Vec<String> = self
             .lines
@@ -1351,25 +1366,13 @@ fn at_start_reason(e: &Entry, keys: &[String]) -> String {
             other => other.to_owned(),
         })
         .collect();
-    let env_var = e.reads.iter().any(|r| r.starts_with("$("));
-    let why = format!(
-        "uWSGI reads {} each time it starts (in the service's environment, on its host); postern.toml holds constants, so nothing is written for this line{}",
-        what.join(", "),
-        if e.key == "env" {
-            " (a secret does not belong in the file, and a $(…) left as written would reach the app as it is)"
-        } else if env_var {
-            " (a $(…) left as written would be taken literally)"
-        } else {
-            ""
-        }
-    );
-    let migrate_var = if env_var {
-        "; for a value that is the same everywhere, run postern migrate again with --var NAME=VALUE"
-    } else {
-        ""
-    };
-    let ini =
-        "; or keep the file and run postern --ini, which reads it at each start as uWSGI does";
+    let what = format!("uWSGI reads {} at each start", what.join(", "));
+    let var = e
+        .reads
+        .iter()
+        .find_map(|r| r.strip_prefix("$(")?.strip_suffix(')'))
+        .map(|n| format!("; --var {n}=VALUE to migrate if it is the same everywhere"))
+        .unwrap_or_default();
     if e.key == "env" {
         let name = e.value.split_once('=').map_or(e.value.as_str(), |(n, _)| n);
         if e.value == format!("{name}=$({name})") {
@@ -1378,7 +1381,7 @@ fn at_start_reason(e: &Entry, keys: &[String]) -> String {
             );
         }
         return format!(
-            "{why}. Set {name} in the environment postern starts with (systemd Environment={name}=… or EnvironmentFile=; the app inherits it){ini}"
+            "{what}: set {name} in the environment postern starts with (systemd Environment={name}=… or EnvironmentFile=; the app inherits it)"
         );
     }
     let vars: Vec<String> = keys
@@ -1386,10 +1389,10 @@ fn at_start_reason(e: &Entry, keys: &[String]) -> String {
         .map(|k| format!("POSTERN_{}", k.to_ascii_uppercase().replace('-', "_")))
         .collect();
     if vars.is_empty() {
-        return format!("{why}. Write the value for this host here by hand{migrate_var}{ini}");
+        return format!("{what}: write this host's value here by hand{var}");
     }
     format!(
-        "{why}. Set {} in the environment postern starts with (systemd Environment= or EnvironmentFile=; postern reads it at each start, and it wins over this file), or write the value for this host here by hand{migrate_var}{ini}",
+        "{what}: set {} in the environment postern starts with (systemd Environment= or EnvironmentFile=; it wins over this file), or write this host's value here{var}",
         vars.join(" and ")
     )
 }
@@ -1584,9 +1587,12 @@ impl Translation {
             .filter(|l| matches!(l.outcome, Outcome::AtStart(_)))
             .collect();
         if !at_start.is_empty() {
-            let _ = writeln!(
-                out,
-                "#\n# NEEDS ATTENTION: uWSGI made these values at each start (environment, files, host);\n# no value is written for them here:"
+            out.push_str("#\n");
+            wrap(
+                &mut out,
+                "# NEEDS ATTENTION: ",
+                "# ",
+                "uWSGI makes these values each time it starts (from its environment, files, the host), so no value is written for them: a secret does not belong in this file, and a $(…) left as written would reach postern as it is. postern --ini reads the ini file at each start, as uWSGI does.",
             );
             for l in at_start {
                 if let Outcome::AtStart(why) = &l.outcome {

@@ -61,11 +61,11 @@ fn migrate_never_writes_a_value_uwsgi_reads_at_each_start() {
         // The report says why and what to do.
         assert!(toml.contains("# NEEDS ATTENTION"), "{toml}");
         assert!(
-            toml.contains("#   uWSGI reads $(APP_SECRET) each time it starts"),
+            toml.contains("#   uWSGI reads $(APP_SECRET) at each start"),
             "{toml}"
         );
         assert!(
-            toml.contains("Set SECRET in the environment postern"),
+            toml.contains("set SECRET in the environment postern"),
             "{toml}"
         );
         assert!(toml.contains("POSTERN_WORKERS"), "{toml}");

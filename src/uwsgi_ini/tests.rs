@@ -906,13 +906,13 @@ fn migrate_writes_no_value_uwsgi_makes_at_each_start() {
     };
     let w = why("processes", 0);
     assert!(
-        w.contains("$(WORKERS)") && w.contains("POSTERN_WORKERS") && w.contains("--ini"),
+        w.contains("$(WORKERS)") && w.contains("POSTERN_WORKERS") && w.contains("--var WORKERS="),
         "{w}"
     );
     let w = why("env", 0);
     assert!(
         w.contains("$(APP_SECRET)")
-            && w.contains("Set SECRET in the environment postern starts with"),
+            && w.contains("set SECRET in the environment postern starts with"),
         "{w}"
     );
     assert!(why("env", 1).contains("@(/nonexistent/secret.txt)"));
@@ -923,6 +923,11 @@ fn migrate_writes_no_value_uwsgi_makes_at_each_start() {
     // A variable passed on under its own name needs nothing but the environment.
     assert!(why("env", 3).contains("postern does the same"));
     assert!(text.contains("# NEEDS ATTENTION"), "{text}");
+    assert!(
+        text.replace("\n# ", " ")
+            .contains("postern --ini reads the ini file at each start"),
+        "{text}"
+    );
     assert!(
         t.summary()
             .contains("7 read at each start by uWSGI (not written"),
@@ -956,14 +961,19 @@ fn ini_still_expands_at_start() {
 #[test]
 fn refuses_uwsgi_in_process_jobs() {
     let t = tr("module = m\ncache2 = name=default,items=100\nspooler = /tmp/spool\nspooler-processes = 2\nmule = tasks.py\nmules = 2\nshared-import = tasks\nlocks = 4\nsharedarea = 4\nqueue = 10\nsignal = 1\nfarm = f:1,2");
-    for l in &t.lines[1..] {
+    for (n, l) in t.lines[1..].iter().enumerate() {
         let Outcome::Refused(why) = &l.outcome else {
             panic!("{}: {:?}", l.entry.text, l.outcome);
         };
-        assert!(
-            why.contains("`uwsgi` Python module") && why.contains("task queue"),
-            "{why}"
-        );
+        // The reason in full once, then pointing at it.
+        if n == 0 {
+            assert!(
+                why.contains("`uwsgi` Python module") && why.contains("task queue"),
+                "{why}"
+            );
+        } else {
+            assert!(why.contains("as line 3: the `uwsgi` module"), "{why}");
+        }
     }
     assert!(t.check().is_err());
 }
