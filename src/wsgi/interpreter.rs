@@ -195,6 +195,15 @@ impl AppSpec {
             Some((t, "")) => (t, None),
             _ => (spec, None),
         };
+        if let Some(c) = callable.as_deref().filter(|c| c.contains('(')) {
+            // gunicorn's `module:create_app()`: postern calls no factory.
+            let factory = c.split('(').next().unwrap_or(c);
+            return Err(format!(
+                "{spec:?}: postern calls no app factory ('{c}'); create the app in a module \
+                 and name it, e.g. a wsgi.py with `from {target} import {factory}` and \
+                 `app = {factory}()`, then `wsgi:app`"
+            ));
+        }
         if target.ends_with(".py") || target.contains('/') {
             Ok(AppSpec::File {
                 path: PathBuf::from(target),
@@ -386,6 +395,13 @@ mod tests {
         );
         assert!(AppSpec::parse("not a module").is_err());
         assert!(AppSpec::parse("").is_err());
+        // gunicorn's factory call: refused with what to write instead.
+        let e = AppSpec::parse("flask_app:create_app()").unwrap_err();
+        assert!(e.contains("postern calls no app factory"), "{e}");
+        assert!(
+            e.contains("`from flask_app import create_app` and `app = create_app()`"),
+            "{e}"
+        );
     }
 }
 
