@@ -266,3 +266,95 @@ fn a_request_tasks_first_step_runs_at_once_with_what_a_loop_step_has() {
         );
     }
 }
+
+fn get_from(addr: &protocol_tests::harness::Addr, path: &str) -> Option<(u16, Vec<u8>)> {
+    let out = protocol_tests::harness::raw(
+        addr,
+        &uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", path),
+            ("REQUEST_URI", path),
+            ("SERVER_NAME", "test"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ]),
+    );
+    parse_http(&out).map(|r| (r.status, r.body))
+}
+
+// regression: a native wrapper around the app's coroutine (reverted) stepped what the
+// app's call returned as a coroutine, so an app whose call returns another awaitable (a
+// class whose instances are awaitable, like Starlette's HTTPEndpoint) answered 500.
+#[test]
+fn an_app_whose_call_returns_an_awaitable_that_is_not_a_coroutine_is_served() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("endpoint_app.py"),
+        r#"
+class Endpoint:
+    def __init__(self, scope, receive, send):
+        self.scope, self.receive, self.send = scope, receive, send
+
+    def __await__(self):
+        return self.run().__await__()
+
+    async def run(self):
+        if self.scope["type"] != "http":
+            return
+        await self.send({"type": "http.response.start", "status": 200, "headers": []})
+        await self.send({"type": "http.response.body", "body": b"endpoint"})
+
+app = Endpoint
+"#,
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), "endpoint_app:app")
+        .cwd(dir.path())
+        .start();
+    for _ in 0..2 {
+        assert_eq!(
+            get_from(&p.addr, "/x"),
+            Some((200, b"endpoint".to_vec())),
+            "{}",
+            p.logs()
+        );
+    }
+}
+
+// regression: with that wrapper, a request whose task the garbage collector took while
+// it still waited (the app awaits a local Event nobody keeps: asyncio's "Task was
+// destroyed but it is pending!") was never ended: no answer, no access line, and its
+// --max-concurrency place never given back (with 1, the worker never served again).
+#[test]
+fn a_request_whose_pending_task_is_collected_is_ended_and_frees_its_place() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("orphan_app.py"),
+        r#"
+import asyncio, gc
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/orphan":
+        asyncio.get_running_loop().call_later(0.2, gc.collect)
+        await asyncio.Event().wait()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"#,
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), "orphan_app:app")
+        .cwd(dir.path())
+        .args(["--interface", "asgi", "--max-concurrency", "1"])
+        .start();
+    let orphan = get_from(&p.addr, "/orphan");
+    assert_eq!(orphan.map(|r| r.0), Some(500), "{}", p.logs());
+    // Its place is free again: the next request is served.
+    assert_eq!(
+        get_from(&p.addr, "/"),
+        Some((200, b"ok".to_vec())),
+        "{}",
+        p.logs()
+    );
+}

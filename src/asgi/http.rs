@@ -2215,18 +2215,15 @@ impl Exchange {
         Self::settle(slf, None)?;
         Self::release(slf)
     }
-}
 
-impl Exchange {
     /// The app's call returned (`None`) or raised: called by the task itself, at its
-    /// end (run.rs `Serve`), so the response ends in the same loop iteration.
-    pub(super) fn done(slf: &Bound<'_, Self>, raised: Option<PyErr>) -> PyResult<()> {
-        let py = slf.py();
+    /// end (`SERVE` in run.rs), so the response ends in the same loop iteration.
+    fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let failure = raised.map(|e| {
-            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py) {
+            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>() {
                 pyo3::exceptions::PyException::new_err("the request's task was cancelled")
             } else {
-                e
+                PyErr::from_value(e)
             }
         });
         Self::end_with(slf, failure)

@@ -261,6 +261,9 @@ fn serve(
             ctx: Rc::clone(&ctx),
             state: lifespan.state(py).map(Bound::unbind),
             spawn: Spawn::new(py, event_loop)?,
+            serve: PyModule::from_code(py, SERVE, c"postern_asgi.py", c"postern_asgi")?
+                .getattr("serve")?
+                .unbind(),
             call_later: get("call_later")?,
             call_soon_threadsafe: get("call_soon_threadsafe")?,
             stop: get("stop")?,
@@ -317,6 +320,8 @@ struct Driver {
     state: Option<Py<PyDict>>,
     /// Starts the requests' tasks.
     spawn: Spawn,
+    /// `SERVE`'s coroutine function.
+    serve: Py<PyAny>,
     call_later: Py<PyAny>,
     call_soon_threadsafe: Py<PyAny>,
     stop: Py<PyAny>,
@@ -334,6 +339,21 @@ struct Driver {
     timer: RefCell<Option<(Instant, Py<PyAny>)>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
 }
+
+/// Each request's task runs this around the app's coroutine: the end of the request
+/// is handled inside the task's last step, not by a done callback one loop iteration
+/// later. Every exception is the request's (reported through `done`), so the task
+/// itself always ends quietly.
+/// `exchange._done(...)` is looked up where it is called (a method call, no bound
+/// method made per request).
+const SERVE: &std::ffi::CStr = c"async def serve(coro, exchange):
+    try:
+        await coro
+    except BaseException as e:
+        exchange._done(e)
+    else:
+        exchange._done(None)
+";
 
 /// A request handed from the draining thread to the loop.
 #[pyclass(module = "postern", name = "Handoff", frozen)]
@@ -465,6 +485,7 @@ impl Driver {
         let is_head = scope.as_ref().is_ok_and(|(_, head)| *head);
         drop(entered);
         let app = me.app.clone_ref(py);
+        let serve = me.serve.clone_ref(py);
         let ctx = Rc::clone(&me.ctx);
         drop(me);
         let exchange = match Bound::new(py, Exchange::new(ctx, req, span.clone(), slot, is_head)) {
@@ -492,15 +513,7 @@ impl Driver {
         let started = (|| -> PyResult<Option<FirstStep>> {
             let (receive, send) = super::http::channel(&exchange)?;
             let coro = app.bind(py).call1((scope, receive, send))?;
-            let coro = Bound::new(
-                py,
-                Serve {
-                    coro: Some(coro.unbind()),
-                    exchange: Some(exchange.clone().unbind()),
-                    started: false,
-                },
-            )?
-            .into_any();
+            let coro = serve.bind(py).call1((coro, &exchange))?;
             slf.borrow().spawn.task(coro, eager)
         })();
         drop(_entered);
@@ -1126,183 +1139,6 @@ impl FirstStep {
             if done {
                 reg.unregister(py, weak.bind(py));
             }
-        }
-    }
-}
-
-/// What each request's task runs around the app's coroutine (`serve(coro)`, a
-/// coroutine in the task's eyes: `send`, `throw`, `close`, `__await__`): it passes
-/// the steps on to the app's coroutine and, when that returns or raises, ends the
-/// request ([`Exchange::done`]) inside the task's last step, not in a done callback one
-/// loop iteration later. Every exception is the request's, so the task itself always
-/// ends quietly. Written out here rather than as an `async def serve(coro, exchange)`
-/// wrapper: that one's coroutine object, frame and `exchange._done(...)` call cost
-/// about 1.5k instructions per request more. The `--timeout` dump and the stop find
-/// the exchange as `_postern_exchange` and the app's coroutine as `cr_await` (which
-/// the dump's thread reads too: so not `unsendable`, unlike the exchange).
-#[pyclass(module = "postern", name = "serve")]
-struct Serve {
-    /// The app's coroutine; `None` once it has ended.
-    coro: Option<Py<PyAny>>,
-    /// `None` only once the GC cleared it.
-    exchange: Option<Py<Exchange>>,
-    /// A step has run (a coroutine closed before its first step runs no code).
-    started: bool,
-}
-
-#[pymethods]
-impl Serve {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    /// The task's steps (`PyIter_Send(coro, None)` uses it).
-    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
-        Self::step(slf, None)
-    }
-
-    fn send(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        Self::step(slf, Some(value))?.ok_or_else(|| pyo3::exceptions::PyStopIteration::new_err(()))
-    }
-
-    /// The task throws `CancelledError` (or what a waited future raised) in here.
-    #[pyo3(signature = (typ, val=None, tb=None))]
-    fn throw(
-        slf: &Bound<'_, Self>,
-        typ: &Bound<'_, PyAny>,
-        val: Option<&Bound<'_, PyAny>>,
-        tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let Some(coro) = Self::running(slf) else {
-            return Err(PyErr::from_value(typ.clone()));
-        };
-        let thrown = match (val, tb) {
-            (None, None) => coro.bind(py).call_method1(intern!(py, "throw"), (typ,)),
-            _ => coro
-                .bind(py)
-                .call_method1(intern!(py, "throw"), (typ, val, tb)),
-        };
-        match thrown {
-            Ok(v) => Ok(v.unbind()),
-            Err(e) => {
-                let failure =
-                    (!e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py)).then_some(e);
-                Self::finish(slf, failure)?;
-                Err(pyo3::exceptions::PyStopIteration::new_err(()))
-            }
-        }
-    }
-
-    /// Closes the app's coroutine: a started request ends with what that raised
-    /// (`GeneratorExit`, as the app's `await` saw it).
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (coro, started) = {
-            let mut me = slf.borrow_mut();
-            (me.coro.take(), me.started)
-        };
-        let Some(coro) = coro else {
-            return Ok(());
-        };
-        if !started {
-            return Ok(());
-        }
-        let failure = match coro.bind(py).call_method0(intern!(py, "close")) {
-            Ok(_) => pyo3::exceptions::PyGeneratorExit::new_err(()),
-            Err(e) => e,
-        };
-        Self::finish(slf, Some(failure))
-    }
-
-    /// The app's coroutine while it runs (what the `--timeout` dump walks down).
-    #[getter]
-    fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.coro.as_ref().map(|c| c.clone_ref(py))
-    }
-
-    #[getter]
-    fn _postern_exchange(&self, py: Python<'_>) -> Option<Py<Exchange>> {
-        self.exchange.as_ref().map(|e| e.clone_ref(py))
-    }
-
-    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        if let Some(c) = &self.coro {
-            visit.call(c)?;
-        }
-        if let Some(e) = &self.exchange {
-            visit.call(e)?;
-        }
-        Ok(())
-    }
-
-    fn __clear__(&mut self) {
-        self.coro = None;
-        self.exchange = None;
-    }
-}
-
-impl Serve {
-    /// The app's coroutine, marked started; `None` once it has ended.
-    fn running(slf: &Bound<'_, Self>) -> Option<Py<PyAny>> {
-        let mut me = slf.borrow_mut();
-        me.started = true;
-        me.coro.as_ref().map(|c| c.clone_ref(slf.py()))
-    }
-
-    /// One step of the app's coroutine with `value` sent in: what it awaits, or
-    /// `None` once it has ended (and the request with it).
-    fn step(
-        slf: &Bound<'_, Self>,
-        value: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Option<Py<PyAny>>> {
-        let py = slf.py();
-        let Some(coro) = Self::running(slf) else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                "cannot reuse already awaited coroutine",
-            ));
-        };
-        let mut result = std::ptr::null_mut();
-        // SAFETY: with the GIL held; `coro` and the value are valid for the call;
-        // `result` is a new reference (yielded or returned value) or NULL with an
-        // exception set.
-        let status = unsafe {
-            pyo3::ffi::PyIter_Send(
-                coro.as_ptr(),
-                value.map_or_else(|| pyo3::ffi::Py_None(), |v| v.as_ptr()),
-                &mut result,
-            )
-        };
-        match status {
-            // SAFETY: a new reference.
-            pyo3::ffi::PySendResult::PYGEN_NEXT => {
-                Ok(Some(unsafe { Bound::from_owned_ptr(py, result) }.unbind()))
-            }
-            pyo3::ffi::PySendResult::PYGEN_RETURN => {
-                // SAFETY: the return value, a new reference, dropped.
-                drop(unsafe { Bound::from_owned_ptr(py, result) });
-                Self::finish(slf, None)?;
-                Ok(None)
-            }
-            pyo3::ffi::PySendResult::PYGEN_ERROR => {
-                let e = PyErr::fetch(py);
-                Self::finish(slf, Some(e))?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// The app's coroutine has ended: so does the request.
-    fn finish(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
-        let py = slf.py();
-        let exchange = {
-            let mut me = slf.borrow_mut();
-            me.coro = None;
-            me.exchange.as_ref().map(|e| e.clone_ref(py))
-        };
-        match exchange {
-            Some(ex) => Exchange::done(ex.bind(py), failure),
-            None => Ok(()),
         }
     }
 }
