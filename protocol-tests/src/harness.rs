@@ -513,14 +513,7 @@ impl Postern {
 
     /// Waits for the process to exit, up to `secs`.
     pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_child(&mut self.child, secs)
     }
 
     /// Sends one raw request and returns everything until EOF.
@@ -682,6 +675,18 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .output()
         .expect("running python3 for a SHA-256");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Waits up to `secs` for `child` to exit; its status, or None if it still runs.
+pub fn wait_child(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// Sends bytes, reads to EOF (or error).

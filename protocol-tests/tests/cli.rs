@@ -984,12 +984,7 @@ fn a_single_process_stopped_during_its_import_serves_the_listen_queue() {
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut status = None;
-        while status.is_none() && Instant::now() < deadline {
-            status = child.try_wait().unwrap();
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = wait_child(&mut child, 20);
         if status.is_none() {
             let _ = child.kill();
             let _ = child.wait();

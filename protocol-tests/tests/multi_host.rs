@@ -319,17 +319,6 @@ impl Drop for Host {
     }
 }
 
-fn wait_child(c: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = c.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
 /// What one request through nginx gave.
 #[derive(Clone, Debug)]
 struct Outcome {

@@ -1425,6 +1425,13 @@ fn master_with_a_request_in_the_app(
     (p, req)
 }
 
+/// The master's stop exits 1 (it cut the request off), and the request got no answer.
+fn exits_1_with_the_request_unanswered(p: &mut Postern, req: std::thread::JoinHandle<Vec<u8>>) {
+    let status = p.wait_exit(20).expect("the master exits");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    assert!(parse_http(&req.join().unwrap()).is_none());
+}
+
 // regression: a master whose stop cut a request off (second SIGTERM while draining)
 // exited 0; the README says such a stop exits 1, as the single process does.
 #[test]
@@ -1456,9 +1463,7 @@ fn a_graceful_timeout_that_cuts_a_request_off_exits_1() {
     let dir = tempdir();
     let (mut p, req) = master_with_a_request_in_the_app(dir.path(), &["--graceful-timeout", "1"]);
     p.signal(libc::SIGTERM);
-    let status = p.wait_exit(20).expect("the master exits");
-    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
-    assert!(parse_http(&req.join().unwrap()).is_none());
+    exits_1_with_the_request_unanswered(&mut p, req);
 }
 
 // The clean stop of a master (the request finishes within --graceful-timeout) still
@@ -1642,12 +1647,7 @@ fn a_worker_importing_an_app_that_sets_a_sigterm_handler_stops(
     // The worker is still importing.
     // SAFETY: kill(2) on the postern this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut status = None;
-    while status.is_none() && Instant::now() < deadline {
-        status = child.try_wait().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_child(&mut child, 20);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
@@ -1678,9 +1678,7 @@ fn a_worker_killed_during_the_stop_makes_the_stop_exit_1() {
         // SAFETY: kill(2) on this test's postern's children.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let status = p.wait_exit(20).expect("the master exits");
-    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
-    assert!(parse_http(&req.join().unwrap()).is_none());
+    exits_1_with_the_request_unanswered(&mut p, req);
 }
 
 // A SIGHUP that reaches a worker (a terminal closing sends it to the whole process
