@@ -50,17 +50,10 @@ fn serve(dir: &Path, event_loop: &str, venv: Option<&Path>) -> Postern {
 }
 
 fn get(p: &Postern, path: &str) -> String {
-    let out = p.raw(&uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", path),
-        ("REQUEST_URI", path),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ]));
-    let r = parse_http(&out).expect("a response");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
+    let (status, body) = get_from(&p.addr, path).expect("a response");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{text}");
+    text
 }
 
 #[test]

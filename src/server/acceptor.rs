@@ -308,11 +308,7 @@ impl Acceptor {
                     let Some(e) = self.pending.take(key) else {
                         return None;
                     };
-                    let permit = match &e.conn {
-                        Waiting::Plain { permit, .. } => Some(permit),
-                        Waiting::Fcgi(conn) => conn.permit(),
-                    };
-                    if permit.is_some_and(|p| !p.try_begin()) {
+                    if e.conn.permit().is_some_and(|p| !p.try_begin()) {
                         if let Err(e) = self.pending.put_back(key, e) {
                             self.hand_back(e);
                         }
@@ -320,17 +316,7 @@ impl Acceptor {
                     }
                     drop(token);
                     // (Never one with bytes read: such one is only held.)
-                    let req = match e.conn {
-                        Waiting::Plain {
-                            sock,
-                            peer,
-                            listener,
-                            permit,
-                            ..
-                        } => self.plain_read(listener, sock, peer, e.started, false, permit),
-                        Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
-                    };
-                    if let Some(req) = req {
+                    if let Some(req) = self.read_waiting(e) {
                         return Some(req);
                     }
                 }
@@ -624,28 +610,16 @@ impl Acceptor {
     /// worker): read now if `--max-requests` leaves room to begin it, else held for
     /// the workers that serve on (the stop that follows hands it to them).
     fn take_up(&self, e: pending::Entry) {
-        let permit = match &e.conn {
-            Waiting::Plain { permit, .. } => Some(permit),
-            Waiting::Fcgi(conn) => conn.permit(),
-        };
-        if permit.is_some_and(|p| !p.try_begin()) {
+        if e.conn.permit().is_some_and(|p| !p.try_begin()) {
             if let Err(e) = self.pending.hold(e) {
                 self.hand_back(e);
             }
             return;
         }
-        let req = match e.conn {
-            Waiting::Plain { ref read, .. } if !read.is_empty() => return self.to_lane(e),
-            Waiting::Plain {
-                sock,
-                peer,
-                listener,
-                permit,
-                ..
-            } => self.plain_read(listener, sock, peer, e.started, false, permit),
-            Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
-        };
-        if let Some(req) = req {
+        if matches!(&e.conn, Waiting::Plain { read, .. } if !read.is_empty()) {
+            return self.to_lane(e);
+        }
+        if let Some(req) = self.read_waiting(e) {
             self.queue.push(req);
         }
     }
@@ -728,6 +702,21 @@ impl Acceptor {
     /// Reads a FastCGI connection (new, or parked and now readable): one whole request
     /// is served on this thread; anything else goes to the slow lane. `may_wait`: a
     /// new connection that sent nothing yet waits in the epoll (once).
+    /// Reads a waiting connection whose first bytes are in its socket (its place
+    /// taken), as at accept.
+    fn read_waiting(&self, e: pending::Entry) -> Option<Request> {
+        match e.conn {
+            Waiting::Plain {
+                sock,
+                peer,
+                listener,
+                permit,
+                ..
+            } => self.plain_read(listener, sock, peer, e.started, false, permit),
+            Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
+        }
+    }
+
     fn fcgi_read(
         &self,
         conn: Arc<FcgiConn>,

@@ -48,6 +48,14 @@ pub enum Waiting {
 }
 
 impl Waiting {
+    /// Its `--max-requests` place, if it holds one.
+    pub(super) fn permit(&self) -> Option<&Permit> {
+        match self {
+            Waiting::Plain { permit, .. } => Some(permit),
+            Waiting::Fcgi(conn) => conn.permit(),
+        }
+    }
+
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Waiting::Plain { sock, .. } => sock.as_fd(),
