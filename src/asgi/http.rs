@@ -255,10 +255,39 @@ enum BodyState {
     Done,
 }
 
+/// The loop's [`Ctx`] as an exchange holds it.
+///
+/// An exchange is a Python object, so its last reference can go on any thread that
+/// holds the GIL: an executor thread whose cyclic GC collects a request's leftovers
+/// (Datasette's SQL threads did, on one request in three), or an app that hands
+/// `send` to a thread. A class pyo3 keeps to one thread is then leaked instead of
+/// dropped, with a raw traceback on stderr each time; so the exchange is an ordinary
+/// class and only this field needs the reasoning below.
+struct LoopCtx(Rc<Ctx>);
+
+// SAFETY: the `Rc`'s count and the `Ctx` are only touched with the GIL held, which
+// serialises them (CPython 3.11 always has a GIL; a free-threaded build would need an
+// `Arc` and `Sync` fields here): an exchange is made, cloned from and used by the
+// loop's Rust code (called from Python, never inside `Python::detach`, whose closures
+// must be `Send`, which `Rc` is not), every call from Python goes through `on_loop`,
+// which refuses other threads before the exchange is touched, and a drop on another
+// thread comes from CPython's deallocation, with the GIL held. That drop only lowers
+// the count: the loop's driver holds its own `Rc<Ctx>` for as long as the worker runs.
+unsafe impl Send for LoopCtx {}
+// SAFETY: as for `Send`: shared references are only used with the GIL held.
+unsafe impl Sync for LoopCtx {}
+
+impl std::ops::Deref for LoopCtx {
+    type Target = Rc<Ctx>;
+    fn deref(&self) -> &Rc<Ctx> {
+        &self.0
+    }
+}
+
 /// One request: its body for `receive`, its response for `send`.
-#[pyclass(module = "postern", name = "HttpExchange", unsendable, freelist = 64)]
+#[pyclass(module = "postern", name = "HttpExchange", freelist = 64)]
 pub struct Exchange {
-    ctx: Rc<Ctx>,
+    ctx: LoopCtx,
     span: tracing::Span,
     head: Head,
     request_id: crate::logging::RequestId,
@@ -637,7 +666,7 @@ impl Exchange {
         let peer_fd = sink.peer_fd();
         let loop_w = sink.loop_writes();
         Exchange {
-            ctx,
+            ctx: LoopCtx(ctx),
             span,
             head,
             request_id,
