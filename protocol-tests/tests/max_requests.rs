@@ -101,10 +101,12 @@ fn answer_text(s: &mut impl Read, protocol: &str) -> Option<String> {
 // made workers recycle over and over: 2000 such connections, --workers 2
 // --max-requests 100, 38 recycles and 21 workers alive at once. A partial head is
 // bounded by --head-timeout and --max-connections, as a silent connection is.
-// (uwsgi and SCGI: a FastCGI connection still counts from its first bytes, README.)
+// regression (FastCGI): d74e5b2 counted a FastCGI connection from its first bytes
+// again, so 120 one-byte FastCGI heads made both workers recycle (38 recycles for
+// 2000 of them at --max-requests 100).
 #[test]
 fn partial_heads_do_not_make_a_max_requests_worker_recycle() {
-    for protocol in ["uwsgi", "scgi"] {
+    for protocol in ["uwsgi", "scgi", "fastcgi"] {
         let dir = tempdir();
         let p = pid_app(dir.path(), None)
             .protocol(protocol)
@@ -207,8 +209,8 @@ fn requests_handed_to_a_successor_that_boots_past_head_timeout_keep_the_bound() 
 // A head that came in parts is begun once whole; when the worker has taken its last
 // request by then, it goes to the workers that serve on with the bytes already read
 // (head and body), so no worker serves much past --max-requests however its
-// connections send (counted only once whole, all 30 were served by one worker; so was
-// FastCGI's, which therefore still counts from the first bytes).
+// connections send (counted only once whole and served where they were, all 30 were
+// served by one worker).
 #[test]
 fn heads_completed_after_the_last_request_was_taken_go_to_the_workers_that_serve_on() {
     for protocol in ["uwsgi", "scgi", "fastcgi"] {
@@ -269,4 +271,194 @@ fn heads_completed_after_the_last_request_was_taken_go_to_the_workers_that_serve
             p.logs()
         );
     }
+}
+
+/// Writes `req` in three parts (cut inside its PARAMS, then inside its STDIN), with a
+/// pause after each, so the slow lane completes it; returns the answer's body.
+fn fcgi_in_parts(s: &mut std::os::unix::net::UnixStream, req: &[u8], id: u16) -> Option<String> {
+    let cuts = [10, req.len() - 500, req.len()];
+    let mut at = 0;
+    for cut in cuts {
+        s.write_all(&req[at..cut]).ok()?;
+        at = cut;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let reply = fcgi::read_reply(s, id, &mut Vec::new());
+    let (status, _, body) = reply.cgi();
+    (status == 200).then(|| String::from_utf8_lossy(&body).into_owned())
+}
+
+// A kept FastCGI connection whose next request the slow lane completes after the
+// worker took its last one goes to the workers that serve on with the bytes read (its
+// head and part of its body, the rest still coming), and stays open there: every
+// request is answered whole on the connection it was sent on, and no worker serves
+// much past --max-requests.
+#[test]
+fn kept_fastcgi_connections_sending_requests_in_parts_go_on_across_recycles() {
+    let dir = tempdir();
+    let p = pid_app(dir.path(), None)
+        .protocol("fastcgi")
+        .args([
+            "--workers",
+            "1",
+            "--max-requests",
+            "10",
+            "--head-timeout",
+            "30",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let body = vec![b'y'; 3000];
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/"),
+        ("CONTENT_LENGTH", "3000"),
+    ];
+    let req = fcgi::request(1, true, &vars, &body);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let req = req.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| fcgi_in_parts(&mut s, &req, 1))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut per_pid = std::collections::HashMap::<String, usize>::new();
+    for c in clients {
+        for text in c.join().unwrap() {
+            let text = text.unwrap_or_else(|| panic!("a request failed\n{}", p.logs()));
+            let mut words = text.split(' ').skip(1);
+            let pid = words.next().unwrap_or_default().to_owned();
+            assert_eq!(words.next(), Some("3000"), "the body came whole: {text}");
+            *per_pid.entry(pid).or_default() += 1;
+        }
+    }
+    assert!(
+        per_pid.values().all(|&n| n <= 12),
+        "{per_pid:?}\n{}",
+        p.logs()
+    );
+}
+
+// Multiplexed requests at the cap: one whose head the slow lane completes while
+// another request runs on its connection cannot go on without that one (the
+// connection is shared): it is served where it is, past the limit, never dropped; the
+// connection then goes on serving.
+#[test]
+fn a_multiplexed_fastcgi_request_completed_at_the_cap_is_served() {
+    let dir = tempdir();
+    let app = dir.path().join("slowapp.py");
+    std::fs::write(
+        &app,
+        "import os, time\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(1.5)\n    body = ('%s %d' % (environ['PATH_INFO'], os.getpid())).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .protocol("fastcgi")
+        .args(["--threads", "4", "--workers", "1", "--max-requests", "3"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let mut x = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    x.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    x.write_all(&fcgi::get(1, true, "/slow")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Two more take the worker's last places while /slow runs.
+    for _ in 0..2 {
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&fcgi::get(1, false, "/")).unwrap();
+        let (status, _, _) = fcgi::read_reply(&mut s, 1, &mut Vec::new()).cgi();
+        assert_eq!(status, 200, "{}", p.logs());
+    }
+    // Requests 2, then 3 (once 2 has ended: the connection holds no place then) on the
+    // same connection, in parts, while request 1 still runs.
+    let mut others = Vec::new();
+    let mut replies = Vec::new();
+    for (id, path) in [(2, "/two"), (3, "/three")] {
+        let req = fcgi::get(id, true, path);
+        x.write_all(&req[..10]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        x.write_all(&req[10..]).unwrap();
+        replies.push((fcgi::read_reply(&mut x, id, &mut others), path));
+    }
+    // Request 1's answer: what of it came meanwhile, then the rest.
+    let before: Vec<u8> = others
+        .iter()
+        .flat_map(|r| fcgi::record(r.kind, r.id, &r.content))
+        .collect();
+    let mut rest = std::io::Cursor::new(before).chain(&mut x);
+    replies.push((fcgi::read_reply(&mut rest, 1, &mut Vec::new()), "/slow"));
+    for (r, path) in replies {
+        let (status, _, body) = r.cgi();
+        assert_eq!(status, 200, "{path}\n{}", p.logs());
+        assert!(body.starts_with(path.as_bytes()), "{path}: {body:?}");
+    }
+    // The connection goes on (here, or handed on once idle).
+    x.write_all(&fcgi::get(4, true, "/four")).unwrap();
+    let (status, _, body) = fcgi::read_reply(&mut x, 4, &mut Vec::new()).cgi();
+    assert_eq!(status, 200, "{}", p.logs());
+    assert!(body.starts_with(b"/four"), "{body:?}");
+}
+
+// A stop while FastCGI requests completed past the last one taken wait in the
+// hand-over channel (their successor still importing the app): each is served, none
+// is lost with its bytes.
+#[test]
+fn a_stop_while_fastcgi_requests_completed_at_the_cap_are_handed_on_serves_them() {
+    let dir = tempdir();
+    let mut p = pid_app(dir.path(), Some(Duration::from_millis(1500)))
+        .protocol("fastcgi")
+        .args([
+            "--workers",
+            "1",
+            "--max-requests",
+            "10",
+            "--head-timeout",
+            "30",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let body = vec![b'z'; 700];
+    let req = post("fastcgi", &body);
+    let conns: Vec<_> = (0..30)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(&req[..1]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let clients: Vec<_> = conns
+        .into_iter()
+        .map(|mut s| {
+            let req = req.clone();
+            std::thread::spawn(move || {
+                s.write_all(&req[1..]).ok()?;
+                answer_text(&mut s, "fastcgi")
+            })
+        })
+        .collect();
+    // The worker serves 10, recycles, hands the rest on; its successor imports for 1.5 s.
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGTERM);
+    for c in clients {
+        let text = c.join().unwrap();
+        let text = text.unwrap_or_else(|| panic!("a request failed\n{}", p.logs()));
+        assert!(text.ends_with(" 700"), "the body came whole: {text}");
+    }
+    assert!(p.wait_exit(20).is_some(), "{}", p.logs());
 }

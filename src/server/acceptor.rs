@@ -504,10 +504,15 @@ impl Acceptor {
         };
         let now = Instant::now();
         let started = now.checked_sub(age).unwrap_or(now);
+        let read = !a.read.is_empty();
         // Waits in the epoll, not read here: bytes that came meanwhile fire its event
         // at once, and that one begins its request only if --max-requests leaves room.
         let waiting = if fcgi {
-            Waiting::Fcgi(fcgi_conn(a.sock, peer, permit))
+            let conn = fcgi_conn(a.sock, peer, permit);
+            if read {
+                conn.carry(a.read);
+            }
+            Waiting::Fcgi(conn)
         } else {
             Waiting::Plain {
                 sock: a.sock,
@@ -517,7 +522,7 @@ impl Acceptor {
                 read: BytesMut::from(&a.read[..]),
             }
         };
-        if !a.read.is_empty() {
+        if read {
             // A whole head a leaving worker read and had no room for: begun here if
             // --max-requests leaves room, else held for the workers that serve on.
             return self.take_up(pending::Entry {
@@ -596,7 +601,7 @@ impl Acceptor {
     /// regression: handed-over requests reaching a successor that booted past their
     /// --head-timeout were served past --max-requests (review-f4b: 23 for 7).
     fn expire_one(&self, e: pending::Entry) {
-        let read = matches!(&e.conn, Waiting::Plain { read, .. } if !read.is_empty());
+        let read = has_read(&e.conn);
         let mut peek = [0u8; 1];
         let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
         let there = matches!(rustix::net::recv(e.conn.fd(), &mut peek, flags), Ok((n, _)) if n > 0);
@@ -616,7 +621,7 @@ impl Acceptor {
             }
             return;
         }
-        if matches!(&e.conn, Waiting::Plain { read, .. } if !read.is_empty()) {
+        if has_read(&e.conn) {
             return self.to_lane(e);
         }
         if let Some(req) = self.read_waiting(e) {
@@ -666,12 +671,12 @@ impl Acceptor {
                 // close it unanswered (nginx: 502), as uwsgi and SCGI do not.
                 // regression: W1 of the soak review (FastCGI requests sent within
                 // --head-timeout while every thread was busy were closed unanswered).
-                let mut buf = BytesMut::zeroed(FIRST_READ);
-                let n = match conn.recv(&mut buf[..]) {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
-                buf.truncate(n);
+                // After what a leaving worker read from it, if anything.
+                let carried = conn.take_carried();
+                let mut buf = BytesMut::zeroed(carried.len() + FIRST_READ);
+                buf[..carried.len()].copy_from_slice(&carried);
+                let n = conn.recv(&mut buf[carried.len()..]).unwrap_or(0);
+                buf.truncate(carried.len() + n);
                 let entry = conn.enter_lane(true);
                 self.fcgi_to_lane(conn, buf, e.started, entry);
             }
@@ -763,10 +768,14 @@ impl Acceptor {
             }
         });
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
-            // Still counted when part of a head came (unlike uwsgi and SCGI): the
-            // FastCGI lane cannot hand a request whose head it completes with no room
-            // left to the workers that serve on, so it would serve it past the limit
-            // (40 trickled requests, --max-requests 10: one worker served all 40).
+            // Part of a head is no request yet: the lane counts it once whole, and
+            // hands it on with its bytes when no room is left by then. regression:
+            // counted from the first bytes, one-byte heads made workers recycle.
+            if !fastcgi::has_whole_head(&buf) {
+                if let Some(p) = conn.permit() {
+                    p.cancel();
+                }
+            }
             let entry = conn.enter_lane(!parked);
             self.fcgi_to_lane(conn, buf, started, entry);
         };
@@ -1090,6 +1099,14 @@ fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, arrival: &
         }
     }
     true
+}
+
+/// A leaving worker read bytes of its request (handed on with them, not begun).
+fn has_read(conn: &Waiting) -> bool {
+    match conn {
+        Waiting::Plain { read, .. } => !read.is_empty(),
+        Waiting::Fcgi(conn) => conn.has_carried(),
+    }
 }
 
 fn accept_error<T>(l: &Listener, e: Errno, admission: &Admission) -> Option<T> {

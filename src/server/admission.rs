@@ -16,17 +16,16 @@
 //! concurrent connections took them ahead and served up to about twice its limit.
 //! Once they are as many as the requests left, accept stops and the worker recycles
 //! at once (it has taken every request it will serve; its successor accepts while it
-//! serves them). A connection that has sent nothing yet, or part of a uwsgi or SCGI
-//! head, or an idle kept FastCGI connection, does not count: it is bounded by
-//! `--max-connections` and `--head-timeout` as any other, and neither keeps the worker
-//! deaf nor makes it recycle. A Python thread reads a connection only after taking a
-//! place for it ([`Permit::try_begin`], so threads reading at once cannot overshoot),
-//! and gives the place back when what it read is no whole uwsgi or SCGI head (a
-//! FastCGI one keeps it from its first bytes: its slow lane cannot hand a request it
-//! completes on, and would serve it past the limit). One whose bytes come after the last
-//! request was taken is not read here, and one whose head the slow lane completes
-//! only then is not served here: the recycling worker hands both to the workers that
-//! serve on.
+//! serves them). A connection that has sent nothing yet, or part of a head, or an idle
+//! kept FastCGI connection, does not count: it is bounded by `--max-connections` and
+//! `--head-timeout` as any other, and neither keeps the worker deaf nor makes it
+//! recycle. A Python thread reads a connection only after taking a place for it
+//! ([`Permit::try_begin`], so threads reading at once cannot overshoot), and gives the
+//! place back when what it read is no whole head (FastCGI: BEGIN_REQUEST and PARAMS).
+//! One whose bytes come after the last request was taken is not read here, and one
+//! whose head the slow lane completes only then is not served here: the recycling
+//! worker hands both to the workers that serve on (a FastCGI one with its connection,
+//! unless another request runs on it: then it is served here, past the limit).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -95,7 +94,7 @@ pub struct Admission {
     state: Mutex<State>,
     epoll: Arc<OwnedFd>,
     listeners: Arc<Vec<Listener>>,
-    /// Connections whose request has begun (its first bytes came) and not ended:
+    /// Connections whose request has begun (its head is whole) and not ended:
     /// each is a request to come.
     begun: AtomicUsize,
     /// Requests counted in `begun` that have ended since the worker started.
@@ -112,7 +111,7 @@ pub struct Admission {
 /// One open connection; dropped when its socket closes.
 pub struct Permit {
     admission: Arc<Admission>,
-    /// Counted in [`Admission`]'s `begun` (from its request's first bytes to its end).
+    /// Counted in [`Admission`]'s `begun` (from its request's whole head to its end).
     begun: AtomicBool,
 }
 

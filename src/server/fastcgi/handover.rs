@@ -17,10 +17,12 @@
 //! takes each message. A connection that never carried a request travels with how long
 //! it has been open, so `--head-timeout` still closes it on time in its new worker (a
 //! kept connection has no deadline: the front server owns its lifetime). Bytes of a next request the front server already sent wait in
-//! the socket's kernel buffer and travel with it; nothing of them was read. A uwsgi or
-//! SCGI request whose whole head the slow lane read when `--max-requests` left no
-//! room to begin it travels the same way, with the bytes read (its head and what of
-//! its body came with it) in the message, ahead of what is still in the socket. A message
+//! the socket's kernel buffer and travel with it; nothing of them was read. A request
+//! whose whole head the slow lane read when `--max-requests` left no room to begin it
+//! travels the same way, with the bytes read (its head and what of its body came with
+//! it; FastCGI: its records framed again, and what followed them) in the message,
+//! ahead of what is still in the socket; a kept FastCGI connection goes on serving in
+//! its new worker after it. A message
 //! nobody has taken yet keeps its connection open (the descriptor is in flight), e.g.
 //! while a recycled single worker's successor boots; at the final stop the last copy
 //! of the pair closes with the master, and the kernel closes what is still in flight.

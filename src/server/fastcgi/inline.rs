@@ -114,6 +114,29 @@ pub fn is_partial_simple(buf: &[u8]) -> bool {
     }
 }
 
+/// True when `buf` begins with a whole FastCGI request head: BEGIN_REQUEST (id ≠ 0),
+/// its PARAMS up to the empty record that ends them (or its first STDIN record).
+/// `--max-requests` counts a request from there: part of a head is no request yet
+/// (the slow lane counts it once whole).
+pub fn has_whole_head(buf: &[u8]) -> bool {
+    let mut pos = 0;
+    let mut id = None;
+    while let Some(Ok(Some((len, record)))) = buf.get(pos..).map(fcgi::parse_record) {
+        match (id, record.kind) {
+            (None, fcgi::BEGIN_REQUEST) if record.request_id != 0 => id = Some(record.request_id),
+            (Some(i), fcgi::PARAMS) if record.request_id == i => {
+                if record.content.is_empty() {
+                    return true;
+                }
+            }
+            (Some(i), fcgi::STDIN) if record.request_id == i => return true,
+            _ => return false,
+        }
+        pos += len;
+    }
+    false
+}
+
 /// Reads more of a simple request that did not fit the first read, as long as it
 /// keeps arriving (`arrival`: no long pause, a bounded time in all) and stays under
 /// `cap` bytes; true when a whole request may be in `buf` now. What was read stays in
@@ -173,6 +196,20 @@ mod tests {
             assert!(is_partial_simple(&req[..i]), "prefix of {i} bytes");
         }
         assert!(!is_partial_simple(&req), "the whole request");
+    }
+
+    #[test]
+    fn a_head_is_whole_from_the_empty_params_record_on() {
+        let req = request();
+        // BEGIN_REQUEST (16) + PARAMS "a"="b" (8 + 4 + 4 padding) + empty PARAMS (8).
+        let head = 16 + 16 + 8;
+        for i in 0..head {
+            assert!(!has_whole_head(&req[..i]), "prefix of {i} bytes");
+        }
+        for i in head..=req.len() {
+            assert!(has_whole_head(&req[..i]), "prefix of {i} bytes");
+        }
+        assert!(!has_whole_head(b"GET / HTTP/1.1\r\n\r\n"), "HTTP");
     }
 
     #[test]

@@ -456,8 +456,15 @@ pub async fn serve(
                 &lane,
                 &settings,
                 (&input, past),
+                (&buf, started),
             ) {
                 Step::Go => {}
+                Step::HandedOn => {
+                    // The socket is another worker's now: only let go of it here.
+                    drop(afd);
+                    conn.close();
+                    return;
+                }
                 Step::Close => break 'conn,
                 Step::CloseDrain => {
                     drain = true;
@@ -714,6 +721,8 @@ async fn read_some(afd: &AsyncFd<ConnFd>, buf: &mut BytesMut) -> io::Result<usiz
 /// What to do after one event.
 enum Step {
     Go,
+    /// The connection went to the workers that serve on, with the bytes read.
+    HandedOn,
     Close,
     /// Answered without FCGI_KEEP_CONN: close once the front server has sent the rest.
     CloseDrain,
@@ -730,6 +739,7 @@ fn handle_event(
     lane: &SlowLane,
     settings: &FcgiSettings,
     (input, past): (&Arc<ConnInput>, bool),
+    (rest, started): (&BytesMut, Instant),
 ) -> Step {
     let peer = &conn.peer;
     // Read past the input budget (for a request whose app waits): nothing new may
@@ -772,8 +782,9 @@ fn handle_event(
         } => {
             // The whole body already here (the usual case): hand it over in one piece.
             let stdin = take_whole_stdin(backlog, id);
+            let conn_started = started;
             let started = Instant::now();
-            let assembled = match assemble(params.clone(), stdin, lane.limits.max_body) {
+            let assembled = match assemble(params.clone(), stdin.clone(), lane.limits.max_body) {
                 Ok(a) => a,
                 Err(e @ Refused::Params(_)) => {
                     tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
@@ -821,8 +832,24 @@ fn handle_event(
                 excess,
             } = assembled;
             // Its head is whole: --max-requests counts it from here (once per
-            // connection at a time; counted already when it came inline).
+            // connection at a time; counted already when its head came inline). With
+            // no room left, it goes to the workers that serve on with the bytes read,
+            // as over uwsgi and SCGI; served here (past the limit) only when it
+            // cannot (other requests in flight on the connection, nobody serving on).
+            // regression: counted from a connection's first bytes, one-byte heads made
+            // workers recycle (2000 of them, --workers 2 --max-requests 100: 19
+            // recycles in 6 s); counted only here and served here, 40 trickled
+            // requests to --max-requests 10 were all served by one worker.
             if let Some(p) = conn.permit() {
+                if !p.try_begin() {
+                    let read = (slots.is_empty() && parser.active() == 1)
+                        .then(|| reframe((id, keep_conn), &params, stdin.as_deref(), backlog, rest))
+                        .flatten();
+                    if read.is_some_and(|r| conn.hand_on(&r, conn_started.elapsed())) {
+                        return Step::HandedOn;
+                    }
+                    tracing::debug!(%peer, fcgi_id = id, "no room left under --max-requests, and this FastCGI request cannot go to another worker (another request runs on its connection, or none serves on): served here");
+                }
                 p.begin();
             }
             let (span, request_id) = request_span(&head, peer);
@@ -961,6 +988,44 @@ fn handle_event(
     }
 }
 
+/// Request `id` framed again as it came (BEGIN_REQUEST, its PARAMS, what of its STDIN
+/// came: `stdin` when it came whole, then its events left in `backlog`), and `rest`,
+/// the bytes read and not decoded yet: what goes with a connection handed on
+/// ([`FcgiConn::hand_on`]). `None` when anything else waits in `backlog` (a reply, an
+/// abort), or it is over what the hand-over carries: it is served here then.
+fn reframe(
+    (id, keep_conn): (u16, bool),
+    params: &[u8],
+    stdin: Option<&[u8]>,
+    backlog: &VecDeque<Event>,
+    rest: &[u8],
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(params.len() + rest.len() + 64);
+    fcgi::encode_begin_request(&mut out, id, fcgi::ROLE_RESPONDER, keep_conn);
+    fcgi::encode_stream(&mut out, fcgi::PARAMS, id, params);
+    fcgi::encode_record(&mut out, fcgi::PARAMS, id, &[]);
+    if let Some(data) = stdin {
+        fcgi::encode_stream(&mut out, fcgi::STDIN, id, data);
+        fcgi::encode_record(&mut out, fcgi::STDIN, id, &[]);
+    }
+    for ev in backlog {
+        match ev {
+            Event::Stdin { id: i, data } if *i == id => {
+                fcgi::encode_stream(&mut out, fcgi::STDIN, id, data)
+            }
+            Event::StdinEnd { id: i } if *i == id => {
+                fcgi::encode_record(&mut out, fcgi::STDIN, id, &[])
+            }
+            _ => return None,
+        }
+        if out.len() > super::handover::MAX_READ {
+            return None;
+        }
+    }
+    out.extend_from_slice(rest);
+    (out.len() <= super::handover::MAX_READ).then_some(out)
+}
+
 /// Some request on the connection has an app blocked on its input, with nothing
 /// queued for it (what reading past the budget is for).
 fn any_starved(slots: &FxHashMap<u16, Slot>) -> bool {
@@ -1073,4 +1138,92 @@ fn answer_now(
         return Step::CloseDrain;
     }
     Step::Go
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> ConnParser {
+        ConnParser::new(fcgi::ConnLimits {
+            max_params: 64 * 1024,
+            max_reqs: 8,
+            values: fcgi::Values {
+                max_conns: 1,
+                max_reqs: 1,
+                mpxs_conns: true,
+            },
+        })
+    }
+
+    /// Events of `bytes` fed at once.
+    fn events(bytes: &[u8]) -> (Vec<Event>, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        parser().feed(&mut buf, &mut out).unwrap();
+        (out, buf)
+    }
+
+    // The bytes a request handed on carries read as the same request in its new
+    // worker: head, the STDIN that came (whole or in events), then the undecoded rest.
+    #[test]
+    fn a_request_handed_on_is_framed_again_as_it_came() {
+        let mut req = Vec::new();
+        fcgi::encode_begin_request(&mut req, 3, fcgi::ROLE_RESPONDER, true);
+        fcgi::encode_record(&mut req, fcgi::PARAMS, 3, &[1, 1, b'a', b'b']);
+        fcgi::encode_record(&mut req, fcgi::PARAMS, 3, &[1, 1, b'c', b'd']);
+        fcgi::encode_record(&mut req, fcgi::PARAMS, 3, &[]);
+        fcgi::encode_record(&mut req, fcgi::STDIN, 3, b"xyz");
+        let cut = req.len();
+        fcgi::encode_record(&mut req, fcgi::STDIN, 3, b"tail");
+        // Part of the next STDIN record, not decoded yet.
+        let (evs, rest) = events(&req[..cut + 10]);
+        let (params, backlog): (Vec<_>, Vec<_>) = evs
+            .into_iter()
+            .partition(|e| matches!(e, Event::Params { .. }));
+        let backlog = VecDeque::from(backlog);
+        let [Event::Params {
+            id: 3,
+            keep_conn: true,
+            params,
+        }] = &params[..]
+        else {
+            panic!("{params:?}")
+        };
+        let read = reframe((3, true), params, None, &backlog, &rest).expect("framed");
+        let mut whole = read.clone();
+        whole.extend_from_slice(&req[cut + 10..]);
+        fcgi::encode_record(&mut whole, fcgi::STDIN, 3, &[]);
+        let (again, left) = events(&whole);
+        assert!(left.is_empty());
+        assert_eq!(
+            again,
+            vec![
+                Event::Params {
+                    id: 3,
+                    keep_conn: true,
+                    params: params.clone()
+                },
+                Event::Stdin {
+                    id: 3,
+                    data: Bytes::from_static(b"xyz")
+                },
+                Event::Stdin {
+                    id: 3,
+                    data: Bytes::from_static(b"tail")
+                },
+                Event::StdinEnd { id: 3 },
+            ]
+        );
+        // A whole STDIN taken out of the backlog goes first, with its end.
+        let read = reframe((3, false), params, Some(b"body"), &VecDeque::new(), &[]).unwrap();
+        let (again, _) = events(&read);
+        assert_eq!(again.len(), 3, "{again:?}");
+        assert!(matches!(again[2], Event::StdinEnd { id: 3 }));
+        // Anything else on the connection keeps the request here.
+        let other = VecDeque::from([Event::Abort { id: 3 }]);
+        assert!(reframe((3, true), params, None, &other, &[]).is_none());
+        let big = vec![0u8; crate::server::fastcgi::handover::MAX_READ];
+        assert!(reframe((3, true), params, None, &VecDeque::new(), &big).is_none());
+    }
 }

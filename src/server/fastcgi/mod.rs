@@ -37,7 +37,7 @@ pub use super::lane::FcgiSettings;
 use super::sink::{send_all, send_all_vectored};
 use super::wake::Wake;
 use crate::proto::fastcgi as fcgi;
-pub use inline::{admit_whole, is_partial_simple, read_rest};
+pub use inline::{admit_whole, has_whole_head, is_partial_simple, read_rest};
 pub use lane::serve;
 pub use sink::FcgiSink;
 use sink::ReqFlags;
@@ -302,6 +302,11 @@ pub struct FcgiConn {
     lane_requests: AtomicUsize,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
+    /// Bytes a leaving worker's slow lane read from it (a request whose head it
+    /// completed when `--max-requests` left no room to begin it), to be read before
+    /// the socket's: set on such a handed-over connection only, taken by the slow
+    /// lane or sent on with it ([`FcgiConn::take_carried`]).
+    carried: Mutex<Vec<u8>>,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
@@ -320,6 +325,7 @@ impl FcgiConn {
     }
 
     /// A connection just accepted, held by the accepting thread.
+    #[inline]
     pub fn new(
         sock: socket2::Socket,
         peer: Arc<str>,
@@ -343,7 +349,53 @@ impl FcgiConn {
             handed_over: AtomicBool::new(false),
             lane_requests: AtomicUsize::new(0),
             _permit: permit,
+            carried: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A handed-over connection comes with `read`, the bytes its leaving worker read
+    /// (see `carried`).
+    pub fn carry(&self, read: Vec<u8>) {
+        *self.carried.lock().unwrap_or_else(|e| e.into_inner()) = read;
+    }
+
+    /// The bytes a leaving worker read from it, if any (empty for most): taken once.
+    pub fn take_carried(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.carried.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// It has bytes a leaving worker read ([`FcgiConn::carry`]), not yet taken.
+    pub fn has_carried(&self) -> bool {
+        !self
+            .carried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// `--max-requests` left no room to begin the request whose head the slow lane
+    /// has just completed: the connection goes to the workers that serve on, with
+    /// `read` (that request framed again as it came, and what followed it), ahead of
+    /// what is still in its socket, and `age` (it travels as one that has carried no
+    /// request yet: its new worker begins it as soon as it has room). True when sent:
+    /// the socket is theirs, nothing more is read or shut down here. False when no
+    /// worker serves on (a single process, the whole server stopping) or the send
+    /// failed: it is served here.
+    pub(super) fn hand_on(&self, read: &[u8], age: Duration) -> bool {
+        let Some(channel) = self.parking.successors() else {
+            return false;
+        };
+        match channel.send(self.sock.as_fd(), self.listener, Some(age), read) {
+            Ok(()) => {
+                self.handed_over.store(true, Ordering::Release);
+                tracing::debug!(peer = %self.peer, read = read.len(), "no room left under --max-requests: the FastCGI request goes to the workers that serve on");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "cannot hand a FastCGI request over to the serving workers; serving it here");
+                false
+            }
+        }
     }
 
     fn owner(&self) -> MutexGuard<'_, Owner> {
@@ -821,7 +873,9 @@ impl Parking {
     ) {
         self.unregister(conn);
         let fresh_for = fresh_since.map(|t| t.elapsed());
-        match channel.send(conn.sock.as_fd(), conn.listener, fresh_for, &[]) {
+        // A request it came with from a leaving worker, not begun here, goes on with it.
+        let read = conn.take_carried();
+        match channel.send(conn.sock.as_fd(), conn.listener, fresh_for, &read) {
             Ok(()) => {
                 // Not `broken`: the END_REQUEST of its last request may still be going
                 // out from here (the slow lane learns a request ended before its
