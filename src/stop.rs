@@ -40,6 +40,9 @@ static HUPS: AtomicU32 = AtomicU32::new(0);
 static RECYCLE: AtomicBool = AtomicBool::new(false);
 /// The master had marked the worker to leave before it served ([`asked`]).
 static ASKED: AtomicBool = AtomicBool::new(false);
+/// The server is stopping and its listeners were shut down under this process, whose
+/// own stop never came ([`listeners_shut`]).
+static SHUT: AtomicBool = AtomicBool::new(false);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -187,6 +190,26 @@ pub fn asked() {
     wake();
 }
 
+/// The reason [`Waiter::first`] gives for [`listeners_shut`].
+pub const LISTENERS_SHUT: &str = "listeners shut down";
+
+/// The server is stopping (the master said so) and this process's listeners were shut
+/// down under it (by the master, or by a sibling worker serving its listen queue
+/// before it leaves), yet no stop reached this process: an app or a C extension took
+/// or ignored its SIGTERM once it served. Nothing more can be accepted, so it stops as
+/// for a SIGTERM. True when no stop had been counted before (the caller says so once).
+/// regression: such a worker spun on accept4 (EINVAL, or EAGAIN from a Unix listener
+/// the master shut) at 100% CPU until the master killed it past --graceful-timeout,
+/// and the stop exited 1.
+pub fn listeners_shut() -> bool {
+    let before = TERMS.load(Ordering::SeqCst) + stop_ints() > 0
+        || RECYCLE.load(Ordering::SeqCst)
+        || ASKED.load(Ordering::SeqCst)
+        || SHUT.swap(true, Ordering::SeqCst);
+    wake();
+    !before
+}
+
 /// The server's side: waits for the requests to stop, from inside its runtime.
 pub struct Waiter {
     fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,
@@ -220,7 +243,8 @@ impl Waiter {
         })
     }
 
-    /// The first request to stop: "SIGTERM", "SIGINT" or "recycling". SIGHUPs before
+    /// The first request to stop: "SIGTERM", "SIGINT", "recycling" or
+    /// [`LISTENERS_SHUT`]. SIGHUPs before
     /// it are logged and ignored.
     pub async fn first(&mut self) -> &'static str {
         loop {
@@ -249,6 +273,9 @@ impl Waiter {
             }
             if ASKED.load(Ordering::SeqCst) {
                 return "SIGTERM";
+            }
+            if SHUT.load(Ordering::SeqCst) {
+                return LISTENERS_SHUT;
             }
             self.woken().await;
         }

@@ -1764,3 +1764,136 @@ fn a_timeout_kill_names_every_request_it_cuts_off_with_its_id() {
     assert!(cut.contains("request_id=eeee5555ffff6666"), "{cut}");
     assert!(cut.contains("request=GET /sleep"), "{cut}");
 }
+
+/// CPU time (user + system, clock ticks) `pid` has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: field 14 (utime) and 15 (stime).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
+// A worker whose SIGTERM the app ignores once it serves (as a C extension may) never
+// gets its stop; the master shuts the Unix listener, the other worker the TCP one
+// once it has served the listen queue. Then it stops by itself.
+// regression: it spun on accept4 (EAGAIN on the Unix listener, EINVAL on TCP) at
+// 100% CPU until the master killed it past --graceful-timeout, and the stop exited 1.
+#[test]
+fn a_worker_whose_stop_was_lost_stops_when_its_listeners_are_shut() {
+    let dir = tempdir();
+    let app = dir.path().join("deaf.py");
+    std::fs::write(
+        &app,
+        "import ctypes, os, signal\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/deaf':\n        # SIGTERM ignored from now on, below signal.signal.\n        ctypes.CDLL(None).signal(signal.SIGTERM, ctypes.c_void_p(1))\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    for tcp in [false, true] {
+        let spawn = if tcp {
+            Spawn::tcp(dir.path(), &app.to_string_lossy())
+        } else {
+            Spawn::unix(dir.path(), &app.to_string_lossy())
+        };
+        let mut p = spawn
+            .args(["--workers", "2", "--graceful-timeout", "30"])
+            .start();
+        assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+        let (status, body) = p.get("/deaf");
+        assert_eq!(status, 200, "{}", p.logs());
+        let deaf: i32 = String::from_utf8_lossy(&body).trim().parse().unwrap();
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(10);
+        let ticks = cpu_ticks(deaf);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "tcp {tcp}: {status:?}, the deaf worker used {ticks} ticks\n{}",
+            p.logs()
+        );
+        assert!(
+            p.logs().contains("this worker's stop never came"),
+            "{}",
+            p.logs()
+        );
+    }
+}
+
+// A socket systemd passed, shut down by something outside postern while it serves:
+// one error line, and the process sleeps (nothing more can be accepted from it).
+// regression: it spun on accept4 at 100% CPU, silently.
+#[test]
+fn a_listener_shut_from_outside_is_reported_once_and_does_not_spin() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let dir = tempdir();
+    for (tcp, workers) in [(false, "1"), (false, "2"), (true, "1"), (true, "2")] {
+        // A TCP listener shut down fails accept with EINVAL and polls HUP; a Unix one
+        // fails it with EAGAIN (as when a sibling took the connection) and polls IN.
+        let (sock, addr): (OwnedFd, Addr) = if tcp {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            (l.into(), Addr::Tcp(port))
+        } else {
+            let path = dir.path().join(format!("activated-{workers}.sock"));
+            let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            (l.into(), Addr::Unix(path))
+        };
+        let log = dir.path().join(format!("log-{tcp}-{workers}"));
+        let mut child = socket_activated(
+            sock.as_raw_fd(),
+            &format!("{} --workers {workers} --uwsgi {}", testapp(), addr.arg()),
+        )
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+        let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = if workers == "1" {
+            "ready"
+        } else {
+            "all 2 workers ready"
+        };
+        while !logs().contains(ready) {
+            assert!(Instant::now() < deadline, "not ready: {}", logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pids = if workers == "1" {
+            vec![child.id() as i32]
+        } else {
+            children(child.id() as i32)
+        };
+        // On the test's own copy: a shutdown acts on the socket, which every copy shares.
+        // SAFETY: shutdown(2) on a listener this test owns.
+        assert_eq!(
+            unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RD) },
+            0
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+        std::thread::sleep(Duration::from_secs(2));
+        let used: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - before;
+        // SAFETY: kill(2) on the postern this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_child(&mut child, 20);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let logs = logs();
+        // 100 ticks a second. Idle: 0; spinning, a debug build used 30 (one process)
+        // and 72 (two workers) in 2 s.
+        assert!(
+            used < 8,
+            "tcp {tcp}, workers {workers}: {used} ticks in 2 s\n{logs}"
+        );
+        let said = logs
+            .matches("shut down by something outside postern")
+            .count();
+        assert!(
+            (1..=pids.len()).contains(&said),
+            "tcp {tcp}, workers {workers}: said {said} times\n{logs}"
+        );
+        assert!(status.is_some_and(|s| s.success()), "{status:?}\n{logs}");
+    }
+}

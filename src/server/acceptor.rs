@@ -77,6 +77,8 @@ pub struct Acceptor {
     /// Open connections against `--max-connections`; takes the listeners out of
     /// `epoll` when full or out of descriptors.
     pub admission: Arc<Admission>,
+    /// Listeners shut down under this process ([`Acceptor::listener_shut`]).
+    pub shut: super::listener::ShutWatch,
 }
 
 thread_local! {
@@ -394,12 +396,12 @@ impl Acceptor {
                         .unwrap_or_else(|| l.label.clone());
                     (fd, peer)
                 }
-                Err(e) => return accept_error(l, e, &self.admission),
+                Err(e) => return self.accept_failed(l, e),
             }
         } else {
             match rustix::net::accept_with(&l.sock, flags) {
                 Ok(fd) => (fd, l.label.clone()),
-                Err(e) => return accept_error(l, e, &self.admission),
+                Err(e) => return self.accept_failed(l, e),
             }
         };
         let permit = if drain {
@@ -1106,6 +1108,45 @@ fn has_read(conn: &Waiting) -> bool {
     match conn {
         Waiting::Plain { read, .. } => !read.is_empty(),
         Waiting::Fcgi(conn) => conn.has_carried(),
+    }
+}
+
+impl Acceptor {
+    /// An accept from `l` failed with `e`: [`accept_error`], and a listener shut down
+    /// under this process is found ([`Acceptor::listener_shut`]).
+    fn accept_failed<T>(&self, l: &Listener, e: Errno) -> Option<T> {
+        if self.queue.is_accepting() && self.shut.shut(l, e) {
+            self.listener_shut(l);
+        }
+        accept_error(l, e, &self.admission)
+    }
+
+    /// `l` was shut down while this process still accepts: its event stays ready and
+    /// every accept fails, so it leaves the epoll ([`super::listener::ShutWatch::found`]).
+    /// When the server stops (the master shut it, or a sibling serving the listen
+    /// queue before it leaves) this process's own stop was lost: it stops now. Else
+    /// something outside postern shut it: said once, and the other listeners serve on.
+    fn listener_shut(&self, l: &Listener) {
+        let Some(i) = self.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
+            return;
+        };
+        let (first, take_out) = self.shut.found(l);
+        if take_out {
+            let data = epoll::EventData::new_u64(Wake::Listener(i).encode());
+            let _ = epoll::modify(&*self.epoll, &l.sock, data, epoll::EventFlags::ONESHOT);
+        }
+        let stopping = self
+            .slow
+            .monitor
+            .as_ref()
+            .is_some_and(|m| m.server_stopping());
+        if stopping {
+            if crate::stop::listeners_shut() {
+                tracing::warn!(listener = %l.label, "the server is stopping and its listeners were shut down, but this worker's stop never came (did the app or a C extension take SIGTERM?): it stops now");
+            }
+        } else if first {
+            tracing::error!(listener = %l.label, "the listener was shut down by something outside postern: it accepts no more connections (restart postern to listen again)");
+        }
     }
 }
 

@@ -29,6 +29,71 @@ pub struct Listener {
     pub inherited: bool,
 }
 
+/// Failed accepts that come from a listener shut down under this process, not from a
+/// race lost to another worker. A shut listener stays ready in the epoll (TCP: HUP,
+/// accept fails with EINVAL; a Unix listener after `shutdown(SHUT_RD)`: readable, and
+/// accept fails with EAGAIN, as it does when a sibling took the connection), so a
+/// process that goes on accepting from it spins at 100% CPU.
+#[derive(Default)]
+pub struct ShutWatch {
+    /// EAGAINs so far: every [`PROBE_EVERY`]th one looks at the listener (one poll),
+    /// so races lost to siblings under load cost no system call more.
+    fruitless: std::sync::atomic::AtomicU32,
+    /// The listeners (their labels) found shut, each reported once, and whether the
+    /// last find took it out of the epoll ([`ShutWatch::found`]).
+    seen: std::sync::Mutex<Vec<(Arc<str>, bool)>>,
+}
+
+/// See [`ShutWatch::fruitless`]: a spinning thread makes this many failed accepts in
+/// well under a millisecond.
+const PROBE_EVERY: u32 = 128;
+
+impl ShutWatch {
+    /// After an accept on `l` failed with `e`: whether `l` no longer listens.
+    pub fn shut(&self, l: &Listener, e: Errno) -> bool {
+        use std::sync::atomic::Ordering;
+        match e {
+            // Only a socket that is not (or no longer) listening.
+            Errno::INVAL | Errno::BADF | Errno::NOTSOCK => true,
+            Errno::AGAIN => {
+                self.fruitless.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == PROBE_EVERY - 1
+                    && is_shut(&l.sock)
+            }
+            _ => false,
+        }
+    }
+
+    /// `l` was found shut: whether this is the first time (to say so once), and
+    /// whether to take it out of the epoll. It is taken out one-shot (a shut TCP
+    /// listener's HUP cannot be masked): the event that one-shot still lets through
+    /// is found here next and must not put it back in, or the two would alternate
+    /// forever; a later find means something put it back (--max-connections).
+    pub fn found(&self, l: &Listener) -> (bool, bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, out)) = seen.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &l.label)) else {
+            seen.push((Arc::clone(&l.label), true));
+            return (true, true);
+        };
+        *out = !*out;
+        (false, *out)
+    }
+}
+
+/// Whether the listener `sock` was shut down: poll says RDHUP or HUP (nothing else
+/// does on a listening socket).
+pub fn is_shut(sock: &Socket) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(sock, PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP)
+}
+
 /// Why a listener could not be bound: what happened, in words, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {

@@ -218,6 +218,7 @@ pub fn run(
         ),
         limits,
         pending,
+        shut: listener::ShutWatch::default(),
     });
     // --max-requests: begin no more requests than the worker will still serve; once
     // accept stops for it, the worker has taken all it will serve: it recycles then.
@@ -276,8 +277,8 @@ pub fn run(
         // after "ready" to a single process was lost under SIG_IGN).
         on_ready();
         let why = stops.first().await;
-        if why == "recycling" {
-            tracing::info!(cause = "recycling", "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+        if why == "recycling" || why == crate::stop::LISTENERS_SHUT {
+            tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         } else {
             tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }
