@@ -349,9 +349,8 @@ fn serve(
     // (no reload without the master) is logged and ignored.
     // regression: a SIGTERM during the import killed the process outright (the listen
     // queue was reset), and a Ctrl-C during an ASGI lifespan startup was swallowed.
-    if let Err(e) = postern::stop::install(true) {
-        tracing::warn!(error = %e, "cannot install the signal handlers yet");
-    }
+    // A process that cannot take its stop must not serve: it fails its start.
+    postern::stop::install(true)?;
     let loaded = boot::start_python(config)?;
     logging::start_background();
     let on_ready = {

@@ -50,7 +50,7 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// reloads on SIGHUP); they are counted only so that neither reaches its default
 /// action (a SIGHUP to the process group would kill every worker mid-request).
 static SINGLE: AtomicBool = AtomicBool::new(false);
-/// The server waits for stops ([`Waiter::new`]). Before, a second stop signal to a
+/// The server waits for stops ([`Waiter::serving`]). Before, a second stop signal to a
 /// single process (still importing the app, say) does what it would do without
 /// postern: the process dies at once.
 static SERVING: AtomicBool = AtomicBool::new(false);
@@ -116,17 +116,31 @@ fn wake() {
     }
 }
 
+/// Why stops cannot be taken: the process must not serve then (it could never be
+/// stopped but by SIGKILL), so each caller fails its start with this sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("cannot set up the handling of SIGTERM (its wake-up pipe): {0}; if the open-file limit is this low, raise it (ulimit -n; LimitNOFILE= under systemd)")]
+    Pipe(io::Error),
+    #[error("cannot install the {signal} handler: {error}")]
+    Handler {
+        signal: &'static str,
+        error: io::Error,
+    },
+    #[error("cannot wait for SIGTERM in the I/O runtime: {0}; if the open-file limit is this low, raise it (ulimit -n; LimitNOFILE= under systemd)")]
+    Register(io::Error),
+}
+
 /// Installs the counting handler for SIGTERM, SIGINT and SIGHUP, or puts it back. The counts are kept across calls. In a forked worker it must run
 /// before the signals the master blocked are unblocked, so that none reaches the
 /// default action; the server calls it again once the app is imported, and says so
-/// when the app had put a handler of its own in place.
-pub fn install(single: bool) -> io::Result<()> {
+/// when the app had put a handler of its own in place. It fails only the first time
+/// in a process, or not at all.
+pub fn install(single: bool) -> Result<(), StopError> {
     OWNER.store(std::process::id() as i32, Ordering::SeqCst);
     SINGLE.store(single, Ordering::SeqCst);
     if PIPE.get().is_none() {
-        let (read, write) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )?;
+        let (read, write) = wake_pipe()?;
         WAKE.store(write.as_raw_fd(), Ordering::SeqCst);
         let _ = PIPE.set((read, write));
     }
@@ -145,7 +159,10 @@ pub fn install(single: bool) -> io::Result<()> {
             libc::sigemptyset(&mut action.sa_mask);
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, &action, &mut old) != 0 {
-                return Err(io::Error::last_os_error());
+                return Err(StopError::Handler {
+                    signal: name,
+                    error: io::Error::last_os_error(),
+                });
             }
             old.sa_sigaction
         };
@@ -160,6 +177,13 @@ pub fn install(single: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The wake-up pipe (read end, write end): non-blocking, so neither the handler's
+/// write nor the server's draining read ever waits.
+fn wake_pipe() -> Result<(OwnedFd, OwnedFd), StopError> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+        .map_err(|e| StopError::Pipe(e.into()))
 }
 
 /// The worker stops accepting and finishes its requests, as for a SIGTERM: it stands
@@ -222,9 +246,11 @@ pub struct Waiter {
 
 impl Waiter {
     /// After [`install`]; registers the pipe with the current tokio runtime.
-    pub fn new() -> io::Result<Waiter> {
+    pub fn new() -> Result<Waiter, StopError> {
         let Some((read, _)) = PIPE.get() else {
-            return Err(io::Error::other("the stop handler is not installed"));
+            return Err(StopError::Register(io::Error::other(
+                "the stop handler is not installed",
+            )));
         };
         // SAFETY: the pipe is the process's (a static, never dropped): its descriptor
         // stays open and the same for as long as this AsyncFd lives.
@@ -234,13 +260,19 @@ impl Waiter {
                 tokio::io::Interest::READABLE,
             )
         }
-        .map_err(io::Error::from)?;
-        SERVING.store(true, Ordering::SeqCst);
+        .map_err(|e| StopError::Register(e.into()))?;
         Ok(Waiter {
             fd,
             hups: 0,
             first: 0,
         })
+    }
+
+    /// The server serves: from here a second stop signal to a single process is read
+    /// as "stop now" ([`Waiter::second`]); before (the app importing, an ASGI lifespan
+    /// starting) it kills at once.
+    pub fn serving(&self) {
+        SERVING.store(true, Ordering::SeqCst);
     }
 
     /// The first request to stop: "SIGTERM", "SIGINT", "recycling" or
@@ -312,5 +344,67 @@ impl Waiter {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // regression: a process whose wake-up pipe could not be made (EMFILE under a low
+    // `ulimit -n`) went on without a working stop: a worker booted unprotected, and
+    // one whose server then failed the same way served, never ready, deaf to SIGTERM.
+    // The callers now fail the start with this error.
+    #[test]
+    fn rejects_a_start_without_room_for_the_wake_up_pipe() {
+        // In a child: the limit is the process's, and the pipe is made once per process.
+        // SAFETY: the child makes only system calls (no allocation, no lock) and leaves
+        // with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: as above; open/close/setrlimit on this process only.
+            let code = unsafe {
+                // Every descriptor below the lowest free one is in use: a limit one above
+                // it leaves room for one descriptor, and the pipe needs two.
+                let free = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                libc::close(free);
+                let mut limit = std::mem::zeroed::<libc::rlimit>();
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                limit.rlim_cur = (free + 1) as libc::rlim_t;
+                if free < 0 || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    2
+                } else {
+                    // A pipe another test of this process made came across the fork.
+                    let made = if PIPE.get().is_none() {
+                        install(false)
+                    } else {
+                        wake_pipe().map(|_| ())
+                    };
+                    match made {
+                        Err(StopError::Pipe(e)) if e.raw_os_error() == Some(libc::EMFILE) => 0,
+                        Err(_) => 3,
+                        Ok(()) => 4,
+                    }
+                }
+            };
+            // SAFETY: leaves the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "2: no limit set, 3: another error, 4: no error"
+        );
+        // What the user reads: the cause, and what to change.
+        let said = StopError::Pipe(io::Error::from_raw_os_error(libc::EMFILE)).to_string();
+        assert!(
+            said.contains("Too many open files") && said.contains("ulimit -n"),
+            "{said}"
+        );
     }
 }

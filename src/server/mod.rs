@@ -48,6 +48,8 @@ pub enum ServerError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Asgi(#[from] crate::asgi::AsgiError),
+    #[error(transparent)]
+    Stop(#[from] crate::stop::StopError),
 }
 
 /// Runs `start` (which starts the WSGI threads) with the calling thread under
@@ -127,6 +129,14 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
+    // Before any Python thread serves: a process that cannot take its stop must not
+    // serve (it could be stopped only by SIGKILL), nor tell the master it does.
+    // regression: it served on, never ready, deaf to SIGTERM.
+    let single = matches!(mode, Mode::Single { .. });
+    let mut stops = {
+        let _runtime = runtime.enter();
+        crate::stop::install(single).and_then(|()| crate::stop::Waiter::new())?
+    };
     let queue = Queue::new().map_err(ServerError::Runtime)?;
     let tracker = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -254,22 +264,19 @@ pub fn run(
         ),
         Some(a) => Serving::Loop(crate::asgi::start(app, settings, a, source)?),
     };
-    let (single, on_ready) = match mode {
-        Mode::Single { on_ready } => (true, on_ready),
-        Mode::Worker { on_ready } => (false, on_ready),
+    let on_ready = match mode {
+        Mode::Single { on_ready } | Mode::Worker { on_ready } => on_ready,
     };
 
     let finished = runtime.block_on(async {
-        // The handler counts from here in a single process; a worker's has counted
-        // since its fork (a stop while it booted is acted on now).
-        let waiter = crate::stop::install(single).and_then(|()| crate::stop::Waiter::new());
-        let mut stops = match waiter {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install signal handlers; stop postern with SIGKILL");
-                return std::future::pending().await;
-            }
-        };
+        // The handler has counted since the process started (a worker: since its
+        // fork), so a stop that came while the app was imported is acted on now. Put
+        // back: the app may have set a handler of its own meanwhile (the pipe made
+        // above is kept, so this fails only for a bad signal number).
+        if let Err(e) = crate::stop::install(single) {
+            tracing::error!(error = %e, "postern's signal handler could not be put back");
+        }
+        stops.serving();
         // SIGTERM must reach this thread's handler now, whatever mask the process
         // started with.
         unblock_sigterm();

@@ -844,8 +844,13 @@ impl Master {
             // them in a worker: unlike SIG_IGN, a handler does not pass on to the
             // programs the app execs. Before the unblocking below, which delivers a
             // SIGTERM the master sent since the fork.
+            // A worker that cannot take its stop must not serve (only SIGKILL would
+            // stop it): it fails its start, which stops a first start with this
+            // error. regression: it booted on, unprotected, and one that still
+            // failed later served without ever being ready.
             if let Err(e) = crate::stop::install(false) {
-                tracing::warn!(error = %e, "cannot install the SIGTERM handler; a SIGTERM while this worker boots kills it");
+                tracing::error!("{e}");
+                std::process::exit(3);
             }
         }
         let _ = self.mask.unblock();
