@@ -1897,3 +1897,153 @@ fn a_listener_shut_from_outside_is_reported_once_and_does_not_spin() {
         assert!(status.is_some_and(|s| s.success()), "{status:?}\n{logs}");
     }
 }
+
+// A WSGI worker that does not leave once its requests are done (here its atexit
+// handler hangs) is killed a second after --graceful-timeout, as with --interface wsgi.
+// regression: with --interface auto (the default) the master gave it the allowance of
+// an ASGI lifespan shutdown too: over a minute more.
+#[test]
+fn a_wsgi_worker_that_hangs_at_exit_is_killed_after_the_graceful_timeout() {
+    let dir = tempdir();
+    let app = dir.path().join("hangs_at_exit.py");
+    std::fs::write(
+        &app,
+        "import atexit, time\natexit.register(lambda: time.sleep(300))\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--graceful-timeout", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    let stopped = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15);
+    assert!(
+        status.is_some(),
+        "still running 15 s after SIGTERM\n{}",
+        p.logs()
+    );
+    // --graceful-timeout 2, a second more, and time to reap.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{:?}\n{}",
+        stopped.elapsed(),
+        p.logs()
+    );
+    assert!(
+        p.logs()
+            .contains("WSGI workers still running after --graceful-timeout; killing them"),
+        "{}",
+        p.logs()
+    );
+}
+
+/// Sets `pid`'s soft RLIMIT_NOFILE to `soft` (None: back to `was`); returns the limit
+/// before.
+fn set_nofile(pid: i32, soft: Option<u64>, was: Option<libc::rlimit>) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) reads the limit of our own child into `old`, then sets it.
+    unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    let new = match (soft, was) {
+        (Some(s), _) => libc::rlimit {
+            rlim_cur: s as libc::rlim_t,
+            ..old
+        },
+        (None, Some(w)) => w,
+        (None, None) => old,
+    };
+    // SAFETY: as above.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    // Putting it back may find the process gone (what the test then reports).
+    if soft.is_some() {
+        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+    old
+}
+
+// A reload whose workers cannot be started (here the master has no descriptor left
+// for a worker's status pipe; a pids limit or lack of memory refuses the fork the same
+// way) is logged and tried again; the old workers serve meanwhile.
+// regression: the master exited ("cannot fork a worker"), and every worker with it.
+#[test]
+fn a_reload_that_cannot_start_its_workers_keeps_serving_and_tries_again() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v1");
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let master = p.pid();
+    // The lowest free descriptor number: a soft limit there leaves room for none.
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{master}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let free = (0..).find(|n| !open.contains(n)).unwrap();
+    let was = set_nofile(master, Some(free), None);
+    versioned_app(dir.path(), "v2");
+    p.signal(libc::SIGHUP);
+    let said = p.wait_log("cannot start a worker; the others serve on", 10);
+    let alive = p.child.try_wait().unwrap().is_none();
+    let answer = alive.then(|| p.get("/"));
+    set_nofile(master, None, Some(was));
+    assert!(said && alive, "{}", p.logs());
+    let (status, body) = answer.unwrap();
+    assert_eq!(status, 200, "{}", p.logs());
+    assert!(
+        body.starts_with(b"v1 "),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // The limit back: the next try starts the new workers, and they take over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.get("/").1.starts_with(b"v2 ") {
+        assert!(Instant::now() < deadline, "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// The workers leave when their master dies without stopping them (SIGKILL, the OOM
+// killer): each gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and drains. Not a
+// regression test: a guard on how a stop can be lost.
+#[test]
+fn the_workers_leave_when_the_master_is_killed() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let workers = children(p.pid());
+    assert_eq!(workers.len(), 2, "{}", p.logs());
+    p.signal(libc::SIGKILL);
+    let _ = p.wait_exit(5);
+    // Gone, or a zombie waiting for whoever adopted it.
+    let gone = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !workers.iter().all(gone) {
+        assert!(
+            Instant::now() < deadline,
+            "workers {workers:?} still running\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        p.logs().matches("stopping: no new connections").count(),
+        2,
+        "{}",
+        p.logs()
+    );
+}

@@ -150,6 +150,10 @@ struct Master {
     /// When the worker whose boot failed last had started: the respawn backoff counts
     /// from there (see `fill`).
     failed_start: Option<Instant>,
+    /// Starting a worker failed (fork, its pipe, no slot free) this many times in a row,
+    /// and when to try again (see `fill`).
+    spawn_failures: u32,
+    spawn_retry: Option<Instant>,
     announced: bool,
     /// Why workers left the serving generation, oldest first: the causes their
     /// replacements start with (`fill`).
@@ -196,6 +200,8 @@ pub fn run(
         workers: Vec::new(),
         boot_failures: 0,
         failed_start: None,
+        spawn_failures: 0,
+        spawn_retry: None,
         announced: false,
         pending: VecDeque::new(),
         stats,
@@ -620,9 +626,40 @@ impl Master {
             self.target
         };
         for _ in 0..n {
-            self.spawn(worker, Cause::Reload)?;
+            if !self.try_spawn(worker, Cause::Reload) {
+                // `fill` starts the rest once it may; the old workers serve meanwhile.
+                break;
+            }
         }
         Ok(())
+    }
+
+    /// Starts a worker once the serving fleet is up: a failure (fork refused for lack
+    /// of memory or under a pids limit, no descriptor for its pipe, every slot taken
+    /// by a burst of reloads) is logged and tried again later with a backoff, while
+    /// the workers that serve go on. `false`: it failed.
+    /// regression: such a failure at a reload or a respawn made the master exit, and
+    /// every worker with it.
+    fn try_spawn(&mut self, worker: &impl Fn(WorkerContext) -> i32, cause: Cause) -> bool {
+        match self.spawn(worker, cause) {
+            Ok(()) => {
+                self.spawn_failures = 0;
+                self.spawn_retry = None;
+                true
+            }
+            Err(e) => {
+                self.spawn_failures += 1;
+                let wait = Duration::from_millis(500u64 << self.spawn_failures.clamp(1, 6));
+                self.spawn_retry = Some(Instant::now() + wait);
+                self.pending.push_front(cause);
+                tracing::error!(
+                    error = %e,
+                    failures = self.spawn_failures,
+                    "cannot start a worker; the others serve on, trying again in {wait:?}"
+                );
+                false
+            }
+        }
     }
 
     fn retire_extra(&mut self) {
@@ -766,8 +803,11 @@ impl Master {
                 .workers
                 .iter()
                 .any(|w| w.generation == self.generation && w.phase == Phase::Booting);
-            if !booting {
-                self.spawn(worker, Cause::Reload)?;
+            if let Some(at) = self.spawn_retry.filter(|&at| at > Instant::now()) {
+                return Ok(Some(at));
+            }
+            if !booting && !self.try_spawn(worker, Cause::Reload) {
+                return Ok(self.spawn_retry);
             }
             return Ok(None);
         }
@@ -782,11 +822,16 @@ impl Master {
                 return Ok(Some(at));
             }
         }
+        if let Some(at) = self.spawn_retry.filter(|&at| at > Instant::now()) {
+            return Ok(Some(at));
+        }
         for _ in live..self.target {
             // A replacement starts with the cause of the exit it replaces; with none
             // left, the target grew (SIGTTIN).
             let cause = self.pending.pop_front().unwrap_or(Cause::Scale);
-            self.spawn(worker, cause)?;
+            if !self.try_spawn(worker, cause) {
+                return Ok(self.spawn_retry);
+            }
         }
         Ok(None)
     }
@@ -871,7 +916,15 @@ impl Master {
             Some(h) if h.pid.is_none() => {
                 let at = h.started + STATS_RESTART;
                 if Instant::now() >= at {
-                    self.spawn_stats()?;
+                    // As for a worker (`try_spawn`): a failed fork does not stop the
+                    // master; tried again a second later.
+                    if let Err(e) = self.spawn_stats() {
+                        tracing::error!(error = %e, "cannot restart the --stats helper; trying again in 1s");
+                        if let Some(h) = &mut self.stats {
+                            h.started = Instant::now();
+                        }
+                        return Ok(Some(Instant::now() + STATS_RESTART));
+                    }
                     Ok(None)
                 } else {
                     Ok(Some(at))
@@ -934,17 +987,39 @@ impl Master {
         }
         self.stop_all(now);
         // An ASGI worker's lifespan shutdown may run past --graceful-timeout after its
-        // requests were cut off (past_graceful): not killed before it is done.
-        let mut deadline = Some(
-            Instant::now()
-                + self.opts.graceful_timeout
-                + self.opts.past_graceful
-                + Duration::from_secs(1),
-        );
+        // requests were cut off (past_graceful): not killed before it is done. A worker
+        // known to serve WSGI has no such shutdown: killed a second after
+        // --graceful-timeout, as with --interface wsgi.
+        // regression: with --interface auto (the default) the master waited the ASGI
+        // allowance (over a minute) for a WSGI worker that did not leave (its atexit
+        // hung, or it ignored SIGTERM).
+        let wsgi_deadline = Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1);
+        let mut wsgi_due = Some(wsgi_deadline);
+        let mut deadline = Some(wsgi_deadline + self.opts.past_graceful);
         loop {
             let _ = self.reap();
             if self.workers.is_empty() {
                 break;
+            }
+            if wsgi_due.is_some_and(|d| Instant::now() > d) {
+                wsgi_due = None;
+                let board = Arc::clone(&self.board);
+                let mut left = 0;
+                for w in self
+                    .workers
+                    .iter_mut()
+                    .filter(|w| w.served && !board.serves_asgi(w.slot))
+                {
+                    signal(w.pid, Signal::KILL);
+                    left += 1;
+                }
+                if left > 0 {
+                    tracing::warn!(
+                        left,
+                        "WSGI workers still running after --graceful-timeout; killing them"
+                    );
+                    self.cut_off = true;
+                }
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
                 tracing::warn!(
@@ -959,7 +1034,7 @@ impl Master {
             // A worker condemned for --timeout is still killed when its stacks are
             // dumped: its request will not finish, so it must not hold the stop up
             // until --graceful-timeout.
-            let mut due = deadline;
+            let mut due = earliest(deadline, wsgi_due);
             for w in &mut self.workers {
                 if let Phase::Condemned { kill_at } = w.phase {
                     if Instant::now() >= kill_at {

@@ -531,6 +531,11 @@ impl Scoreboard {
         self.head(slot).capacity.store(n, Ordering::SeqCst);
     }
 
+    /// The worker in `slot` serves ASGI ([`Scoreboard::set_capacity`] at its start).
+    pub fn serves_asgi(&self, slot: usize) -> bool {
+        self.head(slot).capacity.load(Ordering::SeqCst) != 0
+    }
+
     /// An ASGI task of `slot` started (with `--stats`): as [`Scoreboard::enter`],
     /// with the worker full at its `--max-concurrency` tasks, not at its threads.
     pub fn enter_task(&self, slot: usize) {
