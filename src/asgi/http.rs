@@ -108,17 +108,26 @@ pub fn channel<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     ON_LOOP.with(|o| o.set(true));
     let py = exchange.py();
-    let bound = |def: &'static MethodDef| {
-        // SAFETY: with the GIL held; `def` is static and never changed; the result is
-        // a new reference (holding the exchange) or NULL with an exception.
-        unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                pyo3::ffi::PyCFunction_NewEx(def.0.get(), exchange.as_ptr(), std::ptr::null_mut()),
-            )
-        }
-    };
-    Ok((bound(&RECEIVE)?, bound(&SEND)?))
+    Ok((
+        builtin(py, &RECEIVE, exchange.as_any())?,
+        builtin(py, &SEND, exchange.as_any())?,
+    ))
+}
+
+/// A built-in function made from `def`, bound to `slf` (its first argument).
+pub(super) fn builtin<'py>(
+    py: Python<'py>,
+    def: &'static MethodDef,
+    slf: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: with the GIL held; `def` is static and never changed; the result is a
+    // new reference (holding `slf`) or NULL with an exception.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyCFunction_NewEx(def.0.get(), slf.as_ptr(), std::ptr::null_mut()),
+        )
+    }
 }
 
 thread_local! {
@@ -128,7 +137,13 @@ thread_local! {
 }
 
 /// A method definition CPython reads (never writes) through a `*mut`.
-struct MethodDef(std::cell::UnsafeCell<pyo3::ffi::PyMethodDef>);
+pub(super) struct MethodDef(std::cell::UnsafeCell<pyo3::ffi::PyMethodDef>);
+
+impl MethodDef {
+    pub(super) const fn new(def: pyo3::ffi::PyMethodDef) -> MethodDef {
+        MethodDef(std::cell::UnsafeCell::new(def))
+    }
+}
 
 // SAFETY: never written after it is made; CPython only reads it (with the GIL held).
 unsafe impl Sync for MethodDef {}

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 
 use super::http::{Ctx, Exchange, Ready};
 use super::lifespan::{self, Lifespan};
@@ -381,7 +381,8 @@ impl Driver {
             .call1((me.fd, slf.getattr(intern!(py, "_ready"))?))?;
         me.reading.set(true);
         drop(me);
-        Self::take_ready(slf);
+        // Not `eager`: a task's end (inside its step) resumes the reading.
+        Self::take_ready(slf, false);
         Ok(())
     }
 
@@ -391,8 +392,10 @@ impl Driver {
         }
     }
 
-    /// Takes the next request that is ready and starts its task.
-    fn take_ready(slf: &Bound<'_, Self>) {
+    /// Takes the next request that is ready and starts its task; `eager`: called by
+    /// the loop itself (a loop callback, not inside a task's step), so the task's
+    /// first step may run at once ([`Spawn::task`]).
+    fn take_ready(slf: &Bound<'_, Self>, eager: bool) {
         let py = slf.py();
         {
             let me = slf.borrow();
@@ -427,7 +430,7 @@ impl Driver {
                     // One request per wake-up: the loop's own epoll (level-triggered)
                     // says whether more is ready, which saves a second epoll_wait on
                     // the acceptor's epoll per request just to learn it is empty.
-                    Self::start_request(slf, req);
+                    Self::start_request(slf, req, eager);
                 }
                 TryNext::Empty(wait) => {
                     if let Some(wait) = wait {
@@ -466,8 +469,8 @@ impl Driver {
         }
     }
 
-    /// Starts the task of one request.
-    fn start_request(slf: &Bound<'_, Self>, mut req: Request) {
+    /// Starts the task of one request (`eager`: see [`Self::take_ready`]).
+    fn start_request(slf: &Bound<'_, Self>, mut req: Request, eager: bool) {
         let py = slf.py();
         let me = slf.borrow();
         let protocol = req.listener.protocol;
@@ -507,16 +510,21 @@ impl Driver {
                 return;
             }
         };
-        let started = (|| -> PyResult<()> {
+        let started = (|| -> PyResult<Option<FirstStep>> {
             let (receive, send) = super::http::channel(&exchange)?;
             let coro = app.bind(py).call1((scope, receive, send))?;
             let coro = serve.bind(py).call1((coro, &exchange))?;
-            slf.borrow().spawn.task(coro)?;
-            Ok(())
+            slf.borrow().spawn.task(coro, eager)
         })();
-        if let Err(e) = started {
-            if let Err(e) = Exchange::end_with(&exchange, Some(e)) {
-                tracing::error!(detail = %traceback(py, &e), "internal error ending a request");
+        drop(_entered);
+        match started {
+            Ok(Some(first)) => first.run(py),
+            Ok(None) => {}
+            Err(e) => {
+                let _entered = span.enter();
+                if let Err(e) = Exchange::end_with(&exchange, Some(e)) {
+                    tracing::error!(detail = %traceback(py, &e), "internal error ending a request");
+                }
             }
         }
     }
@@ -597,13 +605,13 @@ impl Driver {
 impl Driver {
     /// The epoll fd is readable.
     fn _ready(slf: &Bound<'_, Self>) {
-        Self::take_ready(slf);
+        Self::take_ready(slf, true);
     }
 
     /// A waiting connection's deadline: look at the source again.
     fn _timer(slf: &Bound<'_, Self>) {
         slf.borrow().timer.borrow_mut().take();
-        Self::take_ready(slf);
+        Self::take_ready(slf, true);
     }
 
     /// The master's SIGUSR2 (`--timeout`, `--slow-log`), from the dump thread when no
@@ -635,7 +643,7 @@ impl Driver {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         match req {
-            Some(req) => Self::start_request(slf, req),
+            Some(req) => Self::start_request(slf, req, true),
             None => {
                 slf.borrow().drained.set(true);
                 Self::maybe_stop(slf);
@@ -652,6 +660,11 @@ impl Driver {
 /// (a request's task is named by its exchange in the `--timeout` dump, not by this),
 /// and a call with keywords makes a keyword dict per call (3.11's `Task` has no
 /// vectorcall: `_PyStack_AsDict`, about 0.7k instructions with its teardown).
+///
+/// When the loop itself takes the request (`eager`), the task's first step runs at
+/// once, in that callback, as Python 3.12's eager tasks do (3.11's `Task` has no such
+/// option): see [`Eager`]. A request whose app answers without waiting (a hello, a
+/// cached page) then ends in the callback that accepted it.
 struct Spawn {
     /// `asyncio.Task`: the C `_asyncio.Task` unless something replaced it.
     task: Py<PyAny>,
@@ -664,6 +677,8 @@ struct Spawn {
     /// `{"loop": loop, "name": TASK_NAME}`, never handed to Python code: `Task`'s
     /// `tp_init` only reads it (Argument Clinic's keyword parsing).
     kwargs: Py<PyDict>,
+    /// `None` when the loop or asyncio cannot be shadowed (no instance `__dict__`).
+    eager: Option<Eager>,
 }
 
 impl Spawn {
@@ -682,14 +697,21 @@ impl Spawn {
             get_task_factory: event_loop.getattr("get_task_factory")?.unbind(),
             create_task: event_loop.getattr("create_task")?.unbind(),
             kwargs: kwargs.unbind(),
+            eager: if c_task {
+                Eager::new(py, event_loop)?
+            } else {
+                None
+            },
         })
     }
 
-    fn task(&self, coro: Bound<'_, PyAny>) -> PyResult<()> {
+    /// Makes the task of `coro`; with `eager`, its first step is returned to be run
+    /// (by the caller, out of the request's span, as the loop runs a step).
+    fn task(&self, coro: Bound<'_, PyAny>, eager: bool) -> PyResult<Option<FirstStep>> {
         let py = coro.py();
         if !self.get_task_factory.bind(py).call0()?.is_none() {
             self.create_task.bind(py).call1((coro,))?;
-            return Ok(());
+            return Ok(None);
         }
         let args = PyTuple::new(py, [coro])?;
         let kwargs = self.kwargs.bind(py);
@@ -699,7 +721,7 @@ impl Spawn {
             _ => {
                 // A copy: the kept dict is never handed to Python code.
                 task.call(args, Some(&kwargs.copy()?))?;
-                return Ok(());
+                return Ok(None);
             }
         };
         // SAFETY: with the GIL held. `tp` is `asyncio.Task`, a static C type (not
@@ -710,16 +732,413 @@ impl Spawn {
         unsafe {
             let (Some(new), Some(init)) = ((*tp).tp_new, (*tp).tp_init) else {
                 task.call(args, Some(kwargs))?;
-                return Ok(());
+                return Ok(None);
             };
             let task = Bound::from_owned_ptr_or_err(py, new(tp, args.as_ptr(), kwargs.as_ptr()))?;
-            if init(task.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0 {
+            let eager = self.eager.as_ref().filter(|_| eager);
+            let eager = eager.filter(|e| e.arm(&task));
+            let failed = init(task.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0;
+            let caught = eager.map(|e| e.disarm(py));
+            if failed {
                 return Err(PyErr::fetch(py));
             }
+            let (Some(e), Some(caught)) = (eager, caught) else {
+                return Ok(None);
+            };
+            // The registration kept back, made here the short way.
+            let registered = match &e.tasks {
+                Some(reg) if caught.added => Some((reg.register(&task)?.unbind(), Rc::clone(reg))),
+                _ => None,
+            };
+            Ok(caught.step.map(|(step, context)| FirstStep {
+                task: task.unbind(),
+                step,
+                context,
+                registered,
+                call_soon: e.call_soon_real.clone_ref(py),
+            }))
         }
-        Ok(())
     }
 }
 
 /// The name of every request's task (`asyncio.current_task().get_name()`).
 const TASK_NAME: &str = "postern-request";
+
+/// Runs a request task's first step at once. 3.11's `Task.__init__` ends with
+/// `loop.call_soon(step, context=ctx)` (the first step, on a later loop iteration)
+/// and `_all_tasks.add(task)` (asyncio's `WeakSet` of tasks), both looked up as
+/// attributes. For the time of that call an instance attribute on the loop shadows
+/// its `call_soon` with a built-in of postern's, which keeps the step of the task
+/// being made; the `WeakSet`'s `add` is shadowed the same way from the loop's start on
+/// (the set is asyncio's own, and putting an instance attribute on and off costs a
+/// dict insertion and deletion per request: 0.5k instructions), and keeps back the
+/// registration of that task only. Anything else either is given goes on to the real method, as
+/// before (the app's tasks, other threads' loops). The step then runs at once in the task's context
+/// ([`FirstStep`]), as the loop would run it, with the task entered as the current
+/// one (the step does that itself). The task is registered before the step as
+/// `WeakSet.add` does it, without its Python frame ([`Registry`]), and a task already
+/// done after the step (its app answered without waiting) is taken out of the set
+/// there and then, before the weakref's callback (a Python frame too) would do it at
+/// the task's end: `all_tasks()` leaves done tasks out anyway. That saves per request
+/// the `call_soon` (1.4k instructions: a handle, the idle watcher), the loop
+/// iteration that runs the step, and most of the registration (2.1k for the add,
+/// 1.2k for the callback). An instance attribute the app set itself (a `call_soon`
+/// of its own on the loop) turns this off, and the loop's step then runs as before.
+struct Eager {
+    /// The loop's instance `__dict__`.
+    loop_dict: Py<PyDict>,
+    /// asyncio's `WeakSet` of tasks; `None` where there is no such `WeakSet` as 3.11's
+    /// (3.12 renamed it): the task is then registered as usual.
+    tasks: Option<Rc<Registry>>,
+    /// The loop's real `call_soon` (bound).
+    call_soon_real: Py<PyAny>,
+    /// The shadow: a built-in bound to the real method ([`catch_soon`]).
+    catch_soon: Py<PyAny>,
+    call_soon_name: Py<PyString>,
+}
+
+/// What the shadows kept while a task was made ([`Eager`]).
+struct Caught {
+    /// The task being made (compared, never dereferenced); null when not armed.
+    task: *mut pyo3::ffi::PyObject,
+    /// Its first step and the context to run it in.
+    step: Option<(Py<PyAny>, Py<PyAny>)>,
+    /// Its registration was kept back.
+    added: bool,
+}
+
+thread_local! {
+    /// The loop thread's [`Caught`]; the shadows pass every other thread's calls on.
+    static CAUGHT: RefCell<Caught> = const {
+        RefCell::new(Caught { task: std::ptr::null_mut(), step: None, added: false })
+    };
+}
+
+impl Eager {
+    fn new(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Eager>> {
+        let dict_of = |o: &Bound<'_, PyAny>| -> Option<Py<PyDict>> {
+            Some(
+                o.getattr("__dict__")
+                    .ok()?
+                    .cast_into::<PyDict>()
+                    .ok()?
+                    .unbind(),
+            )
+        };
+        let Some(loop_dict) = dict_of(event_loop) else {
+            return Ok(None);
+        };
+        let call_soon_real = event_loop.getattr("call_soon")?;
+        Ok(Some(Eager {
+            loop_dict,
+            tasks: Registry::new(py)?.map(Rc::new),
+            catch_soon: super::http::builtin(py, &CATCH_SOON, &call_soon_real)?.unbind(),
+            call_soon_real: call_soon_real.unbind(),
+            call_soon_name: PyString::intern(py, "call_soon").unbind(),
+        }))
+    }
+
+    /// Puts the shadow on for the making of `task`; false when it could not be (the
+    /// app's own `call_soon` attribute is there).
+    fn arm(&self, task: &Bound<'_, PyAny>) -> bool {
+        let py = task.py();
+        if !shadow(py, &self.loop_dict, &self.call_soon_name, &self.catch_soon) {
+            return false;
+        }
+        CAUGHT.with(|c| {
+            let mut c = c.borrow_mut();
+            c.task = task.as_ptr();
+            c.step = None;
+            c.added = false;
+        });
+        true
+    }
+
+    /// Takes the shadow off and returns what the shadows kept.
+    fn disarm(&self, py: Python<'_>) -> Caught {
+        unshadow(py, &self.loop_dict, &self.call_soon_name, &self.catch_soon);
+        CAUGHT.with(|c| {
+            std::mem::replace(
+                &mut *c.borrow_mut(),
+                Caught {
+                    task: std::ptr::null_mut(),
+                    step: None,
+                    added: false,
+                },
+            )
+        })
+    }
+}
+
+/// asyncio's `WeakSet` of tasks (`asyncio.tasks._all_tasks`, what `all_tasks()`
+/// reads), registered into as its `add` does (`self.data.add(ref(item,
+/// self._remove))`, after committing the removals an iteration held back), without
+/// the Python frame: these attributes are made in `WeakSet.__init__` and never
+/// replaced (`clear()` empties `data`). Only an exact `WeakSet` whose `add` is the
+/// standard library's is used so.
+struct Registry {
+    /// The shadow of `add` in the set's instance `__dict__` ([`catch_add`]).
+    _catch_add: Py<PyAny>,
+    /// `data` (the set of weak references), `_remove` (their callback),
+    /// `_pending_removals`, `_iterating`, `_commit_removals` (bound).
+    data: Py<PySet>,
+    remove: Py<PyAny>,
+    pending_removals: Py<PyList>,
+    iterating: Py<PySet>,
+    commit_removals: Py<PyAny>,
+}
+
+impl Registry {
+    /// Finds the set and puts the shadow of its `add` on; `None` when the set is not
+    /// 3.11's standard one or has an `add` attribute of its own already.
+    fn new(py: Python<'_>) -> PyResult<Option<Registry>> {
+        let found = (|| {
+            let set = py
+                .import("asyncio.tasks")
+                .ok()?
+                .getattr("_all_tasks")
+                .ok()?;
+            let weakset = py.import("_weakrefset").ok()?.getattr("WeakSet").ok()?;
+            let add = set.getattr("add").ok()?;
+            let standard = set.get_type().is(&weakset)
+                && add
+                    .getattr("__func__")
+                    .and_then(|f| f.getattr("__module__"))
+                    .is_ok_and(|m| m.eq("_weakrefset").unwrap_or(false));
+            if !standard {
+                return None;
+            }
+            let get = |name: &str| set.getattr(name).ok();
+            Some((
+                get("__dict__")?.cast_into::<PyDict>().ok()?.unbind(),
+                add,
+                get("data")?.cast_into_exact::<PySet>().ok()?.unbind(),
+                get("_remove")?.unbind(),
+                get("_pending_removals")?
+                    .cast_into_exact::<PyList>()
+                    .ok()?
+                    .unbind(),
+                get("_iterating")?.cast_into_exact::<PySet>().ok()?.unbind(),
+                get("_commit_removals")?.unbind(),
+            ))
+        })();
+        let Some((dict, add, data, remove, pending_removals, iterating, commit_removals)) = found
+        else {
+            return Ok(None);
+        };
+        let catch = super::http::builtin(py, &CATCH_ADD, &add)?.unbind();
+        if !shadow(py, &dict, &PyString::intern(py, "add").unbind(), &catch) {
+            return Ok(None);
+        }
+        Ok(Some(Registry {
+            _catch_add: catch,
+            data,
+            remove,
+            pending_removals,
+            iterating,
+            commit_removals,
+        }))
+    }
+
+    /// Registers `task`: returns the weak reference now in the set.
+    fn register<'py>(&self, task: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = task.py();
+        if !self.pending_removals.bind(py).is_empty() {
+            self.commit_removals.bind(py).call0()?;
+        }
+        // SAFETY: with the GIL held; `task` supports weak references (a Task), the
+        // callback is the set's own; the result is a new reference or NULL.
+        let weak = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyWeakref_NewRef(task.as_ptr(), self.remove.as_ptr()),
+            )?
+        };
+        self.data.bind(py).add(&weak)?;
+        Ok(weak)
+    }
+
+    /// Takes a task that is done out of the set at once, as its weakref's callback
+    /// will (which then never runs: the reference dies here), unless the set is being
+    /// iterated (the callback then defers it, as it always did).
+    fn unregister(&self, py: Python<'_>, weak: &Bound<'_, PyAny>) {
+        if self.iterating.bind(py).is_empty() {
+            let _ = self.data.bind(py).discard(weak);
+        }
+    }
+}
+
+/// Sets `dict[name] = shadow` unless `name` is there: whether it is `shadow` now.
+fn shadow(py: Python<'_>, dict: &Py<PyDict>, name: &Py<PyString>, shadow: &Py<PyAny>) -> bool {
+    // SAFETY: with the GIL held; all three are valid; the result is borrowed (or NULL
+    // with an exception, taken here).
+    let now =
+        unsafe { pyo3::ffi::PyDict_SetDefault(dict.as_ptr(), name.as_ptr(), shadow.as_ptr()) };
+    if now.is_null() {
+        drop(PyErr::take(py));
+        return false;
+    }
+    now == shadow.as_ptr()
+}
+
+/// Removes `dict[name]` if it is still `shadow`.
+fn unshadow(py: Python<'_>, dict: &Py<PyDict>, name: &Py<PyString>, shadow: &Py<PyAny>) {
+    // SAFETY: with the GIL held; all three are valid; `now` is borrowed (NULL when
+    // absent, or with an exception, taken here).
+    unsafe {
+        let now = pyo3::ffi::PyDict_GetItemWithError(dict.as_ptr(), name.as_ptr());
+        if now == shadow.as_ptr() {
+            if pyo3::ffi::PyDict_DelItem(dict.as_ptr(), name.as_ptr()) < 0 {
+                drop(PyErr::take(py));
+            }
+        } else if now.is_null() {
+            drop(PyErr::take(py));
+        }
+    }
+}
+
+static CATCH_SOON: super::http::MethodDef = super::http::MethodDef::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"call_soon".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: catch_soon,
+    },
+    ml_flags: pyo3::ffi::METH_FASTCALL | pyo3::ffi::METH_KEYWORDS,
+    ml_doc: c"postern's shadow of loop.call_soon while a request's task is made.".as_ptr(),
+});
+
+static CATCH_ADD: super::http::MethodDef = super::http::MethodDef::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"add".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: catch_add,
+    },
+    ml_flags: pyo3::ffi::METH_O,
+    ml_doc: c"postern's shadow of asyncio's _all_tasks.add while a request's task is made."
+        .as_ptr(),
+});
+
+/// The shadow of `loop.call_soon` ([`Eager`]): keeps `call_soon(step, context=ctx)`
+/// for the task being made, passes anything else on to `real` (the loop's method).
+unsafe extern "C" fn catch_soon(
+    real: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    use pyo3::ffi;
+    // SAFETY: CPython calls it with the GIL held, `args` holding `nargs` positional
+    // arguments then one value per name in `kwnames` (a tuple of str, or NULL).
+    unsafe {
+        if nargs == 1
+            && !kwnames.is_null()
+            && ffi::PyTuple_GET_SIZE(kwnames) == 1
+            && ffi::PyUnicode_CompareWithASCIIString(
+                ffi::PyTuple_GET_ITEM(kwnames, 0),
+                c"context".as_ptr(),
+            ) == 0
+        {
+            let py = Python::assume_attached();
+            let kept = CAUGHT.with(|c| match c.try_borrow_mut() {
+                Ok(mut c) if !c.task.is_null() && c.step.is_none() => {
+                    c.step = Some((
+                        Bound::from_borrowed_ptr(py, *args).unbind(),
+                        Bound::from_borrowed_ptr(py, *args.add(1)).unbind(),
+                    ));
+                    true
+                }
+                _ => false,
+            });
+            if kept {
+                return py.None().into_ptr();
+            }
+        }
+        ffi::PyObject_Vectorcall(real, args, nargs as usize, kwnames)
+    }
+}
+
+/// The shadow of `_all_tasks.add` ([`Eager`]): keeps back the registration of the
+/// task being made, passes anything else on to `real` (the `WeakSet`'s method).
+unsafe extern "C" fn catch_add(
+    real: *mut pyo3::ffi::PyObject,
+    item: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls it with the GIL held and `item` a borrowed reference.
+    unsafe {
+        let kept = CAUGHT.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) if !c.task.is_null() && c.task == item && !c.added => {
+                c.added = true;
+                true
+            }
+            _ => false,
+        });
+        if kept {
+            return Python::assume_attached().None().into_ptr();
+        }
+        pyo3::ffi::PyObject_CallOneArg(real, item)
+    }
+}
+
+/// A request task's first step, kept by [`Eager`], to run at once.
+struct FirstStep {
+    task: Py<PyAny>,
+    /// The task's step callable, and the context asyncio would run it in.
+    step: Py<PyAny>,
+    context: Py<PyAny>,
+    /// Its weak reference in asyncio's set, when postern registered it.
+    registered: Option<(Py<PyAny>, Rc<Registry>)>,
+    /// The loop's real `call_soon`, should the step not run here.
+    call_soon: Py<PyAny>,
+}
+
+impl FirstStep {
+    /// Runs the step as the loop runs a callback (in its context, an exception from
+    /// it reported), then takes the task out of asyncio's set if it is done.
+    fn run(self, py: Python<'_>) {
+        let step = self.step.bind(py);
+        let context = self.context.bind(py);
+        // SAFETY: with the GIL held; `context` is the task's `contextvars.Context`
+        // (a new copy, entered by nobody), entered and left around the call as the
+        // loop's handle does; the call's result is a new reference or NULL.
+        let failure = unsafe {
+            if pyo3::ffi::PyContext_Enter(context.as_ptr()) < 0 {
+                let e = PyErr::fetch(py);
+                tracing::debug!(error = %e, "a request task's context could not be entered; its first step is left to the loop");
+                let kw = PyDict::new(py);
+                let scheduled = kw
+                    .set_item(intern!(py, "context"), context)
+                    .and_then(|()| self.call_soon.bind(py).call((step,), Some(&kw)));
+                if let Err(e) = scheduled {
+                    tracing::error!(detail = %traceback(py, &e), "internal error: a request's task could not be scheduled");
+                }
+                None
+            } else {
+                let r = pyo3::ffi::PyObject_CallNoArgs(step.as_ptr());
+                let failure = if r.is_null() {
+                    Some(PyErr::fetch(py))
+                } else {
+                    pyo3::ffi::Py_DECREF(r);
+                    None
+                };
+                if pyo3::ffi::PyContext_Exit(context.as_ptr()) < 0 {
+                    drop(PyErr::take(py));
+                }
+                failure
+            }
+        };
+        if let Some(e) = failure {
+            // What the loop reports of a callback that raised (asyncio's task steps
+            // raise only for their own faults: the app's exceptions are the task's).
+            tracing::error!(detail = %traceback(py, &e), "a request task's first step raised");
+        }
+        if let Some((weak, reg)) = self.registered {
+            let done = self
+                .task
+                .bind(py)
+                .call_method0(intern!(py, "done"))
+                .and_then(|d| d.is_truthy())
+                .unwrap_or(false);
+            if done {
+                reg.unregister(py, weak.bind(py));
+            }
+        }
+    }
+}
