@@ -201,6 +201,24 @@ async def app(scope, receive, send):
             mark("all-sent")
         else:
             say("overrun-send", said)
+    elif path == "/forget-behind-write":
+        # A reader that reads nothing. Over FastCGI the 64 KiB send is written on a
+        # thread; the tiny sends and the 512 KiB one after it, in the same step, queue
+        # behind that write and are never awaited. When it ends, their step is long
+        # over: they are settled then, not carried into the next write (which the
+        # full socket holds until the reader goes).
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        first = send({"type": "http.response.body", "body": b"a" * 65536, "more_body": True})
+        tiny = [send({"type": "http.response.body", "body": b"b" * 10, "more_body": True})
+                for _ in range(3)]
+        send({"type": "http.response.body", "body": b"c" * 524288, "more_body": True})
+        if isinstance(first, asyncio.Future):
+            await asyncio.wait([first], timeout=10)
+        await asyncio.sleep(0.2)
+        say("behind-write", " ".join(
+            "none" if not isinstance(f, asyncio.Future) else "pending" if not f.done()
+            else "settled" if not f.cancelled() and f.exception() is None else "failed"
+            for f in [first] + tiny))
     elif path == "/cancelled-send-dropped":
         # A reader that reads nothing: a send() the app cancelled, then sends again.
         import weakref
@@ -991,6 +1009,26 @@ fn tiny_sends_never_awaited_reach_the_cut_off() {
         let said = std::fs::read_to_string(dir.join("forgotten-send")).unwrap_or_default();
         assert_eq!(said, "settled", "{protocol}");
     });
+}
+
+#[test]
+fn sends_never_awaited_behind_a_write_in_flight_are_settled_when_it_ends() {
+    // regression: over FastCGI, send()s queued behind a write in flight that nobody
+    // awaited were carried into the next write when the first one ended (their step
+    // was over, but nothing had looked at them since): with a front server that reads
+    // nothing, that write never ends, and they stayed pending.
+    let dir = tempdir();
+    let p = serve(dir.path(), "fastcgi", &[]);
+    let mut s = p.addr.connect().unwrap();
+    send_get(&mut s, "fastcgi", "/forget-behind-write");
+    let said = dir.path().join("behind-write");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !said.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = std::fs::read_to_string(&said).unwrap_or_default();
+    assert_eq!(said, "settled settled settled settled", "{}", p.logs());
+    drop(s);
 }
 
 /// Sends nobody awaits (`path`: 2000 of 64 KiB, or 400,000 of 10 bytes) to a reader

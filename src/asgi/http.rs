@@ -453,10 +453,19 @@ enum Wait {
 
 /// Settles a send()'s future nobody awaited (its step ended without a callback on
 /// it), so that it need not be kept: an app that awaits it later goes on at once.
-fn settle_forgotten(py: Python<'_>, f: &Py<PyAny>) {
-    let _ = f
+/// False when it could not be settled (it stays queued, and is tried again by the
+/// next send: dropped pending, an app that awaits it later would wait forever).
+fn settle_forgotten(py: Python<'_>, f: &Py<PyAny>) -> bool {
+    match f
         .bind(py)
-        .call_method1(intern!(py, "set_result"), (py.None(),));
+        .call_method1(intern!(py, "set_result"), (py.None(),))
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "a send() nobody awaited could not be settled yet");
+            !pending(py, f)
+        }
+    }
 }
 
 thread_local! {
@@ -484,8 +493,17 @@ struct StepEnded;
 #[pymethods]
 impl StepEnded {
     fn __call__(&self) {
+        step_over();
+    }
+}
+
+/// The step that made the last send() futures is over: called by [`StepEnded`], and
+/// by a loop callback that is no task's step and looks at the sends (no step runs
+/// while a callback does). The [`StepEnded`] still scheduled then counts one more,
+/// between two callbacks too, which only makes older futures look older.
+fn step_over() {
+    if STEP_DUE.with(|d| d.replace(false)) {
         STEP.with(|s| s.set(s.get().wrapping_add(1)));
-        STEP_DUE.with(|d| d.set(false));
     }
 }
 
@@ -1058,10 +1076,7 @@ impl Exchange {
                     true
                 }
                 Wait::Done => false,
-                Wait::Forgotten => {
-                    settle_forgotten(py, &w.fut.fut);
-                    false
-                }
+                Wait::Forgotten => !settle_forgotten(py, &w.fut.fut),
             });
             return self
                 .out
@@ -1076,10 +1091,7 @@ impl Exchange {
                     true
                 }
                 Wait::Done => false,
-                Wait::Forgotten => {
-                    settle_forgotten(py, &f.fut);
-                    false
-                }
+                Wait::Forgotten => !settle_forgotten(py, &f.fut),
             });
             q.data.len().saturating_sub(awaited)
         })
@@ -2086,6 +2098,12 @@ impl Exchange {
             let code = slf.borrow().code;
             Self::settle(slf, Some(End::Incomplete(code)))?;
         }
+        // A loop callback, not a step: the sends queued in the step that ran last are
+        // told apart now (the forgotten ones settled and dropped), not carried into
+        // the next write, where a front server that reads nothing would keep them
+        // pending until it goes.
+        step_over();
+        let _ = slf.borrow_mut().unawaited(py);
         let next = slf.borrow_mut().queued.take();
         if let Some(q) = next {
             let mut futs = q.futs.into_iter().map(|(f, _)| f.fut);

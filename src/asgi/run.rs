@@ -737,10 +737,13 @@ impl Spawn {
             let task = Bound::from_owned_ptr_or_err(py, new(tp, args.as_ptr(), kwargs.as_ptr()))?;
             let eager = self.eager.as_ref().filter(|_| eager);
             let eager = eager.filter(|e| e.arm(&task));
-            let failed = init(task.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0;
+            // Fetched before the shadow goes: taking it off looks the attribute up,
+            // which must not run (or clear) with `init`'s exception set.
+            let failed =
+                (init(task.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0).then(|| PyErr::fetch(py));
             let caught = eager.map(|e| e.disarm(py));
-            if failed {
-                return Err(PyErr::fetch(py));
+            if let Some(e) = failed {
+                return Err(e);
             }
             let (Some(e), Some(caught)) = (eager, caught) else {
                 return Ok(None);
