@@ -63,6 +63,18 @@ async def app(scope, receive, send):
             await answer(send, b"no error")
         except Exception as e:
             await answer(send, type(e).__name__.encode())
+    elif path == "/reentrant-send":
+        # A header iterator that calls send() again while postern reads the start.
+        seen = []
+        def headers():
+            try:
+                send({"type": "http.response.body", "body": b"inner"})
+                seen.append("no error")
+            except Exception as e:
+                seen.append("%s: %s" % (type(e).__name__, e))
+            yield (b"x-a", b"1")
+        await send({"type": "http.response.start", "status": 200, "headers": headers()})
+        await send({"type": "http.response.body", "body": seen[0].encode()})
     elif path == "/retry-start":
         # An error page after a refused start (the app catches the ValueError).
         try:
@@ -271,4 +283,26 @@ fn send_called_from_another_thread_raises_runtime_error_not_a_panic() {
     let r = get(&p, "/thread-send", "").expect("a response");
     assert_eq!(r.text(), "RuntimeError");
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
+}
+
+#[test]
+fn send_called_again_while_postern_handles_a_send_raises_runtime_error_not_a_panic() {
+    // regression: a send() called from Python code that postern ran while it handled a
+    // send() of the same request (here the start's header iterator) hit the exchange's
+    // borrow: a panic with its backtrace in the log ("Already mutably borrowed") and a
+    // RuntimeError saying "internal error ... (a panic; see the log)".
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let r = get(&p, "/reentrant-send", "").expect("a response");
+    assert_eq!(r.status, 200, "{}", p.logs());
+    let text = r.text();
+    assert!(
+        text.starts_with(
+            "RuntimeError: send() or receive() called while postern was still handling"
+        ),
+        "{text}"
+    );
+    assert_eq!(r.header("x-a"), Some("1"), "{}", p.logs());
+    let logs = p.logs();
+    assert!(!logs.contains("panic") && !logs.contains("ERROR"), "{logs}");
 }

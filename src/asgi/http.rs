@@ -209,6 +209,14 @@ unsafe fn on_loop(
         }
         // SAFETY: `slf` is the exchange (the caller's promise), borrowed for the call.
         let ex = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Exchange>() };
+        // Python code that runs while postern handles a send() or receive() of this
+        // request (a header iterator, a `__del__`, a weakref callback) and calls one
+        // again: refused here, not a panic at the first borrow inside.
+        if ex.try_borrow_mut().is_err() {
+            return Err(PyRuntimeError::new_err(
+                "send() or receive() called while postern was still handling a send() or receive() of the same request (from a header iterator, a __del__ or a callback it ran): call it after that one returns",
+            ));
+        }
         f(&ex).map(Bound::into_ptr)
     }));
     let err = match r {
