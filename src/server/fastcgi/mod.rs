@@ -300,6 +300,11 @@ pub struct FcgiConn {
     /// Requests the slow lane has in flight on it: at the final stop, the last one's
     /// END_REQUEST goes out with the FIN ([`FcgiConn::send_last`]).
     lane_requests: AtomicUsize,
+    /// Lane requests whose reader was told they are over (`Ctl::Done` with reuse, sent
+    /// before their last records so the id is free when END_REQUEST arrives) while
+    /// those records are still going out: [`FcgiConn::hand_on`] must not give the
+    /// socket to another worker meanwhile, whose writes would interleave with them.
+    ending: AtomicUsize,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
     /// Bytes a leaving worker's slow lane read from it (a request whose head it
@@ -348,6 +353,7 @@ impl FcgiConn {
             broken: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             lane_requests: AtomicUsize::new(0),
+            ending: AtomicUsize::new(0),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
         })
@@ -382,6 +388,14 @@ impl FcgiConn {
     /// worker serves on (a single process, the whole server stopping) or the send
     /// failed: it is served here.
     pub(super) fn hand_on(&self, read: &[u8], age: Duration) -> bool {
+        // regression (review of 5bfe91d): a multiplexing client's next request could
+        // complete between a kept request's `Done` and its END_REQUEST's write; handed
+        // on then, the other worker wrote on the socket while this one still did.
+        // Served here instead (the `Done` came through the lane's channel after the
+        // count went up, so the lane sees it).
+        if self.ending.load(Ordering::Acquire) > 0 {
+            return false;
+        }
         let Some(channel) = self.parking.successors() else {
             return false;
         };
@@ -650,7 +664,9 @@ impl FcgiConn {
                 // reuse it: it may send the next BEGIN_REQUEST the moment END_REQUEST
                 // arrives. At the final stop it closes the connection once idle
                 // instead, so it learns after END_REQUEST has gone out.
-                if keep_conn && !last {
+                let early = keep_conn && !last;
+                if early {
+                    self.ending.fetch_add(1, Ordering::AcqRel);
                     let _ = tx.send(Ctl::Done { id, reuse: true });
                 }
                 // The only request in flight: its END_REQUEST and the FIN leave
@@ -660,6 +676,9 @@ impl FcgiConn {
                 } else {
                     self.send_stdout(id, data, tail).is_ok()
                 };
+                if early {
+                    self.ending.fetch_sub(1, Ordering::AcqRel);
+                }
                 if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
