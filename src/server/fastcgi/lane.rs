@@ -344,6 +344,82 @@ struct Slot {
     content_length: Option<u64>,
     got: u64,
     warned_excess: bool,
+    /// The body of a request without CONTENT_LENGTH, until it has all come (its app
+    /// has not been called yet).
+    collect: Option<Box<Collect>>,
+}
+
+impl Slot {
+    fn new(flags: Arc<ReqFlags>, content_length: Option<u64>) -> Slot {
+        Slot {
+            flags,
+            stdin: None,
+            _body: None,
+            content_length,
+            got: 0,
+            warned_excess: false,
+            collect: None,
+        }
+    }
+}
+
+/// Body bytes a spooled body gathers before one write to its file.
+const SPOOL_WRITE: usize = 64 * 1024;
+
+/// The body of a request sent without CONTENT_LENGTH (nginx's
+/// `fastcgi_request_buffering off` with a chunked upload), collected before its app is
+/// called: in memory while the bodies a connection collects stay under
+/// `--body-spool-threshold` together (what one uwsgi or SCGI connection may hold), else
+/// in an unlinked temporary file, as uwsgi and SCGI bodies are. Not charged to the input
+/// budget while it is collected: that budget makes the lane stop reading until apps
+/// read, and no app reads a body still being collected (64 uploads of 1 MiB at once
+/// would have stopped every connection of a worker for good).
+/// The app is then given its CONTENT_LENGTH: apps that trust only that (Django's
+/// request body and multipart parser, over WSGI and ASGI) read nothing without it.
+/// The connection's task collects it as it reads: no thread waits for a slow upload.
+struct Collect {
+    head: Head,
+    keep_conn: bool,
+    span: tracing::Span,
+    request_id: crate::logging::RequestId,
+    started: Instant,
+    /// The body so far; once spooled, what has not been written to `file` yet.
+    mem: BytesMut,
+    file: Option<std::fs::File>,
+    got: u64,
+}
+
+impl Collect {
+    /// Adds `data`, in memory while `room` (else the body goes to its file from now
+    /// on); an error when the temporary file cannot be made or written.
+    fn push(&mut self, data: &[u8], room: bool) -> io::Result<()> {
+        self.got += data.len() as u64;
+        if self.file.is_none() {
+            if room {
+                self.mem.extend_from_slice(data);
+                return Ok(());
+            }
+            self.file = Some(tokio::task::block_in_place(tempfile::tempfile)?);
+        }
+        self.mem.extend_from_slice(data);
+        if self.mem.len() >= SPOOL_WRITE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what waits in `mem` to the file (if spooled).
+    fn flush(&mut self) -> io::Result<()> {
+        use std::io::Write;
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        if !self.mem.is_empty() {
+            tokio::task::block_in_place(|| file.write_all(&self.mem))?;
+            self.mem.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Serves a FastCGI connection on the slow lane until it closes, or hands it back to
@@ -395,17 +471,7 @@ pub async fn serve(
     if let Some((id, keep_conn, flags)) = adopted {
         // The request the fast path is serving inline: ours to watch from now on.
         parser.adopt(id, keep_conn);
-        slots.insert(
-            id,
-            Slot {
-                flags,
-                stdin: None,
-                _body: None,
-                content_length: None,
-                got: 0,
-                warned_excess: false,
-            },
-        );
+        slots.insert(id, Slot::new(flags, None));
         conn.set_lane_requests(slots.len());
         served += 1;
     }
@@ -505,7 +571,9 @@ pub async fn serve(
             parking.park_from_lane(conn, fresh_only(fresh, served).then_some(started));
             return;
         }
-        let waiting_body = slots.values().any(|s| s.stdin.is_some());
+        let waiting_body = slots
+            .values()
+            .any(|s| s.stdin.is_some() || s.collect.is_some());
         let in_head = parser.awaiting_params() || (parser.active() == 0 && !buf.is_empty());
         head_since = match (in_head, head_since) {
             (false, _) => None,
@@ -862,15 +930,27 @@ fn handle_event(
                     )
                 });
             }
+            if body.is_none() && content_length.is_none() {
+                // STDIN still coming and no CONTENT_LENGTH (a chunked upload nginx does
+                // not buffer): the app runs once the whole body is here, with its length.
+                let collect = Collect {
+                    head,
+                    keep_conn,
+                    span,
+                    request_id,
+                    started,
+                    mem: BytesMut::new(),
+                    file: None,
+                    got: 0,
+                };
+                let mut slot = Slot::new(Arc::new(ReqFlags::default()), None);
+                slot.collect = Some(Box::new(collect));
+                slots.insert(id, slot);
+                conn.set_lane_requests(slots.len());
+                return Step::Go;
+            }
             let flags = Arc::new(ReqFlags::default());
-            let mut slot = Slot {
-                flags: Arc::clone(&flags),
-                stdin: None,
-                _body: None,
-                content_length,
-                got: 0,
-                warned_excess: false,
-            };
+            let mut slot = Slot::new(Arc::clone(&flags), content_length);
             let body = match body {
                 Some(b) if b.is_empty() => Body::Empty,
                 Some(b) => {
@@ -889,23 +969,15 @@ fn handle_event(
             };
             slots.insert(id, slot);
             conn.set_lane_requests(slots.len());
-            let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
-            lane.queue.push(Request {
-                head,
-                body,
-                listener: info.clone(),
-                sink: Box::new(FcgiSink::new(
-                    Arc::clone(conn),
-                    id,
-                    keep_conn,
-                    flags,
-                    Instant::now(),
-                )),
-                span,
-                request_id,
-                errors_forward,
-            });
+            let run = (head, body, span, request_id);
+            push_request(conn, info, lane, settings, (id, keep_conn, flags), run);
             Step::Go
+        }
+        Event::Stdin { id, data } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
+            collect_stdin(conn, parser, slots, lane, id, &data)
+        }
+        Event::StdinEnd { id } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
+            collected(conn, parser, slots, (info, lane, settings), input, id)
         }
         Event::Stdin { id, data } => {
             let max_body = lane.limits.max_body;
@@ -977,6 +1049,27 @@ fn handle_event(
             slot.stdin = None;
             Step::Go
         }
+        Event::Abort { id } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
+            // Its app never ran: answered here (§2.8: END_REQUEST, REQUEST_COMPLETE).
+            tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST before the body ended: the request is dropped");
+            let keep_conn = slots
+                .remove(&id)
+                .and_then(|s| s.collect)
+                .is_none_or(|c| c.keep_conn);
+            conn.set_lane_requests(slots.len());
+            parser.finished(id);
+            if let Some(p) = conn.permit() {
+                p.served();
+            }
+            let mut out = Vec::new();
+            fcgi::encode_record(&mut out, fcgi::STDOUT, id, &[]);
+            fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
+            match blocking_write(conn, &out) {
+                Err(_) => Step::Close,
+                Ok(()) if keep_conn => Step::Go,
+                Ok(()) => Step::CloseDrain,
+            }
+        }
         Event::Abort { id } => {
             if let Some(slot) = slots.get_mut(&id) {
                 tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
@@ -1024,6 +1117,188 @@ fn reframe(
     }
     out.extend_from_slice(rest);
     (out.len() <= super::handover::MAX_READ).then_some(out)
+}
+
+/// Starts request `id`'s app: its response goes out through its own sink.
+fn push_request(
+    conn: &Arc<FcgiConn>,
+    info: &ListenerInfo,
+    lane: &SlowLane,
+    settings: &FcgiSettings,
+    (id, keep_conn, flags): (u16, bool, Arc<ReqFlags>),
+    (head, body, span, request_id): (Head, Body, tracing::Span, crate::logging::RequestId),
+) {
+    let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
+    lane.queue.push(Request {
+        head,
+        body,
+        listener: info.clone(),
+        sink: Box::new(FcgiSink::new(
+            Arc::clone(conn),
+            id,
+            keep_conn,
+            flags,
+            Instant::now(),
+        )),
+        span,
+        request_id,
+        errors_forward,
+    });
+}
+
+/// A STDIN record of a request whose body is collected ([`Collect`]): over
+/// --max-body it is answered 413 at once (the rest of its STDIN is ignored).
+fn collect_stdin(
+    conn: &Arc<FcgiConn>,
+    parser: &mut ConnParser,
+    slots: &mut FxHashMap<u16, Slot>,
+    lane: &SlowLane,
+    id: u16,
+    data: &[u8],
+) -> Step {
+    let limits = &lane.limits;
+    // What the connection's collected bodies hold in memory.
+    let in_memory: u64 = slots
+        .values()
+        .filter_map(|s| s.collect.as_deref())
+        .filter(|c| c.file.is_none())
+        .map(|c| c.got)
+        .sum();
+    let Some(c) = slots.get_mut(&id).and_then(|s| s.collect.as_mut()) else {
+        return Step::Go;
+    };
+    let total = c.got + data.len() as u64;
+    let refused = if limits.max_body.is_some_and(|m| total > m) {
+        c.span.in_scope(|| {
+            tracing::warn!(
+                got = total,
+                max_body = limits.max_body.unwrap_or(0),
+                "request body (no CONTENT_LENGTH) over --max-body; answered 413"
+            )
+        });
+        (413, "Content Too Large")
+    } else {
+        let room = in_memory + data.len() as u64 <= limits.spool_threshold;
+        match c.push(data, room) {
+            Ok(()) => return Step::Go,
+            Err(e) => {
+                c.span.in_scope(|| tracing::error!(error = %e, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (out of file descriptors: raise ulimit -n / LimitNOFILE= or lower --max-connections; or TMPDIR is full or not writable); answered 503"));
+                (503, "Service Unavailable")
+            }
+        }
+    };
+    refuse_collected(conn, parser, slots, lane, id, refused)
+}
+
+/// Answers a request whose body was being collected from postern itself (its app
+/// never ran), and forgets it.
+fn refuse_collected(
+    conn: &Arc<FcgiConn>,
+    parser: &mut ConnParser,
+    slots: &mut FxHashMap<u16, Slot>,
+    lane: &SlowLane,
+    id: u16,
+    status: (u16, &str),
+) -> Step {
+    let Some(c) = slots.remove(&id).and_then(|s| s.collect) else {
+        return Step::Go;
+    };
+    conn.set_lane_requests(slots.len());
+    // It ended: --max-requests counts it as served (it was begun with its head).
+    if let Some(p) = conn.permit() {
+        p.served();
+    }
+    let asker = Asker {
+        conn,
+        lane,
+        id,
+        keep_conn: c.keep_conn,
+        request_id: &c.request_id,
+        started: c.started,
+    };
+    let _in = c.span.enter();
+    answer_now(&asker, parser, &c.head, status)
+}
+
+/// The end of a collected body: the app runs now, with CONTENT_LENGTH set to it.
+fn collected(
+    conn: &Arc<FcgiConn>,
+    parser: &mut ConnParser,
+    slots: &mut FxHashMap<u16, Slot>,
+    (info, lane, settings): (&ListenerInfo, &SlowLane, &FcgiSettings),
+    input: &Arc<ConnInput>,
+    id: u16,
+) -> Step {
+    let Some(slot) = slots.get_mut(&id) else {
+        return Step::Go;
+    };
+    let Some(mut c) = slot.collect.take() else {
+        return Step::Go;
+    };
+    if let Err(e) = c.flush() {
+        c.span.in_scope(|| tracing::error!(error = %e, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (TMPDIR full?); answered 503"));
+        slot.collect = Some(c);
+        return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
+    }
+    let Collect {
+        mut head,
+        keep_conn,
+        span,
+        request_id,
+        started,
+        mem,
+        file,
+        got,
+    } = *c;
+    if got > 0 {
+        head.push_var(b"CONTENT_LENGTH", got.to_string().as_bytes());
+        // A CONTENT_LENGTH sent non-empty, then empty (no length), conflicts with the
+        // one added: refused as the environ would refuse it.
+        if let Err(e) = head.announced_length() {
+            span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
+            slot.collect = Some(Box::new(Collect {
+                head,
+                keep_conn,
+                span,
+                request_id,
+                started,
+                mem,
+                file,
+                got,
+            }));
+            return refuse_collected(conn, parser, slots, lane, id, BAD_REQUEST);
+        }
+    }
+    head.content_length = got;
+    let body = match file {
+        Some(f) => {
+            tracing::debug!(
+                bytes = got,
+                "request body (no CONTENT_LENGTH) spooled to a temporary file"
+            );
+            Body::File(f, got)
+        }
+        None if got == 0 => Body::Empty,
+        None => {
+            // Charged until the request ends, as any body in memory.
+            input.charge(mem.len());
+            slot._body = Some(Charge {
+                input: Arc::clone(input),
+                n: mem.len(),
+            });
+            Body::Memory(mem.freeze())
+        }
+    };
+    let flags = Arc::clone(&slot.flags);
+    push_request(
+        conn,
+        info,
+        lane,
+        settings,
+        (id, keep_conn, flags),
+        (head, body, span, request_id),
+    );
+    Step::Go
 }
 
 /// Some request on the connection has an app blocked on its input, with nothing
