@@ -275,6 +275,9 @@ fn serve(
             drained: Cell::new(false),
             timer: RefCell::new(None),
             drain_thread: RefCell::new(None),
+            // SAFETY: with the GIL held; a new reference or NULL with an exception.
+            base: unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent())? }
+                .unbind(),
         },
     )?;
     let ended = driver.clone().unbind();
@@ -338,6 +341,9 @@ struct Driver {
     /// connection's deadline), and the loop's timer handle for it.
     timer: RefCell<Option<(Instant, Py<PyAny>)>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
+    /// The loop thread's context when serving began: what the listeners' callbacks
+    /// and the requests' tasks start from ([`Driver::in_base`]).
+    base: Py<PyAny>,
 }
 
 /// Each request's task runs this around the app's coroutine: the end of the request
@@ -375,15 +381,47 @@ impl Driver {
         if me.draining.get() || me.reading.get() || me.in_flight.get() >= me.max {
             return Ok(());
         }
-        me.ctx
-            .add_reader
-            .bind(py)
-            .call1((me.fd, slf.getattr(intern!(py, "_ready"))?))?;
-        me.reading.set(true);
+        // regression: called at a request's end, inside its task's step, the reader's
+        // handle (asyncio and uvloop give it a copy of the current context) and the
+        // tasks taken here (each copies the current context) got that request's
+        // context: its ContextVars were seen by every later request until the next
+        // pause (--max-concurrency reached, --max-requests); a FastAPI dependency's
+        // user variable leaked into 98 requests of 100 at --max-concurrency 1.
+        let base = me.base.clone_ref(py);
         drop(me);
-        // Not `eager`: a task's end (inside its step) resumes the reading.
-        Self::take_ready(slf, false);
-        Ok(())
+        Self::in_base(py, &base, || {
+            let me = slf.borrow();
+            me.ctx
+                .add_reader
+                .bind(py)
+                .call1((me.fd, slf.getattr(intern!(py, "_ready"))?))?;
+            me.reading.set(true);
+            drop(me);
+            // Not `eager`: a task's end (inside its step) resumes the reading.
+            Self::take_ready(slf, false);
+            Ok(())
+        })?
+    }
+
+    /// Runs `f` in a fresh copy of `base` (the loop thread's context when serving
+    /// began), so that the loop handles and tasks it makes do not start from the
+    /// context of the request whose step runs now.
+    fn in_base<R>(py: Python<'_>, base: &Py<PyAny>, f: impl FnOnce() -> R) -> PyResult<R> {
+        // SAFETY: with the GIL held; `PyContext_Copy` returns a new reference or NULL
+        // with an exception; the copy is entered and left on this thread around `f`
+        // (balanced: whatever `f` enters, it leaves), so it is the current context
+        // when it is left.
+        unsafe {
+            let ctx = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_Copy(base.as_ptr()))?;
+            if pyo3::ffi::PyContext_Enter(ctx.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let r = f();
+            if pyo3::ffi::PyContext_Exit(ctx.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            Ok(r)
+        }
     }
 
     fn pause(&self, py: Python<'_>) {
@@ -456,10 +494,16 @@ impl Driver {
         if let Some((_, h)) = timer.take() {
             let _ = h.bind(py).call_method0(intern!(py, "cancel"));
         }
+        // In the loop's own context, not that of a request whose step may run now.
         let handle = slf.getattr(intern!(py, "_timer")).and_then(|cb| {
+            let kw = PyDict::new(py);
+            kw.set_item(
+                intern!(py, "context"),
+                self.base.bind(py).call_method0(intern!(py, "copy"))?,
+            )?;
             self.call_later
                 .bind(py)
-                .call1((wait.as_secs_f64() + 0.001, cb))
+                .call((wait.as_secs_f64() + 0.001, cb), Some(&kw))
         });
         match handle {
             Ok(h) => *timer = Some((at, h.unbind())),
