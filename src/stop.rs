@@ -219,19 +219,23 @@ pub const LISTENERS_SHUT: &str = "listeners shut down";
 
 /// The server is stopping (the master said so) and this process's listeners were shut
 /// down under it (by the master, or by a sibling worker serving its listen queue
-/// before it leaves), yet no stop reached this process: an app or a C extension took
-/// or ignored its SIGTERM once it served. Nothing more can be accepted, so it stops as
-/// for a SIGTERM. True when no stop had been counted before (the caller says so once).
+/// before it leaves): nothing more can be accepted, so it stops as for a SIGTERM, which
+/// may never come (an app or a C extension took or ignored it once it served; see
+/// [`signalled`]).
 /// regression: such a worker spun on accept4 (EINVAL, or EAGAIN from a Unix listener
 /// the master shut) at 100% CPU until the master killed it past --graceful-timeout,
 /// and the stop exited 1.
-pub fn listeners_shut() -> bool {
-    let before = TERMS.load(Ordering::SeqCst) + stop_ints() > 0
+pub fn listeners_shut() {
+    SHUT.store(true, Ordering::SeqCst);
+    wake();
+}
+
+/// Whether a stop came by the usual ways: a stop signal counted, a recycling, or the
+/// master's mark on the scoreboard.
+pub fn signalled() -> bool {
+    TERMS.load(Ordering::SeqCst) + stop_ints() > 0
         || RECYCLE.load(Ordering::SeqCst)
         || ASKED.load(Ordering::SeqCst)
-        || SHUT.swap(true, Ordering::SeqCst);
-    wake();
-    !before
 }
 
 /// The server's side: waits for the requests to stop, from inside its runtime.

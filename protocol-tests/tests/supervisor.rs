@@ -1813,7 +1813,7 @@ fn a_worker_whose_stop_was_lost_stops_when_its_listeners_are_shut() {
             p.logs()
         );
         assert!(
-            p.logs().contains("this worker's stop never came"),
+            p.logs().contains("but its stop never came"),
             "{}",
             p.logs()
         );

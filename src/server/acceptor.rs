@@ -1141,9 +1141,7 @@ impl Acceptor {
             .as_ref()
             .is_some_and(|m| m.server_stopping());
         if stopping {
-            if crate::stop::listeners_shut() {
-                tracing::warn!(listener = %l.label, "the server is stopping and its listeners were shut down, but this worker's stop never came (did the app or a C extension take SIGTERM?): it stops now");
-            }
+            crate::stop::listeners_shut();
         } else if first {
             tracing::error!(listener = %l.label, "the listener was shut down by something outside postern: it accepts no more connections (restart postern to listen again)");
         }

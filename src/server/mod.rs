@@ -284,6 +284,20 @@ pub fn run(
         // after "ready" to a single process was lost under SIG_IGN).
         on_ready();
         let why = stops.first().await;
+        // The master signals its workers just after it shuts the listeners: on a busy
+        // machine this worker may see the listeners shut first. Its stop was lost only
+        // if no SIGTERM follows within a moment (said before the process exits).
+        let lost = (why == crate::stop::LISTENERS_SHUT).then(|| {
+            tokio::spawn(async {
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if crate::stop::signalled() {
+                        return;
+                    }
+                }
+                tracing::warn!("the server is stopping and this worker's listeners were shut down, but its stop never came (did the app or a C extension take SIGTERM?): it stops now");
+            })
+        });
         if why == "recycling" || why == crate::stop::LISTENERS_SHUT {
             tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         } else {
@@ -379,7 +393,7 @@ pub fn run(
             tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
         };
         let mut drain = std::pin::pin!(drain);
-        tokio::select! {
+        let finished = tokio::select! {
             // A drain that has finished wins over a second signal that came as it did.
             biased;
             finished = &mut drain => finished,
@@ -393,7 +407,11 @@ pub fn run(
                     .await
                     .unwrap_or(false)
             }
+        };
+        if let Some(task) = lost {
+            let _ = task.await;
         }
+        finished
     });
     let handed = parking.handed();
     if handed > 0 {
