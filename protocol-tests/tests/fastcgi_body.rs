@@ -1,7 +1,9 @@
 //! FastCGI request bodies behind a real nginx with `fastcgi_request_buffering off`, where
 //! a chunked upload comes as STDIN records with no CONTENT_LENGTH while the client sends
 //! it: the app is called once the whole body is here, with its CONTENT_LENGTH (WSGI) /
-//! `content-length` header (ASGI), so apps that trust only that (Django) see the body.
+//! `content-length` header (ASGI), so apps that trust only that (Django) see the body;
+//! and an app that answers before its body has all come leaves the client's keep-alive
+//! connection usable (END_REQUEST waits for the end of STDIN).
 //! Needs nginx: fails in CI if missing.
 
 use std::io::{Read, Write};
@@ -16,6 +18,9 @@ const WSGI_APP: &str = r#"
 import hashlib, json
 
 def application(environ, start_response):
+    if environ["PATH_INFO"] == "/unread":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "11")])
+        return [b"not read 1\n"]
     cl = environ.get("CONTENT_LENGTH", "")
     body = environ["wsgi.input"].read(int(cl)) if cl else b""
     out = json.dumps({"cl": cl, "len": len(body), "sha": hashlib.sha256(body).hexdigest()}).encode()
@@ -25,6 +30,11 @@ def application(environ, start_response):
 
 /// The `content-length` header the app was given, and what `receive()` brought.
 const ASGI_HTTP: &str = r#"
+if scope["path"] == "/unread":
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"11")]})
+    await send({"type": "http.response.body", "body": b"not read 1\n"})
+    return
 cl = dict(scope["headers"]).get(b"content-length", b"").decode()
 body = b""
 while True:
@@ -176,5 +186,110 @@ fn a_chunked_upload_over_max_body_is_answered_413_before_the_app_runs() {
         );
         // The kept connection to postern serves on.
         uploads_arrive_whole(&s, &[50_000], &format!("after a 413, asgi={asgi}"));
+    }
+}
+
+// regression: hostile #2 (MEDIUM): with fastcgi_request_buffering off, an app that
+// answered without reading its body had its END_REQUEST (or, without keep-conn, the
+// empty STDOUT) sent before nginx had sent the whole body; nginx then ended the
+// request with the client's body unread and closed the client's keep-alive
+// connection (3,076 RemoteDisconnected in /tmp/hostile/repro1's load of 100-5100 byte
+// POSTs), and postern logged "closed the FastCGI connection in the middle of a record".
+#[test]
+fn an_app_that_does_not_read_its_body_leaves_the_client_connection_usable() {
+    for (upstream, asgi) in [
+        (Upstream::FastCgiKeepConn, false),
+        (Upstream::FastCgi, false),
+        (Upstream::FastCgiKeepConn, true),
+    ] {
+        let what = format!("{upstream:?} asgi={asgi}");
+        let Some(s) = stack(upstream, asgi, &["--threads", "2"]) else {
+            return;
+        };
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // The postern log says why, if nginx ends the connection.
+        let _log = Explain(&s, what.clone());
+        for round in 0..40 {
+            // With a Content-Length: nginx passes it on as it reads it, announced.
+            // The head, then the body a moment later (as Python's http.client sends
+            // them): the app has answered before the body comes.
+            let n = 100 + round * 127;
+            c.write_all(
+                format!("POST /unread HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            c.write_all(&body(n)).unwrap();
+            let r = read_response(&mut c);
+            assert_eq!(r.status, 200, "{what}, round {round}");
+            assert_eq!(r.text(), "not read 1\n", "{what}, round {round}");
+            // The same client connection serves on.
+            send_chunked(&mut c, "/upload", b"after");
+            let r = read_response(&mut c);
+            assert_eq!(r.json()["len"], 5, "{what}, round {round}");
+        }
+        s.assert_clean(&what);
+        let logs = s.postern.logs();
+        assert!(!logs.contains("middle of a record"), "{what}: {logs}");
+        assert!(!logs.contains("ERROR"), "{what}: {logs}");
+    }
+}
+
+/// Prints both logs if the test fails while it lives.
+struct Explain<'a>(&'a Stack, String);
+
+impl Drop for Explain<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} ----\nnginx:\n{}\npostern:\n{}",
+                self.1,
+                self.0.nginx.error_log(),
+                self.0.postern.logs()
+            );
+        }
+    }
+}
+
+/// nginx stops sending a body once it has passed the response head on: a large body
+/// left unread never ends, and its END_REQUEST must not wait for that end.
+#[test]
+fn an_unread_large_body_does_not_hold_the_response_end() {
+    for upstream in [Upstream::FastCgiKeepConn, Upstream::FastCgi] {
+        let Some(s) = stack(upstream, false, &["--threads", "2", "--read-timeout", "30"]) else {
+            return;
+        };
+        for _ in 0..3 {
+            let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let n = 3_000_000;
+            let mut req =
+                format!("POST /unread HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n")
+                    .into_bytes();
+            req.extend(body(n));
+            // nginx may stop reading it: written on the side.
+            let mut w = c.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&req);
+            });
+            let r = read_response(&mut c);
+            assert_eq!(r.text(), "not read 1\n", "{upstream:?}");
+            // The request ends within moments (nginx then closes the connection or
+            // serves on), not after --read-timeout.
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(b"GET /unread HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut b = [0u8; 1];
+            match c.read(&mut b) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => panic!("{upstream:?}: the request did not end: {e}"),
+            }
+        }
+        s.assert_clean(&format!("{upstream:?}"));
+        // nginx closes the connection wherever the body stopped: not a warning.
+        let logs = s.postern.logs();
+        assert!(!logs.contains("middle of a record"), "{upstream:?}: {logs}");
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::sink::{stderr_forward, FcgiSink, ReqFlags};
+use super::sink::{stderr_forward, FcgiSink, ReqFlags, STDIN_ENDED, STDIN_OPEN};
 use super::{Ctl, Entry, FcgiConn};
 use crate::codec::fastcgi::{assemble, Assembled, Refused};
 use crate::codec::Head;
@@ -347,7 +348,28 @@ struct Slot {
     /// The body of a request without CONTENT_LENGTH, until it has all come (its app
     /// has not been called yet).
     collect: Option<Box<Collect>>,
+    /// Its STDIN has not ended (`flags.stdin` says so to its sink).
+    stdin_open: bool,
+    /// Its response is out; the records through END_REQUEST wait for STDIN's end.
+    held: Option<Held>,
 }
+
+/// The records through END_REQUEST of a response whose STDIN has not ended.
+struct Held {
+    tail: Vec<u8>,
+    keep_conn: bool,
+    /// Sent then unless more STDIN comes (each record puts it off by [`HOLD_GAP`]).
+    until: Instant,
+}
+
+/// How long a response's END_REQUEST waits for more of its request's STDIN. nginx
+/// stops sending a body once it has passed the response head on (its
+/// `ngx_http_upstream_send_request_handler`), so after the response only what it had
+/// written before comes: the body's end, when the body was small enough to be sent
+/// whole (the usual case; then nginx keeps its client's connection), else nothing
+/// more (a large body: nginx closes its client's connection whatever postern does).
+/// Past this gap without a STDIN record, END_REQUEST goes out without the end.
+const HOLD_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Slot {
     fn new(flags: Arc<ReqFlags>, content_length: Option<u64>) -> Slot {
@@ -359,7 +381,15 @@ impl Slot {
             got: 0,
             warned_excess: false,
             collect: None,
+            stdin_open: false,
+            held: None,
         }
+    }
+
+    /// No more STDIN comes for it (its end came, or an abort).
+    fn stdin_over(&mut self) {
+        self.stdin_open = false;
+        self.flags.stdin.store(STDIN_ENDED, Ordering::Release);
     }
 }
 
@@ -492,10 +522,15 @@ pub async fn serve(
     // sent the rest of its request (nginx writes the whole body before it reads the
     // response; closing earlier would fail its write: a 502).
     let mut drain = false;
+    // An END_REQUEST went out before the end of its request's STDIN (HOLD_GAP).
+    let mut stdin_cut = false;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
-        while let Ok(Ctl::Done { id, reuse }) = ctl_rx.try_recv() {
+        while let Ok(ctl) = ctl_rx.try_recv() {
+            let Some((id, reuse)) = ended(ctl, &conn, &mut slots) else {
+                continue;
+            };
             served += 1;
             if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
                 drain = !conn.is_broken();
@@ -525,6 +560,14 @@ pub async fn serve(
                 (&buf, started),
             ) {
                 Step::Go => {}
+                Step::Ended { id, reuse } => {
+                    served += 1;
+                    if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
+                        drain = !conn.is_broken();
+                        break 'conn;
+                    }
+                    (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
+                }
                 Step::HandedOn => {
                     // The socket is another worker's now: only let go of it here.
                     drop(afd);
@@ -625,6 +668,15 @@ pub async fn serve(
         } else {
             None
         };
+        // A held END_REQUEST goes out once its STDIN has paused for HOLD_GAP.
+        let held_until = slots
+            .values()
+            .filter_map(|s| s.held.as_ref().map(|h| h.until))
+            .min();
+        let deadline = match (deadline, held_until) {
+            (Some(d), Some(h)) => Some(d.min(h)),
+            (d, h) => d.or(h),
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -644,13 +696,15 @@ pub async fn serve(
         tokio::select! {
             biased;
             ctl = ctl_rx.recv() => {
-                let Some(Ctl::Done { id, reuse }) = ctl else { break 'conn };
-                served += 1;
-            if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
-                    drain = !conn.is_broken();
-                    break 'conn;
+                let Some(ctl) = ctl else { break 'conn };
+                if let Some((id, reuse)) = ended(ctl, &conn, &mut slots) {
+                    served += 1;
+                    if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
+                        drain = !conn.is_broken();
+                        break 'conn;
+                    }
+                    (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
                 }
-                (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
             }
             // An app read what this connection holds, or waits for input: look again.
             _ = budget => {}
@@ -659,8 +713,12 @@ pub async fn serve(
                     Ok(0) => {
                         if parser.active() > 0 {
                             tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
-                        } else if !buf.is_empty() {
+                        } else if !buf.is_empty() && !stdin_cut {
                             tracing::warn!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record");
+                        } else if !buf.is_empty() {
+                            // After an END_REQUEST sent without its STDIN's end, nginx
+                            // closes the connection wherever its body stopped.
+                            tracing::debug!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record, after an END_REQUEST sent without the end of its STDIN");
                         }
                         break 'conn;
                     }
@@ -675,6 +733,33 @@ pub async fn serve(
                 }
             }
             _ = sleep => {
+                let now = Instant::now();
+                let due: Vec<u16> = slots
+                    .iter()
+                    .filter(|(_, s)| s.held.as_ref().is_some_and(|h| h.until <= now))
+                    .map(|(&id, _)| id)
+                    .collect();
+                if !due.is_empty() {
+                    // The front server stopped sending the body after the response:
+                    // END_REQUEST goes out without its end (the rest of its STDIN,
+                    // if any comes, is ignored).
+                    stdin_cut = true;
+                    for id in due {
+                        let in_flight = slots.len();
+                        let Some(h) = slots.get_mut(&id).and_then(|s| s.held.take()) else {
+                            continue;
+                        };
+                        tracing::debug!(%peer, fcgi_id = id, "no more STDIN after the response for {HOLD_GAP:?}: END_REQUEST sent without the body's end");
+                        let reuse = release(&conn, in_flight, id, h);
+                        served += 1;
+                        if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
+                            drain = !conn.is_broken();
+                            break 'conn;
+                        }
+                        (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
+                    }
+                    continue 'conn;
+                }
                 if idle && linger.is_some() {
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
                 } else if idle {
@@ -717,6 +802,59 @@ pub async fn serve(
     }
     conn.close();
     conn.abort_soft();
+}
+
+/// What a request's sink told: `(id, reuse)` when the request ended (its id is free
+/// once [`done`]), `None` when its END_REQUEST waits for its STDIN's end.
+fn ended(ctl: Ctl, conn: &Arc<FcgiConn>, slots: &mut FxHashMap<u16, Slot>) -> Option<(u16, bool)> {
+    match ctl {
+        Ctl::Done { id, reuse } => Some((id, reuse)),
+        Ctl::Held {
+            id,
+            tail,
+            keep_conn,
+        } => {
+            let held = Held {
+                tail,
+                keep_conn,
+                until: Instant::now() + HOLD_GAP,
+            };
+            let in_flight = slots.len();
+            match slots.get_mut(&id) {
+                Some(slot) if slot.stdin_open => {
+                    // The app is done: the rest of its body is read and dropped, and
+                    // what it left unread no longer counts against the input budget
+                    // (else the lane could stop reading before STDIN's end).
+                    if let Some(feed) = slot.stdin.take() {
+                        feed.0.cut();
+                    }
+                    slot.held = Some(held);
+                    None
+                }
+                _ => Some((id, release(conn, in_flight, id, held))),
+            }
+        }
+    }
+}
+
+/// Sends request `id`'s records through END_REQUEST, held until its STDIN ended
+/// (`in_flight`: requests on the connection, this one included). True when the
+/// connection serves on.
+fn release(conn: &Arc<FcgiConn>, in_flight: usize, id: u16, held: Held) -> bool {
+    // At the final stop the only request's END_REQUEST leaves with the FIN.
+    let last = held.keep_conn && in_flight <= 1 && conn.parking.closing_for_good();
+    let ok = tokio::task::block_in_place(|| {
+        if last {
+            conn.send_last(id, &[], &held.tail)
+        } else {
+            conn.write(&held.tail).is_ok()
+        }
+    });
+    if !ok {
+        tracing::debug!("the front server closed the connection before END_REQUEST");
+        conn.abort();
+    }
+    held.keep_conn && ok
 }
 
 /// A request's sink is done with it: its id is free. False when the connection ends.
@@ -789,6 +927,12 @@ async fn read_some(afd: &AsyncFd<ConnFd>, buf: &mut BytesMut) -> io::Result<usiz
 /// What to do after one event.
 enum Step {
     Go,
+    /// Request `id`'s END_REQUEST, held for its STDIN's end, went out (`reuse`: the
+    /// connection serves on).
+    Ended {
+        id: u16,
+        reuse: bool,
+    },
     /// The connection went to the workers that serve on, with the bytes read.
     HandedOn,
     Close,
@@ -964,6 +1108,8 @@ fn handle_event(
                 None => {
                     let feed = Feed::new(Arc::clone(input));
                     slot.stdin = Some(Feeder(Arc::clone(&feed)));
+                    slot.stdin_open = true;
+                    flags.stdin.store(STDIN_OPEN, Ordering::Release);
                     Body::Stream(Box::new(StdinStream(feed)))
                 }
             };
@@ -987,6 +1133,10 @@ fn handle_event(
             let Some(slot) = slots.get_mut(&id) else {
                 return Step::Go;
             };
+            if let Some(h) = &mut slot.held {
+                // The body still comes: its end may follow.
+                h.until = Instant::now() + HOLD_GAP;
+            }
             let Some(feed) = &slot.stdin else {
                 return Step::Go;
             };
@@ -1034,9 +1184,15 @@ fn handle_event(
             Step::Go
         }
         Event::StdinEnd { id } => {
+            let in_flight = slots.len();
             let Some(slot) = slots.get_mut(&id) else {
                 return Step::Go;
             };
+            slot.stdin_over();
+            if let Some(held) = slot.held.take() {
+                let reuse = release(conn, in_flight, id, held);
+                return Step::Ended { id, reuse };
+            }
             let Some(feed) = &slot.stdin else {
                 return Step::Go;
             };
@@ -1071,10 +1227,17 @@ fn handle_event(
             }
         }
         Event::Abort { id } => {
+            let in_flight = slots.len();
             if let Some(slot) = slots.get_mut(&id) {
                 tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
+                // No STDIN follows an abort: its END_REQUEST waits for nothing more.
+                slot.stdin_over();
                 slot.flags.abort();
                 slot.stdin = None;
+                if let Some(held) = slot.held.take() {
+                    let reuse = release(conn, in_flight, id, held);
+                    return Step::Ended { id, reuse };
+                }
             }
             Step::Go
         }

@@ -271,6 +271,13 @@ pub struct Entry {
 pub(super) enum Ctl {
     /// END_REQUEST written (`reuse`), or the connection was given up.
     Done { id: u16, reuse: bool },
+    /// The response is out but its STDIN has not ended: the lane sends `tail` (the
+    /// records through END_REQUEST) once it has.
+    Held {
+        id: u16,
+        tail: Vec<u8>,
+        keep_conn: bool,
+    },
 }
 
 /// One FastCGI connection, shared by its reader and the requests answering on it.

@@ -4,11 +4,11 @@
 
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{FcgiConn, TryEnd};
+use super::{Ctl, FcgiConn, Owner, TryEnd};
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
 use crate::server::writer::Stream;
@@ -23,6 +23,11 @@ pub(in crate::server) struct ReqFlags {
     pub done: AtomicBool,
     /// STDERR records were sent (an empty one ends the stream).
     pub stderr_used: AtomicBool,
+    /// Whether the request's STDIN has ended: [`STDIN_ENDED`] (also for a request that
+    /// came whole), [`STDIN_OPEN`] (the slow lane still reads it), or [`END_HELD`] (its
+    /// response is done, and the lane sends the records through END_REQUEST once its
+    /// STDIN has ended).
+    pub stdin: AtomicU8,
     /// Told once the request is aborted (the ASGI loop's disconnect).
     gone: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -49,6 +54,11 @@ impl ReqFlags {
         }
     }
 }
+
+/// See [`ReqFlags::stdin`].
+pub(super) const STDIN_ENDED: u8 = 0;
+pub(super) const STDIN_OPEN: u8 = 1;
+pub(super) const END_HELD: u8 = 2;
 
 /// `wsgi.errors` lines copied to the front server as STDERR records of request `id`.
 pub(super) fn stderr_forward(
@@ -158,8 +168,52 @@ impl FcgiSink {
         };
         let stderr = self.flags.stderr_used.load(Ordering::Acquire);
         let (tail, n) = fcgi::response_tail(self.id, stderr);
+        let held = self.flags.stdin.compare_exchange(
+            STDIN_OPEN,
+            END_HELD,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if held.is_ok() {
+            return self
+                .conn
+                .end_held(self.id, self.keep_conn, data, &tail[..n]);
+        }
         self.conn
             .end_request(self.id, self.keep_conn, Some((data, &tail[..n])))
+    }
+}
+
+impl FcgiConn {
+    /// Ends slow-lane request `id` whose STDIN has not ended (an app that answered
+    /// without reading its whole body): `data` goes out now, and the records through
+    /// END_REQUEST (`tail`) go to the lane, which sends them once STDIN has ended, or
+    /// after --read-timeout without it. nginx with `fastcgi_request_buffering off`
+    /// takes an END_REQUEST (or, without keep-conn, the empty STDOUT) before it has
+    /// sent the whole body as the end of a request whose body it could not finish
+    /// reading, and closes its client's keep-alive connection. False when the write
+    /// failed.
+    fn end_held(self: &Arc<Self>, id: u16, keep_conn: bool, data: &[u8], tail: &[u8]) -> bool {
+        let lane = match &*self.owner() {
+            Owner::Lane(tx) => Some(tx.clone()),
+            _ => None,
+        };
+        let Some(tx) = lane else {
+            // Nobody reads the connection any more: ended as any other request.
+            return self.end_request(id, keep_conn, Some((data, tail)));
+        };
+        if !data.is_empty() && self.send_stdout(id, data, &[]).is_err() {
+            tracing::debug!("the front server closed the connection before END_REQUEST");
+            self.abort();
+            let _ = tx.send(Ctl::Done { id, reuse: false });
+            return false;
+        }
+        let _ = tx.send(Ctl::Held {
+            id,
+            tail: tail.to_vec(),
+            keep_conn,
+        });
+        true
     }
 }
 
