@@ -3,7 +3,8 @@
 //! it: the app is called once the whole body is here, with its CONTENT_LENGTH (WSGI) /
 //! `content-length` header (ASGI), so apps that trust only that (Django) see the body;
 //! and an app that answers before its body has all come leaves the client's keep-alive
-//! connection usable (END_REQUEST waits for the end of STDIN).
+//! connection usable (END_REQUEST waits for the end of STDIN). And requests cut off by
+//! a multiplexed one without FCGI_KEEP_CONN are logged.
 //! Needs nginx: fails in CI if missing.
 
 use std::io::{Read, Write};
@@ -292,4 +293,48 @@ fn an_unread_large_body_does_not_hold_the_response_end() {
         let logs = s.postern.logs();
         assert!(!logs.contains("middle of a record"), "{upstream:?}: {logs}");
     }
+}
+
+// regression: hostile #3b (LOW): requests 1 and 2 (FCGI_KEEP_CONN) and 3 (without)
+// multiplexed on one connection: 3's end closed the connection, and 1, still running,
+// was dropped with no log line. It is still cut off (without keep-conn the connection
+// ends with 3), but the log says so.
+#[test]
+fn requests_cut_off_by_a_multiplexed_request_without_keep_conn_are_logged() {
+    use protocol_tests::harness::fcgi;
+    let dir = tempdir();
+    let app = dir.path().join("mpxapp.py");
+    std::fs::write(
+        &app,
+        "import time\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(0.5)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .protocol("fastcgi")
+        .args(["--threads", "4"])
+        .start();
+    let vars = |path: &str| {
+        vec![
+            ("REQUEST_METHOD", "GET".to_owned()),
+            ("PATH_INFO", path.to_owned()),
+            ("SERVER_NAME", "x".to_owned()),
+            ("SERVER_PORT", "80".to_owned()),
+            ("SERVER_PROTOCOL", "HTTP/1.1".to_owned()),
+        ]
+    };
+    let mut out = Vec::new();
+    for (id, keep, path) in [(1, true, "/slow"), (2, true, "/"), (3, false, "/")] {
+        let v = vars(path);
+        let v: Vec<(&str, &str)> = v.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        out.extend(fcgi::request(id, keep, &v, b""));
+    }
+    let mut c = p.addr.connect().unwrap();
+    c.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        p.wait_log("other requests multiplexed on it are cut off", 5),
+        "{}",
+        p.logs()
+    );
 }

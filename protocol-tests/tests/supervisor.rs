@@ -1812,11 +1812,7 @@ fn a_worker_whose_stop_was_lost_stops_when_its_listeners_are_shut() {
             "tcp {tcp}: {status:?}, the deaf worker used {ticks} ticks\n{}",
             p.logs()
         );
-        assert!(
-            p.logs().contains("but its stop never came"),
-            "{}",
-            p.logs()
-        );
+        assert!(p.logs().contains("but its stop never came"), "{}", p.logs());
     }
 }
 

@@ -783,6 +783,12 @@ pub async fn serve(
             }
         }
     }
+    if drain && !slots.is_empty() {
+        // A request without FCGI_KEEP_CONN ends its connection (§2.3), and with it the
+        // others multiplexed on it (nginx and Apache never multiplex).
+        let ids: Vec<u16> = slots.keys().copied().collect();
+        tracing::warn!(%peer, cut = ?ids, "a FastCGI request without FCGI_KEEP_CONN ended, and with it its connection: the other requests multiplexed on it are cut off, unanswered");
+    }
     if drain {
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
         let deadline = Instant::now() + limits.read_timeout;
