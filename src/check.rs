@@ -74,7 +74,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     for p in &plan {
         listener::warn_if_reachable(&p.addr);
     }
-    if config.uid.map_or(true, |u| u == 0) {
+    if config.uid.is_none_or(|u| u == 0) {
         crate::boot::warn_if_root();
     }
     for (name, addr, inherited) in all {

@@ -392,7 +392,7 @@ fn asgi_settings(
     config: &Config,
     interface: postern::asgi::detect::Interface,
 ) -> Option<postern::asgi::AsgiSettings> {
-    (interface == postern::asgi::detect::Interface::Asgi).then(|| postern::asgi::AsgiSettings {
+    (interface == postern::asgi::detect::Interface::Asgi).then_some(postern::asgi::AsgiSettings {
         event_loop: config.opts.r#loop,
         max_concurrency: config.opts.max_concurrency,
         lifespan: config.opts.lifespan,

@@ -40,7 +40,7 @@ fn largest_private(pid: i32) -> String {
             rows.push((kib, name.clone()));
         }
     }
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     rows.iter()
         .take(8)
         .map(|(kib, n)| format!("{kib:>6} KiB  {n}\n"))

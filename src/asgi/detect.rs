@@ -98,11 +98,8 @@ pub fn load(py: Python<'_>) -> PyResult<()> {
 
 fn classify(py: Python<'_>, app: &Bound<'_, PyAny>) -> PyResult<Shape> {
     let module = module(py)?;
-    let (kind, why, takes): (
-        String,
-        String,
-        Option<(Option<bool>, Option<bool>, Option<bool>)>,
-    ) = module
+    type Takes = Option<(Option<bool>, Option<bool>, Option<bool>)>;
+    let (kind, why, takes): (String, String, Takes) = module
         .bind(py)
         .call_method1("classify", (app,))?
         .extract()?;

@@ -1493,8 +1493,11 @@ impl JobDone {
 #[pyclass(module = "postern", name = "SinkJob", frozen)]
 struct SinkJob {
     work: Mutex<Option<(Box<dyn Sink>, Job)>>,
-    back: Mutex<Option<(Box<dyn Sink>, std::io::Result<()>)>>,
+    back: Mutex<Option<SinkDone>>,
 }
+
+/// The sink back from a [`SinkJob`], with what its operation returned.
+type SinkDone = (Box<dyn Sink>, std::io::Result<()>);
 
 #[pymethods]
 impl SinkJob {

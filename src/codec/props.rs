@@ -292,9 +292,12 @@ impl ClientRequest {
     }
 }
 
+/// One request as [`fastcgi_requests`] gives it: id, keep-conn, params, STDIN.
+type Assembled = (u16, bool, Pairs, Vec<u8>);
+
 /// A FastCGI connection's requests as the server assembles them: for each `Params`
 /// event, [`assemble`] of its block and its whole STDIN.
-fn fastcgi_requests(reads: &[&[u8]]) -> Result<Vec<(u16, bool, Pairs, Vec<u8>)>, TestCaseError> {
+fn fastcgi_requests(reads: &[&[u8]]) -> Result<Vec<Assembled>, TestCaseError> {
     let mut parser = ConnParser::new(ConnLimits {
         max_params: 64 * 1024,
         max_reqs: 64,

@@ -171,7 +171,7 @@ const TABLE_BITS: u32 = 8;
 /// [`bucket`] as a `const fn` (a byte loop), for building [`TABLE`].
 const fn bucket_const(key: &[u8]) -> usize {
     let n = key.len();
-    let start = if n > 8 { n - 8 } else { 0 };
+    let start = n.saturating_sub(8);
     let mut tail = 0u64;
     let mut i = n;
     while i > start {
@@ -953,13 +953,13 @@ mod tests {
         assert_eq!(val(&cgi, "SCRIPT_NAME"), Some(&b"/app"[..]));
         assert_eq!(val(&cgi, "PATH_INFO"), Some(&b"/x"[..]));
         let (s, p) = split_script_name(b"/app", b"/application", false);
-        assert_eq!((&*s, &*p), (&b"/app"[..], &b"/application"[..]));
+        assert_eq!((s, p), (&b"/app"[..], &b"/application"[..]));
         let (s, p) = split_script_name(b"/", b"/x", false);
-        assert_eq!((&*s, &*p), (&b""[..], &b"/x"[..]));
+        assert_eq!((s, p), (&b""[..], &b"/x"[..]));
         let (s, p) = split_script_name(b"/app", b"/app", false);
-        assert_eq!((&*s, &*p), (&b"/app"[..], &b""[..]));
+        assert_eq!((s, p), (&b"/app"[..], &b""[..]));
         let (_, p) = split_script_name(b"/ab", b"/xyz/q", true);
-        assert_eq!(&*p, b"z/q");
+        assert_eq!(p, b"z/q");
     }
 
     #[test]

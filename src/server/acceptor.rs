@@ -281,9 +281,7 @@ impl Acceptor {
             };
             match Wake::decode(data) {
                 Wake::Conn(key) => {
-                    let Some(conn) = self.parking.get(key) else {
-                        return None;
-                    };
+                    let conn = self.parking.get(key)?;
                     let woken = conn.woken();
                     drop(token);
                     match woken {
@@ -307,9 +305,7 @@ impl Acceptor {
                 // workers that serve on, to which the stop that follows hands it
                 // (`stop_waiting`).
                 Wake::Fresh(key) => {
-                    let Some(e) = self.pending.take(key) else {
-                        return None;
-                    };
+                    let e = self.pending.take(key)?;
                     if e.conn.permit().is_some_and(|p| !p.try_begin()) {
                         if let Err(e) = self.pending.put_back(key, e) {
                             self.hand_back(e);

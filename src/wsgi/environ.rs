@@ -57,7 +57,7 @@ pub struct Keys {
     /// The last value seen for each [`KNOWN`] name and its `str`: a front server sends
     /// most of them unchanged request after request (DOCUMENT_ROOT, SERVER_*, Host,
     /// User-Agent…), and a `str` is immutable, so the same object serves again.
-    last: std::cell::RefCell<Vec<Option<(Vec<u8>, Py<PyString>)>>>,
+    last: std::cell::RefCell<Vec<Option<Seen>>>,
     /// This thread's `wsgi.errors` when the protocol forwards nothing (uwsgi, SCGI): one
     /// object for every request (its lines go to the log inside the current request's
     /// span), flushed at each request's end by [`Keys::end_request`].
@@ -73,6 +73,9 @@ pub struct Keys {
     /// nothing refers to any more, for the next one (`response::respond`).
     pub(super) spare_errors: std::cell::RefCell<Option<Py<Errors>>>,
 }
+
+/// A value as it came on the wire, and the `str` made of it.
+type Seen = (Vec<u8>, Py<PyString>);
 
 /// A front server sends the same variables in the same order request after request
 /// (its params file), and most of their values too. Once two requests in a row had the

@@ -359,52 +359,6 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyModul
     module.cast_into::<PyModule>().map_err(Into::into)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_app_specs() {
-        assert_eq!(
-            AppSpec::parse("myproject.wsgi:application"),
-            Ok(AppSpec::Module {
-                module: "myproject.wsgi".into(),
-                callable: Some("application".into())
-            })
-        );
-        assert_eq!(
-            AppSpec::parse("hello"),
-            Ok(AppSpec::Module {
-                module: "hello".into(),
-                callable: None
-            })
-        );
-        assert_eq!(
-            AppSpec::parse("examples/hello.py"),
-            Ok(AppSpec::File {
-                path: "examples/hello.py".into(),
-                callable: None
-            })
-        );
-        assert_eq!(
-            AppSpec::parse("app.py:make"),
-            Ok(AppSpec::File {
-                path: "app.py".into(),
-                callable: Some("make".into())
-            })
-        );
-        assert!(AppSpec::parse("not a module").is_err());
-        assert!(AppSpec::parse("").is_err());
-        // gunicorn's factory call: refused with what to write instead.
-        let e = AppSpec::parse("flask_app:create_app()").unwrap_err();
-        assert!(e.contains("postern calls no app factory"), "{e}");
-        assert!(
-            e.contains("`from flask_app import create_app` and `app = create_app()`"),
-            "{e}"
-        );
-    }
-}
-
 /// Puts `path` at the front of `sys.path` and imports the app (after [`initialize`]).
 pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError> {
     Python::attach(|py| {
@@ -510,4 +464,50 @@ pub unsafe fn fork_with_python() -> std::io::Result<i32> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_app_specs() {
+        assert_eq!(
+            AppSpec::parse("myproject.wsgi:application"),
+            Ok(AppSpec::Module {
+                module: "myproject.wsgi".into(),
+                callable: Some("application".into())
+            })
+        );
+        assert_eq!(
+            AppSpec::parse("hello"),
+            Ok(AppSpec::Module {
+                module: "hello".into(),
+                callable: None
+            })
+        );
+        assert_eq!(
+            AppSpec::parse("examples/hello.py"),
+            Ok(AppSpec::File {
+                path: "examples/hello.py".into(),
+                callable: None
+            })
+        );
+        assert_eq!(
+            AppSpec::parse("app.py:make"),
+            Ok(AppSpec::File {
+                path: "app.py".into(),
+                callable: Some("make".into())
+            })
+        );
+        assert!(AppSpec::parse("not a module").is_err());
+        assert!(AppSpec::parse("").is_err());
+        // gunicorn's factory call: refused with what to write instead.
+        let e = AppSpec::parse("flask_app:create_app()").unwrap_err();
+        assert!(e.contains("postern calls no app factory"), "{e}");
+        assert!(
+            e.contains("`from flask_app import create_app` and `app = create_app()`"),
+            "{e}"
+        );
+    }
 }

@@ -277,6 +277,9 @@ pub trait Source: Send + Sync {
 }
 
 /// What [`Source::try_next`] found.
+// Not boxed: the request is built where it is returned, on every request's path (a
+// box would be an allocation per request).
+#[allow(clippy::large_enum_variant)]
 pub enum TryNext {
     Ready(Request),
     /// Nothing ready: look again when the wake fd is readable, or after this long at
