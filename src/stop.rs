@@ -43,6 +43,8 @@ static ASKED: AtomicBool = AtomicBool::new(false);
 /// The server is stopping and its listeners were shut down under this process, whose
 /// own stop never came ([`listeners_shut`]).
 static SHUT: AtomicBool = AtomicBool::new(false);
+/// This worker's master is gone, and no SIGTERM stopped the worker ([`master_gone`]).
+static ORPHAN: AtomicBool = AtomicBool::new(false);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -230,6 +232,19 @@ pub fn listeners_shut() {
     wake();
 }
 
+/// The reason [`Waiter::first`] gives for [`master_gone`].
+pub const MASTER_GONE: &str = "master gone";
+
+/// This worker's master died (SIGKILL, the OOM killer) and the SIGTERM that its death
+/// sends (PR_SET_PDEATHSIG) did not stop the worker: the app took or ignored it. It
+/// stops as for that SIGTERM.
+/// regression: such a worker outlived its master forever (and, with a Unix listener
+/// the master had shut, spun on accept4).
+pub fn master_gone() {
+    ORPHAN.store(true, Ordering::SeqCst);
+    wake();
+}
+
 /// Whether a stop came by the usual ways: a stop signal counted, a recycling, or the
 /// master's mark on the scoreboard.
 pub fn signalled() -> bool {
@@ -312,6 +327,9 @@ impl Waiter {
             }
             if SHUT.load(Ordering::SeqCst) {
                 return LISTENERS_SHUT;
+            }
+            if ORPHAN.load(Ordering::SeqCst) {
+                return MASTER_GONE;
             }
             self.woken().await;
         }

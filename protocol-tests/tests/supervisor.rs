@@ -2043,3 +2043,43 @@ fn the_workers_leave_when_the_master_is_killed() {
         p.logs()
     );
 }
+
+// A worker whose SIGTERM the app ignores also ignores the one its master's death sends
+// (PR_SET_PDEATHSIG); it notices the death itself and stops.
+// regression: it outlived its SIGKILLed master forever.
+#[test]
+fn a_worker_deaf_to_sigterm_leaves_when_the_master_is_killed() {
+    let dir = tempdir();
+    let app = dir.path().join("deaf.py");
+    std::fs::write(
+        &app,
+        "import ctypes, os, signal\n\ndef application(environ, start_response):\n    ctypes.CDLL(None).signal(signal.SIGTERM, ctypes.c_void_p(1))\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--master"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    let deaf: i32 = String::from_utf8_lossy(&body).trim().parse().unwrap();
+    p.signal(libc::SIGKILL);
+    let _ = p.wait_exit(5);
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{deaf}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = !gone();
+    // SAFETY: kill(2) on the worker this test's postern started (if it is still there).
+    unsafe { libc::kill(deaf, libc::SIGKILL) };
+    assert!(!left, "the worker outlived its master\n{}", p.logs());
+    assert!(p.logs().contains("cause=\"master gone\""), "{}", p.logs());
+}

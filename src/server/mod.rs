@@ -267,6 +267,20 @@ pub fn run(
     let on_ready = match mode {
         Mode::Single { on_ready } | Mode::Worker { on_ready } => on_ready,
     };
+    // A worker whose master died stops even if the SIGTERM that death sends never
+    // reaches it (crate::stop::master_gone): one getppid a second.
+    if !single {
+        let master = rustix::process::getppid();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if rustix::process::getppid() != master {
+                    crate::stop::master_gone();
+                    return;
+                }
+            }
+        });
+    }
 
     let finished = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
@@ -298,7 +312,7 @@ pub fn run(
                 tracing::warn!("the server is stopping and this worker's listeners were shut down, but its stop never came (did the app or a C extension take SIGTERM?): it stops now");
             })
         });
-        if why == "recycling" || why == crate::stop::LISTENERS_SHUT {
+        if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
             tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         } else {
             tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
