@@ -338,3 +338,70 @@ fn requests_cut_off_by_a_multiplexed_request_without_keep_conn_are_logged() {
         p.logs()
     );
 }
+
+// regression (review of 11cc4ee): every multiplexed request collecting a body without
+// CONTENT_LENGTH past --body-spool-threshold got a temporary file of its own: a raw
+// client with 64 such requests on each of 4 connections held 239 files, the worker ran
+// out of descriptors and accepted nothing more. One file per connection at a time now:
+// the others are answered 503 and their files never made.
+#[test]
+fn a_connection_spools_one_collected_body_at_a_time() {
+    use protocol_tests::harness::fcgi;
+    let dir = tempdir();
+    let app = dir.path().join("spoolapp.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    n = len(environ['wsgi.input'].read())\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(n).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--body-spool-threshold", "64K"])
+        .start();
+    let fds = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let before = fds(p.pid());
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/up"),
+        ("SERVER_NAME", "x"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ];
+    // Ten requests on one connection, each sending 100 KB of STDIN it never ends.
+    let mut c = p.addr.connect().unwrap();
+    let chunk = vec![b'x'; 50_000];
+    for id in 1..=10u16 {
+        let mut out = fcgi::head(id, true, &vars);
+        out.extend(fcgi::record(fcgi::STDIN, id, &chunk));
+        out.extend(fcgi::record(fcgi::STDIN, id, &chunk));
+        c.write_all(&out).unwrap();
+    }
+    assert!(p.wait_log("being spooled already", 10), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    let during = fds(p.pid());
+    // The connection and one file (and a little slack for the runtime).
+    assert!(
+        during <= before + 3,
+        "fds {before} -> {during}\n{}",
+        p.logs()
+    );
+    // The first request's body ends: it is served whole.
+    c.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let mut served = false;
+    let mut stdout = Vec::new();
+    while let Some(r) = fcgi::read(&mut c) {
+        if r.id == 1 && r.kind == fcgi::STDOUT {
+            stdout.extend_from_slice(&r.content);
+        }
+        if r.id == 1 && r.kind == fcgi::END_REQUEST {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "{}", p.logs());
+    assert!(
+        String::from_utf8_lossy(&stdout).ends_with("100000"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}

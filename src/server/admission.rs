@@ -501,6 +501,17 @@ impl ConnInput {
         self.worker.held() >= self.worker.total
     }
 
+    /// Whether the worker's budget has room for `held` bytes kept outside it plus
+    /// `extra` more (the FastCGI bodies being collected, which are not charged while
+    /// they come: see `fastcgi::lane::Collect`).
+    pub fn worker_room_beside(&self, held: usize, extra: usize) -> bool {
+        self.worker
+            .held()
+            .saturating_add(held)
+            .saturating_add(extra)
+            <= self.worker.total
+    }
+
     /// Until something this connection holds is read (or an app waits for input).
     /// The worker budget is freed by other connections, which do not wake this one:
     /// a connection held back by it looks again every [`WORKER_RECHECK`].

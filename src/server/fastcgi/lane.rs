@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -408,6 +408,8 @@ const SPOOL_WRITE: usize = 64 * 1024;
 /// request body and multipart parser, over WSGI and ASGI) read nothing without it.
 /// The connection's task collects it as it reads: no thread waits for a slow upload.
 struct Collect {
+    /// What of `mem` counts in [`COLLECTING`] (while not spooled).
+    held: InMemory,
     head: Head,
     keep_conn: bool,
     span: tracing::Span,
@@ -419,6 +421,31 @@ struct Collect {
     got: u64,
 }
 
+/// Bytes of collected bodies this worker holds in memory (all its connections): they
+/// are not charged to the input budget while they come (a budget full of bodies no app
+/// reads yet would stop the lanes for good), but a body goes to its file once they and
+/// the budget's own bytes would pass `--fastcgi-buffer-total`.
+// regression (review of 11cc4ee): bounded per connection only, 150 chunked uploads of
+// 900 KB held 290 MiB in one worker, whatever --fastcgi-buffer-total said.
+static COLLECTING: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of [`COLLECTING`], given back when dropped.
+#[derive(Default)]
+struct InMemory(usize);
+
+impl InMemory {
+    fn add(&mut self, n: usize) {
+        COLLECTING.fetch_add(n, Ordering::AcqRel);
+        self.0 += n;
+    }
+}
+
+impl Drop for InMemory {
+    fn drop(&mut self) {
+        COLLECTING.fetch_sub(std::mem::take(&mut self.0), Ordering::AcqRel);
+    }
+}
+
 impl Collect {
     /// Adds `data`, in memory while `room` (else the body goes to its file from now
     /// on); an error when the temporary file cannot be made or written.
@@ -427,9 +454,12 @@ impl Collect {
         if self.file.is_none() {
             if room {
                 self.mem.extend_from_slice(data);
+                self.held.add(data.len());
                 return Ok(());
             }
             self.file = Some(tokio::task::block_in_place(tempfile::tempfile)?);
+            self.held = InMemory::default();
+            self.flush()?;
         }
         self.mem.extend_from_slice(data);
         if self.mem.len() >= SPOOL_WRITE {
@@ -446,7 +476,12 @@ impl Collect {
         };
         if !self.mem.is_empty() {
             tokio::task::block_in_place(|| file.write_all(&self.mem))?;
-            self.mem.clear();
+            if self.mem.capacity() > 2 * SPOOL_WRITE {
+                // What was kept in memory before the body was spooled: let it go.
+                self.mem = BytesMut::new();
+            } else {
+                self.mem.clear();
+            }
         }
         Ok(())
     }
@@ -1084,6 +1119,7 @@ fn handle_event(
                 // STDIN still coming and no CONTENT_LENGTH (a chunked upload nginx does
                 // not buffer): the app runs once the whole body is here, with its length.
                 let collect = Collect {
+                    held: InMemory::default(),
                     head,
                     keep_conn,
                     span,
@@ -1126,7 +1162,7 @@ fn handle_event(
             Step::Go
         }
         Event::Stdin { id, data } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
-            collect_stdin(conn, parser, slots, lane, id, &data)
+            collect_stdin(conn, parser, slots, (lane, input), id, &data)
         }
         Event::StdinEnd { id } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
             collected(conn, parser, slots, (info, lane, settings), input, id)
@@ -1321,7 +1357,7 @@ fn collect_stdin(
     conn: &Arc<FcgiConn>,
     parser: &mut ConnParser,
     slots: &mut FxHashMap<u16, Slot>,
-    lane: &SlowLane,
+    (lane, input): (&SlowLane, &ConnInput),
     id: u16,
     data: &[u8],
 ) -> Step {
@@ -1333,6 +1369,14 @@ fn collect_stdin(
         .filter(|c| c.file.is_none())
         .map(|c| c.got)
         .sum();
+    // One body spooled per connection at a time: the --max-connections default leaves
+    // one descriptor per connection for it.
+    // regression (review of 11cc4ee): a raw client multiplexing 64 collected bodies on
+    // each of 4 connections held 239 temporary files; the worker ran out of descriptors
+    // and accepted nothing more.
+    let spooling = slots
+        .iter()
+        .any(|(&other, s)| other != id && s.collect.as_deref().is_some_and(|c| c.file.is_some()));
     let Some(c) = slots.get_mut(&id).and_then(|s| s.collect.as_mut()) else {
         return Step::Go;
     };
@@ -1347,7 +1391,12 @@ fn collect_stdin(
         });
         (413, "Content Too Large")
     } else {
-        let room = in_memory + data.len() as u64 <= limits.spool_threshold;
+        let room = in_memory + data.len() as u64 <= limits.spool_threshold
+            && input.worker_room_beside(COLLECTING.load(Ordering::Acquire), data.len());
+        if !room && c.file.is_none() && spooling {
+            c.span.in_scope(|| tracing::warn!("another request body on this FastCGI connection is being spooled already (one at a time per connection); answered 503"));
+            return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
+        }
         match c.push(data, room) {
             Ok(()) => return Step::Go,
             Err(e) => {
@@ -1410,6 +1459,7 @@ fn collected(
         return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
     }
     let Collect {
+        held,
         mut head,
         keep_conn,
         span,
@@ -1426,6 +1476,7 @@ fn collected(
         if let Err(e) = head.announced_length() {
             span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
             slot.collect = Some(Box::new(Collect {
+                held,
                 head,
                 keep_conn,
                 span,
