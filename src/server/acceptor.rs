@@ -702,9 +702,6 @@ impl Acceptor {
         ));
     }
 
-    /// Reads a FastCGI connection (new, or parked and now readable): one whole request
-    /// is served on this thread; anything else goes to the slow lane. `may_wait`: a
-    /// new connection that sent nothing yet waits in the epoll (once).
     /// Reads a waiting connection whose first bytes are in its socket (its place
     /// taken), as at accept.
     fn read_waiting(&self, e: pending::Entry) -> Option<Request> {
@@ -720,6 +717,9 @@ impl Acceptor {
         }
     }
 
+    /// Reads a FastCGI connection (new, or parked and now readable): one whole request
+    /// is served on this thread; anything else goes to the slow lane. `may_wait`: a
+    /// new connection that sent nothing yet waits in the epoll (once).
     fn fcgi_read(
         &self,
         conn: Arc<FcgiConn>,

@@ -1458,37 +1458,29 @@ fn collected(
         slot.collect = Some(c);
         return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
     }
+    if c.got > 0 {
+        c.head
+            .push_var(b"CONTENT_LENGTH", c.got.to_string().as_bytes());
+        // A CONTENT_LENGTH sent non-empty, then empty (no length), conflicts with the
+        // one added: refused as the environ would refuse it.
+        if let Err(e) = c.head.announced_length() {
+            c.span
+                .in_scope(|| tracing::warn!(error = %e, "answered 400"));
+            slot.collect = Some(c);
+            return refuse_collected(conn, parser, slots, lane, id, BAD_REQUEST);
+        }
+    }
     let Collect {
-        held,
+        held: _held,
         mut head,
         keep_conn,
         span,
         request_id,
-        started,
+        started: _,
         mem,
         file,
         got,
     } = *c;
-    if got > 0 {
-        head.push_var(b"CONTENT_LENGTH", got.to_string().as_bytes());
-        // A CONTENT_LENGTH sent non-empty, then empty (no length), conflicts with the
-        // one added: refused as the environ would refuse it.
-        if let Err(e) = head.announced_length() {
-            span.in_scope(|| tracing::warn!(error = %e, "answered 400"));
-            slot.collect = Some(Box::new(Collect {
-                held,
-                head,
-                keep_conn,
-                span,
-                request_id,
-                started,
-                mem,
-                file,
-                got,
-            }));
-            return refuse_collected(conn, parser, slots, lane, id, BAD_REQUEST);
-        }
-    }
     head.content_length = got;
     let body = match file {
         Some(f) => {
