@@ -30,6 +30,9 @@ use crate::stats::Cause;
 const DUMP_GRACE: Duration = Duration::from_millis(500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
+/// How long past `--graceful-timeout` the master waits for a worker told to leave
+/// before it kills it (its own stop ends at `--graceful-timeout`, then it exits).
+const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// A running worker as the master tracks it.
 struct Worker {
@@ -51,6 +54,10 @@ struct Worker {
     /// It was sent SIGTERM: a second one would read as "stop now" and cut its
     /// requests off.
     termed: bool,
+    /// When it was told to leave (its SIGTERM, or the master saw it recycle itself):
+    /// still running past `--graceful-timeout` from then, it is killed (`watch`).
+    /// None again once killed.
+    told: Option<Instant>,
 }
 
 impl Worker {
@@ -71,6 +78,7 @@ impl Worker {
     fn term(&mut self) {
         if !self.termed {
             self.termed = true;
+            self.told.get_or_insert_with(Instant::now);
             signal(self.pid, Signal::TERM);
         }
     }
@@ -414,6 +422,7 @@ impl Master {
             condemned_for: None,
             served: false,
             termed: false,
+            told: None,
         });
         Ok(())
     }
@@ -504,6 +513,37 @@ impl Master {
             instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
         };
         for w in self.workers.iter_mut() {
+            if let (Some(told), Phase::Stopping(cause)) = (w.told, w.phase) {
+                // Told to leave (reload, scale-down, --max-lifetime, recycling) and
+                // still here past --graceful-timeout: deaf to SIGTERM (the app or a C
+                // extension took or ignored it) or stuck (a request holding the GIL).
+                // Killed, as at the stop; an ASGI worker (or one that never served)
+                // first gets the allowance of its lifespan shutdown.
+                // regression: it was never killed and served on next to its successor.
+                let wsgi = w.served && !self.board.serves_asgi(w.slot);
+                let allowance = self.opts.graceful_timeout
+                    + LEAVE_MARGIN
+                    + if wsgi {
+                        Duration::ZERO
+                    } else {
+                        self.opts.past_graceful
+                    };
+                if instant >= told + allowance {
+                    let running = (0..self.board.threads)
+                        .filter(|&t| self.board.line(w.slot, t).since.load(Ordering::Acquire) != 0)
+                        .count();
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        cause = cause.label(),
+                        running,
+                        "worker told to leave is still running {allowance:?} later (past --graceful-timeout); killing it (did the app or a C extension take or ignore SIGTERM, or does a request hold the GIL?)"
+                    );
+                    signal(w.pid, Signal::KILL);
+                    w.told = None;
+                } else {
+                    due = earliest(due, Some(told + allowance));
+                }
+            }
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
                     w.kill_or_spare(&self.board);
@@ -519,6 +559,7 @@ impl Master {
                 if let Some(cause) = self.board.self_retired(w.slot) {
                     // It recycles itself (max requests, RSS): start its replacement now.
                     w.phase.stop(cause);
+                    w.told.get_or_insert(instant);
                     self.pending.push_back(cause);
                 }
             }
@@ -993,7 +1034,7 @@ impl Master {
         // regression: with --interface auto (the default) the master waited the ASGI
         // allowance (over a minute) for a WSGI worker that did not leave (its atexit
         // hung, or it ignored SIGTERM).
-        let wsgi_deadline = Instant::now() + self.opts.graceful_timeout + Duration::from_secs(1);
+        let wsgi_deadline = Instant::now() + self.opts.graceful_timeout + LEAVE_MARGIN;
         let mut wsgi_due = Some(wsgi_deadline);
         let mut deadline = Some(wsgi_deadline + self.opts.past_graceful);
         loop {

@@ -1,0 +1,252 @@
+//! Workers that do not leave when the master tells them to: deaf to SIGTERM (the app
+//! or a C extension ignores it) or stuck on their way out (an atexit handler that
+//! hangs). The master still gets them out at a reload and a scale-down.
+
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+
+/// How a test app misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Ill {
+    /// Nothing wrong.
+    Well,
+    /// A thread it starts at import sets SIGTERM to SIG_IGN through libc (not
+    /// `signal.signal`, which postern refuses at import) and keeps it so, as a C
+    /// extension could.
+    Deaf,
+    /// Its atexit handler hangs: the worker finishes its requests, then never exits.
+    HangsAtExit,
+}
+
+fn prelude(ill: Ill) -> String {
+    let mut s = String::from("import atexit, ctypes, os, threading, time\n");
+    match ill {
+        Ill::Well => {}
+        Ill::Deaf => s.push_str(
+            "libc = ctypes.CDLL(None)\nlibc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]\nlibc.signal.restype = ctypes.c_void_p\ndef deafen():\n    while True:\n        libc.signal(15, 1)\n        time.sleep(0.05)\nthreading.Thread(target=deafen, daemon=True).start()\n",
+        ),
+        Ill::HangsAtExit => s.push_str("atexit.register(time.sleep, 300)\n"),
+    }
+    s
+}
+
+/// A WSGI app whose answer names its version and pid.
+fn app(dir: &std::path::Path, version: &str, ill: Ill) -> std::path::PathBuf {
+    let path = dir.join("illapp.py");
+    std::fs::write(&path, format!("{}\nVERSION = {version:?}\n\ndef application(environ, start_response):\n    body = ('%s %d' % (VERSION, os.getpid())).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n", prelude(ill))).unwrap();
+    path
+}
+
+/// The same as an ASGI app (module `illasgi`).
+fn asgi_source(version: &str, ill: Ill) -> String {
+    format!(
+        "{}\nVERSION = {version:?}\n\nasync def app(scope, receive, send):\n    body = ('%s %d' % (VERSION, os.getpid())).encode()\n    await send({{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/plain')]}})\n    await send({{'type': 'http.response.body', 'body': body}})\n",
+        prelude(ill)
+    )
+}
+
+fn children(master: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` ignores SIGTERM (/proc's SigIgn mask).
+fn ignores_sigterm(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// Gone, or a zombie its master has not reaped yet.
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Waits for `n` workers of `p` (with `ill`: deaf ones are deaf by then); returns
+/// their pids.
+fn workers(p: &Postern, n: usize, ill: Ill) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let ok = wait_until(20, || {
+        pids = children(p.pid());
+        pids.len() == n && (ill != Ill::Deaf || pids.iter().all(|&w| ignores_sigterm(w)))
+    });
+    assert!(
+        ok,
+        "workers {pids:?} (deaf: {})\n{}",
+        ill == Ill::Deaf,
+        p.logs()
+    );
+    pids
+}
+
+/// The master's warnings that it kills `pid`.
+fn kill_warnings(p: &Postern, pid: i32) -> Vec<String> {
+    p.logs()
+        .lines()
+        .filter(|l| l.contains("killing it") && l.contains(&format!("pid={pid} ")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks how `old` (all gone) left for `cause`: `killed` by the master, with one
+/// warning each, or by themselves (exit code 0) with none.
+fn left_as_expected(p: &Postern, old: &[i32], cause: &str, killed: bool) {
+    for &w in old {
+        let warnings = kill_warnings(p, w);
+        if killed {
+            assert_eq!(warnings.len(), 1, "{w}\n{}", p.logs());
+            assert!(
+                warnings[0].contains(&format!("cause=\"{cause}\"")),
+                "{}",
+                warnings[0]
+            );
+        } else {
+            assert!(warnings.is_empty(), "{w}\n{}", p.logs());
+            let exit = format!("worker exited pid={w} how=exit code 0");
+            assert!(p.wait_log(&exit, 5), "{exit}\n{}", p.logs());
+        }
+    }
+}
+
+/// A reload of `p` (workers `old`) to code that answers `v2`: the new workers serve,
+/// each old one leaves within `within` seconds (`killed` or not), `n` workers are left
+/// and the master runs on.
+fn reload_gets_rid_of(p: &mut Postern, old: &[i32], n: usize, within: u64, killed: bool) {
+    let told = Instant::now();
+    p.signal(libc::SIGHUP);
+    let v2 = wait_until(20, || p.get("/").1.starts_with(b"v2 "));
+    assert!(v2, "{}", p.logs());
+    let left = wait_until(within, || old.iter().all(|&w| gone(w)));
+    assert!(
+        left,
+        "old workers {old:?} still running {:?} after SIGHUP\n{}",
+        told.elapsed(),
+        p.logs()
+    );
+    left_as_expected(p, old, "reload", killed);
+    assert!(p.child.try_wait().unwrap().is_none(), "{}", p.logs());
+    // Reaped: the master's children are the new workers.
+    let mut now = Vec::new();
+    let settled = wait_until(5, || {
+        now = children(p.pid());
+        now.len() == n && now.iter().all(|w| !old.contains(w))
+    });
+    assert!(settled, "{now:?}\n{}", p.logs());
+    for _ in 0..4 {
+        assert!(p.get("/").1.starts_with(b"v2 "), "{}", p.logs());
+    }
+}
+
+fn wsgi_reload(tcp: bool, ill: Ill) {
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", ill);
+    let n = if tcp { 1 } else { 2 };
+    let spawn = if tcp {
+        Spawn::tcp(dir.path(), &path.to_string_lossy()).arg("--master")
+    } else {
+        Spawn::unix(dir.path(), &path.to_string_lossy())
+    };
+    let mut p = spawn
+        .args(["--workers", &n.to_string(), "--graceful-timeout", "1"])
+        .start();
+    assert!(
+        p.wait_log(&format!("all {n} workers ready"), 20),
+        "{}",
+        p.logs()
+    );
+    let old = workers(&p, n, ill);
+    app(dir.path(), "v2", Ill::Well);
+    // --graceful-timeout 1, the master's second, and time on a loaded machine.
+    reload_gets_rid_of(&mut p, &old, n, 15, ill == Ill::HangsAtExit);
+}
+
+fn asgi_reload(ill: Ill) {
+    let dir = tempdir();
+    let mut p = Spawn::asgi_unix(dir.path(), "illasgi", &asgi_source("v1", ill))
+        .args([
+            "--master",
+            "--workers",
+            "1",
+            "--graceful-timeout",
+            "1",
+            "--lifespan",
+            "off",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let old = workers(&p, 1, ill);
+    std::fs::write(dir.path().join("illasgi.py"), asgi_source("v2", Ill::Well)).unwrap();
+    // An ASGI worker has the allowance of its shutdown on top (5.5 s with --lifespan off).
+    reload_gets_rid_of(&mut p, &old, 1, 25, ill == Ill::HangsAtExit);
+}
+
+fn ttou(ill: Ill) {
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", ill);
+    let p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "2", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let old = workers(&p, 2, ill);
+    p.signal(libc::SIGTTOU);
+    let one = wait_until(15, || old.iter().filter(|&&w| gone(w)).count() == 1);
+    assert!(one, "{:?}\n{}", children(p.pid()), p.logs());
+    let retired = *old.iter().find(|&&w| gone(w)).unwrap();
+    left_as_expected(&p, &[retired], "scale", ill == Ill::HangsAtExit);
+    // The other serves on, alone, and nothing replaces the one that left.
+    std::thread::sleep(Duration::from_millis(500));
+    let serving = old.iter().copied().find(|&w| w != retired).unwrap();
+    assert_eq!(children(p.pid()), vec![serving], "{}", p.logs());
+    assert!(p.get("/").1.starts_with(format!("v1 {serving}").as_bytes()));
+    assert!(kill_warnings(&p, serving).is_empty(), "{}", p.logs());
+}
+
+// regression: a WSGI worker told to leave at a reload that did not exit (here its
+// atexit handler hangs) ran forever next to its successor: the master had a kill
+// deadline only for the whole server's stop. It is killed past --graceful-timeout.
+#[test]
+fn a_reload_kills_an_old_wsgi_worker_stuck_on_its_way_out() {
+    wsgi_reload(false, Ill::HangsAtExit);
+}
+
+// regression: as above, over TCP with a single worker.
+#[test]
+fn a_reload_kills_an_old_wsgi_worker_stuck_on_its_way_out_on_tcp() {
+    wsgi_reload(true, Ill::HangsAtExit);
+}
+
+// regression: as above, with --interface asgi (after its shutdown's allowance).
+#[test]
+fn a_reload_kills_an_old_asgi_worker_stuck_on_its_way_out() {
+    asgi_reload(Ill::HangsAtExit);
+}
+
+// regression: a worker SIGTTOU took away that did not exit ran forever, while the
+// master counted one worker less.
+#[test]
+fn sigttou_kills_a_worker_stuck_on_its_way_out() {
+    ttou(Ill::HangsAtExit);
+}
