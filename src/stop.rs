@@ -253,6 +253,12 @@ pub fn signalled() -> bool {
         || ASKED.load(Ordering::SeqCst)
 }
 
+/// Whether this process has been asked to stop by any way at all (a stop signal, a
+/// recycling, the master's mark, its listeners shut, its master gone).
+pub fn any() -> bool {
+    signalled() || SHUT.load(Ordering::SeqCst) || ORPHAN.load(Ordering::SeqCst)
+}
+
 /// The server's side: waits for the requests to stop, from inside its runtime.
 pub struct Waiter {
     fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,

@@ -112,7 +112,7 @@ fn kill_warnings(p: &Postern, pid: i32) -> Vec<String> {
 }
 
 /// Checks how `old` (all gone) left for `cause`: `killed` by the master, with one
-/// warning each, or by themselves (exit code 0) with none.
+/// warning each, or by themselves (exit code 0) after saying their SIGTERM never came.
 fn left_as_expected(p: &Postern, old: &[i32], cause: &str, killed: bool) {
     for &w in old {
         let warnings = kill_warnings(p, w);
@@ -127,6 +127,8 @@ fn left_as_expected(p: &Postern, old: &[i32], cause: &str, killed: bool) {
             assert!(warnings.is_empty(), "{w}\n{}", p.logs());
             let exit = format!("worker exited pid={w} how=exit code 0");
             assert!(p.wait_log(&exit, 5), "{exit}\n{}", p.logs());
+            let said = format!("its SIGTERM never came (did the app or a C extension take or ignore SIGTERM?): it stops now pid={w}");
+            assert!(p.logs().contains(&said), "{said}\n{}", p.logs());
         }
     }
 }
@@ -249,4 +251,65 @@ fn a_reload_kills_an_old_asgi_worker_stuck_on_its_way_out() {
 #[test]
 fn sigttou_kills_a_worker_stuck_on_its_way_out() {
     ttou(Ill::HangsAtExit);
+}
+
+// regression: a WSGI worker deaf to SIGTERM (the app ignores it) never left at a
+// reload (since 2d22a58 it was killed past --graceful-timeout, cutting its requests
+// off). It sees the master's mark on the scoreboard, says its SIGTERM never came, and
+// leaves as for it, finishing its requests (exit code 0, no kill).
+#[test]
+fn a_reload_gets_an_old_wsgi_worker_deaf_to_sigterm_to_leave() {
+    wsgi_reload(false, Ill::Deaf);
+}
+
+// regression: as above, over TCP with a single worker.
+#[test]
+fn a_reload_gets_an_old_wsgi_worker_deaf_to_sigterm_to_leave_on_tcp() {
+    wsgi_reload(true, Ill::Deaf);
+}
+
+// regression: as above, with --interface asgi.
+#[test]
+fn a_reload_gets_an_old_asgi_worker_deaf_to_sigterm_to_leave() {
+    asgi_reload(Ill::Deaf);
+}
+
+// regression: as above, for SIGTTOU.
+#[test]
+fn sigttou_gets_a_worker_deaf_to_sigterm_to_leave() {
+    ttou(Ill::Deaf);
+}
+
+// A whole-server stop with a lone worker deaf to SIGTERM: it leaves by itself, and
+// the stop exits 0, over a Unix socket (the master shuts it under the worker) and
+// over TCP (the master cannot shut a TCP listener without resetting its queue).
+// regression: over TCP the worker stayed until the master killed it a second past
+// --graceful-timeout, and the stop exited 1 ("stopped with requests cut off") with no
+// request running.
+#[test]
+fn a_stop_gets_a_lone_worker_deaf_to_sigterm_to_leave_and_exits_0() {
+    for tcp in [false, true] {
+        let dir = tempdir();
+        let path = app(dir.path(), "v1", Ill::Deaf);
+        let spawn = if tcp {
+            Spawn::tcp(dir.path(), &path.to_string_lossy())
+        } else {
+            Spawn::unix(dir.path(), &path.to_string_lossy())
+        };
+        let mut p = spawn
+            .args(["--master", "--workers", "1", "--graceful-timeout", "5"])
+            .start();
+        assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+        workers(&p, 1, Ill::Deaf);
+        let told = Instant::now();
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(20);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "tcp: {tcp}, {status:?} after {:?}\n{}",
+            told.elapsed(),
+            p.logs()
+        );
+        assert!(!p.logs().contains("killing"), "tcp: {tcp}\n{}", p.logs());
+    }
 }

@@ -443,6 +443,14 @@ impl Scoreboard {
             .is_ok()
     }
 
+    /// Why the worker in `slot` is leaving (the master's mark or its own), if it is.
+    pub fn leaving_for(&self, slot: usize) -> Option<Cause> {
+        let h = self.head(slot);
+        (h.state.load(Ordering::SeqCst) == RETIRING)
+            .then(|| Cause::from_index(u64::from(h.retire_cause.load(Ordering::Relaxed))))
+            .flatten()
+    }
+
     /// Why the worker in `slot` retired itself, if it did.
     pub fn self_retired(&self, slot: usize) -> Option<Cause> {
         let h = self.head(slot);

@@ -4,6 +4,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::scoreboard::Scoreboard;
 use super::WorkerContext;
@@ -15,15 +16,53 @@ pub(super) const READY: u8 = b'R';
 /// replacement while it drains.
 pub(super) const RECYCLING: u8 = b'S';
 
+/// How often a serving worker looks at its scoreboard slot for the master's mark.
+const MARK_EVERY: Duration = Duration::from_secs(1);
+/// How long the SIGTERM that follows the master's mark may take to arrive.
+const TERM_WAIT: Duration = Duration::from_millis(200);
+
 /// Tells the master this worker serves (one byte on its status pipe). A SIGTERM that
 /// came while it booted was counted ([`crate::stop`]) and is acted on by now; one the
 /// master marked on the scoreboard counts as well, in case the signal itself went to
-/// a handler the app set.
-pub fn announce_ready(pipe: OwnedFd, board: &Scoreboard, slot: usize) {
+/// a handler the app set. Called in the server's runtime: from then on, a task looks
+/// at the slot once a second for the same reason (see [`watch_mark`]).
+pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
     if board.leaving(slot) {
         crate::stop::asked();
     }
     let _ = rustix::io::write(&pipe, &[READY]);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(watch_mark(Arc::clone(board), slot));
+    }
+}
+
+/// The master marks a worker on the scoreboard just before it sends its SIGTERM (a
+/// reload, SIGTTOU, --max-lifetime, the stop). A worker whose SIGTERM never comes
+/// (the app or a C extension took or ignored it once it served) stops as for that
+/// SIGTERM once it sees the mark, finishing its requests.
+/// regression: such a worker never left at a reload or a scale-down (the master
+/// killed it past --graceful-timeout, cutting its requests off), nor, over TCP, at the
+/// stop (nothing shuts a TCP listener under it: the stop exited 1).
+async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
+    loop {
+        tokio::time::sleep(MARK_EVERY).await;
+        if crate::stop::any() {
+            return;
+        }
+        // A worker condemned for --timeout is marked too, but gets SIGUSR2 and then
+        // SIGKILL (or SIGTERM if spared), not SIGTERM: not a lost stop.
+        let cause = board.leaving_for(slot);
+        if cause.is_some_and(|c| c != Cause::Timeout) {
+            // The mark comes just before the signal: give it a moment.
+            tokio::time::sleep(TERM_WAIT).await;
+            if crate::stop::any() {
+                return;
+            }
+            tracing::warn!(pid = std::process::id(), "the master told this worker to leave, but its SIGTERM never came (did the app or a C extension take or ignore SIGTERM?): it stops now");
+            crate::stop::asked();
+            return;
+        }
+    }
 }
 
 /// A worker's view of its scoreboard slot: records requests, and recycles the worker
