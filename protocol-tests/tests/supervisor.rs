@@ -2083,3 +2083,53 @@ fn a_worker_deaf_to_sigterm_leaves_when_the_master_is_killed() {
     assert!(!left, "the worker outlived its master\n{}", p.logs());
     assert!(p.logs().contains("cause=\"master gone\""), "{}", p.logs());
 }
+
+// A reload whose workers cannot be started for a while (the master out of descriptors,
+// as in the test above) is tried again at most 5 s apart; the old workers serve all
+// along, and the new ones take over within seconds once the limit is back.
+// regression: the retries doubled up to 32 s (the fifth waited 16 s), so the reload
+// could complete half a minute after the cause was gone.
+#[test]
+fn a_reload_that_cannot_start_its_workers_for_a_while_retries_at_most_5_s_apart() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v1");
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let master = p.pid();
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{master}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let free = (0..).find(|n| !open.contains(n)).unwrap();
+    let was = set_nofile(master, Some(free), None);
+    versioned_app(dir.path(), "v2");
+    p.signal(libc::SIGHUP);
+    // 1 + 2 + 4 + 5 s (before: 1 + 2 + 4 + 8).
+    let fifth = p.wait_log("failures=5", 25);
+    let alive = p.child.try_wait().unwrap().is_none();
+    let answer = alive.then(|| p.get("/"));
+    set_nofile(master, None, Some(was));
+    let back = Instant::now();
+    assert!(fifth && alive, "{}", p.logs());
+    let (status, body) = answer.unwrap();
+    assert_eq!(status, 200, "{}", p.logs());
+    assert!(
+        body.starts_with(b"v1 "),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("cannot start a worker") && l.contains("failures=5"))
+        .unwrap();
+    assert!(line.contains("trying again in 5s"), "{line}");
+    // The next try (within 5 s) starts the new workers.
+    while !p.get("/").1.starts_with(b"v2 ") {
+        assert!(back.elapsed() < Duration::from_secs(10), "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -30,6 +30,11 @@ use crate::stats::Cause;
 const DUMP_GRACE: Duration = Duration::from_millis(500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
+/// A worker that could not be started (fork, its pipe, no slot) is tried again after
+/// 1 s, doubling up to this: the workers serve on meanwhile, and a reload whose fork
+/// failed completes within this of the resource coming back, for at most 12 error
+/// lines a minute.
+const SPAWN_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long past `--graceful-timeout` the master waits for a worker told to leave
 /// before it kills it (its own stop ends at `--graceful-timeout`, then it exits).
 const LEAVE_MARGIN: Duration = Duration::from_secs(1);
@@ -690,7 +695,10 @@ impl Master {
             }
             Err(e) => {
                 self.spawn_failures += 1;
-                let wait = Duration::from_millis(500u64 << self.spawn_failures.clamp(1, 6));
+                // regression: it doubled up to 32 s, so a reload could wait half a
+                // minute after the limit that refused it was raised.
+                let wait =
+                    Duration::from_secs(1 << (self.spawn_failures - 1).min(3)).min(SPAWN_RETRY_MAX);
                 self.spawn_retry = Some(Instant::now() + wait);
                 self.pending.push_front(cause);
                 tracing::error!(
