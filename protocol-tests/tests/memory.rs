@@ -84,3 +84,95 @@ fn a_worker_holds_little_memory_of_its_own() {
         );
     }
 }
+
+/// A line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+fn status_kib(pid: i32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has {key}"))
+}
+
+// regression: F1 of the review of 11cc4ee: FastCGI uploads without CONTENT_LENGTH held
+// open cost a worker about 1 MiB each beyond their collected bodies, spooled or not
+// (150 of 900 KB: 171 MiB RSS with --fastcgi-buffer-total 8M, every body past it in a
+// file): the buffer a Python thread had grown to read the request went to the slow
+// lane with the connection and stayed with it, kept by the lane's reads into it and by
+// the request's head (a view of its PARAMS).
+#[test]
+fn held_open_uploads_without_content_length_cost_what_they_buffer() {
+    use protocol_tests::harness::fcgi;
+    use std::io::Write;
+    const UPLOADS: usize = 60;
+    const SIZE: usize = 900_000;
+    let dir = tempdir();
+    let app = dir.path().join("upapp.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    n = len(environ['wsgi.input'].read())\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(n).encode()]\n",
+    )
+    .unwrap();
+    // Collected bodies in memory: 8 MiB for the whole worker, the rest in files.
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--fastcgi-buffer-total", "8M"])
+        .start();
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/up"),
+        ("SERVER_NAME", "x"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ];
+    // As nginx sends a chunked upload with fastcgi_request_buffering off: PARAMS
+    // without CONTENT_LENGTH, then STDIN records, here all at once and never the end.
+    let mut upload = fcgi::head(1, false, &vars);
+    for piece in vec![b'u'; SIZE].chunks(32 * 1024) {
+        upload.extend(fcgi::record(fcgi::STDIN, 1, piece));
+    }
+    let before = status_kib(p.pid(), "VmRSS");
+    let mut held = Vec::new();
+    for _ in 0..UPLOADS {
+        let mut c = p.addr.connect().unwrap();
+        c.write_all(&upload).unwrap();
+        held.push(c);
+    }
+    // What the last ones sent is read (the socket holds at most a few hundred KB).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let peak = status_kib(p.pid(), "VmHWM");
+    let grew = peak.saturating_sub(before);
+    // 8 MiB of bodies, and per upload its connection's read buffer (64 KiB) and what
+    // its file's next write gathers (64 KiB and a record); 60 x 1 MiB before the fix.
+    const PER_UPLOAD_KIB: u64 = 256;
+    let budget = 8 * 1024 + UPLOADS as u64 * PER_UPLOAD_KIB + 6 * 1024;
+    eprintln!(
+        "{UPLOADS} uploads of {SIZE} B held: RSS {before} KiB -> peak {peak} KiB (+{grew} KiB, {} KiB each; budget {budget} KiB)",
+        grew / UPLOADS as u64
+    );
+    assert!(
+        grew <= budget,
+        "{UPLOADS} held uploads of {SIZE} bytes made the worker grow by {grew} KiB (budget {budget} KiB); its largest mappings:\n{}\n{}",
+        largest_private(p.pid()),
+        p.logs()
+    );
+    // They are all still there, and served once they end.
+    let mut c = held.pop().unwrap();
+    c.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let mut stdout = Vec::new();
+    while let Some(r) = fcgi::read(&mut c) {
+        match r.kind {
+            fcgi::STDOUT => stdout.extend_from_slice(&r.content),
+            fcgi::END_REQUEST => break,
+            _ => {}
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&stdout).ends_with(&SIZE.to_string()),
+        "{}\n{}",
+        String::from_utf8_lossy(&stdout),
+        p.logs()
+    );
+}

@@ -559,6 +559,8 @@ pub async fn serve(
     let mut drain = false;
     // An END_REQUEST went out before the end of its request's STDIN (HOLD_GAP).
     let mut stdin_cut = false;
+    // `buf` is still the buffer the connection came with.
+    let mut handed_in = true;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -580,6 +582,16 @@ pub async fn serve(
                 break 'conn;
             }
             backlog.extend(events.drain(..));
+            if std::mem::take(&mut handed_in) {
+                // What follows its last whole record moves to a buffer of the lane's
+                // own: the one handed in may be a Python thread's, grown to take a
+                // whole request (--buffer-size + --body-spool-threshold), and would stay
+                // with the connection, as would every read into it, for as long as the
+                // front server keeps it open.
+                // regression: 150 uploads without CONTENT_LENGTH held open (900 KB
+                // each, every body spooled) made a worker hold 1.3 MiB each.
+                buf = BytesMut::from(&buf[..]);
+            }
         }
         while let Some(ev) = backlog.pop_front() {
             match handle_event(
@@ -1033,6 +1045,12 @@ fn handle_event(
             keep_conn,
             params,
         } => {
+            // The request's head keeps a copy of its PARAMS (at most --buffer-size), not
+            // a view of the buffer they were read into: that view would keep the whole
+            // buffer (up to --buffer-size + --body-spool-threshold, when a Python thread
+            // read it) for as long as the request lasts, a body being collected or
+            // streamed at the front server's pace included.
+            let params = Bytes::copy_from_slice(&params);
             // The whole body already here (the usual case): hand it over in one piece.
             let stdin = take_whole_stdin(backlog, id);
             let conn_started = started;
