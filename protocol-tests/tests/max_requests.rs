@@ -148,6 +148,74 @@ fn partial_heads_do_not_make_a_max_requests_worker_recycle() {
     }
 }
 
+// regression: a Python thread reserves a place before it reads a new connection, and
+// that place being the last made the worker recycle even when the read found only part
+// of a head (20 one-byte connections at --max-requests 1: 21 recycles). The place is
+// given back and the worker serves on; it recycles once a whole head takes its last
+// place. A head completed later is served (by a worker with room), one never completed
+// is closed at --head-timeout with a log line saying so.
+#[test]
+fn a_partial_head_at_the_last_place_does_not_recycle_the_worker() {
+    for protocol in ["uwsgi", "scgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = pid_app(dir.path(), None)
+            .protocol(protocol)
+            .args([
+                "--workers",
+                "1",
+                "--max-requests",
+                "1",
+                "--head-timeout",
+                "4",
+            ])
+            .start();
+        assert!(p.wait_log("all 1 workers ready", 10), "{}", p.logs());
+        let req = get(protocol);
+        // One at a time, each read alone at the worker's only (so last) place.
+        let mut partial: Vec<_> = (0..6)
+            .map(|_| {
+                let mut s = p.addr.connect().unwrap();
+                s.write_all(&req[..1]).unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !p.logs().contains("(--max-requests)"),
+            "{protocol}: a partial head at the last place recycled the worker\n{}",
+            p.logs()
+        );
+        let mut whole = p.addr.connect().unwrap();
+        whole.write_all(&req).unwrap();
+        assert!(
+            answer(&mut whole, protocol).is_some(),
+            "{protocol}: the whole request\n{}",
+            p.logs()
+        );
+        // Two slow clients finish their heads: served, by workers with room.
+        for mut s in partial.drain(..2) {
+            s.write_all(&req[1..]).unwrap();
+            assert!(
+                answer(&mut s, protocol).is_some(),
+                "{protocol}: a head completed late\n{}",
+                p.logs()
+            );
+        }
+        // The others never finish theirs: closed at --head-timeout, and logged.
+        for mut s in partial {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "{protocol}: {rest:?}");
+        }
+        assert!(
+            p.wait_log("--head-timeout); closing", 5),
+            "{protocol}\n{}",
+            p.logs()
+        );
+    }
+}
+
 // regression: review-f4b (e9d86ca): the connections a recycled worker handed over
 // (their requests sent in time, unread) reached a successor that booted slower than
 // --head-timeout past their deadline, and the slow lane began every one of them

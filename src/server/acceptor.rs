@@ -18,7 +18,7 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SocketFlags};
 use tokio_util::codec::Decoder;
 
-use super::admission::{Admission, Permit};
+use super::admission::{Admission, Permit, Reserve};
 use super::connection::{self, Start};
 use super::fastcgi::{self, FcgiConn, FcgiSettings, Parking, Woken};
 use super::lane::{Limits, SlowLane};
@@ -306,11 +306,22 @@ impl Acceptor {
                 // (`stop_waiting`).
                 Wake::Fresh(key) => {
                     let e = self.pending.take(key)?;
-                    if e.conn.permit().is_some_and(|p| !p.try_begin()) {
-                        if let Err(e) = self.pending.put_back(key, e) {
-                            self.hand_back(e);
+                    match e.conn.permit().map_or(Reserve::Taken, Permit::reserve) {
+                        Reserve::Taken => {}
+                        Reserve::Full => {
+                            if let Err(e) = self.pending.put_back(key, e) {
+                                self.hand_back(e);
+                            }
+                            return None;
                         }
-                        return None;
+                        // The last places are reserved by reads under way, which may
+                        // give them back: looked at again in a moment.
+                        Reserve::Later => {
+                            if let Err(e) = self.pending.hold(e, pending::SOON) {
+                                self.hand_back(e);
+                            }
+                            return None;
+                        }
                     }
                     drop(token);
                     // (Never one with bytes read: such one is only held.)
@@ -404,11 +415,12 @@ impl Acceptor {
             self.admission.admit_anyway()
         } else {
             let p = self.admission.admit();
-            // Counted against --max-requests from here, while the accept token is
-            // held (the room was just checked): a connection that turns out to have
-            // sent nothing yet is uncounted once read. Counted only once read, the
+            // A place under --max-requests is reserved from here, while the accept
+            // token is held (the room was just checked): a connection that turns out
+            // to have sent nothing yet, or part of a head, gives it back once read;
+            // one with a whole head makes it its request. Counted only once read, the
             // threads accepting in turn would all see the room one of them takes.
-            p.try_begin();
+            p.reserve();
             p
         };
         Some((socket2::Socket::from(fd), peer, Instant::now(), permit))
@@ -613,8 +625,28 @@ impl Acceptor {
     /// worker): read now if `--max-requests` leaves room to begin it, else held for
     /// the workers that serve on (the stop that follows hands it to them).
     fn take_up(&self, e: pending::Entry) {
-        if e.conn.permit().is_some_and(|p| !p.try_begin()) {
-            if let Err(e) = self.pending.hold(e) {
+        // What a leaving worker read is a whole head: begun; what is in the socket may
+        // not be: a place is reserved for the read.
+        let room = match e.conn.permit() {
+            None => Reserve::Taken,
+            Some(p) if has_read(&e.conn) => {
+                if p.try_begin() {
+                    Reserve::Taken
+                } else if self.admission.limit_taken() {
+                    Reserve::Full
+                } else {
+                    Reserve::Later
+                }
+            }
+            Some(p) => p.reserve(),
+        };
+        let again = match room {
+            Reserve::Taken => None,
+            Reserve::Full => Some(self.pending.timeout()),
+            Reserve::Later => Some(pending::SOON),
+        };
+        if let Some(again) = again {
+            if let Err(e) = self.pending.hold(e, again) {
                 self.hand_back(e);
             }
             return;
@@ -733,9 +765,6 @@ impl Acceptor {
             match conn.recv(&mut s[..]) {
                 Ok(0) => Ok(None),
                 Ok(n) => {
-                    if let Some(p) = conn.permit() {
-                        p.begin();
-                    }
                     let admit = |buf: &[u8]| {
                         fastcgi::admit_whole(
                             &conn,
@@ -748,6 +777,7 @@ impl Acceptor {
                         )
                     };
                     if let Some(req) = admit(&s[..n]) {
+                        begin(&conn);
                         return Ok(Some(Ok(req)));
                     }
                     let mut buf = BytesMut::from(&s[..n]);
@@ -757,6 +787,7 @@ impl Acceptor {
                         && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), &self.arrival(n))
                     {
                         if let Some(req) = admit(&buf) {
+                            begin(&conn);
                             return Ok(Some(Ok(req)));
                         }
                     }
@@ -769,10 +800,10 @@ impl Acceptor {
             // Part of a head is no request yet: the lane counts it once whole, and
             // hands it on with its bytes when no room is left by then. regression:
             // counted from the first bytes, one-byte heads made workers recycle.
-            if !fastcgi::has_whole_head(&buf) {
-                if let Some(p) = conn.permit() {
-                    p.cancel();
-                }
+            if fastcgi::has_whole_head(&buf) {
+                begin(&conn);
+            } else if let Some(p) = conn.permit() {
+                p.cancel();
             }
             let entry = conn.enter_lane(!parked);
             self.fcgi_to_lane(conn, buf, started, entry);
@@ -895,10 +926,7 @@ impl Acceptor {
                 permit.cancel();
                 return None;
             }
-            Ok(b) => {
-                permit.begin();
-                b
-            }
+            Ok(b) => b,
             Err(e @ (Errno::AGAIN | Errno::INTR)) => {
                 tracing::trace!(%peer, error = %e, "nothing to read yet");
                 // No request to come yet (the slow lane counts it once it has one).
@@ -931,6 +959,9 @@ impl Acceptor {
         } else {
             match codec.decode(&mut buf) {
                 Ok(Some(Frame::Head(head))) => {
+                    // Its head is whole: its request begins (the place reserved at
+                    // accept becomes its own).
+                    permit.begin();
                     let len = head.content_length;
                     let fits = self.limits.max_body.is_none_or(|m| len <= m);
                     let in_memory = fits && len <= self.limits.spool_threshold;
@@ -1100,6 +1131,13 @@ fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, arrival: &
 }
 
 /// A leaving worker read bytes of its request (handed on with them, not begun).
+/// The FastCGI connection's request begins (its head is whole).
+fn begin(conn: &FcgiConn) {
+    if let Some(p) = conn.permit() {
+        p.begin();
+    }
+}
+
 fn has_read(conn: &Waiting) -> bool {
     match conn {
         Waiting::Plain { read, .. } => !read.is_empty(),

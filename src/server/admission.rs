@@ -19,16 +19,18 @@
 //! serves them). A connection that has sent nothing yet, or part of a head, or an idle
 //! kept FastCGI connection, does not count: it is bounded by `--max-connections` and
 //! `--head-timeout` as any other, and neither keeps the worker deaf nor makes it
-//! recycle. A Python thread reads a connection only after taking a place for it
-//! ([`Permit::try_begin`], so threads reading at once cannot overshoot), and gives the
-//! place back when what it read is no whole head (FastCGI: BEGIN_REQUEST and PARAMS).
+//! recycle. A Python thread reads a connection only after reserving a place for it
+//! ([`Permit::reserve`], so threads reading at once cannot overshoot): accept stops
+//! while that place is the last, but the worker recycles only once what it read is a
+//! whole head (FastCGI: BEGIN_REQUEST and PARAMS) and the place its request's
+//! ([`Permit::begin`]); a read that finds none gives it back and accept goes on.
 //! One whose bytes come after the last request was taken is not read here, and one
 //! whose head the slow lane completes only then is not served here: the recycling
 //! worker hands both to the workers that serve on (a FastCGI one with its connection,
 //! unless another request runs on it: then it is served here, past the limit).
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -94,9 +96,13 @@ pub struct Admission {
     state: Mutex<State>,
     epoll: Arc<OwnedFd>,
     listeners: Arc<Vec<Listener>>,
-    /// Connections whose request has begun (its head is whole) and not ended:
-    /// each is a request to come.
+    /// Connections whose request has begun (its head is whole) and not ended, each a
+    /// request to come, and places reserved for reads under way ([`Permit::reserve`]).
     begun: AtomicUsize,
+    /// Of `begun`, the places only reserved.
+    reserved: AtomicUsize,
+    /// `monitor.limit_taken()` was called (once: the worker recycles).
+    told: AtomicBool,
     /// Requests counted in `begun` that have ended since the worker started.
     ended: AtomicU64,
     /// `--max-requests` (with its jitter): the requests left when serving began.
@@ -111,45 +117,99 @@ pub struct Admission {
 /// One open connection; dropped when its socket closes.
 pub struct Permit {
     admission: Arc<Admission>,
-    /// Counted in [`Admission`]'s `begun` (from its request's whole head to its end).
-    begun: AtomicBool,
+    /// Where it stands against `--max-requests` ([`NONE`], [`RESERVED`], [`BEGUN`]).
+    state: AtomicU8,
+}
+
+/// Not counted against `--max-requests`.
+const NONE: u8 = 0;
+/// A place taken for a read that may find no whole head ([`Permit::reserve`]):
+/// counted in `begun` (accept stops at the last place) but not yet a request taken
+/// (the worker does not recycle for it).
+const RESERVED: u8 = 1;
+/// Its request's head is whole: counted in `begun` until the request ends.
+const BEGUN: u8 = 2;
+
+/// What [`Permit::reserve`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// A place is taken for this connection (or it was counted already).
+    Taken,
+    /// No place now, but some are only reserved by reads under way, which may find
+    /// no whole head and give theirs back: look again soon.
+    Later,
+    /// The worker has taken its last request: it recycles.
+    Full,
 }
 
 impl Permit {
     /// The connection's request has begun (its head is whole): it counts as a request
     /// to come against `--max-requests` until it is served (or the connection closes),
-    /// room or not. Calls while it counts do nothing.
+    /// room or not; a place reserved for it becomes its own. Calls while it counts
+    /// (begun) do nothing.
     pub fn begin(&self) {
-        if !self.begun.swap(true, Ordering::AcqRel) {
-            self.admission.begun.fetch_add(1, Ordering::AcqRel);
-            self.admission.after_begin();
+        match self.state.swap(BEGUN, Ordering::AcqRel) {
+            NONE => {
+                self.admission.begun.fetch_add(1, Ordering::AcqRel);
+                self.admission.after_begin(true);
+            }
+            RESERVED => self.admission.confirm(),
+            _ => {}
         }
     }
 
     /// [`Permit::begin`] only while `--max-requests` leaves room for one more request
     /// (checked and counted in one step: threads beginning at once cannot all take
-    /// the last place). False: not counted; the worker has taken its last request.
+    /// the last place); for a request whose head is whole. False: not counted (no
+    /// room, or only reserved places hold it, see [`Permit::reserve`]).
     pub fn try_begin(&self) -> bool {
-        if self.begun.load(Ordering::Acquire) {
-            return true;
+        match self.state.load(Ordering::Acquire) {
+            BEGUN => true,
+            RESERVED => {
+                self.begin();
+                true
+            }
+            _ => {
+                let counted = self.admission.take_place();
+                if counted {
+                    self.state.store(BEGUN, Ordering::Release);
+                    self.admission.after_begin(true);
+                } else {
+                    self.admission.sync(None, false);
+                }
+                counted
+            }
+        }
+    }
+
+    /// Takes a place for a read that may find no whole head (a new connection, a
+    /// kept one woken by input): accept stops while it holds the last place, but the
+    /// worker recycles only once the read has found a whole head and made it its
+    /// request ([`Permit::begin`]); a read that finds none gives it back
+    /// ([`Permit::cancel`]), and accept goes on. regression: a partial head read at
+    /// the last place recycled the worker without serving it (20 one-byte
+    /// connections, `--max-requests 1`: 21 recycles).
+    pub fn reserve(&self) -> Reserve {
+        if self.state.load(Ordering::Acquire) != NONE {
+            return Reserve::Taken;
         }
         let a = &self.admission;
-        let counted = a
-            .begun
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                a.room_beside(b).then_some(b + 1)
-            })
-            .is_ok();
-        if counted {
-            self.begun.store(true, Ordering::Release);
-            a.after_begin();
-        } else {
-            // Accept stops and the worker recycles, even if the place was taken only
-            // by a request that has ended and not yet let go of its connection: the
-            // caller leaves this one to the workers that serve on.
-            a.sync(None, false);
+        // Reserved counted first: `begun - reserved` never shows a taken request
+        // that is only a reservation.
+        a.reserved.fetch_add(1, Ordering::AcqRel);
+        if a.take_place() {
+            self.state.store(RESERVED, Ordering::Release);
+            a.after_begin(false);
+            return Reserve::Taken;
         }
-        counted
+        a.reserved.fetch_sub(1, Ordering::AcqRel);
+        // Accept stops; the worker recycles if its places are all taken by requests.
+        a.sync(None, false);
+        if a.all_taken() {
+            Reserve::Full
+        } else {
+            Reserve::Later
+        }
     }
 
     /// The connection's request ended: it no longer counts as one to come, but as one
@@ -159,16 +219,17 @@ impl Permit {
         self.uncount(true);
     }
 
-    /// Counted by [`Permit::try_begin`] before a read, the connection turned out to
-    /// have sent nothing yet, or part of a head: it no longer counts at all.
+    /// Counted before a read (reserved, or begun), the connection turned out to have
+    /// sent nothing yet, or part of a head: it no longer counts at all.
     pub fn cancel(&self) {
         self.uncount(false);
     }
 
     fn uncount(&self, ended: bool) {
-        if self.begun.swap(false, Ordering::AcqRel) {
+        let was = self.state.swap(NONE, Ordering::AcqRel);
+        if was != NONE {
             let a = &self.admission;
-            a.end_one(ended);
+            a.end_one(ended && was == BEGUN, was == RESERVED);
             if a.limit_shut.load(Ordering::Acquire) {
                 a.sync(None, false);
             }
@@ -179,8 +240,9 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let a = &self.admission;
-        if *self.begun.get_mut() {
-            a.end_one(true);
+        let state = *self.state.get_mut();
+        if state != NONE {
+            a.end_one(state == BEGUN, state == RESERVED);
         }
         let before = a.open.fetch_sub(1, Ordering::AcqRel);
         if a.fd_paused.load(Ordering::Acquire) {
@@ -208,6 +270,8 @@ impl Admission {
             epoll,
             listeners,
             begun: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            told: AtomicBool::new(false),
             ended: AtomicU64::new(0),
             max_requests: OnceLock::new(),
             monitor: OnceLock::new(),
@@ -245,19 +309,47 @@ impl Admission {
         !self.room_beside(self.begun.load(Ordering::Acquire))
     }
 
-    /// A counted request ended (`ended`), or turned out to be none.
-    fn end_one(&self, ended: bool) {
-        // Ended first: `begun + ended` never dips below the requests taken.
+    /// Every place `--max-requests` leaves is taken by a request (reserved places
+    /// not counted): the worker has taken its last request.
+    fn all_taken(&self) -> bool {
+        // `begun` first: a reservation ending meanwhile only lowers the difference.
+        let begun = self.begun.load(Ordering::Acquire);
+        !self.room_beside(begun.saturating_sub(self.reserved.load(Ordering::Acquire)))
+    }
+
+    /// One more place in `begun` if `--max-requests` leaves room for it.
+    fn take_place(&self) -> bool {
+        self.begun
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                self.room_beside(b).then_some(b + 1)
+            })
+            .is_ok()
+    }
+
+    /// A counted request ended (`ended`), or turned out to be none (`reserved`: it
+    /// was only a reserved place).
+    fn end_one(&self, ended: bool, reserved: bool) {
+        // Ended first: `begun + ended` never dips below the requests taken. `begun`
+        // before `reserved`: `begun - reserved` never rises for a reservation.
         if ended {
             self.ended.fetch_add(1, Ordering::AcqRel);
         }
         self.begun.fetch_sub(1, Ordering::AcqRel);
+        if reserved {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
-    /// A request was counted: accept stops (and the worker recycles) if it took the
-    /// last place.
-    fn after_begin(&self) {
-        if self.limit_reached() {
+    /// A reserved place became a request.
+    fn confirm(&self) {
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.after_begin(true);
+    }
+
+    /// A place was counted (`request`: as a request, else reserved): accept stops if
+    /// it took the last one, and the worker recycles if requests hold them all.
+    fn after_begin(&self, request: bool) {
+        if self.limit_reached() || (request && self.all_taken()) {
             self.sync(None, false);
         }
     }
@@ -297,7 +389,7 @@ impl Admission {
     fn permit(self: &Arc<Self>) -> Permit {
         Permit {
             admission: Arc::clone(self),
-            begun: AtomicBool::new(false),
+            state: AtomicU8::new(NONE),
         }
     }
 
@@ -356,16 +448,23 @@ impl Admission {
     /// lock from the values it reads then: the last call sees the last state, so the
     /// listeners can neither stay out while there is room nor in while there is none.
     fn sync(&self, pause: Option<Instant>, resume: bool) {
-        if self.sync_locked(pause, resume) {
+        self.sync_locked(pause, resume);
+        // Only once every place is a request taken, not a place reserved for a read
+        // that may find no whole head.
+        if self.all_taken() && !self.told.swap(true, Ordering::AcqRel) {
             if let Some(m) = self.monitor.get() {
                 m.limit_taken();
             }
         }
     }
 
-    /// [`Admission::sync`] under the lock; true: accept has just stopped for
-    /// `--max-requests`.
-    fn sync_locked(&self, pause: Option<Instant>, resume: bool) -> bool {
+    /// Whether the worker has taken its last request (and recycles).
+    pub fn limit_taken(&self) -> bool {
+        self.told.load(Ordering::Acquire)
+    }
+
+    /// [`Admission::sync`] under the lock.
+    fn sync_locked(&self, pause: Option<Instant>, resume: bool) {
         let mut st = self.lock();
         if let Some(t) = pause {
             st.fd_pause = Some(t);
@@ -375,12 +474,11 @@ impl Admission {
             self.fd_paused.store(false, Ordering::Release);
         }
         let limited = self.limit_reached();
-        let was_shut = self.limit_shut.swap(limited, Ordering::AcqRel);
-        let shut_now = limited && !was_shut;
+        self.limit_shut.store(limited, Ordering::Release);
         let want =
             st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max && !limited;
         if want == st.armed {
-            return shut_now;
+            return;
         }
         let flags = if want {
             epoll::EventFlags::IN
@@ -415,7 +513,6 @@ impl Admission {
                 );
             }
         }
-        shut_now
     }
 }
 
@@ -648,12 +745,13 @@ mod tests {
         assert!(!a.room() && !armed(&ep), "two begun, two left");
         assert_eq!(told(), 1, "the worker recycles");
         assert!(!idle[2].try_begin(), "no room for a third");
+        assert_eq!(idle[2].reserve(), Reserve::Full);
         // Counted at accept, it had sent nothing yet: room again.
         idle[1].cancel();
         assert!(a.room() && armed(&ep));
         assert!(idle[1].try_begin());
         assert!(!a.room() && !armed(&ep));
-        assert_eq!(told(), 2, "told at each stop (the monitor recycles once)");
+        assert_eq!(told(), 1, "told once (the worker recycles once)");
         // A request ends and the monitor counts it: one fewer left, one fewer begun.
         idle[1].served();
         m.left.store(1, Ordering::Release);
@@ -661,6 +759,39 @@ mod tests {
         // One that ends before the monitor has counted it still counts as taken.
         drop(idle);
         assert!(!a.room(), "two of two taken, whatever the monitor says yet");
+    }
+
+    // regression: a place taken for a read that found part of a head recycled the
+    // worker at its last place (20 one-byte connections, --max-requests 1: 21
+    // recycles). A reserved place stops accept, but only a whole head makes the
+    // worker recycle; given back, accept goes on.
+    #[test]
+    fn a_reserved_last_place_recycles_only_once_its_head_is_whole() {
+        let (a, ep, _client) = setup(100);
+        let m = Arc::new(Left::default());
+        m.left.store(1, Ordering::Release);
+        a.limit_by(Arc::clone(&m) as Arc<dyn Monitor>);
+        let told = || m.told.load(Ordering::Acquire);
+        let (one, two) = (a.admit(), a.admit());
+        for _ in 0..3 {
+            assert_eq!(one.reserve(), Reserve::Taken);
+            assert!(!a.room() && !armed(&ep), "the last place is reserved");
+            assert_eq!(two.reserve(), Reserve::Later, "only reserved: look again");
+            assert!(!two.try_begin(), "no room beside the reservation");
+            assert_eq!(told(), 0, "no recycle for a reservation");
+            one.cancel();
+            assert!(a.room() && armed(&ep), "given back: accept goes on");
+        }
+        assert_eq!(one.reserve(), Reserve::Taken);
+        one.begin();
+        assert_eq!(
+            told(),
+            1,
+            "a whole head at the last place: the worker recycles"
+        );
+        assert_eq!(two.reserve(), Reserve::Full);
+        assert!(!a.room() && !armed(&ep));
+        assert!(a.limit_taken());
     }
 
     // regression: with a soft open-files limit of 1,048,576 (or unlimited) the default

@@ -30,6 +30,10 @@ use super::wake::Wake;
 /// them by `--max-connections` only); more go to the slow lane.
 pub const MAX_WAITING: usize = 1024;
 
+/// How soon a connection held for want of room is looked at again when only places
+/// reserved for reads under way (a recv and a parse each) held that room.
+pub const SOON: Duration = Duration::from_millis(2);
+
 /// A connection waiting for its first bytes.
 pub enum Waiting {
     /// uwsgi or SCGI, from listener `listener`.
@@ -94,6 +98,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// `--head-timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `timeout`: how long a connection may stay silent (`--head-timeout`).
     pub fn new(epoll: Arc<OwnedFd>, timeout: Duration, max: usize) -> Pending {
         Pending {
@@ -166,18 +175,19 @@ impl Pending {
     /// it waits for the stop that follows (this worker has taken its last request and
     /// recycles), which hands it to the workers that serve on. A request sent in time
     /// is not closed for the time it spent waiting for a worker with room. [`expired`]
-    /// gives it back every `--head-timeout` all the same, to be looked at again: room
-    /// that came back (a place taken for a read that found no whole head, given back
-    /// as this one found none) must not leave it waiting for a recycle that never
-    /// comes. Gives it back when stopping.
+    /// gives it back after `again` all the same, to be looked at again: every
+    /// `--head-timeout` ([`Pending::timeout`]) when the worker has taken its last
+    /// request, [`SOON`] when only places reserved for reads under way held the room
+    /// (they are given back when those reads find no whole head). Gives it back when
+    /// stopping.
     ///
     /// [`expired`]: Pending::expired
-    pub fn hold(&self, e: Entry) -> Result<(), Entry> {
+    pub fn hold(&self, e: Entry, again: Duration) -> Result<(), Entry> {
         let mut st = self.state();
         if !st.open {
             return Err(e);
         }
-        st.held.push((Instant::now() + self.timeout, e));
+        st.held.push((Instant::now() + again, e));
         self.len
             .store(st.conns.len() + st.held.len(), Ordering::Relaxed);
         Ok(())
@@ -395,7 +405,7 @@ mod tests {
         assert_eq!(gone.len(), 1);
         let held_at = Instant::now();
         for e in gone {
-            assert!(p.hold(e).is_ok());
+            assert!(p.hold(e, p.timeout()).is_ok());
         }
         let again = p.next_deadline().expect("held: looked at again");
         assert!(again >= held_at + Duration::from_secs(10));
@@ -404,7 +414,7 @@ mod tests {
         assert_eq!(back.len(), 1, "given back to be looked at again");
         assert_eq!(back[0].started, t0, "with its accept time");
         for e in back {
-            assert!(p.hold(e).is_ok());
+            assert!(p.hold(e, p.timeout()).is_ok());
         }
         assert_eq!(p.close().len(), 1, "the stop takes it");
         let (b, _pb) = pair();
@@ -412,7 +422,10 @@ mod tests {
             conn: plain(b),
             started: t0,
         };
-        assert!(p.hold(e).is_err(), "nothing is held after the stop");
+        assert!(
+            p.hold(e, p.timeout()).is_err(),
+            "nothing is held after the stop"
+        );
     }
 
     #[test]
