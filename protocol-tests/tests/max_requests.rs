@@ -530,3 +530,98 @@ fn a_stop_while_fastcgi_requests_completed_at_the_cap_are_handed_on_serves_them(
     }
     assert!(p.wait_exit(20).is_some(), "{}", p.logs());
 }
+
+// regression: a kept FastCGI connection's next request was begun with no room check
+// when it woke parked in the Python threads' epoll, so behind nginx with
+// `fastcgi_keep_conn on` (its requests come almost all on kept connections) a worker
+// went on serving them after it had taken its last place, until its stop reached the
+// epoll. Each worker serves about --max-requests; every request is answered, and nginx
+// logs no upstream error.
+#[test]
+fn kept_fastcgi_connections_behind_nginx_keep_the_bound() {
+    use protocol_tests::stack::{Stack, Upstream};
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args(["--threads", "4", "--workers", "2", "--max-requests", "20"])
+        .start()
+    else {
+        return;
+    };
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 10),
+        "{}",
+        s.postern.logs()
+    );
+    let port = s.nginx.port;
+    // 8 clients at once, each with its own keep-alive connection to nginx.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut pids = Vec::new();
+                for _ in 0..40 {
+                    c.write_all(b"GET /pid HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                        .unwrap();
+                    pids.push(read_http_keepalive(&mut c));
+                }
+                pids
+            })
+        })
+        .collect();
+    let mut per_pid = std::collections::BTreeMap::<String, usize>::new();
+    for c in clients {
+        for pid in c.join().unwrap() {
+            let pid = pid.unwrap_or_else(|| {
+                panic!(
+                    "a request failed\n{}\n{}",
+                    s.nginx.error_log(),
+                    s.postern.logs()
+                )
+            });
+            *per_pid.entry(pid).or_default() += 1;
+        }
+    }
+    s.assert_clean("kept connections across --max-requests recycles");
+    // 20 plus the jitter (up to 10%), plus one or two that threads began together.
+    let most = per_pid.values().copied().max().unwrap_or(0);
+    eprintln!("served per worker: {per_pid:?}");
+    assert!(most <= 24, "{per_pid:?}\n{}", s.postern.logs());
+}
+
+/// One HTTP/1.1 response read off a kept connection (Content-Length or chunked
+/// bodies); its body as text when it is a 200.
+fn read_http_keepalive(c: &mut std::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let ok = head.starts_with("http/1.1 200");
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let body = match len {
+        Some(n) => {
+            let mut body = vec![0u8; n];
+            c.read_exact(&mut body).ok()?;
+            body
+        }
+        None => {
+            // Chunked: read up to the last chunk.
+            let mut raw = Vec::new();
+            while !raw.ends_with(b"0\r\n\r\n") {
+                if c.read(&mut byte).ok()? == 0 {
+                    return None;
+                }
+                raw.push(byte[0]);
+            }
+            dechunk(&raw)?
+        }
+    };
+    ok.then(|| String::from_utf8_lossy(&body).trim().to_owned())
+}

@@ -23,7 +23,8 @@
 //! ([`Permit::reserve`], so threads reading at once cannot overshoot): accept stops
 //! while that place is the last, but the worker recycles only once what it read is a
 //! whole head (FastCGI: BEGIN_REQUEST and PARAMS) and the place its request's
-//! ([`Permit::begin`]); a read that finds none gives it back and accept goes on.
+//! ([`Permit::begin`]); a read that finds none gives it back and accept goes on. A kept
+//! FastCGI connection's next request takes its place the same way.
 //! One whose bytes come after the last request was taken is not read here, and one
 //! whose head the slow lane completes only then is not served here: the recycling
 //! worker hands both to the workers that serve on (a FastCGI one with its connection,

@@ -919,6 +919,45 @@ impl Parking {
         }
     }
 
+    /// A kept connection this thread holds, woken by input it has not read (its next
+    /// request), goes to the workers that serve on now, that input with it in its
+    /// socket: this worker has taken its last request under `--max-requests` (it
+    /// recycles, and its stop would hand it over all the same). False when no worker
+    /// serves on or the send failed: it stays held here, in the epoll as before.
+    pub fn pass_on(&self, conn: &Arc<FcgiConn>) -> bool {
+        let Some(channel) = self.successors() else {
+            return false;
+        };
+        // Out of this epoll first: the other worker's own events start at once.
+        self.unregister(conn);
+        match channel.send(conn.sock.as_fd(), conn.listener, None, &[]) {
+            Ok(()) => {
+                conn.handed_over.store(true, Ordering::Release);
+                *conn.owner() = Owner::Closed;
+                self.handed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %conn.peer, "no room left under --max-requests: the kept FastCGI connection goes, its next request unread, to the workers that serve on");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(peer = %conn.peer, error = %e, "cannot hand a kept FastCGI connection over to the serving workers; serving its request here");
+                self.insert(conn);
+                if let Err(e) = self.apply(conn, Arm::Add) {
+                    tracing::error!(peer = %conn.peer, error = %e, "cannot watch a FastCGI connection again");
+                }
+                false
+            }
+        }
+    }
+
+    /// A kept connection this thread holds, woken by input it has not read, waits in
+    /// the epoll again, its event to come back at once (the input is there).
+    pub fn park_unread(&self, conn: Arc<FcgiConn>) {
+        if let Owner::Held { input } = &mut *conn.owner() {
+            *input = true;
+        }
+        self.park(conn, true);
+    }
+
     fn conns(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<FcgiConn>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
