@@ -1218,19 +1218,33 @@ impl Acceptor {
     }
 }
 
-fn accept_error<T>(l: &Listener, e: Errno, admission: &Admission) -> Option<T> {
+/// What an accept error means: nothing (another thread took the connection, it failed
+/// on its own), or a pause of the listeners ([`Admission`]); never a sleep.
+pub(super) fn accept_error<T>(l: &Listener, e: Errno, admission: &Admission) -> Option<T> {
     match e {
         // Another thread took it, the peer gave up, or the listener was shut down.
         Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::INVAL => {}
+        // That connection's own error (accept(2): Linux passes a pending network error
+        // of the connection it took off the queue to accept; the next one is to be
+        // accepted at once, as after EAGAIN). Not EPERM nor EOPNOTSUPP, which can fail
+        // every accept (a seccomp filter, a bad socket): those pause below, no spin.
+        Errno::NETDOWN
+        | Errno::PROTO
+        | Errno::NOPROTOOPT
+        | Errno::HOSTDOWN
+        | Errno::NONET
+        | Errno::HOSTUNREACH
+        | Errno::NETUNREACH => {
+            tracing::debug!(listener = %l.label, error = %e, "a connection failed as it was accepted");
+        }
         // Out of descriptors (or socket memory): the listeners leave the epoll for a
         // while, so this never spins; one log line per second at most.
         Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM => {
             admission.out_of_fds(&l.label, e);
         }
-        e => {
-            tracing::error!(listener = %l.label, error = %e, "accept failed (file descriptor limit? see ulimit -n)");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        // Anything else: the listeners leave the epoll for a moment (no thread sleeps
+        // holding the accept token); one log line per second at most.
+        e => admission.accept_error(&l.label, e),
     }
     None
 }

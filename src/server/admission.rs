@@ -49,6 +49,11 @@ const FD_RESERVE: u64 = 64;
 /// this worker's connections closed (a descriptor may be freed elsewhere).
 pub const FD_RETRY: Duration = Duration::from_millis(250);
 
+/// After an accept error postern does not expect, accept is tried again after this
+/// (or a close of one of this worker's connections), the listeners out of the epoll
+/// meanwhile: no thread sleeps, so the others go on serving.
+pub const ERROR_RETRY: Duration = Duration::from_millis(50);
+
 /// At most one log line per this much time about failed accepts.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -397,6 +402,20 @@ impl Admission {
     /// Accept failed for lack of descriptors: the listeners leave the epoll until a
     /// connection closes or [`FD_RETRY`] passes; logged once per second at most.
     pub fn out_of_fds(&self, listener: &str, error: rustix::io::Errno) {
+        self.accept_paused(listener, error, FD_RETRY, true);
+    }
+
+    /// Accept failed with an error postern does not expect: the listeners leave the
+    /// epoll until a connection closes or [`ERROR_RETRY`] passes, so no thread sleeps
+    /// holding the accept token (the others serve the ready queue, waiting and kept
+    /// connections meanwhile) and accept never spins; logged once per second at most.
+    /// regression: the accepting thread slept 50 ms with the token held, and every
+    /// other thread of the worker waited for it (the event loop too, under ASGI).
+    pub fn accept_error(&self, listener: &str, error: rustix::io::Errno) {
+        self.accept_paused(listener, error, ERROR_RETRY, false);
+    }
+
+    fn accept_paused(&self, listener: &str, error: rustix::io::Errno, retry: Duration, fds: bool) {
         let now = Instant::now();
         {
             let mut st = self.lock();
@@ -408,20 +427,30 @@ impl Admission {
                 let failed = st.failed;
                 st.failed = 0;
                 st.last_log = Some(now);
-                tracing::error!(
-                    %listener,
-                    error = %error,
-                    failed,
-                    open = self.open(),
-                    "accept failed: out of file descriptors; new connections wait in the listen queue until one closes (raise ulimit -n / LimitNOFILE=, or lower --max-connections)"
-                );
+                if fds {
+                    tracing::error!(
+                        %listener,
+                        error = %error,
+                        failed,
+                        open = self.open(),
+                        "accept failed: out of file descriptors; new connections wait in the listen queue until one closes (raise ulimit -n / LimitNOFILE=, or lower --max-connections)"
+                    );
+                } else {
+                    tracing::error!(
+                        %listener,
+                        error = %error,
+                        failed,
+                        open = self.open(),
+                        "accept failed; new connections wait in the listen queue, accept is tried again in {retry:?}"
+                    );
+                }
             }
         }
-        self.sync(Some(now + FD_RETRY), false);
+        self.sync(Some(now + retry), false);
     }
 
     /// When the thread waiting on the epoll must wake to retry accept after
-    /// `EMFILE`; `None` when no retry is due.
+    /// `EMFILE` (or another accept error); `None` when no retry is due.
     pub fn retry_at(&self) -> Option<Instant> {
         if !self.fd_paused.load(Ordering::Acquire) {
             return None;
@@ -707,6 +736,30 @@ mod tests {
             armed(&ep) && a.retry_at().is_none(),
             "the retry ends it too"
         );
+    }
+
+    // regression: an unexpected accept error made the accepting thread sleep 50 ms
+    // holding the accept token. Now it returns at once, the listeners out of the epoll
+    // until the retry (or a close), as for EMFILE.
+    #[test]
+    fn an_unexpected_accept_error_pauses_accept_without_sleeping() {
+        let (a, ep, _client) = setup(100);
+        let t = Instant::now();
+        let l = &a.listeners[0];
+        let none: Option<()> =
+            super::super::acceptor::accept_error(l, rustix::io::Errno::FAULT, &a);
+        assert!(none.is_none());
+        assert!(t.elapsed() < Duration::from_millis(20), "{:?}", t.elapsed());
+        assert!(!armed(&ep), "paused");
+        let at = a.retry_at().expect("a retry is due");
+        assert!(at <= t + ERROR_RETRY + Duration::from_millis(20));
+        a.tick(at - Duration::from_millis(1));
+        assert!(!armed(&ep), "not before the retry");
+        a.tick(at);
+        assert!(armed(&ep) && a.retry_at().is_none(), "accepting again");
+        // A connection's own error (a network error Linux passes on) pauses nothing.
+        let _: Option<()> = super::super::acceptor::accept_error(l, rustix::io::Errno::PROTO, &a);
+        assert!(armed(&ep) && a.retry_at().is_none());
     }
 
     /// `--max-requests` as the worker's monitor tells it: requests left, recycles.
