@@ -188,27 +188,31 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut stats = stats;
     let _stats_file = stats.as_mut().and_then(|s| s.socket_file.take());
     let result = serve(&config, bound, stats);
-    let cut_off = result.as_ref().is_err_and(|e| e.is::<CutOff>());
+    let cut_off = result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<CutOff>())
+        .map(|c| c.0.clone());
     if let Some(p) = &config.opts.pidfile {
         boot::remove_pidfile(p);
     }
-    if cut_off {
+    if let Some(what) = cut_off {
         // Python threads are still busy (one may hold the GIL): leave without touching
         // the interpreter again, once the files above and the --stats socket are gone.
         drop(_stats_file);
-        tracing::error!("stopped with requests cut off; exit code 1");
+        tracing::error!("{what}; exit code 1");
         logging::finish();
         std::process::exit(1)
     }
     result
 }
 
-/// The single process or the master stopped with requests still running
-/// (`--graceful-timeout`, a second signal): [`run`] cleans up, then exits without
-/// returning through Python.
+/// The single process or the master stopped uncleanly (requests still running at
+/// `--graceful-timeout` or a second signal; workers killed), said in this sentence:
+/// [`run`] cleans up, then exits without returning through Python.
 #[derive(Debug, thiserror::Error)]
-#[error("stopped with requests cut off")]
-struct CutOff;
+#[error("{0}")]
+struct CutOff(String);
 
 fn serve(
     config: &Config,
@@ -324,9 +328,9 @@ fn serve(
             code
         });
         drop(bound); // removes the socket files (see listener::SocketFile)
-        if let Err(supervisor::SupervisorError::CutOff) = result {
+        if let Err(supervisor::SupervisorError::CutOff(what)) = result {
             // regression: a master whose stop cut requests off exited 0 (README: 1).
-            return Err(CutOff.into());
+            return Err(CutOff(what.to_string()).into());
         }
         result?;
         tracing::info!("stopped");
@@ -383,7 +387,7 @@ fn serve(
     } else {
         // regression: exiting here skipped run's clean-up (the --pidfile, the --stats
         // socket file stayed behind).
-        Err(CutOff.into())
+        Err(CutOff("stopped with requests cut off".into()).into())
     }
 }
 

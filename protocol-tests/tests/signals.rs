@@ -313,3 +313,62 @@ fn a_stop_gets_a_lone_worker_deaf_to_sigterm_to_leave_and_exits_0() {
         assert!(!p.logs().contains("killing"), "tcp: {tcp}\n{}", p.logs());
     }
 }
+
+// A stop whose only trouble is workers stuck after their requests (killed a second
+// past --graceful-timeout with nothing running) says so, with the count, and exits 1.
+// regression: it said "stopped with requests cut off" though none was running.
+#[test]
+fn a_stop_that_kills_idle_stuck_workers_says_no_request_was_running() {
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", Ill::HangsAtExit);
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "2", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    assert!(p.get("/").1.starts_with(b"v1 "), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        logs.contains("stopped uncleanly: 2 workers killed past --graceful-timeout or by a second signal; no request was running; exit code 1"),
+        "{logs}"
+    );
+    assert!(!logs.contains("cut off"), "{logs}");
+}
+
+// A stop that does cut a request off says how many.
+// regression: as above, the line gave no count.
+#[test]
+fn a_stop_that_cuts_a_request_off_says_how_many() {
+    let dir = tempdir();
+    let path = dir.path().join("slow.py");
+    let mark = dir.path().join("in-the-app");
+    std::fs::write(
+        &path,
+        format!("import time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        open({:?}, 'w').close()\n        time.sleep(30)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n", mark.to_string_lossy()),
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/slow")]),
+        )
+    });
+    assert!(wait_file(&mark, 10), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("stopped with requests cut off (1 request running in the workers that ended"),
+        "{}",
+        p.logs()
+    );
+    let _ = slow.join();
+}

@@ -63,6 +63,8 @@ struct Worker {
     /// still running past `--graceful-timeout` from then, it is killed (`watch`).
     /// None again once killed.
     told: Option<Instant>,
+    /// The master sent it SIGKILL (at the stop, or for --timeout).
+    sigkilled: bool,
 }
 
 impl Worker {
@@ -116,6 +118,7 @@ impl Worker {
                 );
             }
             signal(self.pid, Signal::KILL);
+            self.sigkilled = true;
             self.phase.killed();
         } else {
             tracing::warn!(
@@ -134,6 +137,14 @@ impl Worker {
         let cause = self.phase.stop(cause);
         board.mark_draining(self.slot, cause);
     }
+}
+
+/// Requests the worker in `slot` is running, as the scoreboard shows them (an ASGI
+/// worker shows its oldest `--threads` tasks at most).
+fn running(board: &Scoreboard, slot: usize) -> usize {
+    (0..board.threads)
+        .filter(|&t| board.line(slot, t).since.load(Ordering::Acquire) != 0)
+        .count()
 }
 
 fn raw(pid: Pid) -> i32 {
@@ -174,8 +185,10 @@ struct Master {
     stats: Option<StatsHelper>,
     /// The master's signals (None in a child just forked: it is closed there).
     sfd: Option<SignalFd>,
-    /// The stop under way cut requests off: the master exits 1 (see `stop`).
-    cut_off: bool,
+    /// What made the stop under way unclean: the master then exits 1 (see `stop`).
+    unclean: Unclean,
+    /// The stop is SIGQUIT's (kill now).
+    quitting: bool,
     mask: SigSet,
     /// `--touch-reload`'s watch (its inotify descriptor is the master's: dropped in
     /// each child, like the signalfd).
@@ -221,7 +234,8 @@ pub fn run(
         sfd: Some(sfd),
         mask,
         touch: None,
-        cut_off: false,
+        unclean: Unclean::default(),
+        quitting: false,
     };
     tracing::info!(
         master = std::process::id(),
@@ -428,6 +442,7 @@ impl Master {
             served: false,
             termed: false,
             told: None,
+            sigkilled: false,
         });
         Ok(())
     }
@@ -534,9 +549,7 @@ impl Master {
                         self.opts.past_graceful
                     };
                 if instant >= told + allowance {
-                    let running = (0..self.board.threads)
-                        .filter(|&t| self.board.line(w.slot, t).since.load(Ordering::Acquire) != 0)
-                        .count();
+                    let running = running(&self.board, w.slot);
                     tracing::warn!(
                         pid = raw(w.pid),
                         cause = cause.label(),
@@ -772,6 +785,8 @@ impl Master {
                 },
             );
             self.board.count_exit(j.cause);
+            // Read before the slot is released: what it was running when it ended.
+            let was_running = running(&self.board, w.slot);
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
             if j.boot_failures > self.boot_failures {
@@ -786,8 +801,17 @@ impl Master {
             // whose import failed as the stop came) cut nothing off.
             // regression: a worker killed by a signal while the server stopped left
             // the exit code 0.
+            // Counted here, not when signalled: a worker that exited by itself before
+            // the master's SIGKILL reached it (two quick stop signals, idle) was not
+            // killed. SIGQUIT's kills were asked for: only their requests count.
             if self.board.is_stopping() && w.served && status.exit_status().is_none_or(|c| c != 0) {
-                self.cut_off = true;
+                self.unclean.requests += was_running;
+                let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
+                if !by_master {
+                    self.unclean.failed += 1;
+                } else if !self.quitting {
+                    self.unclean.killed += 1;
+                }
             }
             match j.verdict {
                 Verdict::Expected => {
@@ -983,6 +1007,7 @@ impl Master {
         }
     }
 
+    /// Asks every worker to stop (SIGTERM), or kills them (`now`).
     fn stop_all(&mut self, now: bool) {
         for w in &mut self.workers {
             // A worker already draining (reload, recycling, scale-down, --max-lifetime)
@@ -995,25 +1020,27 @@ impl Master {
             w.mark_retiring(&self.board, Cause::Stop);
             if now {
                 signal(w.pid, Signal::KILL);
+                w.sigkilled = true;
             } else {
                 w.term();
             }
         }
     }
 
-    /// Whether a worker's Python thread is running a request (scoreboard).
-    fn busy(&self) -> bool {
-        self.workers.iter().any(|w| {
-            (0..self.board.threads)
-                .any(|t| self.board.line(w.slot, t).since.load(Ordering::Acquire) != 0)
-        })
+    /// Requests the workers are running (scoreboard).
+    fn running(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| running(&self.board, w.slot))
+            .sum()
     }
 
-    /// Stops every worker (gracefully unless `now`) and waits for them. A stop that
-    /// cut requests off returns [`SupervisorError::CutOff`] (exit code 1, as the single
-    /// process): the master killed workers still draining (second signal,
-    /// `--graceful-timeout`), or killed busy ones (SIGQUIT), or a worker exited non-zero
-    /// (its own `--graceful-timeout` passed).
+    /// Stops every worker (gracefully unless `now`) and waits for them. An unclean stop
+    /// returns [`SupervisorError::CutOff`] with what happened (exit code 1, as the
+    /// single process): the master killed workers still draining (second signal,
+    /// `--graceful-timeout`), or killed busy ones (SIGQUIT: only the requests count), or
+    /// a served worker ended non-zero (its own `--graceful-timeout` passed) or by
+    /// another's signal.
     fn stop(
         &mut self,
         now: bool,
@@ -1031,9 +1058,7 @@ impl Master {
                 tracing::warn!(listener = %l.addr, error = %e, "cannot make the listener refuse new connections");
             }
         }
-        if now && self.busy() {
-            self.cut_off = true;
-        }
+        self.quitting = now;
         self.stop_all(now);
         // An ASGI worker's lifespan shutdown may run past --graceful-timeout after its
         // requests were cut off (past_graceful): not killed before it is done. A worker
@@ -1053,29 +1078,31 @@ impl Master {
             if wsgi_due.is_some_and(|d| Instant::now() > d) {
                 wsgi_due = None;
                 let board = Arc::clone(&self.board);
-                let mut left = 0;
+                let (mut left, mut requests) = (0, 0);
                 for w in self
                     .workers
                     .iter_mut()
-                    .filter(|w| w.served && !board.serves_asgi(w.slot))
+                    .filter(|w| w.served && !board.serves_asgi(w.slot) && !w.sigkilled)
                 {
                     signal(w.pid, Signal::KILL);
+                    w.sigkilled = true;
                     left += 1;
+                    requests += running(&board, w.slot);
                 }
                 if left > 0 {
                     tracing::warn!(
                         left,
+                        requests,
                         "WSGI workers still running after --graceful-timeout; killing them"
                     );
-                    self.cut_off = true;
                 }
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
                 tracing::warn!(
                     left = self.workers.len(),
+                    requests = self.running(),
                     "workers still running after --graceful-timeout (and an ASGI lifespan shutdown); killing them"
                 );
-                self.cut_off = true;
                 self.stop_all(true);
                 // SIGCHLD says when they are gone.
                 deadline = None;
@@ -1099,8 +1126,11 @@ impl Master {
             // A second TERM/INT while draining: stop now.
             while let Some(s) = self.signals().read() {
                 if matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
-                    tracing::warn!("second signal: killing the workers now");
-                    self.cut_off = true;
+                    tracing::warn!(
+                        left = self.workers.len(),
+                        requests = self.running(),
+                        "second signal: killing the workers now"
+                    );
                     self.stop_all(true);
                 }
             }
@@ -1110,10 +1140,70 @@ impl Master {
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
         }
         tracing::info!("all workers exited");
-        if self.cut_off {
-            return Err(SupervisorError::CutOff);
+        if self.unclean.any() {
+            return Err(SupervisorError::CutOff(self.unclean));
         }
         Ok(())
+    }
+}
+
+/// What made a stop unclean (exit code 1), counted as it happened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unclean {
+    /// Requests running (on the scoreboard) in served workers that ended killed or
+    /// non-zero: cut off. An ASGI worker shows its oldest `--threads` tasks at most.
+    pub requests: usize,
+    /// Served workers the master's SIGKILL ended: still running past
+    /// `--graceful-timeout`, or a second signal (not SIGQUIT's, which was asked for).
+    pub killed: usize,
+    /// Served workers that ended non-zero by themselves (their own
+    /// `--graceful-timeout` cut requests off) or killed by a signal from elsewhere.
+    pub failed: usize,
+}
+
+impl Unclean {
+    fn any(&self) -> bool {
+        self.requests + self.killed + self.failed > 0
+    }
+}
+
+/// "stopped with requests cut off (1 request running in a worker that ended, ...)", or
+/// when nothing was running, "stopped uncleanly: 1 worker killed ...; no request was
+/// running".
+impl std::fmt::Display for Unclean {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let mut parts = Vec::new();
+        if self.requests > 0 {
+            parts.push(format!(
+                "{} request{} running in the workers that ended",
+                self.requests,
+                plural(self.requests)
+            ));
+        }
+        if self.killed > 0 {
+            parts.push(format!(
+                "{} worker{} killed past --graceful-timeout or by a second signal",
+                self.killed,
+                plural(self.killed)
+            ));
+        }
+        if self.failed > 0 {
+            parts.push(format!(
+                "{} worker{} ended with an exit code or a signal of their own (see above)",
+                self.failed,
+                plural(self.failed)
+            ));
+        }
+        if self.requests > 0 || self.failed > 0 {
+            write!(f, "stopped with requests cut off ({})", parts.join(", "))
+        } else {
+            write!(
+                f,
+                "stopped uncleanly: {}; no request was running",
+                parts.join(", ")
+            )
+        }
     }
 }
 
@@ -1127,5 +1217,31 @@ unsafe fn fork() -> std::io::Result<i32> {
     match libc::fork() {
         -1 => Err(std::io::Error::last_os_error()),
         pid => Ok(pid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unclean;
+
+    #[test]
+    fn an_unclean_stop_says_what_happened_with_the_counts() {
+        let idle = Unclean {
+            killed: 2,
+            ..Unclean::default()
+        };
+        assert_eq!(
+            idle.to_string(),
+            "stopped uncleanly: 2 workers killed past --graceful-timeout or by a second signal; no request was running"
+        );
+        let cut = Unclean {
+            requests: 1,
+            failed: 1,
+            ..Unclean::default()
+        };
+        assert_eq!(
+            cut.to_string(),
+            "stopped with requests cut off (1 request running in the workers that ended, 1 worker ended with an exit code or a signal of their own (see above))"
+        );
     }
 }

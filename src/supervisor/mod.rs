@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use scoreboard::Scoreboard;
 
-pub use master::run;
+pub use master::{run, Unclean};
 pub use worker::{announce_ready, WorkerMonitor};
 
 /// Blocks the signals the master handles in the calling thread, before the master
@@ -64,10 +64,10 @@ pub enum SupervisorError {
     BootFailed,
     #[error("workers keep dying right after they start ({0} times in a row); stopping")]
     CrashLoop(u32),
-    /// The stop cut requests off (a second signal, `--graceful-timeout`, SIGQUIT with a
-    /// request running): the process exits 1, as the single process does.
-    #[error("stopped with requests cut off")]
-    CutOff,
+    /// The stop was not clean (requests cut off by a second signal, `--graceful-timeout`
+    /// or SIGQUIT; workers killed): the process exits 1, as the single process does.
+    #[error("{0}")]
+    CutOff(Unclean),
 }
 
 /// What the master needs to know.
