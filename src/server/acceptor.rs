@@ -334,7 +334,21 @@ impl Acceptor {
                     }
                 }
                 // A leaving worker's idle FastCGI connection: waits here as our own.
-                Wake::Handover => self.adopt(),
+                // Not once this worker has taken its last request while others serve
+                // on: a kept connection taken here would only be passed on again
+                // (`room_for_kept`), to and fro between recycling workers until their
+                // successors take it (about a hundred times per recycle, nginx
+                // keep-conn, 2 workers). The channel leaves this epoll; the stop
+                // still takes what is in it when the whole server stops.
+                Wake::Handover => {
+                    if self.leaves_handed_to_others() {
+                        if let Some(c) = fastcgi::handover::Channel::get() {
+                            let _ = epoll::delete(&*self.epoll, c.receiver());
+                        }
+                        return None;
+                    }
+                    self.adopt()
+                }
                 Wake::Queue => {
                     if queue.is_accepting() {
                         if let Some(r) = queue.take() {
@@ -467,12 +481,21 @@ impl Acceptor {
         let Some(channel) = fastcgi::handover::Channel::get() else {
             return 0;
         };
+        if self.leaves_handed_to_others() {
+            return 0;
+        }
         let mut n = 0;
         while let Some(a) = channel.take() {
             self.adopt_one(a);
             n += 1;
         }
         n
+    }
+
+    /// This worker has taken its last request under `--max-requests` (it recycles)
+    /// and other workers serve on: connections handed over are theirs to take.
+    fn leaves_handed_to_others(&self) -> bool {
+        self.admission.limit_taken() && self.parking.hands_over()
     }
 
     fn adopt_one(&self, a: fastcgi::handover::Adopted) {
