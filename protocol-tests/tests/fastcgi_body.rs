@@ -405,3 +405,92 @@ fn a_connection_spools_one_collected_body_at_a_time() {
         String::from_utf8_lossy(&stdout)
     );
 }
+
+// regression: each collected body (no CONTENT_LENGTH) that could not be spooled (out of
+// descriptors, TMPDIR missing or full) logged its own "cannot spool" line: a flood of
+// uploads made one line per request. Now the first, then one a second at most, with
+// `dropped=` counting those left out.
+#[test]
+fn bodies_that_cannot_be_spooled_are_logged_once_a_second_with_a_count() {
+    use protocol_tests::harness::fcgi;
+    const REQUESTS: usize = 30;
+    let dir = tempdir();
+    let app = dir.path().join("spoolapp.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'called']\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .protocol("fastcgi")
+        .env("TMPDIR", missing.to_str().unwrap())
+        .args(["--threads", "2", "--body-spool-threshold", "64K"])
+        .start();
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/up"),
+        ("SERVER_NAME", "x"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ];
+    let chunk = vec![b'x'; 50_000];
+    // 100 KB without CONTENT_LENGTH: over the threshold, it needs a file.
+    let upload = || {
+        let mut c = p.addr.connect().unwrap();
+        let mut out = fcgi::head(1, false, &vars);
+        out.extend(fcgi::record(fcgi::STDIN, 1, &chunk));
+        out.extend(fcgi::record(fcgi::STDIN, 1, &chunk));
+        c.write_all(&out).unwrap();
+        let r = fcgi::read_reply(&mut c, 1, &mut Vec::new());
+        assert_eq!(r.cgi().0, 503, "{}", p.logs());
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..REQUESTS {
+        upload();
+    }
+    let took = started.elapsed().as_secs();
+    // One more after a second: its line counts those left out since the last.
+    std::thread::sleep(Duration::from_millis(1100));
+    upload();
+    // The log has its own writer thread: wait for the last line.
+    let count = |logs: &str| {
+        let lines: Vec<String> = logs
+            .lines()
+            .filter(|l| l.contains("cannot spool a request body"))
+            .map(str::to_owned)
+            .collect();
+        let dropped: usize = lines
+            .iter()
+            .filter_map(|l| {
+                l.split("dropped=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        (lines, dropped)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (logs, lines, dropped) = loop {
+        let logs = p.logs();
+        let (lines, dropped) = count(&logs);
+        if lines.len() + dropped > REQUESTS || std::time::Instant::now() > deadline {
+            break (logs, lines, dropped);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        lines.len() as u64 <= took + 2,
+        "{} lines for {} refusals in {took} s:\n{logs}",
+        lines.len(),
+        REQUESTS + 1
+    );
+    assert_eq!(lines.len() + dropped, REQUESTS + 1, "{logs}");
+    assert!(
+        lines[0].contains("dropped=0"),
+        "the first one is logged: {logs}"
+    );
+}

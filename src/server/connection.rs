@@ -431,15 +431,15 @@ async fn next_body<C: Conn>(
 static SPOOL_LOG: RateLimit = RateLimit::new();
 
 /// At most one log line a second, with the count of the lines left out since the last.
-struct RateLimit(std::sync::Mutex<(Option<Instant>, u64)>);
+pub(crate) struct RateLimit(std::sync::Mutex<(Option<Instant>, u64)>);
 
 impl RateLimit {
-    const fn new() -> RateLimit {
+    pub(crate) const fn new() -> RateLimit {
         RateLimit(std::sync::Mutex::new((None, 0)))
     }
 
     /// `Some(lines left out since the last one)` when a line may be logged now.
-    fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         let now = Instant::now();
         let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if st

@@ -22,6 +22,7 @@ use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
 use crate::server::admission::ConnInput;
+use crate::server::connection::RateLimit;
 use crate::server::lane::{FcgiSettings, SlowLane};
 use crate::server::span::request_span;
 use crate::wsgi::{Body, BodyStream, ListenerInfo, Request};
@@ -428,6 +429,15 @@ struct Collect {
 // regression (review of 11cc4ee): bounded per connection only, 150 chunked uploads of
 // 900 KB held 290 MiB in one worker, whatever --fastcgi-buffer-total said.
 static COLLECTING: AtomicUsize = AtomicUsize::new(0);
+
+/// Lines about collected bodies that could not be spooled (503): the first, then one a
+/// second at most with the count of those left out (out of descriptors or a full
+/// `TMPDIR` hits every such request, and a flood of them made a line each).
+static SPOOL_LOG: RateLimit = RateLimit::new();
+
+/// Lines about bodies refused because their connection spools another already (503;
+/// only a client multiplexing uploads gets them): as [`SPOOL_LOG`].
+static SPOOLING_LOG: RateLimit = RateLimit::new();
 
 /// A share of [`COLLECTING`], given back when dropped.
 #[derive(Default)]
@@ -1412,13 +1422,17 @@ fn collect_stdin(
         let room = in_memory + data.len() as u64 <= limits.spool_threshold
             && input.worker_room_beside(COLLECTING.load(Ordering::Acquire), data.len());
         if !room && c.file.is_none() && spooling {
-            c.span.in_scope(|| tracing::warn!("another request body on this FastCGI connection is being spooled already (one at a time per connection); answered 503"));
+            if let Some(dropped) = SPOOLING_LOG.allow() {
+                c.span.in_scope(|| tracing::warn!(dropped, "another request body on this FastCGI connection is being spooled already (one at a time per connection); answered 503"));
+            }
             return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
         }
         match c.push(data, room) {
             Ok(()) => return Step::Go,
             Err(e) => {
-                c.span.in_scope(|| tracing::error!(error = %e, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (out of file descriptors: raise ulimit -n / LimitNOFILE= or lower --max-connections; or TMPDIR is full or not writable); answered 503"));
+                if let Some(dropped) = SPOOL_LOG.allow() {
+                    c.span.in_scope(|| tracing::error!(error = %e, dropped, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (out of file descriptors: raise ulimit -n / LimitNOFILE= or lower --max-connections; or TMPDIR is full or not writable); answered 503"));
+                }
                 (503, "Service Unavailable")
             }
         }
@@ -1472,7 +1486,9 @@ fn collected(
         return Step::Go;
     };
     if let Err(e) = c.flush() {
-        c.span.in_scope(|| tracing::error!(error = %e, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (TMPDIR full?); answered 503"));
+        if let Some(dropped) = SPOOL_LOG.allow() {
+            c.span.in_scope(|| tracing::error!(error = %e, dropped, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (TMPDIR full?); answered 503"));
+        }
         slot.collect = Some(c);
         return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
     }
