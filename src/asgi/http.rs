@@ -531,13 +531,11 @@ fn pending(py: Python<'_>, f: &Py<PyAny>) -> bool {
         .is_ok_and(|d| d.is_truthy().unwrap_or(true))
 }
 
-/// Fails a send()'s future with `err`, marked retrieved, so that asyncio does not
-/// report each failed future nobody looks at (a forgotten `await`, a send() left to
-/// `asyncio.wait`) when it is dropped: postern logs the cause once, and an app that
-/// awaits the future still gets the exception. (It was marked only when nobody
-/// awaited it, looked at after `set_exception`, which has already taken the
-/// callbacks off to schedule them: that look always said nobody, so every failed
-/// send() future was marked, as now.)
+/// Fails a send()'s future with `err`, always marked retrieved, so that asyncio does
+/// not report each failed future nobody looks at (a forgotten `await`, a send() left
+/// to `asyncio.wait`) when it is dropped: postern logs the cause once, and an app that
+/// awaits the future still gets the exception. Whether someone awaits it cannot be
+/// told here: `set_exception` has already taken its callbacks off to schedule them.
 fn fail_send(py: Python<'_>, f: &Py<PyAny>, err: PyErr) -> PyResult<()> {
     let f = f.bind(py);
     f.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
