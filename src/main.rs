@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            logging::report_fatal(&format!("{e:#}"));
+            logging::report_fatal(&supervisor::with_open_files_advice(format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -457,12 +457,12 @@ fn worker(
         Ok(loaded) => loaded,
         Err(e) => {
             // Once, in the log; the master then says the workers could not start.
-            tracing::error!("{e:#}");
+            tracing::error!("{}", supervisor::with_open_files_advice(format!("{e:#}")));
             return 3;
         }
     };
     if let Err(e) = wsgi::stacks::enable() {
-        tracing::warn!("{e}");
+        tracing::warn!("{}", supervisor::with_open_files_advice(e.to_string()));
     }
     let monitor =
         supervisor::WorkerMonitor::new(&ctx, config.opts.max_requests, config.opts.max_rss);
@@ -487,7 +487,7 @@ fn worker(
         }
         Ok(false) => 1,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", supervisor::with_open_files_advice(e.to_string()));
             1
         }
     }

@@ -1021,3 +1021,89 @@ fn two_quick_signals_to_an_idle_server_cut_nothing_off() {
     let status = p.wait_exit(20).expect("postern exits");
     assert!(status.success(), "{status}\n{}", p.logs());
 }
+
+// Whatever runs out of descriptors first under a low `ulimit -n` (Python's start, the
+// I/O runtime, the fork, the stop's pipe, a worker's runtime), the line that stops the
+// start names the limit in force and what to change, in the same words.
+// regression: "cannot start the I/O runtime: Too many open files (os error 24)" and
+// "cannot fork a worker: Too many open files (os error 24)" said nothing more, the
+// stop's pipe said "if the open-file limit is this low, raise it", and Python's
+// "error evaluating path" gave no hint at all.
+#[test]
+fn a_start_under_a_low_open_file_limit_says_the_limit_and_what_to_change() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let mut failed = 0;
+    for workers in ["1", "2"] {
+        for limit in [6u64, 8, 10, 12, 14, 16] {
+            let log = dir.path().join(format!("{workers}-{limit}.log"));
+            let mut cmd = Spawn::unix(dir.path(), &app.to_string_lossy())
+                .args(["--workers", workers])
+                .command();
+            // SAFETY: setrlimit(2) only, in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                    l.rlim_cur = limit as libc::rlim_t;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            // Until it exits, or serves (enough descriptors: not this test's case).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut status = None;
+            while Instant::now() < deadline {
+                status = child.try_wait().unwrap();
+                let out = std::fs::read_to_string(&log).unwrap_or_default();
+                if status.is_some() || out.contains(" ready") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            if status.is_none() {
+                // It started (enough descriptors): not this test's case.
+                let _ = child.kill();
+            }
+            // Reaped already when it exited; a no-op then.
+            let _ = child.wait();
+            if status.is_none() {
+                continue;
+            }
+            let out = std::fs::read_to_string(&log).unwrap();
+            assert!(!status.unwrap().success(), "{out}");
+            failed += 1;
+            let advice = format!(
+                "; the open-file limit is {limit} (ulimit -n): raise it (ulimit -n, or LimitNOFILE= under systemd)"
+            );
+            let last = out.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            assert!(
+                last.contains(&advice),
+                "--workers {workers}, ulimit -n {limit}: {out}"
+            );
+            for line in out.lines().filter(|l| l.contains("(os error 24)")) {
+                assert!(line.contains(&advice), "{line}\n{out}");
+            }
+        }
+    }
+    // Most of these limits are too low to start at all (the exact ones depend on what
+    // the interpreter opens).
+    assert!(failed >= 6, "{failed}");
+}

@@ -246,7 +246,7 @@ pub fn run(
     // leaving worker hands its idle FastCGI keep-alive connections, and new
     // connections that sent nothing yet (any protocol), to the others.
     if let Err(e) = crate::server::fastcgi::handover::Channel::create() {
-        tracing::warn!(error = %e, "cannot create the hand-over channel; idle keep-alive FastCGI connections close at reloads, and a leaving worker keeps new connections that sent nothing until --head-timeout");
+        tracing::warn!(error = %super::with_open_files_advice(e.to_string()), "cannot create the hand-over channel; idle keep-alive FastCGI connections close at reloads, and a leaving worker keeps new connections that sent nothing until --head-timeout");
     }
     // The stats helper first, so it inherits no worker's pipe.
     m.spawn_stats()?;
@@ -715,7 +715,7 @@ impl Master {
                 self.spawn_retry = Some(Instant::now() + wait);
                 self.pending.push_front(cause);
                 tracing::error!(
-                    error = %e,
+                    error = %super::with_open_files_advice(e.to_string()),
                     failures = self.spawn_failures,
                     "cannot start a worker; the others serve on, trying again in {wait:?}"
                 );
@@ -967,7 +967,7 @@ impl Master {
             // error. regression: it booted on, unprotected, and one that still
             // failed later served without ever being ready.
             if let Err(e) = crate::stop::install(false) {
-                tracing::error!("{e}");
+                tracing::error!("{}", super::with_open_files_advice(e.to_string()));
                 std::process::exit(3);
             }
         }
@@ -992,7 +992,7 @@ impl Master {
                     // As for a worker (`try_spawn`): a failed fork does not stop the
                     // master; tried again a second later.
                     if let Err(e) = self.spawn_stats() {
-                        tracing::error!(error = %e, "cannot restart the --stats helper; trying again in 1s");
+                        tracing::error!(error = %super::with_open_files_advice(e.to_string()), "cannot restart the --stats helper; trying again in 1s");
                         if let Some(h) = &mut self.stats {
                             h.started = Instant::now();
                         }

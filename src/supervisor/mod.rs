@@ -51,6 +51,26 @@ pub fn block_master_signals() -> std::io::Result<()> {
     signals::SigSet::of(&signals::HANDLED).block()
 }
 
+/// Below this soft open-file limit postern cannot be expected to start (its I/O
+/// runtime, pipes, Python's imports, a few connections): a start that fails under it
+/// gets the advice even when its error names no errno (Python's "error evaluating
+/// path").
+const FEW_FILES: u64 = 64;
+
+/// `message` (an error that stops a start, or a worker's), with the advice about the
+/// open-file limit when it ran out of descriptors (EMFILE: std renders it "(os error
+/// 24)") or the limit is under [`FEW_FILES`]: the same sentence on every path, with the
+/// limit in force.
+pub fn with_open_files_advice(message: String) -> String {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let out_of_files = message.contains("(os error 24)");
+    if !out_of_files && soft.is_none_or(|s| s >= FEW_FILES) {
+        return message;
+    }
+    let limit = soft.map_or_else(|| "unlimited".to_owned(), |s| s.to_string());
+    format!("{message}; the open-file limit is {limit} (ulimit -n): raise it (ulimit -n, or LimitNOFILE= under systemd)")
+}
+
 /// Errors of the master.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -117,4 +137,34 @@ pub struct WorkerContext {
     pub ready: OwnedFd,
     pub board: Arc<Scoreboard>,
     pub slot: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_gets_the_same_advice_on_every_path() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        for message in [
+            format!("cannot start the I/O runtime: {emfile}"),
+            SupervisorError::Fork(std::io::Error::from_raw_os_error(libc::EMFILE)).to_string(),
+            crate::stop::StopError::Pipe(std::io::Error::from_raw_os_error(libc::EMFILE))
+                .to_string(),
+        ] {
+            let said = with_open_files_advice(message.clone());
+            assert!(said.starts_with(&message), "{said}");
+            assert!(
+                said.contains("Too many open files")
+                    && said.contains("; the open-file limit is ")
+                    && said.ends_with(
+                        "(ulimit -n): raise it (ulimit -n, or LimitNOFILE= under systemd)"
+                    ),
+                "{said}"
+            );
+        }
+        // Anything else is left alone (this test's limit is not under FEW_FILES).
+        let other = "cannot bind 127.0.0.1:80: Permission denied (os error 13)".to_owned();
+        assert_eq!(with_open_files_advice(other.clone()), other);
+    }
 }
