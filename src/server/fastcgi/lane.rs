@@ -422,10 +422,10 @@ struct Collect {
     got: u64,
 }
 
-/// Bytes of collected bodies this worker holds in memory (all its connections): they
-/// are not charged to the input budget while they come (a budget full of bodies no app
-/// reads yet would stop the lanes for good), but a body goes to its file once they and
-/// the budget's own bytes would pass `--fastcgi-buffer-total`.
+/// Memory the collected bodies of this worker hold (all its connections; their buffers'
+/// capacity): they are not charged to the input budget while they come (a budget full of
+/// bodies no app reads yet would stop the lanes for good), but a body goes to its file
+/// once they and the budget's own bytes would pass `--fastcgi-buffer-total`.
 // regression (review of 11cc4ee): bounded per connection only, 150 chunked uploads of
 // 900 KB held 290 MiB in one worker, whatever --fastcgi-buffer-total said.
 static COLLECTING: AtomicUsize = AtomicUsize::new(0);
@@ -463,8 +463,9 @@ impl Collect {
         self.got += data.len() as u64;
         if self.file.is_none() {
             if room {
+                let before = self.mem.capacity();
                 self.mem.extend_from_slice(data);
-                self.held.add(data.len());
+                self.held.add(self.mem.capacity() - before);
                 return Ok(());
             }
             self.file = Some(tokio::task::block_in_place(tempfile::tempfile)?);
@@ -476,6 +477,18 @@ impl Collect {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The memory `n` more bytes kept in memory add: none while they fit, else what the
+    /// body's buffer grows by (it doubles). A body is counted by its buffer's capacity, up
+    /// to twice what it has: counted by length, the bodies could take twice
+    /// --fastcgi-buffer-total.
+    fn growth(&self, n: usize) -> usize {
+        let (len, cap) = (self.mem.len(), self.mem.capacity());
+        if cap - len >= n {
+            return 0;
+        }
+        (len + n).max(cap * 2) - cap
     }
 
     /// Writes what waits in `mem` to the file (if spooled).
@@ -1420,7 +1433,7 @@ fn collect_stdin(
         (413, "Content Too Large")
     } else {
         let room = in_memory + data.len() as u64 <= limits.spool_threshold
-            && input.worker_room_beside(COLLECTING.load(Ordering::Acquire), data.len());
+            && input.worker_room_beside(COLLECTING.load(Ordering::Acquire), c.growth(data.len()));
         if !room && c.file.is_none() && spooling {
             if let Some(dropped) = SPOOLING_LOG.allow() {
                 c.span.in_scope(|| tracing::warn!(dropped, "another request body on this FastCGI connection is being spooled already (one at a time per connection); answered 503"));
