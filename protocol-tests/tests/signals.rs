@@ -208,7 +208,7 @@ fn asgi_reload(ill: Ill) {
 fn ttou(ill: Ill) {
     let dir = tempdir();
     let path = app(dir.path(), "v1", ill);
-    let p = Spawn::unix(dir.path(), &path.to_string_lossy())
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
         .args(["--workers", "2", "--graceful-timeout", "1"])
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
@@ -224,6 +224,10 @@ fn ttou(ill: Ill) {
     assert_eq!(children(p.pid()), vec![serving], "{}", p.logs());
     assert!(p.get("/").1.starts_with(format!("v1 {serving}").as_bytes()));
     assert!(kill_warnings(&p, serving).is_empty(), "{}", p.logs());
+    // Stopped by its master, which kills it if it hangs at exit: a worker left to
+    // PR_SET_PDEATHSIG would hang in its atexit handler for minutes after the test.
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(15).is_some(), "{}", p.logs());
 }
 
 // regression: a WSGI worker told to leave at a reload that did not exit (here its
