@@ -376,3 +376,54 @@ fn a_stop_that_cuts_a_request_off_says_how_many() {
     );
     let _ = slow.join();
 }
+
+// regression: a worker told to leave while it was still importing the app (a reload
+// during a reload) was SIGKILLed the moment it became ready, with the requests it had
+// just taken from the listen queue (nginx answered 502): its leave deadline ran from
+// the SIGTERM, which it only takes once it serves. It now runs from its READY.
+#[test]
+fn a_worker_dropped_while_it_starts_leaves_cleanly_once_ready() {
+    let dir = tempdir();
+    let path = dir.path().join("slowimport.py");
+    // The import takes longer than --graceful-timeout + the master's margin (2 s).
+    std::fs::write(
+        &path,
+        "import os, time\ntime.sleep(3)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'%d' % os.getpid()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    p.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    // The first reload's worker is still importing: the second reload drops it.
+    p.signal(libc::SIGHUP);
+    let started = |logs: &str| -> Vec<i32> {
+        logs.lines()
+            .filter(|l| l.contains("worker started"))
+            .filter_map(|l| {
+                l.split("pid=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(10, || started(&p.logs()).len() >= 3),
+        "{}",
+        p.logs()
+    );
+    let dropped = started(&p.logs())[1];
+    let exit = format!("worker exited pid={dropped} ");
+    assert!(p.wait_log(&exit, 20), "{exit}\n{}", p.logs());
+    assert!(kill_warnings(&p, dropped).is_empty(), "{}", p.logs());
+    let clean = format!("worker exited pid={dropped} how=exit code 0");
+    assert!(p.logs().contains(&clean), "{clean}\n{}", p.logs());
+    // The last reload's worker serves.
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+}

@@ -465,6 +465,15 @@ impl Master {
             return;
         }
         w.phase.ready();
+        if !w.served && w.told.is_some() {
+            // Told to leave while it was starting (a reload during a reload, SIGTTOU
+            // taking the newest worker): it takes its SIGTERM, and starts its own
+            // --graceful-timeout, only now that it serves, and it may already have taken
+            // requests from the listen queue. Its leave deadline starts now too.
+            // regression: it was SIGKILLed at once on READY, with the requests it had
+            // just taken (nginx 502s), its deadline already past while it imported.
+            w.told = Some(Instant::now());
+        }
         w.served = true;
         self.board.mark_serving(w.slot);
         tracing::info!(
@@ -550,12 +559,20 @@ impl Master {
                     };
                 if instant >= told + allowance {
                     let running = running(&self.board, w.slot);
-                    tracing::warn!(
-                        pid = raw(w.pid),
-                        cause = cause.label(),
-                        running,
-                        "worker told to leave is still running {allowance:?} later (past --graceful-timeout); killing it (did the app or a C extension take or ignore SIGTERM, or does a request hold the GIL?)"
-                    );
+                    if w.served {
+                        tracing::warn!(
+                            pid = raw(w.pid),
+                            cause = cause.label(),
+                            running,
+                            "worker told to leave is still running {allowance:?} later (past --graceful-timeout); killing it (did the app or a C extension take or ignore SIGTERM, or does a request hold the GIL?)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            pid = raw(w.pid),
+                            cause = cause.label(),
+                            "worker told to leave while it was starting has not finished starting {allowance:?} later (past --graceful-timeout); killing it (it served no request: is the app's import stuck?)"
+                        );
+                    }
                     signal(w.pid, Signal::KILL);
                     w.told = None;
                 } else {
