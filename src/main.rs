@@ -9,6 +9,21 @@ use postern::server::{self, connection::Limits, listener};
 use postern::wsgi::{self, interpreter, Settings};
 use postern::{boot, logging, supervisor};
 
+/// Writes `text` to stdout. A reader that closed the pipe early (`postern --version |
+/// head -1`) took what it wanted: that is not an error (`print!` would panic on it).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("postern: cannot write to standard output: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let (cli, layered) = match Layered::from_command_line() {
         Ok(v) => v,
@@ -18,8 +33,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.version {
-        println!("postern {}", env!("CARGO_PKG_VERSION"));
-        println!("Python {}", interpreter::loaded_python_version());
+        out(&format!(
+            "postern {}\nPython {}\n",
+            env!("CARGO_PKG_VERSION"),
+            interpreter::loaded_python_version()
+        ));
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Status(args)) = &cli.command {
@@ -34,7 +52,7 @@ fn main() -> ExitCode {
     if let Some(Command::Migrate(args)) = &cli.command {
         return match postern::uwsgi_ini::load_to_migrate(&args.ini, &args.vars) {
             Ok(ini) => {
-                print!("{}", ini.to_toml());
+                out(&ini.to_toml());
                 eprintln!("postern migrate: {}", ini.summary());
                 ExitCode::SUCCESS
             }
@@ -70,7 +88,7 @@ fn main() -> ExitCode {
         }
     }
     if cli.print_config {
-        print!("{}", layered.to_toml(resolved.as_ref().ok()));
+        out(&layered.to_toml(resolved.as_ref().ok()));
         if let Err(e) = &resolved {
             eprintln!("postern: {e}");
             return ExitCode::from(2);

@@ -2,6 +2,7 @@
 //! precedence, Unix socket handling, graceful stop, venvs, and `postern request`.
 
 use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +22,32 @@ fn version_names_postern_and_python() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("postern 0."), "{s}");
     assert!(s.contains("Python 3.11"), "{s}");
+}
+
+// regression: `postern --version | head -0` (a reader that closes the pipe before
+// postern writes) panicked with "failed printing to stdout: Broken pipe".
+#[test]
+fn output_to_a_closed_pipe_is_not_a_panic() {
+    for args in [
+        &["--version"][..],
+        &["--print-config", "examples/hello.py"][..],
+    ] {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // The reader is gone before postern writes.
+        unsafe { libc::close(fds[0]) };
+        let write_end = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+        let out = postern()
+            .current_dir(root())
+            .args(args)
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
 }
 
 #[test]

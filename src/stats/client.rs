@@ -54,7 +54,11 @@ pub fn run(args: &StatusArgs) -> Result<(), StatsError> {
         .map_err(StatsError::Runtime)?;
     if !args.watch {
         let body = rt.block_on(get(&addr, path))?;
-        print!("{body}");
+        // A reader that closed the pipe early (`| head`) took what it wanted.
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(body.as_bytes())
+            .and_then(|()| stdout.flush());
         return Ok(());
     }
     let interval = Duration::from_secs_f64(args.interval.clamp(0.1, 3600.0));
