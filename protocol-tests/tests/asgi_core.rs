@@ -191,6 +191,28 @@ const HTTP: &str = r#"
             [b"x-list", b"1"], (b"x-tuple", bytearray(b"2")), (p for p in (b"x-gen", b"3")),
             (b"x-latin", b"caf\xe9"), (b"content-type", b"text/plain"))})
         await send({"type": "http.response.body", "body": ",".join(errors).encode()})
+    elif path == "/memoryview":
+        # As Starlette's Response(memoryview(...)) sends it: a slice of a buffer.
+        await answer(send, memoryview(bytearray(b"0123456789" * 10))[:25])
+    elif path == "/body-shapes":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        buf = bytearray(b"abc")
+        await send({"type": "http.response.body", "body": buf, "more_body": True})
+        buf[:] = b"XYZ"  # changed once send returned: what went out stays
+        big = bytearray(b"m" * 70000)
+        await send({"type": "http.response.body", "body": memoryview(big), "more_body": True})
+        big[:] = b"M" * 70000
+        await send({"type": "http.response.body", "body": memoryview(b"a.c.e.")[::2], "more_body": True})
+        errors = []
+        for bad in ("str", 5, [b"x"]):
+            try:
+                await send({"type": "http.response.body", "body": bad, "more_body": True})
+                errors.append("accepted")
+            except TypeError as e:
+                errors.append(str(e).split(",")[0])
+        await send({"type": "http.response.body", "body": ("|" + ";".join(errors)).encode()})
+    elif path.startswith("/status/"):
+        await answer(send, b"", int(path[8:]))
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
@@ -478,6 +500,76 @@ fn headers_in_lists_tuples_iterators_and_bytearrays_go_out_and_wrong_shapes_rais
     assert_eq!(
         String::from_utf8_lossy(&out[end..]),
         "TypeError,TypeError,TypeError,TypeError,TypeError,ValueError,ValueError,ValueError"
+    );
+}
+
+// regression: a memoryview or bytearray body (Starlette sends a memoryview as it is) was
+// refused with a TypeError (a 500); a bytearray changed after send() returned must not
+// change what goes out.
+#[test]
+fn memoryview_and_bytearray_bodies_go_out_and_other_types_raise() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/memoryview", "");
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(r.text(), "0123456789012345678901234");
+    assert_eq!(r.header("content-length"), Some("25"));
+
+    let r = get(&p, "/body-shapes", "");
+    assert_eq!(r.status, 200, "{}", p.logs());
+    let text = r.text();
+    let want_head = format!("abc{}ace|", "m".repeat(70000));
+    assert!(
+        text.starts_with(&want_head),
+        "{:?}",
+        &text[..text.len().min(80)]
+    );
+    let errors = &text[want_head.len()..];
+    assert_eq!(errors.split(';').count(), 3, "{errors}");
+    for e in errors.split(';') {
+        assert_eq!(e, "http.response.body 'body' must be bytes", "{errors}");
+    }
+}
+
+// regression: statuses missing from postern's phrase table (416, 418, 451, ...) went out
+// as "416 Unknown"; nginx passes the status line to the client as it is.
+#[test]
+fn every_registered_status_goes_out_with_its_standard_reason_phrase() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    for (code, phrase) in [
+        (203, "Non-Authoritative Information"),
+        (207, "Multi-Status"),
+        (226, "IM Used"),
+        (300, "Multiple Choices"),
+        (402, "Payment Required"),
+        (408, "Request Timeout"),
+        (412, "Precondition Failed"),
+        (414, "URI Too Long"),
+        (416, "Range Not Satisfiable"),
+        (418, "I'm a Teapot"),
+        (421, "Misdirected Request"),
+        (428, "Precondition Required"),
+        (431, "Request Header Fields Too Large"),
+        (451, "Unavailable For Legal Reasons"),
+        (505, "HTTP Version Not Supported"),
+        (511, "Network Authentication Required"),
+        (404, "Not Found"),
+    ] {
+        let out = p.raw(&uwsgi_req("GET", &format!("/status/{code}"), "", b""));
+        let line = format!("HTTP/1.1 {code} {phrase}\r\n");
+        assert!(
+            out.starts_with(line.as_bytes()),
+            "{code}: {:?}",
+            String::from_utf8_lossy(&out[..out.len().min(60)])
+        );
+    }
+    // An unregistered code still goes out with a phrase nginx can pass.
+    let out = p.raw(&uwsgi_req("GET", "/status/299", "", b""));
+    assert!(
+        out.starts_with(b"HTTP/1.1 299 "),
+        "{:?}",
+        String::from_utf8_lossy(&out)
     );
 }
 

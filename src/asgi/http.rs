@@ -585,6 +585,24 @@ fn status_line(buf: &mut Vec<u8>, style: HeadStyle, code: u16) {
     buf.extend_from_slice(b"\r\n");
 }
 
+/// An `http.response.body` that is not `bytes`: a `bytearray` or a `memoryview` (which
+/// Starlette sends), copied into a `bytes` now, since the app may change its buffer once
+/// send() returns. Runs no Python code of the app's.
+fn body_copy<'py>(b: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = b.py();
+    if let Ok(a) = b.cast::<pyo3::types::PyByteArray>() {
+        return Ok(PyBytes::new(py, &a.to_vec()).into_any());
+    }
+    if let Ok(m) = b.cast::<pyo3::types::PyMemoryView>() {
+        // C order, whatever its format or strides.
+        return m.call_method0(intern!(py, "tobytes"));
+    }
+    Err(PyTypeError::new_err(format!(
+        "http.response.body 'body' must be bytes, bytearray or memoryview, not {}",
+        b.get_type().name()?
+    )))
+}
+
 /// A header name or value: a `bytes` borrowed as it is, a `bytearray` copied.
 fn header_bytes<'a>(o: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
     if let Ok(b) = o.cast::<PyBytes>() {
@@ -1798,18 +1816,13 @@ impl Exchange {
                     drop(me);
                     return Err(Self::overrun(slf, waiting)?);
                 }
+                let body = match body {
+                    Some(b) if !b.is_instance_of::<PyBytes>() => Some(body_copy(&b)?),
+                    b => b,
+                };
                 let bytes: &[u8] = match &body {
                     None => b"",
-                    Some(b) => {
-                        if let Ok(b) = b.cast::<PyBytes>() {
-                            b.as_bytes()
-                        } else {
-                            return Err(PyTypeError::new_err(format!(
-                                "http.response.body 'body' must be bytes, not {}",
-                                b.get_type().name()?
-                            )));
-                        }
-                    }
+                    Some(b) => b.cast::<PyBytes>()?.as_bytes(),
                 };
                 let mut data = bytes;
                 if let Some(cl) = me.content_length {
