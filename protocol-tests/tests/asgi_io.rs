@@ -255,6 +255,19 @@ async def app(scope, receive, send):
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\nb")]})
         except ValueError:
             await answer(send, b"caught", 500)
+    elif path == "/cl-split":
+        # Content-Length 5, all of it with more_body True; the last (empty) body only
+        # after the test has closed the connection.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await until("closed")
+        await asyncio.sleep(0.3)
+        try:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            say("final", "ok")
+        except BaseException as e:
+            say("final", "raised " + type(e).__name__)
     elif path == "/bytes-type":
         try:
             await send({"type": b"http.response.start", "status": 200, "headers": []})
@@ -1274,4 +1287,72 @@ fn an_exchange_is_never_dropped_on_an_executor_thread() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!p.logs().contains("unsendable"), "{}", p.logs());
     assert!(!p.logs().contains("Traceback"), "{}", p.logs());
+}
+
+#[test]
+fn a_last_empty_body_after_the_whole_content_length_succeeds_over_fastcgi_keep_conn() {
+    // regression: fcgi-end (hostile, finding 1): behind nginx fastcgi_keep_conn, a
+    // response whose Content-Length had all gone out with more_body True waited for
+    // the app's last (empty) body to send END_REQUEST; nginx, which had the whole
+    // body, closed the connection first, and that last send() raised
+    // ClientDisconnected ("client went away before the response was complete"):
+    // Starlette then skipped the response's BackgroundTask.
+    let dir = tempdir();
+    // No --max-concurrency 1: at its limit the lane stops reading the connection, and
+    // would not see it closed.
+    let p = serve(dir.path(), "fastcgi", &[]);
+    for n in 0..2 {
+        let _ = std::fs::remove_file(dir.path().join("closed"));
+        let _ = std::fs::remove_file(dir.path().join("final"));
+        let mut req = fcgi::begin(1, 1, true);
+        req.extend(fcgi::record(
+            fcgi::PARAMS,
+            1,
+            &fcgi::pairs(&vars("GET", "/cl-split", "")),
+        ));
+        req.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+        req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&req).unwrap();
+        // Read STDOUT up to the end of the Content-Length, as nginx does, then close.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let stdout = fcgi_stdout(&got);
+            if stdout.ends_with(b"\r\n\r\nhello") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {n}: {got:?}\n{}",
+                p.logs()
+            );
+            match s.read(&mut buf) {
+                Ok(0) => panic!("request {n}: closed early: {got:?}\n{}", p.logs()),
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(e) => panic!("request {n}: {e}\n{}", p.logs()),
+            }
+        }
+        drop(s);
+        std::fs::write(dir.path().join("closed"), b"").unwrap();
+        assert!(
+            protocol_tests::harness::wait_file(&dir.path().join("final"), 20),
+            "request {n}: the app never got past its last send\n{}",
+            p.logs()
+        );
+        let fin = std::fs::read_to_string(dir.path().join("final")).unwrap();
+        assert_eq!(fin, "ok", "request {n}: the last send()\n{}", p.logs());
+    }
+    // Each request counted once, and the worker answers the next.
+    let out = fcgi_stdout(&p.raw(&fcgi_get("/hello")));
+    assert!(out.ends_with(b"\r\n\r\nhello"), "{out:?}\n{}", p.logs());
+    let logs = p.logs();
+    let served = logs
+        .lines()
+        .filter(|l| l.contains("/cl-split") && l.contains("served"))
+        .count();
+    assert_eq!(served, 2, "{logs}");
+    assert!(!logs.contains("went away"), "{logs}");
+    assert!(!logs.contains("with requests in flight"), "{logs}");
 }

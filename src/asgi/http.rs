@@ -334,6 +334,10 @@ pub struct Exchange {
     /// The app sent its last body (or the path to send): the response is whole once
     /// what is in flight is written.
     complete: bool,
+    /// The response ended at its Content-Length, by a body send with `more_body`
+    /// True: its last `http.response.body` is still to come, and succeeds (the front
+    /// server may have closed the connection by then: it had the whole response).
+    ended_at_length: bool,
     /// A job on the executor holds the sink.
     busy: bool,
     /// The futures of the other `send()`s whose bytes that job writes (done with it).
@@ -740,6 +744,7 @@ impl Exchange {
             head_sent: false,
             body_sent: 0,
             complete: false,
+            ended_at_length: false,
             busy: false,
             job_extra: Vec::new(),
             queued: None,
@@ -1800,6 +1805,24 @@ impl Exchange {
                         "http.response.body sent before http.response.start",
                     ));
                 }
+                if me.ended_at_length {
+                    if !more {
+                        me.ended_at_length = false;
+                    }
+                    let ended_whole =
+                        matches!(me.served.as_ref().map(|s| s.end), Some(End::Complete(_)));
+                    if me.gone && !ended_whole {
+                        return Err(gone_error());
+                    }
+                    let extra = body.as_ref().map_or(Ok(0), |b| b.len())?;
+                    if extra > 0 && !me.overflowed {
+                        me.overflowed = true;
+                        let _e = me.span.enter();
+                        tracing::error!(content_length = me.content_length.unwrap_or(0), "the app sent more body than its Content-Length; the excess is not sent");
+                    }
+                    drop(me);
+                    return done();
+                }
                 if me.complete || me.served.is_some() {
                     if me.gone {
                         return Err(gone_error());
@@ -1847,6 +1870,15 @@ impl Exchange {
                     }
                     data = &[];
                 }
+                // The whole Content-Length sent ends the response, as on the WSGI path:
+                // FastCGI's END_REQUEST goes with these bytes, not with a last empty
+                // body that may come after the front server has closed the connection.
+                let last = !more
+                    || (!me.head_only()
+                        && me
+                            .content_length
+                            .is_some_and(|cl| me.body_sent + data.len() as u64 >= cl));
+                me.ended_at_length = last && more;
                 if me.loop_w.is_some() {
                     let start = me.out.pushed();
                     {
@@ -1865,12 +1897,12 @@ impl Exchange {
                             }
                             _ => m.out.push_copy(data),
                         }
-                        if !more {
+                        if last {
                             m.complete = true;
                         }
                     }
                     drop(me);
-                    return Self::after_write(slf, Self::pump(slf, !more, start));
+                    return Self::after_write(slf, Self::pump(slf, last, start));
                 }
                 me.body_sent += data.len() as u64;
                 let buf = if !me.head_sent {
@@ -1878,14 +1910,14 @@ impl Exchange {
                     let mut buf = me.head_bytes((!more).then_some(data.len()), data.len());
                     buf.extend_from_slice(data);
                     buf
-                } else if data.is_empty() && more {
+                } else if data.is_empty() && !last {
                     drop(me);
                     return done();
                 } else {
                     data.to_vec()
                 };
                 drop(me);
-                Self::after_write(slf, Self::write(slf, buf, !more))
+                Self::after_write(slf, Self::write(slf, buf, last))
             }
             "http.response.pathsend" => {
                 let path: std::path::PathBuf = message
