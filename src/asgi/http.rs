@@ -1815,7 +1815,8 @@ impl Exchange {
                         return Err(gone_error());
                     }
                     let extra = body.as_ref().map_or(Ok(0), |b| b.len())?;
-                    if extra > 0 && !me.overflowed {
+                    // A head-only response's body is the GET's, never sent: no excess.
+                    if extra > 0 && !me.overflowed && !me.head_only() {
                         me.overflowed = true;
                         let _e = me.span.enter();
                         tracing::error!(content_length = me.content_length.unwrap_or(0), "the app sent more body than its Content-Length; the excess is not sent");
@@ -1873,11 +1874,13 @@ impl Exchange {
                 // The whole Content-Length sent ends the response, as on the WSGI path:
                 // FastCGI's END_REQUEST goes with these bytes, not with a last empty
                 // body that may come after the front server has closed the connection.
+                // A head-only response (HEAD, 204, 304) is whole once its head is out:
+                // nginx closes a kept connection as soon as it has a HEAD's head.
                 let last = !more
-                    || (!me.head_only()
-                        && me
-                            .content_length
-                            .is_some_and(|cl| me.body_sent + data.len() as u64 >= cl));
+                    || me.head_only()
+                    || me
+                        .content_length
+                        .is_some_and(|cl| me.body_sent + data.len() as u64 >= cl);
                 me.ended_at_length = last && more;
                 if me.loop_w.is_some() {
                     let start = me.out.pushed();
