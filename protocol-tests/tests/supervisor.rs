@@ -1961,6 +1961,17 @@ fn set_nofile(pid: i32, soft: Option<u64>, was: Option<libc::rlimit>) -> libc::r
     old
 }
 
+/// The lowest descriptor number free in `pid`: a soft `RLIMIT_NOFILE` there leaves it
+/// room for no new descriptor.
+fn lowest_free_fd(pid: i32) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).unwrap()
+}
+
 // A reload whose workers cannot be started (here the master has no descriptor left
 // for a worker's status pipe; a pids limit or lack of memory refuses the fork the same
 // way) is logged and tried again; the old workers serve meanwhile.
@@ -1974,13 +1985,7 @@ fn a_reload_that_cannot_start_its_workers_keeps_serving_and_tries_again() {
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
     let master = p.pid();
-    // The lowest free descriptor number: a soft limit there leaves room for none.
-    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{master}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let free = (0..).find(|n| !open.contains(n)).unwrap();
+    let free = lowest_free_fd(master);
     let was = set_nofile(master, Some(free), None);
     versioned_app(dir.path(), "v2");
     p.signal(libc::SIGHUP);
@@ -2098,12 +2103,7 @@ fn a_reload_that_cannot_start_its_workers_for_a_while_retries_at_most_5_s_apart(
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
     let master = p.pid();
-    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{master}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let free = (0..).find(|n| !open.contains(n)).unwrap();
+    let free = lowest_free_fd(master);
     let was = set_nofile(master, Some(free), None);
     versioned_app(dir.path(), "v2");
     p.signal(libc::SIGHUP);
