@@ -105,6 +105,15 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The pids of a process's children (a master's workers, and its stats helper if any).
+pub fn children(master: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// A temp dir nginx's workers can traverse (0755).
 pub fn tempdir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()

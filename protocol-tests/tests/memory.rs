@@ -6,15 +6,6 @@
 
 use protocol_tests::harness::*;
 
-/// The workers' pids (the master's children).
-fn children(master: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// `Private_Dirty` of a process, in KiB.
 fn private_dirty_kib(pid: i32) -> u64 {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();

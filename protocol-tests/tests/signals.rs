@@ -46,14 +46,6 @@ fn asgi_source(version: &str, ill: Ill) -> String {
     )
 }
 
-fn children(master: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// Whether `pid` ignores SIGTERM (/proc's SigIgn mask).
 fn ignores_sigterm(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -1036,15 +1036,6 @@ fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
     assert!(status.success(), "{}", p.logs());
 }
 
-/// The pids of the master's children (workers, and the stats helper if any).
-fn children(master: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// What a process's descriptors point to (`anon_inode:inotify`, `pipe:[..]`, ...).
 fn descriptors(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
