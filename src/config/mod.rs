@@ -93,7 +93,7 @@ pub struct Options {
     #[serde(with = "value::one_or_many")]
     pub uwsgi: Vec<ListenAddr>,
 
-    /// Listen for FastCGI (nginx fastcgi_pass, Apache mod_proxy_fcgi) on HOST:PORT or unix:PATH (repeatable).
+    /// Listen for FastCGI (nginx fastcgi_pass, Apache mod_proxy_fcgi) on HOST:PORT or unix:PATH (a bare /PATH works too; repeatable).
     #[arg(
         long,
         value_name = "ADDR",
@@ -103,7 +103,7 @@ pub struct Options {
     #[serde(with = "value::one_or_many")]
     pub fastcgi: Vec<ListenAddr>,
 
-    /// Listen for SCGI (nginx scgi_pass, Apache mod_proxy_scgi) on HOST:PORT or unix:PATH (repeatable).
+    /// Listen for SCGI (nginx scgi_pass, Apache mod_proxy_scgi) on HOST:PORT or unix:PATH (a bare /PATH works too; repeatable).
     #[arg(long, value_name = "ADDR", env = "POSTERN_SCGI", value_delimiter = ',')]
     #[serde(with = "value::one_or_many")]
     pub scgi: Vec<ListenAddr>,

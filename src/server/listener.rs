@@ -270,7 +270,8 @@ pub fn warn_if_reachable(addr: &ListenAddr) {
     }
 }
 
-/// Where to listen: `HOST:PORT`, `[::1]:PORT`, `:PORT` (all interfaces) or `unix:PATH`.
+/// Where to listen: `HOST:PORT`, `[::1]:PORT`, `:PORT` (all interfaces), `unix:PATH`, or
+/// a path that starts with `/` or `.` (a Unix socket too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     Tcp(SocketAddr),
@@ -288,6 +289,11 @@ impl FromStr for ListenAddr {
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
+        // A bare path, as uWSGI's `socket = /run/app.sock` users write it: unambiguous
+        // when it starts with `/` or `.` (no host name does).
+        if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") {
+            return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        }
         if let Some(port) = s.strip_prefix(':') {
             let port: u16 = port.parse().map_err(|_| format!("{s:?}: bad port"))?;
             return Ok(ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
@@ -297,7 +303,7 @@ impl FromStr for ListenAddr {
         }
         if !s.contains(':') {
             return Err(format!(
-                "{s:?}: expected HOST:PORT, [IPv6]:PORT or unix:PATH"
+                "{s:?}: expected HOST:PORT, [IPv6]:PORT, unix:PATH or a path starting with / or ./"
             ));
         }
         let mut addrs = s
@@ -1282,8 +1288,17 @@ mod tests {
             "unix:/run/p.sock".parse(),
             Ok(ListenAddr::Unix("/run/p.sock".into()))
         );
+        assert_eq!(
+            "/run/p.sock".parse(),
+            Ok(ListenAddr::Unix("/run/p.sock".into()))
+        );
+        assert_eq!(
+            "./p.sock".parse(),
+            Ok(ListenAddr::Unix("./p.sock".into()))
+        );
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("nonsense".parse::<ListenAddr>().is_err());
+        assert!("p.sock".parse::<ListenAddr>().is_err());
     }
 
     #[test]
