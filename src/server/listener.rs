@@ -1292,10 +1292,7 @@ mod tests {
             "/run/p.sock".parse(),
             Ok(ListenAddr::Unix("/run/p.sock".into()))
         );
-        assert_eq!(
-            "./p.sock".parse(),
-            Ok(ListenAddr::Unix("./p.sock".into()))
-        );
+        assert_eq!("./p.sock".parse(), Ok(ListenAddr::Unix("./p.sock".into())));
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("nonsense".parse::<ListenAddr>().is_err());
         assert!("p.sock".parse::<ListenAddr>().is_err());
