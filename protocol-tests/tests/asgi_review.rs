@@ -12,6 +12,7 @@ const APP: &str = r#"
 import asyncio, hashlib
 
 BACKGROUND = []
+RESULTS = []
 
 async def answer(send, body, status=200):
     await send({"type": "http.response.start", "status": status,
@@ -105,6 +106,45 @@ async def app(scope, receive, send):
             else:
                 t.cancel()
         await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
+    elif path == "/unfinished":
+        # Returns before its response is complete, each way.
+        if q == "at-length":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"5")]})
+            await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        elif q == "start-only":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        elif q == "part":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"10")]})
+            await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+    elif path == "/str-after-end":
+        # A str body (wrong type) sent after the response ended: at its Content-Length
+        # (more_body True) or with more_body False.
+        more = q == "at-length"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": more})
+        try:
+            await send({"type": "http.response.body", "body": "text"})
+            RESULTS.append(q + ": no error")
+        except Exception as e:
+            RESULTS.append("%s: %s" % (q, type(e).__name__))
+        if more:
+            await send({"type": "http.response.body", "body": b""})
+    elif path == "/results":
+        await answer(send, "\n".join(RESULTS).encode())
+    elif path == "/bytearray-peak":
+        # The peak RSS that sending one large bytearray adds (the app's own buffer
+        # made first): one copy (the `bytes` that goes out) is the floor.
+        import resource
+        n = int(q)
+        body = bytearray(b"x") * n
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        RESULTS.append("peak %d KiB" % (after - before))
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
@@ -305,4 +345,114 @@ fn send_called_again_while_postern_handles_a_send_raises_runtime_error_not_a_pan
     assert_eq!(r.header("x-a"), Some("1"), "{}", p.logs());
     let logs = p.logs();
     assert!(!logs.contains("panic") && !logs.contains("ERROR"), "{logs}");
+}
+
+#[test]
+fn an_app_that_returns_before_its_response_is_complete_is_named_in_one_log_line() {
+    // regression: an app that reached its Content-Length with more_body True and
+    // returned without its last http.response.body was logged as served, with no word
+    // (uvicorn warns); one that returned after http.response.start alone had its
+    // connection aborted although nothing had been sent (now a 500).
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let r = get(&p, "/unfinished", "at-length").expect("the whole response");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
+    assert!(
+        p.wait_log("the app returned without its last http.response.body", 10),
+        "{}",
+        p.logs()
+    );
+    let r = get(&p, "/unfinished", "start-only").expect("a 500");
+    assert_eq!(r.status, 500, "{}", p.logs());
+    assert!(
+        p.wait_log(
+            "the app returned after http.response.start without sending any http.response.body; answered 500",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    // Partly sent: aborted, its head and the 5 bytes out, never the 10 announced.
+    let out = p.raw(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/unfinished"),
+        ("QUERY_STRING", "part"),
+        ("REQUEST_URI", "/unfinished?part"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]));
+    assert!(out.ends_with(b"\r\n\r\nhello"), "{out:?}");
+    assert!(
+        p.wait_log("the app returned before its response was complete", 10),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    // Each line names its request.
+    for needle in [
+        "without its last http.response.body",
+        "without sending any http.response.body",
+        "before its response was complete",
+    ] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {logs}"));
+        assert!(
+            line.contains("/unfinished") && line.contains("request_id="),
+            "{line}"
+        );
+    }
+    let r = get(&p, "/hello", "").expect("the worker still serves");
+    assert_eq!(r.body, b"hello");
+}
+
+#[test]
+fn a_str_body_after_the_response_ended_raises_type_error() {
+    // regression: a str body sent after the response had ended at its Content-Length
+    // (more_body True) was taken silently; after more_body False it raised
+    // RuntimeError. Before the end it raises TypeError, and now after it too.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    for q in ["at-length", "last"] {
+        let r = get(&p, "/str-after-end", q).expect("a response");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]), "{q}");
+    }
+    let r = get(&p, "/results", "").expect("a response");
+    assert_eq!(
+        r.text(),
+        "at-length: TypeError\nlast: TypeError",
+        "{}",
+        p.logs()
+    );
+}
+
+#[test]
+fn a_bytearray_body_is_copied_once() {
+    // regression: a bytearray body was copied twice (into a Vec, then into the bytes
+    // that goes out): a 32 MiB body raised the worker's peak RSS by 64 MiB, not 32.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let n = 32 << 20;
+    let out = p.raw(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/bytearray-peak"),
+        ("QUERY_STRING", &n.to_string()),
+        ("REQUEST_URI", "/bytearray-peak"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]));
+    let r = parse_http(&out).expect("a response");
+    assert_eq!(r.body.len(), n);
+    let r = get(&p, "/results", "").expect("a response");
+    let kib: u64 = r
+        .text()
+        .strip_prefix("peak ")
+        .and_then(|t| t.strip_suffix(" KiB"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{:?}", r.text()));
+    // One copy is 32768 KiB; two were 65536.
+    assert!(kib < 49_152, "peak grew by {kib} KiB");
 }

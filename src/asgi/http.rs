@@ -589,22 +589,94 @@ fn status_line(buf: &mut Vec<u8>, style: HeadStyle, code: u16) {
     buf.extend_from_slice(b"\r\n");
 }
 
-/// An `http.response.body` that is not `bytes`: a `bytearray` or a `memoryview` (which
-/// Starlette sends), copied into a `bytes` now, since the app may change its buffer once
-/// send() returns. Runs no Python code of the app's.
-fn body_copy<'py>(b: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+/// An `http.response.body`'s length in bytes; `TypeError` for what is neither `bytes`,
+/// a `bytearray` nor a `memoryview`. Every `http.response.body` is checked so, also
+/// one sent after the response has ended (whose bytes are not sent).
+fn body_len(b: &Bound<'_, PyAny>) -> PyResult<usize> {
     let py = b.py();
-    if let Ok(a) = b.cast::<pyo3::types::PyByteArray>() {
-        return Ok(PyBytes::new(py, &a.to_vec()).into_any());
+    if let Ok(b) = b.cast::<PyBytes>() {
+        return Ok(b.as_bytes().len());
     }
-    if let Ok(m) = b.cast::<pyo3::types::PyMemoryView>() {
-        // C order, whatever its format or strides.
-        return m.call_method0(intern!(py, "tobytes"));
+    if let Ok(a) = b.cast::<pyo3::types::PyByteArray>() {
+        return Ok(a.len());
+    }
+    if b.cast::<pyo3::types::PyMemoryView>().is_ok() {
+        // Bytes, not items (a memoryview of `int`s has 4 per item).
+        return b.getattr(intern!(py, "nbytes"))?.extract();
     }
     Err(PyTypeError::new_err(format!(
         "http.response.body 'body' must be bytes, bytearray or memoryview, not {}",
         b.get_type().name()?
     )))
+}
+
+/// An `http.response.body` that is not `bytes`: a `bytearray` or a `memoryview` (which
+/// Starlette sends), copied once into a new `bytes` now, since the app may change its
+/// buffer once send() returns. Runs no Python code of the app's.
+fn body_copy<'py>(b: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = b.py();
+    if let Ok(a) = b.cast::<pyo3::types::PyByteArray>() {
+        // SAFETY: the GIL is held and no Python code runs until the copy is made, so
+        // nothing can resize or free the bytearray's buffer meanwhile. Straight into
+        // the `bytes`: a copy through a `Vec` first made a 10 MiB body cost 30 MiB.
+        return Ok(PyBytes::new(py, unsafe { a.as_bytes() }).into_any());
+    }
+    if let Ok(m) = b.cast::<pyo3::types::PyMemoryView>() {
+        // One copy, in C order, whatever its format or strides.
+        return m.call_method0(intern!(py, "tobytes"));
+    }
+    // What `body_len` refused.
+    body_len(b).map(|_| b.clone())
+}
+
+/// What keeps the bytes [`body_bytes`] lent alive: a `memoryview`'s exported buffer,
+/// or the `bytes` a non-contiguous one was copied into.
+enum Held<'py> {
+    Buffer {
+        _export: pyo3::buffer::PyUntypedBuffer,
+    },
+    Copy(Bound<'py, PyBytes>),
+}
+
+/// The bytes of a body [`body_len`] accepted, in place: a `bytes`'s, a `bytearray`'s, a
+/// C-contiguous `memoryview`'s buffer (exported into `held`); another `memoryview`'s
+/// are copied, in C order, into `held`.
+///
+/// # Safety
+/// The caller copies what it needs of them before any Python code runs (a
+/// `bytearray`'s buffer can be resized or changed by Python code; the GIL is held).
+unsafe fn body_bytes<'a, 'py>(
+    b: &'a Bound<'py, PyAny>,
+    held: &'a mut Option<Held<'py>>,
+) -> PyResult<&'a [u8]> {
+    let py = b.py();
+    if let Ok(b) = b.cast::<PyBytes>() {
+        return Ok(b.as_bytes());
+    }
+    if let Ok(a) = b.cast::<pyo3::types::PyByteArray>() {
+        // SAFETY: the caller's.
+        return Ok(unsafe { a.as_bytes() });
+    }
+    let buf = pyo3::buffer::PyUntypedBuffer::get(b)?;
+    if buf.is_c_contiguous() {
+        let (ptr, len) = (buf.buf_ptr().cast::<u8>().cast_const(), buf.len_bytes());
+        *held = Some(Held::Buffer { _export: buf });
+        if len == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: the exported buffer stays valid while `held` keeps it exported, and
+        // its bytes unchanged while no Python code runs (the caller's).
+        return Ok(unsafe { std::slice::from_raw_parts(ptr, len) });
+    }
+    drop(buf);
+    let copy = b
+        .call_method0(intern!(py, "tobytes"))?
+        .cast_into::<PyBytes>()?;
+    let held = held.insert(Held::Copy(copy));
+    match held {
+        Held::Copy(c) => Ok(c.as_bytes()),
+        Held::Buffer { .. } => unreachable!(),
+    }
 }
 
 /// A header name or value: a `bytes` borrowed as it is, a `bytearray` copied.
@@ -1360,11 +1432,24 @@ impl Exchange {
                     tracing::error!(traceback = %traceback(py, &e), "the app raised an exception after its response was sent");
                 }
             }
-            None if served || complete => {}
+            None if served || complete => {
+                if slf.borrow().ended_at_length {
+                    // As uvicorn does; the front server had the whole response.
+                    tracing::warn!("the app returned without its last http.response.body (more_body False); the response had reached its Content-Length and was sent whole");
+                }
+            }
             None if !slf.borrow().started => {
                 slf.borrow_mut().app_error = Some(AppError::AsgiContract);
                 tracing::error!(
                     "the app returned without sending http.response.start; answered 500"
+                );
+                Self::answer_500(slf)?;
+            }
+            None if !started_sending => {
+                // Its start is held until a body comes: nothing has gone out yet.
+                slf.borrow_mut().app_error = Some(AppError::AsgiContract);
+                tracing::error!(
+                    "the app returned after http.response.start without sending any http.response.body; answered 500"
                 );
                 Self::answer_500(slf)?;
             }
@@ -1799,6 +1884,9 @@ impl Exchange {
                     Some(m) => m.is_truthy()?,
                     None => false,
                 };
+                // Checked whatever the response's state: a wrong type raises the same
+                // TypeError after the response has ended as before.
+                let len = body.as_ref().map_or(Ok(0), body_len)?;
                 let mut me = slf.borrow_mut();
                 if !me.started {
                     return Err(PyRuntimeError::new_err(
@@ -1814,9 +1902,8 @@ impl Exchange {
                     if me.gone && !ended_whole {
                         return Err(gone_error());
                     }
-                    let extra = body.as_ref().map_or(Ok(0), |b| b.len())?;
                     // A head-only response's body is the GET's, never sent: no excess.
-                    if extra > 0 && !me.overflowed && !me.head_only() {
+                    if len > 0 && !me.overflowed && !me.head_only() {
                         me.overflowed = true;
                         let _e = me.span.enter();
                         tracing::error!(content_length = me.content_length.unwrap_or(0), "the app sent more body than its Content-Length; the excess is not sent");
@@ -1840,13 +1927,24 @@ impl Exchange {
                     drop(me);
                     return Err(Self::overrun(slf, waiting)?);
                 }
+                // What goes of it: the excess over the Content-Length is cut below.
+                let take = me.content_length.map_or(len, |cl| {
+                    len.min(usize::try_from(cl - me.body_sent.min(cl)).unwrap_or(usize::MAX))
+                });
+                // The app's object is kept until sent when the loop writes a large body
+                // (a bytearray or memoryview copied into a `bytes` first: the app may
+                // change it once send() returns); else its bytes are copied once,
+                // straight from its buffer, just below (no Python code runs before).
+                let keep = me.loop_w.is_some() && !me.head_only() && take >= super::io::KEEP_OBJECT;
                 let body = match body {
-                    Some(b) if !b.is_instance_of::<PyBytes>() => Some(body_copy(&b)?),
+                    Some(b) if keep && !b.is_instance_of::<PyBytes>() => Some(body_copy(&b)?),
                     b => b,
                 };
+                let mut held = None;
                 let bytes: &[u8] = match &body {
                     None => b"",
-                    Some(b) => b.cast::<PyBytes>()?.as_bytes(),
+                    // SAFETY: copied (or, kept, a `bytes`) before any Python code runs.
+                    Some(b) => unsafe { body_bytes(b, &mut held)? },
                 };
                 let mut data = bytes;
                 if let Some(cl) = me.content_length {
@@ -1894,7 +1992,7 @@ impl Exchange {
                         }
                         match &body {
                             // The app's bytes object is kept until sent: no copy (R5).
-                            Some(b) if data.len() >= super::io::KEEP_OBJECT => {
+                            Some(b) if keep => {
                                 let b = b.cast::<PyBytes>()?.clone().unbind();
                                 m.out.push_object(b, data.len());
                             }
