@@ -167,3 +167,98 @@ fn held_open_uploads_without_content_length_cost_what_they_buffer() {
         p.logs()
     );
 }
+
+// regression: a uwsgi/SCGI body held in memory while it arrived was held about twice
+// over: the bytes of its connection's first read and a second buffer grown (doubling)
+// to the body's length lived together until it was whole (150 uploads of 900 KB held
+// open: 281 MiB RSS, 1.7-1.8 MiB each; 60 here grew the worker by 1.5 MiB each).
+#[test]
+fn held_open_uwsgi_uploads_cost_their_size_once() {
+    use std::io::{Read, Write};
+    const UPLOADS: usize = 60;
+    const SIZE: usize = 900_000;
+    const HELD: usize = SIZE - 1000;
+    let dir = tempdir();
+    let app = dir.path().join("sumapp.py");
+    std::fs::write(
+        &app,
+        "import hashlib\ndef application(environ, start_response):\n    h = hashlib.sha256(environ['wsgi.input'].read()).hexdigest()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [h.encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .args(["--threads", "2"])
+        .start();
+    let length = SIZE.to_string();
+    let head = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/up"),
+        ("SERVER_NAME", "x"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("CONTENT_LENGTH", &length),
+    ]);
+    let body: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect();
+    let mut upload = head.clone();
+    upload.extend_from_slice(&body[..HELD]);
+    let before = status_kib(p.pid(), "VmRSS");
+    // Half send the head and what they hold at once (the worker's first read takes
+    // the head); half send two bytes first, so that the slow lane reads the head.
+    let mut held = Vec::new();
+    for _ in 0..UPLOADS / 2 {
+        let mut c = p.addr.connect().unwrap();
+        c.write_all(&upload).unwrap();
+        held.push(c);
+    }
+    let mut late = Vec::new();
+    for _ in 0..UPLOADS / 2 {
+        let mut c = p.addr.connect().unwrap();
+        c.write_all(&upload[..2]).unwrap();
+        late.push(c);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for mut c in late {
+        c.write_all(&upload[2..]).unwrap();
+        held.push(c);
+    }
+    // What the last ones sent is read (the socket holds at most a few hundred KB).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let peak = status_kib(p.pid(), "VmHWM");
+    let grew = peak.saturating_sub(before);
+    // Each body once (879 KiB) and a little for its connection; before the fix the
+    // first read's copy and the doubling buffer made it 1.7-1.8 MiB each.
+    const PER_UPLOAD_KIB: u64 = (SIZE / 1024) as u64 + 128;
+    let budget = UPLOADS as u64 * PER_UPLOAD_KIB + 6 * 1024;
+    eprintln!(
+        "{UPLOADS} uwsgi uploads of {HELD}/{SIZE} B held: RSS {before} KiB -> peak {peak} KiB (+{grew} KiB, {} KiB each; budget {budget} KiB)",
+        grew / UPLOADS as u64
+    );
+    assert!(
+        grew <= budget,
+        "{UPLOADS} held uploads of {HELD} bytes made the worker grow by {grew} KiB (budget {budget} KiB); its largest mappings:\n{}\n{}",
+        largest_private(p.pid()),
+        p.logs()
+    );
+    // Whole once they end, on either path: the app sees every byte in order. So does
+    // a body none of which came with its head (its buffer is taken when it comes).
+    let want = sha256_hex(&body);
+    let mut bare = p.addr.connect().unwrap();
+    bare.write_all(&head).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    bare.write_all(&body[..1000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    bare.write_all(&body[1000..HELD]).unwrap();
+    held.push(bare);
+    for i in [0, UPLOADS - 1, UPLOADS] {
+        let c = &mut held[i];
+        c.write_all(&body[HELD..]).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let r = parse_http(&out).unwrap_or_else(|| panic!("{out:?}\n{}", p.logs()));
+        assert_eq!(
+            (r.status, r.text()),
+            (200, want.clone()),
+            "{i}: {}",
+            p.logs()
+        );
+    }
+}
