@@ -952,3 +952,88 @@ fn the_wsgi_examples_are_still_detected_as_wsgi() {
         assert_detected(&p, "WSGI", because);
     }
 }
+
+#[test]
+fn at_max_concurrency_a_client_gone_still_reaches_the_app_as_http_disconnect() {
+    // regression: at --max-concurrency the worker stops looking at its listeners' epoll,
+    // where a kept FastCGI connection's records (and its EOF) are read: the front
+    // server's close of a connection whose request was in flight went unseen until a
+    // place freed, and the app's pending receive() waited.
+    let mut failures = Vec::new();
+    // Each upstream on asyncio's loop, and the kept FastCGI connection on uvloop too.
+    let uvloop = example_venv().map(|v| (Upstream::FastCgiKeepConn, Some(v)));
+    let runs = NGINX_UPSTREAMS.map(|u| (u, None)).into_iter().chain(uvloop);
+    for (upstream, venv) in runs {
+        for phase in ["before", "during"] {
+            let Some(s) = behind_nginx(
+                upstream,
+                &asgi_app(),
+                &["--interface", "asgi", "--max-concurrency", "2"],
+                "",
+                |s| match &venv {
+                    Some(v) => s.venv(v),
+                    None => s.args(["--loop", "asyncio"]),
+                },
+            ) else {
+                return;
+            };
+            let upstream = format!(
+                "{upstream:?}{}",
+                if venv.is_some() { " uvloop" } else { "" }
+            );
+            let dir = s.dir.path().join("disconnect");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .unwrap();
+            // The other place taken by a request that stays.
+            let mut stay = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+            stay.write_all(
+                format!(
+                    "GET /disconnect?dir={}&name=stay&phase=before HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    dir.display()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            assert!(
+                wait_file(&dir.join("stay.arrived"), 20),
+                "{}",
+                s.postern.logs()
+            );
+            let got = abort_and_read_record(s.nginx.port, &dir, "gone", phase);
+            eprintln!("{upstream} {phase}: {got:?}");
+            // Within a second of the close (the app writes how long it waited).
+            let ok = got.as_ref().is_ok_and(|r| {
+                r.starts_with("receive: http.disconnect\n")
+                    && r.lines()
+                        .find_map(|l| l.strip_prefix("after: "))
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_some_and(|t| t < 1.5)
+            });
+            if !ok {
+                failures.push(format!("{upstream} {phase}: {got:?}"));
+            }
+            drop(stay);
+            if !wait_file(&dir.join("stay"), 5) {
+                failures.push(format!(
+                    "{upstream} {phase}: the staying request's app never heard its client go"
+                ));
+            }
+            if venv.is_some() {
+                assert!(s.postern.logs().contains("event_loop=\"uvloop\""));
+            }
+            // Both places free again: the worker answers.
+            let r = s.nginx.get("/env");
+            if r.status != 200 {
+                failures.push(format!("{upstream} {phase}: then {}", r.status));
+            }
+            let logs = s.postern.logs();
+            failures.extend(
+                logs.lines()
+                    .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+                    .map(|l| format!("{upstream} {phase}: postern logged: {l}")),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

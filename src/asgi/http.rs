@@ -320,7 +320,13 @@ pub struct Exchange {
     sink: Option<Box<dyn Sink>>,
     style: HeadStyle,
     is_head: bool,
+    /// The connection, when it carries only this request (uwsgi, SCGI, FastCGI
+    /// without keep-conn): its close is the client gone.
     peer_fd: Option<RawFd>,
+    /// The connection to look at for the front server's close while a `receive()`
+    /// waits: `peer_fd`, or a kept FastCGI connection (whose reader, the acceptor, is
+    /// not looked at while the worker is at `--max-concurrency`).
+    peek_fd: Option<RawFd>,
     // The response, as the app sends it.
     started: bool,
     code: u16,
@@ -797,6 +803,11 @@ impl Exchange {
         let mut sink = sink;
         let style = sink.head_style();
         let peer_fd = sink.peer_fd();
+        let peek_fd = peer_fd.or_else(|| {
+            (listener.protocol == Protocol::FastCgi)
+                .then(|| sink.write_fd())
+                .flatten()
+        });
         let loop_w = sink.loop_writes();
         Exchange {
             ctx: LoopCtx(ctx),
@@ -809,6 +820,7 @@ impl Exchange {
             style,
             is_head,
             peer_fd,
+            peek_fd,
             started: false,
             code: 0,
             response_head: Vec::new(),
@@ -1262,8 +1274,13 @@ impl Exchange {
         if let Some(id) = self.gone_id.take() {
             self.ctx.gone_waiting.borrow_mut().remove(&id);
         }
+        self.unpeek(py);
+    }
+
+    /// The loop no longer looks at the connection (the server layer may still tell).
+    fn unpeek(&mut self, py: Python<'_>) {
         if std::mem::take(&mut self.watching) {
-            if let Some(fd) = self.peer_fd {
+            if let Some(fd) = self.peek_fd {
                 let _ = self.ctx.remove_reader.bind(py).call1((fd,));
             }
         }
@@ -1521,17 +1538,19 @@ impl Exchange {
     fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
-        if me.watching || me.gone || me.gone_id.is_some() {
+        if me.gone {
             return Ok(());
         }
-        let Some(fd) = me.peer_fd else {
-            // No socket of its own (FastCGI): the server layer tells.
+        if me.peer_fd.is_none() && me.gone_id.is_none() {
+            // A kept FastCGI connection: the server layer tells (its
+            // ABORT_REQUEST, its close), and the loop looks for the close too.
             let id = me.ctx.next_id.get();
             let queue = Arc::clone(&me.ctx.gone);
-            let Some(sink) = me.sink.as_mut() else {
-                return Ok(());
-            };
-            if sink.notify_gone(Box::new(move || queue.push(id))) {
+            let told = me
+                .sink
+                .as_mut()
+                .is_some_and(|sink| sink.notify_gone(Box::new(move || queue.push(id))));
+            if told {
                 me.ctx.next_id.set(id + 1);
                 me.gone_id = Some(id);
                 me.ctx
@@ -1539,8 +1558,18 @@ impl Exchange {
                     .borrow_mut()
                     .insert(id, slf.clone().unbind());
             }
+        }
+        // The server layer reads a kept connection in the acceptor, which the loop
+        // does not look at while the worker is at --max-concurrency: its close would
+        // reach the app only once another request ends. Peeked at, it does at once.
+        // (One reader per fd: of requests multiplexed on one connection, the last to
+        // wait is looked for; the others learn it from the server layer.)
+        let Some(fd) = me.peek_fd else {
             return Ok(());
         };
+        if me.watching {
+            return Ok(());
+        }
         me.watching = true;
         let add = me.ctx.add_reader.clone_ref(py);
         drop(me);
@@ -2294,15 +2323,16 @@ impl Exchange {
     fn _peer_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
-        let Some(fd) = me.peer_fd else {
+        let Some(fd) = me.peek_fd else {
             return Ok(());
         };
         if me.sink.is_none() && !me.busy {
             me.unwatch(py);
             return Ok(());
         }
-        // SAFETY: the fd belongs to the sink, which this exchange keeps open (it is
-        // unwatched before the sink is finished).
+        // SAFETY: the fd is the sink's connection, which the sink keeps open (held by
+        // this exchange or by its write on the executor; it is unwatched before the
+        // sink is finished).
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
@@ -2314,10 +2344,12 @@ impl Exchange {
                 me.set_gone(py);
             }
             Ok(_) if me.protocol == Protocol::FastCgi => {
-                // Input after a complete request: nothing this protocol sends (the
-                // server layer's reader may still own the connection: leave it to
-                // it); stop looking (a level-triggered reader would spin on it).
-                me.unwatch(py);
+                // Input after a complete request: nothing this protocol sends without
+                // keep-conn, another request's records or an abort with it (the
+                // server layer's reader may own the connection: leave it to it, and
+                // to tell of an abort); stop looking (a level-triggered reader would
+                // spin on it).
+                me.unpeek(py);
             }
             Ok(_) => {
                 // Input after a complete uwsgi/SCGI request (nothing else reads this
