@@ -59,6 +59,9 @@ static SERVING: AtomicBool = AtomicBool::new(false);
 /// The process the handler counts for: a child the app forks without exec
 /// (`multiprocessing`, `os.fork`) inherits the handler but has no server to act on it.
 static OWNER: AtomicI32 = AtomicI32::new(0);
+/// When the first stop was taken ([`Waiter::first`]): what a worker's deadline after
+/// its master's death counts from ([`began`]).
+static BEGAN: OnceLock<std::time::Instant> = OnceLock::new();
 /// The wake-up pipe (read end, write end), made once per process.
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 
@@ -246,6 +249,26 @@ pub fn master_gone() {
     wake();
 }
 
+/// When this process began to stop (its first stop taken by the server), if it has.
+pub fn began() -> Option<std::time::Instant> {
+    BEGAN.get().copied()
+}
+
+/// Whether postern's handler is SIGTERM's disposition now: a SIGTERM sent will be
+/// counted (unless blocked in every thread). False once the app or a C extension has
+/// put another one in place, or SIG_IGN.
+pub fn handler_in_place() -> bool {
+    // SAFETY: reads the current action into a zeroed struct; changes nothing.
+    let current = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut old) != 0 {
+            return true;
+        }
+        old.sa_sigaction
+    };
+    current == on_signal as *const () as usize
+}
+
 /// Whether a stop came by the usual ways: a stop signal counted, a recycling, or the
 /// master's mark on the scoreboard.
 pub fn signalled() -> bool {
@@ -305,6 +328,12 @@ impl Waiter {
     /// [`LISTENERS_SHUT`]. SIGHUPs before
     /// it are logged and ignored.
     pub async fn first(&mut self) -> &'static str {
+        let why = self.first_reason().await;
+        let _ = BEGAN.set(std::time::Instant::now());
+        why
+    }
+
+    async fn first_reason(&mut self) -> &'static str {
         loop {
             let single = SINGLE.load(Ordering::SeqCst);
             let hups = HUPS.load(Ordering::SeqCst);

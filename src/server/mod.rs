@@ -268,19 +268,8 @@ pub fn run(
         Mode::Single { on_ready } | Mode::Worker { on_ready } => on_ready,
     };
     // A worker whose master died stops even if the SIGTERM that death sends never
-    // reaches it (crate::stop::master_gone): one getppid a second.
-    if !single {
-        let master = rustix::process::getppid();
-        runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if rustix::process::getppid() != master {
-                    crate::stop::master_gone();
-                    return;
-                }
-            }
-        });
-    }
+    // reaches it: the supervisor's thread that watches the master says so
+    // (crate::stop::master_gone).
 
     let finished = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its

@@ -139,14 +139,6 @@ impl Worker {
     }
 }
 
-/// Requests the worker in `slot` is running, as the scoreboard shows them (an ASGI
-/// worker shows its oldest `--threads` tasks at most).
-fn running(board: &Scoreboard, slot: usize) -> usize {
-    (0..board.threads)
-        .filter(|&t| board.line(slot, t).since.load(Ordering::Acquire) != 0)
-        .count()
-}
-
 fn raw(pid: Pid) -> i32 {
     pid.as_raw_nonzero().get()
 }
@@ -406,8 +398,16 @@ impl Master {
             unsafe { fork() }.map_err(SupervisorError::Fork)?
         };
         let Some(child) = Pid::from_raw(child) else {
-            // A worker drains on its master's death (killed with SIGKILL, say).
+            // A worker drains on its master's death (killed with SIGKILL, say), and
+            // is gone by the deadline the master would have enforced.
             self.leave_master(master_pid, Signal::TERM, true);
+            worker::watch_master(worker::Orphaned {
+                master: master_pid,
+                board: Arc::clone(&self.board),
+                slot,
+                allowance: self.opts.graceful_timeout + LEAVE_MARGIN,
+                past_graceful: self.opts.past_graceful,
+            });
             drop(read);
             // The stats socket and probes are the helper's.
             drop(self.stats.take());
@@ -558,7 +558,7 @@ impl Master {
                         self.opts.past_graceful
                     };
                 if instant >= told + allowance {
-                    let running = running(&self.board, w.slot);
+                    let running = self.board.running(w.slot);
                     if w.served {
                         tracing::warn!(
                             pid = raw(w.pid),
@@ -803,7 +803,7 @@ impl Master {
             );
             self.board.count_exit(j.cause);
             // Read before the slot is released: what it was running when it ended.
-            let was_running = running(&self.board, w.slot);
+            let was_running = self.board.running(w.slot);
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
             if j.boot_failures > self.boot_failures {
@@ -1048,7 +1048,7 @@ impl Master {
     fn running(&self) -> usize {
         self.workers
             .iter()
-            .map(|w| running(&self.board, w.slot))
+            .map(|w| self.board.running(w.slot))
             .sum()
     }
 
@@ -1104,7 +1104,7 @@ impl Master {
                     signal(w.pid, Signal::KILL);
                     w.sigkilled = true;
                     left += 1;
-                    requests += running(&board, w.slot);
+                    requests += board.running(w.slot);
                 }
                 if left > 0 {
                     tracing::warn!(

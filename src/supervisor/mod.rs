@@ -17,6 +17,10 @@
 //! | SIGCHLD | reap; a worker that died unexpectedly is logged and replaced |
 //! | SIGUSR1 | reopen the log files (logrotate), then forward SIGUSR1 to every worker |
 //!
+//! A master that dies without a stop (SIGKILL) takes its workers with it: each stops
+//! as for a SIGTERM and is gone by the deadline the master would have enforced
+//! (`worker::watch_master`).
+//!
 //! With `--stats`, the endpoint runs in a helper process the master forks first (and
 //! again if it dies): the master itself stays single-threaded with no runtime, so every
 //! later fork is as safe as before. The helper reads everything from the scoreboard.

@@ -533,6 +533,14 @@ impl Scoreboard {
         }
     }
 
+    /// Requests the worker in `slot` is running, as its lines show them (an ASGI
+    /// worker shows its oldest `threads` tasks at most).
+    pub fn running(&self, slot: usize) -> usize {
+        (0..self.threads)
+            .filter(|&t| self.line(slot, t).since.load(Ordering::Acquire) != 0)
+            .count()
+    }
+
     /// The worker in `slot` serves ASGI: up to `max_concurrency` tasks at once.
     pub fn set_capacity(&self, slot: usize, max_concurrency: usize) {
         let n = u32::try_from(max_concurrency).unwrap_or(u32::MAX);

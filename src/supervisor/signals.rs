@@ -37,6 +37,16 @@ impl SigSet {
         }
     }
 
+    /// Every signal (SIGKILL and SIGSTOP cannot be blocked anyway).
+    pub fn all() -> SigSet {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigfillset initialises the set.
+        unsafe {
+            libc::sigfillset(set.as_mut_ptr());
+            SigSet(set.assume_init())
+        }
+    }
+
     /// Blocks these signals in the calling thread.
     pub fn block(&self) -> io::Result<()> {
         self.mask(libc::SIG_BLOCK)

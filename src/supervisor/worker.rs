@@ -1,10 +1,14 @@
 //! The worker's side of the supervisor: what a forked worker tells its master (ready,
-//! recycling) and the monitor that records its requests on the scoreboard.
+//! recycling), the monitor that records its requests on the scoreboard, and the thread
+//! that gets the worker out once its master is gone.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::Pid;
 
 use super::scoreboard::Scoreboard;
 use super::WorkerContext;
@@ -16,10 +20,16 @@ pub(super) const READY: u8 = b'R';
 /// replacement while it drains.
 pub(super) const RECYCLING: u8 = b'S';
 
-/// How often a serving worker looks at its scoreboard slot for the master's mark.
-const MARK_EVERY: Duration = Duration::from_secs(1);
-/// How long the SIGTERM that follows the master's mark may take to arrive.
+/// How often a serving worker looks at its scoreboard slot for the master's mark: a
+/// worker deaf to SIGTERM leaves this late at most (an atomic load; 4 wake-ups a
+/// second of the I/O thread).
+const MARK_EVERY: Duration = Duration::from_millis(250);
+/// How long the SIGTERM that follows the master's mark may take to arrive, while
+/// postern's handler is still the one in place (it could be blocked in every thread).
 const TERM_WAIT: Duration = Duration::from_millis(200);
+/// How often a worker looks whether its master is still there when the kernel cannot
+/// say so (no pidfd: Linux before 5.3, a seccomp filter).
+const PARENT_EVERY: Duration = Duration::from_millis(250);
 
 /// Tells the master this worker serves (one byte on its status pipe). A SIGTERM that
 /// came while it booted was counted ([`crate::stop`]) and is acted on by now; one the
@@ -53,8 +63,11 @@ async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
         // SIGKILL (or SIGTERM if spared), not SIGTERM: not a lost stop.
         let cause = board.leaving_for(slot);
         if cause.is_some_and(|c| c != Cause::Timeout) {
-            // The mark comes just before the signal: give it a moment.
-            tokio::time::sleep(TERM_WAIT).await;
+            // The mark comes just before the signal: give it a moment, unless the
+            // signal cannot be counted (another disposition is in place).
+            if crate::stop::handler_in_place() {
+                tokio::time::sleep(TERM_WAIT).await;
+            }
             if crate::stop::any() {
                 return;
             }
@@ -62,6 +75,102 @@ async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
             crate::stop::asked();
             return;
         }
+    }
+}
+
+/// What a worker does when its master dies without stopping it (SIGKILL, the OOM
+/// killer): see [`watch_master`].
+pub(super) struct Orphaned {
+    pub master: Pid,
+    pub board: Arc<Scoreboard>,
+    pub slot: usize,
+    /// `--graceful-timeout` plus the master's own margin: what the master would have
+    /// allowed a WSGI worker from its SIGTERM.
+    pub allowance: Duration,
+    /// On top for an ASGI worker (its lifespan shutdown after a cut-off).
+    pub past_graceful: Duration,
+}
+
+/// Starts, in a worker just forked (still its only thread), the thread that watches
+/// its master. Once the master is gone, the worker stops as for the SIGTERM that death
+/// sends (`PR_SET_PDEATHSIG`), even if that signal never counted (the app took or
+/// ignored it), and it is gone `allowance` after its stop began (the master's death
+/// at the latest), whatever it is doing by then: a request that does not end (one
+/// holding the GIL too), an atexit handler that hangs, an import that never ends, a
+/// blocked ASGI loop. Those are the deadlines the master enforces while it lives
+/// (`Master::overdue`); nothing else would once it is gone.
+/// regression: a worker hung in its atexit handler, or in its import, outlived its
+/// SIGKILLed master for as long as it hung.
+///
+/// `PR_SET_PDEATHSIG` alone is not enough for that: it only sends a signal, which the
+/// app can take, and which does nothing to a worker already past its drain or still
+/// importing. (It fires when the thread that forked the worker dies, not its process:
+/// that is the master's main thread, which forks every worker and lives as long as the
+/// master. This thread waits on the master's process, not on a thread of it.)
+pub(super) fn watch_master(o: Orphaned) {
+    let spawned = std::thread::Builder::new()
+        .name("postern-watch".into())
+        .stack_size(256 * 1024)
+        .spawn(move || orphaned(o));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the thread that watches the master; this worker may outlive it");
+    }
+}
+
+/// The body of [`watch_master`]'s thread.
+fn orphaned(o: Orphaned) {
+    // Signals go to the threads that serve (this one would only be woken).
+    let _ = super::signals::SigSet::all().block();
+    master_death(o.master);
+    crate::stop::master_gone();
+    let now = Instant::now();
+    let began = crate::stop::began().map_or(now, |b| b.min(now));
+    // An ASGI worker may start its loop while this waits (an import that ends).
+    let allowance = || {
+        o.allowance
+            + if o.board.serves_asgi(o.slot) {
+                o.past_graceful
+            } else {
+                Duration::ZERO
+            }
+    };
+    loop {
+        let left = (began + allowance()).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left);
+    }
+    tracing::warn!(
+        pid = std::process::id(),
+        running = o.board.running(o.slot),
+        "its master is gone, and this worker still runs {:?} after it began to stop (past --graceful-timeout: a request, an atexit handler or an import that does not end?): killing it",
+        allowance()
+    );
+    crate::logging::finish();
+    let me = rustix::process::getpid();
+    let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+}
+
+/// Returns once the process `master` (this worker's parent) has exited: woken by the
+/// kernel through a pidfd, else by looking at the parent every [`PARENT_EVERY`].
+fn master_death(master: Pid) {
+    if let Ok(fd) = rustix::process::pidfd_open(master, rustix::process::PidfdFlags::empty()) {
+        // Opened while it was still the parent: the descriptor is the master's.
+        if rustix::process::getppid() != Some(master) {
+            return;
+        }
+        loop {
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(n) if n > 0 => return,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    while rustix::process::getppid() == Some(master) {
+        std::thread::sleep(PARENT_EVERY);
     }
 }
 
