@@ -634,6 +634,82 @@ fn an_asgi_worker_whose_loop_is_blocked_goes_soon_after_its_master_is_killed() {
     );
 }
 
+/// A master serving `illapp` v1 (`ill`) with one worker, reloaded to a well-behaved
+/// v2: returns the old worker, told to leave, and when the master said so.
+fn reloaded(dir: &std::path::Path, ill: Ill, graceful: &str) -> (Postern, i32, Instant) {
+    let path = app(dir, "v1", ill);
+    let p = Spawn::unix(dir, &path.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", graceful])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let old = workers(&p, 1, ill)[0];
+    app(dir, "v2", Ill::Well);
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready; old workers finish their requests", 20),
+        "{}",
+        p.logs()
+    );
+    (p, old, Instant::now())
+}
+
+// A stop that comes while a worker told to leave at a reload is still there (hung in
+// its atexit handler): that worker keeps its own deadline (it is not given the stop's
+// new --graceful-timeout), and its kill is one of the stop's (exit 1, with the count).
+// regression: it was killed only at the stop's own deadline, by the stop's blanket
+// kill, 3 s later here.
+#[test]
+fn a_stop_keeps_the_deadline_of_a_worker_already_leaving() {
+    let dir = tempdir();
+    let (mut p, old, told) = reloaded(dir.path(), Ill::HangsAtExit, "3");
+    // Its deadline is 4 s after it was told; the stop's would be 4 s after this.
+    std::thread::sleep(Duration::from_secs(2));
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+    let warnings = kill_warnings(&p, old);
+    assert_eq!(warnings.len(), 1, "{}", p.logs());
+    assert!(warnings[0].contains("cause=\"reload\""), "{}", warnings[0]);
+    let logs = p.logs();
+    assert!(
+        logs.contains("stopped uncleanly: 1 worker killed past --graceful-timeout or by a second signal; no request was running"),
+        "{logs}"
+    );
+    assert!(!logs.contains("WSGI workers still running"), "{logs}");
+    assert!(told.elapsed() < Duration::from_secs(20));
+}
+
+// A stop that comes after the deadline of a worker told to leave at a reload has
+// passed, before the master has acted on it (here the master is stopped meanwhile,
+// SIGSTOP): the worker is killed at once, for the reload, before the stop begins, and
+// the stop, which cut nothing off, exits 0.
+// regression: it was killed only at the stop's own deadline and made the stop exit 1,
+// while a master that had reaped it a moment before the stop exited 0.
+#[test]
+fn a_stop_after_a_leaving_workers_deadline_kills_it_first_and_exits_0() {
+    let dir = tempdir();
+    let (mut p, old, told) = reloaded(dir.path(), Ill::HangsAtExit, "1");
+    p.signal(libc::SIGSTOP);
+    // Its deadline: 2 s after it was told.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(told.elapsed()));
+    p.signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    p.signal(libc::SIGCONT);
+    let status = p.wait_exit(20);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", p.logs());
+    assert!(gone(old), "{}", p.logs());
+    let warnings = kill_warnings(&p, old);
+    assert_eq!(warnings.len(), 1, "{}", p.logs());
+    assert!(warnings[0].contains("cause=\"reload\""), "{}", warnings[0]);
+    // Not a second past --graceful-timeout.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}\n{}",
+        stopped.elapsed(),
+        p.logs()
+    );
+}
+
 /// The time of day (seconds) of a log line, from its RFC 3339 timestamp.
 fn at(line: &str) -> f64 {
     let time = line

@@ -1026,3 +1026,40 @@ fn ping_holds_while_a_worker_is_recycled() {
     std::fs::write(&gate, "").unwrap();
     assert!(wait_until(30, || ping(&stats_addr) == 200), "{}", p.logs());
 }
+
+// A worker the master kills because it still ran past --graceful-timeout after it was
+// told to leave (here by SIGTTOU; its atexit handler hangs) counts as `killed`, not
+// under the cause it was told to leave for; its replacement (none here) would start
+// with that cause, never with `killed`.
+// regression: it counted as `scale`, like a worker that left by itself.
+#[test]
+fn a_worker_killed_past_graceful_timeout_counts_as_killed() {
+    let dir = tempdir();
+    let app = dir.path().join("hangsatexit.py");
+    std::fs::write(
+        &app,
+        "import atexit, os, time\natexit.register(time.sleep, 300)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let stats_addr = Addr::Tcp(free_port());
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "1",
+            "--stats",
+            &stats_addr.arg(),
+        ])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    p.signal(libc::SIGTTOU);
+    let killed = r#"postern_worker_exits_total{cause="killed"}"#;
+    let m = wait_metrics(&stats_addr, 15, |m| sample(m, killed) == 1.0);
+    assert_eq!(sample(&m, killed), 1.0, "{m}\n{}", p.logs());
+    assert_eq!(family_sum(&m, "postern_worker_exits_total"), 1.0, "{m}");
+    assert!(!m.contains(r#"worker_starts_total{cause="killed"}"#), "{m}");
+    // The other one hangs at exit too: its master kills it at the stop.
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(15).is_some(), "{}", p.logs());
+}

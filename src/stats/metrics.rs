@@ -233,7 +233,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "worker_exits",
-            "Workers that exited, by cause.",
+            "Workers that exited, by cause (killed: told to leave, still running past --graceful-timeout, killed by the master).",
             None,
             by_cause(&s.events.exits, Cause::exits),
         )?;

@@ -139,10 +139,15 @@ pub enum Cause {
     MaxLifetime,
     /// The master stopped (exits only).
     Stop,
+    /// Exits only: told to leave (for any of the causes above) and killed by the master
+    /// because it still ran past `--graceful-timeout` (plus its margin). Not a
+    /// `--timeout` kill (`timeout`), nor the kill of SIGQUIT or a second stop signal,
+    /// which were asked for (`stop`).
+    Killed,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 10] = [
+    pub const ALL: [Cause; 11] = [
         Cause::Boot,
         Cause::Reload,
         Cause::Scale,
@@ -153,6 +158,7 @@ impl Cause {
         Cause::MaxRss,
         Cause::MaxLifetime,
         Cause::Stop,
+        Cause::Killed,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -168,6 +174,7 @@ impl Cause {
             Cause::MaxRss => "max-rss",
             Cause::MaxLifetime => "max-lifetime",
             Cause::Stop => "stop",
+            Cause::Killed => "killed",
         }
     }
 
@@ -190,9 +197,10 @@ impl Cause {
         )
     }
 
-    /// A worker can start for this reason.
+    /// A worker can start for this reason (a killed worker's replacement starts with
+    /// the cause it was told to leave for).
     pub fn starts(self) -> bool {
-        self != Cause::Stop
+        !matches!(self, Cause::Stop | Cause::Killed)
     }
 
     /// A worker can exit for this reason.

@@ -63,8 +63,14 @@ struct Worker {
     /// still running past `--graceful-timeout` from then, it is killed (`watch`).
     /// None again once killed.
     told: Option<Instant>,
-    /// The master sent it SIGKILL (at the stop, or for --timeout).
+    /// The master sent it SIGKILL (at the stop, for --timeout, or past its leave
+    /// deadline).
     sigkilled: bool,
+    /// That SIGKILL was for running past --graceful-timeout (its exit counts as
+    /// `killed` in the metrics).
+    late: bool,
+    /// Killed before a stop began: its exit does not make the stop unclean.
+    before_stop: bool,
 }
 
 impl Worker {
@@ -443,6 +449,8 @@ impl Master {
             termed: false,
             told: None,
             sigkilled: false,
+            late: false,
+            before_stop: false,
         });
         Ok(())
     }
@@ -541,44 +549,8 @@ impl Master {
         let at = |since: u64, limit: Duration| {
             instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
         };
+        due = earliest(due, self.overdue(instant));
         for w in self.workers.iter_mut() {
-            if let (Some(told), Phase::Stopping(cause)) = (w.told, w.phase) {
-                // Told to leave (reload, scale-down, --max-lifetime, recycling) and
-                // still here past --graceful-timeout: deaf to SIGTERM (the app or a C
-                // extension took or ignored it) or stuck (a request holding the GIL).
-                // Killed, as at the stop; an ASGI worker (or one that never served)
-                // first gets the allowance of its lifespan shutdown.
-                // regression: it was never killed and served on next to its successor.
-                let wsgi = w.served && !self.board.serves_asgi(w.slot);
-                let allowance = self.opts.graceful_timeout
-                    + LEAVE_MARGIN
-                    + if wsgi {
-                        Duration::ZERO
-                    } else {
-                        self.opts.past_graceful
-                    };
-                if instant >= told + allowance {
-                    let running = self.board.running(w.slot);
-                    if w.served {
-                        tracing::warn!(
-                            pid = raw(w.pid),
-                            cause = cause.label(),
-                            running,
-                            "worker told to leave is still running {allowance:?} later (past --graceful-timeout); killing it (did the app or a C extension take or ignore SIGTERM, or does a request hold the GIL?)"
-                        );
-                    } else {
-                        tracing::warn!(
-                            pid = raw(w.pid),
-                            cause = cause.label(),
-                            "worker told to leave while it was starting has not finished starting {allowance:?} later (past --graceful-timeout); killing it (it served no request: is the app's import stuck?)"
-                        );
-                    }
-                    signal(w.pid, Signal::KILL);
-                    w.told = None;
-                } else {
-                    due = earliest(due, Some(told + allowance));
-                }
-            }
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
                     w.kill_or_spare(&self.board);
@@ -665,6 +637,68 @@ impl Master {
                     }
                 }
             }
+        }
+        due
+    }
+
+    /// Kills the workers told to leave (reload, scale-down, --max-lifetime, recycling)
+    /// that still run past --graceful-timeout from then: deaf to SIGTERM (the app or a
+    /// C extension took or ignored it) or stuck (a request holding the GIL, an atexit
+    /// handler that hangs). An ASGI worker (or one that never served) first gets the
+    /// allowance of its lifespan shutdown. Returns the next such deadline.
+    /// regression: such a worker was never killed and served on next to its successor.
+    ///
+    /// During a stop, a worker it told to leave is left to the stop's own deadlines;
+    /// one that was already leaving keeps its deadline (the stop does not give it a new
+    /// --graceful-timeout), and its kill counts for the stop's exit code like the stop's
+    /// own. One whose deadline had passed when the stop came is killed before the stop
+    /// begins (`stop` calls this before it sets the flag) and does not count: the
+    /// outcome depends on the deadline and the stop's time, not on which of the two the
+    /// master's loop saw first.
+    /// regression: such a worker was killed only at the stop's deadline, and the stop
+    /// exited 0 or 1 depending on whether the master had reaped it before.
+    fn overdue(&mut self, instant: Instant) -> Option<Instant> {
+        let stopping = self.board.is_stopping();
+        let mut due = None;
+        for w in self.workers.iter_mut().filter(|w| !w.sigkilled) {
+            let (Some(told), Phase::Stopping(cause)) = (w.told, w.phase) else {
+                continue;
+            };
+            if stopping && cause == Cause::Stop {
+                continue;
+            }
+            let wsgi = w.served && !self.board.serves_asgi(w.slot);
+            let allowance = self.opts.graceful_timeout
+                + LEAVE_MARGIN
+                + if wsgi {
+                    Duration::ZERO
+                } else {
+                    self.opts.past_graceful
+                };
+            if instant < told + allowance {
+                due = earliest(due, Some(told + allowance));
+                continue;
+            }
+            let running = self.board.running(w.slot);
+            if w.served {
+                tracing::warn!(
+                    pid = raw(w.pid),
+                    cause = cause.label(),
+                    running,
+                    "worker told to leave is still running {allowance:?} later (past --graceful-timeout); killing it (did the app or a C extension take or ignore SIGTERM, or does a request hold the GIL?)"
+                );
+            } else {
+                tracing::warn!(
+                    pid = raw(w.pid),
+                    cause = cause.label(),
+                    "worker told to leave while it was starting has not finished starting {allowance:?} later (past --graceful-timeout); killing it (it served no request: is the app's import stuck?)"
+                );
+            }
+            signal(w.pid, Signal::KILL);
+            w.told = None;
+            w.sigkilled = true;
+            w.late = true;
+            w.before_stop = !stopping;
         }
         due
     }
@@ -801,7 +835,9 @@ impl Master {
                     previous_serves: self.reloading(),
                 },
             );
-            self.board.count_exit(j.cause);
+            let late = w.late && status.terminating_signal() == Some(libc::SIGKILL);
+            self.board
+                .count_exit(if late { Cause::Killed } else { j.cause });
             // Read before the slot is released: what it was running when it ended.
             let was_running = self.board.running(w.slot);
             // Its counts join the totals; the slot is free for a new worker.
@@ -821,7 +857,12 @@ impl Master {
             // Counted here, not when signalled: a worker that exited by itself before
             // the master's SIGKILL reached it (two quick stop signals, idle) was not
             // killed. SIGQUIT's kills were asked for: only their requests count.
-            if self.board.is_stopping() && w.served && status.exit_status().is_none_or(|c| c != 0) {
+            // One killed past its leave deadline before the stop began was the leave's.
+            if self.board.is_stopping()
+                && w.served
+                && !w.before_stop
+                && status.exit_status().is_none_or(|c| c != 0)
+            {
                 self.unclean.requests += was_running;
                 let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
                 if !by_master {
@@ -1068,6 +1109,9 @@ impl Master {
         // may join the queues while the workers drain: otherwise the kernel keeps
         // queueing them on the master's copy of each socket, and resets them all when
         // the master exits last.
+        // Before the flag: a worker whose leave deadline has passed is killed now, as
+        // the leave's (see `overdue`).
+        self.overdue(Instant::now());
         self.board.set_stopping();
         // Sockets systemd passed stay open in systemd for the next start: left alone.
         for l in listeners.iter().filter(|l| !l.inherited) {
@@ -1103,6 +1147,7 @@ impl Master {
                 {
                     signal(w.pid, Signal::KILL);
                     w.sigkilled = true;
+                    w.late = true;
                     left += 1;
                     requests += board.running(w.slot);
                 }
@@ -1120,14 +1165,18 @@ impl Master {
                     requests = self.running(),
                     "workers still running after --graceful-timeout (and an ASGI lifespan shutdown); killing them"
                 );
+                for w in &mut self.workers {
+                    w.late = true;
+                }
                 self.stop_all(true);
                 // SIGCHLD says when they are gone.
                 deadline = None;
             }
+            // A worker already leaving when the stop came keeps its own deadline.
+            let mut due = earliest(earliest(deadline, wsgi_due), self.overdue(Instant::now()));
             // A worker condemned for --timeout is still killed when its stacks are
             // dumped: its request will not finish, so it must not hold the stop up
             // until --graceful-timeout.
-            let mut due = earliest(deadline, wsgi_due);
             for w in &mut self.workers {
                 if let Phase::Condemned { kill_at } = w.phase {
                     if Instant::now() >= kill_at {
