@@ -114,6 +114,17 @@ pub fn children(master: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether process `pid` is gone, or a zombie its parent has not reaped yet (a worker
+/// whose master died waits for whoever adopted it).
+pub fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
 /// A temp dir nginx's workers can traverse (0755).
 pub fn tempdir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()

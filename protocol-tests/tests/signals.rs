@@ -57,16 +57,6 @@ fn ignores_sigterm(pid: i32) -> bool {
         .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
-/// Gone, or a zombie its master has not reaped yet.
-fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
 fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
@@ -434,6 +424,53 @@ fn kill_master(p: &mut Postern, pids: &[i32], secs: u64) -> Vec<i32> {
         unsafe { libc::kill(w, libc::SIGKILL) };
     }
     left
+}
+
+// The workers leave when their master dies without stopping them (SIGKILL, the OOM
+// killer): each gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and drains. Not a
+// regression test: a guard on how a stop can be lost.
+#[test]
+fn the_workers_leave_when_the_master_is_killed() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let pids = workers(&p, 2, Ill::Well);
+    let left = kill_master(&mut p, &pids, 10);
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the master\n{}",
+        p.logs()
+    );
+    assert_eq!(
+        p.logs().matches("stopping: no new connections").count(),
+        2,
+        "{}",
+        p.logs()
+    );
+}
+
+// A worker whose SIGTERM the app ignores also ignores the one its master's death sends
+// (PR_SET_PDEATHSIG); it is told by its own thread that waits for the master, and
+// stops.
+// regression: it outlived its SIGKILLed master forever.
+#[test]
+fn a_worker_deaf_to_sigterm_leaves_when_the_master_is_killed() {
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", Ill::Deaf);
+    let mut p = Spawn::tcp(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "1", "--master"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let pids = workers(&p, 1, Ill::Deaf);
+    let left = kill_master(&mut p, &pids, 10);
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the master\n{}",
+        p.logs()
+    );
+    assert!(p.logs().contains("cause=\"master gone\""), "{}", p.logs());
 }
 
 /// A WSGI app whose `/hang` request touches `mark`, then runs `hang` (Python) forever.
