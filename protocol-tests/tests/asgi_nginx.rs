@@ -1037,3 +1037,124 @@ fn at_max_concurrency_a_client_gone_still_reaches_the_app_as_http_disconnect() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Django and Starlette answering with a streamed response that declares its
+/// Content-Length, the code after its last chunk marking `dir/tail-{which}`: Django's
+/// view (its async generator goes on after the last chunk), Starlette's
+/// BackgroundTask (as of ASGI spec 2.4, and 2.3: the listener for the disconnect).
+const FRAMEWORK_TAILS: &str = r#"
+import asyncio, os
+
+import django
+from django.conf import settings
+
+DIR = os.environ["ASGI_TEST_DIR"]
+
+def mark(which):
+    with open(os.path.join(DIR, "tail-" + which), "a") as f:
+        f.write("x")
+
+settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+                   SECRET_KEY="test", MIDDLEWARE=[])
+django.setup()
+
+from django.core.asgi import get_asgi_application
+from django.http import StreamingHttpResponse
+from django.urls import path
+from starlette.background import BackgroundTask
+from starlette.responses import StreamingResponse
+
+async def django_stream(request):
+    async def chunks():
+        yield b"hello"
+        await asyncio.sleep(0.05)
+        mark("django")
+    r = StreamingHttpResponse(chunks(), content_type="text/plain")
+    r["Content-Length"] = "5"
+    return r
+
+urlpatterns = [path("django/", django_stream)]
+dj = get_asgi_application()
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"].startswith("/django/"):
+        return await dj(scope, receive, send)
+    which = scope["path"].strip("/")
+    if which == "starlette-2.3":
+        scope = dict(scope, asgi=dict(scope["asgi"], spec_version="2.3"))
+
+    async def chunks():
+        yield b"hello"
+        await asyncio.sleep(0.05)
+
+    r = StreamingResponse(chunks(), media_type="text/plain",
+                          headers={"content-length": "5"},
+                          background=BackgroundTask(mark, which))
+    await r(scope, receive, send)
+"#;
+
+#[test]
+fn code_after_the_last_chunk_of_a_response_with_a_content_length_runs_in_django_and_starlette() {
+    // regression: receive() returned http.disconnect as soon as a streamed response's
+    // whole Content-Length was out, before the app's last (empty) http.response.body:
+    // Django took it for the client gone and cancelled the view's response, so the
+    // code after its last chunk never ran (and postern warned that the app returned
+    // without its last body); uvicorn leaves receive() pending until the last body.
+    let Some(venv) = venv() else { return };
+    for upstream in NGINX_UPSTREAMS {
+        let dir = tempdir();
+        let module = dir.path().join("framework_tails.py");
+        std::fs::write(&module, FRAMEWORK_TAILS).unwrap();
+        let marks = dir.path().join("marks");
+        std::fs::create_dir(&marks).unwrap();
+        std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let Some(s) = behind_nginx(
+            upstream,
+            &format!("{}:app", module.display()),
+            &["--interface", "asgi"],
+            "",
+            |s| {
+                s.venv(&venv)
+                    .env("ASGI_TEST_DIR", &marks.display().to_string())
+            },
+        ) else {
+            return;
+        };
+        let paths = ["django", "starlette-2.4", "starlette-2.3"];
+        for p in paths {
+            for _ in 0..3 {
+                let r = s.nginx.get(&format!("/{p}/"));
+                assert_eq!(
+                    (r.status, r.text().as_str()),
+                    (200, "hello"),
+                    "{upstream:?} {p}\n{}",
+                    s.postern.logs()
+                );
+            }
+        }
+        for p in paths {
+            let tail = marks.join(format!("tail-{p}"));
+            let ran = |n| std::fs::read_to_string(&tail).is_ok_and(|t| t.len() == n);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !ran(3) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                ran(3),
+                "{upstream:?} {p}: the code after the last chunk ran {:?} times of 3\n{}",
+                std::fs::read_to_string(&tail).map(|t| t.len()),
+                s.postern.logs()
+            );
+        }
+        let logs = s.postern.logs();
+        assert!(
+            !logs.contains("without its last http.response.body"),
+            "{upstream:?}\n{logs}"
+        );
+        s.assert_clean(&format!("{upstream:?}"));
+        assert_no_error_lines(&s.postern);
+    }
+}

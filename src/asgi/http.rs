@@ -1255,6 +1255,15 @@ impl Exchange {
         super::io::loop_io(self.ctx.event_loop.bind(py))
     }
 
+    /// A `receive()` after the body returns `http.disconnect` now: the front server
+    /// went away, or the response is finished, which for one that ended at its
+    /// Content-Length is once the app has sent its last `http.response.body` too (as
+    /// uvicorn: Django, told of a disconnect, cancels the view's streamed response,
+    /// and the code after its last chunk did not run).
+    fn disconnect_due(&self) -> bool {
+        self.gone || (self.served.is_some() && !self.ended_at_length)
+    }
+
     /// Resolves the `receive()` futures waiting for the end with `http.disconnect`.
     fn wake_waiters(&mut self, py: Python<'_>) {
         for w in std::mem::take(&mut self.waiters) {
@@ -1345,7 +1354,9 @@ impl Exchange {
             py.detach(|| sink.finish(end))
         };
         me.finish_log(end, sent);
-        me.wake_waiters(py);
+        if me.disconnect_due() {
+            me.wake_waiters(py);
+        }
         Ok(())
     }
 
@@ -1502,8 +1513,11 @@ impl Exchange {
                 // and this exchange in a cycle the GC cannot see: a leak per request.
                 let rest = std::mem::take(&mut me.read_waiters);
                 me.waiters.extend(rest);
-                me.wake_waiters(py);
             }
+            // Those still waiting (a response that ended at its Content-Length
+            // without the app's last body): pending, one would keep this exchange
+            // in a cycle through its task that the GC cannot see.
+            me.wake_waiters(py);
         }
         if let Some(ended) = ctx.ended.get() {
             ended(py, slot);
@@ -1538,7 +1552,9 @@ impl Exchange {
     fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
-        if me.gone {
+        // Once the response has ended, the sink's connection is no longer this
+        // request's to look at.
+        if me.gone || me.served.is_some() {
             return Ok(());
         }
         if me.peer_fd.is_none() && me.gone_id.is_none() {
@@ -1840,7 +1856,7 @@ impl Exchange {
                 Ok(waiter)
             }
             BodyState::Done => {
-                if me.gone || me.served.is_some() {
+                if me.disconnect_due() {
                     return Ok(Bound::new(
                         py,
                         Ready(Some(disconnect_message(py)?.into_any().unbind())),
@@ -1925,6 +1941,10 @@ impl Exchange {
                 if me.ended_at_length {
                     if !more {
                         me.ended_at_length = false;
+                        // The response is finished for the app too.
+                        if me.disconnect_due() {
+                            me.wake_waiters(py);
+                        }
                     }
                     let ended_whole =
                         matches!(me.served.as_ref().map(|s| s.end), Some(End::Complete(_)));
@@ -2208,7 +2228,7 @@ impl Exchange {
         }
         let rest = std::mem::take(&mut me.read_waiters);
         me.waiters.extend(rest);
-        if me.gone || me.served.is_some() {
+        if me.disconnect_due() {
             me.wake_waiters(py);
             return Ok(());
         }
@@ -2562,7 +2582,7 @@ impl Exchange {
                 // Past the body: the rest wait for the disconnect, as after any body.
                 let rest = std::mem::take(&mut me.read_waiters);
                 me.waiters.extend(rest);
-                if me.gone || me.served.is_some() {
+                if me.disconnect_due() {
                     me.wake_waiters(py);
                     return Ok(());
                 }
