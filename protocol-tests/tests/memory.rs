@@ -87,6 +87,17 @@ fn status_kib(pid: i32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("/proc/{pid}/status has {key}"))
 }
 
+/// An app that reads the whole body and answers its length, written to `dir`.
+fn upload_app(dir: &std::path::Path) -> std::path::PathBuf {
+    let app = dir.join("upapp.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    n = len(environ['wsgi.input'].read())\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(n).encode()]\n",
+    )
+    .unwrap();
+    app
+}
+
 // regression: F1 of the review of 11cc4ee: FastCGI uploads without CONTENT_LENGTH held
 // open cost a worker about 1 MiB each beyond their collected bodies, spooled or not
 // (150 of 900 KB: 171 MiB RSS with --fastcgi-buffer-total 8M, every body past it in a
@@ -100,12 +111,7 @@ fn held_open_uploads_without_content_length_cost_what_they_buffer() {
     const UPLOADS: usize = 60;
     const SIZE: usize = 900_000;
     let dir = tempdir();
-    let app = dir.path().join("upapp.py");
-    std::fs::write(
-        &app,
-        "def application(environ, start_response):\n    n = len(environ['wsgi.input'].read())\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(n).encode()]\n",
-    )
-    .unwrap();
+    let app = upload_app(dir.path());
     // Collected bodies in memory: 8 MiB for the whole worker, the rest in files.
     let p = Spawn::unix(dir.path(), app.to_str().unwrap())
         .protocol("fastcgi")
@@ -287,12 +293,7 @@ fn malloc_heaps(pid: i32) -> usize {
 fn malloc_arenas_are_capped_unless_the_user_sets_malloc_arena_max() {
     use std::io::{Read, Write};
     let dir = tempdir();
-    let app = dir.path().join("upapp.py");
-    std::fs::write(
-        &app,
-        "def application(environ, start_response):\n    n = len(environ['wsgi.input'].read())\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(n).encode()]\n",
-    )
-    .unwrap();
+    let app = upload_app(dir.path());
     let heaps = |env: Option<&str>| {
         let mut spawn = Spawn::unix(dir.path(), app.to_str().unwrap()).args(["--threads", "8"]);
         if let Some(v) = env {
