@@ -262,6 +262,10 @@ pub struct Ctx {
     pub gone: Arc<GoneQueue>,
     /// The requests waiting for word from [`GoneQueue`], by id.
     pub gone_waiting: std::cell::RefCell<std::collections::HashMap<u64, Py<Exchange>>>,
+    /// The worker is at `--max-concurrency` and the loop has stopped looking at the
+    /// acceptor, which reads kept FastCGI connections: those [`Ctx::gone_waiting`]
+    /// are peeked at by the loop meanwhile ([`peek_kept`]).
+    pub at_cap: Cell<bool>,
     pub next_id: Cell<u64>,
 }
 
@@ -324,8 +328,8 @@ pub struct Exchange {
     /// without keep-conn): its close is the client gone.
     peer_fd: Option<RawFd>,
     /// The connection to look at for the front server's close while a `receive()`
-    /// waits: `peer_fd`, or a kept FastCGI connection (whose reader, the acceptor, is
-    /// not looked at while the worker is at `--max-concurrency`).
+    /// waits: `peer_fd`, or a kept FastCGI connection while the worker is at
+    /// `--max-concurrency` (the acceptor, its reader, is not looked at then).
     peek_fd: Option<RawFd>,
     // The response, as the app sends it.
     started: bool,
@@ -1577,13 +1581,13 @@ impl Exchange {
         }
         // The server layer reads a kept connection in the acceptor, which the loop
         // does not look at while the worker is at --max-concurrency: its close would
-        // reach the app only once another request ends. Peeked at, it does at once.
-        // (One reader per fd: of requests multiplexed on one connection, the last to
-        // wait is looked for; the others learn it from the server layer.)
+        // reach the app only once another request ends. Peeked at then, it does at
+        // once. (One reader per fd: of requests multiplexed on one connection, the
+        // last to wait is looked for; the others learn it from the server layer.)
         let Some(fd) = me.peek_fd else {
             return Ok(());
         };
-        if me.watching {
+        if me.watching || (me.peer_fd.is_none() && !me.ctx.at_cap.get()) {
             return Ok(());
         }
         me.watching = true;
@@ -1592,6 +1596,29 @@ impl Exchange {
         add.bind(py)
             .call1((fd, slf.getattr(intern!(py, "_peer_readable"))?))?;
         Ok(())
+    }
+}
+
+/// The worker has reached `--max-concurrency` (`ctx.at_cap` set): the requests on
+/// kept FastCGI connections that wait for the server layer's word of the front
+/// server's close have the loop peek at their connection meanwhile.
+pub fn peek_kept(py: Python<'_>, ctx: &Ctx) {
+    let waiting: Vec<Py<Exchange>> = ctx
+        .gone_waiting
+        .borrow()
+        .values()
+        .map(|e| e.clone_ref(py))
+        .collect();
+    for ex in waiting {
+        let ex = ex.bind(py);
+        // One in the middle of a call of its own is left to the server layer.
+        if ex.try_borrow_mut().is_err() {
+            continue;
+        }
+        if let Err(e) = Exchange::watch(ex) {
+            let _e = ex.borrow().span.clone().entered();
+            tracing::debug!(error = %e, "cannot watch the connection for its close");
+        }
     }
 }
 

@@ -250,6 +250,7 @@ fn serve(
         answered: Cell::new(0),
         gone: super::http::GoneQueue::new()?,
         gone_waiting: RefCell::new(std::collections::HashMap::new()),
+        at_cap: Cell::new(false),
         next_id: Cell::new(0),
     });
     let driver = Bound::new(
@@ -381,6 +382,7 @@ impl Driver {
         if me.draining.get() || me.reading.get() || me.in_flight.get() >= me.max {
             return Ok(());
         }
+        me.ctx.at_cap.set(false);
         // regression: called at a request's end, inside its task's step, the reader's
         // handle (asyncio and uvloop give it a copy of the current context) and the
         // tasks taken here (each copies the current context) got that request's
@@ -442,6 +444,11 @@ impl Driver {
             }
             if me.in_flight.get() >= me.max {
                 me.pause(py);
+                if !me.ctx.at_cap.replace(true) {
+                    let ctx = Rc::clone(&me.ctx);
+                    drop(me);
+                    super::http::peek_kept(py, &ctx);
+                }
                 return;
             }
             // --max-requests: no request is taken past the limit (those in flight
