@@ -155,6 +155,16 @@ impl Source for Acceptor {
     }
 }
 
+/// A connection just accepted, with the place reserved for it under `--max-requests`
+/// (or why there is none).
+struct Accepted {
+    sock: socket2::Socket,
+    peer: Arc<str>,
+    started: Instant,
+    permit: Permit,
+    room: Reserve,
+}
+
 /// What one look at the epoll found when it found no request (see
 /// [`Acceptor::turn`]). The request itself is `turn`'s return value, so that it is
 /// built where `next` returns it (a `Request` in an enum of its own cost a copy of it).
@@ -223,9 +233,9 @@ impl Acceptor {
             if !block {
                 if let Some(i) = self.guess() {
                     let l = &self.listeners[i];
-                    if let Some((sock, peer, started, permit)) = self.accept_raw(l, false) {
+                    if let Some(a) = self.accept_raw(l, false) {
                         drop(token);
-                        let req = self.admit(i, l, sock, peer, started, permit);
+                        let req = self.admit(i, l, a);
                         if req.is_none() {
                             GUESS.set((NO_GUESS, 0));
                         }
@@ -361,14 +371,14 @@ impl Acceptor {
                         return None;
                     }
                     if let Some(l) = self.listeners.get(i) {
-                        let Some((sock, peer, started, permit)) = self.accept_raw(l, false) else {
+                        let Some(a) = self.accept_raw(l, false) else {
                             if !block {
                                 GUESS.set((NO_GUESS, 0));
                             }
                             return None;
                         };
                         drop(token);
-                        let req = self.admit(i, l, sock, peer, started, permit);
+                        let req = self.admit(i, l, a);
                         // A connection that came without its request (it waits for its
                         // first bytes, or the slow lane reads it) makes the next wake-up
                         // likely its own, not a new connection's: no guess then.
@@ -403,11 +413,7 @@ impl Acceptor {
     /// Accepts one pending connection from `l` (non-blocking); `None` when there is
     /// none, or no room under `--max-connections` (`drain`: the stop takes the whole
     /// listen queue, past the limit).
-    fn accept_raw(
-        &self,
-        l: &Listener,
-        drain: bool,
-    ) -> Option<(socket2::Socket, Arc<str>, Instant, Permit)> {
+    fn accept_raw(&self, l: &Listener, drain: bool) -> Option<Accepted> {
         if !drain && !self.admission.room() {
             return None;
         }
@@ -429,19 +435,28 @@ impl Acceptor {
                 Err(e) => return self.accept_failed(l, e),
             }
         };
-        let permit = if drain {
-            self.admission.admit_anyway()
+        let (permit, room) = if drain {
+            (self.admission.admit_anyway(), Reserve::Taken)
         } else {
             let p = self.admission.admit();
             // A place under --max-requests is reserved from here, while the accept
-            // token is held (the room was just checked): a connection that turns out
-            // to have sent nothing yet, or part of a head, gives it back once read;
-            // one with a whole head makes it its request. Counted only once read, the
-            // threads accepting in turn would all see the room one of them takes.
-            p.reserve();
-            p
+            // token is held: a connection that turns out to have sent nothing yet, or
+            // part of a head, gives it back once read; one with a whole head makes it
+            // its request. Counted only once read, the threads accepting in turn would
+            // all see the room one of them takes. The room checked above may be gone:
+            // a kept FastCGI connection's next request (read by a thread without the
+            // token) can take the last place meanwhile; `admit` then leaves this one
+            // unread.
+            let room = p.reserve();
+            (p, room)
         };
-        Some((socket2::Socket::from(fd), peer, Instant::now(), permit))
+        Some(Accepted {
+            sock: socket2::Socket::from(fd),
+            peer,
+            started: Instant::now(),
+            permit,
+            room,
+        })
     }
 
     /// At stop: takes every connection still waiting in the listen queues, so requests
@@ -449,10 +464,10 @@ impl Acceptor {
     pub fn drain_backlog(&self) -> usize {
         let mut n = 0;
         for (i, l) in self.listeners.iter().enumerate() {
-            while let Some((sock, peer, started, permit)) = self.accept_raw(l, true) {
+            while let Some(a) = self.accept_raw(l, true) {
                 // Read what is already there: a connection that sent nothing yet
                 // would otherwise be closed as idle by the stopping slow lane.
-                if let Some(req) = self.admit(i, l, sock, peer, started, permit) {
+                if let Some(req) = self.admit(i, l, a) {
                     self.queue.push(req);
                 }
                 n += 1;
@@ -923,16 +938,16 @@ impl Acceptor {
     }
 
     /// Reads what a new connection has sent; returns the request when it is complete,
-    /// else hands the connection to the slow lane.
-    fn admit(
-        &self,
-        index: usize,
-        l: &Listener,
-        sock: socket2::Socket,
-        peer: Arc<str>,
-        started: Instant,
-        permit: Permit,
-    ) -> Option<Request> {
+    /// else hands the connection to the slow lane. One accepted without a place under
+    /// `--max-requests` is not read ([`Acceptor::wait_unread`]).
+    fn admit(&self, index: usize, l: &Listener, a: Accepted) -> Option<Request> {
+        let Accepted {
+            sock,
+            peer,
+            started,
+            permit,
+            room,
+        } = a;
         if l.tcp {
             let _ = sock.set_tcp_nodelay(true);
         }
@@ -946,9 +961,46 @@ impl Acceptor {
                 &self.parking,
                 Some(permit),
             );
+            if room != Reserve::Taken {
+                self.wait_unread(Waiting::Fcgi(conn), started);
+                return None;
+            }
             return self.fcgi_read(conn, false, started, true);
         }
+        if room != Reserve::Taken {
+            let conn = Waiting::Plain {
+                sock,
+                peer,
+                listener: index,
+                permit,
+                read: BytesMut::new(),
+            };
+            self.wait_unread(conn, started);
+            return None;
+        }
         self.plain_read(index, sock, peer, started, true, permit)
+    }
+
+    /// A connection accepted with no place under `--max-requests` for it (another
+    /// thread took the last one after the room check) is not read now: read, its
+    /// request would begin past the limit. It waits in the epoll as one that sent
+    /// nothing yet, and the event that reports its bytes (at once, when they are
+    /// there) reserves again (`Wake::Fresh`): read with a place, else held unread,
+    /// looked at again soon or handed to the workers that serve on. regression:
+    /// behind nginx with `fastcgi_keep_conn on` and `--threads 4`, a kept
+    /// connection's request took the last place between the two, and the worker
+    /// served one request more than its limit (5 of 13 runs).
+    fn wait_unread(&self, conn: Waiting, started: Instant) {
+        let Err(conn) = self.pending.wait(conn, started) else {
+            return;
+        };
+        // Too many waiting already, or stopping: looked at again soon (or handed on).
+        if let Err(e) = self
+            .pending
+            .hold(pending::Entry { conn, started }, pending::SOON)
+        {
+            self.hand_back(e);
+        }
     }
 
     /// Reads a new uwsgi/SCGI connection: returns the request when it is complete,

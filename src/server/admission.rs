@@ -23,8 +23,11 @@
 //! ([`Permit::reserve`], so threads reading at once cannot overshoot): accept stops
 //! while that place is the last, but the worker recycles only once what it read is a
 //! whole head (FastCGI: BEGIN_REQUEST and PARAMS) and the place its request's
-//! ([`Permit::begin`]); a read that finds none gives it back and accept goes on. A kept
-//! FastCGI connection's next request takes its place the same way.
+//! ([`Permit::begin`]); a read that finds none gives it back and accept goes on. A
+//! connection accepted when its reservation finds no place (another thread took the
+//! last one since the room check) is not read then. A kept FastCGI connection's next
+//! request takes its place the same way, its last one having given its own back before
+//! its END_REQUEST went out (the front server may send the next at once).
 //! One whose bytes come after the last request was taken is not read here, and one
 //! whose head the slow lane completes only then is not served here: the recycling
 //! worker hands both to the workers that serve on (a FastCGI one with its connection,

@@ -336,6 +336,20 @@ impl FcgiConn {
         self._permit.as_ref()
     }
 
+    /// The request ending now is no longer one to come under `--max-requests` (it is
+    /// one taken). Called as its owner says it ended, before its END_REQUEST can
+    /// reach the front server, which may send the next request on this connection
+    /// the moment it has it: that one must find the place free, to take it as its
+    /// own. regression: marked at the sink's `finish`, after END_REQUEST, the next
+    /// request was read meanwhile and found the place still counted (so took none),
+    /// then `finish` gave it back: it ran uncounted, and behind nginx with
+    /// `fastcgi_keep_conn on` a worker served one past its limit.
+    fn request_ended(&self) {
+        if let Some(p) = &self._permit {
+            p.served();
+        }
+    }
+
     /// A connection just accepted, held by the accepting thread.
     #[inline]
     pub fn new(
@@ -650,6 +664,7 @@ impl FcgiConn {
         last: Option<(&[u8], &[u8])>,
     ) -> bool {
         let ender = self.owner().end(id);
+        self.request_ended();
         let Some((data, tail)) = last else {
             // No END_REQUEST: the front server must not take a cut response as whole.
             self.abort();
@@ -771,6 +786,8 @@ impl FcgiConn {
                     false
                 }
             };
+            // Under the owner lock, which the thread woken by the next request takes.
+            self.request_ended();
             drop(owner);
             if sent == out.len() {
                 drop(w);

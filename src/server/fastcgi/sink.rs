@@ -194,6 +194,8 @@ impl FcgiConn {
     /// reading, and closes its client's keep-alive connection. False when the write
     /// failed.
     fn end_held(self: &Arc<Self>, id: u16, keep_conn: bool, data: &[u8], tail: &[u8]) -> bool {
+        // Before the lane can send END_REQUEST (see `request_ended`).
+        self.request_ended();
         let lane = match &*self.owner() {
             Owner::Lane(tx) => Some(tx.clone()),
             _ => None,
@@ -339,10 +341,9 @@ impl Sink for FcgiSink {
     }
 
     fn finish(&mut self, end: End) -> Sent {
-        // The connection's (first) request is served (--max-requests' accept gate).
-        if let Some(p) = &self.conn._permit {
-            p.served();
-        }
+        // --max-requests counts the request served as it ends (`end` below, or the
+        // `write_last` / `try_write` that ended it): not here, after END_REQUEST, when
+        // the connection's next request may have taken the place already.
         let sent = Sent {
             bytes: self.written,
             started: self.started,
