@@ -1,11 +1,13 @@
 //! Regressions found by reviewing the ASGI path with the real binary: each test pins a
 //! bug that was seen (its `// regression:` line says which) and is fixed now. The app
-//! is a tiny ASGI app written here (no framework), served over raw uwsgi.
+//! is a tiny ASGI app written here (no framework), served over raw uwsgi (and FastCGI
+//! where the protocol matters).
 
+use std::io::Write;
 use std::path::Path;
 
 use protocol_tests::harness::{
-    parse_http, sha256_hex, tempdir, uwsgi_packet, Postern, Response, Spawn,
+    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, Postern, Response, Spawn,
 };
 
 const APP: &str = r#"
@@ -134,15 +136,33 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b""})
     elif path == "/results":
         await answer(send, "\n".join(RESULTS).encode())
-    elif path == "/bytearray-peak":
-        # The peak RSS that sending one large bytearray adds (the app's own buffer
-        # made first): one copy (the `bytes` that goes out) is the floor.
+    elif path == "/peak":
+        # The peak RSS that sending one large body adds (the app's own object made
+        # first), sent whole or in 3 pieces (more_body True) and a last empty body.
         import resource
-        n = int(q)
-        body = bytearray(b"x") * n
+        kind, n, pieces = q.split(",")
+        n, pieces = int(n), int(pieces)
+        # Made with no transient copy of its size (that would be the peak).
+        mib = bytes(range(256)) * 4096
+        if kind == "bytearray":
+            body = bytearray(n)
+            view = memoryview(body)
+            for i in range(0, n, len(mib)):
+                view[i:i + len(mib)] = mib
+            del view
+        else:
+            body = b"".join([mib] * (n // len(mib)))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": body})
+        if pieces == 1:
+            await send({"type": "http.response.body", "body": body})
+        else:
+            step = len(body) // pieces
+            for i in range(pieces):
+                end = len(body) if i == pieces - 1 else (i + 1) * step
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": body[i * step:end]})
+            await send({"type": "http.response.body", "body": b""})
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         RESULTS.append("peak %d KiB" % (after - before))
 "#;
@@ -429,30 +449,72 @@ fn a_str_body_after_the_response_ended_raises_type_error() {
 }
 
 #[test]
-fn a_bytearray_body_is_copied_once() {
+fn a_large_body_is_sent_from_the_apps_object_or_copied_once() {
     // regression: a bytearray body was copied twice (into a Vec, then into the bytes
-    // that goes out): a 32 MiB body raised the worker's peak RSS by 64 MiB, not 32.
-    let dir = tempdir();
-    let p = serve(dir.path(), &[]);
-    let n = 32 << 20;
-    let out = p.raw(&uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", "/bytearray-peak"),
-        ("QUERY_STRING", &n.to_string()),
-        ("REQUEST_URI", "/bytearray-peak"),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ]));
-    let r = parse_http(&out).expect("a response");
-    assert_eq!(r.body.len(), n);
-    let r = get(&p, "/results", "").expect("a response");
-    let kib: u64 = r
-        .text()
-        .strip_prefix("peak ")
-        .and_then(|t| t.strip_suffix(" KiB"))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("{:?}", r.text()));
-    // One copy is 32768 KiB; two were 65536.
-    assert!(kib < 49_152, "peak grew by {kib} KiB");
+    // that goes out): a 32 MiB body raised the worker's peak RSS by 64 MiB; and over
+    // FastCGI a large bytes body was copied into the write buffer (+32 MiB, now none).
+    let n: usize = 32 << 20;
+    let expected: Vec<u8> = (0..n).map(|i| i as u8).collect();
+    let want = sha256_hex(&expected);
+    for (protocol, keep_conn) in [("uwsgi", false), ("fastcgi", false), ("fastcgi", true)] {
+        for (kind, pieces, most_kib) in [
+            // A bytearray: the one copy into a bytes (32768 KiB).
+            ("bytearray", 1, 49_152),
+            // bytes: sent from the object itself.
+            ("bytes", 1, 16_384),
+            ("bytes", 3, 16_384),
+        ] {
+            let dir = tempdir();
+            let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+                .args(["--loop", "asyncio"])
+                .protocol(protocol)
+                .start();
+            let target = format!("/peak?{kind},{n},{pieces}");
+            let what = format!("{protocol} keep_conn={keep_conn} {target}");
+            let (body, results) = if protocol == "uwsgi" {
+                let out = p.raw(&uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/peak"),
+                    ("QUERY_STRING", target.split_once('?').unwrap().1),
+                    ("REQUEST_URI", &target),
+                    ("SERVER_NAME", "test"),
+                    ("SERVER_PORT", "80"),
+                    ("SERVER_PROTOCOL", "HTTP/1.1"),
+                ]));
+                let body = parse_http(&out).expect("a response").body;
+                (body, get(&p, "/results", "").expect("a response").text())
+            } else {
+                let mut c = p.addr.connect().unwrap();
+                let mut ask = |path: &str| {
+                    c.write_all(&fcgi::get(1, keep_conn, path)).unwrap();
+                    let reply = fcgi::read_reply(&mut *c, 1, &mut Vec::new());
+                    reply.cgi().2
+                };
+                let body = ask(&target);
+                // END_REQUEST leaves before the app's send() returns: asked until the
+                // app has written down its figure.
+                let mut results = String::new();
+                for _ in 0..100 {
+                    let mut c = p.addr.connect().unwrap();
+                    c.write_all(&fcgi::get(1, false, "/results")).unwrap();
+                    let r = fcgi::read_reply(&mut *c, 1, &mut Vec::new()).cgi().2;
+                    results = String::from_utf8_lossy(&r).into_owned();
+                    if !results.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                (body, results)
+            };
+            assert_eq!(body.len(), n, "{what}\n{}", p.logs());
+            assert_eq!(sha256_hex(&body), want, "{what}");
+            let kib: u64 = results
+                .strip_prefix("peak ")
+                .and_then(|t| t.strip_suffix(" KiB"))
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: {results:?}"));
+            eprintln!("{what}: the peak grew by {kib} KiB");
+            assert!(kib < most_kib, "{what}: the peak grew by {kib} KiB");
+        }
+    }
 }

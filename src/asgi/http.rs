@@ -1625,6 +1625,14 @@ pub fn peek_kept(py: Python<'_>, ctx: &Ctx) {
 /// Work with the sink off the loop thread.
 enum Job {
     Write(Vec<u8>, bool),
+    /// The head if not sent yet, then the first `len` bytes of the app's `bytes`
+    /// (`last`: the response is whole with them).
+    WriteObject {
+        head: Vec<u8>,
+        body: Py<PyBytes>,
+        len: usize,
+        last: bool,
+    },
     /// The rest of the head, then the file from its start.
     SendFile(Vec<u8>, std::fs::File, u64),
     Flush,
@@ -1684,20 +1692,52 @@ impl SinkJob {
         else {
             return Ok(());
         };
-        let r = py.detach(|| match &job {
-            Job::Write(data, true) => sink.write_last(data),
-            Job::Write(data, false) => sink.write_all(data),
-            Job::SendFile(head, f, len) => sink
-                .write_all(head)
-                .and_then(|()| send_file_counted(sink.as_mut(), f, *len)),
-            Job::Flush => sink.flush(),
-        });
+        let r = if let Job::WriteObject {
+            head,
+            body,
+            len,
+            last,
+        } = &job
+        {
+            // A `bytes` never changes, and `job` keeps it alive: read with the GIL
+            // released.
+            let body = body.bind(py);
+            let data = &body.as_bytes()[..*len];
+            py.detach(|| {
+                if !head.is_empty() {
+                    sink.write_all(head)?;
+                }
+                if *last {
+                    sink.write_last(data)
+                } else {
+                    sink.write_all(data)
+                }
+            })
+        } else {
+            py.detach(|| run_job(sink.as_mut(), &job))
+        };
         let failed = r.is_err();
         *self.back.lock().unwrap_or_else(|e| e.into_inner()) = Some((sink, r));
         if failed {
             return Err(gone_error());
         }
         Ok(())
+    }
+}
+
+/// A [`Job`] that needs no Python object, with the GIL released.
+fn run_job(sink: &mut dyn Sink, job: &Job) -> std::io::Result<()> {
+    match job {
+        Job::Write(data, true) => sink.write_last(data),
+        Job::Write(data, false) => sink.write_all(data),
+        Job::SendFile(head, f, len) => sink
+            .write_all(head)
+            .and_then(|()| send_file_counted(sink, f, *len)),
+        Job::Flush => sink.flush(),
+        // Read with the GIL held first ([`SinkJob::__call__`]).
+        Job::WriteObject { .. } => Err(std::io::Error::other(
+            "internal error: a write of a Python object ran without it",
+        )),
     }
 }
 
@@ -2007,11 +2047,15 @@ impl Exchange {
                 let take = me.content_length.map_or(len, |cl| {
                     len.min(usize::try_from(cl - me.body_sent.min(cl)).unwrap_or(usize::MAX))
                 });
-                // The app's object is kept until sent when the loop writes a large body
-                // (a bytearray or memoryview copied into a `bytes` first: the app may
-                // change it once send() returns); else its bytes are copied once,
-                // straight from its buffer, just below (no Python code runs before).
-                let keep = me.loop_w.is_some() && !me.head_only() && take >= super::io::KEEP_OBJECT;
+                // A large body is sent from the app's object, kept until sent (a
+                // bytearray or memoryview copied into a `bytes` first: the app may change
+                // it once send() returns): by the loop, or over FastCGI by a write on
+                // the executor (not one queued behind another: that one copies). Else
+                // its bytes are copied once, straight from its buffer, just below (no
+                // Python code runs before).
+                let keep = !me.head_only()
+                    && take >= super::io::KEEP_OBJECT
+                    && (me.loop_w.is_some() || (!me.busy && me.sink.is_some()));
                 let body = match body {
                     Some(b) if keep && !b.is_instance_of::<PyBytes>() => Some(body_copy(&b)?),
                     b => b,
@@ -2082,6 +2126,26 @@ impl Exchange {
                     return Self::after_write(slf, Self::pump(slf, last, start));
                 }
                 me.body_sent += data.len() as u64;
+                if let Some(b) = body.as_ref().filter(|_| keep) {
+                    // FastCGI frames the records around slices of it: no copy.
+                    let head = if me.head_sent {
+                        Vec::new()
+                    } else {
+                        me.head_sent = true;
+                        me.head_bytes((!more).then_some(data.len()), 0)
+                    };
+                    if last {
+                        me.complete = true;
+                    }
+                    let job = Job::WriteObject {
+                        head,
+                        body: b.cast::<PyBytes>()?.clone().unbind(),
+                        len: data.len(),
+                        last,
+                    };
+                    drop(me);
+                    return Self::after_write(slf, Self::job(slf, job, None).map(Some));
+                }
                 let buf = if !me.head_sent {
                     me.head_sent = true;
                     let mut buf = me.head_bytes((!more).then_some(data.len()), data.len());
