@@ -279,3 +279,52 @@ fn hung_up(s: &UnixStream) -> bool {
     assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
     pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
+
+/// A kept connection whose first request postern answered itself (413 over --max-body,
+/// or dropped at FCGI_ABORT_REQUEST before its body ended) has carried a request: it
+/// waits for its next one as long as the front server keeps it, not --head-timeout
+/// from its accept.
+// regression: the slow lane counted only requests whose app ran as carried, so a
+// fresh kept connection whose only request it answered itself stayed "never served":
+// closed at --head-timeout from its accept ("no FastCGI request within 1s
+// (--head-timeout); closing"), nginx's next request on it refused (broken pipe).
+#[test]
+fn a_kept_connection_whose_first_request_was_refused_waits_for_its_next() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--max-body", "1k", "--head-timeout", "1"])
+        .start();
+    let mut too_large = head(1, true, "POST", "/echo", Some(4096));
+    too_large.extend(stdin(1, &[b'x'; 4096]));
+    too_large.extend(fcgi::record(STDIN, 1, b""));
+    // No CONTENT_LENGTH: the body is collected before the app runs; aborted meanwhile.
+    let mut aborted = head(1, true, "POST", "/echo", None);
+    aborted.extend(stdin(1, b"part of a body"));
+    let abort = fcgi::record(fcgi::ABORT_REQUEST, 1, b"");
+    for (what, first, then) in [("413", too_large, None), ("abort", aborted, Some(abort))] {
+        let mut s = unix(&p);
+        s.write_all(&first).unwrap();
+        if let Some(then) = then {
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&then).unwrap();
+        }
+        let r = try_reply(&mut s, 1).unwrap_or_else(|e| panic!("{what}: {e}\n{}", p.logs()));
+        if what == "413" {
+            assert_eq!(r.cgi().0, 413, "{}", p.logs());
+        }
+        // Past --head-timeout from the accept, the front server's next request.
+        std::thread::sleep(Duration::from_millis(1500));
+        let sent = s.write_all(&fcgi::get(2, true, "/hello"));
+        let next = sent
+            .map_err(|e| e.to_string())
+            .and_then(|()| try_reply(&mut s, 2));
+        match next {
+            Ok(r) => assert_eq!(r.cgi().0, 200, "{what}\n{}", p.logs()),
+            Err(e) => panic!(
+                "{what}: the kept connection was closed before its next request: {e}\n{}",
+                p.logs()
+            ),
+        }
+    }
+}

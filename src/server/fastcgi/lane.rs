@@ -544,7 +544,7 @@ pub async fn serve(
         adopted,
         fresh,
     } = entry;
-    // Requests ended on this connection while the lane had it.
+    // Requests ended on this connection while the lane had it (answered here too).
     let mut served = 0u64;
     let mut parser = ConnParser::new(fcgi::ConnLimits {
         max_params: limits.buffer_size,
@@ -630,6 +630,7 @@ pub async fn serve(
                 (&buf, started),
             ) {
                 Step::Go => {}
+                Step::Answered => served += 1,
                 Step::Ended { id, reuse } => {
                     served += 1;
                     if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
@@ -1003,6 +1004,10 @@ async fn read_some(afd: &AsyncFd<ConnFd>, buf: &mut BytesMut) -> io::Result<usiz
 /// What to do after one event.
 enum Step {
     Go,
+    /// A request was answered here, its app never run (a 400 or 413, a body dropped
+    /// at FCGI_ABORT_REQUEST); the connection serves on. It has carried a request:
+    /// no longer bound by `--head-timeout` from its accept.
+    Answered,
     /// Request `id`'s END_REQUEST, held for its STDIN's end, went out (`reuse`: the
     /// connection serves on).
     Ended {
@@ -1305,7 +1310,7 @@ fn handle_event(
             fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
             match blocking_write(conn, &out) {
                 Err(_) => Step::Close,
-                Ok(()) if keep_conn => Step::Go,
+                Ok(()) if keep_conn => Step::Answered,
                 Ok(()) => Step::CloseDrain,
             }
         }
@@ -1671,7 +1676,7 @@ fn answer_now(
     if !keep_conn {
         return Step::CloseDrain;
     }
-    Step::Go
+    Step::Answered
 }
 
 #[cfg(test)]
