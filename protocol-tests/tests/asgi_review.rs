@@ -120,6 +120,24 @@ async def app(scope, receive, send):
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-length", b"10")]})
             await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        elif q == "over":
+            # More than its Content-Length, then no last body.
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"5")]})
+            await send({"type": "http.response.body", "body": b"hello world", "more_body": True})
+        elif q == "no-length":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+    elif path == "/zero-dim":
+        # A 0-dimensional memoryview: one item, no shape.
+        import ctypes
+        if q == "cast":
+            body = memoryview(b"abcd").cast("i", shape=[])
+        else:
+            body = memoryview(ctypes.c_int(int.from_bytes(b"abcd", "little")))
+        assert body.ndim == 0
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
     elif path == "/str-after-end":
         # A str body (wrong type) sent after the response ended: at its Content-Length
         # (more_body True) or with more_body False.
@@ -177,21 +195,25 @@ fn serve(dir: &Path, extra: &[&str]) -> Postern {
 /// A GET over uwsgi: the parsed response, or None when the connection gave none
 /// (aborted).
 fn get(p: &Postern, path: &str, query: &str) -> Option<Response> {
+    parse_http(&request(p, "GET", path, query))
+}
+
+/// A request over uwsgi: the raw response.
+fn request(p: &Postern, method: &str, path: &str, query: &str) -> Vec<u8> {
     let uri = if query.is_empty() {
         path.to_owned()
     } else {
         format!("{path}?{query}")
     };
-    let out = p.raw(&uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
+    p.raw(&uwsgi_packet(&[
+        ("REQUEST_METHOD", method),
         ("PATH_INFO", path),
         ("QUERY_STRING", query),
         ("REQUEST_URI", &uri),
         ("SERVER_NAME", "test"),
         ("SERVER_PORT", "80"),
         ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ]));
-    parse_http(&out)
+    ]))
 }
 
 #[test]
@@ -371,61 +393,90 @@ fn send_called_again_while_postern_handles_a_send_raises_runtime_error_not_a_pan
 fn an_app_that_returns_before_its_response_is_complete_is_named_in_one_log_line() {
     // regression: an app that reached its Content-Length with more_body True and
     // returned without its last http.response.body was logged as served, with no word
-    // (uvicorn warns); one that returned after http.response.start alone had its
+    // (uvicorn logs an error); one that returned after http.response.start alone had its
     // connection aborted although nothing had been sent (now a 500).
+    // regression (review of f472a57): one that sent more than its Content-Length, then
+    // returned so, got two lines (the excess's ERROR and the WARN), for GET and HEAD;
+    // a HEAD's WARN said its Content-Length was reached and sent whole when there was
+    // none, or 5 of its 10 bytes were given.
     let dir = tempdir();
     let p = serve(dir.path(), &[]);
     let r = get(&p, "/unfinished", "at-length").expect("the whole response");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
-    assert!(
-        p.wait_log("the app returned without its last http.response.body", 10),
-        "{}",
-        p.logs()
-    );
     let r = get(&p, "/unfinished", "start-only").expect("a 500");
     assert_eq!(r.status, 500, "{}", p.logs());
-    assert!(
-        p.wait_log(
-            "the app returned after http.response.start without sending any http.response.body; answered 500",
-            10
-        ),
-        "{}",
-        p.logs()
-    );
     // Partly sent: aborted, its head and the 5 bytes out, never the 10 announced.
-    let out = p.raw(&uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", "/unfinished"),
-        ("QUERY_STRING", "part"),
-        ("REQUEST_URI", "/unfinished?part"),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ]));
+    let out = request(&p, "GET", "/unfinished", "part");
     assert!(out.ends_with(b"\r\n\r\nhello"), "{out:?}");
-    assert!(
-        p.wait_log("the app returned before its response was complete", 10),
-        "{}",
-        p.logs()
-    );
-    let logs = p.logs();
-    // Each line names its request.
-    for needle in [
-        "without its last http.response.body",
-        "without sending any http.response.body",
-        "before its response was complete",
-    ] {
-        let line = logs
-            .lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("{needle}: {logs}"));
+    let r = get(&p, "/unfinished", "over").expect("the whole response");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
+    for q in ["over", "part", "no-length"] {
+        // Its head, whole, and nothing after it.
+        let out = request(&p, "HEAD", "/unfinished", q);
         assert!(
-            line.contains("/unfinished") && line.contains("request_id="),
-            "{line}"
+            out.starts_with(b"HTTP/1.1 200 ") && out.ends_with(b"\r\n\r\n"),
+            "HEAD {q}: {out:?}"
+        );
+    }
+    // Each request: exactly one WARN or ERROR line of the ASGI path, naming it (beside
+    // its access line).
+    let cases = [
+        ("GET", "at-length", "WARN", "without its last http.response.body (more_body False); the response had reached its Content-Length and was sent whole"),
+        ("GET", "start-only", "ERROR", "the app returned after http.response.start without sending any http.response.body; answered 500"),
+        ("GET", "part", "ERROR", "the app returned before its response was complete"),
+        ("GET", "over", "ERROR", "the app sent more body than its Content-Length"),
+        ("HEAD", "over", "ERROR", "the app sent more body than its Content-Length"),
+        ("HEAD", "part", "WARN", "without its last http.response.body (more_body False); the response is its head alone (HEAD, 204 or 304), sent whole"),
+        ("HEAD", "no-length", "WARN", "without its last http.response.body (more_body False); the response is its head alone (HEAD, 204 or 304), sent whole"),
+    ];
+    for (method, q, level, needle) in cases {
+        let request = format!("method={method} path=/unfinished?{q} ");
+        let said = |logs: &str| -> Vec<String> {
+            logs.lines()
+                .filter(|l| {
+                    (l.contains(" WARN ") || l.contains(" ERROR "))
+                        && l.contains(&request)
+                        && l.contains("}: postern::asgi::")
+                })
+                .map(str::to_owned)
+                .collect()
+        };
+        // Logged once the task has ended, maybe after the response.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while said(&p.logs()).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let lines = said(&p.logs());
+        assert!(
+            lines.len() == 1
+                && lines[0].contains(level)
+                && lines[0].contains(needle)
+                && lines[0].contains("request_id="),
+            "{request}: {lines:#?}\n{}",
+            p.logs()
         );
     }
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+}
+
+#[test]
+fn a_zero_dimensional_memoryview_body_is_sent() {
+    // regression (review of f472a57): a 0-dimensional memoryview body (no shape) made
+    // send() raise BufferError "shape is null" (pyo3 refuses such a buffer); it is
+    // copied with tobytes(), as before f472a57.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    for q in ["cast", "ctypes"] {
+        let r = get(&p, "/zero-dim", q).unwrap_or_else(|| panic!("{q}: {}", p.logs()));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"abcd"[..]),
+            "{q}: {}",
+            p.logs()
+        );
+    }
+    assert!(!p.logs().contains("ERROR"), "{}", p.logs());
 }
 
 #[test]

@@ -667,18 +667,22 @@ unsafe fn body_bytes<'a, 'py>(
         // SAFETY: the caller's.
         return Ok(unsafe { a.as_bytes() });
     }
-    let buf = pyo3::buffer::PyUntypedBuffer::get(b)?;
-    if buf.is_c_contiguous() {
-        let (ptr, len) = (buf.buf_ptr().cast::<u8>().cast_const(), buf.len_bytes());
-        *held = Some(Held::Buffer { _export: buf });
-        if len == 0 {
-            return Ok(&[]);
+    // pyo3 refuses a buffer without shape or strides (a 0-dimensional memoryview:
+    // `memoryview(ctypes.c_int(5))`): that one is copied by `tobytes` too.
+    match pyo3::buffer::PyUntypedBuffer::get(b) {
+        Ok(buf) if buf.is_c_contiguous() => {
+            let (ptr, len) = (buf.buf_ptr().cast::<u8>().cast_const(), buf.len_bytes());
+            *held = Some(Held::Buffer { _export: buf });
+            if len == 0 {
+                return Ok(&[]);
+            }
+            // SAFETY: the exported buffer stays valid while `held` keeps it exported,
+            // and its bytes unchanged while no Python code runs (the caller's).
+            return Ok(unsafe { std::slice::from_raw_parts(ptr, len) });
         }
-        // SAFETY: the exported buffer stays valid while `held` keeps it exported, and
-        // its bytes unchanged while no Python code runs (the caller's).
-        return Ok(unsafe { std::slice::from_raw_parts(ptr, len) });
+        Ok(buf) => drop(buf),
+        Err(_) => {}
     }
-    drop(buf);
     let copy = b
         .call_method0(intern!(py, "tobytes"))?
         .cast_into::<PyBytes>()?;
@@ -1465,9 +1469,16 @@ impl Exchange {
                 }
             }
             None if served || complete => {
-                if slf.borrow().ended_at_length {
-                    // As uvicorn does; the front server had the whole response.
-                    tracing::warn!("the app returned without its last http.response.body (more_body False); the response had reached its Content-Length and was sent whole");
+                let me = slf.borrow();
+                // One line per request: a body over the Content-Length was named when
+                // it came. uvicorn logs an error here and closes the connection; the
+                // front server has had the whole response, hence only a warning.
+                if me.ended_at_length && !me.overflowed {
+                    if me.head_only() {
+                        tracing::warn!(status = me.code, "the app returned without its last http.response.body (more_body False); the response is its head alone (HEAD, 204 or 304), sent whole");
+                    } else {
+                        tracing::warn!("the app returned without its last http.response.body (more_body False); the response had reached its Content-Length and was sent whole");
+                    }
                 }
             }
             None if !slf.borrow().started => {
