@@ -194,6 +194,7 @@ async def app(scope, receive, send):
                     await asyncio.sleep(0)
         except OSError as e:
             said = "%s: %s" % (type(e).__name__, e)
+            say("cut-at", "%d" % i)
         say("forgotten-send", "none waited" if first is None else "pending" if not first.done()
             else "settled" if not first.cancelled() and first.exception() is None
             else "failed")
@@ -985,6 +986,13 @@ fn tiny_sends_never_awaited_reach_the_cut_off() {
     sends_nobody_awaits_are_cut_off("/forget-await-tiny", |protocol, dir| {
         let said = std::fs::read_to_string(dir.join("forgotten-send")).unwrap_or_default();
         assert_eq!(said, "settled", "{protocol}");
+        // Cut by the 1 MiB of 10-byte sends waiting (and what the socket took before
+        // them: ~113,000 sends in all), not sooner.
+        let cut: usize = std::fs::read_to_string(dir.join("cut-at"))
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        assert!(cut > (1 << 20) / 10, "{protocol}: cut at send {cut}");
     });
 }
 
@@ -1019,7 +1027,12 @@ fn sends_nobody_awaits_are_cut_off(path: &str, check: impl Fn(&str, &Path)) {
         let mut s = p.addr.connect().unwrap();
         send_get(&mut s, protocol, path);
         let said = dir.path().join("overrun-send");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Only a bound for a failure: the wait ends at the cut. The ~113,000 tiny sends
+        // that reach it take 0.5 s alone, 1.3-4.6 s with 4 copies at load ~10 (debug),
+        // and 17-20 s were seen on CI (2 cores, other test binaries running). The
+        // quadratic bug this pins made 39,000 of them in 30 s (reaching the cut: ~250 s),
+        // so 60 s still fails it.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !said.exists() && !dir.path().join("all-sent").exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
