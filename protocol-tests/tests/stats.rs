@@ -1063,3 +1063,46 @@ fn a_worker_killed_past_graceful_timeout_counts_as_killed() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(15).is_some(), "{}", p.logs());
 }
+
+// regression: 32 connections to the stats port holding half a request head, or idle
+// after a keep-alive request, took every place of the endpoint for 10 s each, and
+// `/ping` (the Kubernetes liveness probe, 2 s timeout) went unanswered meanwhile.
+#[test]
+fn ping_answers_while_other_connections_hold_the_stats_port() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let port = free_port();
+    let stats_addr = Addr::Tcp(port);
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--stats", &stats_addr.arg()])
+        .start();
+    assert_eq!(ping(&stats_addr), 200, "{}", p.logs());
+    let mut held = Vec::new();
+    // 16 idle after a keep-alive request, then 32 with half a head.
+    for i in 0..48 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i < 16 {
+            s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 512];
+            assert!(s.read(&mut buf).unwrap() > 0, "{}", p.logs());
+        } else {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+        }
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Each ping gets 5 s (ping()); before the fix none was answered within 10 s.
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(
+            ping(&stats_addr),
+            200,
+            "no /ping answer with 48 connections held"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    drop(held);
+}

@@ -24,11 +24,18 @@ use tokio::sync::Semaphore;
 use super::{metrics, status, Snapshot, Source, StatsError};
 use crate::server::listener::{self, Bound, BoundSocket, ListenAddr, SocketOptions};
 
-/// Connections served at once; more wait in the listen queue. Scrapers and `postern
-/// status` need a handful.
+/// Connections served at once with keep-alive. Scrapers and `postern status` need a
+/// handful.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections served past [`MAX_CONNECTIONS`], one request each and with
+/// [`SPARE_HEAD_TIMEOUT`]: connections held open (half a head, an idle keep-alive) can
+/// fill the first places, and `/ping` (a liveness probe with a timeout of its own) must
+/// not wait behind them. More than both wait in the listen queue.
+const SPARE_CONNECTIONS: usize = 224;
 /// A client that sends no complete request head in this time is dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for a connection in a spare place.
+const SPARE_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// No connection lives longer than this (keep-alive included).
 const CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 
@@ -94,7 +101,11 @@ async fn accept_loop(bound: Bound, source: Source) -> Result<(), StatsError> {
     }
 }
 
-/// Serves every connection `accept` returns, at most [`MAX_CONNECTIONS`] at once.
+/// Serves every connection `accept` returns, at most [`MAX_CONNECTIONS`] at once with
+/// keep-alive, then [`SPARE_CONNECTIONS`] more one request each.
+/// regression: 32 connections holding half a head (or idle after a keep-alive request)
+/// took every place for 10 s each, and `/ping`, the Kubernetes liveness probe (2 s
+/// timeout), went unanswered while the workers served.
 async fn serve_on<S>(
     accept: impl AsyncFn() -> std::io::Result<S>,
     source: Source,
@@ -103,13 +114,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let spares = Arc::new(Semaphore::new(SPARE_CONNECTIONS));
     loop {
-        let permit = Arc::clone(&permits).acquire_owned().await;
+        let (permit, spare) = tokio::select! {
+            biased;
+            p = Arc::clone(&permits).acquire_owned() => (p, false),
+            p = Arc::clone(&spares).acquire_owned() => (p, true),
+        };
         match accept().await {
             Ok(s) => {
                 let source = Arc::clone(&source);
                 tokio::spawn(async move {
-                    connection(s, source).await;
+                    connection(s, source, spare).await;
                     drop(permit);
                 });
             }
@@ -123,7 +139,8 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn connection<S>(stream: S, source: Source)
+/// Serves one connection; `spare`: one request, and a head within [`SPARE_HEAD_TIMEOUT`].
+async fn connection<S>(stream: S, source: Source, spare: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -133,7 +150,12 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(!spare)
+        .header_read_timeout(if spare {
+            SPARE_HEAD_TIMEOUT
+        } else {
+            HEAD_TIMEOUT
+        })
         .serve_connection(TokioIo::new(stream), service);
     if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIMIT, conn).await {
         tracing::debug!(error = %e, "stats endpoint: connection failed");
