@@ -932,6 +932,17 @@ impl Config {
                     format!("{m:?} is not a URL path prefix like /app"),
                 ));
             }
+            // The prefix is compared with the decoded path (PATH_INFO): an encoded
+            // one would never match, silently.
+            if t.as_bytes()
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+            {
+                return Err(invalid(
+                    "mount",
+                    format!("{m:?} is percent-encoded: give the prefix as the decoded path the app sees (e.g. /my app for /my%20app)"),
+                ));
+            }
             if !t.is_empty() {
                 mounts.push(t.as_bytes().to_vec());
             }
@@ -1123,6 +1134,15 @@ mod tests {
             "--workers (from command line): 0 is not between 1 and 256"
         );
         assert_eq!(resolve(&["app", "--workers", "3"]).unwrap().opts.workers, 3);
+    }
+
+    // regression: `--mount /my%20app` was accepted and never matched the decoded path.
+    #[test]
+    fn rejects_a_percent_encoded_mount() {
+        let e = resolve(&["app", "--mount", "/my%20app"]).unwrap_err();
+        assert!(e.to_string().contains("percent-encoded"), "{e}");
+        assert!(resolve(&["app", "--mount", "/my app"]).is_ok());
+        assert!(resolve(&["app", "--mount", "/100%"]).is_ok());
     }
 
     #[test]

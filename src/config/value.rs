@@ -127,6 +127,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
+        u if u.starts_with(['.', ',']) => {
+            return Err(format!(
+                "{s:?}: a size is a whole number (of bytes, k, M or G: e.g. 1536k for 1.5M)"
+            ))
+        }
         _ => return Err(format!("{s:?}: unknown unit (use k, M or G)")),
     };
     n.checked_mul(mult)
@@ -284,6 +289,8 @@ mod tests {
         assert_eq!(parse_size("2G"), Ok(2 << 30));
         assert!(parse_size("ten").is_err());
         assert!(parse_size("5T").is_err());
+        let e = parse_size("1.5M").unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
     }
 
     #[test]

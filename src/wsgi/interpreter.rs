@@ -265,6 +265,21 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
             if matches!(name.as_deref(), Some("uwsgi" | "uwsgidecorators")) {
                 traceback.push_str("postern has no `uwsgi` module: uWSGI's spooler, mules, cache, locks, signals and timers do not exist under postern; move those jobs to a task queue or a systemd timer (docs/migration.md, \"The uwsgi module\")\n");
             }
+            // `lit.app` for the callable `app` of module `lit`: the module imports, its
+            // "submodule" does not.
+            if let AppSpec::Module {
+                module,
+                callable: None,
+            } = spec
+            {
+                if let Some((parent, last)) = module.rsplit_once('.') {
+                    if name.as_deref() == Some(module.as_str()) {
+                        traceback.push_str(&format!(
+                            "if `{last}` is the callable in module `{parent}`, write {parent}:{last} (MODULE:CALLABLE)\n"
+                        ));
+                    }
+                }
+            }
         }
         WsgiError::Import {
             app: spec.to_string(),
