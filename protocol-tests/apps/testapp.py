@@ -230,6 +230,10 @@ def application(environ, start_response):
         f.seek(int(q.get("offset", 0)))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/file-proc":
+        # A regular file whose stat size is 0 though it has content (/proc, /sys).
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open("/proc/self/status", "rb"), 8192)
     if path == "/file-bytesio":
         size = int(q.get("size", 100000))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])

@@ -302,6 +302,15 @@ fn sendfile_and_iterated_file_wrappers_are_byte_exact() {
     assert_eq!(body, expected[1000..]);
     let (_, body) = p.get("/file-bytesio?size=300000");
     assert_eq!(body, expected);
+    // regression: a file whose stat size is 0 but which has content (/proc) went out
+    // as Content-Length 0 and an empty body.
+    let (s, body) = p.get("/file-proc");
+    assert_eq!(s, 200);
+    assert!(
+        body.starts_with(b"Name:"),
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
 }
 
 #[test]

@@ -78,7 +78,9 @@ impl FileWrapper {
         let owned = borrowed.try_clone_to_owned().ok()?;
         let file = std::fs::File::from(owned);
         let meta = file.metadata().ok()?;
-        if !meta.is_file() {
+        // A size of 0 may be a file whose content is made when read (/proc, /sys,
+        // some FUSE files): iterated, it is sent whole (an empty file, as empty).
+        if !meta.is_file() || meta.len() == 0 {
             return None;
         }
         debug_assert!(file.as_raw_fd() != fd);
