@@ -482,6 +482,7 @@ fn conn_run(data: &[u8], reads: &[std::ops::Range<usize>]) -> (Vec<Event>, Optio
     for event in &events {
         match event {
             Event::Params { id, .. }
+            | Event::ParamsTooLarge { id, .. }
             | Event::Stdin { id, .. }
             | Event::StdinEnd { id }
             | Event::Abort { id } => assert!(parser.is_active(*id)),
@@ -523,6 +524,14 @@ pub fn fastcgi_conn(data: &[u8]) {
                 assert!(!state.0, "Params twice for {id}");
                 state.0 = true;
                 let _ = fcgi::parse_pairs(params);
+            }
+            Event::ParamsTooLarge {
+                id, size, limit, ..
+            } => {
+                assert!(size > limit && *limit == CONN_MAX_PARAMS);
+                let state = seen.entry(*id).or_default();
+                assert!(!state.0, "Params twice for {id}");
+                state.0 = true;
             }
             Event::Stdin { id, data } => {
                 assert!(!data.is_empty());
@@ -604,6 +613,17 @@ fn events_clone(events: &[Event]) -> Vec<Event> {
             },
             Event::StdinEnd { id } => Event::StdinEnd { id: *id },
             Event::Abort { id } => Event::Abort { id: *id },
+            Event::ParamsTooLarge {
+                id,
+                keep_conn,
+                size,
+                limit,
+            } => Event::ParamsTooLarge {
+                id: *id,
+                keep_conn: *keep_conn,
+                size: *size,
+                limit: *limit,
+            },
         })
         .collect()
 }
@@ -660,7 +680,7 @@ pub fn fastcgi_server(data: &[u8]) {
                 }
                 for event in &events {
                     match event {
-                        Event::Params { id, .. } => {
+                        Event::Params { id, .. } | Event::ParamsTooLarge { id, .. } => {
                             assert!(!running.contains(id), "Params for running {id}");
                             running.push(*id);
                         }

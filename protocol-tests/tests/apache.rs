@@ -485,6 +485,43 @@ fn fastcgi_enablereuse_keep_conn() {
     s.assert_clean_logs();
 }
 
+#[test]
+fn fastcgi_request_headers_over_64k_get_431_and_the_kept_connection_serves_on() {
+    // regression: mod_proxy_fcgi sends PARAMS in 16 KiB records, so nine 8000-byte
+    // headers passed postern's 65535-byte limit: postern closed the connection without
+    // END_REQUEST and Apache answered 503. Now: 431, as over SCGI.
+    let Some(s) = fcgi(PREFIX, &["--threads", "2"], |c| {
+        assert!(c.contains(REUSE), "the deploy file uses enablereuse=on");
+        c
+    }) else {
+        return;
+    };
+    let value = "a".repeat(8000);
+    let names: Vec<String> = (1..=9).map(|i| format!("X-Big-{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+    let r = s.apache.request("GET", "/app/env", &headers, b"");
+    assert_eq!(
+        r.status,
+        431,
+        "{}\n{}",
+        tail(&s.apache.error_log(), 20),
+        s.postern.logs()
+    );
+    assert!(
+        s.postern.wait_log("--buffer-size is at its most, 65535", 5),
+        "{}",
+        s.postern.logs()
+    );
+    // The kept backend connection serves on.
+    let before = s.apache.backend_connects();
+    for i in 0..5 {
+        let env = s.env(&format!("/app/env?after={i}"), &[]);
+        assert_eq!(env["QUERY_STRING"], format!("after={i}"));
+    }
+    assert!(s.apache.backend_connects() <= before + 1);
+    s.assert_clean_logs();
+}
+
 // ---------------------------------------------------------------------------
 // 4. The Flask and Django examples through mod_proxy_fcgi.
 

@@ -895,6 +895,72 @@ fn abort_request_while_the_app_waits_for_its_body() {
     ok_after(&p);
 }
 
+/// Asserts the log tells of a body read cut by the front server going away, once, and
+/// not of an app error answered 500 (nothing was answered).
+fn assert_body_gone_logged(p: &Postern) {
+    assert!(
+        p.wait_log(
+            "could not read the request body: the front server aborted",
+            5
+        ),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(!logs.contains("answered 500"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+    assert!(!logs.contains("Traceback"), "{logs}");
+}
+
+#[test]
+fn a_body_read_cut_by_abort_or_close_is_the_client_gone_not_an_app_error() {
+    // regression: the app's wsgi.input.read() raising OSError because the front server
+    // aborted the request (FCGI_ABORT_REQUEST) or closed the connection mid-STDIN was
+    // logged at ERROR, with a traceback, as "the app raised an exception; answered 500",
+    // and counted as an app error, though nothing was answered. Over uwsgi and SCGI the
+    // same is one WARN line.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    // FCGI_ABORT_REQUEST while /echo waits in wsgi.input.read() for the rest of its body.
+    let mut c = Fc::open(&p);
+    let mut b = head(1, true, &vars("POST", "/echo", Some(100_000)));
+    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 0)), "{out:?}");
+    assert!(out.stdout.is_empty(), "nothing answered: {out:?}");
+    assert_body_gone_logged(&p);
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    drop(c);
+    // The connection closed mid-STDIN (a client aborting an upload through Apache), on a
+    // keep-conn connection and on one without.
+    for keep in [true, false] {
+        let before = p.logs().matches("could not read the request body").count();
+        let mut c = Fc::open(&p);
+        let mut b = head(1, keep, &vars("POST", "/echo", Some(100_000)));
+        b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+        c.send(&b);
+        std::thread::sleep(Duration::from_millis(300));
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.logs().matches("could not read the request body").count() == before
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_body_gone_logged(&p);
+        assert_eq!(
+            p.logs().matches("could not read the request body").count(),
+            before + 1,
+            "keep-conn {keep}: {}",
+            p.logs()
+        );
+    }
+    ok_after(&p);
+}
+
 #[test]
 fn abort_request_before_params_end_is_answered_at_once() {
     let dir = tempdir();
@@ -1118,26 +1184,42 @@ fn a_pair_length_running_past_the_params_block_is_refused() {
     ok_after(&p);
 }
 
+/// One GET whose PARAMS (`/env` plus a `cookie`-byte cookie) come in `per`-byte
+/// records, then an empty body.
+fn big_head(id: u16, keep: bool, cookie: usize, per: usize) -> Vec<u8> {
+    let mut v = vars("GET", "/env", None);
+    v.push(("HTTP_COOKIE".into(), "c".repeat(cookie)));
+    let mut b = fcgi::begin(id, RESPONDER, keep);
+    for chunk in params_block(&v).chunks(per) {
+        b.extend(fcgi::record(PARAMS, id, chunk));
+    }
+    b.extend(fcgi::record(PARAMS, id, b""));
+    b.extend(fcgi::record(STDIN, id, b""));
+    b
+}
+
+fn assert_431(out: &Out) {
+    assert_eq!(out.cgi().0, 431, "{out:?}");
+    assert!(out.stdout_closed, "{out:?}");
+    assert_eq!(out.end, Some((0, 0)), "END_REQUEST(0, REQUEST_COMPLETE)");
+}
+
 #[test]
-fn params_over_buffer_size_are_refused_with_the_option_to_raise() {
+fn params_over_buffer_size_are_answered_431_with_the_option_to_raise() {
     let dir = tempdir();
     let p = start(dir.path(), &["--buffer-size", "4096"]);
-    let cookie = "c".repeat(6000);
-    let mut v = vars("GET", "/env", None);
-    v.push(("HTTP_COOKIE".into(), cookie.clone()));
-    // In one record, and in many records each under the limit.
+    // In one record, and in many records each under the limit; the connection (keep-conn)
+    // serves on.
     for per in [65535usize, 1000] {
         let mut c = Fc::open(&p);
-        let mut b = fcgi::begin(1, RESPONDER, true);
-        for chunk in params_block(&v).chunks(per) {
-            b.extend(fcgi::record(PARAMS, 1, chunk));
-        }
-        b.extend(fcgi::record(PARAMS, 1, b""));
-        b.extend(fcgi::record(STDIN, 1, b""));
-        c.send(&b);
-        c.assert_closed();
+        c.send(&big_head(1, true, 6000, per));
+        assert_431(&c.reply(1));
+        c.get(1, true, "/hello").assert_ok(b"hello\n");
         assert!(
-            p.wait_log("exceed the 4096-byte limit (raise --buffer-size)", 5),
+            p.wait_log(
+                "over the 4096-byte limit (raise --buffer-size, up to 65535)",
+                5
+            ),
             "{}",
             p.logs()
         );
@@ -1151,6 +1233,38 @@ fn params_over_buffer_size_are_refused_with_the_option_to_raise() {
     c.send(&fcgi::record(STDIN, 1, b""));
     let out = c.reply(1);
     assert_eq!(out.json()["HTTP_COOKIE"].as_str().unwrap().len(), 3000);
+}
+
+#[test]
+fn params_over_64k_as_apache_sends_them_are_answered_431() {
+    // regression: Apache's mod_proxy_fcgi sends PARAMS in 16 KiB records, so a request
+    // with 70 kB of headers passed --buffer-size at its most (65535): postern closed the
+    // connection without END_REQUEST (Apache answered 503) and logged "raise
+    // --buffer-size", which cannot be raised further.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = Fc::open(&p);
+    // Another request in flight on the connection goes on meanwhile.
+    let mut b = head(2, true, &vars("POST", "/echo", Some(5)));
+    b.extend(big_head(1, true, 70_000, 16 * 1024));
+    b.extend(fcgi::record(STDIN, 2, b"hello"));
+    b.extend(fcgi::record(STDIN, 2, b""));
+    c.send(&b);
+    assert_431(&c.reply(1));
+    c.reply(2).assert_ok(b"hello");
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    assert!(
+        p.wait_log("--buffer-size is at its most, 65535", 5),
+        "the advice names what the client can do\n{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains("raise --buffer-size"), "{}", p.logs());
+    // Without keep-conn: the 431, then the connection ends.
+    let mut c = Fc::open(&p);
+    c.send(&big_head(1, false, 70_000, 16 * 1024));
+    assert_431(&c.reply(1));
+    c.assert_closed();
+    ok_after(&p);
 }
 
 #[test]

@@ -57,8 +57,8 @@ pub enum ProtoError {
     FcgiBeginBody(usize),
     #[error("FastCGI request id {0} was begun again while still in flight")]
     FcgiIdInUse(u16),
-    #[error("FastCGI params of request {id} exceed the {limit}-byte limit (raise --buffer-size)")]
-    FcgiParamsTooLarge { id: u16, limit: usize },
+    #[error("FastCGI params of request {id} are {size} bytes, over the {limit}-byte limit ({})", buffer_hint(.limit))]
+    FcgiParamsTooLarge { id: u16, size: usize, limit: usize },
     #[error(
         "a FastCGI name/value length at offset {offset} runs past the end of the {block}-byte block"
     )]

@@ -3,6 +3,8 @@
 //! released.
 
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pyo3::exceptions::PyOSError;
@@ -10,6 +12,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use super::{Body, BodyStream};
+
+/// The error kind of a [`BodyStream`] read that failed because the front server
+/// aborted the request or closed the connection (nobody is left to answer).
+pub const BODY_GONE: std::io::ErrorKind = std::io::ErrorKind::ConnectionReset;
 
 /// Read-ahead from a spooled body file.
 const FILE_BLOCK: usize = 64 * 1024;
@@ -24,6 +30,9 @@ pub struct Input {
     file_len: u64,
     /// A body still arriving (FastCGI STDIN); `None` once it has ended.
     stream: Option<Box<dyn BodyStream>>,
+    /// Set when a read of `stream` failed because the front server aborted the request
+    /// or closed the connection: the app's error is then the client gone, not a bug.
+    gone: Option<Arc<AtomicBool>>,
 }
 
 impl Input {
@@ -44,6 +53,16 @@ impl Input {
             file_pos: 0,
             file_len,
             stream,
+            gone: None,
+        }
+    }
+
+    /// As [`Input::new`]; `gone` is set once a read finds the front server gone (see
+    /// [`BODY_GONE`]).
+    pub fn watched(body: Body, gone: Arc<AtomicBool>) -> Self {
+        Input {
+            gone: Some(gone),
+            ..Input::new(body)
         }
     }
 
@@ -65,9 +84,14 @@ impl Input {
                         return Ok(false);
                     }
                     Err(e) => {
+                        if e.kind() == BODY_GONE {
+                            if let Some(gone) = &self.gone {
+                                gone.store(true, Ordering::Release);
+                            }
+                        }
                         return Err(PyOSError::new_err(format!(
                             "the request body was cut short: {e}"
-                        )))
+                        )));
                     }
                 }
             }

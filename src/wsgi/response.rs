@@ -9,7 +9,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::environ::{self, Keys};
 use super::errors::Errors;
@@ -85,6 +86,10 @@ struct State {
     last_write: bool,
     /// The app failed this request (for the metrics).
     app_error: Option<AppError>,
+    /// Set by `wsgi.input` when reading a streamed body found the front server gone
+    /// (FastCGI ABORT_REQUEST or a closed connection): an app that fails then failed
+    /// for want of its body, the client's doing ([`fail`]).
+    body_gone: Option<Arc<AtomicBool>>,
     /// The bound `write` that `start_response` returns, made once per responder (a
     /// responder serves its thread's requests one after another: [`reuse`]). It refers
     /// to the responder, so [`reuse`] drops it when the responder is not kept.
@@ -110,6 +115,7 @@ impl State {
             finished: false,
             last_write: false,
             app_error: None,
+            body_gone: None,
             write: None,
         }
     }
@@ -720,8 +726,14 @@ fn respond(
     let mut sink: Box<dyn Sink> = std::mem::replace(&mut req.sink, Box::new(Closed));
     let (head, listener) = (&req.head, &req.listener);
     // Without a body or forwarding, the thread's shared objects in the template serve.
-    let input = (!matches!(body, super::Body::Empty))
-        .then(|| Bound::new(py, Input::new(body)).expect("allocating wsgi.input"));
+    let body_gone = matches!(body, super::Body::Stream(_)).then(Arc::default);
+    let input = (!matches!(body, super::Body::Empty)).then(|| {
+        let input = match &body_gone {
+            Some(gone) => Input::watched(body, Arc::clone(gone)),
+            None => Input::new(body),
+        };
+        Bound::new(py, input).expect("allocating wsgi.input")
+    });
     // A forwarding wsgi.errors (FastCGI): the thread's kept one when there is one.
     let errors = errors_forward.map(|f| match keys.spare_errors.borrow_mut().take() {
         Some(e) => {
@@ -777,6 +789,7 @@ fn respond(
         )
         .expect("allocating start_response"),
     };
+    st(&responder).body_gone = body_gone;
     let mut errors_ended = false;
     let outcome = drive(
         py,
@@ -1188,6 +1201,24 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         Failure::Mistake(m) => m.clone(),
     };
     let mut r = st(responder);
+    if r.body_gone
+        .as_ref()
+        .is_some_and(|g| g.load(Ordering::Acquire))
+    {
+        // Its read of the body failed because the front server aborted the request or
+        // closed the connection: nobody is left to answer, and the app is not at fault
+        // (as over uwsgi and SCGI, where the same is found before the app runs).
+        r.client_gone = true;
+        let error = match &failure {
+            Failure::Raised(e) => e.to_string(),
+            Failure::Mistake(m) => m.clone(),
+        };
+        tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; nothing answered");
+        return Outcome {
+            status: r.code,
+            complete: false,
+        };
+    }
     r.app_error = Some(match failure {
         Failure::Raised(_) => AppError::Exception,
         Failure::Mistake(_) => AppError::Contract,

@@ -51,6 +51,16 @@ pub enum Event {
     /// FCGI_ABORT_REQUEST for `id`, whose `Params` event has been sent: stop the app and
     /// write END_REQUEST as usual. Sent once; later STDIN records for `id` are dropped.
     Abort { id: u16 },
+    /// Request `id`'s PARAMS stream ended, `size` bytes in all, over `limit`
+    /// (`max_params`): its data past the limit was dropped as it came, never held. The
+    /// app must not run: answer it 431 and END_REQUEST, then [`finished`](ConnParser::finished).
+    /// Its STDIN events follow as for `Params` (ignore them).
+    ParamsTooLarge {
+        id: u16,
+        keep_conn: bool,
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// A request whose BEGIN_REQUEST was accepted and which is not finished yet.
@@ -65,6 +75,9 @@ struct Request {
 enum Phase {
     /// Collecting the PARAMS stream.
     Params(Block),
+    /// The PARAMS stream passed `max_params` (this many bytes so far): the rest is
+    /// counted and dropped until its end.
+    Dropping(usize),
     /// PARAMS ended (the app may be running); STDIN records are the body.
     Stdin,
     /// The empty STDIN record came; further STDIN records are ignored.
@@ -143,8 +156,9 @@ impl ConnParser {
     /// `Err` is a fatal protocol error: log it and close the connection (events pushed
     /// before it are still valid). Fatal are: a wrong version or HTTP text; a
     /// BEGIN_REQUEST body that is not 8 bytes, on the management id 0, or for an active
-    /// id; a PARAMS block over `max_params` (checked as each record arrives); STDIN before
-    /// the end of PARAMS; PARAMS after it. The pairs themselves are not checked here.
+    /// id; STDIN before the end of PARAMS; PARAMS after it. The pairs themselves are not
+    /// checked here. A PARAMS block over `max_params` (checked as each record arrives) is
+    /// not fatal: its data is dropped and its end gives [`Event::ParamsTooLarge`].
     ///
     /// Not fatal (§2.7–§2.9): GET_VALUES on id 0 is answered; any other type on id 0,
     /// and on another id a type a web server never sends (END_REQUEST, STDOUT, STDERR,
@@ -204,7 +218,7 @@ impl ConnParser {
     pub fn awaiting_params(&self) -> bool {
         self.requests
             .values()
-            .any(|r| matches!(r.phase, Phase::Params(_)))
+            .any(|r| matches!(r.phase, Phase::Params(_) | Phase::Dropping(_)))
     }
 
     /// Requests begun and not finished.
@@ -305,7 +319,7 @@ impl ConnParser {
         if request.aborted {
             return;
         }
-        if let Phase::Params(_) = request.phase {
+        if let Phase::Params(_) | Phase::Dropping(_) = request.phase {
             // The app never saw this request: end it here, so the server never hears of
             // an id it has no app for (§2.8: answer END_REQUEST, REQUEST_COMPLETE).
             self.requests.remove(&id);
@@ -330,11 +344,29 @@ impl ConnParser {
         if request.aborted {
             return Ok(());
         }
-        let Phase::Params(block) = &mut request.phase else {
-            return Err(ProtoError::FcgiOutOfOrder {
-                id,
-                what: "PARAMS after the end of PARAMS",
-            });
+        let block = match &mut request.phase {
+            Phase::Params(block) => block,
+            Phase::Dropping(size) if content.is_empty() => {
+                let size = *size;
+                request.phase = Phase::Stdin;
+                events.push(Event::ParamsTooLarge {
+                    id,
+                    keep_conn: request.keep_conn,
+                    size,
+                    limit: self.limits.max_params,
+                });
+                return Ok(());
+            }
+            Phase::Dropping(size) => {
+                *size = size.saturating_add(content.len());
+                return Ok(());
+            }
+            _ => {
+                return Err(ProtoError::FcgiOutOfOrder {
+                    id,
+                    what: "PARAMS after the end of PARAMS",
+                })
+            }
         };
         if content.is_empty() {
             let params = std::mem::take(block).freeze();
@@ -347,12 +379,12 @@ impl ConnParser {
             return Ok(());
         }
         // block ≤ max_params and content ≤ 65535, yet stay honest about overflow.
-        let size = block.len().checked_add(content.len());
-        if size.is_none_or(|size| size > self.limits.max_params) {
-            return Err(ProtoError::FcgiParamsTooLarge {
-                id,
-                limit: self.limits.max_params,
-            });
+        let size = block.len().saturating_add(content.len());
+        if size > self.limits.max_params {
+            // Not fatal: the front server framed it right (Apache sends PARAMS in 16 KiB
+            // records), the request is only too large. Its end is answered 431.
+            request.phase = Phase::Dropping(size);
+            return Ok(());
         }
         block.push(content);
         Ok(())
@@ -366,7 +398,7 @@ impl ConnParser {
             return Ok(());
         }
         match request.phase {
-            Phase::Params(_) => Err(ProtoError::FcgiOutOfOrder {
+            Phase::Params(_) | Phase::Dropping(_) => Err(ProtoError::FcgiOutOfOrder {
                 id,
                 what: "STDIN before the end of PARAMS",
             }),
@@ -738,7 +770,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_params_over_the_limit_as_they_arrive() {
+    fn drops_params_over_the_limit_and_reports_them_at_their_end() {
         let block = vec![b'p'; 100];
         // Exactly at the limit, in one record and in two.
         let events = params_in_records(&mut ConnParser::new(limits(100, 1)), &[&block]).unwrap();
@@ -749,8 +781,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(params_of(&events).len(), 100);
-        // One byte over, in one record and in two.
-        let too_large = Err(ProtoError::FcgiParamsTooLarge { id: ID, limit: 99 });
+        // One byte over, in one record and in two: not fatal, reported at the end with
+        // the whole size.
+        let too_large = Ok(vec![Event::ParamsTooLarge {
+            id: ID,
+            keep_conn: false,
+            size: 100,
+            limit: 99,
+        }]);
         let mut p = ConnParser::new(limits(99, 1));
         assert_eq!(params_in_records(&mut p, &[&block]), too_large);
         let mut p = ConnParser::new(limits(99, 1));
@@ -758,11 +796,47 @@ mod tests {
             params_in_records(&mut p, &[&block[..60], &block[60..]]),
             too_large
         );
-        // Refused when the crossing record arrives, before the stream ends.
-        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        // Past the limit nothing is held; the body follows as for any request, and a
+        // keep-conn connection goes on with the next id once this one is finished.
+        let mut p = ConnParser::new(limits(99, 2));
+        let mut bytes = begin(ID, ROLE_RESPONDER, true);
         encode_record(&mut bytes, PARAMS, ID, &block[..60]);
         encode_record(&mut bytes, PARAMS, ID, &block[60..]);
-        assert_eq!(feed(&mut ConnParser::new(limits(99, 1)), &bytes), too_large);
+        encode_record(&mut bytes, PARAMS, ID, &block);
+        assert_eq!(feed(&mut p, &bytes), Ok(vec![]));
+        assert_eq!(p.params_held(), 0);
+        assert!(p.awaiting_params());
+        let mut bytes = record(PARAMS, ID, &[]);
+        bytes.extend(record(STDIN, ID, b"body"));
+        bytes.extend(record(STDIN, ID, &[]));
+        let events = feed(&mut p, &bytes).unwrap();
+        assert_eq!(
+            events[0],
+            Event::ParamsTooLarge {
+                id: ID,
+                keep_conn: true,
+                size: 200,
+                limit: 99
+            }
+        );
+        assert_eq!(events.len(), 3);
+        p.finished(ID);
+        let small = params_block();
+        let events = feed(&mut p, &simple_request(2, true, &small, b"")).unwrap();
+        assert_eq!(events[0], params_event(2, true, &small));
+        // An abort while its PARAMS are being dropped ends it at once, as before the limit.
+        let mut p = ConnParser::new(limits(99, 1));
+        let mut bytes = begin(ID, ROLE_RESPONDER, true);
+        encode_record(&mut bytes, PARAMS, ID, &block);
+        encode_record(&mut bytes, ABORT_REQUEST, ID, &[]);
+        assert_eq!(
+            feed(&mut p, &bytes),
+            Ok(vec![Event::Reply(end_request(
+                ID,
+                ProtocolStatus::RequestComplete
+            ))])
+        );
+        assert_eq!(p.active(), 0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::codec::fastcgi::{assemble, Assembled, Refused};
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
+use crate::proto::ProtoError;
 use crate::server::admission::ConnInput;
 use crate::server::connection::RateLimit;
 use crate::server::lane::{FcgiSettings, SlowLane};
@@ -77,6 +78,8 @@ struct FeedState {
     closed: bool,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
+    /// STDIN ended before CONTENT_LENGTH bytes.
+    short: bool,
     /// The app waits for input (nothing queued).
     waiting: bool,
     /// When the app last took a chunk, or the request came (its progress: an app
@@ -159,6 +162,12 @@ impl Feed {
     /// The body passed --max-body: the app's next read fails with [`BODY_TOO_LARGE`].
     fn too_large(&self) {
         self.finish_with(|st| st.too_large = true);
+    }
+
+    /// STDIN ended before CONTENT_LENGTH bytes: the app's read fails once it has taken
+    /// what came (the connection goes on: the request is answered).
+    fn short(&self) {
+        self.finish_with(|st| st.short = true);
     }
 
     /// Drops what is queued; the app's next read fails.
@@ -244,9 +253,16 @@ impl StdinStream {
                 "the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own",
             )));
         }
-        if st.closed {
+        if st.short {
             return Some(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
+                io::ErrorKind::UnexpectedEof,
+                "the front server ended STDIN before CONTENT_LENGTH bytes",
+            )));
+        }
+        if st.closed {
+            // Not the app's fault, and nobody to answer: see `BODY_GONE`.
+            return Some(Err(io::Error::new(
+                crate::wsgi::input::BODY_GONE,
                 "the front server aborted the request or closed the connection",
             )));
         }
@@ -1045,6 +1061,39 @@ fn handle_event(
             }
             Step::Go
         }
+        Event::ParamsTooLarge {
+            id,
+            keep_conn,
+            size,
+            limit,
+        } => {
+            // Framed right (Apache sends PARAMS in 16 KiB records), only too large: the
+            // request is answered 431 as over SCGI, the connection and its other
+            // requests go on. Its PARAMS were dropped as they came.
+            let e = ProtoError::FcgiParamsTooLarge { id, size, limit };
+            let head = head_for_log(Bytes::new());
+            let (span, request_id) = request_span(&head, peer);
+            span.in_scope(
+                || tracing::warn!(%peer, error = %e, "request head too large; answered 431"),
+            );
+            let asker = Asker {
+                conn,
+                lane,
+                id,
+                keep_conn,
+                request_id: &request_id,
+                started: Instant::now(),
+            };
+            backlog.retain(
+                |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
+            );
+            answer_now(
+                &asker,
+                parser,
+                &head,
+                (431, "Request Header Fields Too Large"),
+            )
+        }
         Event::Params {
             id,
             keep_conn,
@@ -1286,6 +1335,7 @@ fn handle_event(
             };
             if slot.content_length.is_some_and(|cl| slot.got < cl) {
                 tracing::warn!(%peer, fcgi_id = id, got = slot.got, "STDIN ended before CONTENT_LENGTH bytes; the app sees a cut body");
+                feed.0.short();
                 slot.stdin = None;
                 return Step::Go;
             }
