@@ -45,6 +45,9 @@ static ASKED: AtomicBool = AtomicBool::new(false);
 static SHUT: AtomicBool = AtomicBool::new(false);
 /// This worker's master is gone, and no SIGTERM stopped the worker ([`master_gone`]).
 static ORPHAN: AtomicBool = AtomicBool::new(false);
+/// The parent this process had at [`install`] (a worker: its master), for
+/// [`MASTER_DEATH`]'s handler.
+static PARENT: AtomicI32 = AtomicI32::new(0);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -78,6 +81,16 @@ extern "C" fn on_signal(signal: libc::c_int) {
             libc::raise(signal);
             return;
         }
+    }
+    if signal == MASTER_DEATH {
+        // SAFETY: getppid is async-signal-safe.
+        if !SINGLE.load(Ordering::SeqCst)
+            && unsafe { libc::getppid() } != PARENT.load(Ordering::SeqCst)
+        {
+            ORPHAN.store(true, Ordering::SeqCst);
+            wake();
+        }
+        return;
     }
     let count = match signal {
         libc::SIGTERM => &TERMS,
@@ -137,13 +150,22 @@ pub enum StopError {
     Register(io::Error),
 }
 
-/// Installs the counting handler for SIGTERM, SIGINT and SIGHUP, or puts it back. The counts are kept across calls. In a forked worker it must run
+/// Installs the counting handler for SIGTERM, SIGINT and SIGHUP (and the one for
+/// [`MASTER_DEATH`]), or puts it back. The counts are kept across calls. In a forked worker it must run
 /// before the signals the master blocked are unblocked, so that none reaches the
 /// default action; the server calls it again once the app is imported, and says so
 /// when the app had put a handler of its own in place. It fails only the first time
 /// in a process, or not at all.
 pub fn install(single: bool) -> Result<(), StopError> {
     OWNER.store(std::process::id() as i32, Ordering::SeqCst);
+    // The first time only: the parent may be gone by the second (the handler has told).
+    // SAFETY: getppid cannot fail.
+    let _ = PARENT.compare_exchange(
+        0,
+        unsafe { libc::getppid() },
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     SINGLE.store(single, Ordering::SeqCst);
     if PIPE.get().is_none() {
         let (read, write) = wake_pipe()?;
@@ -154,6 +176,7 @@ pub fn install(single: bool) -> Result<(), StopError> {
         (libc::SIGTERM, "SIGTERM"),
         (libc::SIGINT, "SIGINT"),
         (libc::SIGHUP, "SIGHUP"),
+        (MASTER_DEATH, "SIGURG"),
     ];
     for (signal, name) in signals {
         // SAFETY: a zeroed sigaction with an empty mask and a handler that does only
@@ -236,12 +259,30 @@ pub fn listeners_shut() {
     wake();
 }
 
+/// The signal a worker's master's death sends it (`PR_SET_PDEATHSIG`): its handler
+/// says [`master_gone`] (when the parent changed: a stray one does nothing). Not
+/// SIGTERM: a worker already leaving (a reload, SIGTTOU) counted that as a second stop
+/// signal and cut its requests off. SIGURG is ignored by default (one that comes
+/// before the handler is in place, or after the app put SIG_DFL back, does nothing;
+/// the thread that watches the master tells then) and is sent by nothing else
+/// postern or a front server does (only for out-of-band TCP data to a socket's
+/// F_SETOWN owner).
+/// regression: a worker leaving after a reload when its master was SIGKILLed cut its
+/// in-flight requests off ("second signal: stopping now").
+pub const MASTER_DEATH: libc::c_int = libc::SIGURG;
+
+/// Whether this worker's master is gone ([`master_gone`], or [`MASTER_DEATH`]).
+pub fn orphaned() -> bool {
+    ORPHAN.load(Ordering::SeqCst)
+}
+
 /// The reason [`Waiter::first`] gives for [`master_gone`].
 pub const MASTER_GONE: &str = "master gone";
 
-/// This worker's master died (SIGKILL, the OOM killer) and the SIGTERM that its death
-/// sends (PR_SET_PDEATHSIG) did not stop the worker: the app took or ignored it. It
-/// stops as for that SIGTERM.
+/// This worker's master died (SIGKILL, the OOM killer): told by the thread that
+/// watches the master, and by the handler of [`MASTER_DEATH`]. It stops as for a
+/// SIGTERM (one that is not counted as a stop signal: a worker already leaving keeps
+/// draining).
 /// regression: such a worker outlived its master forever (and, with a Unix listener
 /// the master had shut, spun on accept4).
 pub fn master_gone() {

@@ -799,3 +799,116 @@ fn workers_deaf_to_sigterm_see_the_masters_mark_within_a_quarter_second() {
         assert!(late < 0.7, "{w}: {late:.3} s\n{logs}");
     }
 }
+
+/// `hang` for [`hanging_app`]: waits until the file `go` exists.
+fn until(go: &std::path::Path) -> String {
+    format!(
+        "while not os.path.exists({:?}): time.sleep(0.02)",
+        go.to_string_lossy()
+    )
+}
+
+// regression: a worker leaving after a reload (its master's SIGTERM had come) when its
+// master was SIGKILLed cut its request off: the SIGTERM that the master's death sent
+// (PR_SET_PDEATHSIG) counted as a second stop signal ("second signal: stopping now").
+// The death's signal now only says that the master is gone; the request gets its
+// --graceful-timeout. Fails on 4b720b4 (no answer, the log says "second signal").
+#[test]
+fn a_request_on_a_leaving_worker_is_answered_after_its_master_is_killed() {
+    let dir = tempdir();
+    let go = dir.path().join("go");
+    let (path, mark) = hanging_app(dir.path(), &until(&go));
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "20"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let old = workers(&p, 1, Ill::Well);
+    let request = send_hang(&p, &mark);
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready; old workers finish", 30),
+        "{}",
+        p.logs()
+    );
+    let pids = children(p.pid());
+    p.signal(libc::SIGKILL);
+    let _ = p.wait_exit(5);
+    // The new worker, idle, is gone once it learns that its master is: by then the
+    // old one, already leaving, has had the death's signal too (sent to both at once).
+    let new: Vec<i32> = pids.iter().copied().filter(|w| !old.contains(w)).collect();
+    assert_eq!(new.len(), 1, "{pids:?} (old: {old:?})\n{}", p.logs());
+    assert!(wait_until(10, || gone(new[0])), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&go, b"").unwrap();
+    let answer = parse_http(&request.join().unwrap());
+    let left: Vec<i32> = {
+        wait_until(10, || pids.iter().all(|&w| gone(w)));
+        pids.iter().copied().filter(|&w| !gone(w)).collect()
+    };
+    for &w in &left {
+        // SAFETY: kill(2) on a worker this test's postern started.
+        unsafe { libc::kill(w, libc::SIGKILL) };
+    }
+    assert_eq!(
+        answer.map(|r| r.body),
+        Some(old[0].to_string().into_bytes()),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        !p.logs().contains("second signal: stopping now"),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the master\n{}",
+        p.logs()
+    );
+}
+
+// regression: once the master was gone, nothing shut the listeners: a connection made
+// during the orphans' drain joined the listen queue, and was reset when the last of
+// them exited (nginx: 502 after up to --graceful-timeout + 1 s) instead of being
+// refused at once (nginx tries its next upstream). Fails on 4b720b4 (the connect
+// succeeds).
+#[test]
+fn new_connections_are_refused_once_the_master_is_killed() {
+    let dir = tempdir();
+    let go = dir.path().join("go");
+    let (path, mark) = hanging_app(dir.path(), &until(&go));
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "20"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let pids = workers(&p, 1, Ill::Well);
+    // Keeps the orphan draining while the test connects.
+    let request = send_hang(&p, &mark);
+    p.signal(libc::SIGKILL);
+    let _ = p.wait_exit(5);
+    let refused = wait_until(
+        5,
+        || matches!(p.addr.connect(), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+    );
+    let alive = !gone(pids[0]);
+    std::fs::write(&go, b"").unwrap();
+    let answer = parse_http(&request.join().unwrap());
+    let ended = wait_until(10, || gone(pids[0]));
+    if !ended {
+        // SAFETY: kill(2) on a worker this test's postern started.
+        unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    }
+    assert!(refused, "a connect still succeeds\n{}", p.logs());
+    assert!(
+        alive,
+        "the worker was gone before the test connected\n{}",
+        p.logs()
+    );
+    assert_eq!(
+        answer.map(|r| r.body),
+        Some(pids[0].to_string().into_bytes()),
+        "{}",
+        p.logs()
+    );
+    assert!(ended, "the worker outlived its master\n{}", p.logs());
+}

@@ -267,9 +267,8 @@ pub fn run(
     let on_ready = match mode {
         Mode::Single { on_ready } | Mode::Worker { on_ready } => on_ready,
     };
-    // A worker whose master died stops even if the SIGTERM that death sends never
-    // reaches it: the supervisor's thread that watches the master says so
-    // (crate::stop::master_gone).
+    // A worker whose master died stops: the signal that death sends and the
+    // supervisor's thread that watches the master say so (crate::stop::master_gone).
 
     let finished = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
@@ -347,8 +346,17 @@ pub fn run(
         // upstream), the ones already waiting in the listen queues are served, not
         // reset, and only then do the listeners close. A worker that is replaced
         // (reload, recycling) leaves the shared listeners alone: its siblings and
-        // successors keep accepting on them.
-        if single || monitor.as_ref().is_some_and(|m| m.server_stopping()) {
+        // successors keep accepting on them. A worker whose master is gone does as at
+        // the whole server's stop: no one will ever serve those listeners again, and a
+        // connection left to join their queue during the orphans' drain was reset as
+        // the last one exited (regression: nginx 502 after up to --graceful-timeout
+        // + 1 s, instead of a refusal it fails over on). A socket systemd passed is
+        // left for the next start, and no socket file is touched: a new postern may
+        // already listen at that path.
+        if single
+            || crate::stop::orphaned()
+            || monitor.as_ref().is_some_and(|m| m.server_stopping())
+        {
             // A socket systemd passed (socket activation) stays with systemd, which
             // queues connections for the next start: it is only drained, never shut.
             for l in listeners.iter().filter(|l| !l.inherited) {

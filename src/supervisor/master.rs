@@ -405,8 +405,9 @@ impl Master {
         };
         let Some(child) = Pid::from_raw(child) else {
             // A worker drains on its master's death (killed with SIGKILL, say), and
-            // is gone by the deadline the master would have enforced.
-            self.leave_master(master_pid, Signal::TERM, true);
+            // is gone by the deadline the master would have enforced. The death's
+            // signal is crate::stop::MASTER_DEATH (never counted as a stop signal).
+            self.leave_master(master_pid, Signal::URG, true);
             worker::watch_master(worker::Orphaned {
                 master: master_pid,
                 board: Arc::clone(&self.board),

@@ -92,9 +92,9 @@ pub(super) struct Orphaned {
 }
 
 /// Starts, in a worker just forked (still its only thread), the thread that watches
-/// its master. Once the master is gone, the worker stops as for the SIGTERM that death
-/// sends (`PR_SET_PDEATHSIG`), even if that signal never counted (the app took or
-/// ignored it), and it is gone `allowance` after its stop began (the master's death
+/// its master. Once the master is gone, the worker stops as for a SIGTERM (as the
+/// signal that death sends, `PR_SET_PDEATHSIG` with [`crate::stop::MASTER_DEATH`],
+/// says too; this thread tells even if that signal was taken by the app), and it is gone `allowance` after its stop began (the master's death
 /// at the latest), whatever it is doing by then: a request that does not end (one
 /// holding the GIL too), an atexit handler that hangs, an import that never ends, a
 /// blocked ASGI loop. Those are the deadlines the master enforces while it lives
