@@ -152,6 +152,16 @@ async def app(scope, receive, send):
             RESULTS.append("%s: %s" % (q, type(e).__name__))
         if more:
             await send({"type": "http.response.body", "body": b""})
+    elif path == "/clwait":
+        # Ends at its Content-Length (more_body True), then awaits receive() before
+        # its last body (the request, empty, taken first).
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": True})
+        m = await receive()
+        RESULTS.append("clwait: " + m["type"])
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/results":
         await answer(send, "\n".join(RESULTS).encode())
     elif path == "/peak":
@@ -568,4 +578,31 @@ fn a_large_body_is_sent_from_the_apps_object_or_copied_once() {
             assert!(kib < most_kib, "{what}: the peak grew by {kib} KiB");
         }
     }
+}
+
+// regression: an app that reached its Content-Length with more_body True and then
+// awaited receive() before its last body waited forever (871c3af), holding its
+// --max-concurrency place: with two of them at --max-concurrency 2 the worker took no
+// request any more.
+#[test]
+fn receive_after_a_response_ended_at_its_length_returns_disconnect_after_the_grace() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--max-concurrency", "2"]);
+    for _ in 0..2 {
+        let r = get(&p, "/clwait", "").expect("a response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"ok");
+    }
+    // Both places are held until the grace (5 s) ends, then this one is served.
+    let t = std::time::Instant::now();
+    let r = get(&p, "/hello", "").expect("a response");
+    assert_eq!(r.body, b"hello", "{}", p.logs());
+    assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    let r = get(&p, "/results", "").expect("a response");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "clwait: http.disconnect\nclwait: http.disconnect",
+        "{}",
+        p.logs()
+    );
 }

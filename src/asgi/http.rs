@@ -45,6 +45,15 @@ pyo3::create_exception!(
 /// The most a last write may hold to be sent from the loop thread when the socket
 /// has room (see [`has_room`]): well under any socket's send buffer.
 const QUICK_LAST: usize = 16 * 1024;
+/// How long after a response ended at its Content-Length (the front server has it
+/// whole, and may have closed the connection) a `receive()` waits for the app's last
+/// `http.response.body` before it returns `http.disconnect`. Django's disconnect
+/// listener must not cancel the view's streamed response while the code after its
+/// last chunk runs; an app that awaits `receive()` before its last body must not wait
+/// forever, holding its `--max-concurrency` place.
+/// regression: such an app's `receive()` never returned, and the worker stopped taking
+/// requests once those waits filled `--max-concurrency`.
+const LENGTH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// True when `fd` can take bytes now (poll, zero timeout).
 fn has_room(fd: Option<RawFd>) -> bool {
@@ -348,6 +357,10 @@ pub struct Exchange {
     /// True: its last `http.response.body` is still to come, and succeeds (the front
     /// server may have closed the connection by then: it had the whole response).
     ended_at_length: bool,
+    /// The timer of [`LENGTH_GRACE`] after a response ended at its Content-Length
+    /// (cancelled by the app's last body), and whether it ran out.
+    length_grace: Option<Py<PyAny>>,
+    grace_over: bool,
     /// A job on the executor holds the sink.
     busy: bool,
     /// The futures of the other `send()`s whose bytes that job writes (done with it).
@@ -837,6 +850,8 @@ impl Exchange {
             body_sent: 0,
             complete: false,
             ended_at_length: false,
+            length_grace: None,
+            grace_over: false,
             busy: false,
             job_extra: Vec::new(),
             queued: None,
@@ -1268,8 +1283,16 @@ impl Exchange {
     /// Content-Length is once the app has sent its last `http.response.body` too (as
     /// uvicorn: Django, told of a disconnect, cancels the view's streamed response,
     /// and the code after its last chunk did not run).
+    /// A response that ended at its Content-Length whose last body does not come
+    /// within [`LENGTH_GRACE`] is finished for `receive()` then.
     fn disconnect_due(&self) -> bool {
-        self.gone || (self.served.is_some() && !self.ended_at_length)
+        self.gone || (self.served.is_some() && (!self.ended_at_length || self.grace_over))
+    }
+
+    fn cancel_grace(&mut self, py: Python<'_>) {
+        if let Some(t) = self.length_grace.take() {
+            let _ = t.bind(py).call_method0(intern!(py, "cancel"));
+        }
     }
 
     /// Resolves the `receive()` futures waiting for the end with `http.disconnect`.
@@ -1364,6 +1387,14 @@ impl Exchange {
         me.finish_log(end, sent);
         if me.disconnect_due() {
             me.wake_waiters(py);
+        } else if me.ended_at_length && me.length_grace.is_none() && !me.task_over {
+            let lio = me.lio(py)?;
+            drop(me);
+            let t = lio.call_later.bind(py).call1((
+                LENGTH_GRACE.as_secs_f64(),
+                slf.getattr(intern!(py, "_length_grace"))?,
+            ))?;
+            slf.borrow_mut().length_grace = Some(t.unbind());
         }
         Ok(())
     }
@@ -1521,6 +1552,7 @@ impl Exchange {
         {
             let mut me = slf.borrow_mut();
             me.released = true;
+            me.cancel_grace(py);
             if matches!(me.body, BodyState::Polled(..)) {
                 me.body_done(py);
                 // The request is over: a receive() still waiting for the body gets
@@ -2019,6 +2051,7 @@ impl Exchange {
                 if me.ended_at_length {
                     if !more {
                         me.ended_at_length = false;
+                        me.cancel_grace(py);
                         // The response is finished for the app too.
                         if me.disconnect_due() {
                             me.wake_waiters(py);
@@ -2520,6 +2553,22 @@ impl Exchange {
             return Ok(());
         }
         Self::flush(slf)?;
+        Ok(())
+    }
+
+    /// [`LENGTH_GRACE`] has passed since the response ended at its Content-Length and
+    /// the app's last body has not come: a `receive()` waiting returns
+    /// `http.disconnect` now.
+    fn _length_grace(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        me.length_grace = None;
+        if me.ended_at_length {
+            me.grace_over = true;
+            if me.disconnect_due() {
+                me.wake_waiters(py);
+            }
+        }
         Ok(())
     }
 
