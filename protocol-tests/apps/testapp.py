@@ -86,6 +86,13 @@ def application(environ, start_response):
             for k, v in environ.items()
         )
         return as_json(start_response, env)
+    if path == "/read-then-bug":
+        # Catches the body read's OSError, then fails with a bug of its own.
+        try:
+            environ["wsgi.input"].read()
+        except OSError:
+            pass
+        raise ValueError("a bug of the app after its body read failed")
     if path == "/echo":
         data = environ["wsgi.input"].read()
         start_response(

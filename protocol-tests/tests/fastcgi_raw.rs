@@ -961,6 +961,31 @@ fn a_body_read_cut_by_abort_or_close_is_the_client_gone_not_an_app_error() {
     ok_after(&p);
 }
 
+// regression: an app that caught the body read's OSError and then raised an error of
+// its own was logged as the front server gone, one WARN without its traceback.
+#[test]
+fn an_app_bug_after_a_cut_body_read_keeps_its_traceback() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let mut c = Fc::open(&p);
+    let mut b = head(1, true, &vars("POST", "/read-then-bug", Some(100_000)));
+    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 0)), "{out:?}");
+    assert!(
+        p.wait_log("a bug of the app after its body read failed", 5),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(logs.contains("Traceback"), "{logs}");
+    assert!(!logs.contains("could not read the request body"), "{logs}");
+    assert!(!logs.contains("answered 500"), "{logs}");
+}
+
 #[test]
 fn abort_request_before_params_end_is_answered_at_once() {
     let dir = tempdir();

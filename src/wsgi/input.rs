@@ -17,6 +17,9 @@ use super::{Body, BodyStream};
 /// aborted the request or closed the connection (nobody is left to answer).
 pub const BODY_GONE: std::io::ErrorKind = std::io::ErrorKind::ConnectionReset;
 
+/// How the message of the `OSError` a body read cut short raises begins.
+pub const BODY_CUT: &str = "the request body was cut short";
+
 /// Read-ahead from a spooled body file.
 const FILE_BLOCK: usize = 64 * 1024;
 
@@ -89,9 +92,7 @@ impl Input {
                                 gone.store(true, Ordering::Release);
                             }
                         }
-                        return Err(PyOSError::new_err(format!(
-                            "the request body was cut short: {e}"
-                        )));
+                        return Err(PyOSError::new_err(format!("{BODY_CUT}: {e}")));
                     }
                 }
             }

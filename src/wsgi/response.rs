@@ -1195,16 +1195,47 @@ fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> Result<&'a Bound<'py, PyB
 }
 
 /// Logs an app failure and answers 500, or aborts when the headers are already out.
+/// Whether `e` is the error `wsgi.input` raised for a body cut short, or has it as
+/// its cause or context (the app wrapped it).
+fn raised_by_body_cut(py: Python<'_>, e: &PyErr) -> bool {
+    let mut v = Some(e.value(py).clone().into_any());
+    for _ in 0..8 {
+        let Some(x) = v else { return false };
+        if x.is_instance_of::<pyo3::exceptions::PyOSError>()
+            && x.str()
+                .is_ok_and(|s| s.to_string_lossy().starts_with(super::input::BODY_CUT))
+        {
+            return true;
+        }
+        v = ["__cause__", "__context__"]
+            .into_iter()
+            .filter_map(|a| x.getattr(a).ok())
+            .find(|c| !c.is_none());
+    }
+    false
+}
+
 fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what: &str) -> Outcome {
     let detail = match &failure {
         Failure::Raised(e) => traceback(py, e),
         Failure::Mistake(m) => m.clone(),
     };
     let mut r = st(responder);
-    if r.body_gone
+    let body_gone = r
+        .body_gone
         .as_ref()
-        .is_some_and(|g| g.load(Ordering::Acquire))
-    {
+        .is_some_and(|g| g.load(Ordering::Acquire));
+    let from_body_cut = match &failure {
+        Failure::Raised(e) => raised_by_body_cut(py, e),
+        Failure::Mistake(_) => false,
+    };
+    if body_gone && !from_body_cut {
+        // The app failed otherwise after its body read did (it caught that error):
+        // a bug of its own, logged with its traceback, though nobody is left to answer.
+        // regression: it was logged as the front server gone, without its traceback.
+        r.client_gone = true;
+    }
+    if body_gone && from_body_cut {
         // Its read of the body failed because the front server aborted the request or
         // closed the connection: nobody is left to answer, and the app is not at fault
         // (as over uwsgi and SCGI, where the same is found before the app runs).
