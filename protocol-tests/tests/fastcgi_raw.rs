@@ -874,13 +874,8 @@ fn abort_request_for_a_request_that_arrived_whole() {
 fn abort_request_while_the_app_waits_for_its_body() {
     let dir = tempdir();
     let p = start(dir.path(), &["--threads", "2"]);
-    let mut c = Fc::open(&p);
     // /echo blocks in wsgi.input.read() for the rest of its body.
-    let v = vars("POST", "/echo", Some(100_000));
-    let mut b = head(1, true, &v);
-    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
-    c.send(&b);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut c = post_part_of_a_body(&p, true, "/echo");
     c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
     // The rest of the body is never sent: only the abort can end the request (the
     // socket's 20 s read timeout is a bound against a hang).
@@ -897,6 +892,18 @@ fn abort_request_while_the_app_waits_for_its_body() {
 
 /// Asserts the log tells of a body read cut by the front server going away, once, and
 /// not of an app error answered 500 (nothing was answered).
+/// Opens a connection and starts request 1 (`keep`: FCGI_KEEP_CONN), a POST to `path`
+/// announcing 100,000 bytes of which 1,000 are sent: its app then waits in
+/// `wsgi.input.read()` for the rest.
+fn post_part_of_a_body<'p>(p: &'p Postern, keep: bool, path: &str) -> Fc<'p> {
+    let mut c = Fc::open(p);
+    let mut b = head(1, keep, &vars("POST", path, Some(100_000)));
+    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(300));
+    c
+}
+
 fn assert_body_gone_logged(p: &Postern) {
     assert!(
         p.wait_log(
@@ -922,11 +929,7 @@ fn a_body_read_cut_by_abort_or_close_is_the_client_gone_not_an_app_error() {
     let dir = tempdir();
     let p = start(dir.path(), &["--threads", "2"]);
     // FCGI_ABORT_REQUEST while /echo waits in wsgi.input.read() for the rest of its body.
-    let mut c = Fc::open(&p);
-    let mut b = head(1, true, &vars("POST", "/echo", Some(100_000)));
-    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
-    c.send(&b);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut c = post_part_of_a_body(&p, true, "/echo");
     c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
     let out = c.reply(1);
     assert_eq!(out.end, Some((0, 0)), "{out:?}");
@@ -938,12 +941,7 @@ fn a_body_read_cut_by_abort_or_close_is_the_client_gone_not_an_app_error() {
     // keep-conn connection and on one without.
     for keep in [true, false] {
         let before = p.logs().matches("could not read the request body").count();
-        let mut c = Fc::open(&p);
-        let mut b = head(1, keep, &vars("POST", "/echo", Some(100_000)));
-        b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
-        c.send(&b);
-        std::thread::sleep(Duration::from_millis(300));
-        drop(c);
+        drop(post_part_of_a_body(&p, keep, "/echo"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while p.logs().matches("could not read the request body").count() == before
             && Instant::now() < deadline
@@ -967,11 +965,7 @@ fn a_body_read_cut_by_abort_or_close_is_the_client_gone_not_an_app_error() {
 fn an_app_bug_after_a_cut_body_read_keeps_its_traceback() {
     let dir = tempdir();
     let p = start(dir.path(), &[]);
-    let mut c = Fc::open(&p);
-    let mut b = head(1, true, &vars("POST", "/read-then-bug", Some(100_000)));
-    b.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
-    c.send(&b);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut c = post_part_of_a_body(&p, true, "/read-then-bug");
     c.send(&fcgi::record(ABORT_REQUEST, 1, b""));
     let out = c.reply(1);
     assert_eq!(out.end, Some((0, 0)), "{out:?}");

@@ -411,10 +411,10 @@ fn a_worker_dropped_while_it_starts_leaves_cleanly_once_ready() {
     assert_eq!(p.get("/").0, 200, "{}", p.logs());
 }
 
-/// SIGKILLs `p`'s master (as the OOM killer would) and waits up to `secs` for every
-/// one of `pids` to be gone. Returns the ones still running then, SIGKILLed so that no
-/// test leaves a worker behind.
-fn kill_master(p: &mut Postern, pids: &[i32], secs: u64) -> Vec<i32> {
+/// SIGKILLs `p`'s master (as the OOM killer would) and asserts that every one of
+/// `pids` is gone within `secs`; those still running then are SIGKILLed first, so that
+/// no test leaves a worker behind.
+fn kill_master(p: &mut Postern, pids: &[i32], secs: u64) {
     p.signal(libc::SIGKILL);
     let _ = p.wait_exit(5);
     wait_until(secs, || pids.iter().all(|&w| gone(w)));
@@ -423,7 +423,11 @@ fn kill_master(p: &mut Postern, pids: &[i32], secs: u64) -> Vec<i32> {
         // SAFETY: kill(2) on a worker this test's postern started.
         unsafe { libc::kill(w, libc::SIGKILL) };
     }
-    left
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the master\n{}",
+        p.logs()
+    );
 }
 
 // The workers leave when their master dies without stopping them (SIGKILL, the OOM
@@ -437,12 +441,7 @@ fn the_workers_leave_when_the_master_is_killed() {
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
     let pids = workers(&p, 2, Ill::Well);
-    let left = kill_master(&mut p, &pids, 10);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 10);
     assert_eq!(
         p.logs().matches("stopping: no new connections").count(),
         2,
@@ -464,12 +463,7 @@ fn a_worker_deaf_to_sigterm_leaves_when_the_master_is_killed() {
         .start();
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     let pids = workers(&p, 1, Ill::Deaf);
-    let left = kill_master(&mut p, &pids, 10);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 10);
     assert!(p.logs().contains("cause=\"master gone\""), "{}", p.logs());
 }
 
@@ -513,12 +507,7 @@ fn a_worker_hung_at_exit_goes_soon_after_its_master_is_killed() {
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
     let pids = workers(&p, 2, Ill::HangsAtExit);
     // 1 s + 1 s, and time on a loaded machine (before: 300 s, the handler's).
-    let left = kill_master(&mut p, &pids, 10);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 10);
     assert_eq!(
         p.logs()
             .matches("its master is gone, and this worker still runs")
@@ -548,12 +537,7 @@ fn a_leaving_worker_hung_at_exit_goes_soon_after_its_master_is_killed() {
     );
     // Idle: its stop is over at once, and its atexit handler runs.
     std::thread::sleep(Duration::from_millis(300));
-    let left = kill_master(&mut p, &pids, 12);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 12);
 }
 
 // regression: a worker still importing its app (a reload's, here stuck in the import)
@@ -580,12 +564,7 @@ fn a_worker_stuck_in_its_import_goes_soon_after_its_master_is_killed() {
     assert!(wait_file(&mark, 20), "{}", p.logs());
     let pids = children(p.pid());
     assert_eq!(pids.len(), 2, "{pids:?} (old: {old:?})\n{}", p.logs());
-    let left = kill_master(&mut p, &pids, 10);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 10);
 }
 
 // A request in flight when the master dies is answered: its worker drains, as for its
@@ -601,12 +580,7 @@ fn a_request_in_flight_when_the_master_is_killed_is_answered() {
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     let pids = workers(&p, 1, Ill::Well);
     let request = send_hang(&p, &mark);
-    let left = kill_master(&mut p, &pids, 10);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 10);
     let answer = parse_http(&request.join().unwrap());
     assert_eq!(
         answer.map(|r| r.body),
@@ -630,12 +604,7 @@ fn a_worker_whose_request_never_ends_goes_soon_after_its_master_is_killed() {
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     let pids = workers(&p, 1, Ill::Well);
     let _ = send_hang(&p, &mark);
-    let left = kill_master(&mut p, &pids, 10);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 10);
 }
 
 // As above for an ASGI worker whose event loop is blocked by its request (a
@@ -663,12 +632,7 @@ fn an_asgi_worker_whose_loop_is_blocked_goes_soon_after_its_master_is_killed() {
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     let pids = workers(&p, 1, Ill::Well);
     let _ = send_hang(&p, &mark);
-    let left = kill_master(&mut p, &pids, 20);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the master\n{}",
-        p.logs()
-    );
+    kill_master(&mut p, &pids, 20);
 }
 
 /// A master serving `illapp` v1 (`ill`) with one worker, reloaded to a well-behaved
