@@ -342,6 +342,88 @@ fn pathsend_of_a_directory_or_missing_file_raises_before_anything_is_written() {
 }
 
 #[test]
+fn pathsend_of_a_file_whose_size_reads_0_sends_its_content() {
+    // regression: a file whose stat size is 0 though it has content (/proc, /sys) was
+    // sent as Content-Length: 0 and an empty body (the WSGI file_wrapper's bug, fixed
+    // in cc16e54, had stayed in pathsend).
+    let dir = tempdir();
+    for protocol in ["uwsgi", "fastcgi"] {
+        let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+            .protocol(protocol)
+            .args(["--loop", "asyncio"])
+            .start();
+        let fetch = |file: &str| -> (u16, Vec<(String, String)>, String) {
+            let (status, headers, body) = if protocol == "uwsgi" {
+                let r = get(&p, "/pathsend", file).expect("a response");
+                (r.status, r.headers, r.body)
+            } else {
+                let uri = format!("/pathsend?{file}");
+                let vars = [
+                    ("REQUEST_METHOD", "GET"),
+                    ("SCRIPT_NAME", "/pathsend"),
+                    ("REQUEST_URI", &uri),
+                    ("QUERY_STRING", file),
+                    ("SERVER_PROTOCOL", "HTTP/1.1"),
+                    ("SERVER_NAME", "test"),
+                    ("SERVER_PORT", "80"),
+                ];
+                let mut s = p.addr.connect().unwrap();
+                s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
+                fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi()
+            };
+            assert!(
+                !headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-length")),
+                "{protocol} {file}: no Content-Length from the file's size: {headers:?}"
+            );
+            (status, headers, String::from_utf8_lossy(&body).into_owned())
+        };
+        // The worker's own status (a single process: postern itself), read to its end.
+        let (status, _, text) = fetch("/proc/self/status");
+        assert_eq!(status, 200, "{protocol}: {text}");
+        let pid = format!("\nPid:\t{}\n", p.pid());
+        assert!(
+            text.starts_with("Name:\t") && text.contains(&pid) && text.ends_with('\n'),
+            "{protocol}: {text:?}"
+        );
+        // Past one read's block (64 KiB: a Python process has hundreds of mappings),
+        // to the last mapping's last line.
+        let (status, _, text) = fetch("/proc/self/smaps");
+        assert_eq!(status, 200, "{protocol}");
+        let last = text.lines().last().unwrap_or_default();
+        assert!(
+            text.len() > 64 * 1024 && last.starts_with("VmFlags:") && text.ends_with('\n'),
+            "{protocol}: {} bytes, ending {last:?}",
+            text.len()
+        );
+        let logs = p.logs();
+        assert!(
+            !logs.contains("ERROR") && !logs.contains("response incomplete"),
+            "{protocol}\n{logs}"
+        );
+    }
+}
+
+#[test]
+fn pathsend_of_a_fifo_is_refused_at_once() {
+    // regression: the open of a FIFO waited for a writer, on the loop thread: the
+    // worker answered nothing more (no request, no /status) until one came.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    let fifo = dir.path().join("a-fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let started = std::time::Instant::now();
+    let r = get(&p, "/pathsend", fifo.to_str().unwrap()).expect("a response");
+    assert_eq!((r.status, r.text()), (200, "ValueError".to_owned()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let r = get(&p, "/hello", "").expect("the worker still serves");
+    assert_eq!(r.body, b"hello");
+}
+
+#[test]
 fn two_receives_pending_at_once_over_a_spooled_body_both_get_a_chunk() {
     // regression: after the fix for cancelled receive() calls, a second pending
     // receive() replaced the first one's future, which was never resolved: the

@@ -1678,6 +1678,9 @@ enum Job {
     },
     /// The rest of the head, then the file from its start.
     SendFile(Vec<u8>, std::fs::File, u64),
+    /// The rest of the head, then the file read to its end, or to the length given
+    /// ([`super::io::send_stream`]).
+    SendStream(Vec<u8>, std::fs::File, Option<u64>),
     Flush,
 }
 
@@ -1776,6 +1779,9 @@ fn run_job(sink: &mut dyn Sink, job: &Job) -> std::io::Result<()> {
         Job::SendFile(head, f, len) => sink
             .write_all(head)
             .and_then(|()| send_file_counted(sink, f, *len)),
+        Job::SendStream(head, f, limit) => sink
+            .write_all(head)
+            .and_then(|()| super::io::send_stream(sink, f, *limit)),
         Job::Flush => sink.flush(),
         // Read with the GIL held first ([`SinkJob::__call__`]).
         Job::WriteObject { .. } => Err(std::io::Error::other(
@@ -2233,24 +2239,52 @@ impl Exchange {
                         path.display()
                     )));
                 }
-                let file = std::fs::File::open(&path).map_err(named)?;
+                // O_NONBLOCK: the open of a FIFO waits for a writer (the loop would
+                // hang); it is refused below, as anything but a regular file is.
+                let file = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                        .open(&path)
+                        .map_err(named)?
+                };
                 let meta = file.metadata().map_err(named)?;
                 if !meta.is_file() {
+                    use std::os::unix::fs::FileTypeExt;
+                    let what = match meta.file_type() {
+                        t if t.is_dir() => "a directory",
+                        t if t.is_fifo() => "a FIFO",
+                        t if t.is_socket() => "a socket",
+                        t if t.is_char_device() || t.is_block_device() => "a device",
+                        _ => "not a regular file",
+                    };
                     return Err(PyValueError::new_err(format!(
-                        "http.response.pathsend {} is not a regular file",
+                        "http.response.pathsend {} is {what}; only a regular file can be sent",
                         path.display()
                     )));
                 }
+                rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty()).map_err(|e| named(e.into()))?;
                 let len = meta.len();
-                let head = me.head_bytes(Some(len as usize), 0);
+                // A size of 0 may be a file whose content is made when read (/proc,
+                // /sys, some FUSE files): it is read to its end, with no Content-Length
+                // (but the app's own, which then bounds it), as the WSGI file_wrapper
+                // iterates it. An empty file is sent as empty, with no Content-Length.
+                let sized = len > 0;
+                let head = me.head_bytes(sized.then_some(len as usize), 0);
                 me.head_sent = true;
                 let send_body = !me.head_only();
+                let limit = me.content_length;
                 if send_body {
-                    me.body_sent = me.content_length.map_or(len, |cl| cl.min(len));
+                    me.body_sent = match limit {
+                        Some(cl) if sized => cl.min(len),
+                        Some(cl) => cl,
+                        None => len,
+                    };
                 }
                 let body_len = me.body_sent;
                 drop(me);
-                if !send_body || body_len == 0 {
+                if !send_body || (sized && body_len == 0) || limit == Some(0) {
                     return Self::after_write(slf, Self::write(slf, head, true));
                 }
                 // The head goes with the GIL held when the socket takes it (as usual),
@@ -2260,7 +2294,11 @@ impl Exchange {
                 if me.loop_w.is_some() {
                     let start = me.out.pushed();
                     me.out.push_vec(head);
-                    me.out.push_file(file, body_len);
+                    if sized {
+                        me.out.push_file(file, body_len);
+                    } else {
+                        me.out.push_stream(file, limit);
+                    }
                     me.complete = true;
                     drop(me);
                     return Self::after_write(slf, Self::pump(slf, true, start));
@@ -2277,6 +2315,9 @@ impl Exchange {
                 };
                 me.complete = true;
                 drop(me);
+                if !sized {
+                    return Self::job(slf, Job::SendStream(head[n..].to_vec(), file, limit), None);
+                }
                 Self::job(slf, Job::SendFile(head[n..].to_vec(), file, body_len), None)
             }
             "http.response.trailers" => {

@@ -159,6 +159,61 @@ enum Piece {
     Object(Py<PyBytes>, usize),
     /// A file (`http.response.pathsend`), its next offset and its end.
     File(std::fs::File, u64, u64),
+    /// A file read to its end ([`Out::push_stream`]): the bytes read so far, and the
+    /// most to read (the app's Content-Length).
+    Stream(std::fs::File, u64, Option<u64>),
+}
+
+/// What [`Out::write`] reads of a [`Piece::Stream`] file at a time, and what
+/// [`send_stream`] does: such files are small (a `/proc` or `/sys` file is a page or
+/// a few).
+pub const STREAM_BLOCK: usize = 64 * 1024;
+
+/// Reads the next block of a file sent to its end: `Ok(None)` at its end, or `Err`
+/// (a [`FileShrank`]) when it ended before `limit`, what the app's Content-Length
+/// announced.
+fn read_block(f: &std::fs::File, read: u64, limit: Option<u64>) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let want = limit.map_or(STREAM_BLOCK, |l| {
+        usize::try_from(l.saturating_sub(read)).map_or(STREAM_BLOCK, |n| n.min(STREAM_BLOCK))
+    });
+    if want == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0; want];
+    let n = loop {
+        match (&mut &*f).read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => break r?,
+        }
+    };
+    if n == 0 {
+        return match limit {
+            Some(l) if read < l => Err(file_error(
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ended before its Content-Length",
+                ),
+                f,
+                Some(read),
+                l,
+            )),
+            _ => Ok(None),
+        };
+    }
+    buf.truncate(n);
+    Ok(Some(buf))
+}
+
+/// Sends `f` from its start to its end, or its first `limit` bytes, a block at a time
+/// (the executor's write of a [`Piece::Stream`] file).
+pub fn send_stream(sink: &mut dyn Sink, f: &std::fs::File, limit: Option<u64>) -> io::Result<()> {
+    let mut read = 0;
+    while let Some(block) = read_block(f, read, limit)? {
+        sink.write_all(&block)?;
+        read += block.len() as u64;
+    }
+    Ok(())
 }
 
 /// Slices a send puts on the stack; more (up to [`IOVS`]) go in a `Vec`.
@@ -309,6 +364,14 @@ impl Out {
         }
     }
 
+    /// A file whose length is not known (its size reads 0: `/proc`, `/sys`, some FUSE
+    /// files make their content when read), read to its end, or to `limit` bytes, a
+    /// block at a time as the socket takes it, on the loop thread (those reads take no
+    /// disk).
+    pub fn push_stream(&mut self, f: std::fs::File, limit: Option<u64>) {
+        self.pieces.push_back(Piece::Stream(f, 0, limit));
+    }
+
     /// Drops what waits (the response is cut).
     pub fn clear(&mut self) {
         self.pieces.clear();
@@ -334,6 +397,18 @@ impl Out {
                         self.pieces.pop_front();
                     }
                 }
+                Some(Piece::Stream(f, read, limit)) => match read_block(f, *read, *limit)? {
+                    // The block goes before the rest of the file, as a head does.
+                    Some(block) => {
+                        *read += block.len() as u64;
+                        self.queued += block.len();
+                        self.pushed += block.len() as u64;
+                        self.pieces.push_front(Piece::Owned(block));
+                    }
+                    None => {
+                        self.pieces.pop_front();
+                    }
+                },
                 Some(_) => {
                     // On the stack when few (a response's usual one or two pieces).
                     let count = self.pieces.len().min(IOVS);
@@ -352,7 +427,7 @@ impl Out {
                         let b: &[u8] = match p {
                             Piece::Owned(v) => v,
                             Piece::Object(o, len) => &o.as_bytes(py)[..*len],
-                            Piece::File(..) => break,
+                            Piece::File(..) | Piece::Stream(..) => break,
                         };
                         total += b.len() - skip;
                         iov[k] = IoSlice::new(&b[skip..]);
