@@ -365,6 +365,11 @@ pub struct Exchange {
     busy: bool,
     /// The futures of the other `send()`s whose bytes that job writes (done with it).
     job_extra: Vec<Py<PyAny>>,
+    /// The app's `send()` futures that job completes: settled by
+    /// [`Exchange::unawaited`] once nobody awaits them, as the queued ones are (kept
+    /// pending, the first send never awaited waited for a write that a reader that
+    /// reads nothing never lets end).
+    job_futs: Vec<SendFut>,
     /// Body sent while a write was still on the executor (the app cancelled that
     /// `send()`, or did not wait for it: `gather(send(a), send(b))`): written when
     /// that write has ended, in call order.
@@ -854,6 +859,7 @@ impl Exchange {
             grace_over: false,
             busy: false,
             job_extra: Vec::new(),
+            job_futs: Vec::new(),
             queued: None,
             gone: false,
             served: None,
@@ -1144,7 +1150,15 @@ impl Exchange {
         let ctx = me.ctx.clone();
         let fut = match fut {
             Some(f) => f,
-            None => ctx.create_future.bind(py).call0()?,
+            None => {
+                let f = ctx.create_future.bind(py).call0()?;
+                if !matches!(job, Job::Flush) {
+                    // The future goes to the app (its send()'s).
+                    let sf = SendFut::new(&f, &*me.lio(py)?)?;
+                    me.job_futs.push(sf);
+                }
+                f
+            }
         };
         drop(me);
         let job = Py::new(
@@ -1219,6 +1233,11 @@ impl Exchange {
                 .queued()
                 .saturating_sub(usize::try_from(awaited).unwrap_or(usize::MAX));
         }
+        self.job_futs.retain_mut(|f| match f.wait(py) {
+            Wait::Awaited => true,
+            Wait::Done => false,
+            Wait::Forgotten => !settle_forgotten(py, &f.fut),
+        });
         self.queued.as_mut().map_or(0, |q| {
             let mut awaited = 0usize;
             q.futs.retain_mut(|(f, n)| match f.wait(py) {
@@ -2442,6 +2461,8 @@ impl Exchange {
         let ok = {
             let mut me = slf.borrow_mut();
             me.busy = false;
+            // Completed below (those still pending).
+            me.job_futs.clear();
             match back {
                 Some((sink, r)) => {
                     me.sink = Some(sink);
@@ -2486,14 +2507,16 @@ impl Exchange {
         let _ = slf.borrow_mut().unawaited(py);
         let next = slf.borrow_mut().queued.take();
         if let Some(q) = next {
-            let mut futs = q.futs.into_iter().map(|(f, _)| f.fut);
+            let futs: Vec<SendFut> = q.futs.into_iter().map(|(f, _)| f).collect();
             if ok && !slf.borrow().gone {
                 // One write for them all: each send's future is done when it ends.
-                let first = futs.next().map(|f| f.into_bound(py));
-                slf.borrow_mut().job_extra = futs.collect();
+                let first = futs.first().map(|f| f.fut.bind(py).clone());
+                slf.borrow_mut().job_extra =
+                    futs.iter().skip(1).map(|f| f.fut.clone_ref(py)).collect();
                 Self::job(slf, Job::Write(q.data, q.last), first)?;
+                slf.borrow_mut().job_futs = futs;
             } else {
-                for qf in futs.filter(|f| pending(py, f)) {
+                for qf in futs.into_iter().map(|f| f.fut).filter(|f| pending(py, f)) {
                     fail_send(py, &qf, gone_error())?;
                 }
             }
