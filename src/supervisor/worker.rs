@@ -37,7 +37,13 @@ const PARENT_EVERY: Duration = Duration::from_millis(250);
 /// a handler the app set. Called in the server's runtime: from then on, a task looks
 /// at the slot once a second for the same reason (see [`watch_mark`]).
 pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
-    if board.leaving(slot) {
+    if board.self_retired(slot).is_some() {
+        // It recycled itself while it booted (--max-requests reached by requests it
+        // took before this): its own stop, which may be on its way from another
+        // thread (the slot is marked before the stop is set).
+        // regression: taken for the master's mark, it said `signal=SIGTERM`.
+        crate::stop::recycle();
+    } else if board.leaving(slot) {
         crate::stop::asked();
     }
     let _ = rustix::io::write(&pipe, &[READY]);
