@@ -73,6 +73,15 @@ impl Sock {
         }
     }
 
+    /// shutdown(SHUT_WR): the client says it sends nothing more, and still reads.
+    fn shutdown_write(&self) {
+        let how = std::net::Shutdown::Write;
+        match self {
+            Sock::U(s) => s.shutdown(how).unwrap(),
+            Sock::T(s) => s.shutdown(how).unwrap(),
+        }
+    }
+
     fn local_port(&self) -> Option<u16> {
         match self {
             Sock::U(_) => None,
@@ -717,6 +726,66 @@ fn keep_conn_three_requests_on_one_connection_then_close_without_it() {
     c.reply(1).assert_ok(b"hello\n");
     c.assert_closed();
     ok_after(&p);
+}
+
+#[test]
+fn requests_read_whole_are_answered_after_the_client_shuts_its_side() {
+    // regression: a client that sent its requests with FCGI_KEEP_CONN (or several
+    // multiplexed ones) and then shutdown(SHUT_WR) got nothing: the EOF cut every
+    // request in flight. Without keep-conn it was answered. Now a request read whole
+    // is answered and the connection closes after the last END_REQUEST; one whose
+    // body the EOF cut is the client gone, as before.
+    let (unix_dir, tcp_dir) = (tempdir(), tempdir());
+    let unix = start(unix_dir.path(), &["--threads", "4"]);
+    let tcp = start_tcp(tcp_dir.path(), &["--threads", "4"]);
+    for p in [&unix, &tcp] {
+        // Two multiplexed keep-conn requests, one of them slow.
+        let mut c = Fc::open(p);
+        let mut b = fcgi::get(1, true, "/sleep");
+        b.extend(fcgi::get(2, true, "/hello"));
+        c.send(&b);
+        c.s.shutdown_write();
+        c.reply(2).assert_ok(b"hello\n");
+        assert_eq!(c.reply(1).cgi().0, 200);
+        c.assert_closed();
+        // One keep-conn POST in two writes (the slow lane reads it).
+        let mut c = Fc::open(p);
+        let v = vars("POST", "/echo", Some(11));
+        let mut b = head(1, true, &v);
+        b.extend(stdin_records(1, b"hello world", 4));
+        b.extend(fcgi::record(STDIN, 1, b""));
+        c.send(&b[..30]);
+        std::thread::sleep(Duration::from_millis(100));
+        c.send(&b[30..]);
+        c.s.shutdown_write();
+        c.reply(1).assert_ok(b"hello world");
+        c.assert_closed();
+        // A whole one next to one whose body the EOF cuts: the whole one is answered.
+        let mut c = Fc::open(p);
+        let mut b = fcgi::get(1, true, "/sleep");
+        b.extend(head(2, true, &vars("POST", "/echo", Some(1000))));
+        b.extend(fcgi::record(STDIN, 2, &[b'x'; 500]));
+        c.send(&b);
+        c.s.shutdown_write();
+        assert_eq!(c.reply(1).cgi().0, 200);
+        // Request 2 gets no response (at most its END_REQUEST, as at an abort).
+        while let Ok(Some(r)) = read_rec(&mut c.s) {
+            assert!(
+                r.id == 2 && r.content.is_empty() || r.kind == END_REQUEST,
+                "request 2, cut, got a response: {r:?}"
+            );
+        }
+        // A client that closes both ways: the writes fail, the client is gone.
+        let mut c = Fc::open(p);
+        let mut b = fcgi::get(1, true, "/sleep");
+        b.extend(fcgi::get(2, true, "/hello"));
+        c.send(&b);
+        drop(c);
+        std::thread::sleep(Duration::from_millis(1500));
+        let logs = p.logs();
+        assert!(!logs.contains("ERROR"), "{logs}");
+        ok_after(p);
+    }
 }
 
 // ---------------------------------------------------------------------------------

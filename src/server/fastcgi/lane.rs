@@ -600,6 +600,9 @@ pub async fn serve(
     let mut stdin_cut = false;
     // `buf` is still the buffer the connection came with.
     let mut handed_in = true;
+    // The front server sent EOF: nothing more is read; the requests that came whole
+    // are answered, then the connection closes.
+    let mut eof = false;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -685,7 +688,10 @@ pub async fn serve(
             drain = true;
             break 'conn;
         }
-        let idle = parser.active() == 0 && buf.is_empty() && backlog.is_empty();
+        if eof && slots.is_empty() && backlog.is_empty() {
+            break 'conn;
+        }
+        let idle = !eof && parser.active() == 0 && buf.is_empty() && backlog.is_empty();
         // Stopping while other workers serve on: an idle connection is theirs (parking
         // hands it over), never closed (see handover).
         let hand_over = lane.idle_close.is_cancelled() && conn.parking.hands_over();
@@ -738,7 +744,10 @@ pub async fn serve(
         };
         let starved = over && reader_until.is_none() && any_starved(&slots);
         let held_back = over && !starved;
-        let deadline = if idle && linger.is_some() {
+        let deadline = if eof {
+            // Only the apps are waited for (their own deadline is --timeout).
+            None
+        } else if idle && linger.is_some() {
             linger
         } else if idle {
             (fresh_only(fresh, served)).then(|| started + limits.head_timeout)
@@ -795,9 +804,29 @@ pub async fn serve(
             }
             // An app read what this connection holds, or waits for input: look again.
             _ = budget => {}
-            r = read_some(&afd, &mut buf), if backlog.is_empty() && !held_back => {
+            r = read_some(&afd, &mut buf), if backlog.is_empty() && !held_back && !eof => {
                 match r {
                     Ok(0) => {
+                        // A half-close (shutdown(SHUT_WR) after the last request, as a
+                        // client may do) or a full close: which one, only a write can
+                        // tell. Requests that came whole are answered either way (the
+                        // writes fail on a full close: the client gone, as before).
+                        let ended = input_ended(&conn, &mut parser, &mut slots);
+                        if !ended.answering.is_empty() || !ended.held.is_empty() {
+                            eof = true;
+                            tracing::info!(%peer, answering = ?ended.answering, cut = ?ended.cut, partial_record = buf.len(), "the front server closed its side of the FastCGI connection: answering the requests that came whole, then closing");
+                            let in_flight = slots.len();
+                            for (id, h) in ended.held {
+                                let reuse = release(&conn, in_flight, id, h);
+                                served += 1;
+                                if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
+                                    drain = !conn.is_broken();
+                                    break 'conn;
+                                }
+                                conn.set_lane_requests(slots.len());
+                            }
+                            continue 'conn;
+                        }
                         if parser.active() > 0 {
                             tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
                         } else if !buf.is_empty() && !stdin_cut {
@@ -890,11 +919,85 @@ pub async fn serve(
     }
     // Readers of bodies still streaming see the cut; sinks still writing see a closed
     // connection; the socket closes once they are done with it.
+    let answered_all = eof && slots.is_empty() && !drain;
     for (_, s) in slots.drain() {
         s.flags.abort();
     }
     conn.close();
+    if answered_all {
+        // After EOF, every request answered: the socket closes (a FIN) with the last
+        // reference, once a kept request's END_REQUEST, announced to this task before
+        // it is written, is out. A shutdown now could cut it.
+        return;
+    }
     conn.abort_soft();
+}
+
+/// What the front server's EOF did to the requests on the connection.
+#[derive(Default)]
+struct InputEnded {
+    /// Requests that came whole (their app runs or waits for a thread): answered.
+    answering: Vec<u16>,
+    /// Requests whose body the EOF cut: their app's read fails (the client gone).
+    cut: Vec<u16>,
+    /// Responses already out whose END_REQUEST waited for the end of their STDIN: it
+    /// goes out now.
+    held: Vec<(u16, Held)>,
+}
+
+/// The front server sent EOF: no STDIN comes any more. A request that came whole (or
+/// whose body has all of its CONTENT_LENGTH) goes on and is answered, its app's
+/// waiting `receive()` told of the disconnect; one whose body is cut is the client
+/// gone (as at FCGI_ABORT_REQUEST), one whose body was being collected is dropped.
+fn input_ended(
+    conn: &FcgiConn,
+    parser: &mut ConnParser,
+    slots: &mut FxHashMap<u16, Slot>,
+) -> InputEnded {
+    let mut out = InputEnded::default();
+    let ids: Vec<u16> = slots.keys().copied().collect();
+    for id in ids {
+        let Some(slot) = slots.get_mut(&id) else {
+            continue;
+        };
+        if slot.collect.is_some() {
+            // Its app never ran: nothing to answer.
+            slots.remove(&id);
+            parser.finished(id);
+            if let Some(p) = conn.permit() {
+                p.served();
+            }
+            out.cut.push(id);
+            continue;
+        }
+        slot.stdin_over();
+        if let Some(h) = slot.held.take() {
+            out.held.push((id, h));
+            continue;
+        }
+        match slot.stdin.take() {
+            Some(feed) if slot.content_length.is_none_or(|cl| slot.got < cl) => {
+                feed.0.close();
+                slot.flags.abort();
+                out.cut.push(id);
+            }
+            Some(feed) => {
+                // All of CONTENT_LENGTH came, only the empty STDIN record did not.
+                feed.0.end();
+                slot.flags.input_closed();
+                out.answering.push(id);
+            }
+            // Whole, or its app stopped reading it.
+            None => {
+                slot.flags.input_closed();
+                out.answering.push(id);
+            }
+        }
+    }
+    conn.set_lane_requests(slots.len());
+    out.answering.sort_unstable();
+    out.cut.sort_unstable();
+    out
 }
 
 /// What a request's sink told: `(id, reuse)` when the request ended (its id is free

@@ -28,7 +28,12 @@ pub(in crate::server) struct ReqFlags {
     /// response is done, and the lane sends the records through END_REQUEST once its
     /// STDIN has ended).
     pub stdin: AtomicU8,
-    /// Told once the request is aborted (the ASGI loop's disconnect).
+    /// The front server sent EOF (closed its side, or the whole connection) after this
+    /// request had come whole: it is still answered, but a `receive()` waiting for
+    /// `http.disconnect` is told (EOF is the disconnect, as over uwsgi and SCGI).
+    input_closed: AtomicBool,
+    /// Told once the request is aborted or its input closed (the ASGI loop's
+    /// disconnect).
     gone: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
@@ -37,16 +42,29 @@ impl ReqFlags {
     /// and body fail from now on, and whoever asked is told.
     pub fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
+        self.tell_gone();
+    }
+
+    /// The front server's EOF came after the whole request: it is answered as usual
+    /// (its writes fail only if the peer closed both ways), and whoever waits for the
+    /// client's disconnect is told.
+    pub fn input_closed(&self) {
+        self.input_closed.store(true, Ordering::Release);
+        self.tell_gone();
+    }
+
+    fn tell_gone(&self) {
         let notify = self.gone.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(n) = notify {
             n();
         }
     }
 
-    /// Calls `notify` once the request is aborted (at once if it is already).
+    /// Calls `notify` once the request is aborted or its input closed (at once if it
+    /// is already).
     fn on_abort(&self, notify: Box<dyn FnOnce() + Send>) {
         let mut g = self.gone.lock().unwrap_or_else(|e| e.into_inner());
-        if self.aborted.load(Ordering::Acquire) {
+        if self.aborted.load(Ordering::Acquire) || self.input_closed.load(Ordering::Acquire) {
             drop(g);
             notify();
         } else {
