@@ -2045,6 +2045,46 @@ fn stray_records_for_inactive_ids_are_ignored() {
 }
 
 #[test]
+fn a_connection_sending_only_records_for_ids_never_begun_is_closed_at_head_timeout() {
+    // regression: STDIN/PARAMS records for an id no BEGIN_REQUEST named were ignored
+    // with no deadline: on a kept connection (one that had carried a request) a peer
+    // sending only those held it forever. Now such records put the connection under
+    // --head-timeout (1 s here) until a request begins, with one line naming the id.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--max-body", "100"]);
+    let mut c = Fc::open(&p);
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    let t = Instant::now();
+    let mut closed = false;
+    while t.elapsed() < Duration::from_secs(8) {
+        let mut b = fcgi::record(STDIN, 7, b"stray");
+        b.extend(fcgi::record(PARAMS, 7, b"\x01\x01ab"));
+        if c.s.write_all(&b).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(closed, "still open after 8 s\n{}", p.logs());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let lines = log_lines(&p, &["no BEGIN_REQUEST named", "fcgi_id=7"]);
+    assert_eq!(lines.len(), 1, "{}", p.logs());
+    // Late records for an id that was begun are not stray: the kept connection stays
+    // open while idle (the rest of a body after a request answered early, §2.6: here
+    // 413 over --max-body, answered at its head).
+    let mut c = Fc::open(&p);
+    c.send(&head(1, true, &vars("POST", "/echo", Some(1000))));
+    assert_eq!(c.reply(1).cgi().0, 413);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = stdin_records(1, &[b'x'; 1000], 250);
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    c.assert_open(Duration::from_millis(2500));
+    c.get(1, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
+#[test]
 fn out_of_order_records_are_logged_and_closed() {
     let dir = tempdir();
     let p = start(dir.path(), &[]);

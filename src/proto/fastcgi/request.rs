@@ -128,6 +128,38 @@ impl Block {
     }
 }
 
+/// The request ids begun on a connection over its life (a server keeps them across
+/// the parsers that read it). Records for an inactive id are ignored (§2.6): for one
+/// begun before they are late (the rest of a request answered early); for one never
+/// begun they are stray, and a peer that sends only those is no front server.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BegunIds {
+    /// Ids 1..=64 (bit `id - 1`): the ids front servers use.
+    low: u64,
+    /// Every id, once one above 64 was begun (8 KiB).
+    all: Option<Box<[u64; 1024]>>,
+}
+
+impl BegunIds {
+    pub fn mark(&mut self, id: u16) {
+        if (1..=64).contains(&id) {
+            self.low |= 1 << (id - 1);
+        } else {
+            let all = self.all.get_or_insert_with(|| Box::new([0; 1024]));
+            all[usize::from(id / 64)] |= 1 << (id % 64);
+        }
+    }
+
+    pub fn contains(&self, id: u16) -> bool {
+        if (1..=64).contains(&id) {
+            return self.low & (1 << (id - 1)) != 0;
+        }
+        self.all
+            .as_ref()
+            .is_some_and(|all| all[usize::from(id / 64)] & (1 << (id % 64)) != 0)
+    }
+}
+
 /// The FastCGI side of one connection: records in, [`Event`]s out.
 ///
 /// Requests are keyed by id; an id is active from its accepted BEGIN_REQUEST until the
@@ -138,6 +170,11 @@ pub struct ConnParser {
     requests: FxHashMap<u16, Request>,
     /// A refused BEGIN_REQUEST without KEEP_CONN: close once the replies are sent.
     close_after_replies: bool,
+    /// Every id a BEGIN_REQUEST named (accepted or refused) or adopted.
+    begun: BegunIds,
+    /// The first id since [`take_stray`](Self::take_stray) that PARAMS, STDIN or DATA
+    /// came for without ever being begun.
+    stray: Option<u16>,
 }
 
 impl ConnParser {
@@ -146,6 +183,31 @@ impl ConnParser {
             limits,
             requests: FxHashMap::default(),
             close_after_replies: false,
+            begun: BegunIds::default(),
+            stray: None,
+        }
+    }
+
+    /// The ids the connection began before this parser read it.
+    pub fn set_begun(&mut self, begun: BegunIds) {
+        self.begun = begun;
+    }
+
+    /// The ids begun so far, for the next parser of the connection.
+    pub fn take_begun(&mut self) -> BegunIds {
+        std::mem::take(&mut self.begun)
+    }
+
+    /// The first id that PARAMS, STDIN or DATA records came for since the last call,
+    /// though no BEGIN_REQUEST ever named it (ignored records, §2.6, from no front
+    /// server: the connection may be holding itself open with them).
+    pub fn take_stray(&mut self) -> Option<u16> {
+        self.stray.take()
+    }
+
+    fn ignored(&mut self, id: u16) {
+        if self.stray.is_none() && !self.begun.contains(id) {
+            self.stray = Some(id);
         }
     }
 
@@ -198,6 +260,7 @@ impl ConnParser {
     /// itself): active, PARAMS and STDIN already over, so a later ABORT_REQUEST for it
     /// gives [`Event::Abort`] and a BEGIN_REQUEST reusing it is refused.
     pub fn adopt(&mut self, id: u16, keep_conn: bool) {
+        self.begun.mark(id);
         self.requests.insert(
             id,
             Request {
@@ -261,7 +324,12 @@ impl ConnParser {
             STDIN => self.stdin(id, content, events)?,
             // DATA belongs to the Filter role, never begun here; GET_VALUES is known but
             // only meaningful on id 0.
-            DATA | GET_VALUES => {}
+            DATA => {
+                if !self.is_active(id) {
+                    self.ignored(id);
+                }
+            }
+            GET_VALUES => {}
             _ => reply(events, |out| encode_unknown_type(out, kind)),
         }
         Ok(())
@@ -274,6 +342,7 @@ impl ConnParser {
         events: &mut Vec<Event>,
     ) -> Result<(), ProtoError> {
         let begin = parse_begin(content)?;
+        self.begun.mark(id);
         if self.is_active(id) {
             // §2.9: a BEGIN_REQUEST for an active id is a protocol error.
             return Err(ProtoError::FcgiIdInUse(id));
@@ -339,6 +408,7 @@ impl ConnParser {
         events: &mut Vec<Event>,
     ) -> Result<(), ProtoError> {
         let Some(request) = self.requests.get_mut(&id) else {
+            self.ignored(id);
             return Ok(());
         };
         if request.aborted {
@@ -392,6 +462,7 @@ impl ConnParser {
 
     fn stdin(&mut self, id: u16, data: Bytes, events: &mut Vec<Event>) -> Result<(), ProtoError> {
         let Some(request) = self.requests.get_mut(&id) else {
+            self.ignored(id);
             return Ok(());
         };
         if request.aborted {
@@ -1227,13 +1298,46 @@ mod tests {
         }
         assert_eq!(feed(&mut p, &bytes).unwrap(), vec![]);
         assert_eq!(p.active(), 0);
-        // And after a finished request, for its own id (§2.6).
+        // Never begun: stray (reported once, the first id).
+        assert_eq!(p.take_stray(), Some(5));
+        assert_eq!(p.take_stray(), None);
+        // And after a finished request, for its own id (§2.6): late, not stray, in
+        // this parser and in the next one the connection's ids are given to.
         let mut p = parser();
         feed(&mut p, &simple_request(ID, true, b"", b"")).unwrap();
         p.finished(ID);
         let mut bytes = record(STDIN, ID, b"late");
         bytes.extend(record(ABORT_REQUEST, ID, &[]));
         assert_eq!(feed(&mut p, &bytes).unwrap(), vec![]);
+        assert_eq!(p.take_stray(), None);
+        let mut next = parser();
+        next.set_begun(p.take_begun());
+        assert_eq!(
+            feed(&mut next, &record(PARAMS, ID, b"late")).unwrap(),
+            vec![]
+        );
+        assert_eq!(next.take_stray(), None);
+        assert_eq!(feed(&mut next, &record(STDIN, 300, b"x")).unwrap(), vec![]);
+        assert_eq!(next.take_stray(), Some(300));
+        // An abort for an id not in flight is no stray: it may follow a response.
+        assert_eq!(
+            feed(&mut next, &record(ABORT_REQUEST, 9, &[])).unwrap(),
+            vec![]
+        );
+        assert_eq!(next.take_stray(), None);
+    }
+
+    #[test]
+    fn remembers_begun_ids_of_every_size() {
+        let mut b = BegunIds::default();
+        for id in [1, 64, 65, 1000, u16::MAX] {
+            assert!(!b.contains(id));
+            b.mark(id);
+            assert!(b.contains(id));
+        }
+        for id in [2, 63, 66, 999, u16::MAX - 1, 0] {
+            assert!(!b.contains(id), "{id}");
+        }
     }
 
     #[test]

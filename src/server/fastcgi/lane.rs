@@ -571,6 +571,7 @@ pub async fn serve(
             mpxs_conns: true,
         },
     });
+    parser.set_begun(conn.take_begun());
     let mut slots: FxHashMap<u16, Slot> = FxHashMap::default();
     if let Some((id, keep_conn, flags)) = adopted {
         // The request the fast path is serving inline: ours to watch from now on.
@@ -603,6 +604,10 @@ pub async fn serve(
     // The front server sent EOF: nothing more is read; the requests that came whole
     // are answered, then the connection closes.
     let mut eof = false;
+    // Records came only for an id no BEGIN_REQUEST named (the first such id, and when):
+    // no front server does that, so the connection is under --head-timeout from then
+    // until a request begins, not idle.
+    let mut stray: Option<(u16, Instant)> = None;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -624,6 +629,12 @@ pub async fn serve(
                 break 'conn;
             }
             backlog.extend(events.drain(..));
+            if parser.active() > 0 {
+                stray = None;
+                let _ = parser.take_stray();
+            } else if let Some(id) = parser.take_stray() {
+                stray.get_or_insert((id, Instant::now()));
+            }
             if std::mem::take(&mut handed_in) {
                 // What follows its last whole record moves to a buffer of the lane's
                 // own: the one handed in may be a Python thread's, grown to take a
@@ -691,7 +702,8 @@ pub async fn serve(
         if eof && slots.is_empty() && backlog.is_empty() {
             break 'conn;
         }
-        let idle = !eof && parser.active() == 0 && buf.is_empty() && backlog.is_empty();
+        let idle =
+            !eof && parser.active() == 0 && buf.is_empty() && backlog.is_empty() && stray.is_none();
         // Stopping while other workers serve on: an idle connection is theirs (parking
         // hands it over), never closed (see handover).
         let hand_over = lane.idle_close.is_cancelled() && conn.parking.hands_over();
@@ -703,6 +715,7 @@ pub async fn serve(
             drop(afd);
             // Out of the Python threads' epoll while the lane had it.
             let parking = Arc::clone(&conn.parking);
+            conn.keep_begun(parser.take_begun());
             // A never-served one keeps its --head-timeout if it is handed over.
             parking.park_from_lane(conn, fresh_only(fresh, served).then_some(started));
             return;
@@ -710,10 +723,12 @@ pub async fn serve(
         let waiting_body = slots
             .values()
             .any(|s| s.stdin.is_some() || s.collect.is_some());
-        let in_head = parser.awaiting_params() || (parser.active() == 0 && !buf.is_empty());
+        let in_head = parser.awaiting_params()
+            || (parser.active() == 0 && (!buf.is_empty() || stray.is_some()));
         head_since = match (in_head, head_since) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
+            (true, None) if stray.is_some() && !fresh_only(fresh, served) => stray.map(|(_, t)| t),
             // A connection that never carried a request counts from its accept.
             (true, None) if fresh_only(fresh, served) => Some(started),
             (true, None) => Some(Instant::now()),
@@ -754,7 +769,7 @@ pub async fn serve(
         } else if !backlog.is_empty() || held_back {
             // Waiting for the apps to read their bodies, not for the peer.
             None
-        } else if !buf.is_empty() || waiting_body || parser.awaiting_params() {
+        } else if !buf.is_empty() || waiting_body || in_head {
             // A head must be whole within --head-timeout however steadily it trickles
             // (slow loris), as over uwsgi and SCGI; a body only may not pause longer
             // than --read-timeout.
@@ -880,6 +895,10 @@ pub async fn serve(
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
                 } else if idle {
                     tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
+                } else if let Some((id, _)) =
+                    stray.filter(|_| head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout))
+                {
+                    tracing::warn!(%peer, fcgi_id = id, "FastCGI records for a request id no BEGIN_REQUEST named, and no request within {:?} (--head-timeout); closing", limits.head_timeout);
                 } else if head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout) {
                     tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
                 } else if write_stuck(&conn) {

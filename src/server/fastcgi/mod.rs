@@ -319,6 +319,10 @@ pub struct FcgiConn {
     /// the socket's: set on such a handed-over connection only, taken by the slow
     /// lane or sent on with it ([`FcgiConn::take_carried`]).
     carried: Mutex<Vec<u8>>,
+    /// The request ids its slow-lane parsers have seen begun (late records for them
+    /// are no stray ones). Only the lane keeps it: a request served inline came whole,
+    /// so no record of it can follow.
+    begun: Mutex<fcgi::BegunIds>,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
@@ -377,6 +381,7 @@ impl FcgiConn {
             ending: AtomicUsize::new(0),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
+            begun: Mutex::new(fcgi::BegunIds::default()),
         })
     }
 
@@ -389,6 +394,16 @@ impl FcgiConn {
     /// The bytes a leaving worker read from it, if any (empty for most): taken once.
     pub fn take_carried(&self) -> Vec<u8> {
         std::mem::take(&mut *self.carried.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The ids begun on it so far (see `begun`), for a slow-lane parser.
+    fn take_begun(&self) -> fcgi::BegunIds {
+        std::mem::take(&mut *self.begun.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Keeps the ids a slow-lane parser saw begun, for the next one.
+    fn keep_begun(&self, begun: fcgi::BegunIds) {
+        *self.begun.lock().unwrap_or_else(|e| e.into_inner()) = begun;
     }
 
     /// It has bytes a leaving worker read ([`FcgiConn::carry`]), not yet taken.
