@@ -1158,3 +1158,76 @@ fn code_after_the_last_chunk_of_a_response_with_a_content_length_runs_in_django_
         assert_no_error_lines(&s.postern);
     }
 }
+
+/// Answers 100 KB (over FastCGI written on the executor: 64 KiB or more) while a task
+/// waits on receive() for the disconnect, as Django's listener does; says in
+/// `$ASGI_TEST_DIR/early` when that task heard of a disconnect before the response's
+/// last send() returned.
+const LAST_WRITE_APP: &str = r#"
+import asyncio, os
+
+BODY = b"x" * 100_000
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    sent = []
+    async def listen():
+        m = await receive()
+        if m["type"] == "http.disconnect" and not sent:
+            with open(os.path.join(os.environ["ASGI_TEST_DIR"], "early"), "a") as f:
+                f.write("x")
+    listener = asyncio.ensure_future(listen())
+    await asyncio.sleep(0)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"100000")]})
+    await send({"type": "http.response.body", "body": BODY})
+    sent.append(True)
+    await listener
+"#;
+
+#[test]
+fn at_max_concurrency_nginx_closing_a_kept_connection_after_the_response_is_no_client_gone() {
+    // regression: review LOW on c83a2df/ad5283e: at --max-concurrency the loop peeks at
+    // a kept FastCGI connection for its close while a receive() waits; a response's
+    // last write runs on the executor, and nginx, which had all of it, closed the
+    // connection (past its keepalive_requests, or its pool full) before the loop
+    // heard the write end: the EOF was taken for the client gone (access line "client
+    // went away", http.disconnect to the app while its last send() still waited).
+    let Some(bin) = nginx_bin() else {
+        assert!(!in_ci(), "no nginx, and CI=true");
+        return;
+    };
+    let dir = tempdir();
+    let p = Spawn::asgi_unix(dir.path(), "last_write_app", LAST_WRITE_APP)
+        .protocol("fastcgi")
+        .env("ASGI_TEST_DIR", dir.path().to_str().unwrap())
+        .args(["--loop", "asyncio", "--max-concurrency", "1"])
+        .start();
+    // nginx closes each kept connection once its one request is answered.
+    let site = Upstream::FastCgiKeepConn
+        .site(&p.addr.nginx(), "", "")
+        .replace("keepalive 32;", "keepalive 32;\n    keepalive_requests 1;");
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    let s = Stack::from_parts(nginx, p, dir);
+    let n = 200;
+    for i in 0..n {
+        let r = s.nginx.get(&format!("/r{i}"));
+        assert_eq!((r.status, r.body.len()), (200, 100_000), "request {i}");
+    }
+    assert!(
+        s.postern.wait_log(&format!("path=/r{}", n - 1), 10),
+        "{}",
+        s.postern.logs()
+    );
+    let logs = s.postern.logs();
+    let gone = logs.matches("client went away").count();
+    let early = std::fs::read_to_string(s.dir.path().join("early")).unwrap_or_default();
+    assert_eq!(
+        (gone, early.len()),
+        (0, 0),
+        "of {n} requests: access lines 'client went away', disconnects heard early\n{logs}"
+    );
+    s.assert_clean("keep-conn, keepalive_requests 1");
+}

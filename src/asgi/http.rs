@@ -370,6 +370,9 @@ pub struct Exchange {
     /// pending, the first send never awaited waited for a write that a reader that
     /// reads nothing never lets end).
     job_futs: Vec<SendFut>,
+    /// The front server closed the connection while that job wrote: the client gone
+    /// only if the response is not whole once the job has ended.
+    closed_in_job: bool,
     /// Body sent while a write was still on the executor (the app cancelled that
     /// `send()`, or did not wait for it: `gather(send(a), send(b))`): written when
     /// that write has ended, in call order.
@@ -860,6 +863,7 @@ impl Exchange {
             busy: false,
             job_extra: Vec::new(),
             job_futs: Vec::new(),
+            closed_in_job: false,
             queued: None,
             gone: false,
             served: None,
@@ -2494,6 +2498,15 @@ impl Exchange {
                 }
             }
         }
+        {
+            let mut me = slf.borrow_mut();
+            if std::mem::take(&mut me.closed_in_job) && ok && !me.complete && !me.gone {
+                let _e = me.span.enter();
+                tracing::debug!("the front server closed the connection (client gone)");
+                drop(_e);
+                me.set_gone(py);
+            }
+        }
         if shrank || slf.borrow().send_refused.is_some() {
             // Cut off (the write that was in flight has ended).
             let code = slf.borrow().code;
@@ -2555,7 +2568,21 @@ impl Exchange {
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-        match rustix::net::recv(b, &mut one, flags) {
+        let r = rustix::net::recv(b, &mut one, flags);
+        let closed = match &r {
+            Ok(((got, _), _)) => got.is_empty(),
+            Err(e) => !matches!(*e, rustix::io::Errno::AGAIN | rustix::io::Errno::INTR),
+        };
+        if closed && me.busy {
+            // Closed while a write runs on the executor: that write may have ended
+            // the response (FastCGI's END_REQUEST), and nginx closed a connection it
+            // does not keep (keepalive_requests, its pool full, no keep-conn) before
+            // the loop heard the write end. Its end tells: `_job_done`.
+            me.closed_in_job = true;
+            me.unpeek(py);
+            return Ok(());
+        }
+        match r {
             Ok(((&mut [], _), _)) => {
                 let _e = me.span.enter();
                 tracing::debug!("the front server closed the connection (client gone)");
