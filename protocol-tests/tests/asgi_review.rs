@@ -55,6 +55,14 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": type(e).__name__.encode()})
         except ValueError:
             await send({"type": "http.response.body", "body": b"ValueError"})
+    elif path.startswith("/trailers/"):
+        # A debug line in the request's span (the dropped trailers), after a pause that
+        # keeps the worker at --max-concurrency while others wait.
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"t", "more_body": True})
+        await send({"type": "http.response.trailers", "headers": []})
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/two-receives":
         # Two receive() calls pending at once while the body is read off the loop.
         a, b = await asyncio.gather(receive(), receive())
@@ -421,6 +429,75 @@ fn pathsend_of_a_fifo_is_refused_at_once() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+}
+
+#[test]
+fn request_spans_are_siblings_not_each_the_child_of_the_one_before() {
+    // regression: at --log-level debug a request's span was made inside the span of
+    // the request whose end took it (its place freed at --max-concurrency): each
+    // request's lines carried every earlier request's span, request{..}:request{..}:..
+    for protocol in ["uwsgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+            .protocol(protocol)
+            .args([
+                "--loop",
+                "asyncio",
+                "--log-level",
+                "debug",
+                "--max-concurrency",
+                "1",
+            ])
+            .start();
+        let n = 4;
+        let clients: Vec<_> = (0..n)
+            .map(|i| {
+                let addr = p.addr.clone();
+                std::thread::spawn(move || {
+                    let path = format!("/trailers/{i}");
+                    let vars = [
+                        ("REQUEST_METHOD", "GET"),
+                        ("PATH_INFO", path.as_str()),
+                        ("SCRIPT_NAME", ""),
+                        ("QUERY_STRING", ""),
+                        ("REQUEST_URI", path.as_str()),
+                        ("SERVER_NAME", "test"),
+                        ("SERVER_PORT", "80"),
+                        ("SERVER_PROTOCOL", "HTTP/1.1"),
+                    ];
+                    let mut s = addr.connect().unwrap();
+                    if protocol == "uwsgi" {
+                        s.write_all(&uwsgi_packet(&vars)).unwrap();
+                        let mut out = Vec::new();
+                        let _ = std::io::Read::read_to_end(&mut s, &mut out);
+                        parse_http(&out).map(|r| r.status)
+                    } else {
+                        s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
+                        Some(fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi().0)
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.join().unwrap(), Some(200), "{protocol}\n{}", p.logs());
+        }
+        assert!(p.wait_log("path=/trailers", 10), "{protocol}");
+        let logs = p.logs();
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("the app sent trailers"))
+            .collect();
+        assert_eq!(lines.len(), n, "{protocol}\n{logs}");
+        for l in lines {
+            // One span, with the request's own method, path and peer.
+            assert_eq!(l.matches("request{").count(), 1, "{protocol}: {l}");
+            let span = l.split_once("}:").map_or("", |(s, _)| s);
+            assert!(
+                span.contains(" method=GET path=/trailers/") && span.contains(" peer="),
+                "{protocol}: {l}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1557,6 +1557,10 @@ impl Exchange {
                 Self::settle(slf, Some(End::Incomplete(code)))?;
             }
         }
+        // Left first: the release may take the next requests (a place freed at
+        // --max-concurrency), whose spans would be made inside this one's, each
+        // request then the child of the one before it.
+        drop(_entered);
         Self::release(slf)
     }
 

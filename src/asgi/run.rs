@@ -561,19 +561,24 @@ impl Driver {
                 return;
             }
         };
-        let started = (|| -> PyResult<Option<FirstStep>> {
+        let coro = (|| -> PyResult<Bound<'_, PyAny>> {
             let (receive, send) = super::http::channel(&exchange)?;
             let coro = app.bind(py).call1((scope, receive, send))?;
-            let coro = serve.bind(py).call1((coro, &exchange))?;
-            slf.borrow().spawn.task(coro, eager)
+            serve.bind(py).call1((coro, &exchange))
         })();
+        // The task is made outside the span: an app's task factory may run its first
+        // step at once (asyncio.eager_task_factory), and that step may end the
+        // request and take the next ones (see `Exchange::end_with`).
         drop(_entered);
+        let started = coro.and_then(|coro| slf.borrow().spawn.task(coro, eager));
         match started {
             Ok(Some(first)) => first.run(py),
             Ok(None) => {}
             Err(e) => {
-                let _entered = span.enter();
+                // Not in the request's span: its end may take the next requests
+                // (see `Exchange::end_with`), which enters it itself.
                 if let Err(e) = Exchange::end_with(&exchange, Some(e)) {
+                    let _entered = span.enter();
                     tracing::error!(detail = %traceback(py, &e), "internal error ending a request");
                 }
             }
