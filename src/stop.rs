@@ -33,6 +33,11 @@ static TERMS: AtomicU32 = AtomicU32::new(0);
 /// SIGINTs received since [`install`] (a stop for a single process only: a worker
 /// ignores SIGINT, the master turns a terminal's Ctrl-C into one stop).
 static INTS: AtomicU32 = AtomicU32::new(0);
+/// SIGQUITs received since [`install`]: a single process stops at once, as the
+/// master does (it kills its workers); a worker ignores it (a terminal's Ctrl-\\
+/// reaches the whole process group, and the master kills the workers). Before, a
+/// single process had SIGQUIT's default action: it dumped core.
+static QUITS: AtomicU32 = AtomicU32::new(0);
 /// SIGHUPs received since [`install`] (ignored: a single process has no reload
 /// without the master and logs it; a worker leaves reloads to the master).
 static HUPS: AtomicU32 = AtomicU32::new(0);
@@ -96,6 +101,13 @@ extern "C" fn on_signal(signal: libc::c_int) {
         libc::SIGTERM => &TERMS,
         libc::SIGINT => &INTS,
         libc::SIGHUP => &HUPS,
+        libc::SIGQUIT => {
+            QUITS.fetch_add(1, Ordering::SeqCst);
+            if SINGLE.load(Ordering::SeqCst) {
+                wake();
+            }
+            return;
+        }
         _ => return,
     };
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
@@ -150,7 +162,7 @@ pub enum StopError {
     Register(io::Error),
 }
 
-/// Installs the counting handler for SIGTERM, SIGINT and SIGHUP (and the one for
+/// Installs the counting handler for SIGTERM, SIGINT, SIGHUP and SIGQUIT (and the one for
 /// [`MASTER_DEATH`]), or puts it back. The counts are kept across calls. In a forked worker it must run
 /// before the signals the master blocked are unblocked, so that none reaches the
 /// default action; the server calls it again once the app is imported, and says so
@@ -176,6 +188,7 @@ pub fn install(single: bool) -> Result<(), StopError> {
         (libc::SIGTERM, "SIGTERM"),
         (libc::SIGINT, "SIGINT"),
         (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
         (MASTER_DEATH, "SIGURG"),
     ];
     for (signal, name) in signals {
@@ -231,6 +244,16 @@ fn stop_ints() -> u32 {
         0
     }
 }
+
+/// Whether a SIGQUIT asked for an immediate stop: a single process's (a worker
+/// ignores SIGQUIT).
+fn quit() -> bool {
+    SINGLE.load(Ordering::SeqCst) && QUITS.load(Ordering::SeqCst) > 0
+}
+
+/// The reason [`Waiter::first`] and [`Waiter::second`] give for SIGQUIT: stop now,
+/// without waiting for the requests in flight.
+pub const QUIT: &str = "SIGQUIT";
 
 /// The master marked this worker to leave while it booted (its SIGTERM was sent, or is
 /// on its way): the worker stops as for that SIGTERM, even if the signal itself was
@@ -314,6 +337,7 @@ pub fn handler_in_place() -> bool {
 /// master's mark on the scoreboard.
 pub fn signalled() -> bool {
     TERMS.load(Ordering::SeqCst) + stop_ints() > 0
+        || quit()
         || RECYCLE.load(Ordering::SeqCst)
         || ASKED.load(Ordering::SeqCst)
 }
@@ -365,7 +389,7 @@ impl Waiter {
         SERVING.store(true, Ordering::SeqCst);
     }
 
-    /// The first request to stop: "SIGTERM", "SIGINT", "recycling" or
+    /// The first request to stop: "SIGTERM", "SIGINT", [`QUIT`], "recycling" or
     /// [`LISTENERS_SHUT`]. SIGHUPs before
     /// it are logged and ignored.
     pub async fn first(&mut self) -> &'static str {
@@ -390,6 +414,9 @@ impl Waiter {
             }
             let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
             self.first = (terms + ints).max(1);
+            if quit() {
+                return QUIT;
+            }
             if terms > 0 {
                 return "SIGTERM";
             }
@@ -413,10 +440,14 @@ impl Waiter {
     }
 
     /// A stop signal after the first stop was taken (after [`Waiter::first`]): stop at
-    /// once. After a recycling, the second signal.
+    /// once. After a recycling, the second signal. A single process's SIGQUIT, before
+    /// or after the first stop: at once.
     pub async fn second(&mut self) -> &'static str {
         let ints_before = stop_ints();
         loop {
+            if quit() {
+                return QUIT;
+            }
             let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
             if terms + ints > self.first {
                 return if ints > ints_before {

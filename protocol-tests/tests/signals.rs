@@ -493,6 +493,24 @@ fn send_hang(p: &Postern, mark: &std::path::Path) -> std::thread::JoinHandle<Vec
     request
 }
 
+/// A master with one worker (`--graceful-timeout graceful`) whose app runs `hang`
+/// (see [`hanging_app`]) for the request under way: the master, the worker's pid, and
+/// the thread that returns that request's answer.
+fn one_worker_hanging(
+    dir: &std::path::Path,
+    hang: &str,
+    graceful: &str,
+) -> (Postern, i32, std::thread::JoinHandle<Vec<u8>>) {
+    let (path, mark) = hanging_app(dir, hang);
+    let p = Spawn::unix(dir, &path.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", graceful])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let worker = workers(&p, 1, Ill::Well)[0];
+    let request = send_hang(&p, &mark);
+    (p, worker, request)
+}
+
 // regression: a worker whose atexit handler hangs outlived its SIGKILLed master for as
 // long as the handler hung (the SIGTERM its master's death sends stopped it, and then
 // nothing killed it: the master's kill past --graceful-timeout died with the master).
@@ -573,18 +591,12 @@ fn a_worker_stuck_in_its_import_goes_soon_after_its_master_is_killed() {
 #[test]
 fn a_request_in_flight_when_the_master_is_killed_is_answered() {
     let dir = tempdir();
-    let (path, mark) = hanging_app(dir.path(), "time.sleep(1)");
-    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "10"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
-    let pids = workers(&p, 1, Ill::Well);
-    let request = send_hang(&p, &mark);
-    kill_master(&mut p, &pids, 10);
+    let (mut p, worker, request) = one_worker_hanging(dir.path(), "time.sleep(1)", "10");
+    kill_master(&mut p, &[worker], 10);
     let answer = parse_http(&request.join().unwrap());
     assert_eq!(
         answer.map(|r| r.body),
-        Some(pids[0].to_string().into_bytes()),
+        Some(worker.to_string().into_bytes()),
         "{}",
         p.logs()
     );
@@ -597,14 +609,9 @@ fn a_request_in_flight_when_the_master_is_killed_is_answered() {
 #[test]
 fn a_worker_whose_request_never_ends_goes_soon_after_its_master_is_killed() {
     let dir = tempdir();
-    let (path, mark) = hanging_app(dir.path(), "ctypes.PyDLL(None).sleep(300)");
-    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
-    let pids = workers(&p, 1, Ill::Well);
-    let _ = send_hang(&p, &mark);
-    kill_master(&mut p, &pids, 10);
+    let (mut p, worker, _request) =
+        one_worker_hanging(dir.path(), "ctypes.PyDLL(None).sleep(300)", "1");
+    kill_master(&mut p, &[worker], 10);
 }
 
 // As above for an ASGI worker whose event loop is blocked by its request (a
@@ -781,13 +788,8 @@ fn until(go: &std::path::Path) -> String {
 fn a_request_on_a_leaving_worker_is_answered_after_its_master_is_killed() {
     let dir = tempdir();
     let go = dir.path().join("go");
-    let (path, mark) = hanging_app(dir.path(), &until(&go));
-    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "20"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
-    let old = workers(&p, 1, Ill::Well);
-    let request = send_hang(&p, &mark);
+    let (mut p, old, request) = one_worker_hanging(dir.path(), &until(&go), "20");
+    let old = [old];
     p.signal(libc::SIGHUP);
     assert!(
         p.wait_log("new workers ready; old workers finish", 30),
@@ -840,27 +842,21 @@ fn a_request_on_a_leaving_worker_is_answered_after_its_master_is_killed() {
 fn new_connections_are_refused_once_the_master_is_killed() {
     let dir = tempdir();
     let go = dir.path().join("go");
-    let (path, mark) = hanging_app(dir.path(), &until(&go));
-    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "20"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
-    let pids = workers(&p, 1, Ill::Well);
-    // Keeps the orphan draining while the test connects.
-    let request = send_hang(&p, &mark);
+    // The request keeps the orphan draining while the test connects.
+    let (mut p, worker, request) = one_worker_hanging(dir.path(), &until(&go), "20");
     p.signal(libc::SIGKILL);
     let _ = p.wait_exit(5);
     let refused = wait_until(
         5,
         || matches!(p.addr.connect(), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
     );
-    let alive = !gone(pids[0]);
+    let alive = !gone(worker);
     std::fs::write(&go, b"").unwrap();
     let answer = parse_http(&request.join().unwrap());
-    let ended = wait_until(10, || gone(pids[0]));
+    let ended = wait_until(10, || gone(worker));
     if !ended {
         // SAFETY: kill(2) on a worker this test's postern started.
-        unsafe { libc::kill(pids[0], libc::SIGKILL) };
+        unsafe { libc::kill(worker, libc::SIGKILL) };
     }
     assert!(refused, "a connect still succeeds\n{}", p.logs());
     assert!(
@@ -870,9 +866,58 @@ fn new_connections_are_refused_once_the_master_is_killed() {
     );
     assert_eq!(
         answer.map(|r| r.body),
-        Some(pids[0].to_string().into_bytes()),
+        Some(worker.to_string().into_bytes()),
         "{}",
         p.logs()
     );
     assert!(ended, "the worker outlived its master\n{}", p.logs());
+}
+
+// regression: a single process (no master) had SIGQUIT's default action: it dumped
+// core (killed by SIGQUIT, its socket file left behind). It now stops at once, as a
+// master does on SIGQUIT (it kills its workers): the request in flight is cut off,
+// exit code 1, the socket file removed; idle, it exits 0.
+#[test]
+fn sigquit_stops_a_single_process_at_once() {
+    let dir = tempdir();
+    let (path, mark) = hanging_app(dir.path(), "time.sleep(30)");
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy()).start();
+    let req = send_hang(&p, &mark);
+    let t = Instant::now();
+    p.signal(libc::SIGQUIT);
+    let status = p.wait_exit(10).expect("it exits");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(p.logs().contains("SIGQUIT: stopping now"), "{}", p.logs());
+    assert!(parse_http(&req.join().unwrap()).is_none());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    assert!(!sock.exists(), "the socket file stays behind");
+
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp()).start();
+    p.signal(libc::SIGQUIT);
+    let status = p.wait_exit(10).expect("it exits");
+    assert_eq!(status.code(), Some(0), "idle: {status}\n{}", p.logs());
+}
+
+// A worker leaves SIGQUIT to its master (a terminal's Ctrl-\ reaches the whole
+// process group, and the master kills the workers): one sent to a worker alone does
+// nothing (before: the worker dumped core and was replaced as a crash).
+#[test]
+fn a_worker_ignores_a_sigquit_of_its_own() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let pids = children(p.pid());
+    let worker = *pids.first().expect("a worker");
+    // SAFETY: a signal to a worker of the postern started here.
+    unsafe { libc::kill(worker, libc::SIGQUIT) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(children(p.pid()).contains(&worker), "{}", p.logs());
+    assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
 }

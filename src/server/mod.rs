@@ -300,7 +300,9 @@ pub fn run(
                 tracing::warn!("the server is stopping and this worker's listeners were shut down, but its stop never came (did the app or a C extension take SIGTERM?): it stops now");
             })
         });
-        if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
+        if why == crate::stop::QUIT {
+            tracing::info!("SIGQUIT: stopping now, without waiting for the requests in flight");
+        } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
             tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         } else {
             tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
@@ -409,7 +411,9 @@ pub fn run(
             biased;
             finished = &mut drain => finished,
             name = stops.second() => {
-                tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
+                if name != crate::stop::QUIT || why != crate::stop::QUIT {
+                    tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
+                }
                 // Nothing may have been running (two signals close together): a drain
                 // that ends within a moment cut nothing off.
                 // regression: an idle server stopped by two quick signals said it had
@@ -433,7 +437,7 @@ pub fn run(
     }
     if !finished {
         tracing::warn!(
-            "requests still running when postern stopped (--graceful-timeout or a second signal)"
+            "requests still running when postern stopped (--graceful-timeout, a second signal or SIGQUIT)"
         );
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
