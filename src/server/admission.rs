@@ -106,15 +106,22 @@ pub struct Admission {
     state: Mutex<State>,
     epoll: Arc<OwnedFd>,
     listeners: Arc<Vec<Listener>>,
-    /// Connections whose request has begun (its head is whole) and not ended, each a
-    /// request to come, and places reserved for reads under way ([`Permit::reserve`]).
-    begun: AtomicUsize,
-    /// Of `begun`, the places only reserved.
+    /// Two counts in one word ([`Places`]): connections whose request has begun (its
+    /// head is whole) and not ended, each a request to come, with places reserved for
+    /// reads under way ([`Permit::reserve`]) ("begun", the low half); and the requests
+    /// counted there that have ended since the worker started ("ended", the high half).
+    /// One word, so that a place is taken only if neither changed since the room for
+    /// it was checked. regression: as two atomics, a thread that checked the room
+    /// (begun 1, ended 7 of 10) and was preempted before its compare-and-swap on
+    /// begun found begun 1 again 2 ms later (others had begun and ended two
+    /// requests meanwhile: ended 9) and took a place that was no longer there: the
+    /// worker served 11 for `--max-requests 10` (nginx keep-conn, 1 run in ~100 of
+    /// tests/max_requests' exact-limit test).
+    places: AtomicU64,
+    /// Of the places begun, the ones only reserved.
     reserved: AtomicUsize,
     /// `monitor.limit_taken()` was called (once: the worker recycles).
     told: AtomicBool,
-    /// Requests counted in `begun` that have ended since the worker started.
-    ended: AtomicU64,
     /// `--max-requests` (with its jitter): the requests left when serving began.
     max_requests: OnceLock<u64>,
     /// `--max-requests`: the monitor that says how many requests the worker may still
@@ -122,6 +129,24 @@ pub struct Admission {
     monitor: OnceLock<Arc<dyn Monitor>>,
     /// Accept stopped for `--max-requests` (read without the lock).
     limit_shut: AtomicBool,
+}
+
+/// [`Admission`]'s two `--max-requests` counts in one word: requests begun (with
+/// reserved places) in the low 32 bits, requests ended in the high 32 (a worker
+/// serves fewer than 2^32 requests: `--max-requests` is what sets these going).
+#[derive(Clone, Copy)]
+struct Places(u64);
+
+impl Places {
+    const ONE_ENDED: u64 = 1 << 32;
+
+    fn begun(self) -> u64 {
+        self.0 & (Self::ONE_ENDED - 1)
+    }
+
+    fn ended(self) -> u64 {
+        self.0 >> 32
+    }
 }
 
 /// One open connection; dropped when its socket closes.
@@ -167,7 +192,7 @@ impl Permit {
     fn begin_counted(&self) {
         match self.state.swap(BEGUN, Ordering::AcqRel) {
             NONE => {
-                self.admission.begun.fetch_add(1, Ordering::AcqRel);
+                self.admission.places.fetch_add(1, Ordering::AcqRel);
                 self.admission.after_begin(true);
             }
             RESERVED => self.admission.confirm(),
@@ -305,10 +330,9 @@ impl Admission {
             }),
             epoll,
             listeners,
-            begun: AtomicUsize::new(0),
+            places: AtomicU64::new(0),
             reserved: AtomicUsize::new(0),
             told: AtomicBool::new(false),
-            ended: AtomicU64::new(0),
             max_requests: OnceLock::new(),
             monitor: OnceLock::new(),
             limit_shut: AtomicBool::new(false),
@@ -340,33 +364,41 @@ impl Admission {
     /// the requests taken so far. The second covers a request whose connection has
     /// let go of it before the monitor has counted it (WSGI counts it as its thread
     /// waits for the next one): with the first alone, each thread let one more in.
-    fn room_beside(&self, begun: usize) -> bool {
+    fn room_beside(&self, places: Places) -> bool {
         let Some(left) = self.monitor.get().and_then(|m| m.requests_left()) else {
             return true;
         };
-        let begun = begun as u64;
-        let taken = begun.saturating_add(self.ended.load(Ordering::Acquire));
-        begun < left && self.max_requests.get().is_none_or(|&max| taken < max)
+        let taken = places.begun().saturating_add(places.ended());
+        places.begun() < left && self.max_requests.get().is_none_or(|&max| taken < max)
+    }
+
+    fn places(&self) -> Places {
+        Places(self.places.load(Ordering::Acquire))
     }
 
     /// `--max-requests` leaves no room for one more request.
     fn limit_reached(&self) -> bool {
-        !self.room_beside(self.begun.load(Ordering::Acquire))
+        !self.room_beside(self.places())
     }
 
     /// Every place `--max-requests` leaves is taken by a request (reserved places
     /// not counted): the worker has taken its last request.
     fn all_taken(&self) -> bool {
         // `begun` first: a reservation ending meanwhile only lowers the difference.
-        let begun = self.begun.load(Ordering::Acquire);
-        !self.room_beside(begun.saturating_sub(self.reserved.load(Ordering::Acquire)))
+        let places = self.places();
+        let reserved = self.reserved.load(Ordering::Acquire) as u64;
+        !self.room_beside(Places(places.0 - places.begun().min(reserved)))
     }
 
-    /// One more place in `begun` if `--max-requests` leaves room for it.
+    /// One more place begun if `--max-requests` leaves room for it: checked against
+    /// both counts as they are when the place is taken (see `places`).
     fn take_place(&self) -> bool {
-        self.begun
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                self.room_beside(b).then_some(b + 1)
+        self.places
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                let room = self.room_beside(Places(p));
+                #[cfg(test)]
+                tests::after_room_check();
+                room.then_some(p + 1)
             })
             .is_ok()
     }
@@ -374,12 +406,15 @@ impl Admission {
     /// A counted request ended (`ended`), or turned out to be none (`reserved`: it
     /// was only a reserved place).
     fn end_one(&self, ended: bool, reserved: bool) {
-        // Ended first: `begun + ended` never dips below the requests taken. `begun`
-        // before `reserved`: `begun - reserved` never rises for a reservation.
-        if ended {
-            self.ended.fetch_add(1, Ordering::AcqRel);
-        }
-        self.begun.fetch_sub(1, Ordering::AcqRel);
+        // Both counts in one step: `begun + ended` never dips below the requests
+        // taken. `begun` before `reserved`: `begun - reserved` never rises for a
+        // reservation.
+        let step = if ended {
+            Places::ONE_ENDED - 1
+        } else {
+            0u64.wrapping_sub(1)
+        };
+        self.places.fetch_add(step, Ordering::AcqRel);
         if reserved {
             self.reserved.fetch_sub(1, Ordering::AcqRel);
         }
@@ -565,7 +600,7 @@ impl Admission {
             tracing::debug!(open = self.open(), "accepting again");
         } else if limited {
             tracing::debug!(
-                begun = self.begun.load(Ordering::Acquire),
+                begun = self.places().begun(),
                 "not accepting: the requests begun and not yet served are as many as --max-requests still allows"
             );
         } else if st.fd_pause.is_none() {
@@ -700,6 +735,21 @@ const WORKER_RECHECK: Duration = Duration::from_millis(50);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Run in `take_place` between its room check and its compare-and-swap, on
+        /// the thread that set it.
+        static AFTER_CHECK: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn after_room_check() {
+        AFTER_CHECK.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f()
+            }
+        });
+    }
 
     /// An admission over one real listener in a real epoll; whether the listener is
     /// armed is read back from the epoll itself.
@@ -887,6 +937,58 @@ mod tests {
         assert!(a.limit_taken());
     }
 
+    // regression: the room was checked against the requests ended (and left), but
+    // the compare-and-swap that took the place looked at `begun` alone: a thread
+    // preempted between the two took a place on a stale check if `begun` was back at
+    // the value it had seen, though requests had ended meanwhile (one past
+    // --max-requests, nginx keep-conn: max_requests.rs's exact-limit test failed 1
+    // run in ~100).
+    #[test]
+    fn a_place_is_not_taken_on_a_room_check_made_stale_meanwhile() {
+        let (a, _ep, _client) = setup(100);
+        let m = Arc::new(Left::default());
+        m.left.store(10, Ordering::Release);
+        a.limit_by(Arc::clone(&m) as Arc<dyn Monitor>);
+        let serve_one = || {
+            let p = a.admit();
+            assert!(p.try_begin());
+            p.served();
+            m.left.fetch_sub(1, Ordering::AcqRel);
+        };
+        // One request under way (begun 1), seven served: two places left.
+        let held = a.admit();
+        assert!(held.try_begin());
+        (0..7).for_each(|_| serve_one());
+        let (checked, on_check) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let late = std::thread::spawn({
+            let a = Arc::clone(&a);
+            move || {
+                let mut pause = Some(move || {
+                    checked.send(()).unwrap();
+                    wait.recv().unwrap();
+                });
+                AFTER_CHECK.with(|h| {
+                    *h.borrow_mut() = Some(Box::new(move || {
+                        if let Some(f) = pause.take() {
+                            f()
+                        }
+                    }))
+                });
+                let p = a.admit();
+                p.try_begin()
+            }
+        });
+        // It has checked the room (two places) and not taken its place yet; two
+        // requests begin and end meanwhile: begun is 1 again, the last place taken.
+        on_check.recv().unwrap();
+        (0..2).for_each(|_| serve_one());
+        go.send(()).unwrap();
+        assert!(!late.join().unwrap(), "a place taken past the limit");
+        assert_eq!((a.places().begun(), a.places().ended()), (1, 9));
+        drop(held);
+    }
+
     #[test]
     fn without_max_requests_a_permit_counts_nothing() {
         let (a, ep, _client) = setup(100);
@@ -895,12 +997,12 @@ mod tests {
             assert_eq!(p.reserve(), Reserve::Taken);
             assert!(p.try_begin());
             p.begin();
-            assert_eq!(a.begun.load(Ordering::Acquire), 0, "nothing counted");
+            assert_eq!(a.places().begun(), 0, "nothing counted");
             p.served();
             p.cancel();
         }
         assert!(a.room() && armed(&ep) && !a.limit_taken());
-        assert_eq!(a.ended.load(Ordering::Acquire), 0);
+        assert_eq!(a.places().ended(), 0);
     }
 
     // regression: with a soft open-files limit of 1,048,576 (or unlimited) the default
