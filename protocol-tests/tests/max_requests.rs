@@ -539,22 +539,8 @@ fn a_stop_while_fastcgi_requests_completed_at_the_cap_are_handed_on_serves_them(
 // jitter) and no more; every request is answered, and nginx logs no upstream error.
 #[test]
 fn kept_fastcgi_connections_behind_nginx_keep_the_bound() {
-    use protocol_tests::stack::{Stack, Upstream};
-    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
-        .args(["--threads", "4", "--workers", "2", "--max-requests", "20"])
-        .start()
-    else {
-        return;
-    };
-    assert!(
-        s.postern.wait_log("all 2 workers ready", 10),
-        "{}",
-        s.postern.logs()
-    );
-    let per_pid = kept_conn_load(&s, 8, 40);
-    s.assert_clean("kept connections across --max-requests recycles");
     // A worker not recycled yet has its limit (20 or 21) ahead.
-    assert_served_exactly(&s.postern, &per_pid, 21);
+    kept_conn_recycles("20", 8, 40, 21);
 }
 
 // regression: a kept FastCGI connection's request was counted served against
@@ -569,9 +555,18 @@ fn kept_fastcgi_connections_behind_nginx_keep_the_bound() {
 // in 10 of 12 runs before. Each worker that recycled served exactly 10.
 #[test]
 fn kept_fastcgi_connections_behind_nginx_serve_exactly_max_requests_per_worker() {
+    kept_conn_recycles("10", 12, 100, 10);
+}
+
+/// nginx (`fastcgi_keep_conn on`) in front of 2 workers x 4 threads with
+/// `--max-requests max`, `clients` clients each sending `per_client` requests on its
+/// own keep-alive connection: every request answered, nginx logs no upstream error,
+/// and each worker that recycled served exactly its limit (one that has not: at most
+/// `most`).
+fn kept_conn_recycles(max: &str, clients: usize, per_client: usize, most: usize) {
     use protocol_tests::stack::{Stack, Upstream};
     let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
-        .args(["--threads", "4", "--workers", "2", "--max-requests", "10"])
+        .args(["--threads", "4", "--workers", "2", "--max-requests", max])
         .start()
     else {
         return;
@@ -581,9 +576,9 @@ fn kept_fastcgi_connections_behind_nginx_serve_exactly_max_requests_per_worker()
         "{}",
         s.postern.logs()
     );
-    let per_pid = kept_conn_load(&s, 12, 100);
-    s.assert_clean("kept connections at an exact --max-requests");
-    assert_served_exactly(&s.postern, &per_pid, 10);
+    let per_pid = kept_conn_load(&s, clients, per_client);
+    s.assert_clean(&format!("kept connections at --max-requests {max}"));
+    assert_served_exactly(&s.postern, &per_pid, most);
 }
 
 /// Each worker that recycled for --max-requests served exactly the limit its log line
