@@ -921,3 +921,73 @@ fn a_worker_ignores_a_sigquit_of_its_own() {
     assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
     assert_eq!(p.get("/").0, 200, "{}", p.logs());
 }
+
+// regression: a worker already leaving when its master died (here recycled by
+// --max-requests, its successor still importing the app) left the listeners open:
+// connections made meanwhile joined the listen queue, to be reset when the last
+// worker exited, instead of being refused at once (nginx tries its next upstream on
+// a refusal). It now shuts them once it learns its master is gone (review LOW).
+#[test]
+fn new_connections_are_refused_once_the_master_of_leaving_workers_is_killed() {
+    let dir = tempdir();
+    let go = dir.path().join("go");
+    let (path, mark) = hanging_app(dir.path(), &until(&go));
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args([
+            "--master",
+            "--max-requests",
+            "1",
+            "--graceful-timeout",
+            "20",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let worker = workers(&p, 1, Ill::Well)[0];
+    // Its successor imports for 30 s.
+    let source = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("import time\ntime.sleep(30)\n{source}")).unwrap();
+    let request = send_hang(&p, &mark);
+    assert!(p.wait_log("cause=\"recycling\"", 10), "{}", p.logs());
+    let pids = children(p.pid());
+    p.signal(libc::SIGKILL);
+    let _ = p.wait_exit(5);
+    let refused = wait_until(
+        5,
+        || matches!(p.addr.connect(), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+    );
+    std::fs::write(&go, b"").unwrap();
+    let answer = parse_http(&request.join().unwrap());
+    for &w in pids.iter().filter(|&&w| !gone(w)) {
+        // SAFETY: kill(2) on a worker this test's postern started (the successor
+        // still importing).
+        unsafe { libc::kill(w, libc::SIGKILL) };
+    }
+    assert!(refused, "a connect still succeeds\n{}", p.logs());
+    assert_eq!(
+        answer.map(|r| r.body),
+        Some(worker.to_string().into_bytes()),
+        "{}",
+        p.logs()
+    );
+}
+
+// A worker whose app took SIGURG (the signal its master's death sends; here set to
+// SIG_IGN through libc while it serves) still leaves when its master dies: the thread
+// that waits on the master's pidfd tells it. Not a regression test: a guard on what
+// README says of an app's SIGURG handler.
+#[test]
+fn a_worker_whose_app_took_sigurg_leaves_when_the_master_is_killed() {
+    let dir = tempdir();
+    let (mut p, worker, request) = one_worker_hanging(
+        dir.path(),
+        "ctypes.CDLL(None).signal(23, ctypes.c_void_p(1))",
+        "5",
+    );
+    assert!(
+        parse_http(&request.join().unwrap()).is_some(),
+        "{}",
+        p.logs()
+    );
+    kill_master(&mut p, &[worker], 10);
+    assert!(p.logs().contains("cause=\"master gone\""), "{}", p.logs());
+}

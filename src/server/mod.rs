@@ -355,40 +355,11 @@ pub fn run(
         // + 1 s, instead of a refusal it fails over on). A socket systemd passed is
         // left for the next start, and no socket file is touched: a new postern may
         // already listen at that path.
-        if single
+        let mut whole = single
             || crate::stop::orphaned()
-            || monitor.as_ref().is_some_and(|m| m.server_stopping())
-        {
-            // A socket systemd passed (socket activation) stays with systemd, which
-            // queues connections for the next start: it is only drained, never shut.
-            for l in listeners.iter().filter(|l| !l.inherited) {
-                if let Err(e) = listener::refuse_new_connections(&l.sock, l.tcp) {
-                    tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
-                }
-            }
-            let mut queued = acceptor.drain_backlog();
-            // What waits in the hand-over channel (connections a recycled worker
-            // handed on, their request possibly sent and unread) is served here too:
-            // the worker it was meant for may be stopping as well (a successor still
-            // booting), and the channel closes with the master.
-            // regression: requests reset at a stop during a recycled worker's
-            // successor's boot (review-f4b).
-            let handed = acceptor.adopt_all();
-            if handed > 0 {
-                tracing::info!(handed, "serving connections handed over by a recycled worker");
-            }
-            // A handshake under way as the filter went on still completes into the
-            // queue (TCP_DEFER_ACCEPT: once its request arrives); give it a few round
-            // trips before the listeners close and would reset it.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            queued += acceptor.drain_backlog();
-            for l in listeners.iter().filter(|l| !l.inherited) {
-                let _ = l.sock.shutdown(std::net::Shutdown::Both);
-            }
-            queued += acceptor.drain_backlog();
-            if queued > 0 {
-                tracing::info!(queued, "serving connections that were waiting in the listen queue");
-            }
+            || monitor.as_ref().is_some_and(|m| m.server_stopping());
+        if whole {
+            shut_listeners(&acceptor, &listeners).await;
             if single {
                 socket_files.clear();
             }
@@ -406,21 +377,35 @@ pub fn run(
             tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
         };
         let mut drain = std::pin::pin!(drain);
-        let finished = tokio::select! {
-            // A drain that has finished wins over a second signal that came as it did.
-            biased;
-            finished = &mut drain => finished,
-            name = stops.second() => {
-                if name != crate::stop::QUIT || why != crate::stop::QUIT {
-                    tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
+        let finished = loop {
+            tokio::select! {
+                // A drain that has finished wins over a second signal that came as it did.
+                biased;
+                finished = &mut drain => break finished,
+                // A worker that was already leaving (a reload, a recycling, SIGTTOU) when
+                // its master died: nobody will serve the listeners again, so it shuts them
+                // as above, once it learns of the death. regression: they stayed open, and
+                // connections made meanwhile (all workers leaving, a successor still
+                // importing) joined the queue and were reset when the last one exited,
+                // instead of being refused at once (review LOW).
+                () = master_gone(), if !whole => {
+                    whole = true;
+                    tracing::info!("the master is gone: the listeners refuse new connections");
+                    shut_listeners(&acceptor, &listeners).await;
+                    stopping.cancel();
                 }
-                // Nothing may have been running (two signals close together): a drain
-                // that ends within a moment cut nothing off.
-                // regression: an idle server stopped by two quick signals said it had
-                // cut requests off (exit 1).
-                tokio::time::timeout(Duration::from_millis(100), &mut drain)
-                    .await
-                    .unwrap_or(false)
+                name = stops.second() => {
+                    if name != crate::stop::QUIT || why != crate::stop::QUIT {
+                        tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
+                    }
+                    // Nothing may have been running (two signals close together): a drain
+                    // that ends within a moment cut nothing off.
+                    // regression: an idle server stopped by two quick signals said it had
+                    // cut requests off (exit 1).
+                    break tokio::time::timeout(Duration::from_millis(100), &mut drain)
+                        .await
+                        .unwrap_or(false);
+                }
             }
         };
         if let Some(task) = lost {
@@ -442,6 +427,60 @@ pub fn run(
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(finished)
+}
+
+/// The whole server stops (or nobody is left to serve these listeners): new
+/// connections are refused (a front server then tries its next upstream), the ones
+/// already waiting in the listen queues are served, not reset, and only then do the
+/// listeners close. See the stop sequence in [`run`].
+async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener]) {
+    // A socket systemd passed (socket activation) stays with systemd, which
+    // queues connections for the next start: it is only drained, never shut.
+    for l in listeners.iter().filter(|l| !l.inherited) {
+        if let Err(e) = listener::refuse_new_connections(&l.sock, l.tcp) {
+            tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
+        }
+    }
+    let mut queued = acceptor.drain_backlog();
+    // What waits in the hand-over channel (connections a recycled worker
+    // handed on, their request possibly sent and unread) is served here too:
+    // the worker it was meant for may be stopping as well (a successor still
+    // booting), and the channel closes with the master.
+    // regression: requests reset at a stop during a recycled worker's
+    // successor's boot (review-f4b).
+    let handed = acceptor.adopt_all();
+    if handed > 0 {
+        tracing::info!(
+            handed,
+            "serving connections handed over by a recycled worker"
+        );
+    }
+    // A handshake under way as the filter went on still completes into the
+    // queue (TCP_DEFER_ACCEPT: once its request arrives); give it a few round
+    // trips before the listeners close and would reset it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    queued += acceptor.drain_backlog();
+    for l in listeners.iter().filter(|l| !l.inherited) {
+        let _ = l.sock.shutdown(std::net::Shutdown::Both);
+    }
+    queued += acceptor.drain_backlog();
+    if queued > 0 {
+        tracing::info!(
+            queued,
+            "serving connections that were waiting in the listen queue"
+        );
+    }
+}
+
+/// How often a worker that is leaving while its master lives looks whether the
+/// master is gone (only during its drain).
+const MASTER_LOOK: Duration = Duration::from_millis(50);
+
+/// Returns once this worker's master is gone ([`crate::stop::orphaned`]).
+async fn master_gone() {
+    while !crate::stop::orphaned() {
+        tokio::time::sleep(MASTER_LOOK).await;
+    }
 }
 
 /// How long a handed-over FastCGI connection is left to the Python threads before the
