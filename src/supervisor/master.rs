@@ -1011,8 +1011,14 @@ impl Master {
             std::process::exit(0);
         }
         // A terminal's Ctrl-C reaches the whole process group: the master turns it
-        // into one graceful stop, so its children ignore SIGINT.
+        // into one graceful stop, so its children ignore SIGINT. Its Ctrl-\ (SIGQUIT)
+        // too: the master kills its children then; the helper, which execs nothing,
+        // ignores it (a worker's handler does, see below). Before, the helper dumped
+        // core.
         signals::ignore(libc::SIGINT);
+        if !worker {
+            signals::ignore(libc::SIGQUIT);
+        }
         if worker {
             // A worker counts a SIGTERM from now on and acts on it once it serves
             // (crate::stop): stopped while it boots, it must still serve the listen
