@@ -526,9 +526,16 @@ pub fn fastcgi_conn(data: &[u8]) {
                 let _ = fcgi::parse_pairs(params);
             }
             Event::ParamsTooLarge {
-                id, size, limit, ..
+                id,
+                size,
+                limit,
+                logged,
+                ..
             } => {
                 assert!(size > limit && *limit == CONN_MAX_PARAMS);
+                // What was kept for the access line is whole pairs, and little.
+                assert!(logged.len() <= fcgi::MAX_LOGGED);
+                assert!(fcgi::parse_pairs(logged).is_ok());
                 let state = seen.entry(*id).or_default();
                 assert!(!state.0, "Params twice for {id}");
                 state.0 = true;
@@ -618,11 +625,13 @@ fn events_clone(events: &[Event]) -> Vec<Event> {
                 keep_conn,
                 size,
                 limit,
+                logged,
             } => Event::ParamsTooLarge {
                 id: *id,
                 keep_conn: *keep_conn,
                 size: *size,
                 limit: *limit,
+                logged: logged.clone(),
             },
         })
         .collect()
@@ -634,8 +643,9 @@ fn events_clone(events: &[Event]) -> Vec<Event> {
 /// before the slow lane took the connection), with up to 64 requests per connection
 /// as the server allows. Checked against a model of each id after every step: an id is
 /// active from its Params (or adoption) until finished; at most `max_reqs` are active;
-/// a BEGIN_REQUEST for an active id is the fatal `FcgiIdInUse`, for a finished one it
-/// starts afresh; `awaiting_params` says whether a begun request still waits for its
+/// a BEGIN_REQUEST for a running id leaves it running (aborted, or whole and answered),
+/// for one still sending its PARAMS ends it (a reply), for a finished one it starts
+/// afresh, and is never fatal; `awaiting_params` says whether a begun request still waits for its
 /// PARAMS, and `params_held` (counted against the input budget) is exactly the PARAMS
 /// bytes of those requests; every reply is whole records of the types a server may send.
 pub fn fastcgi_server(data: &[u8]) {
@@ -703,17 +713,24 @@ pub fn fastcgi_server(data: &[u8]) {
                         }
                     }
                 }
+                let again = parser.take_begun_again();
+                assert!(again.len() <= 16);
+                for (id, what) in &again {
+                    let running_before = begun_active.iter().any(|(i, r)| i == id && *r);
+                    match what {
+                        fcgi::BegunAgain::Ended => assert!(!running.contains(id)),
+                        _ => assert!(running_before || running.contains(id), "{what:?} for {id}"),
+                    }
+                }
                 match fed {
                     Ok(()) => {
-                        assert!(
-                            begun_active.iter().all(|(_, active)| !active),
-                            "a BEGIN_REQUEST for a running id was taken"
-                        );
+                        // A BEGIN_REQUEST for a running id leaves it running.
+                        for (id, running_before) in &begun_active {
+                            if *running_before {
+                                assert!(parser.is_active(*id), "{id} ended by a BEGIN_REQUEST");
+                            }
+                        }
                         assert_eq!(fcgi::parse_record(&buf), Ok(None));
-                    }
-                    Err(ProtoError::FcgiIdInUse(id)) => {
-                        assert!(parser.is_active(id));
-                        return;
                     }
                     Err(_) => return,
                 }

@@ -55,8 +55,6 @@ pub enum ProtoError {
     HttpOnFastcgi,
     #[error("FCGI_BEGIN_REQUEST body is {0} bytes, expected 8")]
     FcgiBeginBody(usize),
-    #[error("FastCGI request id {0} was begun again while still in flight")]
-    FcgiIdInUse(u16),
     #[error("FastCGI params of request {id} are {size} bytes, over the {limit}-byte limit ({})", buffer_hint(.limit))]
     FcgiParamsTooLarge { id: u16, size: usize, limit: usize },
     #[error(

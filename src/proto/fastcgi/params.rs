@@ -170,6 +170,55 @@ fn span(
     Ok(start as u32..end as u32)
 }
 
+/// The variables the access line and a request's span show (method, path, client,
+/// request id): what [`keep_logged_pairs`] keeps of PARAMS dropped past the limit.
+const LOGGED: [&[u8]; 9] = [
+    b"REQUEST_METHOD",
+    b"REQUEST_URI",
+    b"PATH_INFO",
+    b"REMOTE_ADDR",
+    b"REMOTE_USER",
+    b"SERVER_PROTOCOL",
+    b"HTTP_REFERER",
+    b"HTTP_USER_AGENT",
+    b"HTTP_X_REQUEST_ID",
+];
+
+/// The most [`keep_logged_pairs`] keeps of one request.
+pub const MAX_LOGGED: usize = 4096;
+
+/// Appends to `out` (as pairs) the logged variables among the pairs at the start of
+/// `chunk`, up to the first pair that does not end within it, while `out` stays under
+/// [`MAX_LOGGED`]. For PARAMS dropped past the limit, looked at once (a record, or the
+/// block before it): a request answered 431 still shows its method and path. A pair
+/// split between two records is missed (Apache never splits one; nginx sends one
+/// record).
+pub fn keep_logged_pairs(chunk: &[u8], out: &mut Vec<u8>) {
+    let mut pos = 0usize;
+    while pos < chunk.len() {
+        let Ok((name_len, after)) = length(chunk, pos) else {
+            return;
+        };
+        let Ok((value_len, after)) = length(chunk, after) else {
+            return;
+        };
+        let Some(name_end) = after.checked_add(name_len) else {
+            return;
+        };
+        let Some(value_end) = name_end
+            .checked_add(value_len)
+            .filter(|&e| e <= chunk.len())
+        else {
+            return;
+        };
+        let name = &chunk[after..name_end];
+        if LOGGED.contains(&name) && out.len() + (value_end - pos) + 8 <= MAX_LOGGED {
+            encode_pairs(&[(name, &chunk[name_end..value_end])], out);
+        }
+        pos = value_end;
+    }
+}
+
 /// Appends one length field: 1 byte for up to 127, else 4 bytes BE with the top bit set.
 fn encode_length(len: usize, out: &mut Vec<u8>) {
     if len <= 127 {
@@ -439,5 +488,47 @@ mod tests {
             assert_eq!(out, [1, 10, 0, 0, 0, 0, 0, 0], "{q:?}");
             assert_eq!(out.len(), HEADER_LEN);
         }
+    }
+
+    #[test]
+    fn keeps_the_logged_pairs_of_dropped_params_up_to_a_cut_pair() {
+        let mut chunk = Vec::new();
+        let cookie = vec![b'c'; 300];
+        encode_pairs(
+            &[
+                (b"HTTP_COOKIE", &cookie),
+                (b"REQUEST_METHOD", b"POST"),
+                (b"SCRIPT_NAME", b"/x"),
+                (b"REQUEST_URI", b"/x?y=1"),
+            ],
+            &mut chunk,
+        );
+        let whole = chunk.len();
+        encode_pairs(&[(b"PATH_INFO", b"/cut")], &mut chunk);
+        let mut out = Vec::new();
+        // The last pair cut short (as at a record's end): left out, no error.
+        keep_logged_pairs(&chunk[..chunk.len() - 1], &mut out);
+        let mut want = Vec::new();
+        encode_pairs(
+            &[(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/x?y=1")],
+            &mut want,
+        );
+        assert_eq!(out, want);
+        // Garbage keeps nothing; every prefix is safe.
+        for i in 0..=whole {
+            let mut o = Vec::new();
+            keep_logged_pairs(&chunk[..i], &mut o);
+            assert!(parse_pairs(&o).is_ok());
+        }
+        // Never more than MAX_LOGGED.
+        let long = vec![b'u'; 3000];
+        let mut big = Vec::new();
+        encode_pairs(
+            &[(b"REQUEST_URI", &long), (b"HTTP_USER_AGENT", &long)],
+            &mut big,
+        );
+        let mut o = Vec::new();
+        keep_logged_pairs(&big, &mut o);
+        assert!(o.len() <= MAX_LOGGED && !o.is_empty());
     }
 }

@@ -54,12 +54,15 @@ pub enum Event {
     /// Request `id`'s PARAMS stream ended, `size` bytes in all, over `limit`
     /// (`max_params`): its data past the limit was dropped as it came, never held. The
     /// app must not run: answer it 431 and END_REQUEST, then [`finished`](ConnParser::finished).
-    /// Its STDIN events follow as for `Params` (ignore them).
+    /// Its STDIN events follow as for `Params` (ignore them). `logged`: the variables
+    /// its access line shows (method, path, …) found whole in what was dropped, as
+    /// pairs ([`keep_logged_pairs`](super::keep_logged_pairs)).
     ParamsTooLarge {
         id: u16,
         keep_conn: bool,
         size: usize,
         limit: usize,
+        logged: Bytes,
     },
 }
 
@@ -69,15 +72,33 @@ struct Request {
     keep_conn: bool,
     phase: Phase,
     aborted: bool,
+    /// A BEGIN_REQUEST named it again while it was in flight, after its body had all
+    /// come: the records for its id are ignored until it is finished.
+    begun_again: bool,
+}
+
+/// What a BEGIN_REQUEST for an id already in flight did (§2.9 calls it a protocol
+/// error; only that id pays for it, never the connection and its other requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BegunAgain {
+    /// The request was still sending its PARAMS: ended with END_REQUEST at once (as
+    /// an ABORT_REQUEST then), its app never called.
+    Ended,
+    /// Its body was still coming: aborted ([`Event::Abort`]): its app's body read
+    /// fails, END_REQUEST follows when the app returns.
+    Aborted,
+    /// It had come whole: it goes on and is answered.
+    Ignored,
 }
 
 #[derive(Debug)]
 enum Phase {
     /// Collecting the PARAMS stream.
     Params(Block),
-    /// The PARAMS stream passed `max_params` (this many bytes so far): the rest is
-    /// counted and dropped until its end.
-    Dropping(usize),
+    /// The PARAMS stream passed `max_params` (`size` bytes so far): the rest is
+    /// counted and dropped until its end, but for the variables the access line shows
+    /// (`logged`, a few KiB at most).
+    Dropping { size: usize, logged: Vec<u8> },
     /// PARAMS ended (the app may be running); STDIN records are the body.
     Stdin,
     /// The empty STDIN record came; further STDIN records are ignored.
@@ -175,6 +196,9 @@ pub struct ConnParser {
     /// The first id since [`take_stray`](Self::take_stray) that PARAMS, STDIN or DATA
     /// came for without ever being begun.
     stray: Option<u16>,
+    /// BEGIN_REQUESTs for ids in flight since [`take_begun_again`](Self::take_begun_again)
+    /// (the first few).
+    begun_again: Vec<(u16, BegunAgain)>,
 }
 
 impl ConnParser {
@@ -185,7 +209,14 @@ impl ConnParser {
             close_after_replies: false,
             begun: BegunIds::default(),
             stray: None,
+            begun_again: Vec::new(),
         }
+    }
+
+    /// The BEGIN_REQUESTs for an id in flight since the last call, and what each did
+    /// (at most 16 a call: each is worth a log line, a flood of them is not).
+    pub fn take_begun_again(&mut self) -> Vec<(u16, BegunAgain)> {
+        std::mem::take(&mut self.begun_again)
     }
 
     /// The ids the connection began before this parser read it.
@@ -217,8 +248,8 @@ impl ConnParser {
     ///
     /// `Err` is a fatal protocol error: log it and close the connection (events pushed
     /// before it are still valid). Fatal are: a wrong version or HTTP text; a
-    /// BEGIN_REQUEST body that is not 8 bytes, on the management id 0, or for an active
-    /// id; STDIN before the end of PARAMS; PARAMS after it. The pairs themselves are not
+    /// BEGIN_REQUEST body that is not 8 bytes or on the management id 0; STDIN before
+    /// the end of PARAMS; PARAMS after it. The pairs themselves are not
     /// checked here. A PARAMS block over `max_params` (checked as each record arrives) is
     /// not fatal: its data is dropped and its end gives [`Event::ParamsTooLarge`].
     ///
@@ -228,7 +259,10 @@ impl ConnParser {
     /// role other than RESPONDER, or a BEGIN_REQUEST with `max_reqs` requests active, is
     /// answered with END_REQUEST (UNKNOWN_ROLE; CANT_MPX_CONN if `max_reqs` ≤ 1, else
     /// OVERLOADED) and the id stays inactive. Records for inactive ids, DATA, GET_VALUES
-    /// on a request id, STDIN after its end and anything after an ABORT are ignored.
+    /// on a request id, STDIN after its end and anything after an ABORT are ignored. A
+    /// BEGIN_REQUEST for an active id ends or aborts that request unless it came whole
+    /// ([`BegunAgain`], reported by [`take_begun_again`](Self::take_begun_again)), and
+    /// the records for that id are ignored until it is finished.
     pub fn feed(&mut self, buf: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), ProtoError> {
         while let Some((len, record)) = parse_record(buf)? {
             let (kind, id, content_len) = (record.kind, record.request_id, record.content.len());
@@ -267,6 +301,7 @@ impl ConnParser {
                 keep_conn,
                 phase: Phase::Done,
                 aborted: false,
+                begun_again: false,
             },
         );
     }
@@ -281,7 +316,7 @@ impl ConnParser {
     pub fn awaiting_params(&self) -> bool {
         self.requests
             .values()
-            .any(|r| matches!(r.phase, Phase::Params(_) | Phase::Dropping(_)))
+            .any(|r| matches!(r.phase, Phase::Params(_) | Phase::Dropping { .. }))
     }
 
     /// Requests begun and not finished.
@@ -343,9 +378,33 @@ impl ConnParser {
     ) -> Result<(), ProtoError> {
         let begin = parse_begin(content)?;
         self.begun.mark(id);
-        if self.is_active(id) {
-            // §2.9: a BEGIN_REQUEST for an active id is a protocol error.
-            return Err(ProtoError::FcgiIdInUse(id));
+        if let Some(request) = self.requests.get_mut(&id) {
+            // §2.9: a BEGIN_REQUEST for an active id is a protocol error. The spec says
+            // no more; the least it can cost is that id: the request the front server
+            // no longer knows ends (or, whole already, is answered), the rest of that
+            // id's records are ignored until then, the other requests go on.
+            let what = match request.phase {
+                Phase::Params(_) | Phase::Dropping { .. } => {
+                    self.requests.remove(&id);
+                    reply(events, |out| {
+                        encode_end_request(out, id, 0, ProtocolStatus::RequestComplete)
+                    });
+                    BegunAgain::Ended
+                }
+                Phase::Stdin if !request.aborted => {
+                    request.aborted = true;
+                    events.push(Event::Abort { id });
+                    BegunAgain::Aborted
+                }
+                Phase::Stdin | Phase::Done => {
+                    request.begun_again = true;
+                    BegunAgain::Ignored
+                }
+            };
+            if self.begun_again.len() < 16 {
+                self.begun_again.push((id, what));
+            }
+            return Ok(());
         }
         let refused = if begin.role != ROLE_RESPONDER {
             Some(ProtocolStatus::UnknownRole)
@@ -374,6 +433,7 @@ impl ConnParser {
                         keep_conn: begin.keep_conn,
                         phase: Phase::Params(Block::Empty),
                         aborted: false,
+                        begun_again: false,
                     },
                 );
             }
@@ -388,7 +448,7 @@ impl ConnParser {
         if request.aborted {
             return;
         }
-        if let Phase::Params(_) | Phase::Dropping(_) = request.phase {
+        if let Phase::Params(_) | Phase::Dropping { .. } = request.phase {
             // The app never saw this request: end it here, so the server never hears of
             // an id it has no app for (§2.8: answer END_REQUEST, REQUEST_COMPLETE).
             self.requests.remove(&id);
@@ -411,24 +471,26 @@ impl ConnParser {
             self.ignored(id);
             return Ok(());
         };
-        if request.aborted {
+        if request.aborted || request.begun_again {
             return Ok(());
         }
         let block = match &mut request.phase {
             Phase::Params(block) => block,
-            Phase::Dropping(size) if content.is_empty() => {
-                let size = *size;
+            Phase::Dropping { size, logged } if content.is_empty() => {
+                let (size, logged) = (*size, Bytes::from(std::mem::take(logged)));
                 request.phase = Phase::Stdin;
                 events.push(Event::ParamsTooLarge {
                     id,
                     keep_conn: request.keep_conn,
                     size,
                     limit: self.limits.max_params,
+                    logged,
                 });
                 return Ok(());
             }
-            Phase::Dropping(size) => {
+            Phase::Dropping { size, logged } => {
                 *size = size.saturating_add(content.len());
+                super::keep_logged_pairs(&content, logged);
                 return Ok(());
             }
             _ => {
@@ -453,7 +515,10 @@ impl ConnParser {
         if size > self.limits.max_params {
             // Not fatal: the front server framed it right (Apache sends PARAMS in 16 KiB
             // records), the request is only too large. Its end is answered 431.
-            request.phase = Phase::Dropping(size);
+            let mut logged = Vec::new();
+            super::keep_logged_pairs(&std::mem::take(block).freeze(), &mut logged);
+            super::keep_logged_pairs(&content, &mut logged);
+            request.phase = Phase::Dropping { size, logged };
             return Ok(());
         }
         block.push(content);
@@ -465,11 +530,11 @@ impl ConnParser {
             self.ignored(id);
             return Ok(());
         };
-        if request.aborted {
+        if request.aborted || request.begun_again {
             return Ok(());
         }
         match request.phase {
-            Phase::Params(_) | Phase::Dropping(_) => Err(ProtoError::FcgiOutOfOrder {
+            Phase::Params(_) | Phase::Dropping { .. } => Err(ProtoError::FcgiOutOfOrder {
                 id,
                 what: "STDIN before the end of PARAMS",
             }),
@@ -859,6 +924,7 @@ mod tests {
             keep_conn: false,
             size: 100,
             limit: 99,
+            logged: Bytes::new(),
         }]);
         let mut p = ConnParser::new(limits(99, 1));
         assert_eq!(params_in_records(&mut p, &[&block]), too_large);
@@ -887,7 +953,8 @@ mod tests {
                 id: ID,
                 keep_conn: true,
                 size: 200,
-                limit: 99
+                limit: 99,
+                logged: Bytes::new(),
             }
         );
         assert_eq!(events.len(), 3);
@@ -974,21 +1041,44 @@ mod tests {
     }
 
     #[test]
-    fn rejects_an_id_begun_again_until_it_is_finished() {
+    fn an_id_begun_again_costs_only_that_id_until_it_is_finished() {
+        let block = params_block();
+        // Before the end of its PARAMS: ended at once; what follows for the id is
+        // ignored (the id is inactive), the other request goes on.
         let mut p = ConnParser::new(limits(4096, 4));
         feed(&mut p, &begin(ID, ROLE_RESPONDER, false)).unwrap();
+        feed(&mut p, &begin(2, ROLE_RESPONDER, true)).unwrap();
+        let mut again = begin(ID, ROLE_RESPONDER, true);
+        again.extend(record(PARAMS, ID, &block));
+        again.extend(record(PARAMS, ID, &[]));
         assert_eq!(
-            feed(&mut p, &begin(ID, ROLE_RESPONDER, true)),
-            Err(ProtoError::FcgiIdInUse(ID))
+            feed(&mut p, &again).unwrap(),
+            vec![Event::Reply(end_request(
+                ID,
+                ProtocolStatus::RequestComplete
+            ))]
         );
-        // Still in use after its whole request was read.
+        assert_eq!(p.take_begun_again(), vec![(ID, BegunAgain::Ended)]);
+        assert!(!p.is_active(ID) && p.is_active(2));
+        // While its body comes: aborted, the rest of the id's records ignored.
         let mut p = parser();
-        let block = params_block();
+        feed(&mut p, &begin(ID, ROLE_RESPONDER, true)).unwrap();
+        feed(&mut p, &record(PARAMS, ID, &block)).unwrap();
+        feed(&mut p, &record(PARAMS, ID, &[])).unwrap();
+        let mut again = begin(ID, ROLE_RESPONDER, true);
+        again.extend(record(PARAMS, ID, &block));
+        again.extend(record(STDIN, ID, b"x"));
+        assert_eq!(feed(&mut p, &again).unwrap(), vec![Event::Abort { id: ID }]);
+        assert_eq!(p.take_begun_again(), vec![(ID, BegunAgain::Aborted)]);
+        // Whole already: it goes on; the new request's records are ignored.
+        let mut p = parser();
         feed(&mut p, &simple_request(ID, true, &block, b"")).unwrap();
         assert_eq!(
-            feed(&mut p, &begin(ID, ROLE_RESPONDER, true)),
-            Err(ProtoError::FcgiIdInUse(ID))
+            feed(&mut p, &simple_request(ID, true, &block, b"body")).unwrap(),
+            vec![]
         );
+        assert_eq!(p.take_begun_again(), vec![(ID, BegunAgain::Ignored)]);
+        assert!(p.is_active(ID));
         // Free again once finished: keep-alive reuses id 1.
         p.finished(ID);
         let events = feed(&mut p, &simple_request(ID, false, &block, b"x")).unwrap();

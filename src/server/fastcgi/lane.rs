@@ -629,6 +629,14 @@ pub async fn serve(
                 break 'conn;
             }
             backlog.extend(events.drain(..));
+            for (id, what) in parser.take_begun_again() {
+                let what = match what {
+                    fcgi::BegunAgain::Ended => "it was still sending its PARAMS: ended (END_REQUEST)",
+                    fcgi::BegunAgain::Aborted => "its body was still coming: aborted as at FCGI_ABORT_REQUEST (its app's body read fails, END_REQUEST once it returns)",
+                    fcgi::BegunAgain::Ignored => "it had come whole: it is answered",
+                };
+                tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}; the connection and its other requests go on");
+            }
             if parser.active() > 0 {
                 stray = None;
                 let _ = parser.take_stray();
@@ -1188,31 +1196,28 @@ fn handle_event(
             keep_conn,
             size,
             limit,
+            logged,
         } => {
             // Framed right (Apache sends PARAMS in 16 KiB records), only too large: the
             // request is answered 431 as over SCGI, the connection and its other
             // requests go on. Its PARAMS were dropped as they came.
             let e = ProtoError::FcgiParamsTooLarge { id, size, limit };
-            let head = head_for_log(Bytes::new());
-            let (span, request_id) = request_span(&head, peer);
-            span.in_scope(
-                || tracing::warn!(%peer, error = %e, "request head too large; answered 431"),
+            backlog.retain(
+                |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
             );
-            let asker = Asker {
+            let log = || tracing::warn!(%peer, error = %e, "request head too large; answered 431");
+            let refused = Refusal {
                 conn,
                 lane,
                 id,
                 keep_conn,
-                request_id: &request_id,
                 started: Instant::now(),
             };
-            backlog.retain(
-                |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
-            );
-            answer_now(
-                &asker,
+            // Named in the access line by the method and path found among what was dropped.
+            refused.answer(
                 parser,
-                &head,
+                logged,
+                log,
                 (431, "Request Header Fields Too Large"),
             )
         }
@@ -1262,18 +1267,8 @@ fn handle_event(
                     return Step::Close;
                 }
                 Err(refused) => {
-                    // The head as far as it goes, for the span and the access line.
-                    let head = head_for_log(params);
-                    let (span, request_id) = request_span(&head, peer);
-                    let asker = Asker {
-                        conn,
-                        lane,
-                        id,
-                        keep_conn,
-                        request_id: &request_id,
-                        started,
-                    };
-                    span.in_scope(|| match &refused {
+                    let log = || {
+                        match &refused {
                         Refused::TooLarge {
                             len,
                             max,
@@ -1288,11 +1283,19 @@ fn handle_event(
                             max_body = max,
                             "request body over --max-body; answered 413"
                         ),
-                        Refused::Truncated { got, expected } => tracing::warn!(got, content_length = expected, "STDIN ended before CONTENT_LENGTH bytes; the front server lost the client; request dropped"),
+                        Refused::Truncated { got, expected } => tracing::warn!(got, content_length = expected, "STDIN ended before CONTENT_LENGTH bytes (the front server lost its client mid-body, or sent a wrong CONTENT_LENGTH): the body is incomplete; answered 400 without calling the app"),
                         e => tracing::warn!(error = %e, "answered 400"),
-                    });
+                    }
+                    };
                     let status = refused.status().unwrap_or(BAD_REQUEST);
-                    return answer_now(&asker, parser, &head, status);
+                    let refusal = Refusal {
+                        conn,
+                        lane,
+                        id,
+                        keep_conn,
+                        started,
+                    };
+                    return refusal.answer(parser, params, log, status);
                 }
             };
             let Assembled {
@@ -1795,6 +1798,41 @@ fn write_stuck(conn: &FcgiConn) -> bool {
 /// Python thread holding the write lock), so the tokio worker is handed over meanwhile.
 fn blocking_write(conn: &FcgiConn, data: &[u8]) -> io::Result<()> {
     tokio::task::block_in_place(|| conn.write(data))
+}
+
+/// A request postern answers itself before its app could run (a 400, 413 or 431 at its
+/// head): [`Refusal::answer`] names it in a span and the access line from its head as
+/// far as that parses.
+struct Refusal<'a> {
+    conn: &'a FcgiConn,
+    lane: &'a SlowLane,
+    id: u16,
+    keep_conn: bool,
+    started: Instant,
+}
+
+impl Refusal<'_> {
+    /// Logs why (`log`, in the request's span) and answers `status`.
+    fn answer(
+        &self,
+        parser: &mut ConnParser,
+        params: Bytes,
+        log: impl FnOnce(),
+        status: (u16, &str),
+    ) -> Step {
+        let head = head_for_log(params);
+        let (span, request_id) = request_span(&head, &self.conn.peer);
+        span.in_scope(log);
+        let asker = Asker {
+            conn: self.conn,
+            lane: self.lane,
+            id: self.id,
+            keep_conn: self.keep_conn,
+            request_id: &request_id,
+            started: self.started,
+        };
+        answer_now(&asker, parser, &head, status)
+    }
 }
 
 /// Who asked for a request that postern answers itself (`answer_now`).
