@@ -864,3 +864,61 @@ fn fastcgi_chunked_upload() {
 
     s.assert_clean_logs();
 }
+
+// ---------------------------------------------------------------------------
+// The PHP-FPM style: a handler for files, not a URL space.
+
+/// `<FilesMatch \.py$> SetHandler "proxy:…|fcgi://…"` (how PHP-FPM is wired) is a
+/// handler for URLs that name a `.py` file, not a mount: Apache sends the `.py` URL as
+/// SCRIPT_NAME and what follows it as PATH_INFO (CGI's split, which postern keeps), so
+/// the app is mounted at each such URL, and every other URL is Apache's (a 404 for a
+/// file that is not there). SCRIPT_FILENAME (`proxy:fcgi://localhost//DOCROOT/x.py`) is
+/// not looked at, nor does the file have to exist: the app is the one on postern's
+/// command line whatever the request names. README's Apache section says to use
+/// ProxyPass.
+#[test]
+fn fastcgi_sethandler_files_style_mounts_the_app_at_each_py_url() {
+    let Some(bin) = apache_bin() else {
+        return;
+    };
+    let dir = tempdir();
+    let postern = start_postern(dir.path(), Proto::FastCgi, &testapp(), &[], None);
+    let site = format!(
+        "<FilesMatch \"\\.py$\">\n    SetHandler \"proxy:unix:{}|fcgi://localhost/\"\n</FilesMatch>\n",
+        socket(&postern)
+    );
+    let apache = Apache::start(&bin, dir.path(), &site);
+    std::fs::write(apache.dir.join("htdocs/app.py"), "").unwrap();
+    let env = |target: &str| -> Value {
+        let r = apache.get(target);
+        assert_eq!(
+            r.status,
+            200,
+            "GET {target}: {}\n{}",
+            r.text(),
+            postern.logs()
+        );
+        r.json()
+    };
+    let e = env("/app.py/env?q=1");
+    assert_eq!(e["SCRIPT_NAME"], "/app.py");
+    assert_eq!(e["PATH_INFO"], "/env");
+    assert_eq!(e["QUERY_STRING"], "q=1");
+    assert!(
+        e["SCRIPT_FILENAME"]
+            .as_str()
+            .unwrap()
+            .starts_with("proxy:fcgi://localhost/"),
+        "{e}"
+    );
+    // The .py URL itself is the app's root.
+    let r = apache.get("/app.py");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello\n"));
+    // Another .py name reaches the same app: the request never chooses the code.
+    let e = env("/other.py/env");
+    assert_eq!(e["SCRIPT_NAME"], "/other.py");
+    assert_eq!(e["PATH_INFO"], "/env");
+    // A URL that names no .py file is Apache's: the app never sees it.
+    assert_eq!(apache.get("/env").status, 404);
+    assert!(!postern.logs().contains("path=/env "), "{}", postern.logs());
+}
