@@ -1092,9 +1092,17 @@ impl Acceptor {
                             Body::Memory(buf.split_to(len as usize).freeze())
                         };
                         let (span, request_id) = request_span(&head, &peer);
+                        // Bytes past the body (in the first read, or the byte past it
+                        // that the last read asks for: `PAST_BODY`).
+                        let linger = (!buf.is_empty()).then(|| {
+                            span.in_scope(|| {
+                                connection::Linger::past_the_body(&self.slow, l.tcp, buf.len())
+                            })
+                        });
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)
                             .style(l.info.protocol.head_style())
-                            .permit(permit);
+                            .permit(permit)
+                            .linger(linger);
                         return Some(Request {
                             head,
                             body,
@@ -1233,7 +1241,7 @@ fn body_buffer(sock: &socket2::Socket, read: BytesMut, want: usize, arrival: &Ar
     if read.is_empty() && !(readable(sock) || arrival.more(sock)) {
         return BytesMut::new();
     }
-    let mut body = BytesMut::with_capacity(want);
+    let mut body = BytesMut::with_capacity(want.saturating_add(connection::PAST_BODY));
     body.extend_from_slice(&read);
     body
 }
@@ -1248,17 +1256,19 @@ fn readable(sock: &socket2::Socket) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
-/// Reads until `buf` (made by [`body_buffer`]: room for `want` bytes) holds `want`
-/// bytes, as long as they keep arriving ([`Arrival`]); nothing past them. False: not
-/// all there; what was read is in `buf`, for the slow lane (which meets the same EOF
-/// or error again).
+/// Reads until `buf` (made by [`body_buffer`]: room for `want` bytes and
+/// [`connection::PAST_BODY`]) holds `want` bytes, as long as they keep arriving
+/// ([`Arrival`]); its last read also takes up to `PAST_BODY` bytes past them, which
+/// tells a peer that sent more than its `CONTENT_LENGTH`. False: not all there; what
+/// was read is in `buf`, for the slow lane (which meets the same EOF or error again).
 fn read_rest(sock: &socket2::Socket, buf: &mut BytesMut, want: usize, arrival: &Arrival) -> bool {
-    buf.reserve(want.saturating_sub(buf.len()));
+    let past = want.saturating_add(connection::PAST_BODY);
+    buf.reserve(past.saturating_sub(buf.len()));
     while buf.len() < want {
         if !arrival.in_time() {
             return false;
         }
-        let room = want - buf.len();
+        let room = past - buf.len();
         let spare = buf.spare_capacity_mut();
         let take = room.min(spare.len());
         let spare = &mut spare[..take];

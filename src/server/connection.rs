@@ -291,14 +291,7 @@ async fn serve<C: Conn>(
             return;
         }
     };
-    if !framed.buf.is_empty() {
-        span.in_scope(|| {
-            tracing::debug!(
-                extra = framed.buf.len(),
-                "ignoring bytes after the request body"
-            )
-        });
-    }
+    let extra = framed.buf.len();
     drop(framed);
     let sock = match conn.into_socket() {
         Ok(s) => s,
@@ -307,9 +300,11 @@ async fn serve<C: Conn>(
             return;
         }
     };
+    let linger = (extra > 0).then(|| span.in_scope(|| Linger::past_the_body(&lane, tcp, extra)));
     let sink = ConnSink::new(sock, tcp, started, limits.read_timeout)
         .style(info.protocol.head_style())
-        .permit(permit);
+        .permit(permit)
+        .linger(linger);
     lane.queue.push(Request {
         head,
         body,
@@ -526,13 +521,13 @@ async fn read_into_memory<C: Conn>(
                 Ok(Ok(())) => {}
             }
         }
-        let mut body = BytesMut::with_capacity(want);
+        let mut body = BytesMut::with_capacity(want.saturating_add(PAST_BODY));
         body.extend_from_slice(&std::mem::take(&mut framed.buf));
         body
     };
     while body.len() < want {
         let left = want - body.len();
-        let mut room = (&mut body).limit(left);
+        let mut room = (&mut body).limit(left.saturating_add(PAST_BODY));
         match timeout(t, framed.conn.read_buf(&mut room)).await {
             Err(_) => return Err(ReadError::TimedOut(t)),
             Ok(Ok(0)) => {
@@ -546,8 +541,16 @@ async fn read_into_memory<C: Conn>(
             Ok(Err(e)) => return Err(e.into()),
         }
     }
+    if body.len() > want {
+        framed.buf = body.split_off(want);
+    }
     Ok(body.freeze())
 }
+
+/// Room for this many bytes past a body held in memory is left in its buffer, and its
+/// last read asks for them: a peer that sent more than its `CONTENT_LENGTH` is seen (a
+/// [`Linger`] close) with no system call of its own.
+pub(super) const PAST_BODY: usize = 1;
 
 /// Answers a small error response, then reads and discards what the peer still sends
 /// (bounded) so that closing does not reset a peer that is still writing.
@@ -564,16 +567,98 @@ pub async fn reject<C: Conn>(
         return None;
     }
     let _ = conn.shutdown().await;
+    discard(conn, wait).await;
+    Some(msg.len() as u64)
+}
+
+/// Longest a close reads what the peer still sends (and `--read-timeout` when that is
+/// shorter): long enough for a front server to finish writing what it had in flight,
+/// bounded so that a peer that never stops sending cannot hold the connection open.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Most bytes a close reads and drops, for the same reason.
+const DRAIN_BYTES: u64 = 64 << 20;
+
+/// Reads and drops what the peer sends until its EOF, an error, [`DRAIN_TIME`] (or
+/// `wait`, if shorter) or [`DRAIN_BYTES`]; returns how many bytes it dropped.
+async fn discard<C: Conn>(conn: &mut C, wait: Duration) -> u64 {
+    let mut total = 0u64;
     let drain = async {
         let mut buf = vec![0u8; 16 * 1024];
-        let mut total = 0usize;
-        while total < 64 << 20 {
-            match tokio::io::AsyncReadExt::read(conn, &mut buf).await {
+        while total < DRAIN_BYTES {
+            match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
+                Ok(n) => total += n as u64,
             }
         }
     };
-    let _ = timeout(wait.min(Duration::from_secs(5)), drain).await;
-    Some(msg.len() as u64)
+    let _ = timeout(wait.min(DRAIN_TIME), drain).await;
+    total
+}
+
+/// Closes a uwsgi/SCGI connection whose peer sent bytes past its request's body (more
+/// than its `CONTENT_LENGTH`) after its complete response: a lingering close, as
+/// nginx's `lingering_close` and Apache's. A socket closed with unread input is reset
+/// (TCP: an RST, and what was still in postern's send buffer is dropped; a Unix
+/// socket: the peer's next read fails with ECONNRESET), and a reset can cost the peer
+/// the part of the response it has not read yet. So the response ends with a FIN
+/// (shutdown(SHUT_WR)), what the peer still sends is read and dropped on the I/O
+/// runtime (bounded like a refusal's: [`DRAIN_TIME`], [`DRAIN_BYTES`]), and only then
+/// is the socket closed. Made only for such a connection: every other one closes at
+/// once, with no system call more.
+pub struct Linger {
+    handle: tokio::runtime::Handle,
+    tcp: bool,
+    wait: Duration,
+}
+
+impl Linger {
+    /// Says why (one line, in the request's span: its peer and path) and makes the
+    /// close; `extra`: the bytes past the body read so far.
+    pub fn past_the_body(lane: &SlowLane, tcp: bool, extra: usize) -> Box<Linger> {
+        tracing::warn!(
+            extra,
+            "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
+        );
+        Box::new(Linger {
+            handle: lane.handle.clone(),
+            tcp,
+            wait: lane.limits.read_timeout,
+        })
+    }
+
+    /// Ends the response with a FIN now, then drops what the peer sends (bounded)
+    /// before closing `sock`. `permit` (the connection's place in `--max-connections`)
+    /// is held until then; its request has ended. Not a task the stop waits for: the
+    /// response is whole, and the runtime's end closes the socket.
+    pub fn close(self, sock: Arc<socket2::Socket>, permit: Option<Permit>) {
+        if let Some(p) = &permit {
+            p.served();
+        }
+        if sock.shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        // The thread's writer may still hold a clone a moment longer.
+        let Ok(sock) = Arc::try_unwrap(sock).or_else(|s| s.try_clone()) else {
+            return;
+        };
+        let Linger { handle, tcp, wait } = self;
+        handle.spawn(async move {
+            let _permit = permit;
+            let dropped = if tcp {
+                let std: std::net::TcpStream = sock.into();
+                match tokio::net::TcpStream::from_std(std) {
+                    Ok(mut s) => discard(&mut s, wait).await,
+                    Err(_) => return,
+                }
+            } else {
+                let std: std::os::unix::net::UnixStream = sock.into();
+                match tokio::net::UnixStream::from_std(std) {
+                    Ok(mut s) => discard(&mut s, wait).await,
+                    Err(_) => return,
+                }
+            };
+            tracing::debug!(dropped, "lingering close done");
+        });
+    }
 }

@@ -14,6 +14,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+use super::connection::Linger;
 use super::writer::Stream;
 use crate::proto::response::HeadStyle;
 use crate::wsgi::{End, Sent, Sink};
@@ -119,7 +120,10 @@ pub struct ConnSink {
     write_timeout: Duration,
     style: HeadStyle,
     /// Counts the connection (`--max-connections`) until the sink is done with it.
-    _permit: Option<super::admission::Permit>,
+    permit: Option<super::admission::Permit>,
+    /// The peer sent bytes past its request's body: a complete response ends with a
+    /// lingering close ([`Linger`]), not a plain one.
+    linger: Option<Box<Linger>>,
 }
 
 impl ConnSink {
@@ -140,13 +144,21 @@ impl ConnSink {
             started,
             write_timeout,
             style: HeadStyle::Http,
-            _permit: None,
+            permit: None,
+            linger: None,
         }
     }
 
     /// The connection's place in `--max-connections`, given back with the sink.
     pub fn permit(mut self, permit: super::admission::Permit) -> Self {
-        self._permit = Some(permit);
+        self.permit = Some(permit);
+        self
+    }
+
+    /// A complete response closes the connection with `linger`, when there is one
+    /// (bytes past the request's body were read, or are on their way).
+    pub fn linger(mut self, linger: Option<Box<Linger>>) -> Self {
+        self.linger = linger;
         self
     }
 
@@ -341,6 +353,11 @@ impl Sink for ConnSink {
             // SO_LINGER 0: close() sends a reset, which nginx reports as an upstream
             // error instead of taking the body as complete.
             let _ = s.set_linger(Some(Duration::ZERO));
+        }
+        if let (End::Complete(_), Some(l)) = (end, self.linger.take()) {
+            if let Some(s) = self.sock.take() {
+                l.close(s, self.permit.take());
+            }
         }
         // Dropping the socket closes it (FIN, or RST after SO_LINGER 0).
         self.sock = None;
