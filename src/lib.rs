@@ -22,6 +22,7 @@
 //!           request ids
 //! users     the user/group database (NSS, through libc): --uid, --socket-owner, %U
 //! room      whether a pipe or socket can take bytes now (poll POLLOUT, no wait)
+//! size      byte sizes as typed (`64k`, `10M`): every size option, config's and bench's
 //! stop      what asks the process to stop (SIGTERM/SIGINT counted by one handler,
 //!           a worker's own recycling) and the server's wait for it
 //! client/   `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style;
@@ -40,6 +41,7 @@ pub mod logging;
 pub mod proto;
 pub mod room;
 pub mod server;
+pub mod size;
 pub mod stats;
 pub mod stop;
 pub mod supervisor;

@@ -63,12 +63,14 @@ fn bench_counts_exactly_the_requests_the_server_served_on_each_protocol() {
         ),
         (
             "/bench/scgi",
+            // regression: --body-size took no size suffix (`3k` was refused, exit 2)
+            // while every other size option did.
             vec![
                 format!("unix:{}", scgi.display()),
                 "--protocol".into(),
                 "scgi".into(),
                 "--body-size".into(),
-                "3000".into(),
+                "3k".into(),
             ],
         ),
     ];
@@ -84,6 +86,8 @@ fn bench_counts_exactly_the_requests_the_server_served_on_each_protocol() {
         assert!(responses > 0, "{path}: {r}");
         assert_eq!(r["status"]["2xx"], responses, "{path}: {r}");
         assert_eq!(r["path"], *path, "{r}");
+        let body = if *path == "/bench/scgi" { 3072 } else { 0 };
+        assert_eq!(r["body_size"], body, "{r}");
         assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
         counted.push(responses);
     }
@@ -132,6 +136,19 @@ fn bench_counts_error_answers_as_non_2xx_and_refuses_bad_options_and_absent_serv
             "{out:?}"
         );
     }
+
+    // --body-size takes a size as every size option does, and is refused as they are.
+    let out = Command::new(postern_bin())
+        .args(["bench", &url, "--body-size", "1.5M"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "'--body-size <N>': \"1.5M\": a size is a whole number (of bytes, k, M or G: e.g. 1536k for 1.5M)"
+        ),
+        "{out:?}"
+    );
 
     // Nothing listening at the start: exit 7 with the reason, no run of refused connects.
     let gone = dir.path().join("gone.sock");

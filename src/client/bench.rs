@@ -58,8 +58,8 @@ pub struct BenchArgs {
     /// Request method (default GET, or POST with --body-size).
     #[arg(short = 'X', long, value_name = "METHOD")]
     pub method: Option<String>,
-    /// Send a body of N bytes (with its CONTENT_LENGTH).
-    #[arg(long, value_name = "N")]
+    /// Send a body of N bytes (with its CONTENT_LENGTH): 3000, 64k, 10M.
+    #[arg(long, value_name = "N", value_parser = crate::size::parse_usize)]
     pub body_size: Option<usize>,
     /// Request header (repeatable), e.g. -H 'Accept: text/html'.
     #[arg(short = 'H', long = "header", value_name = "K:V")]

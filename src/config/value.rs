@@ -114,29 +114,8 @@ impl fmt::Display for Size {
     }
 }
 
-/// Parses `65535`, `64k`, `1M`, `1MiB`, `2G` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 65535, 64k, 10M, 1G)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        u if u.starts_with(['.', ',']) => {
-            return Err(format!(
-                "{s:?}: a size is a whole number (of bytes, k, M or G: e.g. 1536k for 1.5M)"
-            ))
-        }
-        _ => return Err(format!("{s:?}: unknown unit (use k, M or G)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+/// Parses `65535`, `64k`, `1M`, `1MiB`, `2G` (powers of 1024): [`crate::size::parse`].
+pub use crate::size::parse as parse_size;
 
 /// A positive number of seconds (`5`, `0.5`, `30s`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -280,18 +259,6 @@ pub mod env_table {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("65535"), Ok(65535));
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("5T").is_err());
-        let e = parse_size("1.5M").unwrap_err();
-        assert!(e.contains("whole number"), "{e}");
-    }
 
     #[test]
     fn sizes_print_back_as_they_parse() {
