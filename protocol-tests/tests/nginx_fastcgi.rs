@@ -392,6 +392,38 @@ fn mounted_app_with_split_path_info_or_mount_option() {
     assert_eq!(e["PATH_INFO"], "/mountain");
 }
 
+// regression: `include fastcgi_params; fastcgi_param SCRIPT_NAME /app;` (the FastCGI
+// form of `uwsgi_param SCRIPT_NAME /app`) sent every URL under /app to the app as
+// SCRIPT_NAME "" and PATH_INFO "/app": the user's SCRIPT_NAME was taken for the stock
+// params' whole path, and every route collapsed onto one.
+#[test]
+fn a_script_name_set_after_the_stock_params_is_a_mount_point() {
+    let user = r#"location /app/ {
+            include PARAMS;
+            fastcgi_param SCRIPT_NAME /app;
+            fastcgi_pass postern_fcgi;
+        }
+"#
+    .replace("PARAMS", &fastcgi_params_file().display().to_string());
+    let Some(s) = stack_with(Mode::Keep, false, "", &user, &[]) else {
+        return;
+    };
+    let e = s.nginx.get("/app/env/x%20y?q=1").json();
+    assert_eq!(e["SCRIPT_NAME"], "/app");
+    assert_eq!(e["PATH_INFO"], "/env/x y");
+    assert_eq!(e["QUERY_STRING"], "q=1");
+    let e = s.nginx.get("/app/env/other").json();
+    assert_eq!(
+        (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
+        (&"/app".into(), &"/env/other".into())
+    );
+    // The stock params alone (location /) still give the whole path.
+    let e = s.nginx.get("/mount/x").json();
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/mount/x");
+    s.assert_clean("user SCRIPT_NAME");
+}
+
 #[test]
 fn five_hundred_requests_over_fifty_connections_keep_conn_and_not() {
     for (mode, tcp, threads) in [

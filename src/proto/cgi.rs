@@ -29,17 +29,19 @@ pub struct Cgi<'a> {
 pub struct Notes(u8);
 
 impl Notes {
-    const ALL: [&'static str; 4] = [
+    const ALL: [&'static str; 5] = [
         "dropped a wsgi.* or postern.* variable",
         "SCRIPT_NAME without PATH_INFO taken as the whole path",
         "PATH_INFO derived from REQUEST_URI",
         "promoted an HTTP_CONTENT_* header",
+        "SCRIPT_NAME without PATH_INFO taken as the mount point the path goes on from",
     ];
 
     const DROPPED_OWN: u8 = 0;
     const SCRIPT_AS_PATH: u8 = 1;
     const PATH_FROM_URI: u8 = 2;
     const PROMOTED: u8 = 3;
+    const SCRIPT_AS_MOUNT: u8 = 4;
 
     /// Adds the sentence `Notes::ALL[i]`.
     fn add(&mut self, i: u8) {
@@ -445,9 +447,28 @@ pub fn normalise<'a>(
     let (mut script, mut path): (&'a [u8], Option<Cow<'a, [u8]>>) =
         (script.unwrap_or_default(), path.map(Cow::Borrowed));
     if defaults.script_name_is_path && path.is_none() && !script.is_empty() {
-        path = Some(Cow::Borrowed(script));
-        script = b"";
-        cgi.notes.add(Notes::SCRIPT_AS_PATH);
+        // nginx's stock params send SCRIPT_NAME = `$fastcgi_script_name`, the request's
+        // whole (normalised, rewritten) path, which DOCUMENT_URI (`$document_uri`)
+        // repeats. A SCRIPT_NAME the path goes on past, at a `/`, was set by the user
+        // (`fastcgi_param SCRIPT_NAME /app;`, `scgi_param …`; or `fastcgi_split_path_info`
+        // without PATH_INFO): it is the mount point, as over uwsgi. (A SCRIPT_NAME that
+        // ends in `/` never is: nginx's `$uri` of `/a/b//` or `/a/b/.` is `/a/b/`.)
+        let whole = match value(&at, K_DOCUMENT_URI).filter(|v| !v.is_empty()) {
+            Some(d) => Some(Cow::Borrowed(d)),
+            None => value(&at, K_REQUEST_URI)
+                .map(|u| percent_decode_cow(u.split(|&b| b == b'?').next().unwrap_or_default())),
+        };
+        match whole {
+            Some(whole) if goes_on_past(script, &whole) => {
+                path = Some(whole);
+                cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
+            }
+            _ => {
+                path = Some(Cow::Borrowed(script));
+                script = b"";
+                cgi.notes.add(Notes::SCRIPT_AS_PATH);
+            }
+        }
     }
     if path.is_none() {
         let uri = value(&at, K_REQUEST_URI).or_else(|| value(&at, K_DOCUMENT_URI));
@@ -595,6 +616,14 @@ pub fn url_scheme(
     request_scheme.and_then(known).unwrap_or("http")
 }
 
+/// `path` is `script` followed by more path at a `/` (and `script` does not end in `/`).
+fn goes_on_past(script: &[u8], path: &[u8]) -> bool {
+    !script.ends_with(b"/")
+        && path.len() > script.len()
+        && path.starts_with(script)
+        && path[script.len()] == b'/'
+}
+
 /// Splits the mount point from the path (§4.3): SCRIPT_NAME loses a trailing `/`
 /// (a root mount is `""`), and is cut from the front of PATH_INFO when PATH_INFO
 /// still starts with it (nginx with `uwsgi_param SCRIPT_NAME /app`, or modifier1 30).
@@ -720,6 +749,73 @@ mod tests {
             &MOUNTS,
         );
         assert_eq!(paths(&cgi), ("/app".into(), "".into()));
+    }
+
+    // regression: nginx `include fastcgi_params; fastcgi_param SCRIPT_NAME /app;` (or
+    // `scgi_param SCRIPT_NAME /app;`) sent every URL under /app to the app as
+    // PATH_INFO=/app: the user's SCRIPT_NAME was taken for the stock whole path.
+    #[test]
+    fn a_script_name_the_path_goes_on_past_is_a_mount_point() {
+        let user = |doc: Option<&'static str>, uri: &'static str| {
+            let mut v = vec![
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/app/x/y"),
+                ("REQUEST_URI", uri),
+                ("SCRIPT_NAME", "/app"),
+            ];
+            if let Some(d) = doc {
+                v.push(("DOCUMENT_URI", d));
+            }
+            run_with(&v, true, &[])
+        };
+        let cgi = user(Some("/app/x/y"), "/app/x/y?q=1");
+        assert_eq!(paths(&cgi), ("/app".into(), "/x/y".into()));
+        assert_eq!(
+            cgi.notes.iter().collect::<Vec<_>>(),
+            ["SCRIPT_NAME without PATH_INFO taken as the mount point the path goes on from"]
+        );
+        // No DOCUMENT_URI (SCGI without it, Apache): REQUEST_URI's path, decoded.
+        assert_eq!(
+            paths(&user(None, "/app/caf%C3%A9?q")),
+            ("/app".into(), "/café".into())
+        );
+        // The mount itself, and a path only sharing its first letters: the whole path.
+        assert_eq!(
+            paths(&user(Some("/app"), "/app")),
+            ("".into(), "/app".into())
+        );
+        assert_eq!(
+            paths(&user(Some("/apple/x"), "/apple/x")),
+            ("".into(), "/app".into())
+        );
+        // Stock params: SCRIPT_NAME = DOCUMENT_URI = $uri, whatever REQUEST_URI was
+        // before a rewrite (`rewrite ^(.*)/extra$ $1;`): still the whole path.
+        let stock = |script: &'static str, doc: &'static str, uri: &'static str| {
+            paths(&run_with(
+                &[
+                    ("REQUEST_METHOD", "GET"),
+                    ("SCRIPT_NAME", script),
+                    ("REQUEST_URI", uri),
+                    ("DOCUMENT_URI", doc),
+                ],
+                true,
+                &[],
+            ))
+        };
+        assert_eq!(
+            stock("/a/b", "/a/b", "/a/b/extra"),
+            ("".into(), "/a/b".into())
+        );
+        // nginx's $uri of /a/b// is /a/b/: never a mount.
+        assert_eq!(
+            stock("/a/b/", "/a/b/", "/a/b//"),
+            ("".into(), "/a/b/".into())
+        );
+        // fastcgi_split_path_info without a PATH_INFO param: CGI's split.
+        assert_eq!(
+            stock("/index.py", "/index.py/p/q", "/index.py/p/q"),
+            ("/index.py".into(), "/p/q".into())
+        );
     }
 
     #[test]
