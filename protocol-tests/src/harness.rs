@@ -520,6 +520,18 @@ impl Postern {
         false
     }
 
+    /// Waits up to `secs` for `needle` to appear at least `n` times in the log.
+    pub fn wait_log_count(&self, needle: &str, n: usize, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.logs().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
