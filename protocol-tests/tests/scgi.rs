@@ -842,3 +842,77 @@ fn a_content_length_sent_twice_with_different_values_is_refused() {
     assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]), "{}", p.logs());
     ok_after(&p);
 }
+
+/// SCGI needs no 411 (unlike uwsgi): its first header is a mandatory CONTENT_LENGTH, so
+/// a chunked head without one is malformed (closed, logged), and nginx's empty chunked body
+/// (CONTENT_LENGTH 0 with HTTP_TRANSFER_ENCODING chunked) is served.
+#[test]
+fn a_chunked_head_needs_its_content_length() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let head = |cl: &'static str| {
+        netstring(&[
+            ("CONTENT_LENGTH", cl),
+            ("SCGI", "1"),
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", "/echo"),
+            ("HTTP_TRANSFER_ENCODING", "chunked"),
+        ])
+    };
+    let out = send_expect_close(
+        &p,
+        &[head(""), b"5\r\nhello\r\n0\r\n\r\n".to_vec()].concat(),
+    );
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        p.wait_log("CONTENT_LENGTH \"\" is not a valid length", 5),
+        "{}",
+        p.logs()
+    );
+    for (cl, body) in [("0", &b""[..]), ("5", b"hello")] {
+        let r = cgi_of(&p, &p.raw(&[head(cl), body.to_vec()].concat()));
+        assert_eq!((r.status, &r.body[..]), (200, body), "{}", p.logs());
+    }
+    ok_after(&p);
+}
+
+/// nginx with `*_request_buffering off` still de-chunks a chunked upload before it
+/// passes it over uwsgi and SCGI (it buffers those whatever the directive says) and
+/// sends its CONTENT_LENGTH with the Transfer-Encoding header: served, not refused 411
+/// (uwsgi's 411 is tested in uwsgi_raw).
+#[test]
+fn nginx_unbuffered_chunked_upload_is_served() {
+    for (upstream, directive) in [
+        (Upstream::Scgi, "scgi_request_buffering off;"),
+        (Upstream::Uwsgi, "uwsgi_request_buffering off;"),
+    ] {
+        let Some(s) = Stack::build(upstream).extra(directive).start() else {
+            return;
+        };
+        let body = body_of(300_000, 7);
+        let mut req = b"POST /digest HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in body.chunks(70_000) {
+            req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            req.extend_from_slice(part);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\n\r\n");
+        let r = parse_http(&s.nginx.raw(&req)).expect("a response");
+        assert_eq!(r.status, 200, "{directive}\n{}", s.postern.logs());
+        assert_eq!(r.json()["len"], body.len(), "{directive}");
+        assert_eq!(r.json()["sha256"], sha256_hex(&body), "{directive}");
+        // An empty chunked body: CONTENT_LENGTH 0, the header still there.
+        let r = parse_http(&s.nginx.raw(b"POST /digest HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")).expect("a response");
+        assert_eq!(
+            (r.status, &r.json()["len"]),
+            (200, &serde_json::json!(0)),
+            "{directive}"
+        );
+        assert!(
+            !s.postern.logs().contains("answered 411"),
+            "{}",
+            s.postern.logs()
+        );
+        s.assert_clean(directive);
+    }
+}

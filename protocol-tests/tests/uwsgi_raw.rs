@@ -922,3 +922,92 @@ fn a_body_longer_than_its_content_length_gets_its_whole_answer_and_a_clean_close
     );
     ok_after(&p);
 }
+
+/// An app that answers with the length of the body it read (WSGI or ASGI).
+const BODY_LEN_ASGI: &str = r#"
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    n = 0
+    while True:
+        m = await receive()
+        n += len(m.get("body", b""))
+        if not m.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(n).encode()})
+"#;
+
+// regression: uWSGI's own HTTP router sends a chunked upload as
+// HTTP_TRANSFER_ENCODING=chunked with no CONTENT_LENGTH (the raw chunked body after
+// the head with --http-chunked-input, nothing without it); postern dropped the header
+// and the app read an empty body: 200, nothing logged (WSGI and ASGI).
+#[test]
+fn a_chunked_body_without_content_length_is_refused_411() {
+    let dir = tempdir();
+    let wsgi = start(dir.path());
+    let asgi_dir = tempdir();
+    let asgi = Spawn::asgi_tcp(asgi_dir.path(), "body_len_app", BODY_LEN_ASGI).start();
+    let chunked = |te: &str| {
+        uwsgi_packet(&[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("HTTP_TRANSFER_ENCODING", te),
+        ])
+    };
+    for p in [&wsgi, &asgi] {
+        for (te, after) in [
+            ("chunked", &b"5\r\nhello\r\n0\r\n\r\n"[..]),
+            ("chunked", b""),
+            ("gzip, chunked", b""),
+        ] {
+            let out = raw(&p.addr, &[chunked(te), after.to_vec()].concat());
+            let r = parse_http(&out).expect("an HTTP-style answer");
+            assert_eq!(r.status, 411, "{te} {after:?}\n{}", p.logs());
+        }
+        // A line can come after its client has the answer: wait for all three.
+        assert!(p.wait_log_count("answered 411", 3, 5), "{}", p.logs());
+        let logs = p.logs();
+        let warns: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("answered 411"))
+            .collect();
+        assert_eq!(warns.len(), 3, "one line per request\n{logs}");
+        for line in warns {
+            assert!(line.contains("WARN"), "{line}");
+            assert!(line.contains("peer=127.0.0.1:"), "{line}");
+            assert!(line.contains("uWSGI's HTTP router"), "{line}");
+        }
+        // What nginx sends (de-chunked, with its length; the header still there), an
+        // explicit empty body, and `identity` are framed: served.
+        for (te, cl, body) in [
+            ("chunked", Some("5"), &b"hello"[..]),
+            ("chunked", Some("0"), b""),
+            ("identity", None, b""),
+        ] {
+            let mut vars = vec![
+                ("REQUEST_METHOD", "POST"),
+                ("PATH_INFO", "/echo"),
+                ("HTTP_TRANSFER_ENCODING", te),
+            ];
+            vars.extend(cl.map(|cl| ("CONTENT_LENGTH", cl)));
+            let r = parse_http(&p.uwsgi(&vars, body)).expect("an HTTP-style answer");
+            assert_eq!(r.status, 200, "{te} {cl:?}\n{}", p.logs());
+        }
+    }
+    assert_eq!(
+        parse_http(&wsgi.uwsgi(
+            &[
+                ("REQUEST_METHOD", "POST"),
+                ("PATH_INFO", "/echo"),
+                ("HTTP_TRANSFER_ENCODING", "chunked"),
+                ("CONTENT_LENGTH", "5"),
+            ],
+            b"hello"
+        ))
+        .unwrap()
+        .body,
+        b"hello"
+    );
+    ok_after(&wsgi);
+}

@@ -1075,7 +1075,9 @@ impl Acceptor {
                     permit.begin();
                     let len = head.content_length;
                     let fits = self.limits.max_body.is_none_or(|m| len <= m);
-                    let in_memory = fits && len <= self.limits.spool_threshold;
+                    // A body it cannot frame is refused (411) by the slow lane.
+                    let framed = connection::unframed_body(&head).is_none();
+                    let in_memory = fits && framed && len <= self.limits.spool_threshold;
                     let mut whole = in_memory && (len as usize) <= buf.len();
                     if in_memory && !whole {
                         // A body simply larger than one read (an upload nginx has

@@ -25,6 +25,7 @@ use super::span::{refused_access, request_span};
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
 use crate::codec::{CodecError, Frame, Head};
+use crate::logging::Untrusted;
 use crate::proto::response::HeadStyle;
 use crate::proto::ProtoError;
 use crate::wsgi::{Body, ListenerInfo, Request};
@@ -234,6 +235,30 @@ async fn serve<C: Conn>(
     permit.begin();
     let (span, request_id) = request_span(&head, &peer);
 
+    if let Some(coding) = unframed_body(&head) {
+        span.in_scope(|| {
+            tracing::warn!(
+                transfer_encoding = %Untrusted(coding),
+                protocol = info.protocol.name(),
+                "request body sent with Transfer-Encoding and no CONTENT_LENGTH, which alone frames a {} body; answered 411. The front server must de-chunk it and send CONTENT_LENGTH (nginx does; uWSGI's HTTP router cannot: clients must send Content-Length, or put nginx in front)",
+                info.protocol.name()
+            )
+        });
+        drop(framed);
+        lane.refused(info.protocol, Some(411));
+        let sent = reject(
+            &mut conn,
+            info.protocol.head_style(),
+            411,
+            "Length Required",
+            "A request body needs a Content-Length here.\n",
+            limits.read_timeout,
+        )
+        .await;
+        span.in_scope(|| refused_access(&head, &request_id, info.protocol, 411, sent, started));
+        return;
+    }
+
     if let Some(max) = limits.max_body {
         if head.content_length > max {
             span.in_scope(|| {
@@ -368,6 +393,34 @@ fn hand_on(
             tracing::warn!(error = %e, "cannot hand a request over to the serving workers; serving it here");
             false
         }
+    }
+}
+
+/// The transfer coding of a request whose body postern cannot frame: over uwsgi and
+/// SCGI only CONTENT_LENGTH says where a body ends, so a head that says
+/// `Transfer-Encoding` (anything but `identity`) and announces no length has a body
+/// that would be read as empty, or none at all (uWSGI's HTTP router sends such heads,
+/// with the raw chunked body after them or nothing). nginx de-chunks and sends
+/// CONTENT_LENGTH with the header still there: served. FastCGI is not asked this (its
+/// STDIN records frame any body). Answered 411 before the body, as HTTP/1.1 does
+/// (RFC 9112 §6.3).
+pub(super) fn unframed_body(head: &Head) -> Option<&[u8]> {
+    if head.content_length != 0 {
+        return None;
+    }
+    let coding = head
+        .pairs()
+        // Lengths first: no other name is compared byte by byte (every GET comes here).
+        .filter(|(k, _)| k.len() == 22 && *k == b"HTTP_TRANSFER_ENCODING")
+        .map(|(_, v)| v)
+        .find(|v| {
+            let v = v.trim_ascii();
+            !v.is_empty() && !v.eq_ignore_ascii_case(b"identity")
+        })?;
+    // CONTENT_LENGTH: 0 is a length (an empty body, framed).
+    match head.announced_length() {
+        Ok(None) => Some(coding),
+        _ => None,
     }
 }
 
