@@ -79,6 +79,58 @@ fn print_config_names_the_source_of_every_value() {
     assert_eq!(values(&stdout), values(&stdout2));
 }
 
+// regression: POSTERN_ENV (the environment layer of --env) was dropped whenever the
+// command line had an --env, though --env merges name by name across layers.
+#[test]
+fn env_variables_merge_name_by_name_across_every_layer() {
+    let dir = tempdir();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "app = \"x.py\"\n[env]\nF = \"file\"\nBOTH = \"file\"\n",
+    )
+    .unwrap();
+    let out = postern()
+        .arg("--print-config")
+        .arg("--config")
+        .arg(&file)
+        .args(["--env", "FROM_CLI=1", "--env", "BOTH=cli"])
+        .env("POSTERN_ENV", "FROM_ENVVAR=a,b")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "[env]  # command line",
+        &format!("F = \"file\"  # file {}", file.display()),
+        "FROM_ENVVAR = \"a,b\"  # env POSTERN_ENV",
+        "FROM_CLI = \"1\"\n",
+        "BOTH = \"cli\"\n",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    // The command line wins over the environment for the same name.
+    let out = postern()
+        .args(["--print-config", "x.py", "--env", "A=cli"])
+        .env("POSTERN_ENV", "A=env")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stdout.contains("A = \"cli\"\n") && !stdout.contains("env POSTERN_ENV"),
+        "{stdout}{stderr}"
+    );
+    // A bad value is reported as without --env.
+    let out = postern()
+        .args(["--print-config", "x.py", "--env", "A=1"])
+        .env("POSTERN_ENV", "nonsense")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--env (from env POSTERN_ENV)"), "{stderr}");
+}
+
 #[test]
 fn a_bad_value_names_the_option_and_where_it_came_from() {
     let dir = tempdir();

@@ -536,6 +536,29 @@ pub fn option_keys() -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The environment layer of `--env` (`POSTERN_ENV`, one `KEY=VALUE`) when the command
+/// line sets `--env` too: clap reads an option's variable only when the command line
+/// does not set it, but `--env` merges name by name across layers, so the variable's
+/// name must not be lost. regression: `POSTERN_ENV=A=1 postern --env B=2` had no A.
+fn env_table_of(var: &str) -> Result<Option<toml::Value>, ConfigError> {
+    let Some(raw) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "env".into(),
+        from: Source::Env(var.to_owned()),
+        message,
+    };
+    let text = raw
+        .into_string()
+        .map_err(|raw| invalid(format!("{raw:?} is not UTF-8")))?;
+    let KeyValue(k, v) = text.parse::<KeyValue>().map_err(invalid)?;
+    Ok(Some(toml::Value::Table(toml::Table::from_iter([(
+        k,
+        toml::Value::String(v),
+    )]))))
+}
+
 impl Layered {
     /// Parses the command line (and `POSTERN_*`), then merges it over the `--config` file,
     /// the `--ini` file and the defaults.
@@ -562,6 +585,11 @@ impl Layered {
                 }
                 Some(ValueSource::EnvVariable) => env.push((key, var.unwrap_or_default(), value)),
                 Some(ValueSource::CommandLine) => {
+                    if let Some(var) = var.filter(|_| key == "env") {
+                        if let Some(table) = env_table_of(&var)? {
+                            env.push((key.clone(), var, table));
+                        }
+                    }
                     command_line.insert(key, value);
                 }
                 _ => {}
