@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::admission::Permit;
 pub use super::lane::Limits;
 use super::lane::SlowLane;
-use super::sink::ConnSink;
+use super::sink::{Close, ConnSink};
 use super::span::{refused_access, request_span};
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
@@ -668,7 +668,7 @@ pub struct Linger {
 impl Linger {
     /// Says why (one line, in the request's span: its peer and path) and makes the
     /// close; `extra`: the bytes past the body read so far.
-    pub fn past_the_body(lane: &SlowLane, tcp: bool, extra: usize) -> Box<Linger> {
+    pub fn past_the_body(lane: &SlowLane, tcp: bool, extra: usize) -> Box<dyn Close> {
         tracing::warn!(
             extra,
             "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
@@ -679,12 +679,14 @@ impl Linger {
             wait: lane.limits.read_timeout,
         })
     }
+}
 
+impl Close for Linger {
     /// Ends the response with a FIN now, then drops what the peer sends (bounded)
     /// before closing `sock`. `permit` (the connection's place in `--max-connections`)
     /// is held until then; its request has ended. Not a task the stop waits for: the
     /// response is whole, and the runtime's end closes the socket.
-    pub fn close(self, sock: Arc<socket2::Socket>, permit: Option<Permit>) {
+    fn close(self: Box<Self>, sock: Arc<socket2::Socket>, permit: Option<Permit>) {
         if let Some(p) = &permit {
             p.served();
         }
@@ -695,7 +697,7 @@ impl Linger {
         let Ok(sock) = Arc::try_unwrap(sock).or_else(|s| s.try_clone()) else {
             return;
         };
-        let Linger { handle, tcp, wait } = self;
+        let Linger { handle, tcp, wait } = *self;
         handle.spawn(async move {
             let _permit = permit;
             let dropped = if tcp {

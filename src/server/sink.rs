@@ -14,7 +14,6 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
-use super::connection::Linger;
 use super::writer::Stream;
 use crate::proto::response::HeadStyle;
 use crate::wsgi::{End, Sent, Sink};
@@ -100,6 +99,14 @@ fn bufs_len(bufs: &[io::IoSlice<'_>]) -> usize {
     bufs.iter().map(|b| b.len()).sum()
 }
 
+/// How a connection closes after its complete response when it must not close at once
+/// (the slow lane's lingering close, `connection::Linger`). A trait so that this module
+/// does not import the one that makes sinks.
+pub trait Close: Send + Sync {
+    /// Closes `sock`; `permit` (its place in `--max-connections`) is held until then.
+    fn close(self: Box<Self>, sock: Arc<socket2::Socket>, permit: Option<super::admission::Permit>);
+}
+
 /// A front-server connection owned by a Python thread for the response.
 pub struct ConnSink {
     /// Shared with this thread's writer while a stream goes through it.
@@ -122,8 +129,8 @@ pub struct ConnSink {
     /// Counts the connection (`--max-connections`) until the sink is done with it.
     permit: Option<super::admission::Permit>,
     /// The peer sent bytes past its request's body: a complete response ends with a
-    /// lingering close ([`Linger`]), not a plain one.
-    linger: Option<Box<Linger>>,
+    /// lingering close ([`Close`]), not a plain one.
+    linger: Option<Box<dyn Close>>,
 }
 
 impl ConnSink {
@@ -157,7 +164,7 @@ impl ConnSink {
 
     /// A complete response closes the connection with `linger`, when there is one
     /// (bytes past the request's body were read, or are on their way).
-    pub fn linger(mut self, linger: Option<Box<Linger>>) -> Self {
+    pub fn linger(mut self, linger: Option<Box<dyn Close>>) -> Self {
         self.linger = linger;
         self
     }
