@@ -3,6 +3,8 @@
 //! `sys.path`, the import. Used by the single process, each worker (or the master with
 //! `--preload`), and `--check`.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context as _;
 
 use crate::asgi::detect::{self, Interface};
@@ -64,19 +66,34 @@ pub fn socket_options(config: &Config) -> SocketOptions {
 
 /// `--env` and `--chdir`, then the cap on malloc's arenas (`cap_malloc_arenas`).
 /// Call while the process is single-threaded (no other thread reads the environment
-/// yet, and no worker thread has taken an arena).
-pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<()> {
+/// yet, and no worker thread has taken an arena). Returns the `--chdir` directory as
+/// an absolute path with its symlinks kept (a relative one joined to the start
+/// directory), for [`enter_app_dir`].
+pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
     for KeyValue(k, v) in &config.opts.env {
         std::env::set_var(k, v);
     }
-    if let Some(dir) = &config.opts.chdir {
-        std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))?;
-    }
+    let dir = match &config.opts.chdir {
+        Some(dir) => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            enter_app_dir(&abs)?;
+            Some(abs)
+        }
+        None => None,
+    };
     cap_malloc_arenas(
         std::env::var("MALLOC_ARENA_MAX").ok().as_deref(),
         std::env::var("GLIBC_TUNABLES").ok().as_deref(),
     );
-    Ok(())
+    Ok(dir)
+}
+
+/// Changes to the `--chdir` directory by its path as configured. A worker that imports
+/// the app calls it again before its import: the master's working directory is the
+/// directory the path led to at start, and a symlink on the path switched since (a
+/// Capistrano-style `current -> releases/N`) must lead a reload to the new release.
+pub fn enter_app_dir(dir: &Path) -> anyhow::Result<()> {
+    std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))
 }
 
 /// glibc malloc arenas a postern process uses unless told otherwise.

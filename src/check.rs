@@ -189,7 +189,7 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
         -1 => Err(CheckError::Fork(std::io::Error::last_os_error())),
         0 => {
             let code = match crate::boot::apply_env_and_chdir(config)
-                .and_then(|()| crate::boot::drop_privileges(config))
+                .and_then(|_| crate::boot::drop_privileges(config))
                 .and_then(|()| crate::boot::start_python(config))
             {
                 Ok(loaded) => {

@@ -144,7 +144,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     // Single-threaded here: no other thread reads the environment yet.
-    boot::apply_env_and_chdir(&config)?;
+    let app_dir = boot::apply_env_and_chdir(&config)?;
 
     // Bind first: a taken address is reported at once, and requests that arrive while
     // the app imports wait in the listen queue instead of being refused.
@@ -205,7 +205,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     // goes to a thread or helper process that never gives it back.
     let mut stats = stats;
     let _stats_file = stats.as_mut().and_then(|s| s.socket_file.take());
-    let result = serve(&config, bound, stats);
+    let result = serve(&config, app_dir.as_deref(), bound, stats);
     let cut_off = result
         .as_ref()
         .err()
@@ -234,6 +234,7 @@ struct CutOff(String);
 
 fn serve(
     config: &Config,
+    app_dir: Option<&std::path::Path>,
     bound: Vec<listener::Bound>,
     stats: Option<listener::Bound>,
 ) -> anyhow::Result<()> {
@@ -341,7 +342,15 @@ fn serve(
                 }
             };
             let app = preloaded.as_ref().map(|a| a.clone_ref());
-            let code = worker(config, app, mine, settings.clone(), limits.clone(), ctx);
+            let code = worker(
+                config,
+                app,
+                app_dir,
+                mine,
+                settings.clone(),
+                limits.clone(),
+                ctx,
+            );
             logging::finish();
             code
         });
@@ -457,9 +466,11 @@ fn stats_summary(config: &Config, bound: &[listener::Bound]) -> Vec<(String, Str
 
 /// A worker process (forked by the master, Python initialised): import the app, serve,
 /// exit code.
+#[allow(clippy::too_many_arguments)]
 fn worker(
     config: &Config,
     preloaded: Option<boot::Loaded>,
+    app_dir: Option<&std::path::Path>,
     bound: Vec<listener::Bound>,
     settings: Settings,
     limits: Limits,
@@ -467,11 +478,14 @@ fn worker(
 ) -> i32 {
     // This process serves: its own log writer thread (none crossed the fork).
     logging::start_background();
-    // Python is already initialised (the master forked this process from it).
-    let loaded = match preloaded
-        .map(Ok)
-        .unwrap_or_else(|| boot::import_app(config))
-    {
+    // Python is already initialised (the master forked this process from it). A
+    // worker that imports enters --chdir again by its path: a symlink on it switched
+    // since the start (a new release) leads this import to the new code. A preloaded
+    // app stays in the master's directory, where its code came from.
+    let loaded = match preloaded.map(Ok).unwrap_or_else(|| {
+        app_dir.map_or(Ok(()), boot::enter_app_dir)?;
+        boot::import_app(config)
+    }) {
         Ok(loaded) => loaded,
         Err(e) => {
             // Once, in the log; the master then says the workers could not start.

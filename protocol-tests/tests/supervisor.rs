@@ -1099,6 +1099,65 @@ fn touch_reload_follows_a_swapped_current_symlink() {
     assert!(wait_reloads(&p, 2), "a touch after the swap: {}", p.logs());
 }
 
+/// Starts `--workers 2 --chdir DIR/current` (`current -> releases/r1`, each release a
+/// `vapp` module naming its release), switches `current` to `releases/r2` as a deploy
+/// does, reloads, and returns the answers before and after the reload.
+fn reload_through_a_switched_chdir(extra: &[&str]) -> (String, String) {
+    let dir = tempdir();
+    for r in ["r1", "r2"] {
+        let release = dir.path().join("releases").join(r);
+        std::fs::create_dir_all(&release).unwrap();
+        versioned_app(&release, r);
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink(dir.path().join("releases/r1"), &current).unwrap();
+    let p = Spawn::unix(dir.path(), "vapp")
+        .args(["--workers", "2", "--chdir", &current.to_string_lossy()])
+        .args(extra.iter().copied())
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let answer = |p: &Postern| {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let before = answer(&p);
+    let tmp = dir.path().join("current.new");
+    std::os::unix::fs::symlink(dir.path().join("releases/r2"), &tmp).unwrap();
+    std::fs::rename(&tmp, &current).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready; old workers finish", 20),
+        "{}",
+        p.logs()
+    );
+    // The old workers stop accepting once the new ones serve.
+    let mut after = answer(&p);
+    for _ in 0..5 {
+        after = answer(&p);
+    }
+    (before, after)
+}
+
+// regression: a reload with --chdir through a symlink (Capistrano's `current ->
+// releases/N`) ran the old release's code: the master changed directory once, to the
+// directory the link led to at start, and its workers imported from there.
+#[test]
+fn a_reload_with_chdir_through_a_switched_symlink_runs_the_new_release() {
+    let (before, after) = reload_through_a_switched_chdir(&[]);
+    assert!(before.starts_with("r1 "), "{before}");
+    assert!(after.starts_with("r2 "), "{after}");
+}
+
+/// --preload: the app was imported in the master at start, so a reload keeps that
+/// code (README: deploy with a restart), and the workers stay in its directory.
+#[test]
+fn a_reload_with_preload_keeps_the_code_imported_at_start() {
+    let (before, after) = reload_through_a_switched_chdir(&["--preload"]);
+    assert!(before.starts_with("r1 "), "{before}");
+    assert!(after.starts_with("r1 "), "{after}");
+}
+
 // regression: the --touch-reload inotify descriptor (held outside the master's state)
 // crossed the fork into every worker started after the first ones.
 #[test]
