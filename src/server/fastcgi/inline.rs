@@ -142,6 +142,7 @@ pub fn has_whole_head(buf: &[u8]) -> bool {
 /// `cap` bytes; true when a whole request may be in `buf` now. What was read stays in
 /// `buf` either way (for the slow lane, which meets the same EOF or error again).
 pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, arrival: &Arrival) -> bool {
+    let mut acked = false;
     while buf.len() < cap {
         if !arrival.in_time() {
             return false;
@@ -163,6 +164,10 @@ pub fn read_rest(conn: &FcgiConn, buf: &mut BytesMut, cap: usize, arrival: &Arri
             }
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => {
+                // The rest may wait for our ACK (Nagle on the front server's side).
+                if !std::mem::replace(&mut acked, true) {
+                    conn.ack_now();
+                }
                 if !arrival.more(&conn.sock) {
                     return false;
                 }

@@ -608,6 +608,8 @@ pub async fn serve(
     // no front server does that, so the connection is under --head-timeout from then
     // until a request begins, not idle.
     let mut stray: Option<(u16, Instant)> = None;
+    // Input came (or the connection came in with some) since the last quick ACK.
+    let mut unacked = true;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -796,6 +798,11 @@ pub async fn serve(
             (Some(d), Some(h)) => Some(d.min(h)),
             (d, h) => d.or(h),
         };
+        // A request (or record) unfinished after a read: its rest may wait for our ACK
+        // (see FcgiConn::ack_now).
+        if std::mem::take(&mut unacked) && (in_head || waiting_body || !buf.is_empty()) && !eof {
+            conn.ack_now();
+        }
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -864,6 +871,7 @@ pub async fn serve(
                     Ok(_) => {
                         last_read = Instant::now();
                         past = over;
+                        unacked = true;
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "reading a FastCGI connection failed");

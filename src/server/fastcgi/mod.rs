@@ -448,6 +448,20 @@ impl FcgiConn {
         }
     }
 
+    /// Over TCP, after a read that left a request unfinished: acknowledge what came at
+    /// once (TCP_QUICKACK) instead of when the delayed-ACK timer fires. nginx writes a
+    /// request in several writes on an upstream socket with Nagle on, and holds a
+    /// short last one until its earlier data is acknowledged; on a kept connection
+    /// (its answers make Linux take it for an interactive one, which delays ACKs) that
+    /// added ~40 ms to POSTs of 15-20 KB. Linux leaves quick-ACK mode by itself, so
+    /// this is called again for each unfinished request: never on a request that came
+    /// in one read (the usual path).
+    pub(super) fn ack_now(&self) {
+        if self.tcp {
+            let _ = rustix::net::sockopt::set_tcp_quickack(self.sock.as_fd(), true);
+        }
+    }
+
     fn owner(&self) -> MutexGuard<'_, Owner> {
         self.owner.lock().unwrap_or_else(|e| e.into_inner())
     }
