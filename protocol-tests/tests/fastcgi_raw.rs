@@ -2575,3 +2575,54 @@ fn a_content_length_sent_twice_with_different_values_is_refused() {
     c.send(&fcgi::request(2, true, &vars("3"), b"abc"));
     c.reply(2).assert_ok(b"abc");
 }
+
+// regression: a FastCGI connection the front server reset in the middle of a request
+// (its head, or its body) was logged at debug only, where a FIN at the same point is a
+// WARN or an INFO and a reset of a uwsgi or SCGI connection a WARN: now one WARN naming
+// the peer.
+#[test]
+fn a_reset_in_the_middle_of_a_request_is_one_warning_with_its_peer() {
+    let dir = tempdir();
+    let p = start_tcp(dir.path(), &[]);
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!("a TCP listener")
+    };
+    let mut whole = head(1, false, &vars("POST", "/echo", Some(10)));
+    whole.extend(fcgi::record(STDIN, 1, b"12345"));
+    // Its BEGIN_REQUEST alone; its head and half its body.
+    for cut in [8, whole.len()] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let peer = s.local_addr().unwrap().to_string();
+        s.write_all(&whole[..cut]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a socket we own, with a linger struct of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(s); // SO_LINGER 0: a reset
+        let needle = format!("peer={peer}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let warned = || {
+            p.logs().lines().any(|l| {
+                l.contains(" WARN ")
+                    && l.contains("the FastCGI connection failed in the middle of a request")
+                    && l.contains(&needle)
+            })
+        };
+        while !warned() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(warned(), "cut at {cut}: {}", p.logs());
+    }
+}

@@ -874,7 +874,13 @@ pub async fn serve(
                         unacked = true;
                     }
                     Err(e) => {
-                        tracing::debug!(%peer, error = %e, "reading a FastCGI connection failed");
+                        // A reset where a FIN is logged (above), at the level uwsgi and
+                        // SCGI log theirs; between requests, as quietly as a FIN.
+                        if parser.active() > 0 || !buf.is_empty() {
+                            tracing::warn!(%peer, error = %e, active = parser.active(), partial_record = buf.len(), "the FastCGI connection failed in the middle of a request (the front server reset it?); closing");
+                        } else {
+                            tracing::debug!(%peer, error = %e, "reading an idle FastCGI connection failed");
+                        }
                         break 'conn;
                     }
                 }
