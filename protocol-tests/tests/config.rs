@@ -154,6 +154,15 @@ fn a_bad_value_names_the_option_and_where_it_came_from() {
         stderr.contains("--workers (from env POSTERN_WORKERS): 0 is not between 1 and 256"),
         "{stderr}"
     );
+    // regression: `read-timeout = 1e9` said "not a positive number of seconds".
+    std::fs::write(&file, "app = \"a\"\nread-timeout = 1e9\n").unwrap();
+    let out = postern().arg("--config").arg(&file).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("too long: it must be below 1000000000"),
+        "{stderr}"
+    );
     std::fs::write(&file, "app = \"a\"\nthread = 4\n").unwrap();
     let out = postern().arg("--config").arg(&file).output().unwrap();
     let (_, stderr) = text(&out);

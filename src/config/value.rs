@@ -117,7 +117,10 @@ impl fmt::Display for Size {
 /// Parses `65535`, `64k`, `1M`, `1MiB`, `2G` (powers of 1024): [`crate::size::parse`].
 pub use crate::size::parse as parse_size;
 
-/// A positive number of seconds (`5`, `0.5`, `30s`).
+/// The bound of every [`Seconds`] value (exclusive).
+const MAX_SECONDS: f64 = 1e9;
+
+/// A positive number of seconds (`5`, `0.5`, `30s`), below [`MAX_SECONDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Seconds(pub Duration);
 
@@ -131,7 +134,13 @@ impl FromStr for Seconds {
             .map_err(|_| format!("{s:?} is not a number of seconds"))?;
         // Checked after the conversion too: 1e-10 is positive but rounds to 0 ns.
         let d = Duration::try_from_secs_f64(v).unwrap_or_default();
-        if !(v.is_finite() && v < 1e9) || d.is_zero() {
+        // The bound keeps every deadline computed from it (now + timeout) representable.
+        if v.is_finite() && v >= MAX_SECONDS {
+            return Err(format!(
+                "{s:?} seconds is too long: it must be below {MAX_SECONDS} (about 31 years)"
+            ));
+        }
+        if !v.is_finite() || d.is_zero() {
             return Err(format!("{s:?} is not a positive number of seconds"));
         }
         Ok(Seconds(d))
@@ -279,6 +288,12 @@ mod tests {
         // regression: 1e-10 passed as positive and became a zero --timeout.
         assert!("1e-10".parse::<Seconds>().is_err());
         assert!("NaN".parse::<Seconds>().is_err());
+        // regression: 1e9 was "not a positive number of seconds"; the message says the bound.
+        assert_eq!(
+            "1000000000".parse::<Seconds>().unwrap_err(),
+            "\"1000000000\" seconds is too long: it must be below 1000000000 (about 31 years)"
+        );
+        assert!("999999999".parse::<Seconds>().is_ok());
         assert_eq!("0660".parse::<Mode>().unwrap(), Mode(0o660));
         assert_eq!(Mode(0o660).to_string(), "660");
         assert!("999".parse::<Mode>().is_err());
