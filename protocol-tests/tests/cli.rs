@@ -522,6 +522,42 @@ fn request_client_prints_and_sets_the_exit_code() {
     assert_eq!(out.status.code(), Some(7), "connection failure exits 7");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 
+    // regression: a Unix socket URL whose socket file is missing (the server is not
+    // running) exited 2, the bad-URL code, where README says 7.
+    let gone = dir.path().join("gone.sock");
+    let out = postern()
+        .args(["request", &format!("uwsgi+unix://{}/hello", gone.display())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("no Unix socket found along") && err.contains("running"),
+        "{err}"
+    );
+
+    // regression: a request that hit its --timeout said "Resource temporarily
+    // unavailable (os error 11)".
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let out = postern()
+        .args([
+            "request",
+            "--timeout",
+            "0.3",
+            &format!("uwsgi://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("timed out") && err.contains("--timeout"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+    drop(silent);
+
     let tcp = Spawn::tcp(dir.path(), &testapp()).start();
     let Addr::Tcp(port) = tcp.addr else {
         unreachable!()

@@ -100,7 +100,7 @@ pub enum BenchFormat {
 /// `--path` replaces the URL's path.
 fn bench_url(args: &BenchArgs) -> Result<Url, String> {
     let mut url = if args.addr.contains("://") {
-        let url = parse_url(&args.addr, is_socket_file)?;
+        let url = parse_url(&args.addr, is_socket_file).map_err(|e| e.to_string())?;
         if let Some(p) = args.protocol {
             if p.scheme() != url.scheme {
                 return Err(format!(
@@ -119,7 +119,8 @@ fn bench_url(args: &BenchArgs) -> Result<Url, String> {
                 Target::Unix(args.addr.clone().into())
             }
             None => {
-                let url = parse_url(&format!("{}://{}", scheme.name(), args.addr), |_| false)?;
+                let url = parse_url(&format!("{}://{}", scheme.name(), args.addr), |_| false)
+                    .map_err(|e| e.to_string())?;
                 if url.uri != "/" {
                     return Err(format!(
                         "{:?}: expected HOST:PORT, unix:PATH or a URL",

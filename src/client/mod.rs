@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use clap::Args;
 use encode::Request;
-use url::{is_socket_file, parse_url, Conn, Scheme};
+use url::{is_socket_file, parse_url, Conn, Scheme, UrlError};
 
 /// Exit code for a connection failure (curl's "couldn't connect"), also used for an
 /// answer cut short or not in the protocol spoken.
@@ -45,9 +45,13 @@ pub const EXIT_USAGE: i32 = 2;
 pub enum ClientError {
     #[error("{0}")]
     Usage(String),
-    #[error("cannot connect to {target}: {source}")]
+    /// A Unix socket URL with no socket file along its path: unreachable, as a refused
+    /// connection is.
+    #[error("{0}")]
+    NoSocket(String),
+    #[error("cannot connect to {target}: {}", io_text(source))]
     Connect { target: String, source: io::Error },
-    #[error("talking to {target}: {source}")]
+    #[error("talking to {target}: {}", io_text(source))]
     Io { target: String, source: io::Error },
     /// The server answered, but not in the protocol it was spoken to.
     #[error("bad answer from {target}: {reason}")]
@@ -58,6 +62,17 @@ pub enum ClientError {
     /// Printing the response failed (stdout closed, disk full…).
     #[error("cannot write the response to stdout: {0}")]
     Output(io::Error),
+}
+
+/// An I/O error as a user reads it: a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` fail
+/// with EAGAIN, "Resource temporarily unavailable") is named as `--timeout`'s.
+fn io_text(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            "timed out: nothing came or went within --timeout".into()
+        }
+        _ => e.to_string(),
+    }
 }
 
 impl ClientError {
@@ -107,7 +122,10 @@ pub struct RequestArgs {
 
 /// Runs the subcommand; returns the process exit code.
 pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
-    let url = parse_url(&args.url, is_socket_file).map_err(ClientError::Usage)?;
+    let url = parse_url(&args.url, is_socket_file).map_err(|e| match e {
+        UrlError::Bad(m) => ClientError::Usage(m),
+        e @ UrlError::NoSocket(_) => ClientError::NoSocket(e.to_string()),
+    })?;
     if args.no_content_length && url.scheme != Scheme::FastCgi {
         return Err(ClientError::Usage(format!(
             "--no-content-length is for fastcgi URLs only ({} needs the body length up front)",

@@ -80,7 +80,25 @@ pub struct Url {
 /// Parses `SCHEME://HOST[:PORT]/p?q` and `SCHEME+unix:///sock/path/p?q` (or a
 /// percent-encoded socket path as the host: `SCHEME+unix://%2Frun%2Fa.sock/p`), with
 /// SCHEME one of `uwsgi`, `fastcgi`, `scgi`.
-pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, String> {
+/// Why a URL gives no target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Malformed (a usage error).
+    #[error("{0}")]
+    Bad(String),
+    /// A `SCHEME+unix:///…` path with no socket file along it: the server is not there
+    /// (not started, or stopped and its socket removed), or the path is wrong.
+    #[error("no Unix socket found along {0}: is the server running, and is the path right?")]
+    NoSocket(String),
+}
+
+impl From<String> for UrlError {
+    fn from(s: String) -> Self {
+        UrlError::Bad(s)
+    }
+}
+
+pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, UrlError> {
     let usage = || {
         format!(
             "{url:?}: expected SCHEME://HOST[:PORT]/path or SCHEME+unix:///path/to.sock/path, \
@@ -144,7 +162,7 @@ fn parse_tcp(rest: &str, default_port: u16) -> Result<(Target, String), String> 
 
 /// What follows `SCHEME+unix://`: `/sock/path/p?q`, where the socket is the longest
 /// leading run of path segments that is a socket file, or `%2Fsock%2Fpath/p?q`.
-fn parse_unix(rest: &str, is_socket: impl Fn(&str) -> bool) -> Result<(Target, String), String> {
+fn parse_unix(rest: &str, is_socket: impl Fn(&str) -> bool) -> Result<(Target, String), UrlError> {
     if !rest.starts_with('/') {
         // Percent-encoded socket path as the authority.
         let (auth, uri) = split_authority(rest);
@@ -163,7 +181,7 @@ fn parse_unix(rest: &str, is_socket: impl Fn(&str) -> bool) -> Result<(Target, S
             return Ok((Target::Unix(candidate.into()), format!("/{tail}{query}")));
         }
     }
-    Err(format!("no Unix socket found along {path_part}"))
+    Err(UrlError::NoSocket(path_part.to_owned()))
 }
 
 pub fn is_socket_file(p: &str) -> bool {
@@ -270,7 +288,10 @@ mod tests {
         assert_eq!(u.uri, "/");
         let u = parse_url("uwsgi+unix://%2Frun%2Fapp.sock/x", |_| false).unwrap();
         assert_eq!(u.target, Target::Unix("/run/app.sock".into()));
-        assert!(parse_url("uwsgi+unix:///nope/x", |_| false).is_err());
+        assert_eq!(
+            parse_url("uwsgi+unix:///nope/x", |_| false).unwrap_err(),
+            UrlError::NoSocket("/nope/x".into())
+        );
     }
 
     #[test]
