@@ -2626,3 +2626,31 @@ fn a_reset_in_the_middle_of_a_request_is_one_warning_with_its_peer() {
         assert!(warned(), "cut at {cut}: {}", p.logs());
     }
 }
+
+// regression: records a front server must not send (END_REQUEST, STDOUT) in a request
+// without FCGI_KEEP_CONN were answered FCGI_UNKNOWN_TYPE after that request's
+// END_REQUEST, on a connection that closes with it: nothing follows END_REQUEST there.
+#[test]
+fn nothing_follows_the_end_request_of_a_request_without_keep_conn() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    for _ in 0..5 {
+        let mut s = Sock::connect(&p.addr);
+        let mut req = head(1, false, &vars("GET", "/echo", None));
+        req.extend(fcgi::record(END_REQUEST, 1, &[0; 8]));
+        req.extend(fcgi::record(STDOUT, 1, b"x"));
+        req.extend(fcgi::record(STDIN, 1, b""));
+        s.write_all(&req).unwrap();
+        let mut kinds = Vec::new();
+        while let Some(r) = read_rec(&mut s).unwrap_or_else(|e| panic!("{e}: {kinds:?}")) {
+            kinds.push(r.kind);
+        }
+        let end = kinds.iter().position(|&k| k == END_REQUEST);
+        assert_eq!(
+            end,
+            Some(kinds.len() - 1),
+            "records: {kinds:?}\n{}",
+            p.logs()
+        );
+    }
+}

@@ -1200,7 +1200,7 @@ fn handle_event(
     let past = past && (input.over(0) || input.worker_over());
     match ev {
         Event::Reply(bytes) => {
-            if blocking_write(conn, &bytes).is_err() {
+            if tokio::task::block_in_place(|| conn.write_reply(&bytes)).is_err() {
                 return Step::Close;
             }
             Step::Go

@@ -312,6 +312,11 @@ pub struct FcgiConn {
     /// those records are still going out: [`FcgiConn::hand_on`] must not give the
     /// socket to another worker meanwhile, whose writes would interleave with them.
     ending: AtomicUsize,
+    /// A request without FCGI_KEEP_CONN is ending: its END_REQUEST is the last record
+    /// on the connection, which closes after it (spec §5.1). Set before that END_REQUEST is
+    /// written; the slow lane's own records (FCGI_UNKNOWN_TYPE, GET_VALUES_RESULT)
+    /// check it under the write lock ([`FcgiConn::write_reply`]).
+    last_end: AtomicBool,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
     /// Bytes a leaving worker's slow lane read from it (a request whose head it
@@ -379,6 +384,7 @@ impl FcgiConn {
             handed_over: AtomicBool::new(false),
             lane_requests: AtomicUsize::new(0),
             ending: AtomicUsize::new(0),
+            last_end: AtomicBool::new(false),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
@@ -547,6 +553,13 @@ impl FcgiConn {
         r
     }
 
+    /// A management record (a reply to the front server's own record), unless a
+    /// request without FCGI_KEEP_CONN has ended the connection by then: nothing
+    /// follows its END_REQUEST.
+    pub(super) fn write_reply(&self, data: &[u8]) -> io::Result<()> {
+        self.write_unless(data, &self.last_end)
+    }
+
     /// Writes `data` unless `done` is set by then (checked under the write lock, so a
     /// late `wsgi.errors` line never follows END_REQUEST).
     fn write_unless(&self, data: &[u8], done: &AtomicBool) -> io::Result<()> {
@@ -706,6 +719,9 @@ impl FcgiConn {
             }
             return false;
         };
+        if !keep_conn {
+            self.last_end.store(true, Ordering::Release);
+        }
         // The whole server stops: this connection closes once idle, so its reader must
         // not close it before END_REQUEST is out (see `Parking::closing_for_good`).
         let last = keep_conn && self.parking.closing_for_good();
