@@ -239,6 +239,53 @@ fn a_reload_with_broken_code_keeps_the_old_workers() {
     }
 }
 
+// regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
+// so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
+// (sd_notify(3): READY=1 once the reload is over, a failed one too).
+#[test]
+fn a_failed_reload_tells_systemd_it_is_over() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .env("NOTIFY_SOCKET", &notify_path.to_string_lossy())
+        .start();
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no message from the master ({e}):\n{}", p.logs()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().contains("READY=1"));
+    std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    let over = next();
+    assert!(over.contains("READY=1"), "{over}");
+    assert!(over.contains("STATUS=reload failed"), "{over}");
+    assert!(p.wait_log("reload failed", 5), "{}", p.logs());
+    // A good reload after it (another length: a .pyc of the same second and size
+    // would pass for the new source).
+    versioned_app(dir.path(), "v1-good");
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    let over = next();
+    assert!(over.contains("READY=1"), "{over}");
+    assert!(over.contains("STATUS=serving"), "{over}");
+    // The old workers stop accepting as they are told to drain.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.get("/").1.starts_with(b"v1-good ") {
+        assert!(Instant::now() < deadline, "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn timeout_dumps_the_stack_then_kills_only_that_worker() {
     let Some(bin) = nginx_bin() else { return };

@@ -527,7 +527,11 @@ impl Master {
                 );
             }
             if !self.announced || retired > 0 {
-                notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+                notify::notify(&format!(
+                    "READY=1\nMAINPID={}\nSTATUS=serving: {} workers ready",
+                    std::process::id(),
+                    current.len()
+                ));
                 let pids: Vec<i32> = current.iter().map(|(pid, _)| *pid).collect();
                 tracing::info!(?pids, "all {} workers ready", pids.len());
                 self.announced = true;
@@ -894,6 +898,12 @@ impl Master {
                         .max()
                         .unwrap_or(failed - 1);
                     tracing::error!(pid, %how, generation = self.generation, "reload failed: the new workers do not start; still serving the previous code");
+                    // sd_notify(3): after RELOADING=1, READY=1 once the reload is over,
+                    // failed ones too (systemd holds the unit in "reloading" until then).
+                    // regression: it never came, and `systemctl reload` hung to its timeout.
+                    notify::notify(
+                        "READY=1\nSTATUS=reload failed: the new workers do not start (see the log); serving the previous code",
+                    );
                     for o in self.workers.iter_mut() {
                         if o.generation > self.generation {
                             o.drain(&self.board, Cause::Reload);
