@@ -2654,3 +2654,26 @@ fn nothing_follows_the_end_request_of_a_request_without_keep_conn() {
         );
     }
 }
+
+// regression: the warning of a request head answered 431 named its peer twice
+// (`request{.. peer=A}: request head too large; answered 431 peer=A`): once, in its
+// request's span.
+#[test]
+fn a_431_warning_names_its_peer_once() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--buffer-size", "4096"]);
+    let mut c = Fc::open(&p);
+    c.send(&big_head(1, true, 6000, 65535));
+    assert_431(&c.reply(1));
+    assert!(
+        p.wait_log("request head too large; answered 431", 5),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request head too large; answered 431"))
+        .unwrap();
+    assert_eq!(line.matches("peer=").count(), 1, "{line}");
+}

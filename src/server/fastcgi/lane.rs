@@ -1219,7 +1219,8 @@ fn handle_event(
             backlog.retain(
                 |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
             );
-            let log = || tracing::warn!(%peer, error = %e, "request head too large; answered 431");
+            // In the request's span, which names the peer.
+            let log = || tracing::warn!(error = %e, "request head too large; answered 431");
             let refused = Refusal {
                 conn,
                 lane,
