@@ -801,6 +801,15 @@ impl<'a> Mapper<'a> {
                 }
                 _ => Outcome::Refused(format!("{v:?} is not a number of megabytes")),
             },
+            // Two options in uWSGI (the whole reload's bound, and each worker's), one in
+            // postern: the worker's, whose time to finish graceful-timeout is.
+            "reload-mercy" if self.entries.iter().any(|e| e.key == "worker-reload-mercy") => {
+                let at = self.entries.iter().rev().find(|e| e.key == "worker-reload-mercy");
+                Outcome::Ignored(format!(
+                    "worker-reload-mercy (line {}) gives graceful-timeout, the time a worker's requests get to finish; postern has no separate bound for the whole reload",
+                    at.map_or(0, |e| e.line)
+                ))
+            }
             "reload-mercy" | "worker-reload-mercy" => self.count(i, "graceful-timeout", v),
             "touch-reload" => {
                 if self.table.contains_key("touch-reload") {

@@ -314,6 +314,32 @@ fn zero_keeps_postern_default_where_it_is_not_off() {
     }
 }
 
+// regression: reload-mercy next to worker-reload-mercy was reported as "line N sets it
+// again", though in uWSGI they are two options (the whole reload, each worker).
+#[test]
+fn worker_reload_mercy_gives_graceful_timeout_whichever_line_comes_first() {
+    for ini in [
+        "worker-reload-mercy = 10\nreload-mercy = 30",
+        "reload-mercy = 30\nworker-reload-mercy = 10",
+    ] {
+        let t = tr(ini);
+        assert_eq!(t.table["graceful-timeout"].as_integer(), Some(10), "{ini}");
+        let Outcome::Ignored(why) = outcome(&t, "reload-mercy") else {
+            panic!("{ini}")
+        };
+        assert!(why.starts_with("worker-reload-mercy (line "), "{why}");
+        assert!(!why.contains("sets it again"), "{why}");
+        assert!(matches!(
+            outcome(&t, "worker-reload-mercy"),
+            Outcome::Carried { .. }
+        ));
+    }
+    assert_eq!(
+        tr("reload-mercy = 30").table["graceful-timeout"].as_integer(),
+        Some(30)
+    );
+}
+
 #[test]
 fn refuses_values_that_are_not_numbers() {
     let t = tr("processes = four\nharakiri = 1.5\nreload-on-rss = lots");
