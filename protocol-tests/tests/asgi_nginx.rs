@@ -1231,3 +1231,134 @@ fn at_max_concurrency_nginx_closing_a_kept_connection_after_the_response_is_no_c
     );
     s.assert_clean("keep-conn, keepalive_requests 1");
 }
+
+/// Starlette: a stream, and an upload read with `request.body()` (which raises
+/// `ClientDisconnect` at an `http.disconnect`); each marks its start in
+/// `$ASGI_TEST_DIR`.
+const STARLETTE_GONE: &str = r#"
+import asyncio, os
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+def mark(name):
+    open(os.path.join(os.environ["ASGI_TEST_DIR"], name), "a").close()
+
+async def chunks():
+    for _ in range(3000):
+        yield b"x" * 99 + b"\n"
+        await asyncio.sleep(0.01)
+
+async def stream(request):
+    mark("stream")
+    return StreamingResponse(chunks(), media_type="text/plain", headers={"X-Accel-Buffering": "no"})
+
+async def upload(request):
+    mark("upload")
+    body = await request.body()
+    return PlainTextResponse("got %d" % len(body))
+
+app = Starlette(routes=[Route("/stream", stream), Route("/upload", upload, methods=["POST"])])
+"#;
+
+// regression: hostile4 MEDIUM: behind nginx (fastcgi_request_buffering off), a client
+// that left mid-upload made Starlette's ClientDisconnect an ERROR 'the app raised an
+// exception; answered 500' (access line status=500, counted as a 5xx and an app
+// error) though nothing was answered; a client that left mid-stream was counted as an
+// app exception (the ClientDisconnect Starlette raises from the send's OSError).
+#[test]
+fn starlette_behind_nginx_a_client_gone_mid_upload_or_mid_stream_logs_no_error() {
+    let Some(venv) = venv() else { return };
+    let mut failures = Vec::new();
+    for upstream in NGINX_UPSTREAMS {
+        let dir = tempdir();
+        let module = dir.path().join("starlette_gone.py");
+        std::fs::write(&module, STARLETTE_GONE).unwrap();
+        let marks = dir.path().join("marks");
+        std::fs::create_dir(&marks).unwrap();
+        std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let unbuffered = match upstream {
+            Upstream::Uwsgi => "uwsgi_request_buffering off;",
+            Upstream::Scgi => "scgi_request_buffering off;",
+            _ => "fastcgi_request_buffering off;",
+        };
+        let Some(s) = behind_nginx(
+            upstream,
+            &format!("{}:app", module.display()),
+            &["--interface", "asgi"],
+            unbuffered,
+            |s| {
+                s.venv(&venv)
+                    .env("ASGI_TEST_DIR", &marks.display().to_string())
+            },
+        ) else {
+            return;
+        };
+        // Half an upload, then the client leaves.
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+            .unwrap();
+        c.write_all(&[b'a'; 50_000]).unwrap();
+        // Over uwsgi and SCGI postern reads the body before it calls the app.
+        if matches!(upstream, Upstream::FastCgi | Upstream::FastCgiKeepConn) {
+            assert!(
+                wait_file(&marks.join("upload"), 20),
+                "{upstream:?}: the upload never reached the app\n{}",
+                s.postern.logs()
+            );
+        }
+        drop(c);
+        // A stream the client leaves once it has its first chunks.
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        while got < 1000 {
+            match c.read(&mut buf) {
+                Ok(n) if n > 0 => got += n,
+                other => panic!("{upstream:?}: no stream ({other:?})"),
+            }
+        }
+        drop(c);
+        let ended = |path: &str| -> Vec<String> {
+            s.postern
+                .logs()
+                .lines()
+                .filter(|l| l.contains("postern::access") && l.contains(&format!(" path={path} ")))
+                .map(str::to_owned)
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while ended("/stream").is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let logs = s.postern.logs();
+        let mut lines = ended("/stream");
+        // Over uwsgi and SCGI the upload is the server layer's, not the app's.
+        let fastcgi = matches!(upstream, Upstream::FastCgi | Upstream::FastCgiKeepConn);
+        if fastcgi {
+            lines.extend(ended("/upload"));
+        }
+        if lines.len() != 1 + usize::from(fastcgi) {
+            failures.push(format!("{upstream:?}: access lines {lines:?}"));
+        }
+        failures.extend(
+            lines
+                .iter()
+                .filter(|l| {
+                    !l.contains("client went away")
+                        || (l.contains("path=/upload") && !l.contains(" status=0 "))
+                })
+                .map(|l| format!("{upstream:?}: {l}")),
+        );
+        failures.extend(
+            logs.lines()
+                .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+                .map(|l| format!("{upstream:?}: postern logged: {l}")),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -4,17 +4,24 @@
 //! metrics count ASGI tasks against --max-concurrency, ASGI contract errors have
 //! their own kind, --max-requests is kept, and a task that blocks the loop is named.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    free_port, parse_http, raw, tempdir, uwsgi_packet, wait_file, Addr, Postern, Response, Spawn,
+    fcgi, free_port, parse_http, raw, tempdir, uwsgi_packet, wait_file, Addr, Postern, Response,
+    Spawn,
 };
 
 const APP: &str = r#"
 import asyncio, os, time
 
 DIR = os.environ["ASGI_TEST_DIR"]
+
+class ClientDisconnect(Exception):
+    """As Starlette's (starlette.requests.ClientDisconnect)."""
 
 def mark(name):
     open(os.path.join(DIR, name), "a").close()
@@ -40,6 +47,36 @@ async def app(scope, receive, send):
         await answer(send, b"unblocked")
     elif path == "/no-start":
         return
+    elif path.startswith("/upload"):
+        # Returns on http.disconnect (as Django does), or raises because of it (as
+        # Starlette's request.body() does), or raises something else after it.
+        body = b""
+        while True:
+            m = await receive()
+            if m["type"] == "http.disconnect":
+                if path == "/upload-raise":
+                    raise ClientDisconnect()
+                if path == "/upload-bug":
+                    raise ValueError("a bug of the app's own, after the disconnect")
+                return
+            body += m["body"]
+            mark("body-" + scope["query_string"].decode())
+            if not m["more_body"]:
+                break
+        await answer(send, b"got %d" % len(body))
+    elif path == "/stream":
+        # Lets the OSError of a send() after the disconnect escape, or one raised
+        # from it.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3000):
+            try:
+                await send({"type": "http.response.body", "body": b"x" * 99 + b"\n", "more_body": True})
+            except OSError as e:
+                if scope["query_string"] == b"wrap":
+                    raise RuntimeError("the stream broke") from e
+                raise
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/pid":
         await answer(send, str(os.getpid()).encode())
     else:
@@ -247,6 +284,204 @@ fn asgi_contract_errors_have_their_own_kind() {
         sample(&m, "postern_app_errors_total{kind=\"wsgi_contract\"}"),
         0.0,
         "{m}"
+    );
+}
+
+/// How a test client leaves in the middle of a request.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// FCGI_ABORT_REQUEST (the connection stays).
+    Abort,
+    Close,
+    /// A close with SO_LINGER 0: a TCP RST.
+    Reset,
+}
+
+fn leave(c: TcpStream, how: Leave) {
+    match how {
+        Leave::Abort => {
+            let mut c = c;
+            c.write_all(&fcgi::record(fcgi::ABORT_REQUEST, 1, b""))
+                .unwrap();
+            // Held until postern's END_REQUEST: the abort is answered.
+            while let Some(r) = fcgi::read(&mut c) {
+                if r.kind == fcgi::END_REQUEST {
+                    break;
+                }
+            }
+        }
+        Leave::Close => drop(c),
+        Leave::Reset => {
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on a socket this function owns, with a linger struct
+            // of the size passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&l as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            drop(c);
+        }
+    }
+}
+
+/// A FastCGI POST of `path` announcing 1000 bytes, of which 100 come; the client
+/// leaves `how` once the app has taken them.
+fn upload_and_leave(port: u16, dir: &Path, path: &str, how: Leave) {
+    let name = format!("{}-{how:?}", path.trim_start_matches('/'));
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("SCRIPT_NAME", path),
+        ("REQUEST_URI", path),
+        ("QUERY_STRING", &name),
+        ("CONTENT_LENGTH", "1000"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+    ];
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = fcgi::head(1, true, &vars);
+    req.extend(fcgi::record(fcgi::STDIN, 1, &[b'a'; 100]));
+    c.write_all(&req).unwrap();
+    assert!(
+        wait_file(&dir.join(format!("body-{name}")), 20),
+        "{name}: the app never had the first 100 bytes"
+    );
+    leave(c, how);
+}
+
+/// A streamed response to `req`: the client leaves once its first bytes came.
+fn stream_and_leave(port: u16, req: &[u8]) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(req).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 300 {
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no stream ({other:?}): {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    leave(c, Leave::Close);
+}
+
+// regression: hostile4 MEDIUM: an ASGI app that returned on the http.disconnect of an
+// upload the client left (FastCGI abort, close or reset) was logged at ERROR 'returned
+// without sending http.response.start; answered 500', its access line status=500,
+// counted as a 5xx and as app_errors_total{kind="asgi_contract"}; one that raised
+// because of the disconnect (Starlette's ClientDisconnect, the OSError of a send
+// after it, an exception raised from that) was counted as kind="exception". As on
+// the WSGI path: one warning, status 0, nothing counted; a bug of the app's own after
+// the disconnect keeps its ERROR and traceback.
+#[test]
+fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
+    let dir = tempdir();
+    let stats_addr = Addr::Tcp(free_port());
+    let fastcgi = free_port();
+    let p = serve(
+        dir.path(),
+        &[
+            "--stats",
+            &stats_addr.arg(),
+            "--fastcgi",
+            &format!("127.0.0.1:{fastcgi}"),
+        ],
+    );
+    assert!(wait_serving(&p), "{}", p.logs());
+    let Addr::Tcp(uwsgi) = p.addr else {
+        unreachable!()
+    };
+    for how in [Leave::Abort, Leave::Close, Leave::Reset] {
+        upload_and_leave(fastcgi, dir.path(), "/upload", how);
+    }
+    upload_and_leave(fastcgi, dir.path(), "/upload-raise", Leave::Abort);
+    upload_and_leave(fastcgi, dir.path(), "/upload-raise", Leave::Close);
+    upload_and_leave(fastcgi, dir.path(), "/upload-bug", Leave::Close);
+    for query in ["", "wrap"] {
+        let target = if query.is_empty() {
+            "/stream".to_owned()
+        } else {
+            format!("/stream?{query}")
+        };
+        stream_and_leave(fastcgi, &fcgi::get(1, false, &target));
+        let pkt = uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/stream"),
+            ("QUERY_STRING", query),
+            ("REQUEST_URI", "/stream"),
+            ("SERVER_NAME", "test"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ]);
+        stream_and_leave(uwsgi, &pkt);
+    }
+    let access = |logs: &str, path: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| {
+                l.contains("postern::access")
+                    && (l.contains(&format!(" path={path} "))
+                        || l.contains(&format!(" path={path}?")))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        wait_until(20, || {
+            let logs = p.logs();
+            ["/upload", "/upload-raise", "/upload-bug", "/stream"]
+                .map(|path| access(&logs, path).len())
+                == [3, 2, 1, 4]
+        }),
+        "not every request ended:\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    for path in ["/upload", "/upload-raise", "/upload-bug"] {
+        for l in access(&logs, path) {
+            assert!(
+                l.contains(" status=0 ") && l.contains("client went away"),
+                "{l}\n---- log ----\n{logs}"
+            );
+        }
+    }
+    for l in access(&logs, "/stream") {
+        assert!(l.contains("client went away"), "{l}\n---- log ----\n{logs}");
+    }
+    assert_eq!(
+        logs.matches("could not read the request body: the front server aborted the request or closed the connection").count(),
+        6,
+        "{logs}"
+    );
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "{logs}");
+    assert!(
+        errors[0].contains("path=/upload-bug")
+            && errors[0].contains("the app raised an exception after the client went away")
+            && logs.contains("ValueError: a bug of the app's own, after the disconnect"),
+        "{logs}"
+    );
+    let m = stats(&stats_addr, "/metrics").text();
+    let counted: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            (l.starts_with("postern_app_errors_total") || l.contains("status=\"5xx\""))
+                && !l.ends_with(" 0")
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        ["postern_app_errors_total{kind=\"exception\"} 1"],
+        "only the app's own bug counts\n{m}"
     );
 }
 

@@ -593,6 +593,36 @@ fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bo
     Ok(d)
 }
 
+/// Whether `e`, or an exception it was raised from or while handling (its cause or
+/// context, through exception groups), is one a client going away makes an app
+/// raise: the `OSError` of a `send()` after the disconnect ([`ClientDisconnected`]),
+/// or a `ClientDisconnect` (Starlette's and FastAPI's, raised when `receive()`
+/// returned `http.disconnect` during the body).
+fn raised_by_disconnect(py: Python<'_>, e: &PyErr) -> bool {
+    fn walk(x: &Bound<'_, PyAny>, depth: usize) -> bool {
+        if depth == 0 {
+            return false;
+        }
+        if x.is_instance_of::<ClientDisconnected>()
+            || x.get_type().name().is_ok_and(|n| n == "ClientDisconnect")
+        {
+            return true;
+        }
+        if x.is_instance_of::<pyo3::exceptions::PyBaseExceptionGroup>() {
+            if let Ok(all) = x.getattr("exceptions").and_then(|v| v.try_iter()) {
+                let all: Vec<_> = all.flatten().collect();
+                return !all.is_empty() && all.iter().all(|m| walk(m, depth - 1));
+            }
+        }
+        ["__cause__", "__context__"]
+            .into_iter()
+            .filter_map(|a| x.getattr(a).ok())
+            .find(|c| !c.is_none())
+            .is_some_and(|c| walk(&c, depth - 1))
+    }
+    walk(e.value(py).as_any(), 8)
+}
+
 fn gone_error() -> PyErr {
     ClientDisconnected::new_err("the front server closed the connection (the client went away)")
 }
@@ -1407,6 +1437,12 @@ impl Exchange {
         } else {
             py.detach(|| sink.finish(end))
         };
+        // A client gone before anything went out had no status (a start held, or the
+        // 500 an app's error handler sent after the disconnect): 0, as on the WSGI path.
+        let end = match end {
+            End::ClientGone(_) if sent.bytes == 0 => End::ClientGone(0),
+            e => e,
+        };
         me.finish_log(end, sent);
         if me.disconnect_due() {
             me.wake_waiters(py);
@@ -1489,20 +1525,34 @@ impl Exchange {
         let py = slf.py();
         let span = slf.borrow().span.clone();
         let _entered = span.enter();
-        {
+        let (started_sending, served, gone, complete) = {
             let mut me = slf.borrow_mut();
             me.task_over = true;
-            if failure.is_some() {
-                me.app_error = Some(AppError::Exception);
-            }
-        }
-        let (started_sending, served, gone, complete) = {
-            let me = slf.borrow();
             (me.head_sent, me.served.is_some(), me.gone, me.complete)
         };
+        // What the app raised because the client went away (an OSError of a send,
+        // Starlette's ClientDisconnect after receive() said http.disconnect) is not its
+        // failure, as on the WSGI path; anything else it raised is.
+        let from_disconnect = gone
+            && failure
+                .as_ref()
+                .is_some_and(|e| raised_by_disconnect(py, e));
+        if failure.is_some() && !from_disconnect {
+            slf.borrow_mut().app_error = Some(AppError::Exception);
+        }
         match failure {
-            _ if gone => {
+            None if gone => {
                 tracing::debug!("the request ended after the client went away");
+                Self::settle(slf, None)?;
+            }
+            Some(_) if from_disconnect => {
+                tracing::debug!("the app stopped: the client went away");
+                Self::settle(slf, None)?;
+            }
+            Some(e) if gone => {
+                // A bug of the app's own, though nobody is left to answer: its
+                // traceback is kept (as on the WSGI path).
+                tracing::error!(traceback = %traceback(py, &e), "the app raised an exception after the client went away; nothing answered");
                 Self::settle(slf, None)?;
             }
             Some(e) if e.is_instance_of::<ClientDisconnected>(py) => {
@@ -2721,7 +2771,15 @@ impl Exchange {
     fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let failure = raised.map(|e| {
             if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>() {
-                pyo3::exceptions::PyException::new_err("the request's task was cancelled")
+                // A task cancelled after the client went away is no bug of the app's
+                // (a framework may cancel its handler when it hears http.disconnect).
+                let gone = slf.borrow().gone;
+                let err =
+                    pyo3::exceptions::PyException::new_err("the request's task was cancelled");
+                if gone {
+                    err.set_cause(slf.py(), Some(gone_error()));
+                }
+                err
             } else {
                 PyErr::from_value(e)
             }
@@ -2776,9 +2834,20 @@ impl Exchange {
             Some(Err(_)) if !got.is_empty() => false,
             Some(Err(e)) => {
                 self.body_done(py);
-                let _e = self.span.enter();
-                tracing::debug!(error = %e, "reading the request body failed");
                 let too_large = e.kind() == crate::wsgi::BODY_TOO_LARGE;
+                if e.kind() == crate::wsgi::input::BODY_GONE {
+                    // The client is gone: what the app does next (returns, raises
+                    // because of it) is not its failure, and nothing is answered, as
+                    // on the WSGI path.
+                    {
+                        let _e = self.span.enter();
+                        tracing::warn!(error = %e, "could not read the request body: the front server aborted the request or closed the connection; receive() returns http.disconnect, nothing is answered");
+                    }
+                    self.set_gone(py);
+                } else {
+                    let _e = self.span.enter();
+                    tracing::debug!(error = %e, "reading the request body failed");
+                }
                 return Ok(Some((disconnect_message(py)?, too_large)));
             }
             None => false,
