@@ -102,8 +102,20 @@ extern "C" fn on_signal(signal: libc::c_int) {
         libc::SIGINT => &INTS,
         libc::SIGHUP => &HUPS,
         libc::SIGQUIT => {
-            QUITS.fetch_add(1, Ordering::SeqCst);
+            let n = QUITS.fetch_add(1, Ordering::SeqCst) + 1;
             if SINGLE.load(Ordering::SeqCst) {
+                if n >= 2 || !SERVING.load(Ordering::SeqCst) {
+                    // Before the server waits for stops (the app still importing),
+                    // or a second SIGQUIT (the first one's stop held up by the app's
+                    // atexit or teardown): end now, as the master's SIGKILL ends a
+                    // worker. SIGTERM's default action, not SIGQUIT's: no core file.
+                    // SAFETY: signal and raise are async-signal-safe.
+                    unsafe {
+                        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                        libc::raise(libc::SIGTERM);
+                    }
+                    return;
+                }
                 wake();
             }
             return;

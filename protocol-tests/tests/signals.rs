@@ -3,6 +3,7 @@
 //! hangs). The master still gets them out at a reload, a scale-down and a stop, and
 //! they still go when the master dies without stopping them (SIGKILL), in any state.
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
@@ -900,6 +901,48 @@ fn sigquit_stops_a_single_process_at_once() {
     p.signal(libc::SIGQUIT);
     let status = p.wait_exit(10).expect("it exits");
     assert_eq!(status.code(), Some(0), "idle: {status}\n{}", p.logs());
+}
+
+// regression: 53294a7 made a single process catch SIGQUIT and stop once serving, so a
+// SIGQUIT while the app imported (a hung database connect at import, say) waited for
+// the import to end, however many were sent (review-sm): before the server waits for
+// stops, SIGQUIT ends the process there and then (SIGTERM's default action: no core).
+#[test]
+fn sigquit_while_the_app_imports_ends_a_single_process_at_once() {
+    let dir = tempdir();
+    let mark = dir.path().join("importing");
+    let app = dir.path().join("slow_import.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import time\nopen({:?}, 'w').close()\ntime.sleep(30)\ndef application(e, r):\n    r('200 OK', [])\n    return [b'']\n",
+            mark.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(20, || mark.exists()), "the import never began");
+    let t = Instant::now();
+    // SAFETY: a signal to the postern started here.
+    unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still importing 10 s after SIGQUIT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 // The master's children leave SIGQUIT to it (a terminal's Ctrl-\ reaches the whole
