@@ -239,6 +239,44 @@ fn a_reload_with_broken_code_keeps_the_old_workers() {
     }
 }
 
+// regression: after a failed reload (broken code on disk) the old workers served, but
+// the first of them to exit was replaced by workers that failed to import, and the 10th
+// failure in a row stopped the master with every healthy worker (exit 1). While others
+// serve, failing replacements are now retried (backoff capped at 12.8 s). Takes ~65 s:
+// the 10th failure comes that late.
+#[test]
+fn broken_code_on_disk_never_stops_the_workers_that_serve() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reload failed", 20), "{}", p.logs());
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let pid: i32 = body.strip_prefix("v0 ").unwrap().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !p.logs().contains("failures=10") {
+        assert!(
+            !gone(p.pid()) && Instant::now() < deadline,
+            "the master stopped (or no 10th failure):\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!p.logs().contains("keep dying"), "{}", p.logs());
+    for _ in 0..3 {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        assert!(body.starts_with(b"v0 "), "{}", p.logs());
+    }
+}
+
 // regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
 // so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
 // (sd_notify(3): READY=1 once the reload is over, a failed one too).

@@ -838,6 +838,7 @@ impl Master {
                     announced: self.announced,
                     boot_failures: self.boot_failures,
                     previous_serves: self.reloading(),
+                    others_serve: self.workers.iter().any(|o| o.phase == Phase::Serving),
                 },
             );
             let late = w.late && status.terminating_signal() == Some(libc::SIGKILL);
@@ -918,6 +919,22 @@ impl Master {
                     // A clean exit nobody asked for: a SIGTERM (or SIGINT with the app's
                     // own handler) sent to the worker from outside the master.
                     tracing::warn!(pid, %how, "worker stopped without the master asking (a signal sent to it directly?); replacing it");
+                }
+                Verdict::Replace if j.cause == Cause::BootFailure => {
+                    let wait = phase::respawn_at(self.boot_failures, w.started)
+                        .saturating_duration_since(Instant::now());
+                    let serving = self
+                        .workers
+                        .iter()
+                        .filter(|o| o.phase == Phase::Serving)
+                        .count();
+                    tracing::error!(
+                        pid,
+                        %how,
+                        failures = self.boot_failures,
+                        serving,
+                        "worker failed to start (the app's error is logged above: code on disk that does not import?); trying again in {wait:?}"
+                    );
                 }
                 Verdict::Replace => {
                     tracing::error!(pid, %how, "worker died unexpectedly; replacing it");

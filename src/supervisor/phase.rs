@@ -103,6 +103,8 @@ pub struct Fleet {
     pub boot_failures: u32,
     /// A worker of an older generation is still active (a reload is under way).
     pub previous_serves: bool,
+    /// Another worker serves: the app did start, and users are still answered.
+    pub others_serve: bool,
 }
 
 /// What the master does about an exit.
@@ -120,7 +122,7 @@ pub enum Verdict {
     Rollback,
     /// The first workers do not start: stop everything.
     BootFailed,
-    /// Workers keep dying before they are ready: stop.
+    /// Workers keep dying before they are ready and none serves: stop.
     CrashLoop,
 }
 
@@ -183,7 +185,11 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
         Verdict::Superseded
     } else if fleet.generation > 0 && fleet.previous_serves {
         Verdict::Rollback
-    } else if boot_failures >= CRASH_LOOP {
+    } else if boot_failures >= CRASH_LOOP && !fleet.others_serve {
+        // While others serve, a replacement that cannot start (broken code on disk
+        // after a failed reload) is retried with the capped backoff, never a reason to
+        // stop the workers that serve.
+        // regression: the 10th failure stopped everything, healthy workers included.
         Verdict::CrashLoop
     } else {
         Verdict::Replace
@@ -213,6 +219,7 @@ mod tests {
             announced: true,
             boot_failures: 0,
             previous_serves: false,
+            others_serve: false,
         }
     }
 
@@ -336,6 +343,20 @@ mod tests {
         let j = judge_exit(departed(0, Phase::Booting), f);
         assert_eq!(j.verdict, Verdict::CrashLoop);
         assert_eq!(j.boot_failures, CRASH_LOOP);
+    }
+
+    #[test]
+    fn replacements_failing_to_boot_while_others_serve_are_retried_for_ever() {
+        let mut f = Fleet {
+            others_serve: true,
+            ..fleet(1)
+        };
+        for n in 1..3 * CRASH_LOOP {
+            let j = judge_exit(departed(1, Phase::Booting), f);
+            assert_eq!(j.verdict, Verdict::Replace, "failure {n}");
+            assert_eq!(j.pending, Some(Cause::BootFailure));
+            f.boot_failures = j.boot_failures;
+        }
     }
 
     #[test]
