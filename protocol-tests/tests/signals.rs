@@ -1046,3 +1046,38 @@ fn a_worker_whose_app_took_sigurg_leaves_when_the_master_is_killed() {
     kill_master(&mut p, &[worker], 10);
     assert!(p.logs().contains("cause=\"master gone\""), "{}", p.logs());
 }
+
+// regression: a SIGTERM that had to SIGKILL a worker still starting (a reload whose
+// import hangs) exited 0; the README's signal table says 1 when the stop had to kill a
+// worker.
+#[test]
+fn a_stop_that_kills_a_worker_stuck_in_its_import_exits_1() {
+    let dir = tempdir();
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'v1']\n",
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "1",
+            "--lifespan-timeout",
+            "1",
+        ])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::write(&app, "import time\ntime.sleep(100000)\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reloading", 10), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGTERM);
+    let status = p
+        .wait_exit(30)
+        .unwrap_or_else(|| panic!("no exit: {}", p.logs()));
+    assert_eq!(status.code(), Some(1), "{}", p.logs());
+    assert!(p.logs().contains("stopped uncleanly"), "{}", p.logs());
+}

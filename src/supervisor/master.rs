@@ -864,13 +864,16 @@ impl Master {
             // the master's SIGKILL reached it (two quick stop signals, idle) was not
             // killed. SIGQUIT's kills were asked for: only their requests count.
             // One killed past its leave deadline before the stop began was the leave's.
+            // One still starting that the stop had to kill (an import that hangs) makes
+            // the stop unclean too, as the README's signal table says.
+            // regression: that stop exited 0.
+            let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
             if self.board.is_stopping()
-                && w.served
+                && (w.served || by_master)
                 && !w.before_stop
                 && status.exit_status().is_none_or(|c| c != 0)
             {
                 self.unclean.requests += was_running;
-                let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
                 if !by_master {
                     self.unclean.failed += 1;
                 } else if !self.quitting {
