@@ -56,6 +56,8 @@ async def app(scope, receive, send):
             if m["type"] == "http.disconnect":
                 if path == "/upload-raise":
                     raise ClientDisconnect()
+                if path == "/upload-connerr":
+                    raise ConnectionError("the client went away during the body")
                 if path == "/upload-bug":
                     raise ValueError("a bug of the app's own, after the disconnect")
                 return
@@ -379,8 +381,9 @@ fn stream_and_leave(port: u16, req: &[u8]) {
 // upload the client left (FastCGI abort, close or reset) was logged at ERROR 'returned
 // without sending http.response.start; answered 500', its access line status=500,
 // counted as a 5xx and as app_errors_total{kind="asgi_contract"}; one that raised
-// because of the disconnect (Starlette's ClientDisconnect, the OSError of a send
-// after it, an exception raised from that) was counted as kind="exception". As on
+// because of the disconnect (Starlette's ClientDisconnect, a ConnectionError, the
+// OSError of a send after it, an exception raised from that) was counted as
+// kind="exception". As on
 // the WSGI path: one warning, status 0, nothing counted; a bug of the app's own after
 // the disconnect keeps its ERROR and traceback.
 #[test]
@@ -406,6 +409,7 @@ fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
     }
     upload_and_leave(fastcgi, dir.path(), "/upload-raise", Leave::Abort);
     upload_and_leave(fastcgi, dir.path(), "/upload-raise", Leave::Close);
+    upload_and_leave(fastcgi, dir.path(), "/upload-connerr", Leave::Reset);
     upload_and_leave(fastcgi, dir.path(), "/upload-bug", Leave::Close);
     for query in ["", "wrap"] {
         let target = if query.is_empty() {
@@ -438,15 +442,21 @@ fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
     assert!(
         wait_until(20, || {
             let logs = p.logs();
-            ["/upload", "/upload-raise", "/upload-bug", "/stream"]
-                .map(|path| access(&logs, path).len())
-                == [3, 2, 1, 4]
+            [
+                "/upload",
+                "/upload-raise",
+                "/upload-connerr",
+                "/upload-bug",
+                "/stream",
+            ]
+            .map(|path| access(&logs, path).len())
+                == [3, 2, 1, 1, 4]
         }),
         "not every request ended:\n{}",
         p.logs()
     );
     let logs = p.logs();
-    for path in ["/upload", "/upload-raise", "/upload-bug"] {
+    for path in ["/upload", "/upload-raise", "/upload-connerr", "/upload-bug"] {
         for l in access(&logs, path) {
             assert!(
                 l.contains(" status=0 ") && l.contains("client went away"),
@@ -459,7 +469,7 @@ fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
     }
     assert_eq!(
         logs.matches("could not read the request body: the front server aborted the request or closed the connection").count(),
-        6,
+        7,
         "{logs}"
     );
     let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();

@@ -595,16 +595,20 @@ fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bo
 
 /// Whether `e`, or an exception it was raised from or while handling (its cause or
 /// context, through exception groups), is one a client going away makes an app
-/// raise: the `OSError` of a `send()` after the disconnect ([`ClientDisconnected`]),
-/// or a `ClientDisconnect` (Starlette's and FastAPI's, raised when `receive()`
-/// returned `http.disconnect` during the body).
+/// raise: the `OSError` of a `send()` after the disconnect ([`ClientDisconnected`]), a
+/// `ConnectionError`, or an exception whose class is named for the disconnect
+/// (Starlette's and FastAPI's `ClientDisconnect`, raised when `receive()` returned
+/// `http.disconnect` during the body).
 fn raised_by_disconnect(py: Python<'_>, e: &PyErr) -> bool {
     fn walk(x: &Bound<'_, PyAny>, depth: usize) -> bool {
         if depth == 0 {
             return false;
         }
         if x.is_instance_of::<ClientDisconnected>()
-            || x.get_type().name().is_ok_and(|n| n == "ClientDisconnect")
+            || x.is_instance_of::<pyo3::exceptions::PyConnectionError>()
+            || x.get_type()
+                .name()
+                .is_ok_and(|n| n.to_string_lossy().contains("Disconnect"))
         {
             return true;
         }
