@@ -1244,7 +1244,7 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
             Failure::Raised(e) => e.to_string(),
             Failure::Mistake(m) => m.clone(),
         };
-        tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; nothing answered");
+        tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
         return Outcome {
             status: r.code,
             complete: false,
