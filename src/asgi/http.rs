@@ -1759,9 +1759,9 @@ enum Job {
     },
     /// The rest of the head, then the file from its start.
     SendFile(Vec<u8>, std::fs::File, u64),
-    /// The rest of the head, then the file read to its end, or to the length given
-    /// ([`super::io::send_stream`]).
-    SendStream(Vec<u8>, std::fs::File, Option<u64>),
+    /// The rest of the head and the file's first block, then the file read on from
+    /// there to its end, or to the length given ([`super::io::send_stream`]).
+    SendStream(Vec<u8>, std::fs::File, u64, Option<u64>),
     Flush,
 }
 
@@ -1860,9 +1860,9 @@ fn run_job(sink: &mut dyn Sink, job: &Job) -> std::io::Result<()> {
         Job::SendFile(head, f, len) => sink
             .write_all(head)
             .and_then(|()| send_file_counted(sink, f, *len)),
-        Job::SendStream(head, f, limit) => sink
+        Job::SendStream(head, f, read, limit) => sink
             .write_all(head)
-            .and_then(|()| super::io::send_stream(sink, f, *limit)),
+            .and_then(|()| super::io::send_stream(sink, f, *read, *limit)),
         Job::Flush => sink.flush(),
         // Read with the GIL held first ([`SinkJob::__call__`]).
         Job::WriteObject { .. } => Err(std::io::Error::other(
@@ -2345,13 +2345,35 @@ impl Exchange {
                         path.display()
                     )));
                 }
-                rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty()).map_err(|e| named(e.into()))?;
                 let len = meta.len();
                 // A size of 0 may be a file whose content is made when read (/proc,
-                // /sys, some FUSE files): it is read to its end, with no Content-Length
+                // some FUSE files): it is read to its end, with no Content-Length
                 // (but the app's own, which then bounds it), as the WSGI file_wrapper
                 // iterates it. An empty file is sent as empty, with no Content-Length.
+                // It stays O_NONBLOCK (its reads run on the loop or the io thread: one
+                // that would block, a drained /proc/kmsg, fails instead), and its first
+                // block is read now, so that a file that cannot be read at all raises
+                // OSError while the app can still answer.
                 let sized = len > 0;
+                let first = if sized {
+                    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+                        .map_err(|e| named(e.into()))?;
+                    None
+                } else if !me.head_only() && me.content_length != Some(0) {
+                    match super::io::read_block(&file, 0, me.content_length) {
+                        Ok(block) => Some(block.unwrap_or_default()),
+                        Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<super::io::FileReadFailed>()) {
+                            Some(f) => {
+                                return Err(named(std::io::Error::new(f.error.kind(), f.error.to_string())));
+                            }
+                            // Empty before the app's Content-Length: cut off as a file
+                            // that shrank, when the stream finds it so again.
+                            None => Some(Vec::new()),
+                        },
+                    }
+                } else {
+                    None
+                };
                 let head = me.head_bytes(sized.then_some(len as usize), 0);
                 me.head_sent = true;
                 let send_body = !me.head_only();
@@ -2375,10 +2397,13 @@ impl Exchange {
                 if me.loop_w.is_some() {
                     let start = me.out.pushed();
                     me.out.push_vec(head);
-                    if sized {
-                        me.out.push_file(file, body_len);
-                    } else {
-                        me.out.push_stream(file, limit);
+                    match first {
+                        None => me.out.push_file(file, body_len),
+                        Some(block) => {
+                            let read = block.len() as u64;
+                            me.out.push_vec(block);
+                            me.out.push_stream(file, read, limit);
+                        }
                     }
                     me.complete = true;
                     drop(me);
@@ -2396,8 +2421,11 @@ impl Exchange {
                 };
                 me.complete = true;
                 drop(me);
-                if !sized {
-                    return Self::job(slf, Job::SendStream(head[n..].to_vec(), file, limit), None);
+                if let Some(block) = first {
+                    let read = block.len() as u64;
+                    let mut rest = head[n..].to_vec();
+                    rest.extend_from_slice(&block);
+                    return Self::job(slf, Job::SendStream(rest, file, read, limit), None);
                 }
                 Self::job(slf, Job::SendFile(head[n..].to_vec(), file, body_len), None)
             }

@@ -101,6 +101,39 @@ impl std::fmt::Display for FileShrank {
 
 impl std::error::Error for FileShrank {}
 
+/// A read of a `http.response.pathsend` file sent to its end ([`Piece::Stream`])
+/// failed: an error of the file's (`/proc/self/mem`'s EIO), or it would block (a
+/// `/proc/kmsg` drained: such files are read with `O_NONBLOCK`, as the loop thread
+/// must never wait on one). The server's fault, as [`FileShrank`] is: the response is
+/// cut off.
+#[derive(Debug)]
+pub struct FileReadFailed {
+    pub path: std::path::PathBuf,
+    /// Bytes of the file read before the failed read.
+    pub read: u64,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for FileReadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reading {} failed at byte {}: {}",
+            self.path.display(),
+            self.read,
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for FileReadFailed {}
+
+/// The path of an open file as the kernel knows it (only on a rare failure).
+fn path_of(file: &std::fs::File) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .unwrap_or_else(|_| "(the file)".into())
+}
+
 /// `e`, from sending the first `expected` bytes of `file` (`sent` of them gone, if
 /// known), as a [`FileShrank`] when the file ended early (the sinks' `UnexpectedEof`;
 /// a socket's failures are other kinds).
@@ -113,9 +146,7 @@ pub fn file_error(
     if e.kind() != io::ErrorKind::UnexpectedEof {
         return e;
     }
-    // The path as the kernel knows the open file (only now, on this rare failure).
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .unwrap_or_else(|_| "(the file)".into());
+    let path = path_of(file);
     let now = file.metadata().map_or(0, |m| m.len());
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
@@ -129,10 +160,19 @@ pub fn file_error(
 }
 
 /// Logs why writing a response failed (called in the request's span). True when the
-/// fault is the server's (a pathsend file that shrank: warned, and the response is
-/// to be cut off as incomplete), false when the front server went away (debug: an
-/// ordinary client abort).
+/// fault is the server's (a pathsend file that shrank or could not be read: warned,
+/// and the response is to be cut off as incomplete), false when the front server went
+/// away (debug: an ordinary client abort).
 pub fn write_failed(e: &io::Error) -> bool {
+    if let Some(f) = e.get_ref().and_then(|i| i.downcast_ref::<FileReadFailed>()) {
+        tracing::warn!(
+            path = %f.path.display(),
+            read = f.read,
+            error = %f.error,
+            "http.response.pathsend: reading the file failed; the response is cut off"
+        );
+        return true;
+    }
     match e.get_ref().and_then(|i| i.downcast_ref::<FileShrank>()) {
         Some(f) => {
             tracing::warn!(
@@ -171,8 +211,8 @@ pub const STREAM_BLOCK: usize = 64 * 1024;
 
 /// Reads the next block of a file sent to its end: `Ok(None)` at its end, or `Err`
 /// (a [`FileShrank`]) when it ended before `limit`, what the app's Content-Length
-/// announced.
-fn read_block(f: &std::fs::File, read: u64, limit: Option<u64>) -> io::Result<Option<Vec<u8>>> {
+/// announced, or (a [`FileReadFailed`]) when the read failed or would block.
+pub fn read_block(f: &std::fs::File, read: u64, limit: Option<u64>) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     let want = limit.map_or(STREAM_BLOCK, |l| {
         usize::try_from(l.saturating_sub(read)).map_or(STREAM_BLOCK, |n| n.min(STREAM_BLOCK))
@@ -184,7 +224,11 @@ fn read_block(f: &std::fs::File, read: u64, limit: Option<u64>) -> io::Result<Op
     let n = loop {
         match (&mut &*f).read(&mut buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => break r?,
+            Err(error) => {
+                let path = path_of(f);
+                return Err(io::Error::other(FileReadFailed { path, read, error }));
+            }
+            Ok(n) => break n,
         }
     };
     if n == 0 {
@@ -205,10 +249,14 @@ fn read_block(f: &std::fs::File, read: u64, limit: Option<u64>) -> io::Result<Op
     Ok(Some(buf))
 }
 
-/// Sends `f` from its start to its end, or its first `limit` bytes, a block at a time
-/// (the executor's write of a [`Piece::Stream`] file).
-pub fn send_stream(sink: &mut dyn Sink, f: &std::fs::File, limit: Option<u64>) -> io::Result<()> {
-    let mut read = 0;
+/// Sends `f` from byte `read` to its end, or to byte `limit`, a block at a time (the
+/// executor's write of a [`Piece::Stream`] file).
+pub fn send_stream(
+    sink: &mut dyn Sink,
+    f: &std::fs::File,
+    mut read: u64,
+    limit: Option<u64>,
+) -> io::Result<()> {
     while let Some(block) = read_block(f, read, limit)? {
         sink.write_all(&block)?;
         read += block.len() as u64;
@@ -364,12 +412,13 @@ impl Out {
         }
     }
 
-    /// A file whose length is not known (its size reads 0: `/proc`, `/sys`, some FUSE
+    /// A file whose length is not known (its size reads 0: `/proc` and some FUSE
     /// files make their content when read), read to its end, or to `limit` bytes, a
     /// block at a time as the socket takes it, on the loop thread (those reads take no
-    /// disk).
-    pub fn push_stream(&mut self, f: std::fs::File, limit: Option<u64>) {
-        self.pieces.push_back(Piece::Stream(f, 0, limit));
+    /// disk; the file is `O_NONBLOCK`: one that would block fails the response), from
+    /// byte `read` (the first block went with the head).
+    pub fn push_stream(&mut self, f: std::fs::File, read: u64, limit: Option<u64>) {
+        self.pieces.push_back(Piece::Stream(f, read, limit));
     }
 
     /// Drops what waits (the response is cut).
