@@ -1021,23 +1021,29 @@ impl Acceptor {
             // Reclaims the whole buffer once the last request split from it has ended
             // (nothing to move: it is empty); a new one only while that one runs on.
             s.reserve(PLAIN_READ);
+            let offered = s.spare_capacity_mut().len();
             match rustix::net::recv(sock.as_fd(), s.spare_capacity_mut(), RecvFlags::empty()) {
                 Ok(((init, _), _)) => {
                     let n = init.len();
                     // SAFETY: recv initialised the first `n` spare bytes.
                     unsafe { s.set_len(n) };
-                    Ok(s.split())
+                    Ok((s.split(), n == offered))
                 }
                 Err(e) => Err(e),
             }
         });
+        // The first read filled all the room it offered: more may be waiting.
+        let mut filled = false;
         let mut buf = match first {
-            Ok(b) if b.is_empty() => {
+            Ok((b, _)) if b.is_empty() => {
                 tracing::debug!(%peer, "connection closed before sending a request");
                 permit.cancel();
                 return None;
             }
-            Ok(b) => b,
+            Ok((b, full)) => {
+                filled = full;
+                b
+            }
             Err(e @ (Errno::AGAIN | Errno::INTR)) => {
                 tracing::trace!(%peer, error = %e, "nothing to read yet");
                 // No request to come yet (the slow lane counts it once it has one).
@@ -1079,7 +1085,8 @@ impl Acceptor {
                     let framed = connection::unframed_body(&head).is_none();
                     let in_memory = fits && framed && len <= self.limits.spool_threshold;
                     let mut whole = in_memory && (len as usize) <= buf.len();
-                    if in_memory && !whole {
+                    let read_more = in_memory && !whole;
+                    if read_more {
                         // A body simply larger than one read (an upload nginx has
                         // buffered) is read here, not handed to the slow lane and back.
                         let arrival = self.arrival(first);
@@ -1095,10 +1102,24 @@ impl Acceptor {
                         };
                         let (span, request_id) = request_span(&head, &peer);
                         // Bytes past the body (in the first read, or the byte past it
-                        // that the last read asks for: `PAST_BODY`).
-                        let linger = (!buf.is_empty()).then(|| {
+                        // that the last read asks for: `PAST_BODY`). A first read that
+                        // filled its room and ended exactly with the body asked for
+                        // nothing past it: one look without waiting (rare: costs the
+                        // usual request nothing).
+                        let mut past = buf.len();
+                        if past == 0 && filled && !read_more {
+                            let mut one = [0u8; 1];
+                            if let Ok((n, _)) = rustix::net::recv(
+                                sock.as_fd(),
+                                &mut one[..],
+                                RecvFlags::PEEK | RecvFlags::DONTWAIT,
+                            ) {
+                                past = n;
+                            }
+                        }
+                        let linger = (past > 0).then(|| {
                             span.in_scope(|| {
-                                connection::Linger::past_the_body(&self.slow, l.tcp, buf.len())
+                                connection::Linger::past_the_body(&self.slow, l.tcp, past)
                             })
                         });
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)
