@@ -1053,6 +1053,14 @@ impl Config {
             .transpose()?;
         // Zero means "off" for the recycling limits, as in uWSGI.
         let max_requests = o.max_requests.filter(|&n| n > 0);
+        // A worker counts its requests in 32-bit halves of one atomic word (begun and
+        // ended, so that its room check and its claim are one step).
+        if max_requests.is_some_and(|n| n > u64::from(u32::MAX) / 2) {
+            return Err(invalid(
+                "max-requests",
+                format!("must be at most {} (or 0: off)", u32::MAX / 2),
+            ));
+        }
         let max_rss = o.max_rss.filter(|&n| n > 0);
         let supervised = o.workers > 1
             || o.master
@@ -1416,5 +1424,14 @@ mod tests {
         let c = resolve(&["app", "--max-requests", "0"]).unwrap();
         assert_eq!(c.opts.max_requests, None);
         assert!(!c.supervised);
+    }
+
+    // regression (review-sm): a --max-requests past 2^32 outgrew the 32-bit halves a
+    // worker counts its requests in, and the exact limit silently stopped holding.
+    #[test]
+    fn max_requests_fits_the_worker_count() {
+        assert!(resolve(&["app", "--max-requests", "2147483647"]).is_ok());
+        let e = resolve(&["app", "--max-requests", "5000000000"]).unwrap_err();
+        assert!(e.to_string().contains("must be at most 2147483647"), "{e}");
     }
 }
