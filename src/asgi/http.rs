@@ -2586,7 +2586,11 @@ impl Exchange {
         }
         {
             let mut me = slf.borrow_mut();
-            if std::mem::take(&mut me.closed_in_job) && ok && !me.complete && !me.gone {
+            // The response ended with this write only if it was complete and nothing
+            // waits behind it: a last body queued behind it (`complete` already set)
+            // means the close came before the response was whole.
+            let ended = me.complete && me.queued.is_none();
+            if std::mem::take(&mut me.closed_in_job) && ok && !ended && !me.gone {
                 let _e = me.span.enter();
                 tracing::debug!("the front server closed the connection (client gone)");
                 drop(_e);
