@@ -466,8 +466,34 @@ fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
         p.logs()
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // A read that fails at once (EIO at offset 0): told the same way.
+    let r = get(&p, "/pathsend", "/proc/self/mem").expect("a response");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "OSError".to_owned()),
+        "{}",
+        p.logs()
+    );
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+    // Over FastCGI (whose stream is read on the io thread) as well.
+    let f = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+        .protocol("fastcgi")
+        .args(["--loop", "asyncio"])
+        .start();
+    let vars = [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", "/pathsend"),
+        ("REQUEST_URI", "/pathsend?/proc/kmsg"),
+        ("QUERY_STRING", "/proc/kmsg"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+    ];
+    let mut s = f.addr.connect().unwrap();
+    s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
+    let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
+    assert_eq!((status, &body[..]), (200, &b"OSError"[..]), "{}", f.logs());
     // One record, then a read that would block mid-stream: the response is cut off
     // (an abort, not a clean end after a body that looks whole), one WARN naming the
     // file; the worker serves on.
