@@ -277,6 +277,38 @@ fn broken_code_on_disk_never_stops_the_workers_that_serve() {
     }
 }
 
+// regression: a reload whose import hung (a connect without a timeout) was never given
+// up nor reported: no log line, systemd left in "reloading". Now one warning at 30 s and
+// the kill at 120 s, a failed reload, the old workers serving on. Takes ~2 minutes.
+#[test]
+fn a_reload_whose_import_hangs_is_warned_about_then_given_up() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::write(&app, "import time\ntime.sleep(100000)\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("worker still starting after 30s", 45),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log("reload failed", 110), "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("still starting after 120s while the others serve; killing it"),
+        "{}",
+        p.logs()
+    );
+    for _ in 0..3 {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        assert!(body.starts_with(b"v0 "), "{}", p.logs());
+    }
+}
+
 // regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
 // so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
 // (sd_notify(3): READY=1 once the reload is over, a failed one too).

@@ -39,6 +39,15 @@ const SPAWN_RETRY_MAX: Duration = Duration::from_secs(5);
 /// before it kills it (its own stop ends at `--graceful-timeout`, then it exits).
 const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 
+/// A worker still starting this long is logged (one warning: its import may hang).
+const BOOT_WARN: Duration = Duration::from_secs(30);
+
+/// A worker still starting this long while others serve (a reload, a replacement) is
+/// killed, and its start counts as failed: the bound `--check` puts on an import. An
+/// import that hangs (a connect without a timeout) would otherwise hold a reload, and
+/// systemd's reload, for ever. The first start is never cut short.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
 /// A running worker as the master tracks it.
 struct Worker {
     pid: Pid,
@@ -71,6 +80,8 @@ struct Worker {
     late: bool,
     /// Killed before a stop began: its exit does not make the stop unclean.
     before_stop: bool,
+    /// Said once that it is still starting after [`BOOT_WARN`].
+    slow_boot_said: bool,
 }
 
 impl Worker {
@@ -452,6 +463,7 @@ impl Master {
             sigkilled: false,
             late: false,
             before_stop: false,
+            slow_boot_said: false,
         });
         Ok(())
     }
@@ -555,7 +567,34 @@ impl Master {
             instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
         };
         due = earliest(due, self.overdue(instant));
+        let others_serve = self.workers.iter().any(|w| w.phase == Phase::Serving);
         for w in self.workers.iter_mut() {
+            if w.phase == Phase::Booting && !w.sigkilled {
+                let booting = w.started.elapsed();
+                if booting >= BOOT_LIMIT && others_serve {
+                    // regression: a reload whose import hung was never given up.
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        "worker still starting after {BOOT_LIMIT:?} while the others serve; killing it (its start counts as failed)"
+                    );
+                    signal(w.pid, Signal::KILL);
+                    w.sigkilled = true;
+                } else if booting >= BOOT_WARN && !w.slow_boot_said {
+                    w.slow_boot_said = true;
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        "worker still starting after {BOOT_WARN:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {BOOT_LIMIT:?}"
+                    );
+                }
+                if !w.sigkilled {
+                    let next = if w.slow_boot_said {
+                        BOOT_LIMIT
+                    } else {
+                        BOOT_WARN
+                    };
+                    due = earliest(due, Some(w.started + next));
+                }
+            }
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
                     w.kill_or_spare(&self.board);
