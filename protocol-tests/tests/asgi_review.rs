@@ -494,6 +494,32 @@ fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
     s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
     let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
     assert_eq!((status, &body[..]), (200, &b"OSError"[..]), "{}", f.logs());
+    // Mid-stream over FastCGI, on the io thread: cut off the same way.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut k| k.write_all(b"postern-test pathsend record\n"))
+        .expect("writing a record to /dev/kmsg");
+    let mut s = f.addr.connect().unwrap();
+    s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
+    let mut out = Vec::new();
+    let end = std::io::Read::read_to_end(&mut *s, &mut out);
+    // No END_REQUEST: an abort, not a whole-looking response.
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?} after {:?}\n{}",
+        String::from_utf8_lossy(&out),
+        f.logs()
+    );
+    assert!(f.wait_log("response incomplete", 10), "{}", f.logs());
+    let logs = f.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("reading the file failed")
+            && l.contains("path=/proc/kmsg")),
+        "{logs}"
+    );
+    assert!(!logs.contains("client went away"), "{logs}");
     // One record, then a read that would block mid-stream: the response is cut off
     // (an abort, not a clean end after a body that looks whole), one WARN naming the
     // file; the worker serves on.
