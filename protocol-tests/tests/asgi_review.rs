@@ -55,6 +55,16 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": type(e).__name__.encode()})
         except ValueError:
             await send({"type": "http.response.body", "body": b"ValueError"})
+    elif path == "/queued-last":
+        # A big body not waited for (its write runs on the executor), then the last
+        # body queued behind it, then a wait for the disconnect.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        BACKGROUND.append(asyncio.ensure_future(send(
+            {"type": "http.response.body", "body": b"x" * (32 << 20), "more_body": True})))
+        await asyncio.sleep(0)
+        BACKGROUND.append(asyncio.ensure_future(send({"type": "http.response.body", "body": b"end"})))
+        await receive()
+        await receive()
     elif path.startswith("/trailers/"):
         # A debug line in the request's span (the dropped trailers), after a pause that
         # keeps the worker at --max-concurrency while others wait.
@@ -563,6 +573,55 @@ fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
     assert!(!logs.contains("client went away"), "{logs}");
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+}
+
+#[test]
+fn a_close_while_a_write_runs_with_the_last_body_queued_is_the_client_gone() {
+    // regression: a close seen while a write that did not end the response ran on the
+    // executor was dropped when the last body was queued behind it (`complete` was
+    // already set): the connection was no longer watched and the response was logged
+    // served.
+    let dir = tempdir();
+    let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+        .protocol("fastcgi")
+        .args(["--loop", "asyncio", "--max-concurrency", "1"])
+        .start();
+    let vars = [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", "/queued-last"),
+        ("REQUEST_URI", "/queued-last"),
+        ("QUERY_STRING", ""),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+    ];
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 1 << 20 {
+        match std::io::Read::read(&mut *s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    // The front server closes (half: this reader reads on) while the 32 MiB write runs
+    // (more than the socket buffers hold).
+    s.shutdown_write();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut *s, &mut rest);
+    assert!(p.wait_log("postern::access", 10), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("postern::access") && l.contains("path=/queued-last"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    // Before: "served", the queued last body written after the close.
+    assert!(
+        line.contains("client went away before the response was complete"),
+        "{line}"
+    );
 }
 
 #[test]
