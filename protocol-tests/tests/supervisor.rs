@@ -309,6 +309,36 @@ fn a_reload_whose_import_hangs_is_warned_about_then_given_up() {
     }
 }
 
+// regression: three log lines that misled. A reload after a failed one logged the
+// failed one's generation number again; --chain-reload said "new workers start, then
+// the old ones drain"; SIGTTOU at one worker was ignored without a word.
+#[test]
+fn reload_and_scale_log_lines_say_what_happens() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--master", "--chain-reload"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    p.signal(libc::SIGTTOU);
+    assert!(p.wait_log("SIGTTOU ignored", 10), "{}", p.logs());
+    std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
+    for n in 1..=2 {
+        p.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while p.logs().matches("reload failed").count() < n {
+            assert!(Instant::now() < deadline, "{}", p.logs());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    let logs = p.logs();
+    let reloads: Vec<&str> = logs.lines().filter(|l| l.contains("reloading")).collect();
+    assert_eq!(reloads.len(), 2, "{logs}");
+    assert!(reloads[0].contains("generation=1"), "{logs}");
+    assert!(reloads[1].contains("generation=2"), "{logs}");
+    assert!(reloads[0].contains("one new worker at a time"), "{logs}");
+}
+
 // regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
 // so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
 // (sd_notify(3): READY=1 once the reload is over, a failed one too).

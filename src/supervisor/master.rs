@@ -177,6 +177,9 @@ struct Master {
     opts: Options,
     target: usize,
     generation: u64,
+    /// The newest generation ever started: a reload after a rolled-back one gets a
+    /// number of its own (the log tells them apart).
+    newest_generation: u64,
     workers: Vec<Worker>,
     /// Workers of the current generation that died before they were ready, in a row.
     boot_failures: u32,
@@ -232,6 +235,7 @@ pub fn run(
         opts: opts.clone(),
         target: opts.workers,
         generation: 0,
+        newest_generation: 0,
         workers: Vec::new(),
         boot_failures: 0,
         failed_start: None,
@@ -303,6 +307,13 @@ pub fn run(
                     m.target -= 1;
                     tracing::info!(workers = m.target, "SIGTTOU: one worker less");
                     m.retire_extra();
+                }
+                libc::SIGTTOU => {
+                    // regression: it was ignored without a word.
+                    tracing::warn!(
+                        workers = m.target,
+                        "SIGTTOU ignored: one worker is the least"
+                    );
                 }
                 libc::SIGUSR1 => {
                     // Workers (and the stats helper) inherit the reopening handler
@@ -757,11 +768,20 @@ impl Master {
                 }
             }
         }
-        self.generation += 1;
-        tracing::info!(
-            generation = self.generation,
-            "reloading: new workers start, then the old ones drain"
-        );
+        // regression: a reload after a failed one took the failed one's number.
+        self.newest_generation += 1;
+        self.generation = self.newest_generation;
+        if self.opts.chain_reload {
+            tracing::info!(
+                generation = self.generation,
+                "reloading (--chain-reload): one new worker at a time, each retiring an old one once it serves"
+            );
+        } else {
+            tracing::info!(
+                generation = self.generation,
+                "reloading: new workers start, then the old ones drain"
+            );
+        }
         if self.opts.app_preloaded {
             tracing::warn!(
                 "reloading with --preload: the new workers are forked from the master, which imported the app at start, so they run that same code; to deploy new code, restart postern (or run without --preload)"
