@@ -454,6 +454,19 @@ impl Spawn {
     }
 }
 
+/// Polls `f` every 25 ms for up to `secs`; true as soon as it holds (one last look
+/// at the deadline).
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
 impl Postern {
     /// Runs `cmd` with stdout and stderr to a new file in `dir`, and waits until `addr`
     /// accepts connections and the log (`log`, or that file when `None`) says `ready`.

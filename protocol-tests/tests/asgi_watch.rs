@@ -8,11 +8,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol_tests::harness::{
-    fcgi, free_port, parse_http, raw, tempdir, uwsgi_packet, wait_file, Addr, Postern, Response,
-    Spawn,
+    fcgi, free_port, parse_http, raw, tempdir, uwsgi_packet, wait_file, wait_until, Addr, Postern,
+    Response, Spawn,
 };
 
 const APP: &str = r#"
@@ -124,17 +124,6 @@ fn sample(text: &str, series: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
 }
 
 /// A worker serves `/hello` (the first one, or a replacement).

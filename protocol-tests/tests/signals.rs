@@ -58,17 +58,6 @@ fn ignores_sigterm(pid: i32) -> bool {
         .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
 /// Waits for `n` workers of `p` (with `ill`: deaf ones are deaf by then); returns
 /// their pids.
 fn workers(p: &Postern, n: usize, ill: Ill) -> Vec<i32> {

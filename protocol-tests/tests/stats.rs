@@ -117,17 +117,6 @@ fn serving_pids(addr: &Addr) -> Vec<i64> {
         .collect()
 }
 
-fn wait_until(secs: u64, f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
-
 /// Sends `sig` to `pid`, a process of the postern a test started.
 fn kill(pid: i64, sig: i32) {
     // SAFETY: kill(2) on a process this test started (or a worker of it).

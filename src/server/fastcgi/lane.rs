@@ -1018,8 +1018,8 @@ fn input_ended(
         }
         match slot.stdin.take() {
             Some(feed) if slot.content_length.is_none_or(|cl| slot.got < cl) => {
-                feed.0.close();
                 slot.flags.abort();
+                feed.0.close();
                 out.cut.push(id);
             }
             Some(feed) => {
