@@ -74,6 +74,10 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     for p in &plan {
         listener::warn_if_reachable(&p.addr);
     }
+    // regression: --check did not print the non-loopback --stats warning a start logs.
+    if let Some(stats) = &config.opts.stats {
+        crate::stats::server::warn_if_public(stats);
+    }
     if config.uid.is_none_or(|u| u == 0) {
         crate::boot::warn_if_root();
     }

@@ -1095,3 +1095,27 @@ fn ping_answers_while_other_connections_hold_the_stats_port() {
     }
     drop(held);
 }
+
+// regression: `--check` with a --stats address off loopback did not print the warning
+// a start logs (the endpoint has no authentication).
+#[test]
+fn check_warns_about_a_stats_address_off_loopback() {
+    let dir = tempdir();
+    let out = Command::new(postern_bin())
+        .current_dir(root())
+        .arg("examples/hello.py")
+        .arg("--check")
+        .args([
+            "--uwsgi",
+            &format!("unix:{}", dir.path().join("app.sock").display()),
+        ])
+        .args(["--stats", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("--stats listens on a non-loopback address"),
+        "{stdout}"
+    );
+}

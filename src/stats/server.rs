@@ -39,19 +39,24 @@ const SPARE_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// No connection lives longer than this (keep-alive included).
 const CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 
-/// Binds the `--stats` address (at start, with the other listeners, so a taken
-/// address stops postern at once). A TCP address off loopback logs a warning: the
-/// endpoint has no authentication and shows request paths.
-/// A `unix:` address gets the listeners' `--socket-mode` and `--socket-owner` (`opts`),
-/// so whoever may reach the app's socket may run `postern status` on it.
-pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, StatsError> {
-    // The listeners' own rule (::ffff:127.0.0.1 is loopback too).
+/// Warns when the `--stats` address is TCP off loopback (the listeners' own rule:
+/// ::ffff:127.0.0.1 is loopback too). A start and `--check` say it alike.
+pub fn warn_if_public(addr: &ListenAddr) {
     if !listener::is_local_only(addr) {
         tracing::warn!(
             stats = %addr,
             "--stats listens on a non-loopback address: anyone who can reach it sees request paths and metrics (there is no authentication); prefer 127.0.0.1:PORT or unix:PATH"
         );
     }
+}
+
+/// Binds the `--stats` address (at start, with the other listeners, so a taken
+/// address stops postern at once). A TCP address off loopback logs a warning: the
+/// endpoint has no authentication and shows request paths.
+/// A `unix:` address gets the listeners' `--socket-mode` and `--socket-owner` (`opts`),
+/// so whoever may reach the app's socket may run `postern status` on it.
+pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, StatsError> {
+    warn_if_public(addr);
     let opts = SocketOptions {
         backlog: 64,
         ..opts.clone()
