@@ -1305,6 +1305,33 @@ fn a_reload_with_preload_keeps_the_code_imported_at_start() {
     assert!(after.starts_with("r1 "), "{after}");
 }
 
+// regression: deleting the --touch-reload file reloaded (uWSGI reloads on nothing then);
+// creating it again does reload.
+#[test]
+fn deleting_the_touch_reload_file_reloads_nothing_creating_it_does() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let touch = dir.path().join("restart.txt");
+    std::fs::write(&touch, "").unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--touch-reload", &touch.to_string_lossy()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::remove_file(&touch).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !p.logs().contains("--touch-reload file changed"),
+        "{}",
+        p.logs()
+    );
+    std::fs::write(&touch, "").unwrap();
+    assert!(
+        p.wait_log("--touch-reload file changed", 10),
+        "{}",
+        p.logs()
+    );
+}
+
 // regression: the --touch-reload inotify descriptor (held outside the master's state)
 // crossed the fork into every worker started after the first ones.
 #[test]

@@ -103,7 +103,10 @@ impl TouchReload {
             return false;
         }
         self.mtime = now;
-        true
+        // A file that went away reloads nothing (as with uWSGI): a clean-up or a
+        // release without the file; creating it again does.
+        // regression: deleting the file reloaded.
+        now.is_some()
     }
 }
 
@@ -352,7 +355,8 @@ mod tests {
         let mut t = TouchReload::new(file.clone());
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::create_dir(&dir).unwrap();
-        assert!(t.changed(), "the file is gone");
+        // The file is gone: no reload, but the new directory is watched from here.
+        assert!(!t.changed(), "the file is gone");
         std::fs::write(&file, "").unwrap();
         // The new directory's events arrive only if it is watched.
         assert!(t.changed(), "the file is back");
