@@ -469,6 +469,18 @@ fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
             && logs.contains("ValueError: a bug of the app's own, after the disconnect"),
         "{logs}"
     );
+    // regression (review-late): a ConnectionError after the client left may be the
+    // app's own (its database's): not counted, but it kept no trace. Now one WARN with
+    // its traceback (a ClientDisconnect of Starlette's or postern's own: debug only).
+    let connerr: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("path=/upload-connerr") && l.contains("taken for the disconnect"))
+        .collect();
+    assert_eq!(connerr.len(), 1, "{logs}");
+    assert!(
+        connerr[0].contains(" WARN ") && connerr[0].contains("Traceback"),
+        "{logs}"
+    );
     let m = stats(&stats_addr, "/metrics").text();
     let counted: Vec<&str> = m
         .lines()

@@ -593,36 +593,65 @@ fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bo
     Ok(d)
 }
 
-/// Whether `e`, or an exception it was raised from or while handling (its cause or
-/// context, through exception groups), is one a client going away makes an app
-/// raise: the `OSError` of a `send()` after the disconnect ([`ClientDisconnected`]), a
-/// `ConnectionError`, or an exception whose class is named for the disconnect
-/// (Starlette's and FastAPI's `ClientDisconnect`, raised when `receive()` returned
-/// `http.disconnect` during the body).
-fn raised_by_disconnect(py: Python<'_>, e: &PyErr) -> bool {
-    fn walk(x: &Bound<'_, PyAny>, depth: usize) -> bool {
-        if depth == 0 {
-            return false;
+/// How surely `e` was raised because the client went away: it, or an exception it
+/// was raised from or while handling (its cause or context; every member of an
+/// exception group), is [`Disconnect::Certain`] postern's own [`ClientDisconnected`]
+/// (the `OSError` of a `send()` after the disconnect) or Starlette's (and FastAPI's)
+/// `ClientDisconnect` (raised when `receive()` returned `http.disconnect` during the
+/// body); [`Disconnect::Likely`] a `ConnectionError` or a class named for a disconnect,
+/// which may as well be the app's own (a database driver's): not counted as the app's
+/// failure, but its traceback is logged.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Disconnect {
+    No,
+    Likely,
+    Certain,
+}
+
+fn raised_by_disconnect(py: Python<'_>, e: &PyErr) -> Disconnect {
+    fn own(x: &Bound<'_, PyAny>) -> Disconnect {
+        if x.is_instance_of::<ClientDisconnected>() {
+            return Disconnect::Certain;
         }
-        if x.is_instance_of::<ClientDisconnected>()
-            || x.is_instance_of::<pyo3::exceptions::PyConnectionError>()
-            || x.get_type()
-                .name()
-                .is_ok_and(|n| n.to_string_lossy().contains("Disconnect"))
+        let t = x.get_type();
+        let name = t
+            .name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let module = t
+            .module()
+            .map(|m| m.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name == "ClientDisconnect" && module.starts_with("starlette") {
+            Disconnect::Certain
+        } else if x.is_instance_of::<pyo3::exceptions::PyConnectionError>()
+            || name.contains("Disconnect")
         {
-            return true;
+            Disconnect::Likely
+        } else {
+            Disconnect::No
+        }
+    }
+    fn walk(x: &Bound<'_, PyAny>, depth: usize) -> Disconnect {
+        if depth == 0 {
+            return Disconnect::No;
         }
         if x.is_instance_of::<pyo3::exceptions::PyBaseExceptionGroup>() {
             if let Ok(all) = x.getattr("exceptions").and_then(|v| v.try_iter()) {
                 let all: Vec<_> = all.flatten().collect();
-                return !all.is_empty() && all.iter().all(|m| walk(m, depth - 1));
+                return all
+                    .iter()
+                    .map(|m| walk(m, depth - 1))
+                    .min()
+                    .unwrap_or(Disconnect::No);
             }
         }
-        ["__cause__", "__context__"]
+        let chain = ["__cause__", "__context__"]
             .into_iter()
             .filter_map(|a| x.getattr(a).ok())
             .find(|c| !c.is_none())
-            .is_some_and(|c| walk(&c, depth - 1))
+            .map_or(Disconnect::No, |c| walk(&c, depth - 1));
+        own(x).max(chain)
     }
     walk(e.value(py).as_any(), 8)
 }
@@ -1537,10 +1566,11 @@ impl Exchange {
         // What the app raised because the client went away (an OSError of a send,
         // Starlette's ClientDisconnect after receive() said http.disconnect) is not its
         // failure, as on the WSGI path; anything else it raised is.
-        let from_disconnect = gone
-            && failure
-                .as_ref()
-                .is_some_and(|e| raised_by_disconnect(py, e));
+        let disconnect = match &failure {
+            Some(e) if gone => raised_by_disconnect(py, e),
+            _ => Disconnect::No,
+        };
+        let from_disconnect = disconnect != Disconnect::No;
         if failure.is_some() && !from_disconnect {
             slf.borrow_mut().app_error = Some(AppError::Exception);
         }
@@ -1549,8 +1579,15 @@ impl Exchange {
                 tracing::debug!("the request ended after the client went away");
                 Self::settle(slf, None)?;
             }
-            Some(_) if from_disconnect => {
+            Some(_) if disconnect == Disconnect::Certain => {
                 tracing::debug!("the app stopped: the client went away");
+                Self::settle(slf, None)?;
+            }
+            Some(e) if from_disconnect => {
+                // A ConnectionError (or a class named for a disconnect) may be the
+                // client's doing or the app's own (its database's): not counted, but
+                // its traceback stays in the log.
+                tracing::warn!(traceback = %traceback(py, &e), "the app raised a connection error after the client went away: taken for the disconnect, not counted as an app error; nothing answered");
                 Self::settle(slf, None)?;
             }
             Some(e) if gone => {
