@@ -104,14 +104,24 @@ extern "C" fn on_signal(signal: libc::c_int) {
         libc::SIGQUIT => {
             let n = QUITS.fetch_add(1, Ordering::SeqCst) + 1;
             if SINGLE.load(Ordering::SeqCst) {
-                if n >= 2 || !SERVING.load(Ordering::SeqCst) {
+                let stopping =
+                    n >= 2 || TERMS.load(Ordering::SeqCst) + INTS.load(Ordering::SeqCst) > 0;
+                if stopping || !SERVING.load(Ordering::SeqCst) {
                     // Before the server waits for stops (the app still importing),
-                    // or a second SIGQUIT (the first one's stop held up by the app's
-                    // atexit or teardown): end now, as the master's SIGKILL ends a
+                    // or during a stop already under way (a second SIGQUIT, or one
+                    // after SIGTERM/SIGINT, held up by the app's atexit or teardown):
+                    // end now, as the master's SIGKILL ends a
                     // worker. SIGTERM's default action, not SIGQUIT's: no core file.
-                    // SAFETY: signal and raise are async-signal-safe.
+                    // (Unblocked first: an app may block SIGTERM in the thread that
+                    // runs its import.)
+                    // SAFETY: signal, sigemptyset, sigaddset, pthread_sigmask and raise
+                    // are async-signal-safe; `set` is a local.
                     unsafe {
                         libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, libc::SIGTERM);
+                        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
                         libc::raise(libc::SIGTERM);
                     }
                     return;

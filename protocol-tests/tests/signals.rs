@@ -934,6 +934,41 @@ fn sigquit_while_the_app_imports_ends_a_single_process_at_once() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
+// regression (review-late): a SIGQUIT during a stop that SIGTERM began, held up by the
+// app's atexit, was ignored (only a second SIGQUIT ended it).
+#[test]
+fn sigquit_during_a_stop_held_up_by_atexit_ends_a_single_process_at_once() {
+    let dir = tempdir();
+    let mark = dir.path().join("atexit");
+    let app = dir.path().join("slow_exit.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import atexit, time\ndef bye():\n    open({:?}, 'w').close()\n    time.sleep(30)\natexit.register(bye)\ndef application(e, r):\n    r('200 OK', [])\n    return [b'']\n",
+            mark.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy()).start();
+    p.signal(libc::SIGTERM);
+    assert!(
+        wait_until(20, || mark.exists()),
+        "atexit never ran\n{}",
+        p.logs()
+    );
+    let t = Instant::now();
+    p.signal(libc::SIGQUIT);
+    let status = p.wait_exit(10).expect("it exits");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "{status}\n{}",
+        p.logs()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
 // The master's children leave SIGQUIT to it (a terminal's Ctrl-\ reaches the whole
 // process group, and the master kills them): one sent to a worker or to the --stats
 // helper alone does nothing (before: each dumped core; a worker was replaced as a
