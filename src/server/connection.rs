@@ -408,11 +408,14 @@ pub(super) fn unframed_body(head: &Head) -> Option<&[u8]> {
     if head.content_length != 0 {
         return None;
     }
+    // Key lengths first, from the ranges: no name is sliced or compared unless it has
+    // this one's length (every GET comes here).
+    let at = |r: &std::ops::Range<u32>| &head.buf[r.start as usize..r.end as usize];
     let coding = head
-        .pairs()
-        // Lengths first: no other name is compared byte by byte (every GET comes here).
-        .filter(|(k, _)| k.len() == 22 && *k == b"HTTP_TRANSFER_ENCODING")
-        .map(|(_, v)| v)
+        .vars
+        .iter()
+        .filter(|(k, _)| k.end - k.start == 22 && at(k) == b"HTTP_TRANSFER_ENCODING")
+        .map(|(_, v)| at(v))
         .find(|v| {
             let v = v.trim_ascii();
             !v.is_empty() && !v.eq_ignore_ascii_case(b"identity")
