@@ -235,7 +235,8 @@ async fn serve<C: Conn>(
     permit.begin();
     let (span, request_id) = request_span(&head, &peer);
 
-    if let Some(coding) = unframed_body(&head) {
+    // Refused from the head alone, before the body is read.
+    let refusal = if let Some(coding) = unframed_body(&head) {
         span.in_scope(|| {
             tracing::warn!(
                 transfer_encoding = %Untrusted(coding),
@@ -244,44 +245,37 @@ async fn serve<C: Conn>(
                 info.protocol.name()
             )
         });
-        drop(framed);
-        lane.refused(info.protocol, Some(411));
-        let sent = reject(
-            &mut conn,
-            info.protocol.head_style(),
+        Some((
             411,
             "Length Required",
             "A request body needs a Content-Length here.\n",
+        ))
+    } else if let Some(max) = limits.max_body.filter(|&m| head.content_length > m) {
+        span.in_scope(|| {
+            tracing::warn!(
+                content_length = head.content_length,
+                max_body = max,
+                "request body over --max-body; answered 413"
+            )
+        });
+        Some((413, "Content Too Large", "Request body too large.\n"))
+    } else {
+        None
+    };
+    if let Some((code, reason, text)) = refusal {
+        drop(framed);
+        lane.refused(info.protocol, Some(code));
+        let sent = reject(
+            &mut conn,
+            info.protocol.head_style(),
+            code,
+            reason,
+            text,
             limits.read_timeout,
         )
         .await;
-        span.in_scope(|| refused_access(&head, &request_id, info.protocol, 411, sent, started));
+        span.in_scope(|| refused_access(&head, &request_id, info.protocol, code, sent, started));
         return;
-    }
-
-    if let Some(max) = limits.max_body {
-        if head.content_length > max {
-            span.in_scope(|| {
-                tracing::warn!(
-                    content_length = head.content_length,
-                    max_body = max,
-                    "request body over --max-body; answered 413"
-                )
-            });
-            drop(framed);
-            lane.refused(info.protocol, Some(413));
-            let sent = reject(
-                &mut conn,
-                info.protocol.head_style(),
-                413,
-                "Content Too Large",
-                "Request body too large.\n",
-                limits.read_timeout,
-            )
-            .await;
-            span.in_scope(|| refused_access(&head, &request_id, info.protocol, 413, sent, started));
-            return;
-        }
     }
 
     let body = match read_body(&mut framed, &head, limits)
