@@ -452,6 +452,29 @@ fn drained_kmsg() -> Option<std::fs::File> {
     None
 }
 
+/// One record for /proc/kmsg's reader (then a second read of it would block).
+fn kmsg_record() {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut k| k.write_all(b"postern-test pathsend record\n"))
+        .expect("writing a record to /dev/kmsg");
+}
+
+/// The response on `s` ends in a reset (an abort, not a clean end after a body that
+/// looks whole), and `p` logs it as incomplete.
+fn assert_cut_off(s: &mut dyn std::io::Read, p: &Postern) {
+    let mut out = Vec::new();
+    let end = s.read_to_end(&mut out);
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?} after {:?}\n{}",
+        String::from_utf8_lossy(&out),
+        p.logs()
+    );
+    assert!(p.wait_log("response incomplete", 10), "{}", p.logs());
+}
+
 #[test]
 fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
     // regression: a size-0 file was read blocking on the loop thread (uwsgi, SCGI) or
@@ -505,23 +528,11 @@ fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
     let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
     assert_eq!((status, &body[..]), (200, &b"OSError"[..]), "{}", f.logs());
     // Mid-stream over FastCGI, on the io thread: cut off the same way.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/kmsg")
-        .and_then(|mut k| k.write_all(b"postern-test pathsend record\n"))
-        .expect("writing a record to /dev/kmsg");
+    kmsg_record();
     let mut s = f.addr.connect().unwrap();
     s.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
-    let mut out = Vec::new();
-    let end = std::io::Read::read_to_end(&mut *s, &mut out);
     // No END_REQUEST: an abort, not a whole-looking response.
-    assert!(
-        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{end:?} after {:?}\n{}",
-        String::from_utf8_lossy(&out),
-        f.logs()
-    );
-    assert!(f.wait_log("response incomplete", 10), "{}", f.logs());
+    assert_cut_off(&mut *s, &f);
     let logs = f.logs();
     assert!(
         logs.lines().any(|l| l.contains("WARN")
@@ -536,11 +547,7 @@ fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
     // regression: a read error mid-stream (/proc/self/mem's EIO too) was taken for the
     // socket's: "client went away" at INFO, and a clean close: nginx passed on a
     // truncated 200 with no Content-Length as a complete one.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/kmsg")
-        .and_then(|mut k| k.write_all(b"postern-test pathsend record\n"))
-        .expect("writing a record to /dev/kmsg");
+    kmsg_record();
     let mut s = p.addr.connect().unwrap();
     s.write_all(&uwsgi_packet(&[
         ("REQUEST_METHOD", "GET"),
@@ -552,15 +559,7 @@ fn pathsend_of_a_size_0_file_whose_read_would_block_fails_that_response_only() {
         ("SERVER_PROTOCOL", "HTTP/1.1"),
     ]))
     .unwrap();
-    let mut out = Vec::new();
-    let end = std::io::Read::read_to_end(&mut *s, &mut out);
-    assert!(
-        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{end:?} after {:?}\n{}",
-        String::from_utf8_lossy(&out),
-        p.logs()
-    );
-    assert!(p.wait_log("response incomplete", 10), "{}", p.logs());
+    assert_cut_off(&mut *s, &p);
     let logs = p.logs();
     let line = logs
         .lines()

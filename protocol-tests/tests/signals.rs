@@ -919,16 +919,15 @@ fn sigquit_while_the_app_imports_ends_a_single_process_at_once() {
     let t = Instant::now();
     // SAFETY: a signal to the postern started here.
     unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("still importing 10 s after SIGQUIT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    if !wait_until(10, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        panic!("still importing 10 s after SIGQUIT");
+    }
+    let status = status.unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());

@@ -22,6 +22,19 @@ fn versioned_app(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
     app
 }
 
+/// `n` requests in a row are answered 200 by code of `version` (`versioned_app`).
+fn serves(p: &Postern, version: &str, n: usize) {
+    for _ in 0..n {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        assert!(
+            body.starts_with(format!("{version} ").as_bytes()),
+            "{}",
+            p.logs()
+        );
+    }
+}
+
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -232,11 +245,7 @@ fn a_reload_with_broken_code_keeps_the_old_workers() {
     std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
     p.signal(libc::SIGHUP);
     assert!(p.wait_log("reload failed", 10), "{}", p.logs());
-    for _ in 0..5 {
-        let (s, body) = p.get("/");
-        assert_eq!(s, 200);
-        assert!(body.starts_with(b"v0 "));
-    }
+    serves(&p, "v0", 5);
 }
 
 // regression: after a failed reload (broken code on disk) the old workers served, but
@@ -270,11 +279,7 @@ fn broken_code_on_disk_never_stops_the_workers_that_serve() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!p.logs().contains("keep dying"), "{}", p.logs());
-    for _ in 0..3 {
-        let (status, body) = p.get("/");
-        assert_eq!(status, 200, "{}", p.logs());
-        assert!(body.starts_with(b"v0 "), "{}", p.logs());
-    }
+    serves(&p, "v0", 3);
 }
 
 // regression: a reload whose import hung (a connect without a timeout) was never given
@@ -302,11 +307,7 @@ fn a_reload_whose_import_hangs_is_warned_about_then_given_up() {
         "{}",
         p.logs()
     );
-    for _ in 0..3 {
-        let (status, body) = p.get("/");
-        assert_eq!(status, 200, "{}", p.logs());
-        assert!(body.starts_with(b"v0 "), "{}", p.logs());
-    }
+    serves(&p, "v0", 3);
 }
 
 // regression: three log lines that misled. A reload after a failed one logged the
