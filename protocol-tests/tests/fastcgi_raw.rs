@@ -2131,6 +2131,13 @@ fn a_connection_sending_only_records_for_ids_never_begun_is_closed_at_head_timeo
     }
     assert!(closed, "still open after 8 s\n{}", p.logs());
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The log is written by its own thread: the line can reach the file just after
+    // the close reaches the client.
+    assert!(
+        wait_log_all(&p, &["no BEGIN_REQUEST named", "fcgi_id=7"], 5),
+        "{}",
+        p.logs()
+    );
     let lines = log_lines(&p, &["no BEGIN_REQUEST named", "fcgi_id=7"]);
     assert_eq!(lines.len(), 1, "{}", p.logs());
     // Late records for an id that was begun are not stray: the kept connection stays
