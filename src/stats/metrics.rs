@@ -134,7 +134,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "requests_refused",
-            "Requests postern answered itself before any Python thread ran them (a malformed head: 400, 431; a body over --max-body: 413), or closed without an answer (none); not in postern_requests_total.",
+            "Requests postern answered itself before any Python thread ran them (a malformed head: 400, 431; a body announced by Transfer-Encoding without CONTENT_LENGTH: 411; a body over --max-body: 413; a body that could not be spooled to disk: 503), or closed without an answer (none); not in postern_requests_total.",
             None,
             by_protocol_and_class(&t.refused),
         )?;
