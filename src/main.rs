@@ -280,6 +280,7 @@ fn serve(
             workers: config.opts.workers,
             threads: config.opts.threads,
             graceful_timeout: config.opts.graceful_timeout.0,
+            start_timeout: config.opts.worker_start_timeout.0,
             // An ASGI worker cuts its requests off at --graceful-timeout, then runs its
             // lifespan shutdown: the master waits for that before it kills it.
             past_graceful: match config.opts.interface {
@@ -450,6 +451,10 @@ fn stats_summary(config: &Config, bound: &[listener::Bound]) -> Vec<(String, Str
         ("slow-log", o.slow_log.map(|s| s.0)),
         ("max-lifetime", o.max_lifetime.map(|s| s.0)),
         ("graceful-timeout", Some(o.graceful_timeout.0)),
+        (
+            "worker-start-timeout",
+            config.supervised.then_some(o.worker_start_timeout.0),
+        ),
     ] {
         if let Some(d) = d {
             v.push((k.to_owned(), secs(d)));

@@ -378,6 +378,17 @@ pub struct Options {
     )]
     pub graceful_timeout: Seconds,
 
+    /// Under a master: seconds a worker started while others serve (a reload, a
+    /// replacement) may take to import the app and be ready; then it is killed and its
+    /// start counts as failed (a reload rolls back). The first start is never cut short.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "POSTERN_WORKER_START_TIMEOUT",
+        default_value = "80"
+    )]
+    pub worker_start_timeout: Seconds,
+
     /// Serve metrics (/metrics), status (/status) and a health check (/ping) over HTTP on
     /// HOST:PORT or unix:PATH (off by default; keep it on loopback).
     #[arg(long, value_name = "ADDR", env = "POSTERN_STATS")]

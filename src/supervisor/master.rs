@@ -39,14 +39,12 @@ const SPAWN_RETRY_MAX: Duration = Duration::from_secs(5);
 /// before it kills it (its own stop ends at `--graceful-timeout`, then it exits).
 const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 
-/// A worker still starting this long is logged (one warning: its import may hang).
+/// A worker still starting this long (or half `--worker-start-timeout`, if that is
+/// sooner) is logged: one warning, its import may hang. Past `--worker-start-timeout`,
+/// while others serve once the first start is over (a reload, a replacement), it is
+/// killed and its start counts as failed: an import that hangs (a connect without a
+/// timeout) would otherwise hold a reload, and systemd's reload, for ever.
 const BOOT_WARN: Duration = Duration::from_secs(30);
-
-/// A worker still starting this long while others serve (a reload, a replacement) is
-/// killed, and its start counts as failed: the bound `--check` puts on an import. An
-/// import that hangs (a connect without a timeout) would otherwise hold a reload, and
-/// systemd's reload, for ever. The first start is never cut short.
-const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
 /// A running worker as the master tracks it.
 struct Worker {
@@ -579,30 +577,28 @@ impl Master {
         };
         due = earliest(due, self.overdue(instant));
         let others_serve = self.workers.iter().any(|w| w.phase == Phase::Serving);
+        let limit = self.opts.start_timeout;
+        let warn_at = BOOT_WARN.min(limit / 2);
         for w in self.workers.iter_mut() {
             if w.phase == Phase::Booting && !w.sigkilled {
                 let booting = w.started.elapsed();
-                if booting >= BOOT_LIMIT && others_serve {
+                if booting >= limit && others_serve {
                     // regression: a reload whose import hung was never given up.
                     tracing::warn!(
                         pid = raw(w.pid),
-                        "worker still starting after {BOOT_LIMIT:?} while the others serve; killing it (its start counts as failed)"
+                        "worker still starting after {limit:?} (--worker-start-timeout) while the others serve; killing it (its start counts as failed)"
                     );
                     signal(w.pid, Signal::KILL);
                     w.sigkilled = true;
-                } else if booting >= BOOT_WARN && !w.slow_boot_said {
+                } else if booting >= warn_at && !w.slow_boot_said {
                     w.slow_boot_said = true;
                     tracing::warn!(
                         pid = raw(w.pid),
-                        "worker still starting after {BOOT_WARN:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {BOOT_LIMIT:?}"
+                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {limit:?} (--worker-start-timeout)"
                     );
                 }
                 if !w.sigkilled {
-                    let next = if w.slow_boot_said {
-                        BOOT_LIMIT
-                    } else {
-                        BOOT_WARN
-                    };
+                    let next = if w.slow_boot_said { limit } else { warn_at };
                     due = earliest(due, Some(w.started + next));
                 }
             }

@@ -100,6 +100,10 @@ pub struct Options {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
+    /// `--worker-start-timeout`: a worker still starting this long while others serve,
+    /// once the first start is over (a reload, a replacement), is killed and its start
+    /// counts as failed.
+    pub start_timeout: Duration,
     /// How long a stopping worker may take past `--graceful-timeout` (an ASGI worker's
     /// lifespan shutdown after a cut-off: `asgi::stop::past_graceful`) before the
     /// master kills it.
