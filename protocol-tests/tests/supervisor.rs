@@ -313,6 +313,52 @@ fn a_reload_whose_import_hangs_is_warned_about_then_given_up() {
     serves(&p, "v0", 3);
 }
 
+// regression: at the first start with --workers 2, a worker still importing at the
+// start bound (120 s then, --worker-start-timeout now) was SIGKILLed once the other one
+// served, and the master exited 1 with "the first workers failed to start" (no worker
+// error). The first start is never cut short; and past the bound, with nothing to kill,
+// the master polled every millisecond.
+#[test]
+fn a_slow_import_at_the_first_start_is_not_cut_short() {
+    let dir = tempdir();
+    let app = dir.path().join("gapp.py");
+    // The first worker to import waits for `gate.open`; the other starts at once.
+    std::fs::write(
+        &app,
+        "import os, time\ngate = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gate')\ntry:\n    os.close(os.open(gate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n    while not os.path.exists(gate + '.open'):\n        time.sleep(0.05)\nexcept FileExistsError:\n    pass\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--worker-start-timeout", "2"])
+        .start();
+    assert!(p.wait_log("worker ready", 20), "{}", p.logs());
+    assert!(
+        p.wait_log("worker still starting after 1s", 10),
+        "{}",
+        p.logs()
+    );
+    // Well past the 2 s bound.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = wake_ups(p.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let woke = wake_ups(p.pid()) - before;
+    assert!(!gone(p.pid()), "the master exited:\n{}", p.logs());
+    assert!(!p.logs().contains("killing it"), "{}", p.logs());
+    assert!(
+        woke <= 2,
+        "the master woke {woke} times in 1 s: {}",
+        p.logs()
+    );
+    assert!(
+        p.logs().contains("the first start is not cut short"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    std::fs::write(dir.path().join("gate.open"), "").unwrap();
+    assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+}
+
 // regression: three log lines that misled. A reload after a failed one logged the
 // failed one's generation number again; --chain-reload said "new workers start, then
 // the old ones drain"; SIGTTOU at one worker was ignored without a word.

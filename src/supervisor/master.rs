@@ -576,9 +576,16 @@ impl Master {
             instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
         };
         due = earliest(due, self.overdue(instant));
-        let others_serve = self.workers.iter().any(|w| w.phase == Phase::Serving);
+        // Only once the first start is over: a first worker still importing while
+        // another already serves is not a failed reload but the first start, which is
+        // never cut short (`announced`).
+        // regression: at a first start with --workers 2 or more, a worker still
+        // importing was killed once another served, and the master exited 1 with
+        // "the first workers failed to start".
+        let others_serve = self.announced && self.workers.iter().any(|w| w.phase == Phase::Serving);
         let limit = self.opts.start_timeout;
         let warn_at = BOOT_WARN.min(limit / 2);
+        let first_start = !self.announced;
         for w in self.workers.iter_mut() {
             if w.phase == Phase::Booting && !w.sigkilled {
                 let booting = w.started.elapsed();
@@ -592,13 +599,24 @@ impl Master {
                     w.sigkilled = true;
                 } else if booting >= warn_at && !w.slow_boot_said {
                     w.slow_boot_said = true;
-                    tracing::warn!(
-                        pid = raw(w.pid),
-                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {limit:?} (--worker-start-timeout)"
-                    );
+                    if first_start {
+                        tracing::warn!(
+                            pid = raw(w.pid),
+                            "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); the first start is not cut short"
+                        );
+                    } else {
+                        tracing::warn!(
+                            pid = raw(w.pid),
+                            "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {limit:?} (--worker-start-timeout)"
+                        );
+                    }
                 }
-                if !w.sigkilled {
-                    let next = if w.slow_boot_said { limit } else { warn_at };
+                // The next deadline, if one is still ahead: past the limit with none
+                // serving (or at the first start), a wake-up at the limit would come
+                // back every millisecond. A worker becoming ready wakes the loop anyway.
+                // regression: the master polled every 1 ms past the limit.
+                let next = if w.slow_boot_said { limit } else { warn_at };
+                if !w.sigkilled && booting < next {
                     due = earliest(due, Some(w.started + next));
                 }
             }
