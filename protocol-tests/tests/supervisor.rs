@@ -392,26 +392,35 @@ fn reload_and_scale_log_lines_say_what_happens() {
 // regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
 // so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
 // (sd_notify(3): READY=1 once the reload is over, a failed one too).
+/// A socket for `NOTIFY_SOCKET` in `dir` (sd_notify(3)), read with [`next_notify`].
+fn notify_socket(dir: &std::path::Path) -> (String, std::os::unix::net::UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    (path.to_string_lossy().into_owned(), notify)
+}
+
+/// The next message the master sends to systemd (15 s at most).
+fn next_notify(notify: &std::os::unix::net::UnixDatagram, p: &Postern) -> String {
+    let mut buf = [0u8; 512];
+    let n = notify
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no message from the master ({e}):\n{}", p.logs()));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 #[test]
 fn a_failed_reload_tells_systemd_it_is_over() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
+    let (notify_path, notify) = notify_socket(dir.path());
     let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
         .args(["--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path.to_string_lossy())
+        .env("NOTIFY_SOCKET", &notify_path)
         .start();
-    let mut buf = [0u8; 512];
-    let mut next = || {
-        let n = notify
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no message from the master ({e}):\n{}", p.logs()));
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let next = || next_notify(&notify, &p);
     assert!(next().contains("READY=1"));
     std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
     p.signal(libc::SIGHUP);
@@ -434,6 +443,47 @@ fn a_failed_reload_tells_systemd_it_is_over() {
         assert!(Instant::now() < deadline, "{}", p.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// regression: a --chain-reload that succeeded never sent READY=1 (only a reload whose
+// last step retired old workers did, and a chain reload retires them one by one as its
+// new workers serve): systemd reported a reload timeout. Each reload, plain or chain,
+// good or failed, ends with one READY=1.
+#[test]
+fn every_chain_reload_tells_systemd_it_is_over_once() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let (notify_path, notify) = notify_socket(dir.path());
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--chain-reload"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .start();
+    let next = || next_notify(&notify, &p);
+    assert!(next().contains("READY=1"));
+    // Versions of different lengths: a .pyc of the same second and size would pass
+    // for the new source.
+    for version in ["v1", "v2-good"] {
+        versioned_app(dir.path(), version);
+        p.signal(libc::SIGHUP);
+        assert!(next().contains("RELOADING=1"));
+        let over = next();
+        assert!(over.contains("READY=1"), "{over}");
+        assert!(over.contains("STATUS=serving: 2 workers ready"), "{over}");
+    }
+    std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    let over = next();
+    assert!(over.contains("STATUS=reload failed"), "{over}");
+    // Nothing more: one READY=1 per reload.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    if let Ok(n) = notify.recv(&mut buf) {
+        panic!("{}", String::from_utf8_lossy(&buf[..n]));
+    }
+    serves(&p, "v2-good", 3);
 }
 
 #[test]

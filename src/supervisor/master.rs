@@ -189,6 +189,9 @@ struct Master {
     spawn_failures: u32,
     spawn_retry: Option<Instant>,
     announced: bool,
+    /// A reload (RELOADING=1) is not over yet: systemd waits for one READY=1 when it
+    /// is, whether it succeeded (the whole new generation serves) or failed (rollback).
+    reload_pending: bool,
     /// Why workers left the serving generation, oldest first: the causes their
     /// replacements start with (`fill`).
     pending: VecDeque<Cause>,
@@ -240,6 +243,7 @@ pub fn run(
         spawn_failures: 0,
         spawn_retry: None,
         announced: false,
+        reload_pending: false,
         pending: VecDeque::new(),
         stats,
         sfd: Some(sfd),
@@ -547,7 +551,11 @@ impl Master {
                     "new workers ready; old workers finish their requests and exit"
                 );
             }
-            if !self.announced || retired > 0 {
+            // Once per start and per reload. regression: only when old workers were
+            // retired here, which a chain reload has done one by one already: its
+            // READY=1 never came, and systemd reported a reload timeout.
+            if !self.announced || self.reload_pending {
+                self.reload_pending = false;
                 notify::notify(&format!(
                     "READY=1\nMAINPID={}\nSTATUS=serving: {} workers ready",
                     std::process::id(),
@@ -805,6 +813,7 @@ impl Master {
             "RELOADING=1\nMONOTONIC_USEC={}",
             notify::monotonic_usec()
         ));
+        self.reload_pending = true;
         self.boot_failures = 0;
         self.failed_start = None;
         // Chain reload: one new worker now, the next once it serves (see `fill`).
@@ -978,6 +987,7 @@ impl Master {
                     // sd_notify(3): after RELOADING=1, READY=1 once the reload is over,
                     // failed ones too (systemd holds the unit in "reloading" until then).
                     // regression: it never came, and `systemctl reload` hung to its timeout.
+                    self.reload_pending = false;
                     notify::notify(
                         "READY=1\nSTATUS=reload failed: the new workers do not start (see the log); serving the previous code",
                     );
