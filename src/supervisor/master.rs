@@ -181,9 +181,9 @@ struct Master {
     workers: Vec<Worker>,
     /// Workers of the current generation that died before they were ready, in a row.
     boot_failures: u32,
-    /// When the worker whose boot failed last had started: the respawn backoff counts
-    /// from there (see `fill`).
-    failed_start: Option<Instant>,
+    /// When the worker whose boot failed last exited: the respawn backoff counts from
+    /// there (see `fill`).
+    failed_exit: Option<Instant>,
     /// Starting a worker failed (fork, its pipe, no slot free) this many times in a row,
     /// and when to try again (see `fill`).
     spawn_failures: u32,
@@ -239,7 +239,7 @@ pub fn run(
         newest_generation: 0,
         workers: Vec::new(),
         boot_failures: 0,
-        failed_start: None,
+        failed_exit: None,
         spawn_failures: 0,
         spawn_retry: None,
         announced: false,
@@ -815,7 +815,7 @@ impl Master {
         ));
         self.reload_pending = true;
         self.boot_failures = 0;
-        self.failed_start = None;
+        self.failed_exit = None;
         // Chain reload: one new worker now, the next once it serves (see `fill`).
         let n = if self.opts.chain_reload {
             1
@@ -931,7 +931,7 @@ impl Master {
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
             if j.boot_failures > self.boot_failures {
-                self.failed_start = Some(w.started);
+                self.failed_exit = Some(Instant::now());
             }
             self.boot_failures = j.boot_failures;
             self.pending.extend(j.pending);
@@ -1007,8 +1007,8 @@ impl Master {
                     tracing::warn!(pid, %how, "worker stopped without the master asking (a signal sent to it directly?); replacing it");
                 }
                 Verdict::Replace if j.cause == Cause::BootFailure => {
-                    let wait = phase::respawn_at(self.boot_failures, w.started)
-                        .saturating_duration_since(Instant::now());
+                    let now = Instant::now();
+                    let wait = phase::respawn_at(self.boot_failures, now) - now;
                     let serving = self
                         .workers
                         .iter()
@@ -1057,11 +1057,14 @@ impl Master {
             return Ok(None);
         }
         if self.boot_failures > 0 {
-            // From the failed worker's own start: the newest start of any worker may
-            // be a healthy one's from long ago, which made the backoff a flat 200 ms.
+            // From the failed worker's exit: the newest start of any worker may be a
+            // healthy one's from long ago, which made the backoff a flat 200 ms.
+            // regression: counted from the failed worker's start, an import that
+            // failed after more than the backoff (12.8 s at most) was retried at once,
+            // for ever while the others serve.
             let at = phase::respawn_at(
                 self.boot_failures,
-                self.failed_start.unwrap_or_else(Instant::now),
+                self.failed_exit.unwrap_or_else(Instant::now),
             );
             if at > Instant::now() {
                 return Ok(Some(at));

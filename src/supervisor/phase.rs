@@ -142,9 +142,9 @@ pub struct Judgement {
 pub const CRASH_LOOP: u32 = 10;
 
 /// When a replacement may start after `boot_failures` failed boots in a row, the last
-/// of which started at `failed_start`: 200 ms after the first, doubling up to 12.8 s.
-pub fn respawn_at(boot_failures: u32, failed_start: Instant) -> Instant {
-    failed_start + std::time::Duration::from_millis(100u64 << boot_failures.clamp(1, 7))
+/// of which exited at `failed_exit`: 200 ms after the first, doubling up to 12.8 s.
+pub fn respawn_at(boot_failures: u32, failed_exit: Instant) -> Instant {
+    failed_exit + std::time::Duration::from_millis(100u64 << boot_failures.clamp(1, 7))
 }
 
 /// Decides what a worker's exit means: expected, a crash to replace, a failed reload
@@ -203,7 +203,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn the_respawn_backoff_doubles_from_the_failed_start_up_to_a_cap() {
+    fn the_respawn_backoff_doubles_from_the_failed_exit_up_to_a_cap() {
         let t = Instant::now();
         let after = |n| respawn_at(n, t) - t;
         assert_eq!(after(1), Duration::from_millis(200));
