@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, Postern, Spawn,
+    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_until, Postern, Spawn,
 };
 
 const APP: &str = r#"
@@ -1261,6 +1261,11 @@ fn a_disconnect_after_bytes_past_the_request_still_reaches_receive() {
             "{protocol}: {}",
             p.logs()
         );
+        // The warning goes through the log's writer thread: over SCGI wait for it, then
+        // count (none over the others).
+        if protocol == "scgi" {
+            p.wait_log("scgi_request_buffering off", 10);
+        }
         let warned = p.logs().matches("scgi_request_buffering off").count();
         assert_eq!(warned, usize::from(protocol == "scgi"), "{}", p.logs());
     }
@@ -1422,12 +1427,15 @@ fn last_empty_body_after_the_response_ended(method: &str, end: &[u8]) {
     // Each request counted once, and the worker answers the next.
     let out = fcgi_stdout(&p.raw(&fcgi_get("/hello")));
     assert!(out.ends_with(b"\r\n\r\nhello"), "{out:?}\n{}", p.logs());
+    // Access lines go through the log's writer thread: wait for both, then count.
+    let served = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("/cl-split") && l.contains("served"))
+            .count()
+    };
+    wait_until(10, || served(&p.logs()) >= 2);
     let logs = p.logs();
-    let served = logs
-        .lines()
-        .filter(|l| l.contains("/cl-split") && l.contains("served"))
-        .count();
-    assert_eq!(served, 2, "{logs}");
+    assert_eq!(served(&logs), 2, "{logs}");
     assert!(!logs.contains("went away"), "{logs}");
     assert!(!logs.contains("with requests in flight"), "{logs}");
 }

@@ -1331,14 +1331,18 @@ fn starlette_behind_nginx_a_client_gone_mid_upload_or_mid_stream_logs_no_error()
                 .map(str::to_owned)
                 .collect()
         };
+        // Over uwsgi and SCGI the upload is the server layer's, not the app's.
+        let fastcgi = matches!(upstream, Upstream::FastCgi | Upstream::FastCgiKeepConn);
+        // Both requests end in either order, and their lines go through the log's
+        // writer thread: wait for each, then count.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while ended("/stream").is_empty() && std::time::Instant::now() < deadline {
+        while (ended("/stream").is_empty() || (fastcgi && ended("/upload").is_empty()))
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(25));
         }
         let logs = s.postern.logs();
         let mut lines = ended("/stream");
-        // Over uwsgi and SCGI the upload is the server layer's, not the app's.
-        let fastcgi = matches!(upstream, Upstream::FastCgi | Upstream::FastCgiKeepConn);
         if fastcgi {
             lines.extend(ended("/upload"));
         }

@@ -519,9 +519,14 @@ fn max_requests_is_kept_under_concurrent_requests() {
         "{per_pid:?}\n{}",
         p.logs()
     );
+    // The worker's line goes through its log writer thread: it may come after the
+    // answers.
     assert!(
-        p.logs().contains("started its 5 requests (--max-requests)")
-            || p.logs().contains("served 5 requests (--max-requests)"),
+        wait_until(10, || {
+            let logs = p.logs();
+            logs.contains("started its 5 requests (--max-requests)")
+                || logs.contains("served 5 requests (--max-requests)")
+        }),
         "{}",
         p.logs()
     );
@@ -545,7 +550,7 @@ fn a_worker_at_max_requests_recycles_while_a_long_request_runs() {
     assert!(!long.is_finished(), "{}", p.logs());
     assert_ne!(next, first, "{}", p.logs());
     assert!(
-        p.logs().contains("started its 4 requests (--max-requests)"),
+        p.wait_log("started its 4 requests (--max-requests)", 10),
         "{}",
         p.logs()
     );
