@@ -980,6 +980,51 @@ fn touch_reload_and_ttin_ttou() {
     assert!(p.wait_log("SIGTTOU: one worker less", 5));
 }
 
+// regression: /status showed the --workers of the start in its config for ever, next to
+// a worker list SIGTTIN and SIGTTOU had changed.
+#[test]
+fn status_says_the_number_of_workers_sigttin_and_sigttou_set() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let port = free_port();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--stats", &format!("127.0.0.1:{port}")])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let workers = || {
+        let status = http_get(port, "/status").unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+        v["config"]["workers"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(workers(), "2", "{}", p.logs());
+    p.signal(libc::SIGTTIN);
+    assert!(p.wait_log("SIGTTIN: one worker more", 10), "{}", p.logs());
+    assert!(
+        wait_until(10, || workers() == "3"),
+        "{}\n{}",
+        workers(),
+        p.logs()
+    );
+    // One at a time: two pending SIGTTOUs are one.
+    for n in 1..=2 {
+        p.signal(libc::SIGTTOU);
+        assert!(
+            p.wait_log_count("SIGTTOU: one worker less", n, 10),
+            "{}",
+            p.logs()
+        );
+    }
+    assert!(
+        wait_until(10, || workers() == "1"),
+        "{}\n{}",
+        workers(),
+        p.logs()
+    );
+}
+
 #[test]
 fn chain_reload_replaces_one_worker_at_a_time() {
     let dir = tempdir();

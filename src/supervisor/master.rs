@@ -225,6 +225,7 @@ pub fn run(
         Scoreboard::new(MAX_SLOTS, opts.threads.max(1)).map_err(SupervisorError::Scoreboard)?,
     );
     board.set_metrics(stats.is_some());
+    board.publish_target(opts.workers);
     let stats = stats.map(|s| StatsHelper {
         source: report::source(Arc::clone(&board), true, s.probes, s.config),
         bound: s.bound,
@@ -303,10 +304,12 @@ pub fn run(
                 }
                 libc::SIGTTIN => {
                     m.target += 1;
+                    m.board.publish_target(m.target);
                     tracing::info!(workers = m.target, "SIGTTIN: one worker more");
                 }
                 libc::SIGTTOU if m.target > 1 => {
                     m.target -= 1;
+                    m.board.publish_target(m.target);
                     tracing::info!(workers = m.target, "SIGTTOU: one worker less");
                     m.retire_extra();
                 }

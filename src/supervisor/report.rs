@@ -87,7 +87,15 @@ pub fn source(
             stopping: reading.stopping,
             uptime: started.elapsed(),
             started_unix,
-            config: config.clone(),
+            // SIGTTIN/SIGTTOU change the number of workers after the start.
+            // regression: /status showed the --workers of the start for ever.
+            config: config
+                .iter()
+                .map(|(k, v)| match reading.target {
+                    Some(n) if k == "workers" => (k.clone(), n.to_string()),
+                    _ => (k.clone(), v.clone()),
+                })
+                .collect(),
             totals: reading.totals,
             events: reading.events,
             workers,

@@ -153,6 +153,9 @@ struct Global {
     log_dropped: AtomicU64,
     /// The master's own count of dropped log lines (it publishes it as it goes).
     master_log_dropped: AtomicU64,
+    /// The number of workers the master keeps (`--workers`, then SIGTTIN/SIGTTOU);
+    /// 0 without a master.
+    target: AtomicU64,
     /// Refused requests of the workers that have exited (see [`SlotHead::refused`]).
     refused: Refused,
 }
@@ -245,6 +248,8 @@ pub struct Reading {
     pub events: Events,
     pub workers: Vec<stats::Worker>,
     pub log_lines_dropped: u64,
+    /// The number of workers the master keeps, if a master published it.
+    pub target: Option<usize>,
 }
 
 impl Scoreboard {
@@ -520,6 +525,13 @@ impl Scoreboard {
             .store(dropped, Ordering::Relaxed);
     }
 
+    /// Publishes how many workers the master keeps (master only).
+    pub fn publish_target(&self, workers: usize) {
+        self.global()
+            .target
+            .store(workers as u64, Ordering::Relaxed);
+    }
+
     /// A Python thread of `slot` took a request (with `--stats`). Counts an "all
     /// threads busy" event when that leaves no idle thread in any serving worker.
     pub fn enter(&self, slot: usize) {
@@ -691,6 +703,7 @@ impl Scoreboard {
             events,
             workers,
             log_lines_dropped,
+            target: usize::try_from(get(&g.target)).ok().filter(|&n| n > 0),
         }
     }
 }
