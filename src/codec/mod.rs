@@ -103,33 +103,63 @@ impl Head {
     /// The body length the front server announced; `None` when it sent none (an empty
     /// value counts as none), as for a FastCGI body streamed to its end.
     pub fn announced_length(&self) -> Result<Option<u64>, ProtoError> {
-        // One pass for both names (the last value of each counts). CONTENT_LENGTH
-        // repeated with another non-empty value is refused (two lengths for one body);
-        // an identical repeat counts once.
-        let (mut cgi, mut http, mut seen): (Option<&[u8]>, _, Option<&[u8]>) = (None, None, None);
+        Ok(self.framing()?.length)
+    }
+
+    /// What the head says of its body's framing, from one walk of its variables (the
+    /// uwsgi/SCGI codec's, once per request: nothing else walks them before the app).
+    pub fn framing(&self) -> Result<Framing, ProtoError> {
+        // CONTENT_LENGTH repeated with another non-empty value is refused (two lengths
+        // for one body); an identical repeat counts once. The last value of each name
+        // counts. Ranges are kept, not slices: one register each through the loop.
+        let mut cgi: Option<&Range<u32>> = None;
+        let mut http: Option<&Range<u32>> = None;
+        let mut first: Option<&Range<u32>> = None;
+        let mut coding: Option<&Range<u32>> = None;
         let at = |r: &Range<u32>| &self.buf[r.start as usize..r.end as usize];
         for (k, v) in &self.vars {
-            // Lengths first: most names are neither, and are not sliced at all.
+            // Lengths first: most names are none of these, and are not sliced at all.
             match k.end - k.start {
                 14 if at(k) == b"CONTENT_LENGTH" => {
-                    match seen {
-                        Some(first) if !at(v).is_empty() && first != at(v) => {
-                            return Err(proto::cgi::conflicting_length(first, at(v)))
+                    match first {
+                        Some(f) if !v.is_empty() && at(f) != at(v) => {
+                            return Err(proto::cgi::conflicting_length(at(f), at(v)))
                         }
-                        _ if !at(v).is_empty() => seen = Some(at(v)),
+                        None if !v.is_empty() => first = Some(v),
                         _ => {}
                     }
-                    cgi = Some(at(v));
+                    cgi = Some(v);
                 }
-                19 if at(k) == b"HTTP_CONTENT_LENGTH" => http = Some(at(v)),
+                19 if at(k) == b"HTTP_CONTENT_LENGTH" => http = Some(v),
+                22 if coding.is_none() && at(k) == b"HTTP_TRANSFER_ENCODING" => {
+                    let c = at(v).trim_ascii();
+                    if !c.is_empty() && !c.eq_ignore_ascii_case(b"identity") {
+                        coding = Some(v);
+                    }
+                }
                 _ => {}
             }
         }
-        cgi.filter(|v| !v.is_empty())
+        let length = cgi
+            .filter(|v| !v.is_empty())
             .or_else(|| http.filter(|v| !v.is_empty()))
-            .map(proto::cgi::parse_content_length)
-            .transpose()
+            .map(|v| proto::cgi::parse_content_length(at(v)))
+            .transpose()?;
+        Ok(Framing {
+            length,
+            coding: coding.cloned(),
+        })
     }
+}
+
+/// What a head says of its body's framing ([`Head::framing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framing {
+    /// [`Head::announced_length`].
+    pub length: Option<u64>,
+    /// Where the value of the first `HTTP_TRANSFER_ENCODING` that names a coding (not
+    /// empty, not `identity`) sits in [`Head::buf`].
+    pub coding: Option<Range<u32>>,
 }
 
 /// What goes wrong while framing a request. The peer is to blame for every variant

@@ -2,10 +2,12 @@
 //! to CONTENT_LENGTH. nginx and Apache never reuse a uwsgi or SCGI connection
 //! (docs/protocols.md §0, §3), so after the body the decoder yields nothing more.
 
+use std::ops::Range;
+
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::{CodecError, Frame, Head, Protocol};
+use super::{CodecError, Frame, Framing, Head, Protocol};
 use crate::proto::scgi;
 use crate::proto::uwsgi::{self, HEADER_LEN, MODIFIER_WSGI_STRIP_SCRIPT_NAME};
 
@@ -15,7 +17,16 @@ const BODY_READ: usize = 256 * 1024;
 #[derive(Debug)]
 enum State {
     Head,
-    Body { remaining: u64, expected: u64 },
+    Body {
+        remaining: u64,
+        expected: u64,
+    },
+    /// The head says `Transfer-Encoding` (a coding, not `identity`) and announces no
+    /// length: only CONTENT_LENGTH frames a uwsgi or SCGI body, so none is decoded
+    /// (its caller refuses the request). `coding`: where the value sits in the head.
+    Unframed {
+        coding: Range<u32>,
+    },
     Done,
 }
 
@@ -53,17 +64,30 @@ impl UwsgiCodec {
         }
     }
 
-    /// The head is complete: the body (if any) comes next.
-    fn head_decoded(&mut self, head: Head) -> Frame {
-        self.state = if head.content_length == 0 {
-            State::Done
-        } else {
-            State::Body {
+    /// The head is complete: the body (if any) comes next. Its framing is read here,
+    /// in the one walk of its variables before the app's.
+    fn head_decoded(&mut self, mut head: Head) -> Result<Frame, CodecError> {
+        let Framing { length, coding } = head.framing()?;
+        head.content_length = length.unwrap_or(0);
+        self.state = match (length, coding) {
+            // CONTENT_LENGTH: 0 is a length (an empty body, framed).
+            (None, Some(coding)) => State::Unframed { coding },
+            (_, _) if head.content_length == 0 => State::Done,
+            (_, _) => State::Body {
                 remaining: head.content_length,
                 expected: head.content_length,
-            }
+            },
         };
-        Frame::Head(head)
+        Ok(Frame::Head(head))
+    }
+
+    /// Where the transfer coding of a head whose body this codec cannot frame sits in
+    /// that head (see `State::Unframed`); `None` for every other head.
+    pub fn unframed(&self) -> Option<Range<u32>> {
+        match &self.state {
+            State::Unframed { coding } => Some(coding.clone()),
+            _ => None,
+        }
     }
 
     /// SCGI: the head and where its block sits in the first `n` bytes.
@@ -76,14 +100,12 @@ impl UwsgiCodec {
         let start = len - 1 - block.len();
         let mut frame = src.split_to(len).freeze();
         let buf = frame.split_off(start).split_to(len - 1 - start);
-        let mut head = Head {
+        Ok(Some(Head {
             buf,
             vars,
             modifier30: false,
             content_length: 0,
-        };
-        head.content_length = head.body_length()?;
-        Ok(Some(head))
+        }))
     }
 }
 
@@ -94,7 +116,7 @@ impl Decoder for UwsgiCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.state {
             State::Head if self.scgi => match self.decode_scgi_head(src)? {
-                Some(head) => Ok(Some(self.head_decoded(head))),
+                Some(head) => self.head_decoded(head).map(Some),
                 None => Ok(None),
             },
             State::Head => {
@@ -119,14 +141,13 @@ impl Decoder for UwsgiCodec {
                     head.advance(HEADER_LEN);
                     head
                 };
-                let mut head = Head {
+                let head = Head {
                     buf,
                     vars,
                     modifier30,
                     content_length: 0,
                 };
-                head.content_length = head.body_length()?;
-                Ok(Some(self.head_decoded(head)))
+                self.head_decoded(head).map(Some)
             }
             State::Body {
                 ref mut remaining, ..
@@ -149,7 +170,7 @@ impl Decoder for UwsgiCodec {
                 }
                 Ok(Some(Frame::Body(src.split_to(n).freeze())))
             }
-            State::Done => Ok(None),
+            State::Unframed { .. } | State::Done => Ok(None),
         }
     }
 
@@ -288,5 +309,50 @@ mod tests {
             .decode(&mut BytesMut::from(&buf[..]))
             .unwrap_err();
         assert!(matches!(err, CodecError::Proto(_)));
+    }
+
+    #[test]
+    fn leaves_a_coded_body_without_a_length_unframed() {
+        let te = |v: &'static [u8]| (&b"HTTP_TRANSFER_ENCODING"[..], v);
+        let cl = |v: &'static [u8]| (&b"CONTENT_LENGTH"[..], v);
+        let http_cl = (&b"HTTP_CONTENT_LENGTH"[..], &b"5"[..]);
+        let method = (&b"REQUEST_METHOD"[..], &b"POST"[..]);
+        for (vars, coding) in [
+            (vec![method, te(b"chunked")], Some(&b"chunked"[..])),
+            (
+                vec![te(b" gzip, chunked "), method],
+                Some(b" gzip, chunked "),
+            ),
+            // The first one that names a coding.
+            (
+                vec![te(b"identity"), te(b""), te(b"chunked")],
+                Some(b"chunked"),
+            ),
+            (vec![te(b"chunked"), cl(b"")], Some(b"chunked")),
+            // Framed: a length (0 too), or no coding.
+            (vec![te(b"chunked"), cl(b"0")], None),
+            (vec![te(b"chunked"), cl(b"5")], None),
+            (vec![te(b"chunked"), http_cl], None),
+            (vec![te(b"IDENTITY")], None),
+            (vec![te(b" ")], None),
+            (vec![method], None),
+        ] {
+            let mut codec = UwsgiCodec::new(65535);
+            let mut src = BytesMut::from(&packet(&vars)[..]);
+            src.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+            let Some(Frame::Head(head)) = codec.decode(&mut src).unwrap() else {
+                panic!("{vars:?}")
+            };
+            let got = codec
+                .unframed()
+                .map(|r| &head.buf[r.start as usize..r.end as usize]);
+            assert_eq!(got, coding, "{vars:?}");
+            if coding.is_some() {
+                // Nothing past the head is decoded as a body.
+                assert!(codec.decode(&mut src).unwrap().is_none());
+                assert!(codec.decode_eof(&mut src).unwrap().is_none());
+                assert_eq!(head.content_length, 0);
+            }
+        }
     }
 }

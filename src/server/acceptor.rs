@@ -1082,7 +1082,7 @@ impl Acceptor {
                     let len = head.content_length;
                     let fits = self.limits.max_body.is_none_or(|m| len <= m);
                     // A body it cannot frame is refused (411) by the slow lane.
-                    let framed = connection::unframed_body(&head).is_none();
+                    let framed = connection::unframed_body(&head, &codec).is_none();
                     let in_memory = fits && framed && len <= self.limits.spool_threshold;
                     let mut whole = in_memory && (len as usize) <= buf.len();
                     let read_more = in_memory && !whole;

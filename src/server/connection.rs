@@ -236,7 +236,7 @@ async fn serve<C: Conn>(
     let (span, request_id) = request_span(&head, &peer);
 
     // Refused from the head alone, before the body is read.
-    let refusal = if let Some(coding) = unframed_body(&head) {
+    let refusal = if let Some(coding) = unframed_body(&head, &framed.codec) {
         span.in_scope(|| {
             tracing::warn!(
                 transfer_encoding = %Untrusted(coding),
@@ -397,28 +397,11 @@ fn hand_on(
 /// with the raw chunked body after them or nothing). nginx de-chunks and sends
 /// CONTENT_LENGTH with the header still there: served. FastCGI is not asked this (its
 /// STDIN records frame any body). Answered 411 before the body, as HTTP/1.1 does
-/// (RFC 9112 §6.3).
-pub(super) fn unframed_body(head: &Head) -> Option<&[u8]> {
-    if head.content_length != 0 {
-        return None;
-    }
-    // Key lengths first, from the ranges: no name is sliced or compared unless it has
-    // this one's length (every GET comes here).
-    let at = |r: &std::ops::Range<u32>| &head.buf[r.start as usize..r.end as usize];
-    let coding = head
-        .vars
-        .iter()
-        .filter(|(k, _)| k.end - k.start == 22 && at(k) == b"HTTP_TRANSFER_ENCODING")
-        .map(|(_, v)| at(v))
-        .find(|v| {
-            let v = v.trim_ascii();
-            !v.is_empty() && !v.eq_ignore_ascii_case(b"identity")
-        })?;
-    // CONTENT_LENGTH: 0 is a length (an empty body, framed).
-    match head.announced_length() {
-        Ok(None) => Some(coding),
-        _ => None,
-    }
+/// (RFC 9112 §6.3). The codec that decoded `head` found it in its one walk of the
+/// variables (every GET comes here: nothing is walked again).
+pub(super) fn unframed_body<'h>(head: &'h Head, codec: &UwsgiCodec) -> Option<&'h [u8]> {
+    let coding = codec.unframed()?;
+    head.buf.get(coding.start as usize..coding.end as usize)
 }
 
 /// Logs a malformed request and answers where a protocol-level answer helps.
