@@ -1104,3 +1104,36 @@ fn a_stop_that_kills_a_worker_stuck_in_its_import_exits_1() {
     assert_eq!(status.code(), Some(1), "{}", p.logs());
     assert!(p.logs().contains("stopped uncleanly"), "{}", p.logs());
 }
+
+// regression: a stop that came while a worker killed at --worker-start-timeout (before
+// the stop) was still exiting counted that kill as the stop's own: exit 1, "stopped
+// uncleanly: 1 worker killed". The worker here holds 768 MiB, so that its exit takes a
+// while after the SIGKILL.
+#[test]
+fn a_stop_just_after_a_start_timeout_kill_exits_0() {
+    let dir = tempdir();
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'v1']\n",
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--master", "--worker-start-timeout", "3"])
+        .start();
+    // One worker: the reload's only new worker is killed before the stop (a second
+    // one, still importing at the stop, would be the stop's to kill).
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    std::fs::write(
+        &app,
+        "import time\nheld = b'x' * (768 << 20)\ntime.sleep(100000)\n",
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("killing it", 20), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p
+        .wait_exit(30)
+        .unwrap_or_else(|| panic!("no exit: {}", p.logs()));
+    assert_eq!(status.code(), Some(0), "{}", p.logs());
+}

@@ -608,6 +608,10 @@ impl Master {
                     );
                     signal(w.pid, Signal::KILL);
                     w.sigkilled = true;
+                    // Killed before any stop (a stop does not come here): a stop that
+                    // begins before its exit is reaped does not count it as its own.
+                    // regression: such a stop exited 1 ("1 worker killed").
+                    w.before_stop = true;
                 } else if booting >= warn_at && !w.slow_boot_said {
                     w.slow_boot_said = true;
                     if first_start {
