@@ -403,6 +403,11 @@ fn a_script_name_set_after_the_stock_params_is_a_mount_point() {
             fastcgi_param SCRIPT_NAME /app;
             fastcgi_pass postern_fcgi;
         }
+        location /mo {
+            include PARAMS;
+            fastcgi_param SCRIPT_NAME /mo;
+            fastcgi_pass postern_fcgi;
+        }
 "#
     .replace("PARAMS", &fastcgi_params_file().display().to_string());
     let Some(s) = stack_with(Mode::Keep, false, "", &user, &[]) else {
@@ -418,9 +423,16 @@ fn a_script_name_set_after_the_stock_params_is_a_mount_point() {
         (&"/app".into(), &"/env/other".into())
     );
     // The stock params alone (location /) still give the whole path.
-    let e = s.nginx.get("/mount/x").json();
+    let e = s.nginx.get("/env/stock").json();
     assert_eq!(e["SCRIPT_NAME"], "");
-    assert_eq!(e["PATH_INFO"], "/mount/x");
+    assert_eq!(e["PATH_INFO"], "/env/stock");
+    // regression: `location /mo` also matches /mount/x, which /mo does not start at a
+    // `/`: the app got PATH_INFO=/mo (another route). Now the whole path, no mount.
+    let e = s.nginx.get("/mount/x").json();
+    assert_eq!(
+        (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
+        (&"".into(), &"/mount/x".into())
+    );
     s.assert_clean("user SCRIPT_NAME");
 }
 

@@ -140,6 +140,34 @@ fn script_name_from_the_front_server_is_split_off() {
 }
 
 #[test]
+fn a_script_name_the_path_does_not_go_on_from_is_set_aside() {
+    // regression: `location /mo` also matches /mount/x; with `uwsgi_param SCRIPT_NAME
+    // /mo` the app got SCRIPT_NAME=/mo beside PATH_INFO=/mount/x, and built its URLs
+    // (an ASGI scope its path) as /mo/mount/x.
+    let Some(s) = stack_with(
+        true,
+        r#"location /mo {
+            include /etc/nginx/uwsgi_params;
+            uwsgi_param SCRIPT_NAME /mo;
+            uwsgi_pass {{PASS}};
+        }"#,
+        &[],
+    ) else {
+        return;
+    };
+    let e = s.nginx.get("/mount/x?q=1").json();
+    assert_eq!(
+        (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
+        (&"".into(), &"/mount/x".into())
+    );
+    let e = s.nginx.get("/mo/mount/y").json();
+    assert_eq!(
+        (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
+        (&"/mo".into(), &"/mount/y".into())
+    );
+}
+
+#[test]
 fn bodies_empty_small_and_10mib_are_byte_exact() {
     both(|s| {
         let r = s.nginx.request(

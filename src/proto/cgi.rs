@@ -29,12 +29,13 @@ pub struct Cgi<'a> {
 pub struct Notes(u8);
 
 impl Notes {
-    const ALL: [&'static str; 5] = [
+    const ALL: [&'static str; 6] = [
         "dropped a wsgi.* or postern.* variable",
         "SCRIPT_NAME without PATH_INFO taken as the whole path",
         "PATH_INFO derived from REQUEST_URI",
         "promoted an HTTP_CONTENT_* header",
         "SCRIPT_NAME without PATH_INFO taken as the mount point the path goes on from",
+        "SCRIPT_NAME set aside: the request's whole path does not go on from it",
     ];
 
     const DROPPED_OWN: u8 = 0;
@@ -42,6 +43,7 @@ impl Notes {
     const PATH_FROM_URI: u8 = 2;
     const PROMOTED: u8 = 3;
     const SCRIPT_AS_MOUNT: u8 = 4;
+    const SCRIPT_NOT_ITS_MOUNT: u8 = 5;
 
     /// Adds the sentence `Notes::ALL[i]`.
     fn add(&mut self, i: u8) {
@@ -446,6 +448,16 @@ pub fn normalise<'a>(
     // Paths (§4.3, §2.13).
     let (mut script, mut path): (&'a [u8], Option<Cow<'a, [u8]>>) =
         (script.unwrap_or_default(), path.map(Cow::Borrowed));
+    // The request's whole path as the front server saw it: DOCUMENT_URI (nginx's
+    // normalised, rewritten `$uri`), else REQUEST_URI's path, decoded.
+    let document_uri = value(&at, K_DOCUMENT_URI).filter(|v| !v.is_empty());
+    let whole_path = || -> Option<Cow<'a, [u8]>> {
+        match document_uri {
+            Some(d) => Some(Cow::Borrowed(d)),
+            None => value(&at, K_REQUEST_URI)
+                .map(|u| percent_decode_cow(u.split(|&b| b == b'?').next().unwrap_or_default())),
+        }
+    };
     if defaults.script_name_is_path && path.is_none() && !script.is_empty() {
         // nginx's stock params send SCRIPT_NAME = `$fastcgi_script_name`, the request's
         // whole (normalised, rewritten) path, which DOCUMENT_URI (`$document_uri`)
@@ -453,15 +465,21 @@ pub fn normalise<'a>(
         // (`fastcgi_param SCRIPT_NAME /app;`, `scgi_param …`; or `fastcgi_split_path_info`
         // without PATH_INFO): it is the mount point, as over uwsgi. (A SCRIPT_NAME that
         // ends in `/` never is: nginx's `$uri` of `/a/b//` or `/a/b/.` is `/a/b/`.)
-        let whole = match value(&at, K_DOCUMENT_URI).filter(|v| !v.is_empty()) {
-            Some(d) => Some(Cow::Borrowed(d)),
-            None => value(&at, K_REQUEST_URI)
-                .map(|u| percent_decode_cow(u.split(|&b| b == b'?').next().unwrap_or_default())),
-        };
-        match whole {
+        match whole_path() {
             Some(whole) if goes_on_past(script, &whole) => {
                 path = Some(whole);
                 cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
+            }
+            // A SCRIPT_NAME that is neither DOCUMENT_URI nor a mount point it goes on
+            // from was set by the user and is not this request's: nginx's `location /app`
+            // also matches `/application/x`, which `fastcgi_param SCRIPT_NAME /app;`
+            // does not start. The path is DOCUMENT_URI, with no mount point. (Without
+            // DOCUMENT_URI, REQUEST_URI is the path before any rewrite, so it cannot
+            // tell a user's SCRIPT_NAME from a rewritten whole path: the rule below.)
+            Some(whole) if document_uri.is_some() && *whole != *script => {
+                path = Some(whole);
+                script = b"";
+                cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
             }
             _ => {
                 path = Some(Cow::Borrowed(script));
@@ -483,6 +501,18 @@ pub fn normalise<'a>(
     let (script, cut) = (s, path.len() - rest.len());
     let mut script: &'a [u8] = script;
     cut_front(&mut path, cut);
+    if cut == 0
+        && !script.is_empty()
+        && !defaults.modifier30
+        && whole_path().is_some_and(|w| *w == *path)
+    {
+        // A SCRIPT_NAME beside a PATH_INFO that is the request's whole path but does
+        // not go on from it (`location /app` + `uwsgi_param SCRIPT_NAME /app;`, a request
+        // for `/application/x`) is not this request's mount point: kept, the app would
+        // build its URLs as `/app/application/x`.
+        script = b"";
+        cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
+    }
     if script.is_empty() {
         if let Some(m) = longest_mount(defaults.mounts, &path) {
             script = m;
@@ -784,10 +814,22 @@ mod tests {
             paths(&user(Some("/app"), "/app")),
             ("".into(), "/app".into())
         );
+        // regression: a path only sharing the mount's first letters (`location /app`
+        // matches /apple/x) went to the app as PATH_INFO=/app, another route.
         assert_eq!(
             paths(&user(Some("/apple/x"), "/apple/x")),
-            ("".into(), "/app".into())
+            ("".into(), "/apple/x".into())
         );
+        assert_eq!(
+            user(Some("/apple/x"), "/apple/x")
+                .notes
+                .iter()
+                .collect::<Vec<_>>(),
+            ["SCRIPT_NAME set aside: the request's whole path does not go on from it"]
+        );
+        // Without DOCUMENT_URI a rewritten stock SCRIPT_NAME cannot be told from it:
+        // SCRIPT_NAME stays the whole path.
+        assert_eq!(paths(&user(None, "/apple/x")), ("".into(), "/app".into()));
         // Stock params: SCRIPT_NAME = DOCUMENT_URI = $uri, whatever REQUEST_URI was
         // before a rewrite (`rewrite ^(.*)/extra$ $1;`): still the whole path.
         let stock = |script: &'static str, doc: &'static str, uri: &'static str| {
@@ -841,6 +883,55 @@ mod tests {
             &[],
         );
         assert_eq!(paths(&cgi), ("/app".into(), "/x y".into()));
+    }
+
+    // regression: `location /app` + `uwsgi_param SCRIPT_NAME /app;` and a request for
+    // /application/x kept SCRIPT_NAME=/app beside PATH_INFO=/application/x: the app's
+    // URLs (and an ASGI scope's path) came out as /app/application/x.
+    #[test]
+    fn a_script_name_the_whole_path_does_not_go_on_from_is_set_aside() {
+        let uwsgi = |path_info: &'static str, uri: &'static str, modifier30: bool| {
+            let cgi = normalise(
+                [
+                    ("REQUEST_METHOD", "GET"),
+                    ("SCRIPT_NAME", "/app"),
+                    ("PATH_INFO", path_info),
+                    ("REQUEST_URI", uri),
+                ]
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+                Defaults {
+                    modifier30,
+                    ..Defaults::default()
+                },
+            )
+            .unwrap();
+            (paths(&cgi), cgi.notes.iter().count())
+        };
+        assert_eq!(
+            uwsgi("/application/x", "/application/x?q=1", false),
+            (("".into(), "/application/x".into()), 1)
+        );
+        // The whole path, decoded, and the mount itself.
+        assert_eq!(
+            uwsgi("/appé", "/app%C3%A9", false),
+            (("".into(), "/appé".into()), 1)
+        );
+        assert_eq!(
+            uwsgi("/app/x", "/app/x", false),
+            (("/app".into(), "/x".into()), 0)
+        );
+        // A PATH_INFO that is not the whole path (a rewrite, or the front server's own
+        // split) is the front server's word: kept with its SCRIPT_NAME.
+        assert_eq!(
+            uwsgi("/other", "/application/x", false),
+            (("/app".into(), "/other".into()), 0)
+        );
+        // modifier1 30 cuts len(SCRIPT_NAME) bytes whatever they are (uWSGI's rule).
+        assert_eq!(
+            uwsgi("/application/x", "/application/x", true),
+            (("/app".into(), "lication/x".into()), 0)
+        );
     }
 
     #[test]
