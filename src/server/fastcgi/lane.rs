@@ -608,8 +608,11 @@ pub async fn serve(
     // no front server does that, so the connection is under --head-timeout from then
     // until a request begins, not idle.
     let mut stray: Option<(u16, Instant)> = None;
-    // Input came (or the connection came in with some) since the last quick ACK.
-    let mut unacked = true;
+    // `served` when the quick ACK was last armed (FcgiConn::ack_now): once per
+    // request, not per read. Linux stays out of its delayed-ACK mode until postern
+    // sends on the connection (a response), so the reads of one body need no more;
+    // a request that ended since (its answer went out) arms it again.
+    let mut acked_at: Option<u64> = None;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -800,8 +803,9 @@ pub async fn serve(
         };
         // A request (or record) unfinished after a read: its rest may wait for our ACK
         // (see FcgiConn::ack_now).
-        if std::mem::take(&mut unacked) && (in_head || waiting_body || !buf.is_empty()) && !eof {
+        if acked_at != Some(served) && (in_head || waiting_body || !buf.is_empty()) && !eof {
             conn.ack_now();
+            acked_at = Some(served);
         }
         let sleep = async {
             match deadline {
@@ -871,7 +875,6 @@ pub async fn serve(
                     Ok(_) => {
                         last_read = Instant::now();
                         past = over;
-                        unacked = true;
                     }
                     Err(e) => {
                         // A reset where a FIN is logged (above), at the level uwsgi and

@@ -459,9 +459,11 @@ impl FcgiConn {
     /// request in several writes on an upstream socket with Nagle on, and holds a
     /// short last one until its earlier data is acknowledged; on a kept connection
     /// (its answers make Linux take it for an interactive one, which delays ACKs) that
-    /// added ~40 ms to POSTs of 15-20 KB. Linux leaves quick-ACK mode by itself, so
-    /// this is called again for each unfinished request: never on a request that came
-    /// in one read (the usual path).
+    /// added ~40 ms to POSTs of 15-20 KB. Once per request is enough: the call sends
+    /// the ACK due and takes the connection out of that interactive mode, where it
+    /// stays (each read then acknowledges what it took) until postern sends on it
+    /// again, its answer; so it is called once per unfinished request, never per read
+    /// of a body, and never on a request that came in one read (the usual path).
     pub(super) fn ack_now(&self) {
         if self.tcp {
             let _ = rustix::net::sockopt::set_tcp_quickack(self.sock.as_fd(), true);
