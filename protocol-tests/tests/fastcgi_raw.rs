@@ -963,6 +963,45 @@ fn abort_request_while_the_app_waits_for_its_body() {
     ok_after(&p);
 }
 
+#[test]
+fn a_stream_the_client_leaves_is_counted_as_far_as_it_went() {
+    // regression: the access line (and postern_response_bytes_total) of a FastCGI
+    // stream the client left counted its head and first two chunks only: what the
+    // thread's writer had sent was added after the figures were taken.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    for (n, keep) in [(1, false), (2, true)] {
+        let mut c = Fc::open(&p);
+        c.send(&fcgi::get(1, keep, "/stream?n=2000&delay=0.005"));
+        let mut read = 0;
+        while read < 1500 {
+            let r = c.rec();
+            assert_eq!((r.kind, r.id), (STDOUT, 1), "{r:?}");
+            read += r.content.len();
+        }
+        drop(c);
+        assert!(
+            p.wait_log_count("client went away", n, 10),
+            "no access line for the stream the client left (keep-conn {keep})\n{}",
+            p.logs()
+        );
+        let line = log_lines(&p, &["client went away", "/stream"])
+            .pop()
+            .unwrap();
+        let bytes: usize = line
+            .split("bytes=")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("no bytes= in {line}"));
+        assert!(
+            bytes >= read,
+            "the access line counts {bytes} bytes; the client read {read} (keep-conn {keep}): {line}"
+        );
+    }
+    ok_after(&p);
+}
+
 /// Asserts the log tells of a body read cut by the front server going away, once, and
 /// not of an app error answered 500 (nothing was answered).
 /// Opens a connection and starts request 1 (`keep`: FCGI_KEEP_CONN), a POST to `path`

@@ -230,6 +230,12 @@ impl Stream {
         g
     }
 
+    /// The bytes sent for this response since the last `drain` or `take_sent`,
+    /// without waiting for what is queued or in flight (a response cut short).
+    pub fn take_sent(&self) -> u64 {
+        std::mem::take(&mut self.shared.lock().sent)
+    }
+
     /// Waits until everything queued is sent; returns the bytes sent so far for this
     /// response, or the first write error.
     pub fn drain(&self) -> (u64, io::Result<()>) {

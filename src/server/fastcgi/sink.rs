@@ -161,6 +161,14 @@ impl FcgiSink {
         Ok(())
     }
 
+    /// What the access line and the metrics count as sent.
+    fn sent(&self) -> Sent {
+        Sent {
+            bytes: self.written,
+            started: self.started,
+        }
+    }
+
     /// Waits until the writer has sent everything queued; its error if a send failed.
     fn drain(&mut self) -> io::Result<()> {
         match &self.stream {
@@ -362,19 +370,21 @@ impl Sink for FcgiSink {
         // --max-requests counts the request served as it ends (`end` below, or the
         // `write_last` / `try_write` that ended it): not here, after END_REQUEST, when
         // the connection's next request may have taken the place already.
-        let sent = Sent {
-            bytes: self.written,
-            started: self.started,
-        };
         if self.finished {
             // Ended by `write_last`.
-            return sent;
+            return self.sent();
         }
         if !matches!(end, End::Incomplete(_)) {
             // END_REQUEST follows everything queued.
             let _ = self.drain();
+        } else if let Some(s) = &self.stream {
+            // Cut: what is queued is dropped, what the writer sent is counted.
+            self.written += s.take_sent();
         }
         self.stream = None;
+        // Only now: the writer's share is in (the access line of a stream the client
+        // left once said its head and first two chunks only).
+        let sent = self.sent();
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
             End::Complete(_) => true,
