@@ -860,11 +860,28 @@ fn a_large_first_chunk_reaches_a_slow_reader_whole_after_one_head() {
 /// one write, and reads the answer to its end: what came, and whether it ended in a
 /// clean EOF (not a reset).
 fn send_past_the_body(addr: &Addr, head: &[u8], body: &[u8], past: &[u8]) -> (Vec<u8>, bool) {
+    send_past_the_body_after(addr, 0, head, body, past)
+}
+
+/// [`send_past_the_body`], its first `first` bytes written alone 100 ms before the
+/// rest (when not 0): the fast path reads them, a part of a head, and leaves the
+/// connection to the slow lane.
+fn send_past_the_body_after(
+    addr: &Addr,
+    first: usize,
+    head: &[u8],
+    body: &[u8],
+    past: &[u8],
+) -> (Vec<u8>, bool) {
     let mut s = addr.connect().unwrap();
     let mut all = head.to_vec();
     all.extend_from_slice(body);
     all.extend_from_slice(past);
-    s.write_all(&all).unwrap();
+    if first > 0 {
+        s.write_all(&all[..first]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.write_all(&all[first..]).unwrap();
     let mut got = Vec::new();
     let clean = s.read_to_end(&mut got).is_ok();
     (got, clean)
@@ -935,6 +952,55 @@ fn a_body_longer_than_its_content_length_gets_its_whole_answer_and_a_clean_close
         "{}",
         p.logs()
     );
+    ok_after(&p);
+}
+
+// regression (review-mem): in the slow lane, a read that filled its buffer and ended
+// exactly with the body asked for no byte past it, so bytes sent past the
+// CONTENT_LENGTH went unseen and the close was a reset. The fast path reads the first
+// 2 bytes of the head alone; the slow lane's buffer for them then grows to 8,194 bytes,
+// so its read ends with the body when the head and body are 8,194 bytes (the lengths
+// around it are there in case that size moves).
+#[test]
+fn a_body_ending_where_the_slow_lanes_read_ends_gets_a_clean_close() {
+    let dir = tempdir();
+    let unix = dir.path().join("past.sock");
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", unix.display()))
+        .start();
+    let head = |len: usize| {
+        uwsgi_packet(&[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("CONTENT_LENGTH", &len.to_string()),
+        ])
+    };
+    let body: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+    for addr in [p.addr.clone(), Addr::Unix(unix.clone())] {
+        for whole in 8_192..=8_196 {
+            let len = whole - head(8_000).len();
+            let (got, clean) =
+                send_past_the_body_after(&addr, 2, &head(len), &body[..len], b"past the body");
+            let r = parse_http(&got).unwrap_or_else(|| {
+                panic!(
+                    "{addr:?} {whole}: no whole answer ({} bytes)\n{}",
+                    got.len(),
+                    p.logs()
+                )
+            });
+            assert_eq!(r.status, 200);
+            assert!(
+                r.body == body[..len],
+                "{addr:?} {whole}: the body came back changed"
+            );
+            assert!(
+                clean,
+                "{addr:?} {whole}: the answer ended in a reset, not EOF\n{}",
+                p.logs()
+            );
+        }
+    }
     ok_after(&p);
 }
 

@@ -1101,22 +1101,11 @@ impl Acceptor {
                             Body::Memory(buf.split_to(len as usize).freeze())
                         };
                         let (span, request_id) = request_span(&head, &peer);
-                        // Bytes past the body (in the first read, or the byte past it
-                        // that the last read asks for: `PAST_BODY`). A first read that
-                        // filled its room and ended exactly with the body asked for
-                        // nothing past it: one look without waiting (rare: costs the
-                        // usual request nothing).
-                        let mut past = buf.len();
-                        if past == 0 && filled && !read_more {
-                            let mut one = [0u8; 1];
-                            if let Ok((n, _)) = rustix::net::recv(
-                                sock.as_fd(),
-                                &mut one[..],
-                                RecvFlags::PEEK | RecvFlags::DONTWAIT,
-                            ) {
-                                past = n;
-                            }
-                        }
+                        // Bytes past the body: in the first read, or the byte past it
+                        // that read_rest's last read asks for (`PAST_BODY`: that read
+                        // never fills its room at the body's end).
+                        let past =
+                            connection::bytes_past(sock.as_fd(), buf.len(), filled && !read_more);
                         let linger = (past > 0).then(|| {
                             span.in_scope(|| {
                                 connection::Linger::past_the_body(&self.slow, l.tcp, past)

@@ -132,6 +132,9 @@ struct Reader<'c, C> {
     buf: BytesMut,
     /// While set and nothing has arrived, a stop closes the connection at once.
     idle: Option<CancellationToken>,
+    /// The last read filled all the room it offered: more may be in the socket
+    /// ([`bytes_past`]).
+    filled: bool,
 }
 
 impl<C: Conn> Reader<'_, C> {
@@ -144,6 +147,7 @@ impl<C: Conn> Reader<'_, C> {
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8192);
             }
+            let room = self.buf.capacity() - self.buf.len();
             let n = match &self.idle {
                 Some(stop) if self.buf.is_empty() => tokio::select! {
                     r = self.conn.read_buf(&mut self.buf) => r?,
@@ -151,6 +155,7 @@ impl<C: Conn> Reader<'_, C> {
                 },
                 _ => self.conn.read_buf(&mut self.buf).await?,
             };
+            self.filled = n == room;
             if n == 0 {
                 return Ok(self.codec.decode_eof(&mut self.buf)?);
             }
@@ -179,6 +184,9 @@ async fn serve<C: Conn>(
                 codec,
                 buf,
                 idle: None,
+                // What the fast path read ended before the body did (else the
+                // request would not be here).
+                filled: false,
             },
         ),
         Start::Fresh(buf) => {
@@ -187,6 +195,7 @@ async fn serve<C: Conn>(
                 codec: UwsgiCodec::for_protocol(info.protocol, limits.buffer_size),
                 buf,
                 idle: Some(lane.stopping.clone()),
+                filled: false,
             };
             let left = limits.head_timeout.saturating_sub(started.elapsed());
             match timeout(left, framed.next()).await {
@@ -310,7 +319,7 @@ async fn serve<C: Conn>(
             return;
         }
     };
-    let extra = framed.buf.len();
+    let extra = bytes_past(framed.conn.as_fd(), framed.buf.len(), framed.filled);
     drop(framed);
     let sock = match conn.into_socket() {
         Ok(s) => s,
@@ -560,8 +569,13 @@ async fn read_into_memory<C: Conn>(
     };
     while body.len() < want {
         let left = want - body.len();
+        let offered = left
+            .saturating_add(PAST_BODY)
+            .min(body.capacity() - body.len());
         let mut room = (&mut body).limit(left.saturating_add(PAST_BODY));
-        match timeout(t, framed.conn.read_buf(&mut room)).await {
+        let read = timeout(t, framed.conn.read_buf(&mut room)).await;
+        framed.filled = matches!(read, Ok(Ok(n)) if n == offered);
+        match read {
             Err(_) => return Err(ReadError::TimedOut(t)),
             Ok(Ok(0)) => {
                 return Err(CodecError::BodyTruncated {
@@ -584,6 +598,22 @@ async fn read_into_memory<C: Conn>(
 /// last read asks for them: a peer that sent more than its `CONTENT_LENGTH` is seen (a
 /// [`Linger`] close) with no system call of its own.
 pub(super) const PAST_BODY: usize = 1;
+
+/// How many bytes the peer sent past its request's body, as far as can be told without
+/// waiting, for the fast path and the slow lane alike: `read`, the bytes read with the
+/// body; else, when the last read filled all the room it offered (`filled`) and so
+/// ended exactly with the body, one look at the socket (MSG_PEEK, no wait). A read with
+/// room for [`PAST_BODY`] never ends so unless the bytes past are there: the look is
+/// taken only when a read's own size fell on the body's end (a head and body filling
+/// the first read, or the slow lane's read buffer): nothing on the usual request.
+pub(super) fn bytes_past(sock: BorrowedFd<'_>, read: usize, filled: bool) -> usize {
+    if read > 0 || !filled {
+        return read;
+    }
+    let mut one = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    rustix::net::recv(sock, &mut one[..], flags).map_or(0, |(n, _)| n)
+}
 
 /// Answers a small error response, then reads and discards what the peer still sends
 /// (bounded) so that closing does not reset a peer that is still writing.
