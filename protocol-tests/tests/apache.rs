@@ -18,7 +18,7 @@ use serde_json::Value;
 const PREFIX: &str = "/app";
 const SETENVIF: &str = "    SetEnvIf Request_URI \".\" proxy-fcgi-pathinfo=unescape\n";
 const CGIPASSAUTH: &str = "    CGIPassAuth On\n";
-const REUSE: &str = "|fcgi://localhost/\" enablereuse=on\n";
+const REUSE: &str = "|fcgi://postern/\" enablereuse=on\n";
 const BASIC: &str = "Basic dXNlcjpwYXNzd29yZA==";
 
 struct Stack {
@@ -317,7 +317,7 @@ fn fastcgi_mount_option_without_pathinfo_env() {
     let Some(s) = fcgi(PREFIX, &["--mount", "/app"], |c| {
         let c = edit(&c, SETENVIF, "");
         let c = edit(&c, CGIPASSAUTH, "");
-        edit(&c, REUSE, "|fcgi://localhost/\"\n")
+        edit(&c, REUSE, "|fcgi://postern/\"\n")
     }) else {
         return;
     };

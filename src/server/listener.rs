@@ -211,6 +211,43 @@ impl BindError {
     }
 }
 
+/// The host name in Apache's `unix:PATH|uwsgi://NAME/` for a Unix socket: Apache keeps
+/// one connection pool (a "worker") per `scheme://NAME/` and ignores the path when
+/// two `ProxyPass` lines share a name, so two apps written with the same NAME (such as
+/// `localhost`) all reach the first one's socket. Made from the socket's directory and
+/// file name (`/run/shop/postern.sock` → `shop-postern`), letters, digits and `-` only.
+pub fn apache_worker_name(path: &Path) -> String {
+    let clean = |s: &std::ffi::OsStr| -> String {
+        let mut out = String::new();
+        for c in s.to_string_lossy().chars() {
+            if c.is_ascii_alphanumeric() {
+                out.push(c.to_ascii_lowercase());
+            } else if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        out.trim_end_matches('-').to_owned()
+    };
+    let stem = path.file_stem().map(clean).unwrap_or_default();
+    let dir = path
+        .parent()
+        .and_then(Path::file_name)
+        .map(clean)
+        .unwrap_or_default();
+    let name = match (dir.as_str(), stem.as_str()) {
+        ("", "") => "postern".to_owned(),
+        (d, s) if d == s || d.is_empty() => s.to_owned(),
+        (d, "") => d.to_owned(),
+        (d, s) => format!("{d}-{s}"),
+    };
+    // A label of a host name is at most 63 characters.
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
 /// The lines that point a front server at this listener: nginx's `*_pass` and Apache's
 /// `ProxyPass`, for the start-up log.
 pub fn front_server_lines(protocol: Protocol, addr: &ListenAddr) -> (String, String) {
@@ -223,8 +260,9 @@ pub fn front_server_lines(protocol: Protocol, addr: &ListenAddr) -> (String, Str
         ListenAddr::Unix(p) => (
             format!("{directive} unix:{};", p.display()),
             format!(
-                "ProxyPass \"/\" \"unix:{}|{scheme}://localhost/\"",
-                p.display()
+                "ProxyPass \"/\" \"unix:{}|{scheme}://{}/\"",
+                p.display(),
+                apache_worker_name(p)
             ),
         ),
         ListenAddr::Tcp(sa) => {
@@ -1332,6 +1370,20 @@ mod tests {
         );
     }
 
+    // regression: every Unix socket was written `unix:PATH|uwsgi://localhost/`, and
+    // Apache sends all ProxyPass lines sharing that name to the first one's socket.
+    #[test]
+    fn apache_worker_names_differ_per_socket() {
+        let name = |p: &str| apache_worker_name(Path::new(p));
+        assert_eq!(name("/run/postern/postern.sock"), "postern");
+        assert_eq!(name("/run/shop/postern.sock"), "shop-postern");
+        assert_eq!(name("/run/blog/postern.sock"), "blog-postern");
+        assert_eq!(name("/tmp/My App_2/web.fcgi.sock"), "my-app-2-web-fcgi");
+        assert_eq!(name("/é/.sock"), "sock");
+        assert_eq!(name("/__"), "postern");
+        assert!(name(&format!("/{}/x.sock", "a".repeat(80))).len() <= 63);
+    }
+
     #[test]
     fn points_front_servers_at_each_listener() {
         let unix: ListenAddr = "unix:/run/postern/app.sock".parse().unwrap();
@@ -1339,7 +1391,7 @@ mod tests {
             front_server_lines(Protocol::Uwsgi, &unix),
             (
                 "uwsgi_pass unix:/run/postern/app.sock;".to_owned(),
-                r#"ProxyPass "/" "unix:/run/postern/app.sock|uwsgi://localhost/""#.to_owned()
+                r#"ProxyPass "/" "unix:/run/postern/app.sock|uwsgi://postern-app/""#.to_owned()
             )
         );
         let any: ListenAddr = ":9000".parse().unwrap();
