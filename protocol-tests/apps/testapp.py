@@ -267,6 +267,10 @@ def application(environ, start_response):
     if path == "/bare-status":
         # A status without its reason (PEP 3333 asks for one; uWSGI and gunicorn pass it).
         return text(start_response, "bare\n", q.get("code", "200"))
+    if path == "/head-empty":
+        # As Bottle does: the body left out for HEAD by the app itself.
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [b"a body\n"]
     if path == "/status-100":
         start_response("100 Continue", [])
         return [b""]

@@ -272,6 +272,22 @@ fn head_requests_get_headers_only() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("\r\nContent-Length: 6\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text}");
+    // regression: an app that leaves the body out for HEAD itself (returns `[]`, as
+    // Bottle does) got `Content-Length: 0`, which says the GET's body is empty.
+    let out = p.uwsgi(
+        &[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/head-empty")],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("Content-Length"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
+    let out = p.uwsgi(
+        &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/head-empty")],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("\r\nContent-Length: 7\r\n"), "{text}");
 }
 
 #[test]

@@ -1135,10 +1135,13 @@ fn iterate(
                 Err(not_started())
             };
         }
+        // An empty body on HEAD says nothing of the GET's length (frameworks such as
+        // Bottle return `[]` for HEAD): no length, rather than a false `0`.
         if r.content_length.is_none()
             && !r.used_write
             && !r.headers_sent
             && !resp::status_has_no_body(r.code)
+            && !(r.is_head && total == 0)
         {
             r.push_header("Content-Length", &total.to_string());
             r.content_length = Some(total as u64);
