@@ -1141,7 +1141,7 @@ fn iterate(
             && !r.used_write
             && !r.headers_sent
             && !resp::status_has_no_body(r.code)
-            && !(r.is_head && total == 0)
+            && (!r.is_head || total > 0)
         {
             r.push_header("Content-Length", &total.to_string());
             r.content_length = Some(total as u64);
