@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Ctl, FcgiConn, Owner, TryEnd};
+use super::{send_all, Ctl, FcgiConn, Owner, TryEnd};
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
 use crate::server::writer::Stream;
@@ -245,6 +245,48 @@ impl FcgiConn {
     }
 }
 
+/// What the front server's log shows just before the invalid record that cuts a
+/// response ([`FcgiConn::mark_cut`]): nginx logs it as `FastCGI sent in stderr`,
+/// Apache as `AH01071: Got error`.
+const CUT_NOTE: &[u8] = b"postern: the response is cut short (see postern's log); \
+the invalid record that follows keeps it from being taken as complete";
+
+impl FcgiConn {
+    /// Request `id`'s response is cut after it started (the app failed, or sent less
+    /// than its Content-Length), and the connection closes without END_REQUEST. Over
+    /// TCP that close is a reset, and a keep-conn front server takes the EOF as an
+    /// error; but without keep-conn on a Unix socket (no reset there) nginx takes the
+    /// EOF as the end of the response: it ends the client's chunked body normally and
+    /// a fastcgi_cache keeps the truncated body. So a STDERR line saying why, then a
+    /// record header of version 0, which every FastCGI client refuses: nginx then logs
+    /// `upstream sent unsupported FastCGI protocol version: 0` and cuts its client off,
+    /// as Apache does (`AH01068: Got bogus version 0`). Only when no other request is
+    /// in flight: a client that multiplexes still waits for their END_REQUEST, so it
+    /// takes the close as an error already, and they fail as a closed connection, not
+    /// as a protocol error.
+    fn mark_cut(&self, id: u16, keep_conn: bool) {
+        if self.tcp || keep_conn || self.handed_over.load(Ordering::Acquire) {
+            return;
+        }
+        let alone = match &*self.owner() {
+            Owner::Lane(_) => self.lane_requests.load(Ordering::Acquire) <= 1,
+            _ => true,
+        };
+        if !alone {
+            return;
+        }
+        let mut out = Vec::with_capacity(CUT_NOTE.len() + 3 * fcgi::HEADER_LEN);
+        fcgi::encode_stream(&mut out, fcgi::STDERR, id, CUT_NOTE);
+        out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
+        // Under the write lock, after any record the writer is still sending; not
+        // after a send that failed part way (this header would land inside a record).
+        let _w = self.write.lock();
+        if !self.is_broken() {
+            let _ = send_all(&self.sock, &out, self.write_timeout);
+        }
+    }
+}
+
 impl Sink for FcgiSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
@@ -385,6 +427,9 @@ impl Sink for FcgiSink {
         // Only now: the writer's share is in (the access line of a stream the client
         // left once said its head and first two chunks only).
         let sent = self.sent();
+        if matches!(end, End::Incomplete(_)) {
+            self.conn.mark_cut(self.id, self.keep_conn);
+        }
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
             End::Complete(_) => true,
