@@ -886,7 +886,8 @@ pub fn cgi_normalise(data: &[u8]) {
 /// are not); the headers are the environ's `HTTP_*` (in CGI form) and CONTENT_* variables,
 /// each name once, lower case, never empty (SCGI's framing `CONTENT_LENGTH: 0` none);
 /// `raw_path` is the last REQUEST_URI before `?`;
-/// `query_string`, `method`, `client` and `server` are the variables' bytes.
+/// `method`, `client` and `server` are the variables' bytes, `query_string` those of
+/// `QUERY_STRING` with bytes outside printable ASCII percent-encoded.
 pub fn asgi_scope(data: &[u8]) {
     use crate::proto::asgi;
     let Some((&flags, block)) = data.split_first() else {
@@ -961,7 +962,10 @@ pub fn asgi_scope(data: &[u8]) {
     assert!(s
         .raw_path
         .is_none_or(|r| !r.is_empty() && !r.contains(&b'?')));
-    assert_eq!(s.query_string, get(b"QUERY_STRING").unwrap_or_default());
+    assert_eq!(
+        s.query_string,
+        asgi::encode_query(get(b"QUERY_STRING").unwrap_or_default())
+    );
     assert_eq!(s.method, get(b"REQUEST_METHOD").unwrap_or_default());
     assert_eq!(s.method_missing, c.method_missing);
     assert_eq!((s.is_head, s.content_length), (c.is_head, c.content_length));

@@ -246,6 +246,13 @@ fn scope_fields_are_byte_exact(upstream: Upstream) {
     assert_eq!(s["http_version"], "1.0");
     assert_eq!(s["raw_path"], "/v");
 
+    // regression: a query sent with raw UTF-8 bytes (curl 'http://host/s?q=é') reached
+    // the app unencoded, and FastAPI decoded it as latin-1 ("Ã©"); ASGI's query_string
+    // is percent-encoded. The path's raw bytes stay in raw_path.
+    let raw = nginx.raw("GET /s?q=\u{e9}&x=%41 HTTP/1.0\r\nHost: localhost\r\n\r\n".as_bytes());
+    let s = scope_of(&nginx, parse_http(&raw).expect("a response"));
+    assert_eq!(s["query_string"], "q=%C3%A9&x=%41");
+
     assert!(
         postern.logs().contains("ASGI"),
         "not served as ASGI: {}",

@@ -431,10 +431,10 @@ impl LastScope {
             set(intern!(py, "raw_path"), raw_path(py, s))?;
             self.raw_path = s.raw_path.map(<[u8]>::to_vec);
         }
-        if self.query_string != s.query_string {
+        if *self.query_string != *s.query_string {
             set(
                 intern!(py, "query_string"),
-                PyBytes::new(py, s.query_string).into_any(),
+                PyBytes::new(py, &s.query_string).into_any(),
             )?;
             self.query_string = s.query_string.to_vec();
         }
@@ -516,7 +516,7 @@ fn fresh<'py>(
     d.set_item(intern!(py, "raw_path"), raw_path(py, s))?;
     d.set_item(
         intern!(py, "query_string"),
-        PyBytes::new(py, s.query_string),
+        PyBytes::new(py, &s.query_string),
     )?;
     d.set_item(intern!(py, "root_path"), root_path(py, s))?;
     d.set_item(intern!(py, "headers"), headers(py, s)?)?;

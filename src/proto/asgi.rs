@@ -72,8 +72,8 @@ pub struct Scope<'a> {
     pub lossy_path: bool,
     /// `REQUEST_URI` up to `?`, exact bytes ([`raw_path`]); `None` without `REQUEST_URI`.
     pub raw_path: Option<&'a [u8]>,
-    /// `QUERY_STRING`, still percent-encoded; empty when absent.
-    pub query_string: &'a [u8],
+    /// `QUERY_STRING`, percent-encoded ([`encode_query`]); empty when absent.
+    pub query_string: Cow<'a, [u8]>,
     /// `REMOTE_ADDR` and `REMOTE_PORT` (0 when that is missing or not a port);
     /// `None` without a `REMOTE_ADDR`.
     pub client: Option<(&'a [u8], u16)>,
@@ -156,6 +156,30 @@ fn is_cgi_form(name: &[u8]) -> bool {
 /// Errors are those of [`cgi::normalise`] (a malformed or conflicting `CONTENT_LENGTH`):
 /// the request is answered 400, as on the WSGI path. Nothing else refuses a request: a
 /// path that is not UTF-8 is served with U+FFFD in place of each invalid sequence.
+/// The scope's `query_string`: ASGI says it is percent-encoded, but nginx passes the
+/// query as the client sent it, and a client may send raw bytes (UTF-8 text typed into
+/// curl). Bytes outside printable ASCII are percent-encoded (`é` → `%C3%A9`), so a
+/// framework that percent-decodes it as UTF-8 gets the text back (FastAPI read raw
+/// UTF-8 as latin-1); everything else, `%` escapes included, is kept as sent. Borrows
+/// `q` when there is nothing to encode (the usual query).
+pub fn encode_query(q: &[u8]) -> Cow<'_, [u8]> {
+    let plain = |b: u8| (0x21..=0x7e).contains(&b);
+    let Some(first) = q.iter().position(|&b| !plain(b)) else {
+        return Cow::Borrowed(q);
+    };
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(q.len() + 16);
+    out.extend_from_slice(&q[..first]);
+    for &b in &q[first..] {
+        if plain(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    Cow::Owned(out)
+}
+
 pub fn scope<'a, P>(
     pairs: P,
     defaults: Defaults<'a>,
@@ -225,7 +249,7 @@ where
         path,
         lossy_path,
         raw_path: borrowed(&vars, 7).and_then(raw_path),
-        query_string: borrowed(&vars, 3).unwrap_or_default(),
+        query_string: encode_query(borrowed(&vars, 3).unwrap_or_default()),
         client: borrowed(&vars, 8)
             .filter(|a| !a.is_empty())
             .map(|a| (a, port(borrowed(&vars, 9)).unwrap_or(0))),
@@ -375,6 +399,16 @@ pub fn check_response_header<'n>(
 mod tests {
     use super::*;
 
+    // regression: a query sent with raw UTF-8 bytes (`?q=é` from curl) reached the app
+    // as is; ASGI's query_string is percent-encoded, and FastAPI read it as latin-1.
+    #[test]
+    fn query_bytes_outside_printable_ascii_are_percent_encoded() {
+        assert_eq!(&*encode_query("q=é".as_bytes()), b"q=%C3%A9");
+        assert_eq!(&*encode_query(b"a b\x7f\x00&c=%41"), b"a%20b%7F%00&c=%41");
+        assert!(matches!(encode_query(b"q=%C3%A9&x=1"), Cow::Borrowed(_)));
+        assert_eq!(&*encode_query(b""), b"");
+    }
+
     #[test]
     fn response_headers_are_checked_on_bytes_as_on_latin1_text() {
         use crate::proto::response::{check_header, HeaderError};
@@ -472,7 +506,8 @@ mod tests {
         assert_eq!(s.scheme, "http");
         assert_eq!((&*s.root_path, &*s.path), ("", "/app/café"));
         assert_eq!(s.raw_path, Some(&b"/app/caf%C3%A9"[..]));
-        assert_eq!(s.query_string, b"q=1");
+        assert_eq!(&*s.query_string, b"q=1");
+        assert!(matches!(s.query_string, Cow::Borrowed(_)));
         assert_eq!(s.client, Some((&b"127.0.0.1"[..], 51234)));
         assert_eq!(s.server, (&b"example.test"[..], Some(8080)));
         assert_eq!(
@@ -763,7 +798,8 @@ mod tests {
             /// Any variables: never a panic, only a length error refuses; each header
             /// name once, lower case, without `_`, never empty, and an empty
             /// content-type/content-length is no header; `path` starts with
-            /// `root_path`; `raw_path` and `query_string` are the bytes sent.
+            /// `root_path`; `raw_path` is the bytes sent, `query_string` too with bytes
+            /// outside printable ASCII percent-encoded.
             #[test]
             fn props_scope_any_variables(
                 pairs in cgi_pairs(),
@@ -812,7 +848,7 @@ mod tests {
                 if let Some(raw) = s.raw_path {
                     prop_assert!(!raw.contains(&b'?'));
                 }
-                prop_assert_eq!(s.query_string, last(&pairs, b"QUERY_STRING").unwrap_or_default());
+                prop_assert_eq!(s.query_string, encode_query(last(&pairs, b"QUERY_STRING").unwrap_or_default()));
                 prop_assert_eq!(s.method_missing, s.method.is_empty());
                 let port = last(&pairs, b"REMOTE_PORT").and_then(parse_port).unwrap_or(0);
                 prop_assert_eq!(
