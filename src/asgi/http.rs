@@ -1055,7 +1055,11 @@ impl Exchange {
             let mut cl_here = None;
             if resp::is_hop_by_hop(name) {
                 let _e = self.span.enter();
-                tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
+                if resp::is_connection_noise(name, &value) {
+                    tracing::debug!(header = %name, "the app set a hop-by-hop header; dropped");
+                } else {
+                    tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
+                }
                 return Ok(());
             }
             if name.eq_ignore_ascii_case("status") {

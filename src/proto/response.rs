@@ -44,6 +44,22 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// A hop-by-hop header that only says what to do with the connection: `Keep-Alive`, or
+/// `Connection` with nothing but `keep-alive`/`close` in it. Frameworks set these on
+/// server-sent event streams (Litestar does on every one): dropped like any hop-by-hop
+/// header, but at debug level, as nothing the app meant is lost (the front server keeps
+/// or closes the client's connection itself).
+pub fn is_connection_noise(name: &str, value: &[u8]) -> bool {
+    if name.eq_ignore_ascii_case("keep-alive") {
+        return true;
+    }
+    name.eq_ignore_ascii_case("connection")
+        && value.split(|&b| b == b',').all(|t| {
+            let t = t.trim_ascii();
+            t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+        })
+}
+
 /// Checks a WSGI status string and returns its code. A bare code (`"200"`) is taken
 /// too, though PEP 3333 asks for a reason: uWSGI and gunicorn pass it, so apps that
 /// send it exist, and the response gets the usual reason ([`complete_status`]).
@@ -511,6 +527,18 @@ pub fn reason_phrase(code: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_keep_alive_and_close_are_noise_other_hop_by_hop_headers_not() {
+        assert!(is_connection_noise("Connection", b"keep-alive"));
+        assert!(is_connection_noise("connection", b"Close"));
+        assert!(is_connection_noise("Connection", b" keep-alive , close"));
+        assert!(is_connection_noise("Keep-Alive", b"timeout=5"));
+        assert!(!is_connection_noise("Connection", b"upgrade"));
+        assert!(!is_connection_noise("Connection", b"keep-alive, X-Secret"));
+        assert!(!is_connection_noise("Transfer-Encoding", b"chunked"));
+        assert!(!is_connection_noise("Upgrade", b"websocket"));
+    }
 
     #[test]
     fn a_head_built_from_lines_is_the_head_write_head_builds() {

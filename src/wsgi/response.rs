@@ -410,10 +410,14 @@ impl State {
             }
             resp::check_header(name, value).map_err(refuse)?;
             if resp::is_hop_by_hop(name) {
-                tracing::warn!(
-                    header = %name,
-                    "the app set a hop-by-hop header; dropped (the front server owns the connection)"
-                );
+                if resp::is_connection_noise(name, value.as_bytes()) {
+                    tracing::debug!(header = %name, "the app set a hop-by-hop header; dropped");
+                } else {
+                    tracing::warn!(
+                        header = %name,
+                        "the app set a hop-by-hop header; dropped (the front server owns the connection)"
+                    );
+                }
                 return Ok(());
             }
             // regression: a `Status` header went out as a second CGI `Status:` line over
