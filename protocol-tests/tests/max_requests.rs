@@ -588,6 +588,18 @@ fn assert_served_exactly(
     per_pid: &std::collections::BTreeMap<String, usize>,
     most: usize,
 ) {
+    // The "(--max-requests)" line is the worker's own, written by its log thread: for a
+    // worker whose limit one of the last requests reached it may not be in the file yet.
+    let has_line = |logs: &str, pid: &str| {
+        logs.lines()
+            .any(|l| l.contains("(--max-requests)") && l.ends_with(&format!(" pid={pid}")))
+    };
+    wait_until(10, || {
+        let logs = p.logs();
+        per_pid
+            .iter()
+            .all(|(pid, &n)| n <= most || has_line(&logs, pid))
+    });
     let logs = p.logs();
     // "recycling this worker: started its 10 requests (--max-requests); ... pid=123"
     let limit = |pid: &str| {
@@ -720,6 +732,8 @@ fn a_worker_that_takes_its_last_request_while_it_boots_says_it_recycles() {
     for c in clients {
         c.join().unwrap();
     }
+    // The workers' lines come through their log threads: wait for them before counting.
+    wait_until(10, || p.logs().matches("(--max-requests)").count() >= 20);
     let logs = p.logs();
     let recycles = logs.matches("(--max-requests)").count();
     assert!(recycles >= 20, "{recycles} recycles\n{logs}");
