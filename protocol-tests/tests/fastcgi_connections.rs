@@ -328,3 +328,49 @@ fn a_kept_connection_whose_first_request_was_refused_waits_for_its_next() {
         }
     }
 }
+
+/// At `--max-connections`, kept connections that sit idle make room for a new one: the
+/// one idle longest is closed (a FIN, as nginx's keepalive cache expects), the new one
+/// is served, the others stay.
+// regression: idle kept connections counted against --max-connections with nothing to
+// close them, so a front server's pool (or a second front server) could hold every
+// place with idle connections while a new connection waited in the listen queue for
+// good (its connect timed out: a 504).
+#[test]
+fn at_max_connections_the_kept_connection_idle_longest_makes_room() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--max-connections", "2"])
+        .start();
+    let served = |s: &mut UnixStream, id: u16, what: &str| {
+        s.write_all(&fcgi::get(id, true, "/hello")).unwrap();
+        let r = try_reply(s, id).unwrap_or_else(|e| panic!("{what}: {e}\n{}", p.logs()));
+        assert_eq!(r.cgi().0, 200, "{what}");
+    };
+    let mut oldest = unix(&p);
+    served(&mut oldest, 1, "the first kept connection");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut younger = unix(&p);
+    served(&mut younger, 1, "the second kept connection");
+    std::thread::sleep(Duration::from_millis(100));
+    // Both idle, both places taken: a third connection is served all the same.
+    let mut new = unix(&p);
+    new.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    served(&mut new, 1, "a new connection at --max-connections");
+    // The idle longest was closed for it (a FIN: EOF, not a reset) ...
+    let mut rest = Vec::new();
+    assert!(
+        matches!(oldest.read_to_end(&mut rest), Ok(0)),
+        "the kept connection idle longest is closed cleanly\n{}",
+        p.logs()
+    );
+    // ... the other one still serves.
+    assert!(!hung_up(&younger), "only one kept connection is closed");
+    served(&mut younger, 2, "the other kept connection, after");
+    assert!(
+        p.wait_log("closing the kept FastCGI connection idle longest", 5),
+        "{}",
+        p.logs()
+    );
+}
