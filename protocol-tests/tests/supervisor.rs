@@ -362,12 +362,55 @@ fn a_reload_whose_import_hangs_is_warned_about_then_given_up() {
     assert!(p.wait_log("reload failed", 20), "{}", p.logs());
     assert!(
         p.logs().contains(
-            "still starting after 4s (--worker-start-timeout) while the others serve; killing it"
+            "still starting past --worker-start-timeout 4s while the others serve; killing it"
         ),
         "{}",
         p.logs()
     );
     serves(&p, "v0", 3);
+}
+
+/// With `--workers 2 --worker-start-timeout 2` and code on disk whose import hangs,
+/// `start_one` makes the master start a worker through its fill step (a replacement,
+/// a SIGTTIN worker): it is warned about at 1 s and killed at 2 s, and so is the
+/// start tried again after it.
+fn a_worker_the_master_adds_whose_import_hangs_is_killed(start_one: impl Fn(&Postern)) {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--worker-start-timeout", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::write(&app, "import time\ntime.sleep(100000)\n").unwrap();
+    start_one(&p);
+    assert!(
+        p.wait_log("worker still starting after 1s", 10),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log("killing it", 10), "{}", p.logs());
+    assert!(p.wait_log_count("killing it", 2, 10), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+}
+
+// regression: a worker started by the master's fill step (a crashed worker's
+// replacement here) had no start deadline: the master slept with none for it, so its
+// hung import was neither warned about nor killed at --worker-start-timeout.
+#[test]
+fn a_replacement_whose_import_hangs_is_killed_at_the_start_timeout() {
+    a_worker_the_master_adds_whose_import_hangs_is_killed(|p| {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let pid: i32 = body.strip_prefix("v0 ").unwrap().parse().unwrap();
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+}
+
+// regression: as above, for the worker SIGTTIN adds.
+#[test]
+fn a_sigttin_worker_whose_import_hangs_is_killed_at_the_start_timeout() {
+    a_worker_the_master_adds_whose_import_hangs_is_killed(|p| p.signal(libc::SIGTTIN));
 }
 
 // regression: at the first start with --workers 2, a worker still importing at the

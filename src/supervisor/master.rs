@@ -284,6 +284,7 @@ pub fn run(
         due = earliest(due, m.fill(&worker)?);
         due = earliest(due, m.keep_stats()?);
         due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
+        due = earliest(due, m.watch_boots());
         m.board
             .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
         for i in m.wait(due) {
@@ -587,54 +588,7 @@ impl Master {
             instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
         };
         due = earliest(due, self.overdue(instant));
-        // Only once the first start is over: a first worker still importing while
-        // another already serves is not a failed reload but the first start, which is
-        // never cut short (`announced`).
-        // regression: at a first start with --workers 2 or more, a worker still
-        // importing was killed once another served, and the master exited 1 with
-        // "the first workers failed to start".
-        let others_serve = self.announced && self.workers.iter().any(|w| w.phase == Phase::Serving);
-        let limit = self.opts.start_timeout;
-        let warn_at = BOOT_WARN.min(limit / 2);
-        let first_start = !self.announced;
         for w in self.workers.iter_mut() {
-            if w.phase == Phase::Booting && !w.sigkilled {
-                let booting = w.started.elapsed();
-                if booting >= limit && others_serve {
-                    // regression: a reload whose import hung was never given up.
-                    tracing::warn!(
-                        pid = raw(w.pid),
-                        "worker still starting after {limit:?} (--worker-start-timeout) while the others serve; killing it (its start counts as failed)"
-                    );
-                    signal(w.pid, Signal::KILL);
-                    w.sigkilled = true;
-                    // Killed before any stop (a stop does not come here): a stop that
-                    // begins before its exit is reaped does not count it as its own.
-                    // regression: such a stop exited 1 ("1 worker killed").
-                    w.before_stop = true;
-                } else if booting >= warn_at && !w.slow_boot_said {
-                    w.slow_boot_said = true;
-                    if first_start {
-                        tracing::warn!(
-                            pid = raw(w.pid),
-                            "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); the first start is not cut short"
-                        );
-                    } else {
-                        tracing::warn!(
-                            pid = raw(w.pid),
-                            "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {limit:?} (--worker-start-timeout)"
-                        );
-                    }
-                }
-                // The next deadline, if one is still ahead: past the limit with none
-                // serving (or at the first start), a wake-up at the limit would come
-                // back every millisecond. A worker becoming ready wakes the loop anyway.
-                // regression: the master polled every 1 ms past the limit.
-                let next = if w.slow_boot_said { limit } else { warn_at };
-                if !w.sigkilled && booting < next {
-                    due = earliest(due, Some(w.started + next));
-                }
-            }
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
                     w.kill_or_spare(&self.board);
@@ -720,6 +674,74 @@ impl Master {
                         due = earliest(due, Some(at(since, limit)));
                     }
                 }
+            }
+        }
+        due
+    }
+
+    /// Workers still starting: one warning at [`BOOT_WARN`] (or half
+    /// `--worker-start-timeout`), and past `--worker-start-timeout` while others serve
+    /// once the first start is over, the kill. Returns the next of these deadlines.
+    /// Called after `fill` (and a deferred reload), just before the master sleeps, so
+    /// that every worker started in this turn of the loop has its deadline.
+    /// regression: called before `fill`, a worker `fill` started (a crashed or recycled
+    /// worker's replacement, a SIGTTIN worker, a retry after a failed start, a chain
+    /// reload's next step) had none: its hung import was neither warned about nor
+    /// killed until something else woke the master.
+    fn watch_boots(&mut self) -> Option<Instant> {
+        // Only once the first start is over: a first worker still importing while
+        // another already serves is not a failed reload but the first start, which is
+        // never cut short (`announced`).
+        // regression: at a first start with --workers 2 or more, a worker still
+        // importing was killed once another served, and the master exited 1 with
+        // "the first workers failed to start".
+        let others_serve = self.announced && self.workers.iter().any(|w| w.phase == Phase::Serving);
+        let limit = self.opts.start_timeout;
+        let warn_at = BOOT_WARN.min(limit / 2);
+        let first_start = !self.announced;
+        let mut due = None;
+        for w in self
+            .workers
+            .iter_mut()
+            .filter(|w| w.phase == Phase::Booting && !w.sigkilled)
+        {
+            let booting = w.started.elapsed();
+            if booting >= limit && others_serve {
+                // regression: a reload whose import hung was never given up.
+                tracing::warn!(
+                    pid = raw(w.pid),
+                    boot_ms = booting.as_millis() as u64,
+                    "worker still starting past --worker-start-timeout {limit:?} while the others serve; killing it (its start counts as failed)"
+                );
+                signal(w.pid, Signal::KILL);
+                w.sigkilled = true;
+                // Killed before any stop (a stop does not come here): a stop that
+                // begins before its exit is reaped does not count it as its own.
+                // regression: such a stop exited 1 ("1 worker killed").
+                w.before_stop = true;
+                continue;
+            }
+            if booting >= warn_at && !w.slow_boot_said {
+                w.slow_boot_said = true;
+                if first_start {
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); the first start is not cut short"
+                    );
+                } else {
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {limit:?} (--worker-start-timeout)"
+                    );
+                }
+            }
+            // The next deadline, if one is still ahead: past the limit with none
+            // serving (or at the first start), a wake-up at the limit would come back
+            // every millisecond. A worker becoming ready wakes the loop anyway.
+            // regression: the master polled every 1 ms past the limit.
+            let next = if w.slow_boot_said { limit } else { warn_at };
+            if booting < next {
+                due = earliest(due, Some(w.started + next));
             }
         }
         due
