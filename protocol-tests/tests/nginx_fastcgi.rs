@@ -470,6 +470,19 @@ fn a_script_name_set_after_the_stock_params_is_a_mount_point() {
             fastcgi_param SCRIPT_NAME /mo;
             fastcgi_pass postern_fcgi;
         }
+        location /strip/ {
+            rewrite ^/strip(/.*)$ $1 break;
+            include PARAMS;
+            fastcgi_param SCRIPT_NAME /strip;
+            fastcgi_pass postern_fcgi;
+        }
+        location /strip2/ {
+            rewrite ^/strip2(/.*)$ $1 break;
+            include PARAMS;
+            fastcgi_param SCRIPT_NAME /strip2;
+            fastcgi_param PATH_INFO $uri;
+            fastcgi_pass postern_fcgi;
+        }
 "#
     .replace("PARAMS", &fastcgi_params_file().display().to_string());
     let Some(s) = stack_with(Mode::Keep, false, "", &user, &[]) else {
@@ -495,6 +508,16 @@ fn a_script_name_set_after_the_stock_params_is_a_mount_point() {
         (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
         (&"".into(), &"/mount/x".into())
     );
+    // The prefix rewritten away before the params (with or without a PATH_INFO param)
+    // is the mount point.
+    for prefix in ["/strip", "/strip2"] {
+        let e = s.nginx.get(&format!("{prefix}/env/r")).json();
+        assert_eq!(
+            (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
+            (&prefix.into(), &"/env/r".into()),
+            "{prefix}"
+        );
+    }
     s.assert_clean("user SCRIPT_NAME");
 }
 

@@ -150,6 +150,11 @@ fn a_script_name_the_path_does_not_go_on_from_is_set_aside() {
             include /etc/nginx/uwsgi_params;
             uwsgi_param SCRIPT_NAME /mo;
             uwsgi_pass {{PASS}};
+        }
+        location /env/ {
+            include /etc/nginx/uwsgi_params;
+            uwsgi_param SCRIPT_NAME /public;
+            uwsgi_pass {{PASS}};
         }"#,
         &[],
     ) else {
@@ -164,6 +169,13 @@ fn a_script_name_the_path_does_not_go_on_from_is_set_aside() {
     assert_eq!(
         (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
         (&"/mo".into(), &"/mount/y".into())
+    );
+    // A public prefix whose path a proxy in front stripped (PATH_INFO does not start
+    // with it at all) is the mount point: kept.
+    let e = s.nginx.get("/env/pub").json();
+    assert_eq!(
+        (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
+        (&"/public".into(), &"/env/pub".into())
     );
 }
 

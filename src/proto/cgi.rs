@@ -465,21 +465,43 @@ pub fn normalise<'a>(
         // (`fastcgi_param SCRIPT_NAME /app;`, `scgi_param …`; or `fastcgi_split_path_info`
         // without PATH_INFO): it is the mount point, as over uwsgi. (A SCRIPT_NAME that
         // ends in `/` never is: nginx's `$uri` of `/a/b//` or `/a/b/.` is `/a/b/`.)
+        //
+        // With DOCUMENT_URI the stock SCRIPT_NAME is DOCUMENT_URI itself (or, with
+        // `fastcgi_index`, DOCUMENT_URI ending in `/` plus the index name), so any other
+        // is the admin's: one ending in `/` is a mount point too (its `/` dropped), and
+        // so is one that DOCUMENT_URI does not start with at all (the path was rewritten
+        // or stripped before it came: `rewrite ^/app(/.*)$ $1 break;`, or a proxy in
+        // front that strips the public prefix); the path is then DOCUMENT_URI.
+        // But one that DOCUMENT_URI starts with other than at a `/` is not this
+        // request's: nginx's `location /app` also matches `/application/x`, which
+        // `fastcgi_param SCRIPT_NAME /app;` does not start. Set aside: the path is
+        // DOCUMENT_URI, with no mount point. (Without DOCUMENT_URI, REQUEST_URI is the
+        // path before any rewrite and cannot tell these apart: the stock rule.)
+        let mount = match document_uri {
+            Some(_) => trim_slashes(script),
+            None => script,
+        };
         match whole_path() {
-            Some(whole) if goes_on_past(script, &whole) => {
+            Some(whole) if *whole != *script && goes_on_past(mount, &whole) => {
                 path = Some(whole);
                 cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
             }
-            // A SCRIPT_NAME that is neither DOCUMENT_URI nor a mount point it goes on
-            // from was set by the user and is not this request's: nginx's `location /app`
-            // also matches `/application/x`, which `fastcgi_param SCRIPT_NAME /app;`
-            // does not start. The path is DOCUMENT_URI, with no mount point. (Without
-            // DOCUMENT_URI, REQUEST_URI is the path before any rewrite, so it cannot
-            // tell a user's SCRIPT_NAME from a rewritten whole path: the rule below.)
-            Some(whole) if document_uri.is_some() && *whole != *script => {
+            Some(whole)
+                if document_uri.is_some()
+                    && whole.starts_with(mount)
+                    && whole.len() > mount.len() =>
+            {
                 path = Some(whole);
                 script = b"";
                 cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
+            }
+            Some(whole)
+                if document_uri.is_some()
+                    && !whole.starts_with(mount)
+                    && !script.starts_with(&whole) =>
+            {
+                path = Some(whole);
+                cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
             }
             _ => {
                 path = Some(Cow::Borrowed(script));
@@ -504,12 +526,15 @@ pub fn normalise<'a>(
     if cut == 0
         && !script.is_empty()
         && !defaults.modifier30
+        && path.starts_with(script)
         && whole_path().is_some_and(|w| *w == *path)
     {
-        // A SCRIPT_NAME beside a PATH_INFO that is the request's whole path but does
-        // not go on from it (`location /app` + `uwsgi_param SCRIPT_NAME /app;`, a request
-        // for `/application/x`) is not this request's mount point: kept, the app would
-        // build its URLs as `/app/application/x`.
+        // A SCRIPT_NAME beside a PATH_INFO that is the request's whole path and starts
+        // with it other than at a `/` (`location /app` + `uwsgi_param SCRIPT_NAME /app;`,
+        // a request for `/application/x`) is not this request's mount point: kept, the
+        // app would build its URLs as `/app/application/x`. (One PATH_INFO does not
+        // start with at all is the public prefix of a path stripped before it came, a
+        // proxy in front or a rewrite: kept, it is the app's mount point.)
         script = b"";
         cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
     }
@@ -647,6 +672,14 @@ pub fn url_scheme(
 }
 
 /// `path` is `script` followed by more path at a `/` (and `script` does not end in `/`).
+/// `s` without its trailing `/`s.
+fn trim_slashes(mut s: &[u8]) -> &[u8] {
+    while let [rest @ .., b'/'] = s {
+        s = rest;
+    }
+    s
+}
+
 fn goes_on_past(script: &[u8], path: &[u8]) -> bool {
     !script.ends_with(b"/")
         && path.len() > script.len()
@@ -827,6 +860,31 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["SCRIPT_NAME set aside: the request's whole path does not go on from it"]
         );
+        // regression (review of the fix above): a public prefix whose path was
+        // stripped before it came (`rewrite ^/app(/.*)$ $1 break;`, or a proxy in front)
+        // lost its SCRIPT_NAME: DOCUMENT_URI that does not start with it at all leaves it
+        // the mount point.
+        assert_eq!(
+            paths(&user(Some("/x"), "/app/x")),
+            ("/app".into(), "/x".into())
+        );
+        // A SCRIPT_NAME ending in `/` set by the admin is a mount point too.
+        let mut v = vec![
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/ftr/"),
+            ("DOCUMENT_URI", "/ftr/x"),
+        ];
+        assert_eq!(
+            paths(&run_with(&v, true, &[])),
+            ("/ftr".into(), "/x".into())
+        );
+        // fastcgi_index: SCRIPT_NAME is DOCUMENT_URI plus the index name (stock).
+        v[1] = ("SCRIPT_NAME", "/fidx/index.py");
+        v[2] = ("DOCUMENT_URI", "/fidx/");
+        assert_eq!(
+            paths(&run_with(&v, true, &[])),
+            ("".into(), "/fidx/index.py".into())
+        );
         // Without DOCUMENT_URI a rewritten stock SCRIPT_NAME cannot be told from it:
         // SCRIPT_NAME stays the whole path.
         assert_eq!(paths(&user(None, "/apple/x")), ("".into(), "/app".into()));
@@ -927,6 +985,11 @@ mod tests {
             uwsgi("/other", "/application/x", false),
             (("/app".into(), "/other".into()), 0)
         );
+        // regression (review of the fix above): the public prefix of a path stripped
+        // before it came (a proxy in front: `proxy_pass http://inner/;`) was set aside
+        // because PATH_INFO is the whole path here; it does not start with SCRIPT_NAME
+        // at all, so SCRIPT_NAME is the mount point.
+        assert_eq!(uwsgi("/x", "/x", false), (("/app".into(), "/x".into()), 0));
         // modifier1 30 cuts len(SCRIPT_NAME) bytes whatever they are (uWSGI's rule).
         assert_eq!(
             uwsgi("/application/x", "/application/x", true),
