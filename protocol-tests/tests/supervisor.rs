@@ -545,6 +545,47 @@ fn a_failed_reload_tells_systemd_it_is_over() {
     }
 }
 
+// regression: SIGTTOU during a reload took the reload's newest worker while it was
+// still importing; that import then failed, and the reload never completed: the step
+// that retires the old generation and sends READY=1 ran only when a worker's ready
+// byte arrived, and none would. Old and new workers served together for ever, and
+// systemd stayed in "reloading".
+#[test]
+fn a_reload_whose_last_starting_worker_sigttou_takes_completes() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let (notify_path, notify) = notify_socket(dir.path());
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .start();
+    let next = || next_notify(&notify, &p);
+    assert!(next().contains("READY=1"));
+    let old = children(p.pid());
+    // The master's newest child (the reload's second worker, the one SIGTTOU takes)
+    // waits for `fail.now`, then fails its import; the other one serves.
+    std::fs::write(
+        &app,
+        "import os, time\nhere = os.path.dirname(os.path.abspath(__file__))\ntime.sleep(0.3)\npp = os.getppid()\nkids = [int(k) for k in open('/proc/%d/task/%d/children' % (pp, pp)).read().split()]\nif os.getpid() == max(kids):\n    while not os.path.exists(os.path.join(here, 'fail.now')):\n        time.sleep(0.05)\n    raise SyntaxError('broken deploy')\n\ndef application(environ, start_response):\n    body = ('v1-good %d' % os.getpid()).encode()\n    start_response('200 OK', [('Content-Length', str(len(body)))])\n    return [body]\n",
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    assert!(p.wait_log_count("worker ready", 3, 20), "{}", p.logs());
+    p.signal(libc::SIGTTOU);
+    assert!(p.wait_log("SIGTTOU: one worker less", 10), "{}", p.logs());
+    std::fs::write(dir.path().join("fail.now"), "").unwrap();
+    let over = next();
+    assert!(over.contains("READY=1"), "{over}");
+    assert!(over.contains("STATUS=serving: 1 workers ready"), "{over}");
+    assert!(
+        wait_until(10, || old.iter().all(|&pid| gone(pid))),
+        "old workers still there:\n{}",
+        p.logs()
+    );
+    serves(&p, "v1-good", 3);
+}
+
 // regression: a --chain-reload that succeeded never sent READY=1 (only a reload whose
 // last step retired old workers did, and a chain reload retires them one by one as its
 // new workers serve): systemd reported a reload timeout. Each reload, plain or chain,

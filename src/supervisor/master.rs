@@ -284,6 +284,7 @@ pub fn run(
         due = earliest(due, m.fill(&worker)?);
         due = earliest(due, m.keep_stats()?);
         due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
+        m.complete_generation();
         due = earliest(due, m.watch_boots());
         m.board
             .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
@@ -534,47 +535,61 @@ impl Master {
                 tracing::info!(pid = raw(old.pid), "chain reload: an old worker drains");
             }
         }
-        // Once the whole new generation serves, the old one drains and exits.
-        let current: Vec<(i32, bool)> = self
-            .workers
-            .iter()
-            .filter(|w| w.current(self.generation))
-            .map(|w| (raw(w.pid), w.phase == Phase::Serving))
-            .collect();
-        if current.len() >= self.target && current.iter().all(|(_, ready)| *ready) {
-            let mut retired = 0;
-            for w in self.workers.iter_mut() {
-                if w.generation < self.generation && w.phase.active() {
-                    w.drain(&self.board, Cause::Reload);
-                    retired += 1;
-                }
+    }
+
+    /// Completes the current generation once all of it serves, at least `target`
+    /// workers: the older generations drain and exit, and the first start or a reload
+    /// that is pending says so (one READY=1, one "all N workers ready"). Idempotent: the
+    /// loop calls it after every turn's events (a ready byte, an exit, SIGTTOU), and it
+    /// acts only when there is something to do.
+    /// regression: it ran only when a ready byte arrived, so a reload whose last
+    /// worker still starting was taken by SIGTTOU (its import then failed, or it was
+    /// killed) never completed: no READY=1, old and new workers serving together.
+    fn complete_generation(&mut self) {
+        let mut current = self.workers.iter().filter(|w| w.current(self.generation));
+        let ready =
+            current.clone().count() >= self.target && current.all(|w| w.phase == Phase::Serving);
+        if !ready {
+            return;
+        }
+        let mut retired = 0;
+        for w in self.workers.iter_mut() {
+            if w.generation < self.generation && w.phase.active() {
+                w.drain(&self.board, Cause::Reload);
+                retired += 1;
             }
-            if retired > 0 {
-                tracing::info!(
-                    old = retired,
-                    "new workers ready; old workers finish their requests and exit"
-                );
-            }
-            // Once per start and per reload. regression: only when old workers were
-            // retired here, which a chain reload has done one by one already: its
-            // READY=1 never came, and systemd reported a reload timeout.
-            if !self.announced || self.reload_pending {
-                self.reload_pending = false;
-                notify::notify(&format!(
-                    "READY=1\nMAINPID={}\nSTATUS=serving: {} workers ready",
-                    std::process::id(),
-                    current.len()
-                ));
-                let pids: Vec<i32> = current.iter().map(|(pid, _)| *pid).collect();
-                tracing::info!(?pids, "all {} workers ready", pids.len());
-                self.announced = true;
-            }
+        }
+        if retired > 0 {
+            tracing::info!(
+                old = retired,
+                "new workers ready; old workers finish their requests and exit"
+            );
+        }
+        // Once per start and per reload. regression: only when old workers were
+        // retired here, which a chain reload has done one by one already: its
+        // READY=1 never came, and systemd reported a reload timeout.
+        if !self.announced || self.reload_pending {
+            self.reload_pending = false;
+            let pids: Vec<i32> = self
+                .workers
+                .iter()
+                .filter(|w| w.current(self.generation))
+                .map(|w| raw(w.pid))
+                .collect();
+            notify::notify(&format!(
+                "READY=1\nMAINPID={}\nSTATUS=serving: {} workers ready",
+                std::process::id(),
+                pids.len()
+            ));
+            tracing::info!(?pids, "all {} workers ready", pids.len());
+            self.announced = true;
         }
     }
 
     /// Reads the scoreboard: self-recycling workers, requests over --timeout or
-    /// --slow-log, workers over --max-lifetime. Returns when it next has something to
-    /// check (a kill, a lifetime, a request that could pass a limit).
+    /// --slow-log, workers over --max-lifetime (workers still starting: `watch_boots`).
+    /// Returns when it next has something to check (a kill, a lifetime, a request that
+    /// could pass a limit).
     fn watch(&mut self) -> Option<Instant> {
         let now = scoreboard::now_ns();
         let instant = Instant::now();
