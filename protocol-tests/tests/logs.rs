@@ -90,9 +90,9 @@ fn one_per_worker(p: &Postern, workers: usize, path: &str) -> Vec<serde_json::Va
     panic!("could not reach {workers} workers:\n{}", p.logs());
 }
 
-/// The connection-pool name postern writes into Apache's `ProxyPass` line for a socket
-/// in a test directory (both names are letters, digits and `-` already): its directory
-/// and file names, lower case.
+/// The readable part of the connection-pool name postern writes into Apache's
+/// `ProxyPass` line for a socket in a test directory (both names are letters, digits and
+/// `-` already): its directory and file names, lower case (a hash of the path follows).
 fn apache_name(sock: &str) -> String {
     let p = Path::new(sock);
     let part = |s: Option<&std::ffi::OsStr>| s.unwrap().to_str().unwrap().to_lowercase();
@@ -778,7 +778,7 @@ fn start_up_output_names_version_python_app_and_the_front_server_lines() {
     for needle in [
         format!("postern {} starting: app ", env!("CARGO_PKG_VERSION")),
         "ids_app.py, Python 3.".to_owned(),
-        format!("listening on unix:{sock} (uwsgi); nginx: `uwsgi_pass unix:{sock};`  Apache: `ProxyPass \"/\" \"unix:{sock}|uwsgi://{}/\"`", apache_name(&sock.to_string())),
+        format!("listening on unix:{sock} (uwsgi); nginx: `uwsgi_pass unix:{sock};`  Apache: `ProxyPass \"/\" \"unix:{sock}|uwsgi://{}-", apache_name(&sock.to_string())),
         format!("listening on 127.0.0.1:{fcgi} (fastcgi); nginx: `fastcgi_pass 127.0.0.1:{fcgi};`  Apache: `ProxyPass \"/\" \"fcgi://127.0.0.1:{fcgi}/\"`"),
         format!("listening on 0.0.0.0:{scgi} (scgi); nginx: `scgi_pass 127.0.0.1:{scgi};`  Apache: `ProxyPass \"/\" \"scgi://127.0.0.1:{scgi}/\"`"),
         "embedded Python started".to_owned(),

@@ -215,7 +215,9 @@ impl BindError {
 /// one connection pool (a "worker") per `scheme://NAME/` and ignores the path when
 /// two `ProxyPass` lines share a name, so two apps written with the same NAME (such as
 /// `localhost`) all reach the first one's socket. Made from the socket's directory and
-/// file name (`/run/shop/postern.sock` → `shop-postern`), letters, digits and `-` only.
+/// file name, letters, digits and `-` only, then a hash of the whole path so that two
+/// sockets never share it (`/run/shop/postern.sock` → `shop-postern-` and six hex
+/// digits); `postern-` in front when it has no letter (Apache refuses an all-digit host).
 pub fn apache_worker_name(path: &Path) -> String {
     let clean = |s: &std::ffi::OsStr| -> String {
         let mut out = String::new();
@@ -234,18 +236,26 @@ pub fn apache_worker_name(path: &Path) -> String {
         .and_then(Path::file_name)
         .map(clean)
         .unwrap_or_default();
-    let name = match (dir.as_str(), stem.as_str()) {
+    let mut name = match (dir.as_str(), stem.as_str()) {
         ("", "") => "postern".to_owned(),
         (d, s) if d == s || d.is_empty() => s.to_owned(),
         (d, "") => d.to_owned(),
         (d, s) => format!("{d}-{s}"),
     };
-    // A label of a host name is at most 63 characters.
-    name.chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_owned()
+    if !name.bytes().any(|b| b.is_ascii_alphabetic()) {
+        name.insert_str(0, "postern-");
+    }
+    // FNV-1a of the path's bytes: stable from one start (and build) to the next.
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, &b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    // A label of a host name is at most 63 characters: 56 + `-` + 6.
+    name.truncate(56);
+    format!("{}-{:06x}", name.trim_end_matches('-'), hash & 0xff_ffff)
 }
 
 /// The lines that point a front server at this listener: nginx's `*_pass` and Apache's
@@ -1375,13 +1385,33 @@ mod tests {
     #[test]
     fn apache_worker_names_differ_per_socket() {
         let name = |p: &str| apache_worker_name(Path::new(p));
-        assert_eq!(name("/run/postern/postern.sock"), "postern");
-        assert_eq!(name("/run/shop/postern.sock"), "shop-postern");
-        assert_eq!(name("/run/blog/postern.sock"), "blog-postern");
-        assert_eq!(name("/tmp/My App_2/web.fcgi.sock"), "my-app-2-web-fcgi");
-        assert_eq!(name("/é/.sock"), "sock");
-        assert_eq!(name("/__"), "postern");
-        assert!(name(&format!("/{}/x.sock", "a".repeat(80))).len() <= 63);
+        // The readable part, then six hex digits of the whole path.
+        let readable = |p: &str| {
+            let n = name(p);
+            assert_eq!(n.as_bytes()[n.len() - 7], b'-', "{n}");
+            assert!(
+                n[n.len() - 6..].bytes().all(|b| b.is_ascii_hexdigit()),
+                "{n}"
+            );
+            n[..n.len() - 7].to_owned()
+        };
+        assert_eq!(name("/run/shop/postern.sock"), "shop-postern-60d94c");
+        assert_eq!(readable("/run/postern/postern.sock"), "postern");
+        assert_eq!(readable("/tmp/My App_2/web.fcgi.sock"), "my-app-2-web-fcgi");
+        assert_eq!(readable("/é/.sock"), "sock");
+        assert_eq!(readable("/__"), "postern");
+        // Apache refuses an all-digit host name.
+        assert_eq!(readable("/run/1000/1000.sock"), "postern-1000");
+        assert_eq!(readable("/9.sock"), "postern-9");
+        let long = name(&format!("/{}/x.sock", "a".repeat(80)));
+        assert!(long.len() <= 63, "{long}");
+        // regression (review): the same directory and file names, or names that read
+        // alike (`a-b/c`, `a/b-c`), gave one name to two sockets.
+        assert_ne!(
+            name("/srv/shop/run/app.sock"),
+            name("/srv/blog/run/app.sock")
+        );
+        assert_ne!(name("/run/a-b/c.sock"), name("/run/a/b-c.sock"));
     }
 
     #[test]
@@ -1391,7 +1421,8 @@ mod tests {
             front_server_lines(Protocol::Uwsgi, &unix),
             (
                 "uwsgi_pass unix:/run/postern/app.sock;".to_owned(),
-                r#"ProxyPass "/" "unix:/run/postern/app.sock|uwsgi://postern-app/""#.to_owned()
+                r#"ProxyPass "/" "unix:/run/postern/app.sock|uwsgi://postern-app-5f1e25/""#
+                    .to_owned()
             )
         );
         let any: ListenAddr = ":9000".parse().unwrap();
