@@ -148,14 +148,6 @@ fn is_cgi_form(name: &[u8]) -> bool {
     !name.iter().any(|&b| b.is_ascii_lowercase() || b == b'-')
 }
 
-/// Builds the scope fields from the raw `(key, value)` pairs of one request.
-/// `length_always_sent`: the protocol sends `CONTENT_LENGTH` on every request (SCGI,
-/// docs/protocols.md §3): a `0` there is a header only when the client sent one (an
-/// `HTTP_CONTENT_LENGTH` variable), as an empty one is no header over uwsgi and FastCGI.
-///
-/// Errors are those of [`cgi::normalise`] (a malformed or conflicting `CONTENT_LENGTH`):
-/// the request is answered 400, as on the WSGI path. Nothing else refuses a request: a
-/// path that is not UTF-8 is served with U+FFFD in place of each invalid sequence.
 /// The scope's `query_string`: ASGI says it is percent-encoded, but nginx passes the
 /// query as the client sent it, and a client may send raw bytes (UTF-8 text typed into
 /// curl). Bytes outside printable ASCII are percent-encoded (`é` → `%C3%A9`), so a
@@ -180,6 +172,14 @@ pub fn encode_query(q: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Builds the scope fields from the raw `(key, value)` pairs of one request.
+/// `length_always_sent`: the protocol sends `CONTENT_LENGTH` on every request (SCGI,
+/// docs/protocols.md §3): a `0` there is a header only when the client sent one (an
+/// `HTTP_CONTENT_LENGTH` variable), as an empty one is no header over uwsgi and FastCGI.
+///
+/// Errors are those of [`cgi::normalise`] (a malformed or conflicting `CONTENT_LENGTH`):
+/// the request is answered 400, as on the WSGI path. Nothing else refuses a request: a
+/// path that is not UTF-8 is served with U+FFFD in place of each invalid sequence.
 pub fn scope<'a, P>(
     pairs: P,
     defaults: Defaults<'a>,
