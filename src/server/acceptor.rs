@@ -414,11 +414,7 @@ impl Acceptor {
     /// none, or no room under `--max-connections` (`drain`: the stop takes the whole
     /// listen queue, past the limit).
     fn accept_raw(&self, l: &Listener, drain: bool) -> Option<Accepted> {
-        // At the cap, a kept FastCGI connection idle longest makes room for this one
-        // (closed once this one is accepted: not for a connection another worker
-        // takes first).
-        let reclaim = !drain && !self.admission.room();
-        if reclaim && !self.admission.may_reclaim() {
+        if !drain && !self.admission.room() {
             return None;
         }
         let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
@@ -441,15 +437,6 @@ impl Acceptor {
         };
         let (permit, room) = if drain {
             (self.admission.admit_anyway(), Reserve::Taken)
-        } else if reclaim {
-            let p = self.admission.admit_anyway();
-            if !self.parking.close_longest_idle() {
-                // None idle after all: this one is served, past the cap by one until
-                // a connection closes; accept waits for that.
-                self.admission.nothing_to_reclaim();
-            }
-            let room = p.reserve();
-            (p, room)
         } else {
             let p = self.admission.admit();
             // A place under --max-requests is reserved from here, while the accept

@@ -2,13 +2,9 @@
 //! when it cannot take more: the listeners leave the Python threads' epoll (they stay
 //! registered, with no events) so connections wait in the kernel's listen queue
 //! instead of taking descriptors until `EMFILE`; they come back when a connection
-//! closes. While kept FastCGI connections may sit idle, they stay in instead: a new
-//! connection is accepted (past the cap by one for a moment) and the kept one idle
-//! longest is closed for it (`Parking::close_longest_idle`), else a front server's
-//! idle pool could hold every place. An `EMFILE`/`ENFILE` from accept takes them out
-//! too (until a connection closes, or [`FD_RETRY`] at most), so it never busy-loops,
-//! and is logged once per second at most, with the count of accepts that failed since
-//! the last line.
+//! closes. An `EMFILE`/`ENFILE` from accept does the same (until a connection closes,
+//! or [`FD_RETRY`] at most), so it never busy-loops, and is logged once per second at
+//! most, with the count of accepts that failed since the last line.
 //!
 //! Every accepted connection carries a [`Permit`] for as long as its socket is open,
 //! whoever owns it: waiting for its first bytes ([`super::pending`]), in the slow lane,
@@ -107,10 +103,6 @@ pub struct Admission {
     max: usize,
     /// `State::fd_pause` is set: a close must re-arm (read without the lock).
     fd_paused: AtomicBool,
-    /// Kept FastCGI connections may be idle: at `--max-connections` the listeners
-    /// stay in the epoll, and a connection accepted then closes the one idle longest
-    /// ([`Admission::may_reclaim`]). Set when one parks, cleared when none was found.
-    reclaim: AtomicBool,
     state: Mutex<State>,
     epoll: Arc<OwnedFd>,
     listeners: Arc<Vec<Listener>>,
@@ -273,11 +265,6 @@ impl Permit {
         }
     }
 
-    /// The connection (a kept FastCGI one) is idle: see [`Admission::kept_idle`].
-    pub fn kept_idle(&self) {
-        self.admission.kept_idle();
-    }
-
     /// The connection's request ended: it no longer counts as one to come, but as one
     /// taken (a kept FastCGI connection counts again from its next request). Calls
     /// while it does not count do nothing.
@@ -334,7 +321,6 @@ impl Admission {
             open: AtomicUsize::new(0),
             max: max.max(1),
             fd_paused: AtomicBool::new(false),
-            reclaim: AtomicBool::new(false),
             state: Mutex::new(State {
                 armed: true,
                 fd_pause: None,
@@ -461,34 +447,6 @@ impl Admission {
         }
         self.sync(None, false);
         false
-    }
-
-    /// At `--max-connections` (no [`Admission::room`]), whether a connection may still
-    /// be accepted, for a kept FastCGI connection idle to close in its place
-    /// (`Parking::close_longest_idle`); over the cap by that one until it is closed.
-    /// Not while `--max-requests` or a lack of descriptors holds accept.
-    pub fn may_reclaim(&self) -> bool {
-        self.reclaim.load(Ordering::Acquire)
-            && !self.fd_paused.load(Ordering::Acquire)
-            && !self.limit_reached()
-    }
-
-    /// A kept FastCGI connection is idle (parked): at the cap, the listeners stay in
-    /// the epoll (see `reclaim`). One atomic load per park once set.
-    pub fn kept_idle(&self) {
-        if !self.reclaim.load(Ordering::Acquire) {
-            self.reclaim.store(true, Ordering::Release);
-            if self.open() >= self.max {
-                self.sync(None, false);
-            }
-        }
-    }
-
-    /// No idle kept connection was found to close: at the cap, the listeners leave
-    /// the epoll until a connection closes or one parks again.
-    pub fn nothing_to_reclaim(&self) {
-        self.reclaim.store(false, Ordering::Release);
-        self.sync(None, false);
     }
 
     /// Counts a connection just accepted.
@@ -621,9 +579,8 @@ impl Admission {
         }
         let limited = self.limit_reached();
         self.limit_shut.store(limited, Ordering::Release);
-        let room =
-            self.open.load(Ordering::Acquire) < self.max || self.reclaim.load(Ordering::Acquire);
-        let want = st.fd_pause.is_none() && room && !limited;
+        let want =
+            st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max && !limited;
         if want == st.armed {
             return;
         }
@@ -832,31 +789,6 @@ mod tests {
             tv_nsec: 0,
         };
         epoll::wait(ep, &mut events, Some(&zero)).unwrap().0.len() == 1
-    }
-
-    #[test]
-    fn at_the_limit_idle_kept_connections_keep_the_listeners_in_the_epoll() {
-        let (a, ep, _client) = setup(2);
-        let one = a.admit();
-        let two = a.admit();
-        assert!(
-            !a.room() && !armed(&ep) && !a.may_reclaim(),
-            "full, nothing idle"
-        );
-        // A kept connection parks: one may be closed for a new one.
-        two.kept_idle();
-        assert!(!a.room() && a.may_reclaim() && armed(&ep));
-        let three = a.admit_anyway();
-        assert_eq!(a.open(), 3);
-        // The idle one closes: still at the cap, still reclaiming.
-        drop(two);
-        assert!(!a.room() && a.may_reclaim() && armed(&ep));
-        // None was idle after all: accept waits for a close.
-        a.nothing_to_reclaim();
-        assert!(!a.may_reclaim() && !armed(&ep));
-        drop(three);
-        assert!(a.room() && armed(&ep));
-        drop(one);
     }
 
     #[test]

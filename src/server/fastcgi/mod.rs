@@ -317,9 +317,6 @@ pub struct FcgiConn {
     /// written; the slow lane's own records (FCGI_UNKNOWN_TYPE, GET_VALUES_RESULT)
     /// check it under the write lock ([`FcgiConn::write_reply`]).
     last_end: AtomicBool,
-    /// When it was last parked ([`PARKS`]'s count then): the lowest has been idle
-    /// longest ([`Parking::close_longest_idle`]).
-    parked: AtomicU64,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
     /// Bytes a leaving worker's slow lane read from it (a request whose head it
@@ -334,13 +331,6 @@ pub struct FcgiConn {
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
-
-/// Connections parked so far in this process: orders them by when they went idle.
-static PARKS: AtomicU64 = AtomicU64::new(0);
-
-/// Lines about kept connections closed at `--max-connections`: one a second at most.
-static RECLAIM_LOG: crate::server::connection::RateLimit =
-    crate::server::connection::RateLimit::new();
 
 impl AsFd for FcgiConn {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -395,7 +385,6 @@ impl FcgiConn {
             lane_requests: AtomicUsize::new(0),
             ending: AtomicUsize::new(0),
             last_end: AtomicBool::new(false),
-            parked: AtomicU64::new(0),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
@@ -1119,13 +1108,7 @@ impl Parking {
             }
         }
         if let Some(arm) = owner.park(open, registered) {
-            conn.parked
-                .store(PARKS.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             let Err(e) = self.apply(&conn, arm) else {
-                drop(owner);
-                if let Some(p) = conn.permit() {
-                    p.kept_idle();
-                }
                 return;
             };
             *owner = Owner::Closed;
@@ -1165,48 +1148,6 @@ impl Parking {
         idle
     }
 
-    /// At `--max-connections`, a new connection just accepted: closes (a FIN) the kept
-    /// connection that has been parked longest, idle in the epoll, so that the new one
-    /// takes its place (as nginx and Apache's event MPM close idle keep-alive
-    /// connections when they run out of them); never one a thread holds (served inline
-    /// or in the slow lane), nor one whose next request has begun to arrive. False when
-    /// none is found. nginx watches the connections it keeps and drops one at its FIN
-    /// (its keepalive close handler), so a later request opens a new one; only a
-    /// request it sends on that connection in that very instant meets the close (a
-    /// POST then gets a 502: the race any keep-alive close has, as at the final stop).
-    pub fn close_longest_idle(&self) -> bool {
-        let listed: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
-        let mut idle: Vec<&Arc<FcgiConn>> = listed
-            .iter()
-            .filter(|c| matches!(*c.owner(), Owner::Parked))
-            .collect();
-        idle.sort_unstable_by_key(|c| c.parked.load(Ordering::Relaxed));
-        // A few, oldest first: one whose request is arriving (or that woke meanwhile)
-        // is not idle after all.
-        for c in idle.into_iter().take(4) {
-            let mut one = [0u8; 1];
-            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-            if matches!(rustix::net::recv(&c.sock, &mut one[..], flags), Ok((n, _)) if n > 0) {
-                continue;
-            }
-            if !c.owner().close_if_parked() {
-                continue;
-            }
-            self.unregister(c);
-            let _ = c.sock.shutdown(std::net::Shutdown::Both);
-            match RECLAIM_LOG.allow() {
-                Some(dropped) => {
-                    tracing::info!(peer = %c.peer, closed_unlogged = dropped, "--max-connections reached: closing the kept FastCGI connection idle longest to let a new one in")
-                }
-                None => {
-                    tracing::debug!(peer = %c.peer, "--max-connections reached: closing the kept FastCGI connection idle longest to let a new one in")
-                }
-            }
-            return true;
-        }
-        false
-    }
-
     /// The slow lane holds an idle connection at stop: true when it goes to the
     /// serving workers (through [`Parking::park`]) rather than closing.
     pub fn hands_over(&self) -> bool {
@@ -1229,52 +1170,6 @@ mod tests {
     }
 
     const HELD: Owner = Owner::Held { input: false };
-
-    #[test]
-    fn at_the_cap_the_kept_connection_idle_longest_is_closed_and_never_a_busy_one() {
-        use std::io::Read;
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-        let parking = Parking::new(Arc::new(ep));
-        let conn = |parking: &Arc<Parking>| {
-            let (front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-            let sock = socket2::Socket::from(OwnedFd::from(ours));
-            let c = FcgiConn::new(
-                sock,
-                "test".into(),
-                false,
-                0,
-                Duration::from_secs(1),
-                parking,
-                None,
-            );
-            (front, c)
-        };
-        let (mut busy_front, busy) = conn(&parking);
-        let (mut a_front, a) = conn(&parking);
-        let (mut b_front, b) = conn(&parking);
-        // The busy one is listed too (a watched inline request), never parked.
-        parking.insert(&busy);
-        parking.park(Arc::clone(&a), false);
-        parking.park(Arc::clone(&b), false);
-        assert!(parking.close_longest_idle(), "a is parked");
-        let mut one = [0u8; 1];
-        assert_eq!(
-            a_front.read(&mut one).unwrap(),
-            0,
-            "a (idle longest) closed"
-        );
-        assert!(matches!(*a.owner(), Owner::Closed));
-        assert!(matches!(*b.owner(), Owner::Parked), "b stays");
-        assert!(parking.close_longest_idle(), "b next");
-        assert_eq!(b_front.read(&mut one).unwrap(), 0);
-        assert!(!parking.close_longest_idle(), "only a busy one is left");
-        busy_front.set_nonblocking(true).unwrap();
-        assert!(
-            busy_front.read(&mut one).is_err(),
-            "the busy one stays open"
-        );
-        assert!(matches!(*busy.owner(), Owner::Held { .. }));
-    }
 
     // regression: a hand-over marked the connection broken, and the END_REQUEST of its
     // last slow-lane request (the lane is told the request ended just before that
