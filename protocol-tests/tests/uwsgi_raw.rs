@@ -910,11 +910,24 @@ fn send_past_the_body_after(
 // response came, then ECONNRESET instead of EOF.
 #[test]
 fn a_body_longer_than_its_content_length_gets_its_whole_answer_and_a_clean_close() {
+    past_the_body_answers_cleanly(&[], &[200_000, 10]);
+    // regression (review-srv): a request read whole by the fast path's first read (120
+    // KiB, filled exactly at the body's end) but sent on to the slow lane (its body over
+    // --body-spool-threshold) lost the "that read was full" mark, so the bytes past
+    // the body went unseen and the close was a reset.
+    past_the_body_answers_cleanly(&["--body-spool-threshold", "1000"], &[]);
+}
+
+/// Sends each body (and one that fills the first 120 KiB read exactly with its head)
+/// with bytes past its CONTENT_LENGTH, over TCP and a Unix socket, to a postern started
+/// with `args`: each gets its whole answer and a clean close (EOF, not a reset).
+fn past_the_body_answers_cleanly(args: &[&str], lens: &[usize]) {
     let dir = tempdir();
     let unix = dir.path().join("past.sock");
     let p = Spawn::tcp(dir.path(), &testapp())
         .arg("--uwsgi")
         .arg(format!("unix:{}", unix.display()))
+        .args(args.iter().copied())
         .start();
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     // regression (review-mem): a head and body that exactly fill the first read (120
@@ -930,13 +943,15 @@ fn a_body_longer_than_its_content_length_gets_its_whole_answer_and_a_clean_close
     };
     let filling = 120 * 1024 - head_len(120_000);
     assert_eq!(head_len(filling) + filling, 120 * 1024);
-    for (addr, len) in [
-        (p.addr.clone(), 200_000),
-        (Addr::Unix(unix.clone()), 200_000),
-        (p.addr.clone(), 10),
+    let mut cases = vec![
         (p.addr.clone(), filling),
         (Addr::Unix(unix.clone()), filling),
-    ] {
+    ];
+    for &len in lens {
+        cases.push((p.addr.clone(), len));
+        cases.push((Addr::Unix(unix.clone()), len));
+    }
+    for (addr, len) in cases {
         let n = len.to_string();
         let head = uwsgi_packet(&[
             ("REQUEST_METHOD", "POST"),

@@ -1135,7 +1135,7 @@ impl Acceptor {
                     } else {
                         BytesMut::from(&buf[..])
                     };
-                    Start::Head(head, codec, rest)
+                    Start::Head(head, codec, rest, filled && !read_more)
                 }
                 Ok(Some(Frame::Body(_))) => unreachable!("the codec yields the head first"),
                 // Part of a head is no request yet (--max-requests counts it once its

@@ -36,8 +36,9 @@ pub enum Start {
     Fresh(BytesMut),
     /// The head is decoded; the body is incomplete (or large, or over the limit). A
     /// body to be held in memory comes in its own buffer of its whole length (empty
-    /// when none of it has arrived yet).
-    Head(Head, UwsgiCodec, BytesMut),
+    /// when none of it has arrived yet). The flag: the fast path's last read filled all
+    /// the room it offered (more may wait in the socket, past what it read).
+    Head(Head, UwsgiCodec, BytesMut, bool),
     /// The first bytes were already malformed.
     Failed(CodecError),
 }
@@ -177,16 +178,16 @@ async fn serve<C: Conn>(
     let limits = &lane.limits;
     let (head, mut framed) = match start {
         Start::Failed(e) => return bad_request(&mut conn, &peer, e, &lane, info.protocol).await,
-        Start::Head(head, codec, buf) => (
+        Start::Head(head, codec, buf, filled) => (
             head,
             Reader {
                 conn: &mut conn,
                 codec,
                 buf,
                 idle: None,
-                // What the fast path read ended before the body did (else the
-                // request would not be here).
-                filled: false,
+                // A whole body can be here too (over --body-spool-threshold): its
+                // read may have ended exactly at the body, bytes past it waiting.
+                filled,
             },
         ),
         Start::Fresh(buf) => {
