@@ -586,6 +586,98 @@ fn a_reload_whose_last_starting_worker_sigttou_takes_completes() {
     serves(&p, "v1-good", 3);
 }
 
+/// Starts `--workers 2` (and `args`) with NOTIFY_SOCKET on an app whose first worker
+/// to import waits for a gate (the other one serves); then `new_code` replaces the
+/// app and SIGHUP comes twice, then the gate opens. Returns what the test reads the
+/// master with.
+fn reload_during_the_first_start(
+    new_code: &str,
+    args: &[&str],
+) -> (tempfile::TempDir, Postern, std::os::unix::net::UnixDatagram) {
+    let dir = tempdir();
+    let app = dir.path().join("gapp.py");
+    std::fs::write(
+        &app,
+        "import os, time\ngate = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gate')\ntry:\n    os.close(os.open(gate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n    while not os.path.exists(gate + '.open'):\n        time.sleep(0.05)\nexcept FileExistsError:\n    pass\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'v0']\n",
+    )
+    .unwrap();
+    let (notify_path, notify) = notify_socket(dir.path());
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .args(args.iter().copied())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .start();
+    assert!(wait_file(&dir.path().join("gate"), 10), "{}", p.logs());
+    std::fs::write(&app, new_code).unwrap();
+    p.signal(libc::SIGHUP);
+    p.signal(libc::SIGHUP);
+    // Taken now, or (before the fix) run at once.
+    assert!(
+        wait_until(10, || {
+            let logs = p.logs();
+            logs.contains("reload asked for during the first start") || logs.contains("reloading")
+        }),
+        "{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains("all 2 workers ready"), "{}", p.logs());
+    std::fs::write(dir.path().join("gate.open"), "").unwrap();
+    (dir, p, notify)
+}
+
+/// After [`reload_during_the_first_start`]: the start's READY=1, then the reload's
+/// RELOADING=1 and its READY=1 (failed), and nothing more for a second.
+fn the_first_start_then_one_failed_reload(p: &Postern, notify: &std::os::unix::net::UnixDatagram) {
+    let next = || next_notify(notify, p);
+    let ready = next();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=serving: 2 workers ready"), "{ready}");
+    assert!(next().contains("RELOADING=1"));
+    let over = next();
+    assert!(over.contains("READY=1"), "{over}");
+    assert!(over.contains("STATUS=reload failed"), "{over}");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    if let Ok(n) = notify.recv(&mut buf) {
+        panic!("{}\n{}", String::from_utf8_lossy(&buf[..n]), p.logs());
+    }
+    assert_eq!(
+        p.logs()
+            .matches("reload asked for during the first start")
+            .count(),
+        1,
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/"), (200, b"v0".to_vec()), "{}", p.logs());
+}
+
+// regression: SIGHUP during the first start, with code that does not import: the
+// reload's rollback sent READY=1 before any worker served, then the first start sent
+// its own (two READY=1, the first a lie). The reload now waits for the first start.
+#[test]
+fn a_failing_reload_asked_during_the_first_start_runs_after_it() {
+    let (_dir, p, notify) =
+        reload_during_the_first_start("raise SyntaxError('broken deploy')\n", &[]);
+    the_first_start_then_one_failed_reload(&p, &notify);
+}
+
+// regression: SIGHUP during the first start, with code whose import hangs: the first
+// workers served, but the check that announces the start looked at the reload's
+// generation only, so no READY=1 ever came, and the reload's workers were never killed
+// (that needs the first start over).
+#[test]
+fn a_hanging_reload_asked_during_the_first_start_runs_after_it() {
+    let (_dir, p, notify) = reload_during_the_first_start(
+        "import time\ntime.sleep(100000)\n",
+        &["--worker-start-timeout", "2"],
+    );
+    the_first_start_then_one_failed_reload(&p, &notify);
+    assert!(p.logs().contains("killing it"), "{}", p.logs());
+}
+
 // regression: a --chain-reload that succeeded never sent READY=1 (only a reload whose
 // last step retired old workers did, and a chain reload retires them one by one as its
 // new workers serve): systemd reported a reload timeout. Each reload, plain or chain,

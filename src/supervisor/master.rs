@@ -192,6 +192,9 @@ struct Master {
     /// A reload (RELOADING=1) is not over yet: systemd waits for one READY=1 when it
     /// is, whether it succeeded (the whole new generation serves) or failed (rollback).
     reload_pending: bool,
+    /// A reload was asked for during the first start: it runs once the first start is
+    /// complete (see `reload`).
+    reload_deferred: bool,
     /// Why workers left the serving generation, oldest first: the causes their
     /// replacements start with (`fill`).
     pending: VecDeque<Cause>,
@@ -245,6 +248,7 @@ pub fn run(
         spawn_retry: None,
         announced: false,
         reload_pending: false,
+        reload_deferred: false,
         pending: VecDeque::new(),
         stats,
         sfd: Some(sfd),
@@ -285,6 +289,9 @@ pub fn run(
         due = earliest(due, m.keep_stats()?);
         due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
         m.complete_generation();
+        if m.announced && std::mem::take(&mut m.reload_deferred) {
+            m.reload(&worker)?;
+        }
         due = earliest(due, m.watch_boots());
         m.board
             .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
@@ -825,6 +832,21 @@ impl Master {
     }
 
     fn reload(&mut self, worker: &impl Fn(WorkerContext) -> i32) -> Result<(), SupervisorError> {
+        // A reload asked for during the first start waits for its end: its systemd
+        // messages (RELOADING=1, then READY=1) come after the start's READY=1, and the
+        // first workers are never mistaken for an older generation a reload replaces.
+        // regression: a failing reload's rollback sent READY=1 before any worker
+        // served (then the start's own: two); one whose import hung left the first
+        // start never announced (no READY=1 ever), and its workers were never killed.
+        if !self.announced {
+            if !self.reload_deferred {
+                tracing::info!(
+                    "reload asked for during the first start: it runs once the first workers serve"
+                );
+            }
+            self.reload_deferred = true;
+            return Ok(());
+        }
         // A reload during a reload: the generation still booting is dropped at once
         // (the one serving keeps serving until the newest one is ready).
         if self.reloading() {
