@@ -2729,3 +2729,71 @@ fn a_431_warning_names_its_peer_once() {
         .unwrap();
     assert_eq!(line.matches("peer=").count(), 1, "{line}");
 }
+
+#[test]
+fn a_cut_response_to_a_front_server_that_stopped_reading_does_not_hold_the_loop() {
+    // regression (review of e0c729c): the note and record that mark a cut response
+    // waited for the connection's writer (stuck in a send nginx does not read) and then
+    // sent with a blocking send, on the thread that ran the app: for ASGI the event
+    // loop, so every other request of the worker waited up to --read-timeout (here
+    // 20 s). Now the mark is sent only if it can be at once.
+    let app = AsgiApp::new("").http(
+        r#"
+if scope["path"] == "/big-then-raise":
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for _ in range(25):
+        await send({"type": "http.response.body", "body": b"x" * 16000, "more_body": True})
+    raise RuntimeError("too late")
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"ok\n"})
+"#,
+    );
+    let dir = tempdir();
+    let p = Spawn::asgi_unix(dir.path(), "cut_stall", &app)
+        .protocol("fastcgi")
+        .args(["--read-timeout", "20"])
+        .start();
+    // Sent, never read (until the end).
+    let mut stuck = Fc::open(&p);
+    stuck.send(&fcgi::get(1, false, "/big-then-raise"));
+    assert!(p.wait_log("too late", 10), "{}", p.logs());
+    let t = Instant::now();
+    let mut other = Fc::open(&p);
+    other.get(1, false, "/").assert_ok(b"ok\n");
+    // A bound far from both: 20 s when the loop is held, well under 1 s when not.
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "another request waited {:?}\n{}",
+        t.elapsed(),
+        p.logs()
+    );
+    // The stuck connection's answer is cut (no END_REQUEST), however it ends.
+    stuck.s.timeout(Duration::from_secs(30));
+    let mut rest = Vec::new();
+    let _ = stuck.s.read_to_end(&mut rest);
+    assert!(p.wait_log("response incomplete", 30), "{}", p.logs());
+    Fc::open(&p).get(1, false, "/").assert_ok(b"ok\n");
+}
+
+#[test]
+fn a_cut_response_is_marked_without_a_stderr_note_under_no_fastcgi_stderr() {
+    // regression (review of e0c729c): the note before the record that marks a cut
+    // response went out as a STDERR record even with --no-fastcgi-stderr.
+    for (args, note) in [(&[][..], true), (&["--no-fastcgi-stderr"][..], false)] {
+        let dir = tempdir();
+        let p = start(dir.path(), args);
+        let mut c = Fc::open(&p);
+        c.send(&fcgi::get(1, false, "/exc-info-after-sent"));
+        c.s.timeout(Duration::from_secs(20));
+        let mut got = Vec::new();
+        let _ = c.s.read_to_end(&mut got);
+        let said = got.windows(9).any(|w| w == b"cut short");
+        assert_eq!(said, note, "{args:?}: {}", String::from_utf8_lossy(&got));
+        assert!(
+            got.ends_with(&[0; 8]),
+            "{args:?}: no record of version 0 at the end: {:?}",
+            &got[got.len().saturating_sub(16)..]
+        );
+        assert!(p.wait_log("response incomplete", 10), "{}", p.logs());
+    }
+}

@@ -3,12 +3,13 @@
 //! of `wsgi.errors` as STDERR records.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{send_all, Ctl, FcgiConn, Owner, TryEnd};
+use super::{Ctl, FcgiConn, Owner, TryEnd};
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
 use crate::server::writer::Stream;
@@ -23,6 +24,9 @@ pub(in crate::server) struct ReqFlags {
     pub done: AtomicBool,
     /// STDERR records were sent (an empty one ends the stream).
     pub stderr_used: AtomicBool,
+    /// STDERR records may be sent (`wsgi.errors` goes to the front server; not with
+    /// --no-fastcgi-stderr): set where that forwarding is made.
+    pub stderr_on: AtomicBool,
     /// Whether the request's STDIN has ended: [`STDIN_ENDED`] (also for a request that
     /// came whole), [`STDIN_OPEN`] (the slow lane still reads it), or [`END_HELD`] (its
     /// response is done, and the lane sends the records through END_REQUEST once its
@@ -88,6 +92,7 @@ pub(super) fn stderr_forward(
     // the connection open.
     let conn = Arc::downgrade(conn);
     let flags = Arc::clone(flags);
+    flags.stderr_on.store(true, Ordering::Release);
     Box::new(move |line: &[u8]| {
         if flags.done.load(Ordering::Acquire) || flags.aborted.load(Ordering::Acquire) {
             return;
@@ -263,8 +268,11 @@ impl FcgiConn {
     /// as Apache does (`AH01068: Got bogus version 0`). Only when no other request is
     /// in flight: a client that multiplexes still waits for their END_REQUEST, so it
     /// takes the close as an error already, and they fail as a closed connection, not
-    /// as a protocol error.
-    fn mark_cut(&self, id: u16, keep_conn: bool) {
+    /// as a protocol error. Never waits: it runs on the thread that ran the app (for
+    /// ASGI the event loop's), so when the writer still holds the connection or the
+    /// socket has no room (the front server stopped reading) the close goes as before,
+    /// unmarked. With --no-fastcgi-stderr, the record header alone.
+    fn mark_cut(&self, id: u16, keep_conn: bool, stderr_on: bool) {
         if self.tcp || keep_conn || self.handed_over.load(Ordering::Acquire) {
             return;
         }
@@ -276,14 +284,22 @@ impl FcgiConn {
             return;
         }
         let mut out = Vec::with_capacity(CUT_NOTE.len() + 3 * fcgi::HEADER_LEN);
-        fcgi::encode_stream(&mut out, fcgi::STDERR, id, CUT_NOTE);
+        if stderr_on {
+            fcgi::encode_stream(&mut out, fcgi::STDERR, id, CUT_NOTE);
+        }
         out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
         // Under the write lock, after any record the writer is still sending; not
-        // after a send that failed part way (this header would land inside a record).
-        let _w = self.write.lock();
-        if !self.is_broken() {
-            let _ = send_all(&self.sock, &out, self.write_timeout);
+        // after a send that failed part way (this header would land inside a record),
+        // nor after another request's last END_REQUEST.
+        let Some(_w) = self.write.try_lock() else {
+            return;
+        };
+        if self.is_broken() || self.last_end.load(Ordering::Acquire) {
+            return;
         }
+        // Bytes left unsent of it end the connection mid-record, as an unmarked close.
+        let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+        let _ = rustix::net::send(self.sock.as_fd(), &out, flags);
     }
 }
 
@@ -428,7 +444,8 @@ impl Sink for FcgiSink {
         // left once said its head and first two chunks only).
         let sent = self.sent();
         if matches!(end, End::Incomplete(_)) {
-            self.conn.mark_cut(self.id, self.keep_conn);
+            let stderr_on = self.flags.stderr_on.load(Ordering::Acquire);
+            self.conn.mark_cut(self.id, self.keep_conn, stderr_on);
         }
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
