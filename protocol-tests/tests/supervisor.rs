@@ -389,7 +389,15 @@ fn a_worker_the_master_adds_whose_import_hangs_is_killed(start_one: impl Fn(&Pos
         p.logs()
     );
     assert!(p.wait_log("killing it", 10), "{}", p.logs());
+    // regression: the kill's exit was logged as "worker failed to start (the app's
+    // error is logged above ...)", with no error of the app's anywhere.
+    assert!(
+        p.wait_log("worker killed at --worker-start-timeout", 10),
+        "{}",
+        p.logs()
+    );
     assert!(p.wait_log_count("killing it", 2, 10), "{}", p.logs());
+    assert!(!p.logs().contains("worker failed to start"), "{}", p.logs());
     assert_eq!(p.get("/").0, 200, "{}", p.logs());
 }
 

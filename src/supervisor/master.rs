@@ -80,6 +80,9 @@ struct Worker {
     before_stop: bool,
     /// Said once that it is still starting after [`BOOT_WARN`].
     slow_boot_said: bool,
+    /// The master killed it at `--worker-start-timeout` (its exit says so, not "the
+    /// app's error is logged above").
+    start_timed_out: bool,
 }
 
 impl Worker {
@@ -489,6 +492,7 @@ impl Master {
             late: false,
             before_stop: false,
             slow_boot_said: false,
+            start_timed_out: false,
         });
         Ok(())
     }
@@ -737,6 +741,7 @@ impl Master {
                 );
                 signal(w.pid, Signal::KILL);
                 w.sigkilled = true;
+                w.start_timed_out = true;
                 // Killed before any stop (a stop does not come here): a stop that
                 // begins before its exit is reaped does not count it as its own.
                 // regression: such a stop exited 1 ("1 worker killed").
@@ -1080,13 +1085,24 @@ impl Master {
                         .iter()
                         .filter(|o| o.phase == Phase::Serving)
                         .count();
-                    tracing::error!(
-                        pid,
-                        %how,
-                        failures = self.boot_failures,
-                        serving,
-                        "worker failed to start (the app's error is logged above: code on disk that does not import?); trying again in {wait:?}"
-                    );
+                    if w.start_timed_out {
+                        // regression: it said "the app's error is logged above" for
+                        // the master's own kill, with no such error.
+                        tracing::error!(
+                            pid,
+                            failures = self.boot_failures,
+                            serving,
+                            "worker killed at --worker-start-timeout (its import did not finish); trying again in {wait:?}"
+                        );
+                    } else {
+                        tracing::error!(
+                            pid,
+                            %how,
+                            failures = self.boot_failures,
+                            serving,
+                            "worker failed to start (the app's error is logged above: code on disk that does not import?); trying again in {wait:?}"
+                        );
+                    }
                 }
                 Verdict::Replace => {
                     tracing::error!(pid, %how, "worker died unexpectedly; replacing it");
