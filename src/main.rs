@@ -272,6 +272,19 @@ fn serve(
         listener::warn_if_reachable(&b.addr);
     }
 
+    if config.supervised
+        && config.opts.interface != postern::asgi::InterfaceOption::Wsgi
+        && config.opts.lifespan != postern::asgi::lifespan::LifespanMode::Off
+        && config.opts.lifespan_timeout.0 >= config.opts.worker_start_timeout.0
+    {
+        // An ASGI worker is ready only after its lifespan startup: the start bound
+        // would kill it before the lifespan's own timeout could say what hangs.
+        tracing::warn!(
+            "--lifespan-timeout ({}s) is not below --worker-start-timeout ({}s): an ASGI app's worker (a reload's, a replacement) whose lifespan startup hangs is killed at --worker-start-timeout before --lifespan-timeout can say so; keep --lifespan-timeout lower",
+            config.opts.lifespan_timeout,
+            config.opts.worker_start_timeout
+        );
+    }
     if config.supervised {
         // The master starts Python once and forks every worker from the initialised
         // interpreter, so the workers share its pages (as uWSGI's do); each worker

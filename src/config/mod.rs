@@ -1004,6 +1004,18 @@ impl Config {
                 format!("{} is not between 1 and 256", o.workers),
             ));
         }
+        // A worker's start alone (Python, the app's modules) takes a good part of a
+        // second: a shorter bound would fail every reload and every replacement.
+        // regression: 0.001 was accepted, and then no reload ever succeeded.
+        if o.worker_start_timeout.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "worker-start-timeout",
+                format!(
+                    "{}s is too short: at least 1 (a worker's import takes a good part of a second; under it every reload would fail)",
+                    o.worker_start_timeout
+                ),
+            ));
+        }
         if !(4..=65535).contains(&o.buffer_size.0) {
             return Err(invalid(
                 "buffer-size",
@@ -1181,6 +1193,16 @@ mod tests {
             "--workers (from command line): 0 is not between 1 and 256"
         );
         assert_eq!(resolve(&["app", "--workers", "3"]).unwrap().opts.workers, 3);
+    }
+
+    #[test]
+    fn rejects_a_worker_start_timeout_under_a_second() {
+        let e = resolve(&["app", "--worker-start-timeout", "0.001"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--worker-start-timeout (from command line): 0.001s is too short: at least 1 (a worker's import takes a good part of a second; under it every reload would fail)"
+        );
+        assert!(resolve(&["app", "--worker-start-timeout", "1"]).is_ok());
     }
 
     // regression: `--mount /my%20app` was accepted and never matched the decoded path.
