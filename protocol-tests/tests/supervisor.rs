@@ -497,9 +497,6 @@ fn reload_and_scale_log_lines_say_what_happens() {
     assert!(reloads[0].contains("one new worker at a time"), "{logs}");
 }
 
-// regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
-// so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
-// (sd_notify(3): READY=1 once the reload is over, a failed one too).
 /// A socket for `NOTIFY_SOCKET` in `dir` (sd_notify(3)), read with [`next_notify`].
 fn notify_socket(dir: &std::path::Path) -> (String, std::os::unix::net::UnixDatagram) {
     let path = dir.join("notify.sock");
@@ -519,6 +516,9 @@ fn next_notify(notify: &std::os::unix::net::UnixDatagram, p: &Postern) -> String
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+// regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
+// so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
+// (sd_notify(3): READY=1 once the reload is over, a failed one too).
 #[test]
 fn a_failed_reload_tells_systemd_it_is_over() {
     let dir = tempdir();
