@@ -140,10 +140,10 @@ fn script_name_from_the_front_server_is_split_off() {
 }
 
 #[test]
-fn a_script_name_the_path_does_not_go_on_from_is_set_aside() {
-    // regression: `location /mo` also matches /mount/x; with `uwsgi_param SCRIPT_NAME
-    // /mo` the app got SCRIPT_NAME=/mo beside PATH_INFO=/mount/x, and built its URLs
-    // (an ASGI scope its path) as /mo/mount/x.
+fn a_script_name_from_uwsgi_param_is_kept_beside_any_path_info() {
+    // Over uwsgi SCRIPT_NAME and PATH_INFO come as nginx split them: a SCRIPT_NAME that
+    // PATH_INFO does not go on from is kept (the route, PATH_INFO, is right), since it
+    // cannot be told from a public prefix a proxy in front stripped, which must stay.
     let Some(s) = stack_with(
         true,
         r#"location /mo {
@@ -163,15 +163,15 @@ fn a_script_name_the_path_does_not_go_on_from_is_set_aside() {
     let e = s.nginx.get("/mount/x?q=1").json();
     assert_eq!(
         (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
-        (&"".into(), &"/mount/x".into())
+        (&"/mo".into(), &"/mount/x".into())
     );
     let e = s.nginx.get("/mo/mount/y").json();
     assert_eq!(
         (&e["SCRIPT_NAME"], &e["PATH_INFO"]),
         (&"/mo".into(), &"/mount/y".into())
     );
-    // A public prefix whose path a proxy in front stripped (PATH_INFO does not start
-    // with it at all) is the mount point: kept.
+    // regression (review of 81c5f84): a public prefix whose path a proxy in front
+    // stripped was set aside. Kept.
     let e = s.nginx.get("/env/pub").json();
     assert_eq!(
         (&e["SCRIPT_NAME"], &e["PATH_INFO"]),

@@ -488,12 +488,22 @@ pub fn normalise<'a>(
             }
             Some(whole)
                 if document_uri.is_some()
+                    && *whole != *script
                     && whole.starts_with(mount)
                     && whole.len() > mount.len() =>
             {
+                // Unless REQUEST_URI (the path before any rewrite) goes on past it: a
+                // rewrite stripped it (`rewrite ^/app(/.*)$ $1 break;`, a route /apple).
+                let before_rewrite = value(&at, K_REQUEST_URI).map(|u| {
+                    percent_decode_cow(u.split(|&b| b == b'?').next().unwrap_or_default())
+                });
+                if !before_rewrite.is_some_and(|u| goes_on_past(mount, &u)) {
+                    script = b"";
+                    cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
+                } else {
+                    cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
+                }
                 path = Some(whole);
-                script = b"";
-                cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
             }
             Some(whole)
                 if document_uri.is_some()
@@ -523,21 +533,11 @@ pub fn normalise<'a>(
     let (script, cut) = (s, path.len() - rest.len());
     let mut script: &'a [u8] = script;
     cut_front(&mut path, cut);
-    if cut == 0
-        && !script.is_empty()
-        && !defaults.modifier30
-        && path.starts_with(script)
-        && whole_path().is_some_and(|w| *w == *path)
-    {
-        // A SCRIPT_NAME beside a PATH_INFO that is the request's whole path and starts
-        // with it other than at a `/` (`location /app` + `uwsgi_param SCRIPT_NAME /app;`,
-        // a request for `/application/x`) is not this request's mount point: kept, the
-        // app would build its URLs as `/app/application/x`. (One PATH_INFO does not
-        // start with at all is the public prefix of a path stripped before it came, a
-        // proxy in front or a rewrite: kept, it is the app's mount point.)
-        script = b"";
-        cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
-    }
+    // Over uwsgi a SCRIPT_NAME beside a PATH_INFO that does not go on from it at a `/`
+    // is kept as sent (`location /app` + `uwsgi_param SCRIPT_NAME /app;` and a request
+    // for /application/x: the route, PATH_INFO, is right; only URLs the app builds
+    // carry /app). It cannot be told from a public prefix a proxy in front stripped
+    // (`/public` + a route /publications), which must stay.
     if script.is_empty() {
         if let Some(m) = longest_mount(defaults.mounts, &path) {
             script = m;
@@ -671,7 +671,6 @@ pub fn url_scheme(
     request_scheme.and_then(known).unwrap_or("http")
 }
 
-/// `path` is `script` followed by more path at a `/` (and `script` does not end in `/`).
 /// `s` without its trailing `/`s.
 fn trim_slashes(mut s: &[u8]) -> &[u8] {
     while let [rest @ .., b'/'] = s {
@@ -680,6 +679,7 @@ fn trim_slashes(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// `path` is `script` followed by more path at a `/` (and `script` does not end in `/`).
 fn goes_on_past(script: &[u8], path: &[u8]) -> bool {
     !script.ends_with(b"/")
         && path.len() > script.len()
@@ -868,6 +868,28 @@ mod tests {
             paths(&user(Some("/x"), "/app/x")),
             ("/app".into(), "/x".into())
         );
+        // regression (review): a stripped route that starts like the prefix (/app/apple
+        // rewritten to /apple) lost it: REQUEST_URI, before the rewrite, goes on past it.
+        assert_eq!(
+            paths(&user(Some("/apple"), "/app/apple")),
+            ("/app".into(), "/apple".into())
+        );
+        // The stock SCRIPT_NAME of a path ending in `/` is the whole path, noted so.
+        let cgi = run_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/a/"),
+                ("REQUEST_URI", "/a/"),
+                ("DOCUMENT_URI", "/a/"),
+            ],
+            true,
+            &[],
+        );
+        assert_eq!(paths(&cgi), ("".into(), "/a/".into()));
+        assert_eq!(
+            cgi.notes.iter().collect::<Vec<_>>(),
+            ["SCRIPT_NAME without PATH_INFO taken as the whole path"]
+        );
         // A SCRIPT_NAME ending in `/` set by the admin is a mount point too.
         let mut v = vec![
             ("REQUEST_METHOD", "GET"),
@@ -943,11 +965,11 @@ mod tests {
         assert_eq!(paths(&cgi), ("/app".into(), "/x y".into()));
     }
 
-    // regression: `location /app` + `uwsgi_param SCRIPT_NAME /app;` and a request for
-    // /application/x kept SCRIPT_NAME=/app beside PATH_INFO=/application/x: the app's
-    // URLs (and an ASGI scope's path) came out as /app/application/x.
+    // Over uwsgi SCRIPT_NAME and PATH_INFO come as the front server split them: a
+    // SCRIPT_NAME PATH_INFO does not go on from is kept (it cannot be told from a public
+    // prefix a proxy in front stripped: review of 81c5f84, /public + /publications).
     #[test]
-    fn a_script_name_the_whole_path_does_not_go_on_from_is_set_aside() {
+    fn over_uwsgi_a_script_name_beside_a_path_it_does_not_start_is_kept() {
         let uwsgi = |path_info: &'static str, uri: &'static str, modifier30: bool| {
             let cgi = normalise(
                 [
@@ -968,12 +990,11 @@ mod tests {
         };
         assert_eq!(
             uwsgi("/application/x", "/application/x?q=1", false),
-            (("".into(), "/application/x".into()), 1)
+            (("/app".into(), "/application/x".into()), 0)
         );
-        // The whole path, decoded, and the mount itself.
         assert_eq!(
             uwsgi("/appé", "/app%C3%A9", false),
-            (("".into(), "/appé".into()), 1)
+            (("/app".into(), "/appé".into()), 0)
         );
         assert_eq!(
             uwsgi("/app/x", "/app/x", false),
@@ -985,11 +1006,13 @@ mod tests {
             uwsgi("/other", "/application/x", false),
             (("/app".into(), "/other".into()), 0)
         );
-        // regression (review of the fix above): the public prefix of a path stripped
-        // before it came (a proxy in front: `proxy_pass http://inner/;`) was set aside
-        // because PATH_INFO is the whole path here; it does not start with SCRIPT_NAME
-        // at all, so SCRIPT_NAME is the mount point.
+        // The public prefix of a path stripped before it came (a proxy in front:
+        // `proxy_pass http://inner/;`), whether or not the route starts like it.
         assert_eq!(uwsgi("/x", "/x", false), (("/app".into(), "/x".into()), 0));
+        assert_eq!(
+            uwsgi("/apple", "/apple", false),
+            (("/app".into(), "/apple".into()), 0)
+        );
         // modifier1 30 cuts len(SCRIPT_NAME) bytes whatever they are (uWSGI's rule).
         assert_eq!(
             uwsgi("/application/x", "/application/x", true),
