@@ -3,13 +3,12 @@
 //! of `wsgi.errors` as STDERR records.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Ctl, FcgiConn, Owner, TryEnd};
+use super::{send_all, Ctl, FcgiConn, Owner, TryEnd};
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
 use crate::server::writer::Stream;
@@ -256,6 +255,10 @@ impl FcgiConn {
 const CUT_NOTE: &[u8] = b"postern: the response is cut short (see postern's log); \
 the invalid record that follows keeps it from being taken as complete";
 
+/// How long marking a cut response may wait for a send in progress ([`FcgiConn::mark_cut`]).
+/// (each: the lock, then the send).
+const CUT_MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl FcgiConn {
     /// Request `id`'s response is cut after it started (the app failed, or sent less
     /// than its Content-Length), and the connection closes without END_REQUEST. Over
@@ -268,10 +271,10 @@ impl FcgiConn {
     /// as Apache does (`AH01068: Got bogus version 0`). Only when no other request is
     /// in flight: a client that multiplexes still waits for their END_REQUEST, so it
     /// takes the close as an error already, and they fail as a closed connection, not
-    /// as a protocol error. Never waits: it runs on the thread that ran the app (for
-    /// ASGI the event loop's), so when the writer still holds the connection or the
-    /// socket has no room (the front server stopped reading) the close goes as before,
-    /// unmarked. With --no-fastcgi-stderr, the record header alone.
+    /// as a protocol error. Waits at most twice [`CUT_MARK_WAIT`]: it runs on the thread
+    /// that ran the app (for ASGI the event loop's), so when the writer is stuck in a
+    /// send or the socket has no room (the front server stopped reading) the close goes
+    /// as before, unmarked. With --no-fastcgi-stderr, the record header alone.
     fn mark_cut(&self, id: u16, keep_conn: bool, stderr_on: bool) {
         if self.tcp || keep_conn || self.handed_over.load(Ordering::Acquire) {
             return;
@@ -291,15 +294,17 @@ impl FcgiConn {
         // Under the write lock, after any record the writer is still sending; not
         // after a send that failed part way (this header would land inside a record),
         // nor after another request's last END_REQUEST.
-        let Some(_w) = self.write.try_lock() else {
+        // The writer may still be sending the batch before the cut (the stream was just
+        // dropped, its send is not): a short wait lets an ordinary send finish, and
+        // bounds what a send nginx does not read can hold the app's thread.
+        let Some(_w) = self.write.try_lock_for(CUT_MARK_WAIT) else {
             return;
         };
         if self.is_broken() || self.last_end.load(Ordering::Acquire) {
             return;
         }
         // Bytes left unsent of it end the connection mid-record, as an unmarked close.
-        let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
-        let _ = rustix::net::send(self.sock.as_fd(), &out, flags);
+        let _ = send_all(&self.sock, &out, CUT_MARK_WAIT);
     }
 }
 
