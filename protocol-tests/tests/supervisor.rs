@@ -690,6 +690,52 @@ fn a_hanging_reload_asked_during_the_first_start_runs_after_it() {
 // last step retired old workers did, and a chain reload retires them one by one as its
 // new workers serve): systemd reported a reload timeout. Each reload, plain or chain,
 // good or failed, ends with one READY=1.
+// regression (review of e2e9217): a reload whose last worker became ready in the same
+// wake-up as the next SIGHUP was never completed: its READY=1 never came and three
+// generations ran side by side until the next one was ready.
+#[test]
+fn a_reload_ready_when_the_next_one_is_asked_is_completed_first() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let (notify_path, notify) = notify_socket(dir.path());
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .start();
+    let next = || next_notify(&notify, &p);
+    assert!(next().contains("READY=1"));
+    let slow = |version: &str, secs: f32| {
+        versioned_app(dir.path(), version);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&app).unwrap();
+        writeln!(f, "time.sleep({secs})").unwrap();
+    };
+    slow("v1", 0.5);
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    assert!(
+        p.wait_log_count("generation=1 cause", 2, 10),
+        "{}",
+        p.logs()
+    );
+    // The master stopped while reload 1's workers become ready; SIGHUP and SIGCONT
+    // then arrive with their ready bytes: one wake-up for both.
+    p.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2000));
+    slow("v2-longer", 3.0);
+    p.signal(libc::SIGHUP);
+    p.signal(libc::SIGCONT);
+    let over = next();
+    assert!(over.contains("READY=1"), "{over}\n{}", p.logs());
+    assert!(next().contains("RELOADING=1"));
+    assert!(next().contains("READY=1"));
+    // A draining worker may still take a connection already queued to it.
+    assert!(
+        wait_until(10, || p.get("/").1.starts_with(b"v2-longer ")),
+        "{}",
+        p.logs()
+    );
+}
+
 #[test]
 fn every_chain_reload_tells_systemd_it_is_over_once() {
     let dir = tempdir();

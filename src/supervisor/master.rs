@@ -837,6 +837,11 @@ impl Master {
     }
 
     fn reload(&mut self, worker: &impl Fn(WorkerContext) -> i32) -> Result<(), SupervisorError> {
+        // A generation that became ready in this same wake-up is complete first: its
+        // READY=1 goes out and the one before it is retired (regression: it was left
+        // to the next pass, after this reload had made it an older generation, so
+        // three generations ran side by side and its reload never said READY=1).
+        self.complete_generation();
         // A reload asked for during the first start waits for its end: its systemd
         // messages (RELOADING=1, then READY=1) come after the start's READY=1, and the
         // first workers are never mistaken for an older generation a reload replaces.
