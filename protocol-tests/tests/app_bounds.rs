@@ -70,6 +70,10 @@ def application(environ, start_response):
     if path == "/huge-status":
         start_response("200 " + "x" * (256 * MiB), [])
         return [b"never sent"]
+    if path == "/status":
+        # The status as the query gives it (%20 for the space).
+        from urllib.parse import unquote
+        return text(start_response, "odd status", unquote(environ["QUERY_STRING"]))
     if path == "/caught":
         try:
             start_response("200 OK", [("X-H%d" % i, "v") for i in range(100000)])
@@ -313,6 +317,35 @@ fn a_response_head_over_64_kib_answers_500_and_says_why() {
     );
     // The process goes on.
     assert_eq!(get(&p.addr, "/hello").status, 200);
+}
+
+// regression: a status code past 599 ('600 X', '999 X') went out as it was; nginx refuses
+// or mangles it. Now start_response raises ValueError (the app's error: 500, logged).
+#[test]
+fn a_status_code_outside_100_to_599_answers_500_and_says_why() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    let range = |s: &str| format!("status {s:?} is outside 100 to 599");
+    for (status, line) in [
+        ("600 X", range("600 X")),
+        ("999 Odd", range("999 Odd")),
+        ("600", range("600")),
+        ("099 X", range("099 X")),
+        (
+            "42 Odd",
+            r#"status "42 Odd" is not '<3 digits> <reason>'"#.to_owned(),
+        ),
+    ] {
+        let r = get(&p.addr, &format!("/status?{}", status.replace(' ', "%20")));
+        assert_eq!(r.status, 500, "{status}");
+        assert_ne!(r.text(), "odd status", "{status}");
+        assert!(p.wait_log(&line, 5), "{status}:\n{}", p.logs());
+    }
+    for status in ["599 Odd", "200 OK"] {
+        let r = get(&p.addr, &format!("/status?{}", status.replace(' ', "%20")));
+        let code: u16 = status[..3].parse().unwrap();
+        assert_eq!((r.status, &r.text()[..]), (code, "odd status"));
+    }
 }
 
 /// A FastCGI GET: (status, body).

@@ -583,6 +583,21 @@ fn every_registered_status_goes_out_with_its_standard_reason_phrase() {
     );
 }
 
+// regression: an http.response.start status past 599 (600, 999) went out as it was; nginx
+// refuses or mangles it. Now send raises ValueError, as WSGI's start_response does (500).
+#[test]
+fn a_status_outside_100_to_599_is_refused_with_a_500() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    for code in [600, 999, 42, 1000, 70000] {
+        let r = get(&p, &format!("/status/{code}"), "");
+        assert_eq!(r.status, 500, "{code}");
+        let line = format!("status \"{code}\" is outside 100 to 599");
+        assert!(p.wait_log(&line, 5), "{code}:\n{}", p.logs());
+    }
+    assert_eq!(get(&p, "/status/599", "").status, 599);
+}
+
 // regression: a refused http.response.start left its headers and Content-Length
 // behind for the app's second start (its error page went out with them).
 #[test]

@@ -995,15 +995,15 @@ impl Exchange {
         let status = message
             .get_item(intern!(py, "status"))?
             .ok_or_else(|| PyValueError::new_err("http.response.start has no 'status'"))?;
-        let code: u16 = status.extract().map_err(|_| {
-            PyTypeError::new_err("http.response.start 'status' must be an int from 200 to 999")
+        let code: i64 = status.extract().map_err(|_| {
+            PyTypeError::new_err("http.response.start 'status' must be an int from 200 to 599")
         })?;
-        if !(100..=999).contains(&code) {
-            return Err(refuse(HeaderError::Status(code.to_string())));
-        }
-        if code < 200 {
-            return Err(refuse(HeaderError::Interim(code.to_string())));
-        }
+        // The same check as WSGI's start_response: refused before anything is sent, so
+        // the app's error answers 500.
+        let code = u16::try_from(code)
+            .map_err(|_| HeaderError::Range(code.to_string()))
+            .and_then(|c| resp::check_code(c, || c.to_string()))
+            .map_err(refuse)?;
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
         let mut lines = std::mem::take(&mut self.response_head);

@@ -13,6 +13,8 @@
 pub enum HeaderError {
     #[error("status {0:?} is not '<3 digits> <reason>' without control characters")]
     Status(String),
+    #[error("status {0:?} is outside 100 to 599, the codes HTTP defines (RFC 9110 §15); nginx refuses or mangles any other")]
+    Range(String),
     #[error("status {0:?} is an interim (1xx) response, which cannot be sent to the front server (nginx takes it as final)")]
     Interim(String),
     #[error("header name {0:?} is not an HTTP token")]
@@ -66,11 +68,7 @@ pub fn is_connection_noise(name: &str, value: &[u8]) -> bool {
 pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     let bad = || HeaderError::Status(status.to_owned());
     let b = status.as_bytes();
-    if b.len() < 3
-        || (b.len() > 3 && b[3] != b' ')
-        || !b[..3].iter().all(u8::is_ascii_digit)
-        || b[0] == b'0'
-    {
+    if b.len() < 3 || (b.len() > 3 && b[3] != b' ') || !b[..3].iter().all(u8::is_ascii_digit) {
         return Err(bad());
     }
     // The usual status is printable ASCII: one table lookup a byte (a tab is a control
@@ -86,11 +84,18 @@ pub fn parse_status(status: &str) -> Result<u16, HeaderError> {
     let code = b[..3]
         .iter()
         .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    // docs/protocols.md §5.6: never an interim response (100 Continue, 101 Upgrade…).
-    if code < 200 {
-        return Err(HeaderError::Interim(status.to_owned()));
+    check_code(code, || status.to_owned())
+}
+
+/// Checks the code of a final response, WSGI's or ASGI's: 200 to 599. `shown` gives the
+/// status as the app wrote it, for the error.
+pub fn check_code(code: u16, shown: impl FnOnce() -> String) -> Result<u16, HeaderError> {
+    match code {
+        // docs/protocols.md §5.6: never an interim response (100 Continue, 101 Upgrade…).
+        100..=199 => Err(HeaderError::Interim(shown())),
+        200..=599 => Ok(code),
+        _ => Err(HeaderError::Range(shown())),
     }
-    Ok(code)
 }
 
 /// What a byte may be in a response header, one table lookup per byte (this runs for
@@ -599,10 +604,17 @@ mod tests {
             "2000 OK",
             "200\tOK",
             "200 OK\r\nX: y",
-            "099 x",
             "200 €",
         ] {
             assert!(parse_status(s).is_err(), "{s:?}");
+        }
+        // regression: a code past 599 went out as it was (nginx refuses or mangles it).
+        for s in ["099 x", "000", "600 X", "999 X", "600"] {
+            assert_eq!(
+                parse_status(s),
+                Err(HeaderError::Range(s.to_owned())),
+                "{s:?}"
+            );
         }
         for s in ["100 Continue", "101 Switching Protocols", "103 Early Hints"] {
             assert!(
