@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             Ok(ini) => {
                 out(&ini.to_toml());
                 eprintln!("postern migrate: {}", ini.summary());
-                ExitCode::SUCCESS
+                ExitCode::from(ini.exit_code())
             }
             Err(e) => {
                 eprintln!("postern migrate: {e}");

@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 
 pub use expand::{Context, Entry, FileFacts};
 
+/// `postern migrate`'s exit status when a line of the file is REFUSED (`postern --ini`
+/// would stop on it); the TOML is still printed. 2 is a file that cannot be read.
+pub const EXIT_REFUSED: u8 = 3;
+
 /// Why an ini file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IniError {
@@ -1503,6 +1507,23 @@ impl Translation {
         Err(IniError::Refused(bad.join("\n")))
     }
 
+    /// `postern migrate`'s exit status: 0, or [`EXIT_REFUSED`] when a line is REFUSED
+    /// (the TOML is printed all the same), so a script sees that the file needs a hand.
+    pub fn exit_code(&self) -> u8 {
+        if self.refused() > 0 {
+            EXIT_REFUSED
+        } else {
+            0
+        }
+    }
+
+    fn refused(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|l| matches!(l.outcome, Outcome::Refused(_)))
+            .count()
+    }
+
     /// One line for `postern migrate` to print: how many lines went where.
     pub fn summary(&self) -> String {
         let count = |f: fn(&Outcome) -> bool| self.lines.iter().filter(|l| f(&l.outcome)).count();
@@ -1530,7 +1551,14 @@ impl Translation {
                 parts.push(format!("{n} {what}"));
             }
         }
-        format!("{}; the comments in the output say why", parts.join(", "))
+        let mut out = format!("{}; the comments in the output say why", parts.join(", "));
+        if self.refused() > 0 {
+            let _ = write!(
+                out,
+                " (exit status {EXIT_REFUSED}: fix or remove the REFUSED lines before using it)"
+            );
+        }
+        out
     }
 
     /// One message listing what postern runs without (ignored and unknown lines, and

@@ -80,6 +80,34 @@ fn migrate_never_writes_a_value_uwsgi_reads_at_each_start() {
     assert!(toml.contains("\nworkers = 3\n"), "{toml}");
 }
 
+// regression: migrate exited 0 with REFUSED lines in its output, so a script took the
+// file as ready. Now exit status 3, the TOML printed all the same; 0 once they are gone.
+#[test]
+fn migrate_exits_3_when_a_line_is_refused_and_still_prints_the_toml() {
+    let dir = tempdir();
+    let ini = dir.path().join("http.ini");
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nmodule = edge2\nhttp = :8000\nmules = 2\nprocesses = 3\n",
+    )
+    .unwrap();
+    let (rc, toml, summary) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 3, "{summary}");
+    assert!(
+        toml.contains("app = \"edge2\"\n") && toml.contains("workers = 3\n"),
+        "{toml}"
+    );
+    assert_eq!(toml.matches("#   REFUSED").count(), 2, "{toml}");
+    assert!(
+        summary.contains("2 refused") && summary.contains("(exit status 3: fix or remove"),
+        "{summary}"
+    );
+    std::fs::write(&ini, "[uwsgi]\nmodule = edge2\nprocesses = 3\n").unwrap();
+    let (rc, _, summary) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 0, "{summary}");
+    assert!(!summary.contains("exit status"), "{summary}");
+}
+
 // regression: spooler, mules, cache2, locks, sharedarea, queue, signal and shared-import
 // were "unknown: misspelt", and --ini started without them: an app that guards
 // `import uwsgi` silently never ran its spooled, mule or cron jobs.

@@ -692,8 +692,10 @@ fn summarises_where_the_lines_went() {
     let t = tr("module = m\nvacuum = true\nbase = x\nchdir = %(base)\nplugin = router_static\ncpu-affinity = 1\nhttp = :80");
     assert_eq!(
         t.summary(),
-        "7 option lines read from [uwsgi]: 2 carried over, 1 not needed, 1 placeholders, 1 ignored, 1 unknown, 1 refused (postern --ini stops on those); the comments in the output say why"
+        "7 option lines read from [uwsgi]: 2 carried over, 1 not needed, 1 placeholders, 1 ignored, 1 unknown, 1 refused (postern --ini stops on those); the comments in the output say why (exit status 3: fix or remove the REFUSED lines before using it)"
     );
+    assert_eq!(t.exit_code(), EXIT_REFUSED);
+    assert_eq!(tr("module = m\nvacuum = true").exit_code(), 0);
 }
 
 // regression: options common in real files (blog posts, Debian's apps-available, the
