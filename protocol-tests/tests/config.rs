@@ -478,3 +478,62 @@ fn a_pidfile_naming_a_running_postern_is_not_taken_over() {
     assert!(first.wait_exit(20).is_some());
     assert!(!pidfile.exists(), "the first one's pidfile was left behind");
 }
+
+// regression: a --max-rss below what a worker holds once its app is imported said
+// nothing: every worker recycled after each request, and the only sign was a
+// "recycling this worker" line per request. Now one warning with the figures, once per
+// generation (not again from each replacement).
+#[test]
+fn a_max_rss_below_the_rss_at_start_is_warned_about_once() {
+    let dir = tempdir();
+    let app = dir.path().join("big.py");
+    std::fs::write(
+        &app,
+        "BIG = b'x' * (40 << 20)\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--max-rss", "20"])
+        .start();
+    let warning = "once the app is imported, over --max-rss 20 MiB: every worker will recycle after each request";
+    assert!(p.wait_log(warning, 10), "{}", p.logs());
+    // Each worker recycles after a request. Requests until a replacement has served
+    // one: its access line comes after anything it warned (one log writer a process).
+    let replacement_served = || {
+        let logs = p.logs();
+        let pids: Vec<String> = logs
+            .lines()
+            .filter(|l| l.contains("worker started") && l.contains("cause=\"max-rss\""))
+            .filter_map(|l| {
+                l.split_once(" pid=")?
+                    .1
+                    .split(' ')
+                    .next()
+                    .map(|p| format!(" pid={p} "))
+            })
+            .collect();
+        logs.lines()
+            .any(|l| l.contains("postern::access") && pids.iter().any(|p| l.contains(p.as_str())))
+    };
+    assert!(
+        wait_until(20, || {
+            assert_eq!(p.get("/").0, 200);
+            replacement_served()
+        }),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.logs().matches(warning).count(), 1, "{}", p.logs());
+    let line = p
+        .logs()
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap()
+        .to_owned();
+    let mib: u64 = line
+        .split_once("this worker's RSS is ")
+        .and_then(|(_, r)| r.split_once(" MiB"))
+        .map(|(n, _)| n.parse().unwrap())
+        .unwrap();
+    assert!(mib > 40, "{line}");
+}

@@ -158,6 +158,9 @@ struct Global {
     target: AtomicU64,
     /// Refused requests of the workers that have exited (see [`SlotHead::refused`]).
     refused: Refused,
+    /// 1 + the newest generation one of whose workers warned that its RSS at start is
+    /// over `--max-rss` (workers write it, a locked max: once per worker start).
+    rss_warned: AtomicU64,
 }
 
 /// Requests refused before a Python thread, `[protocol][status class]`.
@@ -333,6 +336,14 @@ impl Scoreboard {
         fence(Ordering::Release);
         f();
         g.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// True for the first worker of its generation to ask: the warning that the RSS at
+    /// start is over `--max-rss` is logged once per generation, not by every worker nor
+    /// by each replacement (which, over it, come after every request).
+    pub fn first_to_warn_rss(&self, slot: usize) -> bool {
+        let mark = self.head(slot).generation.load(Ordering::Relaxed) + 1;
+        self.global().rss_warned.fetch_max(mark, Ordering::Relaxed) < mark
     }
 
     /// Clears a free slot for a new worker of `generation`, started for `cause` (master,

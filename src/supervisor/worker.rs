@@ -206,7 +206,7 @@ impl WorkerMonitor {
             n + u64::from(std::process::id()) % spread
         });
         let recycles = max_requests.is_some() || max_rss_mib.is_some();
-        WorkerMonitor {
+        let monitor = WorkerMonitor {
             board: Arc::clone(&ctx.board),
             slot: ctx.slot,
             max_requests,
@@ -216,6 +216,23 @@ impl WorkerMonitor {
             metrics: ctx.board.metrics(),
             standalone: false,
             master: recycles.then(|| ctx.ready.try_clone().ok()).flatten(),
+        };
+        monitor.check_rss_at_start();
+        monitor
+    }
+
+    /// Made once the app is imported: a `--max-rss` below what the worker holds already
+    /// would recycle every worker after each request, so say so (once per generation).
+    fn check_rss_at_start(&self) {
+        let Some(max) = self.max_rss_kib else { return };
+        let Some(rss) = rss_kib() else { return };
+        if rss > max && self.board.first_to_warn_rss(self.slot) {
+            tracing::warn!(
+                pid = std::process::id(),
+                "this worker's RSS is {} MiB once the app is imported, over --max-rss {} MiB: every worker will recycle after each request; set --max-rss well above the RSS at start",
+                rss.div_ceil(1024),
+                max / 1024
+            );
         }
     }
 
