@@ -1920,6 +1920,61 @@ fn a_failed_reload_during_a_reload_rolls_back_to_the_serving_code() {
     assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
 }
 
+// regression: a reload that failed while the reload before it was half ready (one of
+// its two workers served, the other still imported) rolled back to that half-started
+// generation; its missing worker then started from the broken code on disk, failed, and
+// a second rollback sent systemd a second READY=1 for the one reload it had been told
+// of. It goes back to the newest complete generation, with one READY=1.
+#[test]
+fn a_failed_reload_during_a_half_ready_reload_rolls_back_to_the_complete_one() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let (notify_path, notify) = notify_socket(dir.path());
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .start();
+    let next = || next_notify(&notify, &p);
+    assert!(next().contains("READY=1"));
+    // Reload 1: the first of its workers to import waits for `gate.open`; the other
+    // serves.
+    std::fs::write(
+        &app,
+        "import os, time\ngate = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gate')\ntry:\n    os.close(os.open(gate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n    deadline = time.time() + 60\n    while not os.path.exists(gate + '.open') and time.time() < deadline:\n        time.sleep(0.05)\nexcept FileExistsError:\n    pass\n\ndef application(environ, start_response):\n    body = ('v1-half %d' % os.getpid()).encode()\n    start_response('200 OK', [('Content-Length', str(len(body)))])\n    return [body]\n",
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    assert!(wait_file(&dir.path().join("gate"), 10), "{}", p.logs());
+    assert!(p.wait_log_count("worker ready", 3, 20), "{}", p.logs());
+    // Reload 2, with code that does not import.
+    std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    let over = next();
+    assert!(over.contains("READY=1"), "{over}");
+    assert!(over.contains("STATUS=reload failed"), "{over}");
+    // Nothing more (before: a second READY=1 within a second).
+    notify
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    if let Ok(n) = notify.recv(&mut buf) {
+        panic!("{}\n{}", String::from_utf8_lossy(&buf[..n]), p.logs());
+    }
+    let logs = p.logs();
+    assert_eq!(logs.matches("reload failed").count(), 1, "{logs}");
+    let line = logs.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("generation=0"), "{line}");
+    // Generation 0 serves alone (reload 1's serving worker drains).
+    assert!(
+        wait_until(10, || (0..3).all(|_| p.get("/").1.starts_with(b"v0 "))),
+        "{}",
+        p.logs()
+    );
+    std::fs::write(dir.path().join("gate.open"), "").unwrap();
+}
+
 // regression: a stop that came while a worker over --timeout was dumping its stacks
 // left it alone until --graceful-timeout (its SIGKILL was due from the main loop, which
 // the stop no longer runs). (The window is the 500 ms the dump gets: a stop after it

@@ -192,6 +192,9 @@ struct Master {
     spawn_failures: u32,
     spawn_retry: Option<Instant>,
     announced: bool,
+    /// The newest generation that was complete (all of it served: the first start's,
+    /// then each reload's that succeeded): a failed reload goes back to it.
+    completed: u64,
     /// A reload (RELOADING=1) is not over yet: systemd waits for one READY=1 when it
     /// is, whether it succeeded (the whole new generation serves) or failed (rollback).
     reload_pending: bool,
@@ -250,6 +253,7 @@ pub fn run(
         spawn_failures: 0,
         spawn_retry: None,
         announced: false,
+        completed: 0,
         reload_pending: false,
         reload_deferred: false,
         pending: VecDeque::new(),
@@ -563,6 +567,7 @@ impl Master {
         if !ready {
             return;
         }
+        self.completed = self.generation;
         let mut retired = 0;
         for w in self.workers.iter_mut() {
             if w.generation < self.generation && w.phase.active() {
@@ -1049,24 +1054,41 @@ impl Master {
                     return Err(SupervisorError::BootFailed);
                 }
                 Verdict::Rollback => {
-                    // Back to the newest generation that still serves: after a reload
-                    // during a reload, the one just before was dropped while it booted.
+                    // Back to the newest complete generation: after a reload during a
+                    // reload, the one in between may serve with some of its workers
+                    // only, and its missing ones would start from the code on disk
+                    // that just failed. (If none of the complete one is left, the
+                    // newest that still serves.)
+                    // regression: it went back to such a half-started generation; its
+                    // refill failed in turn, and a second rollback sent a second
+                    // READY=1 for one reload.
                     let failed = self.generation;
-                    self.generation = self
-                        .workers
-                        .iter()
-                        .filter(|o| o.generation < failed && o.phase.active())
-                        .map(|o| o.generation)
-                        .max()
-                        .unwrap_or(failed - 1);
+                    let active = |g: u64| {
+                        self.workers
+                            .iter()
+                            .any(|o| o.generation == g && o.phase.active())
+                    };
+                    self.generation = if self.completed < failed && active(self.completed) {
+                        self.completed
+                    } else {
+                        self.workers
+                            .iter()
+                            .filter(|o| o.generation < failed && o.phase.active())
+                            .map(|o| o.generation)
+                            .max()
+                            .unwrap_or(failed - 1)
+                    };
                     tracing::error!(pid, %how, generation = self.generation, "reload failed: the new workers do not start; still serving the previous code");
                     // sd_notify(3): after RELOADING=1, READY=1 once the reload is over,
-                    // failed ones too (systemd holds the unit in "reloading" until then).
+                    // failed ones too (systemd holds the unit in "reloading" until then),
+                    // and only then: a READY=1 nothing waits for would end the next
+                    // reload early in systemd's eyes.
                     // regression: it never came, and `systemctl reload` hung to its timeout.
-                    self.reload_pending = false;
-                    notify::notify(
-                        "READY=1\nSTATUS=reload failed: the new workers do not start (see the log); serving the previous code",
-                    );
+                    if std::mem::take(&mut self.reload_pending) {
+                        notify::notify(
+                            "READY=1\nSTATUS=reload failed: the new workers do not start (see the log); serving the previous code",
+                        );
+                    }
                     for o in self.workers.iter_mut() {
                         if o.generation > self.generation {
                             o.drain(&self.board, Cause::Reload);
