@@ -511,6 +511,14 @@ fn worker(
             return 3;
         }
     };
+    // Before anything is accepted: the master learns that the import is over, and
+    // whether the app's stop runs an ASGI lifespan shutdown (it waits for that
+    // before it kills a leaving worker). One it gave up on while it imported (a stop,
+    // others serving) leaves without serving.
+    let asgi = asgi_settings(config, loaded.interface).map(|a| a.max_concurrency);
+    if !supervisor::imported(&ctx, asgi) {
+        return 0;
+    }
     if let Err(e) = wsgi::stacks::enable() {
         tracing::warn!("{}", supervisor::with_open_files_advice(e.to_string()));
     }

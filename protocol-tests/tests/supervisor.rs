@@ -1615,6 +1615,90 @@ fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
     assert!(status.success(), "{}", p.logs());
 }
 
+/// A WSGI app (`--interface auto`) whose import hangs once `dir/hang` exists.
+fn app_whose_import_hangs_on_demand(dir: &std::path::Path) -> std::path::PathBuf {
+    let app = dir.join("hangs.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nif os.path.exists({hang:?}):\n    time.sleep(100000)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            hang = dir.join("hang").to_string_lossy()
+        ),
+    )
+    .unwrap();
+    app
+}
+
+// regression: a worker still importing the app when the server stopped held the stop
+// until --graceful-timeout plus the ASGI lifespan allowance (over a minute), even for a
+// WSGI app, while the other workers had served the listen queue and left. It serves
+// nothing: it is killed at once, and the stop is clean.
+#[test]
+fn a_stop_does_not_wait_for_a_worker_still_importing_while_others_serve() {
+    let dir = tempdir();
+    let app = app_whose_import_hangs_on_demand(dir.path());
+    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--graceful-timeout", "5"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::write(dir.path().join("hang"), "").unwrap();
+    p.signal(libc::SIGTTIN);
+    assert!(p.wait_log("cause=\"scale\"", 10), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("the master exits");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "{:?}\n{}",
+        t.elapsed(),
+        p.logs()
+    );
+    assert!(
+        p.logs()
+            .contains("workers still importing the app are killed"),
+        "{}",
+        p.logs()
+    );
+}
+
+// regression: the only worker, stuck in its import when the server stopped, was killed
+// at --graceful-timeout plus the ASGI lifespan allowance (over a minute), even for a
+// WSGI app; it is killed a second after --graceful-timeout (and the stop, which had
+// to kill it, exits 1).
+#[test]
+fn a_stop_waits_for_the_only_worker_stuck_in_its_import_no_longer_than_the_graceful_timeout() {
+    let dir = tempdir();
+    let app = app_whose_import_hangs_on_demand(dir.path());
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--max-requests", "1", "--graceful-timeout", "2"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    std::fs::write(dir.path().join("hang"), "").unwrap();
+    // The request recycles the worker; its replacement's import hangs.
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    assert!(p.wait_log("cause=\"max-requests\"", 10), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("the master exits");
+    assert_eq!(status.code(), Some(1), "{}", p.logs());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}\n{}",
+        p.logs()
+    );
+    assert!(
+        p.logs().contains(
+            "WSGI workers still running after --graceful-timeout; killing them left=1 starting=1"
+        ),
+        "{}",
+        p.logs()
+    );
+}
+
 /// What a process's descriptors point to (`anon_inode:inotify`, `pipe:[..]`, ...).
 fn descriptors(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -83,6 +83,9 @@ struct Worker {
     /// The master killed it at `--worker-start-timeout` (its exit says so, not "the
     /// app's error is logged above").
     start_timed_out: bool,
+    /// Killed at the stop while it still imported the app, others serving the listen
+    /// queues: it had accepted nothing, so its kill cut nothing off.
+    abandoned: bool,
 }
 
 impl Worker {
@@ -497,6 +500,7 @@ impl Master {
             before_stop: false,
             slow_boot_said: false,
             start_timed_out: false,
+            abandoned: false,
         });
         Ok(())
     }
@@ -782,8 +786,9 @@ impl Master {
     /// Kills the workers told to leave (reload, scale-down, --max-lifetime, recycling)
     /// that still run past --graceful-timeout from then: deaf to SIGTERM (the app or a
     /// C extension took or ignored it) or stuck (a request holding the GIL, an atexit
-    /// handler that hangs). An ASGI worker (or one that never served) first gets the
-    /// allowance of its lifespan shutdown. Returns the next such deadline.
+    /// handler that hangs). An ASGI worker (or one that never served: its import may
+    /// be slow, and it may still take requests once ready) first gets the allowance of
+    /// its lifespan shutdown. Returns the next such deadline.
     /// regression: such a worker was never killed and served on next to its successor.
     ///
     /// During a stop, a worker it told to leave is left to the stop's own deadlines;
@@ -1034,6 +1039,7 @@ impl Master {
             if self.board.is_stopping()
                 && (w.served || by_master)
                 && !w.before_stop
+                && !w.abandoned
                 && status.exit_status().is_none_or(|c| c != 0)
             {
                 self.unclean.requests += was_running;
@@ -1317,6 +1323,36 @@ impl Master {
         }
     }
 
+    /// At a stop while other workers serve (they serve the listen queues before they
+    /// exit): the workers still importing the app are killed now. They have accepted
+    /// nothing and have no lifespan to shut down; the import's end and this give-up
+    /// race on the scoreboard, and a worker whose import ended first is left to its
+    /// SIGTERM (it may have accepted by now).
+    /// regression: such a worker held the stop until it finished its import, and one
+    /// whose import hung, for --graceful-timeout plus the ASGI lifespan allowance
+    /// (over a minute by default), even for a WSGI app.
+    fn abandon_imports(&mut self) {
+        let mut pids = Vec::new();
+        for w in self
+            .workers
+            .iter_mut()
+            .filter(|w| !w.served && !w.sigkilled)
+        {
+            if self.board.abandon_import(w.slot) {
+                signal(w.pid, Signal::KILL);
+                w.sigkilled = true;
+                w.abandoned = true;
+                pids.push(raw(w.pid));
+            }
+        }
+        if !pids.is_empty() {
+            tracing::info!(
+                ?pids,
+                "stopping: workers still importing the app are killed (they serve nothing; the others serve the listen queue)"
+            );
+        }
+    }
+
     /// Requests the workers are running (scoreboard).
     fn running(&self) -> usize {
         self.workers
@@ -1352,11 +1388,17 @@ impl Master {
             }
         }
         self.quitting = now;
+        // Before the workers are marked to leave: those that serve will serve the
+        // listen queues before they exit.
+        let others_serve = self.workers.iter().any(|w| w.phase == Phase::Serving);
         self.stop_all(now);
+        if !now && others_serve {
+            self.abandon_imports();
+        }
         // An ASGI worker's lifespan shutdown may run past --graceful-timeout after its
         // requests were cut off (past_graceful): not killed before it is done. A worker
-        // known to serve WSGI has no such shutdown: killed a second after
-        // --graceful-timeout, as with --interface wsgi.
+        // known to serve WSGI, or still importing the app, has no such shutdown: killed
+        // a second after --graceful-timeout, as with --interface wsgi.
         // regression: with --interface auto (the default) the master waited the ASGI
         // allowance (over a minute) for a WSGI worker that did not leave (its atexit
         // hung, or it ignored SIGTERM).
@@ -1371,21 +1413,24 @@ impl Master {
             if wsgi_due.is_some_and(|d| Instant::now() > d) {
                 wsgi_due = None;
                 let board = Arc::clone(&self.board);
-                let (mut left, mut requests) = (0, 0);
+                let (mut left, mut starting, mut requests) = (0, 0, 0);
                 for w in self
                     .workers
                     .iter_mut()
-                    .filter(|w| w.served && !board.serves_asgi(w.slot) && !w.sigkilled)
+                    .filter(|w| !board.serves_asgi(w.slot) && !w.sigkilled)
                 {
                     signal(w.pid, Signal::KILL);
                     w.sigkilled = true;
                     w.late = true;
                     left += 1;
+                    starting += usize::from(!w.served);
                     requests += board.running(w.slot);
                 }
                 if left > 0 {
+                    // `starting`: of them, never ready (an import that hangs).
                     tracing::warn!(
                         left,
+                        starting,
                         requests,
                         "WSGI workers still running after --graceful-timeout; killing them"
                     );

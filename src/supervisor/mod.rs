@@ -45,7 +45,7 @@ use std::time::Duration;
 use scoreboard::Scoreboard;
 
 pub use master::{run, Unclean};
-pub use worker::{announce_ready, WorkerMonitor};
+pub use worker::{announce_ready, imported, WorkerMonitor};
 
 /// Blocks the signals the master handles in the calling thread, before the master
 /// starts Python: a thread Python starts there (a sitecustomize, a venv's .pth file)

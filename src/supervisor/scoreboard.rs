@@ -51,6 +51,15 @@ pub const SERVING: u32 = 2;
 /// master replaces it now), or the master asked it to drain.
 pub const RETIRING: u32 = 3;
 
+/// A worker's import, as the head's `import` says: still running (zeroed memory, and
+/// [`Scoreboard::reset`]) ...
+pub const IMPORTING: u32 = 0;
+/// ... over: the worker goes on to serve (it has not accepted anything before this) ...
+pub const IMPORTED: u32 = 1;
+/// ... or given up by the master (a stop while others serve the listen queues): the
+/// worker must not serve, and is being killed.
+pub const ABANDONED: u32 = 2;
+
 /// A thread's request counters. `#[repr(C)]` and nothing but `AtomicU64`, so the
 /// master can fold and clear them as one array ([`Counters::cells`]).
 #[repr(C)]
@@ -189,6 +198,9 @@ pub struct SlotHead {
     capacity: AtomicU32,
     /// The worker's count of dropped log lines, as of its last request.
     log_dropped: AtomicU64,
+    /// [`IMPORTING`], [`IMPORTED`] or [`ABANDONED`]: who won the race between the
+    /// worker's import ending and the master giving up on it.
+    import: AtomicU32,
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
@@ -365,6 +377,7 @@ impl Scoreboard {
             h.retire_cause.store(0, Ordering::Relaxed);
             h.start_cause.store(cause.index() as u32, Ordering::Relaxed);
             h.log_dropped.store(0, Ordering::Relaxed);
+            h.import.store(IMPORTING, Ordering::SeqCst);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -413,6 +426,25 @@ impl Scoreboard {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+    }
+
+    /// The worker in `slot` has imported the app and is about to serve (called by the
+    /// worker, before it accepts anything). False when the master gave up on it first
+    /// ([`Scoreboard::abandon_import`]): it must not serve.
+    pub fn finish_import(&self, slot: usize) -> bool {
+        self.head(slot)
+            .import
+            .compare_exchange(IMPORTING, IMPORTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// The master gives up on the worker in `slot` if it is still importing the app:
+    /// true when it was (it has accepted nothing, and will not: the master kills it).
+    pub fn abandon_import(&self, slot: usize) -> bool {
+        self.head(slot)
+            .import
+            .compare_exchange(IMPORTING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     /// The master asked the worker in `slot` to drain, for `cause`.
@@ -1034,6 +1066,24 @@ mod tests {
         sb.leave(0);
         sb.enter(0);
         assert_eq!(saturated(), 3);
+    }
+
+    #[test]
+    fn a_worker_import_either_ends_or_is_abandoned_never_both() {
+        let sb = Scoreboard::new(2, 1).unwrap();
+        sb.reset(0, 1, 0, Cause::Boot);
+        sb.reset(1, 2, 0, Cause::Boot);
+        assert!(sb.finish_import(0));
+        assert!(!sb.abandon_import(0), "it may have accepted by now");
+        assert!(sb.abandon_import(1));
+        assert!(
+            !sb.finish_import(1),
+            "the master kills it: it must not serve"
+        );
+        // A new worker in the slot imports again.
+        sb.release(1);
+        sb.reset(1, 3, 1, Cause::Boot);
+        assert!(sb.finish_import(1));
     }
 
     // regression: R7/metrics of the ASGI review: an ASGI worker with --threads 1 was

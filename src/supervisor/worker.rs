@@ -31,6 +31,18 @@ const TERM_WAIT: Duration = Duration::from_millis(200);
 /// say so (no pidfd: Linux before 5.3, a seccomp filter).
 const PARENT_EVERY: Duration = Duration::from_millis(250);
 
+/// Tells the master, before this worker accepts anything, that its import is over and
+/// whether it serves ASGI (`asgi_capacity`: its `--max-concurrency`), whose stop runs a
+/// lifespan shutdown the master then waits for. False when the master gave up on it
+/// while it imported (a stop, with other workers serving the listen queues): it must
+/// not serve, and leaves at once.
+pub fn imported(ctx: &WorkerContext, asgi_capacity: Option<usize>) -> bool {
+    if let Some(n) = asgi_capacity {
+        ctx.board.set_capacity(ctx.slot, n);
+    }
+    ctx.board.finish_import(ctx.slot)
+}
+
 /// Tells the master this worker serves (one byte on its status pipe). A SIGTERM that
 /// came while it booted was counted ([`crate::stop`]) and is acted on by now; one the
 /// master marked on the scoreboard counts as well, in case the signal itself went to
