@@ -272,18 +272,21 @@ fn serve(
         listener::warn_if_reachable(&b.addr);
     }
 
-    if config.supervised
+    // An ASGI worker is ready only after its lifespan startup: a start bound at or
+    // under the lifespan's own timeout would kill it before that timeout could say
+    // what hangs. Only for an app known to be ASGI: with --interface asgi now, with
+    // auto once a worker has imported it and says so (the master warns then); a WSGI
+    // app has no lifespan.
+    // regression: it fired for WSGI apps under --interface auto.
+    let lifespan_timeout_over_start = (config.supervised
         && config.opts.interface != postern::asgi::InterfaceOption::Wsgi
         && config.opts.lifespan != postern::asgi::lifespan::LifespanMode::Off
-        && config.opts.lifespan_timeout.0 >= config.opts.worker_start_timeout.0
-    {
-        // An ASGI worker is ready only after its lifespan startup: the start bound
-        // would kill it before the lifespan's own timeout could say what hangs.
-        tracing::warn!(
-            "--lifespan-timeout ({}s) is not below --worker-start-timeout ({}s): an ASGI app's worker (a reload's, a replacement) whose lifespan startup hangs is killed at --worker-start-timeout before --lifespan-timeout can say so; keep --lifespan-timeout lower",
-            config.opts.lifespan_timeout,
-            config.opts.worker_start_timeout
-        );
+        && config.opts.lifespan_timeout.0 >= config.opts.worker_start_timeout.0)
+        .then_some(config.opts.lifespan_timeout.0);
+    if config.opts.interface == postern::asgi::InterfaceOption::Asgi {
+        if let Some(lifespan) = lifespan_timeout_over_start {
+            supervisor::warn_lifespan_timeout(lifespan, config.opts.worker_start_timeout.0);
+        }
     }
     if config.supervised {
         // The master starts Python once and forks every worker from the initialised
@@ -311,6 +314,8 @@ fn serve(
             // Python runs in the master: every fork is bracketed for CPython.
             preload: true,
             app_preloaded: config.opts.preload,
+            lifespan_timeout_over_start: lifespan_timeout_over_start
+                .filter(|_| config.opts.interface == postern::asgi::InterfaceOption::Auto),
         };
         // --preload: the master imports the app once; workers share its pages.
         // Before Python starts: any thread it starts here inherits the master's mask.

@@ -1615,6 +1615,35 @@ fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
     assert!(status.success(), "{}", p.logs());
 }
 
+// regression: the warning that --lifespan-timeout is not below --worker-start-timeout
+// (about an ASGI lifespan startup) fired at start for WSGI apps under --interface auto.
+// It now comes once a worker has imported the app and it is ASGI, once.
+#[test]
+fn the_lifespan_timeout_warning_under_interface_auto_is_for_asgi_apps_only() {
+    let dir = tempdir();
+    let warning = "--lifespan-timeout (60s) is not below --worker-start-timeout (5s)";
+    let wsgi = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &wsgi.to_string_lossy())
+        .args(["--workers", "2", "--worker-start-timeout", "5"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    assert!(!p.logs().contains(warning), "{}", p.logs());
+    drop(p);
+    let asgi = dir.path().join("aapp.py");
+    std::fs::write(
+        &asgi,
+        "async def application(scope, receive, send):\n    if scope['type'] == 'lifespan':\n        while True:\n            m = await receive()\n            if m['type'] == 'lifespan.startup':\n                await send({'type': 'lifespan.startup.complete'})\n            else:\n                await send({'type': 'lifespan.shutdown.complete'})\n                return\n    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    await send({'type': 'http.response.body', 'body': b'ok'})\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &asgi.to_string_lossy())
+        .args(["--workers", "2", "--worker-start-timeout", "5"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    assert!(p.wait_log(warning, 5), "{}", p.logs());
+    assert_eq!(p.get("/"), (200, b"ok".to_vec()), "{}", p.logs());
+    assert_eq!(p.logs().matches(warning).count(), 1, "{}", p.logs());
+}
+
 /// A WSGI app (`--interface auto`) whose import hangs once `dir/hang` exists.
 fn app_whose_import_hangs_on_demand(dir: &std::path::Path) -> std::path::PathBuf {
     let app = dir.join("hangs.py");

@@ -534,6 +534,12 @@ impl Master {
         }
         w.served = true;
         self.board.mark_serving(w.slot);
+        if self.board.serves_asgi(w.slot) {
+            // Once: the app is ASGI (--interface auto knows it only now).
+            if let Some(lifespan) = self.opts.lifespan_timeout_over_start.take() {
+                super::warn_lifespan_timeout(lifespan, self.opts.start_timeout);
+            }
+        }
         tracing::info!(
             pid = raw(w.pid),
             boot_ms = w.started.elapsed().as_millis() as u64,

@@ -125,6 +125,22 @@ pub struct Options {
     /// `--preload`: the app itself was imported in the master, so a reload forks
     /// workers that run the code it imported at start (the reload says so).
     pub app_preloaded: bool,
+    /// `--lifespan-timeout`, when it is not below `--worker-start-timeout` and the app
+    /// may be ASGI (`--interface auto`, lifespan not off): the master warns once a
+    /// worker says it serves ASGI ([`warn_lifespan_timeout`]). With `--interface asgi`
+    /// main warns at start; with WSGI the two never meet.
+    pub lifespan_timeout_over_start: Option<Duration>,
+}
+
+/// The warning for a `--lifespan-timeout` at or above `--worker-start-timeout`, for an
+/// app known to be ASGI: its worker is ready only after its lifespan startup, so the
+/// start bound would kill it before the lifespan's own timeout could say what hangs.
+pub fn warn_lifespan_timeout(lifespan_timeout: Duration, start_timeout: Duration) {
+    tracing::warn!(
+        "--lifespan-timeout ({}s) is not below --worker-start-timeout ({}s): an ASGI app's worker (a reload's, a replacement) whose lifespan startup hangs is killed at --worker-start-timeout before --lifespan-timeout can say so; keep --lifespan-timeout lower",
+        lifespan_timeout.as_secs_f64(),
+        start_timeout.as_secs_f64()
+    );
 }
 
 /// `--stats` under a master: the bound endpoint and what it reports.
