@@ -1114,12 +1114,11 @@ fn a_stop_during_a_reload_whose_import_hangs_kills_that_worker_at_once_and_exits
     );
 }
 
-// regression: a stop that came while a worker killed at --worker-start-timeout (before
-// the stop) was still exiting counted that kill as the stop's own: exit 1, "stopped
-// uncleanly: 1 worker killed". The worker here holds 768 MiB, so that its exit takes a
-// while after the SIGKILL.
-#[test]
-fn a_stop_just_after_a_start_timeout_kill_exits_0() {
+/// `--workers 1 --master --worker-start-timeout 3`; a reload whose import hangs
+/// holding 768 MiB (so that its exit takes a while after the SIGKILL); SIGTERM as soon
+/// as the master says it kills that worker. Returns once the master has exited.
+fn a_stop_just_after_a_start_timeout_kill() -> (tempfile::TempDir, Postern, std::process::ExitStatus)
+{
     let dir = tempdir();
     let app = dir.path().join("app.py");
     std::fs::write(
@@ -1144,5 +1143,42 @@ fn a_stop_just_after_a_start_timeout_kill_exits_0() {
     let status = p
         .wait_exit(30)
         .unwrap_or_else(|| panic!("no exit: {}", p.logs()));
+    (dir, p, status)
+}
+
+// regression: a stop that came while a worker killed at --worker-start-timeout (before
+// the stop) was still exiting counted that kill as the stop's own: exit 1, "stopped
+// uncleanly: 1 worker killed".
+#[test]
+fn a_stop_just_after_a_start_timeout_kill_exits_0() {
+    let (_dir, p, status) = a_stop_just_after_a_start_timeout_kill();
     assert_eq!(status.code(), Some(0), "{}", p.logs());
+}
+
+// regression: that worker's exit, reaped after the stop began, was counted (and
+// logged) as cause="stop" in postern_worker_exits_total; it is the failed start it
+// is, as when no stop comes: cause="boot-failure".
+#[test]
+fn a_start_timeout_kill_reaped_during_the_stop_counts_as_a_failed_start() {
+    let (_dir, p, _) = a_stop_just_after_a_start_timeout_kill();
+    let logs = p.logs();
+    let killed = logs
+        .lines()
+        .find(|l| l.contains("killing it"))
+        .and_then(|l| l.split("pid=").nth(1)?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{logs}"))
+        .to_owned();
+    // Reaped during the stop: "worker exited"; before it (its exit was quick after
+    // all): "worker killed at --worker-start-timeout", a boot failure too.
+    let exit = logs
+        .lines()
+        .find(|l| {
+            l.contains(&format!("pid={killed} "))
+                && (l.contains("worker exited") || l.contains("worker killed at"))
+        })
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        exit.contains("worker killed at") || exit.contains("cause=\"boot-failure\""),
+        "{exit}\n{logs}"
+    );
 }

@@ -1319,7 +1319,15 @@ impl Master {
             if !now && draining {
                 continue;
             }
-            w.mark_retiring(&self.board, Cause::Stop);
+            // One the master killed at --worker-start-timeout is leaving for that
+            // already (its exit is counted as the failed start it is, not the stop's).
+            // regression: reaped after the stop began, it was counted cause="stop".
+            let cause = if w.start_timed_out {
+                Cause::BootFailure
+            } else {
+                Cause::Stop
+            };
+            w.mark_retiring(&self.board, cause);
             if now {
                 signal(w.pid, Signal::KILL);
                 w.sigkilled = true;
