@@ -205,6 +205,15 @@ fn run(config: Config) -> anyhow::Result<()> {
     // goes to a thread or helper process that never gives it back.
     let mut stats = stats;
     let _stats_file = stats.as_mut().and_then(|s| s.socket_file.take());
+    if !config.supervised {
+        let files = bound
+            .iter()
+            .filter_map(|b| b.socket_file.as_ref())
+            .chain(&_stats_file)
+            .map(|f| f.path());
+        // (--pidfile implies a master.)
+        quit_now_cleans_up(files);
+    }
     let result = serve(&config, app_dir.as_deref(), bound, stats);
     let cut_off = result
         .as_ref()
@@ -223,6 +232,41 @@ fn run(config: Config) -> anyhow::Result<()> {
         std::process::exit(1)
     }
     result
+}
+
+/// A single process: a SIGQUIT the server cannot take (the app still importing, or a
+/// stop under way held up by the app's atexit) ends the process as the master's does
+/// (it kills its workers): the Unix socket files (those that still name the sockets
+/// bound here) are removed, exit code 0, or 1 when it cut a stop short.
+/// regression: such a SIGQUIT ended it by a signal, the socket files left behind.
+fn quit_now_cleans_up<'a>(files: impl Iterator<Item = &'a std::path::Path>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .ok()
+    };
+    let files: Vec<_> = files.map(|p| (p.to_owned(), id(p))).collect();
+    let set = postern::stop::on_quit_now(move |under_way| {
+        if under_way {
+            tracing::warn!("SIGQUIT during the stop: stopping now; exit code 1");
+        } else {
+            tracing::info!("SIGQUIT while the app imports: stopping now");
+        }
+        for (path, bound) in &files {
+            if bound.is_some() && id(path) == *bound {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        logging::finish();
+        // SAFETY: ends the process without running exit handlers: another thread may be
+        // in the app's import or its atexit, holding the GIL or locks exit would take.
+        // libc: std has no _exit.
+        unsafe { libc::_exit(i32::from(under_way)) }
+    });
+    if let Err(e) = set {
+        tracing::warn!(error = %e, "cannot start the thread that ends the process on SIGQUIT; a SIGQUIT while the app imports will leave the Unix socket files behind");
+    }
 }
 
 /// The single process or the master stopped uncleanly (requests still running at

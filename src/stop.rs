@@ -24,7 +24,7 @@
 //! Leaf module: it imports nothing of the server or the supervisor, which both use it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -53,6 +53,10 @@ static ORPHAN: AtomicBool = AtomicBool::new(false);
 /// The parent this process had at [`install`] (a worker: its master), for
 /// [`MASTER_DEATH`]'s handler.
 static PARENT: AtomicI32 = AtomicI32::new(0);
+/// A single process: the write end of the pipe of the thread that ends the process on
+/// a SIGQUIT the server cannot take ([`on_quit_now`]); -1: none (the handler then ends
+/// the process by SIGTERM's default action).
+static QUIT_NOW: AtomicI32 = AtomicI32::new(-1);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -110,10 +114,32 @@ extern "C" fn on_signal(signal: libc::c_int) {
                     // Before the server waits for stops (the app still importing),
                     // or during a stop already under way (a second SIGQUIT, or one
                     // after SIGTERM/SIGINT, held up by the app's atexit or teardown):
-                    // end now, as the master's SIGKILL ends a
-                    // worker. SIGTERM's default action, not SIGQUIT's: no core file.
+                    // end now, as the master's SIGKILL ends a worker. By the thread
+                    // of `on_quit_now`, which removes the socket files as the
+                    // master does; only when there is none, or it
+                    // has not ended the process by a third SIGQUIT, here, by SIGTERM's
+                    // default action, not SIGQUIT's: no core file.
                     // (Unblocked first: an app may block SIGTERM in the thread that
                     // runs its import.)
+                    // regression: always here, leaving the Unix socket files behind.
+                    let fd = QUIT_NOW.load(Ordering::SeqCst);
+                    if fd >= 0 && n < 3 {
+                        // A stop under way: SIGTERM/SIGINT's, or a SIGQUIT's taken
+                        // by the server (not a second one during the import).
+                        let under_way = TERMS.load(Ordering::SeqCst) + INTS.load(Ordering::SeqCst)
+                            > 0
+                            || (n >= 2 && SERVING.load(Ordering::SeqCst));
+                        let why: &[u8; 1] = if under_way { b"1" } else { b"0" };
+                        // SAFETY: errno kept as in `wake`; `fd` is the pipe's write
+                        // end, open for the life of the process; one byte.
+                        unsafe {
+                            let errno = libc::__errno_location();
+                            let saved = *errno;
+                            libc::write(fd, why.as_ptr().cast(), 1);
+                            *errno = saved;
+                        }
+                        return;
+                    }
                     // SAFETY: signal, sigemptyset, sigaddset, pthread_sigmask and raise
                     // are async-signal-safe; `set` is a local.
                     unsafe {
@@ -240,6 +266,39 @@ pub fn install(single: bool) -> Result<(), StopError> {
             );
         }
     }
+    Ok(())
+}
+
+/// A single process: `end` runs on a thread of its own when a SIGQUIT comes that the
+/// server cannot take (the app still importing, or a stop already under way), told
+/// whether a stop was under way; it must end the process (it cleans up what the
+/// process made, then `_exit`). A third SIGQUIT ends the process in the handler if
+/// `end` has not.
+pub fn on_quit_now(end: impl FnOnce(bool) + Send + 'static) -> io::Result<()> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    std::thread::Builder::new()
+        .name("postern-quit".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            // Signals go to the threads that serve or import (this one only waits).
+            // SAFETY: a full set, initialised by sigfillset; the old mask is not wanted.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+            let mut byte = [0u8; 1];
+            loop {
+                match rustix::io::read(&read, &mut byte) {
+                    Ok(1) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    _ => return,
+                }
+            }
+            end(byte[0] == b'1');
+        })?;
+    // Open for the life of the process (the handler may write at any time).
+    QUIT_NOW.store(write.into_raw_fd(), Ordering::SeqCst);
     Ok(())
 }
 

@@ -896,6 +896,8 @@ fn sigquit_stops_a_single_process_at_once() {
 // SIGQUIT while the app imported (a hung database connect at import, say) waited for
 // the import to end, however many were sent (review-sm): before the server waits for
 // stops, SIGQUIT ends the process there and then (SIGTERM's default action: no core).
+// regression: ended by that signal, it left its Unix socket file behind. It now
+// ends as a master does on SIGQUIT: files removed, exit code 0.
 #[test]
 fn sigquit_while_the_app_imports_ends_a_single_process_at_once() {
     let dir = tempdir();
@@ -909,7 +911,12 @@ fn sigquit_while_the_app_imports_ends_a_single_process_at_once() {
         ),
     )
     .unwrap();
-    let mut child = Spawn::unix(dir.path(), &app.to_string_lossy())
+    let log = dir.path().join("log");
+    let spawn = Spawn::unix(dir.path(), &app.to_string_lossy()).log_file(&log);
+    let Addr::Unix(sock) = spawn.addr().clone() else {
+        unreachable!()
+    };
+    let mut child = spawn
         .command()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -928,13 +935,20 @@ fn sigquit_while_the_app_imports_ends_a_single_process_at_once() {
         panic!("still importing 10 s after SIGQUIT");
     }
     let status = status.unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{status}\n{logs}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(!sock.exists(), "the socket file stays behind\n{logs}");
+    assert!(
+        logs.contains("SIGQUIT while the app imports: stopping now"),
+        "{logs}"
+    );
 }
 
 // regression (review-late): a SIGQUIT during a stop that SIGTERM began, held up by the
 // app's atexit, was ignored (only a second SIGQUIT ended it).
+// regression: it then ended by SIGTERM's default action, the socket file left behind;
+// now as a master's second signal: files removed, exit code 1.
 #[test]
 fn sigquit_during_a_stop_held_up_by_atexit_ends_a_single_process_at_once() {
     let dir = tempdir();
@@ -958,14 +972,18 @@ fn sigquit_during_a_stop_held_up_by_atexit_ends_a_single_process_at_once() {
     let t = Instant::now();
     p.signal(libc::SIGQUIT);
     let status = p.wait_exit(10).expect("it exits");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGTERM),
-        "{status}\n{}",
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    assert!(!sock.exists(), "the socket file stays behind\n{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("SIGQUIT during the stop: stopping now; exit code 1"),
+        "{}",
         p.logs()
     );
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 // The master's children leave SIGQUIT to it (a terminal's Ctrl-\ reaches the whole
