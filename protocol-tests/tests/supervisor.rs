@@ -516,20 +516,48 @@ fn next_notify(notify: &std::os::unix::net::UnixDatagram, p: &Postern) -> String
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// No message from the master to systemd for `secs` (one READY=1 per reload).
+fn no_more_notify(notify: &std::os::unix::net::UnixDatagram, p: &Postern, secs: u64) {
+    notify
+        .set_read_timeout(Some(Duration::from_secs(secs)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    if let Ok(n) = notify.recv(&mut buf) {
+        panic!("{}\n{}", String::from_utf8_lossy(&buf[..n]), p.logs());
+    }
+}
+
+/// A master of `--workers 2` (and `args`) on [`versioned_app`] "v0" in `dir`, with
+/// `NOTIFY_SOCKET`, once it has said READY=1: the app's path (write new code there),
+/// the master, and the socket to read it with ([`next_notify`]).
+fn notified(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (
+    std::path::PathBuf,
+    Postern,
+    std::os::unix::net::UnixDatagram,
+) {
+    let app = versioned_app(dir, "v0");
+    let (notify_path, notify) = notify_socket(dir);
+    let p = Spawn::tcp(dir, &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .args(args.iter().copied())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .start();
+    let ready = next_notify(&notify, &p);
+    assert!(ready.contains("READY=1"), "{ready}");
+    (app, p, notify)
+}
+
 // regression: after a failed reload the master had sent RELOADING=1 and never READY=1,
 // so systemd held the unit in "reloading" and `systemctl reload` hung to its timeout
 // (sd_notify(3): READY=1 once the reload is over, a failed one too).
 #[test]
 fn a_failed_reload_tells_systemd_it_is_over() {
     let dir = tempdir();
-    let app = versioned_app(dir.path(), "v0");
-    let (notify_path, notify) = notify_socket(dir.path());
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args(["--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .start();
+    let (app, p, notify) = notified(dir.path(), &[]);
     let next = || next_notify(&notify, &p);
-    assert!(next().contains("READY=1"));
     std::fs::write(&app, "raise SyntaxError('broken deploy')\n").unwrap();
     p.signal(libc::SIGHUP);
     assert!(next().contains("RELOADING=1"));
@@ -561,14 +589,8 @@ fn a_failed_reload_tells_systemd_it_is_over() {
 #[test]
 fn a_reload_whose_last_starting_worker_sigttou_takes_completes() {
     let dir = tempdir();
-    let app = versioned_app(dir.path(), "v0");
-    let (notify_path, notify) = notify_socket(dir.path());
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args(["--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .start();
+    let (app, p, notify) = notified(dir.path(), &[]);
     let next = || next_notify(&notify, &p);
-    assert!(next().contains("READY=1"));
     let old = children(p.pid());
     // The master's newest child (the reload's second worker, the one SIGTTOU takes)
     // waits for `fail.now`, then fails its import; the other one serves.
@@ -644,13 +666,7 @@ fn the_first_start_then_one_failed_reload(p: &Postern, notify: &std::os::unix::n
     let over = next();
     assert!(over.contains("READY=1"), "{over}");
     assert!(over.contains("STATUS=reload failed"), "{over}");
-    notify
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    let mut buf = [0u8; 512];
-    if let Ok(n) = notify.recv(&mut buf) {
-        panic!("{}\n{}", String::from_utf8_lossy(&buf[..n]), p.logs());
-    }
+    no_more_notify(notify, p, 1);
     assert_eq!(
         p.logs()
             .matches("reload asked for during the first start")
@@ -696,14 +712,8 @@ fn a_hanging_reload_asked_during_the_first_start_runs_after_it() {
 #[test]
 fn a_reload_ready_when_the_next_one_is_asked_is_completed_first() {
     let dir = tempdir();
-    let app = versioned_app(dir.path(), "v0");
-    let (notify_path, notify) = notify_socket(dir.path());
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args(["--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .start();
+    let (app, p, notify) = notified(dir.path(), &[]);
     let next = || next_notify(&notify, &p);
-    assert!(next().contains("READY=1"));
     let slow = |version: &str, secs: f32| {
         versioned_app(dir.path(), version);
         let mut f = std::fs::OpenOptions::new().append(true).open(&app).unwrap();
@@ -719,8 +729,22 @@ fn a_reload_ready_when_the_next_one_is_asked_is_completed_first() {
     );
     // The master stopped while reload 1's workers become ready; SIGHUP and SIGCONT
     // then arrive with their ready bytes: one wake-up for both.
+    // Both serve once each has answered (their ready bytes go out as they begin to:
+    // a fixed 2 s was too short for a debug build under load, 1 run in ~20).
     p.signal(libc::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(2000));
+    let mut v1 = std::collections::HashSet::new();
+    assert!(
+        wait_until(20, || {
+            let body = String::from_utf8_lossy(&p.get("/").1).into_owned();
+            if let Some(pid) = body.strip_prefix("v1 ") {
+                v1.insert(pid.to_owned());
+            }
+            v1.len() == 2
+        }),
+        "{v1:?}\n{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
     slow("v2-longer", 3.0);
     p.signal(libc::SIGHUP);
     p.signal(libc::SIGCONT);
@@ -739,14 +763,8 @@ fn a_reload_ready_when_the_next_one_is_asked_is_completed_first() {
 #[test]
 fn every_chain_reload_tells_systemd_it_is_over_once() {
     let dir = tempdir();
-    let app = versioned_app(dir.path(), "v0");
-    let (notify_path, notify) = notify_socket(dir.path());
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args(["--workers", "2", "--chain-reload"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .start();
+    let (app, p, notify) = notified(dir.path(), &["--chain-reload"]);
     let next = || next_notify(&notify, &p);
-    assert!(next().contains("READY=1"));
     // Versions of different lengths: a .pyc of the same second and size would pass
     // for the new source.
     for version in ["v1", "v2-good"] {
@@ -763,13 +781,7 @@ fn every_chain_reload_tells_systemd_it_is_over_once() {
     let over = next();
     assert!(over.contains("STATUS=reload failed"), "{over}");
     // Nothing more: one READY=1 per reload.
-    notify
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    let mut buf = [0u8; 512];
-    if let Ok(n) = notify.recv(&mut buf) {
-        panic!("{}", String::from_utf8_lossy(&buf[..n]));
-    }
+    no_more_notify(&notify, &p, 1);
     serves(&p, "v2-good", 3);
 }
 
@@ -2041,14 +2053,8 @@ fn a_failed_reload_during_a_reload_rolls_back_to_the_serving_code() {
 #[test]
 fn a_failed_reload_during_a_half_ready_reload_rolls_back_to_the_complete_one() {
     let dir = tempdir();
-    let app = versioned_app(dir.path(), "v0");
-    let (notify_path, notify) = notify_socket(dir.path());
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args(["--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .start();
+    let (app, p, notify) = notified(dir.path(), &[]);
     let next = || next_notify(&notify, &p);
-    assert!(next().contains("READY=1"));
     // Reload 1: the first of its workers to import waits for `gate.open`; the other
     // serves.
     std::fs::write(
@@ -2068,13 +2074,7 @@ fn a_failed_reload_during_a_half_ready_reload_rolls_back_to_the_complete_one() {
     assert!(over.contains("READY=1"), "{over}");
     assert!(over.contains("STATUS=reload failed"), "{over}");
     // Nothing more (before: a second READY=1 within a second).
-    notify
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut buf = [0u8; 512];
-    if let Ok(n) = notify.recv(&mut buf) {
-        panic!("{}\n{}", String::from_utf8_lossy(&buf[..n]), p.logs());
-    }
+    no_more_notify(&notify, &p, 3);
     let logs = p.logs();
     assert_eq!(logs.matches("reload failed").count(), 1, "{logs}");
     let line = logs.lines().find(|l| l.contains("reload failed")).unwrap();
