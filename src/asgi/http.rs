@@ -27,7 +27,7 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::codec::{Head, Protocol};
 use crate::proto::asgi as proto_asgi;
@@ -995,15 +995,17 @@ impl Exchange {
         let status = message
             .get_item(intern!(py, "status"))?
             .ok_or_else(|| PyValueError::new_err("http.response.start has no 'status'"))?;
-        let code: i64 = status.extract().map_err(|_| {
-            PyTypeError::new_err("http.response.start 'status' must be an int from 200 to 599")
+        let code = status.cast::<PyInt>().map_err(|_| {
+            PyTypeError::new_err("http.response.start 'status' must be an int from 200 to 999")
         })?;
         // The same check as WSGI's start_response: refused before anything is sent, so
-        // the app's error answers 500.
-        let code = u16::try_from(code)
+        // the app's error answers 500. An int of any size is the range error (2**63 too).
+        let code = code
+            .extract::<u16>()
             .map_err(|_| HeaderError::Range(code.to_string()))
             .and_then(|c| resp::check_code(c, || c.to_string()))
             .map_err(refuse)?;
+        crate::wsgi::response::warn_past_defined(code);
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
         let mut lines = std::mem::take(&mut self.response_head);

@@ -360,6 +360,7 @@ impl State {
         }
         let status = utf8(status)?;
         let code = resp::parse_status(status).map_err(refuse)?;
+        warn_past_defined(code);
         resp::push_latin1(head, status);
         resp::complete_status(head, status, code);
         let status_len = head.len();
@@ -566,6 +567,19 @@ fn too_big(what: &str, size: usize) -> PyErr {
 
 /// A refused status or header: logged here (the app may swallow the exception) and
 /// raised as ValueError inside the app.
+/// A status code past 599 (RFC 9110 §15 defines 100 to 599) goes out as sent, as nginx,
+/// uWSGI and gunicorn pass it on; the first one in each worker process is warned about,
+/// WSGI's or ASGI's.
+pub(crate) fn warn_past_defined(code: u16) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if code > resp::PAST_DEFINED && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            status = code,
+            "the app answered a status code past 599, outside those HTTP defines (100 to 599): passed on as sent (warned once per worker)"
+        );
+    }
+}
+
 fn refuse(e: HeaderError) -> PyErr {
     tracing::error!(error = %e, "start_response() refused a status or header; the request will answer 500");
     PyValueError::new_err(e.to_string())
