@@ -2811,3 +2811,100 @@ fn a_cut_response_is_marked_without_a_stderr_note_under_no_fastcgi_stderr() {
         assert!(p.wait_log("response incomplete", 10), "{}", p.logs());
     }
 }
+
+/// An ASGI app whose `/gated` streams 16,000-byte body parts until the file `gate`
+/// exists, then queues 14 more and raises; anything else answers `ok`. Started over a Unix
+/// socket.
+fn start_gated_cut(dir: &Path, gate: &Path, args: &[&str]) -> Postern {
+    let prelude = format!(
+        "import asyncio, os\nGATE = {:?}",
+        gate.display().to_string()
+    );
+    let app = AsgiApp::new(&prelude).http(
+        r#"
+if scope["path"] == "/gated":
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    while not os.path.exists(GATE):
+        await send({"type": "http.response.body", "body": b"x" * 16000, "more_body": True})
+    # Not awaited: queued at once (14 fit in the writer's queue), so the writer takes
+    # more than the socket has room for, and is in the middle of it at the raise.
+    for _ in range(14):
+        send({"type": "http.response.body", "body": b"y" * 16000, "more_body": True})
+    await asyncio.sleep(0.1)
+    raise RuntimeError("cut on purpose")
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"ok\n"})
+"#,
+    );
+    Spawn::asgi_unix(dir, "gated_cut", &app)
+        .protocol("fastcgi")
+        .args(args.iter().copied())
+        .start()
+}
+
+#[test]
+fn a_cut_response_to_a_front_server_that_is_not_reading_is_marked_once_it_reads() {
+    // The mark of a cut response that cannot go at once (the thread's writer in the
+    // middle of a batch the front server does not take, or no room) goes once the
+    // front server reads again, after whole records: the rest of the record the
+    // writer was in, the note, the invalid record. (Whether the cut finds the writer
+    // busy depends on timing: nginx_fastcgi::a_response_cut_while_nginx_is_not_reading_is_still_cut_for_its_client
+    // is the test that fails without it.)
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let p = start_gated_cut(dir.path(), &gate, &["--read-timeout", "20"]);
+    let mut c = Fc::open(&p);
+    c.send(&fcgi::get(1, false, "/gated"));
+    // Nothing read: the socket and the writer's queue fill, the app waits for room.
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(&gate, b"").unwrap();
+    // Read a little at a time until the app has raised: the writer is then in the
+    // middle of a batch the front server does not take.
+    c.s.timeout(Duration::from_millis(100));
+    let mut got = Vec::new();
+    let mut some = vec![0u8; 16 * 1024];
+    assert!(
+        wait_until(20, || {
+            if p.logs().contains("response incomplete") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok(n) = c.s.read(&mut some) {
+                got.extend_from_slice(&some[..n]);
+            }
+            false
+        }),
+        "{}",
+        p.logs()
+    );
+    // Well past what the app's thread may wait for it.
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    c.s.timeout(Duration::from_secs(30));
+    let _ = c.s.read_to_end(&mut got);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the close waited {:?}",
+        t.elapsed()
+    );
+    // Whole records, then the note and the invalid record, then the close.
+    let mut pos = 0;
+    let mut kinds = Vec::new();
+    while got.len() - pos >= 8 && got[pos] == 1 {
+        let len = usize::from(u16::from_be_bytes([got[pos + 4], got[pos + 5]]));
+        let end = pos + 8 + len + usize::from(got[pos + 6]);
+        assert!(end <= got.len(), "a record cut short at {pos}");
+        kinds.push(got[pos + 1]);
+        pos = end;
+    }
+    assert_eq!(
+        &got[pos..],
+        &[0u8; 8][..],
+        "not ended by a record of version 0 (kinds of the last records: {:?})\n{}",
+        &kinds[kinds.len().saturating_sub(3)..],
+        p.logs()
+    );
+    assert_eq!(kinds.last(), Some(&STDERR), "no note before the mark");
+    assert!(!kinds.contains(&END_REQUEST));
+    Fc::open(&p).get(1, false, "/").assert_ok(b"ok\n");
+}

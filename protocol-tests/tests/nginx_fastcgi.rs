@@ -616,3 +616,125 @@ fn posts_of_15_and_20_kb_over_a_kept_tcp_connection_wait_for_no_delayed_ack() {
     }
     s.assert_clean("keep-conn tcp, 15-20 KB POSTs");
 }
+
+/// A TCP connection to nginx on `port` with a small receive buffer (set before the
+/// connect, so the window stays small): a client that takes little at a time.
+fn small_window_client(port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a new socket, set up and connected here, then owned by the TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 8 * 1024;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_response_cut_while_nginx_is_not_reading_is_still_cut_for_its_client() {
+    // regression (review MEDIUM on 86da7fb): the note and invalid record that mark a
+    // cut response went out only if they could within 200 ms; nginx without keep-conn
+    // and without buffering reads postern only as fast as its client takes the body,
+    // so with a slow client the close went unmarked and nginx ended the client's
+    // chunked body normally: a truncated body taken for the whole response.
+    let Some(bin) = nginx_bin() else {
+        assert!(!in_ci(), "no nginx, and CI=true");
+        return;
+    };
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let prelude = format!(
+        "import asyncio, os\nGATE = {:?}",
+        gate.display().to_string()
+    );
+    let app = AsgiApp::new(&prelude).http(
+        r#"
+if scope["path"] == "/gated":
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    while not os.path.exists(GATE):
+        await send({"type": "http.response.body", "body": b"x" * 16000, "more_body": True})
+    # Not awaited: queued at once (14 fit in the writer's queue), so the writer takes
+    # more than the socket has room for, and is in the middle of it at the raise.
+    for _ in range(14):
+        send({"type": "http.response.body", "body": b"y" * 16000, "more_body": True})
+    await asyncio.sleep(0.1)
+    raise RuntimeError("cut on purpose")
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"ok\n"})
+"#,
+    );
+    let postern = Spawn::asgi_unix(dir.path(), "gated_cut", &app)
+        .protocol("fastcgi")
+        .args(["--read-timeout", "30"])
+        .start();
+    let site = site(
+        Mode::Plain,
+        &postern.addr.nginx(),
+        "fastcgi_buffering off;",
+        "",
+    )
+    .replace(
+        "listen 127.0.0.1:{{PORT}};",
+        "listen 127.0.0.1:{{PORT}} sndbuf=8k;",
+    );
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    let s = Stack::from_parts(nginx, postern, dir);
+    cut_while_not_reading(&s, &gate);
+    // The next response is whole.
+    let r = s.nginx.get("/");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+}
+
+/// The test above: `/gated` read by a slow client, cut while nginx does not read.
+fn cut_while_not_reading(s: &Stack, gate: &std::path::Path) {
+    let mut c = small_window_client(s.nginx.port);
+    c.write_all(b"GET /gated HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Nothing read: every buffer on the way fills, the app waits for room.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(gate, b"").unwrap();
+    // A little at a time until the app has raised.
+    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut got = Vec::new();
+    let mut some = vec![0u8; 4096];
+    assert!(
+        wait_until(30, || {
+            if s.postern.logs().contains("response incomplete") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(40));
+            if let Ok(n) = c.read(&mut some) {
+                got.extend_from_slice(&some[..n]);
+            }
+            false
+        }),
+        "{}",
+        s.postern.logs()
+    );
+    // Not reading, well past what the app's thread may wait for the mark.
+    std::thread::sleep(Duration::from_secs(1));
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = c.read_to_end(&mut got);
+    assert_cut(s, &got, Mode::Plain, false);
+}

@@ -164,6 +164,7 @@ pub fn run(
     let listeners = Arc::new(listeners);
     let epoll = Arc::new(acceptor::epoll_for(&queue, &listeners).map_err(ServerError::Runtime)?);
     let parking = fastcgi::Parking::new(Arc::clone(&epoll));
+    parking.run_on(runtime.handle().clone());
     let monitor = settings.monitor.clone();
     // With --max-requests every connection that has sent nothing waits here (bounded
     // by --max-connections): only here does its request begin after a look at the

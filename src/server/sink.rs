@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,30 +15,51 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
-use super::writer::Stream;
+use super::writer::{Failed, Stream};
 use crate::proto::response::HeadStyle;
 use crate::wsgi::{End, Sent, Sink};
 
 /// Writes all of `data` to a non-blocking socket, waiting (poll) while the front
 /// server is not reading, up to `timeout` per wait.
-pub fn send_all(sock: &socket2::Socket, mut data: &[u8], timeout: Duration) -> io::Result<()> {
-    while !data.is_empty() {
-        match rustix::net::send(sock.as_fd(), data, SendFlags::NOSIGNAL) {
+pub fn send_all(sock: &socket2::Socket, data: &[u8], timeout: Duration) -> io::Result<()> {
+    send_all_until(sock, data, timeout, None).1
+}
+
+/// [`send_all`], saying how many bytes of `data` left (all of them when `Ok`). With
+/// `stop`, a wait for room looks at it every [`STOP_CHECK`] and, once it is set, ends
+/// the send with an [`io::ErrorKind::Interrupted`] error (a system call's EINTR is
+/// retried, never reported): the caller then owns what is left of `data`.
+pub fn send_all_until(
+    sock: &socket2::Socket,
+    data: &[u8],
+    timeout: Duration,
+    stop: Option<&AtomicBool>,
+) -> (usize, io::Result<()>) {
+    let mut sent = 0;
+    while sent < data.len() {
+        let waited = match rustix::net::send(sock.as_fd(), &data[sent..], SendFlags::NOSIGNAL) {
             Ok(n) => {
-                data = &data[n..];
+                sent += n;
                 // A short send: the socket buffer is full. Wait for room instead of
                 // sending again only to get EAGAIN (one system call fewer per wait).
-                if !data.is_empty() {
-                    wait_writable(sock, timeout)?;
+                if sent == data.len() {
+                    break;
                 }
+                wait_writable_until(sock, timeout, stop)
             }
-            Err(Errno::AGAIN) => wait_writable(sock, timeout)?,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+            Err(Errno::AGAIN) => wait_writable_until(sock, timeout, stop),
+            Err(Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = waited {
+            return (sent, Err(e));
         }
     }
-    Ok(())
+    (sent, Ok(()))
 }
+
+/// How often a wait for room looks at its `stop` ([`send_all_until`]).
+pub const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// Writes all of `bufs` in order with vectored sends (no copy into one buffer),
 /// waiting like [`send_all`]. `bufs` is consumed as it is sent.
@@ -66,6 +88,48 @@ pub fn send_all_vectored(
 
 /// Waits until the socket can take more bytes, or `t` passes.
 fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
+    wait_writable_until(sock, t, None)
+}
+
+/// [`wait_writable`], in waits of [`STOP_CHECK`] that look at `stop` in between.
+fn wait_writable_until(
+    sock: &socket2::Socket,
+    t: Duration,
+    stop: Option<&AtomicBool>,
+) -> io::Result<()> {
+    let Some(stop) = stop else {
+        return match poll_writable(sock, t)? {
+            true => Ok(()),
+            false => Err(read_nothing(t)),
+        };
+    };
+    let deadline = Instant::now() + t;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(read_nothing(t));
+        }
+        if poll_writable(sock, left.min(STOP_CHECK))? {
+            return Ok(());
+        }
+        if stop.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the send was stopped while the front server was not reading",
+            ));
+        }
+    }
+}
+
+fn read_nothing(t: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the front server read nothing for {t:?} (--read-timeout)"),
+    )
+}
+
+/// True once the socket can take more bytes; false when `t` passed first.
+fn poll_writable(sock: &socket2::Socket, t: Duration) -> io::Result<bool> {
     let ts = Timespec {
         tv_sec: t.as_secs() as i64,
         tv_nsec: i64::from(t.subsec_nanos()),
@@ -73,13 +137,8 @@ fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
     let mut fds = [PollFd::new(sock, PollFlags::OUT)];
     loop {
         match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the front server read nothing for {t:?} (--read-timeout)"),
-                ))
-            }
-            Ok(_) => return Ok(()),
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -250,7 +309,14 @@ impl Sink for ConnSink {
         {
             if let Some(sock) = &self.sock {
                 let (sock, timeout) = (sock.clone(), self.write_timeout);
-                self.stream = Stream::start(Arc::new(move |b: &[u8]| send_all(&sock, b, timeout)));
+                self.stream = Stream::start(Arc::new(move |b: &[u8]| {
+                    // Sent as it is: every byte that left counts.
+                    let (sent, r) = send_all_until(&sock, b, timeout, None);
+                    r.map_err(|error| Failed {
+                        counted: sent as u64,
+                        error,
+                    })
+                }));
             }
         }
         if let Some(s) = &self.stream {

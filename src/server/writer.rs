@@ -23,7 +23,15 @@ const KEEP: usize = 64 * 1024;
 /// Where the writer sends a batch for one response: all of it, waiting while the front
 /// server does not read, up to the write timeout per wait (the sink's send; given by
 /// the sink, so this module knows nothing of sockets or protocols).
-pub type Target = Arc<dyn Fn(&[u8]) -> io::Result<()> + Send + Sync>;
+pub type Target = Arc<dyn Fn(&[u8]) -> Result<(), Failed> + Send + Sync>;
+
+/// A batch's send that failed: `counted` is what had left of it, counted as the sink
+/// counts (its protocol's framing left out), so that the response's figures name
+/// what the front server was sent, not only the batches that went whole.
+pub struct Failed {
+    pub counted: u64,
+    pub error: io::Error,
+}
 
 struct Inner {
     /// Bytes queued, in order, not yet taken by the writer.
@@ -313,14 +321,47 @@ fn run(shared: Arc<Shared>) {
         match r {
             _ if g.job != job => {}
             Ok(()) => g.sent += count,
-            Err(e) => {
+            Err(Failed { counted, error }) => {
+                g.sent += counted.min(count);
                 g.queued.clear();
                 g.queued_count = 0;
-                g.error.get_or_insert(e);
+                g.error.get_or_insert(error);
             }
         }
         if g.producer_waiting {
             shared.room.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // regression: a batch whose send failed part way counted nothing, so the access
+    // line and postern_response_bytes_total left out what had reached the front server.
+    #[test]
+    fn a_batch_that_fails_part_way_counts_what_left() {
+        let calls = Arc::new(Mutex::new(0u32));
+        let seen = Arc::clone(&calls);
+        let target: Target = Arc::new(move |b: &[u8]| {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                return Ok(());
+            }
+            Err(Failed {
+                counted: (b.len() / 2) as u64,
+                error: io::Error::new(io::ErrorKind::BrokenPipe, "gone"),
+            })
+        });
+        let s = Stream::start(target).expect("a writer");
+        s.push(b"0123456789").unwrap();
+        let (sent, r) = s.drain();
+        assert_eq!((sent, r.is_ok()), (10, true));
+        s.push(b"abcdefgh").unwrap();
+        let (sent, r) = s.drain();
+        assert_eq!(sent, 4, "half of the failed batch left");
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 }

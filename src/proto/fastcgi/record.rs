@@ -144,6 +144,34 @@ pub fn encode_stream(out: &mut Vec<u8>, kind: u8, request_id: u16, data: &[u8]) 
     }
 }
 
+/// Of `records` (whole records, as a server writes them), the first `sent` bytes have
+/// left: how many content bytes that is (headers and padding are framing), and where
+/// the record `sent` falls inside ends (`sent` itself between two records). What a
+/// send that stopped part way means: the figures count the content, and a record cut
+/// in the middle must be finished before anything else may follow it (§2.1: a record
+/// is read whole by its length). Bytes past the last whole header count as nothing.
+pub fn sent_split(records: &[u8], sent: usize) -> (u64, usize) {
+    let sent = sent.min(records.len());
+    let (mut pos, mut content) = (0usize, 0u64);
+    while pos < sent {
+        let Some(&[_version, _kind, _, _, len0, len1, padding, _]) =
+            records.get(pos..pos + HEADER_LEN)
+        else {
+            return (content, records.len());
+        };
+        let start = pos + HEADER_LEN;
+        // At most 8 + 65535 + 255 past `pos`: no overflow.
+        let body_end = start + usize::from(u16::from_be_bytes([len0, len1]));
+        let end = (body_end + usize::from(padding)).min(records.len());
+        content += sent.clamp(start, body_end.min(records.len())) as u64 - start as u64;
+        if end > sent {
+            return (content, end);
+        }
+        pos = end;
+    }
+    (content, sent)
+}
+
 /// Appends an FCGI_BEGIN_REQUEST record (what a web server sends; for tests and clients).
 pub fn encode_begin_request(out: &mut Vec<u8>, request_id: u16, role: u16, keep_conn: bool) {
     let [r0, r1] = role.to_be_bytes();
@@ -197,6 +225,25 @@ mod tests {
                 content: b"abc"
             }
         );
+    }
+
+    #[test]
+    fn sent_split_counts_content_and_finds_the_cut_records_end() {
+        let mut out = Vec::new();
+        encode_record(&mut out, STDOUT, 1, b"abc"); // 8 + 3 + 5 padding = 16
+        encode_record(&mut out, STDOUT, 1, b"12345678"); // 8 + 8 = 16
+        assert_eq!(sent_split(&out, 0), (0, 0));
+        // Inside the first header: no content yet; its record ends at 16.
+        assert_eq!(sent_split(&out, 5), (0, 16));
+        assert_eq!(sent_split(&out, 10), (2, 16));
+        // In its padding: all its content, same end.
+        assert_eq!(sent_split(&out, 13), (3, 16));
+        assert_eq!(sent_split(&out, 16), (3, 16));
+        assert_eq!(sent_split(&out, 27), (6, 32));
+        assert_eq!(sent_split(&out, 32), (11, 32));
+        assert_eq!(sent_split(&out, 99), (11, 32));
+        // A header cut short of its 8 bytes (never written so): nothing more counts.
+        assert_eq!(sent_split(&out[..20], 20), (3, 20));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use rustix::io::Errno;
 use tokio::sync::mpsc;
 
 pub use super::lane::FcgiSettings;
-use super::sink::{send_all, send_all_vectored};
+use super::sink::{send_all, send_all_until, send_all_vectored};
 use super::wake::Wake;
 use crate::proto::fastcgi as fcgi;
 pub use inline::{admit_whole, has_whole_head, is_partial_simple, read_rest};
@@ -317,6 +317,16 @@ pub struct FcgiConn {
     /// written; the slow lane's own records (FCGI_UNKNOWN_TYPE, GET_VALUES_RESULT)
     /// check it under the write lock ([`FcgiConn::write_reply`]).
     last_end: AtomicBool,
+    /// A send stopped part way (it failed): the next byte would land inside a record,
+    /// so nothing may follow, not even the mark of a cut ([`FcgiConn::mark_cut`]).
+    torn: AtomicBool,
+    /// A cut response's mark waits for room ([`FcgiConn::mark_cut`]): nothing else is
+    /// written, a send waiting for room stops and leaves the rest of its record in
+    /// `unsent`, and the task that sends the mark closes the connection (an abort does
+    /// not shut it down meanwhile).
+    marking: AtomicBool,
+    /// The rest of the record a send stopped by `marking` was in (see `marking`).
+    unsent: Mutex<Vec<u8>>,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
     /// Bytes a leaving worker's slow lane read from it (a request whose head it
@@ -331,6 +341,13 @@ pub struct FcgiConn {
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the FastCGI connection is closed",
+    )
+}
 
 impl AsFd for FcgiConn {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -385,6 +402,9 @@ impl FcgiConn {
             lane_requests: AtomicUsize::new(0),
             ending: AtomicUsize::new(0),
             last_end: AtomicBool::new(false),
+            torn: AtomicBool::new(false),
+            marking: AtomicBool::new(false),
+            unsent: Mutex::new(Vec::new()),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
@@ -477,17 +497,52 @@ impl FcgiConn {
     /// Writes whole records; records of concurrent requests never interleave.
     pub fn write(&self, data: &[u8]) -> io::Result<()> {
         if self.is_broken() {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the FastCGI connection is closed",
-            ));
+            return Err(closed());
         }
         let _w = self.write.lock();
-        let r = send_all(&self.sock, data, self.write_timeout);
-        if r.is_err() {
-            self.broken.store(true, Ordering::Release);
+        self.send_locked(data, false).map_err(|(_, e)| e)
+    }
+
+    /// [`FcgiConn::write`] for a thread other than the one whose response it is (the
+    /// thread's writer, a `wsgi.errors` line): a cut of that response may come while
+    /// it waits for room, and stops it ([`FcgiConn::send_locked`]). On failure, how
+    /// many bytes of `data` had left.
+    pub fn write_aside(&self, data: &[u8]) -> Result<(), (usize, io::Error)> {
+        if self.is_broken() {
+            return Err((0, closed()));
         }
-        r
+        let _w = self.write.lock();
+        self.send_locked(data, true)
+    }
+
+    /// Sends whole records under the write lock (held by the caller). A send that
+    /// fails part way tears the connection. `stoppable`: while it waits for room, a
+    /// cut's mark waiting too (`marking`) stops it, and it leaves the rest of its
+    /// record for the mark, which must follow a whole record; the response's own
+    /// thread never needs this (it cuts only after its sends returned).
+    fn send_locked(&self, data: &[u8], stoppable: bool) -> Result<(), (usize, io::Error)> {
+        if self.marking.load(Ordering::Acquire) {
+            // A cut's mark goes next (this writer passed the check before it was set).
+            return Err((0, closed()));
+        }
+        let stop = stoppable.then_some(&self.marking);
+        let (sent, r) = send_all_until(&self.sock, data, self.write_timeout, stop);
+        let Err(e) = r else {
+            return Ok(());
+        };
+        if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
+            let (_, end) = fcgi::sent_split(data, sent);
+            *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = data[sent..end].to_vec();
+        } else {
+            self.tear();
+        }
+        Err((sent, e))
+    }
+
+    /// A send failed part way: nothing more goes out.
+    fn tear(&self) {
+        self.torn.store(true, Ordering::Release);
+        self.broken.store(true, Ordering::Release);
     }
 
     /// `data` as STDOUT records of request `id`, then `tail` (whole records), sent
@@ -522,6 +577,9 @@ impl FcgiConn {
             ));
         }
         let _w = self.write.lock();
+        if self.marking.load(Ordering::Acquire) {
+            return Err(closed());
+        }
         let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
         let batches = chunks.len().div_ceil(BATCH);
         let mut r = Ok(());
@@ -550,7 +608,7 @@ impl FcgiConn {
             }
         }
         if r.is_err() {
-            self.broken.store(true, Ordering::Release);
+            self.tear();
         }
         r
     }
@@ -575,18 +633,16 @@ impl FcgiConn {
         if done.load(Ordering::Acquire) {
             return Ok(());
         }
-        let r = send_all(&self.sock, data, self.write_timeout);
-        if r.is_err() {
-            self.broken.store(true, Ordering::Release);
-        }
-        r
+        self.send_locked(data, true).map_err(|(_, e)| e)
     }
 
     /// Ends the connection now, without END_REQUEST for what is in flight: the front
     /// server sees the response as failed, not complete (a reset over TCP).
     pub fn abort(&self) {
         self.broken.store(true, Ordering::Release);
-        if self.handed_over.load(Ordering::Acquire) {
+        // Handed over: the socket is another worker's. Marking: the mark's task closes
+        // it once the mark is out.
+        if self.handed_over.load(Ordering::Acquire) || self.marking.load(Ordering::Acquire) {
             return;
         }
         if self.tcp {
@@ -602,6 +658,11 @@ impl FcgiConn {
     /// was aborted: then the last close resets it.
     fn abort_soft(&self) {
         if self.handed_over.load(Ordering::Acquire) {
+            return;
+        }
+        if self.marking.load(Ordering::Acquire) {
+            // The mark's task closes it once the mark is out.
+            self.broken.store(true, Ordering::Release);
             return;
         }
         if !self.broken.swap(true, Ordering::AcqRel) || !self.tcp {
@@ -860,7 +921,9 @@ impl FcgiConn {
         keep_conn: bool,
     ) -> bool {
         let ok = rest.is_some_and(|rest| send_all(&self.sock, rest, self.write_timeout).is_ok());
-        if !ok {
+        if rest.is_some() && !ok {
+            self.tear();
+        } else if !ok {
             self.broken.store(true, Ordering::Release);
         }
         // SAFETY: `try_end_inline` left the lock held (its guard forgotten) for this call,
@@ -908,6 +971,9 @@ pub struct Parking {
     successors: OnceLock<Successors>,
     /// Connections handed over so far.
     handed: AtomicUsize,
+    /// The I/O runtime, where a cut response's mark waits for room
+    /// ([`FcgiConn::mark_cut`]); unset in unit tests.
+    io: OnceLock<tokio::runtime::Handle>,
 }
 
 /// The serving workers a leaving one hands its idle connections to ([`handover`]).
@@ -925,7 +991,17 @@ impl Parking {
             open: AtomicBool::new(true),
             successors: OnceLock::new(),
             handed: AtomicUsize::new(0),
+            io: OnceLock::new(),
         })
+    }
+
+    /// Tasks that outlive a request (a cut response's mark) run on `io`.
+    pub fn run_on(&self, io: tokio::runtime::Handle) {
+        let _ = self.io.set(io);
+    }
+
+    fn io(&self) -> Option<&tokio::runtime::Handle> {
+        self.io.get()
     }
 
     /// When this process leaves while others serve on (`serving()` says whether they

@@ -3,15 +3,16 @@
 //! of `wsgi.errors` as STDERR records.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{send_all, Ctl, FcgiConn, Owner, TryEnd};
+use super::{Ctl, FcgiConn, Owner, TryEnd};
 use crate::proto::fastcgi as fcgi;
 use crate::proto::response::HeadStyle;
-use crate::server::writer::Stream;
+use crate::server::writer::{Failed, Stream};
 use crate::wsgi::{End, ErrorsForward, Sent, Sink};
 
 /// State one request shares between its sink, its `wsgi.errors` and the reader.
@@ -255,9 +256,10 @@ impl FcgiConn {
 const CUT_NOTE: &[u8] = b"postern: the response is cut short (see postern's log); \
 the invalid record that follows keeps it from being taken as complete";
 
-/// How long marking a cut response may wait for a send in progress ([`FcgiConn::mark_cut`]).
-/// (each: the lock, then the send).
-const CUT_MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the task sending a cut's mark looks whether the write lock is free (the
+/// send it waits for stops within [`crate::server::sink::STOP_CHECK`]).
+const MARK_LOCK_POLL: Duration = Duration::from_millis(10);
+const MARK_LOCK_POLL_MAX: Duration = Duration::from_millis(200);
 
 impl FcgiConn {
     /// Request `id`'s response is cut after it started (the app failed, or sent less
@@ -271,12 +273,18 @@ impl FcgiConn {
     /// as Apache does (`AH01068: Got bogus version 0`). Only when no other request is
     /// in flight: a client that multiplexes still waits for their END_REQUEST, so it
     /// takes the close as an error already, and they fail as a closed connection, not
-    /// as a protocol error. Waits at most twice [`CUT_MARK_WAIT`]: it runs on the thread
-    /// that ran the app (for ASGI the event loop's), so when the writer is stuck in a
-    /// send or the socket has no room (the front server stopped reading) the close goes
-    /// as before, unmarked. With --no-fastcgi-stderr, the record header alone.
-    fn mark_cut(&self, id: u16, keep_conn: bool, stderr_on: bool) {
-        if self.tcp || keep_conn || self.handed_over.load(Ordering::Acquire) {
+    /// as a protocol error. With --no-fastcgi-stderr, the record header alone.
+    ///
+    /// It never waits: it runs on the thread that ran the app (for ASGI the event
+    /// loop's). When the mark cannot go at once (the thread's writer is sending, or
+    /// the socket has no room: the front server is not reading), the connection and
+    /// its mark go to a task on the I/O runtime ([`send_mark`]), which sends the mark
+    /// once there is room, at most --read-timeout later, and then closes it;
+    /// meanwhile nothing else is written, and a send waiting for room stops and
+    /// leaves the rest of its record to go first. Call before the request's end,
+    /// whose abort leaves the close to that task.
+    fn mark_cut(self: &Arc<Self>, id: u16, keep_conn: bool, stderr_on: bool) {
+        if self.tcp || keep_conn || self.handed_over.load(Ordering::Acquire) || self.is_broken() {
             return;
         }
         let alone = match &*self.owner() {
@@ -286,26 +294,107 @@ impl FcgiConn {
         if !alone {
             return;
         }
+        let Some(io) = self.parking.io() else {
+            return;
+        };
         let mut out = Vec::with_capacity(CUT_NOTE.len() + 3 * fcgi::HEADER_LEN);
         if stderr_on {
             fcgi::encode_stream(&mut out, fcgi::STDERR, id, CUT_NOTE);
         }
         out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
-        // Under the write lock, after any record the writer is still sending; not
-        // after a send that failed part way (this header would land inside a record),
-        // nor after another request's last END_REQUEST.
-        // The writer may still be sending the batch before the cut (the stream was just
-        // dropped, its send is not): a short wait lets an ordinary send finish, and
-        // bounds what a send nginx does not read can hold the app's thread.
-        let Some(_w) = self.write.try_lock_for(CUT_MARK_WAIT) else {
+        let Some(_w) = self.write.try_lock() else {
+            // The writer is sending (the batch before the cut): the mark follows it.
+            self.marking.store(true, Ordering::Release);
+            io.spawn(send_mark(Arc::clone(self), out));
             return;
         };
-        if self.is_broken() || self.last_end.load(Ordering::Acquire) {
+        // Not after a send that failed part way (this header would land inside a
+        // record), nor after another request's last END_REQUEST.
+        if self.torn.load(Ordering::Acquire) || self.last_end.load(Ordering::Acquire) {
             return;
         }
-        // Bytes left unsent of it end the connection mid-record, as an unmarked close.
-        let _ = send_all(&self.sock, &out, CUT_MARK_WAIT);
+        let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+        let sent = match rustix::net::send(self.as_fd(), &out, flags) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => 0,
+            // The front server is gone: nobody to mark it for.
+            Err(_) => return,
+        };
+        if sent < out.len() {
+            // Set under the write lock: no send may come between the two parts.
+            self.marking.store(true, Ordering::Release);
+            io.spawn(send_mark(Arc::clone(self), out.split_off(sent)));
+        }
     }
+}
+
+/// Sends `mark` (what is left of a cut's mark) on `conn` once the write lock is free
+/// and the socket has room, after the rest of the record a stopped send was in
+/// (`unsent`), then closes the connection: see [`FcgiConn::mark_cut`]. Gives up (the
+/// close goes unmarked) when a send failed part way, the front server closes, or it
+/// has read nothing for --read-timeout.
+async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
+    use rustix::io::Errno;
+    use tokio::io::{unix::AsyncFd, Interest};
+    let deadline = tokio::time::Instant::now() + conn.write_timeout;
+    // A descriptor of its own: the slow lane may still have the connection's
+    // registered with the same reactor.
+    let afd = conn
+        .sock
+        .try_clone()
+        .map(std::os::fd::OwnedFd::from)
+        // SAFETY: the AsyncFd owns the descriptor, which stays open (and the same) for
+        // as long as it is registered.
+        .ok()
+        .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.ok());
+    let mut out: Option<Vec<u8>> = None;
+    let mut poll = MARK_LOCK_POLL;
+    let marked = match afd {
+        None => false,
+        Some(afd) => loop {
+            let Ok(Ok(mut room)) = tokio::time::timeout_at(deadline, afd.writable()).await else {
+                break false;
+            };
+            let Some(_w) = conn.write.try_lock() else {
+                // A send waits for room: the writer's stops within STOP_CHECK.
+                if tokio::time::Instant::now() >= deadline {
+                    break false;
+                }
+                drop(room);
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(MARK_LOCK_POLL_MAX);
+                continue;
+            };
+            // Not after a send that failed part way (this header would land inside a
+            // record), nor after another request's last END_REQUEST.
+            if conn.torn.load(Ordering::Acquire) || conn.last_end.load(Ordering::Acquire) {
+                break false;
+            }
+            let out = out.get_or_insert_with(|| {
+                let mut rest =
+                    std::mem::take(&mut *conn.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+                rest.append(&mut mark);
+                rest
+            });
+            let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+            match rustix::net::send(conn.as_fd(), out, flags) {
+                Ok(n) if n == out.len() => break true,
+                Ok(n) => {
+                    out.drain(..n);
+                    room.clear_ready();
+                }
+                Err(Errno::AGAIN) => room.clear_ready(),
+                Err(Errno::INTR) => {}
+                Err(_) => break false,
+            }
+        },
+    };
+    if marked {
+        tracing::debug!(peer = %conn.peer, "a cut FastCGI response was marked once the front server read again");
+    } else {
+        tracing::debug!(peer = %conn.peer, "a cut FastCGI response could not be marked (the front server read nothing, or left); closing it unmarked");
+    }
+    let _ = conn.sock.shutdown(std::net::Shutdown::Both);
 }
 
 impl Sink for FcgiSink {
@@ -359,7 +448,13 @@ impl Sink for FcgiSink {
         }
         if self.stream.is_none() && self.writes >= STREAM_FROM {
             let conn = Arc::clone(&self.conn);
-            self.stream = Stream::start(Arc::new(move |b: &[u8]| conn.write(b)));
+            self.stream = Stream::start(Arc::new(move |b: &[u8]| {
+                conn.write_aside(b).map_err(|(sent, error)| Failed {
+                    // The records' content that left, not their framing.
+                    counted: fcgi::sent_split(b, sent).0,
+                    error,
+                })
+            }));
         }
         let Some(s) = &self.stream else {
             return Ok(0);
