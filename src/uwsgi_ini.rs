@@ -1478,13 +1478,7 @@ impl Translation {
     /// `Err` with one message listing every refused line (and, under `strict`, every
     /// unknown one), each with what to do instead.
     pub fn check(&self) -> Result<(), IniError> {
-        let mut bad = self.listing(|o| match o {
-            Outcome::Refused(why) => Some(why.clone()),
-            Outcome::Unknown if self.strict => Some(
-                "not an option postern knows, and the file sets strict (no equivalent, or misspelt)".into(),
-            ),
-            _ => None,
-        });
+        let mut bad = self.listing(|o| self.stops_on(o));
         if bad.is_empty() {
             return Ok(());
         }
@@ -1507,8 +1501,22 @@ impl Translation {
         Err(IniError::Refused(bad.join("\n")))
     }
 
-    /// `postern migrate`'s exit status: 0, or [`EXIT_REFUSED`] when a line is REFUSED
-    /// (the TOML is printed all the same), so a script sees that the file needs a hand.
+    /// Why `postern --ini` stops on a line, or `None`: the one rule behind [`Self::check`],
+    /// [`Self::exit_code`] and migrate's REFUSED comments. A refused line, and under
+    /// `strict` an unknown one too.
+    fn stops_on(&self, o: &Outcome) -> Option<String> {
+        match o {
+            Outcome::Refused(why) => Some(why.clone()),
+            Outcome::Unknown if self.strict => Some(
+                "not an option postern knows, and the file sets strict (no equivalent, or misspelt)".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// `postern migrate`'s exit status: 0, or [`EXIT_REFUSED`] when `postern --ini` would
+    /// stop on the file (the TOML is printed all the same), so a script sees that the
+    /// file needs a hand.
     pub fn exit_code(&self) -> u8 {
         if self.refused() > 0 {
             EXIT_REFUSED
@@ -1517,10 +1525,11 @@ impl Translation {
         }
     }
 
+    /// How many lines `postern --ini` stops on.
     fn refused(&self) -> usize {
         self.lines
             .iter()
-            .filter(|l| matches!(l.outcome, Outcome::Refused(_)))
+            .filter(|l| self.stops_on(&l.outcome).is_some())
             .count()
     }
 
@@ -1537,7 +1546,14 @@ impl Translation {
             (count(|o| matches!(o, Outcome::Accepted(_))), "not needed"),
             (count(|o| matches!(o, Outcome::Placeholder)), "placeholders"),
             (count(|o| matches!(o, Outcome::Ignored(_))), "ignored"),
-            (count(|o| matches!(o, Outcome::Unknown)), "unknown"),
+            (
+                count(|o| matches!(o, Outcome::Unknown)),
+                if self.strict {
+                    "unknown (the file sets strict: postern --ini stops on those)"
+                } else {
+                    "unknown"
+                },
+            ),
             (
                 count(|o| matches!(o, Outcome::AtStart(_))),
                 "read at each start by uWSGI (not written: see NEEDS ATTENTION)",
@@ -1704,11 +1720,16 @@ impl Translation {
         if !dropped.is_empty() {
             let _ = writeln!(out, "\n# Not carried over:");
             for l in dropped {
+                let stops = self.stops_on(&l.outcome);
                 let why = match &l.outcome {
+                    _ if stops.is_some() => format!(
+                        "REFUSED (postern --ini stops on this): {}",
+                        stops.unwrap_or_default()
+                    ),
                     Outcome::Accepted(w) if w.is_empty() => "not needed".to_owned(),
                     Outcome::Accepted(w) => format!("not needed: {w}"),
                     Outcome::Ignored(w) => format!("ignored: {w}"),
-                    Outcome::Refused(w) => format!("REFUSED (postern --ini stops on this): {w}"),
+                    Outcome::Refused(_) => unreachable!("a refused line stops --ini"),
                     Outcome::Placeholder => "a placeholder, used in the values above".to_owned(),
                     Outcome::Unknown => {
                         "unknown: not an option postern knows (it has no equivalent, or it is misspelt)".to_owned()

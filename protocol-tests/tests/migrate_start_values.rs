@@ -108,6 +108,55 @@ fn migrate_exits_3_when_a_line_is_refused_and_still_prints_the_toml() {
     assert!(!summary.contains("exit status"), "{summary}");
 }
 
+// regression: under `strict = true` an unknown line stops `postern --ini`, but migrate
+// exited 0 on that file (only REFUSED lines made it 3). Now the two share one rule: exit 3,
+// the line marked REFUSED in the TOML; without strict the same file exits 0.
+#[test]
+fn migrate_exits_3_on_an_unknown_line_under_strict_as_ini_stops_on_it() {
+    let dir = tempdir();
+    let ini = dir.path().join("strict.ini");
+    let check = || {
+        Command::new(postern_bin())
+            .arg("--ini")
+            .arg(&ini)
+            .arg("--check")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nstrict = true\nmodule = edge2\nthreds = 4\nprocesses = 3\n",
+    )
+    .unwrap();
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("threds = 4"), "{err}");
+    let (rc, toml, summary) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 3, "{summary}");
+    assert!(toml.contains("workers = 3\n"), "{toml}");
+    assert!(
+        toml.contains("# line 4: threds = 4\n#   REFUSED (postern --ini stops on this)"),
+        "{toml}"
+    );
+    assert!(
+        summary.contains("(exit status 3: fix or remove"),
+        "{summary}"
+    );
+
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nstrict = false\nmodule = edge2\nthreds = 4\nprocesses = 3\n",
+    )
+    .unwrap();
+    let (rc, _, summary) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 0, "{summary}");
+    // --ini takes the options (then fails on the import of an app that is not there).
+    let out = check();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("options: ok"), "{said}");
+}
+
 // regression: spooler, mules, cache2, locks, sharedarea, queue, signal and shared-import
 // were "unknown: misspelt", and --ini started without them: an app that guards
 // `import uwsgi` silently never ran its spooled, mule or cron jobs.

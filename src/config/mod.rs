@@ -446,8 +446,9 @@ pub enum Command {
     /// under the ini line it came from, each line that does not carry over as a comment
     /// saying why.
     ///
-    /// Exit status: 0; 3 when a line is REFUSED (`postern --ini` would stop on it: fix or
-    /// remove it; the TOML is printed all the same); 2 when the file cannot be read.
+    /// Exit status: 0; 3 when a line is REFUSED (`postern --ini` would stop on it, an
+    /// unknown line under `strict = true` too: fix or remove it; the TOML is printed all
+    /// the same); 2 when the file cannot be read.
     Migrate(MigrateArgs),
     /// Print a running postern's /status (its --stats address) as a table; --watch
     /// redraws it, uwsgitop style.

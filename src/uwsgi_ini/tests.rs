@@ -523,9 +523,26 @@ fn lists_unknown_options_and_stops_on_them_when_strict() {
         w.contains("cpu-affinity = 1: unknown") && w.contains("threds = 4: unknown"),
         "{w}"
     );
+    assert_eq!(t.exit_code(), 0);
     let t = tr("strict = true\nmodule = m\nthreds = 4");
     let e = t.check().unwrap_err().to_string();
     assert!(e.contains("threds = 4") && e.contains("strict"), "{e}");
+    // regression: migrate exited 0 on a strict file with an unknown line, which --ini
+    // stops on; it is REFUSED in the TOML and exits 3 like any line --ini stops on.
+    assert_eq!(t.exit_code(), EXIT_REFUSED);
+    assert!(
+        t.to_toml().contains(
+            "threds = 4\n#   REFUSED (postern --ini stops on this): not an option postern knows"
+        ),
+        "{}",
+        t.to_toml()
+    );
+    assert!(
+        t.summary()
+            .ends_with("(exit status 3: fix or remove the REFUSED lines before using it)"),
+        "{}",
+        t.summary()
+    );
 }
 
 #[test]
