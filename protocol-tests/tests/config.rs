@@ -495,8 +495,32 @@ fn a_max_rss_below_the_rss_at_start_is_warned_about_once() {
     let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
         .args(["--workers", "2", "--max-rss", "20"])
         .start();
-    let warning = "once the app is imported, over --max-rss 20 MiB: every worker will recycle after each request";
-    assert!(p.wait_log(warning, 10), "{}", p.logs());
+    warned_once_over_max_rss(&p, "once the app is imported", 40, 20);
+}
+
+// regression: the warning above was only checked right after the import, before ASGI
+// lifespan startup: an app that loads its model there (FastAPI) went over --max-rss on
+// every worker's first request, and nothing said why every worker recycled after each
+// request. The first request's recycle now warns too (once per generation).
+#[test]
+fn a_max_rss_below_the_rss_after_lifespan_startup_is_warned_about_once() {
+    let dir = tempdir();
+    let app = "BIG = []\n\nasync def app(scope, receive, send):\n    if scope['type'] == 'lifespan':\n        while True:\n            m = await receive()\n            if m['type'] == 'lifespan.startup':\n                BIG.append(b'x' * (60 << 20))\n                await send({'type': 'lifespan.startup.complete'})\n            else:\n                await send({'type': 'lifespan.shutdown.complete'})\n                return\n    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    await send({'type': 'http.response.body', 'body': b'ok'})\n";
+    let p = Spawn::asgi_tcp(dir.path(), "lifespan_model", app)
+        .args(["--workers", "2", "--max-rss", "40"])
+        .start();
+    assert_eq!(p.get("/").0, 200);
+    warned_once_over_max_rss(&p, "after its first request", 60, 40);
+}
+
+/// Requests until a replacement (`cause="max-rss"`) has served one, then checks that
+/// one line warned that a worker is over `--max-rss` `when`, with `rss_mib` over `over`
+/// and `max_rss_mib` `max`.
+fn warned_once_over_max_rss(p: &Postern, when: &str, over: u64, max: u64) {
+    let warning = format!(
+        "this worker's RSS is over --max-rss {when}: every worker will recycle after each request"
+    );
+    assert!(p.wait_log(&warning, 10), "{}", p.logs());
     // Each worker recycles after a request. Requests until a replacement has served
     // one: its access line comes after anything it warned (one log writer a process).
     let replacement_served = || {
@@ -523,17 +547,19 @@ fn a_max_rss_below_the_rss_at_start_is_warned_about_once() {
         "{}",
         p.logs()
     );
-    assert_eq!(p.logs().matches(warning).count(), 1, "{}", p.logs());
-    let line = p
-        .logs()
-        .lines()
-        .find(|l| l.contains(warning))
-        .unwrap()
-        .to_owned();
-    let mib: u64 = line
-        .split_once("this worker's RSS is ")
-        .and_then(|(_, r)| r.split_once(" MiB"))
-        .map(|(n, _)| n.parse().unwrap())
-        .unwrap();
-    assert!(mib > 40, "{line}");
+    let logs = p.logs();
+    assert_eq!(
+        logs.matches("this worker's RSS is over --max-rss").count(),
+        1,
+        "{logs}"
+    );
+    let line = logs.lines().find(|l| l.contains(&warning)).unwrap();
+    let field = |name: &str| -> u64 {
+        line.split_once(&format!(" {name}="))
+            .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+            .map(|n| n.parse().unwrap())
+            .unwrap_or_else(|| panic!("no {name}: {line}"))
+    };
+    assert!(field("rss_mib") > over, "{line}");
+    assert_eq!(field("max_rss_mib"), max, "{line}");
 }

@@ -167,8 +167,9 @@ struct Global {
     target: AtomicU64,
     /// Refused requests of the workers that have exited (see [`SlotHead::refused`]).
     refused: Refused,
-    /// 1 + the newest generation one of whose workers warned that its RSS at start is
-    /// over `--max-rss` (workers write it, a locked max: once per worker start).
+    /// 1 + the newest generation one of whose workers warned that its RSS, once the app
+    /// is imported or after its first request, is over `--max-rss` (workers raise it with
+    /// an atomic `fetch_max`: the first of a generation warns, the others see it raised).
     rss_warned: AtomicU64,
 }
 
@@ -350,9 +351,10 @@ impl Scoreboard {
         g.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// True for the first worker of its generation to ask: the warning that the RSS at
-    /// start is over `--max-rss` is logged once per generation, not by every worker nor
-    /// by each replacement (which, over it, come after every request).
+    /// True for the first worker of its generation to ask: the warning that a worker is
+    /// over `--max-rss` from the start (once its app is imported, or after its first
+    /// request) is logged once per generation, not by every worker nor by each
+    /// replacement (which, over it, come after every request).
     pub fn first_to_warn_rss(&self, slot: usize) -> bool {
         let mark = self.head(slot).generation.load(Ordering::Relaxed) + 1;
         self.global().rss_warned.fetch_max(mark, Ordering::Relaxed) < mark

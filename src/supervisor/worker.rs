@@ -235,15 +235,26 @@ impl WorkerMonitor {
 
     /// Made once the app is imported: a `--max-rss` below what the worker holds already
     /// would recycle every worker after each request, so say so (once per generation).
+    /// An ASGI app's lifespan startup and a lazy first request load more later: see
+    /// [`Self::warn_rss_from_start`]'s other caller, [`Self::served_one`].
     fn check_rss_at_start(&self) {
         let Some(max) = self.max_rss_kib else { return };
         let Some(rss) = rss_kib() else { return };
-        if rss > max && self.board.first_to_warn_rss(self.slot) {
+        if rss > max {
+            self.warn_rss_from_start(rss, max, "once the app is imported");
+        }
+    }
+
+    /// The worker is over `--max-rss` `when`, before it has done any work of its own:
+    /// every worker will recycle after each request. Logged once per generation.
+    fn warn_rss_from_start(&self, rss_kib: u64, max_kib: u64, when: &str) {
+        if self.board.first_to_warn_rss(self.slot) {
+            // MiB rounded down, as in the 'recycling this worker' line.
             tracing::warn!(
                 pid = std::process::id(),
-                "this worker's RSS is {} MiB once the app is imported, over --max-rss {} MiB: every worker will recycle after each request; set --max-rss well above the RSS at start",
-                rss.div_ceil(1024),
-                max / 1024
+                rss_mib = rss_kib / 1024,
+                max_rss_mib = max_kib / 1024,
+                "this worker's RSS is over --max-rss {when}: every worker will recycle after each request; set --max-rss well above a worker's RSS once it serves"
             );
         }
     }
@@ -475,6 +486,11 @@ impl WorkerMonitor {
         if let Some(max) = self.max_rss_kib {
             if let Some(rss) = Some(head.rss_kib.load(Ordering::Relaxed)).filter(|&r| r > 0) {
                 if rss > max {
+                    if served == 1 {
+                        // Over at once: ASGI lifespan startup or the app's lazy setup
+                        // on a first request loaded more than --max-rss allows.
+                        self.warn_rss_from_start(rss, max, "after its first request");
+                    }
                     self.retire(
                         Cause::MaxRss,
                         &format!(
