@@ -26,6 +26,9 @@ pub use value::{parse_size, KeyValue, Mode, Seconds, Size};
 /// The listener used when none is configured.
 pub const DEFAULT_LISTENER: &str = "127.0.0.1:3031";
 
+/// The largest `--max-rss`, in MiB (1 PiB).
+pub const MAX_RSS_MIB: u64 = 1 << 30;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "postern",
@@ -1089,6 +1092,14 @@ impl Config {
             ));
         }
         let max_rss = o.max_rss.filter(|&n| n > 0);
+        // A worker compares its RSS in KiB: MiB * 1024 must fit in 64 bits. 1 PiB is
+        // far above any machine's memory and far below that.
+        if max_rss.is_some_and(|n| n > MAX_RSS_MIB) {
+            return Err(invalid(
+                "max-rss",
+                format!("must be at most {MAX_RSS_MIB} MiB (1 PiB; or 0: off)"),
+            ));
+        }
         let supervised = o.workers > 1
             || o.master
             || o.preload
@@ -1461,6 +1472,22 @@ mod tests {
         let c = resolve(&["app", "--max-requests", "0"]).unwrap();
         assert_eq!(c.opts.max_requests, None);
         assert!(!c.supervised);
+    }
+
+    // regression: --max-rss 18014398509481984 overflowed the worker's MiB * 1024 (a
+    // panic in a debug build; in a release build 0 KiB, so every worker recycled after
+    // each request).
+    #[test]
+    fn max_rss_is_bounded() {
+        assert!(resolve(&["app", "--max-rss", "1073741824"]).is_ok());
+        for n in ["1073741825", "18014398509481984", "9223372036854775807"] {
+            let e = resolve(&["app", "--max-rss", n]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("--max-rss (from command line): must be at most 1073741824 MiB"),
+                "{e}"
+            );
+        }
     }
 
     // regression (review-sm): a --max-requests past 2^32 outgrew the 32-bit halves a
