@@ -29,6 +29,17 @@ pub const DEFAULT_LISTENER: &str = "127.0.0.1:3031";
 /// The largest `--max-rss`, in MiB (1 PiB).
 pub const MAX_RSS_MIB: u64 = 1 << 30;
 
+/// A whole number typed on the command line or in `POSTERN_*`: at most what a TOML
+/// integer holds (2^63 - 1), as the layers are merged as TOML tables (a larger one
+/// panicked there). The option's own bound is checked with the rest ([`Config::resolve`]).
+fn count<T>() -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: Send + Sync + 'static + std::error::Error + ToString,
+{
+    clap::builder::RangedU64ValueParser::new().range(..=i64::MAX.unsigned_abs())
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "postern",
@@ -169,7 +180,7 @@ pub struct Options {
 
     /// Python threads serving requests in each worker (1 to 1024); for an ASGI app, the
     /// threads of the event loop's default executor (`run_in_executor(None, ...)`).
-    #[arg(long, value_name = "N", env = "POSTERN_THREADS", default_value_t = 1)]
+    #[arg(long, value_name = "N", env = "POSTERN_THREADS", default_value_t = 1, value_parser = count::<usize>())]
     pub threads: usize,
 
     /// The app's interface: `asgi` for an async app (FastAPI, Starlette, Django's asgi.py),
@@ -198,7 +209,8 @@ pub struct Options {
         long,
         value_name = "N",
         env = "POSTERN_MAX_CONCURRENCY",
-        default_value_t = crate::asgi::DEFAULT_MAX_CONCURRENCY
+        default_value_t = crate::asgi::DEFAULT_MAX_CONCURRENCY,
+        value_parser = count::<usize>()
     )]
     pub max_concurrency: usize,
 
@@ -223,7 +235,7 @@ pub struct Options {
     pub lifespan_timeout: Seconds,
 
     /// Worker processes (1 to 256); more than 1 starts a master that supervises them.
-    #[arg(long, value_name = "N", env = "POSTERN_WORKERS", default_value_t = 1)]
+    #[arg(long, value_name = "N", env = "POSTERN_WORKERS", default_value_t = 1, value_parser = count::<usize>())]
     pub workers: usize,
 
     /// Run a master process even with one worker (implied by --workers > 1 and by the
@@ -260,12 +272,12 @@ pub struct Options {
     pub gid: Option<String>,
 
     /// Recycle a worker after N requests (plus up to 10% jitter).
-    #[arg(long, value_name = "N", env = "POSTERN_MAX_REQUESTS")]
+    #[arg(long, value_name = "N", env = "POSTERN_MAX_REQUESTS", value_parser = count::<u64>())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u64>,
 
     /// Recycle a worker whose resident memory passes this many MiB (checked after each request).
-    #[arg(long, value_name = "MIB", env = "POSTERN_MAX_RSS")]
+    #[arg(long, value_name = "MIB", env = "POSTERN_MAX_RSS", value_parser = count::<u64>())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rss: Option<u64>,
 
@@ -316,7 +328,7 @@ pub struct Options {
     /// included; past it, new ones wait in the listen queue (default: half the
     /// open-files limit less 64, as a connection may need a second descriptor for a
     /// spooled body).
-    #[arg(long, value_name = "N", env = "POSTERN_MAX_CONNECTIONS")]
+    #[arg(long, value_name = "N", env = "POSTERN_MAX_CONNECTIONS", value_parser = count::<usize>())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
 
@@ -1472,6 +1484,29 @@ mod tests {
         let c = resolve(&["app", "--max-requests", "0"]).unwrap();
         assert_eq!(c.opts.max_requests, None);
         assert!(!c.supervised);
+    }
+
+    // regression: a whole number past 2^63 - 1 typed for --workers, --threads,
+    // --max-concurrency, --max-requests, --max-rss or --max-connections panicked
+    // ("options serialise to TOML: u64 value was too large") before any check.
+    #[test]
+    fn rejects_counts_a_toml_integer_cannot_hold() {
+        for o in [
+            "--workers",
+            "--threads",
+            "--max-concurrency",
+            "--max-requests",
+            "--max-rss",
+            "--max-connections",
+        ] {
+            let e = Cli::command()
+                .try_get_matches_from(["postern", "app", o, "9223372036854775808"])
+                .unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{o}");
+            assert!(e.to_string().contains("9223372036854775808"), "{o}: {e}");
+            // The largest a TOML integer holds reaches the option's own check.
+            assert!(layered(&["app", o, "9223372036854775807"]).is_ok(), "{o}");
+        }
     }
 
     // regression: --max-rss 18014398509481984 overflowed the worker's MiB * 1024 (a
