@@ -1704,6 +1704,75 @@ fn a_stop_does_not_wait_for_a_worker_still_importing_while_others_serve() {
     );
 }
 
+// regression: at a stop, a worker that had just retired itself (--max-requests) in the
+// same turn of the master's loop counted as serving the listen queue, so the replacement
+// still importing was killed and the connections queued meanwhile were closed
+// unanswered (502 through nginx) while the stop exited 0. The importing worker is left
+// to finish and serves them.
+#[test]
+fn a_stop_right_after_a_recycle_leaves_the_queue_to_the_worker_still_importing() {
+    let dir = tempdir();
+    let app = dir.path().join("slowimport.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nif os.path.exists({slow:?}):\n    time.sleep(3)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            slow = dir.path().join("slow").to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args([
+            "--master",
+            "--max-requests",
+            "1",
+            "--graceful-timeout",
+            "10",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    std::fs::write(dir.path().join("slow"), "").unwrap();
+    p.signal(libc::SIGTTIN);
+    assert!(p.wait_log("cause=\"scale\"", 10), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    // The master stopped: the first worker serves one request and retires itself, and
+    // the master sees that and the SIGTERM in the same wake-up.
+    p.signal(libc::SIGSTOP);
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    let answers: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let queued: Vec<_> = (0..4)
+            .map(|_| {
+                let p = &p;
+                s.spawn(move || {
+                    p.uwsgi(
+                        &[
+                            ("REQUEST_METHOD", "GET"),
+                            ("PATH_INFO", "/"),
+                            ("REQUEST_URI", "/"),
+                            ("SERVER_PROTOCOL", "HTTP/1.1"),
+                        ],
+                        b"",
+                    )
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        p.signal(libc::SIGTERM);
+        p.signal(libc::SIGCONT);
+        queued.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert!(
+            a.starts_with(b"HTTP/1.1 200"),
+            "{:?}\n{}",
+            String::from_utf8_lossy(a),
+            p.logs()
+        );
+    }
+    let status = p.wait_exit(20).expect("the master exits");
+    assert!(status.success(), "{status}\n{}", p.logs());
+}
+
 // regression: the only worker, stuck in its import when the server stopped, was killed
 // at --graceful-timeout plus the ASGI lifespan allowance (over a minute), even for a
 // WSGI app; it is killed a second after --graceful-timeout (and the stop, which had

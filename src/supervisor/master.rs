@@ -1403,8 +1403,16 @@ impl Master {
         }
         self.quitting = now;
         // Before the workers are marked to leave: those that serve will serve the
-        // listen queues before they exit.
-        let others_serve = self.workers.iter().any(|w| w.phase == Phase::Serving);
+        // listen queues before they exit. A worker that retired itself (--max-requests,
+        // --max-rss) in this same turn of the loop still reads Serving here, but it has
+        // stopped accepting: it serves no queue.
+        // regression: such a worker counted as serving, so the replacement still
+        // importing was killed and the connections waiting in the listen queue were
+        // closed unanswered (nginx: 502), with the stop exiting 0.
+        let others_serve = self
+            .workers
+            .iter()
+            .any(|w| w.phase == Phase::Serving && self.board.self_retired(w.slot).is_none());
         self.stop_all(now);
         if !now && others_serve {
             self.abandon_imports();
