@@ -15,12 +15,14 @@
 //!
 //! No tokio, pyo3 or tracing: callers log the report.
 
+mod command_line;
 mod expand;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+pub use command_line::{explain, uwsgi_options, Typed};
 pub use expand::{Context, Entry, FileFacts};
 
 /// `postern migrate`'s exit status when a line of the file is REFUSED (`postern --ini`
@@ -283,6 +285,8 @@ struct Mapper<'a> {
     disable_logging: bool,
     /// A `req-logger =` line: request lines go there, not to logto's file.
     req_logger: bool,
+    /// The lines are options typed on postern's command line, not an ini file's.
+    command_line: bool,
 }
 
 /// `true`/`false` as uWSGI reads them: `false`, `off`, `no`, `0` (any case) are false;
@@ -385,7 +389,7 @@ impl<'a> Mapper<'a> {
             setter: BTreeMap::new(),
             strict: last(&["strict"]).is_some_and(|(_, v)| boolean(&v).0),
             protocol: last(&["protocol", "socket-protocol"]),
-            callable: last(&["callable"]),
+            callable: last(&["callable"]).filter(|(_, v)| !v.is_empty()),
             app: None,
             first_socket: entries
                 .iter()
@@ -400,6 +404,7 @@ impl<'a> Mapper<'a> {
             chdir: last(&["chdir"]).map(|(_, v)| v).filter(|v| !v.is_empty()),
             disable_logging: last(&["disable-logging"]).is_some_and(|(_, v)| boolean(&v).0),
             req_logger: last(&["req-logger"]).is_some(),
+            command_line: false,
         }
     }
 
@@ -407,13 +412,17 @@ impl<'a> Mapper<'a> {
     /// wins, as in uWSGI).
     fn set(&mut self, i: usize, key: &str, value: toml::Value) {
         if let Some(prev) = self.setter.insert(key.to_owned(), i) {
-            let by = self.entries[i].line;
+            let by = if self.command_line {
+                format!("`{}`", self.entries[i].text)
+            } else {
+                format!("line {}", self.entries[i].line)
+            };
             let line = &mut self.lines[prev];
             if let Outcome::Carried { keys, .. } = &mut line.outcome {
                 keys.retain(|k| k != key);
                 if keys.is_empty() {
                     line.outcome = Outcome::Ignored(format!(
-                        "line {by} sets it again, and the last value wins (as in uWSGI)"
+                        "{by} sets it again, and the last value wins (as in uWSGI)"
                     ));
                 }
             }
@@ -601,9 +610,16 @@ impl<'a> Mapper<'a> {
                     _ => Outcome::Accepted("see the socket = lines".into()),
                 }
             }
+            "http" | "https" if self.command_line => Outcome::Refused(format!(
+                "postern does not speak HTTP: put nginx in front, listening on {v}, and uwsgi_pass to postern's socket ({}; README 'nginx')",
+                self.first_socket.clone().unwrap_or_else(|| "--uwsgi ADDR, 127.0.0.1:3031 when none is given".into())
+            )),
             "http" | "https" => Outcome::Refused(format!(
                 "uWSGI's built-in HTTP router has no postern equivalent: let nginx listen on {v} and uwsgi_pass to postern's socket ({})",
                 self.first_socket.clone().unwrap_or_else(|| "add one, e.g. socket = 127.0.0.1:3031".into())
+            )),
+            "http-socket" | "https-socket" | "http11-socket" if self.command_line => Outcome::Refused(format!(
+                "postern speaks uwsgi, FastCGI and SCGI, not HTTP: make it --uwsgi {v} and point nginx's uwsgi_pass at it (README 'nginx')"
             )),
             "http-socket" | "https-socket" | "http11-socket" => Outcome::Refused(format!(
                 "postern speaks uwsgi, FastCGI and SCGI, not HTTP: make it socket = {v} and point nginx's uwsgi_pass at it"
@@ -637,6 +653,9 @@ impl<'a> Mapper<'a> {
             },
 
             // The app.
+            "module" | "wsgi" | "wsgi-file" | "file" if v.is_empty() => {
+                Outcome::Refused("it has no value".into())
+            }
             "module" | "wsgi" => {
                 let has = v.contains(':');
                 let target = match (&self.callable, has) {
@@ -698,6 +717,7 @@ impl<'a> Mapper<'a> {
             "eval" => Outcome::Refused(
                 "postern runs no code from its configuration: put this code in a module that defines application, and name that module (module = wsgi:application)".into(),
             ),
+            "callable" if v.is_empty() => Outcome::Refused("it has no value".into()),
             "callable" => {
                 // Applied where the app is read; what is left to say is whether it was used.
                 let last = self.callable.as_ref().is_some_and(|(j, _)| *j == i);

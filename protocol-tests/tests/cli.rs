@@ -1170,3 +1170,72 @@ fn a_start_under_a_low_open_file_limit_says_the_limit_and_what_to_change() {
     // the interpreter opens).
     assert!(failed >= 6, "{failed}");
 }
+
+// regression: uWSGI's options got clap's generic error, often with a look-alike of
+// another meaning (`--socket` → "a similar argument exists: '--socket-mode'",
+// `--chmod-socket` → '--check', `--module` → '--mount') or "to pass '--http' as a
+// value, use '-- --http'".
+#[test]
+fn uwsgi_options_are_named_in_posterns_words() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--socket", "/run/a.sock", "--processes", "4", "--module", "app"],
+            &[
+                "`--socket /run/a.sock` is uWSGI's: postern says `--uwsgi unix:/run/a.sock`",
+                "`--processes 4` is uWSGI's: postern says `--workers 4`",
+                "the same with postern: postern --uwsgi unix:/run/a.sock --workers 4 app",
+            ],
+        ),
+        (
+            &["-s", ":3031", "-p", "2", "-w", "app", "--enable-threads", "--vacuum"],
+            &[
+                "postern says `--uwsgi 0.0.0.0:3031`",
+                "`--enable-threads` is uWSGI's: postern does not need it",
+                "the same with postern: postern --uwsgi 0.0.0.0:3031 --workers 2 app",
+            ],
+        ),
+        (
+            &["--chmod-socket", "660", "--reload-on-rss", "200", "app"],
+            &["postern --socket-mode 660 --max-rss 200 app"],
+        ),
+        (
+            &["--logto", "/var/log/a.log", "--wsgi-file", "a.py", "--home", "/v"],
+            &["postern --log-file /var/log/a.log --access-log /var/log/a.log --venv /v ./a.py"],
+        ),
+        (
+            &["--callable", "application", "--module", "wsgi", "--harakiri", "30"],
+            &["postern --timeout 30 wsgi:application"],
+        ),
+        (
+            &["--http", ":8080", "app"],
+            &["`--http :8080` is uWSGI's: postern cannot do it; postern does not speak HTTP: put nginx in front"],
+        ),
+        (
+            &["--py-autoreload", "1", "app"],
+            &["`--py-autoreload 1` is uWSGI's: postern has no such option; postern does not watch Python modules"],
+        ),
+        (
+            &["--socket=:3031", "--frobnicate", "app"],
+            &["`--frobnicate` is neither postern's option nor a uWSGI option postern knows"],
+        ),
+    ];
+    for (args, want) in cases {
+        let out = postern().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in *want {
+            assert!(err.contains(w), "{args:?}: want {w:?} in:\n{err}");
+        }
+        for wrong in ["similar argument", "as a value, use '--"] {
+            assert!(!err.contains(wrong), "{args:?}: {err}");
+        }
+    }
+    // Not uWSGI's: clap's own message stays (here a typo of postern's --workers).
+    let out = postern().args(["--workrs", "2", "app"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("a similar argument exists: '--workers'"),
+        "{err}"
+    );
+}

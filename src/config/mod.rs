@@ -6,6 +6,7 @@
 //! `--print-config` prints. [`Config::resolve`] turns the merged options into what the
 //! server runs (listeners, ids, paths) and checks what needs more than one option.
 
+mod clap_error;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -593,7 +594,10 @@ impl Layered {
     /// Parses the command line (and `POSTERN_*`), then merges it over the `--config` file,
     /// the `--ini` file and the defaults.
     pub fn from_command_line() -> Result<(Cli, Layered), ConfigError> {
-        let matches = Cli::command().get_matches();
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let matches = Cli::command()
+            .try_get_matches_from(&args)
+            .unwrap_or_else(|e| clap_error::exit(e, &args));
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let layered = Layered::merge(&cli, &matches)?;
         Ok((cli, layered))

@@ -1,0 +1,338 @@
+//! uWSGI's options typed on postern's command line (`postern --socket :3031 --processes 4
+//! --module app`): each is read by the same mapping as an ini line, so the error can say
+//! what postern calls it (`--workers 4`), or why postern runs without it, instead of
+//! clap's generic "unexpected argument" and a look-alike option of another meaning.
+
+use std::fmt::Write as _;
+
+use super::{Entry, Mapper, Outcome};
+
+/// uWSGI's one-letter options and their long names (uWSGI's `--help`). postern's own
+/// `-h` and `-V` are not here.
+const SHORT: &[(char, &str)] = &[
+    ('s', "socket"),
+    ('p', "processes"),
+    ('M', "master"),
+    ('t', "harakiri"),
+    ('b', "buffer-size"),
+    ('H', "home"),
+    ('w', "module"),
+    ('T', "enable-threads"),
+    ('C', "chmod-socket"),
+    ('z', "socket-timeout"),
+    ('l', "listen"),
+    ('L', "disable-logging"),
+    ('R', "max-requests"),
+    ('d', "daemonize"),
+    ('i', "single-interpreter"),
+    ('Q', "spooler"),
+    ('A', "sharedarea"),
+    ('x', "xml"),
+    ('y', "yaml"),
+    ('j', "json"),
+];
+
+/// One uWSGI option found on the command line.
+#[derive(Debug, Clone)]
+pub struct Typed {
+    /// As typed, with the value it took (`--processes 4`).
+    pub text: String,
+    /// The option as written (`--processes`, `-p`), as clap names an unknown one.
+    pub flag: String,
+    pub outcome: Outcome,
+    /// postern's equivalent, when the line carries over (`--workers 4`; the app as `APP`).
+    pub postern: Vec<String>,
+}
+
+/// The uWSGI options among `args` (the whole command line, program name first), and the
+/// other long options that are not postern's (`ours` says whether a long option name,
+/// without `--`, is postern's). Options the mapping does not know (a typo of postern's
+/// own) are in the second list: clap's message is the right one for them. A
+/// subcommand's arguments are not looked at.
+pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed>, Vec<String>) {
+    // (flag as typed, uWSGI key, value typed with `=` or glued, the next argument)
+    let mut found: Vec<(String, String, Option<String>, Option<String>)> = Vec::new();
+    let mut others = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            break;
+        }
+        let next = args
+            .get(i)
+            .filter(|n| !n.starts_with('-') || n.as_str() == "-")
+            .cloned();
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (long, None),
+            };
+            if name.is_empty() || ours(name) {
+                continue;
+            }
+            let next = if inline.is_some() { None } else { next };
+            found.push((format!("--{name}"), name.to_owned(), inline, next));
+        } else if let Some(short) = a.strip_prefix('-') {
+            let mut chars = short.chars();
+            let Some(c) = chars.next() else { continue };
+            let Some((_, key)) = SHORT.iter().find(|(s, _)| *s == c) else {
+                if !matches!(c, 'h' | 'V') {
+                    others.push(format!("-{c}"));
+                }
+                continue;
+            };
+            let glued = chars.as_str();
+            let (inline, next) = if glued.is_empty() {
+                (None, next)
+            } else {
+                (Some(glued.trim_start_matches('=').to_owned()), None)
+            };
+            found.push((format!("-{c}"), (*key).to_owned(), inline, next));
+        } else if i == 2 && ["request", "bench", "migrate", "status", "help"].contains(&a.as_str())
+        {
+            return (Vec::new(), Vec::new());
+        }
+    }
+    if found.is_empty() {
+        return (Vec::new(), others);
+    }
+    // Whether an option takes the next argument: uWSGI's flags (`--vacuum app`) do not.
+    // One the mapping refuses without a value does; one that works without (a flag, or
+    // an optional value: `--chmod-socket [MODE]`) takes it when it is a boolean word or
+    // carries over as something else than the option alone (`--chmod-socket 660`).
+    let one = |key: &str, value: &str| -> Typed {
+        let entries = [entry(0, key, value, "")];
+        map(&entries).remove(0)
+    };
+    let takes = |key: &str, next: &str| -> Option<bool> {
+        let as_value = one(key, next);
+        if matches!(as_value.outcome, Outcome::Unknown | Outcome::Placeholder) {
+            return None;
+        }
+        let as_flag = one(key, "");
+        let boolean = matches!(
+            next.to_ascii_lowercase().as_str(),
+            "true" | "false" | "on" | "off" | "yes" | "no" | "0" | "1"
+        );
+        let carried_as_itself = matches!(as_value.outcome, Outcome::Carried { note: None, .. })
+            && (as_value.outcome != as_flag.outcome || as_value.postern != as_flag.postern);
+        Some(matches!(as_flag.outcome, Outcome::Refused(_)) || boolean || carried_as_itself)
+    };
+    let mut entries = Vec::new();
+    for (n, (flag, key, inline, next)) in found.iter().enumerate() {
+        let value = match (inline, next) {
+            (Some(v), _) => v.clone(),
+            (None, Some(next)) => match takes(key, next) {
+                None => {
+                    others.push(flag.clone());
+                    continue;
+                }
+                Some(true) => next.clone(),
+                Some(false) => String::new(),
+            },
+            (None, None) => String::new(),
+        };
+        let text = match (inline, value.is_empty()) {
+            (Some(v), _) if flag.starts_with("--") => format!("{flag}={v}"),
+            (Some(v), _) => format!("{flag}{v}"),
+            (None, true) => flag.clone(),
+            (None, false) => format!("{flag} {}", quoted(&value)),
+        };
+        entries.push(entry(n, key, &value, &text));
+    }
+    let flags: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
+    let mut typed = Vec::new();
+    for (mut t, e) in map(&entries).into_iter().zip(&entries) {
+        if matches!(t.outcome, Outcome::Unknown | Outcome::Placeholder) {
+            others.push(flags[e.line].clone());
+        } else {
+            t.flag = flags[e.line].clone();
+            typed.push(t);
+        }
+    }
+    (typed, others)
+}
+
+fn entry(n: usize, key: &str, value: &str, text: &str) -> Entry {
+    Entry {
+        line: n,
+        text: text.to_owned(),
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reads: Default::default(),
+    }
+}
+
+/// Maps the options as the lines of one section (so `--callable` joins `--module`).
+fn map(entries: &[Entry]) -> Vec<Typed> {
+    let placeholders = Default::default();
+    let mut m = Mapper::new(entries, &placeholders, "uwsgi");
+    m.command_line = true;
+    // Named as typed here: postern's own option.
+    m.first_socket = entries.iter().find_map(|e| {
+        let flag = match e.key.as_str() {
+            "socket" | "uwsgi-socket" => "uwsgi",
+            "fastcgi-socket" => "fastcgi",
+            "scgi-socket" => "scgi",
+            _ => return None,
+        };
+        let (addr, _) = super::listen_addr(&e.value).ok()?;
+        Some(format!("--{flag} {addr}"))
+    });
+    for (i, e) in entries.iter().enumerate() {
+        let outcome = m.map(i, e);
+        m.lines.push(super::Line {
+            entry: e.clone(),
+            outcome,
+        });
+    }
+    m.finish();
+    m.lines
+        .iter()
+        .map(|l| Typed {
+            text: l.entry.text.clone(),
+            flag: String::new(),
+            postern: match &l.outcome {
+                Outcome::Carried { keys, .. } => keys
+                    .iter()
+                    .flat_map(|k| postern_flags(&m.table, k))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            outcome: l.outcome.clone(),
+        })
+        .collect()
+}
+
+/// `key`'s value in the table as postern's command-line options.
+fn postern_flags(table: &toml::Table, key: &str) -> Vec<String> {
+    if let Some(name) = key.strip_prefix("env.") {
+        let value = table
+            .get("env")
+            .and_then(|e| e.get(name))
+            .and_then(toml::Value::as_str)
+            .unwrap_or_default();
+        return vec![format!("--env {}", quoted(&format!("{name}={value}")))];
+    }
+    let one = |v: &toml::Value| match v {
+        toml::Value::String(s) => quoted(s),
+        other => other.to_string(),
+    };
+    match table.get(key) {
+        Some(v) if key == "app" => vec![one(v)],
+        Some(toml::Value::Boolean(true)) => vec![format!("--{key}")],
+        Some(toml::Value::Array(a)) => a.iter().map(|v| format!("--{key} {}", one(v))).collect(),
+        Some(v) => vec![format!("--{key} {}", one(v))],
+        None => Vec::new(),
+    }
+}
+
+/// `s` as a shell word.
+fn quoted(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The message for the uWSGI options found: one line each, then the command line that
+/// does the same when every one of them carries over or is not needed and there is no
+/// `other` unknown option.
+pub fn explain(typed: &[Typed], others: &[String], args: &[String]) -> String {
+    let mut out = String::new();
+    for t in typed {
+        let _ = match &t.outcome {
+            Outcome::Carried { note, .. } => {
+                let app = t.postern.iter().any(|p| !p.starts_with("--"));
+                let mut line = format!(
+                    "`{}` is uWSGI's: postern says `{}`",
+                    t.text,
+                    t.postern.join(" ")
+                );
+                if app {
+                    line.push_str(" (the app is postern's argument: `postern [OPTIONS] APP`)");
+                }
+                if let Some(n) = note {
+                    let _ = write!(line, "; {n}");
+                }
+                writeln!(out, "{line}")
+            }
+            Outcome::Accepted(why) if why.is_empty() => {
+                writeln!(out, "`{}` is uWSGI's: postern does not need it", t.text)
+            }
+            Outcome::Accepted(why) => writeln!(
+                out,
+                "`{}` is uWSGI's: postern does not need it: {why}",
+                t.text
+            ),
+            Outcome::Ignored(why) => writeln!(
+                out,
+                "`{}` is uWSGI's: postern has no such option; {why}",
+                t.text
+            ),
+            Outcome::Refused(why) | Outcome::AtStart(why) => {
+                writeln!(out, "`{}` is uWSGI's: postern cannot do it; {why}", t.text)
+            }
+            Outcome::Placeholder | Outcome::Unknown => Ok(()),
+        };
+    }
+    for o in others {
+        let _ = writeln!(
+            out,
+            "`{o}` is neither postern's option nor a uWSGI option postern knows"
+        );
+    }
+    if let Some(line) = rewritten(typed, args).filter(|_| others.is_empty()) {
+        let _ = writeln!(out, "the same with postern: {line}");
+    }
+    out.push_str("postern's options: postern --help; a whole uWSGI ini file: postern --ini FILE (README 'Migrating from uWSGI')");
+    out
+}
+
+/// `args` with each uWSGI option replaced by postern's, or `None` when one of them cannot
+/// be (refused), or nothing would be left to say.
+fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
+    if typed
+        .iter()
+        .any(|t| matches!(t.outcome, Outcome::Refused(_) | Outcome::AtStart(_)))
+    {
+        return None;
+    }
+    let mut out = vec!["postern".to_owned()];
+    let mut app = Vec::new();
+    let mut rest = args.iter().skip(1).peekable();
+    let mut typed = typed.iter().peekable();
+    while let Some(a) = rest.next() {
+        let t = typed.peek().filter(|t| {
+            let flag_here = a == &t.flag || a.starts_with(&format!("{}=", t.flag));
+            let glued = !t.flag.starts_with("--") && a.starts_with(&t.flag);
+            flag_here || glued
+        });
+        let Some(t) = t.copied() else {
+            out.push(quoted(a));
+            continue;
+        };
+        typed.next();
+        // The value went with it when the text has one after a space.
+        if t.text.len() > a.len() && t.text.starts_with(&format!("{a} ")) {
+            rest.next();
+        }
+        for p in &t.postern {
+            if p.starts_with("--") {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            } else {
+                app = vec![p.clone()];
+            }
+        }
+    }
+    out.extend(app);
+    Some(out.join(" "))
+}
