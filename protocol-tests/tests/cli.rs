@@ -1239,3 +1239,33 @@ fn uwsgi_options_are_named_in_posterns_words() {
         "{err}"
     );
 }
+
+// regression: `POSTERN_THREADS=x postern app` said "invalid value 'x' for '--threads
+// <N>'" without naming the variable it came from.
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let out = postern()
+        .env("POSTERN_THREADS", "x")
+        .arg("app")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid value 'x' for '--threads <N>' (from env POSTERN_THREADS)"),
+        "{err}"
+    );
+    // Typed on the command line, it says nothing of the variable.
+    let out = postern()
+        .env("POSTERN_THREADS", "2")
+        .args(["--threads", "x", "app"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid value 'x' for '--threads <N>'"),
+        "{err}"
+    );
+    assert!(!err.contains("from env"), "{err}");
+}

@@ -1,9 +1,10 @@
 //! clap's errors, said for postern's users: a uWSGI option gets postern's name for it
-//! (or why postern runs without it) instead of clap's look-alike suggestion.
+//! (or why postern runs without it) instead of clap's look-alike suggestion, and a bad
+//! value that came from a `POSTERN_*` variable names the variable.
 
 use std::ffi::OsString;
 
-use clap::error::ErrorKind;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::CommandFactory;
 
 use super::Cli;
@@ -27,7 +28,19 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
             std::process::exit(2);
         }
     }
+    if let Some(text) = from_env(&e, &args) {
+        eprint!("{text}");
+        std::process::exit(2);
+    }
     e.exit()
+}
+
+/// The argument clap found wrong, as clap names it (`--socket`, `--threads <N>`).
+fn invalid_arg(e: &clap::Error) -> Option<String> {
+    match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
 }
 
 /// Whether `name` (without `--`) is one of postern's long options or aliases.
@@ -37,4 +50,37 @@ fn is_ours(name: &str) -> bool {
         a.get_long() == Some(name) || a.get_all_aliases().is_some_and(|all| all.contains(&name))
     });
     found
+}
+
+/// clap's message for a value it refused, with the variable it came from when it did
+/// not come from the command line. regression: `POSTERN_THREADS=x postern app` said
+/// "invalid value 'x' for '--threads <N>'" without naming POSTERN_THREADS.
+fn from_env(e: &clap::Error, args: &[String]) -> Option<String> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let invalid = invalid_arg(e)?;
+    let cmd = Cli::command();
+    let arg = cmd.get_arguments().find(|a| {
+        a.get_long().is_some_and(|l| {
+            let l = format!("--{l}");
+            invalid == l || invalid.starts_with(&format!("{l} "))
+        })
+    })?;
+    let var = arg.get_env()?.to_string_lossy().into_owned();
+    std::env::var_os(&var)?;
+    let long = format!("--{}", arg.get_long()?);
+    let typed = args
+        .iter()
+        .skip(1)
+        .any(|a| a == &long || a.starts_with(&format!("{long}=")));
+    if typed {
+        return None;
+    }
+    let text = e.to_string();
+    let quoted = format!("'{invalid}'");
+    Some(text.replacen(&quoted, &format!("{quoted} (from env {var})"), 1))
 }
