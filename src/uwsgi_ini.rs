@@ -15,7 +15,7 @@
 //!
 //! No tokio, pyo3 or tracing: callers log the report.
 
-mod command_line;
+pub mod command_line;
 mod expand;
 
 use std::collections::{BTreeMap, BTreeSet};

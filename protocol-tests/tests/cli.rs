@@ -1269,3 +1269,34 @@ fn a_bad_value_from_the_environment_names_its_variable() {
     );
     assert!(!err.contains("from env"), "{err}");
 }
+
+// regression: `postern uwsgi.ini` / `postern postern.toml` tried to import the file as
+// the app ("No module named 'uwsgi'"), and `postern --config uwsgi.ini` said only the
+// TOML parse error.
+#[test]
+fn a_config_file_given_as_the_app_or_to_the_wrong_option_says_which_option() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("uwsgi.ini"), "[uwsgi]\nmodule = app\n").unwrap();
+    std::fs::write(dir.path().join("postern.toml"), "threads = 2\n").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["uwsgi.ini"], "did you mean `--ini uwsgi.ini`?"),
+        (&["postern.toml"], "did you mean `--config postern.toml`?"),
+        (&["vassal.yaml"], "not uWSGI's YAML files"),
+        (&["vassal.xml"], "not uWSGI's XML files"),
+        (
+            &["--config", "uwsgi.ini", "app"],
+            "this is a uWSGI ini file, and --config reads postern's TOML: use `--ini uwsgi.ini`",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = postern()
+            .current_dir(dir.path())
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in:\n{err}");
+        assert!(!err.contains("No module named"), "{args:?}: {err}");
+    }
+}

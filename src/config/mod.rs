@@ -828,11 +828,54 @@ fn read(what: &'static str, path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// What to say when APP names a configuration file: uWSGI takes a bare config file
+/// (`uwsgi uwsgi.ini`), postern takes the app. regression: `postern uwsgi.ini` tried to
+/// import the module `uwsgi` ("No module named 'uwsgi'"). `MODULE:CALLABLE` is an app.
+fn config_file_as_app(app: &str) -> Option<String> {
+    let path = Path::new(app);
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    let file = crate::uwsgi_ini::command_line::quoted(app);
+    Some(match ext.as_str() {
+        "ini" => format!(
+            "{app} is a configuration file, not an app: did you mean `--ini {file}`? (it names the app itself, with module = or wsgi-file =)"
+        ),
+        "toml" => format!(
+            "{app} is a configuration file, not an app: did you mean `--config {file}`? (give the app in it as app = \"module:callable\", or here)"
+        ),
+        "yaml" | "yml" | "xml" | "json" => format!(
+            "{app} is a configuration file, not an app; postern reads uWSGI ini files (--ini FILE) and its own TOML (--config FILE), not uWSGI's {} files: write its options into an ini file's [uwsgi] section (same names), then run `postern --ini FILE`",
+            ext.to_ascii_uppercase()
+        ),
+        _ => return None,
+    })
+}
+
+/// A `--config` file that is a uWSGI ini file: its `[uwsgi]` header, or a `.ini` name.
+fn ini_given_as_config(path: &Path, text: &str) -> bool {
+    text.lines().any(|l| l.trim() == "[uwsgi]")
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("ini"))
+}
+
 /// The `--config` file as a table; unknown keys are an error (a typo must not fall back
 /// to a default silently).
 fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = read("--config", path)?;
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let parsed = toml::from_str::<toml::Table>(&text);
+    // regression: `postern --config uwsgi.ini` said only the TOML parse error.
+    if ini_given_as_config(path, &text) && (parsed.is_err() || text.contains("[uwsgi]")) {
+        return Err(ConfigError::Parse {
+            what: "--config",
+            path: path.to_owned(),
+            message: format!(
+                "this is a uWSGI ini file, and --config reads postern's TOML: use `--ini {}` (or convert it once: postern migrate {})",
+                path.display(),
+                path.display()
+            ),
+        });
+    }
+    let mut table: toml::Table = parsed.map_err(|e| ConfigError::Parse {
         what: "--config",
         path: path.to_owned(),
         message: e.to_string(),
@@ -958,6 +1001,9 @@ impl Config {
             message,
         };
         let app = o.app.as_deref().ok_or(ConfigError::NoApp)?;
+        if let Some(hint) = config_file_as_app(app) {
+            return Err(invalid("app", hint));
+        }
         let app = AppSpec::parse(app).map_err(|m| invalid("app", m))?;
 
         let mut listeners: Vec<(Protocol, ListenAddr)> = Vec::new();

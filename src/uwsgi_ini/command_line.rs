@@ -230,7 +230,7 @@ fn postern_flags(table: &toml::Table, key: &str) -> Vec<String> {
 }
 
 /// `s` as a shell word.
-fn quoted(s: &str) -> String {
+pub fn quoted(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
