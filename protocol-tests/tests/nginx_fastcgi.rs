@@ -738,3 +738,86 @@ fn cut_while_not_reading(s: &Stack, gate: &std::path::Path) {
     let _ = c.read_to_end(&mut got);
     assert_cut(s, &got, Mode::Plain, false);
 }
+
+// A master SIGKILLed (the OOM killer) while nginx holds idle kept connections to its
+// two workers: a request nginx sends on one right then is answered on it (the orphan
+// closes it after that answer, as at a final stop), one sent later meets a refusal,
+// both at once, and the orphans are gone within a moment.
+// regression: the orphans handed their kept connections over to "the serving
+// workers" (each other), though none would serve on: nobody read the requests nginx
+// sent on them, which hung until the last orphan exited (~30 s, then a 502), and the
+// orphans stayed --graceful-timeout + 1 s.
+#[test]
+fn kept_connections_are_answered_or_closed_at_once_when_the_master_is_killed() {
+    let Some(mut s) = stack_with(
+        Mode::Keep,
+        false,
+        "",
+        "",
+        &["--workers", "2", "--threads", "2"],
+    ) else {
+        return;
+    };
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 20),
+        "{}",
+        s.postern.logs()
+    );
+    // Six requests at once: nginx opens six upstream connections (both workers serve
+    // some) and keeps them all once answered.
+    std::thread::scope(|sc| {
+        for _ in 0..6 {
+            sc.spawn(|| assert_eq!(s.nginx.get("/sleep?s=0.3").status, 200));
+        }
+    });
+    let workers = children(s.postern.pid());
+    assert_eq!(workers.len(), 2, "{}", s.postern.logs());
+    s.postern.signal(libc::SIGKILL);
+    assert!(s.postern.wait_exit(5).is_some(), "the master did not die");
+    assert!(
+        s.postern.wait_log_count("cause=\"master gone\"", 2, 10),
+        "{}",
+        s.postern.logs()
+    );
+    // nginx's cache is a stack: this goes on a kept connection, in its last moment.
+    let t = Instant::now();
+    let r = s.nginx.get("/pid");
+    let first = t.elapsed();
+    // Past that moment the kept connections are closed and nothing listens.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    let r2 = s
+        .nginx
+        .request("POST", "/echo", &[], b"after the master died");
+    let second = t.elapsed();
+    wait_until(5, || workers.iter().all(|&w| gone(w)));
+    let left: Vec<i32> = workers.iter().copied().filter(|&w| !gone(w)).collect();
+    for &w in &left {
+        // SAFETY: kill(2) on a worker this test's postern started.
+        unsafe { libc::kill(w, libc::SIGKILL) };
+    }
+    let logs = || {
+        format!(
+            "{}\n---- nginx ----\n{}",
+            s.postern.logs(),
+            s.nginx.error_log()
+        )
+    };
+    assert!(
+        first < Duration::from_secs(5) && matches!(r.status, 200 | 502),
+        "a request just after the master's death: {} in {first:?}\n{}",
+        r.status,
+        logs()
+    );
+    assert!(
+        second < Duration::from_secs(5) && matches!(r2.status, 200 | 502),
+        "a request 1.5 s after the master's death: {} in {second:?}\n{}",
+        r2.status,
+        logs()
+    );
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the master by 5 s\n{}",
+        logs()
+    );
+}

@@ -1331,8 +1331,10 @@ impl Acceptor {
     /// `l` was shut down while this process still accepts: its event stays ready and
     /// every accept fails, so it leaves the epoll ([`super::listener::ShutWatch::found`]).
     /// When the server stops (the master shut it, or a sibling serving the listen
-    /// queue before it leaves) this process's own stop was lost: it stops now. Else
-    /// something outside postern shut it: said once, and the other listeners serve on.
+    /// queue before it leaves) this process's own stop was lost: it stops now. When
+    /// the master is gone, a sibling shut it (each orphan does, as at the whole
+    /// server's stop), and this one is stopping too. Else something outside postern
+    /// shut it: said once, and the other listeners serve on.
     fn listener_shut(&self, l: &Listener) {
         let Some(i) = self.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
             return;
@@ -1349,7 +1351,7 @@ impl Acceptor {
             .is_some_and(|m| m.server_stopping());
         if stopping {
             crate::stop::listeners_shut();
-        } else if first {
+        } else if first && !crate::stop::orphaned() {
             tracing::error!(listener = %l.label, "the listener was shut down by something outside postern: it accepts no more connections (restart postern to listen again)");
         }
     }

@@ -182,8 +182,12 @@ pub fn run(
         },
     );
     // A worker under a master hands its idle FastCGI keep-alive connections to the
-    // workers that serve on when it leaves (unless the whole server stops), and takes
+    // workers that serve on when it leaves (unless the whole server stops, or its
+    // master is gone: then every worker leaves, and none would read them), and takes
     // those of workers that leave before it (fastcgi::handover).
+    // regression: after a master SIGKILL the orphans handed their kept connections to
+    // each other, nobody read the requests nginx sent on them, and each hung until the
+    // last orphan exited (~30 s, then a 502).
     let handover = match mode {
         Mode::Worker { .. } => fastcgi::handover::Channel::get(),
         Mode::Single { .. } => None,
@@ -192,7 +196,9 @@ pub fn run(
         let m = monitor.clone();
         parking.hand_over_to(
             channel,
-            Box::new(move || !m.as_ref().is_some_and(|m| m.server_stopping())),
+            Box::new(move || {
+                !crate::stop::orphaned() && !m.as_ref().is_some_and(|m| m.server_stopping())
+            }),
         );
         if let Err(e) = rustix::event::epoll::add(
             &*epoll,

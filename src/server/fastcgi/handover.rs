@@ -26,6 +26,8 @@
 //! nobody has taken yet keeps its connection open (the descriptor is in flight), e.g.
 //! while a recycled single worker's successor boots; at the final stop the last copy
 //! of the pair closes with the master, and the kernel closes what is still in flight.
+//! Nothing is handed over once the master is gone: every worker is leaving then, and
+//! each treats its kept connections as at the final stop.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -130,6 +132,15 @@ impl Channel {
         fresh_for: Option<Duration>,
         read: &[u8],
     ) -> std::io::Result<()> {
+        // Its master gone, every worker leaves and none reads the channel again: a
+        // connection sent now would wait there, its request unread, until the last
+        // worker exits. The callers ask first (`Parking`'s successors); this is for
+        // a send already under way when the master died.
+        if crate::stop::orphaned() {
+            return Err(std::io::Error::other(
+                "the master is gone: no worker serves on to take the connection",
+            ));
+        }
         if read.len() > MAX_READ || (fresh_for.is_none() && !read.is_empty()) {
             return Err(std::io::Error::other(
                 "too many bytes read to hand the connection over",
