@@ -2853,13 +2853,42 @@ fn a_cut_response_to_a_front_server_that_is_not_reading_is_marked_once_it_reads(
     let dir = tempdir();
     let gate = dir.path().join("gate");
     let p = start_gated_cut(dir.path(), &gate, &["--read-timeout", "20"]);
-    let mut c = Fc::open(&p);
+    let (mut c, mut got) = cut_while_not_read(&p, &gate);
+    // Well past what the app's thread may wait for it.
+    std::thread::sleep(Duration::from_millis(1000));
+    read_marked(&p, &mut c, &mut got);
+    Fc::open(&p).get(1, false, "/").assert_ok(b"ok\n");
+}
+
+#[test]
+fn a_stop_right_after_a_cut_still_marks_it_once_the_front_server_reads() {
+    // regression (review MEDIUM on f558471): a process that stopped while a cut's mark
+    // waited for room dropped the task with its runtime (stopped 35 ms after the cut):
+    // the connection closed unmarked, mid-record, and nginx took the truncated body
+    // as the whole response. The stop now waits for the mark (up to
+    // --graceful-timeout; the mark gives up at --read-timeout by itself).
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let mut p = start_gated_cut(dir.path(), &gate, &["--read-timeout", "20"]);
+    let (mut c, mut got) = cut_while_not_read(&p, &gate);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_log("stopping", 10), "{}", p.logs());
+    // Well past the stop's own work: before, the process had exited by now.
+    std::thread::sleep(Duration::from_millis(1000));
+    read_marked(&p, &mut c, &mut got);
+    let status = p.wait_exit(10).expect("stopped once the mark was out");
+    assert!(status.success(), "{status:?}\n{}", p.logs());
+}
+
+/// `/gated` of [`start_gated_cut`] on a connection read only a little at a time until
+/// the app has raised: the writer is then in the middle of a batch the front server
+/// does not take. The connection and what it read so far.
+fn cut_while_not_read<'a>(p: &'a Postern, gate: &Path) -> (Fc<'a>, Vec<u8>) {
+    let mut c = Fc::open(p);
     c.send(&fcgi::get(1, false, "/gated"));
     // Nothing read: the socket and the writer's queue fill, the app waits for room.
     std::thread::sleep(Duration::from_millis(800));
-    std::fs::write(&gate, b"").unwrap();
-    // Read a little at a time until the app has raised: the writer is then in the
-    // middle of a batch the front server does not take.
+    std::fs::write(gate, b"").unwrap();
     c.s.timeout(Duration::from_millis(100));
     let mut got = Vec::new();
     let mut some = vec![0u8; 16 * 1024];
@@ -2877,23 +2906,30 @@ fn a_cut_response_to_a_front_server_that_is_not_reading_is_marked_once_it_reads(
         "{}",
         p.logs()
     );
-    // Well past what the app's thread may wait for it.
-    std::thread::sleep(Duration::from_millis(1000));
+    (c, got)
+}
+
+/// Reads the rest of a cut response (`got` holds its start) and checks its end:
+/// whole records, then the note and the invalid record, then the close, within 10 s.
+fn read_marked(p: &Postern, c: &mut Fc<'_>, got: &mut Vec<u8>) {
     let t = Instant::now();
     c.s.timeout(Duration::from_secs(30));
-    let _ = c.s.read_to_end(&mut got);
+    let _ = c.s.read_to_end(got);
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "the close waited {:?}",
         t.elapsed()
     );
-    // Whole records, then the note and the invalid record, then the close.
     let mut pos = 0;
     let mut kinds = Vec::new();
     while got.len() - pos >= 8 && got[pos] == 1 {
         let len = usize::from(u16::from_be_bytes([got[pos + 4], got[pos + 5]]));
         let end = pos + 8 + len + usize::from(got[pos + 6]);
-        assert!(end <= got.len(), "a record cut short at {pos}");
+        assert!(
+            end <= got.len(),
+            "a record cut short at {pos}\n{}",
+            p.logs()
+        );
         kinds.push(got[pos + 1]);
         pos = end;
     }
@@ -2906,5 +2942,4 @@ fn a_cut_response_to_a_front_server_that_is_not_reading_is_marked_once_it_reads(
     );
     assert_eq!(kinds.last(), Some(&STDERR), "no note before the mark");
     assert!(!kinds.contains(&END_REQUEST));
-    Fc::open(&p).get(1, false, "/").assert_ok(b"ok\n");
 }

@@ -658,6 +658,22 @@ fn a_response_cut_while_nginx_is_not_reading_is_still_cut_for_its_client() {
     // and without buffering reads postern only as fast as its client takes the body,
     // so with a slow client the close went unmarked and nginx ended the client's
     // chunked body normally: a truncated body taken for the whole response.
+    gated_cut_through_nginx(&[]);
+}
+
+#[test]
+fn a_response_cut_just_before_its_worker_recycles_is_still_cut_for_its_client() {
+    // regression (review MEDIUM on f558471): the worker recycled (--max-requests 1)
+    // 14 ms after the cut and dropped the task waiting to send the mark: the close
+    // went unmarked and the client's chunked body ended with `0\r\n\r\n`. The stop
+    // now waits for the mark.
+    gated_cut_through_nginx(&["--workers", "2", "--max-requests", "1"]);
+}
+
+/// `/gated` (streams until a gate, queues 14 parts unawaited, raises) through nginx
+/// with `fastcgi_buffering off`, read by a slow client: the client's body must not
+/// look complete, and the next response is whole. `args`: postern's own.
+fn gated_cut_through_nginx(args: &[&str]) {
     let Some(bin) = nginx_bin() else {
         assert!(!in_ci(), "no nginx, and CI=true");
         return;
@@ -687,6 +703,7 @@ await send({"type": "http.response.body", "body": b"ok\n"})
     let postern = Spawn::asgi_unix(dir.path(), "gated_cut", &app)
         .protocol("fastcgi")
         .args(["--read-timeout", "30"])
+        .args(args.iter().copied())
         .start();
     let site = site(
         Mode::Plain,

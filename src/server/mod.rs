@@ -381,7 +381,11 @@ pub fn run(
                 queue.exit();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false)
+            let joined = tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false);
+            // No request runs now: a cut response's mark still waiting for room goes
+            // out before the runtime (and the task) is dropped.
+            parking.marks_out(deadline).await;
+            joined
         };
         let mut drain = std::pin::pin!(drain);
         let finished = loop {

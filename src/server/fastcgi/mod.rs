@@ -974,6 +974,8 @@ pub struct Parking {
     /// The I/O runtime, where a cut response's mark waits for room
     /// ([`FcgiConn::mark_cut`]); unset in unit tests.
     io: OnceLock<tokio::runtime::Handle>,
+    /// The tasks sending those marks: the stop waits for them ([`Parking::marks_out`]).
+    marks: tokio_util::task::TaskTracker,
 }
 
 /// The serving workers a leaving one hands its idle connections to ([`handover`]).
@@ -992,6 +994,7 @@ impl Parking {
             successors: OnceLock::new(),
             handed: AtomicUsize::new(0),
             io: OnceLock::new(),
+            marks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -1000,8 +1003,39 @@ impl Parking {
         let _ = self.io.set(io);
     }
 
-    fn io(&self) -> Option<&tokio::runtime::Handle> {
-        self.io.get()
+    /// A cut's mark can wait for room: there is an I/O runtime (not in unit tests).
+    fn can_mark(&self) -> bool {
+        self.io.get().is_some()
+    }
+
+    /// Runs `mark` (a cut response's mark waiting for room) on the I/O runtime, where
+    /// the stop waits for it.
+    fn spawn_mark(&self, mark: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(io) = self.io.get() {
+            self.marks.spawn_on(mark, io);
+        }
+    }
+
+    /// At the stop, once no request runs: waits until the cut responses' marks still
+    /// waiting for room are out (each gives up at --read-timeout by itself), up to
+    /// `deadline`. Dropped with the runtime instead, the connection closed unmarked,
+    /// often mid-record, and nginx took the truncated body as the whole response.
+    pub async fn marks_out(&self, deadline: std::time::Instant) {
+        self.marks.close();
+        if self.marks.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            marks = self.marks.len(),
+            "cut FastCGI responses wait for their mark before the process leaves"
+        );
+        let waited = tokio::time::timeout_at(deadline.into(), self.marks.wait()).await;
+        if waited.is_err() {
+            tracing::warn!(
+                left = self.marks.len(),
+                "cut FastCGI responses closed unmarked at --graceful-timeout (the front server read nothing)"
+            );
+        }
     }
 
     /// When this process leaves while others serve on (`serving()` says whether they

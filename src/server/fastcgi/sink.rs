@@ -294,9 +294,9 @@ impl FcgiConn {
         if !alone {
             return;
         }
-        let Some(io) = self.parking.io() else {
+        if !self.parking.can_mark() {
             return;
-        };
+        }
         let mut out = Vec::with_capacity(CUT_NOTE.len() + 3 * fcgi::HEADER_LEN);
         if stderr_on {
             fcgi::encode_stream(&mut out, fcgi::STDERR, id, CUT_NOTE);
@@ -305,7 +305,7 @@ impl FcgiConn {
         let Some(_w) = self.write.try_lock() else {
             // The writer is sending (the batch before the cut): the mark follows it.
             self.marking.store(true, Ordering::Release);
-            io.spawn(send_mark(Arc::clone(self), out));
+            self.parking.spawn_mark(send_mark(Arc::clone(self), out));
             return;
         };
         // Not after a send that failed part way (this header would land inside a
@@ -323,7 +323,8 @@ impl FcgiConn {
         if sent < out.len() {
             // Set under the write lock: no send may come between the two parts.
             self.marking.store(true, Ordering::Release);
-            io.spawn(send_mark(Arc::clone(self), out.split_off(sent)));
+            self.parking
+                .spawn_mark(send_mark(Arc::clone(self), out.split_off(sent)));
         }
     }
 }
