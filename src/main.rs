@@ -446,6 +446,7 @@ fn serve(
     // A process that cannot take its stop must not serve: it fails its start.
     postern::stop::install(true)?;
     let loaded = boot::start_python(config)?;
+    postern::stop::imported();
     logging::start_background();
     let on_ready = {
         let monitor = monitor.clone();

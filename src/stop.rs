@@ -55,8 +55,21 @@ static ORPHAN: AtomicBool = AtomicBool::new(false);
 static PARENT: AtomicI32 = AtomicI32::new(0);
 /// A single process: the write end of the pipe of the thread that ends the process on
 /// a SIGQUIT the server cannot take ([`on_quit_now`]); -1: none (the handler then ends
-/// the process by SIGTERM's default action).
+/// the process by SIGTERM's default action). The same thread logs the first SIGTERM or
+/// SIGINT that comes before the server serves ([`NOTICE_TERM`], [`NOTICE_INT`]).
 static QUIT_NOW: AtomicI32 = AtomicI32::new(-1);
+/// A single process: the app's import is over ([`imported`]); what is left before it
+/// serves is the ASGI lifespan startup, for [`on_quit_now`]'s messages.
+static IMPORTED: AtomicBool = AtomicBool::new(false);
+/// Bytes on [`QUIT_NOW`]'s pipe: a SIGQUIT to end the process ([`QUIT_IMPORTING`]: the
+/// app still importing; [`QUIT_UNDER_WAY`]: a stop under way), or the first SIGTERM /
+/// SIGINT before the server serves, only to be logged.
+const QUIT_IMPORTING: u8 = b'0';
+const QUIT_UNDER_WAY: u8 = b'1';
+const NOTICE_TERM: u8 = b'T';
+const NOTICE_INT: u8 = b'I';
+/// How often [`on_quit_now`]'s thread says that the app is still starting.
+const STILL_STARTING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -129,15 +142,14 @@ extern "C" fn on_signal(signal: libc::c_int) {
                         let under_way = TERMS.load(Ordering::SeqCst) + INTS.load(Ordering::SeqCst)
                             > 0
                             || (n >= 2 && SERVING.load(Ordering::SeqCst));
-                        let why: &[u8; 1] = if under_way { b"1" } else { b"0" };
-                        // SAFETY: errno kept as in `wake`; `fd` is the pipe's write
-                        // end, open for the life of the process; one byte.
-                        unsafe {
-                            let errno = libc::__errno_location();
-                            let saved = *errno;
-                            libc::write(fd, why.as_ptr().cast(), 1);
-                            *errno = saved;
-                        }
+                        write_byte(
+                            fd,
+                            if under_way {
+                                QUIT_UNDER_WAY
+                            } else {
+                                QUIT_IMPORTING
+                            },
+                        );
                         return;
                     }
                     // SAFETY: signal, sigemptyset, sigaddset, pthread_sigmask and raise
@@ -176,7 +188,39 @@ extern "C" fn on_signal(signal: libc::c_int) {
         }
         return;
     }
+    if signal != libc::SIGHUP
+        && stops == 1
+        && SINGLE.load(Ordering::SeqCst)
+        && !SERVING.load(Ordering::SeqCst)
+    {
+        // Taken once it serves: said now, by `on_quit_now`'s thread.
+        // regression: nothing was said until the import returned (never, for an app
+        // that runs a server at module level).
+        let fd = QUIT_NOW.load(Ordering::SeqCst);
+        if fd >= 0 {
+            write_byte(
+                fd,
+                if signal == libc::SIGTERM {
+                    NOTICE_TERM
+                } else {
+                    NOTICE_INT
+                },
+            );
+        }
+    }
     wake();
+}
+
+/// Writes `byte` on `fd` from the handler, errno kept for the code it interrupted.
+fn write_byte(fd: libc::c_int, byte: u8) {
+    // SAFETY: errno is thread-local and always valid to read and write; `fd` is a
+    // pipe's write end, open for the life of the process; one byte from the stack.
+    unsafe {
+        let errno = libc::__errno_location();
+        let saved = *errno;
+        libc::write(fd, [byte].as_ptr().cast(), 1);
+        *errno = saved;
+    }
 }
 
 fn wake() {
@@ -274,6 +318,10 @@ pub fn install(single: bool) -> Result<(), StopError> {
 /// whether a stop was under way; it must end the process (it cleans up what the
 /// process made, then `_exit`). A third SIGQUIT ends the process in the handler if
 /// `end` has not.
+///
+/// Until the server serves, the same thread says what a stop signal will do: the first
+/// SIGTERM or SIGINT at once (it is acted on once the server runs; a second one stops
+/// at once), and every [`STILL_STARTING_EVERY`] that the app is still importing.
 pub fn on_quit_now(end: impl FnOnce(bool) + Send + 'static) -> io::Result<()> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     std::thread::Builder::new()
@@ -287,19 +335,99 @@ pub fn on_quit_now(end: impl FnOnce(bool) + Send + 'static) -> io::Result<()> {
                 libc::sigfillset(&mut all);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
             }
-            let mut byte = [0u8; 1];
+            let started = std::time::Instant::now();
+            let mut next = STILL_STARTING_EVERY;
+            // The stop signal taken while the app starts, and when.
+            let mut pending: Option<(&str, std::time::Instant)> = None;
             loop {
+                let serving = SERVING.load(Ordering::SeqCst);
+                let timeout = (!serving).then(|| {
+                    let left = next.saturating_sub(started.elapsed());
+                    rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                        tv_sec: i64::MAX,
+                        tv_nsec: 0,
+                    })
+                });
+                let mut fds = [rustix::event::PollFd::new(
+                    &read,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(0) => {
+                        if !SERVING.load(Ordering::SeqCst) {
+                            still_starting(next, pending);
+                        }
+                        next += STILL_STARTING_EVERY;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => return,
+                }
+                let mut byte = [0u8; 1];
                 match rustix::io::read(&read, &mut byte) {
-                    Ok(1) => break,
+                    Ok(1) => {}
                     Err(rustix::io::Errno::INTR) => continue,
                     _ => return,
                 }
+                let signal = match byte[0] {
+                    NOTICE_TERM => "SIGTERM",
+                    NOTICE_INT => "SIGINT",
+                    b => return end(b == QUIT_UNDER_WAY),
+                };
+                // The server may have begun to serve meanwhile: it says it stops.
+                if pending.is_none() && !SERVING.load(Ordering::SeqCst) {
+                    pending = Some((signal, std::time::Instant::now()));
+                    tracing::warn!(
+                        "{signal} received while the app {}: stopping once {}, after serving what waits in the listen queue (send it again to stop now)",
+                        starting(),
+                        if IMPORTED.load(Ordering::SeqCst) {
+                            "the startup is over"
+                        } else {
+                            "the import returns"
+                        },
+                    );
+                }
             }
-            end(byte[0] == b'1');
         })?;
     // Open for the life of the process (the handler may write at any time).
     QUIT_NOW.store(write.into_raw_fd(), Ordering::SeqCst);
     Ok(())
+}
+
+/// A single process: the app's import is over (what is left before it serves is an
+/// ASGI lifespan startup).
+pub fn imported() {
+    IMPORTED.store(true, Ordering::SeqCst);
+}
+
+/// What the app is doing before the server serves, for a sentence.
+fn starting() -> &'static str {
+    if IMPORTED.load(Ordering::SeqCst) {
+        "runs its ASGI lifespan startup"
+    } else {
+        "imports"
+    }
+}
+
+/// The warning that the app is still starting `after` its start, with the stop signal
+/// taken meanwhile.
+fn still_starting(after: std::time::Duration, pending: Option<(&str, std::time::Instant)>) {
+    let what = if IMPORTED.load(Ordering::SeqCst) {
+        "still in the app's ASGI lifespan startup"
+    } else {
+        "still importing the app"
+    };
+    let secs = after.as_secs();
+    match pending {
+        Some((signal, at)) => tracing::warn!(
+            "{what} after {secs} s; the {signal} received {} s ago is acted on once it returns (send it again to stop now). Does it wait for something: a connection without a timeout, or a server started at module level (app.run())?",
+            at.elapsed().as_secs()
+        ),
+        None => tracing::warn!(
+            "{what} after {secs} s: does it wait for something, a connection without a timeout, or a server started at module level (app.run())? A SIGTERM or Ctrl-C meanwhile is acted on once it returns"
+        ),
+    }
 }
 
 /// The wake-up pipe (read end, write end): non-blocking, so neither the handler's

@@ -1300,3 +1300,55 @@ fn a_config_file_given_as_the_app_or_to_the_wrong_option_says_which_option() {
         assert!(!err.contains("No module named"), "{args:?}: {err}");
     }
 }
+
+// regression: a SIGTERM (or Ctrl-C) to a single process while the app imports was put
+// off without a word until the import returned (an app.run() at module level: never),
+// and nothing said the import was taking long.
+#[test]
+fn a_stop_while_the_app_imports_is_said_at_once_and_the_import_every_30_s() {
+    let dir = tempdir();
+    let (mark, go) = (dir.path().join("importing"), dir.path().join("go"));
+    let app = dir.path().join("slow_import.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nopen({mark:?}, 'w').close()\nfor _ in range(1200):\n    if os.path.exists({go:?}):\n        break\n    time.sleep(0.05)\ndef application(e, r):\n    r('200 OK', [])\n    return [b'']\n",
+            mark = mark.display().to_string(),
+            go = go.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .log_file(&log)
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(20, || mark.exists()), "the import never began");
+    let t = Instant::now();
+    // SAFETY: a signal to the postern started here.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let said = wait_until(10, || {
+        logs().contains("SIGTERM received while the app imports: stopping once the import returns, after serving what waits in the listen queue (send it again to stop now)")
+    });
+    assert!(said, "{}", logs());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let still = wait_until(45, || {
+        logs().contains("still importing the app after 30 s; the SIGTERM received")
+    });
+    assert!(still, "{}", logs());
+    // The import returns: the stop is taken as it was before (exit 0).
+    std::fs::write(&go, "").unwrap();
+    let status = wait_child(&mut child, 20);
+    let _ = child.kill();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", logs());
+    assert_eq!(
+        logs().matches("SIGTERM received while").count(),
+        1,
+        "{}",
+        logs()
+    );
+}
