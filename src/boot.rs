@@ -207,6 +207,57 @@ pub fn warn_if_root() {
     }
 }
 
+/// The users and groups front servers run as (Debian/Ubuntu, RHEL/Fedora, Arch,
+/// Apache's packages, macOS), in the order the advice prefers them.
+const FRONT_SERVER_NAMES: [&str; 5] = ["www-data", "nginx", "http", "apache", "_www"];
+
+/// Warns when the Unix socket at `path`, bound with neither `--socket-mode` nor
+/// `--socket-owner`, is one the front server most likely cannot connect to: the umask
+/// gave it a mode without write for others (0755, 0775), and neither its owner nor its
+/// group is a front server's with write permission. nginx (www-data) then gets EACCES
+/// and answers 502: uWSGI's chmod-socket pitfall. The advice names the group this host
+/// has. regression: nothing was said; the 502 was the first sign.
+pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
+    use std::os::unix::fs::MetadataExt as _;
+    let ListenAddr::Unix(path) = addr else { return };
+    if config.opts.socket_mode.is_some() || config.socket_owner.is_some() {
+        return;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.mode() & 0o777;
+    let owner = crate::users::user_by_uid(meta.uid())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let group = crate::users::group_name(meta.gid()).ok().flatten();
+    let front = |name: &Option<String>| {
+        name.as_deref()
+            .is_some_and(|n| FRONT_SERVER_NAMES.contains(&n))
+    };
+    if mode & 0o002 != 0
+        || (mode & 0o200 != 0 && front(&owner))
+        || (mode & 0o020 != 0 && front(&group))
+    {
+        return;
+    }
+    let name = |n: Option<String>, id: u32| n.unwrap_or_else(|| id.to_string());
+    let here = FRONT_SERVER_NAMES
+        .iter()
+        .find(|g| crate::users::gid_by_name(g).ok().flatten().is_some());
+    let fix = match here {
+        Some(g) => format!("--socket-mode 660 --socket-owner :{g} (the front server's group), or --socket-mode 666 (any local user may connect)"),
+        None => "--socket-mode 660 --socket-owner :GROUP (the front server's group), or --socket-mode 666 (any local user may connect)".to_owned(),
+    };
+    tracing::warn!(
+        listener = %addr,
+        "the socket has mode {mode:04o}, owner {}:{}, from the umask (no --socket-mode or --socket-owner): a front server running as another user (nginx as www-data) cannot connect to it (EACCES: a 502, and 'connect() ... failed (13: Permission denied)' in nginx's error log); add {fix}",
+        name(owner, meta.uid()),
+        name(group, meta.gid()),
+    );
+}
+
 /// What `--uid`/`--gid` become: the user database is read here ([`Privileges::plan`]),
 /// and [`Privileges::apply`] only makes system calls (so it is also safe in a child
 /// just forked from a threaded process).

@@ -91,6 +91,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         }
         match listener::bind(addr, &opts) {
             Ok(b) => {
+                crate::boot::warn_if_front_server_locked_out(config, &b.addr);
                 held.push(b);
                 let _ = writeln!(out, "  listener {name} {addr}: can be bound");
             }

@@ -173,6 +173,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         };
         match taken {
             Ok(mut b) => {
+                if !b.inherited {
+                    boot::warn_if_front_server_locked_out(&config, &b.addr);
+                }
                 b.info.protocol = plan.protocol;
                 bound.push(b)
             }

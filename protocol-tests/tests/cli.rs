@@ -1352,3 +1352,70 @@ fn a_stop_while_the_app_imports_is_said_at_once_and_the_import_every_30_s() {
         logs()
     );
 }
+
+// regression: a Unix socket bound without --socket-mode/--socket-owner got the umask's
+// mode (0755 root:root) without a word, and nginx (www-data) got EACCES: a 502, uWSGI's
+// chmod-socket pitfall.
+#[test]
+fn a_unix_socket_the_front_server_cannot_connect_to_is_warned_about() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let sock = dir.path().join("a.sock");
+    let run = |umask: libc::mode_t, extra: &[&str]| {
+        let mut c = postern();
+        c.arg(testapp())
+            .arg("--uwsgi")
+            .arg(format!("unix:{}", sock.display()))
+            .args(extra)
+            .arg("--check");
+        // SAFETY: umask(2) only, in the child before exec.
+        unsafe {
+            c.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let euid = unsafe { libc::geteuid() };
+    let said = run(0o022, &[]);
+    if euid == 0 {
+        assert!(
+            said.contains("the socket has mode 0755, owner root:"),
+            "{said}"
+        );
+    }
+    assert!(said.contains("cannot connect to it (EACCES"), "{said}");
+    assert!(
+        said.contains("add --socket-mode 660 --socket-owner :"),
+        "{said}"
+    );
+    assert!(said.contains("or --socket-mode 666"), "{said}");
+    for (umask, extra) in [(0o022, &["--socket-mode", "660"][..]), (0o000, &[][..])] {
+        let quiet = run(umask, extra);
+        assert!(quiet.contains("can be bound"), "{quiet}");
+        assert!(!quiet.contains("--socket-mode 660"), "{extra:?}: {quiet}");
+    }
+    // A start logs it too.
+    let mut c = postern();
+    c.arg(testapp())
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", sock.display()));
+    // SAFETY: umask(2) only, in the child before exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let mut p = Postern::spawn(c, Addr::Unix(sock.clone()), dir.path(), None);
+    assert!(
+        p.wait_log("cannot connect to it (EACCES", 10),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some());
+}
