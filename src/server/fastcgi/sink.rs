@@ -333,11 +333,14 @@ impl FcgiConn {
 /// and the socket has room, after the rest of the record a stopped send was in
 /// (`unsent`), then closes the connection: see [`FcgiConn::mark_cut`]. Gives up (the
 /// close goes unmarked) when a send failed part way, the front server closes, or it
-/// has read nothing for --read-timeout.
+/// has read nothing for --read-timeout (since the cut, or the last send that took
+/// some of it).
 async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
     use rustix::io::Errno;
     use tokio::io::{unix::AsyncFd, Interest};
-    let deadline = tokio::time::Instant::now() + conn.write_timeout;
+    // Moved forward by every send that takes some of it: the front server reading
+    // nothing for --read-timeout is what ends the wait (as for any send).
+    let mut deadline = tokio::time::Instant::now() + conn.write_timeout;
     // A descriptor of its own: the slow lane may still have the connection's
     // registered with the same reactor.
     let afd = conn
@@ -383,6 +386,9 @@ async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
                 Ok(n) => {
                     out.drain(..n);
                     room.clear_ready();
+                    if n > 0 {
+                        deadline = tokio::time::Instant::now() + conn.write_timeout;
+                    }
                 }
                 Err(Errno::AGAIN) => room.clear_ready(),
                 Err(Errno::INTR) => {}
