@@ -2943,3 +2943,47 @@ fn read_marked(p: &Postern, c: &mut Fc<'_>, got: &mut Vec<u8>) {
     assert_eq!(kinds.last(), Some(&STDERR), "no note before the mark");
     assert!(!kinds.contains(&END_REQUEST));
 }
+
+#[test]
+fn a_stalled_stream_sleeps_until_the_front_server_reads() {
+    // regression (review LOW on f558471): the thread's writer waited for room in 50 ms
+    // slices to see whether a cut's mark needed the socket, so a stream whose front
+    // server stopped reading woke it 20 times a second (76 ppoll in 4 s; 0 before
+    // f558471). It now sleeps in one poll of the socket and an eventfd the cut signals.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--read-timeout", "30"]);
+    let mut c = Fc::open(&p);
+    // Small chunks, never read: the socket and the writer's queue fill.
+    c.send(&fcgi::get(1, false, "/stream?n=1000000&delay=0"));
+    let writers = || -> u64 {
+        let tasks = format!("/proc/{}/task", p.pid());
+        std::fs::read_dir(&tasks)
+            .map(|d| {
+                d.flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim_end().ends_with("-w"))
+                    })
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                    .filter_map(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                            .and_then(|n| n.trim().parse::<u64>().ok())
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    // The writer thread exists once the stream has started, and has stalled by then.
+    assert!(
+        wait_until(10, || writers() > 0),
+        "no writer thread\n{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = writers();
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = writers() - before;
+    assert!(woke <= 4, "the stalled writer woke {woke} times in 2 s");
+    drop(c);
+}

@@ -6,9 +6,9 @@
 //! is written by the Python side from what `finish` returns: [`crate::logging::access`].)
 
 use std::io;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -26,14 +26,14 @@ pub fn send_all(sock: &socket2::Socket, data: &[u8], timeout: Duration) -> io::R
 }
 
 /// [`send_all`], saying how many bytes of `data` left (all of them when `Ok`). With
-/// `stop`, a wait for room looks at it every [`STOP_CHECK`] and, once it is set, ends
-/// the send with an [`io::ErrorKind::Interrupted`] error (a system call's EINTR is
-/// retried, never reported): the caller then owns what is left of `data`.
+/// `stop`, a wait for room ends as soon as it is raised, with an
+/// [`io::ErrorKind::Interrupted`] error (a system call's EINTR is retried, never
+/// reported): the caller then owns what is left of `data`.
 pub fn send_all_until(
     sock: &socket2::Socket,
     data: &[u8],
     timeout: Duration,
-    stop: Option<&AtomicBool>,
+    stop: Option<&Stop>,
 ) -> (usize, io::Result<()>) {
     let mut sent = 0;
     while sent < data.len() {
@@ -58,8 +58,52 @@ pub fn send_all_until(
     (sent, Ok(()))
 }
 
-/// How often a wait for room looks at its `stop` ([`send_all_until`]).
+/// How often a wait for room looks at its [`Stop`] when no eventfd could be made for
+/// it ([`send_all_until`]).
 pub const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// What stops a send waiting for room ([`send_all_until`]) once raised: a flag, and an
+/// eventfd that raising it signals, polled together with the socket, so a stalled
+/// send sleeps until the socket has room, the stop, or its timeout (it woke 20 times a
+/// second to look at the flag before). The eventfd is made by the first wait that
+/// needs it: a connection that never waits for room costs no descriptor.
+#[derive(Default)]
+pub struct Stop {
+    raised: AtomicBool,
+    wake: OnceLock<Option<OwnedFd>>,
+}
+
+impl Stop {
+    /// Raises it for good, waking any wait.
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `wake_fd`: either the wait sees the flag, or this
+        // sees its eventfd.
+        fence(Ordering::SeqCst);
+        if let Some(Some(fd)) = self.wake.get() {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// The eventfd a wait polls (made now if need be; `None` if it cannot be), and
+    /// whether it is raised already.
+    fn wake_fd(&self) -> (Option<BorrowedFd<'_>>, bool) {
+        let fd = self
+            .wake
+            .get_or_init(|| {
+                use rustix::event::{eventfd, EventfdFlags};
+                eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok()
+            })
+            .as_ref()
+            .map(|f| f.as_fd());
+        fence(Ordering::SeqCst);
+        (fd, self.raised.load(Ordering::SeqCst))
+    }
+}
 
 /// Writes all of `bufs` in order with vectored sends (no copy into one buffer),
 /// waiting like [`send_all`]. `bufs` is consumed as it is sent.
@@ -91,33 +135,38 @@ fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
     wait_writable_until(sock, t, None)
 }
 
-/// [`wait_writable`], in waits of [`STOP_CHECK`] that look at `stop` in between.
-fn wait_writable_until(
-    sock: &socket2::Socket,
-    t: Duration,
-    stop: Option<&AtomicBool>,
-) -> io::Result<()> {
+/// [`wait_writable`], ended early by `stop` (polled as its eventfd, else in waits of
+/// [`STOP_CHECK`] that look at it in between).
+fn wait_writable_until(sock: &socket2::Socket, t: Duration, stop: Option<&Stop>) -> io::Result<()> {
     let Some(stop) = stop else {
-        return match poll_writable(sock, t)? {
+        return match poll_writable(sock, t, None)? {
             true => Ok(()),
             false => Err(read_nothing(t)),
         };
     };
+    let (wake, raised) = stop.wake_fd();
     let deadline = Instant::now() + t;
+    let mut raised = raised;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(read_nothing(t));
-        }
-        if poll_writable(sock, left.min(STOP_CHECK))? {
-            return Ok(());
-        }
-        if stop.load(Ordering::Acquire) {
+        if raised {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "the send was stopped while the front server was not reading",
             ));
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(read_nothing(t));
+        }
+        let wait = if wake.is_some() {
+            left
+        } else {
+            left.min(STOP_CHECK)
+        };
+        if poll_writable(sock, wait, wake)? {
+            return Ok(());
+        }
+        raised = stop.is_raised();
     }
 }
 
@@ -128,17 +177,32 @@ fn read_nothing(t: Duration) -> io::Error {
     )
 }
 
-/// True once the socket can take more bytes; false when `t` passed first.
-fn poll_writable(sock: &socket2::Socket, t: Duration) -> io::Result<bool> {
+/// True once the socket can take more bytes; false when `t` passed first, or `wake`
+/// (an eventfd) was signalled.
+fn poll_writable(
+    sock: &socket2::Socket,
+    t: Duration,
+    wake: Option<BorrowedFd<'_>>,
+) -> io::Result<bool> {
     let ts = Timespec {
         tv_sec: t.as_secs() as i64,
         tv_nsec: i64::from(t.subsec_nanos()),
     };
-    let mut fds = [PollFd::new(sock, PollFlags::OUT)];
+    let mut fds = [
+        PollFd::new(sock, PollFlags::OUT),
+        PollFd::new(sock, PollFlags::IN),
+    ];
+    let n = match wake {
+        Some(w) => {
+            fds[1] = PollFd::from_borrowed_fd(w, PollFlags::IN);
+            2
+        }
+        None => 1,
+    };
     loop {
-        match rustix::event::poll(&mut fds, Some(&ts)) {
+        match rustix::event::poll(&mut fds[..n], Some(&ts)) {
             Ok(0) => return Ok(false),
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(!fds[0].revents().is_empty()),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -34,7 +34,7 @@ use rustix::io::Errno;
 use tokio::sync::mpsc;
 
 pub use super::lane::FcgiSettings;
-use super::sink::{send_all, send_all_until, send_all_vectored};
+use super::sink::{send_all, send_all_until, send_all_vectored, Stop};
 use super::wake::Wake;
 use crate::proto::fastcgi as fcgi;
 pub use inline::{admit_whole, has_whole_head, is_partial_simple, read_rest};
@@ -324,7 +324,7 @@ pub struct FcgiConn {
     /// written, a send waiting for room stops and leaves the rest of its record in
     /// `unsent`, and the task that sends the mark closes the connection (an abort does
     /// not shut it down meanwhile).
-    marking: AtomicBool,
+    marking: Stop,
     /// The rest of the record a send stopped by `marking` was in (see `marking`).
     unsent: Mutex<Vec<u8>>,
     /// Counts the connection (`--max-connections`) until it closes.
@@ -403,7 +403,7 @@ impl FcgiConn {
             ending: AtomicUsize::new(0),
             last_end: AtomicBool::new(false),
             torn: AtomicBool::new(false),
-            marking: AtomicBool::new(false),
+            marking: Stop::default(),
             unsent: Mutex::new(Vec::new()),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
@@ -521,7 +521,7 @@ impl FcgiConn {
     /// record for the mark, which must follow a whole record; the response's own
     /// thread never needs this (it cuts only after its sends returned).
     fn send_locked(&self, data: &[u8], stoppable: bool) -> Result<(), (usize, io::Error)> {
-        if self.marking.load(Ordering::Acquire) {
+        if self.marking.is_raised() {
             // A cut's mark goes next (this writer passed the check before it was set).
             return Err((0, closed()));
         }
@@ -530,7 +530,7 @@ impl FcgiConn {
         let Err(e) = r else {
             return Ok(());
         };
-        if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
+        if e.kind() == io::ErrorKind::Interrupted && self.marking.is_raised() {
             let (_, end) = fcgi::sent_split(data, sent);
             *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = data[sent..end].to_vec();
         } else {
@@ -577,7 +577,7 @@ impl FcgiConn {
             ));
         }
         let _w = self.write.lock();
-        if self.marking.load(Ordering::Acquire) {
+        if self.marking.is_raised() {
             return Err(closed());
         }
         let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
@@ -642,7 +642,7 @@ impl FcgiConn {
         self.broken.store(true, Ordering::Release);
         // Handed over: the socket is another worker's. Marking: the mark's task closes
         // it once the mark is out.
-        if self.handed_over.load(Ordering::Acquire) || self.marking.load(Ordering::Acquire) {
+        if self.handed_over.load(Ordering::Acquire) || self.marking.is_raised() {
             return;
         }
         if self.tcp {
@@ -660,7 +660,7 @@ impl FcgiConn {
         if self.handed_over.load(Ordering::Acquire) {
             return;
         }
-        if self.marking.load(Ordering::Acquire) {
+        if self.marking.is_raised() {
             // The mark's task closes it once the mark is out.
             self.broken.store(true, Ordering::Release);
             return;

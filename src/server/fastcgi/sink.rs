@@ -257,7 +257,7 @@ const CUT_NOTE: &[u8] = b"postern: the response is cut short (see postern's log)
 the invalid record that follows keeps it from being taken as complete";
 
 /// How often the task sending a cut's mark looks whether the write lock is free (the
-/// send it waits for stops within [`crate::server::sink::STOP_CHECK`]).
+/// send it waits for stops as soon as `marking` is raised: [`crate::server::sink::Stop`]).
 const MARK_LOCK_POLL: Duration = Duration::from_millis(10);
 const MARK_LOCK_POLL_MAX: Duration = Duration::from_millis(200);
 
@@ -304,7 +304,7 @@ impl FcgiConn {
         out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
         let Some(_w) = self.write.try_lock() else {
             // The writer is sending (the batch before the cut): the mark follows it.
-            self.marking.store(true, Ordering::Release);
+            self.marking.raise();
             self.parking.spawn_mark(send_mark(Arc::clone(self), out));
             return;
         };
@@ -322,7 +322,7 @@ impl FcgiConn {
         };
         if sent < out.len() {
             // Set under the write lock: no send may come between the two parts.
-            self.marking.store(true, Ordering::Release);
+            self.marking.raise();
             self.parking
                 .spawn_mark(send_mark(Arc::clone(self), out.split_off(sent)));
         }
@@ -360,7 +360,7 @@ async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
                 break false;
             };
             let Some(_w) = conn.write.try_lock() else {
-                // A send waits for room: the writer's stops within STOP_CHECK.
+                // A send waits for room: raising `marking` stopped it, it lets go soon.
                 if tokio::time::Instant::now() >= deadline {
                     break false;
                 }
