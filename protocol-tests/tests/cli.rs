@@ -1419,3 +1419,33 @@ fn a_unix_socket_the_front_server_cannot_connect_to_is_warned_about() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(20).is_some());
 }
+
+// regression: an app factory named as the app (`factory:create_app`) was told it might
+// be an ASGI 2 app to wrap with asgiref (one optional argument), or only that it cannot
+// be called with two arguments (none), with no word of factories.
+#[test]
+fn an_app_factory_named_as_the_app_is_told_to_name_the_app_it_returns() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("factory.py"),
+        "def create_app(config=None):\n    pass\ndef make_app():\n    pass\n",
+    )
+    .unwrap();
+    for (callable, shape) in [
+        ("create_app", "takes one argument"),
+        ("make_app", "cannot be called with two arguments"),
+    ] {
+        let out = postern()
+            .current_dir(dir.path())
+            .args([&format!("factory:{callable}"), "--check"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(shape), "{callable}: {err}");
+        assert!(
+            err.contains("An app factory (create_app)? postern calls none: name the app it returns, e.g. a wsgi.py with `from myapp import create_app` and `app = create_app()`, then APP wsgi:app"),
+            "{callable}: {err}"
+        );
+    }
+}

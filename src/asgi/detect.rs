@@ -32,6 +32,12 @@ impl Interface {
     }
 }
 
+/// Said where the callable named may be an app factory (`create_app()`, `create_app(config=None)`):
+/// postern calls no factory (APP `module:create_app()` is refused too).
+/// regression: only WSGI's and ASGI 2's shapes were named, and a Flask factory user was
+/// told to wrap it with asgiref.
+const FACTORY: &str = "An app factory (create_app)? postern calls none: name the app it returns, e.g. a wsgi.py with `from myapp import create_app` and `app = create_app()`, then APP wsgi:app";
+
 /// Why an app cannot be served as the configuration says.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -56,11 +62,11 @@ pub enum DetectError {
     )]
     SyncThreeArguments { why: String },
     #[error(
-        "{why}, and it takes one argument: an ASGI 2 app (called with the scope, returning an async callable)? postern serves ASGI 3 apps: wrap it with asgiref.compatibility.guarantee_single_callable(app); a WSGI app takes (environ, start_response)"
+        "{why}, and it takes one argument: an ASGI 2 app (called with the scope, returning an async callable)? postern serves ASGI 3 apps: wrap it with asgiref.compatibility.guarantee_single_callable(app); a WSGI app takes (environ, start_response). {FACTORY}"
     )]
     OneArgument { why: String },
     #[error(
-        "{why}, and it cannot be called with two arguments (environ, start_response), which is how WSGI calls the app; check the APP argument names the app"
+        "{why}, and it cannot be called with two arguments (environ, start_response), which is how WSGI calls the app; check the APP argument names the app. {FACTORY}"
     )]
     NotWsgiCallable { why: String },
     #[error("cannot inspect the app to choose between WSGI and ASGI: {0}")]
