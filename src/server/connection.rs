@@ -443,6 +443,14 @@ async fn bad_request<C: Conn>(
             "Bad Request",
             "CONTENT_LENGTH sent twice with different values.\n",
         )),
+        // As FastCGI answers it (and as the README promises for a malformed head): a
+        // front server sends digits, so this is a hand-made client, which learns why.
+        // regression: closed without an answer over uwsgi and SCGI (hostile6 LOW).
+        CodecError::Proto(ProtoError::BadContentLength(_)) => Some((
+            400,
+            "Bad Request",
+            "CONTENT_LENGTH is not a valid length (decimal digits, below 2^63).\n",
+        )),
         CodecError::Proto(ProtoError::HeadTooLarge { .. }) => Some((
             431,
             "Request Header Fields Too Large",
