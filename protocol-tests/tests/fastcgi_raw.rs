@@ -2987,3 +2987,39 @@ fn a_stalled_stream_sleeps_until_the_front_server_reads() {
     assert!(woke <= 4, "the stalled writer woke {woke} times in 2 s");
     drop(c);
 }
+
+// A whole request followed, in the same write, by bytes that are no FastCGI record
+// (a version byte of 7): the records before them are valid, so the request
+// is answered (END_REQUEST included), then the connection closes, with or without
+// FCGI_KEEP_CONN, and the log names the peer and the reason.
+// regression: the connection was closed at once, the request never answered (hostile6
+// LOW).
+#[test]
+fn a_whole_request_followed_by_garbage_is_answered_then_closed() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    for keep in [false, true] {
+        let mut c = Fc::open(&p);
+        c.send(&[fcgi::get(1, keep, "/pid"), b"\x07garbage".repeat(300)].concat());
+        let out = c.reply(1);
+        assert_eq!(out.end, Some((0, 0)), "keep={keep}: {out:?}\n{}", p.logs());
+        assert_eq!(out.cgi().0, 200, "keep={keep}: {out:?}");
+        c.assert_closed();
+    }
+    assert!(
+        p.wait_log_count(
+            "bad FastCGI input: answering the requests that came whole",
+            2,
+            5
+        ),
+        "{}",
+        p.logs()
+    );
+    for line in p.logs().lines().filter(|l| l.contains("bad FastCGI input")) {
+        assert!(
+            line.contains("peer=") && line.contains("version 7,"),
+            "{line}"
+        );
+    }
+    ok_after(&p);
+}

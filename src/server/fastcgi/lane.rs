@@ -604,6 +604,10 @@ pub async fn serve(
     // The front server sent EOF: nothing more is read; the requests that came whole
     // are answered, then the connection closes.
     let mut eof = false;
+    // Bytes no FastCGI peer sends came after the records read so far: nothing more is
+    // read, and the connection ends as at the front server's EOF (the requests that
+    // came whole are answered first).
+    let mut bad_input = false;
     // Records came only for an id no BEGIN_REQUEST named (the first such id, and when):
     // no front server does that, so the connection is under --head-timeout from then
     // until a request begins, not idle.
@@ -630,8 +634,17 @@ pub async fn serve(
         // Decode what is buffered, then act on it in order.
         if backlog.is_empty() && !buf.is_empty() {
             if let Err(e) = parser.feed(&mut buf, &mut events) {
-                tracing::warn!(%peer, error = %e, "bad FastCGI input; closing the connection");
-                break 'conn;
+                if events.is_empty() && slots.is_empty() {
+                    tracing::warn!(%peer, error = %e, "bad FastCGI input; closing the connection");
+                    break 'conn;
+                }
+                // The records before it are valid (ConnParser::feed): a request that
+                // came whole is answered, then the connection closes.
+                // regression: a whole request without FCGI_KEEP_CONN followed by
+                // garbage in the same read was never answered (hostile6 LOW).
+                tracing::warn!(%peer, error = %e, "bad FastCGI input: answering the requests that came whole before it, then closing the connection");
+                buf.clear();
+                bad_input = true;
             }
             backlog.extend(events.drain(..));
             for (id, what) in parser.take_begun_again() {
@@ -715,8 +728,13 @@ pub async fn serve(
         if eof && slots.is_empty() && backlog.is_empty() {
             break 'conn;
         }
-        let idle =
-            !eof && parser.active() == 0 && buf.is_empty() && backlog.is_empty() && stray.is_none();
+        // (After bad input nothing is idle: the connection ends, it is never parked.)
+        let idle = !eof
+            && !bad_input
+            && parser.active() == 0
+            && buf.is_empty()
+            && backlog.is_empty()
+            && stray.is_none();
         // Stopping while other workers serve on: an idle connection is theirs (parking
         // hands it over), never closed (see handover).
         let hand_over = lane.idle_close.is_cancelled() && conn.parking.hands_over();
@@ -838,7 +856,9 @@ pub async fn serve(
             }
             // An app read what this connection holds, or waits for input: look again.
             _ = budget => {}
-            r = read_some(&afd, &mut buf), if backlog.is_empty() && !held_back && !eof => {
+            r = async {
+                if bad_input { Ok(0) } else { read_some(&afd, &mut buf).await }
+            }, if backlog.is_empty() && !held_back && !eof => {
                 match r {
                     Ok(0) => {
                         // A half-close (shutdown(SHUT_WR) after the last request, as a
@@ -848,7 +868,11 @@ pub async fn serve(
                         let ended = input_ended(&conn, &mut parser, &mut slots);
                         if !ended.answering.is_empty() || !ended.held.is_empty() {
                             eof = true;
-                            tracing::info!(%peer, answering = ?ended.answering, cut = ?ended.cut, partial_record = buf.len(), "the front server closed its side of the FastCGI connection: answering the requests that came whole, then closing");
+                            if bad_input {
+                                tracing::debug!(%peer, answering = ?ended.answering, cut = ?ended.cut, "after bad FastCGI input: answering the requests that came whole, then closing");
+                            } else {
+                                tracing::info!(%peer, answering = ?ended.answering, cut = ?ended.cut, partial_record = buf.len(), "the front server closed its side of the FastCGI connection: answering the requests that came whole, then closing");
+                            }
                             let in_flight = slots.len();
                             for (id, h) in ended.held {
                                 let reuse = release(&conn, in_flight, id, h);
@@ -861,7 +885,8 @@ pub async fn serve(
                             }
                             continue 'conn;
                         }
-                        if parser.active() > 0 {
+                        // (After bad input, said when it came; `buf` was emptied.)
+                        if parser.active() > 0 && !bad_input {
                             tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
                         } else if !buf.is_empty() && !stdin_cut {
                             tracing::warn!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record");
