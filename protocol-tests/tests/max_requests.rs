@@ -747,3 +747,61 @@ fn a_worker_that_takes_its_last_request_while_it_boots_says_it_recycles() {
         assert!(line.ends_with("cause=\"max-requests\""), "{line}\n{logs}");
     }
 }
+
+// regression: under an even load every worker reached --max-requests within a
+// fraction of a second of the others (and the jitter, `pid % (N / 10)`, gave workers
+// forked together consecutive limits: 510 and 511 of 500), they all recycled at
+// once, and nothing served while their successors imported the app: every client
+// stalled for the import's length, each cycle (hostile6: ~1.2 s; 3 s with FastAPI).
+// Now a worker near its limit has its successor started first and serves on until
+// it is ready, as a reload does.
+#[test]
+fn recycling_under_an_even_load_never_leaves_the_clients_waiting_for_an_import() {
+    let dir = tempdir();
+    let app = dir.path().join("slowimport.py");
+    std::fs::write(
+        &app,
+        "import os, time\ntime.sleep(1.5)\n\ndef application(environ, start_response):\n    time.sleep(0.02)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--threads", "2", "--max-requests", "500"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    let until = std::time::Instant::now() + Duration::from_secs(14);
+    // 4 clients keep both workers' 2 threads busy: each worker serves ~90 requests a
+    // second, and reaches its 500 (to 549) in about 6 s, about when the other does.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, pkt) = (p.addr.clone(), pkt.clone());
+            std::thread::spawn(move || {
+                let mut slowest = Duration::ZERO;
+                let mut failed = 0;
+                while std::time::Instant::now() < until {
+                    let t = std::time::Instant::now();
+                    let ok = parse_http(&raw(&addr, &pkt)).is_some_and(|r| r.status == 200);
+                    slowest = slowest.max(t.elapsed());
+                    failed += usize::from(!ok);
+                }
+                (slowest, failed)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let logs = p.logs();
+    let recycled = logs.matches("its successor is ready").count();
+    eprintln!("(slowest, failed) per client: {results:?}; {recycled} successor-first recycles");
+    assert!(
+        results.iter().all(|&(_, failed)| failed == 0),
+        "{results:?}\n{logs}"
+    );
+    // The import takes 1.5 s: a request that waited for one took that long at least.
+    assert!(
+        results
+            .iter()
+            .all(|&(slowest, _)| slowest < Duration::from_millis(1000)),
+        "a client waited for a successor's import: {results:?}\n{logs}"
+    );
+    assert!(recycled >= 2, "{recycled} recycles\n{logs}");
+}

@@ -86,12 +86,17 @@ struct Worker {
     /// Killed at the stop while it still imported the app, others serving the listen
     /// queues: it had accepted nothing, so its kill cut nothing off.
     abandoned: bool,
+    /// Its successor was started (near `--max-requests`, over `--max-rss`, past
+    /// `--max-lifetime`), and when: it serves on until the successor serves (then the
+    /// master tells it to leave, for that cause), `--worker-start-timeout` at most.
+    outgoing: Option<(Cause, Instant)>,
 }
 
 impl Worker {
-    /// Part of the serving generation and not on its way out.
+    /// Part of the serving generation and not on its way out (nor serving on only
+    /// until its successor does).
     fn current(&self, generation: u64) -> bool {
-        self.generation == generation && self.phase.active()
+        self.generation == generation && self.phase.active() && self.outgoing.is_none()
     }
 
     /// Asks the worker to finish its requests and exit (SIGTERM), for `cause`. Once: a
@@ -440,6 +445,7 @@ impl Master {
             .find(|s| !used.contains(s))
             .ok_or_else(|| SupervisorError::Fork(std::io::ErrorKind::WouldBlock.into()))?;
         self.board.reset(slot, 0, self.generation, cause);
+        let forked = Instant::now();
         let child = if self.opts.preload {
             // SAFETY: the master is single-threaded (no runtime, no helper thread);
             // with --preload the fork is bracketed for CPython.
@@ -472,6 +478,7 @@ impl Master {
                 ready: write,
                 board: Arc::clone(&self.board),
                 slot,
+                forked,
             });
             std::process::exit(code);
         };
@@ -501,6 +508,7 @@ impl Master {
             slow_boot_said: false,
             start_timed_out: false,
             abandoned: false,
+            outgoing: None,
         });
         Ok(())
     }
@@ -546,8 +554,12 @@ impl Master {
             "worker ready"
         );
         let fresh = w.generation == self.generation;
+        let (pid, generation, told) = (w.pid, w.generation, w.told.is_some());
         if fresh {
             self.boot_failures = 0;
+        }
+        if !told {
+            self.relieve(pid, generation);
         }
         if fresh && self.opts.chain_reload {
             // Chain reload: each new worker that is ready retires one old worker.
@@ -560,6 +572,42 @@ impl Master {
                 tracing::info!(pid = raw(old.pid), "chain reload: an old worker drains");
             }
         }
+    }
+
+    /// A worker of `generation` (`successor`) is ready: if that makes more workers of
+    /// that generation serve than the target, the one that has waited longest for its
+    /// successor leaves now (it stops accepting, finishes its requests and exits).
+    /// Counted, not paired: an outgoing worker that reached its limit first and left
+    /// has a successor still to come, which must not relieve another worker early.
+    fn relieve(&mut self, successor: Pid, generation: u64) {
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.phase == Phase::Serving)
+            .count();
+        if serving <= self.target {
+            return;
+        }
+        let Some(w) = self
+            .workers
+            .iter_mut()
+            .filter(|w| w.generation == generation && w.phase == Phase::Serving)
+            .filter(|w| w.outgoing.is_some())
+            .min_by_key(|w| w.outgoing.map(|(_, asked)| asked))
+        else {
+            return;
+        };
+        let Some((cause, asked)) = w.outgoing else {
+            return;
+        };
+        tracing::info!(
+            pid = raw(w.pid),
+            successor = raw(successor),
+            cause = cause.label(),
+            waited_ms = asked.elapsed().as_millis() as u64,
+            "its successor is ready: the worker stops accepting, finishes its requests and exits"
+        );
+        w.drain(&self.board, cause);
     }
 
     /// Completes the current generation once all of it serves, at least `target`
@@ -643,24 +691,54 @@ impl Master {
             }
             if w.phase.active() {
                 if let Some(cause) = self.board.self_retired(w.slot) {
-                    // It recycles itself (max requests, RSS): start its replacement now.
+                    // It recycles itself (max requests, RSS): start its replacement
+                    // now, unless it is on its way already.
                     w.phase.stop(cause);
                     w.told.get_or_insert(instant);
+                    if w.outgoing.is_none() {
+                        self.pending.push_back(cause);
+                    }
+                }
+            }
+            // Successor first: a worker near its limit (or past --max-lifetime) serves
+            // on while its successor imports the app (`fill` starts it, `relieve`
+            // retires the worker once it serves), as a reload does.
+            // regression: under an even load every worker reached --max-requests
+            // within a fraction of a second of the others and recycled with them, and
+            // nothing served while their successors imported (every client stalled
+            // for the import's length, each cycle).
+            if w.phase == Phase::Serving && w.outgoing.is_none() {
+                if let Some(cause) = self.board.successor_wanted(w.slot) {
+                    w.outgoing = Some((cause, instant));
                     self.pending.push_back(cause);
                 }
             }
-            if w.phase == Phase::Serving && w.generation == generation {
+            if w.phase == Phase::Serving && w.generation == generation && w.outgoing.is_none() {
                 if let Some(life) = self.opts.max_lifetime {
                     if w.started.elapsed() > life {
                         tracing::info!(
                             pid = raw(w.pid),
-                            "worker passed --max-lifetime; replacing it"
+                            "worker passed --max-lifetime; starting its successor (it serves on until the successor is ready)"
                         );
-                        w.drain(&self.board, Cause::MaxLifetime);
+                        w.outgoing = Some((Cause::MaxLifetime, instant));
                         self.pending.push_back(Cause::MaxLifetime);
                     } else {
                         due = earliest(due, Some(w.started + life));
                     }
+                }
+            }
+            if let (Some((cause, asked)), Phase::Serving) = (w.outgoing, w.phase) {
+                let until = asked + self.opts.start_timeout;
+                if instant >= until {
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        cause = cause.label(),
+                        "its successor is not ready after --worker-start-timeout {:?}: the worker stops accepting, finishes its requests and exits anyway",
+                        self.opts.start_timeout
+                    );
+                    w.drain(&self.board, cause);
+                } else {
+                    due = earliest(due, Some(until));
                 }
             }
             for t in 0..self.board.threads {
@@ -1026,7 +1104,10 @@ impl Master {
                 self.failed_exit = Some(Instant::now());
             }
             self.boot_failures = j.boot_failures;
-            self.pending.extend(j.pending);
+            // One whose successor was started has had its replacement.
+            if w.outgoing.is_none() {
+                self.pending.extend(j.pending);
+            }
             let pid = raw(pid);
             // A worker whose own --graceful-timeout cut requests off exits 1; one killed
             // by a signal during the stop (the OOM killer, an operator's SIGKILL) cut

@@ -161,6 +161,9 @@ pub struct WorkerContext {
     pub ready: OwnedFd,
     pub board: Arc<Scoreboard>,
     pub slot: usize,
+    /// When the master forked it: how long its start took tells how far ahead of its
+    /// `--max-requests` it asks for its successor ([`WorkerMonitor`]).
+    pub forked: std::time::Instant,
 }
 
 #[cfg(test)]

@@ -202,6 +202,10 @@ pub struct SlotHead {
     /// [`IMPORTING`], [`IMPORTED`] or [`ABANDONED`]: who won the race between the
     /// worker's import ending and the master giving up on it.
     import: AtomicU32,
+    /// 1 + the [`Cause::index`] for which the worker asked the master to start its
+    /// successor ahead of its own stop (near `--max-requests`, over `--max-rss`); 0:
+    /// it did not. Written by the worker, once.
+    successor: AtomicU32,
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
@@ -380,6 +384,7 @@ impl Scoreboard {
             h.start_cause.store(cause.index() as u32, Ordering::Relaxed);
             h.log_dropped.store(0, Ordering::Relaxed);
             h.import.store(IMPORTING, Ordering::SeqCst);
+            h.successor.store(0, Ordering::SeqCst);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -491,6 +496,30 @@ impl Scoreboard {
                 (s != RETIRING).then_some(RETIRING)
             })
             .is_ok()
+    }
+
+    /// The worker in `slot` asks the master to start its successor now, for `cause`
+    /// (called by the worker): it serves on until the master tells it to leave, once
+    /// the successor serves. False when it asked already, or is leaving.
+    pub fn want_successor(&self, slot: usize, cause: Cause) -> bool {
+        let h = self.head(slot);
+        h.state.load(Ordering::SeqCst) != RETIRING
+            && h.successor
+                .compare_exchange(
+                    0,
+                    cause.index() as u32 + 1,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+    }
+
+    /// What the worker in `slot` asked its successor for, if it did.
+    pub fn successor_wanted(&self, slot: usize) -> Option<Cause> {
+        match self.head(slot).successor.load(Ordering::SeqCst) {
+            0 => None,
+            n => Cause::from_index(u64::from(n - 1)),
+        }
     }
 
     /// Why the worker in `slot` is leaving (the master's mark or its own), if it is.

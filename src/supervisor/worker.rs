@@ -16,8 +16,9 @@ use crate::stats::Cause;
 
 /// What a worker writes on its status pipe (one byte each).
 pub(super) const READY: u8 = b'R';
-/// The worker recycles itself (`--max-requests`, `--max-rss`): the master starts its
-/// replacement while it drains.
+/// The worker recycles itself (`--max-requests`, `--max-rss`), or asks for its
+/// successor ahead of that: the master reads which on the scoreboard and starts the
+/// replacement.
 pub(super) const RECYCLING: u8 = b'S';
 
 /// How often a serving worker looks at its scoreboard slot for the master's mark: a
@@ -206,17 +207,50 @@ pub struct WorkerMonitor {
     metrics: bool,
     /// A single process (no master).
     standalone: bool,
-    /// A copy of the status pipe, to wake the master when this worker recycles itself.
+    /// A copy of the status pipe, to wake the master when this worker recycles itself
+    /// or asks for its successor.
     master: Option<OwnedFd>,
+    /// When it began to serve (its app imported).
+    since: Instant,
+    /// How long before its `--max-requests` it asks for its successor, at the rate it
+    /// served so far: [`SUCCESSOR_LEAD`] times its own start.
+    lead: Duration,
+    /// It asked the master for its successor ([`WorkerMonitor::want_successor`]).
+    successor_asked: AtomicBool,
+}
+
+/// A worker asks for its successor when, at the rate it served so far, it would
+/// reach `--max-requests` within this many times the time its own start took (fork
+/// to import done): the successor, whose start should take about as long, is then
+/// ready before the worker stops at its limit, and nothing waits for an import.
+const SUCCESSOR_LEAD: u32 = 2;
+/// ... and at least this far ahead (an app that imports in milliseconds). Not more:
+/// once its successor serves the worker leaves, so it serves about its limit less
+/// what it serves in one lead (a second too long cost ~40% of `--max-requests 100`
+/// at 600 requests a second, for an import of 20 ms).
+const MIN_LEAD: Duration = Duration::from_millis(250);
+/// A worker over `--max-rss` serves on until its successor serves, unless its RSS
+/// passes `--max-rss` by this fraction (a half) meanwhile: then it stops at once.
+const RSS_HARD_DIVISOR: u64 = 2;
+
+/// The `--max-requests` jitter of this worker: up to 10% of `n`, from a hash of its
+/// pid and the clock, so that workers forked together (consecutive pids) get limits
+/// spread over the whole range.
+/// regression: it was `pid % (n / 10)`: consecutive pids gave consecutive limits
+/// (510 and 511 of 500), and workers started together recycled together.
+fn jitter(n: u64) -> u64 {
+    let spread = (n / 10).max(1);
+    let mut x = u64::from(std::process::id()) << 32 ^ super::scoreboard::now_ns();
+    // splitmix64's finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    x % spread
 }
 
 impl WorkerMonitor {
     pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {
-        // Jitter of up to 10% so that workers do not all recycle at once.
-        let max_requests = max_requests.map(|n| {
-            let spread = (n / 10).max(1);
-            n + u64::from(std::process::id()) % spread
-        });
+        let max_requests = max_requests.map(|n| n + jitter(n));
         let recycles = max_requests.is_some() || max_rss_mib.is_some();
         let monitor = WorkerMonitor {
             board: Arc::clone(&ctx.board),
@@ -228,6 +262,9 @@ impl WorkerMonitor {
             metrics: ctx.board.metrics(),
             standalone: false,
             master: recycles.then(|| ctx.ready.try_clone().ok()).flatten(),
+            since: Instant::now(),
+            lead: (ctx.forked.elapsed() * SUCCESSOR_LEAD).max(MIN_LEAD),
+            successor_asked: AtomicBool::new(false),
         };
         monitor.check_rss_at_start();
         monitor
@@ -271,12 +308,45 @@ impl WorkerMonitor {
             stopped: AtomicBool::new(false),
             standalone: true,
             master: None,
+            since: Instant::now(),
+            lead: MIN_LEAD,
+            successor_asked: AtomicBool::new(false),
         }
     }
 
     /// A single process has imported its app and serves (`/ping` says pong).
     pub fn serving(&self) {
         self.board.mark_serving(self.slot);
+    }
+
+    /// Asks the master, once, to start this worker's successor now (`why` says what
+    /// limit is near or passed): the worker serves on, and leaves (SIGTERM, the
+    /// master's mark) once the successor serves, or `--worker-start-timeout` later at
+    /// the latest. Without a master to ask, it recycles now.
+    fn want_successor(&self, cause: Cause, why: &str) {
+        if self.successor_asked.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(pipe) = &self.master else {
+            return self.retire(cause, why);
+        };
+        if !self.board.want_successor(self.slot, cause) {
+            return;
+        }
+        tracing::info!(
+            pid = std::process::id(),
+            "{why}: the master starts this worker's successor; this worker serves on until the successor is ready"
+        );
+        let _ = rustix::io::write(pipe, &[RECYCLING]);
+    }
+
+    /// `--max-requests`: at the rate served so far (counted over half its lead at least, so
+    /// that a first quick request does not look like a rate), would this worker reach
+    /// `max` within its lead?
+    fn near_limit(&self, served: u64, max: u64) -> bool {
+        let up = self.since.elapsed().max(self.lead / 2);
+        let ahead = served as f64 * self.lead.as_secs_f64() / up.as_secs_f64();
+        ahead >= max.saturating_sub(served) as f64
     }
 
     fn retire(&self, cause: Cause, why: &str) {
@@ -474,6 +544,15 @@ impl WorkerMonitor {
                     Cause::MaxRequests,
                     &format!("served {served} requests (--max-requests)"),
                 );
+            } else if !self.successor_asked.load(Ordering::Relaxed) && self.near_limit(served, max)
+            {
+                self.want_successor(
+                    Cause::MaxRequests,
+                    &format!(
+                        "near its --max-requests limit ({served} of {max} served, at a rate that reaches {max} within {:?})",
+                        self.lead
+                    ),
+                );
             }
         }
         // With --max-rss, RSS goes on the scoreboard after every request (reading /proc
@@ -491,16 +570,34 @@ impl WorkerMonitor {
                         // on a first request loaded more than --max-rss allows.
                         self.warn_rss_from_start(rss, max, "after its first request");
                     }
-                    self.retire(
-                        Cause::MaxRss,
-                        &format!(
-                            "RSS {} MiB is over --max-rss {} MiB",
-                            rss / 1024,
-                            max / 1024
-                        ),
+                    let why = format!(
+                        "RSS {} MiB is over --max-rss {} MiB",
+                        rss / 1024,
+                        max / 1024
                     );
+                    // Serving on while the successor starts is bounded: past half as
+                    // much again, the worker stops now (before, it always did).
+                    if rss > max + max / RSS_HARD_DIVISOR {
+                        self.retire(Cause::MaxRss, &why);
+                    } else {
+                        self.want_successor(Cause::MaxRss, &why);
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jitter;
+
+    #[test]
+    fn the_jitter_spreads_workers_over_a_tenth_of_the_limit() {
+        // regression: `pid % (n / 10)` gave workers forked together consecutive limits.
+        let drawn: std::collections::BTreeSet<u64> = (0..64).map(|_| jitter(500)).collect();
+        assert!(drawn.iter().all(|&j| j < 50), "{drawn:?}");
+        assert!(drawn.len() > 10, "{drawn:?}");
+        assert_eq!(jitter(5), 0);
     }
 }
