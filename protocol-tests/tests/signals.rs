@@ -350,6 +350,52 @@ fn a_stop_that_cuts_a_request_off_says_how_many() {
     let _ = slow.join();
 }
 
+// regression: a stop that cut off an upload still being read at --graceful-timeout
+// (the worker logged "requests still being read at --graceful-timeout left=1") exited
+// 0, as if nothing had been cut off (hostile6).
+#[test]
+fn a_stop_that_cuts_an_upload_still_being_read_exits_1() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2", "--graceful-timeout", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let mut head = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", "1000000000"),
+    ]);
+    head.extend_from_slice(b"short");
+    use std::io::Write;
+    let Addr::Unix(path) = &p.addr else {
+        unreachable!("a Unix socket")
+    };
+    let mut upload = std::os::unix::net::UnixStream::connect(path).unwrap();
+    upload.write_all(&head).unwrap();
+    // One byte every 100 ms: the upload goes on (no --read-timeout ends it) until the
+    // stop cuts it off.
+    let trickle = std::thread::spawn(move || {
+        while upload.write_all(b"y").is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15);
+    assert!(
+        p.wait_log("requests still being read at --graceful-timeout", 5),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+    assert!(
+        p.logs().contains("stopped with requests cut off"),
+        "{}",
+        p.logs()
+    );
+    let _ = trickle.join();
+}
+
 // regression: a worker told to leave while it was still importing the app (a reload
 // during a reload) was SIGKILLed the moment it became ready, with the requests it had
 // just taken from the listen queue (nginx answered 502): its leave deadline ran from

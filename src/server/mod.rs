@@ -374,18 +374,23 @@ pub fn run(
         }
         tracker.close();
         let drain = async {
-            if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {
+            // Requests still being read at --graceful-timeout (an upload under way) are
+            // cut off as surely as running ones: the stop is not clean (exit code 1).
+            // regression: it exited 0.
+            let read_whole =
+                tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_ok();
+            if read_whole {
+                queue.exit();
+            } else {
                 tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout");
                 queue.abandon();
-            } else {
-                queue.exit();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let joined = tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false);
             // No request runs now: a cut response's mark still waiting for room goes
             // out before the runtime (and the task) is dropped.
             parking.marks_out(deadline).await;
-            joined
+            joined && read_whole
         };
         let mut drain = std::pin::pin!(drain);
         let finished = loop {
