@@ -401,16 +401,22 @@ fn a_stop_that_cuts_an_upload_still_being_read_exits_1() {
 // just taken from the listen queue (nginx answered 502): its leave deadline ran from
 // the SIGTERM, which it only takes once it serves. It now runs from its READY.
 #[test]
+// A worker still importing the app when a reload drops it is killed at once
+// (reload_storm_kills_the_workers_of_superseded_generations); one past its import, in
+// its ASGI lifespan startup, is the case here.
 fn a_worker_dropped_while_it_starts_leaves_cleanly_once_ready() {
     let dir = tempdir();
-    let path = dir.path().join("slowimport.py");
-    // The import takes longer than --graceful-timeout + the master's margin (2 s).
-    std::fs::write(
-        &path,
-        "import os, time\ntime.sleep(3)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'%d' % os.getpid()]\n",
-    )
-    .unwrap();
-    let p = Spawn::unix(dir.path(), &path.to_string_lossy())
+    // The start takes longer than --graceful-timeout + the master's margin (2 s).
+    let source = AsgiApp::new("import asyncio, os")
+        .on_startup("await asyncio.sleep(3)")
+        .http(
+            r#"
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"%d" % os.getpid()})
+            "#,
+        );
+    let p = Spawn::asgi_unix(dir.path(), "slowstart", &source)
         .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
         .start();
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
@@ -445,6 +451,57 @@ fn a_worker_dropped_while_it_starts_leaves_cleanly_once_ready() {
     // The last reload's worker serves.
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     assert_eq!(p.get("/").0, 200, "{}", p.logs());
+}
+
+// regression: a SIGHUP storm (10 in 2 s with a 2 s import) ran 20 imports at once: the
+// workers of generations superseded before they were ready (a reload during a reload
+// drops them) still finished their imports (N-fold CPU and memory) before they left.
+// They are killed now (they never served); the newest generation serves, with one
+// READY-equivalent "all N workers ready" for the storm.
+#[test]
+fn reload_storm_kills_the_workers_of_superseded_generations() {
+    let dir = tempdir();
+    let path = dir.path().join("slowimport.py");
+    std::fs::write(
+        &path,
+        "import os, time\ntime.sleep(2)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'%d' % os.getpid()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    for _ in 0..6 {
+        p.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Within a moment of the last SIGHUP (the first reload's import has a second to
+    // go): the 2 that serve and the newest generation's 2 are left; 5 generations' 10
+    // workers were superseded while they imported.
+    let alive = |p: &Postern| children(p.pid()).len();
+    let until = Instant::now() + Duration::from_millis(600);
+    while alive(&p) > 4 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(alive(&p) <= 4, "{} workers alive\n{}", alive(&p), p.logs());
+    assert!(
+        p.wait_log_count("reload during a reload: the workers of the generation still importing the app are killed", 5, 10),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log_count("all 2 workers ready", 2, 20),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        p.logs().matches("all 2 workers ready").count(),
+        2,
+        "{}",
+        p.logs()
+    );
 }
 
 /// SIGKILLs `p`'s master (as the OOM killer would) and asserts that every one of

@@ -952,12 +952,32 @@ impl Master {
             return Ok(());
         }
         // A reload during a reload: the generation still booting is dropped at once
-        // (the one serving keeps serving until the newest one is ready).
+        // (the one serving keeps serving until the newest one is ready). Its workers
+        // still importing the app are killed: they never served, and only the newest
+        // generation will (the import's end and this give-up race on the scoreboard,
+        // as at a stop: one whose import ended first may have accepted, and drains).
+        // regression: they all finished their imports: 10 SIGHUPs in 2 s with a 2 s
+        // import ran 20 imports at once (N-fold CPU and memory) for nothing.
         if self.reloading() {
+            let mut killed = Vec::new();
             for w in self.workers.iter_mut() {
                 if w.generation == self.generation && w.phase == Phase::Booting {
                     w.drain(&self.board, Cause::Reload);
+                    if !w.sigkilled && self.board.abandon_import(w.slot) {
+                        signal(w.pid, Signal::KILL);
+                        w.sigkilled = true;
+                        w.abandoned = true;
+                        w.before_stop = true;
+                        killed.push(raw(w.pid));
+                    }
                 }
+            }
+            if !killed.is_empty() {
+                tracing::info!(
+                    pids = ?killed,
+                    generation = self.generation,
+                    "reload during a reload: the workers of the generation still importing the app are killed (they never served)"
+                );
             }
         }
         // regression: a reload after a failed one took the failed one's number.
