@@ -25,7 +25,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// SIGTERMs received since [`install`].
@@ -170,6 +170,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
         }
         _ => return,
     };
+    if signal != libc::SIGHUP && again(signal) {
+        return;
+    }
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
     let stops = if signal == libc::SIGTERM {
         n + INTS.load(Ordering::SeqCst)
@@ -221,6 +224,47 @@ fn write_byte(fd: libc::c_int, byte: u8) {
         libc::write(fd, [byte].as_ptr().cast(), 1);
         *errno = saved;
     }
+}
+
+/// The same stop signal again within this of the last one counted is the same stop:
+/// `timeout 10 postern` (coreutils) sends SIGTERM to postern and then to its whole
+/// process group, so each process gets two at once (a worker: the group's and its
+/// master's). A person's second Ctrl-C comes later than that.
+/// regression: such a stop said "second signal: stopping now" and cut requests off.
+pub const SAME_SIGNAL_AGAIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// CLOCK_MONOTONIC nanoseconds when the last SIGTERM / SIGINT was counted (0: none).
+static LAST_TERM_NS: AtomicU64 = AtomicU64::new(0);
+static LAST_INT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// In the handler: whether `signal` (SIGTERM or SIGINT) came within
+/// [`SAME_SIGNAL_AGAIN`] of the last one counted (then it is not counted); else it is
+/// the one counted last from now.
+fn again(signal: libc::c_int) -> bool {
+    let last = if signal == libc::SIGTERM {
+        &LAST_TERM_NS
+    } else {
+        &LAST_INT_NS
+    };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime is async-signal-safe; `ts` is a local. It sets errno only
+    // on failure, which CLOCK_MONOTONIC does not have.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return false;
+    }
+    let now = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+        .max(1);
+    let prev = last.load(Ordering::SeqCst);
+    if prev != 0 && now.saturating_sub(prev) < SAME_SIGNAL_AGAIN.as_nanos() as u64 {
+        return true;
+    }
+    last.store(now, Ordering::SeqCst);
+    false
 }
 
 fn wake() {

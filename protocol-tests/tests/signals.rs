@@ -1303,3 +1303,54 @@ fn a_start_timeout_kill_reaped_during_the_stop_counts_as_a_failed_start() {
         "{exit}\n{logs}"
     );
 }
+
+// regression: `timeout 10 postern ...` (coreutils sends SIGTERM to postern, then to its
+// whole process group) made one stop look like two: the master and each worker got
+// SIGTERM twice at once, said "second signal: stopping now" and cut the requests in
+// flight off (exit 1). The same signal again within 50 ms is now the same stop.
+#[test]
+fn sigterm_to_the_master_and_its_process_group_at_once_is_one_stop() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let path = dir.path().join("slow.py");
+    let mark = dir.path().join("in-the-app");
+    std::fs::write(
+        &path,
+        format!("import time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        open({:?}, 'w').close()\n        time.sleep(1.5)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n", mark.to_string_lossy()),
+    )
+    .unwrap();
+    let spawn = Spawn::unix(dir.path(), &path.to_string_lossy()).args(["--workers", "2"]);
+    let mut cmd = spawn.command();
+    // Its own process group, as `timeout` gives it.
+    cmd.process_group(0);
+    let mut p = Postern::spawn(cmd, spawn.addr().clone(), dir.path(), None);
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/slow")]),
+        )
+    });
+    assert!(wait_file(&mark, 10), "{}", p.logs());
+    // What coreutils' timeout does: the child, then the group.
+    // SAFETY: kill(2) on the postern this test started and on its own process group.
+    unsafe {
+        libc::kill(p.pid(), libc::SIGTERM);
+        libc::kill(-p.pid(), libc::SIGTERM);
+    }
+    let status = p.wait_exit(20);
+    let answer = slow.join().unwrap();
+    assert_eq!(
+        parse_http(&answer).map(|r| r.status),
+        Some(200),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains("second signal:"), "{}", p.logs());
+}

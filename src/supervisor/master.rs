@@ -319,12 +319,12 @@ pub fn run(
                 libc::SIGTERM | libc::SIGINT => {
                     notify::notify("STOPPING=1");
                     tracing::info!(signal = %signals::name(sig), "stopping: workers finish their requests (--graceful-timeout {:?})", m.opts.graceful_timeout);
-                    return m.stop(false, listeners);
+                    return m.stop(sig, listeners);
                 }
                 libc::SIGQUIT => {
                     notify::notify("STOPPING=1");
                     tracing::info!("SIGQUIT: stopping now");
-                    return m.stop(true, listeners);
+                    return m.stop(sig, listeners);
                 }
                 libc::SIGTTIN => {
                     m.target += 1;
@@ -1484,9 +1484,11 @@ impl Master {
     /// another's signal.
     fn stop(
         &mut self,
-        now: bool,
+        first: i32,
         listeners: &[crate::server::listener::Bound],
     ) -> Result<(), SupervisorError> {
+        let now = first == libc::SIGQUIT;
+        let began = Instant::now();
         // The flag first: a worker reads it when its SIGTERM arrives and then serves the
         // listen queues before it exits (no successor will). Then no new connection
         // may join the queues while the workers drain: otherwise the kernel keeps
@@ -1589,8 +1591,14 @@ impl Master {
             // Sleep until a signal (SIGCHLD: a worker exited) or the deadline.
             let mut fds = [PollFd::new(self.signals(), PollFlags::IN)];
             let _ = rustix::event::poll(&mut fds, timeout_until(due).as_ref());
-            // A second TERM/INT while draining: stop now.
+            // A second TERM/INT while draining: stop now. The same signal as the
+            // first within a moment of it is the same stop (`timeout 10 postern`
+            // signals postern, then its process group: see stop::SAME_SIGNAL_AGAIN).
             while let Some(s) = self.signals().read() {
+                if s == first && began.elapsed() < crate::stop::SAME_SIGNAL_AGAIN {
+                    tracing::debug!(signal = %signals::name(s), "the same signal again at once: the same stop");
+                    continue;
+                }
                 if matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
                     tracing::warn!(
                         left = self.workers.len(),
