@@ -566,6 +566,15 @@ pub fn master_gone() {
     wake();
 }
 
+/// Whether this worker's master has exited (its parent is no longer the one it had at
+/// [`install`]), whether or not [`master_gone`] was told yet. Always false for a
+/// single process.
+pub fn parent_gone() -> bool {
+    let parent = PARENT.load(Ordering::SeqCst);
+    // SAFETY: getppid has no preconditions.
+    !SINGLE.load(Ordering::SeqCst) && parent != 0 && unsafe { libc::getppid() } != parent
+}
+
 /// When this process began to stop (its first stop taken by the server), if it has.
 pub fn began() -> Option<std::time::Instant> {
     BEGAN.get().copied()

@@ -1351,6 +1351,11 @@ impl Acceptor {
             .is_some_and(|m| m.server_stopping());
         if stopping {
             crate::stop::listeners_shut();
+        } else if crate::stop::parent_gone() {
+            // Its master died (SIGKILL) and a sibling that learnt it first shut the
+            // listeners as it left, before this one was told: it stops as an orphan
+            // too. regression: ERROR "shut down by something outside postern ...".
+            crate::stop::master_gone();
         } else if first && !crate::stop::orphaned() {
             tracing::error!(listener = %l.label, "the listener was shut down by something outside postern: it accepts no more connections (restart postern to listen again)");
         }

@@ -310,7 +310,8 @@ pub fn run(
         if why == crate::stop::QUIT {
             tracing::info!("SIGQUIT: stopping now, without waiting for the requests in flight");
         } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
-            tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+            // No signal began it: none to repeat.
+            tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish");
         } else {
             tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }

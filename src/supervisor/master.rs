@@ -1498,6 +1498,13 @@ impl Master {
         // the leave's (see `overdue`).
         self.overdue(Instant::now());
         self.board.set_stopping();
+        // SIGQUIT: the workers are killed before the listeners are shut, so that none
+        // sees them shut first and logs that it lets its requests finish.
+        // regression: each said "letting in-flight requests finish (a second signal
+        // stops at once)" and was killed 7 ms later.
+        if now {
+            self.stop_all(true);
+        }
         // Sockets systemd passed stay open in systemd for the next start: left alone.
         for l in listeners.iter().filter(|l| !l.inherited) {
             if let Err(e) = l.refuse_new_connections() {
@@ -1516,9 +1523,11 @@ impl Master {
             .workers
             .iter()
             .any(|w| w.phase == Phase::Serving && self.board.self_retired(w.slot).is_none());
-        self.stop_all(now);
-        if !now && others_serve {
-            self.abandon_imports();
+        if !now {
+            self.stop_all(false);
+            if others_serve {
+                self.abandon_imports();
+            }
         }
         // An ASGI worker's lifespan shutdown may run past --graceful-timeout after its
         // requests were cut off (past_graceful): not killed before it is done. A worker
