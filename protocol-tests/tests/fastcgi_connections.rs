@@ -328,3 +328,85 @@ fn a_kept_connection_whose_first_request_was_refused_waits_for_its_next() {
         }
     }
 }
+
+/// At `--max-connections`, a kept connection idle for over a second makes room for a
+/// connection waiting in the listen queue: it is closed (a FIN, as a front server's
+/// keepalive cache expects) and the new one is served. One that is still answering
+/// (here a 4 MiB answer from the slow lane, read slowly) is never closed, nor one idle
+/// for less than a second.
+// regression: idle kept connections held their places with nothing to close them, so
+// a front server's pool could hold every place while a new connection waited in the
+// listen queue for good. (The first attempt, reverted, closed a slow-lane connection
+// in the middle of its answer: it is parked as soon as its reader is told the request
+// ended, before the last records go out.)
+#[test]
+fn at_max_connections_a_kept_connection_idle_over_a_second_makes_room() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "2", "--max-connections", "1"])
+        .start();
+    // The one place: a kept connection, its POST's body in two writes (the slow lane).
+    let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut kept = unix(&p);
+    let mut req = head(1, true, "POST", "/echo", Some(body.len()));
+    req.extend(stdin(1, &body[..1000]));
+    kept.write_all(&req).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut rest = stdin(1, &body[1000..]);
+    rest.extend(fcgi::record(STDIN, 1, b""));
+    let mut w = kept.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&rest));
+    // A new connection waits in the listen queue meanwhile.
+    let mut new = unix(&p);
+    new.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+    // The answer, read slowly (over 2 s): whole, END_REQUEST and all.
+    let mut slow = SlowReader(&mut kept);
+    let r = try_reply(&mut slow, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    writer.join().unwrap().unwrap();
+    let (status, _, got) = r.cgi();
+    assert_eq!(status, 200);
+    assert!(got == body, "the answer differs\n{}", p.logs());
+    // Then the new one is served, the kept one closed for it.
+    let r = try_reply(&mut new, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 200);
+    let mut left = Vec::new();
+    assert!(
+        matches!(kept.read_to_end(&mut left), Ok(0)),
+        "the idle kept connection is closed cleanly (a FIN)\n{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log("closing a kept FastCGI connection idle for over 1s", 5),
+        "{}",
+        p.logs()
+    );
+    // A kept connection idle for less than a second stays: the next one waits.
+    let mut kept = unix(&p);
+    kept.write_all(&fcgi::get(1, true, "/hello")).unwrap();
+    let r = try_reply(&mut kept, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 200);
+    let idle_since = std::time::Instant::now();
+    let mut next = unix(&p);
+    next.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+    let r = try_reply(&mut next, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 200);
+    // (The kept one's answer reached this client a moment after postern sent it.)
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(900),
+        "served {:?} after the kept connection went idle",
+        idle_since.elapsed()
+    );
+    assert!(matches!(kept.read_to_end(&mut left), Ok(0)));
+}
+
+/// Reads at most 64 KiB per 30 ms: a front server whose client is slow.
+struct SlowReader<'a>(&'a mut UnixStream);
+
+impl Read for SlowReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(30));
+        let n = buf.len().min(64 * 1024);
+        self.0.read(&mut buf[..n])
+    }
+}

@@ -748,6 +748,14 @@ fn requests_read_whole_are_answered_after_the_client_shuts_its_side() {
         c.reply(2).assert_ok(b"hello\n");
         assert_eq!(c.reply(1).cgi().0, 200);
         c.assert_closed();
+        // One keep-conn request in one write (served inline, its connection watched):
+        // the slow lane takes the connection over at the EOF and answers it.
+        let mut c = Fc::open(p);
+        c.send(&fcgi::get(1, true, "/sleep?s=0.3"));
+        std::thread::sleep(Duration::from_millis(100));
+        c.s.shutdown_write();
+        c.reply(1).assert_ok(b"slept\n");
+        c.assert_closed();
         // One keep-conn POST in two writes (the slow lane reads it).
         let mut c = Fc::open(p);
         let v = vars("POST", "/echo", Some(11));

@@ -838,3 +838,62 @@ fn kept_connections_are_answered_or_closed_at_once_when_the_master_is_killed() {
         logs()
     );
 }
+
+/// Sockets open in process `pid` and its children.
+fn sockets(pid: i32) -> usize {
+    std::iter::once(pid)
+        .chain(children(pid))
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+// regression: at --max-connections, nginx's idle kept connections held every place, so
+// the connections it opened past the cap for a burst waited in the listen queue until
+// nginx's own keepalive_timeout closed idle ones (60 s): clients timed out. Now a kept
+// connection idle for over a second is closed for each one waiting; nginx drops it at
+// its FIN (its keepalive cache hands out the most recently used first, so one idle
+// that long is not about to carry a request), and the cap is never passed.
+#[test]
+fn at_max_connections_a_burst_through_nginx_with_kept_connections_is_served_without_an_error() {
+    const CAP: usize = 4;
+    let args = ["--threads", "2", "--max-connections", "4"];
+    let Some(s) = stack_with(Mode::Keep, false, "", "", &args) else {
+        return;
+    };
+    let pid = s.postern.pid();
+    let base = sockets(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(sockets(pid).saturating_sub(base));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    // 16 clients at once, 5 requests each (GET and POST): nginx opens more
+    // connections than the cap, and keeps them.
+    let t = Instant::now();
+    let report = s.load(&Load::new(16, 5));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    report.with_log("postern", s.postern.logs()).assert_all_ok();
+    assert!(
+        most <= CAP + 1,
+        "{most} connections open at once for --max-connections {CAP}"
+    );
+    assert!(
+        s.postern
+            .wait_log("closing a kept FastCGI connection idle for over 1s", 5),
+        "the burst was served without closing a kept connection? ({:?})\n{}",
+        t.elapsed(),
+        s.postern.logs()
+    );
+    s.assert_clean("a burst at --max-connections with kept connections");
+}

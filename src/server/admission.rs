@@ -129,6 +129,9 @@ pub struct Admission {
     monitor: OnceLock<Arc<dyn Monitor>>,
     /// Accept stopped for `--max-requests` (read without the lock).
     limit_shut: AtomicBool,
+    /// Told each time accept stops at `--max-connections` (the task that may close an
+    /// idle kept FastCGI connection to make room waits for it).
+    full: tokio::sync::Notify,
 }
 
 /// [`Admission`]'s two `--max-requests` counts in one word: requests begun (with
@@ -336,7 +339,39 @@ impl Admission {
             max_requests: OnceLock::new(),
             monitor: OnceLock::new(),
             limit_shut: AtomicBool::new(false),
+            full: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Accept stopped at `--max-connections` alone (not for descriptors or
+    /// `--max-requests`, which closing a connection would not help).
+    pub fn full_of_connections(&self) -> bool {
+        self.open.load(Ordering::Acquire) >= self.max
+            && !self.fd_paused.load(Ordering::Acquire)
+            && !self.limit_reached()
+    }
+
+    /// Returns once accept stops at `--max-connections` (at once if it has stopped
+    /// since the last call).
+    pub async fn became_full(&self) {
+        self.full.notified().await;
+    }
+
+    /// A connection waits in a listen queue (one poll of the listeners, no wait).
+    pub fn connection_waits(&self) -> bool {
+        let mut fds: Vec<rustix::event::PollFd<'_>> = self
+            .listeners
+            .iter()
+            .map(|l| rustix::event::PollFd::new(&l.sock, rustix::event::PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+            && fds
+                .iter()
+                .any(|f| f.revents().contains(rustix::event::PollFlags::IN))
     }
 
     /// `--max-requests` (`monitor.requests_left()`): accept stops while as many
@@ -604,6 +639,7 @@ impl Admission {
                 "not accepting: the requests begun and not yet served are as many as --max-requests still allows"
             );
         } else if st.fd_pause.is_none() {
+            self.full.notify_one();
             // Once a second at most: a flood crosses the limit at every close.
             let now = Instant::now();
             if st

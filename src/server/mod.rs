@@ -237,6 +237,18 @@ pub fn run(
         pending,
         shut: listener::ShutWatch::default(),
     });
+    // At --max-connections, a front server's idle kept FastCGI connections must not
+    // hold every place while a new connection waits.
+    if listeners
+        .iter()
+        .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+    {
+        runtime.spawn(fastcgi::keep_room(
+            Arc::clone(&parking),
+            Arc::clone(&acceptor.admission),
+            idle_close.clone(),
+        ));
+    }
     // --max-requests: begin no more requests than the worker will still serve; once
     // accept stops for it, the worker has taken all it will serve: it recycles then.
     if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {

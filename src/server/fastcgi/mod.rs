@@ -327,6 +327,9 @@ pub struct FcgiConn {
     marking: Stop,
     /// The rest of the record a send stopped by `marking` was in (see `marking`).
     unsent: Mutex<Vec<u8>>,
+    /// [`Parking`]'s idle clock when it was last parked: how long it has been idle
+    /// ([`Parking::make_room`]).
+    parked_at: AtomicU64,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
     /// Bytes a leaving worker's slow lane read from it (a request whose head it
@@ -405,6 +408,7 @@ impl FcgiConn {
             torn: AtomicBool::new(false),
             marking: Stop::default(),
             unsent: Mutex::new(Vec::new()),
+            parked_at: AtomicU64::new(0),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
@@ -807,6 +811,10 @@ impl FcgiConn {
                     self.send_stdout(id, data, tail).is_ok()
                 };
                 if early {
+                    // Parked since `Done`, idle only from now: before `ending` drops,
+                    // which `Parking::make_room` reads first.
+                    let now = self.parking.idle_clock.load(Ordering::Relaxed);
+                    self.parked_at.store(now, Ordering::Relaxed);
                     self.ending.fetch_sub(1, Ordering::AcqRel);
                 }
                 if !ok {
@@ -976,6 +984,57 @@ pub struct Parking {
     io: OnceLock<tokio::runtime::Handle>,
     /// The tasks sending those marks: the stop waits for them ([`Parking::marks_out`]).
     marks: tokio_util::task::TaskTracker,
+    /// Ticks of [`IDLE_TICK`], counted only while accept is stopped at
+    /// `--max-connections` ([`keep_room`]): a connection parked at tick `t` has been
+    /// idle for more than [`IDLE_BEFORE_CLOSE`] once it reads `t + IDLE_TICKS`
+    /// (stopped, the clock only makes idle connections look younger).
+    idle_clock: AtomicU64,
+}
+
+/// The idle clock's tick ([`Parking::idle_clock`]).
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// How long a kept connection must have been idle before it may be closed to make
+/// room for a new one at `--max-connections`: a front server's pool hands out its
+/// most recently used connection first (nginx's keepalive cache is a stack), so one
+/// idle this long is one it is not about to send a request on.
+const IDLE_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
+/// [`IDLE_BEFORE_CLOSE`] in ticks: parked at some time within tick `t`, a connection is
+/// idle for more than that from tick `t + 1 + IDLE_BEFORE_CLOSE / IDLE_TICK` on.
+const IDLE_TICKS: u64 = 1 + (IDLE_BEFORE_CLOSE.as_millis() / IDLE_TICK.as_millis()) as u64;
+
+/// Lines about kept connections closed at `--max-connections`: one a second at most.
+static MADE_ROOM_LOG: crate::server::connection::RateLimit =
+    crate::server::connection::RateLimit::new();
+
+/// While accept is stopped at `--max-connections` and a connection waits in a listen
+/// queue, closes a kept FastCGI connection idle for more than [`IDLE_BEFORE_CLOSE`]
+/// (one per [`IDLE_TICK`] at most), so that a front server's idle pool cannot hold
+/// every place. Closing first frees a place the usual way (the listeners come back),
+/// so the cap is never passed; when no connection qualifies, nothing is closed and
+/// the new one waits in the queue as before. Runs on the I/O runtime until `stop`.
+pub async fn keep_room(
+    parking: Arc<Parking>,
+    admission: Arc<crate::server::admission::Admission>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = admission.became_full() => {}
+        }
+        while admission.full_of_connections() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(IDLE_TICK) => {}
+            }
+            parking.idle_clock.fetch_add(1, Ordering::Relaxed);
+            if admission.full_of_connections() && admission.connection_waits() {
+                parking.make_room();
+            }
+        }
+    }
 }
 
 /// The serving workers a leaving one hands its idle connections to ([`handover`]).
@@ -995,7 +1054,68 @@ impl Parking {
             handed: AtomicUsize::new(0),
             io: OnceLock::new(),
             marks: tokio_util::task::TaskTracker::new(),
+            idle_clock: AtomicU64::new(0),
         })
+    }
+
+    /// Closes (a FIN, as a front server's keepalive cache expects) the kept connection
+    /// idle longest, if it has been idle for more than [`IDLE_BEFORE_CLOSE`] and is
+    /// idle now: parked in the epoll (no thread holds it, no request runs inline or
+    /// in the slow lane), nothing arriving on it, no END_REQUEST still going out
+    /// (`ending`: the lane parks a connection as soon as it is told a request ended,
+    /// before that request's last records are written), the write lock free. It is
+    /// marked closed under its owner and write locks, so none of these can change
+    /// before the close. True when one was closed.
+    pub fn make_room(&self) -> bool {
+        let now = self.idle_clock.load(Ordering::Relaxed);
+        let mut idle: Vec<Arc<FcgiConn>> = self
+            .conns()
+            .values()
+            .filter(|c| c.parked_at.load(Ordering::Relaxed) + IDLE_TICKS <= now)
+            .cloned()
+            .collect();
+        idle.sort_unstable_by_key(|c| c.parked_at.load(Ordering::Relaxed));
+        for c in idle {
+            let mut owner = c.owner();
+            // `ending` first: an END_REQUEST that went out since sets `parked_at`
+            // before it drops.
+            if c.ending.load(Ordering::Acquire) > 0
+                || !matches!(*owner, Owner::Parked)
+                || c.parked_at.load(Ordering::Relaxed) + IDLE_TICKS > now
+            {
+                continue;
+            }
+            let Some(_w) = c.write.try_lock() else {
+                continue;
+            };
+            let mut one = [0u8; 1];
+            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+            if !matches!(
+                rustix::net::recv(&c.sock, &mut one[..], flags),
+                Err(Errno::AGAIN)
+            ) {
+                // Its next request is arriving (or the front server closed it: its own
+                // wake-up closes it).
+                continue;
+            }
+            if !owner.close_if_parked() {
+                continue;
+            }
+            c.broken.store(true, Ordering::Release);
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            drop(owner);
+            self.unregister(&c);
+            match MADE_ROOM_LOG.allow() {
+                Some(unlogged) => {
+                    tracing::info!(peer = %c.peer, closed_unlogged = unlogged, "--max-connections reached with a connection waiting: closing a kept FastCGI connection idle for over 1s to let it in")
+                }
+                None => {
+                    tracing::debug!(peer = %c.peer, "--max-connections reached with a connection waiting: closing a kept FastCGI connection idle for over 1s to let it in")
+                }
+            }
+            return true;
+        }
+        false
     }
 
     /// Tasks that outlive a request (a cut response's mark) run on `io`.
@@ -1218,6 +1338,9 @@ impl Parking {
             }
         }
         if let Some(arm) = owner.park(open, registered) {
+            // A load and a store: no read-modify-write per request.
+            let now = self.idle_clock.load(Ordering::Relaxed);
+            conn.parked_at.store(now, Ordering::Relaxed);
             let Err(e) = self.apply(&conn, arm) else {
                 return;
             };
@@ -1316,6 +1439,57 @@ mod tests {
         drop(conn);
         let adopted = channel.take().expect("handed over");
         drop(adopted);
+    }
+
+    #[test]
+    fn only_a_quiet_kept_connection_idle_long_enough_makes_room() {
+        use std::io::{Read, Write};
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = Parking::new(Arc::new(ep));
+        let pair = || {
+            let (front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+            let sock = socket2::Socket::from(OwnedFd::from(ours));
+            let conn = FcgiConn::new(
+                sock,
+                "test".into(),
+                false,
+                0,
+                Duration::from_secs(1),
+                &parking,
+                None,
+            );
+            (front, conn)
+        };
+        let (mut old_front, old) = pair();
+        let (_young_front, young) = pair();
+        parking.park(Arc::clone(&old), false);
+        let tick = |t: u64| parking.idle_clock.store(t, Ordering::Relaxed);
+        tick(IDLE_TICKS - 1);
+        assert!(!parking.make_room(), "idle for too short a time");
+        tick(IDLE_TICKS);
+        parking.park(Arc::clone(&young), false);
+        // regression (the reverted first attempt): an END_REQUEST still going out
+        // (the slow lane parks before it is written), a write in progress, a request
+        // arriving: never closed then.
+        old.ending.fetch_add(1, Ordering::AcqRel);
+        assert!(!parking.make_room(), "an END_REQUEST is going out");
+        old.ending.fetch_sub(1, Ordering::AcqRel);
+        {
+            let _w = old.write.lock();
+            assert!(!parking.make_room(), "a write holds the lock");
+        }
+        old_front.write_all(b"x").unwrap();
+        assert!(!parking.make_room(), "a request is arriving");
+        let mut one = [0u8; 1];
+        assert_eq!(old.recv(&mut one), Ok(1));
+        // Quiet and idle long enough: closed (a FIN), the younger one left alone.
+        assert!(parking.make_room());
+        assert!(matches!(*old.owner(), Owner::Closed));
+        assert!(parking.get(old.key).is_none());
+        let mut rest = Vec::new();
+        assert_eq!(old_front.read_to_end(&mut rest).unwrap(), 0);
+        assert!(matches!(*young.owner(), Owner::Parked));
+        assert!(!parking.make_room(), "the other one is too young");
     }
 
     /// A request running inline on a connection woken in the epoll.
