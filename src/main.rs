@@ -82,8 +82,11 @@ fn main() -> ExitCode {
     }
     let virtual_env = std::env::var_os("VIRTUAL_ENV").map(Into::into);
     let resolved = Config::resolve(&layered, virtual_env);
-    if let Some(w) = layered.ini_warnings.as_ref() {
-        if cli.print_config || cli.check {
+    if cli.print_config || cli.check {
+        for w in [&layered.ini_warnings, &layered.ini_info]
+            .into_iter()
+            .flatten()
+        {
             eprintln!("postern: {w}");
         }
     }
@@ -142,6 +145,9 @@ fn main() -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     if let Some(w) = &config.ini_warnings {
         tracing::warn!("{w}");
+    }
+    if let Some(i) = &config.ini_info {
+        tracing::info!("{i}");
     }
     // Single-threaded here: no other thread reads the environment yet.
     let app_dir = boot::apply_env_and_chdir(&config)?;

@@ -49,6 +49,8 @@ pub enum IniError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: postern reads uWSGI ini files, not {kind} ones: write its options as an ini file's [uwsgi] section (the option names are the same; `key = value` lines), then use that", path.display())]
+    NotIni { path: PathBuf, kind: &'static str },
     #[error("line {line}: the placeholders in {key} refer to each other without end")]
     Loop { line: usize, key: String },
     /// Lines postern cannot run without (and unknown ones under `strict`), all in one
@@ -82,6 +84,10 @@ pub enum Outcome {
     Ignored(String),
     /// postern cannot run this as the file asks: `postern --ini` stops on it.
     Refused(String),
+    /// A process or a scheduled job uWSGI ran beside the app (`attach-daemon`, `cron`):
+    /// postern does not, so it stops running at the switch unless it gets a service
+    /// of its own; the reason says how. Listed under NEEDS ATTENTION by `migrate`.
+    Beside(String),
     /// A value other lines refer to with `%(name)`.
     Placeholder,
     /// Not a uWSGI option postern knows.
@@ -111,6 +117,9 @@ pub struct Translation {
     pub lines: Vec<Line>,
     /// Remarks about the file as a whole or its expansion, with their line (0: none).
     pub notes: Vec<(usize, String)>,
+    /// What runs differently though the file carried over (postern imports the app in
+    /// each worker): said by `migrate` and at start, not as a warning.
+    pub info: Vec<String>,
     /// `strict = true`: unknown lines stop `postern --ini`, as in uWSGI.
     pub strict: bool,
 }
@@ -136,6 +145,16 @@ pub fn load(spec: &str) -> Result<Translation, IniError> {
 /// Reads and maps `FILE[:section]` with `ctx` for the environment and magic variables.
 pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
     let (path, section) = split_source(spec);
+    // regression: `postern migrate uwsgi.yaml` read YAML as ini: "no [uwsgi] section".
+    let ext = path.extension().map(|e| e.to_ascii_lowercase());
+    if let Some(kind) = ext.as_ref().and_then(|e| match e.to_str()? {
+        "yaml" | "yml" => Some("YAML"),
+        "xml" => Some("XML"),
+        "json" | "js" => Some("JSON"),
+        _ => None,
+    }) {
+        return Err(IniError::NotIni { path, kind });
+    }
     let bytes = std::fs::read(&path).map_err(|source| IniError::Read {
         path: path.clone(),
         source,
@@ -179,6 +198,7 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
         table: m.table,
         lines: m.lines,
         notes,
+        info: m.info,
         strict: m.strict,
     })
 }
@@ -267,6 +287,7 @@ struct Mapper<'a> {
     table: toml::Table,
     lines: Vec<Line>,
     notes: Vec<(usize, String)>,
+    info: Vec<String>,
     /// Which line set each single-valued key, so a later line can take it over.
     setter: BTreeMap<String, usize>,
     strict: bool,
@@ -337,6 +358,25 @@ fn factory(call: &str) -> Outcome {
     ))
 }
 
+/// What to do about an `attach-daemon`-like line `key = v`: its command gets a service
+/// of its own (a Celery worker would otherwise silently stop at the switch).
+fn daemon(key: &str, v: &str) -> String {
+    // smart-attach-daemon = PIDFILE COMMAND; attach-daemon2 = cmd=...,key=value.
+    let command = if key.starts_with("smart-attach-daemon") {
+        v.split_once(char::is_whitespace)
+            .map_or(v, |(_, c)| c.trim())
+    } else if key.ends_with("daemon2") {
+        v.split(',')
+            .find_map(|kv| kv.strip_prefix("cmd="))
+            .unwrap_or(v)
+    } else {
+        v
+    };
+    format!(
+        "postern starts no side processes, so this one stops running at the switch: give it a systemd unit of its own (ExecStart={command}, with the same User=, WorkingDirectory= and Environment= as postern's; Restart=always)"
+    )
+}
+
 /// A file name as postern's APP reads a file: a bare `app.wsgi` would read as a module.
 fn file_path(v: &str) -> String {
     if v.contains('/') {
@@ -386,6 +426,7 @@ impl<'a> Mapper<'a> {
             table: toml::Table::new(),
             lines: Vec::new(),
             notes: Vec::new(),
+            info: Vec::new(),
             setter: BTreeMap::new(),
             strict: last(&["strict"]).is_some_and(|(_, v)| boolean(&v).0),
             protocol: last(&["protocol", "socket-protocol"]),
@@ -909,12 +950,10 @@ impl<'a> Mapper<'a> {
             "master-fifo" => Outcome::Ignored(
                 "postern is driven by signals to the master: SIGHUP reloads, SIGTERM stops gracefully, SIGTTIN/SIGTTOU add or remove a worker, SIGUSR1 reopens the logs".into(),
             ),
-            k if k.contains("attach-daemon") => Outcome::Ignored(
-                "postern starts no side processes: give this one its own systemd unit".into(),
-            ),
-            "cron" | "cron2" | "unique-cron" => Outcome::Ignored(
-                "postern runs no cron tasks: use a systemd timer or cron".into(),
-            ),
+            k if k.contains("attach-daemon") => Outcome::Beside(daemon(k, v)),
+            "cron" | "cron2" | "unique-cron" => Outcome::Beside(format!(
+                "postern runs no cron tasks, so this job stops running at the switch: give it a systemd timer (a .service with ExecStart= the command, a .timer with OnCalendar=) or a crontab line: {v}"
+            )),
             // Refused, not ignored: running without them loses the app's jobs silently.
             "spooler" | "spooler-external" | "mule" | "mules" | "farm" | "cache" | "cache2"
             | "locks" | "lock-engine" | "ftok" | "sharedarea" | "queue" | "signal"
@@ -1296,11 +1335,26 @@ impl<'a> Mapper<'a> {
                 format!("uWSGI's cheaper mode ran between {min} and {workers} workers (processes), starting with {start}; postern runs workers = {workers} all the time: lower it if {workers} copies of the app do not fit in memory"),
             ));
         }
+        // Information, not a warning: the file carried over, and postern's way is the
+        // safe one. regression: `--ini` warned "not carried over as written" about it
+        // at every start of a file that carried over whole.
         if (workers > 1 || master) && !self.lazy && self.app.is_some() {
-            self.notes.push((
-                0,
+            self.info.push(
                 "uWSGI imported the app once in its master and forked the workers from it (there is no lazy-apps); postern imports it in each worker, so a reload (SIGHUP, touch-reload) runs the new code. Add preload = true to share the app's memory between workers as uWSGI did (then deploy new code with a restart)".into(),
-            ));
+            );
+        }
+        // regression: a harakiri carried over as timeout said nothing of the difference.
+        let threads = self.table.get("threads").and_then(toml::Value::as_integer);
+        if threads.is_some_and(|t| t > 1) {
+            for l in self.lines.iter_mut().filter(|l| l.entry.key == "harakiri") {
+                if let Outcome::Carried { note, warn, .. } = &mut l.outcome {
+                    *note = Some(format!(
+                        "with threads = {}, uWSGI's harakiri was one timer per worker that each new request reset; postern's timeout is per request, so it can kill a request that used to finish (README 'Workers, reloads and timeouts')",
+                        threads.unwrap_or(0)
+                    ));
+                    *warn = true;
+                }
+            }
         }
     }
 }
@@ -1567,6 +1621,10 @@ impl Translation {
             (count(|o| matches!(o, Outcome::Placeholder)), "placeholders"),
             (count(|o| matches!(o, Outcome::Ignored(_))), "ignored"),
             (
+                count(|o| matches!(o, Outcome::Beside(_))),
+                "run beside the app by uWSGI, not by postern (see NEEDS ATTENTION)",
+            ),
+            (
                 count(|o| matches!(o, Outcome::Unknown)),
                 if self.strict {
                     "unknown (the file sets strict: postern --ini stops on those)"
@@ -1597,6 +1655,19 @@ impl Translation {
         out
     }
 
+    /// What runs differently though the file carried over, as one message to log at
+    /// start (not as a warning), or `None`.
+    pub fn info_message(&self) -> Option<String> {
+        (!self.info.is_empty()).then(|| {
+            format!(
+                "{} [{}]: carried over; {}",
+                self.source,
+                self.section,
+                self.info.join("; ")
+            )
+        })
+    }
+
     /// One message listing what postern runs without (ignored and unknown lines, and
     /// differences worth knowing), or `None`.
     pub fn warnings(&self) -> Option<String> {
@@ -1617,6 +1688,7 @@ impl Translation {
     fn warning_lines(&self) -> Vec<String> {
         let mut out = self.listing(|o| match o {
             Outcome::Ignored(why) => Some(format!("ignored: {why}")),
+            Outcome::Beside(why) => Some(format!("not run: {why}")),
             Outcome::Unknown if !self.strict => Some(
                 "unknown: not an option postern knows (it has no equivalent, or it is misspelt)"
                     .into(),
@@ -1645,8 +1717,11 @@ impl Translation {
             self.source, self.section
         );
         let _ = writeln!(out, "# Use it with: postern --config postern.toml");
-        if !self.notes.is_empty() {
+        if !self.notes.is_empty() || !self.info.is_empty() {
             let _ = writeln!(out, "#\n# Notes:");
+            for n in &self.info {
+                wrap(&mut out, "# - ", "#   ", n);
+            }
             for (line, n) in &self.notes {
                 match line {
                     0 => wrap(&mut out, "# - ", "#   ", n),
@@ -1669,6 +1744,26 @@ impl Translation {
             );
             for l in at_start {
                 if let Outcome::AtStart(why) = &l.outcome {
+                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                    wrap(&mut out, "#   ", "#   ", why);
+                }
+            }
+        }
+        let beside: Vec<&Line> = self
+            .lines
+            .iter()
+            .filter(|l| matches!(l.outcome, Outcome::Beside(_)))
+            .collect();
+        if !beside.is_empty() {
+            out.push_str("#\n");
+            wrap(
+                &mut out,
+                "# NEEDS ATTENTION: ",
+                "# ",
+                "uWSGI ran these beside the app (a worker such as Celery's, a scheduled job); postern does not, so they stop running when you switch unless each gets a service of its own.",
+            );
+            for l in beside {
+                if let Outcome::Beside(why) = &l.outcome {
                     let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
                     wrap(&mut out, "#   ", "#   ", why);
                 }
@@ -1735,7 +1830,12 @@ impl Translation {
         let dropped: Vec<&Line> = self
             .lines
             .iter()
-            .filter(|l| !matches!(l.outcome, Outcome::Carried { .. } | Outcome::AtStart(_)))
+            .filter(|l| {
+                !matches!(
+                    l.outcome,
+                    Outcome::Carried { .. } | Outcome::AtStart(_) | Outcome::Beside(_)
+                )
+            })
             .collect();
         if !dropped.is_empty() {
             let _ = writeln!(out, "\n# Not carried over:");
@@ -1754,7 +1854,7 @@ impl Translation {
                     Outcome::Unknown => {
                         "unknown: not an option postern knows (it has no equivalent, or it is misspelt)".to_owned()
                     }
-                    Outcome::Carried { .. } | Outcome::AtStart(_) => {
+                    Outcome::Carried { .. } | Outcome::AtStart(_) | Outcome::Beside(_) => {
                         unreachable!("filtered above")
                     }
                 };

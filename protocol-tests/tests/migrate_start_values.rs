@@ -208,3 +208,58 @@ fn an_app_importing_the_uwsgi_module_is_told_it_does_not_exist() {
     assert!(err.contains("postern has no `uwsgi` module"), "{err}");
     assert!(err.contains("task queue or a systemd timer"), "{err}");
 }
+
+// regression (newcomer review): `postern migrate x.yaml` read YAML as an ini file ("no
+// [uwsgi] section"); attach-daemon/cron lines were only "ignored" (a Celery worker
+// silently stopped running at the switch); `%d/app.sock` became `DIR//app.sock`; and
+// `--ini` warned "not carried over as written" at every start of a file that carried
+// over whole (the note that postern imports the app in each worker).
+#[test]
+fn migrate_says_what_to_do_about_yaml_side_processes_and_paths() {
+    let dir = tempdir();
+    let yaml = dir.path().join("vassal.yaml");
+    std::fs::write(&yaml, "uwsgi:\n  module: app\n").unwrap();
+    let (rc, _, err) = migrate(&yaml, &[], &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(
+        err.contains("postern reads uWSGI ini files, not YAML ones"),
+        "{err}"
+    );
+
+    let ini = dir.path().join("app.ini");
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nmodule = app\nmaster = true\nprocesses = 2\nsocket = %d/app.sock\nattach-daemon = celery -A app worker\n",
+    )
+    .unwrap();
+    let (rc, out, err) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("# NEEDS ATTENTION: uWSGI ran these beside the app"),
+        "{out}"
+    );
+    assert!(out.contains("ExecStart=celery -A app worker"), "{out}");
+    let sock = format!("uwsgi = [\"unix:{}/app.sock\"]", dir.path().display());
+    assert!(out.contains(&sock), "{out}");
+    assert!(!out.contains("//app.sock"), "{out}");
+
+    let whole = dir.path().join("whole.ini");
+    std::fs::write(
+        &whole,
+        "[uwsgi]\nmodule = app\nmaster = true\nprocesses = 2\n",
+    )
+    .unwrap();
+    let out = Command::new(postern_bin())
+        .arg("--ini")
+        .arg(&whole)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("not carried over as written"), "{err}");
+    assert!(
+        err.contains("[uwsgi]: carried over; uWSGI imported the app once"),
+        "{err}"
+    );
+}

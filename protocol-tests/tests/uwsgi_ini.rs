@@ -385,7 +385,7 @@ fn production_blog_post_ini_behind_nginx() {
     assert_eq!(
         warning.trim_end(),
         format!(
-            "postern: {m} [uwsgi]: not carried over as written:\n  {m}:41  log-reopen = true: ignored: postern reopens its log files on SIGUSR1, not on a reload: make logrotate's postrotate send SIGUSR1 to the master (deploy/logrotate/postern)\n  {m}: lines 16, 31: uWSGI has no inline comments, so the `; …` or `# …` after a value is part of it: uWSGI (and postern) still read a number before it, but a path or a name keeps the comment, and a boolean is true whatever it says. Put each comment on a line of its own"
+            "postern: {m} [uwsgi]: not carried over as written:\n  {m}:31  harakiri = 20                ; seconds: with threads = 2, uWSGI's harakiri was one timer per worker that each new request reset; postern's timeout is per request, so it can kill a request that used to finish (README 'Workers, reloads and timeouts')\n  {m}:41  log-reopen = true: ignored: postern reopens its log files on SIGUSR1, not on a reload: make logrotate's postrotate send SIGUSR1 to the master (deploy/logrotate/postern)\n  {m}: lines 16, 31: uWSGI has no inline comments, so the `; …` or `# …` after a value is part of it: uWSGI (and postern) still read a number before it, but a path or a name keeps the comment, and a boolean is true whatever it says. Put each comment on a line of its own"
         )
     );
 

@@ -551,6 +551,8 @@ pub struct Layered {
     pub values: toml::Table,
     /// What the `--ini` file asks that postern runs without, as one message to log.
     pub ini_warnings: Option<String>,
+    /// What runs differently though the `--ini` file carried over (logged, not warned).
+    pub ini_info: Option<String>,
 }
 
 /// The TOML keys of [`Options`], in declaration order, with their environment variable.
@@ -654,6 +656,7 @@ impl Layered {
         };
         put(defaults, Source::Default);
         let mut ini_warnings = None;
+        let mut ini_info = None;
         if let Some(spec) = &cli.ini {
             let ini = load_ini(spec)?;
             // Each value's source names the ini line(s) it came from.
@@ -665,6 +668,7 @@ impl Layered {
                 );
             }
             ini_warnings = ini.warnings();
+            ini_info = ini.info_message();
         }
         if let Some(path) = &cli.config {
             put(load_file(path)?, Source::File(path.clone()));
@@ -680,6 +684,7 @@ impl Layered {
             sources,
             values,
             ini_warnings,
+            ini_info,
         })
     }
 
@@ -988,6 +993,8 @@ pub struct Config {
     pub socket_owner: Option<(Option<u32>, Option<u32>)>,
     /// What the `--ini` file asks that postern runs without (logged at start).
     pub ini_warnings: Option<String>,
+    /// What runs differently though the `--ini` file carried over (logged at start).
+    pub ini_info: Option<String>,
 }
 
 impl Config {
@@ -1207,6 +1214,7 @@ impl Config {
             gid,
             socket_owner,
             ini_warnings: layered.ini_warnings.clone(),
+            ini_info: layered.ini_info.clone(),
         })
     }
 }

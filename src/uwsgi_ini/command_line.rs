@@ -271,7 +271,7 @@ pub fn explain(typed: &[Typed], others: &[String], args: &[String]) -> String {
                 "`{}` is uWSGI's: postern does not need it: {why}",
                 t.text
             ),
-            Outcome::Ignored(why) => writeln!(
+            Outcome::Ignored(why) | Outcome::Beside(why) => writeln!(
                 out,
                 "`{}` is uWSGI's: postern has no such option; {why}",
                 t.text

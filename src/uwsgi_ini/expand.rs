@@ -213,6 +213,11 @@ fn magic_line(line: &str, f: &FileFacts, ctx: &Context, mut unknown: impl FnMut(
             // first byte, which no real file relies on.
             None => out.push('%'),
             Some(m) => match magic(m, f, ctx) {
+                // `%d/app.sock`: %d ends with its `/` already, and the `//` uWSGI
+                // would keep ends up in the paths postern logs and writes.
+                Some(v) if v.len() > 1 && v.ends_with('/') && chars.as_str().starts_with('/') => {
+                    out.push_str(&v[..v.len() - 1])
+                }
                 Some(v) => out.push_str(&v),
                 None => unknown(m),
             },
@@ -640,6 +645,8 @@ mod tests {
         assert_eq!(value_of("%p"), "/srv/apps/mysite/conf/mysite.uwsgi.ini");
         assert_eq!(value_of("%d"), "/srv/apps/mysite/conf/"); // trailing slash
         assert_eq!(value_of("%dapp.sock"), "/srv/apps/mysite/conf/app.sock");
+        // regression: `%d/app.sock` gave `/srv/apps/mysite/conf//app.sock`.
+        assert_eq!(value_of("%d/app.sock"), "/srv/apps/mysite/conf/app.sock");
         assert_eq!(value_of("%s"), "mysite.uwsgi.ini");
         assert_eq!(value_of("%n"), "mysite.uwsgi"); // up to the last dot
         assert_eq!(value_of("%e"), "ini");

@@ -578,14 +578,61 @@ fn refuses_includes_and_logic() {
 fn notes_that_postern_does_not_preload_by_default() {
     let t = tr("module = m\nmaster = true\nprocesses = 4");
     assert!(
-        t.notes.iter().any(|(_, n)| n.contains("preload = true")),
+        t.info.iter().any(|n| n.contains("preload = true")),
         "{:?}",
-        t.notes
+        t.info
     );
+    // regression: it was a warning ("not carried over as written") at every start of a
+    // file that carried over whole.
+    assert!(t.warnings().is_none(), "{:?}", t.warnings());
+    assert!(t
+        .info_message()
+        .unwrap()
+        .contains("carried over; uWSGI imported the app once"));
     let t = tr("module = m\nmaster = true\nprocesses = 4\nlazy-apps = true");
-    assert!(t.notes.is_empty(), "{:?}", t.notes);
+    assert!(t.info.is_empty() && t.notes.is_empty(), "{:?}", t.info);
     let t = tr("module = m");
-    assert!(t.notes.is_empty(), "{:?}", t.notes);
+    assert!(t.info.is_empty() && t.notes.is_empty(), "{:?}", t.info);
+}
+
+// regression: harakiri with threads > 1 carried over as timeout without a word on the
+// difference (one timer per worker, reset by each request, against one per request).
+#[test]
+fn harakiri_with_threads_says_the_timeout_differs() {
+    let t = tr("module = m\nthreads = 4\nharakiri = 30");
+    let w = t.warnings().unwrap();
+    assert!(
+        w.contains("harakiri = 30: with threads = 4, uWSGI's harakiri was one timer per worker"),
+        "{w}"
+    );
+    assert!(t.to_toml().contains("postern's timeout is per request"));
+    assert!(tr("module = m\nharakiri = 30").warnings().is_none());
+}
+
+// regression: attach-daemon and cron lines were only "ignored": a Celery worker
+// silently stopped running at the switch.
+#[test]
+fn side_processes_and_crons_need_attention() {
+    let t = tr("module = m\nattach-daemon = celery -A app worker\nsmart-attach-daemon = /run/c.pid celery -A app beat\ncron = 0 -1 -1 -1 -1 ./cleanup");
+    let toml = t.to_toml();
+    assert!(
+        toml.contains("# NEEDS ATTENTION: uWSGI ran these beside the app"),
+        "{toml}"
+    );
+    let w = t.warnings().unwrap();
+    assert!(w.contains("attach-daemon = celery -A app worker: not run: postern starts no side processes, so this one stops running at the switch: give it a systemd unit of its own (ExecStart=celery -A app worker,"), "{w}");
+    assert!(w.contains("(ExecStart=celery -A app beat,"), "{w}");
+    assert!(
+        w.contains("cron = 0 -1 -1 -1 -1 ./cleanup: not run: postern runs no cron tasks"),
+        "{w}"
+    );
+    assert!(!toml.contains("# Not carried over:"), "{toml}");
+    assert!(
+        t.summary().contains("3 run beside the app by uWSGI"),
+        "{}",
+        t.summary()
+    );
+    assert_eq!(t.exit_code(), 0);
 }
 
 #[test]
@@ -756,7 +803,7 @@ fn gives_common_real_world_options_a_verdict() {
     assert!(w.contains("import = tasks: ignored: postern imports only the app: import tasks from the app's module"), "{w}");
     assert!(
         w.contains(
-            "attach-daemon = celery -A app worker: ignored: postern starts no side processes"
+            "attach-daemon = celery -A app worker: not run: postern starts no side processes, so this one stops running at the switch: give it a systemd unit of its own (ExecStart=celery -A app worker,"
         ),
         "{w}"
     );
