@@ -602,6 +602,29 @@ fn single_process_serves_stats_too() {
     assert!(s["workers"][0]["rss_bytes"].as_i64().unwrap() > 1 << 20);
 }
 
+// regression: a status from 600 to 999 (passed on as the app sent it) was counted as
+// status="none", the class of requests that ended before a status was chosen (what an
+// alert on client disconnects watches).
+#[test]
+fn a_status_past_599_is_counted_as_other_not_none() {
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--stats", &stats_addr.arg()])
+        .start();
+    for _ in 0..5 {
+        assert_eq!(p.get("/code/999").0, 999);
+    }
+    assert_eq!(p.get("/code/200").0, 200);
+    let m = wait_metrics(&stats_addr, 10, |m| {
+        family_sum(m, "postern_requests_total") >= 6.0
+    });
+    assert_eq!(family_sum(&m, "postern_requests_total"), 6.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("other")), 5.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("none")), 0.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("2xx")), 1.0, "{m}");
+}
+
 #[test]
 fn postern_status_prints_the_table() {
     let dir = tempdir();

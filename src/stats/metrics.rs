@@ -340,6 +340,7 @@ mod tests {
             r#"postern_requests_total{protocol="uwsgi",status="4xx"} 2"#,
             r#"postern_requests_total{protocol="fastcgi",status="5xx"} 1"#,
             r#"postern_requests_total{protocol="scgi",status="none"} 0"#,
+            r#"postern_requests_total{protocol="scgi",status="other"} 0"#,
             "# TYPE postern_requests_refused_total counter",
             r#"postern_requests_refused_total{protocol="uwsgi",status="4xx"} 3"#,
             r#"postern_requests_refused_total{protocol="fastcgi",status="none"} 0"#,

@@ -67,13 +67,15 @@ pub fn protocol_index(p: Protocol) -> usize {
 }
 
 /// Status classes: "none" is a request that ended before any status was chosen (the
-/// client went away first, or an internal error).
-pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+/// client went away first, or an internal error); "other" a code past 599, outside
+/// those RFC 9110 §15 defines, which postern passes on as the app sent it (600 to 999).
+pub const STATUS_CLASSES: [&str; 7] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 /// Where a status code is counted in [`STATUS_CLASSES`].
 pub fn status_class(code: u16) -> usize {
     match code {
         100..=599 => usize::from(code / 100),
+        600..=999 => 6,
         _ => 0,
     }
 }
@@ -496,7 +498,11 @@ pub(crate) mod tests {
         assert_eq!(STATUS_CLASSES[status_class(200)], "2xx");
         assert_eq!(STATUS_CLASSES[status_class(599)], "5xx");
         assert_eq!(STATUS_CLASSES[status_class(0)], "none");
-        assert_eq!(STATUS_CLASSES[status_class(600)], "none");
+        // regression: 600 to 999 were counted as "none", the class of requests that
+        // ended before a status was chosen (what a disconnect alert watches).
+        assert_eq!(STATUS_CLASSES[status_class(600)], "other");
+        assert_eq!(STATUS_CLASSES[status_class(999)], "other");
+        assert_eq!(STATUS_CLASSES[status_class(1000)], "none");
         assert_eq!(duration_slot(0), 0);
         assert_eq!(duration_slot(1_000_000), 0); // le=0.001 is inclusive
         assert_eq!(duration_slot(1_000_001), 1);
