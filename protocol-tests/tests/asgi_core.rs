@@ -211,6 +211,21 @@ const HTTP: &str = r#"
             except TypeError as e:
                 errors.append(str(e).split(",")[0])
         await send({"type": "http.response.body", "body": ("|" + ";".join(errors)).encode()})
+    elif path.startswith("/status-index/"):
+        # Not an int, but has __index__, as numpy.int64 (uvicorn takes it).
+        class Index:
+            def __init__(self, n):
+                self.n = n
+            def __index__(self):
+                return self.n
+        await answer(send, b"", Index(int(path[14:])))
+    elif path == "/status-float":
+        try:
+            await send({"type": "http.response.start", "status": 200.0, "headers": []})
+            said = "accepted"
+        except TypeError as e:
+            said = "TypeError: %s" % e
+        await answer(send, said.encode())
     elif path.startswith("/status/"):
         await answer(send, b"", int(path[8:]))
     elif path == "/pathsend":
@@ -611,6 +626,31 @@ fn a_status_from_600_to_999_goes_out_and_the_rest_past_599_is_refused() {
     // The refusals were logged after the 999 was served: one warning for both.
     assert_eq!(p.logs().matches(warning).count(), 1, "{}", p.logs());
     assert_eq!(get(&p, "/status/599", "").status, 599);
+}
+
+// regression: an http.response.start status that is not an int but has __index__
+// (numpy.int64, an object with only __index__) answered 500 since 68a3f75, which read it
+// as an int only; uvicorn takes it.
+#[test]
+fn a_status_with_index_is_read_as_the_int_it_stands_for() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    for code in [200, 404, 999] {
+        let r = get(&p, &format!("/status-index/{code}"), "");
+        assert_eq!(r.status, code, "{}", p.logs());
+    }
+    // Out of range through __index__: the range error, as for an int.
+    for code in ["1000", "-1", "9223372036854775808"] {
+        let r = get(&p, &format!("/status-index/{code}"), "");
+        assert_eq!(r.status, 500, "{code}");
+        let line = format!("status \"{code}\" is not a code from 100 to 999");
+        assert!(p.wait_log(&line, 5), "{code}:\n{}", p.logs());
+    }
+    // Neither an int nor an __index__: TypeError, raised in the app.
+    assert_eq!(
+        get(&p, "/status-float", "").text(),
+        "TypeError: http.response.start 'status' must be an int from 200 to 999, not float"
+    );
 }
 
 // regression: a refused http.response.start left its headers and Content-Length

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyOverflowError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
@@ -683,6 +685,17 @@ fn status_line(buf: &mut Vec<u8>, style: HeadStyle, code: u16) {
     buf.extend_from_slice(b"\r\n");
 }
 
+/// The integer an out-of-range status stands for, as the range error shows it: an
+/// `__index__` object's value rather than its repr.
+fn index_text(status: &Bound<'_, PyAny>) -> String {
+    if status.is_instance_of::<PyInt>() {
+        return status.to_string();
+    }
+    status
+        .call_method0(intern!(status.py(), "__index__"))
+        .map_or_else(|_| status.to_string(), |n| n.to_string())
+}
+
 /// An `http.response.body`'s length in bytes; `TypeError` for what is neither `bytes`,
 /// a `bytearray` nor a `memoryview`. Every `http.response.body` is checked so, also
 /// one sent after the response has ended (whose bytes are not sent).
@@ -995,16 +1008,23 @@ impl Exchange {
         let status = message
             .get_item(intern!(py, "status"))?
             .ok_or_else(|| PyValueError::new_err("http.response.start has no 'status'"))?;
-        let code = status.cast::<PyInt>().map_err(|_| {
-            PyTypeError::new_err("http.response.start 'status' must be an int from 200 to 999")
-        })?;
-        // The same check as WSGI's start_response: refused before anything is sent, so
-        // the app's error answers 500. An int of any size is the range error (2**63 too).
-        let code = code
-            .extract::<u16>()
-            .map_err(|_| HeaderError::Range(code.to_string()))
-            .and_then(|c| resp::check_code(c, || c.to_string()))
-            .map_err(refuse)?;
+        // Read as Python reads an index (`operator.index`: an int, or anything with
+        // `__index__`, such as numpy.int64, which uvicorn takes), then the same check as
+        // WSGI's start_response: refused before anything is sent, so the app's error
+        // answers 500. An integer of any size is the range error (2**63 too).
+        let code = match status.extract::<u16>() {
+            Ok(c) => resp::check_code(c, || c.to_string()),
+            Err(e) if e.is_instance_of::<PyOverflowError>(py) => {
+                Err(HeaderError::Range(index_text(&status)))
+            }
+            Err(_) => {
+                return Err(PyTypeError::new_err(format!(
+                    "http.response.start 'status' must be an int from 200 to 999, not {}",
+                    status.get_type().name()?
+                )))
+            }
+        }
+        .map_err(refuse)?;
         crate::wsgi::response::warn_past_defined(code);
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
