@@ -362,6 +362,42 @@ fn a_status_code_from_600_to_999_goes_out_and_the_rest_answers_500() {
     assert_eq!(p.logs().matches(warning).count(), 1, "{}", p.logs());
 }
 
+// regression: a bare code without a standard reason phrase ('999', '299') went out as
+// 'HTTP/1.1 999 ' over uwsgi and 'Status: 999' over FastCGI, where ASGI sends
+// '999 Unknown': now the same phrase everywhere.
+#[test]
+fn a_bare_code_without_a_standard_phrase_gets_unknown_on_every_protocol() {
+    let dir = tempdir();
+    let fcgi_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--fastcgi", &fcgi_addr.arg()])
+        .start();
+    for (code, phrase) in [("999", "Unknown"), ("299", "Unknown"), ("404", "Not Found")] {
+        let path = format!("/status?{code}");
+        let (route, query) = path.split_once('?').unwrap();
+        let out = p.raw(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", route),
+            ("QUERY_STRING", query),
+        ]));
+        let line = format!("HTTP/1.1 {code} {phrase}\r\n");
+        assert!(
+            out.starts_with(line.as_bytes()),
+            "uwsgi {code}: {:?}",
+            String::from_utf8_lossy(&out[..out.len().min(60)])
+        );
+        let mut c = fcgi_addr.connect().unwrap();
+        c.write_all(&fcgi::get(1, false, &path)).unwrap();
+        let reply = fcgi::read_reply(&mut *c, 1, &mut Vec::new());
+        let line = format!("Status: {code} {phrase}\r\n");
+        assert!(
+            reply.stdout.starts_with(line.as_bytes()),
+            "FastCGI {code}: {:?}",
+            String::from_utf8_lossy(&reply.stdout[..reply.stdout.len().min(60)])
+        );
+    }
+}
+
 /// A FastCGI GET: (status, body).
 fn fcgi_get(addr: &Addr, path: &str) -> (u16, Vec<u8>) {
     let mut c = addr.connect().unwrap();

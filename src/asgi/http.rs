@@ -671,10 +671,7 @@ const HEAD_ROOM: usize = 256;
 
 /// `HTTP/1.1 200 OK\r\n` (or `Status: 200 OK\r\n`), as [`resp::write_head`] writes it.
 fn status_line(buf: &mut Vec<u8>, style: HeadStyle, code: u16) {
-    let reason = match resp::reason_phrase(code) {
-        "" => "Unknown",
-        r => r,
-    };
+    let reason = resp::reason_or_unknown(code);
     buf.extend_from_slice(match style {
         HeadStyle::Http => b"HTTP/1.1 ",
         HeadStyle::Cgi => b"Status: ",

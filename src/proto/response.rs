@@ -455,12 +455,22 @@ fn parse_cgi_status(value: &[u8]) -> Result<(u16, &[u8]), CgiHeadError> {
 }
 
 /// Completes a status [`parse_status`] took as a bare code in `head` (where the status
-/// was just written): `"200"` is sent as `"200 OK"`, an unusual code with an empty
-/// reason (`"299 "`).
+/// was just written): `"200"` is sent as `"200 OK"`, `"999"` as `"999 Unknown"`
+/// ([`reason_or_unknown`]).
 pub fn complete_status(head: &mut Vec<u8>, status: &str, code: u16) {
     if status.len() == 3 {
         head.push(b' ');
-        head.extend_from_slice(reason_phrase(code).as_bytes());
+        head.extend_from_slice(reason_or_unknown(code).as_bytes());
+    }
+}
+
+/// The reason phrase postern gives a status that came without one (a WSGI bare code,
+/// every ASGI status): the standard one, else "Unknown", so that WSGI and ASGI, and
+/// every protocol, send the same status line for a code without a standard phrase.
+pub fn reason_or_unknown(code: u16) -> &'static str {
+    match reason_phrase(code) {
+        "" => "Unknown",
+        r => r,
     }
 }
 
@@ -593,7 +603,15 @@ mod tests {
         assert_eq!(parse_status("599 Très bien"), Ok(599));
         // A bare code, which uWSGI and gunicorn pass, completed with the usual reason.
         assert_eq!(parse_status("200"), Ok(200));
-        for (status, sent) in [("200", "200 OK"), ("299", "299 "), ("404 Nope", "404 Nope")] {
+        // regression: a code without a standard phrase went out as "999 " (uwsgi) or
+        // "999" (FastCGI) where ASGI sends "999 Unknown".
+        for (status, sent) in [
+            ("200", "200 OK"),
+            ("299", "299 Unknown"),
+            ("999", "999 Unknown"),
+            ("404 Nope", "404 Nope"),
+            ("299 ", "299 "),
+        ] {
             let mut head = status.as_bytes().to_vec();
             complete_status(&mut head, status, parse_status(status).unwrap());
             assert_eq!(head, sent.as_bytes());
