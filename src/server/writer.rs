@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The most bytes queued at once; a Python thread that would go past it waits (with the
 /// GIL released) until the writer has sent some, so a long stream's memory stays bounded.
@@ -238,10 +238,36 @@ impl Stream {
         g
     }
 
-    /// The bytes sent for this response since the last `drain` or `take_sent`,
-    /// without waiting for what is queued or in flight (a response cut short).
-    pub fn take_sent(&self) -> u64 {
-        std::mem::take(&mut self.shared.lock().sent)
+    /// The response is cut: what is queued is dropped, never sent.
+    pub fn drop_queued(&self) {
+        let mut g = self.shared.lock();
+        g.queued.clear();
+        g.queued_count = 0;
+    }
+
+    /// The bytes sent for this response since the last `drain`, once
+    /// the send in flight (if any) has returned, or `max` has passed: for a response
+    /// cut short, whose cut stops that send.
+    pub fn settle(&self, max: Duration) -> u64 {
+        let deadline = Instant::now() + max;
+        let mut g = self.shared.lock();
+        g.queued.clear();
+        g.queued_count = 0;
+        while g.busy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g.producer_waiting = true;
+            let (woken, _) = self
+                .shared
+                .room
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner());
+            g = woken;
+            g.producer_waiting = false;
+        }
+        std::mem::take(&mut g.sent)
     }
 
     /// Waits until everything queued is sent; returns the bytes sent so far for this

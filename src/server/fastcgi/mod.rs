@@ -324,12 +324,17 @@ pub struct FcgiConn {
     /// written, a send waiting for room stops and leaves the rest of its record in
     /// `unsent`, and the task that sends the mark closes the connection (an abort does
     /// not shut it down meanwhile).
-    marking: Stop,
+    marking: AtomicBool,
     /// The rest of the record a send stopped by `marking` was in (see `marking`).
     unsent: Mutex<Vec<u8>>,
     /// [`Parking`]'s idle clock when it was last parked: how long it has been idle
     /// ([`Parking::make_room`]).
     parked_at: AtomicU64,
+    /// Stops a send of another thread than the response's (the thread's writer, a
+    /// `wsgi.errors` line) that waits for room: raised by a cut's mark waiting
+    /// (`marking`) and by an abort, so that the cut response's figures can wait for
+    /// that send to return.
+    halt: Stop,
     /// Counts the connection (`--max-connections`) until it closes.
     _permit: Option<crate::server::admission::Permit>,
     /// Bytes a leaving worker's slow lane read from it (a request whose head it
@@ -406,7 +411,8 @@ impl FcgiConn {
             ending: AtomicUsize::new(0),
             last_end: AtomicBool::new(false),
             torn: AtomicBool::new(false),
-            marking: Stop::default(),
+            marking: AtomicBool::new(false),
+            halt: Stop::default(),
             unsent: Mutex::new(Vec::new()),
             parked_at: AtomicU64::new(0),
             _permit: permit,
@@ -522,19 +528,20 @@ impl FcgiConn {
     /// Sends whole records under the write lock (held by the caller). A send that
     /// fails part way tears the connection. `stoppable`: while it waits for room, a
     /// cut's mark waiting too (`marking`) stops it, and it leaves the rest of its
-    /// record for the mark, which must follow a whole record; the response's own
-    /// thread never needs this (it cuts only after its sends returned).
+    /// record for the mark, which must follow a whole record; an abort stops it too
+    /// (`halt`). The response's own thread never needs this (it cuts only after its
+    /// sends returned).
     fn send_locked(&self, data: &[u8], stoppable: bool) -> Result<(), (usize, io::Error)> {
-        if self.marking.is_raised() {
-            // A cut's mark goes next (this writer passed the check before it was set).
+        if self.marking.load(Ordering::Acquire) || self.is_broken() {
+            // A cut's mark goes next, or went (this writer passed the checks before it).
             return Err((0, closed()));
         }
-        let stop = stoppable.then_some(&self.marking);
+        let stop = stoppable.then_some(&self.halt);
         let (sent, r) = send_all_until(&self.sock, data, self.write_timeout, stop);
         let Err(e) = r else {
             return Ok(());
         };
-        if e.kind() == io::ErrorKind::Interrupted && self.marking.is_raised() {
+        if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
             let (_, end) = fcgi::sent_split(data, sent);
             *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = data[sent..end].to_vec();
         } else {
@@ -581,7 +588,7 @@ impl FcgiConn {
             ));
         }
         let _w = self.write.lock();
-        if self.marking.is_raised() {
+        if self.marking.load(Ordering::Acquire) {
             return Err(closed());
         }
         let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
@@ -644,9 +651,10 @@ impl FcgiConn {
     /// server sees the response as failed, not complete (a reset over TCP).
     pub fn abort(&self) {
         self.broken.store(true, Ordering::Release);
+        self.halt.raise();
         // Handed over: the socket is another worker's. Marking: the mark's task closes
         // it once the mark is out.
-        if self.handed_over.load(Ordering::Acquire) || self.marking.is_raised() {
+        if self.handed_over.load(Ordering::Acquire) || self.marking.load(Ordering::Acquire) {
             return;
         }
         if self.tcp {
@@ -664,7 +672,7 @@ impl FcgiConn {
         if self.handed_over.load(Ordering::Acquire) {
             return;
         }
-        if self.marking.is_raised() {
+        if self.marking.load(Ordering::Acquire) {
             // The mark's task closes it once the mark is out.
             self.broken.store(true, Ordering::Release);
             return;

@@ -130,6 +130,10 @@ const STREAM_FROM: u32 = 3;
 /// A chunk this large is framed and sent directly (after what is queued), not copied.
 const DIRECT: usize = 64 * 1024;
 
+/// How long a cut response's figures wait for the thread's writer to return from
+/// its send in flight, which the cut stops at once (a bound, not a measure).
+const SETTLE_MAX: Duration = Duration::from_millis(200);
+
 /// A last write below this may end the response in a send with the GIL held
 /// ([`FcgiConn::try_end_inline`]: framed in one copy, never waiting).
 const END_HELD_MAX: usize = 16 * 1024;
@@ -257,7 +261,7 @@ const CUT_NOTE: &[u8] = b"postern: the response is cut short (see postern's log)
 the invalid record that follows keeps it from being taken as complete";
 
 /// How often the task sending a cut's mark looks whether the write lock is free (the
-/// send it waits for stops as soon as `marking` is raised: [`crate::server::sink::Stop`]).
+/// send it waits for stops as soon as `halt` is raised: [`crate::server::sink::Stop`]).
 const MARK_LOCK_POLL: Duration = Duration::from_millis(10);
 const MARK_LOCK_POLL_MAX: Duration = Duration::from_millis(200);
 
@@ -304,7 +308,8 @@ impl FcgiConn {
         out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
         let Some(_w) = self.write.try_lock() else {
             // The writer is sending (the batch before the cut): the mark follows it.
-            self.marking.raise();
+            self.marking.store(true, Ordering::Release);
+            self.halt.raise();
             self.parking.spawn_mark(send_mark(Arc::clone(self), out));
             return;
         };
@@ -322,9 +327,14 @@ impl FcgiConn {
         };
         if sent < out.len() {
             // Set under the write lock: no send may come between the two parts.
-            self.marking.raise();
+            self.marking.store(true, Ordering::Release);
+            self.halt.raise();
             self.parking
                 .spawn_mark(send_mark(Arc::clone(self), out.split_off(sent)));
+        } else {
+            // Nothing may follow the mark: not even a batch the thread's writer took
+            // just before the cut and has not begun to send (it checks under the lock).
+            self.broken.store(true, Ordering::Release);
         }
     }
 }
@@ -360,7 +370,7 @@ async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
                 break false;
             };
             let Some(_w) = conn.write.try_lock() else {
-                // A send waits for room: raising `marking` stopped it, it lets go soon.
+                // A send waits for room: raising `halt` stopped it, it lets go soon.
                 if tokio::time::Instant::now() >= deadline {
                     break false;
                 }
@@ -539,18 +549,15 @@ impl Sink for FcgiSink {
             // Ended by `write_last`.
             return self.sent();
         }
-        if !matches!(end, End::Incomplete(_)) {
+        let cut = matches!(end, End::Incomplete(_));
+        if !cut {
             // END_REQUEST follows everything queued.
             let _ = self.drain();
         } else if let Some(s) = &self.stream {
-            // Cut: what is queued is dropped, what the writer sent is counted.
-            self.written += s.take_sent();
+            // Cut: what is queued is dropped before the mark can go.
+            s.drop_queued();
         }
-        self.stream = None;
-        // Only now: the writer's share is in (the access line of a stream the client
-        // left once said its head and first two chunks only).
-        let sent = self.sent();
-        if matches!(end, End::Incomplete(_)) {
+        if cut {
             let stderr_on = self.flags.stderr_on.load(Ordering::Acquire);
             self.conn.mark_cut(self.id, self.keep_conn, stderr_on);
         }
@@ -562,7 +569,16 @@ impl Sink for FcgiSink {
             End::Incomplete(_) => false,
         };
         self.end(answer.then_some(&[][..]));
-        sent
+        if let Some(s) = self.stream.take() {
+            // The cut's mark or abort stopped the writer's send in flight: what of it
+            // left counts too. regression: read before that send returned, the count
+            // left out the whole batch in flight (the access line said 288,044 bytes;
+            // the client had 445,864).
+            self.written += s.settle(SETTLE_MAX);
+        }
+        // Only now: the writer's share is in (the access line of a stream the client
+        // left once said its head and first two chunks only).
+        self.sent()
     }
 
     fn head_style(&self) -> HeadStyle {
