@@ -1409,3 +1409,66 @@ fn a_killed_master_s_workers_do_not_blame_something_outside_postern() {
     );
     assert!(!p.logs().contains("outside postern"), "{}", p.logs());
 }
+
+// regression: SIGTERM then SIGINT with 4 requests running and 8 more accepted (drained
+// from the listen queue at the stop, waiting for a Python thread) said "4 requests
+// running in the workers that ended": the 8 cut off too were not counted (hostile6).
+#[test]
+fn a_second_signal_counts_the_requests_accepted_and_not_started_too() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2", "--threads", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let marks: Vec<_> = (0..12)
+        .map(|i| dir.path().join(format!("in-app-{i}")))
+        .collect();
+    let requests: Vec<_> = marks
+        .iter()
+        .map(|mark| {
+            let addr = p.addr.clone();
+            let query = format!("s=30&mark={}", mark.display());
+            std::thread::spawn(move || {
+                raw(
+                    &addr,
+                    &uwsgi_packet(&[
+                        ("REQUEST_METHOD", "GET"),
+                        ("PATH_INFO", "/marked-sleep"),
+                        ("QUERY_STRING", &query),
+                    ]),
+                )
+            })
+        })
+        .collect();
+    // 4 run (2 workers x 2 threads); the 8 others wait in the listen queue.
+    assert!(
+        wait_until(10, || marks.iter().filter(|m| m.exists()).count() == 4),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGTERM);
+    // The stop drains the listen queue into the workers, which hold the 8 for a thread.
+    assert!(
+        p.wait_log(
+            "serving connections that were waiting in the listen queue",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGINT);
+    let status = p.wait_exit(20);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+    assert!(
+        p.logs().contains(
+            "stopped with requests cut off (4 requests running and 8 accepted, not started yet, in the workers that ended"
+        ),
+        "{}",
+        p.logs()
+    );
+    for r in requests {
+        assert!(parse_http(&r.join().unwrap()).is_none());
+    }
+}

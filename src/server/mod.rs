@@ -328,6 +328,17 @@ pub fn run(
             tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }
         let deadline = Instant::now() + graceful;
+        // What waits for a Python thread, for the master's count of what a kill cut
+        // off (the runtime's shutdown ends the task).
+        if let Some(m) = monitor.clone() {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move {
+                loop {
+                    m.waiting(queue.queued());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
         pool.stopping(deadline);
         queue.stop_accepting();
         // This worker takes no more handed-over connections (first: one taken after

@@ -73,6 +73,11 @@ impl Queue {
             .pop_front()
     }
 
+    /// Requests queued whole for a Python thread.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// False once the server stops accepting new connections.
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)

@@ -206,6 +206,9 @@ pub struct SlotHead {
     /// successor ahead of its own stop (near `--max-requests`, over `--max-rss`); 0:
     /// it did not. Written by the worker, once.
     successor: AtomicU32,
+    /// Requests the worker accepted whole that wait for a Python thread, as it last
+    /// published them during its stop ([`crate::wsgi::Monitor::waiting`]).
+    waiting: AtomicU32,
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
@@ -385,6 +388,7 @@ impl Scoreboard {
             h.log_dropped.store(0, Ordering::Relaxed);
             h.import.store(IMPORTING, Ordering::SeqCst);
             h.successor.store(0, Ordering::SeqCst);
+            h.waiting.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -512,6 +516,18 @@ impl Scoreboard {
                     Ordering::SeqCst,
                 )
                 .is_ok()
+    }
+
+    /// The worker in `slot` has `n` requests accepted whole waiting for a thread (called
+    /// by the worker during its stop).
+    pub fn set_waiting(&self, slot: usize, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.head(slot).waiting.store(n, Ordering::Relaxed);
+    }
+
+    /// Requests the worker in `slot` had accepted and not started, as last published.
+    pub fn waiting(&self, slot: usize) -> usize {
+        self.head(slot).waiting.load(Ordering::Relaxed) as usize
     }
 
     /// What the worker in `slot` asked its successor for, if it did.

@@ -393,6 +393,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         }
     }
 
+    fn waiting(&self, n: usize) {
+        self.board.set_waiting(self.slot, n);
+    }
+
     fn refused(&self, protocol: crate::codec::Protocol, status: Option<u16>) {
         if self.metrics {
             self.board.count_refused(self.slot, protocol, status);

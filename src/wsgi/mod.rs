@@ -349,6 +349,10 @@ pub trait Monitor: Send + Sync {
     fn end(&self, thread: usize, served: Option<&Served>);
     /// The process stopped accepting: it only finishes what is in flight now.
     fn stopping(&self) {}
+    /// During the stop: `n` requests were accepted whole and wait for a Python thread
+    /// (published every 50 ms), so that a master that kills this worker can say how
+    /// many it cut off besides those running.
+    fn waiting(&self, _n: usize) {}
     /// The whole server stops (not a reload or a recycle): this worker serves what
     /// waits in the shared listen queues before it exits, since no successor will.
     fn server_stopping(&self) -> bool {
