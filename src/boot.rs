@@ -367,6 +367,14 @@ pub fn start_python(config: &Config) -> anyhow::Result<Loaded> {
 /// ([`import_app`]), which is why a reload runs new code.
 pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
     let info = interpreter::initialize(config.venv.as_deref()).map_err(|e| {
+        // regression: a stale $VIRTUAL_ENV read as "--venv /x: cannot read", an option
+        // the user never gave.
+        if let (wsgi::WsgiError::Venv { venv, reason }, true) = (&e, config.venv_from_env) {
+            return anyhow::anyhow!(
+                "VIRTUAL_ENV={} (from the environment; no --venv given): {reason} (deactivate that venv, unset VIRTUAL_ENV, or give --venv DIR)",
+                venv.display()
+            );
+        }
         if config.uid.is_some() || config.gid.is_some() {
             anyhow::anyhow!(
                 "{e} (postern runs as --uid/--gid now: can that user read the Python installation {} and the venv?)",

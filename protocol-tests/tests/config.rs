@@ -563,3 +563,86 @@ fn warned_once_over_max_rss(p: &Postern, when: &str, over: u64, max: u64) {
     assert!(field("rss_mib") > over, "{line}");
     assert_eq!(field("max_rss_mib"), max, "{line}");
 }
+
+// regression: `--timeout 1m` was refused ("not a number of seconds") while `30s` was
+// accepted.
+#[test]
+fn durations_take_ms_m_and_h() {
+    let out = postern()
+        .args([
+            &testapp(),
+            "--timeout",
+            "1m",
+            "--graceful-timeout",
+            "500ms",
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("\ntimeout = 60.0  # command line"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("graceful-timeout = 0.5  # command line"),
+        "{stdout}"
+    );
+    let out = postern()
+        .args([&testapp(), "--timeout", "1d"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("with a unit: 500ms, 5m, 1h"), "{stderr}");
+}
+
+// regression: an unknown --config key was only "unknown", also when it was an option
+// written with `_` or uWSGI's name for one.
+#[test]
+fn an_unknown_config_key_says_what_it_may_have_meant() {
+    let dir = tempdir();
+    let file = dir.path().join("postern.toml");
+    std::fs::write(
+        &file,
+        "max_requests = 10\nprocesses = 4\nsocket = \"/run/a.sock\"\nfrobnicate = 1\n",
+    )
+    .unwrap();
+    let out = postern()
+        .arg(testapp())
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for want in [
+        "max_requests (did you mean max-requests?)",
+        "processes (uWSGI's processes: postern's key is workers)",
+        "socket (uWSGI's socket: postern's key is uwsgi)",
+        "frobnicate,",
+    ] {
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+    }
+}
+
+// regression: a stale $VIRTUAL_ENV was reported as "--venv /x: cannot read ...", an
+// option never given.
+#[test]
+fn a_stale_virtual_env_is_named_as_the_variable() {
+    let out = postern()
+        .env("VIRTUAL_ENV", "/nonexistent-venv")
+        .args([&testapp(), "--check"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "VIRTUAL_ENV=/nonexistent-venv (from the environment; no --venv given): cannot read"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--venv /nonexistent-venv"), "{stderr}");
+}

@@ -887,10 +887,25 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
     })?;
     socket_mode_as_written(&text, &mut table);
     let known: Vec<String> = option_keys().into_iter().map(|(k, _)| k).collect();
-    let unknown: Vec<&str> = table
-        .keys()
-        .filter(|k| !known.contains(k))
-        .map(String::as_str)
+    // Each with what it may have meant: a key written with `_`, or uWSGI's name.
+    // regression: `max_requests`, `processes`, `socket` were only "unknown".
+    let unknown: Vec<String> = table
+        .iter()
+        .filter(|(k, _)| !known.contains(k))
+        .map(|(k, v)| {
+            let dashed = k.replace('_', "-");
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if known.contains(&dashed) {
+                format!("{k} (did you mean {dashed}?)")
+            } else if let Some(hint) = crate::uwsgi_ini::config_key_hint(k, &value) {
+                format!("{k} ({hint})")
+            } else {
+                k.clone()
+            }
+        })
         .collect();
     if !unknown.is_empty() {
         return Err(ConfigError::Parse {
@@ -986,6 +1001,8 @@ pub struct Config {
     pub mounts: Vec<Vec<u8>>,
     /// `--venv`, else `$VIRTUAL_ENV`.
     pub venv: Option<PathBuf>,
+    /// [`Config::venv`] is `$VIRTUAL_ENV`'s (no `--venv` given): said in its errors.
+    pub venv_from_env: bool,
     /// A master supervises the worker(s).
     pub supervised: bool,
     pub uid: Option<u32>,
@@ -1179,6 +1196,7 @@ impl Config {
             || o.max_lifetime.is_some()
             || o.timeout.is_some()
             || o.slow_log.is_some();
+        let venv_from_env = o.venv.is_none() && virtual_env.is_some();
         let venv = o
             .venv
             .clone()
@@ -1209,6 +1227,7 @@ impl Config {
             default_listener,
             mounts,
             venv,
+            venv_from_env,
             supervised,
             uid,
             gid,

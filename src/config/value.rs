@@ -128,10 +128,23 @@ impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let t = t.strip_suffix('s').unwrap_or(t);
-        let v: f64 = t
-            .parse()
-            .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        // A unit as gunicorn's and systemd's users write them: `30s`, `500ms`, `5m`, `1h`.
+        // regression: `--timeout 1m` was refused while `30s` was accepted.
+        let (t, unit) = [
+            ("ms", 0.001),
+            ("min", 60.0),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .iter()
+        .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), *unit)))
+        .unwrap_or((t, 1.0));
+        let v: f64 = t.parse::<f64>().map(|n| n * unit).map_err(|_| {
+            format!(
+                "{s:?} is not a duration: seconds (30, 2.5, 30s), or with a unit: 500ms, 5m, 1h"
+            )
+        })?;
         // Checked after the conversion too: 1e-10 is positive but rounds to 0 ns.
         let d = Duration::try_from_secs_f64(v).unwrap_or_default();
         // The bound keeps every deadline computed from it (now + timeout) representable.
@@ -283,6 +296,22 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!("30s".parse::<Seconds>().unwrap().to_string(), "30");
+        // regression: `1m` was refused while `30s` was accepted.
+        for (text, secs) in [
+            ("1m", 60.0),
+            ("2min", 120.0),
+            ("1h", 3600.0),
+            ("500ms", 0.5),
+            ("1.5 m", 90.0),
+        ] {
+            assert_eq!(
+                text.parse::<Seconds>().unwrap().0.as_secs_f64(),
+                secs,
+                "{text}"
+            );
+        }
+        let e = "1d".parse::<Seconds>().unwrap_err();
+        assert!(e.contains("with a unit: 500ms, 5m, 1h"), "{e}");
         assert!("0".parse::<Seconds>().is_err());
         assert!("-1".parse::<Seconds>().is_err());
         // regression: 1e-10 passed as positive and became a zero --timeout.

@@ -336,3 +336,24 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
     out.extend(app);
     Some(out.join(" "))
 }
+
+/// What postern calls the uWSGI option `key` (with `value`), said in a few words for a
+/// `--config` key it does not know (`processes` → "uWSGI's processes: postern's key is
+/// workers"); `None` when the mapping does not know it.
+pub fn config_key_hint(key: &str, value: &str) -> Option<String> {
+    let t = map(&[entry(0, key, value, "")]).remove(0);
+    Some(match t.outcome {
+        Outcome::Carried { keys, .. } => {
+            let keys: Vec<&str> = keys
+                .iter()
+                .map(|k| k.split('.').next().unwrap_or(k))
+                .collect();
+            format!("uWSGI's {key}: postern's key is {}", keys.join(" and "))
+        }
+        Outcome::Accepted(_) => format!("uWSGI's {key}: postern does not need it"),
+        Outcome::Ignored(why) | Outcome::Refused(why) | Outcome::Beside(why) => {
+            format!("uWSGI's {key}: {why}")
+        }
+        Outcome::AtStart(_) | Outcome::Placeholder | Outcome::Unknown => return None,
+    })
+}
