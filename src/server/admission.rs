@@ -129,8 +129,8 @@ pub struct Admission {
     monitor: OnceLock<Arc<dyn Monitor>>,
     /// Accept stopped for `--max-requests` (read without the lock).
     limit_shut: AtomicBool,
-    /// Told each time accept stops at `--max-connections` (the task that may close an
-    /// idle kept FastCGI connection to make room waits for it).
+    /// Told each time accept is found stopped at `--max-connections` (the task that
+    /// may close an idle kept FastCGI connection to make room waits for it).
     full: tokio::sync::Notify,
 }
 
@@ -616,6 +616,11 @@ impl Admission {
         self.limit_shut.store(limited, Ordering::Release);
         let want =
             st.fd_pause.is_none() && self.open.load(Ordering::Acquire) < self.max && !limited;
+        if !want && st.fd_pause.is_none() && !limited {
+            // Stopped at --max-connections (as it may already have been for another
+            // reason, which has just ended): the task that makes room looks again.
+            self.full.notify_one();
+        }
         if want == st.armed {
             return;
         }
@@ -639,7 +644,6 @@ impl Admission {
                 "not accepting: the requests begun and not yet served are as many as --max-requests still allows"
             );
         } else if st.fd_pause.is_none() {
-            self.full.notify_one();
             // Once a second at most: a flood crosses the limit at every close.
             let now = Instant::now();
             if st
@@ -841,6 +845,33 @@ mod tests {
         assert!(a.room() && armed(&ep), "a close lets the next one in");
         drop(two);
         assert_eq!(a.open(), 0);
+    }
+
+    // regression: the task that makes room at the cap was told only when the
+    // listeners left the epoll for it; at the cap when a descriptor pause ended (they
+    // were out already), it was never told, and kept connections idle for good held
+    // every place again.
+    #[test]
+    fn the_room_maker_is_told_of_every_stop_at_the_limit() {
+        use futures_util::FutureExt;
+        let (a, _ep, _client) = setup(1);
+        let p = a.admit();
+        assert!(a.full_of_connections());
+        assert!(a.became_full().now_or_never().is_some(), "told at the cap");
+        a.out_of_fds("test", rustix::io::Errno::MFILE);
+        assert!(
+            !a.full_of_connections(),
+            "a descriptor pause is not the cap"
+        );
+        assert!(a.became_full().now_or_never().is_none());
+        let at = a.retry_at().expect("a retry is due");
+        a.tick(at);
+        assert!(a.full_of_connections());
+        assert!(
+            a.became_full().now_or_never().is_some(),
+            "told again once only the cap stops accept"
+        );
+        drop(p);
     }
 
     #[test]
