@@ -170,8 +170,27 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
             "the --pidfile named a process that is no longer running postern; overwriting it"
         );
     }
-    std::fs::write(path, format!("{}\n", own.as_raw_nonzero()))
-        .with_context(|| format!("writing --pidfile {}", path.display()))
+    std::fs::write(path, format!("{}\n", own.as_raw_nonzero())).map_err(|e| {
+        // regression: a bare "Permission denied", without the uid and directory hint
+        // a socket path gets.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(".".into(), |d| d.display().to_string());
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "; the directory {dir} does not exist: create it (systemd: `RuntimeDirectory=`)"
+            ),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                format!(
+                    "; postern (uid {}) may not write in {dir}: the pidfile is written before --uid drops privileges, so make {dir} writable for this user (systemd: `RuntimeDirectory=` with `User=`) or choose another path",
+                    rustix::process::geteuid().as_raw()
+                )
+            }
+            _ => String::new(),
+        };
+        anyhow::anyhow!("writing --pidfile {}: {e}{hint}", path.display())
+    })
 }
 
 /// Removes `--pidfile` at exit if it still names this process (a file another server

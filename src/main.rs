@@ -114,9 +114,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    // A start-up error (exit 1, as a socket or a pidfile that cannot be made), not a
+    // bad option (2). regression: an unwritable --log-file exited 2.
     if let Err(e) = logging::init(&config.opts.log_options()) {
         eprintln!("postern: {e}");
-        return ExitCode::from(2);
+        return ExitCode::FAILURE;
     }
     logging::log_panics();
     let python = interpreter::loaded_python_version();

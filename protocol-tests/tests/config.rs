@@ -646,3 +646,34 @@ fn a_stale_virtual_env_is_named_as_the_variable() {
     );
     assert!(!stderr.contains("--venv /nonexistent-venv"), "{stderr}");
 }
+
+// regression: an unwritable --log-file exited 2 (a bad option's code; start-up errors
+// exit 1), and a --pidfile that could not be written gave the bare OS error, without
+// the directory hint a socket path gets.
+#[test]
+fn a_log_file_or_pidfile_that_cannot_be_written_is_a_start_up_error_with_a_hint() {
+    let dir = tempdir();
+    let missing = dir.path().join("missing");
+    let out = postern()
+        .args([&testapp(), "--log-file"])
+        .arg(missing.join("postern.log"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot open the log file"), "{stderr}");
+    let out = postern()
+        .args([&testapp(), "--uwsgi", "127.0.0.1:0", "--pidfile"])
+        .arg(missing.join("postern.pid"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the directory {} does not exist: create it (systemd: `RuntimeDirectory=`)",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+}
