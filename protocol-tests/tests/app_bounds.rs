@@ -74,6 +74,11 @@ def application(environ, start_response):
         # The status as the query gives it (%20 for the space).
         from urllib.parse import unquote
         return text(start_response, "odd status", unquote(environ["QUERY_STRING"]))
+    if path == "/status-bad-header":
+        # The query's status with a header start_response refuses (ValueError: 500).
+        from urllib.parse import unquote
+        start_response(unquote(environ["QUERY_STRING"]), [("X-Bad", "a\nb")])
+        return [b"never sent"]
     if path == "/caught":
         try:
             start_response("200 OK", [("X-H%d" % i, "v") for i in range(100000)])
@@ -321,7 +326,7 @@ fn a_response_head_over_64_kib_answers_500_and_says_why() {
 
 // regression: a status code from 600 to 999 ('600 Odd', '999 Odd') answered 500 (since
 // c4a70c4), though nginx, uWSGI and gunicorn pass it on. Now it goes out as sent, with one
-// warning per worker; what is not 3 digits from 100 to 999 still answers 500.
+// warning per generation of workers; what is not 3 digits from 100 to 999 still answers 500.
 #[test]
 fn a_status_code_from_600_to_999_goes_out_and_the_rest_answers_500() {
     let dir = tempdir();
@@ -396,6 +401,41 @@ fn a_bare_code_without_a_standard_phrase_gets_unknown_on_every_protocol() {
             String::from_utf8_lossy(&reply.stdout[..reply.stdout.len().min(60)])
         );
     }
+}
+
+// regression: the warning about a status past 599 came once per worker process, so with
+// recycling (--max-requests 5000 in the sample unit) every replacement warned again;
+// and it came before the headers were checked, so a '999' whose headers were refused
+// (answered 500) still logged 'passed on as sent'.
+#[test]
+fn a_status_past_599_is_warned_about_once_per_generation_and_only_when_sent() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--master", "--max-requests", "2"])
+        .start();
+    let warning = "passed on as sent";
+    let r = get(&p.addr, "/status-bad-header?999%20Odd");
+    assert_eq!(r.status, 500);
+    assert!(
+        p.wait_log("start_response() refused a status or header", 5),
+        "{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains(warning), "{}", p.logs());
+    // Six more, answered by three workers in turn (each recycles after two).
+    for _ in 0..6 {
+        let r = get(&p.addr, "/status?999%20Odd");
+        assert_eq!(r.status, 999, "{}", p.logs());
+    }
+    // A worker's warning is logged before its access line.
+    assert!(p.wait_log_count("postern::access", 7, 20), "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        logs.matches("recycling this worker").count() >= 3,
+        "three workers served: {logs}"
+    );
+    assert_eq!(logs.matches(warning).count(), 1, "{logs}");
+    assert!(logs.contains("status=999"), "{logs}");
 }
 
 /// A FastCGI GET: (status, body).

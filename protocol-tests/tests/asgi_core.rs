@@ -219,6 +219,9 @@ const HTTP: &str = r#"
             def __index__(self):
                 return self.n
         await answer(send, b"", Index(int(path[14:])))
+    elif path.startswith("/status-bad-header/"):
+        await send({"type": "http.response.start", "status": int(path[19:]),
+                    "headers": [(b"x-bad", b"a\nb")]})
     elif path == "/status-float":
         try:
             await send({"type": "http.response.start", "status": 200.0, "headers": []})
@@ -600,7 +603,7 @@ fn every_registered_status_goes_out_with_its_standard_reason_phrase() {
 
 // regression: an http.response.start status from 600 to 999 was refused with a 500 (since
 // c4a70c4), though nginx, uWSGI and gunicorn pass it on; and 2**63 raised TypeError though
-// it is an int. Now 600-999 go out as sent with one warning per worker; the rest still 500.
+// it is an int. Now 600-999 go out as sent with one warning per generation; the rest still 500.
 #[test]
 fn a_status_from_600_to_999_goes_out_and_the_rest_past_599_is_refused() {
     let dir = tempdir();
@@ -652,6 +655,21 @@ fn a_status_with_index_is_read_as_the_int_it_stands_for() {
         get(&p, "/status-float", "").text(),
         "TypeError: http.response.start 'status' must be an int from 200 to 999, not float"
     );
+}
+
+// regression: an http.response.start of 999 whose headers were refused (answered 500)
+// still logged that the 999 was 'passed on as sent': the warning came before the header
+// checks.
+#[test]
+fn a_refused_start_with_a_status_past_599_is_not_warned_about() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let warning = "passed on as sent";
+    assert_eq!(get(&p, "/status-bad-header/999", "").status, 500);
+    assert!(p.wait_log("http.response.start refused", 5), "{}", p.logs());
+    assert!(!p.logs().contains(warning), "{}", p.logs());
+    assert_eq!(get(&p, "/status/999", "").status, 999);
+    assert!(p.wait_log(warning, 5), "{}", p.logs());
 }
 
 // regression: a refused http.response.start left its headers and Content-Length

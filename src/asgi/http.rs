@@ -1022,7 +1022,6 @@ impl Exchange {
             }
         }
         .map_err(refuse)?;
-        crate::wsgi::response::warn_past_defined(code);
         // Kept aside until every header passed: an app that catches the error and
         // starts again (an error page) must not inherit the refused attempt's headers.
         let mut lines = std::mem::take(&mut self.response_head);
@@ -1134,6 +1133,8 @@ impl Exchange {
         self.content_length = content_length;
         self.code = code;
         self.started = true;
+        // Once every header passed: a refused start answers 500, nothing past 599.
+        crate::wsgi::response::warn_past_defined(code);
         Ok(())
     }
 

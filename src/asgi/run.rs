@@ -45,6 +45,7 @@ pub fn start(
     asgi: AsgiSettings,
     source: Arc<dyn Source>,
 ) -> Result<Running, AsgiError> {
+    crate::wsgi::response::watch_statuses(settings.monitor.as_ref());
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), AsgiError>>();
     let stop = Stop::new().map_err(AsgiError::Thread)?;
     let stopping = Arc::clone(&stop);

@@ -12,8 +12,9 @@
 //! - `scgi://…`: one netstring head plus the body (§3); the CGI response runs to EOF.
 //!
 //! CGI responses (FastCGI, SCGI) are printed as HTTP: the `Status:` header (or 200, or
-//! 302 with `Location`) becomes an `HTTP/1.1` status line. Exit codes: 0, 22 for a 5xx
-//! answer, 7 when the server cannot be reached or answers badly, 2 for usage errors.
+//! 302 with `Location`) becomes an `HTTP/1.1` status line. Exit codes: 0, 22 for a status
+//! of 500 or more (600 to 999 too), 7 when the server cannot be reached or answers badly,
+//! 2 for usage errors.
 //!
 //! - [`url`]: the URL grammar, resolving and connecting.
 //! - [`encode`]: the CGI variables and the uwsgi, FastCGI or SCGI framing.
@@ -36,7 +37,7 @@ use url::{is_socket_file, parse_url, Conn, Scheme, UrlError};
 /// Exit code for a connection failure (curl's "couldn't connect"), also used for an
 /// answer cut short or not in the protocol spoken.
 pub const EXIT_CONNECT: i32 = 7;
-/// Exit code for a 5xx answer (curl --fail's code).
+/// Exit code for an answer of 500 or more, a 5xx or a 600 to 999 (curl --fail's code).
 pub const EXIT_5XX: i32 = 22;
 /// Exit code for a malformed URL or option.
 pub const EXIT_USAGE: i32 = 2;

@@ -171,6 +171,9 @@ struct Global {
     /// is imported or after its first request, is over `--max-rss` (workers raise it with
     /// an atomic `fetch_max`: the first of a generation warns, the others see it raised).
     rss_warned: AtomicU64,
+    /// 1 + the newest generation one of whose workers warned that the app answered a
+    /// status code past 599 (raised as `rss_warned` is).
+    status_warned: AtomicU64,
 }
 
 /// Requests refused before a Python thread, `[protocol][status class]`.
@@ -365,6 +368,17 @@ impl Scoreboard {
     pub fn first_to_warn_rss(&self, slot: usize) -> bool {
         let mark = self.head(slot).generation.load(Ordering::Relaxed) + 1;
         self.global().rss_warned.fetch_max(mark, Ordering::Relaxed) < mark
+    }
+
+    /// Whether the worker in `slot` is the first of its generation to warn that the app
+    /// answered a status code past 599: once per generation, as [`Self::first_to_warn_rss`],
+    /// not again from every worker a recycle (--max-requests, --max-rss) starts.
+    pub fn first_to_warn_status(&self, slot: usize) -> bool {
+        let mark = self.head(slot).generation.load(Ordering::Relaxed) + 1;
+        self.global()
+            .status_warned
+            .fetch_max(mark, Ordering::Relaxed)
+            < mark
     }
 
     /// Clears a free slot for a new worker of `generation`, started for `cause` (master,

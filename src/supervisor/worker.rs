@@ -509,6 +509,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
             );
         }
     }
+
+    fn first_to_warn_past_defined(&self) -> bool {
+        self.board.first_to_warn_status(self.slot)
+    }
 }
 
 /// A request's method and target (REQUEST_URI, else PATH_INFO) for its line, in one

@@ -401,6 +401,12 @@ pub trait Monitor: Send + Sync {
     fn has_stopped(&self) -> bool {
         false
     }
+    /// This process is about to warn that the app answered a status past 599 (once per
+    /// process): whether it is the first of its generation of workers to (recycled
+    /// workers' replacements stay quiet, as for the `--max-rss` warning).
+    fn first_to_warn_past_defined(&self) -> bool {
+        true
+    }
     /// The ASGI loop has started every request `--max-requests` allows (those in
     /// flight count): recycle now, so the successor starts while they finish, instead
     /// of when the last one ends (a long stream would keep the worker deaf till then).

@@ -19,6 +19,7 @@ impl Pool {
     /// Starts `settings.threads` Python threads serving `app` from `source`.
     pub fn start(app: App, settings: Settings, source: Arc<dyn Source>) -> std::io::Result<Pool> {
         let app = Arc::new(app.0);
+        super::response::watch_statuses(settings.monitor.as_ref());
         let settings = Arc::new(settings);
         let mut handles = Vec::with_capacity(settings.threads);
         for i in 0..settings.threads {

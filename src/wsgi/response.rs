@@ -10,13 +10,13 @@ use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::environ::{self, Keys};
 use super::errors::Errors;
 use super::file_wrapper::FileWrapper;
 use super::input::Input;
-use super::{traceback, AppError, End, Request, Sent, Served, Settings, Sink};
+use super::{traceback, AppError, End, Monitor, Request, Sent, Served, Settings, Sink};
 use crate::proto::response::{self as resp, HeaderError};
 
 /// A first body chunk this large is written after the head instead of copied behind it.
@@ -360,7 +360,6 @@ impl State {
         }
         let status = utf8(status)?;
         let code = resp::parse_status(status).map_err(refuse)?;
-        warn_past_defined(code);
         resp::push_latin1(head, status);
         resp::complete_status(head, status, code);
         let status_len = head.len();
@@ -565,21 +564,42 @@ fn too_big(what: &str, size: usize) -> PyErr {
     PyValueError::new_err(msg)
 }
 
-/// A refused status or header: logged here (the app may swallow the exception) and
-/// raised as ValueError inside the app.
+/// Who tells this process whether it is the first of its generation of workers to warn
+/// about a status past 599 (set once, by [`watch_statuses`]); none: a single process,
+/// where the process is the generation.
+static STATUS_GATE: OnceLock<Arc<dyn Monitor>> = OnceLock::new();
+
+/// Called as the app's threads or loop start: the monitor, when there is one, decides
+/// whether [`warn_past_defined`] may warn.
+pub(crate) fn watch_statuses(monitor: Option<&Arc<dyn Monitor>>) {
+    if let Some(m) = monitor {
+        let _ = STATUS_GATE.set(Arc::clone(m));
+    }
+}
+
 /// A status code past 599 (RFC 9110 §15 defines 100 to 599) goes out as sent, as nginx,
-/// uWSGI and gunicorn pass it on; the first one in each worker process is warned about,
-/// WSGI's or ASGI's.
+/// uWSGI and gunicorn pass it on; the first one is warned about once per generation of
+/// workers, WSGI's or ASGI's: a worker recycled by --max-requests or --max-rss is
+/// replaced by one that would say it again. Called once the status and every header
+/// passed their checks (a refused one answers 500: nothing past 599 went out).
 pub(crate) fn warn_past_defined(code: u16) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if code > resp::PAST_DEFINED && !WARNED.swap(true, Ordering::Relaxed) {
+    // Asked once per process: the scoreboard is not looked at on every response.
+    static ASKED: AtomicBool = AtomicBool::new(false);
+    if code > resp::PAST_DEFINED
+        && !ASKED.swap(true, Ordering::Relaxed)
+        && STATUS_GATE
+            .get()
+            .is_none_or(|m| m.first_to_warn_past_defined())
+    {
         tracing::warn!(
             status = code,
-            "the app answered a status code past 599, outside those HTTP defines (100 to 599): passed on as sent (warned once per worker)"
+            "the app answered a status code past 599, outside those HTTP defines (100 to 599): passed on as sent (warned once per generation of workers)"
         );
     }
 }
 
+/// A refused status or header: logged here (the app may swallow the exception) and
+/// raised as ValueError inside the app.
 fn refuse(e: HeaderError) -> PyErr {
     tracing::error!(error = %e, "start_response() refused a status or header; the request will answer 500");
     PyValueError::new_err(e.to_string())
@@ -646,6 +666,9 @@ impl Responder {
         }
         // Validation runs Python code (iterating the headers): not under the lock.
         let validated = State::validate(status, headers, &mut head);
+        if let Ok((code, ..)) = validated {
+            warn_past_defined(code);
+        }
         let mut me = st(slf);
         match validated {
             Ok((code, status_len, cl)) => {
