@@ -513,36 +513,47 @@ fn a_max_rss_below_the_rss_after_lifespan_startup_is_warned_about_once() {
     warned_once_over_max_rss(&p, "after its first request", 60, 40);
 }
 
-/// Requests until a replacement (`cause="max-rss"`) has served one, then checks that
-/// one line warned that a worker is over `--max-rss` `when`, with `rss_mib` over `over`
-/// and `max_rss_mib` `max`.
+/// The value of a log line's `pid=` field.
+fn pid_field(line: &str) -> Option<&str> {
+    let digits = line.split_once(" pid=")?.1;
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    Some(&digits[..end]).filter(|d| !d.is_empty())
+}
+
+/// Requests until a replacement (`cause="max-rss"`) has served one and said it is over
+/// `--max-rss`, then checks that one line warned that a worker is over `--max-rss`
+/// `when`, with `rss_mib` over `over` and `max_rss_mib` `max`.
 fn warned_once_over_max_rss(p: &Postern, when: &str, over: u64, max: u64) {
     let warning = format!(
         "this worker's RSS is over --max-rss {when}: every worker will recycle after each request"
     );
     assert!(p.wait_log(&warning, 10), "{}", p.logs());
-    // Each worker recycles after a request. Requests until a replacement has served
-    // one: its access line comes after anything it warned (one log writer a process).
-    let replacement_served = || {
+    // Each worker recycles after a request. Requests until a replacement has said so:
+    // its 'recycling this worker' line (or, under 1.5 x --max-rss, its 'successor'
+    // line) comes after anything it warned, both logged by the one call that counts
+    // a served request, through one log writer a process. Not its access line, which
+    // is written before that call.
+    let replacement_recycled = || {
         let logs = p.logs();
-        let pids: Vec<String> = logs
+        let pids: Vec<&str> = logs
             .lines()
             .filter(|l| l.contains("worker started") && l.contains("cause=\"max-rss\""))
-            .filter_map(|l| {
-                l.split_once(" pid=")?
-                    .1
-                    .split(' ')
-                    .next()
-                    .map(|p| format!(" pid={p} "))
-            })
+            .filter_map(pid_field)
             .collect();
         logs.lines()
-            .any(|l| l.contains("postern::access") && pids.iter().any(|p| l.contains(p.as_str())))
+            .filter(|l| {
+                l.contains("recycling this worker")
+                    || l.contains("the master starts this worker's successor")
+            })
+            .filter_map(pid_field)
+            .any(|pid| pids.contains(&pid))
     };
     assert!(
         wait_until(20, || {
             assert_eq!(p.get("/").0, 200);
-            replacement_served()
+            replacement_recycled()
         }),
         "{}",
         p.logs()
