@@ -366,17 +366,31 @@ fn counts_survive_killed_and_recycled_workers() {
     assert_eq!(family_sum(&m, "postern_requests_total"), 42.0, "{m}");
 
     // SIGKILL a worker: its counts stay in the totals, and it is replaced. The victim
-    // has served fewer than 5, so it is not about to recycle itself.
+    // has served fewer than 5 and no recycle is under way: a worker near --max-requests
+    // has the master start its successor first (a third worker, starting) and is then
+    // told to leave, so its exit would count as max-requests, not crash. Two serving
+    // workers and nothing else, twice 300 ms apart, with the same pids.
     let quiet = || {
-        status_json(&stats_addr)["workers"]
+        let workers = status_json(&stats_addr)["workers"]
             .as_array()
             .unwrap()
+            .clone();
+        let settled = workers.len() == 2 && workers.iter().all(|w| w["state"] == "serving");
+        let pids: Vec<i64> = workers.iter().map(|w| w["pid"].as_i64().unwrap()).collect();
+        let victim = workers
             .iter()
-            .find(|w| w["state"] == "serving" && w["requests"].as_i64().unwrap() < 5)
-            .map(|w| w["pid"].as_i64().unwrap())
+            .find(|w| w["requests"].as_i64().unwrap() < 5)
+            .map(|w| w["pid"].as_i64().unwrap());
+        settled.then_some((pids, victim?))
     };
-    assert!(wait_until(20, || quiet().is_some()));
-    let victim = quiet().unwrap();
+    let mut victim = None;
+    assert!(wait_until(20, || {
+        let Some(before) = quiet() else { return false };
+        std::thread::sleep(Duration::from_millis(300));
+        victim = quiet().filter(|now| *now == before).map(|(_, v)| v);
+        victim.is_some()
+    }));
+    let victim = victim.unwrap();
     kill(victim, libc::SIGKILL);
     let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
     let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 1.0);
