@@ -628,3 +628,63 @@ impl Drop for FcgiSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+
+    // regression (review LOW on f558471): the mark's task gave up --read-timeout after
+    // the cut even while the front server was taking its bytes; README says the close
+    // goes unmarked only when the front server reads nothing for --read-timeout.
+    #[test]
+    fn a_mark_the_front_server_takes_slowly_still_goes_whole() {
+        let ep = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = super::super::Parking::new(Arc::new(ep));
+        let (mut front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let sock = socket2::Socket::from(OwnedFd::from(ours));
+        // A small send buffer: the mark below goes in several sends.
+        sock.set_send_buffer_size(4096).unwrap();
+        let mut filled = 0;
+        while let Ok(n) = rustix::net::send(&sock, &[1u8; 4096], rustix::net::SendFlags::DONTWAIT) {
+            filled += n;
+        }
+        let timeout = Duration::from_millis(300);
+        let conn = FcgiConn::new(sock, "test".into(), false, 0, timeout, &parking, None);
+        let mark: Vec<u8> = (0..48 * 1024).map(|i| (i % 251) as u8).collect();
+        // Read what is there every 150 ms: never idle for `timeout`, but with room for
+        // a few KiB at a time the whole takes several times `timeout`.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                std::thread::sleep(Duration::from_millis(150));
+                match front.read(&mut buf) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        rt.block_on(send_mark(conn, mark.clone()));
+        let got = reader.join().unwrap();
+        assert_eq!(
+            got.len(),
+            filled + mark.len(),
+            "the mark did not go whole (after {:?})",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() > 2 * timeout,
+            "the test's reader was too quick to tell: {:?}",
+            started.elapsed()
+        );
+        assert!(got[filled..] == mark[..]);
+    }
+}
