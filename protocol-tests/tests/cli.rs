@@ -1449,3 +1449,36 @@ fn an_app_factory_named_as_the_app_is_told_to_name_the_app_it_returns() {
         );
     }
 }
+
+// regression: a typo'd callable got no suggestion, and `postern request
+// uwsgi:///tmp/x.sock/` said only "the URL has no host".
+#[test]
+fn a_typo_in_the_callable_or_a_unix_url_gets_the_close_form() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("shop.py"),
+        "def application(e, r):\n    r('200 OK', [])\n    return [b'']\n",
+    )
+    .unwrap();
+    let out = postern()
+        .current_dir(dir.path())
+        .args(["shop:aplication", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has no attribute 'aplication' (did you mean 'application'?)"),
+        "{err}"
+    );
+    let out = postern()
+        .args(["request", "uwsgi:///tmp/x.sock/"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has no host: for a Unix socket, write uwsgi+unix:///tmp/x.sock/"),
+        "{err}"
+    );
+}

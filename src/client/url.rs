@@ -115,6 +115,12 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
         .into_iter()
         .find(|s| s.name() == name)
         .ok_or_else(usage)?;
+    // regression: `uwsgi:///tmp/x.sock/` said only "the URL has no host".
+    if !unix && rest.starts_with('/') {
+        return Err(UrlError::from(format!(
+            "{url:?} has no host: for a Unix socket, write {name}+unix://{rest}"
+        )));
+    }
     let (target, uri) = if unix {
         parse_unix(rest, is_socket)?
     } else {

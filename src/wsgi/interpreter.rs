@@ -335,6 +335,29 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
     Err(WsgiError::NoCallable {
         app: spec.to_string(),
         tried: names.join("' or '"),
+        hint: close_callable(&module, &names)
+            .map_or_else(String::new, |c| format!(" (did you mean '{c}'?)")),
+    })
+}
+
+/// The module's public callable closest to one of `names` (difflib's measure), if any
+/// is close. regression: a typo'd callable (`create_ap`) got no suggestion.
+fn close_callable(module: &Bound<'_, PyModule>, names: &[&str]) -> Option<String> {
+    let py = module.py();
+    let candidates: Vec<String> = module
+        .dir()
+        .ok()?
+        .iter()
+        .filter_map(|n| n.extract::<String>().ok())
+        .filter(|n| !n.starts_with('_'))
+        .filter(|n| module.getattr(n.as_str()).is_ok_and(|o| o.is_callable()))
+        .collect();
+    let difflib = py.import("difflib").ok()?;
+    names.iter().find_map(|name| {
+        let found = difflib
+            .call_method1("get_close_matches", (*name, candidates.clone(), 1, 0.7))
+            .ok()?;
+        found.get_item(0).ok()?.extract::<String>().ok()
     })
 }
 
