@@ -552,7 +552,18 @@ impl Acceptor {
             )
         };
         let Some(age) = a.fresh_for else {
-            return self.parking.park(fcgi_conn(a.sock, peer, permit), false);
+            let conn = fcgi_conn(a.sock, peer, permit);
+            if self.parking.closing_for_good() {
+                // Nobody serves on (the whole server stops, or the master is gone) and
+                // the front server may have sent a request on it already: as at
+                // `Parking::close_all`, the slow lane answers what comes within a
+                // moment, then closes. Parked, it closed unread (nginx 502).
+                // regression: kept connections waiting in the hand-over channel
+                // closed unread when a recycled worker's successor stopped.
+                let entry = conn.enter_lane(false);
+                return self.fcgi_to_lane(conn, BytesMut::new(), Instant::now(), entry);
+            }
+            return self.parking.park(conn, false);
         };
         let now = Instant::now();
         let started = now.checked_sub(age).unwrap_or(now);

@@ -249,6 +249,14 @@ pub fn run(
             idle_close.clone(),
         ));
     }
+    // A kept connection whose hand-over fails once nobody serves on goes to the slow
+    // lane, which answers a last request on it, then closes.
+    let weak = Arc::downgrade(&acceptor);
+    parking.lane_with(Box::new(move |conn, entry| {
+        if let Some(a) = weak.upgrade() {
+            a.fcgi_to_lane(conn, bytes::BytesMut::new(), Instant::now(), entry);
+        }
+    }));
     // --max-requests: begin no more requests than the worker will still serve; once
     // accept stops for it, the worker has taken all it will serve: it recycles then.
     if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {
@@ -492,7 +500,7 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener]) {
     if handed > 0 {
         tracing::info!(
             handed,
-            "serving connections handed over by a recycled worker"
+            "connections a leaving worker handed over: their requests are answered, then they close"
         );
     }
     // A handshake under way as the filter went on still completes into the

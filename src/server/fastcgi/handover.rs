@@ -27,7 +27,10 @@
 //! while a recycled single worker's successor boots; at the final stop the last copy
 //! of the pair closes with the master, and the kernel closes what is still in flight.
 //! Nothing is handed over once the master is gone: every worker is leaving then, and
-//! each treats its kept connections as at the final stop.
+//! each treats its kept connections as at the final stop. A kept connection already in
+//! the channel then (a replacement was importing) is taken by whichever worker stops
+//! next, the replacement once imported, and treated the same: the slow lane answers a
+//! request that comes within a moment, then closes it (parked, it closed unread).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;

@@ -997,6 +997,8 @@ pub struct Parking {
     /// idle for more than [`IDLE_BEFORE_CLOSE`] once it reads `t + IDLE_TICKS`
     /// (stopped, the clock only makes idle connections look younger).
     idle_clock: AtomicU64,
+    /// Starts a slow-lane task on a connection ([`Parking::lane_with`]).
+    lane: OnceLock<ToLane>,
 }
 
 /// The idle clock's tick ([`Parking::idle_clock`]).
@@ -1045,6 +1047,9 @@ pub async fn keep_room(
     }
 }
 
+/// Starts a slow-lane task on a held connection with its entry.
+pub type ToLane = Box<dyn Fn(Arc<FcgiConn>, Entry) + Send + Sync>;
+
 /// The serving workers a leaving one hands its idle connections to ([`handover`]).
 struct Successors {
     channel: &'static handover::Channel,
@@ -1063,6 +1068,7 @@ impl Parking {
             io: OnceLock::new(),
             marks: tokio_util::task::TaskTracker::new(),
             idle_clock: AtomicU64::new(0),
+            lane: OnceLock::new(),
         })
     }
 
@@ -1124,6 +1130,11 @@ impl Parking {
             return true;
         }
         false
+    }
+
+    /// How a connection whose hand-over failed reaches the slow lane.
+    pub fn lane_with(&self, to_lane: ToLane) {
+        let _ = self.lane.set(to_lane);
     }
 
     /// Tasks that outlive a request (a cut response's mark) run on `io`.
@@ -1191,11 +1202,12 @@ impl Parking {
     }
 
     /// Sends an idle connection (out of the epoll and the list, its owner `Closed`)
-    /// to a serving worker; closes it if that fails. `fresh_since`: it never carried
+    /// to a serving worker; if that fails once nobody serves on, to the slow lane (a
+    /// last request answered, then closed), else closes it. `fresh_since`: it never carried
     /// a request, and was accepted then (its `--head-timeout` goes with it).
     fn hand_over(
         &self,
-        conn: &FcgiConn,
+        conn: &Arc<FcgiConn>,
         channel: &handover::Channel,
         fresh_since: Option<std::time::Instant>,
     ) {
@@ -1215,8 +1227,23 @@ impl Parking {
                 self.handed.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, error = %e, "cannot hand an idle FastCGI connection over to the serving workers; closing it");
-                let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                // Nobody serves on any more (the master died meanwhile): the slow lane
+                // waits a moment for a last request (answered, then closed), as at
+                // the final stop. A shutdown here could cut the END_REQUEST of its last
+                // request, still going out, and closed a request already sent unread.
+                let lane = self.lane.get().filter(|_| !self.hands_over());
+                let Some(to_lane) = lane else {
+                    tracing::warn!(peer = %conn.peer, error = %e, "cannot hand an idle FastCGI connection over to the serving workers; closing it");
+                    let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                    return;
+                };
+                tracing::debug!(peer = %conn.peer, error = %e, "cannot hand an idle FastCGI connection over (nobody serves on): it waits a moment for a last request, then closes");
+                let entry = {
+                    let mut owner = conn.owner();
+                    *owner = Owner::Held { input: false };
+                    owner.enter_lane(false)
+                };
+                to_lane(Arc::clone(conn), entry);
             }
         }
     }
@@ -1397,7 +1424,7 @@ impl Parking {
 
     /// Stopping with nobody to hand connections to: each kept connection closes right
     /// after its next END_REQUEST.
-    fn closing_for_good(&self) -> bool {
+    pub fn closing_for_good(&self) -> bool {
         !self.open.load(Ordering::SeqCst) && !self.hands_over()
     }
 }
