@@ -3,7 +3,7 @@
 //! that gets the worker out once its master is gone.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -217,6 +217,21 @@ pub struct WorkerMonitor {
     lead: Duration,
     /// It asked the master for its successor ([`WorkerMonitor::want_successor`]).
     successor_asked: AtomicBool,
+    /// The rate it serves at, over its last one or two leads ([`Window`]).
+    window: Window,
+}
+
+/// Requests served over the last one or two leads, for the rate `near_limit` uses: the
+/// current window (from `start`, nanoseconds after `since`) and the one before it. A
+/// rate over the worker's whole life would be diluted by its idle hours: one idle all
+/// night then busy would ask for its successor only at its last request.
+#[derive(Default)]
+struct Window {
+    start: AtomicU64,
+    current: AtomicU64,
+    previous: AtomicU64,
+    /// The current window has one before it.
+    rolled: AtomicBool,
 }
 
 /// A worker asks for its successor when, at the rate it served so far, it would
@@ -265,6 +280,7 @@ impl WorkerMonitor {
             since: Instant::now(),
             lead: (ctx.forked.elapsed() * SUCCESSOR_LEAD).max(MIN_LEAD),
             successor_asked: AtomicBool::new(false),
+            window: Window::default(),
         };
         monitor.check_rss_at_start();
         monitor
@@ -311,6 +327,7 @@ impl WorkerMonitor {
             since: Instant::now(),
             lead: MIN_LEAD,
             successor_asked: AtomicBool::new(false),
+            window: Window::default(),
         }
     }
 
@@ -340,12 +357,37 @@ impl WorkerMonitor {
         let _ = rustix::io::write(pipe, &[RECYCLING]);
     }
 
-    /// `--max-requests`: at the rate served so far (counted over half its lead at least, so
-    /// that a first quick request does not look like a rate), would this worker reach
-    /// `max` within its lead?
+    /// `--max-requests`, after each request: at the rate of its last one or two leads
+    /// (counted over half a lead at least, so that a first quick request is no rate),
+    /// would this worker reach `max` within its lead?
     fn near_limit(&self, served: u64, max: u64) -> bool {
-        let up = self.since.elapsed().max(self.lead / 2);
-        let ahead = served as f64 * self.lead.as_secs_f64() / up.as_secs_f64();
+        let lead = u64::try_from(self.lead.as_nanos()).unwrap_or(u64::MAX);
+        let now = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let w = &self.window;
+        let start = w.start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= lead
+            && w.start
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Its requests came within a lead of its start (none came later, or it
+            // would have rolled then). An idle one is no window: the rate counts from
+            // the first request after it.
+            let previous = w.current.swap(0, Ordering::AcqRel);
+            w.previous.store(previous, Ordering::Relaxed);
+            w.rolled.store(previous > 0, Ordering::Relaxed);
+        }
+        let current = w.current.fetch_add(1, Ordering::AcqRel) + 1;
+        let (counted, span) = if w.rolled.load(Ordering::Relaxed) {
+            (
+                current + w.previous.load(Ordering::Relaxed),
+                now.saturating_sub(w.start.load(Ordering::Relaxed)) + lead,
+            )
+        } else {
+            (current, now.saturating_sub(w.start.load(Ordering::Relaxed)))
+        };
+        let span = span.max(lead / 2).max(1);
+        let ahead = counted as f64 * lead as f64 / span as f64;
         ahead >= max.saturating_sub(served) as f64
     }
 
@@ -598,7 +640,25 @@ impl WorkerMonitor {
 
 #[cfg(test)]
 mod tests {
-    use super::jitter;
+    use super::*;
+
+    // regression: the rate was counted over the worker's whole life: a worker idle for
+    // long, then busy, asked for its successor only at its last request (5 requests a
+    // second "over 10 s" here, 50 left).
+    #[test]
+    fn the_rate_is_that_of_the_last_leads_not_of_an_idle_life() {
+        let board = Arc::new(Scoreboard::new(1, 1).unwrap());
+        let mut m = WorkerMonitor::standalone(board);
+        m.since = Instant::now() - Duration::from_secs(10);
+        m.lead = Duration::from_secs(1);
+        // 100 requests in a burst: a lead holds them all.
+        let asked_at = (1..100).find(|&served| m.near_limit(served, 100));
+        assert!(asked_at.is_some_and(|n| n <= 60), "{asked_at:?}");
+        // A fresh worker's first requests are no rate (half a lead at least).
+        let mut fresh = WorkerMonitor::standalone(Arc::new(Scoreboard::new(1, 1).unwrap()));
+        fresh.lead = Duration::from_secs(10);
+        assert!(!fresh.near_limit(1, 100));
+    }
 
     #[test]
     fn the_jitter_spreads_workers_over_a_tenth_of_the_limit() {
