@@ -70,6 +70,16 @@ const NOTICE_TERM: u8 = b'T';
 const NOTICE_INT: u8 = b'I';
 /// How often [`on_quit_now`]'s thread says that the app is still starting.
 const STILL_STARTING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// SIGTERMs a worker received while its master was alive ([`master_alive`], asked in
+/// the handler): none of them is a second signal ([`Waiter::second`]), since the master
+/// escalates itself (its own second signal kills the workers, and so does
+/// --graceful-timeout). A group-wide SIGTERM (`timeout`, systemd's
+/// KillMode=control-group, supervisord's stopasgroup) reaches each worker and then the
+/// master, which forwards its own: a busy master's came more than
+/// [`SAME_SIGNAL_AGAIN`] after the group's.
+/// regression: the worker then said "second signal: stopping now", cut its requests
+/// off, and postern exited 1.
+static UNDER_MASTER: AtomicU32 = AtomicU32::new(0);
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -172,6 +182,10 @@ extern "C" fn on_signal(signal: libc::c_int) {
     };
     if signal != libc::SIGHUP && again(signal) {
         return;
+    }
+    if signal == libc::SIGTERM && master_alive() {
+        // Before TERMS: a look at both between the two sees one fewer to escalate on.
+        UNDER_MASTER.fetch_add(1, Ordering::SeqCst);
     }
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
     let stops = if signal == libc::SIGTERM {
@@ -575,6 +589,17 @@ pub fn parent_gone() -> bool {
     !SINGLE.load(Ordering::SeqCst) && parent != 0 && unsafe { libc::getppid() } != parent
 }
 
+/// Whether this is a worker whose master is alive (its parent is still the one it had
+/// at [`install`]). Async-signal-safe (atomics, getppid).
+fn master_alive() -> bool {
+    let parent = PARENT.load(Ordering::SeqCst);
+    // SAFETY: getppid has no preconditions and is async-signal-safe.
+    !SINGLE.load(Ordering::SeqCst)
+        && !ORPHAN.load(Ordering::SeqCst)
+        && parent != 0
+        && unsafe { libc::getppid() } == parent
+}
+
 /// When this process began to stop (its first stop taken by the server), if it has.
 pub fn began() -> Option<std::time::Instant> {
     BEGAN.get().copied()
@@ -618,6 +643,9 @@ pub struct Waiter {
     /// first (a worker signalled twice while it booted was not told "stop now"), and a
     /// recycling stands in for one.
     first: u32,
+    /// [`UNDER_MASTER`] when the first stop was taken: the SIGTERMs since, while the
+    /// master lived, are not a second signal.
+    under_master: u32,
 }
 
 impl Waiter {
@@ -641,6 +669,7 @@ impl Waiter {
             fd,
             hups: 0,
             first: 0,
+            under_master: 0,
         })
     }
 
@@ -674,8 +703,12 @@ impl Waiter {
                     tracing::debug!("SIGHUP ignored by the worker: the master reloads");
                 }
             }
+            // Before TERMS (the handler adds to it first): a signal counted in one
+            // and not yet in the other is one fewer to escalate on, never one more.
+            let under_master = UNDER_MASTER.load(Ordering::SeqCst);
             let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
             self.first = (terms + ints).max(1);
+            self.under_master = under_master;
             if quit() {
                 return QUIT;
             }
@@ -703,15 +736,22 @@ impl Waiter {
 
     /// A stop signal after the first stop was taken (after [`Waiter::first`]): stop at
     /// once. After a recycling, the second signal. A single process's SIGQUIT, before
-    /// or after the first stop: at once.
+    /// or after the first stop: at once. A worker counts none that came while its
+    /// master was alive ([`UNDER_MASTER`]); an orphan escalates on those that come
+    /// after its master's death.
     pub async fn second(&mut self) -> &'static str {
         let ints_before = stop_ints();
         loop {
             if quit() {
                 return QUIT;
             }
+            // TERMS before UNDER_MASTER (the handler adds to it first): a signal
+            // counted in one and not yet in the other is never escalated on.
             let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
-            if terms + ints > self.first {
+            let held = UNDER_MASTER
+                .load(Ordering::SeqCst)
+                .wrapping_sub(self.under_master);
+            if (terms + ints).saturating_sub(held) > self.first {
                 return if ints > ints_before {
                     "SIGINT"
                 } else {
