@@ -273,12 +273,23 @@ fn again(signal: libc::c_int) -> bool {
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
         .max(1);
-    let prev = last.load(Ordering::SeqCst);
-    if prev != 0 && now.saturating_sub(prev) < SAME_SIGNAL_AGAIN.as_nanos() as u64 {
-        return true;
+    same_again(last, now)
+}
+
+/// [`again`]'s decision at `now` (CLOCK_MONOTONIC ns): one compare-and-swap, so that of
+/// two signals handled at the same moment on two threads only one is counted.
+/// regression: a load then a store let both be counted (both saw the older time).
+fn same_again(last: &AtomicU64, now: u64) -> bool {
+    let mut prev = last.load(Ordering::SeqCst);
+    loop {
+        if prev != 0 && now.saturating_sub(prev) < SAME_SIGNAL_AGAIN.as_nanos() as u64 {
+            return true;
+        }
+        match last.compare_exchange_weak(prev, now, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return false,
+            Err(seen) => prev = seen,
+        }
     }
-    last.store(now, Ordering::SeqCst);
-    false
 }
 
 fn wake() {
@@ -782,6 +793,44 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // regression: `again` was a load then a store: two SIGTERMs handled at the same
+    // moment on two threads both read the old time and were both counted (a second
+    // signal: "stopping now"). Many threads at one `now`: exactly one is counted.
+    #[test]
+    fn counts_one_of_the_same_signal_on_many_threads_at_once() {
+        const THREADS: usize = 8;
+        for round in 0..200u64 {
+            let last = AtomicU64::new(0);
+            let gate = std::sync::Barrier::new(THREADS);
+            let now = (round + 1) * 1_000_000_000;
+            let counted: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            gate.wait();
+                            !same_again(&last, now)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| usize::from(h.join().unwrap()))
+                    .sum()
+            });
+            assert_eq!(counted, 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn counts_the_same_signal_again_after_the_window() {
+        let last = AtomicU64::new(0);
+        let t = 5_000_000_000;
+        let window = SAME_SIGNAL_AGAIN.as_nanos() as u64;
+        assert!(!same_again(&last, t));
+        assert!(same_again(&last, t + window - 1));
+        assert!(!same_again(&last, t + window));
+    }
 
     // regression: a process whose wake-up pipe could not be made (EMFILE under a low
     // `ulimit -n`) went on without a working stop: a worker booted unprotected, and
