@@ -580,23 +580,15 @@ impl Master {
     /// Counted, not paired: an outgoing worker that reached its limit first and left
     /// has a successor still to come, which must not relieve another worker early.
     fn relieve(&mut self, successor: Pid, generation: u64) {
-        let serving = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == generation && w.phase == Phase::Serving)
-            .count();
-        if serving <= self.target {
-            return;
-        }
-        let Some(w) = self
-            .workers
-            .iter_mut()
-            .filter(|w| w.generation == generation && w.phase == Phase::Serving)
-            .filter(|w| w.outgoing.is_some())
-            .min_by_key(|w| w.outgoing.map(|(_, asked)| asked))
-        else {
+        let candidates = self.workers.iter().map(|w| Candidate {
+            serving: w.generation == generation && w.phase == Phase::Serving,
+            retired: self.board.self_retired(w.slot).is_some(),
+            outgoing: w.outgoing.map(|(_, asked)| asked),
+        });
+        let Some(i) = relieved(candidates, self.target) else {
             return;
         };
+        let w = &mut self.workers[i];
         let Some((cause, asked)) = w.outgoing else {
             return;
         };
@@ -1720,9 +1712,81 @@ unsafe fn fork() -> std::io::Result<i32> {
     }
 }
 
+/// A worker as [`relieved`] sees it.
+struct Candidate {
+    /// Of the successor's generation, and serving.
+    serving: bool,
+    /// It retired itself (`--max-requests`, `--max-rss`), perhaps in this same wake-up
+    /// of the master, which has not read it yet (`watch`): it is leaving already.
+    retired: bool,
+    /// Since when it waits for its successor, if it does.
+    outgoing: Option<Instant>,
+}
+
+/// [`Master::relieve`]'s choice, as an index in `workers`: the outgoing worker that has
+/// waited longest, if more than `target` serve. One that retired itself neither counts
+/// as serving nor is chosen.
+/// regression: such a worker still read as serving (successor-first recycling ran
+/// before `watch`), so another outgoing worker was drained too, and fewer than
+/// --workers served until their successors were ready.
+fn relieved(workers: impl Iterator<Item = Candidate>, target: usize) -> Option<usize> {
+    let serving: Vec<(usize, Option<Instant>)> = workers
+        .enumerate()
+        .filter(|(_, w)| w.serving && !w.retired)
+        .map(|(i, w)| (i, w.outgoing))
+        .collect();
+    if serving.len() <= target {
+        return None;
+    }
+    serving
+        .iter()
+        .filter_map(|&(i, asked)| Some((i, asked?)))
+        .min_by_key(|&(_, asked)| asked)
+        .map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Unclean;
+    use super::{relieved, Candidate, Unclean};
+    use std::time::{Duration, Instant};
+
+    fn worker(retired: bool, outgoing: Option<Instant>) -> Candidate {
+        Candidate {
+            serving: true,
+            retired,
+            outgoing,
+        }
+    }
+
+    // regression: a worker that retired itself in the same wake-up as a successor's
+    // ready byte read as serving, so relieve drained another outgoing worker too and
+    // capacity fell below --workers. --workers 2: A (outgoing, retired itself), B
+    // (outgoing), S (A's successor, ready).
+    #[test]
+    fn relieves_no_one_for_a_worker_that_retired_itself() {
+        let t = Instant::now();
+        let a = worker(true, Some(t));
+        let b = worker(false, Some(t + Duration::from_millis(5)));
+        let s = worker(false, None);
+        assert_eq!(relieved([a, b, s].into_iter(), 2), None);
+    }
+
+    #[test]
+    fn relieves_the_outgoing_worker_that_waited_longest() {
+        let t = Instant::now();
+        let later = worker(false, Some(t + Duration::from_millis(5)));
+        let first = worker(false, Some(t));
+        let other_generation = Candidate {
+            serving: false,
+            retired: false,
+            outgoing: Some(t - Duration::from_millis(5)),
+        };
+        let s = worker(false, None);
+        let them = [other_generation, later, first, worker(false, None), s];
+        assert_eq!(relieved(them.into_iter(), 3), Some(2));
+        let (a, b) = (worker(false, Some(t)), worker(false, None));
+        assert_eq!(relieved([a, b].into_iter(), 2), None);
+    }
 
     #[test]
     fn an_unclean_stop_says_what_happened_with_the_counts() {
