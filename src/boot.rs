@@ -230,18 +230,21 @@ pub fn warn_if_root() {
 /// Apache's packages, macOS), in the order the advice prefers them.
 const FRONT_SERVER_NAMES: [&str; 5] = ["www-data", "nginx", "http", "apache", "_www"];
 
-/// Warns when the Unix socket at `path`, bound with neither `--socket-mode` nor
-/// `--socket-owner`, is one the front server most likely cannot connect to: the umask
-/// gave it a mode without write for others (0755, 0775), and neither its owner nor its
-/// group is a front server's with write permission. nginx (www-data) then gets EACCES
-/// and answers 502: uWSGI's chmod-socket pitfall. The advice names the group this host
-/// has. regression: nothing was said; the 502 was the first sign.
+/// Warns when the Unix socket at `path` is one the front server most likely cannot
+/// connect to. Without `--socket-mode`/`--socket-owner`, the umask gave it a mode without
+/// write for others (0755, 0775); with `--socket-mode` alone (uWSGI's `chmod-socket =
+/// 660` as root: `root:root 0660`), the same can hold. The socket is taken as reachable
+/// when others may write, or its owner or group is a front server's (www-data, nginx,
+/// ...) with write permission; a group given with `--socket-owner` is the user's choice
+/// and is only checked for the write bit. nginx (www-data) otherwise gets EACCES and
+/// answers 502: uWSGI's chmod-socket pitfall. The advice names the group this host has.
+/// regression: nothing was said; the 502 was the first sign. Then (review): nothing was
+/// said either once `--socket-mode` or `--socket-owner` was given, though
+/// `--socket-mode 660` as root and `--socket-owner :www-data` on a 0755 socket lock
+/// nginx out just the same.
 pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
     use std::os::unix::fs::MetadataExt as _;
     let ListenAddr::Unix(path) = addr else { return };
-    if config.opts.socket_mode.is_some() || config.socket_owner.is_some() {
-        return;
-    }
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return;
     };
@@ -255,9 +258,19 @@ pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
         name.as_deref()
             .is_some_and(|n| FRONT_SERVER_NAMES.contains(&n))
     };
+    let chosen_group = config.socket_owner.is_some_and(|(_, g)| g.is_some());
     if mode & 0o002 != 0
         || (mode & 0o200 != 0 && front(&owner))
-        || (mode & 0o020 != 0 && front(&group))
+        || (mode & 0o020 != 0 && (front(&group) || chosen_group))
+    {
+        return;
+    }
+    // A user given alone with --socket-owner is the user's choice too (nginx may run as
+    // that user).
+    if config
+        .socket_owner
+        .is_some_and(|(u, g)| u.is_some() && g.is_none())
+        && mode & 0o200 != 0
     {
         return;
     }
@@ -265,13 +278,26 @@ pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
     let here = FRONT_SERVER_NAMES
         .iter()
         .find(|g| crate::users::gid_by_name(g).ok().flatten().is_some());
-    let fix = match here {
-        Some(g) => format!("--socket-mode 660 --socket-owner :{g} (the front server's group), or --socket-mode 666 (any local user may connect)"),
-        None => "--socket-mode 660 --socket-owner :GROUP (the front server's group), or --socket-mode 666 (any local user may connect)".to_owned(),
+    let group_hint = here.map_or_else(|| ":GROUP".to_owned(), |g| format!(":{g}"));
+    let fix = if chosen_group {
+        "--socket-mode 660 (the group needs write permission to connect)".to_owned()
+    } else if config.opts.socket_mode.is_some() {
+        format!("--socket-owner {group_hint} (the front server's group), or --socket-mode 666 (any local user may connect)")
+    } else {
+        format!("--socket-mode 660 --socket-owner {group_hint} (the front server's group), or --socket-mode 666 (any local user may connect)")
+    };
+    let from = match (
+        config.opts.socket_mode.is_some(),
+        config.socket_owner.is_some(),
+    ) {
+        (false, false) => "from the umask (no --socket-mode or --socket-owner)",
+        (true, false) => "from --socket-mode (no --socket-owner)",
+        (false, true) => "with --socket-owner, the mode from the umask (no --socket-mode)",
+        (true, true) => "from --socket-mode and --socket-owner",
     };
     tracing::warn!(
         listener = %addr,
-        "the socket has mode {mode:04o}, owner {}:{}, from the umask (no --socket-mode or --socket-owner): a front server running as another user (nginx as www-data) cannot connect to it (EACCES: a 502, and 'connect() ... failed (13: Permission denied)' in nginx's error log); add {fix}",
+        "the socket has mode {mode:04o}, owner {}:{}, {from}: a front server running as another user (nginx as www-data) cannot connect to it (EACCES: a 502, and 'connect() ... failed (13: Permission denied)' in nginx's error log); add {fix}",
         name(owner, meta.uid()),
         name(group, meta.gid()),
     );

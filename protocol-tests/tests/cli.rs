@@ -1393,10 +1393,34 @@ fn a_unix_socket_the_front_server_cannot_connect_to_is_warned_about() {
         "{said}"
     );
     assert!(said.contains("or --socket-mode 666"), "{said}");
-    for (umask, extra) in [(0o022, &["--socket-mode", "660"][..]), (0o000, &[][..])] {
+    for (umask, extra) in [
+        (
+            0o022,
+            &["--socket-mode", "660", "--socket-owner", ":www-data"][..],
+        ),
+        (0o022, &["--socket-mode", "666"][..]),
+        (0o000, &[][..]),
+    ] {
         let quiet = run(umask, extra);
         assert!(quiet.contains("can be bound"), "{quiet}");
-        assert!(!quiet.contains("--socket-mode 660"), "{extra:?}: {quiet}");
+        assert!(
+            !quiet.contains("cannot connect to it"),
+            "{extra:?}: {quiet}"
+        );
+    }
+    // regression: given --socket-mode or --socket-owner, nothing was checked, though
+    // uWSGI's `chmod-socket = 660` as root (root:root 0660) or a group on a 0755 socket
+    // lock nginx out just the same.
+    if euid == 0 {
+        let said = run(0o022, &["--socket-mode", "660"]);
+        assert!(
+            said.contains("the socket has mode 0660, owner root:root, from --socket-mode"),
+            "{said}"
+        );
+        assert!(said.contains("add --socket-owner :"), "{said}");
+        let said = run(0o022, &["--socket-owner", ":www-data"]);
+        assert!(said.contains("mode 0755, owner root:www-data"), "{said}");
+        assert!(said.contains("add --socket-mode 660 (the group"), "{said}");
     }
     // A start logs it too.
     let mut c = postern();
