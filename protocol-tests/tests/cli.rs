@@ -1240,6 +1240,94 @@ fn uwsgi_options_are_named_in_posterns_words() {
     );
 }
 
+// regression: a uWSGI option whose value postern does not use (`--plugin python3`,
+// `--cheaper 2`, `--attach-daemon CMD`, `--protocol fastcgi`) was read as a flag: its
+// value was left behind as postern's APP (`the same with postern: postern python3
+// app:app`), the advice had an empty `ExecStart=,`, and `--protocol fastcgi` was refused
+// as 'protocol =  is not one postern speaks'.
+#[test]
+fn uwsgi_options_keep_their_values_whatever_postern_does_with_them() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--plugin", "python3", "app:app"],
+            &[
+                "`--plugin python3` is uWSGI's",
+                "the same with postern: postern app:app\n",
+            ],
+        ),
+        (
+            &[
+                "--cheaper",
+                "2",
+                "--limit-as",
+                "512",
+                "--max-fd",
+                "1024",
+                "app:app",
+            ],
+            &[
+                "`--cheaper 2`",
+                "`--limit-as 512`",
+                "`--max-fd 1024`",
+                "the same with postern: postern app:app\n",
+            ],
+        ),
+        (
+            &[
+                "--offload-threads",
+                "2",
+                "--static-map",
+                "/s=/var/www",
+                "app:app",
+            ],
+            &[
+                "`--offload-threads 2`",
+                "`--static-map /s=/var/www`",
+                "the same with postern: postern app:app\n",
+            ],
+        ),
+        (
+            &["--attach-daemon", "celery -A proj worker", "app:app"],
+            &[
+                "ExecStart=celery -A proj worker,",
+                "the same with postern: postern app:app\n",
+            ],
+        ),
+        (
+            &["--protocol", "fastcgi", "--socket", ":9000", "a:app"],
+            &["the same with postern: postern --fastcgi 0.0.0.0:9000 a:app\n"],
+        ),
+        // A flag leaves the next argument to postern, and a value-taker that works
+        // without one leaves what looks like the app.
+        (
+            &["--enable-threads", "--vacuum", "app"],
+            &["the same with postern: postern app\n"],
+        ),
+        (
+            &["--cheaper", "app:app"],
+            &["the same with postern: postern app:app\n"],
+        ),
+    ];
+    for (args, want) in cases {
+        let out = postern().args(*args).output().unwrap();
+        let err: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("postern: ").unwrap_or(l)))
+            .collect();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in *want {
+            assert!(err.contains(w), "{args:?}: want {w:?} in:\n{err}");
+        }
+        for wrong in [
+            "ExecStart=,",
+            "is not one postern speaks",
+            "is neither postern's",
+        ] {
+            assert!(!err.contains(wrong), "{args:?}: {err}");
+        }
+    }
+}
+
 // regression: `POSTERN_THREADS=x postern app` said "invalid value 'x' for '--threads
 // <N>'" without naming the variable it came from.
 #[test]

@@ -32,6 +32,88 @@ const SHORT: &[(char, &str)] = &[
     ('j', "json"),
 ];
 
+/// uWSGI's options that take no value (uWSGI's `--help`: the ones without `<...>`):
+/// `--vacuum app` leaves `app` to postern.
+const FLAGS: &[&str] = &[
+    "master",
+    "vacuum",
+    "die-on-term",
+    "enable-threads",
+    "lazy-apps",
+    "lazy",
+    "single-interpreter",
+    "need-app",
+    "strict",
+    "thunder-lock",
+    "harakiri-verbose",
+    "harakiri-no-arh",
+    "memory-report",
+    "disable-logging",
+    "honour-stdin",
+    "no-orphans",
+    "auto-procname",
+    "no-default-app",
+    "manage-script-name",
+    "catch-exceptions",
+    "log-master",
+    "threaded-logger",
+    "log-reopen",
+    "log-x-forwarded-for",
+    "log-micros",
+    "log-zero",
+    "log-4xx",
+    "log-5xx",
+    "log-sendfile",
+    "log-ioerror",
+    "disable-write-exception",
+    "ignore-sigpipe",
+    "ignore-write-errors",
+    "close-on-exec",
+    "close-on-exec2",
+    "reuse-port",
+    "tcp-nodelay",
+    "so-keepalive",
+    "no-defer-accept",
+    "cheap",
+    "die-on-idle",
+    "enable-metrics",
+    "stats-http",
+    "stats-minified",
+    "reload-on-exception",
+    "py-call-osafterfork",
+    "skip-atexit",
+    "skip-atexit-teardown",
+    "no-server",
+    "show-config",
+    "dump-options",
+    "vhost",
+    "vhost-host",
+    "http-auto-chunked",
+    "http-auto-gzip",
+    "http-websockets",
+    "http-raw-body",
+    "master-as-root",
+    "freebind",
+    "exit-on-reload",
+    "disable-sendfile",
+    "wsgi-disable-file-wrapper",
+    "start-unsubscribed",
+    "gevent-monkey-patch",
+    "no-threads-wait",
+    "enable-proxy-protocol",
+    "cheaper-busyness-verbose",
+    "spooler-ordered",
+    "pcre-jit",
+    "plugins-list",
+    "loop-list",
+    "ugreen",
+    "cache-no-expire",
+    "logformat-strftime",
+];
+
+/// uWSGI's options whose value may be left out (`--chmod-socket` is 666).
+const OPTIONAL: &[&str] = &["chmod-socket", "log-date", "logdate", "http-keepalive"];
+
 /// One uWSGI option found on the command line.
 #[derive(Debug, Clone)]
 pub struct Typed {
@@ -98,10 +180,13 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
     if found.is_empty() {
         return (Vec::new(), others);
     }
-    // Whether an option takes the next argument: uWSGI's flags (`--vacuum app`) do not.
-    // One the mapping refuses without a value does; one that works without (a flag, or
-    // an optional value: `--chmod-socket [MODE]`) takes it when it is a boolean word or
-    // carries over as something else than the option alone (`--chmod-socket 660`).
+    // Whether an option takes the next argument, as uWSGI's own parser decides: from the
+    // option, not from what postern does with it (`--plugin python3` is ignored whatever
+    // the value, and the value must go with it). uWSGI's flags (`--vacuum app`) take none;
+    // an option with an optional value (`--chmod-socket [MODE]`) takes a boolean word or
+    // one that carries over as something else than the option alone (`--chmod-socket
+    // 660`); any other takes it, unless it works without a value and the next argument
+    // looks like the app (`module:callable`, `file.py`).
     let one = |key: &str, value: &str| -> Typed {
         let entries = [entry(0, key, value, "")];
         map(&entries).remove(0)
@@ -111,14 +196,21 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
         if matches!(as_value.outcome, Outcome::Unknown | Outcome::Placeholder) {
             return None;
         }
-        let as_flag = one(key, "");
         let boolean = matches!(
             next.to_ascii_lowercase().as_str(),
             "true" | "false" | "on" | "off" | "yes" | "no" | "0" | "1"
         );
-        let carried_as_itself = matches!(as_value.outcome, Outcome::Carried { note: None, .. })
-            && (as_value.outcome != as_flag.outcome || as_value.postern != as_flag.postern);
-        Some(matches!(as_flag.outcome, Outcome::Refused(_)) || boolean || carried_as_itself)
+        if FLAGS.contains(&key) {
+            return Some(boolean);
+        }
+        let as_flag = one(key, "");
+        if OPTIONAL.contains(&key) {
+            let carried_as_itself = matches!(as_value.outcome, Outcome::Carried { note: None, .. })
+                && (as_value.outcome != as_flag.outcome || as_value.postern != as_flag.postern);
+            return Some(boolean || carried_as_itself);
+        }
+        let looks_like_app = next.contains(':') || next.ends_with(".py");
+        Some(matches!(as_flag.outcome, Outcome::Refused(_)) || !looks_like_app)
     };
     let mut entries = Vec::new();
     for (n, (flag, key, inline, next)) in found.iter().enumerate() {
