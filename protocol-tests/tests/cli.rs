@@ -1328,6 +1328,22 @@ fn uwsgi_options_keep_their_values_whatever_postern_does_with_them() {
     }
 }
 
+// regression: `postern --processes 4 --help` said '`--help` is neither postern's option
+// nor a uWSGI option postern knows'.
+#[test]
+fn help_and_version_beside_a_uwsgi_option_are_posterns() {
+    for flag in ["--help", "-h", "--version", "-V"] {
+        let out = postern().args(["--processes", "4", flag]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains("postern says `--workers 4`"), "{flag}: {err}");
+        assert!(
+            !err.contains("is neither postern's option"),
+            "{flag}: {err}"
+        );
+    }
+}
+
 // regression: `POSTERN_THREADS=x postern app` said "invalid value 'x' for '--threads
 // <N>'" without naming the variable it came from.
 #[test]

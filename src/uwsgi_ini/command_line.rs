@@ -151,7 +151,8 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
                 Some((n, v)) => (n, Some(v.to_owned())),
                 None => (long, None),
             };
-            if name.is_empty() || ours(name) {
+            // clap's own, not among `ours`' arguments.
+            if name.is_empty() || matches!(name, "help" | "version") || ours(name) {
                 continue;
             }
             let next = if inline.is_some() { None } else { next };
