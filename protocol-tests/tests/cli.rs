@@ -1344,6 +1344,34 @@ fn help_and_version_beside_a_uwsgi_option_are_posterns() {
     }
 }
 
+// regression: `postern --callable app` suggested 'the same with postern: postern', a
+// command with no APP.
+#[test]
+fn no_command_is_suggested_without_an_app() {
+    let cases: &[(&[&str], bool)] = &[
+        (&["--callable", "app"], false),
+        (&["--processes", "4", "--vacuum"], false),
+        (&["--processes", "4", "app"], true),
+        (&["--vacuum", "app"], true),
+        (&["--callable", "application", "--module", "wsgi"], true),
+    ];
+    for (args, suggested) in cases {
+        let out = postern()
+            .args(*args)
+            .env_remove("POSTERN_APP")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("is uWSGI's"), "{args:?}: {err}");
+        assert_eq!(
+            err.contains("the same with postern:"),
+            *suggested,
+            "{args:?}: {err}"
+        );
+    }
+}
+
 // regression: `POSTERN_THREADS=x postern app` said "invalid value 'x' for '--threads
 // <N>'" without naming the variable it came from.
 #[test]

@@ -401,6 +401,7 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
     let mut app = Vec::new();
     let mut rest = args.iter().skip(1).peekable();
     let mut typed = typed.iter().peekable();
+    let (mut positional, mut prev) = (false, None::<&String>);
     while let Some(a) = rest.next() {
         let t = typed.peek().filter(|t| {
             let flag_here = a == &t.flag || a.starts_with(&format!("{}=", t.flag));
@@ -408,9 +409,17 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
             flag_here || glued
         });
         let Some(t) = t.copied() else {
+            // postern's APP: after the program, a uWSGI option, a value or `--x=v`, or
+            // what looks like one after one of postern's options.
+            positional |= !a.starts_with('-')
+                && prev.is_none_or(|p| !p.starts_with('-') || p.contains('='))
+                || a.contains(':')
+                || a.ends_with(".py");
+            prev = Some(a);
             out.push(quoted(a));
             continue;
         };
+        prev = None;
         typed.next();
         // The value went with it when the text has one after a space.
         if t.text.len() > a.len() && t.text.starts_with(&format!("{a} ")) {
@@ -425,6 +434,15 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
                 app = vec![p.clone()];
             }
         }
+    }
+    let from_file = args.iter().any(|a| {
+        ["--config", "--ini"]
+            .iter()
+            .any(|f| a == f || a.starts_with(&format!("{f}=")))
+    });
+    // A command without the app would only fail again.
+    if app.is_empty() && !positional && !from_file && std::env::var_os("POSTERN_APP").is_none() {
+        return None;
     }
     out.extend(app);
     Some(out.join(" "))
