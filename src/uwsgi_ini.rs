@@ -360,6 +360,26 @@ fn factory(call: &str) -> Outcome {
 
 /// What to do about an `attach-daemon`-like line `key = v`: its command gets a service
 /// of its own (a Celery worker would otherwise silently stop at the switch).
+/// uWSGI's `cron = MIN HOUR DAY MONTH WEEKDAY COMMAND` as a crontab line: uWSGI's `-1`
+/// (every) is cron's `*`, and `-N` (every N) cron's `*/N`. Anything else is left as is.
+fn crontab_line(v: &str) -> String {
+    let mut words = v.split_whitespace();
+    let fields: Vec<&str> = words.by_ref().take(5).collect();
+    let command = words.collect::<Vec<_>>().join(" ");
+    if fields.len() < 5 || fields.iter().any(|f| f.parse::<i64>().is_err()) {
+        return v.to_owned();
+    }
+    let fields: Vec<String> = fields
+        .iter()
+        .map(|f| match f.strip_prefix('-') {
+            Some("1") => "*".to_owned(),
+            Some(n) => format!("*/{n}"),
+            None => (*f).to_owned(),
+        })
+        .collect();
+    format!("{} {command}", fields.join(" "))
+}
+
 fn daemon(key: &str, v: &str) -> String {
     // smart-attach-daemon = PIDFILE COMMAND; attach-daemon2 = cmd=...,key=value.
     let command = if key.starts_with("smart-attach-daemon") {
@@ -952,7 +972,8 @@ impl<'a> Mapper<'a> {
             ),
             k if k.contains("attach-daemon") => Outcome::Beside(daemon(k, v)),
             "cron" | "cron2" | "unique-cron" => Outcome::Beside(format!(
-                "postern runs no cron tasks, so this job stops running at the switch: give it a systemd timer (a .service with ExecStart= the command, a .timer with OnCalendar=) or a crontab line: {v}"
+                "postern runs no cron tasks, so this job stops running at the switch: give it a systemd timer (a .service with ExecStart= the command, a .timer with OnCalendar=) or a crontab line: {}",
+                crontab_line(v)
             )),
             // Refused, not ignored: running without them loses the app's jobs silently.
             "spooler" | "spooler-external" | "mule" | "mules" | "farm" | "cache" | "cache2"

@@ -1372,6 +1372,31 @@ fn no_command_is_suggested_without_an_app() {
     }
 }
 
+// regression: the cron advice suggested 'a crontab line: -1 -1 -1 -1 -1 /usr/bin/true',
+// uWSGI's -1 (every) where cron writes `*`.
+#[test]
+fn the_cron_advice_is_a_crontab_line() {
+    let out = postern()
+        .args(["--cron", "-1 -1 -1 -1 -1 /usr/bin/true", "app"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("a crontab line: * * * * * /usr/bin/true"),
+        "{err}"
+    );
+    let out = postern()
+        .args(["--cron", "30 -2 -1 -1 1 ./backup.sh --full", "app"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a crontab line: 30 */2 * * 1 ./backup.sh --full"),
+        "{err}"
+    );
+}
+
 // regression: `POSTERN_THREADS=x postern app` said "invalid value 'x' for '--threads
 // <N>'" without naming the variable it came from.
 #[test]

@@ -142,9 +142,15 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
         if a == "--" {
             break;
         }
+        // A value may begin with '-' when it is no option: uWSGI's cron `-1 -1 -1 -1 -1 CMD`.
         let next = args
             .get(i)
-            .filter(|n| !n.starts_with('-') || n.as_str() == "-")
+            .filter(|n| {
+                !n.starts_with('-')
+                    || n.as_str() == "-"
+                    || n.contains(char::is_whitespace)
+                    || n.parse::<i64>().is_ok()
+            })
             .cloned();
         if let Some(long) = a.strip_prefix("--") {
             let (name, inline) = match long.split_once('=') {
