@@ -583,14 +583,20 @@ fn worker(
     if let Err(e) = wsgi::stacks::enable() {
         tracing::warn!("{}", supervisor::with_open_files_advice(e.to_string()));
     }
-    let monitor =
-        supervisor::WorkerMonitor::new(&ctx, config.opts.max_requests, config.opts.max_rss);
+    let monitor = std::sync::Arc::new(supervisor::WorkerMonitor::new(
+        &ctx,
+        config.opts.max_requests,
+        config.opts.max_rss,
+    ));
     let settings = Settings {
-        monitor: Some(std::sync::Arc::new(monitor)),
+        monitor: Some(std::sync::Arc::clone(&monitor) as _),
         ..settings
     };
     let (ready, board, slot) = (ctx.ready, std::sync::Arc::clone(&ctx.board), ctx.slot);
-    let on_ready = Box::new(move || supervisor::announce_ready(ready, &board, slot));
+    let on_ready = Box::new(move || {
+        monitor.ready();
+        supervisor::announce_ready(ready, &board, slot)
+    });
     match server::run(
         bound,
         loaded.app,

@@ -768,10 +768,21 @@ fn recycling_under_an_even_load_never_leaves_the_clients_waiting_for_an_import()
         .args(["--workers", "2", "--threads", "2", "--max-requests", "500"])
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
-    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // 4 clients keep both workers' 2 threads busy: each worker serves up to ~90
     // requests a second, and reaches its 500 (to 549) about when the other does.
+    // Two recycles of each worker, however loaded the machine (before: the first one
+    // stalled every client; the successor-first line never came).
+    let recycled = recycles_under_even_load(&p, 4, 60);
+    assert!(recycled >= 4, "{recycled} recycles\n{}", p.logs());
+}
+
+/// 4 clients send GETs to `p` back to back until `successor_first` recycles said "its
+/// successor is ready" (or `secs` passed); then asserts that no request failed and none
+/// waited a second (a successor's start is 1.5 s in the callers' apps). Returns how
+/// many successor-first recycles there were.
+fn recycles_under_even_load(p: &Postern, successor_first: usize, secs: u64) -> usize {
+    let pkt = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (addr, pkt, stop) = (p.addr.clone(), pkt.clone(), stop.clone());
@@ -788,10 +799,8 @@ fn recycling_under_an_even_load_never_leaves_the_clients_waiting_for_an_import()
             })
         })
         .collect();
-    // Two recycles of each worker, however loaded the machine (before: the first one
-    // stalled every client; the successor-first line never came).
-    wait_until(60, || {
-        p.logs().matches("its successor is ready").count() >= 4
+    wait_until(secs, || {
+        p.logs().matches("its successor is ready").count() >= successor_first
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
@@ -802,12 +811,32 @@ fn recycling_under_an_even_load_never_leaves_the_clients_waiting_for_an_import()
         results.iter().all(|&(_, failed)| failed == 0),
         "{results:?}\n{logs}"
     );
-    // The import takes 1.5 s: a request that waited for one took that long at least.
     assert!(
         results
             .iter()
             .all(|&(slowest, _)| slowest < Duration::from_millis(1000)),
-        "a client waited for a successor's import: {results:?}\n{logs}"
+        "a client waited for a successor's start: {results:?}\n{logs}"
     );
-    assert!(recycled >= 4, "{recycled} recycles\n{logs}");
+    recycled
+}
+
+// regression: a worker's lead (how long before --max-requests it asks for its
+// successor: twice its own start) was measured before its ASGI lifespan startup ran:
+// with a 2 s startup the lead was 250 ms, every recycle happened at the limit, and
+// requests waited for the successor's lifespan startup.
+#[test]
+fn an_asgi_lifespan_startup_counts_in_the_successor_lead() {
+    let dir = tempdir();
+    let p = Spawn::asgi_unix(
+        dir.path(),
+        "lifeapp",
+        "import asyncio, os\n\nasync def app(scope, receive, send):\n    if scope['type'] == 'lifespan':\n        while True:\n            m = await receive()\n            if m['type'] == 'lifespan.startup':\n                await asyncio.sleep(1.5)\n                await send({'type': 'lifespan.startup.complete'})\n            elif m['type'] == 'lifespan.shutdown':\n                await send({'type': 'lifespan.shutdown.complete'})\n                return\n    await asyncio.sleep(0.02)\n    await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/plain')]})\n    await send({'type': 'http.response.body', 'body': str(os.getpid()).encode()})\n",
+    )
+    .args(["--workers", "2", "--max-requests", "300"])
+    .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    // About 100 requests a second each: a worker nears its 300 (to 329) in ~3 s, and
+    // asks for its successor more than 3 s (twice its 1.5 s start) before it.
+    let recycled = recycles_under_even_load(&p, 2, 30);
+    assert!(recycled >= 2, "{recycled} recycles\n{}", p.logs());
 }

@@ -210,11 +210,14 @@ pub struct WorkerMonitor {
     /// A copy of the status pipe, to wake the master when this worker recycles itself
     /// or asks for its successor.
     master: Option<OwnedFd>,
-    /// When it began to serve (its app imported).
+    /// When its monitor was made (its app imported): the clock of [`Window`].
     since: Instant,
-    /// How long before its `--max-requests` it asks for its successor, at the rate it
-    /// served so far: [`SUCCESSOR_LEAD`] times its own start.
-    lead: Duration,
+    /// When the master forked it.
+    forked: Instant,
+    /// How long (nanoseconds) before its `--max-requests` it asks for its successor, at
+    /// the rate it served so far: [`SUCCESSOR_LEAD`] times its own start, fork to
+    /// serving ([`WorkerMonitor::ready`]), an ASGI lifespan startup included.
+    lead_ns: AtomicU64,
     /// It asked the master for its successor ([`WorkerMonitor::want_successor`]).
     successor_asked: AtomicBool,
     /// The rate it serves at, over its last one or two leads ([`Window`]).
@@ -248,6 +251,11 @@ const MIN_LEAD: Duration = Duration::from_millis(250);
 /// passes `--max-rss` by this fraction (a half) meanwhile: then it stops at once.
 const RSS_HARD_DIVISOR: u64 = 2;
 
+/// The lead of a worker whose start (fork to serving) took `start`, in nanoseconds.
+fn lead_ns(start: Duration) -> u64 {
+    u64::try_from((start * SUCCESSOR_LEAD).max(MIN_LEAD).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The `--max-requests` jitter of this worker: up to 10% of `n`, from a hash of its
 /// pid and the clock, so that workers forked together (consecutive pids) get limits
 /// spread over the whole range.
@@ -278,7 +286,9 @@ impl WorkerMonitor {
             standalone: false,
             master: recycles.then(|| ctx.ready.try_clone().ok()).flatten(),
             since: Instant::now(),
-            lead: (ctx.forked.elapsed() * SUCCESSOR_LEAD).max(MIN_LEAD),
+            forked: ctx.forked,
+            // Until it serves: its start so far ([`Self::ready`] measures the whole).
+            lead_ns: AtomicU64::new(lead_ns(ctx.forked.elapsed())),
             successor_asked: AtomicBool::new(false),
             window: Window::default(),
         };
@@ -325,7 +335,8 @@ impl WorkerMonitor {
             standalone: true,
             master: None,
             since: Instant::now(),
-            lead: MIN_LEAD,
+            forked: Instant::now(),
+            lead_ns: AtomicU64::new(lead_ns(Duration::ZERO)),
             successor_asked: AtomicBool::new(false),
             window: Window::default(),
         }
@@ -334,6 +345,26 @@ impl WorkerMonitor {
     /// A single process has imported its app and serves (`/ping` says pong).
     pub fn serving(&self) {
         self.board.mark_serving(self.slot);
+    }
+
+    /// A worker serves from now on (an ASGI app's lifespan startup done): its start,
+    /// hence its lead, is fork to now, and its rate window opens now.
+    /// regression: the lead was measured when the monitor was made, before the lifespan
+    /// startup (a 2 s startup gave a lead of 250 ms, and every recycle waited for a
+    /// successor's whole start at the limit).
+    pub fn ready(&self) {
+        self.lead_ns
+            .store(lead_ns(self.forked.elapsed()), Ordering::Relaxed);
+        let w = &self.window;
+        w.current.store(0, Ordering::Relaxed);
+        w.previous.store(0, Ordering::Relaxed);
+        w.rolled.store(false, Ordering::Relaxed);
+        let now = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        w.start.store(now, Ordering::Release);
+    }
+
+    fn lead(&self) -> Duration {
+        Duration::from_nanos(self.lead_ns.load(Ordering::Relaxed))
     }
 
     /// Asks the master, once, to start this worker's successor now (`why` says what
@@ -361,7 +392,7 @@ impl WorkerMonitor {
     /// (counted over half a lead at least, so that a first quick request is no rate),
     /// would this worker reach `max` within its lead?
     fn near_limit(&self, served: u64, max: u64) -> bool {
-        let lead = u64::try_from(self.lead.as_nanos()).unwrap_or(u64::MAX);
+        let lead = self.lead_ns.load(Ordering::Relaxed);
         let now = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let w = &self.window;
         let start = w.start.load(Ordering::Relaxed);
@@ -600,7 +631,7 @@ impl WorkerMonitor {
                     Cause::MaxRequests,
                     &format!(
                         "near its --max-requests limit ({served} of {max} served, at a rate that reaches {max} within {:?})",
-                        self.lead
+                        self.lead()
                     ),
                 );
             }
@@ -650,14 +681,35 @@ mod tests {
         let board = Arc::new(Scoreboard::new(1, 1).unwrap());
         let mut m = WorkerMonitor::standalone(board);
         m.since = Instant::now() - Duration::from_secs(10);
-        m.lead = Duration::from_secs(1);
+        m.lead_ns = AtomicU64::new(1_000_000_000);
         // 100 requests in a burst: a lead holds them all.
         let asked_at = (1..100).find(|&served| m.near_limit(served, 100));
         assert!(asked_at.is_some_and(|n| n <= 60), "{asked_at:?}");
         // A fresh worker's first requests are no rate (half a lead at least).
         let mut fresh = WorkerMonitor::standalone(Arc::new(Scoreboard::new(1, 1).unwrap()));
-        fresh.lead = Duration::from_secs(10);
+        fresh.lead_ns = AtomicU64::new(10_000_000_000);
         assert!(!fresh.near_limit(1, 100));
+    }
+
+    // regression: the lead was measured before an ASGI lifespan startup (`new`), not
+    // when the worker began to serve.
+    #[test]
+    fn the_lead_is_twice_the_start_up_to_serving_lifespan_included() {
+        let board = Arc::new(Scoreboard::new(1, 1).unwrap());
+        let mut m = WorkerMonitor::standalone(board);
+        assert_eq!(m.lead(), MIN_LEAD);
+        // Forked 1.5 s ago, imported at once, then a 1.5 s lifespan startup.
+        m.forked = Instant::now() - Duration::from_millis(1500);
+        m.window.current.store(7, Ordering::Relaxed);
+        m.ready();
+        assert!(m.lead() >= Duration::from_secs(3), "{:?}", m.lead());
+        assert!(m.lead() < Duration::from_secs(4), "{:?}", m.lead());
+        // The rate window opens when it serves: nothing counted before.
+        assert_eq!(m.window.current.load(Ordering::Relaxed), 0);
+        // 400 requests in a burst now, 600 left: within the 3 s lead at that rate.
+        let asked_at = (1..1000).find(|&served| m.near_limit(served, 1000));
+        assert!(asked_at.is_some(), "{asked_at:?}");
+        assert_eq!(lead_ns(Duration::from_millis(10)), 250_000_000);
     }
 
     #[test]
