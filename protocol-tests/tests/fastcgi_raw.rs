@@ -2906,6 +2906,37 @@ fn a_stop_right_after_a_cut_still_marks_it_once_the_front_server_reads() {
     assert!(status.success(), "{status:?}\n{}", p.logs());
 }
 
+#[test]
+fn a_stop_that_gives_a_cut_up_unmarked_says_so_and_exits_1() {
+    // regression: review LOWs on 4854e0c: a mark still waiting at --graceful-timeout
+    // was given up with a WARN, but the process exited 0 (a clean stop, though the
+    // client's truncated body may now look complete); and the wait said nothing at
+    // INFO ('stopping', then silence for up to --graceful-timeout).
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let mut p = start_gated_cut(
+        dir.path(),
+        &gate,
+        &["--read-timeout", "20", "--graceful-timeout", "2"],
+    );
+    // The front server never reads again.
+    let (_c, _got) = cut_while_not_read(&p, &gate);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_log("wait for their mark", 10), "{}", p.logs());
+    let line = log_lines(&p, &["wait for their mark"]).pop().unwrap();
+    assert!(
+        line.contains(" INFO ") && line.contains("marks=1"),
+        "{line}"
+    );
+    let status = p.wait_exit(15).expect("stopped at --graceful-timeout");
+    assert_eq!(status.code(), Some(1), "{}", p.logs());
+    assert!(
+        p.wait_log("closed unmarked at --graceful-timeout", 5),
+        "{}",
+        p.logs()
+    );
+}
+
 /// `/gated` of [`start_gated_cut`] on a connection read only a little at a time until
 /// the app has raised: the writer is then in the middle of a batch the front server
 /// does not take. The connection and what it read so far.

@@ -420,9 +420,10 @@ pub fn run(
             let left = deadline.saturating_duration_since(Instant::now());
             let joined = tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false);
             // No request runs now: a cut response's mark still waiting for room goes
-            // out before the runtime (and the task) is dropped.
-            parking.marks_out(deadline).await;
-            joined && read_whole
+            // out before the runtime (and the task) is dropped; one still waiting at
+            // --graceful-timeout is a cut response too (exit code 1).
+            let marked = parking.marks_out(deadline).await;
+            joined && read_whole && marked
         };
         let mut drain = std::pin::pin!(drain);
         let finished = loop {
@@ -470,7 +471,7 @@ pub fn run(
     }
     if !finished {
         tracing::warn!(
-            "requests still running when postern stopped (--graceful-timeout, a second signal or SIGQUIT)"
+            "requests still running, or cut FastCGI responses still unmarked, when postern stopped (--graceful-timeout, a second signal or SIGQUIT)"
         );
     }
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -1159,22 +1159,30 @@ impl Parking {
     /// waiting for room are out (each gives up at --read-timeout by itself), up to
     /// `deadline`. Dropped with the runtime instead, the connection closed unmarked,
     /// often mid-record, and nginx took the truncated body as the whole response.
-    pub async fn marks_out(&self, deadline: std::time::Instant) {
+    /// Returns false when marks were still waiting at `deadline`: those responses may
+    /// now look complete, so the stop is not clean (exit code 1).
+    /// regression: it exited 0 (review LOW).
+    pub async fn marks_out(&self, deadline: std::time::Instant) -> bool {
         self.marks.close();
         if self.marks.is_empty() {
-            return;
+            return true;
         }
-        tracing::debug!(
+        // INFO: otherwise the stop is silent for up to --graceful-timeout.
+        // regression: DEBUG, 'stopping' then nothing for 30 s (review LOW).
+        tracing::info!(
             marks = self.marks.len(),
-            "cut FastCGI responses wait for their mark before the process leaves"
+            within = ?deadline.saturating_duration_since(std::time::Instant::now()),
+            "cut FastCGI responses wait for their mark (the front server is not reading) before the process leaves, up to --graceful-timeout or each one's --read-timeout"
         );
         let waited = tokio::time::timeout_at(deadline.into(), self.marks.wait()).await;
         if waited.is_err() {
             tracing::warn!(
                 left = self.marks.len(),
-                "cut FastCGI responses closed unmarked at --graceful-timeout (the front server read nothing)"
+                "cut FastCGI responses closed unmarked at --graceful-timeout (the front server read nothing): they may look complete"
             );
+            return false;
         }
+        true
     }
 
     /// When this process leaves while others serve on (`serving()` says whether they
