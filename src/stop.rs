@@ -70,10 +70,15 @@ const NOTICE_TERM: u8 = b'T';
 const NOTICE_INT: u8 = b'I';
 /// How often [`on_quit_now`]'s thread says that the app is still starting.
 const STILL_STARTING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// SIGTERMs a worker received while its master was alive ([`master_alive`], asked in
-/// the handler): none of them is a second signal ([`Waiter::second`]), since the master
-/// escalates itself (its own second signal kills the workers, and so does
-/// --graceful-timeout). A group-wide SIGTERM (`timeout`, systemd's
+/// SIGTERMs a worker received from its master while the master was alive
+/// ([`master_alive`] and the sender's pid, both asked in the handler): none of them is
+/// a second signal ([`Waiter::second`]), since the master escalates itself (its own
+/// second signal kills the workers, and so does --graceful-timeout). A SIGTERM from
+/// anyone else (a second `kill -TERM` to the worker, a second group-wide one that a
+/// busy master merged into one) still stops the worker at once.
+/// regression (review of 0dd3827): every SIGTERM while the master lived was held, so a
+/// deliberate second one sent to a worker, or to the group while the master was busy,
+/// waited for --graceful-timeout. A group-wide SIGTERM (`timeout`, systemd's
 /// KillMode=control-group, supervisord's stopasgroup) reaches each worker and then the
 /// master, which forwards its own: a busy master's came more than
 /// [`SAME_SIGNAL_AGAIN`] after the group's.
@@ -103,7 +108,16 @@ static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// The handler: counts the signal and writes one byte on the wake-up pipe. Only
 /// async-signal-safe work (atomics, write(2)); errno is kept for the code it
 /// interrupted. A full pipe already wakes the reader, so a failed write loses nothing.
-extern "C" fn on_signal(signal: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // The sender (SA_SIGINFO): a worker tells its master's forwarded SIGTERM from
+    // another sender's ([`UNDER_MASTER`]).
+    // SAFETY: the kernel passes a valid siginfo_t for a handler installed with
+    // SA_SIGINFO; reading si_pid is a plain load.
+    let sender = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_pid() }
+    };
     // SAFETY: getpid, signal and raise are async-signal-safe.
     unsafe {
         if libc::getpid() != OWNER.load(Ordering::SeqCst) {
@@ -183,7 +197,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
     if signal != libc::SIGHUP && again(signal) {
         return;
     }
-    if signal == libc::SIGTERM && master_alive() {
+    if signal == libc::SIGTERM && master_alive() && sender == PARENT.load(Ordering::SeqCst) {
         // Before TERMS: a look at both between the two sees one fewer to escalate on.
         UNDER_MASTER.fetch_add(1, Ordering::SeqCst);
     }
@@ -358,7 +372,7 @@ pub fn install(single: bool) -> Result<(), StopError> {
         let previous = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_signal as *const () as usize;
-            action.sa_flags = libc::SA_RESTART;
+            action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
             libc::sigemptyset(&mut action.sa_mask);
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, &action, &mut old) != 0 {

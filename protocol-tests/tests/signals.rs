@@ -1390,6 +1390,34 @@ fn a_group_sigterm_is_one_stop_when_the_master_forwards_it_late() {
     one_clean_stop(p, slow);
 }
 
+// regression (review of 0dd3827): a worker whose master lived held every SIGTERM after
+// the first, so a deliberate second `kill -TERM` sent straight to it (or a second
+// group-wide one that a busy master merged into its first) waited for
+// --graceful-timeout. Only the master's own forwarded SIGTERM is held now (its sender
+// is the master); a second one from anyone else stops the worker at once.
+#[test]
+fn a_second_sigterm_sent_straight_to_a_worker_stops_it_at_once() {
+    let dir = tempdir();
+    let (mut p, slow) = a_group_with_a_request_in_the_app(dir.path());
+    let workers = children(p.pid());
+    assert_eq!(workers.len(), 2, "{}", p.logs());
+    for _ in 0..2 {
+        for &w in &workers {
+            // SAFETY: kill(2) on a worker of the postern this test started.
+            unsafe { libc::kill(w, libc::SIGTERM) };
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        p.wait_log("second signal: stopping now", 10),
+        "{}",
+        p.logs()
+    );
+    let _ = slow.join();
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some(), "{}", p.logs());
+}
+
 // At SIGQUIT the master shut the listeners before it killed the workers: each that
 // found them shut first logged "stopping: no new connections, letting in-flight
 // requests finish (a second signal stops at once)" and was killed 7 ms later
