@@ -93,6 +93,30 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker just forked into `slot`, importing the app.
+    fn new(pid: Pid, generation: u64, slot: usize, status: Option<OwnedFd>) -> Worker {
+        Worker {
+            pid,
+            generation,
+            status,
+            phase: Phase::Booting,
+            started: Instant::now(),
+            slot,
+            dumped: Vec::new(),
+            condemned_for: None,
+            served: false,
+            termed: false,
+            told: None,
+            sigkilled: false,
+            late: false,
+            before_stop: false,
+            slow_boot_said: false,
+            start_timed_out: false,
+            abandoned: false,
+            outgoing: None,
+        }
+    }
+
     /// Part of the serving generation and not on its way out (nor serving on only
     /// until its successor does).
     fn current(&self, generation: u64) -> bool {
@@ -249,29 +273,7 @@ pub fn run(
         pid: None,
         started: Instant::now(),
     });
-    let mut m = Master {
-        board,
-        opts: opts.clone(),
-        target: opts.workers,
-        generation: 0,
-        newest_generation: 0,
-        workers: Vec::new(),
-        boot_failures: 0,
-        failed_exit: None,
-        spawn_failures: 0,
-        spawn_retry: None,
-        announced: false,
-        completed: 0,
-        reload_pending: false,
-        reload_deferred: false,
-        pending: VecDeque::new(),
-        stats,
-        sfd: Some(sfd),
-        mask,
-        touch: None,
-        unclean: Unclean::default(),
-        quitting: false,
-    };
+    let mut m = Master::new(board, opts.clone(), stats, Some(sfd), mask);
     tracing::info!(
         master = std::process::id(),
         workers = opts.workers,
@@ -381,6 +383,38 @@ fn timeout_until(due: Option<Instant>) -> Option<rustix::event::Timespec> {
 }
 
 impl Master {
+    fn new(
+        board: Arc<Scoreboard>,
+        opts: Options,
+        stats: Option<StatsHelper>,
+        sfd: Option<SignalFd>,
+        mask: SigSet,
+    ) -> Master {
+        Master {
+            board,
+            target: opts.workers,
+            opts,
+            generation: 0,
+            newest_generation: 0,
+            workers: Vec::new(),
+            boot_failures: 0,
+            failed_exit: None,
+            spawn_failures: 0,
+            spawn_retry: None,
+            announced: false,
+            completed: 0,
+            reload_pending: false,
+            reload_deferred: false,
+            pending: VecDeque::new(),
+            stats,
+            sfd,
+            mask,
+            touch: None,
+            unclean: Unclean::default(),
+            quitting: false,
+        }
+    }
+
     fn signals(&self) -> &SignalFd {
         self.sfd
             .as_ref()
@@ -393,6 +427,33 @@ impl Master {
             .iter()
             .filter(|w| w.current(self.generation))
             .count()
+    }
+
+    /// Whether `w` takes connections from the listen queues: it said it is ready, the
+    /// master has not told it to leave, and it has not retired itself (`--max-requests`,
+    /// `--max-rss`). A worker that did so since the master last read the scoreboard
+    /// (`watch`, once per turn of the loop) still reads `Phase::Serving`, but has
+    /// stopped accepting. Every decision that hangs on "someone serves the queue" asks
+    /// this: whether to kill a start past `--worker-start-timeout`, a crash loop, which
+    /// worker a successor relieves, the stop's kill of imports.
+    /// regression: watch_boots and judge_exit's fleet tested the phase alone, so a
+    /// worker that had just retired itself counted as serving: the successor still
+    /// importing past --worker-start-timeout was killed (nothing then served), and a
+    /// replacement's 10th failed start in a row was retried instead of stopping.
+    fn serves_queue(&self, w: &Worker) -> bool {
+        w.phase == Phase::Serving && self.board.self_retired(w.slot).is_none()
+    }
+
+    /// The fleet as [`phase::judge_exit`] sees it when a worker exits (the departed one
+    /// already taken out of `workers`).
+    fn fleet(&self) -> Fleet {
+        Fleet {
+            generation: self.generation,
+            announced: self.announced,
+            boot_failures: self.boot_failures,
+            previous_serves: self.reloading(),
+            others_serve: self.workers.iter().any(|o| self.serves_queue(o)),
+        }
     }
 
     /// An older generation still serves: a reload is in progress.
@@ -490,26 +551,8 @@ impl Master {
             "worker started"
         );
         self.board.count_start(cause);
-        self.workers.push(Worker {
-            pid: child,
-            generation: self.generation,
-            status: Some(read),
-            phase: Phase::Booting,
-            started: Instant::now(),
-            slot,
-            dumped: Vec::new(),
-            condemned_for: None,
-            served: false,
-            termed: false,
-            told: None,
-            sigkilled: false,
-            late: false,
-            before_stop: false,
-            slow_boot_said: false,
-            start_timed_out: false,
-            abandoned: false,
-            outgoing: None,
-        });
+        self.workers
+            .push(Worker::new(child, self.generation, slot, Some(read)));
         Ok(())
     }
 
@@ -581,8 +624,7 @@ impl Master {
     /// has a successor still to come, which must not relieve another worker early.
     fn relieve(&mut self, successor: Pid, generation: u64) {
         let candidates = self.workers.iter().map(|w| Candidate {
-            serving: w.generation == generation && w.phase == Phase::Serving,
-            retired: self.board.self_retired(w.slot).is_some(),
+            serving: w.generation == generation && self.serves_queue(w),
             outgoing: w.outgoing.map(|(_, asked)| asked),
         });
         let Some(i) = relieved(candidates, self.target) else {
@@ -612,8 +654,7 @@ impl Master {
     /// killed) never completed: no READY=1, old and new workers serving together.
     fn complete_generation(&mut self) {
         let mut current = self.workers.iter().filter(|w| w.current(self.generation));
-        let ready =
-            current.clone().count() >= self.target && current.all(|w| w.phase == Phase::Serving);
+        let ready = current.clone().count() >= self.target && current.all(|w| self.serves_queue(w));
         if !ready {
             return;
         }
@@ -806,7 +847,7 @@ impl Master {
         // regression: at a first start with --workers 2 or more, a worker still
         // importing was killed once another served, and the master exited 1 with
         // "the first workers failed to start".
-        let others_serve = self.announced && self.workers.iter().any(|w| w.phase == Phase::Serving);
+        let others_serve = self.announced && self.workers.iter().any(|w| self.serves_queue(w));
         let limit = self.opts.start_timeout;
         let warn_at = BOOT_WARN.min(limit / 2);
         let first_start = !self.announced;
@@ -1097,13 +1138,7 @@ impl Master {
                         .then(|| self.board.self_retired(w.slot))
                         .flatten(),
                 },
-                Fleet {
-                    generation: self.generation,
-                    announced: self.announced,
-                    boot_failures: self.boot_failures,
-                    previous_serves: self.reloading(),
-                    others_serve: self.workers.iter().any(|o| o.phase == Phase::Serving),
-                },
+                self.fleet(),
             );
             let late = w.late && status.terminating_signal() == Some(libc::SIGKILL);
             self.board
@@ -1215,11 +1250,7 @@ impl Master {
                 Verdict::Replace if j.cause == Cause::BootFailure => {
                     let now = Instant::now();
                     let wait = phase::respawn_at(self.boot_failures, now) - now;
-                    let serving = self
-                        .workers
-                        .iter()
-                        .filter(|o| o.phase == Phase::Serving)
-                        .count();
+                    let serving = self.workers.iter().filter(|o| self.serves_queue(o)).count();
                     if w.start_timed_out {
                         // regression: it said "the app's error is logged above" for
                         // the master's own kill, with no such error.
@@ -1508,16 +1539,12 @@ impl Master {
         }
         self.quitting = now;
         // Before the workers are marked to leave: those that serve will serve the
-        // listen queues before they exit. A worker that retired itself (--max-requests,
-        // --max-rss) in this same turn of the loop still reads Serving here, but it has
-        // stopped accepting: it serves no queue.
-        // regression: such a worker counted as serving, so the replacement still
-        // importing was killed and the connections waiting in the listen queue were
-        // closed unanswered (nginx: 502), with the stop exiting 0.
-        let others_serve = self
-            .workers
-            .iter()
-            .any(|w| w.phase == Phase::Serving && self.board.self_retired(w.slot).is_none());
+        // listen queues before they exit (`serves_queue`).
+        // regression: a worker that retired itself in this same turn of the loop
+        // counted as serving, so the replacement still importing was killed and the
+        // connections waiting in the listen queue were closed unanswered (nginx: 502),
+        // with the stop exiting 0.
+        let others_serve = self.workers.iter().any(|w| self.serves_queue(w));
         if !now {
             self.stop_all(false);
             if others_serve {
@@ -1714,25 +1741,24 @@ unsafe fn fork() -> std::io::Result<i32> {
 
 /// A worker as [`relieved`] sees it.
 struct Candidate {
-    /// Of the successor's generation, and serving.
+    /// Of the successor's generation, and serving the queue ([`Master::serves_queue`]:
+    /// one that retired itself, perhaps in this same wake-up of the master, which has
+    /// not read it yet, is leaving already).
     serving: bool,
-    /// It retired itself (`--max-requests`, `--max-rss`), perhaps in this same wake-up
-    /// of the master, which has not read it yet (`watch`): it is leaving already.
-    retired: bool,
     /// Since when it waits for its successor, if it does.
     outgoing: Option<Instant>,
 }
 
 /// [`Master::relieve`]'s choice, as an index in `workers`: the outgoing worker that has
-/// waited longest, if more than `target` serve. One that retired itself neither counts
-/// as serving nor is chosen.
-/// regression: such a worker still read as serving (successor-first recycling ran
-/// before `watch`), so another outgoing worker was drained too, and fewer than
-/// --workers served until their successors were ready.
+/// waited longest, if more than `target` serve. One that does not serve the queue
+/// neither counts nor is chosen.
+/// regression: a worker that retired itself still read as serving (successor-first
+/// recycling ran before `watch`), so another outgoing worker was drained too, and
+/// fewer than --workers served until their successors were ready.
 fn relieved(workers: impl Iterator<Item = Candidate>, target: usize) -> Option<usize> {
     let serving: Vec<(usize, Option<Instant>)> = workers
         .enumerate()
-        .filter(|(_, w)| w.serving && !w.retired)
+        .filter(|(_, w)| w.serving)
         .map(|(i, w)| (i, w.outgoing))
         .collect();
     if serving.len() <= target {
@@ -1747,15 +1773,119 @@ fn relieved(workers: impl Iterator<Item = Candidate>, target: usize) -> Option<u
 
 #[cfg(test)]
 mod tests {
-    use super::{relieved, Candidate, Unclean};
-    use std::time::{Duration, Instant};
+    use super::*;
 
-    fn worker(retired: bool, outgoing: Option<Instant>) -> Candidate {
-        Candidate {
-            serving: true,
-            retired,
-            outgoing,
+    fn worker(serving: bool, outgoing: Option<Instant>) -> Candidate {
+        Candidate { serving, outgoing }
+    }
+
+    /// A master of `workers` over a scoreboard of 4 slots, first start over.
+    fn master(workers: usize) -> Master {
+        let opts = Options {
+            workers,
+            threads: 1,
+            graceful_timeout: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(1),
+            past_graceful: Duration::ZERO,
+            timeout: None,
+            slow_log: None,
+            max_lifetime: None,
+            chain_reload: false,
+            touch_reload: None,
+            preload: false,
+            app_preloaded: false,
+            lifespan_timeout_over_start: None,
+        };
+        let board = Arc::new(Scoreboard::new(4, 1).unwrap());
+        let mut m = Master::new(board, opts, None, None, SigSet::of(&[]));
+        m.announced = true;
+        m
+    }
+
+    /// A process to stand for a worker (signals sent to it reach nobody else).
+    struct Stand(std::process::Child);
+
+    impl Stand {
+        fn new() -> Stand {
+            Stand(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap(),
+            )
         }
+
+        fn pid(&self) -> Pid {
+            Pid::from_raw(self.0.id() as i32).unwrap()
+        }
+
+        /// The signal it ended with: SIGKILL if the master killed it, else the SIGTERM
+        /// sent here.
+        fn end(mut self) -> Option<i32> {
+            use std::os::unix::process::ExitStatusExt;
+            signal(self.pid(), Signal::TERM);
+            self.0.wait().ok()?.signal()
+        }
+    }
+
+    /// Adds a worker in the next slot, serving (`serving`) or still importing.
+    fn add(m: &mut Master, stand: &Stand, serving: bool) -> usize {
+        let slot = m.workers.len();
+        m.board.reset(slot, 0, m.generation, Cause::Boot);
+        let mut w = Worker::new(stand.pid(), m.generation, slot, None);
+        if serving {
+            w.phase.ready();
+            w.served = true;
+            m.board.mark_serving(slot);
+        }
+        m.workers.push(w);
+        slot
+    }
+
+    // regression: watch_boots tested `phase == Serving` alone: with the only worker
+    // that served having retired itself (--max-requests) since the master last read
+    // the scoreboard, its successor still importing past --worker-start-timeout was
+    // killed "while the others serve", and nothing served.
+    #[test]
+    fn a_start_past_its_timeout_is_not_killed_when_the_only_server_retired_itself() {
+        for retired in [true, false] {
+            let mut m = master(1);
+            let (old, new) = (Stand::new(), Stand::new());
+            let a = add(&mut m, &old, true);
+            let s = add(&mut m, &new, false);
+            m.workers[s].started = Instant::now() - Duration::from_secs(2);
+            if retired {
+                assert!(m.board.retire_self(a, Cause::MaxRequests));
+            }
+            m.watch_boots();
+            assert_eq!(m.workers[s].sigkilled, !retired, "retired: {retired}");
+            let _ = old.end();
+            assert_eq!(new.end() == Some(libc::SIGKILL), !retired);
+        }
+    }
+
+    // regression: judge_exit's fleet tested `phase == Serving` alone, so a worker that
+    // had just retired itself kept a replacement's 10th failed start in a row from
+    // being the crash loop it is (nobody serves).
+    #[test]
+    fn a_worker_that_retired_itself_does_not_serve_for_judge_exit() {
+        let mut m = master(1);
+        let stand = Stand::new();
+        let a = add(&mut m, &stand, true);
+        assert!(m.fleet().others_serve);
+        assert!(m.board.retire_self(a, Cause::MaxRequests));
+        assert!(!m.fleet().others_serve);
+        let f = Fleet {
+            boot_failures: phase::CRASH_LOOP - 1,
+            ..m.fleet()
+        };
+        let failed = Departed {
+            generation: 0,
+            phase: Phase::Booting,
+            self_retired: None,
+        };
+        assert_eq!(phase::judge_exit(failed, f).verdict, Verdict::CrashLoop);
+        let _ = stand.end();
     }
 
     // regression: a worker that retired itself in the same wake-up as a successor's
@@ -1764,27 +1894,34 @@ mod tests {
     // (outgoing), S (A's successor, ready).
     #[test]
     fn relieves_no_one_for_a_worker_that_retired_itself() {
+        let mut m = master(2);
+        let stands = [Stand::new(), Stand::new(), Stand::new()];
         let t = Instant::now();
-        let a = worker(true, Some(t));
-        let b = worker(false, Some(t + Duration::from_millis(5)));
-        let s = worker(false, None);
-        assert_eq!(relieved([a, b, s].into_iter(), 2), None);
+        let a = add(&mut m, &stands[0], true);
+        let b = add(&mut m, &stands[1], true);
+        let s = add(&mut m, &stands[2], true);
+        m.workers[a].outgoing = Some((Cause::MaxRequests, t));
+        m.workers[b].outgoing = Some((Cause::MaxRequests, t + Duration::from_millis(5)));
+        assert!(m.board.retire_self(a, Cause::MaxRequests));
+        m.relieve(m.workers[s].pid, 0);
+        assert!(!m.workers[a].termed, "A is leaving already");
+        assert!(!m.workers[b].termed, "B was drained");
+        assert_eq!(m.workers[b].phase, Phase::Serving);
+        for stand in stands {
+            let _ = stand.end();
+        }
     }
 
     #[test]
     fn relieves_the_outgoing_worker_that_waited_longest() {
         let t = Instant::now();
-        let later = worker(false, Some(t + Duration::from_millis(5)));
-        let first = worker(false, Some(t));
-        let other_generation = Candidate {
-            serving: false,
-            retired: false,
-            outgoing: Some(t - Duration::from_millis(5)),
-        };
-        let s = worker(false, None);
-        let them = [other_generation, later, first, worker(false, None), s];
+        let later = worker(true, Some(t + Duration::from_millis(5)));
+        let first = worker(true, Some(t));
+        let other_generation = worker(false, Some(t - Duration::from_millis(5)));
+        let s = worker(true, None);
+        let them = [other_generation, later, first, worker(true, None), s];
         assert_eq!(relieved(them.into_iter(), 3), Some(2));
-        let (a, b) = (worker(false, Some(t)), worker(false, None));
+        let (a, b) = (worker(true, Some(t)), worker(true, None));
         assert_eq!(relieved([a, b].into_iter(), 2), None);
     }
 
