@@ -47,7 +47,11 @@ pub fn epoll_for(queue: &Queue, listeners: &[Listener]) -> std::io::Result<Owned
         epoll::EventData::new_u64(Wake::Queue.encode()),
         epoll::EventFlags::IN,
     )?;
-    for (i, l) in listeners.iter().enumerate() {
+    // Listeners ready now are taken in the order they are added: from the one after
+    // the listener last accepted from, not always the first (see `listener::arm_first`).
+    let (n, first) = (listeners.len(), super::listener::arm_first(listeners.len()));
+    for i in (0..n).map(|k| (first + k) % n) {
+        let l = &listeners[i];
         epoll::add(
             &ep,
             &l.sock,
@@ -235,6 +239,7 @@ impl Acceptor {
                     let l = &self.listeners[i];
                     if let Some(a) = self.accept_raw(l, false) {
                         drop(token);
+                        super::listener::accepted_from(i);
                         let req = self.admit(i, l, a);
                         if req.is_none() {
                             GUESS.set((NO_GUESS, 0));
@@ -378,6 +383,9 @@ impl Acceptor {
                             return None;
                         };
                         drop(token);
+                        // The next arming starts after this listener: each gets its
+                        // turn (see `listener::arm_first`).
+                        super::listener::accepted_from(i);
                         let req = self.admit(i, l, a);
                         // A connection that came without its request (it waits for its
                         // first bytes, or the slow lane reads it) makes the next wake-up

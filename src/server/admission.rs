@@ -629,7 +629,12 @@ impl Admission {
         } else {
             epoll::EventFlags::empty()
         };
-        for (i, l) in self.listeners.iter().enumerate() {
+        // Re-armed listeners that are ready are taken in the order armed: from the
+        // one after the listener last accepted from (see `listener::arm_first`).
+        let n = self.listeners.len();
+        let first = super::listener::arm_first(n);
+        for i in (0..n).map(|k| (first + k) % n) {
+            let l = &self.listeners[i];
             let data = epoll::EventData::new_u64(Wake::Listener(i).encode());
             if let Err(e) = epoll::modify(&*self.epoll, &l.sock, data, flags) {
                 tracing::error!(listener = %l.label, error = %e, "cannot change the listener's place in the epoll");

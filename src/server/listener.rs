@@ -29,6 +29,67 @@ pub struct Listener {
     pub inherited: bool,
 }
 
+/// The listener the last connection was accepted from, plus one (0: none yet), where
+/// the next arming of listeners in an epoll starts ([`arm_first`]). The listeners ready
+/// when they are armed (a new worker's epoll, accept resumed after `--max-requests` or
+/// `--max-connections`) go onto the epoll's ready list in the order they are armed,
+/// and a worker that waits for one event takes the first. Armed always from the first
+/// listener, every new worker under `--max-requests 1` took its one request from the
+/// first listener while that one had connections waiting, and the others' clients
+/// waited (or timed out). Kept in a page shared by the master's workers (mapped at
+/// bind, before the fork), so that the next worker starts after the listener the last
+/// one served; where there is none (the page could not be mapped), it is this
+/// process's own.
+fn last_accepted() -> &'static std::sync::atomic::AtomicUsize {
+    use std::sync::atomic::AtomicUsize;
+    static LAST: std::sync::OnceLock<&'static AtomicUsize> = std::sync::OnceLock::new();
+    LAST.get_or_init(|| {
+        let len = std::mem::size_of::<AtomicUsize>();
+        // SAFETY: a new anonymous mapping at an address the kernel picks, never
+        // unmapped: zeroed (a valid AtomicUsize 0), page-aligned, alive as long as the
+        // process, and shared with the children forked after this.
+        let page = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+            )
+        };
+        match page {
+            // SAFETY: see above.
+            Ok(p) => unsafe { &*(p as *const AtomicUsize) },
+            Err(_) => Box::leak(Box::new(AtomicUsize::new(0))),
+        }
+    })
+}
+
+/// Maps the shared [`last_accepted`] page, in the master before it forks (else each
+/// worker maps its own on first use).
+pub fn share_accept_turns() {
+    let _ = last_accepted();
+}
+
+/// The listener (of `0..n`) to arm first in an epoll now, then the ones after it in
+/// turn: the one after the listener the last connection came from.
+pub fn arm_first(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    last_accepted().load(std::sync::atomic::Ordering::Relaxed) % n
+}
+
+/// A connection was accepted from listener `i` (written only when it changes: under
+/// load on one listener, the shared line is only read).
+#[inline]
+pub fn accepted_from(i: usize) {
+    let last = last_accepted();
+    let next = i.wrapping_add(1);
+    if last.load(std::sync::atomic::Ordering::Relaxed) != next {
+        last.store(next, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Failed accepts that come from a listener shut down under this process, not from a
 /// race lost to another worker. A shut listener stays ready in the epoll (TCP: HUP,
 /// accept fails with EINVAL; a Unix listener after `shutdown(SHUT_RD)`: readable, and
@@ -576,6 +637,7 @@ pub fn systemd_addrs() -> Vec<ListenAddr> {
 /// Listening sockets passed by systemd socket activation (LISTEN_PID / LISTEN_FDS,
 /// sd_listen_fds(3)); the variables are removed so children do not take them again.
 pub fn systemd_listeners() -> Vec<Bound> {
+    share_accept_turns();
     let fds = systemd_fds();
     for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(k);
@@ -622,6 +684,7 @@ pub fn systemd_listeners() -> Vec<Bound> {
 
 /// Binds and listens.
 pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerError> {
+    share_accept_turns();
     let err = |cause: io::Error| ServerError::from(BindError::from_io(addr, cause));
     match addr {
         ListenAddr::Tcp(sa) => {
