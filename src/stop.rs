@@ -496,12 +496,25 @@ fn starting() -> &'static str {
 /// The warning that the app is still starting `after` its start, with the stop signal
 /// taken meanwhile.
 fn still_starting(after: std::time::Duration, pending: Option<(&str, std::time::Instant)>) {
-    let what = if IMPORTED.load(Ordering::SeqCst) {
-        "still in the app's ASGI lifespan startup"
-    } else {
-        "still importing the app"
-    };
     let secs = after.as_secs();
+    if IMPORTED.load(Ordering::SeqCst) {
+        // An ASGI lifespan startup: the import's advice (a server started at module
+        // level) does not fit. regression: it said "app.run()" for a startup handler
+        // that never completed.
+        let what = "still in the app's ASGI lifespan startup";
+        let why = "the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? It is given up at --lifespan-timeout";
+        match pending {
+            Some((signal, at)) => tracing::warn!(
+                "{what} after {secs} s: {why}; the {signal} received {} s ago is acted on once it ends (send it again to stop now)",
+                at.elapsed().as_secs()
+            ),
+            None => tracing::warn!(
+                "{what} after {secs} s: {why}; a SIGTERM or Ctrl-C meanwhile is acted on once it ends"
+            ),
+        }
+        return;
+    }
+    let what = "still importing the app";
     match pending {
         Some((signal, at)) => tracing::warn!(
             "{what} after {secs} s; the {signal} received {} s ago is acted on once it returns (send it again to stop now). Does it wait for something: a connection without a timeout, or a server started at module level (app.run())?",

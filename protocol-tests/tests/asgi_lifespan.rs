@@ -521,3 +521,96 @@ fn a_startup_that_does_not_answer_within_the_lifespan_timeout_is_fatal() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("within --lifespan-timeout 0.5s"), "{out}");
 }
+
+/// Starts `app` (whose startup waits for `gate`) with `args` and its log in `dir`; the
+/// child and a reader of the log.
+fn start_waiting(
+    dir: &Path,
+    app: &str,
+    args: &[&str],
+) -> (std::process::Child, impl Fn() -> String) {
+    let log = dir.join("log");
+    let child = Spawn::unix(dir, app)
+        .args(args.iter().copied())
+        .log_file(&log)
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, move || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    })
+}
+
+/// A lifespan whose startup waits until the file `gate` exists.
+fn gated_startup(gate: &Path) -> String {
+    format!(
+        "    await receive()\n    while not os.path.exists({gate:?}):\n        await asyncio.sleep(0.05)\n    await send({{\"type\": \"lifespan.startup.complete\"}})\n    await receive()\n    await send({{\"type\": \"lifespan.shutdown.complete\"}})\n",
+        gate = gate.to_string_lossy()
+    )
+}
+
+// regression: a worker whose ASGI lifespan startup had not completed was said to be
+// "still starting (does the app's import hang: a connect without a timeout?)": its
+// import was long over, and the advice sent the reader to the wrong place.
+#[test]
+fn a_worker_long_in_its_lifespan_startup_is_said_to_be_there_not_in_its_import() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let (app, _) = asgi_app(dir.path(), &gated_startup(&gate));
+    // The master warns at half --worker-start-timeout (2 s here) at the latest.
+    let (mut child, logs) = start_waiting(
+        dir.path(),
+        &app,
+        &["--workers", "2", "--worker-start-timeout", "4"],
+    );
+    let said = wait_until(30, || {
+        logs().contains("worker still in the app's ASGI lifespan startup")
+    });
+    std::fs::write(&gate, "").unwrap();
+    let ready = wait_until(30, || logs().contains("all 2 workers ready"));
+    // SAFETY: a signal to the postern started here.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_child(&mut child, 30);
+    let _ = child.kill();
+    let out = logs();
+    assert!(said, "{out}");
+    assert!(
+        out.contains("the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? The worker exits at --lifespan-timeout"),
+        "{out}"
+    );
+    assert!(!out.contains("import hang"), "{out}");
+    assert!(ready, "{out}");
+    assert!(status.is_some_and(|s| s.success()), "{out}");
+}
+
+// regression: a single process whose ASGI lifespan startup had not completed after
+// 30 s asked whether "a server started at module level (app.run())" held it: advice
+// for an import, not for a startup handler.
+#[test]
+fn a_single_process_long_in_its_lifespan_startup_gets_advice_for_a_startup_handler() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    let (app, _) = asgi_app(dir.path(), &gated_startup(&gate));
+    let (mut child, logs) = start_waiting(dir.path(), &app, &[]);
+    // Said every 30 s while the app starts (a bound against a hang, not a measure).
+    let said = wait_until(50, || {
+        logs().contains("still in the app's ASGI lifespan startup after 30 s")
+    });
+    std::fs::write(&gate, "").unwrap();
+    let ready = wait_until(30, || logs().contains("ready"));
+    // SAFETY: a signal to the postern started here.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_child(&mut child, 30);
+    let _ = child.kill();
+    let out = logs();
+    assert!(said, "{out}");
+    assert!(
+        out.contains("the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? It is given up at --lifespan-timeout; a SIGTERM or Ctrl-C meanwhile is acted on once it ends"),
+        "{out}"
+    );
+    assert!(!out.contains("app.run()"), "{out}");
+    assert!(ready, "{out}");
+    assert!(status.is_some_and(|s| s.success()), "{out}");
+}

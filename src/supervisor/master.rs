@@ -876,7 +876,22 @@ impl Master {
             }
             if booting >= warn_at && !w.slow_boot_said {
                 w.slow_boot_said = true;
-                if first_start {
+                // Imported, an ASGI worker is in its lifespan startup: the advice about
+                // an import that hangs would send the reader to the wrong place.
+                // regression: "does the app's import hang" for a startup handler
+                // that never completed.
+                let lifespan = self.board.import_over(w.slot) && self.board.serves_asgi(w.slot);
+                if lifespan {
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        "worker still in the app's ASGI lifespan startup after {warn_at:?}: its import is over, and the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? The worker exits at --lifespan-timeout{}",
+                        if first_start {
+                            String::new()
+                        } else {
+                            format!(", or is killed at {limit:?} (--worker-start-timeout) while other workers serve")
+                        }
+                    );
+                } else if first_start {
                     tracing::warn!(
                         pid = raw(w.pid),
                         "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); the first start is not cut short"

@@ -463,6 +463,12 @@ impl Scoreboard {
             .is_ok()
     }
 
+    /// The worker in `slot` has finished importing the app (what is left before it
+    /// serves is an ASGI lifespan startup, if any).
+    pub fn import_over(&self, slot: usize) -> bool {
+        self.head(slot).import.load(Ordering::SeqCst) == IMPORTED
+    }
+
     /// The master gives up on the worker in `slot` if it is still importing the app:
     /// true when it was (it has accepted nothing, and will not: the master kills it).
     pub fn abandon_import(&self, slot: usize) -> bool {
