@@ -840,3 +840,50 @@ fn an_asgi_lifespan_startup_counts_in_the_successor_lead() {
     let recycled = recycles_under_even_load(&p, 2, 30);
     assert!(recycled >= 2, "{recycled} recycles\n{}", p.logs());
 }
+
+// regression: with the app broken on disk after the start, every worker reached its
+// --max-requests while its successor failed to import, and left: nothing served (the
+// socket refused or reset), and 10 failed starts later the master stopped ("workers
+// keep dying right after they start"). The workers that serve are now held past
+// their limits while their replacements fail, and leave once a successor is ready.
+#[test]
+fn workers_serve_on_past_their_limit_while_their_successors_fail_to_start() {
+    let dir = tempdir();
+    let app = dir.path().join("sleepy.py");
+    // 5 ms a request: a worker asks for its successor about a quarter of a second (its
+    // lead) before its limit, and the successor's failed import is known well before.
+    let good = "import os, time\n\ndef application(environ, start_response):\n    time.sleep(0.005)\n    body = ('v0 %d 0' % os.getpid()).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n";
+    std::fs::write(&app, good).unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--max-requests", "20"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    std::fs::write(
+        &app,
+        format!("{good}\nraise RuntimeError('broken on disk')\n"),
+    )
+    .unwrap();
+    // Three times what both workers may serve (20 to 21 each) before they recycle.
+    let mut pids = std::collections::BTreeSet::new();
+    for i in 0..130 {
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&get("uwsgi")).unwrap();
+        let pid = answer(&mut s, "uwsgi");
+        assert!(pid.is_some(), "request {i} failed\n{}", p.logs());
+        pids.extend(pid);
+    }
+    let logs = p.logs();
+    assert!(logs.contains("worker failed to start"), "{logs}");
+    assert!(
+        logs.contains("it serves on past its limit until one is ready"),
+        "{logs}"
+    );
+    assert_eq!(pids.len(), 2, "only the first two workers served: {pids:?}");
+    // Fixed on disk: a successor starts (after the backoff) and relieves a held worker.
+    std::fs::write(&app, good).unwrap();
+    assert!(p.wait_log("its successor is ready", 40), "{}", p.logs());
+    assert!(p.wait_log("cause=\"max-requests\"", 10), "{}", p.logs());
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&get("uwsgi")).unwrap();
+    assert!(answer(&mut s, "uwsgi").is_some(), "{}", p.logs());
+}

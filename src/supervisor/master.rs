@@ -87,8 +87,12 @@ struct Worker {
     /// queues: it had accepted nothing, so its kill cut nothing off.
     abandoned: bool,
     /// Its successor was started (near `--max-requests`, over `--max-rss`, past
-    /// `--max-lifetime`), and when: it serves on until the successor serves (then the
-    /// master tells it to leave, for that cause), `--worker-start-timeout` at most.
+    /// `--max-lifetime`), and when: it serves on until a successor serves (then the
+    /// master tells it to leave, for that cause). A successor that hangs is killed at
+    /// `--worker-start-timeout` and started again, as one that fails: meanwhile the
+    /// worker serves on (`hold_while_starts_fail`).
+    /// regression: it left at `--worker-start-timeout` anyway, as its successor was
+    /// killed: with `--workers 1` nothing served.
     outgoing: Option<(Cause, Instant)>,
 }
 
@@ -302,6 +306,7 @@ pub fn run(
         // exited must be seen as retiring, not as a crash.
         let mut due = m.watch();
         m.reap()?;
+        m.hold_while_starts_fail();
         due = earliest(due, m.fill(&worker)?);
         due = earliest(due, m.keep_stats()?);
         due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
@@ -760,20 +765,6 @@ impl Master {
                     }
                 }
             }
-            if let (Some((cause, asked)), Phase::Serving) = (w.outgoing, w.phase) {
-                let until = asked + self.opts.start_timeout;
-                if instant >= until {
-                    tracing::warn!(
-                        pid = raw(w.pid),
-                        cause = cause.label(),
-                        "its successor is not ready after --worker-start-timeout {:?}: the worker stops accepting, finishes its requests and exits anyway",
-                        self.opts.start_timeout
-                    );
-                    w.drain(&self.board, cause);
-                } else {
-                    due = earliest(due, Some(until));
-                }
-            }
             for t in 0..self.board.threads {
                 let line = self.board.line(w.slot, t);
                 let since = line.since.load(Ordering::Acquire);
@@ -829,6 +820,37 @@ impl Master {
             }
         }
         due
+    }
+
+    /// While the workers that would replace others fail to start (broken code on disk,
+    /// an import that hangs past `--worker-start-timeout`), the workers that serve the
+    /// queue are held past their recycling limits ([`Scoreboard::hold`]): each serves
+    /// on, asks for its successor at its limit if it has not yet, and leaves once a
+    /// successor is ready (`relieve`). The boot-failure rules still apply: retried with
+    /// the backoff while they serve, a crash loop only when none does.
+    /// regression: under --max-requests, with the app broken on disk, every worker
+    /// left at its limit while its successor failed to import: nothing served, and 10
+    /// failed starts later the master stopped ("workers keep dying right after they
+    /// start"), where a worker with no limit would have served on.
+    fn hold_while_starts_fail(&mut self) {
+        if self.boot_failures == 0 {
+            return;
+        }
+        let mut held = Vec::new();
+        for w in self.workers.iter().filter(|w| self.serves_queue(w)) {
+            if self.board.hold(w.slot) {
+                held.push(raw(w.pid));
+            }
+        }
+        if !held.is_empty() {
+            // Each says so itself when it passes a limit it has (the master does not
+            // know --max-requests or --max-rss).
+            tracing::debug!(
+                pids = ?held,
+                failures = self.boot_failures,
+                "workers fail to start: the ones serving are held past their recycling limits until a successor is ready"
+            );
+        }
     }
 
     /// Workers still starting: one warning at [`BOOT_WARN`] (or half

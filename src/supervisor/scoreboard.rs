@@ -212,6 +212,11 @@ pub struct SlotHead {
     /// Requests the worker accepted whole that wait for a Python thread, as it last
     /// published them during its stop ([`crate::wsgi::Monitor::waiting`]).
     waiting: AtomicU32,
+    /// 1: the master holds this worker past its recycling limits (`--max-requests`,
+    /// `--max-rss` below its hard limit) because the workers that would replace it fail
+    /// to start ([`Scoreboard::hold`]); it leaves once a successor serves. Written by
+    /// the master, never cleared before the slot is reset.
+    held: AtomicU32,
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
@@ -403,6 +408,7 @@ impl Scoreboard {
             h.import.store(IMPORTING, Ordering::SeqCst);
             h.successor.store(0, Ordering::SeqCst);
             h.waiting.store(0, Ordering::Relaxed);
+            h.held.store(0, Ordering::SeqCst);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -536,6 +542,18 @@ impl Scoreboard {
                     Ordering::SeqCst,
                 )
                 .is_ok()
+    }
+
+    /// The master holds the worker in `slot` past its recycling limits: its
+    /// replacements fail to start, and it serves on until a successor is ready (then
+    /// the master tells it to leave). True the first time.
+    pub fn hold(&self, slot: usize) -> bool {
+        self.head(slot).held.swap(1, Ordering::SeqCst) == 0
+    }
+
+    /// Whether the master holds the worker in `slot` ([`Scoreboard::hold`]).
+    pub fn held(&self, slot: usize) -> bool {
+        self.head(slot).held.load(Ordering::SeqCst) == 1
     }
 
     /// The worker in `slot` has `n` requests accepted whole waiting for a thread (called

@@ -566,6 +566,11 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn requests_left(&self) -> Option<u64> {
+        if self.board.held(self.slot) {
+            // Held past the limit while its replacements fail (`Scoreboard::hold`):
+            // it accepts as a worker with no limit does.
+            return None;
+        }
         let served = self.board.head(self.slot).requests.load(Ordering::SeqCst);
         self.max_requests.map(|max| max.saturating_sub(served))
     }
@@ -575,6 +580,9 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn limit_taken(&self) {
+        if self.board.held(self.slot) {
+            return;
+        }
         if let Some(max) = self.max_requests {
             self.retire(
                 Cause::MaxRequests,
@@ -620,7 +628,17 @@ impl WorkerMonitor {
         let head = self.board.head(self.slot);
         let served = head.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(max) = self.max_requests {
-            if served >= max {
+            if served >= max && self.board.held(self.slot) {
+                // Its replacements fail to start: it serves on, and leaves once its
+                // successor is ready (the master tells it then).
+                if served == max {
+                    tracing::warn!(
+                        pid = std::process::id(),
+                        "served {max} requests (--max-requests), but the workers that would replace it fail to start: it serves on past its limit until one is ready"
+                    );
+                }
+                self.want_successor(Cause::MaxRequests, "past its --max-requests limit");
+            } else if served >= max {
                 self.retire(
                     Cause::MaxRequests,
                     &format!("served {served} requests (--max-requests)"),
