@@ -28,8 +28,15 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// SIGTERMs received since [`install`].
-static TERMS: AtomicU32 = AtomicU32::new(0);
+/// SIGTERMs received since [`install`] (the low half), and of them the ones a worker
+/// received from its master while the master was alive (the high half: see
+/// [`from_master`]). One word, counted by one add in the handler, so that a reader
+/// sees a SIGTERM and its sender together ([`Terms::now`]).
+/// regression: two atomics read one after the other: a master's SIGTERM that came
+/// between the two reads of [`Waiter::first`] was counted in the first stop and held
+/// as the master's too, so an operator's second `kill -TERM` to the worker did not
+/// stop it at once.
+static TERMS: AtomicU64 = AtomicU64::new(0);
 /// SIGINTs received since [`install`] (a stop for a single process only: a worker
 /// ignores SIGINT, the master turns a terminal's Ctrl-C into one stop).
 static INTS: AtomicU32 = AtomicU32::new(0);
@@ -70,10 +77,11 @@ const NOTICE_TERM: u8 = b'T';
 const NOTICE_INT: u8 = b'I';
 /// How often [`on_quit_now`]'s thread says that the app is still starting.
 const STILL_STARTING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// SIGTERMs a worker received from its master while the master was alive
-/// ([`master_alive`] and the sender's pid, both asked in the handler): none of them is
-/// a second signal ([`Waiter::second`]), since the master escalates itself (its own
-/// second signal kills the workers, and so does --graceful-timeout). A SIGTERM from
+/// The SIGTERMs a worker received from its master while the master was alive
+/// ([`master_alive`] and the sender's pid, both asked in the handler), as counted in
+/// the high half of [`TERMS`]: none of them is a second signal ([`Waiter::second`]),
+/// since the master escalates itself (its own second signal kills the workers, and so
+/// does --graceful-timeout). A SIGTERM from
 /// anyone else (a second `kill -TERM` to the worker, a second group-wide one that a
 /// busy master merged into one) still stops the worker at once.
 /// regression (review of 0dd3827): every SIGTERM while the master lived was held, so a
@@ -84,7 +92,37 @@ const STILL_STARTING_EVERY: std::time::Duration = std::time::Duration::from_secs
 /// [`SAME_SIGNAL_AGAIN`] after the group's.
 /// regression: the worker then said "second signal: stopping now", cut its requests
 /// off, and postern exited 1.
-static UNDER_MASTER: AtomicU32 = AtomicU32::new(0);
+const fn from_master(terms: u64) -> u32 {
+    (terms >> 32) as u32
+}
+
+/// [`TERMS`] read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Terms {
+    /// Every SIGTERM counted.
+    all: u32,
+    /// Of them, the master's while it lived.
+    from_master: u32,
+}
+
+impl Terms {
+    /// What the handler adds for one SIGTERM (`master`: its live master sent it).
+    const fn one(master: bool) -> u64 {
+        1 | if master { 1 << 32 } else { 0 }
+    }
+
+    const fn of(word: u64) -> Terms {
+        Terms {
+            all: word as u32,
+            from_master: from_master(word),
+        }
+    }
+
+    fn now() -> Terms {
+        Terms::of(TERMS.load(Ordering::SeqCst))
+    }
+}
+
 /// The write end of the wake-up pipe, for the handler (-1 before [`install`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// A single process (no master): SIGINT stops it as SIGTERM does, and SIGHUP is logged.
@@ -110,7 +148,7 @@ static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// interrupted. A full pipe already wakes the reader, so a failed write loses nothing.
 extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // The sender (SA_SIGINFO): a worker tells its master's forwarded SIGTERM from
-    // another sender's ([`UNDER_MASTER`]).
+    // another sender's ([`Terms::from_master`]).
     // SAFETY: the kernel passes a valid siginfo_t for a handler installed with
     // SA_SIGINFO; reading si_pid is a plain load.
     let sender = if info.is_null() {
@@ -139,14 +177,13 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         return;
     }
     let count = match signal {
-        libc::SIGTERM => &TERMS,
-        libc::SIGINT => &INTS,
-        libc::SIGHUP => &HUPS,
+        libc::SIGTERM => None,
+        libc::SIGINT => Some(&INTS),
+        libc::SIGHUP => Some(&HUPS),
         libc::SIGQUIT => {
             let n = QUITS.fetch_add(1, Ordering::SeqCst) + 1;
             if SINGLE.load(Ordering::SeqCst) {
-                let stopping =
-                    n >= 2 || TERMS.load(Ordering::SeqCst) + INTS.load(Ordering::SeqCst) > 0;
+                let stopping = n >= 2 || Terms::now().all + INTS.load(Ordering::SeqCst) > 0;
                 if stopping || !SERVING.load(Ordering::SeqCst) {
                     // Before the server waits for stops (the app still importing),
                     // or during a stop already under way (a second SIGQUIT, or one
@@ -163,8 +200,7 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
                     if fd >= 0 && n < 3 {
                         // A stop under way: SIGTERM/SIGINT's, or a SIGQUIT's taken
                         // by the server (not a second one during the import).
-                        let under_way = TERMS.load(Ordering::SeqCst) + INTS.load(Ordering::SeqCst)
-                            > 0
+                        let under_way = Terms::now().all + INTS.load(Ordering::SeqCst) > 0
                             || (n >= 2 && SERVING.load(Ordering::SeqCst));
                         write_byte(
                             fd,
@@ -197,15 +233,13 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     if signal != libc::SIGHUP && again(signal) {
         return;
     }
-    if signal == libc::SIGTERM && master_alive() && sender == PARENT.load(Ordering::SeqCst) {
-        // Before TERMS: a look at both between the two sees one fewer to escalate on.
-        UNDER_MASTER.fetch_add(1, Ordering::SeqCst);
-    }
-    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-    let stops = if signal == libc::SIGTERM {
-        n + INTS.load(Ordering::SeqCst)
-    } else {
-        n + TERMS.load(Ordering::SeqCst)
+    let stops = match count {
+        None => {
+            let master = master_alive() && sender == PARENT.load(Ordering::SeqCst);
+            let n = Terms::of(TERMS.fetch_add(Terms::one(master), Ordering::SeqCst)).all + 1;
+            n + INTS.load(Ordering::SeqCst)
+        }
+        Some(count) => count.fetch_add(1, Ordering::SeqCst) + 1 + Terms::now().all,
     };
     if signal != libc::SIGHUP
         && stops >= 2
@@ -661,7 +695,7 @@ pub fn handler_in_place() -> bool {
 /// Whether a stop came by the usual ways: a stop signal counted, a recycling, or the
 /// master's mark on the scoreboard.
 pub fn signalled() -> bool {
-    TERMS.load(Ordering::SeqCst) + stop_ints() > 0
+    Terms::now().all + stop_ints() > 0
         || quit()
         || RECYCLE.load(Ordering::SeqCst)
         || ASKED.load(Ordering::SeqCst)
@@ -673,6 +707,14 @@ pub fn any() -> bool {
     signalled() || SHUT.load(Ordering::SeqCst) || ORPHAN.load(Ordering::SeqCst)
 }
 
+/// Whether the stop signals counted now (`terms`, `ints`) hold one more than the
+/// `first` stop, which was taken when `from_master` of the SIGTERMs were the master's:
+/// those the master sent since are not a second signal.
+fn second_signal(terms: Terms, ints: u32, first: u32, from_master: u32) -> bool {
+    let held = terms.from_master.wrapping_sub(from_master);
+    (terms.all + ints).saturating_sub(held) > first
+}
+
 /// The server's side: waits for the requests to stop, from inside its runtime.
 pub struct Waiter {
     fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,
@@ -681,7 +723,7 @@ pub struct Waiter {
     /// first (a worker signalled twice while it booted was not told "stop now"), and a
     /// recycling stands in for one.
     first: u32,
-    /// [`UNDER_MASTER`] when the first stop was taken: the SIGTERMs since, while the
+    /// [`Terms::from_master`] when the first stop was taken: the SIGTERMs since, while the
     /// master lived, are not a second signal.
     under_master: u32,
 }
@@ -741,16 +783,13 @@ impl Waiter {
                     tracing::debug!("SIGHUP ignored by the worker: the master reloads");
                 }
             }
-            // Before TERMS (the handler adds to it first): a signal counted in one
-            // and not yet in the other is one fewer to escalate on, never one more.
-            let under_master = UNDER_MASTER.load(Ordering::SeqCst);
-            let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
-            self.first = (terms + ints).max(1);
-            self.under_master = under_master;
+            let (terms, ints) = (Terms::now(), stop_ints());
+            self.first = (terms.all + ints).max(1);
+            self.under_master = terms.from_master;
             if quit() {
                 return QUIT;
             }
-            if terms > 0 {
+            if terms.all > 0 {
                 return "SIGTERM";
             }
             if ints > 0 {
@@ -775,7 +814,7 @@ impl Waiter {
     /// A stop signal after the first stop was taken (after [`Waiter::first`]): stop at
     /// once. After a recycling, the second signal. A single process's SIGQUIT, before
     /// or after the first stop: at once. A worker counts none that came while its
-    /// master was alive ([`UNDER_MASTER`]); an orphan escalates on those that come
+    /// master was alive ([`Terms::from_master`]); an orphan escalates on those that come
     /// after its master's death.
     pub async fn second(&mut self) -> &'static str {
         let ints_before = stop_ints();
@@ -783,13 +822,8 @@ impl Waiter {
             if quit() {
                 return QUIT;
             }
-            // TERMS before UNDER_MASTER (the handler adds to it first): a signal
-            // counted in one and not yet in the other is never escalated on.
-            let (terms, ints) = (TERMS.load(Ordering::SeqCst), stop_ints());
-            let held = UNDER_MASTER
-                .load(Ordering::SeqCst)
-                .wrapping_sub(self.under_master);
-            if (terms + ints).saturating_sub(held) > self.first {
+            let (terms, ints) = (Terms::now(), stop_ints());
+            if second_signal(terms, ints, self.first, self.under_master) {
                 return if ints > ints_before {
                     "SIGINT"
                 } else {
@@ -820,6 +854,56 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The handler's one add carries a SIGTERM and whether its master sent it, so one
+    // load reads both: the halves never carry into each other.
+    #[test]
+    fn a_sigterm_and_its_sender_are_counted_in_one_word() {
+        let word = AtomicU64::new(0);
+        for master in [true, false, true, false, false] {
+            word.fetch_add(Terms::one(master), Ordering::SeqCst);
+        }
+        let t = Terms::of(word.load(Ordering::SeqCst));
+        assert_eq!(
+            t,
+            Terms {
+                all: 5,
+                from_master: 2
+            }
+        );
+        let many = u64::from(u32::MAX - 1) * Terms::one(false) + Terms::one(true);
+        assert_eq!(
+            Terms::of(many),
+            Terms {
+                all: u32::MAX,
+                from_master: 1
+            }
+        );
+    }
+
+    // regression: TERMS and UNDER_MASTER were two atomics read one after the other. A
+    // master's SIGTERM between the two reads of the first stop was counted as the first
+    // stop and held as the master's as well (first 1, master's 0 at the first stop):
+    // an operator's second `kill -TERM` then did not stop the worker at once. Read as
+    // one word, the first stop sees the master's SIGTERM in both counts or in neither.
+    #[test]
+    fn a_second_sigterm_from_elsewhere_after_the_masters_is_a_second_signal() {
+        let word = AtomicU64::new(0);
+        word.fetch_add(Terms::one(true), Ordering::SeqCst);
+        let at_first = Terms::of(word.load(Ordering::SeqCst));
+        let first = at_first.all;
+        assert!(!second_signal(at_first, 0, first, at_first.from_master));
+        // The master forwards the group's SIGTERM again: the same stop.
+        let again = Terms::of(word.load(Ordering::SeqCst) + Terms::one(true));
+        assert!(!second_signal(again, 0, first, at_first.from_master));
+        // Someone else sends one: stop now.
+        word.fetch_add(Terms::one(false), Ordering::SeqCst);
+        let now = Terms::of(word.load(Ordering::SeqCst));
+        assert!(second_signal(now, 0, first, at_first.from_master));
+        // What the two separate reads could see: the master's SIGTERM in the first stop
+        // but not among the master's, so it was subtracted twice.
+        assert!(!second_signal(now, 0, first, 0));
+    }
 
     // regression: `again` was a load then a store: two SIGTERMs handled at the same
     // moment on two threads both read the old time and were both counted (a second
