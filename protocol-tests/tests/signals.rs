@@ -1545,3 +1545,27 @@ fn a_second_signal_counts_the_requests_accepted_and_not_started_too() {
         assert!(parse_http(&r.join().unwrap()).is_none());
     }
 }
+
+// regression: SIGUSR2 (gunicorn's binary upgrade, `kill -USR2 MASTER`) took its default
+// action in the master: it died at once (exit 140) without a log line, its workers
+// followed, and the socket file and pidfile stayed behind. The master now says it has
+// no binary upgrade and serves on with the same workers.
+#[test]
+fn sigusr2_to_the_master_is_answered_with_a_warning_and_serving_goes_on() {
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", Ill::Well);
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let before = workers(&p, 2, Ill::Well);
+    p.signal(libc::SIGUSR2);
+    assert!(p.wait_log("SIGUSR2 ignored", 10), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gone(p.pid()), "the master is gone\n{}", p.logs());
+    assert_eq!(children(p.pid()), before, "{}", p.logs());
+    assert!(p.get("/").1.starts_with(b"v1 "), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15).expect("it exits");
+    assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
+}

@@ -360,6 +360,11 @@ pub fn run(
                         signal(pid, Signal::USR1);
                     }
                 }
+                libc::SIGUSR2 => {
+                    // regression: its default action killed the master (exit 140), the
+                    // workers followed, and the socket and pidfile were left behind.
+                    tracing::warn!("SIGUSR2 ignored: postern has no binary upgrade (gunicorn's USR2); SIGHUP reloads the app with new workers, and a new postern binary needs a restart (socket activation keeps the socket open across it)");
+                }
                 _ => {}
             }
         }

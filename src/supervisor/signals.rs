@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// The signals the master handles (see the table in the module doc of `supervisor`).
-pub const HANDLED: [i32; 8] = [
+pub const HANDLED: [i32; 9] = [
     libc::SIGHUP,
     libc::SIGTERM,
     libc::SIGINT,
@@ -18,6 +18,10 @@ pub const HANDLED: [i32; 8] = [
     libc::SIGTTOU,
     libc::SIGCHLD,
     libc::SIGUSR1,
+    // Not for anything the master does: its default action would kill the master
+    // without a word (gunicorn's binary upgrade is `kill -USR2 MASTER`), so it is read
+    // and answered with a warning. Workers take it back for their stack dumps.
+    libc::SIGUSR2,
 ];
 
 /// A set of signals.
