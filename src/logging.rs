@@ -186,8 +186,8 @@ enum Msg {
 }
 
 struct Logs {
-    /// postern's log goes to a file (not stderr).
-    log_to_file: bool,
+    /// postern's log goes to this file (not stderr).
+    log_file: Option<PathBuf>,
     json: bool,
     access: Option<(Arc<Output>, AccessLogFormat)>,
     /// Every distinct output (postern's log and the access log may share one).
@@ -242,7 +242,7 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
             .try_init(),
     };
     let _ = LOGS.set(Logs {
-        log_to_file: opts.file.is_some(),
+        log_file: opts.file.clone(),
         json: opts.format == LogFormat::Json,
         access,
         outputs,
@@ -431,13 +431,18 @@ pub fn finish() {
 /// goes to one. Flushes the logs first, so the message comes last.
 pub fn report_fatal(message: &str) {
     let logs = LOGS.get();
-    let (to_file, json) = logs.map_or((false, false), |l| (l.log_to_file, l.json));
-    if to_file || json {
+    let file = logs.and_then(|l| l.log_file.as_deref());
+    let json = logs.is_some_and(|l| l.json);
+    if file.is_some() || json {
         tracing::error!("{message}");
     }
     finish();
-    if !json || to_file {
-        eprintln!("postern: {message}");
+    match file {
+        // regression: "see the workers' error above" on stderr (the journal) while
+        // the error and its traceback were only in the log file.
+        Some(path) => eprintln!("postern: {message} (the log: {})", path.display()),
+        None if !json => eprintln!("postern: {message}"),
+        None => {}
     }
 }
 

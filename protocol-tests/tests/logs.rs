@@ -527,6 +527,42 @@ fn logrotate_conf(dir: &Path, logs: &Path, pidfile: &Path) -> PathBuf {
     path
 }
 
+// regression: with a pidfile left behind (a stop as --uid cannot remove it), the
+// recipe's fallback sent SIGUSR1 to whatever process had that pid by then.
+#[test]
+fn the_logrotate_recipe_does_not_signal_a_process_that_is_not_postern() {
+    let Some(logrotate) = logrotate_bin() else {
+        return;
+    };
+    let dir = tempdir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::write(logs.join("postern.log"), "a line\n").unwrap();
+    let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    let pidfile = dir.path().join("postern.pid");
+    std::fs::write(&pidfile, format!("{}\n", bystander.id())).unwrap();
+    let conf = logrotate_conf(dir.path(), &logs, &pidfile);
+    let out = Command::new(&logrotate)
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.path().join("logrotate.state"))
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.join("postern.log.1").exists(), "rotated");
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(alive, "the process named by the stale pidfile got SIGUSR1");
+}
+
 fn logrotate_bin() -> Option<PathBuf> {
     for p in ["/usr/sbin/logrotate", "/usr/bin/logrotate"] {
         if Path::new(p).exists() {
@@ -855,6 +891,33 @@ fn an_address_in_use_is_said_once_with_how_to_find_the_holder() {
     let in_log = read(&log);
     assert_eq!(in_log.matches(&said).count(), 1, "{in_log}");
     assert!(in_log.contains("ERROR"), "{in_log}");
+}
+
+// regression: with --log-file, a first start whose workers fail said on stderr (the
+// journal) only "see the workers' error above", while the error was in the log file.
+#[test]
+fn a_failed_first_start_with_a_log_file_names_the_file_on_stderr() {
+    let dir = tempdir();
+    let bad = dir.path().join("brokenapp.py");
+    std::fs::write(&bad, "raise RuntimeError('broken at import')\n").unwrap();
+    let log = dir.path().join("postern.log");
+    let sock = format!("unix:{}", dir.path().join("s.sock").display());
+    let out = Command::new(postern_bin())
+        .arg(bad.display().to_string())
+        .args(["--workers", "2", "--uwsgi", &sock])
+        .args(["--log-file", &log.display().to_string()])
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed to start"), "{err}");
+    assert!(
+        err.contains(&format!("(the log: {})", log.display())),
+        "{err}"
+    );
+    assert!(read(&log).contains("broken at import"), "{}", read(&log));
 }
 
 // regression: a request postern answered itself (413 over --max-body) was counted in
