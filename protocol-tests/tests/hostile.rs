@@ -704,3 +704,42 @@ fn unfinished_params_past_the_connection_budget_close_the_connection() {
         }
     }
 }
+
+// regression: every client dropped at --head-timeout had a WARN line of its own, so a
+// slowloris attack (thousands of connections sending a head byte by byte) flooded the
+// log with lines that said nothing more (hostile6).
+#[test]
+fn a_flood_of_slow_heads_names_the_first_twenty_then_sums_up_the_rest() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--head-timeout", "1"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    // 30 heads that never become whole: the first byte of a uwsgi header, no more.
+    let conns: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(&[0]).unwrap();
+            c
+        })
+        .collect();
+    // All are dropped within one 10 s window: 20 named, then one line for the other
+    // 10 at the window's end (the bound is against a hang, not a measure).
+    let summed = p.wait_log(
+        "10 more clients dropped in the last 10 s for no complete request head within 1s (--head-timeout)",
+        30,
+    );
+    let logs = p.logs();
+    assert!(summed, "{logs}");
+    let named = logs
+        .lines()
+        .filter(|l| {
+            l.contains("no complete request head within 1s (--head-timeout); closing peer=")
+        })
+        .count();
+    assert_eq!(named, 20, "{logs}");
+    assert!(logs.contains("last_peer=127.0.0.1:"), "{logs}");
+    drop(conns);
+}

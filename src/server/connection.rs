@@ -202,7 +202,10 @@ async fn serve<C: Conn>(
             match timeout(left, framed.next()).await {
                 Err(_) => {
                     let got = framed.buf.len();
-                    tracing::warn!(%peer, got, "no complete request head within {:?} (--head-timeout); closing", limits.head_timeout);
+                    // Named for the first few only: a flood is summed up.
+                    if super::slow_clients::name(&peer, limits.head_timeout) {
+                        tracing::warn!(%peer, got, "no complete request head within {:?} (--head-timeout); closing", limits.head_timeout);
+                    }
                     return;
                 }
                 Ok(Ok(None)) => {

@@ -8,6 +8,8 @@
 //! - [`pending`]: new connections waiting in the Python threads' epoll for their
 //!   first bytes.
 //! - [`connection`]: the slow lane: partial heads, large/slow bodies, bad input.
+//! - [`slow_clients`]: the log lines of clients dropped at `--head-timeout`, summed
+//!   up past the first few.
 //! - [`sink`]: writing the response from a Python thread, then close or abort.
 //! - [`fastcgi`]: FastCGI connections, which outlive a request (keep-conn) and carry
 //!   several at once (multiplexing): parked in the Python threads' epoll when idle.
@@ -21,6 +23,7 @@ pub mod listener;
 pub mod pending;
 pub mod queue;
 pub mod sink;
+pub mod slow_clients;
 pub mod span;
 pub mod wake;
 pub mod writer;

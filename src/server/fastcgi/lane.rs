@@ -944,13 +944,20 @@ pub async fn serve(
                 if idle && linger.is_some() {
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
                 } else if idle {
-                    tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
+                    // Named for the first few only: a flood is summed up.
+                    if crate::server::slow_clients::name(&peer, limits.head_timeout) {
+                        tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
+                    }
                 } else if let Some((id, _)) =
                     stray.filter(|_| head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout))
                 {
-                    tracing::warn!(%peer, fcgi_id = id, "FastCGI records for a request id no BEGIN_REQUEST named, and no request within {:?} (--head-timeout); closing", limits.head_timeout);
+                    if crate::server::slow_clients::name(&peer, limits.head_timeout) {
+                        tracing::warn!(%peer, fcgi_id = id, "FastCGI records for a request id no BEGIN_REQUEST named, and no request within {:?} (--head-timeout); closing", limits.head_timeout);
+                    }
                 } else if head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout) {
-                    tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
+                    if crate::server::slow_clients::name(&peer, limits.head_timeout) {
+                        tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
+                    }
                 } else if write_stuck(&conn) {
                     // Both ways stalled: say so, the read direction alone would
                     // send the operator looking at the wrong side.
