@@ -2964,3 +2964,68 @@ fn a_reload_that_cannot_start_its_workers_for_a_while_retries_at_most_5_s_apart(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// regression: a reload that completed while a worker of the generation it replaces was
+// still importing the app (a crashed worker's replacement here) sent that worker only
+// SIGTERM: it went on importing (60 s here; an import can hold or ignore SIGTERM),
+// said ready, then drained, or was killed past --graceful-timeout. It never served and
+// never will: it is killed at once, as at a reload during a reload.
+#[test]
+fn a_reload_kills_the_old_generations_workers_still_importing() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    // The next import (the replacement's) takes the flag and sleeps; the reload's don't.
+    let flag = dir.path().join("slow");
+    let code = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(
+        &app,
+        format!("import os, time\nif os.path.exists({flag:?}):\n    os.remove({flag:?})\n    time.sleep(60)\n{code}"),
+    )
+    .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let pid: i32 = String::from_utf8(p.get("/").1)
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        wait_until(20, || !flag.exists()),
+        "the replacement did not start\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let replacement = logs
+        .lines()
+        .filter(|l| l.contains("worker started") && l.contains("cause=\"crash\""))
+        .find_map(|l| l.split("pid=").nth(1)?.split(' ').next())
+        .unwrap_or_else(|| panic!("no replacement\n{logs}"))
+        .to_owned();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("old workers still importing the app are killed", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("old workers still importing the app are killed"))
+        .unwrap();
+    assert!(line.contains(&replacement), "{replacement}: {line}\n{logs}");
+    let exited = format!("worker exited pid={replacement} how=killed by SIGKILL");
+    assert!(p.wait_log(&exited, 10), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    assert!(
+        !p.logs()
+            .contains(&format!("worker ready pid={replacement} ")),
+        "{}",
+        p.logs()
+    );
+}

@@ -186,6 +186,21 @@ impl Worker {
         }
     }
 
+    /// Kills the worker if it is still importing the app (it never served, and will
+    /// not): the import's end and this give-up race on the scoreboard, and one whose
+    /// import ended first may have accepted, so it is left to its SIGTERM. True when
+    /// killed.
+    fn abandon_import(&mut self, board: &Scoreboard) -> bool {
+        if self.sigkilled || self.served || !board.abandon_import(self.slot) {
+            return false;
+        }
+        signal(self.pid, Signal::KILL);
+        self.sigkilled = true;
+        self.abandoned = true;
+        self.before_stop = true;
+        true
+    }
+
     /// Records that the worker is on its way out, for `cause` (the first cause wins).
     fn mark_retiring(&mut self, board: &Scoreboard, cause: Cause) {
         let cause = self.phase.stop(cause);
@@ -670,9 +685,19 @@ impl Master {
         }
         self.completed = self.generation;
         let mut retired = 0;
+        let mut killed = Vec::new();
         for w in self.workers.iter_mut() {
             if w.generation < self.generation && w.phase.active() {
                 w.drain(&self.board, Cause::Reload);
+                // One still importing the app (a replacement or a successor started
+                // before the reload) never served: killed, as at a reload during a
+                // reload. An import can hold or ignore SIGTERM, and would otherwise
+                // run to its end (or to the leave deadline) for nothing.
+                // regression: it only got SIGTERM, finished its import, said ready
+                // and then drained.
+                if w.abandon_import(&self.board) {
+                    killed.push(raw(w.pid));
+                }
                 retired += 1;
             }
         }
@@ -680,6 +705,12 @@ impl Master {
             tracing::info!(
                 old = retired,
                 "new workers ready; old workers finish their requests and exit"
+            );
+        }
+        if !killed.is_empty() {
+            tracing::info!(
+                pids = ?killed,
+                "old workers still importing the app are killed (they never served)"
             );
         }
         // Once per start and per reload. regression: only when old workers were
@@ -1038,11 +1069,7 @@ impl Master {
             for w in self.workers.iter_mut() {
                 if w.generation == self.generation && w.phase == Phase::Booting {
                     w.drain(&self.board, Cause::Reload);
-                    if !w.sigkilled && self.board.abandon_import(w.slot) {
-                        signal(w.pid, Signal::KILL);
-                        w.sigkilled = true;
-                        w.abandoned = true;
-                        w.before_stop = true;
+                    if w.abandon_import(&self.board) {
                         killed.push(raw(w.pid));
                     }
                 }
