@@ -121,6 +121,20 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
             "{url:?} has no host: for a Unix socket, write {name}+unix://{rest}"
         )));
     }
+    // regression: nginx's spelling after the scheme (`uwsgi://unix:/run/app.sock/`, as
+    // postern's start-up line prints `uwsgi_pass unix:…;`) was read as the host `unix`
+    // and failed on a DNS lookup.
+    if !unix {
+        if let Some(path) = rest
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("unix:"))
+            .and_then(|_| rest[5..].starts_with('/').then(|| &rest[5..]))
+        {
+            return Err(UrlError::from(format!(
+                "{url:?}: `unix:` is nginx's spelling; for a Unix socket, write {name}+unix://{path}"
+            )));
+        }
+    }
     let (target, uri) = if unix {
         parse_unix(rest, is_socket)?
     } else {
@@ -280,6 +294,29 @@ mod tests {
         let u = parse_url("uwsgi://localhost", |_| false).unwrap();
         assert_eq!(u.uri, "/");
         assert!(parse_url("http://x/", |_| false).is_err());
+    }
+
+    #[test]
+    fn nginx_s_unix_spelling_gets_the_unix_url() {
+        let e = parse_url("uwsgi://unix:/tmp/a.sock/x?q=1", |_| false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"uwsgi://unix:/tmp/a.sock/x?q=1\": `unix:` is nginx's spelling; for a Unix socket, write uwsgi+unix:///tmp/a.sock/x?q=1"
+        );
+        let e = parse_url("FastCGI://UNIX:/run/s.sock", |_| false).unwrap_err();
+        assert!(
+            e.to_string().ends_with("write fastcgi+unix:///run/s.sock"),
+            "{e}"
+        );
+        // A host that is only called unix is still a host.
+        let u = parse_url("scgi://unix:4000/", |_| false).unwrap();
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "unix".into(),
+                port: 4000
+            }
+        );
     }
 
     #[test]
