@@ -1240,6 +1240,46 @@ fn uwsgi_options_are_named_in_posterns_words() {
     );
 }
 
+// regression: uWSGI's grouped short flags (getopt's: `-Mp4` is `-M -p 4`) read the
+// rest of the word as the first flag's value: `-Mp4` said '"p4" is not a boolean' and
+// lost `-p`, and the rewritten command had no --workers.
+#[test]
+fn grouped_uwsgi_short_flags_are_read_as_uwsgi_reads_them() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-Mp4", "app"], "postern --master --workers 4 app\n"),
+        (&["-Mp", "4", "app"], "postern --master --workers 4 app\n"),
+        (
+            &["-M", "-p", "4", "app"],
+            "postern --master --workers 4 app\n",
+        ),
+        (
+            &["-s", ":3031", "-MTp4", "--module", "app"],
+            "postern --uwsgi 0.0.0.0:3031 --master --workers 4 app\n",
+        ),
+        (
+            &["-Ms", "/run/a.sock", "app"],
+            "postern --master --uwsgi unix:/run/a.sock app\n",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = postern().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("the same with postern: {want}")),
+            "{args:?}: want {want:?} in:\n{err}"
+        );
+        assert!(!err.contains("not a boolean"), "{args:?}: {err}");
+    }
+    let out = postern().args(["-Mp4", "app"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`-M` is uWSGI's: postern says `--master`")
+            && err.contains("`-p4` is uWSGI's: postern says `--workers 4`"),
+        "{err}"
+    );
+}
+
 // regression: a uWSGI option whose value postern does not use (`--plugin python3`,
 // `--cheaper 2`, `--attach-daemon CMD`, `--protocol fastcgi`) was read as a flag: its
 // value was left behind as postern's APP (`the same with postern: postern python3

@@ -124,6 +124,42 @@ pub struct Typed {
     pub outcome: Outcome,
     /// postern's equivalent, when the line carries over (`--workers 4`; the app as `APP`).
     pub postern: Vec<String>,
+    /// The index in the command line of the word it was typed in (`-Mp4` holds two).
+    pub arg: usize,
+    /// Its value is the next word (`-p 4`).
+    pub took_next: bool,
+}
+
+/// An option as [`uwsgi_options`] reads it, before its value is settled.
+struct Found {
+    /// As typed (`--processes`, `-p`).
+    flag: String,
+    /// uWSGI's long name.
+    key: String,
+    /// The value typed with `=` or glued (`-p4`).
+    inline: Option<String>,
+    /// The next argument, which may be its value.
+    next: Option<String>,
+    /// The index of the word it is in.
+    arg: usize,
+}
+
+impl Found {
+    fn new(
+        flag: String,
+        key: &str,
+        inline: Option<String>,
+        next: Option<String>,
+        arg: usize,
+    ) -> Found {
+        Found {
+            flag,
+            key: key.to_owned(),
+            inline,
+            next,
+            arg,
+        }
+    }
 }
 
 /// The uWSGI options among `args` (the whole command line, program name first), and the
@@ -132,8 +168,7 @@ pub struct Typed {
 /// own) are in the second list: clap's message is the right one for them. A
 /// subcommand's arguments are not looked at.
 pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed>, Vec<String>) {
-    // (flag as typed, uWSGI key, value typed with `=` or glued, the next argument)
-    let mut found: Vec<(String, String, Option<String>, Option<String>)> = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     let mut others = Vec::new();
     let mut i = 1;
     while i < args.len() {
@@ -162,23 +197,34 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
                 continue;
             }
             let next = if inline.is_some() { None } else { next };
-            found.push((format!("--{name}"), name.to_owned(), inline, next));
+            found.push(Found::new(format!("--{name}"), name, inline, next, i - 1));
         } else if let Some(short) = a.strip_prefix('-') {
-            let mut chars = short.chars();
-            let Some(c) = chars.next() else { continue };
-            let Some((_, key)) = SHORT.iter().find(|(s, _)| *s == c) else {
-                if !matches!(c, 'h' | 'V') {
-                    others.push(format!("-{c}"));
+            // Grouped as getopt (uWSGI's parser) groups them: flags that take no value
+            // (`-M`), then at most one option whose value is the rest of the word or
+            // the next argument (`-Mp4`, `-M -p4`, `-Mp 4`).
+            // regression: `-Mp4` read "p4" as the value of `-M`, and `-p` was lost.
+            let mut rest = short;
+            while let Some(c) = rest.chars().next() {
+                rest = &rest[c.len_utf8()..];
+                let Some((_, key)) = SHORT.iter().find(|(s, _)| *s == c) else {
+                    if !matches!(c, 'h' | 'V') {
+                        others.push(format!("-{c}"));
+                    }
+                    break;
+                };
+                if FLAGS.contains(key) && !rest.is_empty() {
+                    let flag = format!("-{c}");
+                    found.push(Found::new(flag, key, Some(String::new()), None, i - 1));
+                    continue;
                 }
-                continue;
-            };
-            let glued = chars.as_str();
-            let (inline, next) = if glued.is_empty() {
-                (None, next)
-            } else {
-                (Some(glued.trim_start_matches('=').to_owned()), None)
-            };
-            found.push((format!("-{c}"), (*key).to_owned(), inline, next));
+                let (inline, next) = if rest.is_empty() {
+                    (None, next.clone())
+                } else {
+                    (Some(rest.trim_start_matches('=').to_owned()), None)
+                };
+                found.push(Found::new(format!("-{c}"), key, inline, next, i - 1));
+                break;
+            }
         } else if i == 2 && ["request", "bench", "migrate", "status", "help"].contains(&a.as_str())
         {
             return (Vec::new(), Vec::new());
@@ -220,7 +266,18 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
         Some(matches!(as_flag.outcome, Outcome::Refused(_)) || !looks_like_app)
     };
     let mut entries = Vec::new();
-    for (n, (flag, key, inline, next)) in found.iter().enumerate() {
+    let mut took_next = vec![false; found.len()];
+    for (
+        n,
+        Found {
+            flag,
+            key,
+            inline,
+            next,
+            ..
+        },
+    ) in found.iter().enumerate()
+    {
         let value = match (inline, next) {
             (Some(v), _) => v.clone(),
             (None, Some(next)) => match takes(key, next) {
@@ -228,7 +285,10 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
                     others.push(flag.clone());
                     continue;
                 }
-                Some(true) => next.clone(),
+                Some(true) => {
+                    took_next[n] = true;
+                    next.clone()
+                }
                 Some(false) => String::new(),
             },
             (None, None) => String::new(),
@@ -241,13 +301,15 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
         };
         entries.push(entry(n, key, &value, &text));
     }
-    let flags: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
+    let flags: Vec<String> = found.iter().map(|f| f.flag.clone()).collect();
     let mut typed = Vec::new();
     for (mut t, e) in map(&entries).into_iter().zip(&entries) {
         if matches!(t.outcome, Outcome::Unknown | Outcome::Placeholder) {
             others.push(flags[e.line].clone());
         } else {
             t.flag = flags[e.line].clone();
+            t.arg = found[e.line].arg;
+            t.took_next = took_next[e.line];
             typed.push(t);
         }
     }
@@ -301,6 +363,8 @@ fn map(entries: &[Entry]) -> Vec<Typed> {
                 _ => Vec::new(),
             },
             outcome: l.outcome.clone(),
+            arg: 0,
+            took_next: false,
         })
         .collect()
 }
@@ -405,16 +469,13 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
     }
     let mut out = vec!["postern".to_owned()];
     let mut app = Vec::new();
-    let mut rest = args.iter().skip(1).peekable();
-    let mut typed = typed.iter().peekable();
-    let (mut positional, mut prev) = (false, None::<&String>);
-    while let Some(a) = rest.next() {
-        let t = typed.peek().filter(|t| {
-            let flag_here = a == &t.flag || a.starts_with(&format!("{}=", t.flag));
-            let glued = !t.flag.starts_with("--") && a.starts_with(&t.flag);
-            flag_here || glued
-        });
-        let Some(t) = t.copied() else {
+    let (mut positional, mut prev, mut skip) = (false, None::<&String>, None);
+    for (n, a) in args.iter().enumerate().skip(1) {
+        if skip == Some(n) {
+            continue;
+        }
+        let here: Vec<&Typed> = typed.iter().filter(|t| t.arg == n).collect();
+        if here.is_empty() {
             // postern's APP: after the program, a uWSGI option, a value or `--x=v`, or
             // what looks like one after one of postern's options.
             positional |= !a.starts_with('-')
@@ -424,20 +485,20 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
             prev = Some(a);
             out.push(quoted(a));
             continue;
-        };
-        prev = None;
-        typed.next();
-        // The value went with it when the text has one after a space.
-        if t.text.len() > a.len() && t.text.starts_with(&format!("{a} ")) {
-            rest.next();
         }
-        for p in &t.postern {
-            if p.starts_with("--") {
-                if !out.contains(p) {
-                    out.push(p.clone());
+        prev = None;
+        for t in here {
+            if t.took_next {
+                skip = Some(n + 1);
+            }
+            for p in &t.postern {
+                if p.starts_with("--") {
+                    if !out.contains(p) {
+                        out.push(p.clone());
+                    }
+                } else {
+                    app = vec![p.clone()];
                 }
-            } else {
-                app = vec![p.clone()];
             }
         }
     }
