@@ -1280,6 +1280,34 @@ fn grouped_uwsgi_short_flags_are_read_as_uwsgi_reads_them() {
     );
 }
 
+// regression: a misspelt option of postern's typed beside a uWSGI one (`--socket :3031
+// --workrs 4`) was "neither postern's option nor a uWSGI option postern knows", without
+// clap's "a similar argument exists: '--workers'" that it gets alone.
+#[test]
+fn a_misspelt_option_beside_a_uwsgi_one_still_gets_the_similar_one() {
+    for (typo, similar) in [
+        ("--workrs", "--workers"),
+        ("--thread", "--threads"),
+        ("--socket-mod", "--socket-mode"),
+    ] {
+        let out = postern()
+            .args(["--socket", ":3031", typo, "4", "app"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{typo}: {err}");
+        let want = format!("`{typo}` is neither postern's option nor a uWSGI option postern knows; a similar option exists: `{similar}`");
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+        // Alone, clap's own message.
+        let out = postern().args([typo, "4", "app"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("a similar argument exists: '{similar}'")),
+            "{typo}: {err}"
+        );
+    }
+}
+
 // regression: a uWSGI option whose value postern does not use (`--plugin python3`,
 // `--cheaper 2`, `--attach-daemon CMD`, `--protocol fastcgi`) was read as a flag: its
 // value was left behind as postern's APP (`the same with postern: postern python3

@@ -22,7 +22,8 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
     if e.kind() == ErrorKind::UnknownArgument {
         let (typed, others) = crate::uwsgi_ini::uwsgi_options(&args, is_ours);
         if !typed.is_empty() {
-            for line in crate::uwsgi_ini::explain(&typed, &others, &args).lines() {
+            let said = crate::uwsgi_ini::explain(&typed, &others, &args, similar);
+            for line in said.lines() {
                 eprintln!("postern: {line}");
             }
             std::process::exit(2);
@@ -38,6 +39,18 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
 /// The argument clap found wrong, as clap names it (`--socket`, `--threads <N>`).
 fn invalid_arg(e: &clap::Error) -> Option<String> {
     match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// postern's option that clap finds closest to the unknown `flag` (`--workrs`:
+/// `--workers`), as its own message would suggest it.
+fn similar(flag: &str) -> Option<String> {
+    let e = Cli::command()
+        .try_get_matches_from(["postern", flag])
+        .err()?;
+    match e.get(ContextKind::SuggestedArg) {
         Some(ContextValue::String(s)) => Some(s.clone()),
         _ => None,
     }

@@ -406,8 +406,14 @@ pub fn quoted(s: &str) -> String {
 
 /// The message for the uWSGI options found: one line each, then the command line that
 /// does the same when every one of them carries over or is not needed and there is no
-/// `other` unknown option.
-pub fn explain(typed: &[Typed], others: &[String], args: &[String]) -> String {
+/// `other` unknown option. `similar` names postern's option closest to an unknown one
+/// (clap's suggestion), if any is close.
+pub fn explain(
+    typed: &[Typed],
+    others: &[String],
+    args: &[String],
+    similar: impl Fn(&str) -> Option<String>,
+) -> String {
     let mut out = String::new();
     for t in typed {
         let _ = match &t.outcome {
@@ -445,11 +451,19 @@ pub fn explain(typed: &[Typed], others: &[String], args: &[String]) -> String {
             Outcome::Placeholder | Outcome::Unknown => Ok(()),
         };
     }
+    // regression: a misspelt option of postern's beside a uWSGI one (`--socket :3031
+    // --workrs 4`) lost clap's "a similar argument exists: '--workers'".
     for o in others {
-        let _ = writeln!(
-            out,
-            "`{o}` is neither postern's option nor a uWSGI option postern knows"
-        );
+        let _ = match similar(o) {
+            Some(s) => writeln!(
+                out,
+                "`{o}` is neither postern's option nor a uWSGI option postern knows; a similar option exists: `{s}`"
+            ),
+            None => writeln!(
+                out,
+                "`{o}` is neither postern's option nor a uWSGI option postern knows"
+            ),
+        };
     }
     if let Some(line) = rewritten(typed, args).filter(|_| others.is_empty()) {
         let _ = writeln!(out, "the same with postern: {line}");
