@@ -378,6 +378,34 @@ impl Spawn {
         Spawn::unix(dir, &write_module(dir, module, source)).asgi(dir)
     }
 
+    /// An ASGI app over FastCGI on a new Unix socket in `dir`, whose `/gated` streams
+    /// 16,000-byte body parts until the file `gate` exists, then queues 14 more without
+    /// awaiting them and raises (a response cut while its writer is in the middle of a
+    /// batch); anything else answers `ok`.
+    pub fn gated_cut(dir: &Path, gate: &Path) -> Spawn {
+        let prelude = format!(
+            "import asyncio, os\nGATE = {:?}",
+            gate.display().to_string()
+        );
+        let app = AsgiApp::new(&prelude).http(
+            r#"
+if scope["path"] == "/gated":
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    while not os.path.exists(GATE):
+        await send({"type": "http.response.body", "body": b"x" * 16000, "more_body": True})
+    # Not awaited: queued at once (14 fit in the writer's queue), so the writer takes
+    # more than the socket has room for, and is in the middle of it at the raise.
+    for _ in range(14):
+        send({"type": "http.response.body", "body": b"y" * 16000, "more_body": True})
+    await asyncio.sleep(0.1)
+    raise RuntimeError("cut on purpose")
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"ok\n"})
+"#,
+        );
+        Spawn::asgi_unix(dir, "gated_cut", &app).protocol("fastcgi")
+    }
+
     fn asgi(self, dir: &Path) -> Spawn {
         self.cwd(dir).args(["--interface", "asgi"])
     }

@@ -2820,32 +2820,9 @@ fn a_cut_response_is_marked_without_a_stderr_note_under_no_fastcgi_stderr() {
     }
 }
 
-/// An ASGI app whose `/gated` streams 16,000-byte body parts until the file `gate`
-/// exists, then queues 14 more and raises; anything else answers `ok`. Started over a Unix
-/// socket.
+/// [`Spawn::gated_cut`] with postern's `args`.
 fn start_gated_cut(dir: &Path, gate: &Path, args: &[&str]) -> Postern {
-    let prelude = format!(
-        "import asyncio, os\nGATE = {:?}",
-        gate.display().to_string()
-    );
-    let app = AsgiApp::new(&prelude).http(
-        r#"
-if scope["path"] == "/gated":
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    while not os.path.exists(GATE):
-        await send({"type": "http.response.body", "body": b"x" * 16000, "more_body": True})
-    # Not awaited: queued at once (14 fit in the writer's queue), so the writer takes
-    # more than the socket has room for, and is in the middle of it at the raise.
-    for _ in range(14):
-        send({"type": "http.response.body", "body": b"y" * 16000, "more_body": True})
-    await asyncio.sleep(0.1)
-    raise RuntimeError("cut on purpose")
-await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-await send({"type": "http.response.body", "body": b"ok\n"})
-"#,
-    );
-    Spawn::asgi_unix(dir, "gated_cut", &app)
-        .protocol("fastcgi")
+    Spawn::gated_cut(dir, gate)
         .args(args.iter().copied())
         .start()
 }

@@ -680,28 +680,7 @@ fn gated_cut_through_nginx(args: &[&str]) {
     };
     let dir = tempdir();
     let gate = dir.path().join("gate");
-    let prelude = format!(
-        "import asyncio, os\nGATE = {:?}",
-        gate.display().to_string()
-    );
-    let app = AsgiApp::new(&prelude).http(
-        r#"
-if scope["path"] == "/gated":
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    while not os.path.exists(GATE):
-        await send({"type": "http.response.body", "body": b"x" * 16000, "more_body": True})
-    # Not awaited: queued at once (14 fit in the writer's queue), so the writer takes
-    # more than the socket has room for, and is in the middle of it at the raise.
-    for _ in range(14):
-        send({"type": "http.response.body", "body": b"y" * 16000, "more_body": True})
-    await asyncio.sleep(0.1)
-    raise RuntimeError("cut on purpose")
-await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-await send({"type": "http.response.body", "body": b"ok\n"})
-"#,
-    );
-    let postern = Spawn::asgi_unix(dir.path(), "gated_cut", &app)
-        .protocol("fastcgi")
+    let postern = Spawn::gated_cut(dir.path(), &gate)
         .args(["--read-timeout", "30"])
         .args(args.iter().copied())
         .start();
