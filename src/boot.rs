@@ -245,6 +245,7 @@ const FRONT_SERVER_NAMES: [&str; 5] = ["www-data", "nginx", "http", "apache", "_
 pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
     use std::os::unix::fs::MetadataExt as _;
     let ListenAddr::Unix(path) = addr else { return };
+    warn_if_socket_directory_closed(config, addr, path);
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return;
     };
@@ -301,6 +302,79 @@ pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
         name(owner, meta.uid()),
         name(group, meta.gid()),
     );
+}
+
+/// Warns when a directory on the way to the Unix socket at `path` does not let the
+/// front server's user through (no search permission, `x`, for it): connect(2) then
+/// fails with EACCES whatever the socket's own mode. The user is the one given alone
+/// with `--socket-owner`, else the first of [`FRONT_SERVER_NAMES`] this host has; the
+/// mode bits are read as the kernel reads them for that user (owner, then its groups,
+/// then others; ACLs are not read), so running as root, which passes every directory,
+/// changes nothing. The warning names the first such directory from `/` down.
+/// regression: a socket under a 0700 directory (`/root/app`, a home directory) got no
+/// word from a start or `sudo postern --check`, with or without `--socket-mode 666`.
+fn warn_if_socket_directory_closed(config: &Config, addr: &ListenAddr, path: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let user = match config.socket_owner {
+        Some((Some(uid), None)) => crate::users::user_by_uid(uid).ok().flatten(),
+        _ => FRONT_SERVER_NAMES
+            .iter()
+            .find_map(|n| crate::users::user_by_name(n).ok().flatten()),
+    };
+    let Some(user) = user.filter(|u| u.uid != 0) else {
+        return;
+    };
+    let Some(dir) = path.parent().and_then(|d| std::fs::canonicalize(d).ok()) else {
+        return;
+    };
+    let groups = crate::users::group_list(&user.name, user.gid).unwrap_or_else(|_| vec![user.gid]);
+    let mut ancestors: Vec<&Path> = dir.ancestors().collect();
+    ancestors.reverse();
+    for d in ancestors {
+        let Ok(meta) = std::fs::metadata(d) else {
+            return;
+        };
+        if searchable(meta.mode(), meta.uid(), meta.gid(), user.uid, &groups) {
+            continue;
+        }
+        let owner = crate::users::user_by_uid(meta.uid())
+            .ok()
+            .flatten()
+            .map_or_else(|| meta.uid().to_string(), |u| u.name);
+        let group = crate::users::group_name(meta.gid())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| meta.gid().to_string());
+        tracing::warn!(
+            listener = %addr,
+            "the directory {} (mode {:04o}, owner {owner}:{group}) does not let {} through (no search permission, x): a front server running as {} cannot reach the socket in it, whatever the socket's mode (EACCES: a 502, and '(13: Permission denied)' in nginx's error log); give it search permission (chmod o+x {}, or chgrp {} {} and chmod g+x {}), or put the socket in a directory the front server can reach (e.g. /run/postern, systemd RuntimeDirectory=)",
+            d.display(),
+            meta.mode() & 0o7777,
+            user.name,
+            user.name,
+            d.display(),
+            crate::users::group_name(user.gid).ok().flatten().unwrap_or_else(|| user.gid.to_string()),
+            d.display(),
+            d.display(),
+        );
+        return;
+    }
+}
+
+/// Whether a user (`uid`, member of `groups`) may search (pass through) a directory of
+/// `mode` owned by `owner`:`group`: the owner's bits for its owner, the group's for a
+/// member, the others' otherwise, as the kernel checks them (root passes).
+fn searchable(mode: u32, owner: u32, group: u32, uid: u32, groups: &[u32]) -> bool {
+    let bit = if uid == 0 {
+        return true;
+    } else if uid == owner {
+        0o100
+    } else if groups.contains(&group) {
+        0o010
+    } else {
+        0o001
+    };
+    mode & bit != 0
 }
 
 /// What `--uid`/`--gid` become: the user database is read here ([`Privileges::plan`]),
@@ -512,6 +586,27 @@ mod tests {
     use super::*;
     use crate::config::{Cli, Layered};
     use clap::{CommandFactory, FromArgMatches};
+
+    #[test]
+    fn a_directory_is_searched_with_the_owner_then_group_then_other_bits() {
+        // www-data (33, groups 33) through directories of root (0), group 0 or 33.
+        let www = |mode, group| searchable(mode, 0, group, 33, &[33]);
+        assert!(!www(0o700, 0));
+        assert!(!www(0o750, 0));
+        assert!(www(0o750, 33));
+        assert!(
+            !www(0o705, 33),
+            "the group's bits apply to a member, not others'"
+        );
+        assert!(www(0o701, 0));
+        assert!(www(0o711, 0));
+        assert!(searchable(0o700, 33, 0, 33, &[33]), "its owner");
+        assert!(
+            !searchable(0o077, 33, 33, 33, &[33]),
+            "the owner's bits only"
+        );
+        assert!(searchable(0o000, 5, 5, 0, &[0]), "root passes");
+    }
 
     #[test]
     fn caps_malloc_arenas_unless_the_user_chose() {

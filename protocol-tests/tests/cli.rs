@@ -1578,6 +1578,63 @@ fn a_stop_while_the_app_imports_is_said_at_once_and_the_import_every_30_s() {
     );
 }
 
+// regression: a socket in a directory the front server's user may not pass through
+// (0700, as a home directory or /root/app) got no warning from --check or a start, as
+// root or not, even with --socket-mode 666: nginx still gets EACCES at connect().
+#[test]
+fn a_socket_behind_a_directory_the_front_server_cannot_pass_is_warned_about() {
+    assert!(
+        Command::new("getent")
+            .args(["passwd", "www-data"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "the test needs the user www-data"
+    );
+    let dir = tempdir();
+    let closed = dir.path().join("closed");
+    let run_dir = closed.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let check = || {
+        let out = postern()
+            .arg(testapp())
+            .arg("--uwsgi")
+            .arg(format!("unix:{}", run_dir.join("a.sock").display()))
+            .args(["--socket-mode", "666", "--check"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let set = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set(&closed, 0o700);
+    let said = check();
+    let want = format!(
+        "the directory {} (mode 0700, owner ",
+        closed.canonicalize().unwrap().display()
+    );
+    assert!(said.contains(&want), "want {want:?} in:\n{said}");
+    assert!(said.contains("does not let www-data through"), "{said}");
+    assert!(said.contains("chmod o+x "), "{said}");
+    // The first directory that stops it, from / down.
+    set(&closed, 0o711);
+    set(&run_dir, 0o750);
+    let said = check();
+    assert!(
+        said.contains(&format!(
+            "the directory {} (mode 0750",
+            run_dir.canonicalize().unwrap().display()
+        )),
+        "{said}"
+    );
+    set(&run_dir, 0o755);
+    let said = check();
+    assert!(!said.contains("does not let"), "{said}");
+}
+
 // regression: a Unix socket bound without --socket-mode/--socket-owner got the umask's
 // mode (0755 root:root) without a word, and nginx (www-data) got EACCES: a 502, uWSGI's
 // chmod-socket pitfall.
