@@ -178,6 +178,66 @@ fn socket_files_outlive_recycled_workers_and_go_with_the_server() {
     }
 }
 
+// regression: an app file with no `application`/`app` but a `create_app()` factory was
+// told to "name the callable as MODULE:CALLABLE", and naming the factory
+// (`shop:create_app`, `shop:create_app()`) is refused: the advice now is the README's
+// (a wsgi.py with `app = create_app()`), which then works.
+#[test]
+fn an_app_with_only_a_factory_is_told_to_call_it_in_a_wsgi_py() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("shop.py"),
+        "def create_app():\n    def application(e, r):\n        r('200 OK', [])\n        return [b'']\n    return application\n",
+    )
+    .unwrap();
+    for (app, want) in [
+        (
+            "shop",
+            "has no attribute 'application' or 'app'; it has create_app(), an app factory? postern calls none: write a wsgi.py with `from shop import create_app` and `app = create_app()`, then give wsgi:app",
+        ),
+        (
+            "shop.py",
+            "it has create_app(), an app factory? postern calls none: write a wsgi.py beside shop.py with `from shop import create_app` and `app = create_app()`, then give wsgi.py:app",
+        ),
+    ] {
+        let out = postern()
+            .current_dir(dir.path())
+            .args([app, "--check"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
+        assert!(!err.contains("MODULE:CALLABLE"), "{err}");
+    }
+    // Naming the factory is refused with the same advice (a file's module is its stem).
+    let out = postern()
+        .current_dir(dir.path())
+        .args(["shop.py:create_app()", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("write a wsgi.py beside shop.py with `from shop import create_app` and `app = create_app()`, then give wsgi.py:app"),
+        "{err}"
+    );
+    // Doing what it says works.
+    std::fs::write(
+        dir.path().join("wsgi.py"),
+        "from shop import create_app\napp = create_app()\n",
+    )
+    .unwrap();
+    for app in ["wsgi:app", "wsgi.py:app"] {
+        let out = postern()
+            .current_dir(dir.path())
+            .args([app, "--check"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{app}: {out:?}");
+    }
+}
+
 #[test]
 fn a_missing_callable_is_named() {
     let dir = tempdir();

@@ -198,10 +198,12 @@ impl AppSpec {
         if let Some(c) = callable.as_deref().filter(|c| c.contains('(')) {
             // gunicorn's `module:create_app()`: postern calls no factory.
             let factory = c.split('(').next().unwrap_or(c);
+            // regression: a file's factory (`shop.py:create_app()`) was told to write
+            // `from shop.py import create_app`.
+            let module = AppSpec::parse(target)?;
             return Err(format!(
-                "{spec:?}: postern calls no app factory ('{c}'); create the app in a module \
-                 and name it, e.g. a wsgi.py with `from {target} import {factory}` and \
-                 `app = {factory}()`, then `wsgi:app`"
+                "{spec:?}: postern calls no app factory ('{c}'); {}",
+                wsgi_py_advice(&module, factory)
             ));
         }
         if target.ends_with(".py") || target.contains('/') {
@@ -332,12 +334,63 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
             return Ok(obj.unbind());
         }
     }
+    let hint = close_callable(&module, &names);
+    let advice = match (&hint, factory_in(&module)) {
+        (None, Some(f)) => format!(
+            "it has {f}(), an app factory? postern calls none: {}",
+            wsgi_py_advice(spec, &f)
+        ),
+        _ => "name the callable as MODULE:CALLABLE".to_owned(),
+    };
     Err(WsgiError::NoCallable {
         app: spec.to_string(),
         tried: names.join("' or '"),
-        hint: close_callable(&module, &names)
-            .map_or_else(String::new, |c| format!(" (did you mean '{c}'?)")),
+        hint: hint.map_or_else(String::new, |c| format!(" (did you mean '{c}'?)")),
+        advice,
     })
+}
+
+/// The names an app factory goes by (Flask's, Starlette's and others' docs).
+const FACTORY_NAMES: &[&str] = &[
+    "create_app",
+    "make_app",
+    "get_app",
+    "build_app",
+    "app_factory",
+    "create_application",
+    "make_application",
+    "get_application",
+];
+
+/// The module's function named as an app factory, if it has one.
+fn factory_in(module: &Bound<'_, PyModule>) -> Option<String> {
+    FACTORY_NAMES
+        .iter()
+        .find(|n| module.getattr(**n).is_ok_and(|o| o.is_callable()))
+        .map(|n| (*n).to_owned())
+}
+
+/// What to write for an app made by `factory` in `spec`'s module: postern calls no
+/// factory (README: a wsgi.py with `app = create_app()`, then `wsgi:app`).
+/// regression: an app file with only `create_app()` was told to "name the callable as
+/// MODULE:CALLABLE", and naming the factory is refused.
+fn wsgi_py_advice(spec: &AppSpec, factory: &str) -> String {
+    let (module, beside, give) = match spec {
+        AppSpec::Module { module, .. } => (module.clone(), String::new(), "wsgi:app".to_owned()),
+        AppSpec::File { path, .. } => {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let wsgi = path.with_file_name("wsgi.py");
+            (
+                stem.unwrap_or_default(),
+                format!(" beside {}", path.display()),
+                format!("{}:app", wsgi.display()),
+            )
+        }
+    };
+    format!(
+        "write a wsgi.py{beside} with `from {module} import {factory}` and \
+         `app = {factory}()`, then give {give}"
+    )
 }
 
 /// The module's public callable closest to one of `names` (difflib's measure), if any

@@ -40,14 +40,14 @@ pub enum WsgiError {
         "could not import the app {app:?} (check the APP argument, --chdir, --pythonpath and --venv):\n{traceback}"
     )]
     Import { app: String, traceback: String },
-    #[error(
-        "the app {app:?} has no attribute '{tried}'{hint}; name the callable as MODULE:CALLABLE"
-    )]
+    #[error("the app {app:?} has no attribute '{tried}'{hint}; {advice}")]
     NoCallable {
         app: String,
         tried: String,
         /// `: did you mean 'x'?` when the module has a callable of a close name.
         hint: String,
+        /// What to write instead: name the callable, or make the app a factory returns.
+        advice: String,
     },
     #[error("'{name}' in {app:?} is a {kind}, not a WSGI callable")]
     NotCallable {
