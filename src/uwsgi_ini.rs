@@ -225,7 +225,13 @@ pub fn load_to_migrate(spec: &str, vars: &[String]) -> Result<Translation, IniEr
         };
         env.insert(name.to_owned(), value.to_owned());
     }
-    load_with(spec, &Context::for_migrate(env))
+    let mut ini = load_with(spec, &Context::for_migrate(env))?;
+    // The values postern's start-up would refuse are reported as the lines the mapping
+    // refuses are, with the start-up's message.
+    for (key, why) in crate::config::refused_values(&ini.table) {
+        ini.refuse_key(&key, &why);
+    }
+    Ok(ini)
 }
 
 /// The order keys are written in, and every key a translation can produce.
@@ -1626,6 +1632,26 @@ impl Translation {
             .iter()
             .filter(|l| self.stops_on(&l.outcome).is_some())
             .count()
+    }
+
+    /// Refuses the lines that carried `key` over (`why`: the start-up's message), and
+    /// drops what they carried that no other line carries.
+    pub fn refuse_key(&mut self, key: &str, why: &str) {
+        let carries = |o: &Outcome, k: &str| matches!(o, Outcome::Carried { keys, .. } if keys.iter().any(|x| x == k));
+        let mut dropped = vec![key.to_owned()];
+        for l in &mut self.lines {
+            if carries(&l.outcome, key) {
+                if let Outcome::Carried { keys, .. } = &l.outcome {
+                    dropped.extend(keys.iter().cloned());
+                }
+                l.outcome = Outcome::Refused(why.to_owned());
+            }
+        }
+        for k in dropped {
+            if !self.lines.iter().any(|l| carries(&l.outcome, &k)) {
+                self.table.remove(&k);
+            }
+        }
     }
 
     /// One line for `postern migrate` to print: how many lines went where.

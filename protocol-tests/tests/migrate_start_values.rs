@@ -5,6 +5,22 @@ use std::process::Command;
 
 use protocol_tests::harness::*;
 
+/// `text` written to `ini`, then `postern migrate INI`: (rc, stdout, stderr).
+fn migrate_written(ini: &std::path::Path, text: &str) -> (i32, String, String) {
+    std::fs::write(ini, text).unwrap();
+    migrate(ini, &[], &[])
+}
+
+/// `postern --ini INI --check`.
+fn ini_check(ini: &std::path::Path) -> std::process::Output {
+    Command::new(postern_bin())
+        .arg("--ini")
+        .arg(ini)
+        .arg("--check")
+        .output()
+        .unwrap()
+}
+
 /// `postern migrate INI` with `env` set for it: (rc, stdout, stderr).
 fn migrate(ini: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(postern_bin());
@@ -86,12 +102,10 @@ fn migrate_never_writes_a_value_uwsgi_reads_at_each_start() {
 fn migrate_exits_3_when_a_line_is_refused_and_still_prints_the_toml() {
     let dir = tempdir();
     let ini = dir.path().join("http.ini");
-    std::fs::write(
+    let (rc, toml, summary) = migrate_written(
         &ini,
         "[uwsgi]\nmodule = edge2\nhttp = :8000\nmules = 2\nprocesses = 3\n",
-    )
-    .unwrap();
-    let (rc, toml, summary) = migrate(&ini, &[], &[]);
+    );
     assert_eq!(rc, 3, "{summary}");
     assert!(
         toml.contains("app = \"edge2\"\n") && toml.contains("workers = 3\n"),
@@ -102,10 +116,74 @@ fn migrate_exits_3_when_a_line_is_refused_and_still_prints_the_toml() {
         summary.contains("2 refused") && summary.contains("(exit status 3: fix or remove"),
         "{summary}"
     );
-    std::fs::write(&ini, "[uwsgi]\nmodule = edge2\nprocesses = 3\n").unwrap();
-    let (rc, _, summary) = migrate(&ini, &[], &[]);
+    let (rc, _, summary) = migrate_written(&ini, "[uwsgi]\nmodule = edge2\nprocesses = 3\n");
     assert_eq!(rc, 0, "{summary}");
     assert!(!summary.contains("exit status"), "{summary}");
+}
+
+// regression: migrate carried over values postern's own checks refuse (`threads = 2000`,
+// `processes = 300`, `buffer-size = 2`) without a word and exited 0; the TOML it wrote
+// then failed at start ("--threads (from file ...): 2000 is not between 1 and 1024").
+// Now they are REFUSED lines with the start-up's message, left out of the TOML.
+#[test]
+fn migrate_refuses_values_that_postern_would_refuse_at_start() {
+    let dir = tempdir();
+    let ini = dir.path().join("big.ini");
+    let (rc, toml, summary) = migrate_written(&ini, "[uwsgi]\nmodule = edge2\nthreads = 2000\nprocesses = 300\nbuffer-size = 2\nharakiri = 30\n");
+    assert_eq!(rc, 3, "{summary}\n{toml}");
+    let messages = [
+        "2000 is not between 1 and 1024",
+        "300 is not between 1 and 256",
+        "2 is outside 4..=65535",
+    ];
+    for (line, key, message) in [
+        ("# line 3: threads = 2000", "--threads", messages[0]),
+        ("# line 4: processes = 300", "--workers", messages[1]),
+        ("# line 5: buffer-size = 2", "--buffer-size", messages[2]),
+    ] {
+        let at = toml
+            .find(line)
+            .unwrap_or_else(|| panic!("{line} in {toml}"));
+        let said = &toml[at..];
+        assert!(
+            said.contains(&format!(
+                "#   REFUSED (postern --ini stops on this): {key}: {message}"
+            )),
+            "{toml}"
+        );
+    }
+    for key in ["threads", "workers", "buffer-size"] {
+        assert!(!toml.contains(&format!("\n{key} =")), "{key}: {toml}");
+    }
+    assert!(toml.contains("\ntimeout = 30\n"), "{toml}");
+    assert!(summary.contains("3 refused"), "{summary}");
+    // The start-up says the same of each.
+    for (line, message) in [
+        ("threads = 2000", messages[0]),
+        ("processes = 300", messages[1]),
+        ("buffer-size = 2", messages[2]),
+    ] {
+        std::fs::write(&ini, format!("[uwsgi]\nmodule = edge2\n{line}\n")).unwrap();
+        let out = ini_check(&ini);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(message), "{line}: {err}");
+    }
+    // What migrate wrote starts.
+    let (rc, toml, _) = migrate_written(
+        &ini,
+        "[uwsgi]\nmodule = edge2\nthreads = 2000\nprocesses = 3\n",
+    );
+    assert_eq!(rc, 3, "{toml}");
+    let conf = dir.path().join("postern.toml");
+    std::fs::write(&conf, &toml).unwrap();
+    let out = Command::new(postern_bin())
+        .arg("--config")
+        .arg(&conf)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 // regression: under `strict = true` an unknown line stops `postern --ini`, but migrate
@@ -115,20 +193,12 @@ fn migrate_exits_3_when_a_line_is_refused_and_still_prints_the_toml() {
 fn migrate_exits_3_on_an_unknown_line_under_strict_as_ini_stops_on_it() {
     let dir = tempdir();
     let ini = dir.path().join("strict.ini");
-    let check = || {
-        Command::new(postern_bin())
-            .arg("--ini")
-            .arg(&ini)
-            .arg("--check")
-            .output()
-            .unwrap()
-    };
     std::fs::write(
         &ini,
         "[uwsgi]\nstrict = true\nmodule = edge2\nthreds = 4\nprocesses = 3\n",
     )
     .unwrap();
-    let out = check();
+    let out = ini_check(&ini);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("threds = 4"), "{err}");
@@ -144,15 +214,13 @@ fn migrate_exits_3_on_an_unknown_line_under_strict_as_ini_stops_on_it() {
         "{summary}"
     );
 
-    std::fs::write(
+    let (rc, _, summary) = migrate_written(
         &ini,
         "[uwsgi]\nstrict = false\nmodule = edge2\nthreds = 4\nprocesses = 3\n",
-    )
-    .unwrap();
-    let (rc, _, summary) = migrate(&ini, &[], &[]);
+    );
     assert_eq!(rc, 0, "{summary}");
     // --ini takes the options (then fails on the import of an app that is not there).
-    let out = check();
+    let out = ini_check(&ini);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("options: ok"), "{said}");
 }
@@ -227,12 +295,7 @@ fn migrate_says_what_to_do_about_yaml_side_processes_and_paths() {
     );
 
     let ini = dir.path().join("app.ini");
-    std::fs::write(
-        &ini,
-        "[uwsgi]\nmodule = app\nmaster = true\nprocesses = 2\nsocket = %d/app.sock\nattach-daemon = celery -A app worker\n",
-    )
-    .unwrap();
-    let (rc, out, err) = migrate(&ini, &[], &[]);
+    let (rc, out, err) = migrate_written(&ini, "[uwsgi]\nmodule = app\nmaster = true\nprocesses = 2\nsocket = %d/app.sock\nattach-daemon = celery -A app worker\n");
     assert_eq!(rc, 0, "{err}");
     assert!(
         out.contains("# NEEDS ATTENTION: uWSGI ran these beside the app"),

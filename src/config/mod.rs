@@ -762,6 +762,62 @@ impl Layered {
     }
 }
 
+/// The keys whose values name users and groups of the host postern runs on: a file
+/// converted elsewhere cannot be checked for them.
+const HOST_KEYS: [&str; 3] = ["uid", "gid", "socket-owner"];
+
+/// What postern's start-up would refuse among `table`'s values (a `--config` file's
+/// keys, as `postern migrate` writes them): each key at fault with the start-up's
+/// message (`--threads: 2000 is not between 1 and 1024`), checked as a `--config` file
+/// of them would be over the defaults (no environment, no command line). The app, when
+/// `table` has none, is taken as given elsewhere; [`HOST_KEYS`] are not checked.
+/// regression: migrate carried `threads = 2000` or `processes = 300` over without a
+/// word, and the TOML it wrote then failed at start.
+pub fn refused_values(table: &toml::Table) -> Vec<(String, String)> {
+    let cmd = Cli::command().mut_args(|a| a.env(None));
+    let Ok(matches) = cmd.try_get_matches_from(["postern"]) else {
+        return Vec::new();
+    };
+    let Ok(cli) = Cli::from_arg_matches(&matches) else {
+        return Vec::new();
+    };
+    let Ok(defaults) = Layered::merge(&cli, &matches) else {
+        return Vec::new();
+    };
+    let mut left = table.clone();
+    left.retain(|k, _| !HOST_KEYS.contains(&k));
+    let mut refused = Vec::new();
+    for _ in 0..=table.len() {
+        let mut values = defaults.values.clone();
+        let mut sources = defaults.sources.clone();
+        values
+            .entry("app")
+            .or_insert_with(|| toml::Value::String("app".into()));
+        for (k, v) in &left {
+            values.insert(k.clone(), v.clone());
+            sources.insert(k.clone(), Source::File(PathBuf::from("postern.toml")));
+        }
+        let checked = typed_options(&values, &sources).and_then(|options| {
+            let layered = Layered {
+                options,
+                sources,
+                values,
+                ini_warnings: None,
+                ini_info: None,
+            };
+            Config::resolve(&layered, None)
+        });
+        match checked {
+            Err(ConfigError::Invalid { key, message, .. }) if left.contains_key(&key) => {
+                left.remove(&key);
+                refused.push((key.clone(), format!("{}: {message}", flag(&key))));
+            }
+            _ => break,
+        }
+    }
+    refused
+}
+
 /// A key as TOML writes it (bare when it can be).
 fn toml_key(k: &str) -> String {
     if !k.is_empty()
