@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use command_line::{config_key_hint, explain, uwsgi_options, Typed};
+pub use command_line::{
+    config_key_hint, explain, is_uwsgi_mount, postern_words, uwsgi_options, Typed,
+};
 pub use expand::{Context, Entry, FileFacts};
 
 /// `postern migrate`'s exit status when a line of the file is REFUSED (`postern --ini`

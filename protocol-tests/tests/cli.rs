@@ -1340,6 +1340,59 @@ fn grouped_uwsgi_short_flags_are_read_as_uwsgi_reads_them() {
     );
 }
 
+// regression: uWSGI's `--mount /app=app.py` (a prefix and the app mounted there) was
+// accepted as the URL prefix "/app=app.py", which no request starts with: the app got
+// every path unsplit, or, with no APP, "no APP given". Now it is refused with postern's
+// words for it, which then work.
+#[test]
+fn uwsgis_mount_form_is_refused_with_posterns_words_for_it() {
+    let dir = tempdir();
+    std::fs::copy(testapp(), dir.path().join("app.py")).unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = postern();
+        c.current_dir(dir.path()).args(args).arg("--check");
+        if let Some(v) = env {
+            c.env("POSTERN_MOUNT", v);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let want = "--mount (from command line): \"/app=app.py\" is uWSGI's MOUNTPOINT=APP; postern's --mount is the URL prefix alone and the app is named on its own: `--mount /app ./app.py`";
+    for args in [
+        &["--mount", "/app=app.py", "app.py"][..],
+        &["--mount", "/app=app.py"][..],
+    ] {
+        let (rc, err) = run(args, None);
+        assert_eq!(rc, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in:\n{err}");
+    }
+    let (rc, err) = run(&["app.py"], Some("/shop=shop.wsgi:application"));
+    assert_eq!(rc, Some(2), "{err}");
+    assert!(
+        err.contains("--mount (from env POSTERN_MOUNT): \"/shop=shop.wsgi:application\" is uWSGI's MOUNTPOINT=APP")
+            && err.contains("`--mount /shop shop.wsgi:application`"),
+        "{err}"
+    );
+    // Beside another uWSGI option, in the rewritten command.
+    let (rc, err) = run(&["--socket", ":3031", "--mount", "/app=app.py"], None);
+    assert_eq!(rc, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "the same with postern: postern --uwsgi 0.0.0.0:3031 --mount /app --check ./app.py"
+        ),
+        "{err}"
+    );
+    // What it says works; a prefix with no app after its `=` stays a prefix.
+    for args in [
+        &["--mount", "/app", "./app.py"][..],
+        &["--mount", "/a=b/c", "app.py"][..],
+    ] {
+        let (rc, err) = run(args, None);
+        assert_eq!(rc, Some(0), "{args:?}: {err}");
+    }
+}
+
 // regression: a misspelt option of postern's typed beside a uWSGI one (`--socket :3031
 // --workrs 4`) was "neither postern's option nor a uWSGI option postern knows", without
 // clap's "a similar argument exists: '--workers'" that it gets alone.

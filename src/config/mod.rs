@@ -1080,6 +1080,24 @@ impl Config {
             from: layered.source(key),
             message,
         };
+        // uWSGI's `--mount /app=app.py` (a prefix and the app to mount there): postern
+        // serves one app, named on its own. Said before a missing APP: that is where
+        // the uWSGI user put it. regression: it was taken as the prefix "/app=app.py",
+        // which no request path starts with.
+        for m in &o.mount {
+            let uwsgi = crate::uwsgi_ini::is_uwsgi_mount(m)
+                .then(|| crate::uwsgi_ini::postern_words("mount", m))
+                .flatten();
+            if let Some(words) = uwsgi {
+                return Err(invalid(
+                    "mount",
+                    format!(
+                        "{m:?} is uWSGI's MOUNTPOINT=APP; postern's --mount is the URL prefix alone and the app is named on its own: `{}`",
+                        words.join(" ")
+                    ),
+                ));
+            }
+        }
         let app = o.app.as_deref().ok_or(ConfigError::NoApp)?;
         if let Some(hint) = config_file_as_app(app) {
             return Err(invalid("app", hint));

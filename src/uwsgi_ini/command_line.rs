@@ -192,8 +192,11 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
                 Some((n, v)) => (n, Some(v.to_owned())),
                 None => (long, None),
             };
+            // postern's `--mount` given uWSGI's MOUNTPOINT=APP is uWSGI's.
+            let value = inline.as_deref().or(next.as_deref());
+            let uwsgi_mount = name == "mount" && value.is_some_and(is_uwsgi_mount);
             // clap's own, not among `ours`' arguments.
-            if name.is_empty() || matches!(name, "help" | "version") || ours(name) {
+            if name.is_empty() || matches!(name, "help" | "version") || ours(name) && !uwsgi_mount {
                 continue;
             }
             let next = if inline.is_some() { None } else { next };
@@ -356,10 +359,15 @@ fn map(entries: &[Entry]) -> Vec<Typed> {
             text: l.entry.text.clone(),
             flag: String::new(),
             postern: match &l.outcome {
-                Outcome::Carried { keys, .. } => keys
-                    .iter()
-                    .flat_map(|k| postern_flags(&m.table, k))
-                    .collect(),
+                Outcome::Carried { keys, .. } => {
+                    let mut words: Vec<String> = keys
+                        .iter()
+                        .flat_map(|k| postern_flags(&m.table, k))
+                        .collect();
+                    // As a command line says them: options, then the app.
+                    words.sort_by_key(|w| !w.starts_with("--"));
+                    words
+                }
                 _ => Vec::new(),
             },
             outcome: l.outcome.clone(),
@@ -527,6 +535,28 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
     }
     out.extend(app);
     Some(out.join(" "))
+}
+
+/// Whether a `--mount` value is uWSGI's MOUNTPOINT=APP (`/app=app.py`,
+/// `/app=pkg.wsgi:application`) rather than postern's URL prefix: an app after the `=`
+/// as uWSGI names one (a `.py` or `.wsgi` file, or `dotted.module[:callable]`).
+pub fn is_uwsgi_mount(value: &str) -> bool {
+    let Some((prefix, app)) = value.split_once('=') else {
+        return false;
+    };
+    let ident = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_');
+    let (module, callable) = app.split_once(':').unwrap_or((app, "application"));
+    prefix.starts_with('/')
+        && (app.ends_with(".py")
+            || app.ends_with(".wsgi")
+            || (module.split('.').all(ident) && callable.split('.').all(ident)))
+}
+
+/// postern's command-line words for the uWSGI option `key` with `value` (`mount`,
+/// `/app=app.py`: `--mount /app` and `./app.py`), when it carries over.
+pub fn postern_words(key: &str, value: &str) -> Option<Vec<String>> {
+    let t = map(&[entry(0, key, value, "")]).remove(0);
+    matches!(t.outcome, Outcome::Carried { .. }).then_some(t.postern)
 }
 
 /// What postern calls the uWSGI option `key` (with `value`), said in a few words for a
