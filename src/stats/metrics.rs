@@ -274,6 +274,7 @@ impl Collector for Metrics {
         let states = [
             WorkerState::Starting,
             WorkerState::Serving,
+            WorkerState::Retiring,
             WorkerState::Draining,
         ];
         family(
@@ -387,5 +388,29 @@ mod tests {
         // regression: per-worker series were labelled by pid, a new series for every
         // recycled worker (unbounded cardinality under --max-requests).
         assert!(!text.contains("pid="), "{text}");
+    }
+
+    // regression: a worker waiting for its successor counted as `serving`.
+    #[test]
+    fn a_retiring_worker_is_its_own_state_and_still_counts_its_threads() {
+        let mut s = crate::stats::tests::sample();
+        s.workers[0].state = WorkerState::Retiring;
+        s.workers[0].leaving = Some(Cause::MaxRequests);
+        let text = encode(&s);
+        for line in [
+            r#"postern_workers{state="serving"} 0"#,
+            r#"postern_workers{state="retiring"} 1"#,
+            r#"postern_python_threads{state="busy"} 1"#,
+            r#"postern_python_threads{state="idle"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(s.answers());
+        let json = crate::stats::status::json(&s);
+        assert!(json.contains(r#""state": "retiring""#), "{json}");
+        assert!(json.contains(r#""leaving_for": "max-requests""#), "{json}");
     }
 }

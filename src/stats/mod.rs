@@ -265,6 +265,11 @@ pub enum WorkerState {
     /// Importing the app; not accepting yet.
     Starting,
     Serving,
+    /// Recycled (`--max-requests` near, over `--max-rss`, past `--max-lifetime`): it
+    /// serves on, accepting, until its successor is ready, then drains.
+    /// regression: it showed as `serving`, so /status and `postern_workers` did not
+    /// tell it from the workers that stay, during its successor's whole start.
+    Retiring,
     /// Finishing its requests before it exits (reload, recycling, stop).
     Draining,
 }
@@ -274,8 +279,14 @@ impl WorkerState {
         match self {
             WorkerState::Starting => "starting",
             WorkerState::Serving => "serving",
+            WorkerState::Retiring => "retiring",
             WorkerState::Draining => "draining",
         }
+    }
+
+    /// It accepts requests: serving, or retiring (until its successor is ready).
+    pub fn accepts(self) -> bool {
+        matches!(self, WorkerState::Serving | WorkerState::Retiring)
     }
 }
 
@@ -303,7 +314,7 @@ pub struct Worker {
     /// Why it was started (the first workers: boot; a replacement: why the worker it
     /// replaces left).
     pub start_cause: Cause,
-    /// Why it drains (when it does).
+    /// Why it retires or drains (when it does).
     pub leaving: Option<Cause>,
     pub requests: u64,
     pub rss_bytes: Option<u64>,
@@ -373,11 +384,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Workers that accept requests now.
+    /// Workers that accept requests now (a retiring one too, until its successor is
+    /// ready).
     pub fn serving(&self) -> impl Iterator<Item = &Worker> {
-        self.workers
-            .iter()
-            .filter(|w| w.state == WorkerState::Serving)
+        self.workers.iter().filter(|w| w.state.accepts())
     }
 
     /// Whether requests will be served (`/ping`): a worker serves, or the only ones
@@ -393,7 +403,7 @@ impl Snapshot {
                     WorkerState::Starting => w.start_cause.planned(),
                     // Recycling itself: its replacement is about to start.
                     WorkerState::Draining => w.leaving.is_some_and(Cause::planned),
-                    WorkerState::Serving => true,
+                    WorkerState::Serving | WorkerState::Retiring => true,
                 }))
     }
 

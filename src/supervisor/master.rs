@@ -795,6 +795,8 @@ impl Master {
                             "worker passed --max-lifetime; starting its successor (it serves on until the successor is ready)"
                         );
                         w.outgoing = Some((Cause::MaxLifetime, instant));
+                        // For /status (retiring); one that asked already keeps its cause.
+                        self.board.want_successor(w.slot, Cause::MaxLifetime);
                         self.pending.push_back(Cause::MaxLifetime);
                     } else {
                         due = earliest(due, Some(w.started + life));

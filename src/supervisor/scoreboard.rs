@@ -529,8 +529,9 @@ impl Scoreboard {
     }
 
     /// The worker in `slot` asks the master to start its successor now, for `cause`
-    /// (called by the worker): it serves on until the master tells it to leave, once
-    /// the successor serves. False when it asked already, or is leaving.
+    /// (called by the worker; by the master for `--max-lifetime`): it serves on until
+    /// the master tells it to leave, once the successor serves (`/status` shows it
+    /// `retiring`). False when it asked already, or is leaving.
     pub fn want_successor(&self, slot: usize, cause: Cause) -> bool {
         let h = self.head(slot);
         h.state.load(Ordering::SeqCst) != RETIRING
@@ -779,15 +780,21 @@ impl Scoreboard {
         let mut workers = Vec::new();
         for slot in 0..self.high_water().min(self.slots) {
             let h = self.head(slot);
+            let successor = h.successor.load(Ordering::Acquire);
             let state = match h.state.load(Ordering::Acquire) {
                 STARTING => WorkerState::Starting,
+                SERVING if successor > 0 => WorkerState::Retiring,
                 SERVING => WorkerState::Serving,
                 RETIRING => WorkerState::Draining,
                 _ => continue,
             };
-            let leaving = (state == WorkerState::Draining)
-                .then(|| Cause::from_index(u64::from(h.retire_cause.load(Ordering::Relaxed))))
-                .flatten();
+            let leaving = match state {
+                WorkerState::Draining => {
+                    Cause::from_index(u64::from(h.retire_cause.load(Ordering::Relaxed)))
+                }
+                WorkerState::Retiring => Cause::from_index(u64::from(successor - 1)),
+                WorkerState::Starting | WorkerState::Serving => None,
+            };
             let capacity = h.capacity.load(Ordering::Relaxed) as usize;
             // WSGI: one entry per Python thread; ASGI: the tasks on lines.
             let shown = if capacity > 0 {
@@ -1226,5 +1233,26 @@ mod tests {
         sb.mark_serving(0); // a late ready byte does not undo it
         assert_eq!(sb.self_retired(0), Some(Cause::MaxRss));
         assert_eq!(sb.read().workers[0].state, WorkerState::Draining);
+    }
+
+    // regression: a worker whose successor was started (recycling, successor first)
+    // read as `serving` until the master drained it: /status and postern_workers did
+    // not tell it from the workers that stay.
+    #[test]
+    fn a_worker_waiting_for_its_successor_shows_as_retiring() {
+        let sb = Scoreboard::new(1, 1).unwrap();
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.mark_serving(0);
+        assert_eq!(sb.read().workers[0].state, WorkerState::Serving);
+        assert!(sb.want_successor(0, Cause::MaxRequests));
+        let w = &sb.read().workers[0];
+        assert_eq!(w.state, WorkerState::Retiring);
+        assert!(w.state.accepts());
+        assert_eq!(w.leaving, Some(Cause::MaxRequests));
+        // The master tells it to leave once its successor serves.
+        sb.mark_draining(0, Cause::MaxRequests);
+        let w = &sb.read().workers[0];
+        assert_eq!(w.state, WorkerState::Draining);
+        assert_eq!(w.leaving, Some(Cause::MaxRequests));
     }
 }
