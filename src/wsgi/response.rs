@@ -7,10 +7,9 @@
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::MutexExt;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use super::environ::{self, Keys};
 use super::errors::Errors;
@@ -44,19 +43,44 @@ thread_local! {
 struct Gone;
 
 /// The `start_response` callable (and, through it, `write`) of one request. The app
-/// may call these from any thread, so the state sits behind a mutex that is always
-/// taken with the GIL released (no deadlock) and never held while Python code runs.
+/// may call these from any thread, so the state sits behind a mutex that is never held
+/// while Python code runs, and waited for only with the GIL released (no deadlock).
 #[pyclass(module = "postern", name = "StartResponse", frozen)]
 pub struct Responder {
+    /// parking_lot's: its try_lock and unlock are one compare-and-swap each, inlined,
+    /// and it has no poisoning to check (std's was ignored here: `into_inner`).
     state: Mutex<State>,
 }
 
-/// Locks the responder's state (waiting with the GIL released).
+type Mutex<T> = parking_lot::Mutex<T>;
+type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+
+/// Locks the responder's state: at once with the GIL held when it is free (the pool
+/// thread's usual case: a request's state is locked only by the thread serving it,
+/// and by an app thread that calls `write`), else waiting with the GIL released. A
+/// handful of instructions, taken several times per request: always inlined, the
+/// wait out of line.
+#[inline(always)]
 fn st<'a>(r: &'a Bound<'_, Responder>) -> MutexGuard<'a, State> {
-    r.get()
-        .state
-        .lock_py_attached(r.py())
-        .unwrap_or_else(|e| e.into_inner())
+    let state = &r.get().state;
+    match state.try_lock() {
+        Some(guard) => guard,
+        None => st_waiting(r.py(), state),
+    }
+}
+
+/// [`st`] when another thread holds the state (it may be writing with the GIL
+/// released, or need the GIL to finish): waits with the GIL released, as pyo3's
+/// `lock_py_attached` does.
+#[cold]
+#[inline(never)]
+fn st_waiting<'a>(py: Python<'_>, state: &'a Mutex<State>) -> MutexGuard<'a, State> {
+    // The guard cannot cross `detach` (it is not `Send`): taken inside, kept locked,
+    // and remade on this side.
+    py.detach(|| std::mem::forget(state.lock()));
+    // SAFETY: this thread took the lock just above and has not released it (its
+    // guard was forgotten): the new guard is the only one, and unlocks it once.
+    unsafe { state.make_guard_unchecked() }
 }
 
 /// The response state of one request.
@@ -1325,5 +1349,80 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
     Outcome {
         status: 500,
         complete: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A responder over a finished request's sink: enough to lock its state.
+    fn responder(py: Python<'_>) -> Bound<'_, Responder> {
+        Bound::new(
+            py,
+            Responder {
+                state: Mutex::new(State::new(Box::new(Closed), false)),
+            },
+        )
+        .expect("allocating a responder")
+    }
+
+    #[test]
+    fn a_state_held_by_a_detached_thread_is_waited_for_with_the_gil_released() {
+        // Guard for `st`'s slow path: one thread holds the state while it writes with
+        // the GIL released and needs the GIL back to let go; another thread that wants
+        // the state meanwhile must release the GIL while it waits, or neither moves.
+        super::super::interpreter::start_for_tests();
+        let shared = Python::attach(|py| responder(py).unbind());
+        let shared = Arc::new(shared);
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let holder = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                Python::attach(|py| {
+                    let r = shared.bind(py);
+                    let mut me = st(r);
+                    me.called = true;
+                    locked_tx.send(()).unwrap();
+                    // Writing with the GIL released, until the other thread waits.
+                    py.detach(move || go_rx.recv().unwrap());
+                    // Back with the GIL (the waiter must have released it), then unlocked.
+                    me.code = 299;
+                })
+            })
+        };
+        locked_rx.recv().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let waiter = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                Python::attach(|py| {
+                    let r = shared.bind(py);
+                    assert!(r.get().state.is_locked(), "the holder has the state");
+                    // The holder resumes once this thread is in the lock's wait.
+                    go_tx.send(()).unwrap();
+                    let me = st(r);
+                    done_tx.send((me.called, me.code)).unwrap();
+                })
+            })
+        };
+        // A hang guard, not a timing: the two deadlock without the GIL released.
+        let seen = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the waiter got the state");
+        assert_eq!(seen, (true, 299), "the waiter sees the holder's changes");
+        holder.join().unwrap();
+        waiter.join().unwrap();
+        Python::attach(|py| {
+            let r = shared.bind(py);
+            assert!(
+                !r.get().state.is_locked(),
+                "unlocked once, by the waiter's guard"
+            );
+            drop(st(r));
+        });
     }
 }
