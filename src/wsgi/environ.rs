@@ -72,6 +72,26 @@ pub struct Keys {
     /// A forwarding `wsgi.errors` (FastCGI) of an earlier request of this thread that
     /// nothing refers to any more, for the next one (`response::respond`).
     pub(super) spare_errors: std::cell::RefCell<Option<Py<Errors>>>,
+    /// The last request's variables list, emptied, for the next one's
+    /// ([`cgi::normalise_into`]): one allocation per thread instead of one per request.
+    spare_vars: std::cell::RefCell<Vec<cgi::Var<'static>>>,
+}
+
+/// A variables list longer than this is not kept for the next request (a request
+/// with thousands of variables must not leave their room allocated).
+const SPARE_VARS: usize = 128;
+
+/// `vars` emptied, to be kept beyond the request whose bytes it borrowed.
+fn spare_vars(mut vars: Vec<cgi::Var<'_>>) -> Vec<cgi::Var<'static>> {
+    if vars.capacity() > SPARE_VARS {
+        return Vec::new();
+    }
+    vars.clear();
+    let mut vars = std::mem::ManuallyDrop::new(vars);
+    // SAFETY: the list is empty, so it holds no reference of any lifetime, and `Var<'a>`
+    // has the same layout whatever `'a`: the allocation is handed over as it is (pointer
+    // and capacity of a live `Vec` of that type), and freed once, by the new `Vec`.
+    unsafe { Vec::from_raw_parts(vars.as_mut_ptr().cast(), 0, vars.capacity()) }
 }
 
 /// A value as it came on the wire, and the `str` made of it.
@@ -165,6 +185,7 @@ impl Keys {
             shape: std::cell::RefCell::new(Shape::default()),
             responder: std::cell::RefCell::new(None),
             spare_errors: std::cell::RefCell::new(None),
+            spare_vars: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -251,7 +272,8 @@ pub fn build<'py>(
     input: Option<Bound<'py, Input>>,
     errors: Option<Bound<'py, Errors>>,
 ) -> PyResult<Built<'py>> {
-    let cgi = cgi::normalise(
+    let spare = std::mem::take(&mut *keys.spare_vars.borrow_mut());
+    let cgi = cgi::normalise_into(
         head.pairs(),
         Defaults {
             server_name: &listener.server_name,
@@ -260,6 +282,7 @@ pub fn build<'py>(
             script_name_is_path: listener.protocol != Protocol::Uwsgi,
             mounts: &settings.mounts,
         },
+        spare,
     )
     .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
     let https = cgi.scheme == "https";
@@ -344,6 +367,8 @@ pub fn build<'py>(
         std::mem::replace(&mut shape.names, names)
     };
     drop(shape);
+    let (method_missing, is_head) = (cgi.method_missing, cgi.is_head);
+    *keys.spare_vars.borrow_mut() = spare_vars(cgi.vars);
     if let Some(input) = input {
         env.set_item(intern!(py, "wsgi.input"), input)?;
     }
@@ -356,7 +381,38 @@ pub fn build<'py>(
     )?;
     Ok(Built {
         environ: env,
-        method_missing: cgi.method_missing,
-        is_head: cgi.is_head,
+        method_missing,
+        is_head,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn var(value: &[u8]) -> cgi::Var<'_> {
+        cgi::Var {
+            key: b"HTTP_X",
+            known: None,
+            value: Cow::Borrowed(value),
+        }
+    }
+
+    #[test]
+    fn a_request_s_variables_list_is_kept_empty_with_its_room() {
+        let bytes = b"value".to_vec();
+        let mut vars = Vec::with_capacity(24);
+        vars.extend((0..20).map(|_| var(&bytes)));
+        let kept = spare_vars(vars);
+        assert!(kept.is_empty());
+        assert!(kept.capacity() >= 24);
+    }
+
+    #[test]
+    fn a_long_variables_list_is_not_kept() {
+        let bytes = b"value".to_vec();
+        let vars: Vec<_> = (0..SPARE_VARS + 1).map(|_| var(&bytes)).collect();
+        assert_eq!(spare_vars(vars).capacity(), 0);
+    }
 }
