@@ -564,6 +564,17 @@ impl Scoreboard {
         self.head(slot).waiting.store(n, Ordering::Relaxed);
     }
 
+    /// A Python thread of the worker in `slot` began a request during its stop: one
+    /// fewer waits (one taken from the queue since the last publication would otherwise
+    /// count as waiting and as running). Never below zero: a request that did not
+    /// wait (served at once by a free thread) takes nothing.
+    pub fn waiting_taken(&self, slot: usize) {
+        let _ = self
+            .head(slot)
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// Requests the worker in `slot` had accepted and not started, as last published.
     pub fn waiting(&self, slot: usize) -> usize {
         self.head(slot).waiting.load(Ordering::Relaxed) as usize

@@ -487,6 +487,15 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         if self.metrics {
             self.board.enter(self.slot);
         }
+        if self.stopped.load(Ordering::Relaxed) {
+            // During the stop the count of waiting requests is published every 50 ms:
+            // one taken from the queue since then runs on this line now, and must not
+            // be counted twice when a kill cuts both off.
+            // regression: a second signal's "N running and M accepted, not started
+            // yet" counted each request that had left the queue within the last
+            // 50 ms in both.
+            self.board.waiting_taken(self.slot);
+        }
     }
 
     fn end(&self, thread: usize, served: Option<&crate::wsgi::Served>) {
@@ -728,6 +737,31 @@ mod tests {
         let asked_at = (1..1000).find(|&served| m.near_limit(served, 1000));
         assert!(asked_at.is_some(), "{asked_at:?}");
         assert_eq!(lead_ns(Duration::from_millis(10)), 250_000_000);
+    }
+
+    // regression: a request taken from the queue after the last publication of the
+    // waiting count was counted as waiting and as running.
+    #[test]
+    fn a_request_begun_during_the_stop_no_longer_counts_as_waiting() {
+        use crate::wsgi::Monitor;
+        let board = Arc::new(Scoreboard::new(1, 2).unwrap());
+        let m = WorkerMonitor::standalone(Arc::clone(&board));
+        let mut head = crate::codec::Head {
+            buf: bytes::Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        head.push_var(b"REQUEST_METHOD", b"GET");
+        m.stopping();
+        m.waiting(3);
+        m.begin(0, &head, crate::codec::Protocol::Uwsgi);
+        assert_eq!(board.running(0), 1);
+        assert_eq!(board.waiting(0), 2);
+        // Never below zero (a request served at once by a free thread waited for none).
+        m.waiting(0);
+        m.begin(1, &head, crate::codec::Protocol::Uwsgi);
+        assert_eq!(board.waiting(0), 0);
     }
 
     #[test]
