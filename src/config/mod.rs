@@ -283,17 +283,17 @@ pub struct Options {
     pub max_rss: Option<u64>,
 
     /// Replace a worker after it has run this many seconds.
-    #[arg(long, value_name = "SECONDS", env = "POSTERN_MAX_LIFETIME")]
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_MAX_LIFETIME", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<Seconds>,
 
     /// A request running longer gets its worker's Python stacks logged, then the worker killed and replaced.
-    #[arg(long, value_name = "SECONDS", env = "POSTERN_TIMEOUT")]
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_TIMEOUT", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
 
     /// A request running longer gets its worker's Python stacks logged (not killed).
-    #[arg(long, value_name = "SECONDS", env = "POSTERN_SLOW_LOG")]
+    #[arg(long, value_name = "SECONDS", env = "POSTERN_SLOW_LOG", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_log: Option<Seconds>,
 
@@ -681,6 +681,14 @@ impl Layered {
         let options = typed_options(&values, &sources)?;
         Ok(Layered {
             options,
+        // 0 or `off` switches a limit off, over a lower layer's value too.
+        // regression: `--timeout 0` was "not a positive number of seconds", so a
+        // --config file's timeout could not be removed for one run.
+        for key in value::OFF_LIMITS {
+            if values.get(*key).is_some_and(value::is_off) {
+                values.remove(*key);
+            }
+        }
             sources,
             values,
             ini_warnings,

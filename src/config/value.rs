@@ -160,6 +160,31 @@ impl FromStr for Seconds {
     }
 }
 
+/// The duration limits that `0` or `off` switches off (as 0 does `--max-requests`).
+pub const OFF_LIMITS: &[&str] = &["timeout", "slow-log", "max-lifetime"];
+
+/// Seconds, or `0`/`off` for no limit (zero seconds, removed from the merged layers by
+/// [`is_off`]).
+pub fn seconds_or_off(s: &str) -> Result<Seconds, String> {
+    let t = s.trim();
+    let number = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = ["", "s", "ms", "m", "min", "h"].contains(&&t[number.len()..]);
+    if t.eq_ignore_ascii_case("off") || unit && number.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Seconds(Duration::ZERO));
+    }
+    s.parse().map_err(|e| format!("{e} (0 or off: no limit)"))
+}
+
+/// Whether a merged value switches its limit off: `0`, `0.0`, `"0"` or `"off"`.
+pub fn is_off(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::Integer(n) => *n == 0,
+        toml::Value::Float(f) => *f == 0.0,
+        toml::Value::String(s) => seconds_or_off(s).is_ok_and(|d| d.0.is_zero()),
+        _ => false,
+    }
+}
+
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0.as_secs_f64())
