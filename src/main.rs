@@ -50,6 +50,19 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::Migrate(args)) = &cli.command {
+        if let Some(gunicorn) = postern::config::gunicorn::migrate(&args.ini) {
+            return match gunicorn {
+                Ok(m) => {
+                    out(&m.toml);
+                    eprintln!("postern migrate: {}", m.summary);
+                    ExitCode::from(m.code)
+                }
+                Err(e) => {
+                    eprintln!("postern migrate: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         return match postern::uwsgi_ini::load_to_migrate(&args.ini, &args.vars) {
             Ok(ini) => {
                 out(&ini.to_toml());

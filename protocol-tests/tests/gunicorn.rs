@@ -1,4 +1,7 @@
-//! A gunicorn operator's habits: `--timeout 0` to switch a limit off.
+//! A gunicorn operator's habits: gunicorn's options on the command line, its
+//! `gunicorn.conf.py` given as the app, to `--config` or to `postern migrate`, and
+//! `--timeout 0` to switch a limit off. Each is answered in postern's words (exit 2),
+//! never with clap's look-alike suggestion of another meaning.
 
 use std::process::{Command, Output, Stdio};
 
@@ -19,6 +22,329 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// regression: gunicorn's options got clap's look-alike tips (`--reload`: '--preload',
+// `--max-requests-jitter 50`: '--max-requests', `--bind`: '--gid'), `-w 4` was read as
+// uWSGI's module and `-b HOST:PORT` as uWSGI's buffer size.
+#[test]
+fn gunicorns_options_are_said_in_posterns_words_with_their_values() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--bind", "unix:/run/app.sock", "-w", "4", "myproj.wsgi"],
+            &[
+                "`--bind unix:/run/app.sock` is gunicorn's: postern says `--uwsgi unix:/run/app.sock`",
+                "uwsgi_pass",
+                "`-w 4` is gunicorn's: postern says `--workers 4`",
+                "the same with postern: postern --uwsgi unix:/run/app.sock --workers 4 myproj.wsgi\n",
+            ],
+        ),
+        (
+            &["-b", "127.0.0.1:8000", "--workers", "3", "app:app"],
+            &["the same with postern: postern --uwsgi 127.0.0.1:8000 --workers 3 app:app\n"],
+        ),
+        (
+            &["-k", "uvicorn.workers.UvicornWorker", "main:app"],
+            &["--interface auto", "the same with postern: postern main:app\n"],
+        ),
+        (
+            &["-k", "gthread", "--threads", "4", "app:app"],
+            &["gthread", "the same with postern: postern --threads 4 app:app\n"],
+        ),
+        (
+            &["--reload", "app:app"],
+            &["no file-watch reload", "--touch-reload FILE", "SIGHUP"],
+        ),
+        (
+            &["--max-requests", "1000", "--max-requests-jitter", "50", "app:app"],
+            &[
+                "`--max-requests-jitter 50` is gunicorn's: postern does not need it: postern jitters by itself",
+                "the same with postern: postern --max-requests 1000 app:app\n",
+            ],
+        ),
+        (
+            &["--user", "www-data", "--group", "www-data", "app:app"],
+            &["the same with postern: postern --uid www-data --gid www-data app:app\n"],
+        ),
+        (
+            &["-w", "2", "--umask", "007", "app:app"],
+            &["--socket-mode", "UMask="],
+        ),
+        (
+            &["--backlog", "2048", "app:app"],
+            &["the same with postern: postern --listen-backlog 2048 app:app\n"],
+        ),
+        (
+            &["--access-logfile", "-", "--error-logfile", "/var/log/a.log", "app:app"],
+            &["the same with postern: postern --access-log - --log-file /var/log/a.log app:app\n"],
+        ),
+        (
+            &["--pid", "/run/a.pid", "-e", "A=1", "app:app"],
+            &["the same with postern: postern --pidfile /run/a.pid --env A=1 app:app\n"],
+        ),
+        (
+            &["--statsd-host", "h:8125", "app:app"],
+            &["no StatsD", "--stats"],
+        ),
+        (
+            &["-D", "--forwarded-allow-ips", "*", "--keep-alive", "5", "app:app"],
+            &[
+                "systemd",
+                "REMOTE_ADDR",
+                "fastcgi_keep_conn",
+                "the same with postern: postern app:app\n",
+            ],
+        ),
+    ];
+    for (args, wanted) in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        for w in *wanted {
+            assert!(err.contains(w), "{args:?}: wanted {w:?} in:\n{err}");
+        }
+        assert!(!err.contains("similar argument"), "{args:?}: {err}");
+        assert!(err.contains("docs/migration.md"), "{args:?}: {err}");
+    }
+}
+
+// regression: each of these alone got clap's tip for an option of another meaning, or
+// "to pass '-c' as a value, use '-- -c'".
+#[test]
+fn no_look_alike_tip_for_a_gunicorn_option() {
+    let cases: &[&[&str]] = &[
+        &["--reload"],
+        &["--max-requests-jitter", "50"],
+        &["--bind", "unix:/x.sock"],
+        &["--user", "u"],
+        &["--group", "g"],
+        &["--backlog", "2048"],
+        &["--error-logfile", "-"],
+        &["--statsd-host", "h:8125"],
+        &["--umask", "007", "-D"],
+        &["-c", "gunicorn.conf.py"],
+        &["-e", "A=1"],
+        &["-D"],
+        &["-u", "www-data"],
+        &["-g", "www-data"],
+    ];
+    for args in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("is gunicorn's"), "{args:?}: {err}");
+        for bad in ["tip:", "similar argument", "as a value, use"] {
+            assert!(!err.contains(bad), "{args:?}: {bad:?} in:\n{err}");
+        }
+    }
+}
+
+// regression: `-w 4` said "postern says `4` (the app is postern's argument)".
+#[test]
+fn a_short_flag_of_both_gunicorn_and_uwsgi_is_read_from_its_value() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-w", "4", "app:app"],
+            "`-w 4` is gunicorn's: postern says `--workers 4`",
+        ),
+        (
+            &["-w4", "app:app"],
+            "`-w4` is gunicorn's: postern says `--workers 4`",
+        ),
+        (&["-w", "pkg.mod"], "`-w pkg.mod` is uWSGI's"),
+        (
+            &["-p", "/run/a.pid", "app:app"],
+            "`-p /run/a.pid` is gunicorn's: postern says `--pidfile /run/a.pid`",
+        ),
+        (
+            &["-p", "4", "app:app"],
+            "`-p 4` is uWSGI's: postern says `--workers 4`",
+        ),
+        (
+            &["-b", "0.0.0.0:8000", "app:app"],
+            "`-b 0.0.0.0:8000` is gunicorn's: postern says `--uwsgi 0.0.0.0:8000`",
+        ),
+        (
+            &["-b", "32768", "app:app"],
+            "`-b 32768` is uWSGI's: postern says `--buffer-size 32768`",
+        ),
+        // With another option only gunicorn has, -t is gunicorn's (and says how it differs).
+        (
+            &["-w", "2", "-t", "30", "app:app"],
+            "`-t 30` is gunicorn's: postern says `--timeout 30`; gunicorn's is a worker heartbeat",
+        ),
+        (&["-t", "30", "app:app"], "`-t 30` is uWSGI's"),
+        // A typo of postern's own beside a gunicorn option keeps clap's suggestion, and
+        // its value left behind is not read as a subcommand.
+        (
+            &["-w", "4", "--workrs", "2", "app:app"],
+            "`--workrs` is neither postern's option nor a gunicorn option postern knows; a similar option exists: `--workers`\npostern: postern's options",
+        ),
+        // Mixed: each in its own words, and the line in postern's.
+        (
+            &["--socket", "/run/a.sock", "-w", "4", "app:app"],
+            "the same with postern: postern --uwsgi unix:/run/a.sock --workers 4 app:app\n",
+        ),
+    ];
+    for (args, wanted) in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(wanted),
+            "{args:?}: wanted {wanted:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn a_gunicorn_option_postern_cannot_do_suggests_no_command() {
+    for args in [
+        &["-k", "gevent", "app:app"][..],
+        &["-c", "gunicorn.conf.py", "app:app"],
+        &["--paste", "dev.ini"],
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("postern cannot do it"), "{args:?}: {err}");
+        assert!(!err.contains("the same with postern"), "{args:?}: {err}");
+    }
+    let (_, err) = run(&["-c", "gunicorn.conf.py"]);
+    assert!(err.contains("postern migrate gunicorn.conf.py"), "{err}");
+}
+
+const CONF: &str = r#"import multiprocessing
+import os
+
+# a Django site
+wsgi_app = "mysite.wsgi:application"
+bind = ["unix:/run/app.sock", "127.0.0.1:8000"]
+workers = 3
+worker_class = "gthread"
+threads = 4
+timeout = 30
+max_requests = 1000
+max_requests_jitter = 50
+preload_app = False
+reload = True
+accesslog = "-"
+errorlog = '/var/log/app/error.log'
+loglevel = "info"
+raw_env = [
+    "DJANGO_SETTINGS_MODULE=mysite.settings",  # settings
+]
+user = "www-data"
+helper = 3
+"#;
+
+// regression: a gunicorn.conf.py given as the app was imported after the socket was
+// bound ("has no attribute 'application'"); given to --config it was a TOML parse
+// error or "unknown key bind".
+#[test]
+fn a_gunicorn_config_file_given_as_the_app_or_to_config_is_named() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&conf, CONF).unwrap();
+    let conf = conf.to_str().unwrap();
+    let sock = dir.path().join("a.sock");
+    let uwsgi = format!("unix:{}", sock.display());
+    let (code, err) = run(&[conf, "--uwsgi", &uwsgi]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "is not an app: this is a gunicorn config file (Python); postern's config file is TOML"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("postern migrate"), "{err}");
+    assert!(err.contains("`postern mysite.wsgi:application`"), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+    assert!(!sock.exists());
+
+    let (code, err) = run(&["--config", conf, "app:app"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("this is a gunicorn config file (Python); postern's config file is TOML"),
+        "{err}"
+    );
+    assert!(!err.contains("TOML parse error"), "{err}");
+
+    // Without the .py name: what it assigns tells.
+    let plain = dir.path().join("gunicorn.conf");
+    std::fs::write(&plain, "bind = \"127.0.0.1:8000\"\nworkers = 3\n").unwrap();
+    let (code, err) = run(&["--config", plain.to_str().unwrap(), "app:app"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("this is a gunicorn config file"), "{err}");
+}
+
+#[test]
+fn migrate_reads_a_gunicorn_config_without_running_it() {
+    let dir = tempdir();
+    let ran = dir.path().join("ran");
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        format!("{CONF}os.mkdir({:?})\n", ran.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = postern()
+        .args(["migrate", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{toml}");
+    assert!(!ran.exists(), "the file was run");
+    for want in [
+        "app = \"mysite.wsgi:application\"",
+        "uwsgi = [\"unix:/run/app.sock\", \"127.0.0.1:8000\"]",
+        "workers = 3",
+        "threads = 4",
+        "timeout = 30",
+        "max-requests = 1000",
+        "log-file = \"/var/log/app/error.log\"",
+        "env.DJANGO_SETTINGS_MODULE = \"mysite.settings\"",
+        "uid = \"www-data\"",
+        "# Not carried over:",
+        "# line 14: reload = True",
+        "jitters by itself",
+    ] {
+        assert!(toml.contains(want), "wanted {want:?} in:\n{toml}");
+    }
+    assert!(err.contains("carried over"), "{err}");
+
+    // The TOML is postern's: --print-config reads it back.
+    let file = dir.path().join("postern.toml");
+    std::fs::write(&file, toml.as_bytes()).unwrap();
+    let out = postern()
+        .args(["--config", file.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("workers = 3"), "{printed}");
+    assert!(printed.contains("DJANGO_SETTINGS_MODULE"), "{printed}");
+
+    // A value it would have to run the file for, and a server hook: exit 3, listed first.
+    std::fs::write(
+        &conf,
+        "import multiprocessing\nworkers = multiprocessing.cpu_count() * 2 + 1\nbind = \"127.0.0.1:8000\"\n\ndef post_fork(server, worker):\n    pass\n",
+    )
+    .unwrap();
+    let out = postern()
+        .args(["migrate", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{toml}");
+    assert!(toml.contains("# NEEDS ATTENTION:"), "{toml}");
+    assert!(
+        toml.contains("# line 2: workers = multiprocessing.cpu_count() * 2 + 1"),
+        "{toml}"
+    );
+    assert!(toml.contains("post_fork()"), "{toml}");
+    assert!(toml.contains("uwsgi = [\"127.0.0.1:8000\"]"), "{toml}");
 }
 
 // regression (finding 8 of a gunicorn operator's report): `--timeout 0` was "not a

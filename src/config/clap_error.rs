@@ -20,10 +20,25 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     if e.kind() == ErrorKind::UnknownArgument {
-        let (typed, others) = crate::uwsgi_ini::uwsgi_options(&args, is_ours);
+        // gunicorn's options in postern's words; what is left is read as uWSGI's.
+        let gunicorn = super::gunicorn::read(&args, is_ours);
+        let (said, line) = gunicorn
+            .as_ref()
+            .map_or(("", &args), |g| (&g.said, &g.args));
+        let (typed, others) = crate::uwsgi_ini::uwsgi_options(line, is_ours);
         if !typed.is_empty() {
-            let said = crate::uwsgi_ini::explain(&typed, &others, &args, similar);
-            for line in said.lines() {
+            let refused = gunicorn.as_ref().is_some_and(|g| g.refused);
+            for line in said.lines().chain(
+                crate::uwsgi_ini::explain(&typed, &others, line, similar)
+                    .lines()
+                    .filter(|l| !(refused && l.starts_with("the same with postern:"))),
+            ) {
+                eprintln!("postern: {line}");
+            }
+            std::process::exit(2);
+        }
+        if let Some(g) = &gunicorn {
+            for line in said.lines().chain(super::gunicorn::rest(g).lines()) {
                 eprintln!("postern: {line}");
             }
             std::process::exit(2);

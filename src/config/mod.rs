@@ -7,6 +7,7 @@
 //! server runs (listeners, ids, paths) and checks what needs more than one option.
 
 mod clap_error;
+pub mod gunicorn;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -460,11 +461,13 @@ pub enum Command {
     Bench(crate::client::bench::BenchArgs),
     /// Convert a uWSGI ini file into a postern TOML config, printed on stdout: each value
     /// under the ini line it came from, each line that does not carry over as a comment
-    /// saying why.
+    /// saying why. A gunicorn config file (`gunicorn.conf.py`) too: its literal
+    /// assignments are read, the file is not run.
     ///
     /// Exit status: 0; 3 when a line is REFUSED (`postern --ini` would stop on it, an
-    /// unknown line under `strict = true` too: fix or remove it; the TOML is printed all
-    /// the same); 2 when the file cannot be read.
+    /// unknown line under `strict = true` too: fix or remove it; for a gunicorn file, a
+    /// line under NEEDS ATTENTION; the TOML is printed all the same); 2 when the file
+    /// cannot be read.
     Migrate(MigrateArgs),
     /// Print a running postern's /status (its --stats address) as a table; --watch
     /// redraws it, uwsgitop style.
@@ -473,7 +476,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
-    /// The uWSGI ini file: `FILE` or `FILE:SECTION` (default section `uwsgi`).
+    /// The uWSGI ini file: `FILE` or `FILE:SECTION` (default section `uwsgi`), or a
+    /// gunicorn config file.
     #[arg(value_name = "FILE[:SECTION]")]
     pub ini: String,
     /// `NAME=VALUE`: what uWSGI's `$(NAME)` is where postern will run, written as a
@@ -677,10 +681,6 @@ impl Layered {
             put(toml::Table::from_iter([(key, value)]), Source::Env(var));
         }
         put(command_line, Source::CommandLine);
-
-        let options = typed_options(&values, &sources)?;
-        Ok(Layered {
-            options,
         // 0 or `off` switches a limit off, over a lower layer's value too.
         // regression: `--timeout 0` was "not a positive number of seconds", so a
         // --config file's timeout could not be removed for one run.
@@ -689,6 +689,10 @@ impl Layered {
                 values.remove(*key);
             }
         }
+
+        let options = typed_options(&values, &sources)?;
+        Ok(Layered {
+            options,
             sources,
             values,
             ini_warnings,
@@ -931,6 +935,14 @@ fn ini_given_as_config(path: &Path, text: &str) -> bool {
 /// to a default silently).
 fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = read("--config", path)?;
+    // regression: a gunicorn.conf.py said only a TOML parse error, or `unknown key bind`.
+    if let Some(message) = gunicorn::not_toml(path, &text) {
+        return Err(ConfigError::Parse {
+            what: "--config",
+            path: path.to_owned(),
+            message,
+        });
+    }
     let parsed = toml::from_str::<toml::Table>(&text);
     // regression: `postern --config uwsgi.ini` said only the TOML parse error.
     if ini_given_as_config(path, &text) && (parsed.is_err() || text.contains("[uwsgi]")) {
@@ -1107,7 +1119,7 @@ impl Config {
             }
         }
         let app = o.app.as_deref().ok_or(ConfigError::NoApp)?;
-        if let Some(hint) = config_file_as_app(app) {
+        if let Some(hint) = config_file_as_app(app).or_else(|| gunicorn::config_as_app(app)) {
             return Err(invalid("app", hint));
         }
         let app = AppSpec::parse(app).map_err(|m| invalid("app", m))?;

@@ -1,0 +1,1385 @@
+//! gunicorn's options and config files, said in postern's words: `postern -w 4 -b
+//! unix:/run/app.sock app` names `--workers 4 --uwsgi unix:/run/app.sock` instead of
+//! clap's look-alike suggestion (`--reload`: "a similar argument exists: '--preload'",
+//! which means the opposite), a `gunicorn.conf.py` given as the app or to `--config` is
+//! named as what it is, and `postern migrate gunicorn.conf.py` reads its literal
+//! assignments (without running the file) into a postern TOML file.
+//!
+//! Some short flags are both gunicorn's and uWSGI's with other meanings (`-w`, `-b`,
+//! `-p`, `-R`, `-t`): the value decides where it can (`-w 4` is gunicorn's workers,
+//! `-w pkg.mod` uWSGI's module), else the rest of the line (`-t 30` is gunicorn's when
+//! another option on the line is only gunicorn's). What is not gunicorn's is left to the
+//! uWSGI reading.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, FromArgMatches};
+
+use super::Cli;
+use crate::uwsgi_ini::command_line::quoted;
+
+/// One gunicorn setting: its config-file name, its long flag (without `--`), its short
+/// flag, and whether the flag takes a value.
+struct Setting {
+    name: &'static str,
+    long: &'static str,
+    short: Option<char>,
+    value: bool,
+}
+
+const fn s(name: &'static str, long: &'static str, short: Option<char>, value: bool) -> Setting {
+    Setting {
+        name,
+        long,
+        short,
+        value,
+    }
+}
+
+/// gunicorn's settings (its `--help` and settings reference), those postern has under
+/// the same long name included: the config file uses them all.
+const SETTINGS: &[Setting] = &[
+    s("config", "config", Some('c'), true),
+    s("wsgi_app", "", None, true),
+    s("bind", "bind", Some('b'), true),
+    s("backlog", "backlog", None, true),
+    s("workers", "workers", Some('w'), true),
+    s("worker_class", "worker-class", Some('k'), true),
+    s("threads", "threads", None, true),
+    s("worker_connections", "worker-connections", None, true),
+    s("max_requests", "max-requests", None, true),
+    s("max_requests_jitter", "max-requests-jitter", None, true),
+    s("timeout", "timeout", Some('t'), true),
+    s("graceful_timeout", "graceful-timeout", None, true),
+    s("keepalive", "keep-alive", None, true),
+    s("limit_request_line", "limit-request-line", None, true),
+    s("limit_request_fields", "limit-request-fields", None, true),
+    s(
+        "limit_request_field_size",
+        "limit-request-field_size",
+        None,
+        true,
+    ),
+    s("reload", "reload", None, false),
+    s("reload_engine", "reload-engine", None, true),
+    s("reload_extra_files", "reload-extra-file", None, true),
+    s("spew", "spew", None, false),
+    s("check_config", "check-config", None, false),
+    s("print_config", "print-config", None, false),
+    s("preload_app", "preload", None, false),
+    s("sendfile", "no-sendfile", None, false),
+    s("reuse_port", "reuse-port", None, false),
+    s("chdir", "chdir", None, true),
+    s("daemon", "daemon", Some('D'), false),
+    s("raw_env", "env", Some('e'), true),
+    s("pidfile", "pid", Some('p'), true),
+    s("worker_tmp_dir", "worker-tmp-dir", None, true),
+    s("user", "user", Some('u'), true),
+    s("group", "group", Some('g'), true),
+    s("umask", "umask", Some('m'), true),
+    s("initgroups", "initgroups", None, false),
+    s("tmp_upload_dir", "", None, true),
+    s("secure_scheme_headers", "", None, true),
+    s("forwarded_allow_ips", "forwarded-allow-ips", None, true),
+    s("accesslog", "access-logfile", None, true),
+    s(
+        "disable_redirect_access_to_syslog",
+        "disable-redirect-access-to-syslog",
+        None,
+        false,
+    ),
+    s("access_log_format", "access-logformat", None, true),
+    s("errorlog", "error-logfile", None, true),
+    s("errorlog", "log-file", None, true),
+    s("loglevel", "log-level", None, true),
+    s("capture_output", "capture-output", None, false),
+    s("logger_class", "logger-class", None, true),
+    s("logconfig", "log-config", None, true),
+    s("logconfig_json", "log-config-json", None, true),
+    s("logconfig_dict", "", None, true),
+    s("syslog_addr", "log-syslog-to", None, true),
+    s("syslog", "log-syslog", None, false),
+    s("syslog_prefix", "log-syslog-prefix", None, true),
+    s("syslog_facility", "log-syslog-facility", None, true),
+    s(
+        "enable_stdio_inheritance",
+        "enable-stdio-inheritance",
+        Some('R'),
+        false,
+    ),
+    s("statsd_host", "statsd-host", None, true),
+    s("dogstatsd_tags", "dogstatsd-tags", None, true),
+    s("statsd_prefix", "statsd-prefix", None, true),
+    s("proc_name", "name", Some('n'), true),
+    s("pythonpath", "pythonpath", None, true),
+    s("paste", "paste", None, true),
+    s("paste", "paster", None, true),
+    s("proxy_protocol", "proxy-protocol", None, false),
+    s("proxy_allow_ips", "proxy-allow-from", None, true),
+    s("keyfile", "keyfile", None, true),
+    s("certfile", "certfile", None, true),
+    s("ssl_version", "ssl-version", None, true),
+    s("cert_reqs", "cert-reqs", None, true),
+    s("ca_certs", "ca-certs", None, true),
+    s("suppress_ragged_eofs", "suppress-ragged-eofs", None, false),
+    s(
+        "do_handshake_on_connect",
+        "do-handshake-on-connect",
+        None,
+        false,
+    ),
+    s("ciphers", "ciphers", None, true),
+    s("strip_header_spaces", "strip-header-spaces", None, false),
+    s(
+        "permit_unconventional_http_method",
+        "permit-unconventional-http-method",
+        None,
+        false,
+    ),
+    s(
+        "permit_unconventional_http_version",
+        "permit-unconventional-http-version",
+        None,
+        false,
+    ),
+    s("casefold_http_method", "casefold-http-method", None, false),
+    s("forwarder_headers", "forwarder-headers", None, true),
+    s("header_map", "header-map", None, true),
+    s("version", "version", Some('v'), false),
+];
+
+/// What postern says for one gunicorn setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Says {
+    /// postern's words for it (`--workers 4`; the app alone), and a note.
+    Postern(Vec<String>, Option<String>),
+    /// postern does it by itself, or does not need it: why.
+    NotNeeded(String),
+    /// postern has no such thing: why, and what instead.
+    Nothing(String),
+    /// postern cannot run what was asked: a command without it would do something else.
+    Cannot(String),
+}
+
+/// The rest of the line, where it decides what a value means.
+#[derive(Default)]
+struct Line {
+    threads: bool,
+}
+
+const NGINX: &str = "gunicorn speaks HTTP, postern does not: in nginx, `proxy_pass http://…` becomes `include uwsgi_params; uwsgi_pass …` (or --fastcgi with fastcgi_pass)";
+const NO_RELOADER: &str = "postern has no file-watch reload: reload after a deploy with SIGHUP (`systemctl reload`, `kill -HUP $(cat PIDFILE)`), or give `--touch-reload FILE` and touch that file (its modification time is watched); gunicorn's --preload is not it (with it a reload does not pick up new code)";
+const NO_HTTP: &str = "postern does not parse HTTP: the front server (nginx) does, and passes the request to postern already parsed";
+const LOGS: &str = "postern logs to stderr (journald under systemd) or --log-file FILE; --log-format json for structured lines";
+const TLS: &str = "postern does not speak TLS (nor HTTP): nginx or Apache terminates it in front";
+
+/// gunicorn's `setting` (by its config-file name) with `value` (empty for a flag) in
+/// postern's words.
+fn says(setting: &str, value: &str, line: &Line) -> Says {
+    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let with = |flag: &str| Says::Postern(vec![flag.to_owned(), value.to_owned()], None);
+    match setting {
+        "wsgi_app" => Says::Postern(vec![value.to_owned()], None),
+        "config" => Says::Cannot(format!(
+            "this is gunicorn's config file (Python); postern's --config reads TOML (the long options' names as keys): convert it with `postern migrate {}` (it reads the assignments without running the file)",
+            quoted(value)
+        )),
+        "bind" => bind(value),
+        "backlog" => with("--listen-backlog"),
+        "workers" => with("--workers"),
+        "worker_class" => worker_class(value, line),
+        "threads" => with("--threads"),
+        "worker_connections" => Says::Postern(
+            words(&["--max-concurrency", value]),
+            Some("for an ASGI app, the requests in flight per worker (a WSGI worker serves --threads at once)".into()),
+        ),
+        "max_requests" => with("--max-requests"),
+        "max_requests_jitter" => Says::NotNeeded(
+            "postern jitters by itself: each worker's limit is --max-requests plus a random 0 to 10% of it, so the workers do not recycle together".into(),
+        ),
+        "timeout" => Says::Postern(
+            words(&["--timeout", value]),
+            Some("gunicorn's is a worker heartbeat, postern's is per request: a request running longer gets its worker's stacks logged, then the worker killed (docs/migration.md 'From gunicorn'); 0 or off: none".into()),
+        ),
+        "graceful_timeout" => with("--graceful-timeout"),
+        "keepalive" => Says::NotNeeded(
+            "gunicorn's keep-alive is HTTP's, with the proxy; nginx keeps the client connections, and postern keeps FastCGI connections open with nginx's `fastcgi_keep_conn on`".into(),
+        ),
+        "limit_request_line" | "limit_request_fields" | "limit_request_field_size" => Says::Nothing(
+            "postern limits the whole request head (the variables nginx passes): --buffer-size BYTES (default 65535)".into(),
+        ),
+        "reload" | "reload_engine" | "reload_extra_files" => Says::Nothing(NO_RELOADER.into()),
+        "spew" => Says::Nothing("no line-by-line trace of the app; --log-level debug for postern's own".into()),
+        "check_config" => Says::Postern(
+            words(&["--check"]),
+            Some("it also imports the app (in a child) and binds the listeners".into()),
+        ),
+        "print_config" => Says::Postern(words(&["--print-config"]), None),
+        "preload_app" => Says::Postern(words(&["--preload"]), None),
+        "sendfile" => Says::Nothing(
+            "postern sends a wsgi.file_wrapper file with sendfile(2) and has no switch for it".into(),
+        ),
+        "reuse_port" => Says::NotNeeded(
+            "postern's master binds each listener once and its workers share it".into(),
+        ),
+        "chdir" => with("--chdir"),
+        "daemon" => Says::Nothing(
+            "postern stays in the foreground: run it under systemd (deploy/systemd/postern.service) or another supervisor".into(),
+        ),
+        "raw_env" => with("--env"),
+        "pidfile" => with("--pidfile"),
+        "worker_tmp_dir" => Says::NotNeeded(
+            "postern's workers tell their master they are alive without a file".into(),
+        ),
+        "user" => with("--uid"),
+        "group" => with("--gid"),
+        "umask" => Says::Nothing(
+            "--socket-mode OCTAL sets the Unix sockets' permissions; for files the app creates, systemd's UMask= (or `umask` in the shell that starts postern)".into(),
+        ),
+        "initgroups" => Says::NotNeeded(
+            "postern sets the --uid user's supplementary groups when it drops privileges".into(),
+        ),
+        "tmp_upload_dir" => Says::Nothing(
+            "a body larger than --body-spool-threshold (1M) goes to a temporary file in $TMPDIR".into(),
+        ),
+        "secure_scheme_headers" | "forwarded_allow_ips" | "proxy_protocol" | "proxy_allow_ips" => {
+            Says::NotNeeded(
+                "nginx passes the client's address (REMOTE_ADDR) and scheme (HTTPS) in the uwsgi/FastCGI variables: there are no forwarded headers to trust".into(),
+            )
+        }
+        "accesslog" => Says::Postern(
+            words(&["--access-log", value]),
+            Some(if value == "-" {
+                "`-` is stderr for postern (gunicorn's is stdout); postern writes the access log to stderr by default, --access-log off stops it".into()
+            } else {
+                "postern writes the access log to stderr by default (--access-log off stops it)".into()
+            }),
+        ),
+        "access_log_format" => Says::Nothing(
+            "postern's formats: --access-log-format text, json or combined (Apache/nginx's, with the duration appended)".into(),
+        ),
+        "errorlog" if value == "-" => {
+            Says::NotNeeded("postern logs to stderr unless --log-file FILE is given".into())
+        }
+        "errorlog" => Says::Postern(
+            words(&["--log-file", value]),
+            Some("reopened on SIGUSR1".into()),
+        ),
+        "loglevel" => with("--log-level"),
+        "capture_output" => Says::Nothing(
+            "wsgi.errors and the logging module's output go to postern's log; the app's own print() goes to postern's stderr".into(),
+        ),
+        "logger_class" | "logconfig" | "logconfig_json" | "logconfig_dict" | "syslog_addr"
+        | "syslog" | "syslog_prefix" | "syslog_facility" | "disable_redirect_access_to_syslog" => {
+            Says::Nothing(LOGS.into())
+        }
+        "enable_stdio_inheritance" => {
+            Says::NotNeeded("postern's workers keep its stdout and stderr".into())
+        }
+        "statsd_host" | "dogstatsd_tags" | "statsd_prefix" => Says::Nothing(
+            "postern has no StatsD client: its metrics are pulled over HTTP, --stats 127.0.0.1:9191 serves /metrics for Prometheus (not at the StatsD address: that would bind an HTTP server there)".into(),
+        ),
+        "proc_name" => Says::Nothing("postern does not rename its processes".into()),
+        "pythonpath" => Says::Postern(
+            value
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .flat_map(|d| ["--pythonpath".to_owned(), d.to_owned()])
+                .collect(),
+            value
+                .contains(',')
+                .then(|| "postern's takes one directory each".into()),
+        ),
+        "paste" => Says::Cannot(
+            "postern does not read PasteDeploy files: write a wsgi.py with `application = loadapp('config:/path/to.ini')` and give it as the app".into(),
+        ),
+        "keyfile" | "certfile" | "ssl_version" | "cert_reqs" | "ca_certs" | "suppress_ragged_eofs"
+        | "do_handshake_on_connect" | "ciphers" => Says::Nothing(TLS.into()),
+        "strip_header_spaces"
+        | "permit_unconventional_http_method"
+        | "permit_unconventional_http_version"
+        | "casefold_http_method"
+        | "forwarder_headers"
+        | "header_map" => Says::Nothing(NO_HTTP.into()),
+        "version" => Says::Postern(words(&["--version"]), None),
+        _ => Says::Nothing("postern has no equivalent".into()),
+    }
+}
+
+/// gunicorn's `--bind` address as a postern listener.
+fn bind(value: &str) -> Says {
+    if let Some(fd) = value.strip_prefix("fd://") {
+        return Says::NotNeeded(format!(
+            "postern takes the sockets systemd passes (socket activation, LISTEN_FDS): give the address in postern.socket's ListenStream= instead of fd {fd}"
+        ));
+    }
+    // gunicorn's port when none is given.
+    let addr = if value.starts_with("unix:") || value.starts_with('/') || value.contains(':') {
+        value.to_owned()
+    } else {
+        format!("{value}:8000")
+    };
+    let addr = if addr.starts_with('/') {
+        format!("unix:{addr}")
+    } else {
+        addr
+    };
+    Says::Postern(vec!["--uwsgi".into(), addr], Some(NGINX.into()))
+}
+
+/// gunicorn's worker class.
+fn worker_class(value: &str, line: &Line) -> Says {
+    let class = value
+        .rsplit('.')
+        .next()
+        .unwrap_or(value)
+        .to_ascii_lowercase();
+    let v = value.to_ascii_lowercase();
+    if v.contains("uvicorn") || class == "asgi" {
+        return Says::NotNeeded(
+            "postern serves ASGI itself, one event loop per worker: --interface auto (the default) finds an async callable (--interface asgi insists; README 'ASGI apps')".into(),
+        );
+    }
+    match class.as_str() {
+        "sync" | "syncworker" => Says::NotNeeded(
+            "postern's WSGI workers serve on Python threads: sync is --threads 1, the default".into(),
+        ),
+        "gthread" | "threadworker" if line.threads => Says::NotNeeded(
+            "postern's WSGI workers serve on Python threads: gthread is the --threads given".into(),
+        ),
+        "gthread" | "threadworker" => Says::NotNeeded(
+            "postern's WSGI workers serve on Python threads: gthread is --threads N (1 by default, as gunicorn's)".into(),
+        ),
+        "gevent" | "geventworker" | "eventlet" | "eventletworker" | "tornado" | "tornadoworker"
+        | "ggevent" | "geventpywsgiworker" => Says::Cannot(format!(
+            "postern has no {class} workers (no monkey-patching): serve the app on threads (--threads N), or as ASGI"
+        )),
+        _ => Says::Cannot(format!(
+            "{value} is a worker class of its own; postern's workers serve WSGI on Python threads (--threads N) or ASGI on an event loop (--interface)"
+        )),
+    }
+}
+
+/// One gunicorn option found on the command line.
+struct Found {
+    /// As typed, value included (`-w 4`).
+    text: String,
+    /// The indexes of the words it took.
+    at: Vec<usize>,
+    setting: &'static str,
+    value: String,
+    /// Only gunicorn's, whatever the rest of the line (`--bind`, `-w 4`, `-k`).
+    sure: bool,
+}
+
+/// gunicorn's options read from a command line, in postern's words.
+pub struct Reading {
+    /// One line per gunicorn option.
+    pub said: String,
+    /// The command line with each gunicorn option replaced by postern's words.
+    pub args: Vec<String>,
+    /// An option postern cannot do: no command is suggested.
+    pub refused: bool,
+}
+
+/// Whether the word after an option is its value.
+fn value_word(next: Option<&String>) -> Option<&String> {
+    next.filter(|n| !n.starts_with('-') || n.as_str() == "-" || n.parse::<f64>().is_ok())
+}
+
+/// The gunicorn options among `args` (program name first; `ours` says whether a long
+/// name is postern's), or `None` when there is none. A subcommand's line is not read.
+pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
+    if args
+        .get(1)
+        .is_some_and(|a| ["request", "bench", "migrate", "status", "help"].contains(&a.as_str()))
+    {
+        return None;
+    }
+    let line = Line {
+        threads: args
+            .iter()
+            .any(|a| a == "--threads" || a.starts_with("--threads=")),
+    };
+    let integer = |v: &str| v.parse::<u64>().is_ok();
+    let mut found: Vec<Found> = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        let at = i;
+        i += 1;
+        if a == "--" {
+            break;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long, None),
+            };
+            if ours(name) {
+                continue;
+            }
+            let Some(set) = SETTINGS
+                .iter()
+                .find(|s| !s.long.is_empty() && s.long == name)
+            else {
+                continue;
+            };
+            let (value, words) = match (inline, set.value) {
+                (Some(v), _) => (v.to_owned(), vec![at]),
+                (None, true) => match value_word(args.get(i)) {
+                    Some(v) => {
+                        i += 1;
+                        (v.clone(), vec![at, at + 1])
+                    }
+                    None => (String::new(), vec![at]),
+                },
+                (None, false) => (String::new(), vec![at]),
+            };
+            let text = words.iter().map(|&w| quoted(&args[w])).collect::<Vec<_>>();
+            let uwsgi_knows = !crate::uwsgi_ini::uwsgi_options(
+                &["postern".to_owned(), format!("--{name}"), value.clone()],
+                |_| false,
+            )
+            .0
+            .is_empty();
+            found.push(Found {
+                text: text.join(" "),
+                at: words,
+                setting: set.name,
+                value,
+                sure: !uwsgi_knows,
+            });
+        } else if let Some(short) = a.strip_prefix('-') {
+            let mut chars = short.chars();
+            let Some(c) = chars.next() else { continue };
+            let Some(set) = SETTINGS.iter().find(|s| s.short == Some(c)) else {
+                continue;
+            };
+            let glued = chars.as_str();
+            let (value, words) = if !set.value {
+                if !glued.is_empty() {
+                    continue;
+                }
+                // uWSGI's -R takes a number (max-requests).
+                if c == 'R' && args.get(i).is_some_and(|n| integer(n)) {
+                    continue;
+                }
+                (String::new(), vec![at])
+            } else if !glued.is_empty() {
+                (glued.trim_start_matches('=').to_owned(), vec![at])
+            } else if let Some(v) = value_word(args.get(i)) {
+                (v.clone(), vec![at, at + 1])
+            } else {
+                (String::new(), vec![at])
+            };
+            // The value tells the short flags both have apart: uWSGI's -w is the module,
+            // -b the buffer size, -p the process count, -t harakiri.
+            let sure = match c {
+                'w' => integer(&value),
+                'b' | 'p' => !value.is_empty() && !integer(&value),
+                't' => false,
+                _ => true,
+            };
+            if matches!(c, 'w' | 'b' | 'p') && !sure {
+                continue;
+            }
+            if words.len() == 2 {
+                i += 1;
+            }
+            found.push(Found {
+                text: words
+                    .iter()
+                    .map(|&w| quoted(&args[w]))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                at: words,
+                setting: set.name,
+                value,
+                sure,
+            });
+        }
+    }
+    if !found.iter().any(|f| f.sure) {
+        return None;
+    }
+    let mut said = String::new();
+    let mut refused = false;
+    let mut out: Vec<Option<Vec<String>>> = args.iter().map(|a| Some(vec![a.clone()])).collect();
+    let mut told_nginx = false;
+    for f in &found {
+        let needs_value = SETTINGS.iter().any(|s| s.name == f.setting && s.value);
+        let answer = if needs_value && f.value.is_empty() {
+            refused = true;
+            let _ = writeln!(said, "`{}` is gunicorn's and needs a value", f.text);
+            None
+        } else {
+            Some(says(f.setting, &f.value, &line))
+        };
+        let replaced = match answer {
+            None => Vec::new(),
+            Some(Says::Postern(words, note)) => {
+                let mut text = format!(
+                    "`{}` is gunicorn's: postern says `{}`",
+                    f.text,
+                    words
+                        .iter()
+                        .map(|w| quoted(w))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                if let Some(n) = note.filter(|n| n != NGINX || !told_nginx) {
+                    told_nginx |= n == NGINX;
+                    let _ = write!(text, "; {n}");
+                }
+                let _ = writeln!(said, "{text}");
+                words
+            }
+            Some(Says::NotNeeded(why)) => {
+                let _ = writeln!(
+                    said,
+                    "`{}` is gunicorn's: postern does not need it: {why}",
+                    f.text
+                );
+                Vec::new()
+            }
+            Some(Says::Nothing(why)) => {
+                let _ = writeln!(
+                    said,
+                    "`{}` is gunicorn's: postern has no such option; {why}",
+                    f.text
+                );
+                Vec::new()
+            }
+            Some(Says::Cannot(why)) => {
+                refused = true;
+                let _ = writeln!(
+                    said,
+                    "`{}` is gunicorn's: postern cannot do it; {why}",
+                    f.text
+                );
+                Vec::new()
+            }
+        };
+        for (n, &w) in f.at.iter().enumerate() {
+            out[w] = (n == 0).then(|| replaced.clone());
+        }
+    }
+    Some(Reading {
+        said,
+        args: out.into_iter().flatten().flatten().collect(),
+        refused,
+    })
+}
+
+/// The end of the message when no uWSGI option is left: the options neither postern's
+/// nor gunicorn's, then the whole command in postern's words when it would run (every
+/// option is postern's, and it names the app), and where the table is.
+pub fn rest(reading: &Reading) -> String {
+    let mut out = String::new();
+    let mut args = reading.args.clone();
+    let mut unknown = false;
+    let mut parsed = None;
+    for _ in 0..args.len() + 1 {
+        match Cli::command().try_get_matches_from(&args) {
+            Ok(m) => {
+                parsed = Cli::from_arg_matches(&m).ok();
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::UnknownArgument => {
+                let Some(ContextValue::String(bad)) = e.get(ContextKind::InvalidArg) else {
+                    break;
+                };
+                let bad = bad.clone();
+                let similar = match e.get(ContextKind::SuggestedArg) {
+                    Some(ContextValue::String(s)) => format!("; a similar option exists: `{s}`"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "`{bad}` is neither postern's option nor a gunicorn option postern knows{similar}"
+                );
+                unknown = true;
+                let Some(n) = args
+                    .iter()
+                    .position(|a| a == &bad || a.starts_with(&format!("{bad}=")))
+                else {
+                    break;
+                };
+                args.remove(n);
+            }
+            Err(e) => {
+                // A value postern refuses (`--workers x`): clap's own sentence, unless an
+                // unknown option was taken out (its value is left behind, misread).
+                if !unknown {
+                    let text = e.render().to_string();
+                    if let Some(first) = text.lines().next() {
+                        let _ = writeln!(out, "{}", first.trim_start_matches("error: "));
+                    }
+                }
+                unknown = true;
+                break;
+            }
+        }
+    }
+    let runs = parsed.filter(|cli| {
+        cli.options.app.is_some()
+            || cli.config.is_some()
+            || cli.ini.is_some()
+            || std::env::var_os("POSTERN_APP").is_some()
+    });
+    if !reading.refused && !unknown && runs.is_some() {
+        let line: Vec<String> = std::iter::once("postern".to_owned())
+            .chain(reading.args.iter().skip(1).map(|a| quoted(a)))
+            .collect();
+        let _ = writeln!(out, "the same with postern: {}", line.join(" "));
+    }
+    out.push_str("postern's options: postern --help; gunicorn's beside postern's: docs/migration.md 'From gunicorn' (README 'Command line')");
+    out
+}
+
+/// gunicorn settings no postern key is named like: one assigned at the top of a file
+/// marks a gunicorn config file.
+const MARKS: &[&str] = &[
+    "bind",
+    "wsgi_app",
+    "worker_class",
+    "worker_connections",
+    "max_requests_jitter",
+    "keepalive",
+    "preload_app",
+    "raw_env",
+    "accesslog",
+    "errorlog",
+    "loglevel",
+    "access_log_format",
+    "proc_name",
+    "forwarded_allow_ips",
+    "backlog",
+    "daemon",
+    "umask",
+    "user",
+    "group",
+    "reload",
+    "capture_output",
+    "statsd_host",
+    "worker_tmp_dir",
+];
+
+/// One top-level statement of a Python file: its first line (1-based), its text (the
+/// lines it spans joined), and the name it assigns to, if it is `NAME = ...`.
+struct Statement {
+    line: usize,
+    text: String,
+    name: Option<String>,
+    /// What follows `=`.
+    value: String,
+}
+
+/// The top-level statements of a Python file, read as text (the file is not run): a
+/// statement goes on while a bracket or a string is open or a line ends with `\`.
+fn statements(text: &str) -> Vec<Statement> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    let (mut depth, mut quote, mut triple) = (0i32, None::<char>, false);
+    for (n, raw) in text.lines().enumerate() {
+        let open = depth > 0 || quote.is_some();
+        if !open && current.is_none() {
+            let indented = raw.starts_with([' ', '\t']);
+            let blank = raw.trim().is_empty() || raw.trim_start().starts_with('#');
+            if indented || blank {
+                continue;
+            }
+            current = Some((n + 1, String::new()));
+        }
+        let Some((_, buf)) = current.as_mut() else {
+            continue;
+        };
+        // Track brackets and strings, and cut a comment off.
+        let chars: Vec<char> = raw.chars().collect();
+        let mut i = 0;
+        let mut kept = String::new();
+        while i < chars.len() {
+            let c = chars[i];
+            match quote {
+                Some(q) => {
+                    kept.push(c);
+                    if c == '\\' {
+                        if let Some(&e) = chars.get(i + 1) {
+                            kept.push(e);
+                        }
+                        i += 1;
+                    } else if c == q {
+                        if !triple {
+                            quote = None;
+                        } else if chars.get(i + 1) == Some(&q) && chars.get(i + 2) == Some(&q) {
+                            kept.push(q);
+                            kept.push(q);
+                            i += 2;
+                            quote = None;
+                            triple = false;
+                        }
+                    }
+                }
+                None => match c {
+                    '#' => break,
+                    '\'' | '"' => {
+                        kept.push(c);
+                        if chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c) {
+                            kept.push(c);
+                            kept.push(c);
+                            i += 2;
+                            triple = true;
+                        }
+                        quote = Some(c);
+                    }
+                    '(' | '[' | '{' => {
+                        depth += 1;
+                        kept.push(c);
+                    }
+                    ')' | ']' | '}' => {
+                        depth -= 1;
+                        kept.push(c);
+                    }
+                    _ => kept.push(c),
+                },
+            }
+            i += 1;
+        }
+        if quote.is_some() && !triple {
+            // A one-line string left open: a syntax error; end it here.
+            quote = None;
+        }
+        let continued = kept.trim_end().ends_with('\\');
+        buf.push_str(kept.trim_end().trim_end_matches('\\'));
+        buf.push('\n');
+        if depth <= 0 && quote.is_none() && !continued {
+            depth = 0;
+            let (line, text) = current.take().unwrap_or_default();
+            out.push(statement(line, text.trim_end().to_owned()));
+        }
+    }
+    if let Some((line, text)) = current {
+        out.push(statement(line, text.trim_end().to_owned()));
+    }
+    out
+}
+
+fn statement(line: usize, text: String) -> Statement {
+    let assigned = text.split_once('=').and_then(|(name, value)| {
+        let name = name.trim();
+        let plain = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        (plain && !value.starts_with('=')).then(|| (name.to_owned(), value.trim().to_owned()))
+    });
+    let (name, value) = match assigned {
+        Some((n, v)) => (Some(n), v),
+        None => (None, String::new()),
+    };
+    Statement {
+        line,
+        text,
+        name,
+        value,
+    }
+}
+
+/// Whether `text` is a gunicorn config file: it assigns one of gunicorn's settings
+/// postern has no key for (`bind`, `worker_class`, …) at its top level and defines no
+/// app (`application`, `app`).
+pub fn is_config(text: &str) -> bool {
+    let st = statements(text);
+    let marked = st
+        .iter()
+        .any(|s| s.name.as_deref().is_some_and(|n| MARKS.contains(&n)));
+    let app = st.iter().any(|s| {
+        let t = s.text.as_str();
+        matches!(s.name.as_deref(), Some("application" | "app"))
+            || t.starts_with("def application(")
+            || t.starts_with("def app(")
+            || t.starts_with("async def app(")
+            || t.starts_with("async def application(")
+    });
+    marked && !app
+}
+
+/// What to say when `--config` is given a Python file (`text`, named `path`): a
+/// gunicorn config file, or another `.py`.
+pub fn not_toml(path: &Path, text: &str) -> Option<String> {
+    if is_config(text) {
+        return Some(config_message(path));
+    }
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("py"))
+        .then(|| "this is a Python file; postern's config file is TOML (the long options' names as keys; `postern --print-config` prints one), and the app is postern's APP argument".into())
+}
+
+/// What to say when a gunicorn config file is given where postern's TOML is expected.
+fn config_message(path: &Path) -> String {
+    let file = quoted(&path.display().to_string());
+    format!(
+        "this is a gunicorn config file (Python); postern's config file is TOML (the long options' names as keys): convert it with `postern migrate {file}` (it reads the assignments without running the file; docs/migration.md 'From gunicorn')"
+    )
+}
+
+/// The app given is a gunicorn config file (`postern gunicorn.conf.py`): what to say.
+/// regression: postern bound its socket, then imported the file as the app and said it
+/// had no attribute 'application'.
+pub fn config_as_app(app: &str) -> Option<String> {
+    let path = Path::new(app);
+    if !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("py"))
+    {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    is_config(&text).then(|| {
+        let wsgi_app = statements(&text)
+            .into_iter()
+            .find(|s| s.name.as_deref() == Some("wsgi_app"))
+            .and_then(|s| match literal(&s.value) {
+                Some(Py::Str(a)) => Some(a),
+                _ => None,
+            });
+        let named = match wsgi_app {
+            Some(a) => format!("; its wsgi_app is postern's APP: `postern {}`", quoted(&a)),
+            None => String::new(),
+        };
+        format!("{app} is not an app: {}{named}", config_message(path))
+    })
+}
+
+/// A Python literal, as `ast.literal_eval` would read the simple ones.
+#[derive(Debug, Clone, PartialEq)]
+enum Py {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    None,
+    List(Vec<Py>),
+}
+
+/// `text` as a Python literal: a string, number, True/False/None, or a list or tuple of
+/// those; `None` for anything else (an expression is not evaluated).
+fn literal(text: &str) -> Option<Py> {
+    let chars: Vec<char> = text.trim().chars().collect();
+    let mut at = 0;
+    let v = parse_py(&chars, &mut at)?;
+    skip_space(&chars, &mut at);
+    (at == chars.len()).then_some(v)
+}
+
+fn skip_space(c: &[char], at: &mut usize) {
+    while c.get(*at).is_some_and(|c| c.is_whitespace()) {
+        *at += 1;
+    }
+}
+
+fn parse_py(c: &[char], at: &mut usize) -> Option<Py> {
+    skip_space(c, at);
+    let first = *c.get(*at)?;
+    match first {
+        '[' | '(' => {
+            let close = if first == '[' { ']' } else { ')' };
+            *at += 1;
+            let mut items = Vec::new();
+            loop {
+                skip_space(c, at);
+                if c.get(*at) == Some(&close) {
+                    *at += 1;
+                    return Some(Py::List(items));
+                }
+                items.push(parse_py(c, at)?);
+                skip_space(c, at);
+                match c.get(*at) {
+                    Some(',') => *at += 1,
+                    Some(x) if *x == close => {}
+                    _ => return None,
+                }
+            }
+        }
+        '\'' | '"' => string(c, at, false),
+        'r' | 'R' if matches!(c.get(*at + 1), Some('\'' | '"')) => {
+            *at += 1;
+            string(c, at, true)
+        }
+        _ => {
+            let start = *at;
+            while c
+                .get(*at)
+                .is_some_and(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | '+'))
+            {
+                *at += 1;
+            }
+            let word: String = c[start..*at].iter().filter(|&&ch| ch != '_').collect();
+            let word_raw: String = c[start..*at].iter().collect();
+            match word_raw.as_str() {
+                "True" => return Some(Py::Bool(true)),
+                "False" => return Some(Py::Bool(false)),
+                "None" => return Some(Py::None),
+                _ => {}
+            }
+            let (neg, digits) = match word.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, word.trim_start_matches('+')),
+            };
+            let radix = [("0o", 8), ("0x", 16), ("0b", 2)]
+                .iter()
+                .find_map(|(p, r)| {
+                    digits
+                        .to_ascii_lowercase()
+                        .strip_prefix(p)
+                        .map(|d| (d.to_owned(), *r))
+                });
+            if let Some((d, r)) = radix {
+                let n = i64::from_str_radix(&d, r).ok()?;
+                return Some(Py::Int(if neg { -n } else { n }));
+            }
+            if let Ok(n) = digits.parse::<i64>() {
+                return Some(Py::Int(if neg { -n } else { n }));
+            }
+            if digits
+                .chars()
+                .next()
+                .is_some_and(|d| d.is_ascii_digit() || d == '.')
+            {
+                if let Ok(f) = digits.parse::<f64>() {
+                    return Some(Py::Float(if neg { -f } else { f }));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// A string literal from its opening quote; adjacent ones join, as Python's do.
+fn string(c: &[char], at: &mut usize, raw: bool) -> Option<Py> {
+    let mut out = String::new();
+    while let Some(&q) = c.get(*at).filter(|q| matches!(q, '\'' | '"')) {
+        let tripled = |i: usize| c.get(i + 1) == Some(&q) && c.get(i + 2) == Some(&q);
+        let triple = tripled(*at);
+        *at += if triple { 3 } else { 1 };
+        loop {
+            let ch = *c.get(*at)?;
+            if ch == q && (!triple || tripled(*at)) {
+                *at += if triple { 3 } else { 1 };
+                break;
+            }
+            if ch == '\\' && !raw {
+                match *c.get(*at + 1)? {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    '\n' => {}
+                    other => out.push(other),
+                }
+                *at += 2;
+                continue;
+            }
+            out.push(ch);
+            *at += 1;
+        }
+        skip_space(c, at);
+    }
+    Some(Py::Str(out))
+}
+
+/// gunicorn's server hooks: functions its config file defines, run by its arbiter.
+const HOOKS: &[&str] = &[
+    "on_starting",
+    "on_reload",
+    "when_ready",
+    "pre_fork",
+    "post_fork",
+    "post_worker_init",
+    "worker_int",
+    "worker_abort",
+    "pre_exec",
+    "pre_request",
+    "post_request",
+    "child_exit",
+    "worker_exit",
+    "nworkers_changed",
+    "on_exit",
+    "ssl_context",
+];
+
+/// `postern migrate` of a gunicorn config file.
+pub struct Migrated {
+    /// The postern TOML file, for stdout.
+    pub toml: String,
+    /// One line of counts, for stderr.
+    pub summary: String,
+    /// 0, or 3 when something needs attention (the TOML is written all the same).
+    pub code: u8,
+}
+
+/// The exit status of a migrate whose output needs attention (as for a uWSGI file).
+const EXIT_ATTENTION: u8 = 3;
+
+/// `postern migrate FILE` when FILE is a gunicorn config file (a `.py` name, or a file
+/// that assigns gunicorn's settings and has no ini section): `None` for anything else.
+pub fn migrate(spec: &str) -> Option<Result<Migrated, String>> {
+    let path = Path::new(spec);
+    let py = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("py"));
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if py => return Some(Err(format!("cannot read {spec}: {e}"))),
+        Err(_) => return None,
+    };
+    let sectioned = text.lines().any(|l| l.trim_start().starts_with('['));
+    if !py && (sectioned || !is_config(&text)) {
+        return None;
+    }
+    Some(translate(path, &text))
+}
+
+/// One statement's outcome.
+enum Done {
+    Carried(Vec<(String, toml::Value)>, Option<String>),
+    NotCarried(String),
+    Attention(String),
+}
+
+fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
+    let st = statements(text);
+    if !st.iter().any(|s| {
+        s.name
+            .as_deref()
+            .is_some_and(|n| SETTINGS.iter().any(|g| g.name == n))
+    }) {
+        return Err(format!(
+            "{} assigns none of gunicorn's settings (bind, workers, …): it is no gunicorn config file; postern migrate reads those and uWSGI ini files",
+            path.display()
+        ));
+    }
+    // Python's last assignment wins.
+    let last = |i: usize, name: &str| !st[i + 1..].iter().any(|s| s.name.as_deref() == Some(name));
+    let line = Line {
+        threads: st.iter().any(|s| s.name.as_deref() == Some("threads")),
+    };
+    let keys: Vec<String> = super::option_keys().into_iter().map(|(k, _)| k).collect();
+    let mut done: Vec<(&Statement, Done)> = Vec::new();
+    for (i, s) in st.iter().enumerate() {
+        let t = s.text.trim_start();
+        let hook = ["def ", "async def "].iter().find_map(|d| {
+            let rest = t.strip_prefix(d)?;
+            rest.split('(').next().map(str::trim)
+        });
+        if let Some(h) = hook {
+            if HOOKS.contains(&h) {
+                done.push((s, Done::Attention(format!(
+                    "gunicorn's server hook {h}(): postern runs none; what it does belongs in the app's module (each worker imports it), an ASGI lifespan startup, or the deploy script"
+                ))));
+            }
+            continue;
+        }
+        let Some(name) = s.name.as_deref() else {
+            continue;
+        };
+        if !last(i, name) {
+            continue;
+        }
+        let Some(set) = SETTINGS.iter().find(|g| g.name == name) else {
+            done.push((
+                s,
+                Done::NotCarried(
+                    "not one of gunicorn's settings (a variable of the file's own)".into(),
+                ),
+            ));
+            continue;
+        };
+        let Some(value) = literal(&s.value) else {
+            done.push((s, Done::Attention(format!(
+                "not a literal value, and migrate does not run the file: work it out and write postern's option here ({})",
+                match says(name, "N", &line) {
+                    Says::Postern(w, _) => w.first().map_or("see docs/migration.md".into(), |k| format!("{} = …", k.trim_start_matches("--"))),
+                    _ => "see docs/migration.md 'From gunicorn'".into(),
+                }
+            ))));
+            continue;
+        };
+        // sendfile = False is --no-sendfile.
+        let on = name != "sendfile";
+        let values: Vec<String> = match (&value, set.value) {
+            (Py::None, _) => {
+                done.push((s, Done::NotCarried("None: gunicorn's default".into())));
+                continue;
+            }
+            (Py::Bool(b), false) if *b == on => vec![String::new()],
+            (Py::Bool(_), false) => {
+                done.push((s, Done::NotCarried("gunicorn's default".into())));
+                continue;
+            }
+            (Py::List(items), true) => items.iter().filter_map(py_text).collect(),
+            (v, true) => py_text(v).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        if values.is_empty() {
+            done.push((
+                s,
+                Done::Attention("a value of another type than gunicorn's for it".into()),
+            ));
+            continue;
+        }
+        let mut kv: Vec<(String, toml::Value)> = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        let mut outcome = None;
+        for v in &values {
+            match says(name, v, &line) {
+                Says::Postern(words, note) => {
+                    for (k, val) in toml_entries(&words, &keys) {
+                        match kv.iter_mut().find(|(have, _)| *have == k) {
+                            Some((_, toml::Value::Array(a))) => {
+                                if let toml::Value::Array(more) = val {
+                                    a.extend(more);
+                                }
+                            }
+                            _ => kv.push((k, val)),
+                        }
+                    }
+                    if let Some(n) = note.filter(|n| !notes.contains(n)) {
+                        notes.push(n);
+                    }
+                }
+                Says::NotNeeded(why) => {
+                    outcome = Some(Done::NotCarried(format!("not needed: {why}")))
+                }
+                Says::Nothing(why) => {
+                    outcome = Some(Done::NotCarried(format!("no equivalent: {why}")))
+                }
+                Says::Cannot(why) => outcome = Some(Done::Attention(why)),
+            }
+        }
+        let outcome = match outcome {
+            Some(o) => o,
+            None if kv.is_empty() => {
+                Done::NotCarried("a command-line switch, not a setting of the file".into())
+            }
+            None => Done::Carried(kv, (!notes.is_empty()).then(|| notes.join("; "))),
+        };
+        done.push((s, outcome));
+    }
+
+    let head = |s: &Statement| {
+        let first = s.text.lines().next().unwrap_or_default();
+        if s.text.contains('\n') {
+            format!("{first} …")
+        } else {
+            first.to_owned()
+        }
+    };
+    let mut out = format!(
+        "# postern configuration from the gunicorn config file {}, written by `postern migrate`\n# (the file was read, not run). Use it with: postern --config postern.toml\n# nginx: gunicorn spoke HTTP to proxy_pass; postern speaks uwsgi: include uwsgi_params;\n# uwsgi_pass (docs/migration.md 'From gunicorn').\n",
+        path.display()
+    );
+    let attention: Vec<_> = done
+        .iter()
+        .filter_map(|(s, d)| match d {
+            Done::Attention(why) => Some((s, why)),
+            _ => None,
+        })
+        .collect();
+    if !attention.is_empty() {
+        out.push_str("#\n# NEEDS ATTENTION:\n");
+        for (s, why) in &attention {
+            wrap(&mut out, &format!("# line {}: {}", s.line, head(s)), "", "");
+            wrap(&mut out, "#  ", "#  ", why);
+        }
+    }
+    out.push('\n');
+    let mut carried = 0;
+    for (s, d) in &done {
+        let Done::Carried(kv, note) = d else { continue };
+        carried += 1;
+        wrap(&mut out, &format!("# line {}: {}", s.line, head(s)), "", "");
+        if let Some(n) = note {
+            wrap(&mut out, "#  ", "#  ", n);
+        }
+        for (k, v) in kv {
+            let _ = writeln!(out, "{k} = {v}");
+        }
+    }
+    let not: Vec<_> = done
+        .iter()
+        .filter_map(|(s, d)| match d {
+            Done::NotCarried(why) => Some((s, why)),
+            _ => None,
+        })
+        .collect();
+    if !not.is_empty() {
+        out.push_str("\n# Not carried over:\n");
+        for (s, why) in &not {
+            wrap(&mut out, &format!("# line {}: {}", s.line, head(s)), "", "");
+            wrap(&mut out, "#  ", "#  ", why);
+        }
+    }
+    let settings = done.len();
+    let summary = format!(
+        "{settings} statements read from {} (not run): {carried} carried over, {} not carried over, {} need attention{}",
+        path.display(),
+        not.len(),
+        attention.len(),
+        if attention.is_empty() { "" } else { " (see NEEDS ATTENTION)" }
+    );
+    Ok(Migrated {
+        toml: out,
+        summary,
+        code: if attention.is_empty() {
+            0
+        } else {
+            EXIT_ATTENTION
+        },
+    })
+}
+
+/// A literal as the text a command-line value would be.
+fn py_text(v: &Py) -> Option<String> {
+    match v {
+        Py::Str(s) => Some(s.clone()),
+        Py::Int(n) => Some(n.to_string()),
+        Py::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+/// postern's command-line words as TOML keys: `--workers 4` is `workers = 4`, a
+/// repeatable option an array, `--env K=V` the `env.K` key, the app `app`. Words that
+/// are no config key (`--check`) are left out.
+fn toml_entries(words: &[String], keys: &[String]) -> Vec<(String, toml::Value)> {
+    const NUMBERS: &[&str] = &[
+        "workers",
+        "threads",
+        "max-requests",
+        "listen-backlog",
+        "max-concurrency",
+        "timeout",
+        "graceful-timeout",
+    ];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        i += 1;
+        let Some(key) = w.strip_prefix("--") else {
+            out.push(("app".to_owned(), toml::Value::String(w.clone())));
+            continue;
+        };
+        let value = words.get(i).filter(|v| !v.starts_with("--")).cloned();
+        if value.is_some() {
+            i += 1;
+        }
+        if !keys.iter().any(|k| k == key) {
+            continue;
+        }
+        let Some(value) = value else {
+            out.push((key.to_owned(), toml::Value::Boolean(true)));
+            continue;
+        };
+        let entry = match key {
+            "uwsgi" | "pythonpath" => toml::Value::Array(vec![toml::Value::String(value)]),
+            "env" => {
+                let (name, v) = value.split_once('=').unwrap_or((&value, ""));
+                let name = if name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    name.to_owned()
+                } else {
+                    toml::Value::String(name.to_owned()).to_string()
+                };
+                out.push((format!("env.{name}"), toml::Value::String(v.to_owned())));
+                continue;
+            }
+            k if NUMBERS.contains(&k) => match (value.parse::<i64>(), value.parse::<f64>()) {
+                (Ok(n), _) => toml::Value::Integer(n),
+                (_, Ok(f)) => toml::Value::Float(f),
+                _ => toml::Value::String(value),
+            },
+            _ => toml::Value::String(value),
+        };
+        out.push((key.to_owned(), entry));
+    }
+    out
+}
+
+/// Appends `text` as comment lines of at most about 90 columns, `first` before the first.
+fn wrap(out: &mut String, first: &str, rest: &str, text: &str) {
+    const WIDTH: usize = 90;
+    let mut line = first.to_owned();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        if line.len() + 1 + word.len() > WIDTH && line.len() > rest.len() {
+            out.push_str(&line);
+            out.push('\n');
+            line = rest.to_owned();
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_read_as_python_reads_them_and_expressions_are_not() {
+        assert_eq!(literal("'a' \"b\""), Some(Py::Str("ab".into())));
+        assert_eq!(literal(r#"r"\d""#), Some(Py::Str(r"\d".into())));
+        assert_eq!(literal("0o007"), Some(Py::Int(7)));
+        assert_eq!(literal("1_000"), Some(Py::Int(1000)));
+        assert_eq!(literal("-2.5"), Some(Py::Float(-2.5)));
+        assert_eq!(literal("True"), Some(Py::Bool(true)));
+        assert_eq!(
+            literal("[\"a\",\n  'b',]"),
+            Some(Py::List(vec![Py::Str("a".into()), Py::Str("b".into())]))
+        );
+        assert_eq!(literal("('x',)"), Some(Py::List(vec![Py::Str("x".into())])));
+        for expr in [
+            "multiprocessing.cpu_count() * 2 + 1",
+            "os.environ['BIND']",
+            "f'{x}'",
+            "2 * 4",
+            "{'a': 1}",
+        ] {
+            assert_eq!(literal(expr), None, "{expr}");
+        }
+    }
+
+    #[test]
+    fn statements_span_brackets_and_skip_indented_bodies() {
+        let st = statements(
+            "import os\nbind = [  # where\n  'a:1',\n  'b:2',\n]\ndef post_fork(s, w):\n    x = 1\nworkers = 2 # two\ntimeout == 3\n",
+        );
+        let names: Vec<_> = st.iter().map(|s| (s.line, s.name.clone())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (1, None),
+                (2, Some("bind".into())),
+                (6, None),
+                (8, Some("workers".into())),
+                (9, None),
+            ]
+        );
+        assert_eq!(st[3].value, "2");
+        assert!(literal(&st[1].value).is_some(), "{}", st[1].value);
+    }
+
+    #[test]
+    fn a_gunicorn_config_is_told_from_an_app_module() {
+        assert!(is_config("bind = '127.0.0.1:8000'\nworkers = 3\n"));
+        assert!(!is_config(
+            "bind = 1\ndef application(environ, start_response):\n    pass\n"
+        ));
+        assert!(!is_config("workers = 3\ntimeout = 30\n"));
+    }
+}
