@@ -412,3 +412,20 @@ fn a_timeout_from_the_config_file_is_switched_off_with_0_or_off() {
     assert_eq!(code, Some(2));
     assert!(err.contains("not a positive number of seconds"), "{err}");
 }
+
+// regression: `--log-file -` (gunicorn's habit for stderr) wrote postern's log to a file
+// named `-` in the working directory.
+#[test]
+fn log_file_dash_is_stderr() {
+    let dir = tempdir();
+    let sock = format!("unix:{}", dir.path().join("a.sock").display());
+    let out = postern()
+        .current_dir(dir.path())
+        .args(["--log-file", "-", "no_such_module_here", "--uwsgi", &sock])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no_such_module_here"), "{err}");
+    assert!(!dir.path().join("-").exists(), "a file named - was written");
+}

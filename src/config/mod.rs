@@ -427,8 +427,8 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log_format: Option<AccessLogFormat>,
 
-    /// Write postern's own log (everything but the access log) to FILE instead of stderr;
-    /// reopened on SIGUSR1.
+    /// Write postern's own log (everything but the access log) to FILE instead of stderr
+    /// (`-`: stderr); reopened on SIGUSR1.
     #[arg(long, value_name = "FILE", env = "POSTERN_LOG_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
@@ -1300,6 +1300,11 @@ impl Config {
         // Relative paths mean "from where postern was started", whatever --chdir says
         // (--pythonpath excepted: it is a sys.path entry, relative to the app's directory).
         let mut o = o;
+        // `-` is stderr, as for --access-log (gunicorn's `--log-file -`).
+        // regression: it wrote postern's log to a file named `-`.
+        if o.log_file.as_deref() == Some(Path::new("-")) {
+            o.log_file = None;
+        }
         for p in [&mut o.pidfile, &mut o.log_file, &mut o.touch_reload]
             .into_iter()
             .flatten()
