@@ -171,7 +171,17 @@ fn a_short_flag_of_both_gunicorn_and_uwsgi_is_read_from_its_value() {
             &["-w", "2", "-t", "30", "app:app"],
             "`-t 30` is gunicorn's: postern says `--timeout 30`; gunicorn's is a worker heartbeat",
         ),
-        (&["-t", "30", "app:app"], "`-t 30` is uWSGI's"),
+        // Alone, or beside options of postern's, it is both: said once, for both.
+        (
+            &["-t", "30", "app:app"],
+            "`-t 30` is gunicorn's and uWSGI's: postern says `--timeout 30`",
+        ),
+        (
+            &["--umask", "007", "app:app"],
+            "`--umask 007` is gunicorn's and uWSGI's: postern has no such option; --socket-mode",
+        ),
+        // Beside another uWSGI option, it is uWSGI's.
+        (&["-t", "30", "--processes", "2", "app:app"], "`-t 30` is uWSGI's"),
         // A typo of postern's own beside a gunicorn option keeps clap's suggestion, and
         // its value left behind is not read as a subcommand.
         (

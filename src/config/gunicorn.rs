@@ -201,7 +201,7 @@ fn says(setting: &str, value: &str, line: &Line) -> Says {
         ),
         "timeout" => Says::Postern(
             words(&["--timeout", value]),
-            Some("gunicorn's is a worker heartbeat, postern's is per request: a request running longer gets its worker's stacks logged, then the worker killed (docs/migration.md 'From gunicorn'); 0 or off: none".into()),
+            Some("gunicorn's is a worker heartbeat, postern's is per request (as uWSGI's harakiri): a request running longer gets its worker's stacks logged, then the worker killed (docs/migration.md 'From gunicorn'); 0 or off: none".into()),
         ),
         "graceful_timeout" => with("--graceful-timeout"),
         "keepalive" => Says::NotNeeded(
@@ -364,6 +364,8 @@ fn worker_class(value: &str, line: &Line) -> Says {
 
 /// One gunicorn option found on the command line.
 struct Found {
+    /// The option as typed (`-w`, `--bind`), as the uWSGI reading names it.
+    flag: String,
     /// As typed, value included (`-w 4`).
     text: String,
     /// The indexes of the words it took.
@@ -446,6 +448,7 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
             .0
             .is_empty();
             found.push(Found {
+                flag: format!("--{name}"),
                 text: text.join(" "),
                 at: words,
                 setting: set.name,
@@ -490,6 +493,7 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
                 i += 1;
             }
             found.push(Found {
+                flag: format!("-{c}"),
                 text: words
                     .iter()
                     .map(|&w| quoted(&args[w]))
@@ -502,9 +506,21 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
             });
         }
     }
-    if !found.iter().any(|f| f.sure) {
-        return None;
+    // Only options both have (`-t 30`, `--umask 007`): gunicorn's and uWSGI's alike when
+    // no other uWSGI option is on the line, else the uWSGI reading's.
+    let both = !found.iter().any(|f| f.sure);
+    if both {
+        let (uwsgi, _) = crate::uwsgi_ini::uwsgi_options(args, &ours);
+        let only_shared = uwsgi.iter().all(|t| found.iter().any(|f| f.flag == t.flag));
+        if found.is_empty() || !only_shared {
+            return None;
+        }
     }
+    let whose = if both {
+        "gunicorn's and uWSGI's"
+    } else {
+        "gunicorn's"
+    };
     let mut said = String::new();
     let mut refused = false;
     let mut out: Vec<Option<Vec<String>>> = args.iter().map(|a| Some(vec![a.clone()])).collect();
@@ -513,7 +529,7 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
         let needs_value = SETTINGS.iter().any(|s| s.name == f.setting && s.value);
         let answer = if needs_value && f.value.is_empty() {
             refused = true;
-            let _ = writeln!(said, "`{}` is gunicorn's and needs a value", f.text);
+            let _ = writeln!(said, "`{}` is {whose} and needs a value", f.text);
             None
         } else {
             Some(says(f.setting, &f.value, &line))
@@ -522,7 +538,7 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
             None => Vec::new(),
             Some(Says::Postern(words, note)) => {
                 let mut text = format!(
-                    "`{}` is gunicorn's: postern says `{}`",
+                    "`{}` is {whose}: postern says `{}`",
                     f.text,
                     words
                         .iter()
@@ -540,7 +556,7 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
             Some(Says::NotNeeded(why)) => {
                 let _ = writeln!(
                     said,
-                    "`{}` is gunicorn's: postern does not need it: {why}",
+                    "`{}` is {whose}: postern does not need it: {why}",
                     f.text
                 );
                 Vec::new()
@@ -548,18 +564,14 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
             Some(Says::Nothing(why)) => {
                 let _ = writeln!(
                     said,
-                    "`{}` is gunicorn's: postern has no such option; {why}",
+                    "`{}` is {whose}: postern has no such option; {why}",
                     f.text
                 );
                 Vec::new()
             }
             Some(Says::Cannot(why)) => {
                 refused = true;
-                let _ = writeln!(
-                    said,
-                    "`{}` is gunicorn's: postern cannot do it; {why}",
-                    f.text
-                );
+                let _ = writeln!(said, "`{}` is {whose}: postern cannot do it; {why}", f.text);
                 Vec::new()
             }
         };
