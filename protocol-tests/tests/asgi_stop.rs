@@ -6,6 +6,7 @@
 //! asyncio's "Task exception was never retrieved" and "Exception in callback" reports
 //! are error lines in `--log-file` (JSON with `--log-format json`), not raw stderr.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -564,4 +565,78 @@ fn a_left_task_raising_system_exit_when_cancelled_does_not_end_the_stop_clean_up
             && !logs.contains("cannot cancel the tasks"),
         "{logs}"
     );
+}
+
+/// Reads FastCGI records from `c` until END_REQUEST for id 1: the CGI status, or
+/// `None` when the connection closed (or was reset) first.
+fn fcgi_status(c: &mut std::net::TcpStream) -> Option<u16> {
+    let mut reply = fcgi::Reply::default();
+    loop {
+        let rec = fcgi::read(c)?;
+        match rec.kind {
+            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
+            fcgi::END_REQUEST => return Some(reply.cgi().0),
+            _ => {}
+        }
+    }
+}
+
+// regression: a request nginx sent on a kept FastCGI connection parked in a worker
+// whose event loop a blocking call held (time.sleep in `async def`) was reset when
+// --timeout killed that worker (nginx: 502), and no line in postern's log named it.
+// The master now begins the worker's stop with the stack dump: it hands its idle kept
+// connections to its replacement, which serves the request.
+#[test]
+fn a_request_on_a_kept_connection_parked_in_a_worker_killed_by_timeout_is_served_by_another() {
+    let dir = tempdir();
+    let blocking = dir.path().join("blocking");
+    let app = AsgiApp::new(&format!(
+        "import os, time\nBLOCKING = {:?}\n",
+        blocking.to_string_lossy()
+    ))
+    .http(
+        r#"
+if scope["path"] == "/block":
+    open(BLOCKING, "w").close()
+    time.sleep(60)
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+await send({"type": "http.response.body", "body": b"ok"})
+"#,
+    );
+    let p = Spawn::asgi_tcp(dir.path(), "blocked_app", &app)
+        .protocol("fastcgi")
+        .args(["--workers", "1", "--master", "--timeout", "2"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c
+    };
+    // A kept connection that served one request: parked in the worker.
+    let mut kept = connect();
+    kept.write_all(&fcgi::get(1, true, "/first")).unwrap();
+    assert_eq!(fcgi_status(&mut kept), Some(200), "{}", p.logs());
+    // Another request blocks the event loop; then the kept connection's next request
+    // comes, which that loop cannot read.
+    let mut blocked = connect();
+    blocked.write_all(&fcgi::get(1, true, "/block")).unwrap();
+    assert!(wait_file(&blocking, 30), "{}", p.logs());
+    kept.write_all(&fcgi::get(1, true, "/next")).unwrap();
+    assert_eq!(
+        fcgi_status(&mut kept),
+        Some(200),
+        "the request on the kept connection was not served\n{}",
+        p.logs()
+    );
+    assert_eq!(fcgi_status(&mut blocked), None, "{}", p.logs());
+    assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
+    let logs = p.logs();
+    let next = logs
+        .lines()
+        .find(|l| l.contains("path=/next"))
+        .unwrap_or_else(|| panic!("/next has no access line\n{logs}"));
+    assert!(next.contains("status=200"), "{logs}");
 }

@@ -96,3 +96,152 @@ fn the_wsgi_threads_run_under_sched_batch_only_when_told() {
         );
     }
 }
+
+/// Reads FastCGI records from `c` until END_REQUEST for id 1: the CGI status, or
+/// `None` when the connection closed (or was reset) first.
+fn fcgi_status(c: &mut std::net::TcpStream) -> Option<u16> {
+    let mut reply = fcgi::Reply::default();
+    loop {
+        let rec = fcgi::read(c)?;
+        match rec.kind {
+            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
+            fcgi::END_REQUEST => return Some(reply.cgi().0),
+            _ => {}
+        }
+    }
+}
+
+// regression: with every Python thread of a worker held by a request past --timeout,
+// a request nginx sent on a kept FastCGI connection parked in that worker was reset at
+// the kill (nginx: 502), and no line in postern's log named it; the same as for an
+// ASGI worker whose event loop is blocked (asgi_stop). The master now begins the
+// worker's stop with the stack dump, and its idle kept connections go to its
+// replacement, which serves the request.
+#[test]
+fn a_request_on_a_kept_connection_parked_in_a_worker_killed_by_timeout_is_served_by_another() {
+    use std::io::Write;
+    let dir = tempdir();
+    let blocking = dir.path().join("blocking");
+    let app = dir.path().join("blocking_app.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import time\nBLOCKING = {:?}\ndef application(environ, start_response):\n    if environ['REQUEST_URI'] == '/block':\n        open(BLOCKING, 'w').close()\n        time.sleep(60)\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            blocking.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .protocol("fastcgi")
+        .args([
+            "--workers",
+            "1",
+            "--master",
+            "--threads",
+            "1",
+            "--timeout",
+            "2",
+        ])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        c
+    };
+    // A kept connection that served one request: parked in the worker.
+    let mut kept = connect();
+    kept.write_all(&fcgi::get(1, true, "/first")).unwrap();
+    assert_eq!(fcgi_status(&mut kept), Some(200), "{}", p.logs());
+    // The one Python thread is held; then the kept connection's next request comes.
+    let mut blocked = connect();
+    blocked.write_all(&fcgi::get(1, true, "/block")).unwrap();
+    assert!(wait_file(&blocking, 30), "{}", p.logs());
+    kept.write_all(&fcgi::get(1, true, "/next")).unwrap();
+    assert_eq!(
+        fcgi_status(&mut kept),
+        Some(200),
+        "the request on the kept connection was not served\n{}",
+        p.logs()
+    );
+    assert_eq!(fcgi_status(&mut blocked), None, "{}", p.logs());
+}
+
+// regression: a request read whole while every Python thread was held, and so never
+// started, died without a word when --timeout killed its worker: the master named
+// only the requests running. It now counts those too.
+#[test]
+fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_counted_in_the_log() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let blocking = dir.path().join("blocking");
+    let app = dir.path().join("blocking_app.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import time\nBLOCKING = {:?}\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/block':\n        open(BLOCKING, 'w').close()\n        time.sleep(60)\n    environ['wsgi.input'].read()\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            blocking.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "1",
+            "--master",
+            "--threads",
+            "1",
+            "--timeout",
+            "2",
+        ])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        c
+    };
+    let get = |path: &str| {
+        uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", path),
+            ("QUERY_STRING", ""),
+        ])
+    };
+    // A: a POST whose body comes in two parts: its first part takes it to the slow
+    // lane. B, behind it in the listen queue, answered: A was accepted.
+    let mut a = connect();
+    let mut head = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/upload"),
+        ("QUERY_STRING", ""),
+        ("CONTENT_LENGTH", "10"),
+    ]);
+    head.extend_from_slice(b"12345");
+    a.write_all(&head).unwrap();
+    assert!(
+        String::from_utf8_lossy(&raw(&p.addr, &get("/b"))).contains("200"),
+        "{}",
+        p.logs()
+    );
+    // The one Python thread is held; then A's body is whole, and A waits for it.
+    let mut blocked = connect();
+    blocked.write_all(&get("/block")).unwrap();
+    assert!(wait_file(&blocking, 30), "{}", p.logs());
+    a.write_all(b"67890").unwrap();
+    let mut out = Vec::new();
+    let _ = a.read_to_end(&mut out);
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        p.wait_log("requests cut off: its worker is killed for another request's --timeout before it started them", 10),
+        "{}",
+        p.logs()
+    );
+    assert!(p.logs().contains("waiting=1"), "{}", p.logs());
+}

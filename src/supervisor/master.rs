@@ -147,7 +147,8 @@ impl Worker {
     /// The end of a --timeout dump: SIGKILL, unless the request that passed the limit
     /// ended meanwhile (it finished within the 500 ms of the dump). Then killing would
     /// only cut off the worker's other requests (an ASGI worker may hold hundreds): it
-    /// drains instead (SIGTERM), and its replacement is already on its way.
+    /// drains instead (its SIGTERM came with the dump), and its replacement is already
+    /// on its way.
     fn kill_or_spare(&mut self, board: &Scoreboard) {
         let still_running = self.condemned_for.is_none_or(|(t, since)| {
             board.line(self.slot, t).since.load(Ordering::Acquire) == since
@@ -169,6 +170,16 @@ impl Worker {
                     request_id = %line.request_id(),
                     ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
                     "request cut off: its worker is killed for another request's --timeout"
+                );
+            }
+            // What it had read whole and not started (published by its stop, which
+            // began with the dump) dies too: counted, since the master cannot name them.
+            let waiting = board.waiting(self.slot);
+            if waiting > 0 {
+                tracing::warn!(
+                    pid = raw(self.pid),
+                    waiting,
+                    "requests cut off: its worker is killed for another request's --timeout before it started them (they had come whole and waited for the app; their front server gets an error)"
                 );
             }
             signal(self.pid, Signal::KILL);
@@ -829,6 +840,17 @@ impl Master {
                         w.phase.condemn(kill_at);
                         w.condemned_for = Some((t, since));
                         self.board.mark_draining(w.slot, Cause::Timeout);
+                        // Its stop begins now, while the stacks are dumped: it takes no
+                        // more, and hands its idle kept FastCGI connections and the new
+                        // connections that sent nothing yet to the workers that serve
+                        // on (its replacement is on its way), so the requests a front
+                        // server sends on them meanwhile are served there, not reset by
+                        // the kill. (An ASGI loop blocked by the request does not stop
+                        // this: the stop runs on the worker's I/O thread.)
+                        // regression: a request nginx sent on a kept connection parked
+                        // in a worker whose event loop a time.sleep() blocked got a
+                        // 502 at the kill, and no line in postern's log named it.
+                        w.term();
                         due = earliest(due, Some(kill_at));
                         break;
                     }
