@@ -276,12 +276,37 @@ fn a_gunicorn_config_file_given_as_the_app_or_to_config_is_named() {
     );
     assert!(!err.contains("TOML parse error"), "{err}");
 
+    // Beside a gunicorn option, no command is suggested with that --config.
+    let (code, err) = run(&["--config", conf, "-w", "4", "app:app"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`-w 4` is gunicorn's"), "{err}");
+    assert!(err.contains("this is a gunicorn config file"), "{err}");
+    assert!(!err.contains("the same with postern"), "{err}");
+
     // Without the .py name: what it assigns tells.
     let plain = dir.path().join("gunicorn.conf");
     std::fs::write(&plain, "bind = \"127.0.0.1:8000\"\nworkers = 3\n").unwrap();
     let (code, err) = run(&["--config", plain.to_str().unwrap(), "app:app"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("this is a gunicorn config file"), "{err}");
+
+    // A TOML file with a gunicorn name or two: a hint for each key.
+    let toml = dir.path().join("postern.toml");
+    std::fs::write(
+        &toml,
+        "workers = 2\naccesslog = \"-\"\nbind = \"127.0.0.1:8000\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(&["--config", toml.to_str().unwrap(), "app:app"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("accesslog (gunicorn's accesslog: postern's key is access-log)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bind (gunicorn's bind: postern's key is uwsgi)"),
+        "{err}"
+    );
 }
 
 #[test]

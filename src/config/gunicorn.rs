@@ -642,7 +642,18 @@ pub fn rest(reading: &Reading) -> String {
             || cli.ini.is_some()
             || std::env::var_os("POSTERN_APP").is_some()
     });
-    if !reading.refused && !unknown && runs.is_some() {
+    // A --config file that is gunicorn's would stop that command too.
+    let config_said = runs.as_ref().and_then(|cli| {
+        let path = cli.config.as_deref()?;
+        not_toml(path, &std::fs::read_to_string(path).ok()?)
+    });
+    if let (Some(said), Some(path)) = (
+        &config_said,
+        runs.as_ref().and_then(|c| c.config.as_deref()),
+    ) {
+        let _ = writeln!(out, "--config {}: {said}", path.display());
+    }
+    if !reading.refused && !unknown && runs.is_some() && config_said.is_none() {
         let line: Vec<String> = std::iter::once("postern".to_owned())
             .chain(reading.args.iter().skip(1).map(|a| quoted(a)))
             .collect();
@@ -820,13 +831,56 @@ pub fn is_config(text: &str) -> bool {
 
 /// What to say when `--config` is given a Python file (`text`, named `path`): a
 /// gunicorn config file, or another `.py`.
+/// A file that reads as TOML and is not named for gunicorn gets a hint per key instead
+/// ([`config_key_hint`]).
 pub fn not_toml(path: &Path, text: &str) -> Option<String> {
-    if is_config(text) {
+    let py = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("py"));
+    let named = path.file_name().is_some_and(|n| {
+        n.to_string_lossy()
+            .to_ascii_lowercase()
+            .contains("gunicorn")
+    });
+    let toml = toml::from_str::<toml::Table>(text).is_ok();
+    if is_config(text) && (py || named || !toml) {
         return Some(config_message(path));
     }
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("py"))
-        .then(|| "this is a Python file; postern's config file is TOML (the long options' names as keys; `postern --print-config` prints one), and the app is postern's APP argument".into())
+    py.then(|| "this is a Python file; postern's config file is TOML (the long options' names as keys; `postern --print-config` prints one), and the app is postern's APP argument".into())
+}
+
+/// What postern calls gunicorn's setting `name` (with `value`), in a few words for a
+/// `--config` key it does not know (`accesslog`: "gunicorn's accesslog: postern's key is
+/// access-log"); `None` when it is none of gunicorn's.
+pub fn config_key_hint(name: &str, value: &str) -> Option<String> {
+    SETTINGS.iter().find(|s| s.name == name)?;
+    let keys: Vec<String> = super::option_keys().into_iter().map(|(k, _)| k).collect();
+    Some(match says(name, value, &Line::default()) {
+        Says::Postern(words, _) => {
+            let mut named: Vec<String> = toml_entries(&words, &keys)
+                .into_iter()
+                .map(|(k, _)| {
+                    if k.starts_with("env.") {
+                        "[env]".into()
+                    } else {
+                        k
+                    }
+                })
+                .collect();
+            named.dedup();
+            if named.is_empty() {
+                return None;
+            }
+            format!(
+                "gunicorn's {name}: postern's key is {}",
+                named.join(" and ")
+            )
+        }
+        Says::NotNeeded(_) => format!("gunicorn's {name}: postern does not need it"),
+        Says::Nothing(_) | Says::Cannot(_) => {
+            format!("gunicorn's {name}: postern has none, see docs/migration.md 'From gunicorn'")
+        }
+    })
 }
 
 /// What to say when a gunicorn config file is given where postern's TOML is expected.

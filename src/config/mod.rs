@@ -976,7 +976,9 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
             };
             if known.contains(&dashed) {
                 format!("{k} (did you mean {dashed}?)")
-            } else if let Some(hint) = crate::uwsgi_ini::config_key_hint(k, &value) {
+            } else if let Some(hint) = crate::uwsgi_ini::config_key_hint(k, &value)
+                .or_else(|| gunicorn::config_key_hint(k, &value))
+            {
                 format!("{k} ({hint})")
             } else {
                 k.clone()
