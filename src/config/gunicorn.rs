@@ -935,7 +935,7 @@ enum Py {
 fn literal(text: &str) -> Option<Py> {
     let chars: Vec<char> = text.trim().chars().collect();
     let mut at = 0;
-    let v = parse_py(&chars, &mut at)?;
+    let v = parse_py(&chars, &mut at, 0)?;
     skip_space(&chars, &mut at);
     (at == chars.len()).then_some(v)
 }
@@ -946,7 +946,13 @@ fn skip_space(c: &[char], at: &mut usize) {
     }
 }
 
-fn parse_py(c: &[char], at: &mut usize) -> Option<Py> {
+/// Lists nested deeper than this are not read (a settings value is one level deep).
+const MAX_DEPTH: usize = 16;
+
+fn parse_py(c: &[char], at: &mut usize, depth: usize) -> Option<Py> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
     skip_space(c, at);
     let first = *c.get(*at)?;
     match first {
@@ -960,7 +966,7 @@ fn parse_py(c: &[char], at: &mut usize) -> Option<Py> {
                     *at += 1;
                     return Some(Py::List(items));
                 }
-                items.push(parse_py(c, at)?);
+                items.push(parse_py(c, at, depth + 1)?);
                 skip_space(c, at);
                 match c.get(*at) {
                     Some(',') => *at += 1,
@@ -1409,6 +1415,8 @@ mod tests {
             Some(Py::List(vec![Py::Str("a".into()), Py::Str("b".into())]))
         );
         assert_eq!(literal("('x',)"), Some(Py::List(vec![Py::Str("x".into())])));
+        // regression: a file of nested brackets recursed without bound.
+        assert_eq!(literal(&"[".repeat(100_000)), None);
         for expr in [
             "multiprocessing.cpu_count() * 2 + 1",
             "os.environ['BIND']",
