@@ -188,6 +188,11 @@ fn a_short_flag_of_both_gunicorn_and_uwsgi_is_read_from_its_value() {
             &["-w", "4", "--workrs", "2", "app:app"],
             "`--workrs` is neither postern's option nor a gunicorn option postern knows; a similar option exists: `--workers`\npostern: postern's options",
         ),
+        // --help beside it is postern's, not an error (no help text in the message).
+        (
+            &["-w", "4", "--help"],
+            "`-w 4` is gunicorn's: postern says `--workers 4`\npostern: postern's options",
+        ),
         // Mixed: each in its own words, and the line in postern's.
         (
             &["--socket", "/run/a.sock", "-w", "4", "app:app"],

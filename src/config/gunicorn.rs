@@ -622,6 +622,8 @@ pub fn rest(reading: &Reading) -> String {
                 };
                 args.remove(n);
             }
+            // `--help` beside a gunicorn option: nothing to add.
+            Err(e) if !e.use_stderr() => break,
             Err(e) => {
                 // A value postern refuses (`--workers x`): clap's own sentence, unless an
                 // unknown option was taken out (its value is left behind, misread).
