@@ -1569,3 +1569,51 @@ fn sigusr2_to_the_master_is_answered_with_a_warning_and_serving_goes_on() {
     let status = p.wait_exit(15).expect("it exits");
     assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
 }
+
+// regression: a SIGUSR2 to the whole process group (`systemctl kill -s USR2`, gunicorn's
+// upgrade habit) took its default action in the --stats helper and in a worker still
+// importing the app: both died, and during the first start postern stopped with "the
+// first workers failed to start". Children now absorb it until a worker's stack-dump
+// handler takes it over.
+#[test]
+fn a_group_sigusr2_during_the_first_start_kills_no_process() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let mark = dir.path().join("importing");
+    let path = dir.path().join("slowimport.py");
+    std::fs::write(
+        &path,
+        format!("import time\nopen({:?}, 'w').close()\ntime.sleep(1.5)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n", mark.to_string_lossy()),
+    )
+    .unwrap();
+    let stats = format!("127.0.0.1:{}", free_port());
+    let spawn = Spawn::unix(dir.path(), &path.to_string_lossy()).args([
+        "--workers",
+        "2",
+        "--stats",
+        &stats,
+    ]);
+    let mut cmd = spawn.command();
+    cmd.process_group(0);
+    let mut p = Postern::spawn(cmd, spawn.addr().clone(), dir.path(), None);
+    assert!(wait_file(&mark, 20), "{}", p.logs());
+    let mut before = Vec::new();
+    assert!(wait_until(10, || {
+        before = children(p.pid());
+        before.len() == 3
+    }));
+    // SAFETY: kill(2) on the process group of the postern this test started.
+    unsafe { libc::kill(-p.pid(), libc::SIGUSR2) };
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    assert_eq!(children(p.pid()), before, "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    // Serving, the same signal dumps each worker's stacks and stops nothing.
+    // SAFETY: as above.
+    unsafe { libc::kill(-p.pid(), libc::SIGUSR2) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(children(p.pid()), before, "{}", p.logs());
+    assert!(!p.logs().contains("died unexpectedly"), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15).expect("it exits");
+    assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
+}

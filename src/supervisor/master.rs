@@ -1476,6 +1476,15 @@ impl Master {
         if !worker {
             signals::ignore(libc::SIGQUIT);
         }
+        // SIGUSR2 (a worker's stack dump, once it has installed its handler): a
+        // group-wide one (`systemctl kill -s USR2`, gunicorn's upgrade habit) reaches
+        // every process. regression: its default action killed the stats helper and a
+        // worker still importing, which stopped a first start.
+        if worker {
+            signals::absorb(libc::SIGUSR2);
+        } else {
+            signals::ignore(libc::SIGUSR2);
+        }
         if worker {
             // A worker counts a SIGTERM from now on and acts on it once it serves
             // (crate::stop): stopped while it boots, it must still serve the listen

@@ -113,6 +113,23 @@ pub fn ignore(signal: i32) {
     }
 }
 
+/// Sets a handler that does nothing for `signal` (in a child the master has just
+/// forked, before any other thread exists): unlike SIG_IGN, it does not pass on to
+/// the programs the process execs, and a later handler (a worker's stack dump on
+/// SIGUSR2) replaces it.
+pub fn absorb(signal: i32) {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: a valid signal number and a handler that touches nothing; the struct is
+    // zeroed (empty mask, no flags but SA_RESTART) before use.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
+}
+
 /// The conventional name of a signal number (`SIGKILL`), for logs.
 pub fn name(signal: i32) -> String {
     let known = match signal {
