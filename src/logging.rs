@@ -815,6 +815,11 @@ impl RequestId {
         }
     }
 
+    /// The id's bytes (ASCII), without `as_str`'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII goes in (checked in `sent`, hex in `generate`).
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("-")
@@ -1523,6 +1528,7 @@ mod tests {
             "0f9e8d7c6b5a49382716f5e4d3c2b1a0",
         )]));
         assert_eq!(id.as_str(), "0f9e8d7c6b5a49382716f5e4d3c2b1a0");
+        assert_eq!(id.as_bytes(), id.as_str().as_bytes());
         assert!(!id.generated());
         for uuid_like in ["123e4567-e89b-12d3-a456-426614174000", "Root=1-abc;", "a"] {
             let sent = RequestId::sent(uuid_like.as_bytes());
@@ -1550,6 +1556,7 @@ mod tests {
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a.as_str(), b.as_str());
         assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
+        assert_eq!(a.as_bytes(), a.as_str().as_bytes());
     }
 
     #[test]

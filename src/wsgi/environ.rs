@@ -377,7 +377,7 @@ pub fn build<'py>(
     }
     env.set_item(
         intern!(py, "postern.request_id"),
-        latin1(py, request_id.as_str().as_bytes()),
+        latin1(py, request_id.as_bytes()),
     )?;
     Ok(Built {
         environ: env,
