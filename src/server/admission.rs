@@ -597,9 +597,17 @@ impl Admission {
         }
     }
 
-    /// Whether the worker has taken its last request (and recycles).
+    /// Whether the worker has taken its last request (and recycles). Not when its
+    /// monitor has no limit left to reach since (a worker the master holds past
+    /// `--max-requests`, as the one that would replace it fails to start, serves on).
+    /// regression: a hold that came as the last place was taken left this true: the
+    /// held worker refused the FastCGI connections other workers handed over.
     pub fn limit_taken(&self) -> bool {
         self.told.load(Ordering::Acquire)
+            && self
+                .monitor
+                .get()
+                .is_none_or(|m| m.requests_left().is_some())
     }
 
     /// [`Admission::sync`] under the lock.
@@ -928,13 +936,15 @@ mod tests {
     struct Left {
         left: AtomicUsize,
         told: AtomicUsize,
+        /// Held past its limit by the master: no limit.
+        held: std::sync::atomic::AtomicBool,
     }
 
     impl Monitor for Left {
         fn begin(&self, _: usize, _: &crate::codec::Head, _: crate::codec::Protocol) {}
         fn end(&self, _: usize, _: Option<&crate::wsgi::Served>) {}
         fn requests_left(&self) -> Option<u64> {
-            Some(self.left.load(Ordering::Acquire) as u64)
+            (!self.held.load(Ordering::Acquire)).then(|| self.left.load(Ordering::Acquire) as u64)
         }
         fn limit_taken(&self) {
             self.told.fetch_add(1, Ordering::AcqRel);
@@ -1007,6 +1017,24 @@ mod tests {
         assert_eq!(two.reserve(), Reserve::Full);
         assert!(!a.room() && !armed(&ep));
         assert!(a.limit_taken());
+    }
+
+    // regression: review1 finding 6: the master's hold (its replacements fail to
+    // start) that came as the worker took its last place left `limit_taken` true:
+    // the held worker, serving on, refused handed-over FastCGI connections.
+    #[test]
+    fn a_worker_held_past_its_limit_has_not_taken_its_last_request() {
+        let (a, _ep, _client) = setup(100);
+        let m = Arc::new(Left::default());
+        m.left.store(1, Ordering::Release);
+        a.limit_by(Arc::clone(&m) as Arc<dyn Monitor>);
+        let one = a.admit();
+        one.begin();
+        assert!(a.limit_taken());
+        m.held.store(true, Ordering::Release);
+        assert!(!a.limit_taken(), "held: it serves on");
+        one.served();
+        assert!(a.room());
     }
 
     // regression: the room was checked against the requests ended (and left), but
