@@ -20,7 +20,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::phase::{self, Departed, Fleet, Phase, Verdict};
-use super::scoreboard::{self, Scoreboard};
+use super::scoreboard::{self, Hold, Scoreboard};
 use super::signals::{self, SigSet, SignalFd};
 use super::touch::TouchReload;
 use super::{notify, report, worker, Options, Stats, SupervisorError, WorkerContext, MAX_SLOTS};
@@ -892,13 +892,30 @@ impl Master {
     /// left at its limit while its successor failed to import: nothing served, and 10
     /// failed starts later the master stopped ("workers keep dying right after they
     /// start"), where a worker with no limit would have served on.
+    ///
+    /// While a reload is under way, its new workers are the old ones' successors: the
+    /// old generation's serving workers are held too, until the reload completes
+    /// (`complete_generation` drains them) or fails (the rollback finds them serving,
+    /// and they stay held while the starts fail).
+    /// regression: an old worker that reached --max-requests during a reload left
+    /// with no successor (the reload's workers, still importing, counted as live):
+    /// when the new code then failed to import, nothing served, the failure was no
+    /// rollback, and 10 failed starts later the master stopped.
     fn hold_while_starts_fail(&mut self) {
-        if self.boot_failures == 0 {
+        let reloading = self.reloading();
+        if self.boot_failures == 0 && !reloading {
             return;
         }
         let mut held = Vec::new();
         for w in self.workers.iter().filter(|w| self.serves_queue(w)) {
-            if self.board.hold(w.slot) {
+            let why = if self.boot_failures > 0 {
+                Hold::StartsFailed
+            } else if w.generation < self.generation {
+                Hold::Reload
+            } else {
+                continue;
+            };
+            if self.board.hold(w.slot, why) {
                 held.push(raw(w.pid));
             }
         }
@@ -908,7 +925,8 @@ impl Master {
             tracing::debug!(
                 pids = ?held,
                 failures = self.boot_failures,
-                "workers fail to start: the ones serving are held past their recycling limits until a successor is ready"
+                reloading,
+                "workers held past their recycling limits until a successor (or the reload's new workers) is ready"
             );
         }
     }

@@ -212,14 +212,25 @@ pub struct SlotHead {
     /// Requests the worker accepted whole that wait for a Python thread, as it last
     /// published them during its stop ([`crate::wsgi::Monitor::waiting`]).
     waiting: AtomicU32,
-    /// 1: the master holds this worker past its recycling limits (`--max-requests`,
-    /// `--max-rss` below its hard limit) because the workers that would replace it fail
-    /// to start ([`Scoreboard::hold`]); it leaves once a successor serves. Written by
-    /// the master, never cleared before the slot is reset.
+    /// 0, or the [`Hold`] for which the master holds this worker past its recycling
+    /// limits (`--max-requests`, `--max-rss` below its hard limit): it leaves once a
+    /// successor serves, or a reload drains it ([`Scoreboard::hold`]). Written by the
+    /// master, never cleared before the slot is reset.
     held: AtomicU32,
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
+}
+
+/// Why the master holds a worker past its recycling limits ([`Scoreboard::hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Hold {
+    /// Workers started to replace others failed to start (code broken on disk, an
+    /// import past `--worker-start-timeout`).
+    StartsFailed = 1,
+    /// A reload is under way: its new workers, still starting, are the successors.
+    Reload = 2,
 }
 
 /// One Python thread (WSGI), or one of the oldest tasks in flight (ASGI).
@@ -545,16 +556,21 @@ impl Scoreboard {
                 .is_ok()
     }
 
-    /// The master holds the worker in `slot` past its recycling limits: its
-    /// replacements fail to start, and it serves on until a successor is ready (then
-    /// the master tells it to leave). True the first time.
-    pub fn hold(&self, slot: usize) -> bool {
-        self.head(slot).held.swap(1, Ordering::SeqCst) == 0
+    /// The master holds the worker in `slot` past its recycling limits, for `why`: it
+    /// serves on until a successor is ready or a reload's new workers are (then the
+    /// master tells it to leave). A later reason replaces an earlier one (a reload
+    /// that fails: its starts failed). True the first time.
+    pub fn hold(&self, slot: usize, why: Hold) -> bool {
+        self.head(slot).held.swap(why as u32, Ordering::SeqCst) == 0
     }
 
-    /// Whether the master holds the worker in `slot` ([`Scoreboard::hold`]).
-    pub fn held(&self, slot: usize) -> bool {
-        self.head(slot).held.load(Ordering::SeqCst) == 1
+    /// Why the master holds the worker in `slot`, if it does ([`Scoreboard::hold`]).
+    pub fn held(&self, slot: usize) -> Option<Hold> {
+        match self.head(slot).held.load(Ordering::SeqCst) {
+            1 => Some(Hold::StartsFailed),
+            2 => Some(Hold::Reload),
+            _ => None,
+        }
     }
 
     /// The worker in `slot` has `n` requests accepted whole waiting for a thread (called

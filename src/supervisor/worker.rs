@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::Pid;
 
-use super::scoreboard::Scoreboard;
+use super::scoreboard::{Hold, Scoreboard};
 use super::WorkerContext;
 use crate::stats::Cause;
 
@@ -369,8 +369,9 @@ impl WorkerMonitor {
 
     /// Asks the master, once, to start this worker's successor now (`why` says what
     /// limit is near or passed): the worker serves on, and leaves (SIGTERM, the
-    /// master's mark) once the successor serves, or `--worker-start-timeout` later at
-    /// the latest. Without a master to ask, it recycles now.
+    /// master's mark) once the successor serves, or a reload's new workers are ready.
+    /// A successor that fails to start is started again meanwhile. Without a master
+    /// to ask, it recycles now.
     fn want_successor(&self, cause: Cause, why: &str) {
         if self.successor_asked.swap(true, Ordering::SeqCst) {
             return;
@@ -575,9 +576,9 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn requests_left(&self) -> Option<u64> {
-        if self.board.held(self.slot) {
-            // Held past the limit while its replacements fail (`Scoreboard::hold`):
-            // it accepts as a worker with no limit does.
+        if self.board.held(self.slot).is_some() {
+            // Held past the limit (`Scoreboard::hold`): it accepts as a worker with no
+            // limit does.
             return None;
         }
         let served = self.board.head(self.slot).requests.load(Ordering::SeqCst);
@@ -589,7 +590,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn limit_taken(&self) {
-        if self.board.held(self.slot) {
+        if self.board.held(self.slot).is_some() {
             return;
         }
         if let Some(max) = self.max_requests {
@@ -637,14 +638,22 @@ impl WorkerMonitor {
         let head = self.board.head(self.slot);
         let served = head.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(max) = self.max_requests {
-            if served >= max && self.board.held(self.slot) {
-                // Its replacements fail to start: it serves on, and leaves once its
-                // successor is ready (the master tells it then).
+            let held = self.board.held(self.slot).filter(|_| served >= max);
+            if let Some(why) = held {
+                // It serves on, and leaves once its successor is ready, or the
+                // reload's new workers are (the master tells it then).
                 if served == max {
-                    tracing::warn!(
-                        pid = std::process::id(),
-                        "served {max} requests (--max-requests), but the workers that would replace it fail to start: it serves on past its limit until one is ready"
-                    );
+                    let pid = std::process::id();
+                    match why {
+                        Hold::StartsFailed => tracing::warn!(
+                            pid,
+                            "served {max} requests (--max-requests), but workers started to replace others failed to start: it serves on past its limit until its successor is ready"
+                        ),
+                        Hold::Reload => tracing::warn!(
+                            pid,
+                            "served {max} requests (--max-requests) during a reload: it serves on past its limit until the new workers are ready"
+                        ),
+                    }
                 }
                 self.want_successor(Cause::MaxRequests, "past its --max-requests limit");
             } else if served >= max {
