@@ -1116,6 +1116,47 @@ fn max_lifetime_replaces_workers() {
     assert_eq!(p.get("/").0, 200);
 }
 
+// regression: review1 finding 2: a worker past --max-lifetime waits for its
+// successor; SIGTTOU during the successors' import took one of them, and the worker
+// waiting for it was never relieved: one worker more than --workers for good (each
+// one then lived about twice --max-lifetime).
+#[test]
+fn sigttou_during_a_recycle_brings_the_fleet_back_to_the_target() {
+    let dir = tempdir();
+    let app = dir.path().join("gated.py");
+    std::fs::write(
+        &app,
+        "import os, time\n\nhere = os.path.dirname(__file__)\nif os.path.exists(os.path.join(here, 'hold')):\n    while not os.path.exists(os.path.join(here, 'gate')):\n        time.sleep(0.01)\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--max-lifetime", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    // The successors' import waits for the gate.
+    std::fs::write(dir.path().join("hold"), "").unwrap();
+    assert!(
+        p.wait_log_count("cause=\"max-lifetime\"", 2, 20),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTTOU);
+    assert!(p.wait_log("SIGTTOU: one worker less", 10), "{}", p.logs());
+    std::fs::write(dir.path().join("gate"), "").unwrap();
+    assert!(
+        wait_until(20, || children(p.pid()).len() == 1),
+        "{:?}\n{}",
+        children(p.pid()),
+        p.logs()
+    );
+    assert!(
+        p.logs().contains("more workers serve than --workers"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/").0, 200);
+}
+
 #[test]
 fn supervisor_options_imply_a_master() {
     let dir = tempdir();

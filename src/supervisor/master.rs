@@ -333,6 +333,7 @@ pub fn run(
         let mut due = m.watch();
         m.reap()?;
         m.hold_while_starts_fail();
+        m.relieve_surplus();
         due = earliest(due, m.fill(&worker)?);
         due = earliest(due, m.keep_stats()?);
         due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
@@ -928,6 +929,38 @@ impl Master {
                 reloading,
                 "workers held past their recycling limits until a successor (or the reload's new workers) is ready"
             );
+        }
+    }
+
+    /// More workers of the serving generation serve the queue than `--workers`: the
+    /// ones waiting for their successor leave (the longest waiting first), down to
+    /// `--workers`. A successor's ready byte does this for one worker (`relieve`); this
+    /// catches an outgoing worker whose successor will never come (SIGTTOU took it
+    /// while it started), which nothing else relieves.
+    /// regression: after a SIGTTOU during a recycle, one outgoing worker served on for
+    /// good: one worker more than --workers, each living twice --max-lifetime.
+    fn relieve_surplus(&mut self) {
+        loop {
+            let candidates = self.workers.iter().map(|w| Candidate {
+                serving: w.generation == self.generation && self.serves_queue(w),
+                outgoing: w.outgoing.map(|(_, asked)| asked),
+            });
+            let Some(i) = relieved(candidates, self.target) else {
+                return;
+            };
+            let target = self.target;
+            let w = &mut self.workers[i];
+            let Some((cause, asked)) = w.outgoing else {
+                return;
+            };
+            tracing::info!(
+                pid = raw(w.pid),
+                cause = cause.label(),
+                waited_ms = asked.elapsed().as_millis() as u64,
+                workers = target,
+                "more workers serve than --workers without this one, which waits for its successor: it stops accepting, finishes its requests and exits"
+            );
+            w.drain(&self.board, cause);
         }
     }
 

@@ -369,9 +369,10 @@ impl WorkerMonitor {
 
     /// Asks the master, once, to start this worker's successor now (`why` says what
     /// limit is near or passed): the worker serves on, and leaves (SIGTERM, the
-    /// master's mark) once the successor serves, or a reload's new workers are ready.
-    /// A successor that fails to start is started again meanwhile. Without a master
-    /// to ask, it recycles now.
+    /// master's mark) once the successor serves, or once more workers than `--workers`
+    /// serve without it (SIGTTOU took its successor), or a reload's new workers are
+    /// ready. A successor that fails to start is started again meanwhile. Without a
+    /// master to ask, it recycles now.
     fn want_successor(&self, cause: Cause, why: &str) {
         if self.successor_asked.swap(true, Ordering::SeqCst) {
             return;
