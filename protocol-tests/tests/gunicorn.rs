@@ -314,6 +314,47 @@ fn a_gunicorn_config_file_given_as_the_app_or_to_config_is_named() {
     );
 }
 
+// regression (review2 HIGH, f5cc0ab): an app file that imports its app and sets a
+// name gunicorn also uses (`loglevel`, `bind`) was refused at start as "a gunicorn
+// config file", so a working deployment stopped.
+#[test]
+fn an_app_file_that_imports_its_app_and_sets_a_gunicorn_name_is_served() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("main.py"),
+        "def app(e, s):\n    s('200 OK', []); return [b'ok']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("wsgi.py"),
+        "import logging\nloglevel = logging.INFO\nlogging.basicConfig(level=loglevel)\nfrom main import app\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("wsgi3.py"),
+        "from main import app as application\nbind = None  # unused\nuser = 'me'\n",
+    )
+    .unwrap();
+    for file in ["wsgi.py", "wsgi3.py"] {
+        let app = dir.path().join(file);
+        let (code, err) = run(&[app.to_str().unwrap(), "--check"]);
+        assert_eq!(code, Some(0), "{file}: {err}");
+        let p = Spawn::unix(dir.path(), app.to_str().unwrap()).start();
+        let (status, body) = p.get("/");
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{file}");
+    }
+    // A file that only looks like one (loglevel, no bind) is imported, and the "no
+    // callable" error carries the hint.
+    let weak = dir.path().join("settings.py");
+    std::fs::write(&weak, "loglevel = 'info'\nuser = 'www-data'\n").unwrap();
+    let sock = format!("unix:{}", dir.path().join("w.sock").display());
+    let (code, err) = run(&[weak.to_str().unwrap(), "--uwsgi", &sock]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("if "), "{err}");
+    assert!(err.contains("is a gunicorn config file"), "{err}");
+    assert!(err.contains("postern migrate"), "{err}");
+}
+
 #[test]
 fn migrate_reads_a_gunicorn_config_without_running_it() {
     let dir = tempdir();

@@ -813,22 +813,89 @@ fn statement(line: usize, text: String) -> Statement {
 }
 
 /// Whether `text` is a gunicorn config file: it assigns one of gunicorn's settings
-/// postern has no key for (`bind`, `worker_class`, …) at its top level and defines no
-/// app (`application`, `app`).
+/// postern has no key for (`bind`, `worker_class`, …) at its top level and names no
+/// app (`application`, `app`) anywhere in its code: an app file that imports its app
+/// (`from main import app`) or annotates it (`app: Flask = …`) names it too.
 pub fn is_config(text: &str) -> bool {
     let st = statements(text);
     let marked = st
         .iter()
         .any(|s| s.name.as_deref().is_some_and(|n| MARKS.contains(&n)));
-    let app = st.iter().any(|s| {
-        let t = s.text.as_str();
-        matches!(s.name.as_deref(), Some("application" | "app"))
-            || t.starts_with("def application(")
-            || t.starts_with("def app(")
-            || t.starts_with("async def app(")
-            || t.starts_with("async def application(")
+    marked && !names_an_app(text)
+}
+
+/// Whether the code of `text` (outside strings and comments) uses the name `app` or
+/// `application`, or imports `*` (which may bring either).
+fn names_an_app(text: &str) -> bool {
+    let c: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    let mut prev = String::new();
+    while i < c.len() {
+        let ch = c[i];
+        if ch == '#' {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if ch == '\'' || ch == '"' {
+            let triple = c.get(i + 1) == Some(&ch) && c.get(i + 2) == Some(&ch);
+            i += if triple { 3 } else { 1 };
+            while i < c.len() {
+                if c[i] == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if c[i] == ch
+                    && (!triple || (c.get(i + 1) == Some(&ch) && c.get(i + 2) == Some(&ch)))
+                {
+                    i += if triple { 3 } else { 1 };
+                    break;
+                }
+                if c[i] == '\n' && !triple {
+                    break;
+                }
+                i += 1;
+            }
+            continue;
+        } else if ch.is_alphabetic() || ch == '_' {
+            let start = i;
+            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
+                i += 1;
+            }
+            let word: String = c[start..i].iter().collect();
+            if word == "app" || word == "application" {
+                return true;
+            }
+            prev = word;
+            continue;
+        } else if ch == '*' && prev == "import" {
+            return true;
+        } else if !ch.is_whitespace() {
+            prev.clear();
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether the app file `path` (`text`) is surely a gunicorn config file, so that
+/// start-up refuses it before binding anything: [`is_config`], and named for gunicorn
+/// (`gunicorn*.py`, `*.conf.py`) or assigning a setting no app module has (`bind`,
+/// `worker_class`, `wsgi_app`). A weaker likeness gets its hint only if the import
+/// then finds no callable. regression: an app file that imported its app and set
+/// `loglevel` was refused as a gunicorn config file.
+fn surely_config(path: &Path, text: &str) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let named = name.starts_with("gunicorn") || name.ends_with(".conf.py");
+    let strong = statements(text).iter().any(|s| {
+        matches!(
+            s.name.as_deref(),
+            Some("bind" | "worker_class" | "wsgi_app")
+        )
     });
-    marked && !app
+    (named || strong) && is_config(text)
 }
 
 /// What to say when `--config` is given a Python file (`text`, named `path`): a
@@ -905,7 +972,7 @@ pub fn config_as_app(app: &str) -> Option<String> {
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
-    is_config(&text).then(|| {
+    surely_config(path, &text).then(|| {
         let wsgi_app = statements(&text)
             .into_iter()
             .find(|s| s.name.as_deref() == Some("wsgi_app"))
@@ -918,6 +985,19 @@ pub fn config_as_app(app: &str) -> Option<String> {
             None => String::new(),
         };
         format!("{app} is not an app: {}{named}", config_message(path))
+    })
+}
+
+/// What to add to "no callable found" for the app file `path` when it reads as a
+/// gunicorn config file less surely than [`config_as_app`] refuses (it was imported).
+pub fn no_callable_hint(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    is_config(&text).then(|| {
+        format!(
+            "if {} is a gunicorn config file: postern's config file is TOML, convert it with `postern migrate {}`",
+            path.display(),
+            quoted(&path.display().to_string())
+        )
     })
 }
 
@@ -1457,5 +1537,22 @@ mod tests {
             "bind = 1\ndef application(environ, start_response):\n    pass\n"
         ));
         assert!(!is_config("workers = 3\ntimeout = 30\n"));
+        // regression (review2 HIGH): an imported or annotated app is an app.
+        for app_file in [
+            "import logging\nloglevel = logging.INFO\nfrom main import app\n",
+            "from main import app as application\nbind = None\n",
+            "from flask import Flask\nbind = 1\napp: Flask = Flask(__name__)\n",
+            "from main import *\nbind = 'a:1'\n",
+        ] {
+            assert!(!is_config(app_file), "{app_file}");
+        }
+        // The name inside a string or a comment is no app.
+        assert!(is_config("bind = 'a:1'\nwsgi_app = 'x:app'  # the app\n"));
+        // Refused before start only on a strong sign.
+        let weak = "loglevel = 'info'\nuser = 'me'\n";
+        assert!(is_config(weak));
+        assert!(!surely_config(Path::new("settings.py"), weak));
+        assert!(surely_config(Path::new("gunicorn_prod.py"), weak));
+        assert!(surely_config(Path::new("x.py"), "bind = 'a:1'\n"));
     }
 }

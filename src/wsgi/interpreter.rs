@@ -340,7 +340,15 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
             "it has {f}(), an app factory? postern calls none: {}",
             wsgi_py_advice(spec, &f)
         ),
-        _ => "name the callable as MODULE:CALLABLE".to_owned(),
+        _ => {
+            let mut a = "name the callable as MODULE:CALLABLE".to_owned();
+            if let AppSpec::File { path, .. } = spec {
+                if let Some(g) = crate::config::gunicorn::no_callable_hint(path) {
+                    a = format!("{a}; {g}");
+                }
+            }
+            a
+        }
     };
     Err(WsgiError::NoCallable {
         app: spec.to_string(),
