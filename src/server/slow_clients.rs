@@ -26,6 +26,9 @@ struct State {
     limit: Duration,
     /// A task says the summary at the end of the window.
     summary_due: bool,
+    /// The window's number: each one ended adds one, so a task knows whether the
+    /// window it was spawned for is still the one under way.
+    window: u64,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -35,53 +38,153 @@ static STATE: Mutex<State> = Mutex::new(State {
     last: String::new(),
     limit: Duration::ZERO,
     summary_due: false,
+    window: 0,
 });
 
 /// A client `peer` is dropped at `--head-timeout` (`limit`): true when the caller
 /// logs its line naming it, false when it is counted for the window's summary.
 pub fn name(peer: &str, limit: Duration) -> bool {
-    let now = Instant::now();
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if st.since.is_some_and(|t| now.duration_since(t) >= WINDOW) {
-        // A window whose summary no task said (no runtime here): said now.
-        summary(&mut st);
+    let rt = tokio::runtime::Handle::try_current().ok();
+    let (named, due) = st.drop_one(peer, limit, Instant::now(), rt.is_some());
+    if let (Some((since, window)), Some(rt)) = (due, rt) {
+        rt.spawn(async move {
+            tokio::time::sleep_until((since + WINDOW).into()).await;
+            STATE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .window_over(window);
+        });
     }
-    let since = *st.since.get_or_insert(now);
-    if st.named < NAMED {
-        st.named += 1;
-        return true;
-    }
-    st.more += 1;
-    st.last.clear();
-    st.last.push_str(peer);
-    st.limit = limit;
-    if !st.summary_due {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            st.summary_due = true;
-            rt.spawn(async move {
-                tokio::time::sleep_until((since + WINDOW).into()).await;
-                let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
-                summary(&mut st);
-            });
-        }
-    }
-    false
+    named
 }
 
-/// Says the window's count of clients not named (if any) and ends the window.
-fn summary(st: &mut State) {
-    if st.more > 0 {
-        tracing::warn!(
-            last_peer = %st.last,
-            "{} more clients dropped in the last {} s for no complete request head within {:?} (--head-timeout), not named one by one (the first {NAMED} of each {} s are): a flood of slow or incomplete requests, e.g. a slowloris attack, or a broken client or health check",
-            st.more,
-            WINDOW.as_secs(),
-            st.limit,
-            WINDOW.as_secs(),
-        );
+impl State {
+    /// One client dropped `now`: whether it is named, and the start and number of the
+    /// window whose summary a task must now say at its end (`can_spawn`: one can be).
+    fn drop_one(
+        &mut self,
+        peer: &str,
+        limit: Duration,
+        now: Instant,
+        can_spawn: bool,
+    ) -> (bool, Option<(Instant, u64)>) {
+        if self.since.is_some_and(|t| now.duration_since(t) >= WINDOW) {
+            // A window whose summary no task said yet (none could be spawned, or it
+            // has not run): said now.
+            self.summary();
+        }
+        let since = *self.since.get_or_insert(now);
+        if self.named < NAMED {
+            self.named += 1;
+            return (true, None);
+        }
+        self.more += 1;
+        self.last.clear();
+        self.last.push_str(peer);
+        self.limit = limit;
+        if self.summary_due || !can_spawn {
+            return (false, None);
+        }
+        self.summary_due = true;
+        (false, Some((since, self.window)))
     }
-    st.since = None;
-    st.named = 0;
-    st.more = 0;
-    st.summary_due = false;
+
+    /// The task spawned for window number `window` wakes at its end: it says the
+    /// summary only if that window is still the one under way.
+    // regression: a task whose window `drop_one` had already ended (the runtime had not
+    // run it yet) ended the next window early, so up to twice NAMED clients were named
+    // in one WINDOW.
+    fn window_over(&mut self, window: u64) {
+        if self.window == window && self.since.is_some() {
+            self.summary();
+        }
+    }
+
+    /// Says the window's count of clients not named (if any) and ends the window.
+    fn summary(&mut self) {
+        if self.more > 0 {
+            tracing::warn!(
+                last_peer = %self.last,
+                "{} more clients dropped in the last {} s for no complete request head within {:?} (--head-timeout), not named one by one (the first {NAMED} of each {} s are): a flood of slow or incomplete requests, e.g. a slowloris attack, or a broken client or health check",
+                self.more,
+                WINDOW.as_secs(),
+                self.limit,
+                WINDOW.as_secs(),
+            );
+        }
+        self.since = None;
+        self.named = 0;
+        self.more = 0;
+        self.summary_due = false;
+        self.window = self.window.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            since: None,
+            named: 0,
+            more: 0,
+            last: String::new(),
+            limit: Duration::ZERO,
+            summary_due: false,
+            window: 0,
+        }
+    }
+
+    /// Drops `n` clients at `at`: how many were named, and the summary tasks due.
+    fn drop_n(st: &mut State, n: u32, at: Instant) -> (u32, Vec<u64>) {
+        let mut named = 0;
+        let mut due = Vec::new();
+        for i in 0..n {
+            let (n, d) = st.drop_one(&format!("peer{i}"), Duration::from_secs(1), at, true);
+            named += u32::from(n);
+            due.extend(d.map(|(_, w)| w));
+        }
+        (named, due)
+    }
+
+    // regression: a summary task that woke after `drop_one` had already ended its window
+    // (and begun the next) ended the new window too, so up to twice NAMED clients were
+    // named in one WINDOW (review of the head-timeout summary).
+    #[test]
+    fn a_late_summary_task_does_not_end_the_next_window() {
+        let mut st = state();
+        let t0 = Instant::now();
+        let (named, due) = drop_n(&mut st, NAMED + 5, t0);
+        assert_eq!((named, due.len()), (NAMED, 1));
+        // The next window's first drop comes before the first window's task runs.
+        let t1 = t0 + WINDOW + Duration::from_millis(1);
+        let (named, second) = drop_n(&mut st, 1, t1);
+        assert_eq!(named, 1);
+        assert!(second.is_empty());
+        // Now the stale task wakes: the second window goes on.
+        st.window_over(due[0]);
+        let (named, due2) = drop_n(&mut st, NAMED + 5, t1 + Duration::from_secs(1));
+        assert_eq!(
+            named,
+            NAMED - 1,
+            "the second window names NAMED clients in all"
+        );
+        assert_eq!(due2.len(), 1, "one summary task for the second window");
+        // Its own task ends it.
+        st.window_over(due2[0]);
+        assert_eq!((st.since, st.named, st.more), (None, 0, 0));
+    }
+
+    #[test]
+    fn a_window_names_its_first_clients_and_counts_the_rest() {
+        let mut st = state();
+        let t0 = Instant::now();
+        let (named, due) = drop_n(&mut st, NAMED + 3, t0);
+        assert_eq!((named, st.more), (NAMED, 3));
+        st.window_over(due[0]);
+        let (named, _) = drop_n(&mut st, 1, t0 + WINDOW);
+        assert_eq!(named, 1, "a new window names again");
+    }
 }
