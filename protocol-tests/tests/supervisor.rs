@@ -1157,6 +1157,57 @@ fn sigttou_during_a_recycle_brings_the_fleet_back_to_the_target() {
     assert_eq!(p.get("/").0, 200);
 }
 
+// regression: a worker past --max-lifetime whose successor failed to start left
+// at --worker-start-timeout anyway: with --workers 1 and the app broken on disk,
+// nothing served (review1 finding 3: 91b1b25 fixed it, with no test of this case).
+#[test]
+fn a_worker_past_its_lifetime_serves_on_while_its_successors_fail_to_start() {
+    let dir = tempdir();
+    let app = dir.path().join("lifetime.py");
+    let good = "import os\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [str(os.getpid()).encode()]\n";
+    std::fs::write(&app, good).unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "1",
+            "--max-lifetime",
+            "2",
+            "--worker-start-timeout",
+            "3",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let (status, first) = p.get("/");
+    assert_eq!(status, 200);
+    std::fs::write(
+        &app,
+        format!("{good}raise RuntimeError('broken on disk')\n"),
+    )
+    .unwrap();
+    assert!(
+        p.wait_log("worker passed --max-lifetime", 20),
+        "{}",
+        p.logs()
+    );
+    // Five failed starts in a row: 200 ms + 400 + 800 + 1.6 s of backoff, past the
+    // 3 s --worker-start-timeout since its successor was asked for.
+    let answer = || {
+        let resp = p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")], b"");
+        parse_http(&resp).map(|r| (r.status, r.body))
+    };
+    let mut i = 0;
+    while p.logs().matches("worker failed to start").count() < 5 {
+        let got = answer();
+        assert_eq!(got, Some((200, first.clone())), "request {i}\n{}", p.logs());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fixed on disk: a successor starts and relieves it.
+    std::fs::write(&app, good).unwrap();
+    assert!(p.wait_log("its successor is ready", 30), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200);
+}
+
 #[test]
 fn supervisor_options_imply_a_master() {
     let dir = tempdir();
