@@ -428,6 +428,130 @@ fn migrate_reads_a_gunicorn_config_without_running_it() {
     assert!(toml.contains("uwsgi = [\"127.0.0.1:8000\"]"), "{toml}");
 }
 
+// regression (review2 MEDIUM 2): migrate wrote values that start-up refuses
+// (`loglevel = "warning"`, `threads = 2000`, `timeout = 1e400`) with exit 0.
+#[test]
+fn migrate_maps_gunicorns_level_names_and_lists_values_start_up_refuses() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    let migrate = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        let out = postern()
+            .current_dir(dir.path())
+            .args(["migrate", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, toml) =
+        migrate("bind = \"unix:/run/app.sock\"\nloglevel = \"WARNING\"\nworkers = 3\n");
+    assert_eq!(code, Some(0), "{toml}");
+    assert!(toml.contains("log-level = \"warn\""), "{toml}");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let (code, err) = run(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--print-config",
+        "app:app",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, toml) = migrate("bind = \"127.0.0.1:8000\"\nloglevel = 'critical'\n");
+    assert!(toml.contains("log-level = \"error\""), "{toml}");
+
+    let (code, toml) =
+        migrate("bind = \"127.0.0.1:8000\"\nworkers = 2\nthreads = 2000\ntimeout = 1e400\n");
+    assert_eq!(code, Some(3), "{toml}");
+    let attention = toml.split("\n\n").next().unwrap();
+    for want in [
+        "# line 3: threads = 2000",
+        "# line 4: timeout = 1e400",
+        "start-up refuses",
+    ] {
+        assert!(attention.contains(want), "wanted {want:?} in:\n{toml}");
+    }
+    assert!(!toml.contains("\nthreads ="), "{toml}");
+    assert!(!toml.contains("\ntimeout ="), "{toml}");
+    assert!(toml.contains("\nworkers = 2"), "{toml}");
+}
+
+// regression (review2 MEDIUM 3 and 4): settings inside a top-level `if`, after `;`,
+// annotated or behind a BOM were dropped with exit 0, hooks set by assignment were
+// called the file's own variables, and string values came out altered.
+#[test]
+fn migrate_drops_no_setting_silently_and_keeps_strings_exact() {
+    let dir = tempdir();
+    let conf = dir.path().join("g.py");
+    let migrate = |text: &[u8]| {
+        std::fs::write(&conf, text).unwrap();
+        let out = postern()
+            .args(["migrate", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, toml) = migrate(b"import os\nbind = \"127.0.0.1:8000\"\nif os.environ.get(\"PROD\"):\n    workers = 8\n    bind = \"unix:/run/app.sock\"\n");
+    assert_eq!(code, Some(3), "{toml}");
+    assert!(
+        toml.contains("# line 3: if os.environ.get(\"PROD\"):"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("workers, bind set inside a top-level `if` block"),
+        "{toml}"
+    );
+
+    let (code, toml) =
+        migrate(b"bind = \"127.0.0.1:8000\"\nx = 1; threads = 4\nworkers: int = 4\n");
+    assert_eq!(code, Some(0), "{toml}");
+    assert!(toml.contains("\nthreads = 4"), "{toml}");
+    assert!(toml.contains("\nworkers = 4"), "{toml}");
+
+    let (code, toml) = migrate(b"\xef\xbb\xbfbind = \"127.0.0.1:8000\"\nworkers = 4\n");
+    assert_eq!(code, Some(0), "{toml}");
+    assert!(toml.contains("uwsgi = [\"127.0.0.1:8000\"]"), "{toml}");
+
+    let (code, toml) = migrate(b"from hooks import on_start\nbind = \"127.0.0.1:8000\"\nwhen_ready = on_start\npost_fork = lambda s, w: None\nworkers += 1\n");
+    assert_eq!(code, Some(3), "{toml}");
+    assert!(toml.contains("gunicorn's server hook when_ready"), "{toml}");
+    assert!(toml.contains("gunicorn's server hook post_fork"), "{toml}");
+    assert!(
+        toml.contains("sets workers in a way migrate does not read"),
+        "{toml}"
+    );
+    assert!(!toml.contains("file's own"), "{toml}");
+
+    let (code, toml) = migrate(b"bind = \"unix:/run/\\\napp.sock\"\npidfile = \"/run/\\x61pp.pid\"\nraw_env = [\"=x\"]\nsecure_scheme_headers = {\"X-FORWARDED-PROTO\": \"https\"}\n");
+    assert!(toml.contains("uwsgi = [\"unix:/run/app.sock\"]"), "{toml}");
+    assert!(toml.contains("pidfile = \"/run/app.pid\""), "{toml}");
+    assert!(!toml.contains("env. ="), "{toml}");
+    assert!(toml.contains("# line 5: secure_scheme_headers"), "{toml}");
+    assert!(toml.contains("not an environment variable name"), "{toml}");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let out = postern()
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "app:app",
+        ])
+        .output()
+        .unwrap();
+    // The TOML is postern's (the empty variable name was listed, not written).
+    assert!(
+        out.status.success(),
+        "{code:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // regression (finding 8 of a gunicorn operator's report): `--timeout 0` was "not a
 // positive number of seconds" and `off` "not a duration", so a --config file's timeout
 // could not be removed on the command line or with POSTERN_TIMEOUT.

@@ -267,7 +267,18 @@ fn says(setting: &str, value: &str, line: &Line) -> Says {
             words(&["--log-file", value]),
             Some("reopened on SIGUSR1".into()),
         ),
-        "loglevel" => with("--log-level"),
+        "loglevel" => {
+            // gunicorn's level names (Python's) that are not postern's.
+            // regression (review2): `loglevel = "warning"` was carried as postern's
+            // `log-level = "warning"`, which start-up refuses.
+            let level = value.trim().to_ascii_lowercase();
+            let (level, note) = match level.as_str() {
+                "warning" => ("warn".to_owned(), Some("gunicorn's warning is postern's warn".to_owned())),
+                "critical" => ("error".to_owned(), Some("postern has no critical level: error is the nearest".to_owned())),
+                _ => (level, None),
+            };
+            Says::Postern(words(&["--log-level", &level]), note)
+        }
         "capture_output" => Says::Nothing(
             "wsgi.errors and the logging module's output go to postern's log; the app's own print() goes to postern's stderr".into(),
         ),
@@ -694,19 +705,25 @@ const MARKS: &[&str] = &[
 ];
 
 /// One top-level statement of a Python file: its first line (1-based), its text (the
-/// lines it spans joined), and the name it assigns to, if it is `NAME = ...`.
+/// lines it spans joined), and the name it assigns to, if it is `NAME = ...` (or
+/// `NAME: TYPE = ...`).
 struct Statement {
     line: usize,
     text: String,
     name: Option<String>,
     /// What follows `=`.
     value: String,
+    /// The indented lines that follow it (an `if` block's, a `def`'s), as written.
+    body: Vec<String>,
 }
 
 /// The top-level statements of a Python file, read as text (the file is not run): a
-/// statement goes on while a bracket or a string is open or a line ends with `\`.
+/// statement goes on while a bracket or a string is open or a line ends with `\`, and
+/// ends at a `;` outside them. A leading byte-order mark is not part of the first name.
 fn statements(text: &str) -> Vec<Statement> {
-    let mut out = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out: Vec<Statement> = Vec::new();
+    // The statement being read: its first line and text so far.
     let mut current: Option<(usize, String)> = None;
     let (mut depth, mut quote, mut triple) = (0i32, None::<char>, false);
     for (n, raw) in text.lines().enumerate() {
@@ -714,42 +731,63 @@ fn statements(text: &str) -> Vec<Statement> {
         if !open && current.is_none() {
             let indented = raw.starts_with([' ', '\t']);
             let blank = raw.trim().is_empty() || raw.trim_start().starts_with('#');
-            if indented || blank {
+            if blank {
+                continue;
+            }
+            if indented {
+                if let Some(last) = out.last_mut() {
+                    last.body.push(raw.to_owned());
+                }
                 continue;
             }
             current = Some((n + 1, String::new()));
         }
-        let Some((_, buf)) = current.as_mut() else {
-            continue;
-        };
-        // Track brackets and strings, and cut a comment off.
+        // Track brackets and strings, cut a comment off, and split at `;`.
         let chars: Vec<char> = raw.chars().collect();
         let mut i = 0;
         let mut kept = String::new();
+        // A backslash that ends the line inside a string: Python joins the lines.
+        let mut joined = false;
         while i < chars.len() {
             let c = chars[i];
             match quote {
                 Some(q) => {
-                    kept.push(c);
                     if c == '\\' {
-                        if let Some(&e) = chars.get(i + 1) {
-                            kept.push(e);
+                        match chars.get(i + 1) {
+                            Some(&e) => {
+                                kept.push(c);
+                                kept.push(e);
+                            }
+                            None => joined = true,
                         }
                         i += 1;
-                    } else if c == q {
-                        if !triple {
-                            quote = None;
-                        } else if chars.get(i + 1) == Some(&q) && chars.get(i + 2) == Some(&q) {
-                            kept.push(q);
-                            kept.push(q);
-                            i += 2;
-                            quote = None;
-                            triple = false;
+                    } else {
+                        kept.push(c);
+                        if c == q {
+                            if !triple {
+                                quote = None;
+                            } else if chars.get(i + 1) == Some(&q) && chars.get(i + 2) == Some(&q) {
+                                kept.push(q);
+                                kept.push(q);
+                                i += 2;
+                                quote = None;
+                                triple = false;
+                            }
                         }
                     }
                 }
                 None => match c {
                     '#' => break,
+                    ';' if depth <= 0 => {
+                        // `x = 1; threads = 4`: two statements on the line.
+                        let (line, mut buf) = current.take().unwrap_or((n + 1, String::new()));
+                        buf.push_str(kept.trim_end());
+                        kept.clear();
+                        if !buf.trim().is_empty() {
+                            out.push(statement(line, buf.trim().to_owned()));
+                        }
+                        current = Some((n + 1, String::new()));
+                    }
                     '\'' | '"' => {
                         kept.push(c);
                         if chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c) {
@@ -773,31 +811,50 @@ fn statements(text: &str) -> Vec<Statement> {
             }
             i += 1;
         }
-        if quote.is_some() && !triple {
+        let Some((_, buf)) = current.as_mut() else {
+            continue;
+        };
+        if quote.is_some() {
+            if joined {
+                // regression (review2): the value kept a newline where Python joins.
+                buf.push_str(&kept);
+                continue;
+            }
+            if triple {
+                buf.push_str(&kept);
+                buf.push('\n');
+                continue;
+            }
             // A one-line string left open: a syntax error; end it here.
             quote = None;
         }
         let continued = kept.trim_end().ends_with('\\');
         buf.push_str(kept.trim_end().trim_end_matches('\\'));
         buf.push('\n');
-        if depth <= 0 && quote.is_none() && !continued {
+        if depth <= 0 && !continued {
             depth = 0;
             let (line, text) = current.take().unwrap_or_default();
-            out.push(statement(line, text.trim_end().to_owned()));
+            if !text.trim().is_empty() {
+                out.push(statement(line, text.trim().to_owned()));
+            }
         }
     }
     if let Some((line, text)) = current {
-        out.push(statement(line, text.trim_end().to_owned()));
+        if !text.trim().is_empty() {
+            out.push(statement(line, text.trim().to_owned()));
+        }
     }
     out
 }
 
 fn statement(line: usize, text: String) -> Statement {
     let assigned = text.split_once('=').and_then(|(name, value)| {
-        let name = name.trim();
+        // `workers: int = 4` assigns workers.
+        let name = name.split_once(':').map_or(name, |(n, _)| n).trim();
         let plain = !name.is_empty()
             && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !COMPOUND.contains(&name);
         (plain && !value.starts_with('=')).then(|| (name.to_owned(), value.trim().to_owned()))
     });
     let (name, value) = match assigned {
@@ -809,7 +866,96 @@ fn statement(line: usize, text: String) -> Statement {
         text,
         name,
         value,
+        body: Vec::new(),
     }
+}
+
+/// The keywords a compound statement starts with (its body runs or not as the file
+/// runs: migrate cannot tell).
+const COMPOUND: &[&str] = &[
+    "if", "elif", "else", "try", "except", "finally", "for", "while", "with", "match", "case",
+    "async",
+];
+
+/// Whether `text` is a compound statement's header (`if …:`, `else:`, `try:`).
+fn compound(text: &str) -> bool {
+    let first: String = text
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    let async_def = text.starts_with("async def ");
+    COMPOUND.contains(&first.as_str()) && !async_def
+}
+
+/// The names a line of code assigns to (the identifiers left of its first `=`, `+=`,
+/// …, outside strings and brackets: `a, b = …`, `x += 1`, `if c: x = 1` gives `c` and
+/// `x`); empty when it assigns nothing.
+fn assigned_names(line: &str) -> Vec<String> {
+    let c: Vec<char> = line.chars().collect();
+    let (mut depth, mut quote) = (0i32, None::<char>);
+    let mut target = None;
+    let mut i = 0;
+    while i < c.len() {
+        let ch = c[i];
+        match quote {
+            Some(q) => {
+                if ch == '\\' {
+                    i += 1;
+                } else if ch == q {
+                    quote = None;
+                }
+            }
+            None => match ch {
+                '#' => break,
+                '\'' | '"' => quote = Some(ch),
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                '=' if depth <= 0 => {
+                    let before = i.checked_sub(1).map(|j| c[j]);
+                    let after = c.get(i + 1);
+                    let comparison =
+                        matches!(before, Some('=' | '!' | '<' | '>' | ':')) || after == Some(&'=');
+                    if !comparison {
+                        target = Some(i);
+                        break;
+                    }
+                    if after == Some(&'=') {
+                        i += 1;
+                    }
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    let Some(end) = target else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for ch in c[..end].iter().chain([' '].iter()) {
+        if ch.is_alphanumeric() || *ch == '_' {
+            word.push(*ch);
+        } else if !word.is_empty() {
+            if !word.starts_with(|d: char| d.is_ascii_digit()) {
+                names.push(std::mem::take(&mut word));
+            }
+            word.clear();
+        }
+    }
+    names
+}
+
+/// The gunicorn settings and hooks among `names`, deduplicated, in order.
+fn gunicorns(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let known = SETTINGS.iter().any(|s| s.name == n) || HOOKS.contains(&n.as_str());
+        if known && !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 /// Whether `text` is a gunicorn config file: it assigns one of gunicorn's settings
@@ -1070,8 +1216,20 @@ fn parse_py(c: &[char], at: &mut usize, depth: usize) -> Option<Py> {
             {
                 *at += 1;
             }
-            let word: String = c[start..*at].iter().filter(|&&ch| ch != '_').collect();
             let word_raw: String = c[start..*at].iter().collect();
+            // `_` only between digits (`1_000`; `_4` is a name). regression (review2 LOW).
+            let underscores_fit = word_raw.char_indices().all(|(i, ch)| {
+                ch != '_' || {
+                    let b = word_raw[..i].chars().last();
+                    let a = word_raw[i + 1..].chars().next();
+                    b.is_some_and(|b| b.is_ascii_alphanumeric())
+                        && a.is_some_and(|a| a.is_ascii_alphanumeric())
+                }
+            });
+            if !underscores_fit {
+                return None;
+            }
+            let word: String = word_raw.chars().filter(|&ch| ch != '_').collect();
             match word_raw.as_str() {
                 "True" => return Some(Py::Bool(true)),
                 "False" => return Some(Py::Bool(false)),
@@ -1091,11 +1249,18 @@ fn parse_py(c: &[char], at: &mut usize, depth: usize) -> Option<Py> {
                         .map(|d| (d.to_owned(), *r))
                 });
             if let Some((d, r)) = radix {
+                // No sign after the prefix (`0x-1e` is no number). regression (review2).
+                if d.starts_with(['+', '-']) {
+                    return None;
+                }
                 let n = i64::from_str_radix(&d, r).ok()?;
-                return Some(Py::Int(if neg { -n } else { n }));
+                return Some(Py::Int(if neg { n.checked_neg()? } else { n }));
+            }
+            if digits.starts_with(['+', '-']) {
+                return None;
             }
             if let Ok(n) = digits.parse::<i64>() {
-                return Some(Py::Int(if neg { -n } else { n }));
+                return Some(Py::Int(if neg { n.checked_neg()? } else { n }));
             }
             if digits
                 .chars()
@@ -1125,13 +1290,54 @@ fn string(c: &[char], at: &mut usize, raw: bool) -> Option<Py> {
                 break;
             }
             if ch == '\\' && !raw {
-                match *c.get(*at + 1)? {
+                // Python's escapes. regression (review2): any other escape became its
+                // second character (`\x61` was `x61`, `\d` was `d`).
+                let e = *c.get(*at + 1)?;
+                *at += 2;
+                match e {
                     'n' => out.push('\n'),
                     't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'a' => out.push('\u{7}'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'v' => out.push('\u{b}'),
+                    '\\' | '\'' | '"' => out.push(e),
                     '\n' => {}
-                    other => out.push(other),
+                    '0'..='7' => {
+                        let mut n = e.to_digit(8)?;
+                        for _ in 0..2 {
+                            match c.get(*at).and_then(|d| d.to_digit(8)) {
+                                Some(d) => {
+                                    n = n * 8 + d;
+                                    *at += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(char::from_u32(n)?);
+                    }
+                    'x' | 'u' | 'U' => {
+                        let len = match e {
+                            'x' => 2,
+                            'u' => 4,
+                            _ => 8,
+                        };
+                        let hex: String = c.get(*at..*at + len)?.iter().collect();
+                        if !hex.chars().all(|d| d.is_ascii_hexdigit()) {
+                            return None;
+                        }
+                        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                        *at += len;
+                    }
+                    // `\N{NAME}`: not read (no table of names here).
+                    'N' => return None,
+                    // An unknown escape keeps its backslash, as Python's does.
+                    other => {
+                        out.push('\\');
+                        out.push(other);
+                    }
                 }
-                *at += 2;
                 continue;
             }
             out.push(ch);
@@ -1213,8 +1419,15 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             path.display()
         ));
     }
-    // Python's last assignment wins.
-    let last = |i: usize, name: &str| !st[i + 1..].iter().any(|s| s.name.as_deref() == Some(name));
+    // Python's last assignment wins. regression (review2 LOW): this was a scan of the
+    // later statements for each one (100k distinct names: 25 s).
+    let mut last_index = std::collections::HashMap::new();
+    for (i, s) in st.iter().enumerate() {
+        if let Some(n) = s.name.as_deref() {
+            last_index.insert(n, i);
+        }
+    }
+    let last = |i: usize, name: &str| last_index.get(name) == Some(&i);
     let line = Line {
         threads: st.iter().any(|s| s.name.as_deref() == Some("threads")),
     };
@@ -1234,10 +1447,44 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             }
             continue;
         }
+        // regression (review2): settings set in a top-level `if`/`try` block, or by a
+        // statement migrate does not read (`workers += 1`, `bind, workers = …`), were
+        // dropped without a word.
+        if compound(t) {
+            let header = t.split_once(':').map_or("", |(_, rest)| rest);
+            let names = gunicorns(
+                std::iter::once(header)
+                    .chain(s.body.iter().map(|l| l.trim()))
+                    .flat_map(assigned_names),
+            );
+            if !names.is_empty() {
+                let keyword: String = t.chars().take_while(|c| c.is_alphanumeric()).collect();
+                done.push((s, Done::Attention(format!(
+                    "{} set inside a top-level `{keyword}` block: whether it runs is known only when the file runs, and migrate does not run it; write postern's option for the case that applies where postern will run (or one TOML file per case)",
+                    names.join(", ")
+                ))));
+            }
+            continue;
+        }
         let Some(name) = s.name.as_deref() else {
+            let names = gunicorns(assigned_names(t));
+            if !names.is_empty() {
+                done.push((s, Done::Attention(format!(
+                    "sets {} in a way migrate does not read (it reads `NAME = literal`): work it out and write postern's option here",
+                    names.join(", ")
+                ))));
+            }
             continue;
         };
         if !last(i, name) {
+            continue;
+        }
+        if HOOKS.contains(&name) {
+            // regression (review2): `when_ready = on_start` was called "a variable of
+            // the file's own"; gunicorn runs it as it runs a `def` hook.
+            done.push((s, Done::Attention(format!(
+                "gunicorn's server hook {name}: postern runs none; what it does belongs in the app's module (each worker imports it), an ASGI lifespan startup, or the deploy script"
+            ))));
             continue;
         }
         let Some(set) = SETTINGS.iter().find(|g| g.name == name) else {
@@ -1250,6 +1497,19 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             continue;
         };
         let Some(value) = literal(&s.value) else {
+            // A setting postern does without whatever its value (a dict of
+            // secure_scheme_headers): said so, not flagged. regression (review2 LOW).
+            match says(name, "", &line) {
+                Says::NotNeeded(why) => {
+                    done.push((s, Done::NotCarried(format!("not needed: {why}"))));
+                    continue;
+                }
+                Says::Nothing(why) => {
+                    done.push((s, Done::NotCarried(format!("no equivalent: {why}"))));
+                    continue;
+                }
+                _ => {}
+            }
             done.push((s, Done::Attention(format!(
                 "not a literal value, and migrate does not run the file: work it out and write postern's option here ({})",
                 match says(name, "N", &line) {
@@ -1319,6 +1579,28 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             None => Done::Carried(kv, (!notes.is_empty()).then(|| notes.join("; "))),
         };
         done.push((s, outcome));
+    }
+
+    // The values postern's start-up would refuse are not carried: they need attention,
+    // with the start-up's message (as a uWSGI file's do). regression (review2): threads
+    // = 2000 or timeout = 1e400 were written with exit 0, and start-up refused them.
+    let mut table = toml::Table::new();
+    for (_, d) in &done {
+        if let Done::Carried(kv, _) = d {
+            for (k, v) in kv {
+                if let Ok(one) = toml::from_str::<toml::Table>(&format!("{k} = {v}")) {
+                    merge(&mut table, one);
+                }
+            }
+        }
+    }
+    for (key, why) in super::refused_values(&table) {
+        for (_, d) in done.iter_mut() {
+            let hit = matches!(d, Done::Carried(kv, _) if kv.iter().any(|(k, _)| *k == key || k.starts_with(&format!("{key}."))));
+            if hit {
+                *d = Done::Attention(format!("postern's start-up refuses the value: {why}"));
+            }
+        }
     }
 
     let head = |s: &Statement| {
@@ -1393,6 +1675,18 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
     })
 }
 
+/// `more`'s keys into `table`, a table's (`[env]`) key by key.
+fn merge(table: &mut toml::Table, more: toml::Table) {
+    for (k, v) in more {
+        match (table.get_mut(&k), v) {
+            (Some(toml::Value::Table(have)), toml::Value::Table(add)) => merge(have, add),
+            (_, v) => {
+                table.insert(k, v);
+            }
+        }
+    }
+}
+
 /// A literal as the text a command-line value would be.
 fn py_text(v: &Py) -> Option<String> {
     match v {
@@ -1440,9 +1734,12 @@ fn toml_entries(words: &[String], keys: &[String]) -> Vec<(String, toml::Value)>
             "uwsgi" | "pythonpath" => toml::Value::Array(vec![toml::Value::String(value)]),
             "env" => {
                 let (name, v) = value.split_once('=').unwrap_or((&value, ""));
-                let name = if name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                // regression (review2 LOW): an empty name (`raw_env = ["=x"]`) was
+                // written as `env. = "x"`, which is no TOML.
+                let name = if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 {
                     name.to_owned()
                 } else {
@@ -1528,6 +1825,66 @@ mod tests {
         );
         assert_eq!(st[3].value, "2");
         assert!(literal(&st[1].value).is_some(), "{}", st[1].value);
+    }
+
+    // regression (review2 MEDIUM 4 and LOW 10): `\x61` was `x61`, `\d` was `d`, a
+    // backslash-newline left a newline, `_4` was 4, `0x-1e` was -30, and
+    // `-0x-8000000000000000` negated i64::MIN.
+    #[test]
+    fn strings_and_numbers_are_read_exactly_or_not_at_all() {
+        assert_eq!(
+            literal(r#""/run/\x61pp.pid""#),
+            Some(Py::Str("/run/app.pid".into()))
+        );
+        assert_eq!(
+            literal(r#""\u00e9\101\r\0""#),
+            Some(Py::Str("\u{e9}A\r\0".into()))
+        );
+        assert_eq!(literal(r#""\d""#), Some(Py::Str("\\d".into())));
+        assert_eq!(literal(r#""\N{BULLET}""#), None);
+        assert_eq!(literal(r#""\x6""#), None);
+        for not in ["_4", "4_", "1__0", "0x-1e", "-0x-8000000000000000", "+-3"] {
+            assert_eq!(literal(not), None, "{not}");
+        }
+        assert_eq!(literal("-0x10"), Some(Py::Int(-16)));
+        assert_eq!(literal("0x_1f"), Some(Py::Int(31)));
+        let st = statements("bind = \"unix:/run/\\\napp.sock\"\nworkers = 2\n");
+        assert_eq!(st.len(), 2);
+        assert_eq!(
+            literal(&st[0].value),
+            Some(Py::Str("unix:/run/app.sock".into()))
+        );
+        let st = statements("x = '''a \\\nb\n  c'''\n");
+        assert_eq!(literal(&st[0].value), Some(Py::Str("a b\n  c".into())));
+    }
+
+    // regression (review2 MEDIUM 3): a BOM, `;`, an annotation and an `if` block's
+    // body hid settings from migrate.
+    #[test]
+    fn statements_split_at_semicolons_and_keep_annotations_and_bodies() {
+        let st = statements(
+            "\u{feff}bind = 'a:1'\nx = 1; threads = 4\nworkers: int = 4\nif P:\n    timeout = 3\nelse: user = 'u'\n",
+        );
+        let names: Vec<_> = st.iter().map(|s| s.name.clone()).collect();
+        let some = |n: &str| Some(n.to_owned());
+        assert_eq!(
+            names,
+            vec![
+                some("bind"),
+                some("x"),
+                some("threads"),
+                some("workers"),
+                None,
+                None
+            ]
+        );
+        assert_eq!(st[3].value, "4");
+        assert_eq!(st[4].body, vec!["    timeout = 3".to_owned()]);
+        assert!(compound(&st[4].text) && compound(&st[5].text));
+        assert_eq!(assigned_names("else: user = 'u'"), vec!["else", "user"]);
+        assert_eq!(assigned_names("a, b += f(x=1)"), vec!["a", "b"]);
+        assert!(assigned_names("f(level=loglevel)").is_empty());
+        assert!(assigned_names("x == 'a=b'").is_empty());
     }
 
     #[test]
