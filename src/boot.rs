@@ -305,55 +305,86 @@ pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
 }
 
 /// Warns when a directory on the way to the Unix socket at `path` does not let the
-/// front server's user through (no search permission, `x`, for it): connect(2) then
-/// fails with EACCES whatever the socket's own mode. The user is the one given alone
-/// with `--socket-owner`, else the first of [`FRONT_SERVER_NAMES`] this host has; the
-/// mode bits are read as the kernel reads them for that user (owner, then its groups,
-/// then others; ACLs are not read), so running as root, which passes every directory,
-/// changes nothing. The warning names the first such directory from `/` down.
+/// front server through (no search permission, `x`, for it): connect(2) then fails with
+/// EACCES whatever the socket's own mode. The front server is the user named with
+/// `--socket-owner` (with or without a group), else the group named alone with it, else
+/// the first of [`FRONT_SERVER_NAMES`] this host has; the mode bits are read as the
+/// kernel reads them for it (owner, then its groups, then others; a group alone is no
+/// directory's owner), so running as root, which passes every directory, changes
+/// nothing. A directory with an ACL (not read here) gets "may not" instead of "does
+/// not". The warning names the first such directory from `/` down.
 /// regression: a socket under a 0700 directory (`/root/app`, a home directory) got no
 /// word from a start or `sudo postern --check`, with or without `--socket-mode 666`.
+/// regression (review2): `--socket-owner nobody:nogroup` or `:nginx` was checked as
+/// www-data, and the advice `chgrp www-data` would have locked the real one out.
 fn warn_if_socket_directory_closed(config: &Config, addr: &ListenAddr, path: &Path) {
     use std::os::unix::fs::MetadataExt as _;
-    let user = match config.socket_owner {
-        Some((Some(uid), None)) => crate::users::user_by_uid(uid).ok().flatten(),
-        _ => FRONT_SERVER_NAMES
-            .iter()
-            .find_map(|n| crate::users::user_by_name(n).ok().flatten()),
+    let group_name = |gid: u32| {
+        crate::users::group_name(gid)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| gid.to_string())
     };
-    let Some(user) = user.filter(|u| u.uid != 0) else {
+    // Who passes: a uid (None: a group alone), its groups, its name in the warning, and
+    // the group to give a directory to.
+    let (uid, groups, who, chgrp) = match config.socket_owner {
+        Some((Some(uid), _)) => {
+            let Some(user) = crate::users::user_by_uid(uid).ok().flatten() else {
+                return;
+            };
+            let groups =
+                crate::users::group_list(&user.name, user.gid).unwrap_or_else(|_| vec![user.gid]);
+            (Some(user.uid), groups, user.name, group_name(user.gid))
+        }
+        Some((None, Some(gid))) => {
+            let name = group_name(gid);
+            (None, vec![gid], format!("the group {name}"), name)
+        }
+        _ => {
+            let Some(user) = FRONT_SERVER_NAMES
+                .iter()
+                .find_map(|n| crate::users::user_by_name(n).ok().flatten())
+            else {
+                return;
+            };
+            let groups =
+                crate::users::group_list(&user.name, user.gid).unwrap_or_else(|_| vec![user.gid]);
+            (Some(user.uid), groups, user.name, group_name(user.gid))
+        }
+    };
+    if uid == Some(0) {
         return;
-    };
+    }
     let Some(dir) = path.parent().and_then(|d| std::fs::canonicalize(d).ok()) else {
         return;
     };
-    let groups = crate::users::group_list(&user.name, user.gid).unwrap_or_else(|_| vec![user.gid]);
     let mut ancestors: Vec<&Path> = dir.ancestors().collect();
     ancestors.reverse();
     for d in ancestors {
         let Ok(meta) = std::fs::metadata(d) else {
             return;
         };
-        if searchable(meta.mode(), meta.uid(), meta.gid(), user.uid, &groups) {
+        if searchable(meta.mode(), meta.uid(), meta.gid(), uid, &groups) {
             continue;
         }
         let owner = crate::users::user_by_uid(meta.uid())
             .ok()
             .flatten()
             .map_or_else(|| meta.uid().to_string(), |u| u.name);
-        let group = crate::users::group_name(meta.gid())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| meta.gid().to_string());
+        let group = group_name(meta.gid());
+        // regression (review2 LOW): `setfacl -m u:www-data:x DIR` still got "does not".
+        let acl = rustix::fs::getxattr(d, "system.posix_acl_access", &mut [0u8; 0]).is_ok();
+        let (does, acl) = if acl {
+            ("may not let", " (the directory has an ACL, which postern does not read: `getfacl` shows whether it lets it through)")
+        } else {
+            ("does not let", "")
+        };
         tracing::warn!(
             listener = %addr,
-            "the directory {} (mode {:04o}, owner {owner}:{group}) does not let {} through (no search permission, x): a front server running as {} cannot reach the socket in it, whatever the socket's mode (EACCES: a 502, and '(13: Permission denied)' in nginx's error log); give it search permission (chmod o+x {}, or chgrp {} {} and chmod g+x {}), or put the socket in a directory the front server can reach (e.g. /run/postern, systemd RuntimeDirectory=)",
+            "the directory {} (mode {:04o}, owner {owner}:{group}) {does} {who} through (no search permission, x){acl}: a front server running as {who} cannot reach the socket in it, whatever the socket's mode (EACCES: a 502, and '(13: Permission denied)' in nginx's error log); give it search permission (chmod o+x {}, or chgrp {chgrp} {} and chmod g+x {}), or put the socket in a directory the front server can reach (e.g. /run/postern, systemd RuntimeDirectory=)",
             d.display(),
             meta.mode() & 0o7777,
-            user.name,
-            user.name,
             d.display(),
-            crate::users::group_name(user.gid).ok().flatten().unwrap_or_else(|| user.gid.to_string()),
             d.display(),
             d.display(),
         );
@@ -361,13 +392,14 @@ fn warn_if_socket_directory_closed(config: &Config, addr: &ListenAddr, path: &Pa
     }
 }
 
-/// Whether a user (`uid`, member of `groups`) may search (pass through) a directory of
-/// `mode` owned by `owner`:`group`: the owner's bits for its owner, the group's for a
-/// member, the others' otherwise, as the kernel checks them (root passes).
-fn searchable(mode: u32, owner: u32, group: u32, uid: u32, groups: &[u32]) -> bool {
-    let bit = if uid == 0 {
+/// Whether a user (`uid`, member of `groups`; `None`: any member of `groups`, who owns
+/// nothing) may search (pass through) a directory of `mode` owned by `owner`:`group`:
+/// the owner's bits for its owner, the group's for a member, the others' otherwise, as
+/// the kernel checks them (root passes).
+fn searchable(mode: u32, owner: u32, group: u32, uid: Option<u32>, groups: &[u32]) -> bool {
+    let bit = if uid == Some(0) {
         return true;
-    } else if uid == owner {
+    } else if uid == Some(owner) {
         0o100
     } else if groups.contains(&group) {
         0o010
@@ -590,7 +622,7 @@ mod tests {
     #[test]
     fn a_directory_is_searched_with_the_owner_then_group_then_other_bits() {
         // www-data (33, groups 33) through directories of root (0), group 0 or 33.
-        let www = |mode, group| searchable(mode, 0, group, 33, &[33]);
+        let www = |mode, group| searchable(mode, 0, group, Some(33), &[33]);
         assert!(!www(0o700, 0));
         assert!(!www(0o750, 0));
         assert!(www(0o750, 33));
@@ -600,12 +632,15 @@ mod tests {
         );
         assert!(www(0o701, 0));
         assert!(www(0o711, 0));
-        assert!(searchable(0o700, 33, 0, 33, &[33]), "its owner");
+        assert!(searchable(0o700, 33, 0, Some(33), &[33]), "its owner");
         assert!(
-            !searchable(0o077, 33, 33, 33, &[33]),
+            !searchable(0o077, 33, 33, Some(33), &[33]),
             "the owner's bits only"
         );
-        assert!(searchable(0o000, 5, 5, 0, &[0]), "root passes");
+        assert!(searchable(0o000, 5, 5, Some(0), &[0]), "root passes");
+        // A group alone: its bits when the directory is its, never the owner's.
+        assert!(searchable(0o710, 0, 33, None, &[33]));
+        assert!(!searchable(0o700, 33, 0, None, &[33]));
     }
 
     #[test]

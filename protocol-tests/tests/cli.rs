@@ -1748,6 +1748,65 @@ fn a_socket_behind_a_directory_the_front_server_cannot_pass_is_warned_about() {
     assert!(!said.contains("does not let"), "{said}");
 }
 
+// regression (review2 MEDIUM 6 on 34b980c): the directory check used www-data whatever
+// `--socket-owner USER:GROUP` or `:GROUP` said, and advised `chgrp www-data`, which
+// would lock the real front server out; a directory with an ACL got "does not" as a
+// fact (review2 LOW 7).
+#[test]
+fn the_socket_directory_check_takes_the_socket_owners_user_and_group() {
+    use std::os::unix::fs::chown;
+    let dir = tempdir();
+    let outer = dir.path().join("sd");
+    let inner = outer.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    let set = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set(dir.path(), 0o755);
+    set(&outer, 0o711);
+    set(&inner, 0o750);
+    // nobody:nogroup (65534) on a root:nogroup 0750 directory: its group lets it through.
+    chown(&inner, Some(0), Some(65534)).unwrap();
+    let check = |extra: &[&str]| {
+        let out = postern()
+            .arg(testapp())
+            .arg("--uwsgi")
+            .arg(format!("unix:{}", inner.join("a.sock").display()))
+            .args(["--socket-mode", "660", "--check"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for owner in ["nobody:nogroup", ":nogroup", "nobody"] {
+        let said = check(&["--socket-owner", owner]);
+        assert!(!said.contains("let "), "{owner}: {said}");
+    }
+    // A group alone on a directory of another group: named, and given the directory.
+    chown(&inner, Some(0), Some(0)).unwrap();
+    let said = check(&["--socket-owner", ":nogroup"]);
+    assert!(
+        said.contains("does not let the group nogroup through"),
+        "{said}"
+    );
+    assert!(said.contains("chgrp nogroup "), "{said}");
+    assert!(!said.contains("www-data"), "{said}");
+    // An ACL (user www-data: x), which postern does not read: "may not".
+    let acl = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os,struct\ne=lambda t,p,i=0xffffffff: struct.pack('<HHI',t,p,i)\nos.setxattr({:?},'system.posix_acl_access',struct.pack('<I',2)+e(1,7)+e(2,1,33)+e(4,5)+e(0x10,5)+e(0x20,0))",
+            inner.to_str().unwrap()
+        ))
+        .status()
+        .unwrap();
+    assert!(acl.success());
+    let said = check(&[]);
+    assert!(said.contains("may not let www-data through"), "{said}");
+    assert!(said.contains("has an ACL"), "{said}");
+}
+
 // regression: a Unix socket bound without --socket-mode/--socket-owner got the umask's
 // mode (0755 root:root) without a word, and nginx (www-data) got EACCES: a 502, uWSGI's
 // chmod-socket pitfall.
