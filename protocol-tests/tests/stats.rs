@@ -1165,3 +1165,70 @@ fn check_warns_about_a_stats_address_off_loopback() {
         "{stdout}"
     );
 }
+
+// A reload's outcome and the generation that serves are in /metrics and /status: a
+// reload whose new workers serve counts `ok` and raises the generation; one whose new
+// workers fail to import counts `failed`, leaves the generation, and both of its
+// workers count as `boot-failure`.
+// regression: the second failed worker, told to leave by the rollback the first one's
+// exit caused, counted (and was logged at INFO) as an ordinary `reload` exit; and no
+// metric said a reload had failed.
+#[test]
+fn reloads_count_by_result_and_a_failed_reloads_workers_are_boot_failures() {
+    let dir = tempdir();
+    let app = app(dir.path());
+    let stats_addr = Addr::Tcp(free_port());
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--stats", &stats_addr.arg()])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 2));
+    let (ok, failed) = (
+        r#"postern_reloads_total{result="ok"}"#,
+        r#"postern_reloads_total{result="failed"}"#,
+    );
+    let m = metrics(&stats_addr);
+    assert!(m.lines().any(|l| l == "postern_generation 0"), "{m}");
+    assert!(m.lines().any(|l| l == format!("{ok} 0")), "{m}");
+    assert!(m.lines().any(|l| l == format!("{failed} 0")), "{m}");
+
+    p.signal(libc::SIGHUP);
+    let m = wait_metrics(&stats_addr, 30, |m| sample(m, ok) == 1.0);
+    assert_eq!(sample(&m, ok), 1.0, "{m}\n{}", p.logs());
+    assert_eq!(sample(&m, "postern_generation"), 1.0, "{m}");
+
+    // The code on disk breaks: both new workers fail to import.
+    std::fs::write(&app, "raise RuntimeError('broken on purpose')\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let boot_failure = r#"postern_worker_exits_total{cause="boot-failure"}"#;
+    let m = wait_metrics(&stats_addr, 30, |m| {
+        sample(m, failed) == 1.0 && sample(m, boot_failure) == 2.0
+    });
+    assert_eq!(sample(&m, failed), 1.0, "{m}\n{}", p.logs());
+    assert_eq!(sample(&m, boot_failure), 2.0, "{m}\n{}", p.logs());
+    // Only the first generation's workers left for a reload.
+    assert_eq!(
+        sample(&m, r#"postern_worker_exits_total{cause="reload"}"#),
+        2.0,
+        "{m}\n{}",
+        p.logs()
+    );
+    assert_eq!(sample(&m, ok), 1.0, "{m}");
+    assert_eq!(sample(&m, "postern_generation"), 1.0, "{m}");
+    let s = status_json(&stats_addr);
+    assert_eq!(s["generation"], 1, "{s:#}");
+    assert_eq!(
+        (&s["reloads"]["ok"], &s["reloads"]["failed"]),
+        (&1.into(), &1.into()),
+        "{s:#}"
+    );
+    // No INFO line calls a failed start an ordinary exit.
+    let logs = p.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("worker exited") && l.contains("exit code 3")),
+        "{logs}"
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(15).is_some(), "{}", p.logs());
+}

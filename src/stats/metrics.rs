@@ -237,6 +237,31 @@ impl Collector for Metrics {
             None,
             by_cause(&s.events.exits, Cause::exits),
         )?;
+        if s.master {
+            family(
+                &mut enc,
+                "reloads",
+                "Reloads (SIGHUP, --touch-reload) that ended, by result: ok (the new workers serve) or failed (they did not start; the previous code serves on). A reload replaced by the next one before it ended counts once, with that one.",
+                None,
+                [
+                    (vec![("result", "ok".to_owned())], counter(s.events.reloads[0])),
+                    (
+                        vec![("result", "failed".to_owned())],
+                        counter(s.events.reloads[1]),
+                    ),
+                ],
+            )?;
+            family(
+                &mut enc,
+                "generation",
+                "The generation of the workers that serve: 0 from the start, then the number of the last reload that succeeded (each reload takes the next number, so a failed one leaves a gap).",
+                None,
+                [(
+                    none(),
+                    ConstGauge::new(i64::try_from(s.events.generation).unwrap_or(i64::MAX)),
+                )],
+            )?;
+        }
         family(
             &mut enc,
             "request_timeouts",
@@ -363,6 +388,10 @@ mod tests {
             r#"postern_worker_starts_total{cause="crash"} 1"#,
             r#"postern_worker_exits_total{cause="crash"} 1"#,
             r#"postern_worker_exits_total{cause="max-rss"} 0"#,
+            r#"postern_reloads_total{result="ok"} 2"#,
+            r#"postern_reloads_total{result="failed"} 1"#,
+            "# TYPE postern_generation gauge",
+            "postern_generation 3",
             "postern_request_timeouts_total 0",
             "postern_slow_requests_total 0",
             r#"postern_app_errors_total{kind="exception"} 1"#,

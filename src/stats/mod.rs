@@ -257,6 +257,11 @@ pub struct Events {
     pub slow: u64,
     /// Times a request took the last idle Python thread of the serving workers.
     pub saturated: u64,
+    /// Reloads that ended: `[ok, failed]`.
+    pub reloads: [u64; 2],
+    /// The generation that serves (a gauge): the newest one all of whose workers
+    /// served.
+    pub generation: u64,
 }
 
 /// A worker's state as `/status` shows it.
@@ -445,6 +450,8 @@ pub(crate) mod tests {
         events.starts[Cause::Crash.index()] = 1;
         events.exits[Cause::Crash.index()] = 1;
         events.saturated = 3;
+        events.reloads = [2, 1];
+        events.generation = 3;
         Snapshot {
             pid: 100,
             master: true,

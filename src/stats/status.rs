@@ -29,8 +29,20 @@ struct Status<'a> {
     all_threads_busy: u64,
     worker_starts: serde_json::Map<String, serde_json::Value>,
     worker_exits: serde_json::Map<String, serde_json::Value>,
+    /// With a master: the generation that serves (as `postern_generation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    /// With a master: reloads that ended, by result (as `postern_reloads_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reloads: Option<Reloads>,
     listeners: Vec<Listener<'a>>,
     workers: Vec<Worker>,
+}
+
+#[derive(Serialize)]
+struct Reloads {
+    ok: u64,
+    failed: u64,
 }
 
 #[derive(Serialize)]
@@ -121,6 +133,11 @@ pub fn json(s: &Snapshot) -> String {
         all_threads_busy: s.events.saturated,
         worker_starts: by_cause(&s.events.starts),
         worker_exits: by_cause(&s.events.exits),
+        generation: s.master.then_some(s.events.generation),
+        reloads: s.master.then_some(Reloads {
+            ok: s.events.reloads[0],
+            failed: s.events.reloads[1],
+        }),
         listeners: s
             .listeners
             .iter()
@@ -222,6 +239,13 @@ pub fn text(s: &Snapshot) -> String {
         s.in_flight(),
         s.events.saturated
     );
+    if s.master {
+        let _ = writeln!(
+            o,
+            "generation {} · reloads ok {} failed {}",
+            s.events.generation, s.events.reloads[0], s.events.reloads[1]
+        );
+    }
     if !s.listeners.is_empty() {
         o.push('\n');
         let width = s
@@ -353,6 +377,11 @@ mod tests {
         assert_eq!(v["requests_refused"], 3);
         assert_eq!(v["config"]["app"], "testapp.py");
         assert_eq!(v["worker_starts"]["boot"], 2);
+        assert_eq!(v["generation"], 3);
+        assert_eq!(
+            (&v["reloads"]["ok"], &v["reloads"]["failed"]),
+            (&2.into(), &1.into())
+        );
         assert_eq!(v["listeners"][0]["backlog"], 128);
         let w = &v["workers"][0];
         assert_eq!(w["pid"], 101);
@@ -389,6 +418,10 @@ mod tests {
         assert!(t.starts_with("postern "), "{t}");
         assert!(t.contains("master pid 100 · up 1h02m"), "{t}");
         assert!(t.contains("app testapp.py · workers 2"), "{t}");
+        assert!(
+            t.contains("\ngeneration 3 · reloads ok 2 failed 1\n"),
+            "{t}"
+        );
         assert!(
             t.contains("requests 10 · refused 3 · in flight 1 · threads busy 1 idle 1"),
             "{t}"

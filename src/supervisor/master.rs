@@ -696,6 +696,7 @@ impl Master {
             return;
         }
         self.completed = self.generation;
+        self.board.publish_generation(self.completed);
         let mut retired = 0;
         let mut killed = Vec::new();
         for w in self.workers.iter_mut() {
@@ -729,6 +730,9 @@ impl Master {
         // retired here, which a chain reload has done one by one already: its
         // READY=1 never came, and systemd reported a reload timeout.
         if !self.announced || self.reload_pending {
+            if self.reload_pending {
+                self.board.count_reload(true);
+            }
             self.reload_pending = false;
             let pids: Vec<i32> = self
                 .workers
@@ -1272,6 +1276,8 @@ impl Master {
                 continue;
             };
             let w = self.workers.remove(i);
+            let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
+            let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
             let j = phase::judge_exit(
                 Departed {
                     generation: w.generation,
@@ -1281,6 +1287,7 @@ impl Master {
                         .active()
                         .then(|| self.board.self_retired(w.slot))
                         .flatten(),
+                    failed_start,
                 },
                 self.fleet(),
             );
@@ -1315,7 +1322,6 @@ impl Master {
             // One still starting that the stop had to kill (an import that hangs) makes
             // the stop unclean too, as the README's signal table says.
             // regression: that stop exited 0.
-            let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
             if self.board.is_stopping()
                 && (w.served || by_master)
                 && !w.before_stop
@@ -1331,6 +1337,9 @@ impl Master {
                 }
             }
             match j.verdict {
+                Verdict::Expected if failed_start => {
+                    tracing::error!(pid, %how, "worker failed to start (the app's error is logged above); it was told to leave already, so nothing replaces it");
+                }
                 Verdict::Expected => {
                     tracing::info!(pid, %how, cause = j.cause.label(), "worker exited");
                 }
@@ -1372,6 +1381,7 @@ impl Master {
                     // reload early in systemd's eyes.
                     // regression: it never came, and `systemctl reload` hung to its timeout.
                     if std::mem::take(&mut self.reload_pending) {
+                        self.board.count_reload(false);
                         notify::notify(
                             "READY=1\nSTATUS=reload failed: the new workers do not start (see the log); serving the previous code",
                         );
@@ -2036,6 +2046,7 @@ mod tests {
             generation: 0,
             phase: Phase::Booting,
             self_retired: None,
+            failed_start: true,
         };
         assert_eq!(phase::judge_exit(failed, f).verdict, Verdict::CrashLoop);
         let _ = stand.end();

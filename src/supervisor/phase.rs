@@ -90,6 +90,9 @@ pub struct Departed {
     /// What the scoreboard says it recycled itself for (`--max-requests`, `--max-rss`),
     /// in case it exited before the master noticed.
     pub self_retired: Option<Cause>,
+    /// It never said ready and exited on its own, not cleanly (its import failed, it
+    /// crashed): a failed start, even if it had been told to leave meanwhile.
+    pub failed_start: bool,
 }
 
 /// The master's state when a worker exits.
@@ -152,6 +155,15 @@ pub fn respawn_at(boot_failures: u32, failed_exit: Instant) -> Instant {
 pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
     let mut boot_failures = fleet.boot_failures;
     if let Some(cause) = w.phase.leaving() {
+        // A failed start told to leave before it failed (the twin of a reload's worker
+        // whose failure rolled the reload back) still counts as one; nothing replaces
+        // it, and the count in a row is the serving generation's, so left as it is.
+        // regression: it counted (and was logged at INFO) as an ordinary reload exit.
+        let cause = if w.failed_start {
+            Cause::BootFailure
+        } else {
+            cause
+        };
         return Judgement {
             cause,
             pending: None,
@@ -228,6 +240,7 @@ mod tests {
             generation,
             phase,
             self_retired: None,
+            failed_start: false,
         }
     }
 
@@ -250,6 +263,22 @@ mod tests {
             assert_eq!(j.pending, None);
             assert_eq!(j.boot_failures, 0);
         }
+    }
+
+    // regression: after a failed reload (both new workers fail to import), the second
+    // one, told to leave by the rollback the first one's exit caused, counted as a
+    // `reload` exit instead of a `boot-failure`.
+    #[test]
+    fn a_failed_start_told_to_leave_meanwhile_counts_as_a_boot_failure() {
+        let w = Departed {
+            failed_start: true,
+            ..departed(2, Phase::Stopping(Cause::Reload))
+        };
+        let j = judge_exit(w, fleet(1));
+        assert_eq!(j.cause, Cause::BootFailure);
+        assert_eq!(j.verdict, Verdict::Expected);
+        assert_eq!(j.pending, None);
+        assert_eq!(j.boot_failures, 0);
     }
 
     #[test]

@@ -174,6 +174,10 @@ struct Global {
     /// 1 + the newest generation one of whose workers warned that the app answered a
     /// status code past 599 (raised as `rss_warned` is).
     status_warned: AtomicU64,
+    /// Reloads that ended: `[ok, failed]` (master only).
+    reloads: [AtomicU64; 2],
+    /// The generation that serves: the newest one all of whose workers served.
+    generation: AtomicU64,
 }
 
 /// Requests refused before a Python thread, `[protocol][status class]`.
@@ -649,6 +653,18 @@ impl Scoreboard {
         bump(&self.global().exits[cause.index()], 1);
     }
 
+    /// A reload ended: its new workers serve (`ok`), or they did not start.
+    pub fn count_reload(&self, ok: bool) {
+        bump(&self.global().reloads[usize::from(!ok)], 1);
+    }
+
+    /// Publishes the generation that serves (master only).
+    pub fn publish_generation(&self, generation: u64) {
+        self.global()
+            .generation
+            .store(generation, Ordering::Relaxed);
+    }
+
     pub fn count_timeout(&self) {
         bump(&self.global().timeouts, 1);
     }
@@ -794,6 +810,8 @@ impl Scoreboard {
             timeouts: get(&g.timeouts),
             slow: get(&g.slow),
             saturated: get(&g.saturated),
+            reloads: [get(&g.reloads[0]), get(&g.reloads[1])],
+            generation: get(&g.generation),
             ..Events::default()
         };
         for (v, c) in events.starts.iter_mut().zip(&g.starts) {
