@@ -181,23 +181,20 @@ fn socket_files_outlive_recycled_workers_and_go_with_the_server() {
 // regression: an app file with no `application`/`app` but a `create_app()` factory was
 // told to "name the callable as MODULE:CALLABLE", and naming the factory
 // (`shop:create_app`, `shop:create_app()`) is refused: the advice now is the README's
-// (a wsgi.py with `app = create_app()`), which then works.
+// (`app = create_app()` in the same file, or a wsgi.py), which then works.
 #[test]
 fn an_app_with_only_a_factory_is_told_to_call_it_in_a_wsgi_py() {
     let dir = tempdir();
-    std::fs::write(
-        dir.path().join("shop.py"),
-        "def create_app():\n    def application(e, r):\n        r('200 OK', [])\n        return [b'']\n    return application\n",
-    )
-    .unwrap();
+    const FACTORY: &str = "def create_app():\n    def application(e, r):\n        r('200 OK', [])\n        return [b'']\n    return application\n";
+    std::fs::write(dir.path().join("shop.py"), FACTORY).unwrap();
     for (app, want) in [
         (
             "shop",
-            "has no attribute 'application' or 'app'; it has create_app(), an app factory? postern calls none: write a wsgi.py with `from shop import create_app` and `app = create_app()`, then give wsgi:app",
+            "has no attribute 'application' or 'app'; it has create_app(), an app factory? postern calls none: add `app = create_app()` at the end of the module shop's file, then give shop:app (or write a wsgi.py with `from shop import create_app` and `app = create_app()`, then give wsgi:app)",
         ),
         (
             "shop.py",
-            "it has create_app(), an app factory? postern calls none: write a wsgi.py beside shop.py with `from shop import create_app` and `app = create_app()`, then give wsgi.py:app",
+            "it has create_app(), an app factory? postern calls none: add `app = create_app()` at the end of shop.py, then give shop.py:app (or write a wsgi.py beside shop.py with `from shop import create_app` and `app = create_app()`, then give wsgi.py:app)",
         ),
     ] {
         let out = postern()
@@ -232,6 +229,41 @@ fn an_app_with_only_a_factory_is_told_to_call_it_in_a_wsgi_py() {
         let out = postern()
             .current_dir(dir.path())
             .args([app, "--check"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{app}: {out:?}");
+    }
+    // regression (review2 MEDIUM 5): for a file that is no module name (my-shop.py,
+    // legacy.wsgi) or is itself wsgi.py, the wsgi.py advice failed when followed
+    // (SyntaxError, ModuleNotFoundError, the factory's file overwritten). The advice
+    // is now `app = create_app()` at the end of the same file: followed here.
+    for (file, app) in [
+        ("my-shop.py", "my-shop.py"),
+        ("legacy.wsgi", "./legacy.wsgi"),
+        ("wsgi.py", "wsgi.py"),
+        ("wsgi.py", "wsgi"),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, FACTORY).unwrap();
+        let out = postern()
+            .current_dir(dir.path())
+            .args([app, "--check"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{app}: {err}");
+        let place = if app == "wsgi" {
+            "the module wsgi's file".to_owned()
+        } else {
+            app.to_owned()
+        };
+        let want = format!("add `app = create_app()` at the end of {place}, then give {app}:app");
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+        assert!(!err.contains("write a wsgi.py"), "{app}: {err}");
+        std::fs::write(&path, format!("{FACTORY}app = create_app()\n")).unwrap();
+        let out = postern()
+            .current_dir(dir.path())
+            .args([&format!("{app}:app"), "--check"])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{app}: {out:?}");

@@ -379,26 +379,52 @@ fn factory_in(module: &Bound<'_, PyModule>) -> Option<String> {
 }
 
 /// What to write for an app made by `factory` in `spec`'s module: postern calls no
-/// factory (README: a wsgi.py with `app = create_app()`, then `wsgi:app`).
+/// factory. The advice that works for every APP is `app = create_app()` in the same
+/// file, then that file's `:app`; a separate wsgi.py is offered too where it can import
+/// the module by name.
 /// regression: an app file with only `create_app()` was told to "name the callable as
 /// MODULE:CALLABLE", and naming the factory is refused.
+/// regression (review2): the wsgi.py advice failed when followed for `my-shop.py` (no
+/// module name), `legacy.wsgi` (not importable) and a module named `wsgi` (overwritten).
 fn wsgi_py_advice(spec: &AppSpec, factory: &str) -> String {
-    let (module, beside, give) = match spec {
-        AppSpec::Module { module, .. } => (module.clone(), String::new(), "wsgi:app".to_owned()),
+    let identifier = |m: &str| {
+        m.split('.').all(|p| {
+            !p.is_empty()
+                && !p.starts_with(|c: char| c.is_ascii_digit())
+                && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+        })
+    };
+    let (place, give, module, beside, wsgi) = match spec {
+        AppSpec::Module { module, .. } => (
+            format!("the module {module}'s file"),
+            format!("{module}:app"),
+            Some(module.clone()),
+            String::new(),
+            "wsgi:app".to_owned(),
+        ),
         AppSpec::File { path, .. } => {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            let wsgi = path.with_file_name("wsgi.py");
+            let py = path.extension().is_some_and(|e| e == "py");
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| py && identifier(s) && !s.contains('.'));
             (
-                stem.unwrap_or_default(),
+                path.display().to_string(),
+                format!("{}:app", path.display()),
+                stem,
                 format!(" beside {}", path.display()),
-                format!("{}:app", wsgi.display()),
+                format!("{}:app", path.with_file_name("wsgi.py").display()),
             )
         }
     };
-    format!(
-        "write a wsgi.py{beside} with `from {module} import {factory}` and \
-         `app = {factory}()`, then give {give}"
-    )
+    let mut advice = format!("add `app = {factory}()` at the end of {place}, then give {give}");
+    // A wsgi.py of its own, where it can import the module and is not the module.
+    if let Some(m) = module.filter(|m| identifier(m) && m != "wsgi" && !m.ends_with(".wsgi")) {
+        advice.push_str(&format!(
+            " (or write a wsgi.py{beside} with `from {m} import {factory}` and `app = {factory}()`, then give {wsgi})"
+        ));
+    }
+    advice
 }
 
 /// The module's public callable closest to one of `names` (difflib's measure), if any
@@ -605,8 +631,26 @@ mod tests {
         let e = AppSpec::parse("flask_app:create_app()").unwrap_err();
         assert!(e.contains("postern calls no app factory"), "{e}");
         assert!(
-            e.contains("`from flask_app import create_app` and `app = create_app()`"),
+            e.contains("add `app = create_app()` at the end of the module flask_app's file, then give flask_app:app (or write a wsgi.py with `from flask_app import create_app` and `app = create_app()`, then give wsgi:app)"),
             "{e}"
         );
+        // regression (review2): advice that failed when followed.
+        for (app, wsgi_py) in [
+            ("my-shop.py:create_app()", false),
+            ("./legacy.wsgi:create_app()", false),
+            ("wsgi.py:create_app()", false),
+            ("wsgi:create_app()", false),
+            ("shop.py:create_app()", true),
+        ] {
+            let e = AppSpec::parse(app).unwrap_err();
+            let file = app.split(':').next().unwrap();
+            let want = if file.ends_with(".py") || file.contains('/') {
+                format!("add `app = create_app()` at the end of {file}, then give {file}:app")
+            } else {
+                format!("at the end of the module {file}'s file, then give {file}:app")
+            };
+            assert!(e.contains(&want), "{app}: {e}");
+            assert_eq!(e.contains("write a wsgi.py"), wsgi_py, "{app}: {e}");
+        }
     }
 }
