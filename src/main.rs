@@ -516,6 +516,12 @@ fn asgi_settings(
         max_concurrency: config.opts.max_concurrency,
         lifespan: config.opts.lifespan,
         lifespan_timeout: config.opts.lifespan_timeout.0,
+        // Only a master enforces --timeout.
+        timeout: config
+            .supervised
+            .then_some(config.opts.timeout)
+            .flatten()
+            .map(|s| s.0),
     })
 }
 

@@ -144,6 +144,17 @@ const HTTP: &str = r#"
             await asyncio.sleep(3600)
         finally:
             event("stuck cancelled")
+    elif path == "/streaming":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        event("streaming started")
+        await asyncio.sleep(3600)
+    elif path == "/after":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        event("after started")
+        await asyncio.sleep(3600)
+        return
     elif path == "/block":
         event("block started")
         time.sleep(6)
@@ -288,6 +299,54 @@ fn cut_off_then_shutdown(args: &[&str], shutdown_s: &str) {
         !logs.contains("the tasks the app left running"),
         "{args:?}: {logs}"
     );
+}
+
+// regression: hostile7 #5: each request postern cancelled at --graceful-timeout was an
+// ERROR "the app raised an exception after its response started" with a 40-line
+// CancelledError traceback: a reload with many open streams flooded the log.
+#[test]
+fn requests_cut_off_at_graceful_timeout_get_one_warning_each_without_traceback() {
+    let a = app();
+    let mut p = a.spawn().args(["--graceful-timeout", "1"]).start();
+    let stuck = send_get(&p, "/stuck");
+    a.wait_event("stuck started", &p);
+    let streaming = send_get(&p, "/streaming");
+    a.wait_event("streaming started", &p);
+    let after = send_get(&p, "/after");
+    a.wait_event("after started", &p);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(30).expect("postern stopped");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    let (stuck, streaming, after) = (
+        stuck.join().unwrap(),
+        streaming.join().unwrap(),
+        after.join().unwrap(),
+    );
+    assert_eq!(parse_http(&stuck).map(|r| r.status), Some(500));
+    assert_eq!(parse_http(&after).map(|r| r.body), Some(b"ok".to_vec()));
+    assert!(!streaming.is_empty());
+    let logs = p.logs();
+    for (path, what) in [
+        ("/stuck", "before its response started; answered 500"),
+        ("/streaming", "during its response; aborting the connection"),
+        (
+            "/after",
+            "which still ran after its response was sent whole",
+        ),
+    ] {
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("cut off at --graceful-timeout: postern cancelled"))
+            .filter(|l| l.contains(&format!("path={path} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{path}: {logs}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains(what),
+            "{path}: {logs}"
+        );
+    }
+    assert!(!logs.contains("the app raised"), "{logs}");
+    assert!(!logs.contains("Traceback"), "{logs}");
 }
 
 // regression: R6 of the review: past --graceful-timeout with a stuck request, the

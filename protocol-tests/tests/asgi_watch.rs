@@ -79,6 +79,22 @@ async def app(scope, receive, send):
                 raise
             await asyncio.sleep(0.01)
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/after":
+        # FastAPI's BackgroundTasks: the whole response, then work in the same task.
+        await answer(send, b"answered")
+        mark("after-" + scope["query_string"].decode())
+        await asyncio.sleep(float(scope["query_string"]))
+        mark("after-done")
+    elif path == "/after-block":
+        await answer(send, b"answered")
+        mark("after-block")
+        time.sleep(30)
+    elif path == "/half":
+        # A response that never ends.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"half", "more_body": True})
+        mark("half")
+        await asyncio.sleep(3600)
     elif path == "/pid":
         await answer(send, str(os.getpid()).encode())
     else:
@@ -628,4 +644,77 @@ fn a_request_that_ends_during_the_timeout_dump_does_not_cost_the_others() {
     // The worker drains and is replaced: the server serves on.
     assert!(wait_serving(&p), "{}", p.logs());
     assert!(!p.logs().contains("killed by SIGKILL"), "{}", p.logs());
+}
+
+// regression: hostile7 #1: a FastAPI BackgroundTasks task (work after the app sent its
+// whole response) running past --timeout got the worker dumped and SIGKILLed, cutting
+// every other request on it, for a request served in milliseconds.
+#[test]
+fn work_after_a_complete_response_past_timeout_is_warned_about_not_killed() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--master", "--timeout", "4"]);
+    assert!(wait_serving(&p), "{}", p.logs());
+    let answer = parse_http(&get(&p.addr, "/after?8"));
+    assert_eq!(answer.map(|r| r.body), Some(b"answered".to_vec()));
+    assert!(wait_file(&dir.path().join("after-8"), 10));
+    // Another request on the worker, running while the work passes --timeout (and
+    // past the kill that came 500 ms later before the fix).
+    std::thread::sleep(Duration::from_millis(2500));
+    let other = send(&p.addr, "/sleep?3");
+    let other = parse_http(&other.join().unwrap());
+    assert_eq!(
+        other.map(|r| r.body),
+        Some(b"slept".to_vec()),
+        "{}",
+        p.logs()
+    );
+    // The work runs to its end, named once in a warning.
+    assert!(
+        wait_file(&dir.path().join("after-done"), 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("still runs past --timeout (4s) after its response was sent whole"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{logs}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("path=/after "),
+        "{logs}"
+    );
+    assert!(!logs.contains("passed --timeout"), "{logs}");
+    assert!(!logs.contains("SIGKILL"), "{logs}");
+    // A response that never ends is still a stuck request: the worker is replaced.
+    let half = send(&p.addr, "/half");
+    assert!(wait_file(&dir.path().join("half"), 10));
+    assert!(p.wait_log("request passed --timeout", 15), "{}", p.logs());
+    assert!(p.logs().contains("request=GET /half"), "{}", p.logs());
+    assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
+    let _ = half.join();
+    assert!(wait_serving(&p), "{}", p.logs());
+}
+
+// A blocking call after the response (time.sleep in a background task) still blocks
+// the loop: the other requests' --timeout catches it, and the dump names it.
+#[test]
+fn work_after_the_response_that_blocks_the_loop_is_caught_through_the_other_requests() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--master", "--timeout", "2"]);
+    assert!(wait_serving(&p), "{}", p.logs());
+    let waiting = send(&p.addr, "/sleep?20");
+    assert!(wait_file(&dir.path().join("sleep-20"), 10));
+    let answer = parse_http(&get(&p.addr, "/after-block"));
+    assert_eq!(answer.map(|r| r.body), Some(b"answered".to_vec()));
+    assert!(p.wait_log("request passed --timeout", 15), "{}", p.logs());
+    assert!(p.logs().contains("request=GET /sleep"), "{}", p.logs());
+    assert!(
+        p.wait_log("the event loop is blocked by this task", 5),
+        "{}",
+        p.logs()
+    );
+    assert!(p.logs().contains("task=GET /after-block"), "{}", p.logs());
+    let _ = waiting.join();
+    assert!(wait_serving(&p), "{}", p.logs());
 }

@@ -16,12 +16,13 @@
 //! [`Ready`] awaitable: `await` gets it through `StopIteration`, with no asyncio
 //! `Future` and no trip through the loop. Only a real wait creates a future.
 
-use std::cell::Cell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pyo3::exceptions::{
@@ -278,6 +279,17 @@ pub struct Ctx {
     /// are peeked at by the loop meanwhile ([`peek_kept`]).
     pub at_cap: Cell<bool>,
     pub next_id: Cell<u64>,
+    /// The worker's stop: whether postern itself cancelled the requests' tasks at
+    /// `--graceful-timeout` (a cancelled task is then not the app's failure).
+    pub stop: Arc<super::stop::Stop>,
+    /// `--timeout` (under a master, which enforces it): a task that runs this long
+    /// after it began, its response complete, gets one warning ([`Exchange::responded`]).
+    pub timeout: Option<Duration>,
+    /// The tasks running on after their complete response, by start order: when each
+    /// began, and its span (to name it).
+    pub after: RefCell<BTreeMap<usize, (Instant, tracing::Span)>>,
+    /// When the timer that looks at [`Ctx::after`] is due, if one is set.
+    pub after_due: Cell<Option<Instant>>,
 }
 
 /// The request body, as `receive` hands it out.
@@ -386,6 +398,12 @@ pub struct Exchange {
     task_over: bool,
     /// The monitor and the loop were told the request is over.
     released: bool,
+    /// When the task began (for the warning of work past `--timeout` after the
+    /// response), and whether it left its line at its complete response.
+    begun: Instant,
+    left_line: bool,
+    /// Postern cancelled the task at `--graceful-timeout` (not the app's failure).
+    cut_at_stop: bool,
     body: BodyState,
     /// `receive()` futures waiting for `http.disconnect`.
     waiters: Vec<Py<PyAny>>,
@@ -943,6 +961,9 @@ impl Exchange {
             app_error: None,
             task_over: false,
             released: false,
+            begun: Instant::now(),
+            left_line: false,
+            cut_at_stop: false,
             body: BodyState::Waiting(body),
             waiters: Vec::new(),
             read_in_flight: false,
@@ -1501,6 +1522,11 @@ impl Exchange {
             e => e,
         };
         me.finish_log(end, sent);
+        if !me.task_over && matches!(end, End::Complete(_)) {
+            drop(me);
+            Self::responded(slf)?;
+            me = slf.borrow_mut();
+        }
         if me.disconnect_due() {
             me.wake_waiters(py);
         } else if me.ended_at_length && me.length_grace.is_none() && !me.task_over {
@@ -1512,6 +1538,44 @@ impl Exchange {
             ))?;
             slf.borrow_mut().length_grace = Some(t.unbind());
         }
+        Ok(())
+    }
+
+    /// The response is complete and the task runs on (work the app does after it, a
+    /// FastAPI `BackgroundTasks` task): the request is served, so its task leaves the
+    /// scoreboard line `--timeout` looks at; it still holds its `--max-concurrency`
+    /// place, and a stop still waits for it (then cancels it at `--graceful-timeout`).
+    /// Past `--timeout` it gets one warning. A response cut short (the client gone, an
+    /// abort) keeps its task watched: that may be a request stuck in the app.
+    fn responded(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut me = slf.borrow_mut();
+        me.left_line = true;
+        me.ctx.watch.responded(me.slot);
+        let Some(timeout) = me.ctx.timeout else {
+            return Ok(());
+        };
+        let due = me.begun + timeout;
+        let ctx = Rc::clone(&me.ctx);
+        ctx.after
+            .borrow_mut()
+            .insert(me.slot, (me.begun, me.span.clone()));
+        drop(me);
+        if ctx.after_due.get().is_none_or(|d| d > due) {
+            Self::arm_after(slf, &ctx, due)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the timer that looks at the tasks running on after their response.
+    fn arm_after(slf: &Bound<'_, Self>, ctx: &Ctx, due: Instant) -> PyResult<()> {
+        let py = slf.py();
+        let lio = slf.borrow().lio(py)?;
+        let wait = due.saturating_duration_since(Instant::now());
+        lio.call_later.bind(py).call1((
+            wait.as_secs_f64(),
+            slf.getattr(intern!(py, "_past_timeout"))?,
+        ))?;
+        ctx.after_due.set(Some(due));
         Ok(())
     }
 
@@ -1582,10 +1646,16 @@ impl Exchange {
         let py = slf.py();
         let span = slf.borrow().span.clone();
         let _entered = span.enter();
-        let (started_sending, served, gone, complete) = {
+        let (started_sending, served, gone, complete, cut) = {
             let mut me = slf.borrow_mut();
             me.task_over = true;
-            (me.head_sent, me.served.is_some(), me.gone, me.complete)
+            (
+                me.head_sent,
+                me.served.is_some(),
+                me.gone,
+                me.complete,
+                me.cut_at_stop && failure.is_some(),
+            )
         };
         // What the app raised because the client went away (an OSError of a send,
         // Starlette's ClientDisconnect after receive() said http.disconnect) is not its
@@ -1595,7 +1665,7 @@ impl Exchange {
             _ => Disconnect::No,
         };
         let from_disconnect = disconnect != Disconnect::No;
-        if failure.is_some() && !from_disconnect {
+        if failure.is_some() && !from_disconnect && !cut {
             slf.borrow_mut().app_error = Some(AppError::Exception);
         }
         match failure {
@@ -1623,6 +1693,22 @@ impl Exchange {
             Some(e) if e.is_instance_of::<ClientDisconnected>(py) => {
                 tracing::debug!("the app stopped: the client went away");
                 Self::settle(slf, None)?;
+            }
+            // Postern's own cancellation at --graceful-timeout (a stop or a reload):
+            // one line per request, no traceback (the stop's warning said why).
+            // regression: each was an ERROR blaming the app, with the cancellation's
+            // traceback: a reload with many open streams flooded the log.
+            Some(_) if cut && served => {
+                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task, which still ran after its response was sent whole");
+            }
+            Some(_) if cut && started_sending => {
+                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task during its response; aborting the connection");
+                let code = slf.borrow().code;
+                Self::settle(slf, Some(End::Incomplete(code)))?;
+            }
+            Some(_) if cut => {
+                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task before its response started; answered 500");
+                Self::answer_500(slf)?;
             }
             Some(e) if !started_sending && !served => {
                 tracing::error!(traceback = %traceback(py, &e), "the app raised an exception; answered 500");
@@ -1690,6 +1776,9 @@ impl Exchange {
         let slot = me.slot;
         me.ctx.watch.end(slot, me.protocol, me.served.as_ref());
         let ctx = Rc::clone(&me.ctx);
+        if me.left_line && ctx.timeout.is_some() {
+            ctx.after.borrow_mut().remove(&slot);
+        }
         drop(me);
         {
             let mut me = slf.borrow_mut();
@@ -2863,6 +2952,40 @@ impl Exchange {
         Self::release(slf)
     }
 
+    /// The timer of the tasks running on after their complete response: each one
+    /// past `--timeout` since it began gets its warning (once), and the timer is set
+    /// again for the next one.
+    fn _past_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let ctx = Rc::clone(&slf.borrow().ctx);
+        ctx.after_due.set(None);
+        let Some(timeout) = ctx.timeout else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut next = None;
+        {
+            let mut after = ctx.after.borrow_mut();
+            while let Some(entry) = after.first_entry() {
+                let due = entry.get().0 + timeout;
+                if due > now {
+                    next = Some(due);
+                    break;
+                }
+                let (begun, span) = entry.remove();
+                let _e = span.enter();
+                tracing::warn!(
+                    ran_s = begun.elapsed().as_secs(),
+                    "this request's task still runs past --timeout ({}s) after its response was sent whole: work the app does after its response (a FastAPI/Starlette BackgroundTasks task) is not killed by --timeout (the request is served); it keeps its --max-concurrency place, and a stop waits for it up to --graceful-timeout",
+                    timeout.as_secs_f64()
+                );
+            }
+        }
+        if let Some(due) = next {
+            Self::arm_after(slf, &ctx, due)?;
+        }
+        Ok(())
+    }
+
     /// The app's call returned (`None`) or raised: called by the task itself, at its
     /// end (`SERVE` in run.rs), so the response ends in the same loop iteration.
     fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -2871,6 +2994,9 @@ impl Exchange {
                 // A task cancelled after the client went away is no bug of the app's
                 // (a framework may cancel its handler when it hears http.disconnect).
                 let gone = slf.borrow().gone;
+                if !gone && slf.borrow().ctx.stop.cut_taken() {
+                    slf.borrow_mut().cut_at_stop = true;
+                }
                 let err =
                     pyo3::exceptions::PyException::new_err("the request's task was cancelled");
                 if gone {

@@ -80,4 +80,7 @@ pub struct AsgiSettings {
     pub max_concurrency: usize,
     pub lifespan: lifespan::LifespanMode,
     pub lifespan_timeout: std::time::Duration,
+    /// `--timeout` when a master enforces it: work past it after a complete
+    /// response is warned about (it is not killed).
+    pub timeout: Option<std::time::Duration>,
 }

@@ -221,7 +221,7 @@ fn serve(
     asgi: &AsgiSettings,
     source: Arc<dyn Source>,
     lifespan: &Lifespan,
-    stop: &Stop,
+    stop: &Arc<Stop>,
 ) -> PyResult<()> {
     let Some(fd) = source.wake_fd().map(|f| f.as_raw_fd()) else {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(
@@ -253,6 +253,10 @@ fn serve(
         gone_waiting: RefCell::new(std::collections::HashMap::new()),
         at_cap: Cell::new(false),
         next_id: Cell::new(0),
+        stop: Arc::clone(stop),
+        timeout: asgi.timeout,
+        after: RefCell::new(std::collections::BTreeMap::new()),
+        after_due: Cell::new(None),
     });
     let driver = Bound::new(
         py,

@@ -80,6 +80,44 @@ impl Watch {
         id
     }
 
+    /// The response of task `id` is complete while its task runs on (work the app
+    /// does after its last `http.response.body`: a FastAPI `BackgroundTasks` task):
+    /// the task leaves its line, so `--timeout` no longer looks at it (the request is
+    /// served), and the oldest waiting task takes the line. It still counts as a task
+    /// until [`Watch::end`].
+    pub fn responded(&self, id: TaskId) {
+        let Some(m) = &self.monitor else {
+            return;
+        };
+        let waited = {
+            let mut unshown = self.unshown.borrow_mut();
+            !unshown.is_empty() && unshown.remove(&id).is_some()
+        };
+        if waited {
+            return;
+        }
+        let line = self.on_line.borrow().iter().position(|&t| t == Some(id));
+        if let Some(l) = line {
+            self.hand_on(m, l);
+        }
+    }
+
+    /// Line `l` is left: the oldest task without a line takes it, else it is free.
+    fn hand_on(&self, m: &Arc<dyn Monitor>, l: usize) {
+        let next = self.unshown.borrow_mut().pop_first();
+        match next {
+            Some((next, w)) => {
+                self.on_line.borrow_mut()[l] = Some(next);
+                m.task_show(l, &w.head, w.protocol, w.since);
+            }
+            None => {
+                self.on_line.borrow_mut()[l] = None;
+                self.free.borrow_mut().push(l);
+                m.task_idle(l);
+            }
+        }
+    }
+
     /// The task `id` ended (its response is finished); `served`: what went out.
     pub fn end(&self, id: TaskId, protocol: Protocol, served: Option<&Served>) {
         let Some(m) = &self.monitor else {
@@ -94,9 +132,10 @@ impl Watch {
         } else {
             self.on_line.borrow().iter().position(|&t| t == Some(id))
         };
+        // A task that already left its line (`responded`) is on none: counted only.
         m.task_end(line, protocol, served);
         let Some(l) = line else { return };
-        // The oldest task without a line takes this one.
+        // The oldest task without a line takes this one (its idle mark is the end's).
         let next = self.unshown.borrow_mut().pop_first();
         match next {
             Some((next, w)) => {
@@ -158,6 +197,9 @@ mod tests {
         fn task_show(&self, line: usize, head: &Head, _: Protocol, _: Instant) {
             self.0.lock().unwrap()[line] = Some(target(head));
         }
+        fn task_idle(&self, line: usize) {
+            self.0.lock().unwrap()[line] = None;
+        }
         fn task_end(&self, line: Option<usize>, _: Protocol, _: Option<&Served>) {
             *self.1.lock().unwrap() += 1;
             if let Some(l) = line {
@@ -214,5 +256,42 @@ mod tests {
         w.end(id, Protocol::Uwsgi, None);
         assert_eq!(shown(&m), vec![None, None]);
         assert_eq!(*m.1.lock().unwrap(), 6, "every task counted once");
+    }
+
+    // regression: a task whose response was complete (a FastAPI BackgroundTasks task
+    // running after it) stayed on its line, so --timeout killed the worker, and every
+    // request on it, for a request served in milliseconds.
+    #[test]
+    fn a_task_whose_response_is_complete_leaves_its_line_and_still_counts() {
+        let m = Arc::new(Lines::default());
+        let w = Watch::new(Some(m.clone() as Arc<dyn Monitor>), 1000);
+        let ids: Vec<TaskId> = (0..3)
+            .map(|i| w.begin(&head(&format!("/{i}")), Protocol::Uwsgi))
+            .collect();
+        let s = |v: &[Option<&str>]| v.iter().map(|x| x.map(str::to_string)).collect::<Vec<_>>();
+        assert_eq!(shown(&m), s(&[Some("/0"), Some("/1")]));
+        // /0's response is complete, its task runs on: /2 takes its line.
+        w.responded(ids[0]);
+        assert_eq!(shown(&m), s(&[Some("/2"), Some("/1")]));
+        // /1 too, with nobody waiting: its line is idle.
+        w.responded(ids[1]);
+        assert_eq!(shown(&m), s(&[Some("/2"), None]));
+        assert_eq!(*m.1.lock().unwrap(), 0, "no task has ended yet");
+        // A new task takes the idle line; the tasks that left theirs end later,
+        // counted once each, and touch no line.
+        let id = w.begin(&head("/3"), Protocol::Uwsgi);
+        assert_eq!(shown(&m), s(&[Some("/2"), Some("/3")]));
+        w.end(ids[0], Protocol::Uwsgi, None);
+        w.end(ids[1], Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), s(&[Some("/2"), Some("/3")]));
+        // A task without a line that responds never gets one.
+        let late = w.begin(&head("/4"), Protocol::Uwsgi);
+        w.responded(late);
+        w.end(ids[2], Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), s(&[None, Some("/3")]));
+        w.end(late, Protocol::Uwsgi, None);
+        w.end(id, Protocol::Uwsgi, None);
+        assert_eq!(shown(&m), s(&[None, None]));
+        assert_eq!(*m.1.lock().unwrap(), 5, "every task counted once");
     }
 }

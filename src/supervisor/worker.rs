@@ -565,6 +565,12 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         }
     }
 
+    fn task_idle(&self, line: usize) {
+        if line < self.board.threads {
+            self.board.line(self.slot, line).end();
+        }
+    }
+
     fn task_end(
         &self,
         line: Option<usize>,

@@ -391,6 +391,9 @@ pub trait Monitor: Send + Sync {
         _since: std::time::Instant,
     ) {
     }
+    /// The task on `line` left it while it runs on (its response is complete): the
+    /// line is idle; the task still counts until [`Monitor::task_end`].
+    fn task_idle(&self, _line: usize) {}
     /// A task ended (its line, if it had one, is idle now); `served` as for `end`.
     fn task_end(
         &self,
