@@ -718,3 +718,42 @@ fn work_after_the_response_that_blocks_the_loop_is_caught_through_the_other_requ
     let _ = waiting.join();
     assert!(wait_serving(&p), "{}", p.logs());
 }
+
+// hostile7 #4: a WebSocket handshake got a plain 404 from the app with nothing in
+// postern's log saying why.
+#[test]
+fn a_websocket_handshake_is_said_once_per_worker_and_reaches_the_app_as_http() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    assert!(wait_serving(&p), "{}", p.logs());
+    let pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/ws"),
+        ("REQUEST_URI", "/ws"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("HTTP_CONNECTION", "Upgrade"),
+        ("HTTP_UPGRADE", "WebSocket"),
+        ("HTTP_SEC_WEBSOCKET_VERSION", "13"),
+    ]);
+    for _ in 0..2 {
+        let answer = parse_http(&raw(&p.addr, &pkt));
+        assert_eq!(answer.map(|r| r.body), Some(b"hello".to_vec()));
+    }
+    assert!(
+        p.wait_log("postern does not serve WebSocket", 5),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("postern does not serve WebSocket"))
+        .collect();
+    assert_eq!(said.len(), 1, "{logs}");
+    assert!(
+        said[0].contains("INFO") && said[0].contains("path=/ws"),
+        "{logs}"
+    );
+}

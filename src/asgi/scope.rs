@@ -644,6 +644,23 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+const UPGRADE: &[u8] = b"HTTP_UPGRADE";
+
+/// A WebSocket handshake was said in the log (once per worker).
+static WEBSOCKET_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A request carries `Upgrade: <value>`: the first one that asks for a WebSocket gets
+/// one line (in its span) saying that postern does not serve WebSocket.
+fn websocket_asked(value: &[u8]) {
+    use std::sync::atomic::Ordering;
+    let websocket = value
+        .split(|&b| b == b',')
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    if websocket && !WEBSOCKET_SAID.swap(true, Ordering::Relaxed) {
+        tracing::info!("a request asks for a WebSocket (Upgrade: websocket): postern does not serve WebSocket (ASGI has no websocket scope here, and nginx passes no Upgrade over uwsgi, FastCGI or SCGI unless told to), so it reaches the app as a plain HTTP request (a FastAPI or Starlette @app.websocket route answers 404); serve WebSocket routes from a server that speaks it (see the README's ASGI section). Said once per worker");
+    }
+}
+
 /// Headers a request has at most to be listed without a heap allocation.
 const FEW_HEADERS: usize = 32;
 
@@ -684,6 +701,10 @@ fn headers_with<'py>(
     let mut more = Vec::new();
     let mut n = 0;
     for h in s.headers() {
+        // One length compare per header until the first WebSocket handshake.
+        if h.cgi_name.len() == UPGRADE.len() && h.cgi_name == UPGRADE {
+            websocket_asked(h.value);
+        }
         match few.get_mut(n) {
             Some(slot) => {
                 slot.write(h);
