@@ -1415,14 +1415,21 @@ fn uwsgis_mount_form_is_refused_with_posterns_words_for_it() {
         ),
         "{err}"
     );
-    // What it says works; a prefix with no app after its `=` stays a prefix.
+    // What it says works; a prefix with no app after its `=` stays a prefix, and so
+    // does a bare word that names no module here. regression (review2 LOW):
+    // `--mount /v1=beta` was refused.
     for args in [
         &["--mount", "/app", "./app.py"][..],
         &["--mount", "/a=b/c", "app.py"][..],
+        &["--mount", "/v1=beta", "app.py"][..],
     ] {
         let (rc, err) = run(args, None);
         assert_eq!(rc, Some(0), "{args:?}: {err}");
     }
+    // A bare word that is a module here (app.py) is uWSGI's form.
+    let (rc, err) = run(&["--mount", "/x=app", "app.py"], None);
+    assert_eq!(rc, Some(2), "{err}");
+    assert!(err.contains("is uWSGI's MOUNTPOINT=APP"), "{err}");
 }
 
 // regression: a misspelt option of postern's typed beside a uWSGI one (`--socket :3031

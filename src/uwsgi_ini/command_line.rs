@@ -539,17 +539,23 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
 
 /// Whether a `--mount` value is uWSGI's MOUNTPOINT=APP (`/app=app.py`,
 /// `/app=pkg.wsgi:application`) rather than postern's URL prefix: an app after the `=`
-/// as uWSGI names one (a `.py` or `.wsgi` file, or `dotted.module[:callable]`).
+/// as uWSGI names one (a `.py` or `.wsgi` file, `dotted.module[:callable]`, or a bare
+/// module name with its `NAME.py` or `NAME/` package in the working directory).
+/// regression (review2 LOW): `--mount /v1=beta`, a legal prefix, was refused.
 pub fn is_uwsgi_mount(value: &str) -> bool {
     let Some((prefix, app)) = value.split_once('=') else {
         return false;
     };
     let ident = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_');
     let (module, callable) = app.split_once(':').unwrap_or((app, "application"));
+    let named = module.split('.').all(ident) && callable.split('.').all(ident);
+    let bare = !app.contains([':', '.']);
+    let exists = || {
+        std::path::Path::new(&format!("{app}.py")).is_file()
+            || std::path::Path::new(app).join("__init__.py").is_file()
+    };
     prefix.starts_with('/')
-        && (app.ends_with(".py")
-            || app.ends_with(".wsgi")
-            || (module.split('.').all(ident) && callable.split('.').all(ident)))
+        && (app.ends_with(".py") || app.ends_with(".wsgi") || (named && (!bare || exists())))
 }
 
 /// postern's command-line words for the uWSGI option `key` with `value` (`mount`,
