@@ -70,6 +70,11 @@ fn gunicorns_options_are_said_in_posterns_words_with_their_values() {
             &["-w", "2", "--umask", "007", "app:app"],
             &["--socket-mode", "UMask="],
         ),
+        // regression (review2 LOW): gunicorn's tcp:// and unix:// forms.
+        (
+            &["-b", "tcp://127.0.0.1:8000", "-b", "unix:///run/a.sock", "app:app"],
+            &["the same with postern: postern --uwsgi 127.0.0.1:8000 --uwsgi unix:/run/a.sock app:app\n"],
+        ),
         (
             &["--backlog", "2048", "app:app"],
             &["the same with postern: postern --listen-backlog 2048 app:app\n"],
@@ -616,6 +621,16 @@ fn a_timeout_from_the_config_file_is_switched_off_with_0_or_off() {
     let (code, err) = run(&["--head-timeout", "0", "app:app"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("not a positive number of seconds"), "{err}");
+    // regression (review2 LOW): --help did not say 0 or off switches them off.
+    let help = postern().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for want in [
+        "(0 or off: no limit)",
+        "(0 or off: none)",
+        "(0 or off: never)",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
 }
 
 // regression: `--log-file -` (gunicorn's habit for stderr) wrote postern's log to a file

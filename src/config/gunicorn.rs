@@ -326,6 +326,14 @@ fn bind(value: &str) -> Says {
             "postern takes the sockets systemd passes (socket activation, LISTEN_FDS): give the address in postern.socket's ListenStream= instead of fd {fd}"
         ));
     }
+    // gunicorn's `tcp://HOST:PORT` and `unix://PATH` forms. regression (review2 LOW):
+    // `-b tcp://127.0.0.1:8000` became `--uwsgi tcp://…`, which does not parse.
+    let value = match (value.strip_prefix("tcp://"), value.strip_prefix("unix://")) {
+        (Some(addr), _) => addr.to_owned(),
+        (_, Some(path)) => format!("unix:{path}"),
+        _ => value.to_owned(),
+    };
+    let value = value.as_str();
     // gunicorn's port when none is given.
     let addr = if value.starts_with("unix:") || value.starts_with('/') || value.contains(':') {
         value.to_owned()

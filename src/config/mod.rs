@@ -283,17 +283,17 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rss: Option<u64>,
 
-    /// Replace a worker after it has run this many seconds.
+    /// Replace a worker after it has run this many seconds (0 or off: never).
     #[arg(long, value_name = "SECONDS", env = "POSTERN_MAX_LIFETIME", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<Seconds>,
 
-    /// A request running longer gets its worker's Python stacks logged, then the worker killed and replaced.
+    /// A request running longer gets its worker's Python stacks logged, then the worker killed and replaced (0 or off: no limit).
     #[arg(long, value_name = "SECONDS", env = "POSTERN_TIMEOUT", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
 
-    /// A request running longer gets its worker's Python stacks logged (not killed).
+    /// A request running longer gets its worker's Python stacks logged, not killed (0 or off: none).
     #[arg(long, value_name = "SECONDS", env = "POSTERN_SLOW_LOG", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_log: Option<Seconds>,
