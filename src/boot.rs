@@ -583,6 +583,34 @@ fn preload_event_loop(config: &Config) {
 /// the app (after [`start_interpreter`]) and chooses its interface (`--interface`; one
 /// info line says which and why, and an app that cannot be served so is refused here,
 /// before any request).
+/// An app file with no callable that reads as a gunicorn config file gets told so
+/// (here, not in `wsgi`: the Python layer does not know the config layer).
+fn gunicorn_hint(e: wsgi::WsgiError, spec: &interpreter::AppSpec) -> wsgi::WsgiError {
+    match (e, spec) {
+        (
+            wsgi::WsgiError::NoCallable {
+                app,
+                tried,
+                hint,
+                advice,
+            },
+            interpreter::AppSpec::File { path, .. },
+        ) if advice == interpreter::NO_CALLABLE_ADVICE => {
+            let advice = match crate::config::gunicorn::no_callable_hint(path) {
+                Some(g) => format!("{advice}; {g}"),
+                None => advice,
+            };
+            wsgi::WsgiError::NoCallable {
+                app,
+                tried,
+                hint,
+                advice,
+            }
+        }
+        (e, _) => e,
+    }
+}
+
 pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let mut path: Vec<_> = config
@@ -598,7 +626,7 @@ pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
         })
         .collect();
     path.push(cwd);
-    let app = interpreter::import(&path, &config.app)?;
+    let app = interpreter::import(&path, &config.app).map_err(|e| gunicorn_hint(e, &config.app))?;
     tracing::info!(app = %config.app, "app imported");
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     if interface == Interface::Wsgi && config.opts.lifespan == LifespanMode::On {

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        return match postern::uwsgi_ini::load_to_migrate(&args.ini, &args.vars) {
+        return match postern::config::migrate_uwsgi(&args.ini, &args.vars) {
             Ok(ini) => {
                 out(&ini.to_toml());
                 eprintln!("postern migrate: {}", ini.summary());

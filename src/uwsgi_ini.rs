@@ -227,13 +227,9 @@ pub fn load_to_migrate(spec: &str, vars: &[String]) -> Result<Translation, IniEr
         };
         env.insert(name.to_owned(), value.to_owned());
     }
-    let mut ini = load_with(spec, &Context::for_migrate(env))?;
-    // The values postern's start-up would refuse are reported as the lines the mapping
-    // refuses are, with the start-up's message.
-    for (key, why) in crate::config::refused_values(&ini.table) {
-        ini.refuse_key(&key, &why);
-    }
-    Ok(ini)
+    // (`config::migrate_uwsgi` then refuses the values start-up would refuse: this
+    // layer sits below the config layer and cannot ask it.)
+    load_with(spec, &Context::for_migrate(env))
 }
 
 /// The order keys are written in, and every key a translation can produce.

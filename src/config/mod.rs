@@ -785,6 +785,20 @@ const HOST_KEYS: [&str; 3] = ["uid", "gid", "socket-owner"];
 /// `table` has none, is taken as given elsewhere; [`HOST_KEYS`] are not checked.
 /// regression: migrate carried `threads = 2000` or `processes = 300` over without a
 /// word, and the TOML it wrote then failed at start.
+/// `postern migrate FILE.ini`: [`crate::uwsgi_ini::load_to_migrate`], with the values
+/// postern's start-up would refuse reported as the lines the mapping refuses are, with
+/// the start-up's message.
+pub fn migrate_uwsgi(
+    spec: &str,
+    vars: &[String],
+) -> Result<crate::uwsgi_ini::Translation, crate::uwsgi_ini::IniError> {
+    let mut ini = crate::uwsgi_ini::load_to_migrate(spec, vars)?;
+    for (key, why) in refused_values(&ini.table) {
+        ini.refuse_key(&key, &why);
+    }
+    Ok(ini)
+}
+
 pub fn refused_values(table: &toml::Table) -> Vec<(String, String)> {
     let cmd = Cli::command().mut_args(|a| a.env(None));
     let Ok(matches) = cmd.try_get_matches_from(["postern"]) else {

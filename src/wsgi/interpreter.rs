@@ -340,15 +340,8 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
             "it has {f}(), an app factory? postern calls none: {}",
             wsgi_py_advice(spec, &f)
         ),
-        _ => {
-            let mut a = "name the callable as MODULE:CALLABLE".to_owned();
-            if let AppSpec::File { path, .. } = spec {
-                if let Some(g) = crate::config::gunicorn::no_callable_hint(path) {
-                    a = format!("{a}; {g}");
-                }
-            }
-            a
-        }
+        // (boot adds a hint when the file is a gunicorn config: NO_CALLABLE_ADVICE)
+        _ => NO_CALLABLE_ADVICE.to_owned(),
     };
     Err(WsgiError::NoCallable {
         app: spec.to_string(),
@@ -485,6 +478,9 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyModul
 }
 
 /// Puts `path` at the front of `sys.path` and imports the app (after [`initialize`]).
+/// The advice of [`WsgiError::NoCallable`] when the module has no factory either.
+pub const NO_CALLABLE_ADVICE: &str = "name the callable as MODULE:CALLABLE";
+
 pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError> {
     Python::attach(|py| {
         prepend_sys_path(py, path).map_err(|e| WsgiError::Init {
