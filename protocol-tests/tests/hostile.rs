@@ -743,3 +743,53 @@ fn a_flood_of_slow_heads_names_the_first_twenty_then_sums_up_the_rest() {
     assert!(logs.contains("last_peer=127.0.0.1:"), "{logs}");
     drop(conns);
 }
+
+// regression: the summary was said by a task at the window's end, which the stop
+// dropped: a process stopped (or a worker reloaded or recycled) within its 10 s window
+// never said how many clients it had counted, so they appeared nowhere.
+#[test]
+fn the_slow_heads_counted_are_summed_up_when_the_process_stops_before_the_window_ends() {
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--head-timeout", "1"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let conns: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(&[0]).unwrap();
+            c
+        })
+        .collect();
+    // Each is closed by postern (its --head-timeout passed), well within the window.
+    for mut c in conns {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a slow head not closed: {other:?}\n{}", p.logs()),
+        }
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some(), "{}", p.logs());
+    let logs = p.logs();
+    let named = logs
+        .lines()
+        .filter(|l| {
+            l.contains("no complete request head within 1s (--head-timeout); closing peer=")
+        })
+        .count();
+    assert_eq!(named, 20, "{logs}");
+    let summed = logs
+        .find("10 more clients dropped in the last ")
+        .unwrap_or_else(|| panic!("no summary at the stop:\n{logs}"));
+    let stopped = logs.rfind("stopped").unwrap();
+    assert!(
+        summed < stopped,
+        "the summary comes before `stopped`:\n{logs}"
+    );
+    assert!(logs.contains("last_peer=127.0.0.1:"), "{logs}");
+}

@@ -477,6 +477,9 @@ pub fn run(
             "requests still running, or cut FastCGI responses still unmarked, when postern stopped (--graceful-timeout, a second signal or SIGQUIT)"
         );
     }
+    // The clients counted at --head-timeout since the last summary are said now:
+    // the task that would say them at the window's end goes with the runtime.
+    slow_clients::flush();
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(finished)
 }

@@ -4,7 +4,8 @@
 //! flood the log with lines that say nothing more. So, per process, the first
 //! [`NAMED`] in a [`WINDOW`] are logged one by one, naming the peer, and the rest are
 //! counted: one line at the end of the window says how many more there were and names
-//! the last of them. The next drop after that starts a new window.
+//! the last of them. The next drop after that starts a new window. A process that
+//! stops before its window ends says the count at its stop ([`flush`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -53,10 +54,21 @@ pub fn name(peer: &str, limit: Duration) -> bool {
             STATE
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .window_over(window);
+                .window_over(window, Instant::now());
         });
     }
     named
+}
+
+/// The process stops (its drain is over, the runtime about to go, with any summary
+/// task still asleep): the window under way says its count now.
+// regression: a process stopped (or a worker reloaded, recycled, scaled down) within
+// its window dropped the summary task, so the clients it counted appeared nowhere.
+pub fn flush() {
+    STATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .summary(Instant::now());
 }
 
 impl State {
@@ -72,7 +84,7 @@ impl State {
         if self.since.is_some_and(|t| now.duration_since(t) >= WINDOW) {
             // A window whose summary no task said yet (none could be spawned, or it
             // has not run): said now.
-            self.summary();
+            self.summary(now);
         }
         let since = *self.since.get_or_insert(now);
         if self.named < NAMED {
@@ -95,20 +107,21 @@ impl State {
     // regression: a task whose window `drop_one` had already ended (the runtime had not
     // run it yet) ended the next window early, so up to twice NAMED clients were named
     // in one WINDOW.
-    fn window_over(&mut self, window: u64) {
+    fn window_over(&mut self, window: u64, now: Instant) {
         if self.window == window && self.since.is_some() {
-            self.summary();
+            self.summary(now);
         }
     }
 
-    /// Says the window's count of clients not named (if any) and ends the window.
-    fn summary(&mut self) {
+    /// Says the window's count of clients not named (if any) and ends the window
+    /// (`now`: the window lasted until then, at most [`WINDOW`]).
+    fn summary(&mut self, now: Instant) {
         if self.more > 0 {
             tracing::warn!(
                 last_peer = %self.last,
                 "{} more clients dropped in the last {} s for no complete request head within {:?} (--head-timeout), not named one by one (the first {NAMED} of each {} s are): a flood of slow or incomplete requests, e.g. a slowloris attack, or a broken client or health check",
                 self.more,
-                WINDOW.as_secs(),
+                self.lasted(now),
                 self.limit,
                 WINDOW.as_secs(),
             );
@@ -118,6 +131,16 @@ impl State {
         self.more = 0;
         self.summary_due = false;
         self.window = self.window.wrapping_add(1);
+    }
+
+    /// The window's length so far in whole seconds, rounded up (at least 1, at most
+    /// [`WINDOW`]): a window ended early by [`flush`] is shorter.
+    fn lasted(&self, now: Instant) -> u64 {
+        let Some(since) = self.since else {
+            return WINDOW.as_secs();
+        };
+        let d = now.duration_since(since).min(WINDOW);
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
     }
 }
 
@@ -164,7 +187,7 @@ mod tests {
         assert_eq!(named, 1);
         assert!(second.is_empty());
         // Now the stale task wakes: the second window goes on.
-        st.window_over(due[0]);
+        st.window_over(due[0], t1);
         let (named, due2) = drop_n(&mut st, NAMED + 5, t1 + Duration::from_secs(1));
         assert_eq!(
             named,
@@ -173,7 +196,7 @@ mod tests {
         );
         assert_eq!(due2.len(), 1, "one summary task for the second window");
         // Its own task ends it.
-        st.window_over(due2[0]);
+        st.window_over(due2[0], t1 + WINDOW);
         assert_eq!((st.since, st.named, st.more), (None, 0, 0));
     }
 
@@ -183,8 +206,20 @@ mod tests {
         let t0 = Instant::now();
         let (named, due) = drop_n(&mut st, NAMED + 3, t0);
         assert_eq!((named, st.more), (NAMED, 3));
-        st.window_over(due[0]);
+        st.window_over(due[0], t0 + WINDOW);
         let (named, _) = drop_n(&mut st, 1, t0 + WINDOW);
         assert_eq!(named, 1, "a new window names again");
+    }
+
+    #[test]
+    fn a_window_ended_early_says_how_long_it_lasted() {
+        let mut st = state();
+        let t0 = Instant::now();
+        drop_n(&mut st, NAMED + 1, t0);
+        assert_eq!(st.lasted(t0 + Duration::from_millis(2500)), 3);
+        assert_eq!(st.lasted(t0), 1);
+        assert_eq!(st.lasted(t0 + WINDOW * 2), WINDOW.as_secs());
+        st.summary(t0 + Duration::from_millis(2500));
+        assert_eq!((st.since, st.named, st.more), (None, 0, 0));
     }
 }
