@@ -245,3 +245,72 @@ fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_counted_in_the_log() {
     );
     assert!(p.logs().contains("waiting=1"), "{}", p.logs());
 }
+
+// regression: with --graceful-timeout under the 500 ms of the stack dump, a worker
+// condemned for --timeout ended by itself (its stop begins with the dump) before the
+// master's kill, and only the kill named the other requests it cut off: they died
+// without a line tying them to the timeout.
+#[test]
+fn requests_cut_off_by_a_timeout_kill_are_named_whatever_the_graceful_timeout() {
+    use std::io::Write;
+    let dir = tempdir();
+    let app = dir.path().join("holding_app.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nDIR = {:?}\ndef application(environ, start_response):\n    open(os.path.join(DIR, environ['PATH_INFO'].strip('/')), 'w').close()\n    time.sleep(60)\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            dir.path().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "1",
+            "--master",
+            "--threads",
+            "2",
+            "--timeout",
+            "2",
+            "--graceful-timeout",
+            "0.2",
+        ])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let send = |path: &str| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", path),
+            ("QUERY_STRING", ""),
+        ]))
+        .unwrap();
+        c
+    };
+    // Both threads held: the first request passes --timeout first (or both at once:
+    // one condemns the worker, the other is cut off with it).
+    let _first = send("/first");
+    assert!(wait_file(&dir.path().join("first"), 30), "{}", p.logs());
+    let _second = send("/second");
+    assert!(wait_file(&dir.path().join("second"), 30), "{}", p.logs());
+    assert!(
+        p.wait_log("worker exited", 30),
+        "the condemned worker never exited\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let named: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            l.contains("request cut off: its worker is killed for another request's --timeout")
+        })
+        .collect();
+    assert_eq!(named.len(), 1, "{logs}");
+    assert!(
+        named[0].contains("request=GET /first") || named[0].contains("request=GET /second"),
+        "{logs}"
+    );
+    assert!(logs.contains("cause=\"timeout\""), "{logs}");
+}

@@ -144,6 +144,40 @@ impl Worker {
         }
     }
 
+    /// A worker condemned for --timeout ends, by the master's SIGKILL or by its own
+    /// --graceful-timeout (its stop began with the dump): its other requests die with
+    /// it. Each is named, with the front server's id, so that its 502 can be traced
+    /// (the worker writes no access line for them).
+    // regression: with --graceful-timeout under the dump's 500 ms the worker ended by
+    // itself first, and only the kill named them: they were cut off unnamed.
+    fn name_cut_offs(&self, board: &Scoreboard) {
+        let now = super::scoreboard::now_ns();
+        for t in 0..board.threads {
+            let line = board.line(self.slot, t);
+            let since = line.since.load(Ordering::Acquire);
+            if since == 0 || self.condemned_for.is_some_and(|c| c == (t, since)) {
+                continue;
+            }
+            tracing::warn!(
+                pid = raw(self.pid),
+                request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                request_id = %line.request_id(),
+                ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
+                "request cut off: its worker is killed for another request's --timeout"
+            );
+        }
+        // What it had read whole and not started (published by its stop, which
+        // began with the dump) dies too: counted, since the master cannot name them.
+        let waiting = board.waiting(self.slot);
+        if waiting > 0 {
+            tracing::warn!(
+                pid = raw(self.pid),
+                waiting,
+                "requests cut off: its worker is killed for another request's --timeout before it started them (they had come whole and waited for the app; their front server gets an error)"
+            );
+        }
+    }
+
     /// The end of a --timeout dump: SIGKILL, unless the request that passed the limit
     /// ended meanwhile (it finished within the 500 ms of the dump). Then killing would
     /// only cut off the worker's other requests (an ASGI worker may hold hundreds): it
@@ -154,34 +188,7 @@ impl Worker {
             board.line(self.slot, t).since.load(Ordering::Acquire) == since
         });
         if still_running {
-            // The worker's other requests die with it: each is named, with the front
-            // server's id, so that its 502 can be traced (the worker writes no access
-            // line for them).
-            let now = super::scoreboard::now_ns();
-            for t in 0..board.threads {
-                let line = board.line(self.slot, t);
-                let since = line.since.load(Ordering::Acquire);
-                if since == 0 || self.condemned_for.is_some_and(|c| c == (t, since)) {
-                    continue;
-                }
-                tracing::warn!(
-                    pid = raw(self.pid),
-                    request = %crate::logging::Untrusted(line.desc().as_bytes()),
-                    request_id = %line.request_id(),
-                    ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
-                    "request cut off: its worker is killed for another request's --timeout"
-                );
-            }
-            // What it had read whole and not started (published by its stop, which
-            // began with the dump) dies too: counted, since the master cannot name them.
-            let waiting = board.waiting(self.slot);
-            if waiting > 0 {
-                tracing::warn!(
-                    pid = raw(self.pid),
-                    waiting,
-                    "requests cut off: its worker is killed for another request's --timeout before it started them (they had come whole and waited for the app; their front server gets an error)"
-                );
-            }
+            self.name_cut_offs(board);
             signal(self.pid, Signal::KILL);
             self.sigkilled = true;
             self.phase.killed();
@@ -1276,6 +1283,10 @@ impl Master {
                 continue;
             };
             let w = self.workers.remove(i);
+            if matches!(w.phase, Phase::Condemned { .. }) {
+                // It ended before the master's kill (its own --graceful-timeout).
+                w.name_cut_offs(&self.board);
+            }
             let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
             let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
             let j = phase::judge_exit(
