@@ -1615,7 +1615,8 @@ impl Master {
         for w in &mut self.workers {
             // A worker already draining (reload, recycling, scale-down, --max-lifetime)
             // had its SIGTERM and finishes its requests; a second one would make it cut
-            // them off. (One condemned for --timeout is being killed: signalled as before.)
+            // them off. (One condemned for --timeout had its SIGTERM with the dump:
+            // `term` sends no second one; `now` kills it.)
             let draining = w.phase.draining() || self.board.self_retired(w.slot).is_some();
             if !now && draining {
                 continue;

@@ -66,8 +66,8 @@ impl Phase {
         *self = Phase::Condemned { kill_at };
     }
 
-    /// The request that condemned it ended during the dump: it drains (SIGTERM)
-    /// instead of being killed, still leaving for the timeout.
+    /// The request that condemned it ended during the dump: it is not killed, and
+    /// drains (its SIGTERM came with the dump), still leaving for the timeout.
     pub fn spare(&mut self) {
         if matches!(self, Phase::Condemned { .. }) {
             *self = Phase::Stopping(Cause::Timeout);

@@ -78,8 +78,9 @@ async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
         if crate::stop::any() {
             return;
         }
-        // A worker condemned for --timeout is marked too, but gets SIGUSR2 and then
-        // SIGKILL (or SIGTERM if spared), not SIGTERM: not a lost stop.
+        // A worker condemned for --timeout is marked too; its SIGTERM comes with the
+        // dump's SIGUSR2 (then SIGKILL at the dump's end, unless spared), and it is
+        // the master's to watch: not a lost stop.
         let cause = board.leaving_for(slot);
         if cause.is_some_and(|c| c != Cause::Timeout) {
             // The mark comes just before the signal: give it a moment, unless the
