@@ -204,6 +204,9 @@ pub struct WorkerMonitor {
     retiring: AtomicBool,
     /// [`crate::wsgi::Monitor::stopping`] was called: the worker accepts no more.
     stopped: AtomicBool,
+    /// The count of requests waiting for the app is published (the stop began; it is
+    /// published before `stopped` is set): a request begun since is taken off it.
+    publishing: AtomicBool,
     /// Count requests for the metrics (`--stats`; read once from the scoreboard).
     metrics: bool,
     /// A single process (no master).
@@ -283,6 +286,7 @@ impl WorkerMonitor {
             max_rss_kib: max_rss_mib.map(|m| m * 1024),
             retiring: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            publishing: AtomicBool::new(false),
             metrics: ctx.board.metrics(),
             standalone: false,
             master: recycles.then(|| ctx.ready.try_clone().ok()).flatten(),
@@ -333,6 +337,7 @@ impl WorkerMonitor {
             max_rss_kib: None,
             retiring: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            publishing: AtomicBool::new(false),
             standalone: true,
             master: None,
             since: Instant::now(),
@@ -463,6 +468,21 @@ fn rss_kib() -> Option<u64> {
     Some(pages * super::scoreboard::page_size() / 1024)
 }
 
+impl WorkerMonitor {
+    /// A request (a thread's or an ASGI task's) begins: during the stop the count of
+    /// waiting requests is published every 50 ms, and one taken from the queue since
+    /// then runs now, so it must not be counted twice when a kill cuts both off.
+    // regression: a second signal's "N running and M accepted, not started yet"
+    // counted each request that had left the queue within the last 50 ms in both;
+    // then still one begun before `stopped` was set (the publisher starts first), and
+    // every ASGI task (review3 LOWs 5 and 6).
+    fn taken_from_waiting(&self) {
+        if self.publishing.load(Ordering::Relaxed) {
+            self.board.waiting_taken(self.slot);
+        }
+    }
+}
+
 impl crate::wsgi::Monitor for WorkerMonitor {
     fn server_stopping(&self) -> bool {
         self.board.is_stopping()
@@ -480,6 +500,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn waiting(&self, n: usize) {
+        self.publishing.store(true, Ordering::SeqCst);
         self.board.set_waiting(self.slot, n);
     }
 
@@ -500,15 +521,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         if self.metrics {
             self.board.enter(self.slot);
         }
-        if self.stopped.load(Ordering::Relaxed) {
-            // During the stop the count of waiting requests is published every 50 ms:
-            // one taken from the queue since then runs on this line now, and must not
-            // be counted twice when a kill cuts both off.
-            // regression: a second signal's "N running and M accepted, not started
-            // yet" counted each request that had left the queue within the last
-            // 50 ms in both.
-            self.board.waiting_taken(self.slot);
-        }
+        self.taken_from_waiting();
     }
 
     fn end(&self, thread: usize, served: Option<&crate::wsgi::Served>) {
@@ -547,6 +560,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         if self.metrics {
             self.board.enter_task(self.slot);
         }
+        self.taken_from_waiting();
     }
 
     fn task_show(
@@ -807,6 +821,27 @@ mod tests {
         m.waiting(0);
         m.begin(1, &head, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.waiting(0), 0);
+    }
+
+    // regression: the publisher of the waiting count starts before `stopping` is
+    // called, and an ASGI task's begin took nothing off: both counted twice.
+    #[test]
+    fn a_request_or_task_begun_once_the_count_is_published_is_taken_off_it() {
+        use crate::wsgi::Monitor;
+        let board = Arc::new(Scoreboard::new(1, 2).unwrap());
+        let m = WorkerMonitor::standalone(Arc::clone(&board));
+        let mut head = crate::codec::Head {
+            buf: bytes::Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        head.push_var(b"REQUEST_METHOD", b"GET");
+        m.waiting(3);
+        m.begin(0, &head, crate::codec::Protocol::Uwsgi);
+        assert_eq!(board.waiting(0), 2, "a thread's request, before `stopping`");
+        m.task_begin(Some(1), &head, crate::codec::Protocol::Uwsgi);
+        assert_eq!(board.waiting(0), 1, "an ASGI task");
     }
 
     #[test]
