@@ -112,17 +112,27 @@ pub enum AccessLogFormat {
 
 /// `--log-level` as a filter: a level, or `tracing` directives such as
 /// `postern=debug,warn`. A bare word that is not a level is refused: `tracing` would
-/// take it for a target's name and log nothing else (`warning`, `verbose`).
+/// take it for a target's name and log nothing else (`verbose`).
+/// Python's level names `warning` and `critical` (gunicorn's `--log-level`) are taken
+/// as `warn` and `error`.
 pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let hint = "use error, warn, info, debug or trace, or a filter like postern=debug,warn";
+    let mut directives = Vec::new();
     for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let bare = !d.contains(['=', '[']);
+        let d = match d.to_ascii_lowercase().as_str() {
+            "warning" if bare => "warn",
+            "critical" if bare => "error",
+            _ => d,
+        };
         if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) && d.parse::<u8>().is_err() {
             return Err(format!("{d:?} is not a level; {hint}"));
         }
+        directives.push(d);
     }
-    tracing_subscriber::EnvFilter::try_new(level)
+    let filter = directives.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter)
         .map_err(|e| format!("{level:?} is not a level or a filter ({e}); {hint}"))
 }
 

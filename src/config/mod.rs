@@ -1638,7 +1638,7 @@ mod tests {
     // postern logged nothing at all; `--check` passed a filter the start then refused.
     #[test]
     fn rejects_a_log_level_that_would_silence_the_log() {
-        for bad in ["warning", "verbose", "a=b=c"] {
+        for bad in ["verbose", "warnings", "a=b=c"] {
             let e = resolve(&["app", "--log-level", bad])
                 .unwrap_err()
                 .to_string();
@@ -1653,6 +1653,22 @@ mod tests {
         ] {
             assert!(resolve(&["app", "--log-level", good]).is_ok(), "{good}");
         }
+    }
+
+    // Python's (and gunicorn's) level names: `warning` is warn, `critical` is error.
+    // regression: `--log-level warning`, gunicorn's habit, was refused at start.
+    #[test]
+    fn python_level_names_are_taken_as_postern_s() {
+        for (python, ours) in [
+            ("warning", "warn"),
+            ("CRITICAL", "error"),
+            ("Warning,postern=debug", "warn,postern=debug"),
+        ] {
+            let theirs = crate::logging::log_filter(python).unwrap().to_string();
+            let want = crate::logging::log_filter(ours).unwrap().to_string();
+            assert_eq!(theirs, want, "{python}");
+        }
+        assert!(resolve(&["app", "--log-level", "warning"]).is_ok());
     }
 
     // regression: `--env C=3` replaced a --config file's whole [env] table, so the
