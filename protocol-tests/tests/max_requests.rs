@@ -987,6 +987,86 @@ fn a_worker_that_reaches_its_limit_during_a_reload_that_fails_serves_on() {
     assert_ne!(new, old);
 }
 
+/// An app whose imports after a file `hold` appears take numbered tickets: the first
+/// one imports at once, the second waits for a file `gate`, every later one (the new
+/// workers' successors) for a file `gate2`.
+fn ticket_app() -> String {
+    "import os, time\n\nhere = os.path.dirname(__file__)\n\ndef wait_for(name):\n    while not os.path.exists(os.path.join(here, name)):\n        time.sleep(0.01)\n\nif os.path.exists(os.path.join(here, 'hold')):\n    n = 0\n    while True:\n        try:\n            os.close(os.open(os.path.join(here, 'ticket%d' % n), os.O_CREAT | os.O_EXCL))\n            break\n        except FileExistsError:\n            n += 1\n    if n == 1:\n        wait_for('gate')\n    elif n > 1:\n        wait_for('gate2')\n\ndef application(environ, start_response):\n    time.sleep(0.002)\n    body = ('v0 %d 0' % os.getpid()).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n".to_owned()
+}
+
+// regression: review4 finding 1: a reload completed only once all its new workers
+// served and none had asked for its successor. Under load with a small --max-requests
+// a new worker asks within a few requests of ready, so the reload never completed
+// while the load lasted: the old workers served the old code past their limits, the
+// fleet stayed above --workers and READY=1 never came. Here the first new worker asks
+// before its sibling is ready, and its successor cannot finish its import.
+#[test]
+fn a_reload_completes_when_a_new_worker_asked_for_its_successor_before_its_sibling_was_ready() {
+    let dir = tempdir();
+    let app = dir.path().join("tickets.py");
+    std::fs::write(&app, ticket_app()).unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--threads", "2", "--max-requests", "20"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("all 2 workers ready"))
+        .unwrap();
+    let old: Vec<String> = line
+        .split("pids=[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .unwrap()
+        .split(", ")
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(old.len(), 2, "{line}");
+    std::fs::write(dir.path().join("hold"), "").unwrap();
+    p.signal(libc::SIGHUP);
+    // The first new worker serves beside the old ones: requests until it asks for its
+    // successor (which waits for gate2).
+    let new_asked = |logs: &str| {
+        logs.lines().any(|l| {
+            l.contains("the master starts this worker's successor")
+                && !old.iter().any(|pid| l.contains(&format!("pid={pid}")))
+        })
+    };
+    let mut i = 0;
+    while !new_asked(&p.logs()) {
+        assert!(
+            i < 2000,
+            "no new worker asked after {i} requests\n{}",
+            p.logs()
+        );
+        assert!(one(&p).is_some(), "request {i} failed\n{}", p.logs());
+        i += 1;
+    }
+    // Its sibling is ready now: the generation has --workers workers serving.
+    std::fs::write(dir.path().join("gate"), "").unwrap();
+    assert!(
+        p.wait_log_count("all 2 workers ready", 2, 30),
+        "{}",
+        p.logs()
+    );
+    for pid in &old {
+        assert!(
+            wait_until(20, || exit_line(&p.logs(), pid).is_some()),
+            "{pid}\n{}",
+            p.logs()
+        );
+        let exited = exit_line(&p.logs(), pid).unwrap();
+        assert!(exited.contains("cause=\"reload\""), "{exited}");
+    }
+    std::fs::write(dir.path().join("gate2"), "").unwrap();
+    for i in 0..20 {
+        let pid = one(&p);
+        assert!(pid.is_some(), "request {i} after the reload\n{}", p.logs());
+        assert!(!old.contains(&pid.unwrap()), "an old worker served");
+    }
+}
+
 // A good reload during which the old workers pass their limits completes as any
 // reload: the held old workers serve until the new ones are ready, then drain.
 #[test]

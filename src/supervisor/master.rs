@@ -697,9 +697,20 @@ impl Master {
     /// worker still starting was taken by SIGTTOU (its import then failed, or it was
     /// killed) never completed: no READY=1, old and new workers serving together.
     fn complete_generation(&mut self) {
-        let mut current = self.workers.iter().filter(|w| w.current(self.generation));
-        let ready = current.clone().count() >= self.target && current.all(|w| self.serves_queue(w));
-        if !ready {
+        // Counted: the generation's workers that serve the queue, those that asked for
+        // a successor included (the successor is of this generation too).
+        // regression: only workers that had not asked counted, and all of them had to
+        // serve. Under load with a small --max-requests a new worker asks within a few
+        // requests of ready, so the generation never looked complete while the load
+        // lasted: the old workers were held and served the old code past their limits,
+        // the fleet stayed above --workers, and READY=1 never came.
+        let serving: Vec<i32> = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == self.generation && self.serves_queue(w))
+            .map(|w| raw(w.pid))
+            .collect();
+        if serving.len() < self.target {
             return;
         }
         self.completed = self.generation;
@@ -741,12 +752,7 @@ impl Master {
                 self.board.count_reload(true);
             }
             self.reload_pending = false;
-            let pids: Vec<i32> = self
-                .workers
-                .iter()
-                .filter(|w| w.current(self.generation))
-                .map(|w| raw(w.pid))
-                .collect();
+            let pids = serving;
             notify::notify(&format!(
                 "READY=1\nMAINPID={}\nSTATUS=serving: {} workers ready",
                 std::process::id(),
