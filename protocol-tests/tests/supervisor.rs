@@ -1195,8 +1195,19 @@ fn a_worker_past_its_lifetime_serves_on_while_its_successors_fail_to_start() {
         let resp = p.uwsgi(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")], b"");
         parse_http(&resp).map(|r| (r.status, r.body))
     };
+    // Bounded (at least 60 s at 20 ms a request): a master that stops retrying while
+    // the worker serves on fails the test instead of hanging it.
     let mut i = 0;
-    while p.logs().matches("worker failed to start").count() < 5 {
+    loop {
+        let failed = p.logs().matches("worker failed to start").count();
+        if failed >= 5 {
+            break;
+        }
+        assert!(
+            i < 3000,
+            "only {failed} failed starts after {i} requests\n{}",
+            p.logs()
+        );
         let got = answer();
         assert_eq!(got, Some((200, first.clone())), "request {i}\n{}", p.logs());
         i += 1;
