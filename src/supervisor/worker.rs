@@ -239,6 +239,8 @@ struct Window {
     previous: AtomicU64,
     /// The current window has one before it.
     rolled: AtomicBool,
+    /// A window ended since the worker said ready: the current one is not its first.
+    aged: AtomicBool,
 }
 
 /// A worker asks for its successor when, at the rate it served so far, it would
@@ -365,6 +367,7 @@ impl WorkerMonitor {
         w.current.store(0, Ordering::Relaxed);
         w.previous.store(0, Ordering::Relaxed);
         w.rolled.store(false, Ordering::Relaxed);
+        w.aged.store(false, Ordering::Relaxed);
         let now = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
         w.start.store(now, Ordering::Release);
     }
@@ -416,6 +419,7 @@ impl WorkerMonitor {
             let previous = w.current.swap(0, Ordering::AcqRel);
             w.previous.store(previous, Ordering::Relaxed);
             w.rolled.store(previous > 0, Ordering::Relaxed);
+            w.aged.store(true, Ordering::Relaxed);
         }
         let current = w.current.fetch_add(1, Ordering::AcqRel) + 1;
         let (counted, span) = if w.rolled.load(Ordering::Relaxed) {
@@ -426,16 +430,28 @@ impl WorkerMonitor {
         } else {
             (current, now.saturating_sub(w.start.load(Ordering::Relaxed)))
         };
-        // The floor shrinks as requests come: a few quick ones project to twice their
-        // count squared at most (3 requests in a millisecond: 18), while 20 requests
-        // in 10 ms already count over 10 ms, whatever the lead.
+        // In the worker's first window since ready, the floor shrinks as requests
+        // come: a few quick ones project to twice their count squared at most (3
+        // requests in a millisecond: 18), while 20 requests in 10 ms already count
+        // over 10 ms, whatever the lead. In a later window (one that opened at the
+        // first request after an idle spell) it is half a lead: a burst projects to
+        // twice its count.
         // regression: half a lead whatever the count: a worker younger than that was
         // counted as if it had served for half a lead, its rate underestimated by
         // (lead / 2) / age. At ~2,750 requests a second with a 1.05 s lead it asked
         // for its successor at 110 of 329, 40 ms before its limit: the successor was
         // far from ready, and with the app broken on disk the worker had left before
         // the failed start was known (nothing served, with --workers 1).
-        let span = span.max(lead / 2 / counted.max(1)).max(1);
+        // regression: review4 finding 2: the shrinking floor applied after an idle
+        // spell too: a burst of 14 requests to an idle worker (--threads 8,
+        // --max-requests 200) projected to 2 x 14 x 14 and asked for its successor at
+        // request 10, so every burst cost an import.
+        let floor = if w.aged.load(Ordering::Relaxed) {
+            lead / 2
+        } else {
+            lead / 2 / counted.max(1)
+        };
+        let span = span.max(floor).max(1);
         let ahead = counted as f64 * lead as f64 / span as f64;
         ahead >= max.saturating_sub(served) as f64
     }
@@ -777,6 +793,26 @@ mod tests {
         let mut fresh = WorkerMonitor::standalone(Arc::new(Scoreboard::new(1, 1).unwrap()));
         fresh.lead_ns = AtomicU64::new(1_000_000_000);
         assert!((1..=5).all(|served| !fresh.near_limit(served, 1000)));
+    }
+
+    // regression: review4 finding 2: after an idle spell the floor shrank with the count
+    // as in a young worker's first window: 14 requests in a burst asked for the
+    // successor at request 10 of 200.
+    #[test]
+    fn a_burst_after_an_idle_spell_is_no_rate_to_recycle_at() {
+        let board = Arc::new(Scoreboard::new(1, 1).unwrap());
+        let mut m = WorkerMonitor::standalone(board);
+        m.lead_ns = AtomicU64::new(600_000_000);
+        // Ready 5 s ago and idle since: the window rolls at the burst's first request.
+        m.since = Instant::now() - Duration::from_secs(5);
+        assert!((1..=20).all(|served| !m.near_limit(served, 200)));
+        // The same burst in its first window since ready is a young worker's load
+        // (the floor shrinks with the count): it asks.
+        let young = WorkerMonitor::standalone(Arc::new(Scoreboard::new(1, 1).unwrap()));
+        young.ready();
+        young.lead_ns.store(600_000_000, Ordering::Relaxed);
+        let asked_at = (1..=20).find(|&served| young.near_limit(served, 200));
+        assert!(asked_at.is_some(), "{asked_at:?}");
     }
 
     #[test]
