@@ -775,8 +775,6 @@ mod tests {
         assert!(!fresh.near_limit(1, 100));
     }
 
-    // regression: the lead was measured before an ASGI lifespan startup (`new`), not
-    // when the worker began to serve.
     // regression: review1 (note to finding 1): counted over half a lead whatever its
     // count, a worker 40 ms old serving ~2,750 requests a second (lead 1.05 s, limit
     // 329) asked for its successor at 110 served, 40 ms before its limit.
@@ -815,6 +813,8 @@ mod tests {
         assert!(asked_at.is_some(), "{asked_at:?}");
     }
 
+    // regression: the lead was measured before an ASGI lifespan startup (`new`), not
+    // when the worker began to serve.
     #[test]
     fn the_lead_is_twice_the_start_up_to_serving_lifespan_included() {
         let board = Arc::new(Scoreboard::new(1, 1).unwrap());
