@@ -174,6 +174,23 @@ fn a_stuck_task_behind_a_running_one_is_caught_by_timeout() {
     assert!(p.logs().contains("request=GET /stuck"), "{}", p.logs());
     // The dump names the stuck task, then the worker is replaced.
     assert!(p.wait_log("Task GET /stuck request_id=", 5), "{}", p.logs());
+    // regression: the master's line said `request_id=-` for a task whose id postern
+    // made (no X-Request-Id); it names the id the task runs under, as the dump does.
+    let logs = p.logs();
+    let dumped = logs
+        .split("Task GET /stuck request_id=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_hexdigit()).next())
+        .unwrap_or_default();
+    assert_eq!(dumped.len(), 32, "{logs}");
+    let timed_out = logs
+        .lines()
+        .find(|l| l.contains("request passed --timeout") && l.contains("request=GET /stuck"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        timed_out.contains(&format!("request_id={dumped}")),
+        "{timed_out}\n{logs}"
+    );
     let _ = stuck.join();
     assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
     assert!(

@@ -314,3 +314,74 @@ fn requests_cut_off_by_a_timeout_kill_are_named_whatever_the_graceful_timeout() 
     );
     assert!(logs.contains("cause=\"timeout\""), "{logs}");
 }
+
+// regression: the master's --timeout lines said `request_id=-` for a request that came
+// without X-Request-Id, while its access line and environ["postern.request_id"] carried
+// the id postern made for it: the worker's line took only an id the front server sent.
+#[test]
+fn the_timeout_lines_name_the_request_id_postern_made() {
+    use std::io::Write;
+    let dir = tempdir();
+    let app = dir.path().join("id_app.py");
+    // Each request writes the id the app sees (the access line's) to a file named
+    // after it, then holds its thread past --timeout.
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nDIR = {:?}\ndef application(environ, start_response):\n    with open(os.path.join(DIR, environ['PATH_INFO'].strip('/') + '.tmp'), 'w') as f:\n        f.write(environ['postern.request_id'])\n    os.rename(os.path.join(DIR, environ['PATH_INFO'].strip('/') + '.tmp'), os.path.join(DIR, environ['PATH_INFO'].strip('/')))\n    time.sleep(60)\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            dir.path().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "1",
+            "--master",
+            "--threads",
+            "2",
+            "--timeout",
+            "2",
+        ])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let send = |path: &str| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", path),
+            ("QUERY_STRING", ""),
+        ]))
+        .unwrap();
+        c
+    };
+    let _first = send("/first");
+    assert!(wait_file(&dir.path().join("first"), 30), "{}", p.logs());
+    let _second = send("/second");
+    assert!(wait_file(&dir.path().join("second"), 30), "{}", p.logs());
+    assert!(
+        p.wait_log("worker exited", 30),
+        "the condemned worker never exited\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let id = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let line = |path: &str| {
+        logs.lines()
+            .find(|l| {
+                (l.contains("request passed --timeout") || l.contains("request cut off"))
+                    && l.contains(&format!("request=GET {path} "))
+            })
+            .unwrap_or_else(|| panic!("no --timeout line for {path}\n{logs}"))
+    };
+    for name in ["first", "second"] {
+        let id = id(name);
+        assert_eq!(id.len(), 32, "a generated id: {id:?}");
+        assert!(
+            line(&format!("/{name}")).contains(&format!("request_id={id}")),
+            "{name}: {id}\n{logs}"
+        );
+    }
+}

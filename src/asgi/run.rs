@@ -530,7 +530,7 @@ impl Driver {
         let py = slf.py();
         let me = slf.borrow();
         let protocol = req.listener.protocol;
-        let slot = me.ctx.watch.begin(&req.head, protocol);
+        let slot = me.ctx.watch.begin(&req.head, &req.request_id, protocol);
         me.in_flight.set(me.in_flight.get() + 1);
         let span = std::mem::replace(&mut req.span, tracing::Span::none());
         let entered = span.enter();

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codec::{Head, Protocol};
+use crate::logging::RequestId;
 use crate::wsgi::{Monitor, Served};
 
 /// A task's handle in the watch: its start order.
@@ -25,6 +26,7 @@ pub type TaskId = usize;
 /// A task that has no line (yet): what it needs to be shown later.
 struct Waiting {
     head: Head,
+    id: RequestId,
     protocol: Protocol,
     since: Instant,
 }
@@ -55,8 +57,8 @@ impl Watch {
         }
     }
 
-    /// A task starts serving `head`: its id, for [`Watch::end`].
-    pub fn begin(&self, head: &Head, protocol: Protocol) -> TaskId {
+    /// A task starts serving `head` (request id `rid`): its id, for [`Watch::end`].
+    pub fn begin(&self, head: &Head, rid: &RequestId, protocol: Protocol) -> TaskId {
         let id = self.next.get();
         self.next.set(id.wrapping_add(1));
         let Some(m) = &self.monitor else {
@@ -70,13 +72,14 @@ impl Watch {
                     id,
                     Waiting {
                         head: head.clone(),
+                        id: *rid,
                         protocol,
                         since: Instant::now(),
                     },
                 );
             }
         }
-        m.task_begin(line, head, protocol);
+        m.task_begin(line, head, rid, protocol);
         id
     }
 
@@ -108,7 +111,7 @@ impl Watch {
         match next {
             Some((next, w)) => {
                 self.on_line.borrow_mut()[l] = Some(next);
-                m.task_show(l, &w.head, w.protocol, w.since);
+                m.task_show(l, &w.head, &w.id, w.protocol, w.since);
             }
             None => {
                 self.on_line.borrow_mut()[l] = None;
@@ -140,7 +143,7 @@ impl Watch {
         match next {
             Some((next, w)) => {
                 self.on_line.borrow_mut()[l] = Some(next);
-                m.task_show(l, &w.head, w.protocol, w.since);
+                m.task_show(l, &w.head, &w.id, w.protocol, w.since);
             }
             None => {
                 self.on_line.borrow_mut()[l] = None;
@@ -183,18 +186,21 @@ mod tests {
     }
 
     impl Monitor for Lines {
-        fn begin(&self, _: usize, _: &Head, _: Protocol) {}
+        fn begin(&self, _: usize, _: &Head, _: &RequestId, _: Protocol) {}
         fn end(&self, _: usize, _: Option<&Served>) {}
         fn tasks(&self, _: usize) -> usize {
             self.0.lock().unwrap().resize(2, None);
             2
         }
-        fn task_begin(&self, line: Option<usize>, head: &Head, _: Protocol) {
+        fn task_begin(&self, line: Option<usize>, head: &Head, id: &RequestId, _: Protocol) {
+            assert_eq!(id.as_str(), rid(&target(head)).as_str());
             if let Some(l) = line {
                 self.0.lock().unwrap()[l] = Some(target(head));
             }
         }
-        fn task_show(&self, line: usize, head: &Head, _: Protocol, _: Instant) {
+        fn task_show(&self, line: usize, head: &Head, id: &RequestId, _: Protocol, _: Instant) {
+            // A task shown after waiting carries its own request id (not `-`).
+            assert_eq!(id.as_str(), rid(&target(head)).as_str());
             self.0.lock().unwrap()[line] = Some(target(head));
         }
         fn task_idle(&self, line: usize) {
@@ -226,6 +232,16 @@ mod tests {
         }
     }
 
+    /// The request id of the task serving `uri` ("/3" -> "req3").
+    fn rid(uri: &str) -> RequestId {
+        RequestId::sent(format!("req{}", &uri[1..]).as_bytes()).unwrap()
+    }
+
+    /// Begins the task of a GET of `uri` on `w`.
+    fn begin(w: &Watch, uri: &str) -> TaskId {
+        w.begin(&head(uri), &rid(uri), Protocol::Uwsgi)
+    }
+
     fn shown(m: &Lines) -> Vec<Option<String>> {
         m.0.lock().unwrap().clone()
     }
@@ -234,9 +250,7 @@ mod tests {
     fn the_lines_show_the_oldest_tasks() {
         let m = Arc::new(Lines::default());
         let w = Watch::new(Some(m.clone() as Arc<dyn Monitor>), 1000);
-        let ids: Vec<TaskId> = (0..5)
-            .map(|i| w.begin(&head(&format!("/{i}")), Protocol::Uwsgi))
-            .collect();
+        let ids: Vec<TaskId> = (0..5).map(|i| begin(&w, &format!("/{i}"))).collect();
         let s = |v: &[&str]| v.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
         assert_eq!(shown(&m), s(&["/0", "/1"]));
         // A task without a line ends: nothing moves.
@@ -250,7 +264,7 @@ mod tests {
         w.end(ids[4], Protocol::Uwsgi, None);
         assert_eq!(shown(&m), vec![Some("/2".into()), None]);
         // A new task takes the free line.
-        let id = w.begin(&head("/5"), Protocol::Uwsgi);
+        let id = begin(&w, "/5");
         assert_eq!(shown(&m), s(&["/2", "/5"]));
         w.end(ids[2], Protocol::Uwsgi, None);
         w.end(id, Protocol::Uwsgi, None);
@@ -265,9 +279,7 @@ mod tests {
     fn a_task_whose_response_is_complete_leaves_its_line_and_still_counts() {
         let m = Arc::new(Lines::default());
         let w = Watch::new(Some(m.clone() as Arc<dyn Monitor>), 1000);
-        let ids: Vec<TaskId> = (0..3)
-            .map(|i| w.begin(&head(&format!("/{i}")), Protocol::Uwsgi))
-            .collect();
+        let ids: Vec<TaskId> = (0..3).map(|i| begin(&w, &format!("/{i}"))).collect();
         let s = |v: &[Option<&str>]| v.iter().map(|x| x.map(str::to_string)).collect::<Vec<_>>();
         assert_eq!(shown(&m), s(&[Some("/0"), Some("/1")]));
         // /0's response is complete, its task runs on: /2 takes its line.
@@ -279,13 +291,13 @@ mod tests {
         assert_eq!(*m.1.lock().unwrap(), 0, "no task has ended yet");
         // A new task takes the idle line; the tasks that left theirs end later,
         // counted once each, and touch no line.
-        let id = w.begin(&head("/3"), Protocol::Uwsgi);
+        let id = begin(&w, "/3");
         assert_eq!(shown(&m), s(&[Some("/2"), Some("/3")]));
         w.end(ids[0], Protocol::Uwsgi, None);
         w.end(ids[1], Protocol::Uwsgi, None);
         assert_eq!(shown(&m), s(&[Some("/2"), Some("/3")]));
         // A task without a line that responds never gets one.
-        let late = w.begin(&head("/4"), Protocol::Uwsgi);
+        let late = begin(&w, "/4");
         w.responded(late);
         w.end(ids[2], Protocol::Uwsgi, None);
         assert_eq!(shown(&m), s(&[None, Some("/3")]));

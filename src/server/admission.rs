@@ -941,7 +941,14 @@ mod tests {
     }
 
     impl Monitor for Left {
-        fn begin(&self, _: usize, _: &crate::codec::Head, _: crate::codec::Protocol) {}
+        fn begin(
+            &self,
+            _: usize,
+            _: &crate::codec::Head,
+            _: &crate::logging::RequestId,
+            _: crate::codec::Protocol,
+        ) {
+        }
         fn end(&self, _: usize, _: Option<&crate::wsgi::Served>) {}
         fn requests_left(&self) -> Option<u64> {
             (!self.held.load(Ordering::Acquire)).then(|| self.left.load(Ordering::Acquire) as u64)

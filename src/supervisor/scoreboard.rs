@@ -246,9 +246,10 @@ pub struct Line {
     /// [`stats::protocol_index`] of the current request.
     protocol: AtomicU32,
     desc: [AtomicU64; DESC_WORDS],
-    /// The front server's id of the current request (`X-Request-Id`, nginx's
-    /// `$request_id`), when it sent one postern logs: so that the master's `--timeout`
-    /// lines can be joined with the front server's log.
+    /// The current request's id, the one its access line carries (the front server's
+    /// `X-Request-Id`, nginx's `$request_id`, when it sent one postern logs, else the
+    /// one postern made): so that the master's `--timeout` lines can be joined with
+    /// the access log and the front server's log.
     id_len: AtomicU32,
     id: [AtomicU64; ID_WORDS],
     counters: Counters,
@@ -936,7 +937,7 @@ impl Line {
         self.since.store(now_ns().max(1), Ordering::Release);
     }
 
-    /// The front server's id of the request about to begin (empty: none); before
+    /// The id of the request about to begin (empty: none); before
     /// [`Line::begin`], which publishes it.
     pub fn set_request_id(&self, id: &[u8]) {
         let n = id.len().min(ID);
@@ -949,7 +950,7 @@ impl Line {
         self.id_len.store(n as u32, Ordering::Relaxed);
     }
 
-    /// The front server's id of the current request, or "-" (best effort).
+    /// The current request's id, or "-" (best effort).
     pub fn request_id(&self) -> String {
         let n = (self.id_len.load(Ordering::Relaxed) as usize).min(ID);
         if n == 0 {

@@ -526,13 +526,19 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         }
     }
 
-    fn begin(&self, thread: usize, head: &crate::codec::Head, protocol: crate::codec::Protocol) {
+    fn begin(
+        &self,
+        thread: usize,
+        head: &crate::codec::Head,
+        id: &crate::logging::RequestId,
+        protocol: crate::codec::Protocol,
+    ) {
         if thread >= self.board.threads {
             return;
         }
-        let (method, target, id) = describe(head);
+        let (method, target) = describe(head);
         let line = self.board.line(self.slot, thread);
-        line.set_request_id(id);
+        line.set_request_id(id.as_bytes());
         line.begin(method, target, protocol);
         if self.metrics {
             self.board.enter(self.slot);
@@ -565,12 +571,13 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         &self,
         line: Option<usize>,
         head: &crate::codec::Head,
+        id: &crate::logging::RequestId,
         protocol: crate::codec::Protocol,
     ) {
         if let Some(l) = line.filter(|&l| l < self.board.threads) {
-            let (method, target, id) = describe(head);
+            let (method, target) = describe(head);
             let line = self.board.line(self.slot, l);
-            line.set_request_id(id);
+            line.set_request_id(id.as_bytes());
             line.begin(method, target, protocol);
         }
         if self.metrics {
@@ -583,15 +590,16 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         &self,
         line: usize,
         head: &crate::codec::Head,
+        id: &crate::logging::RequestId,
         protocol: crate::codec::Protocol,
         since: std::time::Instant,
     ) {
         if line < self.board.threads {
-            let (method, target, id) = describe(head);
+            let (method, target) = describe(head);
             let ago = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let since = super::scoreboard::now_ns().saturating_sub(ago);
             let line = self.board.line(self.slot, line);
-            line.set_request_id(id);
+            line.set_request_id(id.as_bytes());
             line.begin_at(method, target, protocol, since);
         }
     }
@@ -655,27 +663,20 @@ impl crate::wsgi::Monitor for WorkerMonitor {
 }
 
 /// A request's method and target (REQUEST_URI, else PATH_INFO) for its line, in one
-/// pass over the variables and without allocating (this runs for every request).
-/// A request's method, target (REQUEST_URI, else PATH_INFO) and the front server's id
-/// of it (empty when it sent none that postern logs), in one pass over the variables,
-/// without allocating (this runs for every request).
-fn describe(head: &crate::codec::Head) -> (&[u8], &[u8], &[u8]) {
-    let (mut method, mut uri, mut path, mut id) = (None, None, None, None);
+/// pass over the variables and without allocating (this runs for every request). Its
+/// id comes from the request ([`crate::logging::RequestId`]: the front server's, else
+/// the one postern made), so the master's lines name the id its access line carries.
+fn describe(head: &crate::codec::Head) -> (&[u8], &[u8]) {
+    let (mut method, mut uri, mut path) = (None, None, None);
     for (k, v) in head.pairs() {
         match k {
             b"REQUEST_METHOD" => method = Some(v),
             b"REQUEST_URI" => uri = Some(v),
             b"PATH_INFO" => path = Some(v),
-            b"HTTP_X_REQUEST_ID" => id = Some(v),
             _ => {}
         }
     }
-    let id = id.filter(|v| crate::logging::RequestId::sent(v).is_some());
-    (
-        method.unwrap_or(b"-"),
-        uri.or(path).unwrap_or(b"-"),
-        id.unwrap_or(b""),
-    )
+    (method.unwrap_or(b"-"), uri.or(path).unwrap_or(b"-"))
 }
 
 impl WorkerMonitor {
@@ -848,14 +849,15 @@ mod tests {
             content_length: 0,
         };
         head.push_var(b"REQUEST_METHOD", b"GET");
+        let id = crate::logging::RequestId::generate();
         m.stopping();
         m.waiting(3);
-        m.begin(0, &head, crate::codec::Protocol::Uwsgi);
+        m.begin(0, &head, &id, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.running(0), 1);
         assert_eq!(board.waiting(0), 2);
         // Never below zero (a request served at once by a free thread waited for none).
         m.waiting(0);
-        m.begin(1, &head, crate::codec::Protocol::Uwsgi);
+        m.begin(1, &head, &id, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.waiting(0), 0);
     }
 
@@ -873,11 +875,35 @@ mod tests {
             content_length: 0,
         };
         head.push_var(b"REQUEST_METHOD", b"GET");
+        let id = crate::logging::RequestId::generate();
         m.waiting(3);
-        m.begin(0, &head, crate::codec::Protocol::Uwsgi);
+        m.begin(0, &head, &id, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.waiting(0), 2, "a thread's request, before `stopping`");
-        m.task_begin(Some(1), &head, crate::codec::Protocol::Uwsgi);
+        m.task_begin(Some(1), &head, &id, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.waiting(0), 1, "an ASGI task");
+    }
+
+    // regression: the line took the id only from X-Request-Id, so the master's
+    // --timeout lines said `request_id=-` for a request whose id postern made, which
+    // its access line carried.
+    #[test]
+    fn a_line_carries_the_request_id_postern_made() {
+        use crate::wsgi::Monitor;
+        let board = Arc::new(Scoreboard::new(1, 2).unwrap());
+        let m = WorkerMonitor::standalone(Arc::clone(&board));
+        let mut head = crate::codec::Head {
+            buf: bytes::Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        head.push_var(b"REQUEST_METHOD", b"GET");
+        let made = crate::logging::RequestId::generate();
+        m.begin(0, &head, &made, crate::codec::Protocol::Uwsgi);
+        assert_eq!(board.line(0, 0).request_id(), made.as_str());
+        let sent = crate::logging::RequestId::sent(b"myreq-123").unwrap();
+        m.task_begin(Some(1), &head, &sent, crate::codec::Protocol::Uwsgi);
+        assert_eq!(board.line(0, 1).request_id(), "myreq-123");
     }
 
     #[test]

@@ -349,8 +349,15 @@ pub fn flush_std_streams() {
 /// Watches requests as they run (the scoreboard: `--timeout`, recycling, metrics).
 /// Called on the Python thread; `end` with the GIL released. Must not block.
 pub trait Monitor: Send + Sync {
-    /// Python thread `thread` starts serving `head`, which came in over `protocol`.
-    fn begin(&self, thread: usize, head: &Head, protocol: crate::codec::Protocol);
+    /// Python thread `thread` starts serving `head` (request id `id`, the one its
+    /// access line and environ carry), which came in over `protocol`.
+    fn begin(
+        &self,
+        thread: usize,
+        head: &Head,
+        id: &crate::logging::RequestId,
+        protocol: crate::codec::Protocol,
+    );
     /// Python thread `thread` has finished its request; `None` when serving it
     /// panicked (the connection was aborted).
     fn end(&self, thread: usize, served: Option<&Served>);
@@ -380,13 +387,21 @@ pub trait Monitor: Send + Sync {
         0
     }
     /// A task started, on `line` when one was free.
-    fn task_begin(&self, _line: Option<usize>, _head: &Head, _protocol: crate::codec::Protocol) {}
+    fn task_begin(
+        &self,
+        _line: Option<usize>,
+        _head: &Head,
+        _id: &crate::logging::RequestId,
+        _protocol: crate::codec::Protocol,
+    ) {
+    }
     /// A task already running (since `since`) moves onto `line`, which an older one
     /// left.
     fn task_show(
         &self,
         _line: usize,
         _head: &Head,
+        _id: &crate::logging::RequestId,
         _protocol: crate::codec::Protocol,
         _since: std::time::Instant,
     ) {

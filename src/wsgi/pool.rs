@@ -46,7 +46,7 @@ impl Pool {
                         };
                         while let Some(req) = py.detach(|| next(&mut done)) {
                             if let Some(m) = &settings.monitor {
-                                m.begin(i, &req.head, req.listener.protocol);
+                                m.begin(i, &req.head, &req.request_id, req.listener.protocol);
                             }
                             // A panic must fail one request, not the thread.
                             let r = catch_unwind(AssertUnwindSafe(|| {
