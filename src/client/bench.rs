@@ -272,7 +272,9 @@ fn load(plan: &Arc<Plan>, connections: usize, duration: Duration) -> io::Result<
                     .wait_while(guard, |times| times.is_none())
                     .unwrap_or_else(|e| e.into_inner())
                     .expect("the gate opens with the times");
-                let mut tally = worker(&plan, deadline);
+                // A real run (not the gate opened to let threads go after a failed
+                // spawn) makes at least one request on each connection.
+                let mut tally = worker(&plan, deadline, deadline > start);
                 tally.finished = start.elapsed();
                 tally
             });
@@ -393,15 +395,18 @@ fn connect(plan: &Plan) -> Result<Conn, Failure> {
     Ok(conn)
 }
 
-/// One load thread: request after request until `deadline`.
-fn worker(plan: &Plan, deadline: Instant) -> Tally {
+/// One load thread: request after request until `deadline`; at least one when
+/// `at_least_one` (a thread woken after a short --duration had passed made none, and
+/// the run reported 0 responses).
+fn worker(plan: &Plan, deadline: Instant, at_least_one: bool) -> Tally {
     let mut tally = Tally::default();
     let mut bufs = Buffers::default();
     let mut kept: Option<Conn> = None;
     // A request under way at the deadline has --timeout more to finish: one whose
     // response keeps trickling in (or never ends) would otherwise hold the run forever.
-    let cutoff = deadline + plan.timeout;
-    while Instant::now() < deadline {
+    let cutoff = deadline.max(Instant::now()) + plan.timeout;
+    let mut first = at_least_one;
+    while std::mem::take(&mut first) || Instant::now() < deadline {
         let started = Instant::now();
         let reused = kept.is_some();
         let mut conn = match kept.take().map_or_else(|| connect(plan), Ok) {
@@ -1006,6 +1011,47 @@ mod tests {
             check_response(b"garbage", 0, false),
             Err(Failure::BadResponse)
         );
+    }
+
+    // regression: a load thread woken after a short --duration had already passed (a
+    // busy machine, `-d 0.01`) made no request, and the run said 0 responses.
+    #[test]
+    fn a_thread_woken_after_the_deadline_still_makes_one_request() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(2) {
+                let Ok(mut conn) = conn else { return };
+                let mut header = [0u8; 4];
+                let _ = conn.read_exact(&mut header);
+                let mut vars = vec![0; usize::from(u16::from_le_bytes([header[1], header[2]]))];
+                let _ = conn.read_exact(&mut vars);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        });
+        let url = bench_url(&args(&format!("127.0.0.1:{port}"))).unwrap();
+        let request = Request {
+            method: "GET".into(),
+            headers: &[],
+            body: None,
+            streamed: false,
+            keep_conn: false,
+        };
+        let plan = Plan {
+            endpoint: url.target.resolve().unwrap(),
+            scheme: url.scheme,
+            keep_conn: false,
+            request: request.encode(&url).unwrap().concat(),
+            head: false,
+            timeout: Duration::from_secs(5),
+        };
+        let past = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let tally = worker(&plan, past, true);
+        assert_eq!((tally.responses, tally.classes[2]), (1, 1));
+        // The gate opened after a failed spawn (a deadline already past): none.
+        assert_eq!(worker(&plan, past, false).responses, 0);
     }
 
     fn args(addr: &str) -> BenchArgs {
