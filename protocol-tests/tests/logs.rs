@@ -511,9 +511,17 @@ fn logrotate_conf(dir: &Path, logs: &Path, pidfile: &Path) -> PathBuf {
         "create 0640 myproject adm",
         "postern.service",
         "/run/postern/postern.pid",
+        "in postern*)",
     ] {
         assert!(conf.contains(needle), "deploy/logrotate/postern: {needle}");
     }
+    // The recipe signals a binary named postern*: the one under test may be a copy
+    // named otherwise (POSTERN_BIN).
+    let bin = postern_bin();
+    let name = Path::new(&bin)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let conf = conf
         .replace(
             "/var/log/postern/*.log",
@@ -521,7 +529,8 @@ fn logrotate_conf(dir: &Path, logs: &Path, pidfile: &Path) -> PathBuf {
         )
         .replace("create 0640 myproject adm", "create 0640")
         .replace("postern.service", "postern-logs-test-absent.service")
-        .replace("/run/postern/postern.pid", &pidfile.display().to_string());
+        .replace("/run/postern/postern.pid", &pidfile.display().to_string())
+        .replace("in postern*)", &format!("in {name})"));
     let path = dir.join("logrotate.conf");
     std::fs::write(&path, conf).unwrap();
     path
