@@ -1062,6 +1062,56 @@ fn ping_holds_while_a_worker_is_recycled() {
     assert!(wait_until(30, || ping(&stats_addr) == 200), "{}", p.logs());
 }
 
+// regression: review4 finding 5: a worker held past its recycling limits (here the old
+// worker during a reload) read `serving` in /status, its hold nowhere.
+#[test]
+fn status_shows_the_old_worker_held_during_a_reload() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let stats_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--master", "--workers", "1", "--max-requests", "1000"])
+        .args(["--stats", &stats_addr.arg()])
+        .env("STATSAPP_GATE", &gate.to_string_lossy())
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
+    let old = serving_pids(&stats_addr)[0];
+    let s = status_json(&stats_addr);
+    assert!(s["workers"][0].get("held").is_none(), "{s:#}");
+    // The reload's new worker waits at its import for as long as the gate is missing.
+    std::fs::remove_file(&gate).unwrap();
+    p.signal(libc::SIGHUP);
+    let held = |s: &serde_json::Value| -> Vec<(i64, String)> {
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| Some((w["pid"].as_i64()?, w["held"].as_str()?.to_owned())))
+            .collect()
+    };
+    assert!(
+        wait_until(20, || held(&status_json(&stats_addr))
+            == [(old, "reload".to_owned())]),
+        "{:#}\n{}",
+        status_json(&stats_addr),
+        p.logs()
+    );
+    let text = stats(&stats_addr, "/status?format=text").text();
+    assert!(text.contains("held (reload): "), "{text}");
+    std::fs::write(&gate, "").unwrap();
+    assert!(
+        wait_until(30, || {
+            let s = status_json(&stats_addr);
+            let pids = serving_pids(&stats_addr);
+            !pids.is_empty() && !pids.contains(&old) && held(&s).is_empty()
+        }),
+        "{:#}\n{}",
+        status_json(&stats_addr),
+        p.logs()
+    );
+}
+
 // A worker the master kills because it still ran past --graceful-timeout after it was
 // told to leave (here by SIGTTOU; its atexit handler hangs) counts as `killed`, not
 // under the cause it was told to leave for; its replacement (none here) would start

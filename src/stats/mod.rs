@@ -295,6 +295,29 @@ impl WorkerState {
     }
 }
 
+/// Why the master holds a worker past its recycling limits (`--max-requests`,
+/// `--max-rss` below its hard limit): it serves on until a successor is ready, or a
+/// reload's new workers are. Kept until the worker leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Hold {
+    /// Workers started to replace others failed to start (code broken on disk, an
+    /// import past `--worker-start-timeout`).
+    StartsFailed = 1,
+    /// A reload is under way: its new workers, still starting, are the successors.
+    Reload = 2,
+}
+
+impl Hold {
+    /// Its name in `/status`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Hold::StartsFailed => "starts-failed",
+            Hold::Reload => "reload",
+        }
+    }
+}
+
 /// A request a Python thread is running.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Current {
@@ -321,6 +344,9 @@ pub struct Worker {
     pub start_cause: Cause,
     /// Why it retires or drains (when it does).
     pub leaving: Option<Cause>,
+    /// Why the master holds it past its recycling limits, if it does (set once, kept
+    /// until it leaves: a worker held for a failed start an hour ago still shows it).
+    pub held: Option<Hold>,
     pub requests: u64,
     pub rss_bytes: Option<u64>,
     /// One entry per Python thread: its current request, or `None` when idle. An ASGI
@@ -473,6 +499,7 @@ pub(crate) mod tests {
                     started_unix: 1_700_000_001.0,
                     start_cause: Cause::Boot,
                     leaving: None,
+                    held: None,
                     requests: 6,
                     rss_bytes: Some(20 << 20),
                     threads: vec![
@@ -494,6 +521,7 @@ pub(crate) mod tests {
                     started_unix: 1_700_000_100.0,
                     start_cause: Cause::Crash,
                     leaving: None,
+                    held: None,
                     requests: 0,
                     rss_bytes: None,
                     threads: vec![None, None],

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{Cause, Snapshot};
+use super::{Cause, Hold, Snapshot};
 use crate::logging::Untrusted;
 
 #[derive(Serialize)]
@@ -67,6 +67,10 @@ struct Worker {
     /// Why it drains (when it does).
     #[serde(skip_serializing_if = "Option::is_none")]
     leaving_for: Option<&'static str>,
+    /// Why the master holds it past its recycling limits (`reload`, `starts-failed`),
+    /// when it does: it serves on past `--max-requests` until a successor is ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<&'static str>,
     requests: u64,
     rss_bytes: Option<u64>,
     /// WSGI: one entry per Python thread. ASGI: the oldest tasks in flight (up to the
@@ -160,6 +164,7 @@ pub fn json(s: &Snapshot) -> String {
                 started_unix: round3(w.started_unix),
                 start_cause: w.start_cause.label(),
                 leaving_for: w.leaving.map(Cause::label),
+                held: w.held.map(Hold::label),
                 requests: w.requests,
                 rss_bytes: w.rss_bytes,
                 interface: w.tasks.map(|_| "asgi"),
@@ -359,6 +364,17 @@ pub fn text(s: &Snapshot) -> String {
         if let Some(m) = more.filter(|m| !m.is_empty() && !w.threads.iter().all(Option::is_none)) {
             let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {m}", "", "", "");
         }
+        // Under the REQUEST column: the STATE column has no room for it.
+        if let Some(h) = w.held {
+            let _ = writeln!(
+                o,
+                "{:<51}{:>6}  {:>8}  held ({}): serves past its recycling limits until its successor is ready",
+                "",
+                "",
+                "",
+                h.label()
+            );
+        }
     }
     o
 }
@@ -410,6 +426,34 @@ mod tests {
         assert_eq!(v["workers"][1]["state"], "starting");
         assert_eq!(v["workers"][1]["start_cause"], "crash");
         assert_eq!(v["stopping"], false);
+    }
+
+    // regression: a worker held past its recycling limits (failed replacement starts,
+    // a reload) read `serving` with `requests` over --max-requests, its hold nowhere.
+    #[test]
+    fn a_held_worker_says_why_and_others_say_nothing() {
+        let mut s = crate::stats::tests::sample();
+        s.workers[0].held = Some(Hold::Reload);
+        s.workers[1].held = Some(Hold::StartsFailed);
+        let v: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        assert_eq!(
+            (&v["workers"][0]["held"], &v["workers"][1]["held"]),
+            (&"reload".into(), &"starts-failed".into())
+        );
+        let t = text(&s);
+        let rows: Vec<&str> = t.lines().skip_while(|l| !l.starts_with("PID")).collect();
+        assert_eq!(rows.len(), 7, "{t}");
+        assert!(rows[3].trim_start().starts_with("held (reload): "), "{t}");
+        assert!(rows[4].starts_with("102 "), "{t}");
+        assert!(
+            rows[6].trim_start().starts_with("held (starts-failed): "),
+            "{t}"
+        );
+
+        let plain = crate::stats::tests::sample();
+        let v: serde_json::Value = serde_json::from_str(&json(&plain)).unwrap();
+        assert!(v["workers"][0].get("held").is_none(), "{v}");
+        assert!(!text(&plain).contains("held"));
     }
 
     #[test]

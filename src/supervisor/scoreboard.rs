@@ -32,6 +32,7 @@ use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec::Protocol;
+pub use crate::stats::Hold;
 use crate::stats::{
     self, Cause, Current, Events, Totals, WorkerState, DURATION_SLOTS, PROTOCOLS, STATUS_CLASSES,
 };
@@ -224,17 +225,6 @@ pub struct SlotHead {
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
-}
-
-/// Why the master holds a worker past its recycling limits ([`Scoreboard::hold`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Hold {
-    /// Workers started to replace others failed to start (code broken on disk, an
-    /// import past `--worker-start-timeout`).
-    StartsFailed = 1,
-    /// A reload is under way: its new workers, still starting, are the successors.
-    Reload = 2,
 }
 
 /// One Python thread (WSGI), or one of the oldest tasks in flight (ASGI).
@@ -872,6 +862,7 @@ impl Scoreboard {
                 start_cause: Cause::from_index(u64::from(h.start_cause.load(Ordering::Relaxed)))
                     .unwrap_or(Cause::Boot),
                 leaving,
+                held: self.held(slot),
                 requests: h.requests.load(Ordering::Relaxed),
                 rss_bytes: (rss > 0).then_some(rss * 1024),
                 threads,
