@@ -1260,6 +1260,21 @@ pub mod fcgi {
         }
     }
 
+    /// Reads records from `c` until an END_REQUEST (one request at a time on the
+    /// connection): the CGI status, or `None` when the connection closed (or was reset)
+    /// first.
+    pub fn status(c: &mut dyn Read) -> Option<u16> {
+        let mut reply = Reply::default();
+        loop {
+            let rec = read(c)?;
+            match rec.kind {
+                STDOUT => reply.stdout.extend_from_slice(&rec.content),
+                END_REQUEST => return Some(reply.cgi().0),
+                _ => {}
+            }
+        }
+    }
+
     /// Reads records until END_REQUEST for `id`; other ids' records are returned in
     /// `others`. Panics on EOF before END_REQUEST.
     pub fn read_reply(c: &mut dyn Read, id: u16, others: &mut Vec<Rec>) -> Reply {

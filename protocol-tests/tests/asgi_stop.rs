@@ -626,20 +626,6 @@ fn a_left_task_raising_system_exit_when_cancelled_does_not_end_the_stop_clean_up
     );
 }
 
-/// Reads FastCGI records from `c` until END_REQUEST for id 1: the CGI status, or
-/// `None` when the connection closed (or was reset) first.
-fn fcgi_status(c: &mut std::net::TcpStream) -> Option<u16> {
-    let mut reply = fcgi::Reply::default();
-    loop {
-        let rec = fcgi::read(c)?;
-        match rec.kind {
-            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
-            fcgi::END_REQUEST => return Some(reply.cgi().0),
-            _ => {}
-        }
-    }
-}
-
 // regression: a request nginx sent on a kept FastCGI connection parked in a worker
 // whose event loop a blocking call held (time.sleep in `async def`) was reset when
 // --timeout killed that worker (nginx: 502), and no line in postern's log named it.
@@ -677,7 +663,7 @@ await send({"type": "http.response.body", "body": b"ok"})
     // A kept connection that served one request: parked in the worker.
     let mut kept = connect();
     kept.write_all(&fcgi::get(1, true, "/first")).unwrap();
-    assert_eq!(fcgi_status(&mut kept), Some(200), "{}", p.logs());
+    assert_eq!(fcgi::status(&mut kept), Some(200), "{}", p.logs());
     // Another request blocks the event loop; then the kept connection's next request
     // comes, which that loop cannot read.
     let mut blocked = connect();
@@ -685,12 +671,12 @@ await send({"type": "http.response.body", "body": b"ok"})
     assert!(wait_file(&blocking, 30), "{}", p.logs());
     kept.write_all(&fcgi::get(1, true, "/next")).unwrap();
     assert_eq!(
-        fcgi_status(&mut kept),
+        fcgi::status(&mut kept),
         Some(200),
         "the request on the kept connection was not served\n{}",
         p.logs()
     );
-    assert_eq!(fcgi_status(&mut blocked), None, "{}", p.logs());
+    assert_eq!(fcgi::status(&mut blocked), None, "{}", p.logs());
     assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
     let logs = p.logs();
     let next = logs

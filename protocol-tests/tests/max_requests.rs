@@ -1050,7 +1050,18 @@ fn a_reload_completes_when_a_new_worker_asked_for_its_successor_before_its_sibli
         "{}",
         p.logs()
     );
-    for pid in &old {
+    assert_left_for_the_reload(&p, &old);
+    std::fs::write(dir.path().join("gate2"), "").unwrap();
+    for i in 0..20 {
+        let pid = one(&p);
+        assert!(pid.is_some(), "request {i} after the reload\n{}", p.logs());
+        assert!(!old.contains(&pid.unwrap()), "an old worker served");
+    }
+}
+
+/// Each of the workers `old` exits within 20 s, for the reload.
+fn assert_left_for_the_reload<'a>(p: &Postern, old: impl IntoIterator<Item = &'a String>) {
+    for pid in old {
         assert!(
             wait_until(20, || exit_line(&p.logs(), pid).is_some()),
             "{pid}\n{}",
@@ -1058,12 +1069,6 @@ fn a_reload_completes_when_a_new_worker_asked_for_its_successor_before_its_sibli
         );
         let exited = exit_line(&p.logs(), pid).unwrap();
         assert!(exited.contains("cause=\"reload\""), "{exited}");
-    }
-    std::fs::write(dir.path().join("gate2"), "").unwrap();
-    for i in 0..20 {
-        let pid = one(&p);
-        assert!(pid.is_some(), "request {i} after the reload\n{}", p.logs());
-        assert!(!old.contains(&pid.unwrap()), "an old worker served");
     }
 }
 
@@ -1108,15 +1113,7 @@ fn workers_held_during_a_reload_leave_once_the_new_workers_are_ready() {
         p.logs()
     );
     // The old workers leave for the reload, the held one too.
-    for pid in &old {
-        assert!(
-            wait_until(20, || exit_line(&p.logs(), pid).is_some()),
-            "{pid}\n{}",
-            p.logs()
-        );
-        let exited = exit_line(&p.logs(), pid).unwrap();
-        assert!(exited.contains("cause=\"reload\""), "{exited}");
-    }
+    assert_left_for_the_reload(&p, &old);
     for i in 0..10 {
         let pid = one(&p);
         assert!(pid.is_some(), "request {i} after the reload");

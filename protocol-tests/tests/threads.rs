@@ -97,18 +97,63 @@ fn the_wsgi_threads_run_under_sched_batch_only_when_told() {
     }
 }
 
-/// Reads FastCGI records from `c` until END_REQUEST for id 1: the CGI status, or
-/// `None` when the connection closed (or was reset) first.
-fn fcgi_status(c: &mut std::net::TcpStream) -> Option<u16> {
-    let mut reply = fcgi::Reply::default();
-    loop {
-        let rec = fcgi::read(c)?;
-        match rec.kind {
-            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
-            fcgi::END_REQUEST => return Some(reply.cgi().0),
-            _ => {}
-        }
-    }
+/// A WSGI app that holds its Python thread for 60 s on `/block` (the `route` variable,
+/// `REQUEST_URI` or `PATH_INFO`), once it has created the file it returns beside the
+/// app's path, and answers `ok` otherwise (having read the body if `read_body`).
+fn blocking_app(
+    dir: &std::path::Path,
+    route: &str,
+    read_body: bool,
+) -> (String, std::path::PathBuf) {
+    let blocking = dir.join("blocking");
+    let app = dir.join("blocking_app.py");
+    let read = if read_body {
+        "    environ['wsgi.input'].read()\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &app,
+        format!(
+            "import time\nBLOCKING = {:?}\ndef application(environ, start_response):\n    if environ['{route}'] == '/block':\n        open(BLOCKING, 'w').close()\n        time.sleep(60)\n{read}    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            blocking.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    (app.to_string_lossy().into_owned(), blocking)
+}
+
+/// Serves `app` over `protocol` on a TCP port (returned) with a master, one worker, one
+/// Python thread and `--timeout 2`.
+fn one_thread_timeout_2(
+    dir: &std::path::Path,
+    app: &str,
+    protocol: &'static str,
+) -> (Postern, u16) {
+    let p = Spawn::tcp(dir, app)
+        .protocol(protocol)
+        .args([
+            "--workers",
+            "1",
+            "--master",
+            "--threads",
+            "1",
+            "--timeout",
+            "2",
+        ])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    (p, port)
+}
+
+/// A TCP connection to 127.0.0.1:`port` whose reads give up after 30 s.
+fn connect(port: u16) -> std::net::TcpStream {
+    let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c
 }
 
 // regression: with every Python thread of a worker held by a request past --timeout,
@@ -121,53 +166,24 @@ fn fcgi_status(c: &mut std::net::TcpStream) -> Option<u16> {
 fn a_request_on_a_kept_connection_parked_in_a_worker_killed_by_timeout_is_served_by_another() {
     use std::io::Write;
     let dir = tempdir();
-    let blocking = dir.path().join("blocking");
-    let app = dir.path().join("blocking_app.py");
-    std::fs::write(
-        &app,
-        format!(
-            "import time\nBLOCKING = {:?}\ndef application(environ, start_response):\n    if environ['REQUEST_URI'] == '/block':\n        open(BLOCKING, 'w').close()\n        time.sleep(60)\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
-            blocking.to_string_lossy()
-        ),
-    )
-    .unwrap();
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .protocol("fastcgi")
-        .args([
-            "--workers",
-            "1",
-            "--master",
-            "--threads",
-            "1",
-            "--timeout",
-            "2",
-        ])
-        .start();
-    let Addr::Tcp(port) = p.addr else {
-        unreachable!()
-    };
-    let connect = || {
-        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        c
-    };
+    let (app, blocking) = blocking_app(dir.path(), "REQUEST_URI", false);
+    let (p, port) = one_thread_timeout_2(dir.path(), &app, "fastcgi");
     // A kept connection that served one request: parked in the worker.
-    let mut kept = connect();
+    let mut kept = connect(port);
     kept.write_all(&fcgi::get(1, true, "/first")).unwrap();
-    assert_eq!(fcgi_status(&mut kept), Some(200), "{}", p.logs());
+    assert_eq!(fcgi::status(&mut kept), Some(200), "{}", p.logs());
     // The one Python thread is held; then the kept connection's next request comes.
-    let mut blocked = connect();
+    let mut blocked = connect(port);
     blocked.write_all(&fcgi::get(1, true, "/block")).unwrap();
     assert!(wait_file(&blocking, 30), "{}", p.logs());
     kept.write_all(&fcgi::get(1, true, "/next")).unwrap();
     assert_eq!(
-        fcgi_status(&mut kept),
+        fcgi::status(&mut kept),
         Some(200),
         "the request on the kept connection was not served\n{}",
         p.logs()
     );
-    assert_eq!(fcgi_status(&mut blocked), None, "{}", p.logs());
+    assert_eq!(fcgi::status(&mut blocked), None, "{}", p.logs());
 }
 
 // regression: a request read whole while every Python thread was held, and so never
@@ -177,36 +193,8 @@ fn a_request_on_a_kept_connection_parked_in_a_worker_killed_by_timeout_is_served
 fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_counted_in_the_log() {
     use std::io::{Read, Write};
     let dir = tempdir();
-    let blocking = dir.path().join("blocking");
-    let app = dir.path().join("blocking_app.py");
-    std::fs::write(
-        &app,
-        format!(
-            "import time\nBLOCKING = {:?}\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/block':\n        open(BLOCKING, 'w').close()\n        time.sleep(60)\n    environ['wsgi.input'].read()\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
-            blocking.to_string_lossy()
-        ),
-    )
-    .unwrap();
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args([
-            "--workers",
-            "1",
-            "--master",
-            "--threads",
-            "1",
-            "--timeout",
-            "2",
-        ])
-        .start();
-    let Addr::Tcp(port) = p.addr else {
-        unreachable!()
-    };
-    let connect = || {
-        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        c
-    };
+    let (app, blocking) = blocking_app(dir.path(), "PATH_INFO", true);
+    let (p, port) = one_thread_timeout_2(dir.path(), &app, "uwsgi");
     let get = |path: &str| {
         uwsgi_packet(&[
             ("REQUEST_METHOD", "GET"),
@@ -216,7 +204,7 @@ fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_counted_in_the_log() {
     };
     // A: a POST whose body comes in two parts: its first part takes it to the slow
     // lane. B, behind it in the listen queue, answered: A was accepted.
-    let mut a = connect();
+    let mut a = connect(port);
     let mut head = uwsgi_packet(&[
         ("REQUEST_METHOD", "POST"),
         ("PATH_INFO", "/upload"),
@@ -231,7 +219,7 @@ fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_counted_in_the_log() {
         p.logs()
     );
     // The one Python thread is held; then A's body is whole, and A waits for it.
-    let mut blocked = connect();
+    let mut blocked = connect(port);
     blocked.write_all(&get("/block")).unwrap();
     assert!(wait_file(&blocking, 30), "{}", p.logs());
     a.write_all(b"67890").unwrap();
