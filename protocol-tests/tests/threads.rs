@@ -148,6 +148,55 @@ fn one_thread_timeout_2(
     (p, port)
 }
 
+/// Serves `app` (which makes a file named after its path, then holds its thread for
+/// 60 s) on a TCP port with a master, one worker, two Python threads, `--timeout 2` and
+/// `extra` args; sends `/first` and `/second`, each once the one before is running, and
+/// returns once the worker condemned for --timeout has exited, with both connections.
+fn two_requests_past_timeout(
+    dir: &std::path::Path,
+    app: &str,
+    extra: &[&str],
+) -> (Postern, [std::net::TcpStream; 2]) {
+    use std::io::Write;
+    let p = Spawn::tcp(dir, app)
+        .args([
+            "--workers",
+            "1",
+            "--master",
+            "--threads",
+            "2",
+            "--timeout",
+            "2",
+        ])
+        .args(extra.iter().copied())
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let send = |path: &str| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", path),
+            ("QUERY_STRING", ""),
+        ]))
+        .unwrap();
+        c
+    };
+    // Both threads held: the first request passes --timeout first (or both at once:
+    // one condemns the worker, the other is cut off with it).
+    let first = send("/first");
+    assert!(wait_file(&dir.join("first"), 30), "{}", p.logs());
+    let second = send("/second");
+    assert!(wait_file(&dir.join("second"), 30), "{}", p.logs());
+    assert!(
+        p.wait_log("worker exited", 30),
+        "the condemned worker never exited\n{}",
+        p.logs()
+    );
+    (p, [first, second])
+}
+
 /// A TCP connection to 127.0.0.1:`port` whose reads give up after 30 s.
 fn connect(port: u16) -> std::net::TcpStream {
     let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -240,7 +289,6 @@ fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_counted_in_the_log() {
 // without a line tying them to the timeout.
 #[test]
 fn requests_cut_off_by_a_timeout_kill_are_named_whatever_the_graceful_timeout() {
-    use std::io::Write;
     let dir = tempdir();
     let app = dir.path().join("holding_app.py");
     std::fs::write(
@@ -251,42 +299,10 @@ fn requests_cut_off_by_a_timeout_kill_are_named_whatever_the_graceful_timeout() 
         ),
     )
     .unwrap();
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args([
-            "--workers",
-            "1",
-            "--master",
-            "--threads",
-            "2",
-            "--timeout",
-            "2",
-            "--graceful-timeout",
-            "0.2",
-        ])
-        .start();
-    let Addr::Tcp(port) = p.addr else {
-        unreachable!()
-    };
-    let send = |path: &str| {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(&uwsgi_packet(&[
-            ("REQUEST_METHOD", "GET"),
-            ("PATH_INFO", path),
-            ("QUERY_STRING", ""),
-        ]))
-        .unwrap();
-        c
-    };
-    // Both threads held: the first request passes --timeout first (or both at once:
-    // one condemns the worker, the other is cut off with it).
-    let _first = send("/first");
-    assert!(wait_file(&dir.path().join("first"), 30), "{}", p.logs());
-    let _second = send("/second");
-    assert!(wait_file(&dir.path().join("second"), 30), "{}", p.logs());
-    assert!(
-        p.wait_log("worker exited", 30),
-        "the condemned worker never exited\n{}",
-        p.logs()
+    let (p, _conns) = two_requests_past_timeout(
+        dir.path(),
+        &app.to_string_lossy(),
+        &["--graceful-timeout", "0.2"],
     );
     let logs = p.logs();
     let named: Vec<&str> = logs
@@ -308,7 +324,6 @@ fn requests_cut_off_by_a_timeout_kill_are_named_whatever_the_graceful_timeout() 
 // the id postern made for it: the worker's line took only an id the front server sent.
 #[test]
 fn the_timeout_lines_name_the_request_id_postern_made() {
-    use std::io::Write;
     let dir = tempdir();
     let app = dir.path().join("id_app.py");
     // Each request writes the id the app sees (the access line's) to a file named
@@ -321,39 +336,7 @@ fn the_timeout_lines_name_the_request_id_postern_made() {
         ),
     )
     .unwrap();
-    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
-        .args([
-            "--workers",
-            "1",
-            "--master",
-            "--threads",
-            "2",
-            "--timeout",
-            "2",
-        ])
-        .start();
-    let Addr::Tcp(port) = p.addr else {
-        unreachable!()
-    };
-    let send = |path: &str| {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(&uwsgi_packet(&[
-            ("REQUEST_METHOD", "GET"),
-            ("PATH_INFO", path),
-            ("QUERY_STRING", ""),
-        ]))
-        .unwrap();
-        c
-    };
-    let _first = send("/first");
-    assert!(wait_file(&dir.path().join("first"), 30), "{}", p.logs());
-    let _second = send("/second");
-    assert!(wait_file(&dir.path().join("second"), 30), "{}", p.logs());
-    assert!(
-        p.wait_log("worker exited", 30),
-        "the condemned worker never exited\n{}",
-        p.logs()
-    );
+    let (p, _conns) = two_requests_past_timeout(dir.path(), &app.to_string_lossy(), &[]);
     let logs = p.logs();
     let id = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     let line = |path: &str| {
