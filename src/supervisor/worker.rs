@@ -758,6 +758,18 @@ impl WorkerMonitor {
 mod tests {
     use super::*;
 
+    /// A GET's head (REQUEST_METHOD only) and an id postern made for it.
+    fn get_head() -> (crate::codec::Head, crate::logging::RequestId) {
+        let mut head = crate::codec::Head {
+            buf: bytes::Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        head.push_var(b"REQUEST_METHOD", b"GET");
+        (head, crate::logging::RequestId::generate())
+    }
+
     // regression: the rate was counted over the worker's whole life: a worker idle for
     // long, then busy, asked for its successor only at its last request (5 requests a
     // second "over 10 s" here, 50 left).
@@ -842,14 +854,7 @@ mod tests {
         use crate::wsgi::Monitor;
         let board = Arc::new(Scoreboard::new(1, 2).unwrap());
         let m = WorkerMonitor::standalone(Arc::clone(&board));
-        let mut head = crate::codec::Head {
-            buf: bytes::Bytes::new(),
-            vars: Vec::new(),
-            modifier30: false,
-            content_length: 0,
-        };
-        head.push_var(b"REQUEST_METHOD", b"GET");
-        let id = crate::logging::RequestId::generate();
+        let (head, id) = get_head();
         m.stopping();
         m.waiting(3);
         m.begin(0, &head, &id, crate::codec::Protocol::Uwsgi);
@@ -868,14 +873,7 @@ mod tests {
         use crate::wsgi::Monitor;
         let board = Arc::new(Scoreboard::new(1, 2).unwrap());
         let m = WorkerMonitor::standalone(Arc::clone(&board));
-        let mut head = crate::codec::Head {
-            buf: bytes::Bytes::new(),
-            vars: Vec::new(),
-            modifier30: false,
-            content_length: 0,
-        };
-        head.push_var(b"REQUEST_METHOD", b"GET");
-        let id = crate::logging::RequestId::generate();
+        let (head, id) = get_head();
         m.waiting(3);
         m.begin(0, &head, &id, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.waiting(0), 2, "a thread's request, before `stopping`");
@@ -891,14 +889,7 @@ mod tests {
         use crate::wsgi::Monitor;
         let board = Arc::new(Scoreboard::new(1, 2).unwrap());
         let m = WorkerMonitor::standalone(Arc::clone(&board));
-        let mut head = crate::codec::Head {
-            buf: bytes::Bytes::new(),
-            vars: Vec::new(),
-            modifier30: false,
-            content_length: 0,
-        };
-        head.push_var(b"REQUEST_METHOD", b"GET");
-        let made = crate::logging::RequestId::generate();
+        let (head, made) = get_head();
         m.begin(0, &head, &made, crate::codec::Protocol::Uwsgi);
         assert_eq!(board.line(0, 0).request_id(), made.as_str());
         let sent = crate::logging::RequestId::sent(b"myreq-123").unwrap();
