@@ -551,38 +551,50 @@ fn gated_startup(gate: &Path) -> String {
     )
 }
 
-// regression: a worker whose ASGI lifespan startup had not completed was said to be
-// "still starting (does the app's import hang: a connect without a timeout?)": its
-// import was long over, and the advice sent the reader to the wrong place.
-#[test]
-fn a_worker_long_in_its_lifespan_startup_is_said_to_be_there_not_in_its_import() {
+/// Starts an app whose lifespan startup waits for a gate, with `args`; waits (up to
+/// `said.1` s) for the line `said.0`, opens the gate, waits for `ready`, stops postern
+/// with SIGTERM and asserts: the line was said with `advice`, not with `wrong_advice`,
+/// postern got ready and exited 0.
+fn long_lifespan_startup_is_told(
+    args: &[&str],
+    said: (&str, u64),
+    ready: &str,
+    advice: &str,
+    wrong_advice: &str,
+) {
     let dir = tempdir();
     let gate = dir.path().join("gate");
     let (app, _) = asgi_app(dir.path(), &gated_startup(&gate));
-    // The master warns at half --worker-start-timeout (2 s here) at the latest.
-    let (mut child, logs) = start_waiting(
-        dir.path(),
-        &app,
-        &["--workers", "2", "--worker-start-timeout", "4"],
-    );
-    let said = wait_until(30, || {
-        logs().contains("worker still in the app's ASGI lifespan startup")
-    });
+    let (mut child, logs) = start_waiting(dir.path(), &app, args);
+    let (needle, secs) = said;
+    let said = wait_until(secs, || logs().contains(needle));
     std::fs::write(&gate, "").unwrap();
-    let ready = wait_until(30, || logs().contains("all 2 workers ready"));
+    let ready = wait_until(30, || logs().contains(ready));
     // SAFETY: a signal to the postern started here.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_child(&mut child, 30);
     let _ = child.kill();
     let out = logs();
     assert!(said, "{out}");
-    assert!(
-        out.contains("the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? The worker exits at --lifespan-timeout"),
-        "{out}"
-    );
-    assert!(!out.contains("import hang"), "{out}");
+    assert!(out.contains(advice), "{out}");
+    assert!(!out.contains(wrong_advice), "{out}");
     assert!(ready, "{out}");
     assert!(status.is_some_and(|s| s.success()), "{out}");
+}
+
+// regression: a worker whose ASGI lifespan startup had not completed was said to be
+// "still starting (does the app's import hang: a connect without a timeout?)": its
+// import was long over, and the advice sent the reader to the wrong place.
+#[test]
+fn a_worker_long_in_its_lifespan_startup_is_said_to_be_there_not_in_its_import() {
+    // The master warns at half --worker-start-timeout (2 s here) at the latest.
+    long_lifespan_startup_is_told(
+        &["--workers", "2", "--worker-start-timeout", "4"],
+        ("worker still in the app's ASGI lifespan startup", 30),
+        "all 2 workers ready",
+        "the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? The worker exits at --lifespan-timeout",
+        "import hang",
+    );
 }
 
 // regression: a single process whose ASGI lifespan startup had not completed after
@@ -590,27 +602,12 @@ fn a_worker_long_in_its_lifespan_startup_is_said_to_be_there_not_in_its_import()
 // for an import, not for a startup handler.
 #[test]
 fn a_single_process_long_in_its_lifespan_startup_gets_advice_for_a_startup_handler() {
-    let dir = tempdir();
-    let gate = dir.path().join("gate");
-    let (app, _) = asgi_app(dir.path(), &gated_startup(&gate));
-    let (mut child, logs) = start_waiting(dir.path(), &app, &[]);
     // Said every 30 s while the app starts (a bound against a hang, not a measure).
-    let said = wait_until(50, || {
-        logs().contains("still in the app's ASGI lifespan startup after 30 s")
-    });
-    std::fs::write(&gate, "").unwrap();
-    let ready = wait_until(30, || logs().contains("ready"));
-    // SAFETY: a signal to the postern started here.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = wait_child(&mut child, 30);
-    let _ = child.kill();
-    let out = logs();
-    assert!(said, "{out}");
-    assert!(
-        out.contains("the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? It is given up at --lifespan-timeout; a SIGTERM or Ctrl-C meanwhile is acted on once it ends"),
-        "{out}"
+    long_lifespan_startup_is_told(
+        &[],
+        ("still in the app's ASGI lifespan startup after 30 s", 50),
+        "ready",
+        "the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? It is given up at --lifespan-timeout; a SIGTERM or Ctrl-C meanwhile is acted on once it ends",
+        "app.run()",
     );
-    assert!(!out.contains("app.run()"), "{out}");
-    assert!(ready, "{out}");
-    assert!(status.is_some_and(|s| s.success()), "{out}");
 }
