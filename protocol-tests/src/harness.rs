@@ -603,19 +603,7 @@ impl Postern {
 
     /// A plain GET over uwsgi; returns (status, body).
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        let resp = self.uwsgi(
-            &[
-                ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", p),
-                ("QUERY_STRING", q),
-                ("REQUEST_URI", path),
-                ("SERVER_NAME", "test"),
-                ("SERVER_PORT", "80"),
-                ("SERVER_PROTOCOL", "HTTP/1.1"),
-            ],
-            b"",
-        );
+        let resp = self.raw(&uwsgi_get(path));
         let r = parse_http(&resp)
             .unwrap_or_else(|| panic!("bad response {:?}", String::from_utf8_lossy(&resp)));
         (r.status, r.body)
@@ -779,6 +767,20 @@ pub fn raw_eof(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
+}
+
+/// A whole uwsgi GET of `target` (path and query) as nginx's uwsgi_params send it.
+pub fn uwsgi_get(target: &str) -> Vec<u8> {
+    let (p, q) = target.split_once('?').unwrap_or((target, ""));
+    uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", p),
+        ("QUERY_STRING", q),
+        ("REQUEST_URI", target),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ])
 }
 
 /// Encodes a uwsgi packet (written independently of postern's own codec).

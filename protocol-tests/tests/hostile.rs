@@ -64,18 +64,6 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-fn uwsgi_get(path: &str) -> Vec<u8> {
-    uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", path),
-        ("QUERY_STRING", ""),
-        ("REQUEST_URI", path),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ])
-}
-
 /// Sends a GET on an open connection and reads the answer to EOF: its status.
 fn served(mut c: TcpStream) -> Option<u16> {
     c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
@@ -705,6 +693,18 @@ fn unfinished_params_past_the_connection_budget_close_the_connection() {
     }
 }
 
+/// `n` connections to `port`, each with a head that never becomes whole: the first
+/// byte of a uwsgi header, no more.
+fn slow_heads(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(&[0]).unwrap();
+            c
+        })
+        .collect()
+}
+
 // regression: every client dropped at --head-timeout had a WARN line of its own, so a
 // slowloris attack (thousands of connections sending a head byte by byte) flooded the
 // log with lines that said nothing more (hostile6).
@@ -717,14 +717,7 @@ fn a_flood_of_slow_heads_names_the_first_twenty_then_sums_up_the_rest() {
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
     };
-    // 30 heads that never become whole: the first byte of a uwsgi header, no more.
-    let conns: Vec<TcpStream> = (0..30)
-        .map(|_| {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            c.write_all(&[0]).unwrap();
-            c
-        })
-        .collect();
+    let conns = slow_heads(port, 30);
     // All are dropped within one 10 s window: 20 named, then one line for the other
     // 10 at the window's end (the bound is against a hang, not a measure).
     let summed = p.wait_log(
@@ -756,13 +749,7 @@ fn the_slow_heads_counted_are_summed_up_when_the_process_stops_before_the_window
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
     };
-    let conns: Vec<TcpStream> = (0..30)
-        .map(|_| {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            c.write_all(&[0]).unwrap();
-            c
-        })
-        .collect();
+    let conns = slow_heads(port, 30);
     // Each is closed by postern (its --head-timeout passed), well within the window.
     for mut c in conns {
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

@@ -67,18 +67,6 @@ fn scgi_get(path: &str) -> Vec<u8> {
     out
 }
 
-fn uwsgi_get(path: &str) -> Vec<u8> {
-    uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", path),
-        ("QUERY_STRING", ""),
-        ("REQUEST_URI", path),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ])
-}
-
 /// Connects to `port` and sends `req` now (it waits in the listen queue until a
 /// worker accepts it); the reply is read later.
 fn send(port: u16, req: &[u8]) -> TcpStream {

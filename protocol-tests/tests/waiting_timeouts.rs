@@ -56,20 +56,6 @@ fn uwsgi_get_bg(addr: &Addr, target: &str) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || raw(&addr, &uwsgi_get(&target)))
 }
 
-/// A whole uwsgi GET of `target` (path and query).
-fn uwsgi_get(target: &str) -> Vec<u8> {
-    let (p, q) = target.split_once('?').unwrap_or((target, ""));
-    uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", p),
-        ("QUERY_STRING", q),
-        ("REQUEST_URI", target),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ])
-}
-
 /// Everything the peer sends until it closes (30 s at most).
 fn read_reply(s: &mut UnixStream) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
