@@ -160,13 +160,10 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chdir: Option<PathBuf>,
 
-    /// Put DIR at the front of sys.path (repeatable).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "POSTERN_PYTHONPATH",
-        value_delimiter = ':'
-    )]
+    /// Put DIR at the front of sys.path (repeatable; a list split at `:` as PYTHONPATH or
+    /// `,` as gunicorn's --pythonpath: a directory whose name holds either goes in the
+    /// --config file's pythonpath list, which splits nothing).
+    #[arg(long, value_name = "DIR", env = "POSTERN_PYTHONPATH")]
     #[serde(with = "value::one_or_many")]
     pub pythonpath: Vec<PathBuf>,
 
@@ -616,9 +613,12 @@ impl Layered {
         let mut env = Vec::new();
         let mut command_line = toml::Table::new();
         for (key, var) in option_keys() {
-            let Some(value) = typed.get(&key).cloned() else {
+            let Some(mut value) = typed.get(&key).cloned() else {
                 continue;
             };
+            if key == "pythonpath" {
+                value = value::path_list(value);
+            }
             match matches.value_source(&key.replace('-', "_")) {
                 Some(ValueSource::DefaultValue) => {
                     defaults.insert(key, value);
@@ -1604,6 +1604,33 @@ mod tests {
         assert!(e.to_string().contains("is given twice"), "{e}");
         let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--stats", &abs]).unwrap_err();
         assert!(e.to_string().contains("is given twice"), "{e}");
+    }
+
+    // regression: `--pythonpath a,b` (gunicorn's list, typed by a user who migrates) was
+    // one directory named "a,b". The command line splits at `,` and `:`; the --config
+    // file's list splits nothing (a directory whose name holds a comma is written there).
+    #[test]
+    fn pythonpath_splits_as_gunicorn_s_on_the_command_line_not_in_the_file() {
+        let l = layered(&["app", "--pythonpath", "a,b", "--pythonpath", "c:d,"]).unwrap();
+        let dirs: Vec<PathBuf> = ["a", "b", "c", "d"].iter().map(PathBuf::from).collect();
+        assert_eq!(l.options.pythonpath, dirs);
+        let (_d, f) = file("app = \"a:app\"\npythonpath = [\"x,y\", \"/srv/a:b\"]\n");
+        let l = layered(&["--config", &f]).unwrap();
+        assert_eq!(
+            l.options.pythonpath,
+            [PathBuf::from("x,y"), PathBuf::from("/srv/a:b")]
+        );
+        // clap reads the variable when the argument is given it.
+        std::env::set_var("POSTERN_TEST_PYTHONPATH_LIST", "e:f,g");
+        let matches = Cli::command()
+            .mut_arg("pythonpath", |a| a.env("POSTERN_TEST_PYTHONPATH_LIST"))
+            .try_get_matches_from(["postern", "app"])
+            .unwrap();
+        std::env::remove_var("POSTERN_TEST_PYTHONPATH_LIST");
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let l = Layered::merge(&cli, &matches).unwrap();
+        let dirs: Vec<PathBuf> = ["e", "f", "g"].iter().map(PathBuf::from).collect();
+        assert_eq!(l.options.pythonpath, dirs);
     }
 
     // regression: POSTERN_MASTER=1 (systemd and Kubernetes env files write 1/yes) was

@@ -160,6 +160,30 @@ impl FromStr for Seconds {
     }
 }
 
+/// `--pythonpath`'s values (or `POSTERN_PYTHONPATH`'s) as directories: each split at `:`
+/// (PYTHONPATH's separator) and `,` (gunicorn's: its `--pythonpath a,b` is two
+/// directories, and so it is for a user who migrates), empty entries left out. A
+/// `--config` file's list is not split: a directory whose name holds `:` or `,` is
+/// written there.
+pub fn path_list(value: toml::Value) -> toml::Value {
+    let toml::Value::Array(entries) = value else {
+        return value;
+    };
+    toml::Value::Array(
+        entries
+            .into_iter()
+            .flat_map(|e| match e {
+                toml::Value::String(s) => s
+                    .split([':', ','])
+                    .filter(|d| !d.is_empty())
+                    .map(|d| toml::Value::String(d.to_owned()))
+                    .collect(),
+                other => vec![other],
+            })
+            .collect(),
+    )
+}
+
 /// The duration limits that `0` or `off` switches off (as 0 does `--max-requests`).
 pub const OFF_LIMITS: &[&str] = &["timeout", "slow-log", "max-lifetime"];
 
