@@ -550,6 +550,10 @@ pub struct Layered {
     pub sources: BTreeMap<String, Source>,
     /// The merged values, as TOML (for `--print-config`).
     pub values: toml::Table,
+    /// The limits a layer switched off (`--timeout off`, `max-lifetime = 0`): not in
+    /// `values`, as they are no value, but said as `off` by `--print-config` with the
+    /// source in `sources`, apart from a limit no layer set.
+    pub off: std::collections::BTreeSet<String>,
     /// What the `--ini` file asks that postern runs without, as one message to log.
     pub ini_warnings: Option<String>,
     /// What runs differently though the `--ini` file carried over (logged, not warned).
@@ -684,9 +688,11 @@ impl Layered {
         // 0 or `off` switches a limit off, over a lower layer's value too.
         // regression: `--timeout 0` was "not a positive number of seconds", so a
         // --config file's timeout could not be removed for one run.
+        let mut off = std::collections::BTreeSet::new();
         for key in value::OFF_LIMITS {
             if values.get(*key).is_some_and(value::is_off) {
                 values.remove(*key);
+                off.insert((*key).to_owned());
             }
         }
 
@@ -695,6 +701,7 @@ impl Layered {
             options,
             sources,
             values,
+            off,
             ini_warnings,
             ini_info,
         })
@@ -733,6 +740,12 @@ impl Layered {
                     }
                 }
                 Some(v) => out.push_str(&format!("{key} = {v}  # {}\n", self.source(&key))),
+                // regression: a limit switched off over a lower layer (`--timeout off`
+                // over a file's timeout = 30) was listed as "not set", as if no layer
+                // had it: said as `off` (a --config file reads it back as off).
+                None if self.off.contains(&key) => {
+                    out.push_str(&format!("{key} = \"off\"  # {}\n", self.source(&key)));
+                }
                 None => {}
             }
         }
@@ -763,7 +776,7 @@ impl Layered {
         let unset: Vec<String> = option_keys()
             .into_iter()
             .map(|(k, _)| k)
-            .filter(|k| value(k).is_none())
+            .filter(|k| value(k).is_none() && !self.off.contains(k))
             .filter(|k| !(k == "uwsgi" && config.is_some_and(|c| c.default_listener)))
             .filter(|k| !(k == "venv" && config.is_some_and(|c| c.venv.is_some())))
             .collect();
@@ -828,6 +841,7 @@ pub fn refused_values(table: &toml::Table) -> Vec<(String, String)> {
                 options,
                 sources,
                 values,
+                off: Default::default(),
                 ini_warnings: None,
                 ini_info: None,
             };
@@ -1584,6 +1598,50 @@ mod tests {
         let (_d2, f2) = file(&text);
         let again = Config::resolve(&layered(&["--config", &f2]).unwrap(), None).unwrap();
         assert_eq!(format!("{:?}", again.opts), format!("{:?}", c.opts));
+    }
+
+    // regression: `--timeout off` (or `--max-lifetime 0`, `--slow-log off`) over a
+    // file's value printed "# not set: ..., timeout", the same as a limit no layer set.
+    #[test]
+    fn print_config_says_a_limit_switched_off_is_off_with_its_source() {
+        let (_d, f) = file("app = \"a:b\"\ntimeout = 30\nslow-log = \"off\"\n");
+        let l = layered(&["--config", &f, "--timeout", "off", "--max-lifetime", "0"]).unwrap();
+        let c = Config::resolve(&l, None).unwrap();
+        assert_eq!(c.opts.timeout, None);
+        let text = l.to_toml(Some(&c));
+        assert!(
+            text.contains("timeout = \"off\"  # command line\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("max-lifetime = \"off\"  # command line\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("slow-log = \"off\"  # file {f}\n")),
+            "{text}"
+        );
+        let unset = |text: &str| {
+            let line = text.lines().find(|l| l.starts_with("# not set:")).unwrap();
+            line.trim_start_matches("# not set:")
+                .split(',')
+                .map(|k| k.trim().to_owned())
+                .collect::<Vec<_>>()
+        };
+        for key in ["timeout", "slow-log", "max-lifetime"] {
+            assert!(!unset(&text).iter().any(|k| k == key), "{key}: {text}");
+        }
+        // Read back as a --config file, each is off.
+        let (_d2, f2) = file(&text);
+        let again = layered(&["--config", &f2]).unwrap();
+        let off: Vec<&str> = again.off.iter().map(String::as_str).collect();
+        assert_eq!(off, ["max-lifetime", "slow-log", "timeout"]);
+        let o = &again.options;
+        assert!(o.timeout.is_none() && o.slow_log.is_none() && o.max_lifetime.is_none());
+        // A limit no layer set is still "not set".
+        let text = layered(&["app"]).unwrap().to_toml(None);
+        assert!(!text.lines().any(|l| l.starts_with("timeout = ")), "{text}");
+        assert!(unset(&text).iter().any(|k| k == "timeout"), "{text}");
     }
 
     #[test]
