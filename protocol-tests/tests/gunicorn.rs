@@ -584,7 +584,16 @@ fn a_timeout_from_the_config_file_is_switched_off_with_0_or_off() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let set = |toml: &str, key: &str| toml.lines().any(|l| l.starts_with(&format!("{key} = ")));
+    // A limit switched off is printed `key = "off"` with its source (not "not set").
+    let set = |toml: &str, key: &str| {
+        toml.lines().any(|l| {
+            l.starts_with(&format!("{key} = ")) && !l.starts_with(&format!("{key} = \"off\""))
+        })
+    };
+    let off = |toml: &str, key: &str| {
+        toml.lines()
+            .any(|l| l.starts_with(&format!("{key} = \"off\"  # ")))
+    };
     let before = print(&[], None);
     assert!(
         set(&before, "timeout") && set(&before, "slow-log"),
@@ -599,11 +608,16 @@ fn a_timeout_from_the_config_file_is_switched_off_with_0_or_off() {
     ] {
         let after = print(extra, env);
         assert!(!set(&after, "timeout"), "{extra:?} {env:?}: {after}");
+        assert!(off(&after, "timeout"), "{extra:?} {env:?}: {after}");
         assert!(set(&after, "slow-log"), "{extra:?} {env:?}: {after}");
     }
     let after = print(&["--slow-log", "off", "--max-lifetime", "0"], None);
     assert!(
         !set(&after, "slow-log") && !set(&after, "max-lifetime"),
+        "{after}"
+    );
+    assert!(
+        off(&after, "slow-log") && off(&after, "max-lifetime"),
         "{after}"
     );
     assert!(set(&after, "timeout"), "{after}");
