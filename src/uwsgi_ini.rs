@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use command_line::{
-    config_key_hint, explain, is_uwsgi_mount, postern_words, uwsgi_options, Typed,
+    config_key_hint, explain, is_uwsgi_mount, last_wins, postern_words, uwsgi_options, Arity, Typed,
 };
 pub use expand::{Context, Entry, FileFacts};
 

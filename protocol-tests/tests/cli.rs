@@ -1372,6 +1372,66 @@ fn grouped_uwsgi_short_flags_are_read_as_uwsgi_reads_them() {
     );
 }
 
+// regression: `-Mp4 -w 4` (uWSGI's processes, gunicorn's workers: both postern's
+// --workers) suggested `postern --master --workers 4 --workers 4 app`, which postern
+// refuses ("cannot be used multiple times"). The last value wins, as uWSGI's parser
+// (each -p sets the count again) and gunicorn's (argparse) have it, and a value that
+// a later one replaced is named.
+#[test]
+fn an_option_set_twice_in_a_migrated_command_line_is_given_once_the_last_value_winning() {
+    let cases: &[(&[&str], &str, bool)] = &[
+        (
+            &["-Mp4", "-w", "4", "app"],
+            "postern --master --workers 4 app\n",
+            false,
+        ),
+        (
+            &["-p", "4", "-w", "8", "--module", "app"],
+            "postern --workers 8 app\n",
+            true,
+        ),
+        (
+            &["-w", "4", "-p", "2", "--module", "app"],
+            "postern --workers 2 app\n",
+            true,
+        ),
+        (
+            &["-p", "4", "--workers", "2", "--module", "app"],
+            "postern --workers 2 app\n",
+            true,
+        ),
+        // gunicorn's alone.
+        (
+            &["-w", "4", "-w", "8", "app"],
+            "postern --workers 8 app\n",
+            true,
+        ),
+        (
+            &["-b", "unix:/run/a.sock", "--workers", "3", "-w", "3", "app"],
+            "postern --uwsgi unix:/run/a.sock --workers 3 app\n",
+            false,
+        ),
+    ];
+    for (args, want, said) in cases {
+        let out = postern().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("the same with postern: {want}")),
+            "{args:?}: want {want:?} in:\n{err}"
+        );
+        assert_eq!(
+            err.contains("set the same option: the last wins (as in uWSGI and gunicorn)"),
+            *said,
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("cannot be used multiple times"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 // regression: uWSGI's `--mount /app=app.py` (a prefix and the app mounted there) was
 // accepted as the URL prefix "/app=app.py", which no request starts with: the app got
 // every path unsplit, or, with no APP, "no APP given". Now it is refused with postern's

@@ -29,7 +29,7 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
         if !typed.is_empty() {
             let refused = gunicorn.as_ref().is_some_and(|g| g.refused);
             for line in said.lines().chain(
-                crate::uwsgi_ini::explain(&typed, &others, line, similar)
+                crate::uwsgi_ini::explain(&typed, &others, line, similar, super::arity)
                     .lines()
                     .filter(|l| !(refused && l.starts_with("the same with postern:"))),
             ) {

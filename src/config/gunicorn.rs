@@ -610,7 +610,12 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
 /// option is postern's, and it names the app), and where the table is.
 pub fn rest(reading: &Reading) -> String {
     let mut out = String::new();
-    let mut args = reading.args.clone();
+    // `-w 4 -w 8`: the last wins, as in gunicorn (postern refuses --workers twice).
+    let (line, again) = crate::uwsgi_ini::last_wins(&reading.args, super::arity);
+    for a in &again {
+        let _ = writeln!(out, "{a}");
+    }
+    let mut args = line.clone();
     let mut unknown = false;
     let mut parsed = None;
     for _ in 0..args.len() + 1 {
@@ -676,7 +681,7 @@ pub fn rest(reading: &Reading) -> String {
     }
     if !reading.refused && !unknown && runs.is_some() && config_said.is_none() {
         let line: Vec<String> = std::iter::once("postern".to_owned())
-            .chain(reading.args.iter().skip(1).map(|a| quoted(a)))
+            .chain(line.iter().skip(1).map(|a| quoted(a)))
             .collect();
         let _ = writeln!(out, "the same with postern: {}", line.join(" "));
     }

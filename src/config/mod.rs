@@ -574,6 +574,19 @@ pub fn option_keys() -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// How postern's long option `name` (without `--`) takes values, if it is postern's.
+pub fn arity(name: &str) -> Option<crate::uwsgi_ini::Arity> {
+    let cmd = Cli::command();
+    let arg = cmd.get_arguments().find(|a| a.get_long() == Some(name))?;
+    Some(crate::uwsgi_ini::Arity {
+        takes_value: arg.get_action().takes_values(),
+        repeatable: matches!(
+            arg.get_action(),
+            clap::ArgAction::Append | clap::ArgAction::Count
+        ),
+    })
+}
+
 /// The environment layer of `--env` (`POSTERN_ENV`, one `KEY=VALUE`) when the command
 /// line sets `--env` too: clap reads an option's variable only when the command line
 /// does not set it, but `--env` merges name by name across layers, so the variable's

@@ -421,6 +421,7 @@ pub fn explain(
     others: &[String],
     args: &[String],
     similar: impl Fn(&str) -> Option<String>,
+    arity: impl Fn(&str) -> Option<Arity>,
 ) -> String {
     let mut out = String::new();
     for t in typed {
@@ -473,7 +474,10 @@ pub fn explain(
             ),
         };
     }
-    if let Some(line) = rewritten(typed, args).filter(|_| others.is_empty()) {
+    if let Some((line, again)) = rewritten(typed, args, arity).filter(|_| others.is_empty()) {
+        for a in again {
+            let _ = writeln!(out, "{a}");
+        }
         let _ = writeln!(out, "the same with postern: {line}");
     }
     out.push_str("postern's options: postern --help; a whole uWSGI ini file: postern --ini FILE (README 'Migrating from uWSGI')");
@@ -481,8 +485,12 @@ pub fn explain(
 }
 
 /// `args` with each uWSGI option replaced by postern's, or `None` when one of them cannot
-/// be (refused), or nothing would be left to say.
-fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
+/// be (refused), or nothing would be left to say; with [`last_wins`]' lines.
+fn rewritten(
+    typed: &[Typed],
+    args: &[String],
+    arity: impl Fn(&str) -> Option<Arity>,
+) -> Option<(String, Vec<String>)> {
     if typed
         .iter()
         .any(|t| matches!(t.outcome, Outcome::Refused(_) | Outcome::AtStart(_)))
@@ -533,8 +541,80 @@ fn rewritten(typed: &[Typed], args: &[String]) -> Option<String> {
     if app.is_empty() && !positional && !from_file && std::env::var_os("POSTERN_APP").is_none() {
         return None;
     }
+    let (mut out, again) = last_wins(&out, arity);
     out.extend(app);
-    Some(out.join(" "))
+    Some((out.join(" "), again))
+}
+
+/// How one of postern's long options takes values (from clap, which this module does
+/// not see).
+#[derive(Debug, Clone, Copy)]
+pub struct Arity {
+    /// `--workers 4`, not a switch (`--master`).
+    pub takes_value: bool,
+    /// `--uwsgi A --uwsgi B` adds; any other option may be given once.
+    pub repeatable: bool,
+}
+
+/// `words` (a command line, its options as `--name VALUE`, `--name=VALUE` or two words)
+/// with each option postern takes once (`arity` says which) kept at its last place
+/// only: the last value wins, as uWSGI's own parser (each `-p` sets the process count
+/// again) and gunicorn's (argparse) have it, where postern refuses the option given
+/// twice. A line for each value that a later one replaced. regression: `-Mp4 -w 4`
+/// (uWSGI's processes, gunicorn's workers) suggested `--workers 4 --workers 4`.
+pub fn last_wins(
+    words: &[String],
+    arity: impl Fn(&str) -> Option<Arity>,
+) -> (Vec<String>, Vec<String>) {
+    // (option name, its value as written, its words)
+    let mut items: Vec<(Option<String>, String, Vec<String>)> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        i += 1;
+        let Some(long) = w.strip_prefix("--").filter(|l| !l.is_empty()) else {
+            items.push((None, String::new(), vec![w.clone()]));
+            continue;
+        };
+        let (name, value) = match long.split_once([' ', '=']) {
+            Some((n, v)) => (n, v.to_owned()),
+            None => (long, String::new()),
+        };
+        let Some(a) = arity(name).filter(|a| !a.repeatable) else {
+            items.push((None, String::new(), vec![w.clone()]));
+            continue;
+        };
+        let mut taken = vec![w.clone()];
+        let mut value = value;
+        if a.takes_value && value.is_empty() && long == name {
+            if let Some(v) = words.get(i) {
+                value = v.clone();
+                taken.push(v.clone());
+                i += 1;
+            }
+        }
+        items.push((Some(name.to_owned()), value, taken));
+    }
+    let mut again = Vec::new();
+    let mut kept = Vec::new();
+    for (n, (name, value, taken)) in items.iter().enumerate() {
+        let later = name.as_ref().and_then(|name| {
+            items[n + 1..]
+                .iter()
+                .rev()
+                .find(|(other, _, _)| other.as_ref() == Some(name))
+        });
+        match later {
+            Some((_, last, last_words)) if last != value => again.push(format!(
+                "`{}` and `{}` set the same option: the last wins (as in uWSGI and gunicorn)",
+                taken.join(" "),
+                last_words.join(" ")
+            )),
+            Some(_) => {}
+            None => kept.extend(taken.iter().cloned()),
+        }
+    }
+    (kept, again)
 }
 
 /// Whether a `--mount` value is uWSGI's MOUNTPOINT=APP (`/app=app.py`,

@@ -1113,3 +1113,75 @@ fn migrate_leaves_out_what_is_joined_to_a_value_made_at_start() {
         );
     }
 }
+
+// regression: `-Mp4 -w 4` suggested `--workers 4 --workers 4`: an option postern takes
+// once is kept at its last place, with its last value; a repeatable one is left alone.
+#[test]
+fn last_wins_keeps_an_option_given_once_at_its_last_value() {
+    let arity = |name: &str| match name {
+        "workers" | "timeout" => Some(Arity {
+            takes_value: true,
+            repeatable: false,
+        }),
+        "master" => Some(Arity {
+            takes_value: false,
+            repeatable: false,
+        }),
+        "uwsgi" => Some(Arity {
+            takes_value: true,
+            repeatable: true,
+        }),
+        _ => None,
+    };
+    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (kept, again) = last_wins(
+        &words(&[
+            "postern",
+            "--master",
+            "--workers 4",
+            "--workers",
+            "4",
+            "app",
+        ]),
+        arity,
+    );
+    assert_eq!(
+        kept,
+        words(&["postern", "--master", "--workers", "4", "app"])
+    );
+    assert!(again.is_empty(), "{again:?}");
+    let (kept, again) = last_wins(
+        &words(&[
+            "postern",
+            "--workers=2",
+            "--uwsgi",
+            "a",
+            "--timeout",
+            "5",
+            "--uwsgi",
+            "b",
+            "--workers 8",
+            "--master",
+            "--master",
+        ]),
+        arity,
+    );
+    assert_eq!(
+        kept,
+        words(&[
+            "postern",
+            "--uwsgi",
+            "a",
+            "--timeout",
+            "5",
+            "--uwsgi",
+            "b",
+            "--workers 8",
+            "--master"
+        ])
+    );
+    assert_eq!(
+        again,
+        ["`--workers=2` and `--workers 8` set the same option: the last wins (as in uWSGI and gunicorn)"]
+    );
+}
