@@ -625,9 +625,11 @@ pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
             }
         })
         .collect();
-    path.push(cwd);
+    path.push(cwd.clone());
     let app = interpreter::import(&path, &config.app).map_err(|e| gunicorn_hint(e, &config.app))?;
-    tracing::info!(app = %config.app, "app imported");
+    // The directory with its links resolved (getcwd): after a deploy that swaps a
+    // `current` link, the release this worker imported.
+    tracing::info!(app = %config.app, dir = %cwd.display(), "app imported");
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     if interface == Interface::Wsgi && config.opts.lifespan == LifespanMode::On {
         tracing::warn!(

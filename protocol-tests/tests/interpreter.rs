@@ -228,3 +228,153 @@ await send({"type": "http.response.body", "body": b"async"})
         assert_eq!(threads(p.pid()), 1, "the master stays one thread");
     }
 }
+
+/// A release of a deploy laid out as `releases/N` with its own venv (made without pip:
+/// only its site-packages matter) holding two kinds of editable install: a `.pth` line
+/// naming the release's `src` (setuptools' lenient mode, `uv sync`), and a `.pth` whose
+/// `import` line installs a finder mapping a module to a file of the release (the strict
+/// mode's `__editable___*_finder`: the same `.pth` bytes in every release, the finder's
+/// mapping differs).
+fn release(root: &Path, n: u32) -> PathBuf {
+    let rel = root.join("releases").join(n.to_string());
+    std::fs::create_dir_all(rel.join("src")).unwrap();
+    std::fs::create_dir_all(rel.join("mapped")).unwrap();
+    std::fs::write(rel.join("src/shopcore.py"), format!("VERSION = {n}\n")).unwrap();
+    std::fs::write(rel.join("mapped/shopmapped.py"), format!("VERSION = {n}\n")).unwrap();
+    std::fs::write(
+        rel.join("app.py"),
+        r#"import shopcore, shopmapped
+
+def application(environ, start_response):
+    body = ("core=%d %s\nmapped=%d %s\n" % (shopcore.VERSION, shopcore.__file__,
+                                             shopmapped.VERSION, shopmapped.__file__)).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#,
+    )
+    .unwrap();
+    let venv = rel.join(".venv");
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success());
+    let lib = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+        })
+        .expect("the venv's lib/pythonX.Y");
+    let site = lib.join("site-packages");
+    std::fs::write(
+        site.join("__editable__.shopcore.pth"),
+        format!("{}\n", rel.join("src").display()),
+    )
+    .unwrap();
+    std::fs::write(
+        site.join("_shopfinder.py"),
+        format!(
+            r#"import importlib.util, sys
+MAPPING = {{"shopmapped": {:?}}}
+
+class Finder:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name in MAPPING:
+            return importlib.util.spec_from_file_location(name, MAPPING[name])
+        return None
+
+def install():
+    sys.meta_path.append(Finder)
+"#,
+            rel.join("mapped/shopmapped.py").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        site.join("__editable__.shopmapped.pth"),
+        "import _shopfinder; _shopfinder.install()\n",
+    )
+    .unwrap();
+    rel
+}
+
+fn point_current(root: &Path, n: u32) {
+    let tmp = root.join("current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(root.join("releases").join(n.to_string()), &tmp).unwrap();
+    std::fs::rename(&tmp, root.join("current")).unwrap();
+}
+
+// regression: with `--venv current/.venv`, the venv's `.pth` files were read once, when
+// the master started Python: after a deploy swapped `current` and a SIGHUP, the new
+// workers imported the previous release's editable packages (and failed once it was
+// deleted).
+#[test]
+fn a_reload_reads_the_pth_files_of_a_venv_swapped_under_a_link() {
+    let dir = tempdir();
+    let root = dir.path();
+    let r1 = release(root, 1);
+    let r2 = release(root, 2);
+    point_current(root, 1);
+    let current = root.join("current");
+    let mut p = Spawn::tcp(root, "app:application")
+        .args(["--master", "--workers", "1", "--chdir"])
+        .arg(current.display().to_string())
+        .venv(&current.join(".venv"))
+        .start();
+    let body = |p: &Postern| {
+        let (status, body) = p.get("/");
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, 200, "{body}\n{}", p.logs());
+        body
+    };
+    let first = body(&p);
+    assert!(first.contains("core=1 "), "{first}");
+    assert!(first.contains("mapped=1 "), "{first}");
+
+    point_current(root, 2);
+    std::fs::remove_dir_all(&r1).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("new workers ready", 15), "{}", p.logs());
+    assert!(
+        wait_until(10, || p.logs().lines().any(
+            |l| l.contains("worker exited") && l.contains("cause=\"reload\"")
+        )),
+        "{}",
+        p.logs()
+    );
+    let second = body(&p);
+    let r2 = std::fs::canonicalize(&r2).unwrap();
+    assert!(
+        second.contains(&format!("core=2 {}", r2.join("src/shopcore.py").display())),
+        "{second}\n{}",
+        p.logs()
+    );
+    assert!(
+        second.contains(&format!(
+            "mapped=2 {}",
+            r2.join("mapped/shopmapped.py").display()
+        )),
+        "{second}\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains("the venv changed since postern started"),
+        "{logs}"
+    );
+    // The release each generation imported, in its "app imported" line.
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("app imported") && l.contains(&r2.display().to_string())),
+        "{logs}"
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(15).is_some());
+}

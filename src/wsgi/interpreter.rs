@@ -145,6 +145,7 @@ pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
     // Let pyo3 know (no-op: already initialised).
     Python::initialize();
     Python::attach(|py| -> PyResult<PythonInfo> {
+        py.run(SITE_SNAPSHOT, None, None)?;
         let sys = py.import("sys")?;
         let version_info = sys.getattr("version_info")?;
         let (major, minor): (u32, u32) = (
@@ -240,6 +241,102 @@ impl std::fmt::Display for AppSpec {
         }
     }
 }
+
+/// What the site-packages directories gave this interpreter at start, kept (as
+/// `sys._postern_site`) so that a worker forked for a reload can tell whether they
+/// changed since: `site` reads the `.pth` files once, when Python starts (in the
+/// master), and a worker forked later inherits the paths and import hooks they set up.
+/// A deploy that swaps a `current -> releases/N` link under `--venv current/.venv`
+/// changes what those files say (an editable install's source directory, its import
+/// finder's mapping) without changing the paths `sys.path` holds.
+///
+/// Kept: each site directory on `sys.path` (as written there, through any link), its
+/// real path, the names and bytes of its `.pth` files; the `sys.path` entries after the
+/// first site directory that are not site directories themselves (what `.pth` lines
+/// and the code they run appended); the modules loaded by then from those places (what
+/// `.pth` `import` lines ran: an editable install's finder, setuptools' distutils shim).
+const SITE_SNAPSHOT: &std::ffi::CStr = c"
+def _postern_site_snapshot():
+    import os, site, sys
+    dirs = []
+    for d in list(site.getsitepackages()) + [site.getusersitepackages()]:
+        if d in sys.path and d not in dirs:
+            dirs.append(d)
+    def state(dirs):
+        real, pth = {}, {}
+        for d in dirs:
+            real[d] = os.path.realpath(d)
+            files = []
+            try:
+                names = sorted(n for n in os.listdir(d) if n.endswith('.pth'))
+            except OSError:
+                names = []
+            for n in names:
+                try:
+                    with open(os.path.join(d, n), 'rb') as f:
+                        files.append((n, f.read()))
+                except OSError:
+                    pass
+            pth[d] = files
+        return real, pth
+    real, pth = state(dirs)
+    first = min((sys.path.index(d) for d in dirs), default=len(sys.path))
+    added = [p for p in sys.path[first:] if p not in dirs]
+    places = [real[d] for d in dirs] + [os.path.realpath(p) for p in added if os.path.isabs(p)]
+    modules = []
+    for name, m in list(sys.modules.items()):
+        f = getattr(m, '__file__', None)
+        if not f or name in ('sitecustomize', 'usercustomize'):
+            continue
+        rf = os.path.realpath(f)
+        if any(rf == p or rf.startswith(p.rstrip(os.sep) + os.sep) for p in places):
+            modules.append(name)
+    sys._postern_site = {'dirs': dirs, 'real': real, 'pth': pth, 'added': added,
+                         'modules': modules, 'state': state}
+_postern_site_snapshot()
+del _postern_site_snapshot
+";
+
+/// In a worker, before the app's import: when a site directory's real path or its
+/// `.pth` files differ from what [`SITE_SNAPSHOT`] kept in the master, undoes what the
+/// old files set up (their `sys.path` entries, the modules their `import` lines loaded
+/// and the import hooks those installed) and lets `site` read the directories again.
+/// Returns what changed, for the log; `None` when nothing did (the usual case: a few
+/// `stat`s and small reads per worker start).
+fn refresh_site(py: Python<'_>) -> PyResult<Option<String>> {
+    let globals = pyo3::types::PyDict::new(py);
+    py.run(SITE_REFRESH, Some(&globals), None)?;
+    globals
+        .get_item("changed")?
+        .map_or(Ok(None), |c| c.extract())
+}
+
+const SITE_REFRESH: &std::ffi::CStr = c"
+def _postern_site_refresh():
+    import importlib, os, site, sys
+    snap = getattr(sys, '_postern_site', None)
+    if not snap:
+        return None
+    real, pth = snap['state'](snap['dirs'])
+    if real == snap['real'] and pth == snap['pth']:
+        return None
+    gone = set(snap['modules'])
+    for name in gone:
+        sys.modules.pop(name, None)
+    keep = lambda hook: getattr(hook, '__module__', None) not in gone
+    sys.meta_path[:] = [f for f in sys.meta_path if keep(f)]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if keep(h)]
+    added = set(snap['added'])
+    sys.path[:] = [p for p in sys.path if p not in added]
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    for d in snap['dirs']:
+        site.addsitedir(d)
+    moved = ['%s -> %s' % (snap['real'][d], real[d]) for d in snap['dirs'] if real[d] != snap['real'][d]]
+    return ', '.join(moved) or '.pth files changed in ' + ', '.join(
+        d for d in snap['dirs'] if pth[d] != snap['pth'][d])
+changed = _postern_site_refresh()
+";
 
 /// Puts `dirs` at the front of `sys.path`, first one first.
 pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
@@ -483,6 +580,16 @@ pub const NO_CALLABLE_ADVICE: &str = "name the callable as MODULE:CALLABLE";
 
 pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError> {
     Python::attach(|py| {
+        match refresh_site(py) {
+            Ok(Some(changed)) => tracing::info!(
+                changed = %changed,
+                "the venv changed since postern started (its real path or its .pth files): this worker read its .pth files again, so it imports from the new one; modules the master imported before forking keep their code (restart postern to update those)"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "checking whether the venv's .pth files changed since postern started failed; this worker keeps the paths they gave at start")
+            }
+        }
         prepend_sys_path(py, path).map_err(|e| WsgiError::Init {
             reason: format!("setting sys.path: {e}"),
         })?;
