@@ -433,6 +433,42 @@ fn migrate_reads_a_gunicorn_config_without_running_it() {
     assert!(toml.contains("uwsgi = [\"127.0.0.1:8000\"]"), "{toml}");
 }
 
+// regression: `workers = ++4` (an expression: ast.literal_eval refuses it) was read as
+// the literal 4 and carried over without a word. It now needs attention as any other
+// value migrate would have to run the file for, with its line and the same advice.
+#[test]
+fn migrate_reads_one_sign_as_a_literal_and_two_as_an_expression() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&conf, "workers = ++4\nthreads = 2 * 4\ntimeout = +30\n").unwrap();
+    let out = postern()
+        .args(["migrate", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{toml}");
+    let attention = toml
+        .split("# NEEDS ATTENTION:")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").next())
+        .unwrap_or_else(|| panic!("{toml}"));
+    for line in ["# line 1: workers = ++4", "# line 2: threads = 2 * 4"] {
+        assert!(attention.contains(line), "{line}:\n{toml}");
+    }
+    let advice = |setting: &str| {
+        format!("not a literal value, and migrate does not run the file: work it out and write postern's option here ({setting} = …)")
+    };
+    let joined = attention
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(joined.contains(&advice("workers")), "{toml}");
+    assert!(joined.contains(&advice("threads")), "{toml}");
+    assert!(!toml.lines().any(|l| l.starts_with("workers =")), "{toml}");
+    assert!(toml.contains("\ntimeout = 30\n"), "{toml}");
+}
+
 // regression (review2 MEDIUM 2): migrate wrote values that start-up refuses
 // (`loglevel = "warning"`, `threads = 2000`, `timeout = 1e400`) with exit 0.
 #[test]

@@ -1249,9 +1249,11 @@ fn parse_py(c: &[char], at: &mut usize, depth: usize) -> Option<Py> {
                 "None" => return Some(Py::None),
                 _ => {}
             }
+            // One sign at most: Python's literal is `+4` or `-4`; `++4` and `-+4` are
+            // expressions (ast.literal_eval refuses them). regression: `++4` was 4.
             let (neg, digits) = match word.strip_prefix('-') {
                 Some(d) => (true, d),
-                None => (false, word.trim_start_matches('+')),
+                None => (false, word.strip_prefix('+').unwrap_or(&word)),
             };
             let radix = [("0o", 8), ("0x", 16), ("0b", 2)]
                 .iter()
@@ -1801,6 +1803,8 @@ mod tests {
         assert_eq!(literal("0o007"), Some(Py::Int(7)));
         assert_eq!(literal("1_000"), Some(Py::Int(1000)));
         assert_eq!(literal("-2.5"), Some(Py::Float(-2.5)));
+        assert_eq!(literal("+4"), Some(Py::Int(4)));
+        assert_eq!(literal("+0x10"), Some(Py::Int(16)));
         assert_eq!(literal("True"), Some(Py::Bool(true)));
         assert_eq!(
             literal("[\"a\",\n  'b',]"),
@@ -1815,6 +1819,11 @@ mod tests {
             "f'{x}'",
             "2 * 4",
             "{'a': 1}",
+            "++4",
+            "+-4",
+            "-+4",
+            "--4",
+            "++0x10",
         ] {
             assert_eq!(literal(expr), None, "{expr}");
         }
