@@ -14,7 +14,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Cause, Snapshot, Worker, WorkerState, DURATION_BUCKETS, PROTOCOLS, STATUS_CLASSES};
+use super::{
+    Cause, Hold, Snapshot, Worker, WorkerState, DURATION_BUCKETS, PROTOCOLS, STATUS_CLASSES,
+};
 
 /// The `Content-Type` of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -312,6 +314,20 @@ impl Collector for Metrics {
                 (vec![("state", st.label().to_owned())], gauge(n))
             }),
         )?;
+        if s.master {
+            // Both reasons always, at 0 when none is held: an alert on
+            // `postern_workers_held{reason="starts-failed"} > 0` needs the series.
+            family(
+                &mut enc,
+                "workers_held",
+                "Workers the master holds past their recycling limits (--max-requests, --max-rss below its hard limit, --max-lifetime), by reason: starts-failed (the workers started to replace them fail to start: code broken on disk, an import past --worker-start-timeout) or reload (a reload's new workers are still starting). Each serves on until a successor is ready.",
+                None,
+                [Hold::StartsFailed, Hold::Reload].map(|h| {
+                    let n = s.workers.iter().filter(|w| w.held == Some(h)).count();
+                    (vec![("reason", h.label().to_owned())], gauge(n))
+                }),
+            )?;
+        }
         family(
             &mut enc,
             "worker_requests",
@@ -398,6 +414,9 @@ mod tests {
             r#"postern_responses_cut_total{reason="client_gone"} 0"#,
             r#"postern_workers{state="serving"} 1"#,
             r#"postern_workers{state="starting"} 1"#,
+            "# TYPE postern_workers_held gauge",
+            r#"postern_workers_held{reason="starts-failed"} 0"#,
+            r#"postern_workers_held{reason="reload"} 0"#,
             r#"postern_worker_requests_total{worker="0"} 6"#,
             r#"postern_worker_requests_total{worker="1"} 0"#,
             r#"postern_worker_rss_bytes{worker="0"} 20971520"#,
@@ -417,6 +436,28 @@ mod tests {
         // regression: per-worker series were labelled by pid, a new series for every
         // recycled worker (unbounded cardinality under --max-requests).
         assert!(!text.contains("pid="), "{text}");
+    }
+
+    // regression: a worker held past its recycling limits (its successors failing to
+    // start) was in /status only: nothing for an alert to watch.
+    #[test]
+    fn held_workers_are_counted_by_reason() {
+        let mut s = crate::stats::tests::sample();
+        s.workers[0].held = Some(Hold::StartsFailed);
+        s.workers[1].held = Some(Hold::StartsFailed);
+        let text = encode(&s);
+        for line in [
+            r#"postern_workers_held{reason="starts-failed"} 2"#,
+            r#"postern_workers_held{reason="reload"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // A single process holds nothing: no series.
+        s.master = false;
+        assert!(!encode(&s).contains("workers_held"));
     }
 
     // regression: a worker waiting for its successor counted as `serving`.
