@@ -297,7 +297,7 @@ impl WorkerState {
 
 /// Why the master holds a worker past its recycling limits (`--max-requests`,
 /// `--max-rss` below its hard limit): it serves on until a successor is ready, or a
-/// reload's new workers are. Kept until the worker leaves.
+/// reload's new workers are. Ends when starts succeed again (see `Worker::held`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Hold {
@@ -344,8 +344,9 @@ pub struct Worker {
     pub start_cause: Cause,
     /// Why it retires or drains (when it does).
     pub leaving: Option<Cause>,
-    /// Why the master holds it past its recycling limits, if it does (set once, kept
-    /// until it leaves: a worker held for a failed start an hour ago still shows it).
+    /// Why the master holds it past its recycling limits, if it does: until starts
+    /// succeed again (and no reload is under way), or, past its limit, until its
+    /// successor is ready; never once it is on its way out.
     pub held: Option<Hold>,
     pub requests: u64,
     pub rss_bytes: Option<u64>,

@@ -919,9 +919,30 @@ impl Master {
     /// with no successor (the reload's workers, still importing, counted as live):
     /// when the new code then failed to import, nothing served, the failure was no
     /// rollback, and 10 failed starts later the master stopped.
+    ///
+    /// Once starts succeed again (a successor served, the code on disk fixed) and no
+    /// reload is under way, the holds end ([`Scoreboard::unhold`]): the workers that had
+    /// not asked for their successor recycle at their limits as usual again; those that
+    /// had serve on held until their successor is ready (`relieve` drains them).
+    /// regression: a hold was kept until the worker left: with two workers, the one
+    /// whose successor failed was relieved once a start succeeded, and the other read
+    /// `"held": "starts-failed"` in /status (and served past its limit, logging that
+    /// starts failed) for as long as it lived.
     fn hold_while_starts_fail(&mut self) {
         let reloading = self.reloading();
         if self.boot_failures == 0 && !reloading {
+            let mut released = Vec::new();
+            for w in self.workers.iter().filter(|w| w.phase.active()) {
+                if self.board.unhold(w.slot) {
+                    released.push(raw(w.pid));
+                }
+            }
+            if !released.is_empty() {
+                tracing::info!(
+                    pids = ?released,
+                    "workers start again: the workers held past their recycling limits are no longer held (each recycles at its limits as usual)"
+                );
+            }
             return;
         }
         let mut held = Vec::new();

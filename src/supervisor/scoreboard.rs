@@ -559,6 +559,30 @@ impl Scoreboard {
         self.head(slot).held.swap(why as u32, Ordering::SeqCst) == 0
     }
 
+    /// The starts the master held the worker in `slot` for succeed again (or the
+    /// reload is over): the hold ends, and the worker recycles at its limits as usual.
+    /// Not for a worker that asked for its successor already: past its limit, it
+    /// serves on held until that successor is ready (the master then tells it to
+    /// leave), instead of leaving at its next request while the successor imports.
+    /// True when a hold ended.
+    pub fn unhold(&self, slot: usize) -> bool {
+        let h = self.head(slot);
+        // Plain loads first: the master calls this every turn of its loop.
+        if h.held.load(Ordering::SeqCst) == 0 || h.successor.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let was = h.held.swap(0, Ordering::SeqCst);
+        if was == 0 {
+            return false;
+        }
+        // It asked between the two reads (it saw the hold at its limit): it keeps it.
+        if h.successor.load(Ordering::SeqCst) != 0 {
+            h.held.store(was, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
     /// Why the master holds the worker in `slot`, if it does ([`Scoreboard::hold`]).
     pub fn held(&self, slot: usize) -> Option<Hold> {
         match self.head(slot).held.load(Ordering::SeqCst) {
@@ -862,7 +886,8 @@ impl Scoreboard {
                 start_cause: Cause::from_index(u64::from(h.start_cause.load(Ordering::Relaxed)))
                     .unwrap_or(Cause::Boot),
                 leaving,
-                held: self.held(slot),
+                // Only while it accepts: one on its way out is held no more.
+                held: self.held(slot).filter(|_| state.accepts()),
                 requests: h.requests.load(Ordering::Relaxed),
                 rss_bytes: (rss > 0).then_some(rss * 1024),
                 threads,
@@ -1078,6 +1103,35 @@ mod tests {
         // A shorter description after a long one reads back alone.
         l.begin(b"GET", b"/", Protocol::Uwsgi);
         assert_eq!(l.desc(), "GET /");
+    }
+
+    // regression: a hold lasted until the worker left, so a worker held while starts
+    // failed read `"held": "starts-failed"` for good once they succeeded again.
+    #[test]
+    fn a_hold_ends_unless_the_worker_asked_for_its_successor() {
+        let sb = Scoreboard::new(2, 1).unwrap();
+        for slot in 0..2 {
+            sb.reset(slot, 10 + slot as i32, 0, Cause::Boot);
+            sb.mark_serving(slot);
+            assert!(sb.hold(slot, Hold::StartsFailed));
+        }
+        // Slot 1 passed its limit held: it asked for its successor.
+        assert!(sb.want_successor(1, Cause::MaxRequests));
+        let held = |sb: &Scoreboard| -> Vec<Option<Hold>> {
+            sb.read().workers.iter().map(|w| w.held).collect()
+        };
+        assert_eq!(held(&sb), [Some(Hold::StartsFailed); 2]);
+        assert!(sb.unhold(0));
+        assert!(!sb.unhold(0), "once");
+        assert!(
+            !sb.unhold(1),
+            "it serves on held until its successor is ready"
+        );
+        assert_eq!(sb.held(0), None);
+        assert_eq!(held(&sb), [None, Some(Hold::StartsFailed)]);
+        // Relieved (told to leave): on its way out it shows no hold.
+        sb.mark_draining(1, Cause::MaxRequests);
+        assert_eq!(held(&sb), [None, None]);
     }
 
     #[test]
