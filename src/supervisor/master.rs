@@ -1374,16 +1374,34 @@ impl Master {
                     self.unclean.killed += 1;
                 }
             }
+            // Every exit has its line, a failed one naming the worker's generation: a
+            // failure the master expected (a worker it told to leave, one of a
+            // generation a newer reload replaced) at WARN, what it must act on at ERROR.
+            // regression: a worker of a superseded generation (a replacement still
+            // importing when a reload came) that failed to start left no line at all.
+            let generation = w.generation;
+            let failed = !by_master && status.exit_status() != Some(0);
             match j.verdict {
                 Verdict::Expected if failed_start => {
-                    tracing::error!(pid, %how, "worker failed to start (the app's error is logged above); it was told to leave already, so nothing replaces it");
+                    tracing::warn!(pid, %how, generation, "worker failed to start (the app's error is logged above); it was told to leave already, so nothing replaces it");
+                }
+                Verdict::Expected if failed => {
+                    tracing::warn!(pid, %how, cause = j.cause.label(), generation, "worker exited");
                 }
                 Verdict::Expected => {
                     tracing::info!(pid, %how, cause = j.cause.label(), "worker exited");
                 }
-                Verdict::Superseded => {}
+                Verdict::Superseded => {
+                    tracing::warn!(
+                        pid,
+                        %how,
+                        generation,
+                        serving = self.generation,
+                        "worker failed to start (the app's error is logged above); a newer reload replaced its generation, so nothing replaces it"
+                    );
+                }
                 Verdict::BootFailed => {
-                    tracing::error!(pid, %how, "worker failed to start");
+                    tracing::error!(pid, %how, generation, "worker failed to start");
                     self.stop_all(true);
                     return Err(SupervisorError::BootFailed);
                 }
@@ -1412,7 +1430,7 @@ impl Master {
                             .max()
                             .unwrap_or(failed - 1)
                     };
-                    tracing::error!(pid, %how, generation = self.generation, "reload failed: the new workers do not start; still serving the previous code");
+                    tracing::error!(pid, %how, generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start; still serving the previous code");
                     // sd_notify(3): after RELOADING=1, READY=1 once the reload is over,
                     // failed ones too (systemd holds the unit in "reloading" until then),
                     // and only then: a READY=1 nothing waits for would end the next
@@ -1431,13 +1449,14 @@ impl Master {
                     }
                 }
                 Verdict::CrashLoop => {
+                    tracing::error!(pid, %how, generation, "worker failed to start");
                     self.stop_all(false);
                     return Err(SupervisorError::CrashLoop(self.boot_failures));
                 }
                 Verdict::Replace if status.exit_status() == Some(0) => {
                     // A clean exit nobody asked for: a SIGTERM (or SIGINT with the app's
                     // own handler) sent to the worker from outside the master.
-                    tracing::warn!(pid, %how, "worker stopped without the master asking (a signal sent to it directly?); replacing it");
+                    tracing::warn!(pid, %how, generation, "worker stopped without the master asking (a signal sent to it directly?); replacing it");
                 }
                 Verdict::Replace if j.cause == Cause::BootFailure => {
                     let now = Instant::now();
@@ -1448,6 +1467,7 @@ impl Master {
                         // the master's own kill, with no such error.
                         tracing::error!(
                             pid,
+                            generation,
                             failures = self.boot_failures,
                             serving,
                             "worker killed at --worker-start-timeout (its import did not finish); trying again in {wait:?}"
@@ -1456,6 +1476,7 @@ impl Master {
                         tracing::error!(
                             pid,
                             %how,
+                            generation,
                             failures = self.boot_failures,
                             serving,
                             "worker failed to start (the app's error is logged above: code on disk that does not import?); trying again in {wait:?}"
@@ -1463,7 +1484,7 @@ impl Master {
                     }
                 }
                 Verdict::Replace => {
-                    tracing::error!(pid, %how, "worker died unexpectedly; replacing it");
+                    tracing::error!(pid, %how, generation, "worker died unexpectedly; replacing it");
                 }
             }
         }
