@@ -455,6 +455,10 @@ static SPOOL_LOG: RateLimit = RateLimit::new();
 /// only a client multiplexing uploads gets them): as [`SPOOL_LOG`].
 static SPOOLING_LOG: RateLimit = RateLimit::new();
 
+/// Lines about new requests refused on a connection at the final stop (FCGI_OVERLOADED;
+/// only a client multiplexing requests gets them): as [`SPOOL_LOG`].
+static STOPPING_LOG: RateLimit = RateLimit::new();
+
 /// A share of [`COLLECTING`], given back when dropped.
 #[derive(Default)]
 struct InMemory(usize);
@@ -1278,21 +1282,27 @@ fn handle_event(
         } if past => {
             drop(params);
             tracing::warn!(%peer, fcgi_id = id, held = input.held(), "FastCGI connection over --fastcgi-buffer: new request refused (FCGI_OVERLOADED)");
-            parser.finished(id);
-            backlog.retain(
-                |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
-            );
-            lane.refused(crate::codec::Protocol::FastCgi, None);
-            let mut out = Vec::new();
-            fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
-            if blocking_write(conn, &out).is_err() {
-                return Step::Close;
+            overloaded(conn, parser, backlog, lane, id, keep_conn)
+        }
+        // The whole server stops (nobody serves on) and the connection has requests in
+        // flight: a new one multiplexed onto it (a new id, FCGI_MPXS_CONNS) is refused,
+        // the ones in flight finish. Served, a client that keeps multiplexing would
+        // hold the stop up to --graceful-timeout. (A worker that leaves while others
+        // serve on, at a reload or a recycle, serves it: its connection goes on there
+        // once idle.) An idle connection's last request is served as before.
+        // regression: at the final stop a new id on a connection whose request ran
+        // inline was never read: the connection closed after that request's
+        // END_REQUEST, with nothing for the new one and nothing in the log.
+        Event::Params {
+            id,
+            keep_conn,
+            params,
+        } if lane.idle_close.is_cancelled() && !conn.parking.hands_over() && !slots.is_empty() => {
+            drop(params);
+            if let Some(dropped) = STOPPING_LOG.allow() {
+                tracing::warn!(%peer, fcgi_id = id, in_flight = slots.len(), dropped, "new FastCGI request multiplexed onto a connection while postern stops: refused (FCGI_OVERLOADED); the requests in flight on the connection finish");
             }
-            if keep_conn {
-                Step::Go
-            } else {
-                Step::CloseDrain
-            }
+            overloaded(conn, parser, backlog, lane, id, keep_conn)
         }
         Event::Params {
             id,
@@ -1554,6 +1564,33 @@ fn handle_event(
             }
             Step::Go
         }
+    }
+}
+
+/// New request `id` is refused with END_REQUEST FCGI_OVERLOADED, its records dropped
+/// (its app never runs); the connection and its other requests go on.
+fn overloaded(
+    conn: &Arc<FcgiConn>,
+    parser: &mut ConnParser,
+    backlog: &mut VecDeque<Event>,
+    lane: &SlowLane,
+    id: u16,
+    keep_conn: bool,
+) -> Step {
+    parser.finished(id);
+    backlog.retain(
+        |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
+    );
+    lane.refused(crate::codec::Protocol::FastCgi, None);
+    let mut out = Vec::new();
+    fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
+    if blocking_write(conn, &out).is_err() {
+        return Step::Close;
+    }
+    if keep_conn {
+        Step::Go
+    } else {
+        Step::CloseDrain
     }
 }
 

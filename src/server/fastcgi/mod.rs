@@ -247,13 +247,25 @@ impl Owner {
     }
 
     /// At the final stop: a parked connection goes to the slow lane, which waits a
-    /// moment for its last request; any other owner finishes first.
-    fn lane_if_parked(&mut self) -> Option<Entry> {
-        if !matches!(self, Owner::Parked) {
-            return None;
+    /// moment for its last request; so does a watched one whose request runs inline
+    /// (the lane adopts it), as input would send it there: the Python threads no
+    /// longer wait on the epoll, and what the front server sends meanwhile (a new
+    /// request multiplexed onto it, an abort) must still be read. Any other owner
+    /// finishes first.
+    /// regression: a new request id sent while the inline request ran was never read:
+    /// the connection closed after that request's END_REQUEST, unanswered, unlogged.
+    fn lane_at_final_stop(&mut self) -> Option<Entry> {
+        match self {
+            Owner::Parked => {
+                *self = Owner::Held { input: false };
+                Some(self.enter_lane(false))
+            }
+            Owner::Inline { watched: true, .. } => match self.woken() {
+                Woken::Steal(entry) => Some(entry),
+                _ => None,
+            },
+            _ => None,
         }
-        *self = Owner::Held { input: false };
-        Some(self.enter_lane(false))
     }
 }
 
@@ -1399,7 +1411,9 @@ impl Parking {
     /// whole server stops, the idle ones are returned, taken out of the epoll and
     /// owned by the slow lane ([`Entry`]): closing one now could meet a request the
     /// front server is sending on it, so the lane waits a moment for one (answered,
-    /// then closed) or for the front server's close (see `lane::LINGER`).
+    /// then closed) or for the front server's close (see `lane::LINGER`). Those whose
+    /// keep-conn request runs inline go to the lane too, which adopts the request and
+    /// reads what comes meanwhile ([`Owner::lane_at_final_stop`]).
     pub fn close_all(&self) -> Vec<(Arc<FcgiConn>, Entry)> {
         self.open.store(false, Ordering::SeqCst);
         let listed: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
@@ -1415,7 +1429,7 @@ impl Parking {
                 }
                 continue;
             }
-            if let Some(entry) = owner.lane_if_parked() {
+            if let Some(entry) = owner.lane_at_final_stop() {
                 drop(owner);
                 self.unregister(&c);
                 idle.push((c, entry));
@@ -1668,15 +1682,23 @@ mod tests {
     }
 
     #[test]
-    fn the_final_stop_gives_only_parked_connections_to_the_lane() {
+    fn the_final_stop_gives_parked_and_watched_connections_to_the_lane() {
         let mut o = Owner::Parked;
         let entry = o
-            .lane_if_parked()
+            .lane_at_final_stop()
             .expect("a parked connection goes to the lane");
         assert!(!entry.fresh && entry.adopted.is_none());
         assert!(matches!(o, Owner::Lane(_)));
-        for mut o in [HELD, inline(1, true)] {
-            assert!(o.lane_if_parked().is_none());
+        // Its request runs inline, watched (keep-conn): the lane adopts it.
+        let mut o = inline(7, true);
+        let entry = o
+            .lane_at_final_stop()
+            .expect("a watched connection goes to the lane");
+        assert!(matches!(entry.adopted, Some((7, true, _))));
+        assert!(matches!(o, Owner::Lane(_)));
+        // Held by a thread, or inline without keep-conn (closes after its request).
+        for mut o in [HELD, inline(1, false)] {
+            assert!(o.lane_at_final_stop().is_none());
             assert!(!matches!(o, Owner::Lane(_)));
         }
     }

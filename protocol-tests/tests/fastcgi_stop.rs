@@ -1,0 +1,144 @@
+//! A FastCGI request multiplexed (FCGI_MPXS_CONNS: a new request id on a connection
+//! that has one in flight) at a stop: at the final stop it is refused with END_REQUEST
+//! FCGI_OVERLOADED and one log line, while the request in flight on the connection
+//! finishes; at a reload it is served (README "FastCGI keep-alive across reloads").
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use protocol_tests::harness::fcgi;
+use protocol_tests::harness::*;
+
+fn unix(p: &Postern) -> UnixStream {
+    let Addr::Unix(path) = &p.addr else { panic!() };
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Every record on `s` until END_REQUEST has come for each of `ids` (or EOF):
+/// the replies by id.
+fn replies(s: &mut UnixStream, ids: &[u16]) -> std::collections::BTreeMap<u16, fcgi::Reply> {
+    let mut out: std::collections::BTreeMap<u16, fcgi::Reply> = Default::default();
+    while ids
+        .iter()
+        .any(|id| out.get(id).is_none_or(|r| r.end.is_none()))
+    {
+        let Some(rec) = fcgi::read(s) else { break };
+        let r = out.entry(rec.id).or_default();
+        match rec.kind {
+            fcgi::STDOUT => r.stdout.extend_from_slice(&rec.content),
+            fcgi::STDERR => r.stderr.extend_from_slice(&rec.content),
+            fcgi::END_REQUEST => {
+                let c = &rec.content;
+                r.end = Some((u32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4]));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// protocolStatus FCGI_OVERLOADED (the FastCGI specification, section 5.5).
+const OVERLOADED: u8 = 2;
+
+/// Request 1 runs `/marked-sleep` on a kept connection (`inline`: sent whole, served
+/// by the Python thread that read it; else its body trickles, so the slow lane has
+/// it); the stop comes (SIGTERM: the final stop; `reload`: SIGHUP, the worker leaves
+/// while a new one serves); then request 2 comes on the same connection.
+fn a_new_id_during_a_stop(inline: bool, reload: bool) {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--master", "--threads", "4", "--graceful-timeout", "10"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let mut s = unix(&p);
+    // A first request makes the connection a served one (parked when idle).
+    s.write_all(&fcgi::get(1, true, "/hello")).unwrap();
+    let first = replies(&mut s, &[1]);
+    assert_eq!(first[&1].cgi().0, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let mark = dir.path().join("running");
+    let path = format!("/marked-sleep?s=1.5&mark={}", mark.display());
+    if inline {
+        s.write_all(&fcgi::get(1, true, &path)).unwrap();
+    } else {
+        // Its head and half its body: the slow lane reads the rest.
+        let vars = fcgi::get_vars(&path);
+        let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        v.push(("CONTENT_LENGTH", "4"));
+        s.write_all(&fcgi::head(1, true, &v)).unwrap();
+        s.write_all(&fcgi::record(fcgi::STDIN, 1, b"ab")).unwrap();
+    }
+    if inline {
+        assert!(wait_file(&mark, 20), "request 1 never ran\n{}", p.logs());
+    }
+    p.signal(if reload { libc::SIGHUP } else { libc::SIGTERM });
+    let said = if reload {
+        "new workers ready; old workers finish"
+    } else {
+        "stopping: workers finish their requests"
+    };
+    assert!(p.wait_log(said, 20), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(200));
+    // The new id, on the connection that has request 1 in flight.
+    s.write_all(&fcgi::get(2, true, "/hello")).unwrap();
+    if !inline {
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(&fcgi::record(fcgi::STDIN, 1, b"cd")).unwrap();
+        s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    }
+    let got = replies(&mut s, &[1, 2]);
+    if !reload {
+        p.wait_exit(20);
+    }
+    let logs = p.logs();
+    let one = got.get(&1);
+    assert!(
+        one.is_some_and(|r| r.end == Some((0, 0)) && r.cgi().0 == 200),
+        "request 1 (in flight at the stop) did not finish: {got:?}\n{logs}"
+    );
+    let two = got.get(&2);
+    if reload {
+        // Served: by the leaving worker, or (unread when request 1 ended) by the new
+        // one, with the connection idle then.
+        assert!(
+            two.is_some_and(|r| r.end == Some((0, 0)) && r.cgi().2 == b"hello\n"),
+            "request 2 (a new id during a reload) was not served: {got:?}\n{logs}"
+        );
+        return;
+    }
+    assert!(
+        two.is_some_and(|r| r.end == Some((0, OVERLOADED)) && r.stdout.is_empty()),
+        "request 2 (a new id during the stop) was neither served nor refused FCGI_OVERLOADED: {got:?}\n{logs}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("fcgi_id=2")
+            && l.contains("FCGI_OVERLOADED")
+            && l.contains("postern stops")
+            && l.contains(" WARN ")),
+        "no line names the refused request\n{logs}"
+    );
+}
+
+// regression: a new request id on a kept connection whose request in flight was served
+// inline at the final stop: the connection closed after request 1's END_REQUEST, with
+// no END_REQUEST for request 2 and no line in the log.
+#[test]
+fn a_new_id_on_an_inline_connection_at_the_final_stop_is_refused_overloaded() {
+    a_new_id_during_a_stop(true, false);
+}
+
+#[test]
+fn a_new_id_on_a_slow_lane_connection_at_the_final_stop_is_refused_overloaded() {
+    a_new_id_during_a_stop(false, false);
+}
+
+// At a reload the connection goes on with the new workers once its requests in flight
+// are over: a new id sent during one that runs inline is served.
+#[test]
+fn a_new_id_on_an_inline_connection_of_a_reloaded_worker_is_served() {
+    a_new_id_during_a_stop(true, true);
+}
