@@ -1,6 +1,6 @@
 //! Workers held past their recycling limits while their successors fail to start
 //! (README "Workers, reloads and timeouts", Recycling): the holds end once a start
-//! succeeds again.
+//! succeeds again, and `--max-rss`'s hard limit is kept even while held.
 
 use std::io::Write;
 use std::path::Path;
@@ -136,4 +136,48 @@ fn the_holds_end_once_a_successor_starts() {
         "{logs}"
     );
     assert!(get(&p, "/").is_some());
+}
+
+// With --workers 1, a held worker past --max-rss's hard limit still stops (the limit
+// protects the machine), and says that nothing may serve until a successor starts.
+// regression: its line read as an ordinary recycle, the outage unexplained.
+#[test]
+fn a_held_worker_past_the_hard_rss_limit_stops_and_says_why() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--workers", "1", "--threads", "2", "--max-rss", "150"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "").unwrap();
+    let first = get(&p, "/grow?mib=150").expect("the worker answers");
+    assert!(p.wait_log("worker failed to start", 30), "{}", p.logs());
+    // Held: it serves on over --max-rss.
+    assert_eq!(get(&p, "/").as_ref(), Some(&first), "{}", p.logs());
+    // Past the hard limit (225 MiB): it stops, held or not.
+    assert!(get(&p, "/grow?mib=100").is_some(), "{}", p.logs());
+    assert!(
+        p.wait_log("over --max-rss's hard limit", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("over --max-rss's hard limit"))
+        .unwrap();
+    assert!(
+        line.contains(" WARN ")
+            && line.contains("held=\"starts-failed\"")
+            && line.contains("fail to start")
+            && line.contains(&format!("pid={first}")),
+        "{line}"
+    );
+    // Fixed on disk: a successor starts and serves.
+    std::fs::remove_file(&broken).unwrap();
+    assert!(
+        wait_until(40, || get(&p, "/").is_some_and(|pid| pid != first)),
+        "{}",
+        p.logs()
+    );
 }

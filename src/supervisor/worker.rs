@@ -742,8 +742,29 @@ impl WorkerMonitor {
                         max / 1024
                     );
                     // Serving on while the successor starts is bounded: past half as
-                    // much again, the worker stops now (before, it always did).
+                    // much again, the worker stops now (before, it always did), held
+                    // or not: the hard limit protects the machine's memory. Held, it
+                    // says so, as it may leave nothing serving.
+                    // regression: its line read as an ordinary recycle, and with
+                    // --workers 1 the outage that followed went unexplained.
                     if rss > max + max / RSS_HARD_DIVISOR {
+                        let held = self
+                            .board
+                            .held(self.slot)
+                            .filter(|_| !self.retiring.load(Ordering::SeqCst));
+                        if let Some(held) = held {
+                            let waits_for = match held {
+                                Hold::StartsFailed => "the workers started to replace others fail to start (the code on disk does not import?)",
+                                Hold::Reload => "a reload's new workers are still starting",
+                            };
+                            tracing::warn!(
+                                pid = std::process::id(),
+                                rss_mib = rss / 1024,
+                                hard_limit_mib = (max + max / RSS_HARD_DIVISOR) / 1024,
+                                held = held.label(),
+                                "RSS is over --max-rss's hard limit (1.5 x --max-rss): this worker stops now, although it was held past its limits because {waits_for}; no successor is ready, so if no other worker serves, none does until one starts"
+                            );
+                        }
                         self.retire(Cause::MaxRss, &why);
                     } else {
                         self.want_successor(Cause::MaxRss, &why);
