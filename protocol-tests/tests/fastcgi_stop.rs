@@ -61,7 +61,7 @@ fn a_new_id_during_a_stop(inline: bool, reload: bool) {
     assert_eq!(first[&1].cgi().0, 200);
     std::thread::sleep(Duration::from_millis(100));
     let mark = dir.path().join("running");
-    let path = format!("/marked-sleep?s=1.5&mark={}", mark.display());
+    let path = format!("/marked-sleep?s=3&mark={}", mark.display());
     if inline {
         s.write_all(&fcgi::get(1, true, &path)).unwrap();
     } else {
