@@ -124,7 +124,14 @@ pub struct Translation {
     pub info: Vec<String>,
     /// `strict = true`: unknown lines stop `postern --ini`, as in uWSGI.
     pub strict: bool,
+    /// Lines (their index in `lines`) whose user or group this host does not have, with
+    /// the lookup's message: carried over all the same, listed under NEEDS ATTENTION.
+    pub not_here: Vec<(usize, String)>,
 }
+
+/// What `postern migrate` says above the lines whose user or group this host does not
+/// have (a uWSGI or gunicorn file alike).
+pub const NOT_HERE: &str = "these name a user or group this host does not have. They are written as they are, since the file may be converted on another machine than the one postern will run on: check them there (postern --check there stops on one that host does not have).";
 
 /// Splits `FILE[:section]`. A path that exists as given is never split.
 pub fn split_source(spec: &str) -> (PathBuf, Option<String>) {
@@ -202,6 +209,7 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
         notes,
         info: m.info,
         strict: m.strict,
+        not_here: Vec::new(),
     })
 }
 
@@ -1652,6 +1660,19 @@ impl Translation {
         }
     }
 
+    /// Marks the lines that carried `key` as naming a user or group this host does not
+    /// have (`why`: the lookup's message). The value stays: it may exist on the host
+    /// postern will run on, so migrate lists the lines under NEEDS ATTENTION and its
+    /// exit status does not change for them.
+    pub fn not_on_this_host(&mut self, key: &str, why: &str) {
+        for (n, l) in self.lines.iter().enumerate() {
+            if matches!(&l.outcome, Outcome::Carried { keys, .. } if keys.iter().any(|k| k == key))
+            {
+                self.not_here.push((n, why.to_owned()));
+            }
+        }
+    }
+
     /// One line for `postern migrate` to print: how many lines went where.
     pub fn summary(&self) -> String {
         let count = |f: fn(&Outcome) -> bool| self.lines.iter().filter(|l| f(&l.outcome)).count();
@@ -1689,6 +1710,12 @@ impl Translation {
             if n > 0 {
                 parts.push(format!("{n} {what}"));
             }
+        }
+        if !self.not_here.is_empty() {
+            parts.push(format!(
+                "{} naming a user or group this host does not have (see NEEDS ATTENTION)",
+                self.not_here.len()
+            ));
         }
         let mut out = format!("{}; the comments in the output say why", parts.join(", "));
         if self.refused() > 0 {
@@ -1812,6 +1839,15 @@ impl Translation {
                     let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
                     wrap(&mut out, "#   ", "#   ", why);
                 }
+            }
+        }
+        if !self.not_here.is_empty() {
+            out.push_str("#\n");
+            wrap(&mut out, "# NEEDS ATTENTION: ", "# ", NOT_HERE);
+            for (n, why) in &self.not_here {
+                let l = &self.lines[*n];
+                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                wrap(&mut out, "#   ", "#   ", why);
             }
         }
         let comments = |out: &mut String, key: &str| {

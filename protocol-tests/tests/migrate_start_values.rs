@@ -186,6 +186,91 @@ fn migrate_refuses_values_that_postern_would_refuse_at_start() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
+// regression: migrate never looked up uid, gid and chown-socket (gunicorn's user and
+// group), so a user misspelt in the file was found only by the start on the target host.
+// One this host does not have is now listed under NEEDS ATTENTION with the lookup's
+// message, and written all the same with the exit status unchanged: the file may be
+// converted on another machine than the one postern will run on.
+#[test]
+fn migrate_names_users_and_groups_this_host_does_not_have_without_failing() {
+    let dir = tempdir();
+    let ini = dir.path().join("users.ini");
+    let (rc, toml, summary) = migrate_written(
+        &ini,
+        "[uwsgi]\nmodule = edge2\nuid = postern-no-such-user\ngid = root\nchown-socket = root:postern-no-such-group\n",
+    );
+    let gunicorn = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &gunicorn,
+        "wsgi_app = \"edge2:app\"\nuser = \"postern-no-such-user\"\ngroup = \"root\"\n",
+    )
+    .unwrap();
+    let out = Command::new(postern_bin())
+        .arg("migrate")
+        .arg(&gunicorn)
+        .output()
+        .unwrap();
+    let g_toml = String::from_utf8_lossy(&out.stdout).into_owned();
+    let g_summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    for (rc, toml, summary, lines) in [
+        (
+            rc,
+            &toml,
+            &summary,
+            &[
+                (
+                    "# line 3: uid = postern-no-such-user",
+                    "#   no such user \"postern-no-such-user\" on this host",
+                ),
+                (
+                    "# line 5: chown-socket = root:postern-no-such-group",
+                    "#   no such group \"postern-no-such-group\" on this host",
+                ),
+            ][..],
+        ),
+        (
+            out.status.code().unwrap_or(-1),
+            &g_toml,
+            &g_summary,
+            &[(
+                "# line 2: user = \"postern-no-such-user\"",
+                "#   no such user \"postern-no-such-user\" on this host",
+            )][..],
+        ),
+    ] {
+        assert_eq!(rc, 0, "{summary}\n{toml}");
+        let attention = toml
+            .split("# NEEDS ATTENTION: these name a user or group this host does not have.")
+            .nth(1)
+            .and_then(|t| t.split("\n\n").next())
+            .unwrap_or_else(|| panic!("{toml}"));
+        for (line, why) in lines {
+            assert!(
+                attention.contains(&format!("{line}\n{why}")),
+                "{line}:\n{toml}"
+            );
+        }
+        // A user or group this host has is not listed.
+        assert!(!attention.contains("= root\n"), "{toml}");
+        assert!(!attention.contains("group = \"root\""), "{toml}");
+        assert!(
+            toml.contains("\nuid = \"postern-no-such-user\"\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("\ngid = \"root\"\n"), "{toml}");
+        assert!(
+            summary
+                .contains("naming a user or group this host does not have (see NEEDS ATTENTION)"),
+            "{summary}"
+        );
+    }
+    assert!(
+        toml.contains("\nsocket-owner = \"root:postern-no-such-group\"\n"),
+        "{toml}"
+    );
+    assert!(summary.contains("2 naming a user or group"), "{summary}");
+}
+
 // regression: under `strict = true` an unknown line stops `postern --ini`, but migrate
 // exited 0 on that file (only REFUSED lines made it 3). Now the two share one rule: exit 3,
 // the line marked REFUSED in the TOML; without strict the same file exits 0.

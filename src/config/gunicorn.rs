@@ -1618,6 +1618,17 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
         }
     }
 
+    // A user or group this host does not have: written all the same (the file may be
+    // converted elsewhere), listed under NEEDS ATTENTION, the exit status unchanged.
+    let not_here: Vec<_> = super::not_on_this_host(&table)
+        .into_iter()
+        .flat_map(|(key, why)| {
+            done.iter()
+                .filter(move |(_, d)| matches!(d, Done::Carried(kv, _) if kv.iter().any(|(k, _)| *k == key)))
+                .map(move |(s, _)| (s, why.clone()))
+        })
+        .collect();
+
     let head = |s: &Statement| {
         let first = s.text.lines().next().unwrap_or_default();
         if s.text.contains('\n') {
@@ -1640,6 +1651,19 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
     if !attention.is_empty() {
         out.push_str("#\n# NEEDS ATTENTION:\n");
         for (s, why) in &attention {
+            wrap(&mut out, &format!("# line {}: {}", s.line, head(s)), "", "");
+            wrap(&mut out, "#  ", "#  ", why);
+        }
+    }
+    if !not_here.is_empty() {
+        out.push_str("#\n");
+        wrap(
+            &mut out,
+            "# NEEDS ATTENTION:",
+            "#",
+            crate::uwsgi_ini::NOT_HERE,
+        );
+        for (s, why) in &not_here {
             wrap(&mut out, &format!("# line {}: {}", s.line, head(s)), "", "");
             wrap(&mut out, "#  ", "#  ", why);
         }
@@ -1672,13 +1696,20 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
         }
     }
     let settings = done.len();
-    let summary = format!(
+    let mut summary = format!(
         "{settings} statements read from {} (not run): {carried} carried over, {} not carried over, {} need attention{}",
         path.display(),
         not.len(),
         attention.len(),
         if attention.is_empty() { "" } else { " (see NEEDS ATTENTION)" }
     );
+    if !not_here.is_empty() {
+        let _ = write!(
+            summary,
+            ", {} naming a user or group this host does not have (see NEEDS ATTENTION)",
+            not_here.len()
+        );
+    }
     Ok(Migrated {
         toml: out,
         summary,

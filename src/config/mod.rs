@@ -801,8 +801,30 @@ impl Layered {
 }
 
 /// The keys whose values name users and groups of the host postern runs on: a file
-/// converted elsewhere cannot be checked for them.
+/// converted elsewhere may name those of another host ([`not_on_this_host`]).
 const HOST_KEYS: [&str; 3] = ["uid", "gid", "socket-owner"];
+
+/// The values of [`HOST_KEYS`] in `table` (a `--config` file's keys) that name a user or
+/// group this host does not have, each key with the lookup's message (`no such user
+/// "www-data" on this host`). `postern migrate` lists them under NEEDS ATTENTION and
+/// writes them all the same, its exit status unchanged: they may exist on the host
+/// postern will run on. regression: migrate never looked, so a typo in `uid` was found
+/// only by the start on the target host.
+pub fn not_on_this_host(table: &toml::Table) -> Vec<(String, String)> {
+    HOST_KEYS
+        .iter()
+        .filter_map(|&key| {
+            let value = table.get(key)?.as_str()?;
+            let spec = if key == "gid" {
+                format!(":{value}")
+            } else {
+                value.to_owned()
+            };
+            let e = parse_owner(&spec).err()?;
+            Some((key.to_owned(), format!("{e} on this host")))
+        })
+        .collect()
+}
 
 /// What postern's start-up would refuse among `table`'s values (a `--config` file's
 /// keys, as `postern migrate` writes them): each key at fault with the start-up's
@@ -821,6 +843,9 @@ pub fn migrate_uwsgi(
     let mut ini = crate::uwsgi_ini::load_to_migrate(spec, vars)?;
     for (key, why) in refused_values(&ini.table) {
         ini.refuse_key(&key, &why);
+    }
+    for (key, why) in not_on_this_host(&ini.table) {
+        ini.not_on_this_host(&key, &why);
     }
     Ok(ini)
 }
@@ -1655,6 +1680,31 @@ mod tests {
         let text = layered(&["app"]).unwrap().to_toml(None);
         assert!(!text.lines().any(|l| l.starts_with("timeout = ")), "{text}");
         assert!(unset(&text).iter().any(|k| k == "timeout"), "{text}");
+    }
+
+    // regression: migrate never looked the users and groups up (see not_on_this_host).
+    #[test]
+    fn not_on_this_host_names_the_users_and_groups_this_host_does_not_have() {
+        let table: toml::Table = toml::from_str(
+            "uid = \"postern-no-such-user\"\ngid = \"root\"\nsocket-owner = \"0:postern-no-such-group\"\nthreads = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            not_on_this_host(&table),
+            [
+                (
+                    "uid".to_owned(),
+                    "no such user \"postern-no-such-user\" on this host".to_owned()
+                ),
+                (
+                    "socket-owner".to_owned(),
+                    "no such group \"postern-no-such-group\" on this host".to_owned()
+                ),
+            ]
+        );
+        let here: toml::Table =
+            toml::from_str("uid = \"root\"\ngid = \"0\"\nsocket-owner = \"root:root\"\n").unwrap();
+        assert!(not_on_this_host(&here).is_empty());
     }
 
     #[test]
