@@ -1332,6 +1332,19 @@ fn uwsgi_options_are_named_in_posterns_words() {
     );
 }
 
+/// Runs postern on `args` (uWSGI's or gunicorn's options), asserts exit code 2 and
+/// `the same with postern: {want}`; the stderr.
+fn rewritten_as(args: &[&str], want: &str) -> String {
+    let out = postern().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains(&format!("the same with postern: {want}")),
+        "{args:?}: want {want:?} in:\n{err}"
+    );
+    err
+}
+
 // regression: uWSGI's grouped short flags (getopt's: `-Mp4` is `-M -p 4`) read the
 // rest of the word as the first flag's value: `-Mp4` said '"p4" is not a boolean' and
 // lost `-p`, and the rewritten command had no --workers.
@@ -1354,13 +1367,7 @@ fn grouped_uwsgi_short_flags_are_read_as_uwsgi_reads_them() {
         ),
     ];
     for (args, want) in cases {
-        let out = postern().args(*args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(&format!("the same with postern: {want}")),
-            "{args:?}: want {want:?} in:\n{err}"
-        );
+        let err = rewritten_as(args, want);
         assert!(!err.contains("not a boolean"), "{args:?}: {err}");
     }
     let out = postern().args(["-Mp4", "app"]).output().unwrap();
@@ -1413,13 +1420,7 @@ fn an_option_set_twice_in_a_migrated_command_line_is_given_once_the_last_value_w
         ),
     ];
     for (args, want, said) in cases {
-        let out = postern().args(*args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(&format!("the same with postern: {want}")),
-            "{args:?}: want {want:?} in:\n{err}"
-        );
+        let err = rewritten_as(args, want);
         assert_eq!(
             err.contains("set the same option: the last wins (as in uWSGI and gunicorn)"),
             *said,

@@ -24,6 +24,15 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `postern migrate FILE`: its exit code and stdout.
+fn migrate(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = postern().arg("migrate").arg(file).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 // regression: gunicorn's options got clap's look-alike tips (`--reload`: '--preload',
 // `--max-requests-jitter 50`: '--max-requests', `--bind`: '--gid'), `-w 4` was read as
 // uWSGI's module and `-b HOST:PORT` as uWSGI's buffer size.
@@ -418,12 +427,8 @@ fn migrate_reads_a_gunicorn_config_without_running_it() {
         "import multiprocessing\nworkers = multiprocessing.cpu_count() * 2 + 1\nbind = \"127.0.0.1:8000\"\n\ndef post_fork(server, worker):\n    pass\n",
     )
     .unwrap();
-    let out = postern()
-        .args(["migrate", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let toml = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{toml}");
+    let (code, toml) = migrate(&conf);
+    assert_eq!(code, Some(3), "{toml}");
     assert!(toml.contains("# NEEDS ATTENTION:"), "{toml}");
     assert!(
         toml.contains("# line 2: workers = multiprocessing.cpu_count() * 2 + 1"),
@@ -441,12 +446,8 @@ fn migrate_reads_one_sign_as_a_literal_and_two_as_an_expression() {
     let dir = tempdir();
     let conf = dir.path().join("gunicorn.conf.py");
     std::fs::write(&conf, "workers = ++4\nthreads = 2 * 4\ntimeout = +30\n").unwrap();
-    let out = postern()
-        .args(["migrate", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let toml = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{toml}");
+    let (code, toml) = migrate(&conf);
+    assert_eq!(code, Some(3), "{toml}");
     let attention = toml
         .split("# NEEDS ATTENTION:")
         .nth(1)
