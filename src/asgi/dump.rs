@@ -18,8 +18,15 @@ use pyo3::prelude::*;
 
 /// When the threads' stacks are dumped on SIGUSR2 (a worker under the master), starts the thread that logs the stacks of the tasks
 /// on `event_loop` (called on the loop thread) at each dump: itself when a task blocks
-/// the loop, else through `on_loop` (called on the loop; it calls [`log_tasks`]).
-pub fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, on_loop: Py<PyAny>) -> PyResult<()> {
+/// the loop, or the loop has not ticked for longer than `timeout` (`--timeout` under a
+/// master: [`super::beat`]), else through `on_loop` (called on the loop; it calls
+/// [`log_tasks`]).
+pub fn start(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    on_loop: Py<PyAny>,
+    timeout: Option<std::time::Duration>,
+) -> PyResult<()> {
     let Some(fd) = install()? else {
         return Ok(());
     };
@@ -45,6 +52,13 @@ pub fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, on_loop: Py<PyAny>) 
             let _ = rustix::io::read(fd.as_fd(), &mut n);
             Python::attach(|py| {
                 let event_loop = event_loop.bind(py);
+                let stuck = timeout.and_then(|t| {
+                    super::beat::since_last().and_then(|age| super::beat::blocked_for(age, t))
+                });
+                if let Some(blocked_for) = stuck {
+                    loop_blocked(py, format.bind(py), event_loop, loop_thread, blocked_for);
+                    return;
+                }
                 if blocked(py, format.bind(py), event_loop, loop_thread) {
                     return;
                 }
@@ -86,6 +100,37 @@ fn blocked(
     }
     log_stacks(py, format, event_loop, "scope_name");
     true
+}
+
+/// Off the loop, whose heartbeat stopped past `--timeout` (the master kills the worker
+/// for it): logs where the loop thread is (its innermost Python frame, the task it runs
+/// if any, its stack) and every task's stack.
+fn loop_blocked(
+    py: Python<'_>,
+    format: &Bound<'_, PyModule>,
+    event_loop: &Bound<'_, PyAny>,
+    tid: u64,
+    blocked_for: std::time::Duration,
+) {
+    let secs = blocked_for.as_secs_f64();
+    match format
+        .call_method1("stuck", (event_loop, tid))
+        .and_then(|b| b.extract::<Option<(String, Option<String>, String)>>())
+    {
+        Ok(Some((at, task, stack))) => tracing::error!(
+            pid = std::process::id(),
+            task = task.as_deref().map(tracing::field::display),
+            "event loop blocked for {secs:.1} s (in {at}); replacing the worker. No request was past --timeout, and the loop took none meanwhile: a blocking call in a coroutine or callback (time.sleep, sync I/O, long CPU work) does this. The loop thread's stack (python-asgi in the dump above):\n{stack}"
+        ),
+        Ok(None) => tracing::error!(
+            pid = std::process::id(),
+            "event loop blocked for {secs:.1} s (in no Python frame: a C call?); replacing the worker"
+        ),
+        Err(e) => {
+            tracing::warn!(detail = %crate::wsgi::traceback(py, &e), "cannot tell where the event loop is blocked");
+        }
+    }
+    log_stacks(py, format, event_loop, "scope_name");
 }
 
 /// On the loop thread: logs every task's stack.
@@ -159,7 +204,19 @@ def scope_name(task):
                 return '%s %s%s%s' % (v.get('method'), v.get('root_path', ''), v.get('path'), q)
     except Exception:
         pass
-    return task.get_name()
+    # Not a request's: a task the app started (its name, and its coroutine's).
+    coro = getattr(task.get_coro(), '__qualname__', None)
+    return '%s (%s)' % (task.get_name(), coro) if coro else task.get_name()
+def stuck(loop, tid):
+    # Off the loop thread: where the loop thread is, the task it runs, its stack.
+    frame = sys._current_frames().get(tid)
+    if frame is None:
+        return None
+    code = frame.f_code
+    at = '%s:%d %s' % (code.co_filename, frame.f_lineno, code.co_name)
+    task = asyncio.current_task(loop)
+    name = scope_name(task) if task is not None else None
+    return at, name, ''.join(traceback.format_stack(frame))
 def blocker(loop, tid):
     # Off the loop thread: the task whose step the loop is in, if any.
     task = asyncio.current_task(loop)

@@ -7,6 +7,8 @@
 //! - [`run`]: the loop thread ("python-asgi"): `--loop`, the wake-up on the
 //!   acceptor's epoll, one task per request, `--max-concurrency`, the stop.
 //! - [`dump`]: the tasks' stacks logged at the master's SIGUSR2 (`--timeout`).
+//! - [`beat`]: the loop's heartbeat, so that `--timeout` catches a loop blocked with
+//!   no request in flight.
 //! - [`http`]: one HTTP request's `receive` and `send`, and their small awaitables.
 //! - [`scope`]: the HTTP connection scope dict from the CGI variables.
 //! - [`lifespan`]: the lifespan protocol (startup before serving, shutdown after).
@@ -19,6 +21,7 @@
 //! [`Sink`]: crate::wsgi::Sink
 //! [`Monitor`]: crate::wsgi::Monitor
 
+pub mod beat;
 pub mod detect;
 pub mod dump;
 pub mod http;

@@ -293,8 +293,14 @@ fn serve(
     ctx.add_reader
         .bind(py)
         .call1((ctx.gone.fd.as_raw_fd(), driver.getattr("_gone")?))?;
-    super::dump::start(py, event_loop, driver.getattr("_dump")?.unbind())?;
+    super::dump::start(
+        py,
+        event_loop,
+        driver.getattr("_dump")?.unbind(),
+        asgi.timeout,
+    )?;
     Driver::resume(&driver)?;
+    let beat = super::beat::Beat::start(py, event_loop, settings.monitor.as_ref(), asgi.timeout)?;
     // The loop ends only once the stop is drained. asyncio lets SystemExit and
     // KeyboardInterrupt out of run_forever (a background task or callback of the app
     // raising them), and an app may call loop.stop(): the loop goes on serving, or the
@@ -307,6 +313,9 @@ fn serve(
         if (me.drained.get() && me.in_flight.get() == 0) || stop.cut_taken() {
             break;
         }
+    }
+    if let Some(beat) = beat {
+        beat.borrow(py).stop(py);
     }
     let _ = io_executor.call_method1("shutdown", (false,));
     if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {

@@ -338,6 +338,14 @@ pub fn run(
         } else {
             tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }
+        // A worker the master condemned for --timeout is killed at the end of its stack
+        // dump: its own deadline comes later, so that the master's kill names the
+        // requests it cuts off (an ASGI worker's cut-off would cancel its tasks and
+        // clear their lines first).
+        let graceful = match monitor.as_ref().and_then(|m| m.condemned_grace()) {
+            Some(least) => graceful.max(least),
+            None => graceful,
+        };
         let deadline = Instant::now() + graceful;
         // What waits for a Python thread, for the master's count of what a kill cut
         // off (the runtime's shutdown ends the task).

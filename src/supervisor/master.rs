@@ -27,7 +27,7 @@ use super::{notify, report, worker, Options, Stats, SupervisorError, WorkerConte
 use crate::stats::Cause;
 
 /// How long a worker over `--timeout` has to dump its stacks before SIGKILL.
-const DUMP_GRACE: Duration = Duration::from_millis(500);
+pub(super) const DUMP_GRACE: Duration = Duration::from_millis(500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
 /// A worker that could not be started (fork, its pipe, no slot) is tried again after
@@ -58,9 +58,9 @@ struct Worker {
     slot: usize,
     /// Requests whose stacks were already dumped for --slow-log: (thread, since).
     dumped: Vec<(usize, u64)>,
-    /// The request that passed --timeout (its line, its start): the worker is killed
-    /// at the end of the dump only if that request is still there.
-    condemned_for: Option<(usize, u64)>,
+    /// What passed --timeout: the worker is killed at the end of the dump only if it
+    /// still holds ([`Condemned`]).
+    condemned_for: Option<Condemned>,
     /// Its ready byte arrived: it took requests (one that never did cuts none off).
     served: bool,
     /// It was sent SIGTERM: a second one would read as "stop now" and cut its
@@ -152,10 +152,13 @@ impl Worker {
     // itself first, and only the kill named them: they were cut off unnamed.
     fn name_cut_offs(&self, board: &Scoreboard) {
         let now = super::scoreboard::now_ns();
+        let why = self
+            .condemned_for
+            .map_or("another request's --timeout", Condemned::cause);
         for t in 0..board.threads {
             let line = board.line(self.slot, t);
             let since = line.since.load(Ordering::Acquire);
-            if since == 0 || self.condemned_for.is_some_and(|c| c == (t, since)) {
+            if since == 0 || self.condemned_for == Some(Condemned::Request(t, since)) {
                 continue;
             }
             tracing::warn!(
@@ -163,7 +166,7 @@ impl Worker {
                 request = %crate::logging::Untrusted(line.desc().as_bytes()),
                 request_id = %line.request_id(),
                 ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
-                "request cut off: its worker is killed for another request's --timeout"
+                "request cut off: its worker is killed for {why}"
             );
         }
         // What it had read whole and not started (published by its stop, which
@@ -173,29 +176,69 @@ impl Worker {
             tracing::warn!(
                 pid = raw(self.pid),
                 waiting,
-                "requests cut off: its worker is killed for another request's --timeout before it started them (they had come whole and waited for the app; their front server gets an error)"
+                "requests cut off: its worker is killed for {why} before it started them (they had come whole and waited for the app; their front server gets an error)"
             );
         }
     }
 
-    /// The end of a --timeout dump: SIGKILL, unless the request that passed the limit
-    /// ended meanwhile (it finished within the 500 ms of the dump). Then killing would
-    /// only cut off the worker's other requests (an ASGI worker may hold hundreds): it
-    /// drains instead (its SIGTERM came with the dump), and its replacement is already
-    /// on its way.
+    /// Over --timeout (a request past it, or its event loop blocked): its stacks are
+    /// dumped (SIGUSR2), its replacement is started, and it is killed at the end of the
+    /// dump (returned), whatever it was doing before.
+    fn condemn(
+        &mut self,
+        board: &Scoreboard,
+        why: Condemned,
+        pending: &mut VecDeque<Cause>,
+    ) -> Instant {
+        signal(self.pid, Signal::USR2);
+        board.count_timeout();
+        if self.phase.active() {
+            pending.push_back(Cause::Timeout);
+        }
+        let kill_at = Instant::now() + DUMP_GRACE;
+        self.phase.condemn(kill_at);
+        self.condemned_for = Some(why);
+        board.mark_draining(self.slot, Cause::Timeout);
+        // Its stop begins now, while the stacks are dumped: it takes no more, and
+        // hands its idle kept FastCGI connections and the new connections that sent
+        // nothing yet to the workers that serve on (its replacement is on its way),
+        // so the requests a front server sends on them meanwhile are served there, not
+        // reset by the kill. (An ASGI loop blocked by the request does not stop this:
+        // the stop runs on the worker's I/O thread.) Its own deadline comes after the
+        // kill (`worker::CONDEMNED_GRACE`).
+        // regression: a request nginx sent on a kept connection parked in a worker
+        // whose event loop a time.sleep() blocked got a 502 at the kill, and no line
+        // in postern's log named it.
+        self.term();
+        kill_at
+    }
+
+    /// The end of a --timeout dump: SIGKILL, unless what condemned the worker ended
+    /// meanwhile (the request finished, or the event loop ticked again, within the
+    /// 500 ms of the dump). Then killing would only cut off the worker's other requests
+    /// (an ASGI worker may hold hundreds): it drains instead (its SIGTERM came with the
+    /// dump), and its replacement is already on its way.
     fn kill_or_spare(&mut self, board: &Scoreboard) {
-        let still_running = self.condemned_for.is_none_or(|(t, since)| {
-            board.line(self.slot, t).since.load(Ordering::Acquire) == since
-        });
+        let still_running = match self.condemned_for {
+            None => true,
+            Some(Condemned::Request(t, since)) => {
+                board.line(self.slot, t).since.load(Ordering::Acquire) == since
+            }
+            Some(Condemned::Loop(beat)) => board.beat(self.slot) == Some(beat),
+        };
         if still_running {
             self.name_cut_offs(board);
             signal(self.pid, Signal::KILL);
             self.sigkilled = true;
             self.phase.killed();
         } else {
+            let what = match self.condemned_for {
+                Some(Condemned::Loop(_)) => "its event loop ran again",
+                _ => "the request that passed --timeout ended",
+            };
             tracing::warn!(
                 pid = raw(self.pid),
-                "the request that passed --timeout ended while the stacks were dumped: the worker is not killed; it finishes its other requests and is replaced"
+                "{what} while the stacks were dumped: the worker is not killed; it finishes its other requests and is replaced"
             );
             self.phase.spare();
             // regression: a worker already draining (a reload) got a second SIGTERM
@@ -223,6 +266,26 @@ impl Worker {
     fn mark_retiring(&mut self, board: &Scoreboard, cause: Cause) {
         let cause = self.phase.stop(cause);
         board.mark_draining(self.slot, cause);
+    }
+}
+
+/// Why a worker was condemned for `--timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condemned {
+    /// A request passed it: its line, its start.
+    Request(usize, u64),
+    /// Its event loop has not ticked for longer (`crate::asgi::beat`), with no request
+    /// past it: its last tick.
+    Loop(u64),
+}
+
+impl Condemned {
+    /// What the kill cuts the worker's other requests off for.
+    fn cause(self) -> &'static str {
+        match self {
+            Condemned::Request(..) => "another request's --timeout",
+            Condemned::Loop(_) => "its event loop blocked past --timeout",
+        }
     }
 }
 
@@ -848,27 +911,8 @@ impl Master {
                             ran_ms = ran.as_millis() as u64,
                             "request passed --timeout {limit:?}; dumping the worker's Python stacks, then killing and replacing it"
                         );
-                        signal(w.pid, Signal::USR2);
-                        self.board.count_timeout();
-                        if w.phase.active() {
-                            self.pending.push_back(Cause::Timeout);
-                        }
-                        // It is killed for this, whatever it was doing before.
-                        let kill_at = Instant::now() + DUMP_GRACE;
-                        w.phase.condemn(kill_at);
-                        w.condemned_for = Some((t, since));
-                        self.board.mark_draining(w.slot, Cause::Timeout);
-                        // Its stop begins now, while the stacks are dumped: it takes no
-                        // more, and hands its idle kept FastCGI connections and the new
-                        // connections that sent nothing yet to the workers that serve
-                        // on (its replacement is on its way), so the requests a front
-                        // server sends on them meanwhile are served there, not reset by
-                        // the kill. (An ASGI loop blocked by the request does not stop
-                        // this: the stop runs on the worker's I/O thread.)
-                        // regression: a request nginx sent on a kept connection parked
-                        // in a worker whose event loop a time.sleep() blocked got a
-                        // 502 at the kill, and no line in postern's log named it.
-                        w.term();
+                        let why = Condemned::Request(t, since);
+                        let kill_at = w.condemn(&self.board, why, &mut self.pending);
                         due = earliest(due, Some(kill_at));
                         break;
                     }
@@ -893,6 +937,34 @@ impl Master {
                         }
                     } else {
                         due = earliest(due, Some(at(since, limit)));
+                    }
+                }
+            }
+            // An ASGI worker whose event loop has not ticked for longer than --timeout
+            // with no request past it (a blocking call in a task the app left running
+            // after its response, or started at lifespan startup) is blocked: treated
+            // as a request past the limit. Its dump names where the loop is stuck.
+            // regression: such a worker accepted nothing until the call returned, and
+            // nothing caught it.
+            if let (Some(limit), Some(beat)) = (self.opts.timeout, self.board.beat(w.slot)) {
+                if !matches!(w.phase, Phase::Condemned { .. }) {
+                    let age = Duration::from_nanos(now.saturating_sub(beat));
+                    match crate::asgi::beat::blocked_for(age, limit) {
+                        Some(blocked) => {
+                            tracing::error!(
+                                pid = raw(w.pid),
+                                running = self.board.running(w.slot),
+                                "event loop blocked for {:.1} s, past --timeout {limit:?} (it has not ticked since); dumping the worker's Python stacks, then killing and replacing it",
+                                blocked.as_secs_f64()
+                            );
+                            let why = Condemned::Loop(beat);
+                            let kill_at = w.condemn(&self.board, why, &mut self.pending);
+                            due = earliest(due, Some(kill_at));
+                        }
+                        None => {
+                            let allowed = crate::asgi::beat::allowed(limit);
+                            due = earliest(due, Some(at(beat, allowed) + Duration::from_millis(1)));
+                        }
                     }
                 }
             }

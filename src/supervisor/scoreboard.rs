@@ -225,6 +225,10 @@ pub struct SlotHead {
     /// Requests refused before a Python thread ran them: written by whichever thread
     /// refused (the I/O thread, mostly), with a locked add, off the request path.
     refused: Refused,
+    /// An ASGI worker's event loop heartbeat under `--timeout`: CLOCK_MONOTONIC
+    /// nanoseconds of its loop's last tick (`crate::asgi::beat`); 0 when not watched
+    /// (a WSGI worker, no `--timeout`, a loop not serving yet or any more).
+    beat: AtomicU64,
 }
 
 /// One Python thread (WSGI), or one of the oldest tasks in flight (ASGI).
@@ -415,6 +419,7 @@ impl Scoreboard {
             h.successor.store(0, Ordering::SeqCst);
             h.waiting.store(0, Ordering::Relaxed);
             h.held.store(0, Ordering::SeqCst);
+            h.beat.store(0, Ordering::SeqCst);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -744,6 +749,22 @@ impl Scoreboard {
     pub fn set_capacity(&self, slot: usize, max_concurrency: usize) {
         let n = u32::try_from(max_concurrency).unwrap_or(u32::MAX);
         self.head(slot).capacity.store(n, Ordering::SeqCst);
+    }
+
+    /// The event loop of the worker in `slot` ticked (`on`), or stopped serving: its
+    /// heartbeat is no longer watched (called by the worker's loop thread).
+    pub fn set_beat(&self, slot: usize, on: bool) {
+        let ns = if on { now_ns().max(1) } else { 0 };
+        self.head(slot).beat.store(ns, Ordering::Release);
+    }
+
+    /// When the event loop of the worker in `slot` last ticked (CLOCK_MONOTONIC
+    /// nanoseconds), if its heartbeat is watched ([`Scoreboard::set_beat`]).
+    pub fn beat(&self, slot: usize) -> Option<u64> {
+        match self.head(slot).beat.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(ns),
+        }
     }
 
     /// The worker in `slot` serves ASGI ([`Scoreboard::set_capacity`] at its start).
@@ -1300,6 +1321,26 @@ mod tests {
         // A WSGI worker's row shows only its --threads.
         sb.reset(1, 11, 0, Cause::Boot);
         assert_eq!(sb.read().workers[1].threads.len(), 1);
+    }
+
+    #[test]
+    fn a_loop_heartbeat_is_watched_while_it_beats_and_not_after() {
+        let sb = Scoreboard::new(2, 1).unwrap();
+        sb.reset(0, 10, 0, Cause::Boot);
+        assert_eq!(sb.beat(0), None, "a new worker has no heartbeat");
+        let before = now_ns();
+        sb.set_beat(0, true);
+        assert!(sb.beat(0).is_some_and(|b| b >= before));
+        assert_eq!(sb.beat(1), None, "one slot's beat is its own");
+        sb.set_beat(0, false);
+        assert_eq!(
+            sb.beat(0),
+            None,
+            "a loop that stopped serving is not watched"
+        );
+        sb.set_beat(0, true);
+        sb.reset(0, 11, 0, Cause::Timeout);
+        assert_eq!(sb.beat(0), None, "its successor starts unwatched");
     }
 
     #[test]

@@ -28,6 +28,17 @@ const MARK_EVERY: Duration = Duration::from_millis(250);
 /// How long the SIGTERM that follows the master's mark may take to arrive, while
 /// postern's handler is still the one in place (it could be blocked in every thread).
 const TERM_WAIT: Duration = Duration::from_millis(200);
+/// The least a worker condemned for `--timeout` gives its stop: past the master's kill
+/// at the end of the stack dump ([`super::master::DUMP_GRACE`]), so that the kill, and
+/// the master's lines naming the requests it cuts off, come first (its own
+/// `--graceful-timeout` would cancel an ASGI worker's tasks and clear their lines).
+/// Under a second in all: a worker spared at the dump's end (its request ended) is
+/// killed by the master past `--graceful-timeout` plus a second.
+/// regression: with `--graceful-timeout` under the dump's 500 ms, an ASGI worker
+/// condemned for one request cancelled its other tasks itself, and the master's log
+/// never named them.
+const CONDEMNED_GRACE: Duration =
+    Duration::from_millis(400).saturating_add(super::master::DUMP_GRACE);
 /// How often a worker looks whether its master is still there when the kernel cannot
 /// say so (no pidfd: Linux before 5.3, a seccomp filter).
 const PARENT_EVERY: Duration = Duration::from_millis(250);
@@ -659,6 +670,14 @@ impl crate::wsgi::Monitor for WorkerMonitor {
 
     fn first_to_warn_past_defined(&self) -> bool {
         self.board.first_to_warn_status(self.slot)
+    }
+
+    fn loop_beat(&self, on: bool) {
+        self.board.set_beat(self.slot, on);
+    }
+
+    fn condemned_grace(&self) -> Option<Duration> {
+        (self.board.leaving_for(self.slot) == Some(Cause::Timeout)).then_some(CONDEMNED_GRACE)
     }
 }
 

@@ -436,6 +436,16 @@ pub trait Monitor: Send + Sync {
     /// flight count): recycle now, so the successor starts while they finish, instead
     /// of when the last one ends (a long stream would keep the worker deaf till then).
     fn limit_taken(&self) {}
+    /// The ASGI event loop's heartbeat under `--timeout` (`crate::asgi::beat`): `true`
+    /// at each tick of the loop, `false` once it no longer serves (then not watched).
+    fn loop_beat(&self, _on: bool) {}
+    /// The stop that begins now was begun by the master for `--timeout` (the worker's
+    /// stacks are being dumped, and it is killed when that is over): the least time the
+    /// stop may take, so that the master's kill, which names the requests it cuts off,
+    /// comes before the worker's own `--graceful-timeout` cancels them unnamed.
+    fn condemned_grace(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Runtime settings the Python side needs.

@@ -1,0 +1,252 @@
+//! `--timeout` on an ASGI worker (the real binary, raw uwsgi over TCP): a worker
+//! condemned for one stuck task names the others the kill cuts off, whatever its
+//! `--graceful-timeout`; an event loop blocked with no request in flight (a blocking
+//! call in a task the app started) is caught by the loop's heartbeat, named where it
+//! blocks, and its worker replaced, while the other workers serve on.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::{
+    parse_http, raw, tempdir, uwsgi_packet, wait_file, wait_until, Addr, Postern, Spawn,
+};
+
+const APP: &str = r#"
+import asyncio, os, time
+
+DIR = os.environ["ASGI_TEST_DIR"]
+
+def mark(name):
+    open(os.path.join(DIR, name), "a").close()
+
+async def answer(send, body):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/stuck":
+        mark("stuck-" + scope["query_string"].decode())
+        await asyncio.sleep(3600)
+    elif path == "/bg-block":
+        # Answers, then a task the app leaves running blocks the loop: no request is
+        # in flight while it does.
+        seconds = float(scope["query_string"] or 30)
+        async def bg():
+            mark("blocking")
+            time.sleep(seconds)
+        asyncio.get_running_loop().create_task(bg())
+        await answer(send, str(os.getpid()).encode())
+    elif path == "/pid":
+        await answer(send, str(os.getpid()).encode())
+    else:
+        await answer(send, b"hello")
+"#;
+
+fn serve(dir: &Path, extra: &[&str]) -> Postern {
+    Spawn::asgi_tcp(dir, "asgi_timeout_app", APP)
+        .env("ASGI_TEST_DIR", dir.to_str().unwrap())
+        .args(["--loop", "asyncio"])
+        .args(extra.iter().copied())
+        .start()
+}
+
+/// A GET of `path` (`?query` split off), with `id` as the front server's request id.
+fn packet(path: &str, id: Option<&str>) -> Vec<u8> {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut vars = vec![
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", query),
+        ("REQUEST_URI", path),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ];
+    if let Some(id) = id {
+        vars.push(("HTTP_X_REQUEST_ID", id));
+    }
+    uwsgi_packet(&vars)
+}
+
+fn get(addr: &Addr, path: &str) -> Vec<u8> {
+    raw(addr, &packet(path, None))
+}
+
+/// Sends `path` with request id `id` on a thread (its answer is the thread's result).
+fn send(addr: &Addr, path: &str, id: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    let pkt = packet(path, Some(id));
+    let addr = addr.clone();
+    std::thread::spawn(move || raw(&addr, &pkt))
+}
+
+/// The pid of the worker that answers `/pid`.
+fn pid(addr: &Addr) -> Option<String> {
+    parse_http(&get(addr, "/pid"))
+        .filter(|r| r.status == 200)
+        .map(|r| r.text())
+}
+
+/// A worker serves `/hello` (the first one, or a replacement).
+fn wait_serving(p: &Postern) -> bool {
+    wait_until(30, || {
+        parse_http(&get(&p.addr, "/hello")).is_some_and(|r| r.status == 200)
+    })
+}
+
+// regression: a worker condemned for --timeout begins its stop with the stack dump, and
+// with --graceful-timeout under the dump's 500 ms its own deadline came first: an ASGI
+// worker cancelled its tasks (answering them 500 itself) and cleared their lines, so
+// the master's log named only the task that passed the limit, never the others the
+// timeout cut off. (With --graceful-timeout 1 the master's kill, 500 ms after the
+// dump began, always came first.)
+#[test]
+fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
+    let dir = tempdir();
+    let p = serve(
+        dir.path(),
+        &["--master", "--timeout", "2", "--graceful-timeout", "0.2"],
+    );
+    assert!(wait_serving(&p), "{}", p.logs());
+    let before = pid(&p.addr).expect("a worker's pid");
+    let first = send(&p.addr, "/stuck?first", "req-first");
+    assert!(
+        wait_file(&dir.path().join("stuck-first"), 10),
+        "{}",
+        p.logs()
+    );
+    // A second stuck task, well inside --timeout when the first passes it.
+    std::thread::sleep(Duration::from_millis(500));
+    let second = send(&p.addr, "/stuck?second", "req-second");
+    assert!(
+        wait_file(&dir.path().join("stuck-second"), 10),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log("killed by SIGKILL", 15), "{}", p.logs());
+    let _ = (first.join(), second.join());
+    let logs = p.logs();
+    let passed = logs
+        .lines()
+        .find(|l| l.contains("request passed --timeout"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        passed.contains("request=GET /stuck") && passed.contains("request_id=req-first"),
+        "{logs}"
+    );
+    let cut: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            l.contains("request cut off: its worker is killed for another request's --timeout")
+        })
+        .collect();
+    assert_eq!(cut.len(), 1, "{logs}");
+    assert!(
+        cut[0].contains("request=GET /stuck") && cut[0].contains("request_id=req-second"),
+        "{logs}"
+    );
+    // The worker did not cut them off itself first.
+    assert!(!logs.contains("cut off at --graceful-timeout"), "{logs}");
+    assert!(logs.contains("cause=\"timeout\""), "{logs}");
+    // Replaced: the next request is served, by another worker.
+    assert!(wait_serving(&p), "{}", p.logs());
+    let after = pid(&p.addr).expect("the replacement's pid");
+    assert_ne!(before, after, "{}", p.logs());
+}
+
+// regression: a task the app left running that blocks the event loop (time.sleep in a
+// coroutine) with no request in flight made the worker accept nothing until the call
+// returned, and --timeout never fired: no request was past its deadline. The loop's
+// heartbeat catches it; the other worker serves meanwhile.
+#[test]
+fn an_event_loop_blocked_with_no_request_in_flight_is_caught_and_replaced() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--workers", "2", "--timeout", "2"]);
+    assert!(wait_serving(&p), "{}", p.logs());
+    let blocked = parse_http(&get(&p.addr, "/bg-block?30"))
+        .map(|r| r.text())
+        .unwrap_or_else(|| panic!("{}", p.logs()));
+    assert!(wait_file(&dir.path().join("blocking"), 10), "{}", p.logs());
+    // Requests sent while the loop is blocked wait in the listen queue for the worker
+    // that serves, not in the blocked one: each is answered at once.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let answer = pid(&p.addr);
+        assert!(
+            answer.as_ref().is_some_and(|a| *a != blocked),
+            "{answer:?} (blocked: {blocked})\n{}",
+            p.logs()
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}\n{}",
+            asked.elapsed(),
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p.wait_log("event loop blocked for", 15), "{}", p.logs());
+    assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
+    let logs = p.logs();
+    let master = logs
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("past --timeout 2s (it has not ticked since)"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(master.contains(&format!("pid={blocked}")), "{logs}");
+    // The worker names where its loop is stuck: the app's line that blocks.
+    let named = logs
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("replacing the worker. No request was past"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        named.contains("asgi_timeout_app.py:") && named.contains(" bg); replacing the worker"),
+        "{logs}"
+    );
+    assert!(logs.contains("time.sleep(seconds)"), "{logs}");
+    assert!(logs.contains("cause=\"timeout\""), "{logs}");
+    // It blocked for at least --timeout, and is said to.
+    let secs: f64 = master
+        .split("event loop blocked for ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{master}"));
+    assert!(secs >= 2.0, "{master}");
+    // Replaced: both workers serve again, the blocked one gone.
+    assert!(
+        wait_until(10, || p.logs().matches("worker ready").count() >= 3),
+        "{}",
+        p.logs()
+    );
+    for _ in 0..6 {
+        assert_ne!(
+            pid(&p.addr).as_deref(),
+            Some(blocked.as_str()),
+            "{}",
+            p.logs()
+        );
+    }
+}
+
+// Without --timeout the loop has no heartbeat: a loop blocked for a while is left to
+// end its call, and the worker serves on.
+#[test]
+fn without_timeout_a_blocked_loop_is_left_alone() {
+    let dir = tempdir();
+    let p = serve(dir.path(), &["--master"]);
+    assert!(wait_serving(&p), "{}", p.logs());
+    let blocked = parse_http(&get(&p.addr, "/bg-block?3"))
+        .map(|r| r.text())
+        .unwrap_or_else(|| panic!("{}", p.logs()));
+    assert!(wait_file(&dir.path().join("blocking"), 10), "{}", p.logs());
+    // The one worker answers once the call returns.
+    let asked = Instant::now();
+    assert_eq!(pid(&p.addr), Some(blocked), "{}", p.logs());
+    assert!(asked.elapsed() > Duration::from_secs(1), "{}", p.logs());
+    let logs = p.logs();
+    assert!(!logs.contains("event loop blocked"), "{logs}");
+    assert!(!logs.contains("SIGKILL"), "{logs}");
+}
