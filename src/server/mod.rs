@@ -353,6 +353,7 @@ pub fn run(
             let queue = Arc::clone(&queue);
             tokio::spawn(async move {
                 loop {
+                    m.waiting_named(&queue.first_queued(NAMED_WAITING));
                     m.waiting(queue.queued());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -534,6 +535,10 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener]) {
         );
     }
 }
+
+/// Requests read whole and not started that a stopping worker names to its master
+/// (the scoreboard's waiting lines), beyond its count of them.
+const NAMED_WAITING: usize = 4;
 
 /// How often a worker that is leaving while its master lives looks whether the
 /// master is gone (only during its drain).

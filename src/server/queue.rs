@@ -78,6 +78,23 @@ impl Queue {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// The first `max` requests queued: their head, id and protocol (each a refcount
+    /// and a copy of the id; called every 50 ms during the stop only).
+    pub fn first_queued(
+        &self,
+        max: usize,
+    ) -> Vec<(
+        crate::codec::Head,
+        crate::logging::RequestId,
+        crate::codec::Protocol,
+    )> {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter()
+            .take(max)
+            .map(|r| (r.head.clone(), r.request_id, r.listener.protocol))
+            .collect()
+    }
+
     /// False once the server stops accepting new connections.
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)

@@ -20,7 +20,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::phase::{self, Departed, Fleet, Phase, Verdict};
-use super::scoreboard::{self, Hold, Scoreboard};
+use super::scoreboard::{self, Hold, Scoreboard, WAITING_LINES};
 use super::signals::{self, SigSet, SignalFd};
 use super::touch::TouchReload;
 use super::{notify, report, worker, Options, Stats, SupervisorError, WorkerContext, MAX_SLOTS};
@@ -169,14 +169,44 @@ impl Worker {
                 "request cut off: its worker is killed for {why}"
             );
         }
-        // What it had read whole and not started (published by its stop, which
-        // began with the dump) dies too: counted, since the master cannot name them.
+        // What it had read whole and not started (published by its stop, which began
+        // with the dump) dies too: the first few are named (its waiting lines), the
+        // rest counted. One started since its publication is on a running line, named
+        // above: not twice.
         let waiting = board.waiting(self.slot);
-        if waiting > 0 {
+        let mut named = 0;
+        for i in 0..WAITING_LINES {
+            let line = board.waiting_line(self.slot, i);
+            if named == waiting || line.since.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let id = line.request_id();
+            let running = (0..board.threads).any(|t| {
+                let l = board.line(self.slot, t);
+                l.since.load(Ordering::Acquire) != 0 && l.request_id() == id
+            });
+            if running {
+                continue;
+            }
+            named += 1;
             tracing::warn!(
                 pid = raw(self.pid),
-                waiting,
-                "requests cut off: its worker is killed for {why} before it started them (they had come whole and waited for the app; their front server gets an error)"
+                request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                request_id = %id,
+                "request cut off: its worker is killed for {why} before it started it (it had come whole and waited for the app; its front server gets an error)"
+            );
+        }
+        let more = waiting - named;
+        if more > 0 {
+            let besides = if named > 0 {
+                " besides those named"
+            } else {
+                ""
+            };
+            tracing::warn!(
+                pid = raw(self.pid),
+                waiting = more,
+                "requests cut off{besides}: its worker is killed for {why} before it started them (they had come whole and waited for the app; their front server gets an error)"
             );
         }
     }

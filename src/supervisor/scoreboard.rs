@@ -264,8 +264,14 @@ const SLOTS_AT: usize = std::mem::size_of::<Global>().div_ceil(64) * 64;
 /// `--timeout`). 16 lines of 512 bytes: 8 KiB per worker slot in use.
 pub const TASK_LINES: usize = 16;
 
-/// The shared mapping: a global area, then `slots` slots of a head and `threads`
-/// lines each.
+/// Lines per slot after its thread lines, naming the first requests a stopping worker
+/// had read whole and not started yet (published with their count, every 50 ms of its
+/// stop), so that the master names them when a `--timeout` kill cuts them off (more
+/// are counted). 2 KiB per worker slot.
+pub const WAITING_LINES: usize = 4;
+
+/// The shared mapping: a global area, then `slots` slots of a head, `threads` lines
+/// and [`WAITING_LINES`] each.
 pub struct Scoreboard {
     base: *mut u8,
     len: usize,
@@ -295,7 +301,7 @@ pub struct Reading {
 
 impl Scoreboard {
     fn slot_size(threads: usize) -> usize {
-        std::mem::size_of::<SlotHead>() + threads * std::mem::size_of::<Line>()
+        std::mem::size_of::<SlotHead>() + (threads + WAITING_LINES) * std::mem::size_of::<Line>()
     }
 
     /// Maps a zeroed shared region (before forking) for workers of `python_threads`
@@ -352,6 +358,18 @@ impl Scoreboard {
 
     pub fn line(&self, slot: usize, thread: usize) -> &Line {
         assert!(slot < self.slots && thread < self.threads);
+        self.any_line(slot, thread)
+    }
+
+    /// The `i`th of the requests the worker in `slot` had read whole and not started,
+    /// as it last published them during its stop ([`WAITING_LINES`]: the first few).
+    pub fn waiting_line(&self, slot: usize, i: usize) -> &Line {
+        assert!(slot < self.slots && i < WAITING_LINES);
+        self.any_line(slot, self.threads + i)
+    }
+
+    /// Line `n` of `slot`: its thread lines, then its waiting lines.
+    fn any_line(&self, slot: usize, n: usize) -> &Line {
         // SAFETY: as in `head`.
         unsafe {
             &*(self
@@ -362,7 +380,7 @@ impl Scoreboard {
                         + std::mem::size_of::<SlotHead>(),
                 )
                 .cast::<Line>()
-                .add(thread))
+                .add(n))
         }
     }
 
@@ -429,6 +447,9 @@ impl Scoreboard {
                 for c in l.counters.cells() {
                     c.store(0, Ordering::Relaxed);
                 }
+            }
+            for i in 0..WAITING_LINES {
+                self.waiting_line(slot, i).since.store(0, Ordering::SeqCst);
             }
             h.state.store(STARTING, Ordering::SeqCst);
             let g = self.global();
@@ -1321,6 +1342,30 @@ mod tests {
         // A WSGI worker's row shows only its --threads.
         sb.reset(1, 11, 0, Cause::Boot);
         assert_eq!(sb.read().workers[1].threads.len(), 1);
+    }
+
+    #[test]
+    fn waiting_lines_are_a_slot_s_own_and_cleared_for_its_successor() {
+        let sb = Scoreboard::new(2, 1).unwrap();
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.reset(1, 11, 0, Cause::Boot);
+        for i in 0..WAITING_LINES {
+            sb.waiting_line(0, i)
+                .begin(b"GET", format!("/w{i}").as_bytes(), Protocol::Uwsgi);
+        }
+        // Not a thread line, nor the next slot's head or lines.
+        for t in 0..sb.threads {
+            assert_eq!(sb.line(0, t).since.load(Ordering::SeqCst), 0);
+            assert_eq!(sb.line(1, t).since.load(Ordering::SeqCst), 0);
+        }
+        assert_eq!(sb.head(1).pid.load(Ordering::SeqCst), 11);
+        assert_eq!(
+            sb.waiting_line(0, WAITING_LINES - 1).desc(),
+            format!("GET /w{}", WAITING_LINES - 1)
+        );
+        assert_eq!(sb.waiting_line(1, 0).since.load(Ordering::SeqCst), 0);
+        sb.reset(0, 12, 0, Cause::Timeout);
+        assert_eq!(sb.waiting_line(0, 0).since.load(Ordering::SeqCst), 0);
     }
 
     #[test]

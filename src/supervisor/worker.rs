@@ -531,6 +531,27 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.set_waiting(self.slot, n);
     }
 
+    fn waiting_named(
+        &self,
+        first: &[(
+            crate::codec::Head,
+            crate::logging::RequestId,
+            crate::codec::Protocol,
+        )],
+    ) {
+        for i in 0..super::scoreboard::WAITING_LINES {
+            let line = self.board.waiting_line(self.slot, i);
+            match first.get(i) {
+                Some((head, id, protocol)) => {
+                    let (method, target) = describe(head);
+                    line.set_request_id(id.as_bytes());
+                    line.begin(method, target, *protocol);
+                }
+                None => line.end(),
+            }
+        }
+    }
+
     fn refused(&self, protocol: crate::codec::Protocol, status: Option<u16>) {
         if self.metrics {
             self.board.count_refused(self.slot, protocol, status);

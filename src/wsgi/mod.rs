@@ -367,6 +367,9 @@ pub trait Monitor: Send + Sync {
     /// (published every 50 ms), so that a master that kills this worker can say how
     /// many it cut off besides those running.
     fn waiting(&self, _n: usize) {}
+    /// With [`Monitor::waiting`]: the first of those requests (their head, id and
+    /// protocol; a few at most), so that a master that kills this worker can name them.
+    fn waiting_named(&self, _first: &[(Head, crate::logging::RequestId, crate::codec::Protocol)]) {}
     /// The whole server stops (not a reload or a recycle): this worker serves what
     /// waits in the shared listen queues before it exits, since no successor will.
     fn server_stopping(&self) -> bool {
