@@ -84,6 +84,19 @@ impl Head {
         self.vars.push((k, v));
     }
 
+    /// Gives a body that came without a length its own `CONTENT_LENGTH` (apps that trust
+    /// only CONTENT_LENGTH, Django, would otherwise read nothing). Call it only where
+    /// [`Head::announced_length`] is `Ok(None)`: any CONTENT_LENGTH sent is then empty
+    /// (nginx's `$content_length` for a body it streams), and the one added takes its
+    /// place, not its side (beside it, `""` and `13` would be two lengths for one body).
+    pub fn give_length(&mut self, len: u64) {
+        let buf = &self.buf;
+        self.vars
+            .retain(|(k, _)| &buf[k.start as usize..k.end as usize] != b"CONTENT_LENGTH");
+        self.push_var(b"CONTENT_LENGTH", len.to_string().as_bytes());
+        self.content_length = len;
+    }
+
     /// The last value of `key`, if any. Inlined: its callers pass a fixed name, whose
     /// length then compares as a constant (the request id and span look-ups: ~140
     /// instructions a request when it was a call).
@@ -112,24 +125,20 @@ impl Head {
     /// What the head says of its body's framing, from one walk of its variables (the
     /// uwsgi/SCGI codec's, once per request: nothing else walks them before the app).
     pub fn framing(&self) -> Result<Framing, ProtoError> {
-        // CONTENT_LENGTH repeated with another non-empty value is refused (two lengths
-        // for one body); an identical repeat counts once. The last value of each name
-        // counts. Ranges are kept, not slices: one register each through the loop.
+        // CONTENT_LENGTH repeated with another value (empty included) is refused, two
+        // lengths for one body (proto::cgi::content_length_again); an identical repeat
+        // counts once. The last value of each name counts. Ranges are kept, not slices:
+        // one register each through the loop.
         let mut cgi: Option<&Range<u32>> = None;
         let mut http: Option<&Range<u32>> = None;
-        let mut first: Option<&Range<u32>> = None;
         let mut coding: Option<&Range<u32>> = None;
         let at = |r: &Range<u32>| &self.buf[r.start as usize..r.end as usize];
         for (k, v) in &self.vars {
             // Lengths first: most names are none of these, and are not sliced at all.
             match k.end - k.start {
                 14 if at(k) == b"CONTENT_LENGTH" => {
-                    match first {
-                        Some(f) if !v.is_empty() && at(f) != at(v) => {
-                            return Err(proto::cgi::conflicting_length(at(f), at(v)))
-                        }
-                        None if !v.is_empty() => first = Some(v),
-                        _ => {}
+                    if let Some(first) = cgi {
+                        proto::cgi::content_length_again(at(first), at(v))?;
                     }
                     cgi = Some(v);
                 }

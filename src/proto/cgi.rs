@@ -327,8 +327,8 @@ impl<'a> Unknown<'a> {
 ///   keys (a `uwsgi_param` overriding a stock one) keep the last value. Host and the
 ///   content type are unique in HTTP (nginx refuses a request with two Hosts), so a
 ///   repeat of those is an override too: last wins. `CONTENT_LENGTH` is the
-///   exception: a repeat with another value is refused ([`ProtoError::ConflictingLength`],
-///   two lengths for one body), an identical one counts once.
+///   exception: a repeat with another value, empty included, is refused
+///   ([`content_length_again`], the codecs' rule), an identical one counts once.
 /// - `CONTENT_TYPE`/`CONTENT_LENGTH` are never duplicated as `HTTP_*`; when only the
 ///   `HTTP_` form arrived it is promoted. Empty, they are left out.
 /// - `HTTP_PROXY` (httpoxy) and `HTTP_TRANSFER_ENCODING` (hop-by-hop, acted on by the
@@ -373,7 +373,7 @@ pub fn normalise_into<'a>(
         _ => None,
     };
     let mut unknown = Unknown::default();
-    // The last non-empty CONTENT_LENGTH, to refuse another value.
+    // The first CONTENT_LENGTH, to refuse another value ([`content_length_again`]).
     let mut length_seen: Option<&'a [u8]> = None;
     // One copy in and out of the thread's guesses per request, not a lookup per name.
     let mut last = LAST_NAMES.with(std::cell::Cell::get);
@@ -386,14 +386,11 @@ pub fn normalise_into<'a>(
             Some(K_HTTP_PROXY | K_HTTP_TRANSFER_ENCODING) => continue,
             Some(k) => {
                 if let Some(slot) = aside_slot(k) {
-                    // Two different body lengths: refused, as the codecs do (identical
-                    // repeats count once; an empty value is no length).
-                    if k == K_CONTENT_LENGTH && !value.is_empty() {
+                    // Two different body lengths: refused, as the codecs do.
+                    if k == K_CONTENT_LENGTH {
                         match length_seen {
-                            Some(first) if first != value => {
-                                return Err(conflicting_length(first, value))
-                            }
-                            _ => length_seen = Some(value),
+                            Some(first) => content_length_again(first, value)?,
+                            None => length_seen = Some(value),
                         }
                     }
                     aside[slot] = Some(value);
@@ -631,6 +628,20 @@ fn longest_mount<'m>(mounts: &'m [Vec<u8>], path: &[u8]) -> Option<&'m [u8]> {
         })
         .max_by_key(|m| m.len())
         .map(Vec::as_slice)
+}
+
+/// The one rule for a `CONTENT_LENGTH` sent again, over uwsgi, FastCGI and SCGI alike
+/// (the codecs frame the body by it, [`normalise`] gives it to the app): every value must
+/// be the first one, byte for byte. An empty value is a value too: `5` then `""` (or
+/// `""` then `5`) is two answers to "how long is the body", a request-smuggling shape
+/// refused as `5` then `6` (or `5` then `05`) is, whichever one a rule of "the last
+/// wins" or "the last non-empty wins" would pick. `""` twice is one (absent) length.
+pub fn content_length_again(first: &[u8], again: &[u8]) -> Result<(), ProtoError> {
+    if first == again {
+        Ok(())
+    } else {
+        Err(conflicting_length(first, again))
+    }
 }
 
 /// `CONTENT_LENGTH` came twice, `first` then `then`.

@@ -1272,3 +1272,83 @@ proptest! {
         prop_assert_eq!(response::status_code(&uwsgi), Some(code));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// CONTENT_LENGTH sent more than once: one rule on every protocol (sec M1)
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Whatever the CONTENT_LENGTH values (empty ones among them) and the pairs around
+    /// them, a request is refused exactly when two of its CONTENT_LENGTH values differ,
+    /// with the same error (the first value, then the first other one), by each place
+    /// that reads them: the environ (`normalise`), the uwsgi/SCGI codec
+    /// (`Head::announced_length`), FastCGI's params parse and request assembly, and
+    /// SCGI's header parse (which wants a non-empty one first). Otherwise they take the
+    /// same length. regression (sec M1): "5" then "" was no body over uwsgi (the last
+    /// won), 5 over FastCGI (in both orders), refused over SCGI.
+    #[test]
+    fn props_a_content_length_sent_again_is_refused_alike_on_every_protocol(
+        lengths in vec(prop_oneof![Just(""), Just("5"), Just("05"), Just("13")], 1..4),
+        others in vec(
+            (cgi_name().prop_filter("not a length", |n| !n.ends_with(b"CONTENT_LENGTH")), cgi_value()),
+            0..8,
+        ),
+        positions in vec(any::<Index>(), 4),
+    ) {
+        let mut pairs: Pairs = others.clone();
+        for (i, (len, at)) in lengths.iter().zip(&positions).enumerate() {
+            // In order: each after the one before.
+            let earliest = pairs.iter().rposition(|(k, _)| k == b"CONTENT_LENGTH").map_or(0, |p| p + 1);
+            let at = if i == 0 { at.index(pairs.len() + 1) } else { earliest + at.index(pairs.len() + 1 - earliest) };
+            pairs.insert(at, (b"CONTENT_LENGTH".to_vec(), len.as_bytes().to_vec()));
+        }
+        let expected = match lengths.iter().find(|l| **l != lengths[0]) {
+            Some(then) => Err(cgi::conflicting_length(lengths[0].as_bytes(), then.as_bytes())),
+            None => Ok(()),
+        };
+
+        let environ = run(&pairs, DEFAULTS);
+        let mut head = crate::codec::Head { buf: Bytes::new(), vars: Vec::new(), modifier30: false, content_length: 0 };
+        for (k, v) in &pairs {
+            head.push_var(k, v);
+        }
+        let framed = head.announced_length();
+        let mut block = Vec::new();
+        fcgi::encode_pairs(&borrow(&pairs), &mut block);
+        let (_, noted) = fcgi::parse_params(&block).unwrap();
+        let assembled = crate::codec::fastcgi::assemble(Bytes::from(block), Some(Bytes::from_static(b"0123456789abc")), None);
+        match &expected {
+            Err(e) => {
+                prop_assert_eq!(environ.as_ref().err(), Some(e));
+                prop_assert_eq!(framed.as_ref().err(), Some(e));
+                prop_assert!(noted.conflict.is_some());
+                prop_assert_eq!(assembled.err(), Some(crate::codec::fastcgi::Refused::BadLength(e.clone())));
+            }
+            Ok(()) => {
+                let length = environ.unwrap().content_length;
+                prop_assert_eq!(framed, Ok(length));
+                prop_assert_eq!(noted.conflict, None);
+                // No length: the 13 bytes of STDIN are the body, and say so.
+                prop_assert_eq!(assembled.unwrap().head.body_length(), Ok(length.unwrap_or(13)));
+            }
+        }
+
+        // SCGI: CONTENT_LENGTH first, non-empty (mandatory); names and values NUL-free.
+        if !lengths[0].is_empty() {
+            let mut block = Vec::new();
+            let first = (b"CONTENT_LENGTH".to_vec(), lengths[0].as_bytes().to_vec());
+            let rest = pairs.iter().skip_while(|(k, _)| k != b"CONTENT_LENGTH").skip(1);
+            for (k, v) in std::iter::once(&first).chain(rest) {
+                if k.is_empty() || k.contains(&0) || v.contains(&0) {
+                    continue;
+                }
+                for part in [k, v] {
+                    block.extend_from_slice(part);
+                    block.push(0);
+                }
+            }
+            prop_assert_eq!(scgi::parse_headers(&block).map(|_| ()), expected);
+        }
+    }
+}

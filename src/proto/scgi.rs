@@ -12,7 +12,7 @@ use nom::bytes::complete::{tag, take_till};
 use nom::sequence::terminated;
 use nom::{IResult, Parser};
 
-use super::cgi::parse_content_length;
+use super::cgi::{content_length_again, parse_content_length};
 use super::ProtoError;
 
 /// Byte ranges of one name/value pair inside a headers block (as for uwsgi).
@@ -112,8 +112,9 @@ pub fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(usize, &[u8])>, Pr
 /// - A repeated name is kept: nginx sends one header per repeated HTTP header line,
 ///   and [`super::cgi::normalise`] joins them. The one exception is `CONTENT_LENGTH`:
 ///   it frames the body, so a repeat must carry the same value, byte for byte (a
-///   different one is a request-smuggling shape: [`ProtoError::ConflictingLength`], as
-///   over uwsgi and FastCGI).
+///   different one, empty included, is a request-smuggling shape:
+///   [`ProtoError::ConflictingLength`], the rule of uwsgi and FastCGI too,
+///   [`super::cgi::content_length_again`]).
 /// - A missing `SCGI` header (or a value other than `1`) is accepted: §3 makes it
 ///   mandatory, but it carries nothing we use, and some clients leave it out.
 ///
@@ -163,8 +164,8 @@ pub fn parse_headers(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
             }
             parse_content_length(value)?;
             first_length = value;
-        } else if name == CONTENT_LENGTH && value != first_length {
-            return Err(super::cgi::conflicting_length(first_length, value));
+        } else if name == CONTENT_LENGTH {
+            content_length_again(first_length, value)?;
         }
 
         // `block.len() <= MAX_LENGTH`, so every offset fits in u32.

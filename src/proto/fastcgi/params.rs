@@ -10,6 +10,7 @@ use nom::number::complete;
 use nom::{IResult, Parser};
 
 use super::{encode_record, record::encode_empty_values_result, GET_VALUES_RESULT};
+use crate::proto::cgi::content_length_again;
 use crate::proto::ProtoError;
 
 pub use crate::proto::uwsgi::VarRange;
@@ -50,8 +51,8 @@ pub struct LengthVars {
     pub cgi: Option<usize>,
     pub http: Option<usize>,
     pub request_id: Option<usize>,
-    /// The first repeat of `CONTENT_LENGTH` with another non-empty value: (earlier pair,
-    /// this pair).
+    /// The first repeat of `CONTENT_LENGTH` with another value, empty included
+    /// ([`crate::proto::cgi::content_length_again`]): (earlier pair, this pair).
     pub conflict: Option<(usize, usize)>,
 }
 
@@ -68,8 +69,6 @@ pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoEr
         });
     }
     let mut lengths = LengthVars::default();
-    // The last non-empty CONTENT_LENGTH (an empty one is no length).
-    let mut length_seen: Option<usize> = None;
     // A pair takes at least 2 bytes; real CGI pairs average well over 16.
     let mut pairs: Vec<VarRange> = Vec::with_capacity(block.len() / 16 + 4);
     let mut pos = 0usize;
@@ -101,16 +100,14 @@ pub fn parse_params(block: &[u8]) -> Result<(Vec<VarRange>, LengthVars), ProtoEr
             // Lengths first: most names are neither, and are not compared at all.
             match name_len {
                 14 if &block[after..name_end] == CGI => {
-                    if value_end > name_end {
-                        if let (None, Some(i)) = (lengths.conflict, length_seen) {
-                            let first = &pairs[i].1;
-                            if block[first.start as usize..first.end as usize]
-                                != block[name_end..value_end]
-                            {
-                                lengths.conflict = Some((i, pairs.len()));
-                            }
+                    // Every CONTENT_LENGTH so far has the first one's value: the last
+                    // stands for it.
+                    if let (None, Some(i)) = (lengths.conflict, lengths.cgi) {
+                        let first = &pairs[i].1;
+                        let first = &block[first.start as usize..first.end as usize];
+                        if content_length_again(first, &block[name_end..value_end]).is_err() {
+                            lengths.conflict = Some((i, pairs.len()));
                         }
-                        length_seen = Some(pairs.len());
                     }
                     lengths.cgi = Some(pairs.len());
                 }

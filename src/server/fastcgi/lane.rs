@@ -1773,16 +1773,9 @@ fn collected(
         return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
     }
     if c.got > 0 {
-        c.head
-            .push_var(b"CONTENT_LENGTH", c.got.to_string().as_bytes());
-        // A CONTENT_LENGTH sent non-empty, then empty (no length), conflicts with the
-        // one added: refused as the environ would refuse it.
-        if let Err(e) = c.head.announced_length() {
-            c.span
-                .in_scope(|| tracing::warn!(error = %e, "answered 400"));
-            slot.collect = Some(c);
-            return refuse_collected(conn, parser, slots, lane, id, BAD_REQUEST);
-        }
+        // Collected because none was announced (a repeat with another value was refused
+        // with the params, by assemble).
+        c.head.give_length(c.got);
     }
     let Collect {
         held: _held,
