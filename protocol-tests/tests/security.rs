@@ -1343,6 +1343,62 @@ fn a_content_length_repeated_empty_is_refused_on_every_protocol() {
     }
 }
 
+// regression (sec M2): a CONTENT_LENGTH from 2^63 up to 19 nines was taken (19 digits fit
+// a u64): uwsgi and SCGI waited for that body, and FastCGI (whose app runs while STDIN
+// still streams) called the app, whose wsgi.input.read(int(CONTENT_LENGTH)) raised
+// OverflowError: a 500. Past 2^63 - 1 it is no length (as SECURITY.md says): 400 on
+// all three, before the app, with a log line naming the peer and the value.
+#[test]
+fn a_content_length_past_2_pow_63_is_refused_on_every_protocol() {
+    let dir = tempdir();
+    let (p, u, f, s) = on_three_sockets(dir.path());
+    for cl in ["9223372036854775808", "9999999999999999999"] {
+        let vars = [
+            ("CONTENT_LENGTH", cl),
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/"),
+        ];
+        for (proto, addr) in [
+            (Proto::Uwsgi, Addr::Unix(u.clone())),
+            (Proto::Scgi, Addr::Unix(s.clone())),
+        ] {
+            let got = status_of(proto, &addr, &vars, b"hello");
+            assert_eq!(got, Some(400), "{proto:?} {cl}\n{}", p.logs());
+        }
+        // FastCGI: STDIN begun, not ended (the body still "coming").
+        let mut c = Addr::Unix(f.clone()).connect().unwrap();
+        let mut req = fcgi::head(1, false, &vars);
+        req.extend(fcgi::record(fcgi::STDIN, 1, b"hello"));
+        c.write_all(&req).unwrap();
+        assert_eq!(fcgi::status(&mut *c), Some(400), "{cl}\n{}", p.logs());
+        let said = format!("CONTENT_LENGTH \"{cl}\" is not a valid length");
+        assert!(p.wait_log_count(&said, 3, 5), "{cl}\n{}", p.logs());
+    }
+    for line in p
+        .logs()
+        .lines()
+        .filter(|l| l.contains("is not a valid length"))
+    {
+        assert!(line.contains("peer="), "{line}");
+    }
+    // 2^63 - 1 is a length (no body that long comes: the app is not called here).
+    let max = [
+        ("CONTENT_LENGTH", "9223372036854775807"),
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/"),
+    ];
+    let mut c = Addr::Unix(f).connect().unwrap();
+    let mut req = fcgi::head(1, false, &max);
+    req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    c.write_all(&req).unwrap();
+    assert_eq!(fcgi::status(&mut *c), Some(400), "{}", p.logs());
+    assert!(
+        p.wait_log("STDIN ended before CONTENT_LENGTH bytes", 5),
+        "{}",
+        p.logs()
+    );
+}
+
 // regression: --check printed none of the warnings a start logs (a listener on 0.0.0.0,
 // root without --uid, a world-writable socket directory): it runs before the log is set
 // up, and they went nowhere.

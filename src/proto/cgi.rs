@@ -652,17 +652,26 @@ pub fn conflicting_length(first: &[u8], then: &[u8]) -> ProtoError {
     }
 }
 
-/// Decimal `CONTENT_LENGTH` (RFC 3875 §4.1.2): digits only, no sign, no spaces.
+/// The largest `CONTENT_LENGTH` taken: 2^63 - 1, the most a signed 64-bit length can
+/// say. The app reads the body with `wsgi.input.read(int(CONTENT_LENGTH))`, and CPython
+/// takes a size as a `Py_ssize_t`: a larger one raises `OverflowError` there (a 500),
+/// after the server has waited for a body no front server could send.
+pub const MAX_CONTENT_LENGTH: u64 = i64::MAX as u64;
+
+/// Decimal `CONTENT_LENGTH` (RFC 3875 §4.1.2): digits only, no sign, no spaces, at most
+/// [`MAX_CONTENT_LENGTH`] (leading zeros allowed, up to 19 digits in all).
 pub fn parse_content_length(v: &[u8]) -> Result<u64, ProtoError> {
     let bad = || ProtoError::BadContentLength(String::from_utf8_lossy(v).into_owned());
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(bad());
     }
-    v.iter()
-        .try_fold(0u64, |n, &d| {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .ok_or_else(bad)
+    // 19 digits are below 10^19, which a u64 holds.
+    let n = v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    if n > MAX_CONTENT_LENGTH {
+        // regression (sec M2): 2^63 to 10^19 - 1 were taken (19 digits fit a u64).
+        return Err(bad());
+    }
+    Ok(n)
 }
 
 /// `wsgi.url_scheme` (§4.4): `UWSGI_SCHEME`, then `HTTPS` on/1/yes/true, then
@@ -1239,12 +1248,33 @@ mod tests {
 
     #[test]
     fn rejects_a_malformed_content_length() {
-        for bad in ["-1", "1e3", " 5", "99999999999999999999", "0x10"] {
+        for bad in [
+            "-1",
+            "1e3",
+            " 5",
+            "99999999999999999999",
+            "0x10",
+            // regression (sec M2): 19 digits at or past 2^63 were taken.
+            "9223372036854775808",
+            "18446744073709551615",
+            "9999999999999999999",
+        ] {
             let r = normalise(
                 [(&b"CONTENT_LENGTH"[..], bad.as_bytes())],
                 Defaults::default(),
             );
             assert!(matches!(r, Err(ProtoError::BadContentLength(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn accepts_a_content_length_up_to_2_pow_63_less_1() {
+        for (v, n) in [
+            ("0", 0),
+            ("0000000000000000005", 5),
+            ("9223372036854775807", i64::MAX as u64),
+        ] {
+            assert_eq!(parse_content_length(v.as_bytes()), Ok(n), "{v}");
         }
     }
 
