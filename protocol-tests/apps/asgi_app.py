@@ -19,6 +19,8 @@ Routes (GET unless said):
                        without answering; "during": after a first chunk of a streamed
                        answer (and, with tick, one more every SECONDS meanwhile). The
                        file says what receive() returned and what the next send() raised.
+                       With listener=1 (sse-starlette's way) another task reads the
+                       body and waits in receive() while the first chunk is sent.
     /state?tag=        JSON {"tag_before", "tag", "shared"}: scope["state"] as this
                        request found it, then set by it (lifespan startup stored
                        {"shared": [list]})
@@ -149,7 +151,17 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b""})
     elif path == "/disconnect":
         record = os.path.join(q["dir"], q["name"])
-        await body_of(receive)
+        listener = None
+        if q.get("listener"):
+            # Runs at the first send() that waits (a write in flight): its receive()
+            # for the disconnect starts while that write holds the connection.
+            async def listen():
+                await body_of(receive)
+                return await receive()
+
+            listener = asyncio.ensure_future(listen())
+        else:
+            await body_of(receive)
         if q.get("phase") == "during":
             await start_stream(send)
             await send({"type": "http.response.body", "body": b"waiting\n", "more_body": True})
@@ -169,7 +181,7 @@ async def app(scope, receive, send):
         with open(record + ".arrived", "w"):
             pass
         started = time.monotonic()
-        message = await receive()
+        message = await (listener if listener is not None else receive())
         if ticker is not None:
             ticker.cancel()
         lines = [f"receive: {message['type']}", f"after: {time.monotonic() - started:.3f}"]

@@ -269,6 +269,11 @@ fn abort_and_read_record_with(
 /// `http.disconnect`, and a `send()` after it raises OSError; neither logs an error.
 /// Every upstream is tried before failing, so the failure lists them all.
 fn assert_disconnect_reaches_the_app(phase: &str) {
+    assert_disconnect_reaches_the_app_with(phase, "");
+}
+
+/// [`assert_disconnect_reaches_the_app`] with `query` added to the app's /disconnect.
+fn assert_disconnect_reaches_the_app_with(phase: &str, query: &str) {
     let mut failures = Vec::new();
     for upstream in NGINX_UPSTREAMS {
         let Some(s) = test_app(upstream, "") else {
@@ -278,7 +283,7 @@ fn assert_disconnect_reaches_the_app(phase: &str) {
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        let got = abort_and_read_record(s.nginx.port, &dir, phase, phase);
+        let got = abort_and_read_record_with(s.nginx.port, &dir, phase, phase, query);
         eprintln!("{upstream:?}, client gone {phase} the response: {got:?}");
         let ok = got.as_ref().is_ok_and(|r| {
             r.starts_with("receive: http.disconnect\n") && r.contains("send: OSError")
@@ -307,6 +312,16 @@ fn a_client_gone_during_a_streamed_response_reaches_the_app_as_http_disconnect()
 #[test]
 fn a_client_gone_before_the_response_reaches_the_app_as_http_disconnect() {
     assert_disconnect_reaches_the_app("before");
+}
+
+#[test]
+fn a_client_gone_reaches_a_task_that_waited_in_receive_while_the_first_chunk_was_sent() {
+    // regression (asgi-diff HIGH): sse-starlette's way, a task that reads the body and
+    // waits in receive() while another sends. Over FastCGI with keep-conn its wait began
+    // while the first chunk's write held the connection on the executor: it was never
+    // registered for the server layer's word of the close, and learnt of it only when a
+    // later send() failed (nothing in 5 s here).
+    assert_disconnect_reaches_the_app_with("during", "&listener=1");
 }
 
 #[test]

@@ -420,6 +420,9 @@ pub struct Exchange {
     extra_input: bool,
     /// Registered with the sink's `notify_gone` under this id.
     gone_id: Option<u64>,
+    /// `watch` found the sink on the executor (a write in flight): it registers with
+    /// `notify_gone` once the sink is back (`_job_done`).
+    watch_later: bool,
     trailers_said: bool,
     overflowed: bool,
     /// The sink's socket and write timeout when the loop writes the response itself
@@ -972,6 +975,7 @@ impl Exchange {
             watching: false,
             extra_input: false,
             gone_id: None,
+            watch_later: false,
             trailers_said: false,
             overflowed: false,
             loop_w,
@@ -1840,6 +1844,11 @@ impl Exchange {
             // ABORT_REQUEST, its close), and the loop looks for the close too.
             let id = me.ctx.next_id.get();
             let queue = Arc::clone(&me.ctx.gone);
+            // A write on the executor holds the sink (the first sends of a FastCGI
+            // response go there): registered once it is back. regression (asgi-diff
+            // HIGH): a task that waited in receive() while the other task's first
+            // send was in flight (sse-starlette) never heard of the close.
+            me.watch_later = me.sink.is_none() && me.busy;
             let told = me
                 .sink
                 .as_mut()
@@ -2746,6 +2755,9 @@ impl Exchange {
                 drop(_e);
                 me.set_gone(py);
             }
+        }
+        if std::mem::take(&mut slf.borrow_mut().watch_later) {
+            Self::watch(slf)?;
         }
         if shrank || slf.borrow().send_refused.is_some() {
             // Cut off (the write that was in flight has ended).
