@@ -151,7 +151,21 @@ pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
 /// silently, and the first one's exit would then remove the file that names the
 /// second. A pid that is gone, or is now another program (the file outlived a reboot
 /// or a crash), is overwritten.
+///
+/// The pid goes into a new file in the same directory (`O_CREAT | O_EXCL`, a random
+/// name: nothing planted there is ever opened), which is then renamed to the path.
+/// rename(2) replaces the name, never writes through it: a symbolic link there (one the
+/// `--uid` user planted in its own directory, or anyone in a sticky one, to make root
+/// overwrite a file of its choice) is replaced by the pidfile, never followed, and a
+/// regular file is replaced whole (so a hard link to it elsewhere is left alone).
+/// Readers (`kill $(cat app.pid)`, systemd's `PIDFile=`) never see an empty or half
+/// written file. Anything else at the path (a directory, a device, a FIFO, a socket) is
+/// refused: it is not a stale pidfile.
+/// regression (sec's audit, HIGH): `std::fs::write` as root truncated and wrote the
+/// target of a link the `--uid` user had planted at the path.
 pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::FileTypeExt as _;
     let own = rustix::process::getpid();
     if let Some(pid) = read_pidfile(path).filter(|&p| p != own) {
         let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
@@ -170,13 +184,51 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
             "the --pidfile named a process that is no longer running postern; overwriting it"
         );
     }
-    std::fs::write(path, format!("{}\n", own.as_raw_nonzero())).map_err(|e| {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let Some(name) = path.file_name() else {
+        anyhow::bail!("--pidfile {} names no file", path.display());
+    };
+    let replaced = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => None,
+        Ok(m) if m.file_type().is_symlink() => Some(m),
+        Ok(m) => {
+            let t = m.file_type();
+            let what = if t.is_dir() {
+                "a directory"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            anyhow::bail!(
+                "--pidfile {} is {what}, not a pidfile: postern replaces only a regular file (or a symbolic link) there; give the path of a file",
+                path.display()
+            );
+        }
+        Err(_) => None,
+    };
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        prefix.push(".");
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o644))
+            .tempfile_in(dir)?;
+        writeln!(tmp, "{}", own.as_raw_nonzero())?;
+        tmp.persist(path).map(drop).map_err(|e| e.error)
+    };
+    write().map_err(|e| {
         // regression: a bare "Permission denied", without the uid and directory hint
         // a socket path gets.
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or(".".into(), |d| d.display().to_string());
+        let dir = dir.display();
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound => format!(
                 "; the directory {dir} does not exist: create it (systemd: `RuntimeDirectory=`)"
@@ -190,7 +242,16 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
             _ => String::new(),
         };
         anyhow::anyhow!("writing --pidfile {}: {e}{hint}", path.display())
-    })
+    })?;
+    if let Some(link) = replaced {
+        use std::os::unix::fs::MetadataExt as _;
+        tracing::warn!(
+            pidfile = %path.display(),
+            link_owner = link.uid(),
+            "the --pidfile was a symbolic link: replaced by the pidfile, not followed (postern never writes through a link there)"
+        );
+    }
+    Ok(())
 }
 
 /// Removes `--pidfile` at exit if it still names this process (a file another server
@@ -210,8 +271,23 @@ pub fn remove_pidfile(path: &std::path::Path) {
     }
 }
 
+/// The pid in the pidfile: a regular file at the path itself (a link there is not
+/// followed, a FIFO not waited on), its first 32 bytes a number.
 fn read_pidfile(path: &std::path::Path) -> Option<rustix::process::Pid> {
-    let text = std::fs::read_to_string(path).ok()?;
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    let mut buf = [0u8; 32];
+    let n = rustix::io::read(&fd, &mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
     rustix::process::Pid::from_raw(text.trim().parse().ok()?)
 }
 
@@ -802,6 +878,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    // See: sec's audit, HIGH: a root-started postern truncated and wrote the target of
+    // a link planted at --pidfile (by the --uid user, in its own directory).
+    #[test]
+    fn the_pidfile_replaces_a_link_never_writes_through_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let pidfile = dir.path().join("app.pid");
+        std::os::unix::fs::symlink(&victim, &pidfile).unwrap();
+        let own = format!("{}\n", std::process::id());
+        write_pidfile(&pidfile).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+        let meta = std::fs::symlink_metadata(&pidfile).unwrap();
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o7022, 0);
+        assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), own);
+        // Again over its own file (a restart), then no temporary file is left.
+        write_pidfile(&pidfile).unwrap();
+        assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), own);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["app.pid", "victim"]);
+        // A link naming our own pid's file is not read as a pidfile either.
+        let link = dir.path().join("link.pid");
+        std::os::unix::fs::symlink(&pidfile, &link).unwrap();
+        assert_eq!(read_pidfile(&link), None);
+        assert!(read_pidfile(&pidfile).is_some());
+        // Not a pidfile: refused, left alone.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let err = write_pidfile(&sub).unwrap_err().to_string();
+        assert!(err.contains("is a directory, not a pidfile"), "{err}");
+        assert!(sub.is_dir());
+        let err = write_pidfile(&dir.path().join("nowhere/app.pid"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist: create it"), "{err}");
     }
 
     // regression: --uid without --gid kept gid 0 and root's supplementary groups.

@@ -32,7 +32,6 @@ use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
@@ -74,6 +73,17 @@ pub enum LogError {
         what: &'static str,
         path: String,
         cause: io::Error,
+    },
+    /// A symbolic link on the way to the file that neither root nor postern's user
+    /// made: following it could make postern (often root at this point) append to any
+    /// file the link's owner chose.
+    #[error("refusing to open the {what} {path}: {link} is a symbolic link owned by {owner}, not by root or postern's user (uid {euid}); postern never follows a link another user could have planted (it could make postern write to any file): remove the link and let postern create the file, or give the real file's path, or make the link as root")]
+    Link {
+        what: &'static str,
+        path: String,
+        link: String,
+        owner: String,
+        euid: u32,
     },
     #[error("--log-level {0}")]
     Level(String),
@@ -518,12 +528,27 @@ impl Output {
         };
         let c_path = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .open(path)
-            .map_err(err)?;
+        let mut planted = None;
+        let fd = open_log_file(&c_path, &mut |link, uid| {
+            planted = Some((
+                Path::new(std::ffi::OsStr::from_bytes(link.to_bytes())).to_owned(),
+                uid,
+            ));
+        })
+        .map_err(|e| match planted.take() {
+            Some((link, uid)) => LogError::Link {
+                what,
+                path: path.display().to_string(),
+                link: link.display().to_string(),
+                owner: match crate::users::user_by_uid(uid) {
+                    Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+                    _ => format!("uid {uid}"),
+                },
+                euid: rustix::process::geteuid().as_raw(),
+            },
+            None => err(io::Error::from(e)),
+        })?;
+        let file = File::from(fd);
         Ok(Output {
             kind: Kind::File {
                 path: path.to_owned(),
@@ -584,11 +609,15 @@ impl Output {
             return;
         }
         if let Kind::File { path, .. } = &self.kind {
+            let why = if errno == LINK_REFUSED {
+                "a symbolic link on the way is owned by neither root nor postern's user (postern never follows one another user could have planted)".to_owned()
+            } else {
+                io::Error::from_raw_os_error(errno).to_string()
+            };
             let line = format!(
-                "{}  WARN postern::logging: cannot reopen {} after SIGUSR1: {}; still writing to the file it had before (let logrotate create it for postern's user: `create 0640 USER GROUP`)\n",
+                "{}  WARN postern::logging: cannot reopen {} after SIGUSR1: {why}; still writing to the file it had before (let logrotate create it for postern's user: `create 0640 USER GROUP`)\n",
                 Timestamp(SystemTime::now()),
                 path.display(),
-                io::Error::from_raw_os_error(errno)
             );
             let _ = self.write_now(line.as_bytes());
         }
@@ -726,6 +755,89 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
     unsafe { *libc::__errno_location() = saved };
 }
 
+/// [`Output::reopen_error`] for a reopen refused by [`open_log_file`]'s link rule (not an
+/// errno: those are positive).
+const LINK_REFUSED: i32 = -1;
+
+/// Longest path [`open_log_file`] follows a link to (PATH_MAX, with its NUL).
+const PATH_BYTES: usize = 4096;
+
+/// Links [`open_log_file`] follows in a row before it gives up (ELOOP).
+const MAX_LINKS: usize = 16;
+
+/// Opens a log file to append to (creating it, mode [`FILE_MODE`]), following a symbolic
+/// link at the path only when root or this process's effective user owns it (the rule of
+/// the kernel's `fs.protected_symlinks`, applied everywhere: postern opens its logs as
+/// root before `--uid`, and a link the `--uid` user or anyone else planted could make it
+/// append to any file). Each link is opened itself (`O_PATH | O_NOFOLLOW`), checked, and
+/// its target read from that same descriptor, so a link swapped after the check is never
+/// followed. Links the kernel makes in /proc (`/dev/stdout` -> `/proc/self/fd/1`, which
+/// names a pipe or a terminal, not a path) are followed by the kernel: no user can plant
+/// one. The directories on the way are resolved as given (the operator's path). On a
+/// refused link, `refused` gets the link's path and owner, and the error is EPERM.
+/// Async-signal-safe (the SIGUSR1 handler calls it): system calls and stack buffers only.
+fn open_log_file(
+    path: &std::ffi::CStr,
+    refused: &mut dyn FnMut(&std::ffi::CStr, u32),
+) -> rustix::io::Result<OwnedFd> {
+    use rustix::fs::{FileType, Mode, OFlags, CWD};
+    use rustix::io::Errno;
+    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(FILE_MODE);
+    let mut cur = [0u8; PATH_BYTES];
+    let bytes = path.to_bytes_with_nul();
+    cur.get_mut(..bytes.len())
+        .ok_or(Errno::NAMETOOLONG)?
+        .copy_from_slice(bytes);
+    let mut len = bytes.len() - 1;
+    for _ in 0..=MAX_LINKS {
+        let here = std::ffi::CStr::from_bytes_with_nul(&cur[..=len]).map_err(|_| Errno::INVAL)?;
+        match rustix::fs::openat(CWD, here, flags | OFlags::NOFOLLOW, mode) {
+            Err(Errno::LOOP) => {}
+            other => return other,
+        }
+        // A link at the last component (O_NOFOLLOW's ELOOP): look at the link itself.
+        let link = rustix::fs::openat(
+            CWD,
+            here,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&link)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+            return Err(Errno::LOOP);
+        }
+        if rustix::fs::fstatfs(&link).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC) {
+            return rustix::fs::openat(CWD, here, flags, mode);
+        }
+        if st.st_uid != 0 && st.st_uid != rustix::process::geteuid().as_raw() {
+            refused(here, st.st_uid);
+            return Err(Errno::PERM);
+        }
+        let mut target = [0u8; PATH_BYTES];
+        let n = rustix::fs::readlinkat_raw(&link, c"", &mut target[..])?;
+        if n == 0 || n >= PATH_BYTES {
+            return Err(Errno::NAMETOOLONG);
+        }
+        // A relative target is relative to the link's directory.
+        let keep = if target[0] == b'/' {
+            0
+        } else {
+            cur[..len]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map_or(0, |i| i + 1)
+        };
+        if keep + n >= PATH_BYTES {
+            return Err(Errno::NAMETOOLONG);
+        }
+        cur[keep..keep + n].copy_from_slice(&target[..n]);
+        len = keep + n;
+        cur[len] = 0;
+    }
+    Err(Errno::LOOP)
+}
+
 /// Opens each log file's path again and puts the new file under the old descriptor.
 /// Async-signal-safe: no allocation, no lock.
 fn reopen_files() {
@@ -734,13 +846,16 @@ fn reopen_files() {
         let Kind::File { c_path, file, .. } = &out.kind else {
             continue;
         };
-        use rustix::fs::{Mode, OFlags};
-        // A `&CStr` path is passed as it is: no allocation.
-        let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC;
-        let new = match rustix::fs::open(c_path.as_c_str(), flags, Mode::from_raw_mode(FILE_MODE)) {
+        let mut planted = false;
+        let new = match open_log_file(c_path.as_c_str(), &mut |_, _| planted = true) {
             Ok(fd) => fd,
             Err(e) => {
-                out.reopen_error.store(e.raw_os_error(), Ordering::Relaxed);
+                let code = if planted {
+                    LINK_REFUSED
+                } else {
+                    e.raw_os_error()
+                };
+                out.reopen_error.store(code, Ordering::Relaxed);
                 continue;
             }
         };
@@ -1623,5 +1738,88 @@ mod tests {
             [Msg::Line(b"ok\n".to_vec())]
         );
         assert_eq!(out.queued_bytes.load(Ordering::Relaxed), QUEUE_BYTES - 1);
+    }
+
+    /// What `open_log_file` opens at `path`: Ok(written file's text) after appending
+    /// "x", or Err((errno, refused link and its owner)).
+    fn append_x(path: &Path) -> Result<(), (i32, Option<(PathBuf, u32)>)> {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let mut refused = None;
+        match open_log_file(&c, &mut |l, uid| {
+            refused = Some((
+                PathBuf::from(std::ffi::OsStr::from_bytes(l.to_bytes())),
+                uid,
+            ))
+        }) {
+            Ok(fd) => {
+                File::from(fd).write_all(b"x").unwrap();
+                Ok(())
+            }
+            Err(e) => Err((e.raw_os_error(), refused)),
+        }
+    }
+
+    // See: sec's audit, HIGH: a root-started postern appended through a link another
+    // user planted at --log-file/--access-log (O_APPEND|O_CREAT, no O_NOFOLLOW).
+    #[test]
+    fn follows_only_links_root_or_its_own_user_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let victim = d.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = |name: &str, target: &str| {
+            let l = d.join(name);
+            std::os::unix::fs::symlink(target, &l).unwrap();
+            l
+        };
+        // This user's own links, relative and in a chain: followed.
+        let real = link("a.log", "sub/../b.log");
+        link("b.log", "victim");
+        std::fs::create_dir(d.join("sub")).unwrap();
+        append_x(&real).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keepx");
+        // No file yet: created (not through a link), mode 0640.
+        append_x(&d.join("new.log")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("new.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777 & !FILE_MODE, 0, "{mode:o}");
+        // The kernel's links: /dev/stderr -> /proc/self/fd/2 (whatever fd 2 is).
+        append_x(Path::new("/dev/stderr")).unwrap();
+        // A loop: ELOOP, not a hang.
+        let l = link("loop1", "loop2");
+        link("loop2", "loop1");
+        assert_eq!(append_x(&l).unwrap_err().0, libc::ELOOP);
+
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: a link owned by another user needs root to make (lchown)");
+            return;
+        }
+        // Another user's link, at the path or on the way: refused, named, not followed.
+        let theirs = link("theirs.log", "victim");
+        let chain = link("chain.log", "theirs.log");
+        let nobody = 65534;
+        std::os::unix::fs::lchown(&theirs, Some(nobody), Some(nobody)).unwrap();
+        for path in [&theirs, &chain] {
+            let (errno, refused) = append_x(path).unwrap_err();
+            assert_eq!(errno, libc::EPERM);
+            assert_eq!(refused, Some((theirs.clone(), nobody)));
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keepx");
+        // The same through Output::file: a start-up error naming the link and owner.
+        let err = Output::file(&chain, "access log")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "refusing to open the access log {}: {} is a symbolic link owned by",
+                chain.display(),
+                theirs.display()
+            )) && err.contains("(uid 65534), not by root or postern's user (uid 0)"),
+            "{err}"
+        );
     }
 }

@@ -380,6 +380,83 @@ fn a_symlink_at_the_socket_path_is_refused_never_followed_or_replaced() {
     );
 }
 
+// See: sec's audit (HIGH): a root-started postern wrote its pid through a link planted at
+// --pidfile (truncating the link's target) and appended its logs through one planted at
+// --log-file/--access-log.
+#[test]
+fn a_link_another_user_planted_at_the_pidfile_or_a_log_is_never_written_through() {
+    if !is_root() {
+        eprintln!("SKIPPED: a link owned by another user needs root to make (lchown)");
+        return;
+    }
+    let dir = tempdir();
+    let d = dir.path();
+    let victim = d.join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let plant = |name: &str| {
+        let link = d.join(name);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        link
+    };
+    let sock = d.join("u.sock");
+    let listen = format!("unix:{}", sock.display());
+    for opt in ["--log-file", "--access-log"] {
+        let link = plant(&format!("planted{opt}"));
+        let mut cmd = command(&security_app());
+        cmd.args(["--uwsgi", &listen]).arg(opt).arg(&link);
+        let errfile = d.join("stderr");
+        cmd.stderr(std::fs::File::create(&errfile).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let status = wait_child(&mut child, 30);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let err = std::fs::read_to_string(&errfile).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{opt}: {err}");
+        assert!(
+            err.contains(&format!(
+                ": {} is a symbolic link owned by nobody (uid 65534), not by root or postern's user (uid 0); postern never follows a link another user could have planted",
+                link.display()
+            )),
+            "{opt}: {err}"
+        );
+    }
+    // The pidfile replaces the planted link; root's own link at --access-log and the
+    // kernel's /dev/stderr at --log-file (a container's habit) are followed.
+    let pidfile = plant("app.pid");
+    let access = d.join("real-access.log");
+    let access_link = d.join("access.log");
+    std::os::unix::fs::symlink(&access, &access_link).unwrap();
+    let mut cmd = command(&security_app());
+    cmd.args(["--uwsgi", &listen])
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .arg("--access-log")
+        .arg(&access_link)
+        .args(["--log-file", "/dev/stderr"]);
+    let p = Postern::spawn(cmd, Addr::Unix(sock), d, None);
+    assert!(
+        p.logs().contains("--pidfile was a symbolic link: replaced"),
+        "{}",
+        p.logs()
+    );
+    let meta = std::fs::symlink_metadata(&pidfile).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", p.pid())
+    );
+    p.get("/");
+    assert!(wait_until(10, || std::fs::read_to_string(&access)
+        .is_ok_and(|a| a.contains("GET"))));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.len()), (0o600, 4));
+}
+
 #[test]
 fn only_a_stale_socket_is_replaced() {
     let dir = tempdir();
