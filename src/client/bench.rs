@@ -364,10 +364,11 @@ impl Kept {
 }
 
 impl fastcgi::Stdout for Kept {
-    fn append(&mut self, content: &[u8]) {
+    fn append(&mut self, content: &[u8]) -> Result<(), fastcgi::ReadError> {
         let n = KEEP.saturating_sub(self.bytes.len()).min(content.len());
         self.bytes.extend_from_slice(&content[..n]);
         self.more += content.len() - n;
+        Ok(())
     }
 
     fn received(&self) -> usize {
@@ -502,7 +503,9 @@ fn exchange(conn: &mut Conn, plan: &Plan, bufs: &mut Buffers, cutoff: Instant) -
             Ok(()) => {}
             Err(ReadError::Io(e)) => return Err(io_failure(&e, received)),
             Err(ReadError::Cut(_)) => return Err((Failure::Reset, received)),
-            Err(ReadError::Protocol(_)) => return Err((Failure::BadResponse, received)),
+            Err(ReadError::Protocol(_) | ReadError::Client(_)) => {
+                return Err((Failure::BadResponse, received))
+            }
         }
     } else {
         // uwsgi, SCGI: the response runs to EOF.
@@ -510,7 +513,10 @@ fn exchange(conn: &mut Conn, plan: &Plan, bufs: &mut Buffers, cutoff: Instant) -
         loop {
             match conn.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => bufs.response.append(&chunk[..n]),
+                Ok(n) => {
+                    // Kept never refuses.
+                    let _ = bufs.response.append(&chunk[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let received = if bufs.response.received() == 0 {
@@ -948,9 +954,9 @@ mod tests {
     fn keeps_the_start_of_a_long_response_and_counts_the_rest() {
         let mut kept = Kept::default();
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n";
-        kept.append(head);
+        kept.append(head).unwrap();
         for _ in 0..100 {
-            kept.append(&[b'x'; 2000]);
+            kept.append(&[b'x'; 2000]).unwrap();
         }
         assert_eq!(kept.bytes.len(), KEEP);
         assert_eq!(kept.received(), head.len() + 200_000);

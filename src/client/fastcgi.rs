@@ -16,6 +16,9 @@ pub enum ReadError {
     Cut(String),
     /// The server answered, but not in FastCGI or not to our request.
     Protocol(String),
+    /// Where the response went refused it (`postern request`'s printer: a head over its
+    /// limit, stdout closed).
+    Client(Box<ClientError>),
 }
 
 impl ReadError {
@@ -25,6 +28,7 @@ impl ReadError {
             ReadError::Io(source) => ClientError::Io { target, source },
             ReadError::Cut(reason) => ClientError::Cut { target, reason },
             ReadError::Protocol(reason) => ClientError::Protocol { target, reason },
+            ReadError::Client(e) => *e,
         }
     }
 }
@@ -132,12 +136,19 @@ impl StderrLines {
     }
 }
 
+/// The longest FCGI_STDERR line [`StderrLines`] holds before it prints what it has: a
+/// server that never sends a newline must not grow it without end.
+const STDERR_LINE: usize = 8 * 1024;
+
 impl Aside for StderrLines {
     fn stderr(&mut self, content: &[u8]) {
         self.pending.extend_from_slice(content);
         while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=nl).collect();
             Self::print(&line[..nl]);
+        }
+        if self.pending.len() > STDERR_LINE {
+            self.flush();
         }
     }
 
@@ -156,14 +167,16 @@ impl Drop for StderrLines {
 /// Where [`read_response`] puts the FCGI_STDOUT stream: all of it (`postern request`),
 /// or what `postern bench` keeps of it (a response of any length in bounded memory).
 pub trait Stdout {
-    fn append(&mut self, content: &[u8]);
+    /// An error ends the reading (and is returned by [`read_response`]).
+    fn append(&mut self, content: &[u8]) -> Result<(), ReadError>;
     /// Bytes received so far.
     fn received(&self) -> usize;
 }
 
 impl Stdout for Vec<u8> {
-    fn append(&mut self, content: &[u8]) {
+    fn append(&mut self, content: &[u8]) -> Result<(), ReadError> {
         self.extend_from_slice(content);
+        Ok(())
     }
 
     fn received(&self) -> usize {
@@ -207,7 +220,7 @@ pub fn read_response(
             )));
         }
         match record.kind {
-            fcgi::STDOUT => stdout.append(&record.content),
+            fcgi::STDOUT => stdout.append(&record.content)?,
             fcgi::STDERR => aside.stderr(&record.content),
             fcgi::END_REQUEST => {
                 check_end_request(&record.content, aside).map_err(ReadError::Protocol)?;
@@ -228,8 +241,9 @@ pub fn read_response(
     }
 }
 
-/// `postern request`: the CGI response of the one request sent on `stream`, the
-/// server's FCGI_STDERR printed on our stderr.
+/// The CGI response of the one request sent on `stream`, whole, the server's
+/// FCGI_STDERR printed on our stderr (`postern request` prints it as it comes instead).
+#[cfg(test)]
 pub fn read_fastcgi_response(stream: &mut impl Read, label: &str) -> Result<Vec<u8>, ClientError> {
     let mut stdout = Vec::new();
     let mut stderr = StderrLines::default();

@@ -28,10 +28,11 @@ pub mod output;
 pub mod url;
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use encode::Request;
+use output::{Answer, Printer};
 use url::{is_socket_file, parse_url, Conn, Scheme, UrlError};
 
 /// Exit code for a connection failure (curl's "couldn't connect"), also used for an
@@ -70,7 +71,7 @@ pub enum ClientError {
 fn io_text(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            "timed out: nothing came or went within --timeout".into()
+            "timed out: the exchange was not over within --timeout".into()
         }
         _ => e.to_string(),
     }
@@ -107,7 +108,9 @@ pub struct RequestArgs {
     /// Request body, or @FILE to send a file's contents.
     #[arg(short = 'd', long, value_name = "BODY|@FILE")]
     pub data: Option<String>,
-    /// Seconds to wait for connect and for each read or write.
+    /// Seconds the whole exchange may take: connecting, sending the request and
+    /// reading the whole response. Past it the request stops with exit code 7 (what
+    /// came of the response is printed).
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub timeout: f64,
     /// FastCGI only: send no CONTENT_LENGTH and stream the body in 8 KiB STDIN records,
@@ -140,10 +143,12 @@ pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
     }
     let label = url.target.label();
     let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
+    let deadline = Instant::now() + timeout;
     let connect = || {
         url.target
             .resolve()
             .and_then(|endpoint| endpoint.connect(timeout))
+            .map(|conn| Deadline { conn, deadline })
             .map_err(|source| ClientError::Connect {
                 target: label.clone(),
                 source,
@@ -171,22 +176,76 @@ pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
     }
     stream.flush().map_err(io_err)?;
 
+    let mut out = io::stdout().lock();
     match url.scheme {
-        Scheme::Uwsgi => output::print_http_response(&read_to_eof(&mut stream, &label)?),
+        Scheme::Uwsgi => print_to_eof(&mut stream, Printer::new(Answer::Http, &mut out, &label)),
         Scheme::FastCgi => {
-            let response = fastcgi::read_fastcgi_response(&mut stream, &label)?;
+            let mut printer = Printer::new(Answer::FastCgi, &mut out, &label);
+            let mut stderr = fastcgi::StderrLines::default();
+            fastcgi::read_response(&mut stream, &mut Vec::new(), &mut printer, &mut stderr)
+                .map_err(|e| e.at(&label))?;
             // Not waiting for EOF: END_REQUEST ends the exchange (keep_conn is off, so
             // the server closes its side anyway).
             drop(stream);
-            if response.starts_with(b"HTTP/") {
-                eprintln!(
-                    "postern request: warning: the FastCGI response starts with an HTTP \
-                     status line; nginx skips it and sends 200 unless a Status header follows"
-                );
-            }
-            output::print_cgi_response(&response, &label)
+            printer.finish()
         }
-        Scheme::Scgi => output::print_cgi_response(&read_to_eof(&mut stream, &label)?, &label),
+        Scheme::Scgi => print_to_eof(&mut stream, Printer::new(Answer::Cgi, &mut out, &label)),
+    }
+}
+
+/// A connection whose reads and writes all end by one deadline: `--timeout` bounds the
+/// whole exchange, not each wait (a server that sends a byte every few seconds, or an
+/// endless body, would otherwise hold a health check forever). Before each call the
+/// socket's timeouts are set to the time left.
+struct Deadline {
+    conn: Conn,
+    deadline: Instant,
+}
+
+impl Deadline {
+    fn arm(&self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.conn.set_timeout(left)
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.conn.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.conn.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.conn.flush()
+    }
+}
+
+/// Prints the answer as it comes, up to EOF (uwsgi, SCGI: the server closes after it).
+fn print_to_eof(stream: &mut impl Read, mut printer: Printer<'_>) -> Result<i32, ClientError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return printer.finish(),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(ClientError::Io {
+                    target: printer.label().to_owned(),
+                    source,
+                })
+            }
+        };
+        printer.feed(&buf[..n])?;
     }
 }
 
@@ -202,28 +261,6 @@ fn read_body(args: &RequestArgs) -> Result<Vec<u8>, ClientError> {
     })
 }
 
-/// Reads the whole answer (uwsgi, SCGI: the server closes after it); nothing at all is
-/// an error.
-fn read_to_eof(stream: &mut Conn, label: &str) -> Result<Vec<u8>, ClientError> {
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|source| ClientError::Io {
-            target: label.to_owned(),
-            source,
-        })?;
-    if response.is_empty() {
-        return Err(ClientError::Io {
-            target: label.to_owned(),
-            source: io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection without answering",
-            ),
-        });
-    }
-    Ok(response)
-}
-
 /// Splits a byte string of FastCGI records into (type, id, content).
 #[cfg(test)]
 fn records(mut bytes: &[u8]) -> Vec<(u8, u16, Vec<u8>)> {
@@ -235,4 +272,43 @@ fn records(mut bytes: &[u8]) -> Vec<(u8, u16, Vec<u8>)> {
     }
     assert!(bytes.is_empty());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // See: sec's audit: `--timeout 8` bounded each read, so a server sending a byte a
+    // second (or an endless body) held `postern request` forever.
+    #[test]
+    fn the_timeout_bounds_the_whole_exchange() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let _ = c.read(&mut [0; 4096]);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nX: ");
+            // A byte every 50 ms for 5 s (a client without a deadline fails, not hangs).
+            for _ in 0..100 {
+                if c.write_all(b"a").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let args = RequestArgs {
+            url: format!("uwsgi://127.0.0.1:{port}/"),
+            headers: Vec::new(),
+            method: None,
+            data: None,
+            timeout: 0.5,
+            no_content_length: false,
+            get_values: false,
+        };
+        let started = Instant::now();
+        let err = run(&args).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "{err}");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert_eq!(err.exit_code(), EXIT_CONNECT);
+    }
 }

@@ -1,11 +1,20 @@
 //! Printing `postern request`'s answer `curl -i` style, and its exit code: a uwsgi
 //! answer as it came, a CGI answer (FastCGI, SCGI) turned into HTTP by
-//! [`response::cgi_to_http`].
+//! [`response::cgi_to_http`]. The answer is printed as it arrives ([`Printer`]): only
+//! the head is held, up to [`HEAD_LIMIT`], so a response of any length (an endless one
+//! included, until `--timeout`) takes bounded memory.
 
 use std::io::{self, Write};
 
+use super::fastcgi::{ReadError, Stdout};
 use super::{ClientError, EXIT_5XX, EXIT_CONNECT};
 use crate::proto::response;
+
+/// The longest response head (status line or CGI headers, up to the empty line)
+/// `postern request` reads: the server's own limit on a request head (65535 bytes) and
+/// the most nginx's `uwsgi_buffer_size` / `fastcgi_buffer_size` usefully take. A head
+/// still unfinished past it is refused, not kept growing.
+pub const HEAD_LIMIT: usize = 64 * 1024;
 
 /// Prints the response (or the GET_VALUES answer) as raw bytes.
 pub fn write_stdout(bytes: &[u8]) -> Result<(), ClientError> {
@@ -15,26 +24,210 @@ pub fn write_stdout(bytes: &[u8]) -> Result<(), ClientError> {
         .map_err(ClientError::Output)
 }
 
-/// Prints a uwsgi answer (an HTTP status line and headers) as it is.
-pub fn print_http_response(response: &[u8]) -> Result<i32, ClientError> {
-    write_stdout(response)?;
-    Ok(match response::status_code(response) {
-        Some(s) if s >= 500 => EXIT_5XX,
-        Some(_) => 0,
-        None => {
-            eprintln!("postern request: the response has no HTTP status line");
-            EXIT_CONNECT
-        }
-    })
+/// What the server answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// uwsgi: an HTTP status line and headers, printed as they are.
+    Http,
+    /// SCGI: a CGI response, printed as HTTP.
+    Cgi,
+    /// FastCGI's STDOUT: a CGI response, printed as HTTP (an HTTP status line there is
+    /// warned about: nginx skips it).
+    FastCgi,
 }
 
-/// Prints a CGI response (FastCGI STDOUT, SCGI) as HTTP and picks the exit code.
-pub fn print_cgi_response(response: &[u8], label: &str) -> Result<i32, ClientError> {
-    let (status, http) =
-        response::cgi_to_http(response).map_err(|reason| ClientError::Protocol {
-            target: label.to_owned(),
-            reason: reason.to_string(),
-        })?;
-    write_stdout(&http)?;
-    Ok(if status >= 500 { EXIT_5XX } else { 0 })
+/// Prints a response as it arrives: the head once it is complete (converted from CGI
+/// for FastCGI and SCGI), then each piece of the body as it comes.
+pub struct Printer<'a> {
+    answer: Answer,
+    out: &'a mut dyn Write,
+    label: &'a str,
+    /// The head so far (and any body bytes that came with it), until it is printed.
+    head: Vec<u8>,
+    /// Set once the head is printed: its status code (`None`: no HTTP status line).
+    status: Option<Option<u16>>,
+    received: usize,
+}
+
+impl<'a> Printer<'a> {
+    pub fn new(answer: Answer, out: &'a mut dyn Write, label: &'a str) -> Printer<'a> {
+        Printer {
+            answer,
+            out,
+            label,
+            head: Vec::new(),
+            status: None,
+            received: 0,
+        }
+    }
+
+    /// The server, for messages.
+    pub fn label(&self) -> &str {
+        self.label
+    }
+
+    /// The next bytes of the response.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.received += bytes.len();
+        if self.status.is_some() {
+            return self.out.write_all(bytes).map_err(ClientError::Output);
+        }
+        self.head.extend_from_slice(bytes);
+        match head_end(&self.head) {
+            Some(end) if end <= HEAD_LIMIT => self.print_head(),
+            _ if self.head.len() > HEAD_LIMIT => Err(ClientError::Protocol {
+                target: self.label.to_owned(),
+                reason: format!(
+                    "the response head (status line and headers) is over {} KiB; postern request reads no more of it",
+                    HEAD_LIMIT / 1024
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn print_head(&mut self) -> Result<(), ClientError> {
+        let buf = std::mem::take(&mut self.head);
+        let (status, bytes) = match self.answer {
+            Answer::Http => (response::status_code(&buf), buf),
+            Answer::Cgi | Answer::FastCgi => {
+                if self.answer == Answer::FastCgi && buf.starts_with(b"HTTP/") {
+                    eprintln!(
+                        "postern request: warning: the FastCGI response starts with an HTTP \
+                         status line; nginx skips it and sends 200 unless a Status header follows"
+                    );
+                }
+                let (status, http) =
+                    response::cgi_to_http(&buf).map_err(|reason| ClientError::Protocol {
+                        target: self.label.to_owned(),
+                        reason: reason.to_string(),
+                    })?;
+                (Some(status), http)
+            }
+        };
+        self.status = Some(status);
+        self.out.write_all(&bytes).map_err(ClientError::Output)
+    }
+
+    /// The response is complete: prints a head still held (one without an empty line
+    /// ending it) and returns the exit code.
+    pub fn finish(mut self) -> Result<i32, ClientError> {
+        if self.status.is_none() {
+            if self.received == 0 {
+                return Err(ClientError::Io {
+                    target: self.label.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection without answering",
+                    ),
+                });
+            }
+            self.print_head()?;
+        }
+        self.out.flush().map_err(ClientError::Output)?;
+        Ok(match self.status.flatten() {
+            Some(s) if s >= 500 => EXIT_5XX,
+            Some(_) => 0,
+            None => {
+                eprintln!("postern request: the response has no HTTP status line");
+                EXIT_CONNECT
+            }
+        })
+    }
+}
+
+/// FastCGI's STDOUT records go straight to the printer.
+impl Stdout for Printer<'_> {
+    fn append(&mut self, content: &[u8]) -> Result<(), ReadError> {
+        self.feed(content)
+            .map_err(|e| ReadError::Client(Box::new(e)))
+    }
+
+    fn received(&self) -> usize {
+        self.received
+    }
+}
+
+/// Where the head ends: just after its first empty line (CRLF or bare LF endings, as
+/// CGI allows).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') {
+        let line = &buf[pos..pos + nl];
+        pos += nl + 1;
+        if line.is_empty() || line == b"\r" {
+            return Some(pos);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn printed(answer: Answer, pieces: &[&[u8]]) -> (Result<i32, String>, Vec<u8>) {
+        let mut out = Vec::new();
+        let mut p = Printer::new(answer, &mut out, "t");
+        let mut r = Ok(());
+        for piece in pieces {
+            r = r.and_then(|()| p.feed(piece));
+        }
+        let r = r.and_then(|()| p.finish()).map_err(|e| e.to_string());
+        (r, out)
+    }
+
+    #[test]
+    fn prints_the_head_then_the_body_as_it_comes() {
+        let (r, out) = printed(
+            Answer::Http,
+            &[b"HTTP/1.1 503 Busy\r\nX: ", b"1\r\n\r\nbo", b"dy"],
+        );
+        assert_eq!(r, Ok(EXIT_5XX));
+        assert_eq!(out, b"HTTP/1.1 503 Busy\r\nX: 1\r\n\r\nbody");
+        let (r, out) = printed(Answer::Cgi, &[b"Status: 404\nX: 1\n", b"\nbody"]);
+        assert_eq!(r, Ok(0));
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nX: 1\r\n\r\nbody");
+        // No empty line: printed at the end as before (uwsgi), refused (CGI).
+        let (r, out) = printed(Answer::Http, &[b"HTTP/1.1 200 OK\r\nX: 1"]);
+        assert_eq!((r, &out[..]), (Ok(0), &b"HTTP/1.1 200 OK\r\nX: 1"[..]));
+        let (r, _) = printed(Answer::Cgi, &[b"X: 1"]);
+        assert!(r.unwrap_err().contains("does not end"));
+        let (r, _) = printed(Answer::Http, &[]);
+        assert!(r.unwrap_err().contains("without answering"));
+    }
+
+    // See: sec's audit: an endless response head grew `postern request` to 1.5 GB.
+    #[test]
+    fn rejects_a_head_over_the_limit() {
+        let big = vec![b'A'; 16 * 1024];
+        let mut out = Vec::new();
+        let mut p = Printer::new(Answer::Http, &mut out, "t");
+        p.feed(b"HTTP/1.1 200 OK\r\nX: ").unwrap();
+        let err = (0..10)
+            .find_map(|_| p.feed(&big).err())
+            .expect("refused within 160 KiB");
+        assert!(
+            err.to_string()
+                .contains("head (status line and headers) is over 64 KiB"),
+            "{err}"
+        );
+        assert!(p.head.len() <= HEAD_LIMIT + big.len());
+        drop(p);
+        assert!(out.is_empty());
+        // A head just under the limit is printed, and a body of any length after it
+        // is not held.
+        let mut out = Vec::new();
+        let mut p = Printer::new(Answer::Http, &mut out, "t");
+        let mut head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        head.resize(HEAD_LIMIT - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        p.feed(&head).unwrap();
+        for _ in 0..100 {
+            p.feed(&big).unwrap();
+            assert!(p.head.is_empty());
+        }
+        assert_eq!(p.finish().unwrap(), 0);
+        assert_eq!(out.len(), HEAD_LIMIT + 100 * big.len());
+    }
 }

@@ -247,6 +247,20 @@ pub enum Conn {
     Unix(UnixStream),
 }
 
+impl Conn {
+    /// Sets the read and write timeouts.
+    pub fn set_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and_then(|()| s.set_write_timeout(Some(t))),
+            Conn::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and_then(|()| s.set_write_timeout(Some(t))),
+        }
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
