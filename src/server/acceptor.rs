@@ -304,8 +304,9 @@ impl Acceptor {
                         // only with a place under --max-requests for it.
                         Woken::Read => {
                             if let Some(conn) = self.room_for_kept(conn) {
-                                if let Some(req) = self.fcgi_read(conn, true, Instant::now(), false)
-                                {
+                                // Now, or when its request was seen waiting for a thread.
+                                let started = conn.read_start();
+                                if let Some(req) = self.fcgi_read(conn, true, started, false) {
                                     return Some(req);
                                 }
                             }
@@ -561,6 +562,12 @@ impl Acceptor {
         };
         let Some(age) = a.fresh_for else {
             let conn = fcgi_conn(a.sock, peer, permit);
+            if let Some(waited) = a.waited {
+                // Sent by a worker whose threads were all busy: its request's time
+                // counts from when it was first seen waiting there.
+                let now = Instant::now();
+                conn.mark_waiting(now.checked_sub(waited).unwrap_or(now));
+            }
             if self.parking.closing_for_good() {
                 // Nobody serves on (the whole server stops, or the master is gone) and
                 // the front server may have sent a request on it already: as at

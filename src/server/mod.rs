@@ -252,6 +252,22 @@ pub fn run(
             idle_close.clone(),
         ));
     }
+    // A WSGI worker whose Python threads are all busy hands the requests that come on
+    // its parked kept FastCGI connections to the workers with a free thread.
+    if let (Some(_), Some(m), None) = (handover, monitor.clone(), asgi.as_ref()) {
+        if listeners
+            .iter()
+            .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+        {
+            let m2 = Arc::clone(&m);
+            runtime.spawn(fastcgi::relieve(
+                Arc::clone(&parking),
+                move || m.threads_all_busy(),
+                move || m2.idle_elsewhere(),
+                idle_close.clone(),
+            ));
+        }
+    }
     // A kept connection whose hand-over fails once nobody serves on goes to the slow
     // lane, which answers a last request on it, then closes.
     let weak = Arc::downgrade(&acceptor);

@@ -766,6 +766,28 @@ impl Scoreboard {
             .count()
     }
 
+    /// Python threads of the WSGI worker in `slot` waiting for a request, as its lines
+    /// show (a line is busy from the thread's `begin` to its `end`).
+    pub fn idle_threads(&self, slot: usize) -> usize {
+        (0..self.python_threads.min(self.threads))
+            .filter(|&t| self.line(slot, t).since.load(Ordering::Acquire) == 0)
+            .count()
+    }
+
+    /// Idle Python threads of the other serving WSGI workers (see
+    /// [`Scoreboard::idle_threads`]).
+    pub fn idle_elsewhere(&self, slot: usize) -> usize {
+        let hw = self.high_water().min(self.slots);
+        (0..hw)
+            .filter(|&s| {
+                s != slot
+                    && self.head(s).state.load(Ordering::Acquire) == SERVING
+                    && !self.serves_asgi(s)
+            })
+            .map(|s| self.idle_threads(s))
+            .sum()
+    }
+
     /// The worker in `slot` serves ASGI: up to `max_concurrency` tasks at once.
     pub fn set_capacity(&self, slot: usize, max_concurrency: usize) {
         let n = u32::try_from(max_concurrency).unwrap_or(u32::MAX);
@@ -1267,6 +1289,32 @@ mod tests {
         sb.release(1);
         sb.reset(1, 12, 1, Cause::Boot);
         assert_eq!(sb.read().totals, t);
+    }
+
+    #[test]
+    fn idle_threads_are_counted_from_the_lines_of_serving_workers() {
+        let sb = Scoreboard::new(3, 2).unwrap();
+        for (slot, pid) in [(0, 10), (1, 11), (2, 12)] {
+            sb.reset(slot, pid, 0, Cause::Boot);
+        }
+        sb.mark_serving(0);
+        sb.mark_serving(1);
+        assert_eq!(sb.idle_threads(0), 2);
+        assert_eq!(
+            sb.idle_elsewhere(0),
+            2,
+            "a starting worker's threads are not counted"
+        );
+        sb.line(0, 0).begin(b"GET", b"/", Protocol::FastCgi);
+        sb.line(0, 1).begin(b"GET", b"/", Protocol::FastCgi);
+        assert_eq!(sb.idle_threads(0), 0);
+        sb.line(1, 1).begin(b"GET", b"/", Protocol::FastCgi);
+        assert_eq!(sb.idle_elsewhere(0), 1);
+        assert_eq!(sb.idle_elsewhere(1), 0);
+        sb.line(0, 0).end();
+        assert_eq!(sb.idle_elsewhere(1), 1);
+        sb.mark_draining(1, Cause::Reload);
+        assert_eq!(sb.idle_elsewhere(0), 0, "a leaving worker takes nothing");
     }
 
     #[test]

@@ -663,6 +663,14 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.served_one();
     }
 
+    fn threads_all_busy(&self) -> bool {
+        self.board.idle_threads(self.slot) == 0
+    }
+
+    fn idle_elsewhere(&self) -> usize {
+        self.board.idle_elsewhere(self.slot)
+    }
+
     fn requests_left(&self) -> Option<u64> {
         if self.board.held(self.slot).is_some() {
             // Held past the limit (`Scoreboard::hold`): it accepts as a worker with no

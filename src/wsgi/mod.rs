@@ -429,6 +429,16 @@ pub trait Monitor: Send + Sync {
     fn has_stopped(&self) -> bool {
         false
     }
+    /// A WSGI worker under a master: every one of its Python threads is running a
+    /// request (none waits for the next). Read by its I/O thread
+    /// ([`crate::server::fastcgi::relieve`]), never on a request's path.
+    fn threads_all_busy(&self) -> bool {
+        false
+    }
+    /// Python threads waiting for a request in the other serving WSGI workers.
+    fn idle_elsewhere(&self) -> usize {
+        0
+    }
     /// This process is about to warn that the app answered a status past 599 (once per
     /// process): whether it is the first of its generation of workers to (recycled
     /// workers' replacements stay quiet, as for the `--max-rss` warning).

@@ -8,7 +8,9 @@
 //! one, once idle, to the workers that go on serving, which wait on it as on their own.
 //! The connection never closes, and the front server never notices. New connections
 //! (any protocol) that have sent nothing yet, or whose first bytes came after a
-//! `--max-requests` worker took its last request, travel the same way, unread.
+//! `--max-requests` worker took its last request, travel the same way, unread. So does
+//! a kept connection with a request waiting, parked in a worker whose Python threads
+//! are all busy, to a worker with one free (`Parking::relieve`).
 //!
 //! The master makes one `SOCK_SEQPACKET` socket pair before it forks the first worker
 //! (when a listener speaks FastCGI); every worker inherits both ends. A leaving worker
@@ -47,15 +49,22 @@ use rustix::net::{
 
 /// First byte of a message: the format, so a stray datagram is never taken for one.
 const MAGIC: u8 = b'K';
-/// MAGIC, the listener index (u32, little endian), 1 if the connection never carried
-/// a request (else 0), then for such one its start on the machine's monotonic clock
-/// (milliseconds, the low 32 bits, LE): the receiver counts the time the message spent
-/// in the channel too (a message waits there while no serving worker takes it, e.g.
-/// while a recycled single worker's successor boots). Before, the sender wrote the
-/// age it had then, and that time was lost: the connection closed that much late.
-/// Then, for such a connection only, the bytes already read from it (at most
-/// [`MAX_READ`]).
+/// MAGIC, the listener index (u32, little endian), the kind ([`KEPT`], [`FRESH`],
+/// [`WAITING`]), then for a fresh one its start, for a waiting one when its request
+/// was first seen waiting, on the machine's monotonic clock (milliseconds, the low 32
+/// bits, LE): the receiver counts the time the message spent in the channel too (a
+/// message waits there while no serving worker takes it, e.g. while a recycled single
+/// worker's successor boots). Before, the sender wrote the age it had then, and that
+/// time was lost: the connection closed that much late. Then, for a fresh connection
+/// only, the bytes already read from it (at most [`MAX_READ`]).
 const MESSAGE_LEN: usize = 10;
+/// A kept connection, idle (no request waiting on it that anyone saw).
+const KEPT: u8 = 0;
+/// A connection that never carried a request (under `--head-timeout`).
+const FRESH: u8 = 1;
+/// A kept connection whose next request is in its socket, unread, sent by a worker
+/// whose Python threads were all busy ([`Channel::send_waiting`]).
+const WAITING: u8 = 2;
 /// Most bytes read from a connection that may travel with it: a whole head (64 KiB
 /// and its framing) and what of the body one more read brought.
 pub const MAX_READ: usize = 128 * 1024;
@@ -83,6 +92,10 @@ pub struct Adopted {
     /// Bytes a leaving worker read from it (a whole request head), to be taken before
     /// the socket's; empty for most.
     pub read: Vec<u8>,
+    /// A kept connection whose next request has waited this long for a Python thread
+    /// (sent by a worker whose threads were all busy): the request's time in the
+    /// access log counts from then.
+    pub waited: Option<Duration>,
 }
 
 impl Channel {
@@ -149,16 +162,36 @@ impl Channel {
                 "too many bytes read to hand the connection over",
             ));
         }
-        let mut msg = [0u8; MESSAGE_LEN];
-        msg[0] = MAGIC;
-        msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
-        if let Some(d) = fresh_for {
-            msg[5] = 1;
-            // Wraps like the receiver's subtraction: right for any age under ~49 days.
-            let age = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            let start = monotonic_ms().wrapping_sub(age) as u32;
-            msg[6..10].copy_from_slice(&start.to_le_bytes());
+        let msg = match fresh_for {
+            Some(age) => message(listener, FRESH, age),
+            None => message(listener, KEPT, Duration::ZERO),
+        };
+        self.send_message(sock, &msg, read)
+    }
+
+    /// Sends a kept connection whose next request is in its socket, unread, and has
+    /// waited `waited` for a Python thread of this worker (all busy), to a worker
+    /// that has one free: its first free Python thread takes it.
+    pub fn send_waiting(
+        &self,
+        sock: BorrowedFd<'_>,
+        listener: usize,
+        waited: Duration,
+    ) -> std::io::Result<()> {
+        if crate::stop::orphaned() {
+            return Err(std::io::Error::other(
+                "the master is gone: no worker serves on to take the connection",
+            ));
         }
+        self.send_message(sock, &message(listener, WAITING, waited), &[])
+    }
+
+    fn send_message(
+        &self,
+        sock: BorrowedFd<'_>,
+        msg: &[u8; MESSAGE_LEN],
+        read: &[u8],
+    ) -> std::io::Result<()> {
         let fds = [sock];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut wait = true;
@@ -169,7 +202,7 @@ impl Channel {
             }
             match rustix::net::sendmsg(
                 &self.tx,
-                &[IoSlice::new(&msg), IoSlice::new(read)],
+                &[IoSlice::new(msg), IoSlice::new(read)],
                 &mut control,
                 SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
             ) {
@@ -234,8 +267,8 @@ impl Channel {
         let well_formed = got.bytes >= MESSAGE_LEN
             && extra <= MAX_READ
             && msg[0] == MAGIC
-            && msg[5] <= 1
-            && (msg[5] == 1 || extra == 0)
+            && msg[5] <= WAITING
+            && (msg[5] == FRESH || extra == 0)
             && fds.len() == 1;
         if !well_formed {
             tracing::warn!(
@@ -246,10 +279,12 @@ impl Channel {
             return None;
         }
         let listener = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
-        let fresh_for = (msg[5] == 1).then(|| {
+        let since = || {
             let start = u32::from_le_bytes([msg[6], msg[7], msg[8], msg[9]]);
             Duration::from_millis(u64::from((monotonic_ms() as u32).wrapping_sub(start)))
-        });
+        };
+        let fresh_for = (msg[5] == FRESH).then(since);
+        let waited = (msg[5] == WAITING).then(since);
         let fd = fds.pop()?;
         read.truncate(extra);
         Some(Adopted {
@@ -257,8 +292,25 @@ impl Channel {
             listener,
             fresh_for,
             read,
+            waited,
         })
     }
+}
+
+/// A message's fixed part: `kind`, and for [`FRESH`] and [`WAITING`] the start of
+/// `age` ago.
+fn message(listener: usize, kind: u8, age: Duration) -> [u8; MESSAGE_LEN] {
+    let mut msg = [0u8; MESSAGE_LEN];
+    msg[0] = MAGIC;
+    msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
+    msg[5] = kind;
+    if kind != KEPT {
+        // Wraps like the receiver's subtraction: right for any age under ~49 days.
+        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        let start = monotonic_ms().wrapping_sub(age) as u32;
+        msg[6..10].copy_from_slice(&start.to_le_bytes());
+    }
+    msg
 }
 
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process of the machine (the
@@ -296,6 +348,29 @@ mod tests {
         front.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"answer");
         assert!(ch.take().is_none(), "nothing more to take");
+    }
+
+    #[test]
+    fn a_connection_whose_request_waits_arrives_with_that_wait() {
+        let ch = Channel::pair().unwrap();
+        let (mut front, ours) = UnixStream::pair().unwrap();
+        front.write_all(b"request").unwrap();
+        ch.send_waiting(ours.as_fd(), 2, Duration::from_millis(700))
+            .unwrap();
+        drop(ours);
+        std::thread::sleep(Duration::from_millis(100));
+        let a = ch.take().expect("one connection handed over");
+        assert_eq!((a.listener, a.fresh_for), (2, None), "a kept connection");
+        let waited = a.waited.expect("its request waits");
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_secs(60),
+            "the time in the channel counts: {waited:?}"
+        );
+        let mut got = [0u8; 7];
+        (&a.sock).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"request");
+        ch.send(front.as_fd(), 0, None, &[]).unwrap();
+        assert_eq!(ch.take().expect("a kept one").waited, None);
     }
 
     #[test]

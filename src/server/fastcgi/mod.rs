@@ -358,6 +358,21 @@ pub struct FcgiConn {
     /// are no stray ones). Only the lane keeps it: a request served inline came whole,
     /// so no record of it can follow.
     begun: Mutex<fcgi::BegunIds>,
+    /// 0, or 1 + nanoseconds from [`clock_base`] when its next request was first seen
+    /// waiting unread while parked (every Python thread busy: [`Parking::relieve`]),
+    /// or came so from another worker: that request's time runs from then
+    /// ([`FcgiConn::read_start`]).
+    waiting_since: AtomicU64,
+}
+
+/// The origin of [`FcgiConn::waiting_since`].
+fn clock_base() -> std::time::Instant {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    // An hour back: a wait that began in another worker before this one started.
+    *BASE.get_or_init(|| {
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
@@ -430,7 +445,39 @@ impl FcgiConn {
             _permit: permit,
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
+            waiting_since: AtomicU64::new(0),
         })
+    }
+
+    /// Its next request waits unread since `at` (kept if an earlier time is).
+    pub fn mark_waiting(&self, at: std::time::Instant) {
+        if self.waiting_since.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let ns = at.saturating_duration_since(clock_base()).as_nanos();
+        let v = u64::try_from(ns).unwrap_or(u64::MAX - 1) + 1;
+        self.waiting_since.store(v, Ordering::Relaxed);
+    }
+
+    /// When its next request was first seen waiting, if it was.
+    fn waiting_since(&self) -> Option<std::time::Instant> {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(clock_base() + Duration::from_nanos(v - 1)),
+        }
+    }
+
+    /// The start of the request about to be read from it, woken parked: now, or when it
+    /// was seen waiting for a Python thread (then the access log's time and the
+    /// duration metrics include that wait). One load on the usual path.
+    #[inline]
+    pub fn read_start(&self) -> std::time::Instant {
+        if self.waiting_since.load(Ordering::Relaxed) == 0 {
+            return std::time::Instant::now();
+        }
+        let at = self.waiting_since();
+        self.waiting_since.store(0, Ordering::Relaxed);
+        at.unwrap_or_else(std::time::Instant::now)
     }
 
     /// A handed-over connection comes with `read`, the bytes its leaving worker read
@@ -999,6 +1046,9 @@ pub struct Parking {
     successors: OnceLock<Successors>,
     /// Connections handed over so far.
     handed: AtomicUsize,
+    /// Connections with a request waiting handed to a worker with a free thread
+    /// ([`Parking::relieve`]).
+    relieved: AtomicUsize,
     /// The I/O runtime, where a cut response's mark waits for room
     /// ([`FcgiConn::mark_cut`]); unset in unit tests.
     io: OnceLock<tokio::runtime::Handle>,
@@ -1059,6 +1109,50 @@ pub async fn keep_room(
     }
 }
 
+/// How often a worker's I/O thread looks whether its Python threads are all busy
+/// ([`relieve`]): a few loads of the scoreboard, nothing on a request's path.
+const BUSY_LOOK: Duration = Duration::from_millis(50);
+
+/// How often it looks at its parked connections while they are: a request that comes
+/// on one then waits this long at most (plus the hand-over) for a free thread
+/// elsewhere.
+const BUSY_TICK: Duration = Duration::from_millis(10);
+
+/// Lines about requests handed to another worker because every thread was busy: one a
+/// second at most.
+static RELIEVED_LOG: crate::server::connection::RateLimit =
+    crate::server::connection::RateLimit::new();
+
+/// While every Python thread of this worker runs a request, nobody waits on the epoll
+/// where its idle kept FastCGI connections are parked: a request nginx sends on one
+/// (`fastcgi_keep_conn on` picks any cached connection) would wait for one of those
+/// threads, however long its request runs, while other workers have threads free.
+/// The I/O thread (never attached to Python) looks instead: every [`BUSY_LOOK`]
+/// whether `all_busy()`, and while so every [`BUSY_TICK`] which parked connections
+/// have input; each goes, its request unread in its socket, to the workers with a
+/// free thread (`idle_elsewhere()` of them at most per look: none when every worker
+/// is busy, so a connection is never passed between busy workers), where the first
+/// free thread takes it. Runs until `stop`.
+pub async fn relieve(
+    parking: Arc<Parking>,
+    all_busy: impl Fn() -> bool,
+    idle_elsewhere: impl Fn() -> usize,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut busy = false;
+    loop {
+        let wait = if busy { BUSY_TICK } else { BUSY_LOOK };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        busy = all_busy();
+        if busy {
+            parking.relieve(&idle_elsewhere);
+        }
+    }
+}
+
 /// Starts a slow-lane task on a held connection with its entry.
 pub type ToLane = Box<dyn Fn(Arc<FcgiConn>, Entry) + Send + Sync>;
 
@@ -1077,6 +1171,7 @@ impl Parking {
             open: AtomicBool::new(true),
             successors: OnceLock::new(),
             handed: AtomicUsize::new(0),
+            relieved: AtomicUsize::new(0),
             io: OnceLock::new(),
             marks: tokio_util::task::TaskTracker::new(),
             idle_clock: AtomicU64::new(0),
@@ -1142,6 +1237,109 @@ impl Parking {
             return true;
         }
         false
+    }
+
+    /// Every Python thread of this worker is busy ([`relieve`]): each parked connection
+    /// with input waiting is marked so (its request's time counts from now), and up
+    /// to `idle_elsewhere()` of them go to the workers with a free thread, their
+    /// requests unread in their sockets. Only one parked (owner and write lock
+    /// taken; nothing of a request still going out), whose input is not a close.
+    /// Returns how many were handed over.
+    pub fn relieve(&self, idle_elsewhere: &dyn Fn() -> usize) -> usize {
+        if !self.open.load(Ordering::SeqCst) {
+            return 0;
+        }
+        let Some(channel) = self.successors() else {
+            return 0;
+        };
+        let conns: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
+        if conns.is_empty() {
+            return 0;
+        }
+        let ready: Vec<Arc<FcgiConn>> = {
+            let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
+            let mut fds: Vec<rustix::event::PollFd<'_>> = conns
+                .iter()
+                .map(|c| rustix::event::PollFd::new(&c.sock, interest))
+                .collect();
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            match rustix::event::poll(&mut fds, Some(&zero)) {
+                Ok(n) if n > 0 => {}
+                _ => return 0,
+            }
+            let gone = rustix::event::PollFlags::RDHUP
+                | rustix::event::PollFlags::HUP
+                | rustix::event::PollFlags::ERR;
+            fds.iter()
+                .zip(&conns)
+                .filter(|(f, _)| {
+                    let r = f.revents();
+                    r.contains(rustix::event::PollFlags::IN) && !r.intersects(gone)
+                })
+                .map(|(_, c)| Arc::clone(c))
+                .collect()
+        };
+        let now = std::time::Instant::now();
+        let mut room: Option<usize> = None;
+        let mut sent = 0;
+        for c in ready {
+            let mut owner = c.owner();
+            if !matches!(*owner, Owner::Parked) {
+                continue;
+            }
+            c.mark_waiting(now);
+            if c.ending.load(Ordering::Acquire) > 0 || c.has_carried() {
+                continue;
+            }
+            if sent >= *room.get_or_insert_with(idle_elsewhere) {
+                continue;
+            }
+            // The stop may have begun meanwhile: then it decides (close_all).
+            if !self.open.load(Ordering::SeqCst) || !self.hands_over() {
+                continue;
+            }
+            let Some(w) = c.write.try_lock() else {
+                continue;
+            };
+            // Closed here from now: an event a Python thread takes meanwhile is stale.
+            *owner = Owner::Closed;
+            drop(owner);
+            self.unregister(&c);
+            let waited = c.waiting_since().map_or(Duration::ZERO, |t| t.elapsed());
+            match channel.send_waiting(c.sock.as_fd(), c.listener, waited) {
+                Ok(()) => {
+                    c.handed_over.store(true, Ordering::Release);
+                    drop(w);
+                    sent += 1;
+                    self.relieved.fetch_add(1, Ordering::Relaxed);
+                    let waited_ms = waited.as_millis() as u64;
+                    match RELIEVED_LOG.allow() {
+                        Some(unlogged) => {
+                            tracing::info!(peer = %c.peer, waited_ms, handed_unlogged = unlogged, "every Python thread of this worker is busy: a request waiting on a kept FastCGI connection goes to a worker with a free thread")
+                        }
+                        None => {
+                            tracing::debug!(peer = %c.peer, waited_ms, "every Python thread of this worker is busy: a request waiting on a kept FastCGI connection goes to a worker with a free thread")
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(w);
+                    tracing::warn!(peer = %c.peer, error = %e, "cannot hand a kept FastCGI connection with a request waiting to another worker; it waits here for a free thread");
+                    // Back in the epoll: adding it reports the input at once.
+                    *c.owner() = Owner::Held { input: true };
+                    self.park(c, false);
+                }
+            }
+        }
+        sent
+    }
+
+    /// Connections with a request waiting handed to a worker with a free thread so far.
+    pub fn relieved(&self) -> usize {
+        self.relieved.load(Ordering::Relaxed)
     }
 
     /// How a connection whose hand-over failed reaches the slow lane.
@@ -1496,6 +1694,88 @@ mod tests {
         drop(conn);
         let adopted = channel.take().expect("handed over");
         drop(adopted);
+    }
+
+    #[test]
+    fn a_busy_worker_hands_on_only_parked_connections_with_a_request_waiting() {
+        use std::io::{Read, Write};
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = Parking::new(Arc::new(ep));
+        let channel: &'static handover::Channel =
+            Box::leak(Box::new(handover::Channel::pair().unwrap()));
+        parking.hand_over_to(channel, Box::new(|| true));
+        let pair = || {
+            let (front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+            let sock = socket2::Socket::from(OwnedFd::from(ours));
+            let conn = FcgiConn::new(
+                sock,
+                "test".into(),
+                false,
+                4,
+                Duration::from_secs(1),
+                &parking,
+                None,
+            );
+            parking.park(Arc::clone(&conn), false);
+            (front, conn)
+        };
+        let (_quiet_front, quiet) = pair();
+        let (closed_front, closed) = pair();
+        drop(closed_front);
+        let (mut front, waiting) = pair();
+        front.write_all(b"next request").unwrap();
+        // Nobody free elsewhere: it stays, marked (its time counts from now).
+        assert_eq!(parking.relieve(&|| 0), 0);
+        assert!(matches!(*waiting.owner(), Owner::Parked));
+        let seen = waiting.waiting_since().expect("seen waiting");
+        assert!(quiet.waiting_since().is_none() && closed.waiting_since().is_none());
+        // An END_REQUEST still going out: not now.
+        waiting.ending.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(parking.relieve(&|| 1), 0);
+        waiting.ending.fetch_sub(1, Ordering::AcqRel);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(parking.relieve(&|| 1), 1);
+        assert_eq!(parking.relieved(), 1);
+        assert!(matches!(*waiting.owner(), Owner::Closed));
+        assert!(parking.get(waiting.key).is_none(), "out of the epoll");
+        assert!(matches!(*quiet.owner(), Owner::Parked));
+        assert!(matches!(*closed.owner(), Owner::Parked));
+        let a = channel.take().expect("handed over");
+        assert!(channel.take().is_none(), "only that one");
+        assert_eq!(a.listener, 4);
+        let waited = a.waited.expect("with its wait");
+        assert!(waited >= seen.elapsed().saturating_sub(Duration::from_millis(2)));
+        // Its request is in the socket, unread; this worker's copy does not close it.
+        drop(waiting);
+        let mut got = [0u8; 12];
+        (&a.sock).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"next request");
+        (&a.sock).write_all(b"answer").unwrap();
+        let mut back = [0u8; 6];
+        front.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"answer");
+    }
+
+    #[test]
+    fn the_wait_a_connection_was_seen_in_is_its_next_request_s_start_once() {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = Parking::new(Arc::new(ep));
+        let (_front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = FcgiConn::new(
+            socket2::Socket::from(OwnedFd::from(ours)),
+            "test".into(),
+            false,
+            0,
+            Duration::from_secs(1),
+            &parking,
+            None,
+        );
+        let t = std::time::Instant::now() - Duration::from_millis(300);
+        conn.mark_waiting(t);
+        conn.mark_waiting(std::time::Instant::now());
+        let start = conn.read_start();
+        assert!(start <= t + Duration::from_millis(1) && t <= start + Duration::from_millis(1));
+        assert!(conn.read_start() > t + Duration::from_millis(250), "once");
     }
 
     #[test]

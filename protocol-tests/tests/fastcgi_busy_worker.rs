@@ -1,0 +1,140 @@
+//! A request nginx sends on a kept FastCGI connection parked in a worker whose Python
+//! threads are all busy is served by a worker with a free thread, not held until one of
+//! the busy worker's requests ends (deploy tester's HIGH: with `fastcgi_keep_conn on`
+//! and 2 workers × 2 threads, load requests waited 10 s behind three 10 s requests, and
+//! with `fastcgi_read_timeout 3s` nginx answered 504).
+//!
+//! nginx (`fastcgi_keep_conn on` + upstream `keepalive`) and postern `--workers 2
+//! --threads 1`: a concurrent warm-up leaves kept connections parked in both workers,
+//! one long request pins a worker's only thread, then concurrent short requests (which
+//! nginx sends on its cached connections, some parked in the pinned worker) must each
+//! be answered within a second. Needs nginx: fails in CI if missing.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+use protocol_tests::stack::{Stack, Upstream};
+
+/// How long the pinning request runs.
+const PIN: Duration = Duration::from_secs(5);
+
+/// Concurrent short requests: `clients` at once, `each` requests each; returns every
+/// request's (time, status, body).
+fn burst(port: u16, clients: usize, each: usize) -> Vec<(Duration, u16, String)> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let out = Arc::clone(&out);
+            std::thread::spawn(move || {
+                for _ in 0..each {
+                    let t = Instant::now();
+                    let (status, body) = http_get(port, "/pid");
+                    out.lock().unwrap().push((t.elapsed(), status, body));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client thread panicked");
+    }
+    Arc::try_unwrap(out).unwrap().into_inner().unwrap()
+}
+
+/// One GET through nginx on a connection of its own (nginx's upstream side is what
+/// keeps connections).
+fn http_get(port: u16, target: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn a_request_on_a_connection_parked_in_a_busy_worker_goes_to_a_free_one() {
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args(["--workers", "2", "--threads", "1"])
+        .extra("fastcgi_read_timeout 30s;")
+        .start()
+    else {
+        return;
+    };
+    let port = s.nginx.port;
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 30),
+        "postern did not start:\n{}",
+        s.postern.logs()
+    );
+    // Warm-up: concurrent requests until both workers have answered, so nginx keeps
+    // connections to each (a worker's only thread busy, the other accepts).
+    let mut pids = BTreeSet::new();
+    for _ in 0..20 {
+        for (_, status, body) in burst(port, 8, 4) {
+            assert_eq!(status, 200, "warm-up: {body}");
+            pids.insert(body);
+        }
+        if pids.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "both workers served the warm-up: {pids:?}");
+    // The long request pins one worker's only thread.
+    let mark = s.dir.path().join("pinned");
+    let pin = {
+        let target = format!("/marked-sleep?s={}&mark={}", PIN.as_secs(), mark.display());
+        std::thread::spawn(move || http_get(port, &target))
+    };
+    assert!(
+        wait_until(10, || mark.exists()),
+        "the long request never reached the app:\n{}",
+        s.postern.logs()
+    );
+    let t0 = Instant::now();
+    let mut times = burst(port, 8, 8);
+    times.sort_by_key(|(t, _, _)| *t);
+    let elapsed = t0.elapsed();
+    let (pinned_status, _) = pin.join().unwrap();
+    assert_eq!(pinned_status, 200, "the long request");
+    let slow: Vec<_> = times
+        .iter()
+        .filter(|(t, _, _)| *t > Duration::from_secs(1))
+        .collect();
+    let logs = s.postern.logs();
+    assert!(
+        slow.is_empty() && elapsed < PIN,
+        "{} of {} short requests took over 1 s while a worker's only thread was busy (slowest {:?}, burst {elapsed:?}): {slow:?}\n{}",
+        slow.len(),
+        times.len(),
+        times.last().map(|t| t.0),
+        logs
+    );
+    assert!(
+        times.iter().all(|(_, status, _)| *status == 200),
+        "statuses: {times:?}"
+    );
+    s.assert_clean("busy worker");
+    eprintln!(
+        "{} short requests beside a pinned worker: slowest {:?} ({} hand-over lines logged)",
+        times.len(),
+        times.last().map(|t| t.0),
+        logs.matches("goes to a worker with a free thread").count()
+    );
+}
