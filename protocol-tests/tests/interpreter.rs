@@ -243,11 +243,12 @@ fn release(root: &Path, n: u32) -> PathBuf {
     std::fs::write(rel.join("mapped/shopmapped.py"), format!("VERSION = {n}\n")).unwrap();
     std::fs::write(
         rel.join("app.py"),
-        r#"import shopcore, shopmapped
+        r#"import shopcore, shopmapped, tracer
 
 def application(environ, start_response):
-    body = ("core=%d %s\nmapped=%d %s\n" % (shopcore.VERSION, shopcore.__file__,
-                                             shopmapped.VERSION, shopmapped.__file__)).encode()
+    body = ("core=%d %s\nmapped=%d %s\ntraced=%s\n" % (shopcore.VERSION, shopcore.__file__,
+                                             shopmapped.VERSION, shopmapped.__file__,
+                                             tracer.CONFIGURED)).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 "#,
@@ -301,6 +302,14 @@ def install():
         "import _shopfinder; _shopfinder.install()\n",
     )
     .unwrap();
+    // A tracing agent's setup: a sitecustomize that configures a module of the venv.
+    // Nothing runs it again in a worker, so what it set up must stay.
+    std::fs::write(site.join("tracer.py"), "CONFIGURED = False\n").unwrap();
+    std::fs::write(
+        site.join("sitecustomize.py"),
+        "import tracer\ntracer.CONFIGURED = True\n",
+    )
+    .unwrap();
     rel
 }
 
@@ -337,6 +346,7 @@ fn a_reload_reads_the_pth_files_of_a_venv_swapped_under_a_link() {
     let first = body(&p);
     assert!(first.contains("core=1 "), "{first}");
     assert!(first.contains("mapped=1 "), "{first}");
+    assert!(first.contains("traced=True"), "{first}");
 
     point_current(root, 2);
     std::fs::remove_dir_all(&r1).unwrap();
@@ -364,6 +374,8 @@ fn a_reload_reads_the_pth_files_of_a_venv_swapped_under_a_link() {
         "{second}\n{}",
         p.logs()
     );
+    // What the master's sitecustomize set up is kept (it would not run again).
+    assert!(second.contains("traced=True"), "{second}\n{}", p.logs());
     let logs = p.logs();
     assert!(
         logs.contains("the venv changed since postern started"),
@@ -375,6 +387,32 @@ fn a_reload_reads_the_pth_files_of_a_venv_swapped_under_a_link() {
             .any(|l| l.contains("app imported") && l.contains(&r2.display().to_string())),
         "{logs}"
     );
+
+    // A release whose venv was made for another Python: the reload fails, saying why,
+    // and the serving workers go on with release 2.
+    let r3 = release(root, 3);
+    let cfg = r3.join(".venv/pyvenv.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("version") {
+                "version = 3.10.0".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, text + "\n").unwrap();
+    point_current(root, 3);
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("a reload cannot change the Python version", 15),
+        "{}",
+        p.logs()
+    );
+    assert!(body(&p).contains("core=2 "), "{}", p.logs());
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(15).is_some());
 }

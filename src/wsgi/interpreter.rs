@@ -283,17 +283,38 @@ def _postern_site_snapshot():
     first = min((sys.path.index(d) for d in dirs), default=len(sys.path))
     added = [p for p in sys.path[first:] if p not in dirs]
     places = [real[d] for d in dirs] + [os.path.realpath(p) for p in added if os.path.isabs(p)]
+    # Only what the .pth files' import lines name (and their submodules), and only when
+    # loaded from those places: what a sitecustomize imported (a tracing agent's setup)
+    # is left alone, since nothing would run it again.
+    named = set()
+    for files in pth.values():
+        for _, data in files:
+            for line in data.decode('utf-8', 'replace').splitlines():
+                if line.startswith(('import ', 'import' + chr(9))):
+                    # Every name on the line: those not loaded from these places are
+                    # left out below.
+                    named.update(''.join(c if c.isalnum() or c in '_.' else ' '
+                                         for c in line).split())
+    tops = {n.split('.')[0] for n in named}
     modules = []
     for name, m in list(sys.modules.items()):
+        if name.split('.')[0] not in tops:
+            continue
         f = getattr(m, '__file__', None)
-        if not f or name in ('sitecustomize', 'usercustomize'):
+        if not isinstance(f, str):
             continue
         rf = os.path.realpath(f)
         if any(rf == p or rf.startswith(p.rstrip(os.sep) + os.sep) for p in places):
             modules.append(name)
     sys._postern_site = {'dirs': dirs, 'real': real, 'pth': pth, 'added': added,
                          'modules': modules, 'state': state}
-_postern_site_snapshot()
+try:
+    _postern_site_snapshot()
+except Exception as e:
+    # Only a worker's refresh at a reload depends on it: never stop Python's start.
+    import sys
+    sys._postern_site = None
+    sys._postern_site_error = repr(e)
 del _postern_site_snapshot
 ";
 
@@ -303,12 +324,28 @@ del _postern_site_snapshot
 /// and the import hooks those installed) and lets `site` read the directories again.
 /// Returns what changed, for the log; `None` when nothing did (the usual case: a few
 /// `stat`s and small reads per worker start).
-fn refresh_site(py: Python<'_>) -> PyResult<Option<String>> {
+fn refresh_site(py: Python<'_>) -> PyResult<Refresh> {
     let globals = pyo3::types::PyDict::new(py);
     py.run(SITE_REFRESH, Some(&globals), None)?;
-    globals
-        .get_item("changed")?
-        .map_or(Ok(None), |c| c.extract())
+    let outcome: Option<(String, String)> = match globals.get_item("outcome")? {
+        Some(o) if !o.is_none() => Some(o.extract()?),
+        _ => None,
+    };
+    Ok(match outcome {
+        None => Refresh::Same,
+        Some((kind, text)) if kind == "refuse" => Refresh::Refuse(text),
+        Some((_, text)) => Refresh::Changed(text),
+    })
+}
+
+/// What [`refresh_site`] found.
+enum Refresh {
+    /// The venv is as the master found it at start.
+    Same,
+    /// It changed, and this worker read its `.pth` files again: what changed.
+    Changed(String),
+    /// It changed in a way a reload cannot follow (another Python version): why.
+    Refuse(String),
 }
 
 const SITE_REFRESH: &std::ffi::CStr = c"
@@ -320,6 +357,23 @@ def _postern_site_refresh():
     real, pth = snap['state'](snap['dirs'])
     if real == snap['real'] and pth == snap['pth']:
         return None
+    # A venv made for another Python: its site-packages is not where this one looks.
+    if sys.prefix != sys.base_prefix:
+        try:
+            with open(os.path.join(sys.prefix, 'pyvenv.cfg')) as f:
+                for line in f:
+                    key, _, value = line.partition('=')
+                    if key.strip() in ('version', 'version_info'):
+                        want = '%d.%d' % sys.version_info[:2]
+                        if not value.strip().startswith(want + '.') and value.strip() != want:
+                            return ('refuse',
+                                'the venv at %s was made for Python %s, and this postern embeds '
+                                'Python %s: a reload cannot change the Python version; restart '
+                                'postern (or recreate the venv with Python %s)'
+                                % (sys.prefix, value.strip(), want, want))
+                        break
+        except OSError:
+            pass
     gone = set(snap['modules'])
     for name in gone:
         sys.modules.pop(name, None)
@@ -333,9 +387,9 @@ def _postern_site_refresh():
     for d in snap['dirs']:
         site.addsitedir(d)
     moved = ['%s -> %s' % (snap['real'][d], real[d]) for d in snap['dirs'] if real[d] != snap['real'][d]]
-    return ', '.join(moved) or '.pth files changed in ' + ', '.join(
-        d for d in snap['dirs'] if pth[d] != snap['pth'][d])
-changed = _postern_site_refresh()
+    return ('changed', ', '.join(moved) or '.pth files changed in ' + ', '.join(
+        d for d in snap['dirs'] if pth[d] != snap['pth'][d]))
+outcome = _postern_site_refresh()
 ";
 
 /// Puts `dirs` at the front of `sys.path`, first one first.
@@ -581,11 +635,12 @@ pub const NO_CALLABLE_ADVICE: &str = "name the callable as MODULE:CALLABLE";
 pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError> {
     Python::attach(|py| {
         match refresh_site(py) {
-            Ok(Some(changed)) => tracing::info!(
+            Ok(Refresh::Refuse(reason)) => return Err(WsgiError::Init { reason }),
+            Ok(Refresh::Changed(changed)) => tracing::info!(
                 changed = %changed,
                 "the venv changed since postern started (its real path or its .pth files): this worker read its .pth files again, so it imports from the new one; modules the master imported before forking keep their code (restart postern to update those)"
             ),
-            Ok(None) => {}
+            Ok(Refresh::Same) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "checking whether the venv's .pth files changed since postern started failed; this worker keeps the paths they gave at start")
             }
