@@ -257,20 +257,29 @@ fn exc_info_after_headers_aborts_and_the_next_request_is_served() {
     // regression (the Unix-socket cases): hostile5 HIGH: over a Unix socket without
     // keep-conn, nginx took the close of a cut response for its end (no reset there)
     // and ended the chunked body normally, as a complete response.
-    for (mode, tcp) in [
-        (Mode::Plain, true),
-        (Mode::Keep, true),
-        (Mode::Plain, false),
-        (Mode::Keep, false),
-    ] {
-        let Some(s) = stack_with(mode, tcp, "", "", &[]) else {
-            return;
-        };
-        let resp = s
-            .nginx
-            .raw(b"GET /exc-info-after-sent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        assert_cut(&s, &resp, mode, tcp);
-        assert_eq!(s.nginx.get("/").status, 200);
+    // regression: deploy HIGH: so did nginx not buffering (`X-Accel-Buffering: no`,
+    // here `fastcgi_buffering off`) with keep-conn, which went unmarked.
+    for buffering in ["", "fastcgi_buffering off;"] {
+        for (mode, tcp) in [
+            (Mode::Plain, true),
+            (Mode::Keep, true),
+            (Mode::Plain, false),
+            (Mode::Keep, false),
+        ] {
+            let Some(s) = stack_with(mode, tcp, buffering, "", &[]) else {
+                assert!(!in_ci(), "no nginx, and CI=true");
+                return;
+            };
+            let resp = s
+                .nginx
+                .raw(b"GET /exc-info-after-sent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            assert_cut(&s, &resp, mode, tcp);
+            assert_eq!(
+                s.nginx.get("/").status,
+                200,
+                "{buffering} {mode:?} tcp={tcp}"
+            );
+        }
     }
 }
 
@@ -304,9 +313,20 @@ raise RuntimeError("too late")
 
 /// nginx's answer to a response postern cut after it started is never a complete
 /// one: nothing (nginx had not sent the head yet), or a 200 whose body never ends.
-/// Without keep-conn on a Unix socket, nginx logs postern's note and the invalid
-/// record that follows it; postern logs the abort.
+/// On a Unix socket, nginx logs postern's note and the invalid record that follows
+/// it; postern logs the abort.
 fn assert_cut(s: &Stack, resp: &[u8], mode: Mode, tcp: bool) {
+    assert_cut_marked(s, resp, mode, tcp);
+    assert!(
+        s.postern
+            .wait_log("response incomplete; connection aborted", 10),
+        "{}",
+        s.postern.logs()
+    );
+}
+
+/// `assert_cut` but for postern's line (a cut at the stop has its own).
+fn assert_cut_marked(s: &Stack, resp: &[u8], mode: Mode, tcp: bool) {
     let text = String::from_utf8_lossy(resp);
     assert!(
         resp.is_empty() || text.starts_with("HTTP/1.1 200"),
@@ -317,21 +337,18 @@ fn assert_cut(s: &Stack, resp: &[u8], mode: Mode, tcp: bool) {
         "{mode:?} tcp={tcp}: a truncated body must not look complete: {text}\nnginx:\n{}",
         s.nginx.error_log()
     );
-    if mode == Mode::Plain && !tcp {
+    if !tcp {
         let log = s.nginx.error_log();
         for needle in [
             "FastCGI sent in stderr: \"postern: the response is cut short",
             "upstream sent unsupported FastCGI protocol version: 0",
         ] {
-            assert!(log.contains(needle), "nginx did not log {needle:?}:\n{log}");
+            assert!(
+                log.contains(needle),
+                "{mode:?}: nginx did not log {needle:?}:\n{log}"
+            );
         }
     }
-    assert!(
-        s.postern
-            .wait_log("response incomplete; connection aborted", 10),
-        "{}",
-        s.postern.logs()
-    );
 }
 
 #[test]
@@ -983,4 +1000,67 @@ fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String>
         return Err(format!("{left:?} outlived the master by 10 s\n{}", logs()));
     }
     Ok(())
+}
+
+#[test]
+fn a_stream_cut_at_the_graceful_timeout_is_never_complete_for_the_client() {
+    // regression: deploy HIGH: a stream still running at --graceful-timeout (a reload
+    // or a stop) ended with the worker's exit, whose plain close nginx took for the
+    // response's end: curl got a complete 200 (exit 0) with half the body through
+    // nginx with keep-conn and `X-Accel-Buffering: no` on a Unix socket. Every cut
+    // must reach the client as one: buffered or not (`/stream` says
+    // `X-Accel-Buffering: no`; `fastcgi_ignore_headers` makes nginx buffer it
+    // anyway), with keep-conn or not, Unix socket or TCP, at a stop or a reload.
+    for reload in [false, true] {
+        for buffering in ["fastcgi_ignore_headers X-Accel-Buffering;", ""] {
+            for (mode, tcp) in [
+                (Mode::Keep, false),
+                (Mode::Plain, false),
+                (Mode::Keep, true),
+                (Mode::Plain, true),
+            ] {
+                let what = format!("reload={reload} {buffering:?} {mode:?} tcp={tcp}");
+                let args: &[&str] = if reload {
+                    &["--master", "--workers", "1", "--graceful-timeout", "1"]
+                } else {
+                    &["--graceful-timeout", "1"]
+                };
+                let Some(s) = stack_with(mode, tcp, buffering, "", args) else {
+                    assert!(!in_ci(), "no nginx, and CI=true");
+                    return;
+                };
+                let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                c.write_all(
+                    b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                // The stream is under way (nginx passed its first chunks on).
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0, "{what}: {}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.postern
+                    .signal(if reload { libc::SIGHUP } else { libc::SIGTERM });
+                let started = Instant::now();
+                let _ = c.read_to_end(&mut got);
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "{what}: the stream ran on"
+                );
+                assert_cut_marked(&s, &got, mode, tcp);
+                assert!(
+                    s.postern.wait_log(
+                        "FastCGI responses still under way as the process leaves are cut",
+                        10
+                    ),
+                    "{what}: {}",
+                    s.postern.logs()
+                );
+            }
+        }
+    }
 }

@@ -485,6 +485,15 @@ pub fn run(
                 }
             }
         };
+        // Requests still running: the exit would close their FastCGI connections
+        // plainly, which nginx may take for their responses' end. They are cut first,
+        // their marks given a moment (the master kills a worker a second past
+        // --graceful-timeout).
+        if !finished && parking.cut_responding() > 0 {
+            let _ = parking
+                .marks_out(Instant::now() + Duration::from_millis(500))
+                .await;
+        }
         if let Some(task) = lost {
             let _ = task.await;
         }

@@ -377,6 +377,16 @@ fn clock_base() -> std::time::Instant {
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
+/// Tickets of [`Parking::responding`].
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
+
+/// A response under way ([`Parking::responding`]).
+struct Responding {
+    conn: Arc<FcgiConn>,
+    id: u16,
+    flags: Arc<ReqFlags>,
+}
+
 fn closed() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
@@ -1054,6 +1064,10 @@ pub struct Parking {
     io: OnceLock<tokio::runtime::Handle>,
     /// The tasks sending those marks: the stop waits for them ([`Parking::marks_out`]).
     marks: tokio_util::task::TaskTracker,
+    /// Responses under way (a STDOUT record sent, END_REQUEST not yet), by the ticket
+    /// their sink holds: what the stop cuts if they still run at its end
+    /// ([`Parking::cut_responding`]).
+    responding: Mutex<FxHashMap<u64, Responding>>,
     /// Ticks of [`IDLE_TICK`], counted only while accept is stopped at
     /// `--max-connections` ([`keep_room`]): a connection parked at tick `t` has been
     /// idle for more than [`IDLE_BEFORE_CLOSE`] once it reads `t + IDLE_TICKS`
@@ -1174,6 +1188,7 @@ impl Parking {
             relieved: AtomicUsize::new(0),
             io: OnceLock::new(),
             marks: tokio_util::task::TaskTracker::new(),
+            responding: Mutex::new(FxHashMap::default()),
             idle_clock: AtomicU64::new(0),
             lane: OnceLock::new(),
         })
@@ -1363,6 +1378,63 @@ impl Parking {
         if let Some(io) = self.io.get() {
             self.marks.spawn_on(mark, io);
         }
+    }
+
+    /// Response `id` on `conn` is under way: listed until [`Parking::responded`].
+    fn responding(&self, conn: &Arc<FcgiConn>, id: u16, flags: &Arc<ReqFlags>) -> u64 {
+        let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        let r = Responding {
+            conn: Arc::clone(conn),
+            id,
+            flags: Arc::clone(flags),
+        };
+        self.responding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ticket, r);
+        ticket
+    }
+
+    fn responded(&self, ticket: u64) {
+        self.responding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ticket);
+    }
+
+    /// The stop ends with responses still under way (`--graceful-timeout`, a second
+    /// signal, SIGQUIT): the process is about to leave, and its exit would close their
+    /// connections plainly, which nginx takes for the end of the response over a Unix
+    /// socket when it does not buffer it, or without keep-conn, and over TCP (a FIN)
+    /// likewise. So each is cut as a failing app's is: the STDERR note and the invalid
+    /// record on a Unix socket ([`FcgiConn::mark_cut`]), a reset over TCP (SO_LINGER
+    /// 0, the exit's close sends it). regression: deploy HIGH: a stream cut by
+    /// --graceful-timeout at a reload reached curl as a complete 200 (exit 0) through
+    /// nginx with keep-conn and `X-Accel-Buffering: no`. Returns how many were cut;
+    /// their marks may still wait for room ([`Parking::marks_out`]).
+    pub fn cut_responding(&self) -> usize {
+        let cut: Vec<Responding> =
+            std::mem::take(&mut *self.responding.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
+        let mut n = 0;
+        for r in &cut {
+            if r.flags.done.load(Ordering::Acquire) {
+                // Its END_REQUEST is going out: it was not cut.
+                continue;
+            }
+            n += 1;
+            r.conn
+                .mark_cut(r.id, r.flags.stderr_on.load(Ordering::Acquire));
+            r.conn.abort();
+        }
+        if n > 0 {
+            tracing::warn!(
+                cut = n,
+                "FastCGI responses still under way as the process leaves are cut: no END_REQUEST, a reset over TCP, an invalid record on a Unix socket, so that the front server does not take them as complete"
+            );
+        }
+        n
     }
 
     /// At the stop, once no request runs: waits until the cut responses' marks still

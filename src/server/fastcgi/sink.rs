@@ -122,6 +122,9 @@ pub struct FcgiSink {
     /// What `try_write` could not send of the records through END_REQUEST, for
     /// `write_last` (the connection's write lock is held for it meanwhile).
     rest: Option<(Vec<u8>, bool)>,
+    /// Listed as under way ([`super::Parking::cut_responding`]) since its first write
+    /// that did not end it.
+    ticket: Option<u64>,
 }
 
 /// From this write of a response on, its chunks are framed into the thread's writer.
@@ -157,6 +160,24 @@ impl FcgiSink {
             writes: 0,
             stream: None,
             rest: None,
+            ticket: None,
+        }
+    }
+
+    /// The response is under way: the stop cuts it if it still runs at its end.
+    fn under_way(&mut self) {
+        if self.ticket.is_none() {
+            self.ticket = Some(
+                self.conn
+                    .parking
+                    .responding(&self.conn, self.id, &self.flags),
+            );
+        }
+    }
+
+    fn not_under_way(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.conn.parking.responded(t);
         }
     }
 
@@ -268,10 +289,14 @@ const MARK_LOCK_POLL_MAX: Duration = Duration::from_millis(200);
 impl FcgiConn {
     /// Request `id`'s response is cut after it started (the app failed, or sent less
     /// than its Content-Length), and the connection closes without END_REQUEST. Over
-    /// TCP that close is a reset, and a keep-conn front server takes the EOF as an
-    /// error; but without keep-conn on a Unix socket (no reset there) nginx takes the
-    /// EOF as the end of the response: it ends the client's chunked body normally and
-    /// a fastcgi_cache keeps the truncated body. So a STDERR line saying why, then a
+    /// TCP that close is a reset, which nginx takes as an error; but on a Unix socket
+    /// (no reset there) nginx takes the EOF as the end of the response whenever it
+    /// does not buffer it (`X-Accel-Buffering: no`, `fastcgi_buffering off`), with
+    /// keep-conn or not, and also when it buffers without keep-conn: it ends the
+    /// client's chunked body normally and a fastcgi_cache keeps the truncated body.
+    /// (Only buffered with keep-conn does it wait for END_REQUEST.) regression: deploy
+    /// HIGH: keep-conn was left unmarked, and an unbuffered stream cut looked complete.
+    /// So a STDERR line saying why, then a
     /// record header of version 0, which every FastCGI client refuses: nginx then logs
     /// `upstream sent unsupported FastCGI protocol version: 0` and cuts its client off,
     /// as Apache does (`AH01068: Got bogus version 0`). Only when no other request is
@@ -287,8 +312,8 @@ impl FcgiConn {
     /// meanwhile nothing else is written, and a send waiting for room stops and
     /// leaves the rest of its record to go first. Call before the request's end,
     /// whose abort leaves the close to that task.
-    fn mark_cut(self: &Arc<Self>, id: u16, keep_conn: bool, stderr_on: bool) {
-        if self.tcp || keep_conn || self.handed_over.load(Ordering::Acquire) || self.is_broken() {
+    pub(super) fn mark_cut(self: &Arc<Self>, id: u16, stderr_on: bool) {
+        if self.tcp || self.handed_over.load(Ordering::Acquire) || self.is_broken() {
             return;
         }
         let alone = match &*self.owner() {
@@ -417,6 +442,7 @@ async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
 impl Sink for FcgiSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
+        self.under_way();
         if let Some(s) = &self.stream {
             if data.len() < DIRECT {
                 let id = self.id;
@@ -477,6 +503,13 @@ impl Sink for FcgiSink {
             return Ok(0);
         };
         self.check()?;
+        if self.ticket.is_none() {
+            self.ticket = Some(
+                self.conn
+                    .parking
+                    .responding(&self.conn, self.id, &self.flags),
+            );
+        }
         let id = self.id;
         let queued = s.try_push_with(data.len() + 16, data.len(), |q| {
             fcgi::encode_stream(q, fcgi::STDOUT, id, data)
@@ -547,6 +580,7 @@ impl Sink for FcgiSink {
         // the connection's next request may have taken the place already.
         if self.finished {
             // Ended by `write_last`.
+            self.not_under_way();
             return self.sent();
         }
         let cut = matches!(end, End::Incomplete(_));
@@ -559,8 +593,10 @@ impl Sink for FcgiSink {
         }
         if cut {
             let stderr_on = self.flags.stderr_on.load(Ordering::Acquire);
-            self.conn.mark_cut(self.id, self.keep_conn, stderr_on);
+            self.conn.mark_cut(self.id, stderr_on);
         }
+        // Ended or cut here: the stop has nothing left to cut.
+        self.not_under_way();
         let aborted = self.flags.aborted.load(Ordering::Acquire);
         let answer = match end {
             End::Complete(_) => true,
@@ -612,6 +648,7 @@ impl Sink for FcgiSink {
 
 impl Drop for FcgiSink {
     fn drop(&mut self) {
+        self.not_under_way();
         if self.rest.take().is_some() {
             // Never: `write_last` follows a partial `try_write`. The records are cut:
             // no END_REQUEST.
