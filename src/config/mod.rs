@@ -610,6 +610,91 @@ fn env_table_of(var: &str) -> Result<Option<toml::Value>, ConfigError> {
     )]))))
 }
 
+/// The values the start merged ([`Layered::from_command_line`]), to tell at a reload
+/// which the layers now set otherwise ([`warn_if_changed_at_reload`]).
+static AT_START: std::sync::OnceLock<AtStart> = std::sync::OnceLock::new();
+
+struct AtStart {
+    values: toml::Table,
+    off: std::collections::BTreeSet<String>,
+    /// Where relative `--config` and `--ini` paths were read from (`--chdir` moves the
+    /// process later).
+    cwd: Option<PathBuf>,
+}
+
+/// Reads the layers again as the start did (the command line, `POSTERN_*`, the
+/// `--config` and `--ini` files) and names the options whose value is no longer the
+/// start's, with the start's value and the new one. Err: they no longer read.
+fn changed_since_start() -> Result<Vec<(String, String, String)>, String> {
+    let Some(start) = AT_START.get() else {
+        return Ok(Vec::new());
+    };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command()
+        .try_get_matches_from(&args)
+        .map_err(|e| e.to_string())?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    if let Some(cwd) = &start.cwd {
+        cli.config = cli.config.map(|p| cwd.join(p));
+        cli.ini = cli.ini.map(|i| cwd.join(i).to_string_lossy().into_owned());
+    }
+    let now = Layered::merge(&cli, &matches).map_err(|e| e.to_string())?;
+    let said =
+        |values: &toml::Table, off: &std::collections::BTreeSet<String>, k: &str| match values
+            .get(k)
+        {
+            // 30 in the file says what the default 30.0 does.
+            Some(toml::Value::Integer(i)) => (*i as f64).to_string(),
+            Some(toml::Value::Float(f)) => f.to_string(),
+            Some(v) => v.to_string(),
+            None if off.contains(k) => "off".to_owned(),
+            None => "not set".to_owned(),
+        };
+    let keys: std::collections::BTreeSet<&String> = start
+        .values
+        .keys()
+        .chain(now.values.keys())
+        .chain(start.off.iter())
+        .chain(now.off.iter())
+        .collect();
+    Ok(keys
+        .into_iter()
+        .filter_map(|k| {
+            let (was, is) = (
+                said(&start.values, &start.off, k),
+                said(&now.values, &now.off, k),
+            );
+            (was != is).then(|| (k.clone(), was, is))
+        })
+        .collect())
+}
+
+/// At a reload (SIGHUP, `--touch-reload`): the new workers run the new code with the
+/// settings postern started with, as gunicorn's would not (it reads its config file
+/// again). So a `--config`/`--ini` file (or `POSTERN_*`) changed since the start is
+/// said in one WARN line naming each changed setting, its value at the start and now:
+/// they need a restart. regression: deploy MEDIUM: workers, threads, timeouts and
+/// log-level changed in the --config file were ignored at SIGHUP without a word.
+pub fn warn_if_changed_at_reload() {
+    match changed_since_start() {
+        Ok(changed) if changed.is_empty() => {}
+        Ok(changed) => {
+            let list: Vec<String> = changed
+                .iter()
+                .map(|(k, was, is)| format!("{k} ({was} -> {is})"))
+                .collect();
+            tracing::warn!(
+                changed = %list.join(", "),
+                "the configuration changed since postern started, and a reload does not apply it: the new workers run the new code with the settings postern started with; restart postern to apply these"
+            );
+        }
+        Err(e) => tracing::warn!(
+            error = %e.trim(),
+            "the configuration no longer reads as it did at the start (a restart would fail): the reload goes on with the settings postern started with"
+        ),
+    }
+}
+
 impl Layered {
     /// Parses the command line (and `POSTERN_*`), then merges it over the `--config` file,
     /// the `--ini` file and the defaults.
@@ -620,6 +705,11 @@ impl Layered {
             .unwrap_or_else(|e| clap_error::exit(e, &args));
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let layered = Layered::merge(&cli, &matches)?;
+        let _ = AT_START.set(AtStart {
+            values: layered.values.clone(),
+            off: layered.off.clone(),
+            cwd: std::env::current_dir().ok(),
+        });
         Ok((cli, layered))
     }
 

@@ -1272,6 +1272,8 @@ impl Master {
             self.reload_deferred = true;
             return Ok(());
         }
+        // The settings stay the start's: a changed --config file is said (one line).
+        crate::config::warn_if_changed_at_reload();
         // A reload during a reload: the generation still booting is dropped at once
         // (the one serving keeps serving until the newest one is ready). Its workers
         // still importing the app are killed: they never served, and only the newest
