@@ -2,7 +2,8 @@
 //! The options are already parsed and validated (see `config`); this checks the venv and
 //! Python and imports the app in a child process (so the check itself never runs app
 //! code in this process), binds every listener at once as a start would, then releases
-//! them (no socket file is left behind; systemd's sockets are reported, not bound), and
+//! them (no socket file is left behind; systemd's sockets are reported, not bound; one
+//! in use, by a running server as on a live host before a reload, is a note), and
 //! prints what would run. Output goes to stdout; the error returned names every failure
 //! (the app's import stops the check first).
 
@@ -52,6 +53,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     let plan = crate::boot::listeners(config, &listener::systemd_addrs());
     let mut held = Vec::new();
     let mut failed = Vec::new();
+    let mut in_use = 0;
     let mut all: Vec<(&str, &ListenAddr, bool)> = plan
         .iter()
         .map(|p| (p.protocol.name(), &p.addr, p.inherited))
@@ -95,9 +97,26 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
                 held.push(b);
                 let _ = writeln!(out, "  listener {name} {addr}: can be bound");
             }
+            // A deploy checks the new release on a live host, before its SIGHUP: the
+            // running postern holds these (a reload keeps them), so that is no failure.
+            // regression: deploy MEDIUM: --check exited 1 there for a good release.
             Err(e) => {
-                let _ = writeln!(out, "  listener {name} {addr}: FAILED: {e}");
-                failed.push(e.to_string());
+                let holder = match &e {
+                    crate::server::ServerError::Bind(
+                        listener::BindError::InUse { .. } | listener::BindError::LiveSocket { .. },
+                    ) => held_by_postern(addr),
+                    _ => None,
+                };
+                if let Some(pid) = holder {
+                    let _ = writeln!(
+                        out,
+                        "  listener {name} {addr}: in use by the running postern (pid {pid}): not bound; a reload (SIGHUP) keeps it, a start needs it free"
+                    );
+                    in_use += 1;
+                } else {
+                    let _ = writeln!(out, "  listener {name} {addr}: FAILED: {e}");
+                    failed.push(e.to_string());
+                }
             }
         }
     }
@@ -138,8 +157,88 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     if !failed.is_empty() {
         return Err(CheckError::Failed(failed.join("; ")));
     }
+    if in_use > 0 {
+        let _ = writeln!(
+            out,
+            "postern --check: configuration OK ({in_use} address{} in use by the running postern)",
+            if in_use == 1 { "" } else { "es" }
+        );
+        return Ok(());
+    }
     let _ = writeln!(out, "postern --check: configuration OK");
     Ok(())
+}
+
+/// The pid of a running postern (a process of this program's name) that holds a
+/// listening socket at `addr` (any listening TCP socket on its port, or a Unix socket
+/// bound at its path), read from /proc; None when there is none, or it cannot be told
+/// (another user's /proc entries).
+fn held_by_postern(addr: &ListenAddr) -> Option<u32> {
+    let mut inodes = std::collections::HashSet::new();
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let port = format!(":{:04X}", a.port());
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let text = std::fs::read_to_string(table).unwrap_or_default();
+                for line in text.lines().skip(1) {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    // local_address, st (0A: LISTEN), inode.
+                    if f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A" {
+                        inodes.insert(f[9].to_owned());
+                    }
+                }
+            }
+        }
+        ListenAddr::Unix(path) => {
+            let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() > 7 && std::path::Path::new(f[7]) == path.as_path() {
+                    inodes.insert(f[6].to_owned());
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let ours = std::fs::read_to_string("/proc/self/comm").ok()?;
+    let own = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own
+            || std::fs::read_to_string(entry.path().join("comm"))
+                .ok()
+                .as_ref()
+                != Some(&ours)
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy();
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|l| l.strip_suffix(']'))
+            {
+                if inodes.contains(inode) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Files postern writes at start: the pidfile and log files.

@@ -256,6 +256,48 @@ fn check_fails_when_an_address_is_taken() {
 }
 
 #[test]
+fn check_notes_the_addresses_the_running_postern_holds() {
+    // regression: deploy MEDIUM: `--check` of a good release on a live host (before
+    // its SIGHUP) exited 1, the running server holding the socket and the stats port.
+    // An address another program holds still fails it (above).
+    for tcp in [false, true] {
+        let dir = tempdir();
+        let stats = free_port();
+        let spawn = if tcp {
+            Spawn::tcp(dir.path(), &testapp())
+        } else {
+            Spawn::unix(dir.path(), &testapp())
+        };
+        let running = spawn
+            .args(["--stats", &format!("127.0.0.1:{stats}")])
+            .start();
+        let out = postern()
+            .arg(testapp())
+            .arg("--check")
+            .arg("--uwsgi")
+            .arg(running.addr.arg())
+            .arg("--stats")
+            .arg(format!("127.0.0.1:{stats}"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "tcp={tcp}: {stdout}\n{stderr}");
+        let pid = running.pid();
+        for line in [
+            format!(
+                "listener uwsgi {}: in use by the running postern (pid {pid}): not bound",
+                running.addr.arg()
+            ),
+            format!("listener stats (HTTP) 127.0.0.1:{stats}: in use by the running postern (pid {pid})"),
+            "postern --check: configuration OK (2 addresses in use by the running postern)".to_owned(),
+        ] {
+            assert!(stdout.contains(&line), "tcp={tcp}: {line:?} in\n{stdout}");
+        }
+        assert_eq!(running.get("/").0, 200, "the running server serves on");
+    }
+}
+
+#[test]
 fn check_fails_when_a_file_cannot_be_written() {
     let dir = tempdir();
     let missing = dir.path().join("no-such-dir");
