@@ -1134,7 +1134,7 @@ impl Acceptor {
                             connection::bytes_past(sock.as_fd(), buf.len(), filled && !read_more);
                         let linger = (past > 0).then(|| {
                             span.in_scope(|| {
-                                connection::Linger::past_the_body(&self.slow, l.tcp, past)
+                                connection::Linger::past_the_body(&self.slow, &peer, l.tcp, past)
                             })
                         });
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)

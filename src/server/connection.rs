@@ -21,6 +21,7 @@ use super::admission::Permit;
 pub use super::lane::Limits;
 use super::lane::SlowLane;
 use super::sink::{Close, ConnSink};
+use super::slow_clients::{self, Reason};
 use super::span::{refused_access, request_span};
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
@@ -203,7 +204,7 @@ async fn serve<C: Conn>(
                 Err(_) => {
                     let got = framed.buf.len();
                     // Named for the first few only: a flood is summed up.
-                    if super::slow_clients::name(&peer, limits.head_timeout) {
+                    if slow_clients::name(&peer, limits.head_timeout) {
                         tracing::warn!(%peer, got, "no complete request head within {:?} (--head-timeout); closing", limits.head_timeout);
                     }
                     return;
@@ -216,7 +217,13 @@ async fn serve<C: Conn>(
                     tracing::debug!(%peer, "closing a connection that sent nothing: stopping");
                     return;
                 }
-                Ok(Err(e @ (ReadError::TimedOut(_) | ReadError::Spool(_)))) => {
+                Ok(Err(e @ ReadError::TimedOut(_))) => {
+                    if slow_clients::bad_input(&peer, Reason::Truncated) {
+                        tracing::warn!(%peer, error = %e, "closing");
+                    }
+                    return;
+                }
+                Ok(Err(e @ ReadError::Spool(_))) => {
                     tracing::warn!(%peer, error = %e, "closing");
                     return;
                 }
@@ -249,8 +256,12 @@ async fn serve<C: Conn>(
     let (span, request_id) = request_span(&head, &peer);
 
     // Refused from the head alone, before the body is read.
+    // Their lines are named for the first few only: a flood is summed up.
     let refusal = if let Some(coding) = unframed_body(&head, &framed.codec) {
         span.in_scope(|| {
+            if !slow_clients::bad_input(&peer, Reason::Malformed) {
+                return;
+            }
             tracing::warn!(
                 transfer_encoding = %Untrusted(coding),
                 protocol = info.protocol.name(),
@@ -265,6 +276,9 @@ async fn serve<C: Conn>(
         ))
     } else if let Some(max) = limits.max_body.filter(|&m| head.content_length > m) {
         span.in_scope(|| {
+            if !slow_clients::bad_input(&peer, Reason::Oversized) {
+                return;
+            }
             tracing::warn!(
                 content_length = head.content_length,
                 max_body = max,
@@ -317,9 +331,12 @@ async fn serve<C: Conn>(
             return;
         }
         Err(e) => {
-            span.in_scope(
-                || tracing::warn!(error = %e, "could not read the request body; closing"),
-            );
+            // The peer's doing (cut off, silent, malformed): named for the first few.
+            if slow_clients::bad_input(&peer, Reason::Truncated) {
+                span.in_scope(
+                    || tracing::warn!(error = %e, "could not read the request body; closing"),
+                );
+            }
             return;
         }
     };
@@ -332,7 +349,8 @@ async fn serve<C: Conn>(
             return;
         }
     };
-    let linger = (extra > 0).then(|| span.in_scope(|| Linger::past_the_body(&lane, tcp, extra)));
+    let linger =
+        (extra > 0).then(|| span.in_scope(|| Linger::past_the_body(&lane, &peer, tcp, extra)));
     let sink = ConnSink::new(sock, tcp, started, limits.read_timeout)
         .style(info.protocol.head_style())
         .permit(permit)
@@ -461,7 +479,15 @@ async fn bad_request<C: Conn>(
         )),
         _ => None,
     };
-    tracing::warn!(%peer, error = %e, "bad request; closing");
+    let reason = match &e {
+        CodecError::Proto(ProtoError::HeadTooLarge { .. }) => Reason::Oversized,
+        CodecError::HeadTruncated { .. } | CodecError::BodyTruncated { .. } => Reason::Truncated,
+        _ => Reason::Malformed,
+    };
+    // Named for the first few only: a flood is summed up.
+    if slow_clients::bad_input(peer, reason) {
+        tracing::warn!(%peer, error = %e, "bad request; closing");
+    }
     lane.refused(protocol, reply.map(|r| r.0));
     if let Some((code, reason, body)) = reply {
         reject(conn, style, code, reason, body, lane.limits.read_timeout).await;
@@ -690,11 +716,14 @@ pub struct Linger {
 impl Linger {
     /// Says why (one line, in the request's span: its peer and path) and makes the
     /// close; `extra`: the bytes past the body read so far.
-    pub fn past_the_body(lane: &SlowLane, tcp: bool, extra: usize) -> Box<dyn Close> {
-        tracing::warn!(
-            extra,
-            "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
-        );
+    pub fn past_the_body(lane: &SlowLane, peer: &str, tcp: bool, extra: usize) -> Box<dyn Close> {
+        // Named for the first few only: a flood is summed up.
+        if slow_clients::bad_input(peer, Reason::Malformed) {
+            tracing::warn!(
+                extra,
+                "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
+            );
+        }
         Box::new(Linger {
             handle: lane.handle.clone(),
             tcp,

@@ -1,11 +1,18 @@
-//! The log lines of clients dropped at `--head-timeout` (a request head that never
-//! became whole: sent byte by byte, cut short, or nothing at all). One such client is
-//! worth a line naming it; thousands (a slowloris attack, a broken health check) would
-//! flood the log with lines that say nothing more. So, per process, the first
-//! [`NAMED`] in a [`WINDOW`] are logged one by one, naming the peer, and the rest are
-//! counted: one line at the end of the window says how many more there were and names
-//! the last of them. The next drop after that starts a new window. A process that
+//! The log lines of clients dropped or refused for bad input: a request head that never
+//! became whole by `--head-timeout` (sent byte by byte, cut short, or nothing at all), a
+//! malformed or oversized request, a connection cut off in the middle of one. One such
+//! client is worth a line naming it and the reason; thousands (a slowloris attack, a
+//! flood of garbage, a broken health check) would flood the log with lines that say
+//! nothing more (51,723 malformed uwsgi heads in 5 s were 51,723 lines, 9 MiB). So, per
+//! process (per worker), the first [`NAMED`] in a [`WINDOW`], whatever their reason, are
+//! logged one by one, naming the peer and the reason, and the rest are counted by
+//! reason: one line at the end of the window says how many more there were of each and
+//! names the last of them. The next one after that starts a new window. A process that
 //! stops before its window ends says the count at its stop ([`flush`]).
+//!
+//! Every per-connection warning about what a peer sent goes through [`bad_input`] (or
+//! [`name`], for `--head-timeout`); lines about postern's own trouble (a full disk, a
+//! hand-over that failed) do not.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,13 +22,50 @@ pub const NAMED: u32 = 20;
 /// How long one window lasts (from its first drop).
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// Why a client's line was logged or counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No complete request head within `--head-timeout`.
+    SlowHead,
+    /// A malformed request or protocol error (bad framing, a bad or conflicting
+    /// CONTENT_LENGTH, records out of order, bytes that are not the protocol).
+    Malformed,
+    /// A head or body over a limit (`--buffer-size`, `--max-body`, `--fastcgi-buffer`).
+    Oversized,
+    /// A request cut off: the connection closed, reset or went silent
+    /// (`--read-timeout`) in the middle of it.
+    Truncated,
+}
+
+impl Reason {
+    const ALL: [Reason; 4] = [
+        Reason::Malformed,
+        Reason::Oversized,
+        Reason::Truncated,
+        Reason::SlowHead,
+    ];
+
+    /// What the summary says of `n` clients dropped for this reason.
+    fn words(self, limit: Duration) -> String {
+        match self {
+            Reason::SlowHead => {
+                format!("no complete request head within {limit:?} (--head-timeout)")
+            }
+            Reason::Malformed => "a malformed request or protocol error".to_owned(),
+            Reason::Oversized => "a request over a size limit".to_owned(),
+            Reason::Truncated => "a request cut off in the middle".to_owned(),
+        }
+    }
+}
+
 struct State {
     /// The first drop of the window under way; `None`: none is.
     since: Option<Instant>,
     /// Clients named in this window.
     named: u32,
-    /// Clients counted (not named) in this window, and the last of them.
-    more: u64,
+    /// Clients counted (not named) in this window, by reason (`Reason as usize`), and
+    /// the last of them.
+    more: [u64; 4],
     last: String,
     /// `--head-timeout`, for the summary.
     limit: Duration,
@@ -35,7 +79,7 @@ struct State {
 static STATE: Mutex<State> = Mutex::new(State {
     since: None,
     named: 0,
-    more: 0,
+    more: [0; 4],
     last: String::new(),
     limit: Duration::ZERO,
     summary_due: false,
@@ -45,9 +89,21 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// A client `peer` is dropped at `--head-timeout` (`limit`): true when the caller
 /// logs its line naming it, false when it is counted for the window's summary.
 pub fn name(peer: &str, limit: Duration) -> bool {
+    note(peer, Reason::SlowHead, Some(limit))
+}
+
+/// A client `peer` is dropped or refused for what it sent (`reason`): true when the
+/// caller logs its line (naming the peer and the reason), false when it is counted for
+/// the window's summary. Call it only for the line about a peer's input (and only when
+/// that line is at `warn`): it spends one of the window's [`NAMED`] lines.
+pub fn bad_input(peer: &str, reason: Reason) -> bool {
+    note(peer, reason, None)
+}
+
+fn note(peer: &str, reason: Reason, limit: Option<Duration>) -> bool {
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Handle::try_current().ok();
-    let (named, due) = st.drop_one(peer, limit, Instant::now(), rt.is_some());
+    let (named, due) = st.drop_one(peer, reason, limit, Instant::now(), rt.is_some());
     if let (Some((since, window)), Some(rt)) = (due, rt) {
         rt.spawn(async move {
             tokio::time::sleep_until((since + WINDOW).into()).await;
@@ -77,7 +133,8 @@ impl State {
     fn drop_one(
         &mut self,
         peer: &str,
-        limit: Duration,
+        reason: Reason,
+        limit: Option<Duration>,
         now: Instant,
         can_spawn: bool,
     ) -> (bool, Option<(Instant, u64)>) {
@@ -91,10 +148,12 @@ impl State {
             self.named += 1;
             return (true, None);
         }
-        self.more += 1;
+        self.more[reason as usize] += 1;
         self.last.clear();
         self.last.push_str(peer);
-        self.limit = limit;
+        if let Some(limit) = limit {
+            self.limit = limit;
+        }
         if self.summary_due || !can_spawn {
             return (false, None);
         }
@@ -116,11 +175,26 @@ impl State {
     /// Says the window's count of clients not named (if any) and ends the window
     /// (`now`: the window lasted until then, at most [`WINDOW`]).
     fn summary(&mut self, now: Instant) {
-        if self.more > 0 {
+        let total: u64 = self.more.iter().sum();
+        let slow = self.more[Reason::SlowHead as usize];
+        if total > slow {
+            let each: Vec<String> = Reason::ALL
+                .iter()
+                .filter(|&&r| self.more[r as usize] > 0)
+                .map(|&r| format!("{} {}", self.more[r as usize], r.words(self.limit)))
+                .collect();
+            tracing::warn!(
+                last_peer = %self.last,
+                "{total} more clients dropped or refused in the last {} s for bad input, not named one by one (the first {NAMED} of each {} s are, whatever the reason): {}; a flood of bad requests: a client other than the front server on the socket, or a broken one",
+                self.lasted(now),
+                WINDOW.as_secs(),
+                each.join(", "),
+            );
+        } else if slow > 0 {
             tracing::warn!(
                 last_peer = %self.last,
                 "{} more clients dropped in the last {} s for no complete request head within {:?} (--head-timeout), not named one by one (the first {NAMED} of each {} s are): a flood of slow or incomplete requests, e.g. a slowloris attack, or a broken client or health check",
-                self.more,
+                slow,
                 self.lasted(now),
                 self.limit,
                 WINDOW.as_secs(),
@@ -128,7 +202,7 @@ impl State {
         }
         self.since = None;
         self.named = 0;
-        self.more = 0;
+        self.more = [0; 4];
         self.summary_due = false;
         self.window = self.window.wrapping_add(1);
     }
@@ -152,7 +226,7 @@ mod tests {
         State {
             since: None,
             named: 0,
-            more: 0,
+            more: [0; 4],
             last: String::new(),
             limit: Duration::ZERO,
             summary_due: false,
@@ -165,7 +239,13 @@ mod tests {
         let mut named = 0;
         let mut due = Vec::new();
         for i in 0..n {
-            let (n, d) = st.drop_one(&format!("peer{i}"), Duration::from_secs(1), at, true);
+            let (n, d) = st.drop_one(
+                &format!("peer{i}"),
+                Reason::SlowHead,
+                Some(Duration::from_secs(1)),
+                at,
+                true,
+            );
             named += u32::from(n);
             due.extend(d.map(|(_, w)| w));
         }
@@ -197,7 +277,7 @@ mod tests {
         assert_eq!(due2.len(), 1, "one summary task for the second window");
         // Its own task ends it.
         st.window_over(due2[0], t1 + WINDOW);
-        assert_eq!((st.since, st.named, st.more), (None, 0, 0));
+        assert_eq!((st.since, st.named, st.more), (None, 0, [0; 4]));
     }
 
     #[test]
@@ -205,10 +285,41 @@ mod tests {
         let mut st = state();
         let t0 = Instant::now();
         let (named, due) = drop_n(&mut st, NAMED + 3, t0);
-        assert_eq!((named, st.more), (NAMED, 3));
+        assert_eq!((named, st.more), (NAMED, [3, 0, 0, 0]));
         st.window_over(due[0], t0 + WINDOW);
         let (named, _) = drop_n(&mut st, 1, t0 + WINDOW);
         assert_eq!(named, 1, "a new window names again");
+    }
+
+    // regression (sec M3): 51,723 malformed uwsgi heads in 5 s were 51,723 WARN lines
+    // (9 MiB); only slow heads were limited. Every bad-input line now shares the
+    // window's NAMED lines, and the rest are counted by reason.
+    #[test]
+    fn bad_input_of_any_reason_shares_the_windows_named_lines_and_is_counted_by_reason() {
+        let mut st = state();
+        let t0 = Instant::now();
+        let mut named = 0;
+        let mut due = Vec::new();
+        let reasons = [
+            Reason::Malformed,
+            Reason::Oversized,
+            Reason::Truncated,
+            Reason::SlowHead,
+        ];
+        for i in 0..1000u32 {
+            let reason = reasons[i as usize % 4];
+            let (n, d) = st.drop_one(&format!("peer{i}"), reason, None, t0, true);
+            named += u32::from(n);
+            due.extend(d);
+        }
+        assert_eq!(named, NAMED, "the first NAMED, whatever their reason");
+        assert_eq!(due.len(), 1, "one summary for the window");
+        let counted = 1000 - u64::from(NAMED);
+        assert_eq!(st.more.iter().sum::<u64>(), counted);
+        assert!(st.more.iter().all(|&n| n == counted / 4), "{:?}", st.more);
+        assert_eq!(st.last, "peer999");
+        st.window_over(due[0].1, t0 + WINDOW);
+        assert_eq!((st.named, st.more), (0, [0; 4]));
     }
 
     #[test]
@@ -220,6 +331,6 @@ mod tests {
         assert_eq!(st.lasted(t0), 1);
         assert_eq!(st.lasted(t0 + WINDOW * 2), WINDOW.as_secs());
         st.summary(t0 + Duration::from_millis(2500));
-        assert_eq!((st.since, st.named, st.more), (None, 0, 0));
+        assert_eq!((st.since, st.named, st.more), (None, 0, [0; 4]));
     }
 }

@@ -25,6 +25,7 @@ use crate::proto::ProtoError;
 use crate::server::admission::ConnInput;
 use crate::server::connection::RateLimit;
 use crate::server::lane::{FcgiSettings, SlowLane};
+use crate::server::slow_clients::{self, Reason};
 use crate::server::span::request_span;
 use crate::wsgi::{Body, BodyStream, ListenerInfo, Request};
 
@@ -639,14 +640,18 @@ pub async fn serve(
         if backlog.is_empty() && !buf.is_empty() {
             if let Err(e) = parser.feed(&mut buf, &mut events) {
                 if events.is_empty() && slots.is_empty() {
-                    tracing::warn!(%peer, error = %e, "bad FastCGI input; closing the connection");
+                    if slow_clients::bad_input(&peer, Reason::Malformed) {
+                        tracing::warn!(%peer, error = %e, "bad FastCGI input; closing the connection");
+                    }
                     break 'conn;
                 }
                 // The records before it are valid (ConnParser::feed): a request that
                 // came whole is answered, then the connection closes.
                 // regression: a whole request without FCGI_KEEP_CONN followed by
                 // garbage in the same read was never answered (hostile6 LOW).
-                tracing::warn!(%peer, error = %e, "bad FastCGI input: answering the requests that came whole before it, then closing the connection");
+                if slow_clients::bad_input(&peer, Reason::Malformed) {
+                    tracing::warn!(%peer, error = %e, "bad FastCGI input: answering the requests that came whole before it, then closing the connection");
+                }
                 buf.clear();
                 bad_input = true;
             }
@@ -657,7 +662,9 @@ pub async fn serve(
                     fcgi::BegunAgain::Aborted => "its body was still coming: aborted as at FCGI_ABORT_REQUEST (its app's body read fails, END_REQUEST once it returns)",
                     fcgi::BegunAgain::Ignored => "it had come whole: it is answered",
                 };
-                tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}; the connection and its other requests go on");
+                if slow_clients::bad_input(&peer, Reason::Malformed) {
+                    tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}; the connection and its other requests go on");
+                }
             }
             if parser.active() > 0 {
                 stray = None;
@@ -720,7 +727,9 @@ pub async fn serve(
         // request's at a time, under --buffer-size) it is closed, not read on: 64 ids
         // of --buffer-size each made 100 connections hold 554 MiB.
         if input.params_over(parser.params_held()) {
-            tracing::warn!(%peer, params = parser.params_held(), active = parser.active(), "FastCGI connection holds unfinished PARAMS over --fastcgi-buffer; closing it");
+            if slow_clients::bad_input(&peer, Reason::Oversized) {
+                tracing::warn!(%peer, params = parser.params_held(), active = parser.active(), "FastCGI connection holds unfinished PARAMS over --fastcgi-buffer; closing it");
+            }
             lane.refused(crate::codec::Protocol::FastCgi, None);
             break 'conn;
         }
@@ -893,7 +902,9 @@ pub async fn serve(
                         if parser.active() > 0 && !bad_input {
                             tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
                         } else if !buf.is_empty() && !stdin_cut {
-                            tracing::warn!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record");
+                            if slow_clients::bad_input(&peer, Reason::Truncated) {
+                                tracing::warn!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record");
+                            }
                         } else if !buf.is_empty() {
                             // After an END_REQUEST sent without its STDIN's end, nginx
                             // closes the connection wherever its body stopped.
@@ -909,7 +920,9 @@ pub async fn serve(
                         // A reset where a FIN is logged (above), at the level uwsgi and
                         // SCGI log theirs; between requests, as quietly as a FIN.
                         if parser.active() > 0 || !buf.is_empty() {
-                            tracing::warn!(%peer, error = %e, active = parser.active(), partial_record = buf.len(), "the FastCGI connection failed in the middle of a request (the front server reset it?); closing");
+                            if slow_clients::bad_input(&peer, Reason::Truncated) {
+                                tracing::warn!(%peer, error = %e, active = parser.active(), partial_record = buf.len(), "the FastCGI connection failed in the middle of a request (the front server reset it?); closing");
+                            }
                         } else {
                             tracing::debug!(%peer, error = %e, "reading an idle FastCGI connection failed");
                         }
@@ -949,19 +962,21 @@ pub async fn serve(
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
                 } else if idle {
                     // Named for the first few only: a flood is summed up.
-                    if crate::server::slow_clients::name(&peer, limits.head_timeout) {
+                    if slow_clients::name(&peer, limits.head_timeout) {
                         tracing::warn!(%peer, "no FastCGI request within {:?} (--head-timeout); closing", limits.head_timeout);
                     }
                 } else if let Some((id, _)) =
                     stray.filter(|_| head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout))
                 {
-                    if crate::server::slow_clients::name(&peer, limits.head_timeout) {
+                    if slow_clients::name(&peer, limits.head_timeout) {
                         tracing::warn!(%peer, fcgi_id = id, "FastCGI records for a request id no BEGIN_REQUEST named, and no request within {:?} (--head-timeout); closing", limits.head_timeout);
                     }
                 } else if head_since.is_some_and(|t| t.elapsed() >= limits.head_timeout) {
-                    if crate::server::slow_clients::name(&peer, limits.head_timeout) {
+                    if slow_clients::name(&peer, limits.head_timeout) {
                         tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
                     }
+                } else if !slow_clients::bad_input(&peer, Reason::Truncated) {
+                    // Counted for the window's summary.
                 } else if write_stuck(&conn) {
                     // Both ways stalled: say so, the read direction alone would
                     // send the operator looking at the wrong side.
@@ -1259,7 +1274,11 @@ fn handle_event(
                 |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
             );
             // In the request's span, which names the peer.
-            let log = || tracing::warn!(error = %e, "request head too large; answered 431");
+            let log = || {
+                if slow_clients::bad_input(peer, Reason::Oversized) {
+                    tracing::warn!(error = %e, "request head too large; answered 431");
+                }
+            };
             let refused = Refusal {
                 conn,
                 lane,
@@ -1322,12 +1341,22 @@ fn handle_event(
             let assembled = match assemble(params.clone(), stdin.clone(), lane.limits.max_body) {
                 Ok(a) => a,
                 Err(e @ Refused::Params(_)) => {
-                    tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
+                    if slow_clients::bad_input(peer, Reason::Malformed) {
+                        tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
+                    }
                     lane.refused(crate::codec::Protocol::FastCgi, None);
                     return Step::Close;
                 }
                 Err(refused) => {
+                    let reason = match &refused {
+                        Refused::TooLarge { .. } => Reason::Oversized,
+                        Refused::Truncated { .. } => Reason::Truncated,
+                        _ => Reason::Malformed,
+                    };
                     let log = || {
+                        if !slow_clients::bad_input(peer, reason) {
+                            return;
+                        }
                         match &refused {
                         Refused::TooLarge {
                             len,
