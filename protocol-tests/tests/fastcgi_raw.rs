@@ -1466,6 +1466,50 @@ fn a_large_params_block_over_many_records_is_joined() {
     assert_eq!(out.json()["HTTP_COOKIE"].as_str().unwrap().len(), 60_000);
 }
 
+// regression (sec L4): FCGI_BEGIN_REQUEST twice for one id without FCGI_KEEP_CONN, while
+// its PARAMS came: END_REQUEST went out at once, but the connection stayed open until
+// --head-timeout (5 s). That END_REQUEST ends the connection (§2.3): closed at once,
+// with the warning saying so.
+#[test]
+fn a_begin_request_again_without_keep_conn_closes_the_connection_at_once() {
+    let dir = tempdir();
+    // Not start(): its --head-timeout of 1 s would close it soon enough.
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "5"])
+        .start();
+    let v = vars("GET", "/hello", None);
+    let mut b = fcgi::begin(1, RESPONDER, false);
+    b.extend(fcgi::record(PARAMS, 1, &params_block(&v)));
+    b.extend(fcgi::begin(1, RESPONDER, false));
+    b.extend(fcgi::record(PARAMS, 1, b""));
+    b.extend(fcgi::record(STDIN, 1, b""));
+    let mut c = Fc::open(&p);
+    let t = Instant::now();
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 0)));
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let mut rest = Vec::new();
+    let _ = c.s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed after {:?}\n{}",
+        t.elapsed(),
+        p.logs()
+    );
+    assert!(
+        p.wait_log(
+            "and with it the connection (it had no FCGI_KEEP_CONN): closing",
+            5
+        ),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
 #[test]
 fn a_begin_request_for_an_id_in_flight_costs_only_that_id() {
     // regression: a duplicate FCGI_BEGIN_REQUEST for an active id closed the whole

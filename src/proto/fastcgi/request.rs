@@ -385,10 +385,12 @@ impl ConnParser {
             // id's records are ignored until then, the other requests go on.
             let what = match request.phase {
                 Phase::Params(_) | Phase::Dropping { .. } => {
+                    let keep_conn = request.keep_conn;
                     self.requests.remove(&id);
                     reply(events, |out| {
                         encode_end_request(out, id, 0, ProtocolStatus::RequestComplete)
                     });
+                    self.ended_here(keep_conn);
                     BegunAgain::Ended
                 }
                 Phase::Stdin if !request.aborted => {
@@ -439,6 +441,19 @@ impl ConnParser {
             }
         }
         Ok(())
+    }
+
+    /// A request the parser ended itself at a BEGIN_REQUEST for its id (its END_REQUEST
+    /// among the replies, its app never called): without KEEP_CONN the connection ends
+    /// with that END_REQUEST (§2.3), unless other requests still run on it, as for a
+    /// refused BEGIN_REQUEST. (An FCGI_ABORT_REQUEST while PARAMS come still leaves the
+    /// connection to the front server: no front server sends one, and nginx closes.)
+    // regression (sec L4): BEGIN_REQUEST twice for one id without KEEP_CONN sent
+    // END_REQUEST at once but held the connection open until --head-timeout.
+    fn ended_here(&mut self, keep_conn: bool) {
+        if !keep_conn && self.active() == 0 {
+            self.close_after_replies = true;
+        }
     }
 
     fn abort(&mut self, id: u16, events: &mut Vec<Event>) {
@@ -1083,6 +1098,41 @@ mod tests {
         p.finished(ID);
         let events = feed(&mut p, &simple_request(ID, false, &block, b"x")).unwrap();
         assert_eq!(events[0], params_event(ID, false, &block));
+    }
+
+    // regression (sec L4): a request without KEEP_CONN that the parser ends itself (its
+    // id begun again while its PARAMS came) got its END_REQUEST, but the connection
+    // stayed open until --head-timeout: it closes after the replies, as after a
+    // refused BEGIN_REQUEST, unless other requests run on it.
+    #[test]
+    fn a_request_ended_here_without_keep_conn_closes_the_connection_after_the_replies() {
+        let block = params_block();
+        for keep_conn in [false, true] {
+            // Begun again while its PARAMS came.
+            let mut p = parser();
+            let mut bytes = begin(ID, ROLE_RESPONDER, keep_conn);
+            bytes.extend(record(PARAMS, ID, &block));
+            bytes.extend(begin(ID, ROLE_RESPONDER, keep_conn));
+            bytes.extend(record(PARAMS, ID, &[]));
+            bytes.extend(record(STDIN, ID, &[]));
+            let events = feed(&mut p, &bytes).unwrap();
+            assert_eq!(
+                events,
+                vec![Event::Reply(end_request(
+                    ID,
+                    ProtocolStatus::RequestComplete
+                ))]
+            );
+            assert_eq!(p.take_begun_again(), vec![(ID, BegunAgain::Ended)]);
+            assert_eq!(p.close_after_replies(), !keep_conn, "keep_conn {keep_conn}");
+        }
+        // Another request still runs on the connection: it goes on.
+        let mut p = ConnParser::new(limits(4096, 4));
+        let mut bytes = begin(2, ROLE_RESPONDER, true);
+        bytes.extend(begin(ID, ROLE_RESPONDER, false));
+        bytes.extend(begin(ID, ROLE_RESPONDER, false));
+        feed(&mut p, &bytes).unwrap();
+        assert!(!p.close_after_replies());
     }
 
     #[test]

@@ -658,12 +658,14 @@ pub async fn serve(
             backlog.extend(events.drain(..));
             for (id, what) in parser.take_begun_again() {
                 let what = match what {
-                    fcgi::BegunAgain::Ended => "it was still sending its PARAMS: ended (END_REQUEST)",
-                    fcgi::BegunAgain::Aborted => "its body was still coming: aborted as at FCGI_ABORT_REQUEST (its app's body read fails, END_REQUEST once it returns)",
-                    fcgi::BegunAgain::Ignored => "it had come whole: it is answered",
+                    // Without FCGI_KEEP_CONN, its END_REQUEST ends the connection (§2.3).
+                    fcgi::BegunAgain::Ended if parser.close_after_replies() => "it was still sending its PARAMS: ended (END_REQUEST), and with it the connection (it had no FCGI_KEEP_CONN): closing",
+                    fcgi::BegunAgain::Ended => "it was still sending its PARAMS: ended (END_REQUEST); the connection and its other requests go on",
+                    fcgi::BegunAgain::Aborted => "its body was still coming: aborted as at FCGI_ABORT_REQUEST (its app's body read fails, END_REQUEST once it returns); the connection and its other requests go on",
+                    fcgi::BegunAgain::Ignored => "it had come whole: it is answered; the connection and its other requests go on",
                 };
                 if slow_clients::bad_input(&peer, Reason::Malformed) {
-                    tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}; the connection and its other requests go on");
+                    tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}");
                 }
             }
             if parser.active() > 0 {
