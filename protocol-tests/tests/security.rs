@@ -328,6 +328,56 @@ fn unix_sockets_get_the_configured_mode_and_owner_else_the_umasks() {
     );
 }
 
+// regression (sec M4): with umask 000 and no --socket-mode the socket was born
+// srwxrwxrwx, connectable by every local user, and nothing said so. A start warns, and
+// --check says the same; an explicit --socket-mode 666 is the operator's choice: no
+// warning.
+#[test]
+fn a_unix_socket_every_user_may_connect_to_by_the_umask_is_warned_about() {
+    let dir = tempdir();
+    let umask0 = |cmd: &mut Command| {
+        // SAFETY: umask(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+    };
+    let said = "(from the umask, no --socket-mode): every local user can connect to it";
+    let sock = dir.path().join("open.sock");
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi").arg(format!("unix:{}", sock.display()));
+    umask0(&mut cmd);
+    let p = Postern::spawn(cmd, Addr::Unix(sock.clone()), dir.path(), None);
+    assert_eq!(
+        std::fs::symlink_metadata(&sock).unwrap().mode() & 0o777,
+        0o777
+    );
+    assert!(p.wait_log(said, 5), "{}", p.logs());
+    assert!(p.logs().contains("mode 777"), "{}", p.logs());
+    drop(p);
+    // --check says it too.
+    let mut cmd = command(&security_app());
+    cmd.arg("--check")
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", dir.path().join("check.sock").display()));
+    umask0(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(said), "{stdout}");
+    // Chosen on purpose: no warning.
+    let sock = dir.path().join("chosen.sock");
+    let mut cmd = command(&security_app());
+    cmd.arg("--uwsgi")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--socket-mode", "666"]);
+    umask0(&mut cmd);
+    let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), None);
+    assert!(!p.logs().contains(said), "{}", p.logs());
+}
+
 #[test]
 fn a_symlink_at_the_socket_path_is_refused_never_followed_or_replaced() {
     let dir = tempdir();

@@ -841,6 +841,18 @@ fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bou
                 .map_err(|e| apply("--socket-mode", e))?;
         }
     }
+    if opts.mode.is_none() && meta.st_mode & 0o002 != 0 {
+        // regression (sec M4): with umask 000 the socket was born srwxrwxrwx, and
+        // nothing said so. Connecting needs write permission: every local user could
+        // send the request variables the app trusts. Not refused (a container whose
+        // only users are nginx and postern may want it), but said, as --socket-mode 666
+        // typed on purpose is not.
+        tracing::warn!(
+            listener = %addr,
+            "the Unix socket is mode {:o} (from the umask, no --socket-mode): every local user can connect to it and send the request variables the app trusts (REMOTE_ADDR, HTTPS, SCRIPT_NAME...), as the front server does; give --socket-mode 660 --socket-owner USER:GROUP (the front server's group), or --socket-mode 666 if every local user is to be trusted",
+            meta.st_mode & 0o777
+        );
+    }
     if let Some((uid, gid)) = opts.owner {
         rustix::fs::chownat(
             &dirfd,
