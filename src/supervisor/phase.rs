@@ -190,11 +190,21 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
     if w.phase == Phase::Serving {
         return judgement(Cause::Crash, boot_failures, Verdict::Replace);
     }
+    if w.generation < fleet.generation && (w.generation > 0 || fleet.announced) {
+        // Its failures are its generation's, which nothing starts again: they neither
+        // hold the serving workers as "starts-failed" nor delay the new generation's
+        // starts with their backoff.
+        // regression: they counted as the serving generation's failures in a row.
+        return Judgement {
+            cause: Cause::BootFailure,
+            pending: None,
+            boot_failures,
+            verdict: Verdict::Superseded,
+        };
+    }
     boot_failures += 1;
     let verdict = if w.generation == 0 && !fleet.announced {
         Verdict::BootFailed
-    } else if w.generation < fleet.generation {
-        Verdict::Superseded
     } else if fleet.generation > 0 && fleet.previous_serves {
         Verdict::Rollback
     } else if boot_failures >= CRASH_LOOP && !fleet.others_serve {
@@ -358,7 +368,9 @@ mod tests {
             },
         );
         assert_eq!(j.verdict, Verdict::Superseded);
-        assert_eq!(j.boot_failures, 1);
+        assert_eq!(j.pending, None);
+        // regression: 1, the serving generation's count in a row.
+        assert_eq!(j.boot_failures, 0);
     }
 
     #[test]
