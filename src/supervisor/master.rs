@@ -94,6 +94,9 @@ struct Worker {
     /// regression: it left at `--worker-start-timeout` anyway, as its successor was
     /// killed: with `--workers 1` nothing served.
     outgoing: Option<(Cause, Instant)>,
+    /// Started in place of a reload's worker killed by a signal during its import: if
+    /// it is killed too, the reload fails.
+    retry: bool,
 }
 
 impl Worker {
@@ -118,6 +121,7 @@ impl Worker {
             start_timed_out: false,
             abandoned: false,
             outgoing: None,
+            retry: false,
         }
     }
 
@@ -319,6 +323,15 @@ impl Condemned {
     }
 }
 
+/// What a signal that ended an import suggests: the OOM killer's is SIGKILL.
+fn oom_hint(sig: Option<i32>) -> &'static str {
+    if sig == Some(libc::SIGKILL) {
+        " (out of memory? the kernel log says)"
+    } else {
+        ""
+    }
+}
+
 fn raw(pid: Pid) -> i32 {
     pid.as_raw_nonzero().get()
 }
@@ -363,6 +376,10 @@ struct Master {
     /// A reload was asked for during the first start: it runs once the first start is
     /// complete (see `reload`).
     reload_deferred: bool,
+    /// The reload's new workers killed by a signal during their import (see
+    /// [`Verdict::Restart`]), and how many of the starts to come replace such a one.
+    import_kills: u32,
+    retries_due: u32,
     /// Why workers left the serving generation, oldest first: the causes their
     /// replacements start with (`fill`).
     pending: VecDeque<Cause>,
@@ -542,6 +559,8 @@ impl Master {
             completed: 0,
             reload_pending: false,
             reload_deferred: false,
+            import_kills: 0,
+            retries_due: 0,
             pending: VecDeque::new(),
             stats,
             sfd,
@@ -590,6 +609,7 @@ impl Master {
             boot_failures: self.boot_failures,
             previous_serves: self.reloading(),
             others_serve: self.workers.iter().any(|o| self.serves_queue(o)),
+            import_kills: self.import_kills,
         }
     }
 
@@ -688,8 +708,12 @@ impl Master {
             "worker started"
         );
         self.board.count_start(cause);
-        self.workers
-            .push(Worker::new(child, self.generation, slot, Some(read)));
+        let mut w = Worker::new(child, self.generation, slot, Some(read));
+        if self.retries_due > 0 {
+            self.retries_due -= 1;
+            w.retry = true;
+        }
+        self.workers.push(w);
         Ok(())
     }
 
@@ -1325,6 +1349,8 @@ impl Master {
         self.reload_pending = true;
         self.boot_failures = 0;
         self.failed_exit = None;
+        self.import_kills = 0;
+        self.retries_due = 0;
         // Chain reload: one new worker now, the next once it serves (see `fill`).
         let n = if self.opts.chain_reload {
             1
@@ -1420,6 +1446,7 @@ impl Master {
             }
             let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
             let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
+            let signal_in_import = status.terminating_signal().filter(|_| failed_start);
             let j = phase::judge_exit(
                 Departed {
                     generation: w.generation,
@@ -1430,6 +1457,8 @@ impl Master {
                         .then(|| self.board.self_retired(w.slot))
                         .flatten(),
                     failed_start,
+                    killed_in_import: signal_in_import.is_some(),
+                    retry: w.retry,
                 },
                 self.fleet(),
             );
@@ -1504,6 +1533,19 @@ impl Master {
                         "worker failed to start (the app's error is logged above); a newer reload replaced its generation, so nothing replaces it"
                     );
                 }
+                Verdict::Restart => {
+                    self.import_kills += 1;
+                    self.retries_due += 1;
+                    tracing::warn!(
+                        pid,
+                        %how,
+                        generation,
+                        kills = self.import_kills,
+                        "new worker killed by a signal during its import{} (not the app's code failing): another starts in its place and the reload goes on (it fails if that one is killed too, or at {} such kills)",
+                        oom_hint(signal_in_import),
+                        phase::IMPORT_KILLS
+                    );
+                }
                 Verdict::BootFailed => {
                     tracing::error!(pid, %how, generation, "worker failed to start");
                     self.stop_all(true);
@@ -1534,7 +1576,28 @@ impl Master {
                             .max()
                             .unwrap_or(failed - 1)
                     };
-                    tracing::error!(pid, %how, generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start; still serving the previous code");
+                    if let Some(sig) = signal_in_import {
+                        let kills = self.import_kills + 1;
+                        tracing::error!(
+                            pid,
+                            %how,
+                            generation = self.generation,
+                            failed_generation = failed,
+                            kills,
+                            "reload failed: a new worker was killed by signal {} during its import{}, {}; still serving the previous code",
+                            signals::name(sig),
+                            oom_hint(Some(sig)),
+                            if w.retry {
+                                "and it had started in place of one killed so".to_owned()
+                            } else {
+                                format!("{kills} such kills in this reload")
+                            }
+                        );
+                    } else {
+                        tracing::error!(pid, %how, generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start; still serving the previous code");
+                    }
+                    self.import_kills = 0;
+                    self.retries_due = 0;
                     // sd_notify(3): after RELOADING=1, READY=1 once the reload is over,
                     // failed ones too (systemd holds the unit in "reloading" until then),
                     // and only then: a READY=1 nothing waits for would end the next
@@ -2211,6 +2274,8 @@ mod tests {
             phase: Phase::Booting,
             self_retired: None,
             failed_start: true,
+            killed_in_import: false,
+            retry: false,
         };
         assert_eq!(phase::judge_exit(failed, f).verdict, Verdict::CrashLoop);
         let _ = stand.end();

@@ -93,6 +93,11 @@ pub struct Departed {
     /// It never said ready and exited on its own, not cleanly (its import failed, it
     /// crashed): a failed start, even if it had been told to leave meanwhile.
     pub failed_start: bool,
+    /// A failed start ended by a signal the master did not send (the OOM killer's
+    /// SIGKILL, an operator's kill): not the app's code failing to import.
+    pub killed_in_import: bool,
+    /// It was started in place of a reload's worker killed during its import.
+    pub retry: bool,
 }
 
 /// The master's state when a worker exits.
@@ -108,6 +113,8 @@ pub struct Fleet {
     pub previous_serves: bool,
     /// Another worker serves: the app did start, and users are still answered.
     pub others_serve: bool,
+    /// The reload's new workers killed by a signal during their import so far.
+    pub import_kills: u32,
 }
 
 /// What the master does about an exit.
@@ -120,6 +127,10 @@ pub enum Verdict {
     /// A worker of a generation that was already superseded failed to boot: nothing to
     /// replace.
     Superseded,
+    /// A reload's new worker was killed by a signal during its import (the OOM killer,
+    /// say), the previous code still serving: not the code failing, so another starts
+    /// in its place and the reload goes on.
+    Restart,
     /// A reload whose new workers do not start while the previous code still serves:
     /// go back to the previous generation and drain the new one.
     Rollback,
@@ -143,6 +154,10 @@ pub struct Judgement {
 
 /// Workers dying before ready this many times in a row stop the master.
 pub const CRASH_LOOP: u32 = 10;
+
+/// A reload's new workers killed by a signal during their import this many times fail
+/// the reload (as does the kill of a worker started in place of a killed one).
+pub const IMPORT_KILLS: u32 = 3;
 
 /// When a replacement may start after `boot_failures` failed boots in a row, the last
 /// of which exited at `failed_exit`: 200 ms after the first, doubling up to 12.8 s.
@@ -202,10 +217,26 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
             verdict: Verdict::Superseded,
         };
     }
+    let reloading = fleet.generation > 0 && fleet.previous_serves;
+    if reloading
+        && w.killed_in_import
+        && !w.retry
+        && fleet.import_kills + 1 < IMPORT_KILLS
+        && w.generation == fleet.generation
+    {
+        // regression: the reload failed ("the new workers do not start"), its healthy
+        // workers drained with it, for one worker the OOM killer took.
+        return Judgement {
+            cause: Cause::BootFailure,
+            pending: Some(Cause::Reload),
+            boot_failures,
+            verdict: Verdict::Restart,
+        };
+    }
     boot_failures += 1;
     let verdict = if w.generation == 0 && !fleet.announced {
         Verdict::BootFailed
-    } else if fleet.generation > 0 && fleet.previous_serves {
+    } else if reloading {
         Verdict::Rollback
     } else if boot_failures >= CRASH_LOOP && !fleet.others_serve {
         // While others serve, a replacement that cannot start (broken code on disk
@@ -242,6 +273,7 @@ mod tests {
             boot_failures: 0,
             previous_serves: false,
             others_serve: false,
+            import_kills: 0,
         }
     }
 
@@ -251,6 +283,8 @@ mod tests {
             phase,
             self_retired: None,
             failed_start: false,
+            killed_in_import: false,
+            retry: false,
         }
     }
 
@@ -371,6 +405,41 @@ mod tests {
         assert_eq!(j.pending, None);
         // regression: 1, the serving generation's count in a row.
         assert_eq!(j.boot_failures, 0);
+    }
+
+    #[test]
+    fn a_reload_worker_killed_in_its_import_is_restarted_a_bounded_number_of_times() {
+        let reload = Fleet {
+            previous_serves: true,
+            ..fleet(1)
+        };
+        let killed = Departed {
+            failed_start: true,
+            killed_in_import: true,
+            ..departed(1, Phase::Booting)
+        };
+        let j = judge_exit(killed, reload);
+        assert_eq!(j.verdict, Verdict::Restart);
+        assert_eq!(j.pending, Some(Cause::Reload));
+        assert_eq!(j.boot_failures, 0, "not the code failing");
+        // The one started in its place killed too: the reload fails.
+        let again = Departed {
+            retry: true,
+            ..killed
+        };
+        assert_eq!(judge_exit(again, reload).verdict, Verdict::Rollback);
+        // As does the IMPORT_KILLS-th kill in a reload.
+        let many = Fleet {
+            import_kills: IMPORT_KILLS - 1,
+            ..reload
+        };
+        assert_eq!(judge_exit(killed, many).verdict, Verdict::Rollback);
+        // An import that fails (an exit, not a signal) fails the reload as before.
+        let failed = Departed {
+            killed_in_import: false,
+            ..killed
+        };
+        assert_eq!(judge_exit(failed, reload).verdict, Verdict::Rollback);
     }
 
     #[test]
