@@ -1,6 +1,7 @@
-//! A reload's new worker killed by a signal during its import (the OOM killer's
-//! SIGKILL) is not the code failing: another starts in its place and the reload goes
-//! on, within bounds (README "Workers, reloads and timeouts").
+//! Workers killed during a reload: a new one killed by a signal during its import (the
+//! OOM killer's SIGKILL) is not the code failing: another starts in its place and the
+//! reload goes on, within bounds; an old one is not replaced, and the log says so
+//! (README "Workers, reloads and timeouts").
 
 use std::path::Path;
 
@@ -131,5 +132,50 @@ fn a_reload_fails_when_the_worker_started_in_place_of_a_killed_one_is_killed_too
     );
     // The previous code serves on.
     std::fs::write(dir.path().join("gate"), "").unwrap();
+    assert_eq!(p.get("/").0, 200);
+}
+
+// regression: a SIGHUP reload had no line naming its trigger (--touch-reload's has);
+// an old worker killed mid-reload was logged "worker died unexpectedly; replacing it",
+// and (rightly) nothing replaced it.
+#[test]
+fn an_old_worker_killed_during_a_reload_is_said_not_replaced() {
+    let dir = tempdir();
+    let p = reload_waiting_at_imports(dir.path());
+    let (a, b) = (ticket(dir.path(), 0), ticket(dir.path(), 1));
+    let l = p
+        .logs()
+        .lines()
+        .find(|l| l.contains("SIGHUP: reload asked for"))
+        .map(str::to_owned);
+    assert!(
+        l.as_ref()
+            .is_some_and(|l| l.contains(" INFO ") && l.contains("generation=0")),
+        "{}",
+        p.logs()
+    );
+    let old = children(p.pid())
+        .into_iter()
+        .find(|&c| c != a && c != b && p.logs().contains(&format!("pid={c} ")))
+        .expect("an old worker");
+    kill9(old);
+    assert!(
+        wait_until(20, || line(&p, old, "died unexpectedly").is_some()),
+        "{}",
+        p.logs()
+    );
+    let l = line(&p, old, "died unexpectedly").unwrap();
+    assert!(
+        l.contains("not replaced: a reload is replacing its generation")
+            && l.contains("generation=0")
+            && !l.contains("; replacing it"),
+        "{l}"
+    );
+    std::fs::write(dir.path().join("gate"), "").unwrap();
+    assert!(
+        p.wait_log_count("all 2 workers ready", 2, 30),
+        "{}",
+        p.logs()
+    );
     assert_eq!(p.get("/").0, 200);
 }

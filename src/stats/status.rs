@@ -286,6 +286,11 @@ pub fn text(s: &Snapshot) -> String {
     if s.workers.is_empty() {
         let _ = writeln!(o, "(no workers)");
     }
+    // A hold matters past a recycling limit only: with none set, it says what it waits for.
+    let limits = s
+        .config
+        .iter()
+        .any(|(k, _)| matches!(k.as_str(), "max-requests" | "max-rss" | "max-lifetime"));
     for w in &s.workers {
         let rss = w
             .rss_bytes
@@ -365,10 +370,18 @@ pub fn text(s: &Snapshot) -> String {
             let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {m}", "", "", "");
         }
         // Under the REQUEST column: the STATE column has no room for it.
+        // regression: "serves past its recycling limits" with none set.
         if let Some(h) = w.held {
+            let what = match (h, limits) {
+                (_, true) => "serves past its recycling limits until its successor is ready",
+                (Hold::Reload, false) => "serves until the reload completes",
+                (Hold::StartsFailed, false) => {
+                    "serves on while the workers started beside it fail to start"
+                }
+            };
             let _ = writeln!(
                 o,
-                "{:<51}{:>6}  {:>8}  held ({}): serves past its recycling limits until its successor is ready",
+                "{:<51}{:>6}  {:>8}  held ({}): {what}",
                 "",
                 "",
                 "",
@@ -447,6 +460,21 @@ mod tests {
         assert!(rows[4].starts_with("102 "), "{t}");
         assert!(
             rows[6].trim_start().starts_with("held (starts-failed): "),
+            "{t}"
+        );
+
+        // With a recycling limit set; the sample has none.
+        // regression: "serves past its recycling limits" with none set.
+        assert!(
+            rows[3].contains("held (reload): serves until the reload completes"),
+            "{t}"
+        );
+        s.config.push(("max-requests".into(), "1000".into()));
+        let t = text(&s);
+        assert!(
+            t.contains(
+                "held (reload): serves past its recycling limits until its successor is ready"
+            ),
             "{t}"
         );
 

@@ -466,7 +466,12 @@ pub fn run(
         }
         while let Some(sig) = m.signals().read() {
             match sig {
-                libc::SIGHUP => m.reload(&worker)?,
+                libc::SIGHUP => {
+                    // Its trigger named, as --touch-reload's is.
+                    // regression: a SIGHUP reload had no line saying what started it.
+                    tracing::info!(generation = m.generation, "SIGHUP: reload asked for");
+                    m.reload(&worker)?;
+                }
                 libc::SIGTERM | libc::SIGINT => {
                     notify::notify("STOPPING=1");
                     tracing::info!(signal = %signals::name(sig), "stopping: workers finish their requests (--graceful-timeout {:?})", m.opts.graceful_timeout);
@@ -1532,6 +1537,12 @@ impl Master {
                         serving = self.generation,
                         "worker failed to start (the app's error is logged above); a newer reload replaced its generation, so nothing replaces it"
                     );
+                }
+                Verdict::Outgoing if status.exit_status() == Some(0) => {
+                    tracing::warn!(pid, %how, generation, serving = self.generation, "worker stopped without the master asking (a signal sent to it directly?); not replaced: a reload is replacing its generation");
+                }
+                Verdict::Outgoing => {
+                    tracing::error!(pid, %how, generation, serving = self.generation, "worker died unexpectedly; not replaced: a reload is replacing its generation");
                 }
                 Verdict::Restart => {
                     self.import_kills += 1;

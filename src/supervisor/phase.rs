@@ -127,6 +127,9 @@ pub enum Verdict {
     /// A worker of a generation that was already superseded failed to boot: nothing to
     /// replace.
     Superseded,
+    /// A serving worker of a generation a reload is replacing died on its own: logged
+    /// as an error, not replaced (the reload's new workers take its place).
+    Outgoing,
     /// A reload's new worker was killed by a signal during its import (the OOM killer,
     /// say), the previous code still serving: not the code failing, so another starts
     /// in its place and the reload goes on.
@@ -203,6 +206,15 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
         verdict,
     };
     if w.phase == Phase::Serving {
+        if w.generation < fleet.generation {
+            // regression: logged "replacing it", and nothing replaced it (nor should).
+            return Judgement {
+                cause: Cause::Crash,
+                pending: None,
+                boot_failures,
+                verdict: Verdict::Outgoing,
+            };
+        }
         return judgement(Cause::Crash, boot_failures, Verdict::Replace);
     }
     if w.generation < fleet.generation && (w.generation > 0 || fleet.announced) {
@@ -405,6 +417,20 @@ mod tests {
         assert_eq!(j.pending, None);
         // regression: 1, the serving generation's count in a row.
         assert_eq!(j.boot_failures, 0);
+    }
+
+    #[test]
+    fn a_serving_worker_of_a_generation_being_replaced_is_not_replaced() {
+        let j = judge_exit(
+            departed(0, Phase::Serving),
+            Fleet {
+                previous_serves: true,
+                ..fleet(1)
+            },
+        );
+        assert_eq!(j.verdict, Verdict::Outgoing);
+        assert_eq!(j.cause, Cause::Crash);
+        assert_eq!(j.pending, None);
     }
 
     #[test]
