@@ -225,7 +225,23 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
         writeln!(tmp, "{}", own.as_raw_nonzero())?;
         tmp.persist(path).map(drop).map_err(|e| e.error)
     };
-    write().map_err(|e| {
+    // A pidfile made beforehand for this user in a directory it may not write (a
+    // tmpfiles.d `f` line, `touch` + `chown` in an image, a bind-mounted file): written in
+    // place, never through a link (O_NOFOLLOW), and only when it is a regular file with
+    // one name (a hard link planted to another file is refused).
+    // regression: the temporary file + rename refused such a pidfile ("Permission
+    // denied" on the directory), which the file written in place used to accept.
+    let existing_file = replaced.is_none()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    write()
+        .or_else(|e| {
+            if existing_file {
+                write_in_place(path, own.as_raw_nonzero().get()).map_err(|_| e)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| {
         // regression: a bare "Permission denied", without the uid and directory hint
         // a socket path gets.
         let dir = dir.display();
@@ -235,7 +251,7 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
             ),
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
                 format!(
-                    "; postern (uid {}) may not write in {dir}: the pidfile is written before --uid drops privileges, so make {dir} writable for this user (systemd: `RuntimeDirectory=` with `User=`) or choose another path",
+                    "; postern (uid {}) may not write in {dir}: the pidfile is written as this user (before --uid, if given, drops privileges), so make {dir} writable for it (systemd: `RuntimeDirectory=` with `User=`), create the pidfile beforehand as a file this user may write, or choose another path",
                     rustix::process::geteuid().as_raw()
                 )
             }
@@ -252,6 +268,34 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `pid` into the existing pidfile at `path` in place: for a pidfile made
+/// beforehand for this user in a directory it may not write (a tmpfiles.d `f` line,
+/// `touch` + `chown` in an image, a bind-mounted file), where the temporary file and
+/// rename cannot be made. Never through a link (`O_NOFOLLOW`), and only into a regular
+/// file with one name (a hard link planted to another file is refused).
+/// regression: the temporary file + rename refused such a pidfile ("Permission denied"
+/// on the directory), which the file written in place used to accept.
+fn write_in_place(path: &std::path::Path, pid: i32) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Write as _;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+        || st.st_nlink != 1
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "not a regular file with one name",
+        ));
+    }
+    rustix::fs::ftruncate(&fd, 0)?;
+    writeln!(std::fs::File::from(fd), "{pid}")
 }
 
 /// Removes `--pidfile` at exit if it still names this process (a file another server
@@ -747,6 +791,27 @@ mod tests {
         // A group alone: its bits when the directory is its, never the owner's.
         assert!(searchable(0o710, 0, 33, None, &[33]));
         assert!(!searchable(0o700, 33, 0, None, &[33]));
+    }
+
+    #[test]
+    fn a_pidfile_written_in_place_is_a_regular_file_with_one_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("app.pid");
+        std::fs::write(&pid, "12345678\n").unwrap();
+        write_in_place(&pid, 42).unwrap();
+        assert_eq!(std::fs::read_to_string(&pid).unwrap(), "42\n");
+        // Never through a link, never into a file with a second name.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("link.pid");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(write_in_place(&link, 42).is_err());
+        let hard = dir.path().join("hard.pid");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        assert!(write_in_place(&hard, 42).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        // Nothing is created.
+        assert!(write_in_place(&dir.path().join("none.pid"), 42).is_err());
     }
 
     #[test]
