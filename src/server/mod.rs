@@ -253,11 +253,14 @@ pub fn run(
         ));
     }
     // A WSGI worker whose Python threads are all busy hands the requests that come on
-    // its parked kept FastCGI connections to the workers with a free thread.
+    // its parked kept FastCGI connections to the workers with a free thread. Not with
+    // --workers 1: there is none, and its timer would wake an idle worker for nothing
+    // (a worker started alone hands nothing over after a SIGTTIN until it is replaced).
     if let (Some(_), Some(m), None) = (handover, monitor.clone(), asgi.as_ref()) {
-        if listeners
-            .iter()
-            .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+        if m.has_siblings()
+            && listeners
+                .iter()
+                .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
         {
             let m2 = Arc::clone(&m);
             runtime.spawn(fastcgi::relieve(

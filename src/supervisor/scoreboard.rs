@@ -745,6 +745,12 @@ impl Scoreboard {
             .store(workers as u64, Ordering::Relaxed);
     }
 
+    /// The number of workers the master keeps ([`Scoreboard::publish_target`]); 0
+    /// without a master.
+    pub fn target(&self) -> usize {
+        self.global().target.load(Ordering::Relaxed) as usize
+    }
+
     /// A Python thread of `slot` took a request (with `--stats`). Counts an "all
     /// threads busy" event when that leaves no idle thread in any serving worker.
     pub fn enter(&self, slot: usize) {

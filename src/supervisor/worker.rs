@@ -671,6 +671,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.idle_elsewhere(self.slot)
     }
 
+    fn has_siblings(&self) -> bool {
+        !self.standalone && self.board.target() > 1
+    }
+
     fn requests_left(&self) -> Option<u64> {
         if self.board.held(self.slot).is_some() {
             // Held past the limit (`Scoreboard::hold`): it accepts as a worker with no

@@ -439,6 +439,12 @@ pub trait Monitor: Send + Sync {
     fn idle_elsewhere(&self) -> usize {
         0
     }
+    /// A worker under a master that keeps more than one worker (`--workers`, as
+    /// SIGTTIN/SIGTTOU left it when this one started): there may be another to hand
+    /// requests to.
+    fn has_siblings(&self) -> bool {
+        false
+    }
     /// This process is about to warn that the app answered a status past 599 (once per
     /// process): whether it is the first of its generation of workers to (recycled
     /// workers' replacements stay quiet, as for the `--max-rss` warning).
