@@ -1159,9 +1159,10 @@ fn format_access<'a>(
             // nginx's `combined` ($remote_addr - $remote_user [$time_local] "$request"
             // $status $body_bytes_sent "$http_referer" "$http_user_agent"), in UTC, then
             // the duration in seconds ($request_time) and postern's own fields.
-            escaped(out, remote);
+            // The two unquoted fields: a space there would shift every field after it.
+            escaped_word(out, remote);
             out.push_str(" - ");
-            escaped(out, var(v.remote_user));
+            escaped_word(out, var(v.remote_user));
             let _ = write!(out, " [{}] \"", CombinedTime(now));
             escaped(out, method);
             out.push(' ');
@@ -1314,6 +1315,26 @@ fn escaped(out: &mut String, v: Option<&[u8]>) {
                 let _ = write!(out, "\\x{c:02X}");
             }
             b' '..=b'~' => out.push(c as char),
+            _ => {
+                let _ = write!(out, "\\x{c:02X}");
+            }
+        }
+    }
+}
+
+/// An unquoted field of a combined line (`$remote_addr`, `$remote_user`): as
+/// [`escaped`], and a space as `\x20` too, so the field stays one word for the parsers
+/// of the combined format (goaccess, awstats, `cut -d' '`). nginx writes these two raw;
+/// `$remote_user` comes from the client's `Authorization: Basic` header (nginx's stock
+/// `fastcgi_params` pass it as REMOTE_USER), so a client could otherwise forge fields.
+fn escaped_word(out: &mut String, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        out.push('-');
+        return;
+    };
+    for &c in v {
+        match c {
+            b'!'..=b'~' if c != b'"' && c != b'\\' => out.push(c as char),
             _ => {
                 let _ = write!(out, "\\x{c:02X}");
             }
@@ -1562,6 +1583,29 @@ mod tests {
              \"https://example.com/\" \"curl/8.5.0 (x86_64) \\x22quoted\\x22\" 0.001 \
              request_id=5f1d0c3aa8e94b7c9d2e4f6a8b0c1d2e pid=4242 protocol=uwsgi\n"
         );
+    }
+
+    // See: sec's audit: REMOTE_USER (the client's Basic user name) and REMOTE_ADDR were
+    // written raw, so a space shifted the fields of a combined line.
+    #[test]
+    fn the_unquoted_combined_fields_stay_one_word() {
+        let mut vars = NGINX.to_vec();
+        vars.push((
+            "REMOTE_USER",
+            "a b [01/Jan/2000:00:00:00 +0000] \"GET /admin",
+        ));
+        vars.push(("REMOTE_ADDR", "10.0.0.1 x"));
+        let l = line(AccessLogFormat::Combined, &vars, Ending::Complete);
+        assert!(
+            l.starts_with(
+                "10.0.0.1\\x20x - a\\x20b\\x20[01/Jan/2000:00:00:00\\x20+0000]\\x20\\x22GET\\x20/admin [29/Nov/2025:17:40:01 +0000] \"GET /hello?x=1 HTTP/1.1\" 200 79 "
+            ),
+            "{l}"
+        );
+        // An empty user is `-`, as nginx writes it.
+        vars.push(("REMOTE_USER", ""));
+        let l = line(AccessLogFormat::Combined, &vars, Ending::Complete);
+        assert!(l.starts_with("10.0.0.1\\x20x - - [29/Nov"), "{l}");
     }
 
     #[test]
