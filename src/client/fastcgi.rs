@@ -126,7 +126,7 @@ pub struct StderrLines {
 impl StderrLines {
     fn print(line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        eprintln!("fastcgi stderr: {}", String::from_utf8_lossy(line));
+        eprintln!("fastcgi stderr: {}", super::escaped_text(line));
     }
 
     fn flush(&mut self) {
@@ -336,9 +336,12 @@ pub fn get_values(
         .map_err(|e| protocol(format!("bad FCGI_GET_VALUES_RESULT: {e}")))?;
     let mut text = Vec::new();
     for (name, value) in &pairs {
-        text.extend_from_slice(&answer.content[name.start as usize..name.end as usize]);
-        text.push(b'=');
-        text.extend_from_slice(&answer.content[value.start as usize..value.end as usize]);
+        let field = |r: &std::ops::Range<u32>| &answer.content[r.start as usize..r.end as usize];
+        // The server's text: a newline or an escape sequence in it is shown, not run.
+        let mut line = field(name).to_vec();
+        line.push(b'=');
+        line.extend_from_slice(field(value));
+        super::escape_controls(&line, &mut text);
         text.push(b'\n');
     }
     out.write_all(&text)

@@ -27,7 +27,7 @@ pub mod fastcgi;
 pub mod output;
 pub mod url;
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal as _, Read, Write};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -176,11 +176,15 @@ pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
     }
     stream.flush().map_err(io_err)?;
 
+    // A terminal gets the body with its control characters escaped; a pipe or a file
+    // (a health check, `> page.html`) gets its bytes as they are.
+    let terminal = io::stdout().is_terminal();
     let mut out = io::stdout().lock();
+    let printer = |answer, out| Printer::new(answer, out, &label).escape_body(terminal);
     match url.scheme {
-        Scheme::Uwsgi => print_to_eof(&mut stream, Printer::new(Answer::Http, &mut out, &label)),
+        Scheme::Uwsgi => print_to_eof(&mut stream, printer(Answer::Http, &mut out)),
         Scheme::FastCgi => {
-            let mut printer = Printer::new(Answer::FastCgi, &mut out, &label);
+            let mut printer = printer(Answer::FastCgi, &mut out);
             let mut stderr = fastcgi::StderrLines::default();
             fastcgi::read_response(&mut stream, &mut Vec::new(), &mut printer, &mut stderr)
                 .map_err(|e| e.at(&label))?;
@@ -189,7 +193,7 @@ pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
             drop(stream);
             printer.finish()
         }
-        Scheme::Scgi => print_to_eof(&mut stream, Printer::new(Answer::Cgi, &mut out, &label)),
+        Scheme::Scgi => print_to_eof(&mut stream, printer(Answer::Cgi, &mut out)),
     }
 }
 
@@ -259,6 +263,39 @@ fn read_body(args: &RequestArgs) -> Result<Vec<u8>, ClientError> {
             None => d.clone().into_bytes(),
         },
     })
+}
+
+/// Appends `bytes` with the characters a terminal would act on written as `\xHH`: C0
+/// controls but tab and line feed (a carriage return too, unless a line feed follows),
+/// DEL, and the C1 controls in UTF-8 (`\xC2\x9B` is CSI to some terminals). Printable
+/// text, UTF-8 included, is kept.
+pub fn escape_controls(bytes: &[u8], out: &mut Vec<u8>) {
+    let hex = |out: &mut Vec<u8>, b: u8| {
+        let _ = write!(out, "\\x{b:02X}");
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\t' | b'\n' => out.push(b),
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => out.push(b),
+            0..=0x1f | 0x7f => hex(out, b),
+            0xc2 if bytes.get(i + 1).is_some_and(|c| (0x80..=0x9f).contains(c)) => {
+                hex(out, b);
+                hex(out, bytes[i + 1]);
+                i += 1;
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+}
+
+/// [`escape_controls`] for a line of text.
+pub fn escaped_text(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    escape_controls(bytes, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Splits a byte string of FastCGI records into (type, id, content).

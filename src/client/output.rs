@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 
 use super::fastcgi::{ReadError, Stdout};
-use super::{ClientError, EXIT_5XX, EXIT_CONNECT};
+use super::{escape_controls, ClientError, EXIT_5XX, EXIT_CONNECT};
 use crate::proto::response;
 
 /// The longest response head (status line or CGI headers, up to the empty line)
@@ -44,6 +44,8 @@ pub struct Printer<'a> {
     label: &'a str,
     /// The head so far (and any body bytes that came with it), until it is printed.
     head: Vec<u8>,
+    /// The body is written with its control characters escaped (stdout is a terminal).
+    escape_body: bool,
     /// Set once the head is printed: its status code (`None`: no HTTP status line).
     status: Option<Option<u16>>,
     received: usize,
@@ -56,9 +58,29 @@ impl<'a> Printer<'a> {
             out,
             label,
             head: Vec::new(),
+            escape_body: false,
             status: None,
             received: 0,
         }
+    }
+
+    /// Escapes the body's control characters too ([`escape_controls`]): for a
+    /// terminal, where they would be run, not shown. Not for a pipe or a file, which
+    /// get the body's bytes as they are.
+    pub fn escape_body(mut self, yes: bool) -> Self {
+        self.escape_body = yes;
+        self
+    }
+
+    fn write_body(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.escape_body {
+            let mut escaped = Vec::with_capacity(bytes.len());
+            escape_controls(bytes, &mut escaped);
+            self.out.write_all(&escaped)
+        } else {
+            self.out.write_all(bytes)
+        }
+        .map_err(ClientError::Output)
     }
 
     /// The server, for messages.
@@ -70,7 +92,7 @@ impl<'a> Printer<'a> {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.received += bytes.len();
         if self.status.is_some() {
-            return self.out.write_all(bytes).map_err(ClientError::Output);
+            return self.write_body(bytes);
         }
         self.head.extend_from_slice(bytes);
         match head_end(&self.head) {
@@ -106,7 +128,13 @@ impl<'a> Printer<'a> {
             }
         };
         self.status = Some(status);
-        self.out.write_all(&bytes).map_err(ClientError::Output)
+        // The head is text for a reader, always shown with its control characters
+        // escaped: a server's `X: \x1b]0;title\x07` must not drive the terminal.
+        let end = head_end(&bytes).unwrap_or(bytes.len());
+        let mut head = Vec::with_capacity(end + 16);
+        escape_controls(&bytes[..end], &mut head);
+        self.out.write_all(&head).map_err(ClientError::Output)?;
+        self.write_body(&bytes[end..])
     }
 
     /// The response is complete: prints a head still held (one without an empty line
@@ -195,6 +223,35 @@ mod tests {
         assert!(r.unwrap_err().contains("does not end"));
         let (r, _) = printed(Answer::Http, &[]);
         assert!(r.unwrap_err().contains("without answering"));
+    }
+
+    // See: sec's audit: a server's header `X-Evil: \x1b]0;pwned-title\x07\x1b[2J` was
+    // printed raw, so it retitled and cleared the terminal of whoever ran the request.
+    #[test]
+    fn escapes_control_characters_in_the_head_and_in_a_terminals_body() {
+        let answer: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nX-Evil: \x1b]0;t\x07\x1b[2J\rRED\xc2\x9b1m caf\xc3\xa9\tx\r\n\r\n",
+            b"body\x1b[0m\r\n",
+        ];
+        let head =
+            "HTTP/1.1 200 OK\r\nX-Evil: \\x1B]0;t\\x07\\x1B[2J\\x0DRED\\xC2\\x9B1m café\tx\r\n\r\n";
+        // To a pipe or a file: the body as it came.
+        let (r, out) = printed(Answer::Http, answer);
+        assert_eq!(r, Ok(0));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{head}body\x1b[0m\r\n")
+        );
+        // To a terminal: the body escaped too, line ends kept.
+        let mut out = Vec::new();
+        let mut p = Printer::new(Answer::Cgi, &mut out, "t").escape_body(true);
+        p.feed(b"X: \x1b[1m\n\nbo").unwrap();
+        p.feed(b"dy\x1b[0m\x07\n").unwrap();
+        assert_eq!(p.finish().unwrap(), 0);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX: \\x1B[1m\r\n\r\nbody\\x1B[0m\\x07\n"
+        );
     }
 
     // See: sec's audit: an endless response head grew `postern request` to 1.5 GB.
