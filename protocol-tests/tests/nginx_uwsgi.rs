@@ -397,3 +397,62 @@ fn a_status_without_a_reason_is_sent_with_the_usual_one() {
         );
     });
 }
+
+#[test]
+fn a_stream_cut_at_the_graceful_timeout_over_tcp_is_never_complete_for_the_client() {
+    // regression: deploy HIGH (uwsgi and SCGI over TCP): a stream still running at
+    // --graceful-timeout ended with the worker's exit, a FIN, which nginx took for
+    // the end of a body without Content-Length: curl got a complete 200 (exit 0). The
+    // connection of a response under way now has SO_LINGER 0: the exit resets it.
+    // (Over a Unix socket there is no reset: a known limit, see the README.)
+    for upstream in [Upstream::Uwsgi, Upstream::Scgi] {
+        for reload in [false, true] {
+            let what = format!("{upstream:?} reload={reload}");
+            let args: &[&str] = if reload {
+                &["--master", "--workers", "1", "--graceful-timeout", "1"]
+            } else {
+                &["--graceful-timeout", "1"]
+            };
+            let Some(s) = Stack::build(upstream)
+                .tcp(true)
+                .args(args.iter().copied())
+                .start()
+            else {
+                assert!(!in_ci(), "no nginx, and CI=true");
+                return;
+            };
+            let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.write_all(
+                b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "{what}: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.postern
+                .signal(if reload { libc::SIGHUP } else { libc::SIGTERM });
+            let started = Instant::now();
+            let _ = c.read_to_end(&mut got);
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{what}: ran on"
+            );
+            assert!(
+                parse_http(&got).is_none(),
+                "{what}: a cut body must not look complete: {}\nnginx:\n{}",
+                String::from_utf8_lossy(&got),
+                s.nginx.error_log()
+            );
+            assert!(
+                s.nginx.error_log().contains("reset by peer"),
+                "{what}: {}",
+                s.nginx.error_log()
+            );
+        }
+    }
+}

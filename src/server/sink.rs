@@ -254,6 +254,9 @@ pub struct ConnSink {
     /// The peer sent bytes past its request's body: a complete response ends with a
     /// lingering close ([`Close`]), not a plain one.
     linger: Option<Box<dyn Close>>,
+    /// SO_LINGER 0 is set on the TCP connection while the response is under way
+    /// ([`ConnSink::arm`]).
+    armed: bool,
 }
 
 impl ConnSink {
@@ -279,6 +282,24 @@ impl ConnSink {
             style: HeadStyle::Http,
             permit: None,
             linger: None,
+            armed: false,
+        }
+    }
+
+    /// A response that does not end with this write, over TCP: SO_LINGER 0 until it
+    /// ends complete ([`Sink::finish`]), so that any close that cuts it (the worker's
+    /// exit at --graceful-timeout or a second signal, a --timeout SIGKILL, a crash) is
+    /// a reset, which nginx reports as an upstream error, not a FIN it takes for the
+    /// end of a body without Content-Length. regression: deploy HIGH (uwsgi and SCGI
+    /// over TCP): a stream cut by --graceful-timeout at a reload reached curl as a
+    /// complete 200 (exit 0). One-shot responses (a last write) never pay for it.
+    #[inline]
+    fn arm(&mut self) {
+        if self.tcp && !self.armed {
+            if let Some(s) = &self.sock {
+                let _ = s.set_linger(Some(Duration::ZERO));
+            }
+            self.armed = true;
         }
     }
 
@@ -316,20 +337,8 @@ impl ConnSink {
 
     /// Waits until the writer has sent everything queued (the GIL released); its
     /// error if a send failed. Direct writes may follow.
-    fn drain(&mut self) -> io::Result<()> {
-        match &self.stream {
-            Some(s) => {
-                let (sent, r) = s.drain();
-                self.written += sent;
-                r
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-impl Sink for ConnSink {
-    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+    /// `write_all` without arming: what it sends.
+    fn write_rest(&mut self, mut data: &[u8]) -> io::Result<()> {
         if let Some(s) = &self.stream {
             if data.len() < DIRECT {
                 // Waits only while the queue is full (backpressure).
@@ -359,13 +368,39 @@ impl Sink for ConnSink {
         Ok(())
     }
 
+    fn drain(&mut self) -> io::Result<()> {
+        match &self.stream {
+            Some(s) => {
+                let (sent, r) = s.drain();
+                self.written += sent;
+                r
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sink for ConnSink {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.arm();
+        self.write_rest(data)
+    }
+
+    /// The response's last bytes: the close that follows is its end (not armed).
+    fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_rest(data)
+    }
+
     /// One non-blocking send (the socket is non-blocking, and DONTWAIT says so again):
     /// what the kernel takes now. Safe with the GIL held: it never waits.
     /// From the `STREAM_FROM`th write on, a chunk is queued for the thread's writer
     /// instead (a copy, no system call): it is sent together with whatever else the app
     /// yields while the writer's previous send is in flight.
-    fn try_write(&mut self, data: &[u8], _last: bool) -> io::Result<usize> {
+    fn try_write(&mut self, data: &[u8], last: bool) -> io::Result<usize> {
         self.writes += 1;
+        if !last {
+            self.arm();
+        }
         if self.stream.is_none()
             && !self.on_loop
             && self.writes >= STREAM_FROM
@@ -492,6 +527,10 @@ impl Sink for ConnSink {
         }
         // Dropping the stream lets the writer go of the connection.
         self.stream = None;
+        if let (End::Complete(_), true, Some(s)) = (end, self.armed, &self.sock) {
+            // Sent whole (drained above): the close is a FIN again, after the rest.
+            let _ = s.set_linger(None);
+        }
         if let (End::Incomplete(_), true, Some(s)) = (end, self.tcp, &self.sock) {
             // SO_LINGER 0: close() sends a reset, which nginx reports as an upstream
             // error instead of taking the body as complete.
