@@ -21,6 +21,10 @@ Routes (GET unless said):
                        file says what receive() returned and what the next send() raised.
                        With listener=1 (sse-starlette's way) another task reads the
                        body and waits in receive() while the first chunk is sent.
+    /ticks?dir=&name=&tick=SECONDS
+                       "chunk 0\n", "chunk 1\n", … one every SECONDS (X-Accel-Buffering:
+                       no), never calling receive(), until a send() raises: dir/name
+                       then says which chunk's send raised ("raised at: N OSError-class")
     /state?tag=        JSON {"tag_before", "tag", "shared"}: scope["state"] as this
                        request found it, then set by it (lifespan startup stored
                        {"shared": [list]})
@@ -199,6 +203,21 @@ async def app(scope, receive, send):
             lines.append(f"send: {type(e).__name__} {e}")
         with open(record + ".tmp", "w") as f:
             f.write("\n".join(lines) + "\n")
+        os.rename(record + ".tmp", record)
+    elif path == "/ticks":
+        record = os.path.join(q["dir"], q["name"])
+        await start_stream(send)
+        i = 0
+        try:
+            while i < 1000:
+                await send({"type": "http.response.body", "body": f"chunk {i}\n".encode(), "more_body": True})
+                i += 1
+                await asyncio.sleep(float(q.get("tick", 0.5)))
+            line = "never raised"
+        except OSError as e:
+            line = f"raised at: {i} {type(e).__name__}"
+        with open(record + ".tmp", "w") as f:
+            f.write(line + "\n")
         os.rename(record + ".tmp", record)
     elif path == "/state":
         state = scope.get("state")

@@ -325,6 +325,67 @@ fn a_client_gone_reaches_a_task_that_waited_in_receive_while_the_first_chunk_was
 }
 
 #[test]
+fn a_send_after_the_client_left_a_streamed_response_raises_at_once() {
+    // regression (asgi-diff MEDIUM): the sends after nginx closed the connection
+    // returned while the kernel took them, so a stream that never calls receive()
+    // (Starlette's StreamingResponse under spec 2.4 relies on send() raising) ran on
+    // for 2-3 more chunks. The connection is watched while the response streams now:
+    // the first send after the close raises.
+    let mut failures = Vec::new();
+    for upstream in NGINX_UPSTREAMS {
+        let Some(s) = test_app(upstream, "") else {
+            return;
+        };
+        let dir = s.dir.path().join("ticks");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(
+            format!(
+                "GET /ticks?dir={}&name=ticks&tick=0.5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                dir.display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("chunk 2\n") {
+            match c.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!(
+                    "{upstream:?}: no chunk 2 ({other:?}): {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        // Gone half a tick before chunk 3 is sent.
+        drop(c);
+        let record = dir.join("ticks");
+        let got = if wait_file(&record, 10) {
+            std::fs::read_to_string(&record).unwrap()
+        } else {
+            "no send raised within 10 s".into()
+        };
+        eprintln!("{upstream:?}: {got:?}");
+        if !got.starts_with("raised at: 3 ") {
+            failures.push(format!(
+                "{upstream:?}: {got:?} (the send of chunk 3 should raise)"
+            ));
+        }
+        let logs = s.postern.logs();
+        failures.extend(
+            logs.lines()
+                .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+                .map(|l| format!("{upstream:?}: postern logged: {l}")),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
 fn each_request_gets_a_shallow_copy_of_the_lifespan_state() {
     // The test app's lifespan stores {"shared": []}; each /state request appends its
     // tag to that list (the same object for all) and sets "tag" in its own scope

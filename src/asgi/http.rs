@@ -423,6 +423,10 @@ pub struct Exchange {
     /// `watch` found the sink on the executor (a write in flight): it registers with
     /// `notify_gone` once the sink is back (`_job_done`).
     watch_later: bool,
+    /// The connection is watched for the front server's close while the response
+    /// streams (armed at its first body with more to come), so a `send()` after the
+    /// client left raises at once, not once the kernel refuses a write.
+    stream_watched: bool,
     trailers_said: bool,
     overflowed: bool,
     /// The sink's socket and write timeout when the loop writes the response itself
@@ -976,6 +980,7 @@ impl Exchange {
             extra_input: false,
             gone_id: None,
             watch_later: false,
+            stream_watched: false,
             trailers_said: false,
             overflowed: false,
             loop_w,
@@ -1411,6 +1416,15 @@ impl Exchange {
 
     fn lio(&self, py: Python<'_>) -> PyResult<Rc<super::io::LoopIo>> {
         super::io::loop_io(self.ctx.event_loop.bind(py))
+    }
+
+    /// Nothing more of the request is to be read from its connection: input now is
+    /// the front server's close.
+    fn input_whole(&self) -> bool {
+        matches!(
+            self.body,
+            BodyState::Done | BodyState::Waiting(Body::Empty | Body::Memory(_) | Body::File(..))
+        )
     }
 
     /// A `receive()` after the body returns `http.disconnect` now: the front server
@@ -2327,6 +2341,21 @@ impl Exchange {
                 }
                 if me.gone {
                     return Err(gone_error());
+                }
+                // A streamed response (more to come, short of any Content-Length): its
+                // connection is watched from now on (once), if nothing more of the
+                // request is to be read from it. A response in one body is not.
+                if more
+                    && !me.stream_watched
+                    && me
+                        .content_length
+                        .is_none_or(|cl| me.body_sent.saturating_add(len as u64) < cl)
+                    && me.input_whole()
+                {
+                    me.stream_watched = true;
+                    drop(me);
+                    Self::watch(slf)?;
+                    me = slf.borrow_mut();
                 }
                 let waiting = me.unawaited(py);
                 if waiting > super::io::MAX_UNAWAITED {
