@@ -1407,27 +1407,28 @@ fn starlette_behind_nginx_a_client_gone_mid_upload_or_mid_stream_logs_no_error()
                 .map(str::to_owned)
                 .collect()
         };
-        // Over uwsgi and SCGI the upload is the server layer's, not the app's.
-        let fastcgi = matches!(upstream, Upstream::FastCgi | Upstream::FastCgiKeepConn);
+        // Over uwsgi and SCGI the upload is the server layer's, not the app's: it
+        // has its access line all the same (regression, asgi-diff: only a warning).
         // Both requests end in either order, and their lines go through the log's
         // writer thread: wait for each, then count.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while (ended("/stream").is_empty() || (fastcgi && ended("/upload").is_empty()))
+        while (ended("/stream").is_empty() || ended("/upload").is_empty())
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(25));
         }
         let logs = s.postern.logs();
         let mut lines = ended("/stream");
-        if fastcgi {
-            lines.extend(ended("/upload"));
-        }
-        if lines.len() != 1 + usize::from(fastcgi) {
+        lines.extend(ended("/upload"));
+        if lines.len() != 2 {
             failures.push(format!("{upstream:?}: access lines {lines:?}"));
         }
         failures.extend(
             lines
                 .iter()
+                // nginx's scgi_request_buffering off announces as CONTENT_LENGTH the
+                // bytes it had read: over SCGI the upload may come whole, and served.
+                .filter(|l| !(upstream == Upstream::Scgi && l.contains("path=/upload")))
                 .filter(|l| {
                     !l.contains("client went away")
                         || (l.contains("path=/upload") && !l.contains(" status=0 "))

@@ -337,6 +337,10 @@ async fn serve<C: Conn>(
                     || tracing::warn!(error = %e, "could not read the request body; closing"),
                 );
             }
+            // The front server aborted the upload or closed the connection: an access
+            // line too (status 0, `client went away`), as over FastCGI, where the app's
+            // read finds the same.
+            span.in_scope(|| refused_access(&head, &request_id, info.protocol, 0, None, started));
             return;
         }
     };
