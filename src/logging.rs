@@ -782,8 +782,17 @@ fn open_log_file(
 ) -> rustix::io::Result<OwnedFd> {
     use rustix::fs::{FileType, Mode, OFlags, CWD};
     use rustix::io::Errno;
-    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC;
+    // O_NONBLOCK for the open only: a FIFO at the path (another user's, in a sticky
+    // directory) with no reader fails with ENXIO instead of blocking the start; writes
+    // then block as they always did (the flag is cleared, see `blocking`).
+    let flags =
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let mode = Mode::from_raw_mode(FILE_MODE);
+    let blocking = |fd: rustix::io::Result<OwnedFd>| {
+        let fd = fd?;
+        rustix::fs::fcntl_setfl(&fd, OFlags::APPEND)?;
+        Ok(fd)
+    };
     let mut cur = [0u8; PATH_BYTES];
     let bytes = path.to_bytes_with_nul();
     cur.get_mut(..bytes.len())
@@ -794,7 +803,7 @@ fn open_log_file(
         let here = std::ffi::CStr::from_bytes_with_nul(&cur[..=len]).map_err(|_| Errno::INVAL)?;
         match rustix::fs::openat(CWD, here, flags | OFlags::NOFOLLOW, mode) {
             Err(Errno::LOOP) => {}
-            other => return other,
+            other => return blocking(other),
         }
         // A link at the last component (O_NOFOLLOW's ELOOP): look at the link itself.
         let link = rustix::fs::openat(
@@ -808,7 +817,7 @@ fn open_log_file(
             return Err(Errno::LOOP);
         }
         if rustix::fs::fstatfs(&link).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC) {
-            return rustix::fs::openat(CWD, here, flags, mode);
+            return blocking(rustix::fs::openat(CWD, here, flags, mode));
         }
         if st.st_uid != 0 && st.st_uid != rustix::process::geteuid().as_raw() {
             refused(here, st.st_uid);
@@ -1784,6 +1793,8 @@ mod tests {
         assert_eq!(out.queued_bytes.load(Ordering::Relaxed), QUEUE_BYTES - 1);
     }
 
+    use std::os::unix::fs::OpenOptionsExt as _;
+
     /// What `open_log_file` opens at `path`: Ok(written file's text) after appending
     /// "x", or Err((errno, refused link and its owner)).
     fn append_x(path: &Path) -> Result<(), (i32, Option<(PathBuf, u32)>)> {
@@ -1832,6 +1843,23 @@ mod tests {
         assert_eq!(mode & 0o7777 & !FILE_MODE, 0, "{mode:o}");
         // The kernel's links: /dev/stderr -> /proc/self/fd/2 (whatever fd 2 is).
         append_x(Path::new("/dev/stderr")).unwrap();
+        // A FIFO nobody reads: ENXIO, not a hang; with a reader, a blocking fd.
+        let fifo = d.join("fifo.log");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(append_x(&fifo).unwrap_err().0, libc::ENXIO);
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let fd = open_log_file(&c, &mut |_, _| ()).unwrap();
+        let fl = rustix::fs::fcntl_getfl(&fd).unwrap();
+        assert!(
+            !fl.contains(rustix::fs::OFlags::NONBLOCK) && fl.contains(rustix::fs::OFlags::APPEND)
+        );
+        drop((fd, reader));
         // A loop: ELOOP, not a hang.
         let l = link("loop1", "loop2");
         link("loop2", "loop1");
