@@ -257,16 +257,18 @@ pub fn run(
     // --workers 1: there is none, and its timer would wake an idle worker for nothing
     // (a worker started alone hands nothing over after a SIGTTIN until it is replaced).
     if let (Some(_), Some(m), None) = (handover, monitor.clone(), asgi.as_ref()) {
-        if m.has_siblings()
-            && listeners
-                .iter()
-                .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
-        {
+        if let Some(wake) = m.all_busy_wake().filter(|_| {
+            m.has_siblings()
+                && listeners
+                    .iter()
+                    .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+        }) {
             let m2 = Arc::clone(&m);
             runtime.spawn(fastcgi::relieve(
                 Arc::clone(&parking),
                 move || m.threads_all_busy(),
                 move || m2.idle_elsewhere(),
+                wake,
                 idle_close.clone(),
             ));
         }

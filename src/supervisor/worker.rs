@@ -3,7 +3,7 @@
 //! that gets the worker out once its master is gone.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,10 @@ pub struct WorkerMonitor {
     successor_asked: AtomicBool,
     /// The rate it serves at, over its last one or two leads ([`Window`]).
     window: Window,
+    /// Python threads running a request (their `begin` to their `end`).
+    busy: AtomicUsize,
+    /// Notified when `busy` reaches the thread count ([`crate::wsgi::Monitor::all_busy_wake`]).
+    all_busy: Arc<tokio::sync::Notify>,
 }
 
 /// Requests served over the last one or two leads, for the rate `near_limit` uses: the
@@ -289,6 +293,11 @@ fn jitter(n: u64) -> u64 {
 }
 
 impl WorkerMonitor {
+    /// The Python threads of this worker (as its scoreboard lines count them).
+    fn python_threads(&self) -> usize {
+        self.board.python_threads.min(self.board.threads).max(1)
+    }
+
     pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {
         let max_requests = max_requests.map(|n| n + jitter(n));
         let recycles = max_requests.is_some() || max_rss_mib.is_some();
@@ -309,6 +318,8 @@ impl WorkerMonitor {
             lead_ns: AtomicU64::new(lead_ns(ctx.forked.elapsed())),
             successor_asked: AtomicBool::new(false),
             window: Window::default(),
+            busy: AtomicUsize::new(0),
+            all_busy: Arc::new(tokio::sync::Notify::new()),
         };
         monitor.check_rss_at_start();
         monitor
@@ -358,6 +369,8 @@ impl WorkerMonitor {
             lead_ns: AtomicU64::new(lead_ns(Duration::ZERO)),
             successor_asked: AtomicBool::new(false),
             window: Window::default(),
+            busy: AtomicUsize::new(0),
+            all_busy: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -572,6 +585,11 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         let line = self.board.line(self.slot, thread);
         line.set_request_id(id.as_bytes());
         line.begin(method, target, protocol);
+        // Its last free thread taken: the I/O thread looks at the parked connections
+        // until one frees (fastcgi::relieve).
+        if self.busy.fetch_add(1, Ordering::AcqRel) + 1 >= self.python_threads() {
+            self.all_busy.notify_one();
+        }
         if self.metrics {
             self.board.enter(self.slot);
         }
@@ -590,6 +608,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
                 );
             }
             line.end();
+            self.busy.fetch_sub(1, Ordering::AcqRel);
         }
         self.served_one();
     }
@@ -664,7 +683,11 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn threads_all_busy(&self) -> bool {
-        self.board.idle_threads(self.slot) == 0
+        self.busy.load(Ordering::Acquire) >= self.python_threads()
+    }
+
+    fn all_busy_wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.all_busy))
     }
 
     fn idle_elsewhere(&self) -> usize {

@@ -435,6 +435,11 @@ pub trait Monitor: Send + Sync {
     fn threads_all_busy(&self) -> bool {
         false
     }
+    /// Notified when [`Monitor::threads_all_busy`] becomes true (a WSGI worker under a
+    /// master): its I/O thread sleeps on it while a thread is free.
+    fn all_busy_wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
     /// Python threads waiting for a request in the other serving WSGI workers.
     fn idle_elsewhere(&self) -> usize {
         0

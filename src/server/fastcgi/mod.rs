@@ -1123,10 +1123,6 @@ pub async fn keep_room(
     }
 }
 
-/// How often a worker's I/O thread looks whether its Python threads are all busy
-/// ([`relieve`]): a few loads of the scoreboard, nothing on a request's path.
-const BUSY_LOOK: Duration = Duration::from_millis(50);
-
 /// How often it looks at its parked connections while they are: a request that comes
 /// on one then waits this long at most (plus the hand-over) for a free thread
 /// elsewhere.
@@ -1141,28 +1137,31 @@ static RELIEVED_LOG: crate::server::connection::RateLimit =
 /// where its idle kept FastCGI connections are parked: a request nginx sends on one
 /// (`fastcgi_keep_conn on` picks any cached connection) would wait for one of those
 /// threads, however long its request runs, while other workers have threads free.
-/// The I/O thread (never attached to Python) looks instead: every [`BUSY_LOOK`]
-/// whether `all_busy()`, and while so every [`BUSY_TICK`] which parked connections
-/// have input; each goes, its request unread in its socket, to the workers with a
-/// free thread (`idle_elsewhere()` of them at most per look: none when every worker
-/// is busy, so a connection is never passed between busy workers), where the first
-/// free thread takes it. Runs until `stop`.
+/// The I/O thread (never attached to Python) looks instead: it sleeps until `wake`
+/// (notified by the `begin` that takes the worker's last free thread), then while
+/// `all_busy()` looks every [`BUSY_TICK`] which parked connections have input; each
+/// goes, its request unread in its socket, to the workers with a free thread
+/// (`idle_elsewhere()` of them at most per look: none when every worker is busy, so a
+/// connection is never passed between busy workers), where the first free thread
+/// takes it. An idle worker's I/O thread is never woken for it. Runs until `stop`.
 pub async fn relieve(
     parking: Arc<Parking>,
     all_busy: impl Fn() -> bool,
     idle_elsewhere: impl Fn() -> usize,
+    wake: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut busy = false;
     loop {
-        let wait = if busy { BUSY_TICK } else { BUSY_LOOK };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
         }
-        busy = all_busy();
-        if busy {
+        while all_busy() {
             parking.relieve(&idle_elsewhere);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(BUSY_TICK) => {}
+            }
         }
     }
 }
