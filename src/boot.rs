@@ -273,7 +273,8 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
 /// Writes `pid` into the existing pidfile at `path` in place: for a pidfile made
 /// beforehand for this user in a directory it may not write (a tmpfiles.d `f` line,
 /// `touch` + `chown` in an image, a bind-mounted file), where the temporary file and
-/// rename cannot be made. Never through a link (`O_NOFOLLOW`), and only into a regular
+/// rename cannot be made. Never through a link (`O_NOFOLLOW`; `O_NONBLOCK`: a FIFO put
+/// there meanwhile cannot hold the start), and only into a regular
 /// file with one name (a hard link planted to another file is refused).
 /// regression: the temporary file + rename refused such a pidfile ("Permission denied"
 /// on the directory), which the file written in place used to accept.
@@ -282,7 +283,7 @@ fn write_in_place(path: &std::path::Path, pid: i32) -> std::io::Result<()> {
     use std::io::Write as _;
     let fd = rustix::fs::open(
         path,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
     let st = rustix::fs::fstat(&fd)?;
