@@ -831,6 +831,9 @@ fn systemd_syscall_filter_allows_every_call_postern_makes() {
         .arg(postern_bin())
         .arg(testapp())
         .args(["--workers", "2", "--threads", "2"])
+        // The one opt-in that makes a system call of its own: sched_setscheduler
+        // around the waits (put back from @resources in the unit).
+        .arg("--sched-batch=waits")
         .args(["--uwsgi", &format!("127.0.0.1:{uwsgi}")])
         .args(["--fastcgi", &format!("127.0.0.1:{fcgi}")])
         .args(["--stats", &format!("127.0.0.1:{stats}")])

@@ -53,14 +53,19 @@ fn a_blocked_request_does_not_stop_the_next_connections() {
     );
 }
 
-/// A WSGI app answering the scheduling policy of the thread that serves it.
+/// A WSGI app answering the scheduling policy of the thread that serves it, and of a
+/// thread it starts: "SERVING STARTED".
 fn policy_app(dir: &std::path::Path) -> String {
     let app = dir.join("policy_app.py");
     std::fs::write(
         &app,
-        "import os\n\
+        "import os, threading\n\
          def application(environ, start_response):\n    \
-             body = str(os.sched_getscheduler(0)).encode()\n    \
+             started = []\n    \
+             t = threading.Thread(target=lambda: started.append(os.sched_getscheduler(0)))\n    \
+             t.start()\n    \
+             t.join()\n    \
+             body = f'{os.sched_getscheduler(0)} {started[0]}'.encode()\n    \
              start_response('200 OK', [('Content-Length', str(len(body)))])\n    \
              return [body]\n",
     )
@@ -68,32 +73,79 @@ fn policy_app(dir: &std::path::Path) -> String {
     app.to_string_lossy().into_owned()
 }
 
-// --sched-batch starts the WSGI threads under SCHED_BATCH (a woken thread does not
-// preempt nginx between its connect and its write); without it they keep the default
-// policy (an app's I/O waits end sooner on busy CPUs).
+/// The scheduling policy of each Python thread (`python-N`) of process `pid`, from
+/// /proc/PID/task/*/stat (field 41).
+fn python_thread_policies(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE ...": the fields after the command name, from field 3.
+        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            continue;
+        };
+        if comm.starts_with("python-") {
+            out.push(rest.split(' ').nth(41 - 3).unwrap().to_owned());
+        }
+    }
+    out
+}
+
+// --sched-batch: off (the default) never switches; waits makes a WSGI thread SCHED_BATCH
+// only while it waits for a connection or a request (a thread woken by nginx's connect
+// does not preempt nginx before its write) and serves under the default policy: the app,
+// its I/O waits and the threads it starts are SCHED_OTHER. `--sched-batch` alone
+// (always) keeps the whole thread under SCHED_BATCH, serving included.
 #[test]
-fn the_wsgi_threads_run_under_sched_batch_only_when_told() {
-    const SCHED_OTHER: &str = "0";
-    const SCHED_BATCH: &str = "3";
+fn the_wsgi_threads_serve_under_sched_other_and_wait_under_sched_batch() {
+    const OTHER: &str = "0";
+    const BATCH: &str = "3";
     let dir = tempdir();
     let app = policy_app(dir.path());
-    for (args, want) in [
-        (&[][..], SCHED_OTHER),
-        (&["--sched-batch"][..], SCHED_BATCH),
-        (&["--workers", "2"][..], SCHED_OTHER),
-        (&["--workers", "2", "--sched-batch"][..], SCHED_BATCH),
+    for (args, serving, waiting) in [
+        (&[][..], OTHER, OTHER),
+        (&["--sched-batch=off"][..], OTHER, OTHER),
+        (&["--sched-batch=waits"][..], OTHER, BATCH),
+        (&["--sched-batch"][..], BATCH, BATCH),
+        (&["--sched-batch=always"][..], BATCH, BATCH),
+        (
+            &["--workers", "2", "--master", "--sched-batch=waits"][..],
+            OTHER,
+            BATCH,
+        ),
+        (
+            &["--workers", "2", "--master", "--sched-batch"][..],
+            BATCH,
+            BATCH,
+        ),
     ] {
         let p = Spawn::tcp(dir.path(), &app)
             .args(["--threads", "2"])
             .args(args.iter().copied())
             .start();
-        let (status, body) = p.get("/");
-        assert_eq!(
-            (status, String::from_utf8_lossy(&body).into_owned()),
-            (200, want.to_owned()),
-            "{args:?}\n{}",
-            p.logs()
-        );
+        for _ in 0..3 {
+            let (status, body) = p.get("/");
+            assert_eq!(
+                (status, String::from_utf8_lossy(&body).into_owned()),
+                (200, format!("{serving} {serving}")),
+                "the serving thread's policy and a thread it starts: {args:?}\n{}",
+                p.logs()
+            );
+        }
+        // Between requests, both threads wait (one in the epoll, one for its turn).
+        if !args.contains(&"--workers") {
+            let want = vec![waiting.to_owned(); 2];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut seen = python_thread_policies(p.pid());
+            while seen != want && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                seen = python_thread_policies(p.pid());
+            }
+            assert_eq!(seen, want, "idle Python threads: {args:?}\n{}", p.logs());
+        }
     }
 }
 

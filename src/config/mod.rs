@@ -140,11 +140,23 @@ pub struct Options {
     #[arg(long, env = "POSTERN_NO_FASTCGI_STDERR", value_parser = BoolishValueParser::new())]
     pub no_fastcgi_stderr: bool,
 
-    /// Start the WSGI threads under SCHED_BATCH: a woken thread waits for the running
-    /// task instead of preempting it (cheaper for CPU-bound apps behind a front server
-    /// on the same CPUs; slower I/O waits in the app when every CPU is busy).
-    #[arg(long, env = "POSTERN_SCHED_BATCH", value_parser = BoolishValueParser::new())]
-    pub sched_batch: bool,
+    /// When the WSGI threads run under SCHED_BATCH (a woken thread waits for the running
+    /// task instead of preempting it; cheaper behind a front server on the same CPUs
+    /// under load): off; waits (only while a thread waits for a connection or a request:
+    /// the app's I/O waits keep the default policy, but each wait that blocks costs two
+    /// system calls and, beside CPU-bound processes, latency); always (`--sched-batch`
+    /// alone: serving too, so the app's I/O waits end later when every CPU is busy).
+    /// A value needs the = form: --sched-batch=waits.
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "POSTERN_SCHED_BATCH",
+        default_value = "off",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
+    pub sched_batch: crate::server::sched::SchedBatch,
 
     /// Lines per second each worker passes from wsgi.errors (and about 512 bytes a line: 1 MiB/s at 2000), in bursts of twice that; the rest is dropped and counted in the log (0: no limit).
     #[arg(

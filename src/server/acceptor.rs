@@ -123,9 +123,12 @@ impl Source for Acceptor {
         loop {
             let mut step = Step::Again;
             if let Some(req) = self.turn(true, &mut step) {
+                // Back to the default policy before Python runs (`--sched-batch`).
+                super::sched::serving();
                 return Some(req);
             }
             if let Step::Draining = step {
+                super::sched::serving();
                 // Draining: serve what the slow lane still completes, then end.
                 return self.queue.next_draining();
             }
@@ -204,7 +207,16 @@ impl Acceptor {
             // rest of a request ([`Arrival`]), and a client sending partial requests
             // must not make every other connection wait for that.
             let token = if block {
-                self.waiter.lock().unwrap_or_else(|e| e.into_inner())
+                match self.waiter.try_lock() {
+                    Ok(t) => t,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    // Another thread waits on the epoll: this one waits for the token,
+                    // waiting for work as in the epoll (`sched`).
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        super::sched::waiting();
+                        self.waiter.lock().unwrap_or_else(|e| e.into_inner())
+                    }
+                }
             } else {
                 // The event loop never sleeps on the mutex: a Python thread holding
                 // the token (there is none beside the loop today) is waited for by
@@ -273,10 +285,32 @@ impl Acceptor {
                 })
             };
             // One event per wait, on the stack (no allocation per request).
-            let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
-            let data = match epoll::wait(&self.epoll, &mut events, limit.as_ref()) {
-                Ok((ready, _)) => match ready.first() {
-                    Some(ev) => ev.data.u64(),
+            let wait_once = |limit: Option<&Timespec>| {
+                let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
+                epoll::wait(&self.epoll, &mut events, limit)
+                    .map(|(ready, _)| ready.first().map(|ev| ev.data.u64()))
+            };
+            // `--sched-batch waits`: a wait that blocks is made under SCHED_BATCH (a
+            // thread woken by nginx's connect does not take nginx's CPU before it
+            // writes the request); a look without waiting first, so that a thread
+            // whose next event is ready makes no system call for the policy.
+            let found = if block && super::sched::before_wait() {
+                match wait_once(Some(&Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                })) {
+                    Ok(None) => {
+                        super::sched::waiting();
+                        wait_once(limit.as_ref())
+                    }
+                    found => found,
+                }
+            } else {
+                wait_once(limit.as_ref())
+            };
+            let data = match found {
+                Ok(ready) => match ready {
+                    Some(data) => data,
                     None if block => return None,
                     None => {
                         *step = Step::Empty(wait);

@@ -22,6 +22,7 @@ pub mod lane;
 pub mod listener;
 pub mod pending;
 pub mod queue;
+pub mod sched;
 pub mod sink;
 pub mod slow_clients;
 pub mod span;
@@ -53,52 +54,6 @@ pub enum ServerError {
     Asgi(#[from] crate::asgi::AsgiError),
     #[error(transparent)]
     Stop(#[from] crate::stop::StopError),
-}
-
-/// Runs `start` (which starts the WSGI threads) with the calling thread under
-/// `SCHED_BATCH`, so that the threads it starts inherit that policy (Linux: a new
-/// thread takes its creator's); the calling thread then gets `SCHED_OTHER` back.
-///
-/// `SCHED_BATCH` keeps the CPU share and the nice value; the only difference is that
-/// a thread woken up does not preempt the thread running on that CPU. Why: behind a
-/// front server on a busy CPU, nginx connects, then writes the request. The connect
-/// wakes a Python thread waiting on the listener, which preempted nginx between the
-/// two calls, found nothing to read yet and slept again until nginx, resumed, wrote:
-/// two wake-ups for one request. Counted behind nginx, hello at 2 workers x 1 thread,
-/// `wrk -c16` (README "Reading"): first reads finding nothing 0.11-0.15 per request,
-/// nearly all just after preempting nginx, and 0.54-0.84 context switches per request;
-/// under `SCHED_BATCH` 0.002 and 0.12-0.29, server CPU per request 18-22 -> 12-15 us.
-/// A thread whose wait ends still runs at once on an idle CPU.
-///
-/// Opt-in (`--sched-batch`), because the same rule applies to every wake-up of those
-/// threads: an app that waits on I/O inside a request (a database query) waits, when
-/// every CPU is busy, up to a scheduler tick (4 ms at HZ=250) longer for each wait to
-/// end; measured with 1 ms sleeps in the app, 1 worker x 4 threads behind nginx on 2
-/// busy cores: 2.5-3.0k -> 0.8-2.9k req/s. Threads and processes the app starts inherit
-/// the policy.
-///
-/// Left as it is when the process was started under another policy (`chrt`), or
-/// when the change is refused (a seccomp filter): only a cost, nothing depends on it.
-fn batch_policy<T>(on: bool, start: impl FnOnce() -> T) -> T {
-    if !on {
-        return start();
-    }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: both calls act on the calling thread (0) with a valid `sched_param`.
-    // libc: rustix has no scheduling-policy calls.
-    let batch = unsafe {
-        libc::sched_getscheduler(0) == libc::SCHED_OTHER
-            && libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0
-    };
-    if !batch {
-        tracing::debug!("the Python threads keep this process's scheduling policy");
-    }
-    let started = start();
-    if batch {
-        // SAFETY: as above; SCHED_BATCH -> SCHED_OTHER needs no privilege.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
-    }
-    started
 }
 
 /// How this process serves.
@@ -310,7 +265,7 @@ pub fn run(
     // only once lifespan startup is complete (no request before it).
     let pool = match asgi {
         None => Serving::Pool(
-            batch_policy(settings.sched_batch, || Pool::start(app, settings, source))
+            sched::batch_policy(settings.sched_batch, || Pool::start(app, settings, source))
                 .map_err(ServerError::Runtime)?,
         ),
         Some(a) => Serving::Loop(crate::asgi::start(app, settings, a, source)?),
@@ -666,33 +621,5 @@ fn unblock_sigterm() {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    fn policy() -> i32 {
-        // SAFETY: reads the calling thread's policy.
-        unsafe { libc::sched_getscheduler(0) }
-    }
-
-    #[test]
-    fn the_threads_started_get_sched_batch_and_the_caller_keeps_its_policy() {
-        // A test thread of its own: the policy is per thread.
-        std::thread::spawn(|| {
-            if policy() != libc::SCHED_OTHER {
-                eprintln!("SKIPPED: the test runs under another scheduling policy");
-                return;
-            }
-            let inner = super::batch_policy(true, || std::thread::spawn(policy).join().unwrap());
-            assert_eq!(inner, libc::SCHED_BATCH, "a thread started inside");
-            assert_eq!(policy(), libc::SCHED_OTHER, "the caller afterwards");
-            assert_eq!(
-                std::thread::spawn(policy).join().unwrap(),
-                libc::SCHED_OTHER
-            );
-        })
-        .join()
-        .unwrap();
     }
 }

@@ -476,8 +476,8 @@ pub trait Monitor: Send + Sync {
 #[derive(Clone)]
 pub struct Settings {
     pub threads: usize,
-    /// Start the Python threads under `SCHED_BATCH` (`--sched-batch`).
-    pub sched_batch: bool,
+    /// When the Python threads run under `SCHED_BATCH` (`--sched-batch`).
+    pub sched_batch: crate::server::sched::SchedBatch,
     pub multiprocess: bool,
     pub monitor: Option<Arc<dyn Monitor>>,
     /// `--mount` prefixes: the longest one that starts the path becomes SCRIPT_NAME.

@@ -27,7 +27,7 @@ fn python() {
 fn settings() -> Settings {
     Settings {
         threads: 1,
-        sched_batch: false,
+        sched_batch: crate::server::sched::SchedBatch::Off,
         multiprocess: false,
         monitor: None,
         mounts: vec![b"/app".to_vec()],
