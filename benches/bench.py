@@ -8,6 +8,10 @@ Not a test: a script you run by hand (Python 3 stdlib only; needs nginx and wrk)
     python3 benches/bench.py --scenarios hello --shapes 1x1,2x4 --servers postern,uwsgi
     python3 benches/bench.py --servers postern,uwsgi --protocols fcgi-keep,uwsgi --rounds 5
     python3 benches/bench.py --list                # the variants, scenarios and presets
+    python3 benches/bench.py --scenarios hello --servers postern,uwsgi \
+        --postern-variant='waits=--sched-batch=waits'   # two postern settings, same rounds
+    python3 benches/bench.py --scenarios sleep --shapes 1x4 --connections 4 --hogs 2 \
+        --servers postern --protocols uwsgi      # every CPU busy: the app's own waits
 
 What it does:
 
@@ -375,9 +379,11 @@ SCENARIOS = {
     "stream": Scenario("stream", "stream.py", size=100 * 1024,
                        text="GET, 100 x 1 KiB chunks from a generator", asgi_app="stream_asgi.py"),
     "flask": Scenario("flask", "flask_json.py", text="GET, Flask jsonify (10 items)"),
+    "sleep": Scenario("sleep", "sleep.py", size=14,
+                      text="GET, the app waits 1 ms (time.sleep, GIL released), 14-byte response"),
 }
 
-SHAPES = ("1x1", "2x1", "2x4")
+SHAPES = ("1x1", "2x1", "2x4", "1x4")
 
 # Variants: a server and a protocol. The key is what --servers/--protocols select on.
 VARIANTS = {
@@ -527,7 +533,7 @@ def supported(key: str, shape: str, scenario: str) -> str | None:
 def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, args) -> Backend:
     server, proto, _ = VARIANTS[key]
     w, t = shape.split("x")
-    name = key.replace("/", "-")
+    name = key.replace("/", "-").replace(":", "-")
     sock = tmp / f"{name}.sock"
     asgi = server.endswith("-asgi")
     server = server.removesuffix("-asgi")
@@ -538,7 +544,8 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
     logs = args.logs
     if server == "nginx":
         return Backend(key, server, proto, [], None, tmp / f"{name}.log", shape_text="-")
-    if server == "postern":
+    variant = server.partition(":")[2]
+    if server.partition(":")[0] == "postern":
         flag = "--uwsgi" if proto == "uwsgi" else "--fastcgi"
         cmd = [str(bins["postern"]), flag, f"unix:{sock}", "--socket-mode", "666",
                "--workers", w, "--threads", t, "--venv", venv]
@@ -551,6 +558,7 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
             if "--loop" in bins["postern_help"]:
                 cmd += ["--loop", args.asgi_loop]
         cmd += [a for s in args.postern_args for a in shlex.split(s)]
+        cmd += args.variants[variant] if variant else []
         cmd += [f"{app_path}:application"]
         shape_text = f"--workers {w} --threads {t}" + (f" --interface asgi --loop {args.asgi_loop}"
                                                         if asgi else "")
@@ -622,7 +630,7 @@ BUFFERS = """
 
 
 def nginx_conf(b: Backend, tmp: Path, scen: Scenario) -> str:
-    name = b.key.replace("/", "-")
+    name = b.key.replace("/", "-").replace(":", "-")
     upstream = ""
     if b.proto == "return":
         body = "hello.py's body"  # see below
@@ -1235,6 +1243,11 @@ def run_group(args, scen: Scenario, shape: str, keys: list[str], bins: dict, env
         for b in backends:
             if b.proc:
                 b.pss_idle = pss_mib(process_tree(b.proc.pid))
+        for i in range(args.hogs):
+            procs.start(f"hog {i}", [sys.executable, "-c", "while True: pass"],
+                        stop_signal=signal.SIGKILL, log_path=tmp / "hogs.log", cwd=tmp)
+        if args.hogs:
+            log(f"   {args.hogs} CPU-bound process(es) running beside the servers (--hogs)")
         if args.warmup > 0:
             for b in backends:
                 r = measure(wrk, b, scen, shape, 0, args.warmup)
@@ -1327,6 +1340,10 @@ def parse_args(argv=None):
     ap.add_argument("--pause", type=float, default=0.5, help="seconds of idle between wrk runs")
     ap.add_argument("--connections", type=int, default=16, help="wrk -c")
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk -t")
+    ap.add_argument("--hogs", type=int, default=0, metavar="N",
+                    help="N CPU-bound processes run beside the servers during the runs (every CPU "
+                         "busy: what a scheduling policy costs the app's own waits, e.g. --scenarios "
+                         "sleep --shapes 1x4 --connections 4 --hogs 2)")
     ap.add_argument("--logs", action="store_true",
                     help="per-request access logs on (postern --log-level info, uWSGI's default, "
                          "gunicorn --access-logfile -, granian --access-log); default off for all")
@@ -1335,6 +1352,10 @@ def parse_args(argv=None):
                     help="what --postern-bin was built from (e.g. a commit), for the report")
     ap.add_argument("--postern-args", action="append", default=[], metavar="ARGS",
                     help='extra postern arguments, shell-split; use the = form: --postern-args="--preload"')
+    ap.add_argument("--postern-variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="one more postern variant beside each postern one, in the same rounds, with "
+                         "these extra arguments (shell-split, after --postern-args), labelled "
+                         "'postern NAME': e.g. --postern-variant='off=--sched-batch=off'")
     ap.add_argument("--uwsgi-args", action="append", default=[], metavar="ARGS",
                     help="extra uWSGI arguments, shell-split")
     ap.add_argument("--python", default="python3", help="the interpreter the venv is made with")
@@ -1348,6 +1369,17 @@ def parse_args(argv=None):
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dirs (logs, confs)")
     ap.add_argument("--list", action="store_true", help="print variants, scenarios, presets and exit")
     args = ap.parse_args(argv)
+    args.variants = {}
+    for v in args.postern_variant:
+        name, eq, extra = v.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in args.variants:
+            ap.error(f"--postern-variant {v!r}: NAME=ARGS, NAME made of letters, digits, _.- and unique")
+        args.variants[name] = shlex.split(extra)
+        server = f"postern:{name}"
+        LABELS[server] = f"postern {name}"
+        for k, (srv, proto, text) in list(VARIANTS.items()):
+            if srv == "postern":
+                VARIANTS[f"{server}/{proto}"] = (server, proto, f"{text}, + {extra}")
     for k in ("rounds", "duration", "connections"):
         v = getattr(args, k)
         if v is not None and v < 1:
@@ -1396,6 +1428,8 @@ def plan(args, gunicorn_uwsgi: bool, gunicorn_asgi: bool = True) -> list[tuple[s
             if supported(k, sh, s) is not None or k in sel:
                 continue
             sel.append(k)
+            if server == "postern":
+                sel += [f"postern:{name}/{proto}" for name in args.variants]
         if sel:
             out.append((s, sh, sel))
     if not out:
