@@ -110,7 +110,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
                 if let Some(pid) = holder {
                     let _ = writeln!(
                         out,
-                        "  listener {name} {addr}: in use by the running postern (pid {pid}): not bound; a reload (SIGHUP) keeps it, a start needs it free"
+                        "  listener {name} {addr}: in use by a running postern (pid {pid}; this one, if that is the server this configuration is for): not bound; a reload (SIGHUP) keeps it, a start needs it free"
                     );
                     in_use += 1;
                 } else {
@@ -160,7 +160,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     if in_use > 0 {
         let _ = writeln!(
             out,
-            "postern --check: configuration OK ({in_use} address{} in use by the running postern)",
+            "postern --check: configuration OK ({in_use} address{} in use by a running postern)",
             if in_use == 1 { "" } else { "es" }
         );
         return Ok(());

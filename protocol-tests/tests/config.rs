@@ -285,11 +285,11 @@ fn check_notes_the_addresses_the_running_postern_holds() {
         let pid = running.pid();
         for line in [
             format!(
-                "listener uwsgi {}: in use by the running postern (pid {pid}): not bound",
+                "listener uwsgi {}: in use by a running postern (pid {pid}; this one, if that is the server this configuration is for): not bound",
                 running.addr.arg()
             ),
-            format!("listener stats (HTTP) 127.0.0.1:{stats}: in use by the running postern (pid {pid})"),
-            "postern --check: configuration OK (2 addresses in use by the running postern)".to_owned(),
+            format!("listener stats (HTTP) 127.0.0.1:{stats}: in use by a running postern (pid {pid}"),
+            "postern --check: configuration OK (2 addresses in use by a running postern)".to_owned(),
         ] {
             assert!(stdout.contains(&line), "tcp={tcp}: {line:?} in\n{stdout}");
         }

@@ -700,6 +700,15 @@ pub fn warn_if_changed_at_reload() {
                 "the configuration changed since postern started, and a reload does not apply it: the new workers run the new code with the settings postern started with; restart postern to apply these"
             );
         }
+        // regression: under --uid the master reads as that user at a reload, so a
+        // 0600 root-owned --config read at the start was said to be broken.
+        Err(e) if e.contains("Permission denied") || e.contains("permission denied") => {
+            tracing::warn!(
+                error = %e.trim(),
+                uid = rustix::process::geteuid().as_raw(),
+                "the configuration cannot be read again at this reload (postern runs as this uid now, after --uid; the start read it before dropping privileges), so whether it changed is not known: the reload goes on with the settings postern started with; restart postern to apply a change"
+            )
+        }
         Err(e) => tracing::warn!(
             error = %e.trim(),
             "the configuration no longer reads as it did at the start (a restart would fail): the reload goes on with the settings postern started with"
