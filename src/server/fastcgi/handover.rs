@@ -166,7 +166,7 @@ impl Channel {
             Some(age) => message(listener, FRESH, age),
             None => message(listener, KEPT, Duration::ZERO),
         };
-        self.send_message(sock, &msg, read)
+        self.send_message(sock, &msg, read, true)
     }
 
     /// Sends a kept connection whose next request is in its socket, unread, and has
@@ -183,18 +183,22 @@ impl Channel {
                 "the master is gone: no worker serves on to take the connection",
             ));
         }
-        self.send_message(sock, &message(listener, WAITING, waited), &[])
+        // Never waits: the I/O thread sends these; a full channel (WouldBlock) leaves
+        // the connection here until its next look.
+        self.send_message(sock, &message(listener, WAITING, waited), &[], false)
     }
 
+    /// Sends one message with `sock`; on a full channel waits up to [`SEND_WAIT`] for
+    /// room if `wait`, else fails with `WouldBlock`.
     fn send_message(
         &self,
         sock: BorrowedFd<'_>,
         msg: &[u8; MESSAGE_LEN],
         read: &[u8],
+        mut wait: bool,
     ) -> std::io::Result<()> {
         let fds = [sock];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut wait = true;
         loop {
             let mut control = SendAncillaryBuffer::new(&mut space);
             if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
@@ -371,6 +375,27 @@ mod tests {
         assert_eq!(&got, b"request");
         ch.send(front.as_fd(), 0, None, &[]).unwrap();
         assert_eq!(ch.take().expect("a kept one").waited, None);
+    }
+
+    #[test]
+    fn a_waiting_connection_is_never_held_on_a_full_channel() {
+        // regression: the I/O thread waited up to SEND_WAIT in poll on a full channel.
+        let ch = Channel::pair().unwrap();
+        let (_front, ours) = UnixStream::pair().unwrap();
+        let full = (0..100_000)
+            .map(|_| ch.send_waiting(ours.as_fd(), 0, Duration::ZERO))
+            .find_map(Result::err)
+            .expect("the channel fills");
+        assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
+        let t = std::time::Instant::now();
+        let again = ch.send_waiting(ours.as_fd(), 0, Duration::ZERO);
+        assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        while ch.take().is_some() {}
     }
 
     #[test]

@@ -1133,6 +1133,10 @@ const BUSY_TICK: Duration = Duration::from_millis(10);
 static RELIEVED_LOG: crate::server::connection::RateLimit =
     crate::server::connection::RateLimit::new();
 
+/// Lines about such hand-overs that failed: one a second at most.
+static RELIEVE_FAILED_LOG: crate::server::connection::RateLimit =
+    crate::server::connection::RateLimit::new();
+
 /// While every Python thread of this worker runs a request, nobody waits on the epoll
 /// where its idle kept FastCGI connections are parked: a request nginx sends on one
 /// (`fastcgi_keep_conn on` picks any cached connection) would wait for one of those
@@ -1341,7 +1345,13 @@ impl Parking {
                 }
                 Err(e) => {
                     drop(w);
-                    tracing::warn!(peer = %c.peer, error = %e, "cannot hand a kept FastCGI connection with a request waiting to another worker; it waits here for a free thread");
+                    // A full channel: tried again at the next look. Either way the line
+                    // is rate-limited (it could come every look for every connection).
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(peer = %c.peer, "the hand-over channel is full: a kept FastCGI connection with a request waiting stays here until the next look");
+                    } else if let Some(unlogged) = RELIEVE_FAILED_LOG.allow() {
+                        tracing::warn!(peer = %c.peer, error = %e, failed_unlogged = unlogged, "cannot hand a kept FastCGI connection with a request waiting to another worker; it waits here for a free thread");
+                    }
                     // Back in the epoll: adding it reports the input at once.
                     *c.owner() = Owner::Held { input: true };
                     self.park(c, false);
