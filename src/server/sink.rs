@@ -257,6 +257,8 @@ pub struct ConnSink {
     /// SO_LINGER 0 is set on the TCP connection while the response is under way
     /// ([`ConnSink::arm`]).
     armed: bool,
+    /// [`Sink::maybe_whole`]: writes do not arm.
+    spare: bool,
 }
 
 impl ConnSink {
@@ -283,6 +285,7 @@ impl ConnSink {
             permit: None,
             linger: None,
             armed: false,
+            spare: false,
         }
     }
 
@@ -295,7 +298,7 @@ impl ConnSink {
     /// complete 200 (exit 0). One-shot responses (a last write) never pay for it.
     #[inline]
     fn arm(&mut self) {
-        if self.tcp && !self.armed {
+        if self.tcp && !self.armed && !self.spare {
             if let Some(s) = &self.sock {
                 let _ = s.set_linger(Some(Duration::ZERO));
             }
@@ -384,6 +387,10 @@ impl Sink for ConnSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.arm();
         self.write_rest(data)
+    }
+
+    fn maybe_whole(&mut self, on: bool) {
+        self.spare = on;
     }
 
     /// The response's last bytes: the close that follows is its end (not armed).

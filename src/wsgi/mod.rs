@@ -147,6 +147,12 @@ pub trait Sink: Send + Sync {
         false
     }
     /// The sink still holds bytes it has taken (a writer thread's queue).
+    /// While `on`, writes may be the whole response though whether more follows is not
+    /// known (an iterator's first chunk): they do not arm what keeps a response under
+    /// way from looking complete if the process leaves mid-way (SO_LINGER 0 over TCP,
+    /// FastCGI's list of the responses the stop cuts); the writes after do. The
+    /// default does nothing.
+    fn maybe_whole(&mut self, _on: bool) {}
     fn has_pending(&self) -> bool {
         false
     }

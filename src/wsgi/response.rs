@@ -1099,7 +1099,16 @@ fn drive(
             "the app broke the WSGI contract",
         );
     }
-    if r.flush_headers(py).is_err() {
+    // An empty body (a redirect, 204, HEAD): nothing can follow the head, so it ends
+    // the response (not armed as one under way; FastCGI: END_REQUEST in the same
+    // write), unless a Content-Length says the body is missing.
+    let short = r
+        .content_length
+        .is_some_and(|cl| r.body_sent < cl && !r.head_only());
+    r.last_write = !r.headers_sent && !short;
+    let flushed = r.flush_headers(py);
+    r.last_write = false;
+    if flushed.is_err() {
         return Outcome {
             status: r.code,
             complete: false,
@@ -1240,9 +1249,26 @@ fn iterate(
             return Err(not_started());
         }
         let mut r = st(responder);
+        // The first chunk may be the whole body (Flask's and Django's one-chunk
+        // iterators) unless it leaves a Content-Length short: it does not arm the
+        // protection of a response under way (two setsockopt over TCP, FastCGI's
+        // list); the next chunk does, so a real stream is protected from its second
+        // write on. regression: review of 6620b2a/e109978: every iterator response
+        // paid for it.
+        let spare = !r.headers_sent
+            && (r.head_only()
+                || r.content_length
+                    .is_none_or(|cl| r.body_sent + data.len() as u64 >= cl));
+        if spare {
+            r.sink.maybe_whole(true);
+        }
+        let sent = r.send_body(py, data);
+        if spare {
+            r.sink.maybe_whole(false);
+        }
         // HEAD, 204, 304: once the headers are out there is nothing more to send, and
         // a stream may never end; stop here (close() still runs).
-        if r.send_body(py, data).is_err() || r.overflowed || (r.head_only() && r.headers_sent) {
+        if sent.is_err() || r.overflowed || (r.head_only() && r.headers_sent) {
             break;
         }
     }

@@ -380,6 +380,9 @@ static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 /// Tickets of [`Parking::responding`].
 static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
 
+/// How long [`Parking::cut_responding`] waits for a connection's write lock.
+const CUT_LOCK_WAIT: Duration = Duration::from_millis(50);
+
 /// A response under way ([`Parking::responding`]).
 struct Responding {
     conn: Arc<FcgiConn>,
@@ -1428,14 +1431,22 @@ impl Parking {
                 .collect();
         let mut n = 0;
         for r in &cut {
+            // Under the write lock: `end` sets `done` before END_REQUEST goes out under
+            // it, so a response not done here cannot be ended until the mark or the
+            // abort below stops its sends. Checked without the lock, a response ending
+            // meanwhile was reset after its END_REQUEST (review of e109978, LOW). A
+            // writer stuck waiting for room keeps the lock: after CUT_LOCK_WAIT, as
+            // before (the mark then follows its send).
+            let w = r.conn.write.try_lock_for(CUT_LOCK_WAIT);
             if r.flags.done.load(Ordering::Acquire) {
                 // Its END_REQUEST is going out: it was not cut.
                 continue;
             }
             n += 1;
             r.conn
-                .mark_cut(r.id, r.flags.stderr_on.load(Ordering::Acquire));
+                .mark_cut(r.id, r.flags.stderr_on.load(Ordering::Acquire), w.is_some());
             r.conn.abort();
+            drop(w);
         }
         if n > 0 {
             tracing::warn!(

@@ -125,6 +125,8 @@ pub struct FcgiSink {
     /// Listed as under way ([`super::Parking::cut_responding`]) since its first write
     /// that did not end it.
     ticket: Option<u64>,
+    /// [`Sink::maybe_whole`]: writes do not list it.
+    spare: bool,
 }
 
 /// From this write of a response on, its chunks are framed into the thread's writer.
@@ -161,12 +163,13 @@ impl FcgiSink {
             stream: None,
             rest: None,
             ticket: None,
+            spare: false,
         }
     }
 
     /// The response is under way: the stop cuts it if it still runs at its end.
     fn under_way(&mut self) {
-        if self.ticket.is_none() {
+        if self.ticket.is_none() && !self.spare {
             self.ticket = Some(
                 self.conn
                     .parking
@@ -312,7 +315,8 @@ impl FcgiConn {
     /// meanwhile nothing else is written, and a send waiting for room stops and
     /// leaves the rest of its record to go first. Call before the request's end,
     /// whose abort leaves the close to that task.
-    pub(super) fn mark_cut(self: &Arc<Self>, id: u16, stderr_on: bool) {
+    /// `locked`: the caller holds the write lock ([`super::Parking::cut_responding`]).
+    pub(super) fn mark_cut(self: &Arc<Self>, id: u16, stderr_on: bool, locked: bool) {
         if self.tcp || self.handed_over.load(Ordering::Acquire) || self.is_broken() {
             return;
         }
@@ -331,12 +335,17 @@ impl FcgiConn {
             fcgi::encode_stream(&mut out, fcgi::STDERR, id, CUT_NOTE);
         }
         out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
-        let Some(_w) = self.write.try_lock() else {
-            // The writer is sending (the batch before the cut): the mark follows it.
-            self.marking.store(true, Ordering::Release);
-            self.halt.raise();
-            self.parking.spawn_mark(send_mark(Arc::clone(self), out));
-            return;
+        let _w = if locked {
+            None
+        } else {
+            let Some(w) = self.write.try_lock() else {
+                // The writer is sending (the batch before the cut): the mark follows it.
+                self.marking.store(true, Ordering::Release);
+                self.halt.raise();
+                self.parking.spawn_mark(send_mark(Arc::clone(self), out));
+                return;
+            };
+            Some(w)
         };
         // Not after a send that failed part way (this header would land inside a
         // record), nor after another request's last END_REQUEST.
@@ -499,22 +508,23 @@ impl Sink for FcgiSink {
                 })
             }));
         }
+        if self.stream.is_none() {
+            return Ok(0);
+        }
+        self.check()?;
+        self.under_way();
         let Some(s) = &self.stream else {
             return Ok(0);
         };
-        self.check()?;
-        if self.ticket.is_none() {
-            self.ticket = Some(
-                self.conn
-                    .parking
-                    .responding(&self.conn, self.id, &self.flags),
-            );
-        }
         let id = self.id;
         let queued = s.try_push_with(data.len() + 16, data.len(), |q| {
             fcgi::encode_stream(q, fcgi::STDOUT, id, data)
         })?;
         Ok(if queued { data.len() } else { 0 })
+    }
+
+    fn maybe_whole(&mut self, on: bool) {
+        self.spare = on;
     }
 
     fn has_pending(&self) -> bool {
@@ -593,7 +603,7 @@ impl Sink for FcgiSink {
         }
         if cut {
             let stderr_on = self.flags.stderr_on.load(Ordering::Acquire);
-            self.conn.mark_cut(self.id, stderr_on);
+            self.conn.mark_cut(self.id, stderr_on, false);
         }
         // Ended or cut here: the stop has nothing left to cut.
         self.not_under_way();
