@@ -1249,16 +1249,17 @@ fn iterate(
             return Err(not_started());
         }
         let mut r = st(responder);
-        // The first chunk may be the whole body (Flask's and Django's one-chunk
-        // iterators) unless it leaves a Content-Length short: it does not arm the
-        // protection of a response under way (two setsockopt over TCP, FastCGI's
-        // list); the next chunk does, so a real stream is protected from its second
-        // write on. regression: review of 6620b2a/e109978: every iterator response
-        // paid for it.
+        // A first chunk that meets its declared Content-Length is the whole body
+        // (Flask's and Django's one-chunk iterators): it does not arm the protection of
+        // a response under way (two setsockopt over TCP, FastCGI's list). Without a
+        // Content-Length it may be a stream's first event (server-sent events), which a
+        // cut before the next one must not make look complete: armed, as a chunk
+        // leaving the length short is. regression: review of 6620b2a/e109978: every
+        // iterator response paid for it.
         let spare = !r.headers_sent
             && (r.head_only()
                 || r.content_length
-                    .is_none_or(|cl| r.body_sent + data.len() as u64 >= cl));
+                    .is_some_and(|cl| r.body_sent + data.len() as u64 >= cl));
         if spare {
             r.sink.maybe_whole(true);
         }
