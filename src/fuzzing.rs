@@ -1072,7 +1072,22 @@ pub fn fastcgi_assemble(data: &[u8]) {
             assert_eq!(a.head.content_length, a.announced.unwrap_or(0));
         }
     }
-    assert!(a.head.pairs().take(slow.vars.len()).eq(slow.pairs()));
+    // The params as they came, in order, but CONTENT_LENGTH: an empty one given the
+    // collected body's length is replaced (Head::give_length drops it and appends the
+    // length; checked above), so the variables other than CONTENT_LENGTH are a prefix.
+    // regression: since 346e60b the length no longer comes as a second CONTENT_LENGTH
+    // after the first, which broke the plain prefix check (CI fuzz, fastcgi_assemble).
+    let other = |(k, _): &(&[u8], &[u8])| *k != b"CONTENT_LENGTH";
+    let kept = slow.pairs().filter(other).count();
+    assert!(a
+        .head
+        .pairs()
+        .filter(other)
+        .take(kept)
+        .eq(slow.pairs().filter(other)));
+    if a.announced.is_some() || a.body.as_ref().is_none_or(|b| b.is_empty()) {
+        assert!(a.head.pairs().take(slow.vars.len()).eq(slow.pairs()));
+    }
 }
 
 /// A decoded head: its buffer, pairs, modifier 30 and body length.
