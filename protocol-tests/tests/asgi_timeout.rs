@@ -156,6 +156,55 @@ fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
     assert_ne!(before, after, "{}", p.logs());
 }
 
+// regression: a condemned ASGI worker's own deadline came 400 ms after the master's kill
+// was due (the end of the stack dump): a master held up longer than that (a loaded
+// machine) let the worker cancel its other tasks itself, and its log never named them.
+// Here the master is held up (SIGSTOP) for 1.5 s once the worker's stop has begun: its
+// kill still comes first and names the task it cuts off.
+#[test]
+fn a_condemned_asgi_worker_waits_for_a_master_late_to_kill_it() {
+    let dir = tempdir();
+    let p = serve(
+        dir.path(),
+        &["--master", "--timeout", "2", "--graceful-timeout", "0.2"],
+    );
+    assert!(wait_serving(&p), "{}", p.logs());
+    let first = send(&p.addr, "/stuck?first", "req-first");
+    let second = send(&p.addr, "/stuck?second", "req-second");
+    for mark in ["stuck-first", "stuck-second"] {
+        assert!(wait_file(&dir.path().join(mark), 10), "{}", p.logs());
+    }
+    // The master condemned the worker, whose stop has begun.
+    assert!(
+        p.wait_log("stopping: no new connections", 15),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    p.signal(libc::SIGCONT);
+    assert!(p.wait_log("killed by SIGKILL", 15), "{}", p.logs());
+    let _ = (first.join(), second.join());
+    let logs = p.logs();
+    // Which of the two passed --timeout first is the master's to see; the other is cut.
+    let said = |what: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(what))
+            .map(|l| {
+                let id = l.split("request_id=").nth(1).unwrap_or("");
+                id.split(' ').next().unwrap_or("").to_owned()
+            })
+            .collect()
+    };
+    let mut both = said("request passed --timeout");
+    let cut = said("request cut off: its worker is killed for another request's --timeout");
+    assert_eq!((both.len(), cut.len()), (1, 1), "{logs}");
+    both.extend(cut);
+    both.sort();
+    assert_eq!(both, ["req-first", "req-second"], "{logs}");
+    assert!(!logs.contains("cut off at --graceful-timeout"), "{logs}");
+}
+
 // regression: a task the app left running that blocks the event loop (time.sleep in a
 // coroutine) with no request in flight made the worker accept nothing until the call
 // returned, and --timeout never fired: no request was past its deadline. The loop's

@@ -36,57 +36,108 @@ fn a_flood_of_bad_input_names_the_first_twenty_then_sums_up_by_reason() {
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
     };
-    // 100 uwsgi packets that are not WSGI (modifier1 1): closed, "bad request".
-    for _ in 0..100 {
+    // Each kind from 4 client threads at once (the flood is over sooner), one kind after
+    // the other. 100 uwsgi packets that are not WSGI (modifier1 1): closed, "bad request".
+    flood(100, || {
         send(port, &[1, 0, 0, 0], false);
-    }
+    });
     // 40 FastCGI connections of garbage (record version 9): a protocol error.
-    for _ in 0..40 {
+    flood(40, || {
         send(fcgi_port, &[9, 1, 0, 1, 0, 8, 0, 0], false);
-    }
+    });
     // 30 heads over --buffer-size (a uwsgi datasize of 5000): 431.
-    for _ in 0..30 {
+    flood(30, || {
         let out = send(port, &[0, 0x88, 0x13, 0], false);
         assert!(
             out.starts_with(b"HTTP/1.1 431"),
             "{:?}",
             String::from_utf8_lossy(&out)
         );
-    }
+    });
     // 20 heads cut off: 2 of a uwsgi header's 4 bytes, then EOF.
-    for _ in 0..20 {
+    flood(20, || {
         send(port, &[0, 10], true);
-    }
+    });
     // A good request still answers, and is not counted.
     assert_eq!(p.get("/").0, 200, "{}", p.logs());
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(30).is_some(), "{}", p.logs());
     let logs = p.logs();
-    let named: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains(" peer=127.0.0.1:"))
-        .collect();
-    assert_eq!(named.len(), 20, "{logs}");
-    // The first lines still name the peer and the reason (the first 20: modifier1).
+    let warn: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    let is_named = |l: &&str| l.contains(" peer=127.0.0.1:");
+    let is_summary = |l: &&str| l.contains("more clients dropped or refused in the last");
+    let named: Vec<&str> = warn.iter().copied().filter(is_named).collect();
+    // The first lines name the peer and the reason (the first 20: modifier1).
+    assert!(named.len() >= 20, "{logs}");
     assert!(
-        named.iter().all(|l| l.contains("uwsgi modifier1 1")),
+        named[..20].iter().all(|l| l.contains("uwsgi modifier1 1")),
         "{named:#?}"
     );
-    // The summary, said at the stop: the 170 others, by reason.
-    let summary = logs
-        .lines()
-        .find(|l| l.contains("more clients dropped or refused in the last"))
-        .unwrap_or_else(|| panic!("no summary:\n{logs}"));
-    for said in [
-        "170 more clients",
-        "120 a malformed request or protocol error",
-        "30 a request over a size limit",
-        "20 a request cut off in the middle",
-        "last_peer=127.0.0.1:",
-    ] {
-        assert!(summary.contains(said), "{said}: {summary}");
+    // Usually all 190 come within one 10 s window: 20 named, then one summary, said at
+    // the stop, of the 170 others by reason. A loaded machine may take longer: then each
+    // window names its first 20 and sums up the rest at its end, and the counts add up
+    // the same (checked whatever the number of windows).
+    let mut windows = Vec::new();
+    let mut named_in_window = 0;
+    for l in &warn {
+        if is_named(l) {
+            named_in_window += 1;
+        } else if is_summary(l) {
+            windows.push((named_in_window, *l));
+            named_in_window = 0;
+        }
     }
-    assert!(!summary.contains("--head-timeout"), "{summary}");
-    let lines = logs.lines().filter(|l| l.contains("WARN")).count();
-    assert!(lines < 30, "{lines} WARN lines:\n{logs}");
+    assert!(!windows.is_empty(), "no summary:\n{logs}");
+    assert!(named_in_window <= 20, "{logs}");
+    let count = |summary: &str, what: &str| -> u64 {
+        summary
+            .split_once(&format!(" {what}"))
+            .and_then(|(before, _)| before.rsplit([' ', ':']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut by_reason = [0u64; 3];
+    let reasons = [
+        "a malformed request or protocol error",
+        "a request over a size limit",
+        "a request cut off in the middle",
+    ];
+    for (named, summary) in &windows {
+        assert_eq!(*named, 20, "a window names its first 20: {summary}\n{logs}");
+        assert!(summary.contains("last_peer=127.0.0.1:"), "{summary}");
+        assert!(!summary.contains("--head-timeout"), "{summary}");
+        let each: Vec<u64> = reasons.iter().map(|r| count(summary, r)).collect();
+        let total = count(summary, "more clients");
+        assert_eq!(total, each.iter().sum::<u64>(), "{summary}");
+        for (sum, n) in by_reason.iter_mut().zip(each) {
+            *sum += n;
+        }
+    }
+    // 140 malformed (the first 20 named), 30 oversized, 20 cut off: 190 in all.
+    let summed: u64 = by_reason.iter().sum();
+    assert_eq!(named.len() as u64 + summed, 190, "{by_reason:?}\n{logs}");
+    for (sum, sent) in by_reason.iter().zip([140 - 20, 30, 20]) {
+        assert!(*sum <= sent, "{by_reason:?}\n{logs}");
+    }
+    if windows.len() == 1 {
+        assert_eq!(by_reason, [120, 30, 20], "{logs}");
+        assert!(
+            windows[0].1.contains("170 more clients"),
+            "{}",
+            windows[0].1
+        );
+    }
+    let others = warn.len() - named.len() - windows.len();
+    assert!(others < 9, "{others} other WARN lines:\n{logs}");
+}
+
+/// Runs `n` times `f` from 4 threads (each call on a connection of its own); returns
+/// when all are done.
+fn flood(n: usize, f: impl Fn() + Sync) {
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let f = &f;
+            s.spawn(move || (t..n).step_by(4).for_each(|_| f()));
+        }
+    });
 }

@@ -897,11 +897,23 @@ fn single_process_ping_fails_while_it_stops() {
     assert!(wait_until(20, || held(&marks) == 1));
     p.signal(libc::SIGTERM);
     assert!(p.wait_log("stopping", 10), "{}", p.logs());
-    let ping = stats(&stats_addr, "/ping");
+    // The stop's first steps run between its log line and the state /ping reads (a
+    // loaded machine showed a 200 there): waited for, while the held request keeps the
+    // process stopping (it answers only once released, below).
+    let mut ping = stats(&stats_addr, "/ping");
+    assert!(
+        wait_until(20, || {
+            ping = stats(&stats_addr, "/ping");
+            ping.status != 200
+        }),
+        "{}",
+        p.logs()
+    );
     assert_eq!(
         (ping.status, ping.text().as_str()),
         (503, "no worker is serving\n")
     );
+    assert!(!hold.is_finished(), "the held request is still running");
     assert_eq!(status_json(&stats_addr)["workers"][0]["state"], "draining");
     std::fs::write(marks.join("release"), "").unwrap();
     assert_eq!(

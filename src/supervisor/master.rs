@@ -239,7 +239,7 @@ impl Worker {
         // so the requests a front server sends on them meanwhile are served there, not
         // reset by the kill. (An ASGI loop blocked by the request does not stop this:
         // the stop runs on the worker's I/O thread.) Its own deadline comes after the
-        // kill (`worker::CONDEMNED_GRACE`).
+        // kill (`worker::condemned_grace`).
         // regression: a request nginx sent on a kept connection parked in a worker
         // whose event loop a time.sleep() blocked got a 502 at the kill, and no line
         // in postern's log named it.
@@ -1245,7 +1245,16 @@ impl Master {
                 continue;
             }
             let wsgi = w.served && !self.board.serves_asgi(w.slot);
-            let allowance = self.opts.graceful_timeout
+            // Condemned for --timeout and spared at the dump's end: its stop takes its
+            // condemned grace at least.
+            let graceful = match cause {
+                Cause::Timeout => self
+                    .opts
+                    .graceful_timeout
+                    .max(worker::condemned_grace(!wsgi)),
+                _ => self.opts.graceful_timeout,
+            };
+            let allowance = graceful
                 + LEAVE_MARGIN
                 + if wsgi {
                     Duration::ZERO

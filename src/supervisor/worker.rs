@@ -28,17 +28,32 @@ const MARK_EVERY: Duration = Duration::from_millis(250);
 /// How long the SIGTERM that follows the master's mark may take to arrive, while
 /// postern's handler is still the one in place (it could be blocked in every thread).
 const TERM_WAIT: Duration = Duration::from_millis(200);
-/// The least a worker condemned for `--timeout` gives its stop: past the master's kill
-/// at the end of the stack dump ([`super::master::DUMP_GRACE`]), so that the kill, and
-/// the master's lines naming the requests it cuts off, come first (its own
-/// `--graceful-timeout` would cancel an ASGI worker's tasks and clear their lines).
-/// Under a second in all: a worker spared at the dump's end (its request ended) is
-/// killed by the master past `--graceful-timeout` plus a second.
-/// regression: with `--graceful-timeout` under the dump's 500 ms, an ASGI worker
-/// condemned for one request cancelled its other tasks itself, and the master's log
-/// never named them.
+/// The least a WSGI worker condemned for `--timeout` gives its stop: past the master's
+/// kill at the end of the stack dump ([`super::master::DUMP_GRACE`]), so that the kill,
+/// and the master's lines naming the requests it cuts off, come first. (A WSGI worker
+/// that ends itself first leaves its threads' lines for the master to name at the reap.)
 const CONDEMNED_GRACE: Duration =
     Duration::from_millis(400).saturating_add(super::master::DUMP_GRACE);
+/// [`CONDEMNED_GRACE`] of an ASGI worker, whose own `--graceful-timeout` would cancel
+/// its tasks and clear their lines: seconds past the kill, for a master held up by a
+/// loaded machine. A worker spared at the dump's end (its request ended) drains for
+/// this long at least, and the master waits as much before it kills it ([`condemned_grace`]).
+/// regression: with `--graceful-timeout` under the dump's 500 ms, an ASGI worker
+/// condemned for one request cancelled its other tasks itself, and the master's log
+/// never named them; then (at 900 ms) it still did when the master's kill came 400 ms
+/// late, and the master took the cancelled request for one that had ended.
+const CONDEMNED_GRACE_ASGI: Duration =
+    Duration::from_millis(2500).saturating_add(super::master::DUMP_GRACE);
+
+/// The least a worker condemned for `--timeout` (`asgi`: an ASGI one) gives its stop,
+/// whatever its `--graceful-timeout`.
+pub(super) fn condemned_grace(asgi: bool) -> Duration {
+    if asgi {
+        CONDEMNED_GRACE_ASGI
+    } else {
+        CONDEMNED_GRACE
+    }
+}
 /// How often a worker looks whether its master is still there when the kernel cannot
 /// say so (no pidfd: Linux before 5.3, a seccomp filter).
 const PARENT_EVERY: Duration = Duration::from_millis(250);
@@ -733,7 +748,8 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn condemned_grace(&self) -> Option<Duration> {
-        (self.board.leaving_for(self.slot) == Some(Cause::Timeout)).then_some(CONDEMNED_GRACE)
+        (self.board.leaving_for(self.slot) == Some(Cause::Timeout))
+            .then(|| condemned_grace(self.board.serves_asgi(self.slot)))
     }
 }
 
