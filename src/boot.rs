@@ -88,6 +88,32 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
     Ok(dir)
 }
 
+/// A worker of a reload whose `--env` differs from the start's: its variables are set,
+/// and those the start set that it no longer has are removed, in `os.environ` (which
+/// calls putenv too), before the import. The master set the start's in its own
+/// environment before Python started, and Python copies the environment into
+/// `os.environ` once, when it starts: the change goes through it. Variables Python
+/// itself reads at its start (`PYTHON*`) keep the start's effect.
+pub fn apply_env_changes(start: &[KeyValue], now: &[KeyValue]) -> anyhow::Result<()> {
+    if start == now {
+        return Ok(());
+    }
+    pyo3::Python::attach(|py| -> pyo3::PyResult<()> {
+        use pyo3::types::PyAnyMethods as _;
+        let environ = py.import("os")?.getattr("environ")?;
+        for KeyValue(k, _) in start {
+            if !now.iter().any(|KeyValue(n, _)| n == k) {
+                environ.call_method1("pop", (k, py.None()))?;
+            }
+        }
+        for KeyValue(k, v) in now {
+            environ.set_item(k, v)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("setting the reload's --env in the new worker: {e}"))
+}
+
 /// Changes to the `--chdir` directory by its path as configured. A worker that imports
 /// the app calls it again before its import: the master's working directory is the
 /// directory the path led to at start, and a symlink on the path switched since (a

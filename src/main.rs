@@ -144,7 +144,7 @@ fn main() -> ExitCode {
         config.opts.workers,
         config.opts.threads,
     );
-    let result = run(config);
+    let result = run(config, postern::config::reload::Layers::of(&layered));
     match result {
         Ok(()) => {
             logging::finish();
@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Result<()> {
     if let Some(w) = &config.ini_warnings {
         tracing::warn!("{w}");
     }
@@ -238,7 +238,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         // (--pidfile implies a master.)
         quit_now_cleans_up(files);
     }
-    let result = serve(&config, app_dir.as_deref(), bound, stats);
+    let result = serve(&config, layers, app_dir.as_deref(), bound, stats);
     let cut_off = result
         .as_ref()
         .err()
@@ -300,67 +300,62 @@ fn quit_now_cleans_up<'a>(files: impl Iterator<Item = &'a std::path::Path>) {
 #[error("{0}")]
 struct CutOff(String);
 
-fn serve(
-    config: &Config,
-    app_dir: Option<&std::path::Path>,
-    bound: Vec<listener::Bound>,
-    stats: Option<listener::Bound>,
-) -> anyhow::Result<()> {
-    let settings = Settings {
-        threads: config.opts.threads,
-        sched_batch: config.opts.sched_batch,
-        multiprocess: config.opts.workers > 1,
-        monitor: None,
-        mounts: config.mounts.clone(),
-    };
-    wsgi::errors::set_rate(config.opts.errors_rate);
-    let limits = Limits {
-        buffer_size: config.opts.buffer_size.0 as usize,
-        spool_threshold: config.opts.body_spool_threshold.0,
-        max_body: config.opts.max_body.map(|s| s.0),
-        head_timeout: config.opts.head_timeout.0,
-        read_timeout: config.opts.read_timeout.0,
-        fcgi: server::fastcgi::FcgiSettings {
-            stderr: !config.opts.no_fastcgi_stderr,
-            max_reqs: config.opts.threads * config.opts.workers,
-            input: server::admission::InputBudget::new(
-                config.opts.fastcgi_buffer.0 as usize,
-                config.opts.fastcgi_buffer_total.0 as usize,
-            ),
-        },
-        max_connections: config.opts.max_connections,
-    };
-    for b in &bound {
-        let (nginx, apache) = listener::front_server_lines(b.info.protocol, &b.addr);
-        tracing::info!(
-            "listening on {} ({}); nginx: `{nginx}`  Apache: `{apache}`",
-            b.addr,
-            b.info.protocol.name()
-        );
-        listener::warn_if_reachable(&b.addr);
-    }
+/// What one generation of workers runs: the start's configuration, then each
+/// reload's ([`postern::config::reload::at_reload`]). The master hands it to each
+/// worker it forks for that generation.
+struct Generation {
+    config: Config,
+    /// What the layers said for it: the next reload names what it changes.
+    layers: postern::config::reload::Layers,
+    /// `--chdir` as an absolute path (from the start directory), entered by each
+    /// worker before its import.
+    app_dir: Option<std::path::PathBuf>,
+    settings: Settings,
+    limits: Limits,
+}
 
-    // An ASGI worker is ready only after its lifespan startup: a start bound at or
-    // under the lifespan's own timeout would kill it before that timeout could say
-    // what hangs. Only for an app known to be ASGI: with --interface asgi now, with
-    // auto once a worker has imported it and says so (the master warns then); a WSGI
-    // app has no lifespan.
-    // regression: it fired for WSGI apps under --interface auto.
-    let lifespan_timeout_over_start = (config.supervised
-        && config.opts.interface != postern::asgi::InterfaceOption::Wsgi
-        && config.opts.lifespan != postern::asgi::lifespan::LifespanMode::Off
-        && config.opts.lifespan_timeout.0 >= config.opts.worker_start_timeout.0)
-        .then_some(config.opts.lifespan_timeout.0);
-    if config.opts.interface == postern::asgi::InterfaceOption::Asgi {
-        if let Some(lifespan) = lifespan_timeout_over_start {
-            supervisor::warn_lifespan_timeout(lifespan, config.opts.worker_start_timeout.0);
+impl Generation {
+    fn new(
+        config: Config,
+        layers: postern::config::reload::Layers,
+        app_dir: Option<std::path::PathBuf>,
+    ) -> Generation {
+        let settings = Settings {
+            threads: config.opts.threads,
+            sched_batch: config.opts.sched_batch,
+            multiprocess: config.opts.workers > 1,
+            monitor: None,
+            mounts: config.mounts.clone(),
+        };
+        let limits = Limits {
+            buffer_size: config.opts.buffer_size.0 as usize,
+            spool_threshold: config.opts.body_spool_threshold.0,
+            max_body: config.opts.max_body.map(|s| s.0),
+            head_timeout: config.opts.head_timeout.0,
+            read_timeout: config.opts.read_timeout.0,
+            fcgi: server::fastcgi::FcgiSettings {
+                stderr: !config.opts.no_fastcgi_stderr,
+                max_reqs: config.opts.threads * config.opts.workers,
+                input: server::admission::InputBudget::new(
+                    config.opts.fastcgi_buffer.0 as usize,
+                    config.opts.fastcgi_buffer_total.0 as usize,
+                ),
+            },
+            max_connections: config.opts.max_connections,
+        };
+        Generation {
+            config,
+            layers,
+            app_dir,
+            settings,
+            limits,
         }
     }
-    if config.supervised {
-        // The master starts Python once and forks every worker from the initialised
-        // interpreter, so the workers share its pages (as uWSGI's do); each worker
-        // imports the app itself (lazy mode), unless --preload imported it here.
-        let opts = supervisor::Options {
+
+    /// The master's options for this generation's workers.
+    fn master_options(&self) -> supervisor::Options {
+        let config = &self.config;
+        supervisor::Options {
             workers: config.opts.workers,
             threads: config.opts.threads,
             graceful_timeout: config.opts.graceful_timeout.0,
@@ -382,9 +377,85 @@ fn serve(
             // Python runs in the master: every fork is bracketed for CPython.
             preload: true,
             app_preloaded: config.opts.preload,
-            lifespan_timeout_over_start: lifespan_timeout_over_start
+            lifespan_timeout_over_start: lifespan_timeout_over_start(config)
                 .filter(|_| config.opts.interface == postern::asgi::InterfaceOption::Auto),
+        }
+    }
+
+    /// The generation a reload starts, from the configuration read again; `None`:
+    /// refused (the configuration is invalid, said in the log).
+    fn reloaded(&self, start: &Generation, thread_room: usize) -> Option<(Generation, bool)> {
+        use postern::config::reload::{at_reload, Next};
+        let Next::Apply {
+            config,
+            layers,
+            changed,
+        } = at_reload(
+            &self.config,
+            &self.layers,
+            start.config.opts.preload,
+            thread_room,
+        )
+        else {
+            return None;
         };
+        // --chdir from the start directory (the master is in the start's --chdir); a
+        // --chdir removed since goes back to the start directory.
+        let from = postern::config::start_dir().unwrap_or_default();
+        let app_dir = match &config.opts.chdir {
+            Some(dir) => Some(from.join(dir)),
+            None => start.app_dir.as_ref().map(|_| from),
+        };
+        Some((Generation::new(*config, layers, app_dir), changed))
+    }
+}
+
+/// `--lifespan-timeout` when it is not below `--worker-start-timeout` and the app may
+/// be ASGI under a master: an ASGI worker is ready only after its lifespan startup, so
+/// a start bound at or under the lifespan's own timeout would kill it before that
+/// timeout could say what hangs. Only for an app known to be ASGI: with --interface
+/// asgi now, with auto once a worker has imported it and says so (the master warns
+/// then); a WSGI app has no lifespan.
+/// regression: it fired for WSGI apps under --interface auto.
+fn lifespan_timeout_over_start(config: &Config) -> Option<std::time::Duration> {
+    (config.supervised
+        && config.opts.interface != postern::asgi::InterfaceOption::Wsgi
+        && config.opts.lifespan != postern::asgi::lifespan::LifespanMode::Off
+        && config.opts.lifespan_timeout.0 >= config.opts.worker_start_timeout.0)
+        .then_some(config.opts.lifespan_timeout.0)
+}
+
+fn serve(
+    config: &Config,
+    layers: postern::config::reload::Layers,
+    app_dir: Option<&std::path::Path>,
+    bound: Vec<listener::Bound>,
+    stats: Option<listener::Bound>,
+) -> anyhow::Result<()> {
+    let first = Generation::new(config.clone(), layers, app_dir.map(Into::into));
+    let settings = first.settings.clone();
+    let limits = first.limits.clone();
+    wsgi::errors::set_rate(config.opts.errors_rate);
+    for b in &bound {
+        let (nginx, apache) = listener::front_server_lines(b.info.protocol, &b.addr);
+        tracing::info!(
+            "listening on {} ({}); nginx: `{nginx}`  Apache: `{apache}`",
+            b.addr,
+            b.info.protocol.name()
+        );
+        listener::warn_if_reachable(&b.addr);
+    }
+
+    if config.opts.interface == postern::asgi::InterfaceOption::Asgi {
+        if let Some(lifespan) = lifespan_timeout_over_start(config) {
+            supervisor::warn_lifespan_timeout(lifespan, config.opts.worker_start_timeout.0);
+        }
+    }
+    if config.supervised {
+        // The master starts Python once and forks every worker from the initialised
+        // interpreter, so the workers share its pages (as uWSGI's do); each worker
+        // imports the app itself (lazy mode), unless --preload imported it here.
+        let opts = first.master_options();
         // --preload: the master imports the app once; workers share its pages.
         // Before Python starts: any thread it starts here inherits the master's mask.
         supervisor::block_master_signals().context("blocking the master's signals")?;
@@ -420,7 +491,28 @@ fn serve(
             }),
             None => None,
         };
-        let result = supervisor::run(opts, stats, &bound, |ctx| {
+        // A reload's workers may run more --threads than the start's, up to the
+        // lines a scoreboard slot has (made once, before the first fork).
+        let thread_room = config.opts.threads.max(supervisor::scoreboard::TASK_LINES);
+        let first: supervisor::GenerationSettings = std::sync::Arc::new(first);
+        let start = std::sync::Arc::clone(&first);
+        let reread = |serving: &supervisor::GenerationSettings| {
+            let (Some(serving), Some(start)) = (
+                serving.downcast_ref::<Generation>(),
+                start.downcast_ref::<Generation>(),
+            ) else {
+                return supervisor::Reread::Refused;
+            };
+            match serving.reloaded(start, thread_room) {
+                Some((next, changed)) => supervisor::Reread::Next {
+                    opts: next.master_options(),
+                    settings: std::sync::Arc::new(next),
+                    changed,
+                },
+                None => supervisor::Reread::Refused,
+            }
+        };
+        let result = supervisor::run(opts, first, stats, &bound, reread, |ctx| {
             let mine: Vec<_> = match bound.iter().map(|b| b.try_clone()).collect() {
                 Ok(v) => v,
                 Err(e) => {
@@ -428,16 +520,13 @@ fn serve(
                     return 3;
                 }
             };
+            let generation = std::sync::Arc::clone(&ctx.settings);
+            let Some(generation) = generation.downcast_ref::<Generation>() else {
+                tracing::error!("a worker was started without its generation's settings");
+                return 3;
+            };
             let app = preloaded.as_ref().map(|a| a.clone_ref());
-            let code = worker(
-                config,
-                app,
-                app_dir,
-                mine,
-                settings.clone(),
-                limits.clone(),
-                ctx,
-            );
+            let code = worker(config, generation, app, mine, ctx);
             logging::finish();
             code
         });
@@ -563,19 +652,25 @@ fn stats_summary(config: &Config, bound: &[listener::Bound]) -> Vec<(String, Str
 }
 
 /// A worker process (forked by the master, Python initialised): import the app, serve,
-/// exit code.
-#[allow(clippy::too_many_arguments)]
+/// exit code. `start` is the configuration the master started with (and applied to
+/// itself: the environment), `generation` what this worker's generation runs.
 fn worker(
-    config: &Config,
+    start: &Config,
+    generation: &Generation,
     preloaded: Option<boot::Loaded>,
-    app_dir: Option<&std::path::Path>,
     bound: Vec<listener::Bound>,
-    settings: Settings,
-    limits: Limits,
     ctx: supervisor::WorkerContext,
 ) -> i32 {
+    let config = &generation.config;
+    let app_dir = generation.app_dir.as_deref();
+    let (settings, limits) = (generation.settings.clone(), generation.limits.clone());
     // This process serves: its own log writer thread (none crossed the fork).
     logging::start_background();
+    wsgi::errors::set_rate(config.opts.errors_rate);
+    if let Err(e) = boot::apply_env_changes(&start.opts.env, &config.opts.env) {
+        tracing::error!("{e:#}");
+        return 3;
+    }
     // Python is already initialised (the master forked this process from it). A
     // worker that imports enters --chdir again by its path: a symlink on it switched
     // since the start (a new release) leads this import to the new code. A preloaded

@@ -8,6 +8,7 @@
 
 mod clap_error;
 pub mod gunicorn;
+pub mod reload;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -60,7 +61,8 @@ pub struct Cli {
     #[arg(short = 'V', long)]
     pub version: bool,
 
-    /// TOML file with the same keys as the long options (e.g. `threads = 4`).
+    /// TOML file with the same keys as the long options (e.g. `threads = 4`); read again
+    /// at each reload (SIGHUP), whose new workers run it.
     #[arg(long, value_name = "FILE", env = "POSTERN_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -262,7 +264,8 @@ pub struct Options {
     #[arg(long, env = "POSTERN_CHAIN_RELOAD", value_parser = BoolishValueParser::new())]
     pub chain_reload: bool,
 
-    /// Reload when this file's modification time changes.
+    /// Reload (as SIGHUP: the configuration is read again) when this file's
+    /// modification time changes.
     #[arg(long, value_name = "FILE", env = "POSTERN_TOUCH_RELOAD")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touch_reload: Option<PathBuf>,
@@ -622,98 +625,21 @@ fn env_table_of(var: &str) -> Result<Option<toml::Value>, ConfigError> {
     )]))))
 }
 
-/// The values the start merged ([`Layered::from_command_line`]), to tell at a reload
-/// which the layers now set otherwise ([`warn_if_changed_at_reload`]).
+/// What a reload needs of the start ([`Layered::from_command_line`]) to read the layers
+/// again as the start did ([`reload::at_reload`]).
 static AT_START: std::sync::OnceLock<AtStart> = std::sync::OnceLock::new();
 
 struct AtStart {
-    values: toml::Table,
-    off: std::collections::BTreeSet<String>,
     /// Where relative `--config` and `--ini` paths were read from (`--chdir` moves the
     /// process later).
     cwd: Option<PathBuf>,
+    /// `$VIRTUAL_ENV` at the start (`--env` may have set another since).
+    virtual_env: Option<PathBuf>,
 }
 
-/// Reads the layers again as the start did (the command line, `POSTERN_*`, the
-/// `--config` and `--ini` files) and names the options whose value is no longer the
-/// start's, with the start's value and the new one. Err: they no longer read.
-fn changed_since_start() -> Result<Vec<(String, String, String)>, String> {
-    let Some(start) = AT_START.get() else {
-        return Ok(Vec::new());
-    };
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let matches = Cli::command()
-        .try_get_matches_from(&args)
-        .map_err(|e| e.to_string())?;
-    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
-    if let Some(cwd) = &start.cwd {
-        cli.config = cli.config.map(|p| cwd.join(p));
-        cli.ini = cli.ini.map(|i| cwd.join(i).to_string_lossy().into_owned());
-    }
-    let now = Layered::merge(&cli, &matches).map_err(|e| e.to_string())?;
-    let said =
-        |values: &toml::Table, off: &std::collections::BTreeSet<String>, k: &str| match values
-            .get(k)
-        {
-            // 30 in the file says what the default 30.0 does.
-            Some(toml::Value::Integer(i)) => (*i as f64).to_string(),
-            Some(toml::Value::Float(f)) => f.to_string(),
-            Some(v) => v.to_string(),
-            None if off.contains(k) => "off".to_owned(),
-            None => "not set".to_owned(),
-        };
-    let keys: std::collections::BTreeSet<&String> = start
-        .values
-        .keys()
-        .chain(now.values.keys())
-        .chain(start.off.iter())
-        .chain(now.off.iter())
-        .collect();
-    Ok(keys
-        .into_iter()
-        .filter_map(|k| {
-            let (was, is) = (
-                said(&start.values, &start.off, k),
-                said(&now.values, &now.off, k),
-            );
-            (was != is).then(|| (k.clone(), was, is))
-        })
-        .collect())
-}
-
-/// At a reload (SIGHUP, `--touch-reload`): the new workers run the new code with the
-/// settings postern started with, as gunicorn's would not (it reads its config file
-/// again). So a `--config`/`--ini` file (or `POSTERN_*`) changed since the start is
-/// said in one WARN line naming each changed setting, its value at the start and now:
-/// they need a restart. regression: deploy MEDIUM: workers, threads, timeouts and
-/// log-level changed in the --config file were ignored at SIGHUP without a word.
-pub fn warn_if_changed_at_reload() {
-    match changed_since_start() {
-        Ok(changed) if changed.is_empty() => {}
-        Ok(changed) => {
-            let list: Vec<String> = changed
-                .iter()
-                .map(|(k, was, is)| format!("{k} ({was} -> {is})"))
-                .collect();
-            tracing::warn!(
-                changed = %list.join(", "),
-                "the configuration changed since postern started, and a reload does not apply it: the new workers run the new code with the settings postern started with; restart postern to apply these"
-            );
-        }
-        // regression: under --uid the master reads as that user at a reload, so a
-        // 0600 root-owned --config read at the start was said to be broken.
-        Err(e) if e.contains("Permission denied") || e.contains("permission denied") => {
-            tracing::warn!(
-                error = %e.trim(),
-                uid = rustix::process::geteuid().as_raw(),
-                "the configuration cannot be read again at this reload (postern runs as this uid now, after --uid; the start read it before dropping privileges), so whether it changed is not known: the reload goes on with the settings postern started with; restart postern to apply a change"
-            )
-        }
-        Err(e) => tracing::warn!(
-            error = %e.trim(),
-            "the configuration no longer reads as it did at the start (a restart would fail): the reload goes on with the settings postern started with"
-        ),
-    }
+/// The directory postern was started in (`--chdir` moves the process later).
+pub fn start_dir() -> Option<PathBuf> {
+    AT_START.get().and_then(|s| s.cwd.clone())
 }
 
 impl Layered {
@@ -727,9 +653,8 @@ impl Layered {
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let layered = Layered::merge(&cli, &matches)?;
         let _ = AT_START.set(AtStart {
-            values: layered.values.clone(),
-            off: layered.off.clone(),
             cwd: std::env::current_dir().ok(),
+            virtual_env: std::env::var_os("VIRTUAL_ENV").map(Into::into),
         });
         Ok((cli, layered))
     }

@@ -10,7 +10,7 @@
 //! Deadlines are `std::time::Instant`s (libc's clock_gettime): rustix's own vDSO
 //! lookup reads memory valgrind does not map, and the master must run under valgrind.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +23,10 @@ use super::phase::{self, Departed, Fleet, Phase, Verdict};
 use super::scoreboard::{self, Hold, Scoreboard, WAITING_LINES};
 use super::signals::{self, SigSet, SignalFd};
 use super::touch::TouchReload;
-use super::{notify, report, worker, Options, Stats, SupervisorError, WorkerContext, MAX_SLOTS};
+use super::{
+    notify, report, worker, GenerationSettings, Options, Reread, Stats, SupervisorError,
+    WorkerContext, MAX_SLOTS,
+};
 use crate::stats::Cause;
 
 /// How long a worker over `--timeout` has to dump its stacks before SIGKILL.
@@ -97,11 +100,21 @@ struct Worker {
     /// Started in place of a reload's worker killed by a signal during its import: if
     /// it is killed too, the reload fails.
     retry: bool,
+    /// Its generation's options: the limits the master holds it to (`--timeout`,
+    /// `--slow-log`, `--graceful-timeout`), which a reload may have changed for the
+    /// workers it starts, not for those already running.
+    opts: Arc<Options>,
 }
 
 impl Worker {
     /// A worker just forked into `slot`, importing the app.
-    fn new(pid: Pid, generation: u64, slot: usize, status: Option<OwnedFd>) -> Worker {
+    fn new(
+        pid: Pid,
+        generation: u64,
+        slot: usize,
+        status: Option<OwnedFd>,
+        opts: Arc<Options>,
+    ) -> Worker {
         Worker {
             pid,
             generation,
@@ -122,6 +135,7 @@ impl Worker {
             abandoned: false,
             outgoing: None,
             retry: false,
+            opts,
         }
     }
 
@@ -350,7 +364,15 @@ struct StatsHelper {
 
 struct Master {
     board: Arc<Scoreboard>,
-    opts: Options,
+    /// The options of the serving generation (`generation`): the start's, then each
+    /// reload's ([`Reread`]), back to the previous ones at a rollback.
+    opts: Arc<Options>,
+    /// Each generation's options and settings still needed: the serving one, the
+    /// newest complete one (a rollback goes back to it) and any with a worker.
+    gens: BTreeMap<u64, Generation>,
+    /// `--lifespan-timeout` at or over `--worker-start-timeout`, said once an ASGI
+    /// worker is ready (see [`Options::lifespan_timeout_over_start`]).
+    lifespan_warning: Option<Duration>,
     target: usize,
     generation: u64,
     /// The newest generation ever started: a reload after a rolled-back one gets a
@@ -396,14 +418,30 @@ struct Master {
     touch: Option<TouchReload>,
 }
 
+/// One generation's settings, as the start or a reload made them.
+struct Generation {
+    opts: Arc<Options>,
+    settings: GenerationSettings,
+    /// The number of workers kept while it served: a reload that changes `--workers`
+    /// sets a new target, and its rollback goes back to this one.
+    target: usize,
+    /// Its settings differ from the generation it replaced.
+    changed: bool,
+}
+
 /// Runs the master until a stop. `worker` runs in each forked child and returns the
 /// child's exit code; it receives the write end of its status pipe. `listeners` are
 /// the serving sockets the workers share: at a stop the master makes them refuse new
 /// connections before it signals the workers, who then serve what is queued.
+/// `settings` is what the first workers run ([`WorkerContext::settings`]); at each
+/// reload `reread` reads the configuration again, given the serving generation's
+/// settings, and says what the new generation runs, or refuses the reload.
 pub fn run(
     opts: Options,
+    settings: GenerationSettings,
     stats: Option<Stats>,
     listeners: &[crate::server::listener::Bound],
+    mut reread: impl FnMut(&GenerationSettings) -> Reread,
     worker: impl Fn(WorkerContext) -> i32,
 ) -> Result<(), SupervisorError> {
     let mask = SigSet::of(&signals::HANDLED);
@@ -420,7 +458,7 @@ pub fn run(
         pid: None,
         started: Instant::now(),
     });
-    let mut m = Master::new(board, opts.clone(), stats, Some(sfd), mask);
+    let mut m = Master::new(board, opts.clone(), settings, stats, Some(sfd), mask);
     tracing::info!(
         master = std::process::id(),
         workers = opts.workers,
@@ -442,7 +480,7 @@ pub fn run(
         if let Some(t) = &mut m.touch {
             if t.changed() {
                 tracing::info!(file = %t.path().display(), "--touch-reload file changed");
-                m.reload(&worker)?;
+                m.reload(&worker, &mut reread)?;
             }
         }
         // Read the scoreboard first: a worker that recycled itself and has already
@@ -456,8 +494,9 @@ pub fn run(
         due = earliest(due, m.touch.as_ref().and_then(|t| t.due()));
         m.complete_generation();
         if m.announced && std::mem::take(&mut m.reload_deferred) {
-            m.reload(&worker)?;
+            m.reload(&worker, &mut reread)?;
         }
+        m.forget_generations();
         due = earliest(due, m.watch_boots());
         m.board
             .publish_master_log_drops(crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed));
@@ -470,7 +509,7 @@ pub fn run(
                     // Its trigger named, as --touch-reload's is.
                     // regression: a SIGHUP reload had no line saying what started it.
                     tracing::info!(generation = m.generation, "SIGHUP: reload asked for");
-                    m.reload(&worker)?;
+                    m.reload(&worker, &mut reread)?;
                 }
                 libc::SIGTERM | libc::SIGINT => {
                     notify::notify("STOPPING=1");
@@ -545,13 +584,23 @@ impl Master {
     fn new(
         board: Arc<Scoreboard>,
         opts: Options,
+        settings: GenerationSettings,
         stats: Option<StatsHelper>,
         sfd: Option<SignalFd>,
         mask: SigSet,
     ) -> Master {
+        let opts = Arc::new(opts);
+        let first = Generation {
+            opts: Arc::clone(&opts),
+            settings,
+            target: opts.workers,
+            changed: false,
+        };
         Master {
             board,
             target: opts.workers,
+            lifespan_warning: opts.lifespan_timeout_over_start,
+            gens: BTreeMap::from([(0, first)]),
             opts,
             generation: 0,
             newest_generation: 0,
@@ -668,6 +717,12 @@ impl Master {
             .find(|s| !used.contains(s))
             .ok_or_else(|| SupervisorError::Fork(std::io::ErrorKind::WouldBlock.into()))?;
         self.board.reset(slot, 0, self.generation, cause);
+        self.board.set_threads(slot, self.opts.threads);
+        let settings = self
+            .gens
+            .get(&self.generation)
+            .map(|g| Arc::clone(&g.settings))
+            .unwrap_or_else(|| Arc::new(()));
         let forked = Instant::now();
         let child = if self.opts.preload {
             // SAFETY: the master is single-threaded (no runtime, no helper thread);
@@ -702,6 +757,7 @@ impl Master {
                 board: Arc::clone(&self.board),
                 slot,
                 forked,
+                settings,
             });
             std::process::exit(code);
         };
@@ -713,7 +769,13 @@ impl Master {
             "worker started"
         );
         self.board.count_start(cause);
-        let mut w = Worker::new(child, self.generation, slot, Some(read));
+        let mut w = Worker::new(
+            child,
+            self.generation,
+            slot,
+            Some(read),
+            Arc::clone(&self.opts),
+        );
         if self.retries_due > 0 {
             self.retries_due -= 1;
             w.retry = true;
@@ -753,7 +815,7 @@ impl Master {
         self.board.mark_serving(w.slot);
         if self.board.serves_asgi(w.slot) {
             // Once: the app is ASGI (--interface auto knows it only now).
-            if let Some(lifespan) = self.opts.lifespan_timeout_over_start.take() {
+            if let Some(lifespan) = self.lifespan_warning.take() {
                 super::warn_lifespan_timeout(lifespan, self.opts.start_timeout);
             }
         }
@@ -895,8 +957,11 @@ impl Master {
         let generation = self.generation;
         // A request that starts after this reading passes the smallest limit no sooner
         // than that limit from now.
-        let limits = [self.opts.timeout, self.opts.slow_log];
-        let mut due = limits.iter().flatten().min().map(|l| instant + *l);
+        // Each worker is held to its own generation's limits (a reload may change them).
+        let limits = std::iter::once(&self.opts)
+            .chain(self.workers.iter().map(|w| &w.opts))
+            .flat_map(|o| [o.timeout, o.slow_log]);
+        let mut due = limits.flatten().min().map(|l| instant + l);
         // A line's start (scoreboard nanoseconds) plus `limit`, as an Instant.
         let at = |since: u64, limit: Duration| {
             instant + Duration::from_nanos((since + limit.as_nanos() as u64).saturating_sub(now))
@@ -961,7 +1026,7 @@ impl Master {
                     continue;
                 }
                 let ran = Duration::from_nanos(now.saturating_sub(since));
-                if let Some(limit) = self.opts.timeout {
+                if let Some(limit) = w.opts.timeout {
                     if ran > limit {
                         tracing::error!(
                             pid = raw(w.pid),
@@ -977,7 +1042,7 @@ impl Master {
                     }
                     due = earliest(due, Some(at(since, limit)));
                 }
-                if let Some(limit) = self.opts.slow_log {
+                if let Some(limit) = w.opts.slow_log {
                     if w.dumped.contains(&(t, since)) {
                         continue;
                     }
@@ -1005,7 +1070,7 @@ impl Master {
             // as a request past the limit. Its dump names where the loop is stuck.
             // regression: such a worker accepted nothing until the call returned, and
             // nothing caught it.
-            if let (Some(limit), Some(beat)) = (self.opts.timeout, self.board.beat(w.slot)) {
+            if let (Some(limit), Some(beat)) = (w.opts.timeout, self.board.beat(w.slot)) {
                 if !matches!(w.phase, Phase::Condemned { .. }) {
                     let age = Duration::from_nanos(now.saturating_sub(beat));
                     match crate::asgi::beat::blocked_for(age, limit) {
@@ -1248,18 +1313,15 @@ impl Master {
             // Condemned for --timeout and spared at the dump's end: its stop takes its
             // condemned grace at least.
             let graceful = match cause {
-                Cause::Timeout => self
-                    .opts
-                    .graceful_timeout
-                    .max(worker::condemned_grace(!wsgi)),
-                _ => self.opts.graceful_timeout,
+                Cause::Timeout => w.opts.graceful_timeout.max(worker::condemned_grace(!wsgi)),
+                _ => w.opts.graceful_timeout,
             };
             let allowance = graceful
                 + LEAVE_MARGIN
                 + if wsgi {
                     Duration::ZERO
                 } else {
-                    self.opts.past_graceful
+                    w.opts.past_graceful
                 };
             if instant < told + allowance {
                 due = earliest(due, Some(told + allowance));
@@ -1289,7 +1351,11 @@ impl Master {
         due
     }
 
-    fn reload(&mut self, worker: &impl Fn(WorkerContext) -> i32) -> Result<(), SupervisorError> {
+    fn reload(
+        &mut self,
+        worker: &impl Fn(WorkerContext) -> i32,
+        reread: &mut impl FnMut(&GenerationSettings) -> Reread,
+    ) -> Result<(), SupervisorError> {
         // A generation that became ready in this same wake-up is complete first: its
         // READY=1 goes out and the one before it is retired (regression: it was left
         // to the next pass, after this reload had made it an older generation, so
@@ -1310,8 +1376,26 @@ impl Master {
             self.reload_deferred = true;
             return Ok(());
         }
-        // The settings stay the start's: a changed --config file is said (one line).
-        crate::config::warn_if_changed_at_reload();
+        // The configuration is read again (as gunicorn's HUP and PHP-FPM's reload
+        // do): an invalid one refuses the reload, a valid one is what the new
+        // generation runs. regression: deploy MEDIUM: the new workers ran the start's
+        // settings, and only a WARN named what the --config file had changed.
+        let serving = self
+            .gens
+            .get(&self.generation)
+            .map(|g| Arc::clone(&g.settings))
+            .unwrap_or_else(|| Arc::new(()));
+        let (next, settings, changed) = match reread(&serving) {
+            Reread::Refused => {
+                self.refuse_reload();
+                return Ok(());
+            }
+            Reread::Next {
+                opts,
+                settings,
+                changed,
+            } => (opts, settings, changed),
+        };
         // A reload during a reload: the generation still booting is dropped at once
         // (the one serving keeps serving until the newest one is ready). Its workers
         // still importing the app are killed: they never served, and only the newest
@@ -1339,7 +1423,30 @@ impl Master {
         }
         // regression: a reload after a failed one took the failed one's number.
         self.newest_generation += 1;
+        if let Some(g) = self.gens.get_mut(&self.generation) {
+            g.target = self.target;
+        }
         self.generation = self.newest_generation;
+        // A changed --workers is the new generation's size; unchanged, the target
+        // stays (SIGTTIN/SIGTTOU's too).
+        if next.workers != self.opts.workers {
+            self.target = next.workers;
+            self.board.publish_target(self.target);
+        }
+        // Said once, again only if a reload changed it.
+        if next.lifespan_timeout_over_start != self.opts.lifespan_timeout_over_start {
+            self.lifespan_warning = next.lifespan_timeout_over_start;
+        }
+        self.opts = Arc::new(next);
+        self.gens.insert(
+            self.generation,
+            Generation {
+                opts: Arc::clone(&self.opts),
+                settings,
+                target: self.target,
+                changed,
+            },
+        );
         if self.opts.chain_reload {
             tracing::info!(
                 generation = self.generation,
@@ -1378,6 +1485,60 @@ impl Master {
             }
         }
         Ok(())
+    }
+
+    /// A reload whose configuration is invalid (the hook said why): nothing changes,
+    /// the workers serve on. It counts as a failed reload (`/status`'s `reloads`, which
+    /// a deploy script waits on), and systemd hears of it as of one that failed.
+    fn refuse_reload(&mut self) {
+        self.board.count_reload(false);
+        // A reload still under way gets its own READY=1 when it ends: one now would
+        // end it early in systemd's eyes.
+        if !self.reload_pending {
+            notify::notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                notify::monotonic_usec()
+            ));
+            notify::notify(
+                "READY=1\nSTATUS=reload refused: the configuration is invalid (see the log); serving on as before",
+            );
+        }
+    }
+
+    /// A reload failed (`failed`, its generation) and `generation` is back to an older
+    /// one: the master takes that one's options again, and its number of workers if
+    /// the reload had changed `--workers`.
+    fn back_to_settings_of(&mut self, failed: u64) {
+        let Some(back) = self.gens.get(&self.generation) else {
+            return;
+        };
+        let (changed, workers) = self
+            .gens
+            .get(&failed)
+            .map_or((false, back.opts.workers), |f| (f.changed, f.opts.workers));
+        if workers != back.opts.workers {
+            self.target = back.target;
+            self.board.publish_target(self.target);
+        }
+        self.opts = Arc::clone(&back.opts);
+        self.lifespan_warning = None;
+        if changed {
+            tracing::info!(
+                generation = self.generation,
+                workers = self.target,
+                "the failed reload's settings are dropped: the workers started from now on run the settings of the generation that serves"
+            );
+        }
+    }
+
+    /// Drops the settings of generations no longer needed: not the serving one, not
+    /// the newest complete one (a rollback may go back to it), none with a worker.
+    fn forget_generations(&mut self) {
+        let (serving, completed) = (self.generation, self.completed);
+        let workers = &self.workers;
+        self.gens.retain(|&g, _| {
+            g == serving || g == completed || workers.iter().any(|w| w.generation == g)
+        });
     }
 
     /// Starts a worker once the serving fleet is up: a failure (fork refused for lack
@@ -1618,6 +1779,7 @@ impl Master {
                     }
                     self.import_kills = 0;
                     self.retries_due = 0;
+                    self.back_to_settings_of(failed);
                     // sd_notify(3): after RELOADING=1, READY=1 once the reload is over,
                     // failed ones too (systemd holds the unit in "reloading" until then),
                     // and only then: a READY=1 nothing waits for would end the next
@@ -1968,9 +2130,17 @@ impl Master {
         // regression: with --interface auto (the default) the master waited the ASGI
         // allowance (over a minute) for a WSGI worker that did not leave (its atexit
         // hung, or it ignored SIGTERM).
-        let wsgi_deadline = Instant::now() + self.opts.graceful_timeout + LEAVE_MARGIN;
+        // Each worker stops within its own generation's --graceful-timeout.
+        let longest = |f: fn(&Options) -> Duration| {
+            std::iter::once(&self.opts)
+                .chain(self.workers.iter().map(|w| &w.opts))
+                .map(|o| f(o))
+                .max()
+                .unwrap_or_default()
+        };
+        let wsgi_deadline = Instant::now() + longest(|o| o.graceful_timeout) + LEAVE_MARGIN;
         let mut wsgi_due = Some(wsgi_deadline);
-        let mut deadline = Some(wsgi_deadline + self.opts.past_graceful);
+        let mut deadline = Some(wsgi_deadline + longest(|o| o.past_graceful));
         loop {
             let _ = self.reap();
             if self.workers.is_empty() {
@@ -2207,7 +2377,7 @@ mod tests {
             lifespan_timeout_over_start: None,
         };
         let board = Arc::new(Scoreboard::new(4, 1).unwrap());
-        let mut m = Master::new(board, opts, None, None, SigSet::of(&[]));
+        let mut m = Master::new(board, opts, Arc::new(()), None, None, SigSet::of(&[]));
         m.announced = true;
         m
     }
@@ -2242,7 +2412,7 @@ mod tests {
     fn add(m: &mut Master, stand: &Stand, serving: bool) -> usize {
         let slot = m.workers.len();
         m.board.reset(slot, 0, m.generation, Cause::Boot);
-        let mut w = Worker::new(stand.pid(), m.generation, slot, None);
+        let mut w = Worker::new(stand.pid(), m.generation, slot, None, Arc::clone(&m.opts));
         if serving {
             w.phase.ready();
             w.served = true;

@@ -94,7 +94,8 @@ pub enum SupervisorError {
     CutOff(Unclean),
 }
 
-/// What the master needs to know.
+/// What the master needs to know. A reload may bring new ones for its generation
+/// ([`Reread::Next`]): each worker keeps its own generation's limits.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub workers: usize,
@@ -155,6 +156,27 @@ pub struct Stats {
 /// Most worker slots (workers of two generations during a reload, plus retiring ones).
 const MAX_SLOTS: usize = 1024;
 
+/// What a generation of workers runs, as the caller (main) made it from the
+/// configuration: handed to each worker forked for that generation
+/// ([`WorkerContext::settings`]) and to the reload hook ([`Reread`]). The master only
+/// keeps it, per generation, so that a replacement or a rollback starts workers with
+/// their own generation's settings.
+pub type GenerationSettings = Arc<dyn std::any::Any + Send + Sync>;
+
+/// What the configuration read again at a reload says ([`run`]'s `reread`).
+pub enum Reread {
+    /// It is invalid (the hook said why, one ERROR line): the reload is refused, the
+    /// workers serve on, nothing changes.
+    Refused,
+    /// The new generation runs `settings`, with the master's `opts`; `changed`: any
+    /// setting differs from the generation that served (a rollback says it goes back).
+    Next {
+        opts: Options,
+        settings: GenerationSettings,
+        changed: bool,
+    },
+}
+
 /// Handed to each forked worker.
 pub struct WorkerContext {
     /// Write one byte here once serving ([`announce_ready`]).
@@ -164,6 +186,8 @@ pub struct WorkerContext {
     /// When the master forked it: how long its start took tells how far ahead of its
     /// `--max-requests` it asks for its successor ([`WorkerMonitor`]).
     pub forked: std::time::Instant,
+    /// What its generation runs ([`GenerationSettings`]).
+    pub settings: GenerationSettings,
 }
 
 #[cfg(test)]

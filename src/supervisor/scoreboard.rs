@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! [Global: seqlock, folded counters, worker starts/exits, timeouts, ...]
-//! [slot 0: SlotHead (256 B) | Line 0 | Line 1 | ...]   one slot per worker,
+//! [slot 0: SlotHead (320 B) | Line 0 | Line 1 | ...]   one slot per worker,
 //! [slot 1: ...]                                          one line per Python thread
 //! ```
 //!
@@ -229,6 +229,10 @@ pub struct SlotHead {
     /// nanoseconds of its loop's last tick (`crate::asgi::beat`); 0 when not watched
     /// (a WSGI worker, no `--timeout`, a loop not serving yet or any more).
     beat: AtomicU64,
+    /// The worker's `--threads`, as its generation was started with (a reload may
+    /// change it, up to the lines a slot has); 0: [`Scoreboard::python_threads`].
+    /// Written by the master before the fork ([`Scoreboard::set_threads`]).
+    threads: AtomicU32,
 }
 
 /// One Python thread (WSGI), or one of the oldest tasks in flight (ASGI).
@@ -249,7 +253,7 @@ pub struct Line {
     counters: Counters,
 }
 
-const _: () = assert!(std::mem::size_of::<SlotHead>() == 256);
+const _: () = assert!(std::mem::size_of::<SlotHead>() == 320);
 const _: () = assert!(std::mem::size_of::<Line>() % 64 == 0);
 const _: () = assert!(std::mem::size_of::<Counters>() % 8 == 0);
 
@@ -279,7 +283,8 @@ pub struct Scoreboard {
     /// Lines per slot: `max(--threads, TASK_LINES)`; every line is looked at for
     /// `--timeout` and counted in the totals.
     pub threads: usize,
-    /// `--threads`: the lines a WSGI worker uses (one per Python thread).
+    /// `--threads` at start: the lines a WSGI worker uses (one per Python thread),
+    /// unless its slot says otherwise ([`Scoreboard::threads_of`]: a reload's).
     pub python_threads: usize,
 }
 
@@ -438,6 +443,7 @@ impl Scoreboard {
             h.waiting.store(0, Ordering::Relaxed);
             h.held.store(0, Ordering::SeqCst);
             h.beat.store(0, Ordering::SeqCst);
+            h.threads.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -751,6 +757,30 @@ impl Scoreboard {
         self.global().target.load(Ordering::Relaxed) as usize
     }
 
+    /// The worker about to be forked into `slot` runs `threads` Python threads (its
+    /// generation's `--threads`, which a reload may have changed), at most the lines
+    /// a slot has (master only, after [`Scoreboard::reset`]).
+    pub fn set_threads(&self, slot: usize, threads: usize) {
+        let n = threads.clamp(1, self.threads);
+        self.head(slot)
+            .threads
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::SeqCst);
+    }
+
+    /// The Python threads of the worker in `slot` ([`Scoreboard::set_threads`]; else
+    /// `--threads` at start), at most the lines a slot has.
+    pub fn threads_of(&self, slot: usize) -> usize {
+        self.slot_threads(self.head(slot))
+    }
+
+    fn slot_threads(&self, h: &SlotHead) -> usize {
+        match h.threads.load(Ordering::Relaxed) {
+            0 => self.python_threads,
+            n => n as usize,
+        }
+        .min(self.threads)
+    }
+
     /// A Python thread of `slot` took a request (with `--stats`). Counts an "all
     /// threads busy" event when that leaves no idle thread in any serving worker.
     pub fn enter(&self, slot: usize) {
@@ -759,7 +789,7 @@ impl Scoreboard {
         let busy = self.head(slot).busy.fetch_add(1, Ordering::SeqCst) as usize + 1;
         // Other workers are looked at only when this one is full, and the first one
         // with an idle thread ends the look.
-        if busy >= self.python_threads && self.others_full(slot) {
+        if busy >= self.threads_of(slot) && self.others_full(slot) {
             self.global().saturated.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -775,7 +805,7 @@ impl Scoreboard {
     /// Python threads of the WSGI worker in `slot` waiting for a request, as its lines
     /// show (a line is busy from the thread's `begin` to its `end`).
     pub fn idle_threads(&self, slot: usize) -> usize {
-        (0..self.python_threads.min(self.threads))
+        (0..self.threads_of(slot))
             .filter(|&t| self.line(slot, t).since.load(Ordering::Acquire) == 0)
             .count()
     }
@@ -834,7 +864,7 @@ impl Scoreboard {
     /// Requests the worker can run at once: its tasks (ASGI) or threads (WSGI).
     fn capacity(&self, h: &SlotHead) -> usize {
         match h.capacity.load(Ordering::Relaxed) {
-            0 => self.python_threads,
+            0 => self.slot_threads(h),
             n => n as usize,
         }
     }
@@ -930,7 +960,7 @@ impl Scoreboard {
             let shown = if capacity > 0 {
                 self.threads
             } else {
-                self.python_threads
+                self.slot_threads(h)
             };
             let mut threads = Vec::with_capacity(shown);
             for t in 0..self.threads {

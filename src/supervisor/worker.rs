@@ -308,9 +308,10 @@ fn jitter(n: u64) -> u64 {
 }
 
 impl WorkerMonitor {
-    /// The Python threads of this worker (as its scoreboard lines count them).
+    /// The Python threads of this worker (its generation's, as its scoreboard slot
+    /// counts them).
     fn python_threads(&self) -> usize {
-        self.board.python_threads.min(self.board.threads).max(1)
+        self.board.threads_of(self.slot).max(1)
     }
 
     pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {

@@ -1,0 +1,249 @@
+//! A reload (SIGHUP) reads the `--config` file again and the new workers run it, as
+//! gunicorn's HUP does: threads, `--timeout`, `--workers`, the app and `[env]` change
+//! with the new generation; an invalid file refuses the reload (the workers serve on);
+//! a listener is named as needing a restart and not bound; a reload whose workers fail
+//! goes back to the old settings.
+//! regression: deploy MEDIUM: the new workers ran the start's settings, and one WARN
+//! line only named what the file had changed.
+
+use std::path::{Path, PathBuf};
+
+use protocol_tests::harness::*;
+
+/// An app whose answer is `name`; `/sleep` sleeps 30 s.
+fn named_app(dir: &Path, name: &str) -> PathBuf {
+    let app = dir.join(format!("{name}.py"));
+    std::fs::write(
+        &app,
+        format!(
+            "import time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/sleep':\n        time.sleep(30)\n    body = {name:?}.encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+/// postern with `--config conf` (and the app named there, not on the command line).
+fn with_config(dir: &Path, conf: &Path, extra: &[&str]) -> Postern {
+    Spawn::tcp(dir, "--config")
+        .arg(conf.to_str().unwrap())
+        .args(["--master"])
+        .args(extra.iter().copied())
+        .start()
+}
+
+fn status(addr: &Addr) -> serde_json::Value {
+    let resp = raw(
+        addr,
+        b"GET /status HTTP/1.1\r\nHost: stats\r\nConnection: close\r\n\r\n",
+    );
+    let r = parse_http(&resp).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&resp)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// The workers `/status` lists as serving: (generation, threads each).
+fn serving(addr: &Addr) -> Vec<(i64, usize)> {
+    status(addr)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "serving")
+        .map(|w| {
+            (
+                w["generation"].as_i64().unwrap(),
+                w["threads"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+fn text(p: &Postern, path: &str) -> String {
+    let (status, body) = p.get(path);
+    assert_eq!(status, 200, "{}", p.logs());
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn a_reload_runs_the_changed_threads_workers_timeout_and_env() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let app = testapp();
+    std::fs::write(
+        &conf,
+        format!("app = {app:?}\nworkers = 1\nthreads = 1\n[env]\nTESTAPP_ENV = \"one\"\n"),
+    )
+    .unwrap();
+    let stats = Addr::Tcp(free_port());
+    let p = with_config(dir.path(), &conf, &["--stats", &stats.arg()]);
+    assert!(wait_until(20, || serving(&stats) == [(0, 1)]));
+    assert!(
+        text(&p, "/sys").contains("\"env\": \"one\""),
+        "{}",
+        text(&p, "/sys")
+    );
+
+    std::fs::write(
+        &conf,
+        format!(
+            "app = {app:?}\nworkers = 2\nthreads = 4\ntimeout = 3\n[env]\nTESTAPP_ENV = \"two\"\n"
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reload: the new workers run the changed configuration", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("the new workers run the changed configuration"))
+        .unwrap();
+    for change in [
+        "env (",
+        "threads (1 -> 4)",
+        "timeout (not set -> 3)",
+        "workers (1 -> 2)",
+    ] {
+        assert!(line.contains(change), "{change} not in {line}");
+    }
+    assert!(!logs.contains("a reload does not apply"), "{logs}");
+    // Two workers of the new generation, four threads each, and nothing else.
+    assert!(
+        wait_until(30, || serving(&stats) == [(1, 4), (1, 4)]),
+        "{:?}\n{}",
+        serving(&stats),
+        p.logs()
+    );
+    assert!(
+        text(&p, "/sys").contains("\"env\": \"two\""),
+        "{}",
+        text(&p, "/sys")
+    );
+    // The new --timeout kills a request that sleeps past it.
+    let addr = p.addr.clone();
+    let sleeper = std::thread::spawn(move || raw(&addr, &uwsgi_get("/sleep?s=30")));
+    assert!(
+        p.wait_log("request passed --timeout 3s", 20),
+        "{}",
+        p.logs()
+    );
+    let _ = sleeper.join();
+    assert_eq!(p.get("/").0, 200);
+}
+
+#[test]
+fn an_invalid_config_file_at_reload_is_refused_and_the_workers_serve_on() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    std::fs::write(&conf, format!("app = {:?}\nthreads = 2\n", testapp())).unwrap();
+    let p = with_config(dir.path(), &conf, &[]);
+    let workers = children(p.pid());
+    assert_eq!(workers.len(), 1);
+
+    std::fs::write(&conf, format!("app = {:?}\nthreads = 0\n", testapp())).unwrap();
+    p.signal(libc::SIGHUP);
+    let refused = "reload refused: the configuration is invalid; the workers serve on with the settings they run, nothing changes";
+    assert!(p.wait_log(refused, 20), "{}", p.logs());
+    let said = format!(
+        "--threads (from file {}): 0 is not between 1 and 1024",
+        conf.display()
+    );
+    assert!(p.logs().contains(&said), "{}", p.logs());
+    std::fs::write(&conf, "threads = [\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log_count(refused, 2, 20), "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains(&format!("--config {}: TOML parse error", conf.display())),
+        "{}",
+        p.logs()
+    );
+    // Nothing changed: no new generation, the same worker serves.
+    assert!(
+        !p.logs().contains("reloading: new workers start"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/").0, 200);
+    assert_eq!(children(p.pid()), workers);
+
+    // Fixed (and another app): the next reload runs it.
+    let other = named_app(dir.path(), "second");
+    std::fs::write(&conf, format!("app = {other:?}\nthreads = 3\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reload: the new workers run the changed configuration", 20),
+        "{}",
+        p.logs()
+    );
+    assert!(p.logs().contains("threads (2 -> 3)"), "{}", p.logs());
+    assert!(wait_until(30, || p.get("/").1 == b"second"), "{}", p.logs());
+}
+
+#[test]
+fn a_listener_added_at_reload_is_named_and_not_bound() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    std::fs::write(&conf, format!("app = {:?}\nthreads = 1\n", testapp())).unwrap();
+    let p = with_config(dir.path(), &conf, &[]);
+    let port = free_port();
+    std::fs::write(
+        &conf,
+        format!(
+            "app = {:?}\nthreads = 2\nfastcgi = \"127.0.0.1:{port}\"\n",
+            testapp()
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("in settings a reload does not apply", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains(&format!("fastcgi (not set -> \"127.0.0.1:{port}\")")),
+        "{logs}"
+    );
+    assert!(logs.contains("restart postern to apply these"), "{logs}");
+    assert!(logs.contains("threads (1 -> 2)"), "{logs}");
+    assert!(p.wait_log("all 1 workers ready", 30));
+    assert!(wait_until(30, || p
+        .logs()
+        .matches("all 1 workers ready")
+        .count()
+        == 2));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert_eq!(p.get("/").0, 200);
+}
+
+#[test]
+fn a_reload_whose_workers_fail_goes_back_to_the_old_settings() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let first = named_app(dir.path(), "first");
+    std::fs::write(&conf, format!("app = {first:?}\nworkers = 1\n")).unwrap();
+    let p = with_config(dir.path(), &conf, &[]);
+    let broken = dir.path().join("broken.py");
+    std::fs::write(&broken, "raise ImportError('broken on purpose')\n").unwrap();
+    std::fs::write(&conf, format!("app = {broken:?}\nworkers = 2\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reload failed: the new workers do not start", 30),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log("the failed reload's settings are dropped", 5),
+        "{}",
+        p.logs()
+    );
+    // One worker of the first app, as before the reload (not two).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(children(p.pid()).len(), 1, "{}", p.logs());
+    assert_eq!(text(&p, "/"), "first");
+}

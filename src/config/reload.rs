@@ -1,0 +1,273 @@
+//! A reload (SIGHUP, `--touch-reload`) reads the configuration again, as gunicorn's HUP
+//! and PHP-FPM's reload do: the layers as the start read them (the same command line,
+//! `POSTERN_*` as at the start, the `--config` and `--ini` files, relative paths from
+//! the start's directory), checked as a start checks them ([`Config::resolve`]).
+//!
+//! - Invalid: the reload is refused, one ERROR line with the error (file, key, reason);
+//!   the workers serve on and nothing changes.
+//! - Valid: the new generation of workers runs it. What a new worker takes (the app,
+//!   its threads, limits and timeouts, `--workers` as the new generation's size, ...)
+//!   is applied, each change named in one INFO line; what only a restart can change
+//!   ([`RESTART_ONLY`]: the listeners, ids, files the master opened, Python's start)
+//!   keeps the value the workers run, named in one WARN line.
+//! - Not readable any more by the uid postern runs as after `--uid` (a 0600 root file
+//!   read at the start): one WARN line, and the reload runs the settings it had.
+//!
+//! Pure configuration: the master applies what [`at_reload`] returns through main.
+
+use std::collections::BTreeSet;
+
+use super::{Config, ConfigError, Layered};
+
+/// The settings a reload does not apply, and why: they are used once, at the start,
+/// by the master (binding, dropping privileges, opening files, starting Python).
+pub const RESTART_ONLY: &[(&str, &str)] = &[
+    ("uwsgi", "the listeners are bound once"),
+    ("fastcgi", "the listeners are bound once"),
+    ("scgi", "the listeners are bound once"),
+    ("socket-mode", "the listeners are bound once"),
+    ("socket-owner", "the listeners are bound once"),
+    ("listen-backlog", "the listeners are bound once"),
+    ("stats", "the --stats endpoint is bound once"),
+    ("uid", "privileges are dropped once"),
+    ("gid", "privileges are dropped once"),
+    ("pidfile", "the pidfile is written once"),
+    ("venv", "Python starts once, in the master"),
+    ("master", "the master runs from the start"),
+    ("preload", "the master imports the app at start or never"),
+    ("touch-reload", "the master watches its file from the start"),
+    ("log-file", "the logs are opened once"),
+    ("log-format", "the logs are opened once"),
+    ("log-level", "the logs are opened once"),
+    ("access-log", "the logs are opened once"),
+    ("access-log-format", "the logs are opened once"),
+];
+
+/// With `--preload` the master imported the app: what the import used stays.
+const PRELOADED: &[&str] = &["app", "chdir", "pythonpath", "env", "interface"];
+
+/// What a generation's settings were read as: the merged layers' values (before
+/// [`Config::resolve`] made paths absolute), to tell what the next reload changes.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    values: toml::Table,
+    off: BTreeSet<String>,
+}
+
+impl Layers {
+    pub fn of(layered: &Layered) -> Layers {
+        Layers {
+            values: layered.values.clone(),
+            off: layered.off.clone(),
+        }
+    }
+
+    /// `key`'s value as said in the log: a number as a number (30 in the file is the
+    /// default 30.0), `off` for a limit switched off, `not set`.
+    fn said(&self, key: &str) -> String {
+        match self.values.get(key) {
+            Some(toml::Value::Integer(i)) => (*i as f64).to_string(),
+            Some(toml::Value::Float(f)) => f.to_string(),
+            Some(v) => v.to_string(),
+            None if self.off.contains(key) => "off".to_owned(),
+            None => "not set".to_owned(),
+        }
+    }
+
+    /// `key` as `from` has it.
+    fn keep(&mut self, from: &Layers, key: &str) {
+        match from.values.get(key) {
+            Some(v) => self.values.insert(key.to_owned(), v.clone()),
+            None => self.values.remove(key),
+        };
+        if from.off.contains(key) {
+            self.off.insert(key.to_owned());
+        } else {
+            self.off.remove(key);
+        }
+    }
+}
+
+/// What the new generation of a reload runs.
+pub enum Next {
+    /// This configuration (what only a restart applies kept as the serving generation
+    /// has it); `changed`: a setting differs from the serving generation's.
+    Apply {
+        config: Box<Config>,
+        layers: Layers,
+        changed: bool,
+    },
+    /// The configuration is invalid (said in one ERROR line): the reload is refused.
+    Refused,
+}
+
+/// Why the layers could not be read again.
+enum Unread {
+    /// Not readable as the uid postern runs as now (after `--uid`).
+    Denied(String),
+    Invalid(String),
+}
+
+/// Reads the layers again as the start did (see [`super::AT_START`]).
+fn read_again() -> Result<Layered, Unread> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let start = super::AT_START.get();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = super::Cli::command()
+        .try_get_matches_from(&args)
+        .map_err(|e| Unread::Invalid(e.to_string().trim().to_owned()))?;
+    let mut cli =
+        super::Cli::from_arg_matches(&matches).map_err(|e| Unread::Invalid(e.to_string()))?;
+    if let Some(cwd) = start.and_then(|s| s.cwd.as_ref()) {
+        cli.config = cli.config.map(|p| cwd.join(p));
+        cli.ini = cli.ini.map(|i| cwd.join(i).to_string_lossy().into_owned());
+    }
+    Layered::merge(&cli, &matches).map_err(|e| {
+        let denied = matches!(&e, ConfigError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied);
+        // regression: under --uid the master reads as that user at a reload, so a
+        // 0600 root-owned --config read at the start was said to be broken.
+        if denied || e.to_string().contains("Permission denied") {
+            Unread::Denied(e.to_string())
+        } else {
+            Unread::Invalid(e.to_string())
+        }
+    })
+}
+
+/// At a reload: reads the configuration again and says what the new generation runs,
+/// given the serving generation's `current` configuration (read as `layers`).
+/// `preloaded`: `--preload` imported the app in the master. `thread_room`: the most
+/// `--threads` a worker slot of the scoreboard has lines for (made at the start).
+pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room: usize) -> Next {
+    let read = read_again().and_then(|l| {
+        let virtual_env = super::AT_START.get().and_then(|s| s.virtual_env.clone());
+        let config =
+            Config::resolve(&l, virtual_env).map_err(|e| Unread::Invalid(e.to_string()))?;
+        Ok((l, config))
+    });
+    let (layered, mut next) = match read {
+        Ok(v) => v,
+        Err(Unread::Invalid(e)) => {
+            tracing::error!(
+                error = %e,
+                "reload refused: the configuration is invalid; the workers serve on with the settings they run, nothing changes"
+            );
+            return Next::Refused;
+        }
+        Err(Unread::Denied(e)) => {
+            tracing::warn!(
+                error = %e.trim(),
+                uid = rustix::process::geteuid().as_raw(),
+                "the configuration cannot be read again at this reload (postern runs as this uid now, after --uid; the start read it before dropping privileges), so whether it changed is not known: the reload goes on with the settings the workers run; restart postern to apply a change"
+            );
+            return Next::Apply {
+                config: Box::new(current.clone()),
+                layers: layers.clone(),
+                changed: false,
+            };
+        }
+    };
+    let mut new_layers = Layers::of(&layered);
+    let keys: BTreeSet<String> = layers
+        .values
+        .keys()
+        .chain(new_layers.values.keys())
+        .chain(&layers.off)
+        .chain(&new_layers.off)
+        .cloned()
+        .collect();
+    let threads_over = next.opts.threads > thread_room;
+    let mut applied = Vec::new();
+    let mut kept = Vec::new();
+    for key in keys {
+        let (was, is) = (layers.said(&key), new_layers.said(&key));
+        if was == is {
+            continue;
+        }
+        let restart = RESTART_ONLY.iter().any(|(k, _)| *k == key)
+            || (preloaded && PRELOADED.contains(&key.as_str()));
+        if restart {
+            kept.push(format!("{key} ({was} -> {is})"));
+        } else if key == "threads" && threads_over {
+            kept.push(format!(
+                "threads ({was} -> {is}: over the {thread_room} a worker's scoreboard slot was made for at the start)"
+            ));
+        } else {
+            applied.push(format!("{key} ({was} -> {is})"));
+        }
+    }
+    keep_restart_only(&mut next, current, preloaded, thread_room);
+    for (key, _) in RESTART_ONLY {
+        new_layers.keep(layers, key);
+    }
+    if preloaded {
+        for key in PRELOADED {
+            new_layers.keep(layers, key);
+        }
+    }
+    if threads_over {
+        new_layers.keep(layers, "threads");
+    }
+    if !applied.is_empty() {
+        tracing::info!(
+            applied = %applied.join(", "),
+            "reload: the new workers run the changed configuration"
+        );
+    }
+    if !kept.is_empty() {
+        tracing::warn!(
+            changed = %kept.join(", "),
+            "the configuration changed since postern started in settings a reload does not apply (the listeners, ids, files and Python the master set up at the start): the new workers run with the values postern started with; restart postern to apply these"
+        );
+    }
+    Next::Apply {
+        config: Box::new(next),
+        layers: new_layers,
+        changed: !applied.is_empty(),
+    }
+}
+
+/// What only a restart changes is taken from `current` (what the master set up at the
+/// start; resolved paths as it resolved them).
+fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, thread_room: usize) {
+    let (n, c) = (&mut next.opts, &current.opts);
+    n.uwsgi.clone_from(&c.uwsgi);
+    n.fastcgi.clone_from(&c.fastcgi);
+    n.scgi.clone_from(&c.scgi);
+    n.socket_mode = c.socket_mode;
+    n.socket_owner.clone_from(&c.socket_owner);
+    n.listen_backlog = c.listen_backlog;
+    n.stats.clone_from(&c.stats);
+    n.uid.clone_from(&c.uid);
+    n.gid.clone_from(&c.gid);
+    n.pidfile.clone_from(&c.pidfile);
+    n.venv.clone_from(&c.venv);
+    n.master = c.master;
+    n.preload = c.preload;
+    n.touch_reload.clone_from(&c.touch_reload);
+    n.log_file.clone_from(&c.log_file);
+    n.log_format = c.log_format;
+    n.log_level.clone_from(&c.log_level);
+    n.access_log.clone_from(&c.access_log);
+    n.access_log_format = c.access_log_format;
+    if preloaded {
+        n.app.clone_from(&c.app);
+        n.chdir.clone_from(&c.chdir);
+        n.pythonpath.clone_from(&c.pythonpath);
+        n.env.clone_from(&c.env);
+        n.interface = c.interface;
+        next.app = current.app.clone();
+    }
+    if n.threads > thread_room {
+        n.threads = c.threads;
+    }
+    next.listeners.clone_from(&current.listeners);
+    next.default_listener = current.default_listener;
+    next.venv.clone_from(&current.venv);
+    next.venv_from_env = current.venv_from_env;
+    next.supervised = current.supervised;
+    next.uid = current.uid;
+    next.gid = current.gid;
+    next.socket_owner = current.socket_owner;
+}
