@@ -432,6 +432,94 @@ fn each_request_gets_a_shallow_copy_of_the_lifespan_state() {
     assert_no_error_lines(&s.postern);
 }
 
+/// The `http` part of an app that answers any request with its scope's path fields and
+/// headers as JSON.
+const SCOPE_ECHO: &str = r#"
+body = json.dumps({
+    "path": scope["path"],
+    "root_path": scope["root_path"],
+    "raw_path": (scope["raw_path"] or b"").decode("latin-1"),
+    "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+}).encode()
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+await send({"type": "http.response.body", "body": body})
+"#;
+
+/// The [`SCOPE_ECHO`] app (written to `dir`) behind nginx over `upstream`.
+fn scope_echo(upstream: Upstream, dir: &Path) -> Option<Stack> {
+    let module = dir.join("scope_echo.py");
+    std::fs::write(&module, AsgiApp::new("import json").http(SCOPE_ECHO)).unwrap();
+    let app = format!("{}:app", module.display());
+    behind_nginx(upstream, &app, &["--interface", "asgi"], "", |s| s)
+}
+
+// regression: over SCGI the path came from REQUEST_URI (decoded, not normalised), over
+// uwsgi and FastCGI from nginx's `$document_uri` (`//` merged, `.` and `..` resolved):
+// one app behind the three saw `/a//b/./c/../d e` over SCGI, `/a/b/d e` over the others.
+#[test]
+fn one_app_behind_each_nginx_upstream_sees_one_path_for_a_url() {
+    let dir = tempdir();
+    for upstream in NGINX_UPSTREAMS {
+        let Some(s) = scope_echo(upstream, dir.path()) else {
+            return;
+        };
+        let r = s.nginx.get("/a//b/./c/../d%20e?q=1");
+        assert_eq!(r.status, 200, "{upstream:?}: {}", s.postern.logs());
+        let j = r.json();
+        assert_eq!(
+            (&j["path"], &j["root_path"], &j["raw_path"]),
+            (
+                &serde_json::json!("/a/b/d e"),
+                &serde_json::json!(""),
+                &serde_json::json!("/a//b/./c/../d%20e")
+            ),
+            "{upstream:?}"
+        );
+        s.assert_clean(&format!("{upstream:?}"));
+    }
+}
+
+// The hop-by-hop headers a client sends reach the app as it sent them, over every
+// upstream, as uvicorn and hypercorn give them (README "Hop-by-hop headers the client
+// sent stay"); only Transfer-Encoding is dropped (nginx decoded the body).
+#[test]
+fn hop_by_hop_headers_the_client_sent_are_in_the_scope() {
+    let dir = tempdir();
+    for upstream in NGINX_UPSTREAMS {
+        let Some(s) = scope_echo(upstream, dir.path()) else {
+            return;
+        };
+        let r = s.nginx.raw(
+            b"POST /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nKeep-Alive: 300\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
+        let r = parse_http(&r).unwrap_or_else(|| panic!("{upstream:?}: {}", s.postern.logs()));
+        assert_eq!(r.status, 200, "{upstream:?}: {}", s.postern.logs());
+        let j = r.json();
+        let headers: Vec<(&str, &str)> = j["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap()))
+            .collect();
+        for sent in [
+            ("connection", "close"),
+            ("keep-alive", "300"),
+            ("te", "trailers"),
+            ("content-length", "5"),
+        ] {
+            assert!(
+                headers.contains(&sent),
+                "{upstream:?}: {sent:?} in {headers:?}"
+            );
+        }
+        assert!(
+            !headers.iter().any(|(k, _)| *k == "transfer-encoding"),
+            "{upstream:?}: {headers:?}"
+        );
+        s.assert_clean(&format!("{upstream:?}"));
+    }
+}
+
 #[test]
 fn two_hundred_requests_over_fifty_connections() {
     each_nginx(|s, _| s.load(&Load::new(50, 4)).assert_all_ok());

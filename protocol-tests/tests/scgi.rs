@@ -208,7 +208,7 @@ fn nginx_environ_paths_query_and_headers() {
         assert!(r.header("Status").is_none());
         let e = r.json();
         assert_eq!(e["REQUEST_METHOD"], "GET");
-        // scgi_params has no PATH_INFO or SCRIPT_NAME: derived from REQUEST_URI, decoded;
+        // scgi_params has no PATH_INFO or SCRIPT_NAME: DOCUMENT_URI (nginx decoded it);
         // PEP 3333: the UTF-8 bytes as latin-1 code points.
         assert_eq!(e["SCRIPT_NAME"], "");
         assert_eq!(e["PATH_INFO"], "/env/a b/caf\u{c3}\u{a9}");

@@ -32,7 +32,7 @@ impl Notes {
     const ALL: [&'static str; 6] = [
         "dropped a wsgi.* or postern.* variable",
         "SCRIPT_NAME without PATH_INFO taken as the whole path",
-        "PATH_INFO derived from REQUEST_URI",
+        "PATH_INFO derived from DOCUMENT_URI or REQUEST_URI",
         "promoted an HTTP_CONTENT_* header",
         "SCRIPT_NAME without PATH_INFO taken as the mount point the path goes on from",
         "SCRIPT_NAME set aside: the request's whole path does not go on from it",
@@ -335,7 +335,8 @@ impl<'a> Unknown<'a> {
 ///   front server) never reach the app (§4.2).
 /// - `SCRIPT_NAME` is always present (`""` for a root mount), never ends with `/`, and
 ///   is cut from the front of `PATH_INFO` when the front server left it there (§4.3).
-/// - `PATH_INFO` falls back to the decoded path of `REQUEST_URI`/`DOCUMENT_URI`;
+/// - `PATH_INFO` falls back to `DOCUMENT_URI` (nginx's `$document_uri`, decoded and
+///   normalised already), else the decoded path of `REQUEST_URI`;
 ///   `QUERY_STRING`, `SERVER_NAME`, `SERVER_PORT`, `SERVER_PROTOCOL` always exist.
 pub fn normalise<'a>(
     pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -531,10 +532,12 @@ pub fn normalise_into<'a>(
         }
     }
     if path.is_none() {
-        let uri = value(&at, K_REQUEST_URI).or_else(|| value(&at, K_DOCUMENT_URI));
-        if let Some(uri) = uri {
-            let before_query = uri.split(|&b| b == b'?').next().unwrap_or_default();
-            path = Some(percent_decode_cow(before_query));
+        // DOCUMENT_URI first: it is what nginx's uwsgi_params send as PATH_INFO (and its
+        // fastcgi_params as SCRIPT_NAME), and its scgi_params send it with no PATH_INFO,
+        // so one app behind all three gets one path (`//a/./b` is `/a/b` over each).
+        // regression: SCGI took REQUEST_URI's path, decoded but not normalised.
+        if let Some(whole) = whole_path() {
+            path = Some(whole);
             cgi.notes.add(Notes::PATH_FROM_URI);
         }
     }
@@ -1293,6 +1296,28 @@ mod tests {
     fn derives_path_info_from_request_uri() {
         let cgi = run(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/a%20b/c?x=%41")]);
         assert_eq!(val(&cgi, "PATH_INFO"), Some(&b"/a b/c"[..]));
+    }
+
+    // regression: nginx's scgi_params send DOCUMENT_URI (`$document_uri`, normalised:
+    // `//` merged, `.` and `..` resolved, decoded) and no PATH_INFO; the path came from
+    // REQUEST_URI instead, so an app behind uwsgi_pass (PATH_INFO = `$document_uri`)
+    // and scgi_pass saw two paths for one URL.
+    #[test]
+    fn derives_path_info_from_document_uri_before_request_uri() {
+        let cgi = run(&[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/a//b/./c/../d%2520e?x=1"),
+            ("DOCUMENT_URI", "/a/b/d%20e"),
+        ]);
+        // Taken as it is: nginx decoded it once already.
+        assert_eq!(val(&cgi, "PATH_INFO"), Some(&b"/a/b/d%20e"[..]));
+        // An empty one says nothing: REQUEST_URI's path, decoded.
+        let cgi = run(&[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/a%20b?x"),
+            ("DOCUMENT_URI", ""),
+        ]);
+        assert_eq!(val(&cgi, "PATH_INFO"), Some(&b"/a b"[..]));
     }
 
     #[test]
