@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::{
     fastcgi_location, gated_stream, gated_stream_body, nginx_bin, parse_http, tempdir, testapp,
@@ -313,6 +313,33 @@ pub fn assert_streams_at(port: u16, dir: &Path, postern: &Postern) {
         .unwrap_or_else(|| panic!("bad answer: {:?}", String::from_utf8_lossy(&got)));
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), gated_stream_body(4));
+}
+
+/// Asks the front end on loopback `port` for the test app's `/stream` (400 chunks, one
+/// each 50 ms), and once it is under way (chunk 1 came) sends postern `signal` (a stop or
+/// a reload, which cuts it at `--graceful-timeout`): everything the client got, to its
+/// end. Fails (`what`: which run) if the stream ends before chunk 1, or runs on for 15 s
+/// after the signal (a bound against a hang: the whole stream takes 20 s).
+pub fn stream_until_cut(port: u16, postern: &Postern, signal: i32, what: &str) -> Vec<u8> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "{what}: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    postern.signal(signal);
+    let started = Instant::now();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{what}: the stream ran on"
+    );
+    got
 }
 
 /// One kind of request in a load's mix.

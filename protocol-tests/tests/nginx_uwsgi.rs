@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
-use protocol_tests::stack::{Load, Stack, Upstream};
+use protocol_tests::stack::{stream_until_cut, Load, Stack, Upstream};
 
 fn stack_with(tcp: bool, extra_locations: &str, args: &[&str]) -> Option<Stack> {
     Stack::build(Upstream::Uwsgi)
@@ -421,27 +421,8 @@ fn a_stream_cut_at_the_graceful_timeout_over_tcp_is_never_complete_for_the_clien
                 assert!(!in_ci(), "no nginx, and CI=true");
                 return;
             };
-            let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            c.write_all(
-                b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            )
-            .unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
-                let n = c.read(&mut buf).unwrap();
-                assert!(n > 0, "{what}: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&buf[..n]);
-            }
-            s.postern
-                .signal(if reload { libc::SIGHUP } else { libc::SIGTERM });
-            let started = Instant::now();
-            let _ = c.read_to_end(&mut got);
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "{what}: ran on"
-            );
+            let signal = if reload { libc::SIGHUP } else { libc::SIGTERM };
+            let got = stream_until_cut(s.nginx.port, &s.postern, signal, &what);
             assert!(
                 parse_http(&got).is_none(),
                 "{what}: a cut body must not look complete: {}\nnginx:\n{}",
