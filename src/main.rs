@@ -352,8 +352,9 @@ impl Generation {
         }
     }
 
-    /// The master's options for this generation's workers.
-    fn master_options(&self) -> supervisor::Options {
+    /// The master's options for this generation's workers; `summary`: what `/status`
+    /// shows of its configuration.
+    fn master_options(&self, summary: Vec<(String, String)>) -> supervisor::Options {
         let config = &self.config;
         supervisor::Options {
             workers: config.opts.workers,
@@ -379,6 +380,7 @@ impl Generation {
             app_preloaded: config.opts.preload,
             lifespan_timeout_over_start: lifespan_timeout_over_start(config)
                 .filter(|_| config.opts.interface == postern::asgi::InterfaceOption::Auto),
+            summary,
         }
     }
 
@@ -455,7 +457,7 @@ fn serve(
         // The master starts Python once and forks every worker from the initialised
         // interpreter, so the workers share its pages (as uWSGI's do); each worker
         // imports the app itself (lazy mode), unless --preload imported it here.
-        let opts = first.master_options();
+        let opts = first.master_options(stats_summary(config, &bound));
         // --preload: the master imports the app once; workers share its pages.
         // Before Python starts: any thread it starts here inherits the master's mask.
         supervisor::block_master_signals().context("blocking the master's signals")?;
@@ -505,7 +507,7 @@ fn serve(
             };
             match serving.reloaded(start, thread_room) {
                 Some((next, changed)) => supervisor::Reread::Next {
-                    opts: next.master_options(),
+                    opts: Box::new(next.master_options(stats_summary(&next.config, &bound))),
                     settings: std::sync::Arc::new(next),
                     changed,
                 },

@@ -122,6 +122,11 @@ fn a_reload_runs_the_changed_threads_workers_timeout_and_env() {
         "{}",
         text(&p, "/sys")
     );
+    // /status's configuration summary is the new generation's.
+    let config = &status(&stats)["config"];
+    assert_eq!(config["threads"], "4", "{config}");
+    assert_eq!(config["workers"], "2", "{config}");
+    assert_eq!(config["timeout"], "3s", "{config}");
     // The new --timeout kills a request that sleeps past it.
     let addr = p.addr.clone();
     let sleeper = std::thread::spawn(move || raw(&addr, &uwsgi_get("/sleep?s=30")));
@@ -219,6 +224,36 @@ fn a_listener_added_at_reload_is_named_and_not_bound() {
         == 2));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert_eq!(p.get("/").0, 200);
+
+    // More --threads than a scoreboard slot has lines for (16, made at the start):
+    // named, not applied; the listener, still not bound, is named again.
+    std::fs::write(
+        &conf,
+        format!(
+            "app = {:?}\nthreads = 20\nfastcgi = \"127.0.0.1:{port}\"\n",
+            testapp()
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log_count("in settings a reload does not apply", 2, 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .filter(|l| l.contains("in settings a reload does not apply"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        line.contains(&format!("fastcgi (not set -> \"127.0.0.1:{port}\")"))
+            && line.contains(
+                "threads (2 -> 20: over the 16 a worker's scoreboard slot was made for at the start)"
+            ),
+        "{line}"
+    );
 }
 
 #[test]

@@ -1394,7 +1394,7 @@ impl Master {
                 opts,
                 settings,
                 changed,
-            } => (opts, settings, changed),
+            } => (*opts, settings, changed),
         };
         // A reload during a reload: the generation still booting is dropped at once
         // (the one serving keeps serving until the newest one is ready). Its workers
@@ -1436,6 +1436,9 @@ impl Master {
         // Said once, again only if a reload changed it.
         if next.lifespan_timeout_over_start != self.opts.lifespan_timeout_over_start {
             self.lifespan_warning = next.lifespan_timeout_over_start;
+        }
+        if next.summary != self.opts.summary {
+            self.board.publish_summary(&next.summary);
         }
         self.opts = Arc::new(next);
         self.gens.insert(
@@ -1519,6 +1522,9 @@ impl Master {
         if workers != back.opts.workers {
             self.target = back.target;
             self.board.publish_target(self.target);
+        }
+        if back.opts.summary != self.opts.summary {
+            self.board.publish_summary(&back.opts.summary);
         }
         self.opts = Arc::clone(&back.opts);
         self.lifespan_warning = None;
@@ -2375,6 +2381,7 @@ mod tests {
             preload: false,
             app_preloaded: false,
             lifespan_timeout_over_start: None,
+            summary: Vec::new(),
         };
         let board = Arc::new(Scoreboard::new(4, 1).unwrap());
         let mut m = Master::new(board, opts, Arc::new(()), None, None, SigSet::of(&[]));

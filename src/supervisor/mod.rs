@@ -131,6 +131,9 @@ pub struct Options {
     /// worker says it serves ASGI ([`warn_lifespan_timeout`]). With `--interface asgi`
     /// main warns at start; with WSGI the two never meet.
     pub lifespan_timeout_over_start: Option<Duration>,
+    /// What `/status` shows of this generation's configuration (with `--stats`):
+    /// published when a reload, or a rollback, changes it.
+    pub summary: Vec<(String, String)>,
 }
 
 /// The warning for a `--lifespan-timeout` at or above `--worker-start-timeout`, for an
@@ -171,7 +174,7 @@ pub enum Reread {
     /// The new generation runs `settings`, with the master's `opts`; `changed`: any
     /// setting differs from the generation that served (a rollback says it goes back).
     Next {
-        opts: Options,
+        opts: Box<Options>,
         settings: GenerationSettings,
         changed: bool,
     },

@@ -89,7 +89,11 @@ pub fn source(
             started_unix,
             // SIGTTIN/SIGTTOU change the number of workers after the start.
             // regression: /status showed the --workers of the start for ever.
-            config: config
+            // A reload publishes its generation's summary (threads, timeouts, app).
+            config: reading
+                .summary
+                .as_ref()
+                .unwrap_or(&config)
                 .iter()
                 .map(|(k, v)| match reading.target {
                     Some(n) if k == "workers" => (k.clone(), n.to_string()),

@@ -44,6 +44,14 @@ const DESC_WORDS: usize = DESC / 8;
 const ID: usize = 64;
 const ID_WORDS: usize = ID / 8;
 
+/// Longest configuration summary `/status` shows as published by the master after a
+/// reload ([`Scoreboard::publish_summary`]), in bytes.
+const SUMMARY: usize = 2048;
+const SUMMARY_WORDS: usize = SUMMARY / 8;
+/// Between a key and its value, and after each pair, in the published summary.
+const SUMMARY_KEY_END: u8 = 0x1f;
+const SUMMARY_PAIR_END: u8 = 0x1e;
+
 /// Slot states.
 pub const FREE: u32 = 0;
 pub const STARTING: u32 = 1;
@@ -179,6 +187,11 @@ struct Global {
     reloads: [AtomicU64; 2],
     /// The generation that serves: the newest one all of whose workers served.
     generation: AtomicU64,
+    /// The configuration summary of the generation the master runs, once a reload
+    /// changed it: its length in bytes (0: the one the stats endpoint was made with),
+    /// then the bytes (`key` 0x1f `value` 0x1e ...), written under the seqlock.
+    summary_len: AtomicU64,
+    summary: [AtomicU64; SUMMARY_WORDS],
 }
 
 /// Requests refused before a Python thread, `[protocol][status class]`.
@@ -302,6 +315,8 @@ pub struct Reading {
     pub log_lines_dropped: u64,
     /// The number of workers the master keeps, if a master published it.
     pub target: Option<usize>,
+    /// The configuration summary the master published after a reload, if it did.
+    pub summary: Option<Vec<(String, String)>>,
 }
 
 impl Scoreboard {
@@ -744,6 +759,61 @@ impl Scoreboard {
             .store(dropped, Ordering::Relaxed);
     }
 
+    /// Publishes the configuration summary `/status` shows, as the generation the
+    /// master now runs has it (a reload's, or the one a rollback went back to); at
+    /// most [`SUMMARY`] bytes, whole pairs (master only).
+    pub fn publish_summary(&self, summary: &[(String, String)]) {
+        let mut buf = Vec::with_capacity(SUMMARY);
+        for (k, v) in summary {
+            let clean =
+                |s: &str| s.replace([SUMMARY_KEY_END as char, SUMMARY_PAIR_END as char], " ");
+            let (k, v) = (clean(k), clean(v));
+            if buf.len() + k.len() + v.len() + 2 > SUMMARY {
+                break;
+            }
+            buf.extend_from_slice(k.as_bytes());
+            buf.push(SUMMARY_KEY_END);
+            buf.extend_from_slice(v.as_bytes());
+            buf.push(SUMMARY_PAIR_END);
+        }
+        let n = buf.len();
+        buf.resize(SUMMARY, 0);
+        let g = self.global();
+        self.write_section(|| {
+            for (w, word) in g.summary.iter().zip(buf.chunks_exact(8)) {
+                let word: [u8; 8] = word.try_into().expect("chunks of 8");
+                w.store(u64::from_ne_bytes(word), Ordering::Relaxed);
+            }
+            g.summary_len.store(n as u64, Ordering::Relaxed);
+        });
+    }
+
+    /// The summary [`Scoreboard::publish_summary`] wrote, if any.
+    fn summary(&self) -> Option<Vec<(String, String)>> {
+        let g = self.global();
+        let n = (g.summary_len.load(Ordering::Relaxed) as usize).min(SUMMARY);
+        if n == 0 {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(SUMMARY);
+        for w in &g.summary {
+            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        bytes.truncate(n);
+        Some(
+            bytes
+                .split(|&b| b == SUMMARY_PAIR_END)
+                .filter_map(|pair| {
+                    let at = pair.iter().position(|&b| b == SUMMARY_KEY_END)?;
+                    Some((
+                        String::from_utf8_lossy(&pair[..at]).into_owned(),
+                        String::from_utf8_lossy(&pair[at + 1..]).into_owned(),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
     /// Publishes how many workers the master keeps (master only).
     pub fn publish_target(&self, workers: usize) {
         self.global()
@@ -1001,6 +1071,7 @@ impl Scoreboard {
             workers,
             log_lines_dropped,
             target: usize::try_from(get(&g.target)).ok().filter(|&n| n > 0),
+            summary: self.summary(),
         }
     }
 }
@@ -1325,6 +1396,47 @@ mod tests {
         sb.release(1);
         sb.reset(1, 12, 1, Cause::Boot);
         assert_eq!(sb.read().totals, t);
+    }
+
+    #[test]
+    fn a_published_summary_reads_back_whole_pairs_within_its_size() {
+        let sb = Scoreboard::new(1, 1).unwrap();
+        assert!(
+            sb.read().summary.is_none(),
+            "none until a reload publishes one"
+        );
+        let pairs = vec![
+            ("app".to_owned(), "a:b".to_owned()),
+            ("threads".to_owned(), "4".to_owned()),
+        ];
+        sb.publish_summary(&pairs);
+        assert_eq!(sb.read().summary, Some(pairs));
+        // Too long a value: the pairs before it only.
+        let long = vec![
+            ("app".to_owned(), "x".to_owned()),
+            ("listeners".to_owned(), "y".repeat(SUMMARY)),
+        ];
+        sb.publish_summary(&long);
+        assert_eq!(sb.read().summary, Some(long[..1].to_vec()));
+    }
+
+    // A reload's workers run their generation's --threads (up to a slot's lines).
+    #[test]
+    fn a_slot_counts_the_threads_of_its_own_generation() {
+        let sb = Scoreboard::new(2, 2).unwrap();
+        sb.reset(0, 1, 0, Cause::Boot);
+        sb.reset(1, 2, 1, Cause::Reload);
+        sb.set_threads(1, 5);
+        assert_eq!((sb.threads_of(0), sb.threads_of(1)), (2, 5));
+        sb.set_threads(1, 1000);
+        assert_eq!(sb.threads_of(1), TASK_LINES, "at most the lines a slot has");
+        sb.mark_serving(0);
+        sb.mark_serving(1);
+        let r = sb.read();
+        assert_eq!(
+            (r.workers[0].threads.len(), r.workers[1].threads.len()),
+            (2, TASK_LINES)
+        );
     }
 
     #[test]
