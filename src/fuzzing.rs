@@ -420,6 +420,26 @@ pub fn fastcgi_params(data: &[u8]) {
         }
         Err(e) => panic!("parse_params: {e:?}"),
     }
+    // The walk of a stream as it comes (ConnParser's early refusal) agrees with a
+    // plain one over the whole, however the bytes are split, and with parse_params:
+    // a block that parses holds no pair over its own length.
+    let limit = usize::from(data.first().copied().unwrap_or(0)) * 4;
+    let at_once = fcgi::pair_over_limit([data, &[]], 0, limit);
+    assert_eq!(at_once.err(), first_pair_over(data, limit));
+    if fcgi::parse_pairs(data).is_ok() {
+        assert_eq!(
+            fcgi::pair_over_limit([data, &[]], 0, data.len()),
+            Ok(data.len())
+        );
+    }
+    for cut in [data.len() / 3, data.len() / 2, data.len().saturating_sub(3)] {
+        let (a, b) = data.split_at(cut);
+        assert_eq!(fcgi::pair_over_limit([a, b], 0, limit), at_once);
+        match fcgi::pair_over_limit([a, &[]], 0, limit) {
+            Ok(at) => assert_eq!(fcgi::pair_over_limit([a, b], at, limit), at_once),
+            Err(size) => assert_eq!(at_once, Err(size)),
+        }
+    }
     let values = Values {
         max_conns: 3,
         max_reqs: 2,
@@ -446,6 +466,32 @@ pub fn fastcgi_params(data: &[u8]) {
 }
 
 const CONN_MAX_PARAMS: usize = 1024;
+
+/// The model of [`fcgi::pair_over_limit`] on a whole block: the encoded size of the
+/// first pair whose length fields are all in `block` and which alone is over `limit`.
+fn first_pair_over(block: &[u8], limit: usize) -> Option<usize> {
+    let mut pos = 0usize;
+    loop {
+        let mut lens = [0u64; 2];
+        let start = pos;
+        for len in &mut lens {
+            let b = *block.get(pos)?;
+            if b < 0x80 {
+                *len = u64::from(b);
+                pos += 1;
+            } else {
+                let four = block.get(pos..pos + 4)?;
+                *len = u64::from(u32::from_be_bytes(four.try_into().unwrap()) & 0x7fff_ffff);
+                pos += 4;
+            }
+        }
+        let size = (pos - start) as u64 + lens[0] + lens[1];
+        if size > limit as u64 {
+            return Some(size as usize);
+        }
+        pos = start + size as usize;
+    }
+}
 
 fn conn_limits() -> ConnLimits {
     ConnLimits {
@@ -520,6 +566,8 @@ pub fn fastcgi_conn(data: &[u8]) {
         match event {
             Event::Params { id, params, .. } => {
                 assert!(params.len() <= CONN_MAX_PARAMS);
+                // No pair over the limit gets through (it is refused early).
+                assert_eq!(first_pair_over(params, CONN_MAX_PARAMS), None);
                 let state = seen.entry(*id).or_default();
                 assert!(!state.0, "Params twice for {id}");
                 state.0 = true;
@@ -530,9 +578,12 @@ pub fn fastcgi_conn(data: &[u8]) {
                 size,
                 limit,
                 logged,
+                pair,
                 ..
             } => {
                 assert!(size > limit && *limit == CONN_MAX_PARAMS);
+                // A pair alone over the limit: at least its two length fields.
+                assert!(!*pair || *size >= 2);
                 // What was kept for the access line is whole pairs, and little.
                 assert!(logged.len() <= fcgi::MAX_LOGGED);
                 assert!(fcgi::parse_pairs(logged).is_ok());
@@ -558,8 +609,19 @@ pub fn fastcgi_conn(data: &[u8]) {
         }
     }
 
-    // The fast path only takes what the slow path reads the same way.
-    if let Some(whole) = fcgi::whole_request(data, CONN_MAX_PARAMS, usize::MAX) {
+    // The fast path only takes what the slow path reads the same way; but for a pair
+    // over the limit, which the slow path refuses as soon as its lengths come: the fast
+    // path takes the block (within the limit), whose pairs then do not parse, so the
+    // server's assembly of it (`admit_whole`) leaves the request to the slow path.
+    let whole = fcgi::whole_request(data, CONN_MAX_PARAMS, usize::MAX);
+    if let (Some(whole), Some(Event::ParamsTooLarge { id, pair: true, .. })) =
+        (&whole, events.first())
+    {
+        assert!(!failed);
+        assert_eq!(*id, whole.id);
+        assert!(fcgi::parse_pairs(&whole.params).is_err());
+        assert_eq!(events.len(), 1, "{events:?}");
+    } else if let Some(whole) = whole {
         assert!(!failed);
         let mut body = Vec::new();
         let mut rest = events.iter();
@@ -626,12 +688,14 @@ fn events_clone(events: &[Event]) -> Vec<Event> {
                 size,
                 limit,
                 logged,
+                pair,
             } => Event::ParamsTooLarge {
                 id: *id,
                 keep_conn: *keep_conn,
                 size: *size,
                 limit: *limit,
                 logged: logged.clone(),
+                pair: *pair,
             },
         })
         .collect()
@@ -1677,6 +1741,24 @@ mod replay {
         replay_file(
             super::fastcgi_assemble,
             "fastcgi_assemble/length-sent-then-emptied-with-a-body",
+        );
+    }
+
+    // regression (sec, session 7): a PARAMS pair announcing 2^31 - 1 bytes was held
+    // until its stream ended (--head-timeout); the parser now refuses it as soon as its
+    // lengths come (ParamsTooLarge with `pair`), and the model checks that no pair over
+    // the limit gets through and that the fast path leaves such a request to it.
+    #[test]
+    fn fastcgi_pair_over_the_limit_is_refused_before_the_end_of_its_params() {
+        for name in [
+            "a-pair-over-the-limit-is-refused-before-the-end-of-its-params",
+            "a-pair-over-the-limit-cut-between-records",
+        ] {
+            replay_file(super::fastcgi_conn, &format!("fastcgi_conn/{name}"));
+        }
+        replay_file(
+            super::fastcgi_params,
+            "fastcgi_params/a-pair-over-the-limit",
         );
     }
 

@@ -1323,6 +1323,71 @@ fn a_pair_length_running_past_the_params_block_is_refused() {
     ok_after(&p);
 }
 
+// regression (sec, session 7): a name or value length near 2^31 (the 4-byte form),
+// which no head within --buffer-size can hold, was waited for until --head-timeout (the
+// connection then closed, nothing answered). It is refused as soon as the length is
+// read: 431 and END_REQUEST, one warning naming the peer, and the connection serves on
+// (FCGI_KEEP_CONN) or closes (without it), the stream's rest never waited for. Fails on
+// a postern without it: its answer comes after the 20 s the test reads for.
+#[test]
+fn a_pair_length_no_head_can_hold_is_answered_431_at_once() {
+    let dir = tempdir();
+    // A head timeout far past the test's own wait: only an answer at once passes.
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "60"])
+        .start();
+    let good = params_block(&vars("GET", "/huge", None));
+    // name 4, value 2^31 - 1; name 2^31 - 1, value 0 (in two records: the 4-byte
+    // length cut between them).
+    let cases: [(bool, &[u8], usize, u64); 2] = [
+        (true, &[4, 0xff, 0xff, 0xff, 0xff], 0, 2_147_483_656),
+        (false, &[0xff, 0xff, 0xff, 0xff, 0], 2, 2_147_483_652),
+    ];
+    for (keep, huge, cut, size) in cases {
+        let mut c = Fc::open(&p);
+        let mut b = fcgi::begin(1, RESPONDER, keep);
+        let block = [&good[..], huge, b"NAME"].concat();
+        let at = good.len() + cut;
+        if cut > 0 {
+            b.extend(fcgi::record(PARAMS, 1, &block[..at]));
+        }
+        b.extend(fcgi::record(
+            PARAMS,
+            1,
+            &block[if cut > 0 { at } else { 0 }..],
+        ));
+        // Nothing more: the stream's end never comes.
+        c.send(&b);
+        assert_431(&c.reply(1));
+        if keep {
+            // The rest of that stream is ignored; the id is free again.
+            c.send(&fcgi::record(PARAMS, 1, &[b'v'; 1000]));
+            c.get(1, true, "/hello").assert_ok(b"hello\n");
+        } else {
+            c.assert_closed();
+        }
+        let needle =
+            format!("announce a name-value pair of {size} bytes, over the 65535-byte limit");
+        assert!(p.wait_log(&needle, 5), "{}", p.logs());
+    }
+    let logs = p.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("announce a name-value pair of"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one warning each\n{logs}");
+    for line in lines {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        assert!(
+            line.contains("path=/huge"),
+            "the access line's request: {line}"
+        );
+    }
+    ok_after(&p);
+}
+
 /// One GET whose PARAMS (`/env` plus a `cookie`-byte cookie) come in `per`-byte
 /// records, then an empty body.
 fn big_head(id: u16, keep: bool, cookie: usize, per: usize) -> Vec<u8> {

@@ -57,6 +57,9 @@ pub enum ProtoError {
     FcgiBeginBody(usize),
     #[error("FastCGI params of request {id} are {size} bytes, over the {limit}-byte limit ({})", buffer_hint(.limit))]
     FcgiParamsTooLarge { id: u16, size: usize, limit: usize },
+    /// Refused as soon as the pair's lengths were read ([`fastcgi::pair_over_limit`]).
+    #[error("FastCGI params of request {id} announce a name-value pair of {size} bytes, over the {limit}-byte limit ({}): refused without waiting for the rest", buffer_hint(.limit))]
+    FcgiPairTooLarge { id: u16, size: usize, limit: usize },
     #[error(
         "a FastCGI name/value length at offset {offset} runs past the end of the {block}-byte block"
     )]

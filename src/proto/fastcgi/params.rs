@@ -167,6 +167,60 @@ fn span(
     Ok(start as u32..end as u32)
 }
 
+/// Walks the length fields of a PARAMS stream as it arrives, so that a pair that can
+/// never fit `limit` is refused as soon as its lengths are read, not once its stream
+/// ends (a peer that announces a 2 GiB value and sends no more would otherwise hold the
+/// connection until `--head-timeout`).
+///
+/// `parts` is what has arrived, in order (the block so far, then the record just come);
+/// `at` the offset in it of a pair's first length field (0 at the stream's start, then
+/// what the last call returned). `Ok(next)`: no pair whose lengths are all here is alone
+/// over `limit`; `next` is the offset of the first pair whose length fields have not all
+/// arrived (past the end of `parts` while a pair's name and value are still coming).
+/// `Err(size)`: the first pair whose own encoding (its length fields, name and value)
+/// is `size` bytes, over `limit`: no block within the limit can hold it.
+///
+/// The walk is [`parse_params`]' (the same pair boundaries), a step per pair, so a
+/// stream is walked once in all, whatever its records.
+pub fn pair_over_limit(parts: [&[u8]; 2], mut at: usize, limit: usize) -> Result<usize, usize> {
+    let [first, second] = parts;
+    let total = first.len() + second.len();
+    let byte = |i: usize| match i.checked_sub(first.len()) {
+        None => Some(first[i]),
+        Some(j) => second.get(j).copied(),
+    };
+    // One length field at `pos`: its value and the offset after it.
+    let field = |pos: usize| -> Option<(usize, usize)> {
+        let b = byte(pos)?;
+        if b & 0x80 == 0 {
+            return Some((usize::from(b), pos + 1));
+        }
+        let mut long = [b & 0x7f, 0, 0, 0];
+        for (k, slot) in long.iter_mut().enumerate().skip(1) {
+            *slot = byte(pos + k)?;
+        }
+        // 31 bits fit in usize on every target postern runs on.
+        let len = usize::try_from(u32::from_be_bytes(long)).unwrap_or(usize::MAX);
+        Some((len, pos + 4))
+    };
+    while at < total {
+        let Some((name_len, after)) = field(at) else {
+            break;
+        };
+        let Some((value_len, after)) = field(after) else {
+            break;
+        };
+        let size = (after - at)
+            .saturating_add(name_len)
+            .saturating_add(value_len);
+        if size > limit {
+            return Err(size);
+        }
+        at += size;
+    }
+    Ok(at)
+}
+
 /// The variables the access line and a request's span show (method, path, client,
 /// request id): what [`keep_logged_pairs`] keeps of PARAMS dropped past the limit.
 const LOGGED: [&[u8]; 9] = [
@@ -406,6 +460,73 @@ mod tests {
         );
         // A stray byte after a good pair.
         assert_eq!(parse_pairs(&[1, 1, b'K', b'v', 3]), err(5, 5)); // no value length
+    }
+
+    #[test]
+    fn refuses_a_pair_over_the_limit_as_soon_as_its_lengths_are_read() {
+        // Name 4, value 2^31 - 1: refused from its 5 length bytes, wherever they are cut.
+        let huge = [4, 0xff, 0xff, 0xff, 0xff, b'N', b'A', b'M', b'E'];
+        let size = 5 + 4 + 0x7fff_ffff;
+        for cut in 0..=huge.len() {
+            let (a, b) = huge.split_at(cut);
+            assert_eq!(pair_over_limit([a, b], 0, 4096), Err(size), "cut {cut}");
+        }
+        // Only the length fields are needed: before them, it waits.
+        for n in 0..5 {
+            assert_eq!(
+                pair_over_limit([&huge[..n], &[]], 0, 4096),
+                Ok(0),
+                "{n} bytes"
+            );
+        }
+        // A 4-byte name length (top bit masked off), after a good pair.
+        let mut block = Vec::new();
+        encode_pairs(&[(b"REQUEST_METHOD", b"GET")], &mut block);
+        let good = block.len();
+        block.extend_from_slice(&[0x80, 0x01, 0x00, 0x00, 0]);
+        assert_eq!(pair_over_limit([&block, &[]], 0, 4096), Err(5 + 0x1_0000));
+        assert_eq!(
+            pair_over_limit([&block, &[]], 0, 1 << 20),
+            Ok(good + 5 + 0x1_0000)
+        );
+        // A pair exactly at the limit fits; one byte more does not.
+        let value = vec![b'v'; 200];
+        let mut block = Vec::new();
+        encode_pairs(&[(b"K", &value)], &mut block);
+        assert_eq!(block.len(), 206);
+        assert_eq!(pair_over_limit([&block, &[]], 0, 206), Ok(206));
+        assert_eq!(pair_over_limit([&block, &[]], 0, 205), Err(206));
+    }
+
+    #[test]
+    fn walks_the_pairs_as_parse_params_does_whatever_the_records() {
+        let long = vec![b'v'; 300];
+        let mut block = Vec::new();
+        encode_pairs(
+            &[(b"A", b"b"), (b"LONG", &long), (b"", b"x"), (b"C", b"")],
+            &mut block,
+        );
+        // The pair boundaries: "A"="b", "LONG" (a 4-byte value length), ""="x" (an
+        // empty name, skipped by parse_params but walked), "C"="".
+        let bounds = [0, 4, 313, 316, 319];
+        assert_eq!(block.len(), 319);
+        // Every split into a block so far and a record, walked on from the boundary
+        // the first call returned: the same end.
+        for cut in 0..=block.len() {
+            let (a, b) = block.split_at(cut);
+            let at = pair_over_limit([a, &[]], 0, 4096).unwrap();
+            assert!(bounds.contains(&at), "cut {cut}: {at}");
+            assert_eq!(
+                pair_over_limit([a, b], at, 4096),
+                Ok(block.len()),
+                "cut {cut}"
+            );
+        }
+        // Garbage is walked as parse_params walks it: the same pair blamed.
+        assert_eq!(
+            pair_over_limit([&[0xff; 8], &[]], 0, 1024),
+            Err(8 + 2 * 0x7fff_ffff)
+        );
     }
 
     #[test]

@@ -57,12 +57,19 @@ pub enum Event {
     /// Its STDIN events follow as for `Params` (ignore them). `logged`: the variables
     /// its access line shows (method, path, …) found whole in what was dropped, as
     /// pairs ([`keep_logged_pairs`](super::keep_logged_pairs)).
+    ///
+    /// `pair`: refused before the stream's end, as soon as one name-value pair's lengths
+    /// announced `size` bytes for that pair alone, over `limit` (no block within the
+    /// limit can hold it: [`pair_over_limit`](super::pair_over_limit)). Answered the
+    /// same way; the rest of its records (PARAMS, STDIN, an abort) are ignored, and
+    /// none of its STDIN events follow.
     ParamsTooLarge {
         id: u16,
         keep_conn: bool,
         size: usize,
         limit: usize,
         logged: Bytes,
+        pair: bool,
     },
 }
 
@@ -93,8 +100,9 @@ pub enum BegunAgain {
 
 #[derive(Debug)]
 enum Phase {
-    /// Collecting the PARAMS stream.
-    Params(Block),
+    /// Collecting the PARAMS stream; the offset in it of the next pair whose lengths
+    /// have not all been read ([`pair_over_limit`](super::pair_over_limit)).
+    Params(Block, usize),
     /// The PARAMS stream passed `max_params` (`size` bytes so far): the rest is
     /// counted and dropped until its end, but for the variables the access line shows
     /// (`logged`, a few KiB at most).
@@ -103,6 +111,9 @@ enum Phase {
     Stdin,
     /// The empty STDIN record came; further STDIN records are ignored.
     Done,
+    /// Refused before the end of its PARAMS (a pair over `max_params`,
+    /// [`Event::ParamsTooLarge`] with `pair`): every further record of it is ignored.
+    Refused,
 }
 
 /// The PARAMS stream so far. nginx sends all params in one record, so the common case
@@ -121,6 +132,15 @@ impl Block {
             Block::Empty => 0,
             Block::One(b) => b.len(),
             Block::Many(v) => v.len(),
+        }
+    }
+
+    /// The stream so far, in one piece.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Block::Empty => &[],
+            Block::One(b) => b,
+            Block::Many(v) => v,
         }
     }
 
@@ -284,7 +304,7 @@ impl ConnParser {
         self.requests
             .values()
             .map(|r| match &r.phase {
-                Phase::Params(block) => block.len(),
+                Phase::Params(block, _) => block.len(),
                 _ => 0,
             })
             .sum()
@@ -316,7 +336,7 @@ impl ConnParser {
     pub fn awaiting_params(&self) -> bool {
         self.requests
             .values()
-            .any(|r| matches!(r.phase, Phase::Params(_) | Phase::Dropping { .. }))
+            .any(|r| matches!(r.phase, Phase::Params(..) | Phase::Dropping { .. }))
     }
 
     /// Requests begun and not finished.
@@ -384,7 +404,7 @@ impl ConnParser {
             // no longer knows ends (or, whole already, is answered), the rest of that
             // id's records are ignored until then, the other requests go on.
             let what = match request.phase {
-                Phase::Params(_) | Phase::Dropping { .. } => {
+                Phase::Params(..) | Phase::Dropping { .. } => {
                     let keep_conn = request.keep_conn;
                     self.requests.remove(&id);
                     reply(events, |out| {
@@ -398,7 +418,8 @@ impl ConnParser {
                     events.push(Event::Abort { id });
                     BegunAgain::Aborted
                 }
-                Phase::Stdin | Phase::Done => {
+                // Answered (or refused) already: it goes on to its end.
+                Phase::Stdin | Phase::Done | Phase::Refused => {
                     request.begun_again = true;
                     BegunAgain::Ignored
                 }
@@ -433,7 +454,7 @@ impl ConnParser {
                     id,
                     Request {
                         keep_conn: begin.keep_conn,
-                        phase: Phase::Params(Block::Empty),
+                        phase: Phase::Params(Block::Empty, 0),
                         aborted: false,
                         begun_again: false,
                     },
@@ -460,10 +481,10 @@ impl ConnParser {
         let Some(request) = self.requests.get_mut(&id) else {
             return;
         };
-        if request.aborted {
+        if request.aborted || matches!(request.phase, Phase::Refused) {
             return;
         }
-        if let Phase::Params(_) | Phase::Dropping { .. } = request.phase {
+        if let Phase::Params(..) | Phase::Dropping { .. } = request.phase {
             // The app never saw this request: end it here, so the server never hears of
             // an id it has no app for (§2.8: answer END_REQUEST, REQUEST_COMPLETE).
             self.requests.remove(&id);
@@ -489,8 +510,8 @@ impl ConnParser {
         if request.aborted || request.begun_again {
             return Ok(());
         }
-        let block = match &mut request.phase {
-            Phase::Params(block) => block,
+        let (block, pair_at) = match &mut request.phase {
+            Phase::Params(block, pair_at) => (block, pair_at),
             Phase::Dropping { size, logged } if content.is_empty() => {
                 let (size, logged) = (*size, Bytes::from(std::mem::take(logged)));
                 request.phase = Phase::Stdin;
@@ -500,9 +521,11 @@ impl ConnParser {
                     size,
                     limit: self.limits.max_params,
                     logged,
+                    pair: false,
                 });
                 return Ok(());
             }
+            Phase::Refused => return Ok(()),
             Phase::Dropping { size, logged } => {
                 *size = size.saturating_add(content.len());
                 super::keep_logged_pairs(&content, logged);
@@ -524,6 +547,30 @@ impl ConnParser {
                 params,
             });
             return Ok(());
+        }
+        // A pair that alone is over the limit is refused as soon as its lengths are
+        // here: the rest of its stream need not be waited for (a peer that announces
+        // a 2 GiB value and stops held the connection until --head-timeout).
+        // regression (sec, session 7): a PARAMS record announcing a value of 2^31 - 1
+        // bytes was answered only at --head-timeout, with a close.
+        let max = self.limits.max_params;
+        match super::pair_over_limit([block.bytes(), &content], *pair_at, max) {
+            Ok(next) => *pair_at = next,
+            Err(size) => {
+                let mut logged = Vec::new();
+                super::keep_logged_pairs(block.bytes(), &mut logged);
+                super::keep_logged_pairs(&content, &mut logged);
+                request.phase = Phase::Refused;
+                events.push(Event::ParamsTooLarge {
+                    id,
+                    keep_conn: request.keep_conn,
+                    size,
+                    limit: max,
+                    logged: Bytes::from(logged),
+                    pair: true,
+                });
+                return Ok(());
+            }
         }
         // block ≤ max_params and content ≤ 65535, yet stay honest about overflow.
         let size = block.len().saturating_add(content.len());
@@ -549,10 +596,11 @@ impl ConnParser {
             return Ok(());
         }
         match request.phase {
-            Phase::Params(_) | Phase::Dropping { .. } => Err(ProtoError::FcgiOutOfOrder {
+            Phase::Params(..) | Phase::Dropping { .. } => Err(ProtoError::FcgiOutOfOrder {
                 id,
                 what: "STDIN before the end of PARAMS",
             }),
+            Phase::Refused => Ok(()),
             Phase::Stdin if data.is_empty() => {
                 request.phase = Phase::Done;
                 events.push(Event::StdinEnd { id });
@@ -922,7 +970,8 @@ mod tests {
 
     #[test]
     fn drops_params_over_the_limit_and_reports_them_at_their_end() {
-        let block = vec![b'p'; 100];
+        // 50 empty pairs (empty names are skipped): framed right, each 2 bytes.
+        let block = vec![0u8; 100];
         // Exactly at the limit, in one record and in two.
         let events = params_in_records(&mut ConnParser::new(limits(100, 1)), &[&block]).unwrap();
         assert_eq!(params_of(&events).len(), 100);
@@ -940,6 +989,7 @@ mod tests {
             size: 100,
             limit: 99,
             logged: Bytes::new(),
+            pair: false,
         }]);
         let mut p = ConnParser::new(limits(99, 1));
         assert_eq!(params_in_records(&mut p, &[&block]), too_large);
@@ -970,6 +1020,7 @@ mod tests {
                 size: 200,
                 limit: 99,
                 logged: Bytes::new(),
+                pair: false,
             }
         );
         assert_eq!(events.len(), 3);
@@ -993,8 +1044,113 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_pair_over_the_limit_as_soon_as_its_lengths_come() {
+        // A good pair, then a value of 2^31 - 1 bytes announced (its name "NAME").
+        let mut block = Vec::new();
+        encode_pairs(&[(b"REQUEST_METHOD", b"GET")], &mut block);
+        let mut logged = Vec::new();
+        encode_pairs(&[(b"REQUEST_METHOD", b"GET")], &mut logged);
+        block.extend_from_slice(&[4, 0xff, 0xff, 0xff, 0xff]);
+        block.extend_from_slice(b"NAME");
+        let refused = |keep_conn| Event::ParamsTooLarge {
+            id: ID,
+            keep_conn,
+            size: 5 + 4 + 0x7fff_ffff,
+            limit: 4096,
+            logged: Bytes::from(logged.clone()),
+            pair: true,
+        };
+        // Lengths whole in the first record, or cut between two: refused with the
+        // record that completes them, the stream's end never waited for.
+        for cut in [
+            block.len(),
+            block.len() - 4,
+            block.len() - 6,
+            block.len() - 8,
+        ] {
+            let mut p = parser();
+            let mut bytes = begin(ID, ROLE_RESPONDER, true);
+            encode_record(&mut bytes, PARAMS, ID, &block[..cut]);
+            let first = feed(&mut p, &bytes).unwrap();
+            let mut bytes = Vec::new();
+            if cut < block.len() {
+                encode_record(&mut bytes, PARAMS, ID, &block[cut..]);
+            }
+            let mut events = first;
+            events.extend(feed(&mut p, &bytes).unwrap());
+            assert_eq!(events, vec![refused(true)], "cut {cut}");
+            assert!(!p.awaiting_params() && p.params_held() == 0, "cut {cut}");
+            // The rest of it (more PARAMS, their end, STDIN, an abort) is ignored, and
+            // no error.
+            let mut bytes = record(PARAMS, ID, &[b'v'; 1000]);
+            bytes.extend(record(PARAMS, ID, &[]));
+            bytes.extend(record(STDIN, ID, b"body"));
+            bytes.extend(record(STDIN, ID, &[]));
+            bytes.extend(record(ABORT_REQUEST, ID, &[]));
+            assert_eq!(feed(&mut p, &bytes), Ok(vec![]), "cut {cut}");
+            // Answered (431, END_REQUEST): the connection serves on.
+            p.finished(ID);
+            let small = params_block();
+            let events = feed(&mut p, &simple_request(ID, true, &small, b"")).unwrap();
+            assert_eq!(events[0], params_event(ID, true, &small));
+            assert_eq!(p.take_stray(), None);
+        }
+        // A 4-byte name length, in the records of a request without KEEP_CONN.
+        let mut p = parser();
+        let mut bytes = begin(ID, ROLE_RESPONDER, false);
+        encode_record(&mut bytes, PARAMS, ID, &[0x80, 0, 0x10, 1, 0, b'x']);
+        let events = feed(&mut p, &bytes).unwrap();
+        let [Event::ParamsTooLarge {
+            size,
+            pair: true,
+            keep_conn: false,
+            ..
+        }] = &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(*size, 5 + 0x1001);
+        // A pair that fits alone is not refused early, however near the limit it
+        // starts: the stream is dropped as it passes the limit, and answered at its end.
+        let mut p = ConnParser::new(limits(100, 1));
+        let mut block = vec![0u8; 90];
+        encode_pairs(&[(b"K", &[b'v'; 50])], &mut block);
+        let events = params_in_records(&mut p, &[&block]).unwrap();
+        assert!(
+            matches!(
+                events[..],
+                [Event::ParamsTooLarge {
+                    size: 143,
+                    pair: false,
+                    ..
+                }]
+            ),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn whole_request_takes_a_pair_over_the_limit_that_its_assembly_refuses() {
+        // The fast path does not walk the pairs: the block is within the limit, so it
+        // is taken, but its pairs do not parse (the pair runs past the block), and
+        // the server's assembly leaves it to the parser, which refuses it early.
+        let block = [4u8, 0xff, 0xff, 0xff, 0xff, b'N', b'A', b'M', b'E'];
+        let bytes = simple_request(ID, false, &block, b"");
+        let whole = whole_request(&bytes, 4096, 4096).unwrap();
+        assert!(matches!(
+            parse_pairs(&whole.params),
+            Err(ProtoError::FcgiPairOverrun { .. })
+        ));
+        let events = feed(&mut parser(), &bytes).unwrap();
+        assert!(
+            matches!(events[..], [Event::ParamsTooLarge { pair: true, .. }]),
+            "{events:?}"
+        );
+    }
+
+    #[test]
     fn counts_the_params_limit_per_request() {
-        let block = vec![b'p'; 80];
+        let block = vec![0u8; 80];
         let mut p = ConnParser::new(limits(100, 2));
         let mut bytes = begin(1, ROLE_RESPONDER, false);
         bytes.extend(begin(2, ROLE_RESPONDER, false));

@@ -1267,11 +1267,17 @@ fn handle_event(
             size,
             limit,
             logged,
+            pair,
         } => {
             // Framed right (Apache sends PARAMS in 16 KiB records), only too large: the
             // request is answered 431 as over SCGI, the connection and its other
-            // requests go on. Its PARAMS were dropped as they came.
-            let e = ProtoError::FcgiParamsTooLarge { id, size, limit };
+            // requests go on. Its PARAMS were dropped as they came (`pair`: refused as
+            // soon as one pair announced more than the limit; the rest is ignored).
+            let e = if pair {
+                ProtoError::FcgiPairTooLarge { id, size, limit }
+            } else {
+                ProtoError::FcgiParamsTooLarge { id, size, limit }
+            };
             backlog.retain(
                 |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
             );
