@@ -7,6 +7,8 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
@@ -779,4 +781,138 @@ fn the_slow_heads_counted_are_summed_up_when_the_process_stops_before_the_window
         "the summary comes before `stopped`:\n{logs}"
     );
     assert!(logs.contains("last_peer=127.0.0.1:"), "{logs}");
+}
+
+/// An SCGI GET of `path`, no body.
+fn scgi_get(path: &str) -> Vec<u8> {
+    let vars = [
+        ("CONTENT_LENGTH", "0"),
+        ("SCGI", "1"),
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", path),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", ""),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ];
+    let mut block = Vec::new();
+    for (k, v) in vars {
+        block.extend_from_slice(k.as_bytes());
+        block.push(0);
+        block.extend_from_slice(v.as_bytes());
+        block.push(0);
+    }
+    let mut out = format!("{}:", block.len()).into_bytes();
+    out.extend_from_slice(&block);
+    out.push(b',');
+    out
+}
+
+/// A connection that sends `head` a byte a second, from a thread, until postern closes
+/// it (counted in `closed`) or `stop` is set.
+fn trickle(
+    port: u16,
+    head: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    closed: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let gone = move || {
+        closed.fetch_add(1, Ordering::Relaxed);
+    };
+    std::thread::spawn(move || {
+        for b in head {
+            if c.write_all(&[b]).is_err() {
+                return gone();
+            }
+            for _ in 0..10 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                c.set_nonblocking(true).unwrap();
+                let mut probe = [0u8; 1];
+                let closed = matches!(c.read(&mut probe), Ok(0))
+                    || matches!(c.read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+                c.set_nonblocking(false).unwrap();
+                if closed {
+                    return gone();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+// regression (sec, session 7): at --max-connections, connections that sent part of a
+// head held their places until --head-timeout (a slowloris straight to the socket), and
+// a new connection waited in the listen queue that long. Now, with one waiting, the
+// connection whose head has been arriving longest (over 1 s) is closed for it, with a
+// warning naming its peer. Fails without it: the request waits for the 60 s head
+// timeout, past the 20 s it is read for.
+#[test]
+fn slow_heads_at_max_connections_make_room_for_a_waiting_request() {
+    for protocol in ["uwsgi", "scgi", "fastcgi"] {
+        let dir = tempdir();
+        let p = Spawn::tcp(dir.path(), &testapp())
+            .protocol(protocol)
+            .args(["--max-connections", "4", "--head-timeout", "60"])
+            .start();
+        let Addr::Tcp(port) = p.addr else {
+            unreachable!()
+        };
+        let head = match protocol {
+            "uwsgi" => uwsgi_get("/env"),
+            "scgi" => scgi_get("/env"),
+            _ => fcgi::get(1, false, "/env"),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let slow: Vec<_> = (0..4)
+            .map(|_| trickle(port, head.clone(), Arc::clone(&stop), Arc::clone(&closed)))
+            .collect();
+        // Each has sent its first bytes and holds its place for over a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let status = if protocol == "fastcgi" {
+            c.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+            fcgi::status(&mut c)
+        } else {
+            let req = if protocol == "uwsgi" {
+                uwsgi_get("/hello")
+            } else {
+                scgi_get("/hello")
+            };
+            c.write_all(&req).unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            if protocol == "uwsgi" {
+                parse_http(&out).map(|r| r.status)
+            } else {
+                // CGI style: `Status: 200 OK` first.
+                out.strip_prefix(b"Status: ")
+                    .and_then(|s| std::str::from_utf8(s.get(..3)?).ok()?.parse().ok())
+            }
+        };
+        assert_eq!(status, Some(200), "{protocol}: not served\n{}", p.logs());
+        let needle = "--max-connections reached with a connection waiting: closing the connection whose request head has been arriving longest";
+        assert!(p.wait_log(needle, 5), "{protocol}\n{}", p.logs());
+        // The one closed for it sees the close (a bound against a hang, not a measure).
+        assert!(
+            eventually(10, || closed.load(Ordering::Relaxed) >= 1),
+            "{protocol}: no slow head was closed\n{}",
+            p.logs()
+        );
+        stop.store(true, Ordering::Relaxed);
+        for t in slow {
+            t.join().unwrap();
+        }
+        let logs = p.logs();
+        let line = logs.lines().find(|l| l.contains(needle)).unwrap();
+        assert!(
+            line.contains("WARN") && line.contains("peer=127.0.0.1:"),
+            "{line}"
+        );
+    }
 }

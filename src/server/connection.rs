@@ -137,6 +137,8 @@ struct Reader<'c, C> {
     /// The last read filled all the room it offered: more may be in the socket
     /// ([`bytes_past`]).
     filled: bool,
+    /// While its head arrives: told when bytes come ([`slow_clients::HeadWatch`]).
+    arriving: Option<slow_clients::HeadMarker>,
 }
 
 impl<C: Conn> Reader<'_, C> {
@@ -158,6 +160,9 @@ impl<C: Conn> Reader<'_, C> {
                 _ => self.conn.read_buf(&mut self.buf).await?,
             };
             self.filled = n == room;
+            if let Some(a) = self.arriving.as_ref().filter(|_| n > 0) {
+                a.arrived();
+            }
             if n == 0 {
                 return Ok(self.codec.decode_eof(&mut self.buf)?);
             }
@@ -189,18 +194,27 @@ async fn serve<C: Conn>(
                 // A whole body can be here too (over --body-spool-threshold): its
                 // read may have ended exactly at the body, bytes past it waiting.
                 filled,
+                arriving: None,
             },
         ),
         Start::Fresh(buf) => {
+            // Listed while its head arrives: at --max-connections, with a connection
+            // waiting, the oldest partial head is closed for it (its line logged there).
+            let watch = slow_clients::HeadWatch::new(&peer, started, !buf.is_empty());
             let mut framed = Reader {
                 conn: &mut conn,
                 codec: UwsgiCodec::for_protocol(info.protocol, limits.buffer_size),
                 buf,
                 idle: Some(lane.stopping.clone()),
                 filled: false,
+                arriving: Some(watch.marker()),
             };
             let left = limits.head_timeout.saturating_sub(started.elapsed());
-            match timeout(left, framed.next()).await {
+            let read = tokio::select! {
+                r = timeout(left, framed.next()) => r,
+                () = watch.closed_for_room() => return,
+            };
+            match read {
                 Err(_) => {
                     let got = framed.buf.len();
                     // Named for the first few only: a flood is summed up.
@@ -234,6 +248,8 @@ async fn serve<C: Conn>(
                 Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
                 Ok(Ok(Some(Frame::Head(head)))) => {
                     framed.idle = None;
+                    framed.arriving = None;
+                    drop(watch);
                     // --max-requests counts a request from its whole head; with no room
                     // left for it, it goes to the workers that serve on, as one that
                     // waits unread does. regression: partial heads counted, and made

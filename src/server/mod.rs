@@ -195,18 +195,13 @@ pub fn run(
         pending,
         shut: listener::ShutWatch::default(),
     });
-    // At --max-connections, a front server's idle kept FastCGI connections must not
-    // hold every place while a new connection waits.
-    if listeners
-        .iter()
-        .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
-    {
-        runtime.spawn(fastcgi::keep_room(
-            Arc::clone(&parking),
-            Arc::clone(&acceptor.admission),
-            idle_close.clone(),
-        ));
-    }
+    // At --max-connections, slow heads (any protocol) and a front server's idle kept
+    // FastCGI connections must not hold every place while a new connection waits.
+    runtime.spawn(fastcgi::keep_room(
+        Arc::clone(&parking),
+        Arc::clone(&acceptor.admission),
+        idle_close.clone(),
+    ));
     // A WSGI worker whose Python threads are all busy hands the requests that come on
     // its parked kept FastCGI connections to the workers with a free thread. Not with
     // --workers 1: there is none, and its timer would wake an idle worker for nothing

@@ -14,8 +14,12 @@
 //! [`name`], for `--head-timeout`); lines about postern's own trouble (a full disk, a
 //! hand-over that failed) do not.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// Clients named one by one per window.
 pub const NAMED: u32 = 20;
@@ -35,14 +39,21 @@ pub enum Reason {
     /// A request cut off: the connection closed, reset or went silent
     /// (`--read-timeout`) in the middle of it.
     Truncated,
+    /// A request head still arriving, closed to let in a connection waiting at
+    /// `--max-connections` ([`close_oldest_head`]).
+    Crowded,
 }
 
+/// How many [`Reason`]s there are.
+const REASONS: usize = 5;
+
 impl Reason {
-    const ALL: [Reason; 4] = [
+    const ALL: [Reason; REASONS] = [
         Reason::Malformed,
         Reason::Oversized,
         Reason::Truncated,
         Reason::SlowHead,
+        Reason::Crowded,
     ];
 
     /// What the summary says of `n` clients dropped for this reason.
@@ -54,6 +65,7 @@ impl Reason {
             Reason::Malformed => "a malformed request or protocol error".to_owned(),
             Reason::Oversized => "a request over a size limit".to_owned(),
             Reason::Truncated => "a request cut off in the middle".to_owned(),
+            Reason::Crowded => "a request head still arriving at --max-connections, closed to let a waiting connection in".to_owned(),
         }
     }
 }
@@ -65,7 +77,7 @@ struct State {
     named: u32,
     /// Clients counted (not named) in this window, by reason (`Reason as usize`), and
     /// the last of them.
-    more: [u64; 4],
+    more: [u64; REASONS],
     last: String,
     /// `--head-timeout`, for the summary.
     limit: Duration,
@@ -79,7 +91,7 @@ struct State {
 static STATE: Mutex<State> = Mutex::new(State {
     since: None,
     named: 0,
-    more: [0; 4],
+    more: [0; REASONS],
     last: String::new(),
     limit: Duration::ZERO,
     summary_due: false,
@@ -125,6 +137,129 @@ pub fn flush() {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .summary(Instant::now());
+}
+
+/// How long a request head must have been arriving before its connection may be
+/// closed to make room at `--max-connections` ([`close_oldest_head`]): nginx and
+/// Apache send a head whole, so one arriving this long is a slow or stalled client.
+pub const HEAD_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
+/// The connections whose request head is arriving in the slow lane (uwsgi, SCGI,
+/// FastCGI), oldest or not: at `--max-connections`, with a connection waiting in the
+/// listen queue, the one whose head has been arriving longest is closed for it
+/// ([`close_oldest_head`]), instead of every place being held until `--head-timeout`
+/// by clients that send a head byte by byte (a slowloris straight to the socket).
+static HEADS: Mutex<Heads> = Mutex::new(Heads {
+    next: 0,
+    arriving: BTreeMap::new(),
+});
+
+struct Heads {
+    next: u64,
+    arriving: BTreeMap<u64, Arc<Arriving>>,
+}
+
+struct Arriving {
+    peer: Arc<str>,
+    /// Since when its head has been arriving (the accept, or a kept FastCGI
+    /// connection's next request's first byte).
+    since: Instant,
+    /// Some of it has come ([`HeadWatch::arrived`]): a connection that has sent
+    /// nothing is not closed for this.
+    arrived: AtomicBool,
+    close: CancellationToken,
+}
+
+fn heads() -> MutexGuard<'static, Heads> {
+    HEADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's request head being read in the slow lane, listed for
+/// [`close_oldest_head`] until it is dropped (the head is whole, or the connection
+/// closes).
+pub struct HeadWatch {
+    key: u64,
+    arriving: Arc<Arriving>,
+}
+
+impl HeadWatch {
+    /// `peer`'s head has been arriving since `since`; `arrived`: some of it is here.
+    pub fn new(peer: &Arc<str>, since: Instant, arrived: bool) -> HeadWatch {
+        let arriving = Arc::new(Arriving {
+            peer: Arc::clone(peer),
+            since,
+            arrived: AtomicBool::new(arrived),
+            close: CancellationToken::new(),
+        });
+        let mut h = heads();
+        let key = h.next;
+        h.next += 1;
+        h.arriving.insert(key, Arc::clone(&arriving));
+        HeadWatch { key, arriving }
+    }
+
+    /// Some of the head has come.
+    pub fn arrived(&self) {
+        self.arriving.arrived.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that marks the head's arrival from elsewhere (the reader).
+    pub fn marker(&self) -> HeadMarker {
+        HeadMarker(Arc::clone(&self.arriving))
+    }
+
+    /// Returns once the connection is to be closed to make room (its line is logged
+    /// already): close it, saying nothing more.
+    pub async fn closed_for_room(&self) {
+        self.arriving.close.cancelled().await;
+    }
+}
+
+impl Drop for HeadWatch {
+    fn drop(&mut self) {
+        heads().arriving.remove(&self.key);
+    }
+}
+
+/// Marks a [`HeadWatch`]'s head as arriving.
+#[derive(Clone)]
+pub struct HeadMarker(Arc<Arriving>);
+
+impl HeadMarker {
+    pub fn arrived(&self) {
+        self.0.arrived.store(true, Ordering::Relaxed);
+    }
+}
+
+/// At `--max-connections` with a connection waiting in the listen queue: closes the
+/// connection whose request head has been arriving longest, if for at least `floor`
+/// and some of it has come (a front server sends a head whole; one arriving this long
+/// is a slow or stalled client), and logs it (through the bad-input window: the first
+/// [`NAMED`] of each [`WINDOW`] named). True when one was closed. Its task closes it
+/// ([`HeadWatch::closed_for_room`]); its place comes free with it.
+pub fn close_oldest_head(floor: Duration) -> bool {
+    let now = Instant::now();
+    let victim = {
+        let mut h = heads();
+        let oldest = h
+            .arriving
+            .iter()
+            .filter(|(_, a)| {
+                a.arrived.load(Ordering::Relaxed) && now.saturating_duration_since(a.since) >= floor
+            })
+            .min_by_key(|(_, a)| a.since)
+            .map(|(&k, _)| k);
+        let Some(victim) = oldest.and_then(|k| h.arriving.remove(&k)) else {
+            return false;
+        };
+        victim
+    };
+    let arriving_for = now.saturating_duration_since(victim.since);
+    if bad_input(&victim.peer, Reason::Crowded) {
+        tracing::warn!(peer = %victim.peer, "--max-connections reached with a connection waiting: closing the connection whose request head has been arriving longest ({arriving_for:.1?}, not whole yet: a slow or stalled client) to let it in");
+    }
+    victim.close.cancel();
+    true
 }
 
 impl State {
@@ -202,7 +337,7 @@ impl State {
         }
         self.since = None;
         self.named = 0;
-        self.more = [0; 4];
+        self.more = [0; REASONS];
         self.summary_due = false;
         self.window = self.window.wrapping_add(1);
     }
@@ -226,7 +361,7 @@ mod tests {
         State {
             since: None,
             named: 0,
-            more: [0; 4],
+            more: [0; REASONS],
             last: String::new(),
             limit: Duration::ZERO,
             summary_due: false,
@@ -277,7 +412,7 @@ mod tests {
         assert_eq!(due2.len(), 1, "one summary task for the second window");
         // Its own task ends it.
         st.window_over(due2[0], t1 + WINDOW);
-        assert_eq!((st.since, st.named, st.more), (None, 0, [0; 4]));
+        assert_eq!((st.since, st.named, st.more), (None, 0, [0; REASONS]));
     }
 
     #[test]
@@ -285,7 +420,7 @@ mod tests {
         let mut st = state();
         let t0 = Instant::now();
         let (named, due) = drop_n(&mut st, NAMED + 3, t0);
-        assert_eq!((named, st.more), (NAMED, [3, 0, 0, 0]));
+        assert_eq!((named, st.more), (NAMED, [3, 0, 0, 0, 0]));
         st.window_over(due[0], t0 + WINDOW);
         let (named, _) = drop_n(&mut st, 1, t0 + WINDOW);
         assert_eq!(named, 1, "a new window names again");
@@ -316,10 +451,38 @@ mod tests {
         assert_eq!(due.len(), 1, "one summary for the window");
         let counted = 1000 - u64::from(NAMED);
         assert_eq!(st.more.iter().sum::<u64>(), counted);
-        assert!(st.more.iter().all(|&n| n == counted / 4), "{:?}", st.more);
+        assert!(
+            st.more[..4].iter().all(|&n| n == counted / 4),
+            "{:?}",
+            st.more
+        );
         assert_eq!(st.last, "peer999");
         st.window_over(due[0].1, t0 + WINDOW);
-        assert_eq!((st.named, st.more), (0, [0; 4]));
+        assert_eq!((st.named, st.more), (0, [0; REASONS]));
+    }
+
+    #[test]
+    fn the_oldest_head_under_way_is_closed_for_room_once_some_of_it_came() {
+        // Ages far past any other test's watches (the list is the process's).
+        let peer: Arc<str> = Arc::from("test-oldest-head");
+        let ago = |s| Instant::now().checked_sub(Duration::from_secs(s)).unwrap();
+        let silent = HeadWatch::new(&peer, ago(300), false);
+        let oldest = HeadWatch::new(&peer, ago(200), true);
+        let newer = HeadWatch::new(&peer, ago(150), false);
+        newer.marker().arrived();
+        let closed = |w: &HeadWatch| w.arriving.close.is_cancelled();
+        // None has been arriving that long.
+        assert!(!close_oldest_head(Duration::from_secs(100_000)));
+        // The oldest that sent something, not the older silent one.
+        assert!(close_oldest_head(Duration::from_secs(100)));
+        assert!(closed(&oldest) && !closed(&newer) && !closed(&silent));
+        // Taken off the list: the next is the next oldest.
+        silent.arrived();
+        assert!(close_oldest_head(Duration::from_secs(100)));
+        assert!(closed(&silent) && !closed(&newer));
+        // One dropped (its head came whole, or it closed) is off the list.
+        drop(newer);
+        assert!(!close_oldest_head(Duration::from_secs(100)));
     }
 
     #[test]
@@ -331,6 +494,6 @@ mod tests {
         assert_eq!(st.lasted(t0), 1);
         assert_eq!(st.lasted(t0 + WINDOW * 2), WINDOW.as_secs());
         st.summary(t0 + Duration::from_millis(2500));
-        assert_eq!((st.since, st.named, st.more), (None, 0, [0; 4]));
+        assert_eq!((st.since, st.named, st.more), (None, 0, [0; REASONS]));
     }
 }

@@ -622,6 +622,9 @@ pub async fn serve(
     // sends on the connection (a response), so the reads of one body need no more;
     // a request that ended since (its answer went out) arms it again.
     let mut acked_at: Option<u64> = None;
+    // Listed while a head arrives and no request runs on the connection: at
+    // --max-connections, with a connection waiting, the oldest is closed for it.
+    let mut head_watch: Option<slow_clients::HeadWatch> = None;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -779,6 +782,14 @@ pub async fn serve(
             (true, None) if fresh_only(fresh, served) => Some(started),
             (true, None) => Some(Instant::now()),
         };
+        let partial = head_since.filter(|_| {
+            slots.is_empty() && (!buf.is_empty() || parser.awaiting_params() || stray.is_some())
+        });
+        match (partial, &head_watch) {
+            (Some(t), None) => head_watch = Some(slow_clients::HeadWatch::new(&peer, t, true)),
+            (None, Some(_)) => head_watch = None,
+            _ => {}
+        }
         // The input budget: a connection over it is not read until its apps read what
         // it holds (TCP pushes back on the front server), except while the app of one
         // of its requests waits for that request's input. Its next records may be
@@ -932,6 +943,13 @@ pub async fn serve(
                     }
                 }
             }
+            // Closed to let a waiting connection in (its line is logged there).
+            () = async {
+                match &head_watch {
+                    Some(w) => w.closed_for_room().await,
+                    None => std::future::pending().await,
+                }
+            } => break 'conn,
             _ = sleep => {
                 let now = Instant::now();
                 let due: Vec<u16> = slots

@@ -37,6 +37,7 @@ pub use super::lane::FcgiSettings;
 use super::sink::{send_all, send_all_until, send_all_vectored, Stop};
 use super::wake::Wake;
 use crate::proto::fastcgi as fcgi;
+use crate::server::slow_clients;
 pub use inline::{admit_whole, has_whole_head, is_partial_simple, read_rest};
 pub use lane::serve;
 pub use sink::FcgiSink;
@@ -1098,11 +1099,14 @@ static MADE_ROOM_LOG: crate::server::connection::RateLimit =
     crate::server::connection::RateLimit::new();
 
 /// While accept is stopped at `--max-connections` and a connection waits in a listen
-/// queue, closes a kept FastCGI connection idle for more than [`IDLE_BEFORE_CLOSE`]
-/// (one per [`IDLE_TICK`] at most), so that a front server's idle pool cannot hold
-/// every place. Closing first frees a place the usual way (the listeners come back),
-/// so the cap is never passed; when no connection qualifies, nothing is closed and
-/// the new one waits in the queue as before. Runs on the I/O runtime until `stop`.
+/// queue, closes (one per [`IDLE_TICK`] at most) the connection whose request head has
+/// been arriving longest, for at least [`slow_clients::HEAD_BEFORE_CLOSE`] (a slow or
+/// stalled client, uwsgi, SCGI or FastCGI: [`slow_clients::close_oldest_head`]), else a
+/// kept FastCGI connection idle for more than [`IDLE_BEFORE_CLOSE`], so that neither
+/// slow heads nor a front server's idle pool can hold every place. Closing first frees
+/// a place the usual way (the listeners come back), so the cap is never passed; when
+/// no connection qualifies, nothing is closed and the new one waits in the queue as
+/// before. Runs on the I/O runtime until `stop`.
 pub async fn keep_room(
     parking: Arc<Parking>,
     admission: Arc<crate::server::admission::Admission>,
@@ -1119,7 +1123,10 @@ pub async fn keep_room(
                 () = tokio::time::sleep(IDLE_TICK) => {}
             }
             parking.idle_clock.fetch_add(1, Ordering::Relaxed);
-            if admission.full_of_connections() && admission.connection_waits() {
+            if admission.full_of_connections()
+                && admission.connection_waits()
+                && !slow_clients::close_oldest_head(slow_clients::HEAD_BEFORE_CLOSE)
+            {
                 parking.make_room();
             }
         }
