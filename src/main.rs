@@ -506,11 +506,24 @@ fn serve(
                 return supervisor::Reread::Refused;
             };
             match serving.reloaded(start, thread_room) {
-                Some((next, changed)) => supervisor::Reread::Next {
-                    opts: Box::new(next.master_options(stats_summary(&next.config, &bound))),
-                    settings: std::sync::Arc::new(next),
-                    changed,
-                },
+                Some((next, changed)) => {
+                    // As at the start (the master warns under `auto` itself).
+                    let lifespan = lifespan_timeout_over_start(&next.config);
+                    if next.config.opts.interface == postern::asgi::InterfaceOption::Asgi
+                        && lifespan.is_some()
+                        && lifespan != lifespan_timeout_over_start(&serving.config)
+                    {
+                        supervisor::warn_lifespan_timeout(
+                            next.config.opts.lifespan_timeout.0,
+                            next.config.opts.worker_start_timeout.0,
+                        );
+                    }
+                    supervisor::Reread::Next {
+                        opts: Box::new(next.master_options(stats_summary(&next.config, &bound))),
+                        settings: std::sync::Arc::new(next),
+                        changed,
+                    }
+                }
                 None => supervisor::Reread::Refused,
             }
         };
