@@ -719,8 +719,7 @@ impl Master {
         self.board.reset(slot, 0, self.generation, cause);
         self.board.set_threads(slot, self.opts.threads);
         let settings = self
-            .gens
-            .get(&self.generation)
+            .settings_of(self.generation)
             .map(|g| Arc::clone(&g.settings))
             .unwrap_or_else(|| Arc::new(()));
         let forked = Instant::now();
@@ -1381,8 +1380,7 @@ impl Master {
         // generation runs. regression: deploy MEDIUM: the new workers ran the start's
         // settings, and only a WARN named what the --config file had changed.
         let serving = self
-            .gens
-            .get(&self.generation)
+            .settings_of(self.generation)
             .map(|g| Arc::clone(&g.settings))
             .unwrap_or_else(|| Arc::new(()));
         let (next, settings, changed) = match reread(&serving) {
@@ -1512,21 +1510,24 @@ impl Master {
     /// one: the master takes that one's options again, and its number of workers if
     /// the reload had changed `--workers`.
     fn back_to_settings_of(&mut self, failed: u64) {
-        let Some(back) = self.gens.get(&self.generation) else {
+        let Some((back, target)) = self
+            .settings_of(self.generation)
+            .map(|b| (Arc::clone(&b.opts), b.target))
+        else {
             return;
         };
         let (changed, workers) = self
             .gens
             .get(&failed)
-            .map_or((false, back.opts.workers), |f| (f.changed, f.opts.workers));
-        if workers != back.opts.workers {
-            self.target = back.target;
+            .map_or((false, back.workers), |f| (f.changed, f.opts.workers));
+        if workers != back.workers {
+            self.target = target;
             self.board.publish_target(self.target);
         }
-        if back.opts.summary != self.opts.summary {
-            self.board.publish_summary(&back.opts.summary);
+        if back.summary != self.opts.summary {
+            self.board.publish_summary(&back.summary);
         }
-        self.opts = Arc::clone(&back.opts);
+        self.opts = back;
         self.lifespan_warning = None;
         if changed {
             tracing::info!(
@@ -1537,13 +1538,29 @@ impl Master {
         }
     }
 
+    /// The settings generation `g` runs: its own, else those of the newest generation
+    /// before it still kept (a rollback with no worker of the complete generation left
+    /// goes back to a number that may have none: the one before the failed one).
+    fn settings_of(&self, g: u64) -> Option<&Generation> {
+        self.gens
+            .range(..=g)
+            .next_back()
+            .or_else(|| self.gens.iter().next())
+            .map(|(_, v)| v)
+    }
+
     /// Drops the settings of generations no longer needed: not the serving one, not
     /// the newest complete one (a rollback may go back to it), none with a worker.
     fn forget_generations(&mut self) {
         let (serving, completed) = (self.generation, self.completed);
+        // What the serving generation runs if it has no settings of its own.
+        let before = self.gens.range(..=serving).next_back().map(|(&g, _)| g);
         let workers = &self.workers;
         self.gens.retain(|&g, _| {
-            g == serving || g == completed || workers.iter().any(|w| w.generation == g)
+            g == serving
+                || Some(g) == before
+                || g == completed
+                || workers.iter().any(|w| w.generation == g)
         });
     }
 
@@ -2500,6 +2517,40 @@ mod tests {
         for stand in stands {
             let _ = stand.end();
         }
+    }
+
+    // A failed reload goes back to the settings of the generation that serves; with
+    // nothing of the complete one left it goes back to a number (the one before the
+    // failed one) that may have none: the newest kept before it stand for it, and
+    // stay kept.
+    #[test]
+    fn a_rollback_takes_back_the_settings_of_the_generation_it_goes_back_to() {
+        let mut m = master(2);
+        let reloaded = Arc::new(Options {
+            workers: 4,
+            timeout: Some(Duration::from_secs(3)),
+            ..(*m.opts).clone()
+        });
+        m.gens.insert(
+            3,
+            Generation {
+                opts: Arc::clone(&reloaded),
+                settings: Arc::new(()),
+                target: 4,
+                changed: true,
+            },
+        );
+        (m.generation, m.opts, m.target) = (3, reloaded, 4);
+        m.generation = 2;
+        m.back_to_settings_of(3);
+        assert_eq!((m.opts.workers, m.opts.timeout, m.target), (2, None, 2));
+        assert_eq!(m.board.target(), 2);
+        m.forget_generations();
+        assert!(m.gens.contains_key(&0), "gen 2 runs gen 0's settings");
+        assert!(
+            !m.gens.contains_key(&3),
+            "no worker of the failed one is left"
+        );
     }
 
     #[test]
