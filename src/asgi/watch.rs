@@ -92,33 +92,35 @@ impl Watch {
         let Some(m) = &self.monitor else {
             return;
         };
-        let waited = {
-            let mut unshown = self.unshown.borrow_mut();
-            !unshown.is_empty() && unshown.remove(&id).is_some()
-        };
-        if waited {
+        if self.left_unshown(id) {
             return;
         }
         let line = self.on_line.borrow().iter().position(|&t| t == Some(id));
         if let Some(l) = line {
-            self.hand_on(m, l);
-        }
-    }
-
-    /// Line `l` is left: the oldest task without a line takes it, else it is free.
-    fn hand_on(&self, m: &Arc<dyn Monitor>, l: usize) {
-        let next = self.unshown.borrow_mut().pop_first();
-        match next {
-            Some((next, w)) => {
-                self.on_line.borrow_mut()[l] = Some(next);
-                m.task_show(l, &w.head, &w.id, w.protocol, w.since);
-            }
-            None => {
-                self.on_line.borrow_mut()[l] = None;
-                self.free.borrow_mut().push(l);
+            if !self.hand_on(m, l) {
                 m.task_idle(l);
             }
         }
+    }
+
+    /// Whether task `id` was waiting for a line (it waits no more).
+    fn left_unshown(&self, id: TaskId) -> bool {
+        let mut unshown = self.unshown.borrow_mut();
+        !unshown.is_empty() && unshown.remove(&id).is_some()
+    }
+
+    /// Line `l` is left: the oldest task without a line takes it (true), else it is
+    /// free (false; the caller marks it idle, or counts the end that left it).
+    fn hand_on(&self, m: &Arc<dyn Monitor>, l: usize) -> bool {
+        let next = self.unshown.borrow_mut().pop_first();
+        let Some((next, w)) = next else {
+            self.on_line.borrow_mut()[l] = None;
+            self.free.borrow_mut().push(l);
+            return false;
+        };
+        self.on_line.borrow_mut()[l] = Some(next);
+        m.task_show(l, &w.head, &w.id, w.protocol, w.since);
+        true
     }
 
     /// The task `id` ended (its response is finished); `served`: what went out.
@@ -126,29 +128,16 @@ impl Watch {
         let Some(m) = &self.monitor else {
             return;
         };
-        let waited = {
-            let mut unshown = self.unshown.borrow_mut();
-            !unshown.is_empty() && unshown.remove(&id).is_some()
-        };
-        let line = if waited {
+        let line = if self.left_unshown(id) {
             None
         } else {
             self.on_line.borrow().iter().position(|&t| t == Some(id))
         };
         // A task that already left its line (`responded`) is on none: counted only.
         m.task_end(line, protocol, served);
-        let Some(l) = line else { return };
-        // The oldest task without a line takes this one (its idle mark is the end's).
-        let next = self.unshown.borrow_mut().pop_first();
-        match next {
-            Some((next, w)) => {
-                self.on_line.borrow_mut()[l] = Some(next);
-                m.task_show(l, &w.head, &w.id, w.protocol, w.since);
-            }
-            None => {
-                self.on_line.borrow_mut()[l] = None;
-                self.free.borrow_mut().push(l);
-            }
+        if let Some(l) = line {
+            // Its idle mark, if no task takes the line, is the end's.
+            self.hand_on(m, l);
         }
     }
 
