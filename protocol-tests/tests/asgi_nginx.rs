@@ -91,12 +91,24 @@ fn each_nginx(mut f: impl FnMut(&Stack, Upstream)) {
     }
 }
 
+/// postern's lines at ERROR, and panics.
+fn error_lines(logs: &str) -> impl Iterator<Item = &str> {
+    logs.lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+}
+
+/// A new directory `name` in `parent` the app writes its records to (0777: whoever
+/// postern runs it as).
+fn record_dir(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    dir
+}
+
 fn assert_no_error_lines(p: &Postern) {
     let logs = p.logs();
-    let bad: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
-        .collect();
+    let bad: Vec<&str> = error_lines(&logs).collect();
     assert!(
         bad.is_empty(),
         "postern logged errors:\n{}\n---- postern log ----\n{logs}",
@@ -279,10 +291,7 @@ fn assert_disconnect_reaches_the_app_with(phase: &str, query: &str) {
         let Some(s) = test_app(upstream, "") else {
             return;
         };
-        let dir = s.dir.path().join("disconnect");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
+        let dir = record_dir(s.dir.path(), "disconnect");
         let got = abort_and_read_record_with(s.nginx.port, &dir, phase, phase, query);
         eprintln!("{upstream:?}, client gone {phase} the response: {got:?}");
         let ok = got.as_ref().is_ok_and(|r| {
@@ -295,11 +304,7 @@ fn assert_disconnect_reaches_the_app_with(phase: &str, query: &str) {
         }
         // A client that leaves is not an error of the app's or postern's.
         let logs = s.postern.logs();
-        failures.extend(
-            logs.lines()
-                .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
-                .map(|l| format!("{upstream:?}: postern logged: {l}")),
-        );
+        failures.extend(error_lines(&logs).map(|l| format!("{upstream:?}: postern logged: {l}")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -336,10 +341,7 @@ fn a_send_after_the_client_left_a_streamed_response_raises_at_once() {
         let Some(s) = test_app(upstream, "") else {
             return;
         };
-        let dir = s.dir.path().join("ticks");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
+        let dir = record_dir(s.dir.path(), "ticks");
         let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         c.write_all(
@@ -376,11 +378,7 @@ fn a_send_after_the_client_left_a_streamed_response_raises_at_once() {
             ));
         }
         let logs = s.postern.logs();
-        failures.extend(
-            logs.lines()
-                .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
-                .map(|l| format!("{upstream:?}: postern logged: {l}")),
-        );
+        failures.extend(error_lines(&logs).map(|l| format!("{upstream:?}: postern logged: {l}")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -698,9 +696,7 @@ fn through_apache_mod_proxy_fcgi() {
     };
     check_bodies(s.apache.port, true);
     assert_streams_at(s.apache.port, s.dir.path(), &s.postern);
-    let dir = s.dir.path().join("disconnect");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let dir = record_dir(s.dir.path(), "disconnect");
     // Apache watches the client only when it writes to it: a client gone while the app
     // sends nothing stays unnoticed (the connection to postern stays open), so the app
     // sends a chunk now and then, as an event stream's keep-alive comments do.
@@ -728,9 +724,7 @@ fn through_apache_mod_proxy_uwsgi() {
     // mod_proxy_uwsgi answers 411 to a chunked body itself (deploy/apache/postern-uwsgi.conf).
     check_bodies(s.apache.port, false);
     assert_streams_at(s.apache.port, s.dir.path(), &s.postern);
-    let dir = s.dir.path().join("disconnect");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let dir = record_dir(s.dir.path(), "disconnect");
     // Apache watches the client only when it writes to it: a client gone while the app
     // sends nothing stays unnoticed (the connection to postern stays open), so the app
     // sends a chunk now and then, as an event stream's keep-alive comments do.
@@ -1145,10 +1139,7 @@ fn at_max_concurrency_a_client_gone_still_reaches_the_app_as_http_disconnect() {
                 "{upstream:?}{}",
                 if venv.is_some() { " uvloop" } else { "" }
             );
-            let dir = s.dir.path().join("disconnect");
-            std::fs::create_dir(&dir).unwrap();
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-                .unwrap();
+            let dir = record_dir(s.dir.path(), "disconnect");
             // The other place taken by a request that stays.
             let mut stay = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
             stay.write_all(
@@ -1193,9 +1184,7 @@ fn at_max_concurrency_a_client_gone_still_reaches_the_app_as_http_disconnect() {
             }
             let logs = s.postern.logs();
             failures.extend(
-                logs.lines()
-                    .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
-                    .map(|l| format!("{upstream} {phase}: postern logged: {l}")),
+                error_lines(&logs).map(|l| format!("{upstream} {phase}: postern logged: {l}")),
             );
         }
     }
@@ -1523,11 +1512,7 @@ fn starlette_behind_nginx_a_client_gone_mid_upload_or_mid_stream_logs_no_error()
                 })
                 .map(|l| format!("{upstream:?}: {l}")),
         );
-        failures.extend(
-            logs.lines()
-                .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
-                .map(|l| format!("{upstream:?}: postern logged: {l}")),
-        );
+        failures.extend(error_lines(&logs).map(|l| format!("{upstream:?}: postern logged: {l}")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
