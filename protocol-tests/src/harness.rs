@@ -232,6 +232,23 @@ fn write_module(dir: &Path, module: &str, source: &str) -> String {
     format!("{module}:app")
 }
 
+/// An [`AsgiApp`] prelude for the tests' inline apps: `DIR`, the directory in
+/// `$ASGI_TEST_DIR` ([`Spawn::asgi_test_dir`]); `mark(name)` makes an empty file there
+/// (the test waits for it: the app got that far); `answer(send, body)` sends a whole
+/// 200 response without headers.
+pub const ASGI_TEST_PRELUDE: &str = r#"
+import asyncio, os, time
+
+DIR = os.environ["ASGI_TEST_DIR"]
+
+def mark(name):
+    open(os.path.join(DIR, name), "a").close()
+
+async def answer(send, body):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"#;
+
 /// The source of a test's inline ASGI app module: the `prelude` (imports, helpers),
 /// then `async def app(scope, receive, send)`, which acknowledges lifespan startup and
 /// shutdown (running the `on_startup` / `on_shutdown` statements first) and runs the
@@ -406,6 +423,13 @@ await send({"type": "http.response.body", "body": b"ok\n"})
         Spawn::asgi_unix(dir, "gated_cut", &app).protocol("fastcgi")
     }
 
+    /// `dir` is the app's `$ASGI_TEST_DIR` ([`ASGI_TEST_PRELUDE`]), and the loop
+    /// asyncio's (the same whether uvloop is installed or not).
+    pub fn asgi_test_dir(self, dir: &Path) -> Spawn {
+        self.env("ASGI_TEST_DIR", dir.to_str().unwrap())
+            .args(["--loop", "asyncio"])
+    }
+
     fn asgi(self, dir: &Path) -> Spawn {
         self.cwd(dir).args(["--interface", "asgi"])
     }
@@ -495,6 +519,14 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// The first line of `logs` that contains `needle`; fails, showing the logs, when none
+/// does.
+pub fn log_line<'a>(logs: &'a str, needle: &str) -> &'a str {
+    logs.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}:\n{logs}"))
+}
+
 impl Postern {
     /// Runs `cmd` with stdout and stderr to a new file in `dir`, and waits until `addr`
     /// accepts connections and the log (`log`, or that file when `None`) says `ready`.
@@ -582,6 +614,14 @@ impl Postern {
         unsafe {
             libc::kill(self.pid(), sig);
         }
+    }
+
+    /// Waits up to 30 s until a uwsgi GET of `target` answers 200: a worker serves (the
+    /// first one, or a replacement).
+    pub fn wait_serving(&self, target: &str) -> bool {
+        wait_until(30, || {
+            parse_http(&self.raw(&uwsgi_get(target))).is_some_and(|r| r.status == 200)
+        })
     }
 
     /// Waits for the process to exit, up to `secs`.
@@ -771,8 +811,14 @@ pub fn raw_eof(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
 
 /// A whole uwsgi GET of `target` (path and query) as nginx's uwsgi_params send it.
 pub fn uwsgi_get(target: &str) -> Vec<u8> {
+    uwsgi_get_with(target, &[])
+}
+
+/// [`uwsgi_get`] with the variables `extra` after nginx's (request headers:
+/// `HTTP_X_REQUEST_ID`…).
+pub fn uwsgi_get_with(target: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let (p, q) = target.split_once('?').unwrap_or((target, ""));
-    uwsgi_packet(&[
+    let mut vars = vec![
         ("REQUEST_METHOD", "GET"),
         ("PATH_INFO", p),
         ("QUERY_STRING", q),
@@ -780,7 +826,9 @@ pub fn uwsgi_get(target: &str) -> Vec<u8> {
         ("SERVER_NAME", "test"),
         ("SERVER_PORT", "80"),
         ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ])
+    ];
+    vars.extend_from_slice(extra);
+    uwsgi_packet(&vars)
 }
 
 /// Encodes a uwsgi packet (written independently of postern's own codec).

@@ -1,3 +1,4 @@
 pub mod apache;
 pub mod harness;
+pub mod scrape;
 pub mod stack;

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_file, AsgiApp, Postern, Spawn,
+    fcgi, log_line, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_file, AsgiApp, Postern,
+    Spawn,
 };
 
 /// One app for every test: the path picks the behaviour. `DIR` is where it leaves
@@ -719,10 +720,7 @@ fn an_exception_before_the_start_answers_500_with_the_traceback_in_the_request_s
         p.logs()
     );
     let log = p.logs();
-    let line = log
-        .lines()
-        .find(|l| l.contains("the app raised an exception; answered 500"))
-        .unwrap_or_else(|| panic!("{log}"));
+    let line = log_line(&log, "the app raised an exception; answered 500");
     assert!(
         line.contains("request_id=") && line.contains("path=/raise-before"),
         "{line}"

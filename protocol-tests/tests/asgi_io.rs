@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_until, Postern, Spawn,
+    fcgi, log_line, parse_http, sha256_hex, tempdir, uwsgi_packet, wait_until, Postern, Spawn,
 };
 
 const APP: &str = r#"
@@ -591,10 +591,7 @@ fn a_refused_start_is_logged_in_the_request_span() {
     assert_eq!((r.status, r.body.as_slice()), (500, &b"caught"[..]));
     assert!(p.wait_log("status=500", 5), "{}", p.logs());
     let logs = p.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("http.response.start refused"))
-        .unwrap_or_else(|| panic!("{logs}"));
+    let line = log_line(&logs, "http.response.start refused");
     assert!(
         line.contains("ERROR") && line.contains("request{request_id="),
         "{line}"

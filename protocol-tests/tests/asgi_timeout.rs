@@ -8,76 +8,47 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    parse_http, raw, tempdir, uwsgi_packet, wait_file, wait_until, Addr, Postern, Spawn,
+    log_line, parse_http, raw, tempdir, uwsgi_get, uwsgi_get_with, wait_file, wait_until, Addr,
+    AsgiApp, Postern, Spawn, ASGI_TEST_PRELUDE,
 };
 
-const APP: &str = r#"
-import asyncio, os, time
-
-DIR = os.environ["ASGI_TEST_DIR"]
-
-def mark(name):
-    open(os.path.join(DIR, name), "a").close()
-
-async def answer(send, body):
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body})
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    path = scope["path"]
-    if path == "/stuck":
-        mark("stuck-" + scope["query_string"].decode())
-        await asyncio.sleep(3600)
-    elif path == "/bg-block":
-        # Answers, then a task the app leaves running blocks the loop: no request is
-        # in flight while it does.
-        seconds = float(scope["query_string"] or 30)
-        async def bg():
-            mark("blocking")
-            time.sleep(seconds)
-        asyncio.get_running_loop().create_task(bg())
-        await answer(send, str(os.getpid()).encode())
-    elif path == "/pid":
-        await answer(send, str(os.getpid()).encode())
-    else:
-        await answer(send, b"hello")
+/// The app's `http` part ([`ASGI_TEST_PRELUDE`] before it).
+const HTTP: &str = r#"
+path = scope["path"]
+if path == "/stuck":
+    mark("stuck-" + scope["query_string"].decode())
+    await asyncio.sleep(3600)
+elif path == "/bg-block":
+    # Answers, then a task the app leaves running blocks the loop: no request is
+    # in flight while it does.
+    seconds = float(scope["query_string"] or 30)
+    async def bg():
+        mark("blocking")
+        time.sleep(seconds)
+    asyncio.get_running_loop().create_task(bg())
+    await answer(send, str(os.getpid()).encode())
+elif path == "/pid":
+    await answer(send, str(os.getpid()).encode())
+else:
+    await answer(send, b"hello")
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
-    Spawn::asgi_tcp(dir, "asgi_timeout_app", APP)
-        .env("ASGI_TEST_DIR", dir.to_str().unwrap())
-        .args(["--loop", "asyncio"])
+    let app = AsgiApp::new(ASGI_TEST_PRELUDE).http(HTTP);
+    Spawn::asgi_tcp(dir, "asgi_timeout_app", &app)
+        .asgi_test_dir(dir)
         .args(extra.iter().copied())
         .start()
 }
 
-/// A GET of `path` (`?query` split off), with `id` as the front server's request id.
-fn packet(path: &str, id: Option<&str>) -> Vec<u8> {
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    let mut vars = vec![
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", path),
-        ("QUERY_STRING", query),
-        ("REQUEST_URI", path),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ];
-    if let Some(id) = id {
-        vars.push(("HTTP_X_REQUEST_ID", id));
-    }
-    uwsgi_packet(&vars)
-}
-
 fn get(addr: &Addr, path: &str) -> Vec<u8> {
-    raw(addr, &packet(path, None))
+    raw(addr, &uwsgi_get(path))
 }
 
-/// Sends `path` with request id `id` on a thread (its answer is the thread's result).
+/// Sends `path` with `id` as the front server's request id on a thread (its answer is
+/// the thread's result).
 fn send(addr: &Addr, path: &str, id: &str) -> std::thread::JoinHandle<Vec<u8>> {
-    let pkt = packet(path, Some(id));
+    let pkt = uwsgi_get_with(path, &[("HTTP_X_REQUEST_ID", id)]);
     let addr = addr.clone();
     std::thread::spawn(move || raw(&addr, &pkt))
 }
@@ -87,13 +58,6 @@ fn pid(addr: &Addr) -> Option<String> {
     parse_http(&get(addr, "/pid"))
         .filter(|r| r.status == 200)
         .map(|r| r.text())
-}
-
-/// A worker serves `/hello` (the first one, or a replacement).
-fn wait_serving(p: &Postern) -> bool {
-    wait_until(30, || {
-        parse_http(&get(&p.addr, "/hello")).is_some_and(|r| r.status == 200)
-    })
 }
 
 // regression: a worker condemned for --timeout begins its stop with the stack dump, and
@@ -109,7 +73,7 @@ fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
         dir.path(),
         &["--master", "--timeout", "2", "--graceful-timeout", "0.2"],
     );
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let before = pid(&p.addr).expect("a worker's pid");
     let first = send(&p.addr, "/stuck?first", "req-first");
     assert!(
@@ -128,10 +92,7 @@ fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
     assert!(p.wait_log("killed by SIGKILL", 15), "{}", p.logs());
     let _ = (first.join(), second.join());
     let logs = p.logs();
-    let passed = logs
-        .lines()
-        .find(|l| l.contains("request passed --timeout"))
-        .unwrap_or_else(|| panic!("{logs}"));
+    let passed = log_line(&logs, "request passed --timeout");
     assert!(
         passed.contains("request=GET /stuck") && passed.contains("request_id=req-first"),
         "{logs}"
@@ -151,7 +112,7 @@ fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
     assert!(!logs.contains("cut off at --graceful-timeout"), "{logs}");
     assert!(logs.contains("cause=\"timeout\""), "{logs}");
     // Replaced: the next request is served, by another worker.
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let after = pid(&p.addr).expect("the replacement's pid");
     assert_ne!(before, after, "{}", p.logs());
 }
@@ -168,7 +129,7 @@ fn a_condemned_asgi_worker_waits_for_a_master_late_to_kill_it() {
         dir.path(),
         &["--master", "--timeout", "2", "--graceful-timeout", "0.2"],
     );
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let first = send(&p.addr, "/stuck?first", "req-first");
     let second = send(&p.addr, "/stuck?second", "req-second");
     for mark in ["stuck-first", "stuck-second"] {
@@ -213,7 +174,7 @@ fn a_condemned_asgi_worker_waits_for_a_master_late_to_kill_it() {
 fn an_event_loop_blocked_with_no_request_in_flight_is_caught_and_replaced() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--workers", "2", "--timeout", "2"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let blocked = parse_http(&get(&p.addr, "/bg-block?30"))
         .map(|r| r.text())
         .unwrap_or_else(|| panic!("{}", p.logs()));
@@ -286,7 +247,7 @@ fn an_event_loop_blocked_with_no_request_in_flight_is_caught_and_replaced() {
 fn without_timeout_a_blocked_loop_is_left_alone() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let blocked = parse_http(&get(&p.addr, "/bg-block?3"))
         .map(|r| r.text())
         .unwrap_or_else(|| panic!("{}", p.logs()));

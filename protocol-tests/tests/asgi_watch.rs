@@ -12,23 +12,14 @@ use std::time::Duration;
 
 use protocol_tests::harness::{
     fcgi, free_port, parse_http, raw, tempdir, uwsgi_packet, wait_file, wait_until, Addr, Postern,
-    Response, Spawn,
+    Spawn, ASGI_TEST_PRELUDE,
 };
+use protocol_tests::scrape::{self, get as stats};
 
+/// The app, after [`ASGI_TEST_PRELUDE`] (no lifespan: it returns).
 const APP: &str = r#"
-import asyncio, os, time
-
-DIR = os.environ["ASGI_TEST_DIR"]
-
 class ClientDisconnect(Exception):
     """As Starlette's (starlette.requests.ClientDisconnect)."""
-
-def mark(name):
-    open(os.path.join(DIR, name), "a").close()
-
-async def answer(send, body):
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body})
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -109,9 +100,9 @@ async def app(scope, receive, send):
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
-    Spawn::asgi_tcp(dir, "asgi_watch_app", APP)
-        .env("ASGI_TEST_DIR", dir.to_str().unwrap())
-        .args(["--loop", "asyncio"])
+    let app = format!("{ASGI_TEST_PRELUDE}{APP}");
+    Spawn::asgi_tcp(dir, "asgi_watch_app", &app)
+        .asgi_test_dir(dir)
         .args(extra.iter().copied())
         .start()
 }
@@ -136,24 +127,9 @@ fn send(addr: &Addr, path: &str) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || get(&addr, &path))
 }
 
-fn stats(addr: &Addr, path: &str) -> Response {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: stats\r\nConnection: close\r\n\r\n");
-    parse_http(&raw(addr, req.as_bytes())).expect("an HTTP answer from --stats")
-}
-
 /// The value of the sample `series` (exactly as written), or 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// A worker serves `/hello` (the first one, or a replacement).
-fn wait_serving(p: &Postern) -> bool {
-    wait_until(30, || {
-        parse_http(&get(&p.addr, "/hello")).is_some_and(|r| r.status == 200)
-    })
+    scrape::sample(text, series).unwrap_or(0.0)
 }
 
 // regression: R7 of the ASGI review: with --threads 1 the Driver had one line, so a
@@ -163,7 +139,7 @@ fn wait_serving(p: &Postern) -> bool {
 fn a_stuck_task_behind_a_running_one_is_caught_by_timeout() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--timeout", "3"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let first = send(&p.addr, "/sleep?2.5");
     assert!(wait_file(&dir.path().join("sleep-2.5"), 10));
     let stuck = send(&p.addr, "/stuck");
@@ -194,7 +170,7 @@ fn a_stuck_task_behind_a_running_one_is_caught_by_timeout() {
     let _ = stuck.join();
     assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
     assert!(
-        wait_serving(&p),
+        p.wait_serving("/hello"),
         "no worker serves after the timeout: {}",
         p.logs()
     );
@@ -207,7 +183,7 @@ fn status_shows_every_task_in_flight_beyond_threads() {
     let dir = tempdir();
     let stats_addr = Addr::Tcp(free_port());
     let p = serve(dir.path(), &["--stats", &stats_addr.arg()]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let n = 5;
     let clients: Vec<_> = (0..n)
         .map(|i| send(&p.addr, &format!("/sleep?{}", 2 + i)))
@@ -250,7 +226,7 @@ fn all_threads_busy_counts_asgi_workers_at_max_concurrency() {
     let dir = tempdir();
     let stats_addr = Addr::Tcp(free_port());
     let p = serve(dir.path(), &["--stats", &stats_addr.arg()]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     for _ in 0..20 {
         assert_eq!(
             parse_http(&get(&p.addr, "/hello")).map(|r| r.status),
@@ -274,7 +250,7 @@ fn all_threads_busy_counts_asgi_workers_at_max_concurrency() {
         dir.path(),
         &["--stats", &stats_addr.arg(), "--max-concurrency", "2"],
     );
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let a = send(&p.addr, "/sleep?1");
     let b = send(&p.addr, "/sleep?1.5");
     for c in [a, b] {
@@ -291,7 +267,7 @@ fn asgi_contract_errors_have_their_own_kind() {
     let dir = tempdir();
     let stats_addr = Addr::Tcp(free_port());
     let p = serve(dir.path(), &["--stats", &stats_addr.arg()]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     assert_eq!(
         parse_http(&get(&p.addr, "/no-start")).map(|r| r.status),
         Some(500)
@@ -429,7 +405,7 @@ fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
             &format!("127.0.0.1:{fastcgi}"),
         ],
     );
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let Addr::Tcp(uwsgi) = p.addr else {
         unreachable!()
     };
@@ -544,7 +520,7 @@ fn a_client_gone_mid_upload_or_mid_stream_is_not_an_app_error() {
 fn max_requests_is_kept_under_concurrent_requests() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--max-requests", "5"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let clients: Vec<_> = (0..40).map(|_| send(&p.addr, "/pid")).collect();
     let mut per_pid = std::collections::HashMap::<String, usize>::new();
     for c in clients {
@@ -579,7 +555,7 @@ fn max_requests_is_kept_under_concurrent_requests() {
 fn a_worker_at_max_requests_recycles_while_a_long_request_runs() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--max-requests", "4"]);
-    assert!(wait_serving(&p), "{}", p.logs()); // request 1
+    assert!(p.wait_serving("/hello"), "{}", p.logs()); // request 1
     let long = send(&p.addr, "/sleep?6"); // 2, in flight
     assert!(wait_file(&dir.path().join("sleep-6"), 10));
     let first = parse_http(&get(&p.addr, "/pid")).unwrap().text(); // 3
@@ -611,7 +587,7 @@ fn a_worker_at_max_requests_recycles_while_a_long_request_runs() {
 fn a_task_blocking_the_loop_is_named_at_the_timeout() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--timeout", "2"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let waiting = send(&p.addr, "/sleep?20");
     assert!(wait_file(&dir.path().join("sleep-20"), 10));
     let blocker = send(&p.addr, "/block");
@@ -625,7 +601,7 @@ fn a_task_blocking_the_loop_is_named_at_the_timeout() {
     assert!(p.logs().contains("task=GET /block"), "{}", p.logs());
     assert!(p.logs().contains("time.sleep(30)"), "{}", p.logs());
     let _ = (waiting.join(), blocker.join());
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
 }
 
 // regression: V6 of the ASGI review: at the end of a --timeout dump the master killed
@@ -637,7 +613,7 @@ fn a_task_blocking_the_loop_is_named_at_the_timeout() {
 fn a_request_that_ends_during_the_timeout_dump_does_not_cost_the_others() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--timeout", "2"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let go = |name: &str| std::fs::write(dir.path().join(format!("go-{name}")), b"").unwrap();
     // `late` passes --timeout; `during` starts about a second after it, so it runs in
     // the same worker when the limit passes and is still running at the dump's end
@@ -671,7 +647,7 @@ fn a_request_that_ends_during_the_timeout_dump_does_not_cost_the_others() {
         p.logs()
     );
     // The worker drains and is replaced: the server serves on.
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     assert!(!p.logs().contains("killed by SIGKILL"), "{}", p.logs());
 }
 
@@ -682,7 +658,7 @@ fn a_request_that_ends_during_the_timeout_dump_does_not_cost_the_others() {
 fn work_after_a_complete_response_past_timeout_is_warned_about_not_killed() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--timeout", "4"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let answer = parse_http(&get(&p.addr, "/after?8"));
     assert_eq!(answer.map(|r| r.body), Some(b"answered".to_vec()));
     assert!(wait_file(&dir.path().join("after-8"), 10));
@@ -722,7 +698,7 @@ fn work_after_a_complete_response_past_timeout_is_warned_about_not_killed() {
     assert!(p.logs().contains("request=GET /half"), "{}", p.logs());
     assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
     let _ = half.join();
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
 }
 
 // A blocking call after the response (time.sleep in a background task) still blocks
@@ -731,7 +707,7 @@ fn work_after_a_complete_response_past_timeout_is_warned_about_not_killed() {
 fn work_after_the_response_that_blocks_the_loop_is_caught_through_the_other_requests() {
     let dir = tempdir();
     let p = serve(dir.path(), &["--master", "--timeout", "2"]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let waiting = send(&p.addr, "/sleep?20");
     assert!(wait_file(&dir.path().join("sleep-20"), 10));
     let answer = parse_http(&get(&p.addr, "/after-block"));
@@ -745,7 +721,7 @@ fn work_after_the_response_that_blocks_the_loop_is_caught_through_the_other_requ
     );
     assert!(p.logs().contains("task=GET /after-block"), "{}", p.logs());
     let _ = waiting.join();
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
 }
 
 // hostile7 #4: a WebSocket handshake got a plain 404 from the app with nothing in
@@ -754,7 +730,7 @@ fn work_after_the_response_that_blocks_the_loop_is_caught_through_the_other_requ
 fn a_websocket_handshake_is_said_once_per_worker_and_reaches_the_app_as_http() {
     let dir = tempdir();
     let p = serve(dir.path(), &[]);
-    assert!(wait_serving(&p), "{}", p.logs());
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
     let pkt = uwsgi_packet(&[
         ("REQUEST_METHOD", "GET"),
         ("PATH_INFO", "/ws"),

@@ -4,28 +4,16 @@
 use std::path::Path;
 
 use protocol_tests::harness::*;
-
-/// GET `path` from the stats endpoint: the body.
-fn stats(addr: &Addr, path: &str) -> String {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: stats\r\nConnection: close\r\n\r\n");
-    let resp = raw(addr, req.as_bytes());
-    let r = parse_http(&resp)
-        .unwrap_or_else(|| panic!("bad answer to {path}: {:?}", String::from_utf8_lossy(&resp)));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
+use protocol_tests::scrape;
 
 /// The value of `series` (written exactly) in /metrics; `None` when absent.
 fn sample(addr: &Addr, series: &str) -> Option<f64> {
-    stats(addr, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    scrape::sample(&scrape::metrics(addr), series)
 }
 
 /// The held workers as /status says: (pid, reason).
 fn held(addr: &Addr) -> Vec<(i64, String)> {
-    let s: serde_json::Value = serde_json::from_str(&stats(addr, "/status")).unwrap();
-    s["workers"]
+    scrape::status(addr)["workers"]
         .as_array()
         .unwrap()
         .iter()
@@ -69,7 +57,7 @@ fn held_workers_are_a_gauge_by_reason() {
     assert!(
         wait_until(20, || sample(&stats_addr, RELOAD) == Some(1.0)),
         "{}\n{}",
-        stats(&stats_addr, "/metrics"),
+        scrape::metrics(&stats_addr),
         p.logs()
     );
     assert_eq!(sample(&stats_addr, STARTS_FAILED), Some(0.0));
@@ -80,7 +68,7 @@ fn held_workers_are_a_gauge_by_reason() {
         wait_until(30, || sample(&stats_addr, RELOAD) == Some(0.0)
             && held(&stats_addr).is_empty()),
         "{}\n{}",
-        stats(&stats_addr, "/status"),
+        scrape::status(&stats_addr),
         p.logs()
     );
     assert_eq!(sample(&stats_addr, STARTS_FAILED), Some(0.0));

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
+use protocol_tests::scrape::{self, get as stats, metrics, status as status_json};
 
 /// A plain WSGI app for these tests: `/code/NNN` answers status NNN, `/raise` raises,
 /// `/hold?dir=D` marks its arrival in D and waits for D/release (so the test knows
@@ -55,30 +56,9 @@ def application(environ, start_response):
     app
 }
 
-/// GET `path` from the stats endpoint.
-fn stats(addr: &Addr, path: &str) -> Response {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: stats\r\nConnection: close\r\n\r\n");
-    let resp = raw(addr, req.as_bytes());
-    parse_http(&resp)
-        .unwrap_or_else(|| panic!("bad answer to {path}: {:?}", String::from_utf8_lossy(&resp)))
-}
-
-fn metrics(addr: &Addr) -> String {
-    let r = stats(addr, "/metrics");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    r.text()
-}
-
 /// The value of the sample `name{labels}` (exactly as written), or 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    scrape::sample(text, series).unwrap_or(0.0)
 }
 
 /// The sum of every sample of the family `name` (all label sets).
@@ -99,12 +79,6 @@ fn wait_metrics(addr: &Addr, secs: u64, f: impl Fn(&str) -> bool) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn status_json(addr: &Addr) -> serde_json::Value {
-    let r = stats(addr, "/status");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
 }
 
 fn serving_pids(addr: &Addr) -> Vec<i64> {
