@@ -282,3 +282,52 @@ fn a_reload_whose_workers_fail_goes_back_to_the_old_settings() {
     assert_eq!(children(p.pid()).len(), 1, "{}", p.logs());
     assert_eq!(text(&p, "/"), "first");
 }
+
+// regression: the INFO line of the applied changes (and, with --preload, the WARN line
+// of the restart-only ones) printed the whole [env] table, secrets and all.
+#[test]
+fn a_reload_names_the_changed_env_variables_not_their_values() {
+    for preload in [false, true] {
+        let dir = tempdir();
+        let conf = dir.path().join("postern.toml");
+        let app = testapp();
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\n[env]\nSECRET_KEY = \"hunter2-start\"\nTZ = \"UTC\"\n"),
+        )
+        .unwrap();
+        let extra: &[&str] = if preload { &["--preload"] } else { &[] };
+        let p = with_config(dir.path(), &conf, extra);
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\n[env]\nSECRET_KEY = \"hunter3-rotated\"\nDEBUG = \"0\"\n"),
+        )
+        .unwrap();
+        p.signal(libc::SIGHUP);
+        let (needle, other) = if preload {
+            (
+                "in settings a reload does not apply",
+                "the new workers run the changed configuration",
+            )
+        } else {
+            (
+                "the new workers run the changed configuration",
+                "in settings a reload does not apply",
+            )
+        };
+        assert!(p.wait_log(needle, 20), "{}", p.logs());
+        assert!(p.wait_log_count("workers ready", 2, 30), "{}", p.logs());
+        let logs = p.logs();
+        assert!(
+            log_line(&logs, needle).contains("env (SECRET_KEY changed, DEBUG added, TZ removed)"),
+            "preload {preload}: {logs}"
+        );
+        assert!(!logs.contains(other), "preload {preload}: {logs}");
+        for value in ["hunter2-start", "hunter3-rotated", "UTC"] {
+            assert!(
+                !logs.contains(value),
+                "preload {preload}: {value} in {logs}"
+            );
+        }
+    }
+}

@@ -74,6 +74,39 @@ impl Layers {
         }
     }
 
+    /// What changed in `key` from `self` to `now`, as said in the log; `None`: nothing.
+    /// A table (`[env]`) is said by its names only, `env (SECRET_KEY changed, DEBUG
+    /// added, TZ removed)`: its values are often secrets (a database password, an API
+    /// key), and the log is read by more people than the configuration file.
+    /// regression: the whole table was printed, values and all, in the INFO line of
+    /// the applied changes and the WARN line of the restart-only ones.
+    fn change(&self, now: &Layers, key: &str) -> Option<String> {
+        let table = |l: &Layers| match l.values.get(key) {
+            Some(toml::Value::Table(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let (was_t, is_t) = (table(self), table(now));
+        if was_t.is_some() || is_t.is_some() {
+            let (was_t, is_t) = (was_t.unwrap_or_default(), is_t.unwrap_or_default());
+            let (mut changed, mut added) = (Vec::new(), Vec::new());
+            for (name, v) in &is_t {
+                match was_t.get(name) {
+                    Some(w) if w == v => {}
+                    Some(_) => changed.push(format!("{name} changed")),
+                    None => added.push(format!("{name} added")),
+                }
+            }
+            let removed = was_t
+                .keys()
+                .filter(|n| !is_t.contains_key(*n))
+                .map(|n| format!("{n} removed"));
+            let names: Vec<String> = changed.into_iter().chain(added).chain(removed).collect();
+            return (!names.is_empty()).then(|| format!("{key} ({})", names.join(", ")));
+        }
+        let (was, is) = (self.said(key), now.said(key));
+        (was != is).then(|| format!("{key} ({was} -> {is})"))
+    }
+
     /// `key` as `from` has it.
     fn keep(&mut self, from: &Layers, key: &str) {
         match from.values.get(key) {
@@ -181,20 +214,20 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
     let mut applied = Vec::new();
     let mut kept = Vec::new();
     for key in keys {
-        let (was, is) = (layers.said(&key), new_layers.said(&key));
-        if was == is {
+        let Some(change) = layers.change(&new_layers, &key) else {
             continue;
-        }
+        };
         let restart = RESTART_ONLY.iter().any(|(k, _)| *k == key)
             || (preloaded && PRELOADED.contains(&key.as_str()));
         if restart {
-            kept.push(format!("{key} ({was} -> {is})"));
+            kept.push(change);
         } else if key == "threads" && threads_over {
+            let (was, is) = (layers.said(&key), new_layers.said(&key));
             kept.push(format!(
                 "threads ({was} -> {is}: over the {thread_room} a worker's scoreboard slot was made for at the start)"
             ));
         } else {
-            applied.push(format!("{key} ({was} -> {is})"));
+            applied.push(change);
         }
     }
     keep_restart_only(&mut next, current, preloaded, thread_room);
@@ -270,4 +303,41 @@ fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, threa
     next.uid = current.uid;
     next.gid = current.gid;
     next.socket_owner = current.socket_owner;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers(toml: &str) -> Layers {
+        Layers {
+            values: toml.parse().unwrap(),
+            off: BTreeSet::new(),
+        }
+    }
+
+    // regression: `[env]`'s values (secrets) were written to the log at a reload.
+    #[test]
+    fn a_changed_env_is_said_by_its_names_only() {
+        let was =
+            layers("threads = 2\n[env]\nSECRET_KEY = \"hunter2\"\nTZ = \"UTC\"\nSAME = \"s1\"\n");
+        let is =
+            layers("threads = 4\n[env]\nSECRET_KEY = \"hunter3\"\nDEBUG = \"0\"\nSAME = \"s1\"\n");
+        let env = was.change(&is, "env").unwrap();
+        assert_eq!(env, "env (SECRET_KEY changed, DEBUG added, TZ removed)");
+        assert_eq!(was.change(&is, "threads").unwrap(), "threads (2 -> 4)");
+        assert_eq!(was.change(&was, "env"), None);
+        let none = layers("");
+        assert_eq!(
+            none.change(&is, "env").unwrap(),
+            "env (DEBUG added, SAME added, SECRET_KEY added)"
+        );
+        assert_eq!(
+            is.change(&none, "env").unwrap(),
+            "env (DEBUG removed, SAME removed, SECRET_KEY removed)"
+        );
+        for said in [env, none.change(&is, "env").unwrap()] {
+            assert!(!said.contains("hunter") && !said.contains("s1"), "{said}");
+        }
+    }
 }
