@@ -2439,6 +2439,14 @@ impl Exchange {
                         }
                         if last {
                             m.complete = true;
+                        } else if let Some(sink) = m.sink.as_mut() {
+                            // More to come: a close before the end (the worker's exit,
+                            // a --timeout kill) must not look like it (SO_LINGER 0 over
+                            // TCP, once; cleared at the complete end). A one-shot
+                            // response (its only body has more_body False) never pays.
+                            // regression: deploy HIGH's ASGI side: a stream cut by a
+                            // --timeout kill reached nginx as a FIN, a complete 200.
+                            sink.under_way();
                         }
                     }
                     drop(me);
@@ -2591,6 +2599,13 @@ impl Exchange {
                             let read = block.len() as u64;
                             me.out.push_vec(block);
                             me.out.push_stream(file, read, limit);
+                            // Read to its end with no Content-Length: a cut would look
+                            // like the end (as a body with more_body True, above).
+                            if limit.is_none() {
+                                if let Some(sink) = me.sink.as_mut() {
+                                    sink.under_way();
+                                }
+                            }
                         }
                     }
                     me.complete = true;

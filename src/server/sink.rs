@@ -393,6 +393,12 @@ impl Sink for ConnSink {
         self.spare = on;
     }
 
+    /// An ASGI response written by the loop ([`Sink::loop_writes`]) with more to come.
+    #[inline]
+    fn under_way(&mut self) {
+        self.arm();
+    }
+
     /// The response's last bytes: the close that follows is its end (not armed).
     fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
         self.write_rest(data)

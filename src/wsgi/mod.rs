@@ -153,6 +153,11 @@ pub trait Sink: Send + Sync {
     /// FastCGI's list of the responses the stop cuts); the writes after do. The
     /// default does nothing.
     fn maybe_whole(&mut self, _on: bool) {}
+    /// The response goes on past what is written now though no write says so (an
+    /// ASGI body with `more_body` True, written with [`Sink::try_write_vectored`],
+    /// which has no `last`): arms what a write that is not the last arms, until
+    /// `finish(End::Complete)`. The default does nothing.
+    fn under_way(&mut self) {}
     fn has_pending(&self) -> bool {
         false
     }

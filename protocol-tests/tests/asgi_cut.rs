@@ -1,0 +1,247 @@
+//! An ASGI response streamed without Content-Length over uwsgi or SCGI on TCP, cut by the
+//! death of its worker (a `--timeout` kill, a `kill -9`), never reaches nginx's client as
+//! complete: the connection has SO_LINGER 0 from its first body with more to come, so
+//! the close that cuts it is a reset (nginx logs `reset by peer`), not a FIN nginx takes
+//! for the end of the body. A one-shot response (one body, `more_body` False) pays
+//! nothing for it: no `setsockopt` (counted with strace). As the WSGI path does
+//! (nginx_uwsgi's stream cut at `--graceful-timeout`, linger_cost). In CI (`CI=true`) a
+//! missing nginx or strace fails these tests.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+use protocol_tests::stack::{Stack, Upstream};
+
+const PRELUDE: &str = "import asyncio";
+
+/// `/stream`: 400 chunks without Content-Length, one each 50 ms (20 s), unbuffered by
+/// nginx (`X-Accel-Buffering: no`, as server-sent events are), the file `under_way`
+/// made after the second; `/stream-buffered`: the same, buffered; `/short`: three
+/// chunks at once; `/length`: two chunks meeting their Content-Length; `/file`: this
+/// module by `http.response.pathsend` (its size is its Content-Length); `/proc`: a
+/// /proc file so (size 0: read to its end, no Content-Length); anything else: one body
+/// (`more_body` False).
+const HTTP: &str = r#"
+path = scope["path"]
+start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+if path in ("/stream", "/stream-buffered", "/short"):
+    if path == "/stream":
+        start["headers"].append((b"x-accel-buffering", b"no"))
+    await send(start)
+    n, delay = (3, 0) if path == "/short" else (400, 0.05)
+    for i in range(n):
+        await send({"type": "http.response.body", "body": b"chunk %d\n" % i, "more_body": True})
+        if i == 1 and delay:
+            open("under_way", "w").close()
+        if delay:
+            await asyncio.sleep(delay)
+    await send({"type": "http.response.body", "body": b""})
+elif path == "/length":
+    start["headers"].append((b"content-length", b"6"))
+    await send(start)
+    await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+    await send({"type": "http.response.body", "body": b"def"})
+elif path in ("/file", "/proc"):
+    await send(start)
+    file = __file__ if path == "/file" else "/proc/self/status"
+    await send({"type": "http.response.pathsend", "path": file})
+else:
+    await send(start)
+    await send({"type": "http.response.body", "body": b"hello\n"})
+"#;
+
+fn app() -> String {
+    AsgiApp::new(PRELUDE).http(HTTP)
+}
+
+/// postern serving the app over `upstream` on TCP with `args`, behind a private nginx.
+fn stack(upstream: Upstream, args: &[&str]) -> Option<Stack> {
+    let Some(bin) = nginx_bin() else {
+        assert!(!in_ci(), "no nginx, and CI=true");
+        return None;
+    };
+    let dir = tempdir();
+    let postern = Spawn::asgi_tcp(dir.path(), "cut_app", &app())
+        .protocol(upstream.protocol())
+        .args(args.iter().copied())
+        .start();
+    let site = upstream.site(&postern.addr.nginx(), "", "");
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    Some(Stack::from_parts(nginx, postern, dir))
+}
+
+/// GETs `path` through nginx on `port`; once the app is past its second chunk (it made
+/// the file `under_way`), `cut()`; everything the client got, to its end (bounded: the
+/// whole stream takes 20 s). (nginx buffering the body sends nothing before its end,
+/// not even the head: the client cannot tell when the stream is under way.)
+fn stream_cut_by(
+    port: u16,
+    path: &str,
+    under_way: &Path,
+    what: &str,
+    cut: impl FnOnce(),
+) -> Vec<u8> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    assert!(wait_file(under_way, 30), "{what}: the stream never began");
+    cut();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{what}: the stream ran on"
+    );
+    got
+}
+
+#[test]
+fn an_asgi_stream_cut_by_its_workers_death_over_tcp_is_never_complete_for_the_client() {
+    // regression: deploy HIGH's ASGI side (uwsgi and SCGI over TCP): the loop's
+    // non-blocking writes never set SO_LINGER 0, so a stream cut by a --timeout kill (or
+    // any death of the worker) ended with a FIN, which nginx took for the end of a body
+    // without Content-Length: the client got a complete chunked 200 (its 0-chunk).
+    for (upstream, how, path) in [Upstream::Uwsgi, Upstream::Scgi]
+        .into_iter()
+        .flat_map(|u| ["--timeout", "kill -9"].map(|h| (u, h)))
+        .flat_map(|(u, h)| ["/stream", "/stream-buffered"].map(|p| (u, h, p)))
+    {
+        {
+            let what = format!("{upstream:?} {how} {path}");
+            let args: &[&str] = if how == "--timeout" {
+                &["--timeout", "2", "--loop", "asyncio"]
+            } else {
+                &["--master", "--loop", "asyncio"]
+            };
+            let Some(s) = stack(upstream, args) else {
+                return;
+            };
+            let under_way = s.postern.dir.join("under_way");
+            let worker = children(s.postern.pid());
+            let got = stream_cut_by(s.nginx.port, path, &under_way, &what, || {
+                if how == "kill -9" {
+                    for pid in &worker {
+                        // SAFETY: kill(2) on the workers of our own child.
+                        unsafe { libc::kill(*pid, libc::SIGKILL) };
+                    }
+                }
+            });
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                parse_http(&got).is_none() && !got.ends_with(b"0\r\n\r\n"),
+                "{what}: a cut body must not look complete: {text}\nnginx:\n{}\npostern:\n{}",
+                s.nginx.error_log(),
+                s.postern.logs()
+            );
+            assert!(
+                s.nginx.error_log().contains("reset by peer"),
+                "{what}: nginx logged no reset:\n{}",
+                s.nginx.error_log()
+            );
+            if how == "--timeout" {
+                assert!(
+                    s.postern.logs().contains("--timeout"),
+                    "{what}: the cut was not the --timeout kill:\n{}",
+                    s.postern.logs()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn asgi_responses_over_tcp_still_end_complete() {
+    for upstream in [Upstream::Uwsgi, Upstream::Scgi] {
+        let Some(s) = stack(upstream, &["--loop", "asyncio"]) else {
+            return;
+        };
+        for (path, body) in [
+            ("/once", "hello\n".to_owned()),
+            ("/short", "chunk 0\nchunk 1\nchunk 2\n".to_owned()),
+            ("/length", "abcdef".to_owned()),
+        ] {
+            let r = s.nginx.get(path);
+            assert_eq!(
+                (r.status, r.text()),
+                (200, body),
+                "{upstream:?} {path}\n{}",
+                s.postern.logs()
+            );
+        }
+        s.assert_clean(&format!("{upstream:?}"));
+    }
+}
+
+fn have_strace() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_one_shot_asgi_response_sets_no_so_linger_and_a_stream_does() {
+    if !have_strace() {
+        assert!(!in_ci(), "strace is missing (CI=true)");
+        eprintln!("SKIPPED: strace is missing");
+        return;
+    }
+    let dir = tempdir();
+    let trace = dir.path().join("strace.txt");
+    let spawn = Spawn::asgi_tcp(dir.path(), "cut_app", &app()).args(["--loop", "asyncio"]);
+    let addr = spawn.addr().arg();
+    let inner = spawn.command();
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=setsockopt", "-o"])
+        .arg(&trace)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    if let Some(d) = inner.get_current_dir() {
+        cmd.current_dir(d);
+    }
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let p = Postern::spawn(cmd, spawn.addr().clone(), dir.path(), None);
+    let lingers = || {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .matches("SO_LINGER")
+            .count()
+    };
+    let mut counts = Vec::new();
+    for path in ["/once", "/short", "/length", "/file", "/proc", "/once"] {
+        let before = lingers();
+        let out = Command::new(postern_bin())
+            .args(["request", &format!("uwsgi://{addr}{path}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path}: {out:?}");
+        // The access line follows the response's end (and its SO_LINGER calls).
+        std::thread::sleep(Duration::from_millis(200));
+        counts.push((path, lingers() - before));
+    }
+    for pid in children(p.pid()) {
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    wait_until(10, || children(p.pid()).is_empty());
+    let expected = [
+        ("/once", 0),
+        // Set at the first body with more to come, cleared at the complete end.
+        ("/short", 2),
+        ("/length", 2),
+        ("/file", 0),
+        ("/proc", 2),
+        ("/once", 0),
+    ];
+    assert_eq!(counts, expected, "SO_LINGER calls per response");
+}
