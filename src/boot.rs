@@ -75,7 +75,9 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
     }
     let dir = match &config.opts.chdir {
         Some(dir) => {
-            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            // From the start directory by its logical path: a reload's workers enter it
+            // again by this path (see `enter_app_dir`).
+            let abs = crate::config::from_start_dir(dir);
             enter_app_dir(&abs)?;
             Some(abs)
         }

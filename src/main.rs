@@ -308,7 +308,8 @@ struct Generation {
     /// What the layers said for it: the next reload names what it changes.
     layers: postern::config::reload::Layers,
     /// `--chdir` as an absolute path (from the start directory), entered by each
-    /// worker before its import.
+    /// worker before its import; a reload's generation without one enters the start
+    /// directory.
     app_dir: Option<std::path::PathBuf>,
     settings: Settings,
     limits: Limits,
@@ -401,12 +402,15 @@ impl Generation {
         else {
             return None;
         };
-        // --chdir from the start directory (the master is in the start's --chdir); a
-        // --chdir removed since goes back to the start directory.
-        let from = postern::config::start_dir().unwrap_or_default();
+        // --chdir from the start directory (the master is in the start's --chdir); none
+        // (or one removed since): the start directory. Both by their logical paths, so
+        // a symlink on them switched since (a new release) leads the import there, as a
+        // restart from that directory would. regression: without --chdir the new
+        // workers imported from the master's directory, the release it started in.
+        let from = postern::config::start_dir();
         let app_dir = match &config.opts.chdir {
-            Some(dir) => Some(from.join(dir)),
-            None => start.app_dir.as_ref().map(|_| from),
+            Some(dir) => Some(from.unwrap_or_default().join(dir)),
+            None => from,
         };
         Some((Generation::new(*config, layers, app_dir), changed))
     }

@@ -331,3 +331,53 @@ fn a_reload_names_the_changed_env_variables_not_their_values() {
         }
     }
 }
+
+// A Capistrano-style deploy: postern started in `current` (a symlink to releases/1)
+// with a relative --config; `current` is switched to releases/2 and a reload reads
+// releases/2's file and imports its app, as a restart from `current` would.
+// regression: the start directory was kept with its links resolved (getcwd), so the
+// reload read releases/1's file again (and, without --chdir, imported its code).
+#[test]
+fn a_reload_reads_a_relative_config_through_the_switched_symlink() {
+    for chdir in [&[][..], &["--chdir", "."][..]] {
+        let dir = tempdir();
+        for (n, threads) in [("1", 1), ("2", 2)] {
+            let release = dir.path().join("releases").join(n);
+            std::fs::create_dir_all(&release).unwrap();
+            // The same module name in each release: app.py answers its release.
+            let app = named_app(&release, &format!("release {n}"));
+            std::fs::rename(app, release.join("app.py")).unwrap();
+            std::fs::write(
+                release.join("postern.toml"),
+                format!("app = \"app.py\"\nthreads = {threads}\n"),
+            )
+            .unwrap();
+        }
+        let current = dir.path().join("current");
+        std::os::unix::fs::symlink("releases/1", &current).unwrap();
+        // As a shell's `cd current` (or systemd's WorkingDirectory=) leaves it.
+        let p = Spawn::tcp(dir.path(), "--config")
+            .arg("postern.toml")
+            .args(["--master"])
+            .args(chdir.iter().copied())
+            .cwd(&current)
+            .env("PWD", current.to_str().unwrap())
+            .start();
+        assert_eq!(text(&p, "/"), "release 1", "{}", p.logs());
+        let new = dir.path().join("current.new");
+        std::os::unix::fs::symlink("releases/2", &new).unwrap();
+        std::fs::rename(&new, &current).unwrap();
+        p.signal(libc::SIGHUP);
+        assert!(
+            p.wait_log("reload: the new workers run the changed configuration", 20),
+            "{chdir:?}: {}",
+            p.logs()
+        );
+        assert!(p.logs().contains("threads (1 -> 2)"), "{}", p.logs());
+        assert!(
+            wait_until(30, || p.get("/").1 == b"release 2"),
+            "{chdir:?}: {}",
+            p.logs()
+        );
+    }
+}

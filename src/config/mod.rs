@@ -631,15 +631,43 @@ static AT_START: std::sync::OnceLock<AtStart> = std::sync::OnceLock::new();
 
 struct AtStart {
     /// Where relative `--config` and `--ini` paths were read from (`--chdir` moves the
-    /// process later).
+    /// process later), by its logical path ([`logical_cwd`]).
     cwd: Option<PathBuf>,
     /// `$VIRTUAL_ENV` at the start (`--env` may have set another since).
     virtual_env: Option<PathBuf>,
 }
 
-/// The directory postern was started in (`--chdir` moves the process later).
+/// The directory postern was started in (`--chdir` moves the process later), by its
+/// logical path ([`logical_cwd`]).
 pub fn start_dir() -> Option<PathBuf> {
     AT_START.get().and_then(|s| s.cwd.clone())
+}
+
+/// The working directory as the shell (or systemd's `WorkingDirectory=`) named it:
+/// `$PWD` when it is an absolute path to this very directory (same device and inode as
+/// `getcwd()`), else `getcwd()`, whose path has its symlinks resolved. A relative path
+/// taken from it later (a reload's `--config`, `--ini`, `--chdir`) then goes through the
+/// symlinks as a restart's would: `cd /srv/app/current && postern --config postern.toml`
+/// reads the release `current` names at the reload.
+/// regression: getcwd() alone was kept, so after a Capistrano-style switch of `current`
+/// a reload read the old release's file (and imported its code).
+pub fn logical_cwd() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let physical = std::env::current_dir().ok()?;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let logical = std::env::var_os("PWD")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && id(p).is_some() && id(p) == id(&physical));
+    Some(logical.unwrap_or(physical))
+}
+
+/// `path` from the directory postern was started in ([`start_dir`]), else from the
+/// working directory.
+pub fn from_start_dir(path: &Path) -> PathBuf {
+    match start_dir() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    }
 }
 
 impl Layered {
@@ -653,7 +681,7 @@ impl Layered {
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let layered = Layered::merge(&cli, &matches)?;
         let _ = AT_START.set(AtStart {
-            cwd: std::env::current_dir().ok(),
+            cwd: logical_cwd(),
             virtual_env: std::env::var_os("VIRTUAL_ENV").map(Into::into),
         });
         Ok((cli, layered))
@@ -1157,7 +1185,7 @@ fn load_ini(spec: &str) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
 
 /// `path` from the directory postern was started in.
 fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+    from_start_dir(path)
 }
 
 fn absolute_addr(addr: ListenAddr) -> ListenAddr {
