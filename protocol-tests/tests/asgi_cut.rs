@@ -123,9 +123,12 @@ fn an_asgi_stream_cut_by_its_workers_death_over_tcp_is_never_complete_for_the_cl
                 return;
             };
             let under_way = s.postern.dir.join("under_way");
-            let worker = children(s.postern.pid());
             let got = stream_cut_by(s.nginx.port, path, &under_way, &what, || {
                 if how == "kill -9" {
+                    // Read now, the stream under way: the master's socket accepts
+                    // before its worker is forked.
+                    let worker = children(s.postern.pid());
+                    assert!(!worker.is_empty(), "{what}: no worker");
                     for pid in &worker {
                         // SAFETY: kill(2) on the workers of our own child.
                         unsafe { libc::kill(*pid, libc::SIGKILL) };
