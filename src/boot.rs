@@ -70,6 +70,14 @@ pub fn socket_options(config: &Config) -> SocketOptions {
 /// an absolute path with its symlinks kept (a relative one joined to the start
 /// directory), for [`enter_app_dir`].
 pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
+    let _ = INHERITED.set(
+        config
+            .opts
+            .env
+            .iter()
+            .map(|KeyValue(k, _)| (k.clone(), std::env::var_os(k)))
+            .collect(),
+    );
     for KeyValue(k, v) in &config.opts.env {
         std::env::set_var(k, v);
     }
@@ -90,22 +98,49 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
     Ok(dir)
 }
 
+/// The values the variables of the start's `--env` had before the master set them
+/// (`None`: not set), for a reload that drops one of them ([`apply_env_changes`]).
+static INHERITED: std::sync::OnceLock<Vec<(String, Option<std::ffi::OsString>)>> =
+    std::sync::OnceLock::new();
+
 /// A worker of a reload whose `--env` differs from the start's: its variables are set,
-/// and those the start set that it no longer has are removed, in `os.environ` (which
-/// calls putenv too), before the import. The master set the start's in its own
-/// environment before Python started, and Python copies the environment into
-/// `os.environ` once, when it starts: the change goes through it. Variables Python
-/// itself reads at its start (`PYTHON*`) keep the start's effect.
+/// and those the start set that it no longer has go back to what postern inherited
+/// (removed if it had none), in `os.environ` (which calls putenv too), before the
+/// import. The master set the start's in its own environment before Python started,
+/// and Python copies the environment into `os.environ` once, when it starts: the change
+/// goes through it. Variables Python itself reads at its start (`PYTHON*`), and
+/// `MALLOC_ARENA_MAX`/`GLIBC_TUNABLES` (the master caps malloc's arenas at its start),
+/// keep the start's effect.
+/// regression: a variable dropped from [env] was removed, though postern had inherited
+/// it (systemd's `Environment=`, the shell's): the new workers ran without it.
 pub fn apply_env_changes(start: &[KeyValue], now: &[KeyValue]) -> anyhow::Result<()> {
     if start == now {
         return Ok(());
     }
     pyo3::Python::attach(|py| -> pyo3::PyResult<()> {
         use pyo3::types::PyAnyMethods as _;
-        let environ = py.import("os")?.getattr("environ")?;
+        use std::os::unix::ffi::OsStrExt as _;
+        let os = py.import("os")?;
+        let environ = os.getattr("environ")?;
+        // Bytes: an inherited value need not be UTF-8 (environb shares environ's data).
+        let environb = os.getattr("environb")?;
+        let inherited = INHERITED.get().map(Vec::as_slice).unwrap_or_default();
         for KeyValue(k, _) in start {
-            if !now.iter().any(|KeyValue(n, _)| n == k) {
-                environ.call_method1("pop", (k, py.None()))?;
+            if now.iter().any(|KeyValue(n, _)| n == k) {
+                continue;
+            }
+            match inherited
+                .iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.as_ref())
+            {
+                Some(v) => environb.set_item(
+                    pyo3::types::PyBytes::new(py, k.as_bytes()),
+                    pyo3::types::PyBytes::new(py, v.as_bytes()),
+                )?,
+                None => {
+                    environ.call_method1("pop", (k, py.None()))?;
+                }
             }
         }
         for KeyValue(k, v) in now {

@@ -381,3 +381,37 @@ fn a_reload_reads_a_relative_config_through_the_switched_symlink() {
         );
     }
 }
+
+// regression: a variable dropped from [env] at a reload was removed from the new
+// workers' environment, though postern had inherited it (systemd's Environment=).
+#[test]
+fn a_variable_dropped_from_env_goes_back_to_the_inherited_value() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let app = testapp();
+    std::fs::write(
+        &conf,
+        format!("app = {app:?}\n[env]\nTESTAPP_ENV = \"from-the-file\"\n"),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), "--config")
+        .arg(conf.to_str().unwrap())
+        .args(["--master"])
+        .env("TESTAPP_ENV", "inherited")
+        .start();
+    assert!(
+        text(&p, "/sys").contains("\"env\": \"from-the-file\""),
+        "{}",
+        text(&p, "/sys")
+    );
+    std::fs::write(&conf, format!("app = {app:?}\nthreads = 2\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("env (TESTAPP_ENV removed)", 20), "{}", p.logs());
+    assert!(p.wait_log_count("workers ready", 2, 30), "{}", p.logs());
+    assert!(
+        wait_until(10, || text(&p, "/sys").contains("\"env\": \"inherited\"")),
+        "{}\n{}",
+        text(&p, "/sys"),
+        p.logs()
+    );
+}
