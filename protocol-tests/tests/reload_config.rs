@@ -415,3 +415,39 @@ fn a_variable_dropped_from_env_goes_back_to_the_inherited_value() {
         p.logs()
     );
 }
+
+// regression: a reload parsed POSTERN_* from the master's environment as it is now:
+// [env]'s POSTERN_THREADS = "8" (set in the master's environment at the start) became
+// `threads (2 -> 8)` at a reload of the unchanged file. The start's own POSTERN_*
+// (POSTERN_MAX_REQUESTS here) still count.
+#[test]
+fn a_reload_reads_postern_variables_as_postern_was_started_with() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "app = {:?}\nthreads = 2\n[env]\nPOSTERN_THREADS = \"8\"\nPOSTERN_MAX_REQUESTS = \"5\"\n",
+            testapp()
+        ),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), "--config")
+        .arg(conf.to_str().unwrap())
+        .args(["--master"])
+        .env("POSTERN_MAX_REQUESTS", "1000")
+        .start();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reloading: new workers start", 20),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log_count("workers ready", 2, 30), "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        !logs.contains("the new workers run the changed configuration"),
+        "{logs}"
+    );
+    assert!(!logs.contains("a reload does not apply"), "{logs}");
+}

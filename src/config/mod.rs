@@ -607,7 +607,7 @@ pub fn arity(name: &str) -> Option<crate::uwsgi_ini::Arity> {
 /// does not set it, but `--env` merges name by name across layers, so the variable's
 /// name must not be lost. regression: `POSTERN_ENV=A=1 postern --env B=2` had no A.
 fn env_table_of(var: &str) -> Result<Option<toml::Value>, ConfigError> {
-    let Some(raw) = std::env::var_os(var) else {
+    let Some(raw) = start_var(var) else {
         return Ok(None);
     };
     let invalid = |message: String| ConfigError::Invalid {
@@ -635,6 +635,35 @@ struct AtStart {
     cwd: Option<PathBuf>,
     /// `$VIRTUAL_ENV` at the start (`--env` may have set another since).
     virtual_env: Option<PathBuf>,
+    /// The command line's parser as the start built it: clap takes each option's
+    /// `POSTERN_*` variable when the parser is built, so this one holds the start's
+    /// values. regression: a reload parsed `POSTERN_*` from the master's environment as
+    /// it is now, where `[env]`/`--env` (`POSTERN_THREADS = "8"`) and a --preload app's
+    /// `os.environ` writes had changed it.
+    command: clap::Command,
+    /// The `POSTERN_*` variables at the start (for [`env_table_of`]).
+    vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+/// The variable `var` (a `POSTERN_*` one) as the start had it, once the start has
+/// recorded them; before that, as the environment has it.
+fn start_var(var: &str) -> Option<std::ffi::OsString> {
+    match AT_START.get() {
+        Some(start) => start
+            .vars
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.clone()),
+        None => std::env::var_os(var),
+    }
+}
+
+/// The command line's parser, with the `POSTERN_*` values the start read (see
+/// [`AtStart::command`]).
+pub(crate) fn start_command() -> clap::Command {
+    AT_START
+        .get()
+        .map_or_else(Cli::command, |s| s.command.clone())
 }
 
 /// The directory postern was started in (`--chdir` moves the process later), by its
@@ -675,15 +704,20 @@ impl Layered {
     /// the `--ini` file and the defaults.
     pub fn from_command_line() -> Result<(Cli, Layered), ConfigError> {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        let matches = Cli::command()
+        let command = Cli::command();
+        let _ = AT_START.set(AtStart {
+            cwd: logical_cwd(),
+            virtual_env: std::env::var_os("VIRTUAL_ENV").map(Into::into),
+            command: command.clone(),
+            vars: std::env::vars_os()
+                .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"POSTERN_"))
+                .collect(),
+        });
+        let matches = command
             .try_get_matches_from(&args)
             .unwrap_or_else(|e| clap_error::exit(e, &args));
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let layered = Layered::merge(&cli, &matches)?;
-        let _ = AT_START.set(AtStart {
-            cwd: logical_cwd(),
-            virtual_env: std::env::var_os("VIRTUAL_ENV").map(Into::into),
-        });
         Ok((cli, layered))
     }
 

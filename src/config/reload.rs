@@ -143,10 +143,10 @@ enum Unread {
 
 /// Reads the layers again as the start did (see [`super::AT_START`]).
 fn read_again() -> Result<Layered, Unread> {
-    use clap::{CommandFactory as _, FromArgMatches as _};
+    use clap::FromArgMatches as _;
     let start = super::AT_START.get();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let matches = super::Cli::command()
+    let matches = super::start_command()
         .try_get_matches_from(&args)
         .map_err(|e| Unread::Invalid(e.to_string().trim().to_owned()))?;
     let mut cli =
