@@ -409,6 +409,7 @@ pub fn run(
             joined && read_whole && marked
         };
         let mut drain = std::pin::pin!(drain);
+        let mut second = None;
         let finished = loop {
             tokio::select! {
                 // A drain that has finished wins over a second signal that came as it did.
@@ -427,6 +428,7 @@ pub fn run(
                     stopping.cancel();
                 }
                 name = stops.second() => {
+                    second = Some(name);
                     if name != crate::stop::QUIT || why != crate::stop::QUIT {
                         tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
                     }
@@ -440,6 +442,24 @@ pub fn run(
                 }
             }
         };
+        // The requests the Python threads still run are named, each in its span, with
+        // how far its response got, and get their access lines (marked incomplete):
+        // their threads will never write them. Over uwsgi or SCGI the front server
+        // may see a clean end after part of the body: this is their only trace.
+        // regression: only a count and a generic line said a stop cut them off.
+        if !finished {
+            let by = match second {
+                Some(name) => format!("by a second signal ({name})"),
+                None if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
+                None => "at --graceful-timeout".to_owned(),
+            };
+            let leaving = if whole {
+                "postern is stopping"
+            } else {
+                "this worker is leaving (a reload, SIGTTOU, recycling)"
+            };
+            crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
+        }
         // Requests still running: the exit would close their FastCGI connections
         // plainly, which nginx may take for their responses' end. They are cut first,
         // their marks given a moment (the master kills a worker a second past

@@ -169,10 +169,17 @@ impl Worker {
     // regression: with --graceful-timeout under the dump's 500 ms the worker ended by
     // itself first, and only the kill named them: they were cut off unnamed.
     fn name_cut_offs(&self, board: &Scoreboard) {
-        let now = super::scoreboard::now_ns();
         let why = self
             .condemned_for
             .map_or("another request's --timeout", Condemned::cause);
+        self.name_cut_offs_for(board, why);
+    }
+
+    /// [`Worker::name_cut_offs`] for a kill for `why` (a second signal, SIGQUIT: the
+    /// worker cannot name them itself).
+    // regression: a stop's second signal killed a worker's requests unnamed.
+    fn name_cut_offs_for(&self, board: &Scoreboard, why: &str) {
+        let now = super::scoreboard::now_ns();
         for t in 0..board.threads {
             let line = board.line(self.slot, t);
             let since = line.since.load(Ordering::Acquire);
@@ -2031,6 +2038,13 @@ impl Master {
     }
 
     /// Asks every worker to stop (SIGTERM), or kills them (`now`).
+    /// Names the requests each served worker runs before a kill for `why` cuts them off.
+    fn name_all_cut_offs(&self, why: &str) {
+        for w in self.workers.iter().filter(|w| w.served && !w.sigkilled) {
+            w.name_cut_offs_for(&self.board, why);
+        }
+    }
+
     fn stop_all(&mut self, now: bool) {
         for w in &mut self.workers {
             // A worker already draining (reload, recycling, scale-down, --max-lifetime)
@@ -2124,6 +2138,7 @@ impl Master {
         // regression: each said "letting in-flight requests finish (a second signal
         // stops at once)" and was killed 7 ms later.
         if now {
+            self.name_all_cut_offs("SIGQUIT");
             self.stop_all(true);
         }
         // Sockets systemd passed stay open in systemd for the next start: left alone.
@@ -2245,6 +2260,7 @@ impl Master {
                         waiting,
                         "second signal: killing the workers now"
                     );
+                    self.name_all_cut_offs(&format!("a second signal ({})", signals::name(s)));
                     self.stop_all(true);
                 }
             }

@@ -9,10 +9,12 @@
 //! - [`input`], [`errors`]: `wsgi.input` and `wsgi.errors`.
 //! - [`response`]: `start_response`, `write()`, iterating the result, `close()`.
 //! - [`file_wrapper`]: `wsgi.file_wrapper`, sent with sendfile(2) where it can be.
+//! - [`inflight`]: the requests the threads run, named by a stop that cuts them off.
 
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
+pub mod inflight;
 pub mod input;
 pub mod interpreter;
 pub mod pool;

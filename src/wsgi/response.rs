@@ -271,6 +271,7 @@ impl State {
             data = &[];
         }
         self.body_sent += data.len() as u64;
+        super::inflight::progress(self.code, self.body_sent);
         if !self.headers_sent {
             self.headers_sent = true;
             if data.len() >= SEPARATE_BODY {
@@ -354,6 +355,7 @@ impl State {
         }
         let buf = self.head_bytes(0);
         self.headers_sent = true;
+        super::inflight::progress(self.code, self.body_sent);
         self.emit(py, &buf)
     }
 
@@ -757,13 +759,15 @@ pub fn handle(
 ) -> Served {
     let span = std::mem::replace(&mut req.span, tracing::Span::none());
     let _entered = span.enter();
-    let served = respond(py, keys, app, settings, &mut req);
+    let served = respond(py, keys, app, settings, &mut req, &span);
+    // A stop that cut this request off named it and wrote its access line already.
+    let named = super::inflight::end(&mut req.head);
     let (status, ending) = served.end.for_log();
     if !span.is_disabled() {
         crate::logging::record_end(status, served.sent.started);
     }
     // Formatted and written once the pool thread has released the GIL.
-    if crate::logging::access_enabled() {
+    if !named && crate::logging::access_enabled() {
         crate::logging::access_later(crate::logging::Finished {
             head: req.head,
             id: req.request_id,
@@ -783,6 +787,7 @@ fn respond(
     app: &Py<PyAny>,
     settings: &Settings,
     req: &mut Request,
+    span: &tracing::Span,
 ) -> Served {
     // Moved out piece by piece: the caller keeps the head and the id for the access
     // line (no copy of the head).
@@ -855,6 +860,8 @@ fn respond(
         .expect("allocating start_response"),
     };
     st(&responder).body_gone = body_gone;
+    // Named by a stop that cuts it off while the app runs (`handle` takes it back).
+    super::inflight::begin(&mut req.head, &req.request_id, listener.protocol, span);
     let mut errors_ended = false;
     let outcome = drive(
         py,
@@ -1167,6 +1174,7 @@ fn iterate(
             }
             if len > 0 && !r.head_only() {
                 r.body_sent += len;
+                super::inflight::progress(r.code, r.body_sent);
                 let sink = &mut r.sink;
                 if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
                     tracing::debug!(error = %e, "sendfile failed");

@@ -1,0 +1,181 @@
+//! A WSGI request a stop cuts off (at --graceful-timeout, by a second signal, or at a
+//! worker's own leaving: a reload) is named in the log, in its span (method, path,
+//! peer, id), with how far its response got, and gets its access line marked
+//! incomplete, as an ASGI request does. Over uwsgi and SCGI its front server may see a
+//! clean end after part of the body: the log is its only trace.
+//! regression: only "requests still running … when postern stopped" and a count.
+
+use std::path::{Path, PathBuf};
+
+use protocol_tests::harness::*;
+
+/// A WSGI app: `/stream` sends its head and a first chunk (`part1`), writes the mark
+/// file and sleeps; `/before` writes the mark and sleeps before start_response.
+fn stuck_app(dir: &Path) -> (PathBuf, PathBuf) {
+    let path = dir.join("stuck.py");
+    let mark = dir.join("in-the-app");
+    std::fs::write(
+        &path,
+        format!(
+            "import time\n\nMARK = {:?}\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/before':\n        open(MARK, 'w').close()\n        time.sleep(60)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    def body():\n        yield b'part1'\n        open(MARK, 'w').close()\n        time.sleep(60)\n        yield b'part2'\n    return body()\n",
+            mark.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    (path, mark)
+}
+
+/// Sends `path` with a request id and a peer, on a thread; returns once the app runs it.
+fn send(p: &Postern, path: &'static str, mark: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    let addr = p.addr.clone();
+    let request = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", path),
+                ("REQUEST_URI", &format!("{path}?cut=1")),
+                ("REMOTE_ADDR", "10.9.8.7"),
+                ("HTTP_X_REQUEST_ID", "cut-me-42"),
+            ]),
+        )
+    });
+    assert!(wait_file(mark, 15), "{}", p.logs());
+    request
+}
+
+#[test]
+fn a_stream_cut_at_graceful_timeout_is_named_with_its_access_line() {
+    let dir = tempdir();
+    let (app, mark) = stuck_app(dir.path());
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let request = send(&p, "/stream", &mark);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+    let logs = p.logs();
+    let warn = log_line(
+        &logs,
+        "request cut off at --graceful-timeout (postern is stopping)",
+    );
+    for field in [
+        "WARN",
+        "request_id=cut-me-42",
+        "method=GET",
+        "path=/stream?cut=1",
+        "peer=",
+        "body_bytes=5",
+        "response_status=200",
+    ] {
+        assert!(warn.contains(field), "{field} in {warn}\n{logs}");
+    }
+    let access = log_line(&logs, "response incomplete");
+    for field in [
+        "request_id=cut-me-42",
+        "remote=10.9.8.7",
+        "method=GET",
+        "path=\"/stream?cut=1\"",
+        "status=200",
+        "bytes=5",
+    ] {
+        assert!(access.contains(field), "{field} in {access}\n{logs}");
+    }
+    let _ = request.join();
+}
+
+// A second signal: a single process names the request itself (its access line too);
+// a master, which kills its workers at once, names it from the scoreboard.
+#[test]
+fn a_request_cut_by_a_second_signal_before_its_response_is_named() {
+    for master in [false, true] {
+        let dir = tempdir();
+        let (app, mark) = stuck_app(dir.path());
+        let mut spawn = Spawn::unix(dir.path(), &app.to_string_lossy()).args([
+            "--workers",
+            "1",
+            "--graceful-timeout",
+            "30",
+        ]);
+        if master {
+            spawn = spawn.arg("--master");
+        }
+        let mut p = spawn.start();
+        // (A single process serves once the app is imported: `send` waits for that.)
+        if master {
+            assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+        }
+        let request = send(&p, "/before", &mark);
+        p.signal(libc::SIGTERM);
+        assert!(
+            p.wait_log("stopping: no new connections", 10),
+            "{}",
+            p.logs()
+        );
+        // Past the moment in which the same signal again is the same stop.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(15);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "master {master}\n{}",
+            p.logs()
+        );
+        let logs = p.logs();
+        if master {
+            let warn = log_line(
+                &logs,
+                "request cut off: its worker is killed for a second signal (SIGTERM)",
+            );
+            for field in ["request_id=cut-me-42", "request=GET /before?cut=1"] {
+                assert!(warn.contains(field), "{field} in {warn}\n{logs}");
+            }
+        } else {
+            let warn = log_line(
+                &logs,
+                "request cut off by a second signal (SIGTERM) (postern is stopping)",
+            );
+            for field in [
+                "request_id=cut-me-42",
+                "path=/before?cut=1",
+                "had not started",
+            ] {
+                assert!(warn.contains(field), "{field} in {warn}\n{logs}");
+            }
+            let access = log_line(&logs, "response incomplete");
+            assert!(access.contains("request_id=cut-me-42"), "{access}\n{logs}");
+            assert!(access.contains("status=502"), "{access}\n{logs}");
+        }
+        let _ = request.join();
+    }
+}
+
+// A worker leaving at a reload cuts its request off at --graceful-timeout: named, and
+// said to be this worker's leaving, not postern's stop.
+#[test]
+fn a_stream_cut_at_a_reload_is_named_as_the_worker_leaving() {
+    let dir = tempdir();
+    let (app, mark) = stuck_app(dir.path());
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let request = send(&p, "/stream", &mark);
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log(
+            "request cut off at --graceful-timeout (this worker is leaving",
+            20
+        ),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log("response incomplete", 5), "{}", p.logs());
+    let logs = p.logs();
+    let access = log_line(&logs, "response incomplete");
+    assert!(access.contains("request_id=cut-me-42"), "{access}\n{logs}");
+    let _ = request.join();
+}

@@ -1,0 +1,156 @@
+//! The requests the Python threads are running, for a stop that cuts them off
+//! (`--graceful-timeout`, a second signal, SIGQUIT). A thread stuck in the app when
+//! the worker exits never writes its request's access line, and over uwsgi or SCGI
+//! its front server may see a clean end after part of the body: the worker's I/O
+//! thread names each such request in its span (method, path, peer, id) with how far
+//! its response got, and writes its access line marked incomplete, as the ASGI path
+//! does ([`cut_off`]).
+//!
+//! Per request: the head is moved into this thread's slot while the app runs and
+//! moved back after (no copy), the span and the id are copied, and each body write
+//! stores two numbers.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::codec::{Head, Protocol};
+use crate::logging::RequestId;
+
+/// The request a Python thread runs.
+struct Running {
+    head: Head,
+    id: RequestId,
+    protocol: Protocol,
+    /// When the app was called.
+    started: Instant,
+    span: tracing::Span,
+}
+
+/// One Python thread's request, if any.
+#[derive(Default)]
+struct Slot {
+    running: Mutex<Option<Running>>,
+    /// The response's status once its head went out (0: not yet).
+    status: AtomicU32,
+    /// The body bytes written so far.
+    body: AtomicU64,
+    /// The stop named this request: its thread writes no access line of its own.
+    named: AtomicBool,
+}
+
+/// Every Python thread's slot (one pool per process).
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static MINE: RefCell<Option<Arc<Slot>>> = const { RefCell::new(None) };
+}
+
+fn with_mine<R>(f: impl FnOnce(&Slot) -> R) -> R {
+    MINE.with(|m| {
+        let mut m = m.borrow_mut();
+        let slot = m.get_or_insert_with(|| {
+            let slot = Arc::new(Slot::default());
+            SLOTS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::clone(&slot));
+            slot
+        });
+        f(slot)
+    })
+}
+
+fn empty_head() -> Head {
+    Head {
+        buf: bytes::Bytes::new(),
+        vars: Vec::new(),
+        modifier30: false,
+        content_length: 0,
+    }
+}
+
+/// The app is about to run `head`'s request: the head moves into this thread's slot
+/// until [`end`] gives it back.
+pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol, span: &tracing::Span) {
+    let head = std::mem::replace(head, empty_head());
+    with_mine(|s| {
+        s.status.store(0, Ordering::Relaxed);
+        s.body.store(0, Ordering::Relaxed);
+        s.named.store(false, Ordering::Relaxed);
+        *s.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+            head,
+            id: *id,
+            protocol,
+            started: Instant::now(),
+            span: span.clone(),
+        });
+    });
+}
+
+/// How far this thread's response got: its status (sent) and body bytes so far.
+pub(super) fn progress(status: u16, body: u64) {
+    with_mine(|s| {
+        s.status.store(u32::from(status), Ordering::Relaxed);
+        s.body.store(body, Ordering::Relaxed);
+    });
+}
+
+/// The app is done with the request [`begin`] recorded: its head comes back into
+/// `head`. True when a stop has named it already (its access line is written).
+pub(super) fn end(head: &mut Head) -> bool {
+    with_mine(|s| {
+        if let Some(r) = s.running.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            *head = r.head;
+        }
+        s.named.swap(false, Ordering::Relaxed)
+    })
+}
+
+/// Names each request a Python thread still runs as the worker exits, in its span, with
+/// `why` (what cut it off) and how far its response got, and writes its access line
+/// marked incomplete. Returns how many were named.
+pub fn cut_off(why: &str) -> usize {
+    let slots: Vec<Arc<Slot>> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut named = 0;
+    for s in slots {
+        let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = running.as_ref() else { continue };
+        if s.named.swap(true, Ordering::Relaxed) {
+            continue;
+        }
+        named += 1;
+        let status = u16::try_from(s.status.load(Ordering::Relaxed)).unwrap_or(0);
+        let body = s.body.load(Ordering::Relaxed);
+        let ran_ms = r.started.elapsed().as_millis() as u64;
+        r.span.in_scope(|| {
+            if status == 0 {
+                tracing::warn!(
+                    ran_ms,
+                    "request cut off {why}: the app still ran it, and its response had not started (its front server gets an error)"
+                );
+            } else {
+                tracing::warn!(
+                    ran_ms,
+                    response_status = status,
+                    body_bytes = body,
+                    "request cut off {why}: the app still ran it; its head and {body} body bytes were sent, the rest never will be (the response is incomplete)"
+                );
+            }
+            // Before any head went out the front server answers 502 for it.
+            let status = if status == 0 { 502 } else { status };
+            crate::logging::record_end(status, r.started);
+            crate::logging::access(&crate::logging::Access {
+                head: &r.head,
+                id: &r.id,
+                protocol: r.protocol,
+                status,
+                ending: crate::logging::Ending::Incomplete,
+                bytes: body,
+                started: r.started,
+            });
+        });
+    }
+    named
+}
