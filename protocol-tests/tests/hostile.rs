@@ -916,3 +916,132 @@ fn slow_heads_at_max_connections_make_room_for_a_waiting_request() {
         );
     }
 }
+
+/// A FastCGI request without FCGI_KEEP_CONN whose PARAMS announce a pair of
+/// 2^31 + 8 bytes (name 4, value 2^31 - 1) and stop there: answered 431 at once.
+fn fcgi_pair_too_large() -> Vec<u8> {
+    let mut b = fcgi::begin(1, 1, false);
+    b.extend(fcgi::record(
+        fcgi::PARAMS,
+        1,
+        &[4, 0xff, 0xff, 0xff, 0xff, b'N', b'A', b'M', b'E'],
+    ));
+    b
+}
+
+// regression (review of 8e840ae and 2078b75): a FastCGI connection answered without
+// FCGI_KEEP_CONN is read until its client closes (nginx writes its whole body before
+// it reads the response), for up to --read-timeout, and at --max-connections nothing
+// could close it for a connection waiting: a whole GET sent in two packets and a pair
+// of 2 GiB refused at its lengths, then silence, held their places 60 s. Now a
+// connection draining is listed as a head arriving since its answer, and closed for a
+// waiting one once that is over a second. Fails without it: the request waits for the
+// 60 s read timeout, past the 20 s it is read for.
+#[test]
+fn answered_connections_left_open_make_room_at_max_connections() {
+    for variant in ["get in two packets", "pair over the limit"] {
+        let dir = tempdir();
+        let p = Spawn::tcp(dir.path(), &testapp())
+            .protocol("fastcgi")
+            .args([
+                "--max-connections",
+                "2",
+                "--read-timeout",
+                "60",
+                "--head-timeout",
+                "60",
+            ])
+            .start();
+        let Addr::Tcp(port) = p.addr else {
+            unreachable!()
+        };
+        let held: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let status = if variant == "pair over the limit" {
+                    c.write_all(&fcgi_pair_too_large()).unwrap();
+                    fcgi::status(&mut c)
+                } else {
+                    let req = fcgi::get(1, false, "/hello");
+                    c.write_all(&req[..10]).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                    c.write_all(&req[10..]).unwrap();
+                    fcgi::status(&mut c)
+                };
+                let want = if variant == "get in two packets" {
+                    200
+                } else {
+                    431
+                };
+                assert_eq!(status, Some(want), "{variant}\n{}", p.logs());
+                c
+            })
+            .collect();
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+        assert_eq!(
+            fcgi::status(&mut c),
+            Some(200),
+            "{variant}: not served\n{}",
+            p.logs()
+        );
+        let needle = "closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it";
+        assert!(p.wait_log(needle, 5), "{variant}\n{}", p.logs());
+        // Only the close that happened is said: no line names a head that was not
+        // arriving.
+        let logs = p.logs();
+        assert!(
+            !logs.contains("whose request head has been arriving longest"),
+            "{variant}\n{logs}"
+        );
+        drop(held);
+    }
+}
+
+// regression (review of 2078b75): a pair over --buffer-size refused at its lengths
+// (431) on a connection without FCGI_KEEP_CONN was then drained for --read-timeout
+// (60 s), where it was closed at --head-timeout before: the rest of a head is now read
+// until --head-timeout at most. Fails without it: the connection is still open after
+// the 20 s the test waits (--head-timeout 3, --read-timeout 60).
+#[test]
+fn a_head_refused_before_its_end_is_drained_until_head_timeout_only() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--read-timeout", "60", "--head-timeout", "3"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&fcgi_pair_too_large()).unwrap();
+    assert_eq!(fcgi::status(&mut c), Some(431), "{}", p.logs());
+    // The rest of the pair goes on coming: drained, until postern closes (a write
+    // then fails, or is reset).
+    let t0 = Instant::now();
+    let closed = loop {
+        if c.write_all(&[b'v'; 64]).is_err() {
+            break true;
+        }
+        c.set_nonblocking(true).unwrap();
+        let mut probe = [0u8; 64];
+        let reset =
+            matches!(c.read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        c.set_nonblocking(false).unwrap();
+        if reset {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(closed, "still drained after 20 s\n{}", p.logs());
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+    assert_eq!(fcgi::status(&mut c), Some(200), "{}", p.logs());
+}

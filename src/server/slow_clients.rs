@@ -39,8 +39,9 @@ pub enum Reason {
     /// A request cut off: the connection closed, reset or went silent
     /// (`--read-timeout`) in the middle of it.
     Truncated,
-    /// A request head still arriving, closed to let in a connection waiting at
-    /// `--max-connections` ([`close_oldest_head`]).
+    /// A request head (or the rest of a request answered without FCGI_KEEP_CONN)
+    /// still arriving, closed to let in a connection waiting at `--max-connections`
+    /// ([`close_oldest_head`]).
     Crowded,
 }
 
@@ -65,7 +66,7 @@ impl Reason {
             Reason::Malformed => "a malformed request or protocol error".to_owned(),
             Reason::Oversized => "a request over a size limit".to_owned(),
             Reason::Truncated => "a request cut off in the middle".to_owned(),
-            Reason::Crowded => "a request head still arriving at --max-connections, closed to let a waiting connection in".to_owned(),
+            Reason::Crowded => "a request head (or the rest of an answered FastCGI request) still arriving at --max-connections, closed to let a waiting connection in".to_owned(),
         }
     }
 }
@@ -161,6 +162,8 @@ struct Heads {
 
 struct Arriving {
     peer: Arc<str>,
+    /// What is arriving: a request head, or the rest of a request already answered.
+    what: Arrival,
     /// Since when its head has been arriving (the accept, or a kept FastCGI
     /// connection's next request's first byte).
     since: Instant,
@@ -182,11 +185,37 @@ pub struct HeadWatch {
     arriving: Arc<Arriving>,
 }
 
+/// What a listed connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Its request head.
+    Head,
+    /// The rest of a FastCGI request answered without FCGI_KEEP_CONN (the drain
+    /// before the close: nginx writes the whole body before it reads the response).
+    Drain,
+}
+
 impl HeadWatch {
     /// `peer`'s head has been arriving since `since`; `arrived`: some of it is here.
     pub fn new(peer: &Arc<str>, since: Instant, arrived: bool) -> HeadWatch {
+        HeadWatch::listed(peer, Arrival::Head, since, arrived)
+    }
+
+    /// `peer`'s FastCGI connection, its request answered without FCGI_KEEP_CONN, is
+    /// read from now on until the front server has sent the rest and closes: listed as
+    /// a head arriving since now, so that a client that never closes holds its place
+    /// for a second, not for --read-timeout, when a connection waits.
+    // regression (review of 8e840ae): a whole GET without KEEP_CONN sent in two
+    // packets, then silence, held its place through the drain (--read-timeout, 60 s),
+    // and at --max-connections nothing could close it: cheaper than a slowloris.
+    pub fn draining(peer: &Arc<str>) -> HeadWatch {
+        HeadWatch::listed(peer, Arrival::Drain, Instant::now(), true)
+    }
+
+    fn listed(peer: &Arc<str>, what: Arrival, since: Instant, arrived: bool) -> HeadWatch {
         let arriving = Arc::new(Arriving {
             peer: Arc::clone(peer),
+            what,
             since,
             arrived: AtomicBool::new(arrived),
             close: CancellationToken::new(),
@@ -208,10 +237,28 @@ impl HeadWatch {
         HeadMarker(Arc::clone(&self.arriving))
     }
 
-    /// Returns once the connection is to be closed to make room (its line is logged
-    /// already): close it, saying nothing more.
+    /// Returns once the connection is to be closed to make room, its line logged (the
+    /// first [`NAMED`] of each [`WINDOW`] named): close it, saying nothing more. Only
+    /// the task that acts on it says it, so a connection picked as its head came whole
+    /// (or as it began to drain) is not named for a close that never happened.
+    // regression (review of 8e840ae): the line was logged at the pick, and a FastCGI
+    // connection draining (its watch kept past the request loop) was named at every
+    // turn while nothing closed it.
     pub async fn closed_for_room(&self) {
-        self.arriving.close.cancelled().await;
+        let a = &self.arriving;
+        a.close.cancelled().await;
+        let for_ = a.since.elapsed();
+        if !bad_input(&a.peer, Reason::Crowded) {
+            return;
+        }
+        match a.what {
+            Arrival::Head => {
+                tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing the connection whose request head has been arriving longest ({for_:.1?}, not whole yet: a slow or stalled client) to let it in")
+            }
+            Arrival::Drain => {
+                tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it ({for_:.1?} since the answer, the rest of its request read and dropped meanwhile) to let it in")
+            }
+        }
     }
 }
 
@@ -234,9 +281,9 @@ impl HeadMarker {
 /// At `--max-connections` with a connection waiting in the listen queue: closes the
 /// connection whose request head has been arriving longest, if for at least `floor`
 /// and some of it has come (a front server sends a head whole; one arriving this long
-/// is a slow or stalled client), and logs it (through the bad-input window: the first
-/// [`NAMED`] of each [`WINDOW`] named). True when one was closed. Its task closes it
-/// ([`HeadWatch::closed_for_room`]); its place comes free with it.
+/// is a slow or stalled client), or a FastCGI connection draining for as long
+/// ([`HeadWatch::draining`]). True when one was told to close. Its task closes it and
+/// logs it ([`HeadWatch::closed_for_room`]); its place comes free with it.
 pub fn close_oldest_head(floor: Duration) -> bool {
     let now = Instant::now();
     let victim = {
@@ -254,10 +301,6 @@ pub fn close_oldest_head(floor: Duration) -> bool {
         };
         victim
     };
-    let arriving_for = now.saturating_duration_since(victim.since);
-    if bad_input(&victim.peer, Reason::Crowded) {
-        tracing::warn!(peer = %victim.peer, "--max-connections reached with a connection waiting: closing the connection whose request head has been arriving longest ({arriving_for:.1?}, not whole yet: a slow or stalled client) to let it in");
-    }
     victim.close.cancel();
     true
 }

@@ -602,6 +602,10 @@ pub async fn serve(
     // sent the rest of its request (nginx writes the whole body before it reads the
     // response; closing earlier would fail its write: a 502).
     let mut drain = false;
+    // The request that ended the connection was refused before the end of its PARAMS
+    // (a pair over --buffer-size, a BEGIN_REQUEST refused): what the drain reads is the
+    // rest of a head, bound by --head-timeout.
+    let mut drain_head = false;
     // An END_REQUEST went out before the end of its request's STDIN (HOLD_GAP).
     let mut stdin_cut = false;
     // `buf` is still the buffer the connection came with.
@@ -689,6 +693,7 @@ pub async fn serve(
             }
         }
         while let Some(ev) = backlog.pop_front() {
+            let head_cut = matches!(ev, Event::ParamsTooLarge { pair: true, .. });
             match handle_event(
                 ev,
                 &conn,
@@ -720,6 +725,7 @@ pub async fn serve(
                 Step::Close => break 'conn,
                 Step::CloseDrain => {
                     drain = true;
+                    drain_head = head_cut;
                     break 'conn;
                 }
             }
@@ -741,6 +747,7 @@ pub async fn serve(
         if parser.close_after_replies() && backlog.is_empty() {
             tracing::debug!(%peer, "refused request without FCGI_KEEP_CONN: closing");
             drain = true;
+            drain_head = true;
             break 'conn;
         }
         if eof && slots.is_empty() && backlog.is_empty() {
@@ -1022,16 +1029,35 @@ pub async fn serve(
     }
     if drain {
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
-        let deadline = Instant::now() + limits.read_timeout;
+        let now = Instant::now();
+        let mut deadline = now + limits.read_timeout;
+        if drain_head {
+            // The rest of a head: within --head-timeout of its start, as any head.
+            // regression (review of 2078b75): a pair of 2 GiB refused at its lengths was
+            // then read for --read-timeout (60 s), where before it was closed at
+            // --head-timeout (5 s).
+            let head_from = head_since.or(fresh_only(fresh, served).then_some(started));
+            deadline = deadline.min(head_from.unwrap_or(now) + limits.head_timeout);
+        }
+        // Listed while it drains (its head's watch, if any, with it): at
+        // --max-connections a connection waiting may take its place.
+        head_watch = None;
+        let watch = slow_clients::HeadWatch::draining(&peer);
         let mut total = 0usize;
         while total < 1 << 30 {
             buf.clear();
-            match tokio::time::timeout_at(deadline.into(), read_some(&afd, &mut buf)).await {
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), read_some(&afd, &mut buf)) => r,
+                // (Its line is logged there.)
+                () = watch.closed_for_room() => break,
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => total += n,
                 _ => break,
             }
         }
     }
+    drop(head_watch);
     // Readers of bodies still streaming see the cut; sinks still writing see a closed
     // connection; the socket closes once they are done with it.
     let answered_all = eof && slots.is_empty() && !drain;
