@@ -402,6 +402,11 @@ struct Master {
     /// A reload (RELOADING=1) is not over yet: systemd waits for one READY=1 when it
     /// is, whether it succeeded (the whole new generation serves) or failed (rollback).
     reload_pending: bool,
+    /// A reload since the last complete generation set the number of workers (its
+    /// `--workers` differed from the serving generation's): a rollback, or a reload
+    /// that keeps the serving generation's `--workers`, takes that generation's number
+    /// again (with its SIGTTIN/SIGTTOU count).
+    reload_set_target: bool,
     /// A reload was asked for during the first start: it runs once the first start is
     /// complete (see `reload`).
     reload_deferred: bool,
@@ -619,6 +624,7 @@ impl Master {
             announced: false,
             completed: 0,
             reload_pending: false,
+            reload_set_target: false,
             reload_deferred: false,
             import_kills: 0,
             retries_due: 0,
@@ -904,6 +910,7 @@ impl Master {
             return;
         }
         self.completed = self.generation;
+        self.reload_set_target = false;
         self.board.publish_generation(self.completed);
         let mut retired = 0;
         let mut killed = Vec::new();
@@ -1386,8 +1393,12 @@ impl Master {
         // do): an invalid one refuses the reload, a valid one is what the new
         // generation runs. regression: deploy MEDIUM: the new workers ran the start's
         // settings, and only a WARN named what the --config file had changed.
+        // Compared with the generation that serves, not with one still booting (a
+        // reload during a reload drops that one). regression: the newest was taken, so
+        // the log named changes from the dropped generation's settings.
+        let serving_generation = self.serving_generation();
         let serving = self
-            .settings_of(self.generation)
+            .settings_of(serving_generation)
             .map(|g| Arc::clone(&g.settings))
             .unwrap_or_else(|| Arc::new(()));
         let (next, settings, changed) = match reread(&serving) {
@@ -1426,35 +1437,7 @@ impl Master {
                 );
             }
         }
-        // regression: a reload after a failed one took the failed one's number.
-        self.newest_generation += 1;
-        if let Some(g) = self.gens.get_mut(&self.generation) {
-            g.target = self.target;
-        }
-        self.generation = self.newest_generation;
-        // A changed --workers is the new generation's size; unchanged, the target
-        // stays (SIGTTIN/SIGTTOU's too).
-        if next.workers != self.opts.workers {
-            self.target = next.workers;
-            self.board.publish_target(self.target);
-        }
-        // Said once, again only if a reload changed it.
-        if next.lifespan_timeout_over_start != self.opts.lifespan_timeout_over_start {
-            self.lifespan_warning = next.lifespan_timeout_over_start;
-        }
-        if next.summary != self.opts.summary {
-            self.board.publish_summary(&next.summary);
-        }
-        self.opts = Arc::new(next);
-        self.gens.insert(
-            self.generation,
-            Generation {
-                opts: Arc::clone(&self.opts),
-                settings,
-                target: self.target,
-                changed,
-            },
-        );
+        self.new_generation(next, settings, changed, serving_generation);
         if self.opts.chain_reload {
             tracing::info!(
                 generation = self.generation,
@@ -1495,6 +1478,83 @@ impl Master {
         Ok(())
     }
 
+    /// Starts generation `newest + 1` with the reload's options and settings (not its
+    /// workers), `serving` the generation that serves.
+    fn new_generation(
+        &mut self,
+        next: Options,
+        settings: GenerationSettings,
+        changed: bool,
+        serving: u64,
+    ) {
+        // regression: a reload after a failed one took the failed one's number.
+        self.newest_generation += 1;
+        if let Some(g) = self.gens.get_mut(&self.generation) {
+            g.target = self.target;
+        }
+        self.generation = self.newest_generation;
+        self.take_target(next.workers, serving);
+        // Said once, again only if a reload changed it.
+        if next.lifespan_timeout_over_start != self.opts.lifespan_timeout_over_start {
+            self.lifespan_warning = next.lifespan_timeout_over_start;
+        }
+        if next.summary != self.opts.summary {
+            self.board.publish_summary(&next.summary);
+        }
+        self.opts = Arc::new(next);
+        self.gens.insert(
+            self.generation,
+            Generation {
+                opts: Arc::clone(&self.opts),
+                settings,
+                target: self.target,
+                changed,
+            },
+        );
+    }
+
+    /// The generation that serves: during a reload, the newest complete one (a reload
+    /// during a reload drops the one still booting, and a failed one goes back to it),
+    /// else the current one.
+    fn serving_generation(&self) -> u64 {
+        let active = |g: u64| {
+            self.workers
+                .iter()
+                .any(|w| w.generation == g && w.phase.active())
+        };
+        if self.completed < self.generation && self.reloading() && active(self.completed) {
+            self.completed
+        } else {
+            self.generation
+        }
+    }
+
+    /// The number of workers of a reload's new generation, whose `--workers` is
+    /// `workers`, given the `serving` generation: a changed `--workers` is its size;
+    /// unchanged, the serving generation's number stays (SIGTTIN/SIGTTOU's count too),
+    /// also when a reload dropped since (a reload during a reload) had set another.
+    fn take_target(&mut self, workers: usize, serving: u64) {
+        let Some((serving_workers, serving_target)) = self
+            .settings_of(serving)
+            .map(|g| (g.opts.workers, g.target))
+        else {
+            return;
+        };
+        let target = if workers != serving_workers {
+            self.reload_set_target = true;
+            workers
+        } else if self.reload_set_target {
+            self.reload_set_target = false;
+            serving_target
+        } else {
+            self.target
+        };
+        if target != self.target {
+            self.target = target;
+            self.board.publish_target(self.target);
+        }
+    }
+
     /// A reload whose configuration is invalid (the hook said why): nothing changes,
     /// the workers serve on. It counts as a failed reload (`/status`'s `reloads`, which
     /// a deploy script waits on), and systemd hears of it as of one that failed.
@@ -1527,10 +1587,14 @@ impl Master {
             .gens
             .get(&failed)
             .map_or((false, back.workers), |f| (f.changed, f.opts.workers));
-        if workers != back.workers {
+        // regression: only the failed generation's --workers was looked at, so after a
+        // reload during a reload (2 workers + SIGTTIN, A: 4, B: 2, B fails) the master
+        // went back with B's 2, not the 3 it had.
+        if self.reload_set_target || workers != back.workers {
             self.target = target;
             self.board.publish_target(self.target);
         }
+        self.reload_set_target = false;
         if back.summary != self.opts.summary {
             self.board.publish_summary(&back.summary);
         }
@@ -2567,6 +2631,55 @@ mod tests {
             !m.gens.contains_key(&3),
             "no worker of the failed one is left"
         );
+    }
+
+    // A reload during a reload is compared with, and takes its number of workers
+    // from, the generation that serves, not the one it drops; a rollback goes back to
+    // that number. regression: --workers 2 and a SIGTTIN (3), reload A (--workers 4)
+    // still booting, reload B (--workers 2): B took 2 (A's 4 differed), and when B
+    // failed the master went back to gen 0 with 2 workers (B's --workers equalled
+    // gen 0's, so its number was not restored): the SIGTTIN was lost. /tmp/rr3.
+    #[test]
+    fn a_reload_during_a_reload_and_its_rollback_keep_the_serving_number_of_workers() {
+        let mut m = master(2);
+        let stand = Stand::new();
+        add(&mut m, &stand, true);
+        m.target = 3; // SIGTTIN
+        let with = |m: &Master, workers: usize| Options {
+            workers,
+            ..(*m.opts).clone()
+        };
+        let a = with(&m, 4);
+        let serving = m.serving_generation();
+        assert_eq!(serving, 0);
+        m.new_generation(a, Arc::new(()), true, serving);
+        assert_eq!((m.generation, m.target), (1, 4));
+        // B during A: gen 0 still serves (A's workers are still importing).
+        let b = with(&m, 2);
+        let serving = m.serving_generation();
+        assert_eq!(serving, 0, "compared with the generation that serves");
+        m.new_generation(b, Arc::new(()), true, serving);
+        assert_eq!((m.generation, m.target), (2, 3));
+        assert_eq!(m.board.target(), 3);
+        // B fails: back to gen 0, its 3 workers.
+        m.generation = 0;
+        m.back_to_settings_of(2);
+        assert_eq!((m.opts.workers, m.target), (2, 3));
+        assert_eq!(m.board.target(), 3);
+        // The same when B had kept A's --workers (A set the number, B failed).
+        let mut m = master(2);
+        add(&mut m, &stand, true);
+        m.target = 3;
+        let a = with(&m, 4);
+        m.new_generation(a, Arc::new(()), true, 0);
+        let b = with(&m, 4);
+        let serving = m.serving_generation();
+        m.new_generation(b, Arc::new(()), true, serving);
+        assert_eq!(m.target, 4);
+        m.generation = 0;
+        m.back_to_settings_of(2);
+        assert_eq!(m.target, 3);
+        let _ = stand.end();
     }
 
     #[test]
