@@ -1666,16 +1666,32 @@ impl Master {
         }
     }
 
+    /// One worker less (SIGTTOU): the newest still importing the app, else the
+    /// newest serving. One still importing is killed at once, as at a reload during a
+    /// reload: it never served (the import's end and this give-up race on the
+    /// scoreboard: one whose import ended first may have accepted, and drains).
+    /// regression: the newest was told to leave even while importing; it finished its
+    /// import (and an ASGI lifespan startup), said "worker ready", then left, /status
+    /// showing it draining meanwhile, and a SIGTTIN/SIGTTOU storm reached 129
+    /// processes.
     fn retire_extra(&mut self) {
         let live = self.live();
         if live > self.target {
-            if let Some(w) = self
+            let generation = self.generation;
+            let importing = self
                 .workers
-                .iter_mut()
-                .rev()
-                .find(|w| w.current(self.generation))
-            {
+                .iter()
+                .rposition(|w| w.current(generation) && w.phase == Phase::Booting);
+            let chosen =
+                importing.or_else(|| self.workers.iter().rposition(|w| w.current(generation)));
+            if let Some(w) = chosen.map(|i| &mut self.workers[i]) {
                 w.drain(&self.board, Cause::Scale);
+                if w.abandon_import(&self.board) {
+                    tracing::info!(
+                        pid = raw(w.pid),
+                        "SIGTTOU: the worker still importing the app is killed (it never served)"
+                    );
+                }
             }
         }
     }
