@@ -2342,6 +2342,18 @@ impl Master {
                     );
                     self.name_all_cut_offs(&format!("a second signal ({})", signals::name(s)));
                     self.stop_all(true);
+                } else if s == libc::SIGUSR1 {
+                    // The log files are reopened during a stop too (logrotate's
+                    // postrotate does not wait for it).
+                    crate::logging::reopen();
+                    let helper = self.stats.as_ref().and_then(|h| h.pid);
+                    for pid in self.workers.iter().map(|w| w.pid).chain(helper) {
+                        signal(pid, Signal::USR1);
+                    }
+                } else if s != libc::SIGCHLD {
+                    // regression: SIGHUP, SIGTTIN, SIGTTOU and SIGUSR2 during a stop
+                    // were dropped without a word.
+                    tracing::warn!("{} ignored: postern is stopping", signals::name(s));
                 }
             }
         }
