@@ -225,6 +225,9 @@ fn master_death(master: Pid) {
 pub struct WorkerMonitor {
     board: Arc<Scoreboard>,
     slot: usize,
+    /// The Python threads of this worker: its generation's, as the master wrote them in
+    /// its scoreboard slot before the fork (read once, not per request).
+    python_threads: usize,
     max_requests: Option<u64>,
     max_rss_kib: Option<u64>,
     retiring: AtomicBool,
@@ -309,9 +312,9 @@ fn jitter(n: u64) -> u64 {
 
 impl WorkerMonitor {
     /// The Python threads of this worker (its generation's, as its scoreboard slot
-    /// counts them).
+    /// counts them). regression: each request's `begin` loaded them from the slot.
     fn python_threads(&self) -> usize {
-        self.board.threads_of(self.slot).max(1)
+        self.python_threads
     }
 
     pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {
@@ -320,6 +323,7 @@ impl WorkerMonitor {
         let monitor = WorkerMonitor {
             board: Arc::clone(&ctx.board),
             slot: ctx.slot,
+            python_threads: ctx.board.threads_of(ctx.slot).max(1),
             max_requests,
             max_rss_kib: max_rss_mib.map(|m| m * 1024),
             retiring: AtomicBool::new(false),
@@ -371,6 +375,7 @@ impl WorkerMonitor {
     pub fn standalone(board: Arc<Scoreboard>) -> Self {
         WorkerMonitor {
             metrics: board.metrics(),
+            python_threads: board.threads_of(0).max(1),
             board,
             slot: 0,
             max_requests: None,
@@ -1017,5 +1022,15 @@ mod tests {
         assert!(drawn.iter().all(|&j| j < 50), "{drawn:?}");
         assert!(drawn.len() > 10, "{drawn:?}");
         assert_eq!(jitter(5), 0);
+    }
+
+    // The thread count is read from the slot once, when the monitor is made (the
+    // master wrote it before the fork), not at each request's begin.
+    #[test]
+    fn the_thread_count_is_read_once() {
+        let board = Arc::new(Scoreboard::new(1, 4).unwrap());
+        let m = WorkerMonitor::standalone(Arc::clone(&board));
+        board.set_threads(0, 2);
+        assert_eq!(m.python_threads(), 4);
     }
 }
