@@ -761,15 +761,33 @@ impl Scoreboard {
 
     /// Publishes the configuration summary `/status` shows, as the generation the
     /// master now runs has it (a reload's, or the one a rollback went back to); at
-    /// most [`SUMMARY`] bytes, whole pairs (master only).
+    /// most [`SUMMARY`] bytes: a value too long for what is left (with the pairs after
+    /// it) is cut, ending in `…`, or its pair left out if even that does not fit
+    /// (master only). regression: the first pair that did not fit dropped every later
+    /// one (a long listener list took workers, threads and the timeouts with it).
     pub fn publish_summary(&self, summary: &[(String, String)]) {
+        let clean = |s: &str| s.replace([SUMMARY_KEY_END as char, SUMMARY_PAIR_END as char], " ");
+        let pairs: Vec<(String, String)> =
+            summary.iter().map(|(k, v)| (clean(k), clean(v))).collect();
+        // What a pair needs at least: its key and a value cut to 16 bytes.
+        let least = |(k, v): &(String, String)| k.len() + v.len().min(16) + 2;
         let mut buf = Vec::with_capacity(SUMMARY);
-        for (k, v) in summary {
-            let clean =
-                |s: &str| s.replace([SUMMARY_KEY_END as char, SUMMARY_PAIR_END as char], " ");
-            let (k, v) = (clean(k), clean(v));
-            if buf.len() + k.len() + v.len() + 2 > SUMMARY {
-                break;
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            // Room for this value, leaving the pairs after it what they need at least.
+            let after: usize = pairs[i + 1..].iter().map(least).sum();
+            let keep = SUMMARY.saturating_sub(buf.len() + k.len() + 2 + after);
+            let mut v = v.clone();
+            if v.len() > keep {
+                const CUT: &str = "…";
+                if keep < CUT.len() + 1 {
+                    continue;
+                }
+                let mut end = keep - CUT.len();
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.truncate(end);
+                v.push_str(CUT);
             }
             buf.extend_from_slice(k.as_bytes());
             buf.push(SUMMARY_KEY_END);
@@ -1411,13 +1429,20 @@ mod tests {
         ];
         sb.publish_summary(&pairs);
         assert_eq!(sb.read().summary, Some(pairs));
-        // Too long a value: the pairs before it only.
+        // Too long a value is cut, and the pairs after it are kept.
+        // regression: the pairs before it only.
         let long = vec![
             ("app".to_owned(), "x".to_owned()),
             ("listeners".to_owned(), "y".repeat(SUMMARY)),
+            ("threads".to_owned(), "4".to_owned()),
         ];
         sb.publish_summary(&long);
-        assert_eq!(sb.read().summary, Some(long[..1].to_vec()));
+        let read = sb.read().summary.unwrap();
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert_eq!((&read[0], &read[2]), (&long[0], &long[2]));
+        assert!(read[1].1.starts_with("yyy") && read[1].1.ends_with('…'));
+        let size: usize = read.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        assert!(size <= SUMMARY && size > SUMMARY - 8, "{size}");
     }
 
     // A reload's workers run their generation's --threads (up to a slot's lines).
