@@ -174,8 +174,63 @@ fn a_stream_cut_at_a_reload_is_named_as_the_worker_leaving() {
         p.logs()
     );
     assert!(p.wait_log("response incomplete", 5), "{}", p.logs());
+    // The worker's own summary says it left, not that postern stopped.
+    assert!(
+        p.wait_log(
+            "cut FastCGI responses still unmarked, when this worker left",
+            5
+        ),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     let access = log_line(&logs, "response incomplete");
     assert!(access.contains("request_id=cut-me-42"), "{access}\n{logs}");
+    assert!(!logs.contains("when postern stopped"), "{logs}");
     let _ = request.join();
+}
+
+// An upload still being read when a reload's worker reaches --graceful-timeout: the
+// line says the worker is leaving, not that postern stops.
+#[test]
+fn an_upload_cut_at_a_reload_says_the_worker_is_leaving() {
+    use std::io::Write;
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let mut head = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", "1000000000"),
+    ]);
+    head.extend_from_slice(b"short");
+    let Addr::Unix(path) = &p.addr else {
+        unreachable!("a Unix socket")
+    };
+    let mut upload = std::os::unix::net::UnixStream::connect(path).unwrap();
+    upload.write_all(&head).unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if upload.write_all(b"y").is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log(
+            "requests still being read at --graceful-timeout (this worker is leaving",
+            20
+        ),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    let _ = p.wait_exit(20);
+    assert!(!p.logs().contains("when postern stopped"), "{}", p.logs());
+    let _ = trickle.join();
 }

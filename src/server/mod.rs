@@ -271,7 +271,7 @@ pub fn run(
     // A worker whose master died stops: the signal that death sends and the
     // supervisor's thread that watches the master say so (crate::stop::master_gone).
 
-    let finished = runtime.block_on(async {
+    let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
         // back: the app may have set a handler of its own meanwhile (the pipe made
@@ -397,7 +397,17 @@ pub fn run(
             if read_whole {
                 queue.exit();
             } else {
-                tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout");
+                // A worker leaving alone (reload, SIGTTOU, recycling) says so: the
+                // server does not stop. regression: it said nothing of which.
+                let whole = single
+                    || crate::stop::orphaned()
+                    || monitor.as_ref().is_some_and(|m| m.server_stopping());
+                let leaving = if whole {
+                    "postern is stopping"
+                } else {
+                    "this worker is leaving (a reload, SIGTTOU, recycling)"
+                };
+                tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout ({leaving}): cut off");
                 queue.abandon();
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -472,7 +482,7 @@ pub fn run(
         if let Some(task) = lost {
             let _ = task.await;
         }
-        finished
+        (finished, whole)
     });
     let handed = parking.handed();
     if handed > 0 {
@@ -482,8 +492,14 @@ pub fn run(
         );
     }
     if !finished {
+        // regression: a worker leaving alone (a reload) said "when postern stopped".
+        let when = if whole {
+            "when postern stopped"
+        } else {
+            "when this worker left (a reload, SIGTTOU, recycling)"
+        };
         tracing::warn!(
-            "requests still running, or cut FastCGI responses still unmarked, when postern stopped (--graceful-timeout, a second signal or SIGQUIT)"
+            "requests still running, or cut FastCGI responses still unmarked, {when} (--graceful-timeout, a second signal or SIGQUIT)"
         );
     }
     // The clients counted at --head-timeout since the last summary are said now:
