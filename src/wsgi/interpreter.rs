@@ -436,6 +436,7 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
         }
         WsgiError::Import {
             app: spec.to_string(),
+            advice: import_advice(py, &e, spec),
             traceback,
         }
     };
@@ -446,6 +447,7 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
         AppSpec::File { path, callable } => {
             let path = std::fs::canonicalize(path).map_err(|e| WsgiError::Import {
                 app: spec.to_string(),
+                advice: FIND_ADVICE.to_owned(),
                 traceback: format!("cannot open {}: {e}\n", path.display()),
             })?;
             if let Some(dir) = path.parent() {
@@ -500,6 +502,57 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
         hint: hint.map_or_else(String::new, |c| format!(" (did you mean '{c}'?)")),
         advice,
     })
+}
+
+/// What to check when the app's module was not found.
+const FIND_ADVICE: &str = "check the APP argument, --chdir, --pythonpath and --venv";
+
+/// What to check for an import that failed with `e`: the app's own code when it
+/// raised (a SyntaxError, or a traceback with a frame in a file: the app's module
+/// ran), else how the app is found.
+// regression: a reload into a SyntaxError said to check the APP argument, --chdir,
+// --pythonpath and --venv.
+fn import_advice(py: Python<'_>, e: &PyErr, spec: &AppSpec) -> String {
+    if e.is_instance_of::<pyo3::exceptions::PySyntaxError>(py) {
+        return "the app's code has a syntax error: see the traceback".to_owned();
+    }
+    // Frames in files (not importlib's frozen ones): code of the app's ran and raised.
+    let mut in_code = false;
+    let mut tb = e.traceback(py).map(|t| t.into_any());
+    while let Some(t) = tb {
+        let file: Option<String> = t
+            .getattr("tb_frame")
+            .and_then(|f| f.getattr("f_code"))
+            .and_then(|c| c.getattr("co_filename"))
+            .and_then(|n| n.extract())
+            .ok();
+        if file.is_some_and(|f| !f.starts_with('<')) {
+            in_code = true;
+            break;
+        }
+        tb = t.getattr("tb_next").ok().filter(|n| !n.is_none());
+    }
+    if !in_code {
+        return FIND_ADVICE.to_owned();
+    }
+    if e.is_instance_of::<pyo3::exceptions::PyModuleNotFoundError>(py) {
+        let name: Option<String> = e
+            .value(py)
+            .getattr("name")
+            .ok()
+            .and_then(|n| n.extract().ok());
+        // The app's module (or its package) itself: how it is found.
+        if let (AppSpec::Module { module, .. }, Some(n)) = (spec, &name) {
+            if module == n || module.starts_with(&format!("{n}.")) {
+                return FIND_ADVICE.to_owned();
+            }
+        }
+        return format!(
+            "the app's code imports {}, which is not found: check --venv and --pythonpath",
+            name.map_or_else(|| "a module".to_owned(), |n| format!("`{n}`"))
+        );
+    }
+    "the app's code raised while it was imported: see the traceback".to_owned()
 }
 
 /// The names an app factory goes by (Flask's, Starlette's and others' docs).

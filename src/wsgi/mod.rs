@@ -38,10 +38,13 @@ pub enum WsgiError {
     Init { reason: String },
     #[error("--venv {}: {reason}", venv.display())]
     Venv { venv: PathBuf, reason: String },
-    #[error(
-        "could not import the app {app:?} (check the APP argument, --chdir, --pythonpath and --venv):\n{traceback}"
-    )]
-    Import { app: String, traceback: String },
+    #[error("could not import the app {app:?} ({advice}):\n{traceback}")]
+    Import {
+        app: String,
+        /// Where to look: the app's own code when it raised, else how it is found.
+        advice: String,
+        traceback: String,
+    },
     #[error("the app {app:?} has no attribute '{tried}'{hint}; {advice}")]
     NoCallable {
         app: String,
