@@ -2248,7 +2248,10 @@ impl Master {
         // regression: with --interface auto (the default) the master waited the ASGI
         // allowance (over a minute) for a WSGI worker that did not leave (its atexit
         // hung, or it ignored SIGTERM).
-        // Each worker stops within its own generation's --graceful-timeout.
+        // Each worker cuts its own requests off at its own generation's
+        // --graceful-timeout; the master's kill comes after the longest of them (and of
+        // the master's own), one deadline for all: a worker of a shorter generation that
+        // hangs past its own is killed at that later deadline, not at its own.
         let longest = |f: fn(&Options) -> Duration| {
             std::iter::once(&self.opts)
                 .chain(self.workers.iter().map(|w| &w.opts))
