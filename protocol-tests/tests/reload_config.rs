@@ -458,3 +458,35 @@ fn a_reload_reads_postern_variables_as_postern_was_started_with() {
     );
     assert!(!logs.contains("a reload does not apply"), "{logs}");
 }
+
+// regression: a reload read the --ini file again and said nothing of the lines postern
+// runs without, which the start warns of.
+#[test]
+fn a_reload_warns_of_the_ini_lines_postern_runs_without() {
+    let dir = tempdir();
+    let ini = dir.path().join("app.ini");
+    let app = testapp();
+    std::fs::write(&ini, format!("[uwsgi]\nwsgi-file = {app}\nthreads = 1\n")).unwrap();
+    let p = Spawn::tcp(dir.path(), "--ini")
+        .arg(ini.to_str().unwrap())
+        .args(["--master"])
+        .start();
+    let unknown = "frobnicate-postern-test";
+    std::fs::write(
+        &ini,
+        format!("[uwsgi]\nwsgi-file = {app}\nthreads = 2\n{unknown} = 1\n"),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("the new workers run the changed configuration", 20),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log(unknown, 5), "{}", p.logs());
+    assert!(
+        p.logs().contains("not carried over as written"),
+        "{}",
+        p.logs()
+    );
+}

@@ -52,6 +52,9 @@ const PRELOADED: &[&str] = &["app", "chdir", "pythonpath", "env", "interface"];
 pub struct Layers {
     values: toml::Table,
     off: BTreeSet<String>,
+    /// What the `--ini` file asked that postern runs without (said at the start, and
+    /// at a reload that reads other such lines).
+    ini_warnings: Option<String>,
 }
 
 impl Layers {
@@ -59,6 +62,7 @@ impl Layers {
         Layers {
             values: layered.values.clone(),
             off: layered.off.clone(),
+            ini_warnings: layered.ini_warnings.clone(),
         }
     }
 
@@ -173,7 +177,8 @@ fn read_again() -> Result<Layered, Unread> {
 /// `preloaded`: `--preload` imported the app in the master. `thread_room`: the most
 /// `--threads` a worker slot of the scoreboard has lines for (made at the start).
 pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room: usize) -> Next {
-    let read = read_again().and_then(|l| {
+    let read = read_again().and_then(|mut l| {
+        skip_unchanged_lookups(&mut l, layers);
         let virtual_env = super::AT_START.get().and_then(|s| s.virtual_env.clone());
         let config =
             Config::resolve(&l, virtual_env).map_err(|e| Unread::Invalid(e.to_string()))?;
@@ -242,6 +247,13 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
     if threads_over {
         new_layers.keep(layers, "threads");
     }
+    // As at the start, when the --ini file's lines postern runs without are others now.
+    // regression: a reload read them and said nothing.
+    if new_layers.ini_warnings != layers.ini_warnings {
+        if let Some(w) = &new_layers.ini_warnings {
+            tracing::warn!("{w}");
+        }
+    }
     if !applied.is_empty() {
         tracing::info!(
             applied = %applied.join(", "),
@@ -258,6 +270,24 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
         config: Box::new(next),
         layers: new_layers,
         changed: !applied.is_empty(),
+    }
+}
+
+/// The user and group names of `--uid`, `--gid` and `--socket-owner` that the layers
+/// read again have as the serving generation had them are not looked up again: a
+/// reload does not apply them (the master keeps what it set up at the start), and a
+/// lookup that fails now (an LDAP or sssd directory out of reach) must not refuse the
+/// reload. A changed one is still looked up (a typo is said before the restart).
+fn skip_unchanged_lookups(l: &mut Layered, layers: &Layers) {
+    let o = &mut l.options;
+    for (key, value) in [
+        ("uid", &mut o.uid),
+        ("gid", &mut o.gid),
+        ("socket-owner", &mut o.socket_owner),
+    ] {
+        if l.values.get(key) == layers.values.get(key) {
+            *value = None;
+        }
     }
 }
 
@@ -313,6 +343,7 @@ mod tests {
         Layers {
             values: toml.parse().unwrap(),
             off: BTreeSet::new(),
+            ini_warnings: None,
         }
     }
 
@@ -339,5 +370,31 @@ mod tests {
         for said in [env, none.change(&is, "env").unwrap()] {
             assert!(!said.contains("hunter") && !said.contains("s1"), "{said}");
         }
+    }
+
+    // regression: a reload looked up --uid/--gid/--socket-owner's names again, though
+    // it applies none of them: a directory (LDAP, sssd) out of reach at the reload
+    // refused it. Here a name no host has stands for a lookup that fails now.
+    #[test]
+    fn an_unchanged_user_name_is_not_looked_up_at_a_reload() {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let read = || {
+            let matches = super::super::Cli::command()
+                .mut_args(|a| a.env(None))
+                .try_get_matches_from(["postern", "app.py", "--uid", "no-such-user-postern"])
+                .unwrap();
+            let cli = super::super::Cli::from_arg_matches(&matches).unwrap();
+            Layered::merge(&cli, &matches).unwrap()
+        };
+        let mut l = read();
+        let e = Config::resolve(&l, None).unwrap_err().to_string();
+        assert!(e.contains("--uid"), "the lookup fails: {e}");
+        let serving = Layers::of(&l);
+        skip_unchanged_lookups(&mut l, &serving);
+        assert!(Config::resolve(&l, None).is_ok());
+        // Changed since: looked up (and refused).
+        let mut l = read();
+        skip_unchanged_lookups(&mut l, &layers("uid = \"root\"\n"));
+        assert!(Config::resolve(&l, None).is_err());
     }
 }
