@@ -204,8 +204,9 @@ pub fn run(
     ));
     // A WSGI worker whose Python threads are all busy hands the requests that come on
     // its parked kept FastCGI connections to the workers with a free thread. Not with
-    // --workers 1: there is none, and its timer would wake an idle worker for nothing
-    // (a worker started alone hands nothing over after a SIGTTIN until it is replaced).
+    // --workers 1: there is none, and the watch would cost a wake-up of the I/O thread
+    // for nothing (a worker started alone hands nothing over after a SIGTTIN until it
+    // is replaced).
     if let (Some(_), Some(m), None) = (handover, monitor.clone(), asgi.as_ref()) {
         if let Some(wake) = m.all_busy_wake().filter(|_| {
             m.has_siblings()
@@ -213,6 +214,9 @@ pub fn run(
                     .iter()
                     .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
         }) {
+            if let Err(e) = parking.watch_busy() {
+                tracing::warn!(error = %e, "cannot watch the parked FastCGI connections: a request on one waits for this worker's threads when all are busy");
+            }
             let m2 = Arc::clone(&m);
             runtime.spawn(fastcgi::relieve(
                 Arc::clone(&parking),

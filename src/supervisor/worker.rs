@@ -257,8 +257,9 @@ pub struct WorkerMonitor {
     window: Window,
     /// Python threads running a request (their `begin` to their `end`).
     busy: AtomicUsize,
-    /// Notified when `busy` reaches the thread count ([`crate::wsgi::Monitor::all_busy_wake`]).
-    all_busy: Arc<tokio::sync::Notify>,
+    /// Notified when `busy` reaches the thread count while the I/O thread asks for it
+    /// ([`crate::wsgi::Monitor::all_busy_wake`]).
+    all_busy: Arc<crate::wsgi::BusyWake>,
 }
 
 /// Requests served over the last one or two leads, for the rate `near_limit` uses: the
@@ -339,7 +340,7 @@ impl WorkerMonitor {
             successor_asked: AtomicBool::new(false),
             window: Window::default(),
             busy: AtomicUsize::new(0),
-            all_busy: Arc::new(tokio::sync::Notify::new()),
+            all_busy: Arc::default(),
         };
         monitor.check_rss_at_start();
         monitor
@@ -391,7 +392,7 @@ impl WorkerMonitor {
             successor_asked: AtomicBool::new(false),
             window: Window::default(),
             busy: AtomicUsize::new(0),
-            all_busy: Arc::new(tokio::sync::Notify::new()),
+            all_busy: Arc::default(),
         }
     }
 
@@ -606,10 +607,14 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         let line = self.board.line(self.slot, thread);
         line.set_request_id(id.as_bytes());
         line.begin(method, target, protocol);
-        // Its last free thread taken: the I/O thread looks at the parked connections
-        // until one frees (fastcgi::relieve).
-        if self.busy.fetch_add(1, Ordering::AcqRel) + 1 >= self.python_threads() {
-            self.all_busy.notify_one();
+        // Its last free thread taken while a request came on a parked connection
+        // that no thread waited for (rare): the I/O thread looks whether it still
+        // waits (fastcgi::relieve). SeqCst, paired with the I/O thread's store of
+        // `look` and load of `busy`.
+        if self.busy.fetch_add(1, Ordering::SeqCst) + 1 >= self.python_threads()
+            && self.all_busy.look.load(Ordering::SeqCst)
+        {
+            self.all_busy.notify.notify_one();
         }
         if self.metrics {
             self.board.enter(self.slot);
@@ -629,7 +634,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
                 );
             }
             line.end();
-            self.busy.fetch_sub(1, Ordering::AcqRel);
+            self.busy.fetch_sub(1, Ordering::SeqCst);
         }
         self.served_one();
     }
@@ -704,10 +709,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn threads_all_busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire) >= self.python_threads()
+        self.busy.load(Ordering::SeqCst) >= self.python_threads()
     }
 
-    fn all_busy_wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+    fn all_busy_wake(&self) -> Option<Arc<crate::wsgi::BusyWake>> {
         Some(Arc::clone(&self.all_busy))
     }
 

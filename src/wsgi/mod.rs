@@ -362,6 +362,19 @@ pub fn flush_std_streams() {
     });
 }
 
+/// The I/O thread's wake-up by a request's begin (`server::fastcgi::relieve`): the
+/// begin that takes a worker's last free Python thread notifies `notify` only while
+/// `look` is set, which the I/O thread sets when a request came on a parked kept
+/// FastCGI connection while no Python thread waited for one, and clears once none
+/// waits unread. On the usual path that is one load, no wake-up.
+#[derive(Default)]
+pub struct BusyWake {
+    pub notify: tokio::sync::Notify,
+    /// SeqCst, as the busy count it pairs with: the I/O thread stores it, then reads
+    /// the count; a begin adds to the count, then reads it. One of them sees the other.
+    pub look: std::sync::atomic::AtomicBool,
+}
+
 /// Watches requests as they run (the scoreboard: `--timeout`, recycling, metrics).
 /// Called on the Python thread; `end` with the GIL released. Must not block.
 pub trait Monitor: Send + Sync {
@@ -451,9 +464,9 @@ pub trait Monitor: Send + Sync {
     fn threads_all_busy(&self) -> bool {
         false
     }
-    /// Notified when [`Monitor::threads_all_busy`] becomes true (a WSGI worker under a
-    /// master): its I/O thread sleeps on it while a thread is free.
-    fn all_busy_wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+    /// What the begin that takes the last free Python thread tells the I/O thread (a
+    /// WSGI worker under a master): see [`BusyWake`].
+    fn all_busy_wake(&self) -> Option<std::sync::Arc<BusyWake>> {
         None
     }
     /// Python threads waiting for a request in the other serving WSGI workers.

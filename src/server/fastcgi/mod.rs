@@ -1079,6 +1079,10 @@ pub struct Parking {
     idle_clock: AtomicU64,
     /// Starts a slow-lane task on a connection ([`Parking::lane_with`]).
     lane: OnceLock<ToLane>,
+    /// A second epoll where each connection in the Python threads' one is also
+    /// registered, behind it, so that it reports input only when no Python thread
+    /// waited for it: what [`relieve`] sleeps on ([`Parking::watch_busy`]).
+    watch: OnceLock<OwnedFd>,
 }
 
 /// The idle clock's tick ([`Parking::idle_clock`]).
@@ -1151,33 +1155,110 @@ static RELIEVE_FAILED_LOG: crate::server::connection::RateLimit =
 /// where its idle kept FastCGI connections are parked: a request nginx sends on one
 /// (`fastcgi_keep_conn on` picks any cached connection) would wait for one of those
 /// threads, however long its request runs, while other workers have threads free.
-/// The I/O thread (never attached to Python) looks instead: it sleeps until `wake`
-/// (notified by the `begin` that takes the worker's last free thread), then while
-/// `all_busy()` looks every [`BUSY_TICK`] which parked connections have input; each
-/// goes, its request unread in its socket, to the workers with a free thread
-/// (`idle_elsewhere()` of them at most per look: none when every worker is busy, so a
-/// connection is never passed between busy workers), where the first free thread
-/// takes it. An idle worker's I/O thread is never woken for it. Runs until `stop`.
+/// The I/O thread (never attached to Python) looks instead, woken only when that may
+/// be so:
+///
+/// - by the watch ([`Parking::watch_busy`]): input came on a connection while no
+///   Python thread waited on the epoll. Each connection is registered there with
+///   `EPOLLEXCLUSIVE` and in the watch behind it, and a wake-up of an exclusive
+///   registration goes on to the next one only when the epoll it woke had no thread
+///   in `epoll_wait` (Linux's `ep_poll_callback`). A request that finds a thread
+///   waiting costs nothing here: no wake-up, no system call.
+/// - by `wake` (`wake.notify`): the begin that takes the worker's last free thread,
+///   while `wake.look` says a request came so when a thread was free, but between two
+///   requests (it takes it, unless that begin was the last free thread's).
+///
+/// Then, while `all_busy()`, it looks at once and every [`BUSY_TICK`] while a request
+/// waits: each parked connection with input goes, its request unread in its socket,
+/// to the workers with a free thread (`idle_elsewhere()` of them at most per look:
+/// none when every worker is busy, so a connection is never passed between busy
+/// workers), where the first free thread takes it. Runs until `stop`.
 pub async fn relieve(
     parking: Arc<Parking>,
     all_busy: impl Fn() -> bool,
     idle_elsewhere: impl Fn() -> usize,
-    wake: Arc<tokio::sync::Notify>,
+    wake: Arc<crate::wsgi::BusyWake>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let Some(fd) = parking.watch.get() else {
+        return;
+    };
+    let listen = || {
+        // SAFETY: the watch is `parking`'s, set once and never closed while `parking`
+        // lives, which this task holds; the raw fd always names it.
+        let r = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        r.map_err(|e| tracing::warn!(error = %e.into_parts().1, "cannot watch the parked FastCGI connections: a request on one waits for this worker's threads when all are busy"))
+            .ok()
+    };
+    let Some(mut watch) = listen() else { return };
     loop {
-        tokio::select! {
+        // The watch's own list is never read: it only says that input came (its
+        // readiness is edge-triggered here, one wake-up per arrival), and `relieve`
+        // looks at the connections themselves.
+        let input = tokio::select! {
             () = stop.cancelled() => return,
-            () = wake.notified() => {}
+            () = wake.notify.notified() => false,
+            ready = watch.readable() => {
+                let Ok(mut ready) = ready else { return };
+                ready.clear_ready();
+                true
+            }
+        };
+        if !all_busy() {
+            if !input {
+                continue;
+            }
+            // A thread is free but was not waiting (between two requests): it takes
+            // the request, unless it begins another one first; then its begin wakes
+            // this (SeqCst: the store, then the load of the busy count).
+            wake.look.store(true, Ordering::SeqCst);
+            if !all_busy() {
+                continue;
+            }
+        } else if !input && parking.relieve(&idle_elsewhere).waiting == 0 {
+            // Woken by that begin: nothing waits (the free thread took it).
+            wake.look.store(false, Ordering::SeqCst);
+            continue;
         }
-        while all_busy() {
-            parking.relieve(&idle_elsewhere);
+        // Every thread busy and a request may wait: looked at after BUSY_TICK, then
+        // every BUSY_TICK while one does. Not at once: most such requests are taken
+        // by a thread of this worker within that time (a short request ends), and
+        // would cost a look and a hand-over each. Out of the watch meanwhile, which
+        // would wake this for each request that comes (under a steady load, nearly
+        // each one: the workers are all busy); the looks see those.
+        drop(watch);
+        wake.look.store(false, Ordering::SeqCst);
+        loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(BUSY_TICK) => {}
             }
+            // With a thread free here, nothing goes elsewhere: it takes what waits.
+            let here = || 0;
+            let room: &dyn Fn() -> usize = if all_busy() { &idle_elsewhere } else { &here };
+            if parking.relieve(room).waiting == 0 {
+                break;
+            }
         }
+        // Listening again reports what came meanwhile.
+        let Some(w) = listen() else { return };
+        watch = w;
     }
+}
+
+/// What a look at the parked connections found ([`Parking::relieve`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Looked {
+    /// Handed to a worker with a free thread.
+    pub sent: usize,
+    /// Still parked here with input waiting (no room elsewhere, or not to be handed
+    /// now: ending, its write lock taken, a failed send).
+    pub waiting: usize,
 }
 
 /// Starts a slow-lane task on a held connection with its entry.
@@ -1204,7 +1285,18 @@ impl Parking {
             responding: Mutex::new(FxHashMap::default()),
             idle_clock: AtomicU64::new(0),
             lane: OnceLock::new(),
+            watch: OnceLock::new(),
         })
+    }
+
+    /// Requests on parked connections are to be handed to the other workers while
+    /// this one's threads are all busy ([`relieve`]): from now on each connection is
+    /// also registered in a watch, behind its registration in the Python threads'
+    /// epoll, which is exclusive. Before any connection is parked.
+    pub fn watch_busy(&self) -> io::Result<()> {
+        let watch = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let _ = self.watch.set(watch);
+        Ok(())
     }
 
     /// Closes (a FIN, as a front server's keepalive cache expects) the kept connection
@@ -1272,17 +1364,17 @@ impl Parking {
     /// to `idle_elsewhere()` of them go to the workers with a free thread, their
     /// requests unread in their sockets. Only one parked (owner and write lock
     /// taken; nothing of a request still going out), whose input is not a close.
-    /// Returns how many were handed over.
-    pub fn relieve(&self, idle_elsewhere: &dyn Fn() -> usize) -> usize {
+    pub fn relieve(&self, idle_elsewhere: &dyn Fn() -> usize) -> Looked {
+        let mut looked = Looked::default();
         if !self.open.load(Ordering::SeqCst) {
-            return 0;
+            return looked;
         }
         let Some(channel) = self.successors() else {
-            return 0;
+            return looked;
         };
         let conns: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
         if conns.is_empty() {
-            return 0;
+            return looked;
         }
         let ready: Vec<Arc<FcgiConn>> = {
             let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
@@ -1296,7 +1388,7 @@ impl Parking {
             };
             match rustix::event::poll(&mut fds, Some(&zero)) {
                 Ok(n) if n > 0 => {}
-                _ => return 0,
+                _ => return looked,
             }
             let gone = rustix::event::PollFlags::RDHUP
                 | rustix::event::PollFlags::HUP
@@ -1312,17 +1404,17 @@ impl Parking {
         };
         let now = std::time::Instant::now();
         let mut room: Option<usize> = None;
-        let mut sent = 0;
         for c in ready {
             let mut owner = c.owner();
             if !matches!(*owner, Owner::Parked) {
                 continue;
             }
             c.mark_waiting(now);
+            looked.waiting += 1;
             if c.ending.load(Ordering::Acquire) > 0 || c.has_carried() {
                 continue;
             }
-            if sent >= *room.get_or_insert_with(idle_elsewhere) {
+            if looked.sent >= *room.get_or_insert_with(idle_elsewhere) {
                 continue;
             }
             // The stop may have begun meanwhile: then it decides (close_all).
@@ -1341,7 +1433,8 @@ impl Parking {
                 Ok(()) => {
                     c.handed_over.store(true, Ordering::Release);
                     drop(w);
-                    sent += 1;
+                    looked.sent += 1;
+                    looked.waiting -= 1;
                     self.relieved.fetch_add(1, Ordering::Relaxed);
                     let waited_ms = waited.as_millis() as u64;
                     match RELIEVED_LOG.allow() {
@@ -1368,7 +1461,7 @@ impl Parking {
                 }
             }
         }
-        sent
+        looked
     }
 
     /// Connections with a request waiting handed to a worker with a free thread so far.
@@ -1624,8 +1717,11 @@ impl Parking {
     /// Tells the epoll what a transition needs. Edge-triggered: an event per arrival
     /// of input, not one per wait while it is unread (see [`Owner`]).
     fn apply(&self, conn: &Arc<FcgiConn>, arm: Arm) -> rustix::io::Result<()> {
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
         let data = epoll::EventData::new_u64(Wake::Conn(conn.key).encode());
+        if let Some(watch) = self.watch.get() {
+            return self.apply_watched(conn, arm, data, watch);
+        }
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
         match arm {
             Arm::Keep => Ok(()),
             // The caller has listed it: an event may come as soon as it is added.
@@ -1640,10 +1736,59 @@ impl Parking {
         }
     }
 
-    /// Out of the epoll and the list: the slow lane reads it now.
+    /// [`Parking::apply`] with the watch of a busy worker ([`Parking::watch_busy`]): the
+    /// connection's registration in the Python threads' epoll is exclusive, and the
+    /// watch's comes after it in the socket's wait queue (exclusive entries are woken
+    /// in the order they were added, and one that wakes a thread ends the wake-up), so
+    /// the watch hears of input only when no Python thread waited for it. An exclusive
+    /// registration cannot be modified (EINVAL) nor take `EPOLLRDHUP` (a close still
+    /// reports `EPOLLIN`; nothing reads the flags): the Python threads' one is added
+    /// again instead of modified, which reports input already there as the
+    /// modification did, and the watch's is then added again behind it.
+    fn apply_watched(
+        &self,
+        conn: &Arc<FcgiConn>,
+        arm: Arm,
+        data: epoll::EventData,
+        watch: &OwnedFd,
+    ) -> rustix::io::Result<()> {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ET | epoll::EventFlags::EXCLUSIVE;
+        let again = || {
+            let _ = epoll::delete(&*self.epoll, &conn.sock);
+            epoll::add(&*self.epoll, &conn.sock, data, flags)
+        };
+        match arm {
+            Arm::Keep => return Ok(()),
+            // In the epoll already as a new connection waiting for its first bytes.
+            Arm::Add => match epoll::add(&*self.epoll, &conn.sock, data, flags) {
+                Err(Errno::EXIST) => again()?,
+                r => r?,
+            },
+            Arm::Rearm => {
+                again()?;
+                let _ = epoll::delete(watch, &conn.sock);
+            }
+        }
+        let watched = match epoll::add(watch, &conn.sock, data, flags) {
+            Err(Errno::EXIST) => {
+                let _ = epoll::delete(watch, &conn.sock);
+                epoll::add(watch, &conn.sock, data, flags)
+            }
+            r => r,
+        };
+        if let Err(e) = watched {
+            tracing::debug!(peer = %conn.peer, error = %e, "cannot watch a parked FastCGI connection: a request on it waits for this worker's threads when all are busy");
+        }
+        Ok(())
+    }
+
+    /// Out of the epoll (and the watch) and the list: the slow lane reads it now.
     fn unregister(&self, conn: &FcgiConn) {
         self.remove(conn);
         let _ = epoll::delete(&*self.epoll, &conn.sock);
+        if let Some(watch) = self.watch.get() {
+            let _ = epoll::delete(watch, &conn.sock);
+        }
     }
 
     /// Waits for the connection's next request in the fast path; closes it instead when
@@ -1824,16 +1969,24 @@ mod tests {
         let (mut front, waiting) = pair();
         front.write_all(b"next request").unwrap();
         // Nobody free elsewhere: it stays, marked (its time counts from now).
-        assert_eq!(parking.relieve(&|| 0), 0);
+        let stays = Looked {
+            sent: 0,
+            waiting: 1,
+        };
+        assert_eq!(parking.relieve(&|| 0), stays);
         assert!(matches!(*waiting.owner(), Owner::Parked));
         let seen = waiting.waiting_since().expect("seen waiting");
         assert!(quiet.waiting_since().is_none() && closed.waiting_since().is_none());
         // An END_REQUEST still going out: not now.
         waiting.ending.fetch_add(1, Ordering::AcqRel);
-        assert_eq!(parking.relieve(&|| 1), 0);
+        assert_eq!(parking.relieve(&|| 1), stays);
         waiting.ending.fetch_sub(1, Ordering::AcqRel);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(parking.relieve(&|| 1), 1);
+        let sent = Looked {
+            sent: 1,
+            waiting: 0,
+        };
+        assert_eq!(parking.relieve(&|| 1), sent);
         assert_eq!(parking.relieved(), 1);
         assert!(matches!(*waiting.owner(), Owner::Closed));
         assert!(parking.get(waiting.key).is_none(), "out of the epoll");
@@ -1853,6 +2006,104 @@ mod tests {
         let mut back = [0u8; 6];
         front.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"answer");
+    }
+
+    /// Waits (a hang guard, not a measure) until thread `tid` of this process sleeps:
+    /// the test's thread does nothing but wait on an epoll then.
+    fn asleep(tid: i32) {
+        let stat = format!("/proc/self/task/{tid}/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // pid (comm) S ...: the state follows the last ')'.
+            if text
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('S'))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("thread {tid} never slept");
+    }
+
+    /// A Python thread waiting on `ep` (one event, up to 10 s): its tid, and what it got.
+    fn waiter(ep: &Arc<OwnedFd>) -> (i32, std::thread::JoinHandle<usize>) {
+        let ep = Arc::clone(ep);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let mut ev = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
+            let limit = rustix::event::Timespec {
+                tv_sec: 10,
+                tv_nsec: 0,
+            };
+            epoll::wait(&*ep, &mut ev, Some(&limit)).unwrap().0.len()
+        });
+        (rx.recv().unwrap(), t)
+    }
+
+    /// Events the watch holds now (taken).
+    fn watched(parking: &Parking) -> usize {
+        let mut ev = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 8];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let watch = parking.watch.get().expect("watched");
+        epoll::wait(watch, &mut ev, Some(&zero)).unwrap().0.len()
+    }
+
+    // The busy worker's wake-up (issue 9's cost per request): input on a parked
+    // connection reaches the watch (the I/O thread) only when no Python thread waits
+    // on the epoll; one that waits takes it alone, also once the connection was
+    // re-armed (added again: its watch must stay behind it). Before, every request
+    // that took the last free thread woke the I/O thread.
+    #[test]
+    fn the_watch_hears_of_input_only_when_no_python_thread_waits() {
+        use std::io::Write;
+        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
+        let parking = Parking::new(Arc::clone(&ep));
+        parking.watch_busy().unwrap();
+        let (mut front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let conn = FcgiConn::new(
+            socket2::Socket::from(OwnedFd::from(ours)),
+            "test".into(),
+            false,
+            0,
+            Duration::from_secs(1),
+            &parking,
+            None,
+        );
+        parking.park(Arc::clone(&conn), false);
+        for round in ["added", "re-armed"] {
+            let (tid, t) = waiter(&ep);
+            asleep(tid);
+            front.write_all(b"a request").unwrap();
+            assert_eq!(t.join().unwrap(), 1, "{round}: the waiting thread took it");
+            assert_eq!(watched(&parking), 0, "{round}: a thread waited");
+            // Nobody waits now (every thread busy): the watch hears of the next input.
+            front.write_all(b"more").unwrap();
+            assert_eq!(watched(&parking), 1, "{round}: no thread waited");
+            // Taken, as a Python thread would take it (its event is kept: held).
+            let mut ev = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 1];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            assert_eq!(epoll::wait(&*ep, &mut ev, Some(&zero)).unwrap().0.len(), 1);
+            let mut buf = [0u8; 64];
+            while conn.recv(&mut buf).is_ok() {}
+            // Input while held, then parked: re-armed.
+            *conn.owner() = Owner::Held { input: true };
+            parking.park(Arc::clone(&conn), true);
+            assert!(matches!(*conn.owner(), Owner::Parked));
+            // (Nothing to report: it was read.)
+            assert_eq!(watched(&parking), 0);
+        }
     }
 
     #[test]
