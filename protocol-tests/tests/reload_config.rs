@@ -161,8 +161,10 @@ fn an_invalid_config_file_at_reload_is_refused_and_the_workers_serve_on() {
     p.signal(libc::SIGHUP);
     assert!(p.wait_log_count(refused, 2, 20), "{}", p.logs());
     assert!(
-        p.logs()
-            .contains(&format!("--config {}: TOML parse error", conf.display())),
+        p.logs().contains(&format!(
+            "--config {}: line 1, column 12: unclosed array",
+            conf.display()
+        )),
         "{}",
         p.logs()
     );
@@ -186,6 +188,67 @@ fn an_invalid_config_file_at_reload_is_refused_and_the_workers_serve_on() {
     );
     assert!(p.logs().contains("threads (2 -> 3)"), "{}", p.logs());
     assert!(wait_until(30, || p.get("/").1 == b"second"), "{}", p.logs());
+}
+
+/// regression: a refused reload's ERROR line quoted the offending source line (toml's
+/// Display), so a duplicate `[env]` secret reached the log, over 4-5 lines; the start's
+/// error too.
+#[test]
+fn a_refused_reload_names_the_line_not_the_env_secret_on_it() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let head = format!(
+        "app = {:?}\n[env]\nSECRET_KEY = \"old-hunter2\"\n",
+        testapp()
+    );
+    std::fs::write(&conf, &head).unwrap();
+    let p = with_config(dir.path(), &conf, &[]);
+    let refused = "reload refused: the configuration is invalid";
+    std::fs::write(&conf, format!("{head}SECRET_KEY = \"new-hunter3\"\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log(refused, 20), "{}", p.logs());
+    // A syntax error on an [env] line, and a list value: refused, the value unsaid too.
+    std::fs::write(&conf, format!("{head}TOKEN = \"tok-hunter4\" x\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log_count(refused, 2, 20), "{}", p.logs());
+    std::fs::write(&conf, format!("{head}LIST = [\"list-hunter5\"]\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log_count(refused, 3, 20), "{}", p.logs());
+    let logs = p.logs();
+    for secret in ["new-hunter3", "tok-hunter4", "list-hunter5"] {
+        assert!(!logs.contains(secret), "{secret}: {logs}");
+    }
+    let line = logs
+        .lines()
+        .find(|l| l.contains(refused))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("--config {}: line 4, column 1: ", conf.display()))
+            && line.contains("SECRET_KEY"),
+        "{logs}"
+    );
+    assert!(!logs.contains(" | "), "{logs}");
+    assert!(
+        logs.contains("LIST is an array: an environment variable is a string"),
+        "{logs}"
+    );
+    assert!(!logs.contains("reloading: new workers start"), "{logs}");
+    assert_eq!(p.get("/").0, 200);
+    drop(p);
+
+    // The start says it in one line without the value too.
+    std::fs::write(&conf, format!("{head}SECRET_KEY = \"new-hunter3\"\n")).unwrap();
+    let out = std::process::Command::new(postern_bin())
+        .args(["--config", conf.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        !err.contains("new-hunter3") && !err.contains(" | "),
+        "{err}"
+    );
+    assert!(err.contains("line 4, column 1: "), "{err}");
 }
 
 #[test]

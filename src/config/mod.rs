@@ -617,7 +617,8 @@ fn env_table_of(var: &str) -> Result<Option<toml::Value>, ConfigError> {
     };
     let text = raw
         .into_string()
-        .map_err(|raw| invalid(format!("{raw:?} is not UTF-8")))?;
+        // Not the value itself: it may hold a secret.
+        .map_err(|_| invalid("its value is not UTF-8".into()))?;
     let KeyValue(k, v) = text.parse::<KeyValue>().map_err(invalid)?;
     Ok(Some(toml::Value::Table(toml::Table::from_iter([(
         k,
@@ -1123,7 +1124,7 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let mut table: toml::Table = parsed.map_err(|e| ConfigError::Parse {
         what: "--config",
         path: path.to_owned(),
-        message: e.to_string(),
+        message: toml_error_at(&text, &e),
     })?;
     socket_mode_as_written(&text, &mut table);
     let known: Vec<String> = option_keys().into_iter().map(|(k, _)| k).collect();
@@ -1161,6 +1162,43 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
         });
     }
     Ok(table)
+}
+
+/// A TOML syntax error as one line: where it is and what is wrong, never the line's
+/// text. toml's own Display quotes the offending source line (and a caret line under
+/// it), so an `[env]` secret on that line reached the log (a refused reload's ERROR
+/// line) and the message took 4-5 lines. regression: a duplicate `SECRET_KEY = "…"`
+/// in `[env]` printed its value.
+fn toml_error_at(text: &str, e: &toml::de::Error) -> String {
+    let message: Vec<&str> = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut message = message.join("; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    // A duplicate key's span is the key (a name, not a value): say which.
+    if message == "duplicate key" {
+        if let Some(key) = text.get(span.clone()).filter(|k| !k.contains(['\n', '='])) {
+            message = format!("duplicate key {}", key.trim());
+        }
+    }
+    let start = span.start.min(text.len());
+    let before = text.as_bytes().get(..start).unwrap_or_default();
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    // Columns count characters, as an editor does (the span is in bytes).
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
 /// `socket-mode` given as a TOML integer becomes the octal text it stands for. A mode

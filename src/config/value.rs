@@ -316,8 +316,11 @@ pub mod env_table {
                     toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
                         v.to_string()
                     }
+                    // The key and the value's type, not the value: it may hold a secret.
                     other => return Err(format!(
-                        "{k} = {other}: an environment variable is a string (or a number or boolean, taken as its text)"
+                        "{k} is {} {}: an environment variable is a string (or a number or boolean, taken as its text)",
+                        if other.type_str().starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" },
+                        other.type_str()
                     )),
                 };
                 KeyValue::new(k, v)
@@ -410,8 +413,11 @@ mod tests {
         let e = toml::from_str::<T>("[env]\nA = [1, 2]\n")
             .err()
             .unwrap()
-            .to_string();
+            .message()
+            .to_owned();
         assert!(e.contains("an environment variable is a string"), "{e}");
+        // regression: the message held the value (`A = [1, 2]`), which may be a secret.
+        assert!(e.contains("A is an array") && !e.contains("[1, 2]"), "{e}");
         // regression: these made std::env::set_var panic at start.
         for bad in ["\"A=B\" = \"x\"", "\"\" = \"x\"", "A = \"x\\u0000y\""] {
             let e = toml::from_str::<T>(&format!("[env]\n{bad}\n")).err();
