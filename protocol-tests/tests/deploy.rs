@@ -345,6 +345,15 @@ fn systemd_service_is_hardened() {
     ] {
         assert!(set.contains(&want), "postern.service lacks `{want}`");
     }
+    // systemd sets no $PWD: without it postern takes a relative path (a reload's
+    // --config) from WorkingDirectory= with its symlinks resolved, so a switched
+    // `current` would be missed. The unit sets PWD to the same path.
+    let dir = set
+        .iter()
+        .find_map(|l| l.strip_prefix("WorkingDirectory="))
+        .expect("postern.service has WorkingDirectory=");
+    let pwd = format!("Environment=PWD={dir}");
+    assert!(set.contains(&pwd.as_str()), "postern.service lacks `{pwd}`");
 }
 
 /// The venv with `kubernetes-validate` (it carries the Kubernetes schemas, so no

@@ -425,7 +425,9 @@ fn a_reload_reads_a_relative_config_through_the_switched_symlink() {
         }
         let current = dir.path().join("current");
         std::os::unix::fs::symlink("releases/1", &current).unwrap();
-        // As a shell's `cd current` (or systemd's WorkingDirectory=) leaves it.
+        // As a shell's `cd current` leaves it: $PWD names `current`. systemd's
+        // WorkingDirectory= sets no $PWD (postern then sees only releases/1): a unit needs
+        // Environment=PWD=… beside it (README, deploy/systemd/postern.service).
         let p = Spawn::tcp(dir.path(), "--config")
             .arg("postern.toml")
             .args(["--master"])

@@ -678,7 +678,11 @@ pub fn start_dir() -> Option<PathBuf> {
 /// `getcwd()`), else `getcwd()`, whose path has its symlinks resolved. A relative path
 /// taken from it later (a reload's `--config`, `--ini`, `--chdir`) then goes through the
 /// symlinks as a restart's would: `cd /srv/app/current && postern --config postern.toml`
-/// reads the release `current` names at the reload.
+/// reads the release `current` names at the reload. systemd sets no `$PWD`: under
+/// `WorkingDirectory=/srv/app/current` alone this is the physical release, and a reload
+/// reads the old release's relative files; the unit needs `Environment=PWD=/srv/app/current`
+/// (which the inode check accepts), or absolute `--config`/`--chdir` through `current`
+/// (README "Command line", deploy/systemd/postern.service).
 /// regression: getcwd() alone was kept, so after a Capistrano-style switch of `current`
 /// a reload read the old release's file (and imported its code).
 pub fn logical_cwd() -> Option<PathBuf> {
