@@ -555,3 +555,46 @@ fn a_reload_warns_of_the_ini_lines_postern_runs_without() {
         p.logs()
     );
 }
+
+// regression: a reload expanded the ini's `$(VAR)` from the master's environment as it
+// is now, where the ini's own `env =` line had set it: an unchanged file started with
+// 1 thread and a reload said `threads (1 -> 4)` and ran 4.
+#[test]
+fn a_reload_expands_the_ini_as_the_start_did() {
+    let dir = tempdir();
+    let ini = dir.path().join("app.ini");
+    let app = testapp();
+    std::fs::write(
+        &ini,
+        format!("[uwsgi]\nwsgi-file = {app}\nenv = MYTHREADS_R3=4\nthreads = $(MYTHREADS_R3:-1)\n"),
+    )
+    .unwrap();
+    let stats = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::tcp(dir.path(), "--ini")
+        .arg(ini.to_str().unwrap())
+        .args(["--master", "--stats", &stats.arg()])
+        .start();
+    assert!(
+        wait_until(20, || serving(&stats) == [(0, 1)]),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reloading: new workers start", 20),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_log_count("workers ready", 2, 30), "{}", p.logs());
+    let logs = p.logs();
+    assert!(!logs.contains("threads (1 -> 4)"), "{logs}");
+    assert!(
+        !logs.contains("the new workers run the changed configuration"),
+        "{logs}"
+    );
+    assert!(
+        wait_until(20, || serving(&stats) == [(1, 1)]),
+        "{}",
+        p.logs()
+    );
+}

@@ -1238,8 +1238,28 @@ fn socket_mode_as_written(text: &str, table: &mut toml::Table) {
 /// The `--ini FILE[:SECTION]` file, read with uWSGI's rules and mapped onto postern's
 /// options. Lines postern cannot run as written stop it here, all in one message.
 fn load_ini(spec: &str) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
+    use crate::uwsgi_ini::Context;
+    /// The process as the start's read of the ini saw it (environment, start directory,
+    /// user and group), for a reload's: regression: a reload expanded `$(VAR)`, `%v`,
+    /// `@(file)`, `%u`/`%g` from the master as it is now, so an unchanged ini's
+    /// `env = MYTHREADS=4` + `threads = $(MYTHREADS:-1)` started with 1 thread and a
+    /// reload ran 4.
+    static AT_START: std::sync::OnceLock<Context> = std::sync::OnceLock::new();
+    let ctx = match AT_START.get() {
+        Some(start) => start.with_host_now(),
+        None => {
+            let mut ctx = Context::from_process();
+            // Relative `@(file)` and `%v` from the logical start dir, as the --ini path
+            // itself: through `current` as it is at a reload.
+            if let Some(dir) = start_dir() {
+                ctx.cwd = dir;
+            }
+            let _ = AT_START.set(ctx.clone());
+            ctx
+        }
+    };
     let path = PathBuf::from(spec);
-    let ini = crate::uwsgi_ini::load(spec).map_err(|e| match e {
+    let ini = crate::uwsgi_ini::load_with(spec, &ctx).map_err(|e| match e {
         crate::uwsgi_ini::IniError::Read { path, source } => ConfigError::Read {
             what: "--ini",
             path,

@@ -45,13 +45,8 @@ impl Context {
         Context {
             env: std::env::vars().collect(),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default(),
-            unix_time_micros: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or(0),
+            hostname: hostname(),
+            unix_time_micros: unix_time_micros(),
             uid,
             gid,
             user: crate::users::user_by_uid(uid)
@@ -59,8 +54,22 @@ impl Context {
                 .flatten()
                 .map(|u| u.name),
             group: crate::users::group_name(gid).ok().flatten(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: cpus(),
             migrating: false,
+        }
+    }
+
+    /// This context with the host's facts as they are now (`%h`, `%t`/`%T`, `%k`), the
+    /// rest (environment, directory, user) kept: a reload reads the ini as the start
+    /// did, its `$(VAR)`, `%v`, `%u` from the start's process, not the master's now
+    /// (whose environment `env =`/`[env]` and a --preload app changed, whose directory
+    /// is --chdir's and whose user --uid's).
+    pub fn with_host_now(&self) -> Context {
+        Context {
+            hostname: hostname(),
+            unix_time_micros: unix_time_micros(),
+            cpus: cpus(),
+            ..self.clone()
         }
     }
 
@@ -74,6 +83,23 @@ impl Context {
             ..Context::from_process()
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn unix_time_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Where the ini file is, as uWSGI's magic variables see it.
