@@ -2,12 +2,13 @@
 //! (`--graceful-timeout`, a second signal, SIGQUIT). A thread stuck in the app when
 //! the worker exits never writes its request's access line, and over uwsgi or SCGI
 //! its front server may see a clean end after part of the body: the worker's I/O
-//! thread names each such request in its span (method, path, peer, id) with how far
+//! thread names each such request (id, method, path, remote address) with how far
 //! its response got, and writes its access line marked incomplete, as the ASGI path
 //! does ([`cut_off`]).
 //!
 //! Per request: the head is moved into this thread's slot while the app runs and
-//! moved back after (no copy), the span and the id are copied, and each body write
+//! moved back after (no copy), the id is copied (the span is not: the WARN carries its
+//! own fields, so it names the request at `--log-level warn` too), and each body write
 //! stores two numbers.
 
 use std::cell::RefCell;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::codec::{Head, Protocol};
-use crate::logging::RequestId;
+use crate::logging::{RequestId, Untrusted};
 
 /// The request a Python thread runs.
 struct Running {
@@ -25,7 +26,6 @@ struct Running {
     protocol: Protocol,
     /// When the app was called.
     started: Instant,
-    span: tracing::Span,
 }
 
 /// One Python thread's request, if any.
@@ -73,7 +73,7 @@ fn empty_head() -> Head {
 
 /// The app is about to run `head`'s request: the head moves into this thread's slot
 /// until [`end`] gives it back.
-pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol, span: &tracing::Span) {
+pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol) {
     let head = std::mem::replace(head, empty_head());
     with_mine(|s| {
         s.status.store(0, Ordering::Relaxed);
@@ -84,7 +84,6 @@ pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol, span: &
             id: *id,
             protocol,
             started: Instant::now(),
-            span: span.clone(),
         });
     });
 }
@@ -124,32 +123,48 @@ pub fn cut_off(why: &str) -> usize {
         let status = u16::try_from(s.status.load(Ordering::Relaxed)).unwrap_or(0);
         let body = s.body.load(Ordering::Relaxed);
         let ran_ms = r.started.elapsed().as_millis() as u64;
-        r.span.in_scope(|| {
-            if status == 0 {
-                tracing::warn!(
-                    ran_ms,
-                    "request cut off {why}: the app still ran it, and its response had not started (its front server gets an error)"
-                );
-            } else {
-                tracing::warn!(
-                    ran_ms,
-                    response_status = status,
-                    body_bytes = body,
-                    "request cut off {why}: the app still ran it; its head and {body} body bytes were sent, the rest never will be (the response is incomplete)"
-                );
-            }
-            // Before any head went out the front server answers 502 for it.
-            let status = if status == 0 { 502 } else { status };
-            crate::logging::record_end(status, r.started);
-            crate::logging::access(&crate::logging::Access {
-                head: &r.head,
-                id: &r.id,
-                protocol: r.protocol,
-                status,
-                ending: crate::logging::Ending::Incomplete,
-                bytes: body,
-                started: r.started,
-            });
+        // Outside the request's span, which `--log-level warn` disables: the line names
+        // the request itself (as the master's `name_cut_offs_for` does).
+        let h = &r.head;
+        let request_id = tracing::field::display(&r.id);
+        let method = Untrusted(h.get(b"REQUEST_METHOD").unwrap_or(b"-"));
+        let path = Untrusted(
+            h.get(b"REQUEST_URI")
+                .or_else(|| h.get(b"PATH_INFO"))
+                .unwrap_or(b"-"),
+        );
+        let remote = Untrusted(h.get(b"REMOTE_ADDR").unwrap_or(b"-"));
+        if status == 0 {
+            tracing::warn!(
+                request_id,
+                method = %method,
+                path = %path,
+                remote = %remote,
+                ran_ms,
+                "request cut off {why}: the app still ran it, and its response had not started (its front server gets an error)"
+            );
+        } else {
+            tracing::warn!(
+                request_id,
+                method = %method,
+                path = %path,
+                remote = %remote,
+                ran_ms,
+                response_status = status,
+                body_bytes = body,
+                "request cut off {why}: the app still ran it; its head and {body} body bytes were sent, the rest never will be (the response is incomplete)"
+            );
+        }
+        // Before any head went out the front server answers 502 for it.
+        let status = if status == 0 { 502 } else { status };
+        crate::logging::access(&crate::logging::Access {
+            head: &r.head,
+            id: &r.id,
+            protocol: r.protocol,
+            status,
+            ending: crate::logging::Ending::Incomplete,
+            bytes: body,
+            started: r.started,
         });
     }
     named

@@ -759,7 +759,7 @@ pub fn handle(
 ) -> Served {
     let span = std::mem::replace(&mut req.span, tracing::Span::none());
     let _entered = span.enter();
-    let served = respond(py, keys, app, settings, &mut req, &span);
+    let served = respond(py, keys, app, settings, &mut req);
     // A stop that cut this request off named it and wrote its access line already.
     let named = super::inflight::end(&mut req.head);
     let (status, ending) = served.end.for_log();
@@ -787,7 +787,6 @@ fn respond(
     app: &Py<PyAny>,
     settings: &Settings,
     req: &mut Request,
-    span: &tracing::Span,
 ) -> Served {
     // Moved out piece by piece: the caller keeps the head and the id for the access
     // line (no copy of the head).
@@ -861,7 +860,7 @@ fn respond(
     };
     st(&responder).body_gone = body_gone;
     // Named by a stop that cuts it off while the app runs (`handle` takes it back).
-    super::inflight::begin(&mut req.head, &req.request_id, listener.protocol, span);
+    super::inflight::begin(&mut req.head, &req.request_id, listener.protocol);
     let mut errors_ended = false;
     let outcome = drive(
         py,
