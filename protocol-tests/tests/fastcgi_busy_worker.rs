@@ -226,3 +226,79 @@ fn requests_that_find_a_thread_waiting_do_not_wake_the_io_thread() {
     );
     s.assert_clean("requests one at a time");
 }
+
+// A worker started alone (--workers 1 under a master) hands a request waiting on its
+// parked connections to a worker a SIGTTIN adds: before, its hand-over never ran (not
+// started without siblings), and a request nginx sent on one of its connections
+// waited for its busy thread however long (here the 10 s pin).
+#[test]
+fn a_worker_started_alone_hands_over_to_one_sigttin_adds() {
+    const PIN: Duration = Duration::from_secs(10);
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args(["--master", "--workers", "1", "--threads", "1"])
+        .extra("fastcgi_read_timeout 30s;")
+        .start()
+    else {
+        return;
+    };
+    let port = s.nginx.port;
+    assert!(
+        s.postern.wait_log("worker ready", 30),
+        "postern did not start:\n{}",
+        s.postern.logs()
+    );
+    // nginx keeps connections to the only worker.
+    for (_, status, body) in burst(port, 4, 4) {
+        assert_eq!(status, 200, "warm-up: {body}");
+    }
+    let mark = s.dir.path().join("pinned");
+    let pin = {
+        let target = format!("/marked-sleep?s={}&mark={}", PIN.as_secs(), mark.display());
+        std::thread::spawn(move || http_get(port, &target))
+    };
+    assert!(
+        wait_until(10, || mark.exists()),
+        "the long request never reached the app:\n{}",
+        s.postern.logs()
+    );
+    let pinned_at = Instant::now();
+    s.postern.signal(libc::SIGTTIN);
+    assert!(
+        wait_until(10, || s.postern.logs().matches("worker ready").count() >= 2),
+        "the worker SIGTTIN adds did not start:\n{}",
+        s.postern.logs()
+    );
+    let t0 = Instant::now();
+    let mut times = burst(port, 4, 4);
+    times.sort_by_key(|(t, _, _)| *t);
+    let elapsed = t0.elapsed();
+    let within_pin = pinned_at.elapsed() < PIN;
+    let (pinned_status, _) = pin.join().unwrap();
+    assert_eq!(pinned_status, 200, "the long request");
+    let slow: Vec<_> = times
+        .iter()
+        .filter(|(t, _, _)| *t > Duration::from_secs(1))
+        .collect();
+    let logs = s.postern.logs();
+    assert!(
+        slow.is_empty(),
+        "{} of {} short requests took over 1 s while the first worker's only thread was busy: {slow:?}\n{logs}",
+        slow.len(),
+        times.len(),
+    );
+    assert!(
+        within_pin,
+        "the burst ({elapsed:?}) did not end while the first worker was pinned: no conclusion\n{logs}"
+    );
+    assert!(
+        times.iter().all(|(_, status, _)| *status == 200),
+        "statuses: {times:?}"
+    );
+    s.assert_clean("SIGTTIN beside a pinned worker");
+    eprintln!(
+        "{} short requests after SIGTTIN beside a pinned worker: slowest {:?} ({} hand-over lines logged)",
+        times.len(),
+        times.last().map(|t| t.0),
+        logs.matches("goes to a worker with a free thread").count()
+    );
+}

@@ -203,25 +203,25 @@ pub fn run(
         idle_close.clone(),
     ));
     // A WSGI worker whose Python threads are all busy hands the requests that come on
-    // its parked kept FastCGI connections to the workers with a free thread. Not with
-    // --workers 1: there is none, and the watch would cost a wake-up of the I/O thread
-    // for nothing (a worker started alone hands nothing over after a SIGTTIN until it
-    // is replaced).
+    // its parked kept FastCGI connections to the workers with a free thread. With
+    // --workers 1 too: a SIGTTIN may add one (an idle worker's watch costs nothing).
     if let (Some(_), Some(m), None) = (handover, monitor.clone(), asgi.as_ref()) {
         if let Some(wake) = m.all_busy_wake().filter(|_| {
-            m.has_siblings()
-                && listeners
-                    .iter()
-                    .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+            listeners
+                .iter()
+                .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
         }) {
             if let Err(e) = parking.watch_busy() {
                 tracing::warn!(error = %e, "cannot watch the parked FastCGI connections: a request on one waits for this worker's threads when all are busy");
             }
-            let m2 = Arc::clone(&m);
+            let (m2, m3) = (Arc::clone(&m), Arc::clone(&m));
             runtime.spawn(fastcgi::relieve(
                 Arc::clone(&parking),
-                move || m.threads_all_busy(),
-                move || m2.idle_elsewhere(),
+                fastcgi::Busy {
+                    all_busy: move || m.threads_all_busy(),
+                    idle_elsewhere: move || m2.idle_elsewhere(),
+                    siblings: move || m3.has_siblings(),
+                },
                 wake,
                 idle_close.clone(),
             ));

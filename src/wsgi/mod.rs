@@ -474,7 +474,7 @@ pub trait Monitor: Send + Sync {
         0
     }
     /// A worker under a master that keeps more than one worker (`--workers`, as
-    /// SIGTTIN/SIGTTOU left it when this one started): there may be another to hand
+    /// SIGTTIN/SIGTTOU leave it: read each time): there may be another to hand
     /// requests to.
     fn has_siblings(&self) -> bool {
         false

@@ -1142,6 +1142,19 @@ pub async fn keep_room(
 /// elsewhere.
 const BUSY_TICK: Duration = Duration::from_millis(10);
 
+/// How often a worker alone (no other worker to hand a request to) looks, while every
+/// thread is busy, whether a SIGTTIN added one: a load, no system call.
+const ALONE_TICK: Duration = Duration::from_millis(100);
+
+/// What [`relieve`] asks about this worker: whether every Python thread runs a
+/// request, how many threads wait in the other serving workers, whether the master
+/// keeps other workers (`--workers`, SIGTTIN/SIGTTOU: read each time).
+pub struct Busy<A, I, S> {
+    pub all_busy: A,
+    pub idle_elsewhere: I,
+    pub siblings: S,
+}
+
 /// Lines about requests handed to another worker because every thread was busy: one a
 /// second at most.
 static RELIEVED_LOG: crate::server::connection::RateLimit =
@@ -1168,18 +1181,28 @@ static RELIEVE_FAILED_LOG: crate::server::connection::RateLimit =
 ///   while `wake.look` says a request came so when a thread was free, but between two
 ///   requests (it takes it, unless that begin was the last free thread's).
 ///
-/// Then, while `all_busy()`, it looks at once and every [`BUSY_TICK`] while a request
-/// waits: each parked connection with input goes, its request unread in its socket,
-/// to the workers with a free thread (`idle_elsewhere()` of them at most per look:
-/// none when every worker is busy, so a connection is never passed between busy
-/// workers), where the first free thread takes it. Runs until `stop`.
-pub async fn relieve(
+/// Then, while `all_busy()`, it looks after [`BUSY_TICK`] and every [`BUSY_TICK`]
+/// while a request waits: each parked connection with input goes, its request unread
+/// in its socket, to the workers with a free thread (`idle_elsewhere()` of them at
+/// most per look: none when every worker is busy, so a connection is never passed
+/// between busy workers), where the first free thread takes it. A worker without
+/// `siblings()` (`--workers 1`, or SIGTTOU left one) has nobody to hand it to: it
+/// only checks every [`ALONE_TICK`] whether a SIGTTIN added one. Runs until `stop`.
+pub async fn relieve<A, I, S>(
     parking: Arc<Parking>,
-    all_busy: impl Fn() -> bool,
-    idle_elsewhere: impl Fn() -> usize,
+    busy: Busy<A, I, S>,
     wake: Arc<crate::wsgi::BusyWake>,
     stop: tokio_util::sync::CancellationToken,
-) {
+) where
+    A: Fn() -> bool,
+    I: Fn() -> usize,
+    S: Fn() -> bool,
+{
+    let Busy {
+        all_busy,
+        idle_elsewhere,
+        siblings,
+    } = busy;
     let Some(fd) = parking.watch.get() else {
         return;
     };
@@ -1234,13 +1257,26 @@ pub async fn relieve(
         drop(watch);
         wake.look.store(false, Ordering::SeqCst);
         loop {
+            let tick = if siblings() { BUSY_TICK } else { ALONE_TICK };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(BUSY_TICK) => {}
+                () = tokio::time::sleep(tick) => {}
+            }
+            if !siblings() {
+                if all_busy() {
+                    continue;
+                }
+                // A thread freed: it takes what waits, as above.
+                wake.look.store(true, Ordering::SeqCst);
+                break;
             }
             // With a thread free here, nothing goes elsewhere: it takes what waits.
             let here = || 0;
-            let room: &dyn Fn() -> usize = if all_busy() { &idle_elsewhere } else { &here };
+            let room: &dyn Fn() -> usize = if all_busy() && siblings() {
+                &idle_elsewhere
+            } else {
+                &here
+            };
             if parking.relieve(room).waiting == 0 {
                 break;
             }
