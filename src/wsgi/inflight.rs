@@ -9,11 +9,11 @@
 //! Per request: the head is moved into this thread's slot while the app runs and
 //! moved back after (no copy), the id is copied (the span is not: the WARN carries its
 //! own fields, so it names the request at `--log-level warn` too), and each body write
-//! stores two numbers.
+//! stores two numbers in the thread's slot, which the responder holds.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::codec::{Head, Protocol};
@@ -28,9 +28,10 @@ struct Running {
     started: Instant,
 }
 
-/// One Python thread's request, if any.
+/// One Python thread's request, if any. One per Python thread, never freed (the
+/// threads live as long as the process).
 #[derive(Default)]
-struct Slot {
+pub struct Slot {
     running: Mutex<Option<Running>>,
     /// The response's status once its head went out (0: not yet).
     status: AtomicU32,
@@ -40,25 +41,31 @@ struct Slot {
     named: AtomicBool,
 }
 
-/// Every Python thread's slot (one pool per process).
-static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
-
-thread_local! {
-    static MINE: RefCell<Option<Arc<Slot>>> = const { RefCell::new(None) };
+impl Slot {
+    /// How far the response got: its status (sent) and body bytes so far.
+    pub(super) fn progress(&self, status: u16, body: u64) {
+        self.status.store(u32::from(status), Ordering::Relaxed);
+        self.body.store(body, Ordering::Relaxed);
+    }
 }
 
-fn with_mine<R>(f: impl FnOnce(&Slot) -> R) -> R {
+/// Every Python thread's slot (one pool per process).
+static SLOTS: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static MINE: Cell<Option<&'static Slot>> = const { Cell::new(None) };
+}
+
+/// This thread's slot, made at its first request.
+fn mine() -> &'static Slot {
     MINE.with(|m| {
-        let mut m = m.borrow_mut();
-        let slot = m.get_or_insert_with(|| {
-            let slot = Arc::new(Slot::default());
-            SLOTS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::clone(&slot));
-            slot
-        });
-        f(slot)
+        if let Some(s) = m.get() {
+            return s;
+        }
+        let slot: &'static Slot = Box::leak(Box::default());
+        SLOTS.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+        m.set(Some(slot));
+        slot
     })
 }
 
@@ -72,46 +79,38 @@ fn empty_head() -> Head {
 }
 
 /// The app is about to run `head`'s request: the head moves into this thread's slot
-/// until [`end`] gives it back.
-pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol) {
+/// until [`end`] gives it back. The slot is where the response's writes say how far
+/// they got ([`Slot::progress`]: the responder holds it, no thread-local look-up).
+pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol) -> &'static Slot {
     let head = std::mem::replace(head, empty_head());
-    with_mine(|s| {
-        s.status.store(0, Ordering::Relaxed);
-        s.body.store(0, Ordering::Relaxed);
-        s.named.store(false, Ordering::Relaxed);
-        *s.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
-            head,
-            id: *id,
-            protocol,
-            started: Instant::now(),
-        });
+    let s = mine();
+    s.progress(0, 0);
+    *s.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+        head,
+        id: *id,
+        protocol,
+        started: Instant::now(),
     });
-}
-
-/// How far this thread's response got: its status (sent) and body bytes so far.
-pub(super) fn progress(status: u16, body: u64) {
-    with_mine(|s| {
-        s.status.store(u32::from(status), Ordering::Relaxed);
-        s.body.store(body, Ordering::Relaxed);
-    });
+    s
 }
 
 /// The app is done with the request [`begin`] recorded: its head comes back into
 /// `head`. True when a stop has named it already (its access line is written).
 pub(super) fn end(head: &mut Head) -> bool {
-    with_mine(|s| {
-        if let Some(r) = s.running.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            *head = r.head;
-        }
-        s.named.swap(false, Ordering::Relaxed)
-    })
+    let Some(s) = MINE.with(Cell::get) else {
+        return false;
+    };
+    if let Some(r) = s.running.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        *head = r.head;
+    }
+    s.named.swap(false, Ordering::Relaxed)
 }
 
 /// Names each request a Python thread still runs as the worker exits, in its span, with
 /// `why` (what cut it off) and how far its response got, and writes its access line
 /// marked incomplete. Returns how many were named.
 pub fn cut_off(why: &str) -> usize {
-    let slots: Vec<Arc<Slot>> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let slots: Vec<&'static Slot> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut named = 0;
     for s in slots {
         let running = s.running.lock().unwrap_or_else(|e| e.into_inner());

@@ -114,6 +114,9 @@ struct State {
     /// (FastCGI ABORT_REQUEST or a closed connection): an app that fails then failed
     /// for want of its body, the client's doing ([`fail`]).
     body_gone: Option<Arc<AtomicBool>>,
+    /// Where this request's writes say how far the response got, for a stop that cuts
+    /// it off ([`super::inflight`]).
+    inflight: Option<&'static super::inflight::Slot>,
     /// The bound `write` that `start_response` returns, made once per responder (a
     /// responder serves its thread's requests one after another: [`reuse`]). It refers
     /// to the responder, so [`reuse`] drops it when the responder is not kept.
@@ -140,6 +143,7 @@ impl State {
             last_write: false,
             app_error: None,
             body_gone: None,
+            inflight: None,
             write: None,
         }
     }
@@ -271,7 +275,9 @@ impl State {
             data = &[];
         }
         self.body_sent += data.len() as u64;
-        super::inflight::progress(self.code, self.body_sent);
+        if let Some(s) = self.inflight {
+            s.progress(self.code, self.body_sent);
+        }
         if !self.headers_sent {
             self.headers_sent = true;
             if data.len() >= SEPARATE_BODY {
@@ -355,7 +361,9 @@ impl State {
         }
         let buf = self.head_bytes(0);
         self.headers_sent = true;
-        super::inflight::progress(self.code, self.body_sent);
+        if let Some(s) = self.inflight {
+            s.progress(self.code, self.body_sent);
+        }
         self.emit(py, &buf)
     }
 
@@ -858,9 +866,13 @@ fn respond(
         )
         .expect("allocating start_response"),
     };
-    st(&responder).body_gone = body_gone;
     // Named by a stop that cuts it off while the app runs (`handle` takes it back).
-    super::inflight::begin(&mut req.head, &req.request_id, listener.protocol);
+    let slot = super::inflight::begin(&mut req.head, &req.request_id, listener.protocol);
+    {
+        let mut r = st(&responder);
+        r.body_gone = body_gone;
+        r.inflight = Some(slot);
+    }
     let mut errors_ended = false;
     let outcome = drive(
         py,
@@ -1173,7 +1185,9 @@ fn iterate(
             }
             if len > 0 && !r.head_only() {
                 r.body_sent += len;
-                super::inflight::progress(r.code, r.body_sent);
+                if let Some(s) = r.inflight {
+                    s.progress(r.code, r.body_sent);
+                }
                 let sink = &mut r.sink;
                 if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
                     tracing::debug!(error = %e, "sendfile failed");
