@@ -1,6 +1,7 @@
 //! A FastCGI connection's life under pressure, with raw records and no front server: a
 //! graceful stop with keep-conn requests in flight, a refusal while the body is still
-//! coming, an app slow to read its body, and a peer that does not read its answers.
+//! coming, an app slow to read its body, a peer that does not read its answers, and
+//! which connection makes room at --max-connections.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -409,4 +410,94 @@ impl Read for SlowReader<'_> {
         let n = buf.len().min(64 * 1024);
         self.0.read(&mut buf[..n])
     }
+}
+
+/// At --max-connections, a connection answered without FCGI_KEEP_CONN whose client is
+/// still sending the rest of its body (an upload answered early: nginx with
+/// `fastcgi_request_buffering off` writes it on, then reads the answer) is not closed
+/// for a waiting connection while bytes flow; one whose client has gone silent still is.
+// regression (review of 1beb8b4): the drain was listed from its answer and never
+// refreshed by a read, so the upload still streaming was closed a second after its 413
+// for the waiting connection (its next writes reset: nginx answers 502, not the 413).
+// Fails without the refresh: the streaming client's write is reset.
+#[test]
+fn at_max_connections_a_drain_still_receiving_its_body_is_not_closed() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args([
+            "--max-connections",
+            "2",
+            "--max-body",
+            "1k",
+            "--read-timeout",
+            "60",
+            "--head-timeout",
+            "60",
+        ])
+        .start();
+    let Addr::Tcp(port) = p.addr else { panic!() };
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
+    const CHUNK: usize = 1024;
+    const CHUNKS: usize = 10;
+    let total = CHUNK * (CHUNKS + 1);
+    let upload = |s: &mut TcpStream| {
+        let mut first = head(1, false, "POST", "/echo", Some(total));
+        first.extend(stdin(1, &[b'x'; CHUNK]));
+        s.write_all(&first).unwrap();
+    };
+    // The first place: refused 413 at its head (CONTENT_LENGTH over --max-body), its
+    // client sending the rest of the body every 300 ms for 3 s before it reads.
+    let mut streaming = connect();
+    upload(&mut streaming);
+    let mut w = streaming.try_clone().unwrap();
+    let writer = std::thread::spawn(move || -> Result<(), String> {
+        for i in 0..CHUNKS {
+            std::thread::sleep(Duration::from_millis(300));
+            w.write_all(&stdin(1, &[b'x'; CHUNK]))
+                .map_err(|e| format!("STDIN chunk {i} of {CHUNKS}: {e}"))?;
+        }
+        w.write_all(&fcgi::record(STDIN, 1, b""))
+            .map_err(|e| format!("the end of STDIN: {e}"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // The second: refused too, then silent (its client neither sends nor closes).
+    let mut silent = connect();
+    upload(&mut silent);
+    std::thread::sleep(Duration::from_millis(100));
+    // A third waits in the listen queue: the silent one is closed for it, a second
+    // after its answer, though the streaming one was answered first.
+    let mut waiting = connect();
+    waiting.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+    let r = try_reply(&mut waiting, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 200);
+    let wrote = writer.join().unwrap();
+    assert_eq!(
+        wrote,
+        Ok(()),
+        "the drain still receiving its body was closed under its client\n{}",
+        p.logs()
+    );
+    let r = try_reply(&mut streaming, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 413);
+    let r = try_reply(&mut silent, 1).unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(r.cgi().0, 413);
+    let mut left = Vec::new();
+    assert!(
+        silent.read_to_end(&mut left).is_ok(),
+        "the silent drain is closed for the waiting connection\n{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log(
+            "closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it (nothing from it for",
+            5
+        ),
+        "{}",
+        p.logs()
+    );
 }

@@ -15,7 +15,7 @@
 //! hand-over that failed) do not.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -165,8 +165,11 @@ struct Arriving {
     /// What is arriving: a request head, or the rest of a request already answered.
     what: Arrival,
     /// Since when its head has been arriving (the accept, or a kept FastCGI
-    /// connection's next request's first byte).
+    /// connection's next request's first byte; a drain: its answer).
     since: Instant,
+    /// A drain's last read, in nanoseconds after `since` ([`HeadWatch::heard`]; 0 for
+    /// a head): [`close_oldest_head`] counts from it.
+    heard: AtomicU64,
     /// Some of it has come ([`HeadWatch::arrived`]): a connection that has sent
     /// nothing is not closed for this.
     arrived: AtomicBool,
@@ -217,6 +220,7 @@ impl HeadWatch {
             peer: Arc::clone(peer),
             what,
             since,
+            heard: AtomicU64::new(0),
             arrived: AtomicBool::new(arrived),
             close: CancellationToken::new(),
         });
@@ -230,6 +234,19 @@ impl HeadWatch {
     /// Some of the head has come.
     pub fn arrived(&self) {
         self.arriving.arrived.store(true, Ordering::Relaxed);
+    }
+
+    /// A drain read bytes now: it is listed as silent from now on, so that one still
+    /// receiving the rest of its request (an upload answered early: nginx with
+    /// `fastcgi_request_buffering off` writes its body until the end) is not closed
+    /// while they flow, only once silent for [`HEAD_BEFORE_CLOSE`]. One relaxed store.
+    // regression (review of 1beb8b4): a drain was listed from its answer and never
+    // refreshed, so one still receiving its body was closed (a reset under nginx's
+    // write: a 502 instead of the app's answer) a second after the answer.
+    pub fn heard(&self) {
+        let a = &self.arriving;
+        let after = u64::try_from(a.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        a.heard.store(after, Ordering::Relaxed);
     }
 
     /// A handle that marks the head's arrival from elsewhere (the reader).
@@ -247,7 +264,7 @@ impl HeadWatch {
     pub async fn closed_for_room(&self) {
         let a = &self.arriving;
         a.close.cancelled().await;
-        let for_ = a.since.elapsed();
+        let for_ = a.quiet_since().elapsed();
         if !bad_input(&a.peer, Reason::Crowded) {
             return;
         }
@@ -256,9 +273,16 @@ impl HeadWatch {
                 tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing the connection whose request head has been arriving longest ({for_:.1?}, not whole yet: a slow or stalled client) to let it in")
             }
             Arrival::Drain => {
-                tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it ({for_:.1?} since the answer, the rest of its request read and dropped meanwhile) to let it in")
+                tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it (nothing from it for {for_:.1?}, the rest of its request read and dropped since the answer) to let it in")
             }
         }
+    }
+}
+
+impl Arriving {
+    /// Since when nothing has come: the head's start, or a drain's last read.
+    fn quiet_since(&self) -> Instant {
+        self.since + Duration::from_nanos(self.heard.load(Ordering::Relaxed))
     }
 }
 
@@ -281,9 +305,10 @@ impl HeadMarker {
 /// At `--max-connections` with a connection waiting in the listen queue: closes the
 /// connection whose request head has been arriving longest, if for at least `floor`
 /// and some of it has come (a front server sends a head whole; one arriving this long
-/// is a slow or stalled client), or a FastCGI connection draining for as long
-/// ([`HeadWatch::draining`]). True when one was told to close. Its task closes it and
-/// logs it ([`HeadWatch::closed_for_room`]); its place comes free with it.
+/// is a slow or stalled client), or a FastCGI connection draining silent for as long
+/// ([`HeadWatch::draining`], [`HeadWatch::heard`]). True when one was told to close.
+/// Its task closes it and logs it ([`HeadWatch::closed_for_room`]); its place comes
+/// free with it.
 pub fn close_oldest_head(floor: Duration) -> bool {
     let now = Instant::now();
     let victim = {
@@ -291,11 +316,12 @@ pub fn close_oldest_head(floor: Duration) -> bool {
         let oldest = h
             .arriving
             .iter()
-            .filter(|(_, a)| {
-                a.arrived.load(Ordering::Relaxed) && now.saturating_duration_since(a.since) >= floor
+            .map(|(k, a)| (k, a, a.quiet_since()))
+            .filter(|(_, a, quiet)| {
+                a.arrived.load(Ordering::Relaxed) && now.saturating_duration_since(*quiet) >= floor
             })
-            .min_by_key(|(_, a)| a.since)
-            .map(|(&k, _)| k);
+            .min_by_key(|&(_, _, quiet)| quiet)
+            .map(|(&k, _, _)| k);
         let Some(victim) = oldest.and_then(|k| h.arriving.remove(&k)) else {
             return false;
         };

@@ -1040,7 +1040,8 @@ pub async fn serve(
             deadline = deadline.min(head_from.unwrap_or(now) + limits.head_timeout);
         }
         // Listed while it drains (its head's watch, if any, with it): at
-        // --max-connections a connection waiting may take its place.
+        // --max-connections a connection waiting may take its place once nothing has
+        // come on it for a second (each read refreshes it).
         head_watch = None;
         let watch = slow_clients::HeadWatch::draining(&peer);
         let mut total = 0usize;
@@ -1052,7 +1053,11 @@ pub async fn serve(
                 () = watch.closed_for_room() => break,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => total += n,
+                Ok(Ok(n)) if n > 0 => {
+                    total += n;
+                    // Still receiving: closed for room only once silent for a second.
+                    watch.heard();
+                }
                 _ => break,
             }
         }
