@@ -75,6 +75,8 @@ pub struct Keys {
     /// The last request's variables list, emptied, for the next one's
     /// ([`cgi::normalise_into`]): one allocation per thread instead of one per request.
     spare_vars: std::cell::RefCell<Vec<cgi::Var<'static>>>,
+    /// This thread's request, for a stop that cuts it off (`inflight`).
+    pub(super) inflight: std::sync::Arc<super::inflight::Slot>,
 }
 
 /// A variables list longer than this is not kept for the next request (a request
@@ -186,6 +188,7 @@ impl Keys {
             responder: std::cell::RefCell::new(None),
             spare_errors: std::cell::RefCell::new(None),
             spare_vars: std::cell::RefCell::new(Vec::new()),
+            inflight: super::inflight::Slot::new(),
         }
     }
 

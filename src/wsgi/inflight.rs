@@ -9,11 +9,11 @@
 //! Per request: the head is moved into this thread's slot while the app runs and
 //! moved back after (no copy), the id is copied (the span is not: the WARN carries its
 //! own fields, so it names the request at `--log-level warn` too), and each body write
-//! stores two numbers in the thread's slot, which the responder holds.
+//! stores two numbers.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::codec::{Head, Protocol};
@@ -28,46 +28,35 @@ struct Running {
     started: Instant,
 }
 
-/// One Python thread's request, if any. One per Python thread, never freed (the
-/// threads live as long as the process).
-#[derive(Default)]
-pub struct Slot {
-    running: Mutex<Option<Running>>,
+/// No request: `running` is its thread's alone.
+const IDLE: u8 = 0;
+/// The app runs `running`: a stop may take it to [`NAMING`].
+const RUNNING: u8 = 1;
+/// A stop reads `running` (its thread's `end` waits for [`NAMED`]).
+const NAMING: u8 = 2;
+/// A stop named `running`: its thread writes no access line of its own.
+const NAMED: u8 = 3;
+
+/// One Python thread's request, if any. Kept by the thread ([`super::environ::Keys`]
+/// and its responder), so that a request costs no lookup: `begin` and `end` are a
+/// store and a compare-exchange, each write two relaxed stores.
+pub(super) struct Slot {
+    state: AtomicU8,
+    /// Written by its thread only in [`IDLE`] or [`NAMED`]; read by a stop only in
+    /// [`NAMING`], which it enters from [`RUNNING`] (acquire) and leaves (release).
+    running: UnsafeCell<Option<Running>>,
     /// The response's status once its head went out (0: not yet).
     status: AtomicU32,
     /// The body bytes written so far.
     body: AtomicU64,
-    /// The stop named this request: its thread writes no access line of its own.
-    named: AtomicBool,
 }
 
-impl Slot {
-    /// How far the response got: its status (sent) and body bytes so far.
-    pub(super) fn progress(&self, status: u16, body: u64) {
-        self.status.store(u32::from(status), Ordering::Relaxed);
-        self.body.store(body, Ordering::Relaxed);
-    }
-}
+// SAFETY: `running` is reached only as `state` says (see its field), which hands it
+// from one thread to the other with release/acquire.
+unsafe impl Sync for Slot {}
 
 /// Every Python thread's slot (one pool per process).
-static SLOTS: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
-
-thread_local! {
-    static MINE: Cell<Option<&'static Slot>> = const { Cell::new(None) };
-}
-
-/// This thread's slot, made at its first request.
-fn mine() -> &'static Slot {
-    MINE.with(|m| {
-        if let Some(s) = m.get() {
-            return s;
-        }
-        let slot: &'static Slot = Box::leak(Box::default());
-        SLOTS.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
-        m.set(Some(slot));
-        slot
-    })
-}
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
 fn empty_head() -> Head {
     Head {
@@ -78,46 +67,95 @@ fn empty_head() -> Head {
     }
 }
 
-/// The app is about to run `head`'s request: the head moves into this thread's slot
-/// until [`end`] gives it back. The slot is where the response's writes say how far
-/// they got ([`Slot::progress`]: the responder holds it, no thread-local look-up).
-pub(super) fn begin(head: &mut Head, id: &RequestId, protocol: Protocol) -> &'static Slot {
-    let head = std::mem::replace(head, empty_head());
-    let s = mine();
-    s.progress(0, 0);
-    *s.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
-        head,
-        id: *id,
-        protocol,
-        started: Instant::now(),
-    });
-    s
-}
-
-/// The app is done with the request [`begin`] recorded: its head comes back into
-/// `head`. True when a stop has named it already (its access line is written).
-pub(super) fn end(head: &mut Head) -> bool {
-    let Some(s) = MINE.with(Cell::get) else {
-        return false;
-    };
-    if let Some(r) = s.running.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        *head = r.head;
+impl Slot {
+    /// A new Python thread's slot, listed for [`cut_off`].
+    pub(super) fn new() -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            state: AtomicU8::new(IDLE),
+            running: UnsafeCell::new(None),
+            status: AtomicU32::new(0),
+            body: AtomicU64::new(0),
+        });
+        SLOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&slot));
+        slot
     }
-    s.named.swap(false, Ordering::Relaxed)
+
+    /// The app is about to run `head`'s request: the head moves into the slot until
+    /// [`Slot::end`] gives it back.
+    pub(super) fn begin(&self, head: &mut Head, id: &RequestId, protocol: Protocol) {
+        let head = std::mem::replace(head, empty_head());
+        self.status.store(0, Ordering::Relaxed);
+        self.body.store(0, Ordering::Relaxed);
+        // SAFETY: IDLE (every `begin` is followed by `end` or `abandon` on this
+        // thread): no stop reads it.
+        unsafe {
+            *self.running.get() = Some(Running {
+                head,
+                id: *id,
+                protocol,
+                started: Instant::now(),
+            });
+        }
+        self.state.store(RUNNING, Ordering::Release);
+    }
+
+    /// How far the response got: its status (once its head is sent) and body bytes.
+    pub(super) fn progress(&self, status: u16, body: u64) {
+        self.status.store(u32::from(status), Ordering::Relaxed);
+        self.body.store(body, Ordering::Relaxed);
+    }
+
+    /// The app is done with the request [`Slot::begin`] recorded: its head comes back
+    /// into `head`. True when a stop has named it already (its access line is written).
+    pub(super) fn end(&self, head: &mut Head) -> bool {
+        let named =
+            match self
+                .state
+                .compare_exchange(RUNNING, IDLE, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => false,
+                Err(IDLE) => return false,
+                Err(_) => {
+                    // A stop is naming it (a few microseconds): wait for it to finish.
+                    while self.state.load(Ordering::Acquire) != NAMED {
+                        std::hint::spin_loop();
+                        std::thread::yield_now();
+                    }
+                    self.state.store(IDLE, Ordering::Relaxed);
+                    true
+                }
+            };
+        // SAFETY: IDLE now, by this thread (a stop's reads ended with its release of
+        // NAMED, acquired above).
+        if let Some(r) = unsafe { (*self.running.get()).take() } {
+            *head = r.head;
+        }
+        named
+    }
 }
 
 /// Names each request a Python thread still runs as the worker exits, in its span, with
 /// `why` (what cut it off) and how far its response got, and writes its access line
 /// marked incomplete. Returns how many were named.
 pub fn cut_off(why: &str) -> usize {
-    let slots: Vec<&'static Slot> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let slots: Vec<Arc<Slot>> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut named = 0;
     for s in slots {
-        let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = running.as_ref() else { continue };
-        if s.named.swap(true, Ordering::Relaxed) {
+        if s.state
+            .compare_exchange(RUNNING, NAMING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             continue;
         }
+        // SAFETY: NAMING, entered from RUNNING with acquire: the thread's `begin`
+        // wrote it before its release, and it waits for NAMED to touch it again.
+        let Some(r) = (unsafe { (*s.running.get()).as_ref() }) else {
+            s.state.store(NAMED, Ordering::Release);
+            continue;
+        };
         named += 1;
         let status = u16::try_from(s.status.load(Ordering::Relaxed)).unwrap_or(0);
         let body = s.body.load(Ordering::Relaxed);
@@ -165,6 +203,7 @@ pub fn cut_off(why: &str) -> usize {
             bytes: body,
             started: r.started,
         });
+        s.state.store(NAMED, Ordering::Release);
     }
     named
 }

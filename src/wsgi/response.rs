@@ -114,13 +114,12 @@ struct State {
     /// (FastCGI ABORT_REQUEST or a closed connection): an app that fails then failed
     /// for want of its body, the client's doing ([`fail`]).
     body_gone: Option<Arc<AtomicBool>>,
-    /// Where this request's writes say how far the response got, for a stop that cuts
-    /// it off ([`super::inflight`]).
-    inflight: Option<&'static super::inflight::Slot>,
     /// The bound `write` that `start_response` returns, made once per responder (a
     /// responder serves its thread's requests one after another: [`reuse`]). It refers
     /// to the responder, so [`reuse`] drops it when the responder is not kept.
     write: Option<Py<PyAny>>,
+    /// Its thread's slot for a stop that cuts the request off (set once per responder).
+    inflight: Option<Arc<super::inflight::Slot>>,
 }
 
 impl State {
@@ -143,8 +142,8 @@ impl State {
             last_write: false,
             app_error: None,
             body_gone: None,
-            inflight: None,
             write: None,
+            inflight: None,
         }
     }
 
@@ -154,9 +153,18 @@ impl State {
         let mut head = std::mem::take(&mut self.head);
         head.clear();
         let write = self.write.take();
+        let inflight = self.inflight.take();
         *self = State::new(sink, is_head);
         self.head = head;
         self.write = write;
+        self.inflight = inflight;
+    }
+
+    /// How far the response got, for a stop that cuts it off.
+    fn progress(&self) {
+        if let Some(s) = &self.inflight {
+            s.progress(self.code, self.body_sent);
+        }
     }
 
     fn head_only(&self) -> bool {
@@ -275,9 +283,7 @@ impl State {
             data = &[];
         }
         self.body_sent += data.len() as u64;
-        if let Some(s) = self.inflight {
-            s.progress(self.code, self.body_sent);
-        }
+        self.progress();
         if !self.headers_sent {
             self.headers_sent = true;
             if data.len() >= SEPARATE_BODY {
@@ -361,9 +367,7 @@ impl State {
         }
         let buf = self.head_bytes(0);
         self.headers_sent = true;
-        if let Some(s) = self.inflight {
-            s.progress(self.code, self.body_sent);
-        }
+        self.progress();
         self.emit(py, &buf)
     }
 
@@ -769,7 +773,7 @@ pub fn handle(
     let _entered = span.enter();
     let served = respond(py, keys, app, settings, &mut req);
     // A stop that cut this request off named it and wrote its access line already.
-    let named = super::inflight::end(&mut req.head);
+    let named = keys.inflight.end(&mut req.head);
     let (status, ending) = served.end.for_log();
     if !span.is_disabled() {
         crate::logging::record_end(status, served.sent.started);
@@ -858,21 +862,22 @@ fn respond(
             st(&r).renew(sink, built.is_head);
             r
         }
-        None => Bound::new(
-            py,
-            Responder {
-                state: Mutex::new(State::new(sink, built.is_head)),
-            },
-        )
-        .expect("allocating start_response"),
+        None => {
+            let mut state = State::new(sink, built.is_head);
+            state.inflight = Some(Arc::clone(&keys.inflight));
+            Bound::new(
+                py,
+                Responder {
+                    state: Mutex::new(state),
+                },
+            )
+            .expect("allocating start_response")
+        }
     };
+    st(&responder).body_gone = body_gone;
     // Named by a stop that cuts it off while the app runs (`handle` takes it back).
-    let slot = super::inflight::begin(&mut req.head, &req.request_id, listener.protocol);
-    {
-        let mut r = st(&responder);
-        r.body_gone = body_gone;
-        r.inflight = Some(slot);
-    }
+    keys.inflight
+        .begin(&mut req.head, &req.request_id, listener.protocol);
     let mut errors_ended = false;
     let outcome = drive(
         py,
@@ -1185,9 +1190,7 @@ fn iterate(
             }
             if len > 0 && !r.head_only() {
                 r.body_sent += len;
-                if let Some(s) = r.inflight {
-                    s.progress(r.code, r.body_sent);
-                }
+                r.progress();
                 let sink = &mut r.sink;
                 if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
                     tracing::debug!(error = %e, "sendfile failed");
