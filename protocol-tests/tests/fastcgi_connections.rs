@@ -443,7 +443,7 @@ fn at_max_connections_a_drain_still_receiving_its_body_is_not_closed() {
         s
     };
     const CHUNK: usize = 1024;
-    const CHUNKS: usize = 10;
+    const CHUNKS: usize = 30;
     let total = CHUNK * (CHUNKS + 1);
     let upload = |s: &mut TcpStream| {
         let mut first = head(1, false, "POST", "/echo", Some(total));
@@ -451,13 +451,14 @@ fn at_max_connections_a_drain_still_receiving_its_body_is_not_closed() {
         s.write_all(&first).unwrap();
     };
     // The first place: refused 413 at its head (CONTENT_LENGTH over --max-body), its
-    // client sending the rest of the body every 300 ms for 3 s before it reads.
+    // client sending the rest of the body every 100 ms for 3 s before it reads (a
+    // writer delayed up to 900 ms by a loaded machine still counts as flowing).
     let mut streaming = connect();
     upload(&mut streaming);
     let mut w = streaming.try_clone().unwrap();
     let writer = std::thread::spawn(move || -> Result<(), String> {
         for i in 0..CHUNKS {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(100));
             w.write_all(&stdin(1, &[b'x'; CHUNK]))
                 .map_err(|e| format!("STDIN chunk {i} of {CHUNKS}: {e}"))?;
         }
