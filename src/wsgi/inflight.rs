@@ -86,6 +86,10 @@ impl Slot {
     /// The app is about to run `head`'s request: the head moves into the slot until
     /// [`Slot::end`] gives it back.
     pub(super) fn begin(&self, head: &mut Head, id: &RequestId, protocol: Protocol) {
+        if self.state.load(Ordering::Relaxed) != IDLE {
+            // An earlier request's `end` never came (a panic the pool caught).
+            self.abandon();
+        }
         let head = std::mem::replace(head, empty_head());
         self.status.store(0, Ordering::Relaxed);
         self.body.store(0, Ordering::Relaxed);
@@ -106,6 +110,14 @@ impl Slot {
     pub(super) fn progress(&self, status: u16, body: u64) {
         self.status.store(u32::from(status), Ordering::Relaxed);
         self.body.store(body, Ordering::Relaxed);
+    }
+
+    /// Forgets the request [`Slot::begin`] recorded, whose `end` will not come (a panic
+    /// between them, caught by the pool): the thread's next request would otherwise
+    /// take its head back in its `end` (its access line naming the wrong request), and
+    /// a stop would name it as running.
+    pub(super) fn abandon(&self) {
+        let _ = self.end(&mut empty_head());
     }
 
     /// The app is done with the request [`Slot::begin`] recorded: its head comes back
@@ -206,4 +218,38 @@ pub fn cut_off(why: &str) -> usize {
         s.state.store(NAMED, Ordering::Release);
     }
     named
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(path: &str) -> Head {
+        let mut h = empty_head();
+        h.buf = bytes::Bytes::from(path.as_bytes().to_vec());
+        h
+    }
+
+    // regression: after a panic between begin and end, the thread's next request
+    // (refused before its own begin) took the stale head back in its end.
+    #[test]
+    fn an_abandoned_request_is_not_taken_back_by_the_next_end() {
+        let slot = Slot::new();
+        let mut a = head("/a");
+        let id = RequestId::generate();
+        slot.begin(&mut a, &id, Protocol::Uwsgi);
+        // A panic: no end; the pool abandons it.
+        slot.abandon();
+        let mut b = head("/b");
+        assert!(!slot.end(&mut b));
+        assert_eq!(&b.buf[..], b"/b");
+        assert_eq!(slot.state.load(Ordering::Relaxed), IDLE);
+        // A begin after a missed end (and no abandon) starts clean too.
+        slot.begin(&mut a, &id, Protocol::Uwsgi);
+        let mut c = head("/c");
+        slot.begin(&mut c, &id, Protocol::Uwsgi);
+        let mut back = head("/x");
+        assert!(!slot.end(&mut back));
+        assert_eq!(&back.buf[..], b"/c");
+    }
 }

@@ -54,6 +54,8 @@ impl Pool {
                             }));
                             done = Some(r.as_ref().ok().copied());
                             if r.is_err() {
+                                // Its request's `end` never ran: not its next one's.
+                                keys.inflight.abandon();
                                 tracing::error!(
                                     "internal error while serving a request (panic); the connection is aborted"
                                 );
