@@ -248,3 +248,30 @@ fn an_upload_cut_at_a_reload_says_the_worker_is_leaving() {
     assert!(!p.logs().contains("when postern stopped"), "{}", p.logs());
     let _ = trickle.join();
 }
+
+// A worker leaving at a reload whose request is still running when the whole server
+// then stops: its cut-off says postern is stopping.
+// regression: its `whole` was read when it began leaving ("this worker is leaving").
+#[test]
+fn a_reloads_leaving_worker_cut_by_the_stop_says_postern_is_stopping() {
+    let dir = tempdir();
+    let (app, mark) = stuck_app(dir.path());
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "4"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let request = send(&p, "/stream", &mark);
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(20, || p.logs().matches("worker ready").count() >= 2
+            || p.logs().matches("ready").count() >= 3),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    let _ = p.wait_exit(20);
+    let logs = p.logs();
+    let warn = log_line(&logs, "request cut off at --graceful-timeout");
+    assert!(warn.contains("(postern is stopping)"), "{warn}\n{logs}");
+    let _ = request.join();
+}

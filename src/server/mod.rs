@@ -467,6 +467,10 @@ pub fn run(
                 None if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
                 None => "at --graceful-timeout".to_owned(),
             };
+            // A worker that left alone (a reload) may see the whole server stop since.
+            // regression: it said "this worker is leaving" as postern stopped.
+            whole |= crate::stop::orphaned()
+                || monitor.as_ref().is_some_and(|m| m.server_stopping());
             let leaving = if whole {
                 "postern is stopping"
             } else {
