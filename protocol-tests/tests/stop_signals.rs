@@ -9,13 +9,17 @@ fn signals_during_a_stop_are_said_to_be_ignored() {
     let dir = tempdir();
     let path = dir.path().join("slow.py");
     let mark = dir.path().join("in-the-app");
+    // The request runs until the test deletes the gate (after the signals), not for a
+    // fixed time a loaded CI might not fit the signals' round trips in (up to 30 s).
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
     std::fs::write(
         &path,
-        format!("import time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        open({:?}, 'w').close()\n        time.sleep(3)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n", mark.to_string_lossy()),
+        format!("import os, time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        open({:?}, 'w').close()\n        for _ in range(3000):\n            if not os.path.exists({:?}):\n                break\n            time.sleep(0.01)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n", mark.to_string_lossy(), gate.to_string_lossy()),
     )
     .unwrap();
     let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "20"])
+        .args(["--master", "--workers", "1", "--graceful-timeout", "40"])
         .start();
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     let addr = p.addr.clone();
@@ -42,6 +46,7 @@ fn signals_during_a_stop_are_said_to_be_ignored() {
         let line = format!("{name} ignored: postern is stopping");
         assert!(p.wait_log(&line, 10), "{line}\n{}", p.logs());
     }
+    std::fs::remove_file(&gate).unwrap();
     let status = p.wait_exit(20);
     assert!(
         status.is_some_and(|s| s.success()),
