@@ -64,8 +64,12 @@ fn a_worker_holds_little_memory_of_its_own() {
     }
     let workers = children(p.pid());
     assert_eq!(workers.len(), 2, "{workers:?}");
-    // Measured 2.1-2.2 MiB; the budget leaves room for CPython's own variation.
-    const BUDGET_KIB: u64 = 2816;
+    // Measured 2.1-2.2 MiB when this test was written; 2,692-2,824 KiB (debug builds of
+    // a5df783 and a332b47 alike, 2026-12-02: the same spread, where the malloc arenas'
+    // pages fall), which went over a 2,816 KiB budget in one CI run. The budget leaves
+    // room for that variation and still catches what this pins: 512 KiB preallocated
+    // per log output (two outputs here: about 3.7 MiB).
+    const BUDGET_KIB: u64 = 3072;
     for pid in workers {
         let kib = private_dirty_kib(pid);
         assert!(
