@@ -1575,7 +1575,7 @@ impl Translation {
                     format!(
                         "  {}  {}: {why}",
                         at(&self.source, l.entry.line),
-                        l.entry.text
+                        l.entry.shown()
                     )
                 })
             })
@@ -1816,7 +1816,7 @@ impl Translation {
             );
             for l in at_start {
                 if let Outcome::AtStart(why) = &l.outcome {
-                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
                     wrap(&mut out, "#   ", "#   ", why);
                 }
             }
@@ -1836,7 +1836,7 @@ impl Translation {
             );
             for l in beside {
                 if let Outcome::Beside(why) = &l.outcome {
-                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
                     wrap(&mut out, "#   ", "#   ", why);
                 }
             }
@@ -1846,7 +1846,7 @@ impl Translation {
             wrap(&mut out, "# NEEDS ATTENTION: ", "# ", NOT_HERE);
             for (n, why) in &self.not_here {
                 let l = &self.lines[*n];
-                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
                 wrap(&mut out, "#   ", "#   ", why);
             }
         }
@@ -1854,7 +1854,7 @@ impl Translation {
             for l in &self.lines {
                 if let Outcome::Carried { keys, note, .. } = &l.outcome {
                     if keys.iter().any(|k| k == key) {
-                        let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                        let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
                         if let Some(n) = note {
                             wrap(out, "#   ", "#   ", n);
                         }
@@ -1939,7 +1939,7 @@ impl Translation {
                         unreachable!("filtered above")
                     }
                 };
-                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.text);
+                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
                 wrap(&mut out, "#   ", "#   ", &why);
             }
         }

@@ -150,6 +150,50 @@ pub struct Entry {
     pub reads: BTreeSet<String>,
 }
 
+/// What a message shows instead of a hidden value.
+pub const HIDDEN: &str = "(value hidden)";
+
+impl Entry {
+    /// The line as a message quotes it (start-up and reload warnings and errors,
+    /// `postern migrate`'s comments): as written, but with the value of an `env` line
+    /// (`env = NAME=(value hidden)`) and of an option or placeholder named like a secret
+    /// (a word of its name is `key` or holds `password`, `passwd`, `secret`, `token` or
+    /// `credential`: `db_password`, `api-key`) hidden. The log, the journal and a
+    /// terminal are read by more people than the file.
+    /// regression: `env = SECRET_KEY=…` was quoted whole in the WARN line of a duplicate
+    /// and in migrate's comments.
+    pub fn shown(&self) -> std::borrow::Cow<'_, str> {
+        let Some((key, value)) = self.text.split_once('=') else {
+            return self.text.as_str().into();
+        };
+        let value = value.trim_start_matches([' ', '\t']);
+        if value.is_empty() {
+            return self.text.as_str().into();
+        }
+        if self.key == "env" {
+            return match value.split_once('=') {
+                Some((name, v)) if !v.is_empty() => format!("{key}= {name}={HIDDEN}").into(),
+                _ => self.text.as_str().into(),
+            };
+        }
+        if secret_name(&self.key) {
+            return format!("{key}= {HIDDEN}").into();
+        }
+        self.text.as_str().into()
+    }
+}
+
+/// Whether an option or placeholder's name says its value is a secret.
+pub fn secret_name(name: &str) -> bool {
+    name.to_ascii_lowercase().split(['-', '_', '.']).any(|w| {
+        w == "key"
+            || w.ends_with("apikey")
+            || ["password", "passwd", "secret", "token", "credential"]
+                .iter()
+                .any(|s| w.contains(s))
+    })
+}
+
 /// A section read and expanded.
 #[derive(Debug, Default)]
 pub struct Section {

@@ -712,7 +712,7 @@ fn migrate_writes_toml_that_reads_back_as_the_table() {
         "{text}"
     );
     assert!(text.contains("# line 8: socket = /srv/mysite/mysite.sock\nuwsgi = [\"unix:/srv/mysite/mysite.sock\"]\n"), "{text}");
-    assert!(text.contains("# line 11: env = DJANGO_SETTINGS_MODULE=mysite.settings\nDJANGO_SETTINGS_MODULE = \"mysite.settings\"\n"), "{text}");
+    assert!(text.contains("# line 11: env = DJANGO_SETTINGS_MODULE=(value hidden)\nDJANGO_SETTINGS_MODULE = \"mysite.settings\"\n"), "{text}");
     assert!(text.contains("\"weird.name\" = \"1\""), "{text}");
     // Each line not carried, commented with why.
     assert!(
@@ -1184,4 +1184,52 @@ fn last_wins_keeps_an_option_given_once_at_its_last_value() {
         again,
         ["`--workers=2` and `--workers 8` set the same option: the last wins (as in uWSGI and gunicorn)"]
     );
+}
+
+// regression: a warning (or a refusal, or migrate's comments) quoted an `env` line, or
+// a line named like a secret, whole: `env = SECRET_KEY=hunter2` went to the journal.
+#[test]
+fn quoted_lines_hide_env_values_and_secrets() {
+    let t = tr("module = shop.wsgi\nenv = SECRET_KEY=hunter2\nenv = SECRET_KEY=hunter3\nenv=TZ=UTC\nenv = EMPTY=\ndb_password = pw-one\napi-key = pw-two\nAUTH_TOKEN = pw-three\ngevent-monkey-patch = true\nhttp = :8000\nenv = NOVALUE");
+    let shown: Vec<String> = t
+        .lines
+        .iter()
+        .map(|l| l.entry.shown().into_owned())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "module = shop.wsgi",
+            "env = SECRET_KEY=(value hidden)",
+            "env = SECRET_KEY=(value hidden)",
+            "env= TZ=(value hidden)",
+            "env = EMPTY=",
+            "db_password = (value hidden)",
+            "api-key = (value hidden)",
+            "AUTH_TOKEN = (value hidden)",
+            "gevent-monkey-patch = true",
+            "http = :8000",
+            "env = NOVALUE",
+        ]
+    );
+    let said = format!(
+        "{}\n{}\n{}",
+        t.check().unwrap_err(),
+        t.warnings().unwrap(),
+        t.to_toml()
+    );
+    for secret in ["hunter2", "pw-one", "pw-two", "pw-three"] {
+        assert!(!said.contains(secret), "{secret} in:\n{said}");
+    }
+    assert!(
+        said.contains(
+            "shop.ini:3  env = SECRET_KEY=(value hidden): ignored: line 4 sets SECRET_KEY again"
+        ),
+        "{said}"
+    );
+    // The TOML itself carries the value (that is the point of migrating); only the
+    // comments quoting the lines hide it.
+    let comments: String = t.to_toml().lines().filter(|l| l.starts_with('#')).collect();
+    assert!(!comments.contains("hunter3"), "{comments}");
+    assert!(t.to_toml().contains("SECRET_KEY = \"hunter3\""));
 }

@@ -1,0 +1,83 @@
+//! `--ini` never writes a secret of the file to the log: the lines its warnings and
+//! errors quote (at the start, at a reload, in `postern migrate`'s comments) show an
+//! `env = NAME=…` line's value, and that of an option or placeholder named like a
+//! secret (`*password*`, `*secret*`, `*token*`, `key`), as `(value hidden)`.
+//! regression: `env = SECRET_KEY=…` was quoted whole, and went to the journal.
+
+use std::process::Command;
+
+use protocol_tests::harness::*;
+
+const SECRETS: [&str; 3] = ["hunter2", "pw-of-db", "tok-of-api"];
+
+/// An ini file serving the test app on `port`, with `extra` lines.
+fn ini_text(port: u16, extra: &str) -> String {
+    format!(
+        "[uwsgi]\nsocket = 127.0.0.1:{port}\nwsgi-file = {}\nmaster = true\nprocesses = 1\nenv = SECRET_KEY=hunter1\nenv = SECRET_KEY=hunter2\ndb_password = pw-of-db\n{extra}",
+        testapp()
+    )
+}
+
+fn assert_hidden(said: &str) {
+    for s in SECRETS {
+        assert!(!said.contains(s), "{s} in:\n{said}");
+    }
+}
+
+#[test]
+fn start_reload_and_migrate_hide_the_secrets_of_quoted_lines() {
+    let dir = tempdir();
+    let port = free_port();
+    let file = dir.path().join("app.ini");
+    std::fs::write(&file, ini_text(port, "")).unwrap();
+    let mut cmd = Command::new(postern_bin());
+    cmd.arg("--ini").arg(&file).env("RUST_BACKTRACE", "1");
+    let p = Postern::spawn(cmd, Addr::Tcp(port), dir.path(), None);
+    let logs = p.logs();
+    assert!(
+        logs.contains(":6  env = SECRET_KEY=(value hidden): ignored: line 7 sets SECRET_KEY again"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(":8  db_password = (value hidden): unknown"),
+        "{logs}"
+    );
+    // A reload that reads other such lines says them again.
+    std::fs::write(&file, ini_text(port, "api-token = tok-of-api\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log(":9  api-token = (value hidden): unknown", 20),
+        "{}",
+        p.logs()
+    );
+    assert_hidden(&p.logs());
+
+    // A line postern refuses stops the start: its message lists the others too.
+    std::fs::write(&file, ini_text(port, "http = :8000\n")).unwrap();
+    let out = Command::new(postern_bin())
+        .arg("--ini")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("env = SECRET_KEY=(value hidden)"), "{err}");
+    assert_hidden(&err);
+
+    // migrate: the TOML carries the value (that is the conversion), its comments do not.
+    std::fs::write(&file, ini_text(port, "api-token = tok-of-api\n")).unwrap();
+    let out = Command::new(postern_bin())
+        .arg("migrate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(toml.contains("SECRET_KEY = \"hunter2\""), "{toml}");
+    let comments: Vec<&str> = toml.lines().filter(|l| l.starts_with('#')).collect();
+    assert_hidden(&comments.join("\n"));
+    assert!(
+        comments.contains(&"# line 8: db_password = (value hidden)"),
+        "{comments:#?}"
+    );
+    assert_hidden(&String::from_utf8_lossy(&out.stderr));
+}
