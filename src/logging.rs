@@ -252,15 +252,36 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
         .with_writer(writer)
         .with_target(true)
         .with_ansi(ansi);
-    // A second init (tests) keeps the first subscriber.
-    let _ = match opts.format {
-        LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+    // The filter can be swapped (a reload's --log-level, [`set_level`]). A disabled
+    // callsite stays disabled in its own cache (tracing's interest), so a span or event
+    // under the level costs what it did; an enabled one takes an uncontended read lock
+    // per callback. A second init (tests) keeps the first subscriber and its filter.
+    let swap: Option<SwapFilter> = match opts.format {
+        LogFormat::Text => {
+            let b = builder.fmt_fields(TextFields).with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init()
+                .ok()
+                .map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as _)
+        }
+        LogFormat::Json => {
+            let b = builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init()
+                .ok()
+                .map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as _)
+        }
     };
+    if let Some(swap) = swap {
+        let _ = LEVEL.set(Mutex::new(Level {
+            said: opts.level.clone(),
+            swap,
+        }));
+    }
     let _ = LOGS.set(Logs {
         log_file: opts.file.clone(),
         json: opts.format == LogFormat::Json,
@@ -270,6 +291,36 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
     new_process();
     install_sigusr1();
     Ok(())
+}
+
+/// Swaps the filter of postern's log (the subscriber's reload handle).
+type SwapFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// postern's log's level as `--log-level` said it, and how to change it.
+struct Level {
+    said: String,
+    swap: SwapFilter,
+}
+
+static LEVEL: OnceLock<Mutex<Level>> = OnceLock::new();
+
+/// A reload's `--log-level`: this process logs at `level` from now on, and so do the
+/// processes it forks from now on (the master calls it before it forks a new
+/// generation's workers; a worker already running keeps its own). `Ok(false)`: it is
+/// the level already (or the logs are not set up by [`init`]). Err: not a level
+/// ([`log_filter`]'s message).
+pub fn set_level(level: &str) -> Result<bool, String> {
+    let Some(current) = LEVEL.get() else {
+        return Ok(false);
+    };
+    let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+    if current.said == level {
+        return Ok(false);
+    }
+    let filter = log_filter(level)?;
+    (current.swap)(filter)?;
+    current.said = level.to_owned();
+    Ok(true)
 }
 
 /// A panic (a bug in postern) is logged as an error event, with where and on which

@@ -382,6 +382,7 @@ impl Generation {
             lifespan_timeout_over_start: lifespan_timeout_over_start(config)
                 .filter(|_| config.opts.interface == postern::asgi::InterfaceOption::Auto),
             summary,
+            log_level: config.opts.log_level.clone(),
         }
     }
 

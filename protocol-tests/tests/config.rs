@@ -742,10 +742,11 @@ fn a_reload_names_the_changed_settings_it_does_not_apply() {
     let p = Spawn::tcp(dir.path(), &testapp())
         .args(["--master", "--config", conf.to_str().unwrap()])
         .start();
-    std::fs::write(&conf, "workers = 1\nthreads = 2\nlog-level = \"debug\"\n").unwrap();
+    // (--log-level is applied since; --log-format is not.)
+    std::fs::write(&conf, "workers = 1\nthreads = 2\nlog-format = \"json\"\n").unwrap();
     p.signal(libc::SIGHUP);
     assert!(
-        p.wait_log("the configuration changed since postern started in settings a reload does not apply (the listeners, ids, files and Python the master set up at the start): the new workers run with the values postern started with; restart postern to apply these changed=log-level (\"info\" -> \"debug\")", 20),
+        p.wait_log("the configuration changed since postern started in settings a reload does not apply (the listeners, ids, files and Python the master set up at the start): the new workers run with the values postern started with; restart postern to apply these changed=log-format (\"text\" -> \"json\")", 20),
         "{}",
         p.logs()
     );

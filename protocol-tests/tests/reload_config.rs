@@ -598,3 +598,89 @@ fn a_reload_expands_the_ini_as_the_start_did() {
         p.logs()
     );
 }
+
+/// Connects to `p` and closes without a request (logged at debug level only).
+fn probe(p: &Postern) {
+    drop(p.addr.connect().unwrap());
+}
+
+// regression: --log-level was restart-only ("the logs are opened once"): turning on
+// debug logging for a while needed a restart. A reload applies it to the master and
+// the new workers, in both directions, and the INFO line of the changes names it.
+#[test]
+fn a_reload_applies_a_changed_log_level() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let app = testapp();
+    let write = |level: &str| {
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\nworkers = 1\nlog-level = {level:?}\n"),
+        )
+        .unwrap()
+    };
+    write("info");
+    let stats = Addr::Unix(dir.path().join("stats.sock"));
+    let p = with_config(dir.path(), &conf, &["--stats", &stats.arg()]);
+    const DEBUG_LINE: &str = "connection closed before sending a request";
+    probe(&p);
+    write("debug");
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reload: the new workers run the changed configuration", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let line = log_line(&logs, "the new workers run the changed configuration");
+    assert!(line.contains("log-level (\"info\" -> \"debug\")"), "{line}");
+    assert!(!logs.contains("a reload does not apply"), "{logs}");
+    assert!(
+        wait_until(30, || serving(&stats) == [(1, 1)]),
+        "{}",
+        p.logs()
+    );
+    // A request-less connection: a debug line of the new worker.
+    assert!(!p.logs().contains(DEBUG_LINE), "{}", p.logs());
+    probe(&p);
+    assert!(p.wait_log(DEBUG_LINE, 10), "{}", p.logs());
+
+    // Back to warn: the line naming it is still written (before the switch), then
+    // nothing under warn, from the master or the new worker.
+    write("warn");
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("log-level (\"debug\" -> \"warn\")", 20),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(30, || serving(&stats) == [(2, 1)]),
+        "{}",
+        p.logs()
+    );
+    // The old worker's exit (INFO) is not logged any more either.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = p.logs();
+    probe(&p);
+    assert_eq!(p.get("/").0, 200);
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(30, || serving(&stats) == [(3, 1)]),
+        "{}",
+        p.logs()
+    );
+    probe(&p);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let after = p.logs();
+    // (Access lines are not postern's log: --log-level never hides them.)
+    let new: Vec<&str> = after[before.len()..]
+        .lines()
+        .filter(|l| !l.contains("postern::access"))
+        .collect();
+    assert!(
+        !new.iter()
+            .any(|l| l.contains(" INFO ") || l.contains(" DEBUG ")),
+        "lines under warn after the switch:\n{new:#?}"
+    );
+}

@@ -38,7 +38,6 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ("touch-reload", "the master watches its file from the start"),
     ("log-file", "the logs are opened once"),
     ("log-format", "the logs are opened once"),
-    ("log-level", "the logs are opened once"),
     ("access-log", "the logs are opened once"),
     ("access-log-format", "the logs are opened once"),
 ];
@@ -254,11 +253,23 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
             tracing::warn!("{w}");
         }
     }
+    // --log-level: the master logs at the new level from now on, and the new workers,
+    // forked from it, too (a rollback goes back to the serving one's: the master). The
+    // line naming the changes is written at the level it enables, whichever of the two
+    // that is (debug -> warn: before the switch; warn -> info: after it).
+    let level = (next.opts.log_level != current.opts.log_level).then_some(&next.opts.log_level);
+    let louder = !tracing::enabled!(tracing::Level::INFO);
+    if let (Some(level), true) = (level, louder) {
+        set_level(level);
+    }
     if !applied.is_empty() {
         tracing::info!(
             applied = %applied.join(", "),
             "reload: the new workers run the changed configuration"
         );
+    }
+    if let (Some(level), false) = (level, louder) {
+        set_level(level);
     }
     if !kept.is_empty() {
         tracing::warn!(
@@ -270,6 +281,14 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
         config: Box::new(next),
         layers: new_layers,
         changed: !applied.is_empty(),
+    }
+}
+
+/// Switches postern's log to `level` (resolved, so valid): a failure is said, and the
+/// old level stays.
+fn set_level(level: &str) {
+    if let Err(e) = crate::logging::set_level(level) {
+        tracing::warn!(error = %e, "cannot apply the reload's --log-level: the log keeps its level");
     }
 }
 
@@ -311,7 +330,6 @@ fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, threa
     n.touch_reload.clone_from(&c.touch_reload);
     n.log_file.clone_from(&c.log_file);
     n.log_format = c.log_format;
-    n.log_level.clone_from(&c.log_level);
     n.access_log.clone_from(&c.access_log);
     n.access_log_format = c.access_log_format;
     if preloaded {

@@ -1598,6 +1598,13 @@ impl Master {
         if back.summary != self.opts.summary {
             self.board.publish_summary(&back.summary);
         }
+        // The reload switched the master's log to its --log-level: back to the
+        // serving generation's, which the workers started from now on inherit.
+        if back.log_level != self.opts.log_level {
+            if let Err(e) = crate::logging::set_level(&back.log_level) {
+                tracing::warn!(error = %e, "cannot go back to the serving generation's --log-level");
+            }
+        }
         self.opts = back;
         self.lifespan_warning = None;
         if changed {
@@ -2510,6 +2517,7 @@ mod tests {
             app_preloaded: false,
             lifespan_timeout_over_start: None,
             summary: Vec::new(),
+            log_level: "info".to_owned(),
         };
         let board = Arc::new(Scoreboard::new(4, 1).unwrap());
         let mut m = Master::new(board, opts, Arc::new(()), None, None, SigSet::of(&[]));

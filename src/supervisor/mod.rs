@@ -134,6 +134,9 @@ pub struct Options {
     /// What `/status` shows of this generation's configuration (with `--stats`):
     /// published when a reload, or a rollback, changes it.
     pub summary: Vec<(String, String)>,
+    /// `--log-level`: a reload applies it to the master (and so to the workers it forks),
+    /// a rollback goes back to the serving generation's.
+    pub log_level: String,
 }
 
 /// The warning for a `--lifespan-timeout` at or above `--worker-start-timeout`, for an
