@@ -684,3 +684,53 @@ fn a_reload_applies_a_changed_log_level() {
         "lines under warn after the switch:\n{new:#?}"
     );
 }
+
+// regression: a SIGTTIN during a reload that changed --workers was lost when the reload
+// failed: the rollback went back to the serving generation's number as it was before.
+#[test]
+fn a_sigttin_during_a_failing_reload_counts_after_the_rollback() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let first = named_app(dir.path(), "first");
+    std::fs::write(&conf, format!("app = {first:?}\nworkers = 1\n")).unwrap();
+    let p = with_config(dir.path(), &conf, &[]);
+    // Fails, but only after 2 s: the SIGTTIN comes during the reload.
+    let broken = dir.path().join("slow_broken.py");
+    std::fs::write(
+        &broken,
+        "import time\ntime.sleep(2)\nraise ImportError('broken on purpose')\n",
+    )
+    .unwrap();
+    std::fs::write(&conf, format!("app = {broken:?}\nworkers = 3\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reloading: new workers start", 20),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTTIN);
+    assert!(p.wait_log("SIGTTIN: one worker more", 10), "{}", p.logs());
+    assert!(
+        p.wait_log("reload failed: the new workers do not start", 30),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log("the failed reload's settings are dropped", 5),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let dropped = log_line(&logs, "the failed reload's settings are dropped");
+    assert!(
+        dropped.contains("generation=0") && dropped.contains("workers=2"),
+        "1 + the SIGTTIN: {dropped}"
+    );
+    assert!(
+        wait_until(30, || children(p.pid()).len() == 2),
+        "{:?}\n{}",
+        children(p.pid()),
+        p.logs()
+    );
+    assert_eq!(text(&p, "/"), "first");
+}

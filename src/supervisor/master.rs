@@ -534,13 +534,11 @@ pub fn run(
                     return m.stop(sig, listeners);
                 }
                 libc::SIGTTIN => {
-                    m.target += 1;
-                    m.board.publish_target(m.target);
+                    m.scale(true);
                     tracing::info!(workers = m.target, "SIGTTIN: one worker more");
                 }
                 libc::SIGTTOU if m.target > 1 => {
-                    m.target -= 1;
-                    m.board.publish_target(m.target);
+                    m.scale(false);
                     tracing::info!(workers = m.target, "SIGTTOU: one worker less");
                     m.retire_extra();
                 }
@@ -1673,6 +1671,36 @@ impl Master {
         }
     }
 
+    /// SIGTTIN (`more`) or SIGTTOU: one worker more or less now, and during a reload
+    /// in the number the serving generation keeps too, which a rollback (or a reload
+    /// during this one that keeps the serving `--workers`) goes back to.
+    /// regression: a reload that changed `--workers` (2 -> 4) took 5 at a SIGTTIN, and
+    /// its rollback went back to the serving generation's 2: the signal was lost.
+    fn scale(&mut self, more: bool) {
+        let step = |n: usize| {
+            if more {
+                n + 1
+            } else {
+                n.saturating_sub(1).max(1)
+            }
+        };
+        self.target = step(self.target);
+        self.board.publish_target(self.target);
+        let serving = self.serving_generation();
+        if serving != self.generation {
+            // The generation whose settings it runs (see `settings_of`).
+            let kept = self
+                .gens
+                .range(..=serving)
+                .next_back()
+                .or_else(|| self.gens.iter().next())
+                .map(|(&g, _)| g);
+            if let Some(g) = kept.and_then(|g| self.gens.get_mut(&g)) {
+                g.target = step(g.target);
+            }
+        }
+    }
+
     /// One worker less (SIGTTOU): the newest still importing the app, else the
     /// newest serving. One still importing is killed at once, as at a reload during a
     /// reload: it never served (the import's end and this give-up race on the
@@ -2718,6 +2746,42 @@ mod tests {
         m.generation = 0;
         m.back_to_settings_of(2);
         assert_eq!(m.target, 3);
+        let _ = stand.end();
+    }
+
+    // regression: a SIGTTIN during a reload that changed --workers was lost when the
+    // reload failed (or a reload during it kept the serving --workers): the rollback
+    // took the serving generation's number as it was before the signal.
+    #[test]
+    fn a_sigttin_during_a_reload_counts_after_its_rollback() {
+        let mut m = master(2);
+        let stand = Stand::new();
+        add(&mut m, &stand, true);
+        let with = |m: &Master, workers: usize| Options {
+            workers,
+            ..(*m.opts).clone()
+        };
+        let a = with(&m, 4);
+        m.new_generation(a, Arc::new(()), true, 0);
+        assert_eq!(m.target, 4);
+        m.scale(true);
+        assert_eq!((m.target, m.board.target()), (5, 5));
+        m.generation = 0;
+        m.back_to_settings_of(1);
+        assert_eq!((m.target, m.board.target()), (3, 3), "2 + the SIGTTIN");
+        // A reload during the reload that keeps the serving --workers takes it too,
+        // and so does a SIGTTOU.
+        let a = with(&m, 4);
+        m.new_generation(a, Arc::new(()), true, 0);
+        m.scale(true);
+        m.scale(false);
+        m.scale(false);
+        assert_eq!(m.target, 3);
+        let b = with(&m, 2);
+        let serving = m.serving_generation();
+        assert_eq!(serving, 0);
+        m.new_generation(b, Arc::new(()), true, serving);
+        assert_eq!(m.target, 2, "3, one more, two less");
         let _ = stand.end();
     }
 
