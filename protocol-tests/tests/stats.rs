@@ -1269,3 +1269,63 @@ fn reloads_count_by_result_and_a_failed_reloads_workers_are_boot_failures() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(15).is_some(), "{}", p.logs());
 }
+
+// regression: a SIGSTOPped worker showed as `serving` in /status and in
+// postern_workers, its heartbeat's age nowhere: nothing told it from a worker that
+// serves. It shows `unresponsive` once its heartbeat is over 10 s old, with
+// `last_seen_seconds`, and counts in postern_workers_unresponsive; it serves again
+// after SIGCONT.
+#[test]
+fn a_stopped_worker_shows_unresponsive() {
+    let dir = tempdir();
+    let stats_addr = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), app(dir.path()).to_str().unwrap())
+        .args(["--workers", "2", "--stats", &stats_addr.arg()])
+        .start();
+    assert!(
+        wait_until(30, || serving_pids(&stats_addr).len() == 2),
+        "{}",
+        p.logs()
+    );
+    let workers = status_json(&stats_addr)["workers"].clone();
+    for w in workers.as_array().unwrap() {
+        let seen = w["last_seen_seconds"].as_f64().unwrap();
+        assert!(seen < 5.0, "{w}");
+    }
+    let stopped = serving_pids(&stats_addr)[0];
+    kill(stopped, libc::SIGSTOP);
+    let shown = || {
+        status_json(&stats_addr)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["pid"] == stopped)
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        wait_until(30, || shown()["state"] == "unresponsive"),
+        "{}",
+        shown()
+    );
+    assert!(
+        shown()["last_seen_seconds"].as_f64().unwrap() > 10.0,
+        "{}",
+        shown()
+    );
+    let m = metrics(&stats_addr);
+    assert_eq!(sample(&m, "postern_workers_unresponsive"), 1.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_workers{state="serving"}"#),
+        2.0,
+        "{m}"
+    );
+    kill(stopped, libc::SIGCONT);
+    assert!(
+        wait_until(10, || shown()["state"] == "serving"),
+        "{}",
+        shown()
+    );
+    let m = metrics(&stats_addr);
+    assert_eq!(sample(&m, "postern_workers_unresponsive"), 0.0, "{m}");
+}

@@ -314,6 +314,16 @@ impl Collector for Metrics {
                 (vec![("state", st.label().to_owned())], gauge(n))
             }),
         )?;
+        family(
+            &mut enc,
+            "workers_unresponsive",
+            "Workers that should serve (counted serving or retiring in postern_workers) whose heartbeat is over 10 s old: stopped (SIGSTOP, a debugger), frozen (swapping, stuck in the kernel) or with their I/O thread blocked. /status names them (state unresponsive, last_seen_seconds).",
+            None,
+            [(
+                Vec::new(),
+                gauge(s.workers.iter().filter(|w| w.unresponsive()).count()),
+            )],
+        )?;
         if s.master {
             // Both reasons always, at 0 when none is held: an alert on
             // `postern_workers_held{reason="starts-failed"} > 0` needs the series.
@@ -372,6 +382,7 @@ impl Collector for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn encodes_prometheus_text() {
@@ -482,5 +493,47 @@ mod tests {
         let json = crate::stats::status::json(&s);
         assert!(json.contains(r#""state": "retiring""#), "{json}");
         assert!(json.contains(r#""leaving_for": "max-requests""#), "{json}");
+    }
+
+    // regression: a SIGSTOPped (or frozen) worker showed as serving, nothing telling
+    // it from one that serves: its heartbeat's age and `unresponsive` now do.
+    #[test]
+    fn a_worker_whose_heartbeat_is_stale_is_unresponsive() {
+        let mut s = crate::stats::tests::sample();
+        let text = encode(&s);
+        assert!(
+            text.lines().any(|l| l == "postern_workers_unresponsive 0"),
+            "{text}"
+        );
+        let json = crate::stats::status::json(&s);
+        assert!(json.contains(r#""last_seen_seconds": 0.1"#), "{json}");
+        s.workers[0].last_seen = Some(crate::stats::UNRESPONSIVE_AFTER + Duration::from_secs(2));
+        // A draining worker stops beating: not unresponsive for that.
+        s.workers[1].state = WorkerState::Draining;
+        s.workers[1].last_seen = Some(Duration::from_secs(60));
+        let text = encode(&s);
+        for line in [
+            "postern_workers_unresponsive 1",
+            r#"postern_workers{state="serving"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        let json = crate::stats::status::json(&s);
+        assert!(
+            json.contains(
+                r#""state": "unresponsive",
+      "last_seen_seconds": 12.0,"#
+            ),
+            "{json}"
+        );
+        assert!(json.contains(r#""state": "draining""#), "{json}");
+        let text = crate::stats::status::text(&s);
+        assert!(
+            text.contains(" unresponsive ") && text.contains("no heartbeat for 12s"),
+            "{text}"
+        );
     }
 }

@@ -355,7 +355,14 @@ pub struct Worker {
     pub threads: Vec<Option<Current>>,
     /// An ASGI worker's tasks.
     pub tasks: Option<Tasks>,
+    /// How long ago its heartbeat was (its I/O runtime beats every 250 ms once it
+    /// serves); `None`: none yet (importing the app).
+    pub last_seen: Option<Duration>,
 }
+
+/// A worker that should serve and whose heartbeat is older than this is shown
+/// `unresponsive` ([`Worker::unresponsive`]).
+pub const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
 
 /// An ASGI worker's load: every task in flight, of which `threads` shows the oldest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +372,23 @@ pub struct Tasks {
 }
 
 impl Worker {
+    /// It accepts requests (serving, retiring) but its heartbeat is older than
+    /// [`UNRESPONSIVE_AFTER`]: the process is stopped (SIGSTOP, a debugger), frozen
+    /// (swapping, stuck in the kernel) or its I/O thread is blocked. Its requests and
+    /// its share of the listen queue wait meanwhile; the master does not act on it.
+    pub fn unresponsive(&self) -> bool {
+        self.state.accepts() && self.last_seen.is_some_and(|a| a > UNRESPONSIVE_AFTER)
+    }
+
+    /// Its state as `/status` says it: `unresponsive` over the one it has.
+    pub fn label(&self) -> &'static str {
+        if self.unresponsive() {
+            "unresponsive"
+        } else {
+            self.state.label()
+        }
+    }
+
     /// Requests in flight: busy threads (WSGI), tasks (ASGI).
     pub fn busy(&self) -> usize {
         match self.tasks {
@@ -513,6 +537,7 @@ pub(crate) mod tests {
                         None,
                     ],
                     tasks: None,
+                    last_seen: Some(Duration::from_millis(100)),
                 },
                 Worker {
                     slot: 1,
@@ -527,6 +552,7 @@ pub(crate) mod tests {
                     rss_bytes: None,
                     threads: vec![None, None],
                     tasks: None,
+                    last_seen: Some(Duration::from_millis(100)),
                 },
             ],
             listeners: vec![Listener {

@@ -59,7 +59,12 @@ struct Worker {
     worker: usize,
     pid: i32,
     generation: u64,
+    /// `starting`, `serving`, `retiring`, `draining`, or `unresponsive`: it should
+    /// serve but its heartbeat is older than [`super::UNRESPONSIVE_AFTER`].
     state: &'static str,
+    /// Seconds since its heartbeat (every 250 ms once it serves); none while it imports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_seconds: Option<f64>,
     started: String,
     started_unix: f64,
     /// Why it was started (`boot`, or the cause of the exit it replaced).
@@ -159,7 +164,8 @@ pub fn json(s: &Snapshot) -> String {
                 worker: w.slot,
                 pid: w.pid,
                 generation: w.generation,
-                state: w.state.label(),
+                state: w.label(),
+                last_seen_seconds: w.last_seen.map(|a| round3(a.as_secs_f64())),
                 started: date(w.started_unix),
                 started_unix: round3(w.started_unix),
                 start_cause: w.start_cause.label(),
@@ -364,7 +370,7 @@ pub fn text(s: &Snapshot) -> String {
                     "{:<8} {:>3}  {:<8}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  {req}",
                     w.pid,
                     w.generation,
-                    w.state.label(),
+                    w.label(),
                     w.requests,
                     rss,
                     up,
@@ -378,6 +384,16 @@ pub fn text(s: &Snapshot) -> String {
         }
         if let Some(m) = more.filter(|m| !m.is_empty() && !w.threads.iter().all(Option::is_none)) {
             let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {m}", "", "", "");
+        }
+        if let Some(a) = w.last_seen.filter(|_| w.unresponsive()) {
+            let _ = writeln!(
+                o,
+                "{:<51}{:>6}  {:>8}  no heartbeat for {}: stopped (SIGSTOP, a debugger) or frozen",
+                "",
+                "",
+                "",
+                span(a)
+            );
         }
         // Under the REQUEST column: the STATE column has no room for it.
         // regression: "serves past its recycling limits" with none set.

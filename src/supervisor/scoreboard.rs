@@ -246,6 +246,11 @@ pub struct SlotHead {
     /// change it, up to the lines a slot has); 0: [`Scoreboard::python_threads`].
     /// Written by the master before the fork ([`Scoreboard::set_threads`]).
     threads: AtomicU32,
+    /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
+    /// writes it every 250 ms once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
+    /// `/status` shows its age, and a worker that should serve but has not beaten
+    /// for [`stats::UNRESPONSIVE_AFTER`] as `unresponsive`.
+    seen: AtomicU64,
 }
 
 /// One Python thread (WSGI), or one of the oldest tasks in flight (ASGI).
@@ -459,6 +464,7 @@ impl Scoreboard {
             h.held.store(0, Ordering::SeqCst);
             h.beat.store(0, Ordering::SeqCst);
             h.threads.store(0, Ordering::Relaxed);
+            h.seen.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
             }
@@ -925,6 +931,14 @@ impl Scoreboard {
         self.head(slot).beat.store(ns, Ordering::Release);
     }
 
+    /// The worker in `slot` is alive and its I/O runtime runs (every 250 ms once it
+    /// serves): a stopped (SIGSTOP, a debugger) or frozen process beats no more.
+    pub fn heartbeat(&self, slot: usize) {
+        self.head(slot)
+            .seen
+            .store(now_ns().max(1), Ordering::Relaxed);
+    }
+
     /// When the event loop of the worker in `slot` last ticked (CLOCK_MONOTONIC
     /// nanoseconds), if its heartbeat is watched ([`Scoreboard::set_beat`]).
     pub fn beat(&self, slot: usize) -> Option<u64> {
@@ -1065,6 +1079,7 @@ impl Scoreboard {
             log_lines_dropped += get(&h.log_dropped);
             add_refused(&h.refused, &mut totals);
             let rss = h.rss_kib.load(Ordering::Relaxed);
+            let seen = h.seen.load(Ordering::Relaxed);
             workers.push(stats::Worker {
                 slot,
                 pid: h.pid.load(Ordering::Relaxed),
@@ -1080,6 +1095,7 @@ impl Scoreboard {
                 rss_bytes: (rss > 0).then_some(rss * 1024),
                 threads,
                 tasks,
+                last_seen: (seen > 0).then(|| Duration::from_nanos(now.saturating_sub(seen))),
             });
         }
         Reading {

@@ -100,6 +100,8 @@ pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
 /// stop (nothing shuts a TCP listener under it: the stop exited 1).
 async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
     loop {
+        // Its heartbeat too (`/status`'s `last_seen_seconds`, `unresponsive`).
+        board.heartbeat(slot);
         tokio::time::sleep(MARK_EVERY).await;
         if crate::stop::any() {
             return;
