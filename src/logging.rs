@@ -534,9 +534,39 @@ pub fn reopen() {
     }
 }
 
-/// Whether access lines are written at all (`--access-log off` writes none).
+/// Whether access lines are written at all (`--access-log off` writes none, nor does
+/// a process a reload's `--access-log off` turned them off in: [`set_access_log`]).
 pub fn access_enabled() -> bool {
-    LOGS.get().is_some_and(|l| l.access.is_some())
+    ACCESS_ON.load(Ordering::Relaxed) && LOGS.get().is_some_and(|l| l.access.is_some())
+}
+
+/// A reload's `--access-log off` turned the access lines off in this process (and the
+/// processes it forks from now on).
+static ACCESS_ON: AtomicBool = AtomicBool::new(true);
+
+/// Whether a reload can make the access log `value` (`--access-log`'s syntax): `off`,
+/// or the target opened at the start (`-` or its file). Another needs a restart: the
+/// logs are opened once, before privileges are dropped.
+pub fn access_log_reloadable(value: &str) -> bool {
+    let target = AccessTarget::parse(value);
+    target == AccessTarget::Off
+        || LOGS
+            .get()
+            .and_then(|l| l.access.as_ref())
+            .is_some_and(|(out, _)| out.is(&target))
+}
+
+/// A reload's `--access-log`: `off` stops the access lines of this process, and of the
+/// processes it forks from now on; the target opened at the start writes them again.
+/// `false`: another target, which only a restart opens ([`access_log_reloadable`]):
+/// nothing changes.
+pub fn set_access_log(value: &str) -> bool {
+    if !access_log_reloadable(value) {
+        return false;
+    }
+    let on = AccessTarget::parse(value) != AccessTarget::Off;
+    ACCESS_ON.store(on, Ordering::Relaxed);
+    true
 }
 
 /// A fresh process: its own pid and its own request-id prefix (a forked worker must not
@@ -1075,6 +1105,9 @@ fn write_access(a: &Access<'_>, elapsed: Duration, now: SystemTime) {
     let Some((out, format)) = LOGS.get().and_then(|l| l.access.as_ref()) else {
         return;
     };
+    if !ACCESS_ON.load(Ordering::Relaxed) {
+        return;
+    }
     let pid = PID.load(Ordering::Relaxed);
     LINE.with(|line| {
         let mut line = line.borrow_mut();

@@ -383,6 +383,7 @@ impl Generation {
                 .filter(|_| config.opts.interface == postern::asgi::InterfaceOption::Auto),
             summary,
             log_level: config.opts.log_level.clone(),
+            access_log: config.opts.access_log.clone(),
         }
     }
 

@@ -734,3 +734,67 @@ fn a_sigttin_during_a_failing_reload_counts_after_the_rollback() {
     );
     assert_eq!(text(&p, "/"), "first");
 }
+
+// A reload turns the access log off, and on again to the file opened at the start;
+// another file needs a restart (the logs are opened once, before --uid).
+// regression: every --access-log change was restart-only.
+#[test]
+fn a_reload_turns_the_access_log_off_and_on_again() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let access = dir.path().join("access.log");
+    let other = dir.path().join("other.log");
+    let app = testapp();
+    let write = |value: &str| {
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\nworkers = 1\naccess-log = {value:?}\n"),
+        )
+        .unwrap()
+    };
+    write(access.to_str().unwrap());
+    let stats = Addr::Unix(dir.path().join("stats.sock"));
+    let p = with_config(dir.path(), &conf, &["--stats", &stats.arg()]);
+    let lines = || {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(p.get("/").0, 200);
+    assert!(wait_until(10, || lines() == 1), "{}", p.logs());
+
+    let reload = |generation: i64| {
+        p.signal(libc::SIGHUP);
+        assert!(
+            wait_until(30, || serving(&stats) == [(generation, 1)]),
+            "{}",
+            p.logs()
+        );
+    };
+    write("off");
+    reload(1);
+    let logs = p.logs();
+    let line = log_line(&logs, "the new workers run the changed configuration");
+    assert!(line.contains("access-log ("), "{line}");
+    assert!(line.contains(" -> \"off\")"), "{line}");
+    assert_eq!(p.get("/").0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(lines(), 1, "a line written with the access log off");
+
+    write(access.to_str().unwrap());
+    reload(2);
+    assert_eq!(p.get("/").0, 200);
+    assert!(wait_until(10, || lines() == 2), "{}", p.logs());
+
+    // Another file: a restart opens it; the lines go on to the first one.
+    write(other.to_str().unwrap());
+    reload(3);
+    assert!(p.wait_log("a reload does not apply", 10), "{}", p.logs());
+    let logs = p.logs();
+    let warn = log_line(&logs, "a reload does not apply");
+    assert!(warn.contains("changed=access-log ("), "{warn}");
+    assert_eq!(p.get("/").0, 200);
+    assert!(wait_until(10, || lines() == 3), "{}", p.logs());
+    assert!(!other.exists());
+}

@@ -38,7 +38,6 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ("touch-reload", "the master watches its file from the start"),
     ("log-file", "the logs are opened once"),
     ("log-format", "the logs are opened once"),
-    ("access-log", "the logs are opened once"),
     ("access-log-format", "the logs are opened once"),
 ];
 
@@ -215,6 +214,9 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
         .cloned()
         .collect();
     let threads_over = next.opts.threads > thread_room;
+    // --access-log: off, or back to the target opened at the start, is applied (see
+    // keep_restart_only); another target needs a restart.
+    let access_kept = !crate::logging::access_log_reloadable(&next.opts.access_log);
     let mut applied = Vec::new();
     let mut kept = Vec::new();
     for key in keys {
@@ -222,7 +224,8 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
             continue;
         };
         let restart = RESTART_ONLY.iter().any(|(k, _)| *k == key)
-            || (preloaded && PRELOADED.contains(&key.as_str()));
+            || (preloaded && PRELOADED.contains(&key.as_str()))
+            || (key == "access-log" && access_kept);
         if restart {
             kept.push(change);
         } else if key == "threads" && threads_over {
@@ -245,6 +248,9 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
     }
     if threads_over {
         new_layers.keep(layers, "threads");
+    }
+    if access_kept {
+        new_layers.keep(layers, "access-log");
     }
     // As at the start, when the --ini file's lines postern runs without are others now.
     // regression: a reload read them and said nothing.
@@ -270,6 +276,10 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
     }
     if let (Some(level), false) = (level, louder) {
         set_level(level);
+    }
+    // The access log on or off: the new workers, forked from the master, inherit it.
+    if next.opts.access_log != current.opts.access_log {
+        crate::logging::set_access_log(&next.opts.access_log);
     }
     if !kept.is_empty() {
         tracing::warn!(
@@ -330,7 +340,9 @@ fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, threa
     n.touch_reload.clone_from(&c.touch_reload);
     n.log_file.clone_from(&c.log_file);
     n.log_format = c.log_format;
-    n.access_log.clone_from(&c.access_log);
+    if !crate::logging::access_log_reloadable(&n.access_log) {
+        n.access_log.clone_from(&c.access_log);
+    }
     n.access_log_format = c.access_log_format;
     if preloaded {
         n.app.clone_from(&c.app);

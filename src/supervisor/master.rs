@@ -1603,6 +1603,9 @@ impl Master {
                 tracing::warn!(error = %e, "cannot go back to the serving generation's --log-level");
             }
         }
+        if back.access_log != self.opts.access_log {
+            crate::logging::set_access_log(&back.access_log);
+        }
         self.opts = back;
         self.lifespan_warning = None;
         if changed {
@@ -2546,6 +2549,7 @@ mod tests {
             lifespan_timeout_over_start: None,
             summary: Vec::new(),
             log_level: "info".to_owned(),
+            access_log: "-".to_owned(),
         };
         let board = Arc::new(Scoreboard::new(4, 1).unwrap());
         let mut m = Master::new(board, opts, Arc::new(()), None, None, SigSet::of(&[]));

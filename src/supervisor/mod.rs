@@ -137,6 +137,10 @@ pub struct Options {
     /// `--log-level`: a reload applies it to the master (and so to the workers it forks),
     /// a rollback goes back to the serving generation's.
     pub log_level: String,
+    /// `--access-log`: a reload that turns it off (or on again) applies it to the
+    /// master (and so to the workers it forks); a rollback goes back to the serving
+    /// generation's.
+    pub access_log: String,
 }
 
 /// The warning for a `--lifespan-timeout` at or above `--worker-start-timeout`, for an
