@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub use command_line::{
     config_key_hint, explain, is_uwsgi_mount, last_wins, postern_words, uwsgi_options, Arity, Typed,
 };
-pub use expand::{Context, Entry, FileFacts};
+pub use expand::{secret_name, Context, Entry, FileFacts, HIDDEN};
 
 /// `postern migrate`'s exit status when a line of the file is REFUSED (`postern --ini`
 /// would stop on it); the TOML is still printed. 2 is a file that cannot be read.

@@ -81,3 +81,33 @@ fn start_reload_and_migrate_hide_the_secrets_of_quoted_lines() {
     );
     assert_hidden(&String::from_utf8_lossy(&out.stderr));
 }
+
+// The same for `postern migrate gunicorn.conf.py`: its comments quote each statement.
+// regression: `raw_env = ["SECRET_KEY=…"]` and `SECRET_KEY = "…"` were quoted whole.
+#[test]
+fn gunicorn_migrate_comments_hide_raw_env_and_secrets() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        "wsgi_app = \"app:app\"\nraw_env = [\"SECRET_KEY=hunter2\"]\nSECRET_KEY = \"pw-of-db\"\napi_token = os.environ.get(\"X\", \"tok-of-api\")\n",
+    )
+    .unwrap();
+    let out = Command::new(postern_bin())
+        .arg("migrate")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(toml.contains("SECRET_KEY = \"hunter2\""), "{toml}");
+    let comments: Vec<&str> = toml.lines().filter(|l| l.starts_with('#')).collect();
+    assert_hidden(&comments.join("\n"));
+    for quoted in [
+        "# line 2: raw_env = (value hidden)",
+        "# line 3: SECRET_KEY = (value hidden)",
+        "# line 4: api_token = (value hidden)",
+    ] {
+        assert!(comments.contains(&quoted), "{quoted} not in {comments:#?}");
+    }
+    assert_hidden(&String::from_utf8_lossy(&out.stderr));
+}

@@ -1630,6 +1630,17 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
         .collect();
 
     let head = |s: &Statement| {
+        // As `--ini`'s quoted lines: the value of raw_env (environment variables, often
+        // secrets) and of a name like a secret's is not quoted (the TOML carries the
+        // values that carry over).
+        if let Some(name) = s
+            .name
+            .as_deref()
+            .filter(|n| *n == "raw_env" || crate::uwsgi_ini::secret_name(n))
+            .filter(|_| !s.value.trim().is_empty())
+        {
+            return format!("{name} = {}", crate::uwsgi_ini::HIDDEN);
+        }
         let first = s.text.lines().next().unwrap_or_default();
         if s.text.contains('\n') {
             format!("{first} …")
