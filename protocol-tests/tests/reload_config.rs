@@ -798,3 +798,127 @@ fn a_reload_turns_the_access_log_off_and_on_again() {
     assert!(wait_until(10, || lines() == 3), "{}", p.logs());
     assert!(!other.exists());
 }
+
+/// An app whose import waits while the file `$GATE` exists (having made `$ARRIVED`),
+/// and fails when `$FAIL` is set.
+fn gated_app(dir: &Path) -> PathBuf {
+    let app = dir.join("gated.py");
+    std::fs::write(
+        &app,
+        "import os, time\n\
+         gate = os.environ.get('GATE')\n\
+         if gate:\n    open(os.environ['ARRIVED'], 'w').close()\n\
+         while gate and os.path.exists(gate):\n    time.sleep(0.05)\n\
+         if os.environ.get('FAIL'):\n    raise ImportError('broken on purpose')\n\
+         def application(environ, start_response):\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    app
+}
+
+/// A reload A (debug, --access-log off) held in its import, then a reload B back to
+/// info and the access log, which serves (`fail`: fails, and the master goes back to
+/// generation 0): the workers started from then on log at info, and write access lines.
+fn held_debug_then_info(fail: bool) {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let app = gated_app(dir.path());
+    let (gate, arrived) = (dir.path().join("gate"), dir.path().join("arrived"));
+    std::fs::write(&gate, "").unwrap();
+    let write = |level: &str, env: &str| {
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\nworkers = 1\nlog-level = {level:?}\n[env]\n{env}"),
+        )
+        .unwrap()
+    };
+    write("info", "");
+    let p = with_config(dir.path(), &conf, &[]);
+    const DEBUG_LINE: &str = "connection closed before sending a request";
+    // A also turns the access log off (B turns it on again).
+    std::fs::write(
+        &conf,
+        format!(
+            "app = {app:?}\nworkers = 1\nlog-level = \"debug\"\naccess-log = \"off\"\n[env]\nGATE = {gate:?}\nARRIVED = {arrived:?}\n"
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(wait_file(&arrived, 30), "{}", p.logs());
+    write("info", if fail { "FAIL = \"1\"\n" } else { "" });
+    p.signal(libc::SIGHUP);
+    let first = children(p.pid());
+    if fail {
+        assert!(
+            p.wait_log("the failed reload's settings are dropped", 30),
+            "{}",
+            p.logs()
+        );
+        // A worker the master starts from now on: generation 0's, at info.
+        assert!(
+            wait_until(30, || children(p.pid()).len() == 1),
+            "{:?}\n{}",
+            children(p.pid()),
+            p.logs()
+        );
+        let old = children(p.pid())[0];
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        assert!(wait_until(30, || gone(old)), "{}", p.logs());
+    } else {
+        assert!(
+            p.wait_log(
+                "new workers ready; old workers finish their requests and exit",
+                30
+            ),
+            "{}",
+            p.logs()
+        );
+    }
+    // Only the newest worker is left (generation 0's and A's are gone).
+    assert!(
+        wait_until(30, || {
+            let now = children(p.pid());
+            now.len() == 1 && !first.contains(&now[0])
+        }),
+        "{:?} {:?}\n{}",
+        first,
+        children(p.pid()),
+        p.logs()
+    );
+    assert!(wait_until(30, || p.get("/").0 == 200), "{}", p.logs());
+    let before = p.logs();
+    probe(&p);
+    assert_eq!(p.get("/").0, 200);
+    assert!(
+        wait_until(10, || p.logs()[before.len()..].contains("postern::access")),
+        "the worker started after the reload back to the access log writes none:\n{}",
+        p.logs()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let _ = std::fs::remove_file(&gate);
+    let after = p.logs();
+    let new: Vec<&str> = after[before.len()..]
+        .lines()
+        .filter(|l| !l.contains("postern::access"))
+        .collect();
+    assert!(
+        !new.iter()
+            .any(|l| l.contains(DEBUG_LINE) || l.contains(" DEBUG ")),
+        "the worker started after the reload back to info logs at debug:\n{new:#?}\n{after}"
+    );
+}
+
+// regression: a reload back to info during a reload to debug still importing (A ->
+// B) compared B's info with the serving generation's info, so nothing switched the
+// master back: B's workers (and the master) logged at debug for good.
+#[test]
+fn a_reload_during_a_reload_leaves_the_log_at_its_level() {
+    held_debug_then_info(false);
+}
+
+// regression: the same, B failing: the rollback compared generation 0's info with B's
+// info and stayed at A's debug.
+#[test]
+fn a_rollback_during_a_reload_leaves_the_log_at_the_serving_level() {
+    held_debug_then_info(true);
+}

@@ -197,6 +197,10 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
                 uid = rustix::process::geteuid().as_raw(),
                 "the configuration cannot be read again at this reload (postern runs as this uid now, after --uid; the start read it before dropping privileges), so whether it changed is not known: the reload goes on with the settings the workers run; restart postern to apply a change"
             );
+            // The serving generation's level: a reload during this one may have
+            // switched the master to its own.
+            set_level(&current.opts.log_level);
+            crate::logging::set_access_log(&current.opts.access_log);
             return Next::Apply {
                 config: Box::new(current.clone()),
                 layers: layers.clone(),
@@ -260,13 +264,19 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
         }
     }
     // --log-level: the master logs at the new level from now on, and the new workers,
-    // forked from it, too (a rollback goes back to the serving one's: the master). The
-    // line naming the changes is written at the level it enables, whichever of the two
-    // that is (debug -> warn: before the switch; warn -> info: after it).
-    let level = (next.opts.log_level != current.opts.log_level).then_some(&next.opts.log_level);
+    // forked from it, too (a rollback goes back to the serving one's: the master). Set
+    // whether or not it changed from the serving generation's: a reload during a
+    // reload still importing compares with the serving one, while the master logs at
+    // the dropped one's (a no-op when the level is the same). The line naming the
+    // changes is written at the level it enables, whichever of the two that is, from
+    // the level the master logs at now (debug -> warn: before the switch; warn -> info:
+    // after it).
+    // regression: only a level changed from the serving generation's was set, so a
+    // reload back to info during one to debug left the master (and every worker it
+    // started) at debug for good.
     let louder = !tracing::enabled!(tracing::Level::INFO);
-    if let (Some(level), true) = (level, louder) {
-        set_level(level);
+    if louder {
+        set_level(&next.opts.log_level);
     }
     if !applied.is_empty() {
         tracing::info!(
@@ -274,13 +284,12 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
             "reload: the new workers run the changed configuration"
         );
     }
-    if let (Some(level), false) = (level, louder) {
-        set_level(level);
+    if !louder {
+        set_level(&next.opts.log_level);
     }
     // The access log on or off: the new workers, forked from the master, inherit it.
-    if next.opts.access_log != current.opts.access_log {
-        crate::logging::set_access_log(&next.opts.access_log);
-    }
+    // Whether or not it changed from the serving generation's, as --log-level.
+    crate::logging::set_access_log(&next.opts.access_log);
     if !kept.is_empty() {
         tracing::warn!(
             changed = %kept.join(", "),

@@ -1597,15 +1597,15 @@ impl Master {
             self.board.publish_summary(&back.summary);
         }
         // The reload switched the master's log to its --log-level: back to the
-        // serving generation's, which the workers started from now on inherit.
-        if back.log_level != self.opts.log_level {
-            if let Err(e) = crate::logging::set_level(&back.log_level) {
-                tracing::warn!(error = %e, "cannot go back to the serving generation's --log-level");
-            }
+        // serving generation's, which the workers started from now on inherit. Always
+        // (a no-op at the same level): the master may log at the level of a reload
+        // dropped during this one, not at the failed one's.
+        // regression: skipped when the failed generation's level was the serving
+        // one's, so A (debug) then B (info, failing) stayed at A's debug.
+        if let Err(e) = crate::logging::set_level(&back.log_level) {
+            tracing::warn!(error = %e, "cannot go back to the serving generation's --log-level");
         }
-        if back.access_log != self.opts.access_log {
-            crate::logging::set_access_log(&back.access_log);
-        }
+        crate::logging::set_access_log(&back.access_log);
         self.opts = back;
         self.lifespan_warning = None;
         if changed {
