@@ -739,6 +739,9 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, ServerErro
     }
 }
 
+/// Taken around a Unix bind and the umask it sets (see [`bind_unix`]).
+static UMASK_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Binds a Unix socket at `path` so that nobody else who can write in its directory
 /// can turn the bind against postern (which often runs as root at this point):
 ///
@@ -772,10 +775,14 @@ fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bou
     clear_stale_socket(addr, path, &dirfd, name)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
     let sockaddr = SockAddr::unix(path).map_err(err)?;
+    // The umask is process-wide: this runs at start (and in --check), while no other
+    // thread of postern's creates files; binds in one process (the unit tests run many
+    // at once) take turns, so each sees the umask the process had, not another bind's.
+    let turn = UMASK_TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let bound = match opts.mode {
         Some(mode) => {
-            // The umask is process-wide: this runs at start (and in --check), while no
-            // other thread creates files.
             let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(!mode & 0o777));
             let r = socket.bind(&sockaddr);
             rustix::process::umask(old);
@@ -783,6 +790,7 @@ fn bind_unix(addr: &ListenAddr, path: &Path, opts: &SocketOptions) -> Result<Bou
         }
         None => socket.bind(&sockaddr),
     };
+    drop(turn);
     bound.map_err(err)?;
     let raced = |what: &'static str, detail: String| {
         ServerError::from(BindError::Raced {
@@ -1322,7 +1330,12 @@ mod tests {
     #[test]
     fn the_mode_is_set_by_the_bind_and_the_umask_restored() {
         let dir = tempfile::tempdir().unwrap();
-        let before = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
+        // Set and read back in turn with the binds of the tests running beside this one.
+        let umask = |m: u32| {
+            let _turn = super::UMASK_TURN.lock().unwrap_or_else(|e| e.into_inner());
+            rustix::process::umask(rustix::fs::Mode::from_bits_truncate(m))
+        };
+        let before = umask(0o022);
         for mode in [0o600, 0o660, 0o666, 0o777] {
             let path = dir.path().join(format!("m{mode:o}.sock"));
             let opts = SocketOptions {
@@ -1333,7 +1346,7 @@ mod tests {
             let meta = std::fs::symlink_metadata(&path).unwrap();
             assert_eq!(meta.mode() & 0o7777, mode);
         }
-        let now = rustix::process::umask(before);
+        let now = umask(before.bits());
         assert_eq!(now.bits(), 0o022);
     }
 
