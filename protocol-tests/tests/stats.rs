@@ -1320,12 +1320,29 @@ fn a_stopped_worker_shows_unresponsive() {
         2.0,
         "{m}"
     );
+    let ping = || stats(&stats_addr, "/ping").status;
+    // The other worker answers.
+    assert_eq!(ping(), 200);
+    // Both stopped: nothing would answer, and a liveness probe must see it.
+    let other = *serving_pids(&stats_addr)
+        .iter()
+        .find(|&&p| p != stopped)
+        .unwrap();
+    kill(other, libc::SIGSTOP);
+    let both_stopped = wait_until(30, || ping() == 503);
     kill(stopped, libc::SIGCONT);
+    kill(other, libc::SIGCONT);
+    assert!(
+        both_stopped,
+        "/ping still {} with both workers stopped",
+        ping()
+    );
     assert!(
         wait_until(10, || shown()["state"] == "serving"),
         "{}",
         shown()
     );
+    assert!(wait_until(10, || ping() == 200), "/ping {}", ping());
     let m = metrics(&stats_addr);
     assert_eq!(sample(&m, "postern_workers_unresponsive"), 0.0, "{m}");
 }

@@ -451,15 +451,16 @@ impl Snapshot {
     /// --max-lifetime, a reload or SIGTTIN), the old one draining or the new one
     /// booting: connections wait in the listen queue for a moment, as when every
     /// thread is busy. Not while the server stops, nor while the first workers boot or
-    /// replacements of crashed (or --timeout) ones do.
+    /// replacements of crashed (or --timeout) ones do, nor when every worker that should
+    /// serve is [`Worker::unresponsive`] (stopped or frozen: nothing would answer).
     pub fn answers(&self) -> bool {
-        self.serving().next().is_some()
+        self.serving().any(|w| !w.unresponsive())
             || (!self.stopping
                 && self.workers.iter().any(|w| match w.state {
                     WorkerState::Starting => w.start_cause.planned(),
                     // Recycling itself: its replacement is about to start.
                     WorkerState::Draining => w.leaving.is_some_and(Cause::planned),
-                    WorkerState::Serving | WorkerState::Retiring => true,
+                    WorkerState::Serving | WorkerState::Retiring => !w.unresponsive(),
                 }))
     }
 

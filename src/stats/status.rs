@@ -296,7 +296,7 @@ pub fn text(s: &Snapshot) -> String {
         .as_secs_f64();
     let _ = writeln!(
         o,
-        "{:<8} {:>3}  {:<8}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  REQUEST",
+        "{:<8} {:>3}  {:<12}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  REQUEST",
         "PID", "GEN", "STATE", "REQUESTS", "RSS_MIB", "UP", "THREAD", "AGE"
     );
     if s.workers.is_empty() {
@@ -367,7 +367,7 @@ pub fn text(s: &Snapshot) -> String {
             if n == 0 {
                 let _ = writeln!(
                     o,
-                    "{:<8} {:>3}  {:<8}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  {req}",
+                    "{:<8} {:>3}  {:<12}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  {req}",
                     w.pid,
                     w.generation,
                     w.label(),
@@ -379,16 +379,16 @@ pub fn text(s: &Snapshot) -> String {
                 );
             } else {
                 // Under the first line's THREAD column.
-                let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {req}", "", i, age);
+                let _ = writeln!(o, "{:<55}{:>6}  {:>8}  {req}", "", i, age);
             }
         }
         if let Some(m) = more.filter(|m| !m.is_empty() && !w.threads.iter().all(Option::is_none)) {
-            let _ = writeln!(o, "{:<51}{:>6}  {:>8}  {m}", "", "", "");
+            let _ = writeln!(o, "{:<55}{:>6}  {:>8}  {m}", "", "", "");
         }
         if let Some(a) = w.last_seen.filter(|_| w.unresponsive()) {
             let _ = writeln!(
                 o,
-                "{:<51}{:>6}  {:>8}  no heartbeat for {}: stopped (SIGSTOP, a debugger) or frozen",
+                "{:<55}{:>6}  {:>8}  no heartbeat for {}: stopped (SIGSTOP, a debugger) or frozen",
                 "",
                 "",
                 "",
@@ -407,7 +407,7 @@ pub fn text(s: &Snapshot) -> String {
             };
             let _ = writeln!(
                 o,
-                "{:<51}{:>6}  {:>8}  held ({}): {what}",
+                "{:<55}{:>6}  {:>8}  held ({}): {what}",
                 "",
                 "",
                 "",
