@@ -139,7 +139,8 @@ fn a_request_on_a_connection_parked_in_a_busy_worker_goes_to_a_free_one() {
     );
 }
 
-/// Voluntary context switches so far of the I/O threads (`postern-io`) of the
+/// Voluntary context switches so far of the I/O threads (`postern-io`) and the busy
+/// watch's threads (`postern-busy`, which hear of what the watch reports) of the
 /// processes `pids`: how often they slept and were woken.
 fn io_thread_wakes(pids: &BTreeSet<String>) -> u64 {
     let mut sum = 0;
@@ -149,7 +150,7 @@ fn io_thread_wakes(pids: &BTreeSet<String>) -> u64 {
         };
         for t in tasks.flatten() {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim() != "postern-io" {
+            if !matches!(comm.trim(), "postern-io" | "postern-busy") {
                 continue;
             }
             let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
@@ -302,4 +303,87 @@ fn a_worker_started_alone_hands_over_to_one_sigttin_adds() {
         times.last().map(|t| t.0),
         logs.matches("goes to a worker with a free thread").count()
     );
+}
+
+/// Each epoll of process `pid`: its fd and the fds it watches (`tfd:` in its fdinfo).
+fn epolls(pid: &str) -> Vec<(u32, Vec<u32>)> {
+    let mut out = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy() != "anon_inode:[eventpoll]" {
+            continue;
+        }
+        let Some(n) = fd.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap_or_default();
+        let watched = info
+            .lines()
+            .filter_map(|l| l.strip_prefix("tfd:"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        out.push((n, watched));
+    }
+    out
+}
+
+// review-kc MEDIUM 1: the busy watch (the epoll where each parked kept connection is
+// registered behind the Python threads' one) sat inside the I/O thread's epoll, and
+// an add into an epoll that another epoll watches takes the kernel-wide epoll nesting
+// lock (and runs a loop check): each re-arm of a parked connection, in every worker.
+// Now a thread of its own waits on it: no epoll that watches the connections is
+// watched by another. Before: each worker's watch was in tokio's epoll (fails).
+#[test]
+fn no_epoll_that_watches_connections_is_inside_another() {
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args(["--workers", "2", "--threads", "1"])
+        .start()
+    else {
+        return;
+    };
+    let port = s.nginx.port;
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 30),
+        "postern did not start:\n{}",
+        s.postern.logs()
+    );
+    let mut pids = BTreeSet::new();
+    for _ in 0..20 {
+        for (_, status, body) in burst(port, 8, 4) {
+            assert_eq!(status, 200, "warm-up: {body}");
+            pids.insert(body);
+        }
+        if pids.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "both workers served the warm-up: {pids:?}");
+    for pid in &pids {
+        let socket = |fd: u32| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        };
+        let eps = epolls(pid);
+        // The Python threads' epoll and the watch both hold the parked connections.
+        let of_conns: Vec<u32> = eps
+            .iter()
+            .filter(|(_, w)| w.iter().any(|&fd| socket(fd)))
+            .map(|(fd, _)| *fd)
+            .collect();
+        assert!(
+            of_conns.len() >= 2,
+            "worker {pid}: the threads' epoll and the busy watch, each with the kept connections: {eps:?}"
+        );
+        for (fd, watched) in &eps {
+            let nested: Vec<_> = watched.iter().filter(|w| of_conns.contains(w)).collect();
+            assert!(
+                nested.is_empty(),
+                "worker {pid}: epoll {fd} watches {nested:?}, which watch the connections (the kernel-wide nesting lock at each add): {eps:?}"
+            );
+        }
+    }
+    s.assert_clean("epolls");
 }

@@ -214,17 +214,19 @@ pub fn run(
             if let Err(e) = parking.watch_busy() {
                 tracing::warn!(error = %e, "cannot watch the parked FastCGI connections: a request on one waits for this worker's threads when all are busy");
             }
-            let (m2, m3) = (Arc::clone(&m), Arc::clone(&m));
-            runtime.spawn(fastcgi::relieve(
+            let (m2, m3, m4) = (Arc::clone(&m), Arc::clone(&m), Arc::clone(&m));
+            fastcgi::relieve_on_thread(
                 Arc::clone(&parking),
                 fastcgi::Busy {
                     all_busy: move || m.threads_all_busy(),
                     idle_elsewhere: move || m2.idle_elsewhere(),
                     siblings: move || m3.has_siblings(),
+                    ended: move || m4.requests_ended(),
                 },
                 wake,
                 idle_close.clone(),
-            ));
+                runtime.handle(),
+            );
         }
     }
     // A kept connection whose hand-over fails once nobody serves on goes to the slow

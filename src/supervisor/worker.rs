@@ -259,7 +259,7 @@ pub struct WorkerMonitor {
     window: Window,
     /// Python threads running a request (their `begin` to their `end`).
     busy: AtomicUsize,
-    /// Notified when `busy` reaches the thread count while the I/O thread asks for it
+    /// Notified when `busy` reaches the thread count while the busy watch asks for it
     /// ([`crate::wsgi::Monitor::all_busy_wake`]).
     all_busy: Arc<crate::wsgi::BusyWake>,
 }
@@ -610,13 +610,13 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         line.set_request_id(id.as_bytes());
         line.begin(method, target, protocol);
         // Its last free thread taken while a request came on a parked connection
-        // that no thread waited for (rare): the I/O thread looks whether it still
-        // waits (fastcgi::relieve). SeqCst, paired with the I/O thread's store of
+        // that no thread waited for (rare): the busy watch's thread looks whether it
+        // still waits (fastcgi::relieve). SeqCst, paired with that thread's store of
         // `look` and load of `busy`.
         if self.busy.fetch_add(1, Ordering::SeqCst) + 1 >= self.python_threads()
             && self.all_busy.look.load(Ordering::SeqCst)
         {
-            self.all_busy.notify.notify_one();
+            self.all_busy.notify();
         }
         if self.metrics {
             self.board.enter(self.slot);
@@ -712,6 +712,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
 
     fn threads_all_busy(&self) -> bool {
         self.busy.load(Ordering::SeqCst) >= self.python_threads()
+    }
+
+    fn requests_ended(&self) -> u64 {
+        self.board.head(self.slot).requests.load(Ordering::Relaxed)
     }
 
     fn all_busy_wake(&self) -> Option<Arc<crate::wsgi::BusyWake>> {

@@ -362,17 +362,35 @@ pub fn flush_std_streams() {
     });
 }
 
-/// The I/O thread's wake-up by a request's begin (`server::fastcgi::relieve`): the
-/// begin that takes a worker's last free Python thread notifies `notify` only while
-/// `look` is set, which the I/O thread sets when a request came on a parked kept
-/// FastCGI connection while no Python thread waited for one, and clears once none
-/// waits unread. On the usual path that is one load, no wake-up.
+/// The busy watch's wake-up by a request's begin (`server::fastcgi::relieve`, a thread
+/// of its own never attached to Python): the begin that takes a worker's last free
+/// Python thread calls [`BusyWake::notify`] only while `look` is set, which that
+/// thread sets when a request came on a parked kept FastCGI connection while no Python
+/// thread waited for one, and clears once none waits unread. On the usual path that is
+/// one load, no wake-up.
 #[derive(Default)]
 pub struct BusyWake {
-    pub notify: tokio::sync::Notify,
-    /// SeqCst, as the busy count it pairs with: the I/O thread stores it, then reads
-    /// the count; a begin adds to the count, then reads it. One of them sees the other.
+    /// The eventfd the watch's thread sleeps on beside the watch (set as it starts).
+    ctl: std::sync::OnceLock<std::os::fd::OwnedFd>,
+    /// SeqCst, as the busy count it pairs with: the watch's thread stores it, then
+    /// reads the count; a begin adds to the count, then reads it. One of them sees the
+    /// other.
     pub look: std::sync::atomic::AtomicBool,
+}
+
+impl BusyWake {
+    /// Wakes the watch's thread (a write to its eventfd; nothing before it started).
+    pub fn notify(&self) {
+        if let Some(fd) = self.ctl.get() {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// The eventfd [`BusyWake::notify`] writes, from now on (the first one given).
+    pub fn listen(&self, fd: std::os::fd::OwnedFd) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ctl.get_or_init(|| fd).as_fd()
+    }
 }
 
 /// Watches requests as they run (the scoreboard: `--timeout`, recycling, metrics).
@@ -459,13 +477,19 @@ pub trait Monitor: Send + Sync {
         false
     }
     /// A WSGI worker under a master: every one of its Python threads is running a
-    /// request (none waits for the next). Read by its I/O thread
+    /// request (none waits for the next). Read by its busy watch's thread
     /// ([`crate::server::fastcgi::relieve`]), never on a request's path.
     fn threads_all_busy(&self) -> bool {
         false
     }
-    /// What the begin that takes the last free Python thread tells the I/O thread (a
-    /// WSGI worker under a master): see [`BusyWake`].
+    /// Requests this worker has finished so far (a count that only grows): unchanged
+    /// between two looks of the busy watch, with every thread busy at both, no thread
+    /// was free in between ([`crate::server::fastcgi::relieve`]'s safety net).
+    fn requests_ended(&self) -> u64 {
+        0
+    }
+    /// What the begin that takes the last free Python thread tells the busy watch's
+    /// thread (a WSGI worker under a master): see [`BusyWake`].
     fn all_busy_wake(&self) -> Option<std::sync::Arc<BusyWake>> {
         None
     }
