@@ -33,13 +33,21 @@ use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+use tracing::level_filters::LevelFilter;
+use tracing::span;
+use tracing::subscriber::{Interest, Subscriber};
+use tracing::Metadata;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::codec::{Head, Protocol};
 
@@ -224,7 +232,7 @@ static PID: AtomicU32 = AtomicU32::new(0);
 /// (before privileges are dropped), installs the `tracing` subscriber and the SIGUSR1
 /// handler. Lines are written directly until [`start_background`].
 pub fn init(opts: &LogOptions) -> Result<(), LogError> {
-    let filter = log_filter(&opts.level).map_err(LogError::Level)?;
+    let filter = Filter::of(&opts.level).map_err(LogError::Level)?;
     let log = Arc::new(match &opts.file {
         None => Output::stderr(),
         Some(p) => Output::file(p, "log file")?,
@@ -247,40 +255,29 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
     };
     let ansi = matches!(log.kind, Kind::Stderr) && io::stderr().is_terminal();
     let writer = ToOutput(Arc::clone(&log));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(true)
         .with_ansi(ansi);
-    // The filter can be swapped (a reload's --log-level, [`set_level`]). A disabled
-    // callsite stays disabled in its own cache (tracing's interest), so a span or event
-    // under the level costs what it did; an enabled one takes an uncontended read lock
-    // per callback. A second init (tests) keeps the first subscriber and its filter.
-    let swap: Option<SwapFilter> = match opts.format {
-        LogFormat::Text => {
-            let b = builder.fmt_fields(TextFields).with_filter_reloading();
-            let handle = b.reload_handle();
-            b.try_init()
-                .ok()
-                .map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as _)
-        }
-        LogFormat::Json => {
-            let b = builder
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_filter_reloading();
-            let handle = b.reload_handle();
-            b.try_init()
-                .ok()
-                .map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as _)
-        }
-    };
-    if let Some(swap) = swap {
-        let _ = LEVEL.set(Mutex::new(Level {
-            said: opts.level.clone(),
-            swap,
-        }));
+    // A second init (tests) keeps the first subscriber and its filter.
+    let first = SAID.get().is_none();
+    if first {
+        FILTER.set(filter);
+    }
+    let registry = tracing_subscriber::registry();
+    let installed = match opts.format {
+        LogFormat::Text => registry
+            .with(fmt.fmt_fields(TextFields))
+            .with(Switch)
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().with_current_span(true).with_span_list(false))
+            .with(Switch)
+            .try_init(),
+    }
+    .is_ok();
+    if first && installed {
+        let _ = SAID.set(Mutex::new(opts.level.clone()));
     }
     let _ = LOGS.set(Logs {
         log_file: opts.file.clone(),
@@ -293,16 +290,167 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Swaps the filter of postern's log (the subscriber's reload handle).
-type SwapFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
-
-/// postern's log's level as `--log-level` said it, and how to change it.
-struct Level {
-    said: String,
-    swap: SwapFilter,
+/// `--log-level` as the subscriber applies it: a bare level (`info`, the default, or
+/// `warn`...) or `tracing` directives (`postern=debug,warn`).
+enum Filter {
+    Level(LevelFilter),
+    Directives(tracing_subscriber::EnvFilter),
 }
 
-static LEVEL: OnceLock<Mutex<Level>> = OnceLock::new();
+impl Filter {
+    /// [`log_filter`]'s checks and message; a single directive with no target nor span
+    /// is a bare level.
+    fn of(level: &str) -> Result<Filter, String> {
+        let env = log_filter(level)?;
+        let mut directives = level.split(',').map(str::trim).filter(|d| !d.is_empty());
+        let bare = match (directives.next(), directives.next()) {
+            (Some(d), None) if !d.contains(['=', '[']) => match d.to_ascii_lowercase().as_str() {
+                "warning" => Some(LevelFilter::WARN),
+                "critical" => Some(LevelFilter::ERROR),
+                d => d.parse().ok(),
+            },
+            _ => None,
+        };
+        Ok(bare.map_or(Filter::Directives(env), Filter::Level))
+    }
+}
+
+/// The filter of postern's log, which a reload's `--log-level` swaps ([`set_level`]):
+/// the subscriber's layer is [`Switch`], which reads it.
+///
+/// A bare level (the default `info`) costs nothing per span or event: each callsite is
+/// asked once whether it is enabled (`tracing` caches the answer, always or never, in
+/// the callsite) and the span callbacks do nothing but one relaxed load. A change
+/// stores the level and has `tracing` ask every callsite again
+/// (`rebuild_interest_cache`). Directives keep an `EnvFilter`, under a read lock per
+/// callback (it tracks spans for its span filters).
+/// regression: tracing-subscriber's reload layer took a read lock on every callback
+/// of the request span (and `EnvFilter` its own): +~220 instructions per request at
+/// info.
+struct SwitchFilter {
+    /// A bare level's index in [`RANKS`], or [`DIRECTIVES`].
+    level: AtomicU8,
+    directives: RwLock<Option<tracing_subscriber::EnvFilter>>,
+}
+
+/// [`SwitchFilter::level`]: `directives` decides.
+const DIRECTIVES: u8 = u8::MAX;
+
+static FILTER: SwitchFilter = SwitchFilter {
+    level: AtomicU8::new(3),
+    directives: RwLock::new(None),
+};
+
+/// The levels by rank, the number [`SwitchFilter::level`] holds.
+const RANKS: [LevelFilter; 6] = [
+    LevelFilter::OFF,
+    LevelFilter::ERROR,
+    LevelFilter::WARN,
+    LevelFilter::INFO,
+    LevelFilter::DEBUG,
+    LevelFilter::TRACE,
+];
+
+impl SwitchFilter {
+    fn set(&self, filter: Filter) {
+        match filter {
+            Filter::Level(l) => {
+                let rank = RANKS.iter().position(|&r| r == l).unwrap_or(3);
+                self.level.store(rank as u8, Ordering::Relaxed);
+                *self.directives.write().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Filter::Directives(f) => {
+                *self.directives.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+                self.level.store(DIRECTIVES, Ordering::Relaxed);
+            }
+        }
+        tracing::callsite::rebuild_interest_cache();
+    }
+
+    /// The bare level, `None`: directives.
+    fn level(&self) -> Option<LevelFilter> {
+        RANKS
+            .get(usize::from(self.level.load(Ordering::Relaxed)))
+            .copied()
+    }
+
+    /// `f` of the directives' filter (`None`: there is none, a switch to a level
+    /// under way).
+    fn directives<T>(&self, f: impl FnOnce(&tracing_subscriber::EnvFilter) -> T) -> Option<T> {
+        self.directives
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(f)
+    }
+}
+
+/// The layer of postern's subscriber that filters by [`FILTER`].
+struct Switch;
+
+impl<S: Subscriber> Layer<S> for Switch {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        match FILTER.level() {
+            Some(level) if *meta.level() <= level => Interest::always(),
+            Some(_) => Interest::never(),
+            None => FILTER
+                .directives(|f| Layer::<S>::register_callsite(f, meta))
+                .unwrap_or_else(Interest::sometimes),
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        match FILTER.level() {
+            Some(level) => Some(level),
+            None => FILTER
+                .directives(|f| Layer::<S>::max_level_hint(f))
+                .flatten(),
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        match FILTER.level() {
+            Some(level) => *meta.level() <= level,
+            None => FILTER
+                .directives(|f| Layer::<S>::enabled(f, meta, ctx))
+                .unwrap_or(false),
+        }
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if FILTER.level().is_none() {
+            FILTER.directives(|f| Layer::<S>::on_new_span(f, attrs, id, ctx));
+        }
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        if FILTER.level().is_none() {
+            FILTER.directives(|f| Layer::<S>::on_record(f, id, values, ctx));
+        }
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        if FILTER.level().is_none() {
+            FILTER.directives(|f| Layer::<S>::on_enter(f, id, ctx));
+        }
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        if FILTER.level().is_none() {
+            FILTER.directives(|f| Layer::<S>::on_exit(f, id, ctx));
+        }
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        if FILTER.level().is_none() {
+            FILTER.directives(|f| Layer::<S>::on_close(f, id, ctx));
+        }
+    }
+}
+
+/// postern's log's level as `--log-level` said it (set once [`init`] installed the
+/// subscriber).
+static SAID: OnceLock<Mutex<String>> = OnceLock::new();
 
 /// A reload's `--log-level`: this process logs at `level` from now on, and so do the
 /// processes it forks from now on (the master calls it before it forks a new
@@ -310,16 +458,15 @@ static LEVEL: OnceLock<Mutex<Level>> = OnceLock::new();
 /// the level already (or the logs are not set up by [`init`]). Err: not a level
 /// ([`log_filter`]'s message).
 pub fn set_level(level: &str) -> Result<bool, String> {
-    let Some(current) = LEVEL.get() else {
+    let Some(said) = SAID.get() else {
         return Ok(false);
     };
-    let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
-    if current.said == level {
+    let mut said = said.lock().unwrap_or_else(|e| e.into_inner());
+    if *said == level {
         return Ok(false);
     }
-    let filter = log_filter(level)?;
-    (current.swap)(filter)?;
-    current.said = level.to_owned();
+    FILTER.set(Filter::of(level)?);
+    level.clone_into(&mut said);
     Ok(true)
 }
 
@@ -1511,6 +1658,23 @@ impl std::fmt::Display for CombinedTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_level_is_filtered_without_env_filter() {
+        let level = |s: &str| match Filter::of(s).unwrap() {
+            Filter::Level(l) => Some(l),
+            Filter::Directives(_) => None,
+        };
+        assert_eq!(level("info"), Some(LevelFilter::INFO));
+        assert_eq!(level(" WARNING "), Some(LevelFilter::WARN));
+        assert_eq!(level("critical"), Some(LevelFilter::ERROR));
+        assert_eq!(level("debug,"), Some(LevelFilter::DEBUG));
+        assert_eq!(level("5"), Some(LevelFilter::TRACE));
+        assert_eq!(level("postern=debug,warn"), None);
+        assert_eq!(level("warn,info"), None);
+        assert_eq!(level("[request]=debug"), None);
+        assert!(Filter::of("verbose").is_err());
+    }
 
     #[test]
     fn hex8_is_lower_case_hex_of_eight_digits() {

@@ -929,3 +929,50 @@ fn a_reload_during_a_reload_leaves_the_log_at_its_level() {
 fn a_rollback_during_a_reload_leaves_the_log_at_the_serving_level() {
     held_debug_then_info(true);
 }
+
+// A bare level and a filter of directives are two kinds of filter in postern's log (a
+// bare level costs nothing per span callback): a reload switches between them, and
+// the workers it starts log as the new one says.
+#[test]
+fn a_reload_switches_between_a_filter_and_a_level() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let app = testapp();
+    let write = |level: &str| {
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\nworkers = 1\nlog-level = {level:?}\n"),
+        )
+        .unwrap()
+    };
+    const DEBUG_LINE: &str = "connection closed before sending a request";
+    // The debug lines of a request-less connection, once a worker other than `last`
+    // serves alone (at warn, "worker ready" is not logged).
+    let debug_lines = |p: &Postern, last: &mut i32| {
+        assert!(
+            wait_until(30, || {
+                let now = children(p.pid());
+                now.len() == 1 && now[0] != *last
+            }),
+            "{}",
+            p.logs()
+        );
+        *last = children(p.pid())[0];
+        assert!(wait_until(30, || p.get("/").0 == 200), "{}", p.logs());
+        let before = p.logs().matches(DEBUG_LINE).count();
+        probe(p);
+        assert_eq!(p.get("/").0, 200);
+        wait_until(3, || p.logs().matches(DEBUG_LINE).count() > before);
+        p.logs().matches(DEBUG_LINE).count() - before
+    };
+    let mut last = 0;
+    write("info,postern::server=debug");
+    let p = with_config(dir.path(), &conf, &[]);
+    assert_eq!(debug_lines(&p, &mut last), 1, "{}", p.logs());
+    write("warning");
+    p.signal(libc::SIGHUP);
+    assert_eq!(debug_lines(&p, &mut last), 0, "{}", p.logs());
+    write("info,postern::server::acceptor=debug,postern::server::connection=debug");
+    p.signal(libc::SIGHUP);
+    assert_eq!(debug_lines(&p, &mut last), 1, "{}", p.logs());
+}
