@@ -524,12 +524,19 @@ mod tests {
         let json = crate::stats::status::json(&s);
         assert!(
             json.contains(
-                r#""state": "unresponsive",
+                r#""state": "serving",
+      "unresponsive": true,
       "last_seen_seconds": 12.0,"#
             ),
             "{json}"
         );
-        assert!(json.contains(r#""state": "draining""#), "{json}");
+        assert!(
+            json.contains(
+                r#""state": "draining",
+      "unresponsive": false,"#
+            ),
+            "{json}"
+        );
         let text = crate::stats::status::text(&s);
         assert!(
             text.contains(" unresponsive ") && text.contains("no heartbeat for 12s"),

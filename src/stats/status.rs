@@ -59,9 +59,11 @@ struct Worker {
     worker: usize,
     pid: i32,
     generation: u64,
-    /// `starting`, `serving`, `retiring`, `draining`, or `unresponsive`: it should
-    /// serve but its heartbeat is older than [`super::UNRESPONSIVE_AFTER`].
+    /// `starting`, `serving`, `retiring` or `draining`.
     state: &'static str,
+    /// It should serve (`serving` or `retiring`) but its heartbeat is older than
+    /// [`super::UNRESPONSIVE_AFTER`]; its `state` stays what it was.
+    unresponsive: bool,
     /// Seconds since its heartbeat (every 250 ms once it serves); none while it imports.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_seconds: Option<f64>,
@@ -164,7 +166,8 @@ pub fn json(s: &Snapshot) -> String {
                 worker: w.slot,
                 pid: w.pid,
                 generation: w.generation,
-                state: w.label(),
+                state: w.state.label(),
+                unresponsive: w.unresponsive(),
                 last_seen_seconds: w.last_seen.map(|a| round3(a.as_secs_f64())),
                 started: date(w.started_unix),
                 started_unix: round3(w.started_unix),

@@ -85,6 +85,9 @@ pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
     } else if board.leaving(slot) {
         crate::stop::asked();
     }
+    // Beats before it says it is ready: `/status` never shows a serving worker
+    // without `last_seen_seconds`.
+    board.heartbeat(slot);
     let _ = rustix::io::write(&pipe, &[READY]);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(watch_mark(Arc::clone(board), slot));
