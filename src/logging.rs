@@ -294,7 +294,7 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
 /// `warn`...) or `tracing` directives (`postern=debug,warn`).
 enum Filter {
     Level(LevelFilter),
-    Directives(tracing_subscriber::EnvFilter),
+    Directives(Box<tracing_subscriber::EnvFilter>),
 }
 
 impl Filter {
@@ -311,7 +311,7 @@ impl Filter {
             },
             _ => None,
         };
-        Ok(bare.map_or(Filter::Directives(env), Filter::Level))
+        Ok(bare.map_or(Filter::Directives(Box::new(env)), Filter::Level))
     }
 }
 
@@ -360,7 +360,7 @@ impl SwitchFilter {
                 *self.directives.write().unwrap_or_else(|e| e.into_inner()) = None;
             }
             Filter::Directives(f) => {
-                *self.directives.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+                *self.directives.write().unwrap_or_else(|e| e.into_inner()) = Some(*f);
                 self.level.store(DIRECTIVES, Ordering::Relaxed);
             }
         }
