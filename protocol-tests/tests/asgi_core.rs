@@ -192,6 +192,29 @@ const HTTP: &str = r#"
             [b"x-list", b"1"], (b"x-tuple", bytearray(b"2")), (p for p in (b"x-gen", b"3")),
             (b"x-latin", b"caf\xe9"), (b"content-type", b"text/plain"))})
         await send({"type": "http.response.body", "body": ",".join(errors).encode()})
+    elif path == "/ready-by-hand":
+        # What receive() and send() return when their value is ready, driven by hand
+        # (as a generator-based framework or `yield from` drives it).
+        said = []
+        r = receive()
+        it = r.__await__()
+        said.append("%s %s" % (type(r).__name__, it is r))
+        for _ in range(2):
+            try:
+                next(it)
+            except StopIteration as e:
+                said.append(repr(e.value.get("type") if e.value else e.value))
+        s = send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            s.send(None)
+        except StopIteration as e:
+            said.append(repr(e.value))
+        said.append(repr(s.close()))
+        try:
+            type(s)()
+        except TypeError:
+            said.append("not instantiable")
+        await asyncio.ensure_future(send({"type": "http.response.body", "body": " ".join(said).encode()}))
     elif path == "/memoryview":
         # As Starlette's Response(memoryview(...)) sends it: a slice of a buffer.
         await answer(send, memoryview(bytearray(b"0123456789" * 10))[:25])
@@ -529,6 +552,20 @@ fn headers_in_lists_tuples_iterators_and_bytearrays_go_out_and_wrong_shapes_rais
     assert_eq!(
         String::from_utf8_lossy(&out[end..]),
         "TypeError,TypeError,TypeError,TypeError,TypeError,ValueError,ValueError,ValueError"
+    );
+}
+
+// receive()'s and send()'s ready values (src/asgi/http.rs `ReadyObject`, a C type since
+// the pyo3 class's trampolines were cut) behave as an iterator that returns at once.
+#[test]
+fn a_ready_value_can_be_driven_by_hand() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/ready-by-hand", "");
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(
+        r.text(),
+        "Ready True 'http.request' None None None not instantiable"
     );
 }
 

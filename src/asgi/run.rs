@@ -25,7 +25,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 
-use super::http::{Ctx, Exchange, Ready};
+use super::http::{Ctx, Exchange};
 use super::lifespan::{self, Lifespan};
 use super::stop::{self, Stop};
 use super::{scope, AsgiError, AsgiSettings, LoopOption};
@@ -246,7 +246,7 @@ fn serve(
         remove_reader: get("remove_reader")?,
         watch: super::watch::Watch::new(settings.monitor.clone(), asgi.max_concurrency),
         ended: OnceCell::new(),
-        done: Py::new(py, Ready::empty())?,
+        done: super::http::ready(py, None)?.unbind(),
         partial: py.import("functools")?.getattr("partial")?.unbind(),
         answered: Cell::new(0),
         gone: super::http::GoneQueue::new()?,
