@@ -321,6 +321,64 @@ static SEND: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMetho
     ml_doc: c"The ASGI send(message).".as_ptr(),
 }));
 
+static END: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"_end".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunctionFast: end_call,
+    },
+    ml_flags: pyo3::ffi::METH_FASTCALL,
+    ml_doc: c"_end(exchange, raised): the request's task has run the app's call.".as_ptr(),
+}));
+
+/// `_end(exchange, raised)`, what `SERVE` (run.rs) calls at the end of a request's
+/// task, as a global of its module: a built-in function called through vectorcall,
+/// where `exchange._done(raised)` looked the method up on the class and went through
+/// pyo3's trampoline and argument parsing (about 150 instructions a request).
+pub(super) fn end_function(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: with the GIL held; `END` is static and never changed; no `self` (a
+    // plain function); a new reference or NULL with an exception.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyCFunction_NewEx(END.0.get(), std::ptr::null_mut(), std::ptr::null_mut()),
+        )
+    }
+}
+
+/// `_end(exchange, raised)`: `raised` is the exception the app's call raised, or `None`.
+unsafe extern "C" fn end_call(
+    _module: *mut pyo3::ffi::PyObject,
+    args: *mut *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls it with the GIL held and `args` holding `nargs` borrowed
+    // references.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if nargs != 2 {
+            return Err(PyTypeError::new_err(
+                "_end() takes an exchange and an exception or None",
+            ));
+        }
+        // SAFETY: two arguments, checked just above.
+        let (ex, raised) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, *args),
+                Bound::from_borrowed_ptr(py, *args.add(1)),
+            )
+        };
+        let ex = ex.cast_into::<Exchange>()?;
+        Exchange::task_done(&ex, (!raised.is_none()).then_some(raised))
+    }));
+    let err = match r {
+        Ok(Ok(())) => return py.None().into_ptr(),
+        Ok(Err(e)) => e,
+        Err(_) => PyRuntimeError::new_err("internal error ending a request (a panic; see the log)"),
+    };
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
 /// `receive()`: `slf` is the exchange.
 unsafe extern "C" fn receive_call(
     slf: *mut pyo3::ffi::PyObject,
@@ -1079,6 +1137,8 @@ impl Exchange {
                 .flatten()
         });
         let loop_w = sink.loop_writes();
+        // One clock read for both (a vDSO call each).
+        let now = Instant::now();
         Exchange {
             ctx: LoopCtx(ctx),
             span,
@@ -1111,7 +1171,7 @@ impl Exchange {
             app_error: None,
             task_over: false,
             released: false,
-            begun: Instant::now(),
+            begun: now,
             left_line: false,
             cut_at_stop: false,
             body: BodyState::Waiting(body),
@@ -1132,7 +1192,7 @@ impl Exchange {
             flush_soon: false,
             send_waiters: VecDeque::new(),
             write_timer: None,
-            last_progress: std::time::Instant::now(),
+            last_progress: now,
             body_id: None,
             send_refused: None,
         }
@@ -3178,10 +3238,13 @@ impl Exchange {
         }
         Ok(())
     }
+}
 
+impl Exchange {
     /// The app's call returned (`None`) or raised: called by the task itself, at its
-    /// end (`SERVE` in run.rs), so the response ends in the same loop iteration.
-    fn _done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    /// end (`SERVE` in run.rs, through [`end_function`]), so the response ends in the
+    /// same loop iteration.
+    fn task_done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let failure = raised.map(|e| {
             if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>() {
                 // A task cancelled after the client went away is no bug of the app's

@@ -267,9 +267,11 @@ fn serve(
             ctx: Rc::clone(&ctx),
             state: lifespan.state(py).map(Bound::unbind),
             spawn: Spawn::new(py, event_loop)?,
-            serve: PyModule::from_code(py, SERVE, c"postern_asgi.py", c"postern_asgi")?
-                .getattr("serve")?
-                .unbind(),
+            serve: {
+                let m = PyModule::from_code(py, SERVE, c"postern_asgi.py", c"postern_asgi")?;
+                m.add("_end", super::http::end_function(py)?)?;
+                m.getattr("serve")?.unbind()
+            },
             call_later: get("call_later")?,
             call_soon_threadsafe: get("call_soon_threadsafe")?,
             stop: get("stop")?,
@@ -365,15 +367,15 @@ struct Driver {
 /// is handled inside the task's last step, not by a done callback one loop iteration
 /// later. Every exception is the request's (reported through `done`), so the task
 /// itself always ends quietly.
-/// `exchange._done(...)` is looked up where it is called (a method call, no bound
-/// method made per request).
+/// `_end` is a built-in function of postern's, a global of the module
+/// ([`super::http::end_function`]).
 const SERVE: &std::ffi::CStr = c"async def serve(coro, exchange):
     try:
         await coro
     except BaseException as e:
-        exchange._done(e)
+        _end(exchange, e)
     else:
-        exchange._done(None)
+        _end(exchange, None)
 ";
 
 /// A request handed from the draining thread to the loop.
