@@ -700,3 +700,28 @@ fn log_file_dash_is_stderr() {
     assert!(err.contains("no_such_module_here"), "{err}");
     assert!(!dir.path().join("-").exists(), "a file named - was written");
 }
+
+// regression (review-misc2): an augmented or several-target assignment of raw_env (or
+// of a name like a secret's) was quoted whole in migrate's comments, under NEEDS
+// ATTENTION, where its value appears nowhere else.
+#[test]
+fn migrate_hides_raw_env_in_augmented_and_tuple_assignments() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        "wsgi_app = \"app:app\"\nraw_env = []\nraw_env += [\"API_TOKEN=plainhunter2\"]\nbind, raw_env = \"127.0.0.1:8000\", [\"DB_PASSWORD=plainhunter4\"]\nworkers, db_password = 2, \"plainhunter5\"\n",
+    )
+    .unwrap();
+    let (_, out) = migrate(&conf);
+    for secret in ["plainhunter2", "plainhunter4", "plainhunter5"] {
+        assert!(!out.contains(secret), "{secret} quoted in:\n{out}");
+    }
+    for quoted in [
+        "raw_env += (value hidden)",
+        "bind, raw_env = (value hidden)",
+        "workers, db_password = (value hidden)",
+    ] {
+        assert!(out.contains(quoted), "{quoted:?} not in:\n{out}");
+    }
+}

@@ -1642,6 +1642,16 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             return format!("{name} = {}", crate::uwsgi_ini::HIDDEN);
         }
         let first = s.text.lines().next().unwrap_or_default();
+        // Any other assignment to such a name (`raw_env += [...]`, `bind, raw_env = ...`,
+        // an empty value): its value is hidden too, whatever form it takes.
+        if assigned_names(first)
+            .iter()
+            .any(|n| n == "raw_env" || crate::uwsgi_ini::secret_name(n))
+        {
+            if let Some(eq) = first.find('=') {
+                return format!("{}= {}", &first[..eq], crate::uwsgi_ini::HIDDEN);
+            }
+        }
         if s.text.contains('\n') {
             format!("{first} …")
         } else {
