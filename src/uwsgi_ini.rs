@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub use command_line::{
     config_key_hint, explain, is_uwsgi_mount, last_wins, postern_words, uwsgi_options, Arity, Typed,
 };
-pub use expand::{secret_name, Context, Entry, FileFacts, HIDDEN};
+pub use expand::{hide_by_form, secret_name, Context, Entry, FileFacts, Hider, HIDDEN};
 
 /// `postern migrate`'s exit status when a line of the file is REFUSED (`postern --ini`
 /// would stop on it); the TOML is still printed. 2 is a file that cannot be read.
@@ -834,7 +834,12 @@ impl<'a> Mapper<'a> {
                     }
                     Outcome::Carried { keys: vec![key], note: None, warn: false }
                 }
-                _ => Outcome::Ignored(format!(
+                // Not the value: it may be a secret whose name was lost.
+                // regression: the reason repeated `env = =VALUE` the line hid.
+                Some(_) => Outcome::Ignored(
+                    "it names no variable (env = NAME=VALUE)".into(),
+                ),
+                None => Outcome::Ignored(format!(
                     "env = {v} without =VALUE unsets the variable in uWSGI; postern does not unset variables (unset it where postern is started)"
                 )),
             },
@@ -1567,15 +1572,22 @@ impl Translation {
         Some(format!("{}:{}", file.display(), lines.join(",")))
     }
 
+    /// Hides the file's secrets in the messages that quote it ([`Hider`]).
+    pub fn hider(&self) -> Hider {
+        Hider::of(self.lines.iter().map(|l| &l.entry))
+    }
+
     fn listing<'s>(&'s self, pick: impl Fn(&'s Outcome) -> Option<String>) -> Vec<String> {
+        let hide = self.hider();
         self.lines
             .iter()
             .filter_map(|l| {
                 pick(&l.outcome).map(|why| {
                     format!(
-                        "  {}  {}: {why}",
+                        "  {}  {}: {}",
                         at(&self.source, l.entry.line),
-                        l.entry.shown()
+                        hide.line(&l.entry),
+                        hide.text(&why)
                     )
                 })
             })
@@ -1735,7 +1747,7 @@ impl Translation {
                 "{} [{}]: carried over; {}",
                 self.source,
                 self.section,
-                self.info.join("; ")
+                self.hider().text(&self.info.join("; "))
             )
         })
     }
@@ -1772,9 +1784,10 @@ impl Translation {
             } => Some(n.clone()),
             _ => None,
         });
+        let hide = self.hider();
         out.extend(self.notes.iter().map(|(line, n)| match line {
-            0 => format!("  {}: {n}", self.source),
-            l => format!("  {}: {n}", at(&self.source, *l)),
+            0 => format!("  {}: {}", self.source, hide.text(n)),
+            l => format!("  {}: {}", at(&self.source, *l), hide.text(n)),
         }));
         out
     }
@@ -1782,6 +1795,7 @@ impl Translation {
     /// The equivalent `postern.toml`, each value under the ini line(s) it came from and
     /// every line that could not be carried over as a comment saying why.
     pub fn to_toml(&self) -> String {
+        let hide = self.hider();
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -1792,12 +1806,17 @@ impl Translation {
         if !self.notes.is_empty() || !self.info.is_empty() {
             let _ = writeln!(out, "#\n# Notes:");
             for n in &self.info {
-                wrap(&mut out, "# - ", "#   ", n);
+                wrap(&mut out, "# - ", "#   ", &hide.text(n));
             }
             for (line, n) in &self.notes {
                 match line {
-                    0 => wrap(&mut out, "# - ", "#   ", n),
-                    l => wrap(&mut out, "# - ", "#   ", &format!("line {l}: {n}")),
+                    0 => wrap(&mut out, "# - ", "#   ", &hide.text(n)),
+                    l => wrap(
+                        &mut out,
+                        "# - ",
+                        "#   ",
+                        &hide.text(&format!("line {l}: {n}")),
+                    ),
                 }
             }
         }
@@ -1816,8 +1835,8 @@ impl Translation {
             );
             for l in at_start {
                 if let Outcome::AtStart(why) = &l.outcome {
-                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
-                    wrap(&mut out, "#   ", "#   ", why);
+                    let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                    wrap(&mut out, "#   ", "#   ", &hide.text(why));
                 }
             }
         }
@@ -1836,8 +1855,8 @@ impl Translation {
             );
             for l in beside {
                 if let Outcome::Beside(why) = &l.outcome {
-                    let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
-                    wrap(&mut out, "#   ", "#   ", why);
+                    let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                    wrap(&mut out, "#   ", "#   ", &hide.text(why));
                 }
             }
         }
@@ -1846,17 +1865,17 @@ impl Translation {
             wrap(&mut out, "# NEEDS ATTENTION: ", "# ", NOT_HERE);
             for (n, why) in &self.not_here {
                 let l = &self.lines[*n];
-                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
-                wrap(&mut out, "#   ", "#   ", why);
+                let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                wrap(&mut out, "#   ", "#   ", &hide.text(why));
             }
         }
         let comments = |out: &mut String, key: &str| {
             for l in &self.lines {
                 if let Outcome::Carried { keys, note, .. } = &l.outcome {
                     if keys.iter().any(|k| k == key) {
-                        let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
+                        let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
                         if let Some(n) = note {
-                            wrap(out, "#   ", "#   ", n);
+                            wrap(out, "#   ", "#   ", &hide.text(n));
                         }
                     }
                 }
@@ -1939,8 +1958,8 @@ impl Translation {
                         unreachable!("filtered above")
                     }
                 };
-                let _ = writeln!(out, "# line {}: {}", l.entry.line, l.entry.shown());
-                wrap(&mut out, "#   ", "#   ", &why);
+                let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                wrap(&mut out, "#   ", "#   ", &hide.text(&why));
             }
         }
         if let Some(toml::Value::Table(env)) = self.table.get("env") {

@@ -1,14 +1,16 @@
 //! `--ini` never writes a secret of the file to the log: the lines its warnings and
 //! errors quote (at the start, at a reload, in `postern migrate`'s comments) show an
 //! `env = NAME=…` line's value, and that of an option or placeholder named like a
-//! secret (`*password*`, `*secret*`, `*token*`, `key`), as `(value hidden)`.
+//! secret (`*password*`, `*secret*`, `*token*`, `key`), as `(value hidden)`; why a
+//! line is not carried over shows a secret placeholder as `%(name)`, and a password in
+//! a value's form (a URL's, basicauth's, `PGPASSWORD=…`) hidden.
 //! regression: `env = SECRET_KEY=…` was quoted whole, and went to the journal.
 
 use std::process::Command;
 
 use protocol_tests::harness::*;
 
-const SECRETS: [&str; 3] = ["hunter2", "pw-of-db", "tok-of-api"];
+const SECRETS: [&str; 4] = ["hunter1", "hunter2", "pw-of-db", "tok-of-api"];
 
 /// An ini file serving the test app on `port`, with `extra` lines.
 fn ini_text(port: u16, extra: &str) -> String {
@@ -110,4 +112,56 @@ fn gunicorn_migrate_comments_hide_raw_env_and_secrets() {
         assert!(comments.contains(&quoted), "{quoted} not in {comments:#?}");
     }
     assert_hidden(&String::from_utf8_lossy(&out.stderr));
+}
+
+// regression: the lines were hidden, but the reasons quoted the values expanded: an
+// attach-daemon's `ExecStart=` with `%(redis_password)` replaced by the password, and a
+// password in a value's form (a URL's, basicauth's, `PGPASSWORD=`, `env = =VALUE`).
+#[test]
+fn reasons_hide_secret_placeholders_and_passwords_in_values() {
+    const MORE: [&str; 4] = ["rd-pw-one", "route-pw-two", "cron-pw-three", "env-pw-four"];
+    let dir = tempdir();
+    let port = free_port();
+    let file = dir.path().join("app.ini");
+    std::fs::write(
+        &file,
+        ini_text(
+            port,
+            "redis_password = rd-pw-one\nattach-daemon = celery worker --broker redis://:%(redis_password)@localhost/0\nroute = ^/admin basicauth:Admin,admin:route-pw-two\ncron = -1 -1 -1 -1 -1 PGPASSWORD=cron-pw-three pg_dump db\nenv = =env-pw-four\n",
+        ),
+    )
+    .unwrap();
+    let hidden = |said: &str| {
+        for s in MORE {
+            assert!(!said.contains(s), "{s} in:\n{said}");
+        }
+    };
+    let mut cmd = Command::new(postern_bin());
+    cmd.arg("--ini").arg(&file);
+    let p = Postern::spawn(cmd, Addr::Tcp(port), dir.path(), None);
+    let logs = p.logs();
+    for shown in [
+        "ExecStart=celery worker --broker redis://:%(redis_password)@localhost/0,",
+        "route = ^/admin basicauth:Admin,admin:(value hidden): ignored",
+        "PGPASSWORD=(value hidden) pg_dump db",
+        "env = =(value hidden): ignored: it names no variable",
+    ] {
+        assert!(logs.contains(shown), "{shown} not in:\n{logs}");
+    }
+    assert_hidden(&logs);
+    hidden(&logs);
+
+    // migrate: none of these is carried into the TOML, so none is anywhere.
+    let out = Command::new(postern_bin())
+        .arg("migrate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        toml.contains("redis://:%(redis_password)@localhost/0"),
+        "{toml}"
+    );
+    hidden(&toml);
+    hidden(&String::from_utf8_lossy(&out.stderr));
 }

@@ -179,8 +179,171 @@ impl Entry {
         if secret_name(&self.key) {
             return format!("{key}= {HIDDEN}").into();
         }
+        // A placeholder named like a secret (set-placeholder = db_password=VALUE).
+        if matches!(self.key.as_str(), "set-placeholder" | "set-ph") {
+            if let Some((name, v)) = value.split_once('=') {
+                if !v.is_empty() && secret_name(name) {
+                    return format!("{key}= {name}={HIDDEN}").into();
+                }
+            }
+        }
         self.text.as_str().into()
     }
+}
+
+/// Hides a section's secrets in the messages that quote it: the lines ([`Entry::shown`])
+/// and why each is not carried over, which may quote its value expanded.
+/// - the value of an option or placeholder named like a secret, wherever it shows
+///   (`redis://:%(redis_password)@host` expanded reads `redis://:hunter1@host`): as
+///   `%(NAME)` (uWSGI's notation for an option's value);
+/// - values by their form, whatever their line: a URL's password
+///   (`scheme://user:PASS@`), uWSGI's `basicauth:realm,user:PASS`, and a word
+///   `NAME=VALUE` or `--name=VALUE` whose name is like a secret's (`PGPASSWORD=…`,
+///   `--api-key=…`).
+///
+/// regression: the lines hid them, but the reasons quoted them (an `attach-daemon`'s
+/// `ExecStart=` with the placeholder expanded, a `cron` line's crontab line).
+pub struct Hider {
+    /// (value, what shows instead), longest first.
+    values: Vec<(String, String)>,
+}
+
+impl Hider {
+    pub fn of<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> Hider {
+        let mut values: Vec<(String, String)> = Vec::new();
+        for e in entries {
+            let (name, value) = match e.key.as_str() {
+                "env" | "set-placeholder" | "set-ph" => match e.value.split_once('=') {
+                    Some((name, v)) if secret_name(name) => (name, v),
+                    _ => continue,
+                },
+                k if secret_name(k) => (k, e.value.as_str()),
+                _ => continue,
+            };
+            // A value too short to tell from a message's own words is left (a message
+            // naming "on" or "1" would lose its sense), and so is one uWSGI makes at each
+            // start (`$(APP_SECRET)` when migrating): its reference is no secret, and
+            // the reasons name it.
+            let reference = ["$(", "@(", "%("].iter().any(|r| value.contains(r));
+            if value.chars().count() >= 4 && !reference && e.reads.is_empty() {
+                let by = match e.key.as_str() {
+                    "env" => HIDDEN.to_owned(),
+                    _ => format!("%({name})"),
+                };
+                values.push((value.to_owned(), by));
+            }
+        }
+        values.sort_by_key(|v| std::cmp::Reverse(v.0.len()));
+        values.dedup_by(|a, b| a.0 == b.0);
+        Hider { values }
+    }
+
+    /// The line as a message quotes it.
+    pub fn line(&self, e: &Entry) -> String {
+        self.text(&e.shown())
+    }
+
+    /// `text` (a reason, a note) with the secrets hidden.
+    pub fn text(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for (value, by) in &self.values {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), by);
+            }
+        }
+        hide_by_form(&text)
+    }
+}
+
+/// The passwords and secret-named values `text`'s words show by their form (see
+/// [`Hider`]); also a MySQL client's `-pPASS` (`mysqldump -u root -pPASS db`).
+pub fn hide_by_form(text: &str) -> String {
+    // What is hidden already stays as it is (its words are not a NAME=VALUE's).
+    let mut parts = text.split(HIDDEN);
+    let mut out = hide_words(parts.next().unwrap_or_default());
+    for part in parts {
+        out.push_str(HIDDEN);
+        out.push_str(&hide_words(part));
+    }
+    out
+}
+
+fn hide_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut mysql = false;
+    while !rest.is_empty() {
+        let space = rest.len() - rest.trim_start().len();
+        out.push_str(&rest[..space]);
+        rest = &rest[space..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..end];
+        mysql |= word
+            .rsplit('/')
+            .next()
+            .is_some_and(|b| b.starts_with("mysql"));
+        match word.strip_prefix("-p") {
+            Some(pass) if mysql && !pass.is_empty() && !pass.starts_with("%(") => {
+                out.push_str("-p");
+                out.push_str(HIDDEN);
+            }
+            _ => out.push_str(&hide_word(word)),
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+fn hide_word(word: &str) -> String {
+    let placeholder = |v: &str| (v.starts_with("%(") && v.ends_with(')')) || v == HIDDEN;
+    // NAME=VALUE, --name=VALUE.
+    let bare = word.trim_start_matches('-');
+    if let Some((name, value)) = bare.split_once('=') {
+        if !value.is_empty() && secret_name(name) && !placeholder(value) {
+            let dashes = &word[..word.len() - bare.len()];
+            return format!("{dashes}{name}={HIDDEN}");
+        }
+    }
+    // basicauth:realm,user:PASS (basicauth-next too).
+    if let Some(i) = word.find("basicauth") {
+        let args = &word[i..];
+        if let Some(cred) = args
+            .find(':')
+            .and_then(|c| args[c..].find(',').map(|k| c + k + 1))
+        {
+            if let Some(colon) = args[cred..].find(':') {
+                let at = i + cred + colon + 1;
+                if at < word.len() && !placeholder(&word[at..]) {
+                    return format!("{}{HIDDEN}", &word[..at]);
+                }
+            }
+        }
+    }
+    // scheme://user:PASS@host (each URL of the word).
+    let mut out = String::new();
+    let mut rest = word;
+    while let Some(i) = rest.find("://") {
+        let (head, after) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority = &after[..after.find('/').unwrap_or(after.len())];
+        let hidden = authority.rfind('@').and_then(|at| {
+            let userinfo = &authority[..at];
+            let colon = userinfo.find(':')?;
+            let pass = &userinfo[colon + 1..];
+            (!pass.is_empty() && !placeholder(pass))
+                .then(|| format!("{}:{HIDDEN}", &userinfo[..colon]))
+        });
+        match hidden {
+            Some(userinfo) => {
+                let at = authority.rfind('@').unwrap_or(0);
+                out.push_str(&userinfo);
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether an option or placeholder's name says its value is a secret.

@@ -1233,3 +1233,38 @@ fn quoted_lines_hide_env_values_and_secrets() {
     assert!(!comments.contains("hunter3"), "{comments}");
     assert!(t.to_toml().contains("SECRET_KEY = \"hunter3\""));
 }
+
+// regression: the lines hid a secret, but the reasons quoted it (an attach-daemon's
+// ExecStart= with a secret placeholder expanded, a cron job's crontab line), and a
+// secret in a value's form (a URL's password, basicauth, PGPASSWORD=..., mysqldump
+// -p...) or in a set-placeholder line was quoted whole.
+#[test]
+fn reasons_and_values_hide_secrets_too() {
+    let t = tr("module = shop.wsgi\nredis_password = hunter1\nattach-daemon = celery worker --broker redis://:%(redis_password)@localhost/0\nroute = ^/admin basicauth:Admin,admin:hunter2\ncron = -1 -1 -1 -1 -1 mysqldump -u root -phunter3 db\nset-placeholder = db_password=hunter4\nenv = =hunter5\ncron = -1 -1 -1 -1 -1 PGPASSWORD=hunter6 pg_dump --api-key=hunter7 postgres://u:hunter8@db/x\nset-ph = db_token=hunter9\nattach-daemon = worker %(db_token) %(db_password)");
+    let said = format!(
+        "{}\n{}\n{}",
+        t.warnings().unwrap(),
+        t.to_toml(),
+        t.info_message().unwrap_or_default()
+    );
+    for n in 1..=9 {
+        let secret = format!("hunter{n}");
+        assert!(!said.contains(&secret), "{secret} in:\n{said}");
+    }
+    for shown in [
+        "ExecStart=celery worker --broker redis://:%(redis_password)@localhost/0",
+        "route = ^/admin basicauth:Admin,admin:(value hidden)",
+        "mysqldump -u root -p(value hidden) db",
+        "set-placeholder = db_password=(value hidden)",
+        "PGPASSWORD=(value hidden) pg_dump --api-key=(value hidden) postgres://u:(value hidden)@db/x",
+        "worker %(db_token) %(db_password)",
+        "env = =(value hidden): ignored: it names no variable",
+    ] {
+        assert!(said.contains(shown), "{shown} not in:\n{said}");
+    }
+    // Not a secret: left as it is.
+    assert_eq!(
+        super::hide_by_form("mysql -p db; https://example.com:8443/x user@host --port=5 KEYS=3"),
+        "mysql -p db; https://example.com:8443/x user@host --port=5 KEYS=3"
+    );
+}
