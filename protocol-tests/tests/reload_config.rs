@@ -696,27 +696,61 @@ fn a_reload_applies_a_changed_log_level() {
 // failed: the rollback went back to the serving generation's number as it was before.
 #[test]
 fn a_sigttin_during_a_failing_reload_counts_after_the_rollback() {
+    signal_during_a_failing_reload(libc::SIGTTIN, (1, 3), "SIGTTIN: one worker more", 2);
+}
+
+// regression: the mirror: a SIGTTOU during a reload to one worker was ignored ("one
+// worker is the least"), and the rollback went back to the serving generation's 3.
+#[test]
+fn a_sigttou_during_a_failing_reload_to_one_worker_counts_after_the_rollback() {
+    signal_during_a_failing_reload(
+        libc::SIGTTOU,
+        (3, 1),
+        "SIGTTOU: the reload's generation runs one worker",
+        2,
+    );
+}
+
+/// Serving `workers.0` workers, a reload to `workers.1` whose import fails once the
+/// test has seen `said` (the log line of `sig`, sent during it): the rollback runs
+/// `after` workers.
+fn signal_during_a_failing_reload(sig: i32, workers: (usize, usize), said: &str, after: usize) {
     let dir = tempdir();
     let conf = dir.path().join("postern.toml");
     let first = named_app(dir.path(), "first");
-    std::fs::write(&conf, format!("app = {first:?}\nworkers = 1\n")).unwrap();
+    std::fs::write(&conf, format!("app = {first:?}\nworkers = {}\n", workers.0)).unwrap();
     let p = with_config(dir.path(), &conf, &[]);
-    // Fails, but only after 5 s: the SIGTTIN comes during the reload.
-    let broken = dir.path().join("slow_broken.py");
+    assert!(
+        wait_until(30, || children(p.pid()).len() == workers.0),
+        "{}",
+        p.logs()
+    );
+    // Fails once the gate is gone (the test deletes it after the signal's line): the
+    // signal comes during the reload, however slow the machine.
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let broken = dir.path().join("gated_broken.py");
     std::fs::write(
         &broken,
-        "import time\ntime.sleep(5)\nraise ImportError('broken on purpose')\n",
+        format!(
+            "import os, time\ndeadline = time.time() + 60\nwhile os.path.exists({gate:?}) and time.time() < deadline:\n    time.sleep(0.05)\nraise ImportError('broken on purpose')\n"
+        ),
     )
     .unwrap();
-    std::fs::write(&conf, format!("app = {broken:?}\nworkers = 3\n")).unwrap();
+    std::fs::write(
+        &conf,
+        format!("app = {broken:?}\nworkers = {}\n", workers.1),
+    )
+    .unwrap();
     p.signal(libc::SIGHUP);
     assert!(
         p.wait_log("reloading: new workers start", 20),
         "{}",
         p.logs()
     );
-    p.signal(libc::SIGTTIN);
-    assert!(p.wait_log("SIGTTIN: one worker more", 10), "{}", p.logs());
+    p.signal(sig);
+    assert!(p.wait_log(said, 10), "{}", p.logs());
+    std::fs::remove_file(&gate).unwrap();
     assert!(
         p.wait_log("reload failed: the new workers do not start", 30),
         "{}",
@@ -730,11 +764,12 @@ fn a_sigttin_during_a_failing_reload_counts_after_the_rollback() {
     let logs = p.logs();
     let dropped = log_line(&logs, "the failed reload's settings are dropped");
     assert!(
-        dropped.contains("generation=0") && dropped.contains("workers=2"),
-        "1 + the SIGTTIN: {dropped}"
+        dropped.contains("generation=0") && dropped.contains(&format!("workers={after}")),
+        "{} with the signal: {dropped}",
+        workers.0
     );
     assert!(
-        wait_until(30, || children(p.pid()).len() == 2),
+        wait_until(30, || children(p.pid()).len() == after),
         "{:?}\n{}",
         children(p.pid()),
         p.logs()

@@ -537,18 +537,25 @@ pub fn run(
                     m.scale(true);
                     tracing::info!(workers = m.target, "SIGTTIN: one worker more");
                 }
-                libc::SIGTTOU if m.target > 1 => {
-                    m.scale(false);
-                    tracing::info!(workers = m.target, "SIGTTOU: one worker less");
-                    m.retire_extra();
-                }
-                libc::SIGTTOU => {
+                libc::SIGTTOU => match m.scale(false) {
+                    (true, _) => {
+                        tracing::info!(workers = m.target, "SIGTTOU: one worker less");
+                        m.retire_extra();
+                    }
+                    // regression: during a reload to one worker, it was ignored, and
+                    // the rollback went back to the serving generation's number as it
+                    // was before it.
+                    (false, Some(kept)) => tracing::info!(
+                        workers = m.target,
+                        kept,
+                        "SIGTTOU: the reload's generation runs one worker, the least; the generation that serves keeps one less, which a failed reload goes back to"
+                    ),
                     // regression: it was ignored without a word.
-                    tracing::warn!(
+                    (false, None) => tracing::warn!(
                         workers = m.target,
                         "SIGTTOU ignored: one worker is the least"
-                    );
-                }
+                    ),
+                },
                 libc::SIGUSR1 => {
                     // Workers (and the stats helper) inherit the reopening handler
                     // (crate::logging).
@@ -1679,7 +1686,9 @@ impl Master {
     /// during this one that keeps the serving `--workers`) goes back to.
     /// regression: a reload that changed `--workers` (2 -> 4) took 5 at a SIGTTIN, and
     /// its rollback went back to the serving generation's 2: the signal was lost.
-    fn scale(&mut self, more: bool) {
+    /// Whether the number of workers now changed (a SIGTTOU at one worker does not),
+    /// and the serving generation's kept number when the signal moved it.
+    fn scale(&mut self, more: bool) -> (bool, Option<usize>) {
         let step = |n: usize| {
             if more {
                 n + 1
@@ -1687,21 +1696,29 @@ impl Master {
                 n.saturating_sub(1).max(1)
             }
         };
-        self.target = step(self.target);
-        self.board.publish_target(self.target);
-        let serving = self.serving_generation();
-        if serving != self.generation {
-            // The generation whose settings it runs (see `settings_of`).
-            let kept = self
-                .gens
-                .range(..=serving)
-                .next_back()
-                .or_else(|| self.gens.iter().next())
-                .map(|(&g, _)| g);
-            if let Some(g) = kept.and_then(|g| self.gens.get_mut(&g)) {
-                g.target = step(g.target);
-            }
+        let now = step(self.target);
+        let changed = now != self.target;
+        if changed {
+            self.target = now;
+            self.board.publish_target(self.target);
         }
+        let serving = self.serving_generation();
+        if serving == self.generation {
+            return (changed, None);
+        }
+        // The generation whose settings it runs (see `settings_of`).
+        let kept = self
+            .gens
+            .range(..=serving)
+            .next_back()
+            .or_else(|| self.gens.iter().next())
+            .map(|(&g, _)| g);
+        let moved = kept.and_then(|g| self.gens.get_mut(&g)).and_then(|g| {
+            let was = g.target;
+            g.target = step(was);
+            (g.target != was).then_some(g.target)
+        });
+        (changed, moved)
     }
 
     /// One worker less (SIGTTOU): the newest still importing the app, else the
@@ -1942,6 +1959,16 @@ impl Master {
                     for o in self.workers.iter_mut() {
                         if o.generation > self.generation {
                             o.drain(&self.board, Cause::Reload);
+                        }
+                    }
+                    // A SIGTTOU during the reload took one from the serving
+                    // generation's number: its extra workers leave now.
+                    // regression: the number said 2 while 3 served on.
+                    while self.live() > self.target {
+                        let live = self.live();
+                        self.retire_extra();
+                        if self.live() == live {
+                            break;
                         }
                     }
                 }
@@ -2786,6 +2813,31 @@ mod tests {
         assert_eq!(serving, 0);
         m.new_generation(b, Arc::new(()), true, serving);
         assert_eq!(m.target, 2, "3, one more, two less");
+        let _ = stand.end();
+    }
+
+    // regression: a SIGTTOU during a reload to one worker was ignored ('one worker is
+    // the least') and lost at the rollback: the serving generation's 3 came back.
+    #[test]
+    fn a_sigttou_during_a_reload_to_one_worker_counts_after_its_rollback() {
+        let mut m = master(3);
+        let stand = Stand::new();
+        add(&mut m, &stand, true);
+        let a = Options {
+            workers: 1,
+            ..(*m.opts).clone()
+        };
+        m.new_generation(a, Arc::new(()), true, 0);
+        assert_eq!(m.target, 1);
+        assert_eq!(m.scale(false), (false, Some(2)));
+        assert_eq!((m.target, m.board.target()), (1, 1));
+        m.generation = 0;
+        m.back_to_settings_of(1);
+        assert_eq!((m.target, m.board.target()), (2, 2), "3 - the SIGTTOU");
+        // Not during a reload: one worker is the least, nothing moves.
+        let mut m = master(1);
+        assert_eq!(m.scale(false), (false, None));
+        assert_eq!(m.target, 1);
         let _ = stand.end();
     }
 
