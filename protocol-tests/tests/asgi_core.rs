@@ -41,10 +41,6 @@ async def read_all(receive):
         if m["type"] != "http.request" or not m.get("more_body"):
             return msgs
 
-# /kept-send: the send() of the request before.
-KEPT_SEND = None
-
-
 async def answer(send, body, status=200, headers=()):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")] + list(headers)})
@@ -219,27 +215,6 @@ const HTTP: &str = r#"
         except TypeError:
             said.append("not instantiable")
         await asyncio.ensure_future(send({"type": "http.response.body", "body": " ".join(said).encode()}))
-    elif path == "/kept-send":
-        # The send() of an earlier request, kept by the app, called during this one:
-        # it is still that request's (the free list never hands out an object that
-        # is still referred to), and wrong calls raise TypeError.
-        said = ["%s %r %r" % (type(send).__name__, receive, send)]
-        global KEPT_SEND
-        if KEPT_SEND is not None:
-            try:
-                await KEPT_SEND({"type": "http.response.body", "body": b"stolen"})
-                said.append("accepted")
-            except Exception as e:
-                said.append(type(e).__name__)
-        KEPT_SEND = send
-        for call in (lambda: send(), lambda: send(message={}), lambda: receive(1),
-                     lambda: send({}, {})):
-            try:
-                call()
-                said.append("accepted")
-            except TypeError as e:
-                said.append(str(e))
-        await answer(send, "|".join(said).encode())
     elif path == "/memoryview":
         # As Starlette's Response(memoryview(...)) sends it: a slice of a buffer.
         await answer(send, memoryview(bytearray(b"0123456789" * 10))[:25])
@@ -592,29 +567,6 @@ fn a_ready_value_can_be_driven_by_hand() {
         r.text(),
         "Ready True 'http.request' None None None not instantiable"
     );
-}
-
-// receive and send are postern's own callables (src/asgi/http.rs `ChannelFn`, made from
-// a free list): one an app keeps stays its request's, and wrong calls raise TypeError.
-#[test]
-fn a_kept_send_stays_its_requests_and_wrong_calls_raise() {
-    let dir = tempdir();
-    let p = serve(dir.path(), "uwsgi", &[]);
-    let calls = "send() takes exactly one argument (0 given)|send() takes no keyword arguments|receive() takes no arguments (1 given)|send() takes exactly one argument (2 given)";
-    let first = get(&p, "/kept-send", "");
-    assert_eq!(first.status, 200, "{}", p.logs());
-    assert_eq!(
-        first.text(),
-        format!("AsgiCallable <postern receive> <postern send>|{calls}")
-    );
-    for _ in 0..3 {
-        let r = get(&p, "/kept-send", "");
-        assert_eq!(r.status, 200, "{}", p.logs());
-        assert_eq!(
-            r.text(),
-            format!("AsgiCallable <postern receive> <postern send>|RuntimeError|{calls}")
-        );
-    }
 }
 
 // regression: a memoryview or bytearray body (Starlette sends a memoryview as it is) was

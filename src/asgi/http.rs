@@ -251,289 +251,22 @@ unsafe extern "C" fn ready_dealloc(o: *mut pyo3::ffi::PyObject) {
     }
 }
 
-/// `receive` and `send` as the app gets them: objects of a small C type of postern's
-/// ([`ChannelFn`]) that CPython calls through vectorcall (no argument tuple, no class
-/// `__call__` trampoline: a pyo3 class instance cost about 0.4k instructions a call),
-/// made from a free list (built-in methods bound to the exchange, as before, cost a
-/// GC allocation and deallocation each: about 0.3k instructions a request each). The
-/// exchange belongs to the loop's thread (pyo3 panics when another thread touches
-/// it), so a call from elsewhere, e.g. `loop.run_in_executor(None, lambda:
-/// send(...))`, is refused with an error the app can act on, before the exchange is
-/// touched.
+/// `receive` and `send` as the app gets them: built-in methods bound to the exchange
+/// (`METH_NOARGS` and `METH_O`), which CPython calls through vectorcall: no argument
+/// tuple and no class `__call__` trampoline per call, as a class instance would cost
+/// (about 0.4k instructions a call). The exchange belongs to the loop's thread (pyo3
+/// panics when another thread touches it), so a call from elsewhere, e.g.
+/// `loop.run_in_executor(None, lambda: send(...))`, is refused with an error the app
+/// can act on, before the exchange is touched.
 pub fn channel<'py>(
     exchange: &Bound<'py, Exchange>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     ON_LOOP.with(|o| o.set(true));
     let py = exchange.py();
     Ok((
-        channel_fn(py, receive_vectorcall, false, exchange.as_any())?,
-        channel_fn(py, send_vectorcall, true, exchange.as_any())?,
+        builtin(py, &RECEIVE, exchange.as_any())?,
+        builtin(py, &SEND, exchange.as_any())?,
     ))
-}
-
-/// `receive` or `send` of one request: which one is its vectorcall function.
-#[repr(C)]
-struct ChannelFn {
-    ob_base: pyo3::ffi::PyObject,
-    /// Where the type's `tp_vectorcall_offset` points.
-    vectorcall: Option<pyo3::ffi::vectorcallfunc>,
-    /// The exchange (a strong reference).
-    exchange: *mut pyo3::ffi::PyObject,
-    /// `send` (else `receive`), for its repr.
-    is_send: bool,
-}
-
-/// How many freed [`ChannelFn`]s a thread keeps for the next requests.
-const CHANNEL_SPARE: usize = 64;
-
-thread_local! {
-    /// Freed [`ChannelFn`]s (their memory and their reference to the type), to be made
-    /// again by [`channel_fn`] without an allocation: a free list, as CPython keeps
-    /// for its own small objects (floats, tuples). Only ever touched with the GIL held.
-    static CHANNEL_FREE: RefCell<Vec<*mut pyo3::ffi::PyObject>> =
-        const { RefCell::new(Vec::new()) };
-}
-
-extern "C" {
-    // Part of CPython's C API (Include/cpython/object.h, 3.8 to 3.13) but not of
-    // pyo3-ffi: what a free list calls to make an object of its memory again.
-    fn _Py_NewReference(op: *mut pyo3::ffi::PyObject);
-}
-
-/// The type of [`ChannelFn`], made once per process.
-static CHANNEL_TYPE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> =
-    pyo3::sync::PyOnceLock::new();
-
-fn channel_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
-    use pyo3::ffi;
-    CHANNEL_TYPE
-        .get_or_try_init(py, || {
-            // CPython keeps pointers to these: made once, leaked with the type.
-            let members: &'static mut [ffi::PyMemberDef] = Box::leak(Box::new([
-                ffi::PyMemberDef {
-                    name: c"__vectorcalloffset__".as_ptr(),
-                    type_code: ffi::Py_T_PYSSIZET,
-                    offset: std::mem::offset_of!(ChannelFn, vectorcall) as ffi::Py_ssize_t,
-                    flags: ffi::Py_READONLY,
-                    doc: std::ptr::null(),
-                },
-                // SAFETY: a zeroed member is the sentinel that ends the array.
-                unsafe { std::mem::zeroed() },
-            ]));
-            let slot = |slot, pfunc: *mut std::ffi::c_void| ffi::PyType_Slot { slot, pfunc };
-            let slots: &'static mut [ffi::PyType_Slot] = Box::leak(Box::new([
-                slot(ffi::Py_tp_call, ffi::PyVectorcall_Call as *mut _),
-                slot(ffi::Py_tp_dealloc, channel_dealloc as *mut _),
-                slot(ffi::Py_tp_traverse, channel_traverse as *mut _),
-                slot(ffi::Py_tp_repr, channel_repr as *mut _),
-                slot(ffi::Py_tp_members, members.as_mut_ptr().cast()),
-                slot(
-                    ffi::Py_tp_doc,
-                    c"The ASGI receive() or send() of one request.".as_ptr() as *mut _,
-                ),
-                ffi::PyType_Slot::default(),
-            ]));
-            let spec: &'static mut ffi::PyType_Spec = Box::leak(Box::new(ffi::PyType_Spec {
-                name: c"postern.AsgiCallable".as_ptr(),
-                basicsize: std::mem::size_of::<ChannelFn>() as std::ffi::c_int,
-                itemsize: 0,
-                // In the cyclic GC as the built-in methods were (a cycle through an
-                // app's objects that holds `send` is collected as before).
-                flags: (ffi::Py_TPFLAGS_DEFAULT
-                    | ffi::Py_TPFLAGS_HAVE_GC
-                    | ffi::Py_TPFLAGS_HAVE_VECTORCALL
-                    | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION)
-                    as std::ffi::c_uint,
-                slots: slots.as_mut_ptr(),
-            }));
-            // SAFETY: with the GIL held; the spec and what it points to live forever;
-            // the result is a new reference to a type, or NULL with an exception.
-            unsafe {
-                Ok::<_, PyErr>(
-                    Bound::from_owned_ptr_or_err(py, ffi::PyType_FromSpec(spec))?
-                        .cast_into::<pyo3::types::PyType>()?
-                        .unbind(),
-                )
-            }
-        })
-        .map(|t| t.bind(py))
-}
-
-/// A [`ChannelFn`] calling `call` with `exchange`: from the free list, else new.
-fn channel_fn<'py>(
-    py: Python<'py>,
-    call: pyo3::ffi::vectorcallfunc,
-    is_send: bool,
-    exchange: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let tp = channel_type(py)?;
-    let spare = CHANNEL_FREE
-        .try_with(|f| f.try_borrow_mut().ok().and_then(|mut f| f.pop()))
-        .ok()
-        .flatten();
-    // SAFETY: with the GIL held. A spare is the memory of a `ChannelFn` that was
-    // freed (its count 0, untracked, nothing refers to it), still holding its
-    // reference to the type (`channel_dealloc`): made an object again with a count of
-    // 1, and tracked by the GC once its fields are set. A new one is allocated zeroed
-    // and tracked by the type's allocation (a `ChannelFn`: its basicsize; its null
-    // exchange is skipped by `channel_traverse`).
-    unsafe {
-        let (o, fresh) = match spare {
-            Some(o) => {
-                _Py_NewReference(o);
-                (o, false)
-            }
-            None => {
-                let o = pyo3::ffi::PyType_GenericAlloc(tp.as_type_ptr(), 0);
-                if o.is_null() {
-                    return Err(PyErr::fetch(py));
-                }
-                (o, true)
-            }
-        };
-        let f = o.cast::<ChannelFn>();
-        (*f).vectorcall = Some(call);
-        (*f).is_send = is_send;
-        (*f).exchange = exchange.clone().into_ptr();
-        if !fresh {
-            pyo3::ffi::PyObject_GC_Track(o.cast());
-        }
-        Ok(Bound::from_owned_ptr(py, o))
-    }
-}
-
-/// Kept on the free list (the exchange released), or freed when the list is full.
-unsafe extern "C" fn channel_dealloc(o: *mut pyo3::ffi::PyObject) {
-    use pyo3::ffi;
-    // SAFETY: CPython calls it with the GIL held, once, when `o`'s count is 0.
-    unsafe {
-        ffi::PyObject_GC_UnTrack(o.cast());
-        let f = o.cast::<ChannelFn>();
-        let exchange = std::mem::replace(&mut (*f).exchange, std::ptr::null_mut());
-        let kept = CHANNEL_FREE
-            .try_with(|free| match free.try_borrow_mut() {
-                Ok(mut free) if free.len() < CHANNEL_SPARE => {
-                    free.push(o);
-                    true
-                }
-                _ => false,
-            })
-            .unwrap_or(false);
-        if !kept {
-            // A heap type's instance holds a reference to its type, released last.
-            let tp = ffi::Py_TYPE(o);
-            if let Some(free) = (*tp).tp_free {
-                free(o.cast());
-            }
-            ffi::Py_DECREF(tp.cast());
-        }
-        // Last: the exchange's own deallocation may run Python code (its fields'),
-        // which may free another of these.
-        ffi::Py_XDECREF(exchange);
-    }
-}
-
-/// What the GC follows: the exchange, as a built-in method's `__self__`.
-unsafe extern "C" fn channel_traverse(
-    o: *mut pyo3::ffi::PyObject,
-    visit: pyo3::ffi::visitproc,
-    arg: *mut std::ffi::c_void,
-) -> std::ffi::c_int {
-    // SAFETY: CPython calls it with the GIL held and `o` a tracked `ChannelFn`. A heap
-    // type's instance visits its type too (3.9+).
-    unsafe {
-        let tp = visit(pyo3::ffi::Py_TYPE(o).cast(), arg);
-        if tp != 0 {
-            return tp;
-        }
-        let exchange = (*o.cast::<ChannelFn>()).exchange;
-        if exchange.is_null() {
-            0
-        } else {
-            visit(exchange, arg)
-        }
-    }
-}
-
-unsafe extern "C" fn channel_repr(o: *mut pyo3::ffi::PyObject) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: CPython calls it with the GIL held and `o` a `ChannelFn`.
-    unsafe {
-        let text = if (*o.cast::<ChannelFn>()).is_send {
-            c"<postern send>"
-        } else {
-            c"<postern receive>"
-        };
-        pyo3::ffi::PyUnicode_FromString(text.as_ptr())
-    }
-}
-
-/// The exchange of `callable` (a `ChannelFn`), after checking the call's arguments:
-/// `want` positional ones, no keywords.
-///
-/// # Safety
-/// With the GIL held, as CPython calls a vectorcall function.
-unsafe fn channel_args(
-    callable: *mut pyo3::ffi::PyObject,
-    nargsf: usize,
-    kwnames: *mut pyo3::ffi::PyObject,
-    want: pyo3::ffi::Py_ssize_t,
-    name: &str,
-) -> PyResult<*mut pyo3::ffi::PyObject> {
-    // SAFETY: the caller's.
-    unsafe {
-        if !kwnames.is_null() && pyo3::ffi::PyTuple_GET_SIZE(kwnames) != 0 {
-            return Err(PyTypeError::new_err(format!(
-                "{name}() takes no keyword arguments"
-            )));
-        }
-        let n = pyo3::ffi::PyVectorcall_NARGS(nargsf);
-        if n != want {
-            return Err(PyTypeError::new_err(match want {
-                0 => format!("{name}() takes no arguments ({n} given)"),
-                _ => format!("{name}() takes exactly one argument ({n} given)"),
-            }));
-        }
-        Ok((*callable.cast::<ChannelFn>()).exchange)
-    }
-}
-
-/// `receive()`.
-unsafe extern "C" fn receive_vectorcall(
-    callable: *mut pyo3::ffi::PyObject,
-    _args: *const *mut pyo3::ffi::PyObject,
-    nargsf: usize,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: CPython calls it with the GIL held, `callable` a `ChannelFn`.
-    unsafe {
-        match channel_args(callable, nargsf, kwnames, 0, "receive") {
-            Ok(ex) => receive_call(ex, std::ptr::null_mut()),
-            Err(e) => {
-                e.restore(Python::assume_attached());
-                std::ptr::null_mut()
-            }
-        }
-    }
-}
-
-/// `send(message)`.
-unsafe extern "C" fn send_vectorcall(
-    callable: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargsf: usize,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: CPython calls it with the GIL held, `callable` a `ChannelFn`, `args`
-    // holding the positional arguments (one, checked).
-    unsafe {
-        match channel_args(callable, nargsf, kwnames, 1, "send") {
-            Ok(ex) => send_call(ex, *args),
-            Err(e) => {
-                e.restore(Python::assume_attached());
-                std::ptr::null_mut()
-            }
-        }
-    }
 }
 
 /// A built-in function made from `def`, bound to `slf` (its first argument).
@@ -569,6 +302,24 @@ impl MethodDef {
 
 // SAFETY: never written after it is made; CPython only reads it (with the GIL held).
 unsafe impl Sync for MethodDef {}
+
+static RECEIVE: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"receive".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: receive_call,
+    },
+    ml_flags: pyo3::ffi::METH_NOARGS,
+    ml_doc: c"The ASGI receive(): the next http.request or http.disconnect message.".as_ptr(),
+}));
+
+static SEND: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"send".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: send_call,
+    },
+    ml_flags: pyo3::ffi::METH_O,
+    ml_doc: c"The ASGI send(message).".as_ptr(),
+}));
 
 static END: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
     ml_name: c"_end".as_ptr(),
