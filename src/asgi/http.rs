@@ -68,10 +68,13 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// An awaitable whose value is ready: `await` returns it at once, without an asyncio
 /// `Future` or a pass through the loop. A type made with the C API, not a pyo3 class:
-/// `await` reaches its `am_send` slot straight from CPython's `SEND` (3.10+), with no
-/// `StopIteration` and no trampoline (a pyo3 class's `__await__` and `__next__` cost
-/// about 140 instructions an await). Python sees `postern.Ready`, an iterator with
-/// `__await__`, `__next__`, `send` and `close`, as before.
+/// on CPython 3.10 and 3.11, `await` reaches its `am_send` slot straight from `SEND`,
+/// with no `StopIteration` and no trampoline (a pyo3 class's `__await__` and `__next__`
+/// cost about 140 instructions an await); from 3.12, `SEND` with `None` calls
+/// `tp_iternext` instead, which gives the same value through a `StopIteration`. Python
+/// sees `postern.Ready`, an iterator with `__await__`, `__next__`, `send` and `close`,
+/// as before. It holds only postern's own message dicts (no cycle can go through it),
+/// so it is not in the cyclic GC.
 #[repr(C)]
 struct ReadyObject {
     ob_base: pyo3::ffi::PyObject,
