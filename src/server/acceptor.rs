@@ -192,11 +192,6 @@ impl Acceptor {
     /// `None` with `step` saying why when no request came of it.
     #[inline(always)]
     fn turn(&self, block: bool, step: &mut Step) -> Option<Request> {
-        // A kept connection whose next request came while this thread ended its last
-        // one: read first, with no epoll call (and no re-arm: fastcgi::take_next).
-        if let Some(conn) = fastcgi::take_next(block) {
-            return self.read_kept(conn);
-        }
         let queue = &self.queue;
         {
             if !queue.is_accepting() {
@@ -871,19 +866,6 @@ impl Acceptor {
                 None
             }
         }
-    }
-
-    /// A kept connection this thread did not park after its last request, its next
-    /// request having come meanwhile ([`fastcgi::take_next`]): read as if woken in the
-    /// epoll; parked (re-armed) instead once the server stops accepting.
-    fn read_kept(&self, conn: Arc<FcgiConn>) -> Option<Request> {
-        if !self.queue.is_accepting() {
-            conn.park_kept();
-            return None;
-        }
-        let conn = self.room_for_kept(conn)?;
-        let started = conn.read_start();
-        self.fcgi_read(conn, true, started, false)
     }
 
     /// Reads a waiting connection whose first bytes are in its socket (its place

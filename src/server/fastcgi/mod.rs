@@ -57,9 +57,7 @@ use sink::ReqFlags;
 /// it closes or goes to the slow lane: a keep-conn request costs no epoll_ctl. Edge
 /// triggering reports new input once, so an event that finds the connection `Held`
 /// is kept in it (`input`), and whoever parks it or starts a request on it re-arms it
-/// (EPOLL_CTL_MOD reports input already there) instead of losing it; or, the thread
-/// that ended an inline request on it, keeps it held and reads it at its next look
-/// ([`Parking::park_or_keep`]: no epoll call).
+/// (EPOLL_CTL_MOD reports input already there) instead of losing it.
 pub(super) enum Owner {
     /// Idle in the Python threads' epoll.
     Parked,
@@ -942,16 +940,6 @@ pub(super) enum TryEnd {
 }
 
 impl FcgiConn {
-    /// Parks a connection its thread kept ([`Parking::park_or_keep`]), unread after
-    /// all (the stop, or its thread ends): its input marked again, the epoll is
-    /// re-armed for it.
-    pub fn park_kept(self: &Arc<Self>) {
-        if let Owner::Held { input } = &mut *self.owner() {
-            *input = true;
-        }
-        self.parking.park(Arc::clone(self), true);
-    }
-
     /// Ends inline request `id` on the calling thread, which may hold the GIL: the last
     /// STDOUT records and END_REQUEST go out in one send that never waits
     /// (`MSG_DONTWAIT`), and only when the write lock is free and the server is not
@@ -1043,7 +1031,7 @@ impl FcgiConn {
         }
         if ok && keep_conn {
             // It was watched: in the epoll.
-            self.parking.park_or_keep(Arc::clone(self));
+            self.parking.park(Arc::clone(self), true);
         } else {
             // FCGI_KEEP_CONN unset: the socket closes (a FIN) when the sink drops its
             // reference, right after. No shutdown first: nothing is left unread (the
@@ -1059,77 +1047,6 @@ impl FcgiConn {
 thread_local! {
     // Reused for every small response of this thread: no allocation per write.
     static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// What this thread keeps for its next look at the epoll ([`take_next`]).
-    static KEPT: Kept = const {
-        Kept {
-            conn: std::cell::Cell::new(None),
-            reads: std::cell::Cell::new(false),
-            run: std::cell::Cell::new(0),
-        }
-    };
-}
-
-/// Requests in a row a thread reads from the connections it kept ([`take_next`])
-/// before it looks at the epoll again, so that the listeners and the other parked
-/// connections get their turn behind a connection that always has its next request
-/// there (as acceptor.rs's `GUESS_RUN` does for a listener).
-const NEXT_RUN: u32 = 4;
-
-/// The kept connection a thread ended an inline request on while its next request
-/// had come (an event for it found it held): the thread's next look at the epoll
-/// reads it first ([`take_next`]) instead of re-arming it there. Parked if the thread
-/// ends first.
-struct Kept {
-    conn: std::cell::Cell<Option<Arc<FcgiConn>>>,
-    /// This thread takes its requests through the acceptor's blocking look
-    /// ([`take_next`]): it may keep one.
-    reads: std::cell::Cell<bool>,
-    /// Requests read in a row from what it kept ([`NEXT_RUN`]).
-    run: std::cell::Cell<u32>,
-}
-
-impl Drop for Kept {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.park_kept();
-        }
-    }
-}
-
-/// The connection this thread kept for its next look, if any, its next request in its
-/// socket (held, not parked: the caller reads it, or parks it). `None`: this look
-/// goes through the epoll, and a new run of [`NEXT_RUN`] begins. `blocking`: the
-/// look is the acceptor's blocking one (a WSGI thread, which looks again as soon as
-/// its request ends): from then on the thread keeps, rather than re-arms, a
-/// connection whose next request came while it ended the last one
-/// ([`Parking::park_or_keep`]). Not the ASGI loop, which looks only when the epoll is
-/// readable.
-#[inline]
-pub fn take_next(blocking: bool) -> Option<Arc<FcgiConn>> {
-    KEPT.with(|k| match k.conn.take() {
-        Some(conn) => {
-            k.run.set(k.run.get() + 1);
-            Some(conn)
-        }
-        None => {
-            k.run.set(0);
-            k.reads.set(blocking);
-            None
-        }
-    })
-}
-
-/// Whether this thread keeps a connection for its next look now (and takes it).
-fn keep_next(conn: &Arc<FcgiConn>) -> bool {
-    KEPT.with(|k| {
-        if !k.reads.get() || k.run.get() >= NEXT_RUN {
-            return false;
-        }
-        let held = k.conn.take();
-        let free = held.is_none();
-        k.conn.set(held.or_else(|| Some(Arc::clone(conn))));
-        free
-    })
 }
 
 /// FastCGI connections in the Python threads' epoll, by key: listed from their first
@@ -1996,7 +1913,6 @@ impl Parking {
 
     /// Tells the epoll what a transition needs. Edge-triggered: an event per arrival
     /// of input, not one per wait while it is unread (see [`Owner`]).
-    #[inline]
     fn apply(&self, conn: &Arc<FcgiConn>, arm: Arm) -> rustix::io::Result<()> {
         let data = epoll::EventData::new_u64(Wake::Conn(conn.key).encode());
         if let Some(watch) = self.watch.get() {
@@ -2026,7 +1942,6 @@ impl Parking {
     /// reports `EPOLLIN`; nothing reads the flags): the Python threads' one is added
     /// again instead of modified, which reports input already there as the
     /// modification did, and the watch's is then added again behind it.
-    #[inline(never)]
     fn apply_watched(
         &self,
         conn: &Arc<FcgiConn>,
@@ -2092,35 +2007,21 @@ impl Parking {
     /// postern is stopping or the connection is broken. `registered`: it is in the
     /// epoll already (woken there, or watched while its request ran inline).
     pub fn park(&self, conn: Arc<FcgiConn>, registered: bool) {
-        self.park_as(conn, registered, None, false);
-    }
-
-    /// [`Parking::park`] for the thread that ended an inline request on the connection
-    /// (in the epoll): when its next request came meanwhile (an event for it found
-    /// it held, and will not come again: edge-triggered), the thread keeps it for its
-    /// next look, which reads it ([`take_next`]), instead of re-arming it. A re-arm is
-    /// a delete and an add, in the epoll and in the watch (an exclusive registration
-    /// cannot be modified), and the add into the watch reports the input already
-    /// there, waking the busy watch's thread. Only on a thread that looks at the epoll
-    /// ([`take_next`]), keeping nothing else, for [`NEXT_RUN`] requests in a row.
-    pub fn park_or_keep(&self, conn: Arc<FcgiConn>) {
-        self.park_as(conn, true, None, true);
+        self.park_as(conn, registered, None);
     }
 
     /// [`Parking::park`] for the slow lane (the connection is not in the epoll):
     /// `fresh_since` when it never carried a request, accepted then; handed over, it
     /// keeps that `--head-timeout` deadline in its new worker.
     pub fn park_from_lane(&self, conn: Arc<FcgiConn>, fresh_since: Option<std::time::Instant>) {
-        self.park_as(conn, false, fresh_since, false);
+        self.park_as(conn, false, fresh_since);
     }
 
-    #[inline]
     fn park_as(
         &self,
         conn: Arc<FcgiConn>,
         registered: bool,
         fresh_since: Option<std::time::Instant>,
-        keep: bool,
     ) {
         if !registered {
             self.insert(&conn);
@@ -2146,13 +2047,6 @@ impl Parking {
             }
         }
         if let Some(arm) = owner.park(open, registered) {
-            if keep && arm == Arm::Rearm && keep_next(&conn) {
-                // Held by this thread still: the input the event told of is read at
-                // its next look (a request arriving from now on brings an event of
-                // its own).
-                *owner = Owner::Held { input: false };
-                return;
-            }
             // A load and a store: no read-modify-write per request.
             let now = self.idle_clock.load(Ordering::Relaxed);
             conn.parked_at.store(now, Ordering::Relaxed);
@@ -2440,73 +2334,6 @@ mod tests {
         );
         parking.park(Arc::clone(&conn), false);
         (front, conn)
-    }
-
-    // review-kc MEDIUM 2: a kept connection whose next request came while its thread
-    // ended the last one (an event for it found it held) was re-armed: a delete and
-    // an add in the epoll and in the watch, and the add into the watch reported the
-    // input already there, waking the busy watch. Now the thread keeps it and reads it
-    // at its next look: no epoll call, nothing for the watch. Before: parked, the
-    // watch held 1 event after the re-arm.
-    #[test]
-    fn a_kept_connection_whose_next_request_came_is_read_not_rearmed() {
-        use std::io::Write;
-        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
-        let parking = Parking::new(Arc::clone(&ep));
-        parking.watch_busy().unwrap();
-        let (mut front, conn) = watched_conn(&parking);
-        let t = std::thread::spawn(move || {
-            assert!(take_next(true).is_none());
-            for round in 0..NEXT_RUN + 1 {
-                assert!(matches!(conn.woken(), Woken::Read), "{round}");
-                // Its next request comes while held (the watch hears of that arrival:
-                // no thread waits) and another thread takes its event.
-                front.write_all(b"next request").unwrap();
-                assert_eq!(watched(&conn.parking), 1, "{round}: the arrival");
-                assert!(matches!(conn.woken(), Woken::Stale));
-                conn.after_inline(true, true);
-                let mut buf = [0u8; 64];
-                if round < NEXT_RUN {
-                    assert_eq!(watched(&conn.parking), 0, "{round}: no re-arm reported");
-                    let kept = take_next(true).expect("kept for the next look");
-                    assert!(Arc::ptr_eq(&kept, &conn));
-                    assert!(matches!(*conn.owner(), Owner::Held { input: false }));
-                    assert_eq!(conn.recv(&mut buf), Ok(12), "{round}: read here");
-                    // (Served, ended: held again, as woken.)
-                    *conn.owner() = Owner::Parked;
-                } else {
-                    // NEXT_RUN in a row: parked (re-armed) instead, the epoll's turn;
-                    // the re-arm reports the input to the watch (as every one did).
-                    assert_eq!(watched(&conn.parking), 1, "re-armed");
-                    assert!(take_next(true).is_none());
-                    assert!(matches!(*conn.owner(), Owner::Parked));
-                    assert_eq!(conn.recv(&mut buf), Ok(12));
-                }
-            }
-            // A thread that ends keeping one parks it.
-            assert!(take_next(true).is_none());
-            *conn.owner() = Owner::Held { input: false };
-            front.write_all(b"last").unwrap();
-            assert_eq!(watched(&conn.parking), 1);
-            assert!(matches!(conn.woken(), Woken::Stale));
-            conn.after_inline(true, true);
-            assert!(matches!(*conn.owner(), Owner::Held { .. }), "kept");
-            (front, conn)
-        });
-        let (_front, conn) = t.join().unwrap();
-        assert!(
-            matches!(*conn.owner(), Owner::Parked),
-            "parked as its thread ended"
-        );
-        // A thread that does not look at the epoll (not a WSGI thread) keeps nothing.
-        let t = std::thread::spawn(move || {
-            assert!(matches!(conn.woken(), Woken::Read));
-            let _ = conn.woken();
-            conn.after_inline(true, true);
-            assert!(take_next(false).is_none());
-            assert!(matches!(*conn.owner(), Owner::Parked));
-        });
-        t.join().unwrap();
     }
 
     // review-kc MEDIUM 3: a request the watch never hears of (two requests at the same
