@@ -725,3 +725,33 @@ fn migrate_hides_raw_env_in_augmented_and_tuple_assignments() {
         assert!(out.contains(quoted), "{quoted:?} not in:\n{out}");
     }
 }
+
+// regression (review-final): environment set by a call or through os.environ vanished
+// from migrate's output without a line (exit 0), and passwords in a value's form (a
+// URL's, NAME=VALUE) were quoted in its comments.
+#[test]
+fn migrate_lists_environment_it_cannot_read_and_hides_passwords_by_form() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        "import os\nwsgi_app = \"app:app\"\nraw_env = [\"A=1\"]\nraw_env.append(\"DB_PASSWORD=plainhunter6\")\nos.environ[\"DJANGO_SETTINGS_MODULE\"] = \"mysite.settings.prod\"\nos.environ.setdefault(\"TZ\", \"UTC\")\nbroker_url = \"redis://:plainhunter13@localhost/0\"\n",
+    )
+    .unwrap();
+    let (code, out) = migrate(&conf);
+    assert_eq!(code, Some(3), "{out}");
+    for line in [
+        "# line 4: raw_env.append(",
+        "# line 5: os.environ[\"DJANGO_SETTINGS_MODULE\"]",
+        "# line 6: os.environ.setdefault(",
+    ] {
+        assert!(out.contains(line), "{line:?} not in:\n{out}");
+    }
+    assert!(
+        out.contains("sets the environment in a way migrate does not read"),
+        "{out}"
+    );
+    for secret in ["plainhunter6", "plainhunter13"] {
+        assert!(!out.contains(secret), "{secret} quoted in:\n{out}");
+    }
+}

@@ -900,6 +900,19 @@ fn compound(text: &str) -> bool {
     COMPOUND.contains(&first.as_str()) && !async_def
 }
 
+/// Whether a top-level statement changes the environment the workers inherit other than
+/// by `raw_env = literal`: `raw_env.append(...)`, `raw_env.extend(...)`, `raw_env +=`
+/// (read elsewhere), `os.environ[...] = ...`, `os.environ.update(...)`,
+/// `os.environ.setdefault(...)`, `os.putenv(...)`, `environ[...] = ...` after `from os
+/// import environ`.
+fn sets_environment(text: &str) -> bool {
+    let t = text.trim_start();
+    t.starts_with("raw_env.")
+        || ["os.environ", "os.putenv", "environ[", "environ.", "putenv("]
+            .iter()
+            .any(|p| t.starts_with(p))
+}
+
 /// The names a line of code assigns to (the identifiers left of its first `=`, `+=`,
 /// …, outside strings and brackets: `a, b = …`, `x += 1`, `if c: x = 1` gives `c` and
 /// `x`); empty when it assigns nothing.
@@ -1488,6 +1501,12 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
                     "sets {} in a way migrate does not read (it reads `NAME = literal`): work it out and write postern's option here",
                     names.join(", ")
                 ))));
+            } else if sets_environment(t) {
+                // regression (review-final): `raw_env.append(...)` and `os.environ[...] =`
+                // vanished without a line, and the app then started without them.
+                done.push((s, Done::Attention(
+                    "sets the environment in a way migrate does not read (gunicorn runs this file in its master, so its workers had the variables): write them under [env] (or in the service's Environment=)".to_owned(),
+                )));
             }
             continue;
         };
@@ -1642,6 +1661,7 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             return format!("{name} = {}", crate::uwsgi_ini::HIDDEN);
         }
         let first = s.text.lines().next().unwrap_or_default();
+        let first = &crate::uwsgi_ini::hide_by_form(first);
         // Any other assignment to such a name (`raw_env += [...]`, `bind, raw_env = ...`,
         // an empty value): its value is hidden too, whatever form it takes.
         if assigned_names(first)

@@ -317,7 +317,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "workers_unresponsive",
-            "Workers that should serve (counted serving or retiring in postern_workers) whose heartbeat is over 10 s old: stopped (SIGSTOP, a debugger), frozen (swapping, stuck in the kernel) or with their I/O thread blocked. /status names them (state unresponsive, last_seen_seconds).",
+            "Workers that should serve (counted serving or retiring in postern_workers) whose heartbeat is over 10 s old: stopped (SIGSTOP, a debugger), frozen (swapping, stuck in the kernel) or with their I/O thread blocked. /status marks them \"unresponsive\": true (their state stays), with last_seen_seconds.",
             None,
             [(
                 Vec::new(),
