@@ -889,6 +889,10 @@ def classify_postern(inst: Instance, stats: Stats) -> dict:
     killed = {k["pid"] for k in stats.kills if k["instance"] == inst.name}
     out = {"deaths_killed": 0, "deaths_unexpected": [], "panics": [], "errors": {}, "warnings": {},
            "reloads_done": 0}
+    # Old-generation workers still importing when a reload's new workers are ready: the
+    # master kills them (they never served), e.g. a replacement of a worker the soak
+    # killed just before a SIGHUP. Their SIGKILL is the master's, by design.
+    never_served: set[int] = set()
     for line in inst.log.read_text(errors="replace").splitlines():
         if "panicked" in line:
             out["panics"].append(line)
@@ -896,12 +900,20 @@ def classify_postern(inst: Instance, stats: Stats) -> dict:
         if not m:
             continue
         level, _, msg = m.groups()
+        if "old workers still importing the app are killed" in msg:
+            listed = re.search(r"\bpids=\[([\d, ]*)\]", msg)
+            if listed:
+                never_served.update(int(p) for p in re.findall(r"\d+", listed.group(1)))
+            continue
         # A worker of the serving generation that dies is "died unexpectedly"; an old
         # one that dies while it drains after a reload is "worker exited ... cause=reload".
         if "worker died unexpectedly" in msg or ("worker exited" in msg and "exit code 0" not in msg):
             pid = re.search(r"\bpid=(\d+)", msg)
-            if pid and int(pid.group(1)) in killed and "SIGKILL" in msg:
+            pid = int(pid.group(1)) if pid else None
+            if pid in killed and "SIGKILL" in msg:
                 out["deaths_killed"] += 1
+            elif pid in never_served and "SIGKILL" in msg and "cause=\"reload\"" in msg:
+                out["deaths_never_served"] = out.get("deaths_never_served", 0) + 1
             else:
                 out["deaths_unexpected"].append(line)
             continue
@@ -1303,6 +1315,7 @@ def print_summary(r: dict) -> None:
         log(f"   | {line[:300]}")
     for n, p in r["postern"].items():
         log(f"postern {n}: {p['deaths_killed']} workers killed by the soak and replaced, "
+            f"{p.get('deaths_never_served', 0)} still importing killed by a reload (never served), "
             f"{len(p['deaths_unexpected'])} other deaths, {len(p['panics'])} panics, {p['reloads_done']} reloads done")
         for line in p["deaths_unexpected"][:5] + p["panics"][:5]:
             log(f"   | {line[:300]}")
