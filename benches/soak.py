@@ -39,8 +39,9 @@ Verdict (exit 1 on any bug, 0 otherwise):
 - nginx's error log (error and worse): each entry is classified; an entry is expected when
   its request is an expected failure, or, without a request, when it was written within a
   second or two of a kill of that upstream's instance; any other entry is a bug;
-- postern's log: a worker that died without being killed by the soak, a panic, or a
-  master that exited, is a bug;
+- postern's log: a worker that died without being killed by the soak (or by its master
+  at a reload because it was still importing: it never served), a panic, or a master
+  that exited, is a bug;
 - idle connections (nothing sent) held past --head-timeout and still open IDLE_LATE
   (1.5 x --head-timeout) later are a bug; closed between, they count as late (a figure:
   a connection left in the listen queue by a busy or booting worker is accepted late,
