@@ -68,20 +68,13 @@ fn start_reload_and_migrate_hide_the_secrets_of_quoted_lines() {
 
     // migrate: the TOML carries the value (that is the conversion), its comments do not.
     std::fs::write(&file, ini_text(port, "api-token = tok-of-api\n")).unwrap();
-    let out = Command::new(postern_bin())
-        .arg("migrate")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let toml = String::from_utf8_lossy(&out.stdout);
-    assert!(toml.contains("SECRET_KEY = \"hunter2\""), "{toml}");
-    let comments: Vec<&str> = toml.lines().filter(|l| l.starts_with('#')).collect();
-    assert_hidden(&comments.join("\n"));
+    let comments = migrate_hiding(&file);
     assert!(
-        comments.contains(&"# line 8: db_password = (value hidden)"),
+        comments
+            .iter()
+            .any(|c| c == "# line 8: db_password = (value hidden)"),
         "{comments:#?}"
     );
-    assert_hidden(&String::from_utf8_lossy(&out.stderr));
 }
 
 // The same for `postern migrate gunicorn.conf.py`: its comments quote each statement.
@@ -95,23 +88,17 @@ fn gunicorn_migrate_comments_hide_raw_env_and_secrets() {
         "wsgi_app = \"app:app\"\nraw_env = [\"SECRET_KEY=hunter2\"]\nSECRET_KEY = \"pw-of-db\"\napi_token = os.environ.get(\"X\", \"tok-of-api\")\n",
     )
     .unwrap();
-    let out = Command::new(postern_bin())
-        .arg("migrate")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let toml = String::from_utf8_lossy(&out.stdout);
-    assert!(toml.contains("SECRET_KEY = \"hunter2\""), "{toml}");
-    let comments: Vec<&str> = toml.lines().filter(|l| l.starts_with('#')).collect();
-    assert_hidden(&comments.join("\n"));
+    let comments = migrate_hiding(&conf);
     for quoted in [
         "# line 2: raw_env = (value hidden)",
         "# line 3: SECRET_KEY = (value hidden)",
         "# line 4: api_token = (value hidden)",
     ] {
-        assert!(comments.contains(&quoted), "{quoted} not in {comments:#?}");
+        assert!(
+            comments.iter().any(|c| c == quoted),
+            "{quoted} not in {comments:#?}"
+        );
     }
-    assert_hidden(&String::from_utf8_lossy(&out.stderr));
 }
 
 // regression: the lines were hidden, but the reasons quoted the values expanded: an
@@ -164,4 +151,24 @@ fn reasons_hide_secret_placeholders_and_passwords_in_values() {
     );
     hidden(&toml);
     hidden(&String::from_utf8_lossy(&out.stderr));
+}
+
+/// `postern migrate FILE`: its TOML carries `SECRET_KEY = "hunter2"` (the conversion),
+/// while its comments and its stderr show no secret; returns its comment lines.
+fn migrate_hiding(file: &std::path::Path) -> Vec<String> {
+    let out = Command::new(postern_bin())
+        .arg("migrate")
+        .arg(file)
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(toml.contains("SECRET_KEY = \"hunter2\""), "{toml}");
+    let comments: Vec<String> = toml
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert_hidden(&comments.join("\n"));
+    assert_hidden(&String::from_utf8_lossy(&out.stderr));
+    comments
 }
