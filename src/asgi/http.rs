@@ -1201,6 +1201,12 @@ impl Exchange {
         }
     }
 
+    /// The request's task has run the app's call to its end (`_end` ran: `SERVE`
+    /// returns right after it), or the request ended without a task.
+    pub(super) fn task_over(&self) -> bool {
+        self.task_over
+    }
+
     fn head_only(&self) -> bool {
         self.is_head || resp::status_has_no_body(self.code)
     }

@@ -588,7 +588,7 @@ impl Driver {
         drop(_entered);
         let started = coro.and_then(|coro| slf.borrow().spawn.task(coro, eager));
         match started {
-            Ok(Some(first)) => first.run(py),
+            Ok(Some(first)) => first.run(py, &exchange),
             Ok(None) => {}
             Err(e) => {
                 // Not in the request's span: its end may take the next requests
@@ -1166,8 +1166,12 @@ struct FirstStep {
 
 impl FirstStep {
     /// Runs the step as the loop runs a callback (in its context, an exception from
-    /// it reported), then takes the task out of asyncio's set if it is done.
-    fn run(self, py: Python<'_>) {
+    /// it reported), then takes the task out of asyncio's set if it is done: when the
+    /// request's end ran in the step (`_end`, [`Exchange::task_over`]), `SERVE` has
+    /// returned or raised with it, so the task is done; asking the task (`done()`, a
+    /// method lookup and call, about 200 instructions) is left for the rare case where
+    /// the exchange is borrowed.
+    fn run(self, py: Python<'_>, exchange: &Bound<'_, Exchange>) {
         let step = self.step.bind(py);
         let context = self.context.bind(py);
         // SAFETY: with the GIL held; `context` is the task's `contextvars.Context`
@@ -1205,12 +1209,15 @@ impl FirstStep {
             tracing::error!(detail = %traceback(py, &e), "a request task's first step raised");
         }
         if let Some((weak, reg)) = self.registered {
-            let done = self
-                .task
-                .bind(py)
-                .call_method0(intern!(py, "done"))
-                .and_then(|d| d.is_truthy())
-                .unwrap_or(false);
+            let done = match exchange.try_borrow() {
+                Ok(ex) => ex.task_over(),
+                Err(_) => self
+                    .task
+                    .bind(py)
+                    .call_method0(intern!(py, "done"))
+                    .and_then(|d| d.is_truthy())
+                    .unwrap_or(false),
+            };
             if done {
                 reg.unregister(py, weak.bind(py));
             }
