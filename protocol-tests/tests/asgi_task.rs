@@ -178,6 +178,14 @@ async def app(scope, receive, send):
         else:
             out = "%s %s" % (task in asyncio.all_tasks(loop), task.done())
             KEPT["event"].set()
+    elif path == "/call-soon":
+        # The app's own call_soon, with and without a context, and a handle it cancels.
+        ran = []
+        handle = loop.call_soon(ran.append, VAR.get(), context=contextvars.Context())
+        loop.call_soon(ran.append, "cancelled").cancel()
+        loop.call_soon(ran.append, "plain")
+        await asyncio.sleep(0)
+        out = "%s %s %s" % (",".join(ran), type(handle).__name__, handle.cancelled())
     elif path == "/own-call-soon":
         def own(callback, *args, **kw):
             OWN.append(1)
@@ -247,6 +255,14 @@ fn a_request_tasks_first_step_runs_at_once_with_what_a_loop_step_has() {
         let r = parse_http(&out).expect("the waiting request's response");
         assert_eq!(r.text(), "unset woken", "{event_loop}");
         assert_eq!(get("/look"), "unset False True", "{event_loop}");
+        // The loop's call_soon, called by the app, schedules as it did (postern's
+        // shadow of it, run.rs `Eager`, passes every call on outside a request task's
+        // making).
+        assert_eq!(
+            get("/call-soon"),
+            "unset /call-soon,plain Handle False",
+            "{event_loop}"
+        );
         // A call_soon the app set on the loop itself is what schedules the next
         // requests' first steps, as before.
         assert_eq!(get("/own-call-soon"), "unset set", "{event_loop}");

@@ -809,11 +809,12 @@ impl Spawn {
             let task = Bound::from_owned_ptr_or_err(py, new(tp, args.as_ptr(), kwargs.as_ptr()))?;
             let eager = self.eager.as_ref().filter(|_| eager);
             let eager = eager.filter(|e| e.arm(&task));
-            // Fetched before the shadow goes: taking it off looks the attribute up,
-            // which must not run (or clear) with `init`'s exception set.
+            // Fetched before the shadows' catch is taken back (as when the shadow was
+            // taken off, which looked the attribute up: nothing runs with `init`'s
+            // exception set).
             let failed =
                 (init(task.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0).then(|| PyErr::fetch(py));
-            let caught = eager.map(|e| e.disarm(py));
+            let caught = eager.map(Eager::disarm);
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -842,12 +843,13 @@ const TASK_NAME: &str = "postern-request";
 /// Runs a request task's first step at once. 3.11's `Task.__init__` ends with
 /// `loop.call_soon(step, context=ctx)` (the first step, on a later loop iteration)
 /// and `_all_tasks.add(task)` (asyncio's `WeakSet` of tasks), both looked up as
-/// attributes. For the time of that call an instance attribute on the loop shadows
-/// its `call_soon` with a built-in of postern's, which keeps the step of the task
-/// being made; the `WeakSet`'s `add` is shadowed the same way from the loop's start on
-/// (the set is asyncio's own, and putting an instance attribute on and off costs a
-/// dict insertion and deletion per request: 0.5k instructions), and keeps back the
-/// registration of that task only. Anything else either is given goes on to the real method, as
+/// attributes. An instance attribute on the loop shadows its `call_soon` with a
+/// built-in of postern's, which keeps the step of the task being made; it is put on
+/// at the first request's task and left on (putting it on and off per request cost a
+/// dict insertion, a lookup and a deletion, and the loop dict's resizes that the
+/// deletions' dummies caused: about 0.4k instructions); the `WeakSet`'s `add` is
+/// shadowed the same way from the loop's start on (the set is asyncio's own), and
+/// keeps back the registration of that task only. Anything else either is given goes on to the real method, as
 /// before (the app's tasks, other threads' loops). The step then runs at once in the task's context
 /// ([`FirstStep`]), as the loop would run it, with the task entered as the current
 /// one (the step does that itself). The task is registered before the step as
@@ -867,7 +869,10 @@ struct Eager {
     tasks: Option<Rc<Registry>>,
     /// The loop's real `call_soon` (bound).
     call_soon_real: Py<PyAny>,
-    /// The shadow: a built-in bound to the real method ([`catch_soon`]).
+    /// The shadow: a built-in bound to the real method ([`catch_soon`]), left on the
+    /// loop once put on: outside the making of a request's task it passes every call
+    /// on, so `loop.call_soon(...)` does what it did (a C future's callbacks find it
+    /// in the instance dict where they made a bound method: no dearer).
     catch_soon: Py<PyAny>,
     call_soon_name: Py<PyString>,
 }
@@ -913,8 +918,9 @@ impl Eager {
         }))
     }
 
-    /// Puts the shadow on for the making of `task`; false when it could not be (the
-    /// app's own `call_soon` attribute is there).
+    /// Arms the shadow for the making of `task` (putting it on if it is not there yet,
+    /// else a lookup); false when it could not be (the app's own `call_soon` attribute
+    /// is there: set before the first request, or over the shadow since).
     fn arm(&self, task: &Bound<'_, PyAny>) -> bool {
         let py = task.py();
         if !shadow(py, &self.loop_dict, &self.call_soon_name, &self.catch_soon) {
@@ -929,9 +935,8 @@ impl Eager {
         true
     }
 
-    /// Takes the shadow off and returns what the shadows kept.
-    fn disarm(&self, py: Python<'_>) -> Caught {
-        unshadow(py, &self.loop_dict, &self.call_soon_name, &self.catch_soon);
+    /// Returns what the shadows kept; they pass every call on until armed again.
+    fn disarm(&self) -> Caught {
         CAUGHT.with(|c| {
             std::mem::replace(
                 &mut *c.borrow_mut(),
@@ -1056,29 +1061,14 @@ fn shadow(py: Python<'_>, dict: &Py<PyDict>, name: &Py<PyString>, shadow: &Py<Py
     now == shadow.as_ptr()
 }
 
-/// Removes `dict[name]` if it is still `shadow`.
-fn unshadow(py: Python<'_>, dict: &Py<PyDict>, name: &Py<PyString>, shadow: &Py<PyAny>) {
-    // SAFETY: with the GIL held; all three are valid; `now` is borrowed (NULL when
-    // absent, or with an exception, taken here).
-    unsafe {
-        let now = pyo3::ffi::PyDict_GetItemWithError(dict.as_ptr(), name.as_ptr());
-        if now == shadow.as_ptr() {
-            if pyo3::ffi::PyDict_DelItem(dict.as_ptr(), name.as_ptr()) < 0 {
-                drop(PyErr::take(py));
-            }
-        } else if now.is_null() {
-            drop(PyErr::take(py));
-        }
-    }
-}
-
 static CATCH_SOON: super::http::MethodDef = super::http::MethodDef::new(pyo3::ffi::PyMethodDef {
     ml_name: c"call_soon".as_ptr(),
     ml_meth: pyo3::ffi::PyMethodDefPointer {
         PyCFunctionFastWithKeywords: catch_soon,
     },
     ml_flags: pyo3::ffi::METH_FASTCALL | pyo3::ffi::METH_KEYWORDS,
-    ml_doc: c"postern's shadow of loop.call_soon while a request's task is made.".as_ptr(),
+    ml_doc: c"loop.call_soon, through postern's shadow (which keeps a request task's first step)."
+        .as_ptr(),
 });
 
 static CATCH_ADD: super::http::MethodDef = super::http::MethodDef::new(pyo3::ffi::PyMethodDef {
