@@ -614,8 +614,9 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         line.begin(method, target, protocol);
         // Its last free thread taken while a request came on a parked connection
         // that no thread waited for (rare): the busy watch's thread looks whether it
-        // still waits (fastcgi::relieve). SeqCst, paired with that thread's store of
-        // `look` and load of `busy`.
+        // still waits; or while that thread sleeps with no tick (the worker was
+        // idle): it starts its safety net's clock (fastcgi::relieve). SeqCst, paired
+        // with that thread's store of `look` and load of `busy`.
         if self.busy.fetch_add(1, Ordering::SeqCst) + 1 >= self.python_threads()
             && self.all_busy.look.load(Ordering::SeqCst)
         {

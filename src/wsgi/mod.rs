@@ -366,8 +366,9 @@ pub fn flush_std_streams() {
 /// of its own never attached to Python): the begin that takes a worker's last free
 /// Python thread calls [`BusyWake::notify`] only while `look` is set, which that
 /// thread sets when a request came on a parked kept FastCGI connection while no Python
-/// thread waited for one, and clears once none waits unread. On the usual path that is
-/// one load, no wake-up.
+/// thread waited for one, and clears once none waits unread; and while it sleeps with
+/// no tick (no request ended over its last calm tick), so that its safety net's clock
+/// starts when every thread is busy. On the usual path that is one load, no wake-up.
 #[derive(Default)]
 pub struct BusyWake {
     /// The eventfd the watch's thread sleeps on beside the watch (set as it starts).

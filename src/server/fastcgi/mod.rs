@@ -1161,7 +1161,11 @@ const ALONE_TICK: Duration = Duration::from_millis(100);
 const STUCK: Duration = Duration::from_millis(50);
 
 /// How often the busy watch's thread wakes by itself while a thread of its worker is
-/// free (to take the sample [`STUCK`] counts from), and while every one is busy.
+/// free and requests end (to take the sample [`STUCK`] counts from), and while every
+/// one is busy. A tick that finds a thread free and no request ended since the tick
+/// before is its last: it then sleeps with no tick until the begin that takes the
+/// last free thread wakes it ([`crate::wsgi::BusyWake`]), so an idle worker's watch
+/// does not wake.
 const CALM_TICK: Duration = Duration::from_millis(250);
 const STUCK_TICK: Duration = STUCK;
 
@@ -1243,7 +1247,10 @@ pub fn relieve_on_thread<A, I, S, E>(
 ///   thread's).
 /// - by its own tick ([`CALM_TICK`], [`STUCK_TICK`] while every thread is busy): when
 ///   every thread has been busy for [`STUCK`] with no request ended, it looks once
-///   (a request the watch missed would otherwise wait for a thread to free).
+///   (a request the watch missed would otherwise wait for a thread to free). Once a
+///   calm tick finds no request ended since the one before (a thread free), it
+///   sleeps with no tick, `wake.look` set: the begin that takes the last free thread
+///   wakes it, and the stuck clock starts there as a tick would have started it.
 ///
 /// Then, while `all_busy()`, it looks after [`BUSY_TICK`] and every [`BUSY_TICK`]
 /// while a request waits: each parked connection with input goes, its request unread
@@ -1311,20 +1318,29 @@ pub fn relieve<A, I, S, E>(
     // Since when every thread has been seen busy, with no request ended (the count
     // then), and whether that stretch was looked at.
     let mut stuck: Option<(std::time::Instant, u64, bool)> = None;
+    // The count of requests ended at the last calm tick (a thread free then).
+    let mut calm: Option<u64> = None;
+    // The next wait has no tick: no request ended over a whole calm tick.
+    let mut deep = false;
+    // `wake.look` was set for a request that came while a thread was free (not only
+    // for `deep`).
+    let mut looking = false;
     loop {
         parking.watch_if(siblings());
         // The watch's list says which connections had input: it is not read, only
         // taken (edge-triggered: an event per arrival), and `relieve` looks at the
         // connections themselves.
-        let tick = if stuck.is_some() {
-            STUCK_TICK
+        let tick = if deep {
+            None
+        } else if stuck.is_some() {
+            Some(STUCK_TICK)
         } else {
-            CALM_TICK
+            Some(CALM_TICK)
         };
         let (input, notified) = {
             let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 16];
-            let limit = rustix::event::Timespec::try_from(tick).unwrap_or_default();
-            match epoll::wait(watch, &mut events, Some(&limit)) {
+            let limit = tick.map(|t| rustix::event::Timespec::try_from(t).unwrap_or_default());
+            match epoll::wait(watch, &mut events, limit.as_ref()) {
                 Ok((got, _)) => got.iter().fold((false, false), |(i, n), ev| {
                     let own = ev.data.u64() == CTL;
                     (i || !own, n || own)
@@ -1338,6 +1354,21 @@ pub fn relieve<A, I, S, E>(
         if notified {
             drain();
         }
+        if std::mem::take(&mut deep) {
+            // Woken from the sleep with no tick: by the begin that took the last free
+            // thread (the stuck clock starts now, as the tick would have started it),
+            // by input, or by nothing (a begin that came as this went to sleep).
+            calm = None;
+            if !looking {
+                wake.look.store(false, Ordering::SeqCst);
+            }
+            if all_busy() {
+                stuck = Some((std::time::Instant::now(), ended(), false));
+            }
+            if !input && !looking {
+                continue;
+            }
+        }
         if !input && !notified {
             // A tick: the safety net. Every thread busy at this look and at one STUCK
             // or more before, with no request ended in between: none was free
@@ -1347,6 +1378,17 @@ pub fn relieve<A, I, S, E>(
             match stuck {
                 _ if !all_busy() => {
                     stuck = None;
+                    if calm.replace(n) == Some(n) {
+                        // No request ended over a whole calm tick: sleep with no
+                        // tick, unless every thread is busy by now (SeqCst: the store,
+                        // then the load of the busy count; a begin adds to the count,
+                        // then loads `look`: one of them sees the other).
+                        wake.look.store(true, Ordering::SeqCst);
+                        deep = !all_busy();
+                        if !deep && !looking {
+                            wake.look.store(false, Ordering::SeqCst);
+                        }
+                    }
                     continue;
                 }
                 Some((at, seen, false)) if seen == n && at.elapsed() >= STUCK => {
@@ -1367,6 +1409,7 @@ pub fn relieve<A, I, S, E>(
             // the request, unless it begins another one first; then its begin wakes
             // this (SeqCst: the store, then the load of the busy count).
             wake.look.store(true, Ordering::SeqCst);
+            looking = true;
             if !all_busy() {
                 continue;
             }
@@ -1374,6 +1417,7 @@ pub fn relieve<A, I, S, E>(
             // Woken by that begin (or the tick): nothing waits (the free thread took
             // it).
             wake.look.store(false, Ordering::SeqCst);
+            looking = false;
             continue;
         }
         // Every thread busy and a request may wait: looked at after BUSY_TICK, then
@@ -1384,6 +1428,7 @@ pub fn relieve<A, I, S, E>(
         // workers are all busy); the looks see those, and the next wait on it takes
         // what came meanwhile.
         wake.look.store(false, Ordering::SeqCst);
+        looking = false;
         // Looks in a row that could hand nothing over: the ticks grow (up to
         // BUSY_TICK_MAX) while nothing changes, and while every worker is busy the
         // connections are not polled (nowhere to send what waits).
@@ -1403,6 +1448,7 @@ pub fn relieve<A, I, S, E>(
                 }
                 // A thread freed: it takes what waits, as above.
                 wake.look.store(true, Ordering::SeqCst);
+                looking = true;
                 break;
             }
             let busy_here = all_busy();
@@ -2377,6 +2423,69 @@ mod tests {
         stop.cancel();
         wake.notify();
         relief.join().unwrap();
+        assert!(
+            handed.is_some(),
+            "the waiting request was never handed over"
+        );
+        assert_eq!(parking.relieved(), 1);
+    }
+
+    // An idle worker's watch sleeps with no tick (two calm ticks with a thread free and
+    // no request ended), `look` set; the begin that takes the last free thread wakes it
+    // (as WorkerMonitor::begin does when `look` is set), and its safety net hands over
+    // a request it missed as before. Before: `look` stayed unset (it ticked instead,
+    // 4 times a second).
+    #[test]
+    fn after_an_idle_spell_the_begin_that_takes_the_last_thread_wakes_the_watch() {
+        use std::io::Write;
+        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
+        let parking = Parking::new(Arc::clone(&ep));
+        let channel: &'static handover::Channel =
+            Box::leak(Box::new(handover::Channel::pair().unwrap()));
+        parking.hand_over_to(channel, Box::new(|| true));
+        let (mut front, _conn) = watched_conn(&parking);
+        parking.watch_busy().unwrap();
+        let wake = Arc::new(crate::wsgi::BusyWake::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let busy = Arc::new(AtomicBool::new(false));
+        let relief = {
+            let (parking, wake, stop) = (Arc::clone(&parking), Arc::clone(&wake), stop.clone());
+            let busy = Arc::clone(&busy);
+            std::thread::spawn(move || {
+                let busy = Busy {
+                    all_busy: move || busy.load(Ordering::SeqCst),
+                    idle_elsewhere: || 1,
+                    siblings: || true,
+                    ended: || 7,
+                };
+                relieve(&parking, busy, &wake, &stop);
+            })
+        };
+        // A bound against a hang, not a measure (two CALM_TICKs).
+        let asleep = |secs| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+            while !wake.look.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            wake.look.load(Ordering::SeqCst)
+        };
+        let slept = asleep(10);
+        // The begin that takes the last free thread.
+        busy.store(true, Ordering::SeqCst);
+        if wake.look.load(Ordering::SeqCst) {
+            wake.notify();
+        }
+        front.write_all(b"a request").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut handed = None;
+        while slept && handed.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            handed = channel.take();
+        }
+        stop.cancel();
+        wake.notify();
+        relief.join().unwrap();
+        assert!(slept, "the idle watch never went to sleep with no tick");
         assert!(
             handed.is_some(),
             "the waiting request was never handed over"
