@@ -130,7 +130,10 @@ pub enum AccessLogFormat {
 
 /// `--log-level` as a filter: a level, or `tracing` directives such as
 /// `postern=debug,warn`. A bare word that is not a level is refused: `tracing` would
-/// take it for a target's name and log nothing else (`verbose`).
+/// take it for a target's name and log nothing else (`verbose`, or `20`: tracing's
+/// numeric levels are 0 to 5, Python's 10 to 50 are not taken). A spec with no directive
+/// (`""`, as an unset compose or Kubernetes variable gives `POSTERN_LOG_LEVEL=`, or `,`)
+/// is refused too: `tracing` would log nothing, errors and tracebacks included.
 /// Python's level names `warning` and `critical` (gunicorn's `--log-level`) are taken
 /// as `warn` and `error`.
 pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
@@ -144,10 +147,35 @@ pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> 
             "critical" if bare => "error",
             _ => d,
         };
-        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) && d.parse::<u8>().is_err() {
-            return Err(format!("{d:?} is not a level; {hint}"));
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            // tracing's 0 (off) to 5 (trace); another number would be a target's name.
+            // regression: `20` (Python's INFO) was taken so, and nothing was logged.
+            match d.parse::<u64>() {
+                Ok(0..=5) => {}
+                Ok(n) => {
+                    let python = match n {
+                        10 => " (Python's number for debug)",
+                        20 => " (Python's number for info)",
+                        30 => " (Python's number for warn)",
+                        40 => " (Python's number for error)",
+                        50 => " (Python's number for critical, error)",
+                        _ => "",
+                    };
+                    return Err(format!("{d:?} is not a level{python}; {hint}"));
+                }
+                Err(_) => return Err(format!("{d:?} is not a level; {hint}")),
+            }
         }
         directives.push(d);
+    }
+    // regression: `""` and `,` were taken as a filter with no directive, which logs
+    // nothing at all.
+    if directives.is_empty() {
+        return Err(if level.trim().is_empty() {
+            format!("empty: {hint}")
+        } else {
+            format!("{level:?} has no level nor filter in it; {hint}")
+        });
     }
     let filter = directives.join(",");
     tracing_subscriber::EnvFilter::try_new(&filter)

@@ -2060,3 +2060,82 @@ fn a_typo_in_the_callable_or_a_unix_url_gets_the_close_form() {
         "{err}"
     );
 }
+
+// regression: `POSTERN_LOG_LEVEL=` (a compose or Kubernetes variable left unset),
+// `log-level = ""` in a --config file and `--log-level 20` (Python's INFO) were taken
+// as a tracing filter that logs nothing: postern served with no log at all, errors and
+// app tracebacks included. Refused at start like another empty POSTERN_* value, the
+// variable or file named, with the accepted values.
+#[test]
+fn a_log_level_that_would_log_nothing_is_refused_at_start() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    std::fs::write(&conf, "log-level = \"\"\n").unwrap();
+    let hint = "use error, warn, info, debug or trace, or a filter like postern=debug,warn";
+    let cases: [(&str, Option<&str>, &[&str], String); 4] = [
+        (
+            "POSTERN_LOG_LEVEL=",
+            Some(""),
+            &[],
+            format!("--log-level (from env POSTERN_LOG_LEVEL): empty: {hint}"),
+        ),
+        (
+            "log-level = \"\"",
+            None,
+            &["--config", conf.to_str().unwrap()],
+            format!("--log-level (from file {}): empty: {hint}", conf.display()),
+        ),
+        (
+            "--log-level ,",
+            None,
+            &["--log-level", ","],
+            format!("\",\" has no level nor filter in it; {hint}"),
+        ),
+        (
+            "--log-level 20",
+            None,
+            &["--log-level", "20"],
+            format!("\"20\" is not a level (Python's number for info); {hint}"),
+        ),
+    ];
+    for (what, env, args, said) in cases {
+        let mut c = postern();
+        c.env_remove("POSTERN_LOG_LEVEL");
+        if let Some(v) = env {
+            c.env("POSTERN_LOG_LEVEL", v);
+        }
+        let sock = dir.path().join("a.sock");
+        let out = c
+            .args(args)
+            .arg("--uwsgi")
+            .arg(format!("unix:{}", sock.display()))
+            .arg(testapp())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Before the fix it served: stop it rather than wait forever.
+        let pid = out.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut out = Some(out);
+        let status = loop {
+            if let Some(s) = out.as_mut().unwrap().try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        out.take()
+            .unwrap()
+            .stderr
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(&said), "{what}: {err}");
+        assert!(!sock.exists(), "{what}");
+    }
+}

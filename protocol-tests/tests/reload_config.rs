@@ -190,6 +190,60 @@ fn an_invalid_config_file_at_reload_is_refused_and_the_workers_serve_on() {
     assert!(wait_until(30, || p.get("/").1 == b"second"), "{}", p.logs());
 }
 
+// regression: `log-level = ""` (or `,`, or `20`, Python's INFO) was taken at a reload
+// as a tracing filter that logs nothing: the master and the new workers went silent,
+// errors included. The reload is refused with the reason; the workers serve on and
+// the log goes on at the level it had.
+#[test]
+fn a_reload_to_a_log_level_that_would_log_nothing_is_refused() {
+    let dir = tempdir();
+    let conf = dir.path().join("postern.toml");
+    let app = testapp();
+    let write = |level: &str| {
+        std::fs::write(
+            &conf,
+            format!("app = {app:?}\nworkers = 1\nlog-level = {level:?}\n"),
+        )
+        .unwrap()
+    };
+    write("info");
+    let p = with_config(dir.path(), &conf, &[]);
+    let workers = children(p.pid());
+    let refused = "reload refused: the configuration is invalid";
+    for (n, (level, said)) in [
+        ("", "empty: use error, warn, info"),
+        (
+            ",",
+            "\",\" has no level nor filter in it; use error, warn, info",
+        ),
+        ("20", "\"20\" is not a level (Python's number for info)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        write(level);
+        p.signal(libc::SIGHUP);
+        assert!(p.wait_log_count(refused, n + 1, 20), "{}", p.logs());
+        let said = format!("--log-level (from file {}): {said}", conf.display());
+        assert!(p.logs().contains(&said), "{said}\n{}", p.logs());
+    }
+    assert!(
+        !p.logs().contains("reloading: new workers start"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/").0, 200);
+    assert_eq!(children(p.pid()), workers);
+    // Still at info: the next reload's INFO line is written.
+    write("info");
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reloading: new workers start", 20),
+        "{}",
+        p.logs()
+    );
+}
+
 /// regression: a refused reload's ERROR line quoted the offending source line (toml's
 /// Display), so a duplicate `[env]` secret reached the log, over 4-5 lines; the start's
 /// error too.

@@ -1958,8 +1958,42 @@ mod tests {
             "postern=debug,warn",
             "postern::access=off,info",
             "3",
+            "0",
+            "5",
+            " info, ",
         ] {
             assert!(resolve(&["app", "--log-level", good]).is_ok(), "{good}");
+        }
+    }
+
+    // regression: `--log-level ""` (an unset compose or Kubernetes variable passed as
+    // POSTERN_LOG_LEVEL=, or `log-level = ""`), `,` and numbers over 5 (`20`, Python's
+    // INFO) were taken by tracing as a filter that logs nothing, errors and app
+    // tracebacks included.
+    #[test]
+    fn rejects_a_log_level_with_no_directive_or_a_number_over_5() {
+        let hint = "use error, warn, info, debug or trace, or a filter like postern=debug,warn";
+        for (bad, said) in [
+            ("", "empty:".to_owned()),
+            ("  ", "empty:".to_owned()),
+            (",", "\",\" has no level nor filter in it".to_owned()),
+            (" , ,", "\" , ,\" has no level nor filter in it".to_owned()),
+            (
+                "20",
+                "\"20\" is not a level (Python's number for info)".to_owned(),
+            ),
+            ("6", "\"6\" is not a level".to_owned()),
+            ("255", "\"255\" is not a level".to_owned()),
+            ("warn,300", "\"300\" is not a level".to_owned()),
+        ] {
+            let e = resolve(&["app", "--log-level", bad])
+                .unwrap_err()
+                .to_string();
+            let sep = if said.ends_with(':') { " " } else { "; " };
+            assert_eq!(
+                e,
+                format!("--log-level (from command line): {said}{sep}{hint}")
+            );
         }
     }
 
