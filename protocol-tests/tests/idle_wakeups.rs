@@ -4,9 +4,11 @@
 //! the master and its workers (`/proc/PID/task/*/status`), with a generous bound:
 //! counts, not timings.
 //!
-//! regression: a FastCGI worker's busy watch (`postern-busy`) woke 4 times a second
-//! (its 250 ms tick) with nothing to watch; uWSGI's workers do not wake at all (its
-//! master once a second).
+//! regression: an idle worker woke 8 times a second for its heartbeat and mark check
+//! (a 250 ms tokio sleep wakes the I/O thread twice: at its timer-wheel slot's start,
+//! then at its deadline), 0.4 for its --head-timeout watch (5 s: three), and a
+//! FastCGI worker's busy watch (`postern-busy`) 4 more (its 250 ms tick); uWSGI's
+//! workers do not wake at all (its master once a second).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -83,9 +85,11 @@ fn assert_quiet(p: &Postern, workers: usize, most: u64, threads: &[(&str, u64)])
     }
 }
 
-// After: the busy watch of an idle worker does not wake; before: 4 times a second
-// (its 250 ms tick). Each process's total (12.4 a second before, 8.4 after: the I/O
-// thread's heartbeat) only bounds a runaway.
+// After: each worker wakes about 4.2 times a second (its heartbeat and mark check, 4;
+// the --head-timeout watch, once per 5 s), its busy watch not at all, the master not
+// at all; before: 8.4 times a second (the I/O thread's; 12.4 before a8d303f, whose
+// busy watch ticked 4 times a second). The bound, 6 a second, leaves room for a
+// loaded machine.
 #[test]
 fn an_idle_fastcgi_worker_with_a_parked_connection_barely_wakes() {
     let dir = tempdir();
@@ -100,8 +104,39 @@ fn an_idle_fastcgi_worker_with_a_parked_connection_barely_wakes() {
     assert_eq!(fcgi::status(&mut *kept), Some(200), "{}", p.logs());
     // The busy watch's calm ticks see the request end, then nothing.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_quiet(&p, 2, 60, &[("postern-busy", 2)]);
+    assert_quiet(&p, 2, 24, &[("postern-busy", 2)]);
     // Still served after the quiet.
     kept.write_all(&fcgi::get(2, true, "/pid")).unwrap();
     assert_eq!(fcgi::status(&mut *kept), Some(200), "{}", p.logs());
+}
+
+// Before: 8.4 times a second (uwsgi and ASGI alike).
+#[test]
+fn an_idle_uwsgi_worker_barely_wakes() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    assert_eq!(p.get("/pid").0, 200, "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_quiet(&p, 2, 24, &[]);
+}
+
+#[test]
+fn an_idle_asgi_worker_barely_wakes() {
+    let dir = tempdir();
+    let app = AsgiApp::new("").http(
+        r#"
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+await send({"type": "http.response.body", "body": b"ok\n"})
+"#,
+    );
+    let p = Spawn::asgi_unix(dir.path(), "idle_asgi", &app)
+        .args(["--workers", "2", "--loop", "asyncio"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_quiet(&p, 2, 24, &[]);
 }

@@ -11,6 +11,7 @@
 //! - [`slow_clients`]: the log lines of clients dropped at `--head-timeout`, summed
 //!   up past the first few.
 //! - [`sink`]: writing the response from a Python thread, then close or abort.
+//! - [`timer`]: a timer that wakes the I/O thread once (a timerfd), for the idle ones.
 //! - [`fastcgi`]: FastCGI connections, which outlive a request (keep-conn) and carry
 //!   several at once (multiplexing): parked in the Python threads' epoll when idle.
 
@@ -26,6 +27,7 @@ pub mod sched;
 pub mod sink;
 pub mod slow_clients;
 pub mod span;
+pub mod timer;
 pub mod wake;
 pub mod writer;
 

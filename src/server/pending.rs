@@ -280,12 +280,14 @@ pub async fn keep_timeouts(
     expire: impl Fn(Instant),
     stop: tokio_util::sync::CancellationToken,
 ) {
+    // One wake-up per look (an idle worker's: one per --head-timeout).
+    let mut timer = super::timer::Timer::new();
     loop {
         let at = pending
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + pending.timeout);
         tokio::select! {
-            _ = tokio::time::sleep_until(at.into()) => {}
+            () = timer.sleep_until(at) => {}
             _ = stop.cancelled() => return,
         }
         expire(Instant::now());
@@ -372,8 +374,9 @@ mod tests {
         p.wait(plain(a), Instant::now()).ok().unwrap();
         let gone = Arc::new(Mutex::new(Vec::new()));
         let stop = tokio_util::sync::CancellationToken::new();
+        // With its I/O driver, as the server's (keep_timeouts' timer is a timerfd).
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {

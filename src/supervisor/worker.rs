@@ -23,7 +23,10 @@ pub(super) const RECYCLING: u8 = b'S';
 
 /// How often a serving worker looks at its scoreboard slot for the master's mark: a
 /// worker deaf to SIGTERM leaves this late at most (an atomic load; 4 wake-ups a
-/// second of the I/O thread).
+/// second of the I/O thread, through a timerfd: [`crate::server::timer`]).
+/// regression: on a tokio sleep, 8 wake-ups a second (tokio's timer wheel wakes the
+/// thread at the start of a timer's slot when it is over 64 ms away, then at its
+/// deadline), the most of an idle worker's.
 const MARK_EVERY: Duration = Duration::from_millis(250);
 /// How long the SIGTERM that follows the master's mark may take to arrive, while
 /// postern's handler is still the one in place (it could be blocked in every thread).
@@ -102,10 +105,11 @@ pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
 /// killed it past --graceful-timeout, cutting its requests off), nor, over TCP, at the
 /// stop (nothing shuts a TCP listener under it: the stop exited 1).
 async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
+    let mut timer = crate::server::timer::Timer::new();
     loop {
         // Its heartbeat too (`/status`'s `last_seen_seconds`, `unresponsive`).
         board.heartbeat(slot);
-        tokio::time::sleep(MARK_EVERY).await;
+        timer.sleep(MARK_EVERY).await;
         if crate::stop::any() {
             return;
         }
