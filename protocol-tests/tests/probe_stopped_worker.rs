@@ -1,0 +1,101 @@
+//! Probes (hostile, session 9): a worker stopped as a whole (SIGSTOP, a debugger, one
+//! process frozen) when a reload comes. The reload completes on the workers that serve,
+//! the stopped one, deaf to SIGTERM, is killed a second past `--graceful-timeout`, and
+//! no request goes unanswered meanwhile: the listen queue is shared, and a stopped
+//! process takes nothing from it.
+
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::{tempdir, wait_until, Addr, Spawn};
+use protocol_tests::scrape;
+
+const APP: &str = "import os\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n";
+
+/// Sends SIGCONT to these pids when dropped: whatever fails, no worker is left stopped
+/// (the harness's SIGKILL of the master would leave a stopped worker behind).
+struct Resume(Vec<i32>);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill(2) with a pid the test read from /status.
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+            }
+        }
+    }
+}
+
+fn workers(stats: &Addr) -> Vec<serde_json::Value> {
+    scrape::status(stats)["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_worker_stopped_when_a_reload_comes_is_killed_and_the_reload_completes() {
+    let dir = tempdir();
+    let app = dir.path().join("probe_stopped_app.py");
+    std::fs::write(&app, APP).unwrap();
+    let stats = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .args(["--workers", "2", "--graceful-timeout", "1"])
+        .args(["--stats", &stats.arg()])
+        .start();
+    let serving = || -> Vec<i32> {
+        workers(&stats)
+            .iter()
+            .filter(|w| w["state"] == "serving")
+            .filter_map(|w| w["pid"].as_i64())
+            .map(|pid| pid as i32)
+            .collect()
+    };
+    assert!(wait_until(30, || serving().len() == 2), "{}", p.logs());
+    let old = serving();
+    let stopped = old[0];
+    let _resume = Resume(old.clone());
+    // SAFETY: kill(2) on a worker of ours.
+    unsafe {
+        libc::kill(stopped, libc::SIGSTOP);
+    }
+    p.signal(libc::SIGHUP);
+
+    // Until the stopped worker is killed (a second past --graceful-timeout, once the
+    // new workers serve), every request is answered, and /ping says so.
+    let killed = format!("worker exited pid={stopped} how=killed by SIGKILL");
+    let start = Instant::now();
+    let mut answered = 0;
+    while !p.logs().contains(&killed) && start.elapsed() < Duration::from_secs(60) {
+        let (status, _) = p.get("/");
+        assert_eq!(status, 200, "request {answered}:\n{}", p.logs());
+        if answered % 25 == 0 {
+            assert_eq!(scrape::get(&stats, "/ping").status, 200, "{}", p.logs());
+        }
+        answered += 1;
+    }
+    assert!(p.logs().contains(&killed), "{}", p.logs());
+    assert!(answered > 0);
+
+    // The reload completed: two workers of generation 1 serve, none unresponsive, and
+    // the old ones are gone.
+    let settled = || {
+        let w = workers(&stats);
+        w.len() == 2
+            && w.iter().all(|w| {
+                w["generation"] == 1 && w["state"] == "serving" && w["unresponsive"] == false
+            })
+    };
+    assert!(
+        wait_until(20, settled),
+        "{:#}\n{}",
+        scrape::status(&stats),
+        p.logs()
+    );
+    let status = scrape::status(&stats);
+    assert_eq!(status["reloads"]["ok"], 1, "{status:#}");
+    assert_eq!(status["reloads"]["failed"], 0, "{status:#}");
+    let now = serving();
+    assert!(old.iter().all(|pid| !now.contains(pid)), "{now:?} {old:?}");
+    assert_eq!(p.get("/").0, 200);
+}
