@@ -417,7 +417,7 @@ impl LastScope {
         }
         if self.method != s.method {
             set(intern!(py, "method"), method(py, s.method).into_any())?;
-            self.method = s.method.to_vec();
+            put(&mut self.method, s.method);
         }
         if self.scheme != s.scheme {
             set(intern!(py, "scheme"), scheme(py, s).into_any())?;
@@ -425,22 +425,27 @@ impl LastScope {
         }
         if self.path != s.path {
             set(intern!(py, "path"), PyString::new(py, &s.path).into_any())?;
-            self.path = s.path.to_string();
+            self.path.clear();
+            self.path.push_str(&s.path);
         }
         if self.raw_path.as_deref() != s.raw_path {
             set(intern!(py, "raw_path"), raw_path(py, s))?;
-            self.raw_path = s.raw_path.map(<[u8]>::to_vec);
+            match (&mut self.raw_path, s.raw_path) {
+                (Some(kept), Some(raw)) => put(kept, raw),
+                (kept, raw) => *kept = raw.map(<[u8]>::to_vec),
+            }
         }
         if *self.query_string != *s.query_string {
             set(
                 intern!(py, "query_string"),
                 PyBytes::new(py, &s.query_string).into_any(),
             )?;
-            self.query_string = s.query_string.to_vec();
+            put(&mut self.query_string, &s.query_string);
         }
         if self.root_path != s.root_path {
             set(intern!(py, "root_path"), root_path(py, s).into_any())?;
-            self.root_path = s.root_path.to_string();
+            self.root_path.clear();
+            self.root_path.push_str(&s.root_path);
         }
         if self.client.as_ref().map(|(a, p)| (a.as_slice(), *p)) != s.client {
             let value = self.client_value(py, s)?;
@@ -481,6 +486,13 @@ impl LastScope {
         };
         Ok(PyTuple::new(py, [addr.into_any(), port.into_pyobject(py)?.into_any()])?.into_any())
     }
+}
+
+/// `kept = value`, in the buffer `kept` has (a value that changes request after request,
+/// as an API's path or query string does, costs no allocation and free each time).
+fn put(kept: &mut Vec<u8>, value: &[u8]) {
+    kept.clear();
+    kept.extend_from_slice(value);
 }
 
 /// A new dict with the entries of `d` (CPython copies a compact dict's table in one block).
