@@ -2382,6 +2382,62 @@ mod tests {
         (front, conn)
     }
 
+    // At the final stop (nobody to hand connections to) a kept connection whose next
+    // request is in its socket, unread, goes to the slow lane, which answers it: closed
+    // instead, the front server gets a reset (nginx: a 502). Two ways to be there: parked
+    // with its request waiting (every thread busy), or ended inline by a thread while
+    // its next request came (the event found it held): that thread must leave it parked
+    // (re-armed), not held for itself, which close_all skips.
+    // regression: 6478fe0 (reverted in c51aa5e) kept such a connection held by the
+    // thread that ended its request, for that thread's next look: at the final stop it
+    // was closed with its next request unread (review-kc2 MEDIUM: a 502 at nginx).
+    #[test]
+    fn at_the_final_stop_a_kept_connection_with_its_next_request_waiting_goes_to_the_lane() {
+        use std::io::Write;
+        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
+        let parking = Parking::new(Arc::clone(&ep));
+        parking.watch_busy().unwrap();
+        // Parked, its next request waiting (no thread took the event).
+        let (mut front_a, parked) = watched_conn(&parking);
+        front_a.write_all(b"next request").unwrap();
+        // Ended inline by a thread while its next request came.
+        let (mut front_b, ended) = watched_conn(&parking);
+        // The thread lives on past the stop (what it holds, it holds then).
+        let (ended_tx, ended_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            assert!(matches!(ended.woken(), Woken::Read));
+            front_b.write_all(b"next request").unwrap();
+            // Another thread's event finds it held: the input is the holder's to see.
+            assert!(matches!(ended.woken(), Woken::Stale));
+            ended.after_inline(true, true);
+            ended_tx.send(Arc::clone(&ended)).unwrap();
+            let _ = stop_rx.recv();
+            front_b
+        });
+        let ended = ended_rx.recv().unwrap();
+        assert!(
+            matches!(*ended.owner(), Owner::Parked),
+            "parked as its request ended, not held"
+        );
+        let to_lane = parking.close_all();
+        stop_tx.send(()).unwrap();
+        let _front_b = t.join().unwrap();
+        assert_eq!(to_lane.len(), 2, "both go to the slow lane");
+        for c in [&parked, &ended] {
+            let (_, entry) = to_lane
+                .iter()
+                .find(|(l, _)| Arc::ptr_eq(l, c))
+                .expect("to the lane");
+            assert!(!entry.fresh && entry.adopted.is_none());
+            assert!(matches!(*c.owner(), Owner::Lane(_)));
+            assert!(!c.is_broken());
+            // Its request is still there for the lane to read.
+            let mut buf = [0u8; 64];
+            assert_eq!(c.recv(&mut buf), Ok(12));
+        }
+    }
+
     // review-kc MEDIUM 3: a request the watch never hears of (two requests at the same
     // instant, one thread waiting: both can be taken for its) waited behind the busy
     // threads' requests however long: nothing else woke the busy watch. Now, every
