@@ -153,6 +153,50 @@ fn reasons_hide_secret_placeholders_and_passwords_in_values() {
     hidden(&String::from_utf8_lossy(&out.stderr));
 }
 
+// regression: a secret glued to what precedes it was shown by --check, the start and
+// migrate: an attach-daemon reason's `(ExecStart=PGPASSWORD=…` and
+// `(ExecStart=mysqldump … -p…`, and in the quoted lines `exec:mysqladmin -p…` and
+// `sh -c "mysql -p…"`.
+#[test]
+fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
+    const GLUED: [&str; 5] = ["pg-pw-a", "my-pw-b", "my-pw-c", "my-pw-d", "my-pw-e"];
+    let dir = tempdir();
+    let file = dir.path().join("app.ini");
+    std::fs::write(
+        &file,
+        ini_text(
+            free_port(),
+            "attach-daemon = PGPASSWORD=pg-pw-a pg_dump db\nattach-daemon = mysqldump -u root -pmy-pw-b db\nhook-as-user = exec:mysqladmin -pmy-pw-c\nsmart-attach-daemon = /tmp/x.pid sh -c \"mysql -pmy-pw-d\"\nattach-daemon = env MYSQL_PWD=my-pw-e mysqldump db\n",
+        ),
+    )
+    .unwrap();
+    let hidden = |said: &str| {
+        for s in GLUED {
+            assert!(!said.contains(s), "{s} in:\n{said}");
+        }
+        assert_hidden(said);
+    };
+    let out = Command::new(postern_bin())
+        .arg("--ini")
+        .arg(&file)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    for shown in [
+        "(ExecStart=PGPASSWORD=(value hidden) pg_dump db,",
+        "(ExecStart=mysqldump -u root -p(value hidden) db,",
+        "hook-as-user = exec:mysqladmin -p(value hidden):",
+        "sh -c \"mysql -p(value hidden)",
+        "MYSQL_PWD=(value hidden) mysqldump db",
+    ] {
+        assert!(err.contains(shown), "{shown} not in:\n{err}");
+    }
+    hidden(&err);
+    // migrate: its comments (none of these lines is carried over as a value).
+    hidden(&migrate_hiding(&file).join("\n"));
+}
+
 /// `postern migrate FILE`: its TOML carries `SECRET_KEY = "hunter2"` (the conversion),
 /// while its comments and its stderr show no secret; returns its comment lines.
 fn migrate_hiding(file: &std::path::Path) -> Vec<String> {

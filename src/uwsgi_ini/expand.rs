@@ -278,12 +278,22 @@ fn hide_words(text: &str) -> String {
         rest = &rest[space..];
         let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
         let word = &rest[..end];
-        mysql |= word
-            .rsplit('/')
+        // The command a word names, whatever is glued before it: a path
+        // (`/usr/bin/mysqldump`), a quote (`sh -c "mysql ...`), a prefix
+        // (`exec:mysqladmin`, a reason's `(ExecStart=mysqldump`).
+        // regression: only the part after the last `/` was looked at, so those forms'
+        // `-pPASS` was shown.
+        let command = word
+            .rsplit(['/', '=', ':'])
             .next()
-            .is_some_and(|b| b.starts_with("mysql"));
-        match word.strip_prefix("-p") {
+            .unwrap_or_default()
+            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_ascii_lowercase();
+        mysql |= command.starts_with("mysql") || command.starts_with("mariadb");
+        let quote = word.len() - word.trim_start_matches(['"', '\'', '`', '(']).len();
+        match word[quote..].strip_prefix("-p") {
             Some(pass) if mysql && !pass.is_empty() && !pass.starts_with("%(") => {
+                out.push_str(&word[..quote]);
                 out.push_str("-p");
                 out.push_str(HIDDEN);
             }
@@ -296,14 +306,32 @@ fn hide_words(text: &str) -> String {
 
 fn hide_word(word: &str) -> String {
     let placeholder = |v: &str| (v.starts_with("%(") && v.ends_with(')')) || v == HIDDEN;
-    // NAME=VALUE, --name=VALUE.
-    let bare = word.trim_start_matches('-');
-    if let Some((name, value)) = bare.split_once('=') {
+    // NAME=VALUE, --name=VALUE, each of a word's: a reason's `(ExecStart=PGPASSWORD=…`,
+    // `exec:DB_PASSWORD=…`, `"API_TOKEN=…`. The name is what ends at the `=` (letters,
+    // digits, `_`, `-`, `.`), so a quote or prefix before it does not hide it; all after
+    // the first secret name's `=` is hidden, to the word's end.
+    // regression: the word was split at its first `=` only, so `ExecStart=PGPASSWORD=`
+    // showed the password.
+    let mut at = 0;
+    while let Some(eq) = word[at..].find('=').map(|i| at + i) {
+        let head = &word[..eq];
+        let name_at = head
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let name = head[name_at..].trim_start_matches('-');
+        let value = &word[eq + 1..];
         if !value.is_empty() && secret_name(name) && !placeholder(value) {
-            let dashes = &word[..word.len() - bare.len()];
-            return format!("{dashes}{name}={HIDDEN}");
+            return hide_word_tail(&format!("{head}={HIDDEN}"));
         }
+        at = eq + 1;
     }
+    hide_word_tail(word)
+}
+
+fn hide_word_tail(word: &str) -> String {
+    let placeholder = |v: &str| (v.starts_with("%(") && v.ends_with(')')) || v == HIDDEN;
     // basicauth:realm,user:PASS (basicauth-next too).
     if let Some(i) = word.find("basicauth") {
         let args = &word[i..];
@@ -346,11 +374,18 @@ fn hide_word(word: &str) -> String {
     out
 }
 
-/// Whether an option or placeholder's name says its value is a secret.
+/// Whether an option or placeholder's name says its value is a secret: a word of it
+/// (split at `-`, `_`, `.`) is `key` or `pass`, ends in `apikey` or `pwd` (`MYSQL_PWD`;
+/// not the shell's `PWD` and `OLDPWD`), or holds `password`, `passwd`, `secret`, `token`
+/// or `credential`.
 pub fn secret_name(name: &str) -> bool {
-    name.to_ascii_lowercase().split(['-', '_', '.']).any(|w| {
+    let name = name.to_ascii_lowercase();
+    let shell = matches!(name.as_str(), "pwd" | "oldpwd");
+    name.split(['-', '_', '.']).any(|w| {
         w == "key"
+            || w == "pass"
             || w.ends_with("apikey")
+            || (w.ends_with("pwd") && !shell)
             || ["password", "passwd", "secret", "token", "credential"]
                 .iter()
                 .any(|s| w.contains(s))

@@ -1268,3 +1268,76 @@ fn reasons_and_values_hide_secrets_too() {
         "mysql -p db; https://example.com:8443/x user@host --port=5 KEYS=3"
     );
 }
+
+// regression: a secret glued to what precedes it was shown: an attach-daemon reason's
+// `(ExecStart=PGPASSWORD=…` (the word split at its first `=` only) and
+// `(ExecStart=mysqldump … -p…` (the MySQL test looked at the part after the last `/`
+// only), and in the lines themselves `exec:mysqladmin -p…` and `sh -c "mysql -p…"`.
+#[test]
+fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
+    for line in [
+        "attach-daemon = PGPASSWORD=hunter-a pg_dump db",
+        "attach-daemon = mysqldump -u root -phunter-b db",
+        "hook-as-user = exec:mysqladmin -phunter-c",
+        "attach-daemon = sh -c \"mysql -phunter-d\"",
+        "smart-attach-daemon = /tmp/x.pid env MYSQL_PWD=hunter-e mysqldump db",
+        "attach-daemon = sh -c 'REDIS_PASS=hunter-f exec:DB_PASSWORD=hunter-g x'",
+    ] {
+        let t = tr(&format!("module = shop.wsgi\n{line}"));
+        let said = format!(
+            "{}\n{}\n{}\n{}",
+            t.warnings().unwrap_or_default(),
+            t.to_toml(),
+            t.info_message().unwrap_or_default(),
+            t.check().err().map(|e| e.to_string()).unwrap_or_default()
+        );
+        assert!(!said.contains("hunter-"), "{line}:\n{said}");
+        assert!(said.contains("(value hidden)"), "{line}:\n{said}");
+    }
+    for (text, shown) in [
+        (
+            "(ExecStart=PGPASSWORD=hunter pg_dump db, with",
+            "(ExecStart=PGPASSWORD=(value hidden) pg_dump db, with",
+        ),
+        (
+            "(ExecStart=mysqldump -u root -phunter db, with",
+            "(ExecStart=mysqldump -u root -p(value hidden) db, with",
+        ),
+        (
+            "exec:mysqladmin -phunter",
+            "exec:mysqladmin -p(value hidden)",
+        ),
+        ("sh -c \"mysql -phunter\"", "sh -c \"mysql -p(value hidden)"),
+        (
+            "sh -c \"mysql '-phunter'\"",
+            "sh -c \"mysql '-p(value hidden)",
+        ),
+        (
+            "exec:/usr/bin/mariadb -phunter",
+            "exec:/usr/bin/mariadb -p(value hidden)",
+        ),
+        ("\"API_TOKEN=hunter\"", "\"API_TOKEN=(value hidden)"),
+        ("X=--api-key=hunter", "X=--api-key=(value hidden)"),
+        (
+            "DB=postgres://u:hunter@h/x?password=hunter2",
+            "DB=postgres://u:(value hidden)@h/x?password=(value hidden)",
+        ),
+        ("«TOKEN=hunter", "«TOKEN=(value hidden)"),
+        // Not secrets: left as they are.
+        (
+            "PWD=/srv/app OLDPWD=/ KEYS=3",
+            "PWD=/srv/app OLDPWD=/ KEYS=3",
+        ),
+        (
+            "ExecStart=pg_dump -p 5432 db",
+            "ExecStart=pg_dump -p 5432 db",
+        ),
+        ("sh -c \"pg_dump -p5432\"", "sh -c \"pg_dump -p5432\""),
+        (
+            "exec:DB_PASSWORD=%(db_password)",
+            "exec:DB_PASSWORD=%(db_password)",
+        ),
+    ] {
+        assert_eq!(super::hide_by_form(text), shown, "{text}");
+    }
+}
