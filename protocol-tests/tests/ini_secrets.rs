@@ -85,14 +85,19 @@ fn gunicorn_migrate_comments_hide_raw_env_and_secrets() {
     let conf = dir.path().join("gunicorn.conf.py");
     std::fs::write(
         &conf,
-        "wsgi_app = \"app:app\"\nraw_env = [\"SECRET_KEY=hunter2\"]\nSECRET_KEY = \"pw-of-db\"\napi_token = os.environ.get(\"X\", \"tok-of-api\")\n",
+        "wsgi_app = \"app:app\"\nraw_env = [\"SECRET_KEY=hunter2\"]\nSECRET_KEY = \"pw-of-db\"\napi_token = os.environ.get(\"X\", \"tok-of-api\")\nimport os\nfrom os import environ as E\nos.putenv(\"SECRET_KEY\", \"hunter1\")\nos.environ.update({\"API_TOKEN\": \"tok-of-api\"})\nE[\"DB_PASSWORD\"] = \"pw-of-db\"\n",
     )
     .unwrap();
     let comments = migrate_hiding(&conf);
+    // regression: environment values set by a call were quoted whole, and an aliased
+    // os.environ's line was dropped without a word.
     for quoted in [
         "# line 2: raw_env = (value hidden)",
         "# line 3: SECRET_KEY = (value hidden)",
         "# line 4: api_token = (value hidden)",
+        "# line 7: os.putenv(\"SECRET_KEY\", (value hidden))",
+        "# line 8: os.environ.update({\"API_TOKEN\": (value hidden)})",
+        "# line 9: E[\"DB_PASSWORD\"] = (value hidden)",
     ] {
         assert!(
             comments.iter().any(|c| c == quoted),

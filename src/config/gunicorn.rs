@@ -903,14 +903,121 @@ fn compound(text: &str) -> bool {
 /// Whether a top-level statement changes the environment the workers inherit other than
 /// by `raw_env = literal`: `raw_env.append(...)`, `raw_env.extend(...)`, `raw_env +=`
 /// (read elsewhere), `os.environ[...] = ...`, `os.environ.update(...)`,
-/// `os.environ.setdefault(...)`, `os.putenv(...)`, `environ[...] = ...` after `from os
-/// import environ`.
-fn sets_environment(text: &str) -> bool {
+/// `os.environ.setdefault(...)`, `os.environ |= ...`, `os.putenv(...)`, `environ[...] =
+/// ...` after `from os import environ`, and the same through a name of `aliases`
+/// ([`environment_aliases`]: `E[...] = ...` after `from os import environ as E`).
+fn sets_environment(text: &str, aliases: &[String]) -> bool {
     let t = text.trim_start();
     t.starts_with("raw_env.")
         || ["os.environ", "os.putenv", "environ[", "environ.", "putenv("]
             .iter()
             .any(|p| t.starts_with(p))
+        || aliases.iter().any(|a| {
+            t.strip_prefix(a.as_str())
+                .is_some_and(|rest| rest.trim_start().starts_with(['[', '.', '(', '|']))
+        })
+}
+
+/// The names the file's top-level statements give `os`, `os.environ` and `os.putenv`
+/// (`import os as o` gives `o.environ` and `o.putenv`, `from os import environ as E`
+/// and `E = os.environ` give `E`), for [`sets_environment`].
+/// regression: `from os import environ as E; E["X"] = v` was dropped without a line.
+fn environment_aliases(st: &[Statement]) -> Vec<String> {
+    let mut aliases = Vec::new();
+    for s in st {
+        let t = s.text.trim();
+        if let Some(names) = t.strip_prefix("import ") {
+            for (module, alias) in names.split(',').filter_map(|n| n.split_once(" as ")) {
+                if module.trim() == "os" {
+                    aliases.push(format!("{}.environ", alias.trim()));
+                    aliases.push(format!("{}.putenv", alias.trim()));
+                }
+            }
+        } else if let Some(names) = t.strip_prefix("from os import ") {
+            let names = names.trim_matches(|c: char| c == '(' || c == ')' || c.is_whitespace());
+            for n in names.split(',') {
+                if let Some((name, alias)) = n.split_once(" as ") {
+                    if matches!(name.trim(), "environ" | "putenv") {
+                        aliases.push(alias.trim().to_owned());
+                    }
+                }
+            }
+        } else if let Some(name) = &s.name {
+            let value = s.value.trim();
+            let env =
+                ["os.environ", "environ"].contains(&value) || aliases.iter().any(|a| a == value);
+            if env && name != "environ" {
+                aliases.push(name.clone());
+            }
+        }
+    }
+    aliases
+}
+
+/// `line` (a statement that sets the environment, [`sets_environment`]) as a message
+/// quotes it: its string literals that are values hidden (`os.putenv("SECRET_KEY",
+/// (value hidden))`, `os.environ.update({"API_TOKEN": (value hidden)})`), those that
+/// name a variable kept: a subscript's (`environ["X"]`), a dict's key (`{"X": …}`), a
+/// call's first argument (`putenv("X", …)`, `("X", …)`); a `"NAME=VALUE"` literal
+/// (`raw_env.append(…)`) shows its name. As `env = NAME=…` lines and `raw_env` are
+/// quoted, whatever the variable's name.
+/// regression: `os.putenv("SECRET_KEY", "…")`, `os.environ.setdefault(…)`,
+/// `os.environ.update({…})` and `os.environ |= {…}` were quoted whole under NEEDS
+/// ATTENTION.
+fn hide_environment_values(line: &str) -> String {
+    let c: Vec<char> = line.chars().collect();
+    let next_after = |i: usize| c[i..].iter().copied().find(|ch| !ch.is_whitespace());
+    let mut out = String::new();
+    let mut i = 0;
+    while i < c.len() {
+        let q = c[i];
+        if q != '"' && q != '\'' {
+            out.push(q);
+            i += 1;
+            continue;
+        }
+        // A string literal: its end (a triple quote's too; the line's end if open).
+        let triple = c[i..].starts_with(&[q, q, q]);
+        let open = if triple { 3 } else { 1 };
+        let mut j = i + open;
+        let (body_end, end) = loop {
+            if j >= c.len() {
+                break (c.len(), c.len());
+            }
+            if c[j] == '\\' {
+                j += 2;
+                continue;
+            }
+            if c[j..].starts_with(&c[i..i + open]) {
+                break (j, j + open);
+            }
+            j += 1;
+        };
+        let before = out
+            .trim_end_matches(|ch: char| ch.is_ascii_alphabetic())
+            .trim_end()
+            .chars()
+            .next_back();
+        let after = next_after(end);
+        let name = matches!(after, Some(':' | ']'))
+            || (matches!(before, Some('(' | '[')) && after == Some(','));
+        let body: String = c[(i + open).min(body_end)..body_end].iter().collect();
+        if name {
+            out.extend(&c[i..end]);
+        } else {
+            let quote: String = c[i..i + open].iter().collect();
+            match body.split_once('=') {
+                Some((n, _))
+                    if !n.is_empty() && n.chars().all(|ch| ch.is_alphanumeric() || ch == '_') =>
+                {
+                    out.push_str(&format!("{quote}{n}={}{quote}", crate::uwsgi_ini::HIDDEN));
+                }
+                _ => out.push_str(crate::uwsgi_ini::HIDDEN),
+            }
+        }
+        i = end;
+    }
+    out
 }
 
 /// The names a line of code assigns to (the identifiers left of its first `=`, `+=`,
@@ -1460,6 +1567,7 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
         threads: st.iter().any(|s| s.name.as_deref() == Some("threads")),
     };
     let keys: Vec<String> = super::option_keys().into_iter().map(|(k, _)| k).collect();
+    let aliases = environment_aliases(&st);
     let mut done: Vec<(&Statement, Done)> = Vec::new();
     for (i, s) in st.iter().enumerate() {
         let t = s.text.trim_start();
@@ -1501,7 +1609,7 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
                     "sets {} in a way migrate does not read (it reads `NAME = literal`): work it out and write postern's option here",
                     names.join(", ")
                 ))));
-            } else if sets_environment(t) {
+            } else if sets_environment(t, &aliases) {
                 // regression (review-final): `raw_env.append(...)` and `os.environ[...] =`
                 // vanished without a line, and the app then started without them.
                 done.push((s, Done::Attention(
@@ -1661,7 +1769,10 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
             return format!("{name} = {}", crate::uwsgi_ini::HIDDEN);
         }
         let first = s.text.lines().next().unwrap_or_default();
-        let first = &crate::uwsgi_ini::hide_by_form(first);
+        let first = &match sets_environment(first, &aliases) {
+            true => crate::uwsgi_ini::hide_by_form(&hide_environment_values(first)),
+            false => crate::uwsgi_ini::hide_by_form(first),
+        };
         // Any other assignment to such a name (`raw_env += [...]`, `bind, raw_env = ...`,
         // an empty value): its value is hidden too, whatever form it takes.
         if assigned_names(first)
@@ -1979,6 +2090,32 @@ mod tests {
         assert_eq!(assigned_names("a, b += f(x=1)"), vec!["a", "b"]);
         assert!(assigned_names("f(level=loglevel)").is_empty());
         assert!(assigned_names("x == 'a=b'").is_empty());
+    }
+
+    // regression: environment values set by a call (`os.putenv`, `setdefault`,
+    // `update`, `|=`) were quoted whole under NEEDS ATTENTION, secrets included, and
+    // `E["X"] = v` after `from os import environ as E` was dropped without a line.
+    #[test]
+    fn environment_values_set_by_a_call_or_an_alias_are_hidden() {
+        let text = "import os\nimport os as o\nfrom os import (environ as E, putenv as P)\nworkers = 2\nos.environ[\"SECRET_KEY\"] = \"leak-0\"\nos.putenv(\"SECRET_KEY\", \"leak-1\")\nos.environ.setdefault(\"DB_PASSWORD\", 'leak-2')\nos.environ.update({\"API_TOKEN\": \"leak-3\", \"TZ\": f\"leak-{4}\"})\nos.environ |= {\"API_TOKEN\": \"\"\"leak-5\"\"\"}\nE[\"API_TOKEN\"] = \"leak-6\"\nP(\"X\", \"leak-7\")\no.environ.update(API_TOKEN=\"leak-8\")\nraw_env.append(\"DB_PASSWORD=leak-9\")\nV = os.environ\nV[\"X\"] = \"leak-10\"\nos.environ.update([(\"X\", \"leak-11\")])\n";
+        let m = translate(Path::new("gunicorn.conf.py"), text).unwrap();
+        assert!(!m.toml.contains("leak-"), "{}", m.toml);
+        for quoted in [
+            "# line 5: os.environ[\"SECRET_KEY\"] = (value hidden)",
+            "# line 6: os.putenv(\"SECRET_KEY\", (value hidden))",
+            "# line 7: os.environ.setdefault(\"DB_PASSWORD\", (value hidden))",
+            "# line 8: os.environ.update({\"API_TOKEN\": (value hidden), \"TZ\": f(value hidden)})",
+            "# line 9: os.environ |= {\"API_TOKEN\": (value hidden)}",
+            "# line 10: E[\"API_TOKEN\"] = (value hidden)",
+            "# line 11: P(\"X\", (value hidden))",
+            "# line 12: o.environ.update(API_TOKEN=(value hidden))",
+            "# line 13: raw_env.append(\"DB_PASSWORD=(value hidden)\")",
+            "# line 15: V[\"X\"] = (value hidden)",
+            "# line 16: os.environ.update([(\"X\", (value hidden))])",
+        ] {
+            assert!(m.toml.contains(quoted), "{quoted} not in:\n{}", m.toml);
+        }
+        assert_eq!(m.code, 3);
     }
 
     #[test]
