@@ -52,6 +52,14 @@ const HTTP: &str = r#"
     path = scope["path"]
     if path == "/hello":
         await answer(send, b"Hello, ASGI!\n")
+    elif path == "/mutate-message":
+        m = await receive()
+        seen = ",".join("%s=%r" % kv for kv in m.items())
+        m["body"] = b"changed"
+        m["more_body"] = True
+        m["extra"] = 1
+        del m["type"]
+        await answer(send, seen.encode())
     elif path == "/messages":
         msgs = await read_all(receive)
         shape = ";".join("%s:%d:%s" % (m["type"], len(m.get("body", b"")), m.get("more_body")) for m in msgs)
@@ -389,6 +397,24 @@ fn receive_gives_one_empty_message_or_the_whole_body_at_once() {
     assert_eq!(r.text(), "http.request:0:False");
     let out = p.raw(&uwsgi_req("POST", "/messages", "", &[b'a'; 1000]));
     assert_eq!(parse_http(&out).unwrap().text(), "http.request:1000:False");
+}
+
+// http.request messages are copies of one made once (http.rs `request_message`): what
+// an app does to the one it got is not seen by the next.
+#[test]
+fn each_request_message_is_a_dict_of_its_own() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let empty = "type='http.request',body=b'',more_body=False";
+    for _ in 0..3 {
+        assert_eq!(get(&p, "/mutate-message", "").text(), empty);
+    }
+    let out = p.raw(&uwsgi_req("POST", "/mutate-message", "", b"hello"));
+    assert_eq!(
+        parse_http(&out).unwrap().text(),
+        "type='http.request',body=b'hello',more_body=False"
+    );
+    assert_eq!(get(&p, "/mutate-message", "").text(), empty);
 }
 
 #[test]

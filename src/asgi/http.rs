@@ -811,17 +811,50 @@ fn fail_send(py: Python<'_>, f: &Py<PyAny>, err: PyErr) -> PyResult<()> {
 
 /// The message `receive` returns after the body.
 fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+    static DISCONNECT: pyo3::sync::PyOnceLock<Py<PyDict>> = pyo3::sync::PyOnceLock::new();
+    let template = DISCONNECT.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+        Ok(d.unbind())
+    })?;
+    copy_dict(template.bind(py))
+}
+
+/// An `http.request` message: a copy of `{"type": "http.request", "body": b"",
+/// "more_body": False}` made once (a dict copy costs less than the three insertions
+/// into a new dict, the first of which allocates its table), with `body` and
+/// `more_body` set when they differ: a body-less request's message (a GET, which
+/// Django's handler and others read all the same) is the copy alone. A new dict each
+/// time: the app may change what it is given.
+fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bound<'py, PyDict>> {
+    static REQUEST: pyo3::sync::PyOnceLock<Py<PyDict>> = pyo3::sync::PyOnceLock::new();
+    let template = REQUEST.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+        d.set_item(intern!(py, "body"), PyBytes::new(py, b""))?;
+        d.set_item(intern!(py, "more_body"), false)?;
+        Ok(d.unbind())
+    })?;
+    let d = copy_dict(template.bind(py))?;
+    if !body.is_empty() {
+        d.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
+    }
+    if more {
+        d.set_item(intern!(py, "more_body"), true)?;
+    }
     Ok(d)
 }
 
-fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
-    d.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
-    d.set_item(intern!(py, "more_body"), more)?;
-    Ok(d)
+/// A new dict with the entries of `d` (CPython copies a compact dict's table in one block).
+fn copy_dict<'py>(d: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    // SAFETY: `d` is a dict; PyDict_Copy returns a new reference to a new dict, or NULL
+    // with an exception set.
+    unsafe {
+        Ok(
+            Bound::from_owned_ptr_or_err(d.py(), pyo3::ffi::PyDict_Copy(d.as_ptr()))?
+                .cast_into_unchecked(),
+        )
+    }
 }
 
 /// How surely `e` was raised because the client went away: it, or an exception it
