@@ -353,6 +353,28 @@ fn oom_hint(sig: Option<i32>) -> &'static str {
     }
 }
 
+/// Why a worker that never served failed to start, for its exit's line: the app's
+/// error (logged by the worker), or the signal that killed it during its import.
+/// regression: a replacement SIGKILLed while importing (the OOM killer, a kill -9) was
+/// logged "the app's error is logged above: code on disk that does not import?", with
+/// no error of the app's anywhere.
+fn start_failure(sig: Option<i32>) -> String {
+    match sig {
+        None => "the app's error is logged above".to_owned(),
+        Some(libc::SIGKILL) => "killed by SIGKILL during its import (out of memory? the kernel log says), not the app's code failing".to_owned(),
+        Some(s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGILL | libc::SIGFPE)) => {
+            format!("killed by {} during its import: a crash in the import (a C extension's?)", signals::name(s))
+        }
+        Some(s) => format!("killed by {} during its import (a signal sent to it from outside the master?), not the app's code failing", signals::name(s)),
+    }
+}
+
+/// `: killed by …` ([`start_failure`]) when a signal ended the import, else nothing.
+fn killed_why(sig: Option<i32>) -> String {
+    sig.map(|_| format!(": {}", start_failure(sig)))
+        .unwrap_or_default()
+}
+
 fn raw(pid: Pid) -> i32 {
     pid.as_raw_nonzero().get()
 }
@@ -1856,7 +1878,7 @@ impl Master {
             let failed = !by_master && status.exit_status() != Some(0);
             match j.verdict {
                 Verdict::Expected if failed_start => {
-                    tracing::warn!(pid, %how, generation, "worker failed to start (the app's error is logged above); it was told to leave already, so nothing replaces it");
+                    tracing::warn!(pid, %how, generation, "worker failed to start ({}); it was told to leave already, so nothing replaces it", start_failure(signal_in_import));
                 }
                 Verdict::Expected if failed => {
                     tracing::warn!(pid, %how, cause = j.cause.label(), generation, "worker exited");
@@ -1870,7 +1892,8 @@ impl Master {
                         %how,
                         generation,
                         serving = self.generation,
-                        "worker failed to start (the app's error is logged above); a newer reload replaced its generation, so nothing replaces it"
+                        "worker failed to start ({}); a newer reload replaced its generation, so nothing replaces it",
+                        start_failure(signal_in_import)
                     );
                 }
                 Verdict::Outgoing if status.exit_status() == Some(0) => {
@@ -1893,7 +1916,7 @@ impl Master {
                     );
                 }
                 Verdict::BootFailed => {
-                    tracing::error!(pid, %how, generation, "worker failed to start");
+                    tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import));
                     self.stop_all(true);
                     return Err(SupervisorError::BootFailed);
                 }
@@ -1973,7 +1996,7 @@ impl Master {
                     }
                 }
                 Verdict::CrashLoop => {
-                    tracing::error!(pid, %how, generation, "worker failed to start");
+                    tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import));
                     self.stop_all(false);
                     return Err(SupervisorError::CrashLoop(self.boot_failures));
                 }
@@ -1995,6 +2018,21 @@ impl Master {
                             failures = self.boot_failures,
                             serving,
                             "worker killed at --worker-start-timeout (its import did not finish); trying again in {wait:?}"
+                        );
+                    } else if signal_in_import.is_some() {
+                        // Still a failed start: an import the OOM killer takes each
+                        // time (one over a cgroup's memory limit) fails as surely as
+                        // code that does not import, so it has the backoff (a host
+                        // short of memory is not hammered) and, none serving, the stop
+                        // at the 10th in a row.
+                        tracing::error!(
+                            pid,
+                            %how,
+                            generation,
+                            failures = self.boot_failures,
+                            serving,
+                            "worker failed to start: {}; trying again in {wait:?}",
+                            start_failure(signal_in_import)
                         );
                     } else {
                         tracing::error!(
