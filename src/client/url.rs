@@ -106,6 +106,10 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
         )
     };
     let (scheme_part, rest) = url.split_once("://").ok_or_else(usage)?;
+    // A fragment is the client's own: curl and browsers never send it, nor does nginx
+    // pass one on (a `#` in a socket path is written %23, in the %2F… form).
+    // regression: `…/x?a=1#frag` sent QUERY_STRING `a=1#frag` (PATH_INFO `/x#frag`).
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
     let scheme_part = scheme_part.to_ascii_lowercase();
     let (name, unix) = match scheme_part.strip_suffix("+unix") {
         Some(name) => (name, true),
@@ -308,6 +312,23 @@ mod tests {
         let u = parse_url("uwsgi://localhost", |_| false).unwrap();
         assert_eq!(u.uri, "/");
         assert!(parse_url("http://x/", |_| false).is_err());
+    }
+
+    // regression: the fragment was sent as part of the path or the query.
+    #[test]
+    fn a_fragment_is_not_sent() {
+        for (url, uri) in [
+            ("uwsgi://127.0.0.1/x?a=1#frag", "/x?a=1"),
+            ("uwsgi://127.0.0.1/x#frag?b=2", "/x"),
+            ("scgi://127.0.0.1#frag", "/"),
+            ("fastcgi+unix://%2Ftmp%2Fa%23b.sock/y#f", "/y"),
+        ] {
+            assert_eq!(parse_url(url, |_| false).unwrap().uri, uri, "{url}");
+        }
+        let u = parse_url("uwsgi+unix:///tmp/a.sock/p?q=1#f", |p| p == "/tmp/a.sock").unwrap();
+        assert_eq!(u.uri, "/p?q=1");
+        let u = parse_url("fastcgi+unix://%2Ftmp%2Fa%23b.sock/", |_| false).unwrap();
+        assert_eq!(u.target, Target::Unix("/tmp/a#b.sock".into()));
     }
 
     #[test]
