@@ -210,10 +210,16 @@ async fn serve<C: Conn>(
                 arriving: Some(watch.marker()),
             };
             let left = limits.head_timeout.saturating_sub(started.elapsed());
-            let read = tokio::select! {
+            let mut read = tokio::select! {
                 r = timeout(left, framed.next()) => r,
                 () = watch.closed_for_room() => return,
             };
+            if read.is_err() && input_waits(&*framed.conn).await {
+                read = tokio::select! {
+                    r = timeout(STOPPED_GRACE, framed.next()) => r,
+                    () = watch.closed_for_room() => return,
+                };
+            }
             match read {
                 Err(_) => {
                     let got = framed.buf.len();
@@ -514,13 +520,51 @@ async fn bad_request<C: Conn>(
     }
 }
 
+/// Whether input (bytes, an EOF or an error) waits on `conn` now, looked at (no wait)
+/// when a read's timer has fired; if so, the runtime gets one turn to take it in before
+/// the read is tried again, for at most [`STOPPED_GRACE`]. A peer that sent nothing
+/// finds nothing waiting and is timed out as before. This is for a worker stopped as a
+/// whole (SIGSTOP, a frozen cgroup, `docker pause`, a paused VM, a debugger) past the
+/// deadline: the stop interrupts the runtime's wait, which then returns no events, so
+/// the timer runs before the runtime has seen what the peer sent meanwhile. The peer
+/// was not idle; the worker was. regression: a body sent steadily to a worker stopped
+/// 2.5 s under `--read-timeout 1` was closed "no body bytes for 1s" after SIGCONT, its
+/// bytes waiting in the socket; a head completed while stopped, "no complete request
+/// head".
+pub(crate) async fn input_waits<C: AsFd>(conn: &C) -> bool {
+    let fd = conn.as_fd();
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let waits = matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0);
+    if waits {
+        // Polled again after the runtime's next look at its events.
+        tokio::task::yield_now().await;
+    }
+    waits
+}
+
+/// How long a read whose timer fired with input waiting (see [`input_waits`]) may go
+/// on: enough for the runtime to take in what waits, bounded so that a peer trickling
+/// bytes at the deadline gains little.
+pub(crate) const STOPPED_GRACE: Duration = Duration::from_millis(200);
+
 /// The next body chunk, within `--read-timeout`.
 async fn next_body<C: Conn>(
     framed: &mut Reader<'_, C>,
     t: Duration,
     len: u64,
 ) -> Result<Bytes, ReadError> {
-    match timeout(t, framed.next()).await {
+    let read = match timeout(t, framed.next()).await {
+        Err(_) if input_waits(&*framed.conn).await => timeout(STOPPED_GRACE, framed.next()).await,
+        r => r,
+    };
+    match read {
         Err(_) => Err(ReadError::TimedOut(t)),
         Ok(Ok(None)) => Err(CodecError::BodyTruncated {
             got: 0,
@@ -615,7 +659,11 @@ async fn read_into_memory<C: Conn>(
         // is not kept while the rest arrives. With nothing there yet, the whole
         // length is taken once the first bytes are.
         if framed.buf.is_empty() {
-            match timeout(t, framed.conn.readable()).await {
+            let ready = match timeout(t, framed.conn.readable()).await {
+                Err(_) if input_waits(&*framed.conn).await => Ok(Ok(())),
+                r => r,
+            };
+            match ready {
                 Err(_) => return Err(ReadError::TimedOut(t)),
                 Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(())) => {}
@@ -631,7 +679,10 @@ async fn read_into_memory<C: Conn>(
             .saturating_add(PAST_BODY)
             .min(body.capacity() - body.len());
         let mut room = (&mut body).limit(left.saturating_add(PAST_BODY));
-        let read = timeout(t, framed.conn.read_buf(&mut room)).await;
+        let mut read = timeout(t, framed.conn.read_buf(&mut room)).await;
+        if read.is_err() && input_waits(&*framed.conn).await {
+            read = timeout(STOPPED_GRACE, framed.conn.read_buf(&mut room)).await;
+        }
         framed.filled = matches!(read, Ok(Ok(n)) if n == offered);
         match read {
             Err(_) => return Err(ReadError::TimedOut(t)),

@@ -23,7 +23,7 @@ use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
 use crate::proto::ProtoError;
 use crate::server::admission::ConnInput;
-use crate::server::connection::RateLimit;
+use crate::server::connection::{input_waits, RateLimit, STOPPED_GRACE};
 use crate::server::lane::{FcgiSettings, SlowLane};
 use crate::server::slow_clients::{self, Reason};
 use crate::server::span::request_span;
@@ -629,6 +629,10 @@ pub async fn serve(
     // Listed while a head arrives and no request runs on the connection: at
     // --max-connections, with a connection waiting, the oldest is closed for it.
     let mut head_watch: Option<slow_clients::HeadWatch> = None;
+    // The deadline that fired with input waiting on the socket (a worker stopped past
+    // it: see connection::input_waits), and until when the read may go on: once per
+    // deadline, so a head trickling past --head-timeout gains STOPPED_GRACE at most.
+    let mut grace: Option<(Instant, Instant)> = None;
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -852,6 +856,11 @@ pub async fn serve(
             (Some(d), Some(h)) => Some(d.min(h)),
             (d, h) => d.or(h),
         };
+        let fired = deadline;
+        let deadline = match (deadline, grace) {
+            (Some(d), Some((of, until))) if of == d => Some(until),
+            (d, _) => d,
+        };
         // A request (or record) unfinished after a read: its rest may wait for our ACK
         // (see FcgiConn::ack_now).
         if acked_at != Some(served) && (in_head || waiting_body || !buf.is_empty()) && !eof {
@@ -984,6 +993,12 @@ pub async fn serve(
                         (closing, linger) = after_request(&lane, &conn, slots.len(), closing, linger);
                     }
                     continue 'conn;
+                }
+                if let Some(d) = fired.filter(|&d| grace.is_none_or(|(of, _)| of != d)) {
+                    if !eof && !bad_input && input_waits(&afd).await {
+                        grace = Some((d, Instant::now() + STOPPED_GRACE));
+                        continue 'conn;
+                    }
                 }
                 if idle && linger.is_some() {
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
