@@ -164,14 +164,22 @@ fn reasons_hide_secret_placeholders_and_passwords_in_values() {
 // `sh -c "mysql -p…"`.
 #[test]
 fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
-    const GLUED: [&str; 5] = ["pg-pw-a", "my-pw-b", "my-pw-c", "my-pw-d", "my-pw-e"];
+    const GLUED: [&str; 7] = [
+        "pg-pw-a",
+        "my-pw-b",
+        "my-pw-c",
+        "my-pw-d",
+        "my-pw-e",
+        "curl-pw-f",
+        "curl-tok-g",
+    ];
     let dir = tempdir();
     let file = dir.path().join("app.ini");
     std::fs::write(
         &file,
         ini_text(
             free_port(),
-            "attach-daemon = PGPASSWORD=pg-pw-a pg_dump db\nattach-daemon = mysqldump -u root -pmy-pw-b db\nhook-as-user = exec:mysqladmin -pmy-pw-c\nsmart-attach-daemon = /tmp/x.pid sh -c \"mysql -pmy-pw-d\"\nattach-daemon = env MYSQL_PWD=my-pw-e mysqldump db\n",
+            "attach-daemon = PGPASSWORD=pg-pw-a pg_dump db\nattach-daemon = mysqldump -u root -pmy-pw-b db\nhook-as-user = exec:mysqladmin -pmy-pw-c\nsmart-attach-daemon = /tmp/x.pid sh -c \"mysql -pmy-pw-d\"\nattach-daemon = env MYSQL_PWD=my-pw-e mysqldump db\ncron = -1 -1 -1 -1 -1 curl -u admin:curl-pw-f -H \"Authorization: Bearer curl-tok-g\" https://x/\n",
         ),
     )
     .unwrap();
@@ -194,6 +202,7 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
         "hook-as-user = exec:mysqladmin -p(value hidden):",
         "sh -c \"mysql -p(value hidden)",
         "MYSQL_PWD=(value hidden) mysqldump db",
+        "curl -u admin:(value hidden) -H \"Authorization: Bearer (value hidden) https://x/",
     ] {
         assert!(err.contains(shown), "{shown} not in:\n{err}");
     }

@@ -268,16 +268,83 @@ pub fn hide_by_form(text: &str) -> String {
     out
 }
 
+/// What a word asks [`hide_words`] to hide in the next one.
+#[derive(Clone, Copy, PartialEq)]
+enum Next {
+    Nothing,
+    /// After curl's `-u`/`--user`: `USER:PASS`.
+    UserPass,
+    /// After a header `Authorization:` (or `X-Api-Key:`, a secret-like name): its value,
+    /// after a scheme word (`Bearer`, `Basic`).
+    Credentials,
+}
+
 fn hide_words(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut mysql = false;
+    let mut next = Next::Nothing;
     while !rest.is_empty() {
         let space = rest.len() - rest.trim_start().len();
         out.push_str(&rest[..space]);
         rest = &rest[space..];
         let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
         let word = &rest[..end];
+        rest = &rest[end..];
+        let quote = word.len() - word.trim_start_matches(['"', '\'', '`', '(']).len();
+        let bare = word[quote..].trim_end_matches(['"', '\'', '`', ')', ',', ';']);
+        // regression: curl's `-u admin:PASS` and `-H "Authorization: Bearer TOKEN"` in
+        // an attach-daemon or cron line were quoted as written.
+        match std::mem::replace(&mut next, Next::Nothing) {
+            Next::UserPass => {
+                if let Some(colon) = bare.find(':').filter(|&c| c + 1 < bare.len()) {
+                    out.push_str(&word[..quote + colon + 1]);
+                    out.push_str(HIDDEN);
+                    continue;
+                }
+            }
+            Next::Credentials if !bare.is_empty() => {
+                let scheme = ["bearer", "basic", "token", "digest", "apikey"]
+                    .iter()
+                    .any(|s| bare.eq_ignore_ascii_case(s));
+                if scheme {
+                    out.push_str(word);
+                    next = Next::Credentials;
+                } else {
+                    out.push_str(&word[..quote]);
+                    out.push_str(HIDDEN);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if bare == "-u" || bare == "--user" {
+            next = Next::UserPass;
+        } else if let Some(name) = bare.strip_suffix(':') {
+            let name = name.to_ascii_lowercase();
+            if name.ends_with("authorization") || (name.contains('-') && secret_name(&name)) {
+                next = Next::Credentials;
+            }
+        }
+        // `-uUSER:PASS`, `--user=USER:PASS`.
+        let glued = bare
+            .strip_prefix("--user=")
+            .or_else(|| bare.strip_prefix("-u"))
+            .and_then(|v| {
+                v.find(':')
+                    .filter(|&c| c + 1 < v.len())
+                    .map(|c| bare.len() - v.len() + c)
+            });
+        // `--header=Authorization:CREDENTIALS`.
+        let glued = glued.or_else(|| {
+            let at = bare.to_ascii_lowercase().find("authorization:")? + "authorization:".len();
+            (at < bare.len()).then(|| at - 1)
+        });
+        if let Some(colon) = glued {
+            out.push_str(&word[..quote + colon + 1]);
+            out.push_str(HIDDEN);
+            continue;
+        }
         // The command a word names, whatever is glued before it: a path
         // (`/usr/bin/mysqldump`), a quote (`sh -c "mysql ...`), a prefix
         // (`exec:mysqladmin`, a reason's `(ExecStart=mysqldump`).
@@ -290,7 +357,6 @@ fn hide_words(text: &str) -> String {
             .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
             .to_ascii_lowercase();
         mysql |= command.starts_with("mysql") || command.starts_with("mariadb");
-        let quote = word.len() - word.trim_start_matches(['"', '\'', '`', '(']).len();
         match word[quote..].strip_prefix("-p") {
             Some(pass) if mysql && !pass.is_empty() && !pass.starts_with("%(") => {
                 out.push_str(&word[..quote]);
@@ -299,7 +365,6 @@ fn hide_words(text: &str) -> String {
             }
             _ => out.push_str(&hide_word(word)),
         }
-        rest = &rest[end..];
     }
     out
 }

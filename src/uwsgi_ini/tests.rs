@@ -1323,6 +1323,20 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
             "DB=postgres://u:(value hidden)@h/x?password=(value hidden)",
         ),
         ("«TOKEN=hunter", "«TOKEN=(value hidden)"),
+        (
+            "curl -u admin:hunter -H \"Authorization: Bearer hunter\" x",
+            "curl -u admin:(value hidden) -H \"Authorization: Bearer (value hidden) x",
+        ),
+        (
+            "curl --user=admin:hunter -uroot:hunter -H 'X-Api-Key: hunter' x",
+            "curl --user=admin:(value hidden) -uroot:(value hidden) -H 'X-Api-Key: (value hidden) x",
+        ),
+        ("curl --user admin:hunter x", "curl --user admin:(value hidden) x"),
+        (
+            "wget --header=Authorization:hunter",
+            "wget --header=Authorization:(value hidden)",
+        ),
+        ("sudo -u www-data uwsgi", "sudo -u www-data uwsgi"),
         // Not secrets: left as they are.
         (
             "PWD=/srv/app OLDPWD=/ KEYS=3",
