@@ -7,8 +7,10 @@
 //! regression: an idle worker woke 8 times a second for its heartbeat and mark check
 //! (a 250 ms tokio sleep wakes the I/O thread twice: at its timer-wheel slot's start,
 //! then at its deadline), 0.4 for its --head-timeout watch (5 s: three), and a
-//! FastCGI worker's busy watch (`postern-busy`) 4 more (its 250 ms tick); uWSGI's
-//! workers do not wake at all (its master once a second).
+//! FastCGI worker's busy watch (`postern-busy`) 4 more (its 250 ms tick); then 4.2
+//! (the look every 250 ms on a timerfd, so that a worker deaf to SIGTERM saw its mark
+//! soon: the master now wakes it for that). uWSGI's workers do not wake at all (its
+//! master once a second).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -85,10 +87,10 @@ fn assert_quiet(p: &Postern, workers: usize, most: u64, threads: &[(&str, u64)])
     }
 }
 
-// After: each worker wakes about 4.2 times a second (its heartbeat and mark check, 4;
+// After: each worker wakes about 1.2 times a second (its heartbeat and mark look, 1;
 // the --head-timeout watch, once per 5 s), its busy watch not at all, the master not
-// at all; before: 8.4 times a second (the I/O thread's; 12.4 before a8d303f, whose
-// busy watch ticked 4 times a second). The bound, 6 a second, leaves room for a
+// at all; before: 4.2 (a look every 250 ms; 8.4 before 246c8cc, 12.4 before a8d303f,
+// whose busy watch ticked 4 times a second). The bound, 3 a second, leaves room for a
 // loaded machine.
 #[test]
 fn an_idle_fastcgi_worker_with_a_parked_connection_barely_wakes() {
@@ -104,13 +106,13 @@ fn an_idle_fastcgi_worker_with_a_parked_connection_barely_wakes() {
     assert_eq!(fcgi::status(&mut *kept), Some(200), "{}", p.logs());
     // The busy watch's calm ticks see the request end, then nothing.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_quiet(&p, 2, 24, &[("postern-busy", 2)]);
+    assert_quiet(&p, 2, 12, &[("postern-busy", 2)]);
     // Still served after the quiet.
     kept.write_all(&fcgi::get(2, true, "/pid")).unwrap();
     assert_eq!(fcgi::status(&mut *kept), Some(200), "{}", p.logs());
 }
 
-// Before: 8.4 times a second (uwsgi and ASGI alike).
+// Before: 4.2 times a second (uwsgi and ASGI alike; 8.4 before 246c8cc).
 #[test]
 fn an_idle_uwsgi_worker_barely_wakes() {
     let dir = tempdir();
@@ -120,7 +122,7 @@ fn an_idle_uwsgi_worker_barely_wakes() {
     assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
     assert_eq!(p.get("/pid").0, 200, "{}", p.logs());
     std::thread::sleep(Duration::from_millis(1000));
-    assert_quiet(&p, 2, 24, &[]);
+    assert_quiet(&p, 2, 12, &[]);
 }
 
 #[test]
@@ -138,5 +140,5 @@ await send({"type": "http.response.body", "body": b"ok\n"})
     assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
     assert_eq!(p.get("/").0, 200, "{}", p.logs());
     std::thread::sleep(Duration::from_millis(1000));
-    assert_quiet(&p, 2, 24, &[]);
+    assert_quiet(&p, 2, 12, &[]);
 }

@@ -53,8 +53,9 @@ const BOOT_WARN: Duration = Duration::from_secs(30);
 struct Worker {
     pid: Pid,
     generation: u64,
-    /// Read end of the pipe the worker writes to once it serves (and when it recycles
-    /// itself); closed at EOF.
+    /// The master's end of the socket pair the worker writes to once it serves (and
+    /// when it recycles itself), and the master to wake it ([`Worker::nudge`]); closed
+    /// at EOF.
     status: Option<OwnedFd>,
     phase: Phase,
     started: Instant,
@@ -150,6 +151,7 @@ impl Worker {
     /// then again by its rollback) would read a second SIGTERM as "stop now".
     fn drain(&mut self, board: &Scoreboard, cause: Cause) {
         self.mark_retiring(board, cause);
+        self.nudge();
         self.term();
     }
 
@@ -321,6 +323,21 @@ impl Worker {
     fn mark_retiring(&mut self, board: &Scoreboard, cause: Cause) {
         let cause = self.phase.stop(cause);
         board.mark_draining(self.slot, cause);
+    }
+
+    /// Wakes the worker's I/O thread to look at its mark now (a byte on its status
+    /// socket), so that a worker deaf to SIGTERM leaves at once, not at its next look
+    /// (once a second: `worker::watch_mark`). Never blocks; nothing if it is gone. Not
+    /// at the whole server's stop, where such a worker learns it from its listeners
+    /// shut under it (the other workers served the queues), or that look.
+    fn nudge(&self) {
+        if let Some(s) = &self.status {
+            let _ = rustix::net::send(
+                s,
+                &[worker::LOOK],
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            );
+        }
     }
 }
 
@@ -749,8 +766,14 @@ impl Master {
         worker: &impl Fn(WorkerContext) -> i32,
         cause: Cause,
     ) -> Result<(), SupervisorError> {
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| SupervisorError::Fork(e.into()))?;
+        // A socket pair, not a pipe: the master writes on it too ([`Worker::nudge`]).
+        let (read, write) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| SupervisorError::Fork(e.into()))?;
         let master_pid = rustix::process::getpid();
         let used: Vec<usize> = self.workers.iter().map(|w| w.slot).collect();
         let slot = (0..self.board.slots)

@@ -247,7 +247,7 @@ pub struct SlotHead {
     /// Written by the master before the fork ([`Scoreboard::set_threads`]).
     threads: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
-    /// writes it every 250 ms once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
+    /// writes it every second once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
     /// `/status` shows its age, and a worker that should serve but has not beaten
     /// for [`stats::UNRESPONSIVE_AFTER`] as `unresponsive`.
     seen: AtomicU64,
@@ -931,7 +931,7 @@ impl Scoreboard {
         self.head(slot).beat.store(ns, Ordering::Release);
     }
 
-    /// The worker in `slot` is alive and its I/O runtime runs (every 250 ms once it
+    /// The worker in `slot` is alive and its I/O runtime runs (every second once it
     /// serves): a stopped (SIGSTOP, a debugger) or frozen process beats no more.
     pub fn heartbeat(&self, slot: usize) {
         self.head(slot)

@@ -20,14 +20,19 @@ pub(super) const READY: u8 = b'R';
 /// successor ahead of that: the master reads which on the scoreboard and starts the
 /// replacement.
 pub(super) const RECYCLING: u8 = b'S';
+/// What the master writes to a worker (the other way on the same socket): look at
+/// the scoreboard slot now, the master has just marked it ([`watch_mark`]).
+pub(super) const LOOK: u8 = b'L';
 
-/// How often a serving worker looks at its scoreboard slot for the master's mark: a
-/// worker deaf to SIGTERM leaves this late at most (an atomic load; 4 wake-ups a
-/// second of the I/O thread, through a timerfd: [`crate::server::timer`]).
-/// regression: on a tokio sleep, 8 wake-ups a second (tokio's timer wheel wakes the
-/// thread at the start of a timer's slot when it is over 64 ms away, then at its
-/// deadline), the most of an idle worker's.
-const MARK_EVERY: Duration = Duration::from_millis(250);
+/// How often a serving worker beats (`/status` calls a worker unresponsive after 10 s
+/// without a beat) and looks at its scoreboard slot for the master's mark, which the
+/// master also wakes it for ([`LOOK`]): one wake-up a second of the I/O thread, on a
+/// timerfd ([`crate::server::timer`]).
+/// regression: every 250 ms on a tokio sleep, 8 wake-ups a second of an idle worker
+/// (tokio's timer wheel wakes the thread at the start of a timer's slot when it is
+/// over 64 ms away, then at its deadline), the most of an idle worker's; the mark was
+/// seen only at those looks.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 /// How long the SIGTERM that follows the master's mark may take to arrive, while
 /// postern's handler is still the one in place (it could be blocked in every thread).
 const TERM_WAIT: Duration = Duration::from_millis(200);
@@ -93,7 +98,7 @@ pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
     board.heartbeat(slot);
     let _ = rustix::io::write(&pipe, &[READY]);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(watch_mark(Arc::clone(board), slot));
+        runtime.spawn(watch_mark(Arc::clone(board), slot, pipe));
     }
 }
 
@@ -104,12 +109,27 @@ pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
 /// regression: such a worker never left at a reload or a scale-down (the master
 /// killed it past --graceful-timeout, cutting its requests off), nor, over TCP, at the
 /// stop (nothing shuts a TCP listener under it: the stop exited 1).
-async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
+/// It looks when the master writes [`LOOK`] on `master` (its status socket: the master
+/// marks, writes, then signals), and every [`MARK_EVERY`].
+async fn watch_mark(board: Arc<Scoreboard>, slot: usize, master: OwnedFd) {
+    // SAFETY: the AsyncFd owns the descriptor: it stays open and the same for as long
+    // as the AsyncFd lives.
+    let mut told = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(master, tokio::io::Interest::READABLE)
+    }
+    .ok();
     let mut timer = crate::server::timer::Timer::new();
     loop {
         // Its heartbeat too (`/status`'s `last_seen_seconds`, `unresponsive`).
         board.heartbeat(slot);
-        timer.sleep(MARK_EVERY).await;
+        tokio::select! {
+            () = timer.sleep(MARK_EVERY) => {}
+            open = looked_for(told.as_ref()) => {
+                if !open {
+                    told = None;
+                }
+            }
+        }
         if crate::stop::any() {
             return;
         }
@@ -129,6 +149,26 @@ async fn watch_mark(board: Arc<Scoreboard>, slot: usize) {
             tracing::warn!(pid = std::process::id(), "the master told this worker to leave, but its SIGTERM never came (did the app or a C extension take or ignore SIGTERM?): it stops now");
             crate::stop::asked();
             return;
+        }
+    }
+}
+
+/// Until the master writes on its status socket (true), or closes it (false: never
+/// again). Pending for ever without the socket.
+async fn looked_for(master: Option<&tokio::io::unix::AsyncFd<OwnedFd>>) -> bool {
+    let Some(fd) = master else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return false;
+        };
+        let mut buf = [0u8; 16];
+        match rustix::net::recv(fd.get_ref(), &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return false,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => ready.clear_ready(),
+            Err(_) => return false,
         }
     }
 }
