@@ -1060,16 +1060,34 @@ pub async fn serve(
         head_watch = None;
         let watch = slow_clients::HeadWatch::draining(&peer);
         let mut total = 0usize;
+        let mut heard = Instant::now();
         while total < 1 << 30 {
             buf.clear();
+            // Once the worker stops (or leaves), a peer that holds the connection open
+            // with nothing more to send is not waited for: the response is out, only a
+            // body still coming is read on (each read within LINGER of the last).
+            // regression: the drain counted as a request still being read, and the
+            // stop waited --graceful-timeout for it, then exited 1 ("cut off").
+            let stopping = lane.idle_close.is_cancelled();
+            let until = if stopping {
+                deadline.min(heard + LINGER)
+            } else {
+                deadline
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline.into(), read_some(&afd, &mut buf)) => r,
+                r = tokio::time::timeout_at(until.into(), read_some(&afd, &mut buf)) => r,
                 // (Its line is logged there.)
                 () = watch.closed_for_room() => break,
+                // Looked at again with the stop's bound (read_some is cancel-safe).
+                () = lane.idle_close.cancelled(), if !stopping => {
+                    heard = heard.max(Instant::now());
+                    continue;
+                }
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {
                     total += n;
+                    heard = Instant::now();
                     // Still receiving: closed for room only once silent for a second.
                     watch.heard();
                 }
