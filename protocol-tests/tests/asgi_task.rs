@@ -186,6 +186,33 @@ async def app(scope, receive, send):
         loop.call_soon(ran.append, "plain")
         await asyncio.sleep(0)
         out = "%s %s %s" % (",".join(ran), type(handle).__name__, handle.cancelled())
+    elif path == "/inspect":
+        import inspect
+        cs = loop.call_soon
+        out = "%s %s %s" % (inspect.signature(cs), cs.__self__ is loop, cs.__name__)
+    elif path == "/class-patch":
+        # A patch of the loop's class made now (as tracing libraries make them, at their
+        # first use) is what the app's loop.call_soon runs.
+        cls = type(loop)
+        own = cls.__dict__.get("call_soon")
+        real = cls.call_soon
+        traced = []
+        def patched(self, callback, *args, **kw):
+            traced.append(self is loop and getattr(callback, "__self__", None) is ran)
+            return real(self, callback, *args, **kw)
+        ran = []
+        cls.call_soon = patched
+        try:
+            loop.call_soon(ran.append, "patched")
+            await asyncio.sleep(0)
+        finally:
+            if own is None:
+                del cls.call_soon
+            else:
+                cls.call_soon = own
+        loop.call_soon(ran.append, "unpatched")
+        await asyncio.sleep(0)
+        out = "%d %s" % (traced.count(True), ",".join(ran))
     elif path == "/own-call-soon":
         def own(callback, *args, **kw):
             OWN.append(1)
@@ -261,6 +288,20 @@ fn a_request_tasks_first_step_runs_at_once_with_what_a_loop_step_has() {
         assert_eq!(
             get("/call-soon"),
             "unset /call-soon,plain Handle False",
+            "{event_loop}"
+        );
+        // What the app sees of loop.call_soon is the loop's method: bound to the loop,
+        // with its signature; a patch of the loop's class made after the first
+        // request is what a call runs (since 77ac57d left the shadow on, it was
+        // bypassed, and inspect.signature raised ValueError).
+        assert_eq!(
+            get("/inspect"),
+            "unset (callback, *args, context=None) True call_soon",
+            "{event_loop}"
+        );
+        assert_eq!(
+            get("/class-patch"),
+            "unset 1 patched,unpatched",
             "{event_loop}"
         );
         // A call_soon the app set on the loop itself is what schedules the next

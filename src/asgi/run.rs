@@ -849,8 +849,9 @@ const TASK_NAME: &str = "postern-request";
 /// dict insertion, a lookup and a deletion, and the loop dict's resizes that the
 /// deletions' dummies caused: about 0.4k instructions); the `WeakSet`'s `add` is
 /// shadowed the same way from the loop's start on (the set is asyncio's own), and
-/// keeps back the registration of that task only. Anything else either is given goes on to the real method, as
-/// before (the app's tasks, other threads' loops). The step then runs at once in the task's context
+/// keeps back the registration of that task only. Anything else either is given goes on, as
+/// before (the app's tasks, other threads' loops): to the set's `add`, and to the loop's
+/// class's `call_soon` looked up at the call (a class-level patch made since is honoured). The step then runs at once in the task's context
 /// ([`FirstStep`]), as the loop would run it, with the task entered as the current
 /// one (the step does that itself). The task is registered before the step as
 /// `WeakSet.add` does it, without its Python frame ([`Registry`]), and a task already
@@ -869,10 +870,13 @@ struct Eager {
     tasks: Option<Rc<Registry>>,
     /// The loop's real `call_soon` (bound).
     call_soon_real: Py<PyAny>,
-    /// The shadow: a built-in bound to the real method ([`catch_soon`]), left on the
-    /// loop once put on: outside the making of a request's task it passes every call
-    /// on, so `loop.call_soon(...)` does what it did (a C future's callbacks find it
-    /// in the instance dict where they made a bound method: no dearer).
+    /// The shadow: a built-in bound to the loop ([`catch_soon`]), left on the loop
+    /// once put on: outside the making of a request's task it passes every call on to
+    /// the loop's class's `call_soon`, looked up at the call, so `loop.call_soon(...)`
+    /// does what it did, a patch of the class's method made since included (a C
+    /// future's callbacks find it in the instance dict where they made a bound method:
+    /// no dearer). Its `__self__` is the loop and it has a text signature, so
+    /// `inspect.signature(loop.call_soon)` is `(callback, *args, context=None)`.
     catch_soon: Py<PyAny>,
     call_soon_name: Py<PyString>,
 }
@@ -912,7 +916,7 @@ impl Eager {
         Ok(Some(Eager {
             loop_dict,
             tasks: Registry::new(py)?.map(Rc::new),
-            catch_soon: super::http::builtin(py, &CATCH_SOON, &call_soon_real)?.unbind(),
+            catch_soon: super::http::builtin(py, &CATCH_SOON, event_loop)?.unbind(),
             call_soon_real: call_soon_real.unbind(),
             call_soon_name: PyString::intern(py, "call_soon").unbind(),
         }))
@@ -1067,7 +1071,9 @@ static CATCH_SOON: super::http::MethodDef = super::http::MethodDef::new(pyo3::ff
         PyCFunctionFastWithKeywords: catch_soon,
     },
     ml_flags: pyo3::ffi::METH_FASTCALL | pyo3::ffi::METH_KEYWORDS,
-    ml_doc: c"loop.call_soon, through postern's shadow (which keeps a request task's first step)."
+    ml_doc: c"call_soon($self, /, callback, *args, context=None)\n--\n\n\
+Arrange for a callback to be called as soon as possible: type(loop).call_soon, \
+through postern's shadow (which keeps a request task's first step)."
         .as_ptr(),
 });
 
@@ -1082,9 +1088,9 @@ static CATCH_ADD: super::http::MethodDef = super::http::MethodDef::new(pyo3::ffi
 });
 
 /// The shadow of `loop.call_soon` ([`Eager`]): keeps `call_soon(step, context=ctx)`
-/// for the task being made, passes anything else on to `real` (the loop's method).
+/// for the task being made, passes anything else on ([`call_soon_of_class`]).
 unsafe extern "C" fn catch_soon(
-    real: *mut pyo3::ffi::PyObject,
+    event_loop: *mut pyo3::ffi::PyObject,
     args: *const *mut pyo3::ffi::PyObject,
     nargs: pyo3::ffi::Py_ssize_t,
     kwnames: *mut pyo3::ffi::PyObject,
@@ -1116,7 +1122,83 @@ unsafe extern "C" fn catch_soon(
                 return py.None().into_ptr();
             }
         }
-        ffi::PyObject_Vectorcall(real, args, nargs as usize, kwnames)
+        call_soon_of_class(event_loop, args, nargs, kwnames)
+    }
+}
+
+extern "C" {
+    /// CPython's lookup of a name along a type's MRO (through its method cache): a
+    /// borrowed reference, or NULL without an exception set. Exported by every
+    /// CPython 3 (`Include/cpython/object.h`); pyo3-ffi leaves it out as private.
+    fn _PyType_Lookup(
+        tp: *mut pyo3::ffi::PyTypeObject,
+        name: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
+}
+
+/// `event_loop.call_soon(*args)` as it would be without the shadow in the loop's
+/// instance dict: the class's `call_soon` (looked up now, so a class-level patch made
+/// after the start, as tracing libraries make them, is what runs), bound to the loop.
+///
+/// # Safety
+/// With the GIL held, as [`catch_soon`] is called.
+unsafe fn call_soon_of_class(
+    event_loop: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    use pyo3::ffi;
+    // SAFETY: with the GIL held; `args` holds `nargs` positional arguments then one
+    // per name in `kwnames`; the attribute is borrowed from the type's dict, so a
+    // reference is taken for the time of the call (the call may replace it).
+    unsafe {
+        let py = Python::assume_attached();
+        let tp = ffi::Py_TYPE(event_loop);
+        let attr = _PyType_Lookup(tp, intern!(py, "call_soon").as_ptr());
+        if attr.is_null() {
+            ffi::PyErr_SetString(
+                ffi::PyExc_AttributeError,
+                c"the event loop's class has no call_soon".as_ptr(),
+            );
+            return std::ptr::null_mut();
+        }
+        ffi::Py_INCREF(attr);
+        let attr_tp = ffi::Py_TYPE(attr);
+        let r = if (*attr_tp).tp_flags & ffi::Py_TPFLAGS_METHOD_DESCRIPTOR != 0 {
+            // A function or a method descriptor (uvloop's): binding it to the loop
+            // and calling the result is calling it with the loop first.
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_GET_SIZE(kwnames) as usize
+            };
+            let all = std::slice::from_raw_parts(args, nargs as usize + nkw);
+            let mut small = [std::ptr::null_mut(); 8];
+            let mut large = Vec::new();
+            let stack = if all.len() < small.len() {
+                &mut small[..=all.len()]
+            } else {
+                large.resize(all.len() + 1, std::ptr::null_mut());
+                &mut large[..]
+            };
+            stack[0] = event_loop;
+            stack[1..].copy_from_slice(all);
+            ffi::PyObject_Vectorcall(attr, stack.as_ptr(), nargs as usize + 1, kwnames)
+        } else if let Some(get) = (*attr_tp).tp_descr_get {
+            let bound = get(attr, event_loop, tp.cast());
+            if bound.is_null() {
+                std::ptr::null_mut()
+            } else {
+                let r = ffi::PyObject_Vectorcall(bound, args, nargs as usize, kwnames);
+                ffi::Py_DECREF(bound);
+                r
+            }
+        } else {
+            ffi::PyObject_Vectorcall(attr, args, nargs as usize, kwnames)
+        };
+        ffi::Py_DECREF(attr);
+        r
     }
 }
 
