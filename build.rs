@@ -36,7 +36,28 @@ fn main() {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot-text.ld");
         println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
         println!("cargo:rerun-if-changed=hot-text.ld");
+        // Relative relocations packed (DT_RELR) where the C library reads them (glibc
+        // 2.36+): ld.so reads every relocation at start, so all their pages are mapped.
+        if glibc_has_relr() {
+            println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+        }
     }
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// Whether the build host's glibc (which the binary runs against: it links the build's
+/// libpython) reads DT_RELR relocations: 2.36 and later.
+fn glibc_has_relr() -> bool {
+    std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let (major, minor) = out.trim().strip_prefix("glibc ")?.split_once('.')?;
+            let minor: u32 = minor.split('.').next()?.parse().ok()?;
+            Some((major.parse::<u32>().ok()?, minor) >= (2, 36))
+        })
+        .unwrap_or(false)
 }
