@@ -907,7 +907,7 @@ pub async fn serve(
                         // client may do) or a full close: which one, only a write can
                         // tell. Requests that came whole are answered either way (the
                         // writes fail on a full close: the client gone, as before).
-                        let ended = input_ended(&conn, &mut parser, &mut slots);
+                        let ended = input_ended(&conn, &mut parser, &mut slots, &peer);
                         if !ended.answering.is_empty() || !ended.held.is_empty() {
                             eof = true;
                             if bad_input {
@@ -1101,6 +1101,9 @@ pub async fn serve(
     let answered_all = eof && slots.is_empty() && !drain;
     for (_, s) in slots.drain() {
         s.flags.abort();
+        if let Some(c) = &s.collect {
+            collect_cut(c, None);
+        }
     }
     conn.close();
     if answered_all {
@@ -1132,6 +1135,7 @@ fn input_ended(
     conn: &FcgiConn,
     parser: &mut ConnParser,
     slots: &mut FxHashMap<u16, Slot>,
+    peer: &str,
 ) -> InputEnded {
     let mut out = InputEnded::default();
     let ids: Vec<u16> = slots.keys().copied().collect();
@@ -1141,7 +1145,9 @@ fn input_ended(
         };
         if slot.collect.is_some() {
             // Its app never ran: nothing to answer.
-            slots.remove(&id);
+            if let Some(c) = slots.remove(&id).and_then(|s| s.collect) {
+                collect_cut(&c, Some(peer));
+            }
             parser.finished(id);
             if let Some(p) = conn.permit() {
                 p.served();
@@ -1177,6 +1183,29 @@ fn input_ended(
     out.answering.sort_unstable();
     out.cut.sort_unstable();
     out
+}
+
+/// A request whose body was being collected ([`Collect`]), its app never run, ends
+/// with its connection: its access line (status 0, the client gone), as a uwsgi or
+/// SCGI body cut before its app runs has, and with `peer` (the front server's EOF) the
+/// WARN line such a cut has there (the other ends, a reset or --read-timeout, log
+/// their own).
+/// regression: a chunked upload nginx does not buffer, cut by the client, left no line
+/// at all, where the same with CONTENT_LENGTH (its app reading) left the app's WARN
+/// and an access line.
+fn collect_cut(c: &Collect, peer: Option<&str>) {
+    let _in = c.span.enter();
+    if peer.is_some_and(|p| slow_clients::bad_input(p, Reason::Truncated)) {
+        tracing::warn!(got = c.got, "could not read the request body: the front server closed the connection before its end (a body without CONTENT_LENGTH, collected before the app runs); the request is dropped");
+    }
+    crate::server::span::refused_access(
+        &c.head,
+        &c.request_id,
+        crate::codec::Protocol::FastCgi,
+        0,
+        None,
+        c.started,
+    );
 }
 
 /// What a request's sink told: `(id, reuse)` when the request ended (its id is free
