@@ -24,6 +24,7 @@ const PRELUDE: &str = r#"
 import asyncio, os, sys, hashlib
 
 DIR = os.environ["ASGI_TEST_DIR"]
+DISCONNECTS = []
 
 def mark(name, text=""):
     # The whole text or no file: the tests read it as soon as the file exists (an
@@ -60,6 +61,17 @@ const HTTP: &str = r#"
         m["extra"] = 1
         del m["type"]
         await answer(send, seen.encode())
+    elif path == "/mutate-disconnect":
+        # receive() after the response: http.disconnect at once; changed after it is
+        # read, and its items kept for /disconnects.
+        await receive()
+        await answer(send, b"sent")
+        m = await receive()
+        DISCONNECTS.append(",".join("%s=%r" % kv for kv in m.items()))
+        m["type"] = "changed"
+        m["extra"] = 1
+    elif path == "/disconnects":
+        await answer(send, ";".join(DISCONNECTS).encode())
     elif path == "/messages":
         msgs = await read_all(receive)
         shape = ";".join("%s:%d:%s" % (m["type"], len(m.get("body", b"")), m.get("more_body")) for m in msgs)
@@ -415,6 +427,14 @@ fn each_request_message_is_a_dict_of_its_own() {
         "type='http.request',body=b'hello',more_body=False"
     );
     assert_eq!(get(&p, "/mutate-message", "").text(), empty);
+    // http.disconnect messages are copies of one too (http.rs `disconnect_message`).
+    for _ in 0..3 {
+        assert_eq!(get(&p, "/mutate-disconnect", "").text(), "sent");
+    }
+    assert_eq!(
+        get(&p, "/disconnects", "").text(),
+        ["type='http.disconnect'"; 3].join(";")
+    );
 }
 
 #[test]
