@@ -30,6 +30,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
+use super::scope::copy_dict;
 use crate::codec::{Head, Protocol};
 use crate::proto::asgi as proto_asgi;
 use crate::proto::response::{self as resp, HeadStyle, HeaderError};
@@ -843,18 +844,6 @@ fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bo
         d.set_item(intern!(py, "more_body"), true)?;
     }
     Ok(d)
-}
-
-/// A new dict with the entries of `d` (CPython copies a compact dict's table in one block).
-fn copy_dict<'py>(d: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
-    // SAFETY: `d` is a dict; PyDict_Copy returns a new reference to a new dict, or NULL
-    // with an exception set.
-    unsafe {
-        Ok(
-            Bound::from_owned_ptr_or_err(d.py(), pyo3::ffi::PyDict_Copy(d.as_ptr()))?
-                .cast_into_unchecked(),
-        )
-    }
 }
 
 /// How surely `e` was raised because the client went away: it, or an exception it

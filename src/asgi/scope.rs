@@ -495,8 +495,9 @@ fn put(kept: &mut Vec<u8>, value: &[u8]) {
     kept.extend_from_slice(value);
 }
 
-/// A new dict with the entries of `d` (CPython copies a compact dict's table in one block).
-fn copy_dict<'py>(d: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+/// A new dict with the entries of `d` (CPython copies a compact dict's table in one block;
+/// the request's messages are copies too, `http.rs`).
+pub(super) fn copy_dict<'py>(d: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
     // SAFETY: `d` is a dict; PyDict_Copy returns a new reference to a new dict, or NULL
     // with an exception set.
     unsafe {
