@@ -999,21 +999,24 @@ fn hide_environment_values(line: &str) -> String {
             .chars()
             .next_back();
         let after = next_after(end);
-        let name = matches!(after, Some(':' | ']'))
-            || (matches!(before, Some('(' | '[')) && after == Some(','));
+        // A name: a dict's key, a subscript (`environ["X"]`), a call's or a tuple's
+        // first item (`putenv("X", …)`, `("X", …)`); not a list's items.
+        // regression (review of 1720d9e): `raw_env.extend(["A=x", "DB_PASSWORD=y"])`
+        // and its tuple form were taken for names (before `[`/`(` and `,`, before `]`)
+        // and shown; a `"NAME=VALUE"` literal is now looked at first, wherever it is.
+        let name = after == Some(':')
+            || (before == Some('[') && after == Some(']'))
+            || (before == Some('(') && after == Some(','));
         let body: String = c[(i + open).min(body_end)..body_end].iter().collect();
-        if name {
-            out.extend(&c[i..end]);
-        } else {
-            let quote: String = c[i..i + open].iter().collect();
-            match body.split_once('=') {
-                Some((n, _))
-                    if !n.is_empty() && n.chars().all(|ch| ch.is_alphanumeric() || ch == '_') =>
-                {
-                    out.push_str(&format!("{quote}{n}={}{quote}", crate::uwsgi_ini::HIDDEN));
-                }
-                _ => out.push_str(crate::uwsgi_ini::HIDDEN),
+        let quote: String = c[i..i + open].iter().collect();
+        match body.split_once('=') {
+            Some((n, _))
+                if !n.is_empty() && n.chars().all(|ch| ch.is_alphanumeric() || ch == '_') =>
+            {
+                out.push_str(&format!("{quote}{n}={}{quote}", crate::uwsgi_ini::HIDDEN));
             }
+            _ if name => out.extend(&c[i..end]),
+            _ => out.push_str(crate::uwsgi_ini::HIDDEN),
         }
         i = end;
     }
@@ -2097,7 +2100,7 @@ mod tests {
     // `E["X"] = v` after `from os import environ as E` was dropped without a line.
     #[test]
     fn environment_values_set_by_a_call_or_an_alias_are_hidden() {
-        let text = "import os\nimport os as o\nfrom os import (environ as E, putenv as P)\nworkers = 2\nos.environ[\"SECRET_KEY\"] = \"leak-0\"\nos.putenv(\"SECRET_KEY\", \"leak-1\")\nos.environ.setdefault(\"DB_PASSWORD\", 'leak-2')\nos.environ.update({\"API_TOKEN\": \"leak-3\", \"TZ\": f\"leak-{4}\"})\nos.environ |= {\"API_TOKEN\": \"\"\"leak-5\"\"\"}\nE[\"API_TOKEN\"] = \"leak-6\"\nP(\"X\", \"leak-7\")\no.environ.update(API_TOKEN=\"leak-8\")\nraw_env.append(\"DB_PASSWORD=leak-9\")\nV = os.environ\nV[\"X\"] = \"leak-10\"\nos.environ.update([(\"X\", \"leak-11\")])\n";
+        let text = "import os\nimport os as o\nfrom os import (environ as E, putenv as P)\nworkers = 2\nos.environ[\"SECRET_KEY\"] = \"leak-0\"\nos.putenv(\"SECRET_KEY\", \"leak-1\")\nos.environ.setdefault(\"DB_PASSWORD\", 'leak-2')\nos.environ.update({\"API_TOKEN\": \"leak-3\", \"TZ\": f\"leak-{4}\"})\nos.environ |= {\"API_TOKEN\": \"\"\"leak-5\"\"\"}\nE[\"API_TOKEN\"] = \"leak-6\"\nP(\"X\", \"leak-7\")\no.environ.update(API_TOKEN=\"leak-8\")\nraw_env.append(\"DB_PASSWORD=leak-9\")\nV = os.environ\nV[\"X\"] = \"leak-10\"\nos.environ.update([(\"X\", \"leak-11\")])\nraw_env.extend([\"APP_CONF=leak-12\", \"DB_PASSWORD=leak-13\"])\nraw_env.extend((\"APP_CONF=leak-14\", \"DB_PASSWORD=leak-15\"))\nraw_env.extend([\"leak-16\", \"leak-17\"])\n";
         let m = translate(Path::new("gunicorn.conf.py"), text).unwrap();
         assert!(!m.toml.contains("leak-"), "{}", m.toml);
         for quoted in [
@@ -2112,6 +2115,9 @@ mod tests {
             "# line 13: raw_env.append(\"DB_PASSWORD=(value hidden)\")",
             "# line 15: V[\"X\"] = (value hidden)",
             "# line 16: os.environ.update([(\"X\", (value hidden))])",
+            "# line 17: raw_env.extend([\"APP_CONF=(value hidden)\", \"DB_PASSWORD=(value hidden)\"])",
+            "# line 18: raw_env.extend((\"APP_CONF=(value hidden)\", \"DB_PASSWORD=(value hidden)\"))",
+            "# line 19: raw_env.extend([(value hidden), (value hidden)])",
         ] {
             assert!(m.toml.contains(quoted), "{quoted} not in:\n{}", m.toml);
         }
