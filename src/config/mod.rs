@@ -974,6 +974,13 @@ pub fn refused_values(table: &toml::Table) -> Vec<(String, String)> {
             .entry("app")
             .or_insert_with(|| toml::Value::String("app".into()));
         for (k, v) in &left {
+            // 0 or `off` switches a limit off, as `Layered::merge` takes it.
+            // regression: migrate said postern refuses gunicorn's `timeout = 0`
+            // ("not a positive number", exit 3), which postern starts with.
+            if value::OFF_LIMITS.contains(&k.as_str()) && value::is_off(v) {
+                values.remove(k);
+                continue;
+            }
             values.insert(k.clone(), v.clone());
             sources.insert(k.clone(), Source::File(PathBuf::from("postern.toml")));
         }
@@ -1995,6 +2002,23 @@ mod tests {
                 format!("--log-level (from command line): {said}{sep}{hint}")
             );
         }
+    }
+
+    // regression: `timeout = 0` (gunicorn's "no timeout", uWSGI's `harakiri = 0`) was
+    // listed as a value postern's start-up refuses, which it takes as off.
+    #[test]
+    fn refused_values_take_0_and_off_as_a_limit_switched_off() {
+        for v in [
+            "timeout = 0",
+            "timeout = \"off\"",
+            "slow-log = 0.0",
+            "max-lifetime = \"0s\"",
+        ] {
+            let table: toml::Table = toml::from_str(v).unwrap();
+            assert_eq!(refused_values(&table), Vec::new(), "{v}");
+        }
+        let table: toml::Table = toml::from_str("timeout = -1").unwrap();
+        assert_eq!(refused_values(&table).len(), 1);
     }
 
     // Python's (and gunicorn's) level names: `warning` is warn, `critical` is error.
