@@ -1689,6 +1689,7 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
         }
         let mut kv: Vec<(String, toml::Value)> = Vec::new();
         let mut notes: Vec<String> = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
         let mut outcome = None;
         for v in &values {
             match says(name, v, &line) {
@@ -1708,15 +1709,25 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
                     }
                 }
                 Says::NotNeeded(why) => {
+                    skipped.push(format!("{v:?} not carried over: not needed: {why}"));
                     outcome = Some(Done::NotCarried(format!("not needed: {why}")))
                 }
                 Says::Nothing(why) => {
+                    skipped.push(format!("{v:?} not carried over: no equivalent: {why}"));
                     outcome = Some(Done::NotCarried(format!("no equivalent: {why}")))
                 }
                 Says::Cannot(why) => outcome = Some(Done::Attention(why)),
             }
         }
         let outcome = match outcome {
+            // One of a list's values is not needed (`bind = ["unix:…", "fd://3"]`): the
+            // others are carried, that one said in the note.
+            // regression: the whole list was "not needed", the unix address dropped
+            // and no listener written, with exit 0.
+            Some(Done::NotCarried(_)) if !kv.is_empty() => {
+                notes.extend(skipped);
+                Done::Carried(kv, Some(notes.join("; ")))
+            }
             Some(o) => o,
             None if kv.is_empty() => {
                 Done::NotCarried("a command-line switch, not a setting of the file".into())
@@ -2122,6 +2133,33 @@ mod tests {
             assert!(m.toml.contains(quoted), "{quoted} not in:\n{}", m.toml);
         }
         assert_eq!(m.code, 3);
+    }
+
+    // regression: `bind = ["unix:…", "fd://3"]` was all "not needed" (about fd 3): the
+    // unix address was dropped, no listener written, exit 0.
+    #[test]
+    fn a_bind_list_carries_its_addresses_beside_an_fd() {
+        let m = translate(
+            Path::new("gunicorn.conf.py"),
+            "bind = [\"unix:/run/app.sock\", \"fd://3\"]\nworkers = 2\n",
+        )
+        .unwrap();
+        assert!(
+            m.toml.contains("uwsgi = [\"unix:/run/app.sock\"]"),
+            "{}",
+            m.toml
+        );
+        assert!(
+            m.toml.contains("\"fd://3\" not") && m.toml.contains("carried over: not needed"),
+            "{}",
+            m.toml
+        );
+        let m = translate(
+            Path::new("gunicorn.conf.py"),
+            "bind = \"fd://3\"\nworkers = 2\n",
+        )
+        .unwrap();
+        assert!(!m.toml.contains("uwsgi ="), "{}", m.toml);
     }
 
     #[test]
