@@ -107,8 +107,9 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
     };
     let (scheme_part, rest) = url.split_once("://").ok_or_else(usage)?;
     // A fragment is the client's own: curl and browsers never send it, nor does nginx
-    // pass one on (a `#` in a socket path is written %23, in the %2F… form).
-    // regression: `…/x?a=1#frag` sent QUERY_STRING `a=1#frag` (PATH_INFO `/x#frag`).
+    // pass one on. regression: `…/x?a=1#frag` sent QUERY_STRING `a=1#frag` (PATH_INFO
+    // `/x#frag`).
+    let full = rest;
     let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
     let scheme_part = scheme_part.to_ascii_lowercase();
     let (name, unix) = match scheme_part.strip_suffix("+unix") {
@@ -139,7 +140,22 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
             )));
         }
     }
-    let (target, uri) = if unix {
+    let (target, uri) = if unix && full.starts_with('/') {
+        // A `#` may be part of a socket's path (`/run/a#1.sock/x`): the socket is
+        // looked for with it first, the fragment cut from the request path after it.
+        // regression (review of 27159ed): such a path no longer worked.
+        match parse_unix(full, &is_socket) {
+            Ok((target, uri)) => {
+                let uri = uri
+                    .split_once('#')
+                    .map_or(uri.as_str(), |(u, _)| u)
+                    .to_owned();
+                (target, uri)
+            }
+            Err(_) if rest.len() < full.len() => parse_unix(rest, &is_socket)?,
+            Err(e) => return Err(e),
+        }
+    } else if unix {
         parse_unix(rest, is_socket)?
     } else {
         parse_tcp(rest, scheme.default_port())?
@@ -329,6 +345,21 @@ mod tests {
         assert_eq!(u.uri, "/p?q=1");
         let u = parse_url("fastcgi+unix://%2Ftmp%2Fa%23b.sock/", |_| false).unwrap();
         assert_eq!(u.target, Target::Unix("/tmp/a#b.sock".into()));
+        // A `#` in a socket's path, written as it is.
+        let u = parse_url("uwsgi+unix:///tmp/x/a#b.sock/x?q#f", |p| {
+            p == "/tmp/x/a#b.sock"
+        })
+        .unwrap();
+        assert_eq!(
+            (u.target, u.uri.as_str()),
+            (Target::Unix("/tmp/x/a#b.sock".into()), "/x?q")
+        );
+        let u = parse_url("uwsgi+unix:///tmp/a.sock#f/x", |p| p == "/tmp/a.sock").unwrap();
+        assert_eq!(
+            (u.target, u.uri.as_str()),
+            (Target::Unix("/tmp/a.sock".into()), "/")
+        );
+        assert!(parse_url("uwsgi+unix:///tmp/none.sock/x#f", |_| false).is_err());
     }
 
     #[test]
