@@ -218,6 +218,15 @@ async def app(scope, receive, send):
         loop.call_soon(ran.append, "unpatched")
         await asyncio.sleep(0)
         out = "%d %s" % (traced.count(True), ",".join(ran))
+    elif path == "/class-wraps":
+        # A class-level wrapper around the loop.call_soon taken from the loop (what
+        # mock.patch.object(type(loop), "call_soon", wraps=loop.call_soon) makes).
+        from unittest import mock
+        ran = []
+        with mock.patch.object(type(loop), "call_soon", wraps=loop.call_soon) as m:
+            loop.call_soon(ran.append, "wrapped")
+            await asyncio.sleep(0)
+        out = "%d %s" % (m.call_count, ",".join(ran))
     elif path == "/own-call-soon":
         def own(callback, *args, **kw):
             OWN.append(1)
@@ -309,6 +318,10 @@ fn a_request_tasks_first_step_runs_at_once_with_what_a_loop_step_has() {
             "unset 1 patched,unpatched",
             "{event_loop}"
         );
+        // regression: a class-level wrapper of the call_soon taken from the loop
+        // recursed without end (RecursionError) once f64a953 passed calls on to the
+        // class. The wrapper sees the app's call and the task's own after sleep(0).
+        assert_eq!(get("/class-wraps"), "unset 2 wrapped", "{event_loop}");
         // A call_soon the app set on the loop itself is what schedules the next
         // requests' first steps, as before.
         assert_eq!(get("/own-call-soon"), "unset set", "{event_loop}");

@@ -896,6 +896,13 @@ thread_local! {
     static CAUGHT: RefCell<Caught> = const {
         RefCell::new(Caught { task: std::ptr::null_mut(), step: None, added: false })
     };
+    /// The loop's `call_soon` as it was at the start (bound; [`Eager::new`]), and
+    /// whether [`catch_soon`] is passing a call on to the class's `call_soon` now: a
+    /// call that comes back to the shadow meanwhile (a class-level wrapper that calls
+    /// the `loop.call_soon` it took from the loop, as `mock.patch.object(type(loop),
+    /// "call_soon", wraps=loop.call_soon)` does) goes to the start's method instead of
+    /// to the class again, which would recurse without end.
+    static PASSING: RefCell<(Option<Py<PyAny>>, bool)> = const { RefCell::new((None, false)) };
 }
 
 impl Eager {
@@ -913,6 +920,7 @@ impl Eager {
             return Ok(None);
         };
         let call_soon_real = event_loop.getattr("call_soon")?;
+        PASSING.with(|p| p.borrow_mut().0 = Some(call_soon_real.clone().unbind()));
         Ok(Some(Eager {
             loop_dict,
             tasks: Registry::new(py)?.map(Rc::new),
@@ -1122,6 +1130,31 @@ unsafe extern "C" fn catch_soon(
                 return py.None().into_ptr();
             }
         }
+        // Back here from the class's call_soon: the start's method (see PASSING).
+        let again = PASSING.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.1 {
+                p.0.as_ref().map(|real| real.as_ptr())
+            } else {
+                p.1 = true;
+                None
+            }
+        });
+        if let Some(real) = again {
+            // Borrowed from PASSING, which holds it for the thread's life: a reference
+            // is taken for the time of the call all the same.
+            ffi::Py_INCREF(real);
+            let r = ffi::PyObject_Vectorcall(real, args, nargs as usize, kwnames);
+            ffi::Py_DECREF(real);
+            return r;
+        }
+        struct Passed;
+        impl Drop for Passed {
+            fn drop(&mut self) {
+                PASSING.with(|p| p.borrow_mut().1 = false);
+            }
+        }
+        let _passed = Passed;
         call_soon_of_class(event_loop, args, nargs, kwnames)
     }
 }
