@@ -33,7 +33,10 @@ fn main() {
     if std::env::var("PROFILE").as_deref() == Ok("release")
         && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
     {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot-text.ld");
+        // The manifest dir at run time, not env!() at compile time: a build script
+        // compiled for one checkout is reused by another in a shared target dir.
+        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+        let script = std::path::Path::new(&dir).join("hot-text.ld");
         println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
         println!("cargo:rerun-if-changed=hot-text.ld");
         // Relative relocations packed (DT_RELR) where the C library reads them (glibc
