@@ -285,7 +285,7 @@ pub async fn keep_timeouts(
     loop {
         let at = pending
             .next_deadline()
-            .unwrap_or_else(|| Instant::now() + pending.timeout);
+            .unwrap_or_else(|| Instant::now() + pending.timeout.max(super::timer::RESOLUTION));
         tokio::select! {
             () = timer.sleep_until(at) => {}
             _ = stop.cancelled() => return,

@@ -36,12 +36,19 @@ impl Timer {
         Timer { fd: made().ok() }
     }
 
-    /// Until `at` (at once if it has passed). Cancel-safe: the next wait re-arms it.
+    /// Until `at` ([`RESOLUTION`] at the least when it has not passed); a deadline that
+    /// has passed yields to the runtime once. Cancel-safe: the next wait re-arms it.
+    /// regression: `--head-timeout 0.0000001` made the I/O thread's watch loop on
+    /// deadlines that had passed without ever yielding: 100% CPU idle, and a SIGTERM
+    /// never seen (tokio's sleeps, before this timer, round up to a millisecond).
     pub async fn sleep_until(&mut self, at: Instant) {
         let left = at.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            tokio::task::yield_now().await;
             return;
         }
+        let left = left.max(RESOLUTION);
+        let at = Instant::now() + left;
         if let Some(fd) = &self.fd {
             if Self::wait(fd, left).await.is_ok() {
                 return;
@@ -51,8 +58,9 @@ impl Timer {
         tokio::time::sleep_until(at.into()).await;
     }
 
-    /// For `d` (not zero: zero returns at once).
+    /// For `d`, [`RESOLUTION`] at the least (zero: a yield).
     pub async fn sleep(&mut self, d: Duration) {
+        let d = if d.is_zero() { d } else { d.max(RESOLUTION) };
         self.sleep_until(Instant::now() + d).await;
     }
 
@@ -83,6 +91,10 @@ impl Timer {
         }
     }
 }
+
+/// The shortest wait: a millisecond, as tokio's timer (shorter timeouts than that are
+/// a configuration's mistake, and would wake the thread that many times a second).
+pub const RESOLUTION: Duration = Duration::from_millis(1);
 
 impl Default for Timer {
     fn default() -> Self {
@@ -119,6 +131,32 @@ mod tests {
             let start = Instant::now();
             t.sleep(Duration::from_millis(40)).await;
             assert!(start.elapsed() >= Duration::from_millis(40));
+            // Shorter than a millisecond: a millisecond.
+            let start = Instant::now();
+            t.sleep(Duration::from_nanos(100)).await;
+            assert!(start.elapsed() >= RESOLUTION);
         });
+    }
+
+    #[test]
+    fn a_deadline_that_has_passed_yields_to_the_runtime() {
+        runtime().block_on(async {
+            let mut t = Timer::new();
+            let mut passed = std::pin::pin!(t.sleep_until(Instant::now()));
+            // Pending once (the other tasks and the I/O driver get their turn), then done.
+            assert!(futures_poll_once(passed.as_mut()).await.is_none());
+            passed.await;
+        });
+    }
+
+    /// Polls `f` once: `Some` when it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }
