@@ -161,10 +161,12 @@ fn reasons_hide_secret_placeholders_and_passwords_in_values() {
 // regression: a secret glued to what precedes it was shown by --check, the start and
 // migrate: an attach-daemon reason's `(ExecStart=PGPASSWORD=…` and
 // `(ExecStart=mysqldump … -p…`, and in the quoted lines `exec:mysqladmin -p…` and
-// `sh -c "mysql -p…"`.
+// `sh -c "mysql -p…"`; and curl's header credential glued to its name
+// (`"Authorization:Bearer TOKEN"` showed the token, `'X-Api-Key:KEY'` the key) and
+// `--oauth2-bearer TOKEN`.
 #[test]
 fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
-    const GLUED: [&str; 7] = [
+    const GLUED: [&str; 10] = [
         "pg-pw-a",
         "my-pw-b",
         "my-pw-c",
@@ -172,6 +174,9 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
         "my-pw-e",
         "curl-pw-f",
         "curl-tok-g",
+        "curl-tok-h",
+        "curl-key-i",
+        "curl-tok-j",
     ];
     let dir = tempdir();
     let file = dir.path().join("app.ini");
@@ -179,7 +184,7 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
         &file,
         ini_text(
             free_port(),
-            "attach-daemon = PGPASSWORD=pg-pw-a pg_dump db\nattach-daemon = mysqldump -u root -pmy-pw-b db\nhook-as-user = exec:mysqladmin -pmy-pw-c\nsmart-attach-daemon = /tmp/x.pid sh -c \"mysql -pmy-pw-d\"\nattach-daemon = env MYSQL_PWD=my-pw-e mysqldump db\ncron = -1 -1 -1 -1 -1 curl -u admin:curl-pw-f -H \"Authorization: Bearer curl-tok-g\" https://x/\n",
+            "attach-daemon = PGPASSWORD=pg-pw-a pg_dump db\nattach-daemon = mysqldump -u root -pmy-pw-b db\nhook-as-user = exec:mysqladmin -pmy-pw-c\nsmart-attach-daemon = /tmp/x.pid sh -c \"mysql -pmy-pw-d\"\nattach-daemon = env MYSQL_PWD=my-pw-e mysqldump db\ncron = -1 -1 -1 -1 -1 curl -u admin:curl-pw-f -H \"Authorization: Bearer curl-tok-g\" https://x/\ncron = -1 -1 -1 -1 -1 curl -H \"Authorization:Bearer curl-tok-h\" -H 'X-Api-Key:curl-key-i' --oauth2-bearer curl-tok-j https://y/\n",
         ),
     )
     .unwrap();
@@ -203,6 +208,7 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
         "sh -c \"mysql -p(value hidden)",
         "MYSQL_PWD=(value hidden) mysqldump db",
         "curl -u admin:(value hidden) -H \"Authorization: Bearer (value hidden) https://x/",
+        "curl -H \"Authorization:Bearer (value hidden) -H 'X-Api-Key:(value hidden) --oauth2-bearer (value hidden) https://y/",
     ] {
         assert!(err.contains(shown), "{shown} not in:\n{err}");
     }

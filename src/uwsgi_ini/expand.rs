@@ -304,10 +304,7 @@ fn hide_words(text: &str) -> String {
                 }
             }
             Next::Credentials if !bare.is_empty() => {
-                let scheme = ["bearer", "basic", "token", "digest", "apikey"]
-                    .iter()
-                    .any(|s| bare.eq_ignore_ascii_case(s));
-                if scheme {
+                if auth_scheme(bare) {
                     out.push_str(word);
                     next = Next::Credentials;
                 } else {
@@ -318,28 +315,43 @@ fn hide_words(text: &str) -> String {
             }
             _ => {}
         }
-        if bare == "-u" || bare == "--user" {
+        if bare == "-u" || bare == "--user" || bare == "--proxy-user" {
             next = Next::UserPass;
-        } else if let Some(name) = bare.strip_suffix(':') {
-            let name = name.to_ascii_lowercase();
-            if name.ends_with("authorization") || (name.contains('-') && secret_name(&name)) {
-                next = Next::Credentials;
-            }
+        } else if bare == "--oauth2-bearer" {
+            next = Next::Credentials;
         }
-        // `-uUSER:PASS`, `--user=USER:PASS`.
-        let glued = bare
+        // `-uUSER:PASS`, `--user=USER:PASS`, `--oauth2-bearer=TOKEN`.
+        let mut glued = bare
             .strip_prefix("--user=")
+            .or_else(|| bare.strip_prefix("--proxy-user="))
             .or_else(|| bare.strip_prefix("-u"))
             .and_then(|v| {
                 v.find(':')
                     .filter(|&c| c + 1 < v.len())
                     .map(|c| bare.len() - v.len() + c)
+            })
+            .or_else(|| {
+                let token = bare.strip_prefix("--oauth2-bearer=")?;
+                (!token.is_empty()).then_some("--oauth2-bearer".len())
             });
-        // `--header=Authorization:CREDENTIALS`.
-        let glued = glued.or_else(|| {
-            let at = bare.to_ascii_lowercase().find("authorization:")? + "authorization:".len();
-            (at < bare.len()).then(|| at - 1)
-        });
+        // A header's value: in the next words (`Authorization:`), or glued to its name:
+        // `--header=Authorization:CREDENTIALS`, `X-Api-Key:KEY`, and after a scheme
+        // word, the next word (`"Authorization:Bearer TOKEN"`).
+        // regression: the scheme word glued to the name was hidden and the token after
+        // it shown, and a glued secret-named header (`X-Api-Key:KEY`) shown whole.
+        match glued.is_none().then(|| secret_header(bare)).flatten() {
+            Some((_, "")) => next = Next::Credentials,
+            Some((_, value)) if auth_scheme(value) => {
+                out.push_str(word);
+                next = Next::Credentials;
+                continue;
+            }
+            // (`bare` has lost a placeholder's closing `)`.)
+            Some((colon, value)) if !value.starts_with("%(") => {
+                glued = Some(colon);
+            }
+            _ => {}
+        }
         if let Some(colon) = glued {
             out.push_str(&word[..quote + colon + 1]);
             out.push_str(HIDDEN);
@@ -367,6 +379,39 @@ fn hide_words(text: &str) -> String {
         }
     }
     out
+}
+
+/// A header's scheme word (`Authorization: Bearer TOKEN`): what follows it is the secret.
+fn auth_scheme(word: &str) -> bool {
+    [
+        "bearer",
+        "basic",
+        "token",
+        "digest",
+        "apikey",
+        "negotiate",
+        "ntlm",
+    ]
+    .iter()
+    .any(|s| word.eq_ignore_ascii_case(s))
+}
+
+/// `NAME:VALUE` (`--header=NAME:VALUE`, `-HNAME:VALUE` too) whose NAME is a header
+/// carrying a secret (`Authorization`, `Proxy-Authorization`, a secret-like name with a
+/// `-`: `X-Api-Key`): the colon's index and the value (empty: it is in the next word).
+fn secret_header(word: &str) -> Option<(usize, &str)> {
+    let colon = word.find(':')?;
+    let name = word[..colon].rsplit('=').next().unwrap_or_default();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return None;
+    }
+    let name = name.to_ascii_lowercase();
+    (name.ends_with("authorization") || (name.contains('-') && secret_name(&name)))
+        .then(|| (colon, &word[colon + 1..]))
 }
 
 fn hide_word(word: &str) -> String {

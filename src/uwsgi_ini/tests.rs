@@ -1336,7 +1336,29 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
             "wget --header=Authorization:hunter",
             "wget --header=Authorization:(value hidden)",
         ),
+        // regression: glued to the header's name, the scheme word was hidden and the
+        // token shown, a secret-named header's value shown whole; --oauth2-bearer's shown.
+        (
+            "curl -H \"Authorization:Bearer hunter\" x",
+            "curl -H \"Authorization:Bearer (value hidden) x",
+        ),
+        (
+            "curl -H 'X-Api-Key:hunter' --header=X-Auth-Token:hunter -HAuthorization:hunter x",
+            "curl -H 'X-Api-Key:(value hidden) --header=X-Auth-Token:(value hidden) -HAuthorization:(value hidden) x",
+        ),
+        (
+            "curl --oauth2-bearer hunter --oauth2-bearer=hunter --proxy-user u:hunter x",
+            "curl --oauth2-bearer (value hidden) --oauth2-bearer=(value hidden) --proxy-user u:(value hidden) x",
+        ),
+        (
+            "curl -H Proxy-Authorization:Basic hunter x",
+            "curl -H Proxy-Authorization:Basic (value hidden) x",
+        ),
         ("sudo -u www-data uwsgi", "sudo -u www-data uwsgi"),
+        (
+            "curl -H 'Accept:text/html' -H X-Api-Key:%(api_key) x",
+            "curl -H 'Accept:text/html' -H X-Api-Key:%(api_key) x",
+        ),
         // Not secrets: left as they are.
         (
             "PWD=/srv/app OLDPWD=/ KEYS=3",
