@@ -77,3 +77,34 @@ fn a_collected_body_cut_by_the_front_server_has_its_lines() {
     );
     drop(held);
 }
+
+// regression: a cut with part of a record read gave two WARNs (the body's and 'the front
+// server closed the FastCGI connection in the middle of a record'), counted twice among
+// the truncated inputs.
+#[test]
+fn a_collected_body_cut_mid_record_has_one_warn() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .start();
+    // Closed three bytes into a record's header.
+    let mut s = cut_upload(&p, "/mid-record");
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"x")[..3])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    assert!(
+        wait_until(10, || p.logs().contains("path=/mid-record ")),
+        "{}",
+        p.logs()
+    );
+    // (The lane's own WARN would come right after, on the same path.)
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = p.logs();
+    assert_eq!(
+        logs.matches("could not read the request body").count(),
+        1,
+        "{logs}"
+    );
+    assert!(!logs.contains("in the middle of a record"), "{logs}");
+}

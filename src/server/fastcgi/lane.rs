@@ -930,7 +930,10 @@ pub async fn serve(
                         // (After bad input, said when it came; `buf` was emptied.)
                         if parser.active() > 0 && !bad_input {
                             tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
-                        } else if !buf.is_empty() && !stdin_cut {
+                        } else if !buf.is_empty() && !stdin_cut && !ended.collected_cut {
+                            // (A cut collected body's partial record: its WARN, once.)
+                            // regression: one cut gave that WARN and this one, and
+                            // counted twice among the truncated inputs.
                             if slow_clients::bad_input(&peer, Reason::Truncated) {
                                 tracing::warn!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record");
                             }
@@ -1125,6 +1128,8 @@ struct InputEnded {
     /// Responses already out whose END_REQUEST waited for the end of their STDIN: it
     /// goes out now.
     held: Vec<(u16, Held)>,
+    /// A body being collected was cut: its WARN is logged ([`collect_cut`]).
+    collected_cut: bool,
 }
 
 /// The front server sent EOF: no STDIN comes any more. A request that came whole (or
@@ -1147,6 +1152,7 @@ fn input_ended(
             // Its app never ran: nothing to answer.
             if let Some(c) = slots.remove(&id).and_then(|s| s.collect) {
                 collect_cut(&c, Some(peer));
+                out.collected_cut = true;
             }
             parser.finished(id);
             if let Some(p) = conn.permit() {
