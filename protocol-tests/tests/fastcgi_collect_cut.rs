@@ -108,3 +108,30 @@ fn a_collected_body_cut_mid_record_has_one_warn() {
     );
     assert!(!logs.contains("in the middle of a record"), "{logs}");
 }
+
+// regression: an FCGI_ABORT_REQUEST was the one cut of a collected body without an
+// access line.
+#[test]
+fn an_aborted_collected_body_has_its_access_line() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .start();
+    let mut s = cut_upload(&p, "/aborted");
+    s.write_all(&fcgi::record(fcgi::ABORT_REQUEST, 1, &[]))
+        .unwrap();
+    assert!(
+        p.wait_log("FCGI_ABORT_REQUEST before the body ended", 20),
+        "{}",
+        p.logs()
+    );
+    let access = || {
+        p.logs()
+            .lines()
+            .find(|l| l.contains("postern::access") && l.contains("path=/aborted "))
+            .map(str::to_owned)
+    };
+    assert!(wait_until(10, || access().is_some()), "{}", p.logs());
+    assert!(access().unwrap().contains("status=0"), "{}", p.logs());
+    drop(s);
+}

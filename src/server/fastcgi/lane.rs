@@ -1685,10 +1685,12 @@ fn handle_event(
         Event::Abort { id } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
             // Its app never ran: answered here (§2.8: END_REQUEST, REQUEST_COMPLETE).
             tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST before the body ended: the request is dropped");
-            let keep_conn = slots
-                .remove(&id)
-                .and_then(|s| s.collect)
-                .is_none_or(|c| c.keep_conn);
+            // Its access line (status 0), as at any other cut.
+            // regression: an abort was the one cut of a collected body without one.
+            let keep_conn = slots.remove(&id).and_then(|s| s.collect).is_none_or(|c| {
+                collect_cut(&c, None);
+                c.keep_conn
+            });
             conn.set_lane_requests(slots.len());
             parser.finished(id);
             if let Some(p) = conn.permit() {
