@@ -29,24 +29,77 @@ fn main() {
         config.version().minor
     );
     // Release links: the functions a server runs laid out together, so its processes map
-    // fewer pages of the code (hot-text.ld, written by benches/hot_text.py).
+    // fewer pages of the code (src/hot-text.ld, written by benches/hot_text.py).
     if std::env::var("PROFILE").as_deref() == Ok("release")
         && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
     {
         // The manifest dir at run time, not env!() at compile time: a build script
         // compiled for one checkout is reused by another in a shared target dir.
         let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-        let script = std::path::Path::new(&dir).join("hot-text.ld");
-        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
-        println!("cargo:rerun-if-changed=hot-text.ld");
+        let script = std::path::Path::new(&dir).join("src/hot-text.ld");
+        println!("cargo:rerun-if-changed=src/hot-text.ld");
+        println!("cargo:rerun-if-env-changed=RUSTFLAGS");
+        println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+        if !script.exists() {
+            println!(
+                "cargo:warning=src/hot-text.ld is missing: the release binary is linked without it (it maps more of its code: more memory, the same behaviour)"
+            );
+        } else if links_with_lld() {
+            println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+        }
         // Relative relocations packed (DT_RELR) where the C library reads them (glibc
         // 2.36+): ld.so reads every relocation at start, so all their pages are mapped.
-        if glibc_has_relr() {
+        // The build host's glibc is the one asked: not for a cross build.
+        let native = std::env::var("HOST").ok() == std::env::var("TARGET").ok();
+        if native && glibc_has_relr() {
             println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
         }
     }
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// Whether this build links with LLD (rust-lld, rustc's default on x86_64 Linux since
+/// 1.90, or an lld chosen by the user), the one linker src/hot-text.ld is for: its
+/// `INSERT BEFORE .init` keeps a single `.text` there, where GNU ld makes two (the
+/// binary runs, but valgrind then reads none of postern's symbols), gold refuses
+/// INSERT and mold a SECTIONS script. Asked of the link itself: an empty program linked
+/// with this build's rustc, target, flags and linker, whose `.comment` LLD signs
+/// ("Linker: LLD"). About a second, for release builds only.
+fn links_with_lld() -> bool {
+    let Some(out) = std::env::var_os("OUT_DIR").map(std::path::PathBuf::from) else {
+        return false;
+    };
+    let src = out.join("lld_probe.rs");
+    let bin = out.join("lld_probe");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
+        return false;
+    }
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = std::process::Command::new(rustc);
+    cmd.arg(&src).arg("-o").arg(&bin);
+    if let Ok(target) = std::env::var("TARGET") {
+        cmd.arg("--target").arg(target);
+    }
+    if let Ok(flags) = std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        cmd.arg(format!("-Clinker={linker}"));
+    }
+    let linked = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let lld = linked
+        && std::fs::read(&bin).is_ok_and(|b| b.windows(12).any(|w| w == b"Linker: LLD "));
+    if !lld {
+        println!(
+            "cargo:warning=this build does not link with LLD: the release binary is linked without src/hot-text.ld (it maps more of its code: more memory, the same behaviour)"
+        );
+    }
+    lld
 }
 
 /// Whether the build host's glibc (which the binary runs against: it links the build's
