@@ -92,8 +92,8 @@ fn links_with_lld() -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let lld = linked
-        && std::fs::read(&bin).is_ok_and(|b| b.windows(12).any(|w| w == b"Linker: LLD "));
+    let lld =
+        linked && std::fs::read(&bin).is_ok_and(|b| b.windows(12).any(|w| w == b"Linker: LLD "));
     if !lld {
         println!(
             "cargo:warning=this build does not link with LLD: the release binary is linked without src/hot-text.ld (it maps more of its code: more memory, the same behaviour)"
