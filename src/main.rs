@@ -134,6 +134,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     logging::log_panics();
+    let empty = postern::config::empty_vars();
+    if !empty.is_empty() {
+        tracing::info!(
+            "{} empty, so taken as not set (the lower layers and the defaults apply)",
+            empty.join(", ")
+        );
+    }
     let python = interpreter::loaded_python_version();
     tracing::info!(
         pid = std::process::id(),

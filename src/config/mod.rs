@@ -644,6 +644,55 @@ struct AtStart {
     command: clap::Command,
     /// The `POSTERN_*` variables at the start (for [`env_table_of`]).
     vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The variables of postern's options that were set but empty ([`unset_empty_vars`]).
+    empty: Vec<String>,
+}
+
+/// Removes from the environment the variables of postern's options (`POSTERN_THREADS`,
+/// `POSTERN_CONFIG`...) that are set but empty, and returns their names: an empty value
+/// is no value, as a Compose file's `${THREADS}` or a Kubernetes `value: ""` gives when
+/// nothing was meant to be set, so the lower layers and the default apply. Removed, not
+/// only skipped, so that everything that reads them later (the reload, the app's
+/// environment) sees them unset as well. Other `POSTERN_*` names (the app's own) are
+/// left as they are. Called first thing by [`Layered::from_command_line`], while the
+/// process has one thread.
+/// regression: `POSTERN_THREADS=` made clap refuse every command line, `postern
+/// request` (a container's health check) and `postern migrate` included;
+/// `POSTERN_LOG_LEVEL=` was refused at start only, `POSTERN_INI=` broke the subcommands
+/// with "cannot read --ini".
+fn unset_empty_vars() -> Vec<String> {
+    let mut empty = Vec::new();
+    for arg in Cli::command().get_arguments() {
+        let Some(var) = arg.get_env() else { continue };
+        if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(var);
+            empty.push(var.to_string_lossy().into_owned());
+        }
+    }
+    empty
+}
+
+/// The variables of postern's options that were set but empty at the start, taken as
+/// not set ([`unset_empty_vars`]).
+pub fn empty_vars() -> &'static [String] {
+    AT_START.get().map_or(&[], |s| &s.empty)
+}
+
+/// The parser for `args`: the command line's, or for a subcommand (`postern request`,
+/// `migrate`, `status`, `bench`), which uses none of the serving options, the same
+/// without their `POSTERN_*` variables, so that an invalid one (`POSTERN_THREADS=x`)
+/// breaks only what reads it. regression: it made the container's `postern request`
+/// health check fail.
+fn parser_for(command: &clap::Command, args: &[std::ffi::OsString]) -> clap::Command {
+    let subcommand = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|first| command.find_subcommand(first).is_some());
+    if subcommand {
+        command.clone().mut_args(|a| a.env(None))
+    } else {
+        command.clone()
+    }
 }
 
 /// The variable `var` (a `POSTERN_*` one) as the start had it, once the start has
@@ -705,10 +754,11 @@ pub fn from_start_dir(path: &Path) -> PathBuf {
 }
 
 impl Layered {
-    /// Parses the command line (and `POSTERN_*`), then merges it over the `--config` file,
-    /// the `--ini` file and the defaults.
+    /// Parses the command line (and `POSTERN_*`, an empty one taken as not set), then
+    /// merges it over the `--config` file, the `--ini` file and the defaults.
     pub fn from_command_line() -> Result<(Cli, Layered), ConfigError> {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let empty = unset_empty_vars();
         let command = Cli::command();
         let _ = AT_START.set(AtStart {
             cwd: logical_cwd(),
@@ -717,8 +767,9 @@ impl Layered {
             vars: std::env::vars_os()
                 .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"POSTERN_"))
                 .collect(),
+            empty,
         });
-        let matches = command
+        let matches = parser_for(&command, &args)
             .try_get_matches_from(&args)
             .unwrap_or_else(|e| clap_error::exit(e, &args));
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -898,6 +949,12 @@ impl Layered {
             .collect();
         if !unset.is_empty() {
             out.push_str(&format!("# not set: {}\n", unset.join(", ")));
+        }
+        if !empty_vars().is_empty() {
+            out.push_str(&format!(
+                "# empty, so taken as not set: {}\n",
+                empty_vars().join(", ")
+            ));
         }
         out + &tables
     }
