@@ -235,7 +235,7 @@ def application(environ, start_response):
         f = tempfile.TemporaryFile()
         f.write(bytes(i % 251 for i in range(size)))
         f.seek(int(q.get("offset", 0)))
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        start_response(q.get("status", "200 OK"), [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](f, 8192)
     if path == "/file-proc":
         # A regular file whose stat size is 0 though it has content (/proc, /sys).

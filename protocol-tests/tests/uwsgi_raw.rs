@@ -345,6 +345,47 @@ fn sendfile_and_iterated_file_wrappers_are_byte_exact() {
 }
 
 #[test]
+fn a_sendfile_answer_without_a_body_gets_no_content_length() {
+    // regression: wsgi.file_wrapper on a regular file answered 204 or 304 got
+    // `Content-Length: <file size>` (RFC 9110 8.6: a 204 MUST NOT carry one); the
+    // list path already left it out.
+    let dir = tempdir();
+    let p = start(dir.path());
+    for status in ["204 No Content", "304 Not Modified"] {
+        let query = format!("size=1000&status={status}");
+        let out = p.uwsgi(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/file"),
+                ("QUERY_STRING", &query),
+            ],
+            b"",
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{text}"
+        );
+        assert!(!text.contains("Content-Length"), "{status}: {text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    }
+    // HEAD of a 200 keeps the length the GET would send (RFC 9110 9.3.2), and no body.
+    let out = p.uwsgi(
+        &[
+            ("REQUEST_METHOD", "HEAD"),
+            ("PATH_INFO", "/file"),
+            ("QUERY_STRING", "size=1000"),
+        ],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nContent-Length: 1000\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    ok_after(&p);
+}
+
+#[test]
 fn content_length_is_honoured() {
     let dir = tempdir();
     let p = start(dir.path());

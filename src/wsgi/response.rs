@@ -1179,7 +1179,9 @@ fn iterate(
             let mut len = src.len;
             match r.content_length {
                 Some(cl) => len = len.min(cl),
-                None if !r.used_write && !r.headers_sent => {
+                // No length on a 204 or 304 (RFC 9110 8.6), as the list path; a HEAD
+                // keeps the GET's.
+                None if !r.used_write && !r.headers_sent && !resp::status_has_no_body(r.code) => {
                     r.push_header("Content-Length", &len.to_string());
                     r.content_length = Some(len);
                 }
