@@ -23,6 +23,20 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or(executable);
     println!("cargo:rustc-env=POSTERN_PYTHON_EXECUTABLE={real}");
+    // Its standard library's real directory: a venv made by another install of the same
+    // version (Debian's python3.11 when this is pyenv's) would start the embedded
+    // interpreter on that install's library (src/wsgi/interpreter.rs). Empty: not checked.
+    let stdlib = std::process::Command::new(&real)
+        .args([
+            "-c",
+            "import os; print(os.path.realpath(os.path.dirname(os.__file__)))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=POSTERN_PYTHON_STDLIB={stdlib}");
     println!(
         "cargo:rustc-env=POSTERN_PYTHON_VERSION={}.{}",
         config.version().major,

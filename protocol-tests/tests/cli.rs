@@ -546,6 +546,58 @@ fn a_bad_venv_is_a_clear_error() {
 }
 
 #[test]
+fn a_venv_of_another_python_install_is_refused() {
+    // regression: a venv made by another install of the same major.minor (plain
+    // `python3 -m venv` on Debian: /usr/bin/python3.11, when postern embeds pyenv's) was
+    // accepted, and the embedded interpreter ran on that install's standard library,
+    // where _socket, math and zlib do not exist (Debian builds them into its binary):
+    // asyncio, ssl and subprocess failed to import, in the app, with no word at start.
+    let other = std::path::Path::new("/usr/bin/python3.11");
+    let version = |cmd: &mut Command| {
+        let out = cmd.output().ok().filter(|o| o.status.success())?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let embedded = version(postern().arg("--version")).unwrap();
+    let Some(theirs) = version(Command::new(other).args(["-c", "import sys; print(sys.version)"]))
+    else {
+        eprintln!(
+            "!!!!! SKIPPING: no {} to make a venv with !!!!!",
+            other.display()
+        );
+        return;
+    };
+    if embedded.contains(theirs.trim()) {
+        eprintln!(
+            "!!!!! SKIPPING: {} may be the Python postern embeds !!!!!",
+            other.display()
+        );
+        return;
+    }
+    let dir = tempdir();
+    let venv = dir.path().join("venv");
+    let made = Command::new(other)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = postern()
+        .arg(testapp())
+        .args(["--uwsgi", &format!("127.0.0.1:{}", free_port())])
+        .arg("--venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("made by another Python installation (home = /usr/bin"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("-m venv`"), "{stderr}");
+}
+
+#[test]
 fn json_logs_are_json() {
     let dir = tempdir();
     let p = Spawn::tcp(dir.path(), &testapp())

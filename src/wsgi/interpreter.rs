@@ -18,6 +18,8 @@ use super::WsgiError;
 pub const BUILD_PYTHON: &str = env!("POSTERN_PYTHON_EXECUTABLE");
 /// `major.minor` of that Python.
 pub const BUILD_PYTHON_VERSION: &str = env!("POSTERN_PYTHON_VERSION");
+/// The real path of that Python's standard library (empty if build.rs could not ask).
+const BUILD_PYTHON_STDLIB: &str = env!("POSTERN_PYTHON_STDLIB");
 
 /// Version string of the libpython actually loaded; works before initialisation.
 pub fn loaded_python_version() -> String {
@@ -144,7 +146,7 @@ pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
     }
     // Let pyo3 know (no-op: already initialised).
     Python::initialize();
-    Python::attach(|py| -> PyResult<PythonInfo> {
+    Python::attach(|py| -> PyResult<(PythonInfo, String)> {
         py.run(SITE_SNAPSHOT, None, None)?;
         let sys = py.import("sys")?;
         let version_info = sys.getattr("version_info")?;
@@ -157,17 +159,63 @@ pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
                 "loaded Python {major}.{minor}, but postern was built for {BUILD_PYTHON_VERSION}"
             )));
         }
-        Ok(PythonInfo {
-            version: sys
-                .getattr("version")?
-                .extract::<String>()?
-                .replace('\n', " "),
-            prefix: sys.getattr("prefix")?.extract()?,
-            executable: sys.getattr("executable")?.extract()?,
-        })
+        let stdlib: String = py
+            .eval(
+                c"__import__('os').path.realpath(__import__('os').path.dirname(__import__('os').__file__))",
+                None,
+                None,
+            )?
+            .extract()?;
+        Ok((
+            PythonInfo {
+                version: sys
+                    .getattr("version")?
+                    .extract::<String>()?
+                    .replace('\n', " "),
+                prefix: sys.getattr("prefix")?.extract()?,
+                executable: sys.getattr("executable")?.extract()?,
+            },
+            stdlib,
+        ))
     })
     .map_err(|e| WsgiError::Init {
         reason: e.to_string(),
+    })
+    .and_then(|(info, stdlib)| match venv {
+        Some(v) => check_stdlib(v, stdlib).map(|()| info),
+        None => Ok(info),
+    })
+}
+
+/// Checks, once Python is up, that a venv gave it the standard library of the Python
+/// postern embeds. A venv made by another install of the same version (`python3 -m venv`
+/// with Debian's python3.11 when postern embeds pyenv's) passes [`check_venv`], and
+/// CPython then takes that install's library (from `home` in `pyvenv.cfg`), which does
+/// not fit the embedded interpreter: the modules Debian builds into its own binary
+/// (`_socket`, `math`, `zlib` …) are in neither, so asyncio, ssl or subprocess fail to
+/// import later, in the app.
+fn check_stdlib(venv: &Path, stdlib: String) -> Result<(), WsgiError> {
+    if BUILD_PYTHON_STDLIB.is_empty() || stdlib == BUILD_PYTHON_STDLIB {
+        return Ok(());
+    }
+    let home = std::fs::read_to_string(venv.join("pyvenv.cfg"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == "home").then(|| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    Err(WsgiError::Venv {
+        venv: venv.to_owned(),
+        reason: format!(
+            "it was made by another Python installation (home = {home} in its pyvenv.cfg), \
+             whose standard library ({stdlib}) does not fit the Python postern embeds \
+             ({BUILD_PYTHON}, library {BUILD_PYTHON_STDLIB}): the app would miss modules \
+             (Debian's lacks _socket, math and zlib, which asyncio, ssl and subprocess \
+             need); recreate it with `{BUILD_PYTHON} -m venv`"
+        ),
     })
 }
 
