@@ -25,6 +25,10 @@ fn out(text: &str) {
 }
 
 fn main() -> ExitCode {
+    // Before anything else, while this is the only thread: a SIGHUP (a `systemctl
+    // reload` right after the start), SIGUSR1, SIGUSR2, SIGTTIN or SIGTTOU waits until
+    // its handler is in place instead of killing or stopping the process.
+    let held = postern::stop::hold_at_start();
     let (cli, layered) = match Layered::from_command_line() {
         Ok(v) => v,
         Err(e) => {
@@ -32,6 +36,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let serves = cli.command.is_none() && !cli.version && !cli.print_config && !cli.check;
+    if !serves {
+        // A command that does not serve keeps the signals' default actions (a closed
+        // terminal's SIGHUP ends `postern status --watch`), and `--check`'s child,
+        // which imports the app, starts with the mask postern was started with.
+        let _ = postern::stop::release_held();
+    } else if let Err(e) = held {
+        eprintln!(
+            "postern: cannot block SIGHUP and the like until their handlers are in place: {e}"
+        );
+    }
     if cli.version {
         out(&format!(
             "postern {}\nPython {}\n",
@@ -586,6 +601,9 @@ fn serve(
     // queue was reset), and a Ctrl-C during an ASGI lifespan startup was swallowed.
     // A process that cannot take its stop must not serve: it fails its start.
     postern::stop::install(true)?;
+    // Every signal held since main's start has its handler now (SIGUSR1's: logging),
+    // and the threads that run the app, started below, must not inherit the mask.
+    postern::stop::release_held().context("unblocking SIGHUP and the like")?;
     let loaded = boot::start_python(config)?;
     postern::stop::imported();
     logging::start_background();

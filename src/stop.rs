@@ -48,6 +48,14 @@ static QUITS: AtomicU32 = AtomicU32::new(0);
 /// SIGHUPs received since [`install`] (ignored: a single process has no reload
 /// without the master and logs it; a worker leaves reloads to the master).
 static HUPS: AtomicU32 = AtomicU32::new(0);
+/// SIGTTINs, SIGTTOUs and SIGUSR2s received since [`install`], ignored as SIGHUP is
+/// (a single process has no workers to add or remove, nor a binary upgrade; a worker
+/// leaves SIGTTIN/SIGTTOU to the master). Counted only so that none reaches its
+/// default action: SIGTTIN and SIGTTOU stopped the process (a single process then
+/// served nothing, a worker held its requests), SIGUSR2 killed a single process.
+static TTINS: AtomicU32 = AtomicU32::new(0);
+static TTOUS: AtomicU32 = AtomicU32::new(0);
+static USR2S: AtomicU32 = AtomicU32::new(0);
 /// The worker decided to recycle itself ([`recycle`]).
 static RECYCLE: AtomicBool = AtomicBool::new(false);
 /// The master had marked the worker to leave before it served ([`asked`]).
@@ -174,6 +182,18 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
             ORPHAN.store(true, Ordering::SeqCst);
             wake();
         }
+        return;
+    }
+    let ignored = match signal {
+        libc::SIGTTIN => Some(&TTINS),
+        libc::SIGTTOU => Some(&TTOUS),
+        libc::SIGUSR2 => Some(&USR2S),
+        _ => None,
+    };
+    if let Some(count) = ignored {
+        // Only said by the server ([`Waiter::first`]).
+        count.fetch_add(1, Ordering::SeqCst);
+        wake();
         return;
     }
     let count = match signal {
@@ -371,8 +391,62 @@ pub enum StopError {
     Register(io::Error),
 }
 
-/// Installs the counting handler for SIGTERM, SIGINT, SIGHUP and SIGQUIT (and the one for
-/// [`MASTER_DEATH`]), or puts it back. The counts are kept across calls. In a forked worker it must run
+/// The signals whose default action ends or stops the process and that come from an
+/// operator's routine rather than to stop it: `systemctl reload` (SIGHUP) right after
+/// `systemctl start`, logrotate's SIGUSR1, a scaling script's SIGTTIN/SIGTTOU, a
+/// gunicorn habit's SIGUSR2. [`hold_at_start`] blocks them before anything else, until
+/// a handler for each is in place; one that came meanwhile waits (pending) and is then
+/// taken as it would have been a moment later. SIGTERM, SIGINT and SIGQUIT are not
+/// held: before the handlers, stopping is what they should do.
+pub const HELD_AT_START: [i32; 5] = [
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// Blocks [`HELD_AT_START`] in the calling thread and in every thread it starts from
+/// now (they inherit the mask): first thing in `main`, while the process has one thread.
+/// Undone by [`release_held`] once their handlers are in place (a single process), or
+/// kept by the master, which reads them from its signalfd and unblocks them in each
+/// child it forks; a command that does not serve releases them at once (their default
+/// actions are right for it).
+/// regression: a SIGHUP 20 to 50 ms after the exec (a debug build) killed postern
+/// (exit 129) before its handlers were set; SIGUSR1 and SIGUSR2 killed it, SIGTTIN and
+/// SIGTTOU stopped it.
+pub fn hold_at_start() -> io::Result<()> {
+    held_mask(libc::SIG_BLOCK)
+}
+
+/// Unblocks [`HELD_AT_START`] in the calling thread: a signal held meanwhile is
+/// delivered now, to its handler. Before the process starts the threads that run the
+/// app (Python's, the I/O runtime's): they inherit the mask, and so would the programs
+/// the app runs from them (`subprocess` keeps the mask across exec).
+pub fn release_held() -> io::Result<()> {
+    held_mask(libc::SIG_UNBLOCK)
+}
+
+fn held_mask(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: the set is initialised by sigemptyset before use, with valid signal
+    // numbers; pthread_sigmask changes only this thread's mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HELD_AT_START {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Installs the counting handler for SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGTTIN and
+/// SIGTTOU, in a single process SIGUSR2 too (and the one for [`MASTER_DEATH`]), or puts
+/// it back. The counts are kept across calls. In a forked worker it must run
 /// before the signals the master blocked are unblocked, so that none reaches the
 /// default action; the server calls it again once the app is imported, and says so
 /// when the app had put a handler of its own in place. It fails only the first time
@@ -399,8 +473,13 @@ pub fn install(single: bool) -> Result<(), StopError> {
         (libc::SIGHUP, "SIGHUP"),
         (libc::SIGQUIT, "SIGQUIT"),
         (MASTER_DEATH, "SIGURG"),
+        (libc::SIGTTIN, "SIGTTIN"),
+        (libc::SIGTTOU, "SIGTTOU"),
     ];
-    for (signal, name) in signals {
+    // A worker's SIGUSR2 dumps its stacks (crate::wsgi::stacks, after this).
+    let usr2 = [(libc::SIGUSR2, "SIGUSR2")];
+    let signals = signals.iter().chain(usr2.iter().filter(|_| single));
+    for &(signal, name) in signals {
         // SAFETY: a zeroed sigaction with an empty mask and a handler that does only
         // async-signal-safe work; the previous action is read into a zeroed struct.
         let previous = unsafe {
@@ -719,6 +798,8 @@ fn second_signal(terms: Terms, ints: u32, first: u32, from_master: u32) -> bool 
 pub struct Waiter {
     fd: tokio::io::unix::AsyncFd<BorrowedFd<'static>>,
     hups: u32,
+    /// [`TTINS`], [`TTOUS`] and [`USR2S`] as last said ([`Waiter::say_ignored`]).
+    ignored: [u32; 3],
     /// The stop signals counted when the first stop was taken: together they are the
     /// first (a worker signalled twice while it booted was not told "stop now"), and a
     /// recycling stands in for one.
@@ -748,9 +829,38 @@ impl Waiter {
         Ok(Waiter {
             fd,
             hups: 0,
+            ignored: [0; 3],
             first: 0,
             under_master: 0,
         })
+    }
+
+    /// Says the SIGTTINs, SIGTTOUs and SIGUSR2s that came since it last looked, once
+    /// each kind.
+    fn say_ignored(&mut self, single: bool) {
+        let kinds = [
+            (&TTINS, "SIGTTIN", "adding a worker"),
+            (&TTOUS, "SIGTTOU", "removing a worker"),
+            (&USR2S, "SIGUSR2", ""),
+        ];
+        for (i, (count, name, what)) in kinds.into_iter().enumerate() {
+            let n = count.load(Ordering::SeqCst);
+            if n <= self.ignored[i] {
+                continue;
+            }
+            self.ignored[i] = n;
+            match (single, what.is_empty()) {
+                (true, false) => tracing::warn!(
+                    "{name} ignored: {what} needs the master (--master or --workers 2+)"
+                ),
+                (true, true) => tracing::warn!(
+                    "{name} ignored: postern has no binary upgrade (gunicorn's USR2); restart it to run a new binary"
+                ),
+                (false, _) => {
+                    tracing::debug!("{name} ignored by the worker: the master handles it")
+                }
+            }
+        }
     }
 
     /// The server serves: from here a second stop signal to a single process is read
@@ -783,6 +893,7 @@ impl Waiter {
                     tracing::debug!("SIGHUP ignored by the worker: the master reloads");
                 }
             }
+            self.say_ignored(single);
             let (terms, ints) = (Terms::now(), stop_ints());
             self.first = (terms.all + ints).max(1);
             self.under_master = terms.from_master;
