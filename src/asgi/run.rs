@@ -278,6 +278,7 @@ fn serve(
             fd,
             max: asgi.max_concurrency,
             in_flight: Cell::new(0),
+            full: Cell::new(false),
             reading: Cell::new(false),
             draining: Cell::new(false),
             drained: Cell::new(false),
@@ -349,6 +350,8 @@ struct Driver {
     fd: RawFd,
     max: usize,
     in_flight: Cell<usize>,
+    /// The last place was taken ([`Source::at_cap`]), none freed since.
+    full: Cell<bool>,
     /// The epoll fd is registered with the loop.
     reading: Cell<bool>,
     draining: Cell<bool>,
@@ -459,6 +462,11 @@ impl Driver {
                 return;
             }
             if me.in_flight.get() >= me.max {
+                if !me.ctx.at_cap.get() {
+                    // Woken at the cap: what woke it may be a request on a parked
+                    // FastCGI connection, for another worker to serve.
+                    me.source.waits_at_cap();
+                }
                 me.pause(py);
                 if !me.ctx.at_cap.replace(true) {
                     let ctx = Rc::clone(&me.ctx);
@@ -484,8 +492,10 @@ impl Driver {
                 TryNext::Ready(req) => {
                     if me.in_flight.get() + 1 >= me.max {
                         // This request takes the last place: the look that follows a
-                        // freed place must not favour the listener.
+                        // freed place must not favour the listener, and a request on
+                        // a parked FastCGI connection meanwhile goes to another worker.
                         me.source.at_cap();
+                        me.full.set(true);
                     }
                     drop(me);
                     // One request per wake-up: the loop's own epoll (level-triggered)
@@ -655,6 +665,10 @@ impl Driver {
         {
             let me = slf.borrow();
             me.in_flight.set(me.in_flight.get().saturating_sub(1));
+            if me.full.get() && me.in_flight.get() < me.max {
+                me.full.set(false);
+                me.source.below_cap();
+            }
         }
         crate::logging::write_deferred();
         if slf.borrow().draining.get() {

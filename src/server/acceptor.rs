@@ -159,6 +159,24 @@ impl Source for Acceptor {
         // connections and the ready queue would get one place in GUESS_RUN + 1
         // (regression: keep-conn beside a flood at the cap went from 104 to 4.7 req/s).
         GUESS.set((NO_GUESS, 0));
+        // A request on a parked FastCGI connection meanwhile goes to a worker with a
+        // free place (fastcgi::relieve, whose flag this is).
+        if let Some(m) = &self.slow.monitor {
+            m.at_cap(true);
+        }
+    }
+
+    fn waits_at_cap(&self) {
+        // Not at `at_cap`: a task that ends in the step that started it (an app that
+        // answers without waiting) frees its place before anything can wait.
+        self.parking.at_cap(true);
+    }
+
+    fn below_cap(&self) {
+        self.parking.at_cap(false);
+        if let Some(m) = &self.slow.monitor {
+            m.at_cap(false);
+        }
     }
 }
 

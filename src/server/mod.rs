@@ -204,16 +204,22 @@ pub fn run(
         Arc::clone(&acceptor.admission),
         idle_close.clone(),
     ));
-    // A WSGI worker whose Python threads are all busy hands the requests that come on
-    // its parked kept FastCGI connections to the workers with a free thread. With
-    // --workers 1 too: a SIGTTIN may add one (an idle worker's watch costs nothing).
-    if let (Some(_), Some(m), None) = (handover, monitor.clone(), asgi.as_ref()) {
+    // A WSGI worker whose Python threads are all busy, or an ASGI worker at its
+    // --max-concurrency, hands the requests that come on its parked kept FastCGI
+    // connections to the workers with a free thread or place. With --workers 1 too: a
+    // SIGTTIN may add one (an idle worker's watch costs nothing).
+    if let (Some(_), Some(m)) = (handover, monitor.clone()) {
         if let Some(wake) = m.all_busy_wake().filter(|_| {
             listeners
                 .iter()
                 .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
         }) {
-            if let Err(e) = parking.watch_busy() {
+            let watched = if asgi.is_some() {
+                parking.watch_at_cap()
+            } else {
+                parking.watch_busy()
+            };
+            if let Err(e) = watched {
                 tracing::warn!(error = %e, "cannot watch the parked FastCGI connections: a request on one waits for this worker's threads when all are busy");
             }
             let (m2, m3, m4) = (Arc::clone(&m), Arc::clone(&m), Arc::clone(&m));

@@ -246,6 +246,10 @@ pub struct SlotHead {
     /// change it, up to the lines a slot has); 0: [`Scoreboard::python_threads`].
     /// Written by the master before the fork ([`Scoreboard::set_threads`]).
     threads: AtomicU32,
+    /// 1 while an ASGI worker's event loop is at its `--max-concurrency` (no place
+    /// free: [`Scoreboard::idle_elsewhere`] counts none there); written by its loop
+    /// thread as the last place is taken and as one frees, never below the cap.
+    at_cap: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
     /// writes it every second once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
     /// `/status` shows its age, and a worker that should serve but has not beaten
@@ -464,6 +468,7 @@ impl Scoreboard {
             h.held.store(0, Ordering::SeqCst);
             h.beat.store(0, Ordering::SeqCst);
             h.threads.store(0, Ordering::Relaxed);
+            h.at_cap.store(0, Ordering::Relaxed);
             h.seen.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
@@ -905,17 +910,42 @@ impl Scoreboard {
     }
 
     /// Idle Python threads of the other serving WSGI workers (see
-    /// [`Scoreboard::idle_threads`]).
+    /// [`Scoreboard::idle_threads`]), and the free places of the other serving ASGI
+    /// workers ([`Scoreboard::free_places`]).
     pub fn idle_elsewhere(&self, slot: usize) -> usize {
         let hw = self.high_water().min(self.slots);
         (0..hw)
-            .filter(|&s| {
-                s != slot
-                    && self.head(s).state.load(Ordering::Acquire) == SERVING
-                    && !self.serves_asgi(s)
+            .filter(|&s| s != slot && self.head(s).state.load(Ordering::Acquire) == SERVING)
+            .map(|s| {
+                if self.serves_asgi(s) {
+                    self.free_places(s)
+                } else {
+                    self.idle_threads(s)
+                }
             })
-            .map(|s| self.idle_threads(s))
             .sum()
+    }
+
+    /// The `--max-concurrency` places of the ASGI worker in `slot` not taken: none at
+    /// its cap ([`Scoreboard::set_at_cap`]), else its cap less its tasks as `--stats`
+    /// counts them (without it, the whole cap: a request handed to a worker that
+    /// reaches its cap meanwhile waits there, and is handed on from there).
+    fn free_places(&self, slot: usize) -> usize {
+        let h = self.head(slot);
+        if h.at_cap.load(Ordering::SeqCst) != 0 {
+            return 0;
+        }
+        self.capacity(h)
+            .saturating_sub(h.busy.load(Ordering::Relaxed) as usize)
+            .max(1)
+    }
+
+    /// The ASGI worker in `slot` took its last `--max-concurrency` place (`full`), or
+    /// a place freed (called by its loop thread at those moments only).
+    pub fn set_at_cap(&self, slot: usize, full: bool) {
+        self.head(slot)
+            .at_cap
+            .store(u32::from(full), Ordering::SeqCst);
     }
 
     /// The worker in `slot` serves ASGI: up to `max_concurrency` tasks at once.
@@ -1504,6 +1534,34 @@ mod tests {
         assert_eq!(sb.idle_elsewhere(1), 1);
         sb.mark_draining(1, Cause::Reload);
         assert_eq!(sb.idle_elsewhere(0), 0, "a leaving worker takes nothing");
+    }
+
+    #[test]
+    fn asgi_workers_below_their_cap_count_their_free_places() {
+        // The busy watch hands a request to another ASGI worker only if it has room:
+        // before, ASGI workers counted for nothing here.
+        let sb = Scoreboard::new(3, 2).unwrap();
+        for (slot, pid) in [(0, 10), (1, 11), (2, 12)] {
+            sb.reset(slot, pid, 0, Cause::Boot);
+            sb.set_capacity(slot, 3);
+            sb.mark_serving(slot);
+        }
+        assert_eq!(sb.idle_elsewhere(0), 6);
+        sb.set_at_cap(1, true);
+        assert_eq!(sb.idle_elsewhere(0), 3, "one at its cap has no room");
+        sb.enter_task(2);
+        assert_eq!(sb.idle_elsewhere(0), 2, "its tasks as --stats counts them");
+        sb.set_at_cap(1, false);
+        assert_eq!(sb.idle_elsewhere(0), 5);
+        sb.set_at_cap(1, true);
+        sb.reset(1, 13, 1, Cause::Reload);
+        sb.set_capacity(1, 3);
+        sb.mark_serving(1);
+        assert_eq!(
+            sb.idle_elsewhere(0),
+            5,
+            "a new worker in the slot is not at its cap"
+        );
     }
 
     #[test]

@@ -309,6 +309,9 @@ pub struct WorkerMonitor {
     /// Notified when `busy` reaches the thread count while the busy watch asks for it
     /// ([`crate::wsgi::Monitor::all_busy_wake`]).
     all_busy: Arc<crate::wsgi::BusyWake>,
+    /// An ASGI worker's event loop is at `--max-concurrency`
+    /// ([`crate::wsgi::Monitor::at_cap`]).
+    at_cap: AtomicBool,
 }
 
 /// Requests served over the last one or two leads, for the rate `near_limit` uses: the
@@ -390,6 +393,7 @@ impl WorkerMonitor {
             window: Window::default(),
             busy: AtomicUsize::new(0),
             all_busy: Arc::default(),
+            at_cap: AtomicBool::new(false),
         };
         monitor.check_rss_at_start();
         monitor
@@ -442,6 +446,7 @@ impl WorkerMonitor {
             window: Window::default(),
             busy: AtomicUsize::new(0),
             all_busy: Arc::default(),
+            at_cap: AtomicBool::new(false),
         }
     }
 
@@ -759,7 +764,18 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn threads_all_busy(&self) -> bool {
-        self.busy.load(Ordering::SeqCst) >= self.python_threads()
+        self.at_cap.load(Ordering::SeqCst)
+            || self.busy.load(Ordering::SeqCst) >= self.python_threads()
+    }
+
+    fn at_cap(&self, full: bool) {
+        // SeqCst, paired with the busy watch's thread as `begin` is: the store, then
+        // the load of `look`.
+        self.at_cap.store(full, Ordering::SeqCst);
+        self.board.set_at_cap(self.slot, full);
+        if full && self.all_busy.look.load(Ordering::SeqCst) {
+            self.all_busy.notify();
+        }
     }
 
     fn requests_ended(&self) -> u64 {

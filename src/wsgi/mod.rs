@@ -297,6 +297,11 @@ pub trait Source: Send + Sync {
     /// The event loop's look just filled its last place (`--max-concurrency`): its
     /// next look comes when a task ends.
     fn at_cap(&self) {}
+    /// The event loop was woken while at `--max-concurrency` (something waits in
+    /// the source): once per such stretch, before it stops watching `wake_fd`.
+    fn waits_at_cap(&self) {}
+    /// A task that ended freed a place after [`Source::at_cap`].
+    fn below_cap(&self) {}
 }
 
 /// What [`Source::try_next`] found.
@@ -369,6 +374,8 @@ pub fn flush_std_streams() {
 /// thread waited for one, and clears once none waits unread; and while it sleeps with
 /// no tick (no request ended over its last calm tick), so that its safety net's clock
 /// starts when every thread is busy. On the usual path that is one load, no wake-up.
+/// An ASGI worker's loop does the same when a request takes its last
+/// `--max-concurrency` place ([`Monitor::at_cap`]): nothing below the cap.
 #[derive(Default)]
 pub struct BusyWake {
     /// The eventfd the watch's thread sleeps on beside the watch (set as it starts).
@@ -477,12 +484,19 @@ pub trait Monitor: Send + Sync {
     fn has_stopped(&self) -> bool {
         false
     }
-    /// A WSGI worker under a master: every one of its Python threads is running a
-    /// request (none waits for the next). Read by its busy watch's thread
+    /// A worker under a master: every one of its Python threads is running a request
+    /// (none waits for the next); an ASGI worker: its event loop is at
+    /// `--max-concurrency` ([`Monitor::at_cap`]). Read by its busy watch's thread
     /// ([`crate::server::fastcgi::relieve`]), never on a request's path.
     fn threads_all_busy(&self) -> bool {
         false
     }
+    /// The ASGI event loop took its last `--max-concurrency` place (`full`), or a task
+    /// that ended freed one: for [`Monitor::threads_all_busy`], the other workers'
+    /// [`Monitor::idle_elsewhere`], and the busy watch's wake-up as the begin that
+    /// takes a WSGI worker's last free thread gives it (see [`BusyWake`]). Called by
+    /// the loop thread at those two moments only, never below the cap.
+    fn at_cap(&self, _full: bool) {}
     /// Requests this worker has finished so far (a count that only grows): unchanged
     /// between two looks of the busy watch, with every thread busy at both, no thread
     /// was free in between ([`crate::server::fastcgi::relieve`]'s safety net).
@@ -494,7 +508,8 @@ pub trait Monitor: Send + Sync {
     fn all_busy_wake(&self) -> Option<std::sync::Arc<BusyWake>> {
         None
     }
-    /// Python threads waiting for a request in the other serving WSGI workers.
+    /// Python threads waiting for a request in the other serving WSGI workers, and the
+    /// free places of the ASGI ones below their `--max-concurrency`.
     fn idle_elsewhere(&self) -> usize {
         0
     }

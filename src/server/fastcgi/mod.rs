@@ -1086,6 +1086,11 @@ pub struct Parking {
     /// Connections are added to the watch: the worker has siblings to hand a request
     /// to (a worker alone pays nothing for the watch; [`relieve`] keeps it up to date).
     watching: AtomicBool,
+    /// An ASGI worker's watch ([`Parking::watch_at_cap`]): no connection is registered
+    /// in it; the whole epoll is, while the event loop is at `--max-concurrency`.
+    cap_watch: OnceLock<OwnedFd>,
+    /// The epoll is in `cap_watch` now ([`Parking::at_cap`]).
+    cap_armed: AtomicBool,
 }
 
 /// The idle clock's tick ([`Parking::idle_clock`]).
@@ -1197,6 +1202,10 @@ static WATCH_FAILED_LOG: crate::server::connection::RateLimit =
 /// connection's key (those are [`Wake::Conn`]s).
 const CTL: u64 = u64::MAX;
 
+/// The epoll data of the Python side's whole epoll in an ASGI worker's watch
+/// ([`Parking::at_cap`]): input, as a connection's event is.
+const WHOLE: u64 = u64::MAX - 1;
+
 /// Starts [`relieve`] on a thread of its own (`postern-busy`, never attached to
 /// Python), and on `io` the task that wakes it at `stop`. Not a task of the I/O
 /// runtime, whose epoll would then hold the watch: an add into an epoll that another
@@ -1252,6 +1261,12 @@ pub fn relieve_on_thread<A, I, S, E>(
 ///   sleeps with no tick, `wake.look` set: the begin that takes the last free thread
 ///   wakes it, and the stuck clock starts there as a tick would have started it.
 ///
+/// An ASGI worker ([`Parking::watch_at_cap`]) is "all busy" while its event loop is at
+/// `--max-concurrency`: the begin's wake-up comes from the request that takes the
+/// last place ([`crate::wsgi::Monitor::at_cap`]), and once the loop is woken at the
+/// cap the whole epoll is in the watch, so any event in it wakes this thread (none
+/// below the cap).
+///
 /// Then, while `all_busy()`, it looks after [`BUSY_TICK`] and every [`BUSY_TICK`]
 /// while a request waits: each parked connection with input goes, its request unread
 /// in its socket, to the workers with a free thread (`idle_elsewhere()` of them at
@@ -1276,7 +1291,7 @@ pub fn relieve<A, I, S, E>(
         siblings,
         ended,
     } = busy;
-    let Some(watch) = parking.watch.get() else {
+    let Some(watch) = parking.watch.get().or_else(|| parking.cap_watch.get()) else {
         return;
     };
     let ctl = match rustix::event::eventfd(
@@ -1504,7 +1519,57 @@ impl Parking {
             lane: OnceLock::new(),
             watch: OnceLock::new(),
             watching: AtomicBool::new(true),
+            cap_watch: OnceLock::new(),
+            cap_armed: AtomicBool::new(false),
         })
+    }
+
+    /// An ASGI worker's [`Parking::watch_busy`]: requests on parked connections are to
+    /// be handed to the other workers while its event loop is at `--max-concurrency`
+    /// ([`relieve`]). The loop does not wait on the epoll itself (it is nested in the
+    /// loop's own), so an exclusive registration would pass every wake-up on to the
+    /// watch: no connection is registered in it. Instead the whole epoll is, from the
+    /// request that takes the last place to the end that frees one ([`Parking::at_cap`]):
+    /// below the cap the watch holds nothing and costs nothing.
+    pub fn watch_at_cap(&self) -> io::Result<()> {
+        let watch = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let _ = self.cap_watch.set(watch);
+        Ok(())
+    }
+
+    /// The ASGI event loop, at its cap, was woken by this epoll (`full`: something
+    /// waits in it), or a place freed: the epoll goes into the watch
+    /// ([`Parking::watch_at_cap`]), where what is ready in it and each event that
+    /// comes to it from then on (its next requests on parked connections among them)
+    /// wakes [`relieve`]'s thread, or out of it. Called by the loop thread, at those
+    /// two moments only. A worker alone (no sibling to hand a request to) does not arm
+    /// it: its safety net's tick still looks once a SIGTTIN added one.
+    pub fn at_cap(&self, full: bool) {
+        let Some(watch) = self.cap_watch.get() else {
+            return;
+        };
+        if !full {
+            if self.cap_armed.load(Ordering::Relaxed)
+                && self.cap_armed.swap(false, Ordering::Relaxed)
+            {
+                let _ = epoll::delete(watch, &*self.epoll);
+            }
+            return;
+        }
+        if !self.watching.load(Ordering::Relaxed) || self.cap_armed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let data = epoll::EventData::new_u64(WHOLE);
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ET;
+        match epoll::add(watch, &*self.epoll, data, flags) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => {
+                self.cap_armed.store(false, Ordering::Relaxed);
+                if let Some(unlogged) = WATCH_FAILED_LOG.allow() {
+                    tracing::warn!(error = %e, unwatched_unlogged = unlogged, "cannot watch the parked FastCGI connections at --max-concurrency: a request on one waits for this worker's tasks");
+                }
+            }
+        }
     }
 
     /// Requests on parked connections are to be handed to the other workers while
