@@ -112,7 +112,7 @@ fn a_request_on_a_connection_parked_in_an_asgi_worker_at_its_cap_goes_to_another
     );
     assert_eq!((slow_status, slow_pid.as_str()), (200, full.as_str()));
     assert!(
-        p.wait_log("goes to a worker with a free", 10),
+        p.wait_log("this worker is at its --max-concurrency: a request waiting on a kept FastCGI connection goes to a worker with a free place", 10),
         "no hand-over line:\n{}",
         p.logs()
     );

@@ -1745,12 +1745,19 @@ impl Parking {
                     looked.waiting -= 1;
                     self.relieved.fetch_add(1, Ordering::Relaxed);
                     let waited_ms = waited.as_millis() as u64;
-                    match RELIEVED_LOG.allow() {
-                        Some(unlogged) => {
+                    let asgi = self.cap_watch.get().is_some();
+                    match (RELIEVED_LOG.allow(), asgi) {
+                        (Some(unlogged), false) => {
                             tracing::info!(peer = %c.peer, waited_ms, handed_unlogged = unlogged, "every Python thread of this worker is busy: a request waiting on a kept FastCGI connection goes to a worker with a free thread")
                         }
-                        None => {
+                        (None, false) => {
                             tracing::debug!(peer = %c.peer, waited_ms, "every Python thread of this worker is busy: a request waiting on a kept FastCGI connection goes to a worker with a free thread")
+                        }
+                        (Some(unlogged), true) => {
+                            tracing::info!(peer = %c.peer, waited_ms, handed_unlogged = unlogged, "this worker is at its --max-concurrency: a request waiting on a kept FastCGI connection goes to a worker with a free place")
+                        }
+                        (None, true) => {
+                            tracing::debug!(peer = %c.peer, waited_ms, "this worker is at its --max-concurrency: a request waiting on a kept FastCGI connection goes to a worker with a free place")
                         }
                     }
                 }
