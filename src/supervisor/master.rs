@@ -327,9 +327,10 @@ impl Worker {
 
     /// Wakes the worker's I/O thread to look at its mark now (a byte on its status
     /// socket), so that a worker deaf to SIGTERM leaves at once, not at its next look
-    /// (once a second: `worker::watch_mark`). Never blocks; nothing if it is gone. Not
-    /// at the whole server's stop, where such a worker learns it from its listeners
-    /// shut under it (the other workers served the queues), or that look.
+    /// (once a second: `worker::watch_mark`). Never blocks; nothing if it is gone. At
+    /// the whole server's stop only for a lone worker (`stop_all`): one with siblings
+    /// learns it from its listeners shut under it (the others served the queues), or
+    /// that look.
     fn nudge(&self) {
         if let Some(s) = &self.status {
             let _ = rustix::net::send(
@@ -2252,6 +2253,15 @@ impl Master {
     }
 
     fn stop_all(&mut self, now: bool) {
+        // A lone worker deaf to SIGTERM has no sibling to shut a TCP listener under it
+        // once the listen queue is served (the master shuts only Unix ones): it is
+        // woken to see its mark at once, as at a drain, not at its next look (up to a
+        // second later). Not with siblings: one deaf beside others learns its stop
+        // from its listeners shut under it (supervisor.rs
+        // a_worker_whose_stop_was_lost_stops_when_its_listeners_are_shut pins that
+        // path, which the mark would win); all of them deaf over TCP still wait for
+        // their look.
+        let alone = self.workers.len() == 1;
         for w in &mut self.workers {
             // A worker already draining (reload, recycling, scale-down, --max-lifetime)
             // had its SIGTERM and finishes its requests; a second one would make it cut
@@ -2274,6 +2284,9 @@ impl Master {
                 signal(w.pid, Signal::KILL);
                 w.sigkilled = true;
             } else {
+                if alone {
+                    w.nudge();
+                }
                 w.term();
             }
         }
