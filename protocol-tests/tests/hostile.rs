@@ -785,8 +785,14 @@ fn the_slow_heads_counted_are_summed_up_when_the_process_stops_before_the_window
 
 /// An SCGI GET of `path`, no body.
 fn scgi_get(path: &str) -> Vec<u8> {
+    scgi_head(path, 0)
+}
+
+/// An SCGI GET of `path` whose body (to follow) is `len` bytes.
+fn scgi_head(path: &str, len: u64) -> Vec<u8> {
+    let len = len.to_string();
     let vars = [
-        ("CONTENT_LENGTH", "0"),
+        ("CONTENT_LENGTH", len.as_str()),
         ("SCGI", "1"),
         ("REQUEST_METHOD", "GET"),
         ("REQUEST_URI", path),
@@ -817,7 +823,19 @@ fn trickle(
     stop: Arc<AtomicBool>,
     closed: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<()> {
+    trickle_after(port, &[], head, stop, closed)
+}
+
+/// [`trickle`], after `whole` sent at once.
+fn trickle_after(
+    port: u16,
+    whole: &[u8],
+    head: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    closed: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(whole).unwrap();
     let gone = move || {
         closed.fetch_add(1, Ordering::Relaxed);
     };
@@ -912,6 +930,74 @@ fn slow_heads_at_max_connections_make_room_for_a_waiting_request() {
         let line = logs.lines().find(|l| l.contains(needle)).unwrap();
         assert!(
             line.contains("WARN") && line.contains("peer=127.0.0.1:"),
+            "{line}"
+        );
+    }
+}
+
+// regression (audit, session 10): only heads were closed for room, so uwsgi and SCGI
+// clients that sent a whole head and then a body a byte a second (each read within
+// --read-timeout; a slow POST, R-U-Dead-Yet) held every place at --max-connections for
+// ever, and a new request waited in the listen queue. Now a body that comes slower than
+// 500 bytes a second is listed too. Fails without it: the request is not answered in
+// the 20 s it is read for (--read-timeout 60).
+#[test]
+fn slow_bodies_at_max_connections_make_room_for_a_waiting_request() {
+    for protocol in ["uwsgi", "scgi"] {
+        let dir = tempdir();
+        let p = Spawn::tcp(dir.path(), &testapp())
+            .protocol(protocol)
+            .args(["--max-connections", "4", "--read-timeout", "60"])
+            .start();
+        let Addr::Tcp(port) = p.addr else {
+            unreachable!()
+        };
+        let head = match protocol {
+            "uwsgi" => uwsgi_get_with("/env", &[("CONTENT_LENGTH", "1000000")]),
+            _ => scgi_head("/env", 1_000_000),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let slow: Vec<_> = (0..4)
+            .map(|_| {
+                let body = vec![b'x'; 100];
+                trickle_after(port, &head, body, Arc::clone(&stop), Arc::clone(&closed))
+            })
+            .collect();
+        // Each has sent its head and some body, and is behind for over a second.
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let req = if protocol == "uwsgi" {
+            uwsgi_get("/hello")
+        } else {
+            scgi_get("/hello")
+        };
+        c.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let status = if protocol == "uwsgi" {
+            parse_http(&out).map(|r| r.status)
+        } else {
+            out.strip_prefix(b"Status: ")
+                .and_then(|s| std::str::from_utf8(s.get(..3)?).ok()?.parse().ok())
+        };
+        assert_eq!(status, Some(200), "{protocol}: not served\n{}", p.logs());
+        let needle = "--max-connections reached with a connection waiting: closing a connection whose request body arrives slowest";
+        assert!(p.wait_log(needle, 5), "{protocol}\n{}", p.logs());
+        assert!(
+            eventually(10, || closed.load(Ordering::Relaxed) >= 1),
+            "{protocol}: no slow body was closed\n{}",
+            p.logs()
+        );
+        stop.store(true, Ordering::Relaxed);
+        for t in slow {
+            t.join().unwrap();
+        }
+        let logs = p.logs();
+        let line = logs.lines().find(|l| l.contains(needle)).unwrap();
+        assert!(
+            line.contains("WARN") && line.contains("peer=127.0.0.1:") && line.contains("path=/env"),
             "{line}"
         );
     }

@@ -137,7 +137,8 @@ struct Reader<'c, C> {
     /// The last read filled all the room it offered: more may be in the socket
     /// ([`bytes_past`]).
     filled: bool,
-    /// While its head arrives: told when bytes come ([`slow_clients::HeadWatch`]).
+    /// While its head or body arrives: told when bytes come
+    /// ([`slow_clients::HeadWatch`]).
     arriving: Option<slow_clients::HeadMarker>,
 }
 
@@ -161,7 +162,7 @@ impl<C: Conn> Reader<'_, C> {
             };
             self.filled = n == room;
             if let Some(a) = self.arriving.as_ref().filter(|_| n > 0) {
-                a.arrived();
+                a.read(n);
             }
             if n == 0 {
                 return Ok(self.codec.decode_eof(&mut self.buf)?);
@@ -327,10 +328,29 @@ async fn serve<C: Conn>(
         return;
     }
 
-    let body = match read_body(&mut framed, &head, limits)
-        .instrument(span.clone())
-        .await
-    {
+    // A body still to come is listed while it arrives: at --max-connections, with a
+    // connection waiting, one that comes slower than BODY_MIN_RATE may be closed for it.
+    let got = framed.buf.len() as u64;
+    let watch = (got < head.content_length)
+        .then(|| slow_clients::HeadWatch::body(&peer, head.content_length, got));
+    framed.arriving = watch.as_ref().map(slow_clients::HeadWatch::marker);
+    let read = read_body(&mut framed, &head, limits).instrument(span.clone());
+    let read = match &watch {
+        Some(w) => tokio::select! {
+            r = read => Some(r),
+            () = w.closed_for_room().instrument(span.clone()) => None,
+        },
+        None => Some(read.await),
+    };
+    framed.arriving = None;
+    drop(watch);
+    let Some(read) = read else {
+        // Its line is logged (closed_for_room); the access line says it went away.
+        drop(framed);
+        span.in_scope(|| refused_access(&head, &request_id, info.protocol, 0, None, started));
+        return;
+    };
+    let body = match read {
         Ok(b) => b,
         Err(e @ ReadError::Spool(_)) => {
             // The peer did nothing wrong: answered 503 (nginx may try another
@@ -684,6 +704,9 @@ async fn read_into_memory<C: Conn>(
             read = timeout(STOPPED_GRACE, framed.conn.read_buf(&mut room)).await;
         }
         framed.filled = matches!(read, Ok(Ok(n)) if n == offered);
+        if let (Some(a), Ok(Ok(n))) = (&framed.arriving, &read) {
+            a.read(*n);
+        }
         match read {
             Err(_) => return Err(ReadError::TimedOut(t)),
             Ok(Ok(0)) => {

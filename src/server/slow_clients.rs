@@ -39,9 +39,9 @@ pub enum Reason {
     /// A request cut off: the connection closed, reset or went silent
     /// (`--read-timeout`) in the middle of it.
     Truncated,
-    /// A request head (or the rest of a request answered without FCGI_KEEP_CONN)
-    /// still arriving, closed to let in a connection waiting at `--max-connections`
-    /// ([`close_oldest_head`]).
+    /// A request head (or the rest of a request answered without FCGI_KEEP_CONN, or a
+    /// uwsgi or SCGI body under [`BODY_MIN_RATE`]) still arriving, closed to let in a
+    /// connection waiting at `--max-connections` ([`close_oldest_head`]).
     Crowded,
 }
 
@@ -66,7 +66,7 @@ impl Reason {
             Reason::Malformed => "a malformed request or protocol error".to_owned(),
             Reason::Oversized => "a request over a size limit".to_owned(),
             Reason::Truncated => "a request cut off in the middle".to_owned(),
-            Reason::Crowded => "a request head (or the rest of an answered FastCGI request) still arriving at --max-connections, closed to let a waiting connection in".to_owned(),
+            Reason::Crowded => "a request head (or a slow body, or the rest of an answered FastCGI request) still arriving at --max-connections, closed to let a waiting connection in".to_owned(),
         }
     }
 }
@@ -145,6 +145,14 @@ pub fn flush() {
 /// Apache send a head whole, so one arriving this long is a slow or stalled client.
 pub const HEAD_BEFORE_CLOSE: Duration = Duration::from_secs(1);
 
+/// A uwsgi or SCGI request body read in the slow lane is listed for
+/// [`close_oldest_head`] as well, as behind when it has come slower than this many
+/// bytes a second since its read began (Apache's mod_reqtimeout `MinRate` default): a
+/// front server sends a body at its client's pace, and even a slow upload is far above
+/// it, while a client that sends a byte now and then (a slow POST, R-U-Dead-Yet) keeps
+/// each read within `--read-timeout` and would hold its place for ever.
+pub const BODY_MIN_RATE: u64 = 500;
+
 /// The connections whose request head is arriving in the slow lane (uwsgi, SCGI,
 /// FastCGI), oldest or not: at `--max-connections`, with a connection waiting in the
 /// listen queue, the one whose head has been arriving longest is closed for it
@@ -173,6 +181,8 @@ struct Arriving {
     /// Some of it has come ([`HeadWatch::arrived`]): a connection that has sent
     /// nothing is not closed for this.
     arrived: AtomicBool,
+    /// A body's bytes come so far ([`HeadMarker::read`]).
+    bytes: AtomicU64,
     close: CancellationToken,
 }
 
@@ -196,6 +206,9 @@ enum Arrival {
     /// The rest of a FastCGI request answered without FCGI_KEEP_CONN (the drain
     /// before the close: nginx writes the whole body before it reads the response).
     Drain,
+    /// A uwsgi or SCGI request's body of this many bytes, read before the app is
+    /// called: behind from when it has come slower than [`BODY_MIN_RATE`].
+    Body(u64),
 }
 
 impl HeadWatch {
@@ -215,6 +228,16 @@ impl HeadWatch {
         HeadWatch::listed(peer, Arrival::Drain, Instant::now(), true)
     }
 
+    /// `peer`'s request body of `len` bytes is read from now on, `got` of them here.
+    // regression (audit): only heads were listed, so clients that sent a body a byte a
+    // second (each read within --read-timeout) held every place at --max-connections
+    // for ever, and a new request waited in the listen queue.
+    pub fn body(peer: &Arc<str>, len: u64, got: u64) -> HeadWatch {
+        let watch = HeadWatch::listed(peer, Arrival::Body(len), Instant::now(), true);
+        watch.arriving.bytes.store(got, Ordering::Relaxed);
+        watch
+    }
+
     fn listed(peer: &Arc<str>, what: Arrival, since: Instant, arrived: bool) -> HeadWatch {
         let arriving = Arc::new(Arriving {
             peer: Arc::clone(peer),
@@ -222,6 +245,7 @@ impl HeadWatch {
             since,
             heard: AtomicU64::new(0),
             arrived: AtomicBool::new(arrived),
+            bytes: AtomicU64::new(0),
             close: CancellationToken::new(),
         });
         let mut h = heads();
@@ -275,14 +299,28 @@ impl HeadWatch {
             Arrival::Drain => {
                 tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it (nothing from it for {for_:.1?}, the rest of its request read and dropped since the answer) to let it in")
             }
+            Arrival::Body(len) => {
+                let got = a.bytes.load(Ordering::Relaxed);
+                let took = a.since.elapsed();
+                // The request's span names the peer.
+                tracing::warn!(got, content_length = len, "--max-connections reached with a connection waiting: closing a connection whose request body arrives slowest ({got} of {len} bytes in {took:.1?}, under {BODY_MIN_RATE} bytes a second: a slow or stalled client) to let it in")
+            }
         }
     }
 }
 
 impl Arriving {
-    /// Since when nothing has come: the head's start, or a drain's last read.
+    /// Since when nothing has come: the head's start, or a drain's last read; for a
+    /// body, since when it has been behind [`BODY_MIN_RATE`].
     fn quiet_since(&self) -> Instant {
-        self.since + Duration::from_nanos(self.heard.load(Ordering::Relaxed))
+        match self.what {
+            Arrival::Body(_) => {
+                let earned = self.bytes.load(Ordering::Relaxed) as f64 / BODY_MIN_RATE as f64;
+                // Far ahead (a body that came fast): not behind for years.
+                self.since + Duration::from_secs_f64(earned.min(1e9))
+            }
+            _ => self.since + Duration::from_nanos(self.heard.load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -299,6 +337,12 @@ pub struct HeadMarker(Arc<Arriving>);
 impl HeadMarker {
     pub fn arrived(&self) {
         self.0.arrived.store(true, Ordering::Relaxed);
+    }
+
+    /// `n` more bytes have come (some of the head, or of a body: [`HeadWatch::body`]).
+    pub fn read(&self, n: usize) {
+        self.arrived();
+        self.0.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -551,6 +595,18 @@ mod tests {
         assert!(closed(&silent) && !closed(&newer));
         // One dropped (its head came whole, or it closed) is off the list.
         drop(newer);
+        assert!(!close_oldest_head(Duration::from_secs(100)));
+        // A body is behind once it came slower than BODY_MIN_RATE: one read for 300 s
+        // that has had 300 s worth is not (an upload on schedule), one with 10 bytes is.
+        let body = |got: u64| {
+            let w = HeadWatch::listed(&peer, Arrival::Body(1 << 30), ago(300), true);
+            w.marker().read(usize::try_from(got).unwrap());
+            w
+        };
+        let on_time = body(300 * BODY_MIN_RATE);
+        let trickle = body(10);
+        assert!(close_oldest_head(Duration::from_secs(100)));
+        assert!(closed(&trickle) && !closed(&on_time));
         assert!(!close_oldest_head(Duration::from_secs(100)));
     }
 
