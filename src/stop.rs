@@ -479,7 +479,21 @@ pub fn install(single: bool) -> Result<(), StopError> {
     // A worker's SIGUSR2 dumps its stacks (crate::wsgi::stacks, after this).
     let usr2 = [(libc::SIGUSR2, "SIGUSR2")];
     let signals = signals.iter().chain(usr2.iter().filter(|_| single));
+    let ours = on_signal as *const () as usize;
     for &(signal, name) in signals {
+        // SIGTTIN, SIGTTOU and SIGUSR2 are only kept from their default actions: a
+        // handler the app set for one of them (`faulthandler.register(SIGUSR2)`) stays.
+        if [libc::SIGTTIN, libc::SIGTTOU, libc::SIGUSR2].contains(&signal) {
+            // SAFETY: reads the current action into a zeroed struct.
+            let current = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(signal, std::ptr::null(), &mut old);
+                old.sa_sigaction
+            };
+            if ![ours, libc::SIG_DFL].contains(&current) {
+                continue;
+            }
+        }
         // SAFETY: a zeroed sigaction with an empty mask and a handler that does only
         // async-signal-safe work; the previous action is read into a zeroed struct.
         let previous = unsafe {
@@ -496,7 +510,6 @@ pub fn install(single: bool) -> Result<(), StopError> {
             }
             old.sa_sigaction
         };
-        let ours = on_signal as *const () as usize;
         // Not for SIGINT: importing Python's `signal` module puts its own
         // KeyboardInterrupt handler in place when SIGINT has the default action.
         if signal == libc::SIGTERM && ![ours, libc::SIG_DFL, libc::SIG_IGN].contains(&previous) {

@@ -286,3 +286,23 @@ fn a_signal_while_the_config_is_read_waits_for_its_handler() {
         }
     }
 }
+
+// A single process leaves alone a SIGUSR2 handler the app set at its import (here
+// faulthandler's stack dump): postern's, which only keeps SIGUSR2 from killing the
+// process, is for the default action alone.
+#[test]
+fn a_single_process_keeps_the_app_s_own_sigusr2_handler() {
+    let dir = tempdir();
+    let app = dir.path().join("dumps.py");
+    std::fs::write(
+        &app,
+        format!("import faulthandler, signal, sys\nfaulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)\n{APP}"),
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap()).start();
+    p.signal(libc::SIGUSR2);
+    assert!(p.wait_log("most recent call first", 20), "{}", p.logs());
+    let (status, _) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    assert!(!p.logs().contains("SIGUSR2 ignored"), "{}", p.logs());
+}
