@@ -1263,6 +1263,20 @@ thread_local! {
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Logs, in the request's span, why writing its response failed: a front server that
+/// read nothing of it for `--read-timeout` (a stall: postern gives up, cuts the response
+/// off and closes) is named at WARN, as a stalled request body is; anything else (a
+/// reset, a broken pipe: the client went away) is at debug, an ordinary abort.
+// regression (audit): a stall was at debug, so at INFO the only line was the access
+// line 'client went away before the response was complete', while nothing had closed.
+pub fn write_failed(e: &io::Error) {
+    if e.kind() == io::ErrorKind::TimedOut {
+        tracing::warn!("{e}: the response is cut off and the connection closed");
+    } else {
+        tracing::debug!(error = %e, "writing the response failed");
+    }
+}
+
 /// Records a finished request's status and duration (ms) in the current span, the
 /// request's: lines logged after the response carry them.
 pub fn record_end(status: u16, started: Instant) {

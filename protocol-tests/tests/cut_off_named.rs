@@ -5,6 +5,7 @@
 //! clean end after part of the body: the log is its only trace.
 //! regression: only "requests still running … when postern stopped" and a count.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use protocol_tests::harness::*;
@@ -274,4 +275,60 @@ fn a_reloads_leaving_worker_cut_by_the_stop_says_postern_is_stopping() {
     let warn = log_line(&logs, "request cut off at --graceful-timeout");
     assert!(warn.contains("(postern is stopping)"), "{warn}\n{logs}");
     let _ = request.join();
+}
+
+// regression (audit): a front server that read nothing of a response for --read-timeout
+// (postern gives up, cuts the response off and closes) was said at debug only: at INFO
+// the one line was the access line 'client went away before the response was
+// complete', though nothing had closed. Now a WARN in the request's span says it, for
+// WSGI (a list body, a wsgi.file_wrapper file) and ASGI alike.
+#[test]
+fn a_response_the_front_server_stops_reading_is_named_at_warn() {
+    let dir = tempdir();
+    let wsgi = dir.path().join("big.py");
+    std::fs::write(
+        &wsgi,
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'x' * (4 << 20)]\n",
+    )
+    .unwrap();
+    let asgi = "async def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    await send({'type': 'http.response.body', 'body': b'x' * (4 << 20)})\n";
+    let file = testapp();
+    let cases: [(&str, Spawn, &str); 4] = [
+        (
+            "wsgi list",
+            Spawn::unix(dir.path(), &wsgi.to_string_lossy()),
+            "/",
+        ),
+        (
+            "wsgi fastcgi",
+            Spawn::unix(dir.path(), &wsgi.to_string_lossy()).protocol("fastcgi"),
+            "/",
+        ),
+        (
+            "wsgi file",
+            Spawn::unix(dir.path(), &file),
+            "/file?size=4194304",
+        ),
+        ("asgi", Spawn::asgi_unix(dir.path(), "big_asgi", asgi), "/"),
+    ];
+    for (what, spawn, target) in cases {
+        let p = spawn.args(["--read-timeout", "1"]).start();
+        let mut c = p.addr.connect().unwrap();
+        let request = if what == "wsgi fastcgi" {
+            fcgi::get(1, false, target)
+        } else {
+            uwsgi_get(target)
+        };
+        c.write_all(&request).unwrap();
+        // Nothing is read: the socket's buffers fill, then nothing moves.
+        let needle = "the front server read nothing for 1s (--read-timeout): the response is cut off and the connection closed";
+        assert!(p.wait_log(needle, 20), "{what}\n{}", p.logs());
+        let logs = p.logs();
+        let line = log_line(&logs, needle);
+        assert!(
+            line.contains("WARN") && line.contains("request_id="),
+            "{what}: {line}"
+        );
+        drop(c);
+    }
 }

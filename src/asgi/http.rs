@@ -1450,7 +1450,7 @@ impl Exchange {
             Ok(n) => n,
             Err(e) => {
                 let _e = me.span.enter();
-                tracing::debug!(error = %e, "writing the response failed");
+                crate::logging::write_failed(&e);
                 drop(_e);
                 me.set_gone(py);
                 return Err(gone_error());
@@ -1471,7 +1471,7 @@ impl Exchange {
             me.complete = true;
             if let Err(e) = r {
                 let _e = me.span.enter();
-                tracing::debug!(error = %e, "writing the response failed");
+                crate::logging::write_failed(&e);
                 drop(_e);
                 me.set_gone(py);
                 return Err(gone_error());
@@ -3226,8 +3226,8 @@ impl Exchange {
         }
         {
             let _e = me.span.enter();
-            tracing::debug!(
-                "writing the response failed: the front server read nothing for {timeout:?} (--read-timeout)"
+            tracing::warn!(
+                "the front server read nothing for {timeout:?} (--read-timeout): the response is cut off and the connection closed"
             );
         }
         me.set_gone(py);

@@ -185,7 +185,7 @@ pub fn write_failed(e: &io::Error) -> bool {
             true
         }
         None => {
-            tracing::debug!(error = %e, "writing the response failed");
+            crate::logging::write_failed(e);
             false
         }
     }

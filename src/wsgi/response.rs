@@ -224,7 +224,7 @@ impl State {
         match written {
             Ok(()) => Ok(()),
             Err(e) => {
-                tracing::debug!(error = %e, "writing the response failed");
+                crate::logging::write_failed(&e);
                 self.client_gone = true;
                 Err(Gone)
             }
@@ -241,7 +241,7 @@ impl State {
         let n = match self.sink.try_write_pair(head, data) {
             Ok(n) => n,
             Err(e) => {
-                tracing::debug!(error = %e, "writing the response failed");
+                crate::logging::write_failed(&e);
                 self.client_gone = true;
                 return Err(Gone);
             }
@@ -896,7 +896,7 @@ fn respond(
         // thread): a failure there is the client gone, as for a direct write.
         let sink = &mut r.sink;
         if let Err(e) = py.detach(|| sink.flush()) {
-            tracing::debug!(error = %e, "writing the response failed");
+            crate::logging::write_failed(&e);
             r.client_gone = true;
         }
     }
@@ -1195,7 +1195,7 @@ fn iterate(
                 r.progress();
                 let sink = &mut r.sink;
                 if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
-                    tracing::debug!(error = %e, "sendfile failed");
+                    crate::logging::write_failed(&e);
                     r.client_gone = true;
                 }
             }

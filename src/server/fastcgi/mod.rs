@@ -309,6 +309,9 @@ pub struct FcgiConn {
     /// past the call that took it).
     write: parking_lot::Mutex<()>,
     write_timeout: Duration,
+    /// A write failed because the front server read nothing for `write_timeout` (not
+    /// because it closed): [`FcgiConn::lost`] says so.
+    stalled: AtomicBool,
     /// The writers' side, shared by every request on the connection (the reader's is
     /// `owner`): a write failed or the connection was aborted, nothing more goes out.
     /// An atomic, not under `write`: checked without waiting for a write in progress.
@@ -446,6 +449,7 @@ impl FcgiConn {
             parking: Arc::clone(parking),
             write: parking_lot::Mutex::new(()),
             write_timeout,
+            stalled: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             lane_requests: AtomicUsize::new(0),
@@ -618,15 +622,39 @@ impl FcgiConn {
             let (_, end) = fcgi::sent_split(data, sent);
             *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = data[sent..end].to_vec();
         } else {
-            self.tear();
+            self.tear(&e);
         }
         Err((sent, e))
     }
 
-    /// A send failed part way: nothing more goes out.
-    fn tear(&self) {
+    /// A send failed part way (`e`): nothing more goes out.
+    fn tear(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::TimedOut {
+            self.stalled.store(true, Ordering::Release);
+        }
         self.torn.store(true, Ordering::Release);
         self.broken.store(true, Ordering::Release);
+    }
+
+    /// Why a response's last records could not go out: the front server read nothing
+    /// for `--read-timeout` (it stalled; postern gave up), or it closed the connection.
+    // regression (audit): a stall was reported as a close, so a WSGI response given
+    // up on at --read-timeout over FastCGI was logged as the client gone.
+    pub(super) fn lost(&self) -> io::Error {
+        if self.stalled.load(Ordering::Acquire) {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the front server read nothing for {:?} (--read-timeout)",
+                    self.write_timeout
+                ),
+            )
+        } else {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the front server closed the connection before END_REQUEST",
+            )
+        }
     }
 
     /// `data` as STDOUT records of request `id`, then `tail` (whole records), sent
@@ -691,8 +719,8 @@ impl FcgiConn {
                 break;
             }
         }
-        if r.is_err() {
-            self.tear();
+        if let Err(e) = &r {
+            self.tear(e);
         }
         r
     }
@@ -1009,9 +1037,10 @@ impl FcgiConn {
         rest: Option<&[u8]>,
         keep_conn: bool,
     ) -> bool {
-        let ok = rest.is_some_and(|rest| send_all(&self.sock, rest, self.write_timeout).is_ok());
-        if rest.is_some() && !ok {
-            self.tear();
+        let sent = rest.map(|rest| send_all(&self.sock, rest, self.write_timeout));
+        let ok = matches!(sent, Some(Ok(())));
+        if let Some(Err(e)) = &sent {
+            self.tear(e);
         } else if !ok {
             self.broken.store(true, Ordering::Release);
         }

@@ -543,10 +543,7 @@ impl Sink for FcgiSink {
         if let Some((rest, keep_conn)) = self.rest.take() {
             // `try_write` sent the start of `data`'s records and ended the request.
             if !self.conn.finish_inline_end(Some(&rest), keep_conn) {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the front server closed the connection before END_REQUEST",
-                ));
+                return Err(self.conn.lost());
             }
             self.written += data.len() as u64;
             return Ok(());
@@ -554,10 +551,7 @@ impl Sink for FcgiSink {
         self.check()?;
         self.flush()?;
         if !self.end(Some(data)) {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the front server closed the connection before END_REQUEST",
-            ));
+            return Err(self.conn.lost());
         }
         self.written += data.len() as u64;
         Ok(())
