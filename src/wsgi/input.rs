@@ -3,7 +3,7 @@
 //! released.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +16,16 @@ use super::{Body, BodyStream};
 /// The error kind of a [`BodyStream`] read that failed because the front server
 /// aborted the request or closed the connection (nobody is left to answer).
 pub const BODY_GONE: std::io::ErrorKind = std::io::ErrorKind::ConnectionReset;
+
+/// The error kind of a [`BodyStream`] read that failed because the front server ended
+/// the body before its CONTENT_LENGTH (FastCGI STDIN): its input, not the app, is at
+/// fault, and it still waits for an answer (400).
+pub const BODY_SHORT: std::io::ErrorKind = std::io::ErrorKind::UnexpectedEof;
+
+/// What [`Input::watched`]'s flag says of a failed body read: [`BODY_GONE`]'s.
+pub const CUT_GONE: u8 = 1;
+/// [`BODY_SHORT`]'s.
+pub const CUT_SHORT: u8 = 2;
 
 /// How the message of the `OSError` a body read cut short raises begins.
 pub const BODY_CUT: &str = "the request body was cut short";
@@ -34,8 +44,9 @@ pub struct Input {
     /// A body still arriving (FastCGI STDIN); `None` once it has ended.
     stream: Option<Box<dyn BodyStream>>,
     /// Set when a read of `stream` failed because the front server aborted the request
-    /// or closed the connection: the app's error is then the client gone, not a bug.
-    gone: Option<Arc<AtomicBool>>,
+    /// or closed the connection ([`CUT_GONE`]: the app's error is then the client gone,
+    /// not a bug), or ended the body short ([`CUT_SHORT`]: bad input, answered 400).
+    gone: Option<Arc<AtomicU8>>,
 }
 
 impl Input {
@@ -62,7 +73,7 @@ impl Input {
 
     /// As [`Input::new`]; `gone` is set once a read finds the front server gone (see
     /// [`BODY_GONE`]).
-    pub fn watched(body: Body, gone: Arc<AtomicBool>) -> Self {
+    pub fn watched(body: Body, gone: Arc<AtomicU8>) -> Self {
         Input {
             gone: Some(gone),
             ..Input::new(body)
@@ -87,10 +98,13 @@ impl Input {
                         return Ok(false);
                     }
                     Err(e) => {
-                        if e.kind() == BODY_GONE {
-                            if let Some(gone) = &self.gone {
-                                gone.store(true, Ordering::Release);
-                            }
+                        let cut = match e.kind() {
+                            BODY_GONE => CUT_GONE,
+                            BODY_SHORT => CUT_SHORT,
+                            _ => 0,
+                        };
+                        if let (Some(gone), true) = (&self.gone, cut != 0) {
+                            gone.store(cut, Ordering::Release);
                         }
                         return Err(PyOSError::new_err(format!("{BODY_CUT}: {e}")));
                     }

@@ -112,8 +112,10 @@ struct State {
     app_error: Option<AppError>,
     /// Set by `wsgi.input` when reading a streamed body found the front server gone
     /// (FastCGI ABORT_REQUEST or a closed connection): an app that fails then failed
-    /// for want of its body, the client's doing ([`fail`]).
-    body_gone: Option<Arc<AtomicBool>>,
+    /// for want of its body, the client's doing ([`fail`]); or found it ended short
+    /// of CONTENT_LENGTH (FastCGI STDIN): the front server's bad input, answered 400.
+    /// [`super::input::CUT_GONE`], [`super::input::CUT_SHORT`], else 0.
+    body_gone: Option<Arc<std::sync::atomic::AtomicU8>>,
     /// The bound `write` that `start_response` returns, made once per responder (a
     /// responder serves its thread's requests one after another: [`reuse`]). It refers
     /// to the responder, so [`reuse`] drops it when the responder is not kept.
@@ -807,7 +809,8 @@ fn respond(
     let mut sink: Box<dyn Sink> = std::mem::replace(&mut req.sink, Box::new(Closed));
     let (head, listener) = (&req.head, &req.listener);
     // Without a body or forwarding, the thread's shared objects in the template serve.
-    let body_gone = matches!(body, super::Body::Stream(_)).then(Arc::default);
+    let body_gone =
+        matches!(body, super::Body::Stream(_)).then(Arc::<std::sync::atomic::AtomicU8>::default);
     let input = (!matches!(body, super::Body::Empty)).then(|| {
         let input = match &body_gone {
             Some(gone) => Input::watched(body, Arc::clone(gone)),
@@ -1342,14 +1345,47 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         Failure::Mistake(m) => m.clone(),
     };
     let mut r = st(responder);
-    let body_gone = r
+    let cut = r
         .body_gone
         .as_ref()
-        .is_some_and(|g| g.load(Ordering::Acquire));
+        .map_or(0, |g| g.load(Ordering::Acquire));
+    let body_gone = cut == super::input::CUT_GONE;
     let from_body_cut = match &failure {
         Failure::Raised(e) => raised_by_body_cut(py, e),
         Failure::Mistake(_) => false,
     };
+    if cut == super::input::CUT_SHORT && from_body_cut && !r.client_gone {
+        // Its read of the body failed because the front server ended it before its
+        // CONTENT_LENGTH: the front server's bad input, not the app's bug, answered
+        // 400 as the same short body is when it is all there before the app runs.
+        // regression (audit): answered 500, logged as the app's exception with its
+        // traceback and counted as an app error.
+        let error = match &failure {
+            Failure::Raised(e) => e.to_string(),
+            Failure::Mistake(m) => m.clone(),
+        };
+        if r.headers_sent {
+            tracing::warn!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes, after the headers were sent; aborting the connection");
+            return Outcome {
+                status: r.code,
+                complete: false,
+            };
+        }
+        tracing::warn!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes; answered 400");
+        r.set_status(400, "400 Bad Request");
+        let body = b"Bad Request: the request body is incomplete.\n";
+        r.push_header("Content-Type", "text/plain; charset=utf-8");
+        r.push_header("Content-Length", &body.len().to_string());
+        r.content_length = Some(body.len() as u64);
+        r.body_sent = 0;
+        r.overflowed = false;
+        let _ = r.send_body(py, body);
+        let _ = r.flush_headers(py);
+        return Outcome {
+            status: 400,
+            complete: true,
+        };
+    }
     if body_gone && !from_body_cut {
         // The app failed otherwise after its body read did (it caught that error):
         // a bug of its own, logged with its traceback, though nobody is left to answer.

@@ -256,7 +256,7 @@ impl StdinStream {
         }
         if st.short {
             return Some(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
+                crate::wsgi::input::BODY_SHORT,
                 "the front server ended STDIN before CONTENT_LENGTH bytes",
             )));
         }
