@@ -241,6 +241,10 @@ def application(environ, start_response):
         # A regular file whose stat size is 0 though it has content (/proc, /sys).
         start_response("200 OK", [("Content-Type", "text/plain")])
         return environ["wsgi.file_wrapper"](open("/proc/self/status", "rb"), 8192)
+    if path == "/file-path":
+        # Any file, e.g. a sysfs one whose stat size (4096) is not its content's.
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(q["path"], "rb"), 8192)
     if path == "/file-bytesio":
         size = int(q.get("size", 100000))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])

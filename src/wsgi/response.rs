@@ -116,6 +116,10 @@ struct State {
     /// of CONTENT_LENGTH (FastCGI STDIN): the front server's bad input, answered 400.
     /// [`super::input::CUT_GONE`], [`super::input::CUT_SHORT`], else 0.
     body_gone: Option<Arc<std::sync::atomic::AtomicU8>>,
+    /// A `wsgi.file_wrapper` file sent with sendfile(2) ended before the length
+    /// announced for it (it shrank, or its size was not its content's: sysfs): the
+    /// response is cut off, postern's doing, not the client's.
+    file_short: bool,
     /// The bound `write` that `start_response` returns, made once per responder (a
     /// responder serves its thread's requests one after another: [`reuse`]). It refers
     /// to the responder, so [`reuse`] drops it when the responder is not kept.
@@ -144,6 +148,7 @@ impl State {
             last_write: false,
             app_error: None,
             body_gone: None,
+            file_short: false,
             write: None,
             inflight: None,
         }
@@ -1105,7 +1110,7 @@ fn drive(
         }
     }
     let mut r = st(responder);
-    if r.client_gone {
+    if r.client_gone || r.file_short {
         return Outcome {
             status: r.code,
             complete: false,
@@ -1198,8 +1203,19 @@ fn iterate(
                 r.progress();
                 let sink = &mut r.sink;
                 if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
-                    crate::logging::write_failed(&e);
-                    r.client_gone = true;
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        // regression (audit): taken for the client gone (INFO 'client
+                        // went away'), where ASGI's pathsend warns.
+                        tracing::warn!(
+                            length = len,
+                            size = src.len,
+                            "wsgi.file_wrapper: the file ended before its length (it shrank while it was sent, or its size is not its content's, as a sysfs file's); the response is cut off"
+                        );
+                        r.file_short = true;
+                    } else {
+                        crate::logging::write_failed(&e);
+                        r.client_gone = true;
+                    }
                 }
             }
             return Ok(());
