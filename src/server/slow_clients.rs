@@ -40,7 +40,7 @@ pub enum Reason {
     /// (`--read-timeout`) in the middle of it.
     Truncated,
     /// A request head (or the rest of a request answered without FCGI_KEEP_CONN, or a
-    /// uwsgi or SCGI body under [`BODY_MIN_RATE`]) still arriving, closed to let in a
+    /// request body under [`BODY_MIN_RATE`]) still arriving, closed to let in a
     /// connection waiting at `--max-connections` ([`close_oldest_head`]).
     Crowded,
 }
@@ -145,7 +145,7 @@ pub fn flush() {
 /// Apache send a head whole, so one arriving this long is a slow or stalled client.
 pub const HEAD_BEFORE_CLOSE: Duration = Duration::from_secs(1);
 
-/// A uwsgi or SCGI request body read in the slow lane is listed for
+/// A request body read in the slow lane (uwsgi, SCGI, FastCGI STDIN) is listed for
 /// [`close_oldest_head`] as well, as behind when it has come slower than this many
 /// bytes a second since its read began (Apache's mod_reqtimeout `MinRate` default): a
 /// front server sends a body at its client's pace, and even a slow upload is far above
@@ -206,8 +206,9 @@ enum Arrival {
     /// The rest of a FastCGI request answered without FCGI_KEEP_CONN (the drain
     /// before the close: nginx writes the whole body before it reads the response).
     Drain,
-    /// A uwsgi or SCGI request's body of this many bytes, read before the app is
-    /// called: behind from when it has come slower than [`BODY_MIN_RATE`].
+    /// A request body of this many bytes (a uwsgi or SCGI one, read before the app is
+    /// called; FastCGI STDIN, all a connection's requests' together): behind from when
+    /// it has come slower than [`BODY_MIN_RATE`].
     Body(u64),
 }
 
@@ -253,6 +254,12 @@ impl HeadWatch {
         h.next += 1;
         h.arriving.insert(key, Arc::clone(&arriving));
         HeadWatch { key, arriving }
+    }
+
+    /// `n` more bytes have come ([`HeadMarker::read`]).
+    pub fn read(&self, n: usize) {
+        self.arriving.arrived.store(true, Ordering::Relaxed);
+        self.arriving.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Some of the head has come.
@@ -302,8 +309,8 @@ impl HeadWatch {
             Arrival::Body(len) => {
                 let got = a.bytes.load(Ordering::Relaxed);
                 let took = a.since.elapsed();
-                // The request's span names the peer.
-                tracing::warn!(got, content_length = len, "--max-connections reached with a connection waiting: closing a connection whose request body arrives slowest ({got} of {len} bytes in {took:.1?}, under {BODY_MIN_RATE} bytes a second: a slow or stalled client) to let it in")
+                // (Over uwsgi and SCGI the request's span names the peer too.)
+                tracing::warn!(peer = %a.peer, got, content_length = len, "--max-connections reached with a connection waiting: closing a connection whose request body arrives slowest ({got} of {len} bytes in {took:.1?}, under {BODY_MIN_RATE} bytes a second: a slow or stalled client) to let it in")
             }
         }
     }

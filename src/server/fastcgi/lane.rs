@@ -629,6 +629,8 @@ pub async fn serve(
     // Listed while a head arrives and no request runs on the connection: at
     // --max-connections, with a connection waiting, the oldest is closed for it.
     let mut head_watch: Option<slow_clients::HeadWatch> = None;
+    // While bodies arrive and no head does: listed as a body (slow_clients::BODY_MIN_RATE).
+    let mut body_watch: Option<slow_clients::HeadWatch> = None;
     // The deadline that fired with input waiting on the socket (a worker stopped past
     // it: see connection::input_waits), and until when the read may go on: once per
     // deadline, so a head trickling past --head-timeout gains STOPPED_GRACE at most.
@@ -827,6 +829,21 @@ pub async fn serve(
         };
         let starved = over && reader_until.is_none() && any_starved(&slots);
         let held_back = over && !starved;
+        // regression (audit): a body sent a byte now and then (each read within
+        // --read-timeout) held its place at --max-connections for ever; listed, one
+        // that comes slower than BODY_MIN_RATE is closed for a connection waiting (its
+        // app's read then fails as at a close).
+        // Not while postern itself holds the input back (its apps have not read it).
+        let body_wait =
+            waiting_body && head_watch.is_none() && !held_back && backlog.is_empty() && !eof;
+        match (body_wait, &body_watch) {
+            (true, None) => {
+                let len = slots.values().filter_map(|s| s.content_length).sum();
+                body_watch = Some(slow_clients::HeadWatch::body(&peer, len, 0));
+            }
+            (false, Some(_)) => body_watch = None,
+            _ => {}
+        }
         let deadline = if eof {
             // Only the apps are waited for (their own deadline is --timeout).
             None
@@ -944,9 +961,12 @@ pub async fn serve(
                         }
                         break 'conn;
                     }
-                    Ok(_) => {
+                    Ok(n) => {
                         last_read = Instant::now();
                         past = over;
+                        if let Some(w) = &body_watch {
+                            w.read(n);
+                        }
                     }
                     Err(e) => {
                         // A reset where a FIN is logged (above), at the level uwsgi and
@@ -965,6 +985,12 @@ pub async fn serve(
             // Closed to let a waiting connection in (its line is logged there).
             () = async {
                 match &head_watch {
+                    Some(w) => w.closed_for_room().await,
+                    None => std::future::pending().await,
+                }
+            } => break 'conn,
+            () = async {
+                match &body_watch {
                     Some(w) => w.closed_for_room().await,
                     None => std::future::pending().await,
                 }
@@ -1061,6 +1087,7 @@ pub async fn serve(
         // --max-connections a connection waiting may take its place once nothing has
         // come on it for a second (each read refreshes it).
         head_watch = None;
+        body_watch = None;
         let watch = slow_clients::HeadWatch::draining(&peer);
         let mut total = 0usize;
         let mut heard = Instant::now();
@@ -1099,6 +1126,7 @@ pub async fn serve(
         }
     }
     drop(head_watch);
+    drop(body_watch);
     // Readers of bodies still streaming see the cut; sinks still writing see a closed
     // connection; the socket closes once they are done with it.
     let answered_all = eof && slots.is_empty() && !drain;
