@@ -221,6 +221,11 @@ def application(environ, start_response):
         except ValueError:
             pass
         return [b"should not be sent"]
+    if path == "/utf8-header":
+        # UTF-8 bytes as latin-1 text (PEP 3333's way to send bytes): '\u0141' is
+        # C5 81, '\u2014' E2 80 94 (bytes 0x80-0x9F, RFC 9110 obs-text).
+        name = "\u0141\u00f3d\u017a\u2014report.pdf".encode("utf-8").decode("latin-1")
+        return text(start_response, "ok\n", "200 OK", [("Content-Disposition", 'attachment; filename="%s"' % name)])
     if path == "/non-latin1":
         start_response("200 OK", [("X-Euro", "\u20ac")])
         return [b"should not be sent"]

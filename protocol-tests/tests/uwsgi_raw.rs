@@ -345,6 +345,26 @@ fn sendfile_and_iterated_file_wrappers_are_byte_exact() {
 }
 
 #[test]
+fn a_utf8_header_value_sent_as_latin1_goes_out_as_its_bytes() {
+    // regression (audit): bytes 0x80-0x9F (RFC 9110 obs-text; every UTF-8 '\u{141}' or
+    // '\u{2014}' has one) were refused as control characters: answered 500.
+    let dir = tempdir();
+    let p = start(dir.path());
+    let out = p.uwsgi(
+        &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/utf8-header")],
+        b"",
+    );
+    let want = "\r\nContent-Disposition: attachment; filename=\"\u{141}\u{f3}d\u{17a}\u{2014}report.pdf\"\r\n";
+    assert!(
+        out.windows(want.len()).any(|w| w == want.as_bytes()),
+        "{}\n{}",
+        String::from_utf8_lossy(&out),
+        p.logs()
+    );
+    ok_after(&p);
+}
+
+#[test]
 fn a_sendfile_file_shorter_than_its_size_is_cut_off_and_warned() {
     // regression (audit): a file that ends before its stat size (a sysfs file says
     // 4096; a file truncated while sent) was cut off and said only as 'client went

@@ -374,8 +374,9 @@ pub fn latin1_text(b: &[u8]) -> String {
 /// themselves: the same verdict and error as
 /// [`response::check_header`](super::response::check_header) on the header read as
 /// latin-1 text (each byte one char, so nothing is outside latin-1), without making the
-/// text. The name must be a token, the value free of controls (CR, LF, NUL, DEL,
-/// U+0080–U+009F; a tab is allowed). Returns the name as text (a token is ASCII).
+/// text. The name must be a token, the value free of ASCII controls (CR, LF, NUL, DEL;
+/// a tab is allowed; 0x80-0xFF pass, as obs-text). Returns the name as text (a token is
+/// ASCII).
 pub fn check_response_header<'n>(
     name: &'n [u8],
     value: &[u8],
@@ -386,7 +387,7 @@ pub fn check_response_header<'n>(
     }
     // SAFETY: every byte is a token character, ASCII, so the bytes are UTF-8.
     let name_text = unsafe { std::str::from_utf8_unchecked(name) };
-    let control = |b: u8| (b < b' ' && b != b'\t') || (0x7f..=0x9f).contains(&b);
+    let control = |b: u8| (b < b' ' && b != b'\t') || b == 0x7f;
     if value.iter().any(|&b| control(b)) {
         return Err(HeaderError::Control {
             name: name_text.to_owned(),

@@ -19,7 +19,7 @@ pub enum HeaderError {
     Interim(String),
     #[error("header name {0:?} is not an HTTP token")]
     Name(String),
-    #[error("header {name:?} has a value with CR, LF or another control character")]
+    #[error("header {name:?} has a value with CR, LF or another control character (ASCII: C0 but the tab, or DEL)")]
     Control { name: String },
     #[error("header {name:?} has text outside latin-1; encode it (e.g. RFC 8187) first")]
     NotLatin1 { name: String },
@@ -160,8 +160,11 @@ pub fn is_token(name: &[u8]) -> bool {
     all_bytes(name, TCHAR)
 }
 
-/// Checks one response header; names are tokens, values latin-1 without controls
-/// (horizontal tab allowed).
+/// Checks one response header; names are tokens, values latin-1 without ASCII
+/// controls (C0 but the horizontal tab, DEL). Bytes 0x80-0xFF pass, 0x80-0x9F too: RFC
+/// 9110's obs-text, and what a UTF-8 value sent as latin-1 text (PEP 3333's way to
+/// send bytes) is made of ('—', '€', 'ł' each have such a byte); gunicorn, uWSGI, h11
+/// and nginx pass them.
 pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
     if name.is_empty() || !all_bytes(name.as_bytes(), TCHAR) {
         return Err(HeaderError::Name(name.to_owned()));
@@ -176,7 +179,9 @@ pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
                 name: name.to_owned(),
             });
         }
-        if (c.is_control() && c != '\t') || c == '\u{7f}' {
+        // regression (audit): C1 (U+0080-U+009F) was refused too, so a UTF-8 filename
+        // in Content-Disposition answered 500.
+        if (c < ' ' && c != '\t') || c == '\u{7f}' {
             return Err(HeaderError::Control {
                 name: name.to_owned(),
             });
@@ -585,8 +590,9 @@ mod tests {
             let name = c.to_string();
             let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
             assert_eq!(check_header(&name, "v").is_ok(), tchar, "name byte {b:#x}");
-            // As a value: tabs and printable latin-1 pass, controls (C0, DEL, C1) do not.
-            let ok = b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0xa0;
+            // As a value: tabs, printable ASCII and 0x80-0xFF (obs-text) pass, ASCII
+            // controls (C0, DEL) do not.
+            let ok = b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0x80;
             assert_eq!(check_header("X", &name).is_ok(), ok, "value char {b:#x}");
         }
         assert_eq!(parse_content_length(" 0019\t"), Ok(19));
