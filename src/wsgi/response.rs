@@ -1381,13 +1381,14 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
             Failure::Mistake(m) => m.clone(),
         };
         if r.headers_sent {
-            tracing::warn!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes, after the headers were sent; aborting the connection");
+            tracing::debug!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes, after the headers were sent; aborting the connection");
             return Outcome {
                 status: r.code,
                 complete: false,
             };
         }
-        tracing::warn!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes; answered 400");
+        // (The lane has said it at WARN, through the bad-input limit.)
+        tracing::debug!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes; answered 400");
         r.set_status(400, "400 Bad Request");
         let body = b"Bad Request: the request body is incomplete.\n";
         r.push_header("Content-Type", "text/plain; charset=utf-8");

@@ -1701,7 +1701,11 @@ fn handle_event(
                 return Step::Go;
             };
             if slot.content_length.is_some_and(|cl| slot.got < cl) {
-                tracing::warn!(%peer, fcgi_id = id, got = slot.got, "STDIN ended before CONTENT_LENGTH bytes; the app sees a cut body");
+                // One line per short body (review of cbddb75: the 400 the app's read
+                // leads to is said at debug), through the bad-input limit.
+                if slow_clients::bad_input(peer, Reason::Truncated) {
+                    tracing::warn!(%peer, fcgi_id = id, got = slot.got, "STDIN ended before CONTENT_LENGTH bytes; the app sees a cut body (answered 400 if it lets the read's error escape)");
+                }
                 feed.0.short();
                 slot.stdin = None;
                 return Step::Go;
