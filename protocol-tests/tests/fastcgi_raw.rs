@@ -2389,6 +2389,27 @@ fn more_than_64_requests_in_flight_get_overloaded() {
 }
 
 #[test]
+fn multiplexed_bodies_whose_lengths_overflow_together_are_served_on() {
+    // regression (review of 5d7613b): the lane's body watch summed the CONTENT_LENGTHs of
+    // a connection's requests unchecked: three of 2^63 - 1 (accepted: no --max-body by
+    // default) and a STDIN byte overflowed (a panic in a debug build).
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "4"]);
+    let v = vars("POST", "/echo", Some(i64::MAX as usize));
+    let mut c = Fc::open(&p);
+    let mut b = Vec::new();
+    for id in 1..=3 {
+        b.extend(head(id, true, &v));
+    }
+    b.extend(fcgi::record(STDIN, 1, b"x"));
+    c.send(&b);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!p.logs().contains("internal error"), "{}", p.logs());
+    drop(c);
+    ok_after(&p);
+}
+
+#[test]
 fn stdin_shorter_than_content_length_is_answered_and_the_connection_goes_on() {
     let dir = tempdir();
     let p = start(dir.path(), &["--threads", "2"]);

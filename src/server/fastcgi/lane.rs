@@ -838,7 +838,12 @@ pub async fn serve(
             waiting_body && head_watch.is_none() && !held_back && backlog.is_empty() && !eof;
         match (body_wait, &body_watch) {
             (true, None) => {
-                let len = slots.values().filter_map(|s| s.content_length).sum();
+                // Wire lengths (up to 2^63 - 1 each): saturated, never overflowed.
+                // regression (review of 5d7613b): a sum that overflowed panicked.
+                let len = slots
+                    .values()
+                    .filter_map(|s| s.content_length)
+                    .fold(0u64, u64::saturating_add);
                 body_watch = Some(slow_clients::HeadWatch::body(&peer, len, 0));
             }
             (false, Some(_)) => body_watch = None,
