@@ -55,6 +55,20 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": type(e).__name__.encode()})
         except ValueError:
             await send({"type": "http.response.body", "body": b"ValueError"})
+    elif path == "/read-all":
+        # Reads the whole body; a disconnect is an error to it (as Starlette's
+        # ClientDisconnect, a class of that name).
+        class ClientDisconnect(Exception):
+            pass
+        n = 0
+        while True:
+            m = await receive()
+            if m["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            n += len(m.get("body", b""))
+            if not m.get("more_body"):
+                break
+        await answer(send, b"got %d" % n)
     elif path == "/queued-last":
         # A big body not waited for (its write runs on the executor), then the last
         # body queued behind it, then a wait for the disconnect.
@@ -218,6 +232,43 @@ fn serve(dir: &Path, extra: &[&str]) -> Postern {
         .args(["--loop", "asyncio"])
         .args(extra.iter().copied())
         .start()
+}
+
+#[test]
+fn a_fastcgi_stdin_short_of_content_length_is_answered_400_not_500() {
+    // regression (review of cbddb75): a STDIN that ended before CONTENT_LENGTH while
+    // an ASGI app read it gave receive() http.disconnect as if the client had gone, so
+    // an app that raises on it was answered 500 with ERROR and its traceback (the
+    // front server still waited), where the WSGI path answers 400.
+    let dir = tempdir();
+    let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+        .protocol("fastcgi")
+        .args(["--loop", "asyncio"])
+        .start();
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("SCRIPT_NAME", "/read-all"),
+        ("REQUEST_URI", "/read-all"),
+        ("CONTENT_LENGTH", "10"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+    ];
+    let mut s = p.addr.connect().unwrap();
+    let mut head = fcgi::head(1, true, &vars);
+    head.extend(fcgi::record(fcgi::STDIN, 1, b"abc"));
+    s.write_all(&head).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let (status, _, _) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
+    assert_eq!(status, 400, "{}", p.logs());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let logs = p.logs();
+    assert!(!logs.contains(" ERROR "), "{logs}");
+    assert!(
+        logs.contains("STDIN ended before CONTENT_LENGTH bytes"),
+        "{logs}"
+    );
 }
 
 /// A GET over uwsgi: the parsed response, or None when the connection gave none

@@ -654,6 +654,10 @@ pub struct Exchange {
     /// Every later `send()` raises this: the response was answered or cut off in the
     /// app's place (a body over --max-body, sends the app did not wait for).
     send_refused: Option<&'static str>,
+    /// Postern answered 400 for the front server's input (a FastCGI STDIN short of
+    /// CONTENT_LENGTH, [`Exchange::answer_short`]): what the app raises on the
+    /// http.disconnect it got then is the input's doing, not its failure.
+    input_refused: bool,
 }
 
 /// Body bytes waiting for the executor's write in flight to end.
@@ -907,6 +911,16 @@ fn raised_by_disconnect(py: Python<'_>, e: &PyErr) -> Disconnect {
         own(x).max(chain)
     }
     walk(e.value(py).as_any(), 8)
+}
+
+/// Why a body read failed for the front server's input, answered by postern
+/// ([`Exchange::answer_refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Over `--max-body` (a body without CONTENT_LENGTH): 413.
+    TooLarge,
+    /// Ended before CONTENT_LENGTH (FastCGI STDIN): 400.
+    Short,
 }
 
 fn gone_error() -> PyErr {
@@ -1220,6 +1234,7 @@ impl Exchange {
             last_progress: now,
             body_id: None,
             send_refused: None,
+            input_refused: false,
         }
     }
 
@@ -1898,7 +1913,7 @@ impl Exchange {
         let py = slf.py();
         let span = slf.borrow().span.clone();
         let _entered = span.enter();
-        let (started_sending, served, gone, complete, cut) = {
+        let (started_sending, served, gone, complete, cut, refused) = {
             let mut me = slf.borrow_mut();
             me.task_over = true;
             (
@@ -1907,13 +1922,14 @@ impl Exchange {
                 me.gone,
                 me.complete,
                 me.cut_at_stop && failure.is_some(),
+                me.input_refused,
             )
         };
         // What the app raised because the client went away (an OSError of a send,
         // Starlette's ClientDisconnect after receive() said http.disconnect) is not its
         // failure, as on the WSGI path; anything else it raised is.
         let disconnect = match &failure {
-            Some(e) if gone => raised_by_disconnect(py, e),
+            Some(e) if gone || refused => raised_by_disconnect(py, e),
             _ => Disconnect::No,
         };
         let from_disconnect = disconnect != Disconnect::No;
@@ -1924,6 +1940,11 @@ impl Exchange {
             None if gone => {
                 tracing::debug!("the request ended after the client went away");
                 Self::settle(slf, None)?;
+            }
+            Some(_) if refused && from_disconnect => {
+                tracing::debug!(
+                    "the app stopped on the http.disconnect of its cut body (postern answered 400)"
+                );
             }
             Some(_) if disconnect == Disconnect::Certain => {
                 tracing::debug!("the app stopped: the client went away");
@@ -2440,10 +2461,10 @@ impl Exchange {
                 me.body = BodyState::Polled(s, wake);
                 Self::prune(py, &mut me.read_waiters);
                 if me.read_waiters.is_empty() {
-                    if let Some((msg, too_large)) = me.poll_body(py)? {
+                    if let Some((msg, refused)) = me.poll_body(py)? {
                         drop(me);
-                        if too_large {
-                            Self::answer_too_large(slf)?;
+                        if let Some(r) = refused {
+                            Self::answer_refused(slf, r)?;
                         }
                         return ready(py, Some(msg.into_any().unbind()));
                     }
@@ -3303,7 +3324,10 @@ impl Exchange {
     /// there, up to [`READ_CHUNK`]); `None` while nothing is (the stream wakes the
     /// loop). Past the end (or a cut), the body is done; `true` with the message: the
     /// body passed --max-body.
-    fn poll_body<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyDict>, bool)>> {
+    fn poll_body<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyDict>, Option<Refused>)>> {
         let BodyState::Polled(s, wake) = &mut self.body else {
             return Ok(None);
         };
@@ -3344,7 +3368,15 @@ impl Exchange {
             Some(Err(_)) if !got.is_empty() => false,
             Some(Err(e)) => {
                 self.body_done(py);
-                let too_large = e.kind() == crate::wsgi::BODY_TOO_LARGE;
+                let refused = match e.kind() {
+                    crate::wsgi::BODY_TOO_LARGE => Some(Refused::TooLarge),
+                    // regression (review of cbddb75): a FastCGI STDIN ended short of
+                    // CONTENT_LENGTH was taken for the client gone: an app that raised
+                    // on the disconnect was answered 500 with its traceback, where the
+                    // WSGI path answers 400.
+                    crate::wsgi::input::BODY_SHORT => Some(Refused::Short),
+                    _ => None,
+                };
                 if e.kind() == crate::wsgi::input::BODY_GONE {
                     // The client is gone: what the app does next (returns, raises
                     // because of it) is not its failure, and nothing is answered, as
@@ -3358,7 +3390,7 @@ impl Exchange {
                     let _e = self.span.enter();
                     tracing::debug!(error = %e, "reading the request body failed");
                 }
-                return Ok(Some((disconnect_message(py)?, too_large)));
+                return Ok(Some((disconnect_message(py)?, refused)));
             }
             None => false,
         };
@@ -3380,7 +3412,7 @@ impl Exchange {
         d.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
         d.set_item(intern!(py, "body"), body)?;
         d.set_item(intern!(py, "more_body"), !finished)?;
-        Ok(Some((d, false)))
+        Ok(Some((d, None)))
     }
 
     /// The body is all taken (or cut): no more wake-ups for it.
@@ -3414,17 +3446,48 @@ impl Exchange {
                 drop(me);
                 return Self::watch(slf);
             }
-            let Some((msg, too_large)) = me.poll_body(py)? else {
+            let Some((msg, refused)) = me.poll_body(py)? else {
                 return Ok(());
             };
             if let Some(w) = me.read_waiters.pop_front() {
                 w.bind(py).call_method1(intern!(py, "set_result"), (msg,))?;
             }
             drop(me);
-            if too_large {
-                Self::answer_too_large(slf)?;
+            if let Some(r) = refused {
+                Self::answer_refused(slf, r)?;
             }
         }
+    }
+
+    /// The body failed for the front server's input: too large, or short.
+    fn answer_refused(slf: &Bound<'_, Self>, why: Refused) -> PyResult<()> {
+        match why {
+            Refused::TooLarge => Self::answer_too_large(slf),
+            Refused::Short => Self::answer_short(slf),
+        }
+    }
+
+    /// A FastCGI STDIN ended before CONTENT_LENGTH: 400 (as on the WSGI path) if the
+    /// response has not started; else the response is cut. The lane has logged it (a
+    /// WARN through the bad-input limit). The app's next `send()` raises.
+    fn answer_short(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut me = slf.borrow_mut();
+        if me.send_refused.is_some() || me.served.is_some() || me.gone {
+            return Ok(());
+        }
+        let _e = me.span.clone().entered();
+        if me.head_sent {
+            me.send_refused = Some("the request body ended before its Content-Length; the response had started, so postern cut it off and the request is over");
+            tracing::debug!("the request body ended before CONTENT_LENGTH; the response had started, so it is cut off");
+            let code = me.code;
+            drop(me);
+            return Self::settle(slf, Some(End::Incomplete(code)));
+        }
+        me.send_refused = Some("the request body ended before its Content-Length: postern answered 400 and the request is over");
+        me.input_refused = true;
+        tracing::debug!("the request body ended before CONTENT_LENGTH; answered 400");
+        drop(me);
+        Self::answer_plain(slf, 400, b"Bad Request: the request body is incomplete.\n")
     }
 
     /// The body (streamed without CONTENT_LENGTH) passed --max-body: 413 as when the
