@@ -191,14 +191,19 @@ fn requests_below_the_cap_do_not_wake_the_busy_watch() {
     let (before, threads) = busy_thread_wakes(&pids);
     assert_eq!(threads, 2, "a postern-busy thread in each of {pids:?}");
     let n = 100;
+    let start = std::time::Instant::now();
     for _ in 0..n {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(get(&mut c, "/").map(|a| a.0), Some(200), "{}", p.logs());
     }
     let woken = busy_thread_wakes(&pids).0 - before;
+    // The calm tick (every 250 ms while requests end) wakes each thread by itself as
+    // time passes, whatever the requests do: its wake-ups over the elapsed time are
+    // allowed on top, so a slow machine does not fail the count (review-asgihand).
+    let ticks = 2 * (start.elapsed().as_millis() as u64 / 250 + 1);
     assert!(
-        woken < n / 3,
-        "{n} requests below the cap woke the busy watch's threads {woken} times"
+        woken < n / 3 + ticks,
+        "{n} requests below the cap woke the busy watch's threads {woken} times ({ticks} calm ticks allowed)"
     );
     eprintln!("{n} requests below the cap: the busy watch's threads woke {woken} times");
 }
