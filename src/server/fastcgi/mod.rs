@@ -1572,7 +1572,8 @@ impl Parking {
     /// comes to it from then on (its next requests on parked connections among them)
     /// wakes [`relieve`]'s thread, or out of it. Called by the loop thread, at those
     /// two moments only. A worker alone (no sibling to hand a request to) does not arm
-    /// it: its safety net's tick still looks once a SIGTTIN added one.
+    /// it, and does not arm it later in the same stretch at the cap: a request already
+    /// waiting when a SIGTTIN adds a worker stays until a task ends (README, known gap).
     pub fn at_cap(&self, full: bool) {
         let Some(watch) = self.cap_watch.get() else {
             return;
