@@ -151,6 +151,15 @@ static BEGAN: OnceLock<std::time::Instant> = OnceLock::new();
 /// The wake-up pipe (read end, write end), made once per process.
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 
+/// `si_code` of a signal the kernel sent itself (a terminal's SIGTTIN/SIGTTOU to a
+/// background process group), where an operator's kill(2) has SI_USER.
+const SI_KERNEL: i32 = 0x80;
+
+/// A SIGTTIN or SIGTTOU the terminal sent ([`SI_KERNEL`]), not an operator's.
+pub fn from_terminal(signal: i32, code: i32) -> bool {
+    matches!(signal, libc::SIGTTIN | libc::SIGTTOU) && code == SI_KERNEL
+}
+
 /// The handler: counts the signal and writes one byte on the wake-up pipe. Only
 /// async-signal-safe work (atomics, write(2)); errno is kept for the code it
 /// interrupted. A full pipe already wakes the reader, so a failed write loses nothing.
@@ -181,6 +190,25 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         {
             ORPHAN.store(true, Ordering::SeqCst);
             wake();
+        }
+        return;
+    }
+    // SAFETY: as for si_pid above.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    if from_terminal(signal, code) {
+        // The terminal's (a read, or a write under `stty tostop`, from the
+        // background): stopped, as the default action does ('Stopped (tty input)';
+        // `fg` continues it, and the call is tried again). SIGSTOP is
+        // async-signal-safe to raise.
+        // regression (review-small): counted instead, the call restarted, the kernel
+        // signalled again: a busy loop of thousands of failed reads a second.
+        // SAFETY: raise is async-signal-safe.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
         }
         return;
     }

@@ -85,15 +85,31 @@ impl SignalFd {
         Ok(SignalFd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// The next pending signal's number, or None when none is pending.
+    /// The next pending signal's number, or None when none is pending. A SIGTTIN or
+    /// SIGTTOU the terminal sent (si_code SI_KERNEL: a process of the group read it,
+    /// or wrote to it under `stty tostop`, in the background) is skipped: it is no
+    /// operator's request to add or remove a worker.
+    // regression (review-small): each tty read of a backgrounded worker reached the
+    // master as 'SIGTTIN: one worker more'.
     pub fn read(&self) -> Option<i32> {
-        let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-        match rustix::io::read(&self.0, &mut buf) {
-            // ssi_signo is the first field (u32).
-            Ok(n) if n == buf.len() => {
-                Some(u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as i32)
+        loop {
+            let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            match rustix::io::read(&self.0, &mut buf) {
+                // ssi_signo is the first field (u32), ssi_code the third (i32).
+                Ok(n) if n == buf.len() => {
+                    let signo = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as i32;
+                    let code = i32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                    if crate::stop::from_terminal(signo, code) {
+                        tracing::debug!(
+                            signal = name(signo),
+                            "from the terminal (a process of the group used it in the background): not a request to scale"
+                        );
+                        continue;
+                    }
+                    return Some(signo);
+                }
+                _ => return None,
             }
-            _ => None,
         }
     }
 }
