@@ -48,9 +48,11 @@ fn a_lone_worker_deaf_to_sigterm_sees_the_stop_at_once_over_tcp() {
         assert!(status.is_some_and(|s| s.success()), "{status:?}\n{logs}");
         let stop = at(log_line(&logs, "stopping: workers finish their requests"));
         let seen = at(log_line(&logs, "but its SIGTERM never came"));
-        // A few milliseconds; the margin is for a loaded machine.
+        // A few milliseconds here (~30 ms); without the nudge the worker's 1 s look
+        // finds it (0.98 s seen before). The bound is as wide as that allows, for a
+        // loaded 2-core CI (review-small LOW: 0.5 s was too tight a timing).
         assert!(
-            seen - stop < 0.5,
+            seen - stop < 0.9,
             "round {round}: the worker saw its stop {:.3} s late\n{logs}",
             seen - stop
         );
