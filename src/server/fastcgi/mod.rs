@@ -787,7 +787,25 @@ impl FcgiConn {
     /// FIN leave together (over TCP in one segment: corked), so the front server sees
     /// the close as it reads the response and does not put the connection back in its
     /// cache, where a request could be sent on it as it closes.
+    ///
+    /// Over a Unix socket the FIN is an event of its own: nginx could read END_REQUEST
+    /// without it, cache the connection and send its next request on it as postern
+    /// closed it (a POST's 502: 'upstream prematurely closed connection', 'writev()
+    /// failed (32: Broken pipe)'). So when the peer is nginx, an empty management
+    /// record (FCGI_GET_VALUES_RESULT, requestId 0) follows END_REQUEST in the same
+    /// send: nginx keeps a connection only when END_REQUEST ends what it read, and
+    /// otherwise closes it, never cached. Not for other peers: Apache's reuse check
+    /// takes bytes waiting as a live connection.
     fn send_last(&self, id: u16, data: &[u8], tail: &[u8]) -> bool {
+        let mut last = Vec::new();
+        let tail = if !self.tcp && peer_is_nginx(&self.sock) {
+            last.reserve(tail.len() + fcgi::HEADER_LEN);
+            last.extend_from_slice(tail);
+            fcgi::encode_empty_values_result(&mut last);
+            &last[..]
+        } else {
+            tail
+        };
         if self.tcp {
             let _ = self.sock.set_tcp_cork(true);
         }
@@ -1071,6 +1089,34 @@ impl FcgiConn {
             self.close();
         }
     }
+}
+
+/// The process at the other end of a Unix socket is nginx (its name, from
+/// `SO_PEERCRED`'s pid; false when unknown: another pid namespace gives pid 0). Asked
+/// only for a kept connection's last answer at the final stop.
+fn peer_is_nginx(sock: &socket2::Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the descriptor
+    // is open for as long as `sock` is borrowed.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || cred.pid <= 0 {
+        return false;
+    }
+    std::fs::read(format!("/proc/{}/comm", cred.pid)).is_ok_and(|c| c.starts_with(b"nginx"))
 }
 
 thread_local! {
