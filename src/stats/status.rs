@@ -57,7 +57,10 @@ struct Listener<'a> {
 struct Worker {
     /// The `worker` label of the per-worker metrics.
     worker: usize,
-    pid: i32,
+    /// `null` for the moment a worker is being forked (its slot is set up before its
+    /// pid is known): a script that signals /status's pids must never get 0, its own
+    /// process group.
+    pid: Option<i32>,
     generation: u64,
     /// `starting`, `serving`, `retiring` or `draining`.
     state: &'static str,
@@ -164,7 +167,7 @@ pub fn json(s: &Snapshot) -> String {
             .iter()
             .map(|w| Worker {
                 worker: w.slot,
-                pid: w.pid,
+                pid: (w.pid > 0).then_some(w.pid),
                 generation: w.generation,
                 state: w.state.label(),
                 unresponsive: w.unresponsive(),
@@ -371,7 +374,12 @@ pub fn text(s: &Snapshot) -> String {
                 let _ = writeln!(
                     o,
                     "{:<8} {:>3}  {:<12}  {:>8}  {:>7}  {:>6}  {:>6}  {:>8}  {req}",
-                    w.pid,
+                    // Not known yet (being forked): '-', never 0.
+                    if w.pid > 0 {
+                        w.pid.to_string()
+                    } else {
+                        "-".to_owned()
+                    },
                     w.generation,
                     w.label(),
                     w.requests,
@@ -511,6 +519,20 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json(&plain)).unwrap();
         assert!(v["workers"][0].get("held").is_none(), "{v}");
         assert!(!text(&plain).contains("held"));
+    }
+
+    // regression (hostile LOW): a worker being forked was listed with pid 0, which a
+    // script that signals /status's pids would send to its own process group.
+    #[test]
+    fn a_worker_whose_pid_is_not_known_yet_has_none() {
+        let mut s = crate::stats::tests::sample();
+        s.workers[1].pid = 0;
+        let v: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        assert_eq!(v["workers"][0]["pid"], 101);
+        assert!(v["workers"][1]["pid"].is_null(), "{v}");
+        let t = text(&s);
+        assert!(!t.lines().any(|l| l.starts_with("0 ")), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("- ")), "{t}");
     }
 
     #[test]

@@ -825,6 +825,14 @@ impl Master {
             std::process::exit(code);
         };
         drop(write);
+        // The child stores it too, first thing; from here on /status never shows the
+        // slot's 0 of before the fork, however long the child takes to run.
+        // regression (hostile LOW): only the child stored it, and a loaded fork left
+        // "pid": 0 in /status for ~100 ms.
+        self.board
+            .head(slot)
+            .pid
+            .store(raw(child), Ordering::SeqCst);
         tracing::info!(
             pid = raw(child),
             generation = self.generation,
