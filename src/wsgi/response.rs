@@ -1389,19 +1389,13 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         }
         // (The lane has said it at WARN, through the bad-input limit.)
         tracing::debug!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes; answered 400");
-        r.set_status(400, "400 Bad Request");
-        let body = b"Bad Request: the request body is incomplete.\n";
-        r.push_header("Content-Type", "text/plain; charset=utf-8");
-        r.push_header("Content-Length", &body.len().to_string());
-        r.content_length = Some(body.len() as u64);
-        r.body_sent = 0;
-        r.overflowed = false;
-        let _ = r.send_body(py, body);
-        let _ = r.flush_headers(py);
-        return Outcome {
-            status: 400,
-            complete: true,
-        };
+        return answer_plain(
+            py,
+            &mut r,
+            400,
+            "400 Bad Request",
+            b"Bad Request: the request body is incomplete.\n",
+        );
     }
     if body_gone && !from_body_cut {
         // The app failed otherwise after its body read did (it caught that error):
@@ -1443,8 +1437,19 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         };
     }
     tracing::error!(detail = %detail, "{what}; answered 500");
-    r.set_status(500, "500 Internal Server Error");
-    let body = b"Internal Server Error\n";
+    answer_plain(
+        py,
+        &mut r,
+        500,
+        "500 Internal Server Error",
+        b"Internal Server Error\n",
+    )
+}
+
+/// Answers for the app, which sent no head: `line` with a plain-text `body` of known
+/// length, in place of whatever it had set.
+fn answer_plain(py: Python<'_>, r: &mut State, code: u16, line: &str, body: &[u8]) -> Outcome {
+    r.set_status(code, line);
     r.push_header("Content-Type", "text/plain; charset=utf-8");
     r.push_header("Content-Length", &body.len().to_string());
     r.content_length = Some(body.len() as u64);
@@ -1453,7 +1458,7 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
     let _ = r.send_body(py, body);
     let _ = r.flush_headers(py);
     Outcome {
-        status: 500,
+        status: code,
         complete: true,
     }
 }
