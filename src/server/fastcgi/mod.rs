@@ -1096,6 +1096,8 @@ impl FcgiConn {
 /// only for a kept connection's last answer at the final stop.
 fn peer_is_nginx(sock: &socket2::Socket) -> bool {
     use std::os::fd::AsRawFd;
+    // Through libc, not rustix's `socket_peercred`: its `UCred` holds a non-zero `Pid`,
+    // and the kernel reports pid 0 for a peer in another pid namespace.
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
