@@ -102,19 +102,49 @@ const HTTP: &str = r#"
         left = sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Future) and o.cancelled())
         await answer(send, str(left).encode())
     elif path == "/from-a-thread":
-        # send()/receive() called on an executor thread instead of the loop's.
+        # send()/receive() called on an executor thread: as any ASGI server's
+        # coroutine functions, the call only makes a coroutine; run on the loop
+        # (run_coroutine_threadsafe) it works, run on another thread's loop it is refused.
         loop = asyncio.get_running_loop()
-        said = []
-        for call in (lambda: receive(),
-                     lambda: send({"type": "http.response.start", "status": 200, "headers": []})):
+        def on_thread():
+            said = []
+            m = asyncio.run_coroutine_threadsafe(receive(), loop).result(5)
+            said.append("%s %r" % (m["type"], m["body"]))
             try:
-                await loop.run_in_executor(None, call)
+                asyncio.run(send({"type": "http.response.start", "status": 200, "headers": []}))
                 said.append("no error")
             except Exception as e:
                 said.append("%s: %s" % (type(e).__name__, e))
             except BaseException as e:
                 said.append("%s (a BaseException)" % type(e).__name__)
-        await answer(send, "\n".join(said).encode())
+            start = {"type": "http.response.start", "status": 200,
+                     "headers": [(b"content-type", b"text/plain")]}
+            asyncio.run_coroutine_threadsafe(send(start), loop).result(5)
+            body = {"type": "http.response.body", "body": "\n".join(said).encode()}
+            asyncio.run_coroutine_threadsafe(send(body), loop).result(5)
+        await loop.run_in_executor(None, on_thread)
+    elif path == "/as-tasks":
+        # send() and receive() given to asyncio.create_task, as coroutines are: a
+        # ready value, and a receive() that waits (for the disconnect, after the body).
+        m = await asyncio.create_task(receive())
+        waiting = asyncio.create_task(receive())
+        await asyncio.sleep(0)
+        early = waiting.done()
+        await asyncio.create_task(send({"type": "http.response.start", "status": 200,
+                                        "headers": [(b"content-type", b"text/plain")]}))
+        await asyncio.create_task(send({"type": "http.response.body",
+                                        "body": b"%s %r done early: %s" % (m["type"].encode(), m["body"], str(early).encode())}))
+        last = await asyncio.wait_for(waiting, 10)
+        mark("as-tasks", last["type"])
+    elif path == "/wsgi-to-asgi":
+        # asgiref's WsgiToAsgi runs a WSGI app on a thread and calls send() and
+        # receive() from it (through async_to_sync).
+        from asgiref.wsgi import WsgiToAsgi
+        def wsgi(environ, start_response):
+            body = environ["wsgi.input"].read()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"wsgi got %d bytes %s" % (len(body), hashlib.sha256(body).hexdigest().encode())]
+        await WsgiToAsgi(wsgi)(scope, receive, send)
     elif path == "/impatient":
         # receive() under a short timeout, retried: a cancelled receive() must not
         # lose its chunk.
@@ -501,24 +531,75 @@ fn cancelled_receive_calls_after_the_body_are_not_kept() {
 
 // regression: R15, send() or receive() called on another thread panicked in pyo3 (a
 // PanicException, a BaseException, into the app and a Rust panic on stderr).
+// regression: then it raised a RuntimeError at the call, so asgiref's WsgiToAsgi,
+// a2wsgi and `asyncio.run_coroutine_threadsafe(send(m), loop)` answered 500 (probe2 F1):
+// the call off the loop now makes a coroutine that runs once awaited on the loop.
 #[test]
-fn send_and_receive_from_another_thread_raise_a_runtime_error() {
+fn send_and_receive_called_on_another_thread_run_on_the_loop() {
     let dir = tempdir();
     let p = serve(dir.path(), "uwsgi", &[]);
-    let r = get(&p, "/from-a-thread", "");
-    assert_eq!(r.status, 200);
+    let out = p.raw(&uwsgi_req("POST", "/from-a-thread", "", b"abc"));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
     let said = r.text();
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines.len(), 2, "{said}");
-    for l in lines {
-        assert!(
-            l.starts_with(
-                "RuntimeError: send() and receive() must be called on the event loop's thread"
-            ),
-            "{said}"
-        );
-    }
+    assert_eq!(lines[0], "http.request b'abc'", "{said}");
+    assert!(
+        lines[1]
+            .starts_with("RuntimeError: send() or receive() awaited off the worker's event loop"),
+        "{said}"
+    );
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
+}
+
+// regression: probe2 F2: send() and receive() returned awaitables that are not
+// coroutines, so asyncio.create_task(send(m)) raised TypeError (a 500).
+#[test]
+fn send_and_receive_can_be_given_to_create_task() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let out = p.raw(&uwsgi_req("POST", "/as-tasks", "", b"xyz"));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(r.text(), "http.request b'xyz' done early: False");
+    assert!(wait_file(&dir.path().join("as-tasks"), 10), "{}", p.logs());
+    let last = std::fs::read_to_string(dir.path().join("as-tasks")).unwrap();
+    assert_eq!(last, "http.disconnect");
+}
+
+// regression: probe2 F1: asgiref's WsgiToAsgi answered 500 to every request.
+#[test]
+fn asgirefs_wsgi_to_asgi_serves_a_wsgi_app() {
+    // asgiref comes with Django, in the examples' venv.
+    let Some(venv) = protocol_tests::harness::example_venv() else {
+        assert!(
+            !protocol_tests::harness::in_ci(),
+            "no venv with asgiref (examples/requirements.txt), and CI=true"
+        );
+        eprintln!("\n!!!!! SKIPPING: no venv with the examples' packages (python3 -m venv .venv && .venv/bin/pip install -r examples/requirements.txt) !!!!!\n");
+        return;
+    };
+    let dir = tempdir();
+    let p = Spawn::asgi_tcp(dir.path(), "asgi_core_app", &app())
+        .protocol("uwsgi")
+        .env("ASGI_TEST_DIR", dir.path().to_str().unwrap())
+        .args(["--loop", "asyncio"])
+        .venv(&venv)
+        .start();
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let out = p.raw(&uwsgi_req("POST", "/wsgi-to-asgi", "", &body));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(
+        r.text(),
+        format!("wsgi got 100000 bytes {}", sha256_hex(&body))
+    );
+    let out = p.raw(&uwsgi_req("GET", "/wsgi-to-asgi", "", b""));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert!(r.text().starts_with("wsgi got 0 bytes "), "{}", r.text());
+    assert!(!p.logs().contains("ERROR"), "{}", p.logs());
 }
 
 // regression: a callback of the app raising SystemExit ended the loop's run_forever and

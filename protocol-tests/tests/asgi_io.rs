@@ -214,7 +214,8 @@ async def app(scope, receive, send):
                 for _ in range(3)]
         send({"type": "http.response.body", "body": b"c" * 524288, "more_body": True})
         if isinstance(first, asyncio.Future):
-            await asyncio.wait([first], timeout=10)
+            # shield: asyncio.wait refuses coroutines, which send()'s futures are too.
+            await asyncio.wait([asyncio.shield(first)], timeout=10)
         await asyncio.sleep(0.2)
         say("behind-write", " ".join(
             "none" if not isinstance(f, asyncio.Future) else "pending" if not f.done()

@@ -102,6 +102,14 @@ fn ready_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
                     ml_doc: c"Like __next__: the value, in StopIteration.".as_ptr(),
                 },
                 ffi::PyMethodDef {
+                    ml_name: c"throw".as_ptr(),
+                    ml_meth: ffi::PyMethodDefPointer {
+                        PyCFunction: ready_throw,
+                    },
+                    ml_flags: ffi::METH_VARARGS,
+                    ml_doc: c"Drops the value and raises the exception given.".as_ptr(),
+                },
+                ffi::PyMethodDef {
                     ml_name: c"close".as_ptr(),
                     ml_meth: ffi::PyMethodDefPointer {
                         PyCFunction: ready_close,
@@ -229,6 +237,51 @@ unsafe extern "C" fn ready_send_method(
     }
 }
 
+/// `throw(exception)` (or `throw(type[, value[, traceback]])`): drops the value and
+/// raises the exception, as a coroutine that has not started does. With `send` and
+/// `close`, it makes a Ready a `collections.abc.Coroutine`, which is what
+/// `asyncio.iscoroutine` asks of what `asyncio.create_task`,
+/// `asyncio.run_coroutine_threadsafe` and anyio's `start_soon` are given: an app may
+/// hand them `send(message)` or `receive()` as it would a coroutine.
+unsafe extern "C" fn ready_throw(
+    o: *mut pyo3::ffi::PyObject,
+    args: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    use pyo3::ffi;
+    // SAFETY: CPython calls it with the GIL held, `o` a Ready and `args` a tuple.
+    unsafe {
+        ffi::Py_DECREF(ready_take(o));
+        let n = ffi::PyTuple_Size(args);
+        let first = if n >= 1 {
+            ffi::PyTuple_GetItem(args, 0)
+        } else {
+            std::ptr::null_mut()
+        };
+        if first.is_null() || n > 3 {
+            ffi::PyErr_Clear();
+            ffi::PyErr_SetString(
+                ffi::PyExc_TypeError,
+                c"throw() takes an exception (or a type, a value and a traceback)".as_ptr(),
+            );
+        } else if ffi::PyExceptionInstance_Check(first) != 0 {
+            ffi::PyErr_SetObject(ffi::Py_TYPE(first).cast(), first);
+        } else if ffi::PyExceptionClass_Check(first) != 0 {
+            let value = if n >= 2 {
+                ffi::PyTuple_GetItem(args, 1)
+            } else {
+                ffi::Py_None()
+            };
+            ffi::PyErr_SetObject(first, value);
+        } else {
+            ffi::PyErr_SetString(
+                ffi::PyExc_TypeError,
+                c"exceptions must be classes or instances deriving from BaseException".as_ptr(),
+            );
+        }
+        std::ptr::null_mut()
+    }
+}
+
 /// `close()`: drops the value.
 unsafe extern "C" fn ready_close(
     o: *mut pyo3::ffi::PyObject,
@@ -258,10 +311,11 @@ unsafe extern "C" fn ready_dealloc(o: *mut pyo3::ffi::PyObject) {
 /// `receive` and `send` as the app gets them: built-in methods bound to the exchange
 /// (`METH_NOARGS` and `METH_O`), which CPython calls through vectorcall: no argument
 /// tuple and no class `__call__` trampoline per call, as a class instance would cost
-/// (about 0.4k instructions a call). The exchange belongs to the loop's thread (pyo3
-/// panics when another thread touches it), so a call from elsewhere, e.g.
-/// `loop.run_in_executor(None, lambda: send(...))`, is refused with an error the app
-/// can act on, before the exchange is touched.
+/// (about 0.4k instructions a call). The exchange belongs to the loop's thread, so a
+/// call from elsewhere only makes a coroutine that does the work once awaited on the
+/// loop ([`deferred`]), as calling any ASGI server's `async def send` would; awaited
+/// on another thread's loop, it is refused with an error the app can act on, before
+/// the exchange is touched.
 pub fn channel<'py>(
     exchange: &Bound<'py, Exchange>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
@@ -383,27 +437,186 @@ unsafe extern "C" fn end_call(
     std::ptr::null_mut()
 }
 
-/// `receive()`: `slf` is the exchange.
+/// `receive()`: `slf` is the exchange. Called off the loop's thread, it does nothing
+/// yet and returns a coroutine that receives once awaited on the loop (see
+/// [`deferred`]).
 unsafe extern "C" fn receive_call(
     slf: *mut pyo3::ffi::PyObject,
     _none: *mut pyo3::ffi::PyObject,
 ) -> *mut pyo3::ffi::PyObject {
     // SAFETY: CPython calls it with the GIL held and `slf` the exchange it was bound to.
-    unsafe { on_loop(slf, Exchange::receive) }
+    unsafe {
+        if !ON_LOOP.with(Cell::get) {
+            return deferred(slf, &RECEIVE_ON_LOOP, None);
+        }
+        on_loop(slf, Exchange::receive)
+    }
 }
 
-/// `send(message)`: `slf` is the exchange, `message` borrowed for the call.
+/// `send(message)`: `slf` is the exchange, `message` borrowed for the call. Off the
+/// loop's thread, as [`receive_call`].
 unsafe extern "C" fn send_call(
     slf: *mut pyo3::ffi::PyObject,
     message: *mut pyo3::ffi::PyObject,
 ) -> *mut pyo3::ffi::PyObject {
     // SAFETY: as for `receive_call`; `message` is a valid borrowed reference.
     unsafe {
+        if !ON_LOOP.with(Cell::get) {
+            return deferred(slf, &SEND_ON_LOOP, Some(message));
+        }
+        send_on_loop(slf, message)
+    }
+}
+
+/// What a deferred `receive()` calls on the loop.
+unsafe extern "C" fn receive_on_loop(
+    slf: *mut pyo3::ffi::PyObject,
+    _none: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as for `receive_call`.
+    unsafe { on_loop(slf, Exchange::receive) }
+}
+
+/// What a deferred `send(message)` calls on the loop.
+unsafe extern "C" fn send_on_loop(
+    slf: *mut pyo3::ffi::PyObject,
+    message: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as for `send_call`.
+    unsafe {
         on_loop(slf, |ex| {
             let message = Bound::from_borrowed_ptr(ex.py(), message);
             Exchange::send(ex, &message)
         })
     }
+}
+
+static RECEIVE_ON_LOOP: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"receive".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: receive_on_loop,
+    },
+    ml_flags: pyo3::ffi::METH_NOARGS,
+    ml_doc: c"receive() on the loop's thread.".as_ptr(),
+}));
+
+static SEND_ON_LOOP: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
+    ml_name: c"send".as_ptr(),
+    ml_meth: pyo3::ffi::PyMethodDefPointer {
+        PyCFunction: send_on_loop,
+    },
+    ml_flags: pyo3::ffi::METH_O,
+    ml_doc: c"send(message) on the loop's thread.".as_ptr(),
+}));
+
+/// postern's Python helpers, made once per process.
+struct Helpers {
+    /// `deferred(call, *args)`: a coroutine function that calls `call(*args)` when
+    /// first awaited, and awaits what it returns.
+    deferred: Py<PyAny>,
+    /// `Waiting`: the future `send` and `receive` return when they must wait.
+    waiting: Py<PyAny>,
+}
+
+static HELPERS: pyo3::sync::PyOnceLock<Helpers> = pyo3::sync::PyOnceLock::new();
+
+/// `Waiting` is an asyncio future that is a coroutine as well (`send`, `throw`,
+/// `close`: a `collections.abc.Coroutine`, as a [`Ready`] is), so that whatever an
+/// app does with what `send()` or `receive()` returned works as with any ASGI
+/// server's coroutine: `await` it, `asyncio.create_task` it (the task waits on the
+/// future itself), `asyncio.wait_for`, `gather` or `ensure_future` it (a future:
+/// taken as it is), or cancel the task awaiting it (the future is cancelled).
+const HELPERS_CODE: &std::ffi::CStr = c"import asyncio
+
+async def deferred(call, *args):
+    return await call(*args)
+
+class Waiting(asyncio.Future):
+    __slots__ = ()
+
+    def send(self, value):
+        if not self.done():
+            self._asyncio_future_blocking = True
+            return self
+        raise StopIteration(self.result())
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val.with_traceback(tb) if tb is not None else val
+
+    def close(self):
+        pass
+";
+
+fn helpers(py: Python<'_>) -> PyResult<&Helpers> {
+    HELPERS.get_or_try_init(py, || {
+        let m = PyModule::from_code(
+            py,
+            HELPERS_CODE,
+            c"postern/asgi/awaitables.py",
+            c"_postern_awaitables",
+        )?;
+        Ok(Helpers {
+            deferred: m.getattr("deferred")?.unbind(),
+            waiting: m.getattr("Waiting")?.unbind(),
+        })
+    })
+}
+
+/// A maker of [`Helpers::waiting`] futures on `event_loop`, for `Ctx::create_future`.
+pub fn waiting_maker<'py>(
+    py: Python<'py>,
+    event_loop: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "loop"), event_loop)?;
+    py.import(intern!(py, "functools"))?
+        .getattr(intern!(py, "partial"))?
+        .call((helpers(py)?.waiting.bind(py),), Some(&kwargs))
+}
+
+/// `receive()` or `send(message)` called off the loop's thread (an executor thread of
+/// the app's, asgiref's `async_to_sync`, a2wsgi, or
+/// `asyncio.run_coroutine_threadsafe(send(message), loop)` as with any ASGI server,
+/// whose `send` and `receive` are coroutine functions: calling one only makes the
+/// coroutine): nothing of the exchange is touched here; the coroutine returned calls
+/// `def` when it is awaited, which must then be on the loop's thread.
+///
+/// # Safety
+/// With the GIL held, `slf` the exchange, `message` a borrowed reference or none.
+unsafe fn deferred(
+    slf: *mut pyo3::ffi::PyObject,
+    def: &'static MethodDef,
+    message: Option<*mut pyo3::ffi::PyObject>,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: the caller (CPython) holds the GIL.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `slf` and `message` are valid references (the caller's promise),
+        // borrowed for the call; only their counts are touched on this thread.
+        let (slf, message) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                message.map(|m| Bound::from_borrowed_ptr(py, m)),
+            )
+        };
+        let call = builtin(py, def, &slf)?;
+        let deferred = helpers(py)?.deferred.bind(py);
+        match message {
+            None => deferred.call1((call,)),
+            Some(m) => deferred.call1((call, m)),
+        }
+    }));
+    let err = match r {
+        Ok(Ok(p)) => return p.into_ptr(),
+        Ok(Err(e)) => e,
+        Err(_) => PyRuntimeError::new_err(
+            "internal error in postern's send() or receive() (a panic; see the log)",
+        ),
+    };
+    err.restore(py);
+    std::ptr::null_mut()
 }
 
 /// Runs `f` with the exchange `slf` on the loop's thread (else a `RuntimeError`),
@@ -421,7 +634,7 @@ unsafe fn on_loop(
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if !ON_LOOP.with(Cell::get) {
             return Err(PyRuntimeError::new_err(
-                "send() and receive() must be called on the event loop's thread; use asyncio.run_coroutine_threadsafe",
+                "send() or receive() awaited off the worker's event loop (on another thread's loop?): await it on the loop that runs the request, e.g. asyncio.run_coroutine_threadsafe(send(message), loop) from another thread",
             ));
         }
         // SAFETY: `slf` is the exchange (the caller's promise), borrowed for the call.

@@ -239,7 +239,9 @@ fn serve(
     };
     let ctx = Rc::new(Ctx {
         event_loop: event_loop.clone().unbind(),
-        create_future: get("create_future")?,
+        // Futures that are coroutines too (`http::waiting_maker`): what send() and
+        // receive() return when they wait.
+        create_future: super::http::waiting_maker(py, event_loop)?.unbind(),
         run_in_executor: get("run_in_executor")?,
         io_executor: io_executor.clone().unbind(),
         add_reader: get("add_reader")?,
