@@ -94,7 +94,9 @@ async def app(scope, receive, send):
     elif path == "/thread-send":
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, lambda: send({"type": "http.response.start", "status": 200}))
+            # Awaited on the thread's own loop: refused (on the request's loop, through
+            # run_coroutine_threadsafe, it works: asgi_core.rs).
+            await loop.run_in_executor(None, lambda: asyncio.run(send({"type": "http.response.start", "status": 200})))
             await answer(send, b"no error")
         except Exception as e:
             await answer(send, type(e).__name__.encode())
@@ -795,6 +797,7 @@ fn two_receives_pending_at_once_over_a_spooled_body_both_get_a_chunk() {
 fn send_called_from_another_thread_raises_runtime_error_not_a_panic() {
     // regression: send() called on an executor thread hit pyo3's unsendable check: a
     // Rust panic message on stderr and a PanicException (a BaseException) in the app.
+    // (Now the call makes a coroutine; awaited on another thread's loop, it raises.)
     let dir = tempdir();
     let p = serve(dir.path(), &[]);
     let r = get(&p, "/thread-send", "").expect("a response");
