@@ -3178,6 +3178,110 @@ fn a_stalled_stream_sleeps_until_the_front_server_reads() {
     drop(c);
 }
 
+// Whole requests, then (in the same write) a request whose PARAMS hold a name length
+// running past the stream: as after bad bytes, the whole ones are answered (through
+// END_REQUEST), then the connection closes. Pipelined on a kept connection, and
+// multiplexed (the bad stream ends after the other two whole requests). Rounds, since
+// whether the apps are done before the bad PARAMS are read varies.
+// regression: the connection was closed at once, the whole requests' apps ran and
+// their answers were lost ('client went away', bytes=0): 19 of 20 pipelined rounds,
+// 16 of 20 multiplexed; then (the close made to wait) 2 to 10 rounds in 100 when the
+// connection's end (read as an EOF after bad input) came after every request's end
+// was told but before its END_REQUEST went out.
+#[test]
+fn whole_requests_before_bad_params_are_answered_then_closed() {
+    let dir = tempdir();
+    let p = start_tcp(dir.path(), &["--threads", "4"]);
+    // A pair announcing a 100-byte name, 3 bytes there.
+    let bad = |id: u16| {
+        [
+            fcgi::begin(id, RESPONDER, true),
+            fcgi::record(PARAMS, id, b"\x64\x01abc"),
+            fcgi::record(PARAMS, id, b""),
+            fcgi::record(STDIN, id, b""),
+        ]
+        .concat()
+    };
+    let good = params_block(&vars("GET", "/hello", None));
+    let multiplexed = [
+        fcgi::begin(1, RESPONDER, true),
+        fcgi::begin(2, RESPONDER, true),
+        fcgi::begin(3, RESPONDER, true),
+        fcgi::record(PARAMS, 1, &good),
+        fcgi::record(PARAMS, 3, &good),
+        fcgi::record(PARAMS, 2, b"\x64\x01abc"),
+        fcgi::record(PARAMS, 1, b""),
+        fcgi::record(PARAMS, 3, b""),
+        fcgi::record(STDIN, 1, b""),
+        fcgi::record(STDIN, 3, b""),
+        fcgi::record(PARAMS, 2, b""),
+        fcgi::record(STDIN, 2, b""),
+    ]
+    .concat();
+    let cases: [(&str, Vec<u8>, &[u16]); 2] = [
+        (
+            "pipelined",
+            [fcgi::get(1, true, "/hello"), bad(2)].concat(),
+            &[1],
+        ),
+        ("multiplexed", multiplexed, &[1, 3]),
+    ];
+    const ROUNDS: usize = 100;
+    for (name, bytes, whole) in &cases {
+        let mut lost = Vec::new();
+        for round in 0..ROUNDS {
+            let mut c = Fc::open(&p);
+            c.send(bytes);
+            // Every record up to postern's close (bounded by the socket's timeout).
+            let mut recs = Vec::new();
+            loop {
+                match read_rec(&mut c.s) {
+                    Ok(Some(r)) => recs.push(r),
+                    Ok(None) => break,
+                    Err(e) => panic!("{name}, round {round}: {e}\n{}", p.logs()),
+                }
+            }
+            for &id in whole.iter() {
+                let stdout: Vec<u8> = recs
+                    .iter()
+                    .filter(|r| r.id == id && r.kind == STDOUT)
+                    .flat_map(|r| r.content.clone())
+                    .collect();
+                let ended = recs
+                    .iter()
+                    .any(|r| r.id == id && r.kind == END_REQUEST && r.content[4] == 0);
+                if !(ended && stdout.starts_with(b"Status: 200") && stdout.ends_with(b"hello\n")) {
+                    lost.push((round, id));
+                }
+            }
+            assert!(
+                !recs.iter().any(|r| r.id == 2),
+                "{name}: the bad request gets no answer: {recs:?}"
+            );
+        }
+        assert!(
+            lost.is_empty(),
+            "{name}: whole requests not answered (round, id) in {ROUNDS} rounds: {lost:?}\n{}",
+            p.logs()
+        );
+    }
+    // (Named for the first 20 of a window: the rest are summed up.)
+    assert!(
+        p.wait_log(
+            "bad FastCGI params: answering the requests that came whole",
+            5
+        ),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        !p.logs().contains("client went away"),
+        "no answer is cut:\n{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
 // A whole request followed, in the same write, by bytes that are no FastCGI record
 // (a version byte of 7): the records before them are valid, so the request
 // is answered (END_REQUEST included), then the connection closes, with or without

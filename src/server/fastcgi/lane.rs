@@ -729,6 +729,12 @@ pub async fn serve(
                     return;
                 }
                 Step::Close => break 'conn,
+                Step::BadInput => {
+                    // As after bad bytes (above): the read then sees EOF at once.
+                    backlog.clear();
+                    buf.clear();
+                    bad_input = true;
+                }
                 Step::CloseDrain => {
                     drain = true;
                     drain_head = head_cut;
@@ -964,6 +970,14 @@ pub async fn serve(
                             // closes the connection wherever its body stopped.
                             tracing::debug!(%peer, got = buf.len(), "the front server closed the FastCGI connection in the middle of a record, after an END_REQUEST sent without the end of its STDIN");
                         }
+                        // Nothing in flight here, but a kept request's sink tells its end
+                        // (Ctl::Done) before it writes END_REQUEST: the socket closes
+                        // with the last reference, as once every request is answered,
+                        // not now (that would cut such an END_REQUEST).
+                        // regression: after bad PARAMS behind whole requests, an
+                        // answer was lost in 2 to 10 rounds of 100 ('client went away',
+                        // bytes=0).
+                        eof = slots.is_empty();
                         break 'conn;
                     }
                     Ok(n) => {
@@ -1385,6 +1399,9 @@ enum Step {
     Close,
     /// Answered without FCGI_KEEP_CONN: close once the front server has sent the rest.
     CloseDrain,
+    /// Bad input with other requests in flight: nothing after it is acted on or read;
+    /// the requests that came whole are answered, then the connection closes.
+    BadInput,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1499,11 +1516,24 @@ fn handle_event(
             let assembled = match assemble(params.clone(), stdin.clone(), lane.limits.max_body) {
                 Ok(a) => a,
                 Err(e @ Refused::Params(_)) => {
-                    if slow_clients::bad_input(peer, Reason::Malformed) {
-                        tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
-                    }
                     lane.refused(crate::codec::Protocol::FastCgi, None);
-                    return Step::Close;
+                    if slots.is_empty() {
+                        if slow_clients::bad_input(peer, Reason::Malformed) {
+                            tracing::warn!(%peer, error = %e, "bad FastCGI params; closing the connection");
+                        }
+                        return Step::Close;
+                    }
+                    // Other requests are in flight: the bad input ends the connection
+                    // as bad bytes do (serve's `bad_input`), so the requests that came
+                    // whole before it are answered first.
+                    // regression: closed at once, their apps ran and their answers were
+                    // lost ('client went away', bytes=0), where a wrong version byte in
+                    // the same place had them answered.
+                    if slow_clients::bad_input(peer, Reason::Malformed) {
+                        tracing::warn!(%peer, fcgi_id = id, error = %e, "bad FastCGI params: answering the requests that came whole before it, then closing the connection");
+                    }
+                    parser.finished(id);
+                    return Step::BadInput;
                 }
                 Err(refused) => {
                     let reason = match &refused {
