@@ -139,6 +139,11 @@ def application(environ, start_response):
 
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
         return gen()
+    if path == "/zeros":
+        # A large download made cheaply (64 KiB parts), for clients that leave early.
+        size, part = int(q.get("size", 1 << 20)), b"\0" * 65536
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+        return (part[: min(65536, size - i)] for i in range(0, size, 65536))
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written 1\n")

@@ -988,12 +988,21 @@ pub async fn serve(
                         }
                     }
                     Err(e) => {
-                        // A reset where a FIN is logged (above), at the level uwsgi and
-                        // SCGI log theirs; between requests, as quietly as a FIN.
-                        if parser.active() > 0 || !buf.is_empty() {
+                        // A reset in the middle of a request's input is the front
+                        // server's doing, logged where a FIN is (above), at the level
+                        // uwsgi and SCGI log theirs. With every request in flight whole
+                        // (being answered, or its END_REQUEST held), it is the client
+                        // going away: nginx closes its kept connection when its client
+                        // aborts; each such request's access line says so (its writes
+                        // fail), as over uwsgi. Between requests, as quietly as a FIN.
+                        // regression: a download its client left behind nginx
+                        // (fastcgi_keep_conn on) gave this WARN, counted as bad input.
+                        if input_arriving(&parser, &slots, &buf) {
                             if slow_clients::bad_input(&peer, Reason::Truncated) {
                                 tracing::warn!(%peer, error = %e, active = parser.active(), partial_record = buf.len(), "the FastCGI connection failed in the middle of a request (the front server reset it?); closing");
                             }
+                        } else if parser.active() > 0 {
+                            tracing::debug!(%peer, error = %e, active = parser.active(), "the FastCGI connection failed while its requests were being answered (the front server closed it: its client went away); closing");
                         } else {
                             tracing::debug!(%peer, error = %e, "reading an idle FastCGI connection failed");
                         }
@@ -1259,6 +1268,18 @@ fn collect_cut(c: &Collect, peer: Option<&str>) {
         None,
         c.started,
     );
+}
+
+/// Some request's input is still arriving on the connection: a record in part
+/// (`rest`), a PARAMS stream, or a STDIN whose end has not come and whose response is
+/// not done (a held END_REQUEST is a response out; nginx sends no more of a body once
+/// it has the response head).
+fn input_arriving(parser: &ConnParser, slots: &FxHashMap<u16, Slot>, rest: &BytesMut) -> bool {
+    !rest.is_empty()
+        || parser.awaiting_params()
+        || slots
+            .values()
+            .any(|s| s.collect.is_some() || (s.stdin_open && s.held.is_none()))
 }
 
 /// What a request's sink told: `(id, reuse)` when the request ended (its id is free
