@@ -16,7 +16,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::sink::{stderr_forward, FcgiSink, ReqFlags, STDIN_ENDED, STDIN_OPEN};
-use super::{Ctl, Entry, FcgiConn};
+use super::{AtStop, Ctl, Entry, FcgiConn};
 use crate::codec::fastcgi::{assemble, Assembled, Refused};
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
@@ -38,8 +38,16 @@ const MAX_REQS_PER_CONN: usize = 64;
 /// sending one on it right now (it cannot know the connection is about to close), and
 /// one that was answered closes right after its END_REQUEST instead. Under load the
 /// front server takes every cached connection well within this; an idle front server
-/// sends nothing, so the close then meets no request.
+/// sends nothing, so the close then meets no request. (A connection that lingers waits
+/// [`IDLE_AT_STOP`] instead.)
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At the final stop, how long a kept connection that lingers
+/// ([`FcgiConn::lingers_at_stop`]: Apache over a Unix socket) must have been idle
+/// before it closes, when its last answer could not close it (the peer had read it
+/// already, and may be reusing it). Idle this long, it is back in Apache's pool, whose
+/// check before reuse sees the close. Short: the stop waits for it.
+const IDLE_AT_STOP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A request whose app has taken none of its STDIN for this long counts as stuck: when
 /// its connection is over --fastcgi-buffer while another request on it waits for its
@@ -1057,6 +1065,12 @@ pub async fn serve(
                         continue 'conn;
                     }
                 }
+                if idle && linger.is_some() && conn.is_ending() {
+                    // Idle to the reader, but the END_REQUEST announced to it is still
+                    // going out (the front server reads slowly): not closed under it.
+                    linger = at_stop_linger(&conn).or(Some(Instant::now() + LINGER));
+                    continue 'conn;
+                }
                 if idle && linger.is_some() {
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
                 } else if idle {
@@ -1088,7 +1102,7 @@ pub async fn serve(
             _ = lane.idle_close.cancelled(), if parser.active() == 0 && !closing => {
                 closing = true;
                 if buf.is_empty() && !conn.parking.hands_over() {
-                    linger = Some(Instant::now() + LINGER);
+                    linger = at_stop_linger(&conn).or(Some(Instant::now() + LINGER));
                 }
             }
         }
@@ -1319,15 +1333,14 @@ fn ended(ctl: Ctl, conn: &Arc<FcgiConn>, slots: &mut FxHashMap<u16, Slot>) -> Op
 /// (`in_flight`: requests on the connection, this one included). True when the
 /// connection serves on.
 fn release(conn: &Arc<FcgiConn>, in_flight: usize, id: u16, held: Held) -> bool {
-    // At the final stop the only request's END_REQUEST leaves with the FIN.
-    let last = held.keep_conn && in_flight <= 1 && conn.parking.closing_for_good();
-    let ok = tokio::task::block_in_place(|| {
-        if last {
-            conn.send_last(id, &[], &held.tail)
-        } else {
-            conn.write(&held.tail).is_ok()
-        }
-    });
+    // At the final stop the only request's END_REQUEST leaves with the FIN (one that
+    // lingers: while unread).
+    let at_stop = if held.keep_conn && in_flight <= 1 {
+        conn.at_stop()
+    } else {
+        AtStop::ServesOn
+    };
+    let ok = tokio::task::block_in_place(|| conn.send_end(at_stop, id, &[], &held.tail));
     if !ok {
         tracing::debug!("the front server closed the connection before END_REQUEST");
         conn.abort();
@@ -1353,7 +1366,9 @@ fn done(
 
 /// A request on the connection ended (`left` are still in flight): at the final stop
 /// (nobody to hand it to) the connection closes as soon as it is idle, without waiting
-/// any longer. Returns the new (`closing`, `linger`).
+/// any longer; one that lingers once it has been idle for [`IDLE_AT_STOP`] (also after
+/// an answer that closed it: the front server's next check finds it closed).
+/// Returns the new (`closing`, `linger`).
 fn after_request(
     lane: &SlowLane,
     conn: &FcgiConn,
@@ -1363,10 +1378,17 @@ fn after_request(
 ) -> (bool, Option<Instant>) {
     conn.set_lane_requests(left);
     if lane.idle_close.is_cancelled() && !conn.parking.hands_over() {
-        (true, None)
+        (true, at_stop_linger(conn))
     } else {
         (closing, linger)
     }
+}
+
+/// At the final stop, until when an idle connection is kept from now: none for one
+/// that closes once idle, [`IDLE_AT_STOP`] for one that lingers.
+fn at_stop_linger(conn: &FcgiConn) -> Option<Instant> {
+    conn.lingers_at_stop()
+        .then(|| Instant::now() + IDLE_AT_STOP)
 }
 
 /// A connection that has never carried a whole request stays with the slow lane until

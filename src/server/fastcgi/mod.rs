@@ -103,6 +103,20 @@ pub(super) enum Ender {
     Nobody,
 }
 
+/// How an answer on a kept connection ends it ([`FcgiConn::at_stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AtStop {
+    /// The connection serves on (postern is not stopping, or others serve on).
+    ServesOn,
+    /// The final stop: END_REQUEST and the close leave together
+    /// ([`FcgiConn::send_last`]).
+    Closes,
+    /// The final stop, a connection that lingers ([`FcgiConn::lingers_at_stop`]):
+    /// closed after END_REQUEST only if its peer has not read it yet
+    /// ([`FcgiConn::send_last_unread`]).
+    ClosesUnread,
+}
+
 /// What the epoll must be told after a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Arm {
@@ -367,6 +381,9 @@ pub struct FcgiConn {
     /// or came so from another worker: that request's time runs from then
     /// ([`FcgiConn::read_start`]).
     waiting_since: AtomicU64,
+    /// Whether it lingers at the final stop ([`FcgiConn::lingers_at_stop`]): its peer,
+    /// asked once, when the stop first needs to know.
+    lingers: OnceLock<bool>,
 }
 
 /// The origin of [`FcgiConn::waiting_since`].
@@ -464,6 +481,7 @@ impl FcgiConn {
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
             waiting_since: AtomicU64::new(0),
+            lingers: OnceLock::new(),
         })
     }
 
@@ -794,11 +812,12 @@ impl FcgiConn {
     /// failed (32: Broken pipe)'). So when the peer is nginx, an empty management
     /// record (FCGI_GET_VALUES_RESULT, requestId 0) follows END_REQUEST in the same
     /// send: nginx keeps a connection only when END_REQUEST ends what it read, and
-    /// otherwise closes it, never cached. Not for other peers: Apache's reuse check
-    /// takes bytes waiting as a live connection.
+    /// otherwise closes it, never cached. Other peers over a Unix socket are closed
+    /// only while END_REQUEST is still unread ([`AtStop::ClosesUnread`]), until the
+    /// stop's time to serve them is over.
     fn send_last(&self, id: u16, data: &[u8], tail: &[u8]) -> bool {
         let mut last = Vec::new();
-        let tail = if !self.tcp && peer_is_nginx(&self.sock) {
+        let tail = if !self.tcp && !self.lingers_at_stop() {
             last.reserve(tail.len() + fcgi::HEADER_LEN);
             last.extend_from_slice(tail);
             fcgi::encode_empty_values_result(&mut last);
@@ -818,6 +837,82 @@ impl FcgiConn {
             let _ = self.sock.set_tcp_cork(false);
         }
         ok
+    }
+
+    /// The last response at the final stop to a peer that lingers
+    /// ([`FcgiConn::lingers_at_stop`]): the connection is shut down after END_REQUEST
+    /// only if the peer has not read it yet (the bytes are still in its socket), so
+    /// that the close is there before it can look at the connection again. If it has
+    /// read them already (it runs on the other CPU, or it preempted this thread as
+    /// the send woke it), it may be checking the connection and sending its next
+    /// request right now: the connection is left open, served on, and closed once
+    /// idle (`lane::IDLE_AT_STOP`) or with a later answer. Between the look and the
+    /// shutdown there is no system call that wakes the peer.
+    fn send_last_unread(&self, id: u16, data: &[u8], tail: &[u8]) -> bool {
+        let ok = self.send_stdout(id, data, tail).is_ok();
+        if ok {
+            let _w = self.write.lock();
+            if self.peer_has_unread() {
+                let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            }
+        }
+        ok
+    }
+
+    /// Bytes sent on this (Unix) socket that the peer has not read yet (SIOCOUTQ: the
+    /// sent buffers still held in its receive queue). False when unknown.
+    fn peer_has_unread(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int through the pointer,
+        // valid for the call; the descriptor is open for as long as `sock` is borrowed.
+        let r = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        r == 0 && queued > 0
+    }
+
+    /// Records through END_REQUEST, ended as `at_stop` says.
+    fn send_end(&self, at_stop: AtStop, id: u16, data: &[u8], tail: &[u8]) -> bool {
+        match at_stop {
+            AtStop::ServesOn => self.send_stdout(id, data, tail).is_ok(),
+            AtStop::Closes => self.send_last(id, data, tail),
+            AtStop::ClosesUnread => self.send_last_unread(id, data, tail),
+        }
+    }
+
+    /// At the final stop, a connection whose answers do not simply close it: over a
+    /// Unix socket, to a peer other than nginx (Apache's mod_proxy_fcgi with
+    /// `enablereuse=on`). The FIN after END_REQUEST is an event of its own there, and
+    /// Apache could read END_REQUEST, put the connection back in its pool, check it (a
+    /// peek: alive, nothing waiting) and send its next request before that FIN
+    /// arrived (AH01067 'End of file', AH01075 'Broken pipe (sending stdin)': the
+    /// request lost). Bytes after END_REQUEST (what nginx gets, see
+    /// [`FcgiConn::send_last`]) do not help: Apache's check takes them for a live
+    /// connection. So its answer closes it only while unread
+    /// ([`AtStop::ClosesUnread`]); else it is served on, and closed once idle
+    /// (`lane::IDLE_AT_STOP`): then it is back in Apache's pool, whose check sees the
+    /// close. Over TCP END_REQUEST and the FIN leave in one segment. Asked only at the
+    /// final stop (a system call and a read of /proc, once).
+    pub(super) fn lingers_at_stop(&self) -> bool {
+        *self
+            .lingers
+            .get_or_init(|| !self.tcp && !peer_is_nginx(&self.sock))
+    }
+
+    /// How the answer ending now on this kept connection ends it.
+    pub(super) fn at_stop(&self) -> AtStop {
+        if !self.parking.closing_for_good() {
+            AtStop::ServesOn
+        } else if self.lingers_at_stop() && self.parking.serves_kept() {
+            AtStop::ClosesUnread
+        } else {
+            AtStop::Closes
+        }
+    }
+
+    /// Its END_REQUEST, announced to the slow lane before it is written, is still going
+    /// out: the lane must not close the connection now.
+    pub(super) fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire) > 0
     }
 
     /// The slow lane has `n` requests in flight on this connection.
@@ -916,15 +1011,22 @@ impl FcgiConn {
         if !keep_conn {
             self.last_end.store(true, Ordering::Release);
         }
-        // The whole server stops: this connection closes once idle, so its reader must
-        // not close it before END_REQUEST is out (see `Parking::closing_for_good`).
-        let last = keep_conn && self.parking.closing_for_good();
+        // The whole server stops and this answer closes the connection, so its reader
+        // must not close it before END_REQUEST is out. One that lingers may serve on.
+        let at_stop = if keep_conn {
+            self.at_stop()
+        } else {
+            AtStop::ServesOn
+        };
+        let last = at_stop == AtStop::Closes;
         match ender {
             Ender::Lane(tx) => {
                 // The reader must know the id is free before the front server can
                 // reuse it: it may send the next BEGIN_REQUEST the moment END_REQUEST
-                // arrives. At the final stop it closes the connection once idle
-                // instead, so it learns after END_REQUEST has gone out.
+                // arrives (a connection that lingers at the final stop too: its reader
+                // does not close it while `ending`). When this answer closes the
+                // connection, the reader closes it once idle instead, so it learns
+                // after END_REQUEST has gone out.
                 let early = keep_conn && !last;
                 if early {
                     self.ending.fetch_add(1, Ordering::AcqRel);
@@ -932,11 +1034,12 @@ impl FcgiConn {
                 }
                 // The only request in flight: its END_REQUEST and the FIN leave
                 // together (others would still answer on the connection).
-                let ok = if last && self.lane_requests.load(Ordering::Acquire) <= 1 {
-                    self.send_last(id, data, tail)
+                let at_stop = if self.lane_requests.load(Ordering::Acquire) <= 1 {
+                    at_stop
                 } else {
-                    self.send_stdout(id, data, tail).is_ok()
+                    AtStop::ServesOn
                 };
+                let ok = self.send_end(at_stop, id, data, tail);
                 if early {
                     // Parked since `Done`, idle only from now: before `ending` drops,
                     // which `Parking::make_room` reads first.
@@ -958,11 +1061,7 @@ impl FcgiConn {
             }
             Ender::Inline { keep_conn } => {
                 // Held by this thread now: a busy wake-up that fires meanwhile is stale.
-                let ok = if last {
-                    self.send_last(id, data, tail)
-                } else {
-                    self.send_stdout(id, data, tail).is_ok()
-                };
+                let ok = self.send_end(at_stop, id, data, tail);
                 self.after_inline(ok, keep_conn);
                 ok
             }
@@ -1168,6 +1267,10 @@ pub struct Parking {
     cap_watch: OnceLock<OwnedFd>,
     /// The epoll is in `cap_watch` now ([`Parking::at_cap`]).
     cap_armed: AtomicBool,
+    /// Set at the stop ([`Parking::close_all`]): until then, at the final stop, kept
+    /// connections that linger ([`FcgiConn::lingers_at_stop`]) are closed with an
+    /// answer only while it is unread, else served on ([`Parking::serves_kept`]).
+    kept_until: OnceLock<std::time::Instant>,
 }
 
 /// The idle clock's tick ([`Parking::idle_clock`]).
@@ -1598,6 +1701,7 @@ impl Parking {
             watching: AtomicBool::new(true),
             cap_watch: OnceLock::new(),
             cap_armed: AtomicBool::new(false),
+            kept_until: OnceLock::new(),
         })
     }
 
@@ -2241,6 +2345,20 @@ impl Parking {
                 self.hand_over(&conn, channel, fresh_since);
                 return;
             }
+            // The final stop, its answer just out (or idle, held by a thread or the slow
+            // lane as the stop began): one that lingers is closed only once idle, by a
+            // slow-lane task (the Python threads no longer wait on the epoll), which
+            // serves what comes meanwhile.
+            if fresh_since.is_none() && conn.lingers_at_stop() {
+                if let Some(to_lane) = self.lane.get() {
+                    *owner = Owner::Held { input: false };
+                    let entry = owner.enter_lane(false);
+                    drop(owner);
+                    self.unregister(&conn);
+                    to_lane(conn, entry);
+                    return;
+                }
+            }
         }
         if let Some(arm) = owner.park(open, registered) {
             // A load and a store: no read-modify-write per request.
@@ -2264,7 +2382,12 @@ impl Parking {
     /// then closed) or for the front server's close (see `lane::LINGER`). Those whose
     /// keep-conn request runs inline go to the lane too, which adopts the request and
     /// reads what comes meanwhile ([`Owner::lane_at_final_stop`]).
-    pub fn close_all(&self) -> Vec<(Arc<FcgiConn>, Entry)> {
+    ///
+    /// `kept_until`: when the whole server stops, kept connections that linger
+    /// ([`FcgiConn::lingers_at_stop`]) may be served on until then; their answers close
+    /// them from then on, read or not.
+    pub fn close_all(&self, kept_until: std::time::Instant) -> Vec<(Arc<FcgiConn>, Entry)> {
+        let _ = self.kept_until.set(kept_until);
         self.open.store(false, Ordering::SeqCst);
         let listed: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
         let mut idle = Vec::new();
@@ -2294,10 +2417,18 @@ impl Parking {
         self.successors().is_some()
     }
 
-    /// Stopping with nobody to hand connections to: each kept connection closes right
-    /// after its next END_REQUEST.
+    /// Stopping with nobody to hand connections to: each kept connection closes, with
+    /// its next END_REQUEST ([`FcgiConn::at_stop`]) or once idle.
     pub fn closing_for_good(&self) -> bool {
         !self.open.load(Ordering::SeqCst) && !self.hands_over()
+    }
+
+    /// At the final stop, kept connections that linger may still be served on: the
+    /// stop's time for them is not over ([`Parking::close_all`]'s `kept_until`).
+    pub fn serves_kept(&self) -> bool {
+        self.kept_until
+            .get()
+            .is_some_and(|t| std::time::Instant::now() < *t)
     }
 }
 
@@ -2310,6 +2441,68 @@ mod tests {
     }
 
     const HELD: Owner = Owner::Held { input: false };
+
+    /// A kept connection over a Unix socket pair (a peer that is not nginx: this test).
+    fn unix_conn(parking: &Arc<Parking>) -> (std::os::unix::net::UnixStream, Arc<FcgiConn>) {
+        let (front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sock = socket2::Socket::from(OwnedFd::from(ours));
+        let conn = FcgiConn::new(
+            sock,
+            "test".into(),
+            false,
+            0,
+            Duration::from_secs(1),
+            parking,
+            None,
+        );
+        (front, conn)
+    }
+
+    // regression: at the final stop the last answer to Apache over a Unix socket was
+    // END_REQUEST, then a shutdown: two events, and Apache could read END_REQUEST,
+    // reuse the connection and send its next request before the close (lost: AH01067,
+    // AH01075). It is shut down only while END_REQUEST is still unread, so the close
+    // is there when the peer reads it; once read, it is left open (served on).
+    #[test]
+    fn the_last_answer_to_a_peer_that_lingers_closes_only_while_unread() {
+        use std::io::Read;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = Parking::new(Arc::new(ep));
+        let (tail, n) = fcgi::response_tail(1, false);
+        // Serving: no stop, answers end as usual.
+        let (_front, conn) = unix_conn(&parking);
+        assert!(conn.lingers_at_stop(), "a Unix peer that is not nginx");
+        assert_eq!(conn.at_stop(), AtStop::ServesOn);
+        // The final stop (no successors), within the time for kept connections.
+        parking.close_all(std::time::Instant::now() + Duration::from_secs(60));
+        assert_eq!(conn.at_stop(), AtStop::ClosesUnread);
+        // Unread when the answer is out: closed with it (its bytes, then EOF).
+        let (mut front, conn) = unix_conn(&parking);
+        assert!(conn.send_last_unread(1, b"body", &tail[..n]));
+        front.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        front
+            .read_to_end(&mut got)
+            .expect("EOF after the answer, nothing to wait for");
+        assert!(got.ends_with(&tail[..n]));
+        // The look that decides: bytes sent are unread until the peer reads them all
+        // (once read, the peer may be sending its next request: no shutdown then).
+        let (mut front, conn) = unix_conn(&parking);
+        conn.write(b"sent").unwrap();
+        assert!(conn.peer_has_unread());
+        let mut two = [0u8; 2];
+        front.read_exact(&mut two).unwrap();
+        assert!(conn.peer_has_unread(), "half read");
+        front.read_exact(&mut two).unwrap();
+        assert!(!conn.peer_has_unread(), "all read: nothing queued");
+        // Past the time for kept connections: closed with the answer, read or not.
+        let late = Parking::new(Arc::new(
+            epoll::create(epoll::CreateFlags::CLOEXEC).unwrap(),
+        ));
+        late.close_all(std::time::Instant::now());
+        let (_front, conn) = unix_conn(&late);
+        assert_eq!(conn.at_stop(), AtStop::Closes);
+    }
 
     // regression: a hand-over marked the connection broken, and the END_REQUEST of its
     // last slow-lane request (the lane is told the request ended just before that
@@ -2570,7 +2763,7 @@ mod tests {
             matches!(*ended.owner(), Owner::Parked),
             "parked as its request ended, not held"
         );
-        let to_lane = parking.close_all();
+        let to_lane = parking.close_all(std::time::Instant::now());
         stop_tx.send(()).unwrap();
         let _front_b = t.join().unwrap();
         assert_eq!(to_lane.len(), 2, "both go to the slow lane");
