@@ -16,7 +16,8 @@ How it counts:
 
 - Both servers run as ONE process with ONE Python thread: postern `--workers 1
   --threads 1` (no master), uWSGI `--processes 1 --threads 1` without `--master`; access
-  logs off (`--access-log off --log-level warn`, `--disable-logging`); the same app from
+  logs off (`--access-log off --log-level warn`, `--disable-logging`; `--log-level` sets
+  postern's: `info` to count the request span); the same app from
   benches/apps/ over a unix socket.
 - The client is this script: serial, one request at a time, the request nginx would send
   for `wrk` (the uwsgi_params / fastcgi_params variables, Host only), a new connection per
@@ -266,7 +267,8 @@ def server_cmd(server: str, scen: Scenario, sock: Path, bins: dict) -> list[str]
         asgi = ["--interface", "asgi", "--loop", bins.get("asgi_loop", "asyncio"),
                 "--venv", str(bins["venv"])] if scen.asgi else []
         return [str(bins["postern"]), flag, f"unix:{sock}", "--workers", "1", "--threads", "1",
-                "--access-log", "off", "--log-level", "warn", *asgi, f"{app}:application"]
+                "--access-log", "off", "--log-level", bins.get("log_level", "warn"), *asgi,
+                f"{app}:application"]
     return [str(bins["uwsgi"]), "--socket" if scen.proto == "uwsgi" else "--fastcgi-socket", str(sock),
             "--processes", "1", "--threads", "1", "--disable-logging", "--need-app", "--strict",
             "--wsgi-file", str(app), "--callable", "application"]
@@ -524,6 +526,8 @@ def main(argv=None) -> int:
     ap.add_argument("--inclusive", action="store_true", help="top functions by inclusive cost")
     ap.add_argument("--no-callgrind", action="store_true", help="syscalls only")
     ap.add_argument("--no-strace", action="store_true", help="instructions only")
+    ap.add_argument("--log-level", default="warn",
+                    help="postern's --log-level (the access log stays off)")
     ap.add_argument("--postern-bin", help="use this postern binary instead of cargo build --release")
     ap.add_argument("--uwsgi-bin", help="use this uwsgi (default: target/bench-venv/bin/uwsgi)")
     ap.add_argument("--venv", default=str(REPO / "target" / "bench-venv"))
@@ -550,7 +554,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    bins = {"venv": Path(args.venv).resolve(), "asgi_loop": args.asgi_loop}
+    bins = {"venv": Path(args.venv).resolve(), "asgi_loop": args.asgi_loop,
+            "log_level": args.log_level}
     if "postern" in servers:
         bins["postern"] = build_postern(args.postern_bin)
     if args.asgi_loop == "uvloop" and any(SCENARIOS[n].asgi for n in names):

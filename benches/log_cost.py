@@ -97,6 +97,14 @@ def measure(binary: str, extra: list[str], n: int, warm: int) -> float:
             if p.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"log_cost: postern did not start:\n{(run / 'postern.log').read_text()}")
             time.sleep(0.1)
+        # The socket's file is there once bound; it accepts once postern listens.
+        while True:
+            with socket.socket(socket.AF_UNIX) as c:
+                if c.connect_ex(str(sock)) == 0:
+                    break
+            if p.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"log_cost: postern did not listen:\n{(run / 'postern.log').read_text()}")
+            time.sleep(0.1)
         packet = uwsgi_packet()
         for _ in range(warm):
             request(sock, packet)

@@ -295,11 +295,22 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
     let registry = tracing_subscriber::registry();
     let installed = match opts.format {
         LogFormat::Text => registry
-            .with(fmt.fmt_fields(TextFields))
+            .with(fmt.fmt_fields(TextFields).event_format(WithRequest {
+                inner: tracing_subscriber::fmt::format().with_target(true),
+                json: false,
+            }))
             .with(Switch)
             .try_init(),
         LogFormat::Json => registry
-            .with(fmt.json().with_current_span(true).with_span_list(false))
+            .with(
+                fmt.json().event_format(WithRequest {
+                    inner: tracing_subscriber::fmt::format()
+                        .json()
+                        .with_current_span(true)
+                        .with_span_list(false),
+                    json: true,
+                }),
+            )
             .with(Switch)
             .try_init(),
     }
@@ -1134,6 +1145,227 @@ fn reopen_files() {
     }
 }
 
+// ---- a request's span, and its fields when the span is off ----
+
+/// A request's `request` span (INFO; made by the server layer): every line logged
+/// about the request is inside it, and names its id, method, path and peer. At a level
+/// that disables it (`--log-level warn` or `error`) the span costs nothing, and so a
+/// WARN or ERROR about the request named none of them: the request's id and peer are
+/// then kept aside ([`Named`]), and a line logged while this is entered names them (the
+/// formatter, [`WithRequest`], writes `request{request_id=… peer=…}` where the span's
+/// fields would be). Method and path are left out there: finding and keeping them
+/// (two look-ups in the head, its buffer shared) cost ~900 instructions a request more
+/// (`benches/instructions.py` fcgi); the id ties the line to the request's access line,
+/// which has them. What this costs at `--log-level warn`: one small allocation per
+/// request, a pointer swapped and a reference counted per entry, ~0-300 instructions a
+/// request (hello, fcgi), where an enabled span costs thousands (the registry, and its
+/// fields formatted whether or not a line is logged).
+/// regression: at `--log-level warn` a bad body's `could not read the request body;
+/// closing` named no peer.
+#[derive(Clone)]
+pub struct RequestSpan {
+    span: tracing::Span,
+    named: Option<Arc<Named>>,
+}
+
+/// The id and peer of a request whose span is off (shared: entering it is a pointer's
+/// swap and a reference count, not a copy of the id).
+struct Named {
+    id: RequestId,
+    peer: Arc<str>,
+}
+
+thread_local! {
+    /// The request whose (disabled) span this thread has entered.
+    static NAMED: std::cell::Cell<Option<Arc<Named>>> = const { std::cell::Cell::new(None) };
+}
+
+impl RequestSpan {
+    /// `span`, the request's; when it is disabled and errors are logged, the request's
+    /// id and peer are kept for the lines about it.
+    pub fn new(span: tracing::Span, peer: &Arc<str>, id: RequestId) -> Self {
+        let named =
+            (span.is_disabled() && tracing::level_enabled!(tracing::Level::ERROR)).then(|| {
+                Arc::new(Named {
+                    id,
+                    peer: Arc::clone(peer),
+                })
+            });
+        RequestSpan { span, named }
+    }
+
+    /// No request (a placeholder once the span is taken).
+    pub fn none() -> Self {
+        RequestSpan {
+            span: tracing::Span::none(),
+            named: None,
+        }
+    }
+
+    /// The `tracing` span is off: nothing is recorded in it.
+    pub fn is_disabled(&self) -> bool {
+        self.span.is_disabled()
+    }
+
+    /// Enters the request: lines logged until the guard drops are about it.
+    pub fn enter(&self) -> Entered<'_> {
+        Entered {
+            _span: self.span.enter(),
+            prev: self.named.clone().map(|n| swap_named(Some(n))),
+        }
+    }
+
+    /// [`Self::enter`], the guard owning the span.
+    pub fn entered(self) -> EnteredSpan {
+        let prev = self.named.map(|n| swap_named(Some(n)));
+        EnteredSpan {
+            _span: self.span.entered(),
+            prev,
+        }
+    }
+
+    pub fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _e = self.enter();
+        f()
+    }
+
+    /// `fut`, polled inside the request (as `tracing::Instrument`).
+    pub fn instrument<F: std::future::Future>(&self, fut: F) -> Instrumented<F> {
+        Instrumented {
+            fut,
+            span: self.clone(),
+        }
+    }
+}
+
+fn swap_named(n: Option<Arc<Named>>) -> Option<Arc<Named>> {
+    NAMED.with(|c| c.replace(n))
+}
+
+/// [`RequestSpan::enter`]'s guard: leaves the request when dropped.
+pub struct Entered<'a> {
+    _span: tracing::span::Entered<'a>,
+    /// What the thread named before (`None`: this request named nothing).
+    prev: Option<Option<Arc<Named>>>,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            swap_named(prev);
+        }
+    }
+}
+
+/// [`RequestSpan::entered`]'s guard.
+pub struct EnteredSpan {
+    _span: tracing::span::EnteredSpan,
+    prev: Option<Option<Arc<Named>>>,
+}
+
+impl Drop for EnteredSpan {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            swap_named(prev);
+        }
+    }
+}
+
+/// [`RequestSpan::instrument`]'s future.
+pub struct Instrumented<F> {
+    fut: F,
+    span: RequestSpan,
+}
+
+impl<F: std::future::Future> std::future::Future for Instrumented<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        // SAFETY: `fut` is pinned with `self` (never moved out of it, no `Unpin` given
+        // for `Instrumented`); `span` is not structurally pinned.
+        let me = unsafe { self.get_unchecked_mut() };
+        let _e = me.span.enter();
+        // SAFETY: as above.
+        unsafe { std::pin::Pin::new_unchecked(&mut me.fut) }.poll(cx)
+    }
+}
+
+/// The event format of postern's log, adding the id and peer of the request whose span
+/// is off ([`RequestSpan`]) where the span would have put its fields: text
+/// `LEVEL request{request_id=… peer=…}: target: …`, JSON a `"span"` object. Such a line
+/// is formatted into a buffer first, without colour (on a terminal, at a level that
+/// disables the span, and only such lines).
+struct WithRequest<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithRequest<F>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let named = NAMED.with(|c| {
+            let n = c.take();
+            c.set(n.clone());
+            n
+        });
+        let Some(named) = named else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let line = if self.json {
+            with_request_json(&line, &named)
+        } else {
+            with_request_text(&line, event.metadata().level().as_str(), &named)
+        };
+        writer.write_str(&line)
+    }
+}
+
+/// A text line with the request's fields after its level, as a span's are.
+fn with_request_text(line: &str, level: &str, n: &Named) -> String {
+    let fields = format!("request{{request_id={} peer={}}}: ", n.id, n.peer);
+    // `TIMESTAMP LEVEL target: …`: the timestamp holds no upper-case word.
+    let at = line
+        .find(level)
+        .map(|i| i + level.len())
+        .filter(|&i| line.as_bytes().get(i) == Some(&b' '));
+    match at {
+        Some(i) => format!("{} {fields}{}", &line[..i], &line[i + 1..]),
+        None => format!("{} {}\n", line.trim_end(), fields.trim_end_matches(": ")),
+    }
+}
+
+/// A JSON line with a `"span"` object for the request, as `with_current_span` writes.
+fn with_request_json(line: &str, n: &Named) -> String {
+    let body = line.trim_end();
+    let Some(open) = body.strip_suffix('}') else {
+        return line.to_owned();
+    };
+    let text = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    format!(
+        "{open},\"span\":{{\"request_id\":{},\"peer\":{},\"name\":\"request\"}}}}\n",
+        text(n.id.as_str()),
+        text(&n.peer)
+    )
+}
+
 // ---- request ids ----
 
 /// `{v:08x}`, eight nibbles at once: each spread into its own byte, then turned into
@@ -1746,6 +1978,120 @@ mod tests {
     /// 2025-11-29 17:40:01.123456 UTC.
     fn when() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_438_001_123_456)
+    }
+
+    /// The lines `f` logs through a subscriber at `level` with postern's event format.
+    fn lines_at(level: tracing::Level, json: bool, f: impl FnOnce()) -> String {
+        #[derive(Clone)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf(Arc::default());
+        let out = buf.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || out.clone());
+        let filter = LevelFilter::from_level(level);
+        let registry = tracing_subscriber::registry();
+        let run = |d: tracing::Dispatch| tracing::dispatcher::with_default(&d, f);
+        if json {
+            run(registry
+                .with(
+                    fmt.json().event_format(WithRequest {
+                        inner: tracing_subscriber::fmt::format()
+                            .without_time()
+                            .json()
+                            .with_current_span(true)
+                            .with_span_list(false),
+                        json: true,
+                    }),
+                )
+                .with(filter)
+                .into());
+        } else {
+            run(registry
+                .with(fmt.fmt_fields(TextFields).event_format(WithRequest {
+                    inner: tracing_subscriber::fmt::format().without_time(),
+                    json: false,
+                }))
+                .with(filter)
+                .into());
+        }
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    /// A WARN inside a request, as the server layer makes its span.
+    fn warn_in_a_request() {
+        let peer: Arc<str> = Arc::from("127.0.0.1:41234");
+        let id = RequestId::sent(b"5f1d0c3a").unwrap();
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %Untrusted(b"POST"),
+            path = %Untrusted(b"/up\x01load?a=1"),
+            %peer,
+            status = tracing::field::Empty,
+            ms = tracing::field::Empty
+        );
+        let span = RequestSpan::new(span, &peer, id);
+        span.in_scope(|| tracing::warn!(error = "cut", "could not read the request body"));
+        // Outside it: no request named.
+        tracing::warn!("after");
+        let e = span.clone().entered();
+        tracing::error!("owned guard");
+        drop(e);
+        tracing::error!("after");
+    }
+
+    // regression: at `--log-level warn` the request span is off, and a WARN about a
+    // request named neither its peer nor its id.
+    #[test]
+    fn a_line_about_a_request_names_it_whether_or_not_its_span_is_on() {
+        let at_info = lines_at(tracing::Level::INFO, false, warn_in_a_request);
+        let at_warn = lines_at(tracing::Level::WARN, false, warn_in_a_request);
+        // Where the span's fields are, its id and peer.
+        assert_eq!(
+            at_warn,
+            " WARN request{request_id=5f1d0c3a peer=127.0.0.1:41234}: postern::logging::tests: \
+             could not read the request body error=\"cut\"\n \
+             WARN postern::logging::tests: after\n\
+             ERROR request{request_id=5f1d0c3a peer=127.0.0.1:41234}: postern::logging::tests: \
+             owned guard\n\
+             ERROR postern::logging::tests: after\n"
+        );
+        let span =
+            "request{request_id=5f1d0c3a method=POST path=/up\\x01load?a=1 peer=127.0.0.1:41234}: ";
+        assert_eq!(
+            at_info,
+            at_warn.replace("request{request_id=5f1d0c3a peer=127.0.0.1:41234}: ", span)
+        );
+        let json = |level| -> Vec<serde_json::Value> {
+            lines_at(level, true, warn_in_a_request)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let (mut at_info, at_warn) = (json(tracing::Level::INFO), json(tracing::Level::WARN));
+        for l in &mut at_info {
+            if let Some(s) = l.get_mut("span").and_then(|s| s.as_object_mut()) {
+                s.remove("method");
+                s.remove("path");
+            }
+        }
+        assert_eq!(at_warn, at_info);
+        assert_eq!(at_warn[0]["span"]["peer"], "127.0.0.1:41234");
+        assert_eq!(at_warn[0]["span"]["request_id"], "5f1d0c3a");
+        assert_eq!(at_warn[1].get("span"), None);
+        assert_eq!(at_warn[2]["span"]["name"], "request");
+        assert_eq!(at_warn[3].get("span"), None);
     }
 
     #[test]

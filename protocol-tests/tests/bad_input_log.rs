@@ -141,3 +141,160 @@ fn flood(n: usize, f: impl Fn() + Sync) {
         }
     });
 }
+
+/// Starts `spawn` at `--log-level warn`, which logs no `ready`: it is up once it
+/// accepts a connection (a probe that sends nothing is logged at debug only).
+fn start_at_warn(spawn: Spawn, dir: &std::path::Path) -> Postern {
+    let addr = spawn.addr().clone();
+    let log = dir.join(format!("postern-{}.log", free_port()));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = spawn
+        .args(["--log-level", "warn"])
+        .command()
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("starting postern");
+    let mut p = Postern {
+        child,
+        addr,
+        log,
+        dir: dir.to_owned(),
+    };
+    assert!(
+        wait_until(60, || p.addr.connect().is_ok()),
+        "postern did not start:\n{}",
+        p.logs()
+    );
+    assert!(p.child.try_wait().unwrap().is_none(), "{}", p.logs());
+    p
+}
+
+/// The WARN line of request `id` that says `needle`, once logged.
+fn warn_line(p: &Postern, id: &str, needle: &str) -> String {
+    let of = |logs: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle) && l.contains(&format!("request_id={id} ")))
+            .map(str::to_owned)
+    };
+    assert!(
+        wait_until(20, || of(&p.logs()).is_some()),
+        "{id}: no line '{needle}':\n{}",
+        p.logs()
+    );
+    of(&p.logs()).unwrap()
+}
+
+// regression: at --log-level warn the request span is off, so a WARN logged in it (a
+// body cut short, a FastCGI STDIN past CONTENT_LENGTH, a response the front server
+// stops reading) named neither the peer nor the request: each was a bare
+// 'WARN postern::server::connection: could not read the request body; closing'.
+#[test]
+fn at_log_level_warn_a_warning_about_a_request_names_its_peer_and_the_request() {
+    let dir = tempdir();
+    let (fcgi_port, scgi_port) = (free_port(), free_port());
+    let p = start_at_warn(
+        Spawn::tcp(dir.path(), &testapp())
+            .args(["--fastcgi", &format!("127.0.0.1:{fcgi_port}")])
+            .args(["--scgi", &format!("127.0.0.1:{scgi_port}")]),
+        dir.path(),
+    );
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    // uwsgi: a body of 3 of its 10 bytes, then EOF.
+    let mut pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("REQUEST_URI", "/echo"),
+        ("PATH_INFO", "/echo"),
+        ("CONTENT_LENGTH", "10"),
+        ("HTTP_X_REQUEST_ID", "lows-uwsgi"),
+    ]);
+    pkt.extend_from_slice(b"abc");
+    send(port, &pkt, true);
+    // SCGI: the same.
+    let block: Vec<u8> = [
+        ("CONTENT_LENGTH", "10"),
+        ("SCGI", "1"),
+        ("REQUEST_METHOD", "POST"),
+        ("REQUEST_URI", "/echo"),
+        ("HTTP_X_REQUEST_ID", "lows-scgi"),
+    ]
+    .iter()
+    .flat_map(|(k, v)| [k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat())
+    .collect();
+    let scgi = [format!("{}:", block.len()).as_bytes(), &block, b",abc"].concat();
+    send(scgi_port, &scgi, true);
+    // FastCGI: STDIN longer than CONTENT_LENGTH (its excess is ignored, the request
+    // served).
+    let mut fcgi_req = protocol_tests::harness::fcgi::head(
+        1,
+        false,
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", "/echo"),
+            ("SCRIPT_NAME", "/echo"),
+            ("CONTENT_LENGTH", "3"),
+            ("HTTP_X_REQUEST_ID", "lows-fcgi"),
+        ],
+    );
+    fcgi_req.extend(protocol_tests::harness::fcgi::record(5, 1, b"abcdef"));
+    fcgi_req.extend(protocol_tests::harness::fcgi::record(5, 1, b""));
+    send(fcgi_port, &fcgi_req, false);
+    for (id, needle) in [
+        ("lows-uwsgi", "could not read the request body; closing"),
+        ("lows-scgi", "could not read the request body; closing"),
+        ("lows-fcgi", "STDIN longer than CONTENT_LENGTH"),
+    ] {
+        // Where the span would be: the id and the peer (method and path are in the
+        // request's access line, which the id names).
+        let line = warn_line(&p, id, needle);
+        assert!(
+            line.contains(&format!(" WARN request{{request_id={id} peer=127.0.0.1:")),
+            "{id}: {line}"
+        );
+        // (Written once the thread is done with the request: maybe after the answer.)
+        let has_access = |logs: &str| {
+            logs.lines().any(|l| {
+                l.contains(" postern::access: ")
+                    && l.contains(&format!("request_id={id} "))
+                    && l.contains(" method=POST path=/echo ")
+            })
+        };
+        assert!(
+            wait_until(20, || has_access(&p.logs())),
+            "{id}: {}",
+            p.logs()
+        );
+    }
+    // No request span is recorded at this level.
+    assert!(!p.logs().contains(" INFO request{"), "{}", p.logs());
+
+    // An ASGI app whose response the front server stops reading (--read-timeout),
+    // over a Unix socket (loopback TCP's buffers could take the whole body): the peer
+    // is the listener's address.
+    let asgi = "async def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    await send({'type': 'http.response.body', 'body': b'x' * (4 << 20)})\n";
+    let p = start_at_warn(
+        Spawn::asgi_unix(dir.path(), "big_asgi", asgi).args(["--read-timeout", "1"]),
+        dir.path(),
+    );
+    let mut c = p.addr.connect().unwrap();
+    c.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/big"),
+        ("PATH_INFO", "/big"),
+        ("HTTP_X_REQUEST_ID", "lows-asgi"),
+    ]))
+    .unwrap();
+    // Nothing is read: the socket's buffers fill, then nothing moves.
+    let line = warn_line(&p, "lows-asgi", "(--read-timeout): the response is cut off");
+    assert!(
+        line.contains(&format!(
+            " WARN request{{request_id=lows-asgi peer={}}}: postern::asgi::",
+            p.addr.arg()
+        )),
+        "{line}"
+    );
+    drop(c);
+}

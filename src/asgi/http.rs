@@ -705,7 +705,7 @@ pub struct Ctx {
     pub timeout: Option<Duration>,
     /// The tasks running on after their complete response, by start order: when each
     /// began, and its span (to name it).
-    pub after: RefCell<BTreeMap<usize, (Instant, tracing::Span)>>,
+    pub after: RefCell<BTreeMap<usize, (Instant, crate::logging::RequestSpan)>>,
     /// When the timer that looks at [`Ctx::after`] is due, if one is set.
     pub after_due: Cell<Option<Instant>>,
 }
@@ -756,7 +756,7 @@ impl std::ops::Deref for LoopCtx {
 #[pyclass(module = "postern", name = "HttpExchange", freelist = 64)]
 pub struct Exchange {
     ctx: LoopCtx,
-    span: tracing::Span,
+    span: crate::logging::RequestSpan,
     head: Head,
     request_id: crate::logging::RequestId,
     protocol: Protocol,
@@ -1368,7 +1368,7 @@ impl Exchange {
     pub fn new(
         ctx: Rc<Ctx>,
         req: crate::wsgi::Request,
-        span: tracing::Span,
+        span: crate::logging::RequestSpan,
         slot: usize,
         is_head: bool,
     ) -> Exchange {

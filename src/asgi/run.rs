@@ -555,7 +555,7 @@ impl Driver {
         let protocol = req.listener.protocol;
         let slot = me.ctx.watch.begin(&req.head, &req.request_id, protocol);
         me.in_flight.set(me.in_flight.get() + 1);
-        let span = std::mem::replace(&mut req.span, tracing::Span::none());
+        let span = std::mem::replace(&mut req.span, crate::logging::RequestSpan::none());
         let entered = span.enter();
         let state = me.state.as_ref().map(|s| s.bind(py).clone());
         let scope =

@@ -15,7 +15,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::admission::Permit;
 pub use super::lane::Limits;
@@ -334,11 +333,11 @@ async fn serve<C: Conn>(
     let watch = (got < head.content_length)
         .then(|| slow_clients::HeadWatch::body(&peer, head.content_length, got));
     framed.arriving = watch.as_ref().map(slow_clients::HeadWatch::marker);
-    let read = read_body(&mut framed, &head, limits).instrument(span.clone());
+    let read = span.instrument(read_body(&mut framed, &head, limits));
     let read = match &watch {
         Some(w) => tokio::select! {
             r = read => Some(r),
-            () = w.closed_for_room().instrument(span.clone()) => None,
+            () = span.instrument(w.closed_for_room()) => None,
         },
         None => Some(read.await),
     };

@@ -1,21 +1,23 @@
 //! A request's tracing span, and the access line of a request postern answered itself.
 //! Used by the fast path and both slow lanes; imports nothing of the server layer.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::field;
 
 use crate::codec::{Head, Protocol};
-use crate::logging::{RequestId, Untrusted};
+use crate::logging::{RequestId, RequestSpan, Untrusted};
 
 /// The `request` span and the request's id: the span carries the id, method, path and
-/// peer, then status and duration (ms) once known.
-pub fn request_span(head: &Head, peer: &str) -> (tracing::Span, RequestId) {
+/// peer, then status and duration (ms) once known. At a level that disables it, a
+/// line logged inside names the id and the peer all the same ([`RequestSpan`]).
+pub fn request_span(head: &Head, peer: &Arc<str>) -> (RequestSpan, RequestId) {
     request_span_with(head, peer, RequestId::for_head(head))
 }
 
 /// [`request_span`] with the id already known (`RequestId::for_head`'s answer).
-pub fn request_span_with(head: &Head, peer: &str, id: RequestId) -> (tracing::Span, RequestId) {
+pub fn request_span_with(head: &Head, peer: &Arc<str>, id: RequestId) -> (RequestSpan, RequestId) {
     // The field values are looked up inside the macro: it evaluates them only when the
     // span is enabled (`--log-level warn` skips the lookups; the formatting is lazy
     // anyway, in `Untrusted`'s Display).
@@ -32,7 +34,7 @@ pub fn request_span_with(head: &Head, peer: &str, id: RequestId) -> (tracing::Sp
         status = field::Empty,
         ms = field::Empty
     );
-    (span, id)
+    (RequestSpan::new(span, peer, id), id)
 }
 
 /// The access line of a request postern answered itself (`sent`: the bytes written,

@@ -325,7 +325,7 @@ pub struct Request {
     pub sink: Box<dyn Sink>,
     /// The request's span: every line logged about it is inside (its first field is
     /// `request_id`).
-    pub span: tracing::Span,
+    pub span: crate::logging::RequestSpan,
     /// The front server's `X-Request-Id` or one postern made (`postern.request_id`).
     pub request_id: crate::logging::RequestId,
     /// A copy of `wsgi.errors` output for the front server, if the protocol has one.

@@ -776,7 +776,7 @@ pub fn handle(
     settings: &Settings,
     mut req: Request,
 ) -> Served {
-    let span = std::mem::replace(&mut req.span, tracing::Span::none());
+    let span = std::mem::replace(&mut req.span, crate::logging::RequestSpan::none());
     let _entered = span.enter();
     let served = respond(py, keys, app, settings, &mut req);
     // A stop that cut this request off named it and wrote its access line already.

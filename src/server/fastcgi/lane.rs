@@ -438,7 +438,7 @@ struct Collect {
     held: InMemory,
     head: Head,
     keep_conn: bool,
-    span: tracing::Span,
+    span: crate::logging::RequestSpan,
     request_id: crate::logging::RequestId,
     started: Instant,
     /// The body so far; once spooled, what has not been written to `file` yet.
@@ -1905,7 +1905,12 @@ fn push_request(
     lane: &SlowLane,
     settings: &FcgiSettings,
     (id, keep_conn, flags): (u16, bool, Arc<ReqFlags>),
-    (head, body, span, request_id): (Head, Body, tracing::Span, crate::logging::RequestId),
+    (head, body, span, request_id): (
+        Head,
+        Body,
+        crate::logging::RequestSpan,
+        crate::logging::RequestId,
+    ),
 ) {
     let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
     lane.queue.push(Request {
