@@ -1476,6 +1476,14 @@ pub enum Ending {
     Incomplete,
     /// The front server went away first.
     ClientGone,
+    /// postern closed the connection: the front server read nothing of the response
+    /// for `--read-timeout`.
+    Stalled,
+    /// postern closed the connection: no request body bytes came for `--read-timeout`.
+    BodyStalled,
+    /// postern closed the connection for one waiting at `--max-connections`: the
+    /// request body came too slowly.
+    BodyTooSlow,
 }
 
 /// One finished request, for its access line.
@@ -1501,11 +1509,14 @@ thread_local! {
 /// reset, a broken pipe: the client went away) is at debug, an ordinary abort.
 // regression (audit): a stall was at debug, so at INFO the only line was the access
 // line 'client went away before the response was complete', while nothing had closed.
-pub fn write_failed(e: &io::Error) {
+/// True for a stall ([`Ending::Stalled`]).
+pub fn write_failed(e: &io::Error) -> bool {
     if e.kind() == io::ErrorKind::TimedOut {
         tracing::warn!("{e}: the response is cut off and the connection closed");
+        true
     } else {
         tracing::debug!(error = %e, "writing the response failed");
+        false
     }
 }
 
@@ -1604,6 +1615,11 @@ fn format_access<'a>(
         Ending::Complete => ("INFO", "served"),
         Ending::Incomplete => ("WARN", "response incomplete; connection aborted"),
         Ending::ClientGone => ("INFO", "client went away before the response was complete"),
+        // postern cut these off (each has its WARN in postern's log too).
+        // regression: they said `client went away`, as if the front server had closed.
+        Ending::Stalled => ("WARN", "closed by postern: the response stalled past --read-timeout (the front server read none of it)"),
+        Ending::BodyStalled => ("WARN", "closed by postern: the request body stalled past --read-timeout"),
+        Ending::BodyTooSlow => ("WARN", "closed by postern: the request body came too slowly (--max-connections reached, a connection waiting)"),
     };
     match format {
         // The default format is built by hand (no `fmt` machinery, the date part of

@@ -329,6 +329,84 @@ fn a_response_the_front_server_stops_reading_is_named_at_warn() {
             line.contains("WARN") && line.contains("request_id="),
             "{what}: {line}"
         );
+        // regression: its access line said 'client went away before the response was
+        // complete', though postern had closed.
+        let access = "closed by postern: the response stalled past --read-timeout";
+        assert!(p.wait_log(access, 20), "{what}\n{}", p.logs());
+        let logs = p.logs();
+        assert!(
+            log_line(&logs, access).contains(" WARN postern::access: ")
+                && !logs.contains("client went away"),
+            "{what}\n{logs}"
+        );
         drop(c);
     }
+}
+
+// regression: after postern cut a response off for --read-timeout, the ASGI app's next
+// send() raised 'the front server closed the connection (the client went away)'.
+#[test]
+fn an_asgi_send_after_a_stall_says_the_response_stalled() {
+    let dir = tempdir();
+    let said = dir.path().join("said");
+    let asgi = format!(
+        "async def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    await send({{'type': 'http.response.start', 'status': 200, 'headers': []}})\n    try:\n        while True:\n            await send({{'type': 'http.response.body', 'body': b'x' * (1 << 20), 'more_body': True}})\n    except OSError as e:\n        first = str(e)\n    try:\n        await send({{'type': 'http.response.body', 'body': b'x'}})\n    except OSError as e:\n        open({:?}, 'w').write(first + '\\n' + str(e))\n",
+        said.to_string_lossy()
+    );
+    let p = Spawn::asgi_unix(dir.path(), "stalled_asgi", &asgi)
+        .args(["--read-timeout", "1"])
+        .start();
+    let mut c = p.addr.connect().unwrap();
+    c.write_all(&uwsgi_get("/")).unwrap();
+    // Nothing is read.
+    assert!(wait_file(&said, 20), "{}", p.logs());
+    let text = std::fs::read_to_string(&said).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in lines {
+        assert!(
+            l.contains("read nothing of the response for --read-timeout: postern cut it off"),
+            "{text}"
+        );
+    }
+    assert!(
+        p.wait_log(
+            "closed by postern: the response stalled past --read-timeout",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(!logs.contains("client went away"), "{logs}");
+    assert!(!logs.contains(" ERROR "), "{logs}");
+    drop(c);
+}
+
+// regression: a request body that stalled past --read-timeout (postern closed) had the
+// access line 'client went away before the response was complete'.
+#[test]
+fn a_request_body_that_stalls_is_closed_by_postern_in_its_access_line() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .args(["--read-timeout", "1"])
+        .start();
+    let mut c = p.addr.connect().unwrap();
+    let mut req = uwsgi_get_with("/echo", &[("CONTENT_LENGTH", "10")]);
+    req.extend_from_slice(b"abc");
+    c.write_all(&req).unwrap();
+    let access = "closed by postern: the request body stalled past --read-timeout";
+    assert!(p.wait_log(access, 20), "{}", p.logs());
+    let logs = p.logs();
+    let line = log_line(&logs, access);
+    assert!(
+        line.contains(" WARN postern::access: ") && line.contains(" status=0 "),
+        "{line}"
+    );
+    assert!(
+        logs.contains("could not read the request body; closing"),
+        "{logs}"
+    );
+    assert!(!logs.contains("client went away"), "{logs}");
+    drop(c);
 }

@@ -810,6 +810,9 @@ pub struct Exchange {
     /// that write has ended, in call order.
     queued: Option<Queued>,
     gone: bool,
+    /// Gone because the front server read nothing for `--read-timeout`: postern
+    /// closed ([`End::Stalled`]; `send()` says so).
+    stalled: bool,
     /// The response was ended (the sink finished); what it sent.
     served: Option<Served>,
     app_error: Option<AppError>,
@@ -1140,6 +1143,19 @@ fn gone_error() -> PyErr {
     ClientDisconnected::new_err("the front server closed the connection (the client went away)")
 }
 
+/// What `send()` raises once postern cut a response off for a stall.
+const STALLED: &str = "the front server read nothing of the response for --read-timeout: postern cut it off and closed the connection";
+
+/// The error of a `send()` on a connection that is gone: the client's close, or
+/// postern's after a stall.
+fn gone_or_stalled(stalled: bool) -> PyErr {
+    if stalled {
+        ClientDisconnected::new_err(STALLED)
+    } else {
+        gone_error()
+    }
+}
+
 fn refuse(e: HeaderError) -> PyErr {
     PyValueError::new_err(format!("http.response.start refused: {e}"))
 }
@@ -1419,6 +1435,7 @@ impl Exchange {
             closed_in_job: false,
             queued: None,
             gone: false,
+            stalled: false,
             served: None,
             app_error: None,
             task_over: false,
@@ -1680,8 +1697,7 @@ impl Exchange {
                 let _e = me.span.enter();
                 crate::logging::write_failed(&e);
                 drop(_e);
-                me.set_gone(py);
-                return Err(gone_error());
+                return Err(me.gone_by(py, &e));
             }
         };
         if n == data.len() {
@@ -1701,8 +1717,7 @@ impl Exchange {
                 let _e = me.span.enter();
                 crate::logging::write_failed(&e);
                 drop(_e);
-                me.set_gone(py);
-                return Err(gone_error());
+                return Err(me.gone_by(py, &e));
             }
             return Ok(None);
         }
@@ -1860,8 +1875,29 @@ impl Exchange {
         self.unwatch(py);
         self.stop_writing(py);
         self.out.clear();
-        self.fail_sends(py, gone_error);
+        let stalled = self.stalled;
+        self.fail_sends(py, || gone_or_stalled(stalled));
         self.wake_waiters(py);
+    }
+
+    /// The front server read nothing of the response for `--read-timeout`: postern
+    /// cuts it off and closes (the stall is logged by the caller).
+    fn set_stalled(&mut self, py: Python<'_>) {
+        if !self.gone {
+            self.stalled = true;
+            self.set_gone(py);
+        }
+    }
+
+    /// A write failed with `e` (logged): gone, by a stall or the client's close; the
+    /// error for the `send()`.
+    fn gone_by(&mut self, py: Python<'_>, e: &std::io::Error) -> PyErr {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            self.set_stalled(py);
+        } else {
+            self.set_gone(py);
+        }
+        gone_or_stalled(self.stalled)
     }
 
     /// The loop no longer waits for room on the socket.
@@ -1947,6 +1983,7 @@ impl Exchange {
         }
         let end = match end_now {
             Some(e) => e,
+            None if me.gone && me.stalled => End::Stalled(me.code),
             None if me.gone => End::ClientGone(me.code),
             None if me.complete => {
                 if me.content_length.is_some_and(|cl| me.body_sent < cl) && !me.head_only() {
@@ -1963,7 +2000,10 @@ impl Exchange {
             }
             None => return Ok(()),
         };
-        if matches!(end, End::Incomplete(_) | End::ClientGone(_)) {
+        if matches!(
+            end,
+            End::Incomplete(_) | End::ClientGone(_) | End::Stalled(_)
+        ) {
             if matches!(end, End::Incomplete(_)) {
                 // What the app sent before it failed still goes, as far as the socket
                 // takes it now (the abort follows).
@@ -1974,13 +2014,16 @@ impl Exchange {
             }
             me.stop_writing(py);
             me.out.clear();
-            me.fail_sends(py, gone_error);
+            let stalled = me.stalled;
+            me.fail_sends(py, || gone_or_stalled(stalled));
         } else if !me.out.is_empty() {
             // The loop writes the rest as the socket takes it, then ends the response.
             return Ok(());
         }
-        if !matches!(end, End::Incomplete(_) | End::ClientGone(_))
-            && me.sink.as_ref().is_some_and(|s| s.has_pending())
+        if !matches!(
+            end,
+            End::Incomplete(_) | End::ClientGone(_) | End::Stalled(_)
+        ) && me.sink.as_ref().is_some_and(|s| s.has_pending())
         {
             drop(me);
             Self::job(slf, Job::Flush, None)?;
@@ -1999,6 +2042,7 @@ impl Exchange {
         // 500 an app's error handler sent after the disconnect): 0, as on the WSGI path.
         let end = match end {
             End::ClientGone(_) if sent.bytes == 0 => End::ClientGone(0),
+            End::Stalled(_) if sent.bytes == 0 => End::Stalled(0),
             e => e,
         };
         me.finish_log(end, sent);
@@ -2732,7 +2776,10 @@ impl Exchange {
             })?
             .to_str()?;
         let done = || Ok(slf.borrow().ctx.done.bind(py).clone().into_any());
-        let refused = slf.borrow().send_refused;
+        let refused = {
+            let me = slf.borrow();
+            me.send_refused.or(me.stalled.then_some(STALLED))
+        };
         if let Some(why) = refused.filter(|_| kind != "http.response.trailers") {
             return Err(ClientDisconnected::new_err(why));
         }
@@ -3227,7 +3274,7 @@ impl Exchange {
                             super::io::write_failed(&e)
                         };
                         if !shrank {
-                            me.set_gone(py);
+                            me.gone_by(py, &e);
                         }
                         false
                     } else {
@@ -3245,7 +3292,8 @@ impl Exchange {
                 if ok || shrank {
                     fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
                 } else {
-                    fail_send(py, &fut.clone().unbind(), gone_error())?;
+                    let stalled = slf.borrow().stalled;
+                    fail_send(py, &fut.clone().unbind(), gone_or_stalled(stalled))?;
                 }
             }
         }
@@ -3287,8 +3335,9 @@ impl Exchange {
                 Self::job(slf, Job::Write(q.data, q.last), first)?;
                 slf.borrow_mut().job_futs = futs;
             } else {
+                let stalled = slf.borrow().stalled;
                 for qf in futs.into_iter().map(|f| f.fut).filter(|f| pending(py, f)) {
-                    fail_send(py, &qf, gone_error())?;
+                    fail_send(py, &qf, gone_or_stalled(stalled))?;
                 }
             }
         }
@@ -3464,7 +3513,7 @@ impl Exchange {
                 "the front server read nothing for {timeout:?} (--read-timeout): the response is cut off and the connection closed"
             );
         }
-        me.set_gone(py);
+        me.set_stalled(py);
         drop(me);
         Self::settle(slf, None)?;
         Self::release(slf)
@@ -3837,7 +3886,7 @@ impl Exchange {
                 };
                 let end = cut.then_some(End::Incomplete(me.code));
                 if !cut {
-                    me.set_gone(py);
+                    me.gone_by(py, &e);
                 }
                 drop(guard);
                 Self::settle(slf, end)?;

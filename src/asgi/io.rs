@@ -185,7 +185,8 @@ pub fn write_failed(e: &io::Error) -> bool {
             true
         }
         None => {
-            crate::logging::write_failed(e);
+            // A stall is told by the error's kind ([`super::http`]'s `gone_by`).
+            let _stalled = crate::logging::write_failed(e);
             false
         }
     }

@@ -21,11 +21,11 @@ pub use super::lane::Limits;
 use super::lane::SlowLane;
 use super::sink::{Close, ConnSink};
 use super::slow_clients::{self, Reason};
-use super::span::{refused_access, request_span};
+use super::span::{closed_access, refused_access, request_span};
 use crate::codec::uwsgi::UwsgiCodec;
 use crate::codec::Protocol;
 use crate::codec::{CodecError, Frame, Head};
-use crate::logging::Untrusted;
+use crate::logging::{Ending, Untrusted};
 use crate::proto::response::HeadStyle;
 use crate::proto::ProtoError;
 use crate::wsgi::{Body, ListenerInfo, Request};
@@ -344,9 +344,17 @@ async fn serve<C: Conn>(
     framed.arriving = None;
     drop(watch);
     let Some(read) = read else {
-        // Its line is logged (closed_for_room); the access line says it went away.
+        // Its line is logged (closed_for_room); the access line says postern closed.
         drop(framed);
-        span.in_scope(|| refused_access(&head, &request_id, info.protocol, 0, None, started));
+        span.in_scope(|| {
+            closed_access(
+                &head,
+                &request_id,
+                info.protocol,
+                Ending::BodyTooSlow,
+                started,
+            )
+        });
         return;
     };
     let body = match read {
@@ -380,8 +388,12 @@ async fn serve<C: Conn>(
             }
             // The front server aborted the upload or closed the connection: an access
             // line too (status 0, `client went away`), as over FastCGI, where the app's
-            // read finds the same.
-            span.in_scope(|| refused_access(&head, &request_id, info.protocol, 0, None, started));
+            // read finds the same; a body that stalled is postern's close.
+            let ending = match e {
+                ReadError::TimedOut(_) => Ending::BodyStalled,
+                _ => Ending::ClientGone,
+            };
+            span.in_scope(|| closed_access(&head, &request_id, info.protocol, ending, started));
             return;
         }
     };

@@ -37,6 +37,28 @@ pub fn request_span_with(head: &Head, peer: &Arc<str>, id: RequestId) -> (Reques
     (RequestSpan::new(span, peer, id), id)
 }
 
+/// The access line of a request postern closed before it was served: the front server
+/// went away (`ending` [`crate::logging::Ending::ClientGone`]), or postern closed it
+/// for a body that stalled or came too slowly.
+pub fn closed_access(
+    head: &Head,
+    id: &RequestId,
+    protocol: Protocol,
+    ending: crate::logging::Ending,
+    started: Instant,
+) {
+    crate::logging::record_end(0, started);
+    crate::logging::access(&crate::logging::Access {
+        head,
+        id,
+        protocol,
+        status: 0,
+        ending,
+        bytes: 0,
+        started,
+    });
+}
+
 /// The access line of a request postern answered itself (`sent`: the bytes written,
 /// `None` when the front server was gone).
 pub fn refused_access(

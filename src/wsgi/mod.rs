@@ -237,6 +237,9 @@ pub enum End {
     Incomplete(u16),
     /// The peer went away while the response was being written.
     ClientGone(u16),
+    /// The front server read nothing of the response for `--read-timeout`: postern
+    /// cut it off and closed the connection.
+    Stalled(u16),
 }
 
 impl End {
@@ -247,6 +250,7 @@ impl End {
             End::Complete(s) => (s, Ending::Complete),
             End::Incomplete(s) => (s, Ending::Incomplete),
             End::ClientGone(s) => (s, Ending::ClientGone),
+            End::Stalled(s) => (s, Ending::Stalled),
         }
     }
 }

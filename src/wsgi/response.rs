@@ -102,6 +102,9 @@ struct State {
     /// HEAD request: headers only, whatever the app produces.
     is_head: bool,
     client_gone: bool,
+    /// Gone because the front server read nothing for `--read-timeout` (postern
+    /// closed): [`End::Stalled`].
+    stalled: bool,
     used_write: bool,
     overflowed: bool,
     /// The request is over: `write` raises.
@@ -142,6 +145,7 @@ impl State {
             body_sent: 0,
             is_head,
             client_gone: false,
+            stalled: false,
             used_write: false,
             overflowed: false,
             finished: false,
@@ -231,7 +235,7 @@ impl State {
         match written {
             Ok(()) => Ok(()),
             Err(e) => {
-                crate::logging::write_failed(&e);
+                self.stalled |= crate::logging::write_failed(&e);
                 self.client_gone = true;
                 Err(Gone)
             }
@@ -248,7 +252,7 @@ impl State {
         let n = match self.sink.try_write_pair(head, data) {
             Ok(n) => n,
             Err(e) => {
-                crate::logging::write_failed(&e);
+                self.stalled |= crate::logging::write_failed(&e);
                 self.client_gone = true;
                 return Err(Gone);
             }
@@ -904,11 +908,13 @@ fn respond(
         // thread): a failure there is the client gone, as for a direct write.
         let sink = &mut r.sink;
         if let Err(e) = py.detach(|| sink.flush()) {
-            crate::logging::write_failed(&e);
+            r.stalled |= crate::logging::write_failed(&e);
             r.client_gone = true;
         }
     }
-    let end = if r.client_gone {
+    let end = if r.client_gone && r.stalled {
+        End::Stalled(outcome.status)
+    } else if r.client_gone {
         End::ClientGone(outcome.status)
     } else if outcome.complete {
         End::Complete(outcome.status)
@@ -1213,7 +1219,7 @@ fn iterate(
                         );
                         r.file_short = true;
                     } else {
-                        crate::logging::write_failed(&e);
+                        r.stalled |= crate::logging::write_failed(&e);
                         r.client_gone = true;
                     }
                 }
