@@ -150,6 +150,14 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b"hello", "more_body": True})
         elif q == "start-only":
             await send({"type": "http.response.start", "status": 200, "headers": []})
+        elif q in ("204", "304"):
+            # A status that has no body: the start alone.
+            await send({"type": "http.response.start", "status": int(q),
+                        "headers": [(b"x-start", b"only")]})
+        elif q == "start-only-length":
+            # HEAD's answer without its body message: the GET's length.
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"1234")]})
         elif q == "part":
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-length", b"10")]})
@@ -896,6 +904,69 @@ fn an_app_that_returns_before_its_response_is_complete_is_named_in_one_log_line(
     }
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+}
+
+#[test]
+fn a_head_204_or_304_response_with_no_body_message_is_its_head() {
+    // regression: an app that sent http.response.start for a HEAD request, or with
+    // status 204 or 304, and returned without any http.response.body got a 500 (the
+    // start waits for the first body), though no body may follow such a head.
+    let dir = tempdir();
+    let p = serve(dir.path(), &[]);
+    for (method, q, status, length) in [
+        ("HEAD", "start-only", 200, None),
+        ("HEAD", "start-only-length", 200, Some("1234")),
+        ("GET", "204", 204, None),
+        ("GET", "304", 304, None),
+        ("HEAD", "304", 304, None),
+    ] {
+        let out = request(&p, method, "/unfinished", q);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")) && text.ends_with("\r\n\r\n"),
+            "{method} {q}: {text:?}\n{}",
+            p.logs()
+        );
+        let head = text.to_ascii_lowercase();
+        match length {
+            Some(n) => assert!(
+                head.contains(&format!("\r\ncontent-length: {n}\r\n")),
+                "{text:?}"
+            ),
+            None => assert!(!head.contains("content-length"), "{method} {q}: {text:?}"),
+        }
+        if status != 200 {
+            assert!(head.contains("\r\nx-start: only\r\n"), "{text:?}");
+        }
+    }
+    let r = get(&p, "/hello", "").expect("the worker still serves");
+    assert_eq!(r.body, b"hello");
+    let logs = p.logs();
+    assert!(!logs.contains(" ERROR "), "{logs}");
+    for (method, q, status) in [("HEAD", "start-only", 200), ("GET", "204", 204)] {
+        assert!(
+            logs.lines().any(|l| l.contains("postern::access: served")
+                && l.contains(&format!(
+                    "method={method} path=/unfinished?{q} status={status} "
+                ))),
+            "{logs}"
+        );
+    }
+    // Another status still answers 500, its line naming the status it started with.
+    let r = get(&p, "/unfinished", "start-only").expect("a 500");
+    assert_eq!(r.status, 500);
+    let needle =
+        "without sending any http.response.body; answered 500 (the start waits for the first body";
+    assert!(p.wait_log(needle, 10), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_default();
+    assert!(
+        line.contains(" ERROR ") && line.ends_with(" status=200"),
+        "{line}"
+    );
 }
 
 #[test]

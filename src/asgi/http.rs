@@ -2273,11 +2273,32 @@ impl Exchange {
                 );
                 Self::answer_500(slf)?;
             }
+            None if !started_sending && slf.borrow().head_only() => {
+                // HEAD, 204 or 304: no body may follow the head anyway, so the start
+                // held for the first body is the whole response, sent as the app
+                // gave it (a HEAD's Content-Length, if any, is the app's).
+                // regression: answered 500, as a response with no body message.
+                tracing::debug!("the app returned after http.response.start alone; its response is its head (HEAD, 204 or 304)");
+                let buf = {
+                    let mut me = slf.borrow_mut();
+                    me.head_sent = true;
+                    me.head_bytes(None, 0)
+                };
+                let _ = Self::after_write(slf, Self::write(slf, buf, true));
+                if slf.borrow().gone {
+                    Self::settle(slf, None)?;
+                }
+            }
             None if !started_sending => {
                 // Its start is held until a body comes: nothing has gone out yet.
-                slf.borrow_mut().app_error = Some(AppError::AsgiContract);
+                let status = {
+                    let mut me = slf.borrow_mut();
+                    me.app_error = Some(AppError::AsgiContract);
+                    me.code
+                };
                 tracing::error!(
-                    "the app returned after http.response.start without sending any http.response.body; answered 500"
+                    status,
+                    "the app returned after http.response.start without sending any http.response.body; answered 500 (the start waits for the first body: a response ends with an http.response.body whose more_body is False, an empty one included)"
                 );
                 Self::answer_500(slf)?;
             }
