@@ -1104,3 +1104,43 @@ fn a_client_leaving_a_download_early_behind_keep_conn_is_no_bad_input() {
         );
     }
 }
+
+// A POST over --max-body through nginx with keep-conn: answered 413 at its head, before
+// its body has come; nginx then closes the kept connection wherever the body stands (it
+// keeps none it did not send a whole request on). That close is no bad input: the 413's
+// own line is the only WARN.
+// regression: each such POST also logged 'the front server closed the FastCGI connection
+// in the middle of a record' (WARN, counted as bad input).
+#[test]
+fn a_post_over_max_body_behind_keep_conn_is_answered_413_with_one_warning() {
+    const POSTS: usize = 5;
+    for tcp in [false, true] {
+        let Some(s) = stack_with(Mode::Keep, tcp, "", "", &["--max-body", "1M"]) else {
+            return;
+        };
+        let body = vec![b'x'; 8 << 20];
+        for i in 0..POSTS {
+            let r = s.nginx.request("POST", "/echo", &[], &body);
+            assert_eq!(r.status, 413, "tcp={tcp}: post {i}\n{}", s.postern.logs());
+        }
+        // The stack serves on.
+        let r = s.nginx.get("/hello");
+        assert_eq!((r.status, r.text()), (200, "hello\n".to_owned()));
+        let logs = s.postern.logs();
+        let warns: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" WARN ") && !l.contains("running as root"))
+            .collect();
+        assert_eq!(
+            warns.len(),
+            POSTS,
+            "tcp={tcp}: one WARN per POST\n{}",
+            warns.join("\n")
+        );
+        assert!(
+            warns.iter().all(|l| l.contains("answered 413")),
+            "tcp={tcp}: only the 413's line\n{}",
+            warns.join("\n")
+        );
+    }
+}

@@ -614,7 +614,8 @@ pub async fn serve(
     // (a pair over --buffer-size, a BEGIN_REQUEST refused): what the drain reads is the
     // rest of a head, bound by --head-timeout.
     let mut drain_head = false;
-    // An END_REQUEST went out before the end of its request's STDIN (HOLD_GAP).
+    // An END_REQUEST went out before the end of its request's STDIN (HOLD_GAP, or a
+    // request postern answered itself, Step::AnsweredEarly).
     let mut stdin_cut = false;
     // `buf` is still the buffer the connection came with.
     let mut handed_in = true;
@@ -722,6 +723,10 @@ pub async fn serve(
             ) {
                 Step::Go => {}
                 Step::Answered => served += 1,
+                Step::AnsweredEarly => {
+                    served += 1;
+                    stdin_cut = true;
+                }
                 Step::Ended { id, reuse } => {
                     served += 1;
                     if !done(id, reuse, &mut parser, &mut slots, &mut backlog) {
@@ -1431,6 +1436,10 @@ enum Step {
     /// at FCGI_ABORT_REQUEST); the connection serves on. It has carried a request:
     /// no longer bound by `--head-timeout` from its accept.
     Answered,
+    /// As [`Step::Answered`], before the end of the request's STDIN: the front server
+    /// may close the connection wherever that body then stands (nginx does: it keeps no
+    /// connection it did not send a whole request on), and that close is no bad input.
+    AnsweredEarly,
     /// Request `id`'s END_REQUEST, held for its STDIN's end, went out (`reuse`: the
     /// connection serves on).
     Ended {
@@ -1488,6 +1497,9 @@ fn handle_event(
             } else {
                 ProtoError::FcgiParamsTooLarge { id, size, limit }
             };
+            let whole = backlog
+                .iter()
+                .any(|ev| matches!(ev, Event::StdinEnd { id: i } if *i == id));
             backlog.retain(
                 |ev| !matches!(ev, Event::Stdin { id: i, .. } | Event::StdinEnd { id: i } if *i == id),
             );
@@ -1505,12 +1517,16 @@ fn handle_event(
                 started: Instant::now(),
             };
             // Named in the access line by the method and path found among what was dropped.
-            refused.answer(
+            let step = refused.answer(
                 parser,
                 logged,
                 log,
                 (431, "Request Header Fields Too Large"),
-            )
+            );
+            match step {
+                Step::Answered if !whole => Step::AnsweredEarly,
+                step => step,
+            }
         }
         Event::Params {
             id,
@@ -1615,7 +1631,16 @@ fn handle_event(
                         keep_conn,
                         started,
                     };
-                    return refusal.answer(parser, params, log, status);
+                    let step = refusal.answer(parser, params, log, status);
+                    // (`stdin`: the whole body came with the head.)
+                    // regression: a POST over --max-body through nginx with keep-conn was
+                    // answered 413 and then logged 'the front server closed the FastCGI
+                    // connection in the middle of a record' (WARN, bad input) as nginx
+                    // closed the connection mid-body.
+                    return match step {
+                        Step::Answered if stdin.is_none() => Step::AnsweredEarly,
+                        step => step,
+                    };
                 }
             };
             let Assembled {
