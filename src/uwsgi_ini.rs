@@ -55,6 +55,10 @@ pub enum IniError {
     NotIni { path: PathBuf, kind: &'static str },
     #[error("line {line}: the placeholders in {key} refer to each other without end")]
     Loop { line: usize, key: String },
+    #[error("line {line}: {key}'s value is over {} KiB once its %(…), $(…) and @(…) are expanded: postern's bound on one value, far above any real option's (placeholders that each repeat the one before double at every line)", expand::VALUE_MAX / 1024)]
+    ValueTooLarge { line: usize, key: String },
+    #[error("line {line}: with {key} expanded, the section's values are over {} MiB in all: postern's bound on a whole file, far above any real one's (placeholders that each repeat the one before double at every line)", expand::SECTION_MAX / (1024 * 1024))]
+    SectionTooLarge { line: usize, key: String },
     /// Lines postern cannot run without (and unknown ones under `strict`), all in one
     /// message.
     #[error("{0}")]

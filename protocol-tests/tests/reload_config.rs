@@ -1067,3 +1067,43 @@ fn a_reload_switches_between_a_filter_and_a_level() {
     p.signal(libc::SIGHUP);
     assert!(debug_lines(&p, &mut last) >= 1, "{}", p.logs());
 }
+
+// regression: `%(…)` placeholders that each repeat the one before twice double at
+// every line, and nothing bounded them: 27 lines took the master a minute and 1.8 GB,
+// at the start and again at each reload. Now a value over 64 KiB stops the start
+// (exit 2) and refuses a reload, naming the line; the workers serve on.
+#[test]
+fn an_ini_whose_placeholders_blow_up_is_refused_at_start_and_at_reload() {
+    let dir = tempdir();
+    let ini = dir.path().join("app.ini");
+    let app = testapp();
+    let mut bomb = format!("[uwsgi]\nwsgi-file = {app}\nv0 = ab\n");
+    for n in 1..=40 {
+        bomb += &format!("v{n} = %(v{})%(v{})\n", n - 1, n - 1);
+    }
+    bomb += "env = X=%(v40)\n";
+    let said = "line 19: v16's value is over 64 KiB once its %(…), $(…) and @(…) are expanded";
+
+    std::fs::write(&ini, &bomb).unwrap();
+    let out = std::process::Command::new(postern_bin())
+        .args(["--ini", ini.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(said), "{err}");
+
+    std::fs::write(&ini, format!("[uwsgi]\nwsgi-file = {app}\n")).unwrap();
+    let p = Spawn::tcp(dir.path(), "--ini")
+        .arg(ini.to_str().unwrap())
+        .args(["--master"])
+        .start();
+    let workers = children(p.pid());
+    std::fs::write(&ini, &bomb).unwrap();
+    p.signal(libc::SIGHUP);
+    let refused = "reload refused: the configuration is invalid; the workers serve on";
+    assert!(p.wait_log(refused, 20), "{}", p.logs());
+    assert!(p.logs().contains(said), "{}", p.logs());
+    assert_eq!(p.get("/").0, 200);
+    assert_eq!(children(p.pid()), workers);
+}

@@ -698,15 +698,36 @@ fn process_magic(raw: &str) -> BTreeSet<String> {
 /// Bound on the replacements in one value: uWSGI loops forever on `a = %(a)`.
 const MAX_EXPANSIONS: usize = 256;
 
+/// Bound on one value once its `$(…)`, `@(…)` and `%(…)` are expanded. Real option
+/// values (paths, module names, `env`, `route` lines, a token or a key read with
+/// `@(file)`) stay well under 4 KiB; 64 KiB is sixteen times that. Without a bound,
+/// placeholders that each repeat the one before twice (`v2 = %(v1)%(v1)`) double at
+/// every line: 27 lines took a minute and 1.8 GB, at the start and again at each
+/// reload. With it such a file stops at about its fifteenth line, in milliseconds.
+pub const VALUE_MAX: usize = 64 * 1024;
+
+/// Bound on all the section's values together once expanded: sixteen values at
+/// [`VALUE_MAX`], hundreds of times a real file. It bounds the work too: each value
+/// is rescanned at most [`MAX_EXPANSIONS`] times.
+pub const SECTION_MAX: usize = 1024 * 1024;
+
+/// How a value went over a bound while it was expanded.
+enum Over {
+    /// It never settles (a placeholder refers to itself, maybe through others).
+    Loop,
+    /// Over [`VALUE_MAX`].
+    Size,
+}
+
 /// Replaces each `S(…)` in `value` (parentheses may nest) with what `hook` returns for
 /// the text inside; `None` leaves it as written. Like uWSGI, scanning restarts from the
 /// start after a replacement, so a value that expands to another reference is expanded
-/// too. `Err(())` means the value never settles.
+/// too. `Err(Over)` means the value never settles or grows over [`VALUE_MAX`].
 fn expand_value(
     value: &str,
     symbol: char,
     mut hook: impl FnMut(&str) -> Result<Option<String>, IniError>,
-) -> Result<Result<String, ()>, IniError> {
+) -> Result<Result<String, Over>, IniError> {
     let mut v = value.to_owned();
     let mut from = 0;
     let mut rounds = 0;
@@ -737,7 +758,11 @@ fn expand_value(
                 if let Some(new) = hook(&v[start..j])? {
                     rounds += 1;
                     if rounds > MAX_EXPANSIONS {
-                        return Ok(Err(()));
+                        return Ok(Err(Over::Loop));
+                    }
+                    // Checked before the new value is built.
+                    if v.len() - (j + 1 - i) + new.len() > VALUE_MAX {
+                        return Ok(Err(Over::Size));
                     }
                     v = format!("{}{}{}", &v[..i], new, &v[j + 1..]);
                     from = 0;
@@ -766,6 +791,7 @@ fn pass(
         &mut BTreeSet<String>,
     ) -> Result<Option<String>, IniError>,
 ) -> Result<(), IniError> {
+    let mut total: usize = section.entries.iter().map(|e| e.value.len()).sum();
     for i in 0..section.entries.len() {
         let value = section.entries[i].value.clone();
         if !value.contains(symbol) {
@@ -779,14 +805,17 @@ fn pass(
             hook(inner, entries, line, notes, &mut reads)
         })?;
         section.entries[i].reads.extend(reads);
+        let key = || section.entries[i].key.clone();
         match expanded {
-            Ok(v) => section.entries[i].value = v,
-            Err(()) => {
-                return Err(IniError::Loop {
-                    line,
-                    key: section.entries[i].key.clone(),
-                })
+            Ok(v) => {
+                total = total - value.len() + v.len();
+                if v.len() > value.len() && total > SECTION_MAX {
+                    return Err(IniError::SectionTooLarge { line, key: key() });
+                }
+                section.entries[i].value = v;
             }
+            Err(Over::Loop) => return Err(IniError::Loop { line, key: key() }),
+            Err(Over::Size) => return Err(IniError::ValueTooLarge { line, key: key() }),
         }
     }
     Ok(())
@@ -841,11 +870,23 @@ fn expand_files(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
             ));
             return Ok(None);
         }
+        use std::io::Read as _;
         let path = ctx.cwd.join(inner);
-        let mut text = std::fs::read_to_string(&path).map_err(|source| IniError::AtFile {
+        let at_file = |source| IniError::AtFile {
             line,
             path: path.clone(),
             source,
+        };
+        // No more than can fit in a value: a larger file is refused as the value is.
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(VALUE_MAX as u64 + 1).read_to_end(&mut bytes))
+            .map_err(at_file)?;
+        let mut text = String::from_utf8(bytes).map_err(|e| {
+            at_file(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            ))
         })?;
         if text.ends_with(['\n', '\r']) {
             text.pop();
@@ -1244,6 +1285,67 @@ mod tests {
     fn rejects_a_placeholder_loop() {
         let e = read_section("[uwsgi]\na = x%(a)\n", &facts(None), "uwsgi", &ctx()).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    // regression: placeholders that doubled at each line (`v2 = %(v1)%(v1)`) had no
+    // bound: 27 lines took a minute and 1.8 GB, at the start and at each reload.
+    #[test]
+    fn refuses_a_value_expanded_past_its_bound() {
+        let mut text = String::from("[uwsgi]\nv0 = ab\n");
+        for n in 1..=30 {
+            text += &format!("v{n} = %(v{})%(v{})\n", n - 1, n - 1);
+        }
+        let e = read_section(&text, &facts(None), "uwsgi", &ctx()).unwrap_err();
+        assert!(
+            matches!(e, IniError::ValueTooLarge { line: 18, .. }),
+            "{e:?}"
+        );
+        let said = e.to_string();
+        assert!(
+            said.starts_with("line 18: v16's value is over 64 KiB"),
+            "{said}"
+        );
+        // Up to the bound is expanded as before.
+        let half = "x".repeat(VALUE_MAX / 2);
+        let text = format!("[uwsgi]\nh = {half}\nv = %(h)%(h)\n");
+        let s = read_section(&text, &facts(None), "uwsgi", &ctx()).unwrap();
+        assert_eq!(s.entries[1].value.len(), VALUE_MAX);
+    }
+
+    #[test]
+    fn refuses_a_section_expanded_past_its_bound() {
+        let mut text = format!("[uwsgi]\nbig = {}\n", "x".repeat(VALUE_MAX - 1));
+        for n in 0..20 {
+            text += &format!("c{n} = %(big)\n");
+        }
+        let e = read_section(&text, &facts(None), "uwsgi", &ctx()).unwrap_err();
+        // `big` and 15 copies are 16 bytes short of 1 MiB; the five `%(big)` still
+        // written out count too.
+        assert!(
+            matches!(e, IniError::SectionTooLarge { line: 17, .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("line 17: with c14 expanded, the section's values are over 1 MiB"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_an_at_file_past_the_value_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), "y".repeat(VALUE_MAX + 10)).unwrap();
+        std::fs::write(dir.path().join("ok"), "y".repeat(100)).unwrap();
+        let mut c = ctx();
+        c.cwd = dir.path().to_owned();
+        let e = read_section("[uwsgi]\na = @(big)\n", &facts(None), "uwsgi", &c).unwrap_err();
+        assert!(
+            matches!(e, IniError::ValueTooLarge { line: 2, .. }),
+            "{e:?}"
+        );
+        let s = read_section("[uwsgi]\na = @(ok)\n", &facts(None), "uwsgi", &c).unwrap();
+        assert_eq!(s.entries[0].value.len(), 100);
     }
 
     #[test]
