@@ -411,3 +411,29 @@ fn migrate_says_what_to_do_about_yaml_side_processes_and_paths() {
         "{err}"
     );
 }
+
+// regression: a [uwsgi] section with no option lines (or only comments) was refused as
+// missing, contradicting itself ("there is no [uwsgi] section (it has [uwsgi]: …)"),
+// even with the app on the command line; uWSGI starts on it.
+#[test]
+fn an_empty_uwsgi_section_is_no_options_not_a_missing_section() {
+    let dir = tempdir();
+    let ini = dir.path().join("empty.ini");
+    let note = "empty.ini:2: [uwsgi] has no option lines: nothing to carry over";
+    std::fs::write(&ini, "; a comment\n[uwsgi]\n# only comments\n").unwrap();
+    let out = Command::new(postern_bin())
+        .arg("--ini")
+        .arg(&ini)
+        .arg(testapp())
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(note), "{err}");
+    assert!(!err.contains("there is no"), "{err}");
+    let (rc, toml, err) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("there is no"), "{err}");
+    assert!(toml.contains("[uwsgi] has no option lines"), "{toml}");
+}

@@ -616,7 +616,8 @@ pub fn read_section(
     let mut out = Section::default();
     let mut current = String::new();
     let mut seen: Vec<String> = Vec::new();
-    let mut found = false;
+    // The line of the section's first header: an empty section is still a section.
+    let mut found = None;
     for (i, raw) in text.split('\n').enumerate() {
         let number = i + 1;
         let mut bad = Vec::new();
@@ -637,13 +638,15 @@ pub fn read_section(
             if !seen.contains(&name) {
                 seen.push(name.clone());
             }
+            if name == section && found.is_none() {
+                found = Some(number);
+            }
             current = name;
             continue;
         }
         if current != section {
             continue;
         }
-        found = true;
         for m in bad {
             let what = match m {
                 'b' => "%b (the uWSGI binary's path) means nothing to postern".to_owned(),
@@ -666,12 +669,20 @@ pub fn read_section(
             reads,
         });
     }
-    if !found {
+    let Some(header) = found else {
         return Err(IniError::NoSection {
             path: PathBuf::from(&facts.given),
             section: section.to_owned(),
             found: seen,
         });
+    };
+    // regression: an empty section was refused as missing ("there is no [uwsgi]
+    // section (it has [uwsgi] …)"); uWSGI starts on it with the command line's options.
+    if out.entries.is_empty() {
+        out.notes.push((
+            header,
+            format!("[{section}] has no option lines: nothing to carry over; the app and the options come from the command line or --config, as uWSGI starts on it"),
+        ));
     }
     expand_env(&mut out, ctx)?;
     expand_files(&mut out, ctx)?;
@@ -1179,6 +1190,25 @@ mod tests {
             m.contains("[uwsgi]") && m.contains("[app1]") && m.contains("[app2]"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn takes_an_empty_section_as_no_options() {
+        for text in [
+            "[uwsgi]\n",
+            "[app]\na = 1\n\n[uwsgi]\n; only a comment\n# another\n",
+        ] {
+            let s = read_section(text, &facts(None), "uwsgi", &ctx()).unwrap();
+            assert!(s.entries.is_empty(), "{text:?}");
+            let header = text.lines().position(|l| l == "[uwsgi]").unwrap() + 1;
+            assert_eq!(s.notes.len(), 1, "{text:?}");
+            assert_eq!(s.notes[0].0, header, "{text:?}");
+            assert!(
+                s.notes[0].1.starts_with("[uwsgi] has no option lines"),
+                "{:?}",
+                s.notes
+            );
+        }
     }
 
     #[test]
