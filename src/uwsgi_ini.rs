@@ -203,6 +203,9 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
         });
     }
     m.finish();
+    if !ctx.migrating {
+        m.info.append(&mut m.app_output);
+    }
     let mut notes = read.notes;
     notes.extend(m.notes);
     Ok(Translation {
@@ -292,6 +295,9 @@ const EMPEROR: &str = "postern runs one app, not an Emperor: run one postern per
 const INCLUDE: &str = "postern reads one file: copy the included file's options into this section";
 const HOOK: &str = "uWSGI's hooks have no postern equivalent: run the action from the service manager (systemd ExecStartPre=, ExecStopPost=) or from your deploy";
 const UWSGI_MODULE: &str = "uWSGI's in-process jobs and shared state (spooler, mules, cache, locks, sharedarea, queue, signals, timers) and the `uwsgi` Python module the app reaches them with (uwsgidecorators' @spool, @timer, @cron, @mulefunc; uwsgi.cache_get, uwsgi.lock) do not exist under postern: an app that guards `import uwsgi` would start and silently never run its jobs. Move the jobs to a task queue (Celery, RQ, Dramatiq) or a systemd timer and the cache to Redis or memcached, then drop this line";
+/// uWSGI opened a `logto` or `daemonize` file onto its stdout and stderr, so the app's
+/// own output landed there; postern's `log-file` holds only postern's lines.
+const APP_OUTPUT: &str = "uWSGI put the app's own output (print(), sys.stdout and sys.stderr, a logging console handler) in this file too; under postern it goes to postern's stdout and stderr (the journal under systemd), and this file gets postern's log and the request lines: log through logging to a file, or read the app's output from the journal";
 const LOGIC: &str = "uWSGI's configuration logic (if-*, for-*) is not supported: write the values it produces out by hand";
 
 /// Builds the table line by line.
@@ -304,6 +310,8 @@ struct Mapper<'a> {
     lines: Vec<Line>,
     notes: Vec<(usize, String)>,
     info: Vec<String>,
+    /// What the start says of the `logto` files (migrate says it on their lines).
+    app_output: Vec<String>,
     /// Which line set each single-valued key, so a later line can take it over.
     setter: BTreeMap<String, usize>,
     strict: bool,
@@ -463,6 +471,7 @@ impl<'a> Mapper<'a> {
             lines: Vec::new(),
             notes: Vec::new(),
             info: Vec::new(),
+            app_output: Vec::new(),
             setter: BTreeMap::new(),
             strict: last(&["strict"]).is_some_and(|(_, v)| boolean(&v).0),
             protocol: last(&["protocol", "socket-protocol"]),
@@ -574,6 +583,15 @@ impl<'a> Mapper<'a> {
         }
         self.set(i, "access-log", toml::Value::String(v.into()));
         Self::carried(&["log-file", "access-log"])
+    }
+
+    /// Said once at start (information, as the file carried over): the app's output
+    /// no longer goes to the `logto` file `v`.
+    fn app_output(&mut self, v: &str) {
+        let said = format!("the app's own output (print(), sys.stdout and sys.stderr, a logging console handler) goes to postern's stdout and stderr (the journal under systemd), not to {v} as with uWSGI's logto: {v} gets postern's log and the request lines");
+        if !self.app_output.contains(&said) {
+            self.app_output.push(said);
+        }
     }
 
     fn listener(&mut self, v: &str, protocol: &str) -> Outcome {
@@ -1088,7 +1106,19 @@ impl<'a> Mapper<'a> {
                         "postern does not send logs over UDP ({v}): it logs to stderr or a file; forward them with journald or rsyslog"
                     ));
                 }
-                self.log_file(i, v)
+                // regression: only docs/migration.md said the app's output no longer
+                // lands in this file; neither --ini's start nor migrate's line did.
+                match self.log_file(i, v) {
+                    Outcome::Carried { keys, .. } => {
+                        self.app_output(v);
+                        Outcome::Carried {
+                            keys,
+                            note: Some(APP_OUTPUT.into()),
+                            warn: false,
+                        }
+                    }
+                    other => other,
+                }
             }
             "logger" => match v {
                 "stdio" => Outcome::Accepted("postern logs to stderr by default".into()),
@@ -1133,7 +1163,7 @@ impl<'a> Mapper<'a> {
                 match self.log_file(i, v) {
                     Outcome::Carried { keys, .. } => Outcome::Carried {
                         keys,
-                        note: Some("postern stays in the foreground (run it under systemd, deploy/systemd/, or your process manager); its logs go to this file".into()),
+                        note: Some(format!("postern stays in the foreground (run it under systemd, deploy/systemd/, or your process manager); its logs go to this file. {APP_OUTPUT}")),
                         warn: true,
                     },
                     other => other,

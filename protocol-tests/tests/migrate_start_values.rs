@@ -437,3 +437,36 @@ fn an_empty_uwsgi_section_is_no_options_not_a_missing_section() {
     assert!(!err.contains("there is no"), "{err}");
     assert!(toml.contains("[uwsgi] has no option lines"), "{toml}");
 }
+
+// regression: with `logto = FILE` the app's own output (print(), sys.stderr, a logging
+// console handler) no longer lands in FILE, and only docs/migration.md said so: neither
+// --ini's start message nor migrate's comment on the line.
+#[test]
+fn logto_says_at_start_and_in_migrate_where_the_apps_output_goes() {
+    let dir = tempdir();
+    let ini = dir.path().join("app.ini");
+    let log = dir.path().join("uwsgi.log");
+    std::fs::write(
+        &ini,
+        format!("[uwsgi]\nmodule = app\nlogto = {}\n", log.display()),
+    )
+    .unwrap();
+    let out = Command::new(postern_bin())
+        .arg("--ini")
+        .arg(&ini)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let said = format!("goes to postern's stdout and stderr (the journal under systemd), not to {} as with uWSGI's logto", log.display());
+    assert!(err.contains(&said), "{err}");
+    assert!(!err.contains("not carried over as written"), "{err}");
+    let (rc, toml, err) = migrate(&ini, &[], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let line = format!(
+        "# line 3: logto = {}\n#   uWSGI put the app's own output",
+        log.display()
+    );
+    assert!(toml.contains(&line), "{toml}");
+}

@@ -485,12 +485,60 @@ fn maps_stats_and_logs() {
     assert!(get(&tr("disable-logging = false"), "access-log").is_none());
 }
 
+// regression: only docs/migration.md said that the app's own output no longer lands in
+// the logto file; --ini's start and migrate's comment on the line said nothing.
+#[test]
+fn logto_says_where_the_apps_own_output_goes() {
+    let t = tr("module = m\nlogto = /var/log/shop.log");
+    let Outcome::Carried { note, warn, .. } = outcome(&t, "logto") else {
+        panic!("{:?}", outcome(&t, "logto"));
+    };
+    assert!(!warn);
+    assert!(
+        note.as_deref()
+            .unwrap()
+            .starts_with("uWSGI put the app's own output (print(), sys.stdout and sys.stderr"),
+        "{note:?}"
+    );
+    let text = t.to_toml();
+    assert!(
+        text.contains("# line 3: logto = /var/log/shop.log\n#   uWSGI put the app's own output"),
+        "{text}"
+    );
+    // At start: information, not a warning (the file carried over).
+    assert!(t.warnings().is_none(), "{:?}", t.warnings());
+    let said = t.info_message().unwrap();
+    assert!(said.contains("the app's own output (print(), sys.stdout and sys.stderr, a logging console handler) goes to postern's stdout and stderr (the journal under systemd), not to /var/log/shop.log as with uWSGI's logto"), "{said}");
+    // migrate says it on the line only.
+    let facts = FileFacts {
+        given: "/etc/uwsgi/shop.ini".into(),
+        absolute: PathBuf::from("/etc/uwsgi/shop.ini"),
+        section: None,
+        inode: None,
+    };
+    let mut c = ctx();
+    c.migrating = true;
+    let t = translate(
+        "[uwsgi]\nmodule = m\nlogto = /var/log/shop.log\n",
+        &facts,
+        &c,
+    )
+    .unwrap();
+    assert!(t.info_message().is_none(), "{:?}", t.info_message());
+    assert_eq!(
+        t.to_toml().matches("the app's own output").count(),
+        1,
+        "{}",
+        t.to_toml()
+    );
+}
+
 #[test]
 fn daemonize_keeps_its_log_file_and_warns() {
     let t = tr("module = m\ndaemonize = /var/log/uwsgi/shop.log");
     // One line, two keys: written together under one copy of the line.
     let text = t.to_toml();
-    assert!(text.contains("# line 3: daemonize = /var/log/uwsgi/shop.log\n#   postern stays in the foreground (run it under systemd, deploy/systemd/, or your\n#   process manager); its logs go to this file\nlog-file = \"/var/log/uwsgi/shop.log\"\naccess-log = \"/var/log/uwsgi/shop.log\"\n"), "{text}");
+    assert!(text.contains("# line 3: daemonize = /var/log/uwsgi/shop.log\n#   postern stays in the foreground (run it under systemd, deploy/systemd/, or your\n#   process manager); its logs go to this file. uWSGI put the app's own output (print(),\n#   sys.stdout and sys.stderr, a logging console handler) in this file too; under postern\n#   it goes to postern's stdout and stderr (the journal under systemd), and this file gets\n#   postern's log and the request lines: log through logging to a file, or read the app's\n#   output from the journal\nlog-file = \"/var/log/uwsgi/shop.log\"\naccess-log = \"/var/log/uwsgi/shop.log\"\n"), "{text}");
     assert_eq!(text.matches("# line 3:").count(), 1, "{text}");
     assert_eq!(get(&t, "log-file"), Some(&s("/var/log/uwsgi/shop.log")));
     assert_eq!(get(&t, "access-log"), Some(&s("/var/log/uwsgi/shop.log")));
