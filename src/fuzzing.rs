@@ -347,9 +347,17 @@ pub fn fastcgi_record(data: &[u8]) {
                 Err(e) => assert_eq!(e, ProtoError::FcgiBeginBody(r.content.len())),
             }
         }
-        Ok(None) => assert!(data.len() < fcgi::HEADER_LEN || data[0] == 1),
+        Ok(None) => assert!(
+            data.len() < fcgi::HEADER_LEN
+                || data[0] == 1
+                || crate::proto::sniff(data) == crate::proto::Sniff::Partial
+        ),
         Err(ProtoError::FcgiVersion(v)) => assert!(v != 1 && v == data[0]),
         Err(ProtoError::HttpOnFastcgi) => assert!(data.len() >= 4 && data[0].is_ascii_uppercase()),
+        Err(ProtoError::ProxyProtocol { .. }) => {
+            assert_eq!(crate::proto::sniff(data), crate::proto::Sniff::Proxy)
+        }
+        Err(ProtoError::Tls { .. }) => assert_eq!(data[0], 0x16),
         Err(e) => panic!("parse_record: {e:?}"),
     }
 

@@ -19,12 +19,66 @@ pub mod response;
 pub mod scgi;
 pub mod uwsgi;
 
+/// The article's `n` before a protocol's name ("an SCGI", "a uwsgi").
+fn an(socket: &str) -> &'static str {
+    if socket.starts_with('S') {
+        "n"
+    } else {
+        ""
+    }
+}
+
 /// What a head over `limit` bytes can do about it.
 fn buffer_hint(limit: &usize) -> &'static str {
     if *limit < 65535 {
         "raise --buffer-size, up to 65535"
     } else {
         "--buffer-size is at its most, 65535: the request must carry fewer or shorter headers"
+    }
+}
+
+/// What the first bytes on a connection say about a protocol other than the socket's
+/// that a front server can be set to speak to postern by mistake ([`sniff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sniff {
+    /// A PROXY protocol header, v1 (`PROXY TCP4 …`) or v2 (its 12-byte signature).
+    Proxy,
+    /// A TLS record: handshake (22), version 3.x.
+    Tls,
+    /// The bytes so far start one of those: wait for more before saying what they are.
+    Partial,
+    /// Neither.
+    Other,
+}
+
+/// The PROXY protocol v1 line starts with this.
+const PROXY_V1: &[u8] = b"PROXY ";
+/// The PROXY protocol v2 signature.
+const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Tells a PROXY protocol header (HAProxy's `send-proxy`, nginx stream's
+/// `proxy_protocol on`) or a TLS handshake (a front server speaking https or
+/// `suwsgi://`) from the first bytes of a connection. None of them can start a uwsgi
+/// packet (modifier1 0 or 30), a FastCGI record (version 1) or an SCGI netstring (a
+/// digit), so the callers ask only when the bytes are not their protocol's.
+pub(crate) fn sniff(buf: &[u8]) -> Sniff {
+    if buf.is_empty() {
+        return Sniff::Other;
+    }
+    let mut partial = false;
+    for sig in [PROXY_V1, PROXY_V2] {
+        if buf.starts_with(sig) {
+            return Sniff::Proxy;
+        }
+        partial |= sig.starts_with(buf);
+    }
+    match buf {
+        // A TLS record header: content type 22 (handshake), then major version 3 and a
+        // minor one up to 4 (SSL 3.0 to TLS 1.3, which still says 3.1 or 3.3 here).
+        [0x16, 0x03, minor, ..] if *minor <= 4 => Sniff::Tls,
+        [0x16] | [0x16, 0x03] => Sniff::Partial,
+        _ if partial => Sniff::Partial,
+        _ => Sniff::Other,
     }
 }
 
@@ -68,6 +122,14 @@ pub enum ProtoError {
     FcgiOutOfOrder { id: u16, what: &'static str },
     #[error("HTTP request received on an SCGI socket (use scgi_pass, not proxy_pass, in nginx)")]
     HttpOnScgi,
+    /// `socket`: the socket's protocol; `pass`: nginx's directive for it.
+    #[error("PROXY protocol header received on a{} {socket} socket: postern does not read it, and the front server passes the client's address (REMOTE_ADDR) itself: turn it off for postern (HAProxy: no send-proxy on this server; nginx: no proxy_protocol on in the stream block in front of postern; a proxy_protocol on a listen is about what nginx accepts from clients, not for postern)", an(socket))]
+    ProxyProtocol { socket: &'static str },
+    #[error("TLS handshake received on a{} {socket} socket: postern speaks plain {socket} and leaves TLS to the front server: point it at postern without TLS (nginx: {pass} host:port, without https://, suwsgi:// or ssl)", an(socket))]
+    Tls {
+        socket: &'static str,
+        pass: &'static str,
+    },
     #[error("SCGI netstring length is not 1-7 decimal digits (no leading zero) followed by ':'")]
     ScgiLength,
     #[error("SCGI header block is not followed by ','")]
@@ -78,7 +140,67 @@ pub enum ProtoError {
 
 #[cfg(test)]
 mod tests {
-    use super::ProtoError;
+    use super::{sniff, ProtoError, Sniff};
+
+    #[test]
+    fn sniffs_proxy_protocol_and_tls() {
+        assert_eq!(sniff(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"), Sniff::Proxy);
+        assert_eq!(sniff(b"PROXY UNKNOWN\r\n"), Sniff::Proxy);
+        assert_eq!(sniff(b"\r\n\r\n\0\r\nQUIT\n\x21\x11"), Sniff::Proxy);
+        // A TLS 1.2/1.3 ClientHello's record header, and SSL 3.0's.
+        assert_eq!(sniff(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Sniff::Tls);
+        assert_eq!(sniff(&[0x16, 0x03, 0x00]), Sniff::Tls);
+        // Prefixes wait; a byte off is neither.
+        for partial in [
+            &b"P"[..],
+            b"PROX",
+            b"PROXY",
+            b"\r\n\r\n\0",
+            &[0x16],
+            &[0x16, 0x03],
+        ] {
+            assert_eq!(sniff(partial), Sniff::Partial, "{partial:?}");
+        }
+        for other in [
+            &b"POST / HTTP/1.1\r\n"[..],
+            b"PROXYX",
+            b"PUT ",
+            b"\r\n\r\nX",
+            &[0x16, 0x03, 0x05],
+            &[0x16, 0x02],
+            &[0, 10, 0, 0],
+            &[1, 1, 0, 1],
+            b"70:",
+            b"",
+        ] {
+            assert_eq!(sniff(other), Sniff::Other, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn names_the_protocol_and_what_to_do() {
+        let e = ProtoError::ProxyProtocol { socket: "uwsgi" };
+        assert!(
+            e.to_string().starts_with(
+                "PROXY protocol header received on a uwsgi socket: postern does not read it"
+            ),
+            "{e}"
+        );
+        let e = ProtoError::Tls {
+            socket: "FastCGI",
+            pass: "fastcgi_pass",
+        };
+        assert!(e.to_string().starts_with("TLS handshake received on a FastCGI socket: postern speaks plain FastCGI and leaves TLS to the front server"), "{e}");
+        assert!(
+            e.to_string().contains("nginx: fastcgi_pass host:port"),
+            "{e}"
+        );
+        let e = ProtoError::Tls {
+            socket: "SCGI",
+            pass: "scgi_pass",
+        };
+        assert!(e.to_string().contains("on an SCGI socket"), "{e}");
+    }
 
     #[test]
     fn a_head_over_the_largest_buffer_does_not_say_raise_it() {

@@ -54,6 +54,20 @@ pub fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(usize, &[u8])>, Pr
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
+    // A PROXY protocol header or a TLS handshake: say what they are.
+    if !first.is_ascii_digit() {
+        match super::sniff(buf) {
+            super::Sniff::Proxy => return Err(ProtoError::ProxyProtocol { socket: "SCGI" }),
+            super::Sniff::Tls => {
+                return Err(ProtoError::Tls {
+                    socket: "SCGI",
+                    pass: "scgi_pass",
+                })
+            }
+            super::Sniff::Partial => return Ok(None),
+            super::Sniff::Other => {}
+        }
+    }
     if first.is_ascii_uppercase() {
         return match method_word(buf) {
             Some(true) => Err(ProtoError::HttpOnScgi),
@@ -425,6 +439,35 @@ mod tests {
             parse_head(&buf, block.len() - 1),
             Err(ProtoError::HeadTooLarge { .. })
         ));
+    }
+
+    // regression: a PROXY protocol line read as HTTP ("use scgi_pass, not proxy_pass")
+    // and a TLS ClientHello as byte 22 of the protocol's own header.
+    #[test]
+    fn names_proxy_protocol_and_tls_on_the_scgi_port() {
+        let proxy = ProtoError::ProxyProtocol { socket: "SCGI" };
+        for line in [
+            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"[..],
+            b"PROXY ",
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x0c",
+        ] {
+            assert_eq!(parse_head(line, 4096), Err(proxy.clone()), "{line:?}");
+        }
+        let tls = ProtoError::Tls {
+            socket: "SCGI",
+            pass: "scgi_pass",
+        };
+        assert_eq!(
+            parse_head(
+                &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03][..],
+                4096
+            ),
+            Err(tls)
+        );
+        // Until the bytes say which, they wait.
+        for prefix in [&b"PROX"[..], b"\r\n\r\n", &[0x16, 0x03]] {
+            assert_eq!(parse_head(prefix, 4096), Ok(None), "{prefix:?}");
+        }
     }
 
     #[test]

@@ -39,6 +39,19 @@ pub type VarRange = (Range<u32>, Range<u32>);
 /// header and vars block (the request body, if any, follows). `Err`: the peer is
 /// not speaking uwsgi as we serve it; close the connection.
 pub fn parse_packet(buf: &[u8], limit: usize) -> Result<Option<(usize, Packet<'_>)>, ProtoError> {
+    // A PROXY protocol header or a TLS handshake would read as modifier1 'P', 13 or 22
+    // (or as HTTP): say what they are.
+    match super::sniff(buf) {
+        super::Sniff::Proxy => return Err(ProtoError::ProxyProtocol { socket: "uwsgi" }),
+        super::Sniff::Tls => {
+            return Err(ProtoError::Tls {
+                socket: "uwsgi",
+                pass: "uwsgi_pass",
+            })
+        }
+        super::Sniff::Partial => return Ok(None),
+        super::Sniff::Other => {}
+    }
     // HTTP sent to a uwsgi port reads as modifier1 = 'G'/'P'/'H'… (§1.6). Tell that
     // apart as soon as the first four bytes are here; it is the commonest mistake.
     if buf.len() >= HEADER_LEN && looks_like_http(&buf[..HEADER_LEN]) {
@@ -258,6 +271,39 @@ mod tests {
     fn accepts_modifier_30() {
         let buf = [30, 0, 0, 0]; // modifier1 30, datasize 0
         assert!(parse_packet(&buf, MAX_DATASIZE).unwrap().is_some());
+    }
+
+    // regression: a PROXY protocol line read as HTTP ("use uwsgi_pass, not proxy_pass")
+    // and a TLS ClientHello as byte 22 of the protocol's own header.
+    #[test]
+    fn names_proxy_protocol_and_tls_on_the_uwsgi_port() {
+        let proxy = ProtoError::ProxyProtocol { socket: "uwsgi" };
+        for line in [
+            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"[..],
+            b"PROXY ",
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x0c",
+        ] {
+            assert_eq!(
+                parse_packet(line, MAX_DATASIZE),
+                Err(proxy.clone()),
+                "{line:?}"
+            );
+        }
+        let tls = ProtoError::Tls {
+            socket: "uwsgi",
+            pass: "uwsgi_pass",
+        };
+        assert_eq!(
+            parse_packet(
+                &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03][..],
+                MAX_DATASIZE
+            ),
+            Err(tls)
+        );
+        // Until the bytes say which, they wait.
+        for prefix in [&b"PROX"[..], b"\r\n\r\n", &[0x16, 0x03]] {
+            assert_eq!(parse_packet(prefix, MAX_DATASIZE), Ok(None), "{prefix:?}");
+        }
     }
 
     #[test]

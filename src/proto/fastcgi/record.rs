@@ -26,7 +26,9 @@ pub struct BeginRequest {
 /// and padding) are one record. `Err`: the peer is not speaking FastCGI; close the
 /// connection. The version is checked as soon as the first byte is here; a first byte
 /// that starts what looks like an HTTP request line (`GET `, `POST`…) waits for four
-/// bytes and then reads as [`ProtoError::HttpOnFastcgi`].
+/// bytes and then reads as [`ProtoError::HttpOnFastcgi`]; one that starts a PROXY
+/// protocol header or a TLS handshake waits until it is one
+/// ([`ProtoError::ProxyProtocol`], [`ProtoError::Tls`]) or cannot be.
 pub fn parse_record(buf: &[u8]) -> Result<Option<(usize, Record<'_>)>, ProtoError> {
     match buf.first() {
         None => return Ok(None),
@@ -60,6 +62,18 @@ pub fn parse_record(buf: &[u8]) -> Result<Option<(usize, Record<'_>)>, ProtoErro
 
 /// A first byte that is not version 1: HTTP sent to a FastCGI port, or anything else.
 fn wrong_version<T>(buf: &[u8], version: u8) -> Result<Option<T>, ProtoError> {
+    // A PROXY protocol header or a TLS handshake: say what they are, not "version 22".
+    match crate::proto::sniff(buf) {
+        crate::proto::Sniff::Proxy => return Err(ProtoError::ProxyProtocol { socket: "FastCGI" }),
+        crate::proto::Sniff::Tls => {
+            return Err(ProtoError::Tls {
+                socket: "FastCGI",
+                pass: "fastcgi_pass",
+            })
+        }
+        crate::proto::Sniff::Partial => return Ok(None),
+        crate::proto::Sniff::Other => {}
+    }
     // HTTP sent to a FastCGI port reads as version 'G'/'P'/'H'… (§1.6 for uwsgi). It is
     // the commonest misconfiguration, so it gets its own message.
     if !version.is_ascii_uppercase() {
@@ -446,19 +460,51 @@ mod tests {
 
     #[test]
     fn rejects_a_wrong_version_at_the_first_byte() {
-        for v in [0u8, 2, 3, 0x7f, 0x80, 0xff, b'a', b'{', b'\r'] {
+        for v in [0u8, 2, 3, 0x7f, 0x80, 0xff, b'a', b'{'] {
             assert_eq!(parse_record(&[v]), Err(ProtoError::FcgiVersion(v)));
             assert_eq!(
                 parse_record(&[v, 1, 0, 1, 0, 0, 0, 0]),
                 Err(ProtoError::FcgiVersion(v))
             );
         }
+        // `\r` starts the PROXY protocol v2 signature: it waits for the next byte.
+        assert_eq!(parse_record(b"\r"), Ok(None));
+        assert_eq!(
+            parse_record(&[b'\r', 1, 0, 1, 0, 0, 0, 0]),
+            Err(ProtoError::FcgiVersion(b'\r'))
+        );
         // An uppercase first byte not followed by a method-like word.
         assert_eq!(parse_record(b"G\x01"), Err(ProtoError::FcgiVersion(b'G')));
         assert_eq!(
             parse_record(b"AB1 xxxx"),
             Err(ProtoError::FcgiVersion(b'A'))
         );
+    }
+
+    // regression: a PROXY protocol line read as HTTP ("use fastcgi_pass, not proxy_pass")
+    // and a TLS ClientHello as byte 22 of the protocol's own header.
+    #[test]
+    fn names_proxy_protocol_and_tls_on_the_fastcgi_port() {
+        let proxy = ProtoError::ProxyProtocol { socket: "FastCGI" };
+        for line in [
+            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"[..],
+            b"PROXY ",
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x0c",
+        ] {
+            assert_eq!(parse_record(line), Err(proxy.clone()), "{line:?}");
+        }
+        let tls = ProtoError::Tls {
+            socket: "FastCGI",
+            pass: "fastcgi_pass",
+        };
+        assert_eq!(
+            parse_record(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03][..]),
+            Err(tls)
+        );
+        // Until the bytes say which, they wait.
+        for prefix in [&b"PROX"[..], b"\r\n\r\n", &[0x16, 0x03]] {
+            assert_eq!(parse_record(prefix), Ok(None), "{prefix:?}");
+        }
     }
 
     #[test]
