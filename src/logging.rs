@@ -1157,8 +1157,8 @@ fn reopen_files() {
 /// (two look-ups in the head, its buffer shared) cost ~900 instructions a request more
 /// (`benches/instructions.py` fcgi); the id ties the line to the request's access line,
 /// which has them. What this costs at `--log-level warn`: one small allocation per
-/// request, a pointer swapped and a reference counted per entry, ~0-300 instructions a
-/// request (hello, fcgi), where an enabled span costs thousands (the registry, and its
+/// request, a pointer swapped and a reference counted per entry, ~0-400 instructions a
+/// request (hello within the noise, fcgi ~+350-400), where an enabled span costs thousands (the registry, and its
 /// fields formatted whether or not a line is logged).
 /// regression: at `--log-level warn` a bad body's `could not read the request body;
 /// closing` named no peer.
@@ -1477,7 +1477,7 @@ pub enum Ending {
     /// The front server went away first.
     ClientGone,
     /// postern closed the connection: the front server read nothing of the response
-    /// for `--read-timeout`.
+    /// for `--read-timeout` (after some of it, often: the socket's buffers took that).
     Stalled,
     /// postern closed the connection: no request body bytes came for `--read-timeout`.
     BodyStalled,
@@ -1617,7 +1617,9 @@ fn format_access<'a>(
         Ending::ClientGone => ("INFO", "client went away before the response was complete"),
         // postern cut these off (each has its WARN in postern's log too).
         // regression: they said `client went away`, as if the front server had closed.
-        Ending::Stalled => ("WARN", "closed by postern: the response stalled past --read-timeout (the front server read none of it)"),
+        // The front server may have read much of it before it stopped (the line's bytes).
+        // regression: it said `(the front server read none of it)`, with bytes=2990080.
+        Ending::Stalled => ("WARN", "closed by postern: the response stalled past --read-timeout (the front server stopped reading it)"),
         Ending::BodyStalled => ("WARN", "closed by postern: the request body stalled past --read-timeout"),
         Ending::BodyTooSlow => ("WARN", "closed by postern: the request body came too slowly (--max-connections reached, a connection waiting)"),
     };

@@ -334,10 +334,22 @@ fn a_response_the_front_server_stops_reading_is_named_at_warn() {
         let access = "closed by postern: the response stalled past --read-timeout";
         assert!(p.wait_log(access, 20), "{what}\n{}", p.logs());
         let logs = p.logs();
+        let line = log_line(&logs, access);
         assert!(
-            log_line(&logs, access).contains(" WARN postern::access: ")
-                && !logs.contains("client went away"),
+            line.contains(" WARN postern::access: ") && !logs.contains("client went away"),
             "{what}\n{logs}"
+        );
+        // regression: it said `(the front server read none of it)`, though the socket's
+        // buffers had taken part of the response (its `bytes=`) before the stall.
+        let bytes: u64 = line
+            .split(" bytes=")
+            .nth(1)
+            .and_then(|b| b.split(' ').next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: {line}"));
+        assert!(
+            bytes > 0 && line.contains("(the front server stopped reading it)"),
+            "{what}: {line}"
         );
         drop(c);
     }
