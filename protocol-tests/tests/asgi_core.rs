@@ -136,6 +136,25 @@ const HTTP: &str = r#"
                                         "body": b"%s %r done early: %s" % (m["type"].encode(), m["body"], str(early).encode())}))
         last = await asyncio.wait_for(waiting, 10)
         mark("as-tasks", last["type"])
+    elif path == "/task-cancelled-early":
+        # A task made of receive() and cancelled before it ran, and a receive() closed
+        # unawaited, both while the first chunk is being read: that chunk must go to
+        # the next receive(), as nothing was received.
+        t = asyncio.create_task(receive())
+        r = receive()
+        r.close()
+        t.cancel()
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
     elif path == "/wsgi-to-asgi":
         # asgiref's WsgiToAsgi runs a WSGI app on a thread and calls send() and
         # receive() from it (through async_to_sync).
@@ -566,6 +585,20 @@ fn send_and_receive_can_be_given_to_create_task() {
     assert!(wait_file(&dir.path().join("as-tasks"), 10), "{}", p.logs());
     let last = std::fs::read_to_string(dir.path().join("as-tasks")).unwrap();
     assert_eq!(last, "http.disconnect");
+}
+
+// regression: review-offloop: a task made of receive() and cancelled before it ran
+// (or a receive() closed unawaited) left its future waiting in the exchange, which gave
+// it the next body chunk: the app lost 256 KiB of a spooled body.
+#[test]
+fn a_receive_task_cancelled_before_it_ran_loses_no_body() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &["--body-spool-threshold", "64K"]);
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    let out = p.raw(&uwsgi_req("POST", "/task-cancelled-early", "", &body));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(r.text(), format!("1000000 {}", sha256_hex(&body)));
 }
 
 // regression: probe2 F1: asgiref's WsgiToAsgi answered 500 to every request.

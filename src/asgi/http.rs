@@ -526,6 +526,9 @@ static HELPERS: pyo3::sync::PyOnceLock<Helpers> = pyo3::sync::PyOnceLock::new();
 /// server's coroutine: `await` it, `asyncio.create_task` it (the task waits on the
 /// future itself), `asyncio.wait_for`, `gather` or `ensure_future` it (a future:
 /// taken as it is), or cancel the task awaiting it (the future is cancelled).
+/// `throw` and `close` cancel it too, as they end a coroutine's wait: a task made of
+/// it and cancelled before it ran throws into it, and the exchange must then give
+/// what it waited for (a body chunk) to the next `receive()`, not to this future.
 const HELPERS_CODE: &std::ffi::CStr = c"import asyncio
 
 async def deferred(call, *args):
@@ -541,12 +544,13 @@ class Waiting(asyncio.Future):
         raise StopIteration(self.result())
 
     def throw(self, typ, val=None, tb=None):
+        self.cancel()
         if val is None:
             raise typ
         raise val.with_traceback(tb) if tb is not None else val
 
     def close(self):
-        pass
+        self.cancel()
 ";
 
 fn helpers(py: Python<'_>) -> PyResult<&Helpers> {
