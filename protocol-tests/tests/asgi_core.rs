@@ -136,6 +136,16 @@ const HTTP: &str = r#"
                                         "body": b"%s %r done early: %s" % (m["type"].encode(), m["body"], str(early).encode())}))
         last = await asyncio.wait_for(waiting, 10)
         mark("as-tasks", last["type"])
+    elif path == "/named-off-loop":
+        # What send() and receive() make off the loop: coroutines named as the app's
+        # functions, so that one never awaited is reported under a name the app knows.
+        loop = asyncio.get_running_loop()
+        made = [await loop.run_in_executor(None, receive),
+                await loop.run_in_executor(None, send, {"type": "http.response.start", "status": 200})]
+        names = " ".join("%s %s" % (type(c).__name__, c.__qualname__) for c in made)
+        for c in made:
+            c.close()
+        await answer(send, names.encode())
     elif path == "/task-cancelled-early":
         # A task made of receive() and cancelled before it ran, and a receive() closed
         # unawaited, both while the first chunk is being read: that chunk must go to
@@ -599,6 +609,17 @@ fn a_receive_task_cancelled_before_it_ran_loses_no_body() {
     let r = parse_http(&out).unwrap();
     assert_eq!(r.status, 200, "{}", p.logs());
     assert_eq!(r.text(), format!("1000000 {}", sha256_hex(&body)));
+}
+
+// regression: review-offloop: a send() made on another thread and never awaited was
+// reported as "coroutine 'deferred' was never awaited", a name the app never saw.
+#[test]
+fn send_and_receive_made_off_the_loop_are_coroutines_named_send_and_receive() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let r = get(&p, "/named-off-loop", "");
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(r.text(), "coroutine receive coroutine send");
 }
 
 // regression: probe2 F1: asgiref's WsgiToAsgi answered 500 to every request.

@@ -511,9 +511,12 @@ static SEND_ON_LOOP: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi:
 
 /// postern's Python helpers, made once per process.
 struct Helpers {
-    /// `deferred(call, *args)`: a coroutine function that calls `call(*args)` when
-    /// first awaited, and awaits what it returns.
-    deferred: Py<PyAny>,
+    /// `receive(call)` and `send(call, message)`: coroutine functions that call
+    /// `call(*args)` when first awaited, and await what it returns. Named as the
+    /// app's functions are, so that one never awaited is reported as "coroutine
+    /// 'receive' was never awaited", as with any ASGI server's.
+    deferred_receive: Py<PyAny>,
+    deferred_send: Py<PyAny>,
     /// `Waiting`: the future `send` and `receive` return when they must wait.
     waiting: Py<PyAny>,
 }
@@ -531,8 +534,11 @@ static HELPERS: pyo3::sync::PyOnceLock<Helpers> = pyo3::sync::PyOnceLock::new();
 /// what it waited for (a body chunk) to the next `receive()`, not to this future.
 const HELPERS_CODE: &std::ffi::CStr = c"import asyncio
 
-async def deferred(call, *args):
-    return await call(*args)
+async def receive(call):
+    return await call()
+
+async def send(call, message):
+    return await call(message)
 
 class Waiting(asyncio.Future):
     __slots__ = ()
@@ -562,7 +568,8 @@ fn helpers(py: Python<'_>) -> PyResult<&Helpers> {
             c"_postern_awaitables",
         )?;
         Ok(Helpers {
-            deferred: m.getattr("deferred")?.unbind(),
+            deferred_receive: m.getattr("receive")?.unbind(),
+            deferred_send: m.getattr("send")?.unbind(),
             waiting: m.getattr("Waiting")?.unbind(),
         })
     })
@@ -606,10 +613,10 @@ unsafe fn deferred(
             )
         };
         let call = builtin(py, def, &slf)?;
-        let deferred = helpers(py)?.deferred.bind(py);
+        let h = helpers(py)?;
         match message {
-            None => deferred.call1((call,)),
-            Some(m) => deferred.call1((call, m)),
+            None => h.deferred_receive.bind(py).call1((call,)),
+            Some(m) => h.deferred_send.bind(py).call1((call, m)),
         }
     }));
     let err = match r {
