@@ -679,24 +679,50 @@ impl FcgiConn {
     /// the cheapest way for their size: copied into one buffer when small, vectored
     /// (no copy) when large.
     pub(super) fn send_stdout(&self, id: u16, data: &[u8], tail: &[u8]) -> io::Result<()> {
+        self.send_stdout_then(id, data, tail, || ())
+    }
+
+    /// [`FcgiConn::send_stdout`], then `then` once they are sent, under the same hold of
+    /// the write lock: nothing else is written on the connection in between.
+    fn send_stdout_then(
+        &self,
+        id: u16,
+        data: &[u8],
+        tail: &[u8],
+        then: impl FnOnce(),
+    ) -> io::Result<()> {
         // Below this, one copy costs less than building the slices.
         const VECTORED_MIN: usize = 16 * 1024;
         if data.len() >= VECTORED_MIN {
-            return self.write_stream(fcgi::STDOUT, id, data, tail);
+            return self.write_stream(fcgi::STDOUT, id, data, tail, then);
         }
         OUT.with(|out| {
             let mut out = out.borrow_mut();
             out.clear();
             fcgi::encode_stream(&mut out, fcgi::STDOUT, id, data);
             out.extend_from_slice(tail);
-            self.write(&out)
+            if self.is_broken() {
+                return Err(closed());
+            }
+            let _w = self.write.lock();
+            self.send_locked(&out, false).map_err(|(_, e)| e)?;
+            then();
+            Ok(())
         })
     }
 
     /// Writes `data` as `kind` records of request `id`, then `tail` (whole records),
     /// without copying `data`: record headers and padding go around slices of it in
     /// vectored sends. For large responses; records never interleave with others.
-    fn write_stream(&self, kind: u8, id: u16, data: &[u8], tail: &[u8]) -> io::Result<()> {
+    /// `then` runs after a send that succeeded, under the same hold of the write lock.
+    fn write_stream(
+        &self,
+        kind: u8,
+        id: u16,
+        data: &[u8],
+        tail: &[u8],
+        then: impl FnOnce(),
+    ) -> io::Result<()> {
         // Records per send: three slices each, well under IOV_MAX (1024).
         const BATCH: usize = 128;
         const PAD: [u8; 7] = [0; 7];
@@ -737,8 +763,9 @@ impl FcgiConn {
                 break;
             }
         }
-        if let Err(e) = &r {
-            self.tear(e);
+        match &r {
+            Ok(()) => then(),
+            Err(e) => self.tear(e),
         }
         r
     }
@@ -847,16 +874,20 @@ impl FcgiConn {
     /// the send woke it), it may be checking the connection and sending its next
     /// request right now: the connection is left open, served on, and closed once
     /// idle (`lane::IDLE_AT_STOP`) or with a later answer. Between the look and the
-    /// shutdown there is no system call that wakes the peer.
+    /// shutdown there is no system call that wakes the peer. The look follows the send
+    /// under the same hold of the write lock: the bytes it finds unread are this
+    /// answer's, not the next request's.
+    // regression (review of bb6ebb8): the lock was let go between the send and the
+    // look; an answer the peer read at once, then the first bytes of the answer to its
+    // next request written in that gap, and the look shut the connection down in the
+    // middle of that next answer.
     fn send_last_unread(&self, id: u16, data: &[u8], tail: &[u8]) -> bool {
-        let ok = self.send_stdout(id, data, tail).is_ok();
-        if ok {
-            let _w = self.write.lock();
+        self.send_stdout_then(id, data, tail, || {
             if self.peer_has_unread() {
                 let _ = self.sock.shutdown(std::net::Shutdown::Write);
             }
-        }
-        ok
+        })
+        .is_ok()
     }
 
     /// Bytes sent on this (Unix) socket that the peer has not read yet (SIOCOUTQ: the
@@ -2502,6 +2533,45 @@ mod tests {
         late.close_all(std::time::Instant::now());
         let (_front, conn) = unix_conn(&late);
         assert_eq!(conn.at_stop(), AtStop::Closes);
+    }
+
+    // regression (review of bb6ebb8): the look at what the peer has not read, after
+    // the last answer to a peer that lingers, ran once the write lock was let go; the
+    // answer to the peer's next request could start in that gap, and the look then
+    // shut the connection down in its middle. It runs under the send's hold of the lock,
+    // for small answers (one copied send) and large ones (vectored).
+    #[test]
+    fn the_look_after_an_answer_runs_under_the_same_hold_of_the_write_lock() {
+        use std::io::Read;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = Parking::new(Arc::new(ep));
+        let (tail, n) = fcgi::response_tail(1, false);
+        let (mut front, conn) = unix_conn(&parking);
+        front.set_nonblocking(true).unwrap();
+        for len in [4, 64 * 1024] {
+            let body = vec![b'x'; len];
+            let mut locked = None;
+            conn.send_stdout_then(1, &body, &tail[..n], || {
+                locked = Some(conn.write.is_locked());
+            })
+            .unwrap();
+            assert_eq!(locked, Some(true), "{len} bytes: looked under the lock");
+            // (Within the socket's buffer: all there; the read ends at WouldBlock.)
+            let mut got = Vec::new();
+            let _ = front.read_to_end(&mut got);
+            assert!(
+                got.ends_with(&tail[..n]),
+                "{len} bytes: the answer went out"
+            );
+        }
+        // A failed send runs nothing after it.
+        let (front, conn) = unix_conn(&parking);
+        drop(front);
+        let mut ran = false;
+        assert!(conn
+            .send_stdout_then(1, b"gone", &tail[..n], || ran = true)
+            .is_err());
+        assert!(!ran, "nothing runs after a failed send");
     }
 
     // regression: a hand-over marked the connection broken, and the END_REQUEST of its
