@@ -291,7 +291,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "responses_cut",
-            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length) or client_gone (the front server went away).",
+            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length) or client_gone (the front server went away, or read nothing of it for --read-timeout and postern closed).",
             None,
             [
                 (vec![("reason", "aborted".to_owned())], counter(t.cut[0])),
@@ -447,6 +447,14 @@ mod tests {
         // regression: per-worker series were labelled by pid, a new series for every
         // recycled worker (unbounded cardinality under --max-requests).
         assert!(!text.contains("pid="), "{text}");
+        // regression: a response postern cut off for --read-timeout (`End::Stalled`)
+        // is counted as client_gone, whose help said only 'the front server went away'.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("# HELP postern_responses_cut_total")
+                    && l.contains("for --read-timeout and postern closed")),
+            "{text}"
+        );
     }
 
     // regression: a worker held past its recycling limits (its successors failing to

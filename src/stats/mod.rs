@@ -225,7 +225,8 @@ pub struct Totals {
     pub bytes: u64,
     /// By [`APP_ERROR_KINDS`].
     pub app_errors: [u64; APP_ERROR_KINDS.len()],
-    /// Responses cut short: `[incomplete (connection aborted), client went away]`.
+    /// Responses cut short: `[incomplete (connection aborted), client went away]` (the
+    /// second also a response the front server stopped reading: `wsgi::End::Stalled`).
     pub cut: [u64; 2],
     /// Requests postern answered itself (or closed) before a Python thread ran them,
     /// `[protocol][status class]` as in `requests`; not in the other counts.
