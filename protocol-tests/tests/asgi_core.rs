@@ -611,6 +611,21 @@ fn a_receive_task_cancelled_before_it_ran_loses_no_body() {
     assert_eq!(r.text(), format!("1000000 {}", sha256_hex(&body)));
 }
 
+// regression: review-offloop (open MEDIUM): with a body already whole, receive()'s
+// value is ready at the call, and a task made of it cancelled before its first step
+// (throw) dropped the message: the app then waited for a body that never came.
+#[test]
+fn a_ready_receive_cancelled_before_it_ran_gives_its_body_back() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    for body in [&b"xyz"[..], &[7u8; 20_000][..]] {
+        let out = p.raw(&uwsgi_req("POST", "/task-cancelled-early", "", body));
+        let r = parse_http(&out).unwrap();
+        assert_eq!(r.status, 200, "{}", p.logs());
+        assert_eq!(r.text(), format!("{} {}", body.len(), sha256_hex(body)));
+    }
+}
+
 // regression: review-offloop: a send() made on another thread and never awaited was
 // reported as "coroutine 'deferred' was never awaited", a name the app never saw.
 #[test]

@@ -81,6 +81,10 @@ struct ReadyObject {
     ob_base: pyo3::ffi::PyObject,
     /// The value (a strong reference), or null: `None`, or taken.
     value: *mut pyo3::ffi::PyObject,
+    /// The exchange a `receive()` took `value` from (a strong reference), or null:
+    /// a Ready thrown into or closed before its value was taken gives the message back
+    /// to it ([`give_back`]), as a coroutine that never started would not have taken it.
+    owner: *mut pyo3::ffi::PyObject,
 }
 
 /// The type of [`ReadyObject`], made once per process.
@@ -169,6 +173,48 @@ pub fn ready(py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<Bound<'_, PyA
     }
 }
 
+/// A [`ReadyObject`] with the message `receive()` took from `owner`'s request.
+fn ready_from<'py>(
+    owner: &Bound<'py, Exchange>,
+    value: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let o = ready(owner.py(), Some(value.unbind()))?;
+    // SAFETY: `o` is a ReadyObject just made, its `owner` null; the new reference to
+    // the exchange moves into it (released by `ready_dealloc`).
+    unsafe {
+        (*o.as_ptr().cast::<ReadyObject>()).owner = owner.clone().into_any().into_ptr();
+    }
+    Ok(o)
+}
+
+/// `throw()` or `close()` of a Ready whose value was not taken: a `receive()` message
+/// goes back to its request, for the next `receive()` (a task made of `receive()` and
+/// cancelled before its first step must not lose the body).
+///
+/// # Safety
+/// With the GIL held; `o` a `ReadyObject`.
+unsafe fn give_back(o: *mut pyo3::ffi::PyObject) {
+    // SAFETY: the caller's.
+    unsafe {
+        let r = &mut *o.cast::<ReadyObject>();
+        let value = std::mem::replace(&mut r.value, std::ptr::null_mut());
+        if value.is_null() {
+            return;
+        }
+        let py = Python::assume_attached();
+        let value = Bound::from_owned_ptr(py, value);
+        if r.owner.is_null() {
+            return;
+        }
+        let owner = Bound::from_borrowed_ptr(py, r.owner);
+        if let Ok(ex) = owner.cast::<Exchange>() {
+            if let Ok(mut me) = ex.try_borrow_mut() {
+                me.given_back = Some(value.unbind());
+            }
+        }
+    }
+}
+
 /// Takes the value out of `o` (a [`ReadyObject`]): a strong reference, `None` if none.
 ///
 /// # Safety
@@ -250,7 +296,7 @@ unsafe extern "C" fn ready_throw(
     use pyo3::ffi;
     // SAFETY: CPython calls it with the GIL held, `o` a Ready and `args` a tuple.
     unsafe {
-        ffi::Py_DECREF(ready_take(o));
+        give_back(o);
         let n = ffi::PyTuple_Size(args);
         let first = if n >= 1 {
             ffi::PyTuple_GetItem(args, 0)
@@ -282,14 +328,14 @@ unsafe extern "C" fn ready_throw(
     }
 }
 
-/// `close()`: drops the value.
+/// `close()`: drops the value (a `receive()` message goes back to its request).
 unsafe extern "C" fn ready_close(
     o: *mut pyo3::ffi::PyObject,
     _none: *mut pyo3::ffi::PyObject,
 ) -> *mut pyo3::ffi::PyObject {
     // SAFETY: CPython calls it with the GIL held and `o` a Ready.
     unsafe {
-        pyo3::ffi::Py_DECREF(ready_take(o));
+        give_back(o);
         pyo3::ffi::Py_NewRef(pyo3::ffi::Py_None())
     }
 }
@@ -301,6 +347,7 @@ unsafe extern "C" fn ready_dealloc(o: *mut pyo3::ffi::PyObject) {
     unsafe {
         let tp = ffi::Py_TYPE(o);
         ffi::Py_XDECREF((*o.cast::<ReadyObject>()).value);
+        ffi::Py_XDECREF((*o.cast::<ReadyObject>()).owner);
         if let Some(free) = (*tp).tp_free {
             free(o.cast());
         }
@@ -847,6 +894,9 @@ pub struct Exchange {
     read_waiters: VecDeque<Py<PyAny>>,
     /// A chunk read that no receive() took yet (its caller was cancelled).
     read_kept: Option<Py<PyAny>>,
+    /// A message a `receive()` took and its Ready gave back, unread ([`give_back`]):
+    /// the next `receive()` returns it first.
+    given_back: Option<Py<PyAny>>,
     watching: bool,
     /// Bytes came after the complete request (dropped; SCGI: warned about once).
     extra_input: bool,
@@ -1459,6 +1509,7 @@ impl Exchange {
             read_in_flight: false,
             read_waiters: VecDeque::new(),
             read_kept: None,
+            given_back: None,
             watching: false,
             extra_input: false,
             gone_id: None,
@@ -2678,20 +2729,18 @@ impl Exchange {
     fn receive<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
+        if let Some(m) = me.given_back.take() {
+            drop(me);
+            return ready_from(slf, m.into_bound(py));
+        }
         match std::mem::replace(&mut me.body, BodyState::Done) {
             BodyState::Waiting(body) => {
                 let reader = match body {
                     Body::Empty => {
-                        return ready(
-                            py,
-                            Some(request_message(py, b"", false)?.into_any().unbind()),
-                        );
+                        return ready_from(slf, request_message(py, b"", false)?.into_any());
                     }
                     Body::Memory(b) => {
-                        return ready(
-                            py,
-                            Some(request_message(py, &b, false)?.into_any().unbind()),
-                        );
+                        return ready_from(slf, request_message(py, &b, false)?.into_any());
                     }
                     Body::File(f, len) => Reader::File(f, 0, len),
                     Body::Stream(s) if s.pollable() => {
@@ -2726,7 +2775,7 @@ impl Exchange {
             BodyState::Reading(job) => {
                 if let Some(msg) = me.read_kept.take() {
                     me.body = BodyState::Reading(job);
-                    return ready(py, Some(msg));
+                    return ready_from(slf, msg.into_bound(py));
                 }
                 if job.get().done.load(Ordering::Acquire) && !me.read_in_flight {
                     drop(me);
@@ -2755,7 +2804,7 @@ impl Exchange {
                         if let Some(r) = refused {
                             Self::answer_refused(slf, r)?;
                         }
-                        return ready(py, Some(msg.into_any().unbind()));
+                        return ready_from(slf, msg.into_any());
                     }
                 }
                 let waiter = me.ctx.create_future.bind(py).call0()?;
