@@ -498,6 +498,95 @@ fn exchange(port: u16, req: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A [`Load`] of `clients` threads, each running `load` (one client's round) again
+/// and again in the background until [`Background::finish`]: the counters move while
+/// it runs, so a test can wait for answers between the events it causes.
+pub struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a [`Background`] load saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub requests: usize,
+    /// Requests answered, per HTTP status.
+    pub statuses: BTreeMap<u16, usize>,
+    /// Requests with no complete answer, and 200 answers with the wrong body.
+    pub problems: Vec<String>,
+}
+
+impl Background {
+    /// `clients` threads running `load` against loopback `port`.
+    pub fn start(port: u16, clients: usize, load: Load) -> Background {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, answered, seen, load) =
+                    (stop.clone(), answered.clone(), seen.clone(), load.clone());
+                std::thread::spawn(move || {
+                    // Bounded: a test stops it long before.
+                    for _ in 0..200_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let r = load.run(port);
+                        answered.fetch_add(r.ok(), Ordering::Relaxed);
+                        let mut s = seen.lock().unwrap();
+                        s.requests += r.requests;
+                        for (status, n) in &r.statuses {
+                            *s.statuses.entry(*status).or_default() += n;
+                        }
+                        s.problems.extend(r.failures);
+                        s.problems.extend(r.mismatches);
+                    }
+                })
+            })
+            .collect();
+        Background {
+            stop,
+            answered,
+            seen,
+            threads,
+        }
+    }
+
+    /// Right answers (200 with the right body) so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` right answers came after now: a count, not a rate (the 60 s
+    /// deadline only bounds a hang; `logs` are shown then).
+    pub fn wait_more(&self, more: usize, what: &str, logs: &dyn Fn() -> String) {
+        let want = self.answered() + more;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.answered() < want {
+            assert!(
+                Instant::now() < deadline,
+                "no answers {what}; seen so far: {:?}\n{}",
+                self.seen.lock().unwrap(),
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the load and says what it saw.
+    pub fn finish(self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a load thread panicked");
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
 /// What a load saw.
 #[derive(Debug, Default)]
 pub struct LoadReport {

@@ -19,13 +19,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use protocol_tests::apache::{apache_bin, deploy_conf, tail, Apache};
 use protocol_tests::harness::*;
-use protocol_tests::stack::Load;
+use protocol_tests::stack::{Background, Load};
 
 /// Graceful stops per run.
 const STOPS: usize = 10;
@@ -51,90 +49,6 @@ fn start_at(dir: &Path, sock: &Path, app: &str, args: &[&str]) -> Postern {
     Postern::spawn(cmd, Addr::Unix(sock.to_owned()), dir, None)
 }
 
-/// Clients sending requests through Apache until stopped: POST echoes and GET
-/// environs, each answer checked (a 200 must be the right one).
-struct Background {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    statuses: Arc<Mutex<std::collections::BTreeMap<u16, usize>>>,
-    problems: Arc<Mutex<Vec<String>>>,
-}
-
-impl Background {
-    fn start(port: u16, prefix: &str) -> Background {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..8)
-            .map(|_| {
-                let (stop, answered, statuses, problems) = (
-                    stop.clone(),
-                    answered.clone(),
-                    statuses.clone(),
-                    problems.clone(),
-                );
-                let load = Load::new(1, 2).prefix(prefix).max_repeat(300);
-                std::thread::spawn(move || {
-                    // Bounded: the test stops it long before.
-                    for _ in 0..200_000 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let r = load.run(port);
-                        answered.fetch_add(r.ok(), Ordering::Relaxed);
-                        let mut s = statuses.lock().unwrap();
-                        for (status, n) in &r.statuses {
-                            *s.entry(*status).or_default() += n;
-                        }
-                        let mut p = problems.lock().unwrap();
-                        p.extend(r.failures);
-                        p.extend(r.mismatches);
-                    }
-                })
-            })
-            .collect();
-        Background {
-            stop,
-            answered,
-            threads,
-            statuses,
-            problems,
-        }
-    }
-
-    fn answered(&self) -> usize {
-        self.answered.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `more` right answers (200) came after now: a count, not a rate (the
-    /// deadline only bounds a hang).
-    fn wait_more(&self, more: usize, what: &str, logs: &dyn Fn() -> String) {
-        let want = self.answered() + more;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.answered() < want {
-            assert!(
-                Instant::now() < deadline,
-                "no answers {what}; problems so far: {:?}\n{}",
-                self.problems.lock().unwrap(),
-                logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn finish(self) -> (std::collections::BTreeMap<u16, usize>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("a load thread panicked");
-        }
-        let statuses = std::mem::take(&mut *self.statuses.lock().unwrap());
-        let problems = std::mem::take(&mut *self.problems.lock().unwrap());
-        (statuses, problems)
-    }
-}
-
 fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
@@ -152,7 +66,12 @@ fn stops_behind_apache(app: &str, args: &[&str], prefix: &str) {
         &[("SOCKET", &sock.display().to_string()), ("PREFIX", prefix)],
     );
     let apache = Apache::start(&bin, dir.path(), &site);
-    let load = Background::start(apache.port, prefix);
+    // Eight clients, each a round of two requests at a time.
+    let load = Background::start(
+        apache.port,
+        8,
+        Load::new(1, 2).prefix(prefix).max_repeat(300),
+    );
     let mut exits = Vec::new();
     let mut took = Vec::new();
     let mut stop_logs = String::new();
@@ -174,7 +93,8 @@ fn stops_behind_apache(app: &str, args: &[&str], prefix: &str) {
         let logs = || format!("{}\n{}", postern.logs(), tail(&apache.error_log(), 40));
         load.wait_more(60, "after the last stop", &logs);
     }
-    let (statuses, problems) = load.finish();
+    let seen = load.finish();
+    let (statuses, problems) = (seen.statuses, seen.problems);
     let log = apache.error_log();
     let lost: Vec<&str> = log
         .lines()

@@ -10,13 +10,11 @@
 //!
 //! Needs nginx and Apache (fails under `CI=true` without them, skips loudly otherwise).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol_tests::apache::{apache_bin, deploy_conf, start_postern, Apache, Proto};
 use protocol_tests::harness::*;
-use protocol_tests::stack::{load_errors, Load, Stack, Upstream};
+use protocol_tests::stack::{load_errors, Background, Load, Stack, Upstream};
 
 /// Replacements per test.
 const RELOADS: usize = 10;
@@ -59,90 +57,22 @@ impl Kind {
     }
 }
 
-/// A mixed load (POST echoes with bodies, GET environs) running in the background
-/// until stopped, with what it saw.
-struct Background {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    requests: Arc<AtomicUsize>,
-    problems: Arc<Mutex<Vec<String>>>,
+/// Six clients in all, each a round of four requests at a time.
+const CLIENTS: usize = 6;
+
+/// One client's round: POST echoes with bodies (8 B to 3 KB) and GET environs.
+fn client_load(prefix: &str) -> Load {
+    Load::new(1, 4).prefix(prefix).max_repeat(400)
 }
 
-impl Background {
-    fn start(port: u16, prefix: &str) -> Background {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        // Six clients in all, each a load of one client repeated: a round of requests
-        // at a time, so the counters move while it runs.
-        let threads = (0..6)
-            .map(|_| {
-                let (stop, answered, requests, problems) = (
-                    stop.clone(),
-                    answered.clone(),
-                    requests.clone(),
-                    problems.clone(),
-                );
-                let load = Load::new(1, 4).prefix(prefix).max_repeat(400);
-                std::thread::spawn(move || {
-                    // Bounded: the test stops it long before.
-                    for _ in 0..100_000 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let r = load.run(port);
-                        requests.fetch_add(r.requests, Ordering::Relaxed);
-                        answered.fetch_add(r.ok(), Ordering::Relaxed);
-                        let mut p = problems.lock().unwrap();
-                        p.extend(r.failures);
-                        p.extend(r.mismatches);
-                        for (status, n) in r.statuses.iter().filter(|(s, _)| **s != 200) {
-                            p.push(format!("{n} answer(s) with status {status}"));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Background {
-            stop,
-            answered,
-            threads,
-            requests,
-            problems,
-        }
+/// Stops the load: (requests, problems), an answer other than 200 a problem.
+fn finish(load: Background) -> (usize, Vec<String>) {
+    let seen = load.finish();
+    let mut problems = seen.problems;
+    for (status, n) in seen.statuses.iter().filter(|(s, _)| **s != 200) {
+        problems.push(format!("{n} answer(s) with status {status}"));
     }
-
-    fn answered(&self) -> usize {
-        self.answered.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `more` answers came after now (a count, not a rate; the deadline
-    /// only bounds a hang).
-    fn wait_more(&self, more: usize, what: &str, logs: &dyn Fn() -> String) {
-        let want = self.answered() + more;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.answered() < want {
-            assert!(
-                Instant::now() < deadline,
-                "no answers {what}; problems so far: {:?}\n{}",
-                self.problems.lock().unwrap(),
-                logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Stops the load: (requests, problems).
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("a load thread panicked");
-        }
-        let problems = std::mem::take(&mut *self.problems.lock().unwrap());
-        (self.requests.load(Ordering::Relaxed), problems)
-    }
+    (seen.requests, problems)
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -227,9 +157,9 @@ fn behind_nginx(kind: Kind) {
         .replace("keepalive 32;", "keepalive 8;\n    keepalive_requests 20;");
     let nginx = Nginx::start_site(&bin, dir.path(), &site);
     let s = Stack::from_parts(nginx, postern, dir);
-    let load = Background::start(s.nginx.port, "");
+    let load = Background::start(s.nginx.port, CLIENTS, client_load(""));
     reloads(&s.postern, kind, &touch, &load);
-    let (requests, problems) = load.finish();
+    let (requests, problems) = finish(load);
     let upstream = load_errors(&s.nginx.error_log());
     let handed = handed(&s.postern.logs());
     eprintln!(
@@ -309,9 +239,9 @@ fn behind_apache(kind: Kind) {
         "the deploy file reuses connections"
     );
     let apache = Apache::start(&bin, dir.path(), &site);
-    let load = Background::start(apache.port, "/app");
+    let load = Background::start(apache.port, CLIENTS, client_load("/app"));
     reloads(&postern, kind, &touch, &load);
-    let (requests, problems) = load.finish();
+    let (requests, problems) = finish(load);
     let log = apache.error_log();
     let errors: Vec<&str> = log
         .lines()
