@@ -155,7 +155,8 @@ fn reads(stream: &[u8], seed: &[u8]) -> Vec<std::ops::Range<usize>> {
 
 /// `uwsgi_packet`: [`uwsgi::parse_packet`] and [`uwsgi::parse_vars`] on arbitrary bytes.
 /// A packet's length is its header plus its block; every shorter prefix waits for more;
-/// a limit below the block refuses it; an error is decided by the first four bytes. The
+/// a limit below the block refuses it; an error is decided by the first four bytes (by
+/// up to 12 for what starts a PROXY protocol header, by 3 for a TLS record's). The
 /// vars: ranges in order and in bounds, each after its length field, and re-encoding
 /// them gives the block back (less the pairs with an empty key, which are skipped).
 pub fn uwsgi_packet(data: &[u8]) {
@@ -192,11 +193,21 @@ pub fn uwsgi_packet(data: &[u8]) {
             assert!(data.len() < uwsgi::HEADER_LEN + size);
         }
         Err(e) => {
-            assert!(data.len() >= uwsgi::HEADER_LEN);
-            assert_eq!(
-                uwsgi::parse_packet(&data[..uwsgi::HEADER_LEN], 65535),
-                Err(e)
+            // Decided by the first four bytes, or by fewer for a TLS record header;
+            // bytes that start a PROXY protocol header wait for the ones that tell
+            // (its v2 signature: 12).
+            let decided = (1..=data.len())
+                .find(|&k| uwsgi::parse_packet(&data[..k], 65535).is_err())
+                .unwrap();
+            let head = &data[..decided.min(uwsgi::HEADER_LEN)];
+            assert!(
+                decided == uwsgi::HEADER_LEN
+                    || (decided < uwsgi::HEADER_LEN
+                        && crate::proto::sniff(&data[..decided]) == crate::proto::Sniff::Tls)
+                    || (decided <= 12 && crate::proto::sniff(head) == crate::proto::Sniff::Partial),
+                "{e:?} decided by {decided} bytes"
             );
+            assert_eq!(uwsgi::parse_packet(&data[..decided], 65535), Err(e));
         }
     }
     uwsgi_vars(data);
@@ -1716,6 +1727,21 @@ mod replay {
         let path = Path::new(ROOT).join("fuzz/regressions").join(path);
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         target(&data);
+    }
+
+    // regression: since proto::sniff, uwsgi::parse_packet refuses a TLS record header at
+    // 3 bytes and waits past 4 for what starts a PROXY protocol header ("\r\n\r\nX" is
+    // modifier1 13 at its 5th byte): uwsgi_packet said every error is decided by exactly
+    // the first four bytes and failed on each of these.
+    #[test]
+    fn uwsgi_packet_errors_decided_by_other_than_four_bytes() {
+        for input in [
+            "uwsgi_packet/proxy-v1-line",
+            "uwsgi_packet/proxy-v2-prefix-then-not",
+            "uwsgi_packet/tls-record-header-3-bytes",
+        ] {
+            replay_file(super::uwsgi_packet, input);
+        }
     }
 
     // regression: `postern request 'scgi://h/a%00'` put the NUL that PATH_INFO decodes
