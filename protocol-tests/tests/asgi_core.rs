@@ -165,6 +165,18 @@ const HTTP: &str = r#"
             if not m.get("more_body"):
                 break
         await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
+    elif path == "/receive-dropped-unawaited":
+        # receive() called and dropped, never awaited nor closed (its chunk was there at
+        # the call): the next receive() must still return it.
+        r = receive()
+        del r
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
     elif path == "/wsgi-to-asgi":
         # asgiref's WsgiToAsgi runs a WSGI app on a thread and calls send() and
         # receive() from it (through async_to_sync).
@@ -620,6 +632,22 @@ fn a_ready_receive_cancelled_before_it_ran_gives_its_body_back() {
     let p = serve(dir.path(), "uwsgi", &[]);
     for body in [&b"xyz"[..], &[7u8; 20_000][..]] {
         let out = p.raw(&uwsgi_req("POST", "/task-cancelled-early", "", body));
+        let r = parse_http(&out).unwrap();
+        assert_eq!(r.status, 200, "{}", p.logs());
+        assert_eq!(r.text(), format!("{} {}", body.len(), sha256_hex(body)));
+    }
+}
+
+// regression: review-last (review of bc57993): a receive() whose message was there at
+// the call, dropped unawaited and unclosed, lost it (the Ready's dealloc dropped it): the
+// app then waited for a body that never came, where an `async def receive` would not
+// have run.
+#[test]
+fn a_ready_receive_dropped_unawaited_gives_its_body_back() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    for body in [&b""[..], &b"xyz"[..], &[7u8; 20_000][..]] {
+        let out = p.raw(&uwsgi_req("POST", "/receive-dropped-unawaited", "", body));
         let r = parse_http(&out).unwrap();
         assert_eq!(r.status, 200, "{}", p.logs());
         assert_eq!(r.text(), format!("{} {}", body.len(), sha256_hex(body)));

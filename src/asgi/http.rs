@@ -346,6 +346,9 @@ unsafe extern "C" fn ready_dealloc(o: *mut pyo3::ffi::PyObject) {
     // type's instance holds a reference to its type, released last.
     unsafe {
         let tp = ffi::Py_TYPE(o);
+        // A receive() dropped unawaited gives its message back, as an `async def
+        // receive` never started would not have taken it (give_back leaves `value` null).
+        give_back(o);
         ffi::Py_XDECREF((*o.cast::<ReadyObject>()).value);
         ffi::Py_XDECREF((*o.cast::<ReadyObject>()).owner);
         if let Some(free) = (*tp).tp_free {
