@@ -177,6 +177,19 @@ const HTTP: &str = r#"
             if not m.get("more_body"):
                 break
         await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
+    elif path == "/waiting-receive-dropped-unawaited":
+        # A receive() that waits for a chunk of a streamed body, dropped unawaited,
+        # neither cancelled nor closed: the chunk must go to the next receive().
+        r = receive()
+        del r
+        await asyncio.sleep(0.05)
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        await answer(send, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode())
     elif path == "/wsgi-to-asgi":
         # asgiref's WsgiToAsgi runs a WSGI app on a thread and calls send() and
         # receive() from it (through async_to_sync).
@@ -654,7 +667,26 @@ fn a_ready_receive_dropped_unawaited_gives_its_body_back() {
     }
 }
 
-// regression: review-offloop: a send() made on another thread and never awaited was
+// regression: review-last: a receive() waiting for a chunk (a future), dropped unawaited
+// and neither cancelled nor closed, stayed among the waiters and took the next chunk
+// with it: a 3 MB body reached the app 262,144 bytes short, its last message still
+// saying more_body False.
+#[test]
+fn a_waiting_receive_dropped_unawaited_loses_no_body() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = p.raw(&uwsgi_req(
+        "POST",
+        "/waiting-receive-dropped-unawaited",
+        "",
+        &body,
+    ));
+    let r = parse_http(&out).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(r.text(), format!("3000000 {}", sha256_hex(&body)));
+}
+
 // reported as "coroutine 'deferred' was never awaited", a name the app never saw.
 #[test]
 fn send_and_receive_made_off_the_loop_are_coroutines_named_send_and_receive() {

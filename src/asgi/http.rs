@@ -1082,6 +1082,15 @@ fn pending(py: Python<'_>, f: &Py<PyAny>) -> bool {
         .is_ok_and(|d| d.is_truthy().unwrap_or(true))
 }
 
+/// A `receive()`'s future (in `read_waiters`) is [`pending`] and someone besides the
+/// exchange holds it: one the app dropped unawaited (neither cancelled nor closed) can
+/// give its body chunk to no one, so the next `receive()` gets the chunk instead.
+fn waited_for(py: Python<'_>, f: &Py<PyAny>) -> bool {
+    // SAFETY: with the GIL held (`py`), the count of a live object.
+    let held = unsafe { pyo3::ffi::Py_REFCNT(f.as_ptr()) } > 1;
+    held && pending(py, f)
+}
+
 /// Fails a send()'s future with `err`, always marked retrieved, so that asyncio does
 /// not report each failed future nobody looks at (a forgotten `await`, a send() left
 /// to `asyncio.wait`) when it is dropped: postern logs the cause once, and an app that
@@ -2438,9 +2447,10 @@ impl Exchange {
         Ok(())
     }
 
-    /// Drops the futures that are done already (cancelled by the app).
+    /// Drops the `receive()` futures that are done already (cancelled by the app) or
+    /// that the app dropped unawaited ([`waited_for`]).
     fn prune(py: Python<'_>, futures: &mut VecDeque<Py<PyAny>>) {
-        futures.retain(|f| pending(py, f));
+        futures.retain(|f| waited_for(py, f));
     }
 
     fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -3281,11 +3291,11 @@ impl Exchange {
         me.read_in_flight = false;
         let mut msg = Some(msg);
         while let Some(w) = me.read_waiters.pop_front() {
-            let w = w.bind(py);
-            if w.call_method0(intern!(py, "done"))?.is_truthy()? {
+            if !waited_for(py, &w) {
                 continue;
             }
-            w.call_method1(intern!(py, "set_result"), (msg.take(),))?;
+            w.bind(py)
+                .call_method1(intern!(py, "set_result"), (msg.take(),))?;
             break;
         }
         if let Some(m) = msg {
@@ -3779,6 +3789,10 @@ impl Exchange {
             let mut me = slf.borrow_mut();
             Self::prune(py, &mut me.read_waiters);
             if me.read_waiters.is_empty() {
+                // Those pruned were dropped unawaited: nobody waits for the stream.
+                if let BodyState::Polled(s, _) = &mut me.body {
+                    s.forget_wake();
+                }
                 return Ok(());
             }
             if !matches!(me.body, BodyState::Polled(..)) {
