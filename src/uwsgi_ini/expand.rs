@@ -893,12 +893,20 @@ fn expand_files(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
         std::fs::File::open(&path)
             .and_then(|f| f.take(VALUE_MAX as u64 + 1).read_to_end(&mut bytes))
             .map_err(at_file)?;
-        let mut text = String::from_utf8(bytes).map_err(|e| {
-            at_file(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                e.utf8_error(),
-            ))
-        })?;
+        let mut text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            // Cut inside a character by the bound: the file is over it, and its text
+            // with that character replaced is too, so it is refused as such.
+            Err(e) if e.utf8_error().error_len().is_none() && e.as_bytes().len() > VALUE_MAX => {
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+            Err(e) => {
+                return Err(at_file(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.utf8_error(),
+                )))
+            }
+        };
         if text.ends_with(['\n', '\r']) {
             text.pop();
         }
@@ -1376,6 +1384,26 @@ mod tests {
         );
         let s = read_section("[uwsgi]\na = @(ok)\n", &facts(None), "uwsgi", &c).unwrap();
         assert_eq!(s.entries[0].value.len(), 100);
+    }
+
+    // regression: review-last: a non-ASCII file over the bound, cut inside a character
+    // by the bounded read, was refused as "incomplete utf-8 byte sequence from index
+    // 65536", not as over 64 KiB.
+    #[test]
+    fn refuses_a_non_ascii_at_file_past_the_value_bound_as_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), "é".repeat(VALUE_MAX)).unwrap();
+        std::fs::write(dir.path().join("bad"), b"ab\xffcd").unwrap();
+        let mut c = ctx();
+        c.cwd = dir.path().to_owned();
+        let e = read_section("[uwsgi]\na = @(big)\n", &facts(None), "uwsgi", &c).unwrap_err();
+        assert!(
+            matches!(e, IniError::ValueTooLarge { line: 2, .. }),
+            "{e:?}"
+        );
+        // A file that is not UTF-8 within the bound is still that.
+        let e = read_section("[uwsgi]\na = @(bad)\n", &facts(None), "uwsgi", &c).unwrap_err();
+        assert!(matches!(e, IniError::AtFile { line: 2, .. }), "{e:?}");
     }
 
     #[test]
