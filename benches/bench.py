@@ -525,7 +525,7 @@ def supported(key: str, shape: str, scenario: str) -> str | None:
         return "nginx `return 200` is only the hello ceiling"
     if server == "flup" and w > 1 and t > 1:
         return "flup has no processes x threads model"
-    if server.endswith("-asgi") and not SCENARIOS[scenario].asgi_app:
+    if server.partition(":")[0].endswith("-asgi") and not SCENARIOS[scenario].asgi_app:
         return "this scenario has no ASGI app"
     return None
 
@@ -535,8 +535,9 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
     w, t = shape.split("x")
     name = key.replace("/", "-").replace(":", "-")
     sock = tmp / f"{name}.sock"
-    asgi = server.endswith("-asgi")
-    server = server.removesuffix("-asgi")
+    base, _, vname = server.partition(":")
+    asgi = base.endswith("-asgi")
+    server = base.removesuffix("-asgi") + (f":{vname}" if vname else "")
     app_file = scen.asgi_app if asgi else scen.app
     app_path = APPS / app_file
     module = app_file.removesuffix(".py")
@@ -558,7 +559,13 @@ def make_backend(key: str, scen: Scenario, shape: str, tmp: Path, bins: dict, ar
             if "--loop" in bins["postern_help"]:
                 cmd += ["--loop", args.asgi_loop]
         cmd += [a for s in args.postern_args for a in shlex.split(s)]
-        cmd += args.variants[variant] if variant else []
+        extra = args.variants[variant] if variant else []
+        # `bin=PATH` in a variant's arguments: that variant runs this postern binary
+        # (two builds side by side in the same rounds).
+        for a in extra:
+            if a.startswith("bin="):
+                cmd[0] = str(Path(a[4:]).resolve())
+        cmd += [a for a in extra if not a.startswith("bin=")]
         cmd += [f"{app_path}:application"]
         shape_text = f"--workers {w} --threads {t}" + (f" --interface asgi --loop {args.asgi_loop}"
                                                         if asgi else "")
@@ -1364,7 +1371,7 @@ def parse_args(argv=None):
     ap.add_argument("--postern-variant", action="append", default=[], metavar="NAME=ARGS",
                     help="one more postern variant beside each postern one, in the same rounds, with "
                          "these extra arguments (shell-split, after --postern-args), labelled "
-                         "'postern NAME': e.g. --postern-variant='off=--sched-batch=off'")
+                         "'postern NAME': e.g. --postern-variant='off=--sched-batch=off'; an argument bin=PATH runs that binary instead (two builds compared in one run)")
     ap.add_argument("--uwsgi-args", action="append", default=[], metavar="ARGS",
                     help="extra uWSGI arguments, shell-split")
     ap.add_argument("--python", default="python3", help="the interpreter the venv is made with")
@@ -1388,9 +1395,10 @@ def parse_args(argv=None):
         args.variants[name] = shlex.split(extra)
         server = f"postern:{name}"
         LABELS[server] = f"postern {name}"
+        LABELS[f"postern-asgi:{name}"] = f"postern ASGI {name}"
         for k, (srv, proto, text) in list(VARIANTS.items()):
-            if srv == "postern":
-                VARIANTS[f"{server}/{proto}"] = (server, proto, f"{text}, + {extra}")
+            if srv in ("postern", "postern-asgi"):
+                VARIANTS[f"{srv}:{name}/{proto}"] = (f"{srv}:{name}", proto, f"{text}, + {extra}")
     for k in ("rounds", "duration", "connections"):
         v = getattr(args, k)
         if v is not None and v < 1:
@@ -1439,8 +1447,8 @@ def plan(args, gunicorn_uwsgi: bool, gunicorn_asgi: bool = True) -> list[tuple[s
             if supported(k, sh, s) is not None or k in sel:
                 continue
             sel.append(k)
-            if server == "postern":
-                sel += [f"postern:{name}/{proto}" for name in args.variants]
+            if server in ("postern", "postern-asgi"):
+                sel += [f"{server}:{name}/{proto}" for name in args.variants]
         if sel:
             out.append((s, sh, sel))
     if not out:
