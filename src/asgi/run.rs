@@ -305,6 +305,7 @@ fn serve(
         asgi.timeout,
     )?;
     Driver::resume(&driver)?;
+    Driver::place_listeners(&driver, PLACE_TRIES);
     let beat = super::beat::Beat::start(py, event_loop, settings.monitor.as_ref(), asgi.timeout)?;
     // The loop ends only once the stop is drained. asyncio lets SystemExit and
     // KeyboardInterrupt out of run_forever (a background task or callback of the app
@@ -383,6 +384,53 @@ const SERVE: &std::ffi::CStr = c"async def serve(coro, exchange):
         _end(exchange, None)
 ";
 
+/// Loop turns [`Driver::place_listeners`] looks for the loop's epoll.
+const PLACE_TRIES: u32 = 8;
+
+/// The one epoll of this process that watches `fd` with `fd` as its event's data (the
+/// event loop's, which watches the acceptor's epoll: asyncio's selector and libuv
+/// both key their events by fd): an epoll's `/proc/self/fdinfo` entry has a `tfd:`
+/// line for each fd it watches. `None` when none or several do.
+fn epoll_holding(fd: RawFd) -> Option<RawFd> {
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").ok()?.flatten() {
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if n == fd {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        // `tfd: FD events: HEX data: HEX ...`: the fd, with the data an event loop
+        // gives it (its number in `data.fd`, the union's first four bytes).
+        let holds = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first() == Some(&"tfd:")
+                && w.get(1).and_then(|t| t.parse::<RawFd>().ok()) == Some(fd)
+                && w.get(4) == Some(&"data:")
+                && w.get(5)
+                    .and_then(|d| u64::from_str_radix(d, 16).ok())
+                    .is_some_and(|d| {
+                        let b = d.to_ne_bytes();
+                        i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) == fd
+                    })
+        });
+        if holds {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(n);
+        }
+    }
+    found
+}
+
 /// A request handed from the draining thread to the loop.
 #[pyclass(module = "postern", name = "Handoff", frozen)]
 struct Handoff(Mutex<Option<Request>>);
@@ -419,6 +467,7 @@ impl Driver {
                 .bind(py)
                 .call1((me.fd, slf.getattr(intern!(py, "_ready"))?))?;
             me.reading.set(true);
+            me.source.loop_watches(true);
             drop(me);
             // Not `eager`: a task's end (inside its step) resumes the reading.
             Self::take_ready(slf, false);
@@ -449,6 +498,9 @@ impl Driver {
 
     fn pause(&self, py: Python<'_>) {
         if self.reading.replace(false) {
+            // First: an event with the acceptor epoll's number that the loop no longer
+            // watches would be reported at every turn (uvloop drops only the fd's own).
+            self.source.loop_watches(false);
             let _ = self.ctx.remove_reader.bind(py).call1((self.fd,));
         }
     }
@@ -498,6 +550,10 @@ impl Driver {
                         // a parked FastCGI connection meanwhile goes to another worker.
                         me.source.at_cap();
                         me.full.set(true);
+                        // And the listeners leave the loop's epoll now: there,
+                        // exclusive, a loop at its cap waiting for its tasks' I/O
+                        // would take a new connection's one wake-up and not accept.
+                        me.source.loop_watches(false);
                     }
                     drop(me);
                     // One request per wake-up: the loop's own epoll (level-triggered)
@@ -516,6 +572,39 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Moves the listeners into the loop's own epoll ([`Source::watch_in_loop`]), found
+    /// as the one epoll of the process that holds the acceptor's: an event loop
+    /// (uvloop) may register a reader only at its next turn, so this looks again for
+    /// `tries` turns.
+    fn place_listeners(slf: &Bound<'_, Self>, tries: u32) {
+        let py = slf.py();
+        let me = slf.borrow();
+        if me.draining.get() {
+            return;
+        }
+        // Only while the loop watches the acceptor's epoll: else the one epoll holding
+        // it may be postern's own (the FastCGI hand-over's watch at the cap).
+        if let Some(ep) = me.reading.get().then(|| epoll_holding(me.fd)).flatten() {
+            if me.source.watch_in_loop(ep) && !me.reading.get() {
+                // Paused meanwhile (at its cap already).
+                me.source.loop_watches(false);
+            }
+            return;
+        }
+        if tries == 0 {
+            tracing::debug!("the event loop's epoll was not found: the listeners stay in the acceptor's epoll, and every idle worker's loop wakes for each connection");
+            return;
+        }
+        let Ok(cb) = slf.getattr(intern!(py, "_place")) else {
+            return;
+        };
+        let _ = me
+            .ctx
+            .event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_soon"), (cb, tries - 1));
     }
 
     fn look_again_in(&self, py: Python<'_>, slf: &Bound<'_, Self>, wait: Duration) {
@@ -670,6 +759,10 @@ impl Driver {
             if me.full.get() && me.in_flight.get() < me.max {
                 me.full.set(false);
                 me.source.below_cap();
+                // Back in the loop's epoll (a paused loop's `resume` does it).
+                if me.reading.get() && !me.draining.get() {
+                    me.source.loop_watches(true);
+                }
             }
         }
         crate::logging::write_deferred();
@@ -720,6 +813,11 @@ impl Driver {
                 ex.set_gone(py);
             }
         }
+    }
+
+    /// See [`Driver::place_listeners`].
+    fn _place(slf: &Bound<'_, Self>, tries: u32) {
+        Self::place_listeners(slf, tries);
     }
 
     /// A request (or the end) from the draining thread.

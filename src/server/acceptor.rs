@@ -172,6 +172,25 @@ impl Source for Acceptor {
         self.parking.at_cap(true);
     }
 
+    fn watch_in_loop(&self, loop_epoll: std::os::fd::RawFd) -> bool {
+        use std::os::fd::AsRawFd;
+        match self
+            .admission
+            .arming()
+            .move_to_loop(loop_epoll, self.epoll.as_raw_fd())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "the listeners stay in the acceptor's epoll: the event loop of every idle worker wakes for each connection");
+                false
+            }
+        }
+    }
+
+    fn loop_watches(&self, on: bool) {
+        self.admission.arming().watch(on);
+    }
+
     fn below_cap(&self) {
         self.parking.at_cap(false);
         if let Some(m) = &self.slow.monitor {
@@ -270,6 +289,7 @@ impl Acceptor {
                     if let Some(a) = self.accept_raw(l, false) {
                         drop(token);
                         super::listener::accepted_from(i);
+                        self.admission.arming().accepted(i);
                         let req = self.admit(i, l, a);
                         if req.is_none() {
                             GUESS.set((NO_GUESS, 0));
@@ -331,6 +351,13 @@ impl Acceptor {
                     Some(data) => data,
                     None if block => return None,
                     None => {
+                        // The listeners may be in the event loop's own epoll, not in
+                        // this one (`arming`): what woke the loop may be one of them.
+                        if self.admission.arming().in_loop() {
+                            if let Some(found) = self.accept_in_loop(token) {
+                                return found;
+                            }
+                        }
                         *step = Step::Empty(wait);
                         return None;
                     }
@@ -439,6 +466,7 @@ impl Acceptor {
                         // The next arming starts after this listener: each gets its
                         // turn (see `listener::arm_first`).
                         super::listener::accepted_from(i);
+                        self.admission.arming().accepted(i);
                         let req = self.admit(i, l, a);
                         // A connection that came without its request (it waits for its
                         // first bytes, or the slow lane reads it) makes the next wake-up
@@ -458,6 +486,29 @@ impl Acceptor {
 }
 
 impl Acceptor {
+    /// The event loop's look found nothing in the acceptor's epoll, and the listeners
+    /// are in the loop's own epoll: accepts from the first of them with a connection
+    /// waiting. `None`: none had one; `Some(None)`: a connection came without its
+    /// request (it waits, or the slow lane reads it).
+    #[inline(never)]
+    fn accept_in_loop(&self, token: std::sync::MutexGuard<'_, ()>) -> Option<Option<Request>> {
+        if !self.queue.is_accepting() {
+            return None;
+        }
+        let arming = self.admission.arming();
+        for (i, l) in arming.armed() {
+            if let Some(a) = self.accept_raw(l, false) {
+                drop(token);
+                super::listener::accepted_from(i);
+                arming.accepted(i);
+                let req = self.admit(i, l, a);
+                GUESS.set((if req.is_some() { i } else { NO_GUESS }, 0));
+                return Some(req);
+            }
+        }
+        None
+    }
+
     /// The listener the event loop's look accepts from before it asks the epoll: the
     /// one its last look accepted from, for [`GUESS_RUN`] looks in a row, and none
     /// while accept is paused for lack of descriptors (the epoll's retry decides
@@ -1417,11 +1468,8 @@ impl Acceptor {
         let Some(i) = self.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
             return;
         };
-        let (first, take_out) = self.shut.found(l);
-        if take_out {
-            let data = epoll::EventData::new_u64(Wake::Listener(i).encode());
-            let _ = epoll::modify(&*self.epoll, &l.sock, data, epoll::EventFlags::ONESHOT);
-        }
+        let first = self.shut.found(l);
+        self.admission.arming().shut(i);
         let stopping = self
             .slow
             .monitor

@@ -34,15 +34,11 @@
 //! worker hands both to the workers that serve on (a FastCGI one with its connection,
 //! unless another request runs on it: then it is served here, past the limit).
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::event::epoll;
-
-use super::listener::Listener;
-use super::wake::Wake;
+use super::arming::Arming;
 use crate::wsgi::Monitor;
 
 /// Descriptors kept out of the default for everything that is not a connection
@@ -104,8 +100,8 @@ pub struct Admission {
     /// `State::fd_pause` is set: a close must re-arm (read without the lock).
     fd_paused: AtomicBool,
     state: Mutex<State>,
-    epoll: Arc<OwnedFd>,
-    listeners: Arc<Vec<Listener>>,
+    /// Puts the listeners in their epoll or takes them out.
+    arming: Arc<Arming>,
     /// Two counts in one word ([`Places`]): connections whose request has begun (its
     /// head is whole) and not ended, each a request to come, with places reserved for
     /// reads under way ([`Permit::reserve`]) ("begun", the low half); and the requests
@@ -319,7 +315,7 @@ impl Drop for Permit {
 }
 
 impl Admission {
-    pub fn new(max: usize, epoll: Arc<OwnedFd>, listeners: Arc<Vec<Listener>>) -> Arc<Admission> {
+    pub fn new(max: usize, arming: Arc<Arming>) -> Arc<Admission> {
         Arc::new(Admission {
             open: AtomicUsize::new(0),
             max: max.max(1),
@@ -331,8 +327,7 @@ impl Admission {
                 last_log: None,
                 last_full_log: None,
             }),
-            epoll,
-            listeners,
+            arming,
             places: AtomicU64::new(0),
             reserved: AtomicUsize::new(0),
             told: AtomicBool::new(false),
@@ -360,7 +355,8 @@ impl Admission {
     /// A connection waits in a listen queue (one poll of the listeners, no wait).
     pub fn connection_waits(&self) -> bool {
         let mut fds: Vec<rustix::event::PollFd<'_>> = self
-            .listeners
+            .arming
+            .listeners()
             .iter()
             .map(|l| rustix::event::PollFd::new(&l.sock, rustix::event::PollFlags::IN))
             .collect();
@@ -467,6 +463,11 @@ impl Admission {
         if self.limit_reached() || (request && self.all_taken()) {
             self.sync(None, false);
         }
+    }
+
+    /// The listeners' place in their epoll.
+    pub fn arming(&self) -> &Arc<Arming> {
+        &self.arming
     }
 
     /// Connections open now.
@@ -632,22 +633,7 @@ impl Admission {
         if want == st.armed {
             return;
         }
-        let flags = if want {
-            epoll::EventFlags::IN
-        } else {
-            epoll::EventFlags::empty()
-        };
-        // Re-armed listeners that are ready are taken in the order armed: from the
-        // one after the listener last accepted from (see `listener::arm_first`).
-        let n = self.listeners.len();
-        let first = super::listener::arm_first(n);
-        for i in (0..n).map(|k| (first + k) % n) {
-            let l = &self.listeners[i];
-            let data = epoll::EventData::new_u64(Wake::Listener(i).encode());
-            if let Err(e) = epoll::modify(&*self.epoll, &l.sock, data, flags) {
-                tracing::error!(listener = %l.label, error = %e, "cannot change the listener's place in the epoll");
-            }
-        }
+        self.arming.admit(want);
         st.armed = want;
         if want {
             tracing::debug!(open = self.open(), "accepting again");
@@ -789,6 +775,12 @@ const WORKER_RECHECK: Duration = Duration::from_millis(50);
 mod tests {
     use super::*;
     use std::cell::RefCell;
+    use std::os::fd::OwnedFd;
+
+    use rustix::event::epoll;
+
+    use super::super::listener::Listener;
+    use super::super::wake::Wake;
 
     thread_local! {
         /// Run in `take_place` between its room check and its compare-and-swap, on
@@ -832,7 +824,8 @@ mod tests {
         .unwrap();
         // A connection waits in the listen queue: an armed listener reports it.
         let client = std::net::TcpStream::connect(addr).unwrap();
-        (Admission::new(max, Arc::clone(&ep), listeners), ep, client)
+        let arming = super::super::arming::Arming::new(Arc::clone(&ep), listeners);
+        (Admission::new(max, arming), ep, client)
     }
 
     fn armed(ep: &OwnedFd) -> bool {
@@ -914,7 +907,7 @@ mod tests {
     fn an_unexpected_accept_error_pauses_accept_without_sleeping() {
         let (a, ep, _client) = setup(100);
         let t = Instant::now();
-        let l = &a.listeners[0];
+        let l = &a.arming().listeners()[0];
         let none: Option<()> =
             super::super::acceptor::accept_error(l, rustix::io::Errno::FAULT, &a);
         assert!(none.is_none());

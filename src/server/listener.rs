@@ -100,9 +100,8 @@ pub struct ShutWatch {
     /// EAGAINs so far: every [`PROBE_EVERY`]th one looks at the listener (one poll),
     /// so races lost to siblings under load cost no system call more.
     fruitless: std::sync::atomic::AtomicU32,
-    /// The listeners (their labels) found shut, each reported once, and whether the
-    /// last find took it out of the epoll ([`ShutWatch::found`]).
-    seen: std::sync::Mutex<Vec<(Arc<str>, bool)>>,
+    /// The listeners (their labels) found shut, each reported once.
+    seen: std::sync::Mutex<Vec<Arc<str>>>,
 }
 
 /// See [`ShutWatch::fruitless`]: a spinning thread makes this many failed accepts in
@@ -124,19 +123,15 @@ impl ShutWatch {
         }
     }
 
-    /// `l` was found shut: whether this is the first time (to say so once), and
-    /// whether to take it out of the epoll. It is taken out one-shot (a shut TCP
-    /// listener's HUP cannot be masked): the event that one-shot still lets through
-    /// is found here next and must not put it back in, or the two would alternate
-    /// forever; a later find means something put it back (--max-connections).
-    pub fn found(&self, l: &Listener) -> (bool, bool) {
+    /// `l` was found shut: whether this is the first time (to say so once). It leaves
+    /// the epoll for good ([`super::arming::Arming::shut`]).
+    pub fn found(&self, l: &Listener) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((_, out)) = seen.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &l.label)) else {
-            seen.push((Arc::clone(&l.label), true));
-            return (true, true);
-        };
-        *out = !*out;
-        (false, *out)
+        if seen.iter().any(|s| Arc::ptr_eq(s, &l.label)) {
+            return false;
+        }
+        seen.push(Arc::clone(&l.label));
+        true
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod acceptor;
 pub mod admission;
+pub mod arming;
 pub mod connection;
 pub mod fastcgi;
 pub mod lane;
@@ -190,8 +191,7 @@ pub fn run(
             limits
                 .max_connections
                 .unwrap_or_else(admission::default_max),
-            Arc::clone(&epoll),
-            Arc::clone(&listeners),
+            arming::Arming::new(Arc::clone(&epoll), Arc::clone(&listeners)),
         ),
         limits,
         pending,
@@ -346,6 +346,10 @@ pub fn run(
         }
         pool.stopping(deadline);
         queue.stop_accepting();
+        // An ASGI worker's listeners leave its loop's epoll now, not when the loop
+        // next runs: there, exclusive, this worker could take a new connection's one
+        // wake-up and then not accept it (`arming`).
+        acceptor.admission.arming().stop();
         // This worker takes no more handed-over connections (first: one taken after
         // the waiting ones left would be served here, past --max-requests); its own
         // idle FastCGI keep-alive connections go to the workers that serve on (busy

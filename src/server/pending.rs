@@ -305,7 +305,10 @@ mod tests {
 
     fn plain(sock: socket2::Socket) -> Waiting {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-        let admission = super::super::admission::Admission::new(64, Arc::new(ep), Arc::default());
+        let admission = super::super::admission::Admission::new(
+            64,
+            super::super::arming::Arming::new(Arc::new(ep), Arc::default()),
+        );
         Waiting::Plain {
             sock,
             peer: Arc::from("test"),

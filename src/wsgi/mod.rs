@@ -306,6 +306,17 @@ pub trait Source: Send + Sync {
     fn waits_at_cap(&self) {}
     /// A task that ended freed a place after [`Source::at_cap`].
     fn below_cap(&self) {}
+    /// The event loop's own epoll, which watches `wake_fd`: the source may put what
+    /// wakes the loop there directly (the listeners, exclusive: one worker's loop woken
+    /// per connection), each event with `wake_fd`'s number as its data so that the
+    /// loop calls the same callback. Whether it did.
+    fn watch_in_loop(&self, _loop_epoll: std::os::fd::RawFd) -> bool {
+        false
+    }
+    /// The event loop watches `wake_fd` (again), or is about to stop watching it: what
+    /// [`Source::watch_in_loop`] put in the loop's epoll follows (before the loop's
+    /// `remove_reader`, after its `add_reader`).
+    fn loop_watches(&self, _on: bool) {}
 }
 
 /// What [`Source::try_next`] found.
