@@ -430,6 +430,23 @@ await send({"type": "http.response.body", "body": b"ok\n"})
             .args(["--loop", "asyncio"])
     }
 
+    /// `--loop event_loop`; for uvloop, in the examples' venv (which has it). `None`
+    /// when uvloop is asked and there is no such venv: a loud skip, a failure in CI.
+    pub fn event_loop(self, event_loop: &str) -> Option<Spawn> {
+        let spawn = self.args(["--loop", event_loop]);
+        if event_loop != "uvloop" {
+            return Some(spawn);
+        }
+        match example_venv() {
+            Some(v) => Some(spawn.venv(&v)),
+            None => {
+                assert!(!in_ci(), "the examples' venv (uvloop) is missing");
+                eprintln!("!!!!! SKIPPING uvloop: no examples venv");
+                None
+            }
+        }
+    }
+
     fn asgi(self, dir: &Path) -> Spawn {
         self.cwd(dir).args(["--interface", "asgi"])
     }

@@ -35,25 +35,12 @@ fn a_requests_context_vars_are_not_seen_by_later_requests_after_a_pause() {
     // 100 behind nginx).
     for event_loop in ["asyncio", "uvloop"] {
         let dir = tempdir();
-        let mut spawn = Spawn::asgi_tcp(dir.path(), "asgi_context_app", &app()).args([
-            "--loop",
-            event_loop,
-            "--max-concurrency",
-            "1",
-        ]);
-        if event_loop == "uvloop" {
-            match protocol_tests::harness::example_venv() {
-                Some(v) => spawn = spawn.venv(&v),
-                None => {
-                    assert!(
-                        !protocol_tests::harness::in_ci(),
-                        "the examples' venv (uvloop) is missing"
-                    );
-                    eprintln!("!!!!! SKIPPING uvloop: no examples venv");
-                    continue;
-                }
-            }
-        }
+        let Some(spawn) = Spawn::asgi_tcp(dir.path(), "asgi_context_app", &app())
+            .args(["--max-concurrency", "1"])
+            .event_loop(event_loop)
+        else {
+            continue;
+        };
         let p = spawn.start();
         std::thread::scope(|s| {
             let first = s.spawn(|| p.get("/set?first"));

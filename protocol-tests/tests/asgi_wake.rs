@@ -198,23 +198,14 @@ await send({"type": "http.response.body", "body": answer})
 "#,
     );
     for event_loop in ["asyncio", "uvloop"] {
-        let mut spawn = Spawn::asgi_unix(dir.path(), &format!("asgi_turns_{event_loop}"), &app)
-            .args(["--loop", event_loop, "--workers", "2"])
+        let Some(spawn) = Spawn::asgi_unix(dir.path(), &format!("asgi_turns_{event_loop}"), &app)
+            .args(["--workers", "2"])
             // Each access line wakes the log writer's thread: not what is counted.
-            .args(["--access-log", "off"]);
-        if event_loop == "uvloop" {
-            match protocol_tests::harness::example_venv() {
-                Some(v) => spawn = spawn.venv(&v),
-                None => {
-                    assert!(
-                        !protocol_tests::harness::in_ci(),
-                        "the examples' venv (uvloop) is missing"
-                    );
-                    eprintln!("!!!!! SKIPPING uvloop: no examples venv");
-                    continue;
-                }
-            }
-        }
+            .args(["--access-log", "off"])
+            .event_loop(event_loop)
+        else {
+            continue;
+        };
         let p = spawn.start();
         assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
         let workers = protocol_tests::harness::children(p.pid());

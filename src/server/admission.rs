@@ -779,9 +779,6 @@ mod tests {
 
     use rustix::event::epoll;
 
-    use super::super::listener::Listener;
-    use super::super::wake::Wake;
-
     thread_local! {
         /// Run in `take_place` between its room check and its compare-and-swap, on
         /// the thread that set it.
@@ -799,29 +796,8 @@ mod tests {
     /// An admission over one real listener in a real epoll; whether the listener is
     /// armed is read back from the epoll itself.
     fn setup(max: usize) -> (Arc<Admission>, Arc<OwnedFd>, std::net::TcpStream) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let sock = socket2::Socket::from(l);
-        sock.set_nonblocking(true).unwrap();
-        let listeners = Arc::new(vec![Listener {
-            sock,
-            tcp: true,
-            label: Arc::from("test"),
-            info: crate::wsgi::ListenerInfo {
-                protocol: crate::codec::Protocol::Uwsgi,
-                server_name: Arc::from(&b"test"[..]),
-                server_port: Arc::from(&b"0"[..]),
-            },
-            inherited: false,
-        }]);
-        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
-        epoll::add(
-            &*ep,
-            &listeners[0].sock,
-            epoll::EventData::new_u64(Wake::Listener(0).encode()),
-            epoll::EventFlags::IN,
-        )
-        .unwrap();
+        let (listeners, addr) = super::super::arming::testing::tcp_listener();
+        let ep = super::super::arming::testing::threads_epoll(&listeners);
         // A connection waits in the listen queue: an armed listener reports it.
         let client = std::net::TcpStream::connect(addr).unwrap();
         let arming = super::super::arming::Arming::new(Arc::clone(&ep), listeners);

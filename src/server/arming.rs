@@ -307,12 +307,13 @@ fn add(ep: BorrowedFd<'_>, l: &Listener, data: u64, exclusive: bool) -> Result<(
     epoll::add(ep, &l.sock, epoll::EventData::new_u64(data), flags)
 }
 
+/// What the tests of this module and of admission set up: one TCP listener on loopback,
+/// and the threads' epoll holding it as [`super::acceptor::epoll_for`] adds it.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use std::os::fd::AsRawFd;
 
-    fn listener() -> (Arc<Vec<Listener>>, std::net::SocketAddr) {
+    pub fn tcp_listener() -> (Arc<Vec<Listener>>, std::net::SocketAddr) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
@@ -329,6 +330,25 @@ mod tests {
         }]);
         (listeners, addr)
     }
+
+    pub fn threads_epoll(listeners: &[Listener]) -> Arc<OwnedFd> {
+        let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
+        epoll::add(
+            &*ep,
+            &listeners[0].sock,
+            epoll::EventData::new_u64(Wake::Listener(0).encode()),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        ep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{tcp_listener as listener, threads_epoll};
+    use super::*;
+    use std::os::fd::AsRawFd;
 
     /// The flags `ep` watches `fd` with, from `/proc/self/fdinfo`; `None`: not watched.
     fn watched_with(ep: &OwnedFd, fd: RawFd) -> Option<u32> {
@@ -356,14 +376,7 @@ mod tests {
 
     fn setup() -> (Arc<Arming>, Arc<OwnedFd>, OwnedFd, RawFd) {
         let (listeners, _) = listener();
-        let threads = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
-        epoll::add(
-            &*threads,
-            &listeners[0].sock,
-            epoll::EventData::new_u64(Wake::Listener(0).encode()),
-            epoll::EventFlags::IN,
-        )
-        .unwrap();
+        let threads = threads_epoll(&listeners);
         let lfd = listeners[0].sock.as_raw_fd();
         let arming = Arming::new(Arc::clone(&threads), listeners);
         let event_loop = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
@@ -430,14 +443,7 @@ mod tests {
         let (listeners, addr) = listener();
         let mut loops = Vec::new();
         for _ in 0..2 {
-            let threads = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
-            epoll::add(
-                &*threads,
-                &listeners[0].sock,
-                epoll::EventData::new_u64(Wake::Listener(0).encode()),
-                epoll::EventFlags::IN,
-            )
-            .unwrap();
+            let threads = threads_epoll(&listeners);
             let arming = Arming::new(Arc::clone(&threads), Arc::clone(&listeners));
             let ep = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
             arming
