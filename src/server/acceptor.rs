@@ -32,6 +32,11 @@ use crate::codec::{Frame, Protocol};
 use crate::proto::fastcgi as fcgi;
 use crate::wsgi::{Body, Request, Source, TryNext};
 
+/// Connections a stopping ASGI worker hands on from the listen queues
+/// ([`Acceptor::hand_on_queued`]): the few it may have been woken for; a longer queue
+/// means busy workers, which take it themselves.
+const HAND_ON_MAX: usize = 16;
+
 /// Bytes read by the first recv of a connection: a whole uwsgi head fits.
 const FIRST_READ: usize = 64 * 1024 + 4;
 
@@ -732,6 +737,63 @@ impl Acceptor {
         let n = waiting.len();
         for e in waiting {
             self.hand_back(e);
+        }
+        n
+    }
+
+    /// At the stop of an ASGI worker whose listeners were in its loop's epoll
+    /// (exclusive, [`super::arming`]): the kernel may have given this worker a new
+    /// connection's one wake-up just before the listeners left, and woken no other
+    /// worker for it. The connections waiting in the listen queues now (at most
+    /// [`HAND_ON_MAX`]) are accepted and handed, unread, to the workers that serve on,
+    /// as the ones waiting for their first bytes are ([`Acceptor::stop_waiting`]). Not
+    /// when the whole server stops: its drain serves the listen queues.
+    pub fn hand_on_queued(&self) -> usize {
+        if !self.admission.arming().in_loop()
+            || fastcgi::handover::Channel::get().is_none()
+            || !self.parking.hands_over()
+            || !self.admission.connection_waits()
+        {
+            return 0;
+        }
+        let mut n = 0;
+        for (i, l) in self.listeners.iter().enumerate() {
+            while n < HAND_ON_MAX {
+                let Some(a) = self.accept_raw(l, true) else {
+                    break;
+                };
+                let Accepted {
+                    sock,
+                    peer,
+                    started,
+                    permit,
+                    ..
+                } = a;
+                if l.tcp {
+                    let _ = sock.set_tcp_nodelay(true);
+                }
+                let conn = if l.info.protocol == Protocol::FastCgi {
+                    Waiting::Fcgi(FcgiConn::new(
+                        sock,
+                        peer,
+                        l.tcp,
+                        i,
+                        self.limits.read_timeout,
+                        &self.parking,
+                        Some(permit),
+                    ))
+                } else {
+                    Waiting::Plain {
+                        sock,
+                        peer,
+                        listener: i,
+                        permit,
+                        read: BytesMut::new(),
+                    }
+                };
+                self.hand_back(pending::Entry { conn, started });
+                n += 1;
+            }
         }
         n
     }

@@ -369,6 +369,10 @@ pub fn run(
         if waiting > 0 {
             tracing::debug!(waiting, "new connections that sent nothing yet: handed over or to the slow lane");
         }
+        let queued = acceptor.hand_on_queued();
+        if queued > 0 {
+            tracing::debug!(queued, "connections waiting in the listen queue as this worker stopped: handed to the workers that serve on");
+        }
         if let Some(m) = &monitor {
             m.stopping();
         }
