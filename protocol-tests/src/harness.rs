@@ -135,8 +135,30 @@ pub fn tempdir() -> tempfile::TempDir {
     d
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, below the kernel's ephemeral range.
+///
+/// regression: a port the kernel handed out for `bind(0)` lies in the ephemeral
+/// range, which the kernel also uses for the local end of every outgoing connection
+/// (the tests' clients, nginx's upstream connections); one of those took the port
+/// between this call and postern's `bind`, and postern could not listen (CI, stop 31).
+/// Ports below the range are never handed out by the kernel on its own, and each one
+/// is handed out once per test process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // Ports 10000..low; each test process starts at its own place in the span.
+    let (first, span) = (10_000, low.saturating_sub(10_000).max(1000));
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().unwrap().port();
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
