@@ -522,6 +522,32 @@ fn a_startup_that_does_not_answer_within_the_lifespan_timeout_is_fatal() {
     assert!(out.contains("within --lifespan-timeout 0.5s"), "{out}");
 }
 
+// regression: a startup blocked in a sync call (time.sleep) kept the loop from taking
+// --lifespan-timeout: nothing was said until the call returned, and a late
+// startup.complete was accepted.
+#[test]
+fn a_startup_blocking_the_loop_in_a_sync_call_is_fatal_at_the_lifespan_timeout() {
+    let dir = tempdir();
+    let (app, _) = asgi_app(
+        dir.path(),
+        "    await receive()\n    __import__('time').sleep(3600)\n    await send({'type': 'lifespan.startup.complete'})\n",
+    );
+    for workers in ["1", "2"] {
+        let spawn = Spawn::unix(dir.path(), &app).args([
+            "--lifespan-timeout",
+            "1",
+            "--workers",
+            workers,
+        ]);
+        let (status, out) = run_to_exit(&spawn, dir.path());
+        assert!(!status.success(), "--workers {workers}: {out}");
+        assert!(
+            out.contains("did not finish within --lifespan-timeout 1s, and the event loop could not even cancel it: a sync call blocks the loop"),
+            "--workers {workers}: {out}"
+        );
+    }
+}
+
 /// Starts `app` (whose startup waits for `gate`) with `args` and its log in `dir`; the
 /// child and a reader of the log.
 fn start_waiting(

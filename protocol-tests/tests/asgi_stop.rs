@@ -685,3 +685,80 @@ await send({"type": "http.response.body", "body": b"ok"})
         .unwrap_or_else(|| panic!("/next has no access line\n{logs}"));
     assert!(next.contains("status=200"), "{logs}");
 }
+
+/// An app that counts its requests in flight (the most at once in `PEAK`) and takes
+/// 0.1 s over each.
+const COUNTING: &str = r#"import asyncio, os
+PEAK = os.environ["PEAK"]
+now = 0
+peak = 0
+
+async def app(scope, receive, send):
+    global now, peak
+    if scope["type"] != "http":
+        return
+    now += 1
+    peak = max(peak, now)
+    with open(PEAK, "w") as f:
+        f.write(str(peak))
+    try:
+        await asyncio.sleep(0.1)
+    finally:
+        now -= 1
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"served"})
+"#;
+
+// regression: at a stop, the drain thread handed every request still queued to the
+// loop at once: with --max-concurrency 1, 40 queued connections made 39 tasks in flight.
+#[test]
+fn requests_queued_at_the_stop_are_served_no_more_at_once_than_max_concurrency() {
+    let dir = tempdir();
+    let app = dir.path().join("counting.py");
+    std::fs::write(&app, COUNTING).unwrap();
+    let peak = dir.path().join("peak");
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--max-concurrency", "1", "--graceful-timeout", "30"])
+        .env("PEAK", &peak.to_string_lossy())
+        .start();
+    let packet = uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+        ("REQUEST_URI", "/"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]);
+    // All sent before the stop: one in flight, the rest in the listen queue.
+    let mut conns: Vec<_> = (0..12)
+        .map(|_| {
+            let mut c = p.addr.connect().unwrap();
+            c.write_all(&packet).unwrap();
+            c
+        })
+        .collect();
+    assert!(
+        wait_until(10, || peak.exists()),
+        "no request began:\n{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(c, &mut out);
+        assert!(
+            out.starts_with(b"HTTP/1.1 200") && out.ends_with(b"served"),
+            "request {i}: {:?}\n{}",
+            String::from_utf8_lossy(&out),
+            p.logs()
+        );
+    }
+    let status = p.wait_exit(30).expect("postern stopped");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    assert_eq!(
+        std::fs::read_to_string(&peak).unwrap(),
+        "1",
+        "{}",
+        p.logs()
+    );
+}

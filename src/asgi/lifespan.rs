@@ -62,6 +62,11 @@ pub enum LifespanError {
         timeout.as_secs_f64()
     )]
     Timeout { timeout: Duration },
+    #[error(
+        "the app's lifespan startup did not finish within --lifespan-timeout {}s, and the event loop could not even cancel it: a sync call blocks the loop (time.sleep, a blocking connect or query?); await an async version or run it with loop.run_in_executor, or raise --lifespan-timeout",
+        timeout.as_secs_f64()
+    )]
+    Blocked { timeout: Duration },
     #[error("cannot run the ASGI lifespan protocol: {0}")]
     Python(String),
 }

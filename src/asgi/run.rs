@@ -17,7 +17,8 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 
 use super::http::{Ctx, Exchange};
-use super::lifespan::{self, Lifespan};
+use super::lifespan::{self, Lifespan, LifespanMode};
 use super::stop::{self, Stop};
 use super::{scope, AsgiError, AsgiSettings, LoopOption};
 use crate::wsgi::{traceback, App, Request, Settings, Source, TryNext};
@@ -49,6 +50,7 @@ pub fn start(
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), AsgiError>>();
     let stop = Stop::new().map_err(AsgiError::Thread)?;
     let stopping = Arc::clone(&stop);
+    let (lifespan_mode, lifespan_timeout) = (asgi.lifespan, asgi.lifespan_timeout);
     // `threading` is first imported here, on the process's main thread, so that
     // `threading.main_thread()` is this thread and not the loop's: uvloop asks it
     // whether it runs on the main thread, and there it would install signal wake-up
@@ -106,7 +108,15 @@ pub fn start(
             })
         })
         .map_err(AsgiError::Thread)?;
-    match rx.recv() {
+    // The loop enforces --lifespan-timeout itself, unless a sync call in the app's
+    // startup blocks it: then this thread does, a little later.
+    // regression: startup blocked in time.sleep(15) with --lifespan-timeout 2 went
+    // unnoticed for 15 s, and its late completion was accepted.
+    let started = match lifespan_mode {
+        LifespanMode::Off => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        _ => rx.recv_timeout(lifespan_timeout + STARTUP_GRACE),
+    };
+    match started {
         Ok(Ok(())) => Ok(Running {
             thread: handle,
             stop,
@@ -115,11 +125,22 @@ pub fn start(
             let _ = handle.join();
             Err(e)
         }
-        Err(_) => Err(AsgiError::Thread(std::io::Error::other(
+        // The loop thread is left as it is (it holds the interpreter): the worker
+        // exits with this error.
+        Err(RecvTimeoutError::Timeout) => Err(lifespan::LifespanError::Blocked {
+            timeout: lifespan_timeout,
+        }
+        .into()),
+        Err(RecvTimeoutError::Disconnected) => Err(AsgiError::Thread(std::io::Error::other(
             "the event loop thread ended while starting (see the log above)",
         ))),
     }
 }
+
+/// How long past `--lifespan-timeout` the loop has to report its startup's timeout
+/// (it cancels the startup and waits up to a second for it) before the worker decides
+/// that a sync call blocks the loop.
+const STARTUP_GRACE: Duration = Duration::from_secs(3);
 
 impl Running {
     /// The stop began: the requests in flight have until `deadline`
@@ -286,6 +307,7 @@ fn serve(
             drained: Cell::new(false),
             timer: RefCell::new(None),
             drain_thread: RefCell::new(None),
+            places: Arc::new(Places::default()),
             // SAFETY: with the GIL held; a new reference or NULL with an exception.
             base: unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent())? }
                 .unbind(),
@@ -324,6 +346,8 @@ fn serve(
         beat.borrow(py).stop(py);
     }
     let _ = io_executor.call_method1("shutdown", (false,));
+    // A drain thread waiting for a place (the loop ended at the cut-off) goes too.
+    driver.borrow().places.close();
     if let Some(t) = driver.borrow().drain_thread.borrow_mut().take() {
         py.detach(|| {
             let _ = t.join();
@@ -364,6 +388,9 @@ struct Driver {
     /// connection's deadline), and the loop's timer handle for it.
     timer: RefCell<Option<(Instant, Py<PyAny>)>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
+    /// While draining: the places below `--max-concurrency` the drain thread may take
+    /// before it takes another request ([`Places`]).
+    places: Arc<Places>,
     /// The loop thread's context when serving began: what the listeners' callbacks
     /// and the requests' tasks start from ([`Driver::in_base`]).
     base: Py<PyAny>,
@@ -434,6 +461,63 @@ fn epoll_holding(fd: RawFd) -> Option<RawFd> {
 /// A request handed from the draining thread to the loop.
 #[pyclass(module = "postern", name = "Handoff", frozen)]
 struct Handoff(Mutex<Option<Request>>);
+
+/// The free places under `--max-concurrency` while a worker drains its queues at a
+/// stop: the drain thread takes one before it takes a request from the source, the
+/// loop gives one back as each task ends. So the requests still queued at the stop
+/// are served as before it, at most `--max-concurrency` at a time, and those not yet
+/// taken wait where they are (the listen queue), not in memory.
+/// regression: the drain thread handed every queued request to the loop at once
+/// (`--max-concurrency 1`, 40 queued connections: 39 tasks in flight).
+#[derive(Default)]
+struct Places {
+    state: Mutex<PlacesState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct PlacesState {
+    free: usize,
+    /// The loop has ended: nothing will be given back.
+    closed: bool,
+}
+
+impl Places {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PlacesState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the places free when draining begins.
+    fn open(&self, free: usize) {
+        self.lock().free = free;
+    }
+
+    /// One place is free again.
+    fn give(&self) {
+        self.lock().free += 1;
+        self.freed.notify_one();
+    }
+
+    /// Waits for a free place and takes it; false once the loop has ended.
+    fn take(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return false;
+            }
+            if state.free > 0 {
+                state.free -= 1;
+                return true;
+            }
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.freed.notify_all();
+    }
+}
 
 /// Threads (at most) that write to front servers not reading and read spooled or
 /// streamed request bodies: one per such request at a time; started as needed.
@@ -715,6 +799,8 @@ impl Driver {
             let _ = h.bind(py).call_method0(intern!(py, "cancel"));
         }
         let source = Arc::clone(&me.source);
+        me.places.open(me.max.saturating_sub(me.in_flight.get()));
+        let places = Arc::clone(&me.places);
         let call = me.call_soon_threadsafe.clone_ref(py);
         let deliver = match slf.getattr(intern!(py, "_deliver")) {
             Ok(d) => d.unbind(),
@@ -724,7 +810,8 @@ impl Driver {
             .name("python-asgi-drain".into())
             .spawn(move || {
                 Python::attach(|py| loop {
-                    let next = py.detach(|| source.next());
+                    // A place first: the request taken next starts at once.
+                    let next = py.detach(|| places.take().then(|| source.next()).flatten());
                     let last = next.is_none();
                     let handoff = Handoff(Mutex::new(next));
                     if let Err(e) = Py::new(py, handoff)
@@ -756,6 +843,9 @@ impl Driver {
         {
             let me = slf.borrow();
             me.in_flight.set(me.in_flight.get().saturating_sub(1));
+            if me.draining.get() && me.in_flight.get() < me.max {
+                me.places.give();
+            }
             if me.full.get() && me.in_flight.get() < me.max {
                 me.full.set(false);
                 me.source.below_cap();
