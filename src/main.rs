@@ -440,7 +440,8 @@ impl Generation {
     }
 }
 
-/// `--lifespan-timeout` when it is not below `--worker-start-timeout` and the app may
+/// `--lifespan-timeout` when it is not [`postern::asgi::STARTUP_GRACE`] below
+/// `--worker-start-timeout` and the app may
 /// be ASGI under a master: an ASGI worker is ready only after its lifespan startup, so
 /// a start bound at or under the lifespan's own timeout would kill it before that
 /// timeout could say what hangs. Only for an app known to be ASGI: with --interface
@@ -451,7 +452,8 @@ fn lifespan_timeout_over_start(config: &Config) -> Option<std::time::Duration> {
     (config.supervised
         && config.opts.interface != postern::asgi::InterfaceOption::Wsgi
         && config.opts.lifespan != postern::asgi::lifespan::LifespanMode::Off
-        && config.opts.lifespan_timeout.0 >= config.opts.worker_start_timeout.0)
+        && config.opts.lifespan_timeout.0 + postern::asgi::STARTUP_GRACE
+            >= config.opts.worker_start_timeout.0)
         .then_some(config.opts.lifespan_timeout.0)
 }
 

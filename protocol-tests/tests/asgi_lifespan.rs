@@ -533,12 +533,8 @@ fn a_startup_blocking_the_loop_in_a_sync_call_is_fatal_at_the_lifespan_timeout()
         "    await receive()\n    __import__('time').sleep(3600)\n    await send({'type': 'lifespan.startup.complete'})\n",
     );
     for workers in ["1", "2"] {
-        let spawn = Spawn::unix(dir.path(), &app).args([
-            "--lifespan-timeout",
-            "1",
-            "--workers",
-            workers,
-        ]);
+        let spawn =
+            Spawn::unix(dir.path(), &app).args(["--lifespan-timeout", "1", "--workers", workers]);
         let (status, out) = run_to_exit(&spawn, dir.path());
         assert!(!status.success(), "--workers {workers}: {out}");
         assert!(

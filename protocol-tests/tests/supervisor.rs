@@ -1751,7 +1751,7 @@ fn a_stop_while_the_only_worker_boots_still_serves_the_listen_queue() {
 #[test]
 fn the_lifespan_timeout_warning_under_interface_auto_is_for_asgi_apps_only() {
     let dir = tempdir();
-    let warning = "--lifespan-timeout (60s) is not below --worker-start-timeout (5s)";
+    let warning = "--lifespan-timeout (60s) is not 3s below --worker-start-timeout (5s)";
     let wsgi = versioned_app(dir.path(), "v0");
     let p = Spawn::tcp(dir.path(), &wsgi.to_string_lossy())
         .args(["--workers", "2", "--worker-start-timeout", "5"])

@@ -4,6 +4,7 @@
 # loop.run_until_complete while the loop is not serving: before the first request
 # (startup) and after the last one (shutdown).
 import asyncio
+import time
 
 SPEC_VERSION = "2.0"
 
@@ -38,6 +39,7 @@ class Lifespan:
         self.stopped = loop.create_future()
         self._shutdown_asked = loop.create_future()
         self._received = 0
+        self._began = time.monotonic()
         self.task = None
 
     async def _receive(self):
@@ -56,7 +58,9 @@ class Lifespan:
     async def _send(self, message):
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "lifespan.startup.complete":
-            self._resolve(self.started, "complete", None)
+            # How long after the startup began the app answered (not when the wait
+            # saw it: a task the startup left blocking the loop may delay that).
+            self._resolve(self.started, "complete", time.monotonic() - self._began)
         elif kind == "lifespan.startup.failed":
             self._resolve(self.started, "failed", str(message.get("message", "")))
         elif kind == "lifespan.shutdown.complete":
@@ -106,6 +110,7 @@ class Lifespan:
     def startup(self, timeout):
         """Starts the app's lifespan call and waits for its startup answer (the loop
         must not be running). Returns (outcome, detail)."""
+        self._began = time.monotonic()
         self.task = self.loop.create_task(self._main())
         return run(self.loop, self._wait(self.started, timeout))
 

@@ -13,6 +13,7 @@
 //! | raises before answering                 | info line, serve without   | exit  |
 //! | returns, or waits for another message   | info line, serve without   | exit  |
 //! | no answer within `--lifespan-timeout`   | the worker exits           | same  |
+//! | answers late (a sync call blocked it)   | the worker exits           | same  |
 //!
 //! A worker that exits before it is ready is what the master already handles: at the
 //! first start postern stops with the error, during a reload the old workers keep
@@ -28,6 +29,10 @@ use serde::{Deserialize, Serialize};
 
 /// `--lifespan-timeout` when not given: how long startup, and shutdown, may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How far past `--lifespan-timeout` the app's startup answer may still be taken as
+/// on time (the loop's timer and its callbacks' order).
+const LATE_SLACK: Duration = Duration::from_millis(100);
 
 /// `--lifespan`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
@@ -155,7 +160,18 @@ pub fn startup(
             "the app does not support the ASGI lifespan protocol ({why}); serving it without startup and shutdown (--lifespan off skips the attempt, --lifespan on makes it required)"
         );
     };
+    // The loop's own timer cannot fire while a sync call blocks it: an answer the app
+    // sent after --lifespan-timeout (lifespan.py says when) is from such a startup,
+    // and is not accepted.
+    let late = outcome == "complete"
+        && detail
+            .extract::<f64>()
+            .is_ok_and(|s| s > (timeout + LATE_SLACK).as_secs_f64());
     match (outcome.as_str(), mode) {
+        ("complete", _) if late => {
+            cancel();
+            Err(LifespanError::Blocked { timeout })
+        }
         ("complete", _) => {
             let state = driver
                 .getattr("state")
@@ -432,6 +448,25 @@ async def app(scope, receive, send):
         let e = r.unwrap_err();
         assert!(e.contains("--lifespan-timeout 0.2s"), "{e}");
         assert!(events.is_empty(), "{events:?}");
+    }
+
+    // regression: a startup blocked in a sync call past the timeout kept the loop from
+    // taking it, and its late startup.complete was accepted.
+    #[test]
+    fn a_startup_answered_after_the_timeout_by_a_blocked_loop_is_fatal() {
+        let code = "import time\nasync def app(scope, receive, send):\n    await receive()\n    time.sleep(0.6)\n    await send({'type': 'lifespan.startup.complete'})";
+        let (r, _, _) = run(code, LifespanMode::Auto, 0.2);
+        let e = r.unwrap_err();
+        assert!(e.contains("a sync call blocks the loop"), "{e}");
+    }
+
+    // regression (review): the lateness was measured when the wait returned, so a
+    // startup that answered at once but left a task blocking the loop was refused.
+    #[test]
+    fn a_startup_answered_in_time_is_accepted_even_if_a_task_it_started_blocks_the_loop() {
+        let code = "import time\nasync def warm():\n    time.sleep(0.6)\nasync def app(scope, receive, send):\n    await receive()\n    asyncio.get_running_loop().create_task(warm())\n    await send({'type': 'lifespan.startup.complete'})\n    await receive()\n    await send({'type': 'lifespan.shutdown.complete'})";
+        let (r, _, _) = run(code, LifespanMode::On, 0.2);
+        assert_eq!(r, Ok(()));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub mod watch;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-pub use run::{start, Running};
+pub use run::{start, Running, STARTUP_GRACE};
 
 /// `--interface`: which protocol the app speaks.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]

@@ -71,7 +71,11 @@ pub fn start(
                             return;
                         }
                     };
-                let _ = tx.send(Ok(()));
+                if tx.send(Ok(())).is_err() {
+                    // `start` gave up on it (a startup that blocked the loop): the
+                    // process exits; it must not serve meanwhile.
+                    return;
+                }
                 let stop = &stopping;
                 let failed = serve(
                     py,
@@ -140,7 +144,7 @@ pub fn start(
 /// How long past `--lifespan-timeout` the loop has to report its startup's timeout
 /// (it cancels the startup and waits up to a second for it) before the worker decides
 /// that a sync call blocks the loop.
-const STARTUP_GRACE: Duration = Duration::from_secs(3);
+pub const STARTUP_GRACE: Duration = Duration::from_secs(3);
 
 impl Running {
     /// The stop began: the requests in flight have until `deadline`
@@ -307,6 +311,7 @@ fn serve(
             drained: Cell::new(false),
             timer: RefCell::new(None),
             drain_thread: RefCell::new(None),
+            done: Cell::new(false),
             places: Arc::new(Places::default()),
             // SAFETY: with the GIL held; a new reference or NULL with an exception.
             base: unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent())? }
@@ -339,6 +344,7 @@ fn serve(
         }
         let me = driver.borrow();
         if (me.drained.get() && me.in_flight.get() == 0) || stop.cut_taken() {
+            me.done.set(true);
             break;
         }
     }
@@ -388,6 +394,9 @@ struct Driver {
     /// connection's deadline), and the loop's timer handle for it.
     timer: RefCell<Option<(Instant, Py<PyAny>)>>,
     drain_thread: RefCell<Option<JoinHandle<()>>>,
+    /// The loop has stopped serving (lifespan shutdown and the rest follow): a
+    /// request the drain thread hands over now is not started.
+    done: Cell<bool>,
     /// While draining: the places below `--max-concurrency` the drain thread may take
     /// before it takes another request ([`Places`]).
     places: Arc<Places>,
@@ -465,8 +474,9 @@ struct Handoff(Mutex<Option<Request>>);
 /// The free places under `--max-concurrency` while a worker drains its queues at a
 /// stop: the drain thread takes one before it takes a request from the source, the
 /// loop gives one back as each task ends. So the requests still queued at the stop
-/// are served as before it, at most `--max-concurrency` at a time, and those not yet
-/// taken wait where they are (the listen queue), not in memory.
+/// are served as before it, at most `--max-concurrency` at a time (the others wait in
+/// the acceptor's queue, as for a WSGI worker's threads); none is started once
+/// `--graceful-timeout` has cut the running ones off.
 /// regression: the drain thread handed every queued request to the loop at once
 /// (`--max-concurrency 1`, 40 queued connections: 39 tasks in flight).
 #[derive(Default)]
@@ -843,7 +853,11 @@ impl Driver {
         {
             let me = slf.borrow();
             me.in_flight.set(me.in_flight.get().saturating_sub(1));
-            if me.draining.get() && me.in_flight.get() < me.max {
+            if me.ctx.stop.cut_taken() {
+                // Cut off at --graceful-timeout: nothing more is started (what still
+                // waits is counted and said by the stop).
+                me.places.close();
+            } else if me.draining.get() && me.in_flight.get() < me.max {
                 me.places.give();
             }
             if me.full.get() && me.in_flight.get() < me.max {
@@ -919,6 +933,18 @@ impl Driver {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         match req {
+            Some(req) if slf.borrow().ctx.stop.cut_taken() || slf.borrow().done.get() => {
+                // Taken just before the cut-off, or arriving once serving is over
+                // (during lifespan shutdown): not started, as none of those still
+                // waiting are. Its connection closes with the process, as theirs do,
+                // quietly: dropped here, its unfinished response would be logged as an
+                // internal error (and a TCP connection reset).
+                {
+                    let _entered = req.span.enter();
+                    tracing::warn!("not started: --graceful-timeout passed before its turn (its connection closes without an answer)");
+                }
+                std::mem::forget(req);
+            }
             Some(req) => Self::start_request(slf, req, true),
             None => {
                 slf.borrow().drained.set(true);

@@ -500,6 +500,13 @@ pub fn run(
                 "this worker is leaving (a reload, SIGTTOU, recycling)"
             };
             crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
+            let never = queue.queued();
+            if never > 0 {
+                tracing::warn!(
+                    requests = never,
+                    "requests read whole were still waiting for their turn when the running ones were cut off {by} ({leaving}): their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
+                );
+            }
         }
         // Requests still running: the exit would close their FastCGI connections
         // plainly, which nginx may take for their responses' end. They are cut first,

@@ -148,8 +148,9 @@ pub struct Options {
 /// start bound would kill it before the lifespan's own timeout could say what hangs.
 pub fn warn_lifespan_timeout(lifespan_timeout: Duration, start_timeout: Duration) {
     tracing::warn!(
-        "--lifespan-timeout ({}s) is not below --worker-start-timeout ({}s): an ASGI app's worker (a reload's, a replacement) whose lifespan startup hangs is killed at --worker-start-timeout before --lifespan-timeout can say so; keep --lifespan-timeout lower",
+        "--lifespan-timeout ({}s) is not {}s below --worker-start-timeout ({}s): an ASGI app's worker (a reload's, a replacement) whose lifespan startup hangs is killed at --worker-start-timeout before --lifespan-timeout can say so (a startup blocking the loop in a sync call is given up that long after --lifespan-timeout); keep --lifespan-timeout lower",
         lifespan_timeout.as_secs_f64(),
+        crate::asgi::STARTUP_GRACE.as_secs_f64(),
         start_timeout.as_secs_f64()
     );
 }
