@@ -752,14 +752,7 @@ fn stop_with_queued(max: &str, n: usize, sleep_s: &str, args: &[&str]) -> Queued
         .env("GATE", &gate.to_string_lossy())
         .env("SLEEP_S", sleep_s)
         .start();
-    let packet = uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", "/"),
-        ("REQUEST_URI", "/"),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-    ]);
+    let packet = uwsgi_get("/");
     let conns: Vec<_> = (0..n)
         .map(|_| {
             let mut c = p.addr.connect().unwrap();
