@@ -544,6 +544,30 @@ fn a_startup_blocking_the_loop_in_a_sync_call_is_fatal_at_the_lifespan_timeout()
     }
 }
 
+// regression (hostile): a startup that answered at once but had started a task that
+// then blocked the loop (time.sleep) for longer than --lifespan-timeout + 3 s failed
+// as a startup blocking in a sync call; the answer was in time.
+#[test]
+fn a_startup_answered_in_time_stands_when_a_task_it_started_blocks_the_loop_longer() {
+    let dir = tempdir();
+    let (app, _) = asgi_app(
+        dir.path(),
+        "    await receive()\n    async def warm():\n        await asyncio.sleep(0)\n        __import__('time').sleep(5)\n    asyncio.get_running_loop().create_task(warm())\n    await send({'type': 'lifespan.startup.complete'})\n    await receive()\n    await send({'type': 'lifespan.shutdown.complete'})\n",
+    );
+    let mut p = Spawn::unix(dir.path(), &app)
+        .args(["--lifespan-timeout", "1"])
+        .start();
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("the app answered its lifespan startup in time, but the event loop has been blocked since"),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some_and(|s| s.success()), "{}", p.logs());
+}
+
 /// Starts `app` (whose startup waits for `gate`) with `args` and its log in `dir`; the
 /// child and a reader of the log.
 fn start_waiting(

@@ -842,9 +842,73 @@ fn requests_still_queued_at_the_graceful_timeout_are_not_started_and_are_said() 
         "{logs}"
     );
     assert!(
-        logs.contains("requests read whole were still waiting for their turn")
+        logs.contains("requests were still waiting for their turn (never started)")
             && logs.contains("requests=4"),
         "{logs}"
     );
     assert!(!logs.contains("the tasks the app left running"), "{logs}");
+}
+
+// regression (hostile): after a second SIGTERM, a task ending in the moment before the
+// exit let a queued request start, which the exit then cut off unanswered, uncounted.
+#[test]
+fn nothing_queued_starts_after_a_second_signal() {
+    let dir = tempdir();
+    let app = dir.path().join("twice.py");
+    std::fs::write(
+        &app,
+        r#"import asyncio, os, signal
+STARTED = os.environ["STARTED"]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    with open(STARTED, "a") as f:
+        f.write(scope["path"] + "\n")
+    if scope["path"] == "/first":
+        while not os.path.exists(STARTED + ".queued"):
+            await asyncio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.02)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"served"})
+"#,
+    )
+    .unwrap();
+    let started = dir.path().join("started");
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--max-concurrency", "1", "--graceful-timeout", "30"])
+        .env("STARTED", &started.to_string_lossy())
+        .start();
+    let mut first = p.addr.connect().unwrap();
+    first.write_all(&uwsgi_get("/first")).unwrap();
+    assert!(wait_until(10, || started.exists()), "{}", p.logs());
+    let mut queued: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = p.addr.connect().unwrap();
+            c.write_all(&uwsgi_get(&format!("/q{i}"))).unwrap();
+            c
+        })
+        .collect();
+    std::fs::write(dir.path().join("started.queued"), "").unwrap();
+    let _ = read_all(&mut first);
+    for c in queued.iter_mut() {
+        let _ = read_all(c);
+    }
+    let mut p = p;
+    let status = p.wait_exit(30).expect("postern stopped");
+    let logs = p.logs();
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert_eq!(
+        std::fs::read_to_string(&started).unwrap(),
+        "/first\n",
+        "{logs}"
+    );
+    assert!(
+        logs.contains("still waiting for their turn (never started)")
+            && logs.contains("requests=4"),
+        "{logs}"
+    );
 }

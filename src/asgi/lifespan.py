@@ -23,12 +23,16 @@ def run(loop, aw):
 
 
 class Lifespan:
-    def __init__(self, app, loop, report):
+    def __init__(self, app, loop, report, answered):
         self.app = app
         self.loop = loop
         # Called with the exception when the app's lifespan call raises while the
         # worker serves (after startup.complete, before shutdown): logged at once.
         self.report = report
+        # Called as the app sends its startup answer (complete or failed): the worker
+        # then waits for the loop to act on it, even past --lifespan-timeout (a task
+        # the startup started may block the loop right after).
+        self.answered = answered
         self._reported = False
         self.state = {}
         # Each a future resolved with (outcome, detail): outcome "complete", "failed"
@@ -57,6 +61,8 @@ class Lifespan:
 
     async def _send(self, message):
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind in ("lifespan.startup.complete", "lifespan.startup.failed") and not self.started.done():
+            self.answered()
         if kind == "lifespan.startup.complete":
             # How long after the startup began the app answered (not when the wait
             # saw it: a task the startup left blocking the loop may delay that).

@@ -19,6 +19,8 @@
 //! first start postern stops with the error, during a reload the old workers keep
 //! serving.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -111,13 +113,16 @@ fn as_err(detail: &Bound<'_, PyAny>) -> PyErr {
 /// Runs the app's lifespan startup on `event_loop`, which must not be running (this
 /// drives it with `run_until_complete`); returns once the app has answered, or
 /// `timeout` has passed. The app's lifespan task stays on the loop until
-/// [`Lifespan::shutdown`].
+/// [`Lifespan::shutdown`]. `answered` is set (from the loop thread) as the app sends
+/// its startup answer, which the loop may take a while to act on if something then
+/// blocks it.
 pub fn startup(
     py: Python<'_>,
     event_loop: &Bound<'_, PyAny>,
     app: &Bound<'_, PyAny>,
     mode: LifespanMode,
     timeout: Duration,
+    answered: &Arc<AtomicBool>,
 ) -> Result<Lifespan, LifespanError> {
     let without = Lifespan {
         driver: None,
@@ -143,7 +148,18 @@ pub fn startup(
     );
     let driver = module(py)
         .and_then(|m| m.getattr("Lifespan"))
-        .and_then(|class| class.call1((app, event_loop, report?)))
+        .and_then(|class| {
+            let answered = Arc::clone(answered);
+            let on_answer = PyCFunction::new_closure(
+                py,
+                Some(c"answered"),
+                None,
+                move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
+                    answered.store(true, Ordering::Release)
+                },
+            )?;
+            class.call1((app, event_loop, report?, on_answer))
+        })
         .map_err(python)?;
     let began = Instant::now();
     let (outcome, detail): (String, Bound<'_, PyAny>) = driver
@@ -325,7 +341,8 @@ mod tests {
                 .call_method0("new_event_loop")
                 .unwrap();
             let timeout = Duration::from_secs_f64(timeout);
-            let started = startup(py, &event_loop, &app, mode, timeout);
+            let answered = Arc::new(AtomicBool::new(false));
+            let started = startup(py, &event_loop, &app, mode, timeout, &answered);
             let mut keys = Vec::new();
             let result = match started {
                 Ok(lifespan) => {

@@ -17,6 +17,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +52,8 @@ pub fn start(
     let stop = Stop::new().map_err(AsgiError::Thread)?;
     let stopping = Arc::clone(&stop);
     let (lifespan_mode, lifespan_timeout) = (asgi.lifespan, asgi.lifespan_timeout);
+    let answered = Arc::new(AtomicBool::new(false));
+    let answered_in_loop = Arc::clone(&answered);
     // `threading` is first imported here, on the process's main thread, so that
     // `threading.main_thread()` is this thread and not the loop's: uvloop asks it
     // whether it runs on the main thread, and there it would install signal wake-up
@@ -64,7 +67,7 @@ pub fn start(
         .spawn(move || {
             Python::attach(|py| {
                 let (event_loop, executor, lifespan) =
-                    match setup(py, &app, &settings, &asgi, &stopping) {
+                    match setup(py, &app, &settings, &asgi, &stopping, &answered_in_loop) {
                         Ok(x) => x,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -118,7 +121,20 @@ pub fn start(
     // unnoticed for 15 s, and its late completion was accepted.
     let started = match lifespan_mode {
         LifespanMode::Off => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        _ => rx.recv_timeout(lifespan_timeout + STARTUP_GRACE),
+        _ => match rx.recv_timeout(lifespan_timeout + STARTUP_GRACE) {
+            // The app answered in time, and something blocked the loop since (a task
+            // its startup started, in a sync call): the answer stands; the worker is
+            // ready once the loop takes it.
+            // regression (hostile): a Starlette lifespan that started a task calling
+            // time.sleep(10) and yielded at once failed as a startup that blocks.
+            Err(RecvTimeoutError::Timeout) if answered.load(Ordering::Acquire) => {
+                tracing::warn!(
+                    "the app answered its lifespan startup in time, but the event loop has been blocked since (a task started at startup, in a sync call?): the worker is ready once it is free"
+                );
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            }
+            other => other,
+        },
     };
     match started {
         Ok(Ok(())) => Ok(Running {
@@ -171,6 +187,7 @@ fn setup<'py>(
     settings: &Settings,
     asgi: &AsgiSettings,
     stop: &Arc<Stop>,
+    answered: &Arc<AtomicBool>,
 ) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>, Lifespan), AsgiError> {
     let loop_error = |e: PyErr| AsgiError::Loop {
         option: asgi.event_loop,
@@ -231,6 +248,7 @@ fn setup<'py>(
         app.0.bind(py),
         asgi.lifespan,
         asgi.lifespan_timeout,
+        answered,
     )?;
     Ok((event_loop, executor, lifespan))
 }

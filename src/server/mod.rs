@@ -439,6 +439,10 @@ pub fn run(
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let joined = tokio::task::spawn_blocking(move || pool.join(left)).await.unwrap_or(false);
+            if !joined {
+                // Cut off: what still waits is not started in the moments left.
+                queue.halt();
+            }
             // No request runs now: a cut response's mark still waiting for room goes
             // out before the runtime (and the task) is dropped; one still waiting at
             // --graceful-timeout is a cut response too (exit code 1).
@@ -466,6 +470,8 @@ pub fn run(
                 }
                 name = stops.second() => {
                     second = Some(name);
+                    // Stopping now: nothing queued starts in the moment left.
+                    queue.halt();
                     if name != crate::stop::QUIT || why != crate::stop::QUIT {
                         tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
                     }
@@ -473,9 +479,11 @@ pub fn run(
                     // that ends within a moment cut nothing off.
                     // regression: an idle server stopped by two quick signals said it had
                     // cut requests off (exit 1).
+                    // What the halt left in the queue is cut off too.
                     break tokio::time::timeout(Duration::from_millis(100), &mut drain)
                         .await
-                        .unwrap_or(false);
+                        .unwrap_or(false)
+                        && queue.queued() == 0;
                 }
             }
         };
@@ -486,8 +494,8 @@ pub fn run(
         // regression: only a count and a generic line said a stop cut them off.
         if !finished {
             let by = match second {
+                _ if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
                 Some(name) => format!("by a second signal ({name})"),
-                None if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
                 None => "at --graceful-timeout".to_owned(),
             };
             // A worker that left alone (a reload) may see the whole server stop since.
@@ -504,7 +512,7 @@ pub fn run(
             if never > 0 {
                 tracing::warn!(
                     requests = never,
-                    "requests read whole were still waiting for their turn when the running ones were cut off {by} ({leaving}): their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
+                    "requests were still waiting for their turn (never started) when the running ones were cut off {by} ({leaving}): their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
                 );
             }
         }

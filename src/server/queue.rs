@@ -22,6 +22,8 @@ pub struct Queue {
     exiting: AtomicBool,
     /// Past --graceful-timeout: the threads end without waiting for the slow lane.
     abandoning: AtomicBool,
+    /// Requests are cut off: nothing more is taken ([`Queue::halt`]).
+    halted: AtomicBool,
     /// Slow-lane tasks alive: each may still push a request. A Python thread can hand
     /// a connection to the lane at any time while it runs (the rest of a body that
     /// did not arrive in time, input during an inline FastCGI request), so the stop
@@ -44,6 +46,7 @@ impl Queue {
             accepting: AtomicBool::new(true),
             exiting: AtomicBool::new(false),
             abandoning: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
             lane_tasks: AtomicUsize::new(0),
         }))
     }
@@ -107,6 +110,9 @@ impl Queue {
     pub fn next_draining(&self) -> Option<Request> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            if self.halted.load(Ordering::SeqCst) {
+                return None;
+            }
             if let Some(r) = q.pop_front() {
                 return Some(r);
             }
@@ -139,6 +145,16 @@ impl Queue {
     /// holds (--graceful-timeout has passed).
     pub fn abandon(&self) {
         self.abandoning.store(true, Ordering::SeqCst);
+        self.exit();
+    }
+
+    /// The stop cuts the running requests off (`--graceful-timeout`, a second signal,
+    /// SIGQUIT): nothing more is taken from the queue; what is in it stays there, to
+    /// be counted, and closes with the process.
+    /// regression: a thread or the ASGI loop freed in the moments before the exit
+    /// started a queued request that the exit then cut off unanswered and uncounted.
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
         self.exit();
     }
 
