@@ -568,6 +568,26 @@ fn a_startup_answered_in_time_stands_when_a_task_it_started_blocks_the_loop_long
     assert!(p.wait_exit(30).is_some_and(|s| s.success()), "{}", p.logs());
 }
 
+// regression (review): with an answer in hand, the worker waited for a loop blocked
+// for good without any bound (a first start hung for ever).
+#[test]
+fn a_startup_answered_in_time_fails_when_a_task_it_started_blocks_the_loop_for_good() {
+    let dir = tempdir();
+    let (app, _) = asgi_app(
+        dir.path(),
+        "    await receive()\n    async def stuck():\n        await asyncio.sleep(0)\n        __import__('time').sleep(3600)\n    asyncio.get_running_loop().create_task(stuck())\n    await send({'type': 'lifespan.startup.complete'})\n",
+    );
+    let spawn = Spawn::unix(dir.path(), &app).args(["--lifespan-timeout", "1"]);
+    let (status, out) = run_to_exit(&spawn, dir.path());
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(
+            "sent lifespan.startup.complete in time, but the event loop has been blocked since"
+        ),
+        "{out}"
+    );
+}
+
 /// Starts `app` (whose startup waits for `gate`) with `args` and its log in `dir`; the
 /// child and a reader of the log.
 fn start_waiting(

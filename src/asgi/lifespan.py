@@ -7,6 +7,9 @@ import asyncio
 import time
 
 SPEC_VERSION = "2.0"
+# How far past --lifespan-timeout a startup answer still counts as in time (LATE_SLACK
+# in lifespan.rs).
+LATE_SLACK = 0.1
 
 
 def run(loop, aw):
@@ -44,6 +47,7 @@ class Lifespan:
         self._shutdown_asked = loop.create_future()
         self._received = 0
         self._began = time.monotonic()
+        self._timeout = float("inf")
         self.task = None
 
     async def _receive(self):
@@ -61,7 +65,11 @@ class Lifespan:
 
     async def _send(self, message):
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind in ("lifespan.startup.complete", "lifespan.startup.failed") and not self.started.done():
+        if (
+            kind == "lifespan.startup.complete"
+            and not self.started.done()
+            and time.monotonic() - self._began <= self._timeout + LATE_SLACK
+        ):
             self.answered()
         if kind == "lifespan.startup.complete":
             # How long after the startup began the app answered (not when the wait
@@ -117,6 +125,7 @@ class Lifespan:
         """Starts the app's lifespan call and waits for its startup answer (the loop
         must not be running). Returns (outcome, detail)."""
         self._began = time.monotonic()
+        self._timeout = timeout
         self.task = self.loop.create_task(self._main())
         return run(self.loop, self._wait(self.started, timeout))
 

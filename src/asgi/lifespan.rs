@@ -74,6 +74,11 @@ pub enum LifespanError {
         timeout.as_secs_f64()
     )]
     Blocked { timeout: Duration },
+    #[error(
+        "the app sent lifespan.startup.complete in time, but the event loop has been blocked since, for more than another --lifespan-timeout {}s: a task started at startup blocks it in a sync call (time.sleep, a blocking connect, a deadlock?); run such work with loop.run_in_executor",
+        timeout.as_secs_f64()
+    )]
+    BlockedAfterAnswer { timeout: Duration },
     #[error("cannot run the ASGI lifespan protocol: {0}")]
     Python(String),
 }

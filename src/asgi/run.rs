@@ -129,9 +129,17 @@ pub fn start(
             // time.sleep(10) and yielded at once failed as a startup that blocks.
             Err(RecvTimeoutError::Timeout) if answered.load(Ordering::Acquire) => {
                 tracing::warn!(
-                    "the app answered its lifespan startup in time, but the event loop has been blocked since (a task started at startup, in a sync call?): the worker is ready once it is free"
+                    "the app answered its lifespan startup in time, but the event loop has been blocked since (a task started at startup, in a sync call?): the worker is ready once it is free, if within another --lifespan-timeout"
                 );
-                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                match rx.recv_timeout(lifespan_timeout.max(STARTUP_GRACE)) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        return Err(lifespan::LifespanError::BlockedAfterAnswer {
+                            timeout: lifespan_timeout,
+                        }
+                        .into())
+                    }
+                    other => other,
+                }
             }
             other => other,
         },

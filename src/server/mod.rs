@@ -479,11 +479,13 @@ pub fn run(
                     // that ends within a moment cut nothing off.
                     // regression: an idle server stopped by two quick signals said it had
                     // cut requests off (exit 1).
-                    // What the halt left in the queue is cut off too.
+                    // What the halt left in the queue, or in the slow lane, is cut
+                    // off too.
                     break tokio::time::timeout(Duration::from_millis(100), &mut drain)
                         .await
                         .unwrap_or(false)
-                        && queue.queued() == 0;
+                        && queue.queued() == 0
+                        && queue.lane_tasks() == 0;
                 }
             }
         };

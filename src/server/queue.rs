@@ -76,6 +76,11 @@ impl Queue {
             .pop_front()
     }
 
+    /// Slow-lane tasks still alive (each may still queue a request).
+    pub fn lane_tasks(&self) -> usize {
+        self.lane_tasks.load(Ordering::SeqCst)
+    }
+
     /// Requests queued whole for a Python thread.
     pub fn queued(&self) -> usize {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
