@@ -7,8 +7,8 @@ import asyncio
 import time
 
 SPEC_VERSION = "2.0"
-# How far past --lifespan-timeout a startup answer still counts as in time (LATE_SLACK
-# in lifespan.rs).
+# How far past --lifespan-timeout a startup answer still counts as in time (the
+# loop's timer and its callbacks' order).
 LATE_SLACK = 0.1
 
 
@@ -32,13 +32,14 @@ class Lifespan:
         # Called with the exception when the app's lifespan call raises while the
         # worker serves (after startup.complete, before shutdown): logged at once.
         self.report = report
-        # Called as the app sends its startup answer (complete or failed): the worker
-        # then waits for the loop to act on it, even past --lifespan-timeout (a task
-        # the startup started may block the loop right after).
+        # Called as the app sends lifespan.startup.complete in time: the worker then
+        # waits for the loop to act on it, even past --lifespan-timeout (a task the
+        # startup started may block the loop right after).
         self.answered = answered
         self._reported = False
         self.state = {}
-        # Each a future resolved with (outcome, detail): outcome "complete", "failed"
+        # Each a future resolved with (outcome, detail): outcome "complete", "late"
+        # (startup: complete, after the timeout), "failed"
         # (detail: the app's message), "raised" (detail: the exception), "returned",
         # "ignored" (startup: receive() called again without an answer), "cancelled";
         # the waits add "timeout".
@@ -46,8 +47,8 @@ class Lifespan:
         self.stopped = loop.create_future()
         self._shutdown_asked = loop.create_future()
         self._received = 0
-        self._began = time.monotonic()
-        self._timeout = float("inf")
+        # Set by startup().
+        self._began = self._timeout = None
         self.task = None
 
     async def _receive(self):
@@ -65,16 +66,14 @@ class Lifespan:
 
     async def _send(self, message):
         kind = message.get("type") if isinstance(message, dict) else None
-        if (
-            kind == "lifespan.startup.complete"
-            and not self.started.done()
-            and time.monotonic() - self._began <= self._timeout + LATE_SLACK
-        ):
-            self.answered()
         if kind == "lifespan.startup.complete":
-            # How long after the startup began the app answered (not when the wait
-            # saw it: a task the startup left blocking the loop may delay that).
-            self._resolve(self.started, "complete", time.monotonic() - self._began)
+            # Timed when the app answers, not when the wait sees it (a task the
+            # startup left blocking the loop may delay that). An answer past the
+            # timeout comes from a startup that blocked the loop's own timer.
+            in_time = time.monotonic() - self._began <= self._timeout + LATE_SLACK
+            if in_time and not self.started.done():
+                self.answered()
+            self._resolve(self.started, "complete" if in_time else "late", None)
         elif kind == "lifespan.startup.failed":
             self._resolve(self.started, "failed", str(message.get("message", "")))
         elif kind == "lifespan.shutdown.complete":

@@ -32,10 +32,6 @@ use serde::{Deserialize, Serialize};
 /// `--lifespan-timeout` when not given: how long startup, and shutdown, may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How far past `--lifespan-timeout` the app's startup answer may still be taken as
-/// on time (the loop's timer and its callbacks' order).
-const LATE_SLACK: Duration = Duration::from_millis(100);
-
 /// `--lifespan`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -181,15 +177,11 @@ pub fn startup(
             "the app does not support the ASGI lifespan protocol ({why}); serving it without startup and shutdown (--lifespan off skips the attempt, --lifespan on makes it required)"
         );
     };
-    // The loop's own timer cannot fire while a sync call blocks it: an answer the app
-    // sent after --lifespan-timeout (lifespan.py says when) is from such a startup,
-    // and is not accepted.
-    let late = outcome == "complete"
-        && detail
-            .extract::<f64>()
-            .is_ok_and(|s| s > (timeout + LATE_SLACK).as_secs_f64());
     match (outcome.as_str(), mode) {
-        ("complete", _) if late => {
+        // The loop's own timer cannot fire while a sync call blocks it: a
+        // startup.complete the app sent after --lifespan-timeout (lifespan.py times
+        // it) is from such a startup, and is not accepted.
+        ("late", _) => {
             cancel();
             Err(LifespanError::Blocked { timeout })
         }

@@ -959,7 +959,7 @@ impl Driver {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         match req {
-            Some(req) if slf.borrow().ctx.stop.cut_taken() || slf.borrow().done.get() => {
+            Some(req) if slf.borrow().done.get() || slf.borrow().ctx.stop.cut_taken() => {
                 // Taken just before the cut-off, or arriving once serving is over
                 // (during lifespan shutdown): not started, as none of those still
                 // waiting are. Its connection closes with the process, as theirs do,
