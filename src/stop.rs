@@ -76,6 +76,8 @@ static QUIT_NOW: AtomicI32 = AtomicI32::new(-1);
 /// A single process: the app's import is over ([`imported`]); what is left before it
 /// serves is the ASGI lifespan startup, for [`on_quit_now`]'s messages.
 static IMPORTED: AtomicBool = AtomicBool::new(false);
+/// The ASGI app answered its lifespan startup in time ([`lifespan_answered`]).
+static ANSWERED: AtomicBool = AtomicBool::new(false);
 /// Bytes on [`QUIT_NOW`]'s pipe: a SIGQUIT to end the process ([`QUIT_IMPORTING`]: the
 /// app still importing; [`QUIT_UNDER_WAY`]: a stop under way), or the first SIGTERM /
 /// SIGINT before the server serves, only to be logged.
@@ -638,6 +640,12 @@ pub fn imported() {
     IMPORTED.store(true, Ordering::SeqCst);
 }
 
+/// The ASGI app answered its lifespan startup in time: what still holds the server
+/// from serving is its event loop (called from the loop thread).
+pub fn lifespan_answered() {
+    ANSWERED.store(true, Ordering::SeqCst);
+}
+
 /// What the app is doing before the server serves, for a sentence.
 fn starting() -> &'static str {
     if IMPORTED.load(Ordering::SeqCst) {
@@ -655,8 +663,13 @@ fn still_starting(after: std::time::Duration, pending: Option<(&str, std::time::
         // An ASGI lifespan startup: the import's advice (a server started at module
         // level) does not fit. regression: it said "app.run()" for a startup handler
         // that never completed.
-        let what = "still in the app's ASGI lifespan startup";
-        let why = "the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? It is given up at --lifespan-timeout";
+        let (what, why) = if ANSWERED.load(Ordering::SeqCst) {
+            // regression: "the app has not sent lifespan.startup.complete" for an app
+            // that had, whose startup task then blocked the loop.
+            ("not serving yet", "the app answered its ASGI lifespan startup (lifespan.startup.complete) in time, but its event loop has been blocked since. Does a task the startup started make a sync call (time.sleep, a blocking connect or query)? Await an async version or run it with loop.run_in_executor. It is given up if its loop is not free within another --lifespan-timeout")
+        } else {
+            ("still in the app's ASGI lifespan startup", "the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? It is given up at --lifespan-timeout")
+        };
         match pending {
             Some((signal, at)) => tracing::warn!(
                 "{what} after {secs} s: {why}; the {signal} received {} s ago is acted on once it ends (send it again to stop now)",

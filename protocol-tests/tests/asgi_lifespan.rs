@@ -588,6 +588,69 @@ fn a_startup_answered_in_time_fails_when_a_task_it_started_blocks_the_loop_for_g
     );
 }
 
+/// Starts an app whose lifespan startup answers at once and leaves a task that blocks
+/// the loop in `time.sleep(block)`, with `args`; waits (up to `said.1` s) for the
+/// line `said.0` and for `ready`, stops postern and asserts: the line was said with
+/// `advice` and never with the advice for a startup that has not answered, postern
+/// got ready and exited 0.
+fn blocked_after_answer_is_told(
+    args: &[&str],
+    block: u32,
+    said: (&str, u64),
+    ready: &str,
+    advice: &str,
+) {
+    let dir = tempdir();
+    let (app, _) = asgi_app(
+        dir.path(),
+        &format!("    await receive()\n    async def warm():\n        await asyncio.sleep(0)\n        __import__('time').sleep({block})\n    asyncio.get_running_loop().create_task(warm())\n    await send({{'type': 'lifespan.startup.complete'}})\n    await receive()\n    await send({{'type': 'lifespan.shutdown.complete'}})\n"),
+    );
+    let (mut child, logs) = start_waiting(dir.path(), &app, args);
+    let said = wait_until(said.1, || logs().contains(said.0));
+    let ready = wait_until(60, || logs().contains(ready));
+    // SAFETY: a signal to the postern started here.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_child(&mut child, 30);
+    let _ = child.kill();
+    let out = logs();
+    assert!(said, "{out}");
+    assert!(out.contains(advice), "{out}");
+    assert!(
+        !out.contains("has not sent lifespan.startup.complete"),
+        "{out}"
+    );
+    assert!(ready, "{out}");
+    assert!(status.is_some_and(|s| s.success()), "{out}");
+}
+
+// regression: a worker whose app had answered its lifespan startup in time, and whose
+// loop a task of that startup then blocked, was said by the master to be "still in the
+// app's ASGI lifespan startup ... the app has not sent lifespan.startup.complete".
+#[test]
+fn a_worker_blocked_after_its_startup_answered_is_said_to_be_blocked_not_unanswered() {
+    // The master warns at half --worker-start-timeout (3 s); the worker, whose own
+    // bound is --lifespan-timeout + 3 s, then another 3 s, is free at 5 s.
+    blocked_after_answer_is_told(
+        &["--workers", "2", "--worker-start-timeout", "6", "--lifespan-timeout", "1"],
+        5,
+        ("worker still not ready after", 30),
+        "all 2 workers ready",
+        "the app answered its ASGI lifespan startup (lifespan.startup.complete) in time, but its event loop has been blocked since. Does a task the startup started make a sync call",
+    );
+}
+
+// regression: the same for a single process, whose own warning comes every 30 s.
+#[test]
+fn a_single_process_blocked_after_its_startup_answered_is_said_to_be_blocked_not_unanswered() {
+    blocked_after_answer_is_told(
+        &["--lifespan-timeout", "30"],
+        32,
+        ("not serving yet after 30 s", 50),
+        "ready",
+        "the app answered its ASGI lifespan startup (lifespan.startup.complete) in time, but its event loop has been blocked since",
+    );
+}
+
 /// Starts `app` (whose startup waits for `gate`) with `args` and its log in `dir`; the
 /// child and a reader of the log.
 fn start_waiting(

@@ -111,19 +111,49 @@ fn as_err(detail: &Bound<'_, PyAny>) -> PyErr {
     PyErr::from_value(detail.clone())
 }
 
+/// Set from the loop thread as the app sends its lifespan startup answer in time
+/// (`lifespan.startup.complete`), which the loop may take a while to act on if
+/// something then blocks it; the worker's monitor and the stop module are told too
+/// (the advice about a server slow to start then names the loop, not the startup).
+pub struct Answered {
+    flag: AtomicBool,
+    monitor: Option<Arc<dyn crate::wsgi::Monitor>>,
+}
+
+impl Answered {
+    pub fn new(monitor: Option<Arc<dyn crate::wsgi::Monitor>>) -> Arc<Answered> {
+        Arc::new(Answered {
+            flag: AtomicBool::new(false),
+            monitor,
+        })
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        crate::stop::lifespan_answered();
+        if let Some(m) = &self.monitor {
+            m.lifespan_answered();
+        }
+    }
+
+    /// Whether the app has answered its startup in time.
+    pub fn get(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
 /// Runs the app's lifespan startup on `event_loop`, which must not be running (this
 /// drives it with `run_until_complete`); returns once the app has answered, or
 /// `timeout` has passed. The app's lifespan task stays on the loop until
 /// [`Lifespan::shutdown`]. `answered` is set (from the loop thread) as the app sends
-/// its startup answer, which the loop may take a while to act on if something then
-/// blocks it.
+/// its startup answer ([`Answered`]).
 pub fn startup(
     py: Python<'_>,
     event_loop: &Bound<'_, PyAny>,
     app: &Bound<'_, PyAny>,
     mode: LifespanMode,
     timeout: Duration,
-    answered: &Arc<AtomicBool>,
+    answered: &Arc<Answered>,
 ) -> Result<Lifespan, LifespanError> {
     let without = Lifespan {
         driver: None,
@@ -155,9 +185,7 @@ pub fn startup(
                 py,
                 Some(c"answered"),
                 None,
-                move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
-                    answered.store(true, Ordering::Release)
-                },
+                move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| answered.set(),
             )?;
             class.call1((app, event_loop, report?, on_answer))
         })
@@ -338,7 +366,7 @@ mod tests {
                 .call_method0("new_event_loop")
                 .unwrap();
             let timeout = Duration::from_secs_f64(timeout);
-            let answered = Arc::new(AtomicBool::new(false));
+            let answered = Answered::new(None);
             let started = startup(py, &event_loop, &app, mode, timeout, &answered);
             let mut keys = Vec::new();
             let result = match started {

@@ -17,7 +17,6 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -48,11 +47,11 @@ pub fn start(
     source: Arc<dyn Source>,
 ) -> Result<Running, AsgiError> {
     crate::wsgi::response::watch_statuses(settings.monitor.as_ref());
-    let (tx, rx) = std::sync::mpsc::channel::<Result<(), AsgiError>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Setup>();
     let stop = Stop::new().map_err(AsgiError::Thread)?;
     let stopping = Arc::clone(&stop);
     let (lifespan_mode, lifespan_timeout) = (asgi.lifespan, asgi.lifespan_timeout);
-    let answered = Arc::new(AtomicBool::new(false));
+    let answered = lifespan::Answered::new(settings.monitor.clone());
     let answered_in_loop = Arc::clone(&answered);
     // `threading` is first imported here, on the process's main thread, so that
     // `threading.main_thread()` is this thread and not the loop's: uvloop asks it
@@ -67,14 +66,14 @@ pub fn start(
         .spawn(move || {
             Python::attach(|py| {
                 let (event_loop, executor, lifespan) =
-                    match setup(py, &app, &settings, &asgi, &stopping, &answered_in_loop) {
+                    match setup(py, &app, &settings, &asgi, &stopping, &answered_in_loop, &tx) {
                         Ok(x) => x,
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            let _ = tx.send(Setup::Done(Err(e)));
                             return;
                         }
                     };
-                if tx.send(Ok(())).is_err() {
+                if tx.send(Setup::Done(Ok(()))).is_err() {
                     // `start` gave up on it (a startup that blocked the loop): the
                     // process exits; it must not serve meanwhile.
                     return;
@@ -116,22 +115,33 @@ pub fn start(
         })
         .map_err(AsgiError::Thread)?;
     // The loop enforces --lifespan-timeout itself, unless a sync call in the app's
-    // startup blocks it: then this thread does, a little later.
+    // startup blocks it: then this thread does, a little later. Timed from the
+    // startup's beginning: making the loop (importing uvloop) and its executor is
+    // bounded only as the import is (the master's --worker-start-timeout).
     // regression: startup blocked in time.sleep(15) with --lifespan-timeout 2 went
     // unnoticed for 15 s, and its late completion was accepted.
-    let started = match lifespan_mode {
-        LifespanMode::Off => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        _ => match rx.recv_timeout(lifespan_timeout + STARTUP_GRACE) {
+    let done = |m: Result<Setup, RecvTimeoutError>| match m {
+        Ok(Setup::Done(r)) => Ok(r),
+        // Said once only; never again.
+        Ok(Setup::Lifespan) => Err(RecvTimeoutError::Disconnected),
+        Err(e) => Err(e),
+    };
+    let began = rx.recv().map_err(|_| RecvTimeoutError::Disconnected);
+    let started = match began {
+        Ok(Setup::Lifespan) if lifespan_mode == LifespanMode::Off => {
+            done(rx.recv().map_err(|_| RecvTimeoutError::Disconnected))
+        }
+        Ok(Setup::Lifespan) => match done(rx.recv_timeout(lifespan_timeout + STARTUP_GRACE)) {
             // The app answered in time, and something blocked the loop since (a task
             // its startup started, in a sync call): the answer stands; the worker is
             // ready once the loop takes it.
             // regression (hostile): a Starlette lifespan that started a task calling
             // time.sleep(10) and yielded at once failed as a startup that blocks.
-            Err(RecvTimeoutError::Timeout) if answered.load(Ordering::Acquire) => {
+            Err(RecvTimeoutError::Timeout) if answered.get() => {
                 tracing::warn!(
                     "the app answered its lifespan startup in time, but the event loop has been blocked since (a task started at startup, in a sync call?): the worker is ready once it is free, if within another --lifespan-timeout"
                 );
-                match rx.recv_timeout(lifespan_timeout.max(STARTUP_GRACE)) {
+                match done(rx.recv_timeout(lifespan_timeout.max(STARTUP_GRACE))) {
                     Err(RecvTimeoutError::Timeout) => {
                         return Err(lifespan::LifespanError::BlockedAfterAnswer {
                             timeout: lifespan_timeout,
@@ -143,6 +153,7 @@ pub fn start(
             }
             other => other,
         },
+        other => done(other),
     };
     match started {
         Ok(Ok(())) => Ok(Running {
@@ -163,6 +174,14 @@ pub fn start(
             "the event loop thread ended while starting (see the log above)",
         ))),
     }
+}
+
+/// What the loop thread tells [`start`] while it sets up.
+enum Setup {
+    /// The lifespan startup begins (the loop and its executor are made).
+    Lifespan,
+    /// Ready to serve, or why not.
+    Done(Result<(), AsgiError>),
 }
 
 /// How long past `--lifespan-timeout` the loop has to report its startup's timeout
@@ -195,7 +214,8 @@ fn setup<'py>(
     settings: &Settings,
     asgi: &AsgiSettings,
     stop: &Arc<Stop>,
-    answered: &Arc<AtomicBool>,
+    answered: &Arc<lifespan::Answered>,
+    began: &std::sync::mpsc::Sender<Setup>,
 ) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>, Lifespan), AsgiError> {
     let loop_error = |e: PyErr| AsgiError::Loop {
         option: asgi.event_loop,
@@ -250,6 +270,7 @@ fn setup<'py>(
         max_concurrency = asgi.max_concurrency,
         "ASGI: one event loop thread"
     );
+    let _ = began.send(Setup::Lifespan);
     let lifespan = lifespan::startup(
         py,
         &event_loop,

@@ -66,8 +66,12 @@ pub const IMPORTING: u32 = 0;
 /// ... over: the worker goes on to serve (it has not accepted anything before this) ...
 pub const IMPORTED: u32 = 1;
 /// ... or given up by the master (a stop while others serve the listen queues): the
-/// worker must not serve, and is being killed.
+/// worker must not serve, and is being killed ...
 pub const ABANDONED: u32 = 2;
+/// ... or, for an ASGI worker, over and its app has answered its lifespan startup
+/// (`lifespan.startup.complete` in time): what keeps it from serving now is its event
+/// loop, blocked since (a task the startup started, in a sync call).
+pub const ANSWERED: u32 = 3;
 
 /// A thread's request counters. `#[repr(C)]` and nothing but `AtomicU64`, so the
 /// master can fold and clear them as one array ([`Counters::cells`]).
@@ -221,7 +225,7 @@ pub struct SlotHead {
     /// The worker's count of dropped log lines, as of its last request.
     log_dropped: AtomicU64,
     /// [`IMPORTING`], [`IMPORTED`] or [`ABANDONED`]: who won the race between the
-    /// worker's import ending and the master giving up on it.
+    /// worker's import ending and the master giving up on it; then [`ANSWERED`].
     import: AtomicU32,
     /// 1 + the [`Cause::index`] for which the worker asked the master to start its
     /// successor ahead of its own stop (near `--max-requests`, over `--max-rss`); 0:
@@ -536,7 +540,27 @@ impl Scoreboard {
     /// The worker in `slot` has finished importing the app (what is left before it
     /// serves is an ASGI lifespan startup, if any).
     pub fn import_over(&self, slot: usize) -> bool {
-        self.head(slot).import.load(Ordering::SeqCst) == IMPORTED
+        matches!(
+            self.head(slot).import.load(Ordering::SeqCst),
+            IMPORTED | ANSWERED
+        )
+    }
+
+    /// The ASGI app of the worker in `slot` has answered its lifespan startup (called by
+    /// the worker, as the app sends `lifespan.startup.complete` in time).
+    pub fn lifespan_answered(&self, slot: usize) {
+        let _ = self.head(slot).import.compare_exchange(
+            IMPORTED,
+            ANSWERED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Whether the ASGI app of the worker in `slot` has answered its lifespan startup
+    /// ([`Scoreboard::lifespan_answered`]).
+    pub fn answered_lifespan(&self, slot: usize) -> bool {
+        self.head(slot).import.load(Ordering::SeqCst) == ANSWERED
     }
 
     /// The master gives up on the worker in `slot` if it is still importing the app:

@@ -699,6 +699,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.threads
     }
 
+    fn lifespan_answered(&self) {
+        self.board.lifespan_answered(self.slot);
+    }
+
     fn task_begin(
         &self,
         line: Option<usize>,

@@ -459,6 +459,10 @@ pub trait Monitor: Send + Sync {
     fn tasks(&self, _max_concurrency: usize) -> usize {
         0
     }
+    /// The app answered its lifespan startup in time (`lifespan.startup.complete`),
+    /// called from the event loop thread as it sends it: if the worker is not ready
+    /// soon after, its loop is blocked, not the app's startup.
+    fn lifespan_answered(&self) {}
     /// A task started, on `line` when one was free.
     fn task_begin(
         &self,
