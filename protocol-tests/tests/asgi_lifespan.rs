@@ -589,10 +589,8 @@ fn a_startup_answered_in_time_fails_when_a_task_it_started_blocks_the_loop_for_g
 }
 
 /// Starts an app whose lifespan startup answers at once and leaves a task that blocks
-/// the loop in `time.sleep(block)`, with `args`; waits (up to `said.1` s) for the
-/// line `said.0` and for `ready`, stops postern and asserts: the line was said with
-/// `advice` and never with the advice for a startup that has not answered, postern
-/// got ready and exited 0.
+/// the loop in `time.sleep(block)`, with `args`; as [`startup_is_told`], the wrong
+/// advice being the one for a startup that has not answered.
 fn blocked_after_answer_is_told(
     args: &[&str],
     block: u32,
@@ -605,22 +603,16 @@ fn blocked_after_answer_is_told(
         dir.path(),
         &format!("    await receive()\n    async def warm():\n        await asyncio.sleep(0)\n        __import__('time').sleep({block})\n    asyncio.get_running_loop().create_task(warm())\n    await send({{'type': 'lifespan.startup.complete'}})\n    await receive()\n    await send({{'type': 'lifespan.shutdown.complete'}})\n"),
     );
-    let (mut child, logs) = start_waiting(dir.path(), &app, args);
-    let said = wait_until(said.1, || logs().contains(said.0));
-    let ready = wait_until(60, || logs().contains(ready));
-    // SAFETY: a signal to the postern started here.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = wait_child(&mut child, 30);
-    let _ = child.kill();
-    let out = logs();
-    assert!(said, "{out}");
-    assert!(out.contains(advice), "{out}");
-    assert!(
-        !out.contains("has not sent lifespan.startup.complete"),
-        "{out}"
+    startup_is_told(
+        dir.path(),
+        &app,
+        None,
+        args,
+        said,
+        ready,
+        advice,
+        "has not sent lifespan.startup.complete",
     );
-    assert!(ready, "{out}");
-    assert!(status.is_some_and(|s| s.success()), "{out}");
 }
 
 // regression: a worker whose app had answered its lifespan startup in time, and whose
@@ -680,10 +672,8 @@ fn gated_startup(gate: &Path) -> String {
     )
 }
 
-/// Starts an app whose lifespan startup waits for a gate, with `args`; waits (up to
-/// `said.1` s) for the line `said.0`, opens the gate, waits for `ready`, stops postern
-/// with SIGTERM and asserts: the line was said with `advice`, not with `wrong_advice`,
-/// postern got ready and exited 0.
+/// Starts an app whose lifespan startup waits for a gate, with `args`; as
+/// [`startup_is_told`].
 fn long_lifespan_startup_is_told(
     args: &[&str],
     said: (&str, u64),
@@ -694,11 +684,39 @@ fn long_lifespan_startup_is_told(
     let dir = tempdir();
     let gate = dir.path().join("gate");
     let (app, _) = asgi_app(dir.path(), &gated_startup(&gate));
-    let (mut child, logs) = start_waiting(dir.path(), &app, args);
+    startup_is_told(
+        dir.path(),
+        &app,
+        Some(&gate),
+        args,
+        said,
+        ready,
+        advice,
+        wrong_advice,
+    );
+}
+
+/// Starts `app` with `args`; waits (up to `said.1` s) for the line `said.0`, opens
+/// `gate` if any, waits for `ready`, stops postern with SIGTERM and asserts: the line
+/// was said with `advice`, not with `wrong_advice`, postern got ready and exited 0.
+#[allow(clippy::too_many_arguments)]
+fn startup_is_told(
+    dir: &Path,
+    app: &str,
+    gate: Option<&Path>,
+    args: &[&str],
+    said: (&str, u64),
+    ready: &str,
+    advice: &str,
+    wrong_advice: &str,
+) {
+    let (mut child, logs) = start_waiting(dir, app, args);
     let (needle, secs) = said;
     let said = wait_until(secs, || logs().contains(needle));
-    std::fs::write(&gate, "").unwrap();
-    let ready = wait_until(30, || logs().contains(ready));
+    if let Some(gate) = gate {
+        std::fs::write(gate, "").unwrap();
+    }
+    let ready = wait_until(60, || logs().contains(ready));
     // SAFETY: a signal to the postern started here.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_child(&mut child, 30);

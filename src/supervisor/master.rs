@@ -1320,27 +1320,22 @@ impl Master {
                 // regression: "does the app's import hang" for a startup handler
                 // that never completed.
                 let lifespan = self.board.import_over(w.slot) && self.board.serves_asgi(w.slot);
-                if lifespan && self.board.answered_lifespan(w.slot) {
-                    // regression: "the app has not sent lifespan.startup.complete" for
-                    // an app that had, whose startup task then blocked the loop.
+                if lifespan {
+                    let killed = if first_start {
+                        String::new()
+                    } else {
+                        format!(", or is killed at {limit:?} (--worker-start-timeout) while other workers serve")
+                    };
+                    // regression: "the app has not sent lifespan.startup.complete" for an
+                    // app that had, whose startup task then blocked the loop.
+                    let (what, why) = if self.board.answered_lifespan(w.slot) {
+                        ("still not ready", "the app answered its ASGI lifespan startup (lifespan.startup.complete) in time, but its event loop has been blocked since. Does a task the startup started make a sync call (time.sleep, a blocking connect or query)? Await an async version or run it with loop.run_in_executor. The worker exits if its loop is not free within another --lifespan-timeout")
+                    } else {
+                        ("still in the app's ASGI lifespan startup", "its import is over, and the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? The worker exits at --lifespan-timeout")
+                    };
                     tracing::warn!(
                         pid = raw(w.pid),
-                        "worker still not ready after {warn_at:?}: the app answered its ASGI lifespan startup (lifespan.startup.complete) in time, but its event loop has been blocked since. Does a task the startup started make a sync call (time.sleep, a blocking connect or query)? Await an async version or run it with loop.run_in_executor. The worker exits if its loop is not free within another --lifespan-timeout{}",
-                        if first_start {
-                            String::new()
-                        } else {
-                            format!(", or is killed at {limit:?} (--worker-start-timeout) while other workers serve")
-                        }
-                    );
-                } else if lifespan {
-                    tracing::warn!(
-                        pid = raw(w.pid),
-                        "worker still in the app's ASGI lifespan startup after {warn_at:?}: its import is over, and the app has not sent lifespan.startup.complete. Does a startup handler wait for something (a database or service connect without a timeout) or never return? The worker exits at --lifespan-timeout{}",
-                        if first_start {
-                            String::new()
-                        } else {
-                            format!(", or is killed at {limit:?} (--worker-start-timeout) while other workers serve")
-                        }
+                        "worker {what} after {warn_at:?}: {why}{killed}"
                     );
                 } else if first_start {
                     tracing::warn!(
