@@ -238,3 +238,88 @@ await send({"type": "http.response.body", "body": answer})
         assert_eq!(seen.len(), 2, "{event_loop}: both workers serve: {seen:?}");
     }
 }
+
+/// One keep-conn FastCGI GET of `path` on `c`; its body, or `None` when no answer came.
+fn fcgi_get(c: &mut std::os::unix::net::UnixStream, path: &str) -> Option<String> {
+    use protocol_tests::harness::fcgi;
+    c.write_all(&fcgi::get(1, true, path)).ok()?;
+    let mut reply = fcgi::Reply::default();
+    loop {
+        let rec = fcgi::read(c)?;
+        match rec.kind {
+            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
+            fcgi::END_REQUEST => break,
+            _ => {}
+        }
+    }
+    let (status, _, body) = reply.cgi();
+    (status == 200).then(|| String::from_utf8_lossy(&body).into_owned())
+}
+
+// regression (hostile): at --max-concurrency the look after a freed place asked the
+// acceptor's epoll first, where kept FastCGI connections that always had their next
+// request ready took every place: with 2 places and 4 busy kept connections a new
+// connection was not accepted until they stopped (11 s; through nginx, 504s after
+// 60 s). Every other freed place now goes to the listeners first.
+#[test]
+fn at_the_concurrency_cap_busy_kept_fastcgi_connections_do_not_starve_new_ones() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempdir();
+    let app = AsgiApp::new("import asyncio\n").http(
+        r#"
+if scope["path"] == "/pause":
+    await asyncio.sleep(0.02)
+answer = scope["path"].encode()
+await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(answer)).encode())]})
+await send({"type": "http.response.body", "body": answer})
+"#,
+    );
+    let p = Spawn::asgi_unix(dir.path(), "asgi_cap_turns_app", &app)
+        .protocol("fastcgi")
+        .args(["--workers", "1", "--max-concurrency", "2"])
+        .start();
+    let protocol_tests::harness::Addr::Unix(sock) = p.addr.clone() else {
+        unreachable!("asgi_unix listens on a Unix socket")
+    };
+    // Four kept connections, each sending its next request as soon as the last is
+    // answered, until the new connection's request is answered (10 s at most: before,
+    // it was answered only once they stopped).
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let kept: Vec<_> = (0..4)
+        .map(|_| {
+            let (sock, stop, served) = (sock.clone(), Arc::clone(&stop), Arc::clone(&served));
+            std::thread::spawn(move || {
+                let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+                c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                    .unwrap();
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    assert_eq!(fcgi_get(&mut c, "/pause").as_deref(), Some("/pause"));
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    while served.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut new = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    new.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let answer = fcgi_get(&mut new, "/new");
+    // Still looping: the answer came beside them, not after them.
+    let looping = kept.iter().all(|k| !k.is_finished());
+    stop.store(true, Ordering::SeqCst);
+    for k in kept {
+        k.join().unwrap();
+    }
+    assert_eq!(
+        answer.as_deref(),
+        Some("/new"),
+        "a new connection got no answer while kept connections kept the worker at its cap:\n{}",
+        p.logs()
+    );
+    assert!(looping, "{}", p.logs());
+}

@@ -101,9 +101,24 @@ thread_local! {
     /// Python threads' `next` never looks at it): the listener its last look accepted
     /// from, and how many looks since have tried it first.
     static GUESS: Cell<(usize, u32)> = const { Cell::new((NO_GUESS, 0)) };
+    /// The event loop at its `--max-concurrency` ([`Source::below_cap`]): whose turn
+    /// the last freed place was, and whether the next look accepts first.
+    /// Starts so that the first freed place asks the epoll first (a request the slow
+    /// lane completed meanwhile is not put behind the listen queue).
+    static CAP_TURN: Cell<(bool, bool)> = const { Cell::new((true, false)) };
 }
 
 const NO_GUESS: usize = usize::MAX;
+
+/// Whether this look is the one that accepts first after a place freed at the cap
+/// ([`Source::below_cap`]); taken once.
+fn take_cap_turn() -> bool {
+    let (turn, first) = CAP_TURN.get();
+    if first {
+        CAP_TURN.set((turn, false));
+    }
+    first
+}
 
 /// Looks in a row that accept straight from the guessed listener before one waits on
 /// the epoll again. The epoll (level-triggered, one event per wait) takes its ready
@@ -197,6 +212,9 @@ impl Source for Acceptor {
     }
 
     fn below_cap(&self) {
+        // Every other place freed at the cap goes to the listeners first.
+        let (listeners, _) = CAP_TURN.get();
+        CAP_TURN.set((!listeners, !listeners));
         self.parking.at_cap(false);
         if let Some(m) = &self.slow.monitor {
             m.at_cap(false);
@@ -288,6 +306,20 @@ impl Acceptor {
             // WSGI's threads get from this epoll); a guess that finds nothing (another
             // worker took the connection) costs one, and the next look asks the epoll.
             // A guessed connection that came without its request ends the guess too.
+            // At its cap, the event loop gives every other freed place to a new
+            // connection first: its epoll (parked FastCGI connections, the ready queue)
+            // is asked first otherwise, and kept connections that always have a next
+            // request ready would take every place while the listen queue waits.
+            // regression (hostile): with --max-concurrency 2 and four busy kept
+            // connections a new connection waited until they stopped (11 s; nginx:
+            // 504 after 60 s).
+            let mut token = token;
+            if !block && take_cap_turn() && self.admission.arming().in_loop() {
+                match self.accept_in_loop(token) {
+                    Ok(found) => return found,
+                    Err(t) => token = t,
+                }
+            }
             if !block {
                 if let Some(i) = self.guess() {
                     let l = &self.listeners[i];
@@ -359,7 +391,7 @@ impl Acceptor {
                         // The listeners may be in the event loop's own epoll, not in
                         // this one (`arming`): what woke the loop may be one of them.
                         if self.admission.arming().in_loop() {
-                            if let Some(found) = self.accept_in_loop(token) {
+                            if let Ok(found) = self.accept_in_loop(token) {
                                 return found;
                             }
                         }
@@ -493,12 +525,15 @@ impl Acceptor {
 impl Acceptor {
     /// The event loop's look found nothing in the acceptor's epoll, and the listeners
     /// are in the loop's own epoll: accepts from the first of them with a connection
-    /// waiting. `None`: none had one; `Some(None)`: a connection came without its
+    /// waiting. `Err(token)`: none had one; `Ok(None)`: a connection came without its
     /// request (it waits, or the slow lane reads it).
     #[inline(never)]
-    fn accept_in_loop(&self, token: std::sync::MutexGuard<'_, ()>) -> Option<Option<Request>> {
+    fn accept_in_loop<'a>(
+        &self,
+        token: std::sync::MutexGuard<'a, ()>,
+    ) -> Result<Option<Request>, std::sync::MutexGuard<'a, ()>> {
         if !self.queue.is_accepting() {
-            return None;
+            return Err(token);
         }
         let arming = self.admission.arming();
         for (i, l) in arming.armed() {
@@ -508,10 +543,10 @@ impl Acceptor {
                 arming.accepted(i);
                 let req = self.admit(i, l, a);
                 GUESS.set((if req.is_some() { i } else { NO_GUESS }, 0));
-                return Some(req);
+                return Ok(req);
             }
         }
-        None
+        Err(token)
     }
 
     /// The listener the event loop's look accepts from before it asks the epoll: the
