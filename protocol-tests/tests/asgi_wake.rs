@@ -302,7 +302,13 @@ await send({"type": "http.response.body", "body": answer})
             })
         })
         .collect();
+    let warm = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while served.load(Ordering::SeqCst) < 20 {
+        assert!(
+            std::time::Instant::now() < warm && kept.iter().all(|k| !k.is_finished()),
+            "the kept connections did not get going:\n{}",
+            p.logs()
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let mut new = std::os::unix::net::UnixStream::connect(&sock).unwrap();

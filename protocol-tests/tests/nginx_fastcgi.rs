@@ -1144,3 +1144,49 @@ fn a_post_over_max_body_behind_keep_conn_is_answered_413_with_one_warning() {
         );
     }
 }
+
+// regression (hostile): at the final stop postern closed each idle kept connection
+// after a second without a request, and nginx could be sending a request on it right
+// then (a POST's 502, "recv() failed (104: Connection reset by peer) while reading
+// response header", about one graceful stop in ten under load). postern now asks
+// nginx to close it (an empty FCGI_STDERR record, which a request nginx sends
+// meanwhile reads as part of its answer), and nginx does: postern never closes it.
+#[test]
+fn at_the_final_stop_nginx_is_asked_to_close_its_idle_kept_connections_and_does() {
+    for tcp in [false, true] {
+        let Some(bin) = nginx_bin() else {
+            assert!(!in_ci(), "no nginx, and CI=true");
+            return;
+        };
+        let dir = tempdir();
+        let spawn = if tcp {
+            Spawn::tcp(dir.path(), &testapp())
+        } else {
+            Spawn::unix(dir.path(), &testapp())
+        };
+        let mut postern = spawn
+            .protocol("fastcgi")
+            .args(["--log-level", "debug"])
+            .start();
+        let site = site(Mode::Keep, &postern.addr.nginx(), "", "");
+        let nginx = Nginx::start_site(&bin, dir.path(), &site);
+        // A request leaves its connection idle in nginx's cache.
+        let r = nginx.get("/hello");
+        assert_eq!(r.status, 200, "{}", postern.logs());
+        postern.signal(libc::SIGTERM);
+        let status = postern.wait_exit(20);
+        let logs = postern.logs();
+        assert!(status.is_some_and(|s| s.success()), "tcp={tcp}\n{logs}");
+        assert!(
+            logs.contains("an idle FastCGI connection at the stop: asking nginx to close it"),
+            "tcp={tcp}\n{logs}"
+        );
+        // Closed by nginx, not at the end of the wait for it.
+        assert!(
+            !logs.contains("closing an idle FastCGI connection: stopping, and no request came"),
+            "tcp={tcp}\n{logs}"
+        );
+        let errors = nginx.error_log();
+        assert!(!errors.contains("[error]"), "tcp={tcp}\n{errors}");
+    }
+}

@@ -434,7 +434,10 @@ pub fn run(
                 } else {
                     "this worker is leaving (a reload, SIGTTOU, recycling)"
                 };
-                tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout ({leaving}): cut off");
+                // A kept FastCGI connection is read while its request runs (an abort, a
+                // request multiplexed onto it): a running request cut off is counted
+                // here too. regression (hostile): that one request read as being read.
+                tracing::warn!(left = tracker.len(), "requests still being read at --graceful-timeout ({leaving}): cut off (bodies still arriving, or the FastCGI connections of running requests, which are named below)");
                 queue.abandon();
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -2577,7 +2577,7 @@ impl std::fmt::Display for Unclean {
         }
         if self.failed > 0 {
             parts.push(format!(
-                "{} worker{} ended with an exit code or a signal of their own (see above)",
+                "{} worker{} ended with an error of their own (their own stop cut requests off, or a signal from elsewhere: see above)",
                 self.failed,
                 plural(self.failed)
             ));
@@ -2970,7 +2970,7 @@ mod tests {
         );
         assert_eq!(
             cut.to_string(),
-            "stopped with requests cut off (1 request running in the workers that ended, 1 worker ended with an exit code or a signal of their own (see above))"
+            "stopped with requests cut off (1 request running in the workers that ended, 1 worker ended with an error of their own (their own stop cut requests off, or a signal from elsewhere: see above))"
         );
     }
 }

@@ -42,6 +42,11 @@ const MAX_REQS_PER_CONN: usize = 64;
 /// [`IDLE_AT_STOP`] instead.)
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// At the final stop, how long an idle connection to nginx waits, once asked to close
+/// ([`FcgiConn::nudge`]), for nginx's close (or a request it sent meanwhile) before
+/// it is closed anyway: nginx closes it in its next event loop turn.
+const NUDGE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// At the final stop, how long a kept connection that lingers
 /// ([`FcgiConn::lingers_at_stop`]: Apache over a Unix socket) must have been idle
 /// before it closes, when its last answer could not close it (the peer had read it
@@ -606,6 +611,8 @@ pub async fn serve(
     let mut closing = false;
     // At the final stop: an idle connection waits until then for a last request.
     let mut linger: Option<Instant> = None;
+    // At the final stop: nginx was asked to close it (FcgiConn::nudge).
+    let mut nudged = false;
     // FCGI_KEEP_CONN unset and the response complete: close once the front server has
     // sent the rest of its request (nginx writes the whole body before it reads the
     // response; closing earlier would fail its write: a 502).
@@ -953,6 +960,10 @@ pub async fn serve(
                             eof = true;
                             if bad_input {
                                 tracing::debug!(%peer, answering = ?ended.answering, cut = ?ended.cut, "after bad FastCGI input: answering the requests that came whole, then closing");
+                            } else if conn.shut_by_answer() {
+                                // Its close after the last answer at the stop, read
+                                // before that answer's end was told to this reader.
+                                tracing::debug!(%peer, answering = ?ended.answering, "the front server closed the FastCGI connection after its last answer at the stop");
                             } else {
                                 tracing::info!(%peer, answering = ?ended.answering, cut = ?ended.cut, partial_record = buf.len(), "the front server closed its side of the FastCGI connection: answering the requests that came whole, then closing");
                             }
@@ -1075,6 +1086,26 @@ pub async fn serve(
                     // going out (the front server reads slowly): not closed under it.
                     linger = at_stop_linger(&conn).or(Some(Instant::now() + LINGER));
                     continue 'conn;
+                }
+                // Not past the stop's time for kept connections (half --graceful-timeout).
+                let kept_until = conn.parking.stop_kept_until();
+                let wait_until = kept_until.map(|k| k.min(Instant::now() + NUDGE_WAIT));
+                if idle
+                    && linger.is_some()
+                    && !nudged
+                    && wait_until.is_some_and(|w| w > Instant::now())
+                    && tokio::task::block_in_place(|| conn.nudges_at_stop())
+                {
+                    // nginx is asked to close it (its close, or a request sent
+                    // meanwhile, comes within NUDGE_WAIT).
+                    // regression (hostile): closed here under a POST nginx had just
+                    // sent on it: a 502 about one graceful stop in ten under load.
+                    nudged = true;
+                    if tokio::task::block_in_place(|| conn.nudge()) {
+                        tracing::debug!(%peer, "an idle FastCGI connection at the stop: asking nginx to close it");
+                        linger = wait_until;
+                        continue 'conn;
+                    }
                 }
                 if idle && linger.is_some() {
                     tracing::debug!(%peer, "closing an idle FastCGI connection: stopping, and no request came");
@@ -1370,9 +1401,10 @@ fn done(
 }
 
 /// A request on the connection ended (`left` are still in flight): at the final stop
-/// (nobody to hand it to) the connection closes as soon as it is idle, without waiting
-/// any longer; one that lingers once it has been idle for [`IDLE_AT_STOP`] (also after
-/// an answer that closed it: the front server's next check finds it closed).
+/// (nobody to hand it to) the connection closes as soon as it is idle when its answer
+/// closed it; one that lingers once it has been idle for [`IDLE_AT_STOP`] (also after
+/// an answer that closed it: the front server's next check finds it closed); one whose
+/// answer did not close it waits [`LINGER`] as an idle one at the stop.
 /// Returns the new (`closing`, `linger`).
 fn after_request(
     lane: &SlowLane,
@@ -1383,7 +1415,16 @@ fn after_request(
 ) -> (bool, Option<Instant>) {
     conn.set_lane_requests(left);
     if lane.idle_close.is_cancelled() && !conn.parking.hands_over() {
-        (true, at_stop_linger(conn))
+        // An answer that went out as the stop began, without the close (its
+        // END_REQUEST was written before the sink saw the stop): the front server may
+        // have cached the connection and sent its next request already, so it is
+        // kept as an idle one at the stop (LINGER), not closed under that request.
+        // regression (hostile): nginx sent its next request on it, then met the close
+        // ("upstream prematurely closed connection": a POST's 502), about one stop in
+        // thirty over TCP under load.
+        let linger = at_stop_linger(conn)
+            .or_else(|| (!conn.shut_by_answer()).then(|| Instant::now() + LINGER));
+        (true, linger)
     } else {
         (closing, linger)
     }

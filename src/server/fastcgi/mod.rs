@@ -381,9 +381,12 @@ pub struct FcgiConn {
     /// or came so from another worker: that request's time runs from then
     /// ([`FcgiConn::read_start`]).
     waiting_since: AtomicU64,
-    /// Whether it lingers at the final stop ([`FcgiConn::lingers_at_stop`]): its peer,
-    /// asked once, when the stop first needs to know.
-    lingers: OnceLock<bool>,
+    /// Whether its peer is nginx ([`FcgiConn::peer_is_nginx`]): asked once, when the
+    /// final stop first needs to know.
+    nginx: OnceLock<bool>,
+    /// An answer at the final stop shut its write side down ([`FcgiConn::send_last`]):
+    /// the front server sees the close with that answer and sends nothing more on it.
+    shut_by_answer: AtomicBool,
 }
 
 /// The origin of [`FcgiConn::waiting_since`].
@@ -481,7 +484,8 @@ impl FcgiConn {
             carried: Mutex::new(Vec::new()),
             begun: Mutex::new(fcgi::BegunIds::default()),
             waiting_since: AtomicU64::new(0),
-            lingers: OnceLock::new(),
+            nginx: OnceLock::new(),
+            shut_by_answer: AtomicBool::new(false),
         })
     }
 
@@ -859,6 +863,7 @@ impl FcgiConn {
         if ok {
             let _w = self.write.lock();
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            self.shut_by_answer.store(true, Ordering::Release);
         }
         if self.tcp {
             let _ = self.sock.set_tcp_cork(false);
@@ -885,6 +890,7 @@ impl FcgiConn {
         self.send_stdout_then(id, data, tail, || {
             if self.peer_has_unread() {
                 let _ = self.sock.shutdown(std::net::Shutdown::Write);
+                self.shut_by_answer.store(true, Ordering::Release);
             }
         })
         .is_ok()
@@ -924,9 +930,46 @@ impl FcgiConn {
     /// close. Over TCP END_REQUEST and the FIN leave in one segment. Asked only at the
     /// final stop (a system call and a read of /proc, once).
     pub(super) fn lingers_at_stop(&self) -> bool {
-        *self
-            .lingers
-            .get_or_init(|| !self.tcp && !peer_is_nginx(&self.sock))
+        !self.tcp && !self.peer_is_nginx()
+    }
+
+    /// The process at the other end is nginx: over a Unix socket ([`unix_peer_is_nginx`])
+    /// or a loopback TCP connection ([`tcp_peer_is_nginx`]); false when unknown (a front
+    /// server on another host).
+    fn peer_is_nginx(&self) -> bool {
+        *self.nginx.get_or_init(|| {
+            if self.tcp {
+                tcp_peer_is_nginx(&self.sock)
+            } else {
+                unix_peer_is_nginx(&self.sock)
+            }
+        })
+    }
+
+    /// An answer at the final stop has shut its write side down (the front server
+    /// sees the close with that answer).
+    pub(super) fn shut_by_answer(&self) -> bool {
+        self.shut_by_answer.load(Ordering::Acquire)
+    }
+
+    /// At the final stop, an idle kept connection whose peer is nginx is asked to close
+    /// first ([`FcgiConn::nudge`]) rather than closed under a request nginx may be
+    /// sending on it.
+    pub(super) fn nudges_at_stop(&self) -> bool {
+        self.peer_is_nginx()
+    }
+
+    /// Writes an empty FCGI_STDERR record for request id 1 (the only id nginx uses) on
+    /// an idle kept connection: nginx drops a cached connection on which anything
+    /// arrives (its keepalive close handler peeks, and closes it), and a request it
+    /// has sent on it meanwhile still reads a valid answer, the empty record first
+    /// (FastCGI §5.3: a stream record of length 0 is allowed, and nginx skips it).
+    /// So the close comes from nginx, after which nothing can be sent on it, instead
+    /// of from postern, which could meet a request in flight. False: not written.
+    pub(super) fn nudge(&self) -> bool {
+        let mut rec = Vec::with_capacity(fcgi::HEADER_LEN);
+        fcgi::encode_record(&mut rec, fcgi::STDERR, 1, &[]);
+        self.write_reply(&rec).is_ok()
     }
 
     /// How the answer ending now on this kept connection ends it.
@@ -1223,8 +1266,8 @@ impl FcgiConn {
 
 /// The process at the other end of a Unix socket is nginx (its name, from
 /// `SO_PEERCRED`'s pid; false when unknown: another pid namespace gives pid 0). Asked
-/// only for a kept connection's last answer at the final stop.
-fn peer_is_nginx(sock: &socket2::Socket) -> bool {
+/// only at the final stop.
+fn unix_peer_is_nginx(sock: &socket2::Socket) -> bool {
     use std::os::fd::AsRawFd;
     // Through libc, not rustix's `socket_peercred`: its `UCred` holds a non-zero `Pid`,
     // and the kernel reports pid 0 for a peer in another pid namespace.
@@ -1249,6 +1292,131 @@ fn peer_is_nginx(sock: &socket2::Socket) -> bool {
         return false;
     }
     std::fs::read(format!("/proc/{}/comm", cred.pid)).is_ok_and(|c| c.starts_with(b"nginx"))
+}
+
+/// The process at the other end of a TCP connection from this host (a loopback
+/// address) is nginx: the peer's socket is the one in `/proc/net/tcp` (or `tcp6`) whose
+/// local address is this one's peer and whose remote address is this one's own, and
+/// an nginx process (its name) holds it. False when unknown: another host, another
+/// network or pid namespace, nothing found. Asked only at the final stop, once per
+/// kept connection (a read of nginx's descriptors).
+fn tcp_peer_is_nginx(sock: &socket2::Socket) -> bool {
+    let Some(inode) = tcp_peer_socket(sock) else {
+        return false;
+    };
+    // The sockets nginx holds, read once (at the first need, at the final stop): one
+    // scan of nginx's descriptors for all of its kept connections. Those made since
+    // are not in it (then closed after LINGER, as without the lookup).
+    static NGINX_SOCKETS: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    NGINX_SOCKETS
+        .get_or_init(|| {
+            let mut held = std::collections::HashSet::new();
+            let Ok(procs) = std::fs::read_dir("/proc") else {
+                return held;
+            };
+            for p in procs.flatten() {
+                let dir = p.path();
+                if !std::fs::read(dir.join("comm")).is_ok_and(|c| c.starts_with(b"nginx")) {
+                    continue;
+                }
+                // Unreadable (nginx's workers under another user, `hidepid`): none.
+                let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+                    continue;
+                };
+                for fd in fds.flatten() {
+                    if let Ok(l) = std::fs::read_link(fd.path()) {
+                        if let Some(l) = l.to_str().filter(|l| l.starts_with("socket:[")) {
+                            held.insert(l.to_owned());
+                        }
+                    }
+                }
+            }
+            held
+        })
+        .contains(&inode)
+}
+
+/// The peer's end of a TCP connection from this host, as its descriptors read
+/// (`socket:[INODE]`), found in `/proc/net/tcp` or `tcp6` (each read once, at the
+/// first need: only the final stop asks).
+fn tcp_peer_socket(sock: &socket2::Socket) -> Option<String> {
+    let peer = sock.peer_addr().ok()?.as_socket()?;
+    let own = sock.local_addr().ok()?.as_socket()?;
+    let (peer_ip, own_ip) = (peer.ip().to_canonical(), own.ip().to_canonical());
+    if !peer_ip.is_loopback() && peer_ip != own_ip {
+        return None;
+    }
+    // An IPv4 peer on a dual-stack socket (`::ffff:127.0.0.1`): its own socket is an
+    // IPv4 one, listed in `/proc/net/tcp`.
+    let key = match (peer_ip, own_ip) {
+        (std::net::IpAddr::V4(p), std::net::IpAddr::V4(o)) => (
+            false,
+            proc_net_v4(&std::net::SocketAddrV4::new(p, peer.port())),
+            proc_net_v4(&std::net::SocketAddrV4::new(o, own.port())),
+        ),
+        (std::net::IpAddr::V6(p), std::net::IpAddr::V6(o)) => (
+            true,
+            proc_net_v6(&std::net::SocketAddrV6::new(p, peer.port(), 0, 0)),
+            proc_net_v6(&std::net::SocketAddrV6::new(o, own.port(), 0, 0)),
+        ),
+        _ => return None,
+    };
+    type Table = std::collections::HashMap<(String, String), String>;
+    static TABLES: OnceLock<(Table, Table)> = OnceLock::new();
+    let (v4, v6) = TABLES.get_or_init(|| {
+        (
+            proc_net_table("/proc/net/tcp"),
+            proc_net_table("/proc/net/tcp6"),
+        )
+    });
+    let (v6_table, local, remote) = key;
+    let table = if v6_table { v6 } else { v4 };
+    table.get(&(local, remote)).cloned()
+}
+
+/// `/proc/net/tcp` (or `tcp6`): (local, remote) address to `socket:[INODE]`, for the
+/// sockets that have an inode (not those in TIME_WAIT).
+fn proc_net_table(path: &str) -> std::collections::HashMap<(String, String), String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Default::default();
+    };
+    // `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9 && f[9] != "0").then(|| {
+                (
+                    (f[1].to_owned(), f[2].to_owned()),
+                    format!("socket:[{}]", f[9]),
+                )
+            })
+        })
+        .collect()
+}
+
+/// An IPv4 socket address as `/proc/net/tcp` prints it: the address as the kernel holds
+/// it (network order) read as a native integer, and the port, in upper-case hex.
+fn proc_net_v4(a: &std::net::SocketAddrV4) -> String {
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(a.ip().octets()),
+        a.port()
+    )
+}
+
+/// An IPv6 socket address as `/proc/net/tcp6` prints it: four native integers.
+fn proc_net_v6(a: &std::net::SocketAddrV6) -> String {
+    let o = a.ip().octets();
+    let mut s = String::with_capacity(37);
+    for w in o.chunks_exact(4) {
+        s.push_str(&format!(
+            "{:08X}",
+            u32::from_ne_bytes([w[0], w[1], w[2], w[3]])
+        ));
+    }
+    s.push_str(&format!(":{:04X}", a.port()));
+    s
 }
 
 thread_local! {
@@ -2379,8 +2547,14 @@ impl Parking {
             // The final stop, its answer just out (or idle, held by a thread or the slow
             // lane as the stop began): one that lingers is closed only once idle, by a
             // slow-lane task (the Python threads no longer wait on the epoll), which
-            // serves what comes meanwhile.
-            if fresh_since.is_none() && conn.lingers_at_stop() {
+            // serves what comes meanwhile; so is one whose last answer went out before
+            // the stop, without the close (`send_last`): the front server may have
+            // read that answer, cached the connection and sent its next request on it
+            // already (lane::LINGER).
+            // regression (hostile): closed here at once, such a connection reset a POST
+            // nginx had just sent on it (a 502, nothing in postern's log), about one
+            // graceful stop in 70 under load with two upstreams.
+            if fresh_since.is_none() && (conn.lingers_at_stop() || !conn.shut_by_answer()) {
                 if let Some(to_lane) = self.lane.get() {
                     *owner = Owner::Held { input: false };
                     let entry = owner.enter_lane(false);
@@ -2454,6 +2628,12 @@ impl Parking {
         !self.open.load(Ordering::SeqCst) && !self.hands_over()
     }
 
+    /// When the final stop's time for kept connections ends (half `--graceful-timeout`
+    /// from its start; `None` before the final stop).
+    pub fn stop_kept_until(&self) -> Option<std::time::Instant> {
+        self.kept_until.get().copied()
+    }
+
     /// At the final stop, kept connections that linger may still be served on: the
     /// stop's time for them is not over ([`Parking::close_all`]'s `kept_until`).
     pub fn serves_kept(&self) -> bool {
@@ -2487,6 +2667,35 @@ mod tests {
             None,
         );
         (front, conn)
+    }
+
+    #[test]
+    fn proc_net_addresses_are_written_as_the_kernel_prints_them() {
+        let v4: std::net::SocketAddrV4 = "127.0.0.1:8080".parse().unwrap();
+        // As printed on a little-endian machine (this one's: x86_64, aarch64).
+        if cfg!(target_endian = "little") {
+            assert_eq!(proc_net_v4(&v4), "0100007F:1F90");
+            let v6: std::net::SocketAddrV6 = "[::1]:80".parse().unwrap();
+            assert_eq!(proc_net_v6(&v6), "00000000000000000000000001000000:0050");
+        }
+    }
+
+    #[test]
+    fn the_peer_of_a_loopback_tcp_connection_is_found_among_the_descriptors() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        let ours = socket2::Socket::from(ours);
+        let Some(found) = tcp_peer_socket(&ours) else {
+            // No /proc/net/tcp here (a sandbox): nothing to find.
+            assert!(std::fs::metadata("/proc/net/tcp").is_err());
+            return;
+        };
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", client.as_raw_fd())).unwrap();
+        assert_eq!(link.to_str(), Some(found.as_str()));
+        // This process is not nginx.
+        assert!(!tcp_peer_is_nginx(&ours));
     }
 
     // regression: at the final stop the last answer to Apache over a Unix socket was
