@@ -1315,6 +1315,27 @@ pub mod fcgi {
         })
     }
 
+    /// One keep-conn GET of `path` (request id 1) on `c`, and its answer: (status,
+    /// body), or `None` when none came (the connection closed, or nothing within its
+    /// read timeout).
+    pub fn kept_get<C: std::io::Read + std::io::Write>(
+        c: &mut C,
+        path: &str,
+    ) -> Option<(u16, String)> {
+        c.write_all(&get(1, true, path)).ok()?;
+        let mut reply = Reply::default();
+        loop {
+            let rec = read(c)?;
+            match rec.kind {
+                STDOUT => reply.stdout.extend_from_slice(&rec.content),
+                END_REQUEST => break,
+                _ => {}
+            }
+        }
+        let (status, _, body) = reply.cgi();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// What came back for one request id.
     #[derive(Debug, Default)]
     pub struct Reply {

@@ -32,21 +32,9 @@ await answer(send, str(os.getpid()).encode())
     )
 }
 
-/// One keep-conn GET of `path` on `c`, and its answer: (status, body), or `None` when
-/// none came (the connection closed, or nothing within its read timeout).
+/// One keep-conn GET of `path` on `c`, and its answer.
 fn get(c: &mut TcpStream, path: &str) -> Option<(u16, String)> {
-    c.write_all(&fcgi::get(1, true, path)).ok()?;
-    let mut reply = fcgi::Reply::default();
-    loop {
-        let rec = fcgi::read(c)?;
-        match rec.kind {
-            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
-            fcgi::END_REQUEST => break,
-            _ => {}
-        }
-    }
-    let (status, _, body) = reply.cgi();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+    fcgi::kept_get(c, path)
 }
 
 #[test]

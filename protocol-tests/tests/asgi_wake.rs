@@ -239,21 +239,11 @@ await send({"type": "http.response.body", "body": answer})
     }
 }
 
-/// One keep-conn FastCGI GET of `path` on `c`; its body, or `None` when no answer came.
+/// One keep-conn FastCGI GET of `path` on `c`; its body, or `None` when no 200 came.
 fn fcgi_get(c: &mut std::os::unix::net::UnixStream, path: &str) -> Option<String> {
-    use protocol_tests::harness::fcgi;
-    c.write_all(&fcgi::get(1, true, path)).ok()?;
-    let mut reply = fcgi::Reply::default();
-    loop {
-        let rec = fcgi::read(c)?;
-        match rec.kind {
-            fcgi::STDOUT => reply.stdout.extend_from_slice(&rec.content),
-            fcgi::END_REQUEST => break,
-            _ => {}
-        }
-    }
-    let (status, _, body) = reply.cgi();
-    (status == 200).then(|| String::from_utf8_lossy(&body).into_owned())
+    protocol_tests::harness::fcgi::kept_get(c, path)
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
 }
 
 // regression (hostile): at --max-concurrency the look after a freed place asked the
