@@ -298,3 +298,53 @@ fn at_log_level_warn_a_warning_about_a_request_names_its_peer_and_the_request() 
     );
     drop(c);
 }
+
+// regression (hostile): FastCGI requests whose body the front server cut mid-way (the
+// connection closed after 8 KiB of 100 KB) each logged their app's failed read at warn,
+// past the limiter: 300 connections, 323 WARN lines and no summary.
+#[test]
+fn a_flood_of_fastcgi_bodies_cut_mid_way_is_named_twenty_times_then_summed_up() {
+    use protocol_tests::harness::fcgi;
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let vars = fcgi::get_vars("/echo");
+    let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.retain(|(k, _)| *k != "REQUEST_METHOD");
+    v.push(("REQUEST_METHOD", "POST"));
+    v.push(("CONTENT_LENGTH", "100000"));
+    let mut cut = fcgi::head(1, false, &v);
+    cut.extend(fcgi::record(fcgi::STDIN, 1, &[b'x'; 8192]));
+    flood(40, || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = c.write_all(&cut);
+        // Gone with the body half sent, as nginx goes when its client aborts.
+    });
+    // A good request still answers.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(
+        fcgi::kept_get(&mut c, "/").map(|(status, _)| status),
+        Some(200),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some(), "{}", p.logs());
+    let logs = p.logs();
+    let body_lines = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("could not read the request body"))
+        .count();
+    assert!(body_lines <= 20, "{body_lines} lines:\n{logs}");
+    assert!(body_lines > 0, "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("more clients dropped or refused in the last")
+            && l.contains("a request cut off in the middle")),
+        "no summary:\n{logs}"
+    );
+}

@@ -3739,7 +3739,12 @@ impl Exchange {
                     // on the WSGI path.
                     {
                         let _e = self.span.enter();
-                        tracing::warn!(error = %e, "could not read the request body: the front server aborted the request or closed the connection; receive() returns http.disconnect, nothing is answered");
+                        if crate::wsgi::input::is_unnamed_gone(&e) {
+                            // Past the bad-input limit's named lines: in its summary.
+                            tracing::debug!(error = %e, "could not read the request body: the front server aborted the request or closed the connection; receive() returns http.disconnect, nothing is answered");
+                        } else {
+                            tracing::warn!(error = %e, "could not read the request body: the front server aborted the request or closed the connection; receive() returns http.disconnect, nothing is answered");
+                        }
                     }
                     self.set_gone(py);
                 } else {

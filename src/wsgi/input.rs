@@ -26,6 +26,33 @@ pub const BODY_SHORT: std::io::ErrorKind = std::io::ErrorKind::UnexpectedEof;
 pub const CUT_GONE: u8 = 1;
 /// [`BODY_SHORT`]'s.
 pub const CUT_SHORT: u8 = 2;
+/// [`BODY_GONE`]'s, for a peer the bad-input log limit does not name this time
+/// ([`unnamed_gone`]): its line is at debug, counted in the limit's summary instead.
+pub const CUT_GONE_UNNAMED: u8 = 3;
+
+/// The payload of a [`BODY_GONE`] error whose line the server layer's bad-input limit
+/// spent elsewhere (its count is in that limit's summary line).
+#[derive(Debug)]
+struct UnnamedGone;
+
+impl std::fmt::Display for UnnamedGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the front server aborted the request or closed the connection")
+    }
+}
+
+impl std::error::Error for UnnamedGone {}
+
+/// A [`BODY_GONE`] error not to be logged at warn: the bad-input limit counts it for
+/// its summary (a flood of requests cut mid-body names the first few peers only).
+pub fn unnamed_gone() -> std::io::Error {
+    std::io::Error::new(BODY_GONE, UnnamedGone)
+}
+
+/// `e` is a [`BODY_GONE`] error made by [`unnamed_gone`].
+pub fn is_unnamed_gone(e: &std::io::Error) -> bool {
+    e.kind() == BODY_GONE && e.get_ref().is_some_and(|x| x.is::<UnnamedGone>())
+}
 
 /// How the message of the `OSError` a body read cut short raises begins.
 pub const BODY_CUT: &str = "the request body was cut short";
@@ -99,6 +126,7 @@ impl Input {
                     }
                     Err(e) => {
                         let cut = match e.kind() {
+                            BODY_GONE if is_unnamed_gone(&e) => CUT_GONE_UNNAMED,
                             BODY_GONE => CUT_GONE,
                             BODY_SHORT => CUT_SHORT,
                             _ => 0,

@@ -1371,7 +1371,7 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         .body_gone
         .as_ref()
         .map_or(0, |g| g.load(Ordering::Acquire));
-    let body_gone = cut == super::input::CUT_GONE;
+    let body_gone = cut == super::input::CUT_GONE || cut == super::input::CUT_GONE_UNNAMED;
     let from_body_cut = match &failure {
         Failure::Raised(e) => raised_by_body_cut(py, e),
         Failure::Mistake(_) => false,
@@ -1418,7 +1418,12 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
             Failure::Raised(e) => e.to_string(),
             Failure::Mistake(m) => m.clone(),
         };
-        tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
+        if cut == super::input::CUT_GONE_UNNAMED {
+            // Past the bad-input limit's named lines: counted in its summary.
+            tracing::debug!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
+        } else {
+            tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
+        }
         return Outcome {
             status: r.code,
             complete: false,

@@ -90,6 +90,9 @@ struct FeedState {
     ended: bool,
     /// The lane will queue nothing more (request aborted, connection closed).
     closed: bool,
+    /// With `closed`: the bad-input limit does not name this peer's cut this time
+    /// (the app's read fails with [`crate::wsgi::input::unnamed_gone`]).
+    unnamed: bool,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
     /// STDIN ended before CONTENT_LENGTH bytes.
@@ -171,6 +174,16 @@ impl Feed {
 
     fn close(&self) {
         self.finish_with(|st| st.closed = true);
+    }
+
+    /// [`Feed::close`] for a body the front server cut mid-way: its app's failed read
+    /// is logged at warn only if the bad-input limit names `peer` this time.
+    fn cut_off(&self, peer: &str) {
+        let named = slow_clients::bad_input(peer, Reason::Truncated);
+        self.finish_with(|st| {
+            st.closed = true;
+            st.unnamed = !named;
+        });
     }
 
     /// The body passed --max-body: the app's next read fails with [`BODY_TOO_LARGE`].
@@ -272,6 +285,9 @@ impl StdinStream {
                 crate::wsgi::input::BODY_SHORT,
                 "the front server ended STDIN before CONTENT_LENGTH bytes",
             )));
+        }
+        if st.closed && st.unnamed {
+            return Some(Err(crate::wsgi::input::unnamed_gone()));
         }
         if st.closed {
             // Not the app's fault, and nobody to answer: see `BODY_GONE`.
@@ -1275,7 +1291,9 @@ fn input_ended(
         match slot.stdin.take() {
             Some(feed) if slot.content_length.is_none_or(|cl| slot.got < cl) => {
                 slot.flags.abort();
-                feed.0.close();
+                // regression (hostile): a flood of connections each cutting its body
+                // mid-way logged one WARN per request, past the bad-input limit.
+                feed.0.cut_off(peer);
                 out.cut.push(id);
             }
             Some(feed) => {
