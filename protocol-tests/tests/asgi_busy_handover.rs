@@ -10,7 +10,6 @@
 //! no timing decides the outcome).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
