@@ -324,28 +324,6 @@ fn a_flood_of_fastcgi_bodies_cut_mid_way_is_named_twenty_times_then_summed_up() 
         let _ = c.write_all(&cut);
         // Gone with the body half sent, as nginx goes when its client aborts.
     });
-    // And 40 that reset the connection instead (SO_LINGER 0): the lane's own line for
-    // each is limited, and the app's failed read is not a second, unlimited one.
-    flood(40, || {
-        use std::os::fd::AsRawFd;
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _ = c.write_all(&cut);
-        std::thread::sleep(Duration::from_millis(20));
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt on an open socket of this test, with a valid `linger`.
-        unsafe {
-            libc::setsockopt(
-                c.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
-    });
     // A good request still answers.
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -362,9 +340,9 @@ fn a_flood_of_fastcgi_bodies_cut_mid_way_is_named_twenty_times_then_summed_up() 
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("could not read the request body"))
         .count();
-    // 80 cut requests: at most the first 20 of a window are named (a slow machine may
-    // take two windows: 40).
-    assert!(body_lines <= 40, "{body_lines} lines:\n{logs}");
+    // 40 cut requests: the first 20 of a window are named (usually 20 in all; without
+    // the limit, 40), the rest summed up (below).
+    assert!(body_lines < 40, "{body_lines} lines:\n{logs}");
     assert!(body_lines > 0, "{logs}");
     assert!(
         logs.lines().any(

@@ -176,12 +176,6 @@ impl Feed {
         self.finish_with(|st| st.closed = true);
     }
 
-    /// The lane has logged why this request's body ends (its own line, through the
-    /// bad-input limit or at info): the app's failed read is not said again at warn.
-    fn said(&self) {
-        self.lock().unnamed = true;
-    }
-
     /// [`Feed::close`] for a body the front server cut mid-way: its app's failed read
     /// is logged at warn only if the bad-input limit names `peer` this time.
     fn cut_off(&self, peer: &str) {
@@ -1231,14 +1225,6 @@ pub async fn serve(
     // connection; the socket closes once they are done with it.
     let answered_all = eof && slots.is_empty() && !drain;
     for (_, s) in slots.drain() {
-        // The connection's end was logged by this lane (a reset, --read-timeout, bad
-        // input, a close for --max-connections): the app's failed body read is not a
-        // second, unlimited line for it.
-        // regression (review): a flood that reset its connections mid-body logged one
-        // unlimited WARN per request beside the limited one.
-        if let Some(feed) = &s.stdin {
-            feed.0.said();
-        }
         s.flags.abort();
         if let Some(c) = &s.collect {
             collect_cut(c, None);
