@@ -27,7 +27,7 @@ pub const CUT_GONE: u8 = 1;
 /// [`BODY_SHORT`]'s.
 pub const CUT_SHORT: u8 = 2;
 /// [`BODY_GONE`]'s, for a peer the bad-input log limit does not name this time
-/// ([`unnamed_gone`]): its line is at debug, counted in the limit's summary instead.
+/// ([`gone`]): its line is at debug, counted in the limit's summary instead.
 pub const CUT_GONE_UNNAMED: u8 = 3;
 
 /// The payload of a [`BODY_GONE`] error whose line the server layer's bad-input limit
@@ -35,21 +35,29 @@ pub const CUT_GONE_UNNAMED: u8 = 3;
 #[derive(Debug)]
 struct UnnamedGone;
 
+/// What a [`BODY_GONE`] error of a [`BodyStream`] says.
+const GONE: &str = "the front server aborted the request or closed the connection";
+
 impl std::fmt::Display for UnnamedGone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the front server aborted the request or closed the connection")
+        f.write_str(GONE)
     }
 }
 
 impl std::error::Error for UnnamedGone {}
 
-/// A [`BODY_GONE`] error not to be logged at warn: the bad-input limit counts it for
-/// its summary (a flood of requests cut mid-body names the first few peers only).
-pub fn unnamed_gone() -> std::io::Error {
-    std::io::Error::new(BODY_GONE, UnnamedGone)
+/// The [`BODY_GONE`] error of a body the front server cut; `named`: false when the
+/// bad-input limit counts it for its summary instead of naming it (a flood of requests
+/// cut mid-body names the first few peers only): its line is then at debug.
+pub fn gone(named: bool) -> std::io::Error {
+    if named {
+        std::io::Error::new(BODY_GONE, GONE)
+    } else {
+        std::io::Error::new(BODY_GONE, UnnamedGone)
+    }
 }
 
-/// `e` is a [`BODY_GONE`] error made by [`unnamed_gone`].
+/// `e` is a [`BODY_GONE`] error made by [`gone`] for a cut not named.
 pub fn is_unnamed_gone(e: &std::io::Error) -> bool {
     e.kind() == BODY_GONE && e.get_ref().is_some_and(|x| x.is::<UnnamedGone>())
 }

@@ -91,7 +91,7 @@ struct FeedState {
     /// The lane will queue nothing more (request aborted, connection closed).
     closed: bool,
     /// With `closed`: the bad-input limit does not name this peer's cut this time
-    /// (the app's read fails with [`crate::wsgi::input::unnamed_gone`]).
+    /// (the app's read fails with [`crate::wsgi::input::gone`]`(false)`).
     unnamed: bool,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
@@ -286,15 +286,9 @@ impl StdinStream {
                 "the front server ended STDIN before CONTENT_LENGTH bytes",
             )));
         }
-        if st.closed && st.unnamed {
-            return Some(Err(crate::wsgi::input::unnamed_gone()));
-        }
         if st.closed {
             // Not the app's fault, and nobody to answer: see `BODY_GONE`.
-            return Some(Err(io::Error::new(
-                crate::wsgi::input::BODY_GONE,
-                "the front server aborted the request or closed the connection",
-            )));
+            return Some(Err(crate::wsgi::input::gone(!st.unnamed)));
         }
         if !st.waiting {
             // The lane may be holding the connection back for the budget: a
