@@ -113,9 +113,28 @@ pub fn bad_input(peer: &str, reason: Reason) -> bool {
     note(peer, reason, None)
 }
 
+/// [`bad_input`] from a thread outside the runtime (an app's): `rt`, the runtime whose
+/// task says the window's summary.
+pub fn bad_input_on(rt: Option<&tokio::runtime::Handle>, peer: &str, reason: Reason) -> bool {
+    note_on(rt.cloned(), peer, reason, None)
+}
+
 fn note(peer: &str, reason: Reason, limit: Option<Duration>) -> bool {
+    note_on(
+        tokio::runtime::Handle::try_current().ok(),
+        peer,
+        reason,
+        limit,
+    )
+}
+
+fn note_on(
+    rt: Option<tokio::runtime::Handle>,
+    peer: &str,
+    reason: Reason,
+    limit: Option<Duration>,
+) -> bool {
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Handle::try_current().ok();
     let (named, due) = st.drop_one(peer, reason, limit, Instant::now(), rt.is_some());
     if let (Some((since, window)), Some(rt)) = (due, rt) {
         rt.spawn(async move {

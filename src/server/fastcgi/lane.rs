@@ -79,6 +79,11 @@ struct Feed {
     state: Mutex<FeedState>,
     ready: Condvar,
     input: Arc<ConnInput>,
+    /// The front server, named (through the bad-input limit) by the app's failed read
+    /// of a body it cut.
+    peer: Arc<str>,
+    /// The lane's runtime: the limit's summary is said by a task of it.
+    rt: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Default)]
@@ -90,9 +95,9 @@ struct FeedState {
     ended: bool,
     /// The lane will queue nothing more (request aborted, connection closed).
     closed: bool,
-    /// With `closed`: the bad-input limit does not name this peer's cut this time
-    /// (the app's read fails with [`crate::wsgi::input::gone`]`(false)`).
-    unnamed: bool,
+    /// With `closed`: what the bad-input limit said when the app's read first found
+    /// the body cut (true: its line names the peer; false: counted for the summary).
+    named: Option<bool>,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
     /// STDIN ended before CONTENT_LENGTH bytes.
@@ -119,7 +124,7 @@ impl FeedState {
 }
 
 impl Feed {
-    fn new(input: Arc<ConnInput>) -> Arc<Feed> {
+    fn new(input: Arc<ConnInput>, peer: &Arc<str>) -> Arc<Feed> {
         Arc::new(Feed {
             state: Mutex::new(FeedState {
                 took: Some(Instant::now()),
@@ -127,6 +132,8 @@ impl Feed {
             }),
             ready: Condvar::new(),
             input,
+            peer: Arc::clone(peer),
+            rt: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -174,16 +181,6 @@ impl Feed {
 
     fn close(&self) {
         self.finish_with(|st| st.closed = true);
-    }
-
-    /// [`Feed::close`] for a body the front server cut mid-way: its app's failed read
-    /// is logged at warn only if the bad-input limit names `peer` this time.
-    fn cut_off(&self, peer: &str) {
-        let named = slow_clients::bad_input(peer, Reason::Truncated);
-        self.finish_with(|st| {
-            st.closed = true;
-            st.unnamed = !named;
-        });
     }
 
     /// The body passed --max-body: the app's next read fails with [`BODY_TOO_LARGE`].
@@ -287,8 +284,17 @@ impl StdinStream {
             )));
         }
         if st.closed {
-            // Not the app's fault, and nobody to answer: see `BODY_GONE`.
-            return Some(Err(crate::wsgi::input::gone(!st.unnamed)));
+            // Not the app's fault, and nobody to answer: see `BODY_GONE`. Its line is
+            // at warn only if the bad-input limit names the peer this time, whatever
+            // cut the body (EOF, reset, FCGI_ABORT_REQUEST, --read-timeout, a close
+            // for room): asked once, when the app finds the body cut, so a cut no app
+            // reads spends no line.
+            // regression (hostile): a flood of connections each cutting its body
+            // mid-way (a FIN, then resets) logged one WARN per request, unlimited.
+            let named = *st.named.get_or_insert_with(|| {
+                slow_clients::bad_input_on(feed.rt.as_ref(), &feed.peer, Reason::Truncated)
+            });
+            return Some(Err(crate::wsgi::input::gone(named)));
         }
         if !st.waiting {
             // The lane may be holding the connection back for the budget: a
@@ -1285,9 +1291,8 @@ fn input_ended(
         match slot.stdin.take() {
             Some(feed) if slot.content_length.is_none_or(|cl| slot.got < cl) => {
                 slot.flags.abort();
-                // regression (hostile): a flood of connections each cutting its body
-                // mid-way logged one WARN per request, past the bad-input limit.
-                feed.0.cut_off(peer);
+                // The app's failed read names it, through the bad-input limit.
+                drop(feed);
                 out.cut.push(id);
             }
             Some(feed) => {
@@ -1766,7 +1771,7 @@ fn handle_event(
                     Body::Memory(b)
                 }
                 None => {
-                    let feed = Feed::new(Arc::clone(input));
+                    let feed = Feed::new(Arc::clone(input), peer);
                     slot.stdin = Some(Feeder(Arc::clone(&feed)));
                     slot.stdin_open = true;
                     flags.stdin.store(STDIN_OPEN, Ordering::Release);
@@ -1900,11 +1905,9 @@ fn handle_event(
                 // No STDIN follows an abort: its END_REQUEST waits for nothing more.
                 slot.stdin_over();
                 slot.flags.abort();
-                if let Some(feed) = slot.stdin.take() {
-                    // Its app's failed read is named through the bad-input limit (a
-                    // kept connection could abort request after request).
-                    feed.0.cut_off(peer);
-                }
+                // Its app's failed read is named through the bad-input limit (a kept
+                // connection could abort request after request).
+                slot.stdin = None;
                 if let Some(held) = slot.held.take() {
                     let reuse = release(conn, in_flight, id, held);
                     return Step::Ended { id, reuse };
