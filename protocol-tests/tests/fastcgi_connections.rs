@@ -125,6 +125,47 @@ fn graceful_stop_finishes_inline_keep_conn_requests() {
     assert_eq!(b.cgi().2, b"slept\n");
 }
 
+/// An idle kept connection at a short --graceful-timeout: its wait for a last request
+/// at the stop ends within the stop's time, so the stop is clean (exit 0, nothing said
+/// to be cut off), with one worker process or several.
+// regression (hostile): with --graceful-timeout 1 the idle connection's 1 s wait
+// outlived the deadline: "requests still being read … cut off", exit code 1.
+#[test]
+fn an_idle_kept_connection_does_not_outlast_a_short_graceful_timeout() {
+    for workers in ["1", "2"] {
+        let dir = tempdir();
+        // Over TCP: a kept connection over a Unix socket from a peer other than nginx
+        // is taken for Apache's, which waits less.
+        let mut p = Spawn::tcp(dir.path(), &testapp())
+            .protocol("fastcgi")
+            .args(["--workers", workers, "--graceful-timeout", "1"])
+            .start();
+        let Addr::Tcp(port) = p.addr else {
+            unreachable!()
+        };
+        let mut kept = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        kept.write_all(&fcgi::get(1, true, "/hello")).unwrap();
+        try_reply(&mut kept, 1).unwrap();
+        let started = std::time::Instant::now();
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(15);
+        let logs = p.logs();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "workers {workers}:\n{logs}"
+        );
+        assert!(!logs.contains("cut off"), "workers {workers}:\n{logs}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "workers {workers}:\n{logs}"
+        );
+        drop(kept);
+    }
+}
+
 /// A request postern refuses itself (413 over --max-body) without FCGI_KEEP_CONN: the
 /// rest of the body is read and dropped before the close, so the front server, which
 /// writes the whole body before it reads, gets the 413.

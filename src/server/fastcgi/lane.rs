@@ -1154,7 +1154,7 @@ pub async fn serve(
             _ = lane.idle_close.cancelled(), if parser.active() == 0 && !closing => {
                 closing = true;
                 if buf.is_empty() && !conn.parking.hands_over() {
-                    linger = at_stop_linger(&conn).or(Some(Instant::now() + LINGER));
+                    linger = at_stop_linger(&conn).or(Some(idle_linger(&conn)));
                 }
             }
         }
@@ -1439,8 +1439,8 @@ fn after_request(
         // regression (hostile): nginx sent its next request on it, then met the close
         // ("upstream prematurely closed connection": a POST's 502), about one stop in
         // thirty over TCP under load.
-        let linger = at_stop_linger(conn)
-            .or_else(|| (!conn.shut_by_answer()).then(|| Instant::now() + LINGER));
+        let linger =
+            at_stop_linger(conn).or_else(|| (!conn.shut_by_answer()).then(|| idle_linger(conn)));
         (true, linger)
     } else {
         (closing, linger)
@@ -1449,6 +1449,19 @@ fn after_request(
 
 /// At the final stop, until when an idle connection is kept from now: none for one
 /// that closes once idle, [`IDLE_AT_STOP`] for one that lingers.
+/// At the final stop, until when an idle kept connection waits for a last request
+/// ([`LINGER`]), within the stop's time for kept connections (half
+/// `--graceful-timeout`): an idle connection is not a request the stop cuts off.
+// regression (hostile): with --graceful-timeout 1 an idle kept connection (a peer
+// other than nginx) outlived the stop's deadline: "requests still being read …
+// cut off", exit code 1, with nothing cut.
+fn idle_linger(conn: &FcgiConn) -> Instant {
+    let linger = Instant::now() + LINGER;
+    conn.parking
+        .stop_kept_until()
+        .map_or(linger, |kept| linger.min(kept))
+}
+
 fn at_stop_linger(conn: &FcgiConn) -> Option<Instant> {
     conn.lingers_at_stop()
         .then(|| Instant::now() + IDLE_AT_STOP)
