@@ -62,22 +62,30 @@ fn family<M: EncodeMetric>(
 }
 
 /// One counter per protocol and status class.
+/// The status classes of `postern_requests_refused_total`: postern answers 4xx or
+/// 5xx itself, or closes unanswered.
+const REFUSED_CLASSES: [&str; 3] = ["none", "4xx", "5xx"];
+
 fn by_protocol_and_class(
     counts: &[[u64; STATUS_CLASSES.len()]; PROTOCOLS.len()],
+    classes: &[&str],
 ) -> Vec<(Labels, ConstCounter<u64>)> {
     PROTOCOLS
         .iter()
         .zip(counts)
         .flat_map(|(p, row)| {
-            STATUS_CLASSES.iter().zip(row).map(|(class, n)| {
-                (
-                    vec![
-                        ("protocol", p.name().to_owned()),
-                        ("status", class.to_string()),
-                    ],
-                    counter(*n),
-                )
-            })
+            let shown = STATUS_CLASSES.iter().zip(row);
+            shown
+                .filter(|(c, _)| classes.contains(c))
+                .map(|(class, n)| {
+                    (
+                        vec![
+                            ("protocol", p.name().to_owned()),
+                            ("status", class.to_string()),
+                        ],
+                        counter(*n),
+                    )
+                })
         })
         .collect()
 }
@@ -131,14 +139,15 @@ impl Collector for Metrics {
             "requests",
             "Requests answered by the Python threads, by protocol and status class (none: ended before a status was chosen).",
             None,
-            by_protocol_and_class(&t.requests),
+            by_protocol_and_class(&t.requests, &STATUS_CLASSES),
         )?;
         family(
             &mut enc,
             "requests_refused",
             "Requests postern answered itself before any Python thread ran them (a malformed head: 400, 431; a body announced by Transfer-Encoding without CONTENT_LENGTH: 411; a body over --max-body: 413; a body that could not be spooled to disk: 503), or closed without an answer (none); not in postern_requests_total.",
             None,
-            by_protocol_and_class(&t.refused),
+            // Only the classes postern's own answers have (no zero series for 2xx).
+            by_protocol_and_class(&t.refused, &REFUSED_CLASSES),
         )?;
         family(
             &mut enc,
@@ -397,6 +406,7 @@ mod tests {
             "# TYPE postern_requests_refused_total counter",
             r#"postern_requests_refused_total{protocol="uwsgi",status="4xx"} 3"#,
             r#"postern_requests_refused_total{protocol="fastcgi",status="none"} 0"#,
+            r#"postern_requests_refused_total{protocol="scgi",status="5xx"} 0"#,
             "# TYPE postern_request_duration_seconds histogram",
             r#"postern_request_duration_seconds_bucket{le="0.001"} 8"#,
             r#"postern_request_duration_seconds_bucket{le="0.5"} 8"#,
@@ -441,6 +451,11 @@ mod tests {
         }
         // Exits never say "boot", starts never say "stop".
         assert!(!text.contains(r#"worker_exits_total{cause="boot"}"#));
+        // Refusals are postern's own answers: no 1xx, 2xx, 3xx or other series.
+        for class in ["1xx", "2xx", "3xx", "other"] {
+            let series = format!(r#"requests_refused_total{{protocol="uwsgi",status="{class}"}}"#);
+            assert!(!text.contains(&series), "{series}");
+        }
         assert!(!text.contains(r#"worker_starts_total{cause="stop"}"#));
         // The starting worker has no RSS yet: no sample rather than a zero.
         assert!(!text.contains(r#"worker_rss_bytes{worker="1"}"#));
