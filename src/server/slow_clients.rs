@@ -114,8 +114,24 @@ pub fn bad_input(peer: &str, reason: Reason) -> bool {
 }
 
 /// [`bad_input`] from a thread outside the runtime (an app's): `rt`, the runtime whose
-/// task says the window's summary.
-pub fn bad_input_on(rt: Option<&tokio::runtime::Handle>, peer: &str, reason: Reason) -> bool {
+/// task says the window's summary. `counted`: the client was counted already (its
+/// connection's own line asked the limit), so it is named if the window has a line
+/// left, and not counted again if not.
+pub fn bad_input_on(
+    rt: Option<&tokio::runtime::Handle>,
+    peer: &str,
+    reason: Reason,
+    counted: bool,
+) -> bool {
+    if FLUSHED.load(std::sync::atomic::Ordering::Acquire) {
+        // The process's stop cut it (after the last summary): not a peer's bad input,
+        // and no summary would say it.
+        return true;
+    }
+    if counted {
+        let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        return st.name_counted(Instant::now());
+    }
     note_on(rt.cloned(), peer, reason, None)
 }
 
@@ -148,11 +164,15 @@ fn note_on(
     named
 }
 
+/// [`flush`] ran: what is cut from now on is the stop's doing.
+static FLUSHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The process stops (its drain is over, the runtime about to go, with any summary
 /// task still asleep): the window under way says its count now.
 // regression: a process stopped (or a worker reloaded, recycled, scaled down) within
 // its window dropped the summary task, so the clients it counted appeared nowhere.
 pub fn flush() {
+    FLUSHED.store(true, std::sync::atomic::Ordering::Release);
     STATE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -435,6 +455,24 @@ impl State {
         (false, Some((since, self.window)))
     }
 
+    /// A client counted already in this window (by [`State::drop_one`]) gets a line of
+    /// its own if the window has one left; it is not counted again if not.
+    fn name_counted(&mut self, now: Instant) -> bool {
+        if self.since.is_none_or(|t| now.duration_since(t) >= WINDOW) {
+            // Its count went out with a summary already, or none is under way: a line
+            // of a new window.
+            if self.since.is_some() {
+                self.summary(now);
+            }
+            self.since = Some(now);
+        }
+        if self.named < NAMED {
+            self.named += 1;
+            return true;
+        }
+        false
+    }
+
     /// The task spawned for window number `window` wakes at its end: it says the
     /// summary only if that window is still the one under way.
     // regression: a task whose window `drop_one` had already ended (the runtime had not
@@ -457,7 +495,10 @@ impl State {
                 .filter(|&&r| self.more[r as usize] > 0)
                 .map(|&r| format!("{} {}", self.more[r as usize], r.words(self.limit)))
                 .collect();
+            // Out of any request's span: it may be said by an app's thread reading a
+            // cut body ([`bad_input_on`]).
             tracing::warn!(
+                parent: None,
                 last_peer = %self.last,
                 "{total} more clients dropped or refused in the last {} s for bad input, not named one by one (the first {NAMED} of each {} s are, whatever the reason): {}; a flood of bad requests: a client other than the front server on the socket, or a broken one",
                 self.lasted(now),
@@ -466,6 +507,7 @@ impl State {
             );
         } else if slow > 0 {
             tracing::warn!(
+                parent: None,
                 last_peer = %self.last,
                 "{} more clients dropped in the last {} s for no complete request head within {:?} (--head-timeout), not named one by one (the first {NAMED} of each {} s are): a flood of slow or incomplete requests, e.g. a slowloris attack, or a broken client or health check",
                 slow,
@@ -568,6 +610,25 @@ mod tests {
     // regression (sec M3): 51,723 malformed uwsgi heads in 5 s were 51,723 WARN lines
     // (9 MiB); only slow heads were limited. Every bad-input line now shares the
     // window's NAMED lines, and the rest are counted by reason.
+    #[test]
+    fn a_client_counted_already_is_named_while_lines_are_left_and_never_counted_twice() {
+        let mut st = state();
+        let t0 = Instant::now();
+        assert!(st.name_counted(t0), "a line left: named");
+        for i in 1..NAMED {
+            let (n, _) = st.drop_one(&format!("peer{i}"), Reason::Truncated, None, t0, false);
+            assert!(n);
+        }
+        let (n, _) = st.drop_one("peer-over", Reason::Truncated, None, t0, false);
+        assert!(!n);
+        assert_eq!(st.more.iter().sum::<u64>(), 1);
+        assert!(!st.name_counted(t0), "no line left: not named");
+        assert_eq!(st.more.iter().sum::<u64>(), 1, "and not counted again");
+        // A new window: named again.
+        assert!(st.name_counted(t0 + WINDOW));
+        assert_eq!((st.named, st.more), (1, [0; REASONS]));
+    }
+
     #[test]
     fn bad_input_of_any_reason_shares_the_windows_named_lines_and_is_counted_by_reason() {
         let mut st = state();

@@ -98,6 +98,10 @@ struct FeedState {
     /// With `closed`: what the bad-input limit said when the app's read first found
     /// the body cut (true: its line names the peer; false: counted for the summary).
     named: Option<bool>,
+    /// The connection's own line (a reset, --read-timeout, bad input, a close for
+    /// room) asked the bad-input limit for this cut already: the app's read is not
+    /// counted a second time.
+    counted: bool,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
     /// STDIN ended before CONTENT_LENGTH bytes.
@@ -291,8 +295,9 @@ impl StdinStream {
             // reads spends no line.
             // regression (hostile): a flood of connections each cutting its body
             // mid-way (a FIN, then resets) logged one WARN per request, unlimited.
+            let counted = st.counted;
             let named = *st.named.get_or_insert_with(|| {
-                slow_clients::bad_input_on(feed.rt.as_ref(), &feed.peer, Reason::Truncated)
+                slow_clients::bad_input_on(feed.rt.as_ref(), &feed.peer, Reason::Truncated, counted)
             });
             return Some(Err(crate::wsgi::input::gone(named)));
         }
@@ -1225,6 +1230,14 @@ pub async fn serve(
     // connection; the socket closes once they are done with it.
     let answered_all = eof && slots.is_empty() && !drain;
     for (_, s) in slots.drain() {
+        // The connection's end was said (through the bad-input limit) by this lane: a
+        // reset, --read-timeout, bad input, a close for room. Its app's failed read is
+        // named if a line is left, not counted again.
+        // regression (review): each request cut by a reset was counted twice in the
+        // summary (60 resets: "100 more clients").
+        if let Some(feed) = &s.stdin {
+            feed.0.lock().counted = true;
+        }
         s.flags.abort();
         if let Some(c) = &s.collect {
             collect_cut(c, None);
