@@ -126,8 +126,9 @@ fn graceful_stop_finishes_inline_keep_conn_requests() {
 }
 
 /// An idle kept connection at a short --graceful-timeout: its wait for a last request
-/// at the stop ends within the stop's time, so the stop is clean (exit 0, nothing said
-/// to be cut off), with one worker process or several.
+/// at the stop ends within the stop's time, and so does the read of an answered
+/// connection its peer holds open, so the stop is clean (exit 0, nothing said to be cut
+/// off), with one worker process or several.
 // regression (hostile): with --graceful-timeout 1 the idle connection's 1 s wait
 // outlived the deadline: "requests still being read … cut off", exit code 1.
 #[test]
@@ -148,6 +149,14 @@ fn an_idle_kept_connection_does_not_outlast_a_short_graceful_timeout() {
             .unwrap();
         kept.write_all(&fcgi::get(1, true, "/hello")).unwrap();
         try_reply(&mut kept, 1).unwrap();
+        // And one answered without FCGI_KEEP_CONN that its peer holds open: postern
+        // reads on until the peer closes (the rest of a body could still come).
+        let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        plain.write_all(&fcgi::get(1, false, "/hello")).unwrap();
+        try_reply(&mut plain, 1).unwrap();
         let started = std::time::Instant::now();
         p.signal(libc::SIGTERM);
         let status = p.wait_exit(15);
@@ -162,7 +171,7 @@ fn an_idle_kept_connection_does_not_outlast_a_short_graceful_timeout() {
             started.elapsed() < Duration::from_secs(5),
             "workers {workers}:\n{logs}"
         );
-        drop(kept);
+        drop((kept, plain));
     }
 }
 

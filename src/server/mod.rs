@@ -379,12 +379,14 @@ pub fn run(
         // First: a lane task started below must see the stop from its first look, or
         // it would park its idle connection, and a parking that is closed for good
         // closes it at once (no last request).
-        idle_close.cancel();
         // Kept FastCGI connections that linger at the final stop (their answers do not
         // close them: Apache over a Unix socket) are served on while requests come for
         // half the stop's time at most: the rest is left for those requests to end.
+        // Set before the stop is seen: a lane task that sees it bounds its waits by it.
         let now = Instant::now();
         let kept_until = now + deadline.saturating_duration_since(now) / 2;
+        parking.set_kept_until(kept_until);
+        idle_close.cancel();
         let idle = parking.close_all(kept_until);
         if !idle.is_empty() {
             tracing::debug!(idle = idle.len(), "idle FastCGI keep-alive connections wait a moment for a last request");

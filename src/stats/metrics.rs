@@ -61,11 +61,11 @@ fn family<M: EncodeMetric>(
     }
 }
 
-/// One counter per protocol and status class.
 /// The status classes of `postern_requests_refused_total`: postern answers 4xx or
 /// 5xx itself, or closes unanswered.
 const REFUSED_CLASSES: [&str; 3] = ["none", "4xx", "5xx"];
 
+/// One counter per protocol and status class (of `classes`).
 fn by_protocol_and_class(
     counts: &[[u64; STATUS_CLASSES.len()]; PROTOCOLS.len()],
     classes: &[&str],

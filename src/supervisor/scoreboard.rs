@@ -783,6 +783,11 @@ impl Scoreboard {
     /// answered `status`, or closed without an answer (`None`).
     pub fn count_refused(&self, slot: usize, protocol: Protocol, status: Option<u16>) {
         let class = status.map_or(0, stats::status_class);
+        // postern's own answers are 4xx or 5xx (the metric shows only those and none).
+        debug_assert!(
+            matches!(stats::STATUS_CLASSES[class], "none" | "4xx" | "5xx"),
+            "a refusal answered {status:?}"
+        );
         self.head(slot).refused[stats::protocol_index(protocol)][class]
             .fetch_add(1, Ordering::Relaxed);
     }

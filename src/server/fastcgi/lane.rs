@@ -654,6 +654,9 @@ pub async fn serve(
     // read, and the connection ends as at the front server's EOF (the requests that
     // came whole are answered first).
     let mut bad_input = false;
+    // The connection's end was said through the bad-input limit (a reset, bad input,
+    // --read-timeout, a close for room): it counted the requests whose bodies it cuts.
+    let mut said = false;
     // Records came only for an id no BEGIN_REQUEST named (the first such id, and when):
     // no front server does that, so the connection is under --head-timeout from then
     // until a request begins, not idle.
@@ -976,7 +979,7 @@ pub async fn serve(
                         // client may do) or a full close: which one, only a write can
                         // tell. Requests that came whole are answered either way (the
                         // writes fail on a full close: the client gone, as before).
-                        let ended = input_ended(&conn, &mut parser, &mut slots, &peer);
+                        let ended = input_ended(&conn, &mut parser, &mut slots, &peer, bad_input);
                         if !ended.answering.is_empty() || !ended.held.is_empty() {
                             eof = true;
                             if bad_input {
@@ -1043,6 +1046,7 @@ pub async fn serve(
                         // regression: a download its client left behind nginx
                         // (fastcgi_keep_conn on) gave this WARN, counted as bad input.
                         if input_arriving(&parser, &slots, &buf) {
+                            said = true;
                             if slow_clients::bad_input(&peer, Reason::Truncated) {
                                 tracing::warn!(%peer, error = %e, active = parser.active(), partial_record = buf.len(), "the FastCGI connection failed in the middle of a request (the front server reset it?); closing");
                             }
@@ -1055,19 +1059,26 @@ pub async fn serve(
                     }
                 }
             }
-            // Closed to let a waiting connection in (its line is logged there).
+            // Closed to let a waiting connection in (its line is logged there, through
+            // the bad-input limit).
             () = async {
                 match &head_watch {
                     Some(w) => w.closed_for_room().await,
                     None => std::future::pending().await,
                 }
-            } => break 'conn,
+            } => {
+                said = true;
+                break 'conn;
+            }
             () = async {
                 match &body_watch {
                     Some(w) => w.closed_for_room().await,
                     None => std::future::pending().await,
                 }
-            } => break 'conn,
+            } => {
+                said = true;
+                break 'conn;
+            }
             _ = sleep => {
                 let now = Instant::now();
                 let due: Vec<u16> = slots
@@ -1145,14 +1156,17 @@ pub async fn serve(
                     if slow_clients::name(&peer, limits.head_timeout) {
                         tracing::warn!(%peer, "no complete FastCGI request head within {:?} (--head-timeout); closing", limits.head_timeout);
                     }
-                } else if !slow_clients::bad_input(&peer, Reason::Truncated) {
-                    // Counted for the window's summary.
-                } else if write_stuck(&conn) {
-                    // Both ways stalled: say so, the read direction alone would
-                    // send the operator looking at the wrong side.
-                    tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request, and a response written to it waits for it to read (the connection has no room); closing", limits.read_timeout);
                 } else {
-                    tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request; closing", limits.read_timeout);
+                    said = true;
+                    if !slow_clients::bad_input(&peer, Reason::Truncated) {
+                        // Counted for the window's summary.
+                    } else if write_stuck(&conn) {
+                        // Both ways stalled: say so, the read direction alone would
+                        // send the operator looking at the wrong side.
+                        tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request, and a response written to it waits for it to read (the connection has no room); closing", limits.read_timeout);
+                    } else {
+                        tracing::warn!(%peer, "the front server sent nothing for {:?} (--read-timeout) in the middle of a request; closing", limits.read_timeout);
+                    }
                 }
                 break 'conn;
             }
@@ -1199,7 +1213,12 @@ pub async fn serve(
             // stop waited --graceful-timeout for it, then exited 1 ("cut off").
             let stopping = lane.idle_close.is_cancelled();
             let until = if stopping {
-                deadline.min(heard + LINGER)
+                // Within the stop's time for kept connections, too (a short
+                // --graceful-timeout): the answer is out, nothing is cut.
+                let until = deadline.min(heard + LINGER);
+                conn.parking
+                    .stop_kept_until()
+                    .map_or(until, |kept| until.min(kept))
             } else {
                 deadline
             };
@@ -1230,13 +1249,13 @@ pub async fn serve(
     // connection; the socket closes once they are done with it.
     let answered_all = eof && slots.is_empty() && !drain;
     for (_, s) in slots.drain() {
-        // The connection's end was said (through the bad-input limit) by this lane: a
-        // reset, --read-timeout, bad input, a close for room. Its app's failed read is
-        // named if a line is left, not counted again.
+        // When the connection's end was said through the bad-input limit by this lane
+        // (a reset, --read-timeout, bad input, a close for room), its app's failed read
+        // is named if a line is left, not counted again.
         // regression (review): each request cut by a reset was counted twice in the
         // summary (60 resets: "100 more clients").
         if let Some(feed) = &s.stdin {
-            feed.0.lock().counted = true;
+            feed.0.lock().counted = said || bad_input;
         }
         s.flags.abort();
         if let Some(c) = &s.collect {
@@ -1276,6 +1295,7 @@ fn input_ended(
     parser: &mut ConnParser,
     slots: &mut FxHashMap<u16, Slot>,
     peer: &str,
+    counted: bool,
 ) -> InputEnded {
     let mut out = InputEnded::default();
     let ids: Vec<u16> = slots.keys().copied().collect();
@@ -1304,7 +1324,10 @@ fn input_ended(
         match slot.stdin.take() {
             Some(feed) if slot.content_length.is_none_or(|cl| slot.got < cl) => {
                 slot.flags.abort();
-                // The app's failed read names it, through the bad-input limit.
+                // The app's failed read names it, through the bad-input limit (counted
+                // already when bad input before the EOF was).
+                // regression (review): after bad input, counted twice.
+                feed.0.lock().counted = counted;
                 drop(feed);
                 out.cut.push(id);
             }
@@ -1460,8 +1483,6 @@ fn after_request(
     }
 }
 
-/// At the final stop, until when an idle connection is kept from now: none for one
-/// that closes once idle, [`IDLE_AT_STOP`] for one that lingers.
 /// At the final stop, until when an idle kept connection waits for a last request
 /// ([`LINGER`]), within the stop's time for kept connections (half
 /// `--graceful-timeout`): an idle connection is not a request the stop cuts off.
@@ -1475,6 +1496,8 @@ fn idle_linger(conn: &FcgiConn) -> Instant {
         .map_or(linger, |kept| linger.min(kept))
 }
 
+/// At the final stop, until when an idle connection is kept from now: none for one
+/// that closes once idle, [`IDLE_AT_STOP`] for one that lingers.
 fn at_stop_linger(conn: &FcgiConn) -> Option<Instant> {
     conn.lingers_at_stop()
         .then(|| Instant::now() + IDLE_AT_STOP)

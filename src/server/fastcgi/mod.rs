@@ -2628,6 +2628,12 @@ impl Parking {
         !self.open.load(Ordering::SeqCst) && !self.hands_over()
     }
 
+    /// Sets when the stop's time for kept connections ends (once: [`Parking::close_all`]
+    /// keeps a time set before it).
+    pub fn set_kept_until(&self, kept_until: std::time::Instant) {
+        let _ = self.kept_until.set(kept_until);
+    }
+
     /// When the final stop's time for kept connections ends (half `--graceful-timeout`
     /// from its start; `None` before the final stop).
     pub fn stop_kept_until(&self) -> Option<std::time::Instant> {
