@@ -861,6 +861,9 @@ pub struct Waiter {
     /// [`Terms::from_master`] when the first stop was taken: the SIGTERMs since, while the
     /// master lived, are not a second signal.
     under_master: u32,
+    /// The first stop was a SIGTERM or SIGINT that the master did not send
+    /// ([`Waiter::first_from_elsewhere`]).
+    elsewhere: bool,
 }
 
 impl Waiter {
@@ -886,6 +889,7 @@ impl Waiter {
             ignored: [0; 3],
             first: 0,
             under_master: 0,
+            elsewhere: false,
         })
     }
 
@@ -924,6 +928,14 @@ impl Waiter {
         SERVING.store(true, Ordering::SeqCst);
     }
 
+    /// The first stop (after [`Waiter::first`]) was a SIGTERM or SIGINT sent by someone
+    /// other than the master: to a worker, that is mostly a signal to the whole process
+    /// group (systemd's `KillMode=control-group`, `timeout`, Ctrl-C in a terminal),
+    /// which reaches the master too.
+    pub fn first_from_elsewhere(&self) -> bool {
+        self.elsewhere
+    }
+
     /// The first request to stop: "SIGTERM", "SIGINT", [`QUIT`], "recycling" or
     /// [`LISTENERS_SHUT`]. SIGHUPs before
     /// it are logged and ignored.
@@ -951,6 +963,7 @@ impl Waiter {
             let (terms, ints) = (Terms::now(), stop_ints());
             self.first = (terms.all + ints).max(1);
             self.under_master = terms.from_master;
+            self.elsewhere = terms.all > terms.from_master || ints > 0;
             if quit() {
                 return QUIT;
             }

@@ -1391,6 +1391,93 @@ fn a_group_sigterm_is_one_stop_when_the_master_forwards_it_late() {
     one_clean_stop(p, slow);
 }
 
+// regression (hostile): a SIGTERM to the process group reached the workers before the
+// master had marked the whole server stopping (here: the master stopped for 150 ms;
+// under `timeout`, about one stop in twenty): each worker stopped as one leaving alone,
+// left the listen queue to siblings that were stopping too, and the connections waiting
+// there were reset when the master closed the listener; postern exited 0. A worker
+// whose stop signal did not come from its master now waits for the master's mark.
+#[test]
+fn a_group_sigterm_serves_the_listen_queue_when_the_master_marks_the_stop_late() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let spawn = Spawn::unix(dir.path(), &testapp()).args(["--workers", "2"]);
+    let mut cmd = spawn.command();
+    cmd.process_group(0);
+    let mut p = Postern::spawn(cmd, spawn.addr().clone(), dir.path(), None);
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(path) = p.addr.clone() else {
+        unreachable!()
+    };
+    // Both workers' only Python thread busy for a second.
+    let busy: Vec<_> = (0..2)
+        .map(|i| {
+            let addr = p.addr.clone();
+            let mark = dir.path().join(format!("in-app-{i}"));
+            let query = format!("s=1&mark={}", mark.display());
+            let t = std::thread::spawn(move || {
+                raw(
+                    &addr,
+                    &uwsgi_packet(&[
+                        ("REQUEST_METHOD", "GET"),
+                        ("PATH_INFO", "/marked-sleep"),
+                        ("QUERY_STRING", &query),
+                    ]),
+                )
+            });
+            (t, dir.path().join(format!("in-app-{i}")))
+        })
+        .collect();
+    for (_, mark) in &busy {
+        assert!(wait_file(mark, 20), "a request never ran\n{}", p.logs());
+    }
+    // These wait in the listen queue.
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(&uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/"),
+            ]))
+            .unwrap();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                out
+            })
+        })
+        .collect();
+    // SAFETY: kill(2) on the postern this test started and on its own process group;
+    // the master is stopped only for the 150 ms below.
+    unsafe {
+        libc::kill(p.pid(), libc::SIGSTOP);
+        libc::kill(-p.pid(), libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: as above.
+    unsafe { libc::kill(p.pid(), libc::SIGCONT) };
+    for (t, _) in busy {
+        assert_eq!(parse_http(&t.join().unwrap()).map(|r| r.status), Some(200));
+    }
+    for q in queued {
+        let out = q.join().unwrap();
+        assert_eq!(
+            parse_http(&out).map(|r| r.status),
+            Some(200),
+            "a connection waiting in the listen queue was not served\n{}",
+            p.logs()
+        );
+    }
+    let status = p.wait_exit(20);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        p.logs()
+    );
+}
+
 // regression (review of 0dd3827): a worker whose master lived held every SIGTERM after
 // the first, so a deliberate second `kill -TERM` sent straight to it (or a second
 // group-wide one that a busy master merged into its first) waited for

@@ -301,6 +301,28 @@ pub fn run(
         // after "ready" to a single process was lost under SIG_IGN).
         on_ready();
         let why = stops.first().await;
+        // A stop signal to this worker from someone other than its master is mostly one
+        // to the whole process group (systemd's KillMode=control-group, `timeout`,
+        // Ctrl-C's SIGINT), which reaches the master too: it marks the whole server
+        // stopping a moment later. That moment is waited for (serving on meanwhile),
+        // so that the stop below serves the listen queue rather than leaving it to
+        // siblings that are stopping too; a signal to this worker alone (the master
+        // then replaces it) only waits the bound.
+        // regression (hostile): under `timeout` (a group-wide SIGTERM), about one stop
+        // in twenty left every connection waiting in the listen queue to be reset (the
+        // workers decided before the master's flag was up), and exited 0.
+        if let Some(m) = monitor.as_ref() {
+            let signal = why == "SIGTERM" || why == "SIGINT";
+            if !single && signal && stops.first_from_elsewhere() && !m.server_stopping() {
+                let until = Instant::now() + MASTER_STOP_WAIT;
+                while Instant::now() < until
+                    && !m.server_stopping()
+                    && !crate::stop::orphaned()
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
         // The master signals its workers just after it shuts the listeners: on a busy
         // machine this worker may see the listeners shut first. Its stop was lost only
         // if no SIGTERM follows within a moment (said before the process exits).
@@ -614,6 +636,10 @@ const NAMED_WAITING: usize = 4;
 const MASTER_LOOK: Duration = Duration::from_millis(50);
 
 /// Returns once this worker's master is gone ([`crate::stop::orphaned`]).
+/// How long a worker whose stop signal did not come from its master waits for the
+/// master to mark the whole server stopping ([`Monitor::server_stopping`]).
+const MASTER_STOP_WAIT: Duration = Duration::from_millis(500);
+
 async fn master_gone() {
     while !crate::stop::orphaned() {
         tokio::time::sleep(MASTER_LOOK).await;
