@@ -413,3 +413,58 @@ fn cut_bodies_flood(reset: bool, asgi: bool) {
         .sum();
     assert!(counted > 0 && counted <= 60, "{counted} counted:\n{logs}");
 }
+
+// regression (hostile): FastCGI requests whose STDIN ran past their CONTENT_LENGTH each
+// logged a WARN, unlimited: 20,000 on one kept connection wrote 20,000 lines in 1.4 s.
+#[test]
+fn a_flood_of_fastcgi_bodies_longer_than_their_content_length_is_summed_up() {
+    use protocol_tests::harness::fcgi;
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let vars = fcgi::get_vars("/echo");
+    let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.retain(|(k, _)| *k != "REQUEST_METHOD");
+    v.push(("REQUEST_METHOD", "POST"));
+    v.push(("CONTENT_LENGTH", "3"));
+    let mut req = fcgi::head(1, true, &v);
+    req.extend(fcgi::record(fcgi::STDIN, 1, b"abcdef"));
+    req.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for _ in 0..100 {
+        c.write_all(&req).unwrap();
+        loop {
+            let rec = fcgi::read(&mut c).expect("an answer");
+            if rec.kind == fcgi::END_REQUEST {
+                break;
+            }
+        }
+    }
+    // A good request still answers on it.
+    assert_eq!(
+        fcgi::kept_get(&mut c, "/").map(|(status, _)| status),
+        Some(200),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some(), "{}", p.logs());
+    let logs = p.logs();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("STDIN longer than CONTENT_LENGTH"))
+        .count();
+    assert!(lines > 0 && lines <= 40, "{lines} lines:\n{logs}");
+    assert!(
+        logs.lines().any(
+            |l| l.contains("more clients dropped or refused in the last")
+                && l.contains("a malformed request or protocol error")
+        ),
+        "no summary:\n{logs}"
+    );
+}

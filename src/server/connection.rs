@@ -822,8 +822,11 @@ impl Linger {
     /// Says why (one line, in the request's span: its peer and path) and makes the
     /// close; `extra`: the bytes past the body read so far.
     pub fn past_the_body(lane: &SlowLane, peer: &str, tcp: bool, extra: usize) -> Box<dyn Close> {
-        // Named for the first few only: a flood is summed up.
-        if slow_clients::bad_input(peer, Reason::Malformed) {
+        // Named for the first few only: a flood is summed up (by a task of the lane's
+        // runtime: this may run on a Python thread).
+        // regression (hostile): from a Python thread no summary was said until the
+        // next bad input came.
+        if slow_clients::bad_input_on(Some(&lane.handle), peer, Reason::Malformed, false) {
             tracing::warn!(
                 extra,
                 "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
