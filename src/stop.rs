@@ -928,10 +928,10 @@ impl Waiter {
         SERVING.store(true, Ordering::SeqCst);
     }
 
-    /// The first stop (after [`Waiter::first`]) was a SIGTERM or SIGINT sent by someone
-    /// other than the master: to a worker, that is mostly a signal to the whole process
-    /// group (systemd's `KillMode=control-group`, `timeout`, Ctrl-C in a terminal),
-    /// which reaches the master too.
+    /// The first stop (after [`Waiter::first`]) was a SIGTERM (or a single process's
+    /// SIGINT) sent by someone other than the master: to a worker, that is mostly a
+    /// signal to the whole process group (systemd's `KillMode=control-group`,
+    /// `timeout`), which reaches the master too.
     pub fn first_from_elsewhere(&self) -> bool {
         self.elsewhere
     }

@@ -302,8 +302,8 @@ pub fn run(
         on_ready();
         let why = stops.first().await;
         // A stop signal to this worker from someone other than its master is mostly one
-        // to the whole process group (systemd's KillMode=control-group, `timeout`,
-        // Ctrl-C's SIGINT), which reaches the master too: it marks the whole server
+        // to the whole process group (systemd's KillMode=control-group, `timeout`),
+        // which reaches the master too: it marks the whole server
         // stopping a moment later. That moment is waited for (serving on meanwhile),
         // so that the stop below serves the listen queue rather than leaving it to
         // siblings that are stopping too; a signal to this worker alone (the master
@@ -318,6 +318,7 @@ pub fn run(
                 while Instant::now() < until
                     && !m.server_stopping()
                     && !crate::stop::orphaned()
+                    && !crate::stop::parent_gone()
                 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -405,6 +406,12 @@ pub fn run(
         // close them: Apache over a Unix socket) are served on while requests come for
         // half the stop's time at most: the rest is left for those requests to end.
         // Set before the stop is seen: a lane task that sees it bounds its waits by it.
+        if !parking.hands_over() {
+            // Whether the kept TCP connections' peers are nginx (their last answers
+            // tell nginx not to cache them): found before answers close them.
+            let p = Arc::clone(&parking);
+            let _ = tokio::task::spawn_blocking(move || p.warm_peers()).await;
+        }
         let now = Instant::now();
         let kept_until = now + deadline.saturating_duration_since(now) / 2;
         parking.set_kept_until(kept_until);
@@ -635,11 +642,11 @@ const NAMED_WAITING: usize = 4;
 /// master is gone (only during its drain).
 const MASTER_LOOK: Duration = Duration::from_millis(50);
 
-/// Returns once this worker's master is gone ([`crate::stop::orphaned`]).
 /// How long a worker whose stop signal did not come from its master waits for the
-/// master to mark the whole server stopping ([`Monitor::server_stopping`]).
+/// master to mark the whole server stopping (`Monitor::server_stopping`).
 const MASTER_STOP_WAIT: Duration = Duration::from_millis(500);
 
+/// Returns once this worker's master is gone ([`crate::stop::orphaned`]).
 async fn master_gone() {
     while !crate::stop::orphaned() {
         tokio::time::sleep(MASTER_LOOK).await;

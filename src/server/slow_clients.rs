@@ -123,12 +123,7 @@ pub fn bad_input_on(
     reason: Reason,
     counted: bool,
 ) -> bool {
-    if FLUSHED.load(std::sync::atomic::Ordering::Acquire) {
-        // The process's stop cut it (after the last summary): not a peer's bad input,
-        // and no summary would say it.
-        return true;
-    }
-    if counted {
+    if counted && !FLUSHED.load(std::sync::atomic::Ordering::Acquire) {
         let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
         return st.name_counted(Instant::now());
     }
@@ -150,6 +145,11 @@ fn note_on(
     reason: Reason,
     limit: Option<Duration>,
 ) -> bool {
+    if FLUSHED.load(std::sync::atomic::Ordering::Acquire) {
+        // After the last summary (the process stops): named, since no summary would
+        // say it; what the stop cuts then is not a peer's bad input anyway.
+        return true;
+    }
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let (named, due) = st.drop_one(peer, reason, limit, Instant::now(), rt.is_some());
     if let (Some((since, window)), Some(rt)) = (due, rt) {

@@ -852,7 +852,7 @@ impl FcgiConn {
     // POST on it (a 502: 'upstream prematurely closed connection').
     fn send_last(&self, id: u16, data: &[u8], tail: &[u8]) -> bool {
         let mut last = Vec::new();
-        let tail = if self.peer_is_nginx() {
+        let tail = if self.known_nginx() {
             last.reserve(tail.len() + fcgi::HEADER_LEN);
             last.extend_from_slice(tail);
             fcgi::encode_empty_values_result(&mut last);
@@ -935,6 +935,17 @@ impl FcgiConn {
     /// final stop (a system call and a read of /proc, once).
     pub(super) fn lingers_at_stop(&self) -> bool {
         !self.tcp && !self.peer_is_nginx()
+    }
+
+    /// [`FcgiConn::peer_is_nginx`] on an answer's path: over TCP only if already known
+    /// (its lookup reads `/proc`: made for every kept TCP connection, off the answer
+    /// path, just before the final stop, [`Parking::warm_peers`]); unknown: false.
+    fn known_nginx(&self) -> bool {
+        if self.tcp {
+            self.nginx.get().copied().unwrap_or(false)
+        } else {
+            self.peer_is_nginx()
+        }
     }
 
     /// The process at the other end is nginx: over a Unix socket ([`unix_peer_is_nginx`])
@@ -2618,6 +2629,15 @@ impl Parking {
             }
         }
         idle
+    }
+
+    /// Before the final stop: finds whether each kept TCP connection's peer is nginx
+    /// (it reads /proc: off the answer path, [`FcgiConn::known_nginx`]).
+    pub fn warm_peers(&self) {
+        let tcp: Vec<Arc<FcgiConn>> = self.conns().values().filter(|c| c.tcp).cloned().collect();
+        for c in tcp {
+            c.peer_is_nginx();
+        }
     }
 
     /// The slow lane holds an idle connection at stop: true when it goes to the
