@@ -1399,6 +1399,13 @@ fn a_group_sigterm_is_one_stop_when_the_master_forwards_it_late() {
 // whose stop signal did not come from its master now waits for the master's mark.
 #[test]
 fn a_group_sigterm_serves_the_listen_queue_when_the_master_marks_the_stop_late() {
+    // 150 ms: within the workers' wait for the mark; 800 ms: past it, while they still
+    // drain their requests (1 s).
+    group_sigterm_with_the_master_late(Duration::from_millis(150));
+    group_sigterm_with_the_master_late(Duration::from_millis(800));
+}
+
+fn group_sigterm_with_the_master_late(late: Duration) {
     use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
     let dir = tempdir();
@@ -1450,12 +1457,12 @@ fn a_group_sigterm_serves_the_listen_queue_when_the_master_marks_the_stop_late()
         })
         .collect();
     // SAFETY: kill(2) on the postern this test started and on its own process group;
-    // the master is stopped only for the 150 ms below.
+    // the master is stopped only for `late`.
     unsafe {
         libc::kill(p.pid(), libc::SIGSTOP);
         libc::kill(-p.pid(), libc::SIGTERM);
     }
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(late);
     // SAFETY: as above.
     unsafe { libc::kill(p.pid(), libc::SIGCONT) };
     for (t, _) in busy {

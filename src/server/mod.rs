@@ -502,6 +502,19 @@ pub fn run(
                     shut_listeners(&acceptor, &listeners).await;
                     stopping.cancel();
                 }
+                // A worker that began its stop alone (a reload, or a group-wide signal
+                // that came before the master's mark, past MASTER_STOP_WAIT) and still
+                // drains when the whole server stops: it serves the listen queue too.
+                () = async {
+                    while !monitor.as_ref().is_some_and(|m| m.server_stopping()) {
+                        tokio::time::sleep(MASTER_LOOK).await;
+                    }
+                }, if !whole => {
+                    whole = true;
+                    tracing::debug!("the whole server stops: the listeners refuse new connections, and what waits in their queue is served");
+                    shut_listeners(&acceptor, &listeners).await;
+                    stopping.cancel();
+                }
                 name = stops.second() => {
                     second = Some(name);
                     // Stopping now: nothing queued starts in the moment left.
