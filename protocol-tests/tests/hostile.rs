@@ -1038,6 +1038,96 @@ fn slow_bodies_at_max_connections_make_room_for_a_waiting_request() {
     }
 }
 
+// regression (hostile, session 16): FastCGI bodies trickled a byte a second (each
+// read within --read-timeout) to apps that wait for them held every Python thread
+// (WSGI) or --max-concurrency place (ASGI) for ever, nothing was logged, and a new
+// connection waited in the listen queue: accept had stopped for the places, not at
+// --max-connections, so the slow-body close there never came. Now, with every place
+// taken and a connection waiting, the FastCGI connection whose body is slowest (under
+// 500 bytes a second for over 1 s) is closed for it. Fails without: the GET is not
+// answered within 20 s.
+#[test]
+fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request() {
+    let asgi = root()
+        .join("protocol-tests/apps/asgi_app.py:app")
+        .to_string_lossy()
+        .into_owned();
+    // (app, places, connections, requests multiplexed on each)
+    let cases: [(&str, &[&str], usize, u16); 3] = [
+        (&testapp(), &["--threads", "2"], 2, 1),
+        (&asgi, &["--max-concurrency", "2"], 2, 1),
+        // One connection's multiplexed requests take every place: closing it frees all.
+        (&asgi, &["--max-concurrency", "4"], 1, 4),
+    ];
+    for (app, places, conns, mux) in cases {
+        let what = format!("{places:?}, {conns} connection(s) x {mux}");
+        let dir = tempdir();
+        let p = Spawn::tcp(dir.path(), app)
+            .protocol("fastcgi")
+            .args(["--read-timeout", "60"])
+            .args(places.iter().copied())
+            .start();
+        let Addr::Tcp(port) = p.addr else {
+            unreachable!()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let slow: Vec<_> = (0..conns)
+            .map(|_| {
+                // Each request's app reads its body as it comes (/echo); the first's
+                // STDIN record (100 bytes) is sent a byte a second after its first 10.
+                let mut whole = Vec::new();
+                for id in 1..=mux {
+                    whole.extend(fcgi::head(
+                        id,
+                        true,
+                        &[
+                            ("REQUEST_METHOD", "POST"),
+                            ("PATH_INFO", "/echo"),
+                            ("CONTENT_LENGTH", "1000000"),
+                        ],
+                    ));
+                }
+                let record = fcgi::record(fcgi::STDIN, 1, &[b'x'; 100]);
+                whole.extend(&record[..18]);
+                let rest = record[18..].to_vec();
+                trickle_after(port, &whole, rest, Arc::clone(&stop), Arc::clone(&closed))
+            })
+            .collect();
+        // Every place is taken, each body behind for over a second.
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(&fcgi::get(1, false, "/env")).unwrap();
+        assert_eq!(
+            fcgi::status(&mut c),
+            Some(200),
+            "{what}: not served\n{}",
+            p.logs()
+        );
+        let needle = "every thread (or --max-concurrency place) of this worker is taken with a connection waiting: closing a FastCGI connection whose request body its app waits for and that arrives slowest";
+        assert!(p.wait_log(needle, 5), "{what}\n{}", p.logs());
+        assert!(
+            eventually(10, || closed.load(Ordering::Relaxed) >= 1),
+            "{what}: no slow body was closed\n{}",
+            p.logs()
+        );
+        stop.store(true, Ordering::Relaxed);
+        for t in slow {
+            t.join().unwrap();
+        }
+        let logs = p.logs();
+        let line = logs.lines().find(|l| l.contains(needle)).unwrap();
+        assert!(
+            line.contains("WARN") && line.contains("peer=127.0.0.1:"),
+            "{line}"
+        );
+        // One close was enough: the others still hold their places when the GET came
+        // (two places, one freed).
+        assert_eq!(logs.matches(needle).count(), 1, "{what}\n{logs}");
+    }
+}
+
 /// A FastCGI request without FCGI_KEEP_CONN whose PARAMS announce a pair of
 /// 2^31 + 8 bytes (name 4, value 2^31 - 1) and stop there: answered 431 at once.
 fn fcgi_pair_too_large() -> Vec<u8> {

@@ -140,6 +140,9 @@ const PLAIN_READ: usize = 120 * 1024;
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
+        // Counted free while it waits: with none free, a FastCGI body its app waits
+        // for may be closed for a connection waiting (fastcgi::keep_apps_free).
+        let _free = self.admission.thread_free();
         loop {
             let mut step = Step::Again;
             if let Some(req) = self.turn(true, &mut step) {
@@ -179,6 +182,7 @@ impl Source for Acceptor {
         // connections and the ready queue would get one place in GUESS_RUN + 1
         // (regression: keep-conn beside a flood at the cap went from 104 to 4.7 req/s).
         GUESS.set((NO_GUESS, 0));
+        self.admission.loop_at_cap(true);
         // A request on a parked FastCGI connection meanwhile goes to a worker with a
         // free place (fastcgi::relieve, whose flag this is).
         if let Some(m) = &self.slow.monitor {
@@ -215,6 +219,7 @@ impl Source for Acceptor {
         // Every other place freed at the cap goes to the listeners first.
         let (listeners, _) = CAP_TURN.get();
         CAP_TURN.set((!listeners, !listeners));
+        self.admission.loop_at_cap(false);
         self.parking.at_cap(false);
         if let Some(m) = &self.slow.monitor {
             m.at_cap(false);

@@ -128,6 +128,25 @@ pub struct Admission {
     /// Told each time accept is found stopped at `--max-connections` (the task that
     /// may close an idle kept FastCGI connection to make room waits for it).
     full: tokio::sync::Notify,
+    /// The worker serves an ASGI app ([`Admission::serves_asgi`]): its places are the
+    /// event loop's `--max-concurrency`, not Python threads.
+    asgi: AtomicBool,
+    /// WSGI: Python threads waiting in `Source::next` for a request ([`ThreadFree`]);
+    /// none while every one runs one.
+    threads_free: AtomicUsize,
+    /// ASGI: the event loop is at its `--max-concurrency` (between its `at_cap` and
+    /// its `below_cap`).
+    loop_full: AtomicBool,
+}
+
+/// A Python thread waiting for a request ([`Admission::thread_free`]), counted until
+/// it is dropped (it returns with one, or leaves).
+pub struct ThreadFree<'a>(&'a AtomicUsize);
+
+impl Drop for ThreadFree<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// [`Admission`]'s two `--max-requests` counts in one word: requests begun (with
@@ -335,7 +354,41 @@ impl Admission {
             monitor: OnceLock::new(),
             limit_shut: AtomicBool::new(false),
             full: tokio::sync::Notify::new(),
+            asgi: AtomicBool::new(false),
+            threads_free: AtomicUsize::new(0),
+            loop_full: AtomicBool::new(false),
         })
+    }
+
+    /// The worker serves an ASGI app (before it serves).
+    pub fn serves_asgi(&self) {
+        self.asgi.store(true, Ordering::Relaxed);
+    }
+
+    /// A Python thread waits for a request from now until the guard is dropped.
+    pub fn thread_free(&self) -> ThreadFree<'_> {
+        self.threads_free.fetch_add(1, Ordering::Relaxed);
+        ThreadFree(&self.threads_free)
+    }
+
+    /// The ASGI event loop took its last `--max-concurrency` place (`full`), or a task
+    /// that ended freed one. Called at those two moments only.
+    pub fn loop_at_cap(&self, full: bool) {
+        self.loop_full.store(full, Ordering::Relaxed);
+    }
+
+    /// Every place to run a request is taken: no Python thread waits for one (WSGI),
+    /// or the event loop is at `--max-concurrency` (ASGI); not when accept stopped for
+    /// `--max-requests` (a connection waiting then is for the worker's successor).
+    /// A look from the I/O thread, racing with the places: [`crate::server::fastcgi::keep_apps_free`]
+    /// acts only on two looks in a row.
+    pub fn apps_full(&self) -> bool {
+        let full = if self.asgi.load(Ordering::Relaxed) {
+            self.loop_full.load(Ordering::Relaxed)
+        } else {
+            self.threads_free.load(Ordering::Relaxed) == 0
+        };
+        full && !self.limit_reached()
     }
 
     /// Accept stopped at `--max-connections` alone (not for descriptors or

@@ -204,6 +204,20 @@ pub fn run(
         Arc::clone(&acceptor.admission),
         idle_close.clone(),
     ));
+    // FastCGI bodies trickling to apps that wait for them must not hold every thread
+    // or --max-concurrency place while a new connection waits either.
+    if asgi.is_some() {
+        acceptor.admission.serves_asgi();
+    }
+    if listeners
+        .iter()
+        .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+    {
+        runtime.spawn(fastcgi::keep_apps_free(
+            Arc::clone(&acceptor.admission),
+            idle_close.clone(),
+        ));
+    }
     // A WSGI worker whose Python threads are all busy, or an ASGI worker at its
     // --max-concurrency, hands the requests that come on its parked kept FastCGI
     // connections to the workers with a free thread or place. With --workers 1 too: a

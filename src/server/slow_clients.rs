@@ -15,7 +15,7 @@
 //! hand-over that failed) do not.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,9 @@ pub enum Reason {
     Truncated,
     /// A request head (or the rest of a request answered without FCGI_KEEP_CONN, or a
     /// request body under [`BODY_MIN_RATE`]) still arriving, closed to let in a
-    /// connection waiting at `--max-connections` ([`close_oldest_head`]).
+    /// connection waiting at `--max-connections` ([`close_oldest_head`]), or a FastCGI
+    /// body under that rate whose app waits for it, closed to let in a connection
+    /// waiting for a thread or `--max-concurrency` place ([`close_slowest_app_body`]).
     Crowded,
 }
 
@@ -66,7 +68,7 @@ impl Reason {
             Reason::Malformed => "a malformed request or protocol error".to_owned(),
             Reason::Oversized => "a request over a size limit".to_owned(),
             Reason::Truncated => "a request cut off in the middle".to_owned(),
-            Reason::Crowded => "a request head (or a slow body, or the rest of an answered FastCGI request) still arriving at --max-connections, closed to let a waiting connection in".to_owned(),
+            Reason::Crowded => "a request head (or a slow body, or the rest of an answered FastCGI request) still arriving at --max-connections, or a slow FastCGI body holding an app's thread or --max-concurrency place, closed to let a waiting connection in".to_owned(),
         }
     }
 }
@@ -200,11 +202,34 @@ pub const BODY_MIN_RATE: u64 = 500;
 static HEADS: Mutex<Heads> = Mutex::new(Heads {
     next: 0,
     arriving: BTreeMap::new(),
+    bodies: 0,
 });
 
 struct Heads {
     next: u64,
     arriving: BTreeMap<u64, Arc<Arriving>>,
+    /// How many of them are bodies ([`bodies_listed`]).
+    bodies: usize,
+}
+
+/// Told each time a body is listed: [`crate::server::fastcgi::keep_apps_free`] looks
+/// at the apps' places while bodies are listed, and sleeps (no wake-up) while none is.
+pub static BODY_LISTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Whether a request body is listed ([`HeadWatch::body`]): one may hold an app's place.
+pub fn bodies_listed() -> bool {
+    heads().bodies > 0
+}
+
+/// Why a listed connection was closed for room ([`Arriving::why`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Room {
+    /// `--max-connections` reached with a connection waiting.
+    Connections = 0,
+    /// Every Python thread (or `--max-concurrency` place) taken, with a connection
+    /// waiting.
+    Apps = 1,
 }
 
 struct Arriving {
@@ -222,6 +247,11 @@ struct Arriving {
     arrived: AtomicBool,
     /// A body's bytes come so far ([`HeadMarker::read`]).
     bytes: AtomicU64,
+    /// A FastCGI body an app waits for (its request runs, on a Python thread or as an
+    /// ASGI task): closing its connection frees that place ([`HeadWatch::holds_apps`]).
+    holds_apps: AtomicBool,
+    /// Why it was closed ([`Room`] as u8), set before `close` is cancelled.
+    why: AtomicU8,
     close: CancellationToken,
 }
 
@@ -286,13 +316,30 @@ impl HeadWatch {
             heard: AtomicU64::new(0),
             arrived: AtomicBool::new(arrived),
             bytes: AtomicU64::new(0),
+            holds_apps: AtomicBool::new(false),
+            why: AtomicU8::new(Room::Connections as u8),
             close: CancellationToken::new(),
         });
-        let mut h = heads();
-        let key = h.next;
-        h.next += 1;
-        h.arriving.insert(key, Arc::clone(&arriving));
+        let body = matches!(what, Arrival::Body(_));
+        let key = {
+            let mut h = heads();
+            let key = h.next;
+            h.next += 1;
+            h.arriving.insert(key, Arc::clone(&arriving));
+            h.bodies += usize::from(body);
+            key
+        };
+        if body {
+            BODY_LISTED.notify_one();
+        }
         HeadWatch { key, arriving }
+    }
+
+    /// Whether an app waits for this body now: a request of the connection runs (a
+    /// FastCGI body is read while its app runs; uwsgi and SCGI ones before). One
+    /// relaxed store.
+    pub fn holds_apps(&self, yes: bool) {
+        self.arriving.holds_apps.store(yes, Ordering::Relaxed);
     }
 
     /// `n` more bytes have come ([`HeadMarker::read`]).
@@ -345,6 +392,11 @@ impl HeadWatch {
             Arrival::Drain => {
                 tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it (nothing from it for {for_:.1?}, the rest of its request read and dropped since the answer) to let it in")
             }
+            Arrival::Body(len) if a.why.load(Ordering::Relaxed) == Room::Apps as u8 => {
+                let got = a.bytes.load(Ordering::Relaxed);
+                let took = a.since.elapsed();
+                tracing::warn!(peer = %a.peer, got, content_length = len, "every thread (or --max-concurrency place) of this worker is taken with a connection waiting: closing a FastCGI connection whose request body its app waits for and that arrives slowest ({got} of {len} bytes in {took:.1?}, under {BODY_MIN_RATE} bytes a second: a slow or stalled client) to let it in")
+            }
             Arrival::Body(len) => {
                 let got = a.bytes.load(Ordering::Relaxed);
                 let took = a.since.elapsed();
@@ -372,7 +424,12 @@ impl Arriving {
 
 impl Drop for HeadWatch {
     fn drop(&mut self) {
-        heads().arriving.remove(&self.key);
+        let mut h = heads();
+        // Not there any more when it was closed for room (taken out at the pick).
+        if h.arriving.remove(&self.key).is_some() && matches!(self.arriving.what, Arrival::Body(_))
+        {
+            h.bodies -= 1;
+        }
     }
 }
 
@@ -400,12 +457,36 @@ impl HeadMarker {
 /// Its task closes it and logs it ([`HeadWatch::closed_for_room`]); its place comes
 /// free with it.
 pub fn close_oldest_head(floor: Duration) -> bool {
+    close_for(floor, Room::Connections)
+}
+
+/// Every Python thread (WSGI) or `--max-concurrency` place (ASGI) of the worker is
+/// taken and a connection waits in the listen queue: closes the FastCGI connection
+/// whose request body an app waits for ([`HeadWatch::holds_apps`]) and that has been
+/// behind [`BODY_MIN_RATE`] longest, for at least `floor`. Its apps' reads fail as at
+/// a close, their requests end, and their places go to what waits. True when one was
+/// told to close (its task logs it).
+// regression (hostile, session 16): FastCGI bodies trickling a byte a second (each
+// read within --read-timeout) held every thread or --max-concurrency place for ever,
+// and nothing was logged: accept had stopped for the places, not for
+// --max-connections, so the slow-body close there never came.
+pub fn close_slowest_app_body(floor: Duration) -> bool {
+    close_for(floor, Room::Apps)
+}
+
+fn close_for(floor: Duration, room: Room) -> bool {
     let now = Instant::now();
     let victim = {
         let mut h = heads();
         let oldest = h
             .arriving
             .iter()
+            .filter(|(_, a)| match room {
+                Room::Connections => true,
+                Room::Apps => {
+                    matches!(a.what, Arrival::Body(_)) && a.holds_apps.load(Ordering::Relaxed)
+                }
+            })
             .map(|(k, a)| (k, a, a.quiet_since()))
             .filter(|(_, a, quiet)| {
                 a.arrived.load(Ordering::Relaxed) && now.saturating_duration_since(*quiet) >= floor
@@ -415,8 +496,12 @@ pub fn close_oldest_head(floor: Duration) -> bool {
         let Some(victim) = oldest.and_then(|k| h.arriving.remove(&k)) else {
             return false;
         };
+        if matches!(victim.what, Arrival::Body(_)) {
+            h.bodies -= 1;
+        }
         victim
     };
+    victim.why.store(room as u8, Ordering::Relaxed);
     victim.close.cancel();
     true
 }
@@ -695,6 +780,28 @@ mod tests {
         assert!(close_oldest_head(Duration::from_secs(100)));
         assert!(closed(&trickle) && !closed(&on_time));
         assert!(!close_oldest_head(Duration::from_secs(100)));
+        // For the apps' places, only a body an app waits for: not a head, not a body
+        // read before its app is called, not one on time.
+        let head = HeadWatch::new(&peer, ago(400), true);
+        let before_app = body(10);
+        let on_time_app = body(300 * BODY_MIN_RATE);
+        on_time_app.holds_apps(true);
+        assert!(!close_slowest_app_body(Duration::from_secs(100)));
+        let slow_app = body(20);
+        slow_app.holds_apps(true);
+        let slower_app = body(10);
+        slower_app.holds_apps(true);
+        assert!(close_slowest_app_body(Duration::from_secs(100)));
+        assert!(closed(&slower_app) && !closed(&slow_app));
+        assert!(!closed(&head) && !closed(&before_app) && !closed(&on_time_app));
+        assert_eq!(
+            slower_app.arriving.why.load(Ordering::Relaxed),
+            Room::Apps as u8
+        );
+        // Bodies listed, counted off as they close or drop.
+        assert!(bodies_listed());
+        assert!(close_slowest_app_body(Duration::from_secs(100)));
+        drop((on_time, before_app, on_time_app, slow_app, slower_app));
     }
 
     #[test]

@@ -899,6 +899,12 @@ pub async fn serve(
             (false, Some(_)) => body_watch = None,
             _ => {}
         }
+        if let Some(w) = &body_watch {
+            // A request handed to its app with its body still coming holds a thread
+            // or --max-concurrency place (or waits for one): with every one taken and
+            // a connection waiting, the slowest such body is closed for it.
+            w.holds_apps(slots.values().any(|s| s.stdin.is_some()));
+        }
         let deadline = if eof {
             // Only the apps are waited for (their own deadline is --timeout).
             None

@@ -1539,6 +1539,39 @@ pub async fn keep_room(
     }
 }
 
+/// While a request body is listed ([`slow_clients::HeadWatch::body`]) and, at two
+/// looks [`IDLE_TICK`] apart, every place to run a request is taken
+/// ([`crate::server::admission::Admission::apps_full`]: no Python thread free, or the
+/// event loop at `--max-concurrency`) with a connection waiting in a listen queue:
+/// closes the FastCGI connection whose body an app waits for and that has been behind
+/// [`slow_clients::BODY_MIN_RATE`] longest, for over [`slow_clients::HEAD_BEFORE_CLOSE`]
+/// ([`slow_clients::close_slowest_app_body`]). Its apps' reads fail as at a close and
+/// their places go to what waits. After a close, two more looks before the next, so
+/// that the places it freed are taken first. With no body listed it sleeps (no
+/// wake-up). Runs on the I/O runtime until `stop`.
+pub async fn keep_apps_free(
+    admission: Arc<crate::server::admission::Admission>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = slow_clients::BODY_LISTED.notified() => {}
+        }
+        let mut pressed = false;
+        while slow_clients::bodies_listed() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(IDLE_TICK) => {}
+            }
+            let press = admission.apps_full() && admission.connection_waits();
+            pressed = press
+                && !(pressed
+                    && slow_clients::close_slowest_app_body(slow_clients::HEAD_BEFORE_CLOSE));
+        }
+    }
+}
+
 /// How often it looks at its parked connections while they are: a request that comes
 /// on one then waits this long at most (plus the hand-over) for a free thread
 /// elsewhere.
