@@ -41,6 +41,9 @@ pub fn admit_whole(
         return None;
     }
     let head = assembled.head;
+    if whole.keep_conn {
+        conn.note_front(&head);
+    }
     let body = match assembled.body {
         Some(b) if !b.is_empty() => Body::Memory(b),
         _ => Body::Empty,

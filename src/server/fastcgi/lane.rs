@@ -1686,7 +1686,12 @@ fn handle_event(
             let conn_started = started;
             let started = Instant::now();
             let assembled = match assemble(params.clone(), stdin.clone(), lane.limits.max_body) {
-                Ok(a) => a,
+                Ok(a) => {
+                    if keep_conn {
+                        conn.note_front(&a.head);
+                    }
+                    a
+                }
                 Err(e @ Refused::Params(_)) => {
                     lane.refused(crate::codec::Protocol::FastCgi, None);
                     if slots.is_empty() {

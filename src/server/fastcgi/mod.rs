@@ -938,8 +938,9 @@ impl FcgiConn {
     }
 
     /// [`FcgiConn::peer_is_nginx`] on an answer's path: over TCP only if already known
-    /// (its lookup reads `/proc`: made for every kept TCP connection, off the answer
-    /// path, just before the final stop, [`Parking::warm_peers`]); unknown: false.
+    /// (by a request's `SERVER_SOFTWARE`, [`FcgiConn::note_front`], or by its lookup,
+    /// which reads `/proc`: made for every kept TCP connection, off the answer path,
+    /// just before the final stop, [`Parking::warm_peers`]); unknown: false.
     fn known_nginx(&self) -> bool {
         if self.tcp {
             self.nginx.get().copied().unwrap_or(false)
@@ -948,9 +949,33 @@ impl FcgiConn {
         }
     }
 
+    /// A request on this kept connection names its front server: `SERVER_SOFTWARE`
+    /// `nginx/VERSION` (what nginx's stock `fastcgi_params` send) makes the peer known
+    /// as nginx, which matters at the final stop ([`FcgiConn::send_last`],
+    /// [`FcgiConn::nudge`]) and could not be known otherwise for an nginx on another
+    /// host (no process of this machine to look up). Looked at only until known (one
+    /// load per request after that), and only on kept connections (the stop's answers
+    /// concern them alone). Anything else leaves it to the lookup: a front server that
+    /// calls itself otherwise may still be nginx. A client that lies gets only its own
+    /// connection closed differently at a stop.
+    // regression (review, session 16): an nginx on another host over TCP (a pod
+    // behind an ingress) was never recognised, so its kept connections' last answers
+    // at a graceful stop came with the FIN alone, which nginx now and then caches and
+    // sends a POST on (a 502).
+    pub(super) fn note_front(&self, head: &crate::codec::Head) {
+        if self.nginx.get().is_none()
+            && head
+                .get(b"SERVER_SOFTWARE")
+                .is_some_and(|v| v.starts_with(b"nginx/") || v == b"nginx")
+        {
+            let _ = self.nginx.set(true);
+        }
+    }
+
     /// The process at the other end is nginx: over a Unix socket ([`unix_peer_is_nginx`])
-    /// or a loopback TCP connection ([`tcp_peer_is_nginx`]); false when unknown (a front
-    /// server on another host).
+    /// or a loopback TCP connection ([`tcp_peer_is_nginx`]), or a request said so
+    /// ([`FcgiConn::note_front`]); false when unknown (a front server on another host
+    /// that does not send `SERVER_SOFTWARE`).
     fn peer_is_nginx(&self) -> bool {
         *self.nginx.get_or_init(|| {
             if self.tcp {
