@@ -140,9 +140,6 @@ const PLAIN_READ: usize = 120 * 1024;
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
-        // Counted free while it waits: with none free, a FastCGI body its app waits
-        // for may be closed for a connection waiting (fastcgi::keep_apps_free).
-        let _free = self.admission.thread_free();
         loop {
             let mut step = Step::Again;
             if let Some(req) = self.turn(true, &mut step) {

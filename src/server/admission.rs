@@ -34,7 +34,7 @@
 //! worker hands both to the workers that serve on (a FastCGI one with its connection,
 //! unless another request runs on it: then it is served here, past the limit).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -131,22 +131,9 @@ pub struct Admission {
     /// The worker serves an ASGI app ([`Admission::serves_asgi`]): its places are the
     /// event loop's `--max-concurrency`, not Python threads.
     asgi: AtomicBool,
-    /// WSGI: Python threads waiting in `Source::next` for a request ([`ThreadFree`]);
-    /// none while every one runs one.
-    threads_free: AtomicUsize,
     /// ASGI: the event loop is at its `--max-concurrency` (between its `at_cap` and
     /// its `below_cap`).
     loop_full: AtomicBool,
-}
-
-/// A Python thread waiting for a request ([`Admission::thread_free`]), counted until
-/// it is dropped (it returns with one, or leaves).
-pub struct ThreadFree<'a>(&'a AtomicUsize);
-
-impl Drop for ThreadFree<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// [`Admission`]'s two `--max-requests` counts in one word: requests begun (with
@@ -355,7 +342,6 @@ impl Admission {
             limit_shut: AtomicBool::new(false),
             full: tokio::sync::Notify::new(),
             asgi: AtomicBool::new(false),
-            threads_free: AtomicUsize::new(0),
             loop_full: AtomicBool::new(false),
         })
     }
@@ -365,10 +351,9 @@ impl Admission {
         self.asgi.store(true, Ordering::Relaxed);
     }
 
-    /// A Python thread waits for a request from now until the guard is dropped.
-    pub fn thread_free(&self) -> ThreadFree<'_> {
-        self.threads_free.fetch_add(1, Ordering::Relaxed);
-        ThreadFree(&self.threads_free)
+    /// Whether the worker serves an ASGI app.
+    pub fn asgi(&self) -> bool {
+        self.asgi.load(Ordering::Relaxed)
     }
 
     /// The ASGI event loop took its last `--max-concurrency` place (`full`), or a task
@@ -377,18 +362,15 @@ impl Admission {
         self.loop_full.store(full, Ordering::Relaxed);
     }
 
-    /// Every place to run a request is taken: no Python thread waits for one (WSGI),
-    /// or the event loop is at `--max-concurrency` (ASGI); not when accept stopped for
-    /// `--max-requests` (a connection waiting then is for the worker's successor).
-    /// A look from the I/O thread, racing with the places: [`crate::server::fastcgi::keep_apps_free`]
-    /// acts only on two looks in a row.
-    pub fn apps_full(&self) -> bool {
-        let full = if self.asgi.load(Ordering::Relaxed) {
-            self.loop_full.load(Ordering::Relaxed)
-        } else {
-            self.threads_free.load(Ordering::Relaxed) == 0
-        };
-        full && !self.limit_reached()
+    /// Accept stopped for `--max-requests`: the worker has taken every request it will
+    /// serve (a connection waiting is for its successor).
+    pub fn recycling(&self) -> bool {
+        self.limit_reached()
+    }
+
+    /// ASGI: the event loop is at its `--max-concurrency` now.
+    pub fn loop_full(&self) -> bool {
+        self.loop_full.load(Ordering::Relaxed)
     }
 
     /// Accept stopped at `--max-connections` alone (not for descriptors or
@@ -744,6 +726,8 @@ impl InputBudget {
             worker: Arc::clone(self),
             held: AtomicUsize::new(0),
             changed: tokio::sync::Notify::new(),
+            delivered: AtomicU64::new(0),
+            reading: Arc::new(AtomicU32::new(0)),
         })
     }
 }
@@ -755,9 +739,31 @@ pub struct ConnInput {
     held: AtomicUsize,
     /// Told when an app reads what this connection holds, or starts waiting for more.
     changed: tokio::sync::Notify,
+    /// STDIN content bytes given to this connection's requests so far (record headers,
+    /// padding and bytes past CONTENT_LENGTH left out): what a body's rate is measured
+    /// by ([`crate::server::slow_clients::HeadWatch::body`]).
+    delivered: AtomicU64,
+    /// This connection's requests whose apps have begun reading a body still arriving
+    /// and have not ended: each holds a Python thread or `--max-concurrency` place.
+    reading: Arc<AtomicU32>,
 }
 
 impl ConnInput {
+    /// `n` STDIN content bytes were given to a request of this connection.
+    pub fn delivered(&self, n: usize) {
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// STDIN content bytes given to this connection's requests so far.
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// The count of requests whose apps read a body still arriving
+    /// ([`ConnInput::reading`]), to share with the connection's body watch.
+    pub fn reading(&self) -> &Arc<AtomicU32> {
+        &self.reading
+    }
     pub fn charge(&self, n: usize) {
         self.held.fetch_add(n, Ordering::AcqRel);
         self.worker.held.fetch_add(n, Ordering::AcqRel);

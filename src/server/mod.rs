@@ -214,7 +214,12 @@ pub fn run(
         .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
     {
         runtime.spawn(fastcgi::keep_apps_free(
-            Arc::clone(&acceptor.admission),
+            fastcgi::Places {
+                admission: Arc::clone(&acceptor.admission),
+                epoll: Arc::clone(&acceptor.epoll),
+                queue: Arc::clone(&acceptor.queue),
+                monitor: monitor.clone(),
+            },
             idle_close.clone(),
         ));
     }

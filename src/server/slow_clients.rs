@@ -15,7 +15,7 @@
 //! hand-over that failed) do not.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -208,15 +208,18 @@ static HEADS: Mutex<Heads> = Mutex::new(Heads {
 struct Heads {
     next: u64,
     arriving: BTreeMap<u64, Arc<Arriving>>,
-    /// How many of them are bodies ([`bodies_listed`]).
+    /// How many of them are bodies apps may read ([`HeadWatch::stdin`],
+    /// [`bodies_listed`]).
     bodies: usize,
 }
 
-/// Told each time a body is listed: [`crate::server::fastcgi::keep_apps_free`] looks
-/// at the apps' places while bodies are listed, and sleeps (no wake-up) while none is.
+/// Told each time a body apps may read is listed ([`HeadWatch::stdin`]):
+/// [`crate::server::fastcgi::keep_apps_free`] looks at the apps' places while such
+/// bodies are listed, and sleeps (no wake-up) while none is.
 pub static BODY_LISTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// Whether a request body is listed ([`HeadWatch::body`]): one may hold an app's place.
+/// Whether a body apps may read is listed ([`HeadWatch::stdin`]): one may hold an
+/// app's place.
 pub fn bodies_listed() -> bool {
     heads().bodies > 0
 }
@@ -224,12 +227,13 @@ pub fn bodies_listed() -> bool {
 /// Why a listed connection was closed for room ([`Arriving::why`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-enum Room {
+pub enum Room {
     /// `--max-connections` reached with a connection waiting.
     Connections = 0,
-    /// Every Python thread (or `--max-concurrency` place) taken, with a connection
-    /// waiting.
-    Apps = 1,
+    /// Every Python thread of a WSGI worker busy, with a request waiting.
+    Threads = 1,
+    /// An ASGI worker's event loop at `--max-concurrency`, with a request waiting.
+    Tasks = 2,
 }
 
 struct Arriving {
@@ -247,9 +251,13 @@ struct Arriving {
     arrived: AtomicBool,
     /// A body's bytes come so far ([`HeadMarker::read`]).
     bytes: AtomicU64,
-    /// A FastCGI body an app waits for (its request runs, on a Python thread or as an
-    /// ASGI task): closing its connection frees that place ([`HeadWatch::holds_apps`]).
-    holds_apps: AtomicBool,
+    /// A FastCGI connection's requests whose apps read a body still arriving (each
+    /// holds a Python thread or an ASGI task's place): closing the connection frees
+    /// them ([`HeadWatch::stdin`]). `None`: a body read before its app is called.
+    apps: Option<Arc<AtomicU32>>,
+    /// How many requests' bodies the bytes are shared by ([`HeadWatch::share`]): each
+    /// must come at [`BODY_MIN_RATE`].
+    share: AtomicU32,
     /// Why it was closed ([`Room`] as u8), set before `close` is cancelled.
     why: AtomicU8,
     close: CancellationToken,
@@ -309,6 +317,17 @@ impl HeadWatch {
     }
 
     fn listed(peer: &Arc<str>, what: Arrival, since: Instant, arrived: bool) -> HeadWatch {
+        HeadWatch::listed_with(peer, what, since, arrived, None)
+    }
+
+    fn listed_with(
+        peer: &Arc<str>,
+        what: Arrival,
+        since: Instant,
+        arrived: bool,
+        apps: Option<Arc<AtomicU32>>,
+    ) -> HeadWatch {
+        let for_apps = apps.is_some();
         let arriving = Arc::new(Arriving {
             peer: Arc::clone(peer),
             what,
@@ -316,30 +335,47 @@ impl HeadWatch {
             heard: AtomicU64::new(0),
             arrived: AtomicBool::new(arrived),
             bytes: AtomicU64::new(0),
-            holds_apps: AtomicBool::new(false),
+            apps,
+            share: AtomicU32::new(1),
             why: AtomicU8::new(Room::Connections as u8),
             close: CancellationToken::new(),
         });
-        let body = matches!(what, Arrival::Body(_));
         let key = {
             let mut h = heads();
             let key = h.next;
             h.next += 1;
             h.arriving.insert(key, Arc::clone(&arriving));
-            h.bodies += usize::from(body);
+            h.bodies += usize::from(for_apps);
             key
         };
-        if body {
+        if for_apps {
             BODY_LISTED.notify_one();
         }
         HeadWatch { key, arriving }
     }
 
-    /// Whether an app waits for this body now: a request of the connection runs (a
-    /// FastCGI body is read while its app runs; uwsgi and SCGI ones before). One
-    /// relaxed store.
-    pub fn holds_apps(&self, yes: bool) {
-        self.arriving.holds_apps.store(yes, Ordering::Relaxed);
+    /// The bodies of a FastCGI connection's requests, `len` bytes in all, read from
+    /// now on while their apps may read them: `apps` counts the requests whose apps
+    /// have begun reading ([`close_slowest_app_body`] closes only a connection with
+    /// some). Its bytes are set from the STDIN content given to the requests
+    /// ([`HeadWatch::set_bytes`]), not from what is read off the socket: padding, record
+    /// headers and other records do not count.
+    pub fn stdin(peer: &Arc<str>, len: u64, apps: &Arc<AtomicU32>) -> HeadWatch {
+        let apps = Some(Arc::clone(apps));
+        HeadWatch::listed_with(peer, Arrival::Body(len), Instant::now(), true, apps)
+    }
+
+    /// The body's bytes come so far (since the watch began).
+    pub fn set_bytes(&self, n: u64) {
+        self.arriving.bytes.store(n, Ordering::Relaxed);
+    }
+
+    /// The bytes are shared by `n` requests' bodies (at least 1): together they must
+    /// come at `n` times [`BODY_MIN_RATE`], so that multiplexing many requests on one
+    /// connection does not make each cheaper to hold.
+    pub fn share(&self, n: usize) {
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        self.arriving.share.store(n, Ordering::Relaxed);
     }
 
     /// `n` more bytes have come ([`HeadMarker::read`]).
@@ -392,10 +428,16 @@ impl HeadWatch {
             Arrival::Drain => {
                 tracing::warn!(peer = %a.peer, "--max-connections reached with a connection waiting: closing a FastCGI connection answered without FCGI_KEEP_CONN whose client has not closed it (nothing from it for {for_:.1?}, the rest of its request read and dropped since the answer) to let it in")
             }
-            Arrival::Body(len) if a.why.load(Ordering::Relaxed) == Room::Apps as u8 => {
+            Arrival::Body(len) if a.why.load(Ordering::Relaxed) != Room::Connections as u8 => {
                 let got = a.bytes.load(Ordering::Relaxed);
                 let took = a.since.elapsed();
-                tracing::warn!(peer = %a.peer, got, content_length = len, "every thread (or --max-concurrency place) of this worker is taken with a connection waiting: closing a FastCGI connection whose request body its app waits for and that arrives slowest ({got} of {len} bytes in {took:.1?}, under {BODY_MIN_RATE} bytes a second: a slow or stalled client) to let it in")
+                let requests = a.share.load(Ordering::Relaxed);
+                let full = if a.why.load(Ordering::Relaxed) == Room::Tasks as u8 {
+                    "this worker's event loop is at --max-concurrency"
+                } else {
+                    "every Python thread of this worker is busy"
+                };
+                tracing::warn!(peer = %a.peer, got, content_length = len, requests, "{full} with a request waiting for one: closing a FastCGI connection whose apps wait for request bodies that come furthest behind {BODY_MIN_RATE} bytes a second each ({got} of {len} bytes in {took:.1?} for {requests} request(s): a slow or stalled client); its requests end, and their places go to what waits")
             }
             Arrival::Body(len) => {
                 let got = a.bytes.load(Ordering::Relaxed);
@@ -413,7 +455,9 @@ impl Arriving {
     fn quiet_since(&self) -> Instant {
         match self.what {
             Arrival::Body(_) => {
-                let earned = self.bytes.load(Ordering::Relaxed) as f64 / BODY_MIN_RATE as f64;
+                let share = f64::from(self.share.load(Ordering::Relaxed).max(1));
+                let earned =
+                    self.bytes.load(Ordering::Relaxed) as f64 / (BODY_MIN_RATE as f64 * share);
                 // Far ahead (a body that came fast): not behind for years.
                 self.since + Duration::from_secs_f64(earned.min(1e9))
             }
@@ -426,8 +470,7 @@ impl Drop for HeadWatch {
     fn drop(&mut self) {
         let mut h = heads();
         // Not there any more when it was closed for room (taken out at the pick).
-        if h.arriving.remove(&self.key).is_some() && matches!(self.arriving.what, Arrival::Body(_))
-        {
+        if h.arriving.remove(&self.key).is_some() && self.arriving.apps.is_some() {
             h.bodies -= 1;
         }
     }
@@ -460,18 +503,18 @@ pub fn close_oldest_head(floor: Duration) -> bool {
     close_for(floor, Room::Connections)
 }
 
-/// Every Python thread (WSGI) or `--max-concurrency` place (ASGI) of the worker is
-/// taken and a connection waits in the listen queue: closes the FastCGI connection
-/// whose request body an app waits for ([`HeadWatch::holds_apps`]) and that has been
-/// behind [`BODY_MIN_RATE`] longest, for at least `floor`. Its apps' reads fail as at
-/// a close, their requests end, and their places go to what waits. True when one was
-/// told to close (its task logs it).
+/// Every Python thread (WSGI, `room` [`Room::Threads`]) or `--max-concurrency` place
+/// (ASGI, [`Room::Tasks`]) of the worker is taken and a request waits for one: closes
+/// the FastCGI connection some of whose requests' apps read a body still arriving
+/// ([`HeadWatch::stdin`]) and whose bodies are furthest behind [`BODY_MIN_RATE`] each,
+/// by at least `floor`. Its apps' reads fail as at a close, their requests end, and
+/// their places go to what waits. True when one was told to close (its task logs it).
 // regression (hostile, session 16): FastCGI bodies trickling a byte a second (each
 // read within --read-timeout) held every thread or --max-concurrency place for ever,
 // and nothing was logged: accept had stopped for the places, not for
 // --max-connections, so the slow-body close there never came.
-pub fn close_slowest_app_body(floor: Duration) -> bool {
-    close_for(floor, Room::Apps)
+pub fn close_slowest_app_body(floor: Duration, room: Room) -> bool {
+    close_for(floor, room)
 }
 
 fn close_for(floor: Duration, room: Room) -> bool {
@@ -483,9 +526,10 @@ fn close_for(floor: Duration, room: Room) -> bool {
             .iter()
             .filter(|(_, a)| match room {
                 Room::Connections => true,
-                Room::Apps => {
-                    matches!(a.what, Arrival::Body(_)) && a.holds_apps.load(Ordering::Relaxed)
-                }
+                Room::Threads | Room::Tasks => a
+                    .apps
+                    .as_ref()
+                    .is_some_and(|n| n.load(Ordering::Relaxed) > 0),
             })
             .map(|(k, a)| (k, a, a.quiet_since()))
             .filter(|(_, a, quiet)| {
@@ -496,7 +540,7 @@ fn close_for(floor: Duration, room: Room) -> bool {
         let Some(victim) = oldest.and_then(|k| h.arriving.remove(&k)) else {
             return false;
         };
-        if matches!(victim.what, Arrival::Body(_)) {
+        if victim.apps.is_some() {
             h.bodies -= 1;
         }
         victim
@@ -780,28 +824,56 @@ mod tests {
         assert!(close_oldest_head(Duration::from_secs(100)));
         assert!(closed(&trickle) && !closed(&on_time));
         assert!(!close_oldest_head(Duration::from_secs(100)));
-        // For the apps' places, only a body an app waits for: not a head, not a body
-        // read before its app is called, not one on time.
+        // For the apps' places, only a FastCGI body some of whose apps read it: not a
+        // head, not a body read before its app is called, not one whose apps have not
+        // begun, not one on time.
+        let reading = Arc::new(AtomicU32::new(1));
+        let idle = Arc::new(AtomicU32::new(0));
+        let stdin = |got: u64, apps: &Arc<AtomicU32>| {
+            let w = HeadWatch::listed_with(
+                &peer,
+                Arrival::Body(1 << 30),
+                ago(300),
+                true,
+                Some(Arc::clone(apps)),
+            );
+            w.set_bytes(got);
+            w
+        };
+        let room = Room::Threads;
         let head = HeadWatch::new(&peer, ago(400), true);
         let before_app = body(10);
-        let on_time_app = body(300 * BODY_MIN_RATE);
-        on_time_app.holds_apps(true);
-        assert!(!close_slowest_app_body(Duration::from_secs(100)));
-        let slow_app = body(20);
-        slow_app.holds_apps(true);
-        let slower_app = body(10);
-        slower_app.holds_apps(true);
-        assert!(close_slowest_app_body(Duration::from_secs(100)));
+        let not_begun = stdin(5, &idle);
+        let on_time_app = stdin(300 * BODY_MIN_RATE, &reading);
+        assert!(!close_slowest_app_body(Duration::from_secs(100), room));
+        // Shared by 4 requests, 300 s worth for one is 225 s behind for them all.
+        on_time_app.share(4);
+        assert!(close_slowest_app_body(Duration::from_secs(100), room));
+        assert!(closed(&on_time_app));
+        let slow_app = stdin(20, &reading);
+        let slower_app = stdin(10, &reading);
+        assert!(close_slowest_app_body(
+            Duration::from_secs(100),
+            Room::Tasks
+        ));
         assert!(closed(&slower_app) && !closed(&slow_app));
-        assert!(!closed(&head) && !closed(&before_app) && !closed(&on_time_app));
+        assert!(!closed(&head) && !closed(&before_app) && !closed(&not_begun));
         assert_eq!(
             slower_app.arriving.why.load(Ordering::Relaxed),
-            Room::Apps as u8
+            Room::Tasks as u8
         );
-        // Bodies listed, counted off as they close or drop.
+        // Only bodies apps may read are counted, off the count as they close or drop.
+        let consistent = || {
+            let h = heads();
+            h.bodies == h.arriving.values().filter(|a| a.apps.is_some()).count()
+        };
         assert!(bodies_listed());
-        assert!(close_slowest_app_body(Duration::from_secs(100)));
+        assert!(consistent());
+        drop(not_begun);
+        assert!(consistent());
+        assert!(close_slowest_app_body(Duration::from_secs(100), room));
         drop((on_time, before_app, on_time_app, slow_app, slower_app));
+        assert!(consistent());
     }
 
     #[test]

@@ -115,6 +115,9 @@ struct FeedState {
     gone: bool,
     /// The body passed --max-body (no CONTENT_LENGTH): the app's next read fails so.
     too_large: bool,
+    /// The app has begun reading it: counted in its connection's
+    /// [`ConnInput::reading`] until the request ends (the feed is dropped).
+    read_by_app: bool,
     /// An event loop waits for input ([`BodyStream::poll_chunk`]): called once there
     /// is something to take (never under the lock).
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
@@ -244,6 +247,15 @@ impl Feed {
 /// The slow lane's end of a [`Feed`]: dropping it tells the app nothing more comes.
 struct Feeder(Arc<Feed>);
 
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if st.read_by_app {
+            self.input.reading().fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Drop for Feeder {
     fn drop(&mut self) {
         self.0.close();
@@ -257,6 +269,11 @@ impl StdinStream {
     /// What the app can take now: `None` while nothing is there (the caller waits).
     fn take(&self, st: &mut MutexGuard<'_, FeedState>) -> Option<io::Result<Option<Bytes>>> {
         let feed = &self.0;
+        if !st.read_by_app {
+            // From now on the request holds its app's place while its body comes.
+            st.read_by_app = true;
+            feed.input.reading().fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(b) = st.chunks.pop_front() {
             let n = b.len() + CHUNK_OVERHEAD;
             st.held -= n;
@@ -671,6 +688,8 @@ pub async fn serve(
     let mut head_watch: Option<slow_clients::HeadWatch> = None;
     // While bodies arrive and no head does: listed as a body (slow_clients::BODY_MIN_RATE).
     let mut body_watch: Option<slow_clients::HeadWatch> = None;
+    // What `input.delivered_total()` was when `body_watch` began.
+    let mut body_since = 0u64;
     // The deadline that fired with input waiting on the socket (a worker stopped past
     // it: see connection::input_waits), and until when the read may go on: once per
     // deadline, so a head trickling past --head-timeout gains STOPPED_GRACE at most.
@@ -894,16 +913,26 @@ pub async fn serve(
                     .values()
                     .filter_map(|s| s.content_length)
                     .fold(0u64, u64::saturating_add);
-                body_watch = Some(slow_clients::HeadWatch::body(&peer, len, 0));
+                body_since = input.delivered_total();
+                body_watch = Some(slow_clients::HeadWatch::stdin(&peer, len, input.reading()));
             }
             (false, Some(_)) => body_watch = None,
             _ => {}
         }
         if let Some(w) = &body_watch {
-            // A request handed to its app with its body still coming holds a thread
-            // or --max-concurrency place (or waits for one): with every one taken and
-            // a connection waiting, the slowest such body is closed for it.
-            w.holds_apps(slots.values().any(|s| s.stdin.is_some()));
+            // Measured by the STDIN content given to the requests (not by what is read:
+            // padding and record headers would pass for a body), each request's at
+            // BODY_MIN_RATE.
+            // regression (review of 566fbad): counted off the socket, 1 byte of STDIN
+            // padded to 256 every 0.4 s passed for 640 bytes a second, and one
+            // connection held 64 multiplexed requests' places at 500.
+            w.set_bytes(input.delivered_total().saturating_sub(body_since));
+            w.share(
+                slots
+                    .values()
+                    .filter(|s| s.stdin.is_some() || s.collect.is_some())
+                    .count(),
+            );
         }
         let deadline = if eof {
             // Only the apps are waited for (their own deadline is --timeout).
@@ -1034,12 +1063,9 @@ pub async fn serve(
                         eof = slots.is_empty();
                         break 'conn;
                     }
-                    Ok(n) => {
+                    Ok(_) => {
                         last_read = Instant::now();
                         past = over;
-                        if let Some(w) = &body_watch {
-                            w.read(n);
-                        }
                     }
                     Err(e) => {
                         // A reset in the middle of a request's input is the front
@@ -1908,6 +1934,7 @@ fn handle_event(
             }
             if feed.push(data) {
                 slot.got += n;
+                input.delivered(n as usize);
             } else {
                 // The request is over (or its input was dropped): the rest is dropped.
                 slot.stdin = None;
@@ -2129,8 +2156,12 @@ fn collect_stdin(
             }
             return refuse_collected(conn, parser, slots, lane, id, (503, "Service Unavailable"));
         }
+        let n = data.len();
         match c.push(data, room) {
-            Ok(()) => return Step::Go,
+            Ok(()) => {
+                input.delivered(n);
+                return Step::Go;
+            }
             Err(e) => {
                 if let Some(dropped) = SPOOL_LOG.allow() {
                     c.span.in_scope(|| tracing::error!(error = %e, dropped, "cannot spool a request body (no CONTENT_LENGTH) to a temporary file (out of file descriptors: raise ulimit -n / LimitNOFILE= or lower --max-connections; or TMPDIR is full or not writable); answered 503"));

@@ -1564,20 +1564,16 @@ pub async fn keep_room(
     }
 }
 
-/// While a request body is listed ([`slow_clients::HeadWatch::body`]) and, at two
-/// looks [`IDLE_TICK`] apart, every place to run a request is taken
-/// ([`crate::server::admission::Admission::apps_full`]: no Python thread free, or the
-/// event loop at `--max-concurrency`) with a connection waiting in a listen queue:
-/// closes the FastCGI connection whose body an app waits for and that has been behind
-/// [`slow_clients::BODY_MIN_RATE`] longest, for over [`slow_clients::HEAD_BEFORE_CLOSE`]
+/// While a FastCGI body apps may read is listed ([`slow_clients::HeadWatch::stdin`])
+/// and, at two looks [`IDLE_TICK`] apart, every place to run a request is taken and a
+/// request waits for one ([`apps_wanted`]): closes the FastCGI connection some of
+/// whose apps read bodies still arriving that are furthest behind
+/// [`slow_clients::BODY_MIN_RATE`] each, by over [`slow_clients::HEAD_BEFORE_CLOSE`]
 /// ([`slow_clients::close_slowest_app_body`]). Its apps' reads fail as at a close and
 /// their places go to what waits. After a close, two more looks before the next, so
-/// that the places it freed are taken first. With no body listed it sleeps (no
+/// that the places it freed are taken first. With no such body listed it sleeps (no
 /// wake-up). Runs on the I/O runtime until `stop`.
-pub async fn keep_apps_free(
-    admission: Arc<crate::server::admission::Admission>,
-    stop: tokio_util::sync::CancellationToken,
-) {
+pub async fn keep_apps_free(places: Places, stop: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -1589,11 +1585,68 @@ pub async fn keep_apps_free(
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(IDLE_TICK) => {}
             }
-            let press = admission.apps_full() && admission.connection_waits();
-            pressed = press
-                && !(pressed
-                    && slow_clients::close_slowest_app_body(slow_clients::HEAD_BEFORE_CLOSE));
+            pressed = match places.wanted() {
+                Some(room) if pressed => {
+                    !slow_clients::close_slowest_app_body(slow_clients::HEAD_BEFORE_CLOSE, room)
+                }
+                Some(_) => true,
+                None => false,
+            };
         }
+    }
+}
+
+/// What [`keep_apps_free`] looks at: the worker's places and what waits for one.
+pub struct Places {
+    pub admission: Arc<crate::server::admission::Admission>,
+    /// The Python threads' epoll: the listeners (WSGI), the ready queue's eventfd,
+    /// parked FastCGI connections, new connections waiting for their first bytes.
+    pub epoll: Arc<OwnedFd>,
+    pub queue: Arc<crate::server::queue::Queue>,
+    pub monitor: Option<Arc<dyn crate::wsgi::Monitor>>,
+}
+
+impl Places {
+    /// Every place to run a request is taken and a request waits for one of this
+    /// worker's, as one look sees it: which places, or `None`. WSGI: something is
+    /// ready in the Python threads' epoll, where a free thread would be waiting (it
+    /// takes what comes at once); ASGI: the event loop is at `--max-concurrency` and
+    /// something is ready in that epoll or a listen queue. A complete request in the
+    /// ready queue always counts; a new connection or a request on a parked kept
+    /// connection only when no other worker has a free place (those are taken or
+    /// handed over there). Never while the worker stops or recycles
+    /// (`--max-requests`: what waits then is for its successor).
+    fn wanted(&self) -> Option<slow_clients::Room> {
+        if !self.queue.is_accepting() || self.admission.recycling() {
+            return None;
+        }
+        let room = if !self.admission.asgi() {
+            slow_clients::Room::Threads
+        } else if self.admission.loop_full() {
+            slow_clients::Room::Tasks
+        } else {
+            return None;
+        };
+        if self.queue.queued() > 0 {
+            return Some(room);
+        }
+        if self
+            .monitor
+            .as_ref()
+            .is_some_and(|m| m.idle_elsewhere() > 0)
+        {
+            return None;
+        }
+        let mut fds = [rustix::event::PollFd::new(
+            &*self.epoll,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let ready = matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0);
+        (ready || self.admission.connection_waits()).then_some(room)
     }
 }
 
