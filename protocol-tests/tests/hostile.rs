@@ -1048,17 +1048,27 @@ enum Trickle {
     Padded,
 }
 
+/// What comes after the slow uploads of [`slow_bodies_and_a_waiting_request`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Then {
+    /// A GET to /env on a new connection.
+    New,
+    /// A GET to /env as the second request of a kept connection served before.
+    Kept,
+    /// That kept connection is closed by its client instead (a FIN, no request).
+    KeptClosed,
+}
+
 /// `conns` connections carrying `mux` multiplexed uploads each (POST /echo, the app
 /// reads its body as it comes, CONTENT_LENGTH 1,000,000) that trickle as `trickle`
-/// says; after 2.5 s a GET to /env, on a new connection or (`kept`) as the second
-/// request of a kept connection served before the uploads came. Its status, whether a
+/// says; after 2.5 s what `then` says. The GET's status (`None` for no GET), whether a
 /// slow upload was closed, the logs.
 fn slow_bodies_and_a_waiting_request(
     app: &str,
     places: &[&str],
     (conns, mux): (usize, u16),
     trickle: Trickle,
-    kept: bool,
+    then: Then,
 ) -> (Option<u16>, bool, String) {
     let dir = tempdir();
     let p = Spawn::tcp(dir.path(), app)
@@ -1069,7 +1079,7 @@ fn slow_bodies_and_a_waiting_request(
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
     };
-    let mut keep = kept.then(|| {
+    let mut keep = (then != Then::New).then(|| {
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         c.write_all(&fcgi::get(1, true, "/env")).unwrap();
@@ -1123,6 +1133,11 @@ fn slow_bodies_and_a_waiting_request(
     // Every place is taken, each body behind for over a second.
     std::thread::sleep(Duration::from_millis(2500));
     let status = match keep.as_mut() {
+        Some(_) if then == Then::KeptClosed => {
+            drop(keep.take());
+            std::thread::sleep(Duration::from_millis(1500));
+            None
+        }
         Some(c) => {
             c.write_all(&fcgi::get(1, true, "/env")).unwrap();
             fcgi::status(c)
@@ -1167,14 +1182,14 @@ fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request()
     let threads: &[&str] = &["--threads", "2"];
     // (app, its places, (connections, uploads on each), how they trickle, whether the
     // GET comes on a kept connection, what the close line says is full)
-    type Case<'a> = (&'a str, &'a [&'a str], (usize, u16), Trickle, bool, &'a str);
+    type Case<'a> = (&'a str, &'a [&'a str], (usize, u16), Trickle, Then, &'a str);
     let cases: [Case; 5] = [
         (
             &wsgi,
             threads,
             (2, 1),
             Trickle::Bytes,
-            false,
+            Then::New,
             "every Python thread of this worker is busy",
         ),
         (
@@ -1182,7 +1197,7 @@ fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request()
             &["--max-concurrency", "2"],
             (2, 1),
             Trickle::Bytes,
-            false,
+            Then::New,
             "this worker's event loop is at --max-concurrency",
         ),
         // One connection's multiplexed requests take every place: closing it frees all.
@@ -1191,7 +1206,7 @@ fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request()
             &["--max-concurrency", "4"],
             (1, 4),
             Trickle::Bytes,
-            false,
+            Then::New,
             "this worker's event loop is at --max-concurrency",
         ),
         (
@@ -1199,7 +1214,7 @@ fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request()
             threads,
             (2, 1),
             Trickle::Padded,
-            false,
+            Then::New,
             "every Python thread of this worker is busy",
         ),
         (
@@ -1207,14 +1222,14 @@ fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request()
             threads,
             (2, 1),
             Trickle::Bytes,
-            true,
+            Then::Kept,
             "every Python thread of this worker is busy",
         ),
     ];
-    for (app, places, shape, trickle, kept, full) in cases {
-        let what = format!("{places:?}, {shape:?}, {trickle:?}, kept {kept}");
+    for (app, places, shape, trickle, then, full) in cases {
+        let what = format!("{places:?}, {shape:?}, {trickle:?}, {then:?}");
         let (status, was_closed, logs) =
-            slow_bodies_and_a_waiting_request(app, places, shape, trickle, kept);
+            slow_bodies_and_a_waiting_request(app, places, shape, trickle, then);
         assert_eq!(status, Some(200), "{what}: not served\n{logs}");
         assert!(was_closed, "{what}: no slow upload was closed\n{logs}");
         let lines: Vec<&str> = logs
@@ -1234,18 +1249,30 @@ fn slow_fastcgi_bodies_holding_every_app_place_make_room_for_a_waiting_request()
     }
 }
 
-// The other side of the one above: with a place free, or with uploads that are not
-// behind, nothing is closed.
+// The other side of the one above: with a place free, or with every place taken and
+// nothing waiting (a kept connection its client closes is no request: nginx closes
+// idle ones at its keepalive_timeout), nothing is closed.
 #[test]
-fn slow_fastcgi_bodies_are_not_closed_while_a_place_is_free() {
+fn slow_fastcgi_bodies_are_not_closed_while_a_place_is_free_or_nothing_waits() {
     let (status, was_closed, logs) = slow_bodies_and_a_waiting_request(
         &testapp(),
         &["--threads", "3"],
         (2, 1),
         Trickle::Bytes,
-        false,
+        Then::New,
     );
     assert_eq!(status, Some(200), "{logs}");
+    assert!(!was_closed, "a slow upload was closed\n{logs}");
+    assert!(!logs.contains(APP_BODY_CLOSED), "{logs}");
+    // regression (review of e6c0358): the close of a parked connection counted as a
+    // request waiting, and a slow upload was closed for it.
+    let (_, was_closed, logs) = slow_bodies_and_a_waiting_request(
+        &testapp(),
+        &["--threads", "2"],
+        (2, 1),
+        Trickle::Bytes,
+        Then::KeptClosed,
+    );
     assert!(!was_closed, "a slow upload was closed\n{logs}");
     assert!(!logs.contains(APP_BODY_CLOSED), "{logs}");
 }

@@ -90,6 +90,30 @@ struct ReadyObject {
 /// The type of [`ReadyObject`], made once per process.
 static READY_TYPE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
 
+thread_local! {
+    /// The loop thread's last "the app raised a connection error after the client
+    /// went away" line at warn, and the lines left at debug since.
+    static DISCONNECT_RAISED: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
+}
+
+/// Whether that line is at warn now (one a second at most): `Some(lines left at debug
+/// since the last one)`.
+// regression (hostile, session 17): one close of a connection carrying 64 requests
+// logged 64 such WARN lines with their tracebacks; a client that kept doing so, 2 MiB
+// of log in 20 s.
+fn disconnect_raised_line() -> Option<u64> {
+    DISCONNECT_RAISED.with(|c| {
+        let (last, left) = c.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            c.set((last, left + 1));
+            return None;
+        }
+        c.set((Some(now), 0));
+        Some(left)
+    })
+}
+
 fn ready_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
     use pyo3::ffi;
     READY_TYPE
@@ -2284,8 +2308,17 @@ impl Exchange {
             Some(e) if from_disconnect => {
                 // A ConnectionError (or a class named for a disconnect) may be the
                 // client's doing or the app's own (its database's): not counted, but
-                // its traceback stays in the log.
-                tracing::warn!(traceback = %traceback(py, &e), "the app raised a connection error after the client went away: taken for the disconnect, not counted as an app error; nothing answered");
+                // its traceback stays in the log, one a second at most (a client that
+                // cuts many requests at once, or a close for room of a connection
+                // carrying 64, made as many tracebacks).
+                match disconnect_raised_line() {
+                    Some(unlogged) => {
+                        tracing::warn!(traceback = %traceback(py, &e), unlogged, "the app raised a connection error after the client went away: taken for the disconnect, not counted as an app error; nothing answered")
+                    }
+                    None => {
+                        tracing::debug!(traceback = %traceback(py, &e), "the app raised a connection error after the client went away: taken for the disconnect, not counted as an app error; nothing answered")
+                    }
+                }
                 Self::settle(slf, None)?;
             }
             Some(e) if gone => {

@@ -140,6 +140,10 @@ const PLAIN_READ: usize = 120 * 1024;
 
 impl Source for Acceptor {
     fn next(&self) -> Option<Request> {
+        // Counted while it waits (only in a WSGI worker with a FastCGI listener and
+        // no scoreboard): with none waiting, a FastCGI body an app waits for may be
+        // closed for a request that waits (fastcgi::keep_apps_free).
+        let _free = self.admission.thread_free();
         loop {
             let mut step = Step::Again;
             if let Some(req) = self.turn(true, &mut step) {

@@ -134,6 +134,28 @@ pub struct Admission {
     /// ASGI: the event loop is at its `--max-concurrency` (between its `at_cap` and
     /// its `below_cap`).
     loop_full: AtomicBool,
+    /// WSGI without a master's scoreboard, with a FastCGI listener: Python threads
+    /// waiting in `Source::next` ([`Admission::thread_free`]).
+    threads: ThreadCount,
+}
+
+/// Python threads waiting for a request, counted only when asked for
+/// ([`Admission::count_threads`]), on a cache line of its own: the threads of a
+/// worker change it twice a request.
+#[repr(align(64))]
+struct ThreadCount {
+    counted: AtomicBool,
+    free: AtomicUsize,
+}
+
+/// A Python thread waiting for a request ([`Admission::thread_free`]), counted until
+/// it is dropped (it returns with one, or leaves).
+pub struct ThreadFree<'a>(&'a AtomicUsize);
+
+impl Drop for ThreadFree<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// [`Admission`]'s two `--max-requests` counts in one word: requests begun (with
@@ -343,6 +365,10 @@ impl Admission {
             full: tokio::sync::Notify::new(),
             asgi: AtomicBool::new(false),
             loop_full: AtomicBool::new(false),
+            threads: ThreadCount {
+                counted: AtomicBool::new(false),
+                free: AtomicUsize::new(0),
+            },
         })
     }
 
@@ -366,6 +392,36 @@ impl Admission {
     /// serve (a connection waiting is for its successor).
     pub fn recycling(&self) -> bool {
         self.limit_reached()
+    }
+
+    /// Accept runs: not at `--max-connections`, nor paused for descriptors or
+    /// `--max-requests` (a connection waiting in a listen queue then waits for this
+    /// worker's threads or places, not for that).
+    pub fn accepting(&self) -> bool {
+        self.open.load(Ordering::Acquire) < self.max
+            && !self.fd_paused.load(Ordering::Acquire)
+            && !self.limit_reached()
+    }
+
+    /// The Python threads waiting for a request are counted from now on (before they
+    /// start): a WSGI worker with a FastCGI listener and no master's scoreboard.
+    pub fn count_threads(&self) {
+        self.threads.counted.store(true, Ordering::Relaxed);
+    }
+
+    /// A Python thread waits for a request from now until the guard is dropped;
+    /// `None` when threads are not counted (no cost beyond one load).
+    pub fn thread_free(&self) -> Option<ThreadFree<'_>> {
+        if !self.threads.counted.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.threads.free.fetch_add(1, Ordering::Relaxed);
+        Some(ThreadFree(&self.threads.free))
+    }
+
+    /// Counted threads ([`Admission::count_threads`]): none waits for a request.
+    pub fn no_thread_free(&self) -> bool {
+        self.threads.free.load(Ordering::Relaxed) == 0
     }
 
     /// ASGI: the event loop is at its `--max-concurrency` now.
@@ -399,10 +455,14 @@ impl Admission {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        // A listener shut down (from elsewhere: another process sharing it) polls
+        // readable for good, with HUP: no connection waits on it.
+        let gone = rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR;
         matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-            && fds
-                .iter()
-                .any(|f| f.revents().contains(rustix::event::PollFlags::IN))
+            && fds.iter().any(|f| {
+                let r = f.revents();
+                r.contains(rustix::event::PollFlags::IN) && !r.intersects(gone)
+            })
     }
 
     /// `--max-requests` (`monitor.requests_left()`): accept stops while as many

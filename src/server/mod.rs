@@ -213,10 +213,13 @@ pub fn run(
         .iter()
         .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
     {
+        if asgi.is_none() && monitor.is_none() {
+            acceptor.admission.count_threads();
+        }
         runtime.spawn(fastcgi::keep_apps_free(
             fastcgi::Places {
                 admission: Arc::clone(&acceptor.admission),
-                epoll: Arc::clone(&acceptor.epoll),
+                parking: Arc::clone(&parking),
                 queue: Arc::clone(&acceptor.queue),
                 monitor: monitor.clone(),
             },

@@ -15,7 +15,7 @@
 //! hand-over that failed) do not.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -258,6 +258,9 @@ struct Arriving {
     /// How many requests' bodies the bytes are shared by ([`HeadWatch::share`]): each
     /// must come at [`BODY_MIN_RATE`].
     share: AtomicU32,
+    /// Nanoseconds added to `since` for a body, so that a change of `share` owes its
+    /// new rate from then on, not since the start ([`HeadWatch::share`]).
+    shift: AtomicI64,
     /// Why it was closed ([`Room`] as u8), set before `close` is cancelled.
     why: AtomicU8,
     close: CancellationToken,
@@ -337,6 +340,7 @@ impl HeadWatch {
             bytes: AtomicU64::new(0),
             apps,
             share: AtomicU32::new(1),
+            shift: AtomicI64::new(0),
             why: AtomicU8::new(Room::Connections as u8),
             close: CancellationToken::new(),
         });
@@ -373,9 +377,22 @@ impl HeadWatch {
     /// The bytes are shared by `n` requests' bodies (at least 1): together they must
     /// come at `n` times [`BODY_MIN_RATE`], so that multiplexing many requests on one
     /// connection does not make each cheaper to hold.
+    /// The point where it falls behind moves not at all at a change: what it earned
+    /// at the old rate stays earned.
+    // regression (review of e6c0358): the new share applied since the start, so a
+    // connection on time for 100 s that took 63 more requests was 98 s behind at once.
     pub fn share(&self, n: usize) {
+        let a = &self.arriving;
         let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-        self.arriving.share.store(n, Ordering::Relaxed);
+        let old = a.share.swap(n, Ordering::Relaxed);
+        if old == n {
+            return;
+        }
+        // Only the lane that owns the watch changes it: no race with itself.
+        let bytes = a.bytes.load(Ordering::Relaxed) as f64;
+        let per = |share: u32| bytes / (BODY_MIN_RATE as f64 * f64::from(share.max(1))) * 1e9;
+        let moved = (per(old) - per(n)).clamp(-1e18, 1e18) as i64;
+        a.shift.fetch_add(moved, Ordering::Relaxed);
     }
 
     /// `n` more bytes have come ([`HeadMarker::read`]).
@@ -407,6 +424,12 @@ impl HeadWatch {
         HeadMarker(Arc::clone(&self.arriving))
     }
 
+    /// It was picked to be closed for room ([`HeadWatch::closed_for_room`] returns at
+    /// once).
+    pub fn picked(&self) -> bool {
+        self.arriving.close.is_cancelled()
+    }
+
     /// Returns once the connection is to be closed to make room, its line logged (the
     /// first [`NAMED`] of each [`WINDOW`] named): close it, saying nothing more. Only
     /// the task that acts on it says it, so a connection picked as its head came whole
@@ -431,13 +454,13 @@ impl HeadWatch {
             Arrival::Body(len) if a.why.load(Ordering::Relaxed) != Room::Connections as u8 => {
                 let got = a.bytes.load(Ordering::Relaxed);
                 let took = a.since.elapsed();
-                let requests = a.share.load(Ordering::Relaxed);
+                let bodies = a.share.load(Ordering::Relaxed);
                 let full = if a.why.load(Ordering::Relaxed) == Room::Tasks as u8 {
                     "this worker's event loop is at --max-concurrency"
                 } else {
                     "every Python thread of this worker is busy"
                 };
-                tracing::warn!(peer = %a.peer, got, content_length = len, requests, "{full} with a request waiting for one: closing a FastCGI connection whose apps wait for request bodies that come furthest behind {BODY_MIN_RATE} bytes a second each ({got} of {len} bytes in {took:.1?} for {requests} request(s): a slow or stalled client); its requests end, and their places go to what waits")
+                tracing::warn!(peer = %a.peer, got, content_length = len, bodies, "{full} with a request waiting for one: closing a FastCGI connection whose apps wait for request bodies that come furthest behind {BODY_MIN_RATE} bytes a second each ({got} of {len} bytes of {bodies} request bod(ies) in {took:.1?}: a slow or stalled client); its requests end, and their places go to what waits")
             }
             Arrival::Body(len) => {
                 let got = a.bytes.load(Ordering::Relaxed);
@@ -456,10 +479,12 @@ impl Arriving {
         match self.what {
             Arrival::Body(_) => {
                 let share = f64::from(self.share.load(Ordering::Relaxed).max(1));
-                let earned =
-                    self.bytes.load(Ordering::Relaxed) as f64 / (BODY_MIN_RATE as f64 * share);
-                // Far ahead (a body that came fast): not behind for years.
-                self.since + Duration::from_secs_f64(earned.min(1e9))
+                let earned = self.bytes.load(Ordering::Relaxed) as f64
+                    / (BODY_MIN_RATE as f64 * share)
+                    + self.shift.load(Ordering::Relaxed) as f64 / 1e9;
+                // Far ahead (a body that came fast): not behind for years; never before
+                // its start.
+                self.since + Duration::from_secs_f64(earned.clamp(0.0, 1e9))
             }
             _ => self.since + Duration::from_nanos(self.heard.load(Ordering::Relaxed)),
         }
@@ -846,10 +871,15 @@ mod tests {
         let not_begun = stdin(5, &idle);
         let on_time_app = stdin(300 * BODY_MIN_RATE, &reading);
         assert!(!close_slowest_app_body(Duration::from_secs(100), room));
-        // Shared by 4 requests, 300 s worth for one is 225 s behind for them all.
+        // Shared by 4 requests from now on: what it earned stays earned.
         on_time_app.share(4);
+        assert!(!close_slowest_app_body(Duration::from_secs(100), room));
+        // Shared by 4 from the start, 300 s worth for one is 225 s behind for them all.
+        let shared = stdin(0, &reading);
+        shared.share(4);
+        shared.set_bytes(300 * BODY_MIN_RATE);
         assert!(close_slowest_app_body(Duration::from_secs(100), room));
-        assert!(closed(&on_time_app));
+        assert!(closed(&shared) && !closed(&on_time_app));
         let slow_app = stdin(20, &reading);
         let slower_app = stdin(10, &reading);
         assert!(close_slowest_app_body(
@@ -872,7 +902,14 @@ mod tests {
         drop(not_begun);
         assert!(consistent());
         assert!(close_slowest_app_body(Duration::from_secs(100), room));
-        drop((on_time, before_app, on_time_app, slow_app, slower_app));
+        drop((
+            on_time,
+            before_app,
+            on_time_app,
+            slow_app,
+            slower_app,
+            shared,
+        ));
         assert!(consistent());
     }
 

@@ -115,9 +115,13 @@ struct FeedState {
     gone: bool,
     /// The body passed --max-body (no CONTENT_LENGTH): the app's next read fails so.
     too_large: bool,
-    /// The app has begun reading it: counted in its connection's
-    /// [`ConnInput::reading`] until the request ends (the feed is dropped).
-    read_by_app: bool,
+    /// The app has begun reading it while it still arrives: counted in its
+    /// connection's [`ConnInput::reading`] until the lane is done feeding it (the
+    /// [`Feeder`] is dropped: the body ended, was cut, or its request went), or the
+    /// feed goes.
+    reading: bool,
+    /// The lane has dropped its [`Feeder`]: nothing more arrives.
+    fed: bool,
     /// An event loop waits for input ([`BodyStream::poll_chunk`]): called once there
     /// is something to take (never under the lock).
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
@@ -247,17 +251,29 @@ impl Feed {
 /// The slow lane's end of a [`Feed`]: dropping it tells the app nothing more comes.
 struct Feeder(Arc<Feed>);
 
-impl Drop for Feed {
-    fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if st.read_by_app {
+impl Feed {
+    /// No longer counted as an app reading a body still arriving.
+    fn not_reading(&self, st: &mut FeedState) {
+        if std::mem::take(&mut st.reading) {
             self.input.reading().fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let mut st = std::mem::take(self.state.get_mut().unwrap_or_else(|e| e.into_inner()));
+        self.not_reading(&mut st);
+    }
+}
+
 impl Drop for Feeder {
     fn drop(&mut self) {
+        {
+            let mut st = self.0.lock();
+            st.fed = true;
+            self.0.not_reading(&mut st);
+        }
         self.0.close();
     }
 }
@@ -269,9 +285,9 @@ impl StdinStream {
     /// What the app can take now: `None` while nothing is there (the caller waits).
     fn take(&self, st: &mut MutexGuard<'_, FeedState>) -> Option<io::Result<Option<Bytes>>> {
         let feed = &self.0;
-        if !st.read_by_app {
+        if !st.reading && !st.fed {
             // From now on the request holds its app's place while its body comes.
-            st.read_by_app = true;
+            st.reading = true;
             feed.input.reading().fetch_add(1, Ordering::Relaxed);
         }
         if let Some(b) = st.chunks.pop_front() {
@@ -916,7 +932,16 @@ pub async fn serve(
                 body_since = input.delivered_total();
                 body_watch = Some(slow_clients::HeadWatch::stdin(&peer, len, input.reading()));
             }
-            (false, Some(_)) => body_watch = None,
+            (false, Some(w)) => {
+                // Picked to be closed for room since the last turn: closed, not
+                // forgotten (the pick has counted on it).
+                if w.picked() {
+                    w.closed_for_room().await;
+                    said = true;
+                    break 'conn;
+                }
+                body_watch = None;
+            }
             _ => {}
         }
         if let Some(w) = &body_watch {

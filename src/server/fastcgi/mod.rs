@@ -384,6 +384,11 @@ pub struct FcgiConn {
     /// Whether its peer is nginx ([`FcgiConn::peer_is_nginx`]): asked once, when the
     /// final stop first needs to know.
     nginx: OnceLock<bool>,
+    /// A request on it said its front server is nginx ([`FcgiConn::note_front`]):
+    /// true whatever the lookup says.
+    said_nginx: AtomicBool,
+    /// [`FcgiConn::note_front`] looked at its first kept request.
+    front_noted: AtomicBool,
     /// An answer at the final stop shut its write side down ([`FcgiConn::send_last`]):
     /// the front server sees the close with that answer and sends nothing more on it.
     shut_by_answer: AtomicBool,
@@ -485,6 +490,8 @@ impl FcgiConn {
             begun: Mutex::new(fcgi::BegunIds::default()),
             waiting_since: AtomicU64::new(0),
             nginx: OnceLock::new(),
+            said_nginx: AtomicBool::new(false),
+            front_noted: AtomicBool::new(false),
             shut_by_answer: AtomicBool::new(false),
         })
     }
@@ -942,6 +949,9 @@ impl FcgiConn {
     /// which reads `/proc`: made for every kept TCP connection, off the answer path,
     /// just before the final stop, [`Parking::warm_peers`]); unknown: false.
     fn known_nginx(&self) -> bool {
+        if self.said_nginx.load(Ordering::Acquire) {
+            return true;
+        }
         if self.tcp {
             self.nginx.get().copied().unwrap_or(false)
         } else {
@@ -953,22 +963,26 @@ impl FcgiConn {
     /// `nginx/VERSION` (what nginx's stock `fastcgi_params` send) makes the peer known
     /// as nginx, which matters at the final stop ([`FcgiConn::send_last`],
     /// [`FcgiConn::nudge`]) and could not be known otherwise for an nginx on another
-    /// host (no process of this machine to look up). Looked at only until known (one
-    /// load per request after that), and only on kept connections (the stop's answers
-    /// concern them alone). Anything else leaves it to the lookup: a front server that
-    /// calls itself otherwise may still be nginx. A client that lies gets only its own
-    /// connection closed differently at a stop.
+    /// host (no process of this machine to look up). Looked at on a connection's first
+    /// kept request only (one load per request after that; the stop's answers concern
+    /// kept connections alone). Anything else leaves it to the lookup: a front server
+    /// that calls itself otherwise may still be nginx. A client that lies gets only its
+    /// own connection closed differently at a stop.
     // regression (review, session 16): an nginx on another host over TCP (a pod
     // behind an ingress) was never recognised, so its kept connections' last answers
     // at a graceful stop came with the FIN alone, which nginx now and then caches and
     // sends a POST on (a 502).
     pub(super) fn note_front(&self, head: &crate::codec::Head) {
-        if self.nginx.get().is_none()
-            && head
-                .get(b"SERVER_SOFTWARE")
-                .is_some_and(|v| v.starts_with(b"nginx/") || v == b"nginx")
+        if self.front_noted.load(Ordering::Relaxed)
+            || self.front_noted.swap(true, Ordering::Relaxed)
         {
-            let _ = self.nginx.set(true);
+            return;
+        }
+        if head
+            .get(b"SERVER_SOFTWARE")
+            .is_some_and(|v| v.starts_with(b"nginx/") || v == b"nginx")
+        {
+            self.said_nginx.store(true, Ordering::Release);
         }
     }
 
@@ -977,6 +991,9 @@ impl FcgiConn {
     /// ([`FcgiConn::note_front`]); false when unknown (a front server on another host
     /// that does not send `SERVER_SOFTWARE`).
     fn peer_is_nginx(&self) -> bool {
+        if self.said_nginx.load(Ordering::Acquire) {
+            return true;
+        }
         *self.nginx.get_or_init(|| {
             if self.tcp {
                 tcp_peer_is_nginx(&self.sock)
@@ -1599,33 +1616,43 @@ pub async fn keep_apps_free(places: Places, stop: tokio_util::sync::Cancellation
 /// What [`keep_apps_free`] looks at: the worker's places and what waits for one.
 pub struct Places {
     pub admission: Arc<crate::server::admission::Admission>,
-    /// The Python threads' epoll: the listeners (WSGI), the ready queue's eventfd,
-    /// parked FastCGI connections, new connections waiting for their first bytes.
-    pub epoll: Arc<OwnedFd>,
+    pub parking: Arc<Parking>,
     pub queue: Arc<crate::server::queue::Queue>,
+    /// The master's scoreboard: whether every Python thread is busy, and the free
+    /// places of the other workers. Without it (a single process) a WSGI worker's
+    /// threads are counted by [`crate::server::admission::Admission::thread_free`].
     pub monitor: Option<Arc<dyn crate::wsgi::Monitor>>,
 }
 
 impl Places {
     /// Every place to run a request is taken and a request waits for one of this
-    /// worker's, as one look sees it: which places, or `None`. WSGI: something is
-    /// ready in the Python threads' epoll, where a free thread would be waiting (it
-    /// takes what comes at once); ASGI: the event loop is at `--max-concurrency` and
-    /// something is ready in that epoll or a listen queue. A complete request in the
-    /// ready queue always counts; a new connection or a request on a parked kept
-    /// connection only when no other worker has a free place (those are taken or
-    /// handed over there). Never while the worker stops or recycles
-    /// (`--max-requests`: what waits then is for its successor).
+    /// worker's, as one look sees it: which places, or `None`. Taken: no Python thread
+    /// waits for a request (WSGI: the scoreboard's count, else the worker's own), or
+    /// the event loop is at `--max-concurrency` (ASGI). Waits: a complete request in
+    /// the ready queue; or, when no other worker has a free place (else it goes
+    /// there: a new connection is taken by another worker, a request on a parked
+    /// connection handed over), a request on a parked kept FastCGI connection (input
+    /// that is not a close) or a new connection in a listen queue while accept runs.
+    /// Never while the worker stops or recycles (`--max-requests`: what waits then is
+    /// for its successor).
     fn wanted(&self) -> Option<slow_clients::Room> {
         if !self.queue.is_accepting() || self.admission.recycling() {
             return None;
         }
-        let room = if !self.admission.asgi() {
-            slow_clients::Room::Threads
-        } else if self.admission.loop_full() {
+        let room = if self.admission.asgi() {
+            if !self.admission.loop_full() {
+                return None;
+            }
             slow_clients::Room::Tasks
         } else {
-            return None;
+            let busy = match &self.monitor {
+                Some(m) => m.threads_all_busy(),
+                None => self.admission.no_thread_free(),
+            };
+            if !busy {
+                return None;
+            }
+            slow_clients::Room::Threads
         };
         if self.queue.queued() > 0 {
             return Some(room);
@@ -1637,16 +1664,9 @@ impl Places {
         {
             return None;
         }
-        let mut fds = [rustix::event::PollFd::new(
-            &*self.epoll,
-            rustix::event::PollFlags::IN,
-        )];
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let ready = matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0);
-        (ready || self.admission.connection_waits()).then_some(room)
+        let waits = self.parking.request_waiting()
+            || (self.admission.accepting() && self.admission.connection_waits());
+        waits.then_some(room)
     }
 }
 
@@ -2172,6 +2192,36 @@ impl Parking {
             return true;
         }
         false
+    }
+
+    /// A parked connection has input that is not a close (a request waiting for a
+    /// thread or place): one poll of them, no wait.
+    pub fn request_waiting(&self) -> bool {
+        let conns: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
+        if conns.is_empty() {
+            return false;
+        }
+        let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
+        let mut fds: Vec<rustix::event::PollFd<'_>> = conns
+            .iter()
+            .map(|c| rustix::event::PollFd::new(&c.sock, interest))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+            return false;
+        }
+        let gone = rustix::event::PollFlags::RDHUP
+            | rustix::event::PollFlags::HUP
+            | rustix::event::PollFlags::ERR;
+        fds.iter().zip(&conns).any(|(f, c)| {
+            let r = f.revents();
+            r.contains(rustix::event::PollFlags::IN)
+                && !r.intersects(gone)
+                && matches!(*c.owner(), Owner::Parked)
+        })
     }
 
     /// Every Python thread of this worker is busy ([`relieve`]): each parked connection
