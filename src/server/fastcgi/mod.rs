@@ -1670,6 +1670,37 @@ impl Places {
     }
 }
 
+/// Of `conns`, the ones with input that is not a close (a FIN, a reset, an error):
+/// one poll, no wait.
+fn with_input(conns: &[Arc<FcgiConn>]) -> Vec<Arc<FcgiConn>> {
+    if conns.is_empty() {
+        return Vec::new();
+    }
+    let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
+    let mut fds: Vec<rustix::event::PollFd<'_>> = conns
+        .iter()
+        .map(|c| rustix::event::PollFd::new(&c.sock, interest))
+        .collect();
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+        return Vec::new();
+    }
+    let gone = rustix::event::PollFlags::RDHUP
+        | rustix::event::PollFlags::HUP
+        | rustix::event::PollFlags::ERR;
+    fds.iter()
+        .zip(conns)
+        .filter(|(f, _)| {
+            let r = f.revents();
+            r.contains(rustix::event::PollFlags::IN) && !r.intersects(gone)
+        })
+        .map(|(_, c)| Arc::clone(c))
+        .collect()
+}
+
 /// How often it looks at its parked connections while they are: a request that comes
 /// on one then waits this long at most (plus the hand-over) for a free thread
 /// elsewhere.
@@ -2198,30 +2229,9 @@ impl Parking {
     /// thread or place): one poll of them, no wait.
     pub fn request_waiting(&self) -> bool {
         let conns: Vec<Arc<FcgiConn>> = self.conns().values().cloned().collect();
-        if conns.is_empty() {
-            return false;
-        }
-        let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
-        let mut fds: Vec<rustix::event::PollFd<'_>> = conns
+        with_input(&conns)
             .iter()
-            .map(|c| rustix::event::PollFd::new(&c.sock, interest))
-            .collect();
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
-            return false;
-        }
-        let gone = rustix::event::PollFlags::RDHUP
-            | rustix::event::PollFlags::HUP
-            | rustix::event::PollFlags::ERR;
-        fds.iter().zip(&conns).any(|(f, c)| {
-            let r = f.revents();
-            r.contains(rustix::event::PollFlags::IN)
-                && !r.intersects(gone)
-                && matches!(*c.owner(), Owner::Parked)
-        })
+            .any(|c| matches!(*c.owner(), Owner::Parked))
     }
 
     /// Every Python thread of this worker is busy ([`relieve`]): each parked connection
@@ -2241,32 +2251,7 @@ impl Parking {
         if conns.is_empty() {
             return looked;
         }
-        let ready: Vec<Arc<FcgiConn>> = {
-            let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
-            let mut fds: Vec<rustix::event::PollFd<'_>> = conns
-                .iter()
-                .map(|c| rustix::event::PollFd::new(&c.sock, interest))
-                .collect();
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            match rustix::event::poll(&mut fds, Some(&zero)) {
-                Ok(n) if n > 0 => {}
-                _ => return looked,
-            }
-            let gone = rustix::event::PollFlags::RDHUP
-                | rustix::event::PollFlags::HUP
-                | rustix::event::PollFlags::ERR;
-            fds.iter()
-                .zip(&conns)
-                .filter(|(f, _)| {
-                    let r = f.revents();
-                    r.contains(rustix::event::PollFlags::IN) && !r.intersects(gone)
-                })
-                .map(|(_, c)| Arc::clone(c))
-                .collect()
-        };
+        let ready = with_input(&conns);
         let now = std::time::Instant::now();
         let mut room: Option<usize> = None;
         for c in ready {
