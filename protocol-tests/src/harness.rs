@@ -838,6 +838,44 @@ pub fn raw(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A uwsgi `GET /marked-sleep?s=SECS&mark=MARK` (the test app writes MARK as it starts,
+/// then sleeps) sent on a thread of its own: its raw answer.
+pub fn marked_sleep_on_thread(
+    addr: &Addr,
+    secs: u64,
+    mark: &Path,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    let addr = addr.clone();
+    let query = format!("s={secs}&mark={}", mark.display());
+    std::thread::spawn(move || {
+        raw(
+            &addr,
+            &uwsgi_packet(&[
+                ("REQUEST_METHOD", "GET"),
+                ("PATH_INFO", "/marked-sleep"),
+                ("QUERY_STRING", &query),
+            ]),
+        )
+    })
+}
+
+/// A uwsgi `GET /` over a Unix socket, connected and written now (so it takes its place
+/// in the listen queue in the caller's order), its answer read on a thread of its own.
+pub fn queued_get(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+    ]))
+    .unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    })
+}
+
 /// Sends bytes, half-closes (EOF), reads to EOF (or error).
 pub fn raw_eof(addr: &Addr, bytes: &[u8]) -> Vec<u8> {
     let mut s = addr.connect().expect("connecting to postern");

@@ -339,12 +339,7 @@ fn cut_bodies_flood(reset: bool, asgi: bool) {
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
     };
-    let vars = fcgi::get_vars("/echo");
-    let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    v.retain(|(k, _)| *k != "REQUEST_METHOD");
-    v.push(("REQUEST_METHOD", "POST"));
-    v.push(("CONTENT_LENGTH", "100000"));
-    let mut cut = fcgi::head(1, false, &v);
+    let mut cut = post_echo_head(false, "100000");
     cut.extend(fcgi::record(fcgi::STDIN, 1, &[b'x'; 8192]));
     flood(60, || {
         use std::os::fd::AsRawFd;
@@ -373,15 +368,7 @@ fn cut_bodies_flood(reset: bool, asgi: bool) {
     // A good request still answers.
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    assert_eq!(
-        fcgi::kept_get(&mut c, "/").map(|(status, _)| status),
-        Some(200),
-        "{}",
-        p.logs()
-    );
-    p.signal(libc::SIGTERM);
-    assert!(p.wait_exit(30).is_some(), "{}", p.logs());
-    let logs = p.logs();
+    let logs = still_answers_then_stops(&mut p, &mut c);
     let body_lines = logs
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("could not read the request body"))
@@ -426,12 +413,7 @@ fn a_flood_of_fastcgi_bodies_longer_than_their_content_length_is_summed_up() {
     let Addr::Tcp(port) = p.addr else {
         unreachable!()
     };
-    let vars = fcgi::get_vars("/echo");
-    let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    v.retain(|(k, _)| *k != "REQUEST_METHOD");
-    v.push(("REQUEST_METHOD", "POST"));
-    v.push(("CONTENT_LENGTH", "3"));
-    let mut req = fcgi::head(1, true, &v);
+    let mut req = post_echo_head(true, "3");
     req.extend(fcgi::record(fcgi::STDIN, 1, b"abcdef"));
     req.extend(fcgi::record(fcgi::STDIN, 1, b""));
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -446,15 +428,7 @@ fn a_flood_of_fastcgi_bodies_longer_than_their_content_length_is_summed_up() {
         }
     }
     // A good request still answers on it.
-    assert_eq!(
-        fcgi::kept_get(&mut c, "/").map(|(status, _)| status),
-        Some(200),
-        "{}",
-        p.logs()
-    );
-    p.signal(libc::SIGTERM);
-    assert!(p.wait_exit(30).is_some(), "{}", p.logs());
-    let logs = p.logs();
+    let logs = still_answers_then_stops(&mut p, &mut c);
     let lines = logs
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("STDIN longer than CONTENT_LENGTH"))
@@ -467,4 +441,30 @@ fn a_flood_of_fastcgi_bodies_longer_than_their_content_length_is_summed_up() {
         ),
         "no summary:\n{logs}"
     );
+}
+
+/// A good request is still answered on the kept connection `c`; then postern stops
+/// (SIGTERM) and its logs are returned.
+fn still_answers_then_stops(p: &mut Postern, c: &mut TcpStream) -> String {
+    assert_eq!(
+        fcgi::kept_get(c, "/").map(|(status, _)| status),
+        Some(200),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some(), "{}", p.logs());
+    p.logs()
+}
+
+/// A FastCGI `POST /echo` head (request id 1) with nginx's stock variables and
+/// `content_length`.
+fn post_echo_head(keep_conn: bool, content_length: &str) -> Vec<u8> {
+    use protocol_tests::harness::fcgi;
+    let vars = fcgi::get_vars("/echo");
+    let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.retain(|(k, _)| *k != "REQUEST_METHOD");
+    v.push(("REQUEST_METHOD", "POST"));
+    v.push(("CONTENT_LENGTH", content_length));
+    fcgi::head(1, keep_conn, &v)
 }

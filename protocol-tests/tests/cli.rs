@@ -719,20 +719,7 @@ fn requests_waiting_in_the_listen_queue_at_sigterm_are_served() {
     let dir = tempdir();
     let mut p = Spawn::unix(dir.path(), &testapp()).start();
     let mark = dir.path().join("in-app");
-    let busy = {
-        let addr = p.addr.clone();
-        let query = format!("s=1&mark={}", mark.display());
-        std::thread::spawn(move || {
-            raw(
-                &addr,
-                &uwsgi_packet(&[
-                    ("REQUEST_METHOD", "GET"),
-                    ("PATH_INFO", "/marked-sleep"),
-                    ("QUERY_STRING", &query),
-                ]),
-            )
-        })
-    };
+    let busy = marked_sleep_on_thread(&p.addr, 1, &mark);
     assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     // The only Python thread is busy: these wait in the listen queue (connected and
     // sent here, before the stop).
@@ -741,18 +728,7 @@ fn requests_waiting_in_the_listen_queue_at_sigterm_are_served() {
             let Addr::Unix(path) = &p.addr else {
                 unreachable!()
             };
-            let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(&uwsgi_packet(&[
-                ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", "/"),
-            ]))
-            .unwrap();
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let _ = s.read_to_end(&mut out);
-                out
-            })
+            queued_get(path)
         })
         .collect();
     p.signal(libc::SIGTERM);
@@ -810,19 +786,8 @@ fn a_second_signal_cuts_a_graceful_stop_short() {
     let mut p = Spawn::tcp(dir.path(), &testapp())
         .args(["--graceful-timeout", "600"])
         .start();
-    let addr = p.addr.clone();
     let mark = dir.path().join("in-app");
-    let query = format!("s=300&mark={}", mark.display());
-    std::thread::spawn(move || {
-        raw(
-            &addr,
-            &uwsgi_packet(&[
-                ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", "/marked-sleep"),
-                ("QUERY_STRING", &query),
-            ]),
-        )
-    });
+    marked_sleep_on_thread(&p.addr, 300, &mark);
     assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     p.signal(libc::SIGTERM);
     // The second signal comes once the graceful stop has begun.

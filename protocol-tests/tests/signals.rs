@@ -1406,7 +1406,6 @@ fn a_group_sigterm_serves_the_listen_queue_when_the_master_marks_the_stop_late()
 }
 
 fn group_sigterm_with_the_master_late(late: Duration) {
-    use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
     let dir = tempdir();
     let spawn = Spawn::unix(dir.path(), &testapp()).args(["--workers", "2"]);
@@ -1420,42 +1419,15 @@ fn group_sigterm_with_the_master_late(late: Duration) {
     // Both workers' only Python thread busy for a second.
     let busy: Vec<_> = (0..2)
         .map(|i| {
-            let addr = p.addr.clone();
             let mark = dir.path().join(format!("in-app-{i}"));
-            let query = format!("s=1&mark={}", mark.display());
-            let t = std::thread::spawn(move || {
-                raw(
-                    &addr,
-                    &uwsgi_packet(&[
-                        ("REQUEST_METHOD", "GET"),
-                        ("PATH_INFO", "/marked-sleep"),
-                        ("QUERY_STRING", &query),
-                    ]),
-                )
-            });
-            (t, dir.path().join(format!("in-app-{i}")))
+            (marked_sleep_on_thread(&p.addr, 1, &mark), mark)
         })
         .collect();
     for (_, mark) in &busy {
         assert!(wait_file(mark, 20), "a request never ran\n{}", p.logs());
     }
     // These wait in the listen queue.
-    let queued: Vec<_> = (0..3)
-        .map(|_| {
-            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(&uwsgi_packet(&[
-                ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", "/"),
-            ]))
-            .unwrap();
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let _ = s.read_to_end(&mut out);
-                out
-            })
-        })
-        .collect();
+    let queued: Vec<_> = (0..3).map(|_| queued_get(&path)).collect();
     // SAFETY: kill(2) on the postern this test started and on its own process group;
     // the master is stopped only for `late`.
     unsafe {
@@ -1583,20 +1555,7 @@ fn a_second_signal_counts_the_requests_accepted_and_not_started_too() {
         .collect();
     let requests: Vec<_> = marks
         .iter()
-        .map(|mark| {
-            let addr = p.addr.clone();
-            let query = format!("s=30&mark={}", mark.display());
-            std::thread::spawn(move || {
-                raw(
-                    &addr,
-                    &uwsgi_packet(&[
-                        ("REQUEST_METHOD", "GET"),
-                        ("PATH_INFO", "/marked-sleep"),
-                        ("QUERY_STRING", &query),
-                    ]),
-                )
-            })
-        })
+        .map(|mark| marked_sleep_on_thread(&p.addr, 30, mark))
         .collect();
     // Up to 4 run (2 workers x 2 threads); the others wait in the listen queue or in
     // a worker that accepted them (a worker may take them all: then 2 run).

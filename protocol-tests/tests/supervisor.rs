@@ -2430,18 +2430,7 @@ fn master_with_a_request_in_the_app(
     let p = Spawn::unix(dir, &testapp()).args(args).start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
     let mark = dir.join("in-app");
-    let query = format!("s=30&mark={}", mark.display());
-    let addr = p.addr.clone();
-    let req = std::thread::spawn(move || {
-        raw(
-            &addr,
-            &uwsgi_packet(&[
-                ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", "/marked-sleep"),
-                ("QUERY_STRING", &query),
-            ]),
-        )
-    });
+    let req = marked_sleep_on_thread(&p.addr, 30, &mark);
     assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     (p, req)
 }
@@ -2500,18 +2489,7 @@ fn a_stop_that_lets_the_request_finish_exits_0() {
         .args(["--workers", "2"])
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
-    let addr = p.addr.clone();
-    let query = format!("s=1&mark={}", mark.display());
-    let req = std::thread::spawn(move || {
-        raw(
-            &addr,
-            &uwsgi_packet(&[
-                ("REQUEST_METHOD", "GET"),
-                ("PATH_INFO", "/marked-sleep"),
-                ("QUERY_STRING", &query),
-            ]),
-        )
-    });
+    let req = marked_sleep_on_thread(&p.addr, 1, &mark);
     assert!(wait_file(&mark, 20), "the request never ran\n{}", p.logs());
     p.signal(libc::SIGTERM);
     let r = parse_http(&req.join().unwrap()).expect("the request finishes");

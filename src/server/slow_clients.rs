@@ -377,22 +377,41 @@ impl HeadWatch {
     /// The bytes are shared by `n` requests' bodies (at least 1): together they must
     /// come at `n` times [`BODY_MIN_RATE`], so that multiplexing many requests on one
     /// connection does not make each cheaper to hold.
-    /// The point where it falls behind moves not at all at a change: what it earned
-    /// at the old rate stays earned.
+    /// At a change, the time already earned stays earned, and the credit ahead of now
+    /// (bytes sent early) is spread over the new count: credit earned by one body does
+    /// not cover 63 more.
     // regression (review of e6c0358): the new share applied since the start, so a
-    // connection on time for 100 s that took 63 more requests was 98 s behind at once.
+    // connection on time for 100 s that took 63 more requests was 98 s behind at once;
+    // (review of 53d7b58) keeping the whole point instead let 20 KB sent for one
+    // request hold 64 places for 40 s.
     pub fn share(&self, n: usize) {
         let a = &self.arriving;
         let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-        let old = a.share.swap(n, Ordering::Relaxed);
+        let old = a.share.load(Ordering::Relaxed).max(1);
         if old == n {
             return;
         }
-        // Only the lane that owns the watch changes it: no race with itself.
+        // Only the lane that owns the watch changes it; a pick on another thread may
+        // look between the two stores: the order below makes it see the connection
+        // further ahead, never behind, in that moment.
+        let rate = BODY_MIN_RATE as f64;
         let bytes = a.bytes.load(Ordering::Relaxed) as f64;
-        let per = |share: u32| bytes / (BODY_MIN_RATE as f64 * f64::from(share.max(1))) * 1e9;
-        let moved = (per(old) - per(n)).clamp(-1e18, 1e18) as i64;
-        a.shift.fetch_add(moved, Ordering::Relaxed);
+        let now = a.since.elapsed().as_secs_f64();
+        let shift = a.shift.load(Ordering::Relaxed) as f64 / 1e9;
+        let earned = bytes / (rate * f64::from(old)) + shift;
+        let earned = if earned > now {
+            now + (earned - now) * f64::from(old) / f64::from(n)
+        } else {
+            earned
+        };
+        let shift = ((earned - bytes / (rate * f64::from(n))) * 1e9).clamp(-1e18, 1e18) as i64;
+        if n > old {
+            a.shift.store(shift, Ordering::Relaxed);
+            a.share.store(n, Ordering::Relaxed);
+        } else {
+            a.share.store(n, Ordering::Relaxed);
+            a.shift.store(shift, Ordering::Relaxed);
+        }
     }
 
     /// `n` more bytes have come ([`HeadMarker::read`]).
@@ -892,6 +911,47 @@ mod tests {
             slower_app.arriving.why.load(Ordering::Relaxed),
             Room::Tasks as u8
         );
+        // Credit for bytes sent early is spread over the bodies a connection takes on
+        // after: 25,000 bytes in 10 s are 40 s ahead for one body, under a second for 64.
+        let early = stdin(0, &idle);
+        let early_since = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        let early = {
+            drop(early);
+            let w = HeadWatch::listed_with(
+                &peer,
+                Arrival::Body(1 << 30),
+                early_since,
+                true,
+                Some(Arc::clone(&idle)),
+            );
+            w.set_bytes(50 * BODY_MIN_RATE);
+            w
+        };
+        let ahead = |w: &HeadWatch| {
+            w.arriving
+                .quiet_since()
+                .saturating_duration_since(Instant::now())
+        };
+        assert!(
+            ahead(&early) > Duration::from_secs(39),
+            "{:?}",
+            ahead(&early)
+        );
+        early.share(64);
+        assert!(
+            ahead(&early) < Duration::from_secs(1),
+            "{:?}",
+            ahead(&early)
+        );
+        // Back to one: the credit left is one body's again (what a second is worth to
+        // 64 bodies is 64 s to one; none is made or lost by the changes).
+        early.share(1);
+        assert!(
+            ahead(&early) > Duration::from_secs(39),
+            "{:?}",
+            ahead(&early)
+        );
+        drop(early);
         // Only bodies apps may read are counted, off the count as they close or drop.
         let consistent = || {
             let h = heads();

@@ -933,9 +933,11 @@ pub async fn serve(
                 body_watch = Some(slow_clients::HeadWatch::stdin(&peer, len, input.reading()));
             }
             (false, Some(w)) => {
-                // Picked to be closed for room since the last turn: closed, not
-                // forgotten (the pick has counted on it).
-                if w.picked() {
+                // Picked to be closed for room since the last turn while bodies still
+                // come (postern holds them back, or its apps have not read them):
+                // closed, not forgotten (the pick has counted on it). Not once every
+                // body is whole or the peer is gone: that close would free no place.
+                if w.picked() && waiting_body && !eof {
                     w.closed_for_room().await;
                     said = true;
                     break 'conn;
