@@ -801,7 +801,7 @@ pub struct ConnInput {
     changed: tokio::sync::Notify,
     /// STDIN content bytes given to this connection's requests so far (record headers,
     /// padding and bytes past CONTENT_LENGTH left out): what a body's rate is measured
-    /// by ([`crate::server::slow_clients::HeadWatch::body`]).
+    /// by ([`crate::server::slow_clients::HeadWatch::stdin`]).
     delivered: AtomicU64,
     /// This connection's requests whose apps have begun reading a body still arriving
     /// and have not ended: each holds a Python thread or `--max-concurrency` place.
@@ -819,11 +819,12 @@ impl ConnInput {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// The count of requests whose apps read a body still arriving
-    /// ([`ConnInput::reading`]), to share with the connection's body watch.
+    /// The count of requests whose apps read a body still arriving, to share with
+    /// the connection's body watch.
     pub fn reading(&self) -> &Arc<AtomicU32> {
         &self.reading
     }
+
     pub fn charge(&self, n: usize) {
         self.held.fetch_add(n, Ordering::AcqRel);
         self.worker.held.fetch_add(n, Ordering::AcqRel);

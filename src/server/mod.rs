@@ -205,7 +205,7 @@ pub fn run(
         idle_close.clone(),
     ));
     // FastCGI bodies trickling to apps that wait for them must not hold every thread
-    // or --max-concurrency place while a new connection waits either.
+    // or --max-concurrency place while a request waits for one either.
     if asgi.is_some() {
         acceptor.admission.serves_asgi();
     }

@@ -1583,7 +1583,7 @@ pub async fn keep_room(
 
 /// While a FastCGI body apps may read is listed ([`slow_clients::HeadWatch::stdin`])
 /// and, at two looks [`IDLE_TICK`] apart, every place to run a request is taken and a
-/// request waits for one ([`apps_wanted`]): closes the FastCGI connection some of
+/// request waits for one ([`Places::wanted`]): closes the FastCGI connection some of
 /// whose apps read bodies still arriving that are furthest behind
 /// [`slow_clients::BODY_MIN_RATE`] each, by over [`slow_clients::HEAD_BEFORE_CLOSE`]
 /// ([`slow_clients::close_slowest_app_body`]). Its apps' reads fail as at a close and
