@@ -91,25 +91,36 @@ struct ReadyObject {
 static READY_TYPE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
 
 thread_local! {
-    /// The loop thread's last "the app raised a connection error after the client
-    /// went away" line at warn, and the lines left at debug since.
-    static DISCONNECT_RAISED: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
+    /// The loop thread's window of "the app raised a connection error after the client
+    /// went away" lines at warn: when it began, the lines at warn in it, the lines
+    /// left at debug since the last one at warn.
+    static DISCONNECT_RAISED: Cell<(Option<Instant>, u32, u64)> = const { Cell::new((None, 0, 0)) };
 }
 
-/// Whether that line is at warn now (one a second at most): `Some(lines left at debug
-/// since the last one)`.
+/// Lines at warn per window of [`DISCONNECT_RAISED`].
+const DISCONNECT_RAISED_NAMED: u32 = 20;
+
+/// How long one such window lasts.
+const DISCONNECT_RAISED_WINDOW: Duration = Duration::from_secs(10);
+
+/// Whether that line is at warn now (the first [`DISCONNECT_RAISED_NAMED`] of each
+/// [`DISCONNECT_RAISED_WINDOW`]): `Some(lines left at debug since the last one)`.
 // regression (hostile, session 17): one close of a connection carrying 64 requests
 // logged 64 such WARN lines with their tracebacks; a client that kept doing so, 2 MiB
 // of log in 20 s.
 fn disconnect_raised_line() -> Option<u64> {
     DISCONNECT_RAISED.with(|c| {
-        let (last, left) = c.get();
+        let (since, named, left) = c.get();
         let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            c.set((last, left + 1));
+        let (since, named) = match since {
+            Some(t) if now.duration_since(t) < DISCONNECT_RAISED_WINDOW => (t, named),
+            _ => (now, 0),
+        };
+        if named >= DISCONNECT_RAISED_NAMED {
+            c.set((Some(since), named, left + 1));
             return None;
         }
-        c.set((Some(now), 0));
+        c.set((Some(since), named + 1, 0));
         Some(left)
     })
 }
@@ -2308,9 +2319,9 @@ impl Exchange {
             Some(e) if from_disconnect => {
                 // A ConnectionError (or a class named for a disconnect) may be the
                 // client's doing or the app's own (its database's): not counted, but
-                // its traceback stays in the log, one a second at most (a client that
-                // cuts many requests at once, or a close for room of a connection
-                // carrying 64, made as many tracebacks).
+                // its traceback stays in the log, the first 20 of each 10 s at warn (a
+                // client that cuts many requests at once, or a close for room of a
+                // connection carrying 64, made as many tracebacks).
                 match disconnect_raised_line() {
                     Some(unlogged) => {
                         tracing::warn!(traceback = %traceback(py, &e), unlogged, "the app raised a connection error after the client went away: taken for the disconnect, not counted as an app error; nothing answered")
