@@ -1166,6 +1166,8 @@ fn reopen_files() {
 pub struct RequestSpan {
     span: tracing::Span,
     named: Option<Arc<Named>>,
+    /// The peer, for the bad-input limiter's count (`None` for [`Self::none`]).
+    peer: Option<Arc<str>>,
 }
 
 /// The id and peer of a request whose span is off (shared: entering it is a pointer's
@@ -1191,7 +1193,11 @@ impl RequestSpan {
                     peer: Arc::clone(peer),
                 })
             });
-        RequestSpan { span, named }
+        RequestSpan {
+            span,
+            named,
+            peer: Some(Arc::clone(peer)),
+        }
     }
 
     /// No request (a placeholder once the span is taken).
@@ -1199,7 +1205,13 @@ impl RequestSpan {
         RequestSpan {
             span: tracing::Span::none(),
             named: None,
+            peer: None,
         }
+    }
+
+    /// The request's peer as its lines name it (empty for [`Self::none`]).
+    pub fn peer(&self) -> &str {
+        self.peer.as_deref().unwrap_or("")
     }
 
     /// The `tracing` span is off: nothing is recorded in it.

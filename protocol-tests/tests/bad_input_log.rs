@@ -468,3 +468,71 @@ fn post_echo_head(keep_conn: bool, content_length: &str) -> Vec<u8> {
     v.push(("CONTENT_LENGTH", content_length));
     fcgi::head(1, keep_conn, &v)
 }
+
+// regression (hostile): requests without REQUEST_METHOD (or with malformed variables)
+// were answered 400 with one WARN line each, unlimited, on the WSGI and the ASGI path
+// alike: 100 such requests wrote 100 lines.
+#[test]
+fn a_flood_of_requests_without_request_method_is_named_twenty_times_then_summed_up() {
+    for asgi in [false, true] {
+        let dir = tempdir();
+        let spawn = if asgi {
+            Spawn::asgi_tcp(
+                dir.path(),
+                "flood_app",
+                "async def app(scope, receive, send):\n    \
+                 await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    \
+                 await send({'type': 'http.response.body', 'body': b'ok'})\n",
+            )
+            .args(["--lifespan", "off"])
+        } else {
+            Spawn::tcp(dir.path(), &testapp())
+        };
+        let mut p = spawn.start();
+        let no_method = uwsgi_packet(&[
+            ("PATH_INFO", "/"),
+            ("REQUEST_URI", "/"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ]);
+        flood(100, || {
+            let out = p.raw(&no_method);
+            assert!(
+                out.starts_with(b"HTTP/1.1 400"),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+        });
+        // A good request still answers.
+        assert_eq!(p.get("/").0, 200, "{}", p.logs());
+        p.signal(libc::SIGTERM);
+        assert!(p.wait_exit(30).is_some(), "{}", p.logs());
+        let logs = p.logs();
+        let named = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("no REQUEST_METHOD"))
+            .count();
+        assert!(
+            named > 0 && named <= 40,
+            "asgi {asgi}: {named} lines:\n{logs}"
+        );
+        let summed: u64 = logs
+            .lines()
+            .filter(|l| l.contains("more clients dropped or refused in the last"))
+            .map(|l| {
+                assert!(l.contains("last_peer=127.0.0.1:"), "{l}");
+                assert!(l.contains("a malformed request or protocol error"), "{l}");
+                l.split(" more clients")
+                    .next()
+                    .unwrap()
+                    .rsplit(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(named as u64 + summed, 100, "asgi {asgi}:\n{logs}");
+    }
+}

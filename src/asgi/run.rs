@@ -812,7 +812,16 @@ impl Driver {
         let scope = match scope {
             Ok((s, _)) => s,
             Err(refusal) => {
-                tracing::warn!(status = refusal.status, reason = %refusal.reason, "the request cannot be described as an ASGI scope; answered without the app");
+                // A 400 is the peer's input: a flood is summed up by the bad-input
+                // limit (a 500, a failed allocation, is always said).
+                // regression (hostile): 100 requests without REQUEST_METHOD were 100
+                // WARN lines.
+                use crate::server::slow_clients::{self, Reason};
+                if refusal.status != 400
+                    || slow_clients::bad_input_on(None, span.peer(), Reason::Malformed, false)
+                {
+                    tracing::warn!(status = refusal.status, reason = %refusal.reason, "the request cannot be described as an ASGI scope; answered without the app");
+                }
                 if let Err(e) = Exchange::answer_refusal(&exchange, refusal.status) {
                     tracing::error!(detail = %traceback(py, &e), "internal error answering a refused request");
                 }

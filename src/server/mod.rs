@@ -90,6 +90,7 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
+    slow_clients::summaries_on(runtime.handle());
     // Before any Python thread serves: a process that cannot take its stop must not
     // serve (it could be stopped only by SIGKILL), nor tell the master it does.
     // regression: it served on, never ready, deaf to SIGTERM.

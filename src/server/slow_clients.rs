@@ -141,6 +141,17 @@ fn note(peer: &str, reason: Reason, limit: Option<Duration>) -> bool {
     )
 }
 
+/// The process's I/O runtime, where a window's summary is said when the bad input was
+/// noticed outside any runtime (on a Python thread or the event loop's) and the caller
+/// has no runtime to give ([`summaries_on`]).
+static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Summaries of windows opened outside a runtime are said by a task of `rt` (set once,
+/// when the process's I/O runtime starts).
+pub fn summaries_on(rt: &tokio::runtime::Handle) {
+    let _ = RUNTIME.set(rt.clone());
+}
+
 fn note_on(
     rt: Option<tokio::runtime::Handle>,
     peer: &str,
@@ -152,6 +163,7 @@ fn note_on(
         // say it; what the stop cuts then is not a peer's bad input anyway.
         return true;
     }
+    let rt = rt.or_else(|| RUNTIME.get().cloned());
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let (named, due) = st.drop_one(peer, reason, limit, Instant::now(), rt.is_some());
     if let (Some((since, window)), Some(rt)) = (due, rt) {

@@ -782,7 +782,7 @@ pub fn handle(
 ) -> Served {
     let span = std::mem::replace(&mut req.span, crate::logging::RequestSpan::none());
     let _entered = span.enter();
-    let served = respond(py, keys, app, settings, &mut req);
+    let served = respond(py, keys, app, settings, &mut req, span.peer());
     // A stop that cut this request off named it and wrote its access line already.
     let named = keys.inflight.end(&mut req.head);
     let (status, ending) = served.end.for_log();
@@ -804,12 +804,21 @@ pub fn handle(
     served
 }
 
+/// A request refused for malformed variables: true when its WARN line is logged (the
+/// first of the bad-input window's lines), false when it is counted for the window's
+/// summary.
+fn bad_input(peer: &str) -> bool {
+    use crate::server::slow_clients::{self, Reason};
+    slow_clients::bad_input_on(None, peer, Reason::Malformed, false)
+}
+
 fn respond(
     py: Python<'_>,
     keys: &Keys,
     app: &Py<PyAny>,
     settings: &Settings,
     req: &mut Request,
+    peer: &str,
 ) -> Served {
     // Moved out piece by piece: the caller keeps the head and the id for the access
     // line (no copy of the head).
@@ -850,15 +859,21 @@ fn respond(
         Ok(b) => b,
         Err(e) => {
             // The codec has framed the request; what is left is malformed variables.
-            tracing::warn!(error = %e, "the request's variables are malformed; answered 400");
+            // A peer's input: a flood is summed up by the bad-input limit.
+            if bad_input(peer) {
+                tracing::warn!(error = %e, "the request's variables are malformed; answered 400");
+            }
             return simple(py, sink, 400, "Bad Request");
         }
     };
     if built.method_missing {
-        let params = listener.protocol.params_file();
-        tracing::warn!(
-            "request has no REQUEST_METHOD; include {params} in the nginx location (answered 400)"
-        );
+        // regression (hostile): a flood of such requests was one WARN line each.
+        if bad_input(peer) {
+            let params = listener.protocol.params_file();
+            tracing::warn!(
+                "request has no REQUEST_METHOD; include {params} in the nginx location (answered 400)"
+            );
+        }
         return simple(py, sink, 400, "Bad Request");
     }
     // The sink moves into the responder; `finish` below takes it back out of use.
