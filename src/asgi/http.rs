@@ -1248,7 +1248,9 @@ enum Refused {
 }
 
 fn gone_error() -> PyErr {
-    ClientDisconnected::new_err("the front server closed the connection (the client went away)")
+    ClientDisconnected::new_err(
+        "the front server closed the connection, or aborted the request (the client went away)",
+    )
 }
 
 /// What `send()` raises once postern cut a response off for a stall.
