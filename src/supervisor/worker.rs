@@ -914,8 +914,8 @@ impl WorkerMonitor {
                     }
                     let why = format!(
                         "RSS {} MiB is over --max-rss {} MiB",
-                        rss / 1024,
-                        max / 1024
+                        Mib(rss),
+                        Mib(max)
                     );
                     // Serving on while the successor starts is bounded: past half as
                     // much again, the worker stops now (before, it always did), held
@@ -951,8 +951,33 @@ impl WorkerMonitor {
     }
 }
 
+/// KiB shown as MiB: whole when exact, else to one decimal (.1 to .9), so a
+/// figure over a limit never reads as equal to it ("RSS 80 MiB is over --max-rss 80
+/// MiB" was 80.4 against 80).
+struct Mib(u64);
+
+impl std::fmt::Display for Mib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (whole, rest) = (self.0 / 1024, self.0 % 1024);
+        if rest == 0 {
+            write!(f, "{whole}")
+        } else {
+            write!(f, "{whole}.{}", (rest * 10 / 1024).max(1).min(9))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mib_never_shows_a_figure_over_a_limit_as_equal_to_it() {
+        assert_eq!(super::Mib(80 * 1024).to_string(), "80");
+        assert_eq!(super::Mib(80 * 1024 + 400).to_string(), "80.3");
+        assert_eq!(super::Mib(80 * 1024 + 1).to_string(), "80.1");
+        assert_eq!(super::Mib(80 * 1024 + 1023).to_string(), "80.9");
+        assert_eq!(super::Mib(512).to_string(), "0.5");
+    }
+
     use super::*;
 
     /// A GET's head (REQUEST_METHOD only) and an id postern made for it.
