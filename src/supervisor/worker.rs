@@ -912,11 +912,7 @@ impl WorkerMonitor {
                         // on a first request loaded more than --max-rss allows.
                         self.warn_rss_from_start(rss, max, "after its first request");
                     }
-                    let why = format!(
-                        "RSS {} MiB is over --max-rss {} MiB",
-                        Mib(rss),
-                        Mib(max)
-                    );
+                    let why = format!("RSS {} MiB is over --max-rss {} MiB", Mib(rss), Mib(max));
                     // Serving on while the successor starts is bounded: past half as
                     // much again, the worker stops now (before, it always did), held
                     // or not: the hard limit protects the machine's memory. Held, it
@@ -962,7 +958,7 @@ impl std::fmt::Display for Mib {
         if rest == 0 {
             write!(f, "{whole}")
         } else {
-            write!(f, "{whole}.{}", (rest * 10 / 1024).max(1).min(9))
+            write!(f, "{whole}.{}", (rest * 10 / 1024).clamp(1, 9))
         }
     }
 }
