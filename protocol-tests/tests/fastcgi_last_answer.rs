@@ -142,3 +142,54 @@ fn the_last_answer_at_the_final_stop_is_not_kept_by_nginx() {
         kinds(&got)
     );
 }
+
+// regression (review, session 17): a kept connection handed over at a reload lost what
+// its requests had said (SERVER_SOFTWARE nginx/VERSION), so at the final stop an idle
+// one from an nginx on another host was closed under it instead of nudged.
+#[test]
+fn an_idle_connection_handed_over_at_a_reload_is_still_nudged_as_nginx_at_the_stop() {
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--master", "--workers", "1", "--graceful-timeout", "10"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut vars = fcgi::get_vars("/hello");
+    vars.push(("SERVER_SOFTWARE", "nginx/1.22.1".to_owned()));
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.write_all(&fcgi::request(1, true, &v, b"")).unwrap();
+    let mut others = Vec::new();
+    assert_eq!(
+        fcgi::read_reply(&mut s, 1, &mut others).cgi().0,
+        200,
+        "{}",
+        p.logs()
+    );
+    // The reload hands the idle connection to the new worker.
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(20, || p.logs().lines().any(
+            |l| l.contains("worker exited") && l.contains("cause=\"reload\"")
+        )),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    // nginx is nudged (an empty FCGI_STDERR for id 1) and closes first; any other
+    // peer's idle connection is closed without a record.
+    let got = fcgi::read(&mut s);
+    drop(s);
+    p.wait_exit(20);
+    let logs = p.logs();
+    let got = got.unwrap_or_else(|| panic!("closed without the nudge:\n{logs}"));
+    assert_eq!(
+        (got.kind, got.id, got.content.len()),
+        (fcgi::STDERR, 1, 0),
+        "{logs}"
+    );
+}

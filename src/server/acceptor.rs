@@ -711,6 +711,9 @@ impl Acceptor {
         };
         let Some(age) = a.fresh_for else {
             let conn = fcgi_conn(a.sock, peer, permit);
+            if a.said_nginx {
+                conn.mark_said_nginx();
+            }
             if let Some(waited) = a.waited {
                 // Sent by a worker whose threads were all busy: its request's time
                 // counts from when it was first seen waiting there.
@@ -857,7 +860,9 @@ impl Acceptor {
                 ref read,
                 ..
             } => {
-                if let Err(err) = ch.send(sock.as_fd(), listener, Some(started.elapsed()), read) {
+                if let Err(err) =
+                    ch.send(sock.as_fd(), listener, Some(started.elapsed()), read, false)
+                {
                     tracing::warn!(%peer, error = %err, "cannot hand a new connection over to the serving workers; it waits here");
                     self.to_lane(pending::Entry { conn, started });
                 }

@@ -463,7 +463,7 @@ fn hand_on(
         read.extend_from_slice(&head.buf);
     }
     read.extend_from_slice(rest);
-    match channel.send(sock, listener, Some(started.elapsed()), &read) {
+    match channel.send(sock, listener, Some(started.elapsed()), &read, false) {
         Ok(()) => {
             tracing::debug!(
                 read = read.len(),

@@ -65,6 +65,11 @@ const FRESH: u8 = 1;
 /// A kept connection whose next request is in its socket, unread, sent by a worker
 /// whose Python threads were all busy ([`Channel::send_waiting`]).
 const WAITING: u8 = 2;
+/// Or'ed into a kept connection's kind: a request on it said its front server is
+/// nginx (`SERVER_SOFTWARE`), which its new worker could not learn otherwise before
+/// the connection's next request (an nginx on another host), and which the final
+/// stop's answers and nudge depend on.
+const SAID_NGINX: u8 = 0x80;
 /// Most bytes read from a connection that may travel with it: a whole head (64 KiB
 /// and its framing) and what of the body one more read brought.
 pub const MAX_READ: usize = 128 * 1024;
@@ -96,6 +101,8 @@ pub struct Adopted {
     /// (sent by a worker whose threads were all busy): the request's time in the
     /// access log counts from then.
     pub waited: Option<Duration>,
+    /// A request on this kept connection said its front server is nginx ([`SAID_NGINX`]).
+    pub said_nginx: bool,
 }
 
 impl Channel {
@@ -139,14 +146,16 @@ impl Channel {
     /// takes it. Its kernel buffer (a request that came meanwhile) goes with it.
     /// `fresh_for`: it never carried a request, and has been open that long; `read`:
     /// the bytes already read from such one (at most [`MAX_READ`]), which its new
-    /// worker takes before the socket's. Err: it could not be sent; the caller still
-    /// owns (and closes) it.
+    /// worker takes before the socket's; `said_nginx`: a request on a kept one said
+    /// its front server is nginx. Err: it could not be sent; the caller still owns
+    /// (and closes) it.
     pub fn send(
         &self,
         sock: BorrowedFd<'_>,
         listener: usize,
         fresh_for: Option<Duration>,
         read: &[u8],
+        said_nginx: bool,
     ) -> std::io::Result<()> {
         // Its master gone, every worker leaves and none reads the channel again: a
         // connection sent now would wait there, its request unread, until the last
@@ -164,7 +173,7 @@ impl Channel {
         }
         let msg = match fresh_for {
             Some(age) => message(listener, FRESH, age),
-            None => message(listener, KEPT, Duration::ZERO),
+            None => message(listener, KEPT | nginx_bit(said_nginx), Duration::ZERO),
         };
         self.send_message(sock, &msg, read, true)
     }
@@ -177,6 +186,7 @@ impl Channel {
         sock: BorrowedFd<'_>,
         listener: usize,
         waited: Duration,
+        said_nginx: bool,
     ) -> std::io::Result<()> {
         if crate::stop::orphaned() {
             return Err(std::io::Error::other(
@@ -185,7 +195,8 @@ impl Channel {
         }
         // Never waits: the I/O thread sends these; a full channel (WouldBlock) leaves
         // the connection here until its next look.
-        self.send_message(sock, &message(listener, WAITING, waited), &[], false)
+        let kind = WAITING | nginx_bit(said_nginx);
+        self.send_message(sock, &message(listener, kind, waited), &[], false)
     }
 
     /// Sends one message with `sock`; on a full channel waits up to [`SEND_WAIT`] for
@@ -268,11 +279,13 @@ impl Channel {
             return None;
         }
         let extra = got.bytes.saturating_sub(MESSAGE_LEN);
+        let (kind, said_nginx) = (msg[5] & !SAID_NGINX, msg[5] & SAID_NGINX != 0);
         let well_formed = got.bytes >= MESSAGE_LEN
             && extra <= MAX_READ
             && msg[0] == MAGIC
-            && msg[5] <= WAITING
-            && (msg[5] == FRESH || extra == 0)
+            && kind <= WAITING
+            && (kind == FRESH || extra == 0)
+            && !(kind == FRESH && said_nginx)
             && fds.len() == 1;
         if !well_formed {
             tracing::warn!(
@@ -287,8 +300,8 @@ impl Channel {
             let start = u32::from_le_bytes([msg[6], msg[7], msg[8], msg[9]]);
             Duration::from_millis(u64::from((monotonic_ms() as u32).wrapping_sub(start)))
         };
-        let fresh_for = (msg[5] == FRESH).then(since);
-        let waited = (msg[5] == WAITING).then(since);
+        let fresh_for = (kind == FRESH).then(since);
+        let waited = (kind == WAITING).then(since);
         let fd = fds.pop()?;
         read.truncate(extra);
         Some(Adopted {
@@ -297,7 +310,16 @@ impl Channel {
             fresh_for,
             read,
             waited,
+            said_nginx,
         })
+    }
+}
+
+fn nginx_bit(said: bool) -> u8 {
+    if said {
+        SAID_NGINX
+    } else {
+        0
     }
 }
 
@@ -308,7 +330,7 @@ fn message(listener: usize, kind: u8, age: Duration) -> [u8; MESSAGE_LEN] {
     msg[0] = MAGIC;
     msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
     msg[5] = kind;
-    if kind != KEPT {
+    if kind & !SAID_NGINX != KEPT {
         // Wraps like the receiver's subtraction: right for any age under ~49 days.
         let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         let start = monotonic_ms().wrapping_sub(age) as u32;
@@ -338,7 +360,7 @@ mod tests {
         let (mut front, ours) = UnixStream::pair().unwrap();
         // The front server's next request, sent before the hand-over, read by nobody.
         front.write_all(b"next request").unwrap();
-        ch.send(ours.as_fd(), 3, None, &[]).unwrap();
+        ch.send(ours.as_fd(), 3, None, &[], false).unwrap();
         drop(ours);
         let a = ch.take().expect("one connection handed over");
         assert_eq!(a.listener, 3);
@@ -355,11 +377,31 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_connection_carries_whether_its_front_server_said_it_is_nginx() {
+        let ch = Channel::pair().unwrap();
+        let (_front, ours) = UnixStream::pair().unwrap();
+        ch.send(ours.as_fd(), 1, None, &[], true).unwrap();
+        let a = ch.take().expect("a kept one");
+        assert!(a.said_nginx && a.fresh_for.is_none() && a.waited.is_none());
+        ch.send(ours.as_fd(), 1, None, &[], false).unwrap();
+        assert!(!ch.take().expect("a kept one").said_nginx);
+        ch.send_waiting(ours.as_fd(), 1, Duration::from_millis(5), true)
+            .unwrap();
+        let a = ch.take().expect("a waiting one");
+        assert!(a.said_nginx && a.waited.is_some());
+        // A fresh connection never carried a request: never marked.
+        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &[], true)
+            .unwrap();
+        let a = ch.take().expect("a fresh one");
+        assert!(!a.said_nginx && a.fresh_for.is_some());
+    }
+
+    #[test]
     fn a_connection_whose_request_waits_arrives_with_that_wait() {
         let ch = Channel::pair().unwrap();
         let (mut front, ours) = UnixStream::pair().unwrap();
         front.write_all(b"request").unwrap();
-        ch.send_waiting(ours.as_fd(), 2, Duration::from_millis(700))
+        ch.send_waiting(ours.as_fd(), 2, Duration::from_millis(700), false)
             .unwrap();
         drop(ours);
         std::thread::sleep(Duration::from_millis(100));
@@ -373,7 +415,7 @@ mod tests {
         let mut got = [0u8; 7];
         (&a.sock).read_exact(&mut got).unwrap();
         assert_eq!(&got, b"request");
-        ch.send(front.as_fd(), 0, None, &[]).unwrap();
+        ch.send(front.as_fd(), 0, None, &[], false).unwrap();
         assert_eq!(ch.take().expect("a kept one").waited, None);
     }
 
@@ -383,12 +425,12 @@ mod tests {
         let ch = Channel::pair().unwrap();
         let (_front, ours) = UnixStream::pair().unwrap();
         let full = (0..100_000)
-            .map(|_| ch.send_waiting(ours.as_fd(), 0, Duration::ZERO))
+            .map(|_| ch.send_waiting(ours.as_fd(), 0, Duration::ZERO, false))
             .find_map(Result::err)
             .expect("the channel fills");
         assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
         let t = std::time::Instant::now();
-        let again = ch.send_waiting(ours.as_fd(), 0, Duration::ZERO);
+        let again = ch.send_waiting(ours.as_fd(), 0, Duration::ZERO, false);
         assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
         assert!(
             t.elapsed() < Duration::from_millis(100),
@@ -402,8 +444,14 @@ mod tests {
     fn a_never_served_connection_arrives_with_its_age() {
         let ch = Channel::pair().unwrap();
         let (_front, ours) = UnixStream::pair().unwrap();
-        ch.send(ours.as_fd(), 0, Some(Duration::from_millis(1500)), &[])
-            .unwrap();
+        ch.send(
+            ours.as_fd(),
+            0,
+            Some(Duration::from_millis(1500)),
+            &[],
+            false,
+        )
+        .unwrap();
         // Taken a while later: that time counts too (regression: the age at sending
         // was taken as the age at taking, so a message left in the channel while no
         // worker was free to take it gave its connection that much more time).
@@ -423,10 +471,10 @@ mod tests {
         let (mut front, ours) = UnixStream::pair().unwrap();
         front.write_all(b" rest").unwrap();
         let head = vec![7u8; 70_000];
-        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &head)
+        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &head, false)
             .unwrap();
         assert!(
-            ch.send(ours.as_fd(), 1, None, b"x").is_err(),
+            ch.send(ours.as_fd(), 1, None, b"x", false).is_err(),
             "a kept connection carries no bytes"
         );
         let a = ch.take().expect("one connection handed over");

@@ -577,7 +577,7 @@ impl FcgiConn {
         let Some(channel) = self.parking.successors() else {
             return false;
         };
-        match channel.send(self.sock.as_fd(), self.listener, Some(age), read) {
+        match channel.send(self.sock.as_fd(), self.listener, Some(age), read, false) {
             Ok(()) => {
                 self.handed_over.store(true, Ordering::Release);
                 tracing::debug!(peer = %self.peer, read = read.len(), "no room left under --max-requests: the FastCGI request goes to the workers that serve on");
@@ -984,6 +984,22 @@ impl FcgiConn {
         {
             self.said_nginx.store(true, Ordering::Release);
         }
+    }
+
+    /// A request on this connection said its front server is nginx
+    /// ([`FcgiConn::note_front`]): carried with it when it is handed over.
+    pub(super) fn said_nginx(&self) -> bool {
+        self.said_nginx.load(Ordering::Acquire)
+    }
+
+    /// Handed over with [`FcgiConn::said_nginx`]: known as nginx here too (its next
+    /// request need not say it again).
+    // regression (review, session 17): a kept connection handed over at a reload or a
+    // recycle lost the mark, so at the final stop an idle one from a remote nginx got
+    // no nudge and its last answers no FCGI_GET_VALUES_RESULT.
+    pub fn mark_said_nginx(&self) {
+        self.front_noted.store(true, Ordering::Relaxed);
+        self.said_nginx.store(true, Ordering::Release);
     }
 
     /// The process at the other end is nginx: over a Unix socket ([`unix_peer_is_nginx`])
@@ -2279,7 +2295,7 @@ impl Parking {
             drop(owner);
             self.unregister(&c);
             let waited = c.waiting_since().map_or(Duration::ZERO, |t| t.elapsed());
-            match channel.send_waiting(c.sock.as_fd(), c.listener, waited) {
+            match channel.send_waiting(c.sock.as_fd(), c.listener, waited, c.said_nginx()) {
                 Ok(()) => {
                     c.handed_over.store(true, Ordering::Release);
                     drop(w);
@@ -2482,7 +2498,13 @@ impl Parking {
         let fresh_for = fresh_since.map(|t| t.elapsed());
         // A request it came with from a leaving worker, not begun here, goes on with it.
         let read = conn.take_carried();
-        match channel.send(conn.sock.as_fd(), conn.listener, fresh_for, &read) {
+        match channel.send(
+            conn.sock.as_fd(),
+            conn.listener,
+            fresh_for,
+            &read,
+            conn.said_nginx(),
+        ) {
             Ok(()) => {
                 // Not `broken`: the END_REQUEST of its last request may still be going
                 // out from here (the slow lane learns a request ended before its
@@ -2526,7 +2548,13 @@ impl Parking {
         };
         // Out of this epoll first: the other worker's own events start at once.
         self.unregister(conn);
-        match channel.send(conn.sock.as_fd(), conn.listener, None, &[]) {
+        match channel.send(
+            conn.sock.as_fd(),
+            conn.listener,
+            None,
+            &[],
+            conn.said_nginx(),
+        ) {
             Ok(()) => {
                 conn.handed_over.store(true, Ordering::Release);
                 *conn.owner() = Owner::Closed;
