@@ -1244,3 +1244,65 @@ fn a_stop_lets_the_running_task_finish_then_runs_lifespan_shutdown() {
         "done"
     );
 }
+
+// regression (hostile HIGH): over FastCGI, an ASGI app's last body short of its own
+// Content-Length went out with END_REQUEST (complete), though the log said the
+// connection was aborted: behind nginx with keep-conn the client waited for the missing
+// bytes, nginx cached the short page, and the next response on that client connection
+// filled them. Now no END_REQUEST follows, and the connection is aborted (as WSGI's and
+// as on uwsgi and SCGI).
+#[test]
+fn a_last_body_short_of_its_content_length_is_not_ended_as_complete_over_fastcgi() {
+    let dir = tempdir();
+    let app = "async def app(scope, receive, send):\n    \
+        if scope['type'] != 'http':\n        return\n    \
+        path = scope['path']\n    \
+        length = {'/short': 10, '/stream': 10, '/big': 100000}[path]\n    \
+        await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', str(length).encode())]})\n    \
+        if path == '/short':\n        \
+            await send({'type': 'http.response.body', 'body': b'ok'})\n    \
+        elif path == '/stream':\n        \
+            await send({'type': 'http.response.body', 'body': b'abc', 'more_body': True})\n        \
+            await send({'type': 'http.response.body', 'body': b'de'})\n    \
+        else:\n        \
+            await send({'type': 'http.response.body', 'body': b'x' * 70000})\n";
+    let p = Spawn::asgi_unix(dir.path(), "short_app", app)
+        .protocol("fastcgi")
+        .start();
+    for keep in [true, false] {
+        for path in ["/short", "/stream", "/big"] {
+            let protocol_tests::harness::Addr::Unix(sock) = &p.addr else {
+                unreachable!("asgi_unix listens on a Unix socket")
+            };
+            let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(&fcgi::get(1, keep, path)).unwrap();
+            // The records up to EOF, or up to the invalid one an abort ends with.
+            let mut bytes = Vec::new();
+            let _ = c.read_to_end(&mut bytes);
+            let mut kinds = Vec::new();
+            let mut at = 0;
+            while at + 8 <= bytes.len() && bytes[at] == 1 {
+                let h = &bytes[at..at + 8];
+                let n = u16::from_be_bytes([h[4], h[5]]) as usize;
+                kinds.push((h[1], n));
+                at += 8 + n + h[6] as usize;
+            }
+            assert!(
+                !kinds.iter().any(|(k, _)| *k == fcgi::END_REQUEST),
+                "keep {keep} {path}: END_REQUEST after a short body: {kinds:?}\n{}",
+                p.logs()
+            );
+            assert!(
+                kinds.iter().any(|(k, n)| *k == fcgi::STDOUT && *n > 0),
+                "keep {keep} {path}: {kinds:?}\n{}",
+                p.logs()
+            );
+        }
+    }
+    assert!(
+        p.wait_log("less body than its Content-Length", 5),
+        "{}",
+        p.logs()
+    );
+}

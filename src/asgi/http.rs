@@ -3068,6 +3068,19 @@ impl Exchange {
                         .content_length
                         .is_some_and(|cl| me.body_sent + data.len() as u64 >= cl);
                 me.ended_at_length = last && more;
+                // The last body short of the app's Content-Length: the response ends
+                // here, but broken off (`settle` aborts it), so the bytes go out as
+                // any others: FastCGI's END_REQUEST must not go with them.
+                // regression (hostile HIGH): over FastCGI they went with
+                // END_REQUEST (complete), so nginx kept the client waiting for the
+                // missing bytes, cached the short page, or let the next response on
+                // that client connection fill them.
+                let short = !more
+                    && !me.head_only()
+                    && me
+                        .content_length
+                        .is_some_and(|cl| me.body_sent + (data.len() as u64) < cl);
+                let last_write = last && !short;
                 if me.loop_w.is_some() {
                     let start = me.out.pushed();
                     {
@@ -3117,7 +3130,7 @@ impl Exchange {
                         head,
                         body: b.cast::<PyBytes>()?.clone().unbind(),
                         len: data.len(),
-                        last,
+                        last: last_write,
                     };
                     drop(me);
                     return Self::after_write(slf, Self::job(slf, job, None).map(Some));
@@ -3133,8 +3146,12 @@ impl Exchange {
                 } else {
                     data.to_vec()
                 };
+                if short {
+                    // Ended (not by `write`, which is not told it is the last).
+                    me.complete = true;
+                }
                 drop(me);
-                Self::after_write(slf, Self::write(slf, buf, last))
+                Self::after_write(slf, Self::write(slf, buf, last_write))
             }
             "http.response.pathsend" => {
                 let path: std::path::PathBuf = message
