@@ -1306,3 +1306,31 @@ fn a_last_body_short_of_its_content_length_is_not_ended_as_complete_over_fastcgi
         p.logs()
     );
 }
+
+// regression (hostile LOW): a `Trailer` header, which an app sending trailers sets on
+// every response, was dropped with a WARN each time (trailers themselves at debug).
+#[test]
+fn a_trailer_header_is_dropped_with_its_trailers_without_a_warning() {
+    let dir = tempdir();
+    let app = "async def app(scope, receive, send):\n    \
+        if scope['type'] != 'http':\n        return\n    \
+        await send({'type': 'http.response.start', 'status': 200, 'trailers': True, 'headers': [(b'trailer', b'x-sum'), (b'x-keep', b'1')]})\n    \
+        await send({'type': 'http.response.body', 'body': b'ok'})\n    \
+        await send({'type': 'http.response.trailers', 'headers': [(b'x-sum', b'1')], 'more_trailers': False})\n";
+    let p = Spawn::asgi_unix(dir.path(), "trailer_app", app).start();
+    let resp = p.raw(&protocol_tests::harness::uwsgi_get("/"));
+    let r = parse_http(&resp).expect("a response");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{}",
+        p.logs()
+    );
+    let text = String::from_utf8_lossy(&resp).to_lowercase();
+    assert!(
+        text.contains("x-keep: 1") && !text.contains("trailer:"),
+        "{text}"
+    );
+    let logs = p.logs();
+    assert!(!logs.contains("hop-by-hop"), "{logs}");
+}

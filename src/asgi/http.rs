@@ -1695,6 +1695,11 @@ impl Exchange {
                 let _e = self.span.enter();
                 if resp::is_connection_noise(name, &value) {
                     tracing::debug!(header = %name, "the app set a hop-by-hop header; dropped");
+                } else if name.eq_ignore_ascii_case("trailer") {
+                    // Announces the trailers of an app that sends them (`trailers`
+                    // True), dropped with them: nothing to warn about on each request.
+                    // regression (hostile LOW): a WARN per response.
+                    tracing::debug!("the app set Trailer; dropped, as its trailers are (nginx cannot pass them over uwsgi, FastCGI or SCGI)");
                 } else {
                     tracing::warn!(header = %name, "the app set a hop-by-hop header; dropped (the front server owns the connection)");
                 }
@@ -3956,7 +3961,7 @@ impl Exchange {
         me.send_refused = Some(why);
         {
             let _e = me.span.enter();
-            tracing::warn!(waiting, "the app sent more while earlier send()s it did not wait for (cancelled, or never awaited) still waited for a front server that reads slowly or not at all; the response is cut off");
+            tracing::warn!(waiting, "the app sent more while over 1 MiB of earlier send()s it did not wait for (cancelled, or never awaited) were still waiting to be written to the front server; the response is cut off (await each send(): it returns once its bytes can go)");
         }
         // Queued behind a write in flight, or waiting on the loop: goes no further
         // (the sends still awaited among them learn it).
