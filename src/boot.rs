@@ -410,6 +410,26 @@ pub fn warn_if_root() {
     }
 }
 
+/// Warns when `--listen-backlog` is over `net.core.somaxconn`: the kernel cuts every
+/// listen queue to that silently, so the queue an operator sized to stop 502s under a
+/// burst is shorter than asked (the metric `postern_listen_backlog` shows what it is).
+/// regression (hostile MEDIUM): nothing was said, at start or by `--check`.
+pub fn warn_if_backlog_capped(backlog: i32) {
+    let Some(cap) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if backlog > cap {
+        tracing::warn!(
+            listen_backlog = backlog,
+            somaxconn = cap,
+            "--listen-backlog {backlog} is over the kernel's net.core.somaxconn {cap}: each listen queue holds {cap} connections at most; raise it (sysctl -w net.core.somaxconn={backlog}, and in /etc/sysctl.d/ to keep it) or lower --listen-backlog"
+        );
+    }
+}
+
 /// The users and groups front servers run as (Debian/Ubuntu, RHEL/Fedora, Arch,
 /// Apache's packages, macOS), in the order the advice prefers them.
 const FRONT_SERVER_NAMES: [&str; 5] = ["www-data", "nginx", "http", "apache", "_www"];

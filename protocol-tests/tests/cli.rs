@@ -2151,3 +2151,39 @@ fn a_log_level_that_would_log_nothing_is_refused_at_start() {
         assert!(!sock.exists(), "{what}");
     }
 }
+
+// regression (hostile MEDIUM): a --listen-backlog over net.core.somaxconn was cut down
+// by the kernel without a word, at start and from --check.
+#[test]
+fn a_listen_backlog_over_somaxconn_is_warned_about() {
+    let somaxconn: i64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let port = free_port().to_string();
+    let check = |backlog: &str| {
+        let out = postern()
+            .args([
+                &testapp(),
+                "--uwsgi",
+                &format!("127.0.0.1:{port}"),
+                "--listen-backlog",
+                backlog,
+                "--check",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let over = check(&(somaxconn + 1).to_string());
+    assert!(
+        over.contains(&format!(
+            "is over the kernel's net.core.somaxconn {somaxconn}"
+        )),
+        "{over}"
+    );
+    let within = check(&somaxconn.to_string());
+    assert!(!within.contains("somaxconn"), "{within}");
+}

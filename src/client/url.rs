@@ -116,6 +116,14 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
         Some(name) => (name, true),
         None => (scheme_part.as_str(), false),
     };
+    // Apache's `ProxyPass … fcgi://HOST:PORT/` (as postern's start-up line prints it).
+    // regression (hostile LOW): it got only the usage line.
+    if name == "fcgi" {
+        let plus = if unix { "+unix" } else { "" };
+        return Err(UrlError::from(format!(
+            "{url:?}: `fcgi://` is Apache's spelling; write fastcgi{plus}://{rest}"
+        )));
+    }
     let scheme = Scheme::ALL
         .into_iter()
         .find(|s| s.name() == name)
@@ -135,6 +143,12 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
             .filter(|p| p.eq_ignore_ascii_case("unix:"))
             .and_then(|_| rest[5..].starts_with('/').then(|| &rest[5..]))
         {
+            // nginx's `unix:/path/to.sock:/uri`: the colon before the URI goes.
+            // regression (hostile LOW): the advice kept it, and did not work.
+            let path = match path.find(":/") {
+                Some(i) => format!("{}{}", &path[..i], &path[i + 1..]),
+                None => path.to_owned(),
+            };
             return Err(UrlError::from(format!(
                 "{url:?}: `unix:` is nginx's spelling; for a Unix socket, write {name}+unix://{path}"
             )));
@@ -368,6 +382,18 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "\"uwsgi://unix:/tmp/a.sock/x?q=1\": `unix:` is nginx's spelling; for a Unix socket, write uwsgi+unix:///tmp/a.sock/x?q=1"
+        );
+        // nginx's `unix:PATH:/uri` (proxy_pass's form): the colon goes.
+        let e = parse_url("uwsgi://unix:/tmp/a.sock:/x", |_| false).unwrap_err();
+        assert!(
+            e.to_string().ends_with("write uwsgi+unix:///tmp/a.sock/x"),
+            "{e}"
+        );
+        // Apache's scheme.
+        let e = parse_url("fcgi://127.0.0.1:9000/a", |_| false).unwrap_err();
+        assert!(
+            e.to_string().ends_with("write fastcgi://127.0.0.1:9000/a"),
+            "{e}"
         );
         let e = parse_url("FastCGI://UNIX:/run/s.sock", |_| false).unwrap_err();
         assert!(
