@@ -410,10 +410,14 @@ pub fn warn_if_root() {
     }
 }
 
+/// `--listen-backlog`'s default.
+const DEFAULT_BACKLOG: i32 = 1024;
+
 /// Warns when `--listen-backlog` is over `net.core.somaxconn`: the kernel cuts every
 /// listen queue to that silently, so the queue an operator sized to stop 502s under a
 /// burst is shorter than asked (the metric `postern_listen_backlog` shows what it is).
-/// regression (hostile MEDIUM): nothing was said, at start or by `--check`.
+/// regression (hostile MEDIUM): nothing was said, at start or by `--check`. Not asked
+/// when every listener was passed by systemd (postern sets no backlog then).
 pub fn warn_if_backlog_capped(backlog: i32) {
     let Some(cap) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
@@ -421,7 +425,14 @@ pub fn warn_if_backlog_capped(backlog: i32) {
     else {
         return;
     };
-    if backlog > cap {
+    if backlog > cap && backlog == DEFAULT_BACKLOG {
+        // Not the operator's choice (a kernel before 5.4 has 128): said, not warned.
+        tracing::info!(
+            listen_backlog = backlog,
+            somaxconn = cap,
+            "the default --listen-backlog {backlog} is over the kernel's net.core.somaxconn {cap}: each listen queue holds {cap} connections at most (raise net.core.somaxconn for a longer queue)"
+        );
+    } else if backlog > cap {
         tracing::warn!(
             listen_backlog = backlog,
             somaxconn = cap,

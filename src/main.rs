@@ -247,7 +247,9 @@ fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Resul
         .and_then(|()| boot::drop_privileges(&config));
     started?;
     boot::warn_if_root();
-    boot::warn_if_backlog_capped(config.opts.listen_backlog);
+    if bound.iter().any(|b| !b.inherited) {
+        boot::warn_if_backlog_capped(config.opts.listen_backlog);
+    }
     // The --stats socket file's guard stays here (removed on return): the listener
     // goes to a thread or helper process that never gives it back.
     let mut stats = stats;

@@ -1257,10 +1257,18 @@ fn a_last_body_short_of_its_content_length_is_not_ended_as_complete_over_fastcgi
     let app = "async def app(scope, receive, send):\n    \
         if scope['type'] != 'http':\n        return\n    \
         path = scope['path']\n    \
-        length = {'/short': 10, '/stream': 10, '/big': 100000}[path]\n    \
+        length = {'/short': 10, '/stream': 10, '/big': 100000, '/empty': 10, '/queued': 3000000}[path]\n    \
         await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', str(length).encode())]})\n    \
         if path == '/short':\n        \
             await send({'type': 'http.response.body', 'body': b'ok'})\n    \
+        elif path == '/empty':\n        \
+            await send({'type': 'http.response.body', 'body': bytearray(b'abcde'), 'more_body': True})\n        \
+            await send({'type': 'http.response.body', 'body': b''})\n    \
+        elif path == '/queued':\n        \
+            first = send({'type': 'http.response.body', 'body': b'x' * 2000000, 'more_body': True})\n        \
+            last = send({'type': 'http.response.body', 'body': b'y' * 100})\n        \
+            await first\n        \
+            await last\n    \
         elif path == '/stream':\n        \
             await send({'type': 'http.response.body', 'body': b'abc', 'more_body': True})\n        \
             await send({'type': 'http.response.body', 'body': b'de'})\n    \
@@ -1270,7 +1278,7 @@ fn a_last_body_short_of_its_content_length_is_not_ended_as_complete_over_fastcgi
         .protocol("fastcgi")
         .start();
     for keep in [true, false] {
-        for path in ["/short", "/stream", "/big"] {
+        for path in ["/short", "/stream", "/big", "/empty", "/queued"] {
             let protocol_tests::harness::Addr::Unix(sock) = &p.addr else {
                 unreachable!("asgi_unix listens on a Unix socket")
             };
@@ -1280,6 +1288,7 @@ fn a_last_body_short_of_its_content_length_is_not_ended_as_complete_over_fastcgi
             // The records up to EOF, or up to the invalid one an abort ends with.
             let mut bytes = Vec::new();
             let _ = c.read_to_end(&mut bytes);
+
             let mut kinds = Vec::new();
             let mut at = 0;
             while at + 8 <= bytes.len() && bytes[at] == 1 {

@@ -119,9 +119,13 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
     // Apache's `ProxyPass … fcgi://HOST:PORT/` (as postern's start-up line prints it).
     // regression (hostile LOW): it got only the usage line.
     if name == "fcgi" {
-        let plus = if unix { "+unix" } else { "" };
+        let fixed = match rest.get(..5).filter(|p| p.eq_ignore_ascii_case("unix:")) {
+            Some(_) if !unix => format!("fastcgi+unix://{}", unix_url_path(&rest[5..])),
+            _ if unix => format!("fastcgi+unix://{rest}"),
+            _ => format!("fastcgi://{rest}"),
+        };
         return Err(UrlError::from(format!(
-            "{url:?}: `fcgi://` is Apache's spelling; write fastcgi{plus}://{rest}"
+            "{url:?}: `fcgi://` is Apache's spelling; write {fixed}"
         )));
     }
     let scheme = Scheme::ALL
@@ -145,10 +149,7 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
         {
             // nginx's `unix:/path/to.sock:/uri`: the colon before the URI goes.
             // regression (hostile LOW): the advice kept it, and did not work.
-            let path = match path.find(":/") {
-                Some(i) => format!("{}{}", &path[..i], &path[i + 1..]),
-                None => path.to_owned(),
-            };
+            let path = unix_url_path(path);
             return Err(UrlError::from(format!(
                 "{url:?}: `unix:` is nginx's spelling; for a Unix socket, write {name}+unix://{path}"
             )));
@@ -179,6 +180,15 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
         target,
         uri,
     })
+}
+
+/// The path part of nginx's `unix:/path/to.sock:/uri` (or `unix:/path/to.sock:`) as a
+/// `+unix://` URL has it: the colon before the URI goes.
+fn unix_url_path(path: &str) -> String {
+    match path.find(":/") {
+        Some(i) => format!("{}{}", &path[..i], &path[i + 1..]),
+        None => path.strip_suffix(':').unwrap_or(path).to_owned(),
+    }
 }
 
 /// Splits `authority/path?q` (or `authority?q`) at the first `/` or `?`; the URI always
@@ -387,6 +397,17 @@ mod tests {
         let e = parse_url("uwsgi://unix:/tmp/a.sock:/x", |_| false).unwrap_err();
         assert!(
             e.to_string().ends_with("write uwsgi+unix:///tmp/a.sock/x"),
+            "{e}"
+        );
+        let e = parse_url("uwsgi://unix:/tmp/a.sock:", |_| false).unwrap_err();
+        assert!(
+            e.to_string().ends_with("write uwsgi+unix:///tmp/a.sock"),
+            "{e}"
+        );
+        let e = parse_url("fcgi://unix:/tmp/a.sock/x", |_| false).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("write fastcgi+unix:///tmp/a.sock/x"),
             "{e}"
         );
         // Apache's scheme.

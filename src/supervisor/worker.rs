@@ -415,10 +415,10 @@ impl WorkerMonitor {
     /// every worker will recycle after each request. Logged once per generation.
     fn warn_rss_from_start(&self, rss_kib: u64, max_kib: u64, when: &str) {
         if self.board.first_to_warn_rss(self.slot) {
-            // MiB rounded down, as in the 'recycling this worker' line.
+            // The RSS in MiB rounded up, so that it never reads as equal to the limit.
             tracing::warn!(
                 pid = std::process::id(),
-                rss_mib = rss_kib / 1024,
+                rss_mib = rss_kib.div_ceil(1024),
                 max_rss_mib = max_kib / 1024,
                 "this worker's RSS is over --max-rss {when}: every worker will recycle after each request; set --max-rss well above a worker's RSS once it serves"
             );
@@ -931,7 +931,7 @@ impl WorkerMonitor {
                             };
                             tracing::warn!(
                                 pid = std::process::id(),
-                                rss_mib = rss / 1024,
+                                rss_mib = rss.div_ceil(1024),
                                 hard_limit_mib = (max + max / RSS_HARD_DIVISOR) / 1024,
                                 held = held.label(),
                                 "RSS is over --max-rss's hard limit (1.5 x --max-rss): this worker stops now, although it was held past its limits because {waits_for}; no successor is ready, so if no other worker serves, none does until one starts"

@@ -397,6 +397,18 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_connection_marked_nginx_or_an_unknown_kind_is_dropped() {
+        let ch = Channel::pair().unwrap();
+        for kind in [FRESH | SAID_NGINX, 0x40, WAITING + 1] {
+            let (_front, ours) = UnixStream::pair().unwrap();
+            let mut msg = message(0, KEPT, Duration::ZERO);
+            msg[5] = kind;
+            ch.send_message(ours.as_fd(), &msg, &[], false).unwrap();
+            assert!(ch.take().is_none(), "kind {kind:#x} taken");
+        }
+    }
+
+    #[test]
     fn a_connection_whose_request_waits_arrives_with_that_wait() {
         let ch = Channel::pair().unwrap();
         let (mut front, ours) = UnixStream::pair().unwrap();
