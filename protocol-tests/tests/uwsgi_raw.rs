@@ -1232,3 +1232,35 @@ fn a_chunked_body_without_content_length_is_refused_411() {
     );
     ok_after(&wsgi);
 }
+
+// regression (hostile LOWs): a 204's Content-Length set by the app went out (RFC 9110
+// §8.6: a server must not send one; nginx passed it to clients), and
+// wsgi.file_wrapper(f, -1) raised OverflowError (a 500).
+#[test]
+fn a_204_drops_the_apps_content_length_and_a_file_wrapper_takes_a_size_of_minus_one() {
+    let dir = tempdir();
+    let app = dir.path().join("no_length.py");
+    std::fs::write(
+        &app,
+        "import io\n\ndef application(environ, start_response):\n    p = environ['PATH_INFO']\n    if p == '/fw':\n        start_response('200 OK', [('Content-Type', 'text/plain')])\n        return environ['wsgi.file_wrapper'](io.BytesIO(b'abc' * 10), -1)\n    status = '204 No Content' if p == '/204' else '200 OK'\n    start_response(status, [('Content-Length', '5'), ('X-A', '1')])\n    return [b'hello']\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy()).start();
+    // Twice each: the second time the headers come from the checked-headers cache.
+    for _ in 0..2 {
+        let raw = p.raw(&uwsgi_get("/204"));
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 204"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(
+            text.contains("x-a: 1") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
+        let raw = p.raw(&uwsgi_get("/ok"));
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    }
+    let (status, body) = p.get("/fw");
+    assert_eq!((status, body), (200, b"abc".repeat(10)), "{}", p.logs());
+}

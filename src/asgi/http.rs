@@ -1653,6 +1653,7 @@ impl Exchange {
         lines.reserve(HEAD_ROOM);
         status_line(&mut lines, self.style, code);
         let mut content_length = None;
+        let no_length = code == 204;
         let mut size = "HTTP/1.1 000 \r\n\r\n".len() + 32;
         let mut add = |n: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
             // A pair of `bytes` checked before goes out as it did then.
@@ -1673,6 +1674,10 @@ impl Exchange {
                 if let Some(cl) = seen {
                     if content_length.is_some() {
                         return Err(refuse(HeaderError::DuplicateContentLength));
+                    }
+                    if no_length {
+                        tracing::debug!("the app set content-length on a 204; dropped");
+                        return Ok(());
                     }
                     content_length = Some(cl);
                 }
@@ -1723,6 +1728,14 @@ impl Exchange {
             }
             if let Some((n, v)) = exact {
                 remember_header(n, v, cl_here);
+            }
+            if no_length && cl_here.is_some() {
+                // A 204 has no Content-Length (RFC 9110 §8.6: a server must not send
+                // one): dropped, as its body is.
+                // regression (hostile LOW): nginx passed the app's on to clients.
+                content_length = None;
+                tracing::debug!("the app set content-length on a 204; dropped");
+                return Ok(());
             }
             // `Name: value\r\n`, the value's bytes as they are (latin-1).
             lines.extend_from_slice(name.as_bytes());

@@ -18,11 +18,15 @@ pub struct FileWrapper {
 impl FileWrapper {
     #[new]
     #[pyo3(signature = (filelike, blksize=8192))]
-    fn new(filelike: Py<PyAny>, blksize: usize) -> Self {
-        FileWrapper {
-            filelike,
-            blksize: blksize.max(1),
-        }
+    fn new(filelike: Py<PyAny>, blksize: i64) -> Self {
+        // A size of 0 or less (`-1`, as `read(-1)` takes it) is no size: the default.
+        // regression (hostile LOW): -1 raised OverflowError, answered 500 (gunicorn
+        // takes any int).
+        let blksize = usize::try_from(blksize)
+            .ok()
+            .filter(|&b| b > 0)
+            .unwrap_or(8192);
+        FileWrapper { filelike, blksize }
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {

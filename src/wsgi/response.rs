@@ -412,6 +412,7 @@ impl State {
         resp::push_latin1(head, status);
         resp::complete_status(head, status, code);
         let status_len = head.len();
+        let no_length = code == 204;
         let mut content_length = None;
         let mut at = 0;
         let mut one = |item: Bound<'py, PyAny>| -> PyResult<()> {
@@ -446,10 +447,12 @@ impl State {
             if let Some(cl) = CHECKED.with(|c| {
                 let c = c.borrow();
                 let e = c.get(pos).filter(|e| e.matches(name, value))?;
-                head.extend_from_slice(&e.line);
+                if !(no_length && e.content_length.is_some()) {
+                    head.extend_from_slice(&e.line);
+                }
                 Some(e.content_length)
             }) {
-                if cl.is_some() {
+                if cl.is_some() && !no_length {
                     if content_length.is_some() {
                         return Err(refuse(HeaderError::DuplicateContentLength));
                     }
@@ -485,11 +488,21 @@ impl State {
                     return Err(refuse(HeaderError::DuplicateContentLength));
                 }
                 cl = Some(resp::parse_content_length(value).map_err(refuse)?);
-                content_length = cl;
+                if no_length {
+                    // A 204 has no Content-Length (RFC 9110 §8.6: a server must not
+                    // send one): dropped, as its body is.
+                    // regression (hostile LOW): nginx passed the app's on to clients.
+                    tracing::debug!("the app set Content-Length on a 204; dropped");
+                } else {
+                    content_length = cl;
+                }
             }
             let start = head.len();
-            resp::push_header_line(head, name, value);
-            if pos < CHECKED_MAX {
+            if !(no_length && cl.is_some()) {
+                resp::push_header_line(head, name, value);
+            }
+            // (A Content-Length dropped from a 204 has no line to keep.)
+            if pos < CHECKED_MAX && !(no_length && cl.is_some()) {
                 CHECKED.with(|c| {
                     let mut c = c.borrow_mut();
                     if c.len() <= pos {
