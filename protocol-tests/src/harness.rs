@@ -908,6 +908,26 @@ pub fn uwsgi_get_with(target: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     uwsgi_packet(&vars)
 }
 
+/// Asserts, twice (the second time from postern's checked-headers caches), that the
+/// app behind `p` answering `/204` with `Content-Length: 5` and `X-A: 1` sends no
+/// Content-Length, and that its `/ok` 200 with the same headers and body `hello` does.
+pub fn assert_204_drops_content_length(p: &Postern) {
+    for _ in 0..2 {
+        let raw = p.raw(&uwsgi_get("/204"));
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 204"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(
+            text.contains("x-a: 1") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
+        let raw = p.raw(&uwsgi_get("/ok"));
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    }
+}
+
 /// Encodes a uwsgi packet (written independently of postern's own codec).
 pub fn uwsgi_packet(vars: &[(&str, &str)]) -> Vec<u8> {
     let mut block = Vec::new();

@@ -1246,21 +1246,7 @@ fn a_204_drops_the_apps_content_length_and_a_file_wrapper_takes_a_size_of_minus_
     )
     .unwrap();
     let p = Spawn::tcp(dir.path(), &app.to_string_lossy()).start();
-    // Twice each: the second time the headers come from the checked-headers cache.
-    for _ in 0..2 {
-        let raw = p.raw(&uwsgi_get("/204"));
-        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-        assert!(text.starts_with("http/1.1 204"), "{text}");
-        assert!(!text.contains("content-length"), "{text}");
-        assert!(
-            text.contains("x-a: 1") && text.ends_with("\r\n\r\n"),
-            "{text}"
-        );
-        let raw = p.raw(&uwsgi_get("/ok"));
-        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-        assert!(text.contains("content-length: 5\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
-    }
+    assert_204_drops_content_length(&p);
     let (status, body) = p.get("/fw");
     assert_eq!((status, body), (200, b"abc".repeat(10)), "{}", p.logs());
 }
