@@ -685,7 +685,7 @@ impl State {
             tracing::warn!(
                 parent: None,
                 last_peer = %self.last,
-                "{total} more clients dropped or refused in the last {} s for bad input, not named one by one (the first {NAMED} of each {} s are, whatever the reason): {}; a flood of bad requests: a client other than the front server on the socket, or a broken one",
+                "{total} more clients dropped or refused in the last {} s for bad input, not named one by one (the first {NAMED} of each {} s are, whatever the reason): {}; a flood of bad requests: a client other than the front server on the socket, a broken one, or a front server location without its params file (the named lines say which)",
                 self.lasted(now),
                 WINDOW.as_secs(),
                 each.join(", "),
