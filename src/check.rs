@@ -83,7 +83,9 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     if config.uid.is_none_or(|u| u == 0) {
         crate::boot::warn_if_root();
     }
-    crate::boot::warn_if_backlog_capped(config.opts.listen_backlog);
+    if all.iter().any(|(_, _, inherited)| !inherited) {
+        crate::boot::warn_if_backlog_capped(config.opts.listen_backlog);
+    }
     for (name, addr, inherited) in all {
         if inherited {
             let _ = writeln!(

@@ -1675,11 +1675,11 @@ impl Exchange {
                     if content_length.is_some() {
                         return Err(refuse(HeaderError::DuplicateContentLength));
                     }
+                    content_length = Some(cl);
                     if no_length {
                         tracing::debug!("the app set content-length on a 204; dropped");
                         return Ok(());
                     }
-                    content_length = Some(cl);
                 }
                 lines.extend_from_slice(name);
                 lines.extend_from_slice(b": ");
@@ -1731,9 +1731,9 @@ impl Exchange {
             }
             if no_length && cl_here.is_some() {
                 // A 204 has no Content-Length (RFC 9110 §8.6: a server must not send
-                // one): dropped, as its body is.
+                // one): its line is dropped, as its body is (checked all the same: two
+                // are refused, as on any response).
                 // regression (hostile LOW): nginx passed the app's on to clients.
-                content_length = None;
                 tracing::debug!("the app set content-length on a 204; dropped");
                 return Ok(());
             }
@@ -1768,7 +1768,7 @@ impl Exchange {
             }
         }
         self.response_head = lines;
-        self.content_length = content_length;
+        self.content_length = content_length.filter(|_| !no_length);
         self.code = code;
         self.started = true;
         // Once every header passed: a refused start answers 500, nothing past 599.

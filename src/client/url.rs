@@ -185,7 +185,7 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
 /// The path part of nginx's `unix:/path/to.sock:/uri` (or `unix:/path/to.sock:`) as a
 /// `+unix://` URL has it: the colon before the URI goes.
 fn unix_url_path(path: &str) -> String {
-    match path.find(":/") {
+    match path.find(":/").or_else(|| path.find(":?")) {
         Some(i) => format!("{}{}", &path[..i], &path[i + 1..]),
         None => path.strip_suffix(':').unwrap_or(path).to_owned(),
     }
@@ -397,6 +397,12 @@ mod tests {
         let e = parse_url("uwsgi://unix:/tmp/a.sock:/x", |_| false).unwrap_err();
         assert!(
             e.to_string().ends_with("write uwsgi+unix:///tmp/a.sock/x"),
+            "{e}"
+        );
+        let e = parse_url("uwsgi://unix:/tmp/a.sock:?q=1", |_| false).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("write uwsgi+unix:///tmp/a.sock?q=1"),
             "{e}"
         );
         let e = parse_url("uwsgi://unix:/tmp/a.sock:", |_| false).unwrap_err();

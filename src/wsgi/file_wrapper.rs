@@ -8,6 +8,11 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+/// `blksize`'s default (PEP 3333's example uses 8192).
+const DEFAULT_BLOCK: usize = 8192;
+/// The largest block read at a time.
+const MAX_BLOCK: usize = 1 << 20;
+
 #[pyclass(module = "postern", name = "FileWrapper")]
 pub struct FileWrapper {
     pub filelike: Py<PyAny>,
@@ -17,16 +22,30 @@ pub struct FileWrapper {
 #[pymethods]
 impl FileWrapper {
     #[new]
-    #[pyo3(signature = (filelike, blksize=8192))]
-    fn new(filelike: Py<PyAny>, blksize: i64) -> Self {
-        // A size of 0 or less (`-1`, as `read(-1)` takes it) is no size: the default.
+    #[pyo3(signature = (filelike, blksize=None))]
+    fn new(filelike: Py<PyAny>, blksize: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        // A size of 0 or less (`-1`, as `read(-1)` takes it) or None is no size: the
+        // default; one over MAX_BLOCK is MAX_BLOCK (postern calls `read(blksize)`, and
+        // a pipe's read allocates all it is asked for).
         // regression (hostile LOW): -1 raised OverflowError, answered 500 (gunicorn
-        // takes any int).
-        let blksize = usize::try_from(blksize)
-            .ok()
-            .filter(|&b| b > 0)
-            .unwrap_or(8192);
-        FileWrapper { filelike, blksize }
+        // takes any int); 2**62 on a pipe raised MemoryError.
+        let blksize = match blksize.filter(|b| !b.is_none()) {
+            None => DEFAULT_BLOCK,
+            Some(b) => match b.extract::<i64>() {
+                Ok(n) if n > 0 => usize::try_from(n).unwrap_or(MAX_BLOCK).min(MAX_BLOCK),
+                Ok(_) => DEFAULT_BLOCK,
+                // An int past i64: as large as allowed, or no size when negative.
+                Err(_) if b.is_instance_of::<pyo3::types::PyInt>() => {
+                    if b.gt(0)? {
+                        MAX_BLOCK
+                    } else {
+                        DEFAULT_BLOCK
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(FileWrapper { filelike, blksize })
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {

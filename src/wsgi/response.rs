@@ -452,7 +452,7 @@ impl State {
                 }
                 Some(e.content_length)
             }) {
-                if cl.is_some() && !no_length {
+                if cl.is_some() {
                     if content_length.is_some() {
                         return Err(refuse(HeaderError::DuplicateContentLength));
                     }
@@ -488,13 +488,13 @@ impl State {
                     return Err(refuse(HeaderError::DuplicateContentLength));
                 }
                 cl = Some(resp::parse_content_length(value).map_err(refuse)?);
+                content_length = cl;
                 if no_length {
                     // A 204 has no Content-Length (RFC 9110 §8.6: a server must not
-                    // send one): dropped, as its body is.
+                    // send one): its line is dropped, as its body is (checked all the
+                    // same: two are refused, as on any response).
                     // regression (hostile LOW): nginx passed the app's on to clients.
                     tracing::debug!("the app set Content-Length on a 204; dropped");
-                } else {
-                    content_length = cl;
                 }
             }
             let start = head.len();
@@ -528,7 +528,7 @@ impl State {
                 one(item?)?;
             }
         }
-        Ok((code, status_len, content_length))
+        Ok((code, status_len, content_length.filter(|_| !no_length)))
     }
 }
 
