@@ -105,6 +105,24 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
              SCHEME being uwsgi, fastcgi or scgi"
         )
     };
+    // Apache's spelling of a Unix socket (`ProxyPass "/" "unix:/run/app.sock|fcgi://app/"`,
+    // as postern's start-up line prints it).
+    // regression (review LOW): it got only the usage line.
+    if let Some((path, target)) = url
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("unix:"))
+        .and_then(|_| url[5..].split_once('|'))
+    {
+        if let Some((scheme, after)) = target.split_once("://") {
+            let scheme = scheme.to_ascii_lowercase();
+            let scheme = if scheme == "fcgi" { "fastcgi" } else { &scheme };
+            let uri = after.find('/').map_or("/", |i| &after[i..]);
+            return Err(UrlError::from(format!(
+                "{url:?}: `unix:PATH|SCHEME://` is Apache's spelling; write {scheme}+unix://{}{uri}",
+                path.trim_end_matches('/')
+            )));
+        }
+    }
     let (scheme_part, rest) = url.split_once("://").ok_or_else(usage)?;
     // A fragment is the client's own: curl and browsers never send it, nor does nginx
     // pass one on. regression: `…/x?a=1#frag` sent QUERY_STRING `a=1#frag` (PATH_INFO
@@ -414,6 +432,18 @@ mod tests {
         assert!(
             e.to_string()
                 .ends_with("write fastcgi+unix:///tmp/a.sock/x"),
+            "{e}"
+        );
+        // Apache's Unix socket spelling.
+        let e = parse_url("unix:/run/app.sock|fcgi://app/x?q=1", |_| false).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("write fastcgi+unix:///run/app.sock/x?q=1"),
+            "{e}"
+        );
+        let e = parse_url("unix:/run/app.sock|uwsgi://app", |_| false).unwrap_err();
+        assert!(
+            e.to_string().ends_with("write uwsgi+unix:///run/app.sock/"),
             "{e}"
         );
         // Apache's scheme.
