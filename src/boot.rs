@@ -410,9 +410,6 @@ pub fn warn_if_root() {
     }
 }
 
-/// `--listen-backlog`'s default.
-const DEFAULT_BACKLOG: i32 = 1024;
-
 /// Warns when `--listen-backlog` is over `net.core.somaxconn`: the kernel cuts every
 /// listen queue to that silently, so the queue an operator sized to stop 502s under a
 /// burst is shorter than asked (the metric `postern_listen_backlog` shows what it is).
@@ -425,7 +422,7 @@ pub fn warn_if_backlog_capped(backlog: i32) {
     else {
         return;
     };
-    if backlog > cap && backlog == DEFAULT_BACKLOG {
+    if backlog > cap && backlog == crate::config::DEFAULT_LISTEN_BACKLOG {
         // Not the operator's choice (a kernel before 5.4 has 128): said, not warned.
         tracing::info!(
             listen_backlog = backlog,

@@ -26,6 +26,9 @@ use crate::server::listener::{parse_owner, ListenAddr};
 use crate::wsgi::interpreter::AppSpec;
 pub use value::{parse_size, KeyValue, Mode, Seconds, Size};
 
+/// `--listen-backlog`'s default.
+pub const DEFAULT_LISTEN_BACKLOG: i32 = 1024;
+
 /// The listener used when none is configured.
 pub const DEFAULT_LISTENER: &str = "127.0.0.1:3031";
 
@@ -376,7 +379,7 @@ pub struct Options {
         long,
         value_name = "N",
         env = "POSTERN_LISTEN_BACKLOG",
-        default_value_t = 1024
+        default_value_t = DEFAULT_LISTEN_BACKLOG
     )]
     pub listen_backlog: i32,
 
