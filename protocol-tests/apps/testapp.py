@@ -404,6 +404,19 @@ def application(environ, start_response):
                     "504 Gateway Timeout",
                 )
             time.sleep(0.01)
+    if path == "/bulk-then-tiny":
+        # `big` chunks of 40 KiB (more than a socket buffer holds, so the server's
+        # writer is busy sending them), then `tiny` chunks of two bytes each.
+        big, tiny = int(q.get("big", 30)), int(q.get("tiny", 10000))
+
+        def gen():
+            for i in range(big):
+                yield bytes([65 + i % 26]) * 40960
+            for i in range(tiny):
+                yield b"%02d" % (i % 100)
+
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return gen()
     if path == "/gated-stream":
         # "chunk 0", then waits for the file `gate` (the test makes it once it holds
         # chunk 0), then chunks 1..n-1: the client sees chunk 0 only if the response is

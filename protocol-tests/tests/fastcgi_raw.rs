@@ -1010,6 +1010,52 @@ fn a_stream_the_client_leaves_is_counted_as_far_as_it_went() {
     ok_after(&p);
 }
 
+#[test]
+fn small_chunks_queued_behind_a_busy_send_leave_as_few_records() {
+    // regression: every chunk the app yielded went out as a STDOUT record of its own,
+    // also when thousands were queued behind a send in flight: 200,000 two-byte chunks
+    // took 2 s behind Apache's mod_proxy_fcgi (it passes each record on by itself),
+    // 0.03 s once queued chunks grow one record.
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    for keep in [false, true] {
+        let mut c = Fc::open(&p);
+        c.send(&fcgi::get(1, keep, "/bulk-then-tiny?big=30&tiny=10000"));
+        // Not read for a while: the writer's send waits and the tiny chunks queue.
+        std::thread::sleep(Duration::from_millis(500));
+        let (mut body, mut records) = (Vec::new(), 0usize);
+        loop {
+            let r = c.rec();
+            assert_eq!(r.id, 1, "{r:?}");
+            if r.kind == END_REQUEST {
+                break;
+            }
+            assert_eq!(r.kind, STDOUT, "{r:?}");
+            body.extend_from_slice(&r.content);
+            records += 1;
+        }
+        let mut expected = Vec::new();
+        for i in 0..30u8 {
+            expected.extend(std::iter::repeat_n(65 + i % 26, 40960));
+        }
+        for i in 0..10000 {
+            expected.extend_from_slice(format!("{:02}", i % 100).as_bytes());
+        }
+        let start = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(
+            body[start..] == expected[..],
+            "the body is not the chunks in order (keep-conn {keep})"
+        );
+        // A record per batch the writer took (a few hundred here), not per chunk
+        // (10,000 more).
+        assert!(
+            records < 2500,
+            "{records} STDOUT records for 30 + 10,000 chunks (keep-conn {keep})"
+        );
+    }
+    ok_after(&p);
+}
+
 /// Asserts the log tells of a body read cut by the front server going away, once, and
 /// not of an app error answered 500 (nothing was answered).
 /// Opens a connection and starts request 1 (`keep`: FCGI_KEEP_CONN), a POST to `path`

@@ -1352,3 +1352,56 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// FastCGI response records (docs/protocols.md §2.1, §2.2)
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// `append_stream`: chunks appended one after another, with the queue taken (sent)
+    /// now and then, read back as records whose joined content is the chunks in order;
+    /// every record is a non-empty STDOUT record of the request, padded to 8 bytes, and a
+    /// queue holds the fewest records its content can be framed in.
+    #[test]
+    fn props_appended_stream_records_join_into_the_chunks_in_order(
+        writes in vec((prop_oneof![
+            8 => 0usize..600,
+            1 => 60_000usize..140_000,
+        ], any::<bool>()), 1..40),
+        id in 1u16..=u16::MAX,
+    ) {
+        let mut queues: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut last = None;
+        let mut expected = Vec::new();
+        for (i, (len, take)) in writes.iter().enumerate() {
+            let chunk: Vec<u8> = (0..*len).map(|j| (i * 31 + j) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            let out = queues.last_mut().unwrap();
+            last = fcgi::append_stream(out, last, fcgi::STDOUT, id, &chunk);
+            if *take {
+                // The writer took what was queued; appends go to an empty queue.
+                queues.push(Vec::new());
+            }
+        }
+        let mut joined = Vec::new();
+        for q in &queues {
+            let mut rest = &q[..];
+            let mut records = 0usize;
+            let mut content = 0usize;
+            while !rest.is_empty() {
+                let (n, r) = fcgi::parse_record(rest).unwrap().unwrap();
+                prop_assert_eq!(r.kind, fcgi::STDOUT);
+                prop_assert_eq!(r.request_id, id);
+                prop_assert!(!r.content.is_empty());
+                prop_assert_eq!(n % 8, 0);
+                joined.extend_from_slice(r.content);
+                records += 1;
+                content += r.content.len();
+                rest = &rest[n..];
+            }
+            prop_assert_eq!(records, content.div_ceil(fcgi::MAX_CONTENT));
+        }
+        prop_assert_eq!(joined, expected);
+    }
+}

@@ -158,6 +158,57 @@ pub fn encode_stream(out: &mut Vec<u8>, kind: u8, request_id: u16, data: &[u8]) 
     }
 }
 
+/// Appends `data` as records of `kind` for `request_id`, as [`encode_stream`] does, but
+/// first grows the record starting at `last` when that one is a record of the same
+/// kind and request, padded as [`stream_header`] pads, and ends `out` (its padding
+/// included): chunks queued while a send is in flight then leave as one record instead
+/// of a record each (record boundaries mean nothing inside a stream, docs/protocols.md
+/// §2.2; Apache's mod_proxy_fcgi hands every record on to its client on its own). Returns where the last record of `out` now starts, for the next
+/// call (`last` itself when `data` is empty: an empty record would end the stream).
+pub fn append_stream(
+    out: &mut Vec<u8>,
+    last: Option<usize>,
+    kind: u8,
+    request_id: u16,
+    mut data: &[u8],
+) -> Option<usize> {
+    let open = last.and_then(|at| open_record(out, at, kind, request_id).map(|len| (at, len)));
+    if let Some((at, len)) = open {
+        let take = data.len().min(MAX_CONTENT - len);
+        if take > 0 {
+            let (header, padding) = stream_header(kind, request_id, len + take);
+            out.truncate(at + HEADER_LEN + len);
+            out[at..at + HEADER_LEN].copy_from_slice(&header);
+            out.extend_from_slice(&data[..take]);
+            out.resize(out.len() + padding, 0);
+            data = &data[take..];
+        }
+    }
+    let mut last = open.map(|(at, _)| at);
+    for chunk in data.chunks(MAX_CONTENT) {
+        last = Some(out.len());
+        encode_record(out, kind, request_id, chunk);
+    }
+    last
+}
+
+/// The content length of the record at `at` in `out` when it is a `kind` record of
+/// `request_id` with [`stream_header`]'s padding that ends `out` exactly.
+fn open_record(out: &[u8], at: usize, kind: u8, request_id: u16) -> Option<usize> {
+    let &[version, k, id0, id1, len0, len1, padding, _] =
+        out.get(at..at.checked_add(HEADER_LEN)?)?
+    else {
+        return None;
+    };
+    let len = usize::from(u16::from_be_bytes([len0, len1]));
+    let fits = version == VERSION_1
+        && k == kind
+        && u16::from_be_bytes([id0, id1]) == request_id
+        && usize::from(padding) == (8 - len % 8) % 8
+        && at + HEADER_LEN + len + usize::from(padding) == out.len();
+    fits.then_some(len)
+}
+
 /// Of `records` (whole records, as a server writes them), the first `sent` bytes have
 /// left: how many content bytes that is (headers and padding are framing), and where
 /// the record `sent` falls inside ends (`sent` itself between two records). What a
@@ -258,6 +309,53 @@ mod tests {
         assert_eq!(sent_split(&out, 99), (11, 32));
         // A header cut short of its 8 bytes (never written so): nothing more counts.
         assert_eq!(sent_split(&out[..20], 20), (3, 20));
+    }
+
+    #[test]
+    fn append_stream_grows_only_its_own_last_record() {
+        let mut out = Vec::new();
+        let last = append_stream(&mut out, None, STDOUT, 3, b"abc");
+        assert_eq!(last, Some(0));
+        let last = append_stream(&mut out, last, STDOUT, 3, b"defghi");
+        assert_eq!(last, Some(0));
+        let mut expected = Vec::new();
+        encode_record(&mut expected, STDOUT, 3, b"abcdefghi");
+        assert_eq!(out, expected);
+        // Nothing to add: no empty record (it would end the stream).
+        assert_eq!(append_stream(&mut out, last, STDOUT, 3, b""), Some(0));
+        assert_eq!(out, expected);
+        // Another request's, another kind's, or a record that is not last: a new record.
+        for (kind, id, at) in [(STDOUT, 4, 0), (STDERR, 3, 0), (STDOUT, 3, 8)] {
+            let mut o = expected.clone();
+            let next = append_stream(&mut o, Some(at), kind, id, b"x");
+            assert_eq!(next, Some(expected.len()));
+            let mut e = expected.clone();
+            encode_record(&mut e, kind, id, b"x");
+            assert_eq!(o, e);
+        }
+        // Another record after it (END_REQUEST, say): not grown.
+        let mut o = expected.clone();
+        encode_record(&mut o, STDERR, 3, b"y");
+        let before = o.clone();
+        assert_eq!(
+            append_stream(&mut o, Some(0), STDOUT, 3, b"z"),
+            Some(before.len())
+        );
+        assert_eq!(&o[..before.len()], &before[..]);
+        // A full record stays full; the rest goes to new ones.
+        let mut o = Vec::new();
+        let big = vec![7u8; MAX_CONTENT - 2];
+        let last = append_stream(&mut o, None, STDOUT, 1, &big);
+        let last = append_stream(&mut o, last, STDOUT, 1, b"12345");
+        let (n, r) = parse_record(&o).unwrap().unwrap();
+        assert_eq!(last, Some(n));
+        assert_eq!(r.content.len(), MAX_CONTENT);
+        assert_eq!(&r.content[MAX_CONTENT - 2..], b"12");
+        let (_, r) = parse_record(&o[n..]).unwrap().unwrap();
+        assert_eq!(r.content, b"345");
+        // An offset past the end (a queue taken since): a new record.
+        let mut o = Vec::new();
+        assert_eq!(append_stream(&mut o, Some(64), STDOUT, 1, b"q"), Some(0));
     }
 
     #[test]

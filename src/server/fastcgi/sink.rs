@@ -119,6 +119,10 @@ pub struct FcgiSink {
     /// The response's STDOUT records go through the thread's writer from here on
     /// (as for uwsgi: `crate::server::sink`).
     stream: Option<Stream>,
+    /// Where the last STDOUT record queued in the thread's writer starts: the next chunk
+    /// grows it while it waits there (one record, not one per chunk; checked against
+    /// the queue by `fcgi::append_stream`, so a queue taken since starts a new one).
+    queued_record: Option<usize>,
     /// What `try_write` could not send of the records through END_REQUEST, for
     /// `write_last` (the connection's write lock is held for it meanwhile).
     rest: Option<(Vec<u8>, bool)>,
@@ -161,6 +165,7 @@ impl FcgiSink {
             finished: false,
             writes: 0,
             stream: None,
+            queued_record: None,
             rest: None,
             ticket: None,
             spare: false,
@@ -454,11 +459,12 @@ impl Sink for FcgiSink {
         self.under_way();
         if let Some(s) = &self.stream {
             if data.len() < DIRECT {
-                let id = self.id;
+                let (id, mut last) = (self.id, self.queued_record);
                 // Waits only while the queue is full (backpressure).
                 s.push_with(data.len() + 16, data.len(), |q| {
-                    fcgi::encode_stream(q, fcgi::STDOUT, id, data)
+                    last = fcgi::append_stream(q, last, fcgi::STDOUT, id, data);
                 })?;
+                self.queued_record = last;
                 return Ok(());
             }
             self.drain()?;
@@ -516,10 +522,11 @@ impl Sink for FcgiSink {
         let Some(s) = &self.stream else {
             return Ok(0);
         };
-        let id = self.id;
+        let (id, mut last) = (self.id, self.queued_record);
         let queued = s.try_push_with(data.len() + 16, data.len(), |q| {
-            fcgi::encode_stream(q, fcgi::STDOUT, id, data)
+            last = fcgi::append_stream(q, last, fcgi::STDOUT, id, data);
         })?;
+        self.queued_record = last;
         Ok(if queued { data.len() } else { 0 })
     }
 
