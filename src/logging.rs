@@ -560,10 +560,16 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
         mut writer: tracing_subscriber::fmt::format::Writer<'w>,
         fields: R,
     ) -> std::fmt::Result {
-        use tracing_subscriber::fmt::format::DefaultFields;
+        use tracing_subscriber::fmt::format::{DefaultFields, Writer};
         let mut special = Special(false);
         fields.record(&mut special);
-        if special.0 || writer.has_ansi_escapes() {
+        // Every value goes through `LineSafe`: what a request carries (an exception's
+        // message with the query string in it, say) can neither start a line of its own
+        // nor reach a terminal. Field names are therefore not styled on a terminal (a
+        // style is an escape sequence); the level and the target still are.
+        let mut safe = LineSafe::new(&mut writer);
+        let mut writer = Writer::new(&mut safe);
+        if special.0 {
             return DefaultFields::new().format_fields(writer, fields);
         }
         let mut plain = PlainFields {
@@ -573,6 +579,65 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
         };
         fields.record(&mut plain);
         plain.result
+    }
+}
+
+/// What continues a value on the next line of a text log line (a traceback, a message
+/// of several lines): every such line starts with it, so none can pass for a line of
+/// its own (which starts with its timestamp), and log shippers' usual multi-line rule
+/// ("a line that starts with white space continues the one before") joins them.
+pub const CONTINUATION: &str = "  ";
+
+/// A writer for the text log's values: control characters (C0 but tab and newline, DEL,
+/// C1) written as `\xHH`, and [`CONTINUATION`] before whatever follows a newline (not
+/// after a last one: the line ends there).
+struct LineSafe<'a, W: std::fmt::Write + ?Sized> {
+    out: &'a mut W,
+    after_newline: bool,
+}
+
+impl<'a, W: std::fmt::Write + ?Sized> LineSafe<'a, W> {
+    fn new(out: &'a mut W) -> Self {
+        LineSafe {
+            out,
+            after_newline: false,
+        }
+    }
+}
+
+impl<W: std::fmt::Write + ?Sized> std::fmt::Write for LineSafe<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if s.is_empty() {
+            return Ok(());
+        }
+        if std::mem::take(&mut self.after_newline) {
+            self.out.write_str(CONTINUATION)?;
+        }
+        // C1 characters are U+0080..U+009F: 0xC2 then 0x80..0x9F in UTF-8.
+        let plain = |b: u8| (b >= 0x20 && b != 0x7f && b != 0xc2) || b == b'\t';
+        if s.bytes().all(plain) {
+            return self.out.write_str(s);
+        }
+        let mut rest = s;
+        while let Some(i) = rest.find(|c: char| {
+            let c = u32::from(c);
+            (c < 0x20 && c != 0x09) || (0x7f..=0x9f).contains(&c)
+        }) {
+            self.out.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or_default();
+            rest = &rest[i + c.len_utf8()..];
+            if c == '\n' {
+                self.out.write_char('\n')?;
+                if rest.is_empty() {
+                    self.after_newline = true;
+                } else {
+                    self.out.write_str(CONTINUATION)?;
+                }
+            } else {
+                write!(self.out, "\\x{:02x}", u32::from(c))?;
+            }
+        }
+        self.out.write_str(rest)
     }
 }
 
@@ -2183,6 +2248,58 @@ mod tests {
             ),
             "{ours}"
         );
+    }
+
+    #[test]
+    fn a_value_can_neither_start_a_line_nor_reach_a_terminal() {
+        // regression: an exception message with a client's query string in it (a
+        // traceback field) wrote its newlines and escape bytes raw: a forged
+        // `... INFO postern::access: served` line and ESC[31m in the log file.
+        #[derive(Clone)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf(Arc::default());
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || out.clone())
+            .fmt_fields(TextFields)
+            .finish();
+        let forged = "2026-12-03T18:00:00.000000Z  INFO postern::access: served FAKE";
+        let tb = format!(
+            "Traceback (most recent call last):\n  File \"/srv/app.py\", line 3, in app\nValueError: bad: a\n{forged}\x1b[31m\r\u{9b}2J\tend\n"
+        );
+        tracing::subscriber::with_default(sub, || {
+            tracing::error!(traceback = %tb, "the app raised an exception; answered 500");
+            tracing::warn!("a message of\n{forged} two lines");
+            tracing::error!(detail = %tb, after = 1, "then a field after it");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains(['\x1b', '\r', '\u{9b}']), "{text:?}");
+        assert!(text.contains("\\x1b[31m\\x0d\\x9b2J\tend"), "{text:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines {
+            assert!(
+                l.is_empty()
+                    || l.starts_with("ERROR")
+                    || l.starts_with(" WARN")
+                    || l.starts_with(CONTINUATION),
+                "a line of its own: {l:?} in {text}"
+            );
+        }
+        assert!(lines.contains(&"  ValueError: bad: a"), "{text}");
+        assert!(text.contains(&format!("\n  {forged} two lines")), "{text}");
+        // A traceback's last newline ends its lines; what follows continues them.
+        assert!(text.contains("\tend\n   after=1"), "{text}");
     }
 
     #[test]
