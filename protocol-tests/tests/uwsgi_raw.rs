@@ -322,6 +322,26 @@ fn modifier_30_strips_script_name() {
 }
 
 #[test]
+fn a_query_sent_with_raw_bytes_reaches_the_app_percent_encoded() {
+    // regression: `q=é` typed into curl reached QUERY_STRING as its raw UTF-8 bytes
+    // (latin-1 text "q=Ã©"), and Django's get_full_path() and APPEND_SLASH redirect
+    // encoded that text again: `?q=%C3%83%C2%A9`, a corrupted parameter (the ASGI
+    // scope's query_string was already percent-encoded).
+    let dir = tempdir();
+    let p = start(dir.path());
+    let pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/env"),
+        ("QUERY_STRING", "q=é x&r=%C3%A9+1"),
+        ("REQUEST_URI", "/env?q=é x&r=%C3%A9+1"),
+    ]);
+    let env = parse_http(&p.raw(&pkt)).unwrap().json();
+    assert_eq!(env["QUERY_STRING"], "q=%C3%A9%20x&r=%C3%A9+1");
+    // REQUEST_URI stays as sent (latin-1 text of its bytes, as every variable).
+    assert_eq!(env["REQUEST_URI"], "/env?q=\u{c3}\u{a9} x&r=%C3%A9+1");
+}
+
+#[test]
 fn sendfile_and_iterated_file_wrappers_are_byte_exact() {
     let dir = tempdir();
     let p = start(dir.path());

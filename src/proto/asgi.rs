@@ -148,29 +148,7 @@ fn is_cgi_form(name: &[u8]) -> bool {
     !name.iter().any(|&b| b.is_ascii_lowercase() || b == b'-')
 }
 
-/// The scope's `query_string`: ASGI says it is percent-encoded, but nginx passes the
-/// query as the client sent it, and a client may send raw bytes (UTF-8 text typed into
-/// curl). Bytes outside printable ASCII are percent-encoded (`é` → `%C3%A9`), so a
-/// framework that percent-decodes it as UTF-8 gets the text back (FastAPI read raw
-/// UTF-8 as latin-1); everything else, `%` escapes included, is kept as sent. Borrows
-/// `q` when there is nothing to encode (the usual query).
-pub fn encode_query(q: &[u8]) -> Cow<'_, [u8]> {
-    let plain = |b: u8| (0x21..=0x7e).contains(&b);
-    let Some(first) = q.iter().position(|&b| !plain(b)) else {
-        return Cow::Borrowed(q);
-    };
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = Vec::with_capacity(q.len() + 16);
-    out.extend_from_slice(&q[..first]);
-    for &b in &q[first..] {
-        if plain(b) {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
-    }
-    Cow::Owned(out)
-}
+pub use super::cgi::encode_query;
 
 /// Builds the scope fields from the raw `(key, value)` pairs of one request.
 /// `length_always_sent`: the protocol sends `CONTENT_LENGTH` on every request (SCGI,
@@ -220,8 +198,8 @@ where
             at[s] = i;
         }
     }
-    // Only SCRIPT_NAME and PATH_INFO (decoded) and joined HTTP_* values are owned; the
-    // others borrow the head. An owned value is moved out (the headers never read it).
+    // Only SCRIPT_NAME and PATH_INFO (decoded), QUERY_STRING (encoded) and joined HTTP_*
+    // values are owned; the others borrow the head. An owned value is moved out (the headers never read it).
     let borrowed = |vars: &[Var<'a>], s: usize| -> Option<&'a [u8]> {
         match &vars.get(at[s])?.value {
             Cow::Borrowed(v) => Some(v),
@@ -236,6 +214,8 @@ where
     };
     let script = take(1);
     let rest = take(2);
+    // Percent-encoded by `cgi::normalise` where needed (then owned).
+    let query_string = take(3);
     let (root_path, path, lossy_path) = join_paths(script, rest);
     let protocol = borrowed(&vars, 6).unwrap_or_default();
     let version = http_version(protocol);
@@ -249,7 +229,7 @@ where
         path,
         lossy_path,
         raw_path: borrowed(&vars, 7).and_then(raw_path),
-        query_string: encode_query(borrowed(&vars, 3).unwrap_or_default()),
+        query_string,
         client: borrowed(&vars, 8)
             .filter(|a| !a.is_empty())
             .map(|a| (a, port(borrowed(&vars, 9)).unwrap_or(0))),

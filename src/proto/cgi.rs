@@ -590,6 +590,12 @@ pub fn normalise_into<'a>(
         }
     }
 
+    if let Some(i) = (at[usize::from(K_QUERY_STRING)] as usize).checked_sub(1) {
+        let v = &mut cgi.vars[i].value;
+        if let Cow::Owned(encoded) = encode_query(v) {
+            *v = Cow::Owned(encoded);
+        }
+    }
     for (k, default) in [
         (K_QUERY_STRING, &b""[..]),
         (K_SERVER_NAME, defaults.server_name),
@@ -607,6 +613,33 @@ pub fn normalise_into<'a>(
         }
     }
     Ok(cgi)
+}
+
+/// `QUERY_STRING` as the app gets it (the WSGI environ's, the ASGI scope's
+/// `query_string`): a URL's query is percent-encoded (RFC 3986 §3.4; ASGI says so of
+/// `query_string`), but nginx passes the query as the client sent it, and a client may
+/// send raw bytes (UTF-8 text typed into curl). Bytes outside printable ASCII are
+/// percent-encoded (`é` → `%C3%A9`), so a framework that percent-decodes it as UTF-8
+/// gets the text back and one that builds a URL from it (Django's `get_full_path`, an
+/// `APPEND_SLASH` redirect) does not encode the latin-1 reading of those bytes again
+/// (`%C3%83%C2%A9`); everything else, `%` escapes included, is kept as sent. Idempotent.
+/// Borrows `q` when there is nothing to encode (the usual query).
+pub fn encode_query(q: &[u8]) -> Cow<'_, [u8]> {
+    let plain = |b: u8| (0x21..=0x7e).contains(&b);
+    let Some(first) = q.iter().position(|&b| !plain(b)) else {
+        return Cow::Borrowed(q);
+    };
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(q.len() + 16);
+    out.extend_from_slice(&q[..first]);
+    for &b in &q[first..] {
+        if plain(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Drops the first `n` bytes of `v` (a borrowed value is re-sliced, not copied).

@@ -1089,7 +1089,7 @@ proptest! {
             let sent: Vec<&[u8]> = pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| &v[..]).collect();
             let want: Vec<u8> = match key {
                 b"SCRIPT_NAME" | b"PATH_INFO" | b"CONTENT_TYPE" | b"CONTENT_LENGTH" => continue,
-                b"QUERY_STRING" => sent.last().copied().unwrap_or_default().to_vec(),
+                b"QUERY_STRING" => cgi::encode_query(sent.last().copied().unwrap_or_default()).to_vec(),
                 b"SERVER_NAME" | b"SERVER_PORT" | b"SERVER_PROTOCOL" => {
                     let default: &[u8] = match key {
                         b"SERVER_NAME" => DEFAULTS.server_name,
