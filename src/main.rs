@@ -117,6 +117,9 @@ fn main() -> ExitCode {
         {
             eprintln!("postern: {w}");
         }
+        for w in postern::config::unknown_vars() {
+            eprintln!("postern: {w}");
+        }
     }
     if cli.print_config {
         out(&layered.to_toml(resolved.as_ref().ok()));
@@ -149,6 +152,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     logging::log_panics();
+    for w in postern::config::unknown_vars() {
+        tracing::warn!("{w}");
+    }
     let empty = postern::config::empty_vars();
     if !empty.is_empty() {
         tracing::info!(

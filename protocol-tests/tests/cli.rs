@@ -51,6 +51,43 @@ fn output_to_a_closed_pipe_is_not_a_panic() {
 }
 
 #[test]
+fn a_misspelt_postern_variable_is_named_with_what_it_may_have_meant() {
+    // regression: POSTERN_WORKER=4 started one worker in silence (a misspelt --config
+    // key is an error, an unknown ini key a warning).
+    let out = postern()
+        .current_dir(root())
+        .args(["--print-config", "examples/hello.py"])
+        .env("POSTERN_WORKER", "4")
+        .env("POSTERN_frobnicate", "1")
+        .env("POSTERN_WORKERS", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "POSTERN_WORKER is set but no option reads it: ignored (did you mean POSTERN_WORKERS?)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("POSTERN_frobnicate is set but no option reads it"),
+        "{err}"
+    );
+    assert!(!err.contains("POSTERN_WORKERS is set"), "{err}");
+    // At a start, in the log.
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .env("POSTERN_MAX_REQUEST", "10")
+        .start();
+    assert!(
+        p.wait_log("POSTERN_MAX_REQUEST is set but no option reads it: ignored (did you mean POSTERN_MAX_REQUESTS?)", 5),
+        "{}",
+        p.logs()
+    );
+}
+
+#[test]
 fn binary_loads_the_build_pythons_libpython_without_ld_library_path() {
     let out = Command::new("ldd")
         .arg(postern_bin())

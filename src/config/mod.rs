@@ -681,6 +681,45 @@ pub fn empty_vars() -> &'static [String] {
     AT_START.get().map_or(&[], |s| &s.empty)
 }
 
+/// `POSTERN_*` variables set at the start that no option reads, each as a sentence
+/// ending with what it may have meant: a misspelt `POSTERN_WORKER=4` would otherwise be
+/// ignored in silence, where a misspelt `--config` key is an error and an unknown ini
+/// key a warning. `POSTERN_BIN` (the test suite's) and `POSTERN_TEST_*` are not postern's.
+pub fn unknown_vars() -> Vec<String> {
+    let Some(start) = AT_START.get() else {
+        return Vec::new();
+    };
+    let known: Vec<String> = start
+        .command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let mut unknown: Vec<String> = start
+        .vars
+        .iter()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .filter(|k| !known.contains(k) && k != "POSTERN_BIN" && !k.starts_with("POSTERN_TEST_"))
+        .map(|k| {
+            let upper = k.to_ascii_uppercase().replace('-', "_");
+            let closest = known
+                .iter()
+                .map(|v| (strsim::levenshtein(&upper, v), v))
+                .min()
+                .filter(|(d, _)| *d <= 3)
+                .map(|(_, v)| v);
+            match closest {
+                Some(v) => format!("{k} is set but no option reads it: ignored (did you mean {v}?)"),
+                None => format!(
+                    "{k} is set but no option reads it: ignored (postern's variables are POSTERN_ and a long option's name in capitals, `-` as `_`: POSTERN_MAX_REQUESTS for --max-requests; see postern --help)"
+                ),
+            }
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 /// The parser for `args`: the command line's, or for a subcommand (`postern request`,
 /// `migrate`, `status`, `bench`), which uses none of the serving options, the same
 /// without their `POSTERN_*` variables, so that an invalid one (`POSTERN_THREADS=x`)
