@@ -774,11 +774,12 @@ pub fn reopen() {
     reopen_files();
     let Some(logs) = LOGS.get() else { return };
     let mut reopened = false;
-    for out in &logs.outputs {
+    for (i, out) in logs.outputs.iter().enumerate() {
         if let Kind::File { .. } = out.kind {
             reopened |= out.reopen_error.load(Ordering::Relaxed) == 0;
         }
-        out.report_reopen_error();
+        // The first output is postern's log.
+        out.report_reopen_error(i == 0);
     }
     if reopened {
         tracing::info!("log files reopened (SIGUSR1)");
@@ -906,7 +907,12 @@ impl Output {
     /// One whole line (or one multi-line event: it stays together).
     fn write_line(&self, line: &[u8]) {
         if self.reopen_error.load(Ordering::Relaxed) != 0 {
-            self.report_reopen_error();
+            // The first output is postern's log.
+            let own = LOGS
+                .get()
+                .and_then(|l| l.outputs.first())
+                .is_some_and(|o| std::ptr::eq(&**o, self));
+            self.report_reopen_error(own);
         }
         if BACKGROUND.load(Ordering::Acquire) {
             if let Some(bg) = self.background.get() {
@@ -934,8 +940,11 @@ impl Output {
         }
     }
 
-    /// Says, in the log that could not be reopened, that it still goes to the old file.
-    fn report_reopen_error(&self) {
+    /// Says that this log could not be reopened and still goes to the old file: in
+    /// that log when it is postern's own (`own`: where its reader looks, and the
+    /// subscriber writes there too), else in postern's log (an access log holds access
+    /// lines only: a text line there breaks its parsers).
+    fn report_reopen_error(&self, own: bool) {
         let errno = self.reopen_error.swap(0, Ordering::Relaxed);
         if errno == 0 {
             return;
@@ -946,10 +955,17 @@ impl Output {
             } else {
                 io::Error::from_raw_os_error(errno).to_string()
             };
-            let line = format!(
-                "{}  WARN postern::logging: cannot reopen {} after SIGUSR1: {why}; still writing to the file it had before (let logrotate create it for postern's user: `create 0640 USER GROUP`)\n",
-                Timestamp(SystemTime::now()),
+            let what = format!(
+                "cannot reopen {} after SIGUSR1: {why}; still writing to the file it had before (let logrotate create it for postern's user: `create 0640 USER GROUP`)",
                 path.display(),
+            );
+            if !own {
+                tracing::warn!("{what}");
+                return;
+            }
+            let line = format!(
+                "{}  WARN postern::logging: {what}\n",
+                Timestamp(SystemTime::now()),
             );
             let _ = self.write_now(line.as_bytes());
         }
