@@ -214,7 +214,29 @@ struct Output {
     queued_bytes: AtomicUsize,
     /// Lines handed to the writer thread and not yet taken by it.
     queued_lines: AtomicUsize,
+    /// A file whose writes fail (a full disk): what is lost, and when that was said.
+    health: Mutex<Health>,
 }
+
+#[derive(Default)]
+struct Health {
+    failing: Option<Failing>,
+    /// When a failure was last said ([`FAILURE_SAID_EVERY`]).
+    said: Option<Instant>,
+}
+
+/// A log file's writes failing since `since`: `lost` lines, and whether the last write
+/// stopped inside a line (`torn`: a newline ends it before the next one).
+struct Failing {
+    since: SystemTime,
+    error: String,
+    lost: u64,
+    torn: bool,
+}
+
+/// A log file whose writes start failing again is said at most this often (a disk
+/// that fills as fast as it is freed must not flood the other log).
+const FAILURE_SAID_EVERY: Duration = Duration::from_secs(60);
 
 enum Kind {
     Stderr,
@@ -847,6 +869,7 @@ impl Output {
             kind: Kind::Stderr,
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
+            health: Mutex::default(),
             drained: (Mutex::new(0), Condvar::new()),
             queued_bytes: AtomicUsize::new(0),
             queued_lines: AtomicUsize::new(0),
@@ -890,6 +913,7 @@ impl Output {
             },
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
+            health: Mutex::default(),
             drained: (Mutex::new(0), Condvar::new()),
             queued_bytes: AtomicUsize::new(0),
             queued_lines: AtomicUsize::new(0),
@@ -907,12 +931,7 @@ impl Output {
     /// One whole line (or one multi-line event: it stays together).
     fn write_line(&self, line: &[u8]) {
         if self.reopen_error.load(Ordering::Relaxed) != 0 {
-            // The first output is postern's log.
-            let own = LOGS
-                .get()
-                .and_then(|l| l.outputs.first())
-                .is_some_and(|o| std::ptr::eq(&**o, self));
-            self.report_reopen_error(own);
+            self.report_reopen_error(self.is_own_log());
         }
         if BACKGROUND.load(Ordering::Acquire) {
             if let Some(bg) = self.background.get() {
@@ -928,9 +947,107 @@ impl Output {
             Kind::Stderr => crate::room::has_room(io::stderr()),
             Kind::File { .. } => true,
         };
-        if !ready || self.write_now(line).is_err() {
+        if !ready {
             LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        self.write_lines(line, 1);
+    }
+
+    /// Whether this is postern's own log (the first output; the access log may share it).
+    fn is_own_log(&self) -> bool {
+        LOGS.get()
+            .and_then(|l| l.outputs.first())
+            .is_some_and(|o| std::ptr::eq(&**o, self))
+    }
+
+    /// Writes `bytes`, `lines` whole lines; those not written are counted as dropped.
+    /// A file that cannot be written (a full disk, an I/O error) is said once (in
+    /// postern's log, or on stderr when it is postern's log that fails), its lines are
+    /// counted as lost meanwhile, and the first write that goes through again ends a
+    /// line cut short and says how many were lost since when (in the file itself when it
+    /// is postern's log; an access log holds access lines only).
+    fn write_lines(&self, bytes: &[u8], lines: u64) -> bool {
+        let Kind::File { file, path, .. } = &self.kind else {
+            let ok = io::stderr().write_all(bytes).is_ok();
+            if !ok {
+                LOG_LINES_DROPPED.fetch_add(lines, Ordering::Relaxed);
+            }
+            return ok;
+        };
+        let own = self.is_own_log();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let recovering = health.failing.take();
+        let summary = recovering.as_ref().map(|f| {
+            format!(
+                "{} log line(s) could not be written to {} from {} on ({}): lost; writing again",
+                f.lost,
+                path.display(),
+                Timestamp(f.since),
+                f.error
+            )
+        });
+        let mut joined = Vec::new();
+        let out = match &recovering {
+            None => bytes,
+            Some(f) => {
+                if f.torn {
+                    joined.push(b'\n');
+                }
+                if let (true, Some(summary)) = (own, &summary) {
+                    joined.extend_from_slice(
+                        format!(
+                            "{}  WARN postern::logging: {summary}\n",
+                            Timestamp(SystemTime::now())
+                        )
+                        .as_bytes(),
+                    );
+                }
+                joined.extend_from_slice(bytes);
+                &joined
+            }
+        };
+        let (written, result) = write_counting(file, out);
+        let Err(error) = result else {
+            drop(health);
+            if let (false, Some(summary)) = (own, summary) {
+                tracing::warn!("{summary}");
+            }
+            return true;
+        };
+        let first = recovering.is_none();
+        let mut failing = recovering.unwrap_or_else(|| Failing {
+            since: SystemTime::now(),
+            error: error.to_string(),
+            lost: 0,
+            torn: false,
+        });
+        failing.lost += lines;
+        failing.torn = if written > 0 { true } else { failing.torn };
+        health.failing = Some(failing);
+        let say = first
+            && health
+                .said
+                .is_none_or(|t| t.elapsed() >= FAILURE_SAID_EVERY);
+        if say {
+            health.said = Some(Instant::now());
+        }
+        drop(health);
+        LOG_LINES_DROPPED.fetch_add(lines, Ordering::Relaxed);
+        if say {
+            let what = format!(
+                "cannot write to {}: {error}; its lines are lost until it can be written again (counted in postern_log_lines_dropped_total; the first line written again says how many)",
+                path.display()
+            );
+            if own {
+                if crate::room::has_room(io::stderr()) {
+                    let _ = writeln!(io::stderr(), "postern: {what}");
+                }
+            } else {
+                tracing::warn!("{what}");
+            }
+        }
+        false
     }
 
     fn write_now(&self, bytes: &[u8]) -> io::Result<()> {
@@ -1018,9 +1135,7 @@ impl Drain {
             .fetch_sub(line.len(), Ordering::Relaxed);
         match self.out.kind {
             Kind::Stderr => {
-                if self.out.write_now(line).is_err() {
-                    LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
-                }
+                self.out.write_lines(line, 1);
             }
             Kind::File { .. } => {
                 if self.pending.len() + line.len() > BATCH_BYTES {
@@ -1036,12 +1151,27 @@ impl Drain {
         if self.pending.is_empty() {
             return;
         }
-        if self.out.write_now(&self.pending).is_err() {
-            LOG_LINES_DROPPED.fetch_add(self.lines, Ordering::Relaxed);
-        }
+        self.out.write_lines(&self.pending, self.lines);
         self.pending.clear();
         self.lines = 0;
     }
+}
+
+/// `write_all`, also saying how many bytes went out before it failed.
+fn write_counting(mut file: &File, mut bytes: &[u8]) -> (usize, io::Result<()>) {
+    let mut written = 0;
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return (written, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                written += n;
+                bytes = &bytes[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
 }
 
 /// `tracing`'s writer: each event arrives as one `write_all`.

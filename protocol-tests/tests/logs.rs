@@ -720,6 +720,101 @@ fn a_log_file_that_cannot_be_reopened_keeps_the_old_one_and_says_so() {
     assert!(!logs.exists(), "nothing was created at the old path");
 }
 
+/// A 64 KiB tmpfs mounted at `at` for one test, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (after a loud message) where mounting needs root and this is not it;
+    /// in CI a failure.
+    fn mount(at: &Path) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                !in_ci(),
+                "cannot mount a tmpfs (CI runs as root): this test must not skip"
+            );
+            eprintln!(
+                "\n!!!!! SKIPPING: mounting a tmpfs needs root; this test did NOT run !!!!!\n"
+            );
+            return None;
+        }
+        Some(SmallDisk(at.to_owned()))
+    }
+
+    /// Fills what is left of it.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_said_once_and_the_lines_lost_are_counted_when_it_writes_again() {
+    // regression: a full disk lost access lines in silence (only a counter whose help
+    // blamed a slow writer), and the line cut off at ENOSPC stayed in the file, the next
+    // one glued to it once there was room again.
+    let dir = tempdir();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small")) else {
+        return;
+    };
+    let access = disk.0.join("access.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--access-log", &access.display().to_string()])
+        .start();
+    assert_eq!(request(&p, "/before", &[]).status, 200);
+    let filler = disk.fill();
+    for i in 0..60 {
+        assert_eq!(request(&p, &format!("/full-{i}"), &[]).status, 200);
+    }
+    assert!(
+        p.wait_log("No space left on device", 5),
+        "the failure is not said in postern's log\n{}",
+        p.logs()
+    );
+    assert_eq!(
+        p.logs()
+            .matches("its lines are lost until it can be written again")
+            .count(),
+        1,
+        "said once\n{}",
+        p.logs()
+    );
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(request(&p, "/after", &[]).status, 200);
+    assert!(
+        p.wait_log("could not be written to", 5),
+        "no count of the lines lost once it writes again\n{}",
+        p.logs()
+    );
+    assert!(
+        wait_line(&access, "path=/after", 5).is_some(),
+        "{}",
+        read(&access)
+    );
+    // A line cut off by the full disk stays (its start was written), ended by a
+    // newline: the next one is never glued to it.
+    for line in read(&access).lines() {
+        assert!(
+            line.matches(" INFO ").count() <= 1,
+            "two access lines glued into one: {line:?}"
+        );
+    }
+}
+
 #[test]
 fn no_access_line_is_lost_at_a_graceful_stop() {
     for workers in ["1", "2"] {

@@ -373,7 +373,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "log_lines_dropped",
-            "Log lines dropped because the log writer could not keep up.",
+            "Log lines not written: the log writer could not keep up (its queue was full), or the log file could not be written (a full disk, an I/O error).",
             None,
             [(none(), counter(s.log_lines_dropped))],
         )?;
