@@ -189,7 +189,39 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
         inherit_reads(&mut read.entries);
     }
     let mut m = Mapper::new(&read.entries, &read.placeholders_used, &section);
+    // The `if-*`/`for*` blocks open at this line (uWSGI's configuration logic): what
+    // is inside one is set only when its condition holds, or once per loop value, so
+    // it is never carried over as if it were set unconditionally.
+    let mut blocks: Vec<&Entry> = Vec::new();
     for (i, e) in read.entries.iter().enumerate() {
+        let key = e.key.as_str();
+        let opens = key.starts_with("if-") || key == "for" || key.starts_with("for-");
+        let closes = matches!(key, "endif" | "end-if" | "endfor" | "end-for" | "end");
+        if let (Some(block), false) = (blocks.last(), closes) {
+            let what = if block.key.starts_with("if-") {
+                "applies it only when that condition holds"
+            } else {
+                "applies it once for each value of that loop"
+            };
+            let outcome = Outcome::Refused(format!(
+                "inside `{}` (line {}): uWSGI {what}; not carried over: write what it should be on this host by hand",
+                block.shown(),
+                block.line
+            ));
+            if opens {
+                blocks.push(e);
+            }
+            m.lines.push(Line {
+                entry: e.clone(),
+                outcome,
+            });
+            continue;
+        }
+        if opens {
+            blocks.push(e);
+        } else if closes {
+            blocks.pop();
+        }
         let outcome = if e.reads.is_empty() {
             m.map(i, e)
         } else {

@@ -608,8 +608,34 @@ fn placeholders_are_not_unknown() {
 fn refuses_includes_and_logic() {
     let t = tr("ini = base.ini\nif-env = DEBUG\npy-autoreload = 1\nendif =\nfor = a b\nendfor =");
     let e = t.check().unwrap_err().to_string();
-    assert_eq!(e.lines().count(), 8, "{e}"); // five refused, and py-autoreload ignored
-    assert!(matches!(outcome(&t, "py-autoreload"), Outcome::Ignored(_)));
+    assert_eq!(e.lines().count(), 7, "{e}"); // a heading, six refused
+                                             // Inside the block: refused as such (uWSGI sets it only when the condition holds).
+    let Outcome::Refused(why) = outcome(&t, "py-autoreload") else {
+        panic!("{:?}", outcome(&t, "py-autoreload"))
+    };
+    assert!(
+        why.starts_with(
+            "inside `if-env = DEBUG` (line 3): uWSGI applies it only when that condition holds"
+        ),
+        "{why}"
+    );
+    // regression: a value set inside `if-env` went into the table as set
+    // unconditionally (8 workers where uWSGI ran 1), and the line before it was
+    // "ignored: line 7 sets it again".
+    let t = tr("if-not-env = PROD\nprocesses = 1\nendif =\nif-env = PROD\nprocesses = 8\nendif =\nfor = 1 2\nsocket = :%(_)\nendfor =\nthreads = 2");
+    assert_eq!(get(&t, "workers"), None);
+    assert_eq!(get(&t, "uwsgi"), None);
+    assert_eq!(get(&t, "threads"), Some(&toml::Value::Integer(2)));
+    for l in t
+        .lines
+        .iter()
+        .filter(|l| ["processes", "socket"].contains(&l.entry.key.as_str()))
+    {
+        let Outcome::Refused(why) = &l.outcome else {
+            panic!("{:?}", l.outcome)
+        };
+        assert!(why.starts_with("inside `"), "{why}");
+    }
     // regression: `ini = :common` (a section of the same file) was told to copy "the
     // included file's options".
     let t = tr("ini = :common");
