@@ -103,7 +103,13 @@ fn main() -> ExitCode {
         return match postern::client::run(args) {
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {
-                eprintln!("postern request: {e}");
+                // A reader that stopped early (`| head -1`) is not news: quiet, as a
+                // program ended by SIGPIPE, and not a success either.
+                let closed = matches!(&e, postern::client::ClientError::Output(io)
+                    if io.kind() == std::io::ErrorKind::BrokenPipe);
+                if !closed {
+                    eprintln!("postern request: {e}");
+                }
                 ExitCode::from(e.exit_code() as u8)
             }
         };

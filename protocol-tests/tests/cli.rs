@@ -88,6 +88,33 @@ fn a_misspelt_postern_variable_is_named_with_what_it_may_have_meant() {
 }
 
 #[test]
+fn a_request_whose_reader_stops_early_is_not_an_error_message() {
+    // regression: `postern request URL | head -1` printed "cannot write the response to
+    // stdout: Broken pipe".
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp()).start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let write_end = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+    let out = postern()
+        .args([
+            "request",
+            &format!("uwsgi://127.0.0.1:{port}/zeros?size=1000000"),
+        ])
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "{err}");
+    assert!(!out.status.success(), "a cut output is not a success");
+}
+
+#[test]
 fn binary_loads_the_build_pythons_libpython_without_ld_library_path() {
     let out = Command::new("ldd")
         .arg(postern_bin())
@@ -2101,6 +2128,23 @@ fn a_typo_in_the_callable_or_a_unix_url_gets_the_close_form() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("has no attribute 'aplication' (did you mean 'application'?)"),
+        "{err}"
+    );
+    // A Flask module's `app` named as `application` (no close spelling): the default
+    // names are offered.
+    std::fs::write(
+        dir.path().join("flaskish.py"),
+        "def app(e, r):\n    r('200 OK', [])\n    return [b'']\n",
+    )
+    .unwrap();
+    let out = postern()
+        .current_dir(dir.path())
+        .args(["flaskish:application", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no attribute 'application' (did you mean 'app'?)"),
         "{err}"
     );
     let out = postern()

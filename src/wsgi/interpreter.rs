@@ -685,12 +685,22 @@ fn close_callable(module: &Bound<'_, PyModule>, names: &[&str]) -> Option<String
         .filter(|n| module.getattr(n.as_str()).is_ok_and(|o| o.is_callable()))
         .collect();
     let difflib = py.import("difflib").ok()?;
-    names.iter().find_map(|name| {
-        let found = difflib
-            .call_method1("get_close_matches", (*name, candidates.clone(), 1, 0.7))
-            .ok()?;
-        found.get_item(0).ok()?.extract::<String>().ok()
-    })
+    names
+        .iter()
+        .find_map(|name| {
+            let found = difflib
+                .call_method1("get_close_matches", (*name, candidates.clone(), 1, 0.7))
+                .ok()?;
+            found.get_item(0).ok()?.extract::<String>().ok()
+        })
+        // `flask_app:application` where the module has `app` (Flask's and FastAPI's
+        // usual name) or the other way round: the names postern tries by default.
+        .or_else(|| {
+            ["application", "app"]
+                .into_iter()
+                .find(|d| candidates.iter().any(|c| c == d))
+                .map(str::to_owned)
+        })
 }
 
 /// Runs a `.py` file as a module named after its stem, registered in `sys.modules`.
