@@ -890,7 +890,7 @@ fn single_process_ping_fails_while_it_stops() {
     );
     assert_eq!(
         (ping.status, ping.text().as_str()),
-        (503, "no worker is serving\n")
+        (503, "no worker is serving: postern is stopping\n")
     );
     assert!(!hold.is_finished(), "the held request is still running");
     assert_eq!(status_json(&stats_addr)["workers"][0]["state"], "draining");
@@ -1346,12 +1346,17 @@ fn a_stopped_worker_shows_unresponsive() {
         .unwrap();
     kill(other, libc::SIGSTOP);
     let both_stopped = wait_until(30, || ping() == 503);
+    let body = stats(&stats_addr, "/ping").text();
     kill(stopped, libc::SIGCONT);
     kill(other, libc::SIGCONT);
     assert!(
         both_stopped,
         "/ping still {} with both workers stopped",
         ping()
+    );
+    assert!(
+        body.starts_with("no worker answers: every serving worker is stopped or frozen"),
+        "{body}"
     );
     assert!(
         wait_until(10, || shown()["unresponsive"] == false),

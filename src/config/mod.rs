@@ -1468,10 +1468,14 @@ impl Config {
                 // Compared as they will be bound: `unix:a.sock` and `unix:$PWD/a.sock`
                 // are one socket.
                 let addr = absolute_addr(addr.clone());
-                if listeners.iter().any(|(_, a)| *a == addr)
-                    || o.stats.clone().map(absolute_addr) == Some(addr.clone())
-                {
+                if listeners.iter().any(|(_, a)| *a == addr) {
                     return Err(invalid(key, format!("{addr} is given twice")));
+                }
+                if o.stats.clone().map(absolute_addr) == Some(addr.clone()) {
+                    return Err(invalid(
+                        key,
+                        format!("{addr} is --stats's address too: give each its own"),
+                    ));
                 }
                 listeners.push((protocol, addr));
             }
@@ -1989,8 +1993,9 @@ mod tests {
         let abs = format!("unix:{}", cwd.join("a.sock").display());
         let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--fastcgi", &abs]).unwrap_err();
         assert!(e.to_string().contains("is given twice"), "{e}");
+        // regression: the clash with --stats named --uwsgi's address as "given twice".
         let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--stats", &abs]).unwrap_err();
-        assert!(e.to_string().contains("is given twice"), "{e}");
+        assert!(e.to_string().contains("is --stats's address too"), "{e}");
     }
 
     // regression: `--pythonpath a,b` (gunicorn's list, typed by a user who migrates) was

@@ -465,6 +465,17 @@ impl Snapshot {
                 }))
     }
 
+    /// Why [`Self::answers`] is false, for `/ping`'s body.
+    pub fn not_answering(&self) -> &'static str {
+        if self.stopping {
+            "no worker is serving: postern is stopping\n"
+        } else if self.serving().next().is_some() {
+            "no worker answers: every serving worker is stopped or frozen (SIGSTOP, a debugger, a stuck start; see /status)\n"
+        } else {
+            "no worker is serving: the workers are starting, or being replaced after a crash or --timeout (see /status)\n"
+        }
+    }
+
     /// Requests being run by Python threads, in every worker (draining ones too).
     pub fn in_flight(&self) -> usize {
         self.workers.iter().map(Worker::busy).sum()

@@ -220,13 +220,14 @@ fn route(
             }
         }
         "/ping" => {
-            if source().answers() {
+            let snapshot = source();
+            if snapshot.answers() {
                 (StatusCode::OK, TEXT, "pong\n".into())
             } else {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,
-                    "no worker is serving\n".into(),
+                    snapshot.not_answering().into(),
                 )
             }
         }
