@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -150,8 +150,15 @@ where
         });
     }
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let body = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| StatsError::Http {
+            addr: addr.to_owned(),
+            reason: format!("{path}: {e} (more than {} MiB)", MAX_BODY >> 20),
+        })?
+        .to_bytes();
+    let body = printable(&String::from_utf8_lossy(&body));
     if status != StatusCode::OK {
         return Err(StatsError::Http {
             addr: addr.to_owned(),
@@ -159,4 +166,37 @@ where
         });
     }
     Ok(body)
+}
+
+/// The most of an answer read: postern's own are a few KiB (a `/status` of 512 workers
+/// under 1 MiB); what claims to be postern and sends more is not read further.
+const MAX_BODY: usize = 16 << 20;
+
+/// `text` with control characters (but newline and tab) as `\xHH`: an answer is
+/// printed to a terminal, and postern's own never has any (JSON escapes them).
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let n = u32::from(c);
+            if (n < 0x20 && c != '\n' && c != '\t') || (0x7f..=0x9f).contains(&n) {
+                format!("\\x{n:02x}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_cannot_reach_the_terminal() {
+        // regression: `postern status` printed an endpoint's ESC bytes raw.
+        assert_eq!(
+            printable("ok\n\tworker 1\x1b[2J\r\u{9b}1m é"),
+            "ok\n\tworker 1\\x1b[2J\\x0d\\x9b1m é"
+        );
+    }
 }
