@@ -1103,12 +1103,29 @@ pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
                 .ok_or_else(|| format!("no such group {g:?}"))?,
         }),
     };
+    if uid.is_none() && gid.is_none() {
+        // regression: `--socket-owner :` was taken, changing nothing, in silence.
+        return Err(format!(
+            "{spec:?} names neither a user nor a group: give USER, USER:GROUP or :GROUP"
+        ));
+    }
     Ok((uid, gid))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_naming_nobody_is_refused() {
+        assert!(parse_owner(":")
+            .unwrap_err()
+            .contains("names neither a user nor a group"));
+        assert!(parse_owner("").is_err());
+        assert_eq!(parse_owner("0"), Ok((Some(0), None)));
+        assert_eq!(parse_owner(":0"), Ok((None, Some(0))));
+        assert_eq!(parse_owner("0:"), Ok((Some(0), None)));
+    }
 
     /// Queued connections stay acceptable with their bytes; new ones are refused once
     /// the listener closes (TCP: the dropped SYN is sent again and meets the reset).
