@@ -611,20 +611,31 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
 pub const CONTINUATION: &str = "  ";
 
 /// A writer for the text log's values: control characters (C0 but tab and newline, DEL,
-/// C1) written as `\xHH`, and [`CONTINUATION`] before whatever follows a newline (not
-/// after a last one: the line ends there).
+/// C1) written as `\xHH`, the Unicode line separators and bidirectional overrides (which
+/// some viewers obey) as `\u{HHHH}`, and [`CONTINUATION`] after each newline. A value's
+/// last newline (a traceback's) is dropped: the line ends there anyway, and an empty
+/// line would read as an event of its own to a log shipper.
 struct LineSafe<'a, W: std::fmt::Write + ?Sized> {
     out: &'a mut W,
-    after_newline: bool,
+    /// A newline was last: written (with [`CONTINUATION`]) once more text follows.
+    newline: bool,
 }
 
 impl<'a, W: std::fmt::Write + ?Sized> LineSafe<'a, W> {
     fn new(out: &'a mut W) -> Self {
         LineSafe {
             out,
-            after_newline: false,
+            newline: false,
         }
     }
+}
+
+/// Whether the text log writes `c` escaped ([`LineSafe`]).
+fn unsafe_in_a_line(c: char) -> bool {
+    let n = u32::from(c);
+    (n < 0x20 && c != '\t')
+        || (0x7f..=0x9f).contains(&n)
+        || matches!(n, 0x2028..=0x202e | 0x2066..=0x2069)
 }
 
 impl<W: std::fmt::Write + ?Sized> std::fmt::Write for LineSafe<'_, W> {
@@ -632,31 +643,32 @@ impl<W: std::fmt::Write + ?Sized> std::fmt::Write for LineSafe<'_, W> {
         if s.is_empty() {
             return Ok(());
         }
-        if std::mem::take(&mut self.after_newline) {
+        if std::mem::take(&mut self.newline) {
+            self.out.write_char('\n')?;
             self.out.write_str(CONTINUATION)?;
         }
-        // C1 characters are U+0080..U+009F: 0xC2 then 0x80..0x9F in UTF-8.
-        let plain = |b: u8| (b >= 0x20 && b != 0x7f && b != 0xc2) || b == b'\t';
+        // The first byte of every character escaped: C0, DEL; C1 is 0xC2 0x80..0x9F;
+        // U+2028..U+202E and U+2066..U+2069 start with 0xE2.
+        let plain = |b: u8| (b >= 0x20 && b != 0x7f && b != 0xc2 && b != 0xe2) || b == b'\t';
         if s.bytes().all(plain) {
             return self.out.write_str(s);
         }
         let mut rest = s;
-        while let Some(i) = rest.find(|c: char| {
-            let c = u32::from(c);
-            (c < 0x20 && c != 0x09) || (0x7f..=0x9f).contains(&c)
-        }) {
+        while let Some(i) = rest.find(unsafe_in_a_line) {
             self.out.write_str(&rest[..i])?;
             let c = rest[i..].chars().next().unwrap_or_default();
             rest = &rest[i + c.len_utf8()..];
             if c == '\n' {
-                self.out.write_char('\n')?;
                 if rest.is_empty() {
-                    self.after_newline = true;
+                    self.newline = true;
                 } else {
+                    self.out.write_char('\n')?;
                     self.out.write_str(CONTINUATION)?;
                 }
-            } else {
+            } else if u32::from(c) <= 0xff {
                 write!(self.out, "\\x{:02x}", u32::from(c))?;
+            } else {
+                write!(self.out, "\\u{{{:04x}}}", u32::from(c))?;
             }
         }
         self.out.write_str(rest)
@@ -2428,9 +2440,13 @@ mod tests {
             tracing::error!(traceback = %tb, "the app raised an exception; answered 500");
             tracing::warn!("a message of\n{forged} two lines");
             tracing::error!(detail = %tb, after = 1, "then a field after it");
+            tracing::warn!(odd = %"a\u{2028}b\u{202e}c", "separators");
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(!text.contains(['\x1b', '\r', '\u{9b}']), "{text:?}");
+        assert!(
+            !text.contains(['\x1b', '\r', '\u{9b}', '\u{2028}', '\u{202e}']),
+            "{text:?}"
+        );
         assert!(text.contains("\\x1b[31m\\x0d\\x9b2J\tend"), "{text:?}");
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines {
@@ -2444,8 +2460,11 @@ mod tests {
         }
         assert!(lines.contains(&"  ValueError: bad: a"), "{text}");
         assert!(text.contains(&format!("\n  {forged} two lines")), "{text}");
-        // A traceback's last newline ends its lines; what follows continues them.
+        // A traceback's last newline ends its lines; what follows continues them, and
+        // nothing makes an empty line.
         assert!(text.contains("\tend\n   after=1"), "{text}");
+        assert!(!text.lines().any(str::is_empty), "{text}");
+        assert!(text.contains("odd=a\\u{2028}b\\u{202e}c"), "{text}");
     }
 
     #[test]

@@ -195,8 +195,8 @@ pub fn translate(text: &str, facts: &FileFacts, ctx: &Context) -> Result<Transla
     let mut blocks: Vec<&Entry> = Vec::new();
     for (i, e) in read.entries.iter().enumerate() {
         let key = e.key.as_str();
-        let opens = key.starts_with("if-") || key == "for" || key.starts_with("for-");
-        let closes = matches!(key, "endif" | "end-if" | "endfor" | "end-for" | "end");
+        let opens = is_logic_opener(key);
+        let closes = matches!(key, "endif" | "end-if" | "endfor" | "end-for");
         if let (Some(block), false) = (blocks.last(), closes) {
             let what = if block.key.starts_with("if-") {
                 "applies it only when that condition holds"
@@ -330,6 +330,16 @@ const UWSGI_MODULE: &str = "uWSGI's in-process jobs and shared state (spooler, m
 /// uWSGI opened a `logto` or `daemonize` file onto its stdout and stderr, so the app's
 /// own output landed there; postern's `log-file` holds only postern's lines.
 const APP_OUTPUT: &str = "uWSGI put the app's own output (print(), sys.stdout and sys.stderr, a logging console handler) in this file too; under postern it goes to postern's stdout and stderr (the journal under systemd), and this file gets postern's log and the request lines: log through logging to a file, or read the app's output from the journal";
+/// A line that opens a block of uWSGI's configuration logic: `if-env`, `if-exists`, …
+/// (and the spellings without the dash uWSGI also takes: `ifenv`, `ifexists`, `ifdir`,
+/// `ifplugin`), `for`, `for-glob`, `for-times`, `for-readline`.
+fn is_logic_opener(key: &str) -> bool {
+    key.starts_with("if-")
+        || matches!(key, "ifenv" | "ifexists" | "ifdir" | "ifplugin")
+        || key == "for"
+        || key.starts_with("for-")
+}
+
 const LOGIC: &str = "uWSGI's configuration logic (if-*, for-*) is not supported: write the values it produces out by hand";
 
 /// Builds the table line by line.
@@ -1305,7 +1315,7 @@ impl<'a> Mapper<'a> {
             k if k.starts_with("emperor") || k.starts_with("vassal") => {
                 Outcome::Refused(EMPEROR.into())
             }
-            k if k.starts_with("if-") || k.starts_with("for-") => Outcome::Refused(LOGIC.into()),
+            k if is_logic_opener(k) => Outcome::Refused(LOGIC.into()),
             k if self.placeholders.contains(k) => Outcome::Placeholder,
             _ => Outcome::Unknown,
         }

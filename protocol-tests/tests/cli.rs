@@ -60,6 +60,10 @@ fn a_misspelt_postern_variable_is_named_with_what_it_may_have_meant() {
         .env("POSTERN_WORKER", "4")
         .env("POSTERN_frobnicate", "1")
         .env("POSTERN_WORKERS", "2")
+        // Kubernetes' service links for a Service named postern: not postern's.
+        .env("POSTERN_SERVICE_HOST", "10.0.0.7")
+        .env("POSTERN_PORT", "tcp://10.0.0.7:80")
+        .env("POSTERN_PORT_80_TCP_ADDR", "10.0.0.7")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -75,6 +79,10 @@ fn a_misspelt_postern_variable_is_named_with_what_it_may_have_meant() {
         "{err}"
     );
     assert!(!err.contains("POSTERN_WORKERS is set"), "{err}");
+    assert!(
+        !err.contains("POSTERN_SERVICE") && !err.contains("POSTERN_PORT"),
+        "{err}"
+    );
     // At a start, in the log.
     let dir = tempdir();
     let p = Spawn::unix(dir.path(), &testapp())

@@ -684,7 +684,9 @@ pub fn empty_vars() -> &'static [String] {
 /// `POSTERN_*` variables set at the start that no option reads, each as a sentence
 /// ending with what it may have meant: a misspelt `POSTERN_WORKER=4` would otherwise be
 /// ignored in silence, where a misspelt `--config` key is an error and an unknown ini
-/// key a warning. `POSTERN_BIN` (the test suite's) and `POSTERN_TEST_*` are not postern's.
+/// key a warning. Not postern's: `POSTERN_BIN`, `POSTERN_K8S_VENV` and `POSTERN_TEST_*`
+/// (the test suite's), and what Kubernetes sets for a Service named `postern` in the
+/// namespace (`POSTERN_SERVICE_HOST`, `POSTERN_PORT`, `POSTERN_PORT_80_TCP_ADDR`, …).
 pub fn unknown_vars() -> Vec<String> {
     let Some(start) = AT_START.get() else {
         return Vec::new();
@@ -699,7 +701,13 @@ pub fn unknown_vars() -> Vec<String> {
         .vars
         .iter()
         .map(|(k, _)| k.to_string_lossy().into_owned())
-        .filter(|k| !known.contains(k) && k != "POSTERN_BIN" && !k.starts_with("POSTERN_TEST_"))
+        .filter(|k| {
+            !known.contains(k)
+                && !matches!(k.as_str(), "POSTERN_BIN" | "POSTERN_K8S_VENV" | "POSTERN_PORT")
+                && !["POSTERN_TEST_", "POSTERN_SERVICE_", "POSTERN_PORT_"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+        })
         .map(|k| {
             let upper = k.to_ascii_uppercase().replace('-', "_");
             let closest = known

@@ -636,6 +636,11 @@ fn refuses_includes_and_logic() {
         };
         assert!(why.starts_with("inside `"), "{why}");
     }
+    // The spellings without a dash open blocks too (review MEDIUM).
+    let t = tr("processes = 2\nifenv = PROD\nprocesses = 8\nendif =\nifexists = /etc/x\nthreads = 4\nendif =");
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(2)));
+    assert_eq!(get(&t, "threads"), None);
+    assert!(matches!(outcome(&t, "ifenv"), Outcome::Refused(_)));
     // regression: `ini = :common` (a section of the same file) was told to copy "the
     // included file's options".
     let t = tr("ini = :common");
