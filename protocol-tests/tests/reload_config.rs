@@ -870,6 +870,15 @@ fn a_reload_turns_the_access_log_off_and_on_again() {
     };
     write("off");
     reload(1);
+    // The old worker is told to drain once the new one serves: until it has heard it,
+    // it may still take a connection, and it logs with the access log on (a CI flake).
+    assert!(
+        wait_until(30, || status(&stats)["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().all(|w| w["generation"] == 1))),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     let line = log_line(&logs, "the new workers run the changed configuration");
     assert!(line.contains("access-log ("), "{line}");

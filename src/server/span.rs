@@ -30,10 +30,11 @@ pub fn request_span_with(head: &Head, peer: &Arc<str>, id: RequestId) -> (Reques
                 .or_else(|| head.get(b"PATH_INFO"))
                 .unwrap_or(b"-")
         ),
-        %peer,
+        peer = %Untrusted(peer.as_bytes()),
         status = field::Empty,
         ms = field::Empty
     );
+    crate::logging::request_span_made(&span);
     (RequestSpan::new(span, peer, id), id)
 }
 
