@@ -116,6 +116,38 @@ fn ten_reloads_under_load_drop_nothing() {
 }
 
 #[test]
+fn a_worker_whose_app_left_the_process_group_is_still_reaped_and_replaced() {
+    // regression: the master collected exited workers with rustix's `waitpid(None)`,
+    // which is any child of its process group: after the app called os.setsid() the
+    // worker's exit was never seen (a zombie, no replacement: with one worker every
+    // later request waited in the listen queue), and a stop waited for it for ever.
+    let dir = tempdir();
+    let app = dir.path().join("setsid_app.py");
+    std::fs::write(
+        &app,
+        "import os\n\ndef application(environ, start_response):\n    path = environ['PATH_INFO']\n    if path == '/setsid':\n        os.setsid()\n    if path == '/exit':\n        os._exit(3)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let mut p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--master", "--graceful-timeout", "3"])
+        .start();
+    assert!(p.wait_log("worker ready", 10), "{}", p.logs());
+    let (status, first) = p.get("/setsid");
+    assert_eq!(status, 200);
+    let _ = p.raw(&uwsgi_get("/exit"));
+    assert!(
+        p.wait_log("exit code 3", 10),
+        "the worker's exit was not seen\n{}",
+        p.logs()
+    );
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    assert_ne!(body, first, "the replacement answers");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(10).is_some(), "the stop hangs\n{}", p.logs());
+}
+
+#[test]
 fn a_killed_worker_is_replaced() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");

@@ -1816,7 +1816,10 @@ impl Master {
     /// decided by [`phase::judge_exit`]; this applies it.
     fn reap(&mut self) -> Result<(), SupervisorError> {
         loop {
-            let (pid, status) = match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            // Any child (pid -1), not rustix's `waitpid(None)`, which is any child in the
+            // master's process group: a worker whose app called os.setsid() was never
+            // reaped (a zombie, never replaced, and a stop that waited for it for ever).
+            let (pid, status) = match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some(s)) => s,
                 Ok(None) | Err(_) => return Ok(()),
             };
