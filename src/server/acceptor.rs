@@ -406,6 +406,19 @@ impl Acceptor {
                     }
                 },
                 Err(Errno::INTR) => return None,
+                Err(e @ (Errno::BADF | Errno::INVAL)) => {
+                    // Its epoll is gone or is something else now: the app closed or
+                    // replaced a descriptor it does not own. Waiting again would fail
+                    // again, 20 times a second for ever, and this worker would never
+                    // serve nor be replaced.
+                    // regression: exactly that, after `for fd in range(3, 101): os.close(fd)`.
+                    crate::logging::report_fatal(&format!(
+                        "waiting for connections failed ({e}): postern's own descriptors were closed or replaced by something in this process (the app calling os.close, os.closerange or os.dup2 on descriptors it did not open); this worker cannot serve and exits (with a master, it is replaced)"
+                    ));
+                    // SAFETY: ends the process at once, as a crash would: the state its
+                    // threads share is not to be trusted any more.
+                    unsafe { libc::_exit(70) }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "epoll_wait failed");
                     if !block {
