@@ -941,6 +941,8 @@ fn new_process() {
 
 impl Output {
     fn stderr() -> Output {
+        // Taken now, at the start, before any app runs.
+        stderr_out();
         Output {
             kind: Kind::Stderr,
             background: OnceLock::new(),
@@ -1020,7 +1022,7 @@ impl Output {
         // stderr pipe or socket that cannot take a line now loses it; a file cannot
         // be asked (poll says "ready" for files).
         let ready = match self.kind {
-            Kind::Stderr => crate::room::has_room(io::stderr()),
+            Kind::Stderr => crate::room::has_room(stderr_out()),
             Kind::File { .. } => true,
         };
         if !ready {
@@ -1045,7 +1047,7 @@ impl Output {
     /// is postern's log; an access log holds access lines only).
     fn write_lines(&self, bytes: &[u8], lines: u64) -> bool {
         let Kind::File { file, path, .. } = &self.kind else {
-            let ok = io::stderr().write_all(bytes).is_ok();
+            let ok = stderr_out().write_all(bytes).is_ok();
             if !ok {
                 LOG_LINES_DROPPED.fetch_add(lines, Ordering::Relaxed);
             }
@@ -1116,8 +1118,8 @@ impl Output {
                 path.display()
             );
             if own {
-                if crate::room::has_room(io::stderr()) {
-                    let _ = writeln!(io::stderr(), "postern: {what}");
+                if crate::room::has_room(stderr_out()) {
+                    let _ = writeln!(stderr_out(), "postern: {what}");
                 }
             } else {
                 tracing::warn!("{what}");
@@ -1128,7 +1130,7 @@ impl Output {
 
     fn write_now(&self, bytes: &[u8]) -> io::Result<()> {
         match &self.kind {
-            Kind::Stderr => io::stderr().write_all(bytes),
+            Kind::Stderr => stderr_out().write_all(bytes),
             Kind::File { file, .. } => (&*file).write_all(bytes),
         }
     }
@@ -1231,6 +1233,26 @@ impl Drain {
         self.pending.clear();
         self.lines = 0;
     }
+}
+
+/// postern's own handle on stderr: a duplicate of fd 2 taken at the start, high and
+/// close-on-exec. An app that closes fd 2 (`os.close(2)`, a daemonising library) would
+/// otherwise have postern's lines (other requests' access lines and tracebacks)
+/// written into whatever next gets fd 2: an accepted client connection.
+/// regression: exactly that, a client's response starting with another's access line.
+fn stderr_out() -> &'static File {
+    static ERR: OnceLock<File> = OnceLock::new();
+    ERR.get_or_init(|| {
+        match rustix::io::fcntl_dupfd_cloexec(io::stderr(), 100) {
+            Ok(fd) => File::from(fd),
+            // No stderr at all (fd 2 closed at the start): the lines go nowhere, never
+            // to a descriptor opened later.
+            Err(_) => File::options()
+                .write(true)
+                .open("/dev/null")
+                .expect("/dev/null opens"),
+        }
+    })
 }
 
 /// `write_all`, also saying how many bytes went out before it failed.

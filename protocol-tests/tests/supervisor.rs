@@ -148,6 +148,97 @@ fn a_worker_whose_app_left_the_process_group_is_still_reaped_and_replaced() {
 }
 
 #[test]
+fn a_worker_whose_app_closed_postern_descriptors_exits_and_is_replaced() {
+    // regression: after an app closed fds 3..100 the worker logged "epoll_wait failed"
+    // 20 times a second for ever, served nothing and was never replaced (with one
+    // worker: every request waited).
+    let dir = tempdir();
+    let app = dir.path().join("closer.py");
+    std::fs::write(
+        &app,
+        "import os\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/close':\n        os.closerange(3, 101)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--master", "--threads", "2"])
+        .start();
+    assert!(p.wait_log("worker ready", 10), "{}", p.logs());
+    let (_, first) = p.get("/");
+    let _ = p.raw(&uwsgi_get("/close"));
+    // The worker exits (a release build says why; a debug build's Rust I/O safety
+    // check may abort it first, on a descriptor it owned being closed under it).
+    assert!(
+        wait_until(10, || {
+            let logs = p.logs();
+            logs.contains("postern's own descriptors were closed or replaced")
+                || logs.contains("worker died unexpectedly")
+        }),
+        "{}",
+        p.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = p.get("/");
+        if status == 200 && body != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replaced\n{}", p.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        p.logs().matches("epoll_wait failed").count() < 3,
+        "{}",
+        p.logs()
+    );
+}
+
+#[test]
+fn postern_log_lines_never_reach_a_client_after_the_app_closed_stderr() {
+    // regression: after an app closed fds 0-2, accepted connections took them and
+    // postern's own lines (other requests' access lines, tracebacks) were written to
+    // fd 2: into a client's response.
+    let dir = tempdir();
+    let app = dir.path().join("closestd.py");
+    std::fs::write(
+        &app,
+        "import os, time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/closestd':\n        for fd in (0, 1, 2):\n            os.close(fd)\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(0.3)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'body of ' + environ['PATH_INFO'].encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--threads", "4"])
+        .start();
+    assert_eq!(p.get("/closestd").0, 200);
+    // Three slow requests at once hold three descriptors (0, 1 and 2 once closed),
+    // while others are served and logged.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || raw(&addr, &uwsgi_get("/slow")))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..5 {
+        let (status, body) = p.get(&format!("/fast{i}"));
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("body of /fast{i}").into_bytes());
+    }
+    for t in slow {
+        let resp = t.join().unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            !text.contains("postern::"),
+            "a log line in a response: {text}"
+        );
+    }
+    assert!(
+        p.wait_log("path=/fast4", 5),
+        "the log goes on\n{}",
+        p.logs()
+    );
+}
+
+#[test]
 fn a_killed_worker_is_replaced() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");
