@@ -239,6 +239,28 @@ fn postern_log_lines_never_reach_a_client_after_the_app_closed_stderr() {
 }
 
 #[test]
+fn deep_recursion_that_a_plain_python_thread_survives_does_not_kill_a_worker() {
+    // regression: the Python threads had Rust's 2 MiB stacks: a `__repr__` 5,000 calls
+    // deep (fine in `python3` and in its threads, 8 MiB) aborted the worker with
+    // "has overflowed its stack".
+    let dir = tempdir();
+    let app = dir.path().join("deep.py");
+    std::fs::write(
+        &app,
+        "import sys\nsys.setrecursionlimit(50000)\n\nclass Deep:\n    def __init__(self, n):\n        self.n = n\n    def __repr__(self):\n        return 'x' if self.n == 0 else repr(Deep(self.n - 1))\n\ndef application(environ, start_response):\n    body = repr(Deep(int(environ['QUERY_STRING']))).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display())).start();
+    let pkt = uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+        ("QUERY_STRING", "6000"),
+    ]);
+    let r = parse_http(&p.raw(&pkt)).unwrap_or_else(|| panic!("{}", p.logs()));
+    assert_eq!((r.status, r.body), (200, b"x".to_vec()), "{}", p.logs());
+}
+
+#[test]
 fn a_killed_worker_is_replaced() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");

@@ -578,6 +578,14 @@ const TRACEBACK_PART: usize = 8 * 1024;
 /// A formatted traceback keeps about this many characters: its first and last parts.
 const TRACEBACK_TOTAL: usize = 64 * 1024;
 
+/// The stack of a thread that runs the app: 8 MiB, what the main thread and every
+/// thread `threading` starts get on Linux (glibc sizes threads by RLIMIT_STACK, 8 MiB by
+/// default), and so what an app's deep recursion was tested with under uWSGI, gunicorn
+/// or `python`. Rust's default (2 MiB) aborted the worker at a quarter of that depth
+/// (regression: a `__repr__` 5,000 calls deep, fine in a plain Python thread, killed the
+/// worker with SIGABRT, "has overflowed its stack"). Only the pages used are memory.
+pub const PYTHON_THREAD_STACK: usize = 8 << 20;
+
 /// Formats a Python exception with its traceback, as `traceback.print_exception` would.
 /// Never uses `PyErr_Print`, which would exit the process on `SystemExit`. Bounded: an
 /// exception whose message is 100 MB (or a traceback of a million frames) must not make
