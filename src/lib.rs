@@ -21,6 +21,7 @@
 //! logging   postern's log and the access log: non-blocking writers, SIGUSR1 reopen,
 //!           request ids
 //! users     the user/group database (NSS, through libc): --uid, --socket-owner, %U
+//! forked    a process the app forked that returns into postern: ended, not serving
 //! room      whether a pipe or socket can take bytes now (poll POLLOUT, no wait)
 //! size      byte sizes as typed (`64k`, `10M`): every size option, config's and bench's
 //! stop      what asks the process to stop (SIGTERM/SIGINT counted by one handler,
@@ -35,6 +36,7 @@ pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod forked;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;

@@ -1235,6 +1235,29 @@ impl Drain {
     }
 }
 
+/// Writes one ERROR line to postern's log at once, bypassing the writer thread (for a
+/// process about to `_exit`, which may have none: a forked child). Best effort.
+pub fn write_direct_error(target: &str, message: &str) {
+    let Some(logs) = LOGS.get() else {
+        let _ = writeln!(stderr_out(), "postern: {message}");
+        return;
+    };
+    let now = Timestamp(SystemTime::now());
+    let line = if logs.json {
+        let text = |v: &str| serde_json::to_string(v).unwrap_or_default();
+        format!(
+            "{{\"timestamp\":\"{now}\",\"level\":\"ERROR\",\"fields\":{{\"message\":{}}},\"target\":{}}}\n",
+            text(message),
+            text(target)
+        )
+    } else {
+        format!("{now} ERROR {target}: {message}\n")
+    };
+    if let Some(out) = logs.outputs.first() {
+        let _ = out.write_now(line.as_bytes());
+    }
+}
+
 /// postern's own handle on stderr: a duplicate of fd 2 taken at the start, high and
 /// close-on-exec. An app that closes fd 2 (`os.close(2)`, a daemonising library) would
 /// otherwise have postern's lines (other requests' access lines and tracebacks)

@@ -158,6 +158,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     logging::log_panics();
+    postern::forked::install();
     for w in postern::config::unknown_vars() {
         tracing::warn!("{w}");
     }
@@ -724,6 +725,8 @@ fn worker(
     bound: Vec<listener::Bound>,
     ctx: supervisor::WorkerContext,
 ) -> i32 {
+    // Forked by the master: a worker, not a child the app forked (see `forked`).
+    postern::forked::serving();
     let config = &generation.config;
     let app_dir = generation.app_dir.as_deref();
     let (settings, limits) = (generation.settings.clone(), generation.limits.clone());

@@ -261,6 +261,43 @@ fn deep_recursion_that_a_plain_python_thread_survives_does_not_kill_a_worker() {
 }
 
 #[test]
+fn a_child_the_app_forked_that_returns_ends_before_it_answers_or_serves() {
+    // regression: a child from os.fork() in a request that returned from the app
+    // (no os._exit) sent its own response into the parent's connection (a second
+    // HTTP response inside the client's body), then took connections from the shared
+    // listener outside the master, serving old code after reloads.
+    let dir = tempdir();
+    let app = dir.path().join("forker.py");
+    std::fs::write(
+        &app,
+        "import os\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/fork':\n        os.fork()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'from ', str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--master"])
+        .start();
+    assert!(p.wait_log("worker ready", 10), "{}", p.logs());
+    let (status, body) = p.get("/fork");
+    assert_eq!(status, 200);
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.starts_with("from ") && !body.contains("HTTP/1.1"),
+        "{body}"
+    );
+    assert!(
+        p.wait_log("returned into postern instead of ending", 5),
+        "{}",
+        p.logs()
+    );
+    // Only the worker answers from now on.
+    for _ in 0..20 {
+        let (status, b) = p.get("/");
+        assert_eq!(status, 200);
+        assert_eq!(String::from_utf8(b).unwrap(), body, "{}", p.logs());
+    }
+}
+
+#[test]
 fn a_killed_worker_is_replaced() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");

@@ -2914,6 +2914,7 @@ impl Exchange {
         slf: &Bound<'py, Self>,
         message: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        crate::forked::guard();
         let py = slf.py();
         let message = message
             .cast::<PyDict>()

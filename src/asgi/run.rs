@@ -651,6 +651,7 @@ impl Driver {
     /// the loop itself (a loop callback, not inside a task's step), so the task's
     /// first step may run at once ([`Spawn::task`]).
     fn take_ready(slf: &Bound<'_, Self>, eager: bool) {
+        crate::forked::guard();
         let py = slf.py();
         {
             let me = slf.borrow();

@@ -37,6 +37,7 @@ impl Pool {
                         // request (one release per request, not two).
                         let mut done: Option<Option<Served>> = None;
                         let next = |done: &mut Option<Option<Served>>| {
+                            crate::forked::guard();
                             // The access line of the request just served (see
                             // `logging::access_later`).
                             crate::logging::write_deferred();

@@ -273,6 +273,7 @@ impl State {
 
     /// Sends body bytes, preceded by the headers the first time anything is sent.
     fn send_body(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
+        crate::forked::guard();
         if data.is_empty() {
             return Ok(());
         }
@@ -1078,7 +1079,10 @@ fn drive(
     errors: Option<&Bound<'_, Errors>>,
     errors_ended: &mut bool,
 ) -> Outcome {
-    let result = match app.bind(py).call1((environ, responder)) {
+    let called = app.bind(py).call1((environ, responder));
+    // A process the app forked that returned from it ends here, not on the connection.
+    crate::forked::guard();
+    let result = match called {
         Ok(r) => {
             // An app that returns a list has let go of the environ: its forwarding
             // wsgi.errors ends here, before the body can end the response.
