@@ -298,6 +298,40 @@ fn a_child_the_app_forked_that_returns_ends_before_it_answers_or_serves() {
 }
 
 #[test]
+fn a_worker_that_dies_names_the_requests_it_was_running() {
+    // regression: a crashed worker (SIGSEGV, os._exit, the OOM killer) was logged as
+    // "worker died unexpectedly" naming none of its requests (the worker writes no
+    // access line for them; a --timeout kill names them).
+    let dir = tempdir();
+    let app = dir.path().join("dies.py");
+    std::fs::write(
+        &app,
+        "import os, time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(5)\n    if environ['PATH_INFO'] == '/die':\n        os._exit(3)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--master", "--threads", "2"])
+        .start();
+    assert!(p.wait_log("worker ready", 10), "{}", p.logs());
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || raw(&addr, &uwsgi_get("/slow")));
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = p.raw(&uwsgi_get("/die"));
+    assert!(p.wait_log("worker died unexpectedly", 10), "{}", p.logs());
+    let _ = slow.join();
+    let logs = p.logs();
+    for path in ["/slow", "/die"] {
+        assert!(
+            logs.lines().any(
+                |l| l.contains("request cut off: its worker died (exit code 3)")
+                    && l.contains(&format!("GET {path}"))
+            ),
+            "{path} not named\n{logs}"
+        );
+    }
+}
+
+#[test]
 fn a_killed_worker_is_replaced() {
     let dir = tempdir();
     let app = versioned_app(dir.path(), "v0");

@@ -177,6 +177,25 @@ impl Worker {
         self.name_cut_offs_for(board, why);
     }
 
+    /// The requests a worker that died on its own (`how`) was running, each named.
+    fn name_running_at_death(&self, board: &Scoreboard, how: &str) {
+        let now = super::scoreboard::now_ns();
+        for t in 0..board.threads {
+            let line = board.line(self.slot, t);
+            let since = line.since.load(Ordering::Acquire);
+            if since == 0 {
+                continue;
+            }
+            tracing::warn!(
+                pid = raw(self.pid),
+                request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                request_id = %line.request_id(),
+                ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
+                "request cut off: its worker died ({how}) while running it; its front server gets an error"
+            );
+        }
+    }
+
     /// [`Worker::name_cut_offs`] for a kill for `why` (a second signal, SIGQUIT: the
     /// worker cannot name them itself).
     // regression: a stop's second signal killed a worker's requests unnamed.
@@ -1873,6 +1892,17 @@ impl Master {
             // what it had accepted and not started yet.
             let was_running = self.board.running(w.slot);
             let was_waiting = self.board.waiting(w.slot);
+            // A worker that died on its own (a crash: SIGSEGV, SIGABRT, the OOM killer,
+            // os._exit) names the requests it was running, as a --timeout kill does:
+            // the worker writes no access line for them, and their front server logs
+            // a 502 to trace.
+            // regression: only "worker died unexpectedly" was said, naming none.
+            let died = !by_master
+                && status.exit_status() != Some(0)
+                && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
+            if died && was_running > 0 {
+                w.name_running_at_death(&self.board, &how);
+            }
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
             if j.boot_failures > self.boot_failures {
