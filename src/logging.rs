@@ -541,7 +541,7 @@ pub fn log_panics() {
             static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         }
         if IN_HOOK.with(|f| f.replace(true)) {
-            eprintln!("{info}");
+            let _ = writeln!(stderr_out(), "{info}");
             return;
         }
         let payload = info.payload();
@@ -860,8 +860,18 @@ pub fn report_fatal(message: &str) {
     match file {
         // regression: "see the workers' error above" on stderr (the journal) while
         // the error and its traceback were only in the log file.
-        Some(path) => eprintln!("postern: {message} (the log: {})", path.display()),
-        None if !json => eprintln!("postern: {message}"),
+        // Through postern's own copy of stderr, as its log lines: fd 2 may be the app's
+        // now (see `stderr_out`).
+        Some(path) => {
+            let _ = writeln!(
+                stderr_out(),
+                "postern: {message} (the log: {})",
+                path.display()
+            );
+        }
+        None if !json => {
+            let _ = writeln!(stderr_out(), "postern: {message}");
+        }
         None => {}
     }
 }
@@ -1266,7 +1276,11 @@ pub fn write_direct_error(target: &str, message: &str) {
 fn stderr_out() -> &'static File {
     static ERR: OnceLock<File> = OnceLock::new();
     ERR.get_or_init(|| {
-        match rustix::io::fcntl_dupfd_cloexec(io::stderr(), 100) {
+        // High, out of the way of the low numbers an app or a library opens and
+        // closes; the lowest free one where the descriptor limit is under 100.
+        let dup = rustix::io::fcntl_dupfd_cloexec(io::stderr(), 100)
+            .or_else(|_| rustix::io::fcntl_dupfd_cloexec(io::stderr(), 3));
+        match dup {
             Ok(fd) => File::from(fd),
             // No stderr at all (fd 2 closed at the start): the lines go nowhere, never
             // to a descriptor opened later.

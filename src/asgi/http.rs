@@ -2105,6 +2105,8 @@ impl Exchange {
     /// Ends the response once nothing is in flight: flushes what a writer still
     /// holds (executor), then finishes the sink, writes the access line.
     fn settle(slf: &Bound<'_, Self>, end_now: Option<End>) -> PyResult<()> {
+        // A child the app forked whose task ended (a 500 or END_REQUEST would follow).
+        crate::forked::guard();
         let py = slf.py();
         let mut me = slf.borrow_mut();
         if me.served.is_some() || me.busy {

@@ -63,7 +63,7 @@ pub fn start(
     })?;
     let handle = std::thread::Builder::new()
         .name("python-asgi".into())
-        .stack_size(crate::wsgi::PYTHON_THREAD_STACK)
+        .stack_size(crate::wsgi::python_thread_stack())
         .spawn(move || {
             Python::attach(|py| {
                 let (event_loop, executor, lifespan) =

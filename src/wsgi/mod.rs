@@ -578,13 +578,23 @@ const TRACEBACK_PART: usize = 8 * 1024;
 /// A formatted traceback keeps about this many characters: its first and last parts.
 const TRACEBACK_TOTAL: usize = 64 * 1024;
 
-/// The stack of a thread that runs the app: 8 MiB, what the main thread and every
-/// thread `threading` starts get on Linux (glibc sizes threads by RLIMIT_STACK, 8 MiB by
-/// default), and so what an app's deep recursion was tested with under uWSGI, gunicorn
-/// or `python`. Rust's default (2 MiB) aborted the worker at a quarter of that depth
-/// (regression: a `__repr__` 5,000 calls deep, fine in a plain Python thread, killed the
-/// worker with SIGABRT, "has overflowed its stack"). Only the pages used are memory.
-pub const PYTHON_THREAD_STACK: usize = 8 << 20;
+/// The stack of a thread that runs the app: what glibc gives every thread `threading`
+/// starts, and so what an app's deep recursion was tested with under `python`, uWSGI or
+/// gunicorn: the stack limit (`ulimit -s`, RLIMIT_STACK; 8 MiB by default), 8 MiB when
+/// it is unlimited. Rust's default (2 MiB) aborted the worker at a quarter of the
+/// default's depth (regression: a `__repr__` 5,000 calls deep, fine in a plain Python
+/// thread, killed the worker with SIGABRT, "has overflowed its stack"). Only the pages
+/// used are memory; the rest is address space (`ulimit -v`, `LimitAS=`: lower `ulimit
+/// -s` with it, as for any threaded Python program).
+pub fn python_thread_stack() -> usize {
+    const DEFAULT: usize = 8 << 20;
+    match rustix::process::getrlimit(rustix::process::Resource::Stack).current {
+        Some(n) => usize::try_from(n)
+            .unwrap_or(DEFAULT)
+            .clamp(1 << 20, 256 << 20),
+        None => DEFAULT,
+    }
+}
 
 /// Formats a Python exception with its traceback, as `traceback.print_exception` would.
 /// Never uses `PyErr_Print`, which would exit the process on `SystemExit`. Bounded: an

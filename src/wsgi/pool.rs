@@ -28,7 +28,7 @@ impl Pool {
             let settings = Arc::clone(&settings);
             let handle = std::thread::Builder::new()
                 .name(format!("python-{i}"))
-                .stack_size(super::PYTHON_THREAD_STACK)
+                .stack_size(super::python_thread_stack())
                 .spawn(move || {
                     Python::attach(|py| {
                         let keys = Keys::new(py, &settings);

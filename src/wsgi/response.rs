@@ -216,6 +216,7 @@ impl State {
     /// GIL held (`Sink::try_write` never blocks), and only a remainder that must wait
     /// for the front server to read is written with the GIL released.
     fn emit(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
+        crate::forked::guard();
         if self.client_gone {
             return Err(Gone);
         }
@@ -246,6 +247,7 @@ impl State {
     /// at once in one system call ([`Sink::try_write_pair`]), the rest as
     /// [`State::emit`] writes it.
     fn emit_pair(&mut self, py: Python<'_>, head: &[u8], data: &[u8]) -> Result<(), Gone> {
+        crate::forked::guard();
         if self.client_gone {
             return Err(Gone);
         }
@@ -950,6 +952,8 @@ fn respond(
     } else {
         End::Incomplete(outcome.status)
     };
+    // A child the app forked in its iterable or close() ends here, not on the connection.
+    crate::forked::guard();
     let sink = &mut r.sink;
     let sent = if sink.finish_is_quick() {
         sink.finish(end)
@@ -1056,6 +1060,7 @@ impl Sink for Closed {
 
 /// Sends a small complete response from the server itself.
 fn simple(py: Python<'_>, mut sink: Box<dyn Sink>, code: u16, reason: &str) -> Served {
+    crate::forked::guard();
     let buf = resp::plain_response(sink.head_style(), code, reason, &format!("{reason}\n"));
     py.detach(|| {
         let end = match sink.write_all(&buf) {
@@ -1492,6 +1497,7 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
 /// Answers for the app, which sent no head: `line` with a plain-text `body` of known
 /// length, in place of whatever it had set.
 fn answer_plain(py: Python<'_>, r: &mut State, code: u16, line: &str, body: &[u8]) -> Outcome {
+    crate::forked::guard();
     r.set_status(code, line);
     r.push_header("Content-Type", "text/plain; charset=utf-8");
     r.push_header("Content-Length", &body.len().to_string());
