@@ -179,11 +179,21 @@ impl Worker {
 
     /// The requests a worker that died on its own (`how`) was running, each named.
     fn name_running_at_death(&self, board: &Scoreboard, how: &str) {
+        self.name_running(
+            board,
+            None,
+            &format!("its worker died ({how}) while running it; its front server gets an error"),
+        );
+    }
+
+    /// Each request the worker runs (but the one it is condemned for: `skip`), with
+    /// `what` happened to it.
+    fn name_running(&self, board: &Scoreboard, skip: Option<Condemned>, what: &str) {
         let now = super::scoreboard::now_ns();
         for t in 0..board.threads {
             let line = board.line(self.slot, t);
             let since = line.since.load(Ordering::Acquire);
-            if since == 0 {
+            if since == 0 || skip == Some(Condemned::Request(t, since)) {
                 continue;
             }
             tracing::warn!(
@@ -191,7 +201,7 @@ impl Worker {
                 request = %crate::logging::Untrusted(line.desc().as_bytes()),
                 request_id = %line.request_id(),
                 ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
-                "request cut off: its worker died ({how}) while running it; its front server gets an error"
+                "request cut off: {what}"
             );
         }
     }
@@ -200,21 +210,11 @@ impl Worker {
     /// worker cannot name them itself).
     // regression: a stop's second signal killed a worker's requests unnamed.
     fn name_cut_offs_for(&self, board: &Scoreboard, why: &str) {
-        let now = super::scoreboard::now_ns();
-        for t in 0..board.threads {
-            let line = board.line(self.slot, t);
-            let since = line.since.load(Ordering::Acquire);
-            if since == 0 || self.condemned_for == Some(Condemned::Request(t, since)) {
-                continue;
-            }
-            tracing::warn!(
-                pid = raw(self.pid),
-                request = %crate::logging::Untrusted(line.desc().as_bytes()),
-                request_id = %line.request_id(),
-                ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
-                "request cut off: its worker is killed for {why}"
-            );
-        }
+        self.name_running(
+            board,
+            self.condemned_for,
+            &format!("its worker is killed for {why}"),
+        );
         // What it had read whole and not started (published by its stop, which began
         // with the dump) dies too: the first few are named (its waiting lines), the
         // rest counted. One started since its publication is on a running line, named
