@@ -327,7 +327,14 @@ fn quit_now_cleans_up<'a>(files: impl Iterator<Item = &'a std::path::Path>) {
         unsafe { libc::_exit(i32::from(under_way)) }
     });
     if let Err(e) = set {
-        tracing::warn!(error = %e, "cannot start the thread that ends the process on SIGQUIT; a SIGQUIT while the app imports will leave the Unix socket files behind");
+        // regression: under a low open-file limit this line said EMFILE without the
+        // limit and what to change, as every other such line does.
+        tracing::warn!(
+            "{}",
+            supervisor::with_open_files_advice(format!(
+                "cannot start the thread that ends the process on SIGQUIT (a SIGQUIT while the app imports will leave the Unix socket files behind): {e}"
+            ))
+        );
     }
 }
 
