@@ -629,6 +629,8 @@ fn serve(
     // Every signal held since main's start has its handler now (SIGUSR1's: logging),
     // and the threads that run the app, started below, must not inherit the mask.
     postern::stop::release_held().context("unblocking SIGHUP and the like")?;
+    // A fork of the app's from here gets no copy of the listeners (see `forked`).
+    postern::forked::serving(&bound.iter().map(listener::Bound::fd).collect::<Vec<_>>());
     let loaded = boot::start_python(config)?;
     postern::stop::imported();
     logging::start_background();
@@ -733,7 +735,7 @@ fn worker(
     ctx: supervisor::WorkerContext,
 ) -> i32 {
     // Forked by the master: a worker, not a child the app forked (see `forked`).
-    postern::forked::serving();
+    postern::forked::serving(&bound.iter().map(listener::Bound::fd).collect::<Vec<_>>());
     let config = &generation.config;
     let app_dir = generation.app_dir.as_deref();
     let (settings, limits) = (generation.settings.clone(), generation.limits.clone());

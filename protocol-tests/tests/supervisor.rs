@@ -305,6 +305,85 @@ fn a_child_the_app_forked_that_returns_ends_before_it_answers_or_serves() {
 }
 
 #[test]
+fn a_child_the_app_forked_that_lives_on_neither_holds_a_response_open_nor_the_port() {
+    // regression: a child from os.fork() or multiprocessing.Process that outlived its
+    // request kept copies of postern's sockets: the uwsgi/SCGI/FastCGI response
+    // (without keep-conn) ended only when the child exited (nginx waited for EOF: a
+    // Django view starting a background process took as long as that process), and
+    // after postern stopped the port still took connections nobody served.
+    let dir = tempdir();
+    let app = dir.path().join("lives_on.py");
+    std::fs::write(
+        &app,
+        "import multiprocessing, os, time\n\ndef sleep():\n    time.sleep(120)\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/mp':\n        p = multiprocessing.Process(target=sleep, daemon=True)\n        p.start()\n        pid = p.pid\n    else:\n        pid = os.fork()\n        if pid == 0:\n            time.sleep(120)\n            os._exit(0)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    yield b'hello, '\n    yield b'child %d.' % pid\n",
+    )
+    .unwrap();
+    let fastcgi = free_port();
+    let mut p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--fastcgi".to_owned(), format!("127.0.0.1:{fastcgi}")])
+        .start();
+    // Killed however the test ends.
+    struct Children(Vec<i32>);
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                // SAFETY: kill(2) on the children the app reported.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let mut children = Children(Vec::new());
+    let mut answer = |req: Vec<u8>, port: u16, what: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The children sleep 120 s: the response must end long before.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        let read = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let pid: i32 = text
+            .split_once("child ")
+            .and_then(|(_, t)| t.split_once('.'))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: {text:?}\n{}", p.logs()));
+        children.0.push(pid);
+        assert!(
+            read.is_ok(),
+            "{what}: no end of the response ({read:?}): {text:?}"
+        );
+    };
+    let Addr::Tcp(uwsgi) = p.addr.clone() else {
+        unreachable!()
+    };
+    answer(uwsgi_get("/fork"), uwsgi, "uwsgi, os.fork");
+    answer(uwsgi_get("/mp"), uwsgi, "uwsgi, multiprocessing");
+    let vars = [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", ""),
+        ("PATH_INFO", "/fork"),
+        ("QUERY_STRING", ""),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ];
+    answer(
+        fcgi::request(1, false, &vars, b""),
+        fastcgi,
+        "FastCGI, os.fork",
+    );
+    // The children live on past postern's stop; the ports refuse connections (nginx
+    // then tries its next server) instead of queueing them for nobody.
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some(), "{}", p.logs());
+    let live = children.0.iter().filter(|pid| !gone(**pid)).count();
+    let refused =
+        [uwsgi, fastcgi].map(|port| std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    drop(children);
+    assert!(live > 0, "a child still lives at the check");
+    assert_eq!(refused, [true, true], "the ports still took connections");
+}
+
+#[test]
 fn a_worker_that_dies_names_the_requests_it_was_running() {
     // regression: a crashed worker (SIGSEGV, os._exit, the OOM killer) was logged as
     // "worker died unexpectedly" naming none of its requests (the worker writes no

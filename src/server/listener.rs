@@ -559,6 +559,15 @@ impl Bound {
         }
     }
 
+    /// The listening socket's descriptor.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match &self.socket {
+            BoundSocket::Tcp(l) => l.as_fd(),
+            BoundSocket::Unix(l) => l.as_fd(),
+        }
+    }
+
     /// Another handle on the same listening socket (for a forked worker).
     pub fn try_clone(&self) -> std::io::Result<Bound> {
         Ok(Bound {
