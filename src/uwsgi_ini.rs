@@ -495,6 +495,102 @@ fn listen_addr(v: &str) -> Result<(String, Option<String>), String> {
     Ok((v.to_owned(), None))
 }
 
+/// The usual uWSGI options (from its documentation's quick starts and option list) that
+/// a misspelt key is compared with; one is suggested only if postern maps it.
+const USUAL_OPTIONS: &[&str] = &[
+    "socket",
+    "uwsgi-socket",
+    "http-socket",
+    "fastcgi-socket",
+    "scgi-socket",
+    "protocol",
+    "chmod-socket",
+    "chown-socket",
+    "module",
+    "wsgi-file",
+    "wsgi",
+    "callable",
+    "mount",
+    "manage-script-name",
+    "chdir",
+    "home",
+    "virtualenv",
+    "venv",
+    "pythonpath",
+    "env",
+    "master",
+    "processes",
+    "workers",
+    "threads",
+    "enable-threads",
+    "lazy-apps",
+    "harakiri",
+    "max-requests",
+    "max-worker-lifetime",
+    "reload-on-rss",
+    "limit-post",
+    "buffer-size",
+    "post-buffering",
+    "listen",
+    "uid",
+    "gid",
+    "pidfile",
+    "logto",
+    "log-format",
+    "disable-logging",
+    "log-4xx",
+    "log-5xx",
+    "daemonize",
+    "touch-reload",
+    "vacuum",
+    "die-on-term",
+    "need-app",
+    "strict",
+    "single-interpreter",
+    "thunder-lock",
+    "stats",
+    "plugins",
+    "plugin",
+    "static-map",
+    "offload-threads",
+    "py-autoreload",
+    "umask",
+    "worker-reload-mercy",
+    "reload-mercy",
+    "hook-master-start",
+    "memory-report",
+];
+
+/// ` (did you mean `processes`?)` for an unknown `key` one or two letters away from a
+/// usual option postern maps; else nothing.
+fn unknown_hint(key: &str, outcome: &Outcome) -> String {
+    if !matches!(outcome, Outcome::Unknown) {
+        return String::new();
+    }
+    let maps = |option: &str| {
+        let entry = Entry {
+            line: 1,
+            text: format!("{option} = 1"),
+            key: option.to_owned(),
+            value: "1".to_owned(),
+            reads: BTreeSet::new(),
+        };
+        let (entries, placeholders) = ([entry], BTreeSet::new());
+        !matches!(
+            Mapper::new(&entries, &placeholders, "uwsgi").map(0, &entries[0]),
+            Outcome::Unknown
+        )
+    };
+    USUAL_OPTIONS
+        .iter()
+        .map(|o| (strsim::levenshtein(key, o), *o))
+        .filter(|(d, _)| (1..=2).contains(d))
+        .min()
+        .filter(|(_, o)| maps(o))
+        .map(|(_, o)| format!(" (did you mean `{o}`?)"))
+        .unwrap_or_default()
+}
+
 impl<'a> Mapper<'a> {
     fn new(entries: &'a [Entry], placeholders: &'a BTreeSet<String>, section: &'a str) -> Self {
         let last = |keys: &[&str]| {
@@ -1660,10 +1756,11 @@ impl Translation {
             .filter_map(|l| {
                 pick(&l.outcome).map(|why| {
                     format!(
-                        "  {}  {}: {}",
+                        "  {}  {}: {}{}",
                         at(&self.source, l.entry.line),
                         hide.line(&l.entry),
-                        hide.text(&why)
+                        hide.text(&why),
+                        unknown_hint(&l.entry.key, &l.outcome)
                     )
                 })
             })
@@ -2019,17 +2116,19 @@ impl Translation {
                 let stops = self.stops_on(&l.outcome);
                 let why = match &l.outcome {
                     _ if stops.is_some() => format!(
-                        "REFUSED (postern --ini stops on this): {}",
-                        stops.unwrap_or_default()
+                        "REFUSED (postern --ini stops on this): {}{}",
+                        stops.unwrap_or_default(),
+                        unknown_hint(&l.entry.key, &l.outcome)
                     ),
                     Outcome::Accepted(w) if w.is_empty() => "not needed".to_owned(),
                     Outcome::Accepted(w) => format!("not needed: {w}"),
                     Outcome::Ignored(w) => format!("ignored: {w}"),
                     Outcome::Refused(_) => unreachable!("a refused line stops --ini"),
                     Outcome::Placeholder => "a placeholder, used in the values above".to_owned(),
-                    Outcome::Unknown => {
-                        "unknown: not an option postern knows (it has no equivalent, or it is misspelt)".to_owned()
-                    }
+                    Outcome::Unknown => format!(
+                        "unknown: not an option postern knows (it has no equivalent, or it is misspelt){}",
+                        unknown_hint(&l.entry.key, &l.outcome)
+                    ),
                     Outcome::Carried { .. } | Outcome::AtStart(_) | Outcome::Beside(_) => {
                         unreachable!("filtered above")
                     }

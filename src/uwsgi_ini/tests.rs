@@ -594,6 +594,54 @@ fn lists_unknown_options_and_stops_on_them_when_strict() {
 }
 
 #[test]
+fn a_misspelt_option_names_the_one_it_is_close_to() {
+    // regression (probe): `proccesses = 4` was "unknown … or it is misspelt" with no
+    // hint which option was meant.
+    let t = tr("module = m\nproccesses = 4\nmastr = true\ncpu-affinity = 1\nthreds = 4");
+    let w = t.warnings().unwrap();
+    for (line, meant) in [
+        ("proccesses = 4", "processes"),
+        ("mastr = true", "master"),
+        ("threds = 4", "threads"),
+    ] {
+        assert!(
+            w.lines()
+                .any(|l| l.contains(line) && l.ends_with(&format!("(did you mean `{meant}`?)"))),
+            "{line}: {w}"
+        );
+    }
+    // Nothing close: no guess.
+    assert!(
+        w.lines()
+            .any(|l| l.contains("cpu-affinity = 1") && !l.contains("did you mean")),
+        "{w}"
+    );
+    let strict = tr("strict = true\nmodule = m\nhreads = 4");
+    assert!(strict
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("(did you mean `threads`?)"));
+    assert!(
+        strict.to_toml().contains("(did you mean `threads`?)"),
+        "{}",
+        strict.to_toml()
+    );
+    // Only options postern maps are suggested, and a known option gets no hint.
+    assert_eq!(
+        unknown_hint("socket", &Outcome::Accepted(String::new())),
+        ""
+    );
+    for option in USUAL_OPTIONS {
+        let t = tr(&format!("module = m\n{option} = 1"));
+        assert!(
+            t.lines.iter().all(|l| l.outcome != Outcome::Unknown),
+            "{option} is in the list but unknown to the mapping"
+        );
+    }
+}
+
+#[test]
 fn placeholders_are_not_unknown() {
     let t = tr("base = /srv/shop\nunused = x\nchdir = %(base)/src\nset-ph = sock = /run/s.sock\nsocket = %(sock)\nsocket-base = $(APP_ROOT)");
     assert_eq!(get(&t, "chdir"), Some(&s("/srv/shop/src")));
