@@ -384,6 +384,32 @@ fn a_child_the_app_forked_that_lives_on_neither_holds_a_response_open_nor_the_po
 }
 
 #[test]
+fn a_worker_stopped_by_a_signal_sent_to_it_directly_is_replaced_for_that_not_a_crash() {
+    // regression (probe): `kill -TERM <worker>` was replaced with cause="crash", beside
+    // a line saying it stopped cleanly without the master asking.
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let victim = children(p.pid())[0];
+    // SAFETY: kill(2) on a worker of the postern this test started.
+    unsafe { libc::kill(victim, libc::SIGTERM) };
+    assert!(
+        p.wait_log("worker stopped without the master asking", 20),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log("cause=\"signal\"", 20),
+        "the replacement's cause\n{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains("cause=\"crash\""), "{}", p.logs());
+    assert!(p.wait_serving("/"), "{}", p.logs());
+}
+
+#[test]
 fn a_worker_that_dies_names_the_requests_it_was_running() {
     // regression: a crashed worker (SIGSEGV, os._exit, the OOM killer) was logged as
     // "worker died unexpectedly" naming none of its requests (the worker writes no

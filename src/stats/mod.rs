@@ -132,6 +132,9 @@ pub enum Cause {
     Scale,
     /// Died unexpectedly after it served.
     Crash,
+    /// Exited cleanly after it served without the master asking: a SIGTERM or SIGINT
+    /// sent to the worker directly (an operator, a script).
+    Signal,
     /// Died before it was ready.
     BootFailure,
     /// Killed for `--timeout`.
@@ -149,11 +152,12 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::Boot,
         Cause::Reload,
         Cause::Scale,
         Cause::Crash,
+        Cause::Signal,
         Cause::BootFailure,
         Cause::Timeout,
         Cause::MaxRequests,
@@ -170,6 +174,7 @@ impl Cause {
             Cause::Reload => "reload",
             Cause::Scale => "scale",
             Cause::Crash => "crash",
+            Cause::Signal => "signal",
             Cause::BootFailure => "boot-failure",
             Cause::Timeout => "timeout",
             Cause::MaxRequests => "max-requests",

@@ -1882,6 +1882,7 @@ impl Master {
                     failed_start,
                     killed_in_import: signal_in_import.is_some(),
                     retry: w.retry,
+                    clean_exit: status.exit_status() == Some(0),
                 },
                 self.fleet(),
             );
@@ -2790,6 +2791,7 @@ mod tests {
             failed_start: true,
             killed_in_import: false,
             retry: false,
+            clean_exit: false,
         };
         assert_eq!(phase::judge_exit(failed, f).verdict, Verdict::CrashLoop);
         let _ = stand.end();

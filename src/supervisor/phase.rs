@@ -98,6 +98,8 @@ pub struct Departed {
     pub killed_in_import: bool,
     /// It was started in place of a reload's worker killed during its import.
     pub retry: bool,
+    /// It exited with status 0.
+    pub clean_exit: bool,
 }
 
 /// The master's state when a worker exits.
@@ -215,7 +217,14 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
                 verdict: Verdict::Outgoing,
             };
         }
-        return judgement(Cause::Crash, boot_failures, Verdict::Replace);
+        // A clean exit nobody asked for is a stop signal sent to the worker directly.
+        // regression (probe): its replacement started with cause="crash".
+        let cause = if w.clean_exit {
+            Cause::Signal
+        } else {
+            Cause::Crash
+        };
+        return judgement(cause, boot_failures, Verdict::Replace);
     }
     if w.generation < fleet.generation && (w.generation > 0 || fleet.announced) {
         // Its failures are its generation's, which nothing starts again: they neither
@@ -297,6 +306,7 @@ mod tests {
             failed_start: false,
             killed_in_import: false,
             retry: false,
+            clean_exit: false,
         }
     }
 
@@ -335,6 +345,20 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Expected);
         assert_eq!(j.pending, None);
         assert_eq!(j.boot_failures, 0);
+    }
+
+    #[test]
+    fn a_serving_worker_that_exits_cleanly_unasked_is_replaced_for_a_signal_not_a_crash() {
+        let crashed = judge_exit(departed(0, Phase::Serving), fleet(0));
+        assert_eq!(crashed.verdict, Verdict::Replace);
+        assert_eq!(crashed.pending, Some(Cause::Crash));
+        let w = Departed {
+            clean_exit: true,
+            ..departed(0, Phase::Serving)
+        };
+        let j = judge_exit(w, fleet(0));
+        assert_eq!(j.verdict, Verdict::Replace);
+        assert_eq!((j.cause, j.pending), (Cause::Signal, Some(Cause::Signal)));
     }
 
     #[test]
