@@ -650,12 +650,46 @@ fn is_plain(s: &str) -> bool {
         .all(|b| (b >= 0x20 && b != 0x7f && b != 0xc2 && b != 0xe2) || b == b'\t')
 }
 
-/// Whether the text log writes `c` escaped ([`LineSafe`]).
-fn unsafe_in_a_line(c: char) -> bool {
+/// Whether `c` is written escaped wherever text from outside (a client's request, an
+/// app's output, a server's answer) goes into a line of a log or onto a terminal: C0
+/// controls but tab, DEL and C1 (they move the cursor, clear the screen, end or
+/// overwrite a line), U+2028/2029 (some log viewers end a line there) and the bidi
+/// overrides and isolates (they reorder what a reader sees). One rule for the text log
+/// ([`LineSafe`]), the request's fields ([`Untrusted`]), `wsgi.errors` lines and
+/// `postern status`.
+pub fn unsafe_in_a_line(c: char) -> bool {
     let n = u32::from(c);
     (n < 0x20 && c != '\t')
         || (0x7f..=0x9f).contains(&n)
         || matches!(n, 0x2028..=0x202e | 0x2066..=0x2069)
+}
+
+/// `c` as written escaped: `\xHH` up to U+00FF, else `\u{HHHH}`.
+pub fn write_escaped_char(out: &mut (impl std::fmt::Write + ?Sized), c: char) -> std::fmt::Result {
+    let n = u32::from(c);
+    if n <= 0xff {
+        write!(out, "\\x{n:02X}")
+    } else {
+        write!(out, "\\u{{{n:04X}}}")
+    }
+}
+
+/// `text` with every [`unsafe_in_a_line`] character escaped ([`write_escaped_char`]),
+/// line feeds kept when `keep_newlines` (a multi-line answer shown on a terminal).
+pub fn escape_unsafe(text: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let escapes = |c: char| unsafe_in_a_line(c) && !(keep_newlines && c == '\n');
+    if !text.contains(escapes) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escapes(c) {
+            let _ = write_escaped_char(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl<W: std::fmt::Write + ?Sized> std::fmt::Write for LineSafe<'_, W> {
@@ -682,10 +716,8 @@ impl<W: std::fmt::Write + ?Sized> std::fmt::Write for LineSafe<'_, W> {
                     self.out.write_char('\n')?;
                     self.out.write_str(CONTINUATION)?;
                 }
-            } else if u32::from(c) <= 0xff {
-                write!(self.out, "\\x{:02x}", u32::from(c))?;
             } else {
-                write!(self.out, "\\u{{{:04x}}}", u32::from(c))?;
+                write_escaped_char(self.out, c)?;
             }
         }
         self.out.write_str(rest)
@@ -2234,9 +2266,7 @@ pub struct Untrusted<'a>(pub &'a [u8]);
 impl std::fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let put = |f: &mut std::fmt::Formatter<'_>, c: char| match c {
-            c if c.is_control() => write!(f, "\\x{:02X}", u32::from(c)),
-            // U+2028/2029 end a line for some log viewers; bidi overrides reorder it.
-            c if unsafe_in_a_line(c) => write!(f, "\\u{{{:04X}}}", u32::from(c)),
+            c if unsafe_in_a_line(c) => write_escaped_char(f, c),
             c => f.write_char(c),
         };
         match std::str::from_utf8(self.0) {
@@ -2563,7 +2593,7 @@ mod tests {
             !text.contains(['\x1b', '\r', '\u{9b}', '\u{2028}', '\u{202e}']),
             "{text:?}"
         );
-        assert!(text.contains("\\x1b[31m\\x0d\\x9b2J\tend"), "{text:?}");
+        assert!(text.contains("\\x1B[31m\\x0D\\x9B2J\tend"), "{text:?}");
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines {
             assert!(
@@ -2580,7 +2610,7 @@ mod tests {
         // continued), and nothing makes an empty line.
         assert!(text.contains("\tend\n   after=1"), "{text}");
         assert!(!text.lines().any(str::is_empty), "{text}");
-        assert!(text.contains("odd=a\\u{2028}b\\u{202e}c"), "{text}");
+        assert!(text.contains("odd=a\\u{2028}b\\u{202E}c"), "{text}");
     }
 
     #[test]

@@ -601,7 +601,7 @@ fn control_bytes_in_a_wsgi_errors_line_are_escaped_in_the_log() {
     let logs = p.logs();
     let line = logs.lines().find(|l| l.contains("ctl-start")).unwrap();
     assert!(
-        line.ends_with(r"ctl-start\x0dFORGED LINE\x00nul\x08bs end"),
+        line.ends_with(r"ctl-start\x0DFORGED LINE\x00nul\x08bs end"),
         "{line:?}"
     );
     assert!(!logs.contains('\r') && !logs.contains('\0'), "{logs:?}");

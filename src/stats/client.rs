@@ -172,19 +172,11 @@ where
 /// under 1 MiB); what claims to be postern and sends more is not read further.
 const MAX_BODY: usize = 16 << 20;
 
-/// `text` with control characters (but newline and tab) as `\xHH`: an answer is
-/// printed to a terminal, and postern's own never has any (JSON escapes them).
+/// `text` as it may go to a terminal (newlines kept; see
+/// [`crate::logging::unsafe_in_a_line`]): postern's own answers never need it (JSON
+/// escapes them), what claims to be postern may.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let n = u32::from(c);
-            if (n < 0x20 && c != '\n' && c != '\t') || (0x7f..=0x9f).contains(&n) {
-                format!("\\x{n:02x}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::logging::escape_unsafe(text, true).into_owned()
 }
 
 #[cfg(test)]
@@ -196,7 +188,7 @@ mod tests {
         // regression: `postern status` printed an endpoint's ESC bytes raw.
         assert_eq!(
             printable("ok\n\tworker 1\x1b[2J\r\u{9b}1m é"),
-            "ok\n\tworker 1\\x1b[2J\\x0d\\x9b1m é"
+            "ok\n\tworker 1\\x1B[2J\\x0D\\x9B1m é"
         );
     }
 }

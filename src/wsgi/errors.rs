@@ -284,23 +284,6 @@ fn size(n: u64) -> String {
     }
 }
 
-/// A control byte other than tab (C0 or DEL).
-fn is_control(b: u8) -> bool {
-    (b < 0x20 && b != b'\t') || b == 0x7f
-}
-
-/// `line` with its control bytes written `\xHH` (as the access log's logfmt does).
-fn escape_controls(line: &str) -> String {
-    let mut out = String::with_capacity(line.len() + 16);
-    for c in line.chars() {
-        match u8::try_from(c) {
-            Ok(b) if is_control(b) => out.push_str(&format!("\\x{b:02x}")),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 #[pyclass(module = "postern", name = "Errors")]
 pub struct Errors {
     /// The line so far, at most [`MAX_LINE`] bytes.
@@ -366,14 +349,10 @@ impl Errors {
             return;
         }
         // A line may carry what a client sent (a path, a header): a lone CR, a
-        // backspace or a NUL would let it overwrite or hide the log line on a terminal.
-        let escaped;
-        let line = if line.bytes().any(is_control) {
-            escaped = escape_controls(line);
-            escaped.as_str()
-        } else {
-            line
-        };
+        // backspace or a NUL would let it overwrite or hide the log line on a terminal
+        // (and in the front server's error log, where it is forwarded).
+        let line = crate::logging::escape_unsafe(line, false);
+        let line = line.as_ref();
         let note = if cut > 0 {
             format!(
                 " [line truncated: {} more bytes not logged; wsgi.errors lines are capped at {} KiB]",
@@ -618,8 +597,8 @@ mod tests {
     #[test]
     fn control_bytes_are_escaped_and_the_rest_kept() {
         assert_eq!(
-            escape_controls("a\rFORGED\0b\x08\x1b[0m\té\x7f"),
-            "a\\x0dFORGED\\x00b\\x08\\x1b[0m\té\\x7f"
+            crate::logging::escape_unsafe("a\rFORGED\0b\x08\x1b[0m\té\x7f\u{9b}\u{202e}", false),
+            "a\\x0DFORGED\\x00b\\x08\\x1B[0m\té\\x7F\\x9B\\u{202E}"
         );
     }
 
