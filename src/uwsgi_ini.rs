@@ -860,7 +860,8 @@ impl<'a> Mapper<'a> {
             "shared-socket" => Outcome::Refused(
                 "shared sockets (binding a privileged port before dropping privileges) are not supported: use systemd socket activation (deploy/systemd/) or a port above 1024".into(),
             ),
-            "chmod-socket" | "chmod" => match v {
+            // uWSGI reads the first three characters as the mode: `664 ; comment` is 664.
+            "chmod-socket" | "chmod" => match numeric(v) {
                 "" | "1" => {
                     self.set(i, "socket-mode", toml::Value::String("666".into()));
                     Self::noted(

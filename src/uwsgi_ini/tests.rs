@@ -369,6 +369,11 @@ fn reads_a_number_before_an_inline_comment_like_uwsgi() {
         "{:?}",
         t.notes
     );
+    // regression (probe): `chmod-socket = 664 ; comment` was refused; uWSGI reads the
+    // mode's three digits.
+    let t = tr("module = m\nchmod-socket = 664 ; group may connect");
+    assert!(t.check().is_ok(), "{:?}", t.check());
+    assert_eq!(get(&t, "socket-mode"), Some(&s("664")));
     // A value that is not used (an ignored hook's shell command) is not flagged.
     let t = tr("module = m\nexec-pre-app = mkdir -p /run/x ; chown x /run/x");
     assert!(t.notes.is_empty(), "{:?}", t.notes);
