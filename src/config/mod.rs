@@ -1257,12 +1257,24 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
+            let closest = known
+                .iter()
+                .map(|o| (strsim::levenshtein(&dashed, o), o))
+                .filter(|(d, _)| *d <= 2)
+                .min();
             if known.contains(&dashed) {
                 format!("{k} (did you mean {dashed}?)")
+            } else if k == "ini" {
+                // regression (probe): it said uWSGI's include advice ("postern reads
+                // one file"), which is about a line inside an ini file.
+                format!("{k} (a uWSGI file is read with --ini FILE on the command line, not from a --config file; or turn it into keys for this file with `postern migrate FILE`)")
             } else if let Some(hint) = crate::uwsgi_ini::config_key_hint(k, &value)
                 .or_else(|| gunicorn::config_key_hint(k, &value))
             {
                 format!("{k} ({hint})")
+            } else if let Some((_, option)) = closest {
+                // regression (probe): `proceses = 3` was only "unknown".
+                format!("{k} (did you mean {option}?)")
             } else {
                 k.clone()
             }
@@ -1864,7 +1876,19 @@ mod tests {
     fn rejects_unknown_file_keys() {
         let (_d, f) = file("app = \"a\"\nthred = 3\n");
         let e = layered(&["--config", &f]).unwrap_err();
-        assert!(e.to_string().contains("unknown key thred"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unknown key thred (did you mean threads?)"),
+            "{e}"
+        );
+        let (_d, f) = file("app = \"a\"\nzzzzzz = 3\nini = \"u.ini\"\n");
+        let e = layered(&["--config", &f]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown keys ini (a uWSGI file is read with --ini FILE"),
+            "{e}"
+        );
+        assert!(e.contains("), zzzzzz (the keys are"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
     }
 
     #[test]
