@@ -568,14 +568,8 @@ fn unknown_hint(key: &str, outcome: &Outcome) -> String {
         return String::new();
     }
     let maps = |option: &str| {
-        let entry = Entry {
-            line: 1,
-            text: format!("{option} = 1"),
-            key: option.to_owned(),
-            value: "1".to_owned(),
-            reads: BTreeSet::new(),
-        };
-        let (entries, placeholders) = ([entry], BTreeSet::new());
+        let entries = [command_line::entry(1, option, "1", "")];
+        let placeholders = BTreeSet::new();
         !matches!(
             Mapper::new(&entries, &placeholders, "uwsgi").map(0, &entries[0]),
             Outcome::Unknown

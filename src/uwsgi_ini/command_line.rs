@@ -319,7 +319,7 @@ pub fn uwsgi_options(args: &[String], ours: impl Fn(&str) -> bool) -> (Vec<Typed
     (typed, others)
 }
 
-fn entry(n: usize, key: &str, value: &str, text: &str) -> Entry {
+pub(super) fn entry(n: usize, key: &str, value: &str, text: &str) -> Entry {
     Entry {
         line: n,
         text: text.to_owned(),
