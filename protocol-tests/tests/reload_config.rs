@@ -117,6 +117,14 @@ fn a_reload_runs_the_changed_threads_workers_timeout_and_env() {
         serving(&stats),
         p.logs()
     );
+    // The old worker may take a connection or two until it hears it drains (CI saw
+    // /sys answered by it after "all 2 workers ready"): the checks below begin once
+    // it has left.
+    assert!(
+        p.wait_log("how=exit code 0 cause=\"reload\"", 20),
+        "{}",
+        p.logs()
+    );
     assert!(
         text(&p, "/sys").contains("\"env\": \"two\""),
         "{}",
