@@ -695,6 +695,13 @@ fn a_reload_whose_import_hangs_is_warned_about_then_given_up() {
         "{}",
         p.logs()
     );
+    // The failure itself says why, and which generation serves on.
+    // regression (probe): it said only how=killed by SIGKILL generation=0.
+    assert!(
+        p.logs().contains("reload failed: the new workers do not start (one still starting past --worker-start-timeout 4s was killed); still serving the previous code (generation 0)"),
+        "{}",
+        p.logs()
+    );
     serves(&p, "v0", 3);
 }
 

@@ -2036,7 +2036,17 @@ impl Master {
                             }
                         );
                     } else {
-                        tracing::error!(pid, %how, generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start; still serving the previous code");
+                        // regression (probe): a kill at --worker-start-timeout read as
+                        // "how=killed by SIGKILL" alone.
+                        let why = if w.start_timed_out {
+                            format!(
+                                " (one still starting past --worker-start-timeout {:?} was killed)",
+                                self.opts.start_timeout
+                            )
+                        } else {
+                            String::new()
+                        };
+                        tracing::error!(pid, %how, generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start{why}; still serving the previous code (generation {})", self.generation);
                     }
                     self.import_kills = 0;
                     self.retries_due = 0;
