@@ -30,6 +30,9 @@ static FORKED: AtomicBool = AtomicBool::new(false);
 /// The local addresses of the listeners this process serves on ([`serving`]).
 static LISTENERS: OnceLock<Vec<Local>> = OnceLock::new();
 
+/// Descriptors of postern's own that a child closes too ([`serving`]).
+static INTERNAL: OnceLock<Vec<RawFd>> = OnceLock::new();
+
 /// A socket's local address as `getsockname` gives it: the raw `sockaddr` bytes.
 #[derive(Clone, Copy)]
 struct Local {
@@ -92,8 +95,11 @@ fn same_listener(listener: &[u8], local: &[u8]) -> bool {
 /// listeners and connections ([`same_listener`]). Only system calls, nothing that
 /// allocates or locks (the child of a threaded process).
 fn close_servers_sockets(listeners: &[Local]) {
+    // A stream socket: UDP has its own ports (an app's statsd or DNS socket may have
+    // the listener's port number; regression (review): it was closed).
     let ours = |fd: RawFd| {
         Local::of(fd).is_some_and(|l| listeners.iter().any(|s| same_listener(s.raw(), l.raw())))
+            && is_stream(fd)
     };
     let close = |fd: RawFd| {
         // SAFETY: a descriptor of this child's table that only postern's code used;
@@ -126,6 +132,23 @@ fn close_servers_sockets(listeners: &[Local]) {
     }
 }
 
+/// Whether `fd` is a stream socket (`SO_TYPE`); async-signal-safe.
+fn is_stream(fd: RawFd) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind` is a writable c_int and `len` its size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && kind == libc::SOCK_STREAM
+}
+
 fn parse_fd(name: &[u8]) -> Option<RawFd> {
     if name.is_empty() || name.len() > 9 || !name.iter().all(u8::is_ascii_digit) {
         return None;
@@ -137,6 +160,10 @@ extern "C" fn in_child() {
     FORKED.store(true, Ordering::Relaxed);
     if let Some(listeners) = LISTENERS.get() {
         close_servers_sockets(listeners);
+    }
+    for fd in INTERNAL.get().map_or(&[][..], Vec::as_slice) {
+        // SAFETY: postern's own descriptor (see `close_servers_sockets`).
+        unsafe { libc::close(*fd) };
     }
 }
 
@@ -151,14 +178,16 @@ pub fn install() {
 
 /// This process serves on `listeners` (a worker the master forked, right after its
 /// fork, or the single process), before the app is imported: from now on a fork is the
-/// app's, and its child gets no copy of the listeners or their connections.
-pub fn serving(listeners: &[BorrowedFd<'_>]) {
+/// app's, and its child gets no copy of the listeners, their connections or
+/// `internal` (descriptors of postern's that live as long as the process).
+pub fn serving(listeners: &[BorrowedFd<'_>], internal: &[BorrowedFd<'_>]) {
     FORKED.store(false, Ordering::Relaxed);
     let locals = listeners
         .iter()
         .filter_map(|l| Local::of(l.as_raw_fd()))
         .collect();
     let _ = LISTENERS.set(locals);
+    let _ = INTERNAL.set(internal.iter().map(AsRawFd::as_raw_fd).collect());
 }
 
 /// Ends this process if it is a child the app forked, before it touches a connection.
@@ -238,6 +267,18 @@ mod tests {
         assert!(Local::of(-1).is_none());
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert!(Local::of(file.as_raw_fd()).is_none(), "not a socket");
+    }
+
+    #[test]
+    fn only_stream_sockets_are_the_listener_s() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // UDP has its own ports: the same number is another socket's.
+        let udp = std::net::UdpSocket::bind(tcp.local_addr().unwrap()).unwrap();
+        assert!(same_listener(&local(&tcp), &local(&udp)), "same address");
+        assert!(is_stream(tcp.as_raw_fd()));
+        assert!(!is_stream(udp.as_raw_fd()));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!is_stream(file.as_raw_fd()));
     }
 
     #[test]

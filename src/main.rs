@@ -608,6 +608,16 @@ fn serve(
         return Ok(());
     }
 
+    // A fork of the app's from here gets no copy of the listeners, --stats's included
+    // (see `forked`).
+    // regression (review): a child that lived on kept the --stats port after the stop.
+    let fds: Vec<_> = bound
+        .iter()
+        .chain(&stats)
+        .map(listener::Bound::fd)
+        .collect();
+    postern::forked::serving(&fds, &[]);
+    drop(fds);
     // --stats answers from now on: /ping says 503 while the app imports.
     let monitor = match stats {
         Some(b) => Some(supervisor::report::start_single(
@@ -629,8 +639,6 @@ fn serve(
     // Every signal held since main's start has its handler now (SIGUSR1's: logging),
     // and the threads that run the app, started below, must not inherit the mask.
     postern::stop::release_held().context("unblocking SIGHUP and the like")?;
-    // A fork of the app's from here gets no copy of the listeners (see `forked`).
-    postern::forked::serving(&bound.iter().map(listener::Bound::fd).collect::<Vec<_>>());
     let loaded = boot::start_python(config)?;
     postern::stop::imported();
     logging::start_background();
@@ -735,7 +743,13 @@ fn worker(
     ctx: supervisor::WorkerContext,
 ) -> i32 {
     // Forked by the master: a worker, not a child the app forked (see `forked`).
-    postern::forked::serving(&bound.iter().map(listener::Bound::fd).collect::<Vec<_>>());
+    // The hand-over channel too: a copy in a child that lives on would keep open what
+    // is in flight in it at the final stop.
+    let channel = postern::server::fastcgi::handover::Channel::get().map(|c| c.ends());
+    postern::forked::serving(
+        &bound.iter().map(listener::Bound::fd).collect::<Vec<_>>(),
+        channel.as_ref().map_or(&[][..], |ends| &ends[..]),
+    );
     let config = &generation.config;
     let app_dir = generation.app_dir.as_deref();
     let (settings, limits) = (generation.settings.clone(), generation.limits.clone());

@@ -561,8 +561,9 @@ const USUAL_OPTIONS: &[&str] = &[
     "memory-report",
 ];
 
-/// ` (did you mean `processes`?)` for an unknown `key` one or two letters away from a
-/// usual option postern maps; else nothing.
+/// ` (did you mean `processes`?)` for an unknown `key` of 5 or 6 characters one letter
+/// away from a usual option postern maps, or a longer one two letters away; else
+/// nothing.
 fn unknown_hint(key: &str, outcome: &Outcome) -> String {
     if !matches!(outcome, Outcome::Unknown) {
         return String::new();
@@ -575,12 +576,19 @@ fn unknown_hint(key: &str, outcome: &Outcome) -> String {
             Outcome::Unknown
         )
     };
+    // A short key is as close to many options as to one: uWSGI's own `cgi`, `psgi` and
+    // `sni` are no misspellings of `gid`, `wsgi` and `env` (regression (review)).
+    let most = match key.chars().count() {
+        0..=4 => return String::new(),
+        5..=6 => 1,
+        _ => 2,
+    };
     USUAL_OPTIONS
         .iter()
+        .filter(|o| maps(o))
         .map(|o| (strsim::levenshtein(key, o), *o))
-        .filter(|(d, _)| (1..=2).contains(d))
+        .filter(|(d, _)| (1..=most).contains(d))
         .min()
-        .filter(|(_, o)| maps(o))
         .map(|(_, o)| format!(" (did you mean `{o}`?)"))
         .unwrap_or_default()
 }

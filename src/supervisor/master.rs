@@ -1870,6 +1870,10 @@ impl Master {
             let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
             let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
             let signal_in_import = status.terminating_signal().filter(|_| failed_start);
+            // Read before the slot is released: what it was running when it ended, and
+            // what it had accepted and not started yet.
+            let was_running = self.board.running(w.slot);
+            let was_waiting = self.board.waiting(w.slot);
             let j = phase::judge_exit(
                 Departed {
                     generation: w.generation,
@@ -1882,24 +1886,23 @@ impl Master {
                     failed_start,
                     killed_in_import: signal_in_import.is_some(),
                     retry: w.retry,
-                    clean_exit: status.exit_status() == Some(0),
+                    // An exit 0 in the middle of a request is the app's os._exit(0),
+                    // not a stop signal (that lets its requests finish first).
+                    // regression (review): it counted as cause="signal".
+                    clean_exit: status.exit_status() == Some(0) && was_running == 0,
                 },
                 self.fleet(),
             );
             let late = w.late && status.terminating_signal() == Some(libc::SIGKILL);
             self.board
                 .count_exit(if late { Cause::Killed } else { j.cause });
-            // Read before the slot is released: what it was running when it ended, and
-            // what it had accepted and not started yet.
-            let was_running = self.board.running(w.slot);
-            let was_waiting = self.board.waiting(w.slot);
             // A worker that died on its own (a crash: SIGSEGV, SIGABRT, the OOM killer,
             // os._exit) names the requests it was running, as a --timeout kill does:
             // the worker writes no access line for them, and their front server logs
             // a 502 to trace.
             // regression: only "worker died unexpectedly" was said, naming none.
             let died = !by_master
-                && status.exit_status() != Some(0)
+                && (status.exit_status() != Some(0) || was_running > 0)
                 && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
             if died && was_running > 0 {
                 w.name_running_at_death(&self.board, &how);
@@ -1969,7 +1972,7 @@ impl Master {
                         start_failure(signal_in_import)
                     );
                 }
-                Verdict::Outgoing if status.exit_status() == Some(0) => {
+                Verdict::Outgoing if status.exit_status() == Some(0) && was_running == 0 => {
                     tracing::warn!(pid, %how, generation, serving = self.generation, "worker stopped without the master asking (a signal sent to it directly?); not replaced: a reload is replacing its generation");
                 }
                 Verdict::Outgoing => {
@@ -2083,7 +2086,7 @@ impl Master {
                     self.stop_all(false);
                     return Err(SupervisorError::CrashLoop(self.boot_failures));
                 }
-                Verdict::Replace if status.exit_status() == Some(0) => {
+                Verdict::Replace if j.cause == Cause::Signal => {
                     // A clean exit nobody asked for: a SIGTERM (or SIGINT with the app's
                     // own handler) sent to the worker from outside the master.
                     tracing::warn!(pid, %how, generation, "worker stopped without the master asking (a signal sent to it directly?); replacing it");

@@ -615,6 +615,13 @@ fn a_misspelt_option_names_the_one_it_is_close_to() {
             "{line}: {w}"
         );
     }
+    // A short key gets no guess: uWSGI's own cgi, psgi, sni are no misspellings.
+    let t = tr("module = m\ncgi = /x\ngo = 1\nsni = a,b\npsgi = a.psgi\nmono = 1");
+    assert!(
+        !t.warnings().unwrap().contains("did you mean"),
+        "{:?}",
+        t.warnings()
+    );
     // Nothing close: no guess.
     assert!(
         w.lines()

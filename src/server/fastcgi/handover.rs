@@ -136,6 +136,11 @@ impl Channel {
         CHANNEL.get()
     }
 
+    /// Both ends (a child the app forked closes its copies: see `forked`).
+    pub fn ends(&self) -> [BorrowedFd<'_>; 2] {
+        [self.tx.as_fd(), self.rx.as_fd()]
+    }
+
     /// The end serving workers wait on (level-triggered: every serving worker is
     /// woken, one takes the message).
     pub fn receiver(&self) -> BorrowedFd<'_> {
