@@ -33,6 +33,13 @@ static LISTENERS: OnceLock<Vec<Local>> = OnceLock::new();
 /// Descriptors of postern's own that a child closes too ([`serving`]).
 static INTERNAL: OnceLock<Vec<RawFd>> = OnceLock::new();
 
+/// The master forks one of its own (a worker, its stats helper), not the app.
+static MASTER_FORKING: AtomicBool = AtomicBool::new(false);
+
+/// The signals the master keeps blocked (it reads them from a signalfd;
+/// [`master_blocks`]).
+static MASTER_BLOCKS: OnceLock<libc::sigset_t> = OnceLock::new();
+
 /// A socket's local address as `getsockname` gives it: the raw `sockaddr` bytes.
 #[derive(Clone, Copy)]
 struct Local {
@@ -158,6 +165,17 @@ fn parse_fd(name: &[u8]) -> Option<RawFd> {
 
 extern "C" fn in_child() {
     FORKED.store(true, Ordering::Relaxed);
+    if MASTER_FORKING.load(Ordering::Relaxed) {
+        return;
+    }
+    // A child the app forked in the master (at an import under --preload): it does
+    // not inherit the master's blocked signals, which only its signalfd reads.
+    // regression: SIGTERM could not end such a child (a multiprocessing worker's
+    // terminate() did nothing).
+    if let Some(set) = MASTER_BLOCKS.get() {
+        // SAFETY: async-signal-safe; a valid set; this thread's mask only.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
+    }
     if let Some(listeners) = LISTENERS.get() {
         close_servers_sockets(listeners);
     }
@@ -174,6 +192,29 @@ pub fn install() {
         // SAFETY: the child handler only stores to an atomic (async-signal-safe).
         unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     });
+}
+
+/// This process is the master, which blocks `signals`: a child the app forks in it
+/// unblocks them.
+pub fn master_blocks(signals: &[i32]) {
+    // SAFETY: sigemptyset initialises the set; sigaddset with valid signal numbers.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    };
+    let _ = MASTER_BLOCKS.set(set);
+}
+
+/// Runs the master's own `fork` (a worker, its stats helper): its child is no app's.
+pub fn master_fork<T>(fork: impl FnOnce() -> T) -> T {
+    MASTER_FORKING.store(true, Ordering::Relaxed);
+    let r = fork();
+    MASTER_FORKING.store(false, Ordering::Relaxed);
+    r
 }
 
 /// This process serves on `listeners` (a worker the master forked, right after its

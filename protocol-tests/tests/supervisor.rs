@@ -2494,6 +2494,36 @@ fn a_process_the_app_starts_stops_on_sigterm() {
     }
 }
 
+// regression: a child the app forked at its import in a --preload master kept the
+// master's blocked signals (it reads them from a signalfd): SIGTERM could not end it
+// (a multiprocessing worker's terminate() did nothing).
+#[test]
+fn a_process_the_app_forks_at_a_preloaded_import_stops_on_sigterm() {
+    let dir = tempdir();
+    let app = dir.path().join("forks_at_import.py");
+    let pidfile = dir.path().join("child.pid");
+    std::fs::write(
+        &app,
+        format!("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(300)\n    os._exit(0)\nopen({pidfile:?}, 'w').write(str(pid))\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n"),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--workers", "2", "--preload"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the child the app reported.
+    unsafe { libc::kill(child, libc::SIGTERM) };
+    let stopped = wait_until(10, || gone(child));
+    // SAFETY: as above, whatever happened.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    assert!(stopped, "SIGTERM did not end the child {child}");
+}
+
 fn a_child_of_the_app_stops_on_sigterm(path: &str) {
     let dir = tempdir();
     let app = dir.path().join("spawner.py");

@@ -2648,7 +2648,8 @@ impl std::fmt::Display for Unclean {
 /// # Safety
 /// The caller must be single-threaded.
 unsafe fn fork() -> std::io::Result<i32> {
-    match libc::fork() {
+    // SAFETY: the caller's promise.
+    match crate::forked::master_fork(|| unsafe { libc::fork() }) {
         -1 => Err(std::io::Error::last_os_error()),
         pid => Ok(pid),
     }

@@ -52,6 +52,14 @@ pub use worker::{announce_ready, imported, WorkerMonitor};
 /// inherits the mask, so those signals still reach the master's signalfd instead of
 /// that thread (where SIGHUP's default action killed the master).
 pub fn block_master_signals() -> std::io::Result<()> {
+    // The app's children (an import under --preload) do not keep them, nor what was
+    // held since the start.
+    let blocked: Vec<i32> = signals::HANDLED
+        .iter()
+        .chain(&crate::stop::HELD_AT_START)
+        .copied()
+        .collect();
+    crate::forked::master_blocks(&blocked);
     signals::SigSet::of(&signals::HANDLED).block()
 }
 
