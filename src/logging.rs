@@ -1383,6 +1383,34 @@ fn install_sigusr1() {
     }
 }
 
+/// After the app's import: an app that put a SIGUSR1 handler of its own in place
+/// (`faulthandler.register(signal.SIGUSR1)`, `signal.signal`) while postern writes log
+/// files would have them never reopened (logrotate's files written on, deleted or
+/// not), so postern's handler is put back and a warning says so. With no log file the
+/// app keeps its handler.
+/// regression (probe): the app's handler took SIGUSR1 in silence.
+pub fn take_back_sigusr1() {
+    let Some(logs) = LOGS.get() else { return };
+    if !logs
+        .outputs
+        .iter()
+        .any(|o| matches!(o.kind, Kind::File { .. }))
+    {
+        return;
+    }
+    // SAFETY: reads the current action into a zeroed struct; changes nothing.
+    let current = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGUSR1, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    };
+    if current == on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t {
+        return;
+    }
+    install_sigusr1();
+    tracing::warn!("the app set a SIGUSR1 handler of its own while it was imported (faulthandler.register or signal.signal): postern takes it back, since it reopens its log files on SIGUSR1 (logrotate's postrotate); for every thread's Python stack use SIGUSR2 (a worker dumps its stacks into postern's log on it; a single process leaves SIGUSR2 to the app)");
+}
+
 extern "C" fn on_sigusr1(_: libc::c_int) {
     // errno is libc's (thread-local): the interrupted code must find it unchanged.
     // rustix's default backend (raw system calls) does not set it; this keeps the

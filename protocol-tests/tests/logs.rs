@@ -720,6 +720,73 @@ fn a_log_file_that_cannot_be_reopened_keeps_the_old_one_and_says_so() {
     assert!(!logs.exists(), "nothing was created at the old path");
 }
 
+// regression (probe): an app that registered faulthandler on SIGUSR1 at its import
+// (the usual recipe for stack dumps) took the signal in silence: after logrotate the
+// workers went on writing to the rotated file.
+#[test]
+fn an_app_s_own_sigusr1_handler_does_not_stop_the_log_files_reopening() {
+    let dir = tempdir();
+    let app = dir.path().join("fh.py");
+    std::fs::write(
+        &app,
+        "import faulthandler, signal, sys\nfaulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let log = dir.path().join("postern.log");
+    let access = dir.path().join("access.log");
+    let p = Spawn::unix(dir.path(), &format!("{}:application", app.display()))
+        .args([
+            "--workers",
+            "2",
+            "--access-log",
+            &access.display().to_string(),
+        ])
+        .log_file(&log)
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("the app set a SIGUSR1 handler of its own while it was imported"),
+        "{}",
+        p.logs()
+    );
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&access, &rotated).unwrap();
+    p.signal(libc::SIGUSR1);
+    assert!(
+        p.wait_log("log files reopened (SIGUSR1)", 10),
+        "{}",
+        p.logs()
+    );
+    // The workers write to the new file: their access lines (each worker reopens on
+    // the master's forwarded signal; a moment later).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read(&access).matches("path=/after").count() < 10 && Instant::now() < deadline {
+        assert_eq!(request(&p, "/after", &[]).status, 200);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (new, old) = (read(&access), read(&rotated));
+    assert!(
+        new.matches("path=/after").count() >= 10,
+        "new: {new}\nold: {old}"
+    );
+    // Once both workers had reopened, nothing more went to the old file.
+    let before = old.matches("path=/after").count();
+    for _ in 0..10 {
+        assert_eq!(request(&p, "/later", &[]).status, 200);
+    }
+    assert!(wait_until(10, || read(&access)
+        .matches("path=/later")
+        .count()
+        == 10));
+    assert_eq!(read(&rotated).matches("path=/after").count(), before);
+    assert!(
+        !read(&rotated).contains("path=/later"),
+        "{}",
+        read(&rotated)
+    );
+}
+
 /// A 64 KiB tmpfs mounted at `at` for one test, unmounted when dropped.
 struct SmallDisk(PathBuf);
 

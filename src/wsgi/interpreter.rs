@@ -761,6 +761,7 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
         })?;
         let guarded = py.run(GUARD_SIGTERM, None, None).is_ok();
         let app = load_app(py, spec);
+        crate::logging::take_back_sigusr1();
         if guarded {
             let refused = unguard_sigterm(py).unwrap_or_default();
             for (signal, at) in refused {
