@@ -2524,6 +2524,40 @@ fn a_process_the_app_forks_at_a_preloaded_import_stops_on_sigterm() {
     assert!(stopped, "SIGTERM did not end the child {child}");
 }
 
+// regression (probe): an app that monkey-patched threading with gevent ran on
+// postern's OS threads in silence; with --preload --threads 4 a worker deadlocked in
+// gevent's patched locks. (gevent itself is not installed here: a stand-in module with
+// its documented `gevent.monkey.is_module_patched`.)
+#[test]
+fn an_app_that_patched_threading_with_gevent_is_warned_about() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("gevent")).unwrap();
+    std::fs::write(dir.path().join("gevent/__init__.py"), "").unwrap();
+    std::fs::write(
+        dir.path().join("gevent/monkey.py"),
+        "_patched = set()\n\ndef patch_all(thread=True):\n    if thread:\n        _patched.add('threading')\n\ndef is_module_patched(name):\n    return name in _patched\n",
+    )
+    .unwrap();
+    for (patch, warned) in [("patch_all()", true), ("patch_all(thread=False)", false)] {
+        let app = dir.path().join("patched.py");
+        std::fs::write(
+            &app,
+            format!("from gevent import monkey\nmonkey.{patch}\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n"),
+        )
+        .unwrap();
+        let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+            .args(["--pythonpath".to_owned(), dir.path().display().to_string()])
+            .start();
+        assert_eq!(p.get("/").0, 200, "{}", p.logs());
+        assert_eq!(
+            p.logs().contains("the app patched threading with gevent"),
+            warned,
+            "{patch}: {}",
+            p.logs()
+        );
+    }
+}
+
 fn a_child_of_the_app_stops_on_sigterm(path: &str) {
     let dir = tempdir();
     let app = dir.path().join("spawner.py");

@@ -762,6 +762,11 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
         let guarded = py.run(GUARD_SIGTERM, None, None).is_ok();
         let app = load_app(py, spec);
         crate::logging::take_back_sigusr1();
+        if gevent_patched_threading(py) {
+            // regression (probe): with --preload --threads 4 a worker deadlocked in
+            // gevent's patched locks, in silence.
+            tracing::warn!("the app patched threading with gevent (gevent.monkey.patch_all()) at its import: postern runs requests on OS threads, which gevent's patched locks, queues and sleeps do not expect, and a worker can deadlock (seen with --preload and --threads above 1); postern has no gevent worker: serve such an app with gunicorn -k gevent, or leave threading unpatched (patch_all(thread=False, ...))");
+        }
         if guarded {
             let refused = unguard_sigterm(py).unwrap_or_default();
             for (signal, at) in refused {
@@ -770,6 +775,18 @@ pub fn import(path: &[PathBuf], spec: &AppSpec) -> Result<super::App, WsgiError>
         }
         Ok(super::App(app?))
     })
+}
+
+/// Whether gevent's monkey-patching replaced `threading` in this interpreter.
+fn gevent_patched_threading(py: Python<'_>) -> bool {
+    let Ok(modules) = py.import("sys").and_then(|s| s.getattr("modules")) else {
+        return false;
+    };
+    modules
+        .get_item("gevent.monkey")
+        .and_then(|m| m.call_method1("is_module_patched", ("threading",)))
+        .and_then(|r| r.is_truthy())
+        .unwrap_or(false)
 }
 
 /// For the app's import: `signal.signal` for SIGTERM, SIGINT or SIGHUP leaves
