@@ -2558,6 +2558,40 @@ fn an_app_that_patched_threading_with_gevent_is_warned_about() {
     }
 }
 
+// regression (review): the master's fork of a --preload worker was taken for the
+// app's, so the worker unblocked the master's signals at its fork, before its handlers
+// were in place: a SIGTERM or SIGTTIN then (during the app's after-fork hooks) took its
+// default action. The worker keeps them blocked until then.
+#[test]
+fn a_preloaded_worker_keeps_the_masters_signals_blocked_until_its_handlers_are_in_place() {
+    let dir = tempdir();
+    let app = dir.path().join("after_fork.py");
+    let seen = dir.path().join("sigblk");
+    std::fs::write(
+        &app,
+        format!("import os\n\ndef _hook():\n    with open('/proc/self/status') as f:\n        blk = [l for l in f if l.startswith('SigBlk')][0].split()[1]\n    with open({seen:?}, 'a') as f:\n        f.write(blk + '\\n')\n\nos.register_at_fork(after_in_child=_hook)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n"),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--workers", "2", "--preload"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let text = std::fs::read_to_string(&seen).unwrap();
+    let masks: Vec<u64> = text
+        .lines()
+        .map(|l| u64::from_str_radix(l.trim(), 16).unwrap())
+        .collect();
+    assert!(masks.len() >= 2, "{text}");
+    for m in masks {
+        for sig in [libc::SIGTERM, libc::SIGTTIN, libc::SIGHUP] {
+            assert!(
+                m & (1 << (sig - 1)) != 0,
+                "signal {sig} unblocked at fork: {m:x}"
+            );
+        }
+    }
+}
+
 fn a_child_of_the_app_stops_on_sigterm(path: &str) {
     let dir = tempdir();
     let app = dir.path().join("spawner.py");

@@ -809,7 +809,12 @@ impl Master {
         let child = if self.opts.preload {
             // SAFETY: the master is single-threaded (no runtime, no helper thread);
             // with --preload the fork is bracketed for CPython.
-            unsafe { crate::wsgi::interpreter::fork_with_python() }
+            // The master's own fork: the worker keeps the master's mask until it has
+            // its handlers (see `forked`).
+            // regression (review): not marked so, every worker unblocked the master's
+            // signals at its fork, and a SIGTERM or SIGTTIN then took its default
+            // action before the worker's handlers were in place.
+            crate::forked::master_fork(|| unsafe { crate::wsgi::interpreter::fork_with_python() })
                 .map_err(SupervisorError::Fork)?
         } else {
             // SAFETY: as above (no Python in this master).

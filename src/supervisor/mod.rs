@@ -52,14 +52,11 @@ pub use worker::{announce_ready, imported, WorkerMonitor};
 /// inherits the mask, so those signals still reach the master's signalfd instead of
 /// that thread (where SIGHUP's default action killed the master).
 pub fn block_master_signals() -> std::io::Result<()> {
-    // The app's children (an import under --preload) do not keep them, nor what was
-    // held since the start.
-    let blocked: Vec<i32> = signals::HANDLED
-        .iter()
-        .chain(&crate::stop::HELD_AT_START)
-        .copied()
-        .collect();
-    crate::forked::master_blocks(&blocked);
+    // The app's children (an import under --preload) do not keep the stop signals
+    // blocked (their default action ends them: a Pool's terminate() works). The
+    // others stay blocked there, as before: at their default action a group-wide
+    // SIGTTIN, SIGUSR2 or SIGHUP (`systemctl kill`) would stop or kill them.
+    crate::forked::master_blocks(&[libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGCHLD]);
     signals::SigSet::of(&signals::HANDLED).block()
 }
 
