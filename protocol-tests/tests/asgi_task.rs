@@ -426,3 +426,79 @@ async def app(scope, receive, send):
         p.logs()
     );
 }
+
+// The wrapper that ends a request in its task's last step (src/asgi/serve.rs) shows the
+// app's coroutine: before, a Python `async def serve` did, and its frame was the first
+// line of every traceback the app's exceptions logged (`File "postern_asgi.py", line 3,
+// in serve`) and the only frame `Task.get_stack()` gave.
+#[test]
+fn a_request_tasks_traceback_stack_and_repr_show_the_apps_coroutine_and_cancels_reach_it() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("frames_app.py"),
+        r#"
+import asyncio
+
+async def application(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/boom":
+        raise ValueError("boom-marker")
+    task = asyncio.current_task()
+    if scope["path"] == "/cancel":
+        task.cancel()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            print("cancel-marker reached the app")
+            raise
+    names = [f.f_code.co_name for f in task.get_stack()]
+    coro = task.get_coro()
+    body = "%s|%s|%s|%s" % (names, coro.__qualname__, coro.cr_running, repr(task))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body.encode()})
+"#,
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), "frames_app:application")
+        .cwd(dir.path())
+        .args(["--interface", "asgi"])
+        .start();
+    let (status, body) = get_from(&p.addr, "/").expect("a response");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{body}\n{}", p.logs());
+    let mut parts = body.splitn(4, '|');
+    // The running frame's callers (the loop's, under asyncio) come first; no wrapper.
+    let names = parts.next().unwrap_or_default();
+    assert!(
+        names.ends_with("'application']") && !names.contains("serve"),
+        "{body}"
+    );
+    assert_eq!(parts.next(), Some("application"), "{body}");
+    assert_eq!(parts.next(), Some("True"), "{body}");
+    let repr = parts.next().unwrap_or_default();
+    assert!(
+        repr.contains("coro=<application() running at") && repr.contains("frames_app.py:"),
+        "{repr}"
+    );
+    assert_eq!(get_from(&p.addr, "/boom").map(|r| r.0), Some(500));
+    assert_eq!(get_from(&p.addr, "/cancel").map(|r| r.0), Some(500));
+    // The next request is served as usual.
+    assert_eq!(get_from(&p.addr, "/").map(|r| r.0), Some(200));
+    let logs = p.logs();
+    let boom = logs
+        .lines()
+        .position(|l| l.contains("the app raised an exception"))
+        .expect("the exception is logged");
+    let traceback: Vec<&str> = logs.lines().skip(boom + 1).take(4).collect();
+    assert!(
+        traceback[0].contains("frames_app.py") && traceback[0].contains("in application"),
+        "the traceback starts at the app's frame: {traceback:?}\n{logs}"
+    );
+    assert!(
+        !logs.contains("postern_asgi") && !logs.contains("in serve"),
+        "{logs}"
+    );
+    assert!(logs.contains("cancel-marker reached the app"), "{logs}");
+    assert!(logs.contains("the request's task was cancelled"), "{logs}");
+}

@@ -189,14 +189,14 @@ const FORMAT: &std::ffi::CStr = cr#"import asyncio, sys, traceback
 def describe(task):
     # On the loop thread only (the exchange is the loop's).
     try:
-        # A request's task runs run.rs's serve(coro, exchange).
-        return task.get_coro().cr_frame.f_locals['exchange']._describe()
+        # A request's task runs serve.rs's wrapper of the app's coroutine.
+        return task.get_coro()._postern_exchange._describe()
     except Exception:
         return scope_name(task)
 def scope_name(task):
     # On any thread: the request's method and path from the scope the app got.
     try:
-        app = task.get_coro().cr_frame.f_locals['coro']
+        app = task.get_coro()._postern_coro
         for v in app.cr_frame.f_locals.values():
             if isinstance(v, dict) and v.get('type') == 'http':
                 q = v.get('query_string') or b''

@@ -328,10 +328,23 @@ unsafe extern "C" fn ready_throw(
     o: *mut pyo3::ffi::PyObject,
     args: *mut pyo3::ffi::PyObject,
 ) -> *mut pyo3::ffi::PyObject {
-    use pyo3::ffi;
     // SAFETY: CPython calls it with the GIL held, `o` a Ready and `args` a tuple.
     unsafe {
         give_back(o);
+        set_thrown(args);
+        std::ptr::null_mut()
+    }
+}
+
+/// Sets the exception `throw(*args)` gives (`throw(exception)` or `throw(type[, value[,
+/// traceback]])`), or a `TypeError` for arguments that are none of these.
+///
+/// # Safety
+/// With the GIL held; `args` a tuple.
+pub(super) unsafe fn set_thrown(args: *mut pyo3::ffi::PyObject) {
+    use pyo3::ffi;
+    // SAFETY: the caller's.
+    unsafe {
         let n = ffi::PyTuple_Size(args);
         let first = if n >= 1 {
             ffi::PyTuple_GetItem(args, 0)
@@ -359,7 +372,6 @@ unsafe extern "C" fn ready_throw(
                 c"exceptions must be classes or instances deriving from BaseException".as_ptr(),
             );
         }
-        std::ptr::null_mut()
     }
 }
 
@@ -463,64 +475,6 @@ static SEND: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMetho
     ml_flags: pyo3::ffi::METH_O,
     ml_doc: c"The ASGI send(message).".as_ptr(),
 }));
-
-static END: MethodDef = MethodDef(std::cell::UnsafeCell::new(pyo3::ffi::PyMethodDef {
-    ml_name: c"_end".as_ptr(),
-    ml_meth: pyo3::ffi::PyMethodDefPointer {
-        PyCFunctionFast: end_call,
-    },
-    ml_flags: pyo3::ffi::METH_FASTCALL,
-    ml_doc: c"_end(exchange, raised): the request's task has run the app's call.".as_ptr(),
-}));
-
-/// `_end(exchange, raised)`, what `SERVE` (run.rs) calls at the end of a request's
-/// task, as a global of its module: a built-in function called through vectorcall,
-/// where `exchange._done(raised)` looked the method up on the class and went through
-/// pyo3's trampoline and argument parsing (about 150 instructions a request).
-pub(super) fn end_function(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    // SAFETY: with the GIL held; `END` is static and never changed; no `self` (a
-    // plain function); a new reference or NULL with an exception.
-    unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            pyo3::ffi::PyCFunction_NewEx(END.0.get(), std::ptr::null_mut(), std::ptr::null_mut()),
-        )
-    }
-}
-
-/// `_end(exchange, raised)`: `raised` is the exception the app's call raised, or `None`.
-unsafe extern "C" fn end_call(
-    _module: *mut pyo3::ffi::PyObject,
-    args: *mut *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: CPython calls it with the GIL held and `args` holding `nargs` borrowed
-    // references.
-    let py = unsafe { Python::assume_attached() };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if nargs != 2 {
-            return Err(PyTypeError::new_err(
-                "_end() takes an exchange and an exception or None",
-            ));
-        }
-        // SAFETY: two arguments, checked just above.
-        let (ex, raised) = unsafe {
-            (
-                Bound::from_borrowed_ptr(py, *args),
-                Bound::from_borrowed_ptr(py, *args.add(1)),
-            )
-        };
-        let ex = ex.cast_into::<Exchange>()?;
-        Exchange::task_done(&ex, (!raised.is_none()).then_some(raised))
-    }));
-    let err = match r {
-        Ok(Ok(())) => return py.None().into_ptr(),
-        Ok(Err(e)) => e,
-        Err(_) => PyRuntimeError::new_err("internal error ending a request (a panic; see the log)"),
-    };
-    err.restore(py);
-    std::ptr::null_mut()
-}
 
 /// `receive()`: `slf` is the exchange. Called off the loop's thread, it does nothing
 /// yet and returns a coroutine that receives once awaited on the loop (see
@@ -3733,12 +3687,13 @@ impl Exchange {
 }
 
 impl Exchange {
-    /// The app's call returned (`None`) or raised: called by the task itself, at its
-    /// end (`SERVE` in run.rs, through [`end_function`]), so the response ends in the
-    /// same loop iteration.
-    fn task_done(slf: &Bound<'_, Self>, raised: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    /// The app's call returned (`None`) or raised: called by the request's task itself,
+    /// in its last step ([`super::serve`]), so the response ends in the same loop
+    /// iteration.
+    pub(super) fn task_done(slf: &Bound<'_, Self>, raised: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
         let failure = raised.map(|e| {
-            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>() {
+            if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py) {
                 // A task cancelled after the client went away is no bug of the app's
                 // (a framework may cancel its handler when it hears http.disconnect).
                 let gone = slf.borrow().gone;
@@ -3748,11 +3703,11 @@ impl Exchange {
                 let err =
                     pyo3::exceptions::PyException::new_err("the request's task was cancelled");
                 if gone {
-                    err.set_cause(slf.py(), Some(gone_error()));
+                    err.set_cause(py, Some(gone_error()));
                 }
                 err
             } else {
-                PyErr::from_value(e)
+                e
             }
         });
         Self::end_with(slf, failure)

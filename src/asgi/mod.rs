@@ -29,6 +29,7 @@ mod io;
 pub mod lifespan;
 pub mod run;
 pub mod scope;
+mod serve;
 pub mod stop;
 pub mod watch;
 

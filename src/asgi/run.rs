@@ -342,11 +342,6 @@ fn serve(
             ctx: Rc::clone(&ctx),
             state: lifespan.state(py).map(Bound::unbind),
             spawn: Spawn::new(py, event_loop)?,
-            serve: {
-                let m = PyModule::from_code(py, SERVE, c"postern_asgi.py", c"postern_asgi")?;
-                m.add("_end", super::http::end_function(py)?)?;
-                m.getattr("serve")?.unbind()
-            },
             call_later: get("call_later")?,
             call_soon_threadsafe: get("call_soon_threadsafe")?,
             stop: get("stop")?,
@@ -422,8 +417,6 @@ struct Driver {
     state: Option<Py<PyDict>>,
     /// Starts the requests' tasks.
     spawn: Spawn,
-    /// `SERVE`'s coroutine function.
-    serve: Py<PyAny>,
     call_later: Py<PyAny>,
     call_soon_threadsafe: Py<PyAny>,
     stop: Py<PyAny>,
@@ -452,21 +445,6 @@ struct Driver {
     /// and the requests' tasks start from ([`Driver::in_base`]).
     base: Py<PyAny>,
 }
-
-/// Each request's task runs this around the app's coroutine: the end of the request
-/// is handled inside the task's last step, not by a done callback one loop iteration
-/// later. Every exception is the request's (reported through `done`), so the task
-/// itself always ends quietly.
-/// `_end` is a built-in function of postern's, a global of the module
-/// ([`super::http::end_function`]).
-const SERVE: &std::ffi::CStr = c"async def serve(coro, exchange):
-    try:
-        await coro
-    except BaseException as e:
-        _end(exchange, e)
-    else:
-        _end(exchange, None)
-";
 
 /// Loop turns [`Driver::place_listeners`] looks for the loop's epoll.
 const PLACE_TRIES: u32 = 8;
@@ -796,7 +774,6 @@ impl Driver {
         let is_head = scope.as_ref().is_ok_and(|(_, head)| *head);
         drop(entered);
         let app = me.app.clone_ref(py);
-        let serve = me.serve.clone_ref(py);
         let ctx = Rc::clone(&me.ctx);
         drop(me);
         let exchange = match Bound::new(py, Exchange::new(ctx, req, span.clone(), slot, is_head)) {
@@ -833,7 +810,7 @@ impl Driver {
         let coro = (|| -> PyResult<Bound<'_, PyAny>> {
             let (receive, send) = super::http::channel(&exchange)?;
             let coro = app.bind(py).call1((scope, receive, send))?;
-            serve.bind(py).call1((coro, &exchange))
+            super::serve::wrap(coro, &exchange)
         })();
         // The task is made outside the span: an app's task factory may run its first
         // step at once (asyncio.eager_task_factory), and that step may end the

@@ -12,19 +12,19 @@ OWN = "postern: "
 
 
 def _task_name(task):
-    """A request's task runs run.rs's serve(coro, exchange): named after its request
-    (as the --timeout dump names it); else the task's name."""
+    """A request's task runs serve.rs's wrapper of the app's coroutine: named after its
+    request (as the --timeout dump names it); else the task's name."""
     name = task.get_name()
     try:
-        return task.get_coro().cr_frame.f_locals["exchange"]._describe()
+        return task.get_coro()._postern_exchange._describe()
     except Exception:
         return name
 
 
 def _is_request(task):
-    coro = task.get_coro()
-    code = getattr(coro, "cr_code", None)
-    return code is not None and code.co_filename == "postern_asgi.py" and code.co_name == "serve"
+    return type(task.get_coro()).__qualname__ == "serve" and hasattr(
+        type(task.get_coro()), "_postern_exchange"
+    )
 
 
 def _text(value, show=str):
