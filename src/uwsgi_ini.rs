@@ -318,6 +318,49 @@ const KEY_ORDER: &[&str] = &[
 // Reasons shared by several options.
 const STATIC: &str = "postern leaves static files to the front server: serve them from nginx (location /static/ { alias /path/to/static/; })";
 const ROUTING: &str = "uWSGI's internal routing has no postern equivalent: write the rule in nginx (location, return, rewrite, add_header)";
+/// The nginx directives that do what uWSGI's guarding routes did.
+const ROUTE_NGINX: &str =
+    "auth_basic and auth_basic_user_file, allow/deny, return 403, add_header ... always";
+
+/// What a `route*` line's action guards (`route = REGEX ACTION`, `route-if = COND
+/// ACTION`): access (an authentication, a refusal) or a security header; `None` for
+/// the rest (rewrites, logging, redirects), which are dropped with a warning. A rule
+/// that guards is refused: dropped, the paths it protected would be served openly.
+// regression (probe 313): `route = ^/admin basicauth:...` and `route = ^/internal/
+// break:403` were dropped with a warning, and /admin and /internal served to anyone.
+fn guarding_route(v: &str) -> Option<&'static str> {
+    let action = v.trim().split_once(char::is_whitespace)?.1.trim_start();
+    let (name, arg) = action.split_once(':').unwrap_or((action, ""));
+    let name = name.trim().to_ascii_lowercase();
+    let status = arg.trim_start().get(..1).and_then(|c| c.parse::<u8>().ok());
+    match name.as_str() {
+        n if n.starts_with("basicauth") || n.starts_with("ldapauth") => Some("asks for a password"),
+        // `break` with no status ends the request unanswered.
+        "break" if arg.trim().is_empty() || matches!(status, Some(4 | 5)) => {
+            Some("refuses requests")
+        }
+        "return" | "break-with-status" if matches!(status, Some(4 | 5)) => Some("refuses requests"),
+        "addheader" | "add-header" | "setheader" | "set-header" => {
+            let header = arg.split(':').next().unwrap_or_default().trim();
+            let header = header.to_ascii_lowercase();
+            [
+                "strict-transport-security",
+                "content-security-policy",
+                "x-frame-options",
+                "x-content-type-options",
+                "referrer-policy",
+                "permissions-policy",
+                "cross-origin-opener-policy",
+                "cross-origin-embedder-policy",
+                "cross-origin-resource-policy",
+            ]
+            .contains(&header.as_str())
+            .then_some("adds a security header")
+        }
+        _ => None,
+    }
+}
+
 const CHEAPER: &str = "postern runs a fixed number of workers (workers = N); SIGTTIN and SIGTTOU to the master add or remove one";
 const PLUGINS: &str = "postern embeds CPython itself: there are no plugins to load";
 const PROCNAME: &str = "postern does not rename its processes";
@@ -1404,7 +1447,13 @@ impl<'a> Mapper<'a> {
                     .iter()
                     .any(|p| k.starts_with(p)) =>
             {
-                Outcome::Ignored(ROUTING.into())
+                match guarding_route(v) {
+                    Some(what) => Outcome::Refused(format!(
+                        "this rule {what}, and postern has no internal routing: without it these requests would be answered to anyone. Write the rule in nginx ({}) and remove this line",
+                        ROUTE_NGINX
+                    )),
+                    None => Outcome::Ignored(ROUTING.into()),
+                }
             }
             k if k.starts_with("cheaper") => Outcome::Ignored(CHEAPER.into()),
             k if k.starts_with("procname") => Outcome::Ignored(PROCNAME.into()),

@@ -28,7 +28,7 @@ def application(environ, start_response):
         "version=%s" % VERSION,
         "pid=%d" % os.getpid(),
         "ppid=%d" % os.getppid(),
-        "path0=%s" % sys.path[0],
+        "appdir_on_path=%s" % (os.path.dirname(os.path.abspath(__file__)) in sys.path),
         "executable=%s" % sys.executable,
         "frozen=%s" % (__import__("gc").get_freeze_count() > 0),
         "asyncio=%s" % ("asyncio" in sys.modules),
@@ -85,16 +85,13 @@ fn the_master_starts_python_once_and_each_worker_imports_the_app() {
     let first = imports(dir.path());
     assert_eq!(first.len(), 2, "{first:?}");
     assert!(!first.contains(&master.to_string()));
-    // A worker's Python: its own pid, the master as parent, the app's directory first
-    // on sys.path, the build's interpreter, the master's objects frozen for the GC.
+    // A worker's Python: its own pid, the master as parent, the app's directory on
+    // sys.path, the build's interpreter, the master's objects frozen for the GC.
     let a = answer(&p);
     assert_ne!(a["pid"], master.to_string());
     assert_eq!(a["ppid"], master.to_string());
     assert!(first.contains(&a["pid"]), "{a:?} {first:?}");
-    assert_eq!(
-        Path::new(&a["path0"]),
-        std::fs::canonicalize(dir.path()).unwrap()
-    );
+    assert_eq!(a["appdir_on_path"], "True", "{a:?}");
     assert!(a["executable"].contains("python"), "{a:?}");
     assert_eq!(a["frozen"], "True");
     // regression: telling WSGI from ASGI imported asyncio (and with it ssl) into every
@@ -415,4 +412,39 @@ fn a_reload_reads_the_pth_files_of_a_venv_swapped_under_a_link() {
     assert!(body(&p).contains("core=2 "), "{}", p.logs());
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(15).is_some());
+}
+
+// regression (probe 313): the directory of an app given as a file went first on
+// sys.path, so a module beside it hid a package of the same name: a Django project's
+// `mysite/wsgi.py` beside `mysite/celery.py` or `mysite/jinja2.py` (Celery's and
+// Django's documented layouts) failed to import what uWSGI's `wsgi-file` served.
+#[test]
+fn a_file_apps_directory_is_on_sys_path_after_what_it_could_hide() {
+    let dir = tempdir();
+    let site = dir.path().join("mysite");
+    std::fs::create_dir(&site).unwrap();
+    // A project module named like a stdlib module (as celery.py or jinja2.py are like
+    // installed packages).
+    std::fs::write(
+        site.join("json.py"),
+        "raise ImportError(\"the project's json.py hid the json package\")\n",
+    )
+    .unwrap();
+    std::fs::write(site.join("helpers.py"), "WORD = b'sibling'\n").unwrap();
+    std::fs::write(
+        site.join("wsgi.py"),
+        r#"import json
+import helpers
+
+def application(environ, start_response):
+    body = json.dumps({"word": helpers.WORD.decode()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+"#,
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &site.join("wsgi.py").to_string_lossy()).start();
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    assert_eq!(body, br#"{"word": "sibling"}"#, "{}", p.logs());
 }

@@ -277,6 +277,9 @@ enum Next {
     /// After a header `Authorization:` (or `X-Api-Key:`, a secret-like name): its value,
     /// after a scheme word (`Bearer`, `Basic`).
     Credentials,
+    /// After `basicauth:` whose realm goes on past a space (`basicauth:Admin Area,admin:PASS`):
+    /// the rest of the realm, then `,USER:PASS`.
+    AuthRealm,
 }
 
 fn hide_words(text: &str) -> String {
@@ -303,6 +306,27 @@ fn hide_words(text: &str) -> String {
                     continue;
                 }
             }
+            Next::AuthRealm => {
+                // regression (probe 313): a realm with a space put `,admin:PASS` in a
+                // word of its own, which was shown as written.
+                match word.find(',') {
+                    Some(comma) => {
+                        if let Some(colon) = word[comma..].find(':') {
+                            let at = comma + colon + 1;
+                            out.push_str(&word[..at]);
+                            if at < word.len() {
+                                out.push_str(HIDDEN);
+                            }
+                            continue;
+                        }
+                    }
+                    None => {
+                        out.push_str(word);
+                        next = Next::AuthRealm;
+                        continue;
+                    }
+                }
+            }
             Next::Credentials if !bare.is_empty() => {
                 if auth_scheme(bare) {
                     out.push_str(word);
@@ -314,6 +338,14 @@ fn hide_words(text: &str) -> String {
                 continue;
             }
             _ => {}
+        }
+        if let Some(i) = word.find("basicauth") {
+            if word[i..]
+                .find(':')
+                .is_some_and(|c| !word[i + c..].contains(','))
+            {
+                next = Next::AuthRealm;
+            }
         }
         if bare == "-u" || bare == "--user" || bare == "--proxy-user" {
             next = Next::UserPass;

@@ -122,7 +122,7 @@ fn refuses_http_in_one_message_saying_what_to_do() {
 
 #[test]
 fn ignores_what_nginx_does_in_one_warning() {
-    let t = tr("module = shop.wsgi\nstatic-map = /static=/srv/static\nroute = ^/old redirect:/new\nroute-if = equal:${PATH_INFO};/x break:\noffload-threads = 4\ncheaper = 2\ncheaper-algo = spare\nplugins = python3,router_static\nprocname-prefix = shop-\nauto-procname = true");
+    let t = tr("module = shop.wsgi\nstatic-map = /static=/srv/static\nroute = ^/old redirect:/new\nroute-if = equal:${PATH_INFO};/x log:hit\noffload-threads = 4\ncheaper = 2\ncheaper-algo = spare\nplugins = python3,router_static\nprocname-prefix = shop-\nauto-procname = true");
     assert!(t.check().is_ok());
     let w = t.warnings().unwrap();
     assert_eq!(w.lines().count(), 10, "{w}");
@@ -1377,6 +1377,62 @@ fn quoted_lines_hide_env_values_and_secrets() {
 // ExecStart= with a secret placeholder expanded, a cron job's crontab line), and a
 // secret in a value's form (a URL's password, basicauth, PGPASSWORD=..., mysqldump
 // -p...) or in a set-placeholder line was quoted whole.
+// regression (probe 313): rules that guarded paths (a password, a refusal, a security
+// header) were dropped with a warning, and the paths served to anyone; a realm with a
+// space showed the password.
+#[test]
+fn routes_that_guard_paths_are_refused_and_a_spaced_realm_hides_its_password() {
+    for (line, what) in [
+        (
+            "route = ^/admin basicauth:Admin Area,admin:hunter10",
+            "asks for a password",
+        ),
+        (
+            "route-uri = ^/private ldapauth:Staff,ldap://ldap/",
+            "asks for a password",
+        ),
+        (
+            "route = ^/internal/ break:403 Forbidden",
+            "refuses requests",
+        ),
+        (
+            "route-remote-addr = ^(?!127\\.0\\.0\\.1$) break:",
+            "refuses requests",
+        ),
+        ("route = ^/old return:410", "refuses requests"),
+        (
+            "route = .* addheader:Strict-Transport-Security: max-age=31536000",
+            "adds a security header",
+        ),
+    ] {
+        let t = tr(&format!("module = shop.wsgi\n{line}"));
+        let e = t.check().expect_err(line).to_string();
+        assert!(e.contains(what) && e.contains("auth_basic"), "{line}: {e}");
+        assert!(!e.contains("hunter10"), "{e}");
+    }
+    for benign in [
+        "route = ^/old redirect:/new",
+        "route = ^/x rewrite:/y",
+        "route = ^/health return:200",
+        "route = .* addheader:X-Served-By: shop",
+        "route = ^/x log:hit",
+    ] {
+        let t = tr(&format!("module = shop.wsgi\n{benign}"));
+        assert!(t.check().is_ok(), "{benign}");
+        assert!(
+            t.warnings().unwrap().contains("internal routing"),
+            "{benign}"
+        );
+    }
+    let t = tr("module = shop.wsgi\nroute = ^/admin basicauth:Admin Area,admin:hunter11");
+    let said = format!("{}\n{}", t.check().unwrap_err(), t.to_toml());
+    assert!(!said.contains("hunter11"), "{said}");
+    assert!(
+        said.contains("basicauth:Admin Area,admin:(value hidden)"),
+        "{said}"
+    );
+}
+
 #[test]
 fn reasons_and_values_hide_secrets_too() {
     let t = tr("module = shop.wsgi\nredis_password = hunter1\nattach-daemon = celery worker --broker redis://:%(redis_password)@localhost/0\nroute = ^/admin basicauth:Admin,admin:hunter2\ncron = -1 -1 -1 -1 -1 mysqldump -u root -phunter3 db\nset-placeholder = db_password=hunter4\nenv = =hunter5\ncron = -1 -1 -1 -1 -1 PGPASSWORD=hunter6 pg_dump --api-key=hunter7 postgres://u:hunter8@db/x\nset-ph = db_token=hunter9\nattach-daemon = worker %(db_token) %(db_password)");

@@ -455,6 +455,16 @@ pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
     Ok(())
 }
 
+/// Puts `dir` at the end of `sys.path`, unless it is on it already.
+fn append_sys_path(py: Python<'_>, dir: &Path) -> PyResult<()> {
+    let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+    let d = dir.to_string_lossy().into_owned();
+    if !path.contains(&d)? {
+        path.append(d)?;
+    }
+    Ok(())
+}
+
 /// Imports the app and returns the WSGI callable.
 pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> {
     let fail = |e: PyErr| {
@@ -498,8 +508,18 @@ pub fn load_app(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, WsgiError> 
                 advice: FIND_ADVICE.to_owned(),
                 traceback: format!("cannot open {}: {e}\n", path.display()),
             })?;
+            // The file's directory goes at the end of `sys.path` (unless it is there
+            // already), so that its siblings import by name but never hide a package
+            // of the same name: a Django project's `mysite/wsgi.py` sits beside
+            // `mysite/celery.py` (Celery's documented layout) and `mysite/jinja2.py`
+            // (Django's), whose own `from celery import Celery` must find the package.
+            // uWSGI's `wsgi-file` and mod_wsgi's scripts add nothing; `python FILE`
+            // puts it first, which is what hid them.
+            // regression (probe 313): it was put first, and a Django project with
+            // `mysite/jinja2.py` answered 500 (`cannot import name 'Environment' from
+            // partially initialized module 'jinja2'`) where uWSGI served.
             if let Some(dir) = path.parent() {
-                prepend_sys_path(py, &[dir.to_owned()]).map_err(fail)?;
+                append_sys_path(py, dir).map_err(fail)?;
             }
             (import_file(py, &path).map_err(fail)?, callable)
         }
