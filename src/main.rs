@@ -157,6 +157,18 @@ fn main() -> ExitCode {
         eprintln!("postern: {e}");
         return ExitCode::FAILURE;
     }
+    // One line where the start was run from: with the log in a file (`--log-file`, an
+    // ini's `logto` or `daemonize`), nothing else shows there, and postern stays in the
+    // foreground where uWSGI's `daemonize` returned.
+    // regression (probe 313): `daemonize = FILE` left the terminal silent, as if hung.
+    if let Some(file) = &config.opts.log_options().file {
+        eprintln!(
+            "postern {} (pid {}) runs in the foreground; its log goes to {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            file.display()
+        );
+    }
     logging::log_panics();
     postern::forked::install();
     for w in postern::config::unknown_vars() {

@@ -1085,6 +1085,45 @@ impl<'a> Mapper<'a> {
                 "postern lets one thread per worker wait in accept at a time (its accept token)".into(),
             ),
             "no-orphans" => Outcome::Accepted("postern's workers die with their master".into()),
+            // regression (probe 313): these real uWSGI options were "unknown … or
+            // misspelt", and under `strict` postern refused to start.
+            "py-call-osafterfork" | "py-call-uwsgi-fork-hooks" => Outcome::Accepted(
+                "postern forks its workers as Python requires (PyOS_AfterFork_Child): the app's os.register_at_fork hooks run in each worker".into(),
+            ),
+            "skip-atexit" | "skip-atexit-teardown" => Outcome::Ignored(
+                "a worker that stops runs the app's atexit handlers (bounded by graceful-timeout); there is no switch to skip them".into(),
+            ),
+            "reload-on-exception" => Outcome::Ignored(
+                "an exception in a request is that request's 500 and the worker serves on; a worker that crashes is replaced".into(),
+            ),
+            "tcp-nodelay" => Outcome::Accepted(
+                "postern sets TCP_NODELAY on every TCP connection it accepts".into(),
+            ),
+            "so-keepalive" => Outcome::Ignored(
+                "postern does not set SO_KEEPALIVE: the front server's connections are short or kept by it (FastCGI keep-conn), and a dead one fails the next read or write".into(),
+            ),
+            "reuse-port" => Outcome::Ignored(
+                "the master binds each socket once and its workers share it: SO_REUSEPORT is not needed, and a restart binds again once the old process has left".into(),
+            ),
+            "pyargv" => Outcome::Ignored(
+                "sys.argv is not set from the file: an app that reads options from sys.argv gets them from env = lines instead".into(),
+            ),
+            "enable-metrics" | "metrics-dir" => Outcome::Accepted(
+                "postern's metrics are always kept: stats = ADDRESS serves /metrics (Prometheus) and /status".into(),
+            ),
+            "log-micros" => Outcome::Ignored(
+                "the access line gives the response time in milliseconds with microsecond digits (ms=0.99)".into(),
+            ),
+            "disable-sendfile" => Outcome::Ignored(
+                "postern sends a wsgi.file_wrapper file (and an ASGI http.response.pathsend) with sendfile(2) and has no switch to turn it off".into(),
+            ),
+            "min-worker-lifetime" => Outcome::Ignored(
+                "postern has no minimum lifetime: a worker that dies at its start is started again with a backoff (200 ms doubling to 12.8 s)".into(),
+            ),
+            "chroot" | "cap" | "unshare" | "jail" | "pivot-root" | "namespace" | "ns" | "setns"
+            => Outcome::Refused(
+                "postern does not confine itself (chroot, capabilities, namespaces): it would run without the isolation this file asks for. Give the confinement to systemd in the unit (RootDirectory=, CapabilityBoundingSet=, PrivateNetwork=, RestrictNamespaces=, ProtectSystem=; deploy/systemd), then remove the line".into(),
+            ),
 
             // Recycling and timeouts.
             "harakiri" => self.count(i, "timeout", v),
@@ -1126,6 +1165,22 @@ impl<'a> Mapper<'a> {
                     );
                 }
                 self.string(i, "touch-reload", v)
+            }
+            "touch-workers-reload" => {
+                if self.table.contains_key("touch-reload") {
+                    return Outcome::Ignored(
+                        "postern watches one touch-reload file: touch the first one from your deploy".into(),
+                    );
+                }
+                let out = self.string(i, "touch-reload", v);
+                match out {
+                    Outcome::Carried { keys, .. } => Outcome::Carried {
+                        keys,
+                        note: Some("a reload in postern replaces only the workers (the master and its sockets stay)".into()),
+                        warn: false,
+                    },
+                    other => other,
+                }
             }
             "touch-chain-reload" => {
                 if self.table.contains_key("touch-reload") {

@@ -119,7 +119,7 @@ fn reasons_hide_secret_placeholders_and_passwords_in_values() {
         &file,
         ini_text(
             port,
-            "redis_password = rd-pw-one\nattach-daemon = celery worker --broker redis://:%(redis_password)@localhost/0\nroute = ^/admin basicauth:Admin,admin:route-pw-two\ncron = -1 -1 -1 -1 -1 PGPASSWORD=cron-pw-three pg_dump db\nenv = =env-pw-four\n",
+            "redis_password = rd-pw-one\nattach-daemon = celery worker --broker redis://:%(redis_password)@localhost/0\nroute = ^/old redirect:https://user:route-pw-two@backup.example/\ncron = -1 -1 -1 -1 -1 PGPASSWORD=cron-pw-three pg_dump db\nenv = =env-pw-four\n",
         ),
     )
     .unwrap();
@@ -134,7 +134,8 @@ fn reasons_hide_secret_placeholders_and_passwords_in_values() {
     let logs = p.logs();
     for shown in [
         "ExecStart=celery worker --broker redis://:%(redis_password)@localhost/0,",
-        "route = ^/admin basicauth:Admin,admin:(value hidden): ignored",
+        // (A basicauth route is refused now: src/uwsgi_ini/tests.rs hides its password.)
+        "route = ^/old redirect:https://user:(value hidden)@backup.example/: ignored",
         "PGPASSWORD=(value hidden) pg_dump db",
         "env = =(value hidden): ignored: it names no variable",
     ] {

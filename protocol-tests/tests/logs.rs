@@ -1095,6 +1095,15 @@ fn a_failed_first_start_with_a_log_file_names_the_file_on_stderr() {
         err.contains(&format!("(the log: {})", log.display())),
         "{err}"
     );
+    // regression (probe 313): with the log in a file (an ini's `daemonize`), the
+    // terminal the start was run from showed nothing at all; now one line says where.
+    assert!(
+        err.lines().next().is_some_and(|l| l.contains(&format!(
+            "runs in the foreground; its log goes to {}",
+            log.display()
+        ))),
+        "{err}"
+    );
     assert!(read(&log).contains("broken at import"), "{}", read(&log));
 }
 

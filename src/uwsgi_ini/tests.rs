@@ -1433,6 +1433,34 @@ fn routes_that_guard_paths_are_refused_and_a_spaced_realm_hides_its_password() {
     );
 }
 
+// regression (probe 313): real uWSGI options were "unknown … or misspelt", and under
+// `strict = true` (production configs set it) postern refused to start; confinement
+// options were dropped with that generic warning.
+#[test]
+fn real_uwsgi_options_are_known_under_strict_and_confinement_is_refused() {
+    let t = tr("strict = true\nmodule = shop.wsgi\npy-call-osafterfork = true\npy-call-uwsgi-fork-hooks = true\nskip-atexit = true\nreload-on-exception = false\nso-keepalive = true\ntcp-nodelay = true\nreuse-port = true\npyargv = --debug\nenable-metrics = true\nlog-micros = true\ndisable-sendfile = true\nmin-worker-lifetime = 60\ntouch-workers-reload = /srv/shop/reload");
+    assert!(t.check().is_ok(), "{:?}", t.check());
+    let w = t.warnings().unwrap_or_default();
+    assert!(!w.contains("unknown") && !w.contains("misspelt"), "{w}");
+    assert!(!w.contains("did you mean"), "{w}");
+    assert_eq!(
+        get(&t, "touch-reload").and_then(|v| v.as_str()),
+        Some("/srv/shop/reload")
+    );
+    for line in [
+        "chroot = /srv/jail",
+        "cap = setgid,setuid",
+        "unshare = net,ipc",
+    ] {
+        let t = tr(&format!("module = shop.wsgi\n{line}"));
+        let e = t.check().expect_err(line).to_string();
+        assert!(
+            e.contains("does not confine itself") && e.contains("RootDirectory="),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn reasons_and_values_hide_secrets_too() {
     let t = tr("module = shop.wsgi\nredis_password = hunter1\nattach-daemon = celery worker --broker redis://:%(redis_password)@localhost/0\nroute = ^/admin basicauth:Admin,admin:hunter2\ncron = -1 -1 -1 -1 -1 mysqldump -u root -phunter3 db\nset-placeholder = db_password=hunter4\nenv = =hunter5\ncron = -1 -1 -1 -1 -1 PGPASSWORD=hunter6 pg_dump --api-key=hunter7 postgres://u:hunter8@db/x\nset-ph = db_token=hunter9\nattach-daemon = worker %(db_token) %(db_password)");
