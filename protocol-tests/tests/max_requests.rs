@@ -1120,3 +1120,46 @@ fn workers_held_during_a_reload_leave_once_the_new_workers_are_ready() {
         assert!(!old.contains(&pid.unwrap()), "an old worker served");
     }
 }
+
+// regression (probe 313): a worker asked for its successor as soon as its rate said it
+// would reach its limit within twice its start, and left once the successor was ready:
+// with a life about its start's length (`--max-requests 20`, one request at a time) a
+// worker served 3 or 4. Now it asks no earlier than half its limit, and each worker
+// that recycled served its limit (plus its jitter, which its log line names).
+#[test]
+fn one_request_at_a_time_each_recycled_worker_serves_its_max_requests() {
+    let dir = tempdir();
+    // A start of ~0.6 s and 40 ms a request: 20 requests last 0.8 s, so a worker's rate
+    // says it reaches its limit within twice its start from its first request on, and
+    // a successor asked then was ready after 15 (before: each worker served ~16).
+    let app = dir.path().join("slowpid.py");
+    std::fs::write(
+        &app,
+        "import os, time\ntime.sleep(0.6)\n\ndef application(environ, start_response):\n    time.sleep(0.04)\n    body = ('v0 %d' % os.getpid()).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--max-requests", "20"])
+        .start();
+    let mut per_pid: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut order: Vec<String> = Vec::new();
+    for _ in 0..70 {
+        let r = parse_http(&raw(&p.addr, &get("uwsgi"))).expect("an answer");
+        assert_eq!(r.status, 200, "{}", p.logs());
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let pid = text.split(' ').nth(1).unwrap_or_default().to_owned();
+        if order.last() != Some(&pid) {
+            order.push(pid.clone());
+        }
+        *per_pid.entry(pid).or_default() += 1;
+    }
+    assert!(order.len() >= 3, "{per_pid:?}\n{}", p.logs());
+    // The last worker may still be under its limit.
+    let last = order.last().cloned().unwrap_or_default();
+    let recycled: std::collections::BTreeMap<String, usize> = per_pid
+        .iter()
+        .filter(|(pid, _)| **pid != last)
+        .map(|(pid, n)| (pid.clone(), *n))
+        .collect();
+    assert_served_exactly(&p, &recycled, 0);
+}
