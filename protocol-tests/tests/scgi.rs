@@ -949,3 +949,57 @@ fn nginx_unbuffered_chunked_upload_is_served() {
         s.assert_clean(directive);
     }
 }
+
+// regression (probe 315): nginx with `scgi_request_buffering off` announces as
+// CONTENT_LENGTH only the body bytes it had read (0, or ~9 KiB) beside the client's
+// HTTP_CONTENT_LENGTH, and sends the rest after them: the app got a cut body and the
+// request was answered 200. A CONTENT_LENGTH below the client's is refused now (400,
+// a line naming the setting); one above it (a front server that inflated the body)
+// and an equal one are served.
+#[test]
+fn a_content_length_below_the_clients_is_refused_as_a_cut_body() {
+    let dir = tempdir();
+    let p = start(dir.path(), &[]);
+    let cut = [
+        netstring(&[
+            ("CONTENT_LENGTH", "3"),
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/echo"),
+            ("HTTP_CONTENT_LENGTH", "9"),
+        ]),
+        b"abcdefghi".to_vec(),
+    ]
+    .concat();
+    let out = send_expect_close(&p, &cut);
+    assert_eq!(cgi_of(&p, &out).status, 400, "{}", p.logs());
+    assert!(
+        p.wait_log("is less than the client's Content-Length 9", 5),
+        "{}",
+        p.logs()
+    );
+    let line = p
+        .logs()
+        .lines()
+        .find(|l| l.contains("less than the client's"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("peer=") && line.contains("scgi_request_buffering off"),
+        "{line}"
+    );
+    for (cgi, client) in [("3", "3"), ("3", "2")] {
+        let ok = [
+            netstring(&[
+                ("CONTENT_LENGTH", cgi),
+                ("REQUEST_METHOD", "POST"),
+                ("PATH_INFO", "/echo"),
+                ("HTTP_CONTENT_LENGTH", client),
+            ]),
+            b"abc".to_vec(),
+        ]
+        .concat();
+        let r = cgi_of(&p, &p.raw(&ok));
+        assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]), "{}", p.logs());
+    }
+    ok_after(&p);
+}
