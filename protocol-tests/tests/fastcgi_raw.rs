@@ -1714,6 +1714,11 @@ fn authorizer_and_filter_roles_get_unknown_role() {
         let out = c.reply(1);
         assert_eq!(out.end, Some((0, 3)), "role {role}: FCGI_UNKNOWN_ROLE");
         assert!(out.stdout.is_empty(), "role {role}: {out:?}");
+        assert!(
+            p.wait_log("a role other than RESPONDER", 5),
+            "role {role}: {}",
+            p.logs()
+        );
         // The connection is still usable.
         c.get(1, true, "/hello").assert_ok(b"hello\n");
     }
@@ -2420,6 +2425,22 @@ fn more_than_64_requests_in_flight_get_overloaded() {
     // 64 are accepted (waiting for their PARAMS); 164 and 165 are refused.
     assert_eq!(c.reply(164).end, Some((0, 2)), "FCGI_OVERLOADED");
     assert_eq!(c.reply(165).end, Some((0, 2)), "FCGI_OVERLOADED");
+    // regression (probe 315): refused with nothing in the log; now one line for both.
+    assert!(
+        p.wait_log("more than 64 requests in flight on one connection", 5),
+        "{}",
+        p.logs()
+    );
+    let line = p
+        .logs()
+        .lines()
+        .find(|l| l.contains("more than 64 requests in flight"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("peer=") && line.contains("fcgi_id=164") && line.contains("refused=2"),
+        "{line}"
+    );
     // The accepted ones are still served when their PARAMS come.
     let v = vars("GET", "/hello", None);
     let mut b = Vec::new();

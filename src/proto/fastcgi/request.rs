@@ -219,6 +219,18 @@ pub struct ConnParser {
     /// BEGIN_REQUESTs for ids in flight since [`take_begun_again`](Self::take_begun_again)
     /// (the first few).
     begun_again: Vec<(u16, BegunAgain)>,
+    /// BEGIN_REQUESTs refused since [`take_refused`](Self::take_refused): the first
+    /// one's id and status, and how many.
+    refused: Option<Refusals>,
+}
+
+/// BEGIN_REQUESTs a connection parser refused ([`ConnParser::take_refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusals {
+    /// The first refused request's id and END_REQUEST status.
+    pub first: (u16, ProtocolStatus),
+    /// How many were refused (the first included).
+    pub count: u32,
 }
 
 impl ConnParser {
@@ -230,7 +242,19 @@ impl ConnParser {
             begun: BegunIds::default(),
             stray: None,
             begun_again: Vec::new(),
+            refused: None,
         }
+    }
+
+    /// The BEGIN_REQUESTs refused (unknown role, too many requests in flight) since the
+    /// last call: worth one log line, however many.
+    pub fn take_refused(&mut self) -> Option<Refusals> {
+        self.refused.take()
+    }
+
+    /// The most requests in flight this parser takes on one connection.
+    pub fn max_reqs(&self) -> usize {
+        self.limits.max_reqs
     }
 
     /// The BEGIN_REQUESTs for an id in flight since the last call, and what each did
@@ -443,6 +467,15 @@ impl ConnParser {
         match refused {
             Some(status) => {
                 reply(events, |out| encode_end_request(out, id, 0, status));
+                match &mut self.refused {
+                    Some(r) => r.count = r.count.saturating_add(1),
+                    None => {
+                        self.refused = Some(Refusals {
+                            first: (id, status),
+                            count: 1,
+                        })
+                    }
+                }
                 // KEEP_CONN unset (§2.3): the connection ends with this END_REQUEST,
                 // unless other requests still run on it.
                 if !begin.keep_conn && self.active() == 0 {

@@ -756,6 +756,19 @@ pub async fn serve(
                     tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}");
                 }
             }
+            // regression (probe 315): 236 of 300 requests multiplexed onto one
+            // connection were refused (FCGI_OVERLOADED) with nothing in the log.
+            if let Some(r) = parser.take_refused() {
+                let (id, status) = r.first;
+                let why = match status {
+                    fcgi::ProtocolStatus::UnknownRole => "a role other than RESPONDER (AUTHORIZER, FILTER): postern only answers requests (FCGI_UNKNOWN_ROLE)".to_owned(),
+                    fcgi::ProtocolStatus::CantMpxConn => "a second request while one is in flight, on a connection that takes one at a time (FCGI_CANT_MPX_CONN)".to_owned(),
+                    _ => format!("more than {} requests in flight on one connection (FCGI_MAX_REQS; FCGI_OVERLOADED): the front server multiplexes past what postern takes", parser.max_reqs()),
+                };
+                if slow_clients::bad_input(&peer, Reason::Malformed) {
+                    tracing::warn!(%peer, fcgi_id = id, refused = r.count, "FastCGI request(s) refused with END_REQUEST: {why}; the connection and its other requests go on");
+                }
+            }
             if parser.active() > 0 {
                 stray = None;
                 let _ = parser.take_stray();
