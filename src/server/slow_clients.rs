@@ -491,7 +491,7 @@ impl HeadWatch {
                 } else {
                     "every Python thread of this worker is busy"
                 };
-                tracing::warn!(peer = %a.peer, got, content_length = len, bodies, "{full} with a request waiting for one: closing a FastCGI connection whose apps wait for request bodies that come furthest behind {BODY_MIN_RATE} bytes a second each ({got} of {len} bytes of {bodies} request bod(ies) in {took:.1?}: a slow or stalled client); its requests end, and their places go to what waits")
+                tracing::warn!(peer = %a.peer, got, content_length = len, bodies, "{full} with a request waiting for one: closing a FastCGI connection whose apps wait for request bodies that come furthest behind {BODY_MIN_RATE} bytes a second each ({got} bytes in the {took:.1?} since its apps began to wait for them, of {len} announced for {bodies} request bod(ies): a slow or stalled client); its requests end, and their places go to what waits")
             }
             Arrival::Body(len) => {
                 let got = a.bytes.load(Ordering::Relaxed);
