@@ -367,7 +367,7 @@ const PROCNAME: &str = "postern does not rename its processes";
 const HTTP_OPTION: &str =
     "an option of uWSGI's HTTP router or HTTP socket: nginx in front of postern does this";
 const EMPEROR: &str = "postern runs one app, not an Emperor: run one postern per app, e.g. a systemd template unit (postern@.service) with one config per instance";
-const INCLUDE: &str = "postern reads one file: copy the included file's options into this section";
+const INCLUDE: &str = "postern reads an included file in place when it is an ini file named by a literal path (%d and the other magic variables are fine; $(VAR), %(placeholder) and @(file) are not, nor YAML, JSON or XML): write the path out, or copy the included file's options into this section";
 const HOOK: &str = "uWSGI's hooks have no postern equivalent: run the action from the service manager (systemd ExecStartPre=, ExecStopPost=) or from your deploy";
 const UWSGI_MODULE: &str = "uWSGI's in-process jobs and shared state (spooler, mules, cache, locks, sharedarea, queue, signals, timers) and the `uwsgi` Python module the app reaches them with (uwsgidecorators' @spool, @timer, @cron, @mulefunc; uwsgi.cache_get, uwsgi.lock) do not exist under postern: an app that guards `import uwsgi` would start and silently never run its jobs. Move the jobs to a task queue (Celery, RQ, Dramatiq) or a systemd timer and the cache to Redis or memcached, then drop this line";
 /// uWSGI opened a `logto` or `daemonize` file onto its stdout and stderr, so the app's
@@ -684,7 +684,7 @@ impl<'a> Mapper<'a> {
             let by = if self.command_line {
                 format!("`{}`", self.entries[i].text)
             } else {
-                format!("line {}", self.entries[i].line)
+                format!("line {}", self.entries[i].label())
             };
             let line = &mut self.lines[prev];
             if let Outcome::Carried { keys, .. } = &mut line.outcome {
@@ -1035,7 +1035,7 @@ impl<'a> Mapper<'a> {
                     if let Some(prev) = self.setter.insert(key.clone(), i) {
                         self.lines[prev].outcome = Outcome::Ignored(format!(
                             "line {} sets {k} again, and the last value wins (as in uWSGI)",
-                            e.line
+                            e.label()
                         ));
                     }
                     Outcome::Carried { keys: vec![key], note: None, warn: false }
@@ -1154,7 +1154,7 @@ impl<'a> Mapper<'a> {
                 let at = self.entries.iter().rev().find(|e| e.key == "worker-reload-mercy");
                 Outcome::Ignored(format!(
                     "worker-reload-mercy (line {}) gives graceful-timeout, the time a worker's requests get to finish; postern has no separate bound for the whole reload",
-                    at.map_or(0, |e| e.line)
+                    at.map_or_else(|| "0".to_owned(), Entry::label)
                 ))
             }
             "reload-mercy" | "worker-reload-mercy" => self.count(i, "graceful-timeout", v),
@@ -1823,6 +1823,14 @@ fn wrap(out: &mut String, first: &str, rest: &str, text: &str) {
     out.push('\n');
 }
 
+/// `FILE:LINE` for a report line about `e` (an included file's line names that file).
+fn at_entry(source: &str, e: &Entry) -> String {
+    match &e.file {
+        Some(f) => format!("{f}:{}", e.line),
+        None => at(source, e.line),
+    }
+}
+
 /// `FILE:LINE` for a report line.
 fn at(source: &str, line: usize) -> String {
     let file = split_source(source).0;
@@ -1842,13 +1850,20 @@ impl Translation {
                     .any(|k| k == key || (key == "env" && k.starts_with("env."))),
                 _ => false,
             })
-            .map(|l| l.entry.line.to_string())
+            .map(|l| at_entry(&self.source, &l.entry))
             .collect();
         if lines.is_empty() {
             return None;
         }
+        // `FILE:3,5` when every line is the file's own; each line with its file when
+        // an included file's are among them.
         let file = split_source(&self.source).0;
-        Some(format!("{}:{}", file.display(), lines.join(",")))
+        let prefix = format!("{}:", file.display());
+        if lines.iter().all(|l| l.starts_with(&prefix)) {
+            let numbers: Vec<&str> = lines.iter().map(|l| &l[prefix.len()..]).collect();
+            return Some(format!("{prefix}{}", numbers.join(",")));
+        }
+        Some(lines.join(", "))
     }
 
     /// Hides the file's secrets in the messages that quote it ([`Hider`]).
@@ -1864,7 +1879,7 @@ impl Translation {
                 pick(&l.outcome).map(|why| {
                     format!(
                         "  {}  {}: {}{}",
-                        at(&self.source, l.entry.line),
+                        at_entry(&self.source, &l.entry),
                         hide.line(&l.entry),
                         hide.text(&why),
                         unknown_hint(&l.entry.key, &l.outcome)
@@ -2115,7 +2130,7 @@ impl Translation {
             );
             for l in at_start {
                 if let Outcome::AtStart(why) = &l.outcome {
-                    let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                    let _ = writeln!(out, "# line {}: {}", l.entry.label(), hide.line(&l.entry));
                     wrap(&mut out, "#   ", "#   ", &hide.text(why));
                 }
             }
@@ -2135,7 +2150,7 @@ impl Translation {
             );
             for l in beside {
                 if let Outcome::Beside(why) = &l.outcome {
-                    let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                    let _ = writeln!(out, "# line {}: {}", l.entry.label(), hide.line(&l.entry));
                     wrap(&mut out, "#   ", "#   ", &hide.text(why));
                 }
             }
@@ -2145,7 +2160,7 @@ impl Translation {
             wrap(&mut out, "# NEEDS ATTENTION: ", "# ", NOT_HERE);
             for (n, why) in &self.not_here {
                 let l = &self.lines[*n];
-                let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                let _ = writeln!(out, "# line {}: {}", l.entry.label(), hide.line(&l.entry));
                 wrap(&mut out, "#   ", "#   ", &hide.text(why));
             }
         }
@@ -2153,7 +2168,8 @@ impl Translation {
             for l in &self.lines {
                 if let Outcome::Carried { keys, note, .. } = &l.outcome {
                     if keys.iter().any(|k| k == key) {
-                        let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                        let _ =
+                            writeln!(out, "# line {}: {}", l.entry.label(), hide.line(&l.entry));
                         if let Some(n) = note {
                             wrap(out, "#   ", "#   ", &hide.text(n));
                         }
@@ -2240,7 +2256,7 @@ impl Translation {
                         unreachable!("filtered above")
                     }
                 };
-                let _ = writeln!(out, "# line {}: {}", l.entry.line, hide.line(&l.entry));
+                let _ = writeln!(out, "# line {}: {}", l.entry.label(), hide.line(&l.entry));
                 wrap(&mut out, "#   ", "#   ", &hide.text(&why));
             }
         }

@@ -326,6 +326,7 @@ pub(super) fn entry(n: usize, key: &str, value: &str, text: &str) -> Entry {
         key: key.to_owned(),
         value: value.to_owned(),
         reads: Default::default(),
+        file: None,
     }
 }
 

@@ -148,7 +148,23 @@ pub struct Entry {
     /// `%h`, …), directly or through a `%(placeholder)`; only when
     /// [`Context::migrating`], else empty.
     pub reads: BTreeSet<String>,
+    /// The file the line is in when another file included it (`ini = base.ini`), as
+    /// that line wrote it; `None` for the file given.
+    pub file: Option<std::sync::Arc<str>>,
 }
+
+impl Entry {
+    /// Where the line is, for a message: `12`, or `base.ini:12` for an included file's.
+    pub fn label(&self) -> String {
+        match &self.file {
+            None => self.line.to_string(),
+            Some(f) => format!("{f}:{}", self.line),
+        }
+    }
+}
+
+/// How deep `ini =` lines may include one another.
+const INCLUDE_DEPTH: usize = 8;
 
 /// What a message shows instead of a hidden value.
 pub const HIDDEN: &str = "(value hidden)";
@@ -646,10 +662,78 @@ pub fn read_section(
     ctx: &Context,
 ) -> Result<Section, IniError> {
     let mut out = Section::default();
+    let mut within = vec![(facts.absolute.clone(), section.to_owned())];
+    let (found, seen) = collect(text, facts, section, ctx, None, &mut out, &mut within)?;
+    let Some(header) = found else {
+        return Err(IniError::NoSection {
+            path: PathBuf::from(&facts.given),
+            section: section.to_owned(),
+            found: seen,
+        });
+    };
+    // regression: an empty section was refused as missing ("there is no [uwsgi]
+    // section (it has [uwsgi] …)"); uWSGI starts on it with the command line's options.
+    if out.entries.is_empty() {
+        out.notes.push((
+            header,
+            format!("[{section}] has no option lines: nothing to carry over; the app and the options come from the command line or --config, as uWSGI starts on it"),
+        ));
+    }
+    expand_env(&mut out, ctx)?;
+    expand_files(&mut out, ctx)?;
+    expand_placeholders(&mut out, ctx)?;
+    Ok(out)
+}
+
+/// An `ini = FILE[:section]` (`include`, `inherit`) line's file, when postern reads it
+/// in place: a literal path (magic variables such as `%d` expanded; no `$(VAR)` or
+/// `%(placeholder)`, which are expanded later) of an ini file. `None`: the line stays,
+/// and the mapping refuses it with its reason.
+fn include_target(key: &str, value: &str) -> Option<(PathBuf, String)> {
+    if !matches!(key, "ini" | "include" | "inherit") || value.is_empty() {
+        return None;
+    }
+    if value.starts_with(':')
+        || value.contains("$(")
+        || value.contains("%(")
+        || value.contains("@(")
+    {
+        return None;
+    }
+    let (path, section) = super::split_source(value);
+    let ext = path.extension().map(|e| e.to_ascii_lowercase());
+    if ext
+        .as_ref()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "xml" | "json" | "js"))
+    {
+        return None;
+    }
+    Some((path, section.unwrap_or_else(|| "uwsgi".to_owned())))
+}
+
+/// Collects `section`'s lines of `text` into `out`, an `ini =` line's file in its place
+/// (as uWSGI reads it: its options where the line is, so later lines override them).
+/// `file`: how the including line named this file (`None`: the file given). `within`:
+/// the files (and sections) being read, to refuse an include loop. Returns the line of
+/// the section's first header, and the sections seen.
+fn collect(
+    text: &str,
+    facts: &FileFacts,
+    section: &str,
+    ctx: &Context,
+    file: Option<std::sync::Arc<str>>,
+    out: &mut Section,
+    within: &mut Vec<(PathBuf, String)>,
+) -> Result<(Option<usize>, Vec<String>), IniError> {
     let mut current = String::new();
     let mut seen: Vec<String> = Vec::new();
     // The line of the section's first header: an empty section is still a section.
     let mut found = None;
+    let from = |n: usize| match &file {
+        None => format!("line {n}"),
+        Some(f) => format!("{f}:{n}"),
+    };
     for (i, raw) in text.split('\n').enumerate() {
         let number = i + 1;
         let mut bad = Vec::new();
@@ -693,33 +777,75 @@ pub fn read_section(
         let (key, value) = line.split_once('=').unwrap_or((line, ""));
         let key = key.trim_end_matches([' ', '\t', '\r']).to_owned();
         let value = value.trim_matches([' ', '\t', '\r']).to_owned();
+        // regression (probe 313): `ini = %d/base.ini` (a shared base file, a common
+        // layout) was refused: "postern reads one file".
+        if let Some((path, sub)) = include_target(&key, &value) {
+            let path = if path.is_relative() {
+                ctx.cwd.join(&path)
+            } else {
+                path
+            };
+            let shown = value.clone();
+            let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if within.iter().any(|(p, s)| *p == real && *s == sub) {
+                return Err(IniError::Refused(format!(
+                    "{}: {key} = {value}: the files include each other without end",
+                    from(number)
+                )));
+            }
+            if within.len() > INCLUDE_DEPTH {
+                return Err(IniError::Refused(format!(
+                    "{}: {key} = {value}: includes nested more than {INCLUDE_DEPTH} deep",
+                    from(number)
+                )));
+            }
+            let bytes = std::fs::read(&path).map_err(|source| IniError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let sub_facts = FileFacts::of(&shown, &path, Some(&sub), &ctx.cwd);
+            within.push((real, sub.clone()));
+            let before = out.entries.len();
+            let (sub_found, sub_seen) = collect(
+                text,
+                &sub_facts,
+                &sub,
+                ctx,
+                Some(std::sync::Arc::from(shown.as_str())),
+                out,
+                within,
+            )?;
+            within.pop();
+            if sub_found.is_none() {
+                return Err(IniError::NoSection {
+                    path: path.clone(),
+                    section: sub,
+                    found: sub_seen,
+                });
+            }
+            out.notes.push((
+                number,
+                format!(
+                    "{}{key} = {value}: {} option line(s) of [{sub}] read from {} in its place (later lines override them, as in uWSGI)",
+                    file.as_ref().map(|f| format!("(in {f}:{number}) ")).unwrap_or_default(),
+                    out.entries.len() - before,
+                    path.display()
+                ),
+            ));
+            continue;
+        }
         out.entries.push(Entry {
             line: number,
             text: raw.trim_matches([' ', '\t', '\r']).to_owned(),
             key,
             value,
             reads,
+            file: file.clone(),
         });
     }
-    let Some(header) = found else {
-        return Err(IniError::NoSection {
-            path: PathBuf::from(&facts.given),
-            section: section.to_owned(),
-            found: seen,
-        });
-    };
-    // regression: an empty section was refused as missing ("there is no [uwsgi]
-    // section (it has [uwsgi] …)"); uWSGI starts on it with the command line's options.
-    if out.entries.is_empty() {
-        out.notes.push((
-            header,
-            format!("[{section}] has no option lines: nothing to carry over; the app and the options come from the command line or --config, as uWSGI starts on it"),
-        ));
-    }
-    expand_env(&mut out, ctx)?;
-    expand_files(&mut out, ctx)?;
-    expand_placeholders(&mut out, ctx)?;
-    Ok(out)
+    Ok((found, seen))
 }
 
 /// The magic variables in `raw` whose value is the running process's or host's (`%h`,

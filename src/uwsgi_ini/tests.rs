@@ -666,7 +666,7 @@ fn placeholders_are_not_unknown() {
 
 #[test]
 fn refuses_includes_and_logic() {
-    let t = tr("ini = base.ini\nif-env = DEBUG\npy-autoreload = 1\nendif =\nfor = a b\nendfor =");
+    let t = tr("ini = base.yaml\nif-env = DEBUG\npy-autoreload = 1\nendif =\nfor = a b\nendfor =");
     let e = t.check().unwrap_err().to_string();
     assert_eq!(e.lines().count(), 7, "{e}"); // a heading, six refused
                                              // Inside the block: refused as such (uWSGI sets it only when the condition holds).
@@ -1599,4 +1599,51 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
     ] {
         assert_eq!(super::hide_by_form(text), shown, "{text}");
     }
+}
+
+// regression (probe 313): `ini = %d/base.ini` (a shared base file and one file per
+// app, a common layout) was refused: "postern reads one file".
+#[test]
+fn an_included_ini_file_is_read_in_place_and_later_lines_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("base.ini"),
+        "[uwsgi]\nmaster = true\nprocesses = 4\nharakiri = 30\nsocket = %d%n.sock\n[other]\nthreads = 9\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("extra.ini"),
+        "[uwsgi]\nini = %dbase.ini:other\n",
+    )
+    .unwrap();
+    let app = dir.path().join("app.ini");
+    std::fs::write(
+        &app,
+        "[uwsgi]\nini = %d/base.ini\nmodule = shop.wsgi\nprocesses = 2\ninclude = %dextra.ini\n",
+    )
+    .unwrap();
+    let t = load_with(app.to_str().unwrap(), &ctx()).unwrap();
+    assert!(t.check().is_ok(), "{:?}", t.check());
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(2)));
+    assert_eq!(get(&t, "timeout"), Some(&toml::Value::Integer(30)));
+    assert_eq!(get(&t, "threads"), Some(&toml::Value::Integer(9)));
+    // %d and %n in the included file are its own.
+    let sock = format!("unix:{}/base.sock", dir.path().display());
+    assert_eq!(get(&t, "uwsgi"), Some(&strings(&[sock.as_str()])));
+    // Where a value came from names the included file's line.
+    let origin = t.origin("timeout").unwrap();
+    assert!(origin.ends_with("base.ini:4"), "{origin}");
+    // An include loop is refused, not followed.
+    std::fs::write(dir.path().join("a.ini"), "[uwsgi]\nini = %db.ini\n").unwrap();
+    std::fs::write(dir.path().join("b.ini"), "[uwsgi]\nini = %da.ini\n").unwrap();
+    let e = load_with(dir.path().join("a.ini").to_str().unwrap(), &ctx())
+        .expect_err("a loop")
+        .to_string();
+    assert!(e.contains("include each other without end"), "{e}");
+    // A missing included file is an error naming it.
+    std::fs::write(dir.path().join("c.ini"), "[uwsgi]\nini = %dnope.ini\n").unwrap();
+    let e = load_with(dir.path().join("c.ini").to_str().unwrap(), &ctx())
+        .expect_err("missing")
+        .to_string();
+    assert!(e.contains("nope.ini"), "{e}");
 }
