@@ -807,7 +807,6 @@ fn collect(
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             let sub_facts = FileFacts::of(&shown, &path, Some(&sub), &ctx.cwd);
             within.push((real, sub.clone()));
-            let before = out.entries.len();
             let (sub_found, sub_seen) = collect(
                 text,
                 &sub_facts,
@@ -825,15 +824,6 @@ fn collect(
                     found: sub_seen,
                 });
             }
-            out.notes.push((
-                number,
-                format!(
-                    "{}{key} = {value}: {} option line(s) of [{sub}] read from {} in its place (later lines override them, as in uWSGI)",
-                    file.as_ref().map(|f| format!("(in {f}:{number}) ")).unwrap_or_default(),
-                    out.entries.len() - before,
-                    path.display()
-                ),
-            ));
             continue;
         }
         out.entries.push(Entry {
@@ -1078,7 +1068,7 @@ fn expand_files(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
 /// arithmetic: `%(a + b * 2)` is `((a + b) * 2)`, `%(a b)` concatenates, `%(a ++)`.
 fn expand_placeholders(section: &mut Section, ctx: &Context) -> Result<(), IniError> {
     let mut used = BTreeSet::new();
-    pass(section, '%', |inner, entries, _, _, reads| {
+    pass(section, '%', |inner, entries, line, notes, reads| {
         // What the definition read at start, the value's reads too.
         let mut lookup = |name: &str| -> Option<String> {
             let env_name = format!("UWSGI_{}", name.to_ascii_uppercase().replace('-', "_"));
@@ -1090,7 +1080,16 @@ fn expand_placeholders(section: &mut Section, ctx: &Context) -> Result<(), IniEr
         };
         if !inner.contains(' ') {
             used.insert(inner.to_owned());
-            return Ok(lookup(inner));
+            let found = lookup(inner);
+            // regression (probe 313): `socket = /run/%(appname).sock` with `appname`
+            // defined nowhere bound a socket of that literal name, silently.
+            if found.is_none() {
+                notes.push((
+                    line,
+                    format!("%({inner}) refers to no option, set-placeholder or UWSGI_{} variable: it is kept as written, as uWSGI does (a misspelt placeholder?)", inner.to_ascii_uppercase().replace('-', "_")),
+                ));
+            }
+            return Ok(found);
         }
         Ok(Some(arithmetic(inner, |name| {
             used.insert(name.to_owned());

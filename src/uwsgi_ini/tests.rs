@@ -1647,3 +1647,17 @@ fn an_included_ini_file_is_read_in_place_and_later_lines_override_it() {
         .to_string();
     assert!(e.contains("nope.ini"), "{e}");
 }
+
+// regression (probe 313): a `%(name)` that refers to nothing was kept as written with no
+// word (a misspelt placeholder bound a socket of that literal name).
+#[test]
+fn a_placeholder_that_refers_to_nothing_is_warned_about() {
+    let t = tr("module = shop.wsgi\nappname = shop\nsocket = /run/%(apname).sock");
+    let w = t.warnings().unwrap_or_default();
+    assert!(w.contains("%(apname) refers to no option"), "{w}");
+    let t = tr("module = shop.wsgi\nappname = shop\nsocket = /run/%(appname).sock");
+    assert!(!t
+        .warnings()
+        .unwrap_or_default()
+        .contains("refers to no option"));
+}
