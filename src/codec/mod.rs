@@ -157,14 +157,9 @@ impl Head {
             .or_else(|| http.filter(|v| !v.is_empty()))
             .map(|v| proto::cgi::parse_content_length(at(v)))
             .transpose()?;
-        // The client's own length, when the front server passed it beside the CGI one.
-        let client_length = http
-            .filter(|v| !v.is_empty())
-            .and_then(|v| proto::cgi::parse_content_length(at(v)).ok());
         Ok(Framing {
             length,
             coding: coding.cloned(),
-            client_length,
         })
     }
 }
@@ -177,9 +172,6 @@ pub struct Framing {
     /// Where the value of the first `HTTP_TRANSFER_ENCODING` that names a coding (not
     /// empty, not `identity`) sits in [`Head::buf`].
     pub coding: Option<Range<u32>>,
-    /// `HTTP_CONTENT_LENGTH` (the client's `Content-Length` header), when it is a
-    /// valid length.
-    pub client_length: Option<u64>,
 }
 
 /// What goes wrong while framing a request. The peer is to blame for every variant

@@ -10,7 +10,6 @@ use tokio_util::codec::Decoder;
 use super::{CodecError, Frame, Framing, Head, Protocol};
 use crate::proto::scgi;
 use crate::proto::uwsgi::{self, HEADER_LEN, MODIFIER_WSGI_STRIP_SCRIPT_NAME};
-use crate::proto::ProtoError;
 
 /// Largest read buffer reserved for body bytes.
 const BODY_READ: usize = 256 * 1024;
@@ -68,21 +67,7 @@ impl UwsgiCodec {
     /// The head is complete: the body (if any) comes next. Its framing is read here,
     /// in the one walk of its variables before the app's.
     fn head_decoded(&mut self, mut head: Head) -> Result<Frame, CodecError> {
-        let Framing {
-            length,
-            coding,
-            client_length,
-        } = head.framing()?;
-        // The front server announces fewer body bytes than the client's Content-Length
-        // (nginx's `scgi_request_buffering off` announces the bytes it had read so far
-        // and sends the rest after them): the app would get a cut body, and answer it.
-        // regression (probe 315): a 256 KiB upload reached the app as 0 or 9,065 bytes
-        // and was answered 200.
-        if let (Some(announced), Some(client), None) = (length, client_length, &coding) {
-            if announced < client {
-                return Err(ProtoError::CutBody { announced, client }.into());
-            }
-        }
+        let Framing { length, coding } = head.framing()?;
         head.content_length = length.unwrap_or(0);
         self.state = match (length, coding) {
             // CONTENT_LENGTH: 0 is a length (an empty body, framed).

@@ -101,10 +101,6 @@ pub enum ProtoError {
     /// Two lengths for one body: a request-smuggling shape, refused over every protocol.
     #[error("CONTENT_LENGTH sent twice with different values ({first:?}, then {then:?}): the body length is ambiguous")]
     ConflictingLength { first: String, then: String },
-    /// `CONTENT_LENGTH` below the client's `Content-Length` on a protocol whose body
-    /// `CONTENT_LENGTH` frames (uwsgi, SCGI).
-    #[error("CONTENT_LENGTH {announced} is less than the client's Content-Length {client} (HTTP_CONTENT_LENGTH): the front server passes the body unbuffered and announced only the bytes it had read (nginx: remove scgi_request_buffering off / uwsgi_request_buffering off); the app would get a cut body")]
-    CutBody { announced: u64, client: u64 },
     #[error("FastCGI record version {0}, expected 1 (is the peer speaking FastCGI?)")]
     FcgiVersion(u8),
     #[error(

@@ -521,11 +521,6 @@ async fn bad_request<C: Conn>(
             "Bad Request",
             "CONTENT_LENGTH sent twice with different values.\n",
         )),
-        CodecError::Proto(ProtoError::CutBody { .. }) => Some((
-            400,
-            "Bad Request",
-            "CONTENT_LENGTH is less than the request's Content-Length: the front server passed a cut body (nginx: scgi_request_buffering off?).\n",
-        )),
         // As FastCGI answers it (and as the README promises for a malformed head): a
         // front server sends digits, so this is a hand-made client, which learns why.
         // regression: closed without an answer over uwsgi and SCGI (hostile6 LOW).
