@@ -886,15 +886,8 @@ impl WorkerMonitor {
                     Cause::MaxRequests,
                     &format!("served {served} requests (--max-requests)"),
                 );
-            } else if !self.successor_asked.load(Ordering::Relaxed)
-                && self.near_limit(served, max)
-                && served.saturating_mul(2) >= max
+            } else if !self.successor_asked.load(Ordering::Relaxed) && self.near_limit(served, max)
             {
-                // Not before half its limit: a worker whose life is about its start's
-                // length would otherwise ask at once and leave when its successor is
-                // ready, long before its limit.
-                // regression (probe 313): `--max-requests 20` served 3 or 4 requests a
-                // worker one request at a time, `--max-requests 200` under a bench 89.
                 self.want_successor(
                     Cause::MaxRequests,
                     &format!(
