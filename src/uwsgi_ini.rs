@@ -328,8 +328,16 @@ const ROUTE_NGINX: &str =
 /// that guards is refused: dropped, the paths it protected would be served openly.
 // regression (probe 313): `route = ^/admin basicauth:...` and `route = ^/internal/
 // break:403` were dropped with a warning, and /admin and /internal served to anyone.
-fn guarding_route(v: &str) -> Option<&'static str> {
-    let action = v.trim().split_once(char::is_whitespace)?.1.trim_start();
+fn guarding_route(key: &str, v: &str) -> Option<&'static str> {
+    // `route-run = ACTION` (and `final-route-run`, …) has no subject: the whole value is
+    // the action.
+    // regression (review 316): `route-run = break:403` (after `route-remote-addr = ^10\.
+    // goto:ok`, an allow-list) was dropped with a warning, every path served.
+    let action = if key.ends_with("route-run") {
+        v.trim()
+    } else {
+        v.trim().split_once(char::is_whitespace)?.1.trim_start()
+    };
     let (name, arg) = action.split_once(':').unwrap_or((action, ""));
     let name = name.trim().to_ascii_lowercase();
     let status = arg.trim_start().get(..1).and_then(|c| c.parse::<u8>().ok());
@@ -1502,7 +1510,7 @@ impl<'a> Mapper<'a> {
                     .iter()
                     .any(|p| k.starts_with(p)) =>
             {
-                match guarding_route(v) {
+                match guarding_route(k, v) {
                     Some(what) => Outcome::Refused(format!(
                         "this rule {what}, and postern has no internal routing: without it these requests would be answered to anyone. Write the rule in nginx ({}) and remove this line",
                         ROUTE_NGINX

@@ -437,7 +437,7 @@ fn a_request_tasks_traceback_stack_and_repr_show_the_apps_coroutine_and_cancels_
     std::fs::write(
         dir.path().join("frames_app.py"),
         r#"
-import asyncio
+import asyncio, inspect
 
 async def application(scope, receive, send):
     if scope["type"] != "http":
@@ -454,7 +454,11 @@ async def application(scope, receive, send):
             raise
     names = [f.f_code.co_name for f in task.get_stack()]
     coro = task.get_coro()
-    body = "%s|%s|%s|%s" % (names, coro.__qualname__, coro.cr_running, repr(task))
+    # From another task, while this one waits: suspended (inspect reads cr_suspended).
+    async def look():
+        return inspect.getcoroutinestate(coro)
+    state = await asyncio.get_running_loop().create_task(look())
+    body = "%s|%s|%s|%s|%s" % (names, coro.__qualname__, coro.cr_running, state, repr(task))
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body.encode()})
 "#,
@@ -467,7 +471,7 @@ async def application(scope, receive, send):
     let (status, body) = get_from(&p.addr, "/").expect("a response");
     let body = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(status, 200, "{body}\n{}", p.logs());
-    let mut parts = body.splitn(4, '|');
+    let mut parts = body.splitn(5, '|');
     // The running frame's callers (the loop's, under asyncio) come first; no wrapper.
     let names = parts.next().unwrap_or_default();
     assert!(
@@ -476,6 +480,7 @@ async def application(scope, receive, send):
     );
     assert_eq!(parts.next(), Some("application"), "{body}");
     assert_eq!(parts.next(), Some("True"), "{body}");
+    assert_eq!(parts.next(), Some("CORO_SUSPENDED"), "{body}");
     let repr = parts.next().unwrap_or_default();
     assert!(
         repr.contains("coro=<application() running at") && repr.contains("frames_app.py:"),

@@ -153,6 +153,9 @@ fn serve_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
                 getter(c"cr_code", get_cr_code),
                 getter(c"cr_await", get_cr_await),
                 getter(c"cr_running", get_cr_running),
+                // `inspect.getcoroutinestate` reads it once `cr_running` is false
+                // (anyio does, for tasks it started). regression (review 316).
+                getter(c"cr_suspended", get_cr_suspended),
                 getter(c"__name__", get_name),
                 getter(c"__qualname__", get_qualname),
                 getter(c"_postern_exchange", get_exchange),
@@ -637,6 +640,14 @@ unsafe extern "C" fn get_cr_running(
 ) -> *mut ffi::PyObject {
     // SAFETY: as for `get_cr_frame`.
     unsafe { ffi::PyBool_FromLong((me(o).state == RUNNING).into()) }
+}
+
+unsafe extern "C" fn get_cr_suspended(
+    o: *mut ffi::PyObject,
+    _: *mut std::ffi::c_void,
+) -> *mut ffi::PyObject {
+    // SAFETY: as for `get_cr_frame`.
+    unsafe { ffi::PyBool_FromLong((me(o).state == SUSPENDED).into()) }
 }
 
 unsafe extern "C" fn get_name(

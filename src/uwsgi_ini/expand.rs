@@ -769,10 +769,11 @@ fn collect(
                 'V' => "%V (the uWSGI version) means nothing to postern".to_owned(),
                 _ => format!("%{m} is not a uWSGI magic variable"),
             };
-            out.notes.push((
-                number,
-                format!("{what}: it expands to nothing, as in uWSGI"),
-            ));
+            let text = format!("{what}: it expands to nothing, as in uWSGI");
+            out.notes.push(match &file {
+                None => (number, text),
+                Some(f) => (0, format!("{f}:{number}: {text}")),
+            });
         }
         let (key, value) = line.split_once('=').unwrap_or((line, ""));
         let key = key.trim_end_matches([' ', '\t', '\r']).to_owned();
@@ -799,9 +800,12 @@ fn collect(
                     from(number)
                 )));
             }
-            let bytes = std::fs::read(&path).map_err(|source| IniError::Read {
-                path: path.clone(),
-                source,
+            let bytes = std::fs::read(&path).map_err(|e| {
+                IniError::Refused(format!(
+                    "{}: {key} = {value}: cannot read {}: {e} (a relative path is taken from the directory postern starts in, as uWSGI does: %d/ names the including file's)",
+                    from(number),
+                    path.display()
+                ))
             })?;
             let text = String::from_utf8_lossy(&bytes);
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -959,10 +963,19 @@ fn pass(
         let line = section.entries[i].line;
         let entries = &section.entries;
         let notes = &mut section.notes;
+        let noted = notes.len();
         let mut reads = BTreeSet::new();
         let expanded = expand_value(&value, symbol, |inner| {
             hook(inner, entries, line, notes, &mut reads)
         })?;
+        // A note about an included file's line names that file (a note's number is a
+        // line of the file given; 0 is none).
+        // regression (review 316): `main.ini:12` for line 12 of the included file.
+        if let Some(f) = &section.entries[i].file {
+            for n in &mut section.notes[noted..] {
+                *n = (0, format!("{f}:{}: {}", n.0, n.1));
+            }
+        }
         section.entries[i].reads.extend(reads);
         let key = || section.entries[i].key.clone();
         match expanded {

@@ -1404,6 +1404,15 @@ fn routes_that_guard_paths_are_refused_and_a_spaced_realm_hides_its_password() {
             "route = .* addheader:Strict-Transport-Security: max-age=31536000",
             "adds a security header",
         ),
+        ("route-run = break:403", "refuses requests"),
+        (
+            "route-run = basicauth:Admin,admin:hunter10",
+            "asks for a password",
+        ),
+        (
+            "route-run = addheader:X-Frame-Options: DENY",
+            "adds a security header",
+        ),
     ] {
         let t = tr(&format!("module = shop.wsgi\n{line}"));
         let e = t.check().expect_err(line).to_string();
@@ -1645,7 +1654,24 @@ fn an_included_ini_file_is_read_in_place_and_later_lines_override_it() {
     let e = load_with(dir.path().join("c.ini").to_str().unwrap(), &ctx())
         .expect_err("missing")
         .to_string();
-    assert!(e.contains("nope.ini"), "{e}");
+    assert!(
+        e.contains("nope.ini") && e.contains("line 2: ini = "),
+        "{e}"
+    );
+    // A note about an included file's line names that file and its line.
+    std::fs::write(
+        dir.path().join("d.ini"),
+        "[uwsgi]\nsocket = /run/%(nothing).sock\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("e.ini"),
+        "[uwsgi]\nmodule = shop.wsgi\nini = %dd.ini\n",
+    )
+    .unwrap();
+    let t = load_with(dir.path().join("e.ini").to_str().unwrap(), &ctx()).unwrap();
+    let w = t.warnings().unwrap_or_default();
+    assert!(w.contains("d.ini:2: %(nothing) refers to no option"), "{w}");
 }
 
 // regression (probe 313): a `%(name)` that refers to nothing was kept as written with no
