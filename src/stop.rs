@@ -1012,6 +1012,13 @@ impl Waiter {
         }
     }
 
+    /// Whether [`Waiter::second`] would return now (a look, for a wait that cannot
+    /// select on it): the check, detached from the waiter.
+    pub fn second_came(&self) -> impl Fn() -> bool + use<> {
+        let (first, under_master) = (self.first, self.under_master);
+        move || quit() || second_signal(Terms::now(), stop_ints(), first, under_master)
+    }
+
     /// Until a byte was written since the pipe was last found empty; drains it. The
     /// readiness is cleared only when a read finds the pipe empty, so a byte written
     /// after a look at the counts always wakes the next wait.

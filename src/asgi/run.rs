@@ -524,18 +524,23 @@ impl Places {
     }
 
     /// Sets the places free when draining begins.
-    fn open(&self, free: usize) {
-        self.lock().free = free;
+    fn open(&self, free: usize, source: &dyn Source) {
+        let mut state = self.lock();
+        state.free = free;
+        source.spare_places(free);
     }
 
     /// One place is free again.
-    fn give(&self) {
-        self.lock().free += 1;
+    fn give(&self, source: &dyn Source) {
+        let mut state = self.lock();
+        state.free += 1;
+        source.spare_places(state.free);
         self.freed.notify_one();
     }
 
-    /// Waits for a free place and takes it; false once the loop has ended.
-    fn take(&self) -> bool {
+    /// Waits for a free place and takes it; false once the loop has ended. What is
+    /// left free is told to `source` (the stop's share of the listen queues).
+    fn take(&self, source: &dyn Source) -> bool {
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -543,6 +548,7 @@ impl Places {
             }
             if state.free > 0 {
                 state.free -= 1;
+                source.spare_places(state.free);
                 return true;
             }
             state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -844,7 +850,8 @@ impl Driver {
             let _ = h.bind(py).call_method0(intern!(py, "cancel"));
         }
         let source = Arc::clone(&me.source);
-        me.places.open(me.max.saturating_sub(me.in_flight.get()));
+        me.places
+            .open(me.max.saturating_sub(me.in_flight.get()), &*me.source);
         let places = Arc::clone(&me.places);
         let call = me.call_soon_threadsafe.clone_ref(py);
         let deliver = match slf.getattr(intern!(py, "_deliver")) {
@@ -856,7 +863,7 @@ impl Driver {
             .spawn(move || {
                 Python::attach(|py| loop {
                     // A place first: the request taken next starts at once.
-                    let next = py.detach(|| places.take().then(|| source.next()).flatten());
+                    let next = py.detach(|| places.take(&*source).then(|| source.next()).flatten());
                     let last = next.is_none();
                     let handoff = Handoff(Mutex::new(next));
                     if let Err(e) = Py::new(py, handoff)
@@ -893,7 +900,7 @@ impl Driver {
                 // waits is counted and said by the stop).
                 me.places.close();
             } else if me.draining.get() && me.in_flight.get() < me.max {
-                me.places.give();
+                me.places.give(&*me.source);
             }
             if me.full.get() && me.in_flight.get() < me.max {
                 me.full.set(false);

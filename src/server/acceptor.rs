@@ -226,6 +226,10 @@ impl Source for Acceptor {
             m.at_cap(false);
         }
     }
+
+    fn spare_places(&self, n: usize) {
+        self.queue.set_spare(n);
+    }
 }
 
 /// A connection just accepted, with the place reserved for it under `--max-requests`
@@ -633,9 +637,18 @@ impl Acceptor {
     /// At stop: takes every connection still waiting in the listen queues, so requests
     /// nginx already sent are served, not reset.
     pub fn drain_backlog(&self) -> usize {
+        self.drain_backlog_up_to(usize::MAX).0
+    }
+
+    /// [`Acceptor::drain_backlog`], taking at most `max` connections: how many it took,
+    /// and whether it found every listen queue empty.
+    pub fn drain_backlog_up_to(&self, max: usize) -> (usize, bool) {
         let mut n = 0;
         for (i, l) in self.listeners.iter().enumerate() {
-            while let Some(a) = self.accept_raw(l, true) {
+            while n < max {
+                let Some(a) = self.accept_raw(l, true) else {
+                    break;
+                };
                 // Read what is already there: a connection that sent nothing yet
                 // would otherwise be closed as idle by the stopping slow lane.
                 if let Some(req) = self.admit(i, l, a) {
@@ -643,8 +656,38 @@ impl Acceptor {
                 }
                 n += 1;
             }
+            if n == max {
+                return (n, false);
+            }
         }
-        n
+        (n, true)
+    }
+
+    /// Whether a connection may wait in a listen queue, without taking it: a TCP
+    /// listener says so (readable), a Unix one cannot once the stop shut its reading
+    /// side (it polls readable for good), so it always may.
+    pub fn backlog_may_wait(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        if self.listeners.iter().any(|l| !l.tcp) {
+            return true;
+        }
+        let mut fds: Vec<PollFd<'_>> = self
+            .listeners
+            .iter()
+            .map(|l| PollFd::new(&l.sock, PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&zero)).is_err() {
+            return true;
+        }
+        // A listener a sibling has shut polls readable and hung up: nothing to accept.
+        fds.iter().any(|f| {
+            let r = f.revents();
+            r.contains(PollFlags::IN) && !r.intersects(PollFlags::HUP | PollFlags::ERR)
+        })
     }
 
     /// Takes a connection a leaving worker handed over (if another worker did not take

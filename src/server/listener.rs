@@ -559,6 +559,28 @@ impl Bound {
         }
     }
 
+    /// Takes every connection waiting in the listen queue now and closes it (the
+    /// listener is non-blocking): the master's count, at a second signal, of what
+    /// nobody will serve (the workers take from the queue only what they can start).
+    /// How many it took.
+    pub fn take_waiting(&self) -> usize {
+        let mut n = 0;
+        // Bounded: the queue holds at most the listen backlog (and no new connection
+        // joins it once the stop has begun).
+        while n < 1 << 20 {
+            let taken = match &self.socket {
+                BoundSocket::Tcp(l) => l.accept().map(drop),
+                BoundSocket::Unix(l) => l.accept().map(drop),
+            };
+            match taken {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
     /// The listening socket's descriptor.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;

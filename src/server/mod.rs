@@ -462,7 +462,15 @@ pub fn run(
             || crate::stop::orphaned()
             || monitor.as_ref().is_some_and(|m| m.server_stopping());
         if whole {
-            shut_listeners(&acceptor, &listeners).await;
+            // A worker's siblings stop with it: each takes from the shared queues what
+            // it can start. A single process takes it all.
+            let second_came = stops.second_came();
+            let share = (!single).then_some(Share {
+                queue: &queue,
+                deadline,
+                stop_now: &second_came,
+            });
+            shut_listeners(&acceptor, &listeners, share).await;
             if single {
                 socket_files.clear();
             }
@@ -522,7 +530,7 @@ pub fn run(
                 () = master_gone(), if !whole => {
                     whole = true;
                     tracing::info!("the master is gone: the listeners refuse new connections");
-                    shut_listeners(&acceptor, &listeners).await;
+                    shut_listeners(&acceptor, &listeners, None).await;
                     stopping.cancel();
                 }
                 // A worker that began its stop alone (a reload, or a group-wide signal
@@ -535,7 +543,7 @@ pub fn run(
                 }, if !whole => {
                     whole = true;
                     tracing::debug!("the whole server stops: the listeners refuse new connections, and what waits in their queue is served");
-                    shut_listeners(&acceptor, &listeners).await;
+                    shut_listeners(&acceptor, &listeners, None).await;
                     stopping.cancel();
                 }
                 name = stops.second() => {
@@ -631,7 +639,7 @@ pub fn run(
 /// connections are refused (a front server then tries its next upstream), the ones
 /// already waiting in the listen queues are served, not reset, and only then do the
 /// listeners close. See the stop sequence in [`run`].
-async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener]) {
+async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener], share: Option<Share<'_>>) {
     // A socket systemd passed (socket activation) stays with systemd, which
     // queues connections for the next start: it is only drained, never shut.
     for l in listeners.iter().filter(|l| !l.inherited) {
@@ -639,7 +647,11 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener]) {
             tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
         }
     }
-    let mut queued = acceptor.drain_backlog();
+    let mut queued = match share {
+        Some(share) => share_backlog(acceptor, share).await,
+        None => 0,
+    };
+    queued += acceptor.drain_backlog();
     // What waits in the hand-over channel (connections a recycled worker
     // handed on, their request possibly sent and unread) is served here too:
     // the worker it was meant for may be stopping as well (a successor still
@@ -667,6 +679,55 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener]) {
             queued,
             "serving connections that were waiting in the listen queue"
         );
+    }
+}
+
+/// How a worker whose siblings stop with it serves the shared listen queues: see
+/// [`share_backlog`].
+struct Share<'a> {
+    queue: &'a Queue,
+    /// `--graceful-timeout`'s end: what still waits then is taken (and counted as cut
+    /// off, never started).
+    deadline: Instant,
+    /// A second signal came: stop sharing, take what waits.
+    stop_now: &'a dyn Fn() -> bool,
+}
+
+/// How often a stopping worker with no thread free looks whether its listen queues
+/// still hold connections for it.
+const SHARE_LOOK: Duration = Duration::from_millis(2);
+
+/// The workers of a stopping server serve the listen queues they share together: each
+/// takes a connection only while it has a thread (or an ASGI place) free for it, so
+/// that a worker busy with a long request does not take what an idle sibling would
+/// serve at once. Returns, with how many it took, once it found every queue empty (a
+/// Unix listener tells only by an accept, so a worker with no room waits for some),
+/// at the deadline, or at a second signal; the caller then takes whatever is left
+/// (the connections a handshake completed into the queue meanwhile).
+/// regression (probe 317): at a stop the first worker to drain took the whole queue
+/// while its idle siblings exited: 6 short requests waited behind an 8 s one and
+/// were cut off at --graceful-timeout (502), 10 of 24 with 4 workers.
+async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> usize {
+    let mut taken = 0;
+    loop {
+        if (share.stop_now)() || Instant::now() >= share.deadline {
+            return taken;
+        }
+        let room = share.queue.room();
+        if room > 0 {
+            let (n, empty) = acceptor.drain_backlog_up_to(room);
+            taken += n;
+            if empty {
+                return taken;
+            }
+            if n > 0 {
+                continue;
+            }
+        }
+        if !acceptor.backlog_may_wait() {
+            return taken;
+        }
+        tokio::time::sleep(SHARE_LOOK).await;
     }
 }
 

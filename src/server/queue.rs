@@ -31,6 +31,12 @@ pub struct Queue {
     /// after that was dropped unserved (regression: "a FastCGI response was dropped
     /// unfinished" and a 502 for an upload during a reload, found by benches/soak.py).
     lane_tasks: AtomicUsize,
+    /// Threads (or the ASGI loop's draining hand-off, when it has a place) waiting in
+    /// [`Queue::next_draining`] with nothing to take; changed under `queue`'s lock.
+    idle: AtomicUsize,
+    /// The ASGI loop's free `--max-concurrency` places beyond the one its draining
+    /// hand-off waits with ([`Queue::set_spare`]).
+    spare: AtomicUsize,
 }
 
 impl Queue {
@@ -48,6 +54,8 @@ impl Queue {
             abandoning: AtomicBool::new(false),
             halted: AtomicBool::new(false),
             lane_tasks: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            spare: AtomicUsize::new(0),
         }))
     }
 
@@ -127,8 +135,25 @@ impl Queue {
             {
                 return None;
             }
+            self.idle.fetch_add(1, Ordering::SeqCst);
             q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            self.idle.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// While draining: how many more requests this worker could start at once (its
+    /// threads waiting for one, or its ASGI loop's free places, less the requests
+    /// already queued for them).
+    pub fn room(&self) -> usize {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        (self.idle.load(Ordering::SeqCst) + self.spare.load(Ordering::SeqCst))
+            .saturating_sub(q.len())
+    }
+
+    /// While draining, the ASGI loop has `n` free places besides the one its hand-off
+    /// waits in [`Queue::next_draining`] with (counted in [`Queue::room`]).
+    pub fn set_spare(&self, n: usize) {
+        self.spare.store(n, Ordering::SeqCst);
     }
 
     /// Stop accepting: threads leave the listeners alone and serve only the queue.

@@ -2543,10 +2543,20 @@ impl Master {
                         .iter()
                         .map(|w| self.board.waiting(w.slot))
                         .sum();
+                    // What still waits in the listen queues (the workers take only
+                    // what they can start) is cut off too: counted, then closed. A
+                    // socket systemd passed keeps its queue for the next start.
+                    let in_listen_queue: usize = listeners
+                        .iter()
+                        .filter(|l| !l.inherited)
+                        .map(|l| l.take_waiting())
+                        .sum();
+                    self.unclean.listen_queue += in_listen_queue;
                     tracing::warn!(
                         left = self.workers.len(),
                         requests = self.running(),
                         waiting,
+                        in_listen_queue,
                         "second signal: killing the workers now"
                     );
                     self.name_all_cut_offs(&format!("a second signal ({})", signals::name(s)));
@@ -2588,6 +2598,9 @@ pub struct Unclean {
     /// Python thread, as they last published it during the stop): cut off too.
     /// regression: not counted: "4 requests running" for 12 cut off.
     pub waiting: usize,
+    /// Connections still in the listen queues at a second signal (no worker had room
+    /// to take them), closed unanswered by the master.
+    pub listen_queue: usize,
     /// Served workers the master's SIGKILL ended: still running past
     /// `--graceful-timeout`, or a second signal (not SIGQUIT's, which was asked for).
     pub killed: usize,
@@ -2598,7 +2611,7 @@ pub struct Unclean {
 
 impl Unclean {
     fn any(&self) -> bool {
-        self.requests + self.waiting + self.killed + self.failed > 0
+        self.requests + self.waiting + self.listen_queue + self.killed + self.failed > 0
     }
 }
 
@@ -2620,6 +2633,13 @@ impl std::fmt::Display for Unclean {
                 plural(r)
             )),
         }
+        if self.listen_queue > 0 {
+            parts.push(format!(
+                "{} connection{} still waiting in the listen queue, closed unanswered",
+                self.listen_queue,
+                plural(self.listen_queue)
+            ));
+        }
         if self.killed > 0 {
             parts.push(format!(
                 "{} worker{} killed past --graceful-timeout or by a second signal",
@@ -2634,7 +2654,7 @@ impl std::fmt::Display for Unclean {
                 plural(self.failed)
             ));
         }
-        if self.requests + self.waiting > 0 || self.failed > 0 {
+        if self.requests + self.waiting + self.listen_queue > 0 || self.failed > 0 {
             write!(f, "stopped with requests cut off ({})", parts.join(", "))
         } else {
             write!(
@@ -3021,6 +3041,16 @@ mod tests {
         assert_eq!(
             queued.to_string(),
             "stopped with requests cut off (4 requests running and 8 accepted, not started yet, in the workers that ended, 2 workers killed past --graceful-timeout or by a second signal)"
+        );
+        let in_queue = Unclean {
+            requests: 4,
+            listen_queue: 8,
+            killed: 2,
+            ..Unclean::default()
+        };
+        assert_eq!(
+            in_queue.to_string(),
+            "stopped with requests cut off (4 requests running in the workers that ended, 8 connections still waiting in the listen queue, closed unanswered, 2 workers killed past --graceful-timeout or by a second signal)"
         );
         assert_eq!(
             cut.to_string(),

@@ -306,6 +306,10 @@ pub trait Source: Send + Sync {
     fn waits_at_cap(&self) {}
     /// A task that ended freed a place after [`Source::at_cap`].
     fn below_cap(&self) {}
+    /// While draining (the stop): the event loop has `n` free places besides the one
+    /// its hand-off waits for a request with, so that the stop takes from the shared
+    /// listen queues only what this worker can start (siblings take the rest).
+    fn spare_places(&self, _n: usize) {}
     /// The event loop's own epoll, which watches `wake_fd`: the source may put what
     /// wakes the loop there directly (the listeners, exclusive: one worker's loop woken
     /// per connection), each event with `wake_fd`'s number as its data so that the

@@ -1,0 +1,141 @@
+//! A whole-server stop with connections waiting in the listen queue the workers share:
+//! each worker takes only what it can start, so the requests waiting go to the worker
+//! that frees first, not to whichever worker drained the queue first while busy.
+
+use std::path::Path;
+
+use protocol_tests::harness::*;
+
+/// A WSGI app: marks `mark` (when given) as its request starts, waits until the file
+/// `gate` exists (when given; bounded), answers its pid.
+const WSGI_APP: &str = "import os, time\nfrom urllib.parse import parse_qs\n\ndef application(environ, start_response):\n    q = parse_qs(environ.get('QUERY_STRING', ''))\n    if 'mark' in q:\n        open(q['mark'][0], 'w').close()\n    if 'gate' in q:\n        for _ in range(6000):\n            if os.path.exists(q['gate'][0]):\n                break\n            time.sleep(0.01)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [str(os.getpid()).encode()]\n";
+
+/// The same as an ASGI app.
+const ASGI_APP: &str = "import asyncio, os\nfrom urllib.parse import parse_qs\n\nasync def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    q = parse_qs(scope['query_string'].decode())\n    if 'mark' in q:\n        open(q['mark'][0], 'w').close()\n    if 'gate' in q:\n        for _ in range(6000):\n            if os.path.exists(q['gate'][0]):\n                break\n            await asyncio.sleep(0.01)\n    await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/plain')]})\n    await send({'type': 'http.response.body', 'body': str(os.getpid()).encode()})\n";
+
+/// A uwsgi GET of `/?{query}` over the Unix socket `sock`, connected and sent now (so
+/// it takes its place in the listen queue), answered on a thread of its own.
+fn send(sock: &Path, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+        ("QUERY_STRING", query),
+    ]))
+    .unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    })
+}
+
+/// The pid a 200 answer carries.
+fn pid_of(answer: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(answer);
+    if !text.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    text.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+fn stop_serves_the_queue_in_the_worker_that_frees(asgi: bool) {
+    // Several rounds: which worker drained the whole queue first was a race (one of
+    // four got it right by chance).
+    for round in 0..2 {
+        let dir = tempdir();
+        let spawn = if asgi {
+            Spawn::asgi_unix(dir.path(), "gates", ASGI_APP).args(["--max-concurrency", "1"])
+        } else {
+            let app = dir.path().join("gates.py");
+            std::fs::write(&app, WSGI_APP).unwrap();
+            Spawn::unix(dir.path(), &app.to_string_lossy()).args(["--threads", "1"])
+        };
+        let mut p = spawn
+            .args(["--workers", "4", "--graceful-timeout", "60"])
+            .start();
+        assert!(p.wait_log("all 4 workers ready", 30), "{}", p.logs());
+        let Addr::Unix(sock) = p.addr.clone() else {
+            unreachable!()
+        };
+        let gate = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        // Each worker in a request of its own: one that the test lets go first, three
+        // that stay until the waiting requests are answered.
+        let first = send(
+            &sock,
+            &format!("gate={}&mark={}", gate("first-gate"), gate("first-in")),
+        );
+        assert!(wait_file(&dir.path().join("first-in"), 20), "{}", p.logs());
+        let busy: Vec<_> = (0..3)
+            .map(|i| {
+                let b = send(
+                    &sock,
+                    &format!(
+                        "gate={}&mark={}",
+                        gate("busy-gate"),
+                        gate(&format!("busy-{i}"))
+                    ),
+                );
+                assert!(
+                    wait_file(&dir.path().join(format!("busy-{i}")), 20),
+                    "{}",
+                    p.logs()
+                );
+                b
+            })
+            .collect();
+        // Every worker is busy: these wait in the listen queue.
+        let waiting: Vec<_> = (0..4).map(|_| send(&sock, "")).collect();
+        p.signal(libc::SIGTERM);
+        assert!(
+            p.wait_log_count("stopping: no new connections", 4, 20),
+            "round {round}: {}",
+            p.logs()
+        );
+        // The stop has begun in every worker; one frees.
+        std::fs::write(dir.path().join("first-gate"), "").unwrap();
+        let first_pid = pid_of(&first.join().unwrap());
+        assert!(first_pid.is_some(), "round {round}: {}", p.logs());
+        // The waiting requests are served by the worker that is free, while the three
+        // others still wait for their gate.
+        let served: Vec<_> = waiting
+            .into_iter()
+            .map(|w| pid_of(&w.join().unwrap()))
+            .collect();
+        std::fs::write(dir.path().join("busy-gate"), "").unwrap();
+        for b in busy {
+            assert!(
+                pid_of(&b.join().unwrap()).is_some(),
+                "round {round}: {}",
+                p.logs()
+            );
+        }
+        assert!(
+            served.iter().all(|s| *s == first_pid),
+            "round {round}: the waiting requests were not all served by the free worker {first_pid:?}: {served:?}\n{}",
+            p.logs()
+        );
+        let status = p.wait_exit(30);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: {status:?}\n{}",
+            p.logs()
+        );
+    }
+}
+
+// regression (probe 317): at a stop the first worker to drain the listen queue took all
+// of it, busy or not, while idle siblings exited; what it took waited behind its
+// running request (and was cut off at --graceful-timeout: 502s).
+#[test]
+fn at_a_stop_the_listen_queue_goes_to_the_wsgi_worker_that_is_free() {
+    stop_serves_the_queue_in_the_worker_that_frees(false);
+}
+
+#[test]
+fn at_a_stop_the_listen_queue_goes_to_the_asgi_worker_that_is_free() {
+    stop_serves_the_queue_in_the_worker_that_frees(true);
+}
