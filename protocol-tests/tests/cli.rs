@@ -2276,3 +2276,26 @@ fn a_listen_backlog_over_somaxconn_is_warned_about() {
     let within = check(&somaxconn.to_string());
     assert!(!within.contains("somaxconn"), "{within}");
 }
+
+// regression (probe 319): uWSGI's `--reload PIDFILE` was taken for gunicorn's code
+// reloader and suggested `postern /run/app.pid`; `--stop PIDFILE` got clap's generic
+// "unexpected argument".
+#[test]
+fn uwsgi_commands_to_a_running_instance_say_the_signal_to_send() {
+    for (args, says) in [
+        (
+            ["--reload", "/run/app.pid"],
+            "kill -HUP \"$(cat /run/app.pid)\"",
+        ),
+        (
+            ["--stop", "/run/app.pid"],
+            "kill -TERM \"$(cat /run/app.pid)\"",
+        ),
+    ] {
+        let out = postern().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("postern /run/app.pid"), "{err}");
+    }
+}

@@ -20,6 +20,12 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     if e.kind() == ErrorKind::UnknownArgument {
+        if let Some(said) = instance_command(&args) {
+            for line in said.lines() {
+                eprintln!("postern: {line}");
+            }
+            std::process::exit(2);
+        }
         // gunicorn's options in postern's words; what is left is read as uWSGI's.
         let gunicorn = super::gunicorn::read(&args, is_ours);
         let (said, line) = gunicorn
@@ -49,6 +55,65 @@ pub fn exit(e: clap::Error, args: &[OsString]) -> ! {
         std::process::exit(2);
     }
     e.exit()
+}
+
+/// uWSGI's commands to a running instance (`uwsgi --reload /run/app.pid`, `--stop`,
+/// `--pause`, `--suspend`, `--resume`), said as postern's signals. gunicorn's `--reload`
+/// (a code reloader, no value) is told apart by its value: uWSGI's is a pidfile (a
+/// `.pid` name, or a file that holds a number).
+/// regression (probe 319): `--reload /run/app.pid` was read as gunicorn's and suggested
+/// `postern /run/app.pid`, and `--stop` got clap's generic "unexpected argument".
+pub(crate) fn instance_command(args: &[String]) -> Option<String> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            return None;
+        }
+        let Some(long) = a.strip_prefix("--") else {
+            continue;
+        };
+        let (name, inline) = match long.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (long, None),
+        };
+        if !matches!(name, "stop" | "reload" | "pause" | "suspend" | "resume") {
+            continue;
+        }
+        let value = inline.or_else(|| args.get(i).filter(|v| !v.starts_with('-')).cloned());
+        let Some(pidfile) = value.filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if name == "reload" && !is_pidfile(&pidfile) {
+            continue;
+        }
+        let quoted = crate::uwsgi_ini::command_line::quoted(&pidfile);
+        let (what, signal, systemd) = match name {
+            "stop" => ("stop a running instance", "TERM", "systemctl stop"),
+            "reload" => ("reload a running instance", "HUP", "systemctl reload"),
+            _ => {
+                return Some(format!(
+                    "`--{name} {pidfile}` is uWSGI's command to {name} a running instance; postern has no pause: stop it gracefully with `kill -TERM \"$(cat {quoted})\"`, or take one worker away with `kill -TTOU \"$(cat {quoted})\"` (SIGTTIN adds one back)"
+                ));
+            }
+        };
+        let more = if name == "reload" {
+            " (new workers start, the old ones finish their requests; nothing is dropped)"
+        } else {
+            " (the workers finish their requests first; a second signal stops at once)"
+        };
+        return Some(format!(
+            "`--{name} {pidfile}` is uWSGI's command to {what}; postern's master takes a signal instead: kill -{signal} \"$(cat {quoted})\"{more}\nunder systemd: {systemd} UNIT (deploy/systemd/postern.service)"
+        ));
+    }
+    None
+}
+
+/// Whether `path` names a pidfile: a `.pid` name, or a file that holds a number.
+fn is_pidfile(path: &str) -> bool {
+    path.ends_with(".pid")
+        || std::fs::read_to_string(path).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
 }
 
 /// The argument clap found wrong, as clap names it (`--socket`, `--threads <N>`).
@@ -111,4 +176,40 @@ fn from_env(e: &clap::Error, args: &[String]) -> Option<String> {
     let text = e.to_string();
     let quoted = format!("'{invalid}'");
     Some(text.replacen(&quoted, &format!("{quoted} (from env {var})"), 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_command;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn uwsgi_commands_to_a_running_instance_are_said_as_signals() {
+        let stop = instance_command(&words("postern --stop /run/app.pid")).unwrap();
+        assert!(
+            stop.contains("kill -TERM \"$(cat /run/app.pid)\""),
+            "{stop}"
+        );
+        let reload = instance_command(&words("postern --reload=/run/app.pid")).unwrap();
+        assert!(
+            reload.contains("kill -HUP \"$(cat /run/app.pid)\""),
+            "{reload}"
+        );
+        assert!(reload.contains("systemctl reload"), "{reload}");
+        let pause = instance_command(&words("postern --pause /tmp/x.pid")).unwrap();
+        assert!(pause.contains("no pause"), "{pause}");
+        // gunicorn's --reload (a code reloader) before the app is not uWSGI's.
+        assert_eq!(
+            instance_command(&words("postern --reload app:application")),
+            None
+        );
+        assert_eq!(
+            instance_command(&words("postern --reload --workers 2 app.py")),
+            None
+        );
+        assert_eq!(instance_command(&words("postern --stop")), None);
+    }
 }
