@@ -968,6 +968,22 @@ fn pass(
         let expanded = expand_value(&value, symbol, |inner| {
             hook(inner, entries, line, notes, &mut reads)
         })?;
+        // A log format's `%(var)` are uWSGI's log variables (`%(addr)`, `%(status)`),
+        // left as written when no placeholder has their name: nothing to say of them.
+        // regression (probe 319): 16 "refers to no option" notes for one log-format.
+        if symbol == '%' && is_log_format(&section.entries[i].key) {
+            section.notes.truncate(noted);
+        }
+        // Said once per line and name (a value is expanded until it no longer changes).
+        let mut seen = BTreeSet::new();
+        let mut k = noted;
+        while k < section.notes.len() {
+            if seen.insert(section.notes[k].1.clone()) {
+                k += 1;
+            } else {
+                section.notes.remove(k);
+            }
+        }
         // A note about an included file's line names that file (a note's number is a
         // line of the file given; 0 is none).
         // regression (review 316): `main.ini:12` for line 12 of the included file.
@@ -991,6 +1007,18 @@ fn pass(
         }
     }
     Ok(())
+}
+
+/// uWSGI's options whose value is a log format, where `%(name)` is a log variable.
+fn is_log_format(key: &str) -> bool {
+    matches!(
+        key,
+        "log-format"
+            | "logformat"
+            | "log-format-strftime"
+            | "logformat-strftime"
+            | "log-req-encoder"
+    ) || key.starts_with("log-encoder")
 }
 
 /// `$(VAR)`, `$(VAR:-DEFAULT)` (unset or empty), `$(VAR-DEFAULT)` (unset only). An unset

@@ -1687,3 +1687,15 @@ fn a_placeholder_that_refers_to_nothing_is_warned_about() {
         .unwrap_or_default()
         .contains("refers to no option"));
 }
+
+// regression (probe 319): a log-format's `%(addr)`, `%(status)`... (uWSGI's log
+// variables) were each warned about as a misspelt placeholder, twice; a misspelt
+// placeholder elsewhere is warned about once.
+#[test]
+fn a_log_formats_variables_are_not_misspelt_placeholders() {
+    let t = tr("module = shop.wsgi\nlog-format = %(addr) - %(user) [%(ltime)] \"%(method) %(uri)\" %(status)\nsocket = /run/%(apname)-%(apname).sock");
+    let w = t.warnings().unwrap_or_default();
+    assert!(!w.contains("%(addr) refers"), "{w}");
+    assert!(!w.contains("%(status) refers"), "{w}");
+    assert_eq!(w.matches("%(apname) refers to no option").count(), 1, "{w}");
+}
