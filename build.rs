@@ -1,6 +1,7 @@
 //! Links against the build's CPython and embeds its library directory as the binary's
-//! run-time search path, so the same libpython loads without LD_LIBRARY_PATH (and a
-//! distribution's libpython of the same version is never picked up by accident).
+//! run-time search path, so the same libpython loads without LD_LIBRARY_PATH (a
+//! distribution's libpython of the same version loads only when that directory cannot
+//! be read, and postern then says so).
 
 fn main() {
     let config = pyo3_build_config::get();
@@ -37,6 +38,14 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     println!("cargo:rustc-env=POSTERN_PYTHON_STDLIB={stdlib}");
+    // The directory the rpath names, whose libpython the binary expects to load
+    // (src/wsgi/interpreter.rs `libpython_elsewhere`). Empty: not checked.
+    let lib_dir = config
+        .lib_dir()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=POSTERN_PYTHON_LIBDIR={lib_dir}");
     println!(
         "cargo:rustc-env=POSTERN_PYTHON_VERSION={}.{}",
         config.version().major,

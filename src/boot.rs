@@ -753,6 +753,9 @@ pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
         executable = %info.executable,
         "embedded Python started"
     );
+    if let Some(elsewhere) = crate::wsgi::interpreter::libpython_elsewhere() {
+        tracing::warn!("{elsewhere}");
+    }
     if let Some(v) = &config.venv {
         tracing::info!(venv = %v.display(), "using virtualenv");
     }

@@ -302,6 +302,10 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                 Ok(loaded) => {
                     let info = crate::wsgi::interpreter::loaded_python_version();
                     println!("  python: {info}");
+                    let elsewhere = crate::wsgi::interpreter::libpython_elsewhere();
+                    if let Some(e) = &elsewhere {
+                        println!("  warning: {e}");
+                    }
                     println!(
                         "  interface: {}, as {}",
                         loaded.interface.name(),
@@ -309,6 +313,9 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                     );
                     match &config.venv {
                         Some(v) => println!("  venv: {}", v.display()),
+                        None if elsewhere.is_some() => {
+                            println!("  venv: none (the Python loaded, above)")
+                        }
                         None => println!("  venv: none (the build's Python)"),
                     }
                     0

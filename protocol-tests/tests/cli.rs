@@ -2299,3 +2299,77 @@ fn uwsgi_commands_to_a_running_instance_say_the_signal_to_send() {
         assert!(!err.contains("postern /run/app.pid"), "{err}");
     }
 }
+
+// regression (probe 319): run by a user who cannot read the build's libpython directory
+// (a pyenv Python under /root, a service's own user), the loader fell back to the
+// distribution's libpython of the same version, and postern ran on it saying nothing
+// (`--check`: "the build's Python"). Needs root (to run as another user) and a
+// distribution libpython the loader can fall back to; without them there is nothing
+// to fall back to, and the test says so.
+#[test]
+fn a_libpython_loaded_from_elsewhere_than_the_build_is_said() {
+    // SAFETY: getuid has no preconditions.
+    let user_cannot_read = unsafe { libc::getuid() } == 0
+        && Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !user_cannot_read {
+        eprintln!("SKIPPED: needs root and setpriv to run postern as nobody");
+        return;
+    }
+    let dir = tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = dir.path().join("hello.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(postern_bin())
+        .arg(&app)
+        .args(["--uwsgi", "127.0.0.1:0", "--check"])
+        .env_remove("VIRTUAL_ENV")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains("error while loading shared libraries") {
+        eprintln!("SKIPPED: no libpython this user can load (nothing to fall back to): {text}");
+        return;
+    }
+    let loaded_elsewhere = !text.contains(&format!(
+        "python: {}",
+        String::from_utf8_lossy(
+            &Command::new(postern_bin())
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .split("Python ")
+        .nth(1)
+        .unwrap_or("?")
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+    ));
+    if loaded_elsewhere {
+        assert!(
+            text.contains("warning: the libpython loaded is")
+                && text.contains("not the one postern was built against"),
+            "{text}"
+        );
+        assert!(!text.contains("the build's Python"), "{text}");
+    } else {
+        // The build's libpython was readable for this user: nothing to say.
+        assert!(!text.contains("the libpython loaded is"), "{text}");
+    }
+}

@@ -21,6 +21,62 @@ pub const BUILD_PYTHON_VERSION: &str = env!("POSTERN_PYTHON_VERSION");
 /// The real path of that Python's standard library (empty if build.rs could not ask).
 const BUILD_PYTHON_STDLIB: &str = env!("POSTERN_PYTHON_STDLIB");
 
+/// The build's libpython directory, which the binary's rpath names (empty if build.rs
+/// could not tell).
+const BUILD_PYTHON_LIBDIR: &str = env!("POSTERN_PYTHON_LIBDIR");
+
+/// The file the dynamic loader took libpython from.
+pub fn loaded_libpython() -> Option<PathBuf> {
+    // SAFETY: dladdr only reads the loader's tables for an address of a loaded
+    // function; `dli_fname` points into those tables (valid while the library stays
+    // loaded: libpython is never unloaded) and is copied before returning.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let symbol = pyo3::ffi::Py_GetVersion as *const libc::c_void;
+        if libc::dladdr(symbol, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        let name = CStr::from_ptr(info.dli_fname);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes())))
+    }
+}
+
+/// When the libpython loaded is not the build's (the rpath's directory could not be
+/// read by this user, e.g. a pyenv Python under /root for a service's own user, and the
+/// loader fell back to the system's libpython of the same version): what to say.
+/// regression (probe 319): such a start ran on the distribution's Python 3.11.2 with
+/// nothing said, and `--check` called it "the build's Python".
+pub fn libpython_elsewhere() -> Option<String> {
+    if BUILD_PYTHON_LIBDIR.is_empty() {
+        return None;
+    }
+    let loaded = loaded_libpython()?;
+    let dir = std::fs::canonicalize(&loaded)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| loaded.parent().map(Path::to_path_buf))?;
+    if dir == Path::new(BUILD_PYTHON_LIBDIR) {
+        return None;
+    }
+    let readable = std::fs::read_dir(BUILD_PYTHON_LIBDIR).is_ok();
+    let why = if readable {
+        "LD_LIBRARY_PATH or the loader's cache pointed elsewhere".to_owned()
+    } else {
+        format!(
+            "that directory cannot be read by this user (uid {}): make it and the directories above it searchable (chmod o+x), or build postern against a Python installed where the service's user can read it (/usr/local, /opt)",
+            rustix::process::getuid().as_raw()
+        )
+    };
+    Some(format!(
+        "the libpython loaded is {} ({}), not the one postern was built against in {BUILD_PYTHON_LIBDIR}: {why}",
+        loaded.display(),
+        loaded_python_version()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?"),
+    ))
+}
+
 /// Version string of the libpython actually loaded; works before initialisation.
 pub fn loaded_python_version() -> String {
     // SAFETY: Py_GetVersion returns a static NUL-terminated string and may be called
