@@ -637,14 +637,18 @@ impl Acceptor {
     /// At stop: takes every connection still waiting in the listen queues, so requests
     /// nginx already sent are served, not reset.
     pub fn drain_backlog(&self) -> usize {
-        self.drain_backlog_up_to(usize::MAX).0
+        self.drain_backlog_up_to(usize::MAX, false).0
     }
 
-    /// [`Acceptor::drain_backlog`], taking at most `max` connections: how many it took,
-    /// and whether it found every listen queue empty.
-    pub fn drain_backlog_up_to(&self, max: usize) -> (usize, bool) {
+    /// [`Acceptor::drain_backlog`], taking at most `max` connections (with `own_only`,
+    /// from the listeners postern bound, not from a socket systemd passed): how many it
+    /// took, and whether it found every listen queue empty.
+    pub fn drain_backlog_up_to(&self, max: usize, own_only: bool) -> (usize, bool) {
         let mut n = 0;
         for (i, l) in self.listeners.iter().enumerate() {
+            if own_only && l.inherited {
+                continue;
+            }
             while n < max {
                 let Some(a) = self.accept_raw(l, true) else {
                     break;
@@ -666,16 +670,18 @@ impl Acceptor {
     /// Whether a connection may wait in a listen queue, without taking it: a TCP
     /// listener says so (readable), a Unix one cannot once the stop shut its reading
     /// side (it polls readable for good), so it always may.
+    /// Only the listeners postern bound are looked at (a socket systemd passed keeps
+    /// taking connections during a stop: its queue is left for the next start).
     pub fn backlog_may_wait(&self) -> bool {
         use rustix::event::{poll, PollFd, PollFlags};
-        if self.listeners.iter().any(|l| !l.tcp) {
+        let own = || self.listeners.iter().filter(|l| !l.inherited);
+        if own().any(|l| !l.tcp) {
             return true;
         }
-        let mut fds: Vec<PollFd<'_>> = self
-            .listeners
-            .iter()
-            .map(|l| PollFd::new(&l.sock, PollFlags::IN))
-            .collect();
+        let mut fds: Vec<PollFd<'_>> = own().map(|l| PollFd::new(&l.sock, PollFlags::IN)).collect();
+        if fds.is_empty() {
+            return false;
+        }
         let zero = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 0,

@@ -589,6 +589,14 @@ pub fn run(
             };
             crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
             let never = queue.queued();
+            // Published now: what a worker took from the listen queue in its last
+            // moments (at --graceful-timeout, when it stops sharing the queue) would
+            // wait for the next 50 ms look, after the exit. regression (review 320):
+            // "2 requests running" where 6 more were cut off before they started.
+            if let Some(m) = &monitor {
+                m.waiting_named(&queue.first_queued(NAMED_WAITING));
+                m.waiting(never);
+            }
             if never > 0 {
                 tracing::warn!(
                     requests = never,
@@ -694,8 +702,9 @@ struct Share<'a> {
 }
 
 /// How often a stopping worker with no thread free looks whether its listen queues
-/// still hold connections for it.
-const SHARE_LOOK: Duration = Duration::from_millis(2);
+/// still hold connections for it (a request waits at most this long for a free thread
+/// of a sibling; review 320: 2 ms cost a busy worker 1.5% of a core for the stop).
+const SHARE_LOOK: Duration = Duration::from_millis(10);
 
 /// The workers of a stopping server serve the listen queues they share together: each
 /// takes a connection only while it has a thread (or an ASGI place) free for it, so
@@ -709,13 +718,19 @@ const SHARE_LOOK: Duration = Duration::from_millis(2);
 /// were cut off at --graceful-timeout (502), 10 of 24 with 4 workers.
 async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> usize {
     let mut taken = 0;
+    // A connection taken whose request is not whole yet (its body still arriving) goes
+    // to the slow lane, not to the queue: it holds a thread's place all the same.
+    // regression (review 320): six uploads whose bodies came late all went to one
+    // worker (room stayed 1), which cut three off at --graceful-timeout.
+    let lane_before = share.queue.lane_tasks();
     loop {
         if (share.stop_now)() || Instant::now() >= share.deadline {
             return taken;
         }
-        let room = share.queue.room();
+        let in_lane = share.queue.lane_tasks().saturating_sub(lane_before);
+        let room = share.queue.room().saturating_sub(in_lane);
         if room > 0 {
-            let (n, empty) = acceptor.drain_backlog_up_to(room);
+            let (n, empty) = acceptor.drain_backlog_up_to(room, true);
             taken += n;
             if empty {
                 return taken;
