@@ -2373,3 +2373,23 @@ fn a_libpython_loaded_from_elsewhere_than_the_build_is_said() {
         assert!(!text.contains("the libpython loaded is"), "{text}");
     }
 }
+
+// regression (probe 319): uWSGI's options set as UWSGI_* variables (uWSGI's Docker
+// images: UWSGI_PROCESSES, UWSGI_INI) were ignored with nothing said.
+#[test]
+fn uwsgi_options_set_in_the_environment_are_said_with_posterns() {
+    let out = postern()
+        .arg(testapp())
+        .args(["--uwsgi", "127.0.0.1:0", "--check"])
+        .env("UWSGI_PROCESSES", "4")
+        .env("UWSGI_INI", "/app/uwsgi.ini")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("UWSGI_PROCESSES is set") && err.contains("--workers (POSTERN_WORKERS)"),
+        "{err}"
+    );
+    assert!(err.contains("UWSGI_INI is set"), "{err}");
+}

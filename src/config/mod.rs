@@ -724,8 +724,60 @@ pub fn unknown_vars() -> Vec<String> {
             }
         })
         .collect();
+    unknown.extend(uwsgi_vars(std::env::vars_os()));
     unknown.sort();
     unknown
+}
+
+/// uWSGI's options given as `UWSGI_*` variables (Docker images for uWSGI set
+/// `UWSGI_PROCESSES`, `UWSGI_CHEAPER`, `UWSGI_INI`): uWSGI reads each as that option,
+/// postern reads them only as `%(name)` values in an `--ini` file. Each set one that
+/// names a uWSGI option is said with postern's option for it (the value is not
+/// repeated: it may be a secret). Variables that name no option (uWSGI's own
+/// `UWSGI_RELOADS`, placeholders' values) are not.
+/// regression (probe 319): `UWSGI_PROCESSES=4 UWSGI_SOCKET=...` started one process on
+/// the default address with nothing said.
+fn uwsgi_vars(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Vec<String> {
+    use crate::uwsgi_ini::Outcome;
+    let mut said = Vec::new();
+    for (k, v) in vars {
+        let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
+            continue;
+        };
+        let Some(name) = k.strip_prefix("UWSGI_").filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let key = name.to_ascii_lowercase().replace('_', "-");
+        let postern = if key == "ini" {
+            Some("--ini FILE (POSTERN_INI)".to_owned())
+        } else {
+            let args = ["postern".to_owned(), format!("--{key}"), v.to_owned()];
+            let (typed, _) = crate::uwsgi_ini::command_line::uwsgi_options(&args, |_| false);
+            let Some(t) = typed.into_iter().next() else {
+                continue;
+            };
+            if matches!(t.outcome, Outcome::Unknown | Outcome::Placeholder) {
+                continue;
+            }
+            let flag = t.postern.first().and_then(|w| w.split_whitespace().next());
+            flag.map(|w| match w.strip_prefix("--") {
+                Some(flag) => format!(
+                    "--{flag} (POSTERN_{})",
+                    flag.to_ascii_uppercase().replace('-', "_")
+                ),
+                None => "the app as postern's APP argument (POSTERN_APP)".to_owned(),
+            })
+        };
+        said.push(match postern {
+            Some(p) => format!(
+                "{k} is set: uWSGI reads it as its `{key}` option, postern does not read UWSGI_* variables as options (only as %(name) values in an --ini file): give {p}"
+            ),
+            None => format!(
+                "{k} is set: uWSGI reads it as its `{key}` option, postern does not read UWSGI_* variables as options, and has no setting for it (`postern migrate` on an ini with that line says why)"
+            ),
+        });
+    }
+    said
 }
 
 /// The parser for `args`: the command line's, or for a subcommand (`postern request`,
@@ -1716,6 +1768,30 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uwsgi_options_in_the_environment_are_said_with_posterns() {
+        let vars = [
+            ("UWSGI_PROCESSES", "4"),
+            ("UWSGI_INI", "/app/uwsgi.ini"),
+            ("UWSGI_RELOADS", "0"),
+            ("UWSGI_MYAPPNAME", "shop"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
+        let said = uwsgi_vars(vars.into_iter());
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("UWSGI_PROCESSES is set")
+                && said[0].contains("--workers (POSTERN_WORKERS)"),
+            "{said:?}"
+        );
+        assert!(said[1].contains("--ini FILE (POSTERN_INI)"), "{said:?}");
+        assert!(
+            !said.iter().any(|s| s.contains("/app/uwsgi.ini")),
+            "{said:?}"
+        );
+    }
 
     fn layered(args: &[&str]) -> Result<Layered, ConfigError> {
         let mut all = vec!["postern"];
