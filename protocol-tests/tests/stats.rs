@@ -1367,3 +1367,41 @@ fn a_stopped_worker_shows_unresponsive() {
     let m = metrics(&stats_addr);
     assert_eq!(sample(&m, "postern_workers_unresponsive"), 0.0, "{m}");
 }
+
+// regression (probe 319): a SIGTERM to the whole process group (systemd's
+// KillMode=control-group) killed the stats helper at once: the master logged "the stats
+// endpoint process exited; restarting it" and /metrics was gone while the workers drained.
+#[test]
+fn the_stats_helper_outlives_a_sigterm_of_its_own() {
+    let dir = tempdir();
+    let stats_addr = Addr::Tcp(free_port());
+    let mut p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--workers", "2", "--stats", &stats_addr.arg()])
+        .start();
+    assert!(
+        wait_until(20, || serving_pids(&stats_addr).len() == 2),
+        "{}",
+        p.logs()
+    );
+    let workers = serving_pids(&stats_addr);
+    let helper = children(p.pid())
+        .into_iter()
+        .map(i64::from)
+        .find(|c| !workers.contains(c))
+        .expect("the stats helper is a child of the master");
+    kill(helper, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gone(helper as i32), "{}", p.logs());
+    assert!(
+        metrics(&stats_addr).contains("postern_requests_total"),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(20).is_some_and(|s| s.success()), "{}", p.logs());
+    assert!(
+        !p.logs().contains("stats endpoint process exited"),
+        "{}",
+        p.logs()
+    );
+}

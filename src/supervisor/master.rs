@@ -2248,6 +2248,13 @@ impl Master {
         signals::ignore(libc::SIGINT);
         if !worker {
             signals::ignore(libc::SIGQUIT);
+            // A SIGTERM to the whole group (systemd's KillMode=control-group,
+            // supervisord's stopasgroup) reaches the helper too: it serves on (503
+            // "postern is stopping" on /ping) while the workers drain, and goes when the
+            // master ends it (SIGKILL, or the master's death). regression (probe 319):
+            // it died at once, the master logged "restarting it", and /metrics was
+            // gone for the drain.
+            signals::ignore(libc::SIGTERM);
         }
         // SIGUSR2 (a worker's stack dump, once it has installed its handler): a
         // group-wide one (`systemctl kill -s USR2`, gunicorn's upgrade habit) reaches
