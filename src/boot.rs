@@ -694,7 +694,13 @@ impl Privileges {
             // SAFETY: a plain system call.
             check(unsafe { libc::setuid(u) }).with_context(|| format!("--uid {u}"))?;
         }
-        tracing::info!(uid = ?self.uid, gid = ?self.gid, "dropped privileges");
+        // The ids the process runs with now (a field left unchanged says its own):
+        // regression (probe 319): the line read `uid=Some(33) gid=Some(33)`.
+        tracing::info!(
+            uid = rustix::process::getuid().as_raw(),
+            gid = rustix::process::getgid().as_raw(),
+            "dropped privileges"
+        );
         Ok(())
     }
 }

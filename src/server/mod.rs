@@ -366,8 +366,21 @@ pub fn run(
         } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
             // No signal began it: none to repeat.
             tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish");
+        } else if !single
+            && !stops.first_from_elsewhere()
+            && monitor.as_ref().is_some_and(|m| !m.server_stopping())
+            && !crate::stop::orphaned()
+        {
+            // The master's SIGTERM while the server serves on: this worker is replaced.
+            // regression (probe 317): it said the same as a whole server's stop, with
+            // no pid, so a reload's log read as a stop.
+            tracing::info!(
+                pid = std::process::id(),
+                signal = why,
+                "this worker is replaced (a reload, SIGTTOU, a recycle or --timeout), stopping: no new connections, letting its in-flight requests finish"
+            );
         } else {
-            tracing::info!(signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
+            tracing::info!(pid = std::process::id(), signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }
         // A worker the master condemned for --timeout is killed at the end of its stack
         // dump: its own deadline comes later, so that the master's kill names the
