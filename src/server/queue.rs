@@ -37,6 +37,9 @@ pub struct Queue {
     /// The ASGI loop's free `--max-concurrency` places beyond the one its draining
     /// hand-off waits with ([`Queue::set_spare`]).
     spare: AtomicUsize,
+    /// Told when [`Queue::room`] may have grown (a thread idles, a place frees): the
+    /// stop's share of the listen queues waits for it.
+    room_grew: tokio::sync::Notify,
 }
 
 impl Queue {
@@ -56,6 +59,7 @@ impl Queue {
             lane_tasks: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             spare: AtomicUsize::new(0),
+            room_grew: tokio::sync::Notify::new(),
         }))
     }
 
@@ -136,6 +140,7 @@ impl Queue {
                 return None;
             }
             self.idle.fetch_add(1, Ordering::SeqCst);
+            self.room_grew.notify_one();
             q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
             self.idle.fetch_sub(1, Ordering::SeqCst);
         }
@@ -153,7 +158,15 @@ impl Queue {
     /// While draining, the ASGI loop has `n` free places besides the one its hand-off
     /// waits in [`Queue::next_draining`] with (counted in [`Queue::room`]).
     pub fn set_spare(&self, n: usize) {
-        self.spare.store(n, Ordering::SeqCst);
+        if self.spare.swap(n, Ordering::SeqCst) < n {
+            self.room_grew.notify_one();
+        }
+    }
+
+    /// Completes once [`Queue::room`] may have grown since the last such wait (at once
+    /// if it did meanwhile: one notification is kept).
+    pub async fn room_grew(&self) {
+        self.room_grew.notified().await;
     }
 
     /// Stop accepting: threads leave the listeners alone and serve only the queue.
