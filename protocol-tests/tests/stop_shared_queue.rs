@@ -2,6 +2,7 @@
 //! each worker takes only what it can start, so the requests waiting go to the worker
 //! that frees first, not to whichever worker drained the queue first while busy.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use protocol_tests::harness::*;
@@ -16,7 +17,6 @@ const ASGI_APP: &str = "import asyncio, os\nfrom urllib.parse import parse_qs\n\
 /// A uwsgi GET of `/?{query}` over the Unix socket `sock`, connected and sent now (so
 /// it takes its place in the listen queue), answered on a thread of its own.
 fn send(sock: &Path, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
-    use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
@@ -138,4 +138,100 @@ fn at_a_stop_the_listen_queue_goes_to_the_wsgi_worker_that_is_free() {
 #[test]
 fn at_a_stop_the_listen_queue_goes_to_the_asgi_worker_that_is_free() {
     stop_serves_the_queue_in_the_worker_that_frees(true);
+}
+
+/// A uwsgi GET of `/?{query}` to the TCP listener `addr`, connected and sent now, answered on a thread.
+fn send_to(addr: &Addr, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    let Addr::Tcp(port) = addr else {
+        unreachable!("a TCP listener")
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    c.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+        ("QUERY_STRING", query),
+    ]))
+    .unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        out
+    })
+}
+
+// regression (own review of the stop sharing): a worker whose accept failed for want of
+// descriptors took that for an empty listen queue and shut the listener, resetting the
+// connections that waited in it for its sibling (3 of 5 reset).
+#[test]
+fn a_stopping_worker_out_of_descriptors_leaves_the_queue_to_its_sibling() {
+    let dir = tempdir();
+    let app = dir.path().join("gates.py");
+    // As WSGI_APP, with its pid in the mark.
+    let source = WSGI_APP.replace(
+        "open(q['mark'][0], 'w').close()",
+        "open(q['mark'][0], 'w').write(str(os.getpid()))",
+    );
+    assert_ne!(source, WSGI_APP);
+    std::fs::write(&app, source).unwrap();
+    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--graceful-timeout",
+            "30",
+        ])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    let gate = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let long = send_to(
+        &p.addr,
+        &format!("gate={}&mark={}", gate("gate"), gate("in")),
+    );
+    assert!(wait_file(&dir.path().join("in"), 20), "{}", p.logs());
+    // The idle worker may open no descriptor more (a limit below its open ones): it
+    // cannot accept. The busy one can.
+    let busy_pid = || {
+        std::fs::read_to_string(dir.path().join("in"))
+            .ok()?
+            .parse()
+            .ok()
+    };
+    assert!(wait_until(20, || busy_pid().is_some()), "{}", p.logs());
+    let busy: i32 = busy_pid().unwrap();
+    let workers = children(p.pid());
+    assert!(workers.contains(&busy), "{busy} {workers:?}");
+    let idle: Vec<_> = workers.iter().filter(|w| **w != busy).collect();
+    assert_eq!(idle.len(), 1, "{workers:?}");
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &idle[0].to_string(), "--nofile=3:3"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success());
+    let waiting: Vec<_> = (0..5).map(|_| send_to(&p.addr, "")).collect();
+    assert!(p.wait_log("out of file descriptors", 20), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_log_count("stopping: no new connections", 2, 20),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(dir.path().join("gate"), "").unwrap();
+    assert!(pid_of(&long.join().unwrap()).is_some(), "{}", p.logs());
+    let answered = waiting
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .filter(|a| pid_of(a).is_some())
+        .count();
+    assert_eq!(answered, 5, "{}", p.logs());
+    let status = p.wait_exit(30);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        p.logs()
+    );
 }

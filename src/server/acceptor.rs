@@ -592,6 +592,12 @@ impl Acceptor {
         if !drain && !self.admission.room() {
             return None;
         }
+        self.accept_or_errno(l, drain).ok()
+    }
+
+    /// [`Acceptor::accept_raw`] past the room check, with the accept's error (already
+    /// handled as [`accept_error`] says) when it failed.
+    fn accept_or_errno(&self, l: &Listener, drain: bool) -> Result<Accepted, Errno> {
         let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
         let (fd, peer): (OwnedFd, Arc<str>) = if l.tcp {
             match rustix::net::acceptfrom_with(&l.sock, flags) {
@@ -602,12 +608,18 @@ impl Acceptor {
                         .unwrap_or_else(|| l.label.clone());
                     (fd, peer)
                 }
-                Err(e) => return self.accept_failed(l, e),
+                Err(e) => {
+                    let _ = self.accept_failed::<()>(l, e);
+                    return Err(e);
+                }
             }
         } else {
             match rustix::net::accept_with(&l.sock, flags) {
                 Ok(fd) => (fd, l.label.clone()),
-                Err(e) => return self.accept_failed(l, e),
+                Err(e) => {
+                    let _ = self.accept_failed::<()>(l, e);
+                    return Err(e);
+                }
             }
         };
         let (permit, room) = if drain {
@@ -625,7 +637,7 @@ impl Acceptor {
             let room = p.reserve();
             (p, room)
         };
-        Some(Accepted {
+        Ok(Accepted {
             sock: socket2::Socket::from(fd),
             peer,
             started: Instant::now(),
@@ -649,10 +661,32 @@ impl Acceptor {
             if own_only && l.inherited {
                 continue;
             }
+            // Per-connection failures in a row before this queue is left as it is.
+            let mut failed = 0;
             while n < max {
-                let Some(a) = self.accept_raw(l, true) else {
-                    break;
+                let a = match self.accept_or_errno(l, true) {
+                    Ok(a) => a,
+                    // Empty, or shut (by a sibling that found it empty).
+                    Err(Errno::AGAIN | Errno::INVAL) => break,
+                    // Out of descriptors or memory: what waits is still there, for a
+                    // sibling or for a later look; the queue is not known empty.
+                    // regression (review 320): any failed accept counted as an empty
+                    // queue, and the listener shut with siblings' connections in it.
+                    Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                        return (n, false)
+                    }
+                    // That connection's own failure (its peer gave up, a signal):
+                    // the next one is taken at once; a failure that repeats (EPERM
+                    // from a filter) ends the look without counting the queue empty.
+                    Err(_) => {
+                        failed += 1;
+                        if failed >= 64 {
+                            return (n, false);
+                        }
+                        continue;
+                    }
                 };
+                failed = 0;
                 // Read what is already there: a connection that sent nothing yet
                 // would otherwise be closed as idle by the stopping slow lane.
                 if let Some(req) = self.admit(i, l, a) {
