@@ -155,10 +155,9 @@ pub fn load(spec: &str) -> Result<Translation, IniError> {
     load_with(spec, &Context::from_process())
 }
 
-/// Reads and maps `FILE[:section]` with `ctx` for the environment and magic variables.
-pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
-    let (path, section) = split_source(spec);
-    // regression: `postern migrate uwsgi.yaml` read YAML as ini: "no [uwsgi] section".
+/// A uWSGI configuration file of another format than ini (by its name), refused.
+// regression: `postern migrate uwsgi.yaml` read YAML as ini: "no [uwsgi] section".
+fn refuse_other_formats(path: &Path) -> Result<(), IniError> {
     let ext = path.extension().map(|e| e.to_ascii_lowercase());
     if let Some(kind) = ext.as_ref().and_then(|e| match e.to_str()? {
         "yaml" | "yml" => Some("YAML"),
@@ -166,8 +165,49 @@ pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
         "json" | "js" => Some("JSON"),
         _ => None,
     }) {
-        return Err(IniError::NotIni { path, kind });
+        return Err(IniError::NotIni {
+            path: path.to_owned(),
+            kind,
+        });
     }
+    Ok(())
+}
+
+/// Reads and maps several `FILE[:section]` given in turn (`--ini a.ini --ini b.ini`),
+/// as uWSGI reads them: each file's options after the one before, so a later file's
+/// single value wins and list options (sockets, `env`, mounts) add up. They are read
+/// as one file that includes each in place (see `ini =` in [`expand`]); its lines are
+/// named `FILE:LINE`. One file is [`load_with`].
+pub fn load_many_with(specs: &[String], ctx: &Context) -> Result<Translation, IniError> {
+    if let [one] = specs {
+        return load_with(one, ctx);
+    }
+    let mut text = String::from("[uwsgi]\n");
+    for spec in specs {
+        let (path, section) = split_source(spec);
+        refuse_other_formats(&path)?;
+        let path = ctx.cwd.join(path);
+        if let Err(source) = std::fs::File::open(&path) {
+            return Err(IniError::Read { path, source });
+        }
+        let shown = path.to_string_lossy();
+        // The include line expands these as the ini would (and cannot take the others).
+        if shown.contains('%') || shown.contains("$(") || shown.contains("@(") {
+            return Err(IniError::Refused(format!(
+                "--ini {spec}: a path with `%`, `$(` or `@(` can be given only alone (as its only --ini), or with `ini = ` from another file"
+            )));
+        }
+        let section = section.map(|s| format!(":{s}")).unwrap_or_default();
+        text.push_str(&format!("ini = {shown}{section}\n"));
+    }
+    let facts = FileFacts::of(&specs.join(" "), &ctx.cwd, None, &ctx.cwd);
+    translate(&text, &facts, ctx)
+}
+
+/// Reads and maps `FILE[:section]` with `ctx` for the environment and magic variables.
+pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
+    let (path, section) = split_source(spec);
+    refuse_other_formats(&path)?;
     let bytes = std::fs::read(&path).map_err(|source| IniError::Read {
         path: path.clone(),
         source,

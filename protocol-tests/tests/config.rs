@@ -761,3 +761,39 @@ fn a_reload_names_the_changed_settings_it_does_not_apply() {
     );
     assert_eq!(p.get("/").0, 200);
 }
+
+// regression (probe 319): `--ini base.ini --ini app.ini`, as uWSGI takes it, was a clap
+// error ("cannot be used multiple times").
+#[test]
+fn several_ini_files_are_layered_in_turn() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("base.ini"),
+        "[uwsgi]\nmodule = hello:application\nprocesses = 2\nenv = A=1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("app.ini"),
+        "[uwsgi]\nprocesses = 3\nenv = B=2\n",
+    )
+    .unwrap();
+    let out = postern()
+        .current_dir(dir.path())
+        .args(["--print-config", "--ini", "base.ini", "--ini", "app.ini"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("workers = 3  # uWSGI ini app.ini:2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("A = \"1\"") && stdout.contains("B = \"2\""),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("base.ini:3  processes = 2: ignored"),
+        "{stderr}"
+    );
+}

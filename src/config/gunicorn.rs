@@ -665,7 +665,7 @@ pub fn rest(reading: &Reading) -> String {
     let runs = parsed.filter(|cli| {
         cli.options.app.is_some()
             || cli.config.is_some()
-            || cli.ini.is_some()
+            || !cli.ini.is_empty()
             || std::env::var_os("POSTERN_APP").is_some()
     });
     // A --config file that is gunicorn's would stop that command too.

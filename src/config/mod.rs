@@ -71,13 +71,14 @@ pub struct Cli {
 
     /// A uWSGI ini file to take options from (`FILE` or `FILE:SECTION`, default section
     /// `uwsgi`); options postern has no use for are listed once, with what to do instead.
+    /// Given more than once, the files are read in turn, as uWSGI reads them.
     #[arg(
         long,
         alias = "uwsgi-ini",
         value_name = "FILE[:SECTION]",
         env = "POSTERN_INI"
     )]
-    pub ini: Option<String>,
+    pub ini: Vec<String>,
 
     /// Print the effective configuration as TOML, each value with where it came from, and exit.
     #[arg(long, conflicts_with = "check")]
@@ -934,11 +935,11 @@ impl Layered {
         put(defaults, Source::Default);
         let mut ini_warnings = None;
         let mut ini_info = None;
-        if let Some(spec) = &cli.ini {
-            let ini = load_ini(spec)?;
+        if !cli.ini.is_empty() {
+            let ini = load_ini(&cli.ini)?;
             // Each value's source names the ini line(s) it came from.
             for (key, value) in ini.table.clone() {
-                let at = ini.origin(&key).unwrap_or_else(|| spec.clone());
+                let at = ini.origin(&key).unwrap_or_else(|| cli.ini.join(" "));
                 put(
                     toml::Table::from_iter([(key, value)]),
                     Source::Ini(PathBuf::from(at)),
@@ -1415,7 +1416,7 @@ fn socket_mode_as_written(text: &str, table: &mut toml::Table) {
 
 /// The `--ini FILE[:SECTION]` file, read with uWSGI's rules and mapped onto postern's
 /// options. Lines postern cannot run as written stop it here, all in one message.
-fn load_ini(spec: &str) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
+fn load_ini(specs: &[String]) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
     use crate::uwsgi_ini::Context;
     /// The process as the start's read of the ini saw it (environment, start directory,
     /// user and group), for a reload's: regression: a reload expanded `$(VAR)`, `%v`,
@@ -1436,8 +1437,8 @@ fn load_ini(spec: &str) -> Result<crate::uwsgi_ini::Translation, ConfigError> {
             ctx
         }
     };
-    let path = PathBuf::from(spec);
-    let ini = crate::uwsgi_ini::load_with(spec, &ctx).map_err(|e| match e {
+    let path = PathBuf::from(specs.join(" "));
+    let ini = crate::uwsgi_ini::load_many_with(specs, &ctx).map_err(|e| match e {
         crate::uwsgi_ini::IniError::Read { path, source } => ConfigError::Read {
             what: "--ini",
             path,

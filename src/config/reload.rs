@@ -155,7 +155,9 @@ fn read_again() -> Result<Layered, Unread> {
         super::Cli::from_arg_matches(&matches).map_err(|e| Unread::Invalid(e.to_string()))?;
     if let Some(cwd) = start.and_then(|s| s.cwd.as_ref()) {
         cli.config = cli.config.map(|p| cwd.join(p));
-        cli.ini = cli.ini.map(|i| cwd.join(i).to_string_lossy().into_owned());
+        cli.ini = (cli.ini.iter())
+            .map(|i| cwd.join(i).to_string_lossy().into_owned())
+            .collect();
     }
     Layered::merge(&cli, &matches).map_err(|e| {
         let denied = matches!(&e, ConfigError::Read { source, .. }

@@ -1699,3 +1699,48 @@ fn a_log_formats_variables_are_not_misspelt_placeholders() {
     assert!(!w.contains("%(status) refers"), "{w}");
     assert_eq!(w.matches("%(apname) refers to no option").count(), 1, "{w}");
 }
+
+// regression (probe 319): `--ini base.ini --ini app.ini` (uWSGI reads each in turn) was
+// a clap error, "cannot be used multiple times".
+#[test]
+fn several_ini_files_are_read_in_turn_as_uwsgi_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("base.ini"),
+        "[uwsgi]\nmodule = shop.wsgi\nprocesses = 2\nenv = A=1\nharakiri = 30\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("app.ini"),
+        "[uwsgi]\nprocesses = 3\nenv = B=2\n[big]\nprocesses = 8\n",
+    )
+    .unwrap();
+    let mut c = ctx();
+    c.cwd = dir.path().to_owned();
+    let specs = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let t = load_many_with(&specs(&["base.ini", "app.ini"]), &c).unwrap();
+    assert!(t.check().is_ok(), "{:?}", t.check());
+    // A later file's single value wins; lists add up.
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(3)));
+    assert_eq!(get(&t, "timeout"), Some(&toml::Value::Integer(30)));
+    let env = get(&t, "env").and_then(|e| e.as_table()).unwrap();
+    assert_eq!(env.get("A"), Some(&toml::Value::String("1".into())));
+    assert_eq!(env.get("B"), Some(&toml::Value::String("2".into())));
+    assert!(t.origin("workers").unwrap().ends_with("app.ini:2"));
+    // A section of one of them.
+    let t = load_many_with(&specs(&["base.ini", "app.ini:big"]), &c).unwrap();
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(8)));
+    // A missing one is named as the file it is, not as a line.
+    let e = load_many_with(&specs(&["base.ini", "nope.ini"]), &c).expect_err("missing");
+    assert!(
+        matches!(&e, IniError::Read { path, .. } if path.ends_with("nope.ini")),
+        "{e}"
+    );
+    let e = load_many_with(&specs(&["base.ini", "u.yaml"]), &c).expect_err("yaml");
+    assert!(matches!(e, IniError::NotIni { .. }), "{e}");
+    // The first file's section missing is said as for one file.
+    let e = load_many_with(&specs(&["app.ini:nope", "base.ini"]), &c)
+        .expect_err("no section")
+        .to_string();
+    assert!(e.contains("there is no [nope] section"), "{e}");
+}
