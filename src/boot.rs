@@ -744,6 +744,19 @@ pub fn start_interpreter(config: &Config) -> anyhow::Result<()> {
                 venv.display()
             );
         }
+        // regression (probe 319): an ini's `home = /x` failed as "--venv /x: ...", an
+        // option the user never wrote.
+        if let (wsgi::WsgiError::Venv { venv, reason }, Some(from)) = (&e, &config.venv_source) {
+            let as_user = if config.uid.is_some() || config.gid.is_some() {
+                " (postern runs as --uid/--gid now: can that user read the venv?)"
+            } else {
+                ""
+            };
+            return anyhow::anyhow!(
+                "--venv {} (from {from}): {reason}{as_user}",
+                venv.display()
+            );
+        }
         if config.uid.is_some() || config.gid.is_some() {
             anyhow::anyhow!(
                 "{e} (postern runs as --uid/--gid now: can that user read the Python installation {} and the venv?)",

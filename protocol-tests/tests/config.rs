@@ -797,3 +797,26 @@ fn several_ini_files_are_layered_in_turn() {
         "{stderr}"
     );
 }
+
+// regression (probe 319): an ini's `home = /x` that is no venv failed as "--venv /x: ...",
+// an option the user never wrote; now the line it came from is named.
+#[test]
+fn a_bad_venv_names_the_ini_line_it_came_from() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("app.ini"),
+        "[uwsgi]\nmodule = hello:application\nhome = /nonexistent/venv\n",
+    )
+    .unwrap();
+    let out = postern()
+        .current_dir(dir.path())
+        .args(["--check", "--ini", "app.ini"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--venv /nonexistent/venv (from uWSGI ini app.ini:3): cannot read"),
+        "{stdout}\n{stderr}"
+    );
+}

@@ -1486,6 +1486,9 @@ pub struct Config {
     pub venv: Option<PathBuf>,
     /// [`Config::venv`] is `$VIRTUAL_ENV`'s (no `--venv` given): said in its errors.
     pub venv_from_env: bool,
+    /// Where `--venv` was set when not on the command line (an ini's `home =` line, a
+    /// `--config` file, `POSTERN_VENV`): said in its errors.
+    pub venv_source: Option<String>,
     /// A master supervises the worker(s).
     pub supervised: bool,
     pub uid: Option<u32>,
@@ -1738,6 +1741,10 @@ impl Config {
             mounts,
             venv,
             venv_from_env,
+            venv_source: match layered.source("venv") {
+                Source::Default | Source::CommandLine => None,
+                source => Some(source.to_string()),
+            },
             supervised,
             uid,
             gid,

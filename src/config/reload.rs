@@ -370,6 +370,7 @@ fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, threa
     next.default_listener = current.default_listener;
     next.venv.clone_from(&current.venv);
     next.venv_from_env = current.venv_from_env;
+    next.venv_source.clone_from(&current.venv_source);
     next.supervised = current.supervised;
     next.uid = current.uid;
     next.gid = current.gid;
