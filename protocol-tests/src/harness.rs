@@ -928,6 +928,38 @@ pub fn assert_204_drops_content_length(p: &Postern) {
     }
 }
 
+/// An app's Content-Length set twice: the same value goes out once (`/cl-same`, after
+/// `/cl-pos1` so that a kept check of an earlier response meets the second one too);
+/// different values answer 500, and the log names both (`/cl-differ`). The app
+/// answers `hello` with `Content-Length: 5` on each: `/cl-pos1` after another header,
+/// `/cl-same` twice, `/cl-differ` as 5 then 6.
+pub fn assert_one_content_length_for_one_value(p: &Postern) {
+    for _ in 0..2 {
+        for path in ["/cl-pos1", "/cl-same"] {
+            let raw = p.raw(&uwsgi_get(path));
+            let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+            assert!(
+                text.starts_with("http/1.1 200"),
+                "{path}: {text}\n{}",
+                p.logs()
+            );
+            assert_eq!(text.matches("content-length").count(), 1, "{path}: {text}");
+            assert!(text.contains("content-length: 5\r\n"), "{path}: {text}");
+            assert!(text.ends_with("\r\n\r\nhello"), "{path}: {text}");
+        }
+        let raw = p.raw(&uwsgi_get("/cl-differ"));
+        assert!(raw.starts_with(b"HTTP/1.1 500"), "{}", p.logs());
+    }
+    assert!(
+        p.wait_log(
+            "Content-Length is set twice with different values (5, then 6)",
+            5
+        ),
+        "{}",
+        p.logs()
+    );
+}
+
 /// Encodes a uwsgi packet (written independently of postern's own codec).
 pub fn uwsgi_packet(vars: &[(&str, &str)]) -> Vec<u8> {
     let mut block = Vec::new();

@@ -1262,11 +1262,13 @@ fn a_204_drops_the_apps_content_length_and_a_file_wrapper_takes_a_size_of_minus_
     let app = dir.path().join("no_length.py");
     std::fs::write(
         &app,
-        "import io\n\ndef application(environ, start_response):\n    p = environ['PATH_INFO']\n    if p == '/fw':\n        start_response('200 OK', [('Content-Type', 'text/plain')])\n        return environ['wsgi.file_wrapper'](io.BytesIO(b'abc' * 10), -1)\n    if p == '/fw-huge':\n        start_response('200 OK', [('Content-Type', 'text/plain')])\n        return environ['wsgi.file_wrapper'](io.BytesIO(b'abc' * 10), 2 ** 70)\n    if p == '/204-twice':\n        start_response('204 No Content', [('Content-Length', '5'), ('Content-Length', '7')])\n        return []\n    status = '204 No Content' if p == '/204' else '200 OK'\n    start_response(status, [('Content-Length', '5'), ('X-A', '1')])\n    return [b'hello']\n",
+        "import io\n\ndef application(environ, start_response):\n    p = environ['PATH_INFO']\n    if p == '/fw':\n        start_response('200 OK', [('Content-Type', 'text/plain')])\n        return environ['wsgi.file_wrapper'](io.BytesIO(b'abc' * 10), -1)\n    if p == '/fw-huge':\n        start_response('200 OK', [('Content-Type', 'text/plain')])\n        return environ['wsgi.file_wrapper'](io.BytesIO(b'abc' * 10), 2 ** 70)\n    if p == '/204-twice':\n        start_response('204 No Content', [('Content-Length', '5'), ('Content-Length', '7')])\n        return []\n    lengths = {'/cl-pos1': [('X-A', '1'), ('Content-Length', '5')], '/cl-same': [('Content-Length', '5'), ('Content-Length', '5')], '/cl-differ': [('Content-Length', '5'), ('Content-Length', '6')]}\n    if p in lengths:\n        start_response('200 OK', lengths[p])\n        return [b'hello']\n    status = '204 No Content' if p == '/204' else '200 OK'\n    start_response(status, [('Content-Length', '5'), ('X-A', '1')])\n    return [b'hello']\n",
     )
     .unwrap();
     let p = Spawn::tcp(dir.path(), &app.to_string_lossy()).start();
     assert_204_drops_content_length(&p);
+    // regression (probe 318): the same Content-Length twice answered 500.
+    assert_one_content_length_for_one_value(&p);
     for path in ["/fw", "/fw-huge"] {
         let (status, body) = p.get(path);
         assert_eq!((status, body), (200, b"abc".repeat(10)), "{}", p.logs());

@@ -1627,7 +1627,14 @@ impl Exchange {
                 }
                 if let Some(cl) = seen {
                     if content_length.is_some() {
-                        return Err(refuse(HeaderError::DuplicateContentLength));
+                        // The same value again is sent once; another is refused.
+                        content_length =
+                            Some(resp::one_length(content_length, cl).map_err(refuse)?);
+                        let _e = self.span.enter();
+                        tracing::debug!(
+                            "the app set content-length twice, with the same value; sent once"
+                        );
+                        return Ok(());
                     }
                     content_length = Some(cl);
                     if no_length {
@@ -1670,14 +1677,22 @@ impl Exchange {
                 return Ok(());
             }
             if name.eq_ignore_ascii_case("content-length") {
-                if content_length.is_some() {
-                    return Err(refuse(HeaderError::DuplicateContentLength));
-                }
                 let cl = match std::str::from_utf8(&value) {
                     Ok(text) if value.is_ascii() => resp::parse_content_length(text),
                     _ => resp::parse_content_length(&proto_asgi::latin1_text(&value)),
-                };
-                content_length = Some(cl.map_err(refuse)?);
+                }
+                .map_err(refuse)?;
+                if content_length.is_some() {
+                    // The same value again is sent once; another is refused.
+                    // regression (probe 318): two identical ones answered 500.
+                    content_length = Some(resp::one_length(content_length, cl).map_err(refuse)?);
+                    let _e = self.span.enter();
+                    tracing::debug!(
+                        "the app set content-length twice, with the same value; sent once"
+                    );
+                    return Ok(());
+                }
+                content_length = Some(cl);
                 cl_here = content_length;
             }
             if let Some((n, v)) = exact {

@@ -25,8 +25,8 @@ pub enum HeaderError {
     NotLatin1 { name: String },
     #[error("Content-Length {0:?} is not a decimal number")]
     ContentLength(String),
-    #[error("Content-Length is set twice")]
-    DuplicateContentLength,
+    #[error("Content-Length is set twice with different values ({first}, then {then})")]
+    DuplicateContentLength { first: u64, then: u64 },
 }
 
 /// Hop-by-hop headers an app must not set (PEP 3333, RFC 9110 §7.6.1). The front server
@@ -190,6 +190,18 @@ pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
         }
     }
     Ok(())
+}
+
+/// The response's Content-Length once the app set one (`then`) after `first` (the one
+/// it set before, if any). The same value twice is one length, sent once: RFC 9110
+/// §8.6 lets a recipient take identical values as one, and a second line would make
+/// nginx refuse the response (`upstream sent duplicate header line`, a 502). Different
+/// values are refused: no length can be trusted.
+pub fn one_length(first: Option<u64>, then: u64) -> Result<u64, HeaderError> {
+    match first {
+        Some(first) if first != then => Err(HeaderError::DuplicateContentLength { first, then }),
+        _ => Ok(then),
+    }
 }
 
 /// Parses an app's Content-Length value.

@@ -450,16 +450,15 @@ impl State {
             if let Some(cl) = CHECKED.with(|c| {
                 let c = c.borrow();
                 let e = c.get(pos).filter(|e| e.matches(name, value))?;
-                if !(no_length && e.content_length.is_some()) {
+                // A second Content-Length is not sent (refused below if it differs).
+                let again = e.content_length.is_some() && content_length.is_some();
+                if !(again || (no_length && e.content_length.is_some())) {
                     head.extend_from_slice(&e.line);
                 }
                 Some(e.content_length)
             }) {
-                if cl.is_some() {
-                    if content_length.is_some() {
-                        return Err(refuse(HeaderError::DuplicateContentLength));
-                    }
-                    content_length = cl;
+                if let Some(cl) = cl {
+                    content_length = Some(resp::one_length(content_length, cl).map_err(refuse)?);
                 }
                 return Ok(());
             }
@@ -487,10 +486,17 @@ impl State {
             }
             let mut cl = None;
             if name.eq_ignore_ascii_case("content-length") {
+                let this = resp::parse_content_length(value).map_err(refuse)?;
                 if content_length.is_some() {
-                    return Err(refuse(HeaderError::DuplicateContentLength));
+                    // The same value again: sent once (not kept among the checked
+                    // headers: only lines that go out are).
+                    content_length = Some(resp::one_length(content_length, this).map_err(refuse)?);
+                    tracing::debug!(
+                        "the app set Content-Length twice, with the same value; sent once"
+                    );
+                    return Ok(());
                 }
-                cl = Some(resp::parse_content_length(value).map_err(refuse)?);
+                cl = Some(this);
                 content_length = cl;
                 if no_length {
                     // A 204 has no Content-Length (RFC 9110 §8.6: a server must not
