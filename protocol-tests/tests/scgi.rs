@@ -949,3 +949,88 @@ fn nginx_unbuffered_chunked_upload_is_served() {
         s.assert_clean(directive);
     }
 }
+
+/// A POST of `body` with its Content-Length through nginx, the head first and the body
+/// after a pause and in parts (so that nginx has read none of it when it writes the
+/// SCGI head): the response.
+fn post_in_parts(port: u16, target: &str, body: &[u8]) -> Response {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for part in body.chunks(100_000) {
+        std::thread::sleep(Duration::from_millis(50));
+        c.write_all(part).unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    parse_http(&out).expect("a response")
+}
+
+// regression (probe 322, HIGH): with `scgi_request_buffering off` nginx writes as
+// CONTENT_LENGTH only the body bytes it had read (0, or ~9 KiB), then sends the whole
+// body: the app got an empty or truncated body and answered 200 (hg push failed, a
+// FastAPI upload was 0 bytes). The body is read to the client's Content-Length
+// (HTTP_CONTENT_LENGTH), and the environ's CONTENT_LENGTH is that length.
+#[test]
+fn nginx_unbuffered_scgi_upload_with_a_content_length_arrives_whole() {
+    let Some(s) = Stack::build(Upstream::Scgi)
+        .extra("scgi_request_buffering off;")
+        .start()
+    else {
+        return;
+    };
+    for n in [300_000, 3 * 1024 * 1024] {
+        let body = body_of(n, 11);
+        let r = post_in_parts(s.nginx.port, "/digest", &body);
+        assert_eq!(r.status, 200, "{n}\n{}", s.postern.logs());
+        assert_eq!(r.json()["len"], n, "{}", s.postern.logs());
+        assert_eq!(r.json()["sha256"], sha256_hex(&body));
+    }
+    let r = post_in_parts(s.nginx.port, "/env", b"hello");
+    assert_eq!(r.json()["CONTENT_LENGTH"], "5", "{}", s.postern.logs());
+    let logs = s.postern.logs();
+    assert_eq!(
+        logs.matches("as nginx sends it with scgi_request_buffering off")
+            .count(),
+        1,
+        "{logs}"
+    );
+    s.assert_clean("scgi_request_buffering off");
+}
+
+// The same repair for an ASGI app: its body and its content-length header.
+#[test]
+fn an_scgi_head_announcing_less_than_the_clients_content_length_is_read_to_the_latter_for_asgi() {
+    let dir = tempdir();
+    let app = "import hashlib\n\nasync def app(scope, receive, send):\n    \
+        if scope['type'] != 'http':\n        return\n    \
+        body = b''\n    \
+        while True:\n        \
+            m = await receive()\n        \
+            body += m.get('body', b'')\n        \
+            if not m.get('more_body'):\n            break\n    \
+        cl = dict(scope['headers']).get(b'content-length', b'-')\n    \
+        out = b'%d %s %s' % (len(body), cl, hashlib.sha256(body).hexdigest().encode())\n    \
+        await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    \
+        await send({'type': 'http.response.body', 'body': out})\n";
+    let p = Spawn::asgi_unix(dir.path(), "scgi_len", app)
+        .protocol("scgi")
+        .start();
+    let body = body_of(200_000, 3);
+    let mut vars = get_vars("/up");
+    vars[0] = ("REQUEST_METHOD", "POST");
+    vars.push(("HTTP_CONTENT_LENGTH", "200000"));
+    let mut req = scgi_head(&vars, 0);
+    req.extend_from_slice(&body);
+    let r = cgi_of(&p, &p.raw(&req));
+    assert_eq!(r.status, 200, "{}", p.logs());
+    let want = format!("200000 200000 {}", sha256_hex(&body));
+    assert_eq!(String::from_utf8_lossy(&r.body), want, "{}", p.logs());
+}
