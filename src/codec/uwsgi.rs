@@ -36,9 +36,6 @@ pub struct UwsgiCodec {
     limit: usize,
     state: State,
     scgi: bool,
-    /// SCGI: the head's CONTENT_LENGTH was lower than the client's Content-Length, and
-    /// the body is read to the latter ([`scgi::client_length_over_announced`]).
-    client_length: Option<(u64, u64)>,
 }
 
 impl UwsgiCodec {
@@ -48,7 +45,6 @@ impl UwsgiCodec {
             limit,
             state: State::Head,
             scgi: false,
-            client_length: None,
         }
     }
 
@@ -85,12 +81,6 @@ impl UwsgiCodec {
         Ok(Frame::Head(head))
     }
 
-    /// SCGI: `(CONTENT_LENGTH announced, the client's Content-Length read instead)` when
-    /// the head announced less than the client's (nginx's `scgi_request_buffering off`).
-    pub fn client_length(&self) -> Option<(u64, u64)> {
-        self.client_length
-    }
-
     /// Where the transfer coding of a head whose body this codec cannot frame sits in
     /// that head (see `State::Unframed`); `None` for every other head.
     pub fn unframed(&self) -> Option<Range<u32>> {
@@ -105,8 +95,7 @@ impl UwsgiCodec {
         let Some((len, block)) = scgi::parse_head(src, self.limit)? else {
             return Ok(None);
         };
-        let mut vars = scgi::parse_headers(block)?;
-        self.client_length = scgi::client_length_over_announced(block, &mut vars);
+        let vars = scgi::parse_headers(block)?;
         // `<digits>:` before the block, `,` after it.
         let start = len - 1 - block.len();
         let mut frame = src.split_to(len).freeze();

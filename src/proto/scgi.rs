@@ -194,37 +194,6 @@ pub fn parse_headers(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
     Ok(headers)
 }
 
-/// nginx's `scgi_request_buffering off`: nginx writes `CONTENT_LENGTH` as the body bytes
-/// it had read from the client when it sent the head (0, or the ~9 KiB that came with
-/// the request), then sends the whole body after it, as long as the client's
-/// `Content-Length` (`HTTP_CONTENT_LENGTH`, which nginx checked and reads to its end).
-/// Read by `CONTENT_LENGTH`, the app saw a truncated body and the rest was lost.
-/// When `HTTP_CONTENT_LENGTH` is a length larger than `CONTENT_LENGTH`, every
-/// `CONTENT_LENGTH` of `headers` is pointed at its value, so the body is read to the
-/// end the client announced: over SCGI one request takes the whole connection, so
-/// nothing after it can be mistaken for a body (a front server that sends less only
-/// leaves the body to time out). Returns the length announced and the one now read.
-pub fn client_length_over_announced(block: &[u8], headers: &mut [VarRange]) -> Option<(u64, u64)> {
-    let at = |r: &std::ops::Range<u32>| &block[r.start as usize..r.end as usize];
-    let client_value = headers
-        .iter()
-        .rev()
-        .find(|(k, _)| at(k) == b"HTTP_CONTENT_LENGTH")?
-        .1
-        .clone();
-    let client = parse_content_length(at(&client_value)).ok()?;
-    let announced = parse_content_length(at(&headers.first()?.1)).ok()?;
-    if client <= announced {
-        return None;
-    }
-    for (k, v) in headers.iter_mut() {
-        if at(k) == CONTENT_LENGTH {
-            *v = client_value.clone();
-        }
-    }
-    Some((announced, client))
-}
-
 /// One NUL-terminated string; the block is complete, so a missing NUL is malformed.
 fn cstring(input: &[u8]) -> IResult<&[u8], &[u8]> {
     terminated(take_till(|b| b == 0), tag(&b"\0"[..])).parse_complete(input)
@@ -708,41 +677,5 @@ mod tests {
             parse_headers(&block),
             Err(ProtoError::HeadTooLarge { .. })
         ));
-    }
-
-    #[test]
-    fn a_client_length_over_the_announced_one_becomes_the_content_length() {
-        let block = |cl: &str, http: Option<&str>| {
-            let mut b = format!("CONTENT_LENGTH\0{cl}\0SCGI\x001\0").into_bytes();
-            if let Some(h) = http {
-                b.extend_from_slice(format!("HTTP_CONTENT_LENGTH\0{h}\0").as_bytes());
-            }
-            b
-        };
-        let cl = |b: &[u8], h: &[VarRange]| {
-            pairs(b, h)
-                .into_iter()
-                .filter(|(k, _)| *k == CONTENT_LENGTH)
-                .map(|(_, v)| v.to_vec())
-                .collect::<Vec<_>>()
-        };
-        // nginx unbuffered: 0 (or what it had read) announced, the client's larger.
-        for announced in ["0", "9139"] {
-            let b = block(announced, Some("300000"));
-            let mut h = parse_headers(&b).unwrap();
-            let want = announced.parse().unwrap();
-            assert_eq!(
-                client_length_over_announced(&b, &mut h),
-                Some((want, 300_000))
-            );
-            assert_eq!(cl(&b, &h), vec![b"300000".to_vec()]);
-        }
-        // Equal, lower, absent, empty or not a length: nothing changes.
-        for http in [Some("5"), Some("3"), None, Some(""), Some("x9"), Some("-1")] {
-            let b = block("5", http);
-            let mut h = parse_headers(&b).unwrap();
-            assert_eq!(client_length_over_announced(&b, &mut h), None, "{http:?}");
-            assert_eq!(cl(&b, &h), vec![b"5".to_vec()]);
-        }
     }
 }

@@ -1413,7 +1413,6 @@ impl Acceptor {
                     // accept becomes its own).
                     permit.begin();
                     let len = head.content_length;
-                    connection::note_client_length(&codec, &peer);
                     let fits = self.limits.max_body.is_none_or(|m| len <= m);
                     // A body it cannot frame is refused (411) by the slow lane.
                     let framed = connection::unframed_body(&head, &codec).is_none();

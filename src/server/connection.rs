@@ -276,7 +276,6 @@ async fn serve<C: Conn>(
     // take it on, past the limit).
     permit.begin();
     let (span, request_id) = request_span(&head, &peer);
-    span.in_scope(|| note_client_length(&framed.codec, &peer));
 
     // Refused from the head alone, before the body is read.
     // Their lines are named for the first few only: a flood is summed up.
@@ -476,23 +475,6 @@ fn hand_on(
             tracing::warn!(error = %e, "cannot hand a request over to the serving workers; serving it here");
             false
         }
-    }
-}
-
-/// Says, once per process, that an SCGI head announced less body than the client's
-/// Content-Length and that the body is read to the latter (nginx's
-/// `scgi_request_buffering off`; see `proto::scgi::client_length_over_announced`);
-/// each later one is a debug line.
-pub(super) fn note_client_length(codec: &UwsgiCodec, peer: &str) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static SAID: AtomicBool = AtomicBool::new(false);
-    let Some((announced, client)) = codec.client_length() else {
-        return;
-    };
-    if SAID.swap(true, Ordering::Relaxed) {
-        tracing::debug!(%peer, announced, client, "SCGI CONTENT_LENGTH below the client's Content-Length: the body is read to the latter");
-    } else {
-        tracing::warn!(%peer, announced, client, "SCGI CONTENT_LENGTH {announced} is below the client's Content-Length {client} (HTTP_CONTENT_LENGTH), as nginx sends it with scgi_request_buffering off (only the part it had read): the body is read to the client's length, which nginx sends in full; leave scgi_request_buffering on to have nginx buffer uploads (said once per worker; debug after)");
     }
 }
 
