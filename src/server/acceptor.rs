@@ -1441,7 +1441,13 @@ impl Acceptor {
                             connection::bytes_past(sock.as_fd(), buf.len(), filled && !read_more);
                         let linger = (past > 0).then(|| {
                             span.in_scope(|| {
-                                connection::Linger::past_the_body(&self.slow, &peer, l.tcp, past)
+                                connection::Linger::past_the_body(
+                                    &self.slow,
+                                    &peer,
+                                    l.tcp,
+                                    past,
+                                    l.info.protocol,
+                                )
                             })
                         });
                         let sink = ConnSink::new(sock, l.tcp, started, self.limits.read_timeout)

@@ -406,8 +406,8 @@ async fn serve<C: Conn>(
             return;
         }
     };
-    let linger =
-        (extra > 0).then(|| span.in_scope(|| Linger::past_the_body(&lane, &peer, tcp, extra)));
+    let linger = (extra > 0)
+        .then(|| span.in_scope(|| Linger::past_the_body(&lane, &peer, tcp, extra, info.protocol)));
     let sink = ConnSink::new(sock, tcp, started, limits.read_timeout)
         .style(info.protocol.head_style())
         .permit(permit)
@@ -821,16 +821,31 @@ pub struct Linger {
 impl Linger {
     /// Says why (one line, in the request's span: its peer and path) and makes the
     /// close; `extra`: the bytes past the body read so far.
-    pub fn past_the_body(lane: &SlowLane, peer: &str, tcp: bool, extra: usize) -> Box<dyn Close> {
+    pub fn past_the_body(
+        lane: &SlowLane,
+        peer: &str,
+        tcp: bool,
+        extra: usize,
+        protocol: Protocol,
+    ) -> Box<dyn Close> {
         // Named for the first few only: a flood is summed up (by a task of the lane's
         // runtime: this may run on a Python thread).
         // regression (hostile): from a Python thread no summary was said until the
         // next bad input came.
         if slow_clients::bad_input_on(Some(&lane.handle), peer, Reason::Malformed, false) {
-            tracing::warn!(
-                extra,
-                "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
-            );
+            if protocol == Protocol::Scgi {
+                // regression (probe 322): with nginx's scgi_request_buffering off the
+                // app saw a truncated upload, and this line blamed "the client".
+                tracing::warn!(
+                    extra,
+                    "the front server sent bytes past its CONTENT_LENGTH: the app saw the body cut short there. nginx's scgi_request_buffering off announces only the body bytes it had read, then sends the rest: leave it on (the default). The connection closes after the response once the front server stops sending (a lingering close, 5 s at most)"
+                );
+            } else {
+                tracing::warn!(
+                    extra,
+                    "the client sent bytes past its CONTENT_LENGTH: ignored; the connection closes after the response once the client stops sending (a lingering close, 5 s at most)"
+                );
+            }
         }
         Box::new(Linger {
             handle: lane.handle.clone(),
