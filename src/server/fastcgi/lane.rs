@@ -1080,7 +1080,10 @@ pub async fn serve(
                         }
                         // (After bad input, said when it came; `buf` was emptied.)
                         if parser.active() > 0 && !bad_input {
-                            tracing::info!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
+                            // A client's abort (nginx closes the connection): ordinary
+                            // traffic, which each request's access line tells; at info
+                            // it was one line per abort, unlimited (probe 321).
+                            tracing::debug!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
                         } else if !buf.is_empty() && !stdin_cut && !ended.collected_cut {
                             // (A cut collected body's partial record: its WARN, once.)
                             // regression: one cut gave that WARN and this one, and
@@ -2034,7 +2037,8 @@ fn handle_event(
         Event::Abort { id } => {
             let in_flight = slots.len();
             if let Some(slot) = slots.get_mut(&id) {
-                tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
+                // As a close above: debug (probe 321: 1000 aborts, 1000 info lines).
+                tracing::debug!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
                 // No STDIN follows an abort: its END_REQUEST waits for nothing more.
                 slot.stdin_over();
                 slot.flags.abort();
