@@ -164,8 +164,7 @@ fn send_to(addr: &Addr, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
 // regression (own review of the stop sharing): a worker whose accept failed for want of
 // descriptors took that for an empty listen queue and shut the listener, resetting the
 // connections that waited in it for its sibling (3 of 5 reset).
-#[test]
-fn a_stopping_worker_out_of_descriptors_leaves_the_queue_to_its_sibling() {
+fn out_of_descriptors_at_a_stop(tcp: bool) {
     let dir = tempdir();
     let app = dir.path().join("gates.py");
     // As WSGI_APP, with its pid in the mark.
@@ -175,7 +174,12 @@ fn a_stopping_worker_out_of_descriptors_leaves_the_queue_to_its_sibling() {
     );
     assert_ne!(source, WSGI_APP);
     std::fs::write(&app, source).unwrap();
-    let mut p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+    let spawn = if tcp {
+        Spawn::tcp(dir.path(), &app.to_string_lossy())
+    } else {
+        Spawn::unix(dir.path(), &app.to_string_lossy())
+    };
+    let mut p = spawn
         .args([
             "--workers",
             "2",
@@ -187,10 +191,11 @@ fn a_stopping_worker_out_of_descriptors_leaves_the_queue_to_its_sibling() {
         .start();
     assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
     let gate = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let long = send_to(
-        &p.addr,
-        &format!("gate={}&mark={}", gate("gate"), gate("in")),
-    );
+    let send_any = |query: &str| match &p.addr {
+        Addr::Unix(sock) => send(sock, query),
+        tcp => send_to(tcp, query),
+    };
+    let long = send_any(&format!("gate={}&mark={}", gate("gate"), gate("in")));
     assert!(wait_file(&dir.path().join("in"), 20), "{}", p.logs());
     // The idle worker may open no descriptor more (a limit below its open ones): it
     // cannot accept. The busy one can.
@@ -211,9 +216,10 @@ fn a_stopping_worker_out_of_descriptors_leaves_the_queue_to_its_sibling() {
         .status()
         .expect("prlimit (util-linux)");
     assert!(st.success());
-    let waiting: Vec<_> = (0..5).map(|_| send_to(&p.addr, "")).collect();
+    let waiting: Vec<_> = (0..5).map(|_| send_any("")).collect();
     assert!(p.wait_log("out of file descriptors", 20), "{}", p.logs());
     p.signal(libc::SIGTERM);
+    let signalled = std::time::Instant::now();
     assert!(
         p.wait_log_count("stopping: no new connections", 2, 20),
         "{}",
@@ -234,4 +240,22 @@ fn a_stopping_worker_out_of_descriptors_leaves_the_queue_to_its_sibling() {
         "{status:?}\n{}",
         p.logs()
     );
+    // Not --graceful-timeout (30 s): the starved worker leaves at once.
+    // regression (review 324): over a Unix listener it looked until the deadline.
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}\n{}",
+        signalled.elapsed(),
+        p.logs()
+    );
+}
+
+#[test]
+fn a_stopping_worker_out_of_descriptors_leaves_the_tcp_queue_to_its_sibling() {
+    out_of_descriptors_at_a_stop(true);
+}
+
+#[test]
+fn a_stopping_worker_out_of_descriptors_leaves_the_unix_queue_to_its_sibling() {
+    out_of_descriptors_at_a_stop(false);
 }

@@ -655,8 +655,9 @@ impl Acceptor {
     /// [`Acceptor::drain_backlog`], taking at most `max` connections (with `own_only`,
     /// from the listeners postern bound, not from a socket systemd passed): how many it
     /// took, and whether it found every listen queue empty.
-    pub fn drain_backlog_up_to(&self, max: usize, own_only: bool) -> (usize, bool) {
+    pub fn drain_backlog_up_to(&self, max: usize, own_only: bool) -> (usize, Backlog) {
         let mut n = 0;
+        let mut known_empty = true;
         for (i, l) in self.listeners.iter().enumerate() {
             if own_only && l.inherited {
                 continue;
@@ -673,7 +674,7 @@ impl Acceptor {
                     // regression (review 320): any failed accept counted as an empty
                     // queue, and the listener shut with siblings' connections in it.
                     Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                        return (n, false)
+                        return (n, Backlog::Starved)
                     }
                     // That connection's own failure (its peer gave up, a signal):
                     // the next one is taken at once; a failure that repeats (EPERM
@@ -681,7 +682,9 @@ impl Acceptor {
                     Err(_) => {
                         failed += 1;
                         if failed >= 64 {
-                            return (n, false);
+                            // (The next listener is still looked at.)
+                            known_empty = false;
+                            break;
                         }
                         continue;
                     }
@@ -695,10 +698,15 @@ impl Acceptor {
                 n += 1;
             }
             if n == max {
-                return (n, false);
+                return (n, Backlog::MayHoldMore);
             }
         }
-        (n, true)
+        let left = if known_empty {
+            Backlog::Empty
+        } else {
+            Backlog::MayHoldMore
+        };
+        (n, left)
     }
 
     /// Whether a connection may wait in a listen queue, without taking it: a TCP
@@ -1696,6 +1704,18 @@ impl Acceptor {
             tracing::error!(listener = %l.label, "the listener was shut down by something outside postern: it accepts no more connections (restart postern to listen again)");
         }
     }
+}
+
+/// What [`Acceptor::drain_backlog_up_to`] found of the listen queues once it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// Every one it looked at was empty (or shut).
+    Empty,
+    /// It took its `max`, or a listener's accepts kept failing: more may wait.
+    MayHoldMore,
+    /// This process is out of descriptors (or socket memory): it can take nothing now,
+    /// and what waits is left for its siblings.
+    Starved,
 }
 
 /// What an accept error means: nothing (another thread took the connection, it failed

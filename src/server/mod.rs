@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use acceptor::{Acceptor, Listener};
+use acceptor::{Acceptor, Backlog, Listener};
 use lane::{Limits, SlowLane};
 use listener::{Bound, BoundSocket};
 use queue::Queue;
@@ -668,10 +668,20 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener], share: Opti
             tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
         }
     }
-    let mut queued = match share {
+    let (mut queued, starved) = match share {
         Some(share) => share_backlog(acceptor, share).await,
-        None => 0,
+        None => (0, false),
     };
+    if starved {
+        // Out of descriptors: this worker can take nothing, and shutting the listeners
+        // it shares would reset the connections its siblings are to serve; they shut
+        // them (the sockets close here with the process).
+        // regression (review 324): over a Unix listener (which cannot say it is empty
+        // but by an accept) such a worker looked until --graceful-timeout, with an
+        // "out of file descriptors" ERROR each second.
+        tracing::warn!("out of file descriptors at the stop: this worker leaves the requests still waiting in the listen queue to the other workers");
+        return;
+    }
     queued += acceptor.drain_backlog();
     // What waits in the hand-over channel (connections a recycled worker
     // handed on, their request possibly sent and unread) is served here too:
@@ -729,7 +739,7 @@ const SHARE_LOOK: Duration = Duration::from_millis(10);
 /// regression (probe 317): at a stop the first worker to drain took the whole queue
 /// while its idle siblings exited: 6 short requests waited behind an 8 s one and
 /// were cut off at --graceful-timeout (502), 10 of 24 with 4 workers.
-async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> usize {
+async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, bool) {
     let mut taken = 0;
     // A connection taken whose request is not whole yet (its body still arriving) goes
     // to the slow lane, not to the queue: it holds a thread's place all the same.
@@ -738,22 +748,22 @@ async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> usize {
     let lane_before = share.queue.lane_tasks();
     loop {
         if (share.stop_now)() || Instant::now() >= share.deadline {
-            return taken;
+            return (taken, false);
         }
         let in_lane = share.queue.lane_tasks().saturating_sub(lane_before);
         let room = share.queue.room().saturating_sub(in_lane);
         if room > 0 {
-            let (n, empty) = acceptor.drain_backlog_up_to(room, true);
+            let (n, left) = acceptor.drain_backlog_up_to(room, true);
             taken += n;
-            if empty {
-                return taken;
-            }
-            if n > 0 {
-                continue;
+            match left {
+                Backlog::Empty => return (taken, false),
+                Backlog::Starved => return (taken, true),
+                Backlog::MayHoldMore if n > 0 => continue,
+                Backlog::MayHoldMore => {}
             }
         }
         if !acceptor.backlog_may_wait() {
-            return taken;
+            return (taken, false);
         }
         // Woken at once when a thread or a place comes free; the look bounds the wait
         // for a queue a sibling emptied. regression (own measure): with a fixed 10 ms
