@@ -186,10 +186,11 @@ pub fn load_many_with(specs: &[String], ctx: &Context) -> Result<Translation, In
     for spec in specs {
         let (path, section) = split_source(spec);
         refuse_other_formats(&path)?;
-        let path = ctx.cwd.join(path);
-        if let Err(source) = std::fs::File::open(&path) {
+        if let Err(source) = std::fs::File::open(ctx.cwd.join(&path)) {
             return Err(IniError::Read { path, source });
         }
+        // As given: the include line takes a relative path from `ctx.cwd` (a start
+        // directory with a `%` in its name is no concern of the line).
         let shown = path.to_string_lossy();
         // The include line expands these as the ini would (and cannot take the others).
         if shown.contains('%') || shown.contains("$(") || shown.contains("@(") {
