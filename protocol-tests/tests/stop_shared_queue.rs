@@ -14,23 +14,43 @@ const WSGI_APP: &str = "import os, time\nfrom urllib.parse import parse_qs\n\nde
 /// The same as an ASGI app.
 const ASGI_APP: &str = "import asyncio, os\nfrom urllib.parse import parse_qs\n\nasync def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    q = parse_qs(scope['query_string'].decode())\n    if 'mark' in q:\n        open(q['mark'][0], 'w').close()\n    if 'gate' in q:\n        for _ in range(6000):\n            if os.path.exists(q['gate'][0]):\n                break\n            await asyncio.sleep(0.01)\n    await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/plain')]})\n    await send({'type': 'http.response.body', 'body': str(os.getpid()).encode()})\n";
 
-/// A uwsgi GET of `/?{query}` over the Unix socket `sock`, connected and sent now (so
-/// it takes its place in the listen queue), answered on a thread of its own.
-fn send(sock: &Path, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+/// A uwsgi GET of `/?{query}` to `addr` (Unix or TCP), connected and sent now (so it
+/// takes its place in the listen queue), answered on a thread of its own.
+fn send_to(addr: &Addr, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    fn sent<S: Read + Write + Send + 'static>(
+        mut s: S,
+        query: &str,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        s.write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/"),
+            ("QUERY_STRING", query),
+        ]))
         .unwrap();
-    s.write_all(&uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", "/"),
-        ("QUERY_STRING", query),
-    ]))
-    .unwrap();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        out
-    })
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            out
+        })
+    }
+    let minute = Some(std::time::Duration::from_secs(60));
+    match addr {
+        Addr::Unix(sock) => {
+            let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(minute).unwrap();
+            sent(s, query)
+        }
+        Addr::Tcp(port) => {
+            let s = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
+            s.set_read_timeout(minute).unwrap();
+            sent(s, query)
+        }
+    }
+}
+
+/// [`send_to`] over the Unix socket `sock`.
+fn send(sock: &Path, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    send_to(&Addr::Unix(sock.to_owned()), query)
 }
 
 /// The pid a 200 answer carries.
@@ -140,27 +160,6 @@ fn at_a_stop_the_listen_queue_goes_to_the_asgi_worker_that_is_free() {
     stop_serves_the_queue_in_the_worker_that_frees(true);
 }
 
-/// A uwsgi GET of `/?{query}` to the TCP listener `addr`, connected and sent now, answered on a thread.
-fn send_to(addr: &Addr, query: &str) -> std::thread::JoinHandle<Vec<u8>> {
-    let Addr::Tcp(port) = addr else {
-        unreachable!("a TCP listener")
-    };
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
-    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    c.write_all(&uwsgi_packet(&[
-        ("REQUEST_METHOD", "GET"),
-        ("PATH_INFO", "/"),
-        ("QUERY_STRING", query),
-    ]))
-    .unwrap();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out);
-        out
-    })
-}
-
 // regression (own review of the stop sharing): a worker whose accept failed for want of
 // descriptors took that for an empty listen queue and shut the listener, resetting the
 // connections that waited in it for its sibling (3 of 5 reset).
@@ -191,10 +190,7 @@ fn out_of_descriptors_at_a_stop(tcp: bool) {
         .start();
     assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
     let gate = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let send_any = |query: &str| match &p.addr {
-        Addr::Unix(sock) => send(sock, query),
-        tcp => send_to(tcp, query),
-    };
+    let send_any = |query: &str| send_to(&p.addr, query);
     let long = send_any(&format!("gate={}&mark={}", gate("gate"), gate("in")));
     assert!(wait_file(&dir.path().join("in"), 20), "{}", p.logs());
     // The idle worker may open no descriptor more (a limit below its open ones): it
