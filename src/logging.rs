@@ -64,9 +64,6 @@ const QUEUE_LINES: usize = 16 * 1024;
 /// of those must not hold a gigabyte while the disk or the reader of stderr stalls.
 const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
-/// How long a writer thread lets lines gather after it wrote what was queued.
-const BATCH_WAIT: Duration = Duration::from_millis(2);
-
 /// A writer thread gathers queued file lines into writes of about this size.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -834,14 +831,6 @@ pub fn start_background() {
                     }
                     // The queue ran empty: what is gathered goes out now.
                     drain.write_pending();
-                    // Then the lines of the next moment gather in the queue while this
-                    // thread sleeps: a line sent to a sleeping reader wakes nobody, so
-                    // under load the thread wakes a few hundred times a second, not once
-                    // a line (a line alone still goes out at once).
-                    // regression (probe 323): with the access log on, each request's
-                    // line woke this thread (0.9 switches per line, 1.4 more per request
-                    // on the Python threads): half the req/s of --access-log off.
-                    std::thread::sleep(BATCH_WAIT);
                 }
             });
         if spawned.is_ok() {
