@@ -2037,8 +2037,7 @@ fn handle_event(
         Event::Abort { id } => {
             let in_flight = slots.len();
             if let Some(slot) = slots.get_mut(&id) {
-                // As a close above: debug (probe 321: 1000 aborts, 1000 info lines).
-                tracing::debug!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
+                tracing::info!(%peer, fcgi_id = id, "FCGI_ABORT_REQUEST: stopping the request");
                 // No STDIN follows an abort: its END_REQUEST waits for nothing more.
                 slot.stdin_over();
                 slot.flags.abort();
