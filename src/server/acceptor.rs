@@ -88,6 +88,63 @@ pub struct Acceptor {
     pub admission: Arc<Admission>,
     /// Listeners shut down under this process ([`Acceptor::listener_shut`]).
     pub shut: super::listener::ShutWatch,
+    /// The listen queue's turns beside kept FastCGI connections ([`BacklogTurn`]).
+    pub backlog_turn: BacklogTurn,
+}
+
+/// Fairness between the listen queues and parked FastCGI connections for the WSGI
+/// threads. Their epoll gives one event per wait and takes its ready sources in turn: a
+/// listener, however long its queue, is one source, each kept connection with its next
+/// request another. Under overload a front server's kept connections (nginx
+/// `fastcgi_keep_conn on` with `keepalive`) always have their next request ready, so a
+/// new connection got one turn in as many as there were kept connections.
+/// regression (probe 323): 2x1, an app sleeping 100 ms, `keepalive 32`, 150 clients:
+/// 228 of 808 requests answered 504 after nginx's 15 s, while a fair queue waits 7.5 s;
+/// beside a uwsgi listener loaded alike, the uwsgi side got 39 responses against 359.
+///
+/// So a kept connection's request served while the listen queue is known to hold more
+/// (its last accept found a connection) owes the next turn to that listener: under
+/// overload the listen queue gets at least every other turn. Known only from an accept
+/// that found one, so no accept is tried for nothing while the queue is empty: kept
+/// connections alone still cost their three system calls per request, and the queue
+/// costs one failed accept each time it empties.
+#[derive(Default)]
+pub struct BacklogTurn {
+    /// The listener whose last accept found a connection, plus one (0: none).
+    waiting: std::sync::atomic::AtomicUsize,
+    /// The next look accepts from it first.
+    owed: std::sync::atomic::AtomicBool,
+}
+
+impl BacklogTurn {
+    /// An accept from listener `i` found a connection (`true`) or none.
+    fn accepted(&self, i: usize, found: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if found {
+            self.waiting.store(i + 1, Relaxed);
+        } else if self.waiting.load(Relaxed) == i + 1 {
+            self.waiting.store(0, Relaxed);
+        }
+    }
+
+    /// A kept connection's request was taken: the listen queue that holds more has
+    /// the next turn.
+    fn kept_served(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.waiting.load(Relaxed) != 0 {
+            self.owed.store(true, Relaxed);
+        }
+    }
+
+    /// The listener owed this turn, if any (taken once).
+    fn take(&self) -> Option<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.owed.load(Relaxed) {
+            return None;
+        }
+        self.owed.store(false, Relaxed);
+        self.waiting.load(Relaxed).checked_sub(1)
+    }
 }
 
 thread_local! {
@@ -330,6 +387,24 @@ impl Acceptor {
                     Err(t) => token = t,
                 }
             }
+            // The WSGI threads: the listen queue's turn owed by a kept connection's
+            // request ([`BacklogTurn`]).
+            // (Not while accept is paused for lack of descriptors: the epoll's retry
+            // decides when it resumes.)
+            if block && self.admission.retry_at().is_none() {
+                if let Some(i) = self.backlog_turn.take() {
+                    if let Some(l) = self.listeners.get(i) {
+                        let found = self.accept_raw(l, false);
+                        self.backlog_turn.accepted(i, found.is_some());
+                        if let Some(a) = found {
+                            drop(token);
+                            super::listener::accepted_from(i);
+                            self.admission.arming().accepted(i);
+                            return self.admit(i, l, a);
+                        }
+                    }
+                }
+            }
             if !block {
                 if let Some(i) = self.guess() {
                     let l = &self.listeners[i];
@@ -442,6 +517,9 @@ impl Acceptor {
                         // A parked connection has its next request (or closed): read
                         // only with a place under --max-requests for it.
                         Woken::Read => {
+                            if block {
+                                self.backlog_turn.kept_served();
+                            }
                             if let Some(conn) = self.room_for_kept(conn) {
                                 // Now, or when its request was seen waiting for a thread.
                                 let started = conn.read_start();
@@ -516,7 +594,11 @@ impl Acceptor {
                         return None;
                     }
                     if let Some(l) = self.listeners.get(i) {
-                        let Some(a) = self.accept_raw(l, false) else {
+                        let found = self.accept_raw(l, false);
+                        if block {
+                            self.backlog_turn.accepted(i, found.is_some());
+                        }
+                        let Some(a) = found else {
                             if !block {
                                 GUESS.set((NO_GUESS, 0));
                             }

@@ -197,6 +197,7 @@ pub fn run(
         limits,
         pending,
         shut: listener::ShutWatch::default(),
+        backlog_turn: Default::default(),
     });
     // At --max-connections, slow heads (any protocol) and a front server's idle kept
     // FastCGI connections must not hold every place while a new connection waits.

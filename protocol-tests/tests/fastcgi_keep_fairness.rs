@@ -1,0 +1,167 @@
+//! New connections beside busy kept FastCGI connections (a front server's
+//! `fastcgi_keep_conn on` with `keepalive`, overloaded): the listen queue gets at least
+//! every other turn of a worker's threads, instead of one in as many turns as there
+//! are kept connections with a next request ready.
+//!
+//! regression (probe 323): 2 workers x 1 thread, an app sleeping 100 ms, nginx
+//! `keepalive 32`, 150 clients: 228 of 808 requests answered 504 after nginx's 15 s,
+//! while a fair queue serves each within 7.5 s.
+//!
+//! Raw FastCGI clients, no front server; the order is read from the app (it writes down
+//! each request it serves), not from any duration.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol_tests::harness::fcgi;
+use protocol_tests::harness::*;
+
+/// Kept connections that always have their next request ready.
+const KEPT: usize = 6;
+/// New connections waiting in the listen queue meanwhile.
+const NEW: usize = 6;
+
+/// A WSGI app that writes down each path it serves, one per line, in `order`, and
+/// takes 30 ms for each (so every kept client has sent its next request before the
+/// worker's only thread looks for the next one).
+fn app(dir: &Path) -> String {
+    let src = format!(
+        r#"
+import os, time
+ORDER = os.path.join({dir:?}, "order")
+def application(environ, start_response):
+    with open(ORDER, "a") as f:
+        f.write(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") + "\n")
+    time.sleep(0.03)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    return [b"ok\n"]
+"#,
+        dir = dir.display().to_string()
+    );
+    std::fs::write(dir.join("fair.py"), src).unwrap();
+    dir.join("fair.py").display().to_string()
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+fn connect(addr: &Addr) -> Box<dyn Stream> {
+    match addr {
+        Addr::Tcp(port) => {
+            let s = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            Box::new(s)
+        }
+        Addr::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            Box::new(s)
+        }
+    }
+}
+
+fn served(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("order"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Kept requests served between the first and the last new connection's request.
+fn kept_between_new(order: &[String]) -> usize {
+    let first = order.iter().position(|p| p.starts_with("/new"));
+    let last = order.iter().rposition(|p| p.starts_with("/new"));
+    match (first, last) {
+        (Some(a), Some(b)) => order[a..=b].iter().filter(|p| *p == "/kept").count(),
+        _ => usize::MAX,
+    }
+}
+
+fn new_connections_take_turns_beside_busy_kept_ones(sp: Spawn, dir: &Path) {
+    let p = sp
+        .protocol("fastcgi")
+        .args(["--workers", "1", "--threads", "1"])
+        .start();
+    // Kept connections, each answered once (so it is parked), then each sends its
+    // next request as soon as the last is answered, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut kept = Vec::new();
+    for _ in 0..KEPT {
+        let mut c = connect(&p.addr);
+        let first = fcgi::kept_get(&mut c, "/warm");
+        assert_eq!(first.map(|r| r.0), Some(200), "{}", p.logs());
+        let stop = Arc::clone(&stop);
+        kept.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match fcgi::kept_get(&mut c, "/kept") {
+                    Some((200, _)) => n += 1,
+                    other => panic!("a kept request answered {other:?}"),
+                }
+            }
+            n
+        }));
+    }
+    // Let every kept connection be busy (a few rounds of them served).
+    assert!(
+        wait_until(20, || served(dir).iter().filter(|l| *l == "/kept").count()
+            >= 2 * KEPT),
+        "the kept connections were not served ({:?}):\n{}",
+        served(dir),
+        p.logs()
+    );
+    // New connections, each with its whole request: they wait in the listen queue.
+    let news: Vec<_> = (0..NEW)
+        .map(|j| {
+            let mut c = connect(&p.addr);
+            c.write_all(&fcgi::get(1, false, &format!("/new{j}")))
+                .unwrap();
+            c
+        })
+        .collect();
+    for mut c in news {
+        assert_eq!(fcgi::status(&mut c), Some(200), "{}", p.logs());
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut kept_total = 0;
+    for t in kept {
+        kept_total += t.join().expect("a kept client panicked");
+    }
+    let order = served(dir);
+    let between = kept_between_new(&order);
+    // Fair: about one kept request between two new ones (NEW - 1); before the fix
+    // about KEPT between two (every kept connection ahead of the listener's turn).
+    assert!(
+        between <= 2 * (NEW - 1),
+        "{between} kept requests were served between the first and the last of {NEW} new \
+         connections (at most {} expected: the listen queue gets every other turn); \
+         order served: {order:?}",
+        2 * (NEW - 1)
+    );
+    assert!(kept_total > 0);
+    // Nothing else went wrong meanwhile.
+    let logs = p.logs();
+    assert!(!logs.contains("ERROR"), "{logs}");
+    drop(p);
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+#[test]
+fn new_tcp_connections_take_turns_beside_busy_kept_fastcgi_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Spawn::tcp(dir.path(), &app(dir.path()));
+    new_connections_take_turns_beside_busy_kept_ones(sp, dir.path());
+}
+
+#[test]
+fn new_unix_connections_take_turns_beside_busy_kept_fastcgi_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Spawn::unix(dir.path(), &app(dir.path()));
+    new_connections_take_turns_beside_busy_kept_ones(sp, dir.path());
+}
