@@ -7,10 +7,13 @@
 //!   formatted here and written directly, not through `tracing`, so `--log-level` never
 //!   hides it and each format is exactly what its readers expect.
 //!
-//! Writing never blocks a Python thread. A process that serves requests hands each line
-//! to a bounded queue drained by a writer thread (lossy): when the disk or the reader of
-//! stderr is too slow and the queue is full, the line is dropped and counted in
-//! [`LOG_LINES_DROPPED`]. The queue is a linked channel bounded by counting (lines and
+//! Writing never waits for a reader. A log that is a regular file (a `--log-file`, an
+//! access log file, stderr redirected to a file) takes each line at once: the thread that
+//! logs it writes it, one `write` per line, as nginx and uWSGI write theirs. To a pipe, a
+//! socket or a terminal (a container's stdout, the journal, a console), which a slow
+//! reader can fill, a process that serves requests hands each line to a bounded queue
+//! drained by a writer thread (lossy): when the reader is too slow and the queue is full,
+//! the line is dropped and counted in [`LOG_LINES_DROPPED`]. The queue is a linked channel bounded by counting (lines and
 //! bytes), not a preallocated ring: a ring of 16 Ki slots (tracing-appender's
 //! non-blocking writer) wrote 512 KiB of every worker's memory before its first line.
 //! The master must stay single-threaded to fork safely, so it writes its own (few, never
@@ -64,8 +67,13 @@ const QUEUE_LINES: usize = 16 * 1024;
 /// of those must not hold a gigabyte while the disk or the reader of stderr stalls.
 const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
-/// A writer thread gathers queued file lines into writes of about this size.
-const BATCH_BYTES: usize = 64 * 1024;
+/// How long a writer thread lets lines gather after it wrote what was queued.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// Lines for a pipe or socket are gathered into writes of at most this many bytes: a
+/// pipe keeps a write of up to `PIPE_BUF` (4 KiB) whole, so processes writing to one
+/// pipe never mix their lines.
+const PIPE_BATCH: usize = 4096;
 
 /// How long [`finish`] waits for a writer thread to write out its queue.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -205,6 +213,9 @@ impl AccessTarget {
 /// serves.
 struct Output {
     kind: Kind,
+    /// A regular file (stderr included): each line is written by the thread that logs
+    /// it, never queued ([`Output::write_line`]).
+    direct: bool,
     background: OnceLock<Background>,
     /// errno of the last failed reopen, to report on the next line written.
     reopen_error: AtomicI32,
@@ -810,7 +821,7 @@ pub fn start_background() {
     new_process();
     let Some(logs) = LOGS.get() else { return };
     for out in &logs.outputs {
-        if out.background.get().is_some() {
+        if out.background.get().is_some() || out.direct {
             continue;
         }
         let (queue, lines) = mpsc::channel::<Msg>();
@@ -831,6 +842,14 @@ pub fn start_background() {
                     }
                     // The queue ran empty: what is gathered goes out now.
                     drain.write_pending();
+                    // Then the lines of the next moment gather in the queue while this
+                    // thread sleeps: a line sent while it sleeps (not waiting on the
+                    // queue) wakes nobody, so under load it wakes a few hundred times a
+                    // second, not once a line; a line alone still goes out at once.
+                    // regression (probe 323): with the access log on a pipe, each
+                    // request's line woke this thread, ~3 context switches per request
+                    // against ~0.8 with the access log off.
+                    std::thread::sleep(BATCH_WAIT);
                 }
             });
         if spawned.is_ok() {
@@ -977,9 +996,10 @@ fn new_process() {
 impl Output {
     fn stderr() -> Output {
         // Taken now, at the start, before any app runs.
-        stderr_out();
+        let direct = is_regular(stderr_out());
         Output {
             kind: Kind::Stderr,
+            direct,
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
             health: Mutex::default(),
@@ -1019,6 +1039,7 @@ impl Output {
         })?;
         let file = File::from(fd);
         Ok(Output {
+            direct: is_regular(&file),
             kind: Kind::File {
                 path: path.to_owned(),
                 c_path,
@@ -1046,7 +1067,13 @@ impl Output {
         if self.reopen_error.load(Ordering::Relaxed) != 0 {
             self.report_reopen_error(self.is_own_log());
         }
-        if BACKGROUND.load(Ordering::Acquire) {
+        // A regular file takes a line at once (the page cache), with no reader to wait
+        // for: written here, one write per line, as nginx and uWSGI write theirs. The
+        // writer thread is for pipes, sockets and terminals, which a slow reader can
+        // fill. Handing each line to it cost a wake-up of that thread per line under
+        // load: with the access log on, hello's workers made ~0.9 context switches
+        // more per request (probe 323).
+        if BACKGROUND.load(Ordering::Acquire) && !self.direct {
             if let Some(bg) = self.background.get() {
                 self.queue(bg, line);
                 return;
@@ -1219,9 +1246,10 @@ impl Output {
     }
 }
 
-/// The writer thread's end of the queue: file lines are gathered into larger writes
-/// (one line never spans two writes, so processes appending to one file never mix their
-/// lines); stderr lines are written one by one (a pipe keeps a write of up to 4 KiB whole).
+/// The writer thread's end of the queue (an output that is not a regular file: a pipe,
+/// a socket, a terminal): lines are gathered into writes of up to [`PIPE_BATCH`] bytes,
+/// one line never spanning two writes, so processes writing to one pipe never mix their
+/// lines; a longer line is written alone.
 struct Drain {
     out: Arc<Output>,
     pending: Vec<u8>,
@@ -1246,18 +1274,17 @@ impl Drain {
         self.out
             .queued_bytes
             .fetch_sub(line.len(), Ordering::Relaxed);
-        match self.out.kind {
-            Kind::Stderr => {
-                self.out.write_lines(line, 1);
-            }
-            Kind::File { .. } => {
-                if self.pending.len() + line.len() > BATCH_BYTES {
-                    self.write_pending();
-                }
-                self.pending.extend_from_slice(line);
-                self.lines += 1;
-            }
+        // Only outputs that are not regular files come here ([`Output::direct`]):
+        // stderr and a --log-file alike may be pipes.
+        if self.pending.len() + line.len() > PIPE_BATCH {
+            self.write_pending();
         }
+        if line.len() > PIPE_BATCH {
+            self.out.write_lines(line, 1);
+            return;
+        }
+        self.pending.extend_from_slice(line);
+        self.lines += 1;
     }
 
     fn write_pending(&mut self) {
@@ -1315,6 +1342,12 @@ fn stderr_out() -> &'static File {
                 .expect("/dev/null opens"),
         }
     })
+}
+
+/// Whether `file` is a regular file (not a pipe, socket, terminal or other device).
+fn is_regular(file: &File) -> bool {
+    rustix::fs::fstat(file)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
 }
 
 /// `write_all`, also saying how many bytes went out before it failed.
