@@ -691,7 +691,7 @@ impl Acceptor {
                     (fd, peer)
                 }
                 Err(e) => {
-                    let _ = self.accept_failed::<()>(l, e);
+                    self.accept_failed(l, e);
                     return Err(e);
                 }
             }
@@ -699,7 +699,7 @@ impl Acceptor {
             match rustix::net::accept_with(&l.sock, flags) {
                 Ok(fd) => (fd, l.label.clone()),
                 Err(e) => {
-                    let _ = self.accept_failed::<()>(l, e);
+                    self.accept_failed(l, e);
                     return Err(e);
                 }
             }
@@ -1750,7 +1750,7 @@ fn has_read(conn: &Waiting) -> bool {
 impl Acceptor {
     /// An accept from `l` failed with `e`: [`accept_error`], and a listener shut down
     /// under this process is found ([`Acceptor::listener_shut`]).
-    fn accept_failed<T>(&self, l: &Listener, e: Errno) -> Option<T> {
+    fn accept_failed(&self, l: &Listener, e: Errno) {
         if self.queue.is_accepting() && self.shut.shut(l, e) {
             self.listener_shut(l);
         }
@@ -1802,7 +1802,7 @@ pub enum Backlog {
 
 /// What an accept error means: nothing (another thread took the connection, it failed
 /// on its own), or a pause of the listeners ([`Admission`]); never a sleep.
-pub(super) fn accept_error<T>(l: &Listener, e: Errno, admission: &Admission) -> Option<T> {
+pub(super) fn accept_error(l: &Listener, e: Errno, admission: &Admission) {
     match e {
         // Another thread took it, the peer gave up, or the listener was shut down.
         Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::INVAL => {}
@@ -1828,7 +1828,6 @@ pub(super) fn accept_error<T>(l: &Listener, e: Errno, admission: &Admission) -> 
         // holding the accept token); one log line per second at most.
         e => admission.accept_error(&l.label, e),
     }
-    None
 }
 
 /// `ip:port` of a TCP peer, as `SocketAddr`'s Display writes it. IPv4 by hand: the
