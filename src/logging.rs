@@ -7,13 +7,11 @@
 //!   formatted here and written directly, not through `tracing`, so `--log-level` never
 //!   hides it and each format is exactly what its readers expect.
 //!
-//! Writing never waits for a reader. A log that is a regular file (a `--log-file`, an
-//! access log file, stderr redirected to a file) takes each line at once: the thread that
-//! logs it writes it, one `write` per line, as nginx and uWSGI write theirs. To a pipe, a
-//! socket or a terminal (a container's stdout, the journal, a console), which a slow
-//! reader can fill, a process that serves requests hands each line to a bounded queue
-//! drained by a writer thread (lossy): when the reader is too slow and the queue is full,
-//! the line is dropped and counted in [`LOG_LINES_DROPPED`]. The queue is a linked channel bounded by counting (lines and
+//! Writing never blocks a Python thread. A process that serves requests hands each line
+//! to a bounded queue drained by a writer thread (lossy): when the disk or the reader of
+//! stderr is too slow and the queue is full, the line is dropped and counted in
+//! [`LOG_LINES_DROPPED`]. Under load the writer thread lets lines gather for a moment
+//! between its writes, so that it is not woken once a line. The queue is a linked channel bounded by counting (lines and
 //! bytes), not a preallocated ring: a ring of 16 Ki slots (tracing-appender's
 //! non-blocking writer) wrote 512 KiB of every worker's memory before its first line.
 //! The master must stay single-threaded to fork safely, so it writes its own (few, never
@@ -66,6 +64,11 @@ const QUEUE_LINES: usize = 16 * 1024;
 /// lines are not all short (a traceback, a request span naming a 64 KiB URI), and 16 Ki
 /// of those must not hold a gigabyte while the disk or the reader of stderr stalls.
 const QUEUE_BYTES: usize = 32 * 1024 * 1024;
+
+/// A writer thread gathers queued lines for a regular file into writes of about this
+/// size (one line never spans two writes, so processes appending to one file never mix
+/// their lines).
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// How long a writer thread lets lines gather after it wrote what was queued.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
@@ -213,9 +216,9 @@ impl AccessTarget {
 /// serves.
 struct Output {
     kind: Kind,
-    /// A regular file (stderr included): each line is written by the thread that logs
-    /// it, never queued ([`Output::write_line`]).
-    direct: bool,
+    /// A regular file (stderr too may be one): its writer thread gathers lines into
+    /// writes of up to [`BATCH_BYTES`], not [`PIPE_BATCH`].
+    regular: bool,
     background: OnceLock<Background>,
     /// errno of the last failed reopen, to report on the next line written.
     reopen_error: AtomicI32,
@@ -821,7 +824,7 @@ pub fn start_background() {
     new_process();
     let Some(logs) = LOGS.get() else { return };
     for out in &logs.outputs {
-        if out.background.get().is_some() || out.direct {
+        if out.background.get().is_some() {
             continue;
         }
         let (queue, lines) = mpsc::channel::<Msg>();
@@ -837,19 +840,25 @@ pub fn start_background() {
             .spawn(move || {
                 while let Ok(msg) = lines.recv() {
                     drain.take(msg);
+                    let mut taken = 1;
                     while let Ok(msg) = lines.try_recv() {
                         drain.take(msg);
+                        taken += 1;
                     }
                     // The queue ran empty: what is gathered goes out now.
                     drain.write_pending();
-                    // Then the lines of the next moment gather in the queue while this
-                    // thread sleeps: a line sent while it sleeps (not waiting on the
-                    // queue) wakes nobody, so under load it wakes a few hundred times a
-                    // second, not once a line; a line alone still goes out at once.
-                    // regression (probe 323): with the access log on a pipe, each
-                    // request's line woke this thread, ~3 context switches per request
-                    // against ~0.8 with the access log off.
-                    std::thread::sleep(BATCH_WAIT);
+                    // Lines came faster than this thread wrote them: under load, the
+                    // lines of the next moment gather in the queue while it sleeps (a
+                    // line sent while it sleeps, not waiting on the queue, wakes
+                    // nobody), so it wakes a few hundred times a second, not once a
+                    // line. A line alone goes out at once, and so does the next: a
+                    // line is late by BATCH_WAIT at most, and only under load.
+                    // regression (probe 323): with the access log on, each request's
+                    // line woke this thread, ~3 context switches per request against
+                    // ~0.8 with the access log off, 0.64x the req/s.
+                    if taken > 1 {
+                        std::thread::sleep(BATCH_WAIT);
+                    }
                 }
             });
         if spawned.is_ok() {
@@ -996,10 +1005,10 @@ fn new_process() {
 impl Output {
     fn stderr() -> Output {
         // Taken now, at the start, before any app runs.
-        let direct = is_regular(stderr_out());
+        let regular = is_regular(stderr_out());
         Output {
             kind: Kind::Stderr,
-            direct,
+            regular,
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
             health: Mutex::default(),
@@ -1039,7 +1048,7 @@ impl Output {
         })?;
         let file = File::from(fd);
         Ok(Output {
-            direct: is_regular(&file),
+            regular: is_regular(&file),
             kind: Kind::File {
                 path: path.to_owned(),
                 c_path,
@@ -1067,13 +1076,7 @@ impl Output {
         if self.reopen_error.load(Ordering::Relaxed) != 0 {
             self.report_reopen_error(self.is_own_log());
         }
-        // A regular file takes a line at once (the page cache), with no reader to wait
-        // for: written here, one write per line, as nginx and uWSGI write theirs. The
-        // writer thread is for pipes, sockets and terminals, which a slow reader can
-        // fill. Handing each line to it cost a wake-up of that thread per line under
-        // load: with the access log on, hello's workers made ~0.9 context switches
-        // more per request (probe 323).
-        if BACKGROUND.load(Ordering::Acquire) && !self.direct {
+        if BACKGROUND.load(Ordering::Acquire) {
             if let Some(bg) = self.background.get() {
                 self.queue(bg, line);
                 return;
@@ -1246,10 +1249,11 @@ impl Output {
     }
 }
 
-/// The writer thread's end of the queue (an output that is not a regular file: a pipe,
-/// a socket, a terminal): lines are gathered into writes of up to [`PIPE_BATCH`] bytes,
-/// one line never spanning two writes, so processes writing to one pipe never mix their
-/// lines; a longer line is written alone.
+/// The writer thread's end of the queue: lines are gathered into writes of up to
+/// [`BATCH_BYTES`] for a regular file, [`PIPE_BATCH`] for a pipe, a socket or a
+/// terminal, one line never spanning two writes, so processes writing to one file or
+/// pipe never mix their lines (a pipe: lines of up to 4 KiB; a longer line is written
+/// alone, and may mix with another process's).
 struct Drain {
     out: Arc<Output>,
     pending: Vec<u8>,
@@ -1274,12 +1278,16 @@ impl Drain {
         self.out
             .queued_bytes
             .fetch_sub(line.len(), Ordering::Relaxed);
-        // Only outputs that are not regular files come here ([`Output::direct`]):
-        // stderr and a --log-file alike may be pipes.
-        if self.pending.len() + line.len() > PIPE_BATCH {
+        // Stderr and a --log-file alike may be a pipe (or a FIFO), or a regular file.
+        let batch = if self.out.regular {
+            BATCH_BYTES
+        } else {
+            PIPE_BATCH
+        };
+        if self.pending.len() + line.len() > batch {
             self.write_pending();
         }
-        if line.len() > PIPE_BATCH {
+        if line.len() > batch {
             self.out.write_lines(line, 1);
             return;
         }

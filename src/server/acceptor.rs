@@ -102,17 +102,23 @@ pub struct Acceptor {
 /// 228 of 808 requests answered 504 after nginx's 15 s, while a fair queue waits 7.5 s;
 /// beside a uwsgi listener loaded alike, the uwsgi side got 39 responses against 359.
 ///
-/// So a kept connection's request served while the listen queue is known to hold more
-/// (its last accept found a connection) owes the next turn to that listener: under
-/// overload the listen queue gets at least every other turn. Known only from an accept
-/// that found one, so no accept is tried for nothing while the queue is empty: kept
-/// connections alone still cost their three system calls per request, and the queue
-/// costs one failed accept each time it empties.
+/// So a kept connection's request served while a listen queue is known to hold more
+/// (its last accept found a connection) owes the next turn to the listen queues: under
+/// overload they get at least every other turn. Known only from an accept that found
+/// one, so no accept is tried for nothing while the queues are empty: kept connections
+/// alone still cost their three system calls per request, and a queue costs one failed
+/// accept each time it empties. The owed turns go round the listeners known to hold
+/// more, one after the other, so that one loaded listener does not take them all.
+/// regression (review 325): with uwsgi, FastCGI and SCGI listeners loaded beside kept
+/// connections, the last listener accepted from kept every owed turn, and another got
+/// fewer responses than before (180-198 against ~305, 2x1, an app sleeping 10 ms).
 #[derive(Default)]
 pub struct BacklogTurn {
-    /// The listener whose last accept found a connection, plus one (0: none).
-    waiting: std::sync::atomic::AtomicUsize,
-    /// The next look accepts from it first.
+    /// Bit `i % 64`: listener `i`'s last accept found a connection.
+    waiting: std::sync::atomic::AtomicU64,
+    /// Where the next owed turn starts looking (the listener after the last one owed).
+    next: std::sync::atomic::AtomicUsize,
+    /// The next look accepts from one of them first.
     owed: std::sync::atomic::AtomicBool,
 }
 
@@ -120,14 +126,17 @@ impl BacklogTurn {
     /// An accept from listener `i` found a connection (`true`) or none.
     fn accepted(&self, i: usize, found: bool) {
         use std::sync::atomic::Ordering::Relaxed;
+        let bit = 1u64 << (i % 64);
         if found {
-            self.waiting.store(i + 1, Relaxed);
-        } else if self.waiting.load(Relaxed) == i + 1 {
-            self.waiting.store(0, Relaxed);
+            if self.waiting.load(Relaxed) & bit == 0 {
+                self.waiting.fetch_or(bit, Relaxed);
+            }
+        } else if self.waiting.load(Relaxed) & bit != 0 {
+            self.waiting.fetch_and(!bit, Relaxed);
         }
     }
 
-    /// A kept connection's request was taken: the listen queue that holds more has
+    /// A kept connection's request was taken: the listen queues that hold more have
     /// the next turn.
     fn kept_served(&self) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -136,14 +145,24 @@ impl BacklogTurn {
         }
     }
 
-    /// The listener owed this turn, if any (taken once).
-    fn take(&self) -> Option<usize> {
+    /// The listener owed this turn, if any (taken once): of those known to hold more,
+    /// the first from where the last owed turn left off, among `n` listeners.
+    fn take(&self, n: usize) -> Option<usize> {
         use std::sync::atomic::Ordering::Relaxed;
         if !self.owed.load(Relaxed) {
             return None;
         }
         self.owed.store(false, Relaxed);
-        self.waiting.load(Relaxed).checked_sub(1)
+        let waiting = self.waiting.load(Relaxed);
+        if waiting == 0 || n == 0 {
+            return None;
+        }
+        let from = self.next.load(Relaxed) % n;
+        let i = (0..n)
+            .map(|k| (from + k) % n)
+            .find(|&i| waiting & (1u64 << (i % 64)) != 0)?;
+        self.next.store(i + 1, Relaxed);
+        Some(i)
     }
 }
 
@@ -392,7 +411,7 @@ impl Acceptor {
             // (Not while accept is paused for lack of descriptors: the epoll's retry
             // decides when it resumes.)
             if block && self.admission.retry_at().is_none() {
-                if let Some(i) = self.backlog_turn.take() {
+                if let Some(i) = self.backlog_turn.take(self.listeners.len()) {
                     if let Some(l) = self.listeners.get(i) {
                         let found = self.accept_raw(l, false);
                         self.backlog_turn.accepted(i, found.is_some());
@@ -1883,5 +1902,61 @@ mod peer_tests {
             let addr: std::net::SocketAddr = a.parse().unwrap();
             assert_eq!(&*super::peer_text(addr), a);
         }
+    }
+}
+
+#[cfg(test)]
+mod backlog_turn_tests {
+    use super::BacklogTurn;
+
+    #[test]
+    fn nothing_is_owed_while_no_listen_queue_is_known_to_hold_more() {
+        let t = BacklogTurn::default();
+        t.kept_served();
+        assert_eq!(t.take(3), None);
+        t.accepted(1, false);
+        t.kept_served();
+        assert_eq!(t.take(3), None);
+    }
+
+    #[test]
+    fn a_kept_request_owes_one_turn_to_a_queue_that_holds_more() {
+        let t = BacklogTurn::default();
+        t.accepted(0, true);
+        assert_eq!(t.take(1), None, "owed only after a kept request");
+        t.kept_served();
+        assert_eq!(t.take(1), Some(0));
+        assert_eq!(t.take(1), None, "taken once");
+        // Its accept found nothing: no longer owed.
+        t.accepted(0, false);
+        t.kept_served();
+        assert_eq!(t.take(1), None);
+    }
+
+    // regression (review 325): the owed turns all went to the listener accepted from
+    // last, and another loaded listener got fewer turns than with none owed.
+    #[test]
+    fn owed_turns_go_round_the_listeners_that_hold_more() {
+        let t = BacklogTurn::default();
+        for i in [0, 1, 2] {
+            t.accepted(i, true);
+        }
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            t.kept_served();
+            let i = t.take(3).unwrap();
+            // An owed accept that finds one marks its listener again.
+            t.accepted(i, true);
+            got.push(i);
+        }
+        assert_eq!(got, [0, 1, 2, 0, 1, 2]);
+        // One found empty is skipped.
+        t.accepted(1, false);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            t.kept_served();
+            got.push(t.take(3).unwrap());
+        }
+        assert_eq!(got, [0, 2, 0, 2]);
     }
 }
