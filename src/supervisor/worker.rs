@@ -84,14 +84,20 @@ pub fn imported(ctx: &WorkerContext, asgi_capacity: Option<usize>) -> bool {
 /// a handler the app set. Called in the server's runtime: from then on, a task looks
 /// at the slot once a second for the same reason (see [`watch_mark`]).
 pub fn announce_ready(pipe: OwnedFd, board: &Arc<Scoreboard>, slot: usize) {
-    if board.self_retired(slot).is_some() {
-        // It recycled itself while it booted (--max-requests reached by requests it
-        // took before this): its own stop, which may be on its way from another
-        // thread (the slot is marked before the stop is set).
-        // regression: taken for the master's mark, it said `signal=SIGTERM`.
-        crate::stop::recycle();
-    } else if board.leaving(slot) {
-        crate::stop::asked();
+    // The mark first, then whose it is: read the other way round, a recycle marked by
+    // another thread between the two reads was taken for the master's mark.
+    // regression (CI, 1 in ~24 recycles at --max-requests 1): `signal="SIGTERM"`.
+    if board.leaving(slot) {
+        if board.self_retired(slot).is_some() {
+            // It recycled itself while it booted (--max-requests reached by requests
+            // it took before this): its own stop, which may be on its way from
+            // another thread (the slot is marked before the stop is set; the cause is
+            // stored before the mark).
+            // regression: taken for the master's mark, it said `signal=SIGTERM`.
+            crate::stop::recycle();
+        } else {
+            crate::stop::asked();
+        }
     }
     // Beats before it says it is ready: `/status` never shows a serving worker
     // without `last_seen_seconds`.
