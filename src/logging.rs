@@ -51,6 +51,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::codec::{Head, Protocol};
+use crate::shared_lock::SharedLock;
 
 /// Log lines lost since the process started: dropped because the writer's queue was
 /// full (a slow disk or stderr reader), or because writing them failed (disk full).
@@ -82,6 +83,15 @@ const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// pipe keeps a write of up to `PIPE_BUF` (4 KiB) whole, so processes writing to one
 /// pipe never mix their lines.
 const PIPE_BATCH: usize = 4096;
+
+/// How long a writer thread waits for its turn on a pipe or socket that other
+/// processes write to ([`Output::shared`]) before it writes without: a process stopped
+/// while it holds the turn (a debugger) must not stop every process's lines.
+const TURN_WAIT: Duration = Duration::from_secs(1);
+
+/// The same, for a line written directly by the thread that logs it (the master, which
+/// must never hang: it enforces --timeout; a process before it serves).
+const DIRECT_TURN_WAIT: Duration = Duration::from_millis(50);
 
 /// How long [`finish`] waits for a writer thread to write out its queue.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -224,6 +234,11 @@ struct Output {
     /// A regular file (stderr too may be one): its writer thread gathers lines into
     /// writes of up to [`BATCH_BYTES`], not [`PIPE_BATCH`].
     regular: bool,
+    /// Not a regular file (a pipe, a socket, a terminal): the turn every process takes
+    /// to write to it, so that a line longer than a pipe keeps whole (`PIPE_BUF`, 4 KiB)
+    /// is never cut by another process's write (see [`crate::shared_lock`]). Without
+    /// one (it could not be mapped), writes go on without turns.
+    shared: Option<SharedLock>,
     background: OnceLock<Background>,
     /// errno of the last failed reopen, to report on the next line written.
     reopen_error: AtomicI32,
@@ -1025,6 +1040,7 @@ impl Output {
         Output {
             kind: Kind::Stderr,
             regular,
+            shared: shared_turn(regular),
             background: OnceLock::new(),
             reopen_error: AtomicI32::new(0),
             health: Mutex::default(),
@@ -1063,8 +1079,10 @@ impl Output {
             None => err(io::Error::from(e)),
         })?;
         let file = File::from(fd);
+        let regular = is_regular(&file);
         Ok(Output {
-            regular: is_regular(&file),
+            regular,
+            shared: shared_turn(regular),
             kind: Kind::File {
                 path: path.to_owned(),
                 c_path,
@@ -1110,7 +1128,7 @@ impl Output {
             LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.write_lines(line, 1);
+        self.write_lines(line, 1, DIRECT_TURN_WAIT);
     }
 
     /// Whether this is postern's own log (the first output; the access log may share it).
@@ -1126,7 +1144,10 @@ impl Output {
     /// counted as lost meanwhile, and the first write that goes through again ends a
     /// line cut short and says how many were lost since when (in the file itself when it
     /// is postern's log; an access log holds access lines only).
-    fn write_lines(&self, bytes: &[u8], lines: u64) -> bool {
+    /// `wait`: how long to wait for this process's turn on a pipe or socket others
+    /// write to too (then it writes without).
+    fn write_lines(&self, bytes: &[u8], lines: u64, wait: Duration) -> bool {
+        let _turn = self.shared.as_ref().and_then(|s| s.lock_within(wait));
         let Kind::File { file, path, .. } = &self.kind else {
             let ok = stderr_out().write_all(bytes).is_ok();
             if !ok {
@@ -1304,7 +1325,7 @@ impl Drain {
             self.write_pending();
         }
         if line.len() > batch {
-            self.out.write_lines(line, 1);
+            self.out.write_lines(line, 1, TURN_WAIT);
             return;
         }
         self.pending.extend_from_slice(line);
@@ -1315,7 +1336,7 @@ impl Drain {
         if self.pending.is_empty() {
             return;
         }
-        self.out.write_lines(&self.pending, self.lines);
+        self.out.write_lines(&self.pending, self.lines, TURN_WAIT);
         self.pending.clear();
         self.lines = 0;
     }
@@ -1366,6 +1387,16 @@ fn stderr_out() -> &'static File {
                 .expect("/dev/null opens"),
         }
     })
+}
+
+/// The turn processes take on an output that is not a regular file. A regular file
+/// needs none: the kernel keeps each `O_APPEND` write whole (and a writer thread never
+/// splits a line between writes).
+fn shared_turn(regular: bool) -> Option<SharedLock> {
+    if regular {
+        return None;
+    }
+    SharedLock::new().ok()
 }
 
 /// Whether `file` is a regular file (not a pipe, socket, terminal or other device).

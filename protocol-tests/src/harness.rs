@@ -388,6 +388,13 @@ impl Spawn {
         self
     }
 
+    /// `logs()` and the start-up wait read `path`, which something else than postern
+    /// writes: the reader of a pipe postern logs to, keeping a copy of what it read.
+    pub fn log_read_from(mut self, path: &Path) -> Self {
+        self.log_file = Some(path.to_owned());
+        self
+    }
+
     /// Listen for `fastcgi` or `scgi` instead of uwsgi.
     pub fn protocol(mut self, p: &'static str) -> Self {
         self.protocol = p;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use protocol_tests::harness::*;
 
 /// A small app: echoes its request ids and pid, and writes one `wsgi.errors` line;
-/// `/raise` raises (a traceback in the log); `/slow/…` takes a moment first.
+/// `/raise` raises (a traceback in the log); `/slow/…` takes a moment first; `/long/…`
+/// writes a line of over 6,000 bytes first.
 const APP: &str = r#"
 import json, os, time
 
@@ -21,6 +22,8 @@ def application(environ, start_response):
         raise RuntimeError("boom from the app")
     if environ.get("PATH_INFO", "").startswith("/slow/"):
         time.sleep(0.3)
+    if environ.get("PATH_INFO", "").startswith("/long/"):
+        environ["wsgi.errors"].write("long " + environ["PATH_INFO"] + " " + "x" * 6000 + " end\n")
     environ["wsgi.errors"].write("a line from the app on wsgi.errors\n")
     body = json.dumps({
         "sent": environ.get("HTTP_X_REQUEST_ID"),
@@ -1282,5 +1285,83 @@ fn an_access_log_that_is_a_pipe_is_written_by_a_writer_thread() {
             lines.iter().any(|l| l.contains(&format!("path=/p{i} "))),
             "{lines:?}"
         );
+    }
+}
+
+/// Lines longer than a pipe keeps whole (`PIPE_BUF`, 4 KiB: a long traceback, a
+/// wsgi.errors line) from three busy workers to one pipe whose reader is slower than
+/// they write: every line arrives whole, none cut by another process's write.
+/// regression: with stderr a pipe (a container's stdout), 474-602 of ~3,700 lines of
+/// 5,000 bytes from three workers came cut into pieces with other lines between.
+#[test]
+fn long_lines_from_several_workers_to_one_pipe_arrive_whole() {
+    use std::io::Read;
+    let dir = tempdir();
+    let fifo = dir.path().join("log.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // What the reader takes from the pipe, also for the harness's start-up wait.
+    let copy = dir.path().join("read.log");
+    let reader = {
+        let (fifo, copy) = (fifo.clone(), copy.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::open(&fifo).unwrap();
+            let mut to = std::fs::File::create(&copy).unwrap();
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Slower than three workers write: the pipe fills, and each long write
+            // goes in piece by piece as room is made.
+            for n in 0u64.. {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        all.extend_from_slice(&buf[..k]);
+                        to.write_all(&buf[..k]).unwrap();
+                    }
+                }
+                if n % 4 == 3 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            all
+        })
+    };
+    let mut p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--workers", "3", "--access-log", "off"])
+        .args(["--log-file", fifo.to_str().unwrap()])
+        .log_read_from(&copy)
+        .start();
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    let r = request_at(&addr, &format!("/long/c{c}-{i}"), &[]).unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client thread panicked");
+    }
+    // SAFETY: signals the child we started.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    assert!(wait_child(&mut p.child, 20).is_some(), "{}", p.logs());
+    let text = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    let long: Vec<&str> = text.lines().filter(|l| l.contains("xxxxxxxxxx")).collect();
+    let whole = |l: &&str| {
+        l.matches("long /long/").count() == 1 && l.ends_with(&format!(" {} end", "x".repeat(6000)))
+    };
+    let cut: Vec<_> = long.iter().filter(|l| !whole(l)).collect();
+    assert!(cut.is_empty(), "{} of {} lines cut", cut.len(), long.len());
+    for c in 0..6 {
+        for i in 0..100 {
+            let want = format!("long /long/c{c}-{i} ");
+            let n = long.iter().filter(|l| l.contains(&want)).count();
+            assert_eq!(n, 1, "{want}: {n} lines");
+        }
     }
 }
