@@ -374,6 +374,7 @@ pub fn init(opts: &LogOptions) -> Result<(), LogError> {
     if first && installed {
         let _ = SAID.set(Mutex::new(opts.level.clone()));
     }
+    TEXT_FIELDS.store(opts.format == LogFormat::Text, Ordering::Relaxed);
     let _ = LOGS.set(Logs {
         log_file: opts.file.clone(),
         json: opts.format == LogFormat::Json,
@@ -2373,6 +2374,39 @@ fn escaped_word(out: &mut String, v: Option<&[u8]>) {
     }
 }
 
+/// [`Untrusted`] as a `key=value` field of the request span, where the text log writes
+/// it bare: in double quotes (`"` and `\` escaped) when it holds a space, a quote or
+/// a backslash, so that no value can pass for fields of its own (a path sent straight
+/// to the socket as `/x peer=10.0.0.1` would otherwise read as a second `peer=`). Plain
+/// values (nearly all) are written as they are; the JSON log quotes every string itself.
+pub struct UntrustedField<'a>(pub &'a [u8]);
+
+/// The text log is on (not JSON): [`UntrustedField`] quotes what needs it.
+static TEXT_FIELDS: AtomicBool = AtomicBool::new(true);
+
+impl std::fmt::Display for UntrustedField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bare = !self.0.iter().any(|b| matches!(b, b' ' | b'"' | b'\\'));
+        if bare || !TEXT_FIELDS.load(Ordering::Relaxed) {
+            return Untrusted(self.0).fmt(f);
+        }
+        let put = |f: &mut std::fmt::Formatter<'_>, c: char| match c {
+            '"' | '\\' => {
+                f.write_char('\\')?;
+                f.write_char(c)
+            }
+            c if unsafe_in_a_line(c) => write_escaped_char(f, c),
+            c => f.write_char(c),
+        };
+        f.write_char('"')?;
+        match std::str::from_utf8(self.0) {
+            Ok(s) => s.chars().try_for_each(|c| put(f, c))?,
+            Err(_) => self.0.iter().try_for_each(|&b| put(f, char::from(b)))?,
+        }
+        f.write_char('"')
+    }
+}
+
 /// Request bytes as a field of postern's own log lines (the request span's method and
 /// path): UTF-8 as it is (else each byte as latin-1), control characters as `\xHH` and
 /// the Unicode line and paragraph separators as `\u{HHHH}`, so a request can neither
@@ -2668,6 +2702,17 @@ mod tests {
             ),
             "{ours}"
         );
+    }
+
+    #[test]
+    fn a_span_field_with_a_space_or_quote_is_one_quoted_value() {
+        let show = |b: &[u8]| UntrustedField(b).to_string();
+        assert_eq!(show(b"/plain?a=1&b=2"), "/plain?a=1&b=2");
+        assert_eq!(show(b"/x peer=10.0.0.1"), r#""/x peer=10.0.0.1""#);
+        assert_eq!(show(b"/q\"\\"), r#""/q\"\\""#);
+        // Escapes as Untrusted's, their backslash not doubled; bytes not UTF-8 as latin-1.
+        assert_eq!(show(b"/a b\r\n\xff"), "\"/a b\\x0D\\x0A\u{ff}\"");
+        assert_eq!(show(b"/a\x01"), "/a\\x01");
     }
 
     #[test]

@@ -455,8 +455,40 @@ fn a_request_uri_with_line_breaks_cannot_forge_lines_of_postern_s_log() {
     );
     assert!(
         logs.lines().any(|l| l.contains("ERROR")
-            && l.contains(&format!("path=/raise\\x0D\\x0A{forged}\\x1B[2J"))),
+            && l.contains(&format!("path=\"/raise\\x0D\\x0A{forged}\\x1B[2J\""))),
         "the traceback's line shows the path escaped:\n{logs}"
+    );
+}
+
+// regression (probe 321): the request span wrote a path with spaces bare, so a request
+// sent straight to the socket without REQUEST_URI, its PATH_INFO `/say peer=…`, read
+// as a span with a second, forged `peer=` (and `request_id=`).
+#[test]
+fn a_path_with_spaces_cannot_forge_fields_of_the_request_span() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &app(dir.path())).start();
+    let path = "/say peer=198.51.100.7:4711 request_id=0 \"q\\";
+    let mut vars = vec![
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", ""),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+    ];
+    vars.push(("REMOTE_ADDR", "203.0.113.9"));
+    let out = raw(&p.addr, &uwsgi_packet(&vars));
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(p.wait_log("a line from the app", 5), "{}", p.logs());
+    let logs = p.logs();
+    let line = log_line(&logs, "a line from the app");
+    assert!(
+        line.contains(r#"path="/say peer=198.51.100.7:4711 request_id=0 \"q\\" peer=unix:"#),
+        "the path is one quoted field:\n{logs}"
     );
 }
 

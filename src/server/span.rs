@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::field;
 
 use crate::codec::{Head, Protocol};
-use crate::logging::{RequestId, RequestSpan, Untrusted};
+use crate::logging::{RequestId, RequestSpan, UntrustedField};
 
 /// The `request` span and the request's id: the span carries the id, method, path and
 /// peer, then status and duration (ms) once known. At a level that disables it, a
@@ -24,13 +24,13 @@ pub fn request_span_with(head: &Head, peer: &Arc<str>, id: RequestId) -> (Reques
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        method = %Untrusted(head.get(b"REQUEST_METHOD").unwrap_or(b"-")),
-        path = %Untrusted(
+        method = %UntrustedField(head.get(b"REQUEST_METHOD").unwrap_or(b"-")),
+        path = %UntrustedField(
             head.get(b"REQUEST_URI")
                 .or_else(|| head.get(b"PATH_INFO"))
                 .unwrap_or(b"-")
         ),
-        peer = %Untrusted(peer.as_bytes()),
+        peer = %UntrustedField(peer.as_bytes()),
         status = field::Empty,
         ms = field::Empty
     );
