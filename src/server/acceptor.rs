@@ -416,10 +416,7 @@ impl Acceptor {
                         let found = self.accept_raw(l, false);
                         self.backlog_turn.accepted(i, found.is_some());
                         if let Some(a) = found {
-                            drop(token);
-                            super::listener::accepted_from(i);
-                            self.admission.arming().accepted(i);
-                            return self.admit(i, l, a);
+                            return self.took(token, i, l, a);
                         }
                     }
                 }
@@ -428,10 +425,7 @@ impl Acceptor {
                 if let Some(i) = self.guess() {
                     let l = &self.listeners[i];
                     if let Some(a) = self.accept_raw(l, false) {
-                        drop(token);
-                        super::listener::accepted_from(i);
-                        self.admission.arming().accepted(i);
-                        let req = self.admit(i, l, a);
+                        let req = self.took(token, i, l, a);
                         if req.is_none() {
                             GUESS.set((NO_GUESS, 0));
                         }
@@ -623,12 +617,7 @@ impl Acceptor {
                             }
                             return None;
                         };
-                        drop(token);
-                        // The next arming starts after this listener: each gets its
-                        // turn (see `listener::arm_first`).
-                        super::listener::accepted_from(i);
-                        self.admission.arming().accepted(i);
-                        let req = self.admit(i, l, a);
+                        let req = self.took(token, i, l, a);
                         // A connection that came without its request (it waits for its
                         // first bytes, or the slow lane reads it) makes the next wake-up
                         // likely its own, not a new connection's: no guess then.
@@ -659,18 +648,31 @@ impl Acceptor {
         if !self.queue.is_accepting() {
             return Err(token);
         }
-        let arming = self.admission.arming();
-        for (i, l) in arming.armed() {
+        for (i, l) in self.admission.arming().armed() {
             if let Some(a) = self.accept_raw(l, false) {
-                drop(token);
-                super::listener::accepted_from(i);
-                arming.accepted(i);
-                let req = self.admit(i, l, a);
+                let req = self.took(token, i, l, a);
                 GUESS.set((if req.is_some() { i } else { NO_GUESS }, 0));
                 return Ok(req);
             }
         }
         Err(token)
+    }
+
+    /// `a` was accepted from listener `i`: the token goes (another thread may wait on
+    /// the epoll now), the next arming starts after `i` (each listener gets its turn,
+    /// see `listener::arm_first`), and the connection is admitted: its request when it
+    /// came with it (`None`: it waits for its first bytes, or the slow lane reads it).
+    fn took(
+        &self,
+        token: std::sync::MutexGuard<'_, ()>,
+        i: usize,
+        l: &Listener,
+        a: Accepted,
+    ) -> Option<Request> {
+        drop(token);
+        super::listener::accepted_from(i);
+        self.admission.arming().accepted(i);
+        self.admit(i, l, a)
     }
 
     /// The listener the event loop's look accepts from before it asks the epoll: the
