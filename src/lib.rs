@@ -43,7 +43,7 @@ pub mod logging;
 pub mod proto;
 pub mod room;
 pub mod server;
-pub mod shared_lock;
+pub mod shared_mem;
 pub mod size;
 pub mod stats;
 pub mod stop;

@@ -51,7 +51,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::codec::{Head, Protocol};
-use crate::shared_lock::SharedLock;
+use crate::shared_mem::SharedLock;
 
 /// Log lines lost since the process started: dropped because the writer's queue was
 /// full (a slow disk or stderr reader), or because writing them failed (disk full).
@@ -236,7 +236,7 @@ struct Output {
     regular: bool,
     /// Not a regular file (a pipe, a socket, a terminal): the turn every process takes
     /// to write to it, so that a line longer than a pipe keeps whole (`PIPE_BUF`, 4 KiB)
-    /// is never cut by another process's write (see [`crate::shared_lock`]). Without
+    /// is never cut by another process's write (see [`crate::shared_mem`]). Without
     /// one (it could not be mapped), writes go on without turns.
     shared: Option<SharedLock>,
     background: OnceLock<Background>,

@@ -363,6 +363,11 @@ const HTTP: &str = r#"
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": os.path.join(DIR, "file.bin")})
+    elif path == "/pathsend-relative":
+        # As Starlette's FileResponse("file.bin") sends it: relative to the working
+        # directory (the test's dir).
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "file.bin"})
     else:
         await answer(send, b"not found", 404)
 "#;
@@ -991,16 +996,20 @@ fn pathsend_of_a_directory_is_refused_before_anything_is_sent() {
     assert_eq!(r.text(), "fallback: True");
 }
 
+// regression (probe 328): a relative path (Starlette's FileResponse("static/x"), the
+// usual FastAPI idiom, sends it as given) raised ValueError: every such GET got 500.
 #[test]
 fn pathsend_sends_the_file() {
     let dir = tempdir();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
     std::fs::write(dir.path().join("file.bin"), &data).unwrap();
     let p = serve(dir.path(), "uwsgi", &[]);
-    let r = get(&p, "/pathsend", "");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-length"), Some("200000"));
-    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    for path in ["/pathsend", "/pathsend-relative"] {
+        let r = get(&p, path, "");
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-length"), Some("200000"), "{path}");
+        assert_eq!(sha256_hex(&r.body), sha256_hex(&data), "{path}");
+    }
 }
 
 #[test]

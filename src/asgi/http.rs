@@ -3166,12 +3166,10 @@ impl Exchange {
                         pyo3::exceptions::PyOSError::new_err(msg)
                     }
                 };
-                if !path.is_absolute() {
-                    return Err(PyValueError::new_err(format!(
-                        "http.response.pathsend takes an absolute path, not {}",
-                        path.display()
-                    )));
-                }
+                // The specification asks for an absolute path; a relative one (what
+                // Starlette's `FileResponse("static/x")` sends) is opened from the
+                // working directory, as the app's own `open()` would, and as Granian
+                // does. Refused, every such response was a 500.
                 // O_NONBLOCK: the open of a FIFO waits for a writer (the loop would
                 // hang); it is refused below, as anything but a regular file is.
                 let file = {

@@ -44,21 +44,11 @@ fn last_accepted() -> &'static std::sync::atomic::AtomicUsize {
     use std::sync::atomic::AtomicUsize;
     static LAST: std::sync::OnceLock<&'static AtomicUsize> = std::sync::OnceLock::new();
     LAST.get_or_init(|| {
-        let len = std::mem::size_of::<AtomicUsize>();
-        // SAFETY: a new anonymous mapping at an address the kernel picks, never
-        // unmapped: zeroed (a valid AtomicUsize 0), page-aligned, alive as long as the
-        // process, and shared with the children forked after this.
-        let page = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-            )
-        };
-        match page {
-            // SAFETY: see above.
-            Ok(p) => unsafe { &*(p as *const AtomicUsize) },
+        match crate::shared_mem::map_shared(std::mem::size_of::<AtomicUsize>()) {
+            // SAFETY: the mapping is never unmapped: zeroed (a valid AtomicUsize 0),
+            // page-aligned, alive as long as the process, and shared with the children
+            // forked after this.
+            Ok(p) => unsafe { p.cast::<AtomicUsize>().as_ref() },
             Err(_) => Box::leak(Box::new(AtomicUsize::new(0))),
         }
     })

@@ -342,18 +342,9 @@ impl Scoreboard {
     pub fn new(slots: usize, python_threads: usize) -> std::io::Result<Scoreboard> {
         let threads = python_threads.max(TASK_LINES);
         let len = SLOTS_AT + slots * Self::slot_size(threads);
-        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
-        // SAFETY: a new anonymous shared mapping of `len` bytes, placed by the kernel.
-        let base = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-            )
-        }?;
+        let base = crate::shared_mem::map_shared(len)?;
         Ok(Scoreboard {
-            base: base.cast(),
+            base: base.as_ptr().cast(),
             len,
             slots,
             threads,

@@ -1,4 +1,7 @@
-//! A lock the master and its workers share: a process-shared, robust
+//! Memory the master and its workers share: zeroed pages mapped before the first fork
+//! ([`map_shared`]), and a lock in them ([`SharedLock`]).
+//!
+//! The lock: a process-shared, robust
 //! `pthread_mutex_t` in an anonymous `MAP_SHARED` page mapped before the first fork, so
 //! every process forked after it locks the same mutex.
 //!
@@ -16,6 +19,24 @@
 use std::io;
 use std::ptr::NonNull;
 use std::time::Duration;
+
+/// `len` zeroed bytes (rounded up to pages) in an anonymous `MAP_SHARED` mapping at an
+/// address the kernel picks: page-aligned, and the same memory in every process forked
+/// after this call. Never unmapped by anyone but its owner.
+pub fn map_shared(len: usize) -> io::Result<NonNull<std::ffi::c_void>> {
+    use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+    // SAFETY: a new anonymous shared mapping, placed by the kernel: no existing memory
+    // is touched.
+    let base = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+        )
+    }?;
+    NonNull::new(base).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))
+}
 
 pub struct SharedLock {
     mutex: NonNull<libc::pthread_mutex_t>,
@@ -40,19 +61,8 @@ impl Drop for SharedGuard<'_> {
 impl SharedLock {
     /// Maps and initialises the mutex. Call it before forking the processes that share it.
     pub fn new() -> io::Result<SharedLock> {
-        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
-        let len = std::mem::size_of::<libc::pthread_mutex_t>();
-        // SAFETY: a new anonymous shared mapping, placed by the kernel.
-        let base = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-            )
-        }?;
-        let mutex = NonNull::new(base.cast::<libc::pthread_mutex_t>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let mutex = map_shared(std::mem::size_of::<libc::pthread_mutex_t>())?
+            .cast::<libc::pthread_mutex_t>();
         // SAFETY: the attribute is initialised before use and destroyed after; the mutex
         // is initialised once, in fresh memory no other thread sees yet.
         let r = unsafe {
