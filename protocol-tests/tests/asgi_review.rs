@@ -281,6 +281,32 @@ fn a_fastcgi_stdin_short_of_content_length_is_answered_400_not_500() {
     );
 }
 
+// regression (probe 328): nginx's auth_request sends the client's CONTENT_LENGTH with
+// no body, STDIN ended at once: answered 400 before the app ran (nginx: 500).
+#[test]
+fn a_fastcgi_stdin_ended_before_any_byte_is_no_body_passed() {
+    let dir = tempdir();
+    let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
+        .protocol("fastcgi")
+        .args(["--loop", "asyncio"])
+        .start();
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("SCRIPT_NAME", "/read-all"),
+        ("REQUEST_URI", "/read-all"),
+        ("CONTENT_LENGTH", "1000"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+    ];
+    let mut s = p.addr.connect().unwrap();
+    let mut head = fcgi::head(1, true, &vars);
+    head.extend(fcgi::record(fcgi::STDIN, 1, b""));
+    s.write_all(&head).unwrap();
+    let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
+    assert_eq!((status, &body[..]), (200, &b"got 0"[..]), "{}", p.logs());
+}
+
 /// A GET over uwsgi: the parsed response, or None when the connection gave none
 /// (aborted).
 fn get(p: &Postern, path: &str, query: &str) -> Option<Response> {

@@ -2476,6 +2476,34 @@ fn multiplexed_bodies_whose_lengths_overflow_together_are_served_on() {
     ok_after(&p);
 }
 
+// regression (probe 328): nginx's auth_request (and `fastcgi_pass_request_body off`)
+// sends the client's CONTENT_LENGTH with no body, STDIN ended at once: postern answered
+// 400 without calling the app, so nginx answered every client request with a body 500.
+#[test]
+fn a_stdin_ended_before_any_byte_is_no_body_passed_and_the_app_runs() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let v = vars("POST", "/echo", Some(1000));
+    let mut c = Fc::open(&p);
+    let mut b = head(1, true, &v);
+    b.extend(fcgi::record(STDIN, 1, b""));
+    c.send(&b);
+    let out = c.reply(1);
+    assert_eq!(out.end, Some((0, 0)));
+    let (status, headers, body) = out.cgi();
+    assert_eq!(status, 200, "{out:?}\n{}", p.logs());
+    assert!(body.is_empty(), "{out:?}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("x-body-len") && v == "0"),
+        "{out:?}"
+    );
+    assert!(!p.logs().contains("STDIN ended before"), "{}", p.logs());
+    c.get(2, true, "/hello").assert_ok(b"hello\n");
+    ok_after(&p);
+}
+
 #[test]
 fn stdin_shorter_than_content_length_is_answered_and_the_connection_goes_on() {
     let dir = tempdir();

@@ -36,7 +36,9 @@ pub enum Refused {
     /// of it was read): 413.
     #[error("request body of {len} bytes is over --max-body ({max} bytes)")]
     TooLarge { len: u64, max: u64, announced: bool },
-    /// STDIN ended short of CONTENT_LENGTH (the front server lost its client): 400.
+    /// STDIN ended short of CONTENT_LENGTH, after some of it (the front server lost its
+    /// client): 400. (Ended before any byte, it is a body the front server does not
+    /// pass: see [`assemble`].)
     #[error("STDIN ended after {got} of the {expected} bytes CONTENT_LENGTH announced")]
     Truncated { got: u64, expected: u64 },
 }
@@ -57,7 +59,8 @@ impl Refused {
 ///
 /// Rules, in order: the pairs must parse; CONTENT_LENGTH (else HTTP_CONTENT_LENGTH)
 /// must be a number and at most `max_body`; a complete STDIN shorter than it is
-/// refused, a longer one is cut to it; the body must be at most `max_body`; a body
+/// refused (but an empty one: no body passed, CONTENT_LENGTH 0), a longer one is cut
+/// to it; the body must be at most `max_body`; a body
 /// without CONTENT_LENGTH gets one, as apps that trust only CONTENT_LENGTH (Django)
 /// would otherwise read nothing.
 pub fn assemble(
@@ -127,6 +130,26 @@ pub fn assemble_noting_id(
     let mut excess = 0;
     if let Some(cl) = announced {
         let got = data.len() as u64;
+        if got == 0 && cl > 0 {
+            // STDIN ended before any byte of it: the front server passes no body for
+            // this request, the client's CONTENT_LENGTH (from the stock params) beside
+            // it: nginx's auth_request subrequests and `fastcgi_pass_request_body off`
+            // do. The app gets the body passed, none, and CONTENT_LENGTH 0 for it.
+            // (A body cut short by a client gone mid-upload never ends STDIN: nginx
+            // closes the connection then; one cut after some bytes is refused below.)
+            // regression (probe 328): nginx's auth_request to postern over FastCGI
+            // answered every client request that had a body 500 (postern: 400).
+            head.give_length(0);
+            return Ok((
+                Assembled {
+                    head,
+                    body: Some(Bytes::new()),
+                    announced: Some(0),
+                    excess: 0,
+                },
+                id_at,
+            ));
+        }
         if got < cl {
             return Err(Refused::Truncated { got, expected: cl });
         }
