@@ -322,12 +322,13 @@ fn requests_cut_off_at_graceful_timeout_get_one_warning_each_without_traceback()
         streaming.join().unwrap(),
         after.join().unwrap(),
     );
-    assert_eq!(parse_http(&stuck).map(|r| r.status), Some(500));
+    // regression (probe 329): 500, an app error to access logs and dashboards.
+    assert_eq!(parse_http(&stuck).map(|r| r.status), Some(503));
     assert_eq!(parse_http(&after).map(|r| r.body), Some(b"ok".to_vec()));
     assert!(!streaming.is_empty());
     let logs = p.logs();
     for (path, what) in [
-        ("/stuck", "before its response started; answered 500"),
+        ("/stuck", "before its response started; answered 503"),
         ("/streaming", "during its response; aborting the connection"),
         (
             "/after",
@@ -828,11 +829,11 @@ fn requests_still_queued_at_the_graceful_timeout_are_not_started_and_are_said() 
     let status = q.p.wait_exit(30).expect("postern stopped");
     let logs = q.p.logs();
     assert_eq!(status.code(), Some(1), "{logs}");
-    // The two running were cut off (500: no response had started); the rest never
+    // The two running were cut off (503: no response had started); the rest never
     // started, and are closed without an answer.
     let cut = answers
         .iter()
-        .filter(|a| a.starts_with(b"HTTP/1.1 500"))
+        .filter(|a| a.starts_with(b"HTTP/1.1 503"))
         .count();
     let unanswered = answers.iter().filter(|a| a.is_empty()).count();
     assert_eq!((cut, unanswered), (2, 4), "{answers:?}\n{logs}");

@@ -2345,9 +2345,11 @@ impl Exchange {
                 let code = slf.borrow().code;
                 Self::settle(slf, Some(End::Incomplete(code)))?;
             }
+            // 503, not 500: the server is stopping, the app did nothing wrong (a 500
+            // read as an app bug in access logs and 5xx dashboards; probe 329).
             Some(_) if cut => {
-                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task before its response started; answered 500");
-                Self::answer_500(slf)?;
+                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task before its response started; answered 503");
+                Self::answer_plain(slf, 503, b"Service Unavailable\n")?;
             }
             Some(e) if !started_sending && !served => {
                 tracing::error!(traceback = %traceback(py, &e), "the app raised an exception; answered 500");
