@@ -86,12 +86,22 @@ const PIPE_BATCH: usize = 4096;
 
 /// How long a writer thread waits for its turn on a pipe or socket that other
 /// processes write to ([`Output::shared`]) before it writes without: a process stopped
-/// while it holds the turn (a debugger) must not stop every process's lines.
-const TURN_WAIT: Duration = Duration::from_secs(1);
+/// while it holds the turn (a debugger) must not stop every process's lines for good.
+/// The lock is not fair (a writer that just wrote may take it again first): with 1 s,
+/// a pipe far slower than three busy workers had 255 lines cut in 8 s, with 3 s, 3.
+const TURN_WAIT: Duration = Duration::from_secs(3);
 
 /// The same, for a line written directly by the thread that logs it (the master, which
-/// must never hang: it enforces --timeout; a process before it serves).
+/// must never hang: it enforces --timeout; a process before it serves), which drops the
+/// line then (counted), rather than write it into another process's.
 const DIRECT_TURN_WAIT: Duration = Duration::from_millis(50);
+
+/// Who writes a line: a writer thread, or the thread that logs it ([`DIRECT_TURN_WAIT`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Queue,
+    Direct,
+}
 
 /// How long [`finish`] waits for a writer thread to write out its queue.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -1129,7 +1139,7 @@ impl Output {
             LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.write_lines(line, 1, DIRECT_TURN_WAIT);
+        self.write_lines(line, 1, Writer::Direct);
     }
 
     /// Whether this is postern's own log (the first output; the access log may share it).
@@ -1145,10 +1155,23 @@ impl Output {
     /// counted as lost meanwhile, and the first write that goes through again ends a
     /// line cut short and says how many were lost since when (in the file itself when it
     /// is postern's log; an access log holds access lines only).
-    /// `wait`: how long to wait for this process's turn on a pipe or socket others
-    /// write to too (then it writes without).
-    fn write_lines(&self, bytes: &[u8], lines: u64, wait: Duration) -> bool {
-        let _turn = self.shared.as_ref().and_then(|s| s.lock_within(wait));
+    /// `by`: who writes, which says how long to wait for this process's turn on a pipe
+    /// or socket others write to too ([`Output::shared`]).
+    fn write_lines(&self, bytes: &[u8], lines: u64, by: Writer) -> bool {
+        let mut _turn = None;
+        if let Some(lock) = &self.shared {
+            let wait = match by {
+                Writer::Queue => TURN_WAIT,
+                Writer::Direct => DIRECT_TURN_WAIT,
+            };
+            _turn = lock.lock_within(wait);
+            // regression (review 330): the master wrote its line anyway, into the
+            // middle of a worker's long line (76-89 a run of 8 s).
+            if _turn.is_none() && by == Writer::Direct {
+                LOG_LINES_DROPPED.fetch_add(lines, Ordering::Relaxed);
+                return false;
+            }
+        }
         let Kind::File { file, path, .. } = &self.kind else {
             let ok = stderr_out().write_all(bytes).is_ok();
             if !ok {
@@ -1326,7 +1349,7 @@ impl Drain {
             self.write_pending();
         }
         if line.len() > batch {
-            self.out.write_lines(line, 1, TURN_WAIT);
+            self.out.write_lines(line, 1, Writer::Queue);
             return;
         }
         self.pending.extend_from_slice(line);
@@ -1337,7 +1360,8 @@ impl Drain {
         if self.pending.is_empty() {
             return;
         }
-        self.out.write_lines(&self.pending, self.lines, TURN_WAIT);
+        self.out
+            .write_lines(&self.pending, self.lines, Writer::Queue);
         self.pending.clear();
         self.lines = 0;
     }
@@ -2375,8 +2399,9 @@ fn escaped_word(out: &mut String, v: Option<&[u8]>) {
 }
 
 /// [`Untrusted`] as a `key=value` field of the request span, where the text log writes
-/// it bare: in double quotes (`"` and `\` escaped) when it holds a space, a quote or
-/// a backslash, so that no value can pass for fields of its own (a path sent straight
+/// it bare: in double quotes (`"` and `\` escaped) when it holds anything but printable
+/// ASCII (a space or tab, a quote, a backslash, a control or non-ASCII character), so
+/// that no value can pass for fields of its own (a path sent straight
 /// to the socket as `/x peer=10.0.0.1` would otherwise read as a second `peer=`). Plain
 /// values (nearly all) are written as they are; the JSON log quotes every string itself.
 pub struct UntrustedField<'a>(pub &'a [u8]);
@@ -2386,7 +2411,12 @@ static TEXT_FIELDS: AtomicBool = AtomicBool::new(true);
 
 impl std::fmt::Display for UntrustedField<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bare = !self.0.iter().any(|b| matches!(b, b' ' | b'"' | b'\\'));
+        // Printable ASCII but `"` and `\`: nothing that could separate fields (a tab, a
+        // no-break space, U+3000 too; review 330) or need escaping.
+        let bare = self
+            .0
+            .iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
         if bare || !TEXT_FIELDS.load(Ordering::Relaxed) {
             return Untrusted(self.0).fmt(f);
         }
@@ -2712,7 +2742,10 @@ mod tests {
         assert_eq!(show(b"/q\"\\"), r#""/q\"\\""#);
         // Escapes as Untrusted's, their backslash not doubled; bytes not UTF-8 as latin-1.
         assert_eq!(show(b"/a b\r\n\xff"), "\"/a b\\x0D\\x0A\u{ff}\"");
-        assert_eq!(show(b"/a\x01"), "/a\\x01");
+        assert_eq!(show(b"/a\x01"), "\"/a\\x01\"");
+        // Whatever could separate fields (review 330: a tab was written raw).
+        assert_eq!(show(b"/x\tpeer=9"), "\"/x\tpeer=9\"");
+        assert_eq!(show("/x\u{a0}peer=9".as_bytes()), "\"/x\u{a0}peer=9\"");
     }
 
     #[test]

@@ -305,6 +305,14 @@ fn a_fastcgi_stdin_ended_before_any_byte_is_no_body_passed() {
     s.write_all(&head).unwrap();
     let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
     assert_eq!((status, &body[..]), (200, &b"got 0"[..]), "{}", p.logs());
+    // The same with the end of STDIN in a later write (the app already reading).
+    let mut s = p.addr.connect().unwrap();
+    s.write_all(&fcgi::head(1, true, &vars)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
+    assert_eq!((status, &body[..]), (200, &b"got 0"[..]), "{}", p.logs());
+    assert!(!p.logs().contains("STDIN ended before"), "{}", p.logs());
 }
 
 /// A GET over uwsgi: the parsed response, or None when the connection gave none

@@ -106,6 +106,30 @@ pub fn assemble_noting_id(
         content_length: 0,
     };
     head.content_length = announced.unwrap_or(0);
+    // STDIN ended before any byte of it: the front server passes no body for this
+    // request, the client's CONTENT_LENGTH (from the stock params) beside it: nginx's
+    // auth_request subrequests and `fastcgi_pass_request_body off` do. The app gets the
+    // body passed, none, and CONTENT_LENGTH 0 for it; before --max-body's check, which
+    // is the client's length's, not this request's. (A body cut short by a client gone
+    // mid-upload never ends STDIN: nginx closes the connection then; one cut after some
+    // bytes is refused below.)
+    // regression (probe 328): nginx's auth_request to postern over FastCGI answered
+    // every client request that had a body 500 (postern: 400); (review 330) and with
+    // --max-body, one over it 500 too (postern: 413).
+    if let (Some(cl), Some(data)) = (announced, &stdin) {
+        if data.is_empty() && cl > 0 {
+            head.give_length(0);
+            return Ok((
+                Assembled {
+                    head,
+                    body: Some(Bytes::new()),
+                    announced: Some(0),
+                    excess: 0,
+                },
+                id_at,
+            ));
+        }
+    }
     if let (Some(max), Some(len)) = (max_body, announced) {
         if len > max {
             return Err(Refused::TooLarge {
@@ -130,26 +154,6 @@ pub fn assemble_noting_id(
     let mut excess = 0;
     if let Some(cl) = announced {
         let got = data.len() as u64;
-        if got == 0 && cl > 0 {
-            // STDIN ended before any byte of it: the front server passes no body for
-            // this request, the client's CONTENT_LENGTH (from the stock params) beside
-            // it: nginx's auth_request subrequests and `fastcgi_pass_request_body off`
-            // do. The app gets the body passed, none, and CONTENT_LENGTH 0 for it.
-            // (A body cut short by a client gone mid-upload never ends STDIN: nginx
-            // closes the connection then; one cut after some bytes is refused below.)
-            // regression (probe 328): nginx's auth_request to postern over FastCGI
-            // answered every client request that had a body 500 (postern: 400).
-            head.give_length(0);
-            return Ok((
-                Assembled {
-                    head,
-                    body: Some(Bytes::new()),
-                    announced: Some(0),
-                    excess: 0,
-                },
-                id_at,
-            ));
-        }
         if got < cl {
             return Err(Refused::Truncated { got, expected: cl });
         }

@@ -1997,7 +1997,10 @@ fn handle_event(
             let Some(feed) = &slot.stdin else {
                 return Step::Go;
             };
-            if slot.content_length.is_some_and(|cl| slot.got < cl) {
+            // Ended before any byte: no body passed (nginx's auth_request; see
+            // `codec::fastcgi::assemble`, which takes it so when STDIN's end comes with
+            // the head): the app's read ends, nothing more, as for an empty body.
+            if slot.got > 0 && slot.content_length.is_some_and(|cl| slot.got < cl) {
                 // One line per short body (review of cbddb75: the 400 the app's read
                 // leads to is said at debug), through the bad-input limit.
                 if slow_clients::bad_input(peer, Reason::Truncated) {
