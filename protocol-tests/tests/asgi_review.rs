@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use protocol_tests::harness::{
     fcgi, parse_http, sha256_hex, tempdir, uwsgi_packet, Postern, Response, Spawn,
@@ -244,6 +245,53 @@ fn serve(dir: &Path, extra: &[&str]) -> Postern {
         .start()
 }
 
+/// The app over FastCGI (its `/read-all` reads the whole body, answers `got N`).
+fn serve_fastcgi(dir: &Path) -> Postern {
+    Spawn::asgi_tcp(dir, "asgi_review_app", APP)
+        .protocol("fastcgi")
+        .args(["--loop", "asyncio"])
+        .start()
+}
+
+/// A POST to `/read-all` over FastCGI announcing `content_length`: the head with the
+/// STDIN bytes `first`, then the end of STDIN, in the same write or `pause` later. The
+/// answer's CGI status and body.
+fn read_all_post(
+    p: &Postern,
+    content_length: &str,
+    first: &[u8],
+    pause: Option<Duration>,
+) -> (u16, Vec<u8>) {
+    let vars = [
+        ("REQUEST_METHOD", "POST"),
+        ("SCRIPT_NAME", "/read-all"),
+        ("REQUEST_URI", "/read-all"),
+        ("CONTENT_LENGTH", content_length),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "test"),
+        ("SERVER_PORT", "80"),
+    ];
+    let mut s = p.addr.connect().unwrap();
+    let mut head = fcgi::head(1, true, &vars);
+    if !first.is_empty() {
+        head.extend(fcgi::record(fcgi::STDIN, 1, first));
+    }
+    let end = fcgi::record(fcgi::STDIN, 1, b"");
+    match pause {
+        None => {
+            head.extend(end);
+            s.write_all(&head).unwrap();
+        }
+        Some(d) => {
+            s.write_all(&head).unwrap();
+            std::thread::sleep(d);
+            s.write_all(&end).unwrap();
+        }
+    }
+    let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
+    (status, body)
+}
+
 #[test]
 fn a_fastcgi_stdin_short_of_content_length_is_answered_400_not_500() {
     // regression (review of cbddb75): a STDIN that ended before CONTENT_LENGTH while
@@ -251,28 +299,10 @@ fn a_fastcgi_stdin_short_of_content_length_is_answered_400_not_500() {
     // an app that raises on it was answered 500 with ERROR and its traceback (the
     // front server still waited), where the WSGI path answers 400.
     let dir = tempdir();
-    let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
-        .protocol("fastcgi")
-        .args(["--loop", "asyncio"])
-        .start();
-    let vars = [
-        ("REQUEST_METHOD", "POST"),
-        ("SCRIPT_NAME", "/read-all"),
-        ("REQUEST_URI", "/read-all"),
-        ("CONTENT_LENGTH", "10"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-    ];
-    let mut s = p.addr.connect().unwrap();
-    let mut head = fcgi::head(1, true, &vars);
-    head.extend(fcgi::record(fcgi::STDIN, 1, b"abc"));
-    s.write_all(&head).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
-    let (status, _, _) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
+    let p = serve_fastcgi(dir.path());
+    let (status, _) = read_all_post(&p, "10", b"abc", Some(Duration::from_millis(300)));
     assert_eq!(status, 400, "{}", p.logs());
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     let logs = p.logs();
     assert!(!logs.contains(" ERROR "), "{logs}");
     assert!(
@@ -282,36 +312,16 @@ fn a_fastcgi_stdin_short_of_content_length_is_answered_400_not_500() {
 }
 
 // regression (probe 328): nginx's auth_request sends the client's CONTENT_LENGTH with
-// no body, STDIN ended at once: answered 400 before the app ran (nginx: 500).
+// no body, STDIN ended at once: answered 400 before the app ran (nginx: 500); (review
+// 330) with the end in a later write, the app already reading, 400 too.
 #[test]
 fn a_fastcgi_stdin_ended_before_any_byte_is_no_body_passed() {
     let dir = tempdir();
-    let p = Spawn::asgi_tcp(dir.path(), "asgi_review_app", APP)
-        .protocol("fastcgi")
-        .args(["--loop", "asyncio"])
-        .start();
-    let vars = [
-        ("REQUEST_METHOD", "POST"),
-        ("SCRIPT_NAME", "/read-all"),
-        ("REQUEST_URI", "/read-all"),
-        ("CONTENT_LENGTH", "1000"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("SERVER_NAME", "test"),
-        ("SERVER_PORT", "80"),
-    ];
-    let mut s = p.addr.connect().unwrap();
-    let mut head = fcgi::head(1, true, &vars);
-    head.extend(fcgi::record(fcgi::STDIN, 1, b""));
-    s.write_all(&head).unwrap();
-    let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
-    assert_eq!((status, &body[..]), (200, &b"got 0"[..]), "{}", p.logs());
-    // The same with the end of STDIN in a later write (the app already reading).
-    let mut s = p.addr.connect().unwrap();
-    s.write_all(&fcgi::head(1, true, &vars)).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
-    let (status, _, body) = fcgi::read_reply(&mut *s, 1, &mut Vec::new()).cgi();
-    assert_eq!((status, &body[..]), (200, &b"got 0"[..]), "{}", p.logs());
+    let p = serve_fastcgi(dir.path());
+    for pause in [None, Some(Duration::from_millis(300))] {
+        let answer = read_all_post(&p, "1000", b"", pause);
+        assert_eq!(answer, (200, b"got 0".to_vec()), "{pause:?}\n{}", p.logs());
+    }
     assert!(!p.logs().contains("STDIN ended before"), "{}", p.logs());
 }
 

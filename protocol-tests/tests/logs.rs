@@ -1242,6 +1242,29 @@ async def app(scope, receive, send):
     }
 }
 
+/// `clients` threads each send `per` requests, `{prefix}{c}-{i}`, all answered 200;
+/// then a SIGTERM, and postern's exit.
+fn load_then_stop(p: &mut Postern, clients: usize, per: usize, prefix: &str) {
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let addr = p.addr.clone();
+            let prefix = prefix.to_owned();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let r = request_at(&addr, &format!("{prefix}{c}-{i}"), &[]).unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client thread panicked");
+    }
+    // SAFETY: signals the child we started.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    assert!(wait_child(&mut p.child, 20).is_some(), "{}", p.logs());
+}
+
 /// Lines to a file from two workers, each gathered by its writer thread into larger
 /// writes under load: every line arrives once and whole, none lost at the stop.
 #[test]
@@ -1251,23 +1274,7 @@ fn access_lines_to_a_file_from_busy_workers_arrive_whole_and_once() {
     let mut p = Spawn::unix(dir.path(), &app(dir.path()))
         .args(["--workers", "2", "--access-log", access.to_str().unwrap()])
         .start();
-    let clients: Vec<_> = (0..4)
-        .map(|c| {
-            let addr = p.addr.clone();
-            std::thread::spawn(move || {
-                for i in 0..100 {
-                    let r = request_at(&addr, &format!("/c{c}-{i}"), &[]).unwrap();
-                    assert_eq!(r.status, 200);
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().expect("a client thread panicked");
-    }
-    // SAFETY: signals the child we started.
-    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
-    assert!(wait_child(&mut p.child, 20).is_some(), "{}", p.logs());
+    load_then_stop(&mut p, 4, 100, "/c");
     let text = read(&access);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 400, "{text}");
@@ -1365,23 +1372,7 @@ fn long_lines_from_several_workers_to_one_pipe_arrive_whole() {
         .args(["--log-file", fifo.to_str().unwrap()])
         .log_read_from(&copy)
         .start();
-    let clients: Vec<_> = (0..6)
-        .map(|c| {
-            let addr = p.addr.clone();
-            std::thread::spawn(move || {
-                for i in 0..100 {
-                    let r = request_at(&addr, &format!("/long/c{c}-{i}"), &[]).unwrap();
-                    assert_eq!(r.status, 200);
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().expect("a client thread panicked");
-    }
-    // SAFETY: signals the child we started.
-    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
-    assert!(wait_child(&mut p.child, 20).is_some(), "{}", p.logs());
+    load_then_stop(&mut p, 6, 100, "/long/c");
     let text = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
     let long: Vec<&str> = text.lines().filter(|l| l.contains("xxxxxxxxxx")).collect();
     let whole = |l: &&str| {

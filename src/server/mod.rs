@@ -646,9 +646,13 @@ pub fn run(
         } else {
             "when this worker left (a reload, SIGTTOU, recycling)"
         };
-        tracing::warn!(
-            "requests still running, or cut FastCGI responses still unmarked, {when} (--graceful-timeout, a second signal or SIGQUIT)"
-        );
+        // regression (probe 329): a worker serving uwsgi alone named FastCGI too.
+        let what = if parking.cut_responding() > 0 {
+            "requests still running, or cut FastCGI responses still unmarked"
+        } else {
+            "requests still running"
+        };
+        tracing::warn!("{what}, {when} (--graceful-timeout, a second signal or SIGQUIT)");
     }
     // The clients counted at --head-timeout since the last summary are said now:
     // the task that would say them at the window's end goes with the runtime.

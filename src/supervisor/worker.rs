@@ -880,7 +880,9 @@ impl WorkerMonitor {
                             pid,
                             "served {max} requests (--max-requests), but workers started to replace others failed to start: it serves on past its limit until its successor is ready"
                         ),
-                        Hold::Reload => tracing::warn!(
+                        // A normal event (probe 329: a WARN per worker at each reload
+                        // under load): info.
+                        Hold::Reload => tracing::info!(
                             pid,
                             "served {max} requests (--max-requests) during a reload: it serves on past its limit until the new workers are ready"
                         ),
