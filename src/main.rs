@@ -802,6 +802,7 @@ fn worker(
         &ctx,
         config.opts.max_requests,
         config.opts.max_rss,
+        config.opts.worker_start_timeout.0,
     ));
     let settings = Settings {
         monitor: Some(std::sync::Arc::clone(&monitor) as _),

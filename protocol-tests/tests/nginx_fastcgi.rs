@@ -894,7 +894,7 @@ fn at_max_connections_a_burst_through_nginx_with_kept_connections_is_served_with
     s.assert_clean("a burst at --max-connections with kept connections");
 }
 
-// regression: kept connections a recycled worker handed over while its successor
+// regression: kept connections a leaving worker handed over while its successor
 // still imported the app were closed unread once the master died: the orphaned
 // successor, done importing, stopped and took them from the hand-over channel only to
 // close them at once, and the requests nginx had sent on them (POSTs included) got
@@ -914,23 +914,102 @@ fn kept_connections_waiting_in_the_hand_over_are_answered_when_the_master_dies()
     }
 }
 
-/// One round of the test above: `--workers 1 --max-requests 12`, four connections kept
-/// by nginx; the worker recycles while its successor's import waits at a gate, a GET
-/// and a POST go out on kept connections in the channel, the master is SIGKILLed, then
-/// the gate opens.
-fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String> {
-    let dir = tempdir();
-    let app = dir.path().join("handover_app.py");
-    // The first import is quick; the next ones (the successor) wait for the gate.
+/// An app (`handover_app.py` in `dir`) whose first import is quick and whose next ones
+/// (the successors) wait for a `gate` file beside it (60 s at most), having made an
+/// `importing` file; it answers "ok PID BODY", `/sleep` after 0.3 s.
+fn gated_successor_app(dir: &std::path::Path) -> std::path::PathBuf {
+    let app = dir.join("handover_app.py");
     std::fs::write(
         &app,
         "import os, time\nhere = os.path.dirname(os.path.abspath(__file__))\nif os.path.exists(os.path.join(here, 'booted')):\n    open(os.path.join(here, 'importing'), 'w').close()\n    deadline = time.time() + 60\n    while not os.path.exists(os.path.join(here, 'gate')) and time.time() < deadline:\n        time.sleep(0.02)\nopen(os.path.join(here, 'booted'), 'w').close()\n\ndef application(environ, start_response):\n    if environ.get('PATH_INFO') == '/sleep':\n        time.sleep(0.3)\n    body = ('ok %d %s' % (os.getpid(), environ['wsgi.input'].read().decode())).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n",
     )
     .unwrap();
-    // --max-requests 12 has no jitter (10% of it rounds to 0): 4 + 8 requests.
+    app
+}
+
+// A worker that reached --max-requests waits for its successor (since probe 329: it
+// no longer leaves first), and keeps its idle FastCGI connections meanwhile: nginx's
+// requests on them must not wait for the successor's import while the other worker
+// serves. Each is passed on to the workers that serve on as it comes.
+#[test]
+fn kept_connections_of_a_worker_waiting_for_its_successor_go_to_the_workers_that_serve() {
+    let Some(bin) = nginx_bin() else {
+        assert!(!in_ci(), "no nginx, and CI=true");
+        return;
+    };
+    let dir = tempdir();
+    // Imports wait for `gate` once `hold` exists (made once both workers serve).
+    let app = dir.path().join("held_app.py");
+    std::fs::write(
+        &app,
+        "import os, time\nhere = os.path.dirname(os.path.abspath(__file__))\nif os.path.exists(os.path.join(here, 'hold')):\n    deadline = time.time() + 60\n    while not os.path.exists(os.path.join(here, 'gate')) and time.time() < deadline:\n        time.sleep(0.02)\n\ndef application(environ, start_response):\n    body = ('ok %d' % os.getpid()).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n",
+    )
+    .unwrap();
     let postern = Spawn::unix(dir.path(), &app.to_string_lossy())
         .protocol("fastcgi")
-        .args(["--workers", "1", "--threads", "4", "--max-requests", "12"])
+        .args(["--workers", "2", "--threads", "2", "--max-requests", "40"])
+        .start();
+    let site = site(Mode::Keep, &postern.addr.nginx(), "", "");
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    let s = Stack::from_parts(nginx, postern, dir);
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 20),
+        "{}",
+        s.postern.logs()
+    );
+    std::fs::write(s.dir.path().join("hold"), b"").unwrap();
+    let paused = || {
+        s.postern
+            .logs()
+            .matches("leaves once its successor is ready")
+            .count()
+    };
+    // One at a time: nginx sends each on the connection it kept, to the same worker,
+    // which reaches its limit while the other has served little.
+    let mut sent = 0;
+    while paused() == 0 && sent < 200 {
+        assert_eq!(s.nginx.get("/").status, 200, "{}", s.postern.logs());
+        sent += 1;
+    }
+    assert_eq!(paused(), 1, "{}", s.postern.logs());
+    // The successor waits at the gate: the other worker serves, on the paused
+    // worker's kept connections too, until it reaches its own limit.
+    let mut quick = 0;
+    while paused() < 2 && quick < 10 {
+        let t = Instant::now();
+        let r = s.nginx.get("/");
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "{}", s.postern.logs());
+        assert!(
+            took < Duration::from_secs(2),
+            "request {quick} waited {took:?} (for the successor's import?)\n{}",
+            s.postern.logs()
+        );
+        quick += 1;
+    }
+    eprintln!("{quick} requests while one worker waited for its successor");
+    std::fs::write(s.dir.path().join("gate"), b"").unwrap();
+    assert!(
+        s.postern.wait_log("its successor is ready", 20),
+        "{}",
+        s.postern.logs()
+    );
+    for _ in 0..10 {
+        assert_eq!(s.nginx.get("/").status, 200, "{}", s.postern.logs());
+    }
+    s.assert_clean("kept connections of a worker waiting for its successor");
+}
+
+/// One round of the test above: `--workers 1`, four connections kept by nginx; the
+/// worker leaves (SIGTERM) while its successor's import waits at a gate, a GET
+/// and a POST go out on kept connections in the channel, the master is SIGKILLed, then
+/// the gate opens.
+fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String> {
+    let dir = tempdir();
+    let app = gated_successor_app(dir.path());
+    let postern = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .protocol("fastcgi")
+        .args(["--master", "--workers", "1", "--threads", "4"])
         .start();
     let site = site(Mode::Keep, &postern.addr.nginx(), "", "");
     let nginx = Nginx::start_site(bin, dir.path(), &site);
@@ -949,10 +1028,20 @@ fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String>
     for _ in 0..8 {
         assert_eq!(s.nginx.get("/").status, 200, "{}", s.postern.logs());
     }
-    // The worker took its last request and left, its kept connections in the
-    // channel; its successor waits at the gate.
+    // The worker is told to leave (a SIGTERM of its own: a worker at --max-requests
+    // waits for its successor since probe 329), its kept connections in the channel;
+    // its successor waits at the gate.
+    let logs = s.postern.logs();
+    let pid: i32 = logs
+        .split("worker ready pid=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the worker's pid");
+    // SAFETY: kill(2) on the worker this test's postern started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(
-        s.postern.wait_log("worker exited pid=", 10),
+        s.postern.wait_log("cause=\"signal\"", 10),
         "{}",
         s.postern.logs()
     );

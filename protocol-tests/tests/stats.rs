@@ -1043,12 +1043,41 @@ fn ping_holds_while_a_worker_is_recycled() {
         (w.len() == 1 && w[0]["state"] == "starting" && w[0]["start_cause"] == cause)
             .then(|| w[0]["pid"].as_i64().unwrap())
     };
-    assert!(wait_until(20, || only_starting("max-requests").is_some()));
+    // The worker at its limit waits for its successor (probe 329), which starts.
+    let starting = |cause: &str| {
+        let s = status_json(&stats_addr);
+        let w = s["workers"].as_array();
+        w.unwrap_or_else(|| panic!("{s:#}")).iter().find_map(|w| {
+            (w["state"] == "starting" && w["start_cause"] == cause)
+                .then(|| w["pid"].as_i64().unwrap())
+        })
+    };
+    assert!(wait_until(20, || starting("max-requests").is_some()));
     assert_eq!(ping(&stats_addr), 200, "{:#}", status_json(&stats_addr));
-    // That replacement dies before it serves: its own replacement is a failure's.
-    let pid = only_starting("max-requests").unwrap();
+    // That successor dies before it serves: the worker at its limit serves on, held.
+    let pid = starting("max-requests").unwrap();
     kill(pid, libc::SIGKILL);
-    assert!(wait_until(20, || only_starting("boot-failure").is_some()));
+    assert!(
+        p.wait_log("accepts again and serves on past it", 20),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.get("/code/200").0, 200, "{}", p.logs());
+    assert_eq!(ping(&stats_addr), 200, "{:#}", status_json(&stats_addr));
+    // It dies too: its replacement is a failure's, and nothing serves.
+    let s = status_json(&stats_addr);
+    let w = &s["workers"][0];
+    assert!(
+        w["state"] == "retiring" && w["held"] == "starts-failed",
+        "{s:#}"
+    );
+    kill(w["pid"].as_i64().unwrap(), libc::SIGKILL);
+    assert!(
+        wait_until(20, || only_starting("crash").is_some()
+            || only_starting("boot-failure").is_some()),
+        "{:#}",
+        status_json(&stats_addr)
+    );
     assert_eq!(ping(&stats_addr), 503, "{:#}", status_json(&stats_addr));
     std::fs::write(&gate, "").unwrap();
     assert!(wait_until(30, || ping(&stats_addr) == 200), "{}", p.logs());

@@ -1049,6 +1049,27 @@ impl Acceptor {
         n
     }
 
+    /// The worker accepts again after its pause at `--max-requests` (the master holds
+    /// it past its limit: its successor failed to start): its listeners go back in,
+    /// and the requests that came on its kept connections meanwhile, held unread for
+    /// the workers that serve on, are taken up now rather than at their next look.
+    pub fn resume_after_pause(&self) {
+        self.admission.resync();
+        // Handed-over connections are taken here again (the channel left this epoll
+        // when the limit was taken).
+        if let Some(c) = fastcgi::handover::Channel::get() {
+            let _ = epoll::add(
+                &*self.epoll,
+                c.receiver(),
+                epoll::EventData::new_u64(Wake::Handover.encode()),
+                epoll::EventFlags::IN,
+            );
+        }
+        for e in self.pending.take_held() {
+            self.take_up(e);
+        }
+    }
+
     /// A connection that has sent nothing yet (or whose bytes wait unread) goes to the
     /// workers that serve on, with its age; when none does, or that fails, to the slow
     /// lane.

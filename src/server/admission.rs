@@ -693,6 +693,12 @@ impl Admission {
         }
     }
 
+    /// The monitor's limit may have moved (a worker paused at `--max-requests` is held
+    /// past it): accept as it says now.
+    pub fn resync(&self) {
+        self.sync(None, false);
+    }
+
     /// Whether the worker has taken its last request (and recycles). Not when its
     /// monitor has no limit left to reach since (a worker the master holds past
     /// `--max-requests`, as the one that would replace it fails to start, serves on).

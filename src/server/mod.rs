@@ -272,6 +272,14 @@ pub fn run(
     // --max-requests: begin no more requests than the worker will still serve; once
     // accept stops for it, the worker has taken all it will serve: it recycles then.
     if let Some(m) = monitor.clone().filter(|m| m.requests_left().is_some()) {
+        // A worker at its limit waits for its successor; held past its limit (the
+        // successor failed to start), it accepts again.
+        let weak = Arc::downgrade(&acceptor);
+        m.on_resume(Box::new(move || {
+            if let Some(a) = weak.upgrade() {
+                a.resume_after_pause();
+            }
+        }));
         acceptor.admission.limit_by(m);
     }
     // The --head-timeout of new connections waiting for their first bytes, and the
@@ -374,12 +382,21 @@ pub fn run(
         {
             // The master's SIGTERM while the server serves on: this worker is replaced.
             // regression (probe 317): it said the same as a whole server's stop, with
-            // no pid, so a reload's log read as a stop.
-            tracing::info!(
-                pid = std::process::id(),
-                signal = why,
-                "this worker is replaced (a reload, SIGTTOU, a recycle or --timeout), stopping: no new connections, letting its in-flight requests finish"
-            );
+            // no pid, so a reload's log read as a stop. Then (probe 329) it never said
+            // which of those: the master's mark names it.
+            match monitor.as_ref().and_then(|m| m.leaving_cause()) {
+                Some(cause) => tracing::info!(
+                    pid = std::process::id(),
+                    signal = why,
+                    cause,
+                    "this worker is replaced, stopping: no new connections, letting its in-flight requests finish"
+                ),
+                None => tracing::info!(
+                    pid = std::process::id(),
+                    signal = why,
+                    "this worker is replaced (a reload, SIGTTOU, a recycle or --timeout), stopping: no new connections, letting its in-flight requests finish"
+                ),
+            }
         } else {
             tracing::info!(pid = std::process::id(), signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }

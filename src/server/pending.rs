@@ -193,6 +193,14 @@ impl Pending {
         Ok(())
     }
 
+    /// Takes the held connections now, whenever they were to be looked at again.
+    pub fn take_held(&self) -> Vec<Entry> {
+        let mut st = self.state();
+        let held = std::mem::take(&mut st.held);
+        self.len.store(st.conns.len(), Ordering::Relaxed);
+        held.into_iter().map(|(_, e)| e).collect()
+    }
+
     /// How long the epoll may wait before the oldest waiting connection's timeout;
     /// `None` when nothing waits here.
     pub fn wait_limit(&self, now: Instant) -> Option<Duration> {
@@ -432,6 +440,28 @@ mod tests {
             p.hold(e, p.timeout()).is_err(),
             "nothing is held after the stop"
         );
+    }
+
+    // A worker that waited at --max-requests accepts again: what it held is taken up
+    // at once, not at its next look; the connections still waiting stay.
+    #[test]
+    fn held_connections_are_taken_at_once_when_the_worker_accepts_again() {
+        let p = pending(Duration::from_secs(10), 8);
+        let t0 = Instant::now();
+        let (a, _pa) = pair();
+        let (b, _pb) = pair();
+        p.wait(plain(a), t0).ok().unwrap();
+        let (c, _pc) = pair();
+        let e = Entry {
+            conn: plain(c),
+            started: t0,
+        };
+        assert!(p.hold(e, p.timeout()).is_ok());
+        p.wait(plain(b), t0).ok().unwrap();
+        let held = p.take_held();
+        assert_eq!(held.len(), 1);
+        assert!(p.take_held().is_empty());
+        assert_eq!(p.close().len(), 2, "the waiting ones stay");
     }
 
     #[test]

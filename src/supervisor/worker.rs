@@ -4,7 +4,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -308,6 +308,14 @@ pub struct WorkerMonitor {
     lead_ns: AtomicU64,
     /// It asked the master for its successor ([`WorkerMonitor::want_successor`]).
     successor_asked: AtomicBool,
+    /// It reached `--max-requests` and waits for its successor, accepting nothing
+    /// ([`WorkerMonitor::at_limit`]).
+    paused: AtomicBool,
+    /// What puts the server's listeners back when a paused worker is held past its
+    /// limit ([`crate::wsgi::Monitor::on_resume`]).
+    resume: Arc<OnceLock<Resume>>,
+    /// How long a paused worker waits for its successor at most: past it, it leaves.
+    pause_bound: Duration,
     /// The rate it serves at, over its last one or two leads ([`Window`]).
     window: Window,
     /// Python threads running a request (their `begin` to their `end`).
@@ -376,7 +384,14 @@ impl WorkerMonitor {
         self.python_threads
     }
 
-    pub fn new(ctx: &WorkerContext, max_requests: Option<u64>, max_rss_mib: Option<u64>) -> Self {
+    /// `start_timeout`: `--worker-start-timeout`, which bounds how long a worker at
+    /// `--max-requests` waits for its successor ([`WorkerMonitor::at_limit`]).
+    pub fn new(
+        ctx: &WorkerContext,
+        max_requests: Option<u64>,
+        max_rss_mib: Option<u64>,
+        start_timeout: Duration,
+    ) -> Self {
         let max_requests = max_requests.map(|n| n + jitter(n));
         let recycles = max_requests.is_some() || max_rss_mib.is_some();
         let monitor = WorkerMonitor {
@@ -396,6 +411,9 @@ impl WorkerMonitor {
             // Until it serves: its start so far ([`Self::ready`] measures the whole).
             lead_ns: AtomicU64::new(lead_ns(ctx.forked.elapsed())),
             successor_asked: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            resume: Arc::default(),
+            pause_bound: start_timeout * 2 + PAUSE_MARGIN,
             window: Window::default(),
             busy: AtomicUsize::new(0),
             all_busy: Arc::default(),
@@ -449,6 +467,9 @@ impl WorkerMonitor {
             forked: Instant::now(),
             lead_ns: AtomicU64::new(lead_ns(Duration::ZERO)),
             successor_asked: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            resume: Arc::default(),
+            pause_bound: Duration::ZERO,
             window: Window::default(),
             busy: AtomicUsize::new(0),
             all_busy: Arc::default(),
@@ -489,20 +510,73 @@ impl WorkerMonitor {
     /// ready. A successor that fails to start is started again meanwhile. Without a
     /// master to ask, it recycles now.
     fn want_successor(&self, cause: Cause, why: &str) {
-        if self.successor_asked.swap(true, Ordering::SeqCst) {
+        if self.master.is_none() {
+            return self.retire(cause, why);
+        }
+        if self.ask_successor(cause) {
+            tracing::info!(
+                pid = std::process::id(),
+                "{why}: the master starts this worker's successor; this worker serves on until the successor is ready"
+            );
+        }
+    }
+
+    /// Asks the master for this worker's successor, unless it did already or is
+    /// leaving: true when it asked now.
+    fn ask_successor(&self, cause: Cause) -> bool {
+        let Some(pipe) = &self.master else {
+            return false;
+        };
+        if self.successor_asked.swap(true, Ordering::SeqCst)
+            || !self.board.want_successor(self.slot, cause)
+        {
+            return false;
+        }
+        let _ = rustix::io::write(pipe, &[RECYCLING]);
+        true
+    }
+
+    /// `--max-requests` is reached (`why`: its last request taken, or served). A worker
+    /// under a master takes no more requests and leaves once its successor is ready
+    /// (asked now if it was not yet): the master then tells it to, as for a worker
+    /// that asked ahead of its limit. Meanwhile it finishes the requests in flight
+    /// and waits; should the successor fail to start, the master holds it past its
+    /// limit ([`Scoreboard::hold`]) and it accepts again ([`watch_pause`]).
+    /// regression (probe 329, HIGH): it left at its limit while its successor still
+    /// imported. With the code on disk broken (a deploy half done, no reload) and
+    /// every worker near its limit under load, each left, each successor failed, and
+    /// no worker was left serving for the master to hold: nothing answered, and ten
+    /// failed starts later the master stopped. A single process (no master) recycles
+    /// at once.
+    fn at_limit(&self, why: &str) {
+        let Some(pipe) = &self.master else {
+            return self.retire(Cause::MaxRequests, why);
+        };
+        if self.retiring.load(Ordering::SeqCst) || self.board.leaving(self.slot) {
             return;
         }
-        let Some(pipe) = &self.master else {
-            return self.retire(cause, why);
-        };
-        if !self.board.want_successor(self.slot, cause) {
+        self.ask_successor(Cause::MaxRequests);
+        if self.paused.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::info!(
             pid = std::process::id(),
-            "{why}: the master starts this worker's successor; this worker serves on until the successor is ready"
+            "recycling this worker: {why}; it takes no more, finishes the ones in flight and leaves once its successor is ready"
         );
-        let _ = rustix::io::write(pipe, &[RECYCLING]);
+        let pause = Pause {
+            board: Arc::clone(&self.board),
+            slot: self.slot,
+            master: pipe.try_clone().ok(),
+            resume: Arc::clone(&self.resume),
+            bound: self.pause_bound,
+        };
+        let started = std::thread::Builder::new()
+            .name("postern-pause".into())
+            .spawn(move || watch_pause(pause));
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the thread that watches this worker's pause at --max-requests: it recycles now");
+            self.retire(Cause::MaxRequests, why);
+        }
     }
 
     /// `--max-requests`, after each request: at the rate of its last one or two leads
@@ -580,6 +654,71 @@ impl WorkerMonitor {
         // to itself: one sent as the master's arrived read as a second signal, "stop
         // now" (its requests were cut off, exit 1).
         crate::stop::recycle();
+    }
+}
+
+/// How often a worker paused at `--max-requests` looks whether the master holds it
+/// (its successor failed to start) or told it to leave (the successor is ready).
+const PAUSE_LOOK: Duration = Duration::from_millis(20);
+/// Added to twice `--worker-start-timeout` for the longest pause: the master kills a
+/// successor still starting at `--worker-start-timeout` (a failed start: the paused
+/// worker is held), so the bound is only reached if the master never decides.
+const PAUSE_MARGIN: Duration = Duration::from_secs(5);
+
+/// What the server runs when a paused worker accepts again
+/// ([`crate::wsgi::Monitor::on_resume`]).
+type Resume = Box<dyn Fn() + Send + Sync>;
+
+/// What [`watch_pause`] needs of a paused worker's monitor.
+struct Pause {
+    board: Arc<Scoreboard>,
+    slot: usize,
+    master: Option<OwnedFd>,
+    resume: Arc<OnceLock<Resume>>,
+    bound: Duration,
+}
+
+/// A worker paused at `--max-requests` ([`WorkerMonitor::at_limit`]) until the master
+/// holds it past its limit (its successor failed to start): it accepts again then,
+/// and serves on until a successor is ready. Ends once the worker stops (the master
+/// told it to leave: the successor is ready), and past `bound` it leaves on its own
+/// (a master that never decides).
+fn watch_pause(p: Pause) {
+    let since = Instant::now();
+    loop {
+        std::thread::sleep(PAUSE_LOOK);
+        if crate::stop::any() || p.board.leaving(p.slot) {
+            return;
+        }
+        if let Some(held) = p.board.held(p.slot) {
+            let why = match held {
+                Hold::StartsFailed => "workers started to replace others failed to start",
+                Hold::Reload => "a reload's new workers are starting",
+            };
+            tracing::warn!(
+                pid = std::process::id(),
+                held = held.label(),
+                "{why}: this worker, which waited for its successor at its --max-requests limit, accepts again and serves on past it until a successor is ready"
+            );
+            if let Some(resume) = p.resume.get() {
+                resume();
+            }
+            return;
+        }
+        if since.elapsed() >= p.bound {
+            if p.board.retire_self(p.slot, Cause::MaxRequests) {
+                tracing::warn!(
+                    pid = std::process::id(),
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "no successor was ready, nor failed, within twice --worker-start-timeout of this worker's --max-requests limit: it leaves now"
+                );
+                if let Some(pipe) = &p.master {
+                    let _ = rustix::io::write(pipe, &[RECYCLING]);
+                }
+                crate::stop::recycle();
+            }
+            return;
+        }
     }
 }
 
@@ -823,11 +962,16 @@ impl crate::wsgi::Monitor for WorkerMonitor {
             return;
         }
         if let Some(max) = self.max_requests {
-            self.retire(
-                Cause::MaxRequests,
-                &format!("started its {max} requests (--max-requests); the ones in flight finish"),
-            );
+            self.at_limit(&format!("started its {max} requests (--max-requests)"));
         }
+    }
+
+    fn on_resume(&self, resume: Resume) {
+        let _ = self.resume.set(resume);
+    }
+
+    fn leaving_cause(&self) -> Option<&'static str> {
+        self.board.leaving_for(self.slot).map(Cause::label)
     }
 
     fn first_to_warn_past_defined(&self) -> bool {
@@ -890,10 +1034,7 @@ impl WorkerMonitor {
                 }
                 self.want_successor(Cause::MaxRequests, "past its --max-requests limit");
             } else if served >= max {
-                self.retire(
-                    Cause::MaxRequests,
-                    &format!("served {served} requests (--max-requests)"),
-                );
+                self.at_limit(&format!("served {served} requests (--max-requests)"));
             } else if !self.successor_asked.load(Ordering::Relaxed) && self.near_limit(served, max)
             {
                 self.want_successor(

@@ -552,6 +552,16 @@ pub trait Monitor: Send + Sync {
     /// flight count): recycle now, so the successor starts while they finish, instead
     /// of when the last one ends (a long stream would keep the worker deaf till then).
     fn limit_taken(&self) {}
+    /// What the worker runs when it accepts again after waiting at `--max-requests`
+    /// for its successor (the successor failed to start: the master holds it past its
+    /// limit): the server puts its listeners back and takes up the requests it held
+    /// meanwhile. Given once, before the worker serves.
+    fn on_resume(&self, _resume: Box<dyn Fn() + Send + Sync>) {}
+    /// Why the master told this worker to leave, as the exits metric names it
+    /// (`reload`, `scale`, `max-requests`, ...), once it has.
+    fn leaving_cause(&self) -> Option<&'static str> {
+        None
+    }
     /// The ASGI event loop's heartbeat under `--timeout` (`crate::asgi::beat`): `true`
     /// at each tick of the loop, `false` once it no longer serves (then not watched).
     fn loop_beat(&self, _on: bool) {}
