@@ -422,6 +422,53 @@ fn a_reload_whose_startup_fails_keeps_the_old_workers_serving() {
     let _ = before;
 }
 
+// regression (probe 329): a successor whose lifespan startup failed was logged as
+// "code on disk that does not import?" (it had imported); and (the probe's HIGH) the
+// worker at its --max-requests limit no longer leaves before its successor's failure
+// is known: it serves on, held.
+#[test]
+fn a_successor_whose_startup_fails_is_named_so_and_the_worker_at_its_limit_serves_on() {
+    let dir = tempdir();
+    let flag = dir.path().join("fail-now");
+    let lifespan = format!(
+        r#"    message = await receive()
+    if os.path.exists({flag:?}):
+        await send({{"type": "lifespan.startup.failed", "message": "new code: startup broken"}})
+        return
+    scope["state"]["token"] = "old"
+    await send({{"type": "lifespan.startup.complete"}})
+    await receive()
+    await send({{"type": "lifespan.shutdown.complete"}})
+"#,
+        flag = flag.to_string_lossy()
+    );
+    let (app, _) = asgi_app(dir.path(), &lifespan);
+    let p = Spawn::unix(dir.path(), &app)
+        .args(["--master", "--max-requests", "5"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    std::fs::write(&flag, "").unwrap();
+    for i in 0..12 {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "request {i}\n{}", p.logs());
+        assert!(text(&body).starts_with("old "), "{}", text(&body));
+    }
+    assert!(
+        p.wait_log("its ASGI lifespan startup failed", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(
+        !logs.contains("code on disk that does not import"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("accepts again and serves on past it"),
+        "{logs}"
+    );
+}
+
 #[test]
 fn auto_serves_an_app_that_raises_on_lifespan_without_it() {
     let dir = tempdir();

@@ -1879,6 +1879,8 @@ impl Master {
             // what it had accepted and not started yet.
             let was_running = self.board.running(w.slot);
             let was_waiting = self.board.waiting(w.slot);
+            // A start that failed after the import: an ASGI lifespan startup's.
+            let after_import = self.board.import_over(w.slot);
             let j = phase::judge_exit(
                 Departed {
                     generation: w.generation,
@@ -2124,6 +2126,17 @@ impl Master {
                             serving,
                             "worker failed to start: {}; trying again in {wait:?}",
                             start_failure(signal_in_import)
+                        );
+                    } else if after_import {
+                        // regression (probe 329): it said "code on disk that does not
+                        // import?" for an app that imported and failed its startup.
+                        tracing::error!(
+                            pid,
+                            %how,
+                            generation,
+                            failures = self.boot_failures,
+                            serving,
+                            "worker failed to start after it imported the app (its ASGI lifespan startup failed: the app's error is logged above); trying again in {wait:?}"
                         );
                     } else {
                         tracing::error!(
