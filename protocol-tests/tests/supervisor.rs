@@ -1484,6 +1484,46 @@ fn max_rss_recycles_a_leaking_worker() {
     assert!(p.wait_log("over --max-rss 100 MiB", 5), "{}", p.logs());
 }
 
+// A worker's own stop (no signal: `cause="recycling"`), which --max-requests took
+// before probe 329 (a worker at its limit now waits for its successor): --max-rss's
+// hard limit takes it now. Its stop line names no signal, its exit is max-rss's.
+#[test]
+fn a_worker_past_the_hard_rss_limit_stops_itself_and_says_so() {
+    let dir = tempdir();
+    let app = dir.path().join("leak.py");
+    std::fs::write(
+        &app,
+        "import os\nLEAK = []\n\ndef application(environ, start_response):\n    LEAK.append(b'x' * (200 << 20))\n    start_response('200 OK', [])\n    return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--max-rss", "100"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 10), "{}", p.logs());
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    let pid = String::from_utf8_lossy(&body).to_string();
+    assert!(
+        p.wait_log(&format!("worker exited pid={pid} "), 10),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let own = |l: &&str| l.ends_with(&format!("pid={pid}")) || l.contains(&format!(" pid={pid} "));
+    let stop = logs
+        .lines()
+        .filter(own)
+        .find(|l| l.contains("stopping: no new connections"))
+        .unwrap_or_else(|| panic!("no stop line\n{logs}"));
+    assert!(stop.contains("cause=\"recycling\""), "{stop}\n{logs}");
+    assert!(!stop.contains("signal="), "{stop}\n{logs}");
+    let exit = logs
+        .lines()
+        .find(|l| l.contains(&format!("worker exited pid={pid} ")))
+        .unwrap();
+    assert!(exit.ends_with("cause=\"max-rss\""), "{exit}\n{logs}");
+}
+
 #[test]
 fn max_lifetime_replaces_workers() {
     let dir = tempdir();

@@ -54,6 +54,29 @@ impl Refused {
     }
 }
 
+/// What STDIN's end means once `got` bytes of a body came, `announced` by CONTENT_LENGTH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinEnd {
+    /// As many bytes as announced (or more: the excess is dropped), or none announced.
+    Whole,
+    /// None came of a body announced: the front server passes no body for this request,
+    /// with the client's CONTENT_LENGTH beside it (nginx's `auth_request` subrequests,
+    /// `fastcgi_pass_request_body off`). The app gets an empty body, CONTENT_LENGTH 0.
+    NoBodyPassed,
+    /// Some came, fewer than announced: a cut body.
+    Cut,
+}
+
+/// The one rule for STDIN's end, used where the body comes with the head
+/// ([`assemble`]) and where it streams to a running app (the slow lane).
+pub fn stdin_end(got: u64, announced: Option<u64>) -> StdinEnd {
+    match announced {
+        Some(cl) if got < cl && got == 0 => StdinEnd::NoBodyPassed,
+        Some(cl) if got < cl => StdinEnd::Cut,
+        _ => StdinEnd::Whole,
+    }
+}
+
 /// Assembles one request from its PARAMS block and, when it has ended, its whole
 /// STDIN (`None`: still streaming; the app reads it as it comes).
 ///
@@ -116,8 +139,8 @@ pub fn assemble_noting_id(
     // regression (probe 328): nginx's auth_request to postern over FastCGI answered
     // every client request that had a body 500 (postern: 400); (review 330) and with
     // --max-body, one over it 500 too (postern: 413).
-    if let (Some(cl), Some(data)) = (announced, &stdin) {
-        if data.is_empty() && cl > 0 {
+    if let Some(data) = &stdin {
+        if stdin_end(data.len() as u64, announced) == StdinEnd::NoBodyPassed {
             head.give_length(0);
             return Ok((
                 Assembled {
@@ -154,7 +177,7 @@ pub fn assemble_noting_id(
     let mut excess = 0;
     if let Some(cl) = announced {
         let got = data.len() as u64;
-        if got < cl {
+        if stdin_end(got, announced) == StdinEnd::Cut {
             return Err(Refused::Truncated { got, expected: cl });
         }
         excess = got - cl;
@@ -189,6 +212,16 @@ pub fn assemble_noting_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdin_end_is_whole_cut_or_no_body_passed() {
+        assert_eq!(stdin_end(0, None), StdinEnd::Whole);
+        assert_eq!(stdin_end(0, Some(0)), StdinEnd::Whole);
+        assert_eq!(stdin_end(5, Some(5)), StdinEnd::Whole);
+        assert_eq!(stdin_end(7, Some(5)), StdinEnd::Whole);
+        assert_eq!(stdin_end(0, Some(5)), StdinEnd::NoBodyPassed);
+        assert_eq!(stdin_end(1, Some(5)), StdinEnd::Cut);
+    }
 
     /// A PARAMS block of `pairs` (short names and values: 1-byte lengths).
     fn params(pairs: &[(&str, &str)]) -> Bytes {

@@ -851,7 +851,13 @@ pub fn logical_cwd() -> Option<PathBuf> {
 /// working directory.
 pub fn from_start_dir(path: &Path) -> PathBuf {
     match start_dir() {
-        Some(dir) if path.is_relative() => dir.join(path),
+        // `absolute` drops the `.` components (`./venv` gave a `sys.executable` of
+        // `/srv/app/./venv/bin/python`: probe 328 LOW); it keeps `..`, which a symlink
+        // before it makes mean something else than the lexical parent.
+        Some(dir) if path.is_relative() => {
+            let joined = dir.join(path);
+            std::path::absolute(&joined).unwrap_or(joined)
+        }
         _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
     }
 }
@@ -1993,6 +1999,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.venv, Some(PathBuf::from("/w")));
+        // regression (probe 328 LOW): `./` stayed in it, and in `sys.executable`.
+        let c = Config::resolve(&layered(&["app", "--venv", "./w/./x"]).unwrap(), None).unwrap();
+        let v = c.venv.unwrap();
+        assert!(v.is_absolute() && v.ends_with("w/x"), "{v:?}");
+        assert!(!v.to_string_lossy().contains("/./"), "{v:?}");
     }
 
     #[test]

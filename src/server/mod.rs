@@ -373,8 +373,9 @@ pub fn run(
         if why == crate::stop::QUIT {
             tracing::info!("SIGQUIT: stopping now, without waiting for the requests in flight");
         } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
-            // No signal began it: none to repeat.
-            tracing::info!(cause = why, "stopping: no new connections, letting in-flight requests finish");
+            // No signal began it: none to repeat. With its pid, as the other stop lines:
+            // several workers write to one log (review 331: a recycle's line named none).
+            tracing::info!(pid = std::process::id(), cause = why, "stopping: no new connections, letting in-flight requests finish");
         } else if !single
             && !stops.first_from_elsewhere()
             && monitor.as_ref().is_some_and(|m| !m.server_stopping())

@@ -949,8 +949,9 @@ impl Master {
         let candidates = self.workers.iter().map(|w| Candidate {
             serving: w.generation == generation && self.serves_queue(w),
             outgoing: w.outgoing.map(|(_, asked)| asked),
+            paused: self.board.paused(w.slot),
         });
-        let Some(i) = relieved(candidates, self.target) else {
+        let Some(i) = relieved(candidates, self.target, true) else {
             return;
         };
         let w = &mut self.workers[i];
@@ -1274,8 +1275,9 @@ impl Master {
             let candidates = self.workers.iter().map(|w| Candidate {
                 serving: w.generation == self.generation && self.serves_queue(w),
                 outgoing: w.outgoing.map(|(_, asked)| asked),
+                paused: self.board.paused(w.slot),
             });
-            let Some(i) = relieved(candidates, self.target) else {
+            let Some(i) = relieved(candidates, self.target, false) else {
                 return;
             };
             let target = self.target;
@@ -1879,8 +1881,9 @@ impl Master {
             // what it had accepted and not started yet.
             let was_running = self.board.running(w.slot);
             let was_waiting = self.board.waiting(w.slot);
-            // A start that failed after the import: an ASGI lifespan startup's.
-            let after_import = self.board.import_over(w.slot);
+            // A start that failed after the import: an ASGI lifespan startup's (a WSGI
+            // worker's would be its server's setup: said in the worker's own line).
+            let after_import = self.board.import_over(w.slot) && self.board.serves_asgi(w.slot);
             let j = phase::judge_exit(
                 Departed {
                     generation: w.generation,
@@ -2701,6 +2704,7 @@ unsafe fn fork() -> std::io::Result<i32> {
 }
 
 /// A worker as [`relieved`] sees it.
+#[derive(Clone, Copy)]
 struct Candidate {
     /// Of the successor's generation, and serving the queue ([`Master::serves_queue`]:
     /// one that retired itself, perhaps in this same wake-up of the master, which has
@@ -2708,6 +2712,9 @@ struct Candidate {
     serving: bool,
     /// Since when it waits for its successor, if it does.
     outgoing: Option<Instant>,
+    /// It reached `--max-requests` and accepts nothing while it waits
+    /// ([`Scoreboard::paused`]).
+    paused: bool,
 }
 
 /// [`Master::relieve`]'s choice, as an index in `workers`: the outgoing worker that has
@@ -2716,20 +2723,41 @@ struct Candidate {
 /// regression: a worker that retired itself still read as serving (successor-first
 /// recycling ran before `watch`), so another outgoing worker was drained too, and
 /// fewer than --workers served until their successors were ready.
-fn relieved(workers: impl Iterator<Item = Candidate>, target: usize) -> Option<usize> {
-    let serving: Vec<(usize, Option<Instant>)> = workers
+///
+/// A worker paused at `--max-requests` goes first (it accepts nothing, while one that
+/// asked ahead of its limit still serves), and `on_ready` (a successor is ready) it goes
+/// whatever the count: with a sibling gone meanwhile (a crash), the count would keep it
+/// waiting, serving nothing, for that sibling's replacement.
+/// regression (review 331): the longest waiting went first, so a worker that had asked
+/// ahead was drained while a paused one kept its place, and with a crashed sibling the
+/// paused one waited for the next successor.
+fn relieved(
+    workers: impl Iterator<Item = Candidate>,
+    target: usize,
+    on_ready: bool,
+) -> Option<usize> {
+    let serving: Vec<(usize, Option<Instant>, bool)> = workers
         .enumerate()
         .filter(|(_, w)| w.serving)
-        .map(|(i, w)| (i, w.outgoing))
+        .map(|(i, w)| (i, w.outgoing, w.paused))
         .collect();
+    let first = |paused_only: bool| {
+        serving
+            .iter()
+            .filter(|&&(_, _, paused)| paused || !paused_only)
+            .filter_map(|&(i, asked, paused)| Some((i, asked?, paused)))
+            .min_by_key(|&(_, asked, paused)| (!paused, asked))
+            .map(|(i, _, _)| i)
+    };
+    if on_ready {
+        if let Some(i) = first(true) {
+            return Some(i);
+        }
+    }
     if serving.len() <= target {
         return None;
     }
-    serving
-        .iter()
-        .filter_map(|&(i, asked)| Some((i, asked?)))
-        .min_by_key(|&(_, asked)| asked)
-        .map(|(i, _)| i)
+    first(false)
 }
 
 #[cfg(test)]
@@ -2737,7 +2765,11 @@ mod tests {
     use super::*;
 
     fn worker(serving: bool, outgoing: Option<Instant>) -> Candidate {
-        Candidate { serving, outgoing }
+        Candidate {
+            serving,
+            outgoing,
+            paused: false,
+        }
     }
 
     /// A master of `workers` over a scoreboard of 4 slots, first start over.
@@ -3032,9 +3064,28 @@ mod tests {
         let other_generation = worker(false, Some(t - Duration::from_millis(5)));
         let s = worker(true, None);
         let them = [other_generation, later, first, worker(true, None), s];
-        assert_eq!(relieved(them.into_iter(), 3), Some(2));
+        assert_eq!(relieved(them.into_iter(), 3, true), Some(2));
         let (a, b) = (worker(true, Some(t)), worker(true, None));
-        assert_eq!(relieved([a, b].into_iter(), 2), None);
+        assert_eq!(relieved([a, b].into_iter(), 2, true), None);
+    }
+
+    #[test]
+    fn a_worker_paused_at_its_limit_is_relieved_first_and_by_any_successor() {
+        let t = Instant::now();
+        let paused = Candidate {
+            paused: true,
+            ..worker(true, Some(t + Duration::from_millis(5)))
+        };
+        let asked_ahead = worker(true, Some(t));
+        let successor = worker(true, None);
+        let them = [asked_ahead, paused, successor];
+        assert_eq!(relieved(them.into_iter(), 2, true), Some(1));
+        assert_eq!(relieved(them.into_iter(), 2, false), Some(1));
+        // A sibling gone: the count is the target, a successor ready relieves it all
+        // the same; the turn's surplus check does not.
+        let two = [paused, successor];
+        assert_eq!(relieved(two.into_iter(), 2, true), Some(0));
+        assert_eq!(relieved(two.into_iter(), 2, false), None);
     }
 
     #[test]

@@ -254,6 +254,10 @@ pub struct SlotHead {
     /// free: [`Scoreboard::idle_elsewhere`] counts none there); written by its loop
     /// thread as the last place is taken and as one frees, never below the cap.
     at_cap: AtomicU32,
+    /// 1 while the worker waits at `--max-requests` for its successor, accepting
+    /// nothing (written by the worker: set as it reaches its limit, cleared when it
+    /// accepts again, held past it).
+    paused: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
     /// writes it every second once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
     /// `/status` shows its age, and a worker that should serve but has not beaten
@@ -464,6 +468,7 @@ impl Scoreboard {
             h.beat.store(0, Ordering::SeqCst);
             h.threads.store(0, Ordering::Relaxed);
             h.at_cap.store(0, Ordering::Relaxed);
+            h.paused.store(0, Ordering::SeqCst);
             h.seen.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
@@ -654,6 +659,20 @@ impl Scoreboard {
             return false;
         }
         true
+    }
+
+    /// The worker in `slot` waits at `--max-requests` for its successor (`true`), or
+    /// accepts again (`false`: the master holds it past its limit).
+    pub fn set_paused(&self, slot: usize, paused: bool) {
+        self.head(slot)
+            .paused
+            .store(u32::from(paused), Ordering::SeqCst);
+    }
+
+    /// Whether the worker in `slot` waits at `--max-requests` for its successor,
+    /// accepting nothing ([`Scoreboard::set_paused`]).
+    pub fn paused(&self, slot: usize) -> bool {
+        self.head(slot).paused.load(Ordering::SeqCst) != 0
     }
 
     /// Why the master holds the worker in `slot`, if it does ([`Scoreboard::hold`]).

@@ -559,6 +559,9 @@ impl WorkerMonitor {
         if self.paused.swap(true, Ordering::SeqCst) {
             return;
         }
+        // For the master: the first successor ready relieves it, and it does not count
+        // among the workers that accept.
+        self.board.set_paused(self.slot, true);
         tracing::info!(
             pid = std::process::id(),
             "recycling this worker: {why}; it takes no more, finishes the ones in flight and leaves once its successor is ready"
@@ -700,6 +703,7 @@ fn watch_pause(p: Pause) {
                 held = held.label(),
                 "{why}: this worker, which waited for its successor at its --max-requests limit, accepts again and serves on past it until a successor is ready"
             );
+            p.board.set_paused(p.slot, false);
             if let Some(resume) = p.resume.get() {
                 resume();
             }

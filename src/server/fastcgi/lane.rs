@@ -17,7 +17,7 @@ use tokio::io::Interest;
 
 use super::sink::{stderr_forward, FcgiSink, ReqFlags, STDIN_ENDED, STDIN_OPEN};
 use super::{AtStop, Ctl, Entry, FcgiConn};
-use crate::codec::fastcgi::{assemble, Assembled, Refused};
+use crate::codec::fastcgi::{assemble, stdin_end, Assembled, Refused, StdinEnd};
 use crate::codec::Head;
 use crate::proto::fastcgi::{self as fcgi, ConnParser, Event, ProtocolStatus};
 use crate::proto::response::{plain_response, HeadStyle};
@@ -2000,7 +2000,7 @@ fn handle_event(
             // Ended before any byte: no body passed (nginx's auth_request; see
             // `codec::fastcgi::assemble`, which takes it so when STDIN's end comes with
             // the head): the app's read ends, nothing more, as for an empty body.
-            if slot.got > 0 && slot.content_length.is_some_and(|cl| slot.got < cl) {
+            if stdin_end(slot.got, slot.content_length) == StdinEnd::Cut {
                 // One line per short body (review of cbddb75: the 400 the app's read
                 // leads to is said at debug), through the bad-input limit.
                 if slow_clients::bad_input(peer, Reason::Truncated) {
