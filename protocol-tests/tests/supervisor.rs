@@ -1484,6 +1484,60 @@ fn max_rss_recycles_a_leaking_worker() {
     assert!(p.wait_log("over --max-rss 100 MiB", 5), "{}", p.logs());
 }
 
+// regression (probe 332, HIGH): a replacement whose import hung was killed at
+// --worker-start-timeout only while other workers served. Here the only worker waits
+// at --max-requests for its successor, whose import hangs, and dies (kill -9; for the
+// probe, --timeout): nothing served, and nothing did once the import would no longer
+// hang. It is killed now, and a start after it serves.
+#[test]
+fn a_hung_import_is_killed_at_the_start_timeout_when_no_worker_serves() {
+    let dir = tempdir();
+    let hang = dir.path().join("hang");
+    let app = dir.path().join("hangs.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import os, time\nwhile os.path.exists({hang:?}):\n    time.sleep(0.05)\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [str(os.getpid()).encode()]\n",
+            hang = hang.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args([
+            "--master",
+            "--max-requests",
+            "3",
+            "--worker-start-timeout",
+            "2",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    std::fs::write(&hang, "").unwrap();
+    let mut first = String::new();
+    for _ in 0..3 {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        first = String::from_utf8_lossy(&body).to_string();
+    }
+    assert!(
+        p.wait_log("leaves once its successor is ready", 10),
+        "{}",
+        p.logs()
+    );
+    let pid: i32 = first.parse().unwrap();
+    // SAFETY: kill(2) on the worker this test's postern started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        p.wait_log("and no worker serves; killing it", 15),
+        "{}",
+        p.logs()
+    );
+    std::fs::remove_file(&hang).unwrap();
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200, "{}", p.logs());
+    assert_ne!(String::from_utf8_lossy(&body), first);
+}
+
 // A worker's own stop (no signal: `cause="recycling"`), which --max-requests took
 // before probe 329 (a worker at its limit now waits for its successor): --max-rss's
 // hard limit takes it now. Its stop line names no signal, its exit is max-rss's.

@@ -1313,6 +1313,13 @@ impl Master {
         // importing was killed once another served, and the master exited 1 with
         // "the first workers failed to start".
         let others_serve = self.announced && self.workers.iter().any(|w| self.serves_queue(w));
+        // Once the first start is over, with none serving too: a replacement whose
+        // import hangs (a connect without a timeout) would otherwise leave nothing
+        // serving for good, the code fixed on disk or the service back notwithstanding.
+        // regression (probe 332, HIGH): the only worker, waiting at --max-requests for
+        // its successor, was killed for --timeout while that successor's import hung:
+        // nothing served, and nothing was killed or started again after the fix.
+        let cut_short = self.announced;
         let limit = self.opts.start_timeout;
         let warn_at = BOOT_WARN.min(limit / 2);
         let first_start = !self.announced;
@@ -1323,13 +1330,21 @@ impl Master {
             .filter(|w| w.phase == Phase::Booting && !w.sigkilled)
         {
             let booting = w.started.elapsed();
-            if booting >= limit && others_serve {
+            if booting >= limit && cut_short {
                 // regression: a reload whose import hung was never given up.
-                tracing::warn!(
-                    pid = raw(w.pid),
-                    boot_ms = booting.as_millis() as u64,
-                    "worker still starting past --worker-start-timeout {limit:?} while the others serve; killing it (its start counts as failed)"
-                );
+                if others_serve {
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        boot_ms = booting.as_millis() as u64,
+                        "worker still starting past --worker-start-timeout {limit:?} while the others serve; killing it (its start counts as failed)"
+                    );
+                } else {
+                    tracing::warn!(
+                        pid = raw(w.pid),
+                        boot_ms = booting.as_millis() as u64,
+                        "worker still starting past --worker-start-timeout {limit:?} and no worker serves; killing it so that a new start can (its start counts as failed)"
+                    );
+                }
                 signal(w.pid, Signal::KILL);
                 w.sigkilled = true;
                 w.start_timed_out = true;
@@ -1350,7 +1365,7 @@ impl Master {
                     let killed = if first_start {
                         String::new()
                     } else {
-                        format!(", or is killed at {limit:?} (--worker-start-timeout) while other workers serve")
+                        format!(", or is killed at {limit:?} (--worker-start-timeout)")
                     };
                     // regression: "the app has not sent lifespan.startup.complete" for an
                     // app that had, whose startup task then blocked the loop.
@@ -1371,12 +1386,12 @@ impl Master {
                 } else {
                     tracing::warn!(
                         pid = raw(w.pid),
-                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); while other workers serve it is killed at {limit:?} (--worker-start-timeout)"
+                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); it is killed at {limit:?} (--worker-start-timeout)"
                     );
                 }
             }
-            // The next deadline, if one is still ahead: past the limit with none
-            // serving (or at the first start), a wake-up at the limit would come back
+            // The next deadline, if one is still ahead: past the limit at the first
+            // start, a wake-up at the limit would come back
             // every millisecond. A worker becoming ready wakes the loop anyway.
             // regression: the master polled every 1 ms past the limit.
             let next = if w.slow_boot_said { limit } else { warn_at };
