@@ -384,11 +384,10 @@ fn a_failed_startup_stops_postern_with_the_apps_message() {
     }
 }
 
-#[test]
-fn a_reload_whose_startup_fails_keeps_the_old_workers_serving() {
-    let dir = tempdir();
-    let flag = dir.path().join("fail-now");
-    let lifespan = format!(
+/// A lifespan that stores `token` "old" at startup, and whose startup fails ("new code:
+/// startup broken") once `flag` exists.
+fn startup_fails_once(flag: &std::path::Path) -> String {
+    format!(
         r#"    message = await receive()
     if os.path.exists({flag:?}):
         await send({{"type": "lifespan.startup.failed", "message": "new code: startup broken"}})
@@ -399,7 +398,14 @@ fn a_reload_whose_startup_fails_keeps_the_old_workers_serving() {
     await send({{"type": "lifespan.shutdown.complete"}})
 "#,
         flag = flag.to_string_lossy()
-    );
+    )
+}
+
+#[test]
+fn a_reload_whose_startup_fails_keeps_the_old_workers_serving() {
+    let dir = tempdir();
+    let flag = dir.path().join("fail-now");
+    let lifespan = startup_fails_once(&flag);
     let (app, _) = asgi_app(dir.path(), &lifespan);
     let p = Spawn::unix(dir.path(), &app)
         .args(["--workers", "2"])
@@ -430,18 +436,7 @@ fn a_reload_whose_startup_fails_keeps_the_old_workers_serving() {
 fn a_successor_whose_startup_fails_is_named_so_and_the_worker_at_its_limit_serves_on() {
     let dir = tempdir();
     let flag = dir.path().join("fail-now");
-    let lifespan = format!(
-        r#"    message = await receive()
-    if os.path.exists({flag:?}):
-        await send({{"type": "lifespan.startup.failed", "message": "new code: startup broken"}})
-        return
-    scope["state"]["token"] = "old"
-    await send({{"type": "lifespan.startup.complete"}})
-    await receive()
-    await send({{"type": "lifespan.shutdown.complete"}})
-"#,
-        flag = flag.to_string_lossy()
-    );
+    let lifespan = startup_fails_once(&flag);
     let (app, _) = asgi_app(dir.path(), &lifespan);
     let p = Spawn::unix(dir.path(), &app)
         .args(["--master", "--max-requests", "5"])

@@ -1488,7 +1488,8 @@ fn max_rss_recycles_a_leaking_worker() {
 // --worker-start-timeout only while other workers served. Here the only worker waits
 // at --max-requests for its successor, whose import hangs, and dies (kill -9; for the
 // probe, --timeout): nothing served, and nothing did once the import would no longer
-// hang. It is killed now, and a start after it serves.
+// hang. It is killed now (at 4 x --worker-start-timeout: none serves), and a start
+// after it serves.
 #[test]
 fn a_hung_import_is_killed_at_the_start_timeout_when_no_worker_serves() {
     let dir = tempdir();

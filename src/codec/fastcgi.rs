@@ -177,7 +177,8 @@ pub fn assemble_noting_id(
     let mut excess = 0;
     if let Some(cl) = announced {
         let got = data.len() as u64;
-        if stdin_end(got, announced) == StdinEnd::Cut {
+        // Not whole is cut here (no body passed returned above): `got - cl` below.
+        if stdin_end(got, announced) != StdinEnd::Whole {
             return Err(Refused::Truncated { got, expected: cl });
         }
         excess = got - cl;

@@ -87,6 +87,8 @@ struct Worker {
     /// The master killed it at `--worker-start-timeout` (its exit says so, not "the
     /// app's error is logged above").
     start_timed_out: bool,
+    /// ... while no worker served ([`phase::Departed::timed_out_alone`]).
+    timed_out_alone: bool,
     /// Killed at the stop while it still imported the app, others serving the listen
     /// queues: it had accepted nothing, so its kill cut nothing off.
     abandoned: bool,
@@ -133,6 +135,7 @@ impl Worker {
             before_stop: false,
             slow_boot_said: false,
             start_timed_out: false,
+            timed_out_alone: false,
             abandoned: false,
             outgoing: None,
             retry: false,
@@ -447,6 +450,9 @@ struct Master {
     workers: Vec<Worker>,
     /// Workers of the current generation that died before they were ready, in a row.
     boot_failures: u32,
+    /// Starts killed at their start bound in a row while no worker served
+    /// ([`Master::watch_boots`]): each doubles the next one's bound.
+    lone_kills: u32,
     /// When the worker whose boot failed last exited: the respawn backoff counts from
     /// there (see `fill`).
     failed_exit: Option<Instant>,
@@ -682,6 +688,7 @@ impl Master {
             newest_generation: 0,
             workers: Vec::new(),
             boot_failures: 0,
+            lone_kills: 0,
             failed_exit: None,
             spawn_failures: 0,
             spawn_retry: None,
@@ -921,6 +928,7 @@ impl Master {
         );
         let fresh = w.generation == self.generation;
         let (pid, generation, told) = (w.pid, w.generation, w.told.is_some());
+        self.lone_kills = 0;
         if fresh {
             self.boot_failures = 0;
         }
@@ -1321,6 +1329,15 @@ impl Master {
         // nothing served, and nothing was killed or started again after the fix.
         let cut_short = self.announced;
         let limit = self.opts.start_timeout;
+        // With none serving, the bound is four times --worker-start-timeout, doubled at
+        // each such kill in a row (to 32 times): the start under way is the only hope
+        // of serving, so an import that is only slow (which the first start did not
+        // cut short) gets there, and one that hangs is tried again now and then, and
+        // never stops the master.
+        // regression: a start past --worker-start-timeout was killed "while the
+        // others serve" when the only one had just retired itself.
+        let alone = limit.saturating_mul(4 << self.lone_kills.min(3));
+        let mut killed_alone = false;
         let warn_at = BOOT_WARN.min(limit / 2);
         let first_start = !self.announced;
         let mut due = None;
@@ -1330,7 +1347,8 @@ impl Master {
             .filter(|w| w.phase == Phase::Booting && !w.sigkilled)
         {
             let booting = w.started.elapsed();
-            if booting >= limit && cut_short {
+            let bound = if others_serve { limit } else { alone };
+            if booting >= bound && cut_short {
                 // regression: a reload whose import hung was never given up.
                 if others_serve {
                     tracing::warn!(
@@ -1342,8 +1360,10 @@ impl Master {
                     tracing::warn!(
                         pid = raw(w.pid),
                         boot_ms = booting.as_millis() as u64,
-                        "worker still starting past --worker-start-timeout {limit:?} and no worker serves; killing it so that a new start can (its start counts as failed)"
+                        "worker still starting past {bound:?} (4 x --worker-start-timeout, doubled at each such kill in a row) and no worker serves; killing it so that a new start can (a dependency that hangs? its start counts as failed, but never stops postern)"
                     );
+                    w.timed_out_alone = true;
+                    killed_alone = true;
                 }
                 signal(w.pid, Signal::KILL);
                 w.sigkilled = true;
@@ -1394,10 +1414,13 @@ impl Master {
             // start, a wake-up at the limit would come back
             // every millisecond. A worker becoming ready wakes the loop anyway.
             // regression: the master polled every 1 ms past the limit.
-            let next = if w.slow_boot_said { limit } else { warn_at };
+            let next = if w.slow_boot_said { bound } else { warn_at };
             if booting < next {
                 due = earliest(due, Some(w.started + next));
             }
+        }
+        if killed_alone {
+            self.lone_kills = self.lone_kills.saturating_add(1);
         }
         due
     }
@@ -1915,6 +1938,7 @@ impl Master {
                     // not a stop signal (that lets its requests finish first).
                     // regression (review): it counted as cause="signal".
                     clean_exit: status.exit_status() == Some(0) && was_running == 0,
+                    timed_out_alone: w.timed_out_alone,
                 },
                 self.fleet(),
             );
@@ -2130,40 +2154,29 @@ impl Master {
                             serving,
                             "worker killed at --worker-start-timeout (its import did not finish); trying again in {wait:?}"
                         );
-                    } else if signal_in_import.is_some() {
-                        // Still a failed start: an import the OOM killer takes each
-                        // time (one over a cgroup's memory limit) fails as surely as
-                        // code that does not import, so it has the backoff (a host
-                        // short of memory is not hammered) and, none serving, the stop
-                        // at the 10th in a row.
-                        tracing::error!(
-                            pid,
-                            %how,
-                            generation,
-                            failures = self.boot_failures,
-                            serving,
-                            "worker failed to start: {}; trying again in {wait:?}",
-                            start_failure(signal_in_import)
-                        );
-                    } else if after_import {
-                        // regression (probe 329): it said "code on disk that does not
-                        // import?" for an app that imported and failed its startup.
-                        tracing::error!(
-                            pid,
-                            %how,
-                            generation,
-                            failures = self.boot_failures,
-                            serving,
-                            "worker failed to start after it imported the app (its ASGI lifespan startup failed: the app's error is logged above); trying again in {wait:?}"
-                        );
                     } else {
+                        let why = if signal_in_import.is_some() {
+                            // Still a failed start: an import the OOM killer takes each
+                            // time (one over a cgroup's memory limit) fails as surely as
+                            // code that does not import, so it has the backoff (a host
+                            // short of memory is not hammered) and, none serving, the
+                            // stop at the 10th in a row.
+                            format!(": {}", start_failure(signal_in_import))
+                        } else if after_import {
+                            // regression (probe 329): it said "code on disk that does not
+                            // import?" for an app that imported and failed its startup.
+                            " after it imported the app (its ASGI lifespan startup failed: the app's error is logged above)".to_owned()
+                        } else {
+                            " (the app's error is logged above: code on disk that does not import?)"
+                                .to_owned()
+                        };
                         tracing::error!(
                             pid,
                             %how,
                             generation,
                             failures = self.boot_failures,
                             serving,
-                            "worker failed to start (the app's error is logged above: code on disk that does not import?); trying again in {wait:?}"
+                            "worker failed to start{why}; trying again in {wait:?}"
                         );
                     }
                 }
@@ -2898,6 +2911,7 @@ mod tests {
             killed_in_import: false,
             retry: false,
             clean_exit: false,
+            timed_out_alone: false,
         };
         assert_eq!(phase::judge_exit(failed, f).verdict, Verdict::CrashLoop);
         let _ = stand.end();

@@ -100,6 +100,9 @@ pub struct Departed {
     pub retry: bool,
     /// It exited with status 0.
     pub clean_exit: bool,
+    /// The master killed it at `--worker-start-timeout` while no worker served: a
+    /// dependency that hangs (a database down), never a reason to stop ([`CRASH_LOOP`]).
+    pub timed_out_alone: bool,
 }
 
 /// The master's state when a worker exits.
@@ -259,7 +262,7 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
         Verdict::BootFailed
     } else if reloading {
         Verdict::Rollback
-    } else if boot_failures >= CRASH_LOOP && !fleet.others_serve {
+    } else if boot_failures >= CRASH_LOOP && !fleet.others_serve && !w.timed_out_alone {
         // While others serve, a replacement that cannot start (broken code on disk
         // after a failed reload) is retried with the capped backoff, never a reason to
         // stop the workers that serve.
@@ -307,7 +310,27 @@ mod tests {
             killed_in_import: false,
             retry: false,
             clean_exit: false,
+            timed_out_alone: false,
         }
+    }
+
+    // regression (review 333): imports killed at --worker-start-timeout while none
+    // served (a database down) reached the crash loop's count: the master stopped.
+    #[test]
+    fn imports_killed_at_the_start_timeout_while_none_serves_never_stop_the_master() {
+        let mut f = fleet(0);
+        f.announced = true;
+        f.others_serve = false;
+        f.boot_failures = CRASH_LOOP + 3;
+        let j = judge_exit(
+            Departed {
+                timed_out_alone: true,
+                ..departed(0, Phase::Booting)
+            },
+            f,
+        );
+        assert_eq!(j.verdict, Verdict::Replace);
+        assert_eq!(j.boot_failures, CRASH_LOOP + 4, "still backed off");
     }
 
     #[test]
