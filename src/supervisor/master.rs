@@ -1385,7 +1385,7 @@ impl Master {
                     let killed = if first_start {
                         String::new()
                     } else {
-                        format!(", or is killed at {limit:?} (--worker-start-timeout)")
+                        format!(", or is killed at {bound:?} (--worker-start-timeout; 4 x with no worker serving)")
                     };
                     // regression: "the app has not sent lifespan.startup.complete" for an
                     // app that had, whose startup task then blocked the loop.
@@ -1406,7 +1406,7 @@ impl Master {
                 } else {
                     tracing::warn!(
                         pid = raw(w.pid),
-                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); it is killed at {limit:?} (--worker-start-timeout)"
+                        "worker still starting after {warn_at:?} (does the app's import hang: a connect without a timeout?); it is killed at {bound:?} (--worker-start-timeout; 4 x with no worker serving)"
                     );
                 }
             }

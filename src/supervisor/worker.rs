@@ -559,8 +559,8 @@ impl WorkerMonitor {
         if self.paused.swap(true, Ordering::SeqCst) {
             return;
         }
-        // For the master: the first successor ready relieves it, and it does not count
-        // among the workers that accept.
+        // For the master: the first successor ready relieves it, before any worker
+        // that asked ahead and still serves (`master::relieved`).
         self.board.set_paused(self.slot, true);
         tracing::info!(
             pid = std::process::id(),
