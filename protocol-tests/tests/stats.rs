@@ -1054,6 +1054,11 @@ fn ping_holds_while_a_worker_is_recycled() {
     };
     assert!(wait_until(20, || starting("max-requests").is_some()));
     assert_eq!(ping(&stats_addr), 200, "{:#}", status_json(&stats_addr));
+    let paused = || {
+        let s = status_json(&stats_addr);
+        s["workers"][0]["paused"] == true || s["workers"][1]["paused"] == true
+    };
+    assert!(paused(), "{:#}", status_json(&stats_addr));
     // That successor dies before it serves: the worker at its limit serves on, held.
     let pid = starting("max-requests").unwrap();
     kill(pid, libc::SIGKILL);
@@ -1071,6 +1076,7 @@ fn ping_holds_while_a_worker_is_recycled() {
         w["state"] == "retiring" && w["held"] == "starts-failed",
         "{s:#}"
     );
+    assert!(w.get("paused").is_none(), "held, it accepts again: {s:#}");
     kill(w["pid"].as_i64().unwrap(), libc::SIGKILL);
     assert!(
         wait_until(20, || only_starting("crash").is_some()

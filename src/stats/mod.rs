@@ -354,6 +354,9 @@ pub struct Worker {
     /// succeed again (and no reload is under way), or, past its limit, until its
     /// successor is ready; never once it is on its way out.
     pub held: Option<Hold>,
+    /// It reached `--max-requests` and waits for its successor, accepting nothing
+    /// (`retiring` alone is also a worker that asked ahead and still serves).
+    pub paused: bool,
     pub requests: u64,
     pub rss_bytes: Option<u64>,
     /// One entry per Python thread: its current request, or `None` when idle. An ASGI
@@ -543,6 +546,7 @@ pub(crate) mod tests {
                     start_cause: Cause::Boot,
                     leaving: None,
                     held: None,
+                    paused: false,
                     requests: 6,
                     rss_bytes: Some(20 << 20),
                     threads: vec![
@@ -566,6 +570,7 @@ pub(crate) mod tests {
                     start_cause: Cause::Crash,
                     leaving: None,
                     held: None,
+                    paused: false,
                     requests: 0,
                     rss_bytes: None,
                     threads: vec![None, None],

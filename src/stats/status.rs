@@ -81,6 +81,9 @@ struct Worker {
     /// when it does: it serves on past `--max-requests` until a successor is ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     held: Option<&'static str>,
+    /// `true` while it waits at `--max-requests` for its successor, accepting nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    paused: bool,
     requests: u64,
     rss_bytes: Option<u64>,
     /// WSGI: one entry per Python thread. ASGI: the oldest tasks in flight (up to the
@@ -177,6 +180,7 @@ pub fn json(s: &Snapshot) -> String {
                 start_cause: w.start_cause.label(),
                 leaving_for: w.leaving.map(Cause::label),
                 held: w.held.map(Hold::label),
+                paused: w.paused,
                 requests: w.requests,
                 rss_bytes: w.rss_bytes,
                 interface: w.tasks.map(|_| "asgi"),
@@ -425,6 +429,15 @@ pub fn text(s: &Snapshot) -> String {
                 h.label()
             );
         }
+        if w.paused {
+            let _ = writeln!(
+                o,
+                "{:<55}{:>6}  {:>8}  paused: at --max-requests, accepts nothing until its successor is ready",
+                "",
+                "",
+                ""
+            );
+        }
     }
     o
 }
@@ -480,6 +493,22 @@ mod tests {
 
     // regression: a worker held past its recycling limits (failed replacement starts,
     // a reload) read `serving` with `requests` over --max-requests, its hold nowhere.
+    // Probe 332 LOW: `retiring` alone did not tell a worker that asked ahead (still
+    // accepting) from one waiting at its limit (accepting nothing).
+    #[test]
+    fn a_worker_paused_at_its_limit_says_so() {
+        let mut s = crate::stats::tests::sample();
+        s.workers[0].paused = true;
+        let v: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        assert_eq!(v["workers"][0]["paused"], true);
+        assert!(v["workers"][1].get("paused").is_none(), "{v}");
+        let t = text(&s);
+        assert!(
+            t.contains("paused: at --max-requests, accepts nothing until its successor is ready"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn a_held_worker_says_why_and_others_say_nothing() {
         let mut s = crate::stats::tests::sample();

@@ -1160,6 +1160,7 @@ impl Scoreboard {
                 leaving,
                 // Only while it accepts: one on its way out is held no more.
                 held: self.held(slot).filter(|_| state.accepts()),
+                paused: self.paused(slot) && self.held(slot).is_none() && state.accepts(),
                 requests: h.requests.load(Ordering::Relaxed),
                 rss_bytes: (rss > 0).then_some(rss * 1024),
                 threads,
