@@ -957,7 +957,7 @@ impl Master {
         let candidates = self.workers.iter().map(|w| Candidate {
             serving: w.generation == generation && self.serves_queue(w),
             outgoing: w.outgoing.map(|(_, asked)| asked),
-            paused: self.board.paused(w.slot),
+            paused: self.board.waits_for_successor(w.slot),
         });
         let Some(i) = relieved(candidates, self.target, true) else {
             return;
@@ -1283,7 +1283,7 @@ impl Master {
             let candidates = self.workers.iter().map(|w| Candidate {
                 serving: w.generation == self.generation && self.serves_queue(w),
                 outgoing: w.outgoing.map(|(_, asked)| asked),
-                paused: self.board.paused(w.slot),
+                paused: self.board.waits_for_successor(w.slot),
             });
             let Some(i) = relieved(candidates, self.target, false) else {
                 return;

@@ -675,6 +675,15 @@ impl Scoreboard {
         self.head(slot).paused.load(Ordering::SeqCst) != 0
     }
 
+    /// Whether the worker in `slot` is paused at `--max-requests` and stays so until a
+    /// successor relieves it: paused and not held. A held worker accepts again once its
+    /// pause watch sees the hold (within 20 ms), so it is no longer the one to relieve.
+    /// regression (review 333): a worker held in that window still read as paused, and
+    /// a successor's ready byte could drain it instead of one that waits.
+    pub fn waits_for_successor(&self, slot: usize) -> bool {
+        self.paused(slot) && self.held(slot).is_none()
+    }
+
     /// Why the master holds the worker in `slot`, if it does ([`Scoreboard::hold`]).
     pub fn held(&self, slot: usize) -> Option<Hold> {
         match self.head(slot).held.load(Ordering::SeqCst) {
@@ -1378,6 +1387,21 @@ mod tests {
         // A shorter description after a long one reads back alone.
         l.begin(b"GET", b"/", Protocol::Uwsgi);
         assert_eq!(l.desc(), "GET /");
+    }
+
+    // regression (review 333): a paused worker the master had just held (its pause
+    // watch had not seen the hold yet) could be relieved instead of one that waits.
+    #[test]
+    fn a_paused_worker_held_no_longer_waits_for_its_successor() {
+        let sb = Scoreboard::new(1, 1).unwrap();
+        sb.reset(0, 10, 0, Cause::Boot);
+        sb.mark_serving(0);
+        assert!(!sb.waits_for_successor(0));
+        sb.set_paused(0, true);
+        assert!(sb.waits_for_successor(0));
+        assert!(sb.hold(0, Hold::StartsFailed));
+        assert!(sb.paused(0), "the worker has not seen the hold yet");
+        assert!(!sb.waits_for_successor(0));
     }
 
     // regression: a hold lasted until the worker left, so a worker held while starts
