@@ -639,6 +639,15 @@ impl Postern {
         false
     }
 
+    /// The pids of the workers that logged `worker ready`, in the order they did.
+    pub fn ready_worker_pids(&self) -> Vec<i32> {
+        self.logs()
+            .split("worker ready pid=")
+            .skip(1)
+            .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect()
+    }
+
     /// Waits up to `secs` for `needle` to appear at least `n` times in the log.
     pub fn wait_log_count(&self, needle: &str, n: usize, secs: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);

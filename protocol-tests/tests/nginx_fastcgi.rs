@@ -1031,13 +1031,7 @@ fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String>
     // The worker is told to leave (a SIGTERM of its own: a worker at --max-requests
     // waits for its successor since probe 329), its kept connections in the channel;
     // its successor waits at the gate.
-    let logs = s.postern.logs();
-    let pid: i32 = logs
-        .split("worker ready pid=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("the worker's pid");
+    let pid = s.postern.ready_worker_pids()[0];
     // SAFETY: kill(2) on the worker this test's postern started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(

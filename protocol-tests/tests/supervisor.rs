@@ -2371,13 +2371,7 @@ fn a_stop_waits_for_the_only_worker_stuck_in_its_import_no_longer_than_the_grace
     // The worker dies; its replacement's import hangs. (Not a --max-requests recycle:
     // a worker at its limit waits for its successor since probe 329, and serves the
     // listen queue at the stop.)
-    let logs = p.logs();
-    let pid: i32 = logs
-        .split("worker ready pid=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("the worker's pid");
+    let pid = p.ready_worker_pids()[0];
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(p.wait_log("cause=\"crash\"", 10), "{}", p.logs());
     std::thread::sleep(Duration::from_millis(300));

@@ -589,7 +589,7 @@ impl Acceptor {
                 Wake::Handover => {
                     if self.leaves_handed_to_others() {
                         if let Some(c) = fastcgi::handover::Channel::get() {
-                            let _ = epoll::delete(&*self.epoll, c.receiver());
+                            c.unwatch(&*self.epoll);
                         }
                         return None;
                     }
@@ -1058,12 +1058,7 @@ impl Acceptor {
         // Handed-over connections are taken here again (the channel left this epoll
         // when the limit was taken).
         if let Some(c) = fastcgi::handover::Channel::get() {
-            let _ = epoll::add(
-                &*self.epoll,
-                c.receiver(),
-                epoll::EventData::new_u64(Wake::Handover.encode()),
-                epoll::EventFlags::IN,
-            );
+            let _ = c.watch(&*self.epoll);
         }
         for e in self.pending.take_held() {
             self.take_up(e);

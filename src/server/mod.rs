@@ -162,12 +162,7 @@ pub fn run(
                 !crate::stop::orphaned() && !m.as_ref().is_some_and(|m| m.server_stopping())
             }),
         );
-        if let Err(e) = rustix::event::epoll::add(
-            &*epoll,
-            channel.receiver(),
-            rustix::event::epoll::EventData::new_u64(wake::Wake::Handover.encode()),
-            rustix::event::epoll::EventFlags::IN,
-        ) {
+        if let Err(e) = channel.watch(&*epoll) {
             tracing::warn!(error = %e, "cannot take FastCGI connections handed over by leaving workers");
         }
     }
@@ -433,7 +428,7 @@ pub fn run(
         // idle FastCGI keep-alive connections go to the workers that serve on (busy
         // ones once their request has ended), or close when the whole server stops.
         if let Some(channel) = handover {
-            let _ = rustix::event::epoll::delete(&*epoll, channel.receiver());
+            channel.unwatch(&*epoll);
         }
         adopt_stop.cancel();
         if let Some(task) = adopter.take() {

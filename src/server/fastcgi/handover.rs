@@ -147,6 +147,24 @@ impl Channel {
         self.rx.as_fd()
     }
 
+    /// Puts the receiving end in a worker's epoll (level-triggered), as
+    /// [`Wake::Handover`](crate::server::wake::Wake::Handover).
+    pub fn watch(&self, epoll: impl AsFd) -> rustix::io::Result<()> {
+        use rustix::event::epoll;
+        epoll::add(
+            epoll,
+            self.receiver(),
+            epoll::EventData::new_u64(crate::server::wake::Wake::Handover.encode()),
+            epoll::EventFlags::IN,
+        )
+    }
+
+    /// Takes the receiving end out of a worker's epoll: it takes no more handed-over
+    /// connections (they go to the siblings, or wait for the stop).
+    pub fn unwatch(&self, epoll: impl AsFd) {
+        let _ = rustix::event::epoll::delete(epoll, self.receiver());
+    }
+
     /// Sends one idle connection of listener `listener` to whichever serving worker
     /// takes it. Its kernel buffer (a request that came meanwhile) goes with it.
     /// `fresh_for`: it never carried a request, and has been open that long; `read`:
