@@ -633,9 +633,58 @@ pub struct Privileges {
 }
 
 impl Privileges {
-    /// `None` when neither `--uid` nor `--gid` is given.
+    /// `None` when neither `--uid` nor `--gid` is given, or when postern does not run
+    /// as root and already runs as them.
     pub fn plan(config: &Config) -> anyhow::Result<Option<Privileges>> {
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        Self::plan_as(config, me)
+    }
+
+    /// [`Privileges::plan`] for a process whose effective ids are `me` (uid, gid).
+    ///
+    /// Not root, postern can change neither: `--uid`/`--gid` naming the ids it runs
+    /// with change nothing (its group stays, as uWSGI leaves it without `gid`: a
+    /// systemd unit's `User=app` `Group=www-data` with a migrated `uid = app`), and
+    /// any other id is refused with what to do.
+    /// regression (probe 334, MEDIUM): already that user, in another group, `--uid`
+    /// alone failed with `--gid 65534: Operation not permitted` (its primary group),
+    /// an option the user never gave; as another user, the same words.
+    fn plan_as(config: &Config, me: (u32, u32)) -> anyhow::Result<Option<Privileges>> {
         if config.uid.is_none() && config.gid.is_none() {
+            return Ok(None);
+        }
+        let (euid, egid) = me;
+        if euid != 0 {
+            let named = |uid: u32| match crate::users::user_by_uid(uid) {
+                Ok(Some(u)) => format!("{} ({uid})", u.name),
+                _ => uid.to_string(),
+            };
+            if let Some(uid) = config.uid.filter(|&u| u != euid) {
+                anyhow::bail!(
+                    "--uid {}: changing the user needs root, and postern runs as {}: start it as root (it binds the listeners, then runs as --uid), or leave --uid out",
+                    named(uid),
+                    named(euid)
+                );
+            }
+            if let Some(gid) = config.gid.filter(|&g| g != egid) {
+                let group = |gid: u32| match crate::users::group_name(gid) {
+                    Ok(Some(n)) => format!("{n} ({gid})"),
+                    _ => gid.to_string(),
+                };
+                anyhow::bail!(
+                    "--gid {}: changing the group needs root, and postern runs in group {}: start it as root, or in that group (systemd: Group=), or leave --gid out",
+                    group(gid),
+                    group(egid)
+                );
+            }
+            tracing::debug!(
+                uid = euid,
+                gid = egid,
+                "--uid/--gid name the ids postern already runs as: nothing to change"
+            );
             return Ok(None);
         }
         let user = config
@@ -1118,5 +1167,36 @@ mod tests {
         assert_eq!((gid, groups), (65534, vec![65534]));
         let e = dropped_in_child(&config(&["--uid", "54321"])).unwrap_err();
         assert!(e.contains("give --gid too"), "{e}");
+    }
+
+    // regression (probe 334, MEDIUM): not root, `--uid` naming the user postern runs
+    // as failed on its primary group (`--gid 65534: Operation not permitted`, an
+    // option never given) when it ran in another group (systemd's Group=).
+    #[test]
+    fn not_root_the_ids_it_runs_as_change_nothing_and_others_are_refused_by_name() {
+        let me = (65534, 33);
+        let plan = |args: &[&str]| Privileges::plan_as(&config(args), me);
+        assert!(plan(&["--uid", "65534"]).unwrap().is_none());
+        assert!(plan(&["--uid", "65534", "--gid", "33"]).unwrap().is_none());
+        assert!(plan(&["--gid", "33"]).unwrap().is_none());
+        let e = format!("{:#}", plan(&["--uid", "0"]).unwrap_err());
+        assert!(
+            e.starts_with(
+                "--uid root (0): changing the user needs root, and postern runs as nobody (65534)"
+            ),
+            "{e}"
+        );
+        let e = format!("{:#}", plan(&["--uid", "65534", "--gid", "0"]).unwrap_err());
+        assert!(
+            e.starts_with(
+                "--gid root (0): changing the group needs root, and postern runs in group "
+            ) && e.contains("33"),
+            "{e}"
+        );
+        // Root plans as before.
+        let p = Privileges::plan_as(&config(&["--uid", "65534"]), (0, 0))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.uid, p.gid), (Some(65534), Some(65534)));
     }
 }
