@@ -426,6 +426,23 @@ fn a_waiting_app_gets_its_input_past_another_requests_queued_stdin() {
         p.wait_log("this request's body is dropped", 10),
         "the dropped body is logged"
     );
+    // Request 2, whose body was dropped, is answered 503 (retry), not 500 with the
+    // app's traceback at ERROR.
+    // regression (probe 335, MEDIUM): the app's read raised, and its OSError was
+    // taken for the app's failure: 500, a traceback at ERROR, an app error counted.
+    let mut stdout = Vec::new();
+    loop {
+        let rec = fcgi::read(&mut c).expect("postern answered request 2");
+        match (rec.kind, rec.id) {
+            (fcgi::STDOUT, 2) => stdout.extend(rec.content),
+            (fcgi::END_REQUEST, 2) => break,
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(text.starts_with("Status: 503"), "{text}\n{}", p.logs());
+    let logs = p.logs();
+    assert!(!logs.contains("ERROR"), "{logs}");
 }
 
 // regression: PARAMS still being assembled counted against --fastcgi-buffer even when

@@ -924,7 +924,8 @@ pub struct Exchange {
     /// app's place (a body over --max-body, sends the app did not wait for).
     send_refused: Option<&'static str>,
     /// Postern answered 400 for the front server's input (a FastCGI STDIN short of
-    /// CONTENT_LENGTH, [`Exchange::answer_short`]): what the app raises on the
+    /// CONTENT_LENGTH, [`Exchange::answer_short`]), or 503 for a body it dropped
+    /// ([`Exchange::answer_dropped`]): what the app raises on the
     /// http.disconnect it got then is the input's doing, not its failure.
     input_refused: bool,
 }
@@ -1199,6 +1200,9 @@ enum Refused {
     TooLarge,
     /// Ended before CONTENT_LENGTH (FastCGI STDIN): 400.
     Short,
+    /// Dropped by postern (a multiplexed FastCGI connection over `--fastcgi-buffer`):
+    /// 503.
+    Dropped,
 }
 
 fn gone_error() -> PyErr {
@@ -3785,6 +3789,7 @@ impl Exchange {
                     // on the disconnect was answered 500 with its traceback, where the
                     // WSGI path answers 400.
                     crate::wsgi::input::BODY_SHORT => Some(Refused::Short),
+                    crate::wsgi::input::BODY_DROPPED => Some(Refused::Dropped),
                     _ => None,
                 };
                 if e.kind() == crate::wsgi::input::BODY_GONE {
@@ -3883,7 +3888,38 @@ impl Exchange {
         match why {
             Refused::TooLarge => Self::answer_too_large(slf),
             Refused::Short => Self::answer_short(slf),
+            Refused::Dropped => Self::answer_dropped(slf),
         }
+    }
+
+    /// postern dropped the body (a multiplexed FastCGI connection over
+    /// `--fastcgi-buffer`; the lane said so at WARN): 503 if the response has not
+    /// started, else it is cut. The app's next `send()` raises.
+    /// regression (probe 335, MEDIUM): the WSGI path answered 500 with the app's
+    /// traceback at ERROR; here `receive()` said `http.disconnect` and the app's
+    /// answer, if any, went out as if the body had been read.
+    fn answer_dropped(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut me = slf.borrow_mut();
+        if me.send_refused.is_some() || me.served.is_some() || me.gone {
+            return Ok(());
+        }
+        let _e = me.span.clone().entered();
+        if me.head_sent {
+            me.send_refused = Some("the request body was dropped (--fastcgi-buffer); the response had started, so postern cut it off and the request is over");
+            tracing::debug!("the request body was dropped (--fastcgi-buffer); the response had started, so it is cut off");
+            let code = me.code;
+            drop(me);
+            return Self::settle(slf, Some(End::Incomplete(code)));
+        }
+        me.send_refused = Some("the request body was dropped (--fastcgi-buffer): postern answered 503 and the request is over");
+        me.input_refused = true;
+        tracing::debug!("the request body was dropped (--fastcgi-buffer); answered 503");
+        drop(me);
+        Self::answer_plain(
+            slf,
+            503,
+            b"Service Unavailable: the request body could not be kept (--fastcgi-buffer); retry.\n",
+        )
     }
 
     /// A FastCGI STDIN ended before CONTENT_LENGTH: 400 (as on the WSGI path) if the

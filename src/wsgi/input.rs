@@ -22,6 +22,12 @@ pub const BODY_GONE: std::io::ErrorKind = std::io::ErrorKind::ConnectionReset;
 /// fault, and it still waits for an answer (400).
 pub const BODY_SHORT: std::io::ErrorKind = std::io::ErrorKind::UnexpectedEof;
 
+/// The error kind of a [`BodyStream`] read that failed because postern dropped the
+/// body: a multiplexed FastCGI connection held more unread input than
+/// `--fastcgi-buffer` allows while another request on it waited for its own. Neither
+/// the app's fault nor its client's: answered 503 (retry), as a server out of room.
+pub const BODY_DROPPED: std::io::ErrorKind = std::io::ErrorKind::ConnectionAborted;
+
 /// What [`Input::watched`]'s flag says of a failed body read: [`BODY_GONE`]'s.
 pub const CUT_GONE: u8 = 1;
 /// [`BODY_SHORT`]'s.
@@ -29,6 +35,8 @@ pub const CUT_SHORT: u8 = 2;
 /// [`BODY_GONE`]'s, for a peer the bad-input log limit does not name this time
 /// ([`gone`]): its line is at debug, counted in the limit's summary instead.
 pub const CUT_GONE_UNNAMED: u8 = 3;
+/// [`BODY_DROPPED`]'s.
+pub const CUT_DROPPED: u8 = 4;
 
 /// The payload of a [`BODY_GONE`] error whose line the server layer's bad-input limit
 /// spent elsewhere (its count is in that limit's summary line).
@@ -137,6 +145,7 @@ impl Input {
                             BODY_GONE if is_unnamed_gone(&e) => CUT_GONE_UNNAMED,
                             BODY_GONE => CUT_GONE,
                             BODY_SHORT => CUT_SHORT,
+                            BODY_DROPPED => CUT_DROPPED,
                             _ => 0,
                         };
                         if let (Some(gone), true) = (&self.gone, cut != 0) {

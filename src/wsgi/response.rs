@@ -1446,6 +1446,32 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
             b"Bad Request: the request body is incomplete.\n",
         );
     }
+    if cut == super::input::CUT_DROPPED && from_body_cut && !r.client_gone {
+        // Its read of the body failed because postern dropped the body (a multiplexed
+        // FastCGI connection over --fastcgi-buffer: the lane said so at WARN): not the
+        // app's bug, answered 503 as a server out of room.
+        // regression (probe 335, MEDIUM): answered 500 with the app's traceback at
+        // ERROR, for every such request, and counted as an app error.
+        let error = match &failure {
+            Failure::Raised(e) => e.to_string(),
+            Failure::Mistake(m) => m.clone(),
+        };
+        if r.headers_sent {
+            tracing::debug!(%error, "could not read the request body: postern dropped it (--fastcgi-buffer), after the headers were sent; aborting the response");
+            return Outcome {
+                status: r.code,
+                complete: false,
+            };
+        }
+        tracing::debug!(%error, "could not read the request body: postern dropped it (--fastcgi-buffer); answered 503");
+        return answer_plain(
+            py,
+            &mut r,
+            503,
+            "503 Service Unavailable",
+            b"Service Unavailable: the request body could not be kept (--fastcgi-buffer); retry.\n",
+        );
+    }
     if body_gone && !from_body_cut {
         // The app failed otherwise after its body read did (it caught that error):
         // a bug of its own, logged with its traceback, though nobody is left to answer.

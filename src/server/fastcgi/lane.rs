@@ -310,7 +310,7 @@ impl StdinStream {
         }
         if st.cut {
             return Some(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
+                crate::wsgi::input::BODY_DROPPED,
                 "the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own",
             )));
         }
