@@ -1350,6 +1350,31 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
             ),
         });
     }
+    // In TOML every key after a `[table]` header belongs to that table: an option
+    // written below `[env]` (which `--print-config` and the README's sample put last)
+    // would silently become an environment variable, its option left at its default.
+    // regression (probe 334, MEDIUM): `workers = 4` and `timeout = 30` below `[env]`
+    // gave 1 worker and no timeout, `--check` said "configuration OK", and a reload
+    // said `applied=env (timeout added)`.
+    if let Some(toml::Value::Table(env)) = table.get("env") {
+        let options: Vec<&String> = env
+            .keys()
+            .filter(|k| known.contains(k) || known.contains(&k.replace('_', "-")))
+            .collect();
+        if !options.is_empty() {
+            let names: Vec<&str> = options.iter().map(|k| k.as_str()).collect();
+            return Err(ConfigError::Parse {
+                what: "--config",
+                path: path.to_owned(),
+                message: format!(
+                    "[env] has {}, which {} postern's option{}: in TOML every key after a [table] header belongs to that table, so write the options above [env] (an environment variable of that very name can be given with --env NAME=VALUE)",
+                    names.join(", "),
+                    if names.len() > 1 { "are" } else { "is" },
+                    if names.len() > 1 { "s" } else { "" },
+                ),
+            });
+        }
+    }
     Ok(table)
 }
 
@@ -1979,6 +2004,23 @@ mod tests {
         );
         assert!(e.contains("), zzzzzz (the keys are"), "{e}");
         assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    // regression (probe 334, MEDIUM): options written below `[env]` became
+    // environment variables, silently.
+    #[test]
+    fn options_written_below_env_are_refused_by_name() {
+        let (_d, f) = file(
+            "app = \"a\"\n[env]\nDJANGO_SETTINGS_MODULE = \"x\"\nworkers = 4\nmax_requests = 9\n",
+        );
+        let e = layered(&["--config", &f]).unwrap_err().to_string();
+        assert!(
+            e.contains("[env] has max_requests, workers, which are postern's options: in TOML every key after a [table] header belongs to that table"),
+            "{e}"
+        );
+        // Upper case (or any other name) is an environment variable.
+        let (_d, f) = file("app = \"a\"\n[env]\nWORKERS = \"4\"\n");
+        assert!(layered(&["--config", &f]).is_ok());
     }
 
     #[test]
