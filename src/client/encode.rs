@@ -209,6 +209,7 @@ mod tests {
             data: Some("payload".into()),
             timeout: 1.0,
             no_content_length: false,
+            fail: false,
             get_values: false,
         }
     }

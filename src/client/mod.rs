@@ -13,8 +13,8 @@
 //!
 //! CGI responses (FastCGI, SCGI) are printed as HTTP: the `Status:` header (or 200, or
 //! 302 with `Location`) becomes an `HTTP/1.1` status line. Exit codes: 0, 22 for a status
-//! of 500 or more (600 to 999 too), 7 when the server cannot be reached or answers badly,
-//! 2 for usage errors.
+//! of 500 or more (600 to 999 too; 400 or more with `--fail`), 7 when the server cannot
+//! be reached or answers badly, 2 for usage errors.
 //!
 //! - [`url`]: the URL grammar, resolving and connecting.
 //! - [`encode`]: the CGI variables and the uwsgi, FastCGI or SCGI framing.
@@ -117,6 +117,11 @@ pub struct RequestArgs {
     /// as nginx does with `fastcgi_request_buffering off` and a chunked upload.
     #[arg(long)]
     pub no_content_length: bool,
+    /// Exit 22 for a 4xx answer too, not only for 500 and above (curl's --fail): for a
+    /// health check that must fail when the app refuses the request (a 400 for a host
+    /// it does not serve, a 404 for a path it lacks).
+    #[arg(short = 'f', long)]
+    pub fail: bool,
     /// FastCGI only: ask FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS with an
     /// FCGI_GET_VALUES record and print the answer as NAME=VALUE lines (the URL's path
     /// is not used).
@@ -180,7 +185,11 @@ pub fn run(args: &RequestArgs) -> Result<i32, ClientError> {
     // (a health check, `> page.html`) gets its bytes as they are.
     let terminal = io::stdout().is_terminal();
     let mut out = io::stdout().lock();
-    let printer = |answer, out| Printer::new(answer, out, &label).escape_body(terminal);
+    let printer = |answer, out| {
+        Printer::new(answer, out, &label)
+            .escape_body(terminal)
+            .fail_on_4xx(args.fail)
+    };
     match url.scheme {
         Scheme::Uwsgi => print_to_eof(&mut stream, printer(Answer::Http, &mut out)),
         Scheme::FastCgi => {
@@ -340,6 +349,7 @@ mod tests {
             data: None,
             timeout: 0.5,
             no_content_length: false,
+            fail: false,
             get_values: false,
         };
         let started = Instant::now();

@@ -49,6 +49,8 @@ pub struct Printer<'a> {
     /// Set once the head is printed: its status code (`None`: no HTTP status line).
     status: Option<Option<u16>>,
     received: usize,
+    /// The lowest status that exits [`EXIT_5XX`]: 500, or 400 with `--fail`.
+    fail_at: u16,
 }
 
 impl<'a> Printer<'a> {
@@ -61,7 +63,15 @@ impl<'a> Printer<'a> {
             escape_body: false,
             status: None,
             received: 0,
+            fail_at: 500,
         }
+    }
+
+    /// A 4xx exits [`EXIT_5XX`] too (`--fail`, as curl's: a health check that the app
+    /// refusing every request must fail, an `ALLOWED_HOSTS` 400 say).
+    pub fn fail_on_4xx(mut self, yes: bool) -> Self {
+        self.fail_at = if yes { 400 } else { 500 };
+        self
     }
 
     /// Escapes the body's control characters too ([`escape_controls`]): for a
@@ -154,7 +164,7 @@ impl<'a> Printer<'a> {
         }
         self.out.flush().map_err(ClientError::Output)?;
         Ok(match self.status.flatten() {
-            Some(s) if s >= 500 => EXIT_5XX,
+            Some(s) if s >= self.fail_at => EXIT_5XX,
             Some(_) => 0,
             None => {
                 eprintln!("postern request: the response has no HTTP status line");
@@ -223,6 +233,23 @@ mod tests {
         assert!(r.unwrap_err().contains("does not end"));
         let (r, _) = printed(Answer::Http, &[]);
         assert!(r.unwrap_err().contains("without answering"));
+    }
+
+    // regression (probe 334, MEDIUM): a health check could not fail on a 4xx (Django
+    // answering 400 to every request for a host not in ALLOWED_HOSTS exited 0).
+    #[test]
+    fn fail_makes_a_4xx_exit_22_too() {
+        for (fail, head, code) in [
+            (false, &b"Status: 400 Bad Request\n\n"[..], 0),
+            (true, &b"Status: 400 Bad Request\n\n"[..], EXIT_5XX),
+            (true, &b"Status: 399 Odd\n\n"[..], 0),
+            (true, &b"Status: 503\n\n"[..], EXIT_5XX),
+        ] {
+            let mut out = Vec::new();
+            let mut p = Printer::new(Answer::Cgi, &mut out, "t").fail_on_4xx(fail);
+            p.feed(head).unwrap();
+            assert_eq!(p.finish().unwrap(), code, "{fail} {head:?}");
+        }
     }
 
     // See: sec's audit: a server's header `X-Evil: \x1b]0;pwned-title\x07\x1b[2J` was
