@@ -1422,3 +1422,81 @@ fn a_head_refused_before_its_end_is_drained_until_head_timeout_only() {
     c.write_all(&fcgi::get(1, false, "/hello")).unwrap();
     assert_eq!(fcgi::status(&mut c), Some(200), "{}", p.logs());
 }
+
+// regression (probe 335, MEDIUM): requests queued for the only thread on a FastCGI
+// connection that was then reset all ran, one after the other (64 of them took 16 s
+// behind a sleeping request); requests the front server aborted with
+// FCGI_ABORT_REQUEST before they started ran too, their END_REQUEST only after the app
+// returned. Neither is run now: a reset's are logged `status=499`, an abort's get their
+// END_REQUEST once the thread is free, without the app.
+#[test]
+fn queued_fastcgi_requests_whose_connection_is_reset_or_that_are_aborted_are_not_run() {
+    let dir = tempdir();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "1"])
+        .start();
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let queue = |c: &mut TcpStream| {
+        let mut out = fcgi::get(1, true, "/sleep?s=1");
+        for id in 2..10 {
+            out.extend(fcgi::get(id, true, "/env"));
+        }
+        c.write_all(&out).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut reset = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    queue(&mut reset);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this test owns, with a valid linger struct.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            reset.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(reset);
+    let mut aborted = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    aborted
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    queue(&mut aborted);
+    let mut aborts = Vec::new();
+    for id in 2..10 {
+        aborts.extend(fcgi::record(fcgi::ABORT_REQUEST, id, b""));
+    }
+    aborted.write_all(&aborts).unwrap();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < 9 {
+        let rec = fcgi::read(&mut aborted).expect("END_REQUEST for every request");
+        match rec.kind {
+            fcgi::END_REQUEST => {
+                ended.insert(rec.id);
+            }
+            fcgi::STDOUT if rec.id > 1 && !rec.content.is_empty() => {
+                panic!("aborted request {} was run: {:?}", rec.id, rec)
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        p.wait_log_count("status=499", 8, 10),
+        "the reset connection's queued requests are logged 499\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let ran = logs
+        .lines()
+        .filter(|l| l.contains("postern::access") && l.contains("path=/env status=200"))
+        .count();
+    assert_eq!(ran, 0, "{logs}");
+}

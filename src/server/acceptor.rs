@@ -1589,6 +1589,7 @@ impl Acceptor {
                             span,
                             request_id,
                             errors_forward: None,
+                            queued: false,
                         });
                     }
                     // The slow lane keeps its own copies: a slow peer must not pin

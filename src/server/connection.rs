@@ -420,6 +420,7 @@ async fn serve<C: Conn>(
         span,
         request_id,
         errors_forward: None,
+        queued: true,
     });
 }
 

@@ -571,6 +571,10 @@ impl Sink for ConnSink {
         self.sock.as_ref().map(|s| s.as_raw_fd())
     }
 
+    fn gone_before_start(&self) -> bool {
+        self.sock.as_ref().is_some_and(hung_up)
+    }
+
     fn write_fd(&self) -> Option<std::os::fd::RawFd> {
         self.peer_fd()
     }
@@ -626,4 +630,19 @@ impl Drop for ConnSink {
             );
         }
     }
+}
+
+/// Whether the peer of `sock` has reset the connection or closed it both ways (a Unix
+/// socket's peer closed; a TCP reset): `POLLHUP` or `POLLERR`, looked at without
+/// waiting or reading. A half-close (the peer's `shutdown(SHUT_WR)`, or a TCP peer's
+/// close, which reads the same here) is not: its request is still answered.
+pub(crate) fn hung_up(sock: &impl std::os::fd::AsFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
 }

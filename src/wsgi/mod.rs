@@ -188,6 +188,14 @@ pub trait Sink: Send + Sync {
     fn peer_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// Whether the front server is gone from this request before the app runs: reset
+    /// or closed the connection both ways (what a poll tells without reading), or
+    /// aborted the request (FastCGI). A half-close is not gone: the request is
+    /// answered. Asked only of a request that waited in the ready queue (one system
+    /// call). The default cannot tell.
+    fn gone_before_start(&self) -> bool {
+        false
+    }
     /// Asks to be told once the front server has gone away from this request, for a
     /// sink whose connection the event loop cannot watch itself (FastCGI: the server
     /// layer reads it). `notify` runs once, on any thread: it must not block nor take
@@ -349,6 +357,9 @@ pub struct Request {
     pub request_id: crate::logging::RequestId,
     /// A copy of `wsgi.errors` output for the front server, if the protocol has one.
     pub errors_forward: Option<ErrorsForward>,
+    /// It waited in the ready queue for a thread (the slow lane assembled it): its
+    /// front server may have gone meanwhile ([`Sink::gone_before_start`]).
+    pub queued: bool,
 }
 
 /// The imported WSGI callable, opaque outside this module.

@@ -80,6 +80,7 @@ pub fn admit_whole(
         span,
         request_id,
         errors_forward,
+        queued: false,
     })
 }
 

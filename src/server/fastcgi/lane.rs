@@ -2151,6 +2151,7 @@ fn push_request(
         span,
         request_id,
         errors_forward,
+        queued: true,
     });
 }
 

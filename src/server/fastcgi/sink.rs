@@ -645,6 +645,11 @@ impl Sink for FcgiSink {
         Some(self.conn.as_fd().as_raw_fd())
     }
 
+    fn gone_before_start(&self) -> bool {
+        self.flags.aborted.load(Ordering::Acquire)
+            || crate::server::sink::hung_up(&self.conn.as_fd())
+    }
+
     fn notify_gone(&mut self, notify: Box<dyn FnOnce() + Send>) -> bool {
         self.flags.on_abort(notify);
         true
