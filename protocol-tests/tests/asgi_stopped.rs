@@ -66,3 +66,58 @@ fn a_worker_stopped_past_the_read_timeout_does_not_cut_a_steady_reader() {
     assert!(got > SIZE, "cut off after {got} bytes:\n{}", p.logs());
     assert!(!p.logs().contains("client went away"), "{}", p.logs());
 }
+
+const STREAM: &str = r#"
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    chunk = b"x" * (1 << 20)
+    for i in range(50):
+        await send({"type": "http.response.body", "body": chunk, "more_body": i < 49})
+"#;
+
+// regression (probe 335): over TCP (uwsgi and SCGI alike), a front server that read
+// nothing was cut at twice --read-timeout: the write timer's one try before calling it
+// idle (for a worker stopped as a whole, above) wrote a packet into the slack the
+// peer's last acknowledgement had freed, though the socket said it had no room, and
+// that counted as progress, so the timer was set again. The log said 1 s, the access
+// line ms=2000 and more.
+#[test]
+fn a_front_server_that_reads_nothing_over_tcp_is_cut_at_the_read_timeout() {
+    let dir = tempdir();
+    let p = Spawn::asgi_tcp(dir.path(), "asgi_stream_app", STREAM)
+        .args(["--loop", "asyncio", "--read-timeout", "2"])
+        .start();
+    let protocol_tests::harness::Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut s = std::net::TcpStream::from(s);
+    s.write_all(&uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ]))
+    .unwrap();
+    assert!(p.wait_log("(--read-timeout)", 15), "{}", p.logs());
+    assert!(p.wait_log("postern::access", 5), "{}", p.logs());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("postern::access"))
+        .unwrap();
+    let ms: f64 = line
+        .split_once(" ms=")
+        .and_then(|(_, v)| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no ms=: {line}"));
+    // At the timeout (2 s), with room for a late timer; twice it is 4 s.
+    assert!(
+        ms < 3500.0,
+        "cut after {ms} ms, not at --read-timeout 2 s\n{logs}"
+    );
+    drop(s);
+}

@@ -3626,18 +3626,24 @@ impl Exchange {
         let py = slf.py();
         let mut me = slf.borrow_mut();
         me.write_timer = None;
-        let Some((_, timeout)) = me.loop_w else {
+        let Some((fd, timeout)) = me.loop_w else {
             return Ok(());
         };
         if !me.writing {
             return Ok(());
         }
-        if me.last_progress.elapsed() >= timeout {
+        // The descriptor is open while the sink is.
+        if me.last_progress.elapsed() >= timeout && me.sink.is_some() && has_room(Some(fd)) {
             // The socket is tried once before the front server is called idle: after
             // the whole process was stopped (SIGSTOP, a frozen cgroup, a paused VM, a
             // debugger) the loop can run this timer before it has seen the room the
             // front server made meanwhile (the stop interrupts the loop's wait, which
-            // then returns no events once its deadline has passed).
+            // then returns no events once its deadline has passed). Only when the
+            // socket says it has room (POLLOUT, what the loop's writer waits for).
+            // regression (probe 335): a TCP socket that says none still takes a packet
+            // into the slack its peer's last acknowledgement freed; counted as
+            // progress, that re-armed the timer, and a front server that read nothing
+            // was cut at twice --read-timeout (uwsgi and SCGI over TCP).
             drop(me);
             if !Self::flush(slf)? {
                 return Ok(());
