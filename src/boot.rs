@@ -640,52 +640,70 @@ impl Privileges {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
-        Self::plan_as(config, me)
+        Self::plan_as(config, me, id_capabilities())
     }
 
-    /// [`Privileges::plan`] for a process whose effective ids are `me` (uid, gid).
+    /// [`Privileges::plan`] for a process whose effective ids are `me` (uid, gid), and
+    /// which may change its user and its groups (`caps`: CAP_SETUID, CAP_SETGID).
     ///
-    /// Not root, postern can change neither: `--uid`/`--gid` naming the ids it runs
-    /// with change nothing (its group stays, as uWSGI leaves it without `gid`: a
-    /// systemd unit's `User=app` `Group=www-data` with a migrated `uid = app`), and
-    /// any other id is refused with what to do.
+    /// Not root, `--uid`/`--gid` naming the ids it runs with change nothing (its group
+    /// stays, as uWSGI leaves it without `gid`: a systemd unit's `User=app`
+    /// `Group=www-data` with a migrated `uid = app`), and any other id is refused with
+    /// what to do, unless the process holds the capability to change it (systemd's
+    /// `AmbientCapabilities=CAP_SETUID CAP_SETGID`).
     /// regression (probe 334, MEDIUM): already that user, in another group, `--uid`
     /// alone failed with `--gid 65534: Operation not permitted` (its primary group),
     /// an option the user never gave; as another user, the same words.
-    fn plan_as(config: &Config, me: (u32, u32)) -> anyhow::Result<Option<Privileges>> {
+    fn plan_as(
+        config: &Config,
+        me: (u32, u32),
+        caps: (bool, bool),
+    ) -> anyhow::Result<Option<Privileges>> {
         if config.uid.is_none() && config.gid.is_none() {
             return Ok(None);
         }
         let (euid, egid) = me;
+        let (set_uid, set_gid) = caps;
         if euid != 0 {
+            let same = config.uid.is_none_or(|u| u == euid) && config.gid.is_none_or(|g| g == egid);
+            if same {
+                tracing::debug!(
+                    uid = euid,
+                    gid = egid,
+                    "--uid/--gid name the ids postern already runs as: nothing to change"
+                );
+                return Ok(None);
+            }
             let named = |uid: u32| match crate::users::user_by_uid(uid) {
                 Ok(Some(u)) => format!("{} ({uid})", u.name),
                 _ => uid.to_string(),
             };
-            if let Some(uid) = config.uid.filter(|&u| u != euid) {
+            if let Some(uid) = config.uid.filter(|&u| u != euid && !set_uid) {
                 anyhow::bail!(
-                    "--uid {}: changing the user needs root, and postern runs as {}: start it as root (it binds the listeners, then runs as --uid), or leave --uid out",
+                    "--uid {}: changing the user needs root (or CAP_SETUID), and postern runs as {}: start it as root (it binds the listeners, then runs as --uid), or leave --uid out",
                     named(uid),
                     named(euid)
                 );
             }
-            if let Some(gid) = config.gid.filter(|&g| g != egid) {
+            if let Some(gid) = config.gid.filter(|&g| g != egid && !set_gid) {
                 let group = |gid: u32| match crate::users::group_name(gid) {
                     Ok(Some(n)) => format!("{n} ({gid})"),
                     _ => gid.to_string(),
                 };
                 anyhow::bail!(
-                    "--gid {}: changing the group needs root, and postern runs in group {}: start it as root, or in that group (systemd: Group=), or leave --gid out",
+                    "--gid {}: changing the group needs root (or CAP_SETGID), and postern runs in group {}: start it as root, or in that group (systemd: Group=), or leave --gid out",
                     group(gid),
                     group(egid)
                 );
             }
-            tracing::debug!(
-                uid = euid,
-                gid = egid,
-                "--uid/--gid name the ids postern already runs as: nothing to change"
-            );
-            return Ok(None);
+            if !set_gid {
+                // Only the user changes (CAP_SETUID alone): the group stays.
+                return Ok(Some(Privileges {
+                    groups: None,
+                    gid: None,
+                    uid: config.uid,
+                }));
+            }
         }
         let user = config
             .uid
@@ -700,9 +718,9 @@ impl Privileges {
                 config.uid.unwrap_or_default()
             );
         };
-        // Only root may set supplementary groups; anyone else keeps theirs (and can only
-        // "drop" to the ids it already has).
-        let groups = if rustix::process::geteuid().is_root() {
+        // Only root (or CAP_SETGID) may set supplementary groups; anyone else keeps theirs
+        // (and can only "drop" to the ids it already has).
+        let groups = if euid == 0 || set_gid {
             Some(match &user {
                 // The user's own groups (/etc/group), with `gid` as the primary one.
                 Some(u) => crate::users::group_list(&u.name, gid)
@@ -752,6 +770,25 @@ impl Privileges {
         );
         Ok(())
     }
+}
+
+/// Whether this process may change its user and its groups: CAP_SETUID and
+/// CAP_SETGID in its effective set (`CapEff` in /proc/self/status).
+fn id_capabilities() -> (bool, bool) {
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .unwrap_or(0);
+    (eff >> CAP_SETUID & 1 == 1, eff >> CAP_SETGID & 1 == 1)
 }
 
 /// The imported app and the interface it is served with (`--interface`).
@@ -1175,28 +1212,35 @@ mod tests {
     #[test]
     fn not_root_the_ids_it_runs_as_change_nothing_and_others_are_refused_by_name() {
         let me = (65534, 33);
-        let plan = |args: &[&str]| Privileges::plan_as(&config(args), me);
+        let plan = |args: &[&str]| Privileges::plan_as(&config(args), me, (false, false));
         assert!(plan(&["--uid", "65534"]).unwrap().is_none());
         assert!(plan(&["--uid", "65534", "--gid", "33"]).unwrap().is_none());
         assert!(plan(&["--gid", "33"]).unwrap().is_none());
         let e = format!("{:#}", plan(&["--uid", "0"]).unwrap_err());
         assert!(
             e.starts_with(
-                "--uid root (0): changing the user needs root, and postern runs as nobody (65534)"
+                "--uid root (0): changing the user needs root (or CAP_SETUID), and postern runs as nobody (65534)"
             ),
             "{e}"
         );
         let e = format!("{:#}", plan(&["--uid", "65534", "--gid", "0"]).unwrap_err());
         assert!(
             e.starts_with(
-                "--gid root (0): changing the group needs root, and postern runs in group "
+                "--gid root (0): changing the group needs root (or CAP_SETGID), and postern runs in group "
             ) && e.contains("33"),
             "{e}"
         );
-        // Root plans as before.
-        let p = Privileges::plan_as(&config(&["--uid", "65534"]), (0, 0))
+        // Root plans as before; so does a process that holds CAP_SETUID and CAP_SETGID.
+        for (who, caps) in [((0, 0), (true, true)), ((1000, 1000), (true, true))] {
+            let p = Privileges::plan_as(&config(&["--uid", "65534"]), who, caps)
+                .unwrap()
+                .unwrap();
+            assert_eq!((p.uid, p.gid), (Some(65534), Some(65534)));
+        }
+        // CAP_SETUID alone: the user changes, the group stays.
+        let p = Privileges::plan_as(&config(&["--uid", "65534"]), (1000, 1000), (true, false))
             .unwrap()
             .unwrap();
-        assert_eq!((p.uid, p.gid), (Some(65534), Some(65534)));
+        assert_eq!((p.uid, p.gid, p.groups), (Some(65534), None, None));
     }
 }

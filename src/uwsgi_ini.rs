@@ -1184,6 +1184,23 @@ impl<'a> Mapper<'a> {
                 "postern spreads recycling by itself (max-requests plus up to 10% jitter)".into(),
             ),
             "max-worker-lifetime" => self.count(i, "max-lifetime", v),
+            // Two limits in uWSGI: reload-on-rss (soft: the worker recycles after its
+            // request) and evil-reload-on-rss (hard: the master kills it). postern's
+            // max-rss is the soft one, and its hard limit is 1.5 x max-rss.
+            // regression (probe 334): both gave max-rss, "the last value wins (as in
+            // uWSGI)", so the line order chose between the soft and the hard limit.
+            "evil-reload-on-rss"
+                if self
+                    .entries
+                    .iter()
+                    .any(|e| e.key == "reload-on-rss" && numeric(&e.value).parse::<f64>().is_ok_and(|m| m > 0.0)) =>
+            {
+                let at = self.entries.iter().rev().find(|e| e.key == "reload-on-rss");
+                Outcome::Ignored(format!(
+                    "reload-on-rss (line {}) gives max-rss, the soft limit; postern's hard limit is 1.5 x max-rss (a worker past it stops at once), not a value of its own",
+                    at.map_or_else(|| "0".to_owned(), Entry::label)
+                ))
+            }
             "reload-on-rss" | "evil-reload-on-rss" => match numeric(v).parse::<f64>() {
                 Ok(mib) if mib.is_finite() && mib >= 0.0 => {
                     if mib == 0.0 {

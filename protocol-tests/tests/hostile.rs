@@ -1427,7 +1427,7 @@ fn a_head_refused_before_its_end_is_drained_until_head_timeout_only() {
 // connection that was then reset all ran, one after the other (64 of them took 16 s
 // behind a sleeping request); requests the front server aborted with
 // FCGI_ABORT_REQUEST before they started ran too, their END_REQUEST only after the app
-// returned. Neither is run now: a reset's are logged `status=499`, an abort's get their
+// returned. Neither is run now: a reset's are logged `status=0`, an abort's get their
 // END_REQUEST once the thread is free, without the app.
 #[test]
 fn queued_fastcgi_requests_whose_connection_is_reset_or_that_are_aborted_are_not_run() {
@@ -1489,8 +1489,8 @@ fn queued_fastcgi_requests_whose_connection_is_reset_or_that_are_aborted_are_not
         }
     }
     assert!(
-        p.wait_log_count("status=499", 8, 10),
-        "the reset connection's queued requests are logged 499\n{}",
+        p.wait_log_count("path=/env status=0 ", 16, 10),
+        "every queued request is logged, with status 0\n{}",
         p.logs()
     );
     let logs = p.logs();
@@ -1499,4 +1499,69 @@ fn queued_fastcgi_requests_whose_connection_is_reset_or_that_are_aborted_are_not
         .filter(|l| l.contains("postern::access") && l.contains("path=/env status=200"))
         .count();
     assert_eq!(ran, 0, "{logs}");
+}
+
+// The other side of the check above, over a Unix socket: queued requests on a FastCGI
+// connection whose front server half-closed it (shutdown(SHUT_WR)) are all answered;
+// on one it closed both ways, those still waiting for the thread are not run.
+#[test]
+fn queued_fastcgi_requests_are_answered_after_a_half_close_and_not_run_after_a_close() {
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--threads", "1"])
+        .start();
+    let Addr::Unix(path) = &p.addr else {
+        unreachable!()
+    };
+    let queue = || {
+        let mut c = std::os::unix::net::UnixStream::connect(path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut out = fcgi::get(1, true, "/sleep?s=0.5");
+        for id in 2..6 {
+            out.extend(fcgi::get(id, true, "/env"));
+        }
+        c.write_all(&out).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        c
+    };
+    let mut half = queue();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ended = std::collections::BTreeMap::new();
+    while ended.len() < 5 {
+        let rec = fcgi::read(&mut half).expect("END_REQUEST for every request");
+        match rec.kind {
+            fcgi::STDOUT if !rec.content.is_empty() => {
+                ended.entry(rec.id).or_insert(false);
+                if rec.content.starts_with(b"Status: 200") {
+                    ended.insert(rec.id, true);
+                }
+            }
+            fcgi::END_REQUEST => {
+                ended.entry(rec.id).or_insert(false);
+                if ended.values().filter(|v| **v).count() == 5 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(ended.values().all(|v| *v), "{ended:?}\n{}", p.logs());
+    drop(queue());
+    assert!(
+        p.wait_log_count("path=/env status=0 ", 4, 10),
+        "the closed connection's queued requests are not run\n{}",
+        p.logs()
+    );
+    let ran = p
+        .logs()
+        .lines()
+        .filter(|l| l.contains("postern::access") && l.contains("path=/env status=200"))
+        .count();
+    assert_eq!(
+        ran,
+        4,
+        "only the half-closed connection's were run\n{}",
+        p.logs()
+    );
 }

@@ -3795,7 +3795,7 @@ impl Exchange {
                     // on the disconnect was answered 500 with its traceback, where the
                     // WSGI path answers 400.
                     crate::wsgi::input::BODY_SHORT => Some(Refused::Short),
-                    crate::wsgi::input::BODY_DROPPED => Some(Refused::Dropped),
+                    _ if crate::wsgi::input::is_dropped(&e) => Some(Refused::Dropped),
                     _ => None,
                 };
                 if e.kind() == crate::wsgi::input::BODY_GONE {

@@ -1265,6 +1265,31 @@ fn config_file_as_app(app: &str) -> Option<String> {
     })
 }
 
+/// What to say when APP is a word that reads as a command postern does not have
+/// (`postern check`, `postern version`, `postern reload`), unless a module of that name
+/// is in the current directory. regression (probe 334): postern bound its listener,
+/// started Python and said "No module named 'check'".
+fn word_as_app(app: &str) -> Option<String> {
+    let flag = match app {
+        "check" | "version" | "help" => format!("--{app}"),
+        "print-config" | "print_config" | "config" => "--print-config".to_owned(),
+        "reload" | "stop" | "restart" => {
+            return (!module_here(app)).then(|| format!(
+                "{app:?} is not a postern command (its commands are request, bench, migrate and status): a running postern is reloaded with SIGHUP (`kill -HUP $(cat PIDFILE)`, `systemctl reload`) and stopped with SIGTERM; or, if {app:?} is your app, give its file (`{app}.py`) or `{app}:application`"
+            ));
+        }
+        _ => return None,
+    };
+    (!module_here(app)).then(|| format!(
+        "{app:?} is not a postern command: did you mean `postern {flag} APP …`? (if {app:?} is your app, give its file, `{app}.py`, or `{app}:application`)"
+    ))
+}
+
+/// A Python module or package named `name` in the current directory.
+fn module_here(name: &str) -> bool {
+    Path::new(&format!("{name}.py")).exists() || Path::new(name).join("__init__.py").exists()
+}
+
 /// A `--config` file that is a uWSGI ini file: its `[uwsgi]` header, or a `.ini` name.
 fn ini_given_as_config(path: &Path, text: &str) -> bool {
     text.lines().any(|l| l.trim() == "[uwsgi]")
@@ -1367,7 +1392,7 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
                 what: "--config",
                 path: path.to_owned(),
                 message: format!(
-                    "[env] has {}, which {} postern's option{}: in TOML every key after a [table] header belongs to that table, so write the options above [env] (an environment variable of that very name can be given with --env NAME=VALUE)",
+                    "[env] has {}, which {} postern's option{}: in TOML every key after a [table] header belongs to that table, so write the options above [env] (an environment variable of that very name can be given with --env NAME=VALUE or POSTERN_ENV)",
                     names.join(", "),
                     if names.len() > 1 { "are" } else { "is" },
                     if names.len() > 1 { "s" } else { "" },
@@ -1560,7 +1585,10 @@ impl Config {
             }
         }
         let app = o.app.as_deref().ok_or(ConfigError::NoApp)?;
-        if let Some(hint) = config_file_as_app(app).or_else(|| gunicorn::config_as_app(app)) {
+        if let Some(hint) = config_file_as_app(app)
+            .or_else(|| gunicorn::config_as_app(app))
+            .or_else(|| word_as_app(app))
+        {
             return Err(invalid("app", hint));
         }
         let app = AppSpec::parse(app).map_err(|m| invalid("app", m))?;
@@ -2004,6 +2032,20 @@ mod tests {
         );
         assert!(e.contains("), zzzzzz (the keys are"), "{e}");
         assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    // regression (probe 334): `postern check` tried to import a module `check`.
+    #[test]
+    fn a_word_that_reads_as_a_command_says_what_was_meant() {
+        let check = word_as_app("check").unwrap();
+        assert!(
+            check.contains("did you mean `postern --check APP"),
+            "{check}"
+        );
+        let reload = word_as_app("reload").unwrap();
+        assert!(reload.contains("kill -HUP"), "{reload}");
+        assert_eq!(word_as_app("myapp"), None);
+        assert_eq!(word_as_app("check:application"), None);
     }
 
     // regression (probe 334, MEDIUM): options written below `[env]` became

@@ -385,6 +385,26 @@ fn rounds_fractional_rss_up() {
     assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(128)));
 }
 
+// regression (probe 334): both gave max-rss and the later line won, so the order of
+// two lines chose between uWSGI's soft limit and its hard one.
+#[test]
+fn the_soft_rss_limit_is_max_rss_whatever_the_order() {
+    for text in [
+        "reload-on-rss = 500\nevil-reload-on-rss = 600",
+        "evil-reload-on-rss = 600\nreload-on-rss = 500",
+    ] {
+        let t = tr(text);
+        assert_eq!(
+            get(&t, "max-rss"),
+            Some(&toml::Value::Integer(500)),
+            "{text}"
+        );
+    }
+    // Alone, the hard limit is still the one limit there is.
+    let t = tr("evil-reload-on-rss = 600");
+    assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(600)));
+}
+
 #[test]
 fn reads_booleans_like_uwsgi() {
     for (v, want) in [

@@ -26,7 +26,31 @@ pub const BODY_SHORT: std::io::ErrorKind = std::io::ErrorKind::UnexpectedEof;
 /// body: a multiplexed FastCGI connection held more unread input than
 /// `--fastcgi-buffer` allows while another request on it waited for its own. Neither
 /// the app's fault nor its client's: answered 503 (retry), as a server out of room.
+/// Made by [`dropped`] only, and told by its payload ([`is_dropped`]), not by the kind
+/// alone, which other aborts share.
 pub const BODY_DROPPED: std::io::ErrorKind = std::io::ErrorKind::ConnectionAborted;
+
+/// The payload of a [`BODY_DROPPED`] error.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// The error of a body postern dropped ([`BODY_DROPPED`]).
+pub fn dropped() -> std::io::Error {
+    std::io::Error::new(BODY_DROPPED, Dropped)
+}
+
+/// `e` is a [`dropped`] error.
+pub fn is_dropped(e: &std::io::Error) -> bool {
+    e.kind() == BODY_DROPPED && e.get_ref().is_some_and(|x| x.is::<Dropped>())
+}
 
 /// What [`Input::watched`]'s flag says of a failed body read: [`BODY_GONE`]'s.
 pub const CUT_GONE: u8 = 1;
@@ -145,7 +169,7 @@ impl Input {
                             BODY_GONE if is_unnamed_gone(&e) => CUT_GONE_UNNAMED,
                             BODY_GONE => CUT_GONE,
                             BODY_SHORT => CUT_SHORT,
-                            BODY_DROPPED => CUT_DROPPED,
+                            BODY_DROPPED if is_dropped(&e) => CUT_DROPPED,
                             _ => 0,
                         };
                         if let (Some(gone), true) = (&self.gone, cut != 0) {

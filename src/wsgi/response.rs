@@ -794,8 +794,9 @@ enum Failure {
 }
 
 /// The access line's status of a request not run because its front server went away
-/// while it waited for a thread: nginx's own code for a client that closed the request.
-const CLIENT_GONE_UNRUN: u16 = 499;
+/// while it waited for a thread: 0, as for a body cut before the app runs (nothing was
+/// answered; not a 4xx in the metrics).
+const CLIENT_GONE_UNRUN: u16 = 0;
 
 /// Runs one request on this (attached) pool thread, start to finish, inside its span,
 /// and writes its access line; returns how it ended and what was sent.
@@ -849,7 +850,7 @@ fn respond(
     // A request that waited for a thread whose front server is gone meanwhile is not
     // run: nobody would read its answer, and a thread it took would make the requests
     // behind it wait longer still (an overload, a client flood of resets). Its access
-    // line says the client went away, with nginx's 499.
+    // line says the client went away, with status 0.
     // regression (probe 335, MEDIUM): 64 multiplexed FastCGI requests queued on one
     // connection, then a reset: all 64 ran, two at a time, for 16 s; 12 uwsgi
     // connections reset after their request: 8 ran after the client was gone.

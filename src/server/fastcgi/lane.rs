@@ -309,10 +309,7 @@ impl StdinStream {
             )));
         }
         if st.cut {
-            return Some(Err(io::Error::new(
-                crate::wsgi::input::BODY_DROPPED,
-                "the request body was dropped: its FastCGI connection held more unread input than --fastcgi-buffer allows while another request on it waited for its own",
-            )));
+            return Some(Err(crate::wsgi::input::dropped()));
         }
         if st.short {
             return Some(Err(io::Error::new(
