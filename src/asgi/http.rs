@@ -924,8 +924,8 @@ pub struct Exchange {
     /// app's place (a body over --max-body, sends the app did not wait for).
     send_refused: Option<&'static str>,
     /// Postern answered 400 for the front server's input (a FastCGI STDIN short of
-    /// CONTENT_LENGTH, [`Exchange::answer_short`]), or 503 for a body it dropped
-    /// ([`Exchange::answer_dropped`]): what the app raises on the
+    /// CONTENT_LENGTH), or 503 for a body it dropped
+    /// ([`Exchange::answer_input`]): what the app raises on the
     /// http.disconnect it got then is the input's doing, not its failure.
     input_refused: bool,
 }
@@ -1204,6 +1204,37 @@ enum Refused {
     /// 503.
     Dropped,
 }
+
+/// How postern answers for a body refused for its input ([`Exchange::answer_input`]).
+struct InputRefusal {
+    code: u16,
+    body: &'static [u8],
+    /// What the app's later `send()`s raise once postern answered.
+    answered: &'static str,
+    /// What they raise once postern cut off a response that had started.
+    cut: &'static str,
+    /// Why, for the debug line.
+    why: &'static str,
+}
+
+/// A FastCGI STDIN ended before CONTENT_LENGTH: 400.
+const SHORT: InputRefusal = InputRefusal {
+    code: 400,
+    body: b"Bad Request: the request body is incomplete.\n",
+    answered: "the request body ended before its Content-Length: postern answered 400 and the request is over",
+    cut: "the request body ended before its Content-Length; the response had started, so postern cut it off and the request is over",
+    why: "the request body ended before CONTENT_LENGTH",
+};
+
+/// postern dropped the body (a multiplexed FastCGI connection over
+/// `--fastcgi-buffer`): 503, as a server out of room.
+const DROPPED: InputRefusal = InputRefusal {
+    code: 503,
+    body: b"Service Unavailable: the request body could not be kept (--fastcgi-buffer); retry.\n",
+    answered: "the request body was dropped (--fastcgi-buffer): postern answered 503 and the request is over",
+    cut: "the request body was dropped (--fastcgi-buffer); the response had started, so postern cut it off and the request is over",
+    why: "the request body was dropped (--fastcgi-buffer)",
+};
 
 fn gone_error() -> PyErr {
     ClientDisconnected::new_err(
@@ -3893,62 +3924,39 @@ impl Exchange {
     fn answer_refused(slf: &Bound<'_, Self>, why: Refused) -> PyResult<()> {
         match why {
             Refused::TooLarge => Self::answer_too_large(slf),
-            Refused::Short => Self::answer_short(slf),
-            Refused::Dropped => Self::answer_dropped(slf),
+            Refused::Short => Self::answer_input(slf, &SHORT),
+            Refused::Dropped => Self::answer_input(slf, &DROPPED),
         }
     }
 
-    /// postern dropped the body (a multiplexed FastCGI connection over
-    /// `--fastcgi-buffer`; the lane said so at WARN): 503 if the response has not
-    /// started, else it is cut. The app's next `send()` raises.
-    /// regression (probe 335, MEDIUM): the WSGI path answered 500 with the app's
-    /// traceback at ERROR; here `receive()` said `http.disconnect` and the app's
-    /// answer, if any, went out as if the body had been read.
-    fn answer_dropped(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// The body failed for its input, not for the app (the lane has logged why, at
+    /// WARN): answered as on the WSGI path if the response has not started, else the
+    /// response is cut. The app's next `send()` raises, and what it raises on the
+    /// `http.disconnect` it got is not its failure (`input_refused`).
+    /// regression (probe 335, MEDIUM): for a body postern dropped, `receive()` said
+    /// `http.disconnect` and the app's answer, if any, went out as if it had read the
+    /// body (the WSGI path answered 500 with the app's traceback at ERROR).
+    fn answer_input(slf: &Bound<'_, Self>, refusal: &InputRefusal) -> PyResult<()> {
         let mut me = slf.borrow_mut();
         if me.send_refused.is_some() || me.served.is_some() || me.gone {
             return Ok(());
         }
         let _e = me.span.clone().entered();
         if me.head_sent {
-            me.send_refused = Some("the request body was dropped (--fastcgi-buffer); the response had started, so postern cut it off and the request is over");
-            tracing::debug!("the request body was dropped (--fastcgi-buffer); the response had started, so it is cut off");
+            me.send_refused = Some(refusal.cut);
+            tracing::debug!(
+                "{}; the response had started, so it is cut off",
+                refusal.why
+            );
             let code = me.code;
             drop(me);
             return Self::settle(slf, Some(End::Incomplete(code)));
         }
-        me.send_refused = Some("the request body was dropped (--fastcgi-buffer): postern answered 503 and the request is over");
+        me.send_refused = Some(refusal.answered);
         me.input_refused = true;
-        tracing::debug!("the request body was dropped (--fastcgi-buffer); answered 503");
+        tracing::debug!("{}; answered {}", refusal.why, refusal.code);
         drop(me);
-        Self::answer_plain(
-            slf,
-            503,
-            b"Service Unavailable: the request body could not be kept (--fastcgi-buffer); retry.\n",
-        )
-    }
-
-    /// A FastCGI STDIN ended before CONTENT_LENGTH: 400 (as on the WSGI path) if the
-    /// response has not started; else the response is cut. The lane has logged it (a
-    /// WARN through the bad-input limit). The app's next `send()` raises.
-    fn answer_short(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let mut me = slf.borrow_mut();
-        if me.send_refused.is_some() || me.served.is_some() || me.gone {
-            return Ok(());
-        }
-        let _e = me.span.clone().entered();
-        if me.head_sent {
-            me.send_refused = Some("the request body ended before its Content-Length; the response had started, so postern cut it off and the request is over");
-            tracing::debug!("the request body ended before CONTENT_LENGTH; the response had started, so it is cut off");
-            let code = me.code;
-            drop(me);
-            return Self::settle(slf, Some(End::Incomplete(code)));
-        }
-        me.send_refused = Some("the request body ended before its Content-Length: postern answered 400 and the request is over");
-        me.input_refused = true;
-        tracing::debug!("the request body ended before CONTENT_LENGTH; answered 400");
-        drop(me);
-        Self::answer_plain(slf, 400, b"Bad Request: the request body is incomplete.\n")
+        Self::answer_plain(slf, refusal.code, refusal.body)
     }
 
     /// The body (streamed without CONTENT_LENGTH) passed --max-body: 413 as when the

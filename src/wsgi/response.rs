@@ -1441,58 +1441,43 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         Failure::Raised(e) => raised_by_body_cut(py, e),
         Failure::Mistake(_) => false,
     };
-    if cut == super::input::CUT_SHORT && from_body_cut && !r.client_gone {
-        // Its read of the body failed because the front server ended it before its
-        // CONTENT_LENGTH: the front server's bad input, not the app's bug, answered
-        // 400 as the same short body is when it is all there before the app runs.
-        // regression (audit): answered 500, logged as the app's exception with its
-        // traceback and counted as an app error.
-        let error = match &failure {
-            Failure::Raised(e) => e.to_string(),
-            Failure::Mistake(m) => m.clone(),
-        };
-        if r.headers_sent {
-            tracing::debug!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes, after the headers were sent; aborting the connection");
-            return Outcome {
-                status: r.code,
-                complete: false,
-            };
-        }
-        // (The lane has said it at WARN, through the bad-input limit.)
-        tracing::debug!(%error, "could not read the request body: the front server ended it before CONTENT_LENGTH bytes; answered 400");
-        return answer_plain(
-            py,
-            &mut r,
+    // Its read of the body failed for the input, not for a bug of its own: answered
+    // (if the headers are not out yet) as the same input is before the app runs, not
+    // counted as the app failing. The lane has said why at WARN.
+    // regression (audit): a body the front server ended before its CONTENT_LENGTH was
+    // answered 500, logged as the app's exception with its traceback and counted as an
+    // app error; (probe 335, MEDIUM) so was a body postern dropped, at ERROR, for every
+    // such request.
+    let refused = match cut {
+        super::input::CUT_SHORT => Some((
+            "the front server ended it before CONTENT_LENGTH bytes",
             400,
             "400 Bad Request",
-            b"Bad Request: the request body is incomplete.\n",
-        );
-    }
-    if cut == super::input::CUT_DROPPED && from_body_cut && !r.client_gone {
-        // Its read of the body failed because postern dropped the body (a multiplexed
-        // FastCGI connection over --fastcgi-buffer: the lane said so at WARN): not the
-        // app's bug, answered 503 as a server out of room.
-        // regression (probe 335, MEDIUM): answered 500 with the app's traceback at
-        // ERROR, for every such request, and counted as an app error.
+            &b"Bad Request: the request body is incomplete.\n"[..],
+        )),
+        // A multiplexed FastCGI connection over --fastcgi-buffer: a server out of room.
+        super::input::CUT_DROPPED => Some((
+            "postern dropped it (--fastcgi-buffer)",
+            503,
+            "503 Service Unavailable",
+            &b"Service Unavailable: the request body could not be kept (--fastcgi-buffer); retry.\n"[..],
+        )),
+        _ => None,
+    };
+    if let Some((why, code, line, body)) = refused.filter(|_| from_body_cut && !r.client_gone) {
         let error = match &failure {
             Failure::Raised(e) => e.to_string(),
             Failure::Mistake(m) => m.clone(),
         };
         if r.headers_sent {
-            tracing::debug!(%error, "could not read the request body: postern dropped it (--fastcgi-buffer), after the headers were sent; aborting the response");
+            tracing::debug!(%error, "could not read the request body: {why}, after the headers were sent; aborting the response");
             return Outcome {
                 status: r.code,
                 complete: false,
             };
         }
-        tracing::debug!(%error, "could not read the request body: postern dropped it (--fastcgi-buffer); answered 503");
-        return answer_plain(
-            py,
-            &mut r,
-            503,
-            "503 Service Unavailable",
-            b"Service Unavailable: the request body could not be kept (--fastcgi-buffer); retry.\n",
-        );
+        tracing::debug!(%error, "could not read the request body: {why}; answered {code}");
+        return answer_plain(py, &mut r, code, line, body);
     }
     if body_gone && !from_body_cut {
         // The app failed otherwise after its body read did (it caught that error):
