@@ -854,7 +854,10 @@ fn respond(
     // regression (probe 335, MEDIUM): 64 multiplexed FastCGI requests queued on one
     // connection, then a reset: all 64 ran, two at a time, for 16 s; 12 uwsgi
     // connections reset after their request: 8 ran after the client was gone.
-    if req.queued && req.sink.gone_before_start() {
+    // A body still streaming (FastCGI STDIN) is not looked at here: its app's first
+    // read fails at once, and that read is where a cut body is said and counted
+    // (through the bad-input limit, one named line then a summary, as over uwsgi).
+    if req.queued && !matches!(req.body, super::Body::Stream(_)) && req.sink.gone_before_start() {
         tracing::debug!("the front server went away (reset or closed the connection, or aborted the request) while the request waited for a thread: not run");
         let end = End::ClientGone(CLIENT_GONE_UNRUN);
         let sent = req.sink.finish(end);
