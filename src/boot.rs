@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::asgi::detect::{self, Interface};
-use crate::asgi::lifespan::LifespanMode;
 use crate::codec::Protocol;
 use crate::config::{Config, KeyValue};
 use crate::server::listener::{ListenAddr, SocketOptions};
@@ -951,9 +950,17 @@ pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
     // `current` link, the release this worker imported.
     tracing::info!(app = %config.app, dir = %cwd.display(), "app imported");
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
-    if interface == Interface::Wsgi && config.opts.lifespan == LifespanMode::On {
+    // `--interface wsgi` with one of them set was said at start, once.
+    if interface == Interface::Wsgi
+        && config.opts.interface == crate::asgi::InterfaceOption::Auto
+        && !config.asgi_options_set.is_empty()
+    {
         tracing::warn!(
-            "--lifespan on has no effect: the app is served as WSGI, which has no lifespan"
+            "{}",
+            crate::config::asgi_options_unused(
+                &config.asgi_options_set,
+                "the app is a WSGI callable"
+            )
         );
     }
     Ok(Loaded {

@@ -311,6 +311,18 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                         loaded.interface.name(),
                         loaded.why
                     );
+                    if loaded.interface == crate::asgi::detect::Interface::Wsgi
+                        && config.opts.interface == crate::asgi::InterfaceOption::Auto
+                        && !config.asgi_options_set.is_empty()
+                    {
+                        println!(
+                            "  warning: {}",
+                            crate::config::asgi_options_unused(
+                                &config.asgi_options_set,
+                                "the app is a WSGI callable"
+                            )
+                        );
+                    }
                     match &config.venv {
                         Some(v) => println!("  venv: {}", v.display()),
                         None if elsewhere.is_some() => {

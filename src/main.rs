@@ -127,6 +127,11 @@ fn main() -> ExitCode {
             eprintln!("postern: {w}");
         }
     }
+    if let (Ok(c), true) = (&resolved, cli.print_config || cli.check) {
+        for w in &c.unused {
+            eprintln!("postern: {w}");
+        }
+    }
     if cli.print_config {
         out(&layered.to_toml(resolved.as_ref().ok()));
         if let Err(e) = &resolved {
@@ -210,6 +215,9 @@ fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Resul
     }
     if let Some(i) = &config.ini_info {
         tracing::info!("{i}");
+    }
+    for w in &config.unused {
+        tracing::warn!("{w}");
     }
     // Single-threaded here: no other thread reads the environment yet.
     let app_dir = boot::apply_env_and_chdir(&config)?;

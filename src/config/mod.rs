@@ -1554,7 +1554,17 @@ pub struct Config {
     pub ini_warnings: Option<String>,
     /// What runs differently though the `--ini` file carried over (logged at start).
     pub ini_info: Option<String>,
+    /// Options set that nothing reads in this configuration, each as a sentence
+    /// (warned at start and by `--check`): `--socket-mode` with TCP listeners only, an
+    /// ASGI option with `--interface wsgi`, a FastCGI one without a FastCGI listener.
+    pub unused: Vec<String>,
+    /// The ASGI-only options that were set (`--loop`, `--max-concurrency`, `--lifespan`,
+    /// `--lifespan-timeout`), said by a worker when `auto` finds a WSGI app.
+    pub asgi_options_set: Vec<&'static str>,
 }
+
+/// Options that only an ASGI app reads.
+const ASGI_OPTIONS: [&str; 4] = ["loop", "max-concurrency", "lifespan", "lifespan-timeout"];
 
 impl Config {
     /// Checks what the types alone cannot and derives what the server runs.
@@ -1788,6 +1798,7 @@ impl Config {
             o.access_log = absolute(Path::new(&o.access_log)).display().to_string();
         }
         o.stats = o.stats.map(absolute_addr);
+        let (unused, asgi_options_set) = unused_options(layered, &o, &listeners);
         Ok(Config {
             opts: Options {
                 max_requests,
@@ -1810,8 +1821,69 @@ impl Config {
             socket_owner,
             ini_warnings: layered.ini_warnings.clone(),
             ini_info: layered.ini_info.clone(),
+            unused,
+            asgi_options_set,
         })
     }
+}
+
+/// The options set (by any layer: command line, variable, `--config`, `--ini`) that
+/// this configuration never reads, each said with why, and the ASGI-only options set.
+/// A user who gives `--socket-mode 660` with a TCP listener believes the socket is
+/// guarded; one who gives `--max-concurrency` to a WSGI app believes it is capped.
+fn unused_options(
+    layered: &Layered,
+    o: &Options,
+    listeners: &[(Protocol, ListenAddr)],
+) -> (Vec<String>, Vec<&'static str>) {
+    let set = |key: &str| !matches!(layered.source(key), Source::Default);
+    let mut unused = Vec::new();
+    let unix = listeners
+        .iter()
+        .map(|(_, a)| a)
+        .chain(o.stats.as_ref())
+        .any(|a| matches!(a, ListenAddr::Unix(_)));
+    for key in ["socket-mode", "socket-owner"]
+        .into_iter()
+        .filter(|k| set(k))
+    {
+        if !unix {
+            unused.push(format!(
+                "--{key} has no effect: it applies to Unix sockets, and every listener is TCP (a TCP port is guarded by its address: 127.0.0.1, or a firewall)"
+            ));
+        }
+    }
+    let fastcgi = listeners.iter().any(|(p, _)| *p == Protocol::FastCgi);
+    for key in [
+        "fastcgi-buffer",
+        "fastcgi-buffer-total",
+        "no-fastcgi-stderr",
+    ]
+    .into_iter()
+    .filter(|k| set(k))
+    {
+        if !fastcgi {
+            unused.push(format!(
+                "--{key} has no effect: it applies to FastCGI connections, and no --fastcgi listener is configured"
+            ));
+        }
+    }
+    let asgi: Vec<&'static str> = ASGI_OPTIONS.into_iter().filter(|k| set(k)).collect();
+    if o.interface == crate::asgi::InterfaceOption::Wsgi && !asgi.is_empty() {
+        unused.push(asgi_options_unused(&asgi, "--interface wsgi is given"));
+    }
+    (unused, asgi)
+}
+
+/// The sentence said of ASGI-only options set for an app served as WSGI.
+pub fn asgi_options_unused(options: &[&str], why: &str) -> String {
+    let named: Vec<String> = options.iter().map(|k| format!("--{k}")).collect();
+    format!(
+        "{} {} no effect: {} only an ASGI app reads, and {why} (a WSGI worker's concurrency is --threads)",
+        named.join(", "),
+        if named.len() == 1 { "has" } else { "have" },
+        if named.len() == 1 { "it is an option" } else { "they are options" },
+    )
 }
 
 impl Options {
@@ -1870,6 +1942,53 @@ mod tests {
 
     fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
         Config::resolve(&layered(args)?, None)
+    }
+
+    #[test]
+    fn options_that_nothing_reads_are_said() {
+        let c = resolve(&["app", "--uwsgi", "127.0.0.1:1", "--socket-mode", "660"]).unwrap();
+        assert_eq!(c.unused.len(), 1, "{:?}", c.unused);
+        assert!(c.unused[0].starts_with("--socket-mode has no effect"));
+        // A Unix listener, or a Unix --stats socket, reads it.
+        for extra in [
+            ["--uwsgi", "unix:/tmp/a.sock"],
+            ["--stats", "unix:/tmp/s.sock"],
+        ] {
+            let mut args = vec!["app", "--uwsgi", "127.0.0.1:1", "--socket-owner", "0"];
+            args.extend(extra);
+            assert!(resolve(&args).unwrap().unused.is_empty());
+        }
+        let c = resolve(&["app", "--uwsgi", "127.0.0.1:1", "--fastcgi-buffer", "128k"]).unwrap();
+        assert!(c.unused[0].starts_with("--fastcgi-buffer has no effect"));
+        let c = resolve(&[
+            "app",
+            "--fastcgi",
+            "127.0.0.1:1",
+            "--fastcgi-buffer",
+            "128k",
+        ])
+        .unwrap();
+        assert!(c.unused.is_empty());
+        // ASGI options: said at start with --interface wsgi; kept for the worker's
+        // detection with auto; defaults are not "set".
+        let c = resolve(&[
+            "app",
+            "--interface",
+            "wsgi",
+            "--max-concurrency",
+            "5",
+            "--lifespan",
+            "on",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.unused,
+            ["--max-concurrency, --lifespan have no effect: they are options only an ASGI app reads, and --interface wsgi is given (a WSGI worker's concurrency is --threads)"]
+        );
+        let c = resolve(&["app", "--loop", "asyncio"]).unwrap();
+        assert!(c.unused.is_empty());
+        assert_eq!(c.asgi_options_set, ["loop"]);
+        assert!(resolve(&["app"]).unwrap().asgi_options_set.is_empty());
     }
 
     #[test]
