@@ -811,6 +811,7 @@ fn worker(
         config.opts.max_requests,
         config.opts.max_rss,
         config.opts.worker_start_timeout.0,
+        config.opts.timeout.map(|t| t.0),
     ));
     let settings = Settings {
         monitor: Some(std::sync::Arc::clone(&monitor) as _),

@@ -1238,6 +1238,23 @@ http {{
     pub fn get(&self, target: &str) -> Response {
         self.request("GET", target, &[], b"")
     }
+
+    /// [`Nginx::get`] to the nginx on `port` (for a client thread, which cannot borrow
+    /// the `Nginx`).
+    pub fn get_on(port: u16, target: &str) -> Response {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        parse_http(&out).unwrap_or_else(|| {
+            panic!(
+                "incomplete HTTP response from nginx: {:?}",
+                String::from_utf8_lossy(&out)
+            )
+        })
+    }
 }
 
 impl Drop for Nginx {

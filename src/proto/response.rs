@@ -475,9 +475,13 @@ fn parse_cgi_status(value: &[u8]) -> Result<(u16, &[u8]), CgiHeadError> {
 
 /// Completes a status [`parse_status`] took as a bare code in `head` (where the status
 /// was just written): `"200"` is sent as `"200 OK"`, `"999"` as `"999 Unknown"`
-/// ([`reason_or_unknown`]).
+/// ([`reason_or_unknown`]). A reason of spaces alone (`"200 "`) is none: over FastCGI
+/// and SCGI nginx trims it and sends a status line without the space RFC 9112 asks for.
+/// regression (probe 338): `"200 "` went out as `HTTP/1.1 200` through `fastcgi_pass`.
 pub fn complete_status(head: &mut Vec<u8>, status: &str, code: u16) {
-    if status.len() == 3 {
+    if status.len() == 3 || status.as_bytes()[3..].iter().all(|&b| b == b' ') {
+        // parse_status let through nothing but spaces after the code: one byte each.
+        head.truncate(head.len() - (status.len() - 3));
         head.push(b' ');
         head.extend_from_slice(reason_or_unknown(code).as_bytes());
     }
@@ -633,7 +637,9 @@ mod tests {
             ("299", "299 Unknown"),
             ("999", "999 Unknown"),
             ("404 Nope", "404 Nope"),
-            ("299 ", "299 "),
+            ("299 ", "299 Unknown"),
+            ("200   ", "200 OK"),
+            ("200  x", "200  x"),
         ] {
             let mut head = status.as_bytes().to_vec();
             complete_status(&mut head, status, parse_status(status).unwrap());

@@ -128,6 +128,9 @@ pub fn run(
     let parking = fastcgi::Parking::new(Arc::clone(&epoll));
     parking.run_on(runtime.handle().clone());
     let monitor = settings.monitor.clone();
+    if monitor.as_ref().is_some_and(|m| m.timeout().is_some()) {
+        parking.watch_overdue();
+    }
     // With --max-requests every connection that has sent nothing waits here (bounded
     // by --max-connections): only here does its request begin after a look at the
     // room left; the slow lane would serve it past the limit.
@@ -404,6 +407,15 @@ pub fn run(
             Some(least) => graceful.max(least),
             None => graceful,
         };
+        // Condemned for --timeout: a FastCGI request past it whose response has not
+        // started gets its 504 and END_REQUEST now, before the kill (off this thread:
+        // the send may wait for room on a connection another response fills).
+        if let Some((ids, limit)) = monitor.as_ref().and_then(|m| m.overdue()) {
+            if !ids.is_empty() {
+                let parking = Arc::clone(&parking);
+                tokio::task::spawn_blocking(move || parking.answer_overdue(&ids, limit));
+            }
+        }
         let deadline = Instant::now() + graceful;
         // What waits for a Python thread, for the master's count of what a kill cut
         // off (the runtime's shutdown ends the task).

@@ -389,6 +389,21 @@ impl Scoreboard {
         self.any_line(slot, thread)
     }
 
+    /// The ids of the requests on `slot`'s lines that have run longer than `limit`:
+    /// what the master's `--timeout` condemned the worker for.
+    pub fn overdue_ids(&self, slot: usize, limit: Duration) -> Vec<String> {
+        let now = now_ns();
+        (0..self.threads)
+            .map(|t| self.line(slot, t))
+            .filter(|l| {
+                let since = l.since.load(Ordering::Acquire);
+                since != 0 && Duration::from_nanos(now.saturating_sub(since)) > limit
+            })
+            .map(|l| l.request_id())
+            .filter(|id| id != "-")
+            .collect()
+    }
+
     /// The `i`th of the requests the worker in `slot` had read whole and not started,
     /// as it last published them during its stop ([`WAITING_LINES`]: the first few).
     pub fn waiting_line(&self, slot: usize, i: usize) -> &Line {

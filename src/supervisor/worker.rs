@@ -308,6 +308,8 @@ pub struct WorkerMonitor {
     lead_ns: AtomicU64,
     /// It asked the master for its successor ([`WorkerMonitor::want_successor`]).
     successor_asked: AtomicBool,
+    /// `--timeout` (its generation's): what the master condemns it for.
+    timeout: Option<Duration>,
     /// It reached `--max-requests` and waits for its successor, accepting nothing
     /// ([`WorkerMonitor::at_limit`]).
     paused: AtomicBool,
@@ -391,6 +393,7 @@ impl WorkerMonitor {
         max_requests: Option<u64>,
         max_rss_mib: Option<u64>,
         start_timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Self {
         let max_requests = max_requests.map(|n| n + jitter(n));
         let recycles = max_requests.is_some() || max_rss_mib.is_some();
@@ -418,6 +421,7 @@ impl WorkerMonitor {
             busy: AtomicUsize::new(0),
             all_busy: Arc::default(),
             at_cap: AtomicBool::new(false),
+            timeout,
         };
         monitor.check_rss_at_start();
         monitor
@@ -474,6 +478,7 @@ impl WorkerMonitor {
             busy: AtomicUsize::new(0),
             all_busy: Arc::default(),
             at_cap: AtomicBool::new(false),
+            timeout: None,
         }
     }
 
@@ -989,6 +994,16 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     fn condemned_grace(&self) -> Option<Duration> {
         (self.board.leaving_for(self.slot) == Some(Cause::Timeout))
             .then(|| condemned_grace(self.board.serves_asgi(self.slot)))
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    fn overdue(&self) -> Option<(Vec<String>, Duration)> {
+        let limit = self.timeout?;
+        (self.board.leaving_for(self.slot) == Some(Cause::Timeout))
+            .then(|| (self.board.overdue_ids(self.slot, limit), limit))
     }
 }
 

@@ -583,6 +583,15 @@ pub trait Monitor: Send + Sync {
     fn condemned_grace(&self) -> Option<std::time::Duration> {
         None
     }
+    /// `--timeout`, which the master watches this worker's requests for.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// The master condemned this worker for `--timeout`: the ids of its requests that
+    /// ran longer than that limit, and the limit.
+    fn overdue(&self) -> Option<(Vec<String>, std::time::Duration)> {
+        None
+    }
 }
 
 /// Runtime settings the Python side needs.

@@ -66,17 +66,19 @@ pub fn admit_whole(
     // on a keep-conn connection (a multiplexed request, an abort, a close) is the slow
     // lane's to read.
     conn.serve_inline(whole.id, whole.keep_conn, Arc::clone(&flags), registered);
+    let sink = FcgiSink::new(
+        Arc::clone(conn),
+        whole.id,
+        whole.keep_conn,
+        flags,
+        started,
+        &request_id,
+    );
     Some(Request {
         head,
         body,
         listener: info.clone(),
-        sink: Box::new(FcgiSink::new(
-            Arc::clone(conn),
-            whole.id,
-            whole.keep_conn,
-            flags,
-            started,
-        )),
+        sink: Box::new(sink),
         span,
         request_id,
         errors_forward,

@@ -2134,17 +2134,19 @@ fn push_request(
     ),
 ) {
     let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
+    let sink = FcgiSink::new(
+        Arc::clone(conn),
+        id,
+        keep_conn,
+        flags,
+        Instant::now(),
+        &request_id,
+    );
     lane.queue.push(Request {
         head,
         body,
         listener: info.clone(),
-        sink: Box::new(FcgiSink::new(
-            Arc::clone(conn),
-            id,
-            keep_conn,
-            flags,
-            Instant::now(),
-        )),
+        sink: Box::new(sink),
         span,
         request_id,
         errors_forward,

@@ -419,6 +419,18 @@ struct Responding {
     flags: Arc<ReqFlags>,
 }
 
+/// A request in flight, listed while `--timeout` is on ([`Parking::watch_overdue`]),
+/// for [`Parking::answer_overdue`].
+#[derive(Clone)]
+struct InFlight {
+    conn: std::sync::Weak<FcgiConn>,
+    id: u16,
+    keep_conn: bool,
+    flags: Arc<ReqFlags>,
+    request_id: crate::logging::RequestId,
+    since: std::time::Instant,
+}
+
 fn closed() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
@@ -1543,6 +1555,9 @@ pub struct Parking {
     /// connections that linger ([`FcgiConn::lingers_at_stop`]) are closed with an
     /// answer only while it is unread, else served on ([`Parking::serves_kept`]).
     kept_until: OnceLock<std::time::Instant>,
+    /// The requests in flight, by their sink's ticket, while `--timeout` is on
+    /// ([`Parking::watch_overdue`]); `None`: not listed (no cost per request).
+    in_flight: OnceLock<Mutex<FxHashMap<u64, InFlight>>>,
 }
 
 /// The idle clock's tick ([`Parking::idle_clock`]).
@@ -2094,7 +2109,90 @@ impl Parking {
             cap_watch: OnceLock::new(),
             cap_armed: AtomicBool::new(false),
             kept_until: OnceLock::new(),
+            in_flight: OnceLock::new(),
         })
+    }
+
+    /// `--timeout` is on: each request is listed while in flight, so that one that
+    /// passes it can be answered before its worker is killed ([`Parking::answer_overdue`]).
+    pub fn watch_overdue(&self) {
+        let _ = self.in_flight.set(Mutex::new(FxHashMap::default()));
+    }
+
+    /// Lists request `id` on `conn` (its id `request_id`, in flight since `since`)
+    /// when `--timeout` is on: the ticket for [`Parking::landed`].
+    fn taking_off(
+        &self,
+        conn: &Arc<FcgiConn>,
+        (id, keep_conn): (u16, bool),
+        flags: &Arc<ReqFlags>,
+        request_id: &crate::logging::RequestId,
+        since: std::time::Instant,
+    ) -> Option<u64> {
+        let list = self.in_flight.get()?;
+        let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        let entry = InFlight {
+            conn: Arc::downgrade(conn),
+            id,
+            keep_conn,
+            flags: Arc::clone(flags),
+            request_id: *request_id,
+            since,
+        };
+        list.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ticket, entry);
+        Some(ticket)
+    }
+
+    fn landed(&self, ticket: u64) {
+        if let Some(list) = self.in_flight.get() {
+            list.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ticket);
+        }
+    }
+
+    /// The master condemned this worker for `--timeout`: each request in flight for
+    /// longer than `limit` whose id is one of `ids` (what the master's lines past the
+    /// limit carry; compared as a prefix, as a line keeps the first bytes of a long
+    /// one) and whose response has not started is answered 504 with its END_REQUEST
+    /// now, before the kill (see [`FcgiConn::answer_late`]). A response that had
+    /// started is left to the kill, which cuts it. Returns how many were answered.
+    pub fn answer_overdue(&self, ids: &[String], limit: Duration) -> usize {
+        let Some(list) = self.in_flight.get() else {
+            return 0;
+        };
+        // Taken out of the lock: the answers' sends may wait for room.
+        let due: Vec<(Arc<FcgiConn>, InFlight)> = list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|f| f.since.elapsed() >= limit)
+            .filter(|f| {
+                let rid = f.request_id.to_string();
+                ids.iter()
+                    .any(|i| !i.is_empty() && rid.starts_with(i.as_str()))
+            })
+            .filter_map(|f| Some((f.conn.upgrade()?, f.clone())))
+            .collect();
+        let mut answered = 0;
+        for (conn, f) in due {
+            if !f.flags.answer_late() {
+                continue;
+            }
+            answered += 1;
+            let (rid, ran) = (f.request_id, f.since.elapsed());
+            let sent = conn.answer_late(f.id, f.keep_conn, &f.flags);
+            tracing::warn!(
+                peer = %conn.peer,
+                request_id = %rid,
+                ran_ms = ran.as_millis() as u64,
+                "the request passed --timeout before its response started: answered 504 Gateway Timeout now, before its worker is killed (a front server that kept the connection would otherwise send it again on another){}",
+                if sent { "" } else { "; the front server had closed the connection" }
+            );
+        }
+        answered
     }
 
     /// An ASGI worker's [`Parking::watch_busy`]: requests on parked connections are to

@@ -39,7 +39,16 @@ pub(in crate::server) struct ReqFlags {
     /// Told once the request is aborted or its input closed (the ASGI loop's
     /// disconnect).
     gone: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Who answers: [`REPLY_NOT_YET`], [`REPLY_APP`] (its sink's first write claimed it)
+    /// or [`REPLY_LATE`] (postern answered 504 for it, past `--timeout`). One
+    /// compare-exchange settles a write of the app's against that answer.
+    reply: AtomicU8,
 }
+
+/// See [`ReqFlags::reply`].
+const REPLY_NOT_YET: u8 = 0;
+const REPLY_APP: u8 = 1;
+const REPLY_LATE: u8 = 2;
 
 impl ReqFlags {
     /// The request is cut (FCGI_ABORT_REQUEST, or its connection ended): its sink
@@ -55,6 +64,41 @@ impl ReqFlags {
     pub fn input_closed(&self) {
         self.input_closed.store(true, Ordering::Release);
         self.tell_gone();
+    }
+
+    /// The app's response is about to write: false when postern answered already
+    /// ([`ReqFlags::answer_late`]).
+    fn claim_reply(&self) -> bool {
+        match self.reply.load(Ordering::Acquire) {
+            REPLY_APP => true,
+            REPLY_LATE => false,
+            _ => match self.reply.compare_exchange(
+                REPLY_NOT_YET,
+                REPLY_APP,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => true,
+                Err(now) => now == REPLY_APP,
+            },
+        }
+    }
+
+    /// Postern answers instead of the app: true when nothing of the app's response
+    /// was written (and none will be).
+    pub(super) fn answer_late(&self) -> bool {
+        self.reply
+            .compare_exchange(
+                REPLY_NOT_YET,
+                REPLY_LATE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    fn answered_late(&self) -> bool {
+        self.reply.load(Ordering::Acquire) == REPLY_LATE
     }
 
     fn tell_gone(&self) {
@@ -131,6 +175,8 @@ pub struct FcgiSink {
     ticket: Option<u64>,
     /// [`Sink::maybe_whole`]: writes do not list it.
     spare: bool,
+    /// Listed in flight while `--timeout` is on ([`super::Parking::answer_overdue`]).
+    in_flight: Option<u64>,
 }
 
 /// From this write of a response on, its chunks are framed into the thread's writer.
@@ -154,8 +200,13 @@ impl FcgiSink {
         keep_conn: bool,
         flags: Arc<ReqFlags>,
         started: Instant,
+        request_id: &crate::logging::RequestId,
     ) -> FcgiSink {
+        let in_flight =
+            conn.parking
+                .taking_off(&conn, (id, keep_conn), &flags, request_id, started);
         FcgiSink {
+            in_flight,
             conn,
             id,
             keep_conn,
@@ -189,11 +240,19 @@ impl FcgiSink {
         }
     }
 
+    /// Before each write of the response: the front server did not abort it, and
+    /// postern did not answer it already (past `--timeout`); the first claims it.
     fn check(&self) -> io::Result<()> {
         if self.flags.aborted.load(Ordering::Acquire) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the front server aborted the request (FCGI_ABORT_REQUEST)",
+            ));
+        }
+        if !self.flags.claim_reply() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "postern answered 504 for this request at --timeout",
             ));
         }
         Ok(())
@@ -225,30 +284,59 @@ impl FcgiSink {
     /// END_REQUEST) or cut; false when the last write failed.
     fn end(&mut self, last: Option<&[u8]>) -> bool {
         self.finished = true;
-        // Set before END_REQUEST goes out: no STDERR line may follow it.
-        self.flags.done.store(true, Ordering::Release);
-        let Some(data) = last else {
-            return self.conn.end_request(self.id, self.keep_conn, None);
-        };
-        let stderr = self.flags.stderr_used.load(Ordering::Acquire);
-        let (tail, n) = fcgi::response_tail(self.id, stderr);
-        let held = self.flags.stdin.compare_exchange(
-            STDIN_OPEN,
-            END_HELD,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        if held.is_ok() {
-            return self
-                .conn
-                .end_held(self.id, self.keep_conn, data, &tail[..n]);
-        }
         self.conn
-            .end_request(self.id, self.keep_conn, Some((data, &tail[..n])))
+            .end_response(self.id, self.keep_conn, &self.flags, last)
     }
 }
 
 impl FcgiConn {
+    /// Ends response `id`: the last STDOUT bytes, then the records through
+    /// END_REQUEST (`Some`), or cut (`None`). False when the last write failed.
+    fn end_response(
+        self: &Arc<Self>,
+        id: u16,
+        keep_conn: bool,
+        flags: &ReqFlags,
+        last: Option<&[u8]>,
+    ) -> bool {
+        // Set before END_REQUEST goes out: no STDERR line may follow it.
+        flags.done.store(true, Ordering::Release);
+        let Some(data) = last else {
+            return self.end_request(id, keep_conn, None);
+        };
+        let stderr = flags.stderr_used.load(Ordering::Acquire);
+        let (tail, n) = fcgi::response_tail(id, stderr);
+        let held =
+            flags
+                .stdin
+                .compare_exchange(STDIN_OPEN, END_HELD, Ordering::AcqRel, Ordering::Acquire);
+        if held.is_ok() {
+            return self.end_held(id, keep_conn, data, &tail[..n]);
+        }
+        self.end_request(id, keep_conn, Some((data, &tail[..n])))
+    }
+
+    /// Answers request `id`, which passed `--timeout` before its response started
+    /// ([`ReqFlags::answer_late`] said so), with a 504 and its END_REQUEST, before the
+    /// master kills the worker that runs it. Without an answer, the kill resets the
+    /// connection, and nginx, for a request that failed on a cached (kept) connection,
+    /// sends it again on another one without counting a try: each of its cached
+    /// connections ran the same slow GET once more and killed one more worker.
+    pub(super) fn answer_late(
+        self: &Arc<Self>,
+        id: u16,
+        keep_conn: bool,
+        flags: &ReqFlags,
+    ) -> bool {
+        let body = crate::proto::response::plain_response(
+            HeadStyle::Cgi,
+            504,
+            "Gateway Timeout",
+            "Gateway Timeout\n",
+        );
+        self.end_response(id, keep_conn, flags, Some(&body))
+    }
+
     /// Ends slow-lane request `id` whose STDIN has not ended (an app that answered
     /// without reading its whole body): `data` goes out now, and the records through
     /// END_REQUEST (`tail`) go to the lane, which sends them once STDIN has ended, or
@@ -594,6 +682,11 @@ impl Sink for FcgiSink {
             self.not_under_way();
             return self.sent();
         }
+        if self.flags.answered_late() {
+            // Its END_REQUEST went with postern's 504 ([`FcgiConn::answer_late`]).
+            self.finished = true;
+            return self.sent();
+        }
         let cut = matches!(end, End::Incomplete(_));
         if !cut {
             // END_REQUEST follows everything queued.
@@ -665,6 +758,9 @@ impl Sink for FcgiSink {
 impl Drop for FcgiSink {
     fn drop(&mut self) {
         self.not_under_way();
+        if let Some(t) = self.in_flight.take() {
+            self.conn.parking.landed(t);
+        }
         if self.rest.take().is_some() {
             // Never: `write_last` follows a partial `try_write`. The records are cut:
             // no END_REQUEST.

@@ -1,0 +1,139 @@
+//! A request that passes `--timeout` over FastCGI before its response started is
+//! answered 504 (with its END_REQUEST) before its worker is killed, WSGI and ASGI.
+//!
+//! regression (probe 339 HIGH, probe 340 MEDIUM): behind nginx with
+//! `fastcgi_keep_conn on` and an upstream `keepalive`, the kill reset the kept
+//! connection, and nginx, which gives a request that failed on a cached connection
+//! another try without counting it, sent the same slow GET on its next cached
+//! connection: the GET ran again, passed `--timeout` again and killed one more worker,
+//! once per cached connection (9 kills and a 502 after 50 s; with 2 workers, 2 kills
+//! and a 502 after twice the limit). Now: one kill, and the client's 504 at the limit.
+//!
+//! Needs nginx: fails in CI if missing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use protocol_tests::harness::*;
+use protocol_tests::stack::{Stack, Upstream};
+
+/// postern's `--timeout`, seconds.
+const LIMIT: u64 = 2;
+
+/// The ASGI app: `/pid` answers its worker's pid, `/sleep?s=N` sleeps on the loop.
+const ASGI_APP: &str = r#"
+import asyncio, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    q = scope["query_string"].decode()
+    if scope["path"] == "/sleep":
+        await asyncio.sleep(float(q.split("=")[1]))
+    body = str(os.getpid()).encode() if scope["path"] == "/pid" else b"ok"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+"#;
+
+/// Concurrent GETs of `/pid` until both workers have answered, so that nginx keeps
+/// connections to each.
+fn warm_up(s: &Stack) {
+    let port = s.nginx.port;
+    let mut pids = BTreeSet::new();
+    for _ in 0..20 {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let n = Nginx::get_on(port, "/pid");
+                    assert_eq!(n.status, 200, "warm-up: {}", n.text());
+                    n.text()
+                })
+            })
+            .collect();
+        for t in threads {
+            pids.insert(t.join().expect("a warm-up client panicked"));
+        }
+        if pids.len() >= 2 {
+            return;
+        }
+    }
+    panic!("both workers never served the warm-up: {pids:?}");
+}
+
+fn answered_once_at_the_limit(s: &Stack) {
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 30),
+        "postern did not start:\n{}",
+        s.postern.logs()
+    );
+    warm_up(s);
+    let t0 = Instant::now();
+    let r = s.nginx.get("/sleep?s=60");
+    let took = t0.elapsed();
+    assert_eq!(
+        r.status,
+        504,
+        "the request past --timeout: {} after {took:?}\npostern:\n{}\nnginx:\n{}",
+        r.text(),
+        s.postern.logs(),
+        s.nginx.error_log()
+    );
+    assert!(
+        took < Duration::from_secs(LIMIT + 3),
+        "answered after {took:?}, for --timeout {LIMIT}s"
+    );
+    // Long enough for nginx's resend, had there been one, to pass the limit too.
+    std::thread::sleep(Duration::from_secs(LIMIT + 2));
+    let logs = s.postern.logs();
+    let kills = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
+        .count();
+    assert_eq!(kills, 1, "one kill for one slow request:\n{logs}");
+    assert!(
+        logs.contains("answered 504 Gateway Timeout now"),
+        "the 504 is said:\n{logs}"
+    );
+    let errors = s.upstream_errors();
+    assert!(
+        errors.is_empty(),
+        "nginx saw no failed upstream connection: {errors:?}"
+    );
+    assert_eq!(s.nginx.get("/pid").status, 200, "served on after the kill");
+}
+
+#[test]
+fn a_wsgi_request_past_the_timeout_is_answered_504_once_over_kept_fastcgi() {
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--timeout",
+            &LIMIT.to_string(),
+        ])
+        .extra("fastcgi_read_timeout 60s;")
+        .start()
+    else {
+        return;
+    };
+    answered_once_at_the_limit(&s);
+}
+
+#[test]
+fn an_asgi_request_past_the_timeout_is_answered_504_once_over_kept_fastcgi() {
+    let Some(bin) = nginx_bin() else {
+        return;
+    };
+    let dir = tempdir();
+    let postern = Spawn::asgi_unix(dir.path(), "overdue_app", ASGI_APP)
+        .protocol("fastcgi")
+        .args(["--workers", "2", "--timeout", &LIMIT.to_string()])
+        .start();
+    let site =
+        Upstream::FastCgiKeepConn.site(&postern.addr.nginx(), "fastcgi_read_timeout 60s;", "");
+    let nginx = Nginx::start_site(&bin, dir.path(), &site);
+    let s = Stack::from_parts(nginx, postern, dir);
+    answered_once_at_the_limit(&s);
+}
