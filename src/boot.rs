@@ -208,6 +208,35 @@ pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// The process `--pidfile` names when it is a postern that runs: same program name as
+/// this one, and not a zombie (a master killed with SIGKILL whose parent has not reaped
+/// it yet: a supervisor that waits late, a container's init; it serves nothing, and a
+/// new start must not be refused for it). `None` for this process itself.
+/// regression (probe 340): a restart right after `kill -9` of the master was refused
+/// with "another postern that is running" while the old one was a zombie.
+pub fn pidfile_holder(path: &std::path::Path) -> Option<rustix::process::Pid> {
+    let own = rustix::process::getpid();
+    let pid = read_pidfile(path).filter(|&p| p != own)?;
+    let n = pid.as_raw_nonzero().to_string();
+    let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let theirs = name(&n);
+    let running = theirs.is_some()
+        && theirs == name("self")
+        && std::fs::read_to_string(format!("/proc/{n}/stat"))
+            .ok()
+            .is_some_and(|stat| !is_zombie(&stat));
+    running.then_some(pid)
+}
+
+/// A `/proc/PID/stat` line says the process has exited and waits to be reaped (state
+/// `Z`, or `X` as it goes). The state follows the name, which may hold `)`: it is the
+/// first field after the last `)`.
+fn is_zombie(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| matches!(state, "Z" | "X"))
+}
+
 /// Writes this process's pid into `--pidfile`, unless the file names another postern
 /// that is running: a second server started with the same pidfile would take it over
 /// silently, and the first one's exit would then remove the file that names the
@@ -230,9 +259,7 @@ pub fn write_pidfile(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt as _;
     let own = rustix::process::getpid();
     if let Some(pid) = read_pidfile(path).filter(|&p| p != own) {
-        let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
-        let theirs = name(&pid.as_raw_nonzero().to_string());
-        if theirs.is_some() && theirs == name("self") {
+        if pidfile_holder(path) == Some(pid) {
             anyhow::bail!(
                 "--pidfile {} names process {}, another postern that is running: stop it first, or give this one its own --pidfile (a reload of the running one is `kill -HUP {}`)",
                 path.display(),
@@ -998,6 +1025,18 @@ mod tests {
         // A group alone: its bits when the directory is its, never the owner's.
         assert!(searchable(0o710, 0, 33, None, &[33]));
         assert!(!searchable(0o700, 33, 0, None, &[33]));
+    }
+
+    #[test]
+    fn a_zombie_is_told_by_its_stat_line() {
+        assert!(is_zombie("4242 (postern) Z 1 4242 4242 0 -1 4194560"));
+        assert!(!is_zombie("4242 (postern) S 1 4242 4242 0 -1 4194560"));
+        // A name with ") Z" in it: the state is after the last parenthesis.
+        assert!(!is_zombie("4242 (a) Z (b) R 1 4242"));
+        assert!(!is_zombie(""));
+        // This process is running.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(!is_zombie(&own));
     }
 
     #[test]

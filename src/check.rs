@@ -126,6 +126,18 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     drop(held); // closes them and removes their socket files
     drop(warnings);
     for (what, path) in files_written(config) {
+        // As for a listener: a deploy checks the new release beside the running server.
+        if what == "pidfile" {
+            if let Some(pid) = crate::boot::pidfile_holder(path) {
+                let pid = pid.as_raw_nonzero();
+                let _ = writeln!(
+                    out,
+                    "  {what} {}: names a running postern (pid {pid}): a reload (kill -HUP {pid}) keeps it; a start would be refused while that one runs",
+                    path.display()
+                );
+                continue;
+            }
+        }
         match writable(path) {
             Ok(()) => {
                 let _ = writeln!(out, "  {what} {}: can be written", path.display());
