@@ -137,3 +137,86 @@ fn an_asgi_request_past_the_timeout_is_answered_504_once_over_kept_fastcgi() {
     let s = Stack::from_parts(nginx, postern, dir);
     answered_once_at_the_limit(&s);
 }
+
+// regression (review 341 MEDIUM): a worker already draining (here a reload's old
+// worker) when the master condemned it was killed without the 504: the answer ran
+// only where its stop began, and nginx resent the GET to a new worker.
+#[test]
+fn a_request_past_the_timeout_in_a_draining_worker_is_answered_504_once() {
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--timeout",
+            &LIMIT.to_string(),
+        ])
+        .extra("fastcgi_read_timeout 60s;")
+        .start()
+    else {
+        return;
+    };
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 30),
+        "postern did not start:\n{}",
+        s.postern.logs()
+    );
+    warm_up(&s);
+    let port = s.nginx.port;
+    let slow = std::thread::spawn(move || Nginx::get_on(port, "/sleep?s=60"));
+    std::thread::sleep(Duration::from_millis(500));
+    s.postern.signal(libc::SIGHUP);
+    let r = slow.join().unwrap();
+    assert_eq!(
+        r.status,
+        504,
+        "{}\npostern:\n{}\nnginx:\n{}",
+        r.text(),
+        s.postern.logs(),
+        s.nginx.error_log()
+    );
+    std::thread::sleep(Duration::from_secs(LIMIT + 2));
+    let logs = s.postern.logs();
+    let kills = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
+        .count();
+    assert_eq!(kills, 1, "one kill for one slow request:\n{logs}");
+}
+
+// regression (review 341 MEDIUM): the 504 went out as the worker was condemned, so a
+// request that ended during the stack dump (the worker then spared) had its app's
+// answer replaced by the 504.
+#[test]
+fn a_request_that_ends_during_the_dump_keeps_its_own_answer() {
+    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--timeout",
+            &LIMIT.to_string(),
+        ])
+        .extra("fastcgi_read_timeout 60s;")
+        .start()
+    else {
+        return;
+    };
+    assert!(
+        s.postern.wait_log("all 2 workers ready", 30),
+        "postern did not start:\n{}",
+        s.postern.logs()
+    );
+    warm_up(&s);
+    // Past the limit by 100 ms: the master condemns it, it ends during the dump.
+    let r = s.nginx.get(&format!("/sleep?s={}.1", LIMIT));
+    assert_eq!(
+        r.status,
+        200,
+        "{}\npostern:\n{}",
+        r.text(),
+        s.postern.logs()
+    );
+}

@@ -407,24 +407,31 @@ pub fn run(
             Some(least) => graceful.max(least),
             None => graceful,
         };
-        // Condemned for --timeout: a FastCGI request past it whose response has not
-        // started gets its 504 and END_REQUEST now, before the kill (off this thread:
-        // the send may wait for room on a connection another response fills).
-        if let Some((ids, limit)) = monitor.as_ref().and_then(|m| m.overdue()) {
-            if !ids.is_empty() {
-                let parking = Arc::clone(&parking);
-                tokio::task::spawn_blocking(move || parking.answer_overdue(&ids, limit));
-            }
-        }
         let deadline = Instant::now() + graceful;
         // What waits for a Python thread, for the master's count of what a kill cut
         // off (the runtime's shutdown ends the task).
+        // And once the master condemns this worker for --timeout (now, or later while
+        // it drains: a reload, a recycle), the FastCGI requests past it whose responses
+        // have not started are answered 504 just before the kill (`LATE_ANSWER_AFTER`).
         if let Some(m) = monitor.clone() {
             let queue = Arc::clone(&queue);
+            let parking = Arc::clone(&parking);
             tokio::spawn(async move {
+                let mut condemned: Option<Instant> = None;
+                let mut answered = false;
                 loop {
                     m.waiting_named(&queue.first_queued(NAMED_WAITING));
                     m.waiting(queue.queued());
+                    if let (Some((ids, limit)), false) = (m.overdue(), answered) {
+                        let since = *condemned.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= LATE_ANSWER_AFTER {
+                            answered = true;
+                            // Off this thread: a send may wait for room on a
+                            // connection another response fills.
+                            let parking = Arc::clone(&parking);
+                            tokio::task::spawn_blocking(move || parking.answer_overdue(&ids, limit));
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             });
@@ -804,6 +811,14 @@ async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, bool) {
 
 /// Requests read whole and not started that a stopping worker names to its master
 /// (the scoreboard's waiting lines), beyond its count of them.
+/// How long after it sees its worker condemned for `--timeout` the stop answers the
+/// FastCGI requests past it (`fastcgi::Parking::answer_overdue`): the master kills the
+/// worker 500 ms after it condemned it (the stack dump's time), unless the request
+/// ended meanwhile, and then spares it; answered earlier, a request that ends in that
+/// time would have its app's answer replaced by the 504. The stop sees the
+/// condemnation within its 50 ms look.
+const LATE_ANSWER_AFTER: Duration = Duration::from_millis(380);
+
 const NAMED_WAITING: usize = 4;
 
 /// How often a worker that is leaving while its master lives looks whether the

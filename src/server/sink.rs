@@ -111,23 +111,31 @@ pub fn send_all_vectored(
     sock: &socket2::Socket,
     mut bufs: &mut [io::IoSlice<'_>],
     timeout: Duration,
-) -> io::Result<()> {
+) -> (usize, io::Result<()>) {
+    let mut sent = 0;
     while !bufs.is_empty() {
         let mut control = rustix::net::SendAncillaryBuffer::default();
-        match rustix::net::sendmsg(sock.as_fd(), bufs, &mut control, SendFlags::NOSIGNAL) {
-            Ok(n) => {
-                io::IoSlice::advance_slices(&mut bufs, n);
-                // Short: the buffer is full (as in send_all).
-                if !bufs.is_empty() {
-                    wait_writable(sock, timeout)?;
+        let waited =
+            match rustix::net::sendmsg(sock.as_fd(), bufs, &mut control, SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    sent += n;
+                    io::IoSlice::advance_slices(&mut bufs, n);
+                    // Short: the buffer is full (as in send_all).
+                    if bufs.is_empty() {
+                        Ok(())
+                    } else {
+                        wait_writable(sock, timeout)
+                    }
                 }
-            }
-            Err(Errno::AGAIN) => wait_writable(sock, timeout)?,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+                Err(Errno::AGAIN) => wait_writable(sock, timeout),
+                Err(Errno::INTR) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        if let Err(e) = waited {
+            return (sent, Err(e));
         }
     }
-    Ok(())
+    (sent, Ok(()))
 }
 
 /// Waits until the socket can take more bytes, or `t` passes.

@@ -237,6 +237,22 @@ pub fn sent_split(records: &[u8], sent: usize) -> (u64, usize) {
     (content, sent)
 }
 
+/// Of `len` content bytes written as stream records the way [`encode_stream`] lays them
+/// out (records of [`MAX_CONTENT`] bytes, the last shorter, each padded as
+/// [`stream_header`] pads), then anything else, the first `sent` bytes have left: how
+/// many content bytes that is. [`sent_split`]'s count without the records in memory
+/// (a large response is sent from the app's buffer, framed by slices).
+pub fn stream_content_sent(len: usize, sent: usize) -> u64 {
+    let full = HEADER_LEN + MAX_CONTENT + (8 - MAX_CONTENT % 8) % 8;
+    let before = (sent / full).saturating_mul(MAX_CONTENT);
+    if before >= len {
+        return len as u64;
+    }
+    let into = sent % full;
+    let record = (len - before).min(MAX_CONTENT);
+    (before + into.saturating_sub(HEADER_LEN).min(record)) as u64
+}
+
 /// Appends an FCGI_BEGIN_REQUEST record (what a web server sends; for tests and clients).
 pub fn encode_begin_request(out: &mut Vec<u8>, request_id: u16, role: u16, keep_conn: bool) {
     let [r0, r1] = role.to_be_bytes();
@@ -432,6 +448,41 @@ mod tests {
             encode_end_request(&mut want, 0x1234, 0, ProtocolStatus::RequestComplete);
             let (tail, n) = response_tail(0x1234, stderr);
             assert_eq!(tail[..n], want[..], "stderr {stderr}");
+        }
+    }
+
+    #[test]
+    fn stream_content_sent_agrees_with_the_records() {
+        let tail = [9u8; 24];
+        for len in [
+            0,
+            1,
+            7,
+            8,
+            9,
+            65534,
+            65535,
+            65536,
+            65535 * 2,
+            65535 * 2 + 5,
+            200_000,
+        ] {
+            let mut out = Vec::new();
+            encode_stream(&mut out, STDOUT, 1, &vec![1u8; len]);
+            out.extend_from_slice(&tail);
+            let mut sents: Vec<usize> = (0..out.len()).step_by(997).collect();
+            for r in 0..len.div_ceil(MAX_CONTENT) {
+                let at = r * (HEADER_LEN + MAX_CONTENT + 1);
+                sents.extend([at, at + 1, at + HEADER_LEN, at + HEADER_LEN + 1]);
+            }
+            sents.extend([out.len() - tail.len(), out.len(), out.len() + 10]);
+            for sent in sents {
+                assert_eq!(
+                    stream_content_sent(len, sent),
+                    sent_split(&out, sent).0.min(len as u64),
+                    "len {len}, sent {sent}"
+                );
+            }
         }
     }
 

@@ -716,6 +716,7 @@ impl FcgiConn {
     ) -> io::Result<()> {
         // Below this, one copy costs less than building the slices.
         const VECTORED_MIN: usize = 16 * 1024;
+        LEFT.with(|l| l.set(0));
         if data.len() >= VECTORED_MIN {
             return self.write_stream(fcgi::STDOUT, id, data, tail, then);
         }
@@ -728,7 +729,11 @@ impl FcgiConn {
                 return Err(closed());
             }
             let _w = self.write.lock();
-            self.send_locked(&out, false).map_err(|(_, e)| e)?;
+            self.send_locked(&out, false).map_err(|(sent, e)| {
+                let left = fcgi::sent_split(&out, sent).0.min(data.len() as u64);
+                LEFT.with(|l| l.set(left));
+                e
+            })?;
             then();
             Ok(())
         })
@@ -762,6 +767,8 @@ impl FcgiConn {
         let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
         let batches = chunks.len().div_ceil(BATCH);
         let mut r = Ok(());
+        // Bytes of the records that left, for the count of a send that fails.
+        let mut sent = 0;
         if batches == 0 {
             r = send_all(&self.sock, tail, self.write_timeout);
         }
@@ -781,14 +788,22 @@ impl FcgiConn {
             if i + 1 == batches && !tail.is_empty() {
                 iov.push(io::IoSlice::new(tail));
             }
-            r = send_all_vectored(&self.sock, &mut iov, self.write_timeout);
+            let (n, result) = send_all_vectored(&self.sock, &mut iov, self.write_timeout);
+            sent += n;
+            r = result;
             if r.is_err() {
                 break;
             }
         }
         match &r {
             Ok(()) => then(),
-            Err(e) => self.tear(e),
+            Err(e) => {
+                if kind == fcgi::STDOUT {
+                    let left = fcgi::stream_content_sent(data.len(), sent);
+                    LEFT.with(|l| l.set(left));
+                }
+                self.tear(e)
+            }
         }
         r
     }
@@ -1507,6 +1522,17 @@ fn proc_net_v6(a: &std::net::SocketAddrV6) -> String {
 thread_local! {
     // Reused for every small response of this thread: no allocation per write.
     static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    // What of the STDOUT content of this thread's last `send_stdout_then` left before
+    // it failed ([`left_before_failure`]).
+    static LEFT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The content bytes of the last STDOUT send on this thread that failed part way
+/// (`send_stdout`, or an END_REQUEST's last records), and 0 from then on: the access
+/// line's and the metrics' `bytes` count what reached the front server.
+/// regression (probe 338): a 50 MB body cut after 5 MB was logged `bytes=84` (the head).
+pub(super) fn left_before_failure() -> u64 {
+    LEFT.with(|l| l.replace(0))
 }
 
 /// FastCGI connections in the Python threads' epoll, by key: listed from their first
@@ -2155,10 +2181,11 @@ impl Parking {
 
     /// The master condemned this worker for `--timeout`: each request in flight for
     /// longer than `limit` whose id is one of `ids` (what the master's lines past the
-    /// limit carry; compared as a prefix, as a line keeps the first bytes of a long
-    /// one) and whose response has not started is answered 504 with its END_REQUEST
-    /// now, before the kill (see [`FcgiConn::answer_late`]). A response that had
-    /// started is left to the kill, which cuts it. Returns how many were answered.
+    /// limit carry: a line holds a whole id) and whose response has not started is
+    /// answered 504 with its END_REQUEST now, before the kill (see
+    /// [`FcgiConn::answer_late`]). A response that had started is left to the kill,
+    /// which cuts it; a request the front server aborted is not answered. Returns how
+    /// many were answered.
     pub fn answer_overdue(&self, ids: &[String], limit: Duration) -> usize {
         let Some(list) = self.in_flight.get() else {
             return 0;
@@ -2168,12 +2195,8 @@ impl Parking {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|f| f.since.elapsed() >= limit)
-            .filter(|f| {
-                let rid = f.request_id.to_string();
-                ids.iter()
-                    .any(|i| !i.is_empty() && rid.starts_with(i.as_str()))
-            })
+            .filter(|f| f.since.elapsed() >= limit && !f.flags.aborted.load(Ordering::Acquire))
+            .filter(|f| ids.contains(&f.request_id.to_string()))
             .filter_map(|f| Some((f.conn.upgrade()?, f.clone())))
             .collect();
         let mut answered = 0;

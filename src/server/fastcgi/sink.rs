@@ -557,7 +557,10 @@ impl Sink for FcgiSink {
             }
             self.drain()?;
         }
-        self.conn.send_stdout(self.id, data, &[])?;
+        if let Err(e) = self.conn.send_stdout(self.id, data, &[]) {
+            self.written += super::left_before_failure();
+            return Err(e);
+        }
         self.written += data.len() as u64;
         Ok(())
     }
@@ -646,6 +649,7 @@ impl Sink for FcgiSink {
         self.check()?;
         self.flush()?;
         if !self.end(Some(data)) {
+            self.written += super::left_before_failure();
             return Err(self.conn.lost());
         }
         self.written += data.len() as u64;
@@ -682,7 +686,13 @@ impl Sink for FcgiSink {
             self.not_under_way();
             return self.sent();
         }
-        if self.flags.answered_late() {
+        if let Some(t) = self.in_flight.take() {
+            self.conn.parking.landed(t);
+        }
+        // Claimed here too (a response that wrote nothing: an abort, a client gone
+        // before it started), so that a late answer cannot come between this look and
+        // its END_REQUEST.
+        if !self.flags.claim_reply() {
             // Its END_REQUEST went with postern's 504 ([`FcgiConn::answer_late`]).
             self.finished = true;
             return self.sent();
@@ -769,7 +779,7 @@ impl Drop for FcgiSink {
             );
             self.conn.finish_inline_end(None, false);
         }
-        if !self.finished {
+        if !self.finished && !self.flags.answered_late() {
             tracing::error!(
                 "internal error: a FastCGI response was dropped unfinished; connection aborted"
             );
