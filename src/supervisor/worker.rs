@@ -703,11 +703,26 @@ fn watch_pause(p: Pause) {
                 Hold::StartsFailed => "workers started to replace others failed to start",
                 Hold::Reload => "a reload's new workers are starting",
             };
-            tracing::warn!(
-                pid = std::process::id(),
-                held = held.label(),
-                "{why}: this worker, which waited for its successor at its --max-requests limit, accepts again and serves on past it until a successor is ready"
-            );
+            // A reload's hold is a normal event (INFO, as the README says); failed
+            // starts are not.
+            // regression (probe 340): a SIGHUP under load logged one WARN per waiting worker.
+            let said = "this worker, which waited for its successor at its --max-requests limit, accepts again and serves on past it until a successor is ready";
+            match held {
+                Hold::Reload => {
+                    tracing::info!(
+                        pid = std::process::id(),
+                        held = held.label(),
+                        "{why}: {said}"
+                    )
+                }
+                Hold::StartsFailed => {
+                    tracing::warn!(
+                        pid = std::process::id(),
+                        held = held.label(),
+                        "{why}: {said}"
+                    )
+                }
+            }
             p.board.set_paused(p.slot, false);
             if let Some(resume) = p.resume.get() {
                 resume();
