@@ -680,12 +680,23 @@ impl State {
                 .filter(|&&r| self.more[r as usize] > 0)
                 .map(|&r| format!("{} {}", self.more[r as usize], r.words(self.limit)))
                 .collect();
+            // Cut requests alone are what a front server that streams request bodies
+            // (`*_request_buffering off`) relays when its clients abort their uploads:
+            // not a flood of bad requests.
+            // regression (probe 339): 100 aborted uploads behind nginx were summed up
+            // as a client other than the front server or a missing params file.
+            let cut_only = total - slow == self.more[Reason::Truncated as usize];
+            let likely = if cut_only {
+                "requests cut off in the middle: behind a front server that streams request bodies (nginx `*_request_buffering off`, Apache), its clients aborting their uploads; else a front server or client that breaks its connections (the named lines say which)"
+            } else {
+                "a flood of bad requests: a client other than the front server on the socket, a broken one, or a front server location without its params file (the named lines say which)"
+            };
             // Out of any request's span: it may be said by an app's thread reading a
             // cut body ([`bad_input_on`]).
             tracing::warn!(
                 parent: None,
                 last_peer = %self.last,
-                "{total} more clients dropped or refused in the last {} s for bad input, not named one by one (the first {NAMED} of each {} s are, whatever the reason): {}; a flood of bad requests: a client other than the front server on the socket, a broken one, or a front server location without its params file (the named lines say which)",
+                "{total} more clients dropped or refused in the last {} s for bad input, not named one by one (the first {NAMED} of each {} s are, whatever the reason): {}; {likely}",
                 self.lasted(now),
                 WINDOW.as_secs(),
                 each.join(", "),
