@@ -60,13 +60,42 @@ fn warm_up(s: &Stack) {
     panic!("both workers never served the warm-up: {pids:?}");
 }
 
-fn answered_once_at_the_limit(s: &Stack) {
+/// nginx with `fastcgi_keep_conn` in front of the test app, 2 workers × 1 thread under
+/// `--timeout`, both ready and holding kept connections.
+fn wsgi_stack() -> Option<Stack> {
+    let limit = LIMIT.to_string();
+    let s = Stack::build(Upstream::FastCgiKeepConn)
+        .args(["--workers", "2", "--threads", "1", "--timeout", &limit])
+        .extra("fastcgi_read_timeout 60s;")
+        .start()?;
+    ready(&s);
+    Some(s)
+}
+
+/// Both workers serve and nginx keeps connections to each.
+fn ready(s: &Stack) {
     assert!(
         s.postern.wait_log("all 2 workers ready", 30),
         "postern did not start:\n{}",
         s.postern.logs()
     );
     warm_up(s);
+}
+
+/// Waits long enough for nginx's resend, had there been one, to pass the limit too,
+/// then checks the master killed one worker.
+fn one_kill(s: &Stack) -> String {
+    std::thread::sleep(Duration::from_secs(LIMIT + 2));
+    let logs = s.postern.logs();
+    let kills = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
+        .count();
+    assert_eq!(kills, 1, "one kill for one slow request:\n{logs}");
+    logs
+}
+
+fn answered_once_at_the_limit(s: &Stack) {
     let t0 = Instant::now();
     let r = s.nginx.get("/sleep?s=60");
     let took = t0.elapsed();
@@ -82,14 +111,7 @@ fn answered_once_at_the_limit(s: &Stack) {
         took < Duration::from_secs(LIMIT + 3),
         "answered after {took:?}, for --timeout {LIMIT}s"
     );
-    // Long enough for nginx's resend, had there been one, to pass the limit too.
-    std::thread::sleep(Duration::from_secs(LIMIT + 2));
-    let logs = s.postern.logs();
-    let kills = logs
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
-        .count();
-    assert_eq!(kills, 1, "one kill for one slow request:\n{logs}");
+    let logs = one_kill(s);
     assert!(
         logs.contains("answered 504 Gateway Timeout now"),
         "the 504 is said:\n{logs}"
@@ -104,18 +126,7 @@ fn answered_once_at_the_limit(s: &Stack) {
 
 #[test]
 fn a_wsgi_request_past_the_timeout_is_answered_504_once_over_kept_fastcgi() {
-    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
-        .args([
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--timeout",
-            &LIMIT.to_string(),
-        ])
-        .extra("fastcgi_read_timeout 60s;")
-        .start()
-    else {
+    let Some(s) = wsgi_stack() else {
         return;
     };
     answered_once_at_the_limit(&s);
@@ -135,6 +146,7 @@ fn an_asgi_request_past_the_timeout_is_answered_504_once_over_kept_fastcgi() {
         Upstream::FastCgiKeepConn.site(&postern.addr.nginx(), "fastcgi_read_timeout 60s;", "");
     let nginx = Nginx::start_site(&bin, dir.path(), &site);
     let s = Stack::from_parts(nginx, postern, dir);
+    ready(&s);
     answered_once_at_the_limit(&s);
 }
 
@@ -143,26 +155,9 @@ fn an_asgi_request_past_the_timeout_is_answered_504_once_over_kept_fastcgi() {
 // only where its stop began, and nginx resent the GET to a new worker.
 #[test]
 fn a_request_past_the_timeout_in_a_draining_worker_is_answered_504_once() {
-    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
-        .args([
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--timeout",
-            &LIMIT.to_string(),
-        ])
-        .extra("fastcgi_read_timeout 60s;")
-        .start()
-    else {
+    let Some(s) = wsgi_stack() else {
         return;
     };
-    assert!(
-        s.postern.wait_log("all 2 workers ready", 30),
-        "postern did not start:\n{}",
-        s.postern.logs()
-    );
-    warm_up(&s);
     let port = s.nginx.port;
     let slow = std::thread::spawn(move || Nginx::get_on(port, "/sleep?s=60"));
     std::thread::sleep(Duration::from_millis(500));
@@ -176,13 +171,7 @@ fn a_request_past_the_timeout_in_a_draining_worker_is_answered_504_once() {
         s.postern.logs(),
         s.nginx.error_log()
     );
-    std::thread::sleep(Duration::from_secs(LIMIT + 2));
-    let logs = s.postern.logs();
-    let kills = logs
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
-        .count();
-    assert_eq!(kills, 1, "one kill for one slow request:\n{logs}");
+    one_kill(&s);
 }
 
 // regression (review 341 MEDIUM): the 504 went out as the worker was condemned, so a
@@ -190,28 +179,11 @@ fn a_request_past_the_timeout_in_a_draining_worker_is_answered_504_once() {
 // answer replaced by the 504.
 #[test]
 fn a_request_that_ends_during_the_dump_keeps_its_own_answer() {
-    let Some(s) = Stack::build(Upstream::FastCgiKeepConn)
-        .args([
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--timeout",
-            &LIMIT.to_string(),
-        ])
-        .extra("fastcgi_read_timeout 60s;")
-        .start()
-    else {
+    let Some(s) = wsgi_stack() else {
         return;
     };
-    assert!(
-        s.postern.wait_log("all 2 workers ready", 30),
-        "postern did not start:\n{}",
-        s.postern.logs()
-    );
-    warm_up(&s);
     // Past the limit by 100 ms: the master condemns it, it ends during the dump.
-    let r = s.nginx.get(&format!("/sleep?s={}.1", LIMIT));
+    let r = s.nginx.get(&format!("/sleep?s={LIMIT}.1"));
     assert_eq!(
         r.status,
         200,
