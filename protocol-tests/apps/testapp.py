@@ -237,6 +237,9 @@ def application(environ, start_response):
     if path == "/cl-short":
         start_response("200 OK", [("Content-Length", "100")])
         return Tracked(q.get("id", "s"), [b"only ten b"])
+    if path == "/cl-short-list":
+        start_response("200 OK", [("Content-Length", "100")])
+        return [b"only ten b"]
     if path == "/cl-long":
         start_response("200 OK", [("Content-Length", "5")])
         return Tracked(q.get("id", "l"), [b"0123456789"])

@@ -481,6 +481,19 @@ fn content_length_is_honoured() {
         "{}",
         p.logs()
     );
+    // A list is known whole before anything is sent: a 500, not a head and a cut.
+    // regression (probe 338): answered as a 200 head and an aborted connection.
+    let out = p.uwsgi(
+        &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/cl-short-list")],
+        b"",
+    );
+    let r = parse_http(&out).expect("a whole 500");
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&out));
+    assert!(
+        p.wait_log("is shorter than its Content-Length (100)", 5),
+        "{}",
+        p.logs()
+    );
     ok_after(&p);
 }
 

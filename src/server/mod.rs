@@ -411,26 +411,39 @@ pub fn run(
         // What waits for a Python thread, for the master's count of what a kill cut
         // off (the runtime's shutdown ends the task).
         // And once the master condemns this worker for --timeout (now, or later while
-        // it drains: a reload, a recycle), the FastCGI requests past it whose responses
-        // have not started are answered 504 just before the kill (`LATE_ANSWER_AFTER`).
+        // it drains: a reload, a recycle), each FastCGI request past it whose response
+        // has not started is answered 504 just before the kill (`LATE_ANSWER_AFTER`).
         if let Some(m) = monitor.clone() {
             let queue = Arc::clone(&queue);
             let parking = Arc::clone(&parking);
             tokio::spawn(async move {
-                let mut condemned: Option<Instant> = None;
-                let mut answered = false;
+                // The ids whose answer is on its way: each request once, and a later
+                // one that passes the limit too (a worker spared once, condemned
+                // again) gets its own.
+                let mut timed = std::collections::HashSet::new();
                 loop {
                     m.waiting_named(&queue.first_queued(NAMED_WAITING));
                     m.waiting(queue.queued());
-                    if let (Some((ids, limit)), false) = (m.overdue(), answered) {
-                        let since = *condemned.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= LATE_ANSWER_AFTER {
-                            answered = true;
-                            // Off this thread: a send may wait for room on a
-                            // connection another response fills.
-                            let parking = Arc::clone(&parking);
-                            tokio::task::spawn_blocking(move || parking.answer_overdue(&ids, limit));
+                    for (id, over) in m.overdue().unwrap_or_default() {
+                        if !timed.insert(id.clone()) {
+                            continue;
                         }
+                        let wait = LATE_ANSWER_AFTER.saturating_sub(over);
+                        let (m, parking) = (Arc::clone(&m), Arc::clone(&parking));
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            // Still running (the line still has it): the kill comes.
+                            if !m.overdue().unwrap_or_default().iter().any(|(i, _)| *i == id) {
+                                return;
+                            }
+                            let Some(limit) = m.timeout() else { return };
+                            // Off the runtime's thread: a send may wait for room on a
+                            // connection another response fills.
+                            let _ = tokio::task::spawn_blocking(move || {
+                                parking.answer_overdue(&[id], limit)
+                            })
+                            .await;
+                        });
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -809,16 +822,18 @@ async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, bool) {
     }
 }
 
+/// When the stop answers a FastCGI request past `--timeout` whose response has not
+/// started (`fastcgi::Parking::answer_overdue`): this long after the request passed the
+/// limit, on its own clock (its scoreboard line's start, which the master's look reads
+/// too). The master condemns the worker as the request passes the limit and kills it
+/// 500 ms later (the stack dump's time), unless the request ended meanwhile, and then
+/// spares it: answered at once, a request that ends during the dump would have its
+/// app's answer replaced by the 504; answered here, only one that ends in the last
+/// 100 ms of it.
+const LATE_ANSWER_AFTER: Duration = Duration::from_millis(400);
+
 /// Requests read whole and not started that a stopping worker names to its master
 /// (the scoreboard's waiting lines), beyond its count of them.
-/// How long after it sees its worker condemned for `--timeout` the stop answers the
-/// FastCGI requests past it (`fastcgi::Parking::answer_overdue`): the master kills the
-/// worker 500 ms after it condemned it (the stack dump's time), unless the request
-/// ended meanwhile, and then spares it; answered earlier, a request that ends in that
-/// time would have its app's answer replaced by the 504. The stop sees the
-/// condemnation within its 50 ms look.
-const LATE_ANSWER_AFTER: Duration = Duration::from_millis(380);
-
 const NAMED_WAITING: usize = 4;
 
 /// How often a worker that is leaving while its master lives looks whether the

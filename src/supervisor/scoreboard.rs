@@ -389,18 +389,19 @@ impl Scoreboard {
         self.any_line(slot, thread)
     }
 
-    /// The ids of the requests on `slot`'s lines that have run longer than `limit`:
-    /// what the master's `--timeout` condemned the worker for.
-    pub fn overdue_ids(&self, slot: usize, limit: Duration) -> Vec<String> {
+    /// The ids of the requests on `slot`'s lines that have run longer than `limit`
+    /// (what the master's `--timeout` condemned the worker for), each with how long
+    /// past the limit it is.
+    pub fn overdue_ids(&self, slot: usize, limit: Duration) -> Vec<(String, Duration)> {
         let now = now_ns();
         (0..self.threads)
             .map(|t| self.line(slot, t))
-            .filter(|l| {
+            .filter_map(|l| {
                 let since = l.since.load(Ordering::Acquire);
-                since != 0 && Duration::from_nanos(now.saturating_sub(since)) > limit
+                let ran = Duration::from_nanos(now.saturating_sub(since));
+                (since != 0 && ran > limit).then(|| (l.request_id(), ran - limit))
             })
-            .map(|l| l.request_id())
-            .filter(|id| id != "-")
+            .filter(|(id, _)| id != "-")
             .collect()
     }
 

@@ -1015,10 +1015,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.timeout
     }
 
-    fn overdue(&self) -> Option<(Vec<String>, Duration)> {
+    fn overdue(&self) -> Option<Vec<(String, Duration)>> {
         let limit = self.timeout?;
         (self.board.leaving_for(self.slot) == Some(Cause::Timeout))
-            .then(|| (self.board.overdue_ids(self.slot, limit), limit))
+            .then(|| self.board.overdue_ids(self.slot, limit))
     }
 }
 

@@ -588,8 +588,8 @@ pub trait Monitor: Send + Sync {
         None
     }
     /// The master condemned this worker for `--timeout`: the ids of its requests that
-    /// ran longer than that limit, and the limit.
-    fn overdue(&self) -> Option<(Vec<String>, std::time::Duration)> {
+    /// ran longer than that limit, each with how long past it they are.
+    fn overdue(&self) -> Option<Vec<(String, std::time::Duration)>> {
         None
     }
 }

@@ -280,7 +280,12 @@ impl State {
             return Ok(());
         }
         let mut data = data;
-        if let Some(cl) = self.content_length {
+        if self.head_only() {
+            // No body goes out at all: nothing exceeds the Content-Length.
+            // regression (probe 338): a HEAD whose body (not sent) was longer than its
+            // Content-Length logged that the excess was not sent, at ERROR.
+            data = &[];
+        } else if let Some(cl) = self.content_length {
             let left = usize::try_from(cl - self.body_sent.min(cl)).unwrap_or(usize::MAX);
             if data.len() > left {
                 if !self.overflowed {
@@ -292,9 +297,6 @@ impl State {
                 }
                 data = &data[..left];
             }
-        }
-        if self.head_only() {
-            data = &[];
         }
         self.body_sent += data.len() as u64;
         self.progress();
@@ -1338,6 +1340,18 @@ fn iterate(
         {
             r.push_header("Content-Length", &total.to_string());
             r.content_length = Some(total as u64);
+        }
+        // A whole body shorter than the app's Content-Length is known before anything
+        // is sent: a 500, rather than a head the client then waits on and a cut.
+        // regression (probe 338): answered as a 200 head and an aborted connection.
+        if let Some(cl) = r
+            .content_length
+            .filter(|&cl| (total as u64) < cl && !r.used_write && !r.headers_sent && !r.head_only())
+        {
+            drop(r);
+            return Err(Failure::Mistake(format!(
+                "the app's body ({total} bytes in the list it returned) is shorter than its Content-Length ({cl}); nothing was sent"
+            )));
         }
         // Nothing can cut the response after this write (no close(), Content-Length
         // met): the sink may end it in the same write (FastCGI: with END_REQUEST).
