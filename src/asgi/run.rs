@@ -333,6 +333,11 @@ fn serve(
         after: RefCell::new(std::collections::BTreeMap::new()),
         after_due: Cell::new(None),
     });
+    let mark = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )
+    .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("eventfd: {e}")))?;
     let driver = Bound::new(
         py,
         Driver {
@@ -346,6 +351,7 @@ fn serve(
             call_soon_threadsafe: get("call_soon_threadsafe")?,
             stop: get("stop")?,
             fd,
+            mark,
             max: asgi.max_concurrency,
             in_flight: Cell::new(0),
             full: Cell::new(false),
@@ -368,6 +374,12 @@ fn serve(
     ctx.add_reader
         .bind(py)
         .call1((ctx.gone.fd.as_raw_fd(), driver.getattr("_gone")?))?;
+    // Watched for as long as the loop serves: an event with its number that the loop
+    // no longer watched would be reported at every turn (the loop drops only the
+    // registration of the fd itself, not the listeners').
+    ctx.add_reader
+        .bind(py)
+        .call1((driver.borrow().mark.as_raw_fd(), driver.getattr("_accept")?))?;
     super::dump::start(
         py,
         event_loop,
@@ -422,6 +434,10 @@ struct Driver {
     stop: Py<PyAny>,
     /// The acceptor's epoll.
     fd: RawFd,
+    /// The data of the listeners' events in the loop's own epoll
+    /// ([`Source::watch_in_loop`]): an eventfd never written, which the loop watches
+    /// with `_accept`, so that a listener's wake-up is told from the acceptor epoll's.
+    mark: rustix::fd::OwnedFd,
     max: usize,
     in_flight: Cell<usize>,
     /// The last place was taken ([`Source::at_cap`]), none freed since.
@@ -596,7 +612,7 @@ impl Driver {
             me.source.loop_watches(true);
             drop(me);
             // Not `eager`: a task's end (inside its step) resumes the reading.
-            Self::take_ready(slf, false);
+            Self::take_ready(slf, false, false);
             Ok(())
         })?
     }
@@ -633,8 +649,9 @@ impl Driver {
 
     /// Takes the next request that is ready and starts its task; `eager`: called by
     /// the loop itself (a loop callback, not inside a task's step), so the task's
-    /// first step may run at once ([`Spawn::task`]).
-    fn take_ready(slf: &Bound<'_, Self>, eager: bool) {
+    /// first step may run at once ([`Spawn::task`]); `accept`: a listener woke the
+    /// loop ([`Source::try_accept`]).
+    fn take_ready(slf: &Bound<'_, Self>, eager: bool, accept: bool) {
         crate::forked::guard();
         let py = slf.py();
         {
@@ -669,7 +686,12 @@ impl Driver {
                 me.look_again_in(py, slf, LIMIT_LOOK);
                 return;
             }
-            match me.source.try_next() {
+            let found = if accept {
+                me.source.try_accept()
+            } else {
+                me.source.try_next()
+            };
+            match found {
                 TryNext::Ready(req) => {
                     if me.in_flight.get() + 1 >= me.max {
                         // This request takes the last place: the look that follows a
@@ -714,7 +736,7 @@ impl Driver {
         // Only while the loop watches the acceptor's epoll: else the one epoll holding
         // it may be postern's own (the FastCGI hand-over's watch at the cap).
         if let Some(ep) = me.reading.get().then(|| epoll_holding(me.fd)).flatten() {
-            if me.source.watch_in_loop(ep) && !me.reading.get() {
+            if me.source.watch_in_loop(ep, me.mark.as_raw_fd()) && !me.reading.get() {
                 // Paused meanwhile (at its cap already).
                 me.source.loop_watches(false);
             }
@@ -932,13 +954,18 @@ impl Driver {
 impl Driver {
     /// The epoll fd is readable.
     fn _ready(slf: &Bound<'_, Self>) {
-        Self::take_ready(slf, true);
+        Self::take_ready(slf, true, false);
+    }
+
+    /// A listener in the loop's own epoll is readable ([`Driver::mark`]).
+    fn _accept(slf: &Bound<'_, Self>) {
+        Self::take_ready(slf, true, true);
     }
 
     /// A waiting connection's deadline: look at the source again.
     fn _timer(slf: &Bound<'_, Self>) {
         slf.borrow().timer.borrow_mut().take();
-        Self::take_ready(slf, true);
+        Self::take_ready(slf, true, false);
     }
 
     /// The master's SIGUSR2 (`--timeout`, `--slow-log`), from the dump thread when no

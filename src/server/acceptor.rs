@@ -222,7 +222,7 @@ impl Source for Acceptor {
         let _free = self.admission.thread_free();
         loop {
             let mut step = Step::Again;
-            if let Some(req) = self.turn(true, &mut step) {
+            if let Some(req) = self.turn(true, false, &mut step) {
                 // Back to the default policy before Python runs (`--sched-batch`).
                 super::sched::serving();
                 return Some(req);
@@ -236,17 +236,11 @@ impl Source for Acceptor {
     }
 
     fn try_next(&self) -> TryNext {
-        loop {
-            let mut step = Step::Again;
-            if let Some(req) = self.turn(false, &mut step) {
-                return TryNext::Ready(req);
-            }
-            match step {
-                Step::Again => {}
-                Step::Empty(wait) => return TryNext::Empty(wait),
-                Step::Draining => return TryNext::Draining,
-            }
-        }
+        self.look(false)
+    }
+
+    fn try_accept(&self) -> TryNext {
+        self.look(true)
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -273,13 +267,8 @@ impl Source for Acceptor {
         self.parking.at_cap(true);
     }
 
-    fn watch_in_loop(&self, loop_epoll: std::os::fd::RawFd) -> bool {
-        use std::os::fd::AsRawFd;
-        match self
-            .admission
-            .arming()
-            .move_to_loop(loop_epoll, self.epoll.as_raw_fd())
-        {
+    fn watch_in_loop(&self, loop_epoll: std::os::fd::RawFd, mark: std::os::fd::RawFd) -> bool {
+        match self.admission.arming().move_to_loop(loop_epoll, mark) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "the listeners stay in the acceptor's epoll: the event loop of every idle worker wakes for each connection");
@@ -332,12 +321,30 @@ enum Step {
 }
 
 impl Acceptor {
+    /// The event loop's look ([`Source::try_next`]), the listen queues first when one
+    /// of them woke the loop (`accept_first`, [`Source::try_accept`]).
+    fn look(&self, accept_first: bool) -> TryNext {
+        let mut accept_first = accept_first;
+        loop {
+            let mut step = Step::Again;
+            if let Some(req) = self.turn(false, std::mem::take(&mut accept_first), &mut step) {
+                return TryNext::Ready(req);
+            }
+            match step {
+                Step::Again => {}
+                Step::Empty(wait) => return TryNext::Empty(wait),
+                Step::Draining => return TryNext::Draining,
+            }
+        }
+    }
+
     /// One wait on the epoll and the handling of its event: the body of
     /// [`Source::next`] (`block`: wait for an event) and of [`Source::try_next`] (the
     /// event loop's non-blocking look, zero timeout), so both share one state machine.
-    /// `None` with `step` saying why when no request came of it.
+    /// `None` with `step` saying why when no request came of it. `accept_first`: a
+    /// listener in the event loop's own epoll woke the loop.
     #[inline(always)]
-    fn turn(&self, block: bool, step: &mut Step) -> Option<Request> {
+    fn turn(&self, block: bool, accept_first: bool, step: &mut Step) -> Option<Request> {
         let queue = &self.queue;
         {
             if !queue.is_accepting() {
@@ -399,8 +406,20 @@ impl Acceptor {
             // regression (hostile): with --max-concurrency 2 and four busy kept
             // connections a new connection waited until they stopped (11 s; nginx:
             // 504 after 60 s).
+            // In the loop's own epoll the listeners wake it apart from this epoll
+            // (`watch_in_loop`'s mark): a look they asked for accepts first, one whose
+            // accept finds nothing goes on to this epoll's sources. Their turns are the
+            // loop's: one look per ready source each time it polls, so new connections
+            // get every other look beside kept FastCGI connections that always have a
+            // next request ready (as `BacklogTurn` gives the WSGI threads).
+            // regression (probe 339): the look took this epoll's event first, so
+            // behind a kept connection whose next request was always ready (an app
+            // blocking the loop 30 ms a request) no new connection was accepted for
+            // 30 s; 8 uwsgi clients beside 16 kept FastCGI ones on one FastAPI
+            // worker: the new connections' p99 420 ms against 57 ms.
             let mut token = token;
-            if !block && take_cap_turn() && self.admission.arming().in_loop() {
+            let in_loop = !block && self.admission.arming().in_loop();
+            if in_loop && (accept_first || take_cap_turn()) {
                 match self.accept_in_loop(token) {
                     Ok(found) => return found,
                     Err(t) => token = t,
@@ -421,7 +440,8 @@ impl Acceptor {
                     }
                 }
             }
-            if !block {
+            // (Not in the loop's epoll: they have their own wake-up there.)
+            if !block && !in_loop {
                 if let Some(i) = self.guess() {
                     let l = &self.listeners[i];
                     if let Some(a) = self.accept_raw(l, false) {
@@ -636,10 +656,11 @@ impl Acceptor {
 }
 
 impl Acceptor {
-    /// The event loop's look found nothing in the acceptor's epoll, and the listeners
-    /// are in the loop's own epoll: accepts from the first of them with a connection
-    /// waiting. `Err(token)`: none had one; `Ok(None)`: a connection came without its
-    /// request (it waits, or the slow lane reads it).
+    /// The listeners are in the loop's own epoll, and one of them woke the loop (or
+    /// its look found nothing in the acceptor's epoll, or a place freed at the cap is
+    /// theirs): accepts from the first of them with a connection waiting.
+    /// `Err(token)`: none had one; `Ok(None)`: a connection came without its request
+    /// (it waits, or the slow lane reads it).
     #[inline(never)]
     fn accept_in_loop<'a>(
         &self,
@@ -650,9 +671,7 @@ impl Acceptor {
         }
         for (i, l) in self.admission.arming().armed() {
             if let Some(a) = self.accept_raw(l, false) {
-                let req = self.took(token, i, l, a);
-                GUESS.set((if req.is_some() { i } else { NO_GUESS }, 0));
-                return Ok(req);
+                return Ok(self.took(token, i, l, a));
             }
         }
         Err(token)

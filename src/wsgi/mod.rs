@@ -302,6 +302,11 @@ pub trait Source: Send + Sync {
     fn try_next(&self) -> TryNext {
         TryNext::Draining
     }
+    /// [`Source::try_next`] when a listener that [`Source::watch_in_loop`] put in the
+    /// loop's epoll is readable: its listen queue is looked at first.
+    fn try_accept(&self) -> TryNext {
+        self.try_next()
+    }
     /// Readable when `try_next` may have something (the event loop watches it).
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
@@ -320,9 +325,10 @@ pub trait Source: Send + Sync {
     fn spare_places(&self, _n: usize) {}
     /// The event loop's own epoll, which watches `wake_fd`: the source may put what
     /// wakes the loop there directly (the listeners, exclusive: one worker's loop woken
-    /// per connection), each event with `wake_fd`'s number as its data so that the
-    /// loop calls the same callback. Whether it did.
-    fn watch_in_loop(&self, _loop_epoll: std::os::fd::RawFd) -> bool {
+    /// per connection), each event with `mark`'s number as its data: a descriptor the
+    /// loop watches too (never readable itself), whose callback calls
+    /// [`Source::try_accept`]. Whether it did.
+    fn watch_in_loop(&self, _loop_epoll: std::os::fd::RawFd, _mark: std::os::fd::RawFd) -> bool {
         false
     }
     /// The event loop watches `wake_fd` (again), or is about to stop watching it: what
