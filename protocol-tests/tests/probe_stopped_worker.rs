@@ -132,3 +132,100 @@ fn a_worker_stopped_when_a_reload_comes_is_killed_and_the_reload_completes() {
     assert!(old.iter().all(|pid| !now.contains(pid)), "{now:?} {old:?}");
     assert_eq!(p.get("/").0, 200);
 }
+
+/// Under `--timeout`, a worker that beats no more (stopped as a whole) is killed and
+/// replaced: a request a front server sends on a kept FastCGI connection parked in it
+/// has no line of its own, so no request's clock runs for it.
+/// regression (probe 340): such a request waited for as long as the worker was
+/// stopped; /status called the worker unresponsive, and nothing else happened.
+#[test]
+fn a_stopped_worker_holding_a_kept_fastcgi_connection_is_replaced_under_timeout() {
+    use protocol_tests::harness::fcgi;
+    use std::io::Write;
+    let dir = tempdir();
+    let app = dir.path().join("probe_stopped_app.py");
+    std::fs::write(&app, APP).unwrap();
+    let stats = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .protocol("fastcgi")
+        .args(["--workers", "2", "--timeout", "2"])
+        .args(["--stats", &stats.arg()])
+        .start();
+    let serving = || -> Vec<i32> {
+        workers(&stats)
+            .iter()
+            .filter(|w| w["state"] == "serving" && w["last_seen_seconds"].is_number())
+            .filter_map(|w| w["pid"].as_i64())
+            .map(|pid| pid as i32)
+            .collect()
+    };
+    assert!(wait_until(30, || serving().len() == 2), "{}", p.logs());
+    let Addr::Unix(sock) = &p.addr else {
+        unreachable!()
+    };
+    let mut kept = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let (status, body) = fcgi::kept_get(&mut kept, "/").expect("the first kept request");
+    assert_eq!(status, 200, "{}", p.logs());
+    let stopped: i32 = body.trim().parse().expect("the app answers its pid");
+    // Its thread's line cleared (the response leaves before it is): stopped with the
+    // line still set, the worker is caught by that request's --timeout instead.
+    let idle = || {
+        workers(&stats).iter().any(|w| {
+            w["pid"] == stopped
+                && w["threads"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().all(|t| t["state"] == "idle"))
+        })
+    };
+    assert!(wait_until(10, idle), "{:#}", scrape::status(&stats));
+    let _resume = Resume(vec![stopped]);
+    // SAFETY: kill(2) on a worker of ours.
+    unsafe {
+        libc::kill(stopped, libc::SIGSTOP);
+    }
+    assert!(
+        wait_until(10, || all_threads_stopped(stopped)),
+        "worker {stopped} not stopped 10 s after SIGSTOP"
+    );
+    // The next request on the kept connection: the stopped worker holds it.
+    kept.write_all(&fcgi::get(1, true, "/")).unwrap();
+    let sent = Instant::now();
+    // It is killed (the connection with it) once its heartbeat is past the limit:
+    // --timeout, but never under 10 s, plus a second, and 2 s to confirm.
+    assert_eq!(fcgi::status(&mut kept), None, "{}", p.logs());
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(30),
+        "the kept connection closed after {waited:?}:\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains(&format!("pid={stopped}"))
+            && logs.contains("worker has not beaten for")
+            && logs.contains("stopped by a signal"),
+        "{logs}"
+    );
+    let killed = format!("worker exited pid={stopped} how=killed by SIGKILL");
+    assert!(
+        wait_until(10, || p.logs().contains(&killed)),
+        "{}",
+        p.logs()
+    );
+    // Two workers serve again, the stopped one gone, none unresponsive.
+    assert!(
+        wait_until(20, || {
+            let now = serving();
+            now.len() == 2 && !now.contains(&stopped)
+        }),
+        "{:#}\n{}",
+        scrape::status(&stats),
+        p.logs()
+    );
+    assert!(workers(&stats).iter().all(|w| w["unresponsive"] == false));
+    let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(fcgi::kept_get(&mut c, "/").map(|r| r.0), Some(200));
+}

@@ -67,7 +67,7 @@ struct Worker {
     /// It should serve (`serving` or `retiring`) but its heartbeat is older than
     /// [`super::UNRESPONSIVE_AFTER`]; its `state` stays what it was.
     unresponsive: bool,
-    /// Seconds since its heartbeat (every 250 ms once it serves); none while it imports.
+    /// Seconds since its heartbeat (every second once it serves); none while it imports.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_seconds: Option<f64>,
     started: String,

@@ -65,6 +65,9 @@ struct Worker {
     /// What passed --timeout: the worker is killed at the end of the dump only if it
     /// still holds ([`Condemned`]).
     condemned_for: Option<Condemned>,
+    /// Under `--timeout`: its heartbeat found older than [`silent_after`], and when
+    /// (it is condemned if that same beat is still its last [`SILENT_CONFIRM`] later).
+    silent: Option<(u64, Instant)>,
     /// Its ready byte arrived: it took requests (one that never did cuts none off).
     served: bool,
     /// It was sent SIGTERM: a second one would read as "stop now" and cut its
@@ -127,6 +130,7 @@ impl Worker {
             slot,
             dumped: Vec::new(),
             condemned_for: None,
+            silent: None,
             served: false,
             termed: false,
             told: None,
@@ -304,6 +308,7 @@ impl Worker {
                 board.line(self.slot, t).since.load(Ordering::Acquire) == since
             }
             Some(Condemned::Loop(beat)) => board.beat(self.slot) == Some(beat),
+            Some(Condemned::Silent(seen)) => board.seen(self.slot) == Some(seen),
         };
         if still_running {
             self.name_cut_offs(board);
@@ -313,6 +318,7 @@ impl Worker {
         } else {
             let what = match self.condemned_for {
                 Some(Condemned::Loop(_)) => "its event loop ran again",
+                Some(Condemned::Silent(_)) => "it beat again",
                 _ => "the request that passed --timeout ended",
             };
             tracing::warn!(
@@ -372,6 +378,8 @@ enum Condemned {
     /// Its event loop has not ticked for longer (`crate::asgi::beat`), with no request
     /// past it: its last tick.
     Loop(u64),
+    /// It has not beaten for longer (stopped, frozen; [`silent_after`]): its last beat.
+    Silent(u64),
 }
 
 impl Condemned {
@@ -380,7 +388,39 @@ impl Condemned {
         match self {
             Condemned::Request(..) => "another request's --timeout",
             Condemned::Loop(_) => "its event loop blocked past --timeout",
+            Condemned::Silent(_) => "its heartbeat stopping past --timeout",
         }
+    }
+}
+
+/// How long a serving worker may go without a heartbeat under `--timeout` (the
+/// worker's I/O thread beats every second): the limit, but never under `/status`'s
+/// [`crate::stats::UNRESPONSIVE_AFTER`] (a machine loaded enough to delay a beat for
+/// seconds must not cost workers under a short `--timeout`), plus one beat.
+fn silent_after(timeout: Duration) -> Duration {
+    timeout.max(crate::stats::UNRESPONSIVE_AFTER) + Duration::from_secs(1)
+}
+
+/// How long a heartbeat found too old must stay the last before the worker is
+/// condemned: a master that was frozen itself (a paused VM, a stopped container)
+/// finds every beat old when it runs again, and the workers beat again within a
+/// second.
+const SILENT_CONFIRM: Duration = Duration::from_secs(2);
+
+/// A process's state letter (`/proc/PID/stat`, after the command in parentheses),
+/// said in words for a log line.
+fn process_state(pid: Pid) -> &'static str {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", raw(pid))).unwrap_or_default();
+    match stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+    {
+        Some('T') => "stopped by a signal (SIGSTOP, SIGTSTP, docker pause)",
+        Some('t') => "stopped by a debugger",
+        Some('D') => "stuck in the kernel (uninterruptible wait)",
+        Some('R' | 'S') => "running, but its I/O thread does not beat",
+        Some('Z') => "exited",
+        _ => "in an unknown state",
     }
 }
 
@@ -1193,6 +1233,51 @@ impl Master {
                         None => {
                             let allowed = crate::asgi::beat::allowed(limit);
                             due = earliest(due, Some(at(beat, allowed) + Duration::from_millis(1)));
+                        }
+                    }
+                }
+            }
+            // A serving worker that beats no more (its I/O thread writes the heartbeat
+            // every second): stopped (SIGSTOP, a debugger), or frozen. Requests a
+            // front server sends on kept FastCGI connections parked in it, and those
+            // it holds read whole, wait for it with no request's clock running (their
+            // lines are idle): under --timeout it is treated as a request past it.
+            // regression (probe 340): a SIGSTOPped worker held such requests for as
+            // long as it was stopped; /status called it unresponsive, and nothing else
+            // happened.
+            if let (Some(limit), Some(seen), Phase::Serving) =
+                (w.opts.timeout, self.board.seen(w.slot), w.phase)
+            {
+                let allowed = silent_after(limit);
+                let age = Duration::from_nanos(now.saturating_sub(seen));
+                if age <= allowed {
+                    w.silent = None;
+                    due = earliest(due, Some(at(seen, allowed) + Duration::from_millis(1)));
+                } else {
+                    match w.silent {
+                        Some((s, noticed)) if s == seen => {
+                            if instant.duration_since(noticed) >= SILENT_CONFIRM {
+                                w.silent = None;
+                                tracing::error!(
+                                    pid = raw(w.pid),
+                                    running = self.board.running(w.slot),
+                                    "worker has not beaten for {:.1} s, past --timeout {limit:?}: {}; killing and replacing it (requests sent to it on kept FastCGI connections are lost with it: nginx resends an idempotent one on another connection)",
+                                    age.as_secs_f64(),
+                                    process_state(w.pid)
+                                );
+                                let kill_at = w.condemn(
+                                    &self.board,
+                                    Condemned::Silent(seen),
+                                    &mut self.pending,
+                                );
+                                due = earliest(due, Some(kill_at));
+                            } else {
+                                due = earliest(due, Some(noticed + SILENT_CONFIRM));
+                            }
+                        }
+                        _ => {
+                            w.silent = Some((seen, instant));
+                            due = earliest(due, Some(instant + SILENT_CONFIRM));
                         }
                     }
                 }

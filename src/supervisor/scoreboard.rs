@@ -1033,6 +1033,15 @@ impl Scoreboard {
             .store(now_ns().max(1), Ordering::Relaxed);
     }
 
+    /// When the worker in `slot` last beat ([`Scoreboard::heartbeat`], CLOCK_MONOTONIC
+    /// nanoseconds), if it has since it began to serve.
+    pub fn seen(&self, slot: usize) -> Option<u64> {
+        match self.head(slot).seen.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(ns),
+        }
+    }
+
     /// When the event loop of the worker in `slot` last ticked (CLOCK_MONOTONIC
     /// nanoseconds), if its heartbeat is watched ([`Scoreboard::set_beat`]).
     pub fn beat(&self, slot: usize) -> Option<u64> {
