@@ -3685,3 +3685,54 @@ fn a_reload_kills_the_old_generations_workers_still_importing() {
         p.logs()
     );
 }
+
+// regression (probe 340): a --chain-reload that failed after it had replaced an old
+// worker rolled back, and the worker started in that one's place imported the new code
+// from disk, served it under the old generation's number, and nothing said so.
+#[test]
+fn a_failed_chain_reload_says_the_old_workers_it_replaced_come_back_with_the_new_code() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--master", "--chain-reload"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    serves(&p, "v0", 2);
+    // The new code imports, then fails at its second import (the chain's second new
+    // worker), then imports again (the rollback's replacement).
+    versioned_app(dir.path(), "v1");
+    let count = dir.path().join("imports");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&app).unwrap();
+    writeln!(
+        f,
+        "N = int(open({c:?}).read()) + 1 if os.path.exists({c:?}) else 1\nopen({c:?}, 'w').write(str(N))\nif N == 2:\n    raise RuntimeError('the second import fails')",
+        c = count.display().to_string()
+    )
+    .unwrap();
+    drop(f);
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reload failed", 30), "{}", p.logs());
+    assert!(
+        p.wait_log(
+            "the chain reload had already replaced 1 worker(s) of generation 0",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    // And it is so: both workers serve again, one of them the new code.
+    assert!(
+        p.wait_log_count("generation=0 cause", 3, 20),
+        "{}",
+        p.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "{}", p.logs());
+        if body.starts_with(b"v1 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", p.logs());
+    }
+}

@@ -2204,6 +2204,24 @@ impl Master {
                             o.drain(&self.board, Cause::Reload);
                         }
                     }
+                    // A chain reload had already replaced some of the generation it
+                    // goes back to: their replacements import the app from disk, where
+                    // the code this reload tried is (postern imports in each worker,
+                    // not once in the master), so they serve that code under the old
+                    // generation's number.
+                    // regression (probe 340): nothing said so; /status showed only the
+                    // old generation.
+                    let missing = self.target.saturating_sub(self.live());
+                    if self.opts.chain_reload && missing > 0 {
+                        tracing::warn!(
+                            generation = self.generation,
+                            failed_generation = failed,
+                            workers = missing,
+                            "the chain reload had already replaced {missing} worker(s) of generation {} before it failed: the workers started in their place import the app from disk, which holds the code this reload tried, not generation {}'s, and serve it until the next reload; put the previous code back and reload, or fix the new code and reload",
+                            self.generation,
+                            self.generation
+                        );
+                    }
                     // A SIGTTOU during the reload took one from the serving
                     // generation's number: its extra workers leave now.
                     // regression: the number said 2 while 3 served on.
