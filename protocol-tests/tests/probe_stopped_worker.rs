@@ -229,3 +229,53 @@ fn a_stopped_worker_holding_a_kept_fastcgi_connection_is_replaced_under_timeout(
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(fcgi::kept_get(&mut c, "/").map(|r| r.0), Some(200));
 }
+
+/// A worker that stops by itself (a SIGTERM sent to it alone) stops beating as its stop
+/// begins: however long its stop takes, it is not taken for a silent one.
+/// regression (review 343): under --timeout such a worker was killed in the middle of
+/// a stop longer than the silence allowed (here, an ASGI lifespan shutdown of 14 s).
+#[test]
+fn a_worker_stopping_by_itself_is_not_killed_for_its_silence() {
+    let dir = tempdir();
+    let app = r#"
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.sleep(14)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"#;
+    let stats = Addr::Unix(dir.path().join("stats.sock"));
+    let p = Spawn::asgi_unix(dir.path(), "slow_shutdown", app)
+        .args(["--workers", "2", "--timeout", "2"])
+        .args(["--lifespan-timeout", "30", "--graceful-timeout", "30"])
+        .args(["--stats", &stats.arg()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    let pid = workers(&stats)
+        .iter()
+        .filter_map(|w| w["pid"].as_i64())
+        .next()
+        .expect("a worker") as i32;
+    // SAFETY: kill(2) on a worker of ours.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    // Its own stop ends it, after the whole shutdown: a clean exit.
+    let exited = format!("pid={pid} how=exit code 0");
+    assert!(p.wait_log(&exited, 40), "{}", p.logs());
+    let logs = p.logs();
+    assert!(!logs.contains("has not beaten"), "{logs}");
+    assert!(
+        logs.contains(&format!("ASGI lifespan shutdown complete pid={pid}")),
+        "{logs}"
+    );
+}

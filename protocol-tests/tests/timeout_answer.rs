@@ -40,7 +40,10 @@ async def app(scope, receive, send):
 fn warm_up(s: &Stack) {
     let port = s.nginx.port;
     let mut pids = BTreeSet::new();
-    for _ in 0..20 {
+    // Until both have answered, however long that takes (an ASGI worker's loop takes
+    // connections until it has taken 16 and held the listeners' front for 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 std::thread::spawn(move || {

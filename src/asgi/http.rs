@@ -2175,7 +2175,7 @@ impl Exchange {
         };
         // A client gone before anything went out had no status (a start held, or the
         // 500 an app's error handler sent after the disconnect): 0, as on the WSGI path.
-        let end = match end {
+        let end = match end.as_answered(&sent) {
             End::ClientGone(_) if sent.bytes == 0 => End::ClientGone(0),
             End::Stalled(_) if sent.bytes == 0 => End::Stalled(0),
             e => e,

@@ -4,7 +4,9 @@
 //! loop's own epoll is fine): when it is readable, the callback takes the next request
 //! that is ready with the acceptor's non-blocking step ([`Source::try_next`]: the same
 //! accept, first read and FastCGI handling as the WSGI threads) and starts its task in
-//! that same wake-up. There is no other thread between the socket and the
+//! that same wake-up. The listeners themselves sit in the loop's epoll, their events
+//! carrying the number of an eventfd the loop watches with `_accept`, which accepts
+//! first ([`Source::try_accept`]). There is no other thread between the socket and the
 //! app. At `--max-concurrency` tasks in flight the reader is removed, so connections
 //! wait in the listen queue, and it comes back when a task ends.
 //!
@@ -640,8 +642,8 @@ impl Driver {
 
     fn pause(&self, py: Python<'_>) {
         if self.reading.replace(false) {
-            // First: an event with the acceptor epoll's number that the loop no longer
-            // watches would be reported at every turn (uvloop drops only the fd's own).
+            // The listeners first (their events carry the mark's number, which the loop
+            // watches for as long as it serves, so the order is a precaution).
             self.source.loop_watches(false);
             let _ = self.ctx.remove_reader.bind(py).call1((self.fd,));
         }

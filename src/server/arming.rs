@@ -15,8 +15,11 @@
 //! itself: an epoll inside another one (the acceptor's epoll watched by the loop) wakes
 //! every loop whatever its flags, because the kernel's exclusive wake-up stops at the
 //! first epoll with a thread waiting on it directly, and a nested one has none. The
-//! event's data is the acceptor epoll's fd, the one the loop knows: the loop calls the
-//! acceptor's callback, which accepts ([`super::acceptor`]).
+//! event's data is the number of a descriptor the loop watches for this alone (an
+//! eventfd never written, the loop's "mark"): the loop calls the mark's callback, which
+//! accepts first ([`super::acceptor`]), apart from the acceptor epoll's callback (kept
+//! FastCGI connections, connections waiting for their first bytes), so that each gets
+//! its turn when the loop polls.
 //!
 //! Not for the WSGI threads: a thread takes one event per wait and may take another
 //! event (a kept FastCGI connection's request) than the connection that woke it, and
@@ -49,7 +52,8 @@ enum Place {
     /// The acceptor's epoll (the WSGI threads wait on it), each listener's data its
     /// [`Wake::Listener`], level-triggered, not exclusive.
     Threads(Arc<OwnedFd>),
-    /// The event loop's own epoll, exclusive; `data`: the acceptor epoll's fd.
+    /// The event loop's own epoll, exclusive; `data`: the loop's mark (an fd it
+    /// watches with its accept callback).
     Loop { epoll: RawFd, data: u64 },
 }
 
@@ -163,7 +167,8 @@ impl Arming {
     }
 
     /// Moves the listeners into the event loop's epoll `loop_epoll`, exclusive, with
-    /// `data` (the acceptor epoll's fd, which the loop watches). The loop's epoll must
+    /// `data` (the loop's mark, an fd it watches with its accept callback). The loop's
+    /// epoll must
     /// outlive the listeners' place there: the loop takes them back out
     /// ([`Arming::watch`] off) before it ends. On failure (a kernel without
     /// `EPOLLEXCLUSIVE`) they stay where they were.

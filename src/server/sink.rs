@@ -567,6 +567,7 @@ impl Sink for ConnSink {
         Sent {
             bytes: self.written,
             started: self.started,
+            late: false,
         }
     }
 

@@ -292,7 +292,12 @@ impl Worker {
         // regression: a request nginx sent on a kept connection parked in a worker
         // whose event loop a time.sleep() blocked got a 502 at the kill, and no line
         // in postern's log named it.
-        self.term();
+        // Not one condemned for its silence: stopped, it could not hand anything
+        // over, and one only late would stop beating at the SIGTERM and could never
+        // be spared (`kill_or_spare` drains a spared one).
+        if !matches!(why, Condemned::Silent(_)) {
+            self.term();
+        }
         kill_at
     }
 
@@ -407,20 +412,39 @@ fn silent_after(timeout: Duration) -> Duration {
 /// second.
 const SILENT_CONFIRM: Duration = Duration::from_secs(2);
 
-/// A process's state letter (`/proc/PID/stat`, after the command in parentheses),
-/// said in words for a log line.
+/// What a process's threads' states (`/proc/PID/task/*/stat`, the letter after the
+/// command in parentheses) say, in words for a log line: the most telling one.
 fn process_state(pid: Pid) -> &'static str {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", raw(pid))).unwrap_or_default();
-    match stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-    {
-        Some('T') => "stopped by a signal (SIGSTOP, SIGTSTP, docker pause)",
-        Some('t') => "stopped by a debugger",
-        Some('D') => "stuck in the kernel (uninterruptible wait)",
-        Some('R' | 'S') => "running, but its I/O thread does not beat",
-        Some('Z') => "exited",
-        _ => "in an unknown state",
+    let mut states = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", raw(pid))) {
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            if let Some(c) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+            {
+                states.push(c);
+            }
+        }
+    }
+    describe_states(&states)
+}
+
+/// [`process_state`] from the threads' state letters.
+fn describe_states(states: &[char]) -> &'static str {
+    let any = |c: char| states.contains(&c);
+    if any('T') {
+        "stopped by a signal (SIGSTOP, SIGTSTP, docker pause)"
+    } else if any('t') {
+        "stopped by a debugger"
+    } else if any('D') {
+        "a thread stuck in the kernel (uninterruptible wait)"
+    } else if any('Z') || any('X') {
+        "exiting"
+    } else if any('R') || any('S') {
+        "running, but its I/O thread does not beat"
+    } else {
+        "in an unknown state"
     }
 }
 
@@ -1215,8 +1239,15 @@ impl Master {
             // as a request past the limit. Its dump names where the loop is stuck.
             // regression: such a worker accepted nothing until the call returned, and
             // nothing caught it.
+            // (Not when its I/O thread is silent too: the whole process is stopped or
+            // frozen, or the master was, and the check below confirms it first.)
+            let io_silent = |w: &Worker| {
+                self.board.seen(w.slot).is_some_and(|seen| {
+                    Duration::from_nanos(now.saturating_sub(seen)) > 2 * crate::asgi::beat::TICK
+                })
+            };
             if let (Some(limit), Some(beat)) = (w.opts.timeout, self.board.beat(w.slot)) {
-                if !matches!(w.phase, Phase::Condemned { .. }) {
+                if !matches!(w.phase, Phase::Condemned { .. }) && !io_silent(w) {
                     let age = Duration::from_nanos(now.saturating_sub(beat));
                     match crate::asgi::beat::blocked_for(age, limit) {
                         Some(blocked) => {
@@ -1245,9 +1276,18 @@ impl Master {
             // regression (probe 340): a SIGSTOPped worker held such requests for as
             // long as it was stopped; /status called it unresponsive, and nothing else
             // happened.
-            if let (Some(limit), Some(seen), Phase::Serving) =
-                (w.opts.timeout, self.board.seen(w.slot), w.phase)
-            {
+            // (Not one that stops by itself, which the master has not seen yet: a
+            // SIGTERM sent to it directly, the app's own; its I/O thread stops
+            // beating as its stop begins, and its drain and ASGI lifespan shutdown
+            // may take longer.)
+            // regression (review 343): such a worker was killed in the middle of its
+            // drain, 13 s or --timeout + 3 s after the signal.
+            if let (Some(limit), Some(seen), Phase::Serving, false) = (
+                w.opts.timeout,
+                self.board.seen(w.slot),
+                w.phase,
+                self.board.leaving(w.slot),
+            ) {
                 let allowed = silent_after(limit);
                 let age = Duration::from_nanos(now.saturating_sub(seen));
                 if age <= allowed {
@@ -3048,6 +3088,24 @@ mod tests {
     // nothing of the complete one left it goes back to a number (the one before the
     // failed one) that may have none: the newest kept before it stand for it, and
     // stay kept.
+    #[test]
+    fn a_silent_worker_is_described_by_its_most_telling_thread() {
+        assert_eq!(
+            describe_states(&['S', 'T', 'S']),
+            "stopped by a signal (SIGSTOP, SIGTSTP, docker pause)"
+        );
+        assert_eq!(describe_states(&['S', 't']), "stopped by a debugger");
+        assert_eq!(
+            describe_states(&['S', 'D', 'R']),
+            "a thread stuck in the kernel (uninterruptible wait)"
+        );
+        assert_eq!(
+            describe_states(&['S', 'R']),
+            "running, but its I/O thread does not beat"
+        );
+        assert_eq!(describe_states(&[]), "in an unknown state");
+    }
+
     #[test]
     fn a_rollback_takes_back_the_settings_of_the_generation_it_goes_back_to() {
         let mut m = master(2);

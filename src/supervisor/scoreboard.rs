@@ -1379,6 +1379,7 @@ mod tests {
             sent: Sent {
                 bytes,
                 started: Instant::now(),
+                late: false,
             },
             app_error: None,
         }

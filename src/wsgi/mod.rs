@@ -270,6 +270,22 @@ pub struct Sent {
     pub bytes: u64,
     /// When the sink's request started (accepted, or its first byte read).
     pub started: std::time::Instant,
+    /// postern answered `504 Gateway Timeout` for it at `--timeout` (FastCGI, its
+    /// response not started), so nothing the app wrote went out.
+    pub late: bool,
+}
+
+impl End {
+    /// How the request ended as its front server saw it: a 504 that postern answered
+    /// at `--timeout` ([`Sent::late`]) for a worker spared at the end of the dump,
+    /// whatever the app did after it (its writes failed as if the client had gone).
+    pub fn as_answered(self, sent: &Sent) -> End {
+        if sent.late {
+            End::Complete(504)
+        } else {
+            self
+        }
+    }
 }
 
 /// Why the app failed a request (it answered 500, or the connection was aborted).

@@ -811,7 +811,8 @@ pub fn handle(
 ) -> Served {
     let span = std::mem::replace(&mut req.span, crate::logging::RequestSpan::none());
     let _entered = span.enter();
-    let served = respond(py, keys, app, settings, &mut req, span.peer());
+    let mut served = respond(py, keys, app, settings, &mut req, span.peer());
+    served.end = served.end.as_answered(&served.sent);
     // A stop that cut this request off named it and wrote its access line already.
     let named = keys.inflight.end(&mut req.head);
     let (status, ending) = served.end.for_log();
@@ -1087,6 +1088,7 @@ impl Sink for Closed {
         Sent {
             bytes: 0,
             started: std::time::Instant::now(),
+            late: false,
         }
     }
 }

@@ -263,6 +263,7 @@ impl FcgiSink {
         Sent {
             bytes: self.written,
             started: self.started,
+            late: self.flags.answered_late(),
         }
     }
 
@@ -793,6 +794,71 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::fd::OwnedFd;
+
+    // regression (review 341 LOW): a request answered 504 at --timeout whose worker
+    // was spared (the request ended during the dump) got the access line "client went
+    // away status=200" and counted as a 2xx: its app's writes failed after the 504.
+    #[test]
+    fn a_request_answered_late_ends_as_the_504_the_front_server_got() {
+        let ep = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = super::super::Parking::new(Arc::new(ep));
+        let (mut front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let sock = socket2::Socket::from(OwnedFd::from(ours));
+        let conn = FcgiConn::new(
+            sock,
+            "test".into(),
+            false,
+            0,
+            Duration::from_secs(5),
+            &parking,
+            None,
+        );
+        let flags = Arc::new(ReqFlags::default());
+        let id = crate::logging::RequestId::generate();
+        let mut sink = FcgiSink::new(
+            Arc::clone(&conn),
+            1,
+            true,
+            Arc::clone(&flags),
+            Instant::now(),
+            &id,
+        );
+        assert!(flags.answer_late());
+        assert!(conn.answer_late(1, true, &flags));
+        // The app's response, after the 504: refused, as for a client gone.
+        assert!(sink.write_all(b"Status: 200 OK\r\n\r\nok").is_err());
+        let sent = sink.finish(End::ClientGone(200));
+        assert!(sent.late);
+        assert!(matches!(
+            End::ClientGone(200).as_answered(&sent),
+            End::Complete(504)
+        ));
+        // On the wire: the 504 and one END_REQUEST, nothing of the app's.
+        front
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = front.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("Status: 504"), "{text:?}");
+        assert!(!text.contains("ok"), "{text:?}");
+        // Not answered late: as the app ended it.
+        let flags = Arc::new(ReqFlags::default());
+        let mut sink = FcgiSink::new(Arc::clone(&conn), 2, true, flags, Instant::now(), &id);
+        let sent = sink.finish(End::Complete(200));
+        assert!(!sent.late);
+        assert!(matches!(
+            End::Complete(200).as_answered(&sent),
+            End::Complete(200)
+        ));
+    }
 
     // regression (review LOW on f558471): the mark's task gave up --read-timeout after
     // the cut even while the front server was taking its bytes; README says the close
