@@ -839,7 +839,7 @@ impl Loaded {
 /// Starts Python and imports the app (the single process, `--check`).
 pub fn start_python(config: &Config) -> anyhow::Result<Loaded> {
     start_interpreter(config)?;
-    import_app(config)
+    import_app(config, || true)
 }
 
 /// Starts the embedded Python (with the venv) without importing the app, and logs its
@@ -957,7 +957,9 @@ fn gunicorn_hint(e: wsgi::WsgiError, spec: &interpreter::AppSpec) -> wsgi::WsgiE
     }
 }
 
-pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
+/// `first_to_warn`: whether this process says what the configuration sets for nothing
+/// (a worker: the first of its generation, not every worker a recycle starts).
+pub fn import_app(config: &Config, first_to_warn: impl FnOnce() -> bool) -> anyhow::Result<Loaded> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let mut path: Vec<_> = config
         .opts
@@ -978,9 +980,11 @@ pub fn import_app(config: &Config) -> anyhow::Result<Loaded> {
     tracing::info!(app = %config.app, dir = %cwd.display(), "app imported");
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     // `--interface wsgi` with one of them set was said at start, once.
+    // regression (review 341): said by every worker a recycle started.
     if interface == Interface::Wsgi
         && config.opts.interface == crate::asgi::InterfaceOption::Auto
         && !config.asgi_options_set.is_empty()
+        && first_to_warn()
     {
         tracing::warn!(
             "{}",

@@ -538,7 +538,7 @@ fn serve(
             let app = config
                 .opts
                 .preload
-                .then(|| boot::import_app(config))
+                .then(|| boot::import_app(config, || true))
                 .transpose()?;
             interpreter::prepare_for_fork()?;
             // A thread started while Python started (sitecustomize, a .pth file) lives
@@ -786,7 +786,7 @@ fn worker(
     // app stays in the master's directory, where its code came from.
     let loaded = match preloaded.map(Ok).unwrap_or_else(|| {
         app_dir.map_or(Ok(()), boot::enter_app_dir)?;
-        boot::import_app(config)
+        boot::import_app(config, || ctx.board.first_to_warn_interface(ctx.slot))
     }) {
         Ok(loaded) => loaded,
         Err(e) => {

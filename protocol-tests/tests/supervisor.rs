@@ -3736,3 +3736,31 @@ fn a_failed_chain_reload_says_the_old_workers_it_replaced_come_back_with_the_new
         assert!(Instant::now() < deadline, "{}", p.logs());
     }
 }
+
+// regression (review 341 LOW): the warning that ASGI-only options do nothing for the
+// WSGI app `--interface auto` found was said by every worker, so again at every
+// recycle (--max-requests): once per generation now, and again at a reload.
+#[test]
+fn asgi_options_unused_by_a_wsgi_app_are_warned_about_once_per_generation() {
+    let dir = tempdir();
+    let app = versioned_app(dir.path(), "v0");
+    let p = Spawn::tcp(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2", "--master", "--max-requests", "3"])
+        .args(["--max-concurrency", "50"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    for _ in 0..20 {
+        assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    }
+    let said = "--max-concurrency has no effect";
+    assert!(
+        p.wait_log_count("cause=\"max-requests\"", 4, 20),
+        "the workers did not recycle:\n{}",
+        p.logs()
+    );
+    assert_eq!(p.logs().matches(said).count(), 1, "{}", p.logs());
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log_count(said, 2, 20), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.logs().matches(said).count(), 2, "{}", p.logs());
+}

@@ -2175,12 +2175,16 @@ impl Exchange {
         };
         // A client gone before anything went out had no status (a start held, or the
         // 500 an app's error handler sent after the disconnect): 0, as on the WSGI path.
-        let end = match end.as_answered(&sent) {
+        let end = match end {
             End::ClientGone(_) if sent.bytes == 0 => End::ClientGone(0),
             End::Stalled(_) if sent.bytes == 0 => End::Stalled(0),
             e => e,
         };
-        me.finish_log(end, sent);
+        // Logged and counted as the 504 postern answered at --timeout, if it did; the
+        // task is still watched as one whose response was cut (its app's send failed).
+        // regression (review 345): taken as a response sent whole, the task left
+        // --timeout's watch, and the master spared a worker whose task still ran.
+        me.finish_log(end.as_answered(&sent), sent);
         if !me.task_over && matches!(end, End::Complete(_)) {
             drop(me);
             Self::responded(slf)?;

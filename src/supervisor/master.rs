@@ -1247,7 +1247,11 @@ impl Master {
                 })
             };
             if let (Some(limit), Some(beat)) = (w.opts.timeout, self.board.beat(w.slot)) {
-                if !matches!(w.phase, Phase::Condemned { .. }) && !io_silent(w) {
+                if io_silent(w) {
+                    // Looked at again within a tick: a loop truly blocked while its I/O
+                    // thread was late is still caught near its limit.
+                    due = earliest(due, Some(instant + crate::asgi::beat::TICK));
+                } else if !matches!(w.phase, Phase::Condemned { .. }) {
                     let age = Duration::from_nanos(now.saturating_sub(beat));
                     match crate::asgi::beat::blocked_for(age, limit) {
                         Some(blocked) => {

@@ -187,6 +187,9 @@ struct Global {
     /// 1 + the newest generation one of whose workers warned that the app answered a
     /// status code past 599 (raised as `rss_warned` is).
     status_warned: AtomicU64,
+    /// 1 + the newest generation one of whose workers warned that the ASGI-only
+    /// options do nothing for the WSGI callable it found (raised as `rss_warned` is).
+    interface_warned: AtomicU64,
     /// Reloads that ended: `[ok, failed]` (master only).
     reloads: [AtomicU64; 2],
     /// The generation that serves: the newest one all of whose workers served.
@@ -454,6 +457,17 @@ impl Scoreboard {
         let mark = self.head(slot).generation.load(Ordering::Relaxed) + 1;
         self.global()
             .status_warned
+            .fetch_max(mark, Ordering::Relaxed)
+            < mark
+    }
+
+    /// Whether the worker in `slot` is the first of its generation to warn that the
+    /// ASGI-only options set do nothing for a WSGI app (`--interface auto`): once per
+    /// generation, as [`Self::first_to_warn_rss`].
+    pub fn first_to_warn_interface(&self, slot: usize) -> bool {
+        let mark = self.head(slot).generation.load(Ordering::Relaxed) + 1;
+        self.global()
+            .interface_warned
             .fetch_max(mark, Ordering::Relaxed)
             < mark
     }
