@@ -81,19 +81,23 @@ fn kept_between_new(order: &[String]) -> usize {
     }
 }
 
-/// The same app as ASGI: its time taken blocks the event loop, so that every kept
-/// client's next request is ready when the loop looks for the next one.
-fn asgi_app(dir: &Path) -> String {
+/// [`asgi_app`]'s wait that blocks the loop 30 ms.
+const BLOCKING: &str = "time.sleep(0.03)";
+
+/// The same app as ASGI, taking its time with `wait` (Python): `time.sleep` blocks
+/// the event loop, so that every kept client's next request is ready when the loop
+/// looks for the next one; `await asyncio.sleep` lets the loop take more meanwhile.
+fn asgi_app(dir: &Path, wait: &str) -> String {
     format!(
         r#"
-import os, time
+import asyncio, os, time
 ORDER = os.path.join({dir:?}, "order")
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     with open(ORDER, "a") as f:
         f.write(scope["root_path"] + scope["path"] + "\n")
-    time.sleep(0.03)
+    {wait}
     await send({{"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]}})
     await send({{"type": "http.response.body", "body": b"ok\n"}})
 "#,
@@ -195,38 +199,19 @@ fn new_unix_connections_take_turns_beside_busy_kept_fastcgi_connections() {
 #[test]
 fn asgi_new_tcp_connections_take_turns_beside_busy_kept_fastcgi_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let sp = Spawn::asgi_tcp(dir.path(), "fair_asgi", &asgi_app(dir.path()));
+    let sp = Spawn::asgi_tcp(dir.path(), "fair_asgi", &asgi_app(dir.path(), BLOCKING));
     new_connections_take_turns_beside_busy_kept_ones(sp.args(["--loop", "asyncio"]), dir.path());
 }
 
 #[test]
 fn asgi_uvloop_new_unix_connections_take_turns_beside_busy_kept_fastcgi_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(sp) =
-        Spawn::asgi_unix(dir.path(), "fair_asgi", &asgi_app(dir.path())).event_loop("uvloop")
+    let Some(sp) = Spawn::asgi_unix(dir.path(), "fair_asgi", &asgi_app(dir.path(), BLOCKING))
+        .event_loop("uvloop")
     else {
         return;
     };
     new_connections_take_turns_beside_busy_kept_ones(sp, dir.path());
-}
-
-/// An ASGI app that writes down each path it serves and waits 20 ms on the loop.
-fn asgi_sleeping_app(dir: &Path) -> String {
-    format!(
-        r#"
-import asyncio, os
-ORDER = os.path.join({dir:?}, "order")
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    with open(ORDER, "a") as f:
-        f.write(scope["root_path"] + scope["path"] + "\n")
-    await asyncio.sleep(0.02)
-    await send({{"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]}})
-    await send({{"type": "http.response.body", "body": b"ok\n"}})
-"#,
-        dir = dir.display().to_string()
-    )
 }
 
 // At --max-concurrency, each place a task frees goes to the listeners and to the kept
@@ -238,9 +223,12 @@ async def app(scope, receive, send):
 #[test]
 fn asgi_kept_connections_keep_their_turns_at_the_cap_beside_new_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(sp) = Spawn::asgi_unix(dir.path(), "cap_asgi", &asgi_sleeping_app(dir.path()))
-        .event_loop("uvloop")
-    else {
+    let Some(sp) = Spawn::asgi_unix(
+        dir.path(),
+        "cap_asgi",
+        &asgi_app(dir.path(), "await asyncio.sleep(0.02)"),
+    )
+    .event_loop("uvloop") else {
         return;
     };
     let p = sp
