@@ -795,16 +795,26 @@ mod tests {
     use std::io::Read;
     use std::os::fd::OwnedFd;
 
+    /// A parking (its own epoll), and a connected pair: the front server's end, and
+    /// postern's (non-blocking) for an [`FcgiConn`].
+    fn front_and_socket() -> (
+        Arc<super::super::Parking>,
+        std::os::unix::net::UnixStream,
+        socket2::Socket,
+    ) {
+        let ep = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
+        let parking = super::super::Parking::new(Arc::new(ep));
+        let (front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (parking, front, socket2::Socket::from(OwnedFd::from(ours)))
+    }
+
     // regression (review 341 LOW): a request answered 504 at --timeout whose worker
     // was spared (the request ended during the dump) got the access line "client went
     // away status=200" and counted as a 2xx: its app's writes failed after the 504.
     #[test]
     fn a_request_answered_late_ends_as_the_504_the_front_server_got() {
-        let ep = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
-        let parking = super::super::Parking::new(Arc::new(ep));
-        let (mut front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let sock = socket2::Socket::from(OwnedFd::from(ours));
+        let (parking, mut front, sock) = front_and_socket();
         let conn = FcgiConn::new(
             sock,
             "test".into(),
@@ -865,11 +875,7 @@ mod tests {
     // goes unmarked only when the front server reads nothing for --read-timeout.
     #[test]
     fn a_mark_the_front_server_takes_slowly_still_goes_whole() {
-        let ep = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
-        let parking = super::super::Parking::new(Arc::new(ep));
-        let (mut front, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let sock = socket2::Socket::from(OwnedFd::from(ours));
+        let (parking, mut front, sock) = front_and_socket();
         // A small send buffer: the mark below goes in several sends.
         sock.set_send_buffer_size(4096).unwrap();
         let mut filled = 0;
