@@ -397,9 +397,9 @@ impl Acceptor {
             let now = Instant::now();
             self.expire_waiting(now);
             self.admission.tick(now);
-            // (While the listeners are in this epoll:) the event loop woke because the
-            // epoll is readable, and under load that is
-            // nearly always the listener it last accepted from: accept there first, and
+            // While the listeners are in this epoll, the event loop woke because the
+            // epoll is readable, and under load that is nearly always the listener it
+            // last accepted from: accept there first, and
             // wait on the epoll (timeout 0) only when that finds nothing. That saves
             // one system call per request (the loop's own epoll wait is the wake-up
             // WSGI's threads get from this epoll); a guess that finds nothing (another

@@ -3088,10 +3088,6 @@ mod tests {
         }
     }
 
-    // A failed reload goes back to the settings of the generation that serves; with
-    // nothing of the complete one left it goes back to a number (the one before the
-    // failed one) that may have none: the newest kept before it stand for it, and
-    // stay kept.
     #[test]
     fn a_silent_worker_is_described_by_its_most_telling_thread() {
         assert_eq!(
@@ -3110,6 +3106,10 @@ mod tests {
         assert_eq!(describe_states(&[]), "in an unknown state");
     }
 
+    // A failed reload goes back to the settings of the generation that serves; with
+    // nothing of the complete one left it goes back to a number (the one before the
+    // failed one) that may have none: the newest kept before it stand for it, and
+    // stay kept.
     #[test]
     fn a_rollback_takes_back_the_settings_of_the_generation_it_goes_back_to() {
         let mut m = master(2);
