@@ -232,6 +232,35 @@ impl Stack {
     }
 
     /// Upstream errors in nginx's error log so far.
+    /// Concurrent GETs of `/pid` (an app's route that answers its worker's pid) until
+    /// `workers` workers have answered, so that nginx keeps connections to each.
+    pub fn warm_kept(&self, workers: usize) {
+        let port = self.nginx.port;
+        let mut pids = std::collections::BTreeSet::new();
+        // Until they all have answered, however long that takes (an ASGI worker's loop
+        // takes connections until it has taken 16 and held the listeners' front for
+        // 100 ms).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let n = Nginx::get_on(port, "/pid");
+                        assert_eq!(n.status, 200, "warm-up: {}", n.text());
+                        n.text()
+                    })
+                })
+                .collect();
+            for t in threads {
+                pids.insert(t.join().expect("a warm-up client panicked"));
+            }
+            if pids.len() >= workers {
+                return;
+            }
+        }
+        panic!("the {workers} workers never all served the warm-up: {pids:?}");
+    }
+
     pub fn upstream_errors(&self) -> Vec<String> {
         upstream_errors(&self.nginx.error_log())
     }

@@ -11,7 +11,6 @@
 //!
 //! Needs nginx: fails in CI if missing.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
@@ -35,34 +34,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 "#;
 
-/// Concurrent GETs of `/pid` until both workers have answered, so that nginx keeps
-/// connections to each.
-fn warm_up(s: &Stack) {
-    let port = s.nginx.port;
-    let mut pids = BTreeSet::new();
-    // Until both have answered, however long that takes (an ASGI worker's loop takes
-    // connections until it has taken 16 and held the listeners' front for 100 ms).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let n = Nginx::get_on(port, "/pid");
-                    assert_eq!(n.status, 200, "warm-up: {}", n.text());
-                    n.text()
-                })
-            })
-            .collect();
-        for t in threads {
-            pids.insert(t.join().expect("a warm-up client panicked"));
-        }
-        if pids.len() >= 2 {
-            return;
-        }
-    }
-    panic!("both workers never served the warm-up: {pids:?}");
-}
-
 /// nginx with `fastcgi_keep_conn` in front of the test app, 2 workers × 1 thread under
 /// `--timeout`, both ready and holding kept connections.
 fn wsgi_stack() -> Option<Stack> {
@@ -82,7 +53,7 @@ fn ready(s: &Stack) {
         "postern did not start:\n{}",
         s.postern.logs()
     );
-    warm_up(s);
+    s.warm_kept(2);
 }
 
 /// Waits long enough for nginx's resend, had there been one, to pass the limit too,

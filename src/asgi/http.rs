@@ -1479,6 +1479,15 @@ fn with_pair(
 }
 
 impl Exchange {
+    /// The event loop steps this request's task now: see [`Sink::serving_here`].
+    pub(super) fn serving_here(slf: &Bound<'_, Self>) {
+        if let Ok(me) = slf.try_borrow() {
+            if let Some(sink) = me.sink.as_deref() {
+                sink.serving_here();
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: Rc<Ctx>,
@@ -1877,6 +1886,9 @@ impl Exchange {
         let Some(sink) = me.sink.take() else {
             return Err(gone_error());
         };
+        // The sink goes to an executor thread, which may drop it: the loop thread's
+        // crash slot must not name it meanwhile.
+        crate::server::fastcgi::crash::clear();
         me.busy = true;
         let ctx = me.ctx.clone();
         let fut = match fut {
@@ -2168,6 +2180,7 @@ impl Exchange {
         let Some(mut sink) = me.sink.take() else {
             return Ok(());
         };
+        crate::server::fastcgi::crash::clear();
         let sent = if sink.finish_is_quick() {
             sink.finish(end)
         } else {

@@ -388,9 +388,11 @@ fn serve(
         driver.getattr("_dump")?.unbind(),
         asgi.timeout,
     )?;
+    // Before the listeners are placed: what can fail here fails before the loop's
+    // epoll watches them (review 343: they stayed armed in a loop that never ran).
+    let beat = super::beat::Beat::start(py, event_loop, settings.monitor.as_ref(), asgi.timeout)?;
     Driver::resume(&driver)?;
     Driver::place_listeners(&driver, PLACE_TRIES);
-    let beat = super::beat::Beat::start(py, event_loop, settings.monitor.as_ref(), asgi.timeout)?;
     // The loop ends only once the stop is drained. asyncio lets SystemExit and
     // KeyboardInterrupt out of run_forever (a background task or callback of the app
     // raising them), and an app may call loop.stop(): the loop goes on serving, or the

@@ -302,10 +302,20 @@ unsafe fn step(
             return ffi::PySendResult::PYGEN_ERROR;
         }
         s.state = RUNNING;
+        // A crash of the loop thread during the step answers this request (a FastCGI
+        // front server would send it again to another worker: `fastcgi::crash`).
+        if !s.exchange.is_null() {
+            if let Ok(ex) = Bound::from_borrowed_ptr(Python::assume_attached(), s.exchange)
+                .cast_into::<Exchange>()
+            {
+                Exchange::serving_here(&ex);
+            }
+        }
         let coro = ffi::Py_NewRef(s.coro);
         let mut out: *mut ffi::PyObject = std::ptr::null_mut();
         let sent = ffi::PyIter_Send(coro, arg, &mut out);
         ffi::Py_DECREF(coro);
+        crate::server::fastcgi::crash::clear();
         let raised = match sent {
             ffi::PySendResult::PYGEN_NEXT => {
                 me(o).state = SUSPENDED;

@@ -131,6 +131,12 @@ pub fn run(
     if monitor.as_ref().is_some_and(|m| m.timeout().is_some()) {
         parking.watch_overdue();
     }
+    if listeners
+        .iter()
+        .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
+    {
+        fastcgi::crash::install();
+    }
     // With --max-requests every connection that has sent nothing waits here (bounded
     // by --max-connections): only here does its request begin after a look at the
     // room left; the slow lane would serve it past the limit.

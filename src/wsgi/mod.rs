@@ -188,6 +188,11 @@ pub trait Sink: Send + Sync {
     fn peer_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// The app of this request runs on this thread from now on (until the sink
+    /// finishes): a crash of the thread meanwhile answers the request if the protocol
+    /// needs it (FastCGI: a kept connection's front server would send it again to
+    /// another worker). The default does nothing.
+    fn serving_here(&self) {}
     /// Whether the front server is gone from this request before the app runs: reset
     /// or closed the connection both ways (what a poll tells without reading), or
     /// aborted the request (FastCGI). A half-close is not gone: the request is

@@ -50,6 +50,7 @@ impl Pool {
                             if let Some(m) = &settings.monitor {
                                 m.begin(i, &req.head, &req.request_id, req.listener.protocol);
                             }
+                            req.sink.serving_here();
                             // A panic must fail one request, not the thread.
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 response::handle(py, &keys, &app, &settings, req)

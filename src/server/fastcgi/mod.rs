@@ -17,6 +17,7 @@
 //! - [`sink`]: a request's response as STDOUT records, then END_REQUEST (one ending for
 //!   both paths: the owner decides who is told); a copy of `wsgi.errors` as STDERR.
 
+pub mod crash;
 pub mod handover;
 mod inline;
 mod lane;
@@ -2207,6 +2208,9 @@ impl Parking {
             answered += 1;
             let (rid, ran) = (f.request_id, f.since.elapsed());
             let sent = conn.answer_late(f.id, f.keep_conn, &f.flags);
+            if !sent {
+                f.flags.late_answer_lost();
+            }
             tracing::warn!(
                 peer = %conn.peer,
                 request_id = %rid,

@@ -40,8 +40,9 @@ pub(in crate::server) struct ReqFlags {
     /// disconnect).
     gone: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Who answers: [`REPLY_NOT_YET`], [`REPLY_APP`] (its sink's first write claimed it)
-    /// or [`REPLY_LATE`] (postern answered 504 for it, past `--timeout`). One
-    /// compare-exchange settles a write of the app's against that answer.
+    /// or [`REPLY_LATE`] (postern answered 504 for it, past `--timeout`), then
+    /// [`REPLY_LATE_LOST`] when that answer's write failed (the front server had
+    /// gone). One compare-exchange settles a write of the app's against that answer.
     reply: AtomicU8,
 }
 
@@ -49,6 +50,7 @@ pub(in crate::server) struct ReqFlags {
 const REPLY_NOT_YET: u8 = 0;
 const REPLY_APP: u8 = 1;
 const REPLY_LATE: u8 = 2;
+const REPLY_LATE_LOST: u8 = 3;
 
 impl ReqFlags {
     /// The request is cut (FCGI_ABORT_REQUEST, or its connection ended): its sink
@@ -71,7 +73,7 @@ impl ReqFlags {
     fn claim_reply(&self) -> bool {
         match self.reply.load(Ordering::Acquire) {
             REPLY_APP => true,
-            REPLY_LATE => false,
+            REPLY_LATE | REPLY_LATE_LOST => false,
             _ => match self.reply.compare_exchange(
                 REPLY_NOT_YET,
                 REPLY_APP,
@@ -97,8 +99,23 @@ impl ReqFlags {
             .is_ok()
     }
 
+    /// The 504 of [`ReqFlags::answer_late`] could not be written: the request ends
+    /// as one whose client went away, not as a 504 (nobody got it).
+    pub(super) fn late_answer_lost(&self) {
+        self.reply.store(REPLY_LATE_LOST, Ordering::Release);
+    }
+
+    /// Postern answered 504 for the request, and the front server got it.
     fn answered_late(&self) -> bool {
         self.reply.load(Ordering::Acquire) == REPLY_LATE
+    }
+
+    /// Postern took the answer from the app (whether its 504 went out or not).
+    fn taken_late(&self) -> bool {
+        matches!(
+            self.reply.load(Ordering::Acquire),
+            REPLY_LATE | REPLY_LATE_LOST
+        )
     }
 
     fn tell_gone(&self) {
@@ -542,7 +559,57 @@ async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
     let _ = conn.sock.shutdown(std::net::Shutdown::Both);
 }
 
+impl FcgiSink {
+    /// Called from the crash handler ([`super::crash`]) of the thread serving this
+    /// response, as the process dies: the request is answered 502 with its
+    /// END_REQUEST when the app wrote nothing of it, its cut is marked when the app's
+    /// response had started (a reset over TCP, the invalid record on a Unix socket).
+    /// Only what a signal handler may do: atomics, a `try_lock` kept, one send.
+    pub(super) fn answer_crash(&self) {
+        let conn = &*self.conn;
+        if self.finished
+            || conn.handed_over.load(Ordering::Acquire)
+            || conn.is_broken()
+            || conn.torn.load(Ordering::Acquire)
+            || conn.marking.load(Ordering::Acquire)
+            || conn.last_end.load(Ordering::Acquire)
+        {
+            return;
+        }
+        // Another thread in the middle of a record (this response's writer): nothing
+        // can follow it safely. Never released: the process is ending.
+        let Some(lock) = conn.write.try_lock() else {
+            return;
+        };
+        std::mem::forget(lock);
+        let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+        if self.flags.answer_late() {
+            let answer = super::crash::CRASH_ANSWER;
+            let (header, pad) = fcgi::stream_header(fcgi::STDOUT, self.id, answer.len());
+            let stderr = self.flags.stderr_used.load(Ordering::Acquire);
+            let (tail, n) = fcgi::response_tail(self.id, stderr);
+            let mut out = [0u8; 256];
+            let mut at = 0;
+            for part in [&header[..], answer, &[0u8; 8][..pad], &tail[..n]] {
+                out[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            let _ = rustix::net::send(conn.as_fd(), &out[..at], flags);
+        } else if !self.flags.done.load(Ordering::Acquire) {
+            if conn.tcp {
+                let _ = conn.sock.set_linger(Some(Duration::ZERO));
+            } else {
+                let _ = rustix::net::send(conn.as_fd(), &[0u8; fcgi::HEADER_LEN], flags);
+            }
+        }
+    }
+}
+
 impl Sink for FcgiSink {
+    fn serving_here(&self) {
+        super::crash::serving(self);
+    }
+
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
         self.under_way();
@@ -679,6 +746,8 @@ impl Sink for FcgiSink {
     }
 
     fn finish(&mut self, end: End) -> Sent {
+        // From here on a crash of this thread is not this response's to answer.
+        super::crash::done(self);
         // --max-requests counts the request served as it ends (`end` below, or the
         // `write_last` / `try_write` that ended it): not here, after END_REQUEST, when
         // the connection's next request may have taken the place already.
@@ -768,6 +837,7 @@ impl Sink for FcgiSink {
 
 impl Drop for FcgiSink {
     fn drop(&mut self) {
+        super::crash::done(self);
         self.not_under_way();
         if let Some(t) = self.in_flight.take() {
             self.conn.parking.landed(t);
@@ -780,7 +850,7 @@ impl Drop for FcgiSink {
             );
             self.conn.finish_inline_end(None, false);
         }
-        if !self.finished && !self.flags.answered_late() {
+        if !self.finished && !self.flags.taken_late() {
             tracing::error!(
                 "internal error: a FastCGI response was dropped unfinished; connection aborted"
             );
@@ -867,6 +937,44 @@ mod tests {
         assert!(matches!(
             End::Complete(200).as_answered(&sent),
             End::Complete(200)
+        ));
+    }
+
+    // regression (review 345 LOW): a 504 answered at --timeout whose write failed (the
+    // front server had closed) was still logged and counted as a 504 nobody got.
+    #[test]
+    fn a_late_answer_that_could_not_be_written_ends_as_the_client_gone() {
+        let (parking, front, sock) = front_and_socket();
+        let conn = FcgiConn::new(
+            sock,
+            "test".into(),
+            false,
+            0,
+            Duration::from_secs(5),
+            &parking,
+            None,
+        );
+        let flags = Arc::new(ReqFlags::default());
+        let id = crate::logging::RequestId::generate();
+        let mut sink = FcgiSink::new(
+            Arc::clone(&conn),
+            1,
+            true,
+            Arc::clone(&flags),
+            Instant::now(),
+            &id,
+        );
+        drop(front);
+        assert!(flags.answer_late());
+        assert!(!conn.answer_late(1, true, &flags));
+        flags.late_answer_lost();
+        // The app's response still may not write: postern took the answer.
+        assert!(sink.write_all(b"Status: 200 OK\r\n\r\nok").is_err());
+        let sent = sink.finish(End::ClientGone(200));
+        assert!(!sent.late);
+        assert!(matches!(
+            End::ClientGone(200).as_answered(&sent),
+            End::ClientGone(200)
         ));
     }
 

@@ -1,0 +1,168 @@
+//! A worker that crashes (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT: a C extension's
+//! bug, a failed assertion) in the middle of a FastCGI request answers that request
+//! before it dies: `502 Bad Gateway` with its END_REQUEST when the app had written
+//! nothing yet, the mark of a cut response (see [`FcgiConn::mark_cut`]) when it had.
+//!
+//! Why: nginx sends a request again, on another of its cached connections and without
+//! counting a try, when a cached (kept) connection fails before any of the response
+//! came. A GET whose app crashes its worker was so sent to every kept connection in
+//! turn, each on a live worker or a fresh replacement, and killed one worker each time
+//! (probe 346: one GET killed 3 to 11 workers of 4, and the requests of other clients
+//! on them). Answered, the request ends with the crashing worker, as over uwsgi.
+//!
+//! How: each Python thread notes the FastCGI response it serves in a thread-local slot
+//! ([`serving`], cleared by [`done`] as the response ends; the event loop notes the
+//! response of the task it steps, for the step, see `asgi::serve`), and the handler installed
+//! here for those signals reads the slot of the thread that faulted. It only does what
+//! is safe in a signal handler: atomic loads and compare-exchanges, a `try_lock` never
+//! released (the process is ending), one `send` without waiting, one `setsockopt`; no
+//! allocation, no lock waited for, no log line (the master logs the crash). Then the
+//! signal's previous action is put back and the signal comes again under it (a fault
+//! re-runs its instruction; a signal sent, such as `abort`'s, is raised again), so a
+//! core dump, Python's `faulthandler` and Rust's stack-overflow report happen as before.
+//!
+//! Not covered: a process ended by SIGKILL (the OOM killer) or by `os._exit`, which
+//! run no handler (nginx still sends a GET again then), and a crash on another thread
+//! than the one serving the request.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use super::sink::FcgiSink;
+
+thread_local! {
+    /// The FastCGI response this thread serves (a sink boxed in its request, so its
+    /// address holds until it drops), or null.
+    static SERVING: Cell<*const FcgiSink> = const { Cell::new(std::ptr::null()) };
+}
+
+/// This thread serves `sink` from now on (its app runs here).
+pub(super) fn serving(sink: &FcgiSink) {
+    SERVING.set(sink);
+}
+
+/// `sink`'s response has ended (or the sink goes): the slot no longer names it.
+pub(super) fn done(sink: &FcgiSink) {
+    if std::ptr::eq(SERVING.get(), sink) {
+        SERVING.set(std::ptr::null());
+    }
+}
+
+/// Whatever this thread served is no longer its to answer (the event loop's step
+/// ended, or handed the response to another thread).
+pub fn clear() {
+    SERVING.set(std::ptr::null());
+}
+
+/// The signals answered, and the actions they had before [`install`].
+const SIGNALS: [libc::c_int; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGABRT,
+];
+
+/// A copy of a `sigaction` (the struct is plain data).
+#[derive(Clone, Copy)]
+struct Action(libc::sigaction);
+
+// SAFETY: plain data (a handler address, flags, a mask), read only.
+unsafe impl Send for Action {}
+unsafe impl Sync for Action {}
+
+static PREVIOUS: OnceLock<[Option<Action>; 5]> = OnceLock::new();
+
+/// Installs the handler in this process (a worker that serves FastCGI), once. The
+/// actions in place (a `faulthandler` the app or `PYTHONFAULTHANDLER` enabled, Rust's
+/// stack-overflow handler) are kept and run after it.
+pub fn install() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut previous = [None; 5];
+    for (slot, &sig) in previous.iter_mut().zip(&SIGNALS) {
+        // SAFETY: sigaction(2) reading the current action into a zeroed struct.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0 {
+                *slot = Some(Action(old));
+            }
+        }
+    }
+    if PREVIOUS.set(previous).is_err() {
+        return;
+    }
+    for (i, &sig) in SIGNALS.iter().enumerate() {
+        if previous[i].is_none() {
+            continue;
+        }
+        // SAFETY: sigaction(2) with a handler of the SA_SIGINFO shape, on the thread's
+        // alternate stack where it has one (a stack overflow), every signal blocked
+        // while it runs; SA_RESETHAND: a fault in the handler itself ends the process
+        // under the default action.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_fatal as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+            libc::sigfillset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The handler: answers the faulting thread's FastCGI request, then lets the signal
+/// act as it did before.
+extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let sink = SERVING.replace(std::ptr::null());
+    if !sink.is_null() {
+        // SAFETY: the slot names a sink alive until it clears it (`done`, on this
+        // thread), and this thread was interrupted while it did not.
+        unsafe { (*sink).answer_crash() };
+    }
+    let previous = PREVIOUS
+        .get()
+        .and_then(|p| SIGNALS.iter().position(|&s| s == sig).and_then(|i| p[i]));
+    // SAFETY: sigaction(2) and raise(3) are async-signal-safe; `info` is the kernel's.
+    unsafe {
+        match previous {
+            Some(Action(old)) => libc::sigaction(sig, &old, std::ptr::null_mut()),
+            None => {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut())
+            }
+        };
+        // Sent (kill, tgkill: `abort` raises SIGABRT so), not a fault that comes again
+        // as its instruction runs again: sent again, pending until this returns.
+        if info.is_null() || (*info).si_code <= 0 {
+            libc::raise(sig);
+        }
+    }
+}
+
+/// What a crash answers for a request whose app wrote nothing: what
+/// [`crate::proto::response::plain_response`] writes for a 502 (a unit test checks).
+pub(super) const CRASH_ANSWER: &[u8] =
+    b"Status: 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\n\r\nBad Gateway\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crash_answer_is_the_usual_502() {
+        let usual = crate::proto::response::plain_response(
+            crate::proto::response::HeadStyle::Cgi,
+            502,
+            "Bad Gateway",
+            "Bad Gateway\n",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(CRASH_ANSWER),
+            String::from_utf8_lossy(&usual)
+        );
+    }
+}
