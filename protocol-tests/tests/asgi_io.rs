@@ -1441,3 +1441,42 @@ fn last_empty_body_after_the_response_ended(method: &str, end: &[u8]) {
     assert!(!logs.contains("went away"), "{logs}");
     assert!(!logs.contains("with requests in flight"), "{logs}");
 }
+
+// regression (probe 347 HIGH): over FastCGI with keep-conn, a body just over
+// --fastcgi-buffer that came whole with its head (1-1.5 MiB by default) was assembled in
+// memory and charged to the connection's input budget until its request ended, so the
+// connection was never read again: the app waiting for http.disconnect after the body
+// never got it when the front server closed the connection (nginx, at its client's
+// abort), and the task held its place until --timeout killed the worker. Fails
+// without: no disconnect within 10 s.
+#[test]
+fn a_kept_fastcgi_request_with_a_body_over_the_buffer_still_gets_disconnect() {
+    for size in [1_048_577usize, 1_200_000] {
+        let dir = tempdir();
+        let p = serve(dir.path(), "fastcgi", &[]);
+        let len = size.to_string();
+        let mut v = vars("POST", "/listen", "");
+        v.push(("CONTENT_LENGTH", &len));
+        let mut out = fcgi::begin(1, 1, true);
+        out.extend(fcgi::record(fcgi::PARAMS, 1, &fcgi::pairs(&v)));
+        out.extend(fcgi::record(fcgi::PARAMS, 1, b""));
+        let body = vec![b'a'; size];
+        for c in body.chunks(32_768) {
+            out.extend(fcgi::record(fcgi::STDIN, 1, c));
+        }
+        out.extend(fcgi::record(fcgi::STDIN, 1, b""));
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&out).unwrap();
+        assert!(
+            wait_marks(dir.path(), "listening", 1, 20),
+            "{size}: {}",
+            p.logs()
+        );
+        drop(s);
+        assert!(
+            wait_marks(dir.path(), "got-http.disconnect", 1, 10),
+            "{size}: {}",
+            p.logs()
+        );
+    }
+}

@@ -680,6 +680,10 @@ pub async fn serve(
     // The front server sent EOF: nothing more is read; the requests that came whole
     // are answered, then the connection closes.
     let mut eof = false;
+    // The front server closed the connection while its input was held back for the
+    // budget: it is read on regardless (what is left is what its socket holds), so
+    // that the close reaches the apps (see `closed_while_held`).
+    let mut peer_closed = false;
     // Bytes no FastCGI peer sends came after the records read so far: nothing more is
     // read, and the connection ends as at the front server's EOF (the requests that
     // came whole are answered first).
@@ -923,7 +927,7 @@ pub async fn serve(
             None
         };
         let starved = over && reader_until.is_none() && any_starved(&slots);
-        let held_back = over && !starved;
+        let held_back = over && !starved && !peer_closed;
         // regression (audit): a body sent a byte now and then (each read within
         // --read-timeout) held its place at --max-connections for ever; listed, one
         // that comes slower than BODY_MIN_RATE is closed for a connection waiting (its
@@ -1042,6 +1046,17 @@ pub async fn serve(
             }
             // An app read what this connection holds, or waits for input: look again.
             _ = budget => {}
+            // regression (probe 347 HIGH): a body of 1-1.5 MiB came whole with its head
+            // (assembled in memory, charged to the budget until its request ends), so the
+            // connection stayed held back and was never read again: an ASGI app waiting
+            // for http.disconnect never got it when nginx closed the connection, and its
+            // task held its place until --timeout killed the worker.
+            closed = closed_while_held(&afd), if held_back && !eof => {
+                if closed {
+                    tracing::debug!(%peer, "the front server closed the FastCGI connection while its input was held back for --fastcgi-buffer: reading what is left");
+                    peer_closed = true;
+                }
+            }
             r = async {
                 if bad_input { Ok(0) } else { read_some(&afd, &mut buf).await }
             }, if backlog.is_empty() && !held_back && !eof => {
@@ -1580,6 +1595,26 @@ fn at_stop_linger(conn: &FcgiConn) -> Option<Instant> {
 fn fresh_only(fresh: bool, served: u64) -> bool {
     fresh && served == 0
 }
+
+/// While the lane holds a connection's input back: returns true once the front server
+/// has closed it (its FIN or a reset, seen by the poller without reading), false after
+/// a while when bytes wait unread (readiness is left set for [`read_some`], so this
+/// looks again each time it is called rather than waiting for the next edge).
+async fn closed_while_held(afd: &AsyncFd<ConnFd>) -> bool {
+    match afd.ready(tokio::io::Interest::READABLE).await {
+        Ok(g) if g.ready().is_read_closed() => true,
+        Ok(_) => {
+            // Readable with bytes the budget holds back: a FIN behind them raises the
+            // read-closed bit on the next event, looked at within this.
+            tokio::time::sleep(HELD_LOOK).await;
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// How often [`closed_while_held`] looks at a held-back connection with bytes waiting.
+const HELD_LOOK: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn read_some(afd: &AsyncFd<ConnFd>, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 16 * 1024 {
