@@ -185,6 +185,12 @@ extern "C" fn in_child() {
     }
 }
 
+/// This process is a child the app forked (from a worker, or from the master at an
+/// import): an atomic load, async-signal-safe.
+pub fn is_app_child() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
 /// Registers the fork hook; once, before the process forks workers or serves.
 pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();

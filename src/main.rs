@@ -259,6 +259,13 @@ fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Resul
             Err(e) => return Err(e.into()),
         }
     }
+    // Before Python and the app: see `crash::install`.
+    if bound
+        .iter()
+        .any(|b| b.info.protocol == postern::codec::Protocol::FastCgi)
+    {
+        postern::server::fastcgi::crash::install();
+    }
     // --stats: bound with the listeners (a taken address stops postern now).
     let stats = match config
         .opts

@@ -231,7 +231,6 @@ impl Stack {
         }
     }
 
-    /// Upstream errors in nginx's error log so far.
     /// Concurrent GETs of `/pid` (an app's route that answers its worker's pid) until
     /// `workers` workers have answered, so that nginx keeps connections to each.
     pub fn warm_kept(&self, workers: usize) {
@@ -261,6 +260,7 @@ impl Stack {
         panic!("the {workers} workers never all served the warm-up: {pids:?}");
     }
 
+    /// Upstream errors in nginx's error log so far.
     pub fn upstream_errors(&self) -> Vec<String> {
         upstream_errors(&self.nginx.error_log())
     }

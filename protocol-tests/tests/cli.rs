@@ -122,6 +122,43 @@ fn a_request_whose_reader_stops_early_is_not_an_error_message() {
     assert!(!out.status.success(), "a cut output is not a success");
 }
 
+// regression (probe 347 LOW): with its stderr a pipe that closed (`2>&1 >/dev/null |
+// head -c 100`), `postern request` against a server flooding FCGI_STDERR ended in a
+// panic (exit 101 or an abort) at the first line it could not print; those lines are
+// informational: the response's status decides.
+#[test]
+fn a_closed_stderr_does_not_make_postern_request_panic() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 65536];
+        let _ = c.read(&mut buf);
+        let line = b"a line of stderr\n".repeat(20);
+        for _ in 0..5000 {
+            if c.write_all(&fcgi::record(fcgi::STDERR, 1, &line)).is_err() {
+                return;
+            }
+        }
+        let mut end = fcgi::record(fcgi::STDOUT, 1, b"Status: 200 OK\r\n\r\nok");
+        end.extend(fcgi::record(fcgi::STDOUT, 1, b""));
+        end.extend(fcgi::record(fcgi::END_REQUEST, 1, &[0; 8]));
+        let _ = c.write_all(&end);
+    });
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let write_end = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+    let out = postern()
+        .args(["request", &format!("fastcgi://127.0.0.1:{port}/")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", out.status);
+}
+
 #[test]
 fn binary_loads_the_build_pythons_libpython_without_ld_library_path() {
     let out = Command::new("ldd")

@@ -41,6 +41,8 @@ async def app(scope, receive, send):
         return
     if scope["path"] == "/segv":
         ctypes.string_at(0)
+    if scope["path"] == "/abort":
+        os.abort()
     body = str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
@@ -108,8 +110,7 @@ fn a_wsgi_request_that_aborts_its_worker_costs_one_worker_over_kept_fastcgi() {
     wsgi("/abort");
 }
 
-#[test]
-fn an_asgi_request_that_crashes_its_worker_costs_one_worker_over_kept_fastcgi() {
+fn asgi(path: &str) {
     let Some(bin) = nginx_bin() else {
         return;
     };
@@ -118,5 +119,15 @@ fn an_asgi_request_that_crashes_its_worker_costs_one_worker_over_kept_fastcgi() 
         .protocol("fastcgi")
         .args(["--workers", &WORKERS.to_string()])
         .start();
-    one_death(&stack(&bin, dir, postern), "/segv");
+    one_death(&stack(&bin, dir, postern), path);
+}
+
+#[test]
+fn an_asgi_request_that_crashes_its_worker_costs_one_worker_over_kept_fastcgi() {
+    asgi("/segv");
+}
+
+#[test]
+fn an_asgi_request_that_aborts_its_worker_costs_one_worker_over_kept_fastcgi() {
+    asgi("/abort");
 }

@@ -231,7 +231,7 @@ pub fn startup(
         }
         ("failed", _) => {
             cancel();
-            let message: String = detail.extract().unwrap_or_default();
+            let message = app_message(&detail);
             let message = if message.trim().is_empty() {
                 "(the app gave no message)".to_owned()
             } else {
@@ -317,7 +317,7 @@ impl Lifespan {
             ),
             "failed" => tracing::error!(
                 "the app's lifespan shutdown failed (it sent lifespan.shutdown.failed): {}",
-                detail.extract::<String>().unwrap_or_default().trim_end()
+                app_message(&detail).trim_end()
             ),
             // Logged when it happened.
             "reported" => {}
@@ -334,6 +334,39 @@ impl Lifespan {
             ),
         }
     }
+}
+
+/// The `message` of an app's `lifespan.*.failed` as a log line shows it: a str that is
+/// not UTF-8 (a lone surrogate) with those code points escaped as Python's
+/// `backslashreplace` does, control characters but tab and newline escaped (a NUL, a
+/// terminal's escape sequence); empty when it is not a str.
+// regression (probe 347 LOW): a message with a lone surrogate was logged as "(the app
+// gave no message)", and a NUL went into the log raw.
+fn app_message(detail: &Bound<'_, PyAny>) -> String {
+    let Ok(text) = detail.cast::<pyo3::types::PyString>() else {
+        return String::new();
+    };
+    let text = match text.to_str() {
+        Ok(t) => t.to_owned(),
+        Err(_) => text
+            .call_method1(
+                pyo3::intern!(detail.py(), "encode"),
+                ("utf-8", "backslashreplace"),
+            )
+            .ok()
+            .and_then(|b| b.extract::<Vec<u8>>().ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' && c != '\n' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -439,6 +472,16 @@ async def app(scope, receive, send):
                 "{e}"
             );
         }
+    }
+
+    // regression (probe 347 LOW): a message with a lone surrogate was logged as "(the
+    // app gave no message)"; a NUL went into the log raw.
+    #[test]
+    fn a_failed_startup_message_that_is_not_utf8_is_shown_escaped() {
+        let code = "async def app(scope, receive, send):\n    await receive()\n    await send({'type': 'lifespan.startup.failed', 'message': 'db down \\udcff end\\x00.'})";
+        let (r, _, _) = run(code, LifespanMode::On, 5.0);
+        let e = r.unwrap_err();
+        assert!(e.contains("db down \\udcff end\\u{0}."), "{e}");
     }
 
     #[test]

@@ -126,7 +126,10 @@ pub struct StderrLines {
 impl StderrLines {
     fn print(line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        eprintln!("fastcgi stderr: {}", super::escaped_text(line));
+        super::say(format_args!(
+            "fastcgi stderr: {}",
+            super::escaped_text(line)
+        ));
     }
 
     fn flush(&mut self) {
@@ -154,7 +157,7 @@ impl Aside for StderrLines {
 
     fn app_status(&mut self, status: u32) {
         self.flush();
-        eprintln!("postern request: FastCGI appStatus {status}");
+        super::say(format_args!("postern request: FastCGI appStatus {status}"));
     }
 }
 
@@ -352,10 +355,10 @@ pub fn get_values(
             .iter()
             .any(|(n, _)| &answer.content[n.start as usize..n.end as usize] == name);
         if !answered {
-            eprintln!(
+            super::say(format_args!(
                 "postern request: the server did not answer {}",
                 String::from_utf8_lossy(name)
-            );
+            ));
         }
     }
     Ok(0)

@@ -300,6 +300,15 @@ pub fn escape_controls(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Writes one line to our stderr; a stderr that is gone (a closed pipe) drops it, as
+/// the lines are informational (`eprintln!` would panic and exit 101).
+// regression (probe 347 LOW): `postern request ... 2>&1 >/dev/null | head -c 100`
+// against a server flooding FCGI_STDERR ended in a panic.
+pub(crate) fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 /// [`escape_controls`] for a line of text.
 pub fn escaped_text(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len());

@@ -124,10 +124,10 @@ impl<'a> Printer<'a> {
             Answer::Http => (response::status_code(&buf), buf),
             Answer::Cgi | Answer::FastCgi => {
                 if self.answer == Answer::FastCgi && buf.starts_with(b"HTTP/") {
-                    eprintln!(
+                    super::say(format_args!(
                         "postern request: warning: the FastCGI response starts with an HTTP \
                          status line; nginx skips it and sends 200 unless a Status header follows"
-                    );
+                    ));
                 }
                 let (status, http) =
                     response::cgi_to_http(&buf).map_err(|reason| ClientError::Protocol {
@@ -167,7 +167,9 @@ impl<'a> Printer<'a> {
             Some(s) if s >= self.fail_at => EXIT_5XX,
             Some(_) => 0,
             None => {
-                eprintln!("postern request: the response has no HTTP status line");
+                super::say(format_args!(
+                    "postern request: the response has no HTTP status line"
+                ));
                 EXIT_CONNECT
             }
         })

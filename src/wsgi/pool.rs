@@ -55,6 +55,9 @@ impl Pool {
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 response::handle(py, &keys, &app, &settings, req)
                             }));
+                            // Whatever this thread served is over (a panic may have
+                            // left its sink to be dropped elsewhere).
+                            crate::server::fastcgi::crash::clear();
                             done = Some(r.as_ref().ok().copied());
                             if r.is_err() {
                                 // Its request's `end` never ran: not its next one's.

@@ -23,36 +23,44 @@
 //!
 //! Not covered: a process ended by SIGKILL (the OOM killer) or by `os._exit`, which
 //! run no handler (nginx still sends a GET again then), and a crash on another thread
-//! than the one serving the request.
+//! than the one serving the request (nothing there to answer).
 
 use std::cell::Cell;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use super::sink::FcgiSink;
+/// What a crash answers: a response under way (the FastCGI sink's). Returns whether
+/// it wrote or changed anything; only what a signal handler may do.
+pub(super) trait Answer {
+    fn answer_crash(&self) -> bool;
+}
 
 thread_local! {
     /// The FastCGI response this thread serves (a sink boxed in its request, so its
-    /// address holds until it drops), or null.
-    static SERVING: Cell<*const FcgiSink> = const { Cell::new(std::ptr::null()) };
+    /// address holds until it drops), or none.
+    static SERVING: Cell<Option<NonNull<dyn Answer>>> = const { Cell::new(None) };
 }
 
 /// This thread serves `sink` from now on (its app runs here).
-pub(super) fn serving(sink: &FcgiSink) {
-    SERVING.set(sink);
+pub(super) fn serving<T: Answer + 'static>(sink: &T) {
+    SERVING.set(Some(NonNull::from(sink as &dyn Answer)));
 }
 
 /// `sink`'s response has ended (or the sink goes): the slot no longer names it.
-pub(super) fn done(sink: &FcgiSink) {
-    if std::ptr::eq(SERVING.get(), sink) {
-        SERVING.set(std::ptr::null());
+pub(super) fn done<T: Answer + 'static>(sink: &T) {
+    if SERVING
+        .get()
+        .is_some_and(|p| std::ptr::addr_eq(p.as_ptr(), sink as *const T))
+    {
+        SERVING.set(None);
     }
 }
 
 /// Whatever this thread served is no longer its to answer (the event loop's step
 /// ended, or handed the response to another thread).
 pub fn clear() {
-    SERVING.set(std::ptr::null());
+    SERVING.set(None);
 }
 
 /// The signals answered, and the actions they had before [`install`].
@@ -74,9 +82,12 @@ unsafe impl Sync for Action {}
 
 static PREVIOUS: OnceLock<[Option<Action>; 5]> = OnceLock::new();
 
-/// Installs the handler in this process (a worker that serves FastCGI), once. The
-/// actions in place (a `faulthandler` the app or `PYTHONFAULTHANDLER` enabled, Rust's
-/// stack-overflow handler) are kept and run after it.
+/// Installs the handler in this process, once: at start, before Python and the app
+/// (the master's `--preload` included) could put handlers of their own, which then
+/// run first and chain to this one for faults they do not own (a JVM's, a runtime
+/// that recovers from its own faults: under this handler it would have answered a
+/// request the process then served on). The actions in place (Rust's stack-overflow
+/// handler) run after it; `faulthandler` (`PYTHONFAULTHANDLER`) runs first, then this.
 pub fn install() {
     static DONE: AtomicBool = AtomicBool::new(false);
     if DONE.swap(true, Ordering::AcqRel) {
@@ -96,7 +107,8 @@ pub fn install() {
         return;
     }
     for (i, &sig) in SIGNALS.iter().enumerate() {
-        if previous[i].is_none() {
+        // Ignored (by whoever started postern): left so.
+        if previous[i].is_none_or(|Action(a)| a.sa_sigaction == libc::SIG_IGN) {
             continue;
         }
         // SAFETY: sigaction(2) with a handler of the SA_SIGINFO shape, on the thread's
@@ -114,32 +126,56 @@ pub fn install() {
 }
 
 /// The handler: answers the faulting thread's FastCGI request, then lets the signal
-/// act as it did before.
+/// act as it did before; once it answered, the process dies whatever that was.
 extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    let sink = SERVING.replace(std::ptr::null());
-    if !sink.is_null() {
+    let sink = SERVING.replace(None);
+    // A child the app forked has a copy of the slot, not the connection (its fork hook
+    // closed it): nothing of its parent's is its to answer.
+    let answered = !crate::forked::is_app_child()
         // SAFETY: the slot names a sink alive until it clears it (`done`, on this
         // thread), and this thread was interrupted while it did not.
-        unsafe { (*sink).answer_crash() };
-    }
+        && sink.is_some_and(|s| unsafe { s.as_ref() }.answer_crash());
     let previous = PREVIOUS
         .get()
         .and_then(|p| SIGNALS.iter().position(|&s| s == sig).and_then(|i| p[i]));
-    // SAFETY: sigaction(2) and raise(3) are async-signal-safe; `info` is the kernel's.
+    // SAFETY: sigaction(2), pthread_sigmask(3) and raise(3) are async-signal-safe;
+    // `info` is the kernel's.
     unsafe {
         match previous {
             Some(Action(old)) => libc::sigaction(sig, &old, std::ptr::null_mut()),
-            None => {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut())
-            }
+            None => default(sig),
         };
-        // Sent (kill, tgkill: `abort` raises SIGABRT so), not a fault that comes again
-        // as its instruction runs again: sent again, pending until this returns.
+        // A fault (si_code > 0) comes again as its instruction runs again, under the
+        // previous action (which dies: `install` runs before the app can put a handler
+        // of its own under this one). A signal sent (kill, tgkill: `abort` raises
+        // SIGABRT so) is sent again: pending until this returns, or, once a request
+        // was answered, now, unblocked, and then under the default action if the
+        // previous one returned (Rust's handler lets a SIGSEGV sent from elsewhere
+        // go): a process whose request was answered must not serve on.
         if info.is_null() || (*info).si_code <= 0 {
+            if answered {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                libc::raise(sig);
+                default(sig);
+            }
             libc::raise(sig);
         }
+    }
+}
+
+/// The default action back for `sig`.
+///
+/// # Safety
+/// sigaction(2), async-signal-safe.
+unsafe fn default(sig: libc::c_int) -> libc::c_int {
+    // SAFETY: the caller's; a zeroed struct with SIG_DFL.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &dfl, std::ptr::null_mut())
     }
 }
 

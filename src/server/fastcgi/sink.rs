@@ -559,27 +559,27 @@ async fn send_mark(conn: Arc<FcgiConn>, mut mark: Vec<u8>) {
     let _ = conn.sock.shutdown(std::net::Shutdown::Both);
 }
 
-impl FcgiSink {
+impl super::crash::Answer for FcgiSink {
     /// Called from the crash handler ([`super::crash`]) of the thread serving this
     /// response, as the process dies: the request is answered 502 with its
     /// END_REQUEST when the app wrote nothing of it, its cut is marked when the app's
     /// response had started (a reset over TCP, the invalid record on a Unix socket).
     /// Only what a signal handler may do: atomics, a `try_lock` kept, one send.
-    pub(super) fn answer_crash(&self) {
+    /// Returns whether it wrote or changed anything (the process must then die).
+    fn answer_crash(&self) -> bool {
         let conn = &*self.conn;
-        if self.finished
-            || conn.handed_over.load(Ordering::Acquire)
+        if conn.handed_over.load(Ordering::Acquire)
             || conn.is_broken()
             || conn.torn.load(Ordering::Acquire)
             || conn.marking.load(Ordering::Acquire)
             || conn.last_end.load(Ordering::Acquire)
         {
-            return;
+            return false;
         }
         // Another thread in the middle of a record (this response's writer): nothing
         // can follow it safely. Never released: the process is ending.
         let Some(lock) = conn.write.try_lock() else {
-            return;
+            return false;
         };
         std::mem::forget(lock);
         let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
@@ -588,19 +588,48 @@ impl FcgiSink {
             let (header, pad) = fcgi::stream_header(fcgi::STDOUT, self.id, answer.len());
             let stderr = self.flags.stderr_used.load(Ordering::Acquire);
             let (tail, n) = fcgi::response_tail(self.id, stderr);
+            // nginx caches a connection whose END_REQUEST ends what it read, and its
+            // next request on it would meet the close of this process (a POST's 502):
+            // a record after END_REQUEST makes it close the connection instead, as at
+            // a stop (`FcgiConn::send_last`).
+            let nginx = conn.said_nginx.load(Ordering::Acquire) || conn.nginx.get() == Some(&true);
+            let after: &[u8] = if nginx {
+                &[fcgi::VERSION_1, fcgi::GET_VALUES_RESULT, 0, 0, 0, 0, 0, 0]
+            } else {
+                &[]
+            };
             let mut out = [0u8; 256];
             let mut at = 0;
-            for part in [&header[..], answer, &[0u8; 8][..pad], &tail[..n]] {
+            for part in [&header[..], answer, &[0u8; 8][..pad], &tail[..n], after] {
                 out[at..at + part.len()].copy_from_slice(part);
                 at += part.len();
             }
             let _ = rustix::net::send(conn.as_fd(), &out[..at], flags);
+            let _ = rustix::net::shutdown(conn.as_fd(), rustix::net::Shutdown::Write);
+            true
         } else if !self.flags.done.load(Ordering::Acquire) {
+            // The app's response had started: cut, as a stop cuts it (its note and
+            // the invalid record on a Unix socket, a reset over TCP), when it is the
+            // connection's only request.
+            let alone = conn.lane_requests.load(Ordering::Acquire) <= 1;
             if conn.tcp {
                 let _ = conn.sock.set_linger(Some(Duration::ZERO));
-            } else {
-                let _ = rustix::net::send(conn.as_fd(), &[0u8; fcgi::HEADER_LEN], flags);
+            } else if alone {
+                let mut out = [0u8; 256];
+                let mut at = 0;
+                if self.flags.stderr_on.load(Ordering::Acquire) {
+                    let (h, pad) = fcgi::stream_header(fcgi::STDERR, self.id, CUT_NOTE.len());
+                    for part in [&h[..], CUT_NOTE, &[0u8; 8][..pad]] {
+                        out[at..at + part.len()].copy_from_slice(part);
+                        at += part.len();
+                    }
+                }
+                at += fcgi::HEADER_LEN;
+                let _ = rustix::net::send(conn.as_fd(), &out[..at], flags);
             }
+            true
+        } else {
+            false
         }
     }
 }
