@@ -108,7 +108,11 @@ fn main() -> ExitCode {
                 let closed = matches!(&e, postern::client::ClientError::Output(io)
                     if io.kind() == std::io::ErrorKind::BrokenPipe);
                 if !closed {
-                    eprintln!("postern request: {e}");
+                    // Not `eprintln!`: a closed stderr must not end it in a panic.
+                    let _ = std::io::Write::write_fmt(
+                        &mut std::io::stderr().lock(),
+                        format_args!("postern request: {e}\n"),
+                    );
                 }
                 ExitCode::from(e.exit_code() as u8)
             }

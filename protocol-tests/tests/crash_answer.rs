@@ -20,7 +20,7 @@ use protocol_tests::stack::{Stack, Upstream};
 const WORKERS: usize = 4;
 
 const WSGI_APP: &str = r#"
-import ctypes, os
+import ctypes, os, signal, threading
 
 def application(environ, start_response):
     path = environ["PATH_INFO"]
@@ -28,6 +28,8 @@ def application(environ, start_response):
         ctypes.string_at(0)
     if path == "/abort":
         os.abort()
+    if path == "/sent":
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -103,6 +105,14 @@ fn wsgi(path: &str) {
 #[test]
 fn a_wsgi_request_that_crashes_its_worker_costs_one_worker_over_kept_fastcgi() {
     wsgi("/segv");
+}
+
+// regression (review 348 HIGH): a SIGSEGV sent to the serving thread (not a fault) was
+// answered, then let go by Rust's handler put back: the worker served on with the
+// connection's write lock kept, and the next request on it was never answered.
+#[test]
+fn a_sigsegv_sent_to_the_serving_thread_is_answered_and_its_worker_dies() {
+    wsgi("/sent");
 }
 
 #[test]

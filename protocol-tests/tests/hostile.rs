@@ -1119,7 +1119,6 @@ fn slow_bodies_and_a_waiting_request(
                     ],
                 ));
             }
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
             let (stop, closed) = (Arc::clone(&stop), Arc::clone(&closed));
             match trickle {
                 Trickle::Bytes => {
@@ -1128,6 +1127,9 @@ fn slow_bodies_and_a_waiting_request(
                     trickle_after(port, &whole, record[18..].to_vec(), stop, closed)
                 }
                 Trickle::Padded => {
+                    // (Its own connection: a second one, opened and dropped beside each
+                    // trickled upload, waited in the listen queue as a connection would.)
+                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
                     c.write_all(&whole).unwrap();
                     std::thread::spawn(move || {
                         let mut padded = vec![1, fcgi::STDIN, 0, 1, 0, 1, 255, 0, b'x'];
@@ -1282,16 +1284,29 @@ fn slow_fastcgi_bodies_are_not_closed_while_a_place_is_free_or_nothing_waits() {
     assert!(!was_closed, "a slow upload was closed\n{logs}");
     assert!(!logs.contains(APP_BODY_CLOSED), "{logs}");
     // regression (review of e6c0358): the close of a parked connection counted as a
-    // request waiting, and a slow upload was closed for it.
-    let (_, was_closed, logs) = slow_bodies_and_a_waiting_request(
-        &testapp(),
-        &["--threads", "2"],
-        (2, 1),
-        Trickle::Bytes,
-        Then::KeptClosed,
+    // request waiting, and a slow upload was closed for it. That failed every time; a
+    // connection from elsewhere on the machine landing in this listen queue is a
+    // request waiting too (seen once in CI with the whole suite running, as a close
+    // 1 s after the uploads began, long before the kept connection closed): a second
+    // run decides.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (_, was_closed, logs) = slow_bodies_and_a_waiting_request(
+            &testapp(),
+            &["--threads", "2"],
+            (2, 1),
+            Trickle::Bytes,
+            Then::KeptClosed,
+        );
+        if !was_closed && !logs.contains(APP_BODY_CLOSED) {
+            return;
+        }
+        runs.push(logs);
+    }
+    panic!(
+        "a slow upload was closed in both runs\n{}",
+        runs.join("\n---\n")
     );
-    assert!(!was_closed, "a slow upload was closed\n{logs}");
-    assert!(!logs.contains(APP_BODY_CLOSED), "{logs}");
 }
 
 /// A FastCGI request without FCGI_KEEP_CONN whose PARAMS announce a pair of

@@ -338,8 +338,9 @@ impl Lifespan {
 
 /// The `message` of an app's `lifespan.*.failed` as a log line shows it: a str that is
 /// not UTF-8 (a lone surrogate) with those code points escaped as Python's
-/// `backslashreplace` does, control characters but tab and newline escaped (a NUL, a
-/// terminal's escape sequence); empty when it is not a str.
+/// `backslashreplace` does, then what a log line must not carry raw escaped as in
+/// every log line (a NUL, a terminal's escape sequence, bidi overrides; newlines
+/// kept); empty when it is not a str.
 // regression (probe 347 LOW): a message with a lone surrogate was logged as "(the app
 // gave no message)", and a NUL went into the log raw.
 fn app_message(detail: &Bound<'_, PyAny>) -> String {
@@ -358,15 +359,7 @@ fn app_message(detail: &Bound<'_, PyAny>) -> String {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default(),
     };
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && c != '\t' && c != '\n' {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::logging::escape_unsafe(&text, true).into_owned()
 }
 
 #[cfg(test)]
@@ -481,7 +474,7 @@ async def app(scope, receive, send):
         let code = "async def app(scope, receive, send):\n    await receive()\n    await send({'type': 'lifespan.startup.failed', 'message': 'db down \\udcff end\\x00.'})";
         let (r, _, _) = run(code, LifespanMode::On, 5.0);
         let e = r.unwrap_err();
-        assert!(e.contains("db down \\udcff end\\u{0}."), "{e}");
+        assert!(e.contains("db down \\udcff end\\x00."), "{e}");
     }
 
     #[test]

@@ -15,52 +15,72 @@
 //! response of the task it steps, for the step, see `asgi::serve`), and the handler installed
 //! here for those signals reads the slot of the thread that faulted. It only does what
 //! is safe in a signal handler: atomic loads and compare-exchanges, a `try_lock` never
-//! released (the process is ending), one `send` without waiting, one `setsockopt`; no
-//! allocation, no lock waited for, no log line (the master logs the crash). Then the
-//! signal's previous action is put back and the signal comes again under it (a fault
-//! re-runs its instruction; a signal sent, such as `abort`'s, is raised again), so a
-//! core dump, Python's `faulthandler` and Rust's stack-overflow report happen as before.
+//! released (the process is ending), one `send` without waiting, a `shutdown` or a
+//! `setsockopt`, `sigaction`, `pthread_sigmask` and `raise`; no allocation, no lock
+//! waited for, no log line (the master logs the crash). Then the signal's previous
+//! action is put back and the signal comes again under it (a fault re-runs its
+//! instruction; a signal sent, such as `abort`'s, is raised again), so a core dump and
+//! Rust's stack-overflow report happen as before (Python's `faulthandler`, enabled
+//! after this is installed, runs first and then passes the signal on to it). A process
+//! that answered dies, whatever the previous action does.
 //!
 //! Not covered: a process ended by SIGKILL (the OOM killer) or by `os._exit`, which
 //! run no handler (nginx still sends a GET again then), and a crash on another thread
 //! than the one serving the request (nothing there to answer).
 
-use std::cell::Cell;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 /// What a crash answers: a response under way (the FastCGI sink's). Returns whether
-/// it wrote or changed anything; only what a signal handler may do.
+/// it wrote or changed anything (then the process must die); only what a signal
+/// handler may do.
 pub(super) trait Answer {
     fn answer_crash(&self) -> bool;
 }
 
 thread_local! {
     /// The FastCGI response this thread serves (a sink boxed in its request, so its
-    /// address holds until it drops), or none.
-    static SERVING: Cell<Option<NonNull<dyn Answer>>> = const { Cell::new(None) };
+    /// address holds until it drops), or null. One word, stored atomically: the
+    /// handler may interrupt the store.
+    static SERVING: AtomicPtr<()> = const { AtomicPtr::new(std::ptr::null_mut()) };
+}
+
+/// How the handler answers what [`SERVING`] points at (the one type that sets it).
+static ANSWER: OnceLock<unsafe fn(*const ()) -> bool> = OnceLock::new();
+
+/// # Safety
+/// `p` points at a live `T`.
+unsafe fn answer_as<T: Answer>(p: *const ()) -> bool {
+    // SAFETY: the caller's.
+    unsafe { &*p.cast::<T>() }.answer_crash()
 }
 
 /// This thread serves `sink` from now on (its app runs here).
 pub(super) fn serving<T: Answer + 'static>(sink: &T) {
-    SERVING.set(Some(NonNull::from(sink as &dyn Answer)));
+    ANSWER.get_or_init(|| answer_as::<T>);
+    SERVING.with(|s| s.store((sink as *const T).cast_mut().cast(), Ordering::Relaxed));
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// `sink`'s response has ended (or the sink goes): the slot no longer names it.
 pub(super) fn done<T: Answer + 'static>(sink: &T) {
-    if SERVING
-        .get()
-        .is_some_and(|p| std::ptr::addr_eq(p.as_ptr(), sink as *const T))
-    {
-        SERVING.set(None);
-    }
+    let me = (sink as *const T).cast_mut().cast::<()>();
+    SERVING.with(|s| {
+        let _ = s.compare_exchange(
+            me,
+            std::ptr::null_mut(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    });
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// Whatever this thread served is no longer its to answer (the event loop's step
 /// ended, or handed the response to another thread).
 pub fn clear() {
-    SERVING.set(None);
+    SERVING.with(|s| s.store(std::ptr::null_mut(), Ordering::Relaxed));
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// The signals answered, and the actions they had before [`install`].
@@ -107,8 +127,12 @@ pub fn install() {
         return;
     }
     for (i, &sig) in SIGNALS.iter().enumerate() {
-        // Ignored (by whoever started postern): left so.
-        if previous[i].is_none_or(|Action(a)| a.sa_sigaction == libc::SIG_IGN) {
+        // SIGABRT ignored (by whoever started postern) stays so (abort() still ends
+        // the process); a fault ignored is not (the kernel forces its default action
+        // anyway): the handler passes on only the signals sent.
+        if previous[i]
+            .is_none_or(|Action(a)| sig == libc::SIGABRT && a.sa_sigaction == libc::SIG_IGN)
+        {
             continue;
         }
         // SAFETY: sigaction(2) with a handler of the SA_SIGINFO shape, on the thread's
@@ -128,31 +152,45 @@ pub fn install() {
 /// The handler: answers the faulting thread's FastCGI request, then lets the signal
 /// act as it did before; once it answered, the process dies whatever that was.
 extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    let sink = SERVING.replace(None);
-    // A child the app forked has a copy of the slot, not the connection (its fork hook
-    // closed it): nothing of its parent's is its to answer.
-    let answered = !crate::forked::is_app_child()
-        // SAFETY: the slot names a sink alive until it clears it (`done`, on this
-        // thread), and this thread was interrupted while it did not.
-        && sink.is_some_and(|s| unsafe { s.as_ref() }.answer_crash());
     let previous = PREVIOUS
         .get()
         .and_then(|p| SIGNALS.iter().position(|&s| s == sig).and_then(|i| p[i]));
-    // SAFETY: sigaction(2), pthread_sigmask(3) and raise(3) are async-signal-safe;
-    // `info` is the kernel's.
+    // SAFETY: `info` is the kernel's.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    // A fault comes again as its instruction runs again (si_code > 0); a signal sent
+    // (kill, tgkill: `abort` raises SIGABRT so) does not, nor does a machine-check
+    // SIGBUS the kernel sends ahead of any access (BUS_MCEERR_AO).
+    const BUS_MCEERR_AO: libc::c_int = 5;
+    let sent = code <= 0 || (sig == libc::SIGBUS && code == BUS_MCEERR_AO);
+    let ignored = previous.is_some_and(|Action(a)| a.sa_sigaction == libc::SIG_IGN);
+    let sink = SERVING.with(|s| s.swap(std::ptr::null_mut(), Ordering::Relaxed));
+    // A child the app forked has a copy of the slot, not the connection (its fork hook
+    // closed it): nothing of its parent's is its to answer. A signal sent that was
+    // ignored before stays ignored: nothing answered.
+    let answered = !(sink.is_null() || (sent && ignored) || crate::forked::is_app_child())
+        && ANSWER.get().is_some_and(|answer| {
+            // SAFETY: the slot names a sink alive until it clears it (`done`, on this
+            // thread), and this thread was interrupted while it did not; `ANSWER` is
+            // the function of the one type that sets it.
+            unsafe { answer(sink) }
+        });
+    // SAFETY: sigaction(2), pthread_sigmask(3) and raise(3) are async-signal-safe.
     unsafe {
         match previous {
             Some(Action(old)) => libc::sigaction(sig, &old, std::ptr::null_mut()),
             None => default(sig),
         };
-        // A fault (si_code > 0) comes again as its instruction runs again, under the
-        // previous action (which dies: `install` runs before the app can put a handler
-        // of its own under this one). A signal sent (kill, tgkill: `abort` raises
-        // SIGABRT so) is sent again: pending until this returns, or, once a request
+        // A fault returns and comes again under the previous action (which dies:
+        // `install` runs before the app can put a handler of its own under this one).
+        // A signal sent is sent again: pending until this returns, or, once a request
         // was answered, now, unblocked, and then under the default action if the
         // previous one returned (Rust's handler lets a SIGSEGV sent from elsewhere
         // go): a process whose request was answered must not serve on.
-        if info.is_null() || (*info).si_code <= 0 {
+        if sent {
             if answered {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);

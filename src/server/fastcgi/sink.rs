@@ -563,17 +563,14 @@ impl super::crash::Answer for FcgiSink {
     /// Called from the crash handler ([`super::crash`]) of the thread serving this
     /// response, as the process dies: the request is answered 502 with its
     /// END_REQUEST when the app wrote nothing of it, its cut is marked when the app's
-    /// response had started (a reset over TCP, the invalid record on a Unix socket).
-    /// Only what a signal handler may do: atomics, a `try_lock` kept, one send.
-    /// Returns whether it wrote or changed anything (the process must then die).
+    /// response had started (a reset over TCP, the note and the invalid record on a
+    /// Unix socket). Only what a signal handler may do: atomics, a `try_lock` kept,
+    /// a send, a shutdown or a setsockopt. True once it took the connection's write
+    /// lock (kept: the process must die).
     fn answer_crash(&self) -> bool {
         let conn = &*self.conn;
-        if conn.handed_over.load(Ordering::Acquire)
-            || conn.is_broken()
-            || conn.torn.load(Ordering::Acquire)
-            || conn.marking.load(Ordering::Acquire)
-            || conn.last_end.load(Ordering::Acquire)
-        {
+        // Its END_REQUEST is out or going (or postern's 504 is): nothing to do.
+        if self.flags.done.load(Ordering::Acquire) || conn.handed_over.load(Ordering::Acquire) {
             return false;
         }
         // Another thread in the middle of a record (this response's writer): nothing
@@ -582,6 +579,15 @@ impl super::crash::Answer for FcgiSink {
             return false;
         };
         std::mem::forget(lock);
+        // Under the lock, as `mark_cut` looks: a send that failed part way since (a
+        // byte would land inside a record), another request's last END_REQUEST.
+        if conn.is_broken()
+            || conn.torn.load(Ordering::Acquire)
+            || conn.marking.load(Ordering::Acquire)
+            || conn.last_end.load(Ordering::Acquire)
+        {
+            return true;
+        }
         let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
         if self.flags.answer_late() {
             let answer = super::crash::CRASH_ANSWER;
@@ -591,10 +597,10 @@ impl super::crash::Answer for FcgiSink {
             // nginx caches a connection whose END_REQUEST ends what it read, and its
             // next request on it would meet the close of this process (a POST's 502):
             // a record after END_REQUEST makes it close the connection instead, as at
-            // a stop (`FcgiConn::send_last`).
-            let nginx = conn.said_nginx.load(Ordering::Acquire) || conn.nginx.get() == Some(&true);
-            let after: &[u8] = if nginx {
-                &[fcgi::VERSION_1, fcgi::GET_VALUES_RESULT, 0, 0, 0, 0, 0, 0]
+            // a stop (`FcgiConn::send_last`). Any kept connection gets it (the peer
+            // cannot be looked up here); it is dying anyway.
+            let after: &[u8] = if self.keep_conn {
+                &EMPTY_VALUES_RESULT
             } else {
                 &[]
             };
@@ -606,33 +612,30 @@ impl super::crash::Answer for FcgiSink {
             }
             let _ = rustix::net::send(conn.as_fd(), &out[..at], flags);
             let _ = rustix::net::shutdown(conn.as_fd(), rustix::net::Shutdown::Write);
-            true
-        } else if !self.flags.done.load(Ordering::Acquire) {
-            // The app's response had started: cut, as a stop cuts it (its note and
-            // the invalid record on a Unix socket, a reset over TCP), when it is the
-            // connection's only request.
-            let alone = conn.lane_requests.load(Ordering::Acquire) <= 1;
-            if conn.tcp {
-                let _ = conn.sock.set_linger(Some(Duration::ZERO));
-            } else if alone {
-                let mut out = [0u8; 256];
-                let mut at = 0;
-                if self.flags.stderr_on.load(Ordering::Acquire) {
-                    let (h, pad) = fcgi::stream_header(fcgi::STDERR, self.id, CUT_NOTE.len());
-                    for part in [&h[..], CUT_NOTE, &[0u8; 8][..pad]] {
-                        out[at..at + part.len()].copy_from_slice(part);
-                        at += part.len();
-                    }
+        } else if conn.tcp {
+            // The app's response had started: cut, as a stop cuts it.
+            let _ = conn.sock.set_linger(Some(Duration::ZERO));
+        } else if conn.lane_requests.load(Ordering::Acquire) <= 1 {
+            let mut out = [0u8; 256];
+            let mut at = 0;
+            if self.flags.stderr_on.load(Ordering::Acquire) {
+                let (h, pad) = fcgi::stream_header(fcgi::STDERR, self.id, CUT_NOTE.len());
+                for part in [&h[..], CUT_NOTE, &[0u8; 8][..pad]] {
+                    out[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
                 }
-                at += fcgi::HEADER_LEN;
-                let _ = rustix::net::send(conn.as_fd(), &out[..at], flags);
             }
-            true
-        } else {
-            false
+            at += fcgi::HEADER_LEN;
+            let _ = rustix::net::send(conn.as_fd(), &out[..at], flags);
         }
+        true
     }
 }
+
+/// An empty FCGI_GET_VALUES_RESULT record (requestId 0), as
+/// [`fcgi::encode_empty_values_result`] writes it (a unit test checks).
+const EMPTY_VALUES_RESULT: [u8; fcgi::HEADER_LEN] =
+    [fcgi::VERSION_1, fcgi::GET_VALUES_RESULT, 0, 0, 0, 0, 0, 0];
 
 impl Sink for FcgiSink {
     fn serving_here(&self) {
@@ -908,24 +911,35 @@ mod tests {
         (parking, front, socket2::Socket::from(OwnedFd::from(ours)))
     }
 
-    // regression (review 341 LOW): a request answered 504 at --timeout whose worker
-    // was spared (the request ended during the dump) got the access line "client went
-    // away status=200" and counted as a 2xx: its app's writes failed after the 504.
     #[test]
-    fn a_request_answered_late_ends_as_the_504_the_front_server_got() {
-        let (parking, mut front, sock) = front_and_socket();
+    fn the_crash_answers_record_is_the_empty_values_result() {
+        let mut v = Vec::new();
+        fcgi::encode_empty_values_result(&mut v);
+        assert_eq!(v, EMPTY_VALUES_RESULT);
+    }
+
+    /// A kept connection on `sock` and its request 1's sink (with its flags and id).
+    fn kept_request(
+        sock: socket2::Socket,
+        parking: &Arc<super::super::Parking>,
+    ) -> (
+        Arc<FcgiConn>,
+        Arc<ReqFlags>,
+        crate::logging::RequestId,
+        FcgiSink,
+    ) {
         let conn = FcgiConn::new(
             sock,
             "test".into(),
             false,
             0,
             Duration::from_secs(5),
-            &parking,
+            parking,
             None,
         );
         let flags = Arc::new(ReqFlags::default());
         let id = crate::logging::RequestId::generate();
-        let mut sink = FcgiSink::new(
+        let sink = FcgiSink::new(
             Arc::clone(&conn),
             1,
             true,
@@ -933,6 +947,16 @@ mod tests {
             Instant::now(),
             &id,
         );
+        (conn, flags, id, sink)
+    }
+
+    // regression (review 341 LOW): a request answered 504 at --timeout whose worker
+    // was spared (the request ended during the dump) got the access line "client went
+    // away status=200" and counted as a 2xx: its app's writes failed after the 504.
+    #[test]
+    fn a_request_answered_late_ends_as_the_504_the_front_server_got() {
+        let (parking, mut front, sock) = front_and_socket();
+        let (conn, flags, id, mut sink) = kept_request(sock, &parking);
         assert!(flags.answer_late());
         assert!(conn.answer_late(1, true, &flags));
         // The app's response, after the 504: refused, as for a client gone.
@@ -974,25 +998,7 @@ mod tests {
     #[test]
     fn a_late_answer_that_could_not_be_written_ends_as_the_client_gone() {
         let (parking, front, sock) = front_and_socket();
-        let conn = FcgiConn::new(
-            sock,
-            "test".into(),
-            false,
-            0,
-            Duration::from_secs(5),
-            &parking,
-            None,
-        );
-        let flags = Arc::new(ReqFlags::default());
-        let id = crate::logging::RequestId::generate();
-        let mut sink = FcgiSink::new(
-            Arc::clone(&conn),
-            1,
-            true,
-            Arc::clone(&flags),
-            Instant::now(),
-            &id,
-        );
+        let (conn, flags, _id, mut sink) = kept_request(sock, &parking);
         drop(front);
         assert!(flags.answer_late());
         assert!(!conn.answer_late(1, true, &flags));
