@@ -45,6 +45,11 @@ static INTS: AtomicU32 = AtomicU32::new(0);
 /// reaches the whole process group, and the master kills the workers). Before, a
 /// single process had SIGQUIT's default action: it dumped core.
 static QUITS: AtomicU32 = AtomicU32::new(0);
+/// The master's "stop now" to this worker ([`StopNow::code`]; 0: none): a SIGQUIT it
+/// queued ([`stop_now`]) at a second signal, its own SIGQUIT or the stop's deadline.
+/// The worker then cuts its responses and marks them as a single process does, and
+/// the master kills it only if it is still there a moment later.
+static MASTER_QUIT: AtomicU32 = AtomicU32::new(0);
 /// SIGHUPs received since [`install`] (ignored: a single process has no reload
 /// without the master and logs it; a worker leaves reloads to the master).
 static HUPS: AtomicU32 = AtomicU32::new(0);
@@ -153,6 +158,9 @@ static BEGAN: OnceLock<std::time::Instant> = OnceLock::new();
 /// The wake-up pipe (read end, write end), made once per process.
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 
+/// `si_code` of a signal sent with sigqueue(3) (rt_sigqueueinfo), which carries a value.
+const SI_QUEUE: i32 = -1;
+
 /// `si_code` of a signal the kernel sent itself (a terminal's SIGTTIN/SIGTTOU to a
 /// background process group), where an operator's kill(2) has SI_USER.
 const SI_KERNEL: i32 = 0x80;
@@ -231,6 +239,23 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         libc::SIGINT => Some(&INTS),
         libc::SIGHUP => Some(&HUPS),
         libc::SIGQUIT => {
+            if !SINGLE.load(Ordering::SeqCst) {
+                // Only the live master's, queued with its reason: a terminal's Ctrl-\
+                // reaches the whole group (the master stops its workers then), and
+                // one an operator sends a worker alone is ignored.
+                // SAFETY: as for si_pid above; si_value is a plain load of a union
+                // the kernel filled for SI_QUEUE.
+                let why = if code == SI_QUEUE && !info.is_null() {
+                    unsafe { (*info).si_value().sival_ptr as usize as u32 }
+                } else {
+                    0
+                };
+                if why != 0 && master_alive() && sender == PARENT.load(Ordering::SeqCst) {
+                    MASTER_QUIT.store(why, Ordering::SeqCst);
+                    wake();
+                }
+                return;
+            }
             let n = QUITS.fetch_add(1, Ordering::SeqCst) + 1;
             if SINGLE.load(Ordering::SeqCst) {
                 let stopping = n >= 2 || Terms::now().all + INTS.load(Ordering::SeqCst) > 0;
@@ -717,10 +742,77 @@ fn stop_ints() -> u32 {
     }
 }
 
-/// Whether a SIGQUIT asked for an immediate stop: a single process's (a worker
-/// ignores SIGQUIT).
+/// Whether a SIGQUIT asked for an immediate stop: a single process's, or the one a
+/// worker's master queued ([`stop_now`]; a worker ignores any other SIGQUIT).
 fn quit() -> bool {
-    SINGLE.load(Ordering::SeqCst) && QUITS.load(Ordering::SeqCst) > 0
+    (SINGLE.load(Ordering::SeqCst) && QUITS.load(Ordering::SeqCst) > 0)
+        || MASTER_QUIT.load(Ordering::SeqCst) != 0
+}
+
+/// Why a master stops a worker at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopNow {
+    /// A second SIGTERM or SIGINT during the stop (the signal's number).
+    Second(i32),
+    /// SIGQUIT to the master.
+    Quit,
+    /// The stop's deadline passed (`--graceful-timeout`, then an ASGI lifespan
+    /// shutdown's allowance).
+    Deadline,
+}
+
+impl StopNow {
+    /// What is sent with the signal: never 0.
+    const fn code(self) -> u32 {
+        match self {
+            StopNow::Quit => 1,
+            StopNow::Deadline => 2,
+            StopNow::Second(libc::SIGINT) => 3,
+            StopNow::Second(libc::SIGQUIT) => 5,
+            StopNow::Second(_) => 4,
+        }
+    }
+
+    const fn of(code: u32) -> Option<StopNow> {
+        match code {
+            1 => Some(StopNow::Quit),
+            2 => Some(StopNow::Deadline),
+            3 => Some(StopNow::Second(libc::SIGINT)),
+            4 => Some(StopNow::Second(libc::SIGTERM)),
+            5 => Some(StopNow::Second(libc::SIGQUIT)),
+            _ => None,
+        }
+    }
+
+    /// What the cut-off lines say: "request cut off by {this}".
+    pub fn says(self) -> &'static str {
+        match self {
+            StopNow::Quit => "SIGQUIT",
+            StopNow::Deadline => "the stop's deadline (--graceful-timeout, then the ASGI lifespan shutdown's allowance)",
+            StopNow::Second(libc::SIGINT) => "a second signal (SIGINT)",
+            StopNow::Second(libc::SIGQUIT) => "a second signal (SIGQUIT)",
+            StopNow::Second(_) => "a second signal (SIGTERM)",
+        }
+    }
+}
+
+/// The master asks worker `pid` to stop at once, for `why`: a SIGQUIT queued with the
+/// reason, which the worker takes from its live master only ([`master_stop_now`]).
+pub fn stop_now(pid: i32, why: StopNow) -> io::Result<()> {
+    let value = libc::sigval {
+        sival_ptr: why.code() as usize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue has no memory preconditions; the value is a plain integer.
+    if unsafe { libc::sigqueue(pid, libc::SIGQUIT, value) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// In a worker: why its master asked it to stop at once, if it did ([`stop_now`]).
+pub fn master_stop_now() -> Option<StopNow> {
+    StopNow::of(MASTER_QUIT.load(Ordering::SeqCst))
 }
 
 /// The reason [`Waiter::first`] and [`Waiter::second`] give for SIGQUIT: stop now,
@@ -1039,6 +1131,27 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The reason the master queues with its stop now comes back whole in the worker,
+    // and none is 0 (the worker's "no stop now").
+    #[test]
+    fn a_stop_now_reason_survives_the_signal() {
+        for why in [
+            StopNow::Quit,
+            StopNow::Deadline,
+            StopNow::Second(libc::SIGTERM),
+            StopNow::Second(libc::SIGINT),
+            StopNow::Second(libc::SIGQUIT),
+        ] {
+            assert_ne!(why.code(), 0);
+            assert_eq!(StopNow::of(why.code()), Some(why));
+        }
+        assert_eq!(StopNow::of(0), None);
+        assert_eq!(
+            StopNow::Second(libc::SIGTERM).says(),
+            "a second signal (SIGTERM)"
+        );
+    }
 
     // The handler's one add carries a SIGTERM and whether its master sent it, so one
     // load reads both: the halves never carry into each other.

@@ -248,3 +248,58 @@ fn a_one_shot_asgi_response_sets_no_so_linger_and_a_stream_does() {
     ];
     assert_eq!(counts, expected, "SO_LINGER calls per response");
 }
+
+// An ASGI stream over FastCGI on a Unix socket, cut by the master's stop now (a
+// second SIGTERM, SIGQUIT): the worker cuts it and marks it (nginx: `unsupported
+// FastCGI protocol version: 0`) before it exits, with keep-conn or not.
+// regression (probe 346): the master killed its workers at once, and their plain close
+// ended an unbuffered stream as a complete 200.
+#[test]
+fn an_asgi_stream_cut_by_the_masters_stop_now_is_never_complete_for_the_client() {
+    for upstream in [Upstream::FastCgiKeepConn, Upstream::FastCgi] {
+        for signals in [&[libc::SIGTERM, libc::SIGTERM][..], &[libc::SIGQUIT][..]] {
+            let what = format!("{upstream:?} {signals:?}");
+            let Some(bin) = nginx_bin() else {
+                assert!(!in_ci(), "no nginx, and CI=true");
+                return;
+            };
+            let dir = tempdir();
+            let postern = Spawn::asgi_unix(dir.path(), "cut_app", &app())
+                .protocol(upstream.protocol())
+                .args(["--master", "--workers", "2", "--graceful-timeout", "30"])
+                .start();
+            let site = upstream.site(&postern.addr.nginx(), "", "");
+            let nginx = Nginx::start_site(&bin, dir.path(), &site);
+            let s = Stack::from_parts(nginx, postern, dir);
+            assert!(
+                s.postern.wait_log("all 2 workers ready", 20),
+                "{}",
+                s.postern.logs()
+            );
+            let under_way = s.postern.dir.join("under_way");
+            let got = stream_cut_by(s.nginx.port, "/stream", &under_way, &what, || {
+                for (i, &signal) in signals.iter().enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    s.postern.signal(signal);
+                }
+            });
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                parse_http(&got).is_none() && !got.ends_with(b"0\r\n\r\n"),
+                "{what}: a cut body must not look complete: {text}\nnginx:\n{}\npostern:\n{}",
+                s.nginx.error_log(),
+                s.postern.logs()
+            );
+            assert!(
+                s.nginx
+                    .error_log()
+                    .contains("upstream sent unsupported FastCGI protocol version: 0"),
+                "{what}: not marked:\n{}\npostern:\n{}",
+                s.nginx.error_log(),
+                s.postern.logs()
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
-use protocol_tests::stack::{stream_until_cut, Load, Stack};
+use protocol_tests::stack::{stream_until_cut, stream_until_cut_by, Load, Stack};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -1124,6 +1124,43 @@ fn a_stream_cut_at_the_graceful_timeout_is_never_complete_for_the_client() {
                     s.postern.logs()
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn a_stream_cut_by_a_second_signal_or_sigquit_is_never_complete_for_the_client() {
+    // regression (probe 346): the master's stop now (a second SIGTERM, SIGQUIT) killed
+    // its workers at once: their plain close ended an unbuffered stream on a Unix socket
+    // as a complete 200 (curl exit 0), as the --graceful-timeout cut did before it was
+    // marked. The master now asks each serving worker to stop at once (it cuts and marks
+    // its responses) and kills it only a moment later.
+    for signals in [
+        &[libc::SIGTERM, libc::SIGTERM][..],
+        &[libc::SIGQUIT][..],
+        &[libc::SIGTERM, libc::SIGQUIT][..],
+    ] {
+        for (mode, tcp) in [
+            (Mode::Keep, false),
+            (Mode::Plain, false),
+            (Mode::Keep, true),
+        ] {
+            let what = format!("{signals:?} {mode:?} tcp={tcp}");
+            let args = ["--master", "--workers", "2", "--graceful-timeout", "30"];
+            let Some(s) = stack_with(mode, tcp, "", "", &args) else {
+                assert!(!in_ci(), "no nginx, and CI=true");
+                return;
+            };
+            let got = stream_until_cut_by(s.nginx.port, &s.postern, signals, &what);
+            assert_cut_marked(&s, &got, mode, tcp);
+            assert!(
+                s.postern.wait_log(
+                    "FastCGI responses still under way as the process leaves are cut",
+                    10
+                ),
+                "{what}: {}",
+                s.postern.logs()
+            );
         }
     }
 }

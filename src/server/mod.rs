@@ -374,7 +374,10 @@ pub fn run(
                 tracing::warn!("the server is stopping and this worker's listeners were shut down, but its stop never came (did the app or a C extension take SIGTERM?): it stops now");
             })
         });
-        if why == crate::stop::QUIT {
+        if let Some(now) = crate::stop::master_stop_now().filter(|_| why == crate::stop::QUIT) {
+            // The master's stop now came before this worker took its SIGTERM.
+            tracing::info!(pid = std::process::id(), "the master stops this worker now ({}): stopping without waiting for the requests in flight", now.says());
+        } else if why == crate::stop::QUIT {
             tracing::info!("SIGQUIT: stopping now, without waiting for the requests in flight");
         } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
             // No signal began it: none to repeat. With its pid, as the other stop lines:
@@ -615,7 +618,9 @@ pub fn run(
                     second = Some(name);
                     // Stopping now: nothing queued starts in the moment left.
                     queue.halt();
-                    if name != crate::stop::QUIT || why != crate::stop::QUIT {
+                    if let Some(now) = crate::stop::master_stop_now().filter(|_| why != crate::stop::QUIT) {
+                        tracing::warn!(pid = std::process::id(), "the master stops this worker now ({}): without waiting for its requests", now.says());
+                    } else if name != crate::stop::QUIT || why != crate::stop::QUIT {
                         tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
                     }
                     // Nothing may have been running (two signals close together): a drain
@@ -638,7 +643,10 @@ pub fn run(
         // may see a clean end after part of the body: this is their only trace.
         // regression: only a count and a generic line said a stop cut them off.
         if !finished {
+            // The master's stop now says its own reason (a second signal to it).
+            let master_now = crate::stop::master_stop_now();
             let by = match second {
+                _ if master_now.is_some() => format!("by {}", master_now.map_or("", |n| n.says())),
                 _ if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
                 Some(name) => format!("by a second signal ({name})"),
                 None => "at --graceful-timeout".to_owned(),

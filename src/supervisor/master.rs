@@ -28,9 +28,14 @@ use super::{
     WorkerContext, MAX_SLOTS,
 };
 use crate::stats::Cause;
+use crate::stop::StopNow;
 
 /// How long a worker over `--timeout` has to dump its stacks before SIGKILL.
 pub(super) const DUMP_GRACE: Duration = Duration::from_millis(500);
+/// How long a worker the stop asked to stop at once ([`Worker::stop_now`]) has to cut
+/// and mark its responses and exit before it is killed: its own stop now gives the
+/// marks 500 ms, the drain before them 100 ms.
+const QUIT_GRACE: Duration = Duration::from_millis(1500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
 /// A worker that could not be started (fork, its pipe, no slot) is tried again after
@@ -83,6 +88,9 @@ struct Worker {
     /// That SIGKILL was for running past --graceful-timeout (its exit counts as
     /// `killed` in the metrics).
     late: bool,
+    /// The stop asked it to stop at once ([`Worker::stop_now`]), why, and when it is
+    /// killed if it is still there (None once it was).
+    quit: Option<(StopNow, Option<Instant>)>,
     /// Killed before a stop began: its exit does not make the stop unclean.
     before_stop: bool,
     /// Said once that it is still starting after [`BOOT_WARN`].
@@ -136,6 +144,7 @@ impl Worker {
             told: None,
             sigkilled: false,
             late: false,
+            quit: None,
             before_stop: false,
             slow_boot_said: false,
             start_timed_out: false,
@@ -217,11 +226,13 @@ impl Worker {
     /// worker cannot name them itself).
     // regression: a stop's second signal killed a worker's requests unnamed.
     fn name_cut_offs_for(&self, board: &Scoreboard, why: &str) {
-        self.name_running(
-            board,
-            self.condemned_for,
-            &format!("its worker is killed for {why}"),
-        );
+        self.name_cut_offs_as(board, &format!("its worker is killed for {why}"));
+    }
+
+    /// What the worker ran and had waiting, each named: cut off because `its` ("its
+    /// worker is killed for ...").
+    fn name_cut_offs_as(&self, board: &Scoreboard, its: &str) {
+        self.name_running(board, self.condemned_for, its);
         // What it had read whole and not started (published by its stop, which began
         // with the dump) dies too: the first few are named (its waiting lines), the
         // rest counted. One started since its publication is on a running line, named
@@ -246,7 +257,7 @@ impl Worker {
                 pid = raw(self.pid),
                 request = %crate::logging::Untrusted(line.desc().as_bytes()),
                 request_id = %id,
-                "request cut off: its worker is killed for {why} before it started it (it had come whole and waited for the app; its front server gets an error)"
+                "request cut off: {its} before it started it (it had come whole and waited for the app; its front server gets an error)"
             );
         }
         let more = waiting - named;
@@ -259,7 +270,7 @@ impl Worker {
             tracing::warn!(
                 pid = raw(self.pid),
                 waiting = more,
-                "requests cut off{besides}: its worker is killed for {why} before it started them (they had come whole and waited for the app; their front server gets an error)"
+                "requests cut off{besides}: {its} before it started them (they had come whole and waited for the app; their front server gets an error)"
             );
         }
     }
@@ -335,6 +346,47 @@ impl Worker {
             // here and cut off the requests this was meant to spare.
             self.term();
         }
+    }
+
+    /// The stop ends it at once, for `why` (a second signal, SIGQUIT, the stop's
+    /// deadline). One that served is asked to stop now ([`crate::stop::stop_now`]): it
+    /// cuts its FastCGI responses and marks them, names its requests with their access
+    /// lines, and exits; it is killed only if still there [`QUIT_GRACE`] later
+    /// ([`Worker::kill_if_still_there`]). A plain kill closed its connections
+    /// unmarked, and nginx took an unbuffered stream on a Unix socket for a whole
+    /// response. regression (probe 346): a second signal or SIGQUIT ended such a
+    /// stream as a complete 200 (curl exit 0). One that never served has nothing to
+    /// cut (killed at once), and one already asked is killed now (a third signal).
+    fn stop_now(&mut self, why: StopNow) {
+        if self.served
+            && self.quit.is_none()
+            && !self.sigkilled
+            && crate::stop::stop_now(raw(self.pid), why).is_ok()
+        {
+            self.quit = Some((why, Some(Instant::now() + QUIT_GRACE)));
+            self.sigkilled = true;
+            return;
+        }
+        if let Some((_, kill_at)) = &mut self.quit {
+            *kill_at = None;
+        }
+        signal(self.pid, Signal::KILL);
+        self.sigkilled = true;
+    }
+
+    /// A worker asked to stop now that is still there at its [`QUIT_GRACE`]: killed,
+    /// what it still runs named (it did not get to). Returns when that is due, if not yet.
+    fn kill_if_still_there(&mut self, board: &Scoreboard, now: Instant) -> Option<Instant> {
+        let Some((why, Some(kill_at))) = self.quit else {
+            return None;
+        };
+        if now < kill_at {
+            return Some(kill_at);
+        }
+        self.quit = Some((why, None));
+        self.name_cut_offs_for(board, why.says());
+        signal(self.pid, Signal::KILL);
+        None
     }
 
     /// Kills the worker if it is still importing the app (it never served, and will
@@ -2041,13 +2093,28 @@ impl Master {
                 // It ended before the master's kill (its own --graceful-timeout).
                 w.name_cut_offs(&self.board);
             }
-            let by_master = w.sigkilled && status.terminating_signal() == Some(libc::SIGKILL);
+            // One asked to stop at once ended by the master's doing whether it exited
+            // by itself (having cut its requests) or was killed.
+            let by_master = w.sigkilled
+                && (status.terminating_signal() == Some(libc::SIGKILL) || w.quit.is_some());
             let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
             let signal_in_import = status.terminating_signal().filter(|_| failed_start);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
             let was_running = self.board.running(w.slot);
             let was_waiting = self.board.waiting(w.slot);
+            // An ASGI worker asked to stop at once that exited by itself cancelled no
+            // task (no time for it) and named none: its scoreboard lines (the oldest
+            // tasks) are, as its kill named them before. A WSGI worker named each of
+            // its own, with its access line.
+            if let Some((why, Some(_))) = w.quit {
+                if self.board.serves_asgi(w.slot) && status.exit_status().is_some() {
+                    w.name_cut_offs_as(
+                        &self.board,
+                        &format!("its worker stopped at once for {}", why.says()),
+                    );
+                }
+            }
             // A start that failed after the import: an ASGI lifespan startup's (a WSGI
             // worker's would be its server's setup: said in the worker's own line).
             let after_import = self.board.import_over(w.slot) && self.board.serves_asgi(w.slot);
@@ -2071,7 +2138,7 @@ impl Master {
                 },
                 self.fleet(),
             );
-            let late = w.late && status.terminating_signal() == Some(libc::SIGKILL);
+            let late = w.late && by_master;
             self.board
                 .count_exit(if late { Cause::Killed } else { j.cause });
             // A worker that died on its own (a crash: SIGSEGV, SIGABRT, the OOM killer,
@@ -2171,7 +2238,17 @@ impl Master {
                 }
                 Verdict::BootFailed => {
                     tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import));
-                    self.stop_all(true);
+                    // The first start failed: nothing was served yet, nothing to cut.
+                    for w in &mut self.workers {
+                        let cause = if w.start_timed_out {
+                            Cause::BootFailure
+                        } else {
+                            Cause::Stop
+                        };
+                        w.mark_retiring(&self.board, cause);
+                        signal(w.pid, Signal::KILL);
+                        w.sigkilled = true;
+                    }
                     return Err(SupervisorError::BootFailed);
                 }
                 Verdict::Rollback => {
@@ -2279,7 +2356,7 @@ impl Master {
                 }
                 Verdict::CrashLoop => {
                     tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import));
-                    self.stop_all(false);
+                    self.stop_all(None);
                     return Err(SupervisorError::CrashLoop(self.boot_failures));
                 }
                 Verdict::Replace if j.cause == Cause::Signal => {
@@ -2509,15 +2586,9 @@ impl Master {
         }
     }
 
-    /// Asks every worker to stop (SIGTERM), or kills them (`now`).
-    /// Names the requests each served worker runs before a kill for `why` cuts them off.
-    fn name_all_cut_offs(&self, why: &str) {
-        for w in self.workers.iter().filter(|w| w.served && !w.sigkilled) {
-            w.name_cut_offs_for(&self.board, why);
-        }
-    }
-
-    fn stop_all(&mut self, now: bool) {
+    /// Asks every worker to stop (SIGTERM), or to stop at once (`now`, for that reason:
+    /// [`Worker::stop_now`]).
+    fn stop_all(&mut self, now: Option<StopNow>) {
         // A lone worker deaf to SIGTERM has no sibling to shut a TCP listener under it
         // once the listen queue is served (the master shuts only Unix ones): it is
         // woken to see its mark at once, as at a drain, not at its next look (up to a
@@ -2533,7 +2604,7 @@ impl Master {
             // them off. (One condemned for --timeout had its SIGTERM with the dump:
             // `term` sends no second one; `now` kills it.)
             let draining = w.phase.draining() || self.board.self_retired(w.slot).is_some();
-            if !now && draining {
+            if now.is_none() && draining {
                 continue;
             }
             // One the master killed at --worker-start-timeout is leaving for that
@@ -2545,9 +2616,8 @@ impl Master {
                 Cause::Stop
             };
             w.mark_retiring(&self.board, cause);
-            if now {
-                signal(w.pid, Signal::KILL);
-                w.sigkilled = true;
+            if let Some(why) = now {
+                w.stop_now(why);
             } else {
                 if alone {
                     w.nudge();
@@ -2622,8 +2692,7 @@ impl Master {
         // regression: each said "letting in-flight requests finish (a second signal
         // stops at once)" and was killed 7 ms later.
         if now {
-            self.name_all_cut_offs("SIGQUIT");
-            self.stop_all(true);
+            self.stop_all(Some(StopNow::Quit));
         }
         // Sockets systemd passed stay open in systemd for the next start: left alone.
         for l in listeners.iter().filter(|l| !l.inherited) {
@@ -2640,7 +2709,7 @@ impl Master {
         // with the stop exiting 0.
         let others_serve = self.workers.iter().any(|w| self.serves_queue(w));
         if !now {
-            self.stop_all(false);
+            self.stop_all(None);
             if others_serve {
                 self.abandon_imports();
             }
@@ -2701,17 +2770,22 @@ impl Master {
                 tracing::warn!(
                     left = self.workers.len(),
                     requests = self.running(),
-                    "workers still running after --graceful-timeout (and an ASGI lifespan shutdown); killing them"
+                    "workers still running after --graceful-timeout (and an ASGI lifespan shutdown); stopping them at once, killing them if still there 1.5 s later"
                 );
                 for w in &mut self.workers {
                     w.late = true;
                 }
-                self.stop_all(true);
+                self.stop_all(Some(StopNow::Deadline));
                 // SIGCHLD says when they are gone.
                 deadline = None;
             }
             // A worker already leaving when the stop came keeps its own deadline.
             let mut due = earliest(earliest(deadline, wsgi_due), self.overdue(Instant::now()));
+            // A worker asked to stop at once is killed if still there a moment later.
+            let at = Instant::now();
+            for w in &mut self.workers {
+                due = earliest(due, w.kill_if_still_there(&self.board, at));
+            }
             // A worker condemned for --timeout is still killed when its stacks are
             // dumped: its request will not finish, so it must not hold the stop up
             // until --graceful-timeout.
@@ -2755,10 +2829,9 @@ impl Master {
                         requests = self.running(),
                         waiting,
                         in_listen_queue,
-                        "second signal: killing the workers now"
+                        "second signal: the workers stop now (each cuts and marks what it runs; one still there 1.5 s later is killed)"
                     );
-                    self.name_all_cut_offs(&format!("a second signal ({})", signals::name(s)));
-                    self.stop_all(true);
+                    self.stop_all(Some(StopNow::Second(s)));
                 } else if s == libc::SIGUSR1 {
                     // The log files are reopened during a stop too (logrotate's
                     // postrotate does not wait for it).

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | SIGHUP | reload: start a new generation, then gracefully stop the old one |
 //! | SIGTERM, SIGINT | graceful stop: workers drain (up to --graceful-timeout), then exit |
-//! | SIGQUIT | immediate stop: SIGKILL to every worker |
+//! | SIGQUIT | immediate stop: each worker is told to stop at once (it cuts and marks its responses), and killed if still there 1.5 s later |
 //! | SIGTTIN / SIGTTOU | one worker more / less |
 //! | SIGCHLD | reap; a worker that died unexpectedly is logged and replaced |
 //! | SIGUSR1 | reopen the log files (logrotate), then forward SIGUSR1 to every worker |
