@@ -45,8 +45,9 @@ static INTS: AtomicU32 = AtomicU32::new(0);
 /// reaches the whole process group, and the master kills the workers). Before, a
 /// single process had SIGQUIT's default action: it dumped core.
 static QUITS: AtomicU32 = AtomicU32::new(0);
-/// The master's "stop now" to this worker ([`StopNow::code`]; 0: none): a SIGQUIT it
-/// queued ([`stop_now`]) at a second signal, its own SIGQUIT or the stop's deadline.
+/// The master's "stop now" to this worker ([`StopNow::code`]; 0: none): the signal it
+/// queued ([`stop_now`]) at a second signal, its own SIGQUIT, the stop's deadline or
+/// a `--timeout` kill.
 /// The worker then cuts its responses and marks them as a single process does, and
 /// the master kills it only if it is still there a moment later.
 static MASTER_QUIT: AtomicU32 = AtomicU32::new(0);
@@ -158,6 +159,17 @@ static BEGAN: OnceLock<std::time::Instant> = OnceLock::new();
 /// The wake-up pipe (read end, write end), made once per process.
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 
+/// The signal that carries the master's stop now ([`stop_now`]): a real-time one, which
+/// queues (a second SIGQUIT pending is dropped: a terminal's Ctrl-\ to the whole group
+/// still pending in the worker swallowed the master's) and which no terminal sends.
+/// Set at [`install`]: SIGRTMIN is the C library's to say.
+static STOP_NOW_SIGNAL: AtomicI32 = AtomicI32::new(-1);
+
+/// [`STOP_NOW_SIGNAL`]'s number.
+fn stop_now_signal() -> i32 {
+    libc::SIGRTMIN() + 5
+}
+
 /// `si_code` of a signal sent with sigqueue(3) (rt_sigqueueinfo), which carries a value.
 const SI_QUEUE: i32 = -1;
 
@@ -222,6 +234,22 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         }
         return;
     }
+    if signal == STOP_NOW_SIGNAL.load(Ordering::Relaxed) {
+        // Only the live master's, queued with its reason ([`stop_now`]); anyone
+        // else's is ignored.
+        // SAFETY: as for si_pid above; si_value is a plain load of the union the
+        // kernel filled for SI_QUEUE.
+        let why = if code == SI_QUEUE && !info.is_null() {
+            unsafe { (*info).si_value().sival_ptr as usize as u32 }
+        } else {
+            0
+        };
+        if why != 0 && master_alive() && sender == PARENT.load(Ordering::SeqCst) {
+            MASTER_QUIT.store(why, Ordering::SeqCst);
+            wake();
+        }
+        return;
+    }
     let ignored = match signal {
         libc::SIGTTIN => Some(&TTINS),
         libc::SIGTTOU => Some(&TTOUS),
@@ -239,23 +267,6 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         libc::SIGINT => Some(&INTS),
         libc::SIGHUP => Some(&HUPS),
         libc::SIGQUIT => {
-            if !SINGLE.load(Ordering::SeqCst) {
-                // Only the live master's, queued with its reason: a terminal's Ctrl-\
-                // reaches the whole group (the master stops its workers then), and
-                // one an operator sends a worker alone is ignored.
-                // SAFETY: as for si_pid above; si_value is a plain load of a union
-                // the kernel filled for SI_QUEUE.
-                let why = if code == SI_QUEUE && !info.is_null() {
-                    unsafe { (*info).si_value().sival_ptr as usize as u32 }
-                } else {
-                    0
-                };
-                if why != 0 && master_alive() && sender == PARENT.load(Ordering::SeqCst) {
-                    MASTER_QUIT.store(why, Ordering::SeqCst);
-                    wake();
-                }
-                return;
-            }
             let n = QUITS.fetch_add(1, Ordering::SeqCst) + 1;
             if SINGLE.load(Ordering::SeqCst) {
                 let stopping = n >= 2 || Terms::now().all + INTS.load(Ordering::SeqCst) > 0;
@@ -500,7 +511,8 @@ fn held_mask(how: libc::c_int) -> io::Result<()> {
 }
 
 /// Installs the counting handler for SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGTTIN and
-/// SIGTTOU, in a single process SIGUSR2 too (and the one for [`MASTER_DEATH`]), or puts
+/// SIGTTOU, in a single process SIGUSR2 too (and the ones for [`MASTER_DEATH`] and
+/// [`STOP_NOW_SIGNAL`]), or puts
 /// it back. The counts are kept across calls. In a forked worker it must run
 /// before the signals the master blocked are unblocked, so that none reaches the
 /// default action; the server calls it again once the app is imported, and says so
@@ -522,12 +534,14 @@ pub fn install(single: bool) -> Result<(), StopError> {
         WAKE.store(write.as_raw_fd(), Ordering::SeqCst);
         let _ = PIPE.set((read, write));
     }
+    STOP_NOW_SIGNAL.store(stop_now_signal(), Ordering::Relaxed);
     let signals = [
         (libc::SIGTERM, "SIGTERM"),
         (libc::SIGINT, "SIGINT"),
         (libc::SIGHUP, "SIGHUP"),
         (libc::SIGQUIT, "SIGQUIT"),
         (MASTER_DEATH, "SIGURG"),
+        (stop_now_signal(), "SIGRTMIN+5"),
         (libc::SIGTTIN, "SIGTTIN"),
         (libc::SIGTTOU, "SIGTTOU"),
     ];
@@ -742,8 +756,8 @@ fn stop_ints() -> u32 {
     }
 }
 
-/// Whether a SIGQUIT asked for an immediate stop: a single process's, or the one a
-/// worker's master queued ([`stop_now`]; a worker ignores any other SIGQUIT).
+/// Whether a SIGQUIT asked for an immediate stop (a single process's: a worker ignores
+/// SIGQUIT), or a worker's master did ([`stop_now`]).
 fn quit() -> bool {
     (SINGLE.load(Ordering::SeqCst) && QUITS.load(Ordering::SeqCst) > 0)
         || MASTER_QUIT.load(Ordering::SeqCst) != 0
@@ -759,6 +773,9 @@ pub enum StopNow {
     /// The stop's deadline passed (`--graceful-timeout`, then an ASGI lifespan
     /// shutdown's allowance).
     Deadline,
+    /// The worker is condemned for `--timeout` (a request past it, or its event loop
+    /// blocked) and its stack dump is over: the master has named what it cuts off.
+    Timeout,
 }
 
 impl StopNow {
@@ -767,6 +784,7 @@ impl StopNow {
         match self {
             StopNow::Quit => 1,
             StopNow::Deadline => 2,
+            StopNow::Timeout => 6,
             StopNow::Second(libc::SIGINT) => 3,
             StopNow::Second(libc::SIGQUIT) => 5,
             StopNow::Second(_) => 4,
@@ -780,6 +798,7 @@ impl StopNow {
             3 => Some(StopNow::Second(libc::SIGINT)),
             4 => Some(StopNow::Second(libc::SIGTERM)),
             5 => Some(StopNow::Second(libc::SIGQUIT)),
+            6 => Some(StopNow::Timeout),
             _ => None,
         }
     }
@@ -789,6 +808,7 @@ impl StopNow {
         match self {
             StopNow::Quit => "SIGQUIT",
             StopNow::Deadline => "the stop's deadline (--graceful-timeout, then the ASGI lifespan shutdown's allowance)",
+            StopNow::Timeout => "--timeout",
             StopNow::Second(libc::SIGINT) => "a second signal (SIGINT)",
             StopNow::Second(libc::SIGQUIT) => "a second signal (SIGQUIT)",
             StopNow::Second(_) => "a second signal (SIGTERM)",
@@ -796,14 +816,15 @@ impl StopNow {
     }
 }
 
-/// The master asks worker `pid` to stop at once, for `why`: a SIGQUIT queued with the
-/// reason, which the worker takes from its live master only ([`master_stop_now`]).
+/// The master asks worker `pid` to stop at once, for `why`: [`STOP_NOW_SIGNAL`] queued
+/// with the reason, which the worker takes from its live master only
+/// ([`master_stop_now`]).
 pub fn stop_now(pid: i32, why: StopNow) -> io::Result<()> {
     let value = libc::sigval {
         sival_ptr: why.code() as usize as *mut libc::c_void,
     };
     // SAFETY: sigqueue has no memory preconditions; the value is a plain integer.
-    if unsafe { libc::sigqueue(pid, libc::SIGQUIT, value) } == 0 {
+    if unsafe { libc::sigqueue(pid, stop_now_signal(), value) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -1139,6 +1160,7 @@ mod tests {
         for why in [
             StopNow::Quit,
             StopNow::Deadline,
+            StopNow::Timeout,
             StopNow::Second(libc::SIGTERM),
             StopNow::Second(libc::SIGINT),
             StopNow::Second(libc::SIGQUIT),

@@ -639,6 +639,25 @@ impl Postern {
         false
     }
 
+    /// Whether a worker killed for `--timeout` has exited within `secs`: its exit line
+    /// (`worker exited … cause="timeout"`). The master asks it to stop at once after its
+    /// stack dump, so it exits by itself (`how=exit code 1`) or is killed 1.5 s later
+    /// (`how=killed by SIGKILL`).
+    pub fn wait_timeout_exit(&self, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self
+                .logs()
+                .lines()
+                .any(|l| l.contains("worker exited") && l.contains("cause=\"timeout\""))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
     /// The pids of the workers that logged `worker ready`, in the order they did.
     pub fn ready_worker_pids(&self) -> Vec<i32> {
         self.logs()

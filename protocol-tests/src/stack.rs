@@ -350,12 +350,18 @@ pub fn assert_streams_at(port: u16, dir: &Path, postern: &Postern) {
 /// end. Fails (`what`: which run) if the stream ends before chunk 1, or runs on for 15 s
 /// after the signal (a bound against a hang: the whole stream takes 20 s).
 pub fn stream_until_cut(port: u16, postern: &Postern, signal: i32, what: &str) -> Vec<u8> {
-    stream_until_cut_by(port, postern, &[signal], what)
+    stream_until_cut_by(port, postern, &[(0, signal)], what)
 }
 
-/// As [`stream_until_cut`], with `signals` sent one after the other, 300 ms apart (a
-/// second stop signal, not the same one again).
-pub fn stream_until_cut_by(port: u16, postern: &Postern, signals: &[i32], what: &str) -> Vec<u8> {
+/// As [`stream_until_cut`], with `signals` sent one after the other, each (ms, signal)
+/// that many milliseconds after the one before (300 ms: a second stop signal, not the
+/// same one again).
+pub fn stream_until_cut_by(
+    port: u16,
+    postern: &Postern,
+    signals: &[(u64, i32)],
+    what: &str,
+) -> Vec<u8> {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     c.write_all(b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -367,10 +373,8 @@ pub fn stream_until_cut_by(port: u16, postern: &Postern, signals: &[i32], what: 
         assert!(n > 0, "{what}: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
-    for (i, &signal) in signals.iter().enumerate() {
-        if i > 0 {
-            std::thread::sleep(Duration::from_millis(300));
-        }
+    for &(ms, signal) in signals {
+        std::thread::sleep(Duration::from_millis(ms));
         postern.signal(signal);
     }
     let started = Instant::now();

@@ -297,7 +297,22 @@ fn an_asgi_stream_cut_by_the_masters_stop_now_is_never_complete_for_the_client()
                     .error_log()
                     .contains("upstream sent unsupported FastCGI protocol version: 0"),
                 "{what}: not marked:\n{}\npostern:\n{}",
-                s.nginx.error_log(),
+                s.postern.logs(),
+                s.nginx.error_log()
+            );
+            // The worker cancels no task (no time for it): the master names the
+            // request from the worker's scoreboard once it has exited, once.
+            let named = |l: &&str| l.contains("request cut off: its worker stops at once for");
+            assert!(
+                s.postern
+                    .wait_log("request cut off: its worker stops at once for", 10),
+                "{what}: {}",
+                s.postern.logs()
+            );
+            assert_eq!(
+                s.postern.logs().lines().filter(named).count(),
+                1,
+                "{what}: {}",
                 s.postern.logs()
             );
         }

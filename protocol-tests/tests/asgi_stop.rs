@@ -680,7 +680,7 @@ await send({"type": "http.response.body", "body": b"ok"})
     // The request past --timeout is answered 504 before the kill (timeout_answer.rs):
     // its worker's I/O thread answers, though the loop is blocked.
     assert_eq!(fcgi::status(&mut blocked), Some(504), "{}", p.logs());
-    assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
+    assert!(p.wait_timeout_exit(10), "{}", p.logs());
     let logs = p.logs();
     let next = logs
         .lines()

@@ -1135,10 +1135,13 @@ fn a_stream_cut_by_a_second_signal_or_sigquit_is_never_complete_for_the_client()
     // as a complete 200 (curl exit 0), as the --graceful-timeout cut did before it was
     // marked. The master now asks each serving worker to stop at once (it cuts and marks
     // its responses) and kills it only a moment later.
+    // A third signal right after the second (Ctrl-C three times) keeps the workers'
+    // grace: regression (probe 351): it killed them at once, unmarked and unnamed.
     for signals in [
-        &[libc::SIGTERM, libc::SIGTERM][..],
-        &[libc::SIGQUIT][..],
-        &[libc::SIGTERM, libc::SIGQUIT][..],
+        &[(0, libc::SIGTERM), (300, libc::SIGTERM)][..],
+        &[(0, libc::SIGQUIT)][..],
+        &[(0, libc::SIGTERM), (300, libc::SIGQUIT)][..],
+        &[(0, libc::SIGTERM), (300, libc::SIGTERM), (60, libc::SIGINT)][..],
     ] {
         for (mode, tcp) in [
             (Mode::Keep, false),
@@ -1162,6 +1165,79 @@ fn a_stream_cut_by_a_second_signal_or_sigquit_is_never_complete_for_the_client()
                 s.postern.logs()
             );
         }
+    }
+}
+
+#[test]
+fn a_stream_cut_by_a_sigquit_to_the_whole_process_group_is_never_complete() {
+    // regression (probe 351): a terminal's Ctrl-\ (SIGQUIT to the whole process group)
+    // still pending in a worker swallowed the master's stop now, then sent as a second
+    // SIGQUIT (one of a kind is pending at a time): the worker ignored the group's, was
+    // killed 1.5 s later, and its streams ended unmarked as complete 200s. The master's
+    // stop now is a real-time signal now, which queues.
+    use std::os::unix::process::CommandExt;
+    let Some(bin) = nginx_bin() else {
+        assert!(!in_ci(), "no nginx, and CI=true");
+        return;
+    };
+    for round in 0..3 {
+        let dir = tempdir();
+        let spawn = Spawn::unix(dir.path(), &testapp())
+            .protocol("fastcgi")
+            .args(["--master", "--workers", "2", "--graceful-timeout", "30"]);
+        let mut cmd = spawn.command();
+        cmd.process_group(0);
+        let postern = Postern::spawn(cmd, spawn.addr().clone(), dir.path(), None);
+        assert!(
+            postern.wait_log("all 2 workers ready", 20),
+            "{}",
+            postern.logs()
+        );
+        let pass = postern.addr.nginx();
+        let nginx = Nginx::start_site(&bin, dir.path(), &site(Mode::Keep, &pass, "", ""));
+        let s = Stack::from_parts(nginx, postern, dir);
+        let pgid = s.postern.pid();
+        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(
+            b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "round {round}: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        // SAFETY: a signal to the process group of the postern started here (its own).
+        unsafe { libc::kill(-pgid, libc::SIGQUIT) };
+        let _ = c.read_to_end(&mut got);
+        assert_cut_marked(&s, &got, Mode::Keep, false);
+    }
+}
+
+#[test]
+fn a_stream_cut_by_its_timeout_kill_is_never_complete_for_the_client() {
+    // regression (probe 346): a worker killed for --timeout closed its connections
+    // unmarked, and a stream it was sending (the one past --timeout, or another)
+    // reached the client as a complete 200 through nginx on a Unix socket. The master
+    // now asks it to stop at once after the stack dump, so that it cuts and marks them.
+    for (mode, tcp) in [(Mode::Keep, false), (Mode::Plain, false)] {
+        let what = format!("{mode:?} tcp={tcp}");
+        let args = ["--master", "--workers", "1", "--timeout", "2"];
+        let Some(s) = stack_with(mode, tcp, "", "", &args) else {
+            assert!(!in_ci(), "no nginx, and CI=true");
+            return;
+        };
+        let got = stream_until_cut_by(s.nginx.port, &s.postern, &[], &what);
+        assert_cut_marked(&s, &got, mode, tcp);
+        assert!(
+            s.postern
+                .wait_log("the master stops this worker now (--timeout)", 10),
+            "{what}: {}",
+            s.postern.logs()
+        );
     }
 }
 

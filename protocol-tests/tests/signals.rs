@@ -308,7 +308,7 @@ fn a_stop_that_kills_idle_stuck_workers_says_no_request_was_running() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
     let logs = p.logs();
     assert!(
-        logs.contains("stopped uncleanly: 2 workers killed past --graceful-timeout or by a second signal; no request was running; exit code 1"),
+        logs.contains("stopped uncleanly: 2 workers stopped at once or killed (past --graceful-timeout, a second signal); no request was running; exit code 1"),
         "{logs}"
     );
     assert!(!logs.contains("cut off"), "{logs}");
@@ -773,7 +773,7 @@ fn a_stop_keeps_the_deadline_of_a_worker_already_leaving() {
     assert!(warnings[0].contains("cause=\"reload\""), "{}", warnings[0]);
     let logs = p.logs();
     assert!(
-        logs.contains("stopped uncleanly: 1 worker killed past --graceful-timeout or by a second signal; no request was running"),
+        logs.contains("stopped uncleanly: 1 worker stopped at once or killed (past --graceful-timeout, a second signal); no request was running"),
         "{logs}"
     );
     assert!(!logs.contains("WSGI workers still running"), "{logs}");

@@ -329,7 +329,7 @@ fn requests_read_whole_and_cut_off_by_a_timeout_kill_are_named_in_the_log() {
     let mut out = Vec::new();
     let _ = a.read_to_end(&mut out);
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
-    assert!(p.wait_log("killed by SIGKILL", 10), "{}", p.logs());
+    assert!(p.wait_timeout_exit(10), "{}", p.logs());
     let logs = p.logs();
     let named: Vec<&str> = logs
         .lines()

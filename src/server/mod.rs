@@ -337,6 +337,13 @@ pub fn run(
         // after "ready" to a single process was lost under SIG_IGN).
         on_ready();
         let why = stops.first().await;
+        // Stopping now (SIGQUIT, the master's stop now): nothing queued or taken from
+        // the listen queues from here on starts; it is counted as cut off.
+        // regression (review 350): an immediate stop served the listen queue for the
+        // moment of its drain, and cut what it started 100 ms later.
+        if why == crate::stop::QUIT {
+            queue.halt();
+        }
         // A stop signal to this worker from someone other than its master is mostly one
         // to the whole process group (systemd's KillMode=control-group, `timeout`),
         // which reaches the master too: it marks the whole server
@@ -660,7 +667,11 @@ pub fn run(
             } else {
                 "this worker is leaving (a reload, SIGTTOU, recycling)"
             };
-            crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
+            // Condemned for --timeout, the master named them as it stopped this worker.
+            let named = master_now == Some(crate::stop::StopNow::Timeout);
+            if !named {
+                crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
+            }
             let never = queue.queued();
             // Published now: what a worker took from the listen queue in its last
             // moments (at --graceful-timeout, when it stops sharing the queue) would
@@ -670,7 +681,7 @@ pub fn run(
                 m.waiting_named(&queue.first_queued(NAMED_WAITING));
                 m.waiting(never);
             }
-            if never > 0 {
+            if never > 0 && !named {
                 tracing::warn!(
                     requests = never,
                     "requests were still waiting for their turn (never started) when the running ones were cut off {by} ({leaving}): their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
@@ -711,7 +722,15 @@ pub fn run(
         } else {
             "requests still running"
         };
-        tracing::warn!("{what}, {when} (--graceful-timeout, a second signal or SIGQUIT)");
+        match crate::stop::master_stop_now() {
+            Some(now) => tracing::warn!(
+                "{what}, when the master stopped this worker at once ({})",
+                now.says()
+            ),
+            None => {
+                tracing::warn!("{what}, {when} (--graceful-timeout, a second signal or SIGQUIT)")
+            }
+        }
     }
     // The clients counted at --head-timeout since the last summary are said now:
     // the task that would say them at the window's end goes with the runtime.

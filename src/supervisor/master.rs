@@ -88,9 +88,8 @@ struct Worker {
     /// That SIGKILL was for running past --graceful-timeout (its exit counts as
     /// `killed` in the metrics).
     late: bool,
-    /// The stop asked it to stop at once ([`Worker::stop_now`]), why, and when it is
-    /// killed if it is still there (None once it was).
-    quit: Option<(StopNow, Option<Instant>)>,
+    /// The stop asked it to stop at once ([`Worker::stop_now`]).
+    quit: Option<Quit>,
     /// Killed before a stop began: its exit does not make the stop unclean.
     before_stop: bool,
     /// Said once that it is still starting after [`BOOT_WARN`].
@@ -326,10 +325,25 @@ impl Worker {
             Some(Condemned::Loop(beat)) => board.beat(self.slot) == Some(beat),
             Some(Condemned::Silent(seen)) => board.seen(self.slot) == Some(seen),
         };
+        if self.quit.is_some() {
+            // The stop asked it to stop at once during the dump: it cuts and names its
+            // requests itself, and is killed if still there at the end of that grace.
+            self.phase.killed();
+            return;
+        }
         if still_running {
             self.name_cut_offs(board);
-            signal(self.pid, Signal::KILL);
-            self.sigkilled = true;
+            // Asked to stop at once, so that it cuts and marks its FastCGI responses
+            // under way (a plain kill closed them unmarked: nginx took an unbuffered
+            // stream on a Unix socket for a whole response); killed 1.5 s later if
+            // still there. One condemned for its silence cannot act on it (stopped,
+            // stuck in the kernel): killed now.
+            if matches!(self.condemned_for, Some(Condemned::Silent(_))) {
+                signal(self.pid, Signal::KILL);
+                self.sigkilled = true;
+            } else {
+                self.stop_now(board, StopNow::Timeout);
+            }
             self.phase.killed();
         } else {
             let what = match self.condemned_for {
@@ -355,20 +369,40 @@ impl Worker {
     /// ([`Worker::kill_if_still_there`]). A plain kill closed its connections
     /// unmarked, and nginx took an unbuffered stream on a Unix socket for a whole
     /// response. regression (probe 346): a second signal or SIGQUIT ended such a
-    /// stream as a complete 200 (curl exit 0). One that never served has nothing to
-    /// cut (killed at once), and one already asked is killed now (a third signal).
-    fn stop_now(&mut self, why: StopNow) {
-        if self.served
-            && self.quit.is_none()
+    /// stream as a complete 200 (curl exit 0). One still importing the app has
+    /// nothing to cut (killed at once; one past its import may have become ready since
+    /// the stop began, unseen: asked too). One already asked keeps its grace (a third
+    /// signal: regression (probe 351): its kill at once closed the streams unmarked
+    /// and unnamed).
+    fn stop_now(&mut self, board: &Scoreboard, why: StopNow) {
+        if self.quit.is_some() {
+            return;
+        }
+        if (self.served || board.import_over(self.slot))
             && !self.sigkilled
             && crate::stop::stop_now(raw(self.pid), why).is_ok()
         {
-            self.quit = Some((why, Some(Instant::now() + QUIT_GRACE)));
+            // An ASGI worker cancels no task at a stop now (no time for it), and names
+            // none: what its scoreboard shows is named now, before its stop clears it
+            // (not for --timeout: `kill_or_spare` has named them).
+            let asgi_running = if board.serves_asgi(self.slot) {
+                if why != StopNow::Timeout {
+                    self.name_cut_offs_as(
+                        board,
+                        &format!("its worker stops at once for {}", why.says()),
+                    );
+                }
+                board.running(self.slot)
+            } else {
+                0
+            };
+            self.quit = Some(Quit {
+                why,
+                kill_at: Some(Instant::now() + QUIT_GRACE),
+                asgi_running,
+            });
             self.sigkilled = true;
             return;
-        }
-        if let Some((_, kill_at)) = &mut self.quit {
-            *kill_at = None;
         }
         signal(self.pid, Signal::KILL);
         self.sigkilled = true;
@@ -377,14 +411,24 @@ impl Worker {
     /// A worker asked to stop now that is still there at its [`QUIT_GRACE`]: killed,
     /// what it still runs named (it did not get to). Returns when that is due, if not yet.
     fn kill_if_still_there(&mut self, board: &Scoreboard, now: Instant) -> Option<Instant> {
-        let Some((why, Some(kill_at))) = self.quit else {
+        let Some(
+            q @ Quit {
+                why,
+                kill_at: Some(kill_at),
+                ..
+            },
+        ) = self.quit
+        else {
             return None;
         };
         if now < kill_at {
             return Some(kill_at);
         }
-        self.quit = Some((why, None));
-        self.name_cut_offs_for(board, why.says());
+        self.quit = Some(Quit { kill_at: None, ..q });
+        // (For --timeout, and for an ASGI worker, the master named them when it asked.)
+        if why != StopNow::Timeout && !board.serves_asgi(self.slot) {
+            self.name_cut_offs_for(board, why.says());
+        }
         signal(self.pid, Signal::KILL);
         None
     }
@@ -425,6 +469,17 @@ impl Worker {
             );
         }
     }
+}
+
+/// A worker asked to stop at once ([`Worker::stop_now`]).
+#[derive(Debug, Clone, Copy)]
+struct Quit {
+    why: StopNow,
+    /// When it is killed if still there; None once it was.
+    kill_at: Option<Instant>,
+    /// An ASGI worker's requests running when it was asked (its scoreboard lines, named
+    /// then): its own stop may clear them before it exits.
+    asgi_running: usize,
 }
 
 /// Why a worker was condemned for `--timeout`.
@@ -1189,6 +1244,8 @@ impl Master {
         };
         due = earliest(due, self.overdue(instant));
         for w in self.workers.iter_mut() {
+            // Killed for --timeout: asked to stop at once first (`kill_or_spare`).
+            due = earliest(due, w.kill_if_still_there(&self.board, instant));
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
                     w.kill_or_spare(&self.board);
@@ -2089,32 +2146,39 @@ impl Master {
                 continue;
             };
             let w = self.workers.remove(i);
-            if matches!(w.phase, Phase::Condemned { .. }) {
-                // It ended before the master's kill (its own --graceful-timeout).
-                w.name_cut_offs(&self.board);
-            }
-            // One asked to stop at once ended by the master's doing whether it exited
-            // by itself (having cut its requests) or was killed.
-            let by_master = w.sigkilled
-                && (status.terminating_signal() == Some(libc::SIGKILL) || w.quit.is_some());
-            let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
-            let signal_in_import = status.terminating_signal().filter(|_| failed_start);
-            // Read before the slot is released: what it was running when it ended, and
-            // what it had accepted and not started yet.
-            let was_running = self.board.running(w.slot);
-            let was_waiting = self.board.waiting(w.slot);
-            // An ASGI worker asked to stop at once that exited by itself cancelled no
-            // task (no time for it) and named none: its scoreboard lines (the oldest
-            // tasks) are, as its kill named them before. A WSGI worker named each of
-            // its own, with its access line.
-            if let Some((why, Some(_))) = w.quit {
-                if self.board.serves_asgi(w.slot) && status.exit_status().is_some() {
+            // Asked to stop at once, and not killed for it yet: a WSGI worker that
+            // exited named its requests itself (with their access lines), an ASGI one
+            // was named when asked; a WSGI one that ended by a signal (an app's handler
+            // put back to the default, the OOM killer) could not: what its scoreboard
+            // lines show is named here.
+            let asked = w
+                .quit
+                .filter(|q| q.kill_at.is_some() && q.why != StopNow::Timeout);
+            if let Some(Quit { why, .. }) = asked {
+                if !self.board.serves_asgi(w.slot) && status.terminating_signal().is_some() {
                     w.name_cut_offs_as(
                         &self.board,
                         &format!("its worker stopped at once for {}", why.says()),
                     );
                 }
+            } else if matches!(w.phase, Phase::Condemned { .. }) {
+                // It ended before the master's kill (its own --graceful-timeout).
+                w.name_cut_offs(&self.board);
             }
+            // One asked to stop at once ended by the master's doing when it exited by
+            // itself after cutting its requests (0 or 1), or was killed.
+            let by_master = w.sigkilled
+                && (status.terminating_signal() == Some(libc::SIGKILL)
+                    || (w.quit.is_some() && matches!(status.exit_status(), Some(0 | 1))));
+            let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
+            let signal_in_import = status.terminating_signal().filter(|_| failed_start);
+            // Read before the slot is released: what it was running when it ended, and
+            // what it had accepted and not started yet.
+            let was_running = self
+                .board
+                .running(w.slot)
+                .max(w.quit.map_or(0, |q| q.asgi_running));
+            let was_waiting = self.board.waiting(w.slot);
             // A start that failed after the import: an ASGI lifespan startup's (a WSGI
             // worker's would be its server's setup: said in the worker's own line).
             let after_import = self.board.import_over(w.slot) && self.board.serves_asgi(w.slot);
@@ -2147,6 +2211,7 @@ impl Master {
             // a 502 to trace.
             // regression: only "worker died unexpectedly" was said, naming none.
             let died = !by_master
+                && asked.is_none()
                 && (status.exit_status() != Some(0) || was_running > 0)
                 && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
             if died && was_running > 0 {
@@ -2617,7 +2682,7 @@ impl Master {
             };
             w.mark_retiring(&self.board, cause);
             if let Some(why) = now {
-                w.stop_now(why);
+                w.stop_now(&self.board, why);
             } else {
                 if alone {
                     w.nudge();
@@ -2824,13 +2889,24 @@ impl Master {
                         .map(|l| l.take_waiting())
                         .sum();
                     self.unclean.listen_queue += in_listen_queue;
-                    tracing::warn!(
-                        left = self.workers.len(),
-                        requests = self.running(),
-                        waiting,
-                        in_listen_queue,
-                        "second signal: the workers stop now (each cuts and marks what it runs; one still there 1.5 s later is killed)"
-                    );
+                    if self.workers.iter().any(|w| w.quit.is_some()) {
+                        // A third signal (or one after SIGQUIT): the workers already
+                        // stop at once, and keep their grace to cut and mark.
+                        tracing::warn!(
+                            left = self.workers.len(),
+                            in_listen_queue,
+                            "{} again: the workers already stop at once (one still there 1.5 s after it was asked is killed)",
+                            signals::name(s)
+                        );
+                    } else {
+                        tracing::warn!(
+                            left = self.workers.len(),
+                            requests = self.running(),
+                            waiting,
+                            in_listen_queue,
+                            "second signal: the workers stop now (each cuts and marks what it runs; one still there 1.5 s later is killed)"
+                        );
+                    }
                     self.stop_all(Some(StopNow::Second(s)));
                 } else if s == libc::SIGUSR1 {
                     // The log files are reopened during a stop too (logrotate's
@@ -2913,7 +2989,7 @@ impl std::fmt::Display for Unclean {
         }
         if self.killed > 0 {
             parts.push(format!(
-                "{} worker{} killed past --graceful-timeout or by a second signal",
+                "{} worker{} stopped at once or killed (past --graceful-timeout, a second signal)",
                 self.killed,
                 plural(self.killed)
             ));
@@ -3363,7 +3439,7 @@ mod tests {
         };
         assert_eq!(
             idle.to_string(),
-            "stopped uncleanly: 2 workers killed past --graceful-timeout or by a second signal; no request was running"
+            "stopped uncleanly: 2 workers stopped at once or killed (past --graceful-timeout, a second signal); no request was running"
         );
         let cut = Unclean {
             requests: 1,
@@ -3378,7 +3454,7 @@ mod tests {
         };
         assert_eq!(
             queued.to_string(),
-            "stopped with requests cut off (4 requests running and 8 accepted, not started yet, in the workers that ended, 2 workers killed past --graceful-timeout or by a second signal)"
+            "stopped with requests cut off (4 requests running and 8 accepted, not started yet, in the workers that ended, 2 workers stopped at once or killed (past --graceful-timeout, a second signal))"
         );
         let in_queue = Unclean {
             requests: 4,
@@ -3388,7 +3464,7 @@ mod tests {
         };
         assert_eq!(
             in_queue.to_string(),
-            "stopped with requests cut off (4 requests running in the workers that ended, 8 connections still waiting in the listen queue, closed unanswered, 2 workers killed past --graceful-timeout or by a second signal)"
+            "stopped with requests cut off (4 requests running in the workers that ended, 8 connections still waiting in the listen queue, closed unanswered, 2 workers stopped at once or killed (past --graceful-timeout, a second signal))"
         );
         assert_eq!(
             cut.to_string(),
