@@ -338,11 +338,14 @@ impl Worker {
             // stream on a Unix socket for a whole response); killed 1.5 s later if
             // still there. One condemned for its silence cannot act on it (stopped,
             // stuck in the kernel): killed now.
-            if matches!(self.condemned_for, Some(Condemned::Silent(_))) {
+            // One that never served (condemned in an ASGI lifespan startup) has nothing
+            // to cut. A --timeout kill before a stop is not the stop's.
+            if matches!(self.condemned_for, Some(Condemned::Silent(_))) || !self.served {
                 signal(self.pid, Signal::KILL);
                 self.sigkilled = true;
             } else {
                 self.stop_now(board, StopNow::Timeout);
+                self.before_stop = !board.is_stopping();
             }
             self.phase.killed();
         } else {
@@ -1244,8 +1247,6 @@ impl Master {
         };
         due = earliest(due, self.overdue(instant));
         for w in self.workers.iter_mut() {
-            // Killed for --timeout: asked to stop at once first (`kill_or_spare`).
-            due = earliest(due, w.kill_if_still_there(&self.board, instant));
             if let Phase::Condemned { kill_at } = w.phase {
                 if instant >= kill_at {
                     w.kill_or_spare(&self.board);
@@ -1253,6 +1254,10 @@ impl Master {
                     due = earliest(due, Some(kill_at));
                 }
             }
+            // Killed for --timeout: asked to stop at once first (`kill_or_spare`, just
+            // now perhaps: its kill is due 1.5 s later).
+            // regression (review 353): looked at before it, that kill was not due.
+            due = earliest(due, w.kill_if_still_there(&self.board, instant));
             if matches!(w.phase, Phase::Condemned { .. } | Phase::Killed) {
                 // Being killed: its lines are stale.
                 continue;
@@ -2846,11 +2851,6 @@ impl Master {
             }
             // A worker already leaving when the stop came keeps its own deadline.
             let mut due = earliest(earliest(deadline, wsgi_due), self.overdue(Instant::now()));
-            // A worker asked to stop at once is killed if still there a moment later.
-            let at = Instant::now();
-            for w in &mut self.workers {
-                due = earliest(due, w.kill_if_still_there(&self.board, at));
-            }
             // A worker condemned for --timeout is still killed when its stacks are
             // dumped: its request will not finish, so it must not hold the stop up
             // until --graceful-timeout.
@@ -2862,6 +2862,12 @@ impl Master {
                         due = earliest(due, Some(kill_at));
                     }
                 }
+            }
+            // A worker asked to stop at once (above, or by the stop) is killed if still
+            // there a moment later.
+            let at = Instant::now();
+            for w in &mut self.workers {
+                due = earliest(due, w.kill_if_still_there(&self.board, at));
             }
             // Sleep until a signal (SIGCHLD: a worker exited) or the deadline.
             let mut fds = [PollFd::new(self.signals(), PollFlags::IN)];
@@ -2889,7 +2895,11 @@ impl Master {
                         .map(|l| l.take_waiting())
                         .sum();
                     self.unclean.listen_queue += in_listen_queue;
-                    if self.workers.iter().any(|w| w.quit.is_some()) {
+                    if self
+                        .workers
+                        .iter()
+                        .any(|w| w.quit.is_some_and(|q| q.why != StopNow::Timeout))
+                    {
                         // A third signal (or one after SIGQUIT): the workers already
                         // stop at once, and keep their grace to cut and mark.
                         tracing::warn!(
