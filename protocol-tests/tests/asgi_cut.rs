@@ -315,6 +315,65 @@ fn an_asgi_stream_cut_by_the_masters_stop_now_is_never_complete_for_the_client()
                 "{what}: {}",
                 s.postern.logs()
             );
+            // Its access line says it was cut, not that its client went away.
+            // regression (probe 352): `client went away before the response was
+            // complete`, as its task's next send failed on the cut connection.
+            assert!(
+                !s.postern
+                    .logs()
+                    .contains("client went away before the response was complete"),
+                "{what}: {}",
+                s.postern.logs()
+            );
         }
     }
+}
+
+// The access lines of ASGI streams over FastCGI cut by the master's stop now say the
+// response was cut (`response incomplete`), not that the client went away: their
+// tasks' next send failed on the cut connection.
+// regression (probe 352): `client went away before the response was complete`.
+#[test]
+fn asgi_streams_cut_by_the_masters_stop_now_are_logged_incomplete() {
+    let dir = tempdir();
+    let p = Spawn::asgi_unix(dir.path(), "cut_app", &app())
+        .protocol("fastcgi")
+        .args(["--master", "--workers", "1", "--graceful-timeout", "30"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(path) = p.addr.clone() else {
+        unreachable!("a Unix socket")
+    };
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        c.write_all(&fcgi::get(1, false, "/stream")).unwrap();
+        conns.push(c);
+    }
+    assert!(
+        wait_until(10, || p.logs().matches("GET /stream").count() >= 3
+            || dir.path().join("under_way").exists()),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGTERM);
+    for mut c in conns {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink);
+    }
+    assert!(
+        p.wait_log_count("response incomplete", 3, 10),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        !p.logs()
+            .contains("client went away before the response was complete"),
+        "{}",
+        p.logs()
+    );
 }

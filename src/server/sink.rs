@@ -568,6 +568,7 @@ impl Sink for ConnSink {
             bytes: self.written,
             started: self.started,
             late: false,
+            cut: false,
         }
     }
 

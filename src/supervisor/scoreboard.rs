@@ -1394,6 +1394,7 @@ mod tests {
                 bytes,
                 started: Instant::now(),
                 late: false,
+                cut: false,
             },
             app_error: None,
         }

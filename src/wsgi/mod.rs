@@ -278,17 +278,23 @@ pub struct Sent {
     /// postern answered `504 Gateway Timeout` for it at `--timeout` (FastCGI, its
     /// response not started), so nothing the app wrote went out.
     pub late: bool,
+    /// postern cut the response as its process left (a stop now, `--timeout`: FastCGI),
+    /// so the app's writes failed as if the client had gone.
+    pub cut: bool,
 }
 
 impl End {
     /// How the request ended as its front server saw it: a 504 that postern answered
     /// at `--timeout` ([`Sent::late`]) for a worker spared at the end of the dump,
     /// whatever the app did after it (its writes failed as if the client had gone).
+    /// A response postern cut as its process left ([`Sent::cut`]) is incomplete, not a
+    /// client gone. regression (probe 352): an ASGI stream cut by the master's stop
+    /// now logged `client went away before the response was complete`.
     pub fn as_answered(self, sent: &Sent) -> End {
-        if sent.late {
-            End::Complete(504)
-        } else {
-            self
+        match self {
+            _ if sent.late => End::Complete(504),
+            End::ClientGone(c) | End::Stalled(c) if sent.cut => End::Incomplete(c),
+            e => e,
         }
     }
 }

@@ -1089,6 +1089,7 @@ impl Sink for Closed {
             bytes: 0,
             started: std::time::Instant::now(),
             late: false,
+            cut: false,
         }
     }
 }

@@ -2541,6 +2541,7 @@ impl Parking {
                 continue;
             }
             n += 1;
+            r.flags.cut.store(true, Ordering::Release);
             r.conn
                 .mark_cut(r.id, r.flags.stderr_on.load(Ordering::Acquire), w.is_some());
             r.conn.abort();

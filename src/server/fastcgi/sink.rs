@@ -20,6 +20,9 @@ use crate::wsgi::{End, ErrorsForward, Sent, Sink};
 pub(in crate::server) struct ReqFlags {
     /// FCGI_ABORT_REQUEST arrived: stop, answer END_REQUEST.
     pub aborted: AtomicBool,
+    /// The process cut this response as it left ([`super::Parking::cut_responding`]):
+    /// its access line says incomplete, not that the client went away.
+    pub cut: AtomicBool,
     /// END_REQUEST is written: `wsgi.errors` no longer goes to the front server.
     pub done: AtomicBool,
     /// STDERR records were sent (an empty one ends the stream).
@@ -281,6 +284,7 @@ impl FcgiSink {
             bytes: self.written,
             started: self.started,
             late: self.flags.answered_late(),
+            cut: self.flags.cut.load(Ordering::Acquire),
         }
     }
 
@@ -987,6 +991,25 @@ mod tests {
         let mut sink = FcgiSink::new(Arc::clone(&conn), 2, true, flags, Instant::now(), &id);
         let sent = sink.finish(End::Complete(200));
         assert!(!sent.late);
+        assert!(matches!(
+            End::Complete(200).as_answered(&sent),
+            End::Complete(200)
+        ));
+    }
+
+    // regression (probe 352): a response the process cut as it left (a stop now, a
+    // --timeout kill) whose app then failed to write ended as a client gone.
+    #[test]
+    fn a_response_cut_as_the_process_leaves_ends_incomplete() {
+        let (parking, _front, sock) = front_and_socket();
+        let (_conn, flags, _id, mut sink) = kept_request(sock, &parking);
+        flags.cut.store(true, Ordering::Release);
+        let sent = sink.finish(End::ClientGone(200));
+        assert!(sent.cut);
+        assert!(matches!(
+            End::ClientGone(200).as_answered(&sent),
+            End::Incomplete(200)
+        ));
         assert!(matches!(
             End::Complete(200).as_answered(&sent),
             End::Complete(200)
