@@ -362,6 +362,16 @@ pub fn stream_until_cut_by(
     signals: &[(u64, i32)],
     what: &str,
 ) -> Vec<u8> {
+    stream_until_cut_with(port, what, || {
+        for &(ms, signal) in signals {
+            std::thread::sleep(Duration::from_millis(ms));
+            postern.signal(signal);
+        }
+    })
+}
+
+/// As [`stream_until_cut`], with `cut` run once the stream is under way.
+pub fn stream_until_cut_with(port: u16, what: &str, cut: impl FnOnce()) -> Vec<u8> {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     c.write_all(b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -373,10 +383,7 @@ pub fn stream_until_cut_by(
         assert!(n > 0, "{what}: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
-    for &(ms, signal) in signals {
-        std::thread::sleep(Duration::from_millis(ms));
-        postern.signal(signal);
-    }
+    cut();
     let started = Instant::now();
     let _ = c.read_to_end(&mut got);
     assert!(

@@ -9,7 +9,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::*;
-use protocol_tests::stack::{stream_until_cut, stream_until_cut_by, Load, Stack};
+use protocol_tests::stack::{
+    stream_until_cut, stream_until_cut_by, stream_until_cut_with, Load, Stack,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -349,6 +351,19 @@ fn assert_cut_marked(s: &Stack, resp: &[u8], mode: Mode, tcp: bool) {
             );
         }
     }
+}
+
+/// [`assert_cut_marked`], and the worker said it cut the responses under way.
+fn assert_cut_and_said(s: &Stack, got: &[u8], mode: Mode, tcp: bool, what: &str) {
+    assert_cut_marked(s, got, mode, tcp);
+    assert!(
+        s.postern.wait_log(
+            "FastCGI responses still under way as the process leaves are cut",
+            10
+        ),
+        "{what}: {}",
+        s.postern.logs()
+    );
 }
 
 #[test]
@@ -1114,15 +1129,7 @@ fn a_stream_cut_at_the_graceful_timeout_is_never_complete_for_the_client() {
                 };
                 let signal = if reload { libc::SIGHUP } else { libc::SIGTERM };
                 let got = stream_until_cut(s.nginx.port, &s.postern, signal, &what);
-                assert_cut_marked(&s, &got, mode, tcp);
-                assert!(
-                    s.postern.wait_log(
-                        "FastCGI responses still under way as the process leaves are cut",
-                        10
-                    ),
-                    "{what}: {}",
-                    s.postern.logs()
-                );
+                assert_cut_and_said(&s, &got, mode, tcp, &what);
             }
         }
     }
@@ -1155,15 +1162,7 @@ fn a_stream_cut_by_a_second_signal_or_sigquit_is_never_complete_for_the_client()
                 return;
             };
             let got = stream_until_cut_by(s.nginx.port, &s.postern, signals, &what);
-            assert_cut_marked(&s, &got, mode, tcp);
-            assert!(
-                s.postern.wait_log(
-                    "FastCGI responses still under way as the process leaves are cut",
-                    10
-                ),
-                "{what}: {}",
-                s.postern.logs()
-            );
+            assert_cut_and_said(&s, &got, mode, tcp, &what);
         }
     }
 }
@@ -1197,22 +1196,11 @@ fn a_stream_cut_by_a_sigquit_to_the_whole_process_group_is_never_complete() {
         let nginx = Nginx::start_site(&bin, dir.path(), &site(Mode::Keep, &pass, "", ""));
         let s = Stack::from_parts(nginx, postern, dir);
         let pgid = s.postern.pid();
-        let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        c.write_all(
-            b"GET /stream?n=400&delay=0.05 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
-            let n = c.read(&mut buf).unwrap();
-            assert!(n > 0, "round {round}: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        // SAFETY: a signal to the process group of the postern started here (its own).
-        unsafe { libc::kill(-pgid, libc::SIGQUIT) };
-        let _ = c.read_to_end(&mut got);
+        let got = stream_until_cut_with(s.nginx.port, &format!("round {round}"), || {
+            // SAFETY: a signal to the process group of the postern started here (its
+            // own).
+            unsafe { libc::kill(-pgid, libc::SIGQUIT) };
+        });
         assert_cut_marked(&s, &got, Mode::Keep, false);
     }
 }
