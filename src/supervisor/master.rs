@@ -2089,6 +2089,36 @@ impl Master {
         (changed, moved)
     }
 
+    /// A reload failed, back to `serving`: the workers of the newer generations leave,
+    /// except, for a `--chain-reload`, the new workers that serve, which stay, taken
+    /// into `serving` (how many is returned). Each of those has already retired an old
+    /// worker, and one started in its place would import the app from disk, where the
+    /// code that just failed is (postern imports in each worker, not once in the
+    /// master).
+    /// regression (probe 346): they were drained and restarted from disk; the
+    /// restarts failed in turn, and 1 worker of 3 served.
+    fn leave_failed_generations(&mut self, serving: u64) -> usize {
+        let mut kept = 0;
+        for o in self.workers.iter_mut() {
+            if o.generation <= serving {
+                continue;
+            }
+            let serves = o.phase == Phase::Serving
+                && self.board.self_retired(o.slot).is_none()
+                && o.told.is_none()
+                && o.outgoing.is_none();
+            // Its own generation's settings: the reload's, where `--chain-reload`
+            // applies already (the master's are back to `serving`'s by now).
+            if o.opts.chain_reload && serves {
+                o.generation = serving;
+                kept += 1;
+            } else {
+                o.drain(&self.board, Cause::Reload);
+            }
+        }
+        kept
+    }
+
     /// One worker less (SIGTTOU): the newest still importing the app, else the
     /// newest serving. One still importing is killed at once, as at a reload during a
     /// reload: it never served (the import's end and this give-up race on the
@@ -2390,15 +2420,19 @@ impl Master {
                             "READY=1\nSTATUS=reload failed: the new workers do not start (see the log); serving the previous code",
                         );
                     }
-                    for o in self.workers.iter_mut() {
-                        if o.generation > self.generation {
-                            o.drain(&self.board, Cause::Reload);
-                        }
+                    let serving = self.generation;
+                    let kept = self.leave_failed_generations(serving);
+                    if kept > 0 {
+                        tracing::warn!(
+                            generation = serving,
+                            failed_generation = failed,
+                            workers = kept,
+                            "the chain reload had already replaced {kept} worker(s) of generation {serving}: the new workers that serve keep serving the code this reload tried, beside the workers of generation {serving} still there (stopping them would leave their places to restarts that import the same code from disk); fix the code and reload, or put the previous code back and reload, to serve one version again"
+                        );
                     }
-                    // A chain reload had already replaced some of the generation it
-                    // goes back to: their replacements import the app from disk, where
-                    // the code this reload tried is (postern imports in each worker,
-                    // not once in the master), so they serve that code under the old
+                    // Places still missing (a new worker that served, then died or
+                    // left): their replacements import the app from disk, where the
+                    // code this reload tried is, so they serve that code under the old
                     // generation's number.
                     // regression (probe 340): nothing said so; /status showed only the
                     // old generation.
@@ -3407,6 +3441,44 @@ mod tests {
         assert_eq!(m.scale(false), (false, None));
         assert_eq!(m.target, 1);
         let _ = stand.end();
+    }
+
+    // regression (probe 346): a failed --chain-reload drained its new workers that
+    // served; their places, and those of the old workers they had retired, were
+    // filled from the code on disk that had just failed.
+    #[test]
+    fn a_failed_chain_reload_keeps_its_new_workers_that_serve_and_drops_the_others() {
+        for chain in [true, false] {
+            let mut m = master(2);
+            let (old, new, booting) = (Stand::new(), Stand::new(), Stand::new());
+            add(&mut m, &old, true);
+            let opts = Options {
+                chain_reload: chain,
+                ..(*m.opts).clone()
+            };
+            m.new_generation(opts, Arc::new(()), true, 0);
+            assert_eq!(m.generation, 1);
+            let n = add(&mut m, &new, true);
+            let b = add(&mut m, &booting, false);
+            m.generation = 0;
+            m.back_to_settings_of(1);
+            assert_eq!(m.leave_failed_generations(0), usize::from(chain), "{chain}");
+            let new_w = &m.workers[n];
+            assert_eq!(
+                (new_w.generation, new_w.termed),
+                if chain { (0, false) } else { (1, true) },
+                "{chain}"
+            );
+            assert!(
+                m.workers[b].termed,
+                "{chain}: the one still importing leaves"
+            );
+            assert_eq!(m.live(), if chain { 2 } else { 1 }, "{chain}");
+            assert!(!m.reloading());
+            for s in [old, new, booting] {
+                let _ = s.end();
+            }
+        }
     }
 
     #[test]
