@@ -300,18 +300,32 @@ fn an_asgi_stream_cut_by_the_masters_stop_now_is_never_complete_for_the_client()
                 s.postern.logs(),
                 s.nginx.error_log()
             );
-            // The worker cancels no task (no time for it): the master names the
-            // request from the worker's scoreboard once it has exited, once.
-            let named = |l: &&str| l.contains("request cut off: its worker stops at once for");
+            // The worker's loop cancels the task and names the request, once (the
+            // master names only what a worker still runs as it exits).
+            // regression (probe 352): the master named them from the scoreboard,
+            // which shows 16 tasks: the others went unnamed.
+            let named = |l: &&str| {
+                l.contains("cut off by") && l.contains("postern cancelled this request's task")
+            };
             assert!(
                 s.postern
-                    .wait_log("request cut off: its worker stops at once for", 10),
+                    .wait_log("postern cancelled this request's task", 10),
+                "{what}: {}",
+                s.postern.logs()
+            );
+            assert!(
+                s.postern.wait_log("all workers exited", 10),
                 "{what}: {}",
                 s.postern.logs()
             );
             assert_eq!(
                 s.postern.logs().lines().filter(named).count(),
                 1,
+                "{what}: {}",
+                s.postern.logs()
+            );
+            assert!(
+                !s.postern.logs().contains("request cut off: its worker"),
                 "{what}: {}",
                 s.postern.logs()
             );
@@ -375,5 +389,69 @@ fn asgi_streams_cut_by_the_masters_stop_now_are_logged_incomplete() {
             .contains("client went away before the response was complete"),
         "{}",
         p.logs()
+    );
+}
+
+// More ASGI tasks in flight than a worker's scoreboard shows (16 lines), over uwsgi (no
+// FastCGI mark to trace them by), cut by SIGQUIT: each is named, with its access line,
+// and the final line counts them all.
+// regression (probe 352): the master named them from the scoreboard as it asked the
+// worker to stop: 16 of 24, the others cut off without a trace.
+#[test]
+fn every_asgi_task_cut_by_an_immediate_stop_is_named_not_only_those_on_the_scoreboard() {
+    const STREAMS: usize = 24;
+    let dir = tempdir();
+    let p = Spawn::asgi_unix(dir.path(), "cut_app", &app())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "30"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(path) = p.addr.clone() else {
+        unreachable!("a Unix socket")
+    };
+    let mut conns = Vec::new();
+    for _ in 0..STREAMS {
+        let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        c.write_all(&uwsgi_get("/stream")).unwrap();
+        conns.push(c);
+    }
+    // Each has its head and first chunks out.
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("chunk 1\n") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "{}", p.logs());
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    p.signal(libc::SIGQUIT);
+    for mut c in conns {
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink);
+    }
+    assert!(
+        p.wait_log("stopped with requests cut off", 10),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let named = logs
+        .lines()
+        .filter(|l| l.contains("cut off by SIGQUIT: postern cancelled this request's task"))
+        .count();
+    assert_eq!(named, STREAMS, "{logs}");
+    assert_eq!(
+        logs.matches("response incomplete").count(),
+        STREAMS,
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("request cut off: its worker"),
+        "named twice: {logs}"
+    );
+    assert!(
+        logs.contains(&format!("{STREAMS} requests running")),
+        "{logs}"
     );
 }

@@ -2385,22 +2385,26 @@ impl Exchange {
                 tracing::debug!("the app stopped: the client went away");
                 Self::settle(slf, None)?;
             }
-            // Postern's own cancellation at --graceful-timeout (a stop or a reload):
-            // one line per request, no traceback (the stop's warning said why).
+            // Postern's own cancellation at --graceful-timeout (a stop or a reload), or
+            // at an immediate stop: one line per request, no traceback (the stop's
+            // warning said why).
             // regression: each was an ERROR blaming the app, with the cancellation's
             // traceback: a reload with many open streams flooded the log.
             Some(_) if cut && served => {
-                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task, which still ran after its response was sent whole");
+                let by = slf.borrow().ctx.stop.cut_says().to_owned();
+                tracing::warn!("cut off {}: postern cancelled this request's task, which still ran after its response was sent whole", by);
             }
             Some(_) if cut && started_sending => {
-                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task during its response; aborting the connection");
+                let by = slf.borrow().ctx.stop.cut_says().to_owned();
+                tracing::warn!("cut off {}: postern cancelled this request's task during its response; aborting the connection", by);
                 let code = slf.borrow().code;
                 Self::settle(slf, Some(End::Incomplete(code)))?;
             }
             // 503, not 500: the server is stopping, the app did nothing wrong (a 500
             // read as an app bug in access logs and 5xx dashboards; probe 329).
             Some(_) if cut => {
-                tracing::warn!("cut off at --graceful-timeout: postern cancelled this request's task before its response started; answered 503");
+                let by = slf.borrow().ctx.stop.cut_says().to_owned();
+                tracing::warn!("cut off {}: postern cancelled this request's task before its response started; answered 503", by);
                 Self::answer_plain(slf, 503, b"Service Unavailable\n")?;
             }
             Some(e) if !started_sending && !served => {

@@ -37,6 +37,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 pub use run::{start, Running, STARTUP_GRACE};
+pub use stop::Stop;
 
 /// `--interface`: which protocol the app speaks.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]

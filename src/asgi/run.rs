@@ -206,6 +206,11 @@ impl Running {
     pub fn join(self, limit: Duration) -> bool {
         self.stop.join(self.thread, limit)
     }
+
+    /// The loop's stop, for an immediate stop's cut-off ([`Stop::cut_now`]).
+    pub fn stop(&self) -> Arc<Stop> {
+        Arc::clone(&self.stop)
+    }
 }
 
 /// Creates the loop (`--loop`), its default executor (`--threads`, returned), its
@@ -1014,7 +1019,8 @@ impl Driver {
                 // internal error (and a TCP connection reset).
                 {
                     let _entered = req.span.enter();
-                    tracing::warn!("not started: --graceful-timeout passed before its turn (its connection closes without an answer)");
+                    let by = slf.borrow().ctx.stop.cut_says().to_owned();
+                    tracing::warn!("not started: cut off {by} before its turn (its connection closes without an answer)");
                 }
                 std::mem::forget(req);
             }

@@ -80,10 +80,11 @@ def describe(context):
     return message, task, "\n".join(lines), tb
 
 
-def cut_off(loop, fd, grace, serving):
-    """--graceful-timeout passed with requests in flight (the fd was written): cancels
-    the requests' tasks and stops the loop once they have ended, or `grace` seconds
-    later, while it still serves (`serving()`). Returns how many were cancelled."""
+def cut_off(loop, fd, grace, serving, ended):
+    """--graceful-timeout passed, or an immediate stop came, with requests in flight
+    (the fd was written): cancels the requests' tasks and stops the loop once they have
+    ended, or `grace` seconds later, while it still serves (`serving()`); `ended()` is
+    called then. Returns how many were cancelled."""
     try:
         os.read(fd, 8)
     except BlockingIOError:
@@ -96,6 +97,8 @@ def cut_off(loop, fd, grace, serving):
     async def stop_when_ended():
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
+        # The tasks have ended, or had their grace: an immediate stop waits for this.
+        ended()
         # Not left to the server, which stops the loop once every request is
         # released: a request whose task has ended can still wait for a write the
         # front server does not take (for --read-timeout). Not once the loop has

@@ -150,6 +150,14 @@ pub struct Stop {
     graceful: AtomicU64,
     /// Requests were cut off.
     cut: AtomicBool,
+    /// The cut-off's tasks have ended, or had their grace.
+    cut_over: AtomicBool,
+    /// How many tasks the cut-off cancelled.
+    cut_tasks: std::sync::atomic::AtomicUsize,
+    /// Set for an immediate stop (a second signal, SIGQUIT, the master's stop now):
+    /// what cut the requests off, as their lines say it ("by SIGQUIT"); unset, the cut
+    /// is `--graceful-timeout`'s.
+    cut_by: std::sync::OnceLock<String>,
     /// Written by `join` at the deadline; the loop watches it.
     fd: OwnedFd,
 }
@@ -166,6 +174,9 @@ impl Stop {
             promise: AtomicU64::new(0),
             graceful: AtomicU64::new(0),
             cut: AtomicBool::new(false),
+            cut_over: AtomicBool::new(false),
+            cut_tasks: std::sync::atomic::AtomicUsize::new(0),
+            cut_by: std::sync::OnceLock::new(),
             fd,
         }))
     }
@@ -202,15 +213,9 @@ impl Stop {
             }
             let now = self.now();
             if self.phase.load(Ordering::Acquire) == SERVING {
-                if now >= deadline {
-                    self.promise(TAKE_WAIT);
-                    if self
-                        .phase
-                        .compare_exchange(SERVING, CUT_ASKED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
-                    }
+                // Read each time: an immediate stop moves it ([`Stop::cut_now`]).
+                if now >= self.graceful.load(Ordering::Acquire) {
+                    self.ask_cut();
                 }
             } else if now >= self.promise.load(Ordering::Acquire) {
                 // What the loop is stuck in decides what to say, and whether requests
@@ -234,6 +239,54 @@ impl Stop {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// An immediate stop (a second signal, SIGQUIT, the master's stop now; `by` says
+    /// which, "by SIGQUIT"): the requests are cut off now, as at `--graceful-timeout`
+    /// (their tasks cancelled, each named with its access line), not left to die with
+    /// the process. [`Stop::cut_over`] says when the tasks have ended or had their grace.
+    /// regression (probe 352): the master named an ASGI worker's requests from its
+    /// scoreboard, which shows 16 of them: the others were cut off unnamed.
+    pub fn cut_now(&self, by: String) {
+        let _ = self.cut_by.set(by);
+        self.graceful.store(1, Ordering::Release);
+        // Asked here, not left to `join`: the worker may not be waiting in it yet
+        // (the drain first waits for the requests still being read).
+        self.ask_cut();
+    }
+
+    /// Asks the loop to cut its requests off (once; not once it has stopped serving).
+    fn ask_cut(&self) {
+        if self.phase.load(Ordering::Acquire) != SERVING {
+            return;
+        }
+        self.promise(TAKE_WAIT);
+        if self
+            .phase
+            .compare_exchange(SERVING, CUT_ASKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// The immediate stop's cut-off is over: the cancelled tasks have ended, or had
+    /// their grace; true also when the loop has nothing to cut (no longer serving).
+    pub fn cut_over(&self) -> bool {
+        self.cut_over.load(Ordering::Acquire) || self.phase.load(Ordering::Acquire) > CUT_TAKEN
+    }
+
+    /// How many tasks the cut-off cancelled (0 before it).
+    pub fn cut_tasks(&self) -> usize {
+        self.cut_tasks.load(Ordering::Acquire)
+    }
+
+    /// What cut the requests off, for their lines: "at --graceful-timeout", or the
+    /// immediate stop's "by SIGQUIT".
+    pub fn cut_says(&self) -> &str {
+        self.cut_by
+            .get()
+            .map_or("at --graceful-timeout", String::as_str)
     }
 
     /// Watches the eventfd on `event_loop` (before it serves): at the cut-off the
@@ -262,6 +315,15 @@ impl Stop {
                     None,
                     move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| stop.cut_taken(),
                 )?;
+                let stop = Arc::clone(&me);
+                let ended = PyCFunction::new_closure(
+                    py,
+                    Some(c"postern_cut_over"),
+                    None,
+                    move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
+                        stop.cut_over.store(true, Ordering::Release);
+                    },
+                )?;
                 let n: usize = module(py)?
                     .call_method1(
                         "cut_off",
@@ -270,15 +332,23 @@ impl Stop {
                             me.fd.as_raw_fd(),
                             CUT_GRACE.as_secs_f64(),
                             serving,
+                            ended,
                         ),
                     )?
                     .extract()?;
+                me.cut_tasks.store(n, Ordering::Release);
                 if n > 0 {
                     me.cut.store(true, Ordering::Release);
-                    tracing::warn!(
-                        requests = n,
-                        "--graceful-timeout passed with requests still running: their tasks are cancelled (the requests are cut off); lifespan shutdown runs next"
-                    );
+                    match me.cut_by.get() {
+                        Some(by) => tracing::warn!(
+                            requests = n,
+                            "stopping at once ({by}) with requests still running: their tasks are cancelled (the requests are cut off)"
+                        ),
+                        None => tracing::warn!(
+                            requests = n,
+                            "--graceful-timeout passed with requests still running: their tasks are cancelled (the requests are cut off); lifespan shutdown runs next"
+                        ),
+                    }
                 }
                 Ok(())
             },

@@ -552,6 +552,7 @@ pub fn run(
             stopping.cancel();
         }
         tracker.close();
+        let loop_stop = pool.loop_stop();
         let drain = async {
             // Requests still being read at --graceful-timeout (an upload under way) are
             // cut off as surely as running ones: the stop is not clean (exit code 1).
@@ -630,6 +631,24 @@ pub fn run(
                     } else if name != crate::stop::QUIT || why != crate::stop::QUIT {
                         tracing::warn!(signal = name, "second signal: stopping now, without waiting for requests");
                     }
+                    // An ASGI worker's loop cuts its requests off now, as at
+                    // --graceful-timeout: each task is cancelled and named with its
+                    // access line (its FastCGI response cut and marked), rather than
+                    // dying unnamed with the process. Not for --timeout: the master
+                    // named those as it condemned this worker.
+                    if let Some(stop) = loop_stop
+                        .as_ref()
+                        .filter(|_| crate::stop::master_stop_now() != Some(crate::stop::StopNow::Timeout))
+                    {
+                        stop.cut_now(stopped_by(why, Some(name)));
+                        let until = Instant::now() + LOOP_CUT_WAIT;
+                        while !stop.cut_over() && Instant::now() < until {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if let Some(m) = &monitor {
+                            m.tasks_cut(stop.cut_tasks());
+                        }
+                    }
                     // Nothing may have been running (two signals close together): a drain
                     // that ends within a moment cut nothing off.
                     // regression: an idle server stopped by two quick signals said it had
@@ -652,12 +671,7 @@ pub fn run(
         if !finished {
             // The master's stop now says its own reason (a second signal to it).
             let master_now = crate::stop::master_stop_now();
-            let by = match second {
-                _ if master_now.is_some() => format!("by {}", master_now.map_or("", |n| n.says())),
-                _ if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
-                Some(name) => format!("by a second signal ({name})"),
-                None => "at --graceful-timeout".to_owned(),
-            };
+            let by = stopped_by(why, second);
             // A worker that left alone (a reload) may see the whole server stop since.
             // regression: it said "this worker is leaving" as postern stopped.
             whole |= crate::stop::orphaned()
@@ -737,6 +751,19 @@ pub fn run(
     slow_clients::flush();
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(finished)
+}
+
+/// What cut a stopping worker's requests off (`why`: its first stop signal; `second`:
+/// the one that stopped it at once, if any), as its lines say it: "by SIGQUIT".
+fn stopped_by(why: &str, second: Option<&str>) -> String {
+    if let Some(now) = crate::stop::master_stop_now() {
+        return format!("by {}", now.says());
+    }
+    match second {
+        _ if why == crate::stop::QUIT => "by SIGQUIT".to_owned(),
+        Some(name) => format!("by a second signal ({name})"),
+        None => "at --graceful-timeout".to_owned(),
+    }
 }
 
 /// The whole server stops (or nobody is left to serve these listeners): new
@@ -957,7 +984,20 @@ impl Serving {
             Serving::Loop(l) => l.join(limit),
         }
     }
+
+    /// The event loop's stop (an ASGI worker), for an immediate stop's cut-off.
+    fn loop_stop(&self) -> Option<Arc<crate::asgi::Stop>> {
+        match self {
+            Serving::Pool(_) => None,
+            Serving::Loop(l) => Some(l.stop()),
+        }
+    }
 }
+
+/// How long an immediate stop waits for the event loop's cut-off (the cancelled tasks
+/// end, each with its access line) before the worker exits: well within the master's
+/// 1.5 s before its kill, with the FastCGI marks' 500 ms after it.
+const LOOP_CUT_WAIT: Duration = Duration::from_millis(700);
 
 /// Unblocks SIGTERM for the calling thread. libc, not rustix: rustix has no
 /// thread signal mask outside its unstable `runtime` API.

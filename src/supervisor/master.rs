@@ -385,17 +385,13 @@ impl Worker {
             && !self.sigkilled
             && crate::stop::stop_now(raw(self.pid), why).is_ok()
         {
-            // An ASGI worker cancels no task at a stop now (no time for it), and names
-            // none: what its scoreboard shows is named now, before its stop clears it
-            // (not for --timeout: `kill_or_spare` has named them).
+            // An ASGI worker's loop cancels its tasks, each named with its access line
+            // (their scoreboard lines then clear): counted now, all of them, not only
+            // the 16 its lines show. What it still runs when it exits or is killed is
+            // named then.
+            // regression (probe 352): named here from the lines, 16 of them.
             let asgi_running = if board.serves_asgi(self.slot) {
-                if why != StopNow::Timeout {
-                    self.name_cut_offs_as(
-                        board,
-                        &format!("its worker stops at once for {}", why.says()),
-                    );
-                }
-                board.running(self.slot)
+                board.running(self.slot).max(board.in_flight(self.slot))
             } else {
                 0
             };
@@ -428,8 +424,8 @@ impl Worker {
             return Some(kill_at);
         }
         self.quit = Some(Quit { kill_at: None, ..q });
-        // (For --timeout, and for an ASGI worker, the master named them when it asked.)
-        if why != StopNow::Timeout && !board.serves_asgi(self.slot) {
+        // (For --timeout, the master named them when it condemned it.)
+        if why != StopNow::Timeout {
             self.name_cut_offs_for(board, why.says());
         }
         signal(self.pid, Signal::KILL);
@@ -2183,14 +2179,15 @@ impl Master {
             let w = self.workers.remove(i);
             // Asked to stop at once, and not killed for it yet: a WSGI worker that
             // exited named its requests itself (with their access lines), an ASGI one
-            // was named when asked; a WSGI one that ended by a signal (an app's handler
-            // put back to the default, the OOM killer) could not: what its scoreboard
-            // lines show is named here.
+            // those its loop's cut-off ended (their lines cleared); a WSGI one that
+            // ended by a signal (an app's handler put back to the default, the OOM
+            // killer) could not, nor an ASGI one those whose tasks did not end in
+            // time: what its scoreboard lines still show is named here.
             let asked = w
                 .quit
                 .filter(|q| q.kill_at.is_some() && q.why != StopNow::Timeout);
             if let Some(Quit { why, .. }) = asked {
-                if !self.board.serves_asgi(w.slot) && status.terminating_signal().is_some() {
+                if self.board.serves_asgi(w.slot) || status.terminating_signal().is_some() {
                     w.name_cut_offs_as(
                         &self.board,
                         &format!("its worker stopped at once for {}", why.says()),
@@ -2212,7 +2209,13 @@ impl Master {
             let was_running = self
                 .board
                 .running(w.slot)
-                .max(w.quit.map_or(0, |q| q.asgi_running));
+                .max(w.quit.map_or(0, |q| q.asgi_running))
+                .max(if w.quit.is_some() && self.board.serves_asgi(w.slot) {
+                    // What its loop cut off as it stopped at once ([`Scoreboard::tasks_cut`]).
+                    self.board.in_flight(w.slot)
+                } else {
+                    0
+                });
             let was_waiting = self.board.waiting(w.slot);
             // A start that failed after the import: an ASGI lifespan startup's (a WSGI
             // worker's would be its server's setup: said in the worker's own line).

@@ -1088,6 +1088,19 @@ impl Scoreboard {
         }
     }
 
+    /// Requests the worker in `slot` runs as its busy count has them: every task of an
+    /// ASGI worker, not only the ones its lines show (with `--stats`; 0 without).
+    pub fn in_flight(&self, slot: usize) -> usize {
+        self.head(slot).busy.load(Ordering::Acquire) as usize
+    }
+
+    /// An ASGI worker stopping at once cut `n` tasks off: its busy count is at least
+    /// that, for the master's count at its exit ([`Scoreboard::in_flight`]).
+    pub fn tasks_cut(&self, slot: usize, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.head(slot).busy.fetch_max(n, Ordering::AcqRel);
+    }
+
     /// A Python thread of `slot` finished its request (with `--stats`).
     pub fn leave(&self, slot: usize) {
         self.head(slot).busy.fetch_sub(1, Ordering::Relaxed);

@@ -789,6 +789,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.set_waiting(self.slot, n);
     }
 
+    fn tasks_cut(&self, n: usize) {
+        self.board.tasks_cut(self.slot, n);
+    }
+
     fn waiting_named(
         &self,
         first: &[(

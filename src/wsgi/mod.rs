@@ -485,6 +485,9 @@ pub trait Monitor: Send + Sync {
     /// (published every 50 ms), so that a master that kills this worker can say how
     /// many it cut off besides those running.
     fn waiting(&self, _n: usize) {}
+    /// An ASGI worker stopping at once cut `n` tasks off (each named with its access
+    /// line), so that the master counts them all, not only the ones its lines showed.
+    fn tasks_cut(&self, _n: usize) {}
     /// With [`Monitor::waiting`]: the first of those requests (their head, id and
     /// protocol; a few at most), so that a master that kills this worker can name them.
     fn waiting_named(&self, _first: &[(Head, crate::logging::RequestId, crate::codec::Protocol)]) {}
