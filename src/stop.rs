@@ -166,7 +166,7 @@ static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 static STOP_NOW_SIGNAL: AtomicI32 = AtomicI32::new(-1);
 
 /// [`STOP_NOW_SIGNAL`]'s number.
-fn stop_now_signal() -> i32 {
+pub fn stop_now_signal() -> i32 {
     libc::SIGRTMIN() + 5
 }
 

@@ -1630,6 +1630,70 @@ fn sigusr2_to_the_master_is_answered_with_a_warning_and_serving_goes_on() {
     assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
 }
 
+// regression (probe 355): an upload still being read when SIGQUIT stopped its worker
+// was cut off (the worker exited 1, "requests still running"), but no scoreboard line
+// showed it, and the master's stop exited 0 as if nothing had been cut.
+#[test]
+fn sigquit_cutting_an_upload_still_being_read_exits_1() {
+    use std::io::Write;
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", Ill::Well);
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "1", "--master"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(sock) = p.addr.clone() else {
+        unreachable!("a Unix socket")
+    };
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut req = uwsgi_packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("REQUEST_URI", "/up"),
+        ("PATH_INFO", "/up"),
+        ("QUERY_STRING", ""),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "x"),
+        ("SERVER_PORT", "80"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("CONTENT_LENGTH", "100000"),
+    ]);
+    req.extend_from_slice(&[b'x'; 50_000]);
+    c.write_all(&req).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGQUIT);
+    let status = p.wait_exit(15).expect("it exits");
+    assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    drop(c);
+}
+
+// regression (review 353): a stray SIGRTMIN+5, the signal the master sends its workers
+// to stop them at once, took its default action in the master (killed, the workers
+// following). The master reads it, warns, and serves on; a worker takes it only from its
+// live master (one sent by anyone else changes nothing).
+#[test]
+fn a_stray_sigrtmin_5_to_the_master_or_a_worker_is_answered_with_a_warning() {
+    let dir = tempdir();
+    let path = app(dir.path(), "v1", Ill::Well);
+    let mut p = Spawn::unix(dir.path(), &path.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let before = workers(&p, 2, Ill::Well);
+    let rt = libc::SIGRTMIN() + 5;
+    p.signal(rt);
+    assert!(p.wait_log("SIGRTMIN+5 ignored", 10), "{}", p.logs());
+    for &w in &before {
+        unsafe { libc::kill(w, rt) };
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gone(p.pid()), "the master is gone\n{}", p.logs());
+    assert_eq!(children(p.pid()), before, "{}", p.logs());
+    assert!(p.get("/").1.starts_with(b"v1 "), "{}", p.logs());
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(15).expect("it exits");
+    assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
+}
+
 // regression: a SIGUSR2 to the whole process group (`systemctl kill -s USR2`, gunicorn's
 // upgrade habit) took its default action in the --stats helper and in a worker still
 // importing the app: both died, and during the first start postern stopped with "the

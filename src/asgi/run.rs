@@ -99,8 +99,14 @@ pub fn start(
                 // The order of asyncio.run() and uvicorn: the requests are over (or cut
                 // off), lifespan shutdown, then what the app left running.
                 stop.after_serving(&event_loop, asgi.lifespan_timeout);
-                lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
-                stop::finish(py, &event_loop, &executor, stop);
+                // An immediate stop (SIGQUIT, a second signal) runs no shutdown: the
+                // worker exits as soon as the requests are cut off, and a shutdown
+                // begun then would be cut halfway (uvicorn's second Ctrl-C does the
+                // same). regression (review 354): it began, and was cut 100 ms in.
+                if !stop.immediate() {
+                    lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
+                    stop::finish(py, &event_loop, &executor, stop);
+                }
                 let left = super::http::forget_jobs();
                 if left > 0 {
                     tracing::debug!(jobs = left, "writes still on the I/O threads when the event loop stopped; their requests were cut off");

@@ -260,7 +260,11 @@ impl Stop {
         if self.phase.load(Ordering::Acquire) != SERVING {
             return;
         }
-        self.promise(TAKE_WAIT);
+        // Never shortened: two threads may ask (`join` at --graceful-timeout, an
+        // immediate stop), and the loser's must not cut a later step's bound (the
+        // take's, lifespan shutdown's) short (review 354).
+        self.promise
+            .fetch_max(self.now() + TAKE_WAIT.as_nanos() as u64, Ordering::AcqRel);
         if self
             .phase
             .compare_exchange(SERVING, CUT_ASKED, Ordering::AcqRel, Ordering::Acquire)
@@ -274,6 +278,17 @@ impl Stop {
     /// their grace; true also when the loop has nothing to cut (no longer serving).
     pub fn cut_over(&self) -> bool {
         self.cut_over.load(Ordering::Acquire) || self.phase.load(Ordering::Acquire) > CUT_TAKEN
+    }
+
+    /// The stop is immediate ([`Stop::cut_now`]): no lifespan shutdown after it.
+    pub fn immediate(&self) -> bool {
+        self.cut_by.get().is_some()
+    }
+
+    /// The loop has taken the cut-off asked for (or stopped serving): false while a
+    /// task blocks it in a sync call.
+    pub fn cut_taken_yet(&self) -> bool {
+        self.phase.load(Ordering::Acquire) != CUT_ASKED
     }
 
     /// How many tasks the cut-off cancelled (0 before it).

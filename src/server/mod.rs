@@ -641,8 +641,14 @@ pub fn run(
                         .filter(|_| crate::stop::master_stop_now() != Some(crate::stop::StopNow::Timeout))
                     {
                         stop.cut_now(stopped_by(why, Some(name)));
-                        let until = Instant::now() + LOOP_CUT_WAIT;
-                        while !stop.cut_over() && Instant::now() < until {
+                        let asked = Instant::now();
+                        while !stop.cut_over() && asked.elapsed() < LOOP_CUT_WAIT {
+                            // A loop that has not taken it by now is blocked (a sync
+                            // call in a task): waiting on would only leave the FastCGI
+                            // marks less of the master's 1.5 s (review 354).
+                            if !stop.cut_taken_yet() && asked.elapsed() >= LOOP_TAKE_WAIT {
+                                break;
+                            }
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         if let Some(m) = &monitor {
@@ -995,9 +1001,11 @@ impl Serving {
 }
 
 /// How long an immediate stop waits for the event loop's cut-off (the cancelled tasks
-/// end, each with its access line) before the worker exits: well within the master's
-/// 1.5 s before its kill, with the FastCGI marks' 500 ms after it.
-const LOOP_CUT_WAIT: Duration = Duration::from_millis(700);
+/// end, each with its access line) before the worker exits: within the master's 1.5 s
+/// before its kill, with the drain's 100 ms and the FastCGI marks' 500 ms after it.
+const LOOP_CUT_WAIT: Duration = Duration::from_millis(500);
+/// How long an immediate stop waits for the event loop to take its cut-off at all.
+const LOOP_TAKE_WAIT: Duration = Duration::from_millis(100);
 
 /// Unblocks SIGTERM for the calling thread. libc, not rustix: rustix has no
 /// thread signal mask outside its unstable `runtime` API.

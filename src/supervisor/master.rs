@@ -34,7 +34,8 @@ use crate::stop::StopNow;
 pub(super) const DUMP_GRACE: Duration = Duration::from_millis(500);
 /// How long a worker the stop asked to stop at once ([`Worker::stop_now`]) has to cut
 /// and mark its responses and exit before it is killed: its own stop now gives the
-/// marks 500 ms, the drain before them 100 ms.
+/// marks 500 ms, the drain before them 100 ms, and an ASGI worker's loop 500 ms before
+/// that to cut its tasks off (100 ms when the loop is blocked and does not take it).
 const QUIT_GRACE: Duration = Duration::from_millis(1500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
@@ -691,7 +692,7 @@ pub fn run(
     mut reread: impl FnMut(&GenerationSettings) -> Reread,
     worker: impl Fn(WorkerContext) -> i32,
 ) -> Result<(), SupervisorError> {
-    let mask = SigSet::of(&signals::HANDLED);
+    let mask = SigSet::of(&signals::handled());
     mask.block().map_err(SupervisorError::Signals)?;
     let sfd = SignalFd::new(&mask).map_err(SupervisorError::Signals)?;
     let board = Arc::new(
@@ -804,6 +805,10 @@ pub fn run(
                     // regression: its default action killed the master (exit 140), the
                     // workers followed, and the socket and pidfile were left behind.
                     tracing::warn!("SIGUSR2 ignored: postern has no binary upgrade (gunicorn's USR2); SIGHUP reloads the app with new workers, and a new postern binary needs a restart (socket activation keeps the socket open across it)");
+                }
+                s if s == crate::stop::stop_now_signal() => {
+                    // regression (review 353): its default action killed the master.
+                    tracing::warn!("SIGRTMIN+5 ignored: it is the master's own signal to its workers to stop at once (SIGQUIT stops postern at once)");
                 }
                 _ => {}
             }
@@ -2187,11 +2192,12 @@ impl Master {
                 .quit
                 .filter(|q| q.kill_at.is_some() && q.why != StopNow::Timeout);
             if let Some(Quit { why, .. }) = asked {
-                if self.board.serves_asgi(w.slot) || status.terminating_signal().is_some() {
-                    w.name_cut_offs_as(
-                        &self.board,
-                        &format!("its worker stopped at once for {}", why.says()),
-                    );
+                let what = format!("its worker stopped at once for {}", why.says());
+                if status.terminating_signal().is_some() {
+                    w.name_cut_offs_as(&self.board, &what);
+                } else if self.board.serves_asgi(w.slot) {
+                    // Its own stop said what still waited (review 354: twice).
+                    w.name_running(&self.board, None, &what);
                 }
             } else if matches!(w.phase, Phase::Condemned { .. }) {
                 // It ended before the master's kill (its own --graceful-timeout).
@@ -2210,12 +2216,9 @@ impl Master {
                 .board
                 .running(w.slot)
                 .max(w.quit.map_or(0, |q| q.asgi_running))
-                .max(if w.quit.is_some() && self.board.serves_asgi(w.slot) {
-                    // What its loop cut off as it stopped at once ([`Scoreboard::tasks_cut`]).
-                    self.board.in_flight(w.slot)
-                } else {
-                    0
-                });
+                // What an ASGI worker's loop cut off as it stopped at once (their lines
+                // cleared as they ended).
+                .max(self.board.cut_tasks(w.slot));
             let was_waiting = self.board.waiting(w.slot);
             // A start that failed after the import: an ASGI lifespan startup's (a WSGI
             // worker's would be its server's setup: said in the worker's own line).
@@ -2289,7 +2292,12 @@ impl Master {
                 self.unclean.waiting += was_waiting;
                 if !by_master {
                     self.unclean.failed += 1;
-                } else if !self.quitting {
+                } else if !self.quitting
+                    || (status.exit_status() == Some(1) && was_running + was_waiting == 0)
+                {
+                    // (Asked to stop at once, it exits 1 when it cut something off
+                    // that its lines do not show: an upload still being read.
+                    // regression (probe 355): that stop exited 0.)
                     self.unclean.killed += 1;
                 }
             }
@@ -2430,7 +2438,7 @@ impl Master {
                             generation = serving,
                             failed_generation = failed,
                             workers = kept,
-                            "the chain reload had already replaced {kept} worker(s) of generation {serving}: the new workers that serve keep serving the code this reload tried, beside the workers of generation {serving} still there (stopping them would leave their places to restarts that import the same code from disk); fix the code and reload, or put the previous code back and reload, to serve one version again"
+                            "the chain reload had already replaced {kept} worker(s) of generation {serving}: the new workers that serve keep serving the newer code they imported, beside the workers of generation {serving} still there (stopped, their places would go to restarts that import the code on disk, which just failed); fix the code and reload, or put the previous code back and reload, to serve one version again"
                         );
                     }
                     // Places still missing (a new worker that served, then died or
@@ -2440,7 +2448,13 @@ impl Master {
                     // regression (probe 340): nothing said so; /status showed only the
                     // old generation.
                     let missing = self.target.saturating_sub(self.live());
-                    if self.opts.chain_reload && missing > 0 {
+                    // The failed reload's own settings (the master's are back to the
+                    // serving generation's): one that turned --chain-reload on too.
+                    let chained = self
+                        .gens
+                        .get(&failed)
+                        .map_or(self.opts.chain_reload, |g| g.opts.chain_reload);
+                    if chained && missing > 0 {
                         tracing::warn!(
                             generation = self.generation,
                             failed_generation = failed,
@@ -2623,6 +2637,9 @@ impl Master {
         signals::ignore(libc::SIGINT);
         if !worker {
             signals::ignore(libc::SIGQUIT);
+            // Nor is the master's stop now for it (the master never sends it there; a
+            // group-wide one would kill it at its default action).
+            signals::ignore(crate::stop::stop_now_signal());
             // A SIGTERM to the whole group (systemd's KillMode=control-group,
             // supervisord's stopasgroup) reaches the helper too: it serves on (503
             // "postern is stopping" on /ping) while the workers drain, and goes when the
@@ -3477,7 +3494,6 @@ mod tests {
                 "{chain}: the one still importing leaves"
             );
             assert_eq!(m.live(), if chain { 2 } else { 1 }, "{chain}");
-            assert!(!m.reloading());
             for s in [old, new, booting] {
                 let _ = s.end();
             }

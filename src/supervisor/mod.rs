@@ -57,7 +57,7 @@ pub fn block_master_signals() -> std::io::Result<()> {
     // others stay blocked there, as before: at their default action a group-wide
     // SIGTTIN, SIGUSR2 or SIGHUP (`systemctl kill`) would stop or kill them.
     crate::forked::master_blocks(&[libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGCHLD]);
-    signals::SigSet::of(&signals::HANDLED).block()
+    signals::SigSet::of(&signals::handled()).block()
 }
 
 /// Below this soft open-file limit postern cannot be expected to start (its I/O

@@ -261,6 +261,10 @@ pub struct SlotHead {
     /// nothing (written by the worker: set as it reaches its limit, cleared when it
     /// accepts again, held past it).
     paused: AtomicU32,
+    /// How many tasks an ASGI worker stopping at once cut off through its loop
+    /// ([`Scoreboard::tasks_cut`]): they clear their lines as they end, and the master
+    /// counts them at the worker's exit.
+    cut_tasks: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
     /// writes it every second once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
     /// `/status` shows its age, and a worker that should serve but has not beaten
@@ -499,6 +503,7 @@ impl Scoreboard {
             h.threads.store(0, Ordering::Relaxed);
             h.at_cap.store(0, Ordering::Relaxed);
             h.paused.store(0, Ordering::SeqCst);
+            h.cut_tasks.store(0, Ordering::Relaxed);
             h.seen.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
@@ -1094,11 +1099,16 @@ impl Scoreboard {
         self.head(slot).busy.load(Ordering::Acquire) as usize
     }
 
-    /// An ASGI worker stopping at once cut `n` tasks off: its busy count is at least
-    /// that, for the master's count at its exit ([`Scoreboard::in_flight`]).
+    /// An ASGI worker stopping at once cut `n` tasks off through its loop (written by
+    /// the worker, once).
     pub fn tasks_cut(&self, slot: usize, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.head(slot).busy.fetch_max(n, Ordering::AcqRel);
+        self.head(slot).cut_tasks.store(n, Ordering::Release);
+    }
+
+    /// What [`Scoreboard::tasks_cut`] said, 0 if nothing.
+    pub fn cut_tasks(&self, slot: usize) -> usize {
+        self.head(slot).cut_tasks.load(Ordering::Acquire) as usize
     }
 
     /// A Python thread of `slot` finished its request (with `--stats`).

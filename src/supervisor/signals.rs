@@ -24,6 +24,17 @@ pub const HANDLED: [i32; 9] = [
     libc::SIGUSR2,
 ];
 
+/// [`HANDLED`], and the signal that carries the master's stop now to its workers
+/// (`crate::stop::stop_now`, a real-time one: its number is known only at run time).
+/// The master reads it too, to ignore it with a warning: at its default action a stray
+/// one (`kill -RTMIN+5`) killed the master, and the workers followed. A child takes
+/// the whole set back (a worker's handler is in place by then).
+pub fn handled() -> Vec<i32> {
+    let mut all = HANDLED.to_vec();
+    all.push(crate::stop::stop_now_signal());
+    all
+}
+
 /// A set of signals.
 #[derive(Clone, Copy)]
 pub struct SigSet(libc::sigset_t);
@@ -169,6 +180,7 @@ pub fn name(signal: i32) -> String {
         libc::SIGTTOU => "SIGTTOU",
         libc::SIGXCPU => "SIGXCPU",
         libc::SIGSYS => "SIGSYS",
+        s if s == crate::stop::stop_now_signal() => "SIGRTMIN+5",
         _ => return format!("signal {signal}"),
     };
     known.to_string()
