@@ -103,7 +103,9 @@ pub fn start(
                 // worker exits as soon as the requests are cut off, and a shutdown
                 // begun then would be cut halfway (uvicorn's second Ctrl-C does the
                 // same). regression (review 354): it began, and was cut 100 ms in.
-                if !stop.immediate() {
+                if stop.immediate() {
+                    tracing::info!("no lifespan shutdown: an immediate stop (SIGQUIT, a second signal)");
+                } else {
                     lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
                     stop::finish(py, &event_loop, &executor, stop);
                 }

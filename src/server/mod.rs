@@ -651,9 +651,6 @@ pub fn run(
                             }
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
-                        if let Some(m) = &monitor {
-                            m.tasks_cut(stop.cut_tasks());
-                        }
                     }
                     // Nothing may have been running (two signals close together): a drain
                     // that ends within a moment cut nothing off.
@@ -691,6 +688,15 @@ pub fn run(
             let named = master_now == Some(crate::stop::StopNow::Timeout);
             if !named {
                 crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
+            }
+            // What was cut off that no scoreboard line shows, for the master's count
+            // (and its exit code): an ASGI loop's cancelled tasks (their lines clear as
+            // they end), requests still being read (an upload; a kept FastCGI
+            // connection's running request is on a line too: the master takes the
+            // larger count, not the sum).
+            // regression (probe 355): an upload cut by SIGQUIT left the stop's exit 0.
+            if let Some(m) = &monitor {
+                m.tasks_cut(loop_stop.as_ref().map_or(0, |s| s.cut_tasks()) + tracker.len());
             }
             let never = queue.queued();
             // Published now: what a worker took from the listen queue in its last
@@ -1005,7 +1011,7 @@ impl Serving {
 /// before its kill, with the drain's 100 ms and the FastCGI marks' 500 ms after it.
 const LOOP_CUT_WAIT: Duration = Duration::from_millis(500);
 /// How long an immediate stop waits for the event loop to take its cut-off at all.
-const LOOP_TAKE_WAIT: Duration = Duration::from_millis(100);
+const LOOP_TAKE_WAIT: Duration = Duration::from_millis(250);
 
 /// Unblocks SIGTERM for the calling thread. libc, not rustix: rustix has no
 /// thread signal mask outside its unstable `runtime` API.

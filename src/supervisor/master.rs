@@ -35,7 +35,7 @@ pub(super) const DUMP_GRACE: Duration = Duration::from_millis(500);
 /// How long a worker the stop asked to stop at once ([`Worker::stop_now`]) has to cut
 /// and mark its responses and exit before it is killed: its own stop now gives the
 /// marks 500 ms, the drain before them 100 ms, and an ASGI worker's loop 500 ms before
-/// that to cut its tasks off (100 ms when the loop is blocked and does not take it).
+/// that to cut its tasks off (250 ms when the loop is blocked and does not take it).
 const QUIT_GRACE: Duration = Duration::from_millis(1500);
 /// The `--stats` helper is restarted at most this often.
 const STATS_RESTART: Duration = Duration::from_secs(1);
@@ -2216,8 +2216,8 @@ impl Master {
                 .board
                 .running(w.slot)
                 .max(w.quit.map_or(0, |q| q.asgi_running))
-                // What an ASGI worker's loop cut off as it stopped at once (their lines
-                // cleared as they ended).
+                // What the worker cut off that its lines do not show: an ASGI loop's
+                // tasks (their lines cleared as they ended), uploads still being read.
                 .max(self.board.cut_tasks(w.slot));
             let was_waiting = self.board.waiting(w.slot);
             // A start that failed after the import: an ASGI lifespan startup's (a WSGI
@@ -2292,12 +2292,7 @@ impl Master {
                 self.unclean.waiting += was_waiting;
                 if !by_master {
                     self.unclean.failed += 1;
-                } else if !self.quitting
-                    || (status.exit_status() == Some(1) && was_running + was_waiting == 0)
-                {
-                    // (Asked to stop at once, it exits 1 when it cut something off
-                    // that its lines do not show: an upload still being read.
-                    // regression (probe 355): that stop exited 0.)
+                } else if !self.quitting {
                     self.unclean.killed += 1;
                 }
             }

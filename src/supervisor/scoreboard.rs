@@ -261,9 +261,9 @@ pub struct SlotHead {
     /// nothing (written by the worker: set as it reaches its limit, cleared when it
     /// accepts again, held past it).
     paused: AtomicU32,
-    /// How many tasks an ASGI worker stopping at once cut off through its loop
-    /// ([`Scoreboard::tasks_cut`]): they clear their lines as they end, and the master
-    /// counts them at the worker's exit.
+    /// What a worker's stop cut off that its lines do not show ([`Scoreboard::tasks_cut`]):
+    /// an ASGI loop's tasks (they clear their lines as they end), uploads still being
+    /// read; the master counts them at the worker's exit.
     cut_tasks: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
     /// writes it every second once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
@@ -1099,8 +1099,8 @@ impl Scoreboard {
         self.head(slot).busy.load(Ordering::Acquire) as usize
     }
 
-    /// An ASGI worker stopping at once cut `n` tasks off through its loop (written by
-    /// the worker, once).
+    /// A stopping worker cut `n` requests off that its lines do not show (written by
+    /// the worker as it exits).
     pub fn tasks_cut(&self, slot: usize, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.head(slot).cut_tasks.store(n, Ordering::Release);

@@ -485,8 +485,9 @@ pub trait Monitor: Send + Sync {
     /// (published every 50 ms), so that a master that kills this worker can say how
     /// many it cut off besides those running.
     fn waiting(&self, _n: usize) {}
-    /// An ASGI worker stopping at once cut `n` tasks off (each named with its access
-    /// line), so that the master counts them all, not only the ones its lines showed.
+    /// A stopping worker cut `n` requests off that its lines do not show (an ASGI
+    /// loop's cancelled tasks, each named with its access line; uploads still being
+    /// read), so that the master counts them.
     fn tasks_cut(&self, _n: usize) {}
     /// With [`Monitor::waiting`]: the first of those requests (their head, id and
     /// protocol; a few at most), so that a master that kills this worker can name them.
