@@ -40,6 +40,18 @@ if path in ("/stream", "/stream-buffered", "/short"):
         if delay:
             await asyncio.sleep(delay)
     await send({"type": "http.response.body", "body": b""})
+elif path == "/stubborn":
+    # Catches every cancellation and streams on (60 s).
+    await send(start)
+    for i in range(1200):
+        await send({"type": "http.response.body", "body": b"chunk %d\n" % i, "more_body": True})
+        if i == 1:
+            open("under_way-" + scope["query_string"].decode(), "w").close()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+    await send({"type": "http.response.body", "body": b""})
 elif path == "/length":
     start["headers"].append((b"content-length", b"6"))
     await send(start)
@@ -467,4 +479,81 @@ fn every_asgi_task_cut_by_an_immediate_stop_is_named_not_only_those_on_the_score
         logs.contains(&format!("{STREAMS} requests running")),
         "{logs}"
     );
+}
+
+// regression (probe 355): a task that caught the cancellation of an immediate stop (or
+// --graceful-timeout's) and went on was never named (a single process named none;
+// under a master, the 16 its scoreboard shows). The loop names each still running at
+// the end of its grace, with its access line (incomplete), and the stop exits 1.
+#[test]
+fn a_task_that_swallows_the_cut_off_is_still_named_with_its_access_line() {
+    const STREAMS: usize = 3;
+    // A single process and a master's worker stopped by SIGQUIT; a master's worker
+    // whose --graceful-timeout passes.
+    for (master, signal, graceful, grace, by) in [
+        (false, libc::SIGQUIT, "30", "0.3", "by SIGQUIT"),
+        (true, libc::SIGQUIT, "30", "0.3", "by SIGQUIT"),
+        (true, libc::SIGTERM, "0.5", "1", "at --graceful-timeout"),
+    ] {
+        let dir = tempdir();
+        let mut args = vec!["--graceful-timeout", graceful];
+        if master {
+            args.extend(["--master", "--workers", "1"]);
+        }
+        let mut p = Spawn::asgi_unix(dir.path(), "cut_app", &app())
+            .args(args)
+            .start();
+        assert!(p.wait_serving("/"), "{}", p.logs());
+        let Addr::Unix(path) = p.addr.clone() else {
+            unreachable!("a Unix socket")
+        };
+        let mut conns = Vec::new();
+        for i in 0..STREAMS {
+            let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            c.write_all(&uwsgi_get(&format!("/stubborn?{i}"))).unwrap();
+            conns.push(c);
+            assert!(
+                wait_file(&dir.path().join(format!("under_way-{i}")), 10),
+                "{}",
+                p.logs()
+            );
+        }
+        p.signal(signal);
+        for mut c in conns {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+        }
+        let status = p.wait_exit(20);
+        let logs = p.logs();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "master {master}: {logs}"
+        );
+        assert_eq!(
+            logs.matches(&format!("did not end within {grace}s of its cancellation"))
+                .count(),
+            STREAMS,
+            "master {master}: {logs}"
+        );
+        assert_eq!(
+            logs.matches(&format!(
+                "cut off {by}: postern cancelled this request's task during its response"
+            ))
+            .count(),
+            STREAMS,
+            "master {master}: {logs}"
+        );
+        assert_eq!(
+            logs.matches("response incomplete").count(),
+            STREAMS,
+            "master {master}: {logs}"
+        );
+        // Named once: not again by the master from the scoreboard.
+        assert!(
+            !logs.contains("request cut off: its worker"),
+            "master {master}: {logs}"
+        );
+    }
 }

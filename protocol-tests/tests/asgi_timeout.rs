@@ -27,6 +27,18 @@ elif path == "/bg-block":
         time.sleep(seconds)
     asyncio.get_running_loop().create_task(bg())
     await answer(send, str(os.getpid()).encode())
+elif path == "/block":
+    mark("block")
+    time.sleep(60)
+elif path == "/stream":
+    # A response under way for 60 s: a chunk each 50 ms, the mark after the first.
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for i in range(1200):
+        await send({"type": "http.response.body", "body": b"chunk %d\n" % i, "more_body": True})
+        if i == 0:
+            mark("stream-" + scope["query_string"].decode())
+        await asyncio.sleep(0.05)
+    await send({"type": "http.response.body", "body": b""})
 elif path == "/pid":
     await answer(send, str(os.getpid()).encode())
 else:
@@ -97,15 +109,21 @@ fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
         passed.contains("request=GET /stuck") && passed.contains("request_id=req-first"),
         "{logs}"
     );
+    // Named once, by its loop as the kill comes (past --timeout itself by then, on a
+    // slow machine: answered 504), or by the master if the loop did not get to it.
     let cut: Vec<&str> = logs
         .lines()
         .filter(|l| {
             l.contains("request cut off: its worker is killed for another request's --timeout")
+                || l.contains("cut off by another request's --timeout")
+                || l.contains("cut off at its own --timeout")
         })
+        .filter(|l| l.contains("request_id=req-second"))
         .collect();
     assert_eq!(cut.len(), 1, "{logs}");
+    assert!(cut[0].contains("/stuck?second"), "{logs}");
     assert!(
-        cut[0].contains("request=GET /stuck") && cut[0].contains("request_id=req-second"),
+        log_line(&logs, "cut off at its own --timeout").contains("request_id=req-first"),
         "{logs}"
     );
     // The worker did not cut them off itself first.
@@ -115,6 +133,136 @@ fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
     assert!(p.wait_serving("/hello"), "{}", p.logs());
     let after = pid(&p.addr).expect("the replacement's pid");
     assert_ne!(before, after, "{}", p.logs());
+}
+
+// regression (probe 355): a worker condemned for one task's --timeout was killed with
+// its other tasks named from its scoreboard, which shows 16: of 40 streams, 25 were cut
+// off with no line and no count. Its loop now cuts them off as the kill comes, each
+// named once with its access line (a stream: incomplete), and the task past --timeout
+// is answered 504.
+#[test]
+fn every_task_a_timeout_kill_cuts_off_is_named_and_the_one_past_it_answered_504() {
+    const STREAMS: usize = 24;
+    let dir = tempdir();
+    let p = serve(
+        dir.path(),
+        &["--master", "--timeout", "4", "--graceful-timeout", "30"],
+    );
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
+    let stuck = send(&p.addr, "/stuck?first", "req-first");
+    assert!(
+        wait_file(&dir.path().join("stuck-first"), 10),
+        "{}",
+        p.logs()
+    );
+    // Inside --timeout when the stuck task passes it (2 s later).
+    std::thread::sleep(Duration::from_millis(2000));
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|i| send(&p.addr, &format!("/stream?{i}"), &format!("stream-{i}")))
+        .collect();
+    for i in 0..STREAMS {
+        assert!(
+            wait_file(&dir.path().join(format!("stream-{i}")), 10),
+            "{}",
+            p.logs()
+        );
+    }
+    assert!(p.wait_timeout_exit(20), "{}", p.logs());
+    let answer = stuck.join().unwrap();
+    for s in streams {
+        let _ = s.join();
+    }
+    let logs = p.logs();
+    let answer = parse_http(&answer);
+    assert_eq!(answer.map(|r| r.status), Some(504), "{logs}");
+    assert!(
+        log_line(&logs, "cut off at its own --timeout (4s)").contains("request_id=req-first"),
+        "{logs}"
+    );
+    let id = |l: &str| {
+        l.split("request_id=")
+            .nth(1)
+            .and_then(|r| r.split(['}', ' ']).next())
+            .map(str::to_owned)
+    };
+    let by_worker: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("cut off by another request's --timeout (its worker is replaced)"))
+        .filter_map(id)
+        .collect();
+    let by_master: Vec<_> = logs
+        .lines()
+        .filter(|l| {
+            l.contains("request cut off: its worker is killed for another request's --timeout")
+        })
+        .filter_map(id)
+        .collect();
+    let all: std::collections::HashSet<_> = by_worker.iter().chain(&by_master).collect();
+    assert_eq!(by_worker.len() + by_master.len(), STREAMS, "{logs}");
+    assert_eq!(all.len(), STREAMS, "each once: {logs}");
+    assert!(all.iter().all(|i| i.starts_with("stream-")), "{logs}");
+    assert!(by_worker.len() > 16, "{logs}");
+    assert_eq!(
+        logs.matches("response incomplete").count(),
+        by_worker.len(),
+        "{logs}"
+    );
+    // Replaced: the next request is served.
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
+}
+
+// A task that blocks the loop in a sync call past --timeout: the loop cannot cut the
+// tasks off, so the master names them from the scoreboard when the worker exits or is
+// killed, each once (but the one it condemned the worker for, named then).
+#[test]
+fn a_loop_blocked_past_timeout_leaves_its_other_tasks_to_the_master_to_name() {
+    let dir = tempdir();
+    let p = serve(
+        dir.path(),
+        &["--master", "--timeout", "3", "--graceful-timeout", "30"],
+    );
+    assert!(p.wait_serving("/hello"), "{}", p.logs());
+    let streams: Vec<_> = (0..3)
+        .map(|i| send(&p.addr, &format!("/stream?{i}"), &format!("stream-{i}")))
+        .collect();
+    for i in 0..3 {
+        assert!(
+            wait_file(&dir.path().join(format!("stream-{i}")), 10),
+            "{}",
+            p.logs()
+        );
+    }
+    let block = send(&p.addr, "/block", "req-block");
+    assert!(wait_file(&dir.path().join("block"), 10), "{}", p.logs());
+    assert!(p.wait_timeout_exit(20), "{}", p.logs());
+    let _ = block.join();
+    for s in streams {
+        let _ = s.join();
+    }
+    let logs = p.logs();
+    // The first past --timeout (a stream, held by the blocked loop too) condemned the
+    // worker; the others are named by the master, each once.
+    let ids = |what: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| l.split("request_id=").nth(1))
+            .map(|r| r.split(' ').next().unwrap_or("").to_owned())
+            .collect()
+    };
+    let passed = ids("request passed --timeout");
+    let mut named = ids("request cut off: its worker is killed for");
+    assert_eq!((passed.len(), named.len()), (1, 3), "{logs}");
+    named.extend(passed);
+    named.sort();
+    assert_eq!(
+        named,
+        ["req-block", "stream-0", "stream-1", "stream-2"],
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("postern cancelled this request's task"),
+        "{logs}"
+    );
 }
 
 // regression: a condemned ASGI worker's own deadline came 400 ms after the master's kill
@@ -159,11 +307,18 @@ fn a_condemned_asgi_worker_waits_for_a_master_late_to_kill_it() {
             .collect()
     };
     let mut both = said("request passed --timeout");
-    let cut = said("request cut off: its worker is killed for another request's --timeout");
-    assert_eq!((both.len(), cut.len()), (1, 1), "{logs}");
-    both.extend(cut);
-    both.sort();
-    assert_eq!(both, ["req-first", "req-second"], "{logs}");
+    assert_eq!(both.len(), 1, "{logs}");
+    // Both are past --timeout by the kill (the master was held up): the loop cuts
+    // each off, answered 504, named once.
+    let mut cut = said("cut off at its own --timeout");
+    cut.sort();
+    assert_eq!(cut, ["req-first", "req-second"], "{logs}");
+    assert!(
+        !logs.contains("request cut off: its worker is killed"),
+        "{logs}"
+    );
+    both.extend(said("cut off by another request's --timeout"));
+    assert_eq!(both.len(), 1, "{logs}");
     assert!(!logs.contains("cut off at --graceful-timeout"), "{logs}");
 }
 

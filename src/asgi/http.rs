@@ -875,6 +875,9 @@ pub struct Exchange {
     left_line: bool,
     /// Postern cancelled the task at `--graceful-timeout` (not the app's failure).
     cut_at_stop: bool,
+    /// Its task outlived the cut-off's grace and was named and ended without it
+    /// (`_cut_unended`): its own end, if it comes, says nothing more.
+    abandoned: bool,
     body: BodyState,
     /// `receive()` futures waiting for `http.disconnect`.
     waiters: Vec<Py<PyAny>>,
@@ -1551,6 +1554,7 @@ impl Exchange {
             begun: now,
             left_line: false,
             cut_at_stop: false,
+            abandoned: false,
             body: BodyState::Waiting(body),
             waiters: Vec::new(),
             read_in_flight: false,
@@ -2282,6 +2286,46 @@ impl Exchange {
         });
     }
 
+    /// The request's task was cancelled by the stop's cut-off (`--graceful-timeout`,
+    /// an immediate stop, a `--timeout` kill): one line naming it, no traceback (the
+    /// stop's warning said why), and the response ended as a cut one: aborted once it
+    /// started, else answered 503 (the server is stopping; the app did nothing wrong:
+    /// a 500 read as an app bug in access logs and 5xx dashboards, probe 329), or 504
+    /// for the request that passed `--timeout` itself.
+    fn end_cut(slf: &Bound<'_, Self>, served: bool, started_sending: bool) -> PyResult<()> {
+        let killed = crate::stop::master_stop_now() == Some(crate::stop::StopNow::Timeout);
+        let (by, past) = {
+            let me = slf.borrow();
+            let past = me
+                .ctx
+                .timeout
+                .filter(|&t| killed && me.begun.elapsed() >= t);
+            (me.ctx.stop.cut_says().to_owned(), past)
+        };
+        let who = match past {
+            Some(t) => format!(
+                "cut off at its own --timeout ({}s): postern cancelled this request's task",
+                t.as_secs_f64()
+            ),
+            None if killed => "cut off by another request's --timeout (its worker is replaced): postern cancelled this request's task".to_owned(),
+            None => format!("cut off {by}: postern cancelled this request's task"),
+        };
+        if served {
+            tracing::warn!("{who}, which still ran after its response was sent whole");
+        } else if started_sending {
+            tracing::warn!("{who} during its response; aborting the connection");
+            let code = slf.borrow().code;
+            Self::settle(slf, Some(End::Incomplete(code)))?;
+        } else if past.is_some() {
+            tracing::warn!("{who} before its response started; answered 504");
+            Self::answer_plain(slf, 504, b"Gateway Timeout\n")?;
+        } else {
+            tracing::warn!("{who} before its response started; answered 503");
+            Self::answer_plain(slf, 503, b"Service Unavailable\n")?;
+        }
+        Ok(())
+    }
+
     /// Answers a request the app never started a response for.
     fn answer_500(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::answer_plain(slf, 500, b"Internal Server Error\n")
@@ -2320,6 +2364,10 @@ impl Exchange {
     /// The app is done with the request: `failure` is what it raised, if anything.
     pub fn end_with(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
         let py = slf.py();
+        // Named and ended at the cut-off already (`_cut_unended`).
+        if slf.borrow().abandoned {
+            return Ok(());
+        }
         let span = slf.borrow().span.clone();
         let _entered = span.enter();
         let (started_sending, served, gone, complete, cut, refused) = {
@@ -2390,23 +2438,7 @@ impl Exchange {
             // warning said why).
             // regression: each was an ERROR blaming the app, with the cancellation's
             // traceback: a reload with many open streams flooded the log.
-            Some(_) if cut && served => {
-                let by = slf.borrow().ctx.stop.cut_says().to_owned();
-                tracing::warn!("cut off {}: postern cancelled this request's task, which still ran after its response was sent whole", by);
-            }
-            Some(_) if cut && started_sending => {
-                let by = slf.borrow().ctx.stop.cut_says().to_owned();
-                tracing::warn!("cut off {}: postern cancelled this request's task during its response; aborting the connection", by);
-                let code = slf.borrow().code;
-                Self::settle(slf, Some(End::Incomplete(code)))?;
-            }
-            // 503, not 500: the server is stopping, the app did nothing wrong (a 500
-            // read as an app bug in access logs and 5xx dashboards; probe 329).
-            Some(_) if cut => {
-                let by = slf.borrow().ctx.stop.cut_says().to_owned();
-                tracing::warn!("cut off {}: postern cancelled this request's task before its response started; answered 503", by);
-                Self::answer_plain(slf, 503, b"Service Unavailable\n")?;
-            }
+            Some(_) if cut => Self::end_cut(slf, served, started_sending)?,
             Some(e) if !started_sending && !served => {
                 tracing::error!(traceback = %traceback(py, &e), "the app raised an exception; answered 500");
                 Self::answer_500(slf)?;
@@ -3358,6 +3390,32 @@ impl Exchange {
                 "send() got a message of type {other:?}; an HTTP request takes http.response.start, http.response.body, http.response.pathsend or http.response.trailers"
             ))),
         }
+    }
+
+    /// The stop's cut-off gave this request's cancelled task its grace, and the task
+    /// still runs (it caught the cancellation and went on, or awaits something that
+    /// does not take it): the worker exits without it, so it is named and its response
+    /// ended as a cut one now (stop.py's `cut_off`), with its access line; if the task
+    /// ever ends, nothing more is said.
+    /// regression (probe 355): such tasks were never named (a single process named
+    /// none; under a master, 16 from the scoreboard).
+    fn _cut_unended(slf: &Bound<'_, Self>, grace: f64) -> PyResult<()> {
+        let (span, served, started_sending) = {
+            let mut me = slf.borrow_mut();
+            if me.task_over {
+                return Ok(());
+            }
+            me.task_over = true;
+            me.abandoned = true;
+            me.cut_at_stop = true;
+            (me.span.clone(), me.served.is_some(), me.head_sent)
+        };
+        {
+            let _e = span.enter();
+            tracing::warn!("this request's task did not end within {grace}s of its cancellation (it caught the CancelledError, or awaits something that ignores it)");
+            Self::end_cut(slf, served, started_sending)?;
+        }
+        Self::release(slf)
     }
 
     /// The request, as the `--timeout` dump names its task: method, target, id.

@@ -104,7 +104,7 @@ pub fn start(
                 // begun then would be cut halfway (uvicorn's second Ctrl-C does the
                 // same). regression (review 354): it began, and was cut 100 ms in.
                 if stop.immediate() {
-                    tracing::info!("no lifespan shutdown: an immediate stop (SIGQUIT, a second signal)");
+                    tracing::info!("no lifespan shutdown: an immediate stop (SIGQUIT, a second signal, a --timeout kill)");
                 } else {
                     lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
                     stop::finish(py, &event_loop, &executor, stop);

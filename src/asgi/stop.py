@@ -96,7 +96,14 @@ def cut_off(loop, fd, grace, serving, ended):
 
     async def stop_when_ended():
         if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            # Those that caught the cancellation and went on: the worker exits
+            # without them, so each is named and its response ended now.
+            for t in pending:
+                try:
+                    t.get_coro()._postern_exchange._cut_unended(grace)
+                except Exception as e:
+                    _report(loop, e, "naming a request whose task outlived its cut-off failed")
         # The tasks have ended, or had their grace: an immediate stop waits for this.
         ended()
         # Not left to the server, which stops the loop once every request is

@@ -40,6 +40,9 @@ use crate::wsgi::traceback;
 
 /// How long the requests' tasks cancelled at `--graceful-timeout` have to end.
 pub const CUT_GRACE: Duration = Duration::from_secs(1);
+/// The same at an immediate stop, within what the worker waits for its loop's
+/// cut-off (`server::LOOP_CUT_WAIT`): a task still running then is named by the loop.
+pub const IMMEDIATE_CUT_GRACE: Duration = Duration::from_millis(300);
 /// How long the loop has to take the cut-off: a loop blocked by a sync call does not,
 /// and the worker then exits without lifespan shutdown.
 pub const TAKE_WAIT: Duration = Duration::from_secs(1);
@@ -315,7 +318,12 @@ impl Stop {
             move |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
                 let py = args.py();
                 let event_loop = args.get_item(0)?;
-                me.promise(CUT_GRACE + SLACK);
+                let grace = if me.immediate() {
+                    IMMEDIATE_CUT_GRACE
+                } else {
+                    CUT_GRACE
+                };
+                me.promise(grace + SLACK);
                 if me
                     .phase
                     .compare_exchange(CUT_ASKED, CUT_TAKEN, Ordering::AcqRel, Ordering::Acquire)
@@ -345,7 +353,7 @@ impl Stop {
                         (
                             &event_loop,
                             me.fd.as_raw_fd(),
-                            CUT_GRACE.as_secs_f64(),
+                            grace.as_secs_f64(),
                             serving,
                             ended,
                         ),

@@ -634,12 +634,13 @@ pub fn run(
                     // An ASGI worker's loop cuts its requests off now, as at
                     // --graceful-timeout: each task is cancelled and named with its
                     // access line (its FastCGI response cut and marked), rather than
-                    // dying unnamed with the process. Not for --timeout: the master
-                    // named those as it condemned this worker.
-                    if let Some(stop) = loop_stop
-                        .as_ref()
-                        .filter(|_| crate::stop::master_stop_now() != Some(crate::stop::StopNow::Timeout))
-                    {
+                    // dying unnamed with the process. At a --timeout kill too (the
+                    // task past it answered 504): the master names only what a
+                    // blocked loop leaves on the scoreboard, at the exit or the kill.
+                    // regression (probe 355): at a --timeout kill the master named
+                    // the 16 tasks its scoreboard showed; of 40 streams, 25 were cut
+                    // off without a line or a count.
+                    if let Some(stop) = loop_stop.as_ref() {
                         stop.cut_now(stopped_by(why, Some(name)));
                         let asked = Instant::now();
                         while !stop.cut_over() && asked.elapsed() < LOOP_CUT_WAIT {
@@ -684,8 +685,9 @@ pub fn run(
             } else {
                 "this worker is leaving (a reload, SIGTTOU, recycling)"
             };
-            // Condemned for --timeout, the master named them as it stopped this worker.
-            let named = master_now == Some(crate::stop::StopNow::Timeout);
+            // Condemned for --timeout, the master named a WSGI worker's requests (and
+            // what waited) as it stopped it; an ASGI worker's loop names its own.
+            let named = master_now == Some(crate::stop::StopNow::Timeout) && loop_stop.is_none();
             if !named {
                 crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
             }

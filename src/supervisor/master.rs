@@ -333,7 +333,16 @@ impl Worker {
             return;
         }
         if still_running {
-            self.name_cut_offs(board);
+            // An ASGI worker asked to stop at once names its own through its loop's
+            // cut-off (all of them, not only the 16 its lines show); what its lines
+            // still show when it exits or is killed is named then (a blocked loop).
+            // regression (probe 355): named here, 15 of 40 streams; 25 had no line.
+            let loop_names = self.served
+                && board.serves_asgi(self.slot)
+                && !matches!(self.condemned_for, Some(Condemned::Silent(_)));
+            if !loop_names {
+                self.name_cut_offs(board);
+            }
             // Asked to stop at once, so that it cuts and marks its FastCGI responses
             // under way (a plain kill closed them unmarked: nginx took an unbuffered
             // stream on a Unix socket for a whole response); killed 1.5 s later if
@@ -425,9 +434,11 @@ impl Worker {
             return Some(kill_at);
         }
         self.quit = Some(Quit { kill_at: None, ..q });
-        // (For --timeout, the master named them when it condemned it.)
+        // (For a WSGI worker's --timeout, the master named them when it condemned it.)
         if why != StopNow::Timeout {
             self.name_cut_offs_for(board, why.says());
+        } else if board.serves_asgi(self.slot) {
+            self.name_cut_offs(board);
         }
         signal(self.pid, Signal::KILL);
         None
@@ -2188,16 +2199,24 @@ impl Master {
             // ended by a signal (an app's handler put back to the default, the OOM
             // killer) could not, nor an ASGI one those whose tasks did not end in
             // time: what its scoreboard lines still show is named here.
+            let asgi = self.board.serves_asgi(w.slot);
             let asked = w
                 .quit
-                .filter(|q| q.kill_at.is_some() && q.why != StopNow::Timeout);
+                .filter(|q| q.kill_at.is_some() && (q.why != StopNow::Timeout || asgi));
             if let Some(Quit { why, .. }) = asked {
-                let what = format!("its worker stopped at once for {}", why.says());
+                let what = if why == StopNow::Timeout {
+                    let cause = w
+                        .condemned_for
+                        .map_or("another request's --timeout", Condemned::cause);
+                    format!("its worker is killed for {cause}")
+                } else {
+                    format!("its worker stopped at once for {}", why.says())
+                };
                 if status.terminating_signal().is_some() {
                     w.name_cut_offs_as(&self.board, &what);
                 } else if self.board.serves_asgi(w.slot) {
                     // Its own stop said what still waited (review 354: twice).
-                    w.name_running(&self.board, None, &what);
+                    w.name_running(&self.board, w.condemned_for, &what);
                 }
             } else if matches!(w.phase, Phase::Condemned { .. }) {
                 // It ended before the master's kill (its own --graceful-timeout).
