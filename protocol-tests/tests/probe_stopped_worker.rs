@@ -279,3 +279,74 @@ async def app(scope, receive, send):
         "{logs}"
     );
 }
+
+/// `/stream`: 400 chunks, one each 50 ms; anything else: its pid.
+const STREAM_APP: &str = r#"import os, time
+
+def application(environ, start_response):
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    if environ['PATH_INFO'] == '/stream':
+        def chunks():
+            for i in range(400):
+                yield b'chunk %d\n' % i
+                time.sleep(0.05)
+        return chunks()
+    return [str(os.getpid()).encode()]
+"#;
+
+// regression (probe 352): a worker SIGSTOPped while a request ran past --timeout got,
+// once continued, the stack dump's SIGUSR2, the master's SIGTERM and its stop now all
+// at once, nested on one thread: the dump runs on the thread's alternate signal stack
+// (faulthandler's SA_ONSTACK), the handlers nested in it ran there too, and the stack
+// overflowed: the worker died by SIGSEGV (4 runs in 5), its stream left to look
+// complete over TCP. Three runs, each with a stream cut this way.
+#[test]
+fn a_worker_continued_after_its_timeout_kill_was_asked_does_not_crash() {
+    for run in 0..3 {
+        let dir = tempdir();
+        let app = dir.path().join("probe_stream_app.py");
+        std::fs::write(&app, STREAM_APP).unwrap();
+        let p = Spawn::tcp(dir.path(), app.to_str().unwrap())
+            .args(["--master", "--workers", "1", "--timeout", "2"])
+            .args(["--graceful-timeout", "30"])
+            .start();
+        assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+        let worker = p.ready_worker_pids()[0];
+        let addr = p.addr.clone();
+        let client = std::thread::spawn(move || {
+            protocol_tests::harness::raw(&addr, &protocol_tests::harness::uwsgi_get("/stream"))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let _resume = Resume(vec![worker]);
+        // SAFETY: kill(2) on a worker of the master this test started.
+        unsafe {
+            libc::kill(worker, libc::SIGSTOP);
+        }
+        assert!(
+            wait_until(5, || all_threads_stopped(worker)),
+            "{}",
+            p.logs()
+        );
+        // Past --timeout, the dump's 500 ms and the master's stop now, within the
+        // 1.5 s before its kill.
+        assert!(p.wait_log("request passed --timeout", 10), "{}", p.logs());
+        std::thread::sleep(Duration::from_millis(900));
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(worker, libc::SIGCONT);
+        }
+        assert!(
+            p.wait_log(&format!("worker exited pid={worker}"), 10),
+            "{}",
+            p.logs()
+        );
+        let _ = client.join();
+        let logs = p.logs();
+        let exit = logs
+            .lines()
+            .find(|l| l.contains(&format!("worker exited pid={worker}")))
+            .unwrap_or("");
+        assert!(!exit.contains("SIGSEGV"), "run {run}: {logs}");
+        assert!(exit.contains("cause=\"timeout\""), "run {run}: {logs}");
+    }
+}

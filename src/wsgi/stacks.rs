@@ -118,7 +118,27 @@ pub fn enable() -> Result<(), WsgiError> {
         let mut ours = theirs;
         ours.sa_sigaction = on_usr2 as extern "C" fn(libc::c_int) as *const () as usize;
         ours.sa_flags = (theirs.sa_flags | libc::SA_RESTART) & !libc::SA_NODEFER;
-        libc::sigemptyset(&mut ours.sa_mask);
+        // Every other signal waits while a dump runs (but the faults, which must
+        // reach their handlers): faulthandler's flags include SA_ONSTACK, so the dump
+        // runs on the thread's alternate signal stack (8 KiB on the threads Rust
+        // starts), and a handler nested in it ran on that stack too, whatever its
+        // own flags, with a second signal frame (3 KiB and more with AVX-512 state).
+        // regression (probe 352): a worker SIGSTOPped past --timeout and then
+        // continued took the dump's SIGUSR2, its SIGTERM and the master's stop now
+        // at once, nested on one thread: the stack overflowed and the worker died
+        // by SIGSEGV, its streams left to look complete.
+        libc::sigfillset(&mut ours.sa_mask);
+        for fault in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGABRT,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut ours.sa_mask, fault);
+        }
         libc::sigaction(libc::SIGUSR2, &ours, std::ptr::null_mut());
     }
     Ok(())
