@@ -39,6 +39,13 @@ elif path == "/stream":
             mark("stream-" + scope["query_string"].decode())
         await asyncio.sleep(0.05)
     await send({"type": "http.response.body", "body": b""})
+elif path == "/big":
+    # 8 MiB in 64 KiB parts: to a reader that reads nothing, a write waits.
+    mark("big")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for i in range(128):
+        await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 elif path == "/pid":
     await answer(send, str(os.getpid()).encode())
 else:
@@ -79,7 +86,7 @@ fn pid(addr: &Addr) -> Option<String> {
 // timeout cut off. (With --graceful-timeout 1 the master's kill, 500 ms after the
 // dump began, always came first.)
 #[test]
-fn a_condemned_asgi_worker_leaves_its_tasks_to_the_master_to_name() {
+fn a_condemned_asgi_worker_names_its_other_tasks_once_whatever_its_graceful_timeout() {
     let dir = tempdir();
     let p = serve(
         dir.path(),
@@ -202,6 +209,9 @@ fn every_task_a_timeout_kill_cuts_off_is_named_and_the_one_past_it_answered_504(
     assert_eq!(all.len(), STREAMS, "each once: {logs}");
     assert!(all.iter().all(|i| i.starts_with("stream-")), "{logs}");
     assert!(by_worker.len() > 16, "{logs}");
+    // regression (review 357): the cut-off's own waiter, still pending when the
+    // loop closed, was reported as an error.
+    assert!(!logs.contains("destroyed but it is pending"), "{logs}");
     assert_eq!(
         logs.matches("response incomplete").count(),
         by_worker.len(),
@@ -415,4 +425,58 @@ fn without_timeout_a_blocked_loop_is_left_alone() {
     let logs = p.logs();
     assert!(!logs.contains("event loop blocked"), "{logs}");
     assert!(!logs.contains("SIGKILL"), "{logs}");
+}
+
+// regression (review 357): a response the --timeout kill cut off while a write of it
+// waited on an executor thread (FastCGI, a front server that reads nothing) kept its
+// scoreboard line: named by the loop as it cut it, and again by the master at the
+// worker's exit.
+#[test]
+fn a_response_cut_while_its_write_waits_is_named_once() {
+    use protocol_tests::harness::fcgi;
+    use std::io::Write;
+    let dir = tempdir();
+    let app = AsgiApp::new(ASGI_TEST_PRELUDE).http(HTTP);
+    let p = Spawn::asgi_unix(dir.path(), "asgi_timeout_app", &app)
+        .asgi_test_dir(dir.path())
+        .protocol("fastcgi")
+        .args(["--master", "--workers", "1", "--timeout", "3"])
+        .args(["--graceful-timeout", "30"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(sock) = p.addr.clone() else {
+        unreachable!("a Unix socket")
+    };
+    let request = |path: &str, id: &str| {
+        let mut vars: Vec<(String, String)> = fcgi::get_vars(path)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        vars.push(("HTTP_X_REQUEST_ID".into(), id.into()));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.write_all(&fcgi::request(1, false, &vars, b"")).unwrap();
+        c
+    };
+    let _stuck = request("/stuck?first", "req-first");
+    assert!(
+        wait_file(&dir.path().join("stuck-first"), 10),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // Read by nobody: its writes wait.
+    let _big = request("/big", "big1");
+    assert!(wait_file(&dir.path().join("big"), 10), "{}", p.logs());
+    assert!(p.wait_timeout_exit(20), "{}", p.logs());
+    // The worker's exit, and the master's reap, are over.
+    assert!(p.wait_log("worker ready", 20), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = p.logs();
+    let named: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("request_id=big1"))
+        .filter(|l| l.contains("cut off"))
+        .collect();
+    assert_eq!(named.len(), 1, "{logs}");
 }

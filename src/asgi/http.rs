@@ -2296,10 +2296,12 @@ impl Exchange {
         let killed = crate::stop::master_stop_now() == Some(crate::stop::StopNow::Timeout);
         let (by, past) = {
             let me = slf.borrow();
+            // A task whose response went whole left --timeout's watch: never the one
+            // past it.
             let past = me
                 .ctx
                 .timeout
-                .filter(|&t| killed && me.begun.elapsed() >= t);
+                .filter(|&t| killed && !served && me.begun.elapsed() >= t);
             (me.ctx.stop.cut_says().to_owned(), past)
         };
         let who = match past {
@@ -2316,9 +2318,26 @@ impl Exchange {
             tracing::warn!("{who} during its response; aborting the connection");
             let code = slf.borrow().code;
             Self::settle(slf, Some(End::Incomplete(code)))?;
+            // A write still on an executor thread holds the sink: the response ends
+            // when it returns, which the stop may not wait for. Named here, the task
+            // leaves its scoreboard line now, or the master named it again at the exit.
+            // regression (review 357): named twice over FastCGI to a slow reader.
+            let me = slf.borrow();
+            if me.served.is_none() && !me.left_line {
+                me.ctx.watch.responded(me.slot);
+                drop(me);
+                slf.borrow_mut().left_line = true;
+            }
         } else if past.is_some() {
-            tracing::warn!("{who} before its response started; answered 504");
             Self::answer_plain(slf, 504, b"Gateway Timeout\n")?;
+            // Over FastCGI the server layer may have answered it just before the
+            // kill (`answer_overdue`, which said so): not said twice.
+            let late = slf.borrow().served.as_ref().is_some_and(|s| s.sent.late);
+            if late {
+                tracing::debug!("{who} before its response started; its 504 had gone out");
+            } else {
+                tracing::warn!("{who} before its response started; answered 504");
+            }
         } else {
             tracing::warn!("{who} before its response started; answered 503");
             Self::answer_plain(slf, 503, b"Service Unavailable\n")?;
@@ -3400,7 +3419,7 @@ impl Exchange {
     /// regression (probe 355): such tasks were never named (a single process named
     /// none; under a master, 16 from the scoreboard).
     fn _cut_unended(slf: &Bound<'_, Self>, grace: f64) -> PyResult<()> {
-        let (span, served, started_sending) = {
+        let (span, served, started_sending, gone) = {
             let mut me = slf.borrow_mut();
             if me.task_over {
                 return Ok(());
@@ -3408,12 +3427,22 @@ impl Exchange {
             me.task_over = true;
             me.abandoned = true;
             me.cut_at_stop = true;
-            (me.span.clone(), me.served.is_some(), me.head_sent)
+            (me.span.clone(), me.served.is_some(), me.head_sent, me.gone)
         };
         {
             let _e = span.enter();
-            tracing::warn!("this request's task did not end within {grace}s of its cancellation (it caught the CancelledError, or awaits something that ignores it)");
-            Self::end_cut(slf, served, started_sending)?;
+            if gone {
+                tracing::debug!("this request's task did not end within {grace}s of its cancellation; its client had gone");
+                Self::settle(slf, None)?;
+            } else {
+                tracing::warn!("this request's task did not end within {grace}s of its cancellation (it caught the CancelledError, or awaits something that ignores it)");
+                Self::end_cut(slf, served, started_sending)?;
+            }
+            // What the task still sends is refused as for a response postern cut
+            // off (an OSError, as after a disconnect), not as the app's own error.
+            slf.borrow_mut().send_refused = Some(
+                "postern cut this request off at the stop: its task did not end when cancelled",
+            );
         }
         Self::release(slf)
     }

@@ -105,6 +105,7 @@ pub fn start(
                 // same). regression (review 354): it began, and was cut 100 ms in.
                 if stop.immediate() {
                     tracing::info!("no lifespan shutdown: an immediate stop (SIGQUIT, a second signal, a --timeout kill)");
+                    stop::forget_pending(py, &event_loop);
                 } else {
                     lifespan.shutdown(py, &event_loop, asgi.lifespan_timeout);
                     stop::finish(py, &event_loop, &executor, stop);

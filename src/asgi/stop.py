@@ -80,11 +80,12 @@ def describe(context):
     return message, task, "\n".join(lines), tb
 
 
-def cut_off(loop, fd, grace, serving, ended):
+def cut_off(loop, fd, grace_left, serving, ended):
     """--graceful-timeout passed, or an immediate stop came, with requests in flight
     (the fd was written): cancels the requests' tasks and stops the loop once they have
-    ended, or `grace` seconds later, while it still serves (`serving()`); `ended()` is
-    called then. Returns how many were cancelled."""
+    ended, or their grace is over (`grace_left()`: the grace in all and what is left of
+    it, in seconds; an immediate stop shortens it), while it still serves
+    (`serving()`); `ended()` is called then. Returns how many were cancelled."""
     try:
         os.read(fd, 8)
     except BlockingIOError:
@@ -95,8 +96,15 @@ def cut_off(loop, fd, grace, serving, ended):
         t.cancel()
 
     async def stop_when_ended():
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
+        pending = set(tasks)
+        while pending:
+            left = grace_left()[1]
+            if left <= 0:
+                break
+            # Looked at again within 50 ms: an immediate stop may shorten the grace.
+            _, pending = await asyncio.wait(pending, timeout=min(left, 0.05))
+        if pending:
+            grace = grace_left()[0]
             # Those that caught the cancellation and went on: the worker exits
             # without them, so each is named and its response ended now.
             for t in pending:
@@ -114,7 +122,10 @@ def cut_off(loop, fd, grace, serving, ended):
         if serving():
             loop.stop()
 
-    loop.create_task(stop_when_ended(), name=OWN + "the stop after --graceful-timeout")
+    waiter = loop.create_task(stop_when_ended(), name=OWN + "the stop's cut-off")
+    # The loop may stop before it resumes (the last task's end stops it), and an
+    # immediate stop closes the loop then: not an error to report.
+    waiter._log_destroy_pending = False
     return len(tasks)
 
 
@@ -150,8 +161,9 @@ def finish(loop, executor, timeout, aside):
     every = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for t in every:
         t.cancel()
-    # postern's own (the cut-off's stop) are not the app's to count.
-    tasks = [t for t in every if not t.get_name().startswith(OWN)]
+    # postern's own (the cut-off's stop) are not the app's to count, nor a request's
+    # task that outlived its cut-off (named then, by cut_off).
+    tasks = [t for t in every if not t.get_name().startswith(OWN) and not _is_request(t)]
     left = 0
     if every:
         try:
@@ -160,6 +172,10 @@ def finish(loop, executor, timeout, aside):
             _report(loop, e, "cancelling the tasks the app left running failed")
             pending = [t for t in tasks if not t.done()]
         left = len([t for t in tasks if t in pending])
+        # Said above (a warning with their count, or the cut-off's lines): not again
+        # as destroyed while pending when the loop is closed.
+        for t in pending:
+            t._log_destroy_pending = False
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 loop.call_exception_handler({
@@ -188,3 +204,12 @@ def finish(loop, executor, timeout, aside):
     if waiter.is_alive():
         late.append("the default executor's jobs")
     return len(tasks), left, late
+
+
+def forget_pending(loop):
+    """An immediate stop closes the loop with no finish(): the tasks still pending (a
+    request's that outlived its cut-off, named then; the app's own) are not reported
+    as destroyed while pending."""
+    for t in asyncio.all_tasks(loop):
+        if not t.done():
+            t._log_destroy_pending = False

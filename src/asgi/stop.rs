@@ -157,6 +157,9 @@ pub struct Stop {
     cut_over: AtomicBool,
     /// How many tasks the cut-off cancelled.
     cut_tasks: std::sync::atomic::AtomicUsize,
+    /// When the cancelled tasks' grace ends (nanoseconds since `base`; 0: no cut-off
+    /// yet): an immediate stop during `--graceful-timeout`'s grace brings it forward.
+    cut_until: AtomicU64,
     /// Set for an immediate stop (a second signal, SIGQUIT, the master's stop now):
     /// what cut the requests off, as their lines say it ("by SIGQUIT"); unset, the cut
     /// is `--graceful-timeout`'s.
@@ -179,6 +182,7 @@ impl Stop {
             cut: AtomicBool::new(false),
             cut_over: AtomicBool::new(false),
             cut_tasks: std::sync::atomic::AtomicUsize::new(0),
+            cut_until: AtomicU64::new(0),
             cut_by: std::sync::OnceLock::new(),
             fd,
         }))
@@ -252,10 +256,38 @@ impl Stop {
     /// scoreboard, which shows 16 of them: the others were cut off unnamed.
     pub fn cut_now(&self, by: String) {
         let _ = self.cut_by.set(by);
+        // A cut-off already under way (`--graceful-timeout`'s, 1 s of grace) ends
+        // within the immediate stop's grace: the worker waits for it no longer.
+        // regression (probe 358): its tasks that swallowed the cancellation were
+        // named by nobody (a single process), or from the 16 scoreboard lines.
+        self.hurry_cut();
         self.graceful.store(1, Ordering::Release);
         // Asked here, not left to `join`: the worker may not be waiting in it yet
         // (the drain first waits for the requests still being read).
         self.ask_cut();
+    }
+
+    /// Brings the cut-off's grace, if one runs, within [`IMMEDIATE_CUT_GRACE`] from now.
+    fn hurry_cut(&self) {
+        let soon = self.now() + IMMEDIATE_CUT_GRACE.as_nanos() as u64;
+        let _ = self
+            .cut_until
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                (u != 0 && u > soon).then_some(soon)
+            });
+    }
+
+    /// The grace the cancelled tasks have in all (as said in their lines), and what is
+    /// left of it, in seconds.
+    fn cut_grace_left(&self) -> (f64, f64) {
+        let grace = if self.immediate() {
+            IMMEDIATE_CUT_GRACE
+        } else {
+            CUT_GRACE
+        };
+        let until = self.cut_until.load(Ordering::SeqCst);
+        let left = until.saturating_sub(self.now()) as f64 / 1e9;
+        (grace.as_secs_f64(), left)
     }
 
     /// Asks the loop to cut its requests off (once; not once it has stopped serving).
@@ -324,6 +356,12 @@ impl Stop {
                     CUT_GRACE
                 };
                 me.promise(grace + SLACK);
+                me.cut_until
+                    .store(me.now() + grace.as_nanos() as u64, Ordering::SeqCst);
+                // An immediate stop asked as this took the graceful cut-off.
+                if me.immediate() {
+                    me.hurry_cut();
+                }
                 if me
                     .phase
                     .compare_exchange(CUT_ASKED, CUT_TAKEN, Ordering::AcqRel, Ordering::Acquire)
@@ -347,16 +385,19 @@ impl Stop {
                         stop.cut_over.store(true, Ordering::Release);
                     },
                 )?;
+                let stop = Arc::clone(&me);
+                let grace_left = PyCFunction::new_closure(
+                    py,
+                    Some(c"postern_cut_grace_left"),
+                    None,
+                    move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
+                        stop.cut_grace_left()
+                    },
+                )?;
                 let n: usize = module(py)?
                     .call_method1(
                         "cut_off",
-                        (
-                            &event_loop,
-                            me.fd.as_raw_fd(),
-                            grace.as_secs_f64(),
-                            serving,
-                            ended,
-                        ),
+                        (&event_loop, me.fd.as_raw_fd(), grace_left, serving, ended),
                     )?
                     .extract()?;
                 me.cut_tasks.store(n, Ordering::Release);
@@ -405,6 +446,17 @@ impl Stop {
             return LEFTOVER_GRACE;
         }
         Duration::from_nanos(graceful.saturating_sub(self.now())).max(LEFTOVER_GRACE)
+    }
+}
+
+/// An immediate stop closes the loop without [`finish`]: the tasks still pending are
+/// not reported as destroyed while pending (an error line per task at their
+/// collection, the cut-off's own waiter among them).
+/// regression (review 357): every immediate stop whose tasks ended at once logged
+/// "Task was destroyed but it is pending!" for the cut-off's waiter.
+pub fn forget_pending(py: Python<'_>, event_loop: &Bound<'_, PyAny>) {
+    if let Err(e) = module(py).and_then(|m| m.call_method1("forget_pending", (event_loop,))) {
+        tracing::debug!(detail = %traceback(py, &e), "cannot mark the pending tasks at the immediate stop");
     }
 }
 

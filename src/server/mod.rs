@@ -416,9 +416,11 @@ pub fn run(
             tracing::info!(pid = std::process::id(), signal = why, "stopping: no new connections, letting in-flight requests finish (a second signal stops at once)");
         }
         // A worker the master condemned for --timeout is killed at the end of its stack
-        // dump: its own deadline comes later, so that the master's kill names the
-        // requests it cuts off (an ASGI worker's cut-off would cancel its tasks and
-        // clear their lines first).
+        // dump: its own deadline comes later, so that the kill comes first, and what it
+        // cuts off is named for it (by the master from a WSGI worker's lines, by an
+        // ASGI worker's loop as the master's stop now asks), not as cut at
+        // --graceful-timeout (an ASGI cut-off there would also end the task past
+        // --timeout, and the master would spare the worker).
         let graceful = match monitor.as_ref().and_then(|m| m.condemned_grace()) {
             Some(least) => graceful.max(least),
             None => graceful,

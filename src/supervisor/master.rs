@@ -356,6 +356,11 @@ impl Worker {
             } else {
                 self.stop_now(board, StopNow::Timeout);
                 self.before_stop = !board.is_stopping();
+                // The ask failed (killed at once instead): nobody else names them.
+                // regression (review 357): an ASGI worker's went unnamed.
+                if loop_names && self.quit.is_none() {
+                    self.name_cut_offs(board);
+                }
             }
             self.phase.killed();
         } else {
@@ -2795,11 +2800,13 @@ impl Master {
         }
     }
 
-    /// Requests the workers are running (scoreboard).
+    /// Requests the workers are running (scoreboard): an ASGI worker's lines show 16
+    /// of its tasks, its busy count (with `--stats`) all of them.
+    /// regression (probe 355): the second signal's line said 16 for 40 tasks.
     fn running(&self) -> usize {
         self.workers
             .iter()
-            .map(|w| self.board.running(w.slot))
+            .map(|w| self.board.running(w.slot).max(self.board.in_flight(w.slot)))
             .sum()
     }
 

@@ -43,7 +43,9 @@ const TERM_WAIT: Duration = Duration::from_millis(200);
 const CONDEMNED_GRACE: Duration =
     Duration::from_millis(400).saturating_add(super::master::DUMP_GRACE);
 /// [`CONDEMNED_GRACE`] of an ASGI worker, whose own `--graceful-timeout` would cancel
-/// its tasks and clear their lines: seconds past the kill, for a master held up by a
+/// its tasks (named as cut at `--graceful-timeout`, the task past `--timeout` among
+/// them, so the master would spare the worker) before the master's stop now has its
+/// loop cut them as `--timeout`'s: seconds past the kill, for a master held up by a
 /// loaded machine. A worker spared at the dump's end (its request ended) drains for
 /// this long at least, and the master waits as much before it kills it ([`condemned_grace`]).
 /// regression: with `--graceful-timeout` under the dump's 500 ms, an ASGI worker
