@@ -1663,6 +1663,15 @@ fn sigquit_cutting_an_upload_still_being_read_exits_1() {
     p.signal(libc::SIGQUIT);
     let status = p.wait_exit(15).expect("it exits");
     assert_eq!(status.code(), Some(1), "{status}\n{}", p.logs());
+    // Named, with its access line (regression, probe 358: a count only).
+    let logs = p.logs();
+    let named = log_line(&logs, "its body was still being read");
+    assert!(named.contains("path=/up"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("response incomplete") && l.contains("path=/up")),
+        "{logs}"
+    );
     drop(c);
 }
 

@@ -333,6 +333,14 @@ async fn serve<C: Conn>(
     let watch = (got < head.content_length)
         .then(|| slow_clients::HeadWatch::body(&peer, head.content_length, got));
     framed.arriving = watch.as_ref().map(slow_clients::HeadWatch::marker);
+    let mut reading = ReadingBody {
+        span: &span,
+        head: &head,
+        id: &request_id,
+        protocol: info.protocol,
+        started,
+        armed: got < head.content_length,
+    };
     let read = span.instrument(read_body(&mut framed, &head, limits));
     let read = match &watch {
         Some(w) => tokio::select! {
@@ -341,6 +349,8 @@ async fn serve<C: Conn>(
         },
         None => Some(read.await),
     };
+    reading.armed = false;
+    drop(reading);
     framed.arriving = None;
     drop(watch);
     let Some(read) = read else {
@@ -639,6 +649,42 @@ impl RateLimit {
 
 /// Reads CONTENT_LENGTH bytes into memory, or into an unlinked temporary file past
 /// the spool threshold.
+/// A body still being read when the worker's stop cuts its connection off (the stop
+/// ends the runtime, which drops this task): named, with its access line (postern cut
+/// it), since nothing else names it: it never reached the app, nor a scoreboard line.
+/// regression (probe 358): uploads cut by a --timeout kill or a stop now over uwsgi
+/// and SCGI left no line (only a count).
+struct ReadingBody<'a> {
+    span: &'a crate::logging::RequestSpan,
+    head: &'a Head,
+    id: &'a crate::logging::RequestId,
+    protocol: Protocol,
+    started: Instant,
+    /// Still reading: a drop now is the stop's.
+    armed: bool,
+}
+
+impl Drop for ReadingBody<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.span.in_scope(|| {
+            tracing::warn!(
+                content_length = self.head.content_length,
+                "request cut off as its worker stopped: its body was still being read (it never reached the app; the front server gets an error)"
+            );
+            closed_access(
+                self.head,
+                self.id,
+                self.protocol,
+                Ending::Incomplete,
+                self.started,
+            );
+        });
+    }
+}
+
 async fn read_body<C: Conn>(
     framed: &mut Reader<'_, C>,
     head: &Head,
