@@ -117,3 +117,66 @@ fn an_asgi_dump_logs_the_threads_then_the_tasks() {
         "{logs}"
     );
 }
+
+/// An app whose import starts 100 threads, each waiting 100 frames deep in a module
+/// under a long directory name: a dump of over 1 MiB, more than the dump pipe holds.
+const DEEP_THREADS: &str = r#"
+import threading, time
+
+def deep(n):
+    if n:
+        return deep(n - 1)
+    time.sleep(3600)
+
+for _ in range(100):
+    threading.Thread(target=deep, args=(95,), daemon=True).start()
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\n"]
+"#;
+
+/// The thread of `pid` named `name` (`/proc/PID/task/*/comm`).
+fn thread_named(pid: i32, name: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+}
+
+// regression (review 359): a SIGUSR2 the kernel gave the thread that reads the dump
+// pipe wrote the dump into the pipe only that thread drains: past the pipe's size it
+// waited for good, and every later dump of the worker was lost (faulthandler's guard
+// stayed set). Here the signal is sent to that thread itself, then to the worker: the
+// second dump is logged.
+#[test]
+fn a_dump_signal_on_the_pipe_reader_thread_does_not_hang_later_dumps() {
+    let dir = tempdir();
+    let long = dir.path().join("d".repeat(200));
+    std::fs::create_dir(&long).unwrap();
+    let app = long.join("deep_threads_app.py");
+    std::fs::write(&app, DEEP_THREADS).unwrap();
+    let p = Spawn::unix(dir.path(), app.to_str().unwrap())
+        .args(["--master", "--workers", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let worker = p.ready_worker_pids()[0];
+    let reader = thread_named(worker, "postern-stacks").expect("the dump reader thread");
+    // SAFETY: tgkill(2) on a thread of a worker this test started.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, worker, reader, libc::SIGUSR2);
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill(2) on a worker this test started.
+    unsafe {
+        libc::kill(worker, libc::SIGUSR2);
+    }
+    assert!(
+        p.wait_log("Python stacks of this worker's threads", 20),
+        "{}",
+        p.logs()
+    );
+}

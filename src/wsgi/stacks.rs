@@ -27,9 +27,23 @@ static DUMP_FD: AtomicI32 = AtomicI32::new(-1);
 /// tasks' stacks then, so they come after the threads' stacks in the log).
 static AFTER_DUMP: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
 
-/// The pipe's size: a dump (up to 100 frames of each of up to 100 threads) fits, so
-/// the signal handler does not wait for the reader.
+/// The pipe's size: most dumps fit, so the signal handler seldom waits for the reader
+/// (faulthandler writes up to 100 frames of each of up to 100 threads: with long file
+/// paths that can be a few MiB, which the handler then writes as the reader drains
+/// the pipe; the reader itself never takes the signal, see [`read_dumps`]).
 const PIPE_SIZE: usize = 1 << 20;
+
+/// The synchronous faults: never blocked (a fault the kernel finds blocked takes its
+/// default action, past the handlers that answer a crashed request).
+const FAULTS: [libc::c_int; 7] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGABRT,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
 
 /// A dump larger than this is logged in parts.
 const MAX_EVENT: usize = 4 << 20;
@@ -128,15 +142,7 @@ pub fn enable() -> Result<(), WsgiError> {
         // at once, nested on one thread: the stack overflowed and the worker died
         // by SIGSEGV, its streams left to look complete.
         libc::sigfillset(&mut ours.sa_mask);
-        for fault in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGFPE,
-            libc::SIGILL,
-            libc::SIGABRT,
-            libc::SIGTRAP,
-            libc::SIGSYS,
-        ] {
+        for fault in FAULTS {
             libc::sigdelset(&mut ours.sa_mask, fault);
         }
         libc::sigaction(libc::SIGUSR2, &ours, std::ptr::null_mut());
@@ -144,8 +150,24 @@ pub fn enable() -> Result<(), WsgiError> {
     Ok(())
 }
 
-/// The reader thread: one log event per dump (up to each NUL).
+/// The reader thread: one log event per dump (up to each NUL). It takes no signal:
+/// a SIGUSR2 handled here would write the dump into the pipe only this thread
+/// drains, and wait for good once it was full (faulthandler then drops every later
+/// dump of the worker, its own re-entry guard still set).
+/// regression (review 359): with 100 deep threads (a 4 MB dump), a SIGUSR2 taken
+/// by this thread hung it in the pipe's write.
 fn read_dumps(read: OwnedFd) {
+    // SAFETY: a full set, initialised by sigfillset; the old mask is not wanted.
+    // libc: rustix has no pthread_sigmask outside its runtime module.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        // But the faults, which must reach their handlers.
+        for fault in FAULTS {
+            libc::sigdelset(&mut all, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
     let mut dump: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
