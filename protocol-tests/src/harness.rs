@@ -573,6 +573,20 @@ pub fn log_line<'a>(logs: &'a str, needle: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line with {needle:?}:\n{logs}"))
 }
 
+/// The request ids (`request_id=...`, in a request's span or a field) of the lines of
+/// `logs` that contain `needle`, in order.
+pub fn log_request_ids(logs: &str, needle: &str) -> Vec<String> {
+    logs.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            l.split("request_id=")
+                .nth(1)
+                .and_then(|r| r.split(['}', ' ']).next())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 impl Postern {
     /// Runs `cmd` with stdout and stderr to a new file in `dir`, and waits until `addr`
     /// accepts connections and the log (`log`, or that file when `None`) says `ready`.

@@ -459,22 +459,11 @@ fn every_asgi_task_cut_by_an_immediate_stop_is_named_not_only_those_on_the_score
     let logs = p.logs();
     // Each once: by the worker as its task ends, or (one still running as the worker
     // exits, on a slow machine) by the master.
-    let id = |l: &str| {
-        l.split("request_id=")
-            .nth(1)
-            .and_then(|r| r.split(['}', ' ']).next())
-            .map(str::to_owned)
-    };
-    let by_worker: Vec<_> = logs
-        .lines()
-        .filter(|l| l.contains("cut off by SIGQUIT: postern cancelled this request's task"))
-        .filter_map(id)
-        .collect();
-    let by_master: Vec<_> = logs
-        .lines()
-        .filter(|l| l.contains("request cut off: its worker"))
-        .filter_map(id)
-        .collect();
+    let by_worker = log_request_ids(
+        &logs,
+        "cut off by SIGQUIT: postern cancelled this request's task",
+    );
+    let by_master = log_request_ids(&logs, "request cut off: its worker");
     let all: std::collections::HashSet<_> = by_worker.iter().chain(&by_master).collect();
     assert_eq!(by_worker.len() + by_master.len(), STREAMS, "{logs}");
     assert_eq!(all.len(), STREAMS, "each once: {logs}");

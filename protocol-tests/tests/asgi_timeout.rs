@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol_tests::harness::{
-    log_line, parse_http, raw, tempdir, uwsgi_get, uwsgi_get_with, wait_file, wait_until, Addr,
-    AsgiApp, Postern, Spawn, ASGI_TEST_PRELUDE,
+    log_line, log_request_ids, parse_http, raw, tempdir, uwsgi_get, uwsgi_get_with, wait_file,
+    wait_until, Addr, AsgiApp, Postern, Spawn, ASGI_TEST_PRELUDE,
 };
 
 /// The app's `http` part ([`ASGI_TEST_PRELUDE`] before it).
@@ -186,24 +186,14 @@ fn every_task_a_timeout_kill_cuts_off_is_named_and_the_one_past_it_answered_504(
         log_line(&logs, "cut off at its own --timeout (4s)").contains("request_id=req-first"),
         "{logs}"
     );
-    let id = |l: &str| {
-        l.split("request_id=")
-            .nth(1)
-            .and_then(|r| r.split(['}', ' ']).next())
-            .map(str::to_owned)
-    };
-    let by_worker: Vec<_> = logs
-        .lines()
-        .filter(|l| l.contains("cut off by another request's --timeout (its worker is replaced)"))
-        .filter_map(id)
-        .collect();
-    let by_master: Vec<_> = logs
-        .lines()
-        .filter(|l| {
-            l.contains("request cut off: its worker is killed for another request's --timeout")
-        })
-        .filter_map(id)
-        .collect();
+    let by_worker = log_request_ids(
+        &logs,
+        "cut off by another request's --timeout (its worker is replaced)",
+    );
+    let by_master = log_request_ids(
+        &logs,
+        "request cut off: its worker is killed for another request's --timeout",
+    );
     let all: std::collections::HashSet<_> = by_worker.iter().chain(&by_master).collect();
     assert_eq!(by_worker.len() + by_master.len(), STREAMS, "{logs}");
     assert_eq!(all.len(), STREAMS, "each once: {logs}");
@@ -252,15 +242,8 @@ fn a_loop_blocked_past_timeout_leaves_its_other_tasks_to_the_master_to_name() {
     let logs = p.logs();
     // The first past --timeout (a stream, held by the blocked loop too) condemned the
     // worker; the others are named by the master, each once.
-    let ids = |what: &str| -> Vec<String> {
-        logs.lines()
-            .filter(|l| l.contains(what))
-            .filter_map(|l| l.split("request_id=").nth(1))
-            .map(|r| r.split(' ').next().unwrap_or("").to_owned())
-            .collect()
-    };
-    let passed = ids("request passed --timeout");
-    let mut named = ids("request cut off: its worker is killed for");
+    let passed = log_request_ids(&logs, "request passed --timeout");
+    let mut named = log_request_ids(&logs, "request cut off: its worker is killed for");
     assert_eq!((passed.len(), named.len()), (1, 3), "{logs}");
     named.extend(passed);
     named.sort();
