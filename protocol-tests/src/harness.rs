@@ -587,6 +587,24 @@ pub fn log_request_ids(logs: &str, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// `n` ASGI tasks an immediate stop or a `--timeout` kill cut off, each named once: by
+/// the worker's loop (`by_worker`, more than the 16 a scoreboard shows, each with its
+/// access line `response incomplete`), or by the master (`by_master`: what a worker
+/// still ran as it exited); no task reported destroyed while pending (regression,
+/// review 357: the cut-off's own waiter was, at ERROR).
+pub fn assert_cut_named_once(logs: &str, by_worker: &[String], by_master: &[String], n: usize) {
+    let all: std::collections::HashSet<_> = by_worker.iter().chain(by_master).collect();
+    assert_eq!(by_worker.len() + by_master.len(), n, "{logs}");
+    assert_eq!(all.len(), n, "each once: {logs}");
+    assert!(by_worker.len() > 16, "{logs}");
+    assert!(!logs.contains("destroyed but it is pending"), "{logs}");
+    assert_eq!(
+        logs.matches("response incomplete").count(),
+        by_worker.len(),
+        "{logs}"
+    );
+}
+
 impl Postern {
     /// Runs `cmd` with stdout and stderr to a new file in `dir`, and waits until `addr`
     /// accepts connections and the log (`log`, or that file when `None`) says `ready`.
