@@ -267,6 +267,15 @@ impl Stop {
         self.ask_cut();
     }
 
+    /// The grace the tasks a cut-off cancels have to end.
+    fn cut_grace(&self) -> Duration {
+        if self.immediate() {
+            IMMEDIATE_CUT_GRACE
+        } else {
+            CUT_GRACE
+        }
+    }
+
     /// Brings the cut-off's grace, if one runs, within [`IMMEDIATE_CUT_GRACE`] from now.
     fn hurry_cut(&self) {
         let soon = self.now() + IMMEDIATE_CUT_GRACE.as_nanos() as u64;
@@ -280,11 +289,7 @@ impl Stop {
     /// The grace the cancelled tasks have in all (as said in their lines), and what is
     /// left of it, in seconds.
     fn cut_grace_left(&self) -> (f64, f64) {
-        let grace = if self.immediate() {
-            IMMEDIATE_CUT_GRACE
-        } else {
-            CUT_GRACE
-        };
+        let grace = self.cut_grace();
         let until = self.cut_until.load(Ordering::SeqCst);
         let left = until.saturating_sub(self.now()) as f64 / 1e9;
         (grace.as_secs_f64(), left)
@@ -350,11 +355,7 @@ impl Stop {
             move |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
                 let py = args.py();
                 let event_loop = args.get_item(0)?;
-                let grace = if me.immediate() {
-                    IMMEDIATE_CUT_GRACE
-                } else {
-                    CUT_GRACE
-                };
+                let grace = me.cut_grace();
                 me.promise(grace + SLACK);
                 me.cut_until
                     .store(me.now() + grace.as_nanos() as u64, Ordering::SeqCst);

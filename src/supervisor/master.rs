@@ -187,10 +187,15 @@ impl Worker {
     // regression: with --graceful-timeout under the dump's 500 ms the worker ended by
     // itself first, and only the kill named them: they were cut off unnamed.
     fn name_cut_offs(&self, board: &Scoreboard) {
+        self.name_cut_offs_as(board, &self.killed_for());
+    }
+
+    /// What its `--timeout` kill cuts its other requests off for, as their lines say.
+    fn killed_for(&self) -> String {
         let why = self
             .condemned_for
             .map_or("another request's --timeout", Condemned::cause);
-        self.name_cut_offs_for(board, why);
+        format!("its worker is killed for {why}")
     }
 
     /// The requests a worker that died on its own (`how`) was running, each named.
@@ -2210,16 +2215,13 @@ impl Master {
                 .filter(|q| q.kill_at.is_some() && (q.why != StopNow::Timeout || asgi));
             if let Some(Quit { why, .. }) = asked {
                 let what = if why == StopNow::Timeout {
-                    let cause = w
-                        .condemned_for
-                        .map_or("another request's --timeout", Condemned::cause);
-                    format!("its worker is killed for {cause}")
+                    w.killed_for()
                 } else {
                     format!("its worker stopped at once for {}", why.says())
                 };
                 if status.terminating_signal().is_some() {
                     w.name_cut_offs_as(&self.board, &what);
-                } else if self.board.serves_asgi(w.slot) {
+                } else if asgi {
                     // Its own stop said what still waited (review 354: twice).
                     w.name_running(&self.board, w.condemned_for, &what);
                 }

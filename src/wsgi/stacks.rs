@@ -45,6 +45,19 @@ const FAULTS: [libc::c_int; 7] = [
     libc::SIGSYS,
 ];
 
+/// Every signal but [`FAULTS`].
+fn all_but_faults() -> libc::sigset_t {
+    // SAFETY: sigfillset and sigdelset on a zeroed sigset_t of our own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in FAULTS {
+            libc::sigdelset(&mut set, fault);
+        }
+        set
+    }
+}
+
 /// A dump larger than this is logged in parts.
 const MAX_EVENT: usize = 4 << 20;
 
@@ -141,10 +154,7 @@ pub fn enable() -> Result<(), WsgiError> {
         // continued took the dump's SIGUSR2, its SIGTERM and the master's stop now
         // at once, nested on one thread: the stack overflowed and the worker died
         // by SIGSEGV, its streams left to look complete.
-        libc::sigfillset(&mut ours.sa_mask);
-        for fault in FAULTS {
-            libc::sigdelset(&mut ours.sa_mask, fault);
-        }
+        ours.sa_mask = all_but_faults();
         libc::sigaction(libc::SIGUSR2, &ours, std::ptr::null_mut());
     }
     Ok(())
@@ -157,16 +167,10 @@ pub fn enable() -> Result<(), WsgiError> {
 /// regression (review 359): with 100 deep threads (a 4 MB dump), a SIGUSR2 taken
 /// by this thread hung it in the pipe's write.
 fn read_dumps(read: OwnedFd) {
-    // SAFETY: a full set, initialised by sigfillset; the old mask is not wanted.
+    // SAFETY: pthread_sigmask with a valid set; the old mask is not wanted.
     // libc: rustix has no pthread_sigmask outside its runtime module.
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        // But the faults, which must reach their handlers.
-        for fault in FAULTS {
-            libc::sigdelset(&mut all, fault);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all_but_faults(), std::ptr::null_mut());
     }
     let mut dump: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
