@@ -1246,6 +1246,13 @@ fn gone_error() -> PyErr {
 }
 
 /// What `send()` raises once postern cut a response off for a stall.
+/// What an abandoned task's later `send()`s raise ([`Exchange::_cut_unended`]): an
+/// OSError, as after a disconnect, not the app's own error ("sent twice"). Not
+/// through `send_refused`, which ends a response whose write is still in flight as
+/// a cut one when the write returns (review 359: a client gone, or a 503 that took
+/// two writes, then ended as incomplete).
+const ABANDONED: &str =
+    "postern cut this request off at the stop: its task did not end when cancelled";
 const STALLED: &str = "the front server read nothing of the response for --read-timeout: postern cut it off and closed the connection";
 
 /// The error of a `send()` on a connection that is gone: the client's close, or
@@ -3017,7 +3024,9 @@ impl Exchange {
         let done = || Ok(slf.borrow().ctx.done.bind(py).clone().into_any());
         let refused = {
             let me = slf.borrow();
-            me.send_refused.or(me.stalled.then_some(STALLED))
+            me.send_refused
+                .or(me.stalled.then_some(STALLED))
+                .or(me.abandoned.then_some(ABANDONED))
         };
         if let Some(why) = refused.filter(|_| kind != "http.response.trailers") {
             return Err(ClientDisconnected::new_err(why));
@@ -3438,11 +3447,6 @@ impl Exchange {
                 tracing::warn!("this request's task did not end within {grace}s of its cancellation (it caught the CancelledError, or awaits something that ignores it)");
                 Self::end_cut(slf, served, started_sending)?;
             }
-            // What the task still sends is refused as for a response postern cut
-            // off (an OSError, as after a disconnect), not as the app's own error.
-            slf.borrow_mut().send_refused = Some(
-                "postern cut this request off at the stop: its task did not end when cancelled",
-            );
         }
         Self::release(slf)
     }
