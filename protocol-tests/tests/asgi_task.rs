@@ -490,6 +490,12 @@ async def application(scope, receive, send):
     assert_eq!(get_from(&p.addr, "/cancel").map(|r| r.0), Some(500));
     // The next request is served as usual.
     assert_eq!(get_from(&p.addr, "/").map(|r| r.0), Some(200));
+    // The log is written by a thread of its own: wait for the last line asked for.
+    assert!(
+        p.wait_log("the request's task was cancelled", 10),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     let boom = logs
         .lines()
