@@ -340,6 +340,7 @@ fn a_status_code_from_600_to_999_goes_out_and_the_rest_answers_500() {
             assert!(p.wait_log(warning, 5), "{status}:\n{}", p.logs());
         }
     }
+    assert!(p.wait_log("status=600", 10), "{}", p.logs());
     assert!(p.logs().contains("status=600"), "{}", p.logs());
     let range = |s: &str| format!("status {s:?} is not a code from 100 to 999");
     for (status, line) in [
@@ -429,6 +430,11 @@ fn a_status_past_599_is_warned_about_once_per_generation_and_only_when_sent() {
     }
     // A worker's warning is logged before its access line.
     assert!(p.wait_log_count("postern::access", 7, 20), "{}", p.logs());
+    assert!(
+        p.wait_log_count("recycling this worker", 3, 10),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     assert!(
         logs.matches("recycling this worker").count() >= 3,

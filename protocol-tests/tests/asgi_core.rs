@@ -921,6 +921,7 @@ fn a_status_from_600_to_999_goes_out_and_the_rest_past_599_is_refused() {
         );
         assert!(p.wait_log(warning, 5), "{code}:\n{}", p.logs());
     }
+    assert!(p.wait_log("status=600", 10), "{}", p.logs());
     assert!(p.logs().contains("status=600"), "{}", p.logs());
     for code in ["42", "99", "1000", "70000", "9223372036854775808"] {
         let r = get(&p, &format!("/status/{code}"), "");

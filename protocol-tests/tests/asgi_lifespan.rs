@@ -453,6 +453,11 @@ fn a_successor_whose_startup_fails_is_named_so_and_the_worker_at_its_limit_serve
         "{}",
         p.logs()
     );
+    assert!(
+        p.wait_log("accepts again and serves on past it", 10),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     assert!(
         !logs.contains("code on disk that does not import"),

@@ -985,6 +985,16 @@ fn a_head_204_or_304_response_with_no_body_message_is_its_head() {
     }
     let r = get(&p, "/hello", "").expect("the worker still serves");
     assert_eq!(r.body, b"hello");
+    assert!(
+        p.wait_log("method=HEAD path=/unfinished?start-only status=200 ", 10),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log("method=GET path=/unfinished?204 status=204 ", 10),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     assert!(!logs.contains(" ERROR "), "{logs}");
     for (method, q, status) in [("HEAD", "start-only", 200), ("GET", "204", 204)] {

@@ -681,6 +681,7 @@ await send({"type": "http.response.body", "body": b"ok"})
     // its worker's I/O thread answers, though the loop is blocked.
     assert_eq!(fcgi::status(&mut blocked), Some(504), "{}", p.logs());
     assert!(p.wait_timeout_exit(10), "{}", p.logs());
+    assert!(p.wait_log("path=/next", 10), "{}", p.logs());
     let logs = p.logs();
     let next = logs
         .lines()

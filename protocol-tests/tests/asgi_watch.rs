@@ -684,6 +684,14 @@ fn work_after_a_complete_response_past_timeout_is_warned_about_not_killed() {
         "{}",
         p.logs()
     );
+    assert!(
+        p.wait_log(
+            "still runs past --timeout (4s) after its response was sent whole",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     let warned: Vec<&str> = logs
         .lines()

@@ -120,7 +120,20 @@ fn signal_at_start(master: bool, signal: i32, delay: Duration) -> String {
         assert_eq!(masks[0] & HELD, 0, "{what}: the app's thread holds {text}");
         assert_eq!(masks[1] & HELD, 0, "{what}: the app's program holds {text}");
     }
+    if let Some(said) = said_for(signal, master) {
+        assert!(p.wait_log(&said, 10), "{what}\n{}", p.logs());
+    }
     p.logs()
+}
+
+/// The line the callers look for about `signal` sent at the start, if any.
+fn said_for(signal: i32, master: bool) -> Option<String> {
+    match (signal, master) {
+        (libc::SIGHUP, true) => Some("SIGHUP: reload asked for".to_owned()),
+        (libc::SIGHUP, false) => Some("SIGHUP ignored: reloading needs the master".to_owned()),
+        (libc::SIGUSR1, _) | (_, true) => None,
+        (s, false) => Some(format!("{} ignored: ", signal_name(s))),
+    }
 }
 
 fn signal_name(signal: i32) -> &'static str {
@@ -269,6 +282,9 @@ fn a_signal_while_the_config_is_read_waits_for_its_handler() {
                     && parse_http(&p.raw(&uwsgi_get("/"))).is_some_and(|r| r.status == 200)
             });
             assert!(served, "{what}: postern did not serve\n{}", p.logs());
+            if let Some(said) = said_for(signal, master) {
+                assert!(p.wait_log(&said, 10), "{what}\n{}", p.logs());
+            }
             let logs = p.logs();
             match (signal, master) {
                 (libc::SIGHUP, true) => {

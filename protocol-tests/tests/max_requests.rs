@@ -882,6 +882,14 @@ fn workers_serve_on_past_their_limit_while_their_successors_fail_to_start() {
         assert!(pid.is_some(), "request {i} failed\n{}", p.logs());
         pids.extend(pid);
     }
+    assert!(
+        p.wait_log(
+            "failed to start: it serves on past its limit until its successor is ready",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
     let logs = p.logs();
     assert!(logs.contains("worker failed to start"), "{logs}");
     assert!(

@@ -129,6 +129,7 @@ fn the_holds_end_once_a_successor_starts() {
         workers(&stats_addr)
     );
     assert_eq!(sample(&stats_addr, STARTS_FAILED), Some(0.0));
+    assert!(p.wait_log("no longer held", 10), "{}", p.logs());
     let logs = p.logs();
     assert!(
         logs.lines()

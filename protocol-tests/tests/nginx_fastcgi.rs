@@ -1310,6 +1310,11 @@ fn a_post_over_max_body_behind_keep_conn_is_answered_413_with_one_warning() {
         // The stack serves on.
         let r = s.nginx.get("/hello");
         assert_eq!((r.status, r.text()), (200, "hello\n".to_owned()));
+        assert!(
+            s.postern.wait_log_count("answered 413", POSTS, 10),
+            "{}",
+            s.postern.logs()
+        );
         let logs = s.postern.logs();
         let warns: Vec<&str> = logs
             .lines()

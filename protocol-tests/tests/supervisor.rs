@@ -1219,6 +1219,7 @@ fn slow_log_dumps_without_killing() {
         .start();
     assert!(p.wait_log("all 2 workers ready", 10));
     assert_eq!(p.get("/sleep?s=2"), (200, b"slept\n".to_vec()));
+    assert!(p.wait_log("in application", 10), "{}", p.logs());
     let log = p.logs();
     assert!(log.contains("slow request (over --slow-log"), "{log}");
     assert!(log.contains("in application"), "{log}");
