@@ -1750,3 +1750,69 @@ fn a_group_sigusr2_during_the_first_start_kills_no_process() {
     let status = p.wait_exit(15).expect("it exits");
     assert_eq!(status.code(), Some(0), "{status}\n{}", p.logs());
 }
+
+// regression (probe 361): requests that came whole on kept FastCGI connections and
+// waited for the worker's only Python thread were cut off by SIGQUIT with one
+// anonymous "internal error: a FastCGI response was dropped unfinished" ERROR each,
+// named nowhere and without access lines.
+#[test]
+fn sigquit_names_each_request_still_waiting_for_a_thread_with_its_access_line() {
+    use std::io::Write;
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--workers", "1", "--master", "--threads", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c
+    };
+    // Kept connections that served one request each: parked in the worker.
+    let mut kept: Vec<_> = (0..3).map(|_| connect()).collect();
+    for c in kept.iter_mut() {
+        assert_eq!(
+            fcgi::kept_get(c, "/").map(|r| r.0),
+            Some(200),
+            "{}",
+            p.logs()
+        );
+    }
+    let mark = dir.path().join("in-app");
+    let mut running = connect();
+    let query = format!("/marked-sleep?s=30&mark={}", mark.display());
+    running.write_all(&fcgi::get(1, true, &query)).unwrap();
+    assert!(wait_file(&mark, 20), "{}", p.logs());
+    // Their next requests come whole and wait for the busy thread.
+    for (i, c) in kept.iter_mut().enumerate() {
+        c.write_all(&fcgi::get(1, true, &format!("/queued-{i}")))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGQUIT);
+    let status = p.wait_exit(20).expect("postern stopped");
+    let logs = p.logs();
+    assert_eq!(status.code(), Some(1), "{logs}");
+    for (i, c) in kept.iter_mut().enumerate() {
+        let path = format!("/queued-{i}");
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("before it started: it had come whole") && l.contains(&path)),
+            "{path} is not named\n{logs}"
+        );
+        assert!(
+            logs.lines().any(|l| l.contains("postern::access")
+                && l.contains(&path)
+                && l.contains("status=502")),
+            "{path} has no access line\n{logs}"
+        );
+        // Closed without an answer: the front server answers 502 or tries another.
+        assert_eq!(fcgi::status(c), None, "{logs}");
+    }
+    assert!(logs.contains("request cut off by SIGQUIT"), "{logs}");
+    assert!(!logs.contains("internal error"), "{logs}");
+}

@@ -711,10 +711,23 @@ pub fn run(
                 m.waiting_named(&queue.first_queued(NAMED_WAITING));
                 m.waiting(never);
             }
-            if never > 0 && !named {
+            // Named here, each with its access line (the master names them only at a
+            // --timeout kill, from its lines), and closed as never answered.
+            let why = format!("{by} ({leaving})");
+            let unnamed = crate::wsgi::inflight::never_started(
+                queue.take_all(),
+                (!named).then_some(why.as_str()),
+            );
+            if !named {
+                if let Some(m) = &monitor {
+                    // Not named again by the master if it has to kill this worker.
+                    m.waiting_named(&[]);
+                }
+            }
+            if unnamed > 0 && !named {
                 tracing::warn!(
-                    requests = never,
-                    "requests were still waiting for their turn (never started) when the running ones were cut off {by} ({leaving}): their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
+                    requests = unnamed,
+                    "more requests were still waiting for their turn (never started) when the running ones were cut off {why}, besides those named: their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
                 );
             }
         }

@@ -115,6 +115,16 @@ impl Queue {
             .collect()
     }
 
+    /// Takes every request still queued (a stop that cut the running ones off: they
+    /// will never start).
+    pub fn take_all(&self) -> Vec<Request> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
     /// False once the server stops accepting new connections.
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)

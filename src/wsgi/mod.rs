@@ -177,6 +177,13 @@ pub trait Sink: Send + Sync {
     /// nothing more when the peer is already gone. Returns what was sent, for the
     /// metrics and the access line.
     fn finish(&mut self, end: End) -> Sent;
+    /// Ends a request that never started: the worker leaves with it still queued (a
+    /// stop that cuts the running ones off). Its connection closes without an answer,
+    /// as a dropped sink's would, so that the front server answers 502 or tries its
+    /// next upstream; the caller has named it. Returns what was sent (nothing).
+    fn abandon(&mut self) -> Sent {
+        self.finish(End::Incomplete(0))
+    }
     /// How the response head is written: an HTTP status line (uwsgi) or a CGI
     /// `Status:` header (FastCGI, SCGI).
     fn head_style(&self) -> crate::proto::response::HeadStyle {

@@ -781,6 +781,18 @@ impl Sink for FcgiSink {
         Ok(())
     }
 
+    fn abandon(&mut self) -> Sent {
+        super::crash::done(self);
+        // No cut's mark (an invalid record): a front server reads a close before any
+        // header as an error it may try its next upstream for, and this request was
+        // never run.
+        if !self.finished && !self.flags.taken_late() {
+            self.end(None);
+        }
+        self.finished = true;
+        self.sent()
+    }
+
     fn finish(&mut self, end: End) -> Sent {
         // From here on a crash of this thread is not this response's to answer.
         super::crash::done(self);
