@@ -201,7 +201,8 @@ def scope_name(task):
             if isinstance(v, dict) and v.get('type') == 'http':
                 q = v.get('query_string') or b''
                 q = ('?' + q.decode('latin-1')) if q else ''
-                return '%s %s%s%s' % (v.get('method'), v.get('root_path', ''), v.get('path'), q)
+                # The scope's path includes its root_path already.
+                return '%s %s%s' % (v.get('method'), v.get('path'), q)
     except Exception:
         pass
     # Not a request's: a task the app started (its name, and its coroutine's).
