@@ -847,7 +847,7 @@ fn requests_still_queued_at_the_graceful_timeout_are_not_started_and_are_said() 
     );
     // Each named, with its access line, and none as an internal error.
     assert_eq!(
-        logs.matches("before it started: it had come whole").count(),
+        logs.matches("before it started: it had been read").count(),
         4,
         "{logs}"
     );
@@ -914,7 +914,7 @@ async def app(scope, receive, send):
         "{logs}"
     );
     assert_eq!(
-        logs.matches("before it started: it had come whole").count(),
+        logs.matches("before it started: it had been read").count(),
         4,
         "{logs}"
     );

@@ -321,6 +321,9 @@ pub fn run(
     // A worker whose master died stops: the signal that death sends and the
     // supervisor's thread that watches the master say so (crate::stop::master_gone).
 
+    // What cut the requests off, and whether the master names them (a --timeout
+    // kill), once the stop cut them: for what the slow lane queues after.
+    let mut cut_why: Option<(String, bool)> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -441,7 +444,9 @@ pub fn run(
                 let mut timed = std::collections::HashSet::new();
                 loop {
                     m.waiting_named(&queue.first_queued(NAMED_WAITING));
-                    m.waiting(queue.queued());
+                    // With what a stop took out to name (not to be lost from the
+                    // master's count; review 362).
+                    m.waiting(queue.unstarted());
                     for (id, over) in m.overdue().unwrap_or_default() {
                         if !timed.insert(id.clone()) {
                             continue;
@@ -702,32 +707,34 @@ pub fn run(
             if let Some(m) = &monitor {
                 m.tasks_cut(loop_stop.as_ref().map_or(0, |s| s.cut_tasks()) + tracker.len());
             }
-            let never = queue.queued();
             // Published now: what a worker took from the listen queue in its last
             // moments (at --graceful-timeout, when it stops sharing the queue) would
             // wait for the next 50 ms look, after the exit. regression (review 320):
             // "2 requests running" where 6 more were cut off before they started.
             if let Some(m) = &monitor {
                 m.waiting_named(&queue.first_queued(NAMED_WAITING));
-                m.waiting(never);
+                m.waiting(queue.unstarted());
             }
             // Named here, each with its access line (the master names them only at a
-            // --timeout kill, from its lines), and closed as never answered.
+            // --timeout kill, from its lines), and closed as never answered. What the
+            // slow lane queues later is named as the runtime has shut down.
             let why = format!("{by} ({leaving})");
             let unnamed = crate::wsgi::inflight::never_started(
                 queue.take_all(),
                 (!named).then_some(why.as_str()),
             );
+            cut_why = Some((why, named));
             if !named {
                 if let Some(m) = &monitor {
-                    // Not named again by the master if it has to kill this worker.
+                    // Not named again by the master if it has to kill this worker (the
+                    // publisher's next look takes what is still queued only).
                     m.waiting_named(&[]);
                 }
             }
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
-                    "more requests were still waiting for their turn (never started) when the running ones were cut off {why}, besides those named: their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
+                    "more requests were still waiting for their turn (never started) when the running ones were cut off {by} ({leaving}), besides those named: their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
                 );
             }
         }
@@ -779,6 +786,25 @@ pub fn run(
     // the task that would say them at the window's end goes with the runtime.
     slow_clients::flush();
     runtime.shutdown_timeout(Duration::from_millis(100));
+    // Queued by the slow lane after the stop named what waited (a body that came
+    // whole during the FastCGI marks' wait): no task is left to queue more.
+    // regression (review 362): closed at the exit, unnamed, without an access line.
+    if let Some((why, named)) = cut_why {
+        let late = queue.take_all();
+        if !late.is_empty() {
+            let unnamed =
+                crate::wsgi::inflight::never_started(late, (!named).then_some(why.as_str()));
+            if let Some(m) = &monitor {
+                m.waiting(queue.unstarted());
+            }
+            if unnamed > 0 && !named {
+                tracing::warn!(
+                    requests = unnamed,
+                    "more requests were still waiting for their turn (never started) when the running ones were cut off {why}, besides those named: their connections close without an answer"
+                );
+            }
+        }
+    }
     Ok(finished)
 }
 

@@ -37,6 +37,8 @@ pub struct Queue {
     /// The ASGI loop's free `--max-concurrency` places beyond the one its draining
     /// hand-off waits with ([`Queue::set_spare`]).
     spare: AtomicUsize,
+    /// Requests a stop took out of the queue unstarted ([`Queue::take_all`]).
+    taken_unstarted: AtomicUsize,
     /// Told when [`Queue::room`] may have grown (a thread idles, a place frees): the
     /// stop's share of the listen queues waits for it.
     room_grew: tokio::sync::Notify,
@@ -59,6 +61,7 @@ impl Queue {
             lane_tasks: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             spare: AtomicUsize::new(0),
+            taken_unstarted: AtomicUsize::new(0),
             room_grew: tokio::sync::Notify::new(),
         }))
     }
@@ -116,13 +119,23 @@ impl Queue {
     }
 
     /// Takes every request still queued (a stop that cut the running ones off: they
-    /// will never start).
+    /// will never start); they stay counted in [`Queue::unstarted`].
     pub fn take_all(&self) -> Vec<Request> {
-        self.queue
+        let taken: Vec<Request> = self
+            .queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
-            .collect()
+            .collect();
+        self.taken_unstarted
+            .fetch_add(taken.len(), Ordering::SeqCst);
+        taken
+    }
+
+    /// Requests that will not start, or not yet: those queued, and those a stop took
+    /// out of the queue ([`Queue::take_all`]).
+    pub fn unstarted(&self) -> usize {
+        self.queued() + self.taken_unstarted.load(Ordering::SeqCst)
     }
 
     /// False once the server stops accepting new connections.

@@ -183,7 +183,7 @@ impl Worker {
     /// A worker condemned for --timeout ends, by the master's SIGKILL or by its own
     /// --graceful-timeout (its stop began with the dump): its other requests die with
     /// it. Each is named, with the front server's id, so that its 502 can be traced
-    /// (the worker writes no access line for them).
+    /// (the worker writes no access line for its running ones).
     // regression: with --graceful-timeout under the dump's 500 ms the worker ended by
     // itself first, and only the kill named them: they were cut off unnamed.
     fn name_cut_offs(&self, board: &Scoreboard) {
@@ -217,12 +217,26 @@ impl Worker {
             if since == 0 || skip == Some(Condemned::Request(t, since)) {
                 continue;
             }
+            let ran = Duration::from_nanos(now.saturating_sub(since));
+            // Past the limit too (requests that came together and hang together):
+            // not only another's.
+            // regression (probe 361): such a request, answered 504 over FastCGI for
+            // its own --timeout, was named as cut off for another request's.
+            let too = match (skip, self.opts.timeout) {
+                (Some(Condemned::Request(..)), Some(limit)) if ran >= limit => {
+                    format!(
+                        "; it had passed --timeout ({}s) itself",
+                        limit.as_secs_f64()
+                    )
+                }
+                _ => String::new(),
+            };
             tracing::warn!(
                 pid = raw(self.pid),
                 request = %crate::logging::Untrusted(line.desc().as_bytes()),
                 request_id = %line.request_id(),
-                ran_ms = Duration::from_nanos(now.saturating_sub(since)).as_millis() as u64,
-                "request cut off: {what}"
+                ran_ms = ran.as_millis() as u64,
+                "request cut off: {what}{too}"
             );
         }
     }

@@ -248,7 +248,7 @@ pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>) -> usize {
                             .unwrap_or(b"-")
                     ),
                     remote = %Untrusted(h.get(b"REMOTE_ADDR").unwrap_or(b"-")),
-                    "request cut off {why} before it started: it had come whole and waited for its turn; its connection closes without an answer (the front server answers 502, or tries its next upstream)"
+                    "request cut off {why} before it started: it had been read and waited for its turn; its connection closes without an answer (the front server answers 502, or tries its next upstream)"
                 );
             }
             _ => unnamed += 1,

@@ -783,13 +783,22 @@ impl Sink for FcgiSink {
 
     fn abandon(&mut self) -> Sent {
         super::crash::done(self);
+        if self.finished {
+            return self.sent();
+        }
+        if let Some(t) = self.in_flight.take() {
+            self.conn.parking.landed(t);
+        }
+        // Claimed as `finish` does: a late answer cannot come after this.
+        if !self.flags.claim_reply() {
+            self.finished = true;
+            return self.sent();
+        }
         // No cut's mark (an invalid record): a front server reads a close before any
         // header as an error it may try its next upstream for, and this request was
-        // never run.
-        if !self.finished && !self.flags.taken_late() {
-            self.end(None);
-        }
-        self.finished = true;
+        // never run. (On a connection that also carries a cut running request, its
+        // mark is then skipped: only a client multiplexing requests has such.)
+        self.end(None);
         self.sent()
     }
 
