@@ -330,6 +330,13 @@ fn a_worker_continued_after_its_timeout_kill_was_asked_does_not_crash() {
         // Past --timeout, the dump's 500 ms and the master's stop now, within the
         // 1.5 s before its kill.
         assert!(p.wait_log("request passed --timeout", 10), "{}", p.logs());
+        // regression (probe 361): the line promised a dump a stopped worker cannot give.
+        assert!(
+            protocol_tests::harness::log_line(&p.logs(), "request passed --timeout")
+                .contains("its worker is stopped by a signal (SIGSTOP, SIGTSTP, docker pause), so no stack dump can come"),
+            "{}",
+            p.logs()
+        );
         std::thread::sleep(Duration::from_millis(900));
         // SAFETY: as above.
         unsafe {

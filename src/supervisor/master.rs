@@ -1347,12 +1347,22 @@ impl Master {
                 let ran = Duration::from_nanos(now.saturating_sub(since));
                 if let Some(limit) = w.opts.timeout {
                     if ran > limit {
+                        // A stopped worker dumps nothing (the signal waits): said so.
+                        // regression (probe 361): the line promised a dump that never
+                        // came, and nothing said the worker was stopped.
+                        let state = process_state(w.pid);
+                        let then = if state.starts_with("stopped") {
+                            format!("its worker is {state}, so no stack dump can come; killing and replacing it")
+                        } else {
+                            "dumping the worker's Python stacks, then killing and replacing it"
+                                .to_owned()
+                        };
                         tracing::error!(
                             pid = raw(w.pid),
                             request = %crate::logging::Untrusted(line.desc().as_bytes()),
                             request_id = %line.request_id(),
                             ran_ms = ran.as_millis() as u64,
-                            "request passed --timeout {limit:?}; dumping the worker's Python stacks, then killing and replacing it"
+                            "request passed --timeout {limit:?}; {then}"
                         );
                         let why = Condemned::Request(t, since);
                         let kill_at = w.condemn(&self.board, why, &mut self.pending);
