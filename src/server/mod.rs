@@ -323,7 +323,7 @@ pub fn run(
 
     // What cut the requests off, and whether the master names them (a --timeout
     // kill), once the stop cut them: for what the slow lane queues after.
-    let mut cut_why: Option<(String, bool)> = None;
+    let mut cut_why: Option<(String, bool, usize)> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -434,10 +434,11 @@ pub fn run(
         // And once the master condemns this worker for --timeout (now, or later while
         // it drains: a reload, a recycle), each FastCGI request past it whose response
         // has not started is answered 504 just before the kill (`LATE_ANSWER_AFTER`).
+        let mut publisher = None;
         if let Some(m) = monitor.clone() {
             let queue = Arc::clone(&queue);
             let parking = Arc::clone(&parking);
-            tokio::spawn(async move {
+            publisher = Some(tokio::spawn(async move {
                 // The ids whose answer is on its way: each request once, and a later
                 // one that passes the limit too (a worker spared once, condemned
                 // again) gets its own.
@@ -470,7 +471,7 @@ pub fn run(
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            });
+            }));
         }
         pool.stopping(deadline);
         queue.stop_accepting();
@@ -711,6 +712,12 @@ pub fn run(
             // moments (at --graceful-timeout, when it stops sharing the queue) would
             // wait for the next 50 ms look, after the exit. regression (review 320):
             // "2 requests running" where 6 more were cut off before they started.
+            // The 50 ms looks end here: one after the sweep below would publish a
+            // queue emptied or lines cleared (review 363); past the cut, its answers
+            // for --timeout have no more use.
+            if let Some(p) = publisher.take() {
+                p.abort();
+            }
             if let Some(m) = &monitor {
                 m.waiting_named(&queue.first_queued(NAMED_WAITING));
                 m.waiting(queue.unstarted());
@@ -719,18 +726,19 @@ pub fn run(
             // --timeout kill, from its lines), and closed as never answered. What the
             // slow lane queues later is named as the runtime has shut down.
             let why = format!("{by} ({leaving})");
-            let unnamed = crate::wsgi::inflight::never_started(
-                queue.take_all(),
-                (!named).then_some(why.as_str()),
-            );
-            cut_why = Some((why, named));
+            let taken = queue.take_all();
+            let told = taken.len();
+            let unnamed =
+                crate::wsgi::inflight::never_started(taken, (!named).then_some(why.as_str()), 0);
             if !named {
                 if let Some(m) = &monitor {
-                    // Not named again by the master if it has to kill this worker (the
-                    // publisher's next look takes what is still queued only).
+                    // Not named nor counted again by the master if it has to kill this
+                    // worker.
                     m.waiting_named(&[]);
+                    m.waiting_told(told);
                 }
             }
+            cut_why = Some((why, named, told));
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
@@ -774,11 +782,15 @@ pub fn run(
         };
         match crate::stop::master_stop_now() {
             Some(now) => tracing::warn!(
+                pid = std::process::id(),
                 "{what}, when the master stopped this worker at once ({})",
                 now.says()
             ),
             None => {
-                tracing::warn!("{what}, {when} (--graceful-timeout, a second signal or SIGQUIT)")
+                tracing::warn!(
+                    pid = std::process::id(),
+                    "{what}, {when} (--graceful-timeout, a second signal or SIGQUIT)"
+                )
             }
         }
     }
@@ -789,18 +801,20 @@ pub fn run(
     // Queued by the slow lane after the stop named what waited (a body that came
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
-    if let Some((why, named)) = cut_why {
+    // Named even after a --timeout kill: the master named what waited before these.
+    if let Some((why, _, told)) = cut_why {
         let late = queue.take_all();
         if !late.is_empty() {
-            let unnamed =
-                crate::wsgi::inflight::never_started(late, (!named).then_some(why.as_str()));
+            let n = late.len();
+            let unnamed = crate::wsgi::inflight::never_started(late, Some(why.as_str()), told);
             if let Some(m) = &monitor {
                 m.waiting(queue.unstarted());
+                m.waiting_told(told + n);
             }
-            if unnamed > 0 && !named {
+            if unnamed > 0 {
                 tracing::warn!(
                     requests = unnamed,
-                    "more requests were still waiting for their turn (never started) when the running ones were cut off {why}, besides those named: their connections close without an answer"
+                    "more requests were still waiting for their turn (never started) when the running ones were cut off {why}, besides those named: their connections close without an answer (the front server answers 502, or retries them on its next upstream)"
                 );
             }
         }

@@ -216,7 +216,7 @@ impl Queue {
 
     /// The stop cuts the running requests off (`--graceful-timeout`, a second signal,
     /// SIGQUIT): nothing more is taken from the queue; what is in it stays there, to
-    /// be counted, and closes with the process.
+    /// be counted, named and closed by the stop (`take_all`).
     /// regression: a thread or the ASGI loop freed in the moments before the exit
     /// started a queued request that the exit then cut off unanswered and uncounted.
     pub fn halt(&self) {

@@ -187,7 +187,7 @@ impl Worker {
     // regression: with --graceful-timeout under the dump's 500 ms the worker ended by
     // itself first, and only the kill named them: they were cut off unnamed.
     fn name_cut_offs(&self, board: &Scoreboard) {
-        self.name_cut_offs_as(board, &self.killed_for());
+        self.name_cut_offs_as(board, &self.killed_for(), true);
     }
 
     /// What its `--timeout` kill cuts its other requests off for, as their lines say.
@@ -204,12 +204,20 @@ impl Worker {
             board,
             None,
             &format!("its worker died ({how}) while running it; its front server gets an error"),
+            false,
         );
     }
 
     /// Each request the worker runs (but the one it is condemned for: `skip`), with
-    /// `what` happened to it.
-    fn name_running(&self, board: &Scoreboard, skip: Option<Condemned>, what: &str) {
+    /// `what` happened to it; `timeout_kill`: the worker is killed for a request's
+    /// `--timeout` (each one past it too says so).
+    fn name_running(
+        &self,
+        board: &Scoreboard,
+        skip: Option<Condemned>,
+        what: &str,
+        timeout_kill: bool,
+    ) {
         let now = super::scoreboard::now_ns();
         for t in 0..board.threads {
             let line = board.line(self.slot, t);
@@ -223,7 +231,7 @@ impl Worker {
             // regression (probe 361): such a request, answered 504 over FastCGI for
             // its own --timeout, was named as cut off for another request's.
             let too = match (skip, self.opts.timeout) {
-                (Some(Condemned::Request(..)), Some(limit)) if ran >= limit => {
+                (Some(Condemned::Request(..)), Some(limit)) if timeout_kill && ran > limit => {
                     format!(
                         "; it had passed --timeout ({}s) itself",
                         limit.as_secs_f64()
@@ -245,18 +253,21 @@ impl Worker {
     /// worker cannot name them itself).
     // regression: a stop's second signal killed a worker's requests unnamed.
     fn name_cut_offs_for(&self, board: &Scoreboard, why: &str) {
-        self.name_cut_offs_as(board, &format!("its worker is killed for {why}"));
+        self.name_cut_offs_as(board, &format!("its worker is killed for {why}"), false);
     }
 
     /// What the worker ran and had waiting, each named: cut off because `its` ("its
     /// worker is killed for ...").
-    fn name_cut_offs_as(&self, board: &Scoreboard, its: &str) {
-        self.name_running(board, self.condemned_for, its);
+    fn name_cut_offs_as(&self, board: &Scoreboard, its: &str, timeout_kill: bool) {
+        self.name_running(board, self.condemned_for, its, timeout_kill);
         // What it had read whole and not started (published by its stop, which began
         // with the dump) dies too: the first few are named (its waiting lines), the
         // rest counted. One started since its publication is on a running line, named
         // above: not twice.
-        let waiting = board.waiting(self.slot);
+        // Less those the worker named itself as its stop cut them off (review 363).
+        let waiting = board
+            .waiting(self.slot)
+            .saturating_sub(board.waiting_told(self.slot));
         let mut named = 0;
         for i in 0..WAITING_LINES {
             let line = board.waiting_line(self.slot, i);
@@ -276,7 +287,7 @@ impl Worker {
                 pid = raw(self.pid),
                 request = %crate::logging::Untrusted(line.desc().as_bytes()),
                 request_id = %id,
-                "request cut off: {its} before it started it (it had come whole and waited for the app; its front server gets an error)"
+                "request cut off: {its} before it started it (it had been read and waited for the app; its front server gets an error)"
             );
         }
         let more = waiting - named;
@@ -289,7 +300,7 @@ impl Worker {
             tracing::warn!(
                 pid = raw(self.pid),
                 waiting = more,
-                "requests cut off{besides}: {its} before it started them (they had come whole and waited for the app; their front server gets an error)"
+                "requests cut off{besides}: {its} before it started them (they had been read and waited for the app; their front server gets an error)"
             );
         }
     }
@@ -2244,10 +2255,10 @@ impl Master {
                     format!("its worker stopped at once for {}", why.says())
                 };
                 if status.terminating_signal().is_some() {
-                    w.name_cut_offs_as(&self.board, &what);
+                    w.name_cut_offs_as(&self.board, &what, why == StopNow::Timeout);
                 } else if asgi {
                     // Its own stop said what still waited (review 354: twice).
-                    w.name_running(&self.board, w.condemned_for, &what);
+                    w.name_running(&self.board, w.condemned_for, &what, why == StopNow::Timeout);
                 }
             } else if matches!(w.phase, Phase::Condemned { .. }) {
                 // It ended before the master's kill (its own --graceful-timeout).

@@ -237,6 +237,9 @@ pub struct SlotHead {
     /// Requests the worker accepted whole that wait for a Python thread, as it last
     /// published them during its stop ([`crate::wsgi::Monitor::waiting`]).
     waiting: AtomicU32,
+    /// Of `waiting`, those the worker named itself as its stop cut them off
+    /// ([`crate::wsgi::Monitor::waiting_told`]).
+    waiting_told: AtomicU32,
     /// 0, or the [`Hold`] for which the master holds this worker past its recycling
     /// limits (`--max-requests`, `--max-rss` below its hard limit): it leaves once a
     /// successor serves, or a reload drains it ([`Scoreboard::hold`]). Written by the
@@ -498,6 +501,7 @@ impl Scoreboard {
             h.import.store(IMPORTING, Ordering::SeqCst);
             h.successor.store(0, Ordering::SeqCst);
             h.waiting.store(0, Ordering::Relaxed);
+            h.waiting_told.store(0, Ordering::Relaxed);
             h.held.store(0, Ordering::SeqCst);
             h.beat.store(0, Ordering::SeqCst);
             h.threads.store(0, Ordering::Relaxed);
@@ -749,6 +753,17 @@ impl Scoreboard {
     /// Requests the worker in `slot` had accepted and not started, as last published.
     pub fn waiting(&self, slot: usize) -> usize {
         self.head(slot).waiting.load(Ordering::Relaxed) as usize
+    }
+
+    /// The worker in `slot` named `n` of its waiting requests itself.
+    pub fn set_waiting_told(&self, slot: usize, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.head(slot).waiting_told.store(n, Ordering::Relaxed);
+    }
+
+    /// What [`Scoreboard::set_waiting_told`] said, 0 if nothing.
+    pub fn waiting_told(&self, slot: usize) -> usize {
+        self.head(slot).waiting_told.load(Ordering::Relaxed) as usize
     }
 
     /// What the worker in `slot` asked its successor for, if it did.

@@ -791,6 +791,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.set_waiting(self.slot, n);
     }
 
+    fn waiting_told(&self, n: usize) {
+        self.board.set_waiting_told(self.slot, n);
+    }
+
     fn tasks_cut(&self, n: usize) {
         self.board.tasks_cut(self.slot, n);
     }

@@ -224,20 +224,22 @@ pub fn cut_off(why: &str) -> usize {
 /// ([`never_started`]); the rest are counted in one line.
 pub const NEVER_STARTED_NAMED: usize = 16;
 
-/// Ends the requests a stop that cuts the running ones off leaves queued (they came
-/// whole and waited for a Python thread, or the event loop): each gets its access line
+/// Ends the requests a stop that cuts the running ones off leaves queued (they were
+/// read and waited for a Python thread, or the event loop): each gets its access line
 /// (502, the front server's answer for a connection closed before any header, marked
 /// incomplete) and its connection closes without an answer. With `why` (what cut them
 /// off), the first [`NEVER_STARTED_NAMED`] are named one by one; `None`: the master
 /// names them (a `--timeout` kill). Returns how many were left unnamed.
 // regression (probe 361): each closed with an anonymous "internal error: a response was
 // dropped unfinished" ERROR from its sink's drop, and none was named.
-pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>) -> usize {
+/// `before`: how many an earlier sweep of the same stop took (they count toward the
+/// first [`NEVER_STARTED_NAMED`]).
+pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>, before: usize) -> usize {
     let mut unnamed = 0;
     for (i, mut r) in reqs.into_iter().enumerate() {
         let sent = r.sink.abandon();
         match why {
-            Some(why) if i < NEVER_STARTED_NAMED => {
+            Some(why) if before + i < NEVER_STARTED_NAMED => {
                 let h = &r.head;
                 tracing::warn!(
                     request_id = %r.request_id,
@@ -253,11 +255,13 @@ pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>) -> usize {
             }
             _ => unnamed += 1,
         }
+        // A late 504 (FastCGI, `--timeout`) took its answer first: said as sent.
+        let status = if sent.late { 504 } else { 502 };
         crate::logging::access(&crate::logging::Access {
             head: &r.head,
             id: &r.request_id,
             protocol: r.listener.protocol,
-            status: 502,
+            status,
             ending: crate::logging::Ending::Incomplete,
             bytes: sent.bytes,
             started: sent.started,

@@ -492,6 +492,9 @@ pub trait Monitor: Send + Sync {
     /// (published every 50 ms), so that a master that kills this worker can say how
     /// many it cut off besides those running.
     fn waiting(&self, _n: usize) {}
+    /// Of those, the `n` this worker named itself as its stop cut them off (each with
+    /// its access line): a master that kills it names and counts only the rest.
+    fn waiting_told(&self, _n: usize) {}
     /// A stopping worker cut `n` requests off that its lines do not show (an ASGI
     /// loop's cancelled tasks, each named with its access line; uploads still being
     /// read), so that the master counts them.
