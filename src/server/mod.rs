@@ -321,8 +321,9 @@ pub fn run(
     // A worker whose master died stops: the signal that death sends and the
     // supervisor's thread that watches the master say so (crate::stop::master_gone).
 
-    // What cut the requests off, and whether the master names them (a --timeout
-    // kill), once the stop cut them: for what the slow lane queues after.
+    // What cut the requests off, whether the master names what waited then (a
+    // --timeout kill) and how many did, once the stop cut them: for what the slow
+    // lane queues after.
     let mut cut_why: Option<(String, bool, usize)> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
@@ -802,14 +803,15 @@ pub fn run(
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
     // Named even after a --timeout kill: the master named what waited before these.
-    if let Some((why, _, told)) = cut_why {
+    if let Some((why, named, told)) = cut_why {
         let late = queue.take_all();
         if !late.is_empty() {
             let n = late.len();
             let unnamed = crate::wsgi::inflight::never_started(late, Some(why.as_str()), told);
             if let Some(m) = &monitor {
                 m.waiting(queue.unstarted());
-                m.waiting_told(told + n);
+                // At a --timeout kill the master named the first ones itself.
+                m.waiting_told(if named { n } else { told + n });
             }
             if unnamed > 0 {
                 tracing::warn!(

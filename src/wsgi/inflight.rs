@@ -229,11 +229,11 @@ pub const NEVER_STARTED_NAMED: usize = 16;
 /// (502, the front server's answer for a connection closed before any header, marked
 /// incomplete) and its connection closes without an answer. With `why` (what cut them
 /// off), the first [`NEVER_STARTED_NAMED`] are named one by one; `None`: the master
-/// names them (a `--timeout` kill). Returns how many were left unnamed.
+/// names them (a `--timeout` kill). `before`: how many an earlier sweep of the same
+/// stop took (they count toward the first [`NEVER_STARTED_NAMED`]). Returns how many
+/// were left unnamed.
 // regression (probe 361): each closed with an anonymous "internal error: a response was
 // dropped unfinished" ERROR from its sink's drop, and none was named.
-/// `before`: how many an earlier sweep of the same stop took (they count toward the
-/// first [`NEVER_STARTED_NAMED`]).
 pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>, before: usize) -> usize {
     let mut unnamed = 0;
     for (i, mut r) in reqs.into_iter().enumerate() {

@@ -279,6 +279,30 @@ impl FcgiSink {
     }
 
     /// What the access line and the metrics count as sent.
+    /// The start of [`Sink::finish`] and [`Sink::abandon`]: false when the response
+    /// has ended already (by `write_last`, or with postern's late 504).
+    fn begin_end(&mut self) -> bool {
+        // From here on a crash of this thread is not this response's to answer.
+        super::crash::done(self);
+        if self.finished {
+            // Ended by `write_last`.
+            self.not_under_way();
+            return false;
+        }
+        if let Some(t) = self.in_flight.take() {
+            self.conn.parking.landed(t);
+        }
+        // Claimed here too (a response that wrote nothing: an abort, a client gone
+        // before it started, one never started), so that a late answer cannot come
+        // between this look and its END_REQUEST.
+        if !self.flags.claim_reply() {
+            // Its END_REQUEST went with postern's 504 ([`FcgiConn::answer_late`]).
+            self.finished = true;
+            return false;
+        }
+        true
+    }
+
     fn sent(&self) -> Sent {
         Sent {
             bytes: self.written,
@@ -782,46 +806,21 @@ impl Sink for FcgiSink {
     }
 
     fn abandon(&mut self) -> Sent {
-        super::crash::done(self);
-        if self.finished {
-            return self.sent();
-        }
-        if let Some(t) = self.in_flight.take() {
-            self.conn.parking.landed(t);
-        }
-        // Claimed as `finish` does: a late answer cannot come after this.
-        if !self.flags.claim_reply() {
-            self.finished = true;
-            return self.sent();
-        }
         // No cut's mark (an invalid record): a front server reads a close before any
         // header as an error it may try its next upstream for, and this request was
         // never run. (On a connection that also carries a cut running request, its
         // mark is then skipped: only a client multiplexing requests has such.)
-        self.end(None);
+        if self.begin_end() {
+            self.end(None);
+        }
         self.sent()
     }
 
     fn finish(&mut self, end: End) -> Sent {
-        // From here on a crash of this thread is not this response's to answer.
-        super::crash::done(self);
         // --max-requests counts the request served as it ends (`end` below, or the
         // `write_last` / `try_write` that ended it): not here, after END_REQUEST, when
         // the connection's next request may have taken the place already.
-        if self.finished {
-            // Ended by `write_last`.
-            self.not_under_way();
-            return self.sent();
-        }
-        if let Some(t) = self.in_flight.take() {
-            self.conn.parking.landed(t);
-        }
-        // Claimed here too (a response that wrote nothing: an abort, a client gone
-        // before it started), so that a late answer cannot come between this look and
-        // its END_REQUEST.
-        if !self.flags.claim_reply() {
-            // Its END_REQUEST went with postern's 504 ([`FcgiConn::answer_late`]).
-            self.finished = true;
+        if !self.begin_end() {
             return self.sent();
         }
         let cut = matches!(end, End::Incomplete(_));
