@@ -1245,7 +1245,6 @@ fn gone_error() -> PyErr {
     )
 }
 
-/// What `send()` raises once postern cut a response off for a stall.
 /// What an abandoned task's later `send()`s raise ([`Exchange::_cut_unended`]): an
 /// OSError, as after a disconnect, not the app's own error ("sent twice"). Not
 /// through `send_refused`, which ends a response whose write is still in flight as
@@ -1253,6 +1252,7 @@ fn gone_error() -> PyErr {
 /// two writes, then ended as incomplete).
 const ABANDONED: &str =
     "postern cut this request off at the stop: its task did not end when cancelled";
+/// What `send()` raises once postern cut a response off for a stall.
 const STALLED: &str = "the front server read nothing of the response for --read-timeout: postern cut it off and closed the connection";
 
 /// The error of a `send()` on a connection that is gone: the client's close, or

@@ -647,8 +647,6 @@ impl RateLimit {
     }
 }
 
-/// Reads CONTENT_LENGTH bytes into memory, or into an unlinked temporary file past
-/// the spool threshold.
 /// A body still being read when the worker's stop cuts its connection off (the stop
 /// ends the runtime, which drops this task): named, with its access line (postern cut
 /// it), since nothing else names it: it never reached the app, nor a scoreboard line.
@@ -685,6 +683,8 @@ impl Drop for ReadingBody<'_> {
     }
 }
 
+/// Reads CONTENT_LENGTH bytes into memory, or into an unlinked temporary file past
+/// the spool threshold.
 async fn read_body<C: Conn>(
     framed: &mut Reader<'_, C>,
     head: &Head,

@@ -278,7 +278,6 @@ impl FcgiSink {
         Ok(())
     }
 
-    /// What the access line and the metrics count as sent.
     /// The start of [`Sink::finish`] and [`Sink::abandon`]: false when the response
     /// has ended already (by `write_last`, or with postern's late 504).
     fn begin_end(&mut self) -> bool {
@@ -303,6 +302,7 @@ impl FcgiSink {
         true
     }
 
+    /// What the access line and the metrics count as sent.
     fn sent(&self) -> Sent {
         Sent {
             bytes: self.written,
