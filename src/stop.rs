@@ -854,6 +854,10 @@ pub fn asked() {
 /// The reason [`Waiter::first`] gives for [`listeners_shut`].
 pub const LISTENERS_SHUT: &str = "listeners shut down";
 
+/// How long a process that finds its listeners shut waits for the stop signal the
+/// master sent just before, before it takes the shut as its stop.
+const SHUT_SIGNAL_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The server is stopping (the master said so) and this process's listeners were shut
 /// down under it (by the master, or by a sibling worker serving its listen queue
 /// before it leaves): nothing more can be accepted, so it stops as for a SIGTERM, which
@@ -1059,6 +1063,7 @@ impl Waiter {
     }
 
     async fn first_reason(&mut self) -> &'static str {
+        let mut shut_seen = None;
         loop {
             let single = SINGLE.load(Ordering::SeqCst);
             let hups = HUPS.load(Ordering::SeqCst);
@@ -1093,6 +1098,20 @@ impl Waiter {
                 return "SIGTERM";
             }
             if SHUT.load(Ordering::SeqCst) {
+                // The master signals its workers (SIGTERM, or its stop now at SIGQUIT)
+                // just before it shuts the listeners; on a busy machine this process
+                // may see them shut before its handler has run. A moment for the
+                // signal, so that the stop is taken for what it is.
+                // regression: at SIGQUIT a worker now and then logged "letting
+                // in-flight requests finish" and was stopped at once a moment later.
+                if shut_seen.is_none() {
+                    let seen = std::time::Instant::now();
+                    shut_seen = Some(seen);
+                    while !signalled() && seen.elapsed() < SHUT_SIGNAL_WAIT {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    continue;
+                }
                 return LISTENERS_SHUT;
             }
             if ORPHAN.load(Ordering::SeqCst) {

@@ -1821,4 +1821,11 @@ fn sigquit_names_each_request_still_waiting_for_a_thread_with_its_access_line() 
         log_line(&logs, "stopped with requests cut off (").contains("3 accepted, not started yet"),
         "{logs}"
     );
+    // regression: the lane tasks of the kept connections whose requests waited were
+    // counted as running requests too ("4 requests running and 3 accepted").
+    assert!(
+        log_line(&logs, "stopped with requests cut off (")
+            .contains("(1 request running and 3 accepted"),
+        "{logs}"
+    );
 }

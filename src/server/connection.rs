@@ -275,6 +275,8 @@ async fn serve<C: Conn>(
     // Its request has begun (--max-requests counts it from here; when no worker can
     // take it on, past the limit).
     permit.begin();
+    // Counted as being read until it is queued (or refused, or cut off).
+    let _reading = lane.queue.reading_request();
     let (span, request_id) = request_span(&head, &peer);
 
     // Refused from the head alone, before the body is read.

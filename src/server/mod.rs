@@ -322,9 +322,9 @@ pub fn run(
     // supervisor's thread that watches the master say so (crate::stop::master_gone).
 
     // What cut the requests off, whether the master names what waited then (a
-    // --timeout kill) and how many did, once the stop cut them: for what the slow
-    // lane queues after.
-    let mut cut_why: Option<(String, bool, usize)> = None;
+    // --timeout kill), how many did, and what the master was told was cut off
+    // unseen, once the stop cut them: for what the slow lane queues after.
+    let mut cut_why: Option<(String, bool, usize, usize)> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -702,12 +702,15 @@ pub fn run(
             }
             // What was cut off that no scoreboard line shows, for the master's count
             // (and its exit code): an ASGI loop's cancelled tasks (their lines clear as
-            // they end), requests still being read (an upload; a kept FastCGI
-            // connection's running request is on a line too: the master takes the
-            // larger count, not the sum).
+            // they end), requests whose body was still being read (an upload; not the
+            // lane tasks of kept FastCGI connections whose requests run or wait, which
+            // are on lines or in the queue: the master takes the larger count, not the
+            // sum).
             // regression (probe 355): an upload cut by SIGQUIT left the stop's exit 0.
+            let loop_cut = loop_stop.as_ref().map_or(0, |s| s.cut_tasks());
+            let reading = queue.reading();
             if let Some(m) = &monitor {
-                m.tasks_cut(loop_stop.as_ref().map_or(0, |s| s.cut_tasks()) + tracker.len());
+                m.tasks_cut(loop_cut + reading);
             }
             // Published now: what a worker took from the listen queue in its last
             // moments (at --graceful-timeout, when it stops sharing the queue) would
@@ -739,7 +742,7 @@ pub fn run(
                     m.waiting_told(told);
                 }
             }
-            cut_why = Some((why, named, told));
+            cut_why = Some((why, named, told, loop_cut + reading));
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
@@ -803,12 +806,14 @@ pub fn run(
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
     // Named even after a --timeout kill: the master named what waited before these.
-    if let Some((why, named, told)) = cut_why {
+    if let Some((why, named, told, cut)) = cut_why {
         let late = queue.take_all();
         if !late.is_empty() {
             let n = late.len();
             let unnamed = crate::wsgi::inflight::never_started(late, Some(why.as_str()), told);
             if let Some(m) = &monitor {
+                // They were counted as being read at the sweep: now they wait.
+                m.tasks_cut(cut.saturating_sub(n));
                 m.waiting(queue.unstarted());
                 // At a --timeout kill the master named the first ones itself.
                 m.waiting_told(if named { n } else { told + n });

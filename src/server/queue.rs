@@ -39,6 +39,9 @@ pub struct Queue {
     spare: AtomicUsize,
     /// Requests a stop took out of the queue unstarted ([`Queue::take_all`]).
     taken_unstarted: AtomicUsize,
+    /// Requests the slow lane has begun (their head came) and not queued yet: bodies
+    /// still arriving ([`Queue::reading_request`]).
+    reading: AtomicUsize,
     /// Told when [`Queue::room`] may have grown (a thread idles, a place frees): the
     /// stop's share of the listen queues waits for it.
     room_grew: tokio::sync::Notify,
@@ -62,6 +65,7 @@ impl Queue {
             idle: AtomicUsize::new(0),
             spare: AtomicUsize::new(0),
             taken_unstarted: AtomicUsize::new(0),
+            reading: AtomicUsize::new(0),
             room_grew: tokio::sync::Notify::new(),
         }))
     }
@@ -224,6 +228,22 @@ impl Queue {
         self.exit();
     }
 
+    /// The slow lane begins reading a request's body (its head came): counted until the
+    /// guard is dropped (queued, refused or cut off). A stop that cuts requests off
+    /// counts these with the running ones; a kept FastCGI connection whose request
+    /// runs or waits in the queue is not one (its lane task is, and was counted as a
+    /// running request besides its line). regression: 1 request running and 3 queued
+    /// on kept FastCGI connections read "4 requests running and 3 accepted".
+    pub fn reading_request(self: &Arc<Self>) -> Reading {
+        self.reading.fetch_add(1, Ordering::SeqCst);
+        Reading(Arc::clone(self))
+    }
+
+    /// Requests whose body the slow lane is still reading ([`Queue::reading_request`]).
+    pub fn reading(&self) -> usize {
+        self.reading.load(Ordering::SeqCst)
+    }
+
     /// A slow-lane task starts: the threads wait for it at the stop. Its guard says
     /// when it ends (dropped: finished, cancelled or panicked).
     pub fn lane_task(self: &Arc<Self>) -> LaneTask {
@@ -242,6 +262,15 @@ impl Drop for LaneTask {
             let _q = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
             self.0.ready.notify_all();
         }
+    }
+}
+
+/// A request the slow lane is reading (see [`Queue::reading_request`]).
+pub struct Reading(Arc<Queue>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.reading.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

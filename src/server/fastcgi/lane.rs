@@ -501,6 +501,8 @@ struct Collect {
     mem: BytesMut,
     file: Option<std::fs::File>,
     got: u64,
+    /// Counted as being read until its app is called (or it is refused, or cut off).
+    _reading: crate::server::queue::Reading,
 }
 
 /// Memory the collected bodies of this worker hold (all its connections; their buffers'
@@ -1915,6 +1917,7 @@ fn handle_event(
                     mem: BytesMut::new(),
                     file: None,
                     got: 0,
+                    _reading: lane.queue.reading_request(),
                 };
                 let mut slot = Slot::new(Arc::new(ReqFlags::default()), None);
                 slot.collect = Some(Box::new(collect));
@@ -2321,6 +2324,7 @@ fn collected(
         mem,
         file,
         got,
+        _reading,
     } = *c;
     head.content_length = got;
     let body = match file {
