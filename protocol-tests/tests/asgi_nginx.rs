@@ -1312,6 +1312,134 @@ fn code_after_the_last_chunk_of_a_response_with_a_content_length_runs_in_django_
     }
 }
 
+/// Endless streams, each marking `$ASGI_TEST_DIR/ended-{which}` once its generator
+/// ends: Starlette's `StreamingResponse` (as of ASGI spec 2.4: it watches no
+/// `receive()` and stops on the OSError of a send; and 2.3: its listener for the
+/// disconnect), Django's `StreamingHttpResponse` (its listener), and a bare app that
+/// lets the OSError of its send go.
+const ENDLESS_STREAMS: &str = r#"
+import asyncio, os
+
+import django
+from django.conf import settings
+
+DIR = os.environ["ASGI_TEST_DIR"]
+
+def mark(which):
+    with open(os.path.join(DIR, "ended-" + which), "a") as f:
+        f.write("x")
+
+settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+                   SECRET_KEY="test", MIDDLEWARE=[])
+django.setup()
+
+from django.core.asgi import get_asgi_application
+from django.http import StreamingHttpResponse
+from django.urls import path
+from starlette.responses import StreamingResponse
+
+async def endless(which):
+    try:
+        while True:
+            yield b"tick\n"
+            await asyncio.sleep(0.05)
+    finally:
+        mark(which)
+
+async def django_stream(request):
+    return StreamingHttpResponse(endless("django"), content_type="text/plain")
+
+urlpatterns = [path("django/", django_stream)]
+dj = get_asgi_application()
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"].startswith("/django/"):
+        return await dj(scope, receive, send)
+    which = scope["path"].strip("/")
+    if which == "hello":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+        return
+    if which == "bare":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            async for chunk in endless("bare-gen"):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            mark("bare")
+        return
+    if which == "starlette-2.3":
+        scope = dict(scope, asgi=dict(scope["asgi"], spec_version="2.3"))
+    await StreamingResponse(endless(which), media_type="text/plain")(scope, receive, send)
+"#;
+
+#[test]
+fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
+    // regression (probe 364 HIGH): a HEAD to an endless Starlette stream (spec 2.4: it
+    // watches no receive(), so only a send that raises stops it) was answered with
+    // its head at once and its task ran on for good, every later body discarded,
+    // holding its --max-concurrency place: a few `curl -I` filled the worker. A body
+    // past a response sent whole now raises OSError 5 s (the grace receive() waits
+    // too) after that end.
+    let Some(venv) = venv() else { return };
+    for upstream in [Upstream::Uwsgi, Upstream::FastCgiKeepConn] {
+        let dir = tempdir();
+        let module = dir.path().join("endless_streams.py");
+        std::fs::write(&module, ENDLESS_STREAMS).unwrap();
+        let marks = record_dir(dir.path(), "marks");
+        let Some(s) = behind_nginx(
+            upstream,
+            &format!("{}:app", module.display()),
+            &["--interface", "asgi", "--max-concurrency", "4"],
+            "",
+            |s| {
+                s.venv(&venv)
+                    .env("ASGI_TEST_DIR", &marks.display().to_string())
+            },
+        ) else {
+            return;
+        };
+        let paths = ["starlette-2.4", "starlette-2.3", "django", "bare"];
+        for p in paths {
+            let r = s.nginx.raw(
+                format!("HEAD /{p}/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            let r = String::from_utf8_lossy(&r);
+            assert!(
+                r.starts_with("HTTP/1.1 200"),
+                "{upstream:?} {p}: {r}\n{}",
+                s.postern.logs()
+            );
+        }
+        // Every place is held meanwhile; each task ends after the grace.
+        for p in paths {
+            let ended = marks.join(format!("ended-{p}"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !ended.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                ended.exists(),
+                "{upstream:?} {p}: the endless stream of a HEAD did not end\n{}",
+                s.postern.logs()
+            );
+        }
+        // Their places are free again (they were all four).
+        let r = s.nginx.get("/hello/");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello"),
+            "{upstream:?}\n{}",
+            s.postern.logs()
+        );
+        s.assert_clean(&format!("{upstream:?}"));
+        assert_no_error_lines(&s.postern);
+    }
+}
+
 /// Answers 100 KB (over FastCGI written on the executor: 64 KiB or more) while a task
 /// waits on receive() for the disconnect, as Django's listener does; says in
 /// `$ASGI_TEST_DIR/early` when that task heard of a disconnect before the response's

@@ -77,13 +77,21 @@ fn one_death(s: &Stack, path: &str) {
         s.postern.logs(),
         s.nginx.error_log()
     );
+    let death_lines = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("worker died unexpectedly"))
+            .count()
+    };
+    // The first death's line (written by the log's writer thread), then a moment:
     // nginx's resends (had there been any) come within milliseconds of each crash.
+    assert!(
+        wait_until(20, || death_lines(&s.postern.logs()) > 0),
+        "no death:\n{}",
+        s.postern.logs()
+    );
     std::thread::sleep(Duration::from_secs(2));
     let logs = s.postern.logs();
-    let deaths = logs
-        .lines()
-        .filter(|l| l.contains("worker died unexpectedly"))
-        .count();
+    let deaths = death_lines(&logs);
     assert_eq!(deaths, 1, "one crash, one worker:\n{logs}");
     assert_eq!(s.nginx.get("/pid").status, 200, "served on after the crash");
 }

@@ -59,12 +59,21 @@ fn ready(s: &Stack) {
 /// Waits long enough for nginx's resend, had there been one, to pass the limit too,
 /// then checks the master killed one worker.
 fn one_kill(s: &Stack) -> String {
+    let kill_lines = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
+            .count()
+    };
+    // The first kill's line (written by the log's writer thread), then the time a
+    // resend would take to pass the limit too.
+    assert!(
+        wait_until(20, || kill_lines(&s.postern.logs()) > 0),
+        "no kill:\n{}",
+        s.postern.logs()
+    );
     std::thread::sleep(Duration::from_secs(LIMIT + 2));
     let logs = s.postern.logs();
-    let kills = logs
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains("request passed --timeout"))
-        .count();
+    let kills = kill_lines(&logs);
     assert_eq!(kills, 1, "one kill for one slow request:\n{logs}");
     logs
 }

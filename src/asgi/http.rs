@@ -843,6 +843,9 @@ pub struct Exchange {
     /// (cancelled by the app's last body), and whether it ran out.
     length_grace: Option<Py<PyAny>>,
     grace_over: bool,
+    /// A `send()` past [`LENGTH_GRACE`] after such an end raised [`PAST_END`]: what
+    /// the app raises for it is not its failure.
+    sent_past_end: bool,
     /// A job on the executor holds the sink.
     busy: bool,
     /// The futures of the other `send()`s whose bytes that job writes (done with it).
@@ -1252,6 +1255,9 @@ fn gone_error() -> PyErr {
 /// two writes, then ended as incomplete).
 const ABANDONED: &str =
     "postern cut this request off at the stop: its task did not end when cancelled";
+/// What a `send()` with more body raises [`LENGTH_GRACE`] after the response ended
+/// whole before the app's last body (see [`Exchange::disconnect_due`]).
+const PAST_END: &str = "the response was sent whole (a head alone for HEAD, 204 or 304, or the whole Content-Length) over 5 s ago and the app still sends body with more_body True: the request is over";
 /// What `send()` raises once postern cut a response off for a stall.
 const STALLED: &str = "the front server read nothing of the response for --read-timeout: postern cut it off and closed the connection";
 
@@ -1547,6 +1553,7 @@ impl Exchange {
             ended_at_length: false,
             length_grace: None,
             grace_over: false,
+            sent_past_end: false,
             busy: false,
             job_extra: Vec::new(),
             job_futs: Vec::new(),
@@ -2396,7 +2403,7 @@ impl Exchange {
         }
         let span = slf.borrow().span.clone();
         let _entered = span.enter();
-        let (started_sending, served, gone, complete, cut, refused) = {
+        let (started_sending, served, gone, complete, cut, refused, past_end) = {
             let mut me = slf.borrow_mut();
             me.task_over = true;
             (
@@ -2406,13 +2413,15 @@ impl Exchange {
                 me.complete,
                 me.cut_at_stop && failure.is_some(),
                 me.input_refused,
+                me.sent_past_end,
             )
         };
         // What the app raised because the client went away (an OSError of a send,
         // Starlette's ClientDisconnect after receive() said http.disconnect) is not its
-        // failure, as on the WSGI path; anything else it raised is.
+        // failure, as on the WSGI path; anything else it raised is. The same for the
+        // OSError of a send long past its response's end ([`PAST_END`]).
         let disconnect = match &failure {
-            Some(e) if gone || refused => raised_by_disconnect(py, e),
+            Some(e) if gone || refused || past_end => raised_by_disconnect(py, e),
             _ => Disconnect::No,
         };
         let from_disconnect = disconnect != Disconnect::No;
@@ -2428,6 +2437,9 @@ impl Exchange {
                 tracing::debug!(
                     "the app stopped on the http.disconnect of its cut body (postern answered 400)"
                 );
+            }
+            Some(_) if past_end && !gone && disconnect == Disconnect::Certain => {
+                tracing::debug!("the app stopped on the OSError of a send long after its response had been sent whole");
             }
             Some(_) if disconnect == Disconnect::Certain => {
                 tracing::debug!("the app stopped: the client went away");
@@ -2483,7 +2495,8 @@ impl Exchange {
                 // One line per request: a body over the Content-Length was named when
                 // it came. uvicorn logs an error here and closes the connection; the
                 // front server has had the whole response, hence only a warning.
-                if me.ended_at_length && !me.overflowed {
+                // Not after the app was told the request is over (PAST_END).
+                if me.ended_at_length && !me.overflowed && !me.sent_past_end {
                     if me.head_only() {
                         tracing::warn!(status = me.code, "the app returned without its last http.response.body (more_body False); the response is its head alone (HEAD, 204 or 304), sent whole");
                     } else {
@@ -3078,6 +3091,17 @@ impl Exchange {
                         matches!(me.served.as_ref().map(|s| s.end), Some(End::Complete(_)));
                     if me.gone && !ended_whole {
                         return Err(gone_error());
+                    }
+                    // Still streaming LENGTH_GRACE after the front server had the whole
+                    // response (a HEAD's or a 204's head, or the whole Content-Length):
+                    // the request is over for the app too, as `receive()` says by then.
+                    // regression (probe 364 HIGH): a HEAD to an endless Starlette stream
+                    // (spec 2.4: it watches no `receive()`, a send must raise) ran on
+                    // for good, discarded, holding its --max-concurrency place: a few
+                    // `curl -I` filled the worker.
+                    if more && me.grace_over {
+                        me.sent_past_end = true;
+                        return Err(ClientDisconnected::new_err(PAST_END));
                     }
                     // A head-only response's body is the GET's, never sent: no excess.
                     if len > 0 && !me.overflowed && !me.head_only() {
