@@ -1098,10 +1098,10 @@ impl Waiter {
                 return "SIGTERM";
             }
             if SHUT.load(Ordering::SeqCst) {
-                // The master signals its workers (SIGTERM, or its stop now at SIGQUIT)
-                // just before it shuts the listeners; on a busy machine this process
-                // may see them shut before its handler has run. A moment for the
-                // signal, so that the stop is taken for what it is.
+                // The master signals its workers around the moment it shuts the
+                // listeners (its stop now just before, at SIGQUIT; SIGTERM just after):
+                // this process may see them shut before its handler has run. A moment
+                // for the signal, so that the stop is taken for what it is.
                 // regression: at SIGQUIT a worker now and then logged "letting
                 // in-flight requests finish" and was stopped at once a moment later.
                 if shut_seen.is_none() {

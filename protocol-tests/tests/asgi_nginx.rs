@@ -1312,11 +1312,11 @@ fn code_after_the_last_chunk_of_a_response_with_a_content_length_runs_in_django_
     }
 }
 
-/// Endless streams, each marking `$ASGI_TEST_DIR/ended-{which}` once its generator
-/// ends: Starlette's `StreamingResponse` (as of ASGI spec 2.4: it watches no
+/// Endless streams, each marking `$ASGI_TEST_DIR/ended-{which}` once its app's call
+/// (its task) ends: Starlette's `StreamingResponse` (as of ASGI spec 2.4: it watches no
 /// `receive()` and stops on the OSError of a send; and 2.3: its listener for the
-/// disconnect), Django's `StreamingHttpResponse` (its listener), and a bare app that
-/// lets the OSError of its send go.
+/// disconnect), Django's `StreamingHttpResponse` (its listener), a bare app that
+/// lets the OSError of its send go, and one whose only waits are its sends.
 const ENDLESS_STREAMS: &str = r#"
 import asyncio, os
 
@@ -1338,41 +1338,46 @@ from django.http import StreamingHttpResponse
 from django.urls import path
 from starlette.responses import StreamingResponse
 
-async def endless(which):
-    try:
-        while True:
-            yield b"tick\n"
-            await asyncio.sleep(0.05)
-    finally:
-        mark(which)
+async def endless():
+    while True:
+        yield b"tick\n"
+        await asyncio.sleep(0.05)
 
 async def django_stream(request):
-    return StreamingHttpResponse(endless("django"), content_type="text/plain")
+    return StreamingHttpResponse(endless(), content_type="text/plain")
 
 urlpatterns = [path("django/", django_stream)]
 dj = get_asgi_application()
 
 async def app(scope, receive, send):
+    which = scope["path"].strip("/")
+    try:
+        await serve(scope, receive, send, which)
+    finally:
+        if which != "hello":
+            mark(which)
+
+async def serve(scope, receive, send, which):
     if scope["type"] != "http":
         return
-    if scope["path"].startswith("/django/"):
+    if which == "django":
         return await dj(scope, receive, send)
-    which = scope["path"].strip("/")
     if which == "hello":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"hello"})
         return
+    if which == "hot":
+        # No wait of its own: only its sends can give the loop a turn.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
     if which == "bare":
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        try:
-            async for chunk in endless("bare-gen"):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finally:
-            mark("bare")
-        return
+        async for chunk in endless():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
     if which == "starlette-2.3":
         scope = dict(scope, asgi=dict(scope["asgi"], spec_version="2.3"))
-    await StreamingResponse(endless(which), media_type="text/plain")(scope, receive, send)
+    await StreamingResponse(endless(), media_type="text/plain")(scope, receive, send)
 "#;
 
 #[test]
@@ -1382,7 +1387,8 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
     // its head at once and its task ran on for good, every later body discarded,
     // holding its --max-concurrency place: a few `curl -I` filled the worker. A body
     // past a response sent whole now raises OSError 5 s (the grace receive() waits
-    // too) after that end.
+    // too) after that end. regression (review 366): a stream whose only waits were its
+    // sends froze the worker's loop, as a send past the end did not wait.
     let Some(venv) = venv() else { return };
     for upstream in [Upstream::Uwsgi, Upstream::FastCgiKeepConn] {
         let dir = tempdir();
@@ -1392,7 +1398,7 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
         let Some(s) = behind_nginx(
             upstream,
             &format!("{}:app", module.display()),
-            &["--interface", "asgi", "--max-concurrency", "4"],
+            &["--interface", "asgi", "--max-concurrency", "6"],
             "",
             |s| {
                 s.venv(&venv)
@@ -1401,7 +1407,7 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
         ) else {
             return;
         };
-        let paths = ["starlette-2.4", "starlette-2.3", "django", "bare"];
+        let paths = ["starlette-2.4", "starlette-2.3", "django", "bare", "hot"];
         for p in paths {
             let r = s.nginx.raw(
                 format!("HEAD /{p}/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -1414,7 +1420,21 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
                 s.postern.logs()
             );
         }
-        // Every place is held meanwhile; each task ends after the grace.
+        // The loop serves on meanwhile (one place is left), well within the grace.
+        let t = std::time::Instant::now();
+        let r = s.nginx.get("/hello/");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello"),
+            "{upstream:?}\n{}",
+            s.postern.logs()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{upstream:?}: the loop was held {:?}",
+            t.elapsed()
+        );
+        // Each task ends after the grace.
         for p in paths {
             let ended = marks.join(format!("ended-{p}"));
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -1427,7 +1447,6 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
                 s.postern.logs()
             );
         }
-        // Their places are free again (they were all four).
         let r = s.nginx.get("/hello/");
         assert_eq!(
             (r.status, r.text().as_str()),

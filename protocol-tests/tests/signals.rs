@@ -1487,6 +1487,55 @@ fn a_second_sigterm_sent_straight_to_a_worker_stops_it_at_once() {
     assert!(p.wait_exit(20).is_some(), "{}", p.logs());
 }
 
+// regression (review 366): the master took the larger of its lines and the worker's
+// count of what its stop cut off unseen, which now holds only the uploads still being
+// read (on no line): 1 request running and 2 uploads cut mid-body read "2 requests
+// running".
+#[test]
+fn sigquit_counts_uploads_cut_mid_body_besides_the_running_request() {
+    use std::io::Write;
+    let dir = tempdir();
+    let mut p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--workers", "1", "--master", "--threads", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Tcp(port) = p.addr else {
+        unreachable!()
+    };
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mark = dir.path().join("in-app");
+    let query = format!("s=30&mark={}", mark.display());
+    let mut running = connect();
+    running
+        .write_all(&uwsgi_packet(&[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/marked-sleep"),
+            ("QUERY_STRING", &query),
+        ]))
+        .unwrap();
+    assert!(wait_file(&mark, 20), "{}", p.logs());
+    // Two uploads whose body has begun and stops there.
+    let mut uploads: Vec<_> = (0..2).map(|_| connect()).collect();
+    for (i, u) in uploads.iter_mut().enumerate() {
+        let mut bytes = uwsgi_packet(&[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", &format!("/upload-{i}")),
+            ("CONTENT_LENGTH", "100000"),
+        ]);
+        bytes.extend_from_slice(&[b'x'; 1000]);
+        u.write_all(&bytes).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal(libc::SIGQUIT);
+    let status = p.wait_exit(20).expect("postern stopped");
+    let logs = p.logs();
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(
+        log_line(&logs, "stopped with requests cut off (").contains("(3 requests running"),
+        "{logs}"
+    );
+}
+
 // At SIGQUIT the master shut the listeners before it killed the workers: each that
 // found them shut first logged "stopping: no new connections, letting in-flight
 // requests finish (a second signal stops at once)" and was killed 7 ms later

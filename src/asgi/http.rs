@@ -558,6 +558,8 @@ struct Helpers {
     deferred_send: Py<PyAny>,
     /// `Waiting`: the future `send` and `receive` return when they must wait.
     waiting: Py<PyAny>,
+    /// `settle(fut)`: sets a future's result `None` unless it is done (cancelled).
+    settle: Py<PyAny>,
 }
 
 static HELPERS: pyo3::sync::PyOnceLock<Helpers> = pyo3::sync::PyOnceLock::new();
@@ -578,6 +580,10 @@ async def receive(call):
 
 async def send(call, message):
     return await call(message)
+
+def settle(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 class Waiting(asyncio.Future):
     __slots__ = ()
@@ -610,6 +616,7 @@ fn helpers(py: Python<'_>) -> PyResult<&Helpers> {
             deferred_receive: m.getattr("receive")?.unbind(),
             deferred_send: m.getattr("send")?.unbind(),
             waiting: m.getattr("Waiting")?.unbind(),
+            settle: m.getattr("settle")?.unbind(),
         })
     })
 }
@@ -843,6 +850,8 @@ pub struct Exchange {
     /// (cancelled by the app's last body), and whether it ran out.
     length_grace: Option<Py<PyAny>>,
     grace_over: bool,
+    /// When that timer was set (the response sent whole).
+    ended_at: Option<Instant>,
     /// A `send()` past [`LENGTH_GRACE`] after such an end raised [`PAST_END`]: what
     /// the app raises for it is not its failure.
     sent_past_end: bool,
@@ -1553,6 +1562,7 @@ impl Exchange {
             ended_at_length: false,
             length_grace: None,
             grace_over: false,
+            ended_at: None,
             sent_past_end: false,
             busy: false,
             job_extra: Vec::new(),
@@ -2230,7 +2240,9 @@ impl Exchange {
                 LENGTH_GRACE.as_secs_f64(),
                 slf.getattr(intern!(py, "_length_grace"))?,
             ))?;
-            slf.borrow_mut().length_grace = Some(t.unbind());
+            let mut me = slf.borrow_mut();
+            me.length_grace = Some(t.unbind());
+            me.ended_at = Some(Instant::now());
         }
         Ok(())
     }
@@ -2421,7 +2433,13 @@ impl Exchange {
         // failure, as on the WSGI path; anything else it raised is. The same for the
         // OSError of a send long past its response's end ([`PAST_END`]).
         let disconnect = match &failure {
-            Some(e) if gone || refused || past_end => raised_by_disconnect(py, e),
+            Some(e) if gone || refused => raised_by_disconnect(py, e),
+            // Only postern's own OSError (or Starlette's ClientDisconnect from it): a
+            // ConnectionError of the app's is its own, nobody went away (review 366).
+            Some(e) if past_end => match raised_by_disconnect(py, e) {
+                Disconnect::Certain => Disconnect::Certain,
+                _ => Disconnect::No,
+            },
             _ => Disconnect::No,
         };
         let from_disconnect = disconnect != Disconnect::No;
@@ -3099,7 +3117,11 @@ impl Exchange {
                     // (spec 2.4: it watches no `receive()`, a send must raise) ran on
                     // for good, discarded, holding its --max-concurrency place: a few
                     // `curl -I` filled the worker.
-                    if more && me.grace_over {
+                    // Read from the clock as well: an app that never yields (its own
+                    // loop of sends) keeps the grace's timer from running.
+                    let over = me.grace_over
+                        || me.ended_at.is_some_and(|t| t.elapsed() >= LENGTH_GRACE);
+                    if more && over {
                         me.sent_past_end = true;
                         return Err(ClientDisconnected::new_err(PAST_END));
                     }
@@ -3109,8 +3131,21 @@ impl Exchange {
                         let _e = me.span.enter();
                         tracing::error!(content_length = me.content_length.unwrap_or(0), "the app sent more body than its Content-Length; the excess is not sent");
                     }
+                    if !more {
+                        drop(me);
+                        return done();
+                    }
+                    // Discarded, but the loop gets a turn first: an endless generator
+                    // with no wait of its own (`while True: yield data`) answering a
+                    // HEAD froze every other task of the worker, as no send waited.
+                    // regression (review 366).
+                    let fut = me.ctx.create_future.bind(py).call0()?;
+                    let lio = me.lio(py)?;
                     drop(me);
-                    return done();
+                    lio.call_soon
+                        .bind(py)
+                        .call1((helpers(py)?.settle.bind(py), &fut))?;
+                    return Ok(fut);
                 }
                 if me.complete || me.served.is_some() {
                     if me.gone {

@@ -275,8 +275,6 @@ async fn serve<C: Conn>(
     // Its request has begun (--max-requests counts it from here; when no worker can
     // take it on, past the limit).
     permit.begin();
-    // Counted as being read until it is queued (or refused, or cut off).
-    let _reading = lane.queue.reading_request();
     let (span, request_id) = request_span(&head, &peer);
 
     // Refused from the head alone, before the body is read.
@@ -328,6 +326,9 @@ async fn serve<C: Conn>(
         span.in_scope(|| refused_access(&head, &request_id, info.protocol, code, sent, started));
         return;
     }
+    // Counted as being read until it is queued (or cut off): a stop that cuts requests
+    // off counts it with them.
+    let being_read = lane.queue.reading_request();
 
     // A body still to come is listed while it arrives: at --max-connections, with a
     // connection waiting, one that comes slower than BODY_MIN_RATE may be closed for it.
@@ -424,16 +425,19 @@ async fn serve<C: Conn>(
         .style(info.protocol.head_style())
         .permit(permit)
         .linger(linger);
-    lane.queue.push(Request {
-        head,
-        body,
-        listener: info,
-        sink: Box::new(sink),
-        span,
-        request_id,
-        errors_forward: None,
-        queued: true,
-    });
+    lane.queue.push_read(
+        Request {
+            head,
+            body,
+            listener: info,
+            sink: Box::new(sink),
+            span,
+            request_id,
+            errors_forward: None,
+            queued: true,
+        },
+        being_read,
+    );
 }
 
 /// `--max-requests` left no room to begin this request (the worker has taken its last

@@ -324,7 +324,7 @@ pub fn run(
     // What cut the requests off, whether the master names what waited then (a
     // --timeout kill), how many did, and what the master was told was cut off
     // unseen, once the stop cut them: for what the slow lane queues after.
-    let mut cut_why: Option<(String, bool, usize, usize)> = None;
+    let mut cut_why: Option<(String, bool, usize, (usize, usize))> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -700,18 +700,6 @@ pub fn run(
             if !named {
                 crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
             }
-            // What was cut off that no scoreboard line shows, for the master's count
-            // (and its exit code): an ASGI loop's cancelled tasks (their lines clear as
-            // they end), requests whose body was still being read (an upload; not the
-            // lane tasks of kept FastCGI connections whose requests run or wait, which
-            // are on lines or in the queue: the master takes the larger count, not the
-            // sum).
-            // regression (probe 355): an upload cut by SIGQUIT left the stop's exit 0.
-            let loop_cut = loop_stop.as_ref().map_or(0, |s| s.cut_tasks());
-            let reading = queue.reading();
-            if let Some(m) = &monitor {
-                m.tasks_cut(loop_cut + reading);
-            }
             // Published now: what a worker took from the listen queue in its last
             // moments (at --graceful-timeout, when it stops sharing the queue) would
             // wait for the next 50 ms look, after the exit. regression (review 320):
@@ -722,15 +710,34 @@ pub fn run(
             if let Some(p) = publisher.take() {
                 p.abort();
             }
+            // What waited in the queue, named here, each with its access line (the
+            // master names them only at a --timeout kill, from its lines), and closed
+            // as never answered; in the same look, the requests whose body was still
+            // being read. What the slow lane queues later is named as the runtime has
+            // shut down.
+            let (taken, reading) = queue.sweep();
+            // What was cut off that no scoreboard line shows, for the master's count
+            // (and its exit code): an ASGI loop's cancelled tasks (their lines clear as
+            // they end: the master takes the larger count), and requests whose body
+            // was still being read (an upload: on no line, added). Not the lane tasks
+            // of kept FastCGI connections whose requests run or wait: they are on
+            // lines or in the queue.
+            // regression (probe 355): an upload cut by SIGQUIT left the stop's exit 0.
+            // regression: 1 request running and 3 queued on kept FastCGI connections
+            // read "4 requests running and 3 accepted" (review 366: and a running
+            // request beside a cut upload was counted once for both).
+            let loop_cut = loop_stop.as_ref().map_or(0, |s| s.cut_tasks());
             if let Some(m) = &monitor {
-                m.waiting_named(&queue.first_queued(NAMED_WAITING));
+                m.tasks_cut(loop_cut, reading);
+                let first: Vec<_> = taken
+                    .iter()
+                    .take(NAMED_WAITING)
+                    .map(|r| (r.head.clone(), r.request_id, r.listener.protocol))
+                    .collect();
+                m.waiting_named(&first);
                 m.waiting(queue.unstarted());
             }
-            // Named here, each with its access line (the master names them only at a
-            // --timeout kill, from its lines), and closed as never answered. What the
-            // slow lane queues later is named as the runtime has shut down.
             let why = format!("{by} ({leaving})");
-            let taken = queue.take_all();
             let told = taken.len();
             let unnamed =
                 crate::wsgi::inflight::never_started(taken, (!named).then_some(why.as_str()), 0);
@@ -742,7 +749,7 @@ pub fn run(
                     m.waiting_told(told);
                 }
             }
-            cut_why = Some((why, named, told, loop_cut + reading));
+            cut_why = Some((why, named, told, (loop_cut, reading)));
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
@@ -806,14 +813,14 @@ pub fn run(
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
     // Named even after a --timeout kill: the master named what waited before these.
-    if let Some((why, named, told, cut)) = cut_why {
+    if let Some((why, named, told, (loop_cut, reading))) = cut_why {
         let late = queue.take_all();
         if !late.is_empty() {
             let n = late.len();
             let unnamed = crate::wsgi::inflight::never_started(late, Some(why.as_str()), told);
             if let Some(m) = &monitor {
-                // They were counted as being read at the sweep: now they wait.
-                m.tasks_cut(cut.saturating_sub(n));
+                // Those counted as being read at the sweep wait now.
+                m.tasks_cut(loop_cut, reading.saturating_sub(queue.read_since_sweep()));
                 m.waiting(queue.unstarted());
                 // At a --timeout kill the master named the first ones itself.
                 m.waiting_told(if named { n } else { told + n });

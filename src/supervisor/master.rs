@@ -2278,8 +2278,10 @@ impl Master {
                 .running(w.slot)
                 .max(w.quit.map_or(0, |q| q.asgi_running))
                 // What the worker cut off that its lines do not show: an ASGI loop's
-                // tasks (their lines cleared as they ended), uploads still being read.
-                .max(self.board.cut_tasks(w.slot));
+                // tasks (their lines cleared as they ended), and besides, uploads still
+                // being read (on no line).
+                .max(self.board.cut_tasks(w.slot))
+                + self.board.cut_reading(w.slot);
             let was_waiting = self.board.waiting(w.slot);
             // A start that failed after the import: an ASGI lifespan startup's (a WSGI
             // worker's would be its server's setup: said in the worker's own line).

@@ -265,9 +265,12 @@ pub struct SlotHead {
     /// accepts again, held past it).
     paused: AtomicU32,
     /// What a worker's stop cut off that its lines do not show ([`Scoreboard::tasks_cut`]):
-    /// an ASGI loop's tasks (they clear their lines as they end), uploads still being
-    /// read; the master counts them at the worker's exit.
+    /// an ASGI loop's tasks (they clear their lines as they end, so the master takes
+    /// the larger of the two); the master counts them at the worker's exit.
     cut_tasks: AtomicU32,
+    /// Requests a worker's stop cut off while their body was still read (uploads):
+    /// on no line, so the master adds them to what its lines and `cut_tasks` say.
+    cut_reading: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the worker's last heartbeat: its I/O runtime
     /// writes it every second once it serves ([`Scoreboard::heartbeat`]); 0: none yet.
     /// `/status` shows its age, and a worker that should serve but has not beaten
@@ -508,6 +511,7 @@ impl Scoreboard {
             h.at_cap.store(0, Ordering::Relaxed);
             h.paused.store(0, Ordering::SeqCst);
             h.cut_tasks.store(0, Ordering::Relaxed);
+            h.cut_reading.store(0, Ordering::Relaxed);
             h.seen.store(0, Ordering::Relaxed);
             for c in h.refused.iter().flatten() {
                 c.store(0, Ordering::Relaxed);
@@ -1114,16 +1118,27 @@ impl Scoreboard {
         self.head(slot).busy.load(Ordering::Acquire) as usize
     }
 
-    /// A stopping worker cut `n` requests off that its lines do not show (written by
-    /// the worker as it exits).
-    pub fn tasks_cut(&self, slot: usize, n: usize) {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.head(slot).cut_tasks.store(n, Ordering::Release);
+    /// A stopping worker cut off `tasks` requests whose lines have cleared or may
+    /// clear (an ASGI loop's cancelled tasks) and `reading` whose body was still being
+    /// read, on no line (written by the worker as it exits).
+    pub fn tasks_cut(&self, slot: usize, tasks: usize, reading: usize) {
+        let h = self.head(slot);
+        h.cut_reading.store(
+            u32::try_from(reading).unwrap_or(u32::MAX),
+            Ordering::Release,
+        );
+        h.cut_tasks
+            .store(u32::try_from(tasks).unwrap_or(u32::MAX), Ordering::Release);
     }
 
-    /// What [`Scoreboard::tasks_cut`] said, 0 if nothing.
+    /// What [`Scoreboard::tasks_cut`] said of the tasks, 0 if nothing.
     pub fn cut_tasks(&self, slot: usize) -> usize {
         self.head(slot).cut_tasks.load(Ordering::Acquire) as usize
+    }
+
+    /// What [`Scoreboard::tasks_cut`] said of the requests still being read.
+    pub fn cut_reading(&self, slot: usize) -> usize {
+        self.head(slot).cut_reading.load(Ordering::Acquire) as usize
     }
 
     /// A Python thread of `slot` finished its request (with `--stats`).

@@ -795,8 +795,8 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.set_waiting_told(self.slot, n);
     }
 
-    fn tasks_cut(&self, n: usize) {
-        self.board.tasks_cut(self.slot, n);
+    fn tasks_cut(&self, tasks: usize, reading: usize) {
+        self.board.tasks_cut(self.slot, tasks, reading);
     }
 
     fn waiting_named(

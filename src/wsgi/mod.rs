@@ -495,10 +495,11 @@ pub trait Monitor: Send + Sync {
     /// Of those, the `n` this worker named itself as its stop cut them off (each with
     /// its access line): a master that kills it names and counts only the rest.
     fn waiting_told(&self, _n: usize) {}
-    /// A stopping worker cut `n` requests off that its lines do not show (an ASGI
-    /// loop's cancelled tasks, each named with its access line; uploads still being
-    /// read), so that the master counts them.
-    fn tasks_cut(&self, _n: usize) {}
+    /// A stopping worker cut requests off that its lines do not show, so that the
+    /// master counts them: `tasks`, an ASGI loop's cancelled tasks, each named with its
+    /// access line (their lines clear as they end); `reading`, requests whose body was
+    /// still being read (on no line).
+    fn tasks_cut(&self, _tasks: usize, _reading: usize) {}
     /// With [`Monitor::waiting`]: the first of those requests (their head, id and
     /// protocol; a few at most), so that a master that kills this worker can name them.
     fn waiting_named(&self, _first: &[(Head, crate::logging::RequestId, crate::codec::Protocol)]) {}

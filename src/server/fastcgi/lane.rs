@@ -1948,7 +1948,15 @@ fn handle_event(
             slots.insert(id, slot);
             conn.set_lane_requests(slots.len());
             let run = (head, body, span, request_id);
-            push_request(conn, info, lane, settings, (id, keep_conn, flags), run);
+            push_request(
+                conn,
+                info,
+                lane,
+                settings,
+                (id, keep_conn, flags),
+                run,
+                None,
+            );
             Step::Go
         }
         Event::Stdin { id, data } if slots.get(&id).is_some_and(|s| s.collect.is_some()) => {
@@ -2170,6 +2178,7 @@ fn push_request(
         crate::logging::RequestSpan,
         crate::logging::RequestId,
     ),
+    reading: Option<crate::server::queue::Reading>,
 ) {
     let errors_forward = settings.stderr.then(|| stderr_forward(conn, id, &flags));
     let sink = FcgiSink::new(
@@ -2180,7 +2189,7 @@ fn push_request(
         Instant::now(),
         &request_id,
     );
-    lane.queue.push(Request {
+    let req = Request {
         head,
         body,
         listener: info.clone(),
@@ -2189,7 +2198,11 @@ fn push_request(
         request_id,
         errors_forward,
         queued: true,
-    });
+    };
+    match reading {
+        Some(r) => lane.queue.push_read(req, r),
+        None => lane.queue.push(req),
+    }
 }
 
 /// A STDIN record of a request whose body is collected ([`Collect`]): over
@@ -2354,6 +2367,7 @@ fn collected(
         settings,
         (id, keep_conn, flags),
         (head, body, span, request_id),
+        Some(_reading),
     );
     Step::Go
 }
