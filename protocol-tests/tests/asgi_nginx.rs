@@ -1191,11 +1191,9 @@ fn at_max_concurrency_a_client_gone_still_reaches_the_app_as_http_disconnect() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Django and Starlette answering with a streamed response that declares its
-/// Content-Length, the code after its last chunk marking `dir/tail-{which}`: Django's
-/// view (its async generator goes on after the last chunk), Starlette's
-/// BackgroundTask (as of ASGI spec 2.4, and 2.3: the listener for the disconnect).
-const FRAMEWORK_TAILS: &str = r#"
+/// The start of the framework apps below: Django configured in the module itself, and
+/// `mark(which)`, which adds a byte to `$ASGI_TEST_DIR/{MARK}{which}`.
+const FRAMEWORK_PREAMBLE: &str = r#"
 import asyncio, os
 
 import django
@@ -1204,12 +1202,49 @@ from django.conf import settings
 DIR = os.environ["ASGI_TEST_DIR"]
 
 def mark(which):
-    with open(os.path.join(DIR, "tail-" + which), "a") as f:
+    with open(os.path.join(DIR, MARK + which), "a") as f:
         f.write("x")
 
 settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
                    SECRET_KEY="test", MIDDLEWARE=[])
 django.setup()
+"#;
+
+/// postern serving the framework app `source` (after [`FRAMEWORK_PREAMBLE`], marks
+/// named `mark`…) with `args`, behind nginx over `upstream`; the directory of the
+/// app's module (kept as long as the stack) and its marks' directory.
+fn framework_stack(
+    venv: &Path,
+    upstream: Upstream,
+    (mark, source): (&str, &str),
+    args: &[&str],
+) -> Option<(Stack, tempfile::TempDir, PathBuf)> {
+    let dir = tempdir();
+    let module = dir.path().join("framework_app.py");
+    std::fs::write(
+        &module,
+        format!("MARK = {mark:?}\n{FRAMEWORK_PREAMBLE}{source}"),
+    )
+    .unwrap();
+    let marks = record_dir(dir.path(), "marks");
+    let s = behind_nginx(
+        upstream,
+        &format!("{}:app", module.display()),
+        args,
+        "",
+        |s| {
+            s.venv(venv)
+                .env("ASGI_TEST_DIR", &marks.display().to_string())
+        },
+    )?;
+    Some((s, dir, marks))
+}
+
+/// Django and Starlette answering with a streamed response that declares its
+/// Content-Length, the code after its last chunk marking `dir/tail-{which}`: Django's
+/// view (its async generator goes on after the last chunk), Starlette's
+/// BackgroundTask (as of ASGI spec 2.4, and 2.3: the listener for the disconnect).
+const FRAMEWORK_TAILS: &str = r#"
 
 from django.core.asgi import get_asgi_application
 from django.http import StreamingHttpResponse
@@ -1257,22 +1292,11 @@ fn code_after_the_last_chunk_of_a_response_with_a_content_length_runs_in_django_
     // without its last body); uvicorn leaves receive() pending until the last body.
     let Some(venv) = venv() else { return };
     for upstream in NGINX_UPSTREAMS {
-        let dir = tempdir();
-        let module = dir.path().join("framework_tails.py");
-        std::fs::write(&module, FRAMEWORK_TAILS).unwrap();
-        let marks = dir.path().join("marks");
-        std::fs::create_dir(&marks).unwrap();
-        std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
-        let Some(s) = behind_nginx(
+        let Some((s, _app_dir, marks)) = framework_stack(
+            &venv,
             upstream,
-            &format!("{}:app", module.display()),
+            ("tail-", FRAMEWORK_TAILS),
             &["--interface", "asgi"],
-            "",
-            |s| {
-                s.venv(&venv)
-                    .env("ASGI_TEST_DIR", &marks.display().to_string())
-            },
         ) else {
             return;
         };
@@ -1318,20 +1342,6 @@ fn code_after_the_last_chunk_of_a_response_with_a_content_length_runs_in_django_
 /// disconnect), Django's `StreamingHttpResponse` (its listener), a bare app that
 /// lets the OSError of its send go, and one whose only waits are its sends.
 const ENDLESS_STREAMS: &str = r#"
-import asyncio, os
-
-import django
-from django.conf import settings
-
-DIR = os.environ["ASGI_TEST_DIR"]
-
-def mark(which):
-    with open(os.path.join(DIR, "ended-" + which), "a") as f:
-        f.write("x")
-
-settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
-                   SECRET_KEY="test", MIDDLEWARE=[])
-django.setup()
 
 from django.core.asgi import get_asgi_application
 from django.http import StreamingHttpResponse
@@ -1391,19 +1401,11 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
     // sends froze the worker's loop, as a send past the end did not wait.
     let Some(venv) = venv() else { return };
     for upstream in [Upstream::Uwsgi, Upstream::FastCgiKeepConn] {
-        let dir = tempdir();
-        let module = dir.path().join("endless_streams.py");
-        std::fs::write(&module, ENDLESS_STREAMS).unwrap();
-        let marks = record_dir(dir.path(), "marks");
-        let Some(s) = behind_nginx(
+        let Some((s, _app_dir, marks)) = framework_stack(
+            &venv,
             upstream,
-            &format!("{}:app", module.display()),
+            ("ended-", ENDLESS_STREAMS),
             &["--interface", "asgi", "--max-concurrency", "6"],
-            "",
-            |s| {
-                s.venv(&venv)
-                    .env("ASGI_TEST_DIR", &marks.display().to_string())
-            },
         ) else {
             return;
         };
