@@ -3110,26 +3110,26 @@ impl Exchange {
                     if me.gone && !ended_whole {
                         return Err(gone_error());
                     }
+                    // A head-only response's body is the GET's, never sent: no excess.
+                    if len > 0 && !me.overflowed && !me.head_only() {
+                        me.overflowed = true;
+                        let _e = me.span.enter();
+                        tracing::error!(content_length = me.content_length.unwrap_or(0), "the app sent more body than its Content-Length; the excess is not sent");
+                    }
                     // Still streaming LENGTH_GRACE after the front server had the whole
                     // response (a HEAD's or a 204's head, or the whole Content-Length):
                     // the request is over for the app too, as `receive()` says by then.
                     // regression (probe 364 HIGH): a HEAD to an endless Starlette stream
                     // (spec 2.4: it watches no `receive()`, a send must raise) ran on
                     // for good, discarded, holding its --max-concurrency place: a few
-                    // `curl -I` filled the worker.
-                    // Read from the clock as well: an app that never yields (its own
-                    // loop of sends) keeps the grace's timer from running.
+                    // `curl -I` filled the worker. The grace is read from the clock as
+                    // well: an app that never yields (its own loop of sends) keeps the
+                    // grace's timer from running.
                     let over = me.grace_over
                         || me.ended_at.is_some_and(|t| t.elapsed() >= LENGTH_GRACE);
                     if more && over {
                         me.sent_past_end = true;
                         return Err(ClientDisconnected::new_err(PAST_END));
-                    }
-                    // A head-only response's body is the GET's, never sent: no excess.
-                    if len > 0 && !me.overflowed && !me.head_only() {
-                        me.overflowed = true;
-                        let _e = me.span.enter();
-                        tracing::error!(content_length = me.content_length.unwrap_or(0), "the app sent more body than its Content-Length; the excess is not sent");
                     }
                     if !more {
                         drop(me);

@@ -379,6 +379,8 @@ async fn serve<C: Conn>(
                 span.in_scope(|| tracing::error!(error = %e, dropped, "answered 503"));
             }
             drop(framed);
+            // Answered: no longer a request being read (a stop meanwhile cuts nothing).
+            drop(being_read);
             lane.refused(info.protocol, Some(503));
             let sent = reject(
                 &mut conn,

@@ -324,7 +324,7 @@ pub fn run(
     // What cut the requests off, whether the master names what waited then (a
     // --timeout kill), how many did, and what the master was told was cut off
     // unseen, once the stop cut them: for what the slow lane queues after.
-    let mut cut_why: Option<(String, bool, usize, (usize, usize))> = None;
+    let mut cut_why: Option<(String, bool, usize, Option<Arc<crate::asgi::Stop>>)> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -749,7 +749,7 @@ pub fn run(
                     m.waiting_told(told);
                 }
             }
-            cut_why = Some((why, named, told, (loop_cut, reading)));
+            cut_why = Some((why, named, told, loop_stop.clone()));
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
@@ -808,19 +808,25 @@ pub fn run(
     // The clients counted at --head-timeout since the last summary are said now:
     // the task that would say them at the window's end goes with the runtime.
     slow_clients::flush();
+    // What the exit cuts off now, counted again (the sweep's count stands for a worker
+    // killed before this): uploads still being read (not those queued, refused or
+    // ended since the sweep, and those begun after it), the loop's cut tasks.
+    // regression (review 367): the sweep's count was kept, give or take the requests
+    // queued since.
+    if let (Some((.., stop)), Some(m)) = (&cut_why, &monitor) {
+        m.tasks_cut(stop.as_ref().map_or(0, |s| s.cut_tasks()), queue.reading());
+    }
     runtime.shutdown_timeout(Duration::from_millis(100));
     // Queued by the slow lane after the stop named what waited (a body that came
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
     // Named even after a --timeout kill: the master named what waited before these.
-    if let Some((why, named, told, (loop_cut, reading))) = cut_why {
+    if let Some((why, named, told, _)) = cut_why {
         let late = queue.take_all();
         if !late.is_empty() {
             let n = late.len();
             let unnamed = crate::wsgi::inflight::never_started(late, Some(why.as_str()), told);
             if let Some(m) = &monitor {
-                // Those counted as being read at the sweep wait now.
-                m.tasks_cut(loop_cut, reading.saturating_sub(queue.read_since_sweep()));
                 m.waiting(queue.unstarted());
                 // At a --timeout kill the master named the first ones itself.
                 m.waiting_told(if named { n } else { told + n });

@@ -42,10 +42,6 @@ pub struct Queue {
     /// Requests the slow lane has begun (their head came) and not queued yet: bodies
     /// still arriving ([`Queue::reading_request`]).
     reading: AtomicUsize,
-    /// A stop's sweep counted `reading` ([`Queue::sweep`]); and how many of the
-    /// requests being read then have been queued since ([`Queue::push_read`]).
-    swept: AtomicBool,
-    read_since_sweep: AtomicUsize,
     /// Told when [`Queue::room`] may have grown (a thread idles, a place frees): the
     /// stop's share of the listen queues waits for it.
     room_grew: tokio::sync::Notify,
@@ -70,8 +66,6 @@ impl Queue {
             spare: AtomicUsize::new(0),
             taken_unstarted: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
-            swept: AtomicBool::new(false),
-            read_since_sweep: AtomicUsize::new(0),
             room_grew: tokio::sync::Notify::new(),
         }))
     }
@@ -97,9 +91,6 @@ impl Queue {
     pub fn push_read(&self, req: Request, reading: Reading) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.push_back(req);
-        if reading.before_sweep && self.swept.load(Ordering::SeqCst) {
-            self.read_since_sweep.fetch_add(1, Ordering::SeqCst);
-        }
         drop(reading);
         drop(q);
         self.ready.notify_one();
@@ -114,13 +105,12 @@ impl Queue {
         let taken: Vec<Request> = q.drain(..).collect();
         self.taken_unstarted
             .fetch_add(taken.len(), Ordering::SeqCst);
-        self.swept.store(true, Ordering::SeqCst);
         (taken, self.reading.load(Ordering::SeqCst))
     }
 
-    /// Of the requests [`Queue::sweep`] counted as being read, those queued since.
-    pub fn read_since_sweep(&self) -> usize {
-        self.read_since_sweep.load(Ordering::SeqCst)
+    /// Requests whose body the slow lane is still reading ([`Queue::reading_request`]).
+    pub fn reading(&self) -> usize {
+        self.reading.load(Ordering::SeqCst)
     }
 
     /// Takes one token and the request it stands for (the eventfd was readable).
@@ -273,13 +263,8 @@ impl Queue {
     /// running request besides its line). regression: 1 request running and 3 queued
     /// on kept FastCGI connections read "4 requests running and 3 accepted".
     pub fn reading_request(self: &Arc<Self>) -> Reading {
-        // Under the lock: a sweep sees it, or it sees the sweep.
-        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         self.reading.fetch_add(1, Ordering::SeqCst);
-        Reading {
-            queue: Arc::clone(self),
-            before_sweep: !self.swept.load(Ordering::SeqCst),
-        }
+        Reading(Arc::clone(self))
     }
 
     /// A slow-lane task starts: the threads wait for it at the stop. Its guard says
@@ -304,15 +289,11 @@ impl Drop for LaneTask {
 }
 
 /// A request the slow lane is reading (see [`Queue::reading_request`]).
-pub struct Reading {
-    queue: Arc<Queue>,
-    /// Made before a stop's [`Queue::sweep`] (counted by it).
-    before_sweep: bool,
-}
+pub struct Reading(Arc<Queue>);
 
 impl Drop for Reading {
     fn drop(&mut self) {
-        self.queue.reading.fetch_sub(1, Ordering::SeqCst);
+        self.0.reading.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
