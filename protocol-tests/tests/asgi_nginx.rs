@@ -1422,15 +1422,18 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
                 s.postern.logs()
             );
         }
+        let hello = || {
+            let r = s.nginx.get("/hello/");
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "hello"),
+                "{upstream:?}\n{}",
+                s.postern.logs()
+            );
+        };
         // The loop serves on meanwhile (one place is left), well within the grace.
         let t = std::time::Instant::now();
-        let r = s.nginx.get("/hello/");
-        assert_eq!(
-            (r.status, r.text().as_str()),
-            (200, "hello"),
-            "{upstream:?}\n{}",
-            s.postern.logs()
-        );
+        hello();
         assert!(
             t.elapsed() < Duration::from_secs(4),
             "{upstream:?}: the loop was held {:?}",
@@ -1449,13 +1452,7 @@ fn a_head_to_an_endless_stream_ends_its_task_after_the_grace() {
                 s.postern.logs()
             );
         }
-        let r = s.nginx.get("/hello/");
-        assert_eq!(
-            (r.status, r.text().as_str()),
-            (200, "hello"),
-            "{upstream:?}\n{}",
-            s.postern.logs()
-        );
+        hello();
         s.assert_clean(&format!("{upstream:?}"));
         assert_no_error_lines(&s.postern);
     }
