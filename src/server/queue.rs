@@ -153,15 +153,7 @@ impl Queue {
     /// Takes every request still queued (a stop that cut the running ones off: they
     /// will never start); they stay counted in [`Queue::unstarted`].
     pub fn take_all(&self) -> Vec<Request> {
-        let taken: Vec<Request> = self
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        self.taken_unstarted
-            .fetch_add(taken.len(), Ordering::SeqCst);
-        taken
+        self.sweep().0
     }
 
     /// Requests that will not start, or not yet: those queued, and those a stop took
@@ -257,11 +249,12 @@ impl Queue {
     }
 
     /// The slow lane begins reading a request's body (its head came): counted until the
-    /// guard is dropped (queued, refused or cut off). A stop that cuts requests off
-    /// counts these with the running ones; a kept FastCGI connection whose request
-    /// runs or waits in the queue is not one (its lane task is, and was counted as a
-    /// running request besides its line). regression: 1 request running and 3 queued
-    /// on kept FastCGI connections read "4 requests running and 3 accepted".
+    /// guard is dropped (queued by [`Queue::push_read`], answered, or cut off). A stop
+    /// that cuts requests off adds these to the running ones (they are on no line); a
+    /// kept FastCGI connection whose request runs or waits in the queue is not one
+    /// (it is on a line, or queued). regression: the stop counted every slow-lane task,
+    /// so 1 request running and 3 queued on kept FastCGI connections read "4 requests
+    /// running and 3 accepted".
     pub fn reading_request(self: &Arc<Self>) -> Reading {
         self.reading.fetch_add(1, Ordering::SeqCst);
         Reading(Arc::clone(self))
