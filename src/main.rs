@@ -692,7 +692,7 @@ fn serve(
         bound,
         loaded.app,
         settings,
-        limits,
+        serving_limits(config, limits, loaded.interface),
         config.opts.graceful_timeout.0,
         server::Mode::Single { on_ready },
         asgi_settings(config, loaded.interface),
@@ -705,6 +705,21 @@ fn serve(
         // socket file stayed behind).
         Err(CutOff("stopped with requests cut off".into()).into())
     }
+}
+
+/// `limits` for the interface the app is served with: an ASGI worker runs up to
+/// `--max-concurrency` requests at once, not `--threads`, and says so in
+/// FCGI_GET_VALUES_RESULT (`FCGI_MAX_CONNS`, `FCGI_MAX_REQS`).
+/// regression (probe 347 LOW): an ASGI worker advertised 1 (threads × workers).
+fn serving_limits(
+    config: &Config,
+    mut limits: Limits,
+    interface: postern::asgi::detect::Interface,
+) -> Limits {
+    if let Some(a) = asgi_settings(config, interface) {
+        limits.fcgi.max_reqs = a.max_concurrency.saturating_mul(config.opts.workers.max(1));
+    }
+    limits
 }
 
 /// The ASGI loop's settings when the app is served as ASGI (`--interface`).
@@ -837,7 +852,7 @@ fn worker(
         bound,
         loaded.app,
         settings,
-        limits,
+        serving_limits(config, limits, loaded.interface),
         config.opts.graceful_timeout.0,
         server::Mode::Worker { on_ready },
         asgi_settings(config, loaded.interface),

@@ -491,6 +491,29 @@ fn hello_is_served_over_uwsgi_fastcgi_and_scgi() {
     assert!(out.ends_with("Hello, ASGI!\n"), "{out}");
 }
 
+// regression (probe 347 LOW): an ASGI worker answered FCGI_GET_VALUES with 1 (threads
+// × workers), though it runs up to --max-concurrency requests at once.
+#[test]
+fn fastcgi_get_values_says_the_asgi_worker_takes_max_concurrency_requests() {
+    let dir = tempdir();
+    let f = serve(dir.path(), "fastcgi", &["--max-concurrency", "37"]);
+    let protocol_tests::harness::Addr::Tcp(port) = f.addr else {
+        unreachable!("serve() listens on TCP")
+    };
+    let out = std::process::Command::new(protocol_tests::harness::postern_bin())
+        .args([
+            "request",
+            "--get-values",
+            &format!("fastcgi://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.lines().any(|l| l == "FCGI_MAX_REQS=37"), "{text}");
+    assert!(text.lines().any(|l| l == "FCGI_MAX_CONNS=37"), "{text}");
+}
+
 #[test]
 fn receive_gives_one_empty_message_or_the_whole_body_at_once() {
     let dir = tempdir();

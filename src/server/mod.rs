@@ -732,7 +732,7 @@ pub fn run(
                 let first: Vec<_> = taken
                     .iter()
                     .take(NAMED_WAITING)
-                    .map(|r| (r.head.clone(), r.request_id, r.listener.protocol))
+                    .map(crate::wsgi::Request::named)
                     .collect();
                 m.waiting_named(&first);
                 m.waiting(queue.unstarted());

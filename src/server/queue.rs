@@ -144,10 +144,7 @@ impl Queue {
         crate::codec::Protocol,
     )> {
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter()
-            .take(max)
-            .map(|r| (r.head.clone(), r.request_id, r.listener.protocol))
-            .collect()
+        q.iter().take(max).map(Request::named).collect()
     }
 
     /// Takes every request still queued (a stop that cut the running ones off: they

@@ -402,6 +402,14 @@ pub struct Request {
     pub queued: bool,
 }
 
+impl Request {
+    /// What names a request that waited and will not run (its head, id and protocol),
+    /// for [`Monitor::waiting_named`].
+    pub fn named(&self) -> (Head, crate::logging::RequestId, crate::codec::Protocol) {
+        (self.head.clone(), self.request_id, self.listener.protocol)
+    }
+}
+
 /// The imported WSGI callable, opaque outside this module.
 pub struct App(pub(crate) Py<PyAny>);
 
