@@ -541,6 +541,51 @@ fn a_lifespan_call_that_raises_while_serving_is_logged_at_once_and_requests_go_o
     );
 }
 
+// regression (probe 347 LOW): a second answer to a phase was taken silently.
+#[test]
+fn a_second_answer_to_the_startup_raises_in_the_app_and_the_first_stands() {
+    let dir = tempdir();
+    let (app, log) = asgi_app(
+        dir.path(),
+        r#"    await receive()
+    scope["state"]["token"] = "from-startup"
+    await send({"type": "lifespan.startup.complete"})
+    try:
+        await send({"type": "lifespan.startup.failed", "message": "too late"})
+    except RuntimeError as e:
+        event("second answer: " + str(e))
+    message = await receive()
+    event(message["type"])
+    await send({"type": "lifespan.shutdown.complete"})
+    try:
+        await send({"type": "lifespan.shutdown.complete"})
+    except RuntimeError as e:
+        event("second shutdown answer: " + str(e))
+"#,
+    );
+    let mut p = Spawn::unix(dir.path(), &app).start();
+    let (status, body) = p.get("/");
+    assert_eq!(status, 200);
+    assert!(text(&body).starts_with("from-startup "), "{}", text(&body));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(30).is_some_and(|s| s.success()), "{}", p.logs());
+    let ev = events(&log);
+    assert_eq!(
+        ev,
+        [
+            "second answer: lifespan.startup.failed sent after lifespan.startup.complete: \
+             the lifespan.startup was already answered",
+            "request /",
+            "response /",
+            "lifespan.shutdown",
+            "second shutdown answer: lifespan.shutdown.complete sent after \
+             lifespan.shutdown.complete: the lifespan.shutdown was already answered",
+        ],
+        "{}",
+        p.logs()
+    );
+}
+
 #[test]
 fn lifespan_off_never_sends_the_lifespan_scope() {
     let dir = tempdir();

@@ -25,6 +25,15 @@ def run(loop, aw):
                 raise
 
 
+# The messages that answer a phase of the lifespan scope.
+ANSWERS = (
+    "lifespan.startup.complete",
+    "lifespan.startup.failed",
+    "lifespan.shutdown.complete",
+    "lifespan.shutdown.failed",
+)
+
+
 class Lifespan:
     def __init__(self, app, loop, report, answered):
         self.app = app
@@ -47,6 +56,9 @@ class Lifespan:
         self.stopped = loop.create_future()
         self._shutdown_asked = loop.create_future()
         self._received = 0
+        # The answer the app gave to each phase ("lifespan.startup" or
+        # "lifespan.shutdown"): the message type it sent.
+        self._answered = {}
         # Set by startup().
         self._began = self._timeout = None
         self.task = None
@@ -66,6 +78,16 @@ class Lifespan:
 
     async def _send(self, message):
         kind = message.get("type") if isinstance(message, dict) else None
+        # Each answer once, as the spec's state machine has it (uvicorn asserts the
+        # same). regression (probe 347 LOW): a second answer was taken silently.
+        if kind in ANSWERS:
+            phase = kind.rsplit(".", 1)[0]
+            if phase in self._answered:
+                raise RuntimeError(
+                    f"{kind} sent after {self._answered[phase]}: the {phase} was already "
+                    "answered"
+                )
+            self._answered[phase] = kind
         if kind == "lifespan.startup.complete":
             # Timed when the app answers, not when the wait sees it (a task the
             # startup left blocking the loop may delay that). An answer past the
