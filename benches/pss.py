@@ -83,6 +83,27 @@ def pss_kib(pid, field="Pss:"):
     return 0
 
 
+def code_kib(pid):
+    """Rss of the server binary's executable mapping (its code) in `pid`, in KiB."""
+    total, code = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                parts = line.split(None, 5)
+                path = parts[5].strip() if len(parts) > 5 else ""
+                code = "x" in parts[1] and classify(path) == "server binary"
+            elif code and first == "Rss:":
+                total += int(line.split()[1])
+    return total
+
+
+# A worker maps about 1.4 MiB of postern's code when src/hot-text.ld is fresh (hello over
+# uwsgi), 2.9 MiB when it was 300 commits stale (2026-12-06; 2 MiB more PSS for master +
+# 2 workers): above this, the script is out of date.
+STALE_CODE_KIB = 2048
+
+
 def classify(name):
     if not name:
         return "anonymous"
@@ -160,6 +181,13 @@ def measure(name, cmd, sock_path, processes, n, conc, want_detail):
             time.sleep(0.1)
         for t in ts:
             t.join()
+        if name == "postern":
+            code = max(code_kib(p) for p in tree(proc.pid) if p != proc.pid)
+            print(f"    postern: a worker maps {code / 1024:.2f} MiB of postern's code after serving")
+            if code > STALE_CODE_KIB:
+                print(f"!!! more than {STALE_CODE_KIB // 1024} MiB: src/hot-text.ld is out of date "
+                      "(or this binary was not linked with it): run python3 benches/hot_text.py, "
+                      "rebuild, measure again")
         return len(pids), idle, idle_anon, loaded, idle_detail
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
