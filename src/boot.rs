@@ -986,13 +986,15 @@ pub fn import_app(config: &Config, first_to_warn: impl FnOnce() -> bool) -> anyh
         && !config.asgi_options_set.is_empty()
         && first_to_warn()
     {
-        tracing::warn!(
-            "{}",
-            crate::config::asgi_options_unused(
-                &config.asgi_options_set,
-                "the app is a WSGI callable"
-            )
+        let said = crate::config::asgi_options_unused(
+            &config.asgi_options_set,
+            "the app is a WSGI callable",
         );
+        if crate::config::asgi_options_warn(&config.asgi_options_set) {
+            tracing::warn!("{said}");
+        } else {
+            tracing::info!("{said}");
+        }
     }
     Ok(Loaded {
         app,

@@ -323,12 +323,26 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                         loaded.interface.name(),
                         loaded.why
                     );
+                    // regression (probe 368): `--loop uvloop` without uvloop passed the
+                    // check, and every worker then failed to start.
+                    let event_loop = (loaded.interface == crate::asgi::detect::Interface::Asgi)
+                        .then(|| config.opts.r#loop.check());
+                    match &event_loop {
+                        Some(Ok(name)) => println!("  event loop: {name}"),
+                        Some(Err(e)) => eprintln!("postern --check: {e}"),
+                        None => {}
+                    }
                     if loaded.interface == crate::asgi::detect::Interface::Wsgi
                         && config.opts.interface == crate::asgi::InterfaceOption::Auto
                         && !config.asgi_options_set.is_empty()
                     {
                         println!(
-                            "  warning: {}",
+                            "  {}: {}",
+                            if crate::config::asgi_options_warn(&config.asgi_options_set) {
+                                "warning"
+                            } else {
+                                "note"
+                            },
                             crate::config::asgi_options_unused(
                                 &config.asgi_options_set,
                                 "the app is a WSGI callable"
@@ -342,7 +356,11 @@ fn import_in_child(config: &Config) -> Result<(), CheckError> {
                         }
                         None => println!("  venv: none (the build's Python)"),
                     }
-                    0
+                    if matches!(event_loop, Some(Err(_))) {
+                        1
+                    } else {
+                        0
+                    }
                 }
                 Err(e) => {
                     eprintln!("postern --check: {e:#}");

@@ -600,6 +600,55 @@ fn sigterm_lets_an_in_flight_request_finish() {
     assert!(p.logs().contains("stopping"), "{}", p.logs());
 }
 
+// regression (probe 368): `--check` passed `--loop uvloop` without uvloop, and every
+// worker then failed to start.
+#[test]
+fn check_tries_the_event_loop_an_asgi_app_would_get() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("a.py"),
+        "async def app(scope, receive, send):\n    pass\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        let out = postern()
+            .current_dir(dir.path())
+            .args(["a:app", "--uwsgi", "127.0.0.1:9", "--check"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The build's Python, without a venv: no uvloop there.
+    let (code, out, err) = check(&["--loop", "uvloop"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("cannot set up the event loop (--loop uvloop):\nModuleNotFoundError: No module named 'uvloop'"),
+        "{err}"
+    );
+    let (code, out, err) = check(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("  event loop: asyncio (uvloop is not installed)\n"),
+        "{out}"
+    );
+    // With uvloop in the venv.
+    let Some(venv) = example_venv() else {
+        if in_ci() {
+            panic!("no venv for the --check loop test, and CI=true");
+        }
+        eprintln!("!!!!! SKIPPING the venv half of the --check loop test: no .venv !!!!!");
+        return;
+    };
+    let (code, out, err) = check(&["--loop", "uvloop", "--venv", venv.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("  event loop: uvloop\n"), "{out}");
+}
+
 #[test]
 fn venv_is_used_like_its_python() {
     let Some(venv) = example_venv() else {

@@ -61,6 +61,39 @@ pub enum LoopOption {
     Uvloop,
 }
 
+impl LoopOption {
+    /// The value as given on the command line (`uvloop`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopOption::Auto => "auto",
+            LoopOption::Asyncio => "asyncio",
+            LoopOption::Uvloop => "uvloop",
+        }
+    }
+
+    /// The event loop this option gives, as a worker would set it up, told without
+    /// making one (`--check`): `--loop uvloop` without uvloop importable is the error a
+    /// worker would stop with.
+    pub fn check(self) -> Result<&'static str, AsgiError> {
+        pyo3::Python::attach(|py| match self {
+            LoopOption::Asyncio => Ok("asyncio"),
+            LoopOption::Uvloop => {
+                py.import("uvloop")
+                    .map(|_| "uvloop")
+                    .map_err(|e| AsgiError::Loop {
+                        option: self,
+                        detail: crate::wsgi::traceback(py, &e),
+                    })
+            }
+            LoopOption::Auto => Ok(if py.import("uvloop").is_ok() {
+                "uvloop"
+            } else {
+                "asyncio (uvloop is not installed)"
+            }),
+        })
+    }
+}
+
 /// `--max-concurrency` when not given: ASGI requests in flight per worker. A task
 /// costs a few KiB plus what the app keeps; past this the worker stops accepting and
 /// connections wait in the listen queue (the kernel's memory, not ours).
@@ -71,7 +104,7 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 1000;
 pub enum AsgiError {
     #[error("cannot start the ASGI event loop thread: {0}")]
     Thread(std::io::Error),
-    #[error("cannot set up the event loop (--loop {option:?}):\n{detail}")]
+    #[error("cannot set up the event loop (--loop {}):\n{detail}", option.name())]
     Loop { option: LoopOption, detail: String },
     #[error(transparent)]
     Lifespan(#[from] lifespan::LifespanError),

@@ -573,6 +573,10 @@ pub struct Layered {
     /// `values`, as they are no value, but said as `off` by `--print-config` with the
     /// source in `sources`, apart from a limit no layer set.
     pub off: std::collections::BTreeSet<String>,
+    /// The defaults' values, as TOML: a layer that sets an option to its default (a
+    /// `--print-config` output used as `--config` writes every default out) has not
+    /// changed it ([`Layered::changed`]).
+    pub defaults: toml::Table,
     /// What the `--ini` file asks that postern runs without, as one message to log.
     pub ini_warnings: Option<String>,
     /// What runs differently though the `--ini` file carried over (logged, not warned).
@@ -938,6 +942,7 @@ impl Layered {
                 }
             }
         };
+        let default_values = defaults.clone();
         put(defaults, Source::Default);
         let mut ini_warnings = None;
         let mut ini_info = None;
@@ -978,6 +983,7 @@ impl Layered {
             sources,
             values,
             off,
+            defaults: default_values,
             ini_warnings,
             ini_info,
         })
@@ -985,6 +991,16 @@ impl Layered {
 
     fn source(&self, key: &str) -> Source {
         self.sources.get(key).cloned().unwrap_or(Source::Default)
+    }
+
+    /// A layer set `key` to something else than its default (a limit switched off
+    /// included).
+    fn changed(&self, key: &str) -> bool {
+        !matches!(self.source(key), Source::Default)
+            && self
+                .values
+                .get(key)
+                .is_none_or(|v| self.defaults.get(key) != Some(v))
     }
 
     /// The effective configuration as TOML, each value annotated with its source; keys
@@ -1156,6 +1172,7 @@ pub fn refused_values(table: &toml::Table) -> Vec<(String, String)> {
                 sources,
                 values,
                 off: Default::default(),
+                defaults: Default::default(),
                 ini_warnings: None,
                 ini_info: None,
             };
@@ -1836,7 +1853,9 @@ fn unused_options(
     o: &Options,
     listeners: &[(Protocol, ListenAddr)],
 ) -> (Vec<String>, Vec<&'static str>) {
-    let set = |key: &str| !matches!(layered.source(key), Source::Default);
+    // regression: a `--print-config` output used as `--config` (every default written
+    // out) warned of every option it names that this configuration does not read.
+    let set = |key: &str| layered.changed(key);
     let mut unused = Vec::new();
     let unix = listeners
         .iter()
@@ -1879,11 +1898,28 @@ fn unused_options(
 pub fn asgi_options_unused(options: &[&str], why: &str) -> String {
     let named: Vec<String> = options.iter().map(|k| format!("--{k}")).collect();
     format!(
-        "{} {} no effect: {} only an ASGI app reads, and {why} (a WSGI worker's concurrency is --threads)",
+        "{} {} no effect: {} only an ASGI app reads, and {why}{}",
         named.join(", "),
         if named.len() == 1 { "has" } else { "have" },
-        if named.len() == 1 { "it is an option" } else { "they are options" },
+        if named.len() == 1 {
+            "it is an option"
+        } else {
+            "they are options"
+        },
+        if options.contains(&"max-concurrency") {
+            " (a WSGI worker's concurrency is --threads)"
+        } else {
+            ""
+        },
     )
+}
+
+/// ASGI-only options set for a WSGI app are worth a warning: one the user may believe
+/// in (`--max-concurrency` caps nothing, `--loop` picks nothing). `--lifespan-timeout`
+/// alone is not: the deploy examples set it for the stop's budget of an ASGI app, and
+/// a WSGI app has no lifespan to bound (said at info).
+pub fn asgi_options_warn(options: &[&str]) -> bool {
+    options.iter().any(|k| *k != "lifespan-timeout")
 }
 
 impl Options {
@@ -2236,6 +2272,33 @@ mod tests {
         let (_d2, f2) = file(&text);
         let again = Config::resolve(&layered(&["--config", &f2]).unwrap(), None).unwrap();
         assert_eq!(format!("{:?}", again.opts), format!("{:?}", c.opts));
+        // regression (probe 368): every default it writes out was warned about as an
+        // option this configuration does not read (--fastcgi-buffer without a FastCGI
+        // listener, the ASGI-only options).
+        assert_eq!(c.unused, Vec::<String>::new());
+        assert_eq!(again.unused, Vec::<String>::new());
+        assert!(
+            again.asgi_options_set.is_empty(),
+            "{:?}",
+            again.asgi_options_set
+        );
+        // A value other than the default still counts.
+        let (_d3, f3) = file(&text.replace("max-concurrency = 1000", "max-concurrency = 9"));
+        let other = Config::resolve(&layered(&["--config", &f3]).unwrap(), None).unwrap();
+        assert_eq!(other.asgi_options_set, ["max-concurrency"]);
+    }
+
+    #[test]
+    fn only_a_lifespan_timeout_set_for_a_wsgi_app_is_not_warned_about() {
+        let said = asgi_options_unused(&["lifespan-timeout"], "the app is a WSGI callable");
+        assert_eq!(
+            said,
+            "--lifespan-timeout has no effect: it is an option only an ASGI app reads, and the app is a WSGI callable"
+        );
+        assert!(!asgi_options_warn(&["lifespan-timeout"]));
+        assert!(asgi_options_warn(&["loop", "lifespan-timeout"]));
+        assert!(asgi_options_unused(&["max-concurrency"], "x")
+            .ends_with("(a WSGI worker's concurrency is --threads)"));
     }
 
     // regression: `--timeout off` (or `--max-lifetime 0`, `--slow-log off`) over a
