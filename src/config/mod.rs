@@ -573,14 +573,27 @@ pub struct Layered {
     /// `values`, as they are no value, but said as `off` by `--print-config` with the
     /// source in `sources`, apart from a limit no layer set.
     pub off: std::collections::BTreeSet<String>,
-    /// The defaults' values, as TOML: a layer that sets an option to its default (a
-    /// `--print-config` output used as `--config` writes every default out) has not
-    /// changed it ([`Layered::changed`]).
+    /// Every option's default, typed and written back as TOML ([`clap_defaults`]): a
+    /// layer that sets an option to its default (a `--print-config` output used as
+    /// `--config` writes every default out; `--max-concurrency 1000`) has not changed it
+    /// ([`Layered::changed`]).
     pub defaults: toml::Table,
     /// What the `--ini` file asks that postern runs without, as one message to log.
     pub ini_warnings: Option<String>,
     /// What runs differently though the `--ini` file carried over (logged, not warned).
     pub ini_info: Option<String>,
+}
+
+/// Every option's default as [`Layered::merge`] types it, written back as TOML: the
+/// options parsed from no argument and no environment (empty when that fails: then
+/// any option a layer sets counts as changed).
+fn clap_defaults() -> toml::Table {
+    let cmd = Options::augment_args(clap::Command::new("postern")).mut_args(|a| a.env(None));
+    cmd.try_get_matches_from(["postern"])
+        .ok()
+        .and_then(|m| Options::from_arg_matches(&m).ok())
+        .and_then(|o| toml::Table::try_from(&o).ok())
+        .unwrap_or_default()
 }
 
 /// The TOML keys of [`Options`], in declaration order, with their environment variable.
@@ -942,7 +955,6 @@ impl Layered {
                 }
             }
         };
-        let default_values = defaults.clone();
         put(defaults, Source::Default);
         let mut ini_warnings = None;
         let mut ini_info = None;
@@ -983,7 +995,7 @@ impl Layered {
             sources,
             values,
             off,
-            defaults: default_values,
+            defaults: clap_defaults(),
             ini_warnings,
             ini_info,
         })
@@ -994,13 +1006,19 @@ impl Layered {
     }
 
     /// A layer set `key` to something else than its default (a limit switched off
-    /// included).
+    /// included). Compared as typed: `lifespan-timeout = 60` is the default `60.0`,
+    /// `fastcgi-buffer = "1m"` the default `"1M"`.
     fn changed(&self, key: &str) -> bool {
-        !matches!(self.source(key), Source::Default)
-            && self
-                .values
-                .get(key)
-                .is_none_or(|v| self.defaults.get(key) != Some(v))
+        if matches!(self.source(key), Source::Default) {
+            return false;
+        }
+        if self.off.contains(key) {
+            return true;
+        }
+        let Ok(typed) = toml::Table::try_from(&self.options) else {
+            return true;
+        };
+        typed.get(key) != self.defaults.get(key)
     }
 
     /// The effective configuration as TOML, each value annotated with its source; keys
@@ -2286,6 +2304,31 @@ mod tests {
         let (_d3, f3) = file(&text.replace("max-concurrency = 1000", "max-concurrency = 9"));
         let other = Config::resolve(&layered(&["--config", &f3]).unwrap(), None).unwrap();
         assert_eq!(other.asgi_options_set, ["max-concurrency"]);
+        // The default given on the command line, or written otherwise, is the default.
+        let same = Config::resolve(
+            &layered(&["app", "--max-concurrency", "1000", "--fastcgi-buffer", "1m"]).unwrap(),
+            None,
+        )
+        .unwrap();
+        assert!(
+            same.asgi_options_set.is_empty(),
+            "{:?}",
+            same.asgi_options_set
+        );
+        assert_eq!(same.unused, Vec::<String>::new());
+        let (_d4, f4) = file("app = \"a:b\"\nlifespan-timeout = 60\n");
+        let int = Config::resolve(&layered(&["--config", &f4]).unwrap(), None).unwrap();
+        assert!(
+            int.asgi_options_set.is_empty(),
+            "{:?}",
+            int.asgi_options_set
+        );
+        let off = Config::resolve(
+            &layered(&["app", "--interface", "wsgi", "--lifespan-timeout", "10"]).unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(off.asgi_options_set, ["lifespan-timeout"]);
     }
 
     #[test]
