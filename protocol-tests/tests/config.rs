@@ -399,7 +399,7 @@ fn check_reports_what_a_start_under_systemd_would_listen_on() {
         stdout.contains(&format!("uwsgi_pass unix:{};", path.display())),
         "{stdout}"
     );
-    assert!(!stdout.contains("3031"), "{stdout}");
+    assert!(!stdout.contains("127.0.0.1:3031"), "{stdout}");
     assert!(path.exists(), "systemd's socket file stays");
 }
 
