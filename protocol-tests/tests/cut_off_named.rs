@@ -353,6 +353,48 @@ fn a_response_the_front_server_stops_reading_is_named_at_warn() {
     }
 }
 
+// The rest of a one-shot body that found the socket buffer full is sent blocking, with
+// SO_SNDTIMEO as --read-timeout: the timeout is a wait in which nothing left, not the
+// whole send. A front server that reads steadily but slowly gets all of a response that
+// takes longer than --read-timeout to read (3 MiB at about 1.3 MB/s, 2.4 s, against 1 s).
+#[test]
+fn a_one_shot_response_read_slowly_but_steadily_is_not_cut_at_the_read_timeout() {
+    let dir = tempdir();
+    let wsgi = dir.path().join("big3.py");
+    std::fs::write(
+        &wsgi,
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'x' * (3 << 20)]\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &wsgi.to_string_lossy())
+        .args(["--read-timeout", "1"])
+        .start();
+    let mut c = p.addr.connect().unwrap();
+    c.write_all(&uwsgi_get("/")).unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // 64 KiB every 50 ms at most.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        match std::io::Read::read(&mut c, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e}\n{}", p.logs()),
+        }
+    }
+    let r = parse_http(&got).unwrap();
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert_eq!(r.body.len(), 3 << 20, "{}", p.logs());
+    // It did take longer than the timeout (else this pins nothing).
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!p.logs().contains("read nothing"), "{}", p.logs());
+}
+
 // regression: after postern cut a response off for --read-timeout, the ASGI app's next
 // send() raised 'the front server closed the connection (the client went away)'.
 #[test]
