@@ -353,10 +353,11 @@ fn a_response_the_front_server_stops_reading_is_named_at_warn() {
     }
 }
 
-// The rest of a one-shot body that found the socket buffer full is sent blocking, with
-// SO_SNDTIMEO as --read-timeout: the timeout is a wait in which nothing left, not the
-// whole send. A front server that reads steadily but slowly gets all of a response that
-// takes longer than --read-timeout to read (3 MiB at about 1.3 MB/s, 2.4 s, against 1 s).
+// The rest of a one-shot body that found the socket buffer full is sent blocking (one
+// send, SO_SNDTIMEO a quarter of --read-timeout, then polls for room as before): the
+// timeout is a wait with nothing read, not the whole send. A front server that reads
+// steadily but slowly gets all of a response that takes longer than --read-timeout to
+// read (3 MiB at about 1.3 MB/s, 2.4 s, against 1 s).
 #[test]
 fn a_one_shot_response_read_slowly_but_steadily_is_not_cut_at_the_read_timeout() {
     let dir = tempdir();

@@ -71,25 +71,33 @@ impl LoopOption {
         }
     }
 
-    /// The event loop this option gives, as a worker would set it up, told without
-    /// making one (`--check`): `--loop uvloop` without uvloop importable is the error a
-    /// worker would stop with.
+    /// The module whose `new_event_loop` makes this option's loop, and the loop's name
+    /// as the start-up log and `--check` give it. A worker makes its loop from it; so
+    /// `--check` says, without making one, what a worker would get: `--loop uvloop`
+    /// without uvloop importable is the error a worker would stop with.
+    pub(crate) fn module(
+        self,
+        py: pyo3::Python<'_>,
+    ) -> pyo3::PyResult<(pyo3::Bound<'_, pyo3::types::PyModule>, &'static str)> {
+        match self {
+            LoopOption::Asyncio => Ok((py.import("asyncio")?, "asyncio")),
+            LoopOption::Uvloop => Ok((py.import("uvloop")?, "uvloop")),
+            LoopOption::Auto => match py.import("uvloop") {
+                Ok(u) => Ok((u, "uvloop")),
+                Err(_) => Ok((py.import("asyncio")?, "asyncio (uvloop is not installed)")),
+            },
+        }
+    }
+
+    /// [`LoopOption::module`]'s name, or the error a worker would stop with (`--check`).
     pub fn check(self) -> Result<&'static str, AsgiError> {
-        pyo3::Python::attach(|py| match self {
-            LoopOption::Asyncio => Ok("asyncio"),
-            LoopOption::Uvloop => {
-                py.import("uvloop")
-                    .map(|_| "uvloop")
-                    .map_err(|e| AsgiError::Loop {
-                        option: self,
-                        detail: crate::wsgi::traceback(py, &e),
-                    })
-            }
-            LoopOption::Auto => Ok(if py.import("uvloop").is_ok() {
-                "uvloop"
-            } else {
-                "asyncio (uvloop is not installed)"
-            }),
+        pyo3::Python::attach(|py| {
+            self.module(py)
+                .map(|(_, name)| name)
+                .map_err(|e| AsgiError::Loop {
+                    option: self,
+                    detail: crate::wsgi::traceback(py, &e),
+                })
         })
     }
 }

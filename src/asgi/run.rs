@@ -31,7 +31,7 @@ use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 use super::http::{Ctx, Exchange};
 use super::lifespan::{self, Lifespan, LifespanMode};
 use super::stop::{self, Stop};
-use super::{scope, AsgiError, AsgiSettings, LoopOption};
+use super::{scope, AsgiError, AsgiSettings};
 use crate::wsgi::{traceback, App, Request, Settings, Source, TryNext};
 
 /// The running loop thread, to join at shutdown.
@@ -239,21 +239,8 @@ fn setup<'py>(
         detail: traceback(py, &e),
     };
     let asyncio = py.import("asyncio").map_err(loop_error)?;
-    let (event_loop, name) = match asgi.event_loop {
-        LoopOption::Asyncio => (asyncio.call_method0("new_event_loop"), "asyncio"),
-        LoopOption::Uvloop => (
-            py.import("uvloop")
-                .and_then(|u| u.call_method0("new_event_loop")),
-            "uvloop",
-        ),
-        LoopOption::Auto => match py.import("uvloop") {
-            Ok(u) => (u.call_method0("new_event_loop"), "uvloop"),
-            Err(_) => (
-                asyncio.call_method0("new_event_loop"),
-                "asyncio (uvloop is not installed)",
-            ),
-        },
-    };
+    let (module, name) = asgi.event_loop.module(py).map_err(loop_error)?;
+    let event_loop = module.call_method0("new_event_loop");
     let event_loop = event_loop.map_err(loop_error)?;
     asyncio
         .call_method1("set_event_loop", (&event_loop,))

@@ -1,6 +1,7 @@
 //! The connection as the Python thread writes to it: blocking-style writes on a
-//! non-blocking socket (poll(2) with a timeout when the front server is not reading),
-//! sendfile(2) for file wrappers, and the close or abort at the end. A streamed
+//! non-blocking socket (what the buffer cannot take of a direct write is sent with the
+//! socket made blocking for it, SO_SNDTIMEO as the timeout; the thread's writer and
+//! sendfile wait for room with poll(2)), sendfile(2) for file wrappers, and the close or abort at the end. A streamed
 //! response's chunks, from its third write on, go through the thread's writer
 //! ([`super::writer`]) so that those produced during a send leave together. (The access line
 //! is written by the Python side from what `finish` returns: [`crate::logging::access`].)
@@ -178,6 +179,14 @@ fn wait_writable_until(sock: &socket2::Socket, t: Duration, stop: Option<&Stop>)
     }
 }
 
+/// SO_SNDTIMEO for [`ConnSink::send_blocking`] under a write timeout of `t`: a
+/// quarter of it (a stall is then cut at most that much later than a poll for room
+/// alone would cut it). At least a microsecond: SO_SNDTIMEO counts whole
+/// microseconds, and 0 means never.
+fn timeout_slice(t: Duration) -> Duration {
+    (t / 4).max(Duration::from_micros(1))
+}
+
 fn read_nothing(t: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -249,8 +258,8 @@ pub struct ConnSink {
     /// An event loop writes the response ([`Sink::loop_writes`]): never a writer.
     on_loop: bool,
     /// The last non-blocking send was short or refused: the socket buffer was full
-    /// then, so the next blocking write waits for room before it sends (instead of a
-    /// send that would only get EAGAIN).
+    /// then, so the next blocking write sends blocking at once (instead of a
+    /// non-blocking send that would only get EAGAIN).
     full: bool,
     tcp: bool,
     written: u64,
@@ -267,6 +276,8 @@ pub struct ConnSink {
     armed: bool,
     /// [`Sink::maybe_whole`]: writes do not arm.
     spare: bool,
+    /// SO_SNDTIMEO is set for [`Self::send_blocking`] (once per connection).
+    timeout_set: bool,
 }
 
 impl ConnSink {
@@ -294,6 +305,7 @@ impl ConnSink {
             linger: None,
             armed: false,
             spare: false,
+            timeout_set: false,
         }
     }
 
@@ -346,9 +358,9 @@ impl ConnSink {
         wait_writable(self.sock()?, self.write_timeout)
     }
 
-    /// Waits until the writer has sent everything queued (the GIL released); its
-    /// error if a send failed. Direct writes may follow.
-    /// `write_all` without arming: what it sends.
+    /// `write_all` without arming: a chunk of a stream goes to the thread's writer
+    /// (a large one after the writer is drained); a direct write is sent at once,
+    /// and what the socket buffer cannot take is sent blocking ([`Self::send_blocking`]).
     fn write_rest(&mut self, mut data: &[u8]) -> io::Result<()> {
         if let Some(s) = &self.stream {
             if data.len() < DIRECT {
@@ -379,40 +391,81 @@ impl ConnSink {
         Ok(())
     }
 
-    /// The rest of a write that found the socket buffer full, sent with the socket
-    /// made blocking for it, SO_SNDTIMEO set to the write timeout: the kernel sends it
-    /// all as the front server reads, in one system call, where a non-blocking send
-    /// needs a poll and a send per refill of the buffer (a 1 MiB body: 3 to 4 of each
-    /// behind nginx). The socket is non-blocking again before this returns (a later
-    /// `try_write` or `try_send_file`, the thread's writer and a lingering close
-    /// expect it). A send that ends with nothing sent in the timeout is the
-    /// `--read-timeout` error of a poll that timed out (over TCP the kernel counts the
-    /// timeout per call, so a front server that reads slowly but steadily is never cut).
-    fn send_blocking(&mut self, mut data: &[u8]) -> io::Result<()> {
-        let t = self.write_timeout;
-        let sock = self.sock()?;
-        // SO_SNDTIMEO of 0 means no timeout: a timeout under a microsecond is one.
-        sock.set_write_timeout(Some(t.max(Duration::from_micros(1))))?;
-        rustix::io::ioctl_fionbio(sock, false)?;
-        let mut sent = 0u64;
-        let r = loop {
-            match rustix::net::send(sock.as_fd(), data, SendFlags::NOSIGNAL) {
+    /// The rest of a direct write that found the socket buffer full, sent with the
+    /// socket made blocking for one `send` (SO_SNDTIMEO a quarter of the write timeout,
+    /// [`timeout_slice`]): the kernel sends it all as the front server reads, in one
+    /// system call, where a non-blocking send needs a poll and a send per refill of the
+    /// buffer (a 1 MiB body behind nginx: 3 to 4 of each). A front server that reads
+    /// too slowly for that (the send times out, or a signal ends it) gets the rest as
+    /// before, a send and a poll for room at a time ([`Self::send_polled`]), so a stall
+    /// is cut as a poll's timeout says, at most a quarter of the timeout later. (Not a
+    /// loop of blocking sends: SO_SNDTIMEO counts per send call over TCP and per wait
+    /// for room over a Unix socket, and a wait that times out may still find room the
+    /// front server freed without waking it, so such a loop cut a stalled front server
+    /// at two or three times the timeout.) The socket is non-blocking again before
+    /// this returns: `send_polled`, `send_file`'s sendfile (which has no DONTWAIT
+    /// flag), the thread's writer and a lingering close (tokio) need it. Nothing else
+    /// uses the socket meanwhile: the body was read before the sink existed, and the
+    /// writer is drained first.
+    fn send_blocking(&mut self, data: &[u8]) -> io::Result<()> {
+        // An event loop's sends never get here: it waits for room on its own.
+        debug_assert!(!self.on_loop);
+        let Some(sock) = self.sock.clone() else {
+            return self.send_polled(data);
+        };
+        if !self.timeout_set {
+            if sock
+                .set_write_timeout(Some(timeout_slice(self.write_timeout)))
+                .is_err()
+            {
+                return self.send_polled(data);
+            }
+            self.timeout_set = true;
+        }
+        if rustix::io::ioctl_fionbio(&*sock, false).is_err() {
+            return self.send_polled(data);
+        }
+        let r = rustix::net::send(sock.as_fd(), data, SendFlags::NOSIGNAL);
+        if let Err(e) = rustix::io::ioctl_fionbio(&*sock, true) {
+            // The sink's own later sends still work on a blocking socket (SO_SNDTIMEO
+            // bounds them); a lingering close must not hand it to tokio.
+            tracing::error!(
+                "internal error: the connection could not be made non-blocking again ({e}): it is closed at the response's end, without a lingering close"
+            );
+            self.linger = None;
+        }
+        match r {
+            Ok(n) => {
+                self.written += n as u64;
+                if n == data.len() {
+                    return Ok(());
+                }
+                self.send_polled(&data[n..])
+            }
+            // Timed out with nothing sent, or a signal: the rest as before.
+            Err(Errno::AGAIN | Errno::INTR) => self.send_polled(data),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A write as a non-blocking socket takes it: a send, and a poll for room whenever
+    /// the buffer is full.
+    fn send_polled(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match rustix::net::send(self.sock()?.as_fd(), data, SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     data = &data[n..];
-                    sent += n as u64;
-                    if data.is_empty() {
-                        break Ok(());
+                    self.written += n as u64;
+                    if !data.is_empty() {
+                        self.wait_writable()?;
                     }
                 }
-                Err(Errno::AGAIN) => break Err(read_nothing(t)),
+                Err(Errno::AGAIN) => self.wait_writable()?,
                 Err(Errno::INTR) => {}
-                Err(e) => break Err(e.into()),
+                Err(e) => return Err(e.into()),
             }
-        };
-        let back = rustix::io::ioctl_fionbio(sock, true);
-        self.written += sent;
-        r?;
-        back.map_err(Into::into)
+        }
+        Ok(())
     }
 
     fn drain(&mut self) -> io::Result<()> {
@@ -484,7 +537,7 @@ impl Sink for ConnSink {
         if self.full && !self.on_loop {
             // The previous send found the buffer full (a response's first write, its
             // head and body in one sendmsg, was short): the blocking write that follows
-            // waits for room first, so a send here would only get EAGAIN. (An event
+            // sends as the buffer empties, so a send here would only get EAGAIN. (An event
             // loop is told of room by its own wait: it always sends.)
             return Ok(0);
         }
@@ -691,4 +744,174 @@ pub(crate) fn hung_up(sock: &impl std::os::fd::AsFd) -> bool {
     };
     matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
         && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::time::Instant;
+
+    fn nonblocking(s: &ConnSink) -> bool {
+        let fd = s.sock.as_ref().unwrap();
+        rustix::fs::fcntl_getfl(&**fd)
+            .unwrap()
+            .contains(rustix::fs::OFlags::NONBLOCK)
+    }
+
+    /// A Unix connection: the sink's end (non-blocking, as accepted, with a small
+    /// send buffer so that a write fills it) and the front server's.
+    fn unix_pair(timeout: Duration) -> (ConnSink, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sock = socket2::Socket::from(OwnedFd::from(a));
+        sock.set_nonblocking(true).unwrap();
+        sock.set_send_buffer_size(8192).unwrap();
+        (ConnSink::new(sock, false, Instant::now(), timeout), b)
+    }
+
+    /// The same over TCP on loopback, both buffers small (`SO_RCVBUF` set before
+    /// the connection, so the window stays small).
+    fn tcp_pair(timeout: Duration) -> (ConnSink, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_recv_buffer_size(8192).unwrap();
+        c.connect(&l.local_addr().unwrap().into()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let sock = socket2::Socket::from(OwnedFd::from(a));
+        sock.set_nonblocking(true).unwrap();
+        sock.set_send_buffer_size(8192).unwrap();
+        (
+            ConnSink::new(sock, true, Instant::now(), timeout),
+            std::net::TcpStream::from(OwnedFd::from(c)),
+        )
+    }
+
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Reads everything, `chunk` bytes every `pause`.
+    fn slow_reader(
+        mut r: impl Read + Send + 'static,
+        chunk: usize,
+        pause: Duration,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; chunk];
+            loop {
+                std::thread::sleep(pause);
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_write_larger_than_the_buffer_arrives_whole_and_leaves_the_socket_non_blocking() {
+        let (mut sink, peer) = unix_pair(Duration::from_secs(5));
+        let (mut tsink, tpeer) = tcp_pair(Duration::from_secs(5));
+        let data = body(1 << 20);
+        let readers = [
+            slow_reader(peer, 16384, Duration::from_micros(200)),
+            slow_reader(tpeer, 16384, Duration::from_micros(200)),
+        ];
+        for s in [&mut sink, &mut tsink] {
+            s.write_all(&data).unwrap();
+            assert!(nonblocking(s));
+            // Sent blocking once: the timeout is set.
+            assert!(s.timeout_set);
+            let sent = s.finish(End::Complete(200));
+            assert_eq!(sent.bytes, data.len() as u64);
+        }
+        for r in readers {
+            assert!(r.join().unwrap() == data, "the body arrived changed");
+        }
+    }
+
+    #[test]
+    fn a_front_server_that_stops_reading_is_cut_about_the_timeout_after_its_last_read() {
+        let t = Duration::from_secs(1);
+        let (sink, peer) = unix_pair(t);
+        let (tsink, tpeer) = tcp_pair(t);
+        let cases: [(ConnSink, Box<dyn Read + Send>); 2] =
+            [(sink, Box::new(peer)), (tsink, Box::new(tpeer))];
+        for (mut s, mut peer) in cases {
+            let data = body(4 << 20);
+            // Reads for 300 ms, then stops (and keeps the connection open).
+            let reader = std::thread::spawn(move || {
+                let begin = Instant::now();
+                let mut buf = vec![0u8; 4096];
+                let mut got = 0;
+                let mut last = Instant::now();
+                while begin.elapsed() < Duration::from_millis(300) {
+                    if let Ok(n) = peer.read(&mut buf) {
+                        got += n;
+                        last = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (peer, got, last)
+            });
+            // The response's last write: not armed, so the close is a FIN over TCP
+            // too, and what the buffers hold can still be read after it.
+            let e = s.write_last(&data).unwrap_err();
+            let cut = Instant::now();
+            let (mut peer, got, last) = reader.join().unwrap();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+            assert!(e.to_string().contains("read nothing for 1s"), "{e}");
+            assert!(got > 0);
+            // The timeout counts from the last read that woke the send (the reads
+            // after it, too small to wake it, by a few ms here), and the blocking
+            // send's own timeout adds at most a quarter of it. regression (probe 370):
+            // a loop of blocking sends cut a stalled reader at 2 to 3 timeouts.
+            let quiet = cut - last;
+            assert!(
+                quiet + Duration::from_millis(100) >= t
+                    && quiet <= t * 5 / 4 + Duration::from_millis(500),
+                "cut {quiet:?} after the last read"
+            );
+            assert!(nonblocking(&s));
+            let sent = s.finish(End::Stalled(200));
+            // What it counts is what left: the front server reads exactly that.
+            let mut rest = Vec::new();
+            peer.read_to_end(&mut rest).unwrap();
+            assert_eq!(sent.bytes, (got + rest.len()) as u64);
+        }
+    }
+
+    #[test]
+    fn a_front_server_that_closes_during_the_send_ends_it_with_the_socket_non_blocking() {
+        let (mut s, peer) = unix_pair(Duration::from_secs(5));
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(peer);
+        });
+        let e = s.write_all(&body(1 << 20)).unwrap_err();
+        closer.join().unwrap();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        );
+        assert!(nonblocking(&s));
+        s.finish(End::ClientGone(200));
+    }
+
+    #[test]
+    fn the_timeout_slice_is_a_quarter_and_never_zero() {
+        assert_eq!(
+            timeout_slice(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            timeout_slice(Duration::from_nanos(1)),
+            Duration::from_micros(1)
+        );
+    }
 }
