@@ -354,7 +354,7 @@ fn a_response_the_front_server_stops_reading_is_named_at_warn() {
 }
 
 // The rest of a one-shot body that found the socket buffer full is sent blocking (one
-// send, SO_SNDTIMEO a quarter of --read-timeout, then polls for room as before): the
+// send, SO_SNDTIMEO a sixteenth of --read-timeout, then polls for room as before): the
 // timeout is a wait with nothing read, not the whole send. A front server that reads
 // steadily but slowly gets all of a response that takes longer than --read-timeout to
 // read (3 MiB at about 1.3 MB/s, 2.4 s, against 1 s).
