@@ -353,6 +353,48 @@ fn a_response_the_front_server_stops_reading_is_named_at_warn() {
     }
 }
 
+// regression (probes 370, 372): a request cut off while its write was blocked (a front
+// server not reading an 8 MiB body) was named with the whole write sent, `its head and
+// 8388608 body bytes were sent` and `bytes=8388608`, where some 200 KB had left. A
+// write's bytes count once it returns.
+#[test]
+fn a_request_cut_off_during_a_blocked_write_is_not_named_with_that_write_sent() {
+    let dir = tempdir();
+    let app = dir.path().join("big8.py");
+    let mark = dir.path().join("in-the-app");
+    std::fs::write(
+        &app,
+        format!(
+            "MARK = {:?}\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    open(MARK, 'w').close()\n    return [b'x' * (8 << 20)]\n",
+            mark.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "1"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let mut c = p.addr.connect().unwrap();
+    c.write_all(&uwsgi_get("/big8")).unwrap();
+    // Nothing is read: the write blocks once the socket's buffers are full.
+    assert!(wait_file(&mark, 15), "{}", p.logs());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    p.signal(libc::SIGTERM);
+    let _ = p.wait_exit(15);
+    let logs = p.logs();
+    let warn = log_line(
+        &logs,
+        "request cut off at --graceful-timeout (postern is stopping)",
+    );
+    assert!(
+        warn.contains("body_bytes=0") && warn.contains("response_status=200"),
+        "{warn}\n{logs}"
+    );
+    let access = log_line(&logs, "response incomplete");
+    assert!(access.contains(" bytes=0 "), "{access}\n{logs}");
+    drop(c);
+}
+
 // The rest of a one-shot body that found the socket buffer full is sent blocking (one
 // send, SO_SNDTIMEO a sixteenth of --read-timeout, then polls for room as before): the
 // timeout is a wait with nothing read, not the whole send. A front server that reads

@@ -173,8 +173,16 @@ impl State {
 
     /// How far the response got, for a stop that cuts it off.
     fn progress(&self) {
+        self.progress_before(0);
+    }
+
+    /// [`State::progress`] while a write of the last `pending` body bytes is under
+    /// way: its status is known, its bytes count once the write returns. regression
+    /// (probes 370, 372): a request cut off while blocked in a large write was named
+    /// with all of that write's bytes sent (8,388,608 where about 0.2 MB had left).
+    fn progress_before(&self, pending: u64) {
         if let Some(s) = &self.inflight {
-            s.progress(self.code, self.body_sent);
+            s.progress(self.code, self.body_sent - pending);
         }
     }
 
@@ -299,7 +307,17 @@ impl State {
             }
         }
         self.body_sent += data.len() as u64;
-        self.progress();
+        self.progress_before(data.len() as u64);
+        let sent = self.send_body_now(py, data);
+        if sent.is_ok() {
+            self.progress();
+        }
+        sent
+    }
+
+    /// [`State::send_body`]'s write of `data` (counted already, cut to the
+    /// Content-Length): the headers first if they have not gone out.
+    fn send_body_now(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
         if !self.headers_sent {
             self.headers_sent = true;
             if data.len() >= SEPARATE_BODY {
@@ -1279,9 +1297,13 @@ fn iterate(
             }
             if len > 0 && !r.head_only() {
                 r.body_sent += len;
-                r.progress();
+                r.progress_before(len);
                 let sink = &mut r.sink;
-                if let Err(e) = py.detach(|| sink.send_file(&src.file, src.offset, len)) {
+                let sent = py.detach(|| sink.send_file(&src.file, src.offset, len));
+                if sent.is_ok() {
+                    r.progress();
+                }
+                if let Err(e) = sent {
                     if e.kind() == std::io::ErrorKind::UnexpectedEof {
                         // regression (audit): taken for the client gone (INFO 'client
                         // went away'), where ASGI's pathsend warns.
