@@ -240,8 +240,7 @@ fn setup<'py>(
     };
     let asyncio = py.import("asyncio").map_err(loop_error)?;
     let (module, name) = asgi.event_loop.module(py).map_err(loop_error)?;
-    let event_loop = module.call_method0("new_event_loop");
-    let event_loop = event_loop.map_err(loop_error)?;
+    let event_loop = module.call_method0("new_event_loop").map_err(loop_error)?;
     asyncio
         .call_method1("set_event_loop", (&event_loop,))
         .map_err(loop_error)?;

@@ -1,10 +1,11 @@
 //! The connection as the Python thread writes to it: blocking-style writes on a
 //! non-blocking socket (what the buffer cannot take of a direct write is sent with the
 //! socket made blocking for it, SO_SNDTIMEO as the timeout; the thread's writer and
-//! sendfile wait for room with poll(2)), sendfile(2) for file wrappers, and the close or abort at the end. A streamed
-//! response's chunks, from its third write on, go through the thread's writer
-//! ([`super::writer`]) so that those produced during a send leave together. (The access line
-//! is written by the Python side from what `finish` returns: [`crate::logging::access`].)
+//! sendfile wait for room with poll(2)), sendfile(2) for file wrappers, and the close
+//! or abort at the end. A streamed response's chunks, from its third write on, go
+//! through the thread's writer ([`super::writer`]) so that those produced during a
+//! send leave together. (The access line is written by the Python side from what
+//! `finish` returns: [`crate::logging::access`].)
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -182,8 +183,8 @@ fn wait_writable_until(sock: &socket2::Socket, t: Duration, stop: Option<&Stop>)
 /// SO_SNDTIMEO for [`ConnSink::send_blocking`] under a write timeout of `t`: a
 /// sixteenth of it (a stall is then cut at most about that much later than a poll for
 /// room alone would cut it, after the front server's last read; a quarter cut a
-/// front server stalled behind nginx at 1.25 to 1.5 timeouts, probe 372). At least a microsecond: SO_SNDTIMEO counts whole
-/// microseconds, and 0 means never.
+/// front server stalled behind nginx at 1.25 to 1.5 timeouts, probe 372). At least a
+/// microsecond: SO_SNDTIMEO counts whole microseconds, and 0 means never.
 fn timeout_slice(t: Duration) -> Duration {
     (t / 16).max(Duration::from_micros(1))
 }
