@@ -442,6 +442,8 @@ fn a_status_past_599_is_warned_about_once_per_generation_and_only_when_sent() {
     );
     assert_eq!(logs.matches(warning).count(), 1, "{logs}");
     assert!(logs.contains("status=999"), "{logs}");
+    let line = logs.lines().find(|l| l.contains(warning)).unwrap();
+    assert!(line.contains("postern::wsgi::response"), "{line}");
 }
 
 /// A FastCGI GET: (status, body).

@@ -946,6 +946,11 @@ fn a_status_from_600_to_999_goes_out_and_the_rest_past_599_is_refused() {
     }
     assert!(p.wait_log("status=600", 10), "{}", p.logs());
     assert!(p.logs().contains("status=600"), "{}", p.logs());
+    // regression: the line came under the WSGI path's target (`postern::wsgi::response`),
+    // which a filter on the ASGI one (`--log-level postern::asgi=warn`) did not show.
+    let logs = p.logs();
+    let line = logs.lines().find(|l| l.contains(warning)).unwrap();
+    assert!(line.contains("postern::asgi::http"), "{line}");
     for code in ["42", "99", "1000", "70000", "9223372036854775808"] {
         let r = get(&p, &format!("/status/{code}"), "");
         assert_eq!(r.status, 500, "{code}");

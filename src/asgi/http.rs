@@ -1813,7 +1813,7 @@ impl Exchange {
         self.code = code;
         self.started = true;
         // Once every header passed: a refused start answers 500, nothing past 599.
-        crate::wsgi::response::warn_past_defined(code);
+        crate::wsgi::response::warn_past_defined(code, true);
         Ok(())
     }
 

@@ -672,8 +672,10 @@ pub(crate) fn watch_statuses(monitor: Option<&Arc<dyn Monitor>>) {
 /// uWSGI and gunicorn pass it on; the first one is warned about once per generation of
 /// workers, WSGI's or ASGI's: a worker recycled by --max-requests or --max-rss is
 /// replaced by one that would say it again. Called once the status and every header
-/// passed their checks (a refused one answers 500: nothing past 599 went out).
-pub(crate) fn warn_past_defined(code: u16) {
+/// passed their checks (a refused one answers 500: nothing past 599 went out). `asgi`:
+/// the line names the ASGI path (`postern::asgi::http`), not this module, so that a
+/// filter on either interface's target sees its own app's answers.
+pub(crate) fn warn_past_defined(code: u16, asgi: bool) {
     // Asked once per process: the scoreboard is not looked at on every response.
     static ASKED: AtomicBool = AtomicBool::new(false);
     if code > resp::PAST_DEFINED
@@ -682,10 +684,12 @@ pub(crate) fn warn_past_defined(code: u16) {
             .get()
             .is_none_or(|m| m.first_to_warn_past_defined())
     {
-        tracing::warn!(
-            status = code,
-            "the app answered a status code past 599, outside those HTTP defines (100 to 599): passed on as sent (warned once per generation of workers)"
-        );
+        const PAST: &str = "the app answered a status code past 599, outside those HTTP defines (100 to 599): passed on as sent (warned once per generation of workers)";
+        if asgi {
+            tracing::warn!(target: "postern::asgi::http", status = code, "{PAST}");
+        } else {
+            tracing::warn!(status = code, "{PAST}");
+        }
     }
 }
 
@@ -758,7 +762,7 @@ impl Responder {
         // Validation runs Python code (iterating the headers): not under the lock.
         let validated = State::validate(status, headers, &mut head);
         if let Ok((code, ..)) = validated {
-            warn_past_defined(code);
+            warn_past_defined(code, false);
         }
         let mut me = st(slf);
         match validated {
