@@ -469,6 +469,83 @@ fn a_successor_whose_startup_fails_is_named_so_and_the_worker_at_its_limit_serve
     );
 }
 
+// regression (probe 373 HIGH): a worker paused at its --max-requests limit and then
+// held past it (a reload's new workers starting; the reload then failed) took only what
+// its next look found: when that found nothing (the other worker had taken it), it
+// never watched its listeners again. It took no more requests, and its stop waited
+// out --graceful-timeout (here 20 s).
+#[test]
+fn workers_held_past_their_limit_by_a_failed_reload_serve_on_and_stop_at_once() {
+    let dir = tempdir();
+    let flag = dir.path().join("fail-now");
+    // Once `flag` exists, a startup fails a second in (the reload's new workers, and
+    // the successors asked for meanwhile).
+    let lifespan = startup_fails_once(&flag).replacen(
+        "    if os.path.exists(",
+        &format!(
+            "    if os.path.exists({flag:?}):\n        await asyncio.sleep(1)\n    if os.path.exists(",
+            flag = flag.to_string_lossy()
+        ),
+        1,
+    );
+    let (app, _) = asgi_app(dir.path(), &lifespan);
+    let p = Spawn::unix(dir.path(), &app)
+        .args([
+            "--workers",
+            "2",
+            "--max-requests",
+            "25",
+            "--graceful-timeout",
+            "20",
+        ])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    // Two clients for 3 s: the workers recycle, and reach their limits again while
+    // their successors fail.
+    let until = Instant::now() + Duration::from_secs(3);
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < until {
+                    let _ = raw(&addr, &uwsgi_get("/"));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&flag, "").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGHUP);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(p.wait_log("reload failed", 20), "{}", p.logs());
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..6 {
+        let asked = Instant::now();
+        let (status, body) = p.get("/");
+        assert_eq!(status, 200, "request {i}\n{}", p.logs());
+        assert!(text(&body).starts_with("old "), "{}", text(&body));
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "answered after {:?}\n{}",
+            asked.elapsed(),
+            p.logs()
+        );
+    }
+    // Idle, every worker stops at once, not at --graceful-timeout.
+    let stopped = Instant::now();
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_log("all workers exited", 30), "{}", p.logs());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "stopped after {:?}\n{}",
+        stopped.elapsed(),
+        p.logs()
+    );
+}
+
 #[test]
 fn auto_serves_an_app_that_raises_on_lifespan_without_it() {
     let dir = tempdir();

@@ -690,6 +690,19 @@ impl Driver {
                 me.look_again_in(py, slf, LIMIT_LOOK);
                 return;
             }
+            // Paused at that limit, and the master now holds the worker past it (its
+            // successor failed to start, or a reload's new workers are starting): it
+            // watches its listeners again, not only takes what this look finds.
+            // regression (probe 373 HIGH): a look that found nothing left the loop
+            // deaf for good (a held worker took no request while the other worker
+            // served them all, and its stop waited out --graceful-timeout).
+            if !me.reading.get() && !me.ctx.watch.has_stopped() {
+                drop(me);
+                if let Err(e) = Self::resume(slf) {
+                    tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
+                }
+                return;
+            }
             let found = if accept {
                 me.source.try_accept()
             } else {
