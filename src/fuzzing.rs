@@ -156,7 +156,8 @@ fn reads(stream: &[u8], seed: &[u8]) -> Vec<std::ops::Range<usize>> {
 /// `uwsgi_packet`: [`uwsgi::parse_packet`] and [`uwsgi::parse_vars`] on arbitrary bytes.
 /// A packet's length is its header plus its block; every shorter prefix waits for more;
 /// a limit below the block refuses it; an error is decided by the first four bytes (by
-/// up to 12 for what starts a PROXY protocol header, by 3 for a TLS record's). The
+/// up to 12 for what starts a PROXY protocol header, by 3 for a TLS record's, by the
+/// end of the word an uppercase first byte starts, HTTP's method and space). The
 /// vars: ranges in order and in bounds, each after its length field, and re-encoding
 /// them gives the block back (less the pairs with an empty key, which are skipped).
 pub fn uwsgi_packet(data: &[u8]) {
@@ -190,23 +191,33 @@ pub fn uwsgi_packet(data: &[u8]) {
             let size = data
                 .get(1..3)
                 .map_or(0, |s| usize::from(u16::from_le_bytes([s[0], s[1]])));
-            assert!(data.len() < uwsgi::HEADER_LEN + size);
+            assert!(
+                data.len() < uwsgi::HEADER_LEN + size || crate::proto::method_word(data).is_none()
+            );
         }
         Err(e) => {
             // Decided by the first four bytes, or by fewer for a TLS record header;
             // bytes that start a PROXY protocol header wait for the ones that tell
-            // (its v2 signature: 12).
+            // (its v2 signature: 12), and an uppercase first byte for the word it
+            // starts (HTTP's method and space, up to 21 bytes).
             let decided = (1..=data.len())
                 .find(|&k| uwsgi::parse_packet(&data[..k], 65535).is_err())
                 .unwrap();
             let head = &data[..decided.min(uwsgi::HEADER_LEN)];
+            let word = data[0].is_ascii_uppercase()
+                && crate::proto::method_word(&data[..decided]).is_some()
+                && crate::proto::method_word(&data[..decided - 1]).is_none();
             assert!(
                 decided == uwsgi::HEADER_LEN
+                    || word
                     || (decided < uwsgi::HEADER_LEN
                         && crate::proto::sniff(&data[..decided]) == crate::proto::Sniff::Tls)
                     || (decided <= 12 && crate::proto::sniff(head) == crate::proto::Sniff::Partial),
                 "{e:?} decided by {decided} bytes"
             );
+            if e == ProtoError::HttpOnUwsgi {
+                assert_eq!(crate::proto::method_word(data), Some(true));
+            }
             assert_eq!(uwsgi::parse_packet(&data[..decided], 65535), Err(e));
         }
     }
@@ -362,9 +373,12 @@ pub fn fastcgi_record(data: &[u8]) {
             data.len() < fcgi::HEADER_LEN
                 || data[0] == 1
                 || crate::proto::sniff(data) == crate::proto::Sniff::Partial
+                || (data[0].is_ascii_uppercase() && crate::proto::method_word(data).is_none())
         ),
         Err(ProtoError::FcgiVersion(v)) => assert!(v != 1 && v == data[0]),
-        Err(ProtoError::HttpOnFastcgi) => assert!(data.len() >= 4 && data[0].is_ascii_uppercase()),
+        Err(ProtoError::HttpOnFastcgi) => {
+            assert!(data[0].is_ascii_uppercase() && crate::proto::method_word(data) == Some(true))
+        }
         Err(ProtoError::ProxyProtocol { .. }) => {
             assert_eq!(crate::proto::sniff(data), crate::proto::Sniff::Proxy)
         }
@@ -1754,6 +1768,20 @@ mod replay {
         ] {
             replay_file(super::uwsgi_packet, input);
         }
+    }
+
+    // regression (probe 374): bytes that start with four uppercase letters were HTTP
+    // to the uwsgi and FastCGI parsers; only a method word and its space are now, which
+    // they wait for (up to 21 bytes).
+    #[test]
+    fn uppercase_words_are_http_only_with_their_space() {
+        replay_file(super::uwsgi_packet, "uwsgi_packet/uppercase-word-not-http");
+        replay_file(super::uwsgi_packet, "uwsgi_packet/http-get");
+        replay_file(
+            super::fastcgi_record,
+            "fastcgi_record/uppercase-word-not-http",
+        );
+        replay_file(super::fastcgi_record, "fastcgi_record/http-options");
     }
 
     // regression: `postern request 'scgi://h/a%00'` put the NUL that PATH_INFO decodes

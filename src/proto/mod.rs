@@ -82,6 +82,28 @@ pub(crate) fn sniff(buf: &[u8]) -> Sniff {
     }
 }
 
+/// Longest HTTP method word waited for before bytes that start with an uppercase letter
+/// are called "not HTTP" (`BASELINE-CONTROL`, WebDAV, is 16).
+const MAX_METHOD_LEN: usize = 20;
+
+/// Classifies bytes that start with an uppercase letter, as HTTP sent to a uwsgi,
+/// FastCGI or SCGI socket does (nginx's `proxy_pass` where `uwsgi_pass`,
+/// `fastcgi_pass` or `scgi_pass` belongs): `Some(true)` for an HTTP method word
+/// (uppercase letters, `-`, `_`) followed by a space, `Some(false)` for anything else,
+/// `None` while the word is still arriving (at most [`MAX_METHOD_LEN`] + 1 bytes).
+pub(crate) fn method_word(buf: &[u8]) -> Option<bool> {
+    let word = buf
+        .iter()
+        .take(MAX_METHOD_LEN + 1)
+        .take_while(|&&b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+        .count();
+    match buf.get(word) {
+        Some(&b) => Some(b == b' ' && word <= MAX_METHOD_LEN),
+        None if word > MAX_METHOD_LEN => Some(false),
+        None => None,
+    }
+}
+
 /// A request the peer framed wrongly. Every variant is the peer's fault: log it at
 /// `warn` with the peer, and close the connection.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -27,10 +27,6 @@ pub const MAX_LENGTH: usize = 9_999_999;
 pub const CONTENT_LENGTH: &[u8] = b"CONTENT_LENGTH";
 /// The header naming the protocol version; its value is `1` (§3).
 pub const SCGI: &[u8] = b"SCGI";
-/// Longest HTTP method word we wait for before calling the bytes "not SCGI"
-/// (`BASELINE-CONTROL`, WebDAV, is 16).
-const MAX_METHOD_LEN: usize = 20;
-
 /// Parses the netstring head at the start of `buf`: `<len>:<headers>,`.
 ///
 /// `Ok(None)`: need more bytes. `Ok(Some((n, headers)))`: the first `n` bytes are the
@@ -69,7 +65,7 @@ pub fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(usize, &[u8])>, Pr
         }
     }
     if first.is_ascii_uppercase() {
-        return match method_word(buf) {
+        return match super::method_word(buf) {
             Some(true) => Err(ProtoError::HttpOnScgi),
             Some(false) => Err(ProtoError::ScgiLength),
             None => Ok(None),
@@ -197,22 +193,6 @@ pub fn parse_headers(block: &[u8]) -> Result<Vec<VarRange>, ProtoError> {
 /// One NUL-terminated string; the block is complete, so a missing NUL is malformed.
 fn cstring(input: &[u8]) -> IResult<&[u8], &[u8]> {
     terminated(take_till(|b| b == 0), tag(&b"\0"[..])).parse_complete(input)
-}
-
-/// Classifies bytes that start with an uppercase letter: `Some(true)` for an HTTP
-/// method word followed by a space, `Some(false)` for anything else, `None` while the
-/// word is still arriving.
-fn method_word(buf: &[u8]) -> Option<bool> {
-    let word = buf
-        .iter()
-        .take(MAX_METHOD_LEN + 1)
-        .take_while(|&&b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-        .count();
-    match buf.get(word) {
-        Some(&b) => Some(b == b' ' && word <= MAX_METHOD_LEN),
-        None if word > MAX_METHOD_LEN => Some(false),
-        None => None,
-    }
 }
 
 /// Encodes a request head (the netstring only; the body follows as raw bytes), as

@@ -53,9 +53,14 @@ pub fn parse_packet(buf: &[u8], limit: usize) -> Result<Option<(usize, Packet<'_
         super::Sniff::Other => {}
     }
     // HTTP sent to a uwsgi port reads as modifier1 = 'G'/'P'/'H'… (§1.6). Tell that
-    // apart as soon as the first four bytes are here; it is the commonest mistake.
-    if buf.len() >= HEADER_LEN && looks_like_http(&buf[..HEADER_LEN]) {
-        return Err(ProtoError::HttpOnUwsgi);
+    // apart as soon as its method word and space are here; it is the commonest
+    // mistake. Other uppercase bytes are a wrong modifier1 (below).
+    if buf.first().is_some_and(u8::is_ascii_uppercase) {
+        match super::method_word(buf) {
+            Some(true) => return Err(ProtoError::HttpOnUwsgi),
+            Some(false) => {}
+            None => return Ok(None),
+        }
     }
     // Streaming number parsers can only fail by running out of input.
     let header: IResult<_, _> = (streaming::u8, streaming::le_u16, streaming::u8).parse(buf);
@@ -118,14 +123,6 @@ fn string(block: &[u8], pos: usize) -> Result<(Range<u32>, usize), ProtoError> {
     }
     // Blocks are at most 64 KiB, so offsets always fit in u32.
     Ok((start as u32..end as u32, end))
-}
-
-/// True when the first four bytes read as an HTTP method (`GET `, `POST`, `HEAD`…).
-fn looks_like_http(first: &[u8]) -> bool {
-    first[0].is_ascii_uppercase()
-        && first[1..]
-            .iter()
-            .all(|&b| b.is_ascii_uppercase() || b == b' ')
 }
 
 /// Encodes one request packet (header + vars), as nginx's `uwsgi_pass` does. The body,
@@ -319,6 +316,15 @@ mod tests {
                 Err(ProtoError::HttpOnUwsgi)
             );
         }
+        // Uppercase bytes that are no method word and a space: a wrong modifier1.
+        for buf in [&b"GARBAGEGARBAGE\0\0"[..], b"GET/"] {
+            assert_eq!(
+                parse_packet(buf, MAX_DATASIZE),
+                Err(ProtoError::Modifier(buf[0])),
+                "{buf:?}"
+            );
+        }
+        assert_eq!(parse_packet(b"GE", MAX_DATASIZE), Ok(None));
     }
 
     #[test]

@@ -24,9 +24,10 @@ pub struct BeginRequest {
 ///
 /// `Ok(None)`: need more bytes. `Ok(Some((n, r)))`: the first `n` bytes (header, content
 /// and padding) are one record. `Err`: the peer is not speaking FastCGI; close the
-/// connection. The version is checked as soon as the first byte is here; a first byte
-/// that starts what looks like an HTTP request line (`GET `, `POST`…) waits for four
-/// bytes and then reads as [`ProtoError::HttpOnFastcgi`]; one that starts a PROXY
+/// connection. The version is checked as soon as the first byte is here; an uppercase
+/// first byte waits for the word it starts ([`crate::proto::method_word`]): a method
+/// word and a space (`GET `, `POST `…) read as [`ProtoError::HttpOnFastcgi`], anything
+/// else as a wrong version; one that starts a PROXY
 /// protocol header or a TLS handshake waits until it is one
 /// ([`ProtoError::ProxyProtocol`], [`ProtoError::Tls`]) or cannot be.
 pub fn parse_record(buf: &[u8]) -> Result<Option<(usize, Record<'_>)>, ProtoError> {
@@ -76,17 +77,17 @@ fn wrong_version<T>(buf: &[u8], version: u8) -> Result<Option<T>, ProtoError> {
     }
     // HTTP sent to a FastCGI port reads as version 'G'/'P'/'H'… (§1.6 for uwsgi). It is
     // the commonest misconfiguration, so it gets its own message.
+    // Only a method word and its space (`GET `, `OPTIONS `) is HTTP: other uppercase
+    // bytes are a wrong version, not a reason to suggest `fastcgi_pass`.
+    // regression (probe 374): any four uppercase bytes (`GARBAGE…` after a kept
+    // connection's request) were logged as an HTTP request.
     if !version.is_ascii_uppercase() {
         return Err(ProtoError::FcgiVersion(version));
     }
-    let head = &buf[..buf.len().min(4)];
-    let method_like = head[1..]
-        .iter()
-        .all(|&b| b.is_ascii_uppercase() || b == b' ');
-    match (method_like, head.len()) {
-        (false, _) => Err(ProtoError::FcgiVersion(version)),
-        (true, 4) => Err(ProtoError::HttpOnFastcgi),
-        (true, _) => Ok(None),
+    match crate::proto::method_word(buf) {
+        Some(true) => Err(ProtoError::HttpOnFastcgi),
+        Some(false) => Err(ProtoError::FcgiVersion(version)),
+        None => Ok(None),
     }
 }
 
@@ -667,10 +668,23 @@ mod tests {
             b"PRI * HTTP/2.0\r\n",
         ] {
             assert_eq!(parse_record(req), Err(ProtoError::HttpOnFastcgi));
-            // Fewer than four bytes of it: wait for more.
-            for i in 1..4 {
+            // The method word still arriving: wait for more.
+            let word = req.iter().position(|&b| b == b' ').unwrap();
+            for i in 1..=word {
                 assert_eq!(parse_record(&req[..i]), Ok(None), "{req:?} prefix {i}");
             }
+        }
+        // Uppercase bytes that are no method word and a space: a wrong version.
+        for buf in [
+            &b"GARBAGEGARBAGE\x01\x01"[..],
+            b"GET/",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        ] {
+            assert_eq!(
+                parse_record(buf),
+                Err(ProtoError::FcgiVersion(buf[0])),
+                "{buf:?}"
+            );
         }
     }
 }

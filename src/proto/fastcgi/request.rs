@@ -1220,6 +1220,11 @@ mod tests {
         }
         // Three bytes of it: not decided yet.
         assert_eq!(feed(&mut parser(), b"GET"), Ok(vec![]));
+        // Uppercase bytes that are no method word: a wrong version.
+        assert_eq!(
+            feed(&mut parser(), b"GARBAGEGARBAGE\x01\x01\0\x01"),
+            Err(ProtoError::FcgiVersion(b'G'))
+        );
     }
 
     #[test]
