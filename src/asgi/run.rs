@@ -700,6 +700,8 @@ impl Driver {
                 drop(me);
                 if let Err(e) = Self::resume(slf) {
                     tracing::error!(detail = %traceback(py, &e), "cannot watch the listeners again");
+                    // Looked at again, as at the limit: not deaf for good.
+                    slf.borrow().look_again_in(py, slf, LIMIT_LOOK);
                 }
                 return;
             }

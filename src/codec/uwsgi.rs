@@ -121,8 +121,10 @@ impl Decoder for UwsgiCodec {
             },
             State::Head => {
                 let Some((len, packet)) = uwsgi::parse_packet(src, self.limit)? else {
-                    // Reserve what the header announced, once, so the block lands in one buffer.
-                    if src.len() >= HEADER_LEN {
+                    // Reserve what the header announced, once, so the block lands in one buffer
+                    // (not for bytes still read as an HTTP method word: no header, and a size
+                    // past --buffer-size).
+                    if src.len() >= HEADER_LEN && src[0] <= MODIFIER_WSGI_STRIP_SCRIPT_NAME {
                         let size = usize::from(u16::from_le_bytes([src[1], src[2]]));
                         src.reserve((HEADER_LEN + size).saturating_sub(src.len()));
                     }
@@ -201,6 +203,19 @@ mod tests {
         let mut out = Vec::new();
         encode_packet(0, 0, vars, &mut out).unwrap();
         out
+    }
+
+    // regression (review 375): bytes still read as an HTTP method word (`AAAA`, waiting
+    // for its space) reserved what their "header" announced (0x4141 bytes, past a small
+    // --buffer-size) for a peer that then went quiet.
+    #[test]
+    fn an_uppercase_word_still_arriving_reserves_nothing() {
+        let mut codec = UwsgiCodec::new(4096);
+        let mut buf = BytesMut::from(&b"AAAAAAAA"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "{}", buf.capacity());
+        let mut buf = BytesMut::from(&b"GET /"[..]);
+        assert!(codec.decode(&mut buf).is_err());
     }
 
     #[test]
