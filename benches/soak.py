@@ -960,7 +960,9 @@ def classify_postern(inst: Instance, stats: Stats) -> dict:
                 never_served.update(int(p) for p in re.findall(r"\d+", listed.group(1)))
             continue
         # A worker of the serving generation that dies is "died unexpectedly"; an old
-        # one that dies while it drains after a reload is "worker exited ... cause=reload".
+        # one that dies while it drains after a reload is "died unexpectedly while it
+        # finished its requests to leave" (cause=crash); "worker exited" is any other
+        # exit.
         if "worker died unexpectedly" in msg or ("worker exited" in msg and "exit code 0" not in msg):
             pid = re.search(r"\bpid=(\d+)", msg)
             pid = int(pid.group(1)) if pid else None

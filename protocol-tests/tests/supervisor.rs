@@ -429,6 +429,59 @@ fn a_worker_stopped_by_a_signal_sent_to_it_directly_is_replaced_for_that_not_a_c
 }
 
 #[test]
+fn a_draining_worker_that_dies_names_its_requests_and_counts_as_a_crash() {
+    // regression (probe 373): a worker killed (kill -9, the OOM killer) while it
+    // finished its requests after a reload cut them off with no line naming them, and
+    // its exit counted as cause="reload".
+    let dir = tempdir();
+    let app = dir.path().join("slow.py");
+    std::fs::write(
+        &app,
+        "import time\n\ndef application(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(8)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--master", "--threads", "2"])
+        .start();
+    assert!(p.wait_log("worker ready", 10), "{}", p.logs());
+    let old = children(p.pid())[0];
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || raw(&addr, &uwsgi_get("/slow")));
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("old workers finish their requests and exit", 20),
+        "{}",
+        p.logs()
+    );
+    // SAFETY: kill(2) on the draining worker of the postern this test started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    assert!(
+        p.wait_log(
+            "worker died unexpectedly while it finished its requests to leave (for reload)",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    let _ = slow.join();
+    let logs = p.logs();
+    assert!(
+        logs.lines().any(
+            |l| l.contains("request cut off: its worker died (killed by SIGKILL)")
+                && l.contains("GET /slow")
+        ),
+        "/slow not named\n{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(&format!("pid={old}")) && l.contains("cause=\"crash\"")),
+        "{logs}"
+    );
+    assert!(p.wait_serving("/"), "{}", p.logs());
+}
+
+#[test]
 fn a_worker_that_dies_names_the_requests_it_was_running() {
     // regression: a crashed worker (SIGSEGV, os._exit, the OOM killer) was logged as
     // "worker died unexpectedly" naming none of its requests (the worker writes no

@@ -2270,6 +2270,18 @@ impl Master {
                 && (status.terminating_signal() == Some(libc::SIGKILL)
                     || (w.quit.is_some() && matches!(status.exit_status(), Some(0 | 1))));
             let failed_start = !w.served && !by_master && status.exit_status() != Some(0);
+            // On its way out (a reload's drain, recycling, the stop), killed by a signal
+            // the master did not send (the OOM killer, an operator's kill -9) or ended
+            // by a fatal exit (a stop's own exits are 0 or 1): a crash, counted and its
+            // requests named as a serving worker's.
+            // regression (probe 373): its requests were cut off unnamed, and its exit
+            // counted as cause="reload".
+            let died_leaving = matches!(w.phase, Phase::Stopping(_))
+                && w.served
+                && !by_master
+                && asked.is_none()
+                && (status.terminating_signal().is_some()
+                    || status.exit_status().is_some_and(|c| c > 1));
             let signal_in_import = status.terminating_signal().filter(|_| failed_start);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
@@ -2303,6 +2315,7 @@ impl Master {
                     // regression (review): it counted as cause="signal".
                     clean_exit: status.exit_status() == Some(0) && was_running == 0,
                     timed_out_alone: w.timed_out_alone,
+                    died_leaving,
                 },
                 self.fleet(),
             );
@@ -2318,7 +2331,7 @@ impl Master {
                 && asked.is_none()
                 && (status.exit_status() != Some(0) || was_running > 0)
                 && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
-            if died && was_running > 0 {
+            if (died || died_leaving) && was_running > 0 {
                 w.name_running_at_death(&self.board, &how);
             }
             // Its counts join the totals; the slot is free for a new worker.
@@ -2369,6 +2382,10 @@ impl Master {
             match j.verdict {
                 Verdict::Expected if failed_start => {
                     tracing::warn!(pid, %how, generation, "worker failed to start ({}); it was told to leave already, so nothing replaces it", start_failure(signal_in_import));
+                }
+                Verdict::Expected if died_leaving => {
+                    let leaving = w.phase.leaving().map_or("", Cause::label);
+                    tracing::error!(pid, %how, cause = j.cause.label(), generation, "worker died unexpectedly while it finished its requests to leave (for {leaving}); not replaced for it");
                 }
                 Verdict::Expected if failed => {
                     tracing::warn!(pid, %how, cause = j.cause.label(), generation, "worker exited");
@@ -3332,6 +3349,7 @@ mod tests {
             retry: false,
             clean_exit: false,
             timed_out_alone: false,
+            died_leaving: false,
         };
         assert_eq!(phase::judge_exit(failed, f).verdict, Verdict::CrashLoop);
         let _ = stand.end();

@@ -103,6 +103,10 @@ pub struct Departed {
     /// The master killed it at `--worker-start-timeout` while no worker served: a
     /// dependency that hangs (a database down), never a reason to stop ([`CRASH_LOOP`]).
     pub timed_out_alone: bool,
+    /// On its way out (draining), it ended by a signal the master did not send (the
+    /// OOM killer, an operator's `kill -9`) or a fatal exit code (2 and up): a crash,
+    /// not the leave it was asked for.
+    pub died_leaving: bool,
 }
 
 /// The master's state when a worker exits.
@@ -182,8 +186,12 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
         // whose failure rolled the reload back) still counts as one; nothing replaces
         // it, and the count in a row is the serving generation's, so left as it is.
         // regression: it counted (and was logged at INFO) as an ordinary reload exit.
+        // regression (probe 373): a draining worker killed by the OOM killer counted as
+        // the reload's exit, not a crash.
         let cause = if w.failed_start {
             Cause::BootFailure
+        } else if w.died_leaving {
+            Cause::Crash
         } else {
             cause
         };
@@ -311,6 +319,7 @@ mod tests {
             retry: false,
             clean_exit: false,
             timed_out_alone: false,
+            died_leaving: false,
         }
     }
 
@@ -368,6 +377,23 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Expected);
         assert_eq!(j.pending, None);
         assert_eq!(j.boot_failures, 0);
+    }
+
+    #[test]
+    fn a_draining_worker_that_dies_counts_as_a_crash_and_is_not_replaced_for_it() {
+        for cause in [Cause::Reload, Cause::MaxRequests, Cause::Stop] {
+            let w = Departed {
+                died_leaving: true,
+                ..departed(1, Phase::Stopping(cause))
+            };
+            let j = judge_exit(w, fleet(2));
+            assert_eq!(j.cause, Cause::Crash, "{cause:?}");
+            assert_eq!(j.verdict, Verdict::Expected, "{cause:?}");
+            assert_eq!(
+                j.pending, None,
+                "{cause:?}: its successor was started already"
+            );
+        }
     }
 
     #[test]
