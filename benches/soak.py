@@ -1380,7 +1380,7 @@ def print_summary(r: dict) -> None:
     for line in ng["unexpected_lines"][:10]:
         log(f"   | {line[:300]}")
     for n, p in r["postern"].items():
-        log(f"postern {n}: {p['deaths_killed']} workers killed by the soak and replaced, "
+        log(f"postern {n}: {p['deaths_killed']} workers killed by the soak (replaced, or draining already), "
             f"{p.get('deaths_never_served', 0)} still importing killed by a reload (never served), "
             f"{len(p['deaths_unexpected'])} other deaths, {len(p['panics'])} panics, {p['reloads_done']} reloads done")
         for line in p["deaths_unexpected"][:5] + p["panics"][:5]:

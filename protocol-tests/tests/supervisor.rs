@@ -482,6 +482,70 @@ fn a_draining_worker_that_dies_names_its_requests_and_counts_as_a_crash() {
 }
 
 #[test]
+fn a_draining_worker_ended_by_the_master_s_sigterm_is_no_crash_but_os_exit_0_is() {
+    // regression (review 376): a worker whose SIGTERM default action the app put back
+    // died of the master's drain SIGTERM at every reload, and that counted as a crash.
+    // Its cut request is named, for that. An os._exit(0) in a request while it drains
+    // is a crash, as for a serving worker (it was the leave's, unnamed).
+    let dir = tempdir();
+    let app = dir.path().join("term.py");
+    std::fs::write(
+        &app,
+        "import ctypes, os, signal, time\n\ndef application(environ, start_response):\n    path = environ['PATH_INFO']\n    if path == '/default-term':\n        ctypes.CDLL(None).signal(signal.SIGTERM, 0)\n    if path == '/slow':\n        time.sleep(8)\n    if path == '/exit0-later':\n        time.sleep(1.5)\n        os._exit(0)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), &format!("{}:application", app.display()))
+        .args(["--master", "--threads", "2"])
+        .start();
+    assert!(p.wait_log("worker ready", 10), "{}", p.logs());
+    assert!(p
+        .raw(&uwsgi_get("/default-term"))
+        .starts_with(b"HTTP/1.1 200"));
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || raw(&addr, &uwsgi_get("/slow")));
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log(
+            "on the SIGTERM the master sent it to finish its requests",
+            20
+        ),
+        "{}",
+        p.logs()
+    );
+    let _ = slow.join();
+    assert!(p.wait_log_count("worker exited", 1, 10), "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("on the SIGTERM the master sent") && l.contains("GET /slow")),
+        "/slow not named\n{logs}"
+    );
+    assert!(!logs.contains("cause=\"crash\""), "{logs}");
+    assert!(!logs.contains("died unexpectedly"), "{logs}");
+    // The new worker: an os._exit(0) in a request while it drains.
+    let addr = p.addr.clone();
+    let dying = std::thread::spawn(move || raw(&addr, &uwsgi_get("/exit0-later")));
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("request cut off: its worker died (exit code 0)", 20),
+        "{}",
+        p.logs()
+    );
+    let _ = dying.join();
+    assert!(
+        p.wait_log(
+            "worker died unexpectedly while it finished its requests to leave (for reload)",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    assert!(p.wait_serving("/"), "{}", p.logs());
+}
+
+#[test]
 fn a_worker_that_dies_names_the_requests_it_was_running() {
     // regression: a crashed worker (SIGSEGV, os._exit, the OOM killer) was logged as
     // "worker died unexpectedly" naming none of its requests (the worker writes no

@@ -2276,12 +2276,30 @@ impl Master {
             // requests named as a serving worker's.
             // regression (probe 373): its requests were cut off unnamed, and its exit
             // counted as cause="reload".
-            let died_leaving = matches!(w.phase, Phase::Stopping(_))
+            // Leaving: told to (or recycling itself, seen or not yet).
+            let leaving_for = match w.phase {
+                Phase::Stopping(cause) => Some(cause),
+                p if p.active() => self.board.self_retired(w.slot),
+                _ => None,
+            };
+            let leaving = leaving_for.is_some();
+            // Ended by the SIGTERM the master sent it to drain (the app or a C
+            // extension put back SIGTERM's default action; a JVM's handler exits 143):
+            // the leave it was asked for, though its requests were cut off (named).
+            // regression (review 376): it counted as a crash, at every reload.
+            let termed_to_death = w.termed
+                && (status.terminating_signal() == Some(libc::SIGTERM)
+                    || status.exit_status() == Some(128 + libc::SIGTERM));
+            let died_leaving = leaving
                 && w.served
                 && !by_master
                 && asked.is_none()
+                && !termed_to_death
                 && (status.terminating_signal().is_some()
-                    || status.exit_status().is_some_and(|c| c > 1));
+                    || status.exit_status().is_some_and(|c| c > 1)
+                    // os._exit(0) in a request (a drain that ends exits 0 only with
+                    // nothing running), as for a serving worker.
+                    || (status.exit_status() == Some(0) && self.board.running(w.slot) > 0));
             let signal_in_import = status.terminating_signal().filter(|_| failed_start);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
@@ -2333,6 +2351,13 @@ impl Master {
                 && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
             if (died || died_leaving) && was_running > 0 {
                 w.name_running_at_death(&self.board, &how);
+            } else if leaving && termed_to_death && w.served && !by_master && was_running > 0 {
+                w.name_running(
+                    &self.board,
+                    None,
+                    &format!("its worker ended ({how}) on the SIGTERM the master sent it to finish its requests and leave: SIGTERM's default action was put back (by the app or a C extension?); its front server gets an error"),
+                    false,
+                );
             }
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
@@ -2384,7 +2409,7 @@ impl Master {
                     tracing::warn!(pid, %how, generation, "worker failed to start ({}); it was told to leave already, so nothing replaces it", start_failure(signal_in_import));
                 }
                 Verdict::Expected if died_leaving => {
-                    let leaving = w.phase.leaving().map_or("", Cause::label);
+                    let leaving = leaving_for.map_or("", Cause::label);
                     tracing::error!(pid, %how, cause = j.cause.label(), generation, "worker died unexpectedly while it finished its requests to leave (for {leaving}); not replaced for it");
                 }
                 Verdict::Expected if failed => {

@@ -204,9 +204,9 @@ pub fn judge_exit(w: Departed, fleet: Fleet) -> Judgement {
     }
     if let Some(cause) = w.self_retired {
         // It recycled itself and exited before the master saw it: its replacement
-        // starts now, for the same cause.
+        // starts now, for the same cause. Killed meanwhile: a crash all the same.
         return Judgement {
-            cause,
+            cause: if w.died_leaving { Cause::Crash } else { cause },
             pending: Some(cause),
             boot_failures,
             verdict: Verdict::Expected,
@@ -394,6 +394,15 @@ mod tests {
                 "{cause:?}: its successor was started already"
             );
         }
+        // Recycling itself, not seen yet: its replacement starts for the recycling.
+        let w = Departed {
+            died_leaving: true,
+            self_retired: Some(Cause::MaxRequests),
+            ..departed(0, Phase::Serving)
+        };
+        let j = judge_exit(w, fleet(0));
+        assert_eq!(j.cause, Cause::Crash);
+        assert_eq!(j.pending, Some(Cause::MaxRequests));
     }
 
     #[test]
