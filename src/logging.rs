@@ -2008,6 +2008,9 @@ pub enum Ending {
     /// postern closed the connection for one waiting at `--max-connections`: the
     /// request body came too slowly.
     BodyTooSlow,
+    /// postern closed the connection: the front server sent bytes that are not the
+    /// protocol on it while the request's body still came (FastCGI).
+    BadInput,
 }
 
 /// One finished request, for its access line.
@@ -2146,6 +2149,7 @@ fn format_access<'a>(
         Ending::Stalled => ("WARN", "closed by postern: the response stalled past --read-timeout (the front server stopped reading it)"),
         Ending::BodyStalled => ("WARN", "closed by postern: the request body stalled past --read-timeout"),
         Ending::BodyTooSlow => ("WARN", "closed by postern: the request body came too slowly (--max-connections reached, a connection waiting)"),
+        Ending::BadInput => ("WARN", "closed by postern: bad input from the front server on the connection while the request body came"),
     };
     match format {
         // The default format is built by hand (no `fmt` machinery, the date part of

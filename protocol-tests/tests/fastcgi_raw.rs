@@ -1896,6 +1896,53 @@ fn a_kept_connection_stalling_mid_request_is_closed_after_read_timeout() {
 }
 
 #[test]
+fn a_body_cut_by_postern_s_own_close_is_not_logged_as_the_client_gone() {
+    // regression (probe 374): when postern closed a FastCGI connection itself while a
+    // request's body still came (--read-timeout, bad input after it), the request's
+    // lines said the front server had closed it: `client went away` in the access
+    // line. Over uwsgi and SCGI they name postern's close.
+    let dir = tempdir();
+    // Threads to spare: no close for room (a thread busy with a request whose body
+    // does not come, another waiting).
+    let p = start(dir.path(), &["--read-timeout", "2", "--threads", "3"]);
+    let v = vars("POST", "/echo", Some(100_000));
+    let mut stalled = Sock::connect(&p.addr);
+    let mut first = head(1, false, &v);
+    first.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    stalled.write_all(&first).unwrap();
+    let mut bad = Sock::connect(&p.addr);
+    let mut bytes = head(1, false, &v);
+    bytes.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    bytes.extend(fcgi::record(PARAMS, 1, &params_block(&v)));
+    bad.write_all(&bytes).unwrap();
+    assert!(
+        p.wait_log("closed by postern: bad input from the front server", 10),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        p.wait_log(
+            "closed by postern: the request body stalled past --read-timeout",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    for why in [
+        "postern closed the connection: the front server sent nothing for --read-timeout",
+        "postern closed the connection: the front server sent bad FastCGI input on it",
+    ] {
+        assert!(
+            logs.lines().any(|l| l.contains(why) && l.contains("POST")),
+            "{why}\n{logs}"
+        );
+    }
+    assert!(!logs.contains("client went away"), "{logs}");
+    ok_after(&p);
+}
+
+#[test]
 fn a_trickling_body_does_not_hold_the_accepting_thread() {
     // regression: a request larger than the first read is read on the Python thread
     // while it keeps arriving (no pause over 10 ms); a peer sending a one-byte STDIN

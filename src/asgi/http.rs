@@ -875,6 +875,9 @@ pub struct Exchange {
     /// Gone because the front server read nothing for `--read-timeout`: postern
     /// closed ([`End::Stalled`]; `send()` says so).
     stalled: bool,
+    /// Gone because postern closed the connection while the body came, for this
+    /// reason ([`End::Closed`]).
+    closed_by: Option<crate::wsgi::input::ClosedBy>,
     /// The response was ended (the sink finished); what it sent.
     served: Option<Served>,
     app_error: Option<AppError>,
@@ -1571,6 +1574,7 @@ impl Exchange {
             queued: None,
             gone: false,
             stalled: false,
+            closed_by: None,
             served: None,
             app_error: None,
             task_over: false,
@@ -2159,7 +2163,9 @@ impl Exchange {
         let end = match end_now {
             Some(e) => e,
             None if me.gone && me.stalled => End::Stalled(me.code),
-            None if me.gone => End::ClientGone(me.code),
+            None if me.gone => me
+                .closed_by
+                .map_or(End::ClientGone(me.code), |by| End::Closed(me.code, by)),
             None if me.complete => {
                 if me.content_length.is_some_and(|cl| me.body_sent < cl) && !me.head_only() {
                     let _e = me.span.enter();
@@ -4004,15 +4010,23 @@ impl Exchange {
                     // The client is gone: what the app does next (returns, raises
                     // because of it) is not its failure, and nothing is answered, as
                     // on the WSGI path.
+                    // postern closed the connection itself (--read-timeout, bad
+                    // input): said so. regression (probe 374): as the client gone.
+                    let by = crate::wsgi::input::closed_by(&e);
+                    let why = by.map_or(
+                        "the front server aborted the request or closed the connection",
+                        crate::wsgi::input::ClosedBy::says,
+                    );
                     {
                         let _e = self.span.enter();
                         if crate::wsgi::input::is_unnamed_gone(&e) {
                             // Past the bad-input limit's named lines: in its summary.
-                            tracing::debug!(error = %e, "could not read the request body: the front server aborted the request or closed the connection; receive() returns http.disconnect, nothing is answered");
+                            tracing::debug!(error = %e, "could not read the request body: {why}; receive() returns http.disconnect, nothing is answered");
                         } else {
-                            tracing::warn!(error = %e, "could not read the request body: the front server aborted the request or closed the connection; receive() returns http.disconnect, nothing is answered");
+                            tracing::warn!(error = %e, "could not read the request body: {why}; receive() returns http.disconnect, nothing is answered");
                         }
                     }
+                    self.closed_by = by;
                     self.set_gone(py);
                 } else {
                     let _e = self.span.enter();

@@ -116,7 +116,7 @@ impl Counters {
         let (code, cut) = match s.end {
             End::Complete(c) => (c, None),
             End::Incomplete(c) => (c, Some(0)),
-            End::ClientGone(c) | End::Stalled(c) => (c, Some(1)),
+            End::ClientGone(c) | End::Stalled(c) | End::Closed(c, _) => (c, Some(1)),
         };
         bump(&self.requests[p][stats::status_class(code)], 1);
         let ns = u64::try_from(s.sent.started.elapsed().as_nanos()).unwrap_or(u64::MAX);

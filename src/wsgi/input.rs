@@ -61,37 +61,118 @@ pub const CUT_SHORT: u8 = 2;
 pub const CUT_GONE_UNNAMED: u8 = 3;
 /// [`BODY_DROPPED`]'s.
 pub const CUT_DROPPED: u8 = 4;
+/// The bits of [`Input::watched`]'s flag beside a [`CUT_GONE`] or [`CUT_GONE_UNNAMED`]
+/// that say postern closed the connection itself, and why ([`ClosedBy::bits`]).
+pub const CUT_BY: u8 = 0x30;
 
-/// The payload of a [`BODY_GONE`] error whose line the server layer's bad-input limit
-/// spent elsewhere (its count is in that limit's summary line).
-#[derive(Debug)]
-struct UnnamedGone;
+/// Why postern closed a FastCGI connection itself while a request's body still came on
+/// it. Its app's read fails as when the front server goes (nobody is left to answer),
+/// but the request's lines say postern closed it, and why, not that the client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The front server sent nothing for `--read-timeout`.
+    ReadTimeout,
+    /// The front server sent bytes that are no FastCGI on the connection.
+    BadInput,
+    /// Closed at `--max-connections` for a connection waiting: the body came too slowly.
+    Room,
+}
 
-/// What a [`BODY_GONE`] error of a [`BodyStream`] says.
-const GONE: &str = "the front server aborted the request or closed the connection";
+impl ClosedBy {
+    /// What the app's failed read and the request's line say.
+    pub fn says(self) -> &'static str {
+        match self {
+            ClosedBy::ReadTimeout => {
+                "postern closed the connection: the front server sent nothing for --read-timeout"
+            }
+            ClosedBy::BadInput => {
+                "postern closed the connection: the front server sent bad FastCGI input on it"
+            }
+            ClosedBy::Room => {
+                "postern closed the connection: the body came too slowly (--max-connections reached, a connection waiting)"
+            }
+        }
+    }
 
-impl std::fmt::Display for UnnamedGone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(GONE)
+    /// How its request's access line ends.
+    pub fn ending(self) -> crate::logging::Ending {
+        use crate::logging::Ending;
+        match self {
+            ClosedBy::ReadTimeout => Ending::BodyStalled,
+            ClosedBy::BadInput => Ending::BadInput,
+            ClosedBy::Room => Ending::BodyTooSlow,
+        }
+    }
+
+    /// Its bits in [`Input::watched`]'s flag ([`CUT_BY`]).
+    pub fn bits(self) -> u8 {
+        match self {
+            ClosedBy::ReadTimeout => 0x10,
+            ClosedBy::BadInput => 0x20,
+            ClosedBy::Room => 0x30,
+        }
+    }
+
+    /// Read back from [`Input::watched`]'s flag.
+    pub fn of_cut(cut: u8) -> Option<ClosedBy> {
+        match cut & CUT_BY {
+            0x10 => Some(ClosedBy::ReadTimeout),
+            0x20 => Some(ClosedBy::BadInput),
+            0x30 => Some(ClosedBy::Room),
+            _ => None,
+        }
     }
 }
 
-impl std::error::Error for UnnamedGone {}
+/// The payload of a [`BODY_GONE`] error ([`gone`], [`closed`]).
+#[derive(Debug)]
+struct Gone {
+    /// false: the server layer's bad-input limit spent its line elsewhere (its count is
+    /// in that limit's summary line).
+    named: bool,
+    by: Option<ClosedBy>,
+}
+
+/// What a [`BODY_GONE`] error of a [`BodyStream`] says when the front server went.
+const GONE: &str = "the front server aborted the request or closed the connection";
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.by.map_or(GONE, ClosedBy::says))
+    }
+}
+
+impl std::error::Error for Gone {}
 
 /// The [`BODY_GONE`] error of a body the front server cut; `named`: false when the
 /// bad-input limit counts it for its summary instead of naming it (a flood of requests
 /// cut mid-body names the first few peers only): its line is then at debug.
 pub fn gone(named: bool) -> std::io::Error {
-    if named {
-        std::io::Error::new(BODY_GONE, GONE)
-    } else {
-        std::io::Error::new(BODY_GONE, UnnamedGone)
+    closed(named, None)
+}
+
+/// [`gone`], or, with `by`, the error of a body cut because postern closed its
+/// connection itself.
+pub fn closed(named: bool, by: Option<ClosedBy>) -> std::io::Error {
+    std::io::Error::new(BODY_GONE, Gone { named, by })
+}
+
+fn gone_payload(e: &std::io::Error) -> Option<&Gone> {
+    if e.kind() != BODY_GONE {
+        return None;
     }
+    e.get_ref().and_then(|x| x.downcast_ref::<Gone>())
 }
 
 /// `e` is a [`BODY_GONE`] error made by [`gone`] for a cut not named.
 pub fn is_unnamed_gone(e: &std::io::Error) -> bool {
-    e.kind() == BODY_GONE && e.get_ref().is_some_and(|x| x.is::<UnnamedGone>())
+    gone_payload(e).is_some_and(|g| !g.named)
+}
+
+/// `e` is a [`BODY_GONE`] error of a body cut because postern closed its connection:
+/// why.
+pub fn closed_by(e: &std::io::Error) -> Option<ClosedBy> {
+    gone_payload(e).and_then(|g| g.by)
 }
 
 /// How the message of the `OSError` a body read cut short raises begins.
@@ -165,9 +246,10 @@ impl Input {
                         return Ok(false);
                     }
                     Err(e) => {
+                        let by = closed_by(&e).map_or(0, ClosedBy::bits);
                         let cut = match e.kind() {
-                            BODY_GONE if is_unnamed_gone(&e) => CUT_GONE_UNNAMED,
-                            BODY_GONE => CUT_GONE,
+                            BODY_GONE if is_unnamed_gone(&e) => CUT_GONE_UNNAMED | by,
+                            BODY_GONE => CUT_GONE | by,
                             BODY_SHORT => CUT_SHORT,
                             BODY_DROPPED if is_dropped(&e) => CUT_DROPPED,
                             _ => 0,
@@ -339,5 +421,33 @@ impl Input {
     #[getter]
     fn closed(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_postern_cut_says_why_and_keeps_whether_it_was_named() {
+        for by in [ClosedBy::ReadTimeout, ClosedBy::BadInput, ClosedBy::Room] {
+            assert_eq!(ClosedBy::of_cut(CUT_GONE | by.bits()), Some(by));
+            assert_eq!(ClosedBy::of_cut(CUT_GONE_UNNAMED | by.bits()), Some(by));
+            assert_eq!((CUT_GONE_UNNAMED | by.bits()) & !CUT_BY, CUT_GONE_UNNAMED);
+            for named in [true, false] {
+                let e = closed(named, Some(by));
+                assert_eq!(e.kind(), BODY_GONE);
+                assert_eq!(closed_by(&e), Some(by));
+                assert_eq!(is_unnamed_gone(&e), !named);
+                assert_eq!(e.to_string(), by.says());
+            }
+        }
+        for cut in [0, CUT_GONE, CUT_GONE_UNNAMED, CUT_SHORT, CUT_DROPPED] {
+            assert_eq!(ClosedBy::of_cut(cut), None);
+        }
+        let e = gone(false);
+        assert_eq!((closed_by(&e), is_unnamed_gone(&e)), (None, true));
+        assert_eq!(e.to_string(), GONE);
+        assert_eq!(closed_by(&dropped()), None);
     }
 }

@@ -260,6 +260,9 @@ pub enum End {
     /// The front server read nothing of the response for `--read-timeout`: postern
     /// cut it off and closed the connection.
     Stalled(u16),
+    /// postern closed the connection while the request's body still came on it, for
+    /// the reason given: the app's read of the body failed, nobody is left to answer.
+    Closed(u16, input::ClosedBy),
 }
 
 impl End {
@@ -271,6 +274,7 @@ impl End {
             End::Incomplete(s) => (s, Ending::Incomplete),
             End::ClientGone(s) => (s, Ending::ClientGone),
             End::Stalled(s) => (s, Ending::Stalled),
+            End::Closed(s, by) => (s, by.ending()),
         }
     }
 }
@@ -300,7 +304,9 @@ impl End {
     pub fn as_answered(self, sent: &Sent) -> End {
         match self {
             _ if sent.late => End::Complete(504),
-            End::ClientGone(c) | End::Stalled(c) if sent.cut => End::Incomplete(c),
+            End::ClientGone(c) | End::Stalled(c) | End::Closed(c, _) if sent.cut => {
+                End::Incomplete(c)
+            }
             e => e,
         }
     }

@@ -999,8 +999,15 @@ fn respond(
             r.client_gone = true;
         }
     }
+    // Gone because postern closed the connection while the body came: said so.
+    let closed_by = r
+        .body_gone
+        .as_ref()
+        .and_then(|g| super::input::ClosedBy::of_cut(g.load(Ordering::Acquire)));
     let end = if r.client_gone && r.stalled {
         End::Stalled(outcome.status)
+    } else if let (true, Some(by)) = (r.client_gone, closed_by) {
+        End::Closed(outcome.status, by)
     } else if r.client_gone {
         End::ClientGone(outcome.status)
     } else if outcome.complete {
@@ -1482,6 +1489,10 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
         .body_gone
         .as_ref()
         .map_or(0, |g| g.load(Ordering::Acquire));
+    // postern closed the connection itself (--read-timeout, bad input): its lines say
+    // so, not that the front server went. regression (probe 374): they said it had.
+    let closed_by = super::input::ClosedBy::of_cut(cut);
+    let cut = cut & !super::input::CUT_BY;
     let body_gone = cut == super::input::CUT_GONE || cut == super::input::CUT_GONE_UNNAMED;
     let from_body_cut = match &failure {
         Failure::Raised(e) => raised_by_body_cut(py, e),
@@ -1540,11 +1551,20 @@ fn fail(py: Python<'_>, responder: &Bound<'_, Responder>, failure: Failure, what
             Failure::Raised(e) => e.to_string(),
             Failure::Mistake(m) => m.clone(),
         };
-        if cut == super::input::CUT_GONE_UNNAMED {
+        match (closed_by, cut == super::input::CUT_GONE_UNNAMED) {
+            (Some(by), true) => {
+                tracing::debug!(%error, "could not read the request body: {}; the request ends, unanswered", by.says());
+            }
+            (Some(by), false) => {
+                tracing::warn!(%error, "could not read the request body: {}; the request ends, unanswered", by.says());
+            }
             // Past the bad-input limit's named lines: counted in its summary.
-            tracing::debug!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
-        } else {
-            tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
+            (None, true) => {
+                tracing::debug!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
+            }
+            (None, false) => {
+                tracing::warn!(%error, "could not read the request body: the front server aborted the request or closed the connection; the request ends (END_REQUEST after an abort; nothing after a close)");
+            }
         }
         return Outcome {
             status: r.code,

@@ -27,6 +27,7 @@ use crate::server::connection::{input_waits, RateLimit, STOPPED_GRACE};
 use crate::server::lane::{FcgiSettings, SlowLane};
 use crate::server::slow_clients::{self, Reason};
 use crate::server::span::request_span;
+use crate::wsgi::input::ClosedBy;
 use crate::wsgi::{Body, BodyStream, ListenerInfo, Request};
 
 /// Requests in flight on one connection before BEGIN_REQUEST is answered
@@ -102,6 +103,9 @@ struct FeedState {
     /// room) asked the bad-input limit for this cut already: the app's read is not
     /// counted a second time.
     counted: bool,
+    /// With `closed`: postern closed the connection itself, for this reason (the
+    /// app's failed read and the request's lines say so).
+    closed_by: Option<ClosedBy>,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
     /// STDIN ended before CONTENT_LENGTH bytes.
@@ -329,7 +333,7 @@ impl StdinStream {
             let named = *st.named.get_or_insert_with(|| {
                 slow_clients::bad_input_on(feed.rt.as_ref(), &feed.peer, Reason::Truncated, counted)
             });
-            return Some(Err(crate::wsgi::input::gone(named)));
+            return Some(Err(crate::wsgi::input::closed(named, st.closed_by)));
         }
         if !st.waiting {
             // The lane may be holding the connection back for the budget: a
@@ -693,6 +697,9 @@ pub async fn serve(
     // The connection's end was said through the bad-input limit (a reset, bad input,
     // --read-timeout, a close for room): it counted the requests whose bodies it cuts.
     let mut said = false;
+    // postern closes the connection itself (not its peer): why, for the requests whose
+    // bodies it cuts.
+    let mut closed_by: Option<ClosedBy> = None;
     // Records came only for an id no BEGIN_REQUEST named (the first such id, and when):
     // no front server does that, so the connection is under --head-timeout from then
     // until a request begins, not idle.
@@ -745,6 +752,7 @@ pub async fn serve(
                 }
                 buf.clear();
                 bad_input = true;
+                closed_by = Some(ClosedBy::BadInput);
             }
             backlog.extend(events.drain(..));
             for (id, what) in parser.take_begun_again() {
@@ -829,6 +837,7 @@ pub async fn serve(
                     backlog.clear();
                     buf.clear();
                     bad_input = true;
+                    closed_by = Some(ClosedBy::BadInput);
                 }
                 Step::CloseDrain => {
                     drain = true;
@@ -956,6 +965,7 @@ pub async fn serve(
                 if w.picked() && waiting_body && !eof {
                     w.closed_for_room().await;
                     said = true;
+                    closed_by = Some(ClosedBy::Room);
                     break 'conn;
                 }
                 body_watch = None;
@@ -1157,6 +1167,7 @@ pub async fn serve(
                 }
             } => {
                 said = true;
+                closed_by = Some(ClosedBy::Room);
                 break 'conn;
             }
             () = async {
@@ -1166,6 +1177,7 @@ pub async fn serve(
                 }
             } => {
                 said = true;
+                closed_by = Some(ClosedBy::Room);
                 break 'conn;
             }
             _ = sleep => {
@@ -1247,6 +1259,7 @@ pub async fn serve(
                     }
                 } else {
                     said = true;
+                    closed_by = Some(ClosedBy::ReadTimeout);
                     if !slow_clients::bad_input(&peer, Reason::Truncated) {
                         // Counted for the window's summary.
                     } else if write_stuck(&conn) {
@@ -1344,7 +1357,9 @@ pub async fn serve(
         // regression (review): each request cut by a reset was counted twice in the
         // summary (60 resets: "100 more clients").
         if let Some(feed) = &s.stdin {
-            feed.0.lock().counted = said || bad_input;
+            let mut st = feed.0.lock();
+            st.counted = said || bad_input;
+            st.closed_by = closed_by;
         }
         s.flags.abort();
         if let Some(c) = &s.collect {
@@ -1416,7 +1431,12 @@ fn input_ended(
                 // The app's failed read names it, through the bad-input limit (counted
                 // already when bad input before the EOF was).
                 // regression (review): after bad input, counted twice.
-                feed.0.lock().counted = counted;
+                {
+                    let mut st = feed.0.lock();
+                    st.counted = counted;
+                    // After bad input, the close is postern's (its line says why).
+                    st.closed_by = counted.then_some(ClosedBy::BadInput);
+                }
                 drop(feed);
                 out.cut.push(id);
             }

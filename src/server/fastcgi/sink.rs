@@ -841,7 +841,9 @@ impl Sink for FcgiSink {
         let answer = match end {
             End::Complete(_) => true,
             // The front server asked to stop: it still expects END_REQUEST.
-            End::ClientGone(_) | End::Stalled(_) => aborted && !self.conn.is_broken(),
+            End::ClientGone(_) | End::Stalled(_) | End::Closed(..) => {
+                aborted && !self.conn.is_broken()
+            }
             End::Incomplete(_) => false,
         };
         self.end(answer.then_some(&[][..]));
