@@ -2515,7 +2515,7 @@ impl Master {
                         } else {
                             String::new()
                         };
-                        tracing::error!(pid, %how, generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start{why}; still serving the previous code (generation {})", self.generation);
+                        tracing::error!(pid, %how, serving = self.generation, failed_generation = failed, "reload failed: the new workers do not start{why}; still serving the previous code (generation {})", self.generation);
                     }
                     self.import_kills = 0;
                     self.retries_due = 0;
