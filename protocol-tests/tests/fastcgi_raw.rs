@@ -972,6 +972,30 @@ fn abort_request_while_the_app_waits_for_its_body() {
 }
 
 #[test]
+fn an_id_reused_before_its_abort_s_end_request_closes_the_connection() {
+    // regression (probe 374): a BEGIN_REQUEST for an id just aborted, before its
+    // END_REQUEST (an id is free again only then), was logged as a request that 'had
+    // come whole: it is answered', and the new request was never answered: the
+    // connection hung until the front server's own timeout.
+    let dir = tempdir();
+    let p = start(dir.path(), &["--threads", "2"]);
+    let mut c = post_part_of_a_body(&p, true, "/echo");
+    let mut again = fcgi::record(ABORT_REQUEST, 1, b"");
+    again.extend(fcgi::get(1, true, "/hello"));
+    c.send(&again);
+    let out = c.reply(1);
+    assert_eq!(out.end.map(|e| e.1), Some(0), "{out:?}");
+    c.assert_closed();
+    assert!(
+        p.wait_log("its END_REQUEST is not out yet", 10),
+        "{}",
+        p.logs()
+    );
+    assert!(!p.logs().contains("it had come whole"), "{}", p.logs());
+    ok_after(&p);
+}
+
+#[test]
 fn a_stream_the_client_leaves_is_counted_as_far_as_it_went() {
     // regression: the access line (and postern_response_bytes_total) of a FastCGI
     // stream the client left counted its head and first two chunks only: what the
@@ -1915,14 +1939,21 @@ fn a_body_cut_by_postern_s_own_close_is_not_logged_as_the_client_gone() {
     bytes.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
     bytes.extend(fcgi::record(PARAMS, 1, &params_block(&v)));
     bad.write_all(&bytes).unwrap();
+    // A body without CONTENT_LENGTH is collected before its app runs (review 377: its
+    // access line said the client went away).
+    let mut collected = Sock::connect(&p.addr);
+    let mut bytes = head(1, false, &vars("POST", "/echo", None));
+    bytes.extend(fcgi::record(STDIN, 1, &[b'x'; 1000]));
+    collected.write_all(&bytes).unwrap();
     assert!(
         p.wait_log("closed by postern: bad input from the front server", 10),
         "{}",
         p.logs()
     );
     assert!(
-        p.wait_log(
+        p.wait_log_count(
             "closed by postern: the request body stalled past --read-timeout",
+            2,
             10
         ),
         "{}",

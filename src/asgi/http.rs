@@ -1275,11 +1275,13 @@ const STALLED: &str = "the front server read nothing of the response for --read-
 
 /// The error of a `send()` on a connection that is gone: the client's close, or
 /// postern's after a stall.
-fn gone_or_stalled(stalled: bool) -> PyErr {
-    if stalled {
-        ClientDisconnected::new_err(STALLED)
-    } else {
-        gone_error()
+fn gone_or_stalled(stalled: bool, by: Option<crate::wsgi::input::ClosedBy>) -> PyErr {
+    match (stalled, by) {
+        (true, _) => ClientDisconnected::new_err(STALLED),
+        // postern closed the connection while the body came (review 377: a send then
+        // said the client went away).
+        (false, Some(by)) => ClientDisconnected::new_err(by.says()),
+        (false, None) => gone_error(),
     }
 }
 
@@ -2052,8 +2054,8 @@ impl Exchange {
         self.unwatch(py);
         self.stop_writing(py);
         self.out.clear();
-        let stalled = self.stalled;
-        self.fail_sends(py, || gone_or_stalled(stalled));
+        let (stalled, by) = (self.stalled, self.closed_by);
+        self.fail_sends(py, || gone_or_stalled(stalled, by));
         self.wake_waiters(py);
     }
 
@@ -2074,7 +2076,7 @@ impl Exchange {
         } else {
             self.set_gone(py);
         }
-        gone_or_stalled(self.stalled)
+        gone_or_stalled(self.stalled, self.closed_by)
     }
 
     /// The loop no longer waits for room on the socket.
@@ -2183,7 +2185,7 @@ impl Exchange {
         };
         if matches!(
             end,
-            End::Incomplete(_) | End::ClientGone(_) | End::Stalled(_)
+            End::Incomplete(_) | End::ClientGone(_) | End::Stalled(_) | End::Closed(..)
         ) {
             if matches!(end, End::Incomplete(_)) {
                 // What the app sent before it failed still goes, as far as the socket
@@ -2195,15 +2197,15 @@ impl Exchange {
             }
             me.stop_writing(py);
             me.out.clear();
-            let stalled = me.stalled;
-            me.fail_sends(py, || gone_or_stalled(stalled));
+            let (stalled, by) = (me.stalled, me.closed_by);
+            me.fail_sends(py, || gone_or_stalled(stalled, by));
         } else if !me.out.is_empty() {
             // The loop writes the rest as the socket takes it, then ends the response.
             return Ok(());
         }
         if !matches!(
             end,
-            End::Incomplete(_) | End::ClientGone(_) | End::Stalled(_)
+            End::Incomplete(_) | End::ClientGone(_) | End::Stalled(_) | End::Closed(..)
         ) && me.sink.as_ref().is_some_and(|s| s.has_pending())
         {
             drop(me);
@@ -2225,6 +2227,7 @@ impl Exchange {
         let end = match end {
             End::ClientGone(_) if sent.bytes == 0 => End::ClientGone(0),
             End::Stalled(_) if sent.bytes == 0 => End::Stalled(0),
+            End::Closed(_, by) if sent.bytes == 0 => End::Closed(0, by),
             e => e,
         };
         // Logged and counted as the 504 postern answered at --timeout, if it did; the
@@ -3072,7 +3075,7 @@ impl Exchange {
             "http.response.start" => {
                 let mut me = slf.borrow_mut();
                 if me.gone {
-                    return Err(gone_error());
+                    return Err(gone_or_stalled(me.stalled, me.closed_by));
                 }
                 if let Err(e) = me.start(message) {
                     // As on the WSGI path: the app may catch it, the log keeps it.
@@ -3114,7 +3117,7 @@ impl Exchange {
                     let ended_whole =
                         matches!(me.served.as_ref().map(|s| s.end), Some(End::Complete(_)));
                     if me.gone && !ended_whole {
-                        return Err(gone_error());
+                        return Err(gone_or_stalled(me.stalled, me.closed_by));
                     }
                     // A head-only response's body is the GET's, never sent: no excess.
                     if len > 0 && !me.overflowed && !me.head_only() {
@@ -3155,14 +3158,14 @@ impl Exchange {
                 }
                 if me.complete || me.served.is_some() {
                     if me.gone {
-                        return Err(gone_error());
+                        return Err(gone_or_stalled(me.stalled, me.closed_by));
                     }
                     return Err(PyRuntimeError::new_err(
                         "http.response.body sent after the response was complete",
                     ));
                 }
                 if me.gone {
-                    return Err(gone_error());
+                    return Err(gone_or_stalled(me.stalled, me.closed_by));
                 }
                 // A streamed response (more to come, short of any Content-Length): its
                 // connection is watched from now on (once), if nothing more of the
@@ -3338,7 +3341,7 @@ impl Exchange {
                     ));
                 }
                 if me.gone {
-                    return Err(gone_error());
+                    return Err(gone_or_stalled(me.stalled, me.closed_by));
                 }
                 // Checked before anything is written, so the app can still answer.
                 let named = |e: std::io::Error| {
@@ -3651,8 +3654,11 @@ impl Exchange {
                 if ok || shrank {
                     fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
                 } else {
-                    let stalled = slf.borrow().stalled;
-                    fail_send(py, &fut.clone().unbind(), gone_or_stalled(stalled))?;
+                    let (stalled, by) = {
+                        let me = slf.borrow();
+                        (me.stalled, me.closed_by)
+                    };
+                    fail_send(py, &fut.clone().unbind(), gone_or_stalled(stalled, by))?;
                 }
             }
         }
@@ -3694,9 +3700,12 @@ impl Exchange {
                 Self::job(slf, Job::Write(q.data, q.last), first)?;
                 slf.borrow_mut().job_futs = futs;
             } else {
-                let stalled = slf.borrow().stalled;
+                let (stalled, by) = {
+                    let me = slf.borrow();
+                    (me.stalled, me.closed_by)
+                };
                 for qf in futs.into_iter().map(|f| f.fut).filter(|f| pending(py, f)) {
-                    fail_send(py, &qf, gone_or_stalled(stalled))?;
+                    fail_send(py, &qf, gone_or_stalled(stalled, by))?;
                 }
             }
         }
@@ -4212,7 +4221,7 @@ impl Exchange {
         let py = slf.py();
         let mut me = slf.borrow_mut();
         if me.gone {
-            return Err(gone_error());
+            return Err(gone_or_stalled(me.stalled, me.closed_by));
         }
         // A send after one that still waits waits too: each completes in call order.
         // The sends the app cancelled or forgot left the queue in this send()'s

@@ -660,6 +660,7 @@ impl Sink for ConnSink {
             started: self.started,
             late: false,
             cut: false,
+            closed_by: None,
         }
     }
 

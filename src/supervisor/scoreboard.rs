@@ -1448,6 +1448,7 @@ mod tests {
                 started: Instant::now(),
                 late: false,
                 cut: false,
+                closed_by: None,
             },
             app_error: None,
         }

@@ -292,6 +292,9 @@ pub struct Sent {
     /// postern cut the response as its process left (a stop now, `--timeout`: FastCGI),
     /// so the app's writes failed as if the client had gone.
     pub cut: bool,
+    /// postern closed the request's connection itself while its body came (FastCGI),
+    /// for this reason: a response that then failed is no client gone.
+    pub closed_by: Option<input::ClosedBy>,
 }
 
 impl End {
@@ -307,6 +310,11 @@ impl End {
             End::ClientGone(c) | End::Stalled(c) | End::Closed(c, _) if sent.cut => {
                 End::Incomplete(c)
             }
+            // An app that was not reading its body when postern closed the connection
+            // (review 377: it said the client went away).
+            End::ClientGone(c) => sent
+                .closed_by
+                .map_or(End::ClientGone(c), |by| End::Closed(c, by)),
             e => e,
         }
     }

@@ -1119,6 +1119,7 @@ impl Sink for Closed {
             started: std::time::Instant::now(),
             late: false,
             cut: false,
+            closed_by: None,
         }
     }
 }

@@ -96,6 +96,12 @@ pub enum BegunAgain {
     Aborted,
     /// It had come whole: it goes on and is answered.
     Ignored,
+    /// It was aborted (FCGI_ABORT_REQUEST) and its END_REQUEST is not out yet: the
+    /// front server reused the id before it (§2.4 frees an id only then). The new
+    /// request's records cannot be told from the old one's: the server closes the
+    /// connection once the requests that came whole are answered, rather than leave
+    /// the new one unanswered on it.
+    AfterAbort,
 }
 
 #[derive(Debug)]
@@ -437,13 +443,19 @@ impl ConnParser {
                     self.ended_here(keep_conn);
                     BegunAgain::Ended
                 }
-                Phase::Stdin if !request.aborted => {
+                // regression (probe 374): reported as `Ignored` ("it is answered"), and
+                // the new request was never answered.
+                _ if request.aborted => {
+                    request.begun_again = true;
+                    BegunAgain::AfterAbort
+                }
+                Phase::Stdin => {
                     request.aborted = true;
                     events.push(Event::Abort { id });
                     BegunAgain::Aborted
                 }
                 // Answered (or refused) already: it goes on to its end.
-                Phase::Stdin | Phase::Done | Phase::Refused => {
+                Phase::Done | Phase::Refused => {
                     request.begun_again = true;
                     BegunAgain::Ignored
                 }
@@ -1279,6 +1291,22 @@ mod tests {
         again.extend(record(STDIN, ID, b"x"));
         assert_eq!(feed(&mut p, &again).unwrap(), vec![Event::Abort { id: ID }]);
         assert_eq!(p.take_begun_again(), vec![(ID, BegunAgain::Aborted)]);
+        // Aborted (FCGI_ABORT_REQUEST), its END_REQUEST not out yet: the id reused too
+        // soon (the server closes the connection). regression (probe 374): reported
+        // as whole and answered, and the new request was never answered.
+        let mut p = parser();
+        feed(&mut p, &begin(ID, ROLE_RESPONDER, true)).unwrap();
+        feed(&mut p, &record(PARAMS, ID, &block)).unwrap();
+        feed(&mut p, &record(PARAMS, ID, &[])).unwrap();
+        assert_eq!(
+            feed(&mut p, &record(ABORT_REQUEST, ID, &[])).unwrap(),
+            vec![Event::Abort { id: ID }]
+        );
+        assert_eq!(
+            feed(&mut p, &simple_request(ID, true, &block, b"")).unwrap(),
+            vec![]
+        );
+        assert_eq!(p.take_begun_again(), vec![(ID, BegunAgain::AfterAbort)]);
         // Whole already: it goes on; the new request's records are ignored.
         let mut p = parser();
         feed(&mut p, &simple_request(ID, true, &block, b"")).unwrap();

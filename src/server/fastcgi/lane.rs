@@ -762,6 +762,14 @@ pub async fn serve(
                     fcgi::BegunAgain::Ended => "it was still sending its PARAMS: ended (END_REQUEST); the connection and its other requests go on",
                     fcgi::BegunAgain::Aborted => "its body was still coming: aborted as at FCGI_ABORT_REQUEST (its app's body read fails, END_REQUEST once it returns); the connection and its other requests go on",
                     fcgi::BegunAgain::Ignored => "it had come whole: it is answered; the connection and its other requests go on",
+                    // Read no further: the requests that came whole are answered (the
+                    // aborted one's END_REQUEST too), then the connection closes.
+                    fcgi::BegunAgain::AfterAbort => {
+                        buf.clear();
+                        bad_input = true;
+                        closed_by = Some(ClosedBy::BadInput);
+                        "it was aborted (FCGI_ABORT_REQUEST) and its END_REQUEST is not out yet (an id is free again only then): the new request cannot be told from it, so the requests that came whole are answered and the connection closes"
+                    }
                 };
                 if slow_clients::bad_input(&peer, Reason::Malformed) {
                     tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id already in flight on this connection (a protocol error): ignored, with that id's records, until the request in flight on it ends; {what}");
@@ -1361,9 +1369,12 @@ pub async fn serve(
             st.counted = said || bad_input;
             st.closed_by = closed_by;
         }
+        if let Some(by) = closed_by {
+            s.flags.closed_by.store(by.bits(), Ordering::Release);
+        }
         s.flags.abort();
         if let Some(c) = &s.collect {
-            collect_cut(c, None);
+            collect_cut(c, None, closed_by);
         }
     }
     conn.close();
@@ -1410,7 +1421,7 @@ fn input_ended(
         if slot.collect.is_some() {
             // Its app never ran: nothing to answer.
             if let Some(c) = slots.remove(&id).and_then(|s| s.collect) {
-                collect_cut(&c, Some(peer));
+                collect_cut(&c, Some(peer), counted.then_some(ClosedBy::BadInput));
                 out.collected_cut = true;
             }
             parser.finished(id);
@@ -1467,8 +1478,22 @@ fn input_ended(
 /// regression: a chunked upload nginx does not buffer, cut by the client, left no line
 /// at all, where the same with CONTENT_LENGTH (its app reading) left the app's WARN
 /// and an access line.
-fn collect_cut(c: &Collect, peer: Option<&str>) {
+/// With `by`, postern closed the connection itself (its line said why): the request's
+/// lines say so, not that the front server closed it.
+/// regression (review 377): they said it had, after --read-timeout or bad input.
+fn collect_cut(c: &Collect, peer: Option<&str>, by: Option<ClosedBy>) {
     let _in = c.span.enter();
+    if let Some(by) = by {
+        tracing::debug!(got = c.got, "could not read the request body: {} (a body without CONTENT_LENGTH, collected before the app runs); the request is dropped", by.says());
+        crate::server::span::closed_access(
+            &c.head,
+            &c.request_id,
+            crate::codec::Protocol::FastCgi,
+            by.ending(),
+            c.started,
+        );
+        return;
+    }
     if peer.is_some_and(|p| slow_clients::bad_input(p, Reason::Truncated)) {
         tracing::warn!(got = c.got, "could not read the request body: the front server closed the connection before its end (a body without CONTENT_LENGTH, collected before the app runs); the request is dropped");
     }
@@ -2083,7 +2108,7 @@ fn handle_event(
             // Its access line (status 0), as at any other cut.
             // regression: an abort was the one cut of a collected body without one.
             let keep_conn = slots.remove(&id).and_then(|s| s.collect).is_none_or(|c| {
-                collect_cut(&c, None);
+                collect_cut(&c, None, None);
                 c.keep_conn
             });
             conn.set_lane_requests(slots.len());

@@ -23,6 +23,9 @@ pub(in crate::server) struct ReqFlags {
     /// The process cut this response as it left ([`super::Parking::cut_responding`]):
     /// its access line says incomplete, not that the client went away.
     pub cut: AtomicBool,
+    /// postern closed the connection while the request's body came, for this reason
+    /// ([`crate::wsgi::input::ClosedBy::bits`], 0 for none): its access line says so.
+    pub closed_by: AtomicU8,
     /// END_REQUEST is written: `wsgi.errors` no longer goes to the front server.
     pub done: AtomicBool,
     /// STDERR records were sent (an empty one ends the stream).
@@ -309,6 +312,9 @@ impl FcgiSink {
             started: self.started,
             late: self.flags.answered_late(),
             cut: self.flags.cut.load(Ordering::Acquire),
+            closed_by: crate::wsgi::input::ClosedBy::of_cut(
+                self.flags.closed_by.load(Ordering::Acquire),
+            ),
         }
     }
 
