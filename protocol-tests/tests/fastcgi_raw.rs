@@ -987,7 +987,7 @@ fn an_id_reused_before_its_abort_s_end_request_closes_the_connection() {
     assert_eq!(out.end.map(|e| e.1), Some(0), "{out:?}");
     c.assert_closed();
     assert!(
-        p.wait_log("its END_REQUEST is not out yet", 10),
+        p.wait_log("whose END_REQUEST is not out yet", 10),
         "{}",
         p.logs()
     );

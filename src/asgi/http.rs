@@ -2051,6 +2051,11 @@ impl Exchange {
             return;
         }
         self.gone = true;
+        // postern closed the connection while the body came, and the app was not
+        // reading it: its sends say so too (review 378).
+        if self.closed_by.is_none() {
+            self.closed_by = self.sink.as_ref().and_then(|s| s.closed_by());
+        }
         self.unwatch(py);
         self.stop_writing(py);
         self.out.clear();

@@ -163,6 +163,11 @@ pub trait Sink: Send + Sync {
     /// which has no `last`): arms what a write that is not the last arms, until
     /// `finish(End::Complete)`. The default does nothing.
     fn under_way(&mut self) {}
+    /// postern closed the request's connection itself while its body came (FastCGI):
+    /// why. The default: never.
+    fn closed_by(&self) -> Option<input::ClosedBy> {
+        None
+    }
     fn has_pending(&self) -> bool {
         false
     }

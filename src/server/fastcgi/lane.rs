@@ -768,7 +768,10 @@ pub async fn serve(
                         buf.clear();
                         bad_input = true;
                         closed_by = Some(ClosedBy::BadInput);
-                        "it was aborted (FCGI_ABORT_REQUEST) and its END_REQUEST is not out yet (an id is free again only then): the new request cannot be told from it, so the requests that came whole are answered and the connection closes"
+                        if slow_clients::bad_input(&peer, Reason::Malformed) {
+                            tracing::warn!(%peer, fcgi_id = id, "FCGI_BEGIN_REQUEST for a request id whose request was aborted and whose END_REQUEST is not out yet (a protocol error: an id is free again only after it): the new request cannot be told from the old one's records, so the connection is read no further; the requests that came whole are answered, then it closes");
+                        }
+                        continue;
                     }
                 };
                 if slow_clients::bad_input(&peer, Reason::Malformed) {
@@ -1369,7 +1372,11 @@ pub async fn serve(
             st.counted = said || bad_input;
             st.closed_by = closed_by;
         }
-        if let Some(by) = closed_by {
+        // Only a request whose body still came: one whole, on a connection another
+        // request's body had postern close (multiplexed), is not blamed on it.
+        // regression (review 378): a GET beside a stalled upload read 'closed by
+        // postern: the request body stalled'.
+        if let (Some(by), Some(_)) = (closed_by, &s.stdin) {
             s.flags.closed_by.store(by.bits(), Ordering::Release);
         }
         s.flags.abort();
@@ -1438,6 +1445,13 @@ fn input_ended(
         }
         match slot.stdin.take() {
             Some(feed) if slot.content_length.is_none_or(|cl| slot.got < cl) => {
+                // After bad input the close is postern's, also for an app that is not
+                // reading its body (review 378: it said the client went away).
+                if counted {
+                    slot.flags
+                        .closed_by
+                        .store(ClosedBy::BadInput.bits(), Ordering::Release);
+                }
                 slot.flags.abort();
                 // The app's failed read names it, through the bad-input limit (counted
                 // already when bad input before the EOF was).

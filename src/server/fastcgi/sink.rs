@@ -759,6 +759,10 @@ impl Sink for FcgiSink {
         self.spare = on;
     }
 
+    fn closed_by(&self) -> Option<crate::wsgi::input::ClosedBy> {
+        crate::wsgi::input::ClosedBy::of_cut(self.flags.closed_by.load(Ordering::Acquire))
+    }
+
     fn has_pending(&self) -> bool {
         self.stream.is_some()
     }
