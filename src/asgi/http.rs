@@ -2170,9 +2170,9 @@ impl Exchange {
         let end = match end_now {
             Some(e) => e,
             None if me.gone && me.stalled => End::Stalled(me.code),
-            None if me.gone => me
-                .closed_by
-                .map_or(End::ClientGone(me.code), |by| End::Closed(me.code, by)),
+            // Closed by postern while the body came: `as_answered` tells it from the
+            // sink's `Sent::closed_by`.
+            None if me.gone => End::ClientGone(me.code),
             None if me.complete => {
                 if me.content_length.is_some_and(|cl| me.body_sent < cl) && !me.head_only() {
                     let _e = me.span.enter();
@@ -2232,7 +2232,6 @@ impl Exchange {
         let end = match end {
             End::ClientGone(_) if sent.bytes == 0 => End::ClientGone(0),
             End::Stalled(_) if sent.bytes == 0 => End::Stalled(0),
-            End::Closed(_, by) if sent.bytes == 0 => End::Closed(0, by),
             e => e,
         };
         // Logged and counted as the 504 postern answered at --timeout, if it did; the

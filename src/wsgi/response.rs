@@ -999,15 +999,10 @@ fn respond(
             r.client_gone = true;
         }
     }
-    // Gone because postern closed the connection while the body came: said so.
-    let closed_by = r
-        .body_gone
-        .as_ref()
-        .and_then(|g| super::input::ClosedBy::of_cut(g.load(Ordering::Acquire)));
+    // Gone because postern closed the connection while the body came: the sink's
+    // `Sent::closed_by` says so ([`End::as_answered`]).
     let end = if r.client_gone && r.stalled {
         End::Stalled(outcome.status)
-    } else if let (true, Some(by)) = (r.client_gone, closed_by) {
-        End::Closed(outcome.status, by)
     } else if r.client_gone {
         End::ClientGone(outcome.status)
     } else if outcome.complete {

@@ -1367,17 +1367,17 @@ pub async fn serve(
         // is named if a line is left, not counted again.
         // regression (review): each request cut by a reset was counted twice in the
         // summary (60 resets: "100 more clients").
+        // postern's close is put only on a request whose body still came: one whole,
+        // on a connection another request's body had postern close (multiplexed), is
+        // not blamed on it. regression (review 378): a GET beside a stalled upload
+        // read 'closed by postern: the request body stalled'.
         if let Some(feed) = &s.stdin {
             let mut st = feed.0.lock();
             st.counted = said || bad_input;
             st.closed_by = closed_by;
-        }
-        // Only a request whose body still came: one whole, on a connection another
-        // request's body had postern close (multiplexed), is not blamed on it.
-        // regression (review 378): a GET beside a stalled upload read 'closed by
-        // postern: the request body stalled'.
-        if let (Some(by), Some(_)) = (closed_by, &s.stdin) {
-            s.flags.closed_by.store(by.bits(), Ordering::Release);
+            if let Some(by) = closed_by {
+                s.flags.closed_by.store(by.bits(), Ordering::Release);
+            }
         }
         s.flags.abort();
         if let Some(c) = &s.collect {
