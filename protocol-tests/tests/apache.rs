@@ -361,6 +361,37 @@ fn fastcgi_mount_option_without_pathinfo_env() {
     s.assert_clean_logs();
 }
 
+/// An app path that starts with the mount's own name (`/mount` + `/mount/env`): Apache
+/// sends it split already (PATH_INFO the rest), and postern keeps it so.
+/// regression (probe 382): the mount was cut from PATH_INFO a second time, so
+/// `/mount/mount/admin` reached the app's `/admin`, past a `<Location /mount/admin>`
+/// that denied `/mount/admin`.
+#[test]
+fn an_app_path_repeating_the_mount_s_name_is_not_cut_twice() {
+    for (proto, file) in [
+        (Proto::FastCgi, "postern-fcgi.conf"),
+        (Proto::Uwsgi, "postern-uwsgi.conf"),
+    ] {
+        let Some(s) = stack(proto, file, "/mount", &testapp(), &[], None, |c| c) else {
+            return;
+        };
+        for (target, path_info) in [
+            ("/mount/mount/env?q=1", "/mount/env"),
+            ("/mount/mount", "/mount"),
+            ("/mount/mountain/", "/mountain/"),
+        ] {
+            let env = s.env(target, &[]);
+            show_env(&format!("{file} {target}"), &env);
+            assert_eq!(
+                (env["SCRIPT_NAME"].as_str(), env["PATH_INFO"].as_str()),
+                (Some("/mount"), Some(path_info)),
+                "{file} {target}"
+            );
+        }
+        s.assert_clean_logs();
+    }
+}
+
 /// The root-mount variant without proxy-fcgi-pathinfo and without --mount: Apache
 /// sends the path as SCRIPT_NAME, postern moves it to PATH_INFO.
 #[test]

@@ -453,6 +453,13 @@ fn mounted_app_with_split_path_info_or_mount_option() {
             include PARAMS;
             fastcgi_pass postern_fcgi;
         }
+        location /mountx/ {
+            include PARAMS;
+            fastcgi_split_path_info ^(/mountx)(/.*)$;
+            fastcgi_param SCRIPT_NAME $fastcgi_script_name;
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+            fastcgi_pass postern_fcgi;
+        }
 "#
     .replace("PARAMS", &fastcgi_params_file().display().to_string());
     let Some(s) = stack_with(Mode::Keep, false, "", &split, &[]) else {
@@ -462,6 +469,11 @@ fn mounted_app_with_split_path_info_or_mount_option() {
     assert_eq!(e["SCRIPT_NAME"], "/app");
     assert_eq!(e["PATH_INFO"], "/env/x y");
     assert_eq!(e["QUERY_STRING"], "q=1");
+    // regression (probe 382): an app path that starts with the mount's name, split
+    // already, lost it a second time (`/mountx/y` reached the app as `/y`).
+    let e = s.nginx.get("/mountx/mountx/y").json();
+    assert_eq!(e["SCRIPT_NAME"], "/mountx");
+    assert_eq!(e["PATH_INFO"], "/mountx/y");
     // Without a mount, stock params give the whole path to the app.
     let e = s.nginx.get("/mount/env").json();
     assert_eq!(e["SCRIPT_NAME"], "");

@@ -29,13 +29,14 @@ pub struct Cgi<'a> {
 pub struct Notes(u8);
 
 impl Notes {
-    const ALL: [&'static str; 6] = [
+    const ALL: [&'static str; 7] = [
         "dropped a wsgi.* or postern.* variable",
         "SCRIPT_NAME without PATH_INFO taken as the whole path",
         "PATH_INFO derived from DOCUMENT_URI or REQUEST_URI",
         "promoted an HTTP_CONTENT_* header",
         "SCRIPT_NAME without PATH_INFO taken as the mount point the path goes on from",
         "SCRIPT_NAME set aside: the request's whole path does not go on from it",
+        "PATH_INFO kept: the front server had split SCRIPT_NAME off already",
     ];
 
     const DROPPED_OWN: u8 = 0;
@@ -44,6 +45,7 @@ impl Notes {
     const PROMOTED: u8 = 3;
     const SCRIPT_AS_MOUNT: u8 = 4;
     const SCRIPT_NOT_ITS_MOUNT: u8 = 5;
+    const SPLIT_ALREADY: u8 = 6;
 
     /// Adds the sentence `Notes::ALL[i]`.
     fn add(&mut self, i: u8) {
@@ -460,13 +462,13 @@ pub fn normalise_into<'a>(
     let (mut script, mut path): (&'a [u8], Option<Cow<'a, [u8]>>) =
         (script.unwrap_or_default(), path.map(Cow::Borrowed));
     // The request's whole path as the front server saw it: DOCUMENT_URI (nginx's
-    // normalised, rewritten `$uri`), else REQUEST_URI's path, decoded.
+    // normalised, rewritten `$uri`), else REQUEST_URI's path, decoded and normalised.
     let document_uri = value(&at, K_DOCUMENT_URI).filter(|v| !v.is_empty());
+    let request_uri = value(&at, K_REQUEST_URI);
     let whole_path = || -> Option<Cow<'a, [u8]>> {
         match document_uri {
             Some(d) => Some(Cow::Borrowed(d)),
-            None => value(&at, K_REQUEST_URI)
-                .map(|u| percent_decode_cow(u.split(|&b| b == b'?').next().unwrap_or_default())),
+            None => request_uri.map(request_path),
         }
     };
     if defaults.script_name_is_path && path.is_none() && !script.is_empty() {
@@ -493,6 +495,12 @@ pub fn normalise_into<'a>(
             None => script,
         };
         match whole_path() {
+            // A rewrite stripped the mount point from the path (`rewrite ^/app(/.*)$ $1
+            // break;` and a request for `/app/app`): the path before it is the two.
+            Some(whole) if document_uri.is_some() && split_already(request_uri, mount, &whole) => {
+                path = Some(whole);
+                cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
+            }
             Some(whole) if *whole != *script && goes_on_past(mount, &whole) => {
                 path = Some(whole);
                 cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
@@ -505,9 +513,7 @@ pub fn normalise_into<'a>(
             {
                 // Unless REQUEST_URI (the path before any rewrite) goes on past it: a
                 // rewrite stripped it (`rewrite ^/app(/.*)$ $1 break;`, a route /apple).
-                let before_rewrite = value(&at, K_REQUEST_URI).map(|u| {
-                    percent_decode_cow(u.split(|&b| b == b'?').next().unwrap_or_default())
-                });
+                let before_rewrite = request_uri.map(request_path);
                 if !before_rewrite.is_some_and(|u| goes_on_past(mount, &u)) {
                     script = b"";
                     cgi.notes.add(Notes::SCRIPT_NOT_ITS_MOUNT);
@@ -543,7 +549,19 @@ pub fn normalise_into<'a>(
     }
     let mut path = path.unwrap_or_default();
     let (s, rest) = split_script_name(script, &path, defaults.modifier30);
-    let (script, cut) = (s, path.len() - rest.len());
+    let (script, mut cut) = (s, path.len() - rest.len());
+    // A PATH_INFO that starts with SCRIPT_NAME is the whole path (nginx's uwsgi_params
+    // with `uwsgi_param SCRIPT_NAME /app;`), unless the request's path is the two one
+    // after the other: the front server split it already (Apache's `ProxyPass /app/
+    // fcgi://…`, `fastcgi_split_path_info`, a regex capture) and the app's own path
+    // starts with the mount's name (`/app/app/x`: `/app` + `/app/x`). Cut again, the
+    // app got `/x`, a path the front server's access rules for `/app/x` never saw.
+    // regression (probe 382): such a request reached `/app/admin` past a `<Location
+    // /app/admin>` that denied it.
+    if cut > 0 && split_already(request_uri, script, &path) {
+        cut = 0;
+        cgi.notes.add(Notes::SPLIT_ALREADY);
+    }
     let mut script: &'a [u8] = script;
     cut_front(&mut path, cut);
     // Over uwsgi a SCRIPT_NAME beside a PATH_INFO that does not go on from it at a `/`
@@ -738,6 +756,94 @@ pub fn url_scheme(
         }
     }
     request_scheme.and_then(known).unwrap_or("http")
+}
+
+/// The request's path is `script` then `path` (REQUEST_URI's, see [`request_path`]):
+/// the front server split the mount point from the path already.
+fn split_already(request_uri: Option<&[u8]>, script: &[u8], path: &[u8]) -> bool {
+    request_uri.is_some_and(|u| {
+        let whole = request_path(u);
+        whole.len() == script.len() + path.len()
+            && whole.starts_with(script)
+            && whole.ends_with(path)
+    })
+}
+
+/// The path of a request target as nginx makes `$uri` of it: the query dropped, an
+/// absolute-form target (`http://host/p`) reduced to its path, `%XX` decoded, `//`
+/// merged, `.` and `..` segments resolved (a `..` at the root stays there; nginx and
+/// Apache refuse such a request before it comes). A path the front server did not
+/// normalise itself (REQUEST_URI, as sent) so reads as its own checks read it.
+/// Borrows `uri` when there is nothing to change (the usual path).
+pub fn request_path(uri: &[u8]) -> Cow<'_, [u8]> {
+    let mut p = uri.split(|&b| b == b'?').next().unwrap_or_default();
+    if let Some(after) = scheme_and_authority_end(p) {
+        p = if after < p.len() { &p[after..] } else { b"/" };
+    }
+    match percent_decode_cow(p) {
+        Cow::Borrowed(p) => normalise_path(p),
+        Cow::Owned(p) => Cow::Owned(normalise_path(&p).into_owned()),
+    }
+}
+
+/// Where the path of an absolute-form target (`scheme://authority/path`) starts: the
+/// length of `scheme://authority`. None for any other target (`/p`, `*`).
+fn scheme_and_authority_end(t: &[u8]) -> Option<usize> {
+    let colon = t.iter().position(|&b| b == b':')?;
+    let scheme = &t[..colon];
+    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !valid || !t[colon..].starts_with(b"://") {
+        return None;
+    }
+    let authority = colon + 3;
+    Some(
+        t[authority..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(t.len(), |i| authority + i),
+    )
+}
+
+/// `p` (a path starting with `/`) with `//` merged and `.` and `..` segments resolved;
+/// a path that ended in a `/`, `.` or `..` segment still ends in `/`. Anything else is
+/// returned as it is.
+pub fn normalise_path(p: &[u8]) -> Cow<'_, [u8]> {
+    let odd = |s: &[u8]| s.is_empty() || s == b"." || s == b"..";
+    let Some(rest) = p.strip_prefix(b"/") else {
+        return Cow::Borrowed(p);
+    };
+    let segments = || rest.split(|&b| b == b'/');
+    let n = segments().count();
+    // The last segment may be empty: a trailing `/`.
+    if !segments()
+        .enumerate()
+        .any(|(i, s)| odd(s) && !(s.is_empty() && i + 1 == n))
+    {
+        return Cow::Borrowed(p);
+    }
+    let mut out = Vec::with_capacity(p.len());
+    let mut trailing = false;
+    for s in segments() {
+        trailing = odd(s);
+        match s {
+            b"" | b"." => {}
+            b".." => {
+                let keep = out.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(keep);
+            }
+            _ => {
+                out.push(b'/');
+                out.extend_from_slice(s);
+            }
+        }
+    }
+    if trailing || out.is_empty() {
+        out.push(b'/');
+    }
+    Cow::Owned(out)
 }
 
 /// `s` without its trailing `/`s.
@@ -1057,6 +1163,141 @@ mod tests {
             &[],
         );
         assert_eq!(paths(&cgi), ("/app".into(), "/x y".into()));
+    }
+
+    // regression (probe 382): a path the front server had split already (Apache's
+    // `ProxyPass /pf/ fcgi://…` with `proxy-fcgi-pathinfo`, mod_proxy_uwsgi, nginx's
+    // `fastcgi_split_path_info` or a regex capture) whose own part starts with the mount's
+    // name was cut again: `/pf/pf/admin/users` reached the app as `/admin/users`, past
+    // a `<Location /pf/admin>` that denied `/pf/admin/users`.
+    #[test]
+    fn a_path_the_front_server_split_already_is_not_cut_again() {
+        let split = |pairs: &[(&'static str, &'static str)], script_name_is_path: bool| {
+            let mut all = vec![("REQUEST_METHOD", "GET")];
+            all.extend_from_slice(pairs);
+            let cgi = run_with(&all, script_name_is_path, &[]);
+            paths(&cgi)
+        };
+        let p = |s: &str, i: &str| (s.to_owned(), i.to_owned());
+        // Apache (FastCGI and uwsgi alike): SCRIPT_NAME, the rest, the URI as sent.
+        for uri in [
+            "/pf/pf/admin/users",
+            "/pf/pf/admin/users?x=1",
+            "//pf//pf/admin/./users",
+        ] {
+            let pairs = [
+                ("SCRIPT_NAME", "/pf"),
+                ("PATH_INFO", "/pf/admin/users"),
+                ("REQUEST_URI", uri),
+            ];
+            assert_eq!(split(&pairs, false), p("/pf", "/pf/admin/users"), "{uri}");
+            assert_eq!(split(&pairs, true), p("/pf", "/pf/admin/users"), "{uri}");
+        }
+        assert_eq!(
+            split(
+                &[
+                    ("SCRIPT_NAME", "/pf"),
+                    ("PATH_INFO", "/pf"),
+                    ("REQUEST_URI", "/pf/pf")
+                ],
+                false
+            ),
+            p("/pf", "/pf")
+        );
+        // nginx's uwsgi_params with `uwsgi_param SCRIPT_NAME /app;`: PATH_INFO is the
+        // whole path, cut as before, `/app/app/x` too.
+        for (uri, path_info, rest) in [
+            ("/app/x", "/app/x", "/x"),
+            ("/app/app/x", "/app/app/x", "/app/x"),
+            ("/app//x", "/app/x", "/x"),
+            ("/app", "/app", ""),
+        ] {
+            let pairs = [
+                ("SCRIPT_NAME", "/app"),
+                ("PATH_INFO", path_info),
+                ("REQUEST_URI", uri),
+            ];
+            assert_eq!(split(&pairs, false), p("/app", rest), "{uri}");
+        }
+        // `rewrite ^/rw(/.*)$ $1 break;` + `fastcgi_param SCRIPT_NAME /rw;` (the stock
+        // SCRIPT_NAME, `$fastcgi_script_name`, before it): the rewrite stripped the mount.
+        for (uri, document_uri) in [("/rw/rw/x", "/rw/x"), ("/rw/rw", "/rw")] {
+            let pairs = [
+                ("SCRIPT_NAME", document_uri),
+                ("REQUEST_URI", uri),
+                ("DOCUMENT_URI", document_uri),
+                ("SCRIPT_NAME", "/rw"),
+            ];
+            assert_eq!(split(&pairs, true), p("/rw", document_uri), "{uri}");
+        }
+        // The stock params alone, no rewrite: as before.
+        let stock = [
+            ("SCRIPT_NAME", "/rw/x"),
+            ("REQUEST_URI", "/rw/x"),
+            ("DOCUMENT_URI", "/rw/x"),
+        ];
+        assert_eq!(split(&stock, true), p("", "/rw/x"));
+    }
+
+    // regression (probe 382): without DOCUMENT_URI (Apache, SCGI) the path taken from
+    // REQUEST_URI was only decoded: `/a%2F..%2Fb` gave `/a/../b` where nginx's `$uri` is
+    // `/b`, `//pfe/a` and an absolute-form target (`http://host/pfe/a`) went to `/pfe`.
+    #[test]
+    fn a_path_from_request_uri_is_normalised_as_nginx_normalises_uri() {
+        let cases: [(&str, &str); 16] = [
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/", "/"),
+            ("", ""),
+            ("*", "*"),
+            ("/a/b?x=/../y", "/a/b"),
+            ("/a%2F..%2Fb", "/b"),
+            ("/..%2F..%2Fetc%2Fpasswd", "/etc/passwd"),
+            ("/a/../b", "/b"),
+            ("/a/./b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("//a//b", "/a/b"),
+            ("/a/%2e%2e/b", "/b"),
+            ("http://h:80/pfe/a/b?x=1", "/pfe/a/b"),
+            ("https://h", "/"),
+            ("/x%20y/", "/x y/"),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(&request_path(uri.as_bytes())[..], want.as_bytes(), "{uri}");
+        }
+        assert!(matches!(request_path(b"/a/b/?q"), Cow::Borrowed(_)));
+        let cgi = run_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/pfe"),
+                ("REQUEST_URI", "//pfe/a/b"),
+            ],
+            true,
+            &[],
+        );
+        assert_eq!(paths(&cgi), ("/pfe".into(), "/a/b".into()));
+        let cgi = run_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/pfe"),
+                ("REQUEST_URI", "/pfe/a%2F..%2Fb"),
+            ],
+            true,
+            &[],
+        );
+        assert_eq!(paths(&cgi), ("/pfe".into(), "/b".into()));
+        // Climbing out of the mount: no `..` reaches the app (the stock rule then
+        // takes SCRIPT_NAME for the whole path).
+        let cgi = run_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/pfe"),
+                ("REQUEST_URI", "/pfe/..%2F..%2Fetc%2Fpasswd"),
+            ],
+            true,
+            &[],
+        );
+        assert_eq!(paths(&cgi), ("".into(), "/pfe".into()));
     }
 
     // Over uwsgi SCRIPT_NAME and PATH_INFO come as the front server split them: a

@@ -851,7 +851,7 @@ enum PathStyle {
     /// The front server split the path already (nginx `fastcgi_split_path_info`):
     /// PATH_INFO is the rest after SCRIPT_NAME.
     ScriptAndRest,
-    /// No PATH_INFO: the path is REQUEST_URI's, percent-decoded.
+    /// No PATH_INFO: the path is REQUEST_URI's, percent-decoded (and normalised).
     RequestUri,
     /// FastCGI/SCGI stock params: SCRIPT_NAME is the whole path, no PATH_INFO.
     ScriptIsPath,
@@ -975,19 +975,24 @@ proptest! {
             }
             PathStyle::ScriptAndRest => {
                 let rest = &path[mount.len()..];
-                // The rule cannot tell a split path whose rest starts with SCRIPT_NAME
-                // from a whole one (README "Environ mapping": the prefix is cut): a
-                // documented ambiguity, not checked here.
+                // A split path whose rest starts with SCRIPT_NAME is told from a whole
+                // one by REQUEST_URI, as the front server normalised it: one whose
+                // decoded path has `//`, `.` or `..` segments cannot tell them apart
+                // (README "Environ mapping": the prefix is cut), not checked here.
                 prop_assume!(
                     mount.is_empty()
                         || !(rest.starts_with(&mount)
                             && rest.get(mount.len()).is_none_or(|&b| b == b'/'))
+                        || cgi::normalise_path(&path)[..] == path[..]
                 );
                 pairs.push((b"SCRIPT_NAME".to_vec(), script));
                 pairs.push((b"PATH_INFO".to_vec(), rest.to_vec()));
                 mount.clone()
             }
             PathStyle::RequestUri => {
+                // The path is REQUEST_URI's normalised (`//` merged, `.` and `..`
+                // resolved): the unit tests of `request_path` check that part.
+                prop_assume!(cgi::normalise_path(&path)[..] == path[..]);
                 pairs.push((b"SCRIPT_NAME".to_vec(), script));
                 mount.clone()
             }
