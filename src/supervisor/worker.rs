@@ -357,6 +357,9 @@ const SUCCESSOR_LEAD: u32 = 2;
 /// what it serves in one lead (a second too long cost ~40% of `--max-requests 100`
 /// at 600 requests a second, for an import of 20 ms).
 const MIN_LEAD: Duration = Duration::from_millis(250);
+/// The least span a worker's first window counts its rate over (nanoseconds): what
+/// waited for it when it became ready comes in one burst, no rate to project.
+const YOUNG_FLOOR: u64 = 50_000_000;
 /// A worker over `--max-rss` serves on until its successor serves, unless its RSS
 /// passes `--max-rss` by this fraction (a half) meanwhile: then it stops at once.
 const RSS_HARD_DIVISOR: u64 = 2;
@@ -636,10 +639,15 @@ impl WorkerMonitor {
         // spell too: a burst of 14 requests to an idle worker (--threads 8,
         // --max-requests 200) projected to 2 x 14 x 14 and asked for its successor at
         // request 10, so every burst cost an import.
+        // regression (probe 379): a fresh worker takes what waited for it at once
+        // (the listen queue, kept FastCGI connections handed over): 9 requests in its
+        // first 10 ms projected to 162 and asked for its successor at 9 of 158, a
+        // recycle every ~20 requests, each new worker again. The shrinking floor stops
+        // at YOUNG_FLOOR (or half a lead, if shorter).
         let floor = if w.aged.load(Ordering::Relaxed) {
             lead / 2
         } else {
-            lead / 2 / counted.max(1)
+            (lead / 2 / counted.max(1)).max((lead / 2).min(YOUNG_FLOOR))
         };
         let span = span.max(floor).max(1);
         let ahead = counted as f64 * lead as f64 / span as f64;
@@ -1235,6 +1243,21 @@ mod tests {
         young.lead_ns.store(600_000_000, Ordering::Relaxed);
         let asked_at = (1..=20).find(|&served| young.near_limit(served, 200));
         assert!(asked_at.is_some(), "{asked_at:?}");
+    }
+
+    // regression (probe 379): a fresh worker's first burst (9 requests in 10 ms: what
+    // waited for it) asked for its successor at 9 of 158, so every new worker
+    // recycled after ~20 requests.
+    #[test]
+    fn a_fresh_worker_s_first_burst_is_no_rate_to_recycle_at() {
+        let young = WorkerMonitor::standalone(Arc::new(Scoreboard::new(1, 1).unwrap()));
+        young.ready();
+        young.lead_ns.store(250_000_000, Ordering::Relaxed);
+        assert!((1..=20).all(|served| !young.near_limit(served, 158)));
+        // A load that goes on at that rate is one: it asks, still within its first
+        // window.
+        let asked_at = (21..158).find(|&served| young.near_limit(served, 158));
+        assert!(asked_at.is_some_and(|n| n <= 30), "{asked_at:?}");
     }
 
     // regression: the lead was measured before an ASGI lifespan startup (`new`), not
