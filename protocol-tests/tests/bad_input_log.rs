@@ -536,3 +536,62 @@ fn a_flood_of_requests_without_request_method_is_named_twenty_times_then_summed_
         assert_eq!(named as u64 + summed, 100, "asgi {asgi}:\n{logs}");
     }
 }
+
+// regression (probe 380): a FastCGI connection closed in the middle of a request's
+// head (after BEGIN_REQUEST, its PARAMS not ended) left no line at all, where uwsgi and
+// SCGI name a head cut short ("connection closed after N bytes of an incomplete
+// request head").
+#[test]
+fn a_fastcgi_head_cut_short_by_the_front_server_s_close_is_named() {
+    let dir = tempdir();
+    let fcgi_port = free_port();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--fastcgi", &format!("127.0.0.1:{fcgi_port}")])
+        .start();
+    let begin = [1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    // A PARAMS record of 20 bytes, 10 of them sent; then BEGIN_REQUEST alone.
+    let mut cut = begin.to_vec();
+    cut.extend_from_slice(&[1, 4, 0, 1, 0, 20, 0, 0]);
+    cut.extend_from_slice(&[4, 1, b'R', b'E', b'Q', b'U', b'E', b'S', b'T', b'_']);
+    for (bytes, partial) in [(&cut[..], 18), (&begin[..], 0)] {
+        assert!(send(fcgi_port, bytes, true).is_empty());
+        let line = "before a request's head (BEGIN_REQUEST and its PARAMS) was whole; closing peer=127.0.0.1:";
+        assert!(
+            p.wait_log_count(line, if partial == 0 { 2 } else { 1 }, 10),
+            "{}",
+            p.logs()
+        );
+        assert!(
+            p.logs().contains(&format!("partial_record={partial}")),
+            "{}",
+            p.logs()
+        );
+    }
+}
+
+// regression (probe 380): a flood of FastCGI management records (unknown types) whose
+// replies the front server never reads was closed at --read-timeout with no line.
+#[test]
+fn fastcgi_management_replies_nobody_reads_are_named_at_the_read_timeout() {
+    let dir = tempdir();
+    let fcgi_port = free_port();
+    let p = Spawn::tcp(dir.path(), &testapp())
+        .args(["--fastcgi", &format!("127.0.0.1:{fcgi_port}")])
+        .args(["--read-timeout", "1"])
+        .start();
+    let mut c = TcpStream::connect(("127.0.0.1", fcgi_port)).unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Records of type 99 on id 0: each one answered FCGI_UNKNOWN_TYPE.
+    let flood: Vec<u8> = [1u8, 99, 0, 0, 0, 0, 0, 0].repeat(4096);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && c.write_all(&flood).is_ok() {}
+    assert!(
+        p.wait_log(
+            "the front server read none of postern's replies to its FastCGI management records",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+}

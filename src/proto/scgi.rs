@@ -89,6 +89,14 @@ pub fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(usize, &[u8])>, Pr
         .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
     // Refuse an oversized head before waiting for (or reserving room for) its block.
     if size > limit {
+        // Named with every digit that came, not the first few read above.
+        // regression (probe 380): `123456789012:` was logged as 12345678 bytes.
+        let size = buf
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .fold(0usize, |n, &d| {
+                n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+            });
         return Err(ProtoError::HeadTooLarge { size, limit });
     }
     if digits > MAX_LENGTH_DIGITS {
@@ -402,6 +410,21 @@ mod tests {
         assert_eq!(parse_head(b"100000:", LIMIT), too_large);
         // Before the colon too: more digits could only make it larger.
         assert_eq!(parse_head(b"100000", LIMIT), too_large);
+        // Every digit that came is in the size, past those the parser reads.
+        assert_eq!(
+            parse_head(b"123456789012:", LIMIT),
+            Err(ProtoError::HeadTooLarge {
+                size: 123_456_789_012,
+                limit: LIMIT
+            })
+        );
+        assert!(matches!(
+            parse_head(&[b'9'; 40], LIMIT),
+            Err(ProtoError::HeadTooLarge {
+                size: usize::MAX,
+                ..
+            })
+        ));
         // The limit is on the block, not the whole netstring.
         assert_eq!(parse_head(b"4096:", 4096), Ok(None));
         assert_eq!(

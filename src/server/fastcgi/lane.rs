@@ -1114,7 +1114,14 @@ pub async fn serve(
                             continue 'conn;
                         }
                         // (After bad input, said when it came; `buf` was emptied.)
-                        if parser.active() > 0 && !bad_input {
+                        if parser.awaiting_params() && !bad_input {
+                            // A head cut short: as over uwsgi and SCGI, bad input.
+                            // regression (probe 380): said at debug, as a client's abort
+                            // of a request in flight is.
+                            if slow_clients::bad_input(&peer, Reason::Truncated) {
+                                tracing::warn!(%peer, params = parser.params_held(), partial_record = buf.len(), "the front server closed the FastCGI connection before a request's head (BEGIN_REQUEST and its PARAMS) was whole; closing");
+                            }
+                        } else if parser.active() > 0 && !bad_input {
                             // A client's abort (nginx closes the connection): ordinary
                             // traffic, which each request's access line tells; at info
                             // it was one line per abort, unlimited (probe 321).
@@ -1750,7 +1757,16 @@ fn handle_event(
     let past = past && (input.over(0) || input.worker_over());
     match ev {
         Event::Reply(bytes) => {
-            if tokio::task::block_in_place(|| conn.write_reply(&bytes)).is_err() {
+            if let Err(e) = tokio::task::block_in_place(|| conn.write_reply(&bytes)) {
+                // regression (probe 380): a flood of management records whose replies
+                // the front server never read was closed at --read-timeout unsaid.
+                if e.kind() == io::ErrorKind::TimedOut {
+                    if slow_clients::bad_input(peer, Reason::Truncated) {
+                        tracing::warn!(%peer, error = %e, "the front server read none of postern's replies to its FastCGI management records (FCGI_GET_VALUES, unknown record types) for --read-timeout; closing");
+                    }
+                } else {
+                    tracing::debug!(%peer, error = %e, "replying to a FastCGI management record failed (the front server closed the connection); closing");
+                }
                 return Step::Close;
             }
             Step::Go
@@ -2111,6 +2127,9 @@ fn handle_event(
                 feed.0.short();
                 slot.stdin = None;
                 return Step::Go;
+            }
+            if slot.got == 0 && slot.content_length.is_some_and(|cl| cl > 0) {
+                tracing::debug!(%peer, fcgi_id = id, "STDIN ended before any of its CONTENT_LENGTH bytes: no body passed (nginx's auth_request, fastcgi_pass_request_body off); the app's read ends empty");
             }
             feed.0.end();
             slot.stdin = None;
