@@ -450,6 +450,7 @@ impl Generation {
             timeout: config.opts.timeout.map(|s| s.0),
             slow_log: config.opts.slow_log.map(|s| s.0),
             max_lifetime: config.opts.max_lifetime.map(|s| s.0),
+            recycles: config.opts.max_requests.is_some() || config.opts.max_rss.is_some(),
             chain_reload: config.opts.chain_reload,
             touch_reload: config.opts.touch_reload.clone(),
             // Python runs in the master: every fork is bracketed for CPython.

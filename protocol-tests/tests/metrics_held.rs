@@ -73,3 +73,41 @@ fn held_workers_are_a_gauge_by_reason() {
     );
     assert_eq!(sample(&stats_addr, STARTS_FAILED), Some(0.0));
 }
+
+// regression (probe 379): with no recycling limit (no --max-requests, --max-rss or
+// --max-lifetime), a failed reload left every worker `held (starts-failed)` in /status
+// and in this gauge for good: there is no limit to hold a worker past.
+#[test]
+fn a_failed_reload_holds_no_worker_that_has_no_recycling_limit() {
+    let dir = tempdir();
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let stats_addr = Addr::Tcp(free_port());
+    let app = gated_app(dir.path());
+    let p = Spawn::unix(dir.path(), &app)
+        .args(["--workers", "2"])
+        .args(["--stats", &stats_addr.arg()])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let code = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(
+        &app,
+        format!("{code}\nraise RuntimeError('broken on disk')\n"),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reload failed", 30), "{}", p.logs());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        sample(&stats_addr, STARTS_FAILED),
+        Some(0.0),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        held(&stats_addr).is_empty(),
+        "{}",
+        scrape::status(&stats_addr)
+    );
+    assert!(!p.logs().contains("no longer held"), "{}", p.logs());
+}

@@ -1529,9 +1529,20 @@ impl Master {
     /// whose successor failed was relieved once a start succeeded, and the other read
     /// `"held": "starts-failed"` in /status (and served past its limit, logging that
     /// starts failed) for as long as it lived.
+    ///
+    /// A worker of a generation with no recycling limit (`--max-requests`, `--max-rss`,
+    /// `--max-lifetime`) has none to be held past: it is never held.
+    /// regression (probe 379): after a failed reload with no limit set, /status showed
+    /// every worker `held (starts-failed)` (and `postern_workers_held`) for good.
     fn hold_while_starts_fail(&mut self) {
         let reloading = self.reloading();
-        if self.boot_failures == 0 && !reloading {
+        let limited = |w: &Worker| {
+            let o = self.gens.get(&w.generation).map_or(&self.opts, |g| &g.opts);
+            o.recycles || o.max_lifetime.is_some()
+        };
+        if self.boot_failures == 0 && !reloading
+            || !self.workers.iter().any(|w| w.phase.active() && limited(w))
+        {
             let mut released = Vec::new();
             for w in self.workers.iter().filter(|w| w.phase.active()) {
                 if self.board.unhold(w.slot) {
@@ -1548,6 +1559,10 @@ impl Master {
         }
         let mut held = Vec::new();
         for w in self.workers.iter().filter(|w| self.serves_queue(w)) {
+            if !limited(w) {
+                self.board.unhold(w.slot);
+                continue;
+            }
             let why = if self.boot_failures > 0 {
                 Hold::StartsFailed
             } else if w.generation < self.generation {
@@ -3273,6 +3288,7 @@ mod tests {
             timeout: None,
             slow_log: None,
             max_lifetime: None,
+            recycles: true,
             chain_reload: false,
             touch_reload: None,
             preload: false,

@@ -121,6 +121,10 @@ pub struct Options {
     pub slow_log: Option<Duration>,
     /// `--max-lifetime`: a worker older than this is replaced gracefully.
     pub max_lifetime: Option<Duration>,
+    /// A worker recycles itself at a limit of its own (`--max-requests`, `--max-rss`):
+    /// only then, or with `--max-lifetime`, is there a limit to hold it past while
+    /// starts fail.
+    pub recycles: bool,
     /// `--chain-reload`: replace workers one at a time on reload.
     pub chain_reload: bool,
     /// `--touch-reload`: reload when this file's mtime changes.
