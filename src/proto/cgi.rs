@@ -495,12 +495,6 @@ pub fn normalise_into<'a>(
             None => script,
         };
         match whole_path() {
-            // A rewrite stripped the mount point from the path (`rewrite ^/app(/.*)$ $1
-            // break;` and a request for `/app/app`): the path before it is the two.
-            Some(whole) if document_uri.is_some() && split_already(request_uri, mount, &whole) => {
-                path = Some(whole);
-                cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
-            }
             Some(whole) if *whole != *script && goes_on_past(mount, &whole) => {
                 path = Some(whole);
                 cgi.notes.add(Notes::SCRIPT_AS_MOUNT);
@@ -551,11 +545,12 @@ pub fn normalise_into<'a>(
     let (s, rest) = split_script_name(script, &path, defaults.modifier30);
     let (script, mut cut) = (s, path.len() - rest.len());
     // A PATH_INFO that starts with SCRIPT_NAME is the whole path (nginx's uwsgi_params
-    // with `uwsgi_param SCRIPT_NAME /app;`), unless the request's path is the two one
-    // after the other: the front server split it already (Apache's `ProxyPass /app/
-    // fcgi://…`, `fastcgi_split_path_info`, a regex capture) and the app's own path
-    // starts with the mount's name (`/app/app/x`: `/app` + `/app/x`). Cut again, the
-    // app got `/x`, a path the front server's access rules for `/app/x` never saw.
+    // with `uwsgi_param SCRIPT_NAME /app;`), unless the front server split it already
+    // (Apache's `ProxyPass /app/ fcgi://…`, `fastcgi_split_path_info`, a regex
+    // capture) and the app's own path starts with the mount's name (`/app/app/x`:
+    // `/app` + `/app/x`). Cut again, the app got `/x`, a path the front server's access
+    // rules for `/app/x` never saw; kept wrongly, it gets a longer path (a 404 at
+    // worst): in doubt, kept ([`split_already`]).
     // regression (probe 382): such a request reached `/app/admin` past a `<Location
     // /app/admin>` that denied it.
     if cut > 0 && split_already(request_uri, script, &path) {
@@ -758,29 +753,65 @@ pub fn url_scheme(
     request_scheme.and_then(known).unwrap_or("http")
 }
 
-/// The request's path is `script` then `path` (REQUEST_URI's, see [`request_path`]):
-/// the front server split the mount point from the path already.
+/// `path` (a PATH_INFO that starts with `script` and `/`) came with its mount point cut
+/// off already: the request's path (REQUEST_URI's, as sent or as [`request_path`]
+/// makes it) is not `path` itself but `script` then `path`, or, when it is neither
+/// (the front server read it another way than postern: a NoDecode `%2F`, a raw `#`),
+/// it starts with `script` twice. Only a path the front server rewrote (`path` is
+/// then the rewritten whole path) is none of these: cut, as without REQUEST_URI.
+#[cold]
+#[inline(never)]
 fn split_already(request_uri: Option<&[u8]>, script: &[u8], path: &[u8]) -> bool {
-    request_uri.is_some_and(|u| {
-        let whole = request_path(u);
-        whole.len() == script.len() + path.len()
-            && whole.starts_with(script)
-            && whole.ends_with(path)
-    })
+    let Some(uri) = request_uri else {
+        return false;
+    };
+    let raw = target_path(uri);
+    // The whole path as sent (the usual mounted request): cut, with no work more.
+    if raw == path {
+        return false;
+    }
+    let both = |p: &[u8]| {
+        p.len() == script.len() + path.len() && p.starts_with(script) && p.ends_with(path)
+    };
+    if both(raw) {
+        return true;
+    }
+    let whole = request_path(uri);
+    if *whole == *path {
+        return false;
+    }
+    let twice = |p: &[u8]| {
+        p.strip_prefix(script)
+            .and_then(|rest| rest.strip_prefix(script))
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+    };
+    both(&whole) || twice(&whole) || twice(raw)
 }
 
-/// The path of a request target as nginx makes `$uri` of it: the query dropped, an
-/// absolute-form target (`http://host/p`) reduced to its path, `%XX` decoded, `//`
+/// The path part of a request target: up to `?` or `#` (nginx's `$uri` stops at a raw
+/// `#` too), an absolute-form target (`http://host/p`) reduced to its path.
+fn target_path(uri: &[u8]) -> &[u8] {
+    let end = uri
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(uri.len());
+    let p = &uri[..end];
+    match scheme_and_authority_end(p) {
+        Some(after) if after < p.len() => &p[after..],
+        Some(_) => b"/",
+        None => p,
+    }
+}
+
+/// The path of a request target as nginx makes `$uri` of it: the query (and a raw
+/// `#` with what follows) dropped, an absolute-form target (`http://host/p`) reduced to its path, `%XX` decoded, `//`
 /// merged, `.` and `..` segments resolved (a `..` at the root stays there; nginx and
 /// Apache refuse such a request before it comes). A path the front server did not
 /// normalise itself (REQUEST_URI, as sent) so reads as its own checks read it.
 /// Borrows `uri` when there is nothing to change (the usual path).
+#[inline(never)]
 pub fn request_path(uri: &[u8]) -> Cow<'_, [u8]> {
-    let mut p = uri.split(|&b| b == b'?').next().unwrap_or_default();
-    if let Some(after) = scheme_and_authority_end(p) {
-        p = if after < p.len() { &p[after..] } else { b"/" };
-    }
-    match percent_decode_cow(p) {
+    match percent_decode_cow(target_path(uri)) {
         Cow::Borrowed(p) => normalise_path(p),
         Cow::Owned(p) => Cow::Owned(normalise_path(&p).into_owned()),
     }
@@ -1221,15 +1252,60 @@ mod tests {
         }
         // `rewrite ^/rw(/.*)$ $1 break;` + `fastcgi_param SCRIPT_NAME /rw;` (the stock
         // SCRIPT_NAME, `$fastcgi_script_name`, before it): the rewrite stripped the mount.
-        for (uri, document_uri) in [("/rw/rw/x", "/rw/x"), ("/rw/rw", "/rw")] {
-            let pairs = [
+        let rewritten = |uri, document_uri| {
+            [
                 ("SCRIPT_NAME", document_uri),
                 ("REQUEST_URI", uri),
                 ("DOCUMENT_URI", document_uri),
                 ("SCRIPT_NAME", "/rw"),
+            ]
+        };
+        assert_eq!(
+            split(&rewritten("/rw/rw/x", "/rw/x"), true),
+            p("/rw", "/rw/x")
+        );
+        // Its SCRIPT_NAME then equals DOCUMENT_URI, the stock value: the whole path, as
+        // for any stock request (a client never chooses SCRIPT_NAME: review 383).
+        assert_eq!(split(&rewritten("/rw/rw", "/rw"), true), p("", "/rw"));
+        // The front server and postern read the target apart: `#` (nginx's `$uri` stops
+        // there, REQUEST_URI goes on), a `%2F` Apache's `AllowEncodedSlashes NoDecode`
+        // keeps in PATH_INFO (review 383: both were cut again).
+        for (uri, path_info) in [
+            ("/fs/fs/admin#x", "/fs/admin"),
+            ("/fs/fs/admin#/../../y", "/fs/admin"),
+            ("/fs/fs/admin/users%2Fx", "/fs/admin/users%2Fx"),
+            ("/fs/fs/%61dmin/users%2Fx", "/fs/admin/users%2Fx"),
+        ] {
+            let pairs = [
+                ("SCRIPT_NAME", "/fs"),
+                ("PATH_INFO", path_info),
+                ("REQUEST_URI", uri),
             ];
-            assert_eq!(split(&pairs, true), p("/rw", document_uri), "{uri}");
+            assert_eq!(split(&pairs, false), p("/fs", path_info), "{uri}");
         }
+        // The whole path whatever follows a `#`: cut.
+        let pairs = [
+            ("SCRIPT_NAME", "/app"),
+            ("PATH_INFO", "/app/x"),
+            ("REQUEST_URI", "/app/x#/../../app/app/x"),
+        ];
+        assert_eq!(split(&pairs, false), p("/app", "/x"));
+        // nginx's stock params on a root location: `#` and `..` after it choose
+        // nothing (review 383: `/evil#/../../evil/evil` gave SCRIPT_NAME /evil).
+        let stock = [
+            ("SCRIPT_NAME", "/evil"),
+            ("REQUEST_URI", "/evil#/../../evil/evil"),
+            ("DOCUMENT_URI", "/evil"),
+        ];
+        assert_eq!(split(&stock, true), p("", "/evil"));
+        // A rewrite in front of uwsgi_params' whole path (`/app/old/x` to `/app/new/x`):
+        // cut as before.
+        let pairs = [
+            ("SCRIPT_NAME", "/app"),
+            ("PATH_INFO", "/app/new/x"),
+            ("REQUEST_URI", "/app/old/x"),
+        ];
+        assert_eq!(split(&pairs, false), p("/app", "/new/x"));
         // The stock params alone, no rewrite: as before.
         let stock = [
             ("SCRIPT_NAME", "/rw/x"),
@@ -1244,7 +1320,7 @@ mod tests {
     // `/b`, `//pfe/a` and an absolute-form target (`http://host/pfe/a`) went to `/pfe`.
     #[test]
     fn a_path_from_request_uri_is_normalised_as_nginx_normalises_uri() {
-        let cases: [(&str, &str); 16] = [
+        let cases: [(&str, &str); 17] = [
             ("/a/b", "/a/b"),
             ("/a/b/", "/a/b/"),
             ("/", "/"),
@@ -1261,6 +1337,7 @@ mod tests {
             ("http://h:80/pfe/a/b?x=1", "/pfe/a/b"),
             ("https://h", "/"),
             ("/x%20y/", "/x y/"),
+            ("/a/b#/../../c", "/a/b"),
         ];
         for (uri, want) in cases {
             assert_eq!(&request_path(uri.as_bytes())[..], want.as_bytes(), "{uri}");
