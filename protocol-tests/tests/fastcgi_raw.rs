@@ -3502,3 +3502,32 @@ fn a_whole_request_followed_by_garbage_is_answered_then_closed() {
     }
     ok_after(&p);
 }
+
+// regression (probe 380): a thread the app left running read `wsgi.input` after the
+// response had gone (its body still arriving) and was told the body was dropped for
+// --fastcgi-buffer, sending its operator to raise a limit that had nothing to do with
+// it.
+#[test]
+fn a_body_read_after_its_request_ended_says_so() {
+    let dir = tempdir();
+    let app = dir.path().join("late.py");
+    std::fs::write(
+        &app,
+        "import sys, threading, time\n\ndef application(environ, start_response):\n    inp = environ['wsgi.input']\n    def later():\n        time.sleep(0.3)\n        try:\n            inp.read(5)\n        except Exception as e:\n            print('late read error:', e, file=sys.stderr, flush=True)\n    threading.Thread(target=later).start()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .protocol("fastcgi")
+        .start();
+    let mut s = Sock::connect(&p.addr);
+    let mut out = head(1, true, &vars("POST", "/late", Some(20)));
+    out.extend(stdin_records(1, b"0123456789", 10));
+    s.write_all(&out).unwrap();
+    assert!(p.wait_log("late read error:", 10), "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        logs.contains("wsgi.input read after its request ended (the response was sent)"),
+        "{logs}"
+    );
+    assert!(!logs.contains("--fastcgi-buffer"), "{logs}");
+}

@@ -108,6 +108,9 @@ struct FeedState {
     closed_by: Option<ClosedBy>,
     /// The input was dropped to keep the connection's budget.
     cut: bool,
+    /// With `cut`: dropped because the request ended (its app returned) before its
+    /// body did, not for the budget.
+    after_end: bool,
     /// STDIN ended before CONTENT_LENGTH bytes.
     short: bool,
     /// The app waits for input (nothing queued).
@@ -211,7 +214,14 @@ impl Feed {
 
     /// Drops what is queued; the app's next read fails.
     fn cut(&self) {
+        self.cut_for(false);
+    }
+
+    /// [`Feed::cut`]; `after_end`: the request ended first (a read from a thread the
+    /// app left running says so, not that the budget was short).
+    fn cut_for(&self, after_end: bool) {
         let mut st = self.lock();
+        st.after_end = after_end;
         st.chunks.clear();
         let held = std::mem::take(&mut st.held);
         st.cut = true;
@@ -310,6 +320,13 @@ impl StdinStream {
             return Some(Err(io::Error::new(
                 crate::wsgi::BODY_TOO_LARGE,
                 "the request body (sent without CONTENT_LENGTH) is over --max-body",
+            )));
+        }
+        if st.cut && st.after_end {
+            // regression (probe 380): a thread the app left running read the body
+            // after the response and was told --fastcgi-buffer dropped it.
+            return Some(Err(io::Error::other(
+                "wsgi.input read after its request ended (the response was sent): the rest of the body was not kept",
             )));
         }
         if st.cut {
@@ -1562,7 +1579,7 @@ fn ended(ctl: Ctl, conn: &Arc<FcgiConn>, slots: &mut FxHashMap<u16, Slot>) -> Op
                     // what it left unread no longer counts against the input budget
                     // (else the lane could stop reading before STDIN's end).
                     if let Some(feed) = slot.stdin.take() {
-                        feed.0.cut();
+                        feed.0.cut_for(true);
                     }
                     slot.held = Some(held);
                     None
