@@ -927,3 +927,47 @@ fn a_single_process_long_in_its_lifespan_startup_gets_advice_for_a_startup_handl
         "app.run()",
     );
 }
+
+// regression (probe 381): a lifespan shutdown that catches its cancellation and goes on
+// held the stop for the rest of --graceful-timeout (30 s), counted among the tasks the
+// app left running, where the README gives it 1 s to handle its cancellation.
+#[test]
+fn a_shutdown_that_swallows_its_cancellation_holds_the_stop_one_second_only() {
+    let dir = tempdir();
+    let (app, events_file) = asgi_app(
+        dir.path(),
+        r#"    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            event("shutdown")
+            while True:
+                try:
+                    await asyncio.sleep(100)
+                except asyncio.CancelledError:
+                    event("cancel swallowed")
+"#,
+    );
+    let mut p = Spawn::unix(dir.path(), &app)
+        .args(["--lifespan-timeout", "1", "--graceful-timeout", "30"])
+        .start();
+    assert_eq!(p.get("/").0, 200);
+    let asked = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(40).expect("postern stopped");
+    let took = asked.elapsed();
+    let logs = p.logs();
+    assert!(took < Duration::from_secs(10), "{took:?}\n{logs}");
+    assert!(status.success(), "{status}\n{logs}");
+    assert!(
+        logs.contains("it did not end within 1s either (it catches the cancellation?): the stop goes on without it"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("tasks the app left running did not end within"),
+        "{logs}"
+    );
+    assert!(!logs.contains("Task was destroyed"), "{logs}");
+    assert!(events(&events_file).contains(&"cancel swallowed".to_owned()));
+}

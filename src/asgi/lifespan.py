@@ -161,6 +161,8 @@ class Lifespan:
         else:
             result = self.stopped.result() if self.stopped.done() else ("returned", None)
         self.cancel()
+        if result[0] == "timeout" and not self.task.done():
+            result = ("timeout-left", None)
         return result
 
     def cancel(self):
@@ -171,3 +173,11 @@ class Lifespan:
                 run(self.loop, asyncio.wait([self.task], timeout=1.0))
             except RuntimeError:
                 pass  # the loop is running or closed: the task goes with it
+            if not self.task.done():
+                # It caught its cancellation and goes on: the stop goes on without it,
+                # not waited for again among the tasks the app left running (stop.py's
+                # LIFESPAN_LEFT: the same name), nor reported destroyed while pending.
+                # regression (probe 381): it held the stop for the rest of
+                # --graceful-timeout.
+                self.task.set_name("postern: lifespan task left running")
+                self.task._log_destroy_pending = False

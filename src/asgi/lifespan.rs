@@ -329,6 +329,10 @@ impl Lifespan {
                 "the app's lifespan shutdown did not finish within --lifespan-timeout {}s; cancelled",
                 timeout.as_secs_f64()
             ),
+            "timeout-left" => tracing::warn!(
+                "the app's lifespan shutdown did not finish within --lifespan-timeout {}s; cancelled, it did not end within 1s either (it catches the cancellation?): the stop goes on without it",
+                timeout.as_secs_f64()
+            ),
             _ => tracing::warn!(
                 "the app's lifespan call ended without sending lifespan.shutdown.complete"
             ),

@@ -9,6 +9,8 @@ from _postern_lifespan import run
 
 # The names of postern's own tasks start with this.
 OWN = "postern: "
+# The name lifespan.py gives a lifespan task that did not end when cancelled.
+LIFESPAN_LEFT = OWN + "lifespan task left running"
 
 
 def _task_name(task):
@@ -161,6 +163,9 @@ def finish(loop, executor, timeout, aside):
     every = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for t in every:
         t.cancel()
+    # A lifespan task that outlived its own cancellation (lifespan.py) had its second:
+    # cancelled again, not waited for.
+    every = [t for t in every if t.get_name() != LIFESPAN_LEFT]
     # postern's own (the cut-off's stop) are not the app's to count, nor a request's
     # task that outlived its cut-off (named then, by cut_off).
     tasks = [t for t in every if not t.get_name().startswith(OWN) and not _is_request(t)]
