@@ -778,7 +778,9 @@ pub async fn serve(
                     fcgi::BegunAgain::Ended if parser.close_after_replies() => "it was still sending its PARAMS: ended (END_REQUEST), and with it the connection (it had no FCGI_KEEP_CONN): closing",
                     fcgi::BegunAgain::Ended => "it was still sending its PARAMS: ended (END_REQUEST); the connection and its other requests go on",
                     fcgi::BegunAgain::Aborted => "its body was still coming: aborted as at FCGI_ABORT_REQUEST (its app's body read fails, END_REQUEST once it returns); the connection and its other requests go on",
-                    fcgi::BegunAgain::Ignored => "it had come whole: it is answered; the connection and its other requests go on",
+                    // regression (probe 380 NIT): it read as if the new request would
+                    // be answered; it never is (its id is the old one's until its end).
+                    fcgi::BegunAgain::Ignored => "it had come whole: it is answered, and the new request on its id is ignored with its records (never answered); the connection and its other requests go on",
                     // Read no further: the requests that came whole are answered (the
                     // aborted one's END_REQUEST too), then the connection closes.
                     fcgi::BegunAgain::AfterAbort => {
