@@ -971,3 +971,47 @@ fn a_shutdown_that_swallows_its_cancellation_holds_the_stop_one_second_only() {
     assert!(!logs.contains("Task was destroyed"), "{logs}");
     assert!(events(&events_file).contains(&"cancel swallowed".to_owned()));
 }
+
+// regression (review 384): the same with an `@asynccontextmanager` lifespan (Starlette's
+// and FastAPI's shape): closing its async generator at the stop failed ("already
+// running", the task left behind holds it) and logged an ERROR line besides the WARN.
+#[test]
+fn a_stubborn_context_manager_lifespan_left_behind_logs_no_error() {
+    let dir = tempdir();
+    let app = app_file(
+        dir.path(),
+        "cm_app.py",
+        r#"import asyncio, contextlib
+
+@contextlib.asynccontextmanager
+async def lifespan():
+    yield
+    while True:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            pass
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        async with lifespan():
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"#,
+    );
+    let mut p = Spawn::unix(dir.path(), &format!("{app}:app"))
+        .args(["--lifespan-timeout", "1"])
+        .start();
+    assert_eq!(p.get("/").0, 200);
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(20).expect("postern stopped");
+    let logs = p.logs();
+    assert!(status.success(), "{status}\n{logs}");
+    assert!(logs.contains("the stop goes on without it"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+}

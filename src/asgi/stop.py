@@ -189,12 +189,31 @@ def finish(loop, executor, timeout, aside):
                     "task": t,
                 })
     late = []
+    # A lifespan left running (lifespan.py) may be suspended inside an async generator
+    # (Starlette's and FastAPI's `@asynccontextmanager` lifespans): closing it fails
+    # with "already running", which its WARN said already. Not an error line more.
+    # regression (review 384): each such stop (each old worker at a reload) logged one.
+    stubborn = [t for t in asyncio.all_tasks(loop) if t.get_name() == LIFESPAN_LEFT and not t.done()]
+    handler = loop.get_exception_handler()
+    if stubborn:
+        def quiet(lp, context):
+            e = context.get("exception")
+            if "asyncgen" in context and isinstance(e, RuntimeError) and "already running" in str(e):
+                return
+            if handler is None:
+                lp.default_exception_handler(context)
+            else:
+                handler(lp, context)
+        loop.set_exception_handler(quiet)
     try:
         _through(loop, asyncio.wait_for(loop.shutdown_asyncgens(), aside), ())
     except asyncio.TimeoutError:
         late.append("loop.shutdown_asyncgens()")
     except BaseException as e:
         _report(loop, e, "closing the async generators failed")
+    finally:
+        if stubborn:
+            loop.set_exception_handler(handler)
     # Not loop.shutdown_default_executor(): before Python 3.12 it joins its thread
     # without a timeout, even when cancelled, so a job stuck in a blocking call would
     # hold the worker for good. The same shutdown, waited for `aside` at most.
