@@ -804,11 +804,12 @@ fn target_path(uri: &[u8]) -> &[u8] {
 }
 
 /// The path of a request target as nginx makes `$uri` of it: the query (and a raw
-/// `#` with what follows) dropped, an absolute-form target (`http://host/p`) reduced to its path, `%XX` decoded, `//`
-/// merged, `.` and `..` segments resolved (a `..` at the root stays there; nginx and
-/// Apache refuse such a request before it comes). A path the front server did not
-/// normalise itself (REQUEST_URI, as sent) so reads as its own checks read it.
-/// Borrows `uri` when there is nothing to change (the usual path).
+/// `#` with what follows) dropped, an absolute-form target (`http://host/p`) reduced
+/// to its path, `%XX` decoded, `//` merged, `.` and `..` segments resolved (a `..` at
+/// the root stays there; nginx and Apache refuse such a request before it comes). A
+/// path the front server did not normalise itself (REQUEST_URI, as sent) so reads as
+/// its own checks read it. Borrows `uri` when there is nothing to change (the usual
+/// path).
 #[inline(never)]
 pub fn request_path(uri: &[u8]) -> Cow<'_, [u8]> {
     match percent_decode_cow(target_path(uri)) {

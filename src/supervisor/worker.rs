@@ -625,9 +625,9 @@ impl WorkerMonitor {
             (current, now.saturating_sub(w.start.load(Ordering::Relaxed)))
         };
         // In the worker's first window since ready, the floor shrinks as requests
-        // come: a few quick ones project to twice their count squared at most (3
-        // requests in a millisecond: 18), while 20 requests in 10 ms already count
-        // over 10 ms, whatever the lead. In a later window (one that opened at the
+        // come, down to a fifth of a lead (below): a few quick ones project to twice
+        // their count squared at most (3 requests in a millisecond: 18), a burst to
+        // five times its count at most. In a later window (one that opened at the
         // first request after an idle spell) it is half a lead: a burst projects to
         // twice its count.
         // regression: half a lead whatever the count: a worker younger than that was
