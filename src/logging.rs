@@ -2011,6 +2011,26 @@ pub enum Ending {
     /// postern closed the connection: the front server sent bytes that are not the
     /// protocol on it while the request's body still came (FastCGI).
     BadInput,
+    /// The request ran past `--timeout`: postern answered `504 Gateway Timeout` for it
+    /// (FastCGI) and killed its worker.
+    TimedOut,
+    /// The request ran past `--timeout` and its worker was killed, its response cut off.
+    TimedOutCut,
+    /// The request ran past `--timeout` and its worker was killed before its response
+    /// started: the status is the front server's answer, 502.
+    TimedOutUnanswered,
+}
+
+impl Ending {
+    /// The same ending for a request that ran past `--timeout`: a whole response is
+    /// postern's 504, one cut off is cut for the timeout.
+    pub fn past_timeout(self) -> Ending {
+        match self {
+            Ending::Complete => Ending::TimedOut,
+            Ending::Incomplete => Ending::TimedOutCut,
+            other => other,
+        }
+    }
 }
 
 /// One finished request, for its access line.
@@ -2150,6 +2170,9 @@ fn format_access<'a>(
         Ending::BodyStalled => ("WARN", "closed by postern: the request body stalled past --read-timeout"),
         Ending::BodyTooSlow => ("WARN", "closed by postern: the request body came too slowly (--max-connections reached, a connection waiting)"),
         Ending::BadInput => ("WARN", "closed by postern: bad input from the front server on the connection while the request body came"),
+        Ending::TimedOut => ("WARN", "answered 504 by postern: the request ran past --timeout (its worker is replaced)"),
+        Ending::TimedOutCut => ("WARN", "cut off by postern: the request ran past --timeout and its worker was killed; its response is incomplete"),
+        Ending::TimedOutUnanswered => ("WARN", "cut off by postern: the request ran past --timeout and its worker was killed before its response started (status 502: the front server's answer)"),
     };
     match format {
         // The default format is built by hand (no `fmt` machinery, the date part of

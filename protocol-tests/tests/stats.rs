@@ -452,8 +452,11 @@ fn timeouts_and_slow_requests_are_counted() {
     assert_eq!(sample(&m, "postern_request_timeouts_total"), 1.0, "{m}");
     // Both requests passed --slow-log 0.5.
     assert_eq!(sample(&m, "postern_slow_requests_total"), 2.0, "{m}");
-    // Only the answered one is a counted request.
-    assert_eq!(family_sum(&m, "postern_requests_total"), 1.0, "{m}");
+    // The killed one is counted too, as its front server saw it (502: no response).
+    // regression (probe 379): only the answered one was counted.
+    assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 1.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("2xx")), 1.0, "{m}");
     assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
     let m = metrics(&stats_addr);
     assert_eq!(
@@ -461,6 +464,89 @@ fn timeouts_and_slow_requests_are_counted() {
         1.0,
         "{m}"
     );
+}
+
+// Every request a --timeout kill cuts off has its access line and is counted, as its
+// front server saw it: those past the limit (two that hang together pass it together)
+// as timeouts, one that had not as a plain cut.
+// regression (probe 379): none had an access line, postern_requests_total left them
+// out, and postern_request_timeouts_total counted the kill, not the requests.
+#[test]
+fn requests_a_timeout_kill_cuts_off_are_logged_and_counted() {
+    let dir = tempdir();
+    let stats_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args([
+            "--threads",
+            "3",
+            "--timeout",
+            "1",
+            "--stats",
+            &stats_addr.arg(),
+        ])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
+    let send = |id: &'static str| {
+        let addr = p.addr.clone();
+        std::thread::spawn(move || {
+            raw(
+                &addr,
+                &uwsgi_packet(&[
+                    ("REQUEST_METHOD", "GET"),
+                    ("PATH_INFO", "/sleep"),
+                    ("QUERY_STRING", "s=30"),
+                    ("HTTP_X_REQUEST_ID", id),
+                ]),
+            )
+        })
+    };
+    let a = send("past-a");
+    let b = send("past-b");
+    // Killed 1.5 s after the first began: this one has run about 0.8 s by then.
+    std::thread::sleep(Duration::from_millis(700));
+    let c = send("young-c");
+    for h in [a, b, c] {
+        assert!(parse_http(&h.join().unwrap()).is_none());
+    }
+    let exits = r#"postern_worker_exits_total{cause="timeout"}"#;
+    let m = wait_metrics(&stats_addr, 20, |m| {
+        sample(m, exits) == 1.0 && family_sum(m, "postern_requests_total") >= 3.0
+    });
+    assert_eq!(sample(&m, exits), 1.0, "{m}");
+    assert_eq!(sample(&m, "postern_request_timeouts_total"), 2.0, "{m}");
+    assert_eq!(family_sum(&m, "postern_requests_total"), 3.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 3.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_responses_cut_total{reason="aborted"}"#),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "postern_request_duration_seconds_count"),
+        3.0,
+        "{m}"
+    );
+    let logs = p.logs();
+    let access = |id: &str| {
+        logs.lines()
+            .find(|l| l.contains("postern::access") && l.contains(&format!("request_id={id} ")))
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{logs}"))
+            .to_owned()
+    };
+    for id in ["past-a", "past-b"] {
+        let line = access(id);
+        assert!(
+            line.contains("WARN postern::access: cut off by postern: the request ran past --timeout and its worker was killed before its response started"),
+            "{line}"
+        );
+        assert!(line.contains(" path=/sleep status=502 "), "{line}");
+    }
+    let line = access("young-c");
+    assert!(
+        line.contains("WARN postern::access: response incomplete; connection aborted"),
+        "{line}"
+    );
+    assert!(line.contains(" status=502 "), "{line}");
 }
 
 /// The status of `/ping` at the TCP stats address `addr`; 0 when nothing answers

@@ -99,6 +99,14 @@ fn answered_once_at_the_limit(s: &Stack) {
         logs.contains("answered 504 Gateway Timeout now"),
         "the 504 is said:\n{logs}"
     );
+    // Its access line says what the front server got (the worker's threads, or its
+    // loop, never end it). regression (probe 379): a WSGI one had none.
+    assert!(
+        logs.lines().any(|l| l.contains(
+            "WARN postern::access: answered 504 by postern: the request ran past --timeout"
+        ) && l.contains("status=504")),
+        "the 504's access line:\n{logs}"
+    );
     let errors = s.upstream_errors();
     assert!(
         errors.is_empty(),

@@ -888,6 +888,8 @@ pub struct Exchange {
     /// response), and whether it left its line at its complete response.
     begun: Instant,
     left_line: bool,
+    /// The stop cut its task off at its own `--timeout` (its access line says so).
+    timed_out: bool,
     /// Postern cancelled the task at `--graceful-timeout` (not the app's failure).
     cut_at_stop: bool,
     /// Its task outlived the cut-off's grace and was named and ended without it
@@ -1583,6 +1585,7 @@ impl Exchange {
             released: false,
             begun: now,
             left_line: false,
+            timed_out: false,
             cut_at_stop: false,
             abandoned: false,
             body: BodyState::Waiting(body),
@@ -2299,7 +2302,10 @@ impl Exchange {
     }
 
     fn finish_log(&mut self, end: End, sent: Sent) {
-        let (status, ending) = end.for_log();
+        let (status, mut ending) = end.for_log();
+        if self.timed_out || sent.late {
+            ending = ending.past_timeout();
+        }
         {
             let _e = self.span.enter();
             if !self.span.is_disabled() {
@@ -2343,6 +2349,9 @@ impl Exchange {
                 .filter(|&t| killed && !served && me.begun.elapsed() >= t);
             (me.ctx.stop.cut_says().to_owned(), past)
         };
+        if past.is_some() {
+            slf.borrow_mut().timed_out = true;
+        }
         let who = match past {
             Some(t) => format!(
                 "cut off at its own --timeout ({}s): postern cancelled this request's task",

@@ -176,7 +176,7 @@ mod tests {
 
     impl Monitor for Lines {
         fn begin(&self, _: usize, _: &Head, _: &RequestId, _: Protocol) {}
-        fn end(&self, _: usize, _: Option<&Served>) {}
+        fn end(&self, _: usize, _: Option<&Served>, _: bool) {}
         fn tasks(&self, _: usize) -> usize {
             self.0.lock().unwrap().resize(2, None);
             2

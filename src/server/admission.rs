@@ -1042,7 +1042,7 @@ mod tests {
             _: crate::codec::Protocol,
         ) {
         }
-        fn end(&self, _: usize, _: Option<&crate::wsgi::Served>) {}
+        fn end(&self, _: usize, _: Option<&crate::wsgi::Served>, _: bool) {}
         fn requests_left(&self) -> Option<u64> {
             (!self.held.load(Ordering::Acquire)).then(|| self.left.load(Ordering::Acquire) as u64)
         }

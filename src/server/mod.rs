@@ -696,10 +696,21 @@ pub fn run(
             };
             // Condemned for --timeout, the master named a WSGI worker's requests (and
             // what waited) as it stopped it; an ASGI worker's loop names its own.
+            // Named or not, each gets its access line and is counted here.
             let named = master_now == Some(crate::stop::StopNow::Timeout) && loop_stop.is_none();
-            if !named {
-                crate::wsgi::inflight::cut_off(&format!("{by} ({leaving})"));
-            }
+            let why = format!("{by} ({leaving})");
+            let overdue = match master_now {
+                Some(crate::stop::StopNow::Timeout) => {
+                    monitor.as_ref().and_then(|m| m.overdue()).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            let overdue: Vec<String> = overdue.into_iter().map(|(id, _)| id).collect();
+            crate::wsgi::inflight::cut_off(&crate::wsgi::inflight::Cut {
+                why: (!named).then_some(why.as_str()),
+                overdue: &overdue,
+                monitor: monitor.as_deref(),
+            });
             // Published now: what a worker took from the listen queue in its last
             // moments (at --graceful-timeout, when it stops sharing the queue) would
             // wait for the next 50 ms look, after the exit. regression (review 320):
@@ -737,7 +748,6 @@ pub fn run(
                 m.waiting_named(&first);
                 m.waiting(queue.unstarted());
             }
-            let why = format!("{by} ({leaving})");
             let told = taken.len();
             let unnamed =
                 crate::wsgi::inflight::never_started(taken, (!named).then_some(why.as_str()), 0);
@@ -786,7 +796,15 @@ pub fn run(
             "when this worker left (a reload, SIGTTOU, recycling)"
         };
         // regression (probe 329): a worker serving uwsgi alone named FastCGI too.
-        let what = if parking.cut_responding() > 0 {
+        // regression (probe 381): an event loop blocked with no request in flight (a
+        // heartbeat kill) said requests still ran.
+        let blocked = cut_why
+            .as_ref()
+            .and_then(|(.., stop)| stop.as_ref())
+            .is_some_and(|s| !s.cut_taken_yet());
+        let what = if blocked {
+            "the event loop still blocked (it never took the stop: what it runs is named by the master)"
+        } else if parking.cut_responding() > 0 {
             "requests still running, or cut FastCGI responses still unmarked"
         } else {
             "requests still running"

@@ -137,7 +137,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "requests",
-            "Requests answered by the Python threads, by protocol and status class (none: ended before a status was chosen).",
+            "Requests the Python threads (or an ASGI event loop) ran, by protocol and status class (none: ended before a status was chosen); one cut off by a stop or a --timeout kill counts as its front server saw it (502 when no response had started).",
             None,
             by_protocol_and_class(&t.requests, &STATUS_CLASSES),
         )?;

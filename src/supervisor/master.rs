@@ -315,7 +315,8 @@ impl Worker {
         pending: &mut VecDeque<Cause>,
     ) -> Instant {
         signal(self.pid, Signal::USR2);
-        board.count_timeout();
+        // The others past the limit by the kill are counted then (`kill_or_spare`).
+        board.count_timeout(1);
         if self.phase.active() {
             pending.push_back(Cause::Timeout);
         }
@@ -363,6 +364,25 @@ impl Worker {
             return;
         }
         if still_running {
+            // Each other request past the limit by now is a timeout too (requests that
+            // hang together pass it together), not only the one the kill is for.
+            // regression (probe 379): two requests past --timeout counted one.
+            if let (Some(Condemned::Request(t, since)), Some(limit)) =
+                (self.condemned_for, self.opts.timeout)
+            {
+                let now = super::scoreboard::now_ns();
+                let others = (0..board.threads)
+                    .filter(|&i| {
+                        let s = board.line(self.slot, i).since.load(Ordering::Acquire);
+                        s != 0
+                            && (i, s) != (t, since)
+                            && Duration::from_nanos(now.saturating_sub(s)) > limit
+                    })
+                    .count();
+                if others > 0 {
+                    board.count_timeout(others as u64);
+                }
+            }
             // An ASGI worker asked to stop at once names its own through its loop's
             // cut-off (all of them, not only the 16 its lines show); what its lines
             // still show when it exits or is killed is named then (a blocked loop).

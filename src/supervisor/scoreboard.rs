@@ -835,8 +835,9 @@ impl Scoreboard {
             .store(generation, Ordering::Relaxed);
     }
 
-    pub fn count_timeout(&self) {
-        bump(&self.global().timeouts, 1);
+    /// `n` requests passed `--timeout` (master only).
+    pub fn count_timeout(&self, n: u64) {
+        bump(&self.global().timeouts, n);
     }
 
     pub fn count_slow(&self) {

@@ -867,11 +867,13 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.taken_from_waiting();
     }
 
-    fn end(&self, thread: usize, served: Option<&crate::wsgi::Served>) {
+    fn end(&self, thread: usize, served: Option<&crate::wsgi::Served>, counted: bool) {
         if thread < self.board.threads {
             let line = self.board.line(self.slot, thread);
             if self.metrics {
-                line.count(served);
+                if !counted {
+                    line.count(served);
+                }
                 self.board.leave(self.slot);
                 self.board.publish_log_drops(
                     self.slot,
@@ -882,6 +884,14 @@ impl crate::wsgi::Monitor for WorkerMonitor {
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }
         self.served_one();
+    }
+
+    fn cut(&self, thread: usize, protocol: crate::codec::Protocol, served: &crate::wsgi::Served) {
+        if self.metrics && thread < self.board.threads {
+            self.board
+                .line(self.slot, thread)
+                .count_for(protocol, Some(served));
+        }
     }
 
     fn tasks(&self, max_concurrency: usize) -> usize {

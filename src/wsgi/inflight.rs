@@ -12,7 +12,7 @@
 //! stores two numbers.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,6 +49,9 @@ pub(super) struct Slot {
     status: AtomicU32,
     /// The body bytes written so far.
     body: AtomicU64,
+    /// Its thread's index in the pool (its scoreboard line), for the metrics of a
+    /// request a stop cuts off.
+    thread: AtomicUsize,
 }
 
 // SAFETY: `running` is reached only as `state` says (see its field), which hands it
@@ -75,12 +78,18 @@ impl Slot {
             running: UnsafeCell::new(None),
             status: AtomicU32::new(0),
             body: AtomicU64::new(0),
+            thread: AtomicUsize::new(0),
         });
         SLOTS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::clone(&slot));
         slot
+    }
+
+    /// The slot belongs to the pool's thread `i` (set once, as the thread starts).
+    pub(super) fn set_thread(&self, i: usize) {
+        self.thread.store(i, Ordering::Relaxed);
     }
 
     /// The app is about to run `head`'s request: the head moves into the slot until
@@ -149,10 +158,42 @@ impl Slot {
     }
 }
 
-/// Names each request a Python thread still runs as the worker exits, in its span, with
-/// `why` (what cut it off) and how far its response got, and writes its access line
-/// marked incomplete. Returns how many were named.
-pub fn cut_off(why: &str) -> usize {
+/// The ids of the requests answered `504 Gateway Timeout` at `--timeout` while their
+/// app still ran (FastCGI: the server layer's late answer, just before the kill), for
+/// their access lines; the last few only.
+static ANSWERED_LATE: Mutex<Vec<RequestId>> = Mutex::new(Vec::new());
+const ANSWERED_LATE_KEPT: usize = 64;
+
+/// The request `id` was answered 504 for `--timeout` while its app still runs: if the
+/// kill cuts it off, its access line says so.
+pub fn answered_late(id: RequestId) {
+    let mut late = ANSWERED_LATE.lock().unwrap_or_else(|e| e.into_inner());
+    if late.len() == ANSWERED_LATE_KEPT {
+        late.remove(0);
+    }
+    late.push(id);
+}
+
+/// How a stop cuts off the requests the Python threads still run ([`cut_off`]).
+pub struct Cut<'a> {
+    /// What cut them off, for the WARN naming each; `None` at a `--timeout` kill,
+    /// where the master named them already.
+    pub why: Option<&'a str>,
+    /// At a `--timeout` kill, the ids of the requests past the limit (the master's).
+    pub overdue: &'a [String],
+    /// Counts each in the request metrics, as its thread would have.
+    pub monitor: Option<&'a dyn super::Monitor>,
+}
+
+/// Ends each request a Python thread still runs as the worker exits: names it (unless
+/// the master did) with `cut.why` and how far its response got, writes its access line
+/// and counts it in the request metrics, as its thread never will: status 502 when its
+/// response had not started (what the front server answers for a connection closed
+/// without one), 504 when postern answered that for `--timeout` (FastCGI). Returns how
+/// many there were.
+// regression (probe 379): requests killed by --timeout had no access line, and
+// postern_requests_total left them out (requests cut at --graceful-timeout too).
+pub fn cut_off(cut: &Cut<'_>) -> usize {
     let slots: Vec<Arc<Slot>> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut named = 0;
     for s in slots {
@@ -183,17 +224,17 @@ pub fn cut_off(why: &str) -> usize {
                 .unwrap_or(b"-"),
         );
         let remote = Untrusted(h.get(b"REMOTE_ADDR").unwrap_or(b"-"));
-        if status == 0 {
-            tracing::warn!(
+        match cut.why {
+            None => {}
+            Some(why) if status == 0 => tracing::warn!(
                 request_id,
                 method = %method,
                 path = %path,
                 remote = %remote,
                 ran_ms,
                 "request cut off {why}: the app still ran it, and its response had not started (its front server gets an error)"
-            );
-        } else {
-            tracing::warn!(
+            ),
+            Some(why) => tracing::warn!(
                 request_id,
                 method = %method,
                 path = %path,
@@ -202,19 +243,52 @@ pub fn cut_off(why: &str) -> usize {
                 response_status = status,
                 body_bytes = body,
                 "request cut off {why}: the app still ran it; its head and {body} body bytes were sent, the rest never will be (the response is incomplete)"
-            );
+            ),
         }
-        // Before any head went out the front server answers 502 for it.
-        let status = if status == 0 { 502 } else { status };
+        use crate::logging::Ending;
+        let id = r.id.as_str();
+        let late = ANSWERED_LATE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.as_str() == id);
+        let past = cut.overdue.iter().any(|o| o.as_str() == id);
+        let (status, ending, end) = if late {
+            (504, Ending::TimedOut, super::End::Complete(504))
+        } else {
+            let ending = match (past, status) {
+                (true, 0) => Ending::TimedOutUnanswered,
+                (true, _) => Ending::TimedOutCut,
+                (false, _) => Ending::Incomplete,
+            };
+            // Before any head went out the front server answers 502 for it.
+            let status = if status == 0 { 502 } else { status };
+            (status, ending, super::End::Incomplete(status))
+        };
         crate::logging::access(&crate::logging::Access {
             head: &r.head,
             id: &r.id,
             protocol: r.protocol,
             status,
-            ending: crate::logging::Ending::Incomplete,
+            ending,
             bytes: body,
             started: r.started,
         });
+        if let Some(m) = cut.monitor {
+            let served = super::Served {
+                end,
+                sent: super::Sent {
+                    bytes: body,
+                    started: r.started,
+                    late,
+                    cut: true,
+                    closed_by: None,
+                },
+                app_error: None,
+            };
+            // Its thread reaches its line again only once this is NAMED.
+            m.cut(s.thread.load(Ordering::Relaxed), r.protocol, &served);
+        }
         s.state.store(NAMED, Ordering::Release);
     }
     named
@@ -256,13 +330,18 @@ pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>, before: usize
             _ => unnamed += 1,
         }
         // A late 504 (FastCGI, `--timeout`) took its answer first: said as sent.
-        let status = if sent.late { 504 } else { 502 };
+        // regression: its access line said `response incomplete` for a whole 504.
+        let (status, ending) = if sent.late {
+            (504, crate::logging::Ending::TimedOut)
+        } else {
+            (502, crate::logging::Ending::Incomplete)
+        };
         crate::logging::access(&crate::logging::Access {
             head: &r.head,
             id: &r.request_id,
             protocol: r.listener.protocol,
             status,
-            ending: crate::logging::Ending::Incomplete,
+            ending,
             bytes: sent.bytes,
             started: sent.started,
         });

@@ -511,8 +511,13 @@ pub trait Monitor: Send + Sync {
         protocol: crate::codec::Protocol,
     );
     /// Python thread `thread` has finished its request; `None` when serving it
-    /// panicked (the connection was aborted).
-    fn end(&self, thread: usize, served: Option<&Served>);
+    /// panicked (the connection was aborted). `counted`: a stop cut it off meanwhile
+    /// and counted it ([`Monitor::cut`]).
+    fn end(&self, thread: usize, served: Option<&Served>, counted: bool);
+    /// A stop cut off the request Python thread `thread` runs (the worker exits
+    /// without it), ended as `served` says: counted as its `end` would have, from the
+    /// I/O thread, while its thread cannot reach its line (`inflight::cut_off`).
+    fn cut(&self, _thread: usize, _protocol: crate::codec::Protocol, _served: &Served) {}
     /// The process stopped accepting: it only finishes what is in flight now.
     fn stopping(&self) {}
     /// During the stop: `n` requests were accepted whole and wait for a Python thread

@@ -32,17 +32,21 @@ impl Pool {
                 .spawn(move || {
                     Python::attach(|py| {
                         let keys = Keys::new(py, &settings);
+                        keys.inflight.set_thread(i);
                         // The request this thread just finished, for the monitor: its
                         // `end` runs in the same GIL release as the wait for the next
                         // request (one release per request, not two).
-                        let mut done: Option<Option<Served>> = None;
-                        let next = |done: &mut Option<Option<Served>>| {
+                        // With whether a stop counted it already (`Monitor::cut`).
+                        let mut done: Option<(Option<Served>, bool)> = None;
+                        let next = |done: &mut Option<(Option<Served>, bool)>| {
                             crate::forked::guard();
                             // The access line of the request just served (see
                             // `logging::access_later`).
                             crate::logging::write_deferred();
-                            if let (Some(m), Some(served)) = (&settings.monitor, done.take()) {
-                                m.end(i, served.as_ref());
+                            if let (Some(m), Some((served, counted))) =
+                                (&settings.monitor, done.take())
+                            {
+                                m.end(i, served.as_ref(), counted);
                             }
                             source.next()
                         };
@@ -58,7 +62,10 @@ impl Pool {
                             // Whatever this thread served is over (a panic may have
                             // left its sink to be dropped elsewhere).
                             crate::server::fastcgi::crash::clear();
-                            done = Some(r.as_ref().ok().copied());
+                            done = Some(match &r {
+                                Ok((served, named)) => (Some(*served), *named),
+                                Err(_) => (None, false),
+                            });
                             if r.is_err() {
                                 // Its request's `end` never ran: not its next one's.
                                 keys.inflight.abandon();

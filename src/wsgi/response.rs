@@ -823,21 +823,25 @@ enum Failure {
 const CLIENT_GONE_UNRUN: u16 = 0;
 
 /// Runs one request on this (attached) pool thread, start to finish, inside its span,
-/// and writes its access line; returns how it ended and what was sent.
+/// and writes its access line; returns how it ended and what was sent, and whether a
+/// stop cut it off meanwhile (named, its access line written and counted).
 pub fn handle(
     py: Python<'_>,
     keys: &Keys,
     app: &Py<PyAny>,
     settings: &Settings,
     mut req: Request,
-) -> Served {
+) -> (Served, bool) {
     let span = std::mem::replace(&mut req.span, crate::logging::RequestSpan::none());
     let _entered = span.enter();
     let mut served = respond(py, keys, app, settings, &mut req, span.peer());
     served.end = served.end.as_answered(&served.sent);
     // A stop that cut this request off named it and wrote its access line already.
     let named = keys.inflight.end(&mut req.head);
-    let (status, ending) = served.end.for_log();
+    let (status, mut ending) = served.end.for_log();
+    if served.sent.late {
+        ending = ending.past_timeout();
+    }
     if !span.is_disabled() {
         crate::logging::record_end(status, served.sent.started);
     }
@@ -853,7 +857,7 @@ pub fn handle(
             started: served.sent.started,
         });
     }
-    served
+    (served, named)
 }
 
 /// A request refused for malformed variables: true when its WARN line is logged (the

@@ -2208,7 +2208,10 @@ impl Parking {
             answered += 1;
             let (rid, ran) = (f.request_id, f.since.elapsed());
             let sent = conn.answer_late(f.id, f.keep_conn, &f.flags);
-            if !sent {
+            if sent {
+                // For its access line, should the kill cut its app off (WSGI).
+                crate::wsgi::inflight::answered_late(rid);
+            } else {
                 f.flags.late_answer_lost();
             }
             tracing::warn!(
