@@ -438,6 +438,46 @@ fn migrate_reads_a_gunicorn_config_without_running_it() {
     assert!(toml.contains("uwsgi = [\"127.0.0.1:8000\"]"), "{toml}");
 }
 
+// regression (probe 385): `capture_output = True` was "not carried over" with a note
+// saying the logging module's output went to postern's log: it goes to stderr, and the
+// app's log lines left the errorlog file their operator watched without a word.
+#[test]
+fn migrate_lists_capture_output_as_needing_attention() {
+    let dir = tempdir();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        "capture_output = True\nerrorlog = \"/var/log/app/error.log\"\n",
+    )
+    .unwrap();
+    let (code, toml) = migrate(&conf);
+    assert_eq!(code, Some(3), "{toml}");
+    let attention = toml
+        .split("# NEEDS ATTENTION:")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").next())
+        .unwrap_or_else(|| panic!("{toml}"));
+    assert!(
+        attention.contains("# line 1: capture_output = True"),
+        "{toml}"
+    );
+    assert!(attention.contains("go to postern's stderr"), "{toml}");
+    assert!(
+        toml.contains("log-file = \"/var/log/app/error.log\""),
+        "{toml}"
+    );
+    // On a command line it is said, and the rest runs.
+    let out = postern()
+        .args(["--capture-output", "app.py", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("postern has no such option; postern does not capture"),
+        "{err}"
+    );
+}
+
 // regression: `workers = ++4` (an expression: ast.literal_eval refuses it) was read as
 // the literal 4 and carried over without a word. It now needs attention as any other
 // value migrate would have to run the file for, with its line and the same advice.

@@ -1589,6 +1589,14 @@ fn a_killed_master_s_workers_do_not_blame_something_outside_postern() {
         p.logs()
     );
     assert!(!p.logs().contains("outside postern"), "{}", p.logs());
+    // Said at WARN, where operators look. regression (probe 385): INFO lines only.
+    assert!(
+        p.logs()
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("the master is gone")),
+        "{}",
+        p.logs()
+    );
 }
 
 // regression: SIGTERM then SIGINT with 4 requests running and 8 more accepted (drained

@@ -1514,6 +1514,9 @@ fn the_stats_helper_outlives_a_sigterm_of_its_own() {
         .find(|c| !workers.contains(c))
         .expect("the stats helper is a child of the master");
     kill(helper, libc::SIGTERM);
+    // A SIGHUP to the whole group (a closed terminal) is the master's reload.
+    // regression (probe 385): it killed the helper, restarted with a WARN.
+    kill(helper, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!gone(helper as i32), "{}", p.logs());
     assert!(

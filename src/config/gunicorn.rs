@@ -159,6 +159,10 @@ enum Says {
     NotNeeded(String),
     /// postern has no such thing: why, and what instead.
     Nothing(String),
+    /// postern has no such thing, and without it the app behaves otherwise in a way
+    /// its operator must act on (`migrate` lists it under NEEDS ATTENTION; a command
+    /// line still runs).
+    Differs(String),
     /// postern cannot run what was asked: a command without it would do something else.
     Cannot(String),
 }
@@ -279,8 +283,10 @@ fn says(setting: &str, value: &str, line: &Line) -> Says {
             };
             Says::Postern(words(&["--log-level", &level]), note)
         }
-        "capture_output" => Says::Nothing(
-            "wsgi.errors and the logging module's output go to postern's log; the app's own print() goes to postern's stderr".into(),
+        // regression (probe 385): it said the logging module's output went to
+        // postern's log, and migrate listed nothing to look at.
+        "capture_output" => Says::Differs(
+            "postern does not capture the app's stdout and stderr: print() and the logging module's console output (logging.basicConfig(), Django's console handler, logging's last-resort handler) go to postern's stderr (the terminal, journald), not to --log-file; only what the app writes to environ['wsgi.errors'] goes to postern's log. Send stderr to the file yourself (systemd: StandardError=append:/var/log/app/error.log) or give the app's logging a FileHandler".into(),
         ),
         "logger_class" | "logconfig" | "logconfig_json" | "logconfig_dict" | "syslog_addr"
         | "syslog" | "syslog_prefix" | "syslog_facility" | "disable_redirect_access_to_syslog" => {
@@ -580,7 +586,7 @@ pub fn read(args: &[String], ours: impl Fn(&str) -> bool) -> Option<Reading> {
                 );
                 Vec::new()
             }
-            Some(Says::Nothing(why)) => {
+            Some(Says::Nothing(why) | Says::Differs(why)) => {
                 let _ = writeln!(
                     said,
                     "`{}` is {whose}: postern has no such option; {why}",
@@ -1228,7 +1234,7 @@ pub fn config_key_hint(name: &str, value: &str) -> Option<String> {
             )
         }
         Says::NotNeeded(_) => format!("gunicorn's {name}: postern does not need it"),
-        Says::Nothing(_) | Says::Cannot(_) => {
+        Says::Nothing(_) | Says::Differs(_) | Says::Cannot(_) => {
             format!("gunicorn's {name}: postern has none, see docs/migration.md 'From gunicorn'")
         }
     })
@@ -1717,6 +1723,9 @@ fn translate(path: &Path, text: &str) -> Result<Migrated, String> {
                     outcome = Some(Done::NotCarried(format!("no equivalent: {why}")))
                 }
                 Says::Cannot(why) => outcome = Some(Done::Attention(why)),
+                Says::Differs(why) => {
+                    outcome = Some(Done::Attention(format!("no equivalent: {why}")))
+                }
             }
         }
         let outcome = match outcome {

@@ -41,6 +41,13 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ("access-log-format", "the logs are opened once"),
 ];
 
+/// Variables of `[env]`/`--env` whose change only a restart applies: Python reads
+/// `PYTHON*` as it starts (once, in the master), and the master caps malloc's arenas
+/// at its start (`MALLOC_ARENA_MAX`, `GLIBC_TUNABLES`).
+fn restart_only_env(name: &str) -> bool {
+    name.starts_with("PYTHON") || name == "MALLOC_ARENA_MAX" || name == "GLIBC_TUNABLES"
+}
+
 /// With `--preload` the master imported the app: what the import used stays.
 const PRELOADED: &[&str] = &["app", "chdir", "pythonpath", "env", "interface"];
 
@@ -107,6 +114,38 @@ impl Layers {
         }
         let (was, is) = (self.said(key), now.said(key));
         (was != is).then(|| format!("{key} ({was} -> {is})"))
+    }
+
+    /// These layers with only the `env` table's variables that `restart`
+    /// ([`restart_only_env`]) or not.
+    fn env_part(&self, restart: bool) -> Layers {
+        let mut part = Layers::default();
+        if let Some(toml::Value::Table(t)) = self.values.get("env") {
+            let t: toml::Table = t
+                .iter()
+                .filter(|(k, _)| restart_only_env(k) == restart)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            part.values.insert("env".to_owned(), toml::Value::Table(t));
+        }
+        part
+    }
+
+    /// The `env` variables only a restart changes, as `from` has them.
+    fn keep_restart_only_env(&mut self, from: &Layers) {
+        let mut t = match self.values.remove("env") {
+            Some(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        t.retain(|k, _| !restart_only_env(k));
+        if let Some(toml::Value::Table(f)) = from.values.get("env") {
+            for (k, v) in f.iter().filter(|(k, _)| restart_only_env(k)) {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+        if !t.is_empty() || from.values.contains_key("env") {
+            self.values.insert("env".to_owned(), toml::Value::Table(t));
+        }
     }
 
     /// `key` as `from` has it.
@@ -226,6 +265,19 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
     let mut applied = Vec::new();
     let mut kept = Vec::new();
     for key in keys {
+        // The variables Python or malloc read as postern starts are said apart, as a
+        // restart's to apply. regression (probe 385): `PYTHONPATH added` was said
+        // applied, and the new workers' sys.path did not have it.
+        if key == "env" && !preloaded {
+            let part = |restart| {
+                layers
+                    .env_part(restart)
+                    .change(&new_layers.env_part(restart), "env")
+            };
+            applied.extend(part(false));
+            kept.extend(part(true));
+            continue;
+        }
         let Some(change) = layers.change(&new_layers, &key) else {
             continue;
         };
@@ -251,6 +303,8 @@ pub fn at_reload(current: &Config, layers: &Layers, preloaded: bool, thread_room
         for key in PRELOADED {
             new_layers.keep(layers, key);
         }
+    } else {
+        new_layers.keep_restart_only_env(layers);
     }
     if threads_over {
         new_layers.keep(layers, "threads");
@@ -362,6 +416,16 @@ fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, threa
         n.env.clone_from(&c.env);
         n.interface = c.interface;
         next.app = current.app.clone();
+    } else {
+        // The new workers' os.environ holds what their Python and malloc run with.
+        n.env
+            .retain(|super::value::KeyValue(k, _)| !restart_only_env(k));
+        n.env.extend(
+            c.env
+                .iter()
+                .filter(|super::value::KeyValue(k, _)| restart_only_env(k))
+                .cloned(),
+        );
     }
     if n.threads > thread_room {
         n.threads = c.threads;
@@ -387,6 +451,35 @@ mod tests {
             off: BTreeSet::new(),
             ini_warnings: None,
         }
+    }
+
+    // regression (probe 385): a reload said `env (PYTHONPATH added)` applied; Python
+    // reads it once, as the master starts, and the new workers' sys.path lacked it.
+    #[test]
+    fn env_variables_read_at_the_start_are_a_restart_s_to_change() {
+        let was = layers("[env]\nTZ = \"UTC\"\nMALLOC_ARENA_MAX = \"4\"\n");
+        let is = layers("[env]\nTZ = \"CET\"\nPYTHONPATH = \"/srv/lib\"\nGLIBC_TUNABLES = \"x\"\n");
+        let part = |restart| was.env_part(restart).change(&is.env_part(restart), "env");
+        assert_eq!(part(false).unwrap(), "env (TZ changed)");
+        assert_eq!(
+            part(true).unwrap(),
+            "env (GLIBC_TUNABLES added, PYTHONPATH added, MALLOC_ARENA_MAX removed)"
+        );
+        // What the new generation is said to run: TZ as read now, the others as at
+        // the start (a later reload compares with that).
+        let mut next = is.clone();
+        next.keep_restart_only_env(&was);
+        assert_eq!(
+            next.values,
+            layers("[env]\nTZ = \"CET\"\nMALLOC_ARENA_MAX = \"4\"\n").values
+        );
+        assert_eq!(was.env_part(true).change(&next.env_part(true), "env"), None);
+        // Neither side has any: nothing to say.
+        let plain = layers("[env]\nTZ = \"UTC\"\n");
+        assert_eq!(
+            plain.env_part(true).change(&plain.env_part(true), "env"),
+            None
+        );
     }
 
     // regression: `[env]`'s values (secrets) were written to the log at a reload.

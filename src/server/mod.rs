@@ -390,7 +390,12 @@ pub fn run(
             tracing::info!(pid = std::process::id(), "the master stops this worker now ({}): stopping without waiting for the requests in flight", now.says());
         } else if why == crate::stop::QUIT {
             tracing::info!("SIGQUIT: stopping now, without waiting for the requests in flight");
-        } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT || why == crate::stop::MASTER_GONE {
+        } else if why == crate::stop::MASTER_GONE {
+            // The whole server goes: said where operators look (alerts on WARN).
+            // regression (probe 385): a master killed (OOM, SIGKILL) left only INFO
+            // lines, and the service was gone.
+            tracing::warn!(pid = std::process::id(), cause = why, "the master is gone (killed, or it crashed): stopping: no new connections, letting in-flight requests finish; nothing will start another worker: postern must be restarted");
+        } else if why == "recycling" || why == crate::stop::LISTENERS_SHUT {
             // No signal began it: none to repeat. With its pid, as the other stop lines:
             // several workers write to one log (review 331: a recycle's line named none).
             tracing::info!(pid = std::process::id(), cause = why, "stopping: no new connections, letting in-flight requests finish");

@@ -1407,9 +1407,12 @@ impl Master {
                         continue;
                     }
                     if ran > limit {
+                        // With its id, as its access line and a --timeout line have it.
+                        // regression (probe 385): the slow-log line had none.
                         tracing::warn!(
                             pid = raw(w.pid),
                             request = %crate::logging::Untrusted(line.desc().as_bytes()),
+                            request_id = %line.request_id(),
                             ran_ms = ran.as_millis() as u64,
                             "slow request (over --slow-log {limit:?}); the worker's Python stacks follow"
                         );
@@ -2782,6 +2785,10 @@ impl Master {
             // it died at once, the master logged "restarting it", and /metrics was
             // gone for the drain.
             signals::ignore(libc::SIGTERM);
+            // A SIGHUP to the whole group (a closed terminal, `systemctl kill -s HUP`)
+            // is the master's reload. regression (probe 385): it killed the helper,
+            // and the master restarted it with a WARN.
+            signals::ignore(libc::SIGHUP);
         }
         // SIGUSR2 (a worker's stack dump, once it has installed its handler): a
         // group-wide one (`systemctl kill -s USR2`, gunicorn's upgrade habit) reaches
