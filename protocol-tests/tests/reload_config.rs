@@ -1126,3 +1126,45 @@ fn an_ini_whose_placeholders_blow_up_is_refused_at_start_and_at_reload() {
     assert_eq!(p.get("/").0, 200);
     assert_eq!(children(p.pid()), workers);
 }
+
+// A Unix socket file deleted while postern runs (by hand, a tmp cleaner) is said at the
+// next reload, as an ERROR naming the listener and what to do: nothing can connect by
+// the path any more, and a reload does not bind it again.
+// regression (probe 385): the outage went unsaid (a reload, /ping and /status as if
+// all were well).
+#[test]
+fn a_reload_says_a_unix_socket_file_that_was_deleted() {
+    let dir = tempdir();
+    let app = named_app(dir.path(), "v1");
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(path) = p.addr.clone() else {
+        panic!("a Unix listener")
+    };
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_log("reload asked for", 10), "{}", p.logs());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !p.logs().contains("socket file is no longer there"),
+        "{}",
+        p.logs()
+    );
+    std::fs::rename(&path, dir.path().join("moved.sock")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log(
+            "the listener's socket file is no longer there (it was deleted)",
+            10
+        ),
+        "{}",
+        p.logs()
+    );
+    let line = log_line(&p.logs(), "socket file is no longer there").to_owned();
+    assert!(line.contains(" ERROR "), "{line}");
+    assert!(
+        line.contains(&format!("listener=unix:{}", path.display())),
+        "{line}"
+    );
+}

@@ -467,6 +467,19 @@ impl SocketFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// What happened to the socket file since the bind, if its path no longer names
+    /// the socket: gone (deleted by hand, a tmp cleaner) or replaced. `None`: as bound
+    /// (or not known).
+    pub fn lost(&self) -> Option<&'static str> {
+        let id = self.id?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == id => None,
+            Ok(_) => Some("another file has its name now"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some("it was deleted"),
+            Err(_) => None,
+        }
+    }
 }
 
 impl Drop for SocketFile {

@@ -794,6 +794,7 @@ pub fn run(
         if let Some(t) = &mut m.touch {
             if t.changed() {
                 tracing::info!(file = %t.path().display(), "--touch-reload file changed");
+                lost_socket_files(listeners);
                 m.reload(&worker, &mut reread)?;
             }
         }
@@ -823,6 +824,7 @@ pub fn run(
                     // Its trigger named, as --touch-reload's is.
                     // regression: a SIGHUP reload had no line saying what started it.
                     tracing::info!(generation = m.generation, "SIGHUP: reload asked for");
+                    lost_socket_files(listeners);
                     m.reload(&worker, &mut reread)?;
                 }
                 libc::SIGTERM | libc::SIGINT => {
@@ -883,6 +885,24 @@ pub fn run(
 }
 
 /// The earlier of two optional deadlines.
+/// At a reload: each Unix socket file postern bound whose path no longer names its
+/// socket (deleted by hand or a tmp cleaner, replaced) is said, with what to do. The
+/// listener still accepts what reaches it, but nothing can connect by the path: the
+/// front server answers 502 (`connect() to unix:... failed (2: No such file or
+/// directory)`), and a reload cannot bind it again (the master binds once).
+/// regression (probe 385): a deleted socket file went unsaid at reloads and in /ping.
+fn lost_socket_files(listeners: &[crate::server::listener::Bound]) {
+    for l in listeners {
+        let Some(file) = &l.socket_file else { continue };
+        if let Some(what) = file.lost() {
+            tracing::error!(
+                listener = %l.addr,
+                "the listener's socket file is no longer there ({what}): front servers cannot connect to it (nginx answers 502, 'No such file or directory' in its error log) and a reload cannot bind it again: restart postern (systemd's RuntimeDirectory= keeps the directory postern's; a tmp cleaner must spare it)"
+            );
+        }
+    }
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
