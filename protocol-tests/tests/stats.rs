@@ -549,6 +549,44 @@ fn requests_a_timeout_kill_cuts_off_are_logged_and_counted() {
     assert!(line.contains(" status=502 "), "{line}");
 }
 
+// The requests a worker's crash (SIGKILL here, as the OOM killer sends) cuts off are
+// counted (status none: postern cannot tell whether a response had started; nginx's
+// client got a 502 or a cut response), as cut.
+// regression (probe 385): they were in no request metric.
+#[test]
+fn requests_a_crash_cuts_off_are_counted() {
+    let dir = tempdir();
+    let stats_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
+        .args(["--master", "--threads", "2", "--stats", &stats_addr.arg()])
+        .start();
+    assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
+    let worker = serving_pids(&stats_addr)[0];
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let running: Vec<_> = (0..2).map(|_| hold_direct(&p.addr, &marks)).collect();
+    assert!(wait_until(20, || held(&marks) == 2), "{}", p.logs());
+    kill(worker, libc::SIGKILL);
+    for h in running {
+        assert!(parse_http(&h.join().unwrap()).is_none());
+    }
+    let m = wait_metrics(&stats_addr, 20, |m| {
+        family_sum(m, "postern_requests_total") >= 2.0
+    });
+    assert_eq!(sample(&m, &uwsgi("none")), 2.0, "{m}");
+    assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
+    assert_eq!(
+        sample(&m, r#"postern_responses_cut_total{reason="aborted"}"#),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"postern_worker_exits_total{cause="crash"}"#),
+        1.0,
+        "{m}"
+    );
+}
+
 /// The status of `/ping` at the TCP stats address `addr`; 0 when nothing answers
 /// (refused, or no answer in 5 s).
 fn ping(addr: &Addr) -> u16 {

@@ -300,7 +300,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "responses_cut",
-            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length) or client_gone (the front server went away, or read nothing of it for --read-timeout and postern closed).",
+            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length; or its request was cut off by a stop, a --timeout kill or its worker's crash, answered or not) or client_gone (the front server went away, or read nothing of it for --read-timeout and postern closed).",
             None,
             [
                 (vec![("reason", "aborted".to_owned())], counter(t.cut[0])),

@@ -2409,6 +2409,7 @@ impl Master {
                 && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
             if (died || died_leaving) && was_running > 0 {
                 w.name_running_at_death(&self.board, &how);
+                self.board.count_lost(w.slot);
             } else if leaving && termed_to_death && w.served && !by_master && was_running > 0 {
                 w.name_running(
                     &self.board,

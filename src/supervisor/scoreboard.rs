@@ -131,6 +131,16 @@ impl Counters {
         }
     }
 
+    /// Counts a request its worker's death cut off (a crash: the worker could not),
+    /// running for `ns`: no status is known (`none`), its response aborted. Called by
+    /// the master once the worker is gone, so this line has no other writer.
+    fn record_lost(&self, protocol: Protocol, ns: u64) {
+        bump(&self.requests[stats::protocol_index(protocol)][0], 1);
+        bump(&self.duration[stats::duration_slot(ns)], 1);
+        bump(&self.duration_ns, ns);
+        bump(&self.cut[0], 1);
+    }
+
     fn add_to(&self, t: &mut Totals) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for (row, src) in t.requests.iter_mut().zip(&self.requests) {
@@ -836,6 +846,29 @@ impl Scoreboard {
     }
 
     /// `n` requests passed `--timeout` (master only).
+    /// The worker in `slot` died on its own (a crash, the OOM killer): each request
+    /// its lines still show is counted as cut off ([`Counters::record_lost`]) before its
+    /// counts join the totals (master only, the worker gone).
+    // regression (probe 385): a crash's requests (nginx's 502s) were in no request
+    // metric.
+    pub fn count_lost(&self, slot: usize) {
+        if !self.metrics() {
+            return;
+        }
+        let now = now_ns();
+        for t in 0..self.threads {
+            let line = self.line(slot, t);
+            let since = line.since.load(Ordering::Acquire);
+            if since == 0 {
+                continue;
+            }
+            let p = line.protocol.load(Ordering::Relaxed) as usize;
+            let protocol = PROTOCOLS.get(p).copied().unwrap_or_default();
+            line.counters
+                .record_lost(protocol, now.saturating_sub(since));
+        }
+    }
+
     pub fn count_timeout(&self, n: u64) {
         bump(&self.global().timeouts, n);
     }
