@@ -145,6 +145,17 @@ pub fn apply_env_changes(start: &[KeyValue], now: &[KeyValue]) -> anyhow::Result
         for KeyValue(k, v) in now {
             environ.set_item(k, v)?;
         }
+        // The time module read TZ as the master started Python: it reads it again.
+        // regression (review 387): a reload said `env (TZ changed)` applied, and the
+        // new workers' time.strftime('%Z') kept the start's zone.
+        let tz = |env: &[KeyValue]| {
+            env.iter()
+                .find(|KeyValue(k, _)| k == "TZ")
+                .map(|KeyValue(_, v)| v.clone())
+        };
+        if tz(start) != tz(now) {
+            py.import("time")?.call_method0("tzset")?;
+        }
         Ok(())
     })
     .map_err(|e| anyhow::anyhow!("setting the reload's --env in the new worker: {e}"))

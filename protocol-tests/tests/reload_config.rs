@@ -1168,3 +1168,60 @@ fn a_reload_says_a_unix_socket_file_that_was_deleted() {
         "{line}"
     );
 }
+
+// A reload's [env] reaches the new workers as the log says: TZ as the time module
+// reads it (time.tzset), an app's own PYTHON_ENV applied, and PYTHONPATH (read by
+// Python once, as the master starts) said to need a restart and kept as at the start.
+// regression (probe 385, review 387): `applied=env (PYTHONPATH added)` with a sys.path
+// without it; `TZ changed` with time.strftime('%Z') in the start's zone; then every
+// PYTHON* name taken for Python's.
+#[test]
+fn a_reload_applies_env_as_it_says() {
+    let dir = tempdir();
+    let app = dir.path().join("envapp.py");
+    let lib = dir.path().join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    std::fs::write(
+        &app,
+        format!(
+            "import os, sys, time\n\ndef application(environ, start_response):\n    body = ' '.join([time.strftime('%Z'), str(os.environ.get('PYTHON_ENV')), str(os.environ.get('PYTHONPATH')), str({:?} in sys.path)]).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+            lib.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let conf = dir.path().join("postern.toml");
+    let write = |env: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "app = {:?}\nworkers = 1\n[env]\n{env}",
+                app.to_string_lossy()
+            ),
+        )
+        .unwrap()
+    };
+    write("TZ = \"UTC0\"\nPYTHON_ENV = \"one\"\n");
+    let p = with_config(dir.path(), &conf, &[]);
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    assert_eq!(text(&p, "/"), "UTC one None False");
+    write(&format!(
+        "TZ = \"JST-9\"\nPYTHON_ENV = \"two\"\nPYTHONPATH = {:?}\n",
+        lib.to_string_lossy()
+    ));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("how=exit code 0 cause=\"reload\"", 20),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(text(&p, "/"), "JST two None False", "{}", p.logs());
+    let logs = p.logs();
+    assert!(
+        log_line(&logs, "the new workers run the changed configuration")
+            .contains("env (PYTHON_ENV changed, TZ changed)"),
+        "{logs}"
+    );
+    let kept = log_line(&logs, "restart postern to apply these");
+    assert!(kept.contains(" WARN "), "{kept}");
+    assert!(kept.contains("env (PYTHONPATH added)"), "{kept}");
+}

@@ -41,11 +41,55 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ("access-log-format", "the logs are opened once"),
 ];
 
-/// Variables of `[env]`/`--env` whose change only a restart applies: Python reads
-/// `PYTHON*` as it starts (once, in the master), and the master caps malloc's arenas
-/// at its start (`MALLOC_ARENA_MAX`, `GLIBC_TUNABLES`).
+/// The variables CPython reads as it starts (once, in the master): a reload cannot
+/// change what they did. Those it reads while it runs (`PYTHONBREAKPOINT`,
+/// `PYTHONASYNCIODEBUG`) and an app's own (`PYTHON_ENV`) are not among them.
+const PYTHON_AT_START: &[&str] = &[
+    "PYTHONHOME",
+    "PYTHONPATH",
+    "PYTHONSAFEPATH",
+    "PYTHONPLATLIBDIR",
+    "PYTHONOPTIMIZE",
+    "PYTHONDEBUG",
+    "PYTHONINSPECT",
+    "PYTHONUNBUFFERED",
+    "PYTHONVERBOSE",
+    "PYTHONCASEOK",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPYCACHEPREFIX",
+    "PYTHONHASHSEED",
+    "PYTHONIOENCODING",
+    "PYTHONNOUSERSITE",
+    "PYTHONUSERBASE",
+    "PYTHONWARNINGS",
+    "PYTHONFAULTHANDLER",
+    "PYTHONTRACEMALLOC",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONMALLOC",
+    "PYTHONMALLOCSTATS",
+    "PYTHONUTF8",
+    "PYTHONCOERCECLOCALE",
+    "PYTHONDEVMODE",
+    "PYTHONWARNDEFAULTENCODING",
+    "PYTHONNODEBUGRANGES",
+    "PYTHONINTMAXSTRDIGITS",
+    "PYTHONEXECUTABLE",
+    "PYTHONPERFSUPPORT",
+    "PYTHON_GIL",
+    "PYTHON_CPU_COUNT",
+    "PYTHON_FROZEN_MODULES",
+    "PYTHON_PERF_JIT_SUPPORT",
+    "PYTHON_JIT",
+    "PYTHON_PRESITE",
+];
+
+/// Variables of `[env]`/`--env` whose change only a restart applies: CPython's start
+/// ones ([`PYTHON_AT_START`]), and malloc's arena cap the master sets at its start
+/// (`MALLOC_ARENA_MAX`, `GLIBC_TUNABLES`).
+// regression (review 387): every PYTHON* name was taken for Python's (an app's
+// PYTHON_ENV stopped reaching the new workers).
 fn restart_only_env(name: &str) -> bool {
-    name.starts_with("PYTHON") || name == "MALLOC_ARENA_MAX" || name == "GLIBC_TUNABLES"
+    PYTHON_AT_START.contains(&name) || name == "MALLOC_ARENA_MAX" || name == "GLIBC_TUNABLES"
 }
 
 /// With `--preload` the master imported the app: what the import used stays.
@@ -458,9 +502,12 @@ mod tests {
     #[test]
     fn env_variables_read_at_the_start_are_a_restart_s_to_change() {
         let was = layers("[env]\nTZ = \"UTC\"\nMALLOC_ARENA_MAX = \"4\"\n");
-        let is = layers("[env]\nTZ = \"CET\"\nPYTHONPATH = \"/srv/lib\"\nGLIBC_TUNABLES = \"x\"\n");
+        let is = layers("[env]\nTZ = \"CET\"\nPYTHONPATH = \"/srv/lib\"\nGLIBC_TUNABLES = \"x\"\nPYTHON_ENV = \"prod\"\nPYTHONBREAKPOINT = \"0\"\n");
         let part = |restart| was.env_part(restart).change(&is.env_part(restart), "env");
-        assert_eq!(part(false).unwrap(), "env (TZ changed)");
+        assert_eq!(
+            part(false).unwrap(),
+            "env (TZ changed, PYTHONBREAKPOINT added, PYTHON_ENV added)"
+        );
         assert_eq!(
             part(true).unwrap(),
             "env (GLIBC_TUNABLES added, PYTHONPATH added, MALLOC_ARENA_MAX removed)"
@@ -471,7 +518,7 @@ mod tests {
         next.keep_restart_only_env(&was);
         assert_eq!(
             next.values,
-            layers("[env]\nTZ = \"CET\"\nMALLOC_ARENA_MAX = \"4\"\n").values
+            layers("[env]\nTZ = \"CET\"\nPYTHON_ENV = \"prod\"\nPYTHONBREAKPOINT = \"0\"\nMALLOC_ARENA_MAX = \"4\"\n").values
         );
         assert_eq!(was.env_part(true).change(&next.env_part(true), "env"), None);
         // Neither side has any: nothing to say.

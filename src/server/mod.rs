@@ -606,6 +606,10 @@ pub fn run(
         };
         let mut drain = std::pin::pin!(drain);
         let mut second = None;
+        // At a --timeout kill: the Python threads whose request is past the limit, as
+        // the master saw them as it stopped this worker (read at once, not at the cut
+        // 100 ms or more later: the same requests the master counted).
+        let mut overdue = Vec::new();
         let finished = loop {
             tokio::select! {
                 // A drain that has finished wins over a second signal that came as it did.
@@ -638,6 +642,9 @@ pub fn run(
                 }
                 name = stops.second() => {
                     second = Some(name);
+                    if crate::stop::master_stop_now() == Some(crate::stop::StopNow::Timeout) {
+                        overdue = monitor.as_ref().map(|m| m.overdue_lines()).unwrap_or_default();
+                    }
                     // Stopping now: nothing queued starts in the moment left.
                     queue.halt();
                     if let Some(now) = crate::stop::master_stop_now().filter(|_| why != crate::stop::QUIT) {
@@ -704,13 +711,6 @@ pub fn run(
             // Named or not, each gets its access line and is counted here.
             let named = master_now == Some(crate::stop::StopNow::Timeout) && loop_stop.is_none();
             let why = format!("{by} ({leaving})");
-            let overdue = match master_now {
-                Some(crate::stop::StopNow::Timeout) => {
-                    monitor.as_ref().and_then(|m| m.overdue()).unwrap_or_default()
-                }
-                _ => Vec::new(),
-            };
-            let overdue: Vec<String> = overdue.into_iter().map(|(id, _)| id).collect();
             crate::wsgi::inflight::cut_off(&crate::wsgi::inflight::Cut {
                 why: (!named).then_some(why.as_str()),
                 overdue: &overdue,

@@ -415,6 +415,17 @@ impl Scoreboard {
     /// The ids of the requests on `slot`'s lines that have run longer than `limit`
     /// (what the master's `--timeout` condemned the worker for), each with how long
     /// past the limit it is.
+    /// The lines of the worker in `slot` whose request ran longer than `limit`.
+    pub fn overdue_lines(&self, slot: usize, limit: Duration) -> Vec<usize> {
+        let now = now_ns();
+        (0..self.threads)
+            .filter(|&t| {
+                let since = self.line(slot, t).since.load(Ordering::Acquire);
+                since != 0 && Duration::from_nanos(now.saturating_sub(since)) > limit
+            })
+            .collect()
+    }
+
     pub fn overdue_ids(&self, slot: usize, limit: Duration) -> Vec<(String, Duration)> {
         let now = now_ns();
         (0..self.threads)

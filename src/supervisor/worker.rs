@@ -1046,6 +1046,15 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.timeout
     }
 
+    fn overdue_lines(&self) -> Vec<usize> {
+        match self.timeout {
+            Some(limit) if self.board.leaving_for(self.slot) == Some(Cause::Timeout) => {
+                self.board.overdue_lines(self.slot, limit)
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn overdue(&self) -> Option<Vec<(String, Duration)>> {
         let limit = self.timeout?;
         (self.board.leaving_for(self.slot) == Some(Cause::Timeout))

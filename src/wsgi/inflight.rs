@@ -125,8 +125,9 @@ impl Slot {
     /// between them, caught by the pool): the thread's next request would otherwise
     /// take its head back in its `end` (its access line naming the wrong request), and
     /// a stop would name it as running.
-    pub(super) fn abandon(&self) {
-        let _ = self.end(&mut empty_head());
+    /// True when a stop named it meanwhile (its access line written, counted).
+    pub(super) fn abandon(&self) -> bool {
+        self.end(&mut empty_head())
     }
 
     /// The app is done with the request [`Slot::begin`] recorded: its head comes back
@@ -179,8 +180,10 @@ pub struct Cut<'a> {
     /// What cut them off, for the WARN naming each; `None` at a `--timeout` kill,
     /// where the master named them already.
     pub why: Option<&'a str>,
-    /// At a `--timeout` kill, the ids of the requests past the limit (the master's).
-    pub overdue: &'a [String],
+    /// At a `--timeout` kill, the Python threads (their pool index) whose request is
+    /// past the limit, as the master saw them: by thread, not by request id, which a
+    /// client may send twice.
+    pub overdue: &'a [usize],
     /// Counts each in the request metrics, as its thread would have.
     pub monitor: Option<&'a dyn super::Monitor>,
 }
@@ -246,13 +249,17 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
             ),
         }
         use crate::logging::Ending;
+        // regression (review 387): matched by id alone, a request that shared a
+        // client-chosen id with one past the limit was logged as answered 504.
+        let thread = s.thread.load(Ordering::Relaxed);
+        let past = cut.overdue.contains(&thread);
         let id = r.id.as_str();
-        let late = ANSWERED_LATE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|l| l.as_str() == id);
-        let past = cut.overdue.iter().any(|o| o.as_str() == id);
+        let late = past
+            && ANSWERED_LATE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|l| l.as_str() == id);
         let (status, ending, end) = if late {
             (504, Ending::TimedOut, super::End::Complete(504))
         } else {
@@ -287,7 +294,7 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
                 app_error: None,
             };
             // Its thread reaches its line again only once this is NAMED.
-            m.cut(s.thread.load(Ordering::Relaxed), r.protocol, &served);
+            m.cut(thread, r.protocol, &served);
         }
         s.state.store(NAMED, Ordering::Release);
     }

@@ -672,6 +672,11 @@ pub trait Monitor: Send + Sync {
     fn overdue(&self) -> Option<Vec<(String, std::time::Duration)>> {
         None
     }
+    /// The same as the Python threads (their scoreboard lines) whose request is past
+    /// the limit; empty unless condemned.
+    fn overdue_lines(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// Runtime settings the Python side needs.

@@ -64,15 +64,16 @@ impl Pool {
                             crate::server::fastcgi::crash::clear();
                             done = Some(match &r {
                                 Ok((served, named)) => (Some(*served), *named),
-                                Err(_) => (None, false),
+                                Err(_) => {
+                                    // Its request's `end` never ran: not its next one's
+                                    // (counted already if a stop cut it off meanwhile).
+                                    let named = keys.inflight.abandon();
+                                    tracing::error!(
+                                        "internal error while serving a request (panic); the connection is aborted"
+                                    );
+                                    (None, named)
+                                }
                             });
-                            if r.is_err() {
-                                // Its request's `end` never ran: not its next one's.
-                                keys.inflight.abandon();
-                                tracing::error!(
-                                    "internal error while serving a request (panic); the connection is aborted"
-                                );
-                            }
                         }
                     })
                 })?;
