@@ -179,3 +179,24 @@ fn an_old_worker_killed_during_a_reload_is_said_not_replaced() {
     );
     assert_eq!(p.get("/").0, 200);
 }
+
+// An import that calls os._exit(0) ends the worker with no error of its own: the
+// master's line says what happened, not "the app's error is logged above".
+// regression (probe 385): "see the workers' error above", and none was there.
+#[test]
+fn an_import_that_exits_0_is_said_for_what_it_is() {
+    let dir = tempdir();
+    let app = dir.path().join("quits.py");
+    std::fs::write(&app, "import os\nos._exit(0)\n").unwrap();
+    let out = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "2"])
+        .command()
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{logs}");
+    assert!(
+        logs.contains("worker failed to start: it exited with code 0 during its import, with no error: the app's module (or one it imports) called os._exit(0)"),
+        "{logs}"
+    );
+}

@@ -635,8 +635,11 @@ fn oom_hint(sig: Option<i32>) -> &'static str {
 /// regression: a replacement SIGKILLed while importing (the OOM killer, a kill -9) was
 /// logged "the app's error is logged above: code on disk that does not import?", with
 /// no error of the app's anywhere.
-fn start_failure(sig: Option<i32>) -> String {
+// regression (probe 385): an import that called os._exit(0) was said to have logged an
+// error above, and none was there.
+fn start_failure(sig: Option<i32>, quiet_exit: bool) -> String {
     match sig {
+        None if quiet_exit => "it exited with code 0 during its import, with no error: the app's module (or one it imports) called os._exit(0), which ends the process at once".to_owned(),
         None => "the app's error is logged above".to_owned(),
         Some(libc::SIGKILL) => "killed by SIGKILL during its import (out of memory? the kernel log says), not the app's code failing".to_owned(),
         Some(s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGILL | libc::SIGFPE)) => {
@@ -647,9 +650,11 @@ fn start_failure(sig: Option<i32>) -> String {
 }
 
 /// `: killed by …` ([`start_failure`]) when a signal ended the import, else nothing.
-fn killed_why(sig: Option<i32>) -> String {
-    sig.map(|_| format!(": {}", start_failure(sig)))
-        .unwrap_or_default()
+fn killed_why(sig: Option<i32>, quiet_exit: bool) -> String {
+    if sig.is_none() && !quiet_exit {
+        return String::new();
+    }
+    format!(": {}", start_failure(sig, quiet_exit))
 }
 
 fn raw(pid: Pid) -> i32 {
@@ -2359,6 +2364,8 @@ impl Master {
                     // nothing running), as for a serving worker.
                     || (status.exit_status() == Some(0) && self.board.running(w.slot) > 0));
             let signal_in_import = status.terminating_signal().filter(|_| failed_start);
+            // An exit 0 before it served that nobody asked for: os._exit(0) in the import.
+            let quiet_exit = !w.served && !by_master && status.exit_status() == Some(0);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
             let was_running = self
@@ -2465,7 +2472,7 @@ impl Master {
             let failed = !by_master && status.exit_status() != Some(0);
             match j.verdict {
                 Verdict::Expected if failed_start => {
-                    tracing::warn!(pid, %how, generation, "worker failed to start ({}); it was told to leave already, so nothing replaces it", start_failure(signal_in_import));
+                    tracing::warn!(pid, %how, generation, "worker failed to start ({}); it was told to leave already, so nothing replaces it", start_failure(signal_in_import, quiet_exit));
                 }
                 Verdict::Expected if died_leaving => {
                     let leaving = leaving_for.map_or("", Cause::label);
@@ -2484,7 +2491,7 @@ impl Master {
                         generation,
                         serving = self.generation,
                         "worker failed to start ({}); a newer reload replaced its generation, so nothing replaces it",
-                        start_failure(signal_in_import)
+                        start_failure(signal_in_import, quiet_exit)
                     );
                 }
                 Verdict::Outgoing if status.exit_status() == Some(0) && was_running == 0 => {
@@ -2507,7 +2514,7 @@ impl Master {
                     );
                 }
                 Verdict::BootFailed => {
-                    tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import));
+                    tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import, quiet_exit));
                     // The first start failed: nothing was served yet, nothing to cut.
                     for w in &mut self.workers {
                         let cause = if w.start_timed_out {
@@ -2635,7 +2642,7 @@ impl Master {
                     }
                 }
                 Verdict::CrashLoop => {
-                    tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import));
+                    tracing::error!(pid, %how, generation, "worker failed to start{}", killed_why(signal_in_import, quiet_exit));
                     self.stop_all(None);
                     return Err(SupervisorError::CrashLoop(self.boot_failures));
                 }
@@ -2665,7 +2672,7 @@ impl Master {
                             // code that does not import, so it has the backoff (a host
                             // short of memory is not hammered) and, none serving, the
                             // stop at the 10th in a row.
-                            format!(": {}", start_failure(signal_in_import))
+                            format!(": {}", start_failure(signal_in_import, quiet_exit))
                         } else if after_import {
                             // regression (probe 329): it said "code on disk that does not
                             // import?" for an app that imported and failed its startup.
