@@ -476,6 +476,16 @@ fn migrate_lists_capture_output_as_needing_attention() {
         err.contains("postern has no such option; postern does not capture"),
         "{err}"
     );
+    // gunicorn's default access_log_format is Apache's combined: postern's combined.
+    // regression (probe 385): "no equivalent".
+    std::fs::write(
+        &conf,
+        "access_log_format = '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\"'\n",
+    )
+    .unwrap();
+    let (code, toml) = migrate(&conf);
+    assert_eq!(code, Some(0), "{toml}");
+    assert!(toml.contains("access-log-format = \"combined\""), "{toml}");
 }
 
 // regression: `workers = ++4` (an expression: ast.literal_eval refuses it) was read as

@@ -261,6 +261,21 @@ fn says(setting: &str, value: &str, line: &Line) -> Says {
                 "postern writes the access log to stderr by default (--access-log off stops it)".into()
             }),
         ),
+        // gunicorn's default format, Apache's combined: postern's own combined, which
+        // appends the duration and the request id.
+        // regression (probe 385): it was "no equivalent".
+        "access_log_format"
+            if value.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "%(h)s", "%(l)s", "%(u)s", "%(t)s", "\"%(r)s\"", "%(s)s", "%(b)s",
+                    "\"%(f)s\"", "\"%(a)s\"",
+                ] =>
+        {
+            Says::Postern(
+                words(&["--access-log-format", "combined"]),
+                Some("Apache's and nginx's combined format, as gunicorn's was, with the duration and the request id appended (parsers read the first nine fields)".into()),
+            )
+        }
         "access_log_format" => Says::Nothing(
             "postern's formats: --access-log-format text, json or combined (Apache/nginx's, with the duration appended)".into(),
         ),
