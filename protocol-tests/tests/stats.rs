@@ -549,16 +549,15 @@ fn requests_a_timeout_kill_cuts_off_are_logged_and_counted() {
     assert_eq!(a.iter().filter(|l| l.contains(plain)).count(), 1, "{a:#?}");
 }
 
-// The requests a worker's crash (SIGKILL here, as the OOM killer sends) cuts off are
-// counted (status none: postern cannot tell whether a response had started; nginx's
-// client got a 502 or a cut response), as cut.
-// regression (probe 385): they were in no request metric.
-#[test]
-fn requests_a_crash_cuts_off_are_counted() {
+/// One worker (`--master`, 2 threads, `args`) runs two /hold requests, then gets
+/// `sig`; returns once both connections ended unanswered and a successor serves, with
+/// the metrics then.
+fn two_held_then(sig: i32, args: &[&str]) -> (tempfile::TempDir, Postern, String) {
     let dir = tempdir();
     let stats_addr = Addr::Tcp(free_port());
     let p = Spawn::unix(dir.path(), &app(dir.path()).to_string_lossy())
         .args(["--master", "--threads", "2", "--stats", &stats_addr.arg()])
+        .args(args.iter().copied())
         .start();
     assert!(wait_until(20, || serving_pids(&stats_addr).len() == 1));
     let worker = serving_pids(&stats_addr)[0];
@@ -566,25 +565,52 @@ fn requests_a_crash_cuts_off_are_counted() {
     std::fs::create_dir(&marks).unwrap();
     let running: Vec<_> = (0..2).map(|_| hold_direct(&p.addr, &marks)).collect();
     assert!(wait_until(20, || held(&marks) == 2), "{}", p.logs());
-    kill(worker, libc::SIGKILL);
+    kill(worker, sig);
     for h in running {
         assert!(parse_http(&h.join().unwrap()).is_none());
     }
-    let m = wait_metrics(&stats_addr, 20, |m| {
+    assert!(
+        wait_until(20, || serving_pids(&stats_addr)
+            .iter()
+            .any(|&w| w != worker)),
+        "{}",
+        p.logs()
+    );
+    let m = wait_metrics(&stats_addr, 10, |m| {
         family_sum(m, "postern_requests_total") >= 2.0
     });
+    (dir, p, m)
+}
+
+// The requests a worker's crash (SIGKILL here, as the OOM killer sends) cuts off are
+// counted (status none: postern cannot tell whether a response had started; nginx's
+// client got a 502 or a cut response), as cut.
+// regression (probe 385): they were in no request metric.
+#[test]
+fn requests_a_crash_cuts_off_are_counted() {
+    let (_dir, _p, m) = two_held_then(libc::SIGKILL, &[]);
     assert_eq!(sample(&m, &uwsgi("none")), 2.0, "{m}");
     assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
-    assert_eq!(
-        sample(&m, r#"postern_responses_cut_total{reason="aborted"}"#),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(
-        sample(&m, r#"postern_worker_exits_total{cause="crash"}"#),
-        1.0,
-        "{m}"
-    );
+    let aborted = r#"postern_responses_cut_total{reason="aborted"}"#;
+    assert_eq!(sample(&m, aborted), 2.0, "{m}");
+    let crash = r#"postern_worker_exits_total{cause="crash"}"#;
+    assert_eq!(sample(&m, crash), 1.0, "{m}");
+}
+
+// A worker that cut its requests off itself (a SIGTERM sent to it alone, then its
+// --graceful-timeout) named and counted them: its exit is not a crash's to count again.
+// regression (review 388): counted twice, as 5xx and as none, and named twice.
+#[test]
+fn requests_a_worker_cut_off_itself_are_counted_once() {
+    let (_dir, p, m) = two_held_then(libc::SIGTERM, &["--graceful-timeout", "1"]);
+    assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("5xx")), 2.0, "{m}");
+    let aborted = r#"postern_responses_cut_total{reason="aborted"}"#;
+    assert_eq!(sample(&m, aborted), 2.0, "{m}");
+    let logs = p.logs();
+    let cut = logs.matches("postern::access: response incomplete").count();
+    assert_eq!(cut, 2, "{logs}");
+    assert!(!logs.contains("its worker died"), "{logs}");
 }
 
 /// The status of `/ping` at the TCP stats address `addr`; 0 when nothing answers

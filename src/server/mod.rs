@@ -324,7 +324,9 @@ pub fn run(
     // What cut the requests off, whether the master names what waited then (a
     // --timeout kill), how many did, and what the master was told was cut off
     // unseen, once the stop cut them: for what the slow lane queues after.
-    let mut cut_why: Option<(String, bool, usize, Option<Arc<crate::asgi::Stop>>)> = None;
+    // With the number of the Python threads' requests it cut off.
+    #[allow(clippy::type_complexity)]
+    let mut cut_why: Option<(String, bool, usize, Option<Arc<crate::asgi::Stop>>, usize)> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -711,8 +713,11 @@ pub fn run(
             // Named or not, each gets its access line and is counted here.
             let named = master_now == Some(crate::stop::StopNow::Timeout) && loop_stop.is_none();
             let why = format!("{by} ({leaving})");
-            crate::wsgi::inflight::cut_off(&crate::wsgi::inflight::Cut {
+            // How many the Python threads' requests were: the master counts them in the
+            // cut (its exit code) and, so told, neither names nor counts them again.
+            let wsgi_cut = crate::wsgi::inflight::cut_off(&crate::wsgi::inflight::Cut {
                 why: (!named).then_some(why.as_str()),
+                timeout: monitor.as_ref().and_then(|m| m.timeout()),
                 overdue: &overdue,
                 monitor: monitor.as_deref(),
             });
@@ -742,7 +747,7 @@ pub fn run(
             // regression: 1 request running and 3 queued on kept FastCGI connections
             // read "4 requests running and 3 accepted" (review 366: and a running
             // request beside a cut upload was counted once for both).
-            let loop_cut = loop_stop.as_ref().map_or(0, |s| s.cut_tasks());
+            let loop_cut = loop_stop.as_ref().map_or(0, |s| s.cut_tasks()) + wsgi_cut;
             if let Some(m) = &monitor {
                 m.tasks_cut(loop_cut, reading);
                 let first: Vec<_> = taken
@@ -764,7 +769,7 @@ pub fn run(
                     m.waiting_told(told);
                 }
             }
-            cut_why = Some((why, named, told, loop_stop.clone()));
+            cut_why = Some((why, named, told, loop_stop.clone(), wsgi_cut));
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
@@ -805,7 +810,7 @@ pub fn run(
         // heartbeat kill) said requests still ran.
         let blocked = cut_why
             .as_ref()
-            .and_then(|(.., stop)| stop.as_ref())
+            .and_then(|(.., stop, _)| stop.as_ref())
             .is_some_and(|s| !s.cut_taken_yet());
         let what = if blocked {
             "the event loop still blocked (it never took the stop: what it runs is named by the master)"
@@ -836,15 +841,18 @@ pub fn run(
     // ended since the sweep, and those begun after it), the loop's cut tasks.
     // regression (review 367): the sweep's count was kept, give or take the requests
     // queued since.
-    if let (Some((.., stop)), Some(m)) = (&cut_why, &monitor) {
-        m.tasks_cut(stop.as_ref().map_or(0, |s| s.cut_tasks()), queue.reading());
+    if let (Some((.., stop, wsgi_cut)), Some(m)) = (&cut_why, &monitor) {
+        m.tasks_cut(
+            stop.as_ref().map_or(0, |s| s.cut_tasks()) + *wsgi_cut,
+            queue.reading(),
+        );
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
     // Queued by the slow lane after the stop named what waited (a body that came
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
     // Named even after a --timeout kill: the master named what waited before these.
-    if let Some((why, named, told, _)) = cut_why {
+    if let Some((why, named, told, ..)) = cut_why {
         let late = queue.take_all();
         if !late.is_empty() {
             let n = late.len();

@@ -137,7 +137,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "requests",
-            "Requests the Python threads (or an ASGI event loop) ran, by protocol and status class (none: ended before a status was chosen); one cut off by a stop or a --timeout kill counts as its front server saw it (502 when no response had started).",
+            "Requests the Python threads (or an ASGI event loop) ran, by protocol and status class (none: ended before a status was chosen); one cut off by a stop or a --timeout kill counts as its front server saw it (502 when no response had started), one its worker's crash cut off as none.",
             None,
             by_protocol_and_class(&t.requests, &STATUS_CLASSES),
         )?;
@@ -300,7 +300,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "responses_cut",
-            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length; or its request was cut off by a stop, a --timeout kill or its worker's crash, answered or not) or client_gone (the front server went away, or read nothing of it for --read-timeout and postern closed).",
+            "Responses cut short: aborted (the app failed after the headers, or a short Content-Length; or its request was cut off by a stop, a --timeout kill or its worker's crash, unless postern answered it then: a 504 or 503) or client_gone (the front server went away, or read nothing of it for --read-timeout and postern closed).",
             None,
             [
                 (vec![("reason", "aborted".to_owned())], counter(t.cut[0])),

@@ -902,7 +902,7 @@ fn lost_socket_files(listeners: &[crate::server::listener::Bound]) {
         if let Some(what) = file.lost() {
             tracing::error!(
                 listener = %l.addr,
-                "the listener's socket file is no longer there ({what}): front servers cannot connect to it (nginx answers 502, 'No such file or directory' in its error log) and a reload cannot bind it again: restart postern (systemd's RuntimeDirectory= keeps the directory postern's; a tmp cleaner must spare it)"
+                "the listener's socket file is no longer there ({what}): front servers cannot reach postern by its path (nginx answers 502: 'No such file or directory', or 'Connection refused' from what has the name now) and a reload cannot bind it again: restart postern (systemd's RuntimeDirectory= keeps the directory postern's; a tmp cleaner must spare it)"
             );
         }
     }
@@ -2414,7 +2414,11 @@ impl Master {
                 && asked.is_none()
                 && (status.exit_status() != Some(0) || was_running > 0)
                 && matches!(j.verdict, Verdict::Replace | Verdict::Outgoing);
-            if (died || died_leaving) && was_running > 0 {
+            // Not those it cut off itself (a stop of its own: named, counted, with their
+            // access lines) before it ended. regression (review 388): named and
+            // counted twice (5xx and none) after a SIGTERM sent to the worker itself.
+            let cut_itself = self.board.cut_tasks(w.slot) > 0;
+            if (died || died_leaving) && was_running > 0 && !cut_itself {
                 w.name_running_at_death(&self.board, &how);
                 self.board.count_lost(w.slot);
             } else if leaving && termed_to_death && w.served && !by_master && was_running > 0 {
@@ -2666,7 +2670,9 @@ impl Master {
                             "worker killed at --worker-start-timeout (its import did not finish); trying again in {wait:?}"
                         );
                     } else {
-                        let why = if signal_in_import.is_some() {
+                        // regression (review 388): a replacement's os._exit(0) in its
+                        // import said the app's error was logged above.
+                        let why = if signal_in_import.is_some() || quiet_exit {
                             // Still a failed start: an import the OOM killer takes each
                             // time (one over a cgroup's memory limit) fails as surely as
                             // code that does not import, so it has the backoff (a host

@@ -165,6 +165,10 @@ impl Slot {
 static ANSWERED_LATE: Mutex<Vec<RequestId>> = Mutex::new(Vec::new());
 const ANSWERED_LATE_KEPT: usize = 64;
 
+/// How much sooner than the app's call the FastCGI clock of a request answered late
+/// may have started (it starts as the request is read whole).
+const LATE_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The request `id` was answered 504 for `--timeout` while its app still runs: if the
 /// kill cuts it off, its access line says so.
 pub fn answered_late(id: RequestId) {
@@ -180,6 +184,9 @@ pub struct Cut<'a> {
     /// What cut them off, for the WARN naming each; `None` at a `--timeout` kill,
     /// where the master named them already.
     pub why: Option<&'a str>,
+    /// `--timeout`, if set: only a request that ran that long may have been answered
+    /// 504 for it.
+    pub timeout: Option<std::time::Duration>,
     /// At a `--timeout` kill, the Python threads (their pool index) whose request is
     /// past the limit, as the master saw them: by thread, not by request id, which a
     /// client may send twice.
@@ -253,8 +260,14 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
         // client-chosen id with one past the limit was logged as answered 504.
         let thread = s.thread.load(Ordering::Relaxed);
         let past = cut.overdue.contains(&thread);
+        // Answered late: a FastCGI request that ran --timeout (review 388: whatever
+        // stop then cut it, a SIGQUIT in the moment before the kill too), with the
+        // id of one answered; a uwsgi or younger one sharing a client's id is not.
         let id = r.id.as_str();
-        let late = past
+        let late = r.protocol == Protocol::FastCgi
+            && cut
+                .timeout
+                .is_some_and(|t| r.started.elapsed() + LATE_MARGIN >= t)
             && ANSWERED_LATE
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
