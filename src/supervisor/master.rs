@@ -370,13 +370,11 @@ impl Worker {
             if let (Some(Condemned::Request(t, since)), Some(limit)) =
                 (self.condemned_for, self.opts.timeout)
             {
-                let now = super::scoreboard::now_ns();
-                let others = (0..board.threads)
+                let others = board
+                    .overdue_lines(self.slot, limit)
+                    .into_iter()
                     .filter(|&i| {
-                        let s = board.line(self.slot, i).since.load(Ordering::Acquire);
-                        s != 0
-                            && (i, s) != (t, since)
-                            && Duration::from_nanos(now.saturating_sub(s)) > limit
+                        (i, board.line(self.slot, i).since.load(Ordering::Acquire)) != (t, since)
                     })
                     .count();
                 if others > 0 {
