@@ -2156,7 +2156,17 @@ fn format_access<'a>(
     let v = Vars::of(a.head);
     let var = |x: Option<&'a [u8]>| x.filter(|v| !v.is_empty());
     let method = var(v.method);
-    let uri = var(v.uri).or_else(|| var(v.path_info));
+    // Without REQUEST_URI, the path the app sees: SCRIPT_NAME + PATH_INFO.
+    // regression (probe 380): a request with SCRIPT_NAME alone logged `path=-`.
+    let joined;
+    let uri = match (var(v.uri), var(v.script_name), var(v.path_info)) {
+        (Some(u), ..) => Some(u),
+        (None, Some(s), Some(p)) => {
+            joined = [s, p].concat();
+            Some(joined.as_slice())
+        }
+        (None, s, p) => p.or(s),
+    };
     let remote = var(v.remote_addr);
     let (level, message) = match a.ending {
         Ending::Complete => ("INFO", "served"),
@@ -2271,6 +2281,7 @@ struct Vars<'a> {
     method: Option<&'a [u8]>,
     uri: Option<&'a [u8]>,
     path_info: Option<&'a [u8]>,
+    script_name: Option<&'a [u8]>,
     remote_addr: Option<&'a [u8]>,
     remote_user: Option<&'a [u8]>,
     server_protocol: Option<&'a [u8]>,
@@ -2286,6 +2297,7 @@ impl<'a> Vars<'a> {
                 b"REQUEST_METHOD" => &mut v.method,
                 b"REQUEST_URI" => &mut v.uri,
                 b"PATH_INFO" => &mut v.path_info,
+                b"SCRIPT_NAME" => &mut v.script_name,
                 b"REMOTE_ADDR" => &mut v.remote_addr,
                 b"REMOTE_USER" => &mut v.remote_user,
                 b"SERVER_PROTOCOL" => &mut v.server_protocol,
@@ -2897,6 +2909,19 @@ mod tests {
                 && cut.contains("remote=- method=- path=-"),
             "{cut}"
         );
+        // regression (probe 380): SCRIPT_NAME alone logged `path=-`.
+        for (vars, path) in [
+            (&[("SCRIPT_NAME", "/app")][..], "path=/app "),
+            (&[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/x")][..], "path=/app/x "),
+            (&[("PATH_INFO", "/x")][..], "path=/x "),
+            (
+                &[("REQUEST_URI", "/app/x?q"), ("SCRIPT_NAME", "/app")][..],
+                "path=/app/x?q ",
+            ),
+        ] {
+            let l = line(AccessLogFormat::Text, vars, Ending::Complete);
+            assert!(l.contains(path), "{l}");
+        }
     }
 
     #[test]

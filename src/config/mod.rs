@@ -299,7 +299,9 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rss: Option<u64>,
 
-    /// Replace a worker after it has run this many seconds (0 or off: never).
+    /// Replace a worker after it has run this many seconds, plus up to 10% drawn per
+    /// worker so that workers started together are not replaced together (0 or off:
+    /// never).
     #[arg(long, value_name = "SECONDS", env = "POSTERN_MAX_LIFETIME", value_parser = value::seconds_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<Seconds>,
@@ -1252,11 +1254,16 @@ fn typed_options(
 /// gets the line it should be.
 fn readable(message: &str, key: &str) -> String {
     let mut out = message.to_owned();
+    // The bounds `Options` checks next, so that `workers = -1` is not told "0 or more"
+    // and then, written 0, "not between 1 and 256".
+    let whole = match key {
+        "workers" => "a whole number from 1 to 256",
+        "threads" => "a whole number from 1 to 1024",
+        "max-concurrency" => "a whole number from 1 to 1000000",
+        _ => "a whole number, 0 or more",
+    };
     for t in ["usize", "u64", "u32", "u16", "u8"] {
-        out = out.replace(
-            &format!("expected {t}"),
-            "expected a whole number, 0 or more",
-        );
+        out = out.replace(&format!("expected {t}"), &format!("expected {whole}"));
     }
     out = out.replace("expected a boolean", "expected true or false");
     let quoted = message
@@ -1364,6 +1371,7 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
         message: toml_error_at(&text, &e),
     })?;
     socket_mode_as_written(&text, &mut table);
+    env_as_written(&text, &mut table);
     let known: Vec<String> = option_keys().into_iter().map(|(k, _)| k).collect();
     // Each with what it may have meant: a key written with `_`, or uWSGI's name.
     // regression: `max_requests`, `processes`, `socket` were only "unknown".
@@ -1387,6 +1395,10 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
                 // regression (probe): it said uWSGI's include advice ("postern reads
                 // one file"), which is about a line inside an ini file.
                 format!("{k} (a uWSGI file is read with --ini FILE on the command line, not from a --config file; or turn it into keys for this file with `postern migrate FILE`)")
+            } else if k == "config" || k == "include" {
+                // regression (probe 385): `config = "other.toml"` got uWSGI's advice
+                // about ini includes.
+                format!("{k} (a --config file names no other file: copy that file's keys into this one, or give it to --config instead)")
             } else if let Some(hint) = crate::uwsgi_ini::config_key_hint(k, &value)
                 .or_else(|| gunicorn::config_key_hint(k, &value))
             {
@@ -1473,6 +1485,29 @@ fn toml_error_at(text: &str, e: &toml::de::Error) -> String {
         .count()
         + 1;
     format!("line {line}, column {column}: {message}")
+}
+
+/// An `[env]` number or boolean becomes its text as written: the table holds the
+/// value, whose text can differ (`VERSION = 1.10` is the float 1.1, `MASK = 0o22` the
+/// integer 18). regression (probe 385): `1.10` reached the app as "1.1".
+fn env_as_written(text: &str, table: &mut toml::Table) {
+    #[derive(serde::Deserialize)]
+    struct Written {
+        env: Option<BTreeMap<String, toml::Spanned<toml::Value>>>,
+    }
+    let Ok(Written { env: Some(written) }) = toml::from_str::<Written>(text) else {
+        return;
+    };
+    let Some(toml::Value::Table(env)) = table.get_mut("env") else {
+        return;
+    };
+    for (k, v) in written {
+        if let toml::Value::Integer(_) | toml::Value::Float(_) = v.get_ref() {
+            if let Some(literal) = text.get(v.span()) {
+                env.insert(k, toml::Value::String(literal.trim().to_owned()));
+            }
+        }
+    }
 }
 
 /// `socket-mode` given as a TOML integer becomes the octal text it stands for. A mode
@@ -1648,8 +1683,19 @@ impl Config {
                 // Compared as they will be bound: `unix:a.sock` and `unix:$PWD/a.sock`
                 // are one socket.
                 let addr = absolute_addr(addr.clone());
-                if listeners.iter().any(|(_, a)| *a == addr) {
-                    return Err(invalid(key, format!("{addr} is given twice")));
+                if let Some((other, _)) = listeners.iter().find(|(_, a)| *a == addr) {
+                    // One socket speaks one protocol: a second one needs its own address.
+                    return Err(invalid(
+                        key,
+                        if *other == protocol {
+                            format!("{addr} is given twice")
+                        } else {
+                            format!(
+                                "{addr} is --{}'s address too: a socket speaks one protocol, give each its own address",
+                                other.name()
+                            )
+                        },
+                    ));
                 }
                 if o.stats.clone().map(absolute_addr) == Some(addr.clone()) {
                     return Err(invalid(
@@ -2108,11 +2154,11 @@ mod tests {
         let cases = [
             (
                 "threads = \"4\"\n",
-                "invalid type: string \"4\", expected a whole number, 0 or more (write it without quotes: threads = 4)",
+                "invalid type: string \"4\", expected a whole number from 1 to 1024 (write it without quotes: threads = 4)",
             ),
             (
                 "workers = -1\n",
-                "invalid value: integer `-1`, expected a whole number, 0 or more",
+                "invalid value: integer `-1`, expected a whole number from 1 to 256",
             ),
             (
                 "preload = \"true\"\n",
@@ -2188,6 +2234,32 @@ mod tests {
         );
     }
 
+    // regression (probe 385): `VERSION = 1.10` reached the app as "1.1".
+    #[test]
+    fn env_numbers_are_taken_as_written() {
+        let (_d, f) = file(
+            "app = \"a\"\n[env]\nVERSION = 1.10\nMASK = 0o22\nBIG = 1_000\nON = true\nE = 2.5e3 # c\n",
+        );
+        let l = layered(&["--config", &f]).unwrap();
+        let c = Config::resolve(&l, None).unwrap();
+        let got: Vec<(&str, &str)> = c
+            .opts
+            .env
+            .iter()
+            .map(|KeyValue(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("BIG", "1_000"),
+                ("E", "2.5e3"),
+                ("MASK", "0o22"),
+                ("ON", "true"),
+                ("VERSION", "1.10")
+            ]
+        );
+    }
+
     #[test]
     fn rejects_unknown_file_keys() {
         let (_d, f) = file("app = \"a\"\nthred = 3\n");
@@ -2205,6 +2277,13 @@ mod tests {
         );
         assert!(e.contains("), zzzzzz (the keys are"), "{e}");
         assert!(!e.contains("did you mean"), "{e}");
+        let (_d, f) = file("app = \"a\"\nconfig = \"other.toml\"\n");
+        let e = layered(&["--config", &f]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown key config (a --config file names no other file"),
+            "{e}"
+        );
+        assert!(!e.contains("uWSGI"), "{e}");
     }
 
     // regression (probe 334): `postern check` tried to import a module `check`.
@@ -2428,6 +2507,13 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         let abs = format!("unix:{}", cwd.join("a.sock").display());
         let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--fastcgi", &abs]).unwrap_err();
+        // regression (probe 385): two protocols on one address read "is given twice".
+        assert!(
+            e.to_string()
+                .contains("is --uwsgi's address too: a socket speaks one protocol"),
+            "{e}"
+        );
+        let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--uwsgi", &abs]).unwrap_err();
         assert!(e.to_string().contains("is given twice"), "{e}");
         // regression: the clash with --stats named --uwsgi's address as "given twice".
         let e = resolve(&["app", "--uwsgi", "unix:a.sock", "--stats", &abs]).unwrap_err();

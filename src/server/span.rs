@@ -28,6 +28,7 @@ pub fn request_span_with(head: &Head, peer: &Arc<str>, id: RequestId) -> (Reques
         path = %UntrustedField(
             head.get(b"REQUEST_URI")
                 .or_else(|| head.get(b"PATH_INFO"))
+                .or_else(|| head.get(b"SCRIPT_NAME"))
                 .unwrap_or(b"-")
         ),
         peer = %UntrustedField(peer.as_bytes()),

@@ -655,6 +655,15 @@ fn killed_why(sig: Option<i32>, quiet_exit: bool) -> String {
     format!(": {}", start_failure(sig, quiet_exit))
 }
 
+/// A worker's `--max-lifetime`: the limit plus up to a tenth of it, drawn from its pid.
+/// regression (probe 385): workers started together (at the start, by a reload) all
+/// passed it in the same moment and imported their successors at once, each cycle.
+fn lifetime(limit: Duration, pid: Pid) -> Duration {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    let seed = u64::from(raw(pid).unsigned_abs());
+    limit + Duration::from_millis(super::tenth_of(ms, seed))
+}
+
 fn raw(pid: Pid) -> i32 {
     pid.as_raw_nonzero().get()
 }
@@ -1377,7 +1386,7 @@ impl Master {
                 }
             }
             if w.phase == Phase::Serving && w.generation == generation && w.outgoing.is_none() {
-                if let Some(life) = self.opts.max_lifetime {
+                if let Some(life) = self.opts.max_lifetime.map(|l| lifetime(l, w.pid)) {
                     if w.started.elapsed() > life {
                         tracing::info!(
                             pid = raw(w.pid),
@@ -3327,6 +3336,19 @@ fn relieved(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_forked_together_get_lifetimes_spread_over_a_tenth() {
+        let limit = Duration::from_secs(3600);
+        let drawn: std::collections::BTreeSet<Duration> = (1000..1032)
+            .map(|p| lifetime(limit, Pid::from_raw(p).unwrap()))
+            .collect();
+        assert!(drawn.len() > 24, "{drawn:?}");
+        assert!(drawn.iter().all(|d| *d >= limit && *d < limit + limit / 10));
+        // The same worker gets the same lifetime at each look.
+        let p = Pid::from_raw(4321).unwrap();
+        assert_eq!(lifetime(limit, p), lifetime(limit, p));
+    }
 
     fn worker(serving: bool, outgoing: Option<Instant>) -> Candidate {
         Candidate {

@@ -164,6 +164,19 @@ pub fn warn_lifespan_timeout(lifespan_timeout: Duration, start_timeout: Duration
     );
 }
 
+/// A draw from `0` to a tenth of `n` (0 under 10), spread by a hash of `seed`: workers
+/// forked together (consecutive pids) get values over the whole range. The recycling
+/// limits' jitter, so that workers started together do not recycle together.
+fn tenth_of(n: u64, seed: u64) -> u64 {
+    let spread = (n / 10).max(1);
+    // splitmix64's finaliser.
+    let mut x = seed;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    x % spread
+}
+
 /// `--stats` under a master: the bound endpoint and what it reports.
 pub struct Stats {
     pub bound: crate::server::listener::Bound,

@@ -376,13 +376,10 @@ fn lead_ns(start: Duration) -> u64 {
 /// regression: it was `pid % (n / 10)`: consecutive pids gave consecutive limits
 /// (510 and 511 of 500), and workers started together recycled together.
 fn jitter(n: u64) -> u64 {
-    let spread = (n / 10).max(1);
-    let mut x = u64::from(std::process::id()) << 32 ^ super::scoreboard::now_ns();
-    // splitmix64's finaliser.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    x % spread
+    super::tenth_of(
+        n,
+        u64::from(std::process::id()) << 32 ^ super::scoreboard::now_ns(),
+    )
 }
 
 impl WorkerMonitor {
