@@ -2178,7 +2178,7 @@ fn format_access<'a>(
         // regression: it said `(the front server read none of it)`, with bytes=2990080.
         Ending::Stalled => ("WARN", "closed by postern: the response stalled past --read-timeout (the front server stopped reading it)"),
         Ending::BodyStalled => ("WARN", "closed by postern: the request body stalled past --read-timeout"),
-        Ending::BodyTooSlow => ("WARN", "closed by postern: the request body came too slowly (--max-connections reached, a connection waiting)"),
+        Ending::BodyTooSlow => ("WARN", "closed by postern: the request body came too slowly, with another waiting for room (--max-connections, or every Python thread or --max-concurrency place taken)"),
         Ending::BadInput => ("WARN", "closed by postern: bad input from the front server on the connection while the request body came"),
         Ending::TimedOut => ("WARN", "answered 504 by postern: the request ran past --timeout (its worker is replaced)"),
         Ending::TimedOutCut => ("WARN", "cut off by postern: the request ran past --timeout and its worker was killed; its response is incomplete"),
@@ -2912,7 +2912,10 @@ mod tests {
         // regression (probe 380): SCRIPT_NAME alone logged `path=-`.
         for (vars, path) in [
             (&[("SCRIPT_NAME", "/app")][..], "path=/app "),
-            (&[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/x")][..], "path=/app/x "),
+            (
+                &[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/x")][..],
+                "path=/app/x ",
+            ),
             (&[("PATH_INFO", "/x")][..], "path=/x "),
             (
                 &[("REQUEST_URI", "/app/x?q"), ("SCRIPT_NAME", "/app")][..],

@@ -983,7 +983,7 @@ fn a_status_with_index_is_read_as_the_int_it_stands_for() {
     // Neither an int nor an __index__: TypeError, raised in the app.
     assert_eq!(
         get(&p, "/status-float", "").text(),
-        "TypeError: http.response.start 'status' must be an int (a status code such as 200), not float"
+        "TypeError: http.response.start 'status' must be an int status code, not float"
     );
 }
 

@@ -1049,7 +1049,7 @@ fn slow_bodies_at_max_connections_make_room_for_a_waiting_request() {
         // (FastCGI's still does: the lane breaks the connection, and its app's read
         // fails as at the front server's close.)
         if protocol != "fastcgi" {
-            let access = "closed by postern: the request body came too slowly (--max-connections reached, a connection waiting)";
+            let access = "closed by postern: the request body came too slowly, with another waiting for room (--max-connections, or every Python thread or --max-concurrency place taken)";
             assert!(p.wait_log(access, 5), "{protocol}\n{}", p.logs());
         }
     }

@@ -650,6 +650,12 @@ fn http_text_on_the_scgi_port_gets_an_http_400() {
         );
         ok_after(&p);
     }
+    // regression (probe 389): no access line for these answers over uwsgi and SCGI.
+    assert!(
+        p.wait_log_count("protocol=scgi remote=- method=- path=- status=400", 2, 5),
+        "{}",
+        p.logs()
+    );
 }
 
 #[test]

@@ -1496,7 +1496,9 @@ fn sigquit_counts_uploads_cut_mid_body_besides_the_running_request() {
     use std::io::Write;
     let dir = tempdir();
     let mut p = Spawn::tcp(dir.path(), &testapp())
-        .args(["--workers", "1", "--master", "--threads", "1"])
+        // A thread free to accept the uploads (their bodies then stall in the slow
+        // lane): SIGQUIT takes nothing from the listen queue (probe 390).
+        .args(["--workers", "1", "--master", "--threads", "2"])
         .start();
     assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
     let Addr::Tcp(port) = p.addr else {
@@ -1660,6 +1662,66 @@ fn a_second_signal_counts_the_requests_accepted_and_not_started_too() {
     );
     for r in requests {
         assert!(parse_http(&r.join().unwrap()).is_none());
+    }
+}
+
+// regression (probe 390): at SIGQUIT, and at --graceful-timeout, each worker took the
+// whole listen queue, said `serving connections that were waiting in the listen queue`
+// and cut every one off as a request it had read and that waited for its turn: the
+// README says SIGQUIT takes nothing more from the listen queue. What waits there is now
+// left to the master, which closes and counts it once the workers are gone.
+#[test]
+fn the_stop_s_end_leaves_the_listen_queue_to_the_master() {
+    for (signal, extra) in [
+        (libc::SIGQUIT, &[][..]),
+        (libc::SIGTERM, &["--graceful-timeout", "1"][..]),
+    ] {
+        let dir = tempdir();
+        let mut p = Spawn::unix(dir.path(), &testapp())
+            .args(["--workers", "2", "--threads", "1"])
+            .args(extra.iter().copied())
+            .start();
+        assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
+        let marks: Vec<_> = (0..2)
+            .map(|i| dir.path().join(format!("in-app-{i}")))
+            .collect();
+        let running: Vec<_> = marks
+            .iter()
+            .map(|mark| marked_sleep_on_thread(&p.addr, 30, mark))
+            .collect();
+        assert!(
+            wait_until(10, || marks.iter().all(|m| m.exists())),
+            "{}",
+            p.logs()
+        );
+        // Both threads busy: these five wait in the listen queue.
+        let Addr::Unix(path) = &p.addr else {
+            unreachable!()
+        };
+        let queued: Vec<_> = (0..5).map(|_| queued_get(path)).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        p.signal(signal);
+        let status = p.wait_exit(20);
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", p.logs());
+        assert!(
+            p.wait_log("stopped with requests cut off (", 5),
+            "{}",
+            p.logs()
+        );
+        let logs = p.logs();
+        assert!(
+            !logs.contains("serving connections that were waiting in the listen queue")
+                && !logs.contains("before it started"),
+            "{logs}"
+        );
+        let line = log_line(&logs, "stopped with requests cut off (");
+        assert!(
+            line.contains("(2 requests running in the workers that ended, 5 connections still waiting in the listen queue, closed unanswered"),
+            "{line}\n{logs}"
+        );
+        for r in running.into_iter().chain(queued) {
+            assert!(parse_http(&r.join().unwrap()).is_none(), "{logs}");
+        }
     }
 }
 

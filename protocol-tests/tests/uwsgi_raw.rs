@@ -76,6 +76,14 @@ fn datasize_over_buffer_size_is_refused_with_the_option_to_raise() {
         "{}",
         p.logs()
     );
+    // regression (probe 389): the answer had no access line over uwsgi and SCGI, and
+    // the WARN said only "closing".
+    assert!(p.wait_log("answered 431 and closing", 5), "{}", p.logs());
+    assert!(
+        p.wait_log("method=- path=- status=431 bytes=", 5),
+        "{}",
+        p.logs()
+    );
     ok_after(&p);
 }
 

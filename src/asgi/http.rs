@@ -1671,7 +1671,7 @@ impl Exchange {
             }
             Err(_) => {
                 return Err(PyTypeError::new_err(format!(
-                    "http.response.start 'status' must be an int (a status code such as 200), not {}",
+                    "http.response.start 'status' must be an int status code, not {}",
                     status.get_type().name()?
                 )))
             }

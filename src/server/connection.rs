@@ -183,7 +183,9 @@ async fn serve<C: Conn>(
 ) {
     let limits = &lane.limits;
     let (head, mut framed) = match start {
-        Start::Failed(e) => return bad_request(&mut conn, &peer, e, &lane, info.protocol).await,
+        Start::Failed(e) => {
+            return bad_request(&mut conn, &peer, e, &lane, (info.protocol, started)).await
+        }
         Start::Head(head, codec, buf, filled) => (
             head,
             Reader {
@@ -249,7 +251,7 @@ async fn serve<C: Conn>(
                 }
                 Ok(Err(ReadError::Codec(e))) => {
                     drop(framed);
-                    return bad_request(&mut conn, &peer, e, &lane, info.protocol).await;
+                    return bad_request(&mut conn, &peer, e, &lane, (info.protocol, started)).await;
                 }
                 Ok(Ok(Some(Frame::Body(_)))) => unreachable!("the codec yields the head first"),
                 Ok(Ok(Some(Frame::Head(head)))) => {
@@ -511,13 +513,15 @@ pub(super) fn unframed_body<'h>(head: &'h Head, codec: &UwsgiCodec) -> Option<&'
     head.buf.get(coding.start as usize..coding.end as usize)
 }
 
-/// Logs a malformed request and answers where a protocol-level answer helps.
+/// Logs a malformed request and answers where a protocol-level answer helps (with
+/// an access line, as FastCGI's answers have: the head did not decode, so its method
+/// and path are `-`).
 async fn bad_request<C: Conn>(
     conn: &mut C,
     peer: &str,
     e: CodecError,
     lane: &SlowLane,
-    protocol: Protocol,
+    (protocol, started): (Protocol, Instant),
 ) {
     let mut style = protocol.head_style();
     let reply = match &e {
@@ -562,11 +566,33 @@ async fn bad_request<C: Conn>(
     };
     // Named for the first few only: a flood is summed up.
     if slow_clients::bad_input(peer, reason) {
-        tracing::warn!(%peer, error = %e, "bad request; closing");
+        match reply {
+            // regression (probe 389): it said "closing", not the answer it sent.
+            Some((code, ..)) => {
+                tracing::warn!(%peer, error = %e, status = code, "bad request; answered {code} and closing");
+            }
+            None => tracing::warn!(%peer, error = %e, "bad request; closing"),
+        }
     }
     lane.refused(protocol, reply.map(|r| r.0));
     if let Some((code, reason, body)) = reply {
-        reject(conn, style, code, reason, body, lane.limits.read_timeout).await;
+        // As `reject`, with the access line written before the drain.
+        let msg = crate::proto::response::plain_response(style, code, reason, body);
+        let sent = conn.write_all(&msg).await.ok().map(|()| msg.len() as u64);
+        // regression (probe 389): these answers had no access line over uwsgi and
+        // SCGI (FastCGI's had).
+        let head = Head {
+            buf: Bytes::new(),
+            vars: Vec::new(),
+            modifier30: false,
+            content_length: 0,
+        };
+        let id = crate::logging::RequestId::generate();
+        refused_access(&head, &id, protocol, code, sent, started);
+        if sent.is_some() {
+            let _ = conn.shutdown().await;
+            discard(conn, lane.limits.read_timeout).await;
+        }
     }
 }
 

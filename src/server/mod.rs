@@ -898,11 +898,27 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener], share: Opti
             tracing::warn!(listener = %l.label, error = %e, "cannot make the listener refuse new connections; closing it after the queue is served");
         }
     }
-    let (mut queued, starved) = match share {
+    let (mut queued, end) = match share {
         Some(share) => share_backlog(acceptor, share).await,
-        None => (0, false),
+        None => (0, ShareEnd::Empty),
     };
-    if starved {
+    if end == ShareEnd::CutShort {
+        // The stop's end (--graceful-timeout, a second signal, SIGQUIT): nothing more
+        // is taken from the listen queues to be cut off unserved, and the listeners are
+        // left as they are (shutting one resets what waits in it): the master takes
+        // what is still there once its workers are gone, closes it and counts it
+        // (`connections still waiting in the listen queue, closed unanswered`). What a
+        // leaving worker handed over is this worker's to answer or cut.
+        // regression (probe 390): at SIGQUIT and at --graceful-timeout the workers took
+        // the whole queue, said `serving connections that were waiting in the listen
+        // queue`, and cut each off as a request read and waiting for its turn.
+        let handed = acceptor.adopt_all();
+        if queued + handed > 0 {
+            tracing::debug!(queued, handed, "taken before the stop's end");
+        }
+        return;
+    }
+    if end == ShareEnd::Starved {
         // Out of descriptors: this worker can take nothing, and shutting the listeners
         // it shares would reset the connections its siblings are to serve; they shut
         // them (the sockets close here with the process).
@@ -947,11 +963,23 @@ async fn shut_listeners(acceptor: &Acceptor, listeners: &[Listener], share: Opti
 /// [`share_backlog`].
 struct Share<'a> {
     queue: &'a Queue,
-    /// `--graceful-timeout`'s end: what still waits then is taken (and counted as cut
-    /// off, never started).
+    /// `--graceful-timeout`'s end: what still waits then is left to the master (taken,
+    /// closed and counted once the workers are gone).
     deadline: Instant,
     /// A second signal came: stop sharing, take what waits.
     stop_now: &'a dyn Fn() -> bool,
+}
+
+/// Why [`share_backlog`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShareEnd {
+    /// The listen queues hold nothing more (as far as this worker can tell).
+    Empty,
+    /// Out of descriptors: this worker can take nothing.
+    Starved,
+    /// `--graceful-timeout` passed, or a second signal (SIGQUIT) came: what waits is
+    /// not this worker's to take.
+    CutShort,
 }
 
 /// How often a stopping worker with no thread free looks whether its listen queues
@@ -969,7 +997,7 @@ const SHARE_LOOK: Duration = Duration::from_millis(10);
 /// regression (probe 317): at a stop the first worker to drain took the whole queue
 /// while its idle siblings exited: 6 short requests waited behind an 8 s one and
 /// were cut off at --graceful-timeout (502), 10 of 24 with 4 workers.
-async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, bool) {
+async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, ShareEnd) {
     let mut taken = 0;
     // A connection taken whose request is not whole yet (its body still arriving) goes
     // to the slow lane, not to the queue: it holds a thread's place all the same.
@@ -978,7 +1006,7 @@ async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, bool) {
     let lane_before = share.queue.lane_tasks();
     loop {
         if (share.stop_now)() || Instant::now() >= share.deadline {
-            return (taken, false);
+            return (taken, ShareEnd::CutShort);
         }
         let in_lane = share.queue.lane_tasks().saturating_sub(lane_before);
         let room = share.queue.room().saturating_sub(in_lane);
@@ -986,14 +1014,14 @@ async fn share_backlog(acceptor: &Acceptor, share: Share<'_>) -> (usize, bool) {
             let (n, left) = acceptor.drain_backlog_up_to(room, true);
             taken += n;
             match left {
-                Backlog::Empty => return (taken, false),
-                Backlog::Starved => return (taken, true),
+                Backlog::Empty => return (taken, ShareEnd::Empty),
+                Backlog::Starved => return (taken, ShareEnd::Starved),
                 Backlog::MayHoldMore if n > 0 => continue,
                 Backlog::MayHoldMore => {}
             }
         }
         if !acceptor.backlog_may_wait() {
-            return (taken, false);
+            return (taken, ShareEnd::Empty);
         }
         // Woken at once when a thread or a place comes free; the look bounds the wait
         // for a queue a sibling emptied. regression (own measure): with a fixed 10 ms

@@ -2375,10 +2375,17 @@ impl Master {
             let quiet_exit = !w.served && !by_master && status.exit_status() == Some(0);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
+            // The ASGI count read as the worker was asked to stop at once stands for a
+            // worker that did not exit by itself (killed past its grace, a crash): one
+            // that exited wrote its own count of what it cut (`cut_tasks`), which leaves
+            // out the tasks that ended in between, and the staleness of the published
+            // count. regression (probe 390): under load, SIGQUIT's last line said 7
+            // requests running where the workers had cut and named 5.
+            let exited = status.exit_status().is_some();
             let was_running = self
                 .board
                 .running(w.slot)
-                .max(w.quit.map_or(0, |q| q.asgi_running))
+                .max(w.quit.filter(|_| !exited).map_or(0, |q| q.asgi_running))
                 // What the worker cut off that its lines do not show: an ASGI loop's
                 // tasks (their lines cleared as they ended), and besides, uploads still
                 // being read (on no line).
@@ -3177,6 +3184,21 @@ impl Master {
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
         }
         tracing::info!("all workers exited");
+        // What still waits in the listen queues (the workers leave it there past the
+        // stop's end: --graceful-timeout, SIGQUIT) is cut off: taken, closed and
+        // counted, not reset unsaid as the master exits.
+        let left: usize = listeners
+            .iter()
+            .filter(|l| !l.inherited)
+            .map(|l| l.take_waiting())
+            .sum();
+        if left > 0 {
+            tracing::warn!(
+                in_listen_queue = left,
+                "connections still waiting in the listen queue as the workers ended: closed unanswered (the front server answers 502 or tries its next upstream)"
+            );
+            self.unclean.listen_queue += left;
+        }
         if self.unclean.any() {
             return Err(SupervisorError::CutOff(self.unclean));
         }
@@ -3194,8 +3216,9 @@ pub struct Unclean {
     /// Python thread, as they last published it during the stop): cut off too.
     /// regression: not counted: "4 requests running" for 12 cut off.
     pub waiting: usize,
-    /// Connections still in the listen queues at a second signal (no worker had room
-    /// to take them), closed unanswered by the master.
+    /// Connections still in the listen queues at a second signal, SIGQUIT or
+    /// --graceful-timeout (no worker had room to take them), closed unanswered by the
+    /// master.
     pub listen_queue: usize,
     /// Served workers the master's SIGKILL ended: still running past
     /// `--graceful-timeout`, or a second signal (not SIGQUIT's, which was asked for).

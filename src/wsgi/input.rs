@@ -89,7 +89,9 @@ impl ClosedBy {
                 "postern closed the connection: the front server sent bad FastCGI input on it"
             }
             ClosedBy::Room => {
-                "postern closed the connection: the body came too slowly (--max-connections reached, a connection waiting)"
+                // The WARN line before it says which room was wanted. regression (probe 389):
+                // it named --max-connections when every thread was busy.
+                "postern closed the connection: the body came too slowly, with another waiting for room (--max-connections, or every Python thread or --max-concurrency place taken)"
             }
         }
     }
