@@ -2161,7 +2161,12 @@ fn format_access<'a>(
     let joined;
     let uri = match (var(v.uri), var(v.script_name), var(v.path_info)) {
         (Some(u), ..) => Some(u),
-        (None, Some(s), Some(p)) => {
+        // A PATH_INFO that holds SCRIPT_NAME already (nginx's stock params, uwsgi
+        // modifier1 30: the prefix the environ strips) is the whole path.
+        // regression (review 391): `/app` + `/app/x` read `/app/app/x`.
+        (None, Some(s), Some(p))
+            if !(p.starts_with(s) && matches!(p.get(s.len()), None | Some(b'/'))) =>
+        {
             joined = [s, p].concat();
             Some(joined.as_slice())
         }
@@ -2917,6 +2922,14 @@ mod tests {
                 "path=/app/x ",
             ),
             (&[("PATH_INFO", "/x")][..], "path=/x "),
+            (
+                &[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/app/x")][..],
+                "path=/app/x ",
+            ),
+            (
+                &[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/apple")][..],
+                "path=/app/apple ",
+            ),
             (
                 &[("REQUEST_URI", "/app/x?q"), ("SCRIPT_NAME", "/app")][..],
                 "path=/app/x?q ",

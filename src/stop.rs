@@ -763,6 +763,11 @@ fn quit() -> bool {
         || MASTER_QUIT.load(Ordering::SeqCst) != 0
 }
 
+/// The stop is immediate: SIGQUIT (a single process's, or its master's).
+pub fn quitting() -> bool {
+    quit()
+}
+
 /// Why a master stops a worker at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopNow {

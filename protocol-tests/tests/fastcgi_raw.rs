@@ -888,6 +888,49 @@ fn multiplexed_requests_begun_one_after_the_other_still_overlap() {
 // ---------------------------------------------------------------------------------
 // FCGI_ABORT_REQUEST
 
+// regression (probe 389): a request without FCGI_KEEP_CONN aborted before its PARAMS
+// ended got its END_REQUEST, and then its connection stayed open until --head-timeout,
+// closed as "no FastCGI request within 5s".
+#[test]
+fn a_request_without_keep_conn_aborted_before_its_params_end_closes_its_connection() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "5"])
+        .start();
+    for with_params in [false, true] {
+        let mut b = fcgi::begin(1, 1, false);
+        if with_params {
+            b.extend(fcgi::record(
+                PARAMS,
+                1,
+                &params_block(&vars("GET", "/", None)),
+            ));
+        }
+        b.extend(fcgi::record(ABORT_REQUEST, 1, b""));
+        let mut s = p.addr.connect().unwrap();
+        s.write_all(&b).unwrap();
+        let began = std::time::Instant::now();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "{:?}\n{}",
+            began.elapsed(),
+            p.logs()
+        );
+        let end = read_rec(&mut &out[..]).unwrap().expect("END_REQUEST");
+        assert_eq!((end.kind, end.id), (END_REQUEST, 1), "{end:?}");
+    }
+    assert!(
+        !p.logs().contains("no FastCGI request within"),
+        "{}",
+        p.logs()
+    );
+    ok_after(&p);
+}
+
 #[test]
 fn abort_request_mid_body_ends_the_request_and_runs_close() {
     let dir = tempdir();

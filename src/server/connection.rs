@@ -565,34 +565,38 @@ async fn bad_request<C: Conn>(
         _ => Reason::Malformed,
     };
     // Named for the first few only: a flood is summed up.
-    if slow_clients::bad_input(peer, reason) {
-        match reply {
-            // regression (probe 389): it said "closing", not the answer it sent.
-            Some((code, ..)) => {
-                tracing::warn!(%peer, error = %e, status = code, "bad request; answered {code} and closing");
-            }
-            None => tracing::warn!(%peer, error = %e, "bad request; closing"),
+    let named = slow_clients::bad_input(peer, reason);
+    lane.refused(protocol, reply.map(|r| r.0));
+    let Some((code, reason, body)) = reply else {
+        if named {
+            tracing::warn!(%peer, error = %e, "bad request; closing");
+        }
+        return;
+    };
+    // As `reject`, with the lines written before the drain.
+    let msg = crate::proto::response::plain_response(style, code, reason, body);
+    let sent = conn.write_all(&msg).await.ok().map(|()| msg.len() as u64);
+    if named {
+        // regression (probe 389): it said "closing", not the answer it sent.
+        if sent.is_some() {
+            tracing::warn!(%peer, error = %e, status = code, "bad request; answered {code} and closing");
+        } else {
+            tracing::warn!(%peer, error = %e, status = code, "bad request; closing (its {code} answer could not be written: the peer is gone)");
         }
     }
-    lane.refused(protocol, reply.map(|r| r.0));
-    if let Some((code, reason, body)) = reply {
-        // As `reject`, with the access line written before the drain.
-        let msg = crate::proto::response::plain_response(style, code, reason, body);
-        let sent = conn.write_all(&msg).await.ok().map(|()| msg.len() as u64);
-        // regression (probe 389): these answers had no access line over uwsgi and
-        // SCGI (FastCGI's had).
-        let head = Head {
-            buf: Bytes::new(),
-            vars: Vec::new(),
-            modifier30: false,
-            content_length: 0,
-        };
-        let id = crate::logging::RequestId::generate();
-        refused_access(&head, &id, protocol, code, sent, started);
-        if sent.is_some() {
-            let _ = conn.shutdown().await;
-            discard(conn, lane.limits.read_timeout).await;
-        }
+    // regression (probe 389): these answers had no access line over uwsgi and
+    // SCGI (FastCGI's had).
+    let head = Head {
+        buf: Bytes::new(),
+        vars: Vec::new(),
+        modifier30: false,
+        content_length: 0,
+    };
+    let id = crate::logging::RequestId::generate();
+    refused_access(&head, &id, protocol, code, sent, started);
+    if sent.is_some() {
+        let _ = conn.shutdown().await;
+        discard(conn, lane.limits.read_timeout).await;
     }
 }
 

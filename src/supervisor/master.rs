@@ -2375,17 +2375,10 @@ impl Master {
             let quiet_exit = !w.served && !by_master && status.exit_status() == Some(0);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
-            // The ASGI count read as the worker was asked to stop at once stands for a
-            // worker that did not exit by itself (killed past its grace, a crash): one
-            // that exited wrote its own count of what it cut (`cut_tasks`), which leaves
-            // out the tasks that ended in between, and the staleness of the published
-            // count. regression (probe 390): under load, SIGQUIT's last line said 7
-            // requests running where the workers had cut and named 5.
-            let exited = status.exit_status().is_some();
             let was_running = self
                 .board
                 .running(w.slot)
-                .max(w.quit.filter(|_| !exited).map_or(0, |q| q.asgi_running))
+                .max(w.quit.map_or(0, |q| q.asgi_running))
                 // What the worker cut off that its lines do not show: an ASGI loop's
                 // tasks (their lines cleared as they ended), and besides, uploads still
                 // being read (on no line).

@@ -532,10 +532,14 @@ impl ConnParser {
         if let Phase::Params(..) | Phase::Dropping { .. } = request.phase {
             // The app never saw this request: end it here, so the server never hears of
             // an id it has no app for (§2.8: answer END_REQUEST, REQUEST_COMPLETE).
+            // Without FCGI_KEEP_CONN the connection ends with it. regression (probe
+            // 389): it stayed open until --head-timeout ("no FastCGI request within").
+            let keep_conn = request.keep_conn;
             self.requests.remove(&id);
             reply(events, |out| {
                 encode_end_request(out, id, 0, ProtocolStatus::RequestComplete)
             });
+            self.ended_here(keep_conn);
             return;
         }
         request.aborted = true;
@@ -1634,20 +1638,24 @@ mod tests {
 
     #[test]
     fn ends_a_request_aborted_before_its_params_ended() {
-        let mut p = parser();
-        let mut bytes = begin(ID, ROLE_RESPONDER, false);
-        bytes.extend(record(PARAMS, ID, b"\x01\x01Kv"));
-        bytes.extend(record(ABORT_REQUEST, ID, &[]));
-        bytes.extend(record(PARAMS, ID, &[]));
-        let events = feed(&mut p, &bytes).unwrap();
-        assert_eq!(
-            events,
-            vec![Event::Reply(end_request(
-                ID,
-                ProtocolStatus::RequestComplete
-            ))]
-        );
-        assert!(!p.is_active(ID));
+        for keep_conn in [false, true] {
+            let mut p = parser();
+            let mut bytes = begin(ID, ROLE_RESPONDER, keep_conn);
+            bytes.extend(record(PARAMS, ID, b"\x01\x01Kv"));
+            bytes.extend(record(ABORT_REQUEST, ID, &[]));
+            bytes.extend(record(PARAMS, ID, &[]));
+            let events = feed(&mut p, &bytes).unwrap();
+            assert_eq!(
+                events,
+                vec![Event::Reply(end_request(
+                    ID,
+                    ProtocolStatus::RequestComplete
+                ))]
+            );
+            assert!(!p.is_active(ID));
+            // regression (probe 389): without FCGI_KEEP_CONN it stayed open.
+            assert_eq!(p.close_after_replies(), !keep_conn, "keep_conn {keep_conn}");
+        }
     }
 
     #[test]

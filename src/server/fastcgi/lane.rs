@@ -891,7 +891,7 @@ pub async fn serve(
             break 'conn;
         }
         if parser.close_after_replies() && backlog.is_empty() {
-            tracing::debug!(%peer, "refused request without FCGI_KEEP_CONN: closing");
+            tracing::debug!(%peer, "refused or aborted request without FCGI_KEEP_CONN: closing");
             drain = true;
             drain_head = true;
             break 'conn;
