@@ -538,6 +538,14 @@ fn a_max_rss_below_the_rss_at_start_is_warned_about_once() {
         .args(["--workers", "2", "--max-rss", "20"])
         .start();
     warned_once_over_max_rss(&p, "once the app is imported", 40, 20);
+    // Over 1.5 x --max-rss each leaves at once, and says why. regression (probe 390):
+    // its line read as an ordinary recycle.
+    assert!(
+        p.logs()
+            .contains("and over its hard limit (30 MiB, 1.5 x --max-rss): it stops now"),
+        "{}",
+        p.logs()
+    );
 }
 
 // regression: the warning above was only checked right after the import, before ASGI

@@ -1157,6 +1157,12 @@ impl WorkerMonitor {
                                 "RSS is over --max-rss's hard limit (1.5 x --max-rss): this worker stops now, although it was held past its limits because {waits_for}; no successor is ready, so if no other worker serves, none does until one starts"
                             );
                         }
+                        // regression (probe 390): it read as an ordinary recycle, with
+                        // nothing to say why it left at once.
+                        let why = format!(
+                            "{why}, and over its hard limit ({} MiB, 1.5 x --max-rss): it stops now, without waiting for its successor",
+                            Mib(max + max / RSS_HARD_DIVISOR)
+                        );
                         self.retire(Cause::MaxRss, &why);
                     } else {
                         self.want_successor(Cause::MaxRss, &why);

@@ -335,7 +335,10 @@ pub fn never_started(reqs: Vec<super::Request>, why: Option<&str>, before: usize
         match why {
             Some(why) if before + i < NEVER_STARTED_NAMED => {
                 let h = &r.head;
+                // The server's queue, an ASGI worker's too: not a WSGI line.
+                // regression (probe 390): FastAPI's read `postern::wsgi::inflight`.
                 tracing::warn!(
+                    target: "postern::server",
                     request_id = %r.request_id,
                     method = %Untrusted(h.get(b"REQUEST_METHOD").unwrap_or(b"-")),
                     path = %Untrusted(
