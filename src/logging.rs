@@ -2159,7 +2159,14 @@ fn format_access<'a>(
     // Without REQUEST_URI, the path the app sees: SCRIPT_NAME + PATH_INFO.
     // regression (probe 380): a request with SCRIPT_NAME alone logged `path=-`.
     let joined;
-    let uri = match (var(v.uri), var(v.script_name), var(v.path_info)) {
+    // SCRIPT_NAME without its trailing `/`, as the environ has it (review 392: `/app/`
+    // + `/app/x` read `/app//app/x`, `/` + `/x` read `//x`).
+    let script = var(v.script_name).map(|s| s.strip_suffix(b"/").unwrap_or(s));
+    let uri = match (
+        var(v.uri),
+        script.filter(|s| !s.is_empty()),
+        var(v.path_info),
+    ) {
         (Some(u), ..) => Some(u),
         // A PATH_INFO that holds SCRIPT_NAME already (nginx's stock params, uwsgi
         // modifier1 30: the prefix the environ strips) is the whole path.
@@ -2170,7 +2177,7 @@ fn format_access<'a>(
             joined = [s, p].concat();
             Some(joined.as_slice())
         }
-        (None, s, p) => p.or(s),
+        (None, s, p) => p.or(s).or(var(v.script_name)),
     };
     let remote = var(v.remote_addr);
     let (level, message) = match a.ending {
@@ -2930,6 +2937,12 @@ mod tests {
                 &[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/apple")][..],
                 "path=/app/apple ",
             ),
+            (
+                &[("SCRIPT_NAME", "/app/"), ("PATH_INFO", "/app/x")][..],
+                "path=/app/x ",
+            ),
+            (&[("SCRIPT_NAME", "/"), ("PATH_INFO", "/x")][..], "path=/x "),
+            (&[("SCRIPT_NAME", "/")][..], "path=/ "),
             (
                 &[("REQUEST_URI", "/app/x?q"), ("SCRIPT_NAME", "/app")][..],
                 "path=/app/x?q ",

@@ -215,7 +215,8 @@ impl BegunIds {
 pub struct ConnParser {
     limits: ConnLimits,
     requests: FxHashMap<u16, Request>,
-    /// A refused BEGIN_REQUEST without KEEP_CONN: close once the replies are sent.
+    /// A request without KEEP_CONN refused, or ended here (begun again, aborted before
+    /// its PARAMS ended): close once the replies are sent.
     close_after_replies: bool,
     /// Every id a BEGIN_REQUEST named (accepted or refused) or adopted.
     begun: BegunIds,
@@ -356,8 +357,8 @@ impl ConnParser {
         );
     }
 
-    /// True once a refused request without KEEP_CONN has ended the connection: send the
-    /// replies, then close.
+    /// True once a request without KEEP_CONN refused or ended here has ended the
+    /// connection: send the replies (and answer what still runs), then close.
     pub fn close_after_replies(&self) -> bool {
         self.close_after_replies
     }
@@ -509,11 +510,10 @@ impl ConnParser {
         Ok(())
     }
 
-    /// A request the parser ended itself at a BEGIN_REQUEST for its id (its END_REQUEST
-    /// among the replies, its app never called): without KEEP_CONN the connection ends
-    /// with that END_REQUEST (§2.3), unless other requests still run on it, as for a
-    /// refused BEGIN_REQUEST. (An FCGI_ABORT_REQUEST while PARAMS come still leaves the
-    /// connection to the front server: no front server sends one, and nginx closes.)
+    /// A request the parser ended itself (its END_REQUEST among the replies, its app
+    /// never called): at a BEGIN_REQUEST for its id, or an FCGI_ABORT_REQUEST before its
+    /// PARAMS ended. Without KEEP_CONN the connection ends with that END_REQUEST (§2.3),
+    /// unless other requests still run on it, as for a refused BEGIN_REQUEST.
     // regression (sec L4): BEGIN_REQUEST twice for one id without KEEP_CONN sent
     // END_REQUEST at once but held the connection open until --head-timeout.
     fn ended_here(&mut self, keep_conn: bool) {

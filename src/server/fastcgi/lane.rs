@@ -890,7 +890,11 @@ pub async fn serve(
             lane.refused(crate::codec::Protocol::FastCgi, None);
             break 'conn;
         }
-        if parser.close_after_replies() && backlog.is_empty() {
+        // Once the requests that run on it have ended: one begun in the same read as
+        // the one that ended the connection is answered, not cut off (whether it was
+        // depended on how the front server's bytes were split into reads).
+        // regression (review 392): its app ran, and its answer was thrown away.
+        if parser.close_after_replies() && backlog.is_empty() && slots.is_empty() {
             tracing::debug!(%peer, "refused or aborted request without FCGI_KEEP_CONN: closing");
             drain = true;
             drain_head = true;
