@@ -1613,13 +1613,7 @@ fn a_second_signal_counts_the_requests_accepted_and_not_started_too() {
         .args(["--workers", "2", "--threads", "2"])
         .start();
     assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
-    let marks: Vec<_> = (0..12)
-        .map(|i| dir.path().join(format!("in-app-{i}")))
-        .collect();
-    let requests: Vec<_> = marks
-        .iter()
-        .map(|mark| marked_sleep_on_thread(&p.addr, 30, mark))
-        .collect();
+    let (marks, requests) = marked_sleeps(&p, dir.path(), 12);
     // Up to 4 run (2 workers x 2 threads); the others wait in the listen queue or in
     // a worker that accepted them (a worker may take them all: then 2 run).
     assert!(
@@ -1665,6 +1659,24 @@ fn a_second_signal_counts_the_requests_accepted_and_not_started_too() {
     }
 }
 
+/// `n` requests of 30 s sent at once (`marked_sleep_on_thread`), and the files each
+/// writes as its app starts.
+fn marked_sleeps(
+    p: &Postern,
+    dir: &std::path::Path,
+    n: usize,
+) -> (
+    Vec<std::path::PathBuf>,
+    Vec<std::thread::JoinHandle<Vec<u8>>>,
+) {
+    let marks: Vec<_> = (0..n).map(|i| dir.join(format!("in-app-{i}"))).collect();
+    let requests = marks
+        .iter()
+        .map(|mark| marked_sleep_on_thread(&p.addr, 30, mark))
+        .collect();
+    (marks, requests)
+}
+
 // regression (probe 390): at SIGQUIT, and at --graceful-timeout, each worker took the
 // whole listen queue, said `serving connections that were waiting in the listen queue`
 // and cut every one off as a request it had read and that waited for its turn: the
@@ -1682,18 +1694,13 @@ fn the_stop_s_end_leaves_the_listen_queue_to_the_master() {
             .args(extra.iter().copied())
             .start();
         assert!(p.wait_log("all 2 workers ready", 20), "{}", p.logs());
-        let marks: Vec<_> = (0..2)
-            .map(|i| dir.path().join(format!("in-app-{i}")))
-            .collect();
-        let running: Vec<_> = marks
-            .iter()
-            .map(|mark| marked_sleep_on_thread(&p.addr, 30, mark))
-            .collect();
-        assert!(
-            wait_until(10, || marks.iter().all(|m| m.exists())),
-            "{}",
-            p.logs()
-        );
+        // One after the other: sent together, one worker may take both.
+        let mut running = Vec::new();
+        for i in 0..2 {
+            let mark = dir.path().join(format!("in-app-{i}"));
+            running.push(marked_sleep_on_thread(&p.addr, 30, &mark));
+            assert!(wait_file(&mark, 10), "{}", p.logs());
+        }
         // Both threads busy: these five wait in the listen queue.
         let Addr::Unix(path) = &p.addr else {
             unreachable!()
