@@ -982,7 +982,7 @@ struct Share<'a> {
     /// `--graceful-timeout`'s end: what still waits then is left to the master (taken,
     /// closed and counted once the workers are gone).
     deadline: Instant,
-    /// A second signal came: stop sharing, take what waits.
+    /// A second signal came (SIGQUIT too): stop sharing; what waits is the master's.
     stop_now: &'a dyn Fn() -> bool,
 }
 

@@ -89,8 +89,8 @@ impl ClosedBy {
                 "postern closed the connection: the front server sent bad FastCGI input on it"
             }
             ClosedBy::Room => {
-                // The WARN line before it says which room was wanted. regression (probe 389):
-                // it named --max-connections when every thread was busy.
+                // The WARN line before it says which room was wanted. regression (probe
+                // 389): it named --max-connections when every thread was busy.
                 "postern closed the connection: the body came too slowly, with another waiting for room (--max-connections, or every Python thread or --max-concurrency place taken)"
             }
         }
