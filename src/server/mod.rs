@@ -321,12 +321,9 @@ pub fn run(
     // A worker whose master died stops: the signal that death sends and the
     // supervisor's thread that watches the master say so (crate::stop::master_gone).
 
-    // What cut the requests off, whether the master names what waited then (a
-    // --timeout kill), how many did, and what the master was told was cut off
-    // unseen, once the stop cut them: for what the slow lane queues after.
-    // With the number of the Python threads' requests it cut off.
-    #[allow(clippy::type_complexity)]
-    let mut cut_why: Option<(String, bool, usize, Option<Arc<crate::asgi::Stop>>, usize)> = None;
+    // How the stop cut the requests off, once it did: for what the slow lane queues
+    // after, and the count the master is told at the exit.
+    let mut cut_why: Option<CutBy> = None;
     let (finished, whole) = runtime.block_on(async {
         // The handler has counted since the process started (a worker: since its
         // fork), so a stop that came while the app was imported is acted on now. Put
@@ -772,7 +769,13 @@ pub fn run(
                     m.waiting_told(told);
                 }
             }
-            cut_why = Some((why, named, told, loop_stop.clone(), wsgi_cut));
+            cut_why = Some(CutBy {
+                why,
+                named,
+                told,
+                stop: loop_stop.clone(),
+                wsgi_cut,
+            });
             if unnamed > 0 && !named {
                 tracing::warn!(
                     requests = unnamed,
@@ -813,7 +816,7 @@ pub fn run(
         // heartbeat kill) said requests still ran.
         let blocked = cut_why
             .as_ref()
-            .and_then(|(.., stop, _)| stop.as_ref())
+            .and_then(|c| c.stop.as_ref())
             .is_some_and(|s| !s.cut_taken_yet());
         let what = if blocked {
             "the event loop still blocked (it never took the stop: what it runs is named by the master)"
@@ -844,18 +847,18 @@ pub fn run(
     // ended since the sweep, and those begun after it), the loop's cut tasks.
     // regression (review 367): the sweep's count was kept, give or take the requests
     // queued since.
-    if let (Some((.., stop, wsgi_cut)), Some(m)) = (&cut_why, &monitor) {
-        m.tasks_cut(
-            stop.as_ref().map_or(0, |s| s.cut_tasks()) + *wsgi_cut,
-            queue.reading(),
-        );
+    if let (Some(c), Some(m)) = (&cut_why, &monitor) {
+        m.tasks_cut(c.cut(), queue.reading());
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
     // Queued by the slow lane after the stop named what waited (a body that came
     // whole during the FastCGI marks' wait): no task is left to queue more.
     // regression (review 362): closed at the exit, unnamed, without an access line.
     // Named even after a --timeout kill: the master named what waited before these.
-    if let Some((why, named, told, ..)) = cut_why {
+    if let Some(CutBy {
+        why, named, told, ..
+    }) = cut_why
+    {
         let late = queue.take_all();
         if !late.is_empty() {
             let n = late.len();
@@ -984,6 +987,28 @@ struct Share<'a> {
     deadline: Instant,
     /// A second signal came (SIGQUIT too): stop sharing; what waits is the master's.
     stop_now: &'a dyn Fn() -> bool,
+}
+
+/// How a worker's stop cut its requests off ([`run`]).
+struct CutBy {
+    /// What cut them off, for their lines.
+    why: String,
+    /// The master names what waited then (a --timeout kill).
+    named: bool,
+    /// How many of those waiting the master was told of.
+    told: usize,
+    /// The ASGI loop's stop, if any: its cancelled tasks.
+    stop: Option<Arc<crate::asgi::Stop>>,
+    /// The Python threads' requests it cut off.
+    wsgi_cut: usize,
+}
+
+impl CutBy {
+    /// What was cut off that no scoreboard line shows: the loop's cancelled tasks
+    /// and the Python threads' requests (the count the monitor's `tasks_cut` takes).
+    fn cut(&self) -> usize {
+        self.stop.as_ref().map_or(0, |s| s.cut_tasks()) + self.wsgi_cut
+    }
 }
 
 /// Why [`share_backlog`] returned.
