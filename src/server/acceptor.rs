@@ -1709,6 +1709,15 @@ impl Arrival {
         }
     }
 
+    /// A rule that waits out pauses up to `pause`, for as long (tests).
+    #[cfg(test)]
+    pub(crate) fn patient(pause: Duration) -> Arrival {
+        Arrival {
+            pause,
+            deadline: Instant::now() + pause,
+        }
+    }
+
     /// Waits for `sock` to have more input; false when it pauses too long, the time
     /// is up, or the wait fails.
     pub(super) fn more(&self, sock: &impl AsFd) -> bool {

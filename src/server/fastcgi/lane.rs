@@ -772,6 +772,10 @@ pub async fn serve(
                 closed_by = Some(ClosedBy::BadInput);
             }
             backlog.extend(events.drain(..));
+            if parser.close_after_replies() {
+                // Before any request after it is handed to a Python thread.
+                conn.closes_after_replies();
+            }
             for (id, what) in parser.take_begun_again() {
                 let what = match what {
                     // Without FCGI_KEEP_CONN, its END_REQUEST ends the connection (§2.3).

@@ -348,6 +348,11 @@ pub struct FcgiConn {
     /// written; the slow lane's own records (FCGI_UNKNOWN_TYPE, GET_VALUES_RESULT)
     /// check it under the write lock ([`FcgiConn::write_reply`]).
     last_end: AtomicBool,
+    /// The connection ends once the requests running on it have: the slow lane's
+    /// parser ended or refused a request without FCGI_KEEP_CONN (spec §2.3). A kept
+    /// request's sink then tells its end (`Ctl::Done`) after its END_REQUEST is out,
+    /// not before: the reader closes the connection at that message.
+    closes_after_replies: AtomicBool,
     /// A send stopped part way (it failed): the next byte would land inside a record,
     /// so nothing may follow, not even the mark of a cut ([`FcgiConn::mark_cut`]).
     torn: AtomicBool,
@@ -493,6 +498,7 @@ impl FcgiConn {
             lane_requests: AtomicUsize::new(0),
             ending: AtomicUsize::new(0),
             last_end: AtomicBool::new(false),
+            closes_after_replies: AtomicBool::new(false),
             torn: AtomicBool::new(false),
             marking: AtomicBool::new(false),
             halt: Stop::default(),
@@ -1086,6 +1092,12 @@ impl FcgiConn {
 
     /// Its END_REQUEST, announced to the slow lane before it is written, is still going
     /// out: the lane must not close the connection now.
+    /// The slow lane's parser ended the connection (see `closes_after_replies`): the
+    /// requests begun after tell their ends once their END_REQUESTs are out.
+    pub(super) fn closes_after_replies(&self) {
+        self.closes_after_replies.store(true, Ordering::Release);
+    }
+
     pub(super) fn is_ending(&self) -> bool {
         self.ending.load(Ordering::Acquire) > 0
     }
@@ -1202,7 +1214,11 @@ impl FcgiConn {
                 // does not close it while `ending`). When this answer closes the
                 // connection, the reader closes it once idle instead, so it learns
                 // after END_REQUEST has gone out.
-                let early = keep_conn && !last;
+                // regression (review 392's fix, flaky since): a request begun after an
+                // abort that ends the connection told its end early, and the reader
+                // closed the connection under its END_REQUEST ('client went away').
+                let early =
+                    keep_conn && !last && !self.closes_after_replies.load(Ordering::Acquire);
                 if early {
                     self.ending.fetch_add(1, Ordering::AcqRel);
                     let _ = tx.send(Ctl::Done { id, reuse: true });
@@ -1226,7 +1242,7 @@ impl FcgiConn {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
                     self.abort();
                 }
-                if !keep_conn || last {
+                if !early {
                     let _ = tx.send(Ctl::Done {
                         id,
                         reuse: keep_conn,
