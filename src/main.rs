@@ -25,6 +25,8 @@ fn out(text: &str) {
 }
 
 fn main() -> ExitCode {
+    // Before postern opens any file of its own (see the function).
+    listener::note_systemd_fds();
     // Before anything else, while this is the only thread: a SIGHUP (a `systemctl
     // reload` right after the start), SIGUSR1, SIGUSR2, SIGTTIN or SIGTTOU waits until
     // its handler is in place instead of killing or stopping the process.

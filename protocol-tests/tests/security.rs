@@ -733,6 +733,39 @@ fn an_abstract_socket_passed_by_systemd_is_served() {
     drop(sock);
 }
 
+// regression (probe 393): LISTEN_FDS naming more fds than systemd passed made postern
+// take its own log file's fd 3 for a passed one; it closed it as no socket, and its
+// log lines went to whatever reused fd 3 ('cannot write to ...: Bad file descriptor').
+#[test]
+fn listen_fds_naming_fds_never_passed_leaves_postern_s_own_files_alone() {
+    let dir = tempdir();
+    let log = dir.path().join("own.log");
+    let sock = dir.path().join("a.sock");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ exec {} {} --log-file {} --uwsgi unix:{}",
+            postern_bin().display(),
+            security_app().display(),
+            log.display(),
+            sock.display()
+        ))
+        .env_remove("VIRTUAL_ENV")
+        .env("LISTEN_FDS", "2");
+    let p = Postern::spawn(cmd, Addr::Unix(sock), dir.path(), Some(log));
+    let (status, _) = p.get("/");
+    assert_eq!(status, 200);
+    let logs = p.logs();
+    for fd in [3, 4] {
+        let says = format!("LISTEN_FDS names fd {fd}, but it is not open; ignored");
+        assert!(logs.contains(&says), "{logs}");
+    }
+    assert!(!logs.contains("systemd passed fd"), "{logs}");
+    // The log file still takes lines after the listeners were taken (the harness
+    // waited for `ready` in it: the base build's never came).
+    assert!(logs.contains("INFO postern: ready"), "{logs}");
+}
+
 // regression: a socket directory owned by another user (one an attacker made in /tmp
 // before the first start, say) passed without a word, though its owner can replace the
 // socket after the start, sticky bit or not.

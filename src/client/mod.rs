@@ -66,6 +66,18 @@ pub enum ClientError {
     Output(io::Error),
 }
 
+/// A number of seconds on the command line (`--timeout`, `postern status --interval`):
+/// finite, at least 0 and under 2^32 (a `Duration` of `inf` or `nan` panics).
+// regression (probe 393): `postern request --timeout inf` and `postern status --watch
+// --interval nan` panicked ('cannot convert float seconds to Duration').
+pub fn seconds_arg(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..4_294_967_296.0).contains(&v) => Ok(v),
+        Ok(_) => Err("not a number of seconds from 0 to 4294967295".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// An I/O error as a user reads it: a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` fail
 /// with EAGAIN, "Resource temporarily unavailable") is named as `--timeout`'s.
 fn io_text(e: &io::Error) -> String {
@@ -111,7 +123,7 @@ pub struct RequestArgs {
     /// Seconds the whole exchange may take: connecting, sending the request and
     /// reading the whole response. Past it the request stops with exit code 7 (what
     /// came of the response is printed).
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = seconds_arg)]
     pub timeout: f64,
     /// FastCGI only: send no CONTENT_LENGTH and stream the body in 8 KiB STDIN records,
     /// as nginx does with `fastcgi_request_buffering off` and a chunked upload.
@@ -332,6 +344,18 @@ fn records(mut bytes: &[u8]) -> Vec<(u8, u16, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_on_the_command_line_are_finite() {
+        for bad in ["inf", "nan", "-1", "4294967296", "1e300", "x"] {
+            assert!(seconds_arg(bad).is_err(), "{bad}");
+        }
+        for (good, v) in [("0", 0.0), ("0.5", 0.5), ("30", 30.0)] {
+            assert_eq!(seconds_arg(good), Ok(v));
+        }
+        // Each one a Duration can hold.
+        assert!(Duration::try_from_secs_f64(4_294_967_295.9).is_ok());
+    }
 
     // See: sec's audit: `--timeout 8` bounded each read, so a server sending a byte a
     // second (or an endless body) held `postern request` forever.

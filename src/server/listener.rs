@@ -609,31 +609,95 @@ impl Bound {
     }
 }
 
-/// The fds systemd passed to this process (sd_listen_fds(3)): 3 up to 3 + LISTEN_FDS,
-/// when LISTEN_PID names this process; the ones that are not open are left out.
-fn systemd_fds() -> Vec<i32> {
+/// What one of the fds LISTEN_FDS names was when the process started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Passed {
+    Socket,
+    NotOpen,
+    NotSocket,
+}
+
+/// The fds LISTEN_FDS names, as they were at the process's start (see
+/// [`note_systemd_fds`]), and how many it named past the open-file limit.
+static SYSTEMD_FDS: std::sync::OnceLock<(Vec<(i32, Passed)>, i64)> = std::sync::OnceLock::new();
+
+/// Looks at the fds systemd passed to this process (sd_listen_fds(3)): 3 up to 3 +
+/// LISTEN_FDS, when LISTEN_PID names this process. Called first thing in `main`,
+/// before postern opens any file of its own: an fd found open later may be postern's
+/// (its log file), not systemd's, when LISTEN_FDS names more fds than were passed.
+/// regression (probe 393): with LISTEN_FDS=2 and one fd passed, postern took its own
+/// log file's fd 3 as systemd's, closed it as no socket, and its log lines then went
+/// to whatever reused fd 3 (a socket).
+pub fn note_systemd_fds() {
+    SYSTEMD_FDS.get_or_init(scan_systemd_fds);
+}
+
+fn scan_systemd_fds() -> (Vec<(i32, Passed)>, i64) {
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
         .is_some_and(|p| p == std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS")
+    let n: i64 = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     if !pid_ok || n <= 0 {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
-    (3..3 + n)
-        .filter(|&fd| {
-            // SAFETY: the borrow only lives for this query; on an fd that is not open,
-            // fcntl(F_GETFD) fails with EBADF and touches nothing.
-            let open =
-                rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).is_ok();
-            if !open {
-                tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored");
-            }
-            open
+    // No fd at or past the open-file limit can be open: a LISTEN_FDS of millions is
+    // not a million system calls.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(i64::from(i32::MAX), |l| {
+            i64::try_from(l).unwrap_or(i64::MAX)
+        });
+    let end = n.saturating_add(3).min(limit.clamp(3, i64::from(i32::MAX)));
+    let beyond = n.saturating_add(3) - end;
+    let fds = (3..end)
+        .map(|fd| {
+            let fd = fd as i32;
+            // SAFETY: the borrow only lives for these queries; on an fd that is not
+            // open, fcntl(F_GETFD) fails with EBADF and touches nothing.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let what = if rustix::io::fcntl_getfd(b).is_err() {
+                Passed::NotOpen
+            } else if rustix::net::sockopt::socket_type(b).is_err() {
+                Passed::NotSocket
+            } else {
+                Passed::Socket
+            };
+            (fd, what)
         })
+        .collect();
+    (fds, beyond)
+}
+
+/// The sockets among the fds systemd passed (see [`note_systemd_fds`]); `say`: warn
+/// about the others (once, where the listeners are taken).
+fn systemd_fds(say: bool) -> Vec<i32> {
+    let (fds, beyond) = SYSTEMD_FDS.get_or_init(scan_systemd_fds);
+    if say && *beyond > 0 {
+        tracing::warn!(
+            beyond,
+            "LISTEN_FDS names {beyond} fd(s) at or past the open-file limit (ulimit -n): not open; ignored"
+        );
+    }
+    fds.iter()
+        .filter(|(fd, what)| {
+            match what {
+                Passed::Socket => return true,
+                Passed::NotOpen if say => {
+                    tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored")
+                }
+                Passed::NotSocket if say => tracing::warn!(
+                    fd,
+                    "LISTEN_FDS names fd {fd}, which is not a socket; ignored (left open)"
+                ),
+                _ => {}
+            }
+            false
+        })
+        .map(|(fd, _)| *fd)
         .collect()
 }
 
@@ -653,10 +717,12 @@ fn listen_addr(local: &SockAddr) -> Option<ListenAddr> {
 
 /// The addresses of the sockets systemd passed, without taking them (`--check`).
 pub fn systemd_addrs() -> Vec<ListenAddr> {
-    systemd_fds()
+    systemd_fds(false)
         .into_iter()
         .filter_map(|fd| {
-            // SAFETY: the fd is open (checked above) and only borrowed to read its address.
+            // SAFETY: the fd was a socket passed at the start (see note_systemd_fds)
+            // and postern closes none of them before this; only borrowed to read its
+            // address.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             listen_addr(&socket2::SockRef::from(&fd).local_addr().ok()?)
         })
@@ -667,13 +733,20 @@ pub fn systemd_addrs() -> Vec<ListenAddr> {
 /// sd_listen_fds(3)); the variables are removed so children do not take them again.
 pub fn systemd_listeners() -> Vec<Bound> {
     share_accept_turns();
-    let fds = systemd_fds();
+    // Taken once: a second call would own the same fds twice.
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return Vec::new();
+    }
+    let fds = systemd_fds(true);
     for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(k);
     }
     let mut out = Vec::new();
     for fd in fds {
-        // SAFETY: systemd hands us fds 3..3+LISTEN_FDS, open (checked) and ours now.
+        // SAFETY: a socket open at the process's start among the fds LISTEN_FDS
+        // names (note_systemd_fds), so passed by systemd, not opened by postern; taken
+        // once (the variables are removed above), so it is ours alone now.
         let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let _ = sock.set_nonblocking(true);
         let _ = sock.set_cloexec(true);

@@ -25,7 +25,8 @@ pub struct StatusArgs {
     #[arg(short, long)]
     pub watch: bool,
     /// Seconds between redraws with --watch.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 1.0,
+          value_parser = crate::client::seconds_arg)]
     pub interval: f64,
     /// With --watch: stop after this many redraws.
     #[arg(long, value_name = "N")]

@@ -1087,8 +1087,11 @@ impl Master {
             .unwrap_or_else(|| Arc::new(()));
         let forked = Instant::now();
         let child = if self.opts.preload {
-            // SAFETY: the master is single-threaded (no runtime, no helper thread);
-            // with --preload the fork is bracketed for CPython.
+            // SAFETY: postern runs no thread in the master (no runtime, no helper
+            // thread); with --preload the app may have started Python threads at
+            // import (warned about at the start), which the child does not inherit: the
+            // fork is bracketed for CPython (its locks are taken across it), and the
+            // child runs no Rust lock such a thread could hold.
             // The master's own fork: the worker keeps the master's mask until it has
             // its handlers (see `forked`).
             // regression (review): not marked so, every worker unblocked the master's
@@ -2773,8 +2776,9 @@ impl Master {
             return Ok(());
         }
         let master_pid = rustix::process::getpid();
-        // SAFETY: the master is single-threaded (see `spawn`). The helper does not touch
-        // the Python interpreter a --preload master may hold.
+        // SAFETY: postern runs no thread in the master (see `spawn`; a --preload app's
+        // own threads hold no lock of postern's). The helper does not touch the Python
+        // interpreter a --preload master may hold.
         let child = unsafe { fork() }.map_err(SupervisorError::Fork)?;
         let Some(child) = Pid::from_raw(child) else {
             // The helper has nothing to drain: it goes at once with the master.
@@ -3283,7 +3287,9 @@ impl std::fmt::Display for Unclean {
 /// Returns 0 in the child, the child's pid in the parent.
 ///
 /// # Safety
-/// The caller must be single-threaded.
+/// The caller runs no other thread of postern's (what a forked child may need to lock
+/// is never held across the fork); a --preload app's Python threads are outside that,
+/// and the child does not touch Python.
 unsafe fn fork() -> std::io::Result<i32> {
     // SAFETY: the caller's promise.
     match crate::forked::master_fork(|| unsafe { libc::fork() }) {

@@ -233,7 +233,9 @@ impl Keys {
 /// "bytes-as-str" native strings.
 pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     // SAFETY: PyUnicode_DecodeLatin1 reads exactly `len` bytes from `ptr` and returns a
-    // new reference, or NULL with an exception set (only on memory exhaustion).
+    // new reference, or NULL with an exception set (only on memory exhaustion), which
+    // `from_owned_ptr` turns into a panic (never a NULL object): the request's
+    // catch_unwind answers it as an internal error.
     unsafe {
         let ptr = ffi::PyUnicode_DecodeLatin1(
             b.as_ptr().cast(),

@@ -86,17 +86,22 @@ impl FileWrapper {
     /// fd; `None` means iterate instead (BytesIO, sockets, pipes, anything odd).
     pub fn sendfile_source(&self, py: Python<'_>) -> Option<SendfileSource> {
         let f = self.filelike.bind(py);
-        let fd: i32 = f.call_method0("fileno").ok()?.extract().ok()?;
-        if fd < 0 {
-            return None;
-        }
         // Python buffered files may hold read-ahead: tell() is the logical position.
+        // Asked first: it is the app's code too, and must not run between fileno()
+        // and the dup (it could close the fd, and another file reuse its number).
         let offset: u64 = match f.call_method0("tell") {
             Ok(t) => t.extract().ok()?,
             Err(_) => return None,
         };
-        // SAFETY: fd was just returned by the object's fileno() and the object is alive
-        // while we hold the GIL; we only borrow it to dup it.
+        let fd: i32 = f.call_method0("fileno").ok()?.extract().ok()?;
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: only borrowed to dup it, with no Python code run since fileno()
+        // returned it (the GIL held throughout), so it is the fd the object named, or
+        // (an app's fileno() may return any number) another fd of this process that
+        // is open: dup fails with EBADF on one that is not. What an app could name
+        // this way it could read itself; the dup is then checked to be a regular file.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let owned = borrowed.try_clone_to_owned().ok()?;
         let file = std::fs::File::from(owned);

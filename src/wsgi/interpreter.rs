@@ -118,10 +118,45 @@ fn check_venv(venv: &Path) -> Result<PathBuf, WsgiError> {
         }
     }
     let python = venv.join("bin").join("python");
-    if !python.exists() {
+    if let Err(e) = std::fs::metadata(&python) {
+        // A venv's python is a link to the interpreter it was made from: one this
+        // user cannot reach (a pyenv build under /root, the unit's User= another) or
+        // that was removed reads as a link, not as a missing file.
+        // regression (probe 394): 'does not exist' for a link into /root/.pyenv, run
+        // as nobody.
+        // The end of the chain of links as far as it can be followed (python ->
+        // python3 -> /root/.pyenv/...).
+        let mut target = None;
+        let mut at = python.clone();
+        for _ in 0..16 {
+            let Ok(next) = std::fs::read_link(&at) else {
+                break;
+            };
+            at = at
+                .parent()
+                .map_or_else(|| next.clone(), |dir| dir.join(&next));
+            target = Some(at.clone());
+        }
+        let reason = match target {
+            Some(target) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                "{} is a link to {}, which cannot be reached: {e} (running as uid {}: a \
+                 venv made from an interpreter under another user's home, /root/.pyenv, \
+                 is unreachable to a service's User=; make the venv from a Python that \
+                 user can read)",
+                python.display(),
+                target.display(),
+                rustix::process::geteuid().as_raw()
+            ),
+            Some(target) => format!(
+                "{} is a link to {}: {e} (was that Python removed? recreate the venv)",
+                python.display(),
+                target.display()
+            ),
+            None => format!("{}: {e}", python.display()),
+        };
         return Err(WsgiError::Venv {
             venv: venv.to_owned(),
-            reason: format!("{} does not exist", python.display()),
+            reason,
         });
     }
     Ok(python)
@@ -957,6 +992,25 @@ pub unsafe fn fork_with_python() -> std::io::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // regression (probe 394): a venv whose python links to an interpreter gone (or out
+    // of the user's reach) said 'bin/python does not exist'.
+    #[test]
+    fn a_venv_s_python_that_links_nowhere_is_named_as_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = format!("version = {BUILD_PYTHON_VERSION}.0\n");
+        std::fs::write(dir.path().join("pyvenv.cfg"), version).unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let gone = dir.path().join("gone").join("python3");
+        std::os::unix::fs::symlink("python3", dir.path().join("bin/python")).unwrap();
+        std::os::unix::fs::symlink(&gone, dir.path().join("bin/python3")).unwrap();
+        let Err(WsgiError::Venv { reason, .. }) = check_venv(dir.path()) else {
+            panic!("accepted");
+        };
+        let says = format!("bin/python is a link to {}: ", gone.display());
+        assert!(reason.contains(&says), "{reason}");
+        assert!(reason.contains("recreate the venv"), "{reason}");
+    }
 
     #[test]
     fn parses_app_specs() {
