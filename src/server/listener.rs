@@ -644,14 +644,13 @@ fn scan_systemd_fds() -> (Vec<(i32, Passed)>, i64) {
     if !pid_ok || n <= 0 {
         return (Vec::new(), 0);
     }
-    // No fd at or past the open-file limit can be open: a LISTEN_FDS of millions is
-    // not a million system calls.
+    // No fd at or past the hard open-file limit can be open (one past the soft limit
+    // can: passed before it was lowered), and none past MAX_SCAN is looked at: a
+    // LISTEN_FDS of millions is not millions of system calls.
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .map_or(i64::from(i32::MAX), |l| {
-            i64::try_from(l).unwrap_or(i64::MAX)
-        });
-    let end = n.saturating_add(3).min(limit.clamp(3, i64::from(i32::MAX)));
+        .maximum
+        .map_or(MAX_SCAN, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let end = n.saturating_add(3).min(limit.clamp(3, MAX_SCAN));
     let beyond = n.saturating_add(3) - end;
     let fds = (3..end)
         .map(|fd| {
@@ -672,21 +671,24 @@ fn scan_systemd_fds() -> (Vec<(i32, Passed)>, i64) {
     (fds, beyond)
 }
 
+/// The most fds LISTEN_FDS may name that are looked at.
+const MAX_SCAN: i64 = 1 << 20;
+/// The fds LISTEN_FDS names that are not open said one by one; the rest are counted.
+const NAMED_CLOSED: usize = 8;
+
 /// The sockets among the fds systemd passed (see [`note_systemd_fds`]); `say`: warn
 /// about the others (once, where the listeners are taken).
 fn systemd_fds(say: bool) -> Vec<i32> {
     let (fds, beyond) = SYSTEMD_FDS.get_or_init(scan_systemd_fds);
-    if say && *beyond > 0 {
-        tracing::warn!(
-            beyond,
-            "LISTEN_FDS names {beyond} fd(s) at or past the open-file limit (ulimit -n): not open; ignored"
-        );
-    }
-    fds.iter()
+    let closed = fds.iter().filter(|(_, w)| *w == Passed::NotOpen).count();
+    let mut named = 0;
+    let sockets = fds
+        .iter()
         .filter(|(fd, what)| {
             match what {
                 Passed::Socket => return true,
-                Passed::NotOpen if say => {
+                Passed::NotOpen if say && named < NAMED_CLOSED => {
+                    named += 1;
                     tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored")
                 }
                 Passed::NotSocket if say => tracing::warn!(
@@ -698,7 +700,15 @@ fn systemd_fds(say: bool) -> Vec<i32> {
             false
         })
         .map(|(fd, _)| *fd)
-        .collect()
+        .collect();
+    let unsaid = (closed.saturating_sub(NAMED_CLOSED) as i64).saturating_add(*beyond);
+    if say && unsaid > 0 {
+        tracing::warn!(
+            unsaid,
+            "LISTEN_FDS names {unsaid} more fd(s) that are not open (or past the open-file limit, ulimit -n); ignored"
+        );
+    }
+    sockets
 }
 
 /// A socket's own address as a listener address (an unnamed Unix socket has none).

@@ -2310,6 +2310,21 @@ impl Master {
                 }
                 continue;
             };
+            // A READY it wrote before it died, still unread in its status pipe (both
+            // came in one wake-up), or a request on its lines (its threads take
+            // requests a moment before READY is written): it served, so its death is
+            // a crash, not a start that failed.
+            // regression (probe 396): a worker that took a request that crashed it
+            // within moments of its start counted as cause="boot-failure" and was
+            // restarted after a backoff ('worker failed to start').
+            if !self.workers[i].served {
+                self.check_status(i);
+                let w = &mut self.workers[i];
+                if !w.served && self.board.running(w.slot) > 0 {
+                    w.phase.ready();
+                    w.served = true;
+                }
+            }
             let w = self.workers.remove(i);
             // Asked to stop at once, and not killed for it yet: a WSGI worker that
             // exited named its requests itself (with their access lines), an ASGI one
@@ -2378,10 +2393,19 @@ impl Master {
             let quiet_exit = !w.served && !by_master && status.exit_status() == Some(0);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
+            // The ASGI tasks read at the stop-now (up to a look old: some may have
+            // ended since), unless the loop counted what it cut off itself.
+            // regression (probe 390): SIGQUIT under load read '7 requests running'
+            // where 5 were cut off and named.
+            let asgi_at_stop = if self.board.cut_counted(w.slot) {
+                0
+            } else {
+                w.quit.map_or(0, |q| q.asgi_running)
+            };
             let was_running = self
                 .board
                 .running(w.slot)
-                .max(w.quit.map_or(0, |q| q.asgi_running))
+                .max(asgi_at_stop)
                 // What the worker cut off that its lines do not show: an ASGI loop's
                 // tasks (their lines cleared as they ended), and besides, uploads still
                 // being read (on no line).

@@ -97,8 +97,9 @@ impl FileWrapper {
         if fd < 0 {
             return None;
         }
-        // SAFETY: only borrowed to dup it, with no Python code run since fileno()
-        // returned it (the GIL held throughout), so it is the fd the object named, or
+        // SAFETY: only borrowed to dup it, with no code of the object's run since
+        // fileno() returned it (the GIL held throughout; an int subclass's __index__,
+        // run by the extraction, is the app's own doing), so it is the fd named, or
         // (an app's fileno() may return any number) another fd of this process that
         // is open: dup fails with EBADF on one that is not. What an app could name
         // this way it could read itself; the dup is then checked to be a regular file.

@@ -139,10 +139,10 @@ fn check_venv(venv: &Path) -> Result<PathBuf, WsgiError> {
         }
         let reason = match target {
             Some(target) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
-                "{} is a link to {}, which cannot be reached: {e} (running as uid {}: a \
-                 venv made from an interpreter under another user's home, /root/.pyenv, \
-                 is unreachable to a service's User=; make the venv from a Python that \
-                 user can read)",
+                "{} is a link to {}, which cannot be reached: {e} (running as uid {}: the \
+                 Python a venv was made from must be readable by the user postern runs \
+                 as; one under another user's home, such as root's pyenv, is not: make \
+                 the venv from a Python that user can read)",
                 python.display(),
                 target.display(),
                 rustix::process::geteuid().as_raw()

@@ -1332,6 +1332,16 @@ pub async fn serve(
         tracing::warn!(%peer, cut = ?ids, "a FastCGI request without FCGI_KEEP_CONN ended, and with it its connection: the other requests multiplexed on it are cut off, unanswered");
     }
     if drain {
+        // A kept request that told its end early (`Ctl::Done` before its last records,
+        // so that its id is free when they arrive) may still be writing them: the shut
+        // write side must not cut its END_REQUEST (its send is bounded by its own
+        // timeout; this wait by --read-timeout too).
+        // regression (review 395, a race): a refusal without FCGI_KEEP_CONN right
+        // after such a Done closed the connection under that END_REQUEST.
+        let since = Instant::now();
+        while conn.is_ending() && since.elapsed() < limits.read_timeout {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
         let now = Instant::now();
         let mut deadline = now + limits.read_timeout;

@@ -1090,14 +1090,14 @@ impl FcgiConn {
         }
     }
 
-    /// Its END_REQUEST, announced to the slow lane before it is written, is still going
-    /// out: the lane must not close the connection now.
     /// The slow lane's parser ended the connection (see `closes_after_replies`): the
     /// requests begun after tell their ends once their END_REQUESTs are out.
     pub(super) fn closes_after_replies(&self) {
         self.closes_after_replies.store(true, Ordering::Release);
     }
 
+    /// Its END_REQUEST, announced to the slow lane before it is written, is still going
+    /// out: the lane must not close the connection now.
     pub(super) fn is_ending(&self) -> bool {
         self.ending.load(Ordering::Acquire) > 0
     }
