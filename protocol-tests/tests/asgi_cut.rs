@@ -421,6 +421,19 @@ fn asgi_streams_cut_by_the_masters_stop_now_are_logged_incomplete() {
     );
 }
 
+/// The app served by a master with one worker on a Unix socket (whose path is
+/// returned), ready; `--graceful-timeout 30`.
+fn one_worker_on_unix(dir: &Path) -> (Postern, std::path::PathBuf) {
+    let p = Spawn::asgi_unix(dir, "cut_app", &app())
+        .args(["--master", "--workers", "1", "--graceful-timeout", "30"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let Addr::Unix(path) = p.addr.clone() else {
+        unreachable!("a Unix socket")
+    };
+    (p, path)
+}
+
 // More ASGI tasks in flight than a worker's scoreboard shows (16 lines), over uwsgi (no
 // FastCGI mark to trace them by), cut by SIGQUIT: each is named, with its access line,
 // and the final line counts them all.
@@ -430,13 +443,7 @@ fn asgi_streams_cut_by_the_masters_stop_now_are_logged_incomplete() {
 fn every_asgi_task_cut_by_an_immediate_stop_is_named_not_only_those_on_the_scoreboard() {
     const STREAMS: usize = 24;
     let dir = tempdir();
-    let p = Spawn::asgi_unix(dir.path(), "cut_app", &app())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "30"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
-    let Addr::Unix(path) = p.addr.clone() else {
-        unreachable!("a Unix socket")
-    };
+    let (p, path) = one_worker_on_unix(dir.path());
     let mut conns = Vec::new();
     for _ in 0..STREAMS {
         let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
@@ -487,13 +494,7 @@ fn every_asgi_task_cut_by_an_immediate_stop_is_named_not_only_those_on_the_score
 fn an_asgi_task_that_ends_before_the_loop_takes_sigquit_is_not_counted_as_cut_off() {
     const STREAMS: usize = 3;
     let dir = tempdir();
-    let p = Spawn::asgi_unix(dir.path(), "cut_app", &app())
-        .args(["--master", "--workers", "1", "--graceful-timeout", "30"])
-        .start();
-    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
-    let Addr::Unix(path) = p.addr.clone() else {
-        unreachable!("a Unix socket")
-    };
+    let (p, path) = one_worker_on_unix(dir.path());
     let mut conns = Vec::new();
     for i in 0..STREAMS {
         let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
