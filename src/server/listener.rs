@@ -618,7 +618,8 @@ enum Passed {
 }
 
 /// The fds LISTEN_FDS names, as they were at the process's start (see
-/// [`note_systemd_fds`]), and how many it named past the open-file limit.
+/// [`note_systemd_fds`]): the open ones and the first [`NAMED_CLOSED`] of those that
+/// are not, and how many more are not (or lie past the open-file limit).
 static SYSTEMD_FDS: std::sync::OnceLock<(Vec<(i32, Passed)>, i64)> = std::sync::OnceLock::new();
 
 /// Looks at the fds systemd passed to this process (sd_listen_fds(3)): 3 up to 3 +
@@ -651,44 +652,48 @@ fn scan_systemd_fds() -> (Vec<(i32, Passed)>, i64) {
         .maximum
         .map_or(MAX_SCAN, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let end = n.saturating_add(3).min(limit.clamp(3, MAX_SCAN));
-    let beyond = n.saturating_add(3) - end;
-    let fds = (3..end)
-        .map(|fd| {
-            let fd = fd as i32;
-            // SAFETY: the borrow only lives for these queries; on an fd that is not
-            // open, fcntl(F_GETFD) fails with EBADF and touches nothing.
-            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let what = if rustix::io::fcntl_getfd(b).is_err() {
-                Passed::NotOpen
-            } else if rustix::net::sockopt::socket_type(b).is_err() {
-                Passed::NotSocket
-            } else {
-                Passed::Socket
-            };
-            (fd, what)
-        })
-        .collect();
-    (fds, beyond)
+    let mut unsaid = n.saturating_add(3) - end;
+    let mut fds = Vec::new();
+    let mut closed = 0;
+    for fd in 3..end {
+        let fd = fd as i32;
+        // SAFETY: the borrow only lives for these queries; on an fd that is not
+        // open, fcntl(F_GETFD) fails with EBADF and touches nothing.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let what = if rustix::io::fcntl_getfd(b).is_err() {
+            Passed::NotOpen
+        } else if rustix::net::sockopt::socket_type(b).is_err() {
+            Passed::NotSocket
+        } else {
+            Passed::Socket
+        };
+        if what == Passed::NotOpen {
+            closed += 1;
+            if closed > NAMED_CLOSED {
+                unsaid += 1;
+                continue;
+            }
+        }
+        fds.push((fd, what));
+    }
+    (fds, unsaid)
 }
 
 /// The most fds LISTEN_FDS may name that are looked at.
 const MAX_SCAN: i64 = 1 << 20;
 /// The fds LISTEN_FDS names that are not open said one by one; the rest are counted.
-const NAMED_CLOSED: usize = 8;
+const NAMED_CLOSED: i64 = 8;
 
 /// The sockets among the fds systemd passed (see [`note_systemd_fds`]); `say`: warn
 /// about the others (once, where the listeners are taken).
 fn systemd_fds(say: bool) -> Vec<i32> {
-    let (fds, beyond) = SYSTEMD_FDS.get_or_init(scan_systemd_fds);
-    let closed = fds.iter().filter(|(_, w)| *w == Passed::NotOpen).count();
-    let mut named = 0;
+    let (fds, unsaid) = SYSTEMD_FDS.get_or_init(scan_systemd_fds);
     let sockets = fds
         .iter()
         .filter(|(fd, what)| {
             match what {
                 Passed::Socket => return true,
-                Passed::NotOpen if say && named < NAMED_CLOSED => {
-                    named += 1;
+                Passed::NotOpen if say => {
                     tracing::warn!(fd, "LISTEN_FDS names fd {fd}, but it is not open; ignored")
                 }
                 Passed::NotSocket if say => tracing::warn!(
@@ -701,8 +706,7 @@ fn systemd_fds(say: bool) -> Vec<i32> {
         })
         .map(|(fd, _)| *fd)
         .collect();
-    let unsaid = (closed.saturating_sub(NAMED_CLOSED) as i64).saturating_add(*beyond);
-    if say && unsaid > 0 {
+    if say && *unsaid > 0 {
         tracing::warn!(
             unsaid,
             "LISTEN_FDS names {unsaid} more fd(s) that are not open (or past the open-file limit, ulimit -n); ignored"
