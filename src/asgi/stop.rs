@@ -157,8 +157,6 @@ pub struct Stop {
     cut_over: AtomicBool,
     /// How many tasks the cut-off cancelled.
     cut_tasks: std::sync::atomic::AtomicUsize,
-    /// `cut_tasks` is written: the loop counted what it ran as it cut it off.
-    cut_counted: AtomicBool,
     /// When the cancelled tasks' grace ends (nanoseconds since `base`; 0: no cut-off
     /// yet): an immediate stop during `--graceful-timeout`'s grace brings it forward.
     cut_until: AtomicU64,
@@ -184,7 +182,6 @@ impl Stop {
             cut: AtomicBool::new(false),
             cut_over: AtomicBool::new(false),
             cut_tasks: std::sync::atomic::AtomicUsize::new(0),
-            cut_counted: AtomicBool::new(false),
             cut_until: AtomicU64::new(0),
             cut_by: std::sync::OnceLock::new(),
             fd,
@@ -339,13 +336,6 @@ impl Stop {
         self.cut_tasks.load(Ordering::Acquire)
     }
 
-    /// The loop has counted what it runs: it cut its tasks off and counted them
-    /// ([`Stop::cut_tasks`]), or it stopped serving without a cut (it ran none then).
-    /// False while a task blocks it in a sync call: it may run more than it said.
-    pub fn counted(&self) -> bool {
-        self.cut_counted.load(Ordering::Acquire) || self.phase.load(Ordering::Acquire) >= SHUTDOWN
-    }
-
     /// What cut the requests off, for their lines: "at --graceful-timeout", or the
     /// immediate stop's "by SIGQUIT".
     pub fn cut_says(&self) -> &str {
@@ -412,7 +402,6 @@ impl Stop {
                     )?
                     .extract()?;
                 me.cut_tasks.store(n, Ordering::Release);
-                me.cut_counted.store(true, Ordering::Release);
                 if n > 0 {
                     me.cut.store(true, Ordering::Release);
                     match me.cut_by.get() {

@@ -748,9 +748,8 @@ pub fn run(
             // read "4 requests running and 3 accepted" (review 366: and a running
             // request beside a cut upload was counted once for both).
             let loop_cut = loop_stop.as_ref().map_or(0, |s| s.cut_tasks()) + wsgi_cut;
-            let counted = loop_stop.as_ref().is_some_and(|s| s.counted());
             if let Some(m) = &monitor {
-                m.tasks_cut(loop_cut, reading, counted);
+                m.tasks_cut(loop_cut, reading);
                 let first: Vec<_> = taken
                     .iter()
                     .take(NAMED_WAITING)
@@ -849,7 +848,7 @@ pub fn run(
     // regression (review 367): the sweep's count was kept, give or take the requests
     // queued since.
     if let (Some(c), Some(m)) = (&cut_why, &monitor) {
-        m.tasks_cut(c.cut(), queue.reading(), c.counted());
+        m.tasks_cut(c.cut(), queue.reading());
     }
     runtime.shutdown_timeout(Duration::from_millis(100));
     // Queued by the slow lane after the stop named what waited (a body that came
@@ -1009,12 +1008,6 @@ impl CutBy {
     /// and the Python threads' requests (the count the monitor's `tasks_cut` takes).
     fn cut(&self) -> usize {
         self.stop.as_ref().map_or(0, |s| s.cut_tasks()) + self.wsgi_cut
-    }
-
-    /// The loop counted what it ran (see `asgi::Stop::counted`): [`CutBy::cut`] is
-    /// the whole count of the tasks, not a floor under the master's earlier reading.
-    fn counted(&self) -> bool {
-        self.stop.as_ref().is_some_and(|s| s.counted())
     }
 }
 

@@ -2310,17 +2310,26 @@ impl Master {
                 }
                 continue;
             };
-            // A READY it wrote before it died, still unread in its status pipe (both
-            // came in one wake-up), or a request on its lines (its threads take
-            // requests a moment before READY is written): it served, so its death is
-            // a crash, not a start that failed.
+            // A replacement in a generation that serves (not a reload's new worker,
+            // nor a first start's): a READY it wrote before it died, still unread in
+            // its status pipe (both came in one wake-up), or a request on its lines
+            // (its threads take requests a moment before READY is written) means it
+            // served, so its death is a crash, not a start that failed. Only the
+            // phase is set: it is not announced ready, nor relieves anyone.
             // regression (probe 396): a worker that took a request that crashed it
             // within moments of its start counted as cause="boot-failure" and was
             // restarted after a backoff ('worker failed to start').
-            if !self.workers[i].served {
-                self.check_status(i);
-                let w = &mut self.workers[i];
-                if !w.served && self.board.running(w.slot) > 0 {
+            // A reload's new workers keep the old reading (review 397): under load the
+            // first one's death on its first request rolls a reload of code that
+            // crashes on every request back, where a crash would drain the old workers.
+            let settled = self.announced && !self.reloading();
+            let w = &mut self.workers[i];
+            if !w.served && settled && w.generation == self.generation {
+                let mut buf = [0u8; 16];
+                let ready = w.status.as_ref().is_some_and(|p| {
+                    matches!(rustix::io::read(p, &mut buf), Ok(n) if buf[..n].contains(&worker::READY))
+                });
+                if ready || self.board.running(w.slot) > 0 {
                     w.phase.ready();
                     w.served = true;
                 }
@@ -2393,19 +2402,10 @@ impl Master {
             let quiet_exit = !w.served && !by_master && status.exit_status() == Some(0);
             // Read before the slot is released: what it was running when it ended, and
             // what it had accepted and not started yet.
-            // The ASGI tasks read at the stop-now (up to a look old: some may have
-            // ended since), unless the loop counted what it cut off itself.
-            // regression (probe 390): SIGQUIT under load read '7 requests running'
-            // where 5 were cut off and named.
-            let asgi_at_stop = if self.board.cut_counted(w.slot) {
-                0
-            } else {
-                w.quit.map_or(0, |q| q.asgi_running)
-            };
             let was_running = self
                 .board
                 .running(w.slot)
-                .max(asgi_at_stop)
+                .max(w.quit.map_or(0, |q| q.asgi_running))
                 // What the worker cut off that its lines do not show: an ASGI loop's
                 // tasks (their lines cleared as they ended), and besides, uploads still
                 // being read (on no line).

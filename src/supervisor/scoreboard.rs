@@ -37,10 +37,6 @@ use crate::stats::{
     self, Cause, Current, Events, Totals, WorkerState, DURATION_SLOTS, PROTOCOLS, STATUS_CLASSES,
 };
 
-/// Set in a slot's `cut_tasks` with the count: the worker's loop counted every task
-/// it ran when it cut them off ([`Scoreboard::tasks_cut`]).
-const CUT_COUNTED: u32 = 1 << 31;
-
 /// Longest request description kept (method + path), in bytes.
 const DESC: usize = 120;
 const DESC_WORDS: usize = DESC / 8;
@@ -280,8 +276,7 @@ pub struct SlotHead {
     paused: AtomicU32,
     /// What a worker's stop cut off that its lines do not show ([`Scoreboard::tasks_cut`]):
     /// an ASGI loop's tasks (they clear their lines as they end, so the master takes
-    /// the larger of the two, unless [`CUT_COUNTED`] is set); the master counts them
-    /// at the worker's exit.
+    /// the larger of the two); the master counts them at the worker's exit.
     cut_tasks: AtomicU32,
     /// Requests a worker's stop cut off while their body was still read (uploads):
     /// on no line, so the master adds them to what its lines and `cut_tasks` say.
@@ -1171,27 +1166,19 @@ impl Scoreboard {
     /// A stopping worker cut off `tasks` requests whose lines have cleared or may
     /// clear (an ASGI loop's cancelled tasks) and `reading` whose body was still being
     /// read, on no line (written by the worker as it exits).
-    /// `counted`: the loop counted its tasks as it cut them (see [`CUT_COUNTED`]).
-    pub fn tasks_cut(&self, slot: usize, tasks: usize, reading: usize, counted: bool) {
+    pub fn tasks_cut(&self, slot: usize, tasks: usize, reading: usize) {
         let h = self.head(slot);
         h.cut_reading.store(
             u32::try_from(reading).unwrap_or(u32::MAX),
             Ordering::Release,
         );
-        let tasks = u32::try_from(tasks).unwrap_or(u32::MAX).min(!CUT_COUNTED);
-        let flag = if counted { CUT_COUNTED } else { 0 };
-        h.cut_tasks.store(tasks | flag, Ordering::Release);
+        h.cut_tasks
+            .store(u32::try_from(tasks).unwrap_or(u32::MAX), Ordering::Release);
     }
 
     /// What [`Scoreboard::tasks_cut`] said of the tasks, 0 if nothing.
     pub fn cut_tasks(&self, slot: usize) -> usize {
-        (self.head(slot).cut_tasks.load(Ordering::Acquire) & !CUT_COUNTED) as usize
-    }
-
-    /// The worker's ASGI loop counted what it cut off ([`Scoreboard::tasks_cut`]):
-    /// its count is the whole, not a floor.
-    pub fn cut_counted(&self, slot: usize) -> bool {
-        self.head(slot).cut_tasks.load(Ordering::Acquire) & CUT_COUNTED != 0
+        self.head(slot).cut_tasks.load(Ordering::Acquire) as usize
     }
 
     /// What [`Scoreboard::tasks_cut`] said of the requests still being read.

@@ -803,8 +803,8 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.set_waiting_told(self.slot, n);
     }
 
-    fn tasks_cut(&self, tasks: usize, reading: usize, counted: bool) {
-        self.board.tasks_cut(self.slot, tasks, reading, counted);
+    fn tasks_cut(&self, tasks: usize, reading: usize) {
+        self.board.tasks_cut(self.slot, tasks, reading);
     }
 
     fn waiting_named(

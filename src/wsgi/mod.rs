@@ -530,10 +530,8 @@ pub trait Monitor: Send + Sync {
     /// A stopping worker cut requests off that its lines do not show, so that the
     /// master counts them: `tasks`, an ASGI loop's cancelled tasks, each named with its
     /// access line (their lines clear as they end); `reading`, requests whose body was
-    /// still being read (on no line). `counted`: the loop has counted what it cut
-    /// (`tasks` is the whole of what it ran then), so the master need not take a
-    /// larger count it read earlier.
-    fn tasks_cut(&self, _tasks: usize, _reading: usize, _counted: bool) {}
+    /// still being read (on no line).
+    fn tasks_cut(&self, _tasks: usize, _reading: usize) {}
     /// With [`Monitor::waiting`]: the first of those requests (their head, id and
     /// protocol; a few at most), so that a master that kills this worker can name them.
     fn waiting_named(&self, _first: &[(Head, crate::logging::RequestId, crate::codec::Protocol)]) {}
