@@ -61,6 +61,15 @@ elif path == "/late-answer":
         await asyncio.sleep(1.5)
     await send(start)
     await send({"type": "http.response.body", "body": b"late\n"})
+elif path == "/wrap-factory":
+    # From now on every task's coroutine is wrapped, as sentry_sdk's factory does.
+    def factory(loop, coro, **kw):
+        async def wrapped():
+            return await coro
+        return asyncio.Task(wrapped(), loop=loop, **kw)
+    asyncio.get_running_loop().set_task_factory(factory)
+    await send(start)
+    await send({"type": "http.response.body", "body": b"wrapped\n"})
 elif path == "/length":
     start["headers"].append((b"content-length", b"6"))
     await send(start)
@@ -433,9 +442,28 @@ fn one_worker_on_unix(dir: &Path) -> (Postern, std::path::PathBuf) {
 // worker to stop: 16 of 24, the others cut off without a trace.
 #[test]
 fn every_asgi_task_cut_by_an_immediate_stop_is_named_not_only_those_on_the_scoreboard() {
+    // Also with a task factory that wraps each request's coroutine (sentry_sdk's).
+    // regression (review 397): the loop told a request's task by its coroutine, so
+    // through such a factory it cut none off: the master named the 16 its lines
+    // showed, the rest went unnamed, and postern exited 0.
+    for wrapped in [false, true] {
+        cut_by_an_immediate_stop(wrapped);
+    }
+}
+
+fn cut_by_an_immediate_stop(wrapped: bool) {
     const STREAMS: usize = 24;
     let dir = tempdir();
     let (p, path) = one_worker_on_unix(dir.path());
+    if wrapped {
+        let (status, body) = p.get("/wrap-factory");
+        assert_eq!(
+            (status, &body[..]),
+            (200, &b"wrapped\n"[..]),
+            "{}",
+            p.logs()
+        );
+    }
     let mut conns = Vec::new();
     for _ in 0..STREAMS {
         let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();

@@ -23,9 +23,15 @@ def _task_name(task):
         return name
 
 
+# The name run.rs gives every request's task (TASK_NAME), also through a task factory,
+# which may wrap the coroutine (sentry_sdk's does): then only the name tells it.
+REQUEST = "postern-request"
+
+
 def _is_request(task):
-    return type(task.get_coro()).__qualname__ == "serve" and hasattr(
-        type(task.get_coro()), "_postern_exchange"
+    return task.get_name() == REQUEST or (
+        type(task.get_coro()).__qualname__ == "serve"
+        and hasattr(type(task.get_coro()), "_postern_exchange")
     )
 
 
