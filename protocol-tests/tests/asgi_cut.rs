@@ -516,18 +516,29 @@ fn a_task_that_swallows_the_cut_off_is_still_named_with_its_access_line() {
     // A single process and a master's worker stopped by SIGQUIT; a master's worker
     // whose --graceful-timeout passes.
     // A second signal during --graceful-timeout's grace shortens it (a single process;
-    // the master forwards its own the same way).
-    for (master, signal, graceful, grace, by) in [
-        (false, libc::SIGQUIT, "30", "0.3", "by SIGQUIT"),
-        (true, libc::SIGQUIT, "30", "0.3", "by SIGQUIT"),
-        (true, libc::SIGTERM, "0.5", "1", "at --graceful-timeout"),
+    // the master forwards its own the same way). Last, through a task factory that
+    // wraps each coroutine (review 398: each such task's naming failed with an ERROR,
+    // its request unnamed).
+    for (master, signal, graceful, grace, by, wrapped) in [
+        (false, libc::SIGQUIT, "30", "0.3", "by SIGQUIT", false),
+        (true, libc::SIGQUIT, "30", "0.3", "by SIGQUIT", false),
+        (
+            true,
+            libc::SIGTERM,
+            "0.5",
+            "1",
+            "at --graceful-timeout",
+            false,
+        ),
         (
             false,
             libc::SIGTERM,
             "0.5",
             "0.3",
             "by a second signal (SIGTERM)",
+            false,
         ),
+        (true, libc::SIGQUIT, "30", "0.3", "by SIGQUIT", true),
     ] {
         let quit_in_grace = !master && signal == libc::SIGTERM;
         let dir = tempdir();
@@ -539,6 +550,9 @@ fn a_task_that_swallows_the_cut_off_is_still_named_with_its_access_line() {
             .args(args)
             .start();
         assert!(p.wait_serving("/"), "{}", p.logs());
+        if wrapped {
+            assert_eq!(p.get("/wrap-factory").0, 200, "{}", p.logs());
+        }
         let Addr::Unix(path) = p.addr.clone() else {
             unreachable!("a Unix socket")
         };

@@ -1101,15 +1101,14 @@ impl Spawn {
     fn task(&self, coro: Bound<'_, PyAny>, eager: bool) -> PyResult<Option<FirstStep>> {
         let py = coro.py();
         if !self.get_task_factory.bind(py).call0()?.is_none() {
-            // Named as every request's task: a factory may wrap the coroutine
-            // (sentry_sdk's does), and a stop tells a request's task by its name
-            // (stop.py's `_is_request`).
-            // regression (review 397): such requests were neither cut off nor counted
-            // at SIGQUIT (exit 0, 4 of 20 unnamed); at --graceful-timeout they were
-            // cancelled after lifespan shutdown as tasks the app left running.
-            let named = PyDict::new(py);
-            named.set_item(intern!(py, "name"), PyString::intern(py, TASK_NAME))?;
-            self.create_task.bind(py).call((coro,), Some(&named))?;
+            // Named as every request's task, once made: asked of `create_task`, the
+            // name reaches the factory itself on newer Pythons (a `(loop, coro)`
+            // factory then fails). A factory may wrap the coroutine (sentry_sdk's
+            // does): the stop finds the request down its awaits (stop.py's `_serve`).
+            let task = self.create_task.bind(py).call1((coro,))?;
+            if let Ok(set_name) = task.getattr(intern!(py, "set_name")) {
+                set_name.call1((PyString::intern(py, TASK_NAME),))?;
+            }
             return Ok(None);
         }
         let args = PyTuple::new(py, [coro])?;

@@ -18,21 +18,38 @@ def _task_name(task):
     request (as the --timeout dump names it); else the task's name."""
     name = task.get_name()
     try:
-        return task.get_coro()._postern_exchange._describe()
+        return _serve(task)._postern_exchange._describe()
     except Exception:
         return name
 
 
-# The name run.rs gives every request's task (TASK_NAME), also through a task factory,
-# which may wrap the coroutine (sentry_sdk's does): then only the name tells it.
-REQUEST = "postern-request"
+def _is_serve(c):
+    return type(c).__qualname__ == "serve" and hasattr(type(c), "_postern_exchange")
+
+
+def _serve(task):
+    """The request `task` runs (serve.rs's wrapper of the app's coroutine): its
+    coroutine, or, through a task factory that wraps each coroutine (sentry_sdk's
+    does), what the wrapper awaits, down the chain of awaits (a wrapper not started
+    yet holds it in a local); None for any other task. Not by the task's name: a
+    factory may give a request's name to the tasks the app starts from it."""
+    c = task.get_coro()
+    for _ in range(8):
+        if c is None:
+            return None
+        if _is_serve(c):
+            return c
+        inner = getattr(c, "cr_await", None)
+        if inner is None:
+            frame = getattr(c, "cr_frame", None)
+            if frame is not None:
+                inner = next((v for v in frame.f_locals.values() if _is_serve(v)), None)
+        c = inner
+    return None
 
 
 def _is_request(task):
-    return task.get_name() == REQUEST or (
-        type(task.get_coro()).__qualname__ == "serve"
-        and hasattr(type(task.get_coro()), "_postern_exchange")
-    )
+    return _serve(task) is not None
 
 
 def _text(value, show=str):
@@ -117,7 +134,7 @@ def cut_off(loop, fd, grace_left, serving, ended):
             # without them, so each is named and its response ended now.
             for t in pending:
                 try:
-                    t.get_coro()._postern_exchange._cut_unended(grace)
+                    _serve(t)._postern_exchange._cut_unended(grace)
                 except Exception as e:
                     _report(loop, e, "naming a request whose task outlived its cut-off failed")
         # The tasks have ended, or had their grace: an immediate stop waits for this.
