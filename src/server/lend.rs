@@ -119,7 +119,8 @@ fn new_pipe() -> io::Result<Pipe> {
 
 /// Sends `head` (copied into the pipe: it is the caller's to free at once) then `lent`
 /// (lent: see the module's comment) to `sock`, which the caller made blocking with a
-/// send timeout. `wait` waits for room after a send timed out with nothing sent, and
+/// send timeout (SO_SNDTIMEO: a splice into a blocking socket waits for room as a send
+/// does, a slice of the timeout at a time). `wait` waits for room after a send timed out with nothing sent, and
 /// fails when the front server read nothing for the write timeout. `sent` counts the
 /// bytes queued on the socket as they go.
 pub fn splice_all(
@@ -186,6 +187,9 @@ fn pump(
                 Ok(n) => {
                     off += n;
                     in_pipe += n;
+                    if off < lent.len() {
+                        break; // the pipe is full: no call only to hear so
+                    }
                 }
                 Err(Errno::AGAIN) => break, // the pipe is full
                 Err(Errno::INTR) => {}

@@ -464,21 +464,6 @@ impl ConnSink {
         }
     }
 
-    /// The lent part of a body and the head before it ([`super::lend::splice_all`]),
-    /// with the socket made blocking for it.
-    fn splice_lent(&mut self, sock: &socket2::Socket, head: &[u8], lent: &[u8]) -> io::Result<()> {
-        if !self.make_blocking(sock) {
-            // Copied instead: nothing is lent.
-            self.send_polled(head)?;
-            return self.send_polled(lent);
-        }
-        let timeout = self.write_timeout;
-        let mut wait = || wait_writable(sock, timeout);
-        let r = super::lend::splice_all(sock.as_fd(), head, lent, &mut self.written, &mut wait);
-        self.make_nonblocking(sock);
-        r
-    }
-
     /// A write as a non-blocking socket takes it: a send, and a poll for room whenever
     /// the buffer is full.
     fn send_polled(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -550,12 +535,33 @@ impl Sink for ConnSink {
         let Some(sock) = self.sock.clone() else {
             return (self.sock().map(|_| ()), Lent::Done);
         };
+        if !self.make_blocking(&sock) {
+            // Copied instead: nothing is lent.
+            let r = self.send_polled(head).and_then(|()| self.send_polled(data));
+            return (r, Lent::Done);
+        }
         let tail = self.lend_tail.unwrap_or(data.len()).min(data.len());
         let (lent, rest) = data.split_at(data.len() - tail);
-        let mut r = self.splice_lent(&sock, head, lent);
+        let timeout = self.write_timeout;
+        let mut wait = || wait_writable(&sock, timeout);
+        let mut r = super::lend::splice_all(sock.as_fd(), head, lent, &mut self.written, &mut wait);
         let before_tail = self.written;
+        // The tail in one blocking send, as `send_blocking` sends (the socket is
+        // blocking already); what a timeout or a signal leaves, as a send does.
+        let mut left: &[u8] = &[];
         if r.is_ok() {
-            r = self.send_blocking(rest);
+            match rustix::net::send(sock.as_fd(), rest, SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    self.written += n as u64;
+                    left = &rest[n..];
+                }
+                Err(Errno::AGAIN | Errno::INTR) => left = rest,
+                Err(e) => r = Err(e.into()),
+            }
+        }
+        self.make_nonblocking(&sock);
+        if r.is_ok() && !left.is_empty() {
+            r = self.send_polled(left);
         }
         let tail_queued = usize::try_from(self.written - before_tail).unwrap_or(usize::MAX);
         let queued = super::lend::unread(sock.as_fd());
