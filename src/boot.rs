@@ -968,6 +968,31 @@ fn gunicorn_hint(e: wsgi::WsgiError, spec: &interpreter::AppSpec) -> wsgi::WsgiE
     }
 }
 
+/// An app that sets SIGPIPE back to its default action when imported (a command-line
+/// idiom, `signal.signal(signal.SIGPIPE, signal.SIG_DFL)`) would have this process
+/// killed by the first write to a front server that has gone away mid-response, with
+/// every request it was serving: sendfile(2) cannot say MSG_NOSIGNAL. It is ignored
+/// again, and said. (The app cannot set it later: Python allows `signal.signal` in its
+/// main thread only, which runs no request.) libc, not rustix: rustix has no sigaction
+/// outside its `runtime` module.
+// regression (review 399): a wsgi.file_wrapper response to a client that left killed
+// the worker silently under such an app.
+fn keep_sigpipe_ignored() {
+    // SAFETY: sigaction(2) reads one signal's action into a zeroed struct (plain data);
+    // signal(2) sets SIG_IGN for a valid signal number.
+    let reset = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        let default = libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_DFL;
+        default && libc::signal(libc::SIGPIPE, libc::SIG_IGN) != libc::SIG_ERR
+    };
+    if reset {
+        tracing::warn!(
+            "the app set SIGPIPE to its default action (signal.signal(signal.SIGPIPE, signal.SIG_DFL)), which would kill this process whenever a front server goes away in the middle of a response: postern ignores SIGPIPE again (such a write fails with EPIPE instead, and the request is logged as the client's going)"
+        );
+    }
+}
+
 /// `first_to_warn`: whether this process says what the configuration sets for nothing
 /// (a worker: the first of its generation, not every worker a recycle starts).
 pub fn import_app(config: &Config, first_to_warn: impl FnOnce() -> bool) -> anyhow::Result<Loaded> {
@@ -989,6 +1014,7 @@ pub fn import_app(config: &Config, first_to_warn: impl FnOnce() -> bool) -> anyh
     // The directory with its links resolved (getcwd): after a deploy that swaps a
     // `current` link, the release this worker imported.
     tracing::info!(app = %config.app, dir = %cwd.display(), "app imported");
+    keep_sigpipe_ignored();
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     // `--interface wsgi` with one of them set was said at start, once.
     // regression (review 341): said by every worker a recycle started.

@@ -21,7 +21,6 @@ pub mod arming;
 pub mod connection;
 pub mod fastcgi;
 pub mod lane;
-pub mod lend;
 pub mod listener;
 pub mod pending;
 pub mod queue;

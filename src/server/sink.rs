@@ -19,7 +19,7 @@ use rustix::net::SendFlags;
 
 use super::writer::{Failed, Stream};
 use crate::proto::response::HeadStyle;
-use crate::wsgi::{End, Lent, Sent, Sink};
+use crate::wsgi::{End, Sent, Sink};
 
 /// Writes all of `data` to a non-blocking socket, waiting (poll) while the front
 /// server is not reading, up to `timeout` per wait.
@@ -280,8 +280,6 @@ pub struct ConnSink {
     spare: bool,
     /// SO_SNDTIMEO is set for [`Self::send_blocking`] (once per connection).
     timeout_set: bool,
-    /// The copied tail of a lent body ([`super::lend`]): asked of the socket once.
-    lend_tail: Option<usize>,
 }
 
 impl ConnSink {
@@ -310,7 +308,6 @@ impl ConnSink {
             armed: false,
             spare: false,
             timeout_set: false,
-            lend_tail: None,
         }
     }
 
@@ -418,11 +415,27 @@ impl ConnSink {
         let Some(sock) = self.sock.clone() else {
             return self.send_polled(data);
         };
-        if !self.make_blocking(&sock) {
+        if !self.timeout_set {
+            if sock
+                .set_write_timeout(Some(timeout_slice(self.write_timeout)))
+                .is_err()
+            {
+                return self.send_polled(data);
+            }
+            self.timeout_set = true;
+        }
+        if rustix::io::ioctl_fionbio(&*sock, false).is_err() {
             return self.send_polled(data);
         }
         let r = rustix::net::send(sock.as_fd(), data, SendFlags::NOSIGNAL);
-        self.make_nonblocking(&sock);
+        if let Err(e) = rustix::io::ioctl_fionbio(&*sock, true) {
+            // The sink's own later sends still work on a blocking socket (SO_SNDTIMEO
+            // bounds them); a lingering close must not hand it to tokio.
+            tracing::error!(
+                "internal error: the connection could not be made non-blocking again ({e}): it is closed at the response's end, without a lingering close"
+            );
+            self.linger = None;
+        }
         match r {
             Ok(n) => {
                 self.written += n as u64;
@@ -434,33 +447,6 @@ impl ConnSink {
             // Timed out with nothing sent, or a signal: the rest as before.
             Err(Errno::AGAIN | Errno::INTR) => self.send_polled(data),
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Makes the socket blocking, with SO_SNDTIMEO a slice of the write timeout (set
-    /// once per connection): false when it could not be.
-    fn make_blocking(&mut self, sock: &socket2::Socket) -> bool {
-        if !self.timeout_set {
-            if sock
-                .set_write_timeout(Some(timeout_slice(self.write_timeout)))
-                .is_err()
-            {
-                return false;
-            }
-            self.timeout_set = true;
-        }
-        rustix::io::ioctl_fionbio(sock, false).is_ok()
-    }
-
-    /// Undoes [`Self::make_blocking`].
-    fn make_nonblocking(&mut self, sock: &socket2::Socket) {
-        if let Err(e) = rustix::io::ioctl_fionbio(sock, true) {
-            // The sink's own later sends still work on a blocking socket (SO_SNDTIMEO
-            // bounds them); a lingering close must not hand it to tokio.
-            tracing::error!(
-                "internal error: the connection could not be made non-blocking again ({e}): it is closed at the response's end, without a lingering close"
-            );
-            self.linger = None;
         }
     }
 
@@ -504,88 +490,6 @@ impl Sink for ConnSink {
 
     fn maybe_whole(&mut self, on: bool) {
         self.spare = on;
-    }
-
-    /// A body of at least the copied tail ([`super::lend::tail`]) and
-    /// [`super::lend::MIN_LENT`] more, on a Unix socket, with nothing queued in the
-    /// thread's writer.
-    fn lends(&mut self, len: usize) -> bool {
-        if self.tcp || self.on_loop || self.stream.is_some() || !super::lend::available() {
-            return false;
-        }
-        let tail = match self.lend_tail {
-            Some(t) => t,
-            None => {
-                let Some(Ok(sndbuf)) = self.sock.as_ref().map(|s| s.send_buffer_size()) else {
-                    return false;
-                };
-                *self.lend_tail.insert(super::lend::tail(sndbuf))
-            }
-        };
-        len >= tail.saturating_add(super::lend::MIN_LENT)
-    }
-
-    /// The head and the lent part through the thread's pipe, the tail by a blocking
-    /// send, then the check that no lent page is still queued ([`super::lend`]).
-    fn write_lent(&mut self, head: &[u8], data: &[u8], last: bool) -> (io::Result<()>, Lent) {
-        if !last {
-            self.arm();
-        }
-        self.full = false;
-        let Some(sock) = self.sock.clone() else {
-            return (self.sock().map(|_| ()), Lent::Done);
-        };
-        if !self.make_blocking(&sock) {
-            // Copied instead: nothing is lent.
-            let r = self.send_polled(head).and_then(|()| self.send_polled(data));
-            return (r, Lent::Done);
-        }
-        let tail = self.lend_tail.unwrap_or(data.len()).min(data.len());
-        let (lent, rest) = data.split_at(data.len() - tail);
-        let timeout = self.write_timeout;
-        let mut wait = || wait_writable(&sock, timeout);
-        let mut r = super::lend::splice_all(sock.as_fd(), head, lent, &mut self.written, &mut wait);
-        let before_tail = self.written;
-        // The tail in one blocking send, as `send_blocking` sends (the socket is
-        // blocking already); what a timeout or a signal leaves, as a send does.
-        let mut left: &[u8] = &[];
-        if r.is_ok() {
-            match rustix::net::send(sock.as_fd(), rest, SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    self.written += n as u64;
-                    left = &rest[n..];
-                }
-                Err(Errno::AGAIN | Errno::INTR) => left = rest,
-                Err(e) => r = Err(e.into()),
-            }
-        }
-        self.make_nonblocking(&sock);
-        if r.is_ok() && !left.is_empty() {
-            r = self.send_polled(left);
-        }
-        let tail_queued = usize::try_from(self.written - before_tail).unwrap_or(usize::MAX);
-        let queued = super::lend::unread(sock.as_fd());
-        match (r, queued) {
-            // A lent page still queued would have every byte of the tail queued behind
-            // it.
-            (Ok(()), Some(q)) if q < tail_queued => (Ok(()), Lent::Done),
-            (Ok(()), q) => {
-                super::lend::disable();
-                tracing::error!(
-                    "internal error: a large body sent without a copy was still queued for the front server after its end (SIOCOUTQ {q:?}, its copied tail {tail_queued} bytes): its memory is kept for the process's life, and large bodies are copied from now on"
-                );
-                (Ok(()), Lent::Kept)
-            }
-            (Err(e), Some(q)) if q == 0 || q < tail_queued => (Err(e), Lent::Done),
-            (Err(e), _) => match rustix::io::fcntl_dupfd_cloexec(&*sock, 0) {
-                Ok(dup) => {
-                    // The connection ends for the front server as a close ends it.
-                    let _ = sock.shutdown(std::net::Shutdown::Both);
-                    (Err(e), Lent::Held(Box::new(super::lend::Queued(dup))))
-                }
-                Err(_) => (Err(e), Lent::Kept),
-            },
-        }
     }
 
     /// An ASGI response written by the loop ([`Sink::loop_writes`]) with more to come.

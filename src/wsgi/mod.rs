@@ -146,19 +146,6 @@ pub trait Sink: Send + Sync {
     fn try_write_pair(&mut self, _head: &[u8], _data: &[u8]) -> std::io::Result<usize> {
         Ok(0)
     }
-    /// Whether [`Sink::write_lent`] sends a body of `len` bytes without copying it.
-    /// Called with the GIL held: it never waits. The default: never.
-    fn lends(&mut self, _len: usize) -> bool {
-        false
-    }
-    /// Writes `head` (copied) then all of `data` without copying `data`: the kernel
-    /// refers to its memory until the front server has read it, so `data` must stay
-    /// alive and unchanged as long as [`Lent`] says. `last` as for
-    /// [`Sink::write_last`]. Only after [`Sink::lends`] said yes for this length.
-    fn write_lent(&mut self, head: &[u8], data: &[u8], last: bool) -> (std::io::Result<()>, Lent) {
-        let _ = (head, data, last);
-        unreachable!("write_lent without lends")
-    }
     /// `finish` never blocks (it only closes a socket), so it may run with the GIL
     /// held instead of costing a release and a re-acquisition.
     fn finish_is_quick(&self) -> bool {
@@ -263,25 +250,6 @@ pub trait Sink: Send + Sync {
     ) -> std::io::Result<usize> {
         Ok(0)
     }
-}
-
-/// How long the memory of a body written with [`Sink::write_lent`] must stay alive and
-/// unchanged.
-pub enum Lent {
-    /// No longer than the call: the front server has read it all (or never will).
-    Done,
-    /// Until the connection says it is drained: the write failed part-way and the
-    /// front server may still read pages of it.
-    Held(Box<dyn Drained>),
-    /// For the process's life: the kernel still held pages of it after its end, which
-    /// it should not have (lending is off from then on).
-    Kept,
-}
-
-/// A connection a failed lent write left pages of its body queued on ([`Lent::Held`]).
-pub trait Drained: Send {
-    /// The front server has read, or dropped, everything queued on it.
-    fn drained(&self) -> bool;
 }
 
 /// How a response ended.

@@ -15,37 +15,11 @@ use super::environ::{self, Keys};
 use super::errors::Errors;
 use super::file_wrapper::FileWrapper;
 use super::input::Input;
-use super::{traceback, AppError, End, Lent, Monitor, Request, Sent, Served, Settings, Sink};
+use super::{traceback, AppError, End, Monitor, Request, Sent, Served, Settings, Sink};
 use crate::proto::response::{self as resp, HeaderError};
 
 /// A first body chunk this large is written after the head instead of copied behind it.
 const SEPARATE_BODY: usize = 16 * 1024;
-
-/// A body this large is offered to the sink to lend ([`Sink::lends`], which decides).
-const LEND_FROM: usize = 256 * 1024;
-
-/// The most bodies kept for connections a failed lent write left pages of them queued
-/// on ([`Lent::Held`]): past it, bodies are copied until some are let go.
-const HELD_MAX: usize = 16;
-
-/// Those bodies, each with its connection (shut down), let go once the connection is
-/// drained: looked at before each lent write. Only touched with the GIL held, so a body
-/// let go is dropped with it.
-static HELD: parking_lot::Mutex<Vec<Held>> = parking_lot::Mutex::new(Vec::new());
-
-/// A body kept for its connection ([`HELD`]).
-type Held = (Box<dyn super::Drained>, Py<PyAny>);
-
-/// Lets go of the kept bodies whose connections are drained; whether there is room to
-/// lend another. GIL held.
-fn lend_room() -> bool {
-    let mut held = HELD.lock();
-    if held.is_empty() {
-        return true;
-    }
-    held.retain(|(conn, _)| !conn.drained());
-    held.len() < HELD_MAX
-}
 
 /// The largest response head (status line and headers) an app may send, in bytes. nginx
 /// reads the head into one `uwsgi_buffer_size`/`fastcgi_buffer_size`/`scgi_buffer_size`
@@ -277,36 +251,6 @@ impl State {
         }
     }
 
-    /// Writes `head` then `data`, the bytes of `owner`, lending `data`'s memory to the
-    /// kernel ([`Sink::write_lent`]), and keeps `owner` alive for as long as the
-    /// kernel may still refer to it ([`Lent`]).
-    fn emit_lent(
-        &mut self,
-        py: Python<'_>,
-        head: &[u8],
-        data: &[u8],
-        owner: &Bound<'_, PyBytes>,
-    ) -> Result<(), Gone> {
-        crate::forked::guard();
-        if self.client_gone {
-            return Err(Gone);
-        }
-        let sink = &mut self.sink;
-        let last = std::mem::take(&mut self.last_write);
-        let (written, lent) = py.detach(|| sink.write_lent(head, data, last));
-        match lent {
-            Lent::Done => {}
-            Lent::Held(conn) => HELD.lock().push((conn, owner.clone().into_any().unbind())),
-            // A reference never dropped.
-            Lent::Kept => std::mem::forget(owner.clone()),
-        }
-        written.map_err(|e| {
-            self.stalled |= crate::logging::write_failed(&e);
-            self.client_gone = true;
-            Gone
-        })
-    }
-
     /// Writes the head and a large first chunk: what the connection takes of the two
     /// at once in one system call ([`Sink::try_write_pair`]), the rest as
     /// [`State::emit`] writes it.
@@ -339,18 +283,6 @@ impl State {
 
     /// Sends body bytes, preceded by the headers the first time anything is sent.
     fn send_body(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Gone> {
-        self.send_body_of(py, data, None)
-    }
-
-    /// [`State::send_body`] of `data`, the bytes of `owner` (or a part of them) when
-    /// given: then a large body may be lent to the kernel instead of copied
-    /// ([`Sink::write_lent`]), `owner` kept alive as long as that needs.
-    fn send_body_of(
-        &mut self,
-        py: Python<'_>,
-        data: &[u8],
-        owner: Option<&Bound<'_, PyBytes>>,
-    ) -> Result<(), Gone> {
         crate::forked::guard();
         if data.is_empty() {
             return Ok(());
@@ -376,20 +308,7 @@ impl State {
         }
         self.body_sent += data.len() as u64;
         self.progress_before(data.len() as u64);
-        let sent = match owner {
-            Some(owner)
-                if data.len() >= LEND_FROM && self.sink.lends(data.len()) && lend_room() =>
-            {
-                let head = if self.headers_sent {
-                    Vec::new()
-                } else {
-                    self.headers_sent = true;
-                    self.head_bytes(0)
-                };
-                self.emit_lent(py, &head, data, owner)
-            }
-            _ => self.send_body_now(py, data),
-        };
+        let sent = self.send_body_now(py, data);
         if sent.is_ok() {
             self.progress();
         }
@@ -466,10 +385,7 @@ impl State {
                 continue;
             }
             self.last_write = last && i == last_part;
-            if self
-                .send_body_of(py, data, Some(body_bytes(item)?))
-                .is_err()
-            {
+            if self.send_body(py, data).is_err() {
                 return Ok(());
             }
         }
@@ -890,7 +806,7 @@ impl Responder {
             ));
         }
         me.used_write = true;
-        me.send_body_of(py, bytes.as_bytes(), Some(bytes))
+        me.send_body(py, bytes.as_bytes())
             .map_err(|Gone| PyOSError::new_err("client disconnected"))
     }
 }
@@ -1478,8 +1394,7 @@ fn iterate(
         r.last_write =
             total > 0 && (r.head_only() || r.content_length.is_none_or(|cl| cl <= total as u64));
         if items.len() == 1 {
-            let bytes = body_bytes(&items[0])?;
-            let _ = r.send_body_of(py, bytes.as_bytes(), Some(bytes));
+            let _ = r.send_body(py, body_bytes(&items[0])?.as_bytes());
         } else {
             r.send_parts(py, items, total)?;
         }
@@ -1517,7 +1432,7 @@ fn iterate(
         if spare {
             r.sink.maybe_whole(true);
         }
-        let sent = r.send_body_of(py, data, Some(bytes));
+        let sent = r.send_body(py, data);
         if spare {
             r.sink.maybe_whole(false);
         }

@@ -944,7 +944,12 @@ impl FcgiConn {
     /// Bytes sent on this (Unix) socket that the peer has not read yet (SIOCOUTQ: the
     /// sent buffers still held in its receive queue). False when unknown.
     fn peer_has_unread(&self) -> bool {
-        crate::server::lend::unread(self.sock.as_fd()).is_some_and(|q| q > 0)
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int through the pointer,
+        // valid for the call; the descriptor is open for as long as `sock` is borrowed.
+        let r = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        r == 0 && queued > 0
     }
 
     /// Records through END_REQUEST, ended as `at_stop` says.

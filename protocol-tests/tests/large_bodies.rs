@@ -1,14 +1,16 @@
-//! Large response bodies lent to the kernel instead of copied (a Unix socket, Linux 6.5
-//! or later: `src/server/lend.rs`). The kernel refers to a lent body's memory until the
-//! front server reads it, and the app's `bytes` is freed (its memory reused by the next
-//! body of that size) as soon as its response is over; these tests make that reuse happen
-//! (glibc's mmap threshold raised, so large bodies come from the heap and the next one
-//! takes the memory of the last) and check that every byte a client reads is the body's:
-//! behind nginx under concurrent load, straight to the socket with a slow reader whose
-//! response ends while it is still reading, with a reader that stalls past
-//! `--read-timeout` and reads what was queued afterwards, and with readers that leave
-//! mid-body. Needs nginx for the first: fails in CI if it is missing, skips loudly
-//! locally.
+//! Large response bodies (0.7 to 3 MiB, Unix sockets) arrive whole while the memory of
+//! the bodies before them is reused: glibc's mmap threshold is raised and trimming off, so
+//! large bodies come from the heap and the next body takes the memory of the last, and
+//! the app fills the heap with 0xEE before each body. Behind nginx under concurrent load
+//! (uwsgi and SCGI), straight to the socket with a slow reader whose response ends while
+//! it is still reading, with a reader that stalls past `--read-timeout` and reads what was
+//! queued afterwards, and with readers that leave mid-body. They pin what any way of
+//! sending a body without copying it must keep: the forty-fourth session's lent bodies
+//! (pages spliced into the socket, docs/performance.md "lending large bodies") failed the
+//! first two without their copied tail and the third without keeping a failed send's
+//! body, and were dropped because a reader that splices (systemd-socket-proxyd, HAProxy)
+//! takes the pages past any check. Needs nginx for the first: fails in CI if it is
+//! missing, skips loudly locally.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -77,25 +79,15 @@ const HEAP_ONLY: (&str, &str) = (
 const MIB: usize = 1 << 20;
 
 fn app(dir: &std::path::Path) -> String {
-    let app = dir.join("lentapp.py");
+    let app = dir.join("bigapp.py");
     std::fs::write(&app, APP).unwrap();
     app.to_string_lossy().into_owned()
-}
-
-fn kernel_lends() -> bool {
-    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut p = r.trim().split(['.', '-']);
-    let v = (
-        p.next().and_then(|x| x.parse::<u32>().ok()),
-        p.next().and_then(|x| x.parse::<u32>().ok()),
-    );
-    matches!(v, (Some(a), Some(b)) if (a, b) >= (6, 5))
 }
 
 /// One worker, one Python thread, on a Unix socket, with large bodies from the heap.
 fn one_thread(dir: &std::path::Path, extra: &[&str]) -> Postern {
     Spawn::unix(dir, &app(dir))
-        .args(["--workers", "1", "--threads", "1", "--log-level", "debug"])
+        .args(["--workers", "1", "--threads", "1"])
         .args(extra.iter().copied())
         .env(HEAP_ONLY.0, HEAP_ONLY.1)
         .start()
@@ -118,26 +110,14 @@ fn head_end(resp: &[u8]) -> usize {
         })
 }
 
-fn assert_lent(postern: &Postern) {
-    if kernel_lends() {
-        assert!(
-            postern.logs().contains("lent to the kernel"),
-            "no body was lent on this kernel:\n{}",
-            postern.logs()
-        );
-    } else {
-        eprintln!("NOTE: this kernel is older than 6.5: bodies are copied, not lent; the test checks only that they arrive whole");
-    }
-}
-
 #[test]
-fn lent_bodies_arrive_whole_behind_nginx_under_concurrent_load() {
+fn large_bodies_arrive_whole_behind_nginx_under_concurrent_load() {
     for upstream in [Upstream::Uwsgi, Upstream::Scgi] {
         let Some(bin) = nginx_bin() else { return };
         let dir = tempdir();
         let postern = Spawn::unix(dir.path(), &app(dir.path()))
             .protocol(upstream.protocol())
-            .args(["--workers", "2", "--threads", "3", "--log-level", "debug"])
+            .args(["--workers", "2", "--threads", "3"])
             .env(HEAP_ONLY.0, HEAP_ONLY.1)
             .start();
         let site = upstream.site(&postern.addr.nginx(), "", "");
@@ -145,7 +125,6 @@ fn lent_bodies_arrive_whole_behind_nginx_under_concurrent_load() {
         let s = Stack::from_parts(nginx, postern, dir);
         eight_clients(s.nginx.port);
         s.assert_clean(upstream.protocol());
-        assert_lent(&s.postern);
     }
 }
 
@@ -234,7 +213,6 @@ fn a_slow_reader_gets_its_own_body_after_the_next_body_took_its_memory() {
         );
         other.unwrap().join().expect("the second request failed");
     }
-    assert_lent(&postern);
 }
 
 /// A reader that reads nothing for longer than `--read-timeout`: postern gives the
@@ -280,7 +258,6 @@ fn a_reader_stalled_past_the_read_timeout_reads_only_its_own_body_afterwards() {
     }
     let logs = postern.logs();
     assert!(!logs.contains("internal error"), "{logs}");
-    assert_lent(&postern);
 }
 
 /// Readers that leave mid-body: the worker serves on, and what a later reader gets is
@@ -311,7 +288,6 @@ fn readers_that_leave_mid_body_leave_the_worker_serving_whole_bodies() {
         !logs.contains("internal error") && !logs.contains("ERROR"),
         "{logs}"
     );
-    assert_lent(&postern);
 }
 
 fn sock_path(p: &Postern) -> std::path::PathBuf {
@@ -319,4 +295,58 @@ fn sock_path(p: &Postern) -> std::path::PathBuf {
         Addr::Unix(path) => path.clone(),
         Addr::Tcp(_) => unreachable!("a Unix socket"),
     }
+}
+
+/// An app that sets SIGPIPE back to its default action at import, and sends a large
+/// file (`wsgi.file_wrapper`: sendfile(2), which cannot say MSG_NOSIGNAL) to readers
+/// that leave mid-body: the worker lives on, and the log says why it had to act.
+// regression (review 399): the first such reader killed the worker with SIGPIPE,
+// silently, and every request it was serving with it.
+#[test]
+fn an_app_that_restores_sigpipe_is_not_killed_by_a_reader_leaving_a_sent_file() {
+    let dir = tempdir();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, body(3, 8 * MIB)).unwrap();
+    let app = dir.path().join("pipeapp.py");
+    std::fs::write(
+        &app,
+        format!(
+            r#"
+import os, signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/pid":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(os.getpid()).encode()]
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](open({file:?}, "rb"))
+"#
+        ),
+    )
+    .unwrap();
+    let postern = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--workers", "1", "--threads", "1"])
+        .start();
+    let pid = postern.get("/pid").1;
+    for _ in 0..3 {
+        let mut a = UnixStream::connect(sock_path(&postern)).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        a.write_all(&uwsgi_get("/file")).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        a.read_exact(&mut buf).unwrap();
+        drop(a);
+    }
+    assert_eq!(
+        postern.get("/pid").1,
+        pid,
+        "the worker was replaced:\n{}",
+        postern.logs()
+    );
+    assert!(
+        postern.logs().contains("postern ignores SIGPIPE again"),
+        "{}",
+        postern.logs()
+    );
 }
