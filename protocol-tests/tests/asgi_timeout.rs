@@ -48,6 +48,14 @@ elif path == "/big":
     await send({"type": "http.response.body", "body": b""})
 elif path == "/pid":
     await answer(send, str(os.getpid()).encode())
+elif path == "/wrap-factory":
+    # From now on every task's coroutine is wrapped, as sentry_sdk's factory does.
+    def factory(loop, coro, **kw):
+        async def wrapped():
+            return await coro
+        return asyncio.Task(wrapped(), loop=loop, **kw)
+    asyncio.get_running_loop().set_task_factory(factory)
+    await answer(send, b"wrapped")
 else:
     await answer(send, b"hello")
 "#;
@@ -251,6 +259,57 @@ fn a_loop_blocked_past_timeout_leaves_its_other_tasks_to_the_master_to_name() {
         !logs.contains("postern cancelled this request's task"),
         "{logs}"
     );
+}
+
+// A request that blocks the loop past --timeout is named by its method and path in the
+// worker's dump, also when a task factory wraps each task's coroutine (sentry_sdk's).
+// regression: the dump looked for the request's wrapper as the task's own coroutine
+// only, and named a wrapped one `postern-request (factory.<locals>.wrapped)`.
+#[test]
+fn the_dump_names_a_request_blocking_the_loop_also_through_a_wrapping_task_factory() {
+    for wrapped in [false, true] {
+        let dir = tempdir();
+        let p = serve(
+            dir.path(),
+            &[
+                "--master",
+                "--workers",
+                "1",
+                "--timeout",
+                "2",
+                "--graceful-timeout",
+                "1",
+            ],
+        );
+        assert!(p.wait_serving("/hello"), "{}", p.logs());
+        if wrapped {
+            assert!(
+                get(&p.addr, "/wrap-factory").ends_with(b"wrapped"),
+                "{}",
+                p.logs()
+            );
+        }
+        let block = send(&p.addr, "/block?x=1", "req-block");
+        assert!(wait_file(&dir.path().join("block"), 10), "{}", p.logs());
+        assert!(
+            p.wait_log("the event loop is blocked by this task", 20),
+            "{}",
+            p.logs()
+        );
+        let logs = p.logs();
+        // The line's fields follow its message, the stack of several lines.
+        let from = logs.find("the event loop is blocked by this task").unwrap();
+        assert!(
+            logs[from..].contains("task=GET /block?x=1"),
+            "wrapped {wrapped}: {logs}"
+        );
+        assert!(
+            logs.contains("Task GET /block?x=1 (most recent call last)"),
+            "wrapped {wrapped}: {logs}"
+        );
+        drop(p);
+        let _ = block.join();
+    }
 }
 
 // regression: a condemned ASGI worker's own deadline came 400 ms after the master's kill

@@ -34,8 +34,7 @@ pub fn start(
         .import("threading")?
         .call_method0("get_ident")?
         .extract()?;
-    let format =
-        PyModule::from_code(py, FORMAT, c"postern_asgi_dump.py", c"postern_asgi_dump")?.unbind();
+    let format = format_module(py)?.unbind();
     let event_loop = event_loop.clone().unbind();
     std::thread::Builder::new()
         .name("python-asgi-dump".into())
@@ -135,12 +134,23 @@ fn loop_blocked(
 
 /// On the loop thread: logs every task's stack.
 pub fn log_tasks(py: Python<'_>, event_loop: &Bound<'_, PyAny>) {
-    match PyModule::from_code(py, FORMAT, c"postern_asgi_dump.py", c"postern_asgi_dump") {
+    match format_module(py) {
         Ok(format) => log_stacks(py, &format, event_loop, "describe"),
         Err(e) => {
             tracing::warn!(detail = %crate::wsgi::traceback(py, &e), "cannot list the ASGI tasks' stacks")
         }
     }
+}
+
+/// `FORMAT` as a module, with stop.py's `_serve` (which finds a request's wrapper down a
+/// task factory's wrappers) as its `_serve`; without it (stop.py failed to load), a
+/// request is found as the task's own coroutine only.
+fn format_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    let format = PyModule::from_code(py, FORMAT, c"postern_asgi_dump.py", c"postern_asgi_dump")?;
+    if let Ok(serve) = super::stop::serve_finder(py) {
+        format.setattr("_serve", serve)?;
+    }
+    Ok(format)
 }
 
 /// Logs every task's stack, each named by `FORMAT`'s function `namer`.
@@ -186,17 +196,21 @@ fn install() -> PyResult<Option<OwnedFd>> {
 /// Formats a task's stack down the chain of awaits (a suspended task's own stack shows
 /// only its outermost coroutine; the app's frame that waits is further down).
 const FORMAT: &std::ffi::CStr = cr#"import asyncio, sys, traceback
+_serve = None
+def serve_of(task):
+    # A request's task runs serve.rs's wrapper of the app's coroutine, maybe inside a
+    # task factory's own wrappers (sentry_sdk's): stop.py's _serve finds it there.
+    return _serve(task) if _serve is not None else task.get_coro()
 def describe(task):
     # On the loop thread only (the exchange is the loop's).
     try:
-        # A request's task runs serve.rs's wrapper of the app's coroutine.
-        return task.get_coro()._postern_exchange._describe()
+        return serve_of(task)._postern_exchange._describe()
     except Exception:
         return scope_name(task)
 def scope_name(task):
     # On any thread: the request's method and path from the scope the app got.
     try:
-        app = task.get_coro()._postern_coro
+        app = serve_of(task)._postern_coro
         for v in app.cr_frame.f_locals.values():
             if isinstance(v, dict) and v.get('type') == 'http':
                 q = v.get('query_string') or b''

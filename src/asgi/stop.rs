@@ -68,6 +68,12 @@ pub fn past_graceful(lifespan: LifespanMode, lifespan_timeout: Duration) -> Dura
     CUT_GRACE + shutdown + LEFTOVER_GRACE + ASIDE * 2 + SLACK * 3
 }
 
+/// stop.py's `_serve(task)`: the request's wrapper (serve.rs) a task runs, found down
+/// a task factory's wrappers too; None for any other task.
+pub fn serve_finder(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    module(py)?.getattr("_serve")
+}
+
 fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     static SOURCE: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
