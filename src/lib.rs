@@ -23,7 +23,7 @@
 //! users     the user/group database (NSS, through libc): --uid, --socket-owner, %U
 //! forked    a process the app forked that returns into postern: ended, not serving
 //! room      whether a pipe or socket can take bytes now (poll POLLOUT, no wait)
-//! size      byte sizes as typed (`64k`, `10M`): every size option, config's and bench's
+//! size      sizes and durations as typed (`64k`, `10M`, `30s`): config's and clients'
 //! stop      what asks the process to stop (SIGTERM/SIGINT counted by one handler,
 //!           a worker's own recycling) and the server's wait for it
 //! client/   `postern request`: one uwsgi/FastCGI/SCGI request, printed -i style;

@@ -1,7 +1,28 @@
 //! Byte sizes as a user types them (`65535`, `64k`, `10M`, `1MiB`, `2G`; powers of
 //! 1024), parsed once for every option that takes one: the server's (`config`) and
 //! `postern bench --body-size` (`client`), which `config` itself imports, so the parser
-//! lives below both. Imports nothing of the crate.
+//! lives below both. Durations likewise ([`seconds`]: `30s`, `500ms`, `5m`). Imports
+//! nothing of the crate.
+
+/// Seconds as a user types them: `30`, `2.5`, or with a unit as gunicorn's and
+/// systemd's users write them: `30s`, `500ms`, `5m`, `5min`, `1h`. The range is the
+/// caller's to check (the server's durations must be positive, a client's may be 0).
+pub fn seconds(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (t, unit) = [
+        ("ms", 0.001),
+        ("min", 60.0),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ]
+    .iter()
+    .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), *unit)))
+    .unwrap_or((t, 1.0));
+    t.parse::<f64>().map(|n| n * unit).map_err(|_| {
+        format!("{s:?} is not a duration: seconds (30, 2.5, 30s), or with a unit: 500ms, 5m, 1h")
+    })
+}
 
 /// Parses `65535`, `64k`, `1M`, `1MiB`, `2G` (powers of 1024). The error is one
 /// sentence that says what to type instead.

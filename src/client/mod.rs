@@ -67,14 +67,18 @@ pub enum ClientError {
 }
 
 /// A number of seconds on the command line (`--timeout`, `postern status --interval`):
-/// finite, at least 0 and under 2^32 (a `Duration` of `inf` or `nan` panics).
+/// finite, at least 0 and under 2^32 (a `Duration` of `inf` or `nan` panics), with a
+/// unit as the server's own durations take one (`30s`, `500ms`, `5m`:
+/// [`crate::size::seconds`]).
 // regression (probe 393): `postern request --timeout inf` and `postern status --watch
-// --interval nan` panicked ('cannot convert float seconds to Duration').
+// --interval nan` panicked ('cannot convert float seconds to Duration'). regression
+// (review 395): `--timeout 30s` was refused, though the server takes it.
 pub fn seconds_arg(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..4_294_967_296.0).contains(&v) => Ok(v),
-        Ok(_) => Err("not a number of seconds from 0 to 4294967295".into()),
-        Err(e) => Err(e.to_string()),
+    let v = crate::size::seconds(s)?;
+    if v.is_finite() && (0.0..4_294_967_296.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("not a number of seconds from 0 to 4294967295".into())
     }
 }
 
@@ -350,7 +354,14 @@ mod tests {
         for bad in ["inf", "nan", "-1", "4294967296", "1e300", "x"] {
             assert!(seconds_arg(bad).is_err(), "{bad}");
         }
-        for (good, v) in [("0", 0.0), ("0.5", 0.5), ("30", 30.0)] {
+        for (good, v) in [
+            ("0", 0.0),
+            ("0.5", 0.5),
+            ("30", 30.0),
+            ("30s", 30.0),
+            ("500ms", 0.5),
+            ("2m", 120.0),
+        ] {
             assert_eq!(seconds_arg(good), Ok(v));
         }
         // Each one a Duration can hold.

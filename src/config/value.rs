@@ -127,24 +127,9 @@ pub struct Seconds(pub Duration);
 impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
         // A unit as gunicorn's and systemd's users write them: `30s`, `500ms`, `5m`, `1h`.
         // regression: `--timeout 1m` was refused while `30s` was accepted.
-        let (t, unit) = [
-            ("ms", 0.001),
-            ("min", 60.0),
-            ("s", 1.0),
-            ("m", 60.0),
-            ("h", 3600.0),
-        ]
-        .iter()
-        .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), *unit)))
-        .unwrap_or((t, 1.0));
-        let v: f64 = t.parse::<f64>().map(|n| n * unit).map_err(|_| {
-            format!(
-                "{s:?} is not a duration: seconds (30, 2.5, 30s), or with a unit: 500ms, 5m, 1h"
-            )
-        })?;
+        let v = crate::size::seconds(s)?;
         // Checked after the conversion too: 1e-10 is positive but rounds to 0 ns.
         let d = Duration::try_from_secs_f64(v).unwrap_or_default();
         // The bound keeps every deadline computed from it (now + timeout) representable.

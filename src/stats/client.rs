@@ -24,7 +24,8 @@ pub struct StatusArgs {
     /// Redraw the table every --interval seconds until interrupted (uwsgitop style).
     #[arg(short, long)]
     pub watch: bool,
-    /// Seconds between redraws with --watch.
+    /// Seconds between redraws with --watch (0.1 to 3600: a value outside is taken as
+    /// the nearest).
     #[arg(long, value_name = "SECS", default_value_t = 1.0,
           value_parser = crate::client::seconds_arg)]
     pub interval: f64,
