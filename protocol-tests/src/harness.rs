@@ -258,6 +258,18 @@ fn write_module(dir: &Path, module: &str, source: &str) -> String {
 /// `$ASGI_TEST_DIR` ([`Spawn::asgi_test_dir`]); `mark(name)` makes an empty file there
 /// (the test waits for it: the app got that far); `answer(send, body)` sends a whole
 /// 200 response without headers.
+/// Python for a test app's prelude: `wrap_tasks()` makes every task the running loop
+/// makes from then on run its coroutine inside a wrapper coroutine, as sentry_sdk's
+/// task factory does (a request's task then runs the wrapper, not postern's own).
+pub const WRAP_TASKS: &str = r#"
+def wrap_tasks():
+    def factory(loop, coro, **kw):
+        async def wrapped():
+            return await coro
+        return asyncio.Task(wrapped(), loop=loop, **kw)
+    asyncio.get_running_loop().set_task_factory(factory)
+"#;
+
 pub const ASGI_TEST_PRELUDE: &str = r#"
 import asyncio, os, time
 

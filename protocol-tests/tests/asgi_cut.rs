@@ -62,12 +62,7 @@ elif path == "/late-answer":
     await send(start)
     await send({"type": "http.response.body", "body": b"late\n"})
 elif path == "/wrap-factory":
-    # From now on every task's coroutine is wrapped, as sentry_sdk's factory does.
-    def factory(loop, coro, **kw):
-        async def wrapped():
-            return await coro
-        return asyncio.Task(wrapped(), loop=loop, **kw)
-    asyncio.get_running_loop().set_task_factory(factory)
+    wrap_tasks()
     await send(start)
     await send({"type": "http.response.body", "body": b"wrapped\n"})
 elif path == "/length":
@@ -85,7 +80,7 @@ else:
 "#;
 
 fn app() -> String {
-    AsgiApp::new(PRELUDE).http(HTTP)
+    AsgiApp::new(&format!("{PRELUDE}\n{WRAP_TASKS}")).http(HTTP)
 }
 
 /// postern serving the app over `upstream` on TCP with `args`, behind a private nginx.

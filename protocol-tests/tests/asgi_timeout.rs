@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use protocol_tests::harness::{
     assert_cut_named_once, log_line, log_request_ids, parse_http, raw, tempdir, uwsgi_get,
     uwsgi_get_with, wait_file, wait_until, Addr, AsgiApp, Postern, Spawn, ASGI_TEST_PRELUDE,
+    WRAP_TASKS,
 };
 
 /// The app's `http` part ([`ASGI_TEST_PRELUDE`] before it).
@@ -49,19 +50,14 @@ elif path == "/big":
 elif path == "/pid":
     await answer(send, str(os.getpid()).encode())
 elif path == "/wrap-factory":
-    # From now on every task's coroutine is wrapped, as sentry_sdk's factory does.
-    def factory(loop, coro, **kw):
-        async def wrapped():
-            return await coro
-        return asyncio.Task(wrapped(), loop=loop, **kw)
-    asyncio.get_running_loop().set_task_factory(factory)
+    wrap_tasks()
     await answer(send, b"wrapped")
 else:
     await answer(send, b"hello")
 "#;
 
 fn serve(dir: &Path, extra: &[&str]) -> Postern {
-    let app = AsgiApp::new(ASGI_TEST_PRELUDE).http(HTTP);
+    let app = AsgiApp::new(&format!("{ASGI_TEST_PRELUDE}{WRAP_TASKS}")).http(HTTP);
     Spawn::asgi_tcp(dir, "asgi_timeout_app", &app)
         .asgi_test_dir(dir)
         .args(extra.iter().copied())
