@@ -972,24 +972,35 @@ fn gunicorn_hint(e: wsgi::WsgiError, spec: &interpreter::AppSpec) -> wsgi::WsgiE
 /// idiom, `signal.signal(signal.SIGPIPE, signal.SIG_DFL)`) would have this process
 /// killed by the first write to a front server that has gone away mid-response, with
 /// every request it was serving: sendfile(2) cannot say MSG_NOSIGNAL. It is ignored
-/// again, and said. (The app cannot set it later: Python allows `signal.signal` in its
-/// main thread only, which runs no request.) libc, not rustix: rustix has no sigaction
-/// outside its `runtime` module.
+/// again (through Python's `signal.signal`, so that `signal.getsignal` tells the
+/// truth), and said by the first worker of a generation (`warn`). Python allows
+/// `signal.signal` in its main thread only, which runs no request and no ASGI loop, so
+/// the import is the app's one chance; native code (ctypes) can still change it later,
+/// and that is not looked at. libc, not rustix: rustix has no sigaction outside its
+/// `runtime` module.
 // regression (review 399): a wsgi.file_wrapper response to a client that left killed
 // the worker silently under such an app.
-fn keep_sigpipe_ignored() {
-    // SAFETY: sigaction(2) reads one signal's action into a zeroed struct (plain data);
-    // signal(2) sets SIG_IGN for a valid signal number.
-    let reset = unsafe {
+fn keep_sigpipe_ignored(warn: bool) {
+    // SAFETY: sigaction(2) reads one signal's action into a zeroed struct (plain data).
+    let default = unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        let default = libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0
-            && old.sa_sigaction == libc::SIG_DFL;
-        default && libc::signal(libc::SIGPIPE, libc::SIG_IGN) != libc::SIG_ERR
+        libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_DFL
     };
-    if reset {
-        tracing::warn!(
-            "the app set SIGPIPE to its default action (signal.signal(signal.SIGPIPE, signal.SIG_DFL)), which would kill this process whenever a front server goes away in the middle of a response: postern ignores SIGPIPE again (such a write fails with EPIPE instead, and the request is logged as the client's going)"
-        );
+    if !default {
+        return;
+    }
+    // SAFETY: SIG_IGN for a valid signal number.
+    if !interpreter::ignore_signal(libc::SIGPIPE)
+        && unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) } == libc::SIG_ERR
+    {
+        return;
+    }
+    let said = "the app set SIGPIPE to its default action (signal.signal(signal.SIGPIPE, signal.SIG_DFL)), which would kill this process whenever a front server goes away in the middle of a response: postern ignores SIGPIPE again (such a write fails with EPIPE instead, and the request is logged as the client's going)";
+    if warn {
+        tracing::warn!("{said}");
+    } else {
+        tracing::debug!("{said}");
     }
 }
 
@@ -1011,17 +1022,21 @@ pub fn import_app(config: &Config, first_to_warn: impl FnOnce() -> bool) -> anyh
         .collect();
     path.push(cwd.clone());
     let app = interpreter::import(&path, &config.app).map_err(|e| gunicorn_hint(e, &config.app))?;
+    // Asked once, for both warnings below.
+    let mut first_to_warn = Some(first_to_warn);
+    let mut first: Option<bool> = None;
+    let mut is_first = || *first.get_or_insert_with(|| first_to_warn.take().is_some_and(|f| f()));
+    keep_sigpipe_ignored(is_first());
     // The directory with its links resolved (getcwd): after a deploy that swaps a
     // `current` link, the release this worker imported.
     tracing::info!(app = %config.app, dir = %cwd.display(), "app imported");
-    keep_sigpipe_ignored();
     let detect::Choice { interface, why } = detect::choose_app(&app, config.opts.interface)?;
     // `--interface wsgi` with one of them set was said at start, once.
     // regression (review 341): said by every worker a recycle started.
     if interface == Interface::Wsgi
         && config.opts.interface == crate::asgi::InterfaceOption::Auto
         && !config.asgi_options_set.is_empty()
-        && first_to_warn()
+        && is_first()
     {
         let said = crate::config::asgi_options_unused(
             &config.asgi_options_set,

@@ -320,6 +320,9 @@ def application(environ, start_response):
     if environ["PATH_INFO"] == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]
+    if environ["PATH_INFO"] == "/sig":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(signal.getsignal(signal.SIGPIPE)).encode()]
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return environ["wsgi.file_wrapper"](open({file:?}, "rb"))
 "#
@@ -330,6 +333,12 @@ def application(environ, start_response):
         .args(["--workers", "1", "--threads", "1"])
         .start();
     let pid = postern.get("/pid").1;
+    // Python's own view says so too.
+    assert_eq!(
+        postern.get("/sig").1,
+        b"1",
+        "signal.getsignal: SIG_IGN is 1"
+    );
     for _ in 0..3 {
         let mut a = UnixStream::connect(sock_path(&postern)).unwrap();
         a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

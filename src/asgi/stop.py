@@ -1,5 +1,7 @@
 # The end of a worker's event loop and its error reports (src/asgi/stop.rs). Run on
-# the loop thread ("python-asgi") only.
+# the loop thread ("python-asgi") only, but for `_serve`, which the stack dump's thread
+# also calls (src/asgi/dump.rs), holding the GIL while the loop is blocked: it only
+# reads.
 import asyncio
 import os
 import threading

@@ -532,6 +532,19 @@ outcome = _postern_site_refresh()
 ";
 
 /// Puts `dirs` at the front of `sys.path`, first one first.
+/// Sets `signal` to be ignored through Python's `signal.signal` (on the main thread
+/// only, as Python requires), so that `signal.getsignal` says so too: false when it
+/// could not.
+pub fn ignore_signal(signal: i32) -> bool {
+    Python::attach(|py| {
+        let module = py.import("signal")?;
+        module
+            .call_method1("signal", (signal, module.getattr("SIG_IGN")?))
+            .map(drop)
+    })
+    .is_ok()
+}
+
 pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
     let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
     for dir in dirs.iter().rev() {
