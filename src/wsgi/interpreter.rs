@@ -531,7 +531,6 @@ def _postern_site_refresh():
 outcome = _postern_site_refresh()
 ";
 
-/// Puts `dirs` at the front of `sys.path`, first one first.
 /// Sets `signal` to be ignored through Python's `signal.signal` (on the main thread
 /// only, as Python requires), so that `signal.getsignal` says so too: false when it
 /// could not.
@@ -545,6 +544,7 @@ pub fn ignore_signal(signal: i32) -> bool {
     .is_ok()
 }
 
+/// Puts `dirs` at the front of `sys.path`, first one first.
 pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
     let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
     for dir in dirs.iter().rev() {
