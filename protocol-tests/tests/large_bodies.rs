@@ -13,7 +13,6 @@
 //! missing, skips loudly locally.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use protocol_tests::harness::*;
@@ -170,8 +169,7 @@ fn a_slow_reader_gets_its_own_body_after_the_next_body_took_its_memory() {
     let postern = one_thread(dir.path(), &[]);
     let size = 3 * MIB;
     for round in 0..3u64 {
-        let mut a = UnixStream::connect(sock_path(&postern)).unwrap();
-        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut a = postern.addr.connect().unwrap();
         a.write_all(&request(round * 2 + 1, size)).unwrap();
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -226,8 +224,7 @@ fn a_reader_stalled_past_the_read_timeout_reads_only_its_own_body_afterwards() {
     let size = 3 * MIB;
     let want = body(7, size);
     for round in 0..2 {
-        let mut a = UnixStream::connect(sock_path(&postern)).unwrap();
-        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut a = postern.addr.connect().unwrap();
         a.write_all(&request(7, size)).unwrap();
         assert!(
             postern.wait_log_count("read nothing", round + 1, 20),
@@ -269,8 +266,7 @@ fn readers_that_leave_mid_body_leave_the_worker_serving_whole_bodies() {
     let pid = postern.get("/pid").1;
     let size = 3 * MIB;
     for seed in 0..10u64 {
-        let mut a = UnixStream::connect(sock_path(&postern)).unwrap();
-        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut a = postern.addr.connect().unwrap();
         a.write_all(&request(seed, size)).unwrap();
         let mut buf = vec![0u8; (seed as usize + 1) * 30 * 1024];
         a.read_exact(&mut buf).unwrap();
@@ -288,13 +284,6 @@ fn readers_that_leave_mid_body_leave_the_worker_serving_whole_bodies() {
         !logs.contains("internal error") && !logs.contains("ERROR"),
         "{logs}"
     );
-}
-
-fn sock_path(p: &Postern) -> std::path::PathBuf {
-    match &p.addr {
-        Addr::Unix(path) => path.clone(),
-        Addr::Tcp(_) => unreachable!("a Unix socket"),
-    }
 }
 
 /// An app that sets SIGPIPE back to its default action at import, and sends a large
@@ -340,8 +329,7 @@ def application(environ, start_response):
         "signal.getsignal: SIG_IGN is 1"
     );
     for _ in 0..3 {
-        let mut a = UnixStream::connect(sock_path(&postern)).unwrap();
-        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut a = postern.addr.connect().unwrap();
         a.write_all(&uwsgi_get("/file")).unwrap();
         let mut buf = vec![0u8; 64 * 1024];
         a.read_exact(&mut buf).unwrap();
