@@ -44,6 +44,7 @@ pub mod proto;
 pub mod room;
 pub mod server;
 pub mod shared_mem;
+pub mod sigpipe;
 pub mod size;
 pub mod stats;
 pub mod stop;

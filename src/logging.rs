@@ -869,6 +869,7 @@ pub fn start_background() {
         let spawned = std::thread::Builder::new()
             .name("postern-log".into())
             .spawn(move || {
+                crate::sigpipe::block_on_this_thread();
                 // Wakes in a row that each came within BUSY_GAP of the last write.
                 let mut streak = 0u32;
                 let mut written = Instant::now();

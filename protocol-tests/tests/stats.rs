@@ -1596,3 +1596,63 @@ fn the_stats_helper_outlives_a_sigterm_of_its_own() {
         p.logs()
     );
 }
+
+/// A single process whose app sets SIGPIPE back to its default action at import, and
+/// `--stats` clients on a Unix socket that leave before their answer while the import
+/// is still running (the endpoint serves from the start): the process lives on and
+/// serves once the import ends.
+// regression (review 400): the endpoint's answer to a client that had left raised
+// SIGPIPE (a write on a Unix socket, no MSG_NOSIGNAL) before postern ignored it again
+// after the import, and the process died with exit 141.
+#[test]
+fn stats_clients_leaving_while_an_app_that_restores_sigpipe_imports_kill_nothing() {
+    let dir = tempdir();
+    let (entered, gate) = (dir.path().join("entered"), dir.path().join("gate"));
+    let app = dir.path().join("pipeimport.py");
+    std::fs::write(
+        &app,
+        format!(
+            r#"import os, signal, time
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+open({entered:?}, "w").close()
+deadline = time.time() + 30
+while not os.path.exists({gate:?}) and time.time() < deadline:
+    time.sleep(0.02)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"served"]
+"#
+        ),
+    )
+    .unwrap();
+    let sock = dir.path().join("stats.sock");
+    let spawn = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--stats", &format!("unix:{}", sock.display())]);
+    let leaver = std::thread::spawn({
+        let (entered, gate, sock) = (entered.clone(), gate.clone(), sock.clone());
+        move || {
+            assert!(
+                wait_until(30, || entered.exists()),
+                "the import never began"
+            );
+            let mut left = 0;
+            for _ in 0..20 {
+                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
+                    use std::io::Write;
+                    let req = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+                    if s.write_all(req).is_ok() {
+                        left += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::fs::write(&gate, b"").unwrap();
+            left
+        }
+    });
+    let p = spawn.start();
+    assert!(leaver.join().unwrap() > 10, "the endpoint took no clients");
+    assert_eq!(p.get("/").1, b"served", "{}", p.logs());
+}

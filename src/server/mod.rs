@@ -87,6 +87,9 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("postern-io")
+        // Its writes to Unix sockets are write(2)s, exposed should native code set
+        // SIGPIPE back to its default action.
+        .on_thread_start(crate::sigpipe::block_on_this_thread)
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;

@@ -70,6 +70,10 @@ pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> Result<Bound, StatsError
 /// Serves the endpoint on `bound` until the process exits (or the runtime cannot
 /// start). Blocks the calling thread.
 pub fn serve(bound: Bound, source: Source) -> Result<(), StatsError> {
+    // Its answers to Unix-socket clients are write(2)s (no MSG_NOSIGNAL), and it serves
+    // while the app is imported, before postern can ignore a SIGPIPE the app restored.
+    // regression (review 400): a client leaving then ended the process (exit 141).
+    crate::sigpipe::block_on_this_thread();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
