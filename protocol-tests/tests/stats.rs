@@ -1656,3 +1656,68 @@ def application(environ, start_response):
     assert!(leaver.join().unwrap() > 10, "the endpoint took no clients");
     assert_eq!(p.get("/").1, b"served", "{}", p.logs());
 }
+
+/// One worker of two threads: a response sent whole whose app's `close()` is still
+/// running when the other thread crashes the worker is counted as served; the crashing
+/// request as cut off (`none`).
+// regression (probe 396 M1): both counted status="none" (the first one's count waited
+// for its end, which needs the GIL the crashing thread held), though its client got
+// the whole response.
+#[test]
+fn a_crash_counts_a_response_another_thread_had_sent_whole_as_served() {
+    let dir = tempdir();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let app = dir.path().join("closeapp.py");
+    std::fs::write(
+        &app,
+        format!(
+            r#"import os, time
+
+MARKS = {marks:?}
+
+
+class Body:
+    def __iter__(self):
+        return iter([b"sent whole"])
+
+    def close(self):
+        open(os.path.join(MARKS, "closing"), "w").close()
+        deadline = time.time() + 20
+        while not os.path.exists(os.path.join(MARKS, "release")) and time.time() < deadline:
+            time.sleep(0.01)
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/crash":
+        os._exit(3)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+    return Body()
+"#
+        ),
+    )
+    .unwrap();
+    let stats_addr = Addr::Tcp(free_port());
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--threads", "2"])
+        .args(["--stats", &stats_addr.arg()])
+        .start();
+    let held = std::thread::spawn({
+        let addr = p.addr.clone();
+        move || raw(&addr, &uwsgi_get("/answered"))
+    });
+    assert!(
+        wait_until(20, || marks.join("closing").exists()),
+        "{}",
+        p.logs()
+    );
+    let _ = p.raw(&uwsgi_get("/crash"));
+    let r = parse_http(&held.join().unwrap()).expect("a whole response");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"sent whole"[..]));
+    let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
+    let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 1.0);
+    assert_eq!(sample(&m, crashed), 1.0, "{m}\n{}", p.logs());
+    assert_eq!(sample(&m, &uwsgi("2xx")), 1.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("none")), 1.0, "{m}");
+    assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
+}

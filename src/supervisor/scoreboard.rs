@@ -141,6 +141,19 @@ impl Counters {
         bump(&self.cut[0], 1);
     }
 
+    /// Counts a request whose response its thread had sent whole (`status`, `bytes`)
+    /// when its worker died before the request's end: served, as its end would have
+    /// counted it. The master only, as [`Counters::record_lost`].
+    fn record_answered(&self, protocol: Protocol, status: u16, bytes: u64, ns: u64) {
+        bump(
+            &self.requests[stats::protocol_index(protocol)][stats::status_class(status)],
+            1,
+        );
+        bump(&self.duration[stats::duration_slot(ns)], 1);
+        bump(&self.duration_ns, ns);
+        bump(&self.bytes, bytes);
+    }
+
     fn add_to(&self, t: &mut Totals) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for (row, src) in t.requests.iter_mut().zip(&self.requests) {
@@ -302,7 +315,13 @@ pub struct Line {
     /// one postern made): so that the master's `--timeout` lines can be joined with
     /// the access log and the front server's log.
     id_len: AtomicU32,
+    /// The status of the current request's response once the thread has sent it whole
+    /// (0: not yet), with [`Line::answered_bytes`]: a worker that dies before the
+    /// request's end is counted (its app's `close()`, which needs the GIL another
+    /// thread may hold as it crashes) still counts it as served, not cut off.
+    answered: AtomicU32,
     id: [AtomicU64; ID_WORDS],
+    answered_bytes: AtomicU64,
     counters: Counters,
 }
 
@@ -875,8 +894,14 @@ impl Scoreboard {
             }
             let p = line.protocol.load(Ordering::Relaxed) as usize;
             let protocol = PROTOCOLS.get(p).copied().unwrap_or_default();
-            line.counters
-                .record_lost(protocol, now.saturating_sub(since));
+            let ns = now.saturating_sub(since);
+            match u16::try_from(line.answered.load(Ordering::Relaxed)) {
+                Ok(status) if status != 0 => {
+                    let bytes = line.answered_bytes.load(Ordering::Relaxed);
+                    line.counters.record_answered(protocol, status, bytes, ns);
+                }
+                _ => line.counters.record_lost(protocol, ns),
+            }
         }
     }
 
@@ -1371,7 +1396,15 @@ impl Line {
         self.desc_len.store(n as u32, Ordering::Relaxed);
         self.protocol
             .store(stats::protocol_index(protocol) as u32, Ordering::Relaxed);
+        self.answered.store(0, Ordering::Relaxed);
         self.since.store(now_ns().max(1), Ordering::Release);
+    }
+
+    /// The current request's response went out whole: `status`, `bytes` (head and
+    /// body). Read by the master only once the worker is gone ([`Scoreboard::count_lost`]).
+    pub fn answered(&self, status: u16, bytes: u64) {
+        self.answered_bytes.store(bytes, Ordering::Relaxed);
+        self.answered.store(u32::from(status), Ordering::Relaxed);
     }
 
     /// The id of the request about to begin (empty: none); before
@@ -1607,6 +1640,39 @@ mod tests {
         assert_eq!(after.requests(), before.requests() + 1);
         let w = sb.read().workers;
         assert_eq!((w[1].pid, w[1].generation), (12, 1));
+    }
+
+    // regression (probe 396 M1): a crash with --threads above 1 counted a request another
+    // thread had answered whole, but not ended yet (its close() needs the GIL the
+    // crashing thread holds), as status="none" and cut off.
+    #[test]
+    fn a_crash_counts_a_response_sent_whole_as_served_and_the_others_as_cut() {
+        let sb = Scoreboard::new(1, 3).unwrap();
+        sb.set_metrics(true);
+        sb.reset(0, 10, 0, Cause::Boot);
+        // Thread 0: answered whole. Thread 1: running. Thread 2: answered whole by its
+        // last request, then began another one (the mark goes with the request).
+        sb.line(0, 0).begin(b"GET", b"/done", Protocol::Uwsgi);
+        sb.line(0, 0).answered(201, 1234);
+        sb.line(0, 1).begin(b"GET", b"/running", Protocol::FastCgi);
+        sb.line(0, 2).begin(b"GET", b"/last", Protocol::Uwsgi);
+        sb.line(0, 2).answered(200, 10);
+        sb.line(0, 2).count(Some(&served(End::Complete(200), 10)));
+        sb.line(0, 2).end();
+        sb.line(0, 2).begin(b"GET", b"/next", Protocol::Uwsgi);
+        sb.count_lost(0);
+        sb.release(0);
+        let t = sb.read().totals;
+        let (uwsgi, fastcgi) = (
+            stats::protocol_index(Protocol::Uwsgi),
+            stats::protocol_index(Protocol::FastCgi),
+        );
+        assert_eq!(t.requests[uwsgi][2], 2, "the 201 and the 200 ended earlier");
+        assert_eq!(t.requests[uwsgi][0], 1, "/next: none");
+        assert_eq!(t.requests[fastcgi][0], 1, "/running: none");
+        assert_eq!(t.bytes, 1244);
+        assert_eq!(t.cut, [2, 0]);
+        assert_eq!(t.duration.iter().sum::<u64>(), 4);
     }
 
     // regression: a reading gave up after 1000 yields, so a master preempted in the

@@ -883,6 +883,12 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.served_one();
     }
 
+    fn answered(&self, thread: usize, status: u16, bytes: u64) {
+        if self.metrics && thread < self.board.threads {
+            self.board.line(self.slot, thread).answered(status, bytes);
+        }
+    }
+
     fn cut(&self, thread: usize, protocol: crate::codec::Protocol, served: &crate::wsgi::Served) {
         if self.metrics && thread < self.board.threads {
             self.board

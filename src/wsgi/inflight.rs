@@ -92,6 +92,11 @@ impl Slot {
         self.thread.store(i, Ordering::Relaxed);
     }
 
+    /// The Python thread this slot belongs to.
+    pub(super) fn thread(&self) -> usize {
+        self.thread.load(Ordering::Relaxed)
+    }
+
     /// The app is about to run `head`'s request: the head moves into the slot until
     /// [`Slot::end`] gives it back.
     pub(super) fn begin(&self, head: &mut Head, id: &RequestId, protocol: Protocol) {

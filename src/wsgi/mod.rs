@@ -514,6 +514,10 @@ pub trait Monitor: Send + Sync {
     /// panicked (the connection was aborted). `counted`: a stop cut it off meanwhile
     /// and counted it ([`Monitor::cut`]).
     fn end(&self, thread: usize, served: Option<&Served>, counted: bool);
+    /// Python thread `thread` has sent its request's response whole (`status`, `bytes`
+    /// of head and body), before the app's `close()` and the request's end: a crash
+    /// of the worker before [`Monitor::end`] counts it as served, not as cut off.
+    fn answered(&self, _thread: usize, _status: u16, _bytes: u64) {}
     /// A stop cut off the request Python thread `thread` runs (the worker exits
     /// without it), ended as `served` says: counted as its `end` would have, from the
     /// I/O thread, while its thread cannot reach its line (`inflight::cut_off`).
