@@ -748,6 +748,33 @@ impl<'a> Mapper<'a> {
         self.table.insert(key.to_owned(), value);
     }
 
+    /// A line that sets `key` back to uWSGI's 0 (off, or the default): an earlier line's
+    /// value for it no longer applies (the last value wins, as in uWSGI), so postern's
+    /// default stands.
+    /// regression (probe 401, HIGH): `harakiri = 30` then `harakiri = 0` (in one file,
+    /// through an `ini =` include, over two --ini files, at a reload) kept the 30 s
+    /// timeout, and migrate wrote `timeout = 30`, calling the second line "not needed".
+    fn unset(&mut self, i: usize, key: &str) {
+        let Some(prev) = self.setter.remove(key) else {
+            return;
+        };
+        self.table.remove(key);
+        let by = if self.command_line {
+            format!("`{}`", self.entries[i].text)
+        } else {
+            format!("line {}", self.entries[i].label())
+        };
+        let line = &mut self.lines[prev];
+        if let Outcome::Carried { keys, .. } = &mut line.outcome {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                line.outcome = Outcome::Ignored(format!(
+                    "{by} sets it back to 0, and the last value wins (as in uWSGI)"
+                ));
+            }
+        }
+    }
+
     fn push(&mut self, key: &str, value: String) {
         let slot = self
             .table
@@ -780,13 +807,16 @@ impl<'a> Mapper<'a> {
     /// limits; for the others postern keeps its own default.
     fn count(&mut self, i: usize, key: &str, v: &str) -> Outcome {
         match number(v) {
-            Ok(0) => Outcome::Accepted(match key {
-                "body-spool-threshold" => "0 is uWSGI's default (the body is not buffered); postern keeps its own: a body larger than body-spool-threshold (1M) goes to a temporary file".into(),
-                "timeout" | "max-requests" | "max-lifetime" | "max-body" => {
-                    "0 turns it off, which is postern's default too".into()
-                }
-                _ => format!("0 is not a value postern takes for {key}: it keeps its default (postern --print-config shows it)"),
-            }),
+            Ok(0) => {
+                self.unset(i, key);
+                Outcome::Accepted(match key {
+                    "body-spool-threshold" => "0 is uWSGI's default (the body is not buffered); postern keeps its own: a body larger than body-spool-threshold (1M) goes to a temporary file".into(),
+                    "timeout" | "max-requests" | "max-lifetime" | "max-body" => {
+                        "0 turns it off, which is postern's default too".into()
+                    }
+                    _ => format!("0 is not a value postern takes for {key}: it keeps its default (postern --print-config shows it)"),
+                })
+            }
             Ok(n) => {
                 self.set(i, key, toml::Value::Integer(n.min(i64::MAX as u64) as i64));
                 Self::carried(&[key])
@@ -1204,6 +1234,7 @@ impl<'a> Mapper<'a> {
             "reload-on-rss" | "evil-reload-on-rss" => match numeric(v).parse::<f64>() {
                 Ok(mib) if mib.is_finite() && mib >= 0.0 => {
                     if mib == 0.0 {
+                        self.unset(i, "max-rss");
                         return Outcome::Accepted("0 turns it off, which is postern's default too".into());
                     }
                     let whole = mib.ceil() as u64;
@@ -1473,6 +1504,18 @@ impl<'a> Mapper<'a> {
                     },
                     other => other,
                 }
+            }
+            // Only its last line counts (log files read `disable_logging`, the last value).
+            // regression (probe 401): `disable-logging = true` then `= false` left the
+            // access log off.
+            "disable-logging"
+                if self.entries[i + 1..].iter().any(|e| e.key == "disable-logging") =>
+            {
+                let at = self.entries.iter().rev().find(|e| e.key == "disable-logging");
+                Outcome::Ignored(format!(
+                    "line {} sets it again, and the last value wins (as in uWSGI)",
+                    at.map_or_else(|| "0".to_owned(), Entry::label)
+                ))
             }
             "disable-logging" => {
                 let (b, _) = boolean(v);

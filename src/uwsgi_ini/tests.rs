@@ -1764,3 +1764,39 @@ fn several_ini_files_are_read_in_turn_as_uwsgi_reads_them() {
         .to_string();
     assert!(e.contains("there is no [nope] section"), "{e}");
 }
+
+// regression (probe 401, HIGH): a later `X = 0` was accepted as "postern's default too"
+// while the earlier line's value stayed in force (a 30 s timeout uWSGI would not apply,
+// a 10 MiB body limit), and `disable-logging = true` then `= false` left the access
+// log off; uWSGI takes the last line.
+#[test]
+fn a_later_zero_or_false_takes_back_an_earlier_value() {
+    let t = tr("harakiri = 30\nlimit-post = 10485760\nmax-requests = 500\nreload-on-rss = 512\nmax-worker-lifetime = 3600\nharakiri = 0\nlimit-post = 0\nmax-requests = 0\nreload-on-rss = 0\nmax-worker-lifetime = 0");
+    for key in [
+        "timeout",
+        "max-body",
+        "max-requests",
+        "max-rss",
+        "max-lifetime",
+    ] {
+        assert_eq!(get(&t, key), None, "{key}: {:?}", t.table);
+    }
+    let Outcome::Ignored(why) = &t.lines[0].outcome else {
+        panic!("{:?}", t.lines[0].outcome)
+    };
+    assert!(why.contains("line 7 sets it back to 0"), "{why}");
+    let toml = t.to_toml();
+    assert!(!toml.contains("timeout = 30"), "{toml}");
+    // A zero before the value: the value stands.
+    let t = tr("harakiri = 0\nharakiri = 30");
+    assert_eq!(get(&t, "timeout"), Some(&toml::Value::Integer(30)));
+    // The last disable-logging wins, whichever comes first.
+    let t = tr("logto = /var/log/app.log\ndisable-logging = true\ndisable-logging = false");
+    assert_eq!(get(&t, "access-log"), Some(&s("/var/log/app.log")));
+    let t = tr("disable-logging = false\ndisable-logging = true\nlogto = /var/log/app.log");
+    assert_eq!(get(&t, "access-log"), Some(&s("off")));
+    let Outcome::Ignored(why) = outcome(&t, "disable-logging") else {
+        panic!()
+    };
+    assert!(why.contains("line 3 sets it again"), "{why}");
+}
