@@ -372,8 +372,8 @@ pub struct Options {
     )]
     pub fastcgi_buffer_total: Size,
 
-    /// Largest request body accepted; larger ones answer 413 (default: unlimited).
-    #[arg(long, value_name = "BYTES", env = "POSTERN_MAX_BODY")]
+    /// Largest request body accepted; larger ones answer 413 (default, and 0 or off: no limit).
+    #[arg(long, value_name = "BYTES", env = "POSTERN_MAX_BODY", value_parser = value::size_or_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<Size>,
 
@@ -1864,6 +1864,8 @@ impl Config {
         // Relative paths mean "from where postern was started", whatever --chdir says
         // (--pythonpath excepted: it is a sys.path entry, relative to the app's directory).
         let mut o = o;
+        // 0 is no limit (as a layer's `off`, removed before this).
+        o.max_body = o.max_body.filter(|s| s.0 > 0);
         // `-` is stderr, as for --access-log (gunicorn's `--log-file -`).
         // regression: it wrote postern's log to a file named `-`.
         if o.log_file.as_deref() == Some(Path::new("-")) {
@@ -2465,6 +2467,26 @@ mod tests {
         let text = layered(&["app"]).unwrap().to_toml(None);
         assert!(!text.lines().any(|l| l.starts_with("timeout = ")), "{text}");
         assert!(unset(&text).iter().any(|k| k == "timeout"), "{text}");
+    }
+
+    // regression (probe 401): `--max-body 0` refused every body (413) and `off` was "not
+    // a size", so a file's max-body could not be taken off for one run.
+    #[test]
+    fn max_body_off_or_0_is_no_limit_over_a_lower_layer() {
+        let (_d, f) = file("app = \"a:b\"\nmax-body = \"50M\"\n");
+        for off in ["off", "0", "OFF", "0M"] {
+            let l = layered(&["--config", &f, "--max-body", off]).unwrap();
+            let c = Config::resolve(&l, None).unwrap();
+            assert_eq!(c.opts.max_body, None, "{off}");
+        }
+        let l = layered(&["--config", &f]).unwrap();
+        let c = Config::resolve(&l, None).unwrap();
+        assert_eq!(c.opts.max_body, Some(Size(50 << 20)));
+        let (_d, f) = file("app = \"a:b\"\nmax-body = 0\n");
+        let c = Config::resolve(&layered(&["--config", &f]).unwrap(), None).unwrap();
+        assert_eq!(c.opts.max_body, None);
+        let e = value::size_or_off("lots").unwrap_err();
+        assert!(e.ends_with("(0 or off: no limit)"), "{e}");
     }
 
     // regression: migrate never looked the users and groups up (see not_on_this_host).

@@ -170,7 +170,7 @@ pub fn path_list(value: toml::Value) -> toml::Value {
 }
 
 /// The duration limits that `0` or `off` switches off (as 0 does `--max-requests`).
-pub const OFF_LIMITS: &[&str] = &["timeout", "slow-log", "max-lifetime"];
+pub const OFF_LIMITS: &[&str] = &["timeout", "slow-log", "max-lifetime", "max-body"];
 
 /// Seconds, or `0`/`off` for no limit (zero seconds, removed from the merged layers by
 /// [`is_off`]).
@@ -180,6 +180,18 @@ pub fn seconds_or_off(s: &str) -> Result<Seconds, String> {
     let unit = ["", "s", "ms", "m", "min", "h"].contains(&&t[number.len()..]);
     if t.eq_ignore_ascii_case("off") || unit && number.trim().parse::<f64>() == Ok(0.0) {
         return Ok(Seconds(Duration::ZERO));
+    }
+    s.parse().map_err(|e| format!("{e} (0 or off: no limit)"))
+}
+
+/// A size, or `0`/`off` for no limit (`Size(0)`, removed from the merged layers by
+/// [`is_off`], and taken as no limit where it is read).
+/// regression (probe 401): `--max-body 0` refused every body (413) and `off` was "not a
+/// size", so a lower layer's limit could not be taken off (uWSGI's `limit-post = 0` is
+/// no limit).
+pub fn size_or_off(s: &str) -> Result<Size, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Size(0));
     }
     s.parse().map_err(|e| format!("{e} (0 or off: no limit)"))
 }
